@@ -1,0 +1,30 @@
+//! # zs: the zserver command line
+//!
+//! `zs <command> …`. Each subcommand lives in its own module and is listed in
+//! [`Command`]; only commands that work are listed.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The zserver command line.
+#[derive(Debug, Parser)]
+#[command(name = "zs", version, about = "zserver: long-lived encrypted command connections")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Every subcommand of `zs`.
+#[derive(Debug, Subcommand)]
+enum Command {
+    // subcommand variants: one line per module
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        // subcommand dispatch: one arm per module
+    }
+}

@@ -1,0 +1,1 @@
+//! # zs-crypto (being written)

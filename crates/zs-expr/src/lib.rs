@@ -1,0 +1,1 @@
+//! # zs-expr (being written)

@@ -1,0 +1,2 @@
+//! # zs-wire (being written)
+pub struct DataFrame;

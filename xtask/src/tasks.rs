@@ -1,0 +1,338 @@
+//! The chores themselves. Every external command is printed before it runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+/// The workspace root (the parent of `xtask/`).
+pub fn root() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn show(c: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in c.get_envs() {
+        if let Some(v) = v {
+            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
+    s.push_str(&c.get_program().to_string_lossy());
+    for a in c.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs a command, printing it first; a non-zero exit is an error.
+fn run(mut c: Command) -> Result {
+    let line = show(&c);
+    println!("\n$ {line}");
+    let t = Instant::now();
+    let status = c.status().map_err(|e| format!("cannot start `{line}`: {e}"))?;
+    println!("  ({line:.60}… took {:.1} s)", t.elapsed().as_secs_f64());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{line}` failed with {status}"))
+    }
+}
+
+fn succeeds(c: &mut Command) -> bool {
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn have(program: &str) -> bool {
+    succeeds(Command::new("sh").args(["-c", &format!("command -v {program}")]))
+}
+
+/// Installs Debian packages when `probe` (a program name) is missing and we are
+/// allowed to (root with apt-get). Returns whether `probe` is available afterwards.
+fn ensure_apt(probe: &str, packages: &[&str]) -> bool {
+    if have(probe) {
+        return true;
+    }
+    if !have("apt-get") {
+        println!("note: `{probe}` is missing and apt-get is not available");
+        return false;
+    }
+    let mut update = Command::new("apt-get");
+    update.arg("update").arg("-qq");
+    let _ = run(update);
+    let mut install = Command::new("apt-get");
+    install.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(packages);
+    let _ = run(install);
+    have(probe)
+}
+
+fn flag(args: &[String], name: &str) -> bool {
+    args.iter().any(|a| a == name)
+}
+
+fn value<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{name} needs a value")),
+    }
+}
+
+// ----------------------------------------------------------------------------- ci
+
+/// Everything CI checks.
+pub fn ci(args: &[String]) -> Result {
+    let t = Instant::now();
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]);
+    run(clippy)?;
+
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--locked"]);
+    run(test)?;
+
+    let mut doc = cargo();
+    doc.env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps", "--locked"]);
+    run(doc)?;
+
+    if !flag(args, "--no-fuzz") {
+        let secs: u64 = value(args, "--fuzz-secs")?.unwrap_or(10);
+        fuzz(&["--secs".to_string(), secs.to_string()])?;
+    }
+    if !flag(args, "--no-targets") {
+        check_targets()?;
+    }
+    if !flag(args, "--no-bench") {
+        bench(&["all".to_string(), "--quick".to_string(), "--quiet".to_string()])?;
+    }
+    println!("\nxtask ci: all green in {:.0} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+// -------------------------------------------------------------------------- bench
+
+/// Suite names: every `benches/<dir>` whose package is `zs-bench-<suite>` (not the harness).
+pub fn bench_suites() -> Result<Vec<String>> {
+    let dir = root().join("benches");
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in rd.flatten() {
+        let manifest = entry.path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("name = \"zs-bench-") {
+                let suite = rest.trim_end_matches('"');
+                if suite != "harness" {
+                    out.push(suite.to_string());
+                }
+                break;
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `bench <suite>|all [--quick] [--rounds N] [--quiet]`.
+pub fn bench(args: &[String]) -> Result {
+    let suites = bench_suites()?;
+    let Some(which) = args.first() else {
+        return Err(format!("bench needs a suite: all, {}", suites.join(", ")));
+    };
+    let pass: Vec<String> = args[1..].to_vec();
+    let chosen: Vec<String> = if which == "all" {
+        suites.clone()
+    } else if suites.contains(which) {
+        vec![which.clone()]
+    } else {
+        return Err(format!("no bench suite {which:?}; have: all, {}", suites.join(", ")));
+    };
+    let mut failed = Vec::new();
+    for s in &chosen {
+        let mut c = cargo();
+        c.args(["run", "--release", "--quiet", "--locked", "-p", &format!("zs-bench-{s}"), "--"]);
+        c.args(&pass);
+        if let Err(e) = run(c) {
+            eprintln!("{e}");
+            failed.push(s.clone());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("bench suites failed: {}", failed.join(", ")))
+    }
+}
+
+// --------------------------------------------------------------------------- fuzz
+
+/// Target names: the `[[bin]]` names of `fuzz/Cargo.toml`.
+pub fn fuzz_targets() -> Result<Vec<String>> {
+    let path = root().join("fuzz/Cargo.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    let mut in_bin = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_bin = l == "[[bin]]";
+            continue;
+        }
+        if in_bin {
+            if let Some(rest) = l.strip_prefix("name") {
+                let name = rest.trim_start().trim_start_matches('=').trim().trim_matches('"');
+                out.push(name.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How to reach a nightly compiler: `+nightly`, or stable with RUSTC_BOOTSTRAP=1.
+fn nightly() -> (Option<&'static str>, bool) {
+    let probe = |c: &mut Command| succeeds(c);
+    if probe(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        return (Some("+nightly"), false);
+    }
+    println!("nightly not installed; trying `rustup toolchain install nightly --profile minimal`");
+    if probe(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"])) {
+        return (Some("+nightly"), false);
+    }
+    println!("note: no nightly toolchain to be had; using stable with RUSTC_BOOTSTRAP=1");
+    (None, true)
+}
+
+fn ensure_cargo_fuzz() -> Result {
+    if succeeds(cargo().args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    let mut c = cargo();
+    c.args(["install", "cargo-fuzz", "--locked"]);
+    run(c)
+}
+
+/// `fuzz [--secs N] [target]`.
+pub fn fuzz(args: &[String]) -> Result {
+    let secs: u64 = value(args, "--secs")?.unwrap_or(60);
+    let all = fuzz_targets()?;
+    let named: Vec<&String> = {
+        let mut skip_next = false;
+        args.iter()
+            .filter(|a| {
+                if skip_next {
+                    skip_next = false;
+                    return false;
+                }
+                if a.as_str() == "--secs" {
+                    skip_next = true;
+                    return false;
+                }
+                true
+            })
+            .collect()
+    };
+    let targets: Vec<String> = match named.first() {
+        None => all.clone(),
+        Some(t) if all.contains(t) => vec![(*t).clone()],
+        Some(t) => return Err(format!("no fuzz target {t:?}; have: {}", all.join(", "))),
+    };
+    if targets.is_empty() {
+        println!("no fuzz targets yet");
+        return Ok(());
+    }
+    ensure_cargo_fuzz()?;
+    let (toolchain, bootstrap) = nightly();
+    let root = root();
+    for t in &targets {
+        let corpus = root.join("fuzz/corpus").join(t);
+        std::fs::create_dir_all(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
+        let mut c = cargo();
+        if let Some(tc) = toolchain {
+            c = Command::new("cargo");
+            c.current_dir(&root).arg(tc);
+        }
+        if bootstrap {
+            c.env("RUSTC_BOOTSTRAP", "1");
+        }
+        c.args(["fuzz", "run", "--fuzz-dir", "fuzz", t]);
+        c.arg(&corpus);
+        let seeds = root.join("fuzz/seeds").join(t);
+        if seeds.is_dir() {
+            c.arg(&seeds);
+        }
+        c.args(["--", &format!("-max_total_time={secs}"), "-rss_limit_mb=4096", "-timeout=10"]);
+        run(c)?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ check-targets
+
+/// The cross targets checked, with the Debian package and program that provide a C
+/// compiler for build scripts (ring compiles C), and the env that points cc at it.
+const TARGETS: &[(&str, &str, &str, &[(&str, &str)])] = &[
+    (
+        "x86_64-pc-windows-gnu",
+        "x86_64-w64-mingw32-gcc",
+        "gcc-mingw-w64-x86-64",
+        &[],
+    ),
+    (
+        "x86_64-unknown-freebsd",
+        "clang",
+        "clang",
+        &[("CC_x86_64_unknown_freebsd", "clang"), ("AR_x86_64_unknown_freebsd", "llvm-ar")],
+    ),
+    (
+        "x86_64-apple-darwin",
+        "clang",
+        "clang",
+        &[("CC_x86_64_apple_darwin", "clang"), ("AR_x86_64_apple_darwin", "llvm-ar")],
+    ),
+];
+
+/// `cargo check` of the workspace for each cross target.
+pub fn check_targets() -> Result {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for (target, cc, package, envs) in TARGETS {
+        if !installed.lines().any(|l| l.trim() == *target) {
+            let mut add = Command::new("rustup");
+            add.args(["target", "add", target]);
+            run(add)?;
+        }
+        if !ensure_apt(cc, &[package, "llvm"]) {
+            return Err(format!("{target}: no C compiler `{cc}` (Debian package {package})"));
+        }
+        let mut c = cargo();
+        for (k, v) in *envs {
+            c.env(k, v);
+        }
+        c.args(["check", "--workspace", "--all-targets", "--locked", "--target", target]);
+        run(c)?;
+    }
+    Ok(())
+}
