@@ -38,7 +38,9 @@ fn run(mut c: Command) -> Result {
     let line = show(&c);
     println!("\n$ {line}");
     let t = Instant::now();
-    let status = c.status().map_err(|e| format!("cannot start `{line}`: {e}"))?;
+    let status = c
+        .status()
+        .map_err(|e| format!("cannot start `{line}`: {e}"))?;
     println!("  ({line:.60}… took {:.1} s)", t.elapsed().as_secs_f64());
     if status.success() {
         Ok(())
@@ -73,7 +75,10 @@ fn ensure_apt(probe: &str, packages: &[&str]) -> bool {
     update.arg("update").arg("-qq");
     let _ = run(update);
     let mut install = Command::new("apt-get");
-    install.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(packages);
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq"])
+        .args(packages);
     let _ = run(install);
     have(probe)
 }
@@ -103,7 +108,15 @@ pub fn ci(args: &[String]) -> Result {
     run(fmt)?;
 
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run(clippy)?;
 
     let mut test = cargo();
@@ -111,7 +124,8 @@ pub fn ci(args: &[String]) -> Result {
     run(test)?;
 
     let mut doc = cargo();
-    doc.env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps", "--locked"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings")
+        .args(["doc", "--workspace", "--no-deps", "--locked"]);
     run(doc)?;
 
     if !flag(args, "--no-fuzz") {
@@ -122,9 +136,16 @@ pub fn ci(args: &[String]) -> Result {
         check_targets()?;
     }
     if !flag(args, "--no-bench") {
-        bench(&["all".to_string(), "--quick".to_string(), "--quiet".to_string()])?;
+        bench(&[
+            "all".to_string(),
+            "--quick".to_string(),
+            "--quiet".to_string(),
+        ])?;
     }
-    println!("\nxtask ci: all green in {:.0} s", t.elapsed().as_secs_f64());
+    println!(
+        "\nxtask ci: all green in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -137,7 +158,9 @@ pub fn bench_suites() -> Result<Vec<String>> {
     let rd = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in rd.flatten() {
         let manifest = entry.path().join("Cargo.toml");
-        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
         for line in text.lines() {
             let line = line.trim();
             if let Some(rest) = line.strip_prefix("name = \"zs-bench-") {
@@ -165,12 +188,23 @@ pub fn bench(args: &[String]) -> Result {
     } else if suites.contains(which) {
         vec![which.clone()]
     } else {
-        return Err(format!("no bench suite {which:?}; have: all, {}", suites.join(", ")));
+        return Err(format!(
+            "no bench suite {which:?}; have: all, {}",
+            suites.join(", ")
+        ));
     };
     let mut failed = Vec::new();
     for s in &chosen {
         let mut c = cargo();
-        c.args(["run", "--release", "--quiet", "--locked", "-p", &format!("zs-bench-{s}"), "--"]);
+        c.args([
+            "run",
+            "--release",
+            "--quiet",
+            "--locked",
+            "-p",
+            &format!("zs-bench-{s}"),
+            "--",
+        ]);
         c.args(&pass);
         if let Err(e) = run(c) {
             eprintln!("{e}");
@@ -200,7 +234,11 @@ pub fn fuzz_targets() -> Result<Vec<String>> {
         }
         if in_bin {
             if let Some(rest) = l.strip_prefix("name") {
-                let name = rest.trim_start().trim_start_matches('=').trim().trim_matches('"');
+                let name = rest
+                    .trim_start()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"');
                 out.push(name.to_string());
             }
         }
@@ -215,7 +253,13 @@ fn nightly() -> (Option<&'static str>, bool) {
         return (Some("+nightly"), false);
     }
     println!("nightly not installed; trying `rustup toolchain install nightly --profile minimal`");
-    if probe(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"])) {
+    if probe(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ])) {
         return (Some("+nightly"), false);
     }
     println!("note: no nightly toolchain to be had; using stable with RUSTC_BOOTSTRAP=1");
@@ -280,7 +324,12 @@ pub fn fuzz(args: &[String]) -> Result {
         if seeds.is_dir() {
             c.arg(&seeds);
         }
-        c.args(["--", &format!("-max_total_time={secs}"), "-rss_limit_mb=4096", "-timeout=10"]);
+        c.args([
+            "--",
+            &format!("-max_total_time={secs}"),
+            "-rss_limit_mb=4096",
+            "-timeout=10",
+        ]);
         run(c)?;
     }
     Ok(())
@@ -288,27 +337,19 @@ pub fn fuzz(args: &[String]) -> Result {
 
 // ------------------------------------------------------------------ check-targets
 
-/// The cross targets checked, with the Debian package and program that provide a C
-/// compiler for build scripts (ring compiles C), and the env that points cc at it.
-const TARGETS: &[(&str, &str, &str, &[(&str, &str)])] = &[
+/// The cross targets checked: (target, C compiler for build scripts, its Debian
+/// package, whether it needs the freestanding stand-in headers of `xtask/cross-include`).
+/// ring's build script compiles C for the target; mingw provides real Windows headers,
+/// while no FreeBSD or macOS libc headers exist on Linux (see `cross-include/README.md`).
+const TARGETS: &[(&str, &str, &str, bool)] = &[
     (
         "x86_64-pc-windows-gnu",
         "x86_64-w64-mingw32-gcc",
         "gcc-mingw-w64-x86-64",
-        &[],
+        false,
     ),
-    (
-        "x86_64-unknown-freebsd",
-        "clang",
-        "clang",
-        &[("CC_x86_64_unknown_freebsd", "clang"), ("AR_x86_64_unknown_freebsd", "llvm-ar")],
-    ),
-    (
-        "x86_64-apple-darwin",
-        "clang",
-        "clang",
-        &[("CC_x86_64_apple_darwin", "clang"), ("AR_x86_64_apple_darwin", "llvm-ar")],
-    ),
+    ("x86_64-unknown-freebsd", "clang", "clang", true),
+    ("x86_64-apple-darwin", "clang", "clang", true),
 ];
 
 /// `cargo check` of the workspace for each cross target.
@@ -318,20 +359,36 @@ pub fn check_targets() -> Result {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    for (target, cc, package, envs) in TARGETS {
+    let headers = root().join("xtask/cross-include");
+    for (target, cc, package, stand_in_headers) in TARGETS {
         if !installed.lines().any(|l| l.trim() == *target) {
             let mut add = Command::new("rustup");
             add.args(["target", "add", target]);
             run(add)?;
         }
-        if !ensure_apt(cc, &[package, "llvm"]) {
-            return Err(format!("{target}: no C compiler `{cc}` (Debian package {package})"));
+        if !ensure_apt(cc, &[package]) || (*stand_in_headers && !ensure_apt("llvm-ar", &["llvm"])) {
+            return Err(format!(
+                "{target}: no C compiler `{cc}` (Debian package {package})"
+            ));
         }
         let mut c = cargo();
-        for (k, v) in *envs {
-            c.env(k, v);
+        if *stand_in_headers {
+            let var = target.replace('-', "_");
+            c.env(format!("CC_{var}"), cc);
+            c.env(format!("AR_{var}"), "llvm-ar");
+            c.env(
+                format!("CFLAGS_{var}"),
+                format!("-ffreestanding -isystem {}", headers.display()),
+            );
         }
-        c.args(["check", "--workspace", "--all-targets", "--locked", "--target", target]);
+        c.args([
+            "check",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--target",
+            target,
+        ]);
         run(c)?;
     }
     Ok(())

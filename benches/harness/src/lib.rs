@@ -55,7 +55,11 @@ pub struct Options {
 impl Options {
     /// Parses `std::env::args()`; unknown arguments are an error message and exit 2.
     pub fn from_env() -> Options {
-        let mut opts = Options { quick: false, rounds: None, quiet: false };
+        let mut opts = Options {
+            quick: false,
+            rounds: None,
+            quiet: false,
+        };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -72,7 +76,9 @@ impl Options {
                     }
                 }
                 other => {
-                    eprintln!("unknown argument {other:?} (accepted: --quick, --rounds N, --quiet)");
+                    eprintln!(
+                        "unknown argument {other:?} (accepted: --quick, --rounds N, --quiet)"
+                    );
                     std::process::exit(2);
                 }
             }
@@ -82,7 +88,11 @@ impl Options {
 
     /// The number of rounds: `--rounds`, else `quick_rounds` or `full_rounds`.
     pub fn rounds_or(&self, quick_rounds: usize, full_rounds: usize) -> usize {
-        self.rounds.unwrap_or(if self.quick { quick_rounds } else { full_rounds })
+        self.rounds.unwrap_or(if self.quick {
+            quick_rounds
+        } else {
+            full_rounds
+        })
     }
 }
 
@@ -154,7 +164,12 @@ impl Suite {
     }
 
     /// A suite configured from [`Options`] with the given default round counts.
-    pub fn from_options(name: &str, opts: &Options, quick_rounds: usize, full_rounds: usize) -> Suite {
+    pub fn from_options(
+        name: &str,
+        opts: &Options,
+        quick_rounds: usize,
+        full_rounds: usize,
+    ) -> Suite {
         Suite::new(name, opts.rounds_or(quick_rounds, full_rounds), opts.quiet)
     }
 
@@ -207,7 +222,11 @@ impl Suite {
         bar.finish_and_clear();
         for case in self.cases.drain(..) {
             let min = case.samples.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = case.samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let max = case
+                .samples
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
             self.done.push(Summary {
                 median: median(&case.samples),
                 min,
@@ -246,8 +265,20 @@ impl Suite {
     /// The table as text.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let w = self.done.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
-        let m = self.done.iter().map(|s| s.metric.len()).max().unwrap_or(6).max(6);
+        let w = self
+            .done
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let m = self
+            .done
+            .iter()
+            .map(|s| s.metric.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
         out.push_str(&format!(
             "suite {} ({} rounds, interleaved)\n{:<w$}  {:<m$}  {:>14}  {:>14}  {:>14}\n",
             self.name, self.rounds, "case", "metric", "median", "min", "max"

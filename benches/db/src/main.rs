@@ -1,0 +1,2 @@
+//! placeholder while building
+fn main() {}

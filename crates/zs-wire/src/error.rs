@@ -1,0 +1,129 @@
+//! The one error type of the crate.
+
+/// Everything that can go wrong while encoding, decoding or reading wire data.
+///
+/// Decoding errors are caused by the peer (or by corrupted input): they never panic
+/// and never allocate from the bad length first. After an error from the *header* of
+/// a frame ([`UnsupportedVersion`](WireError::UnsupportedVersion),
+/// [`BadToken`](WireError::BadToken), [`UnknownKind`](WireError::UnknownKind),
+/// [`ReservedFlags`](WireError::ReservedFlags), [`FrameTooLarge`](WireError::FrameTooLarge),
+/// varint errors in the length) the byte stream cannot be resynchronised and the
+/// connection should be closed. Errors inside a body leave the stream in step (the
+/// frame's bytes were consumed), so a caller may choose to answer with an error frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The first byte of a frame is not a protocol version this crate speaks.
+    #[error("unsupported protocol version {0:#04x}")]
+    UnsupportedVersion(u8),
+    /// The deployment's verification token did not match.
+    #[error("verification token mismatch")]
+    BadToken,
+    /// The frame kind byte names no known kind.
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    /// Reserved bits of the kind byte are set.
+    #[error("reserved flag bits set in kind byte {0:#04x}")]
+    ReservedFlags(u8),
+    /// A varint is longer than 10 bytes or does not fit its target type.
+    #[error("varint overflows its type")]
+    VarintOverflow,
+    /// A varint has a redundant trailing zero group (every value has exactly one encoding).
+    #[error("non-canonical varint")]
+    NonCanonicalVarint,
+    /// A frame body (or its decompressed form) is longer than `Limits::max_frame`.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// Declared length.
+        len: u64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// A field says more bytes follow than the frame body holds.
+    #[error("truncated: {field} needs more bytes than the frame holds")]
+    Truncated {
+        /// Which field was being read.
+        field: &'static str,
+    },
+    /// Bytes are left over after a body whose layout ends before the end of the frame.
+    #[error("{0} trailing bytes after the frame body")]
+    TrailingBytes(usize),
+    /// A command or signal name is longer than `Limits::max_name`.
+    #[error("name of {len} bytes exceeds the limit of {max}")]
+    NameTooLong {
+        /// Declared length.
+        len: u64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// A text field is not valid UTF-8.
+    #[error("text is not valid UTF-8")]
+    InvalidUtf8,
+    /// A bool byte or a flags byte holds a value other than the ones defined.
+    #[error("invalid {field} byte {value:#04x}")]
+    InvalidByte {
+        /// Which field.
+        field: &'static str,
+        /// The byte found.
+        value: u8,
+    },
+    /// A DataFrame value tag names no known type.
+    #[error("unknown value tag {0:#04x}")]
+    UnknownValueTag(u8),
+    /// A number array names an element type that is not a number.
+    #[error("unknown array element type {0:#04x}")]
+    UnknownArrayKind(u8),
+    /// A variant value names an unknown variant type.
+    #[error("unknown variant tag {0:#04x}")]
+    UnknownVariantTag(u8),
+    /// DataFrames are nested deeper than `Limits::max_depth`.
+    #[error("DataFrame nesting exceeds the limit of {max}")]
+    DepthExceeded {
+        /// Configured maximum.
+        max: usize,
+    },
+    /// A DataFrame (counting nested ones) holds more values than `Limits::max_values`.
+    #[error("DataFrame value count {count} exceeds the limit of {max}")]
+    TooManyValues {
+        /// Declared count (or running total).
+        count: u64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// A string, bytes, JSON or array value is longer than `Limits::max_string`.
+    #[error("value of {len} bytes exceeds the limit of {max}")]
+    ValueTooLarge {
+        /// Declared length in bytes.
+        len: u64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// A JSON value's text does not parse (or a JSON form does not follow the typed layout).
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// The lz4 block of a compressed frame is corrupt or does not fill the declared size.
+    #[error("lz4 decompression failed: {0}")]
+    Decompress(String),
+    /// A typed reader ran past the last value of a DataFrame.
+    #[error("no value at index {index}")]
+    ReadPastEnd {
+        /// The index that was asked for.
+        index: usize,
+    },
+    /// A typed reader found a value it cannot convert to the type asked for.
+    #[error("value {index} is {found}, cannot read it as {expected}")]
+    TypeMismatch {
+        /// Index of the value.
+        index: usize,
+        /// Type asked for.
+        expected: &'static str,
+        /// Type found.
+        found: &'static str,
+    },
+}
+
+impl From<WireError> for std::io::Error {
+    fn from(e: WireError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+}

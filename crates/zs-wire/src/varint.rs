@@ -1,0 +1,189 @@
+//! LEB128 varints (unsigned, 7 bits per byte, low group first) and a body cursor.
+
+use bytes::{BufMut, Bytes};
+
+use crate::WireError;
+
+/// Largest encoded size of a u64 varint.
+pub(crate) const MAX_VARINT: usize = 10;
+
+/// Appends `v` as a varint.
+#[inline]
+pub(crate) fn put_varint(dst: &mut impl BufMut, mut v: u64) {
+    while v >= 0x80 {
+        dst.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    dst.put_u8(v as u8);
+}
+
+/// Encoded size of `v` as a varint.
+#[inline]
+pub(crate) fn varint_len(v: u64) -> usize {
+    // 1 byte per started group of 7 bits, at least 1.
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Outcome of reading a varint from a possibly incomplete buffer.
+pub(crate) enum Varint {
+    /// Value and number of bytes used.
+    Done(u64, usize),
+    /// The buffer ends inside the varint.
+    Incomplete,
+}
+
+/// Reads a canonical varint from the start of `src`.
+#[inline]
+pub(crate) fn get_varint(src: &[u8]) -> Result<Varint, WireError> {
+    // Fast path: one byte.
+    match src.first() {
+        None => return Ok(Varint::Incomplete),
+        Some(&b) if b < 0x80 => return Ok(Varint::Done(b as u64, 1)),
+        _ => {}
+    }
+    let mut v: u64 = 0;
+    for (i, &b) in src.iter().enumerate().take(MAX_VARINT) {
+        let group = (b & 0x7f) as u64;
+        if i == 9 && b > 1 {
+            return Err(WireError::VarintOverflow);
+        }
+        v |= group << (7 * i);
+        if b < 0x80 {
+            if b == 0 && i > 0 {
+                return Err(WireError::NonCanonicalVarint);
+            }
+            return Ok(Varint::Done(v, i + 1));
+        }
+    }
+    if src.len() >= MAX_VARINT {
+        Err(WireError::VarintOverflow)
+    } else {
+        Ok(Varint::Incomplete)
+    }
+}
+
+/// A read position inside one complete frame body.
+pub(crate) struct Cursor<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    pub(crate) fn new(buf: &'a Bytes) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    #[inline]
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    #[inline]
+    pub(crate) fn finish(&self) -> Result<(), WireError> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(WireError::TrailingBytes(n)),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
+        match self.buf.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                Ok(b)
+            }
+            None => Err(WireError::Truncated { field }),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn varint(&mut self, field: &'static str) -> Result<u64, WireError> {
+        match get_varint(&self.buf[self.pos..])? {
+            Varint::Done(v, n) => {
+                self.pos += n;
+                Ok(v)
+            }
+            Varint::Incomplete => Err(WireError::Truncated { field }),
+        }
+    }
+
+    /// A borrowed slice of exactly `n` bytes.
+    #[inline]
+    pub(crate) fn slice(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
+        if n > self.remaining() {
+            return Err(WireError::Truncated { field });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    /// Fixed-size array of `N` bytes.
+    #[inline]
+    pub(crate) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
+        let s = self.slice(N, field)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    /// A zero-copy `Bytes` slice of exactly `n` bytes.
+    #[inline]
+    pub(crate) fn bytes(&mut self, n: usize, field: &'static str) -> Result<Bytes, WireError> {
+        if n > self.remaining() {
+            return Err(WireError::Truncated { field });
+        }
+        let b = self.buf.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(b)
+    }
+
+    /// Everything that is left, zero-copy.
+    #[inline]
+    pub(crate) fn rest(&mut self) -> Bytes {
+        let b = self.buf.slice(self.pos..);
+        self.pos = self.buf.len();
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(v: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, v);
+        out
+    }
+
+    #[test]
+    fn known_encodings() {
+        assert_eq!(enc(0), [0]);
+        assert_eq!(enc(127), [0x7f]);
+        assert_eq!(enc(128), [0x80, 0x01]);
+        assert_eq!(enc(300), [0xac, 0x02]);
+        assert_eq!(enc(u64::MAX).len(), 10);
+        for v in [0, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
+            assert_eq!(varint_len(v), enc(v).len(), "{v}");
+            match get_varint(&enc(v)).unwrap() {
+                Varint::Done(x, n) => assert_eq!((x, n), (v, enc(v).len())),
+                Varint::Incomplete => panic!("incomplete"),
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_varints() {
+        assert_eq!(get_varint(&[0x80, 0x00]).err(), Some(WireError::NonCanonicalVarint));
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        assert_eq!(get_varint(&over).err(), Some(WireError::VarintOverflow));
+        assert_eq!(get_varint(&[0xff; 11]).err(), Some(WireError::VarintOverflow));
+        assert!(matches!(get_varint(&[0xff; 3]), Ok(Varint::Incomplete)));
+        assert!(matches!(get_varint(&[]), Ok(Varint::Incomplete)));
+    }
+}
