@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod expr;
+
 /// The zserver command line.
 #[derive(Debug, Parser)]
 #[command(name = "zs", version, about = "zserver: long-lived encrypted command connections")]
@@ -20,11 +22,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // subcommand variants: one line per module
+    /// Evaluate an expression (zs-expr) and print its value.
+    Expr(expr::ExprArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         // subcommand dispatch: one arm per module
+        Command::Expr(a) => expr::run(a),
     }
 }

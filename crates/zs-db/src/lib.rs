@@ -1,8 +1,64 @@
 //! # zs-db: the embedded NoSQL store
 //!
-//! Status: **not built yet** (store issue). This crate will hold named databases
-//! of checksummed records (DataFrame, JSON, key/value, raw bytes) with stable ids,
-//! crash-safe durability modes, online compaction and a parallel filtered scan.
+//! zserver applications keep their data next to the server: named databases of
+//! records (DataFrame, JSON, key/value maps, raw bytes) with **stable ids**, written
+//! crash-safely and queried in parallel. This crate is that store.
 //!
-//! Until then the crate exports nothing.
+//! - **Format**: one append-only log file per database, every frame checksummed,
+//!   writes grouped into commits; opening after a crash rolls back a torn tail and
+//!   skips (and reports) damaged regions. Byte layout: `docs/STORAGE.md`.
+//! - **Durability** per database: [`Durability::Immediate`] (fsync per commit) or
+//!   [`Durability::Periodic`] (group commit every N ms); [`Batch`]es commit atomically.
+//! - **Cache**: a record cache with a memory budget, dropped after an idle period;
+//!   optional LZ4 compression of values.
+//! - **Compaction** online while reads go on, ids unchanged; copy and replace of databases.
+//! - **Query**: a parallel filtered scan ([`Query`]) with limit, reverse order, batches
+//!   streamed while it runs, pause/resume/stop and progress; optional secondary indexes.
+//! - **Testing seams**: every byte goes through [`Vfs`]; [`MemVfs`] models power loss and
+//!   injects I/O faults (used by the crash tests and the `db_faults` fuzz target).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use zs_db::{Database, DbOptions, Kind, MemVfs, Query};
+//!
+//! let vfs = Arc::new(MemVfs::new());
+//! let db = Database::create(vfs.clone(), "people", DbOptions::default())?;
+//! let bob = db.insert(Kind::Json, br#"{"name":"bob","age":31}"#)?;
+//! db.insert(Kind::Json, br#"{"name":"ann","age":25}"#)?;
+//! assert_eq!(db.get(bob)?.unwrap().data, br#"{"name":"bob","age":31}"#);
+//!
+//! let old = Query::filter(|r| r.field("age").and_then(|v| v.as_f64()).is_some_and(|a| a > 30.0));
+//! let found = db.query(old)?.collect_all()?;
+//! assert_eq!(found.len(), 1);
+//! assert_eq!(found[0].id, bob);
+//!
+//! db.delete(bob)?;
+//! db.compact()?;                       // ids of the other records do not change
+//! drop(db);
+//! let db = Database::open(vfs, "people")?;
+//! assert_eq!(db.len(), 1);
+//! # Ok::<(), zs_db::Error>(())
+//! ```
 #![forbid(unsafe_code)]
+
+mod dataframe;
+mod db;
+mod error;
+mod expr;
+pub mod format;
+mod query;
+mod record;
+mod store;
+pub mod vfs;
+
+pub use db::{
+    file_name, Batch, CorruptRegion, Cursor, Database, DbOptions, Durability, OpenReport, Stats, ValueReader,
+};
+pub use dataframe::{decode_dataframe, encode_dataframe};
+pub use error::{Error, Result};
+pub use expr::{compile_filter, index_hints};
+pub use query::{FilterFn, IndexHint, Progress, Query, QueryHandle};
+pub use record::{decode_kv, encode_kv, FieldValue, Kind, Record, RecordRef, MAX_KV_ENTRIES};
+pub use store::{check_name, Env, Store};
+pub use zs_wire;
+pub use vfs::{DirVfs, Fault, FaultKind, FileBackend, MemVfs, Vfs};

@@ -1,8 +1,655 @@
-//! # zs-io-tokio: the portable transport backend
+//! # zs-io-tokio: the portable transport backend and the async bridge
 //!
-//! Status: **not built yet** (transports issue). This crate will implement the
-//! `zs-io` seam on tokio, as the portable default backend and the bridge between
-//! the framework and `async` user code.
+//! Why it exists: it runs the [`zs_io`] seam anywhere tokio runs (the portable
+//! default where no native backend exists), and it is the bridge between the
+//! callback-style seam and `async` user code.
 //!
-//! Until then the crate exports nothing.
+//! * [`TokioBackend`] implements [`zs_io::Backend`] on tokio: one task per
+//!   listener and one task per connection; the task owns the socket and the
+//!   [`Handler`], so the seam's threading contract holds (all callbacks of a
+//!   connection run one at a time in its task; tokio may move the task between
+//!   worker threads, which the contract allows as long as calls never overlap).
+//!   The runtime is owned by the backend ([`TokioBackend::new`], `Config::loops`
+//!   worker threads) or borrowed through a [`tokio::runtime::Handle`]
+//!   ([`TokioBackend::with_handle`]).
+//! * [`AsyncConn`] / [`AsyncListener`] wrap **any** `dyn Backend` (epoll, kqueue,
+//!   IOCP, tokio) for async code: `read`, `write_all`, `shutdown_write`, `close`,
+//!   with back-pressure both ways (`write_all` waits for `on_writable`; the reader
+//!   pauses the connection when more than its buffer limit is unread).
+//!
+//! ```
+//! use zs_io::{Backend, BytesMut, Config, Conn, Handler};
+//! use zs_io_tokio::{AsyncConn, TokioBackend};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
+//!         let _ = conn.send(data.split().freeze());
+//!     }
+//! }
+//! let backend = std::sync::Arc::new(TokioBackend::new(Config { loops: 1, ..Config::default() }).unwrap());
+//! let listener = backend.listen("127.0.0.1:0".parse().unwrap(), zs_io::handler_factory(|| Echo)).unwrap();
+//! let addr = listener.local_addr();
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! rt.block_on(async {
+//!     let mut c = AsyncConn::connect(&*backend, addr, std::time::Duration::from_secs(5)).await.unwrap();
+//!     c.write_all(b"hello").await.unwrap();
+//!     let mut buf = [0u8; 5];
+//!     c.read_exact(&mut buf).await.unwrap();
+//!     assert_eq!(&buf, b"hello");
+//! });
+//! backend.shutdown();
+//! ```
 #![forbid(unsafe_code)]
+
+mod bridge;
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use zs_io::{
+    Backend, Bytes, BytesMut, CloseReason, Config, Conn, ConnId, Connection, Error, Handler, HandlerFactory,
+    Listener, Prefer, SendQueue,
+};
+
+pub use bridge::{AsyncConn, AsyncListener};
+
+const MAX_IOV: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Shared {
+    cfg: Config,
+    handle: Handle,
+    runtime: Mutex<Option<Runtime>>,
+    shut_tx: watch::Sender<bool>,
+    shut: AtomicBool,
+    next_id: AtomicU64,
+    /// Live tasks (listeners, connections, connects) and a condvar to await zero.
+    tasks: Mutex<usize>,
+    tasks_cv: Condvar,
+}
+
+/// Counts a task for the lifetime of the guard.
+struct TaskGuard(Arc<Shared>);
+
+impl TaskGuard {
+    fn new(s: &Arc<Shared>) -> TaskGuard {
+        *lock(&s.tasks) += 1;
+        TaskGuard(s.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        let mut n = lock(&self.0.tasks);
+        *n -= 1;
+        if *n == 0 {
+            self.0.tasks_cv.notify_all();
+        }
+    }
+}
+
+/// The seam on tokio (see the crate docs).
+pub struct TokioBackend {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TokioBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokioBackend").field("shut", &self.shared.shut.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl TokioBackend {
+    /// Starts an owned multi-thread runtime with `cfg.effective_loops()` workers.
+    pub fn new(cfg: Config) -> Result<TokioBackend, Error> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.effective_loops())
+            .thread_name("zs-tokio")
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        Ok(TokioBackend::build(cfg, handle, Some(rt)))
+    }
+
+    /// Runs on an existing runtime (which must have IO and time enabled).
+    pub fn with_handle(cfg: Config, handle: Handle) -> TokioBackend {
+        TokioBackend::build(cfg, handle, None)
+    }
+
+    fn build(cfg: Config, handle: Handle, rt: Option<Runtime>) -> TokioBackend {
+        let (shut_tx, _) = watch::channel(false);
+        TokioBackend {
+            shared: Arc::new(Shared {
+                cfg,
+                handle,
+                runtime: Mutex::new(rt),
+                shut_tx,
+                shut: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+                tasks: Mutex::new(0),
+                tasks_cv: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The runtime handle the backend spawns on.
+    pub fn handle(&self) -> &Handle {
+        &self.shared.handle
+    }
+}
+
+impl Drop for TokioBackend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct ListenerCtl {
+    addr: SocketAddr,
+    tx: watch::Sender<bool>,
+}
+
+impl Listener for ListenerCtl {
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn shutdown(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+impl Drop for ListenerCtl {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+impl Backend for TokioBackend {
+    fn name(&self) -> &str {
+        "tokio"
+    }
+
+    fn listen(&self, addr: SocketAddr, factory: HandlerFactory) -> Result<Box<dyn Listener>, Error> {
+        if self.shared.shut.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let std_l = bind(addr, self.shared.cfg.backlog)?;
+        let bound = std_l.local_addr()?;
+        let (tx, rx) = watch::channel(false);
+        let shared = self.shared.clone();
+        let guard = TaskGuard::new(&shared);
+        let l = {
+            let _e = shared.handle.enter();
+            TcpListener::from_std(std_l)?
+        };
+        shared.handle.spawn(accept_loop(shared.clone(), l, factory, rx, guard));
+        Ok(Box::new(ListenerCtl { addr: bound, tx }))
+    }
+
+    fn connect(&self, addr: SocketAddr, timeout: Duration, mut handler: Box<dyn Handler>) -> Result<(), Error> {
+        if self.shared.shut.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let shared = self.shared.clone();
+        let guard = TaskGuard::new(&shared);
+        self.shared.handle.spawn(async move {
+            let mut shut = shared.shut_tx.subscribe();
+            let r = tokio::select! {
+                r = tokio::time::timeout(timeout, TcpStream::connect(addr)) => r,
+                _ = stopped(&mut shut) => {
+                    handler.on_connect_failed(Error::ShutDown);
+                    return;
+                }
+            };
+            match r {
+                Err(_) => handler.on_connect_failed(Error::TimedOut),
+                Ok(Err(e)) => handler.on_connect_failed(Error::from_connect(e)),
+                Ok(Ok(stream)) => {
+                    let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+                    run_conn(shared.clone(), stream, handler, id, None).await;
+                }
+            }
+            drop(guard);
+        });
+        Ok(())
+    }
+
+    fn resolve(&self, host: &str, port: u16, prefer: Prefer) -> Result<Vec<SocketAddr>, Error> {
+        zs_io::resolve_blocking(host, port, prefer)
+    }
+
+    fn shutdown(&self) {
+        self.shared.shut.store(true, Ordering::Release);
+        self.shared.shut_tx.send_replace(true);
+        if Handle::try_current().is_ok() {
+            // Inside a runtime we must not block: the tasks end on their own.
+            return;
+        }
+        {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let mut n = lock(&self.shared.tasks);
+            while *n > 0 {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    tracing::warn!("zs-io-tokio: {} tasks still running at shutdown", *n);
+                    break;
+                }
+                n = self.shared.tasks_cv.wait_timeout(n, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
+        if let Some(rt) = lock(&self.shared.runtime).take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    l: TcpListener,
+    factory: HandlerFactory,
+    mut stop: watch::Receiver<bool>,
+    _guard: TaskGuard,
+) {
+    let mut shut = shared.shut_tx.subscribe();
+    let conn_stop = stop.clone();
+    loop {
+        tokio::select! {
+            r = l.accept() => match r {
+                Ok((stream, _)) => {
+                    let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+                    let guard = TaskGuard::new(&shared);
+                    let (s2, h, rx) = (shared.clone(), factory(), conn_stop.clone());
+                    shared.handle.spawn(async move {
+                        run_conn(s2, stream, h, id, Some(rx)).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("zs-io-tokio: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+            _ = stopped(&mut shut) => return,
+        }
+    }
+}
+
+struct TState {
+    queue: SendQueue,
+    in_callback: bool,
+    closing: bool,
+    abort: bool,
+    write_shut: bool,
+    closed: bool,
+    paused: bool,
+    idle: Option<Duration>,
+    new_timers: Vec<(Instant, u64)>,
+}
+
+struct TConn {
+    id: ConnId,
+    peer: SocketAddr,
+    local: SocketAddr,
+    state: Mutex<TState>,
+    notify: Notify,
+}
+
+impl TConn {
+    fn poke(&self, st: &TState) {
+        if !st.in_callback {
+            self.notify.notify_one();
+        }
+    }
+}
+
+impl Connection for TConn {
+    fn id(&self) -> ConnId {
+        self.id
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+    fn send(&self, data: Bytes) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        if st.closed || st.closing || st.write_shut {
+            return Err(Error::Closed);
+        }
+        let was_empty = st.queue.is_empty();
+        st.queue.push(data)?;
+        if was_empty {
+            self.poke(&st);
+        }
+        Ok(())
+    }
+    fn queued_bytes(&self) -> usize {
+        lock(&self.state).queue.len()
+    }
+    fn shutdown_write(&self) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        if st.closed || st.closing || st.write_shut {
+            return Err(Error::Closed);
+        }
+        st.write_shut = true;
+        self.poke(&st);
+        Ok(())
+    }
+    fn close(&self) {
+        let mut st = lock(&self.state);
+        if st.closed || st.closing {
+            return;
+        }
+        st.closing = true;
+        self.poke(&st);
+    }
+    fn abort(&self) {
+        let mut st = lock(&self.state);
+        if st.closed || st.abort {
+            return;
+        }
+        st.abort = true;
+        st.closing = true;
+        st.queue.clear();
+        self.poke(&st);
+    }
+    fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        st.new_timers.push((Instant::now() + after, token));
+        self.poke(&st);
+        Ok(())
+    }
+    fn set_idle_timeout(&self, idle: Option<Duration>) {
+        let mut st = lock(&self.state);
+        st.idle = idle;
+        self.poke(&st);
+    }
+    fn set_read_paused(&self, paused: bool) {
+        let mut st = lock(&self.state);
+        if st.paused != paused {
+            st.paused = paused;
+            self.poke(&st);
+        }
+    }
+    fn is_closed(&self) -> bool {
+        let st = lock(&self.state);
+        st.closed || st.closing
+    }
+}
+
+fn reason_of(e: &io::Error) -> CloseReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
+            CloseReason::Reset
+        }
+        k => CloseReason::Error(k),
+    }
+}
+
+/// What the connection task should wait for next.
+struct Plan {
+    read: bool,
+    write: bool,
+    writable_cb: bool,
+    end: Option<(CloseReason, bool)>,
+}
+
+/// One connection's task: owns the socket and the handler.
+async fn run_conn(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    mut handler: Box<dyn Handler>,
+    id: ConnId,
+    mut listener_stop: Option<watch::Receiver<bool>>,
+) {
+    let cfg = &shared.cfg;
+    if cfg.nodelay {
+        let _ = stream.set_nodelay(true);
+    }
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let tc = Arc::new(TConn {
+        id,
+        peer,
+        local,
+        state: Mutex::new(TState {
+            queue: SendQueue::new(cfg.send_queue_limit),
+            in_callback: false,
+            closing: false,
+            abort: false,
+            write_shut: false,
+            closed: false,
+            paused: false,
+            idle: cfg.idle_timeout,
+            new_timers: Vec::new(),
+        }),
+        notify: Notify::new(),
+    });
+    let conn: Conn = tc.clone();
+    let mut shut = shared.shut_tx.subscribe();
+    let mut timers: BinaryHeap<Reverse<(Instant, u64, u64)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut rbuf = BytesMut::new();
+    let mut eof = false;
+    let mut fin_sent = false;
+    let mut last_activity = Instant::now();
+    let mut linger_deadline: Option<Instant> = None;
+    let read_chunk = cfg.read_chunk.max(1024);
+
+    macro_rules! callback {
+        ($call:expr) => {{
+            lock(&tc.state).in_callback = true;
+            $call;
+            lock(&tc.state).in_callback = false;
+        }};
+    }
+
+    callback!(handler.on_open(&conn));
+    let (reason, reset) = loop {
+        // Service: flush, FIN, timers, flags.
+        let plan = {
+            let mut st = lock(&tc.state);
+            for (at, token) in st.new_timers.drain(..) {
+                seq += 1;
+                timers.push(Reverse((at, seq, token)));
+            }
+            let mut plan = Plan { read: !st.paused && !eof && !st.closing, write: false, writable_cb: false, end: None };
+            if st.abort {
+                plan.end = Some((CloseReason::Local, true));
+            } else {
+                let mut failed = None;
+                let mut wrote = false;
+                while !st.queue.is_empty() {
+                    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                    let n = st.queue.io_slices(&mut slices);
+                    match stream.try_write_vectored(&slices[..n]) {
+                        Ok(0) => {
+                            failed = Some(io::Error::from(io::ErrorKind::WriteZero));
+                            break;
+                        }
+                        Ok(k) => {
+                            st.queue.advance(k);
+                            wrote = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            plan.write = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if wrote {
+                    last_activity = Instant::now();
+                }
+                if let Some(e) = failed {
+                    plan.end = Some((reason_of(&e), false));
+                } else if st.queue.is_empty() {
+                    if st.write_shut && !fin_sent {
+                        fin_sent = true;
+                        if let Err(e) = SockRef::from(&stream).shutdown(Shutdown::Write) {
+                            plan.end = Some((reason_of(&e), false));
+                        }
+                    }
+                    if st.closing && plan.end.is_none() {
+                        plan.end = Some((if eof { CloseReason::PeerClosed } else { CloseReason::Local }, false));
+                    }
+                } else if st.closing && linger_deadline.is_none() {
+                    linger_deadline = Some(Instant::now() + cfg.close_linger);
+                }
+                if plan.end.is_none() && !st.closing {
+                    plan.writable_cb = st.queue.take_writable();
+                }
+            }
+            plan
+        };
+        if let Some(end) = plan.end {
+            break end;
+        }
+        if plan.writable_cb {
+            callback!(handler.on_writable(&conn));
+            continue;
+        }
+        let idle = lock(&tc.state).idle;
+        let mut deadline = timers.peek().map(|Reverse((at, _, _))| *at);
+        if let Some(d) = idle {
+            let at = last_activity + d;
+            deadline = Some(deadline.map_or(at, |x| x.min(at)));
+        }
+        if let Some(l) = linger_deadline {
+            deadline = Some(deadline.map_or(l, |x| x.min(l)));
+        }
+        let listener_closed = async {
+            match listener_stop.as_mut() {
+                Some(rx) => stopped(rx).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stopped(&mut shut) => break (CloseReason::Shutdown, false),
+            _ = listener_closed => break (CloseReason::Shutdown, false),
+            _ = tc.notify.notified() => {}
+            r = stream.readable(), if plan.read => {
+                if let Err(e) = r {
+                    break (reason_of(&e), false);
+                }
+                let mut got = 0;
+                let mut err = None;
+                loop {
+                    rbuf.reserve(read_chunk);
+                    match stream.try_read_buf(&mut rbuf) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            got += n;
+                            if got >= 4 * read_chunk {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if got > 0 {
+                    last_activity = Instant::now();
+                    callback!(handler.on_data(&conn, &mut rbuf));
+                    if rbuf.is_empty() {
+                        rbuf = BytesMut::new();
+                    }
+                }
+                if let Some(e) = err {
+                    break (reason_of(&e), false);
+                }
+                if eof {
+                    callback!(handler.on_eof(&conn));
+                }
+            }
+            r = stream.writable(), if plan.write => {
+                if let Err(e) = r {
+                    break (reason_of(&e), false);
+                }
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                let now = Instant::now();
+                if linger_deadline.is_some_and(|l| l <= now) {
+                    break (if eof { CloseReason::PeerClosed } else { CloseReason::Local }, false);
+                }
+                if let Some(d) = idle {
+                    if now.duration_since(last_activity) >= d {
+                        break (CloseReason::IdleTimeout, false);
+                    }
+                }
+                while let Some(Reverse((at, _, token))) = timers.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    timers.pop();
+                    callback!(handler.on_timer(&conn, token));
+                }
+            }
+        }
+    };
+    {
+        let mut st = lock(&tc.state);
+        st.closed = true;
+        st.closing = true;
+        st.queue.clear();
+        st.new_timers.clear();
+    }
+    if reset {
+        let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    }
+    drop(stream);
+    handler.on_close(&conn, reason);
+}

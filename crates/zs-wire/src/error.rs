@@ -67,6 +67,21 @@ pub enum WireError {
         /// The byte found.
         value: u8,
     },
+    /// A number array's byte length is not a whole number of elements.
+    #[error("array of {len} bytes is not a whole number of {elem}-byte elements")]
+    ArrayLength {
+        /// Declared byte length.
+        len: u64,
+        /// Element size.
+        elem: usize,
+    },
+    /// A range field is inconsistent (a BigStream chunk past its total, a resend
+    /// request whose end precedes its start).
+    #[error("inconsistent range in {field}")]
+    InvalidRange {
+        /// Which field.
+        field: &'static str,
+    },
     /// A DataFrame value tag names no known type.
     #[error("unknown value tag {0:#04x}")]
     UnknownValueTag(u8),

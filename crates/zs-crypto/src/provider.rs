@@ -1,0 +1,163 @@
+//! The seam the framework holds: `Arc<dyn SecurityProvider>` makes sessions,
+//! each a `Box<dyn SecureSession>`; zs-core plugs in our AEAD sessions, TLS,
+//! or (feature `fuzzing`) the NullCipher suite without knowing which.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ring::rand::SystemRandom;
+
+use crate::error::{Error, Result};
+use crate::session::{ClientConfig, Event, ServerConfig, Session};
+
+/// A secure byte stream, sans-IO. Implemented by [`Session`] and [`crate::tls::TlsSession`].
+pub trait SecureSession: Send {
+    /// Feeds bytes received from the transport.
+    fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<()>;
+    /// Appends bytes to send on the transport to `out`.
+    fn write_output(&mut self, out: &mut Vec<u8>);
+    /// Next event.
+    fn poll_event(&mut self) -> Option<Event>;
+    /// Queues application data.
+    fn send(&mut self, data: &[u8], now: Instant) -> Result<()>;
+    /// True while handshaking.
+    fn is_handshaking(&self) -> bool;
+    /// Next deadline for [`Self::handle_timeout`].
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Drives time-based work.
+    fn handle_timeout(&mut self, now: Instant) -> Result<()>;
+    /// Replaces keys now.
+    fn rekey(&mut self, now: Instant) -> Result<()>;
+    /// Orderly close.
+    fn close(&mut self) -> Result<()>;
+    /// The transport ended; an error if that truncated the stream.
+    fn handle_eof(&mut self) -> Result<()>;
+}
+
+/// Makes sessions for one side or both. Object safe; the framework holds `Arc<dyn SecurityProvider>`.
+pub trait SecurityProvider: Send + Sync {
+    /// Short name for logs (`"zs-aead"`, `"tls13"`, ...).
+    fn name(&self) -> &str;
+    /// A new client-side session (its first bytes may already be in the output).
+    fn new_client(&self, now: Instant) -> Result<Box<dyn SecureSession>>;
+    /// A new server-side session.
+    fn new_server(&self, now: Instant) -> Result<Box<dyn SecureSession>>;
+}
+
+impl SecureSession for Session {
+    fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<()> {
+        Session::handle_input(self, data, now)
+    }
+    fn write_output(&mut self, out: &mut Vec<u8>) {
+        Session::write_output(self, out)
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        Session::poll_event(self)
+    }
+    fn send(&mut self, data: &[u8], now: Instant) -> Result<()> {
+        Session::send(self, data, now)
+    }
+    fn is_handshaking(&self) -> bool {
+        Session::is_handshaking(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Session::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) -> Result<()> {
+        Session::handle_timeout(self, now)
+    }
+    fn rekey(&mut self, now: Instant) -> Result<()> {
+        Session::rekey(self, now)
+    }
+    fn close(&mut self) -> Result<()> {
+        Session::close(self)
+    }
+    fn handle_eof(&mut self) -> Result<()> {
+        Session::handle_eof(self)
+    }
+}
+
+/// Provider of our own sessions (X25519 handshake + AEAD or CTR/HMAC records),
+/// with the operating system's random generator.
+pub struct ZsSecurity {
+    client: Option<Arc<ClientConfig>>,
+    server: Option<Arc<ServerConfig>>,
+    rng: SystemRandom,
+}
+
+impl ZsSecurity {
+    /// A provider; give the configuration of each side it must serve.
+    pub fn new(client: Option<Arc<ClientConfig>>, server: Option<Arc<ServerConfig>>) -> ZsSecurity {
+        ZsSecurity {
+            client,
+            server,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// A provider whose sessions use only the NullCipher suite (no protection):
+    /// for fuzzing, so fuzzers reach post-handshake states.
+    #[cfg(feature = "fuzzing")]
+    pub fn null_cipher(psk: &[u8]) -> ZsSecurity {
+        use crate::session::{Selection, SuitePolicy};
+        use crate::suite::SuiteId;
+        let mut c = ClientConfig::psk(b"fuzz", psk);
+        c.suites = vec![SuiteId::Null];
+        let mut s = ServerConfig::with_psk(b"fuzz", psk);
+        s.policy = SuitePolicy {
+            allowed: vec![SuiteId::Null],
+            selection: Selection::ServerPreference,
+        };
+        ZsSecurity::new(Some(Arc::new(c)), Some(Arc::new(s)))
+    }
+}
+
+impl SecurityProvider for ZsSecurity {
+    fn name(&self) -> &str {
+        "zs-aead"
+    }
+    fn new_client(&self, now: Instant) -> Result<Box<dyn SecureSession>> {
+        let c = self
+            .client
+            .clone()
+            .ok_or_else(|| Error::Config("no client configuration".into()))?;
+        Ok(Box::new(Session::client(c, &self.rng, now)?))
+    }
+    fn new_server(&self, now: Instant) -> Result<Box<dyn SecureSession>> {
+        let s = self
+            .server
+            .clone()
+            .ok_or_else(|| Error::Config("no server configuration".into()))?;
+        Ok(Box::new(Session::server(s, &self.rng, now)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn _object_safe(_: &dyn SecurityProvider, _: &dyn SecureSession) {}
+
+    #[test]
+    fn provider_pair_talks() {
+        let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+            Some(Arc::new(ClientConfig::psk(b"id", b"secret"))),
+            Some(Arc::new(ServerConfig::with_psk(b"id", b"secret"))),
+        ));
+        let now = Instant::now();
+        let mut c = p.new_client(now).unwrap();
+        let mut s = p.new_server(now).unwrap();
+        c.send(b"early", now).unwrap();
+        for _ in 0..3 {
+            let mut b = Vec::new();
+            c.write_output(&mut b);
+            s.handle_input(&b, now).unwrap();
+            let mut b = Vec::new();
+            s.write_output(&mut b);
+            c.handle_input(&b, now).unwrap();
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        let evs: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(evs.contains(&Event::Data(b"early".to_vec())), "{evs:?}");
+    }
+}

@@ -1,0 +1,1054 @@
+//! The sans-IO secure session: handshake state machine plus record layer,
+//! key updates and orderly close. Feed it bytes with [`Session::handle_input`],
+//! take bytes to send with [`Session::take_output`], read [`Event`]s with
+//! [`Session::poll_event`]. Time comes in as `now`; nothing here owns a socket,
+//! a thread or a clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+use ring::rand::SecureRandom;
+use ring::signature::{self, Ed25519KeyPair, KeyPair};
+use ring::{hkdf, hmac};
+use subtle::ConstantTimeEq;
+
+use crate::error::{Error, Result};
+use crate::handshake::{
+    alert, decode_client_finished, AuthMode, ClientHello, ServerHello, CLIENT_FINISHED,
+    CLIENT_HELLO, MAX_HANDSHAKE_LEN, MAX_OFFERED_SUITES, MAX_PSK_ID_LEN, SERVER_HELLO,
+    SIGNATURE_CONTEXT, VERSION,
+};
+use crate::hash::{sha3_256, Fingerprint};
+use crate::record::{
+    header, parse_header, ContentType, RecordOpener, RecordSealer, HEADER_LEN, MAX_RECORD_BODY,
+    MAX_TAG_LEN,
+};
+use crate::suite::{expand, SuiteId};
+
+/// A server's static Ed25519 identity.
+pub struct ServerIdentity {
+    key: Ed25519KeyPair,
+}
+
+impl ServerIdentity {
+    /// The identity whose private key is the 32-byte Ed25519 seed `seed`.
+    pub fn from_seed(seed: &[u8; 32]) -> Result<ServerIdentity> {
+        let key = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|_| Error::Config("bad Ed25519 seed".into()))?;
+        Ok(ServerIdentity { key })
+    }
+
+    /// A fresh identity; returns it with its seed (store the seed to keep the identity).
+    pub fn generate(rng: &dyn SecureRandom) -> Result<(ServerIdentity, [u8; 32])> {
+        let mut seed = [0u8; 32];
+        rng.fill(&mut seed).map_err(|_| Error::Rng)?;
+        Ok((ServerIdentity::from_seed(&seed)?, seed))
+    }
+
+    /// The raw 32-byte public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        let mut p = [0u8; 32];
+        p.copy_from_slice(self.key.public_key().as_ref());
+        p
+    }
+
+    /// The fingerprint clients pin (SHA3-256 of the public key).
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of_public_key(self.key.public_key().as_ref())
+    }
+}
+
+impl core::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ServerIdentity({})", self.fingerprint())
+    }
+}
+
+/// How a client authenticates the server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Expect a static Ed25519 server key with this fingerprint.
+    PinnedKey(Fingerprint),
+    /// Both sides prove the pre-shared key `key` named `identity`.
+    Psk {
+        /// Identity sent in clear so the server can find the key (at most 64 bytes).
+        identity: Vec<u8>,
+        /// The secret (never sent).
+        key: Vec<u8>,
+    },
+}
+
+impl core::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ClientAuth::PinnedKey(fp) => write!(f, "PinnedKey({fp})"),
+            ClientAuth::Psk { identity, .. } => {
+                write!(f, "Psk {{ identity: {identity:?}, key: <hidden> }}")
+            }
+        }
+    }
+}
+
+/// When keys are replaced automatically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RekeyPolicy {
+    /// Update the sending key after this many plaintext bytes in one generation.
+    pub max_bytes: u64,
+    /// Update the sending key after this much time in one generation.
+    pub max_age: Duration,
+}
+
+impl Default for RekeyPolicy {
+    /// 1 GiB or one hour, whichever comes first.
+    fn default() -> Self {
+        RekeyPolicy {
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How the server picks one suite among those allowed and offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// The first allowed suite (server order) the client offered.
+    ServerPreference,
+    /// The first offered suite (client order) the server allows.
+    ClientPreference,
+    /// A random one per connection (the seed's behaviour).
+    Random,
+}
+
+/// The server's suite policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuitePolicy {
+    /// Allowed suites, in server preference order.
+    pub allowed: Vec<SuiteId>,
+    /// Selection rule.
+    pub selection: Selection,
+}
+
+impl Default for SuitePolicy {
+    fn default() -> Self {
+        SuitePolicy {
+            allowed: SuiteId::ALL.to_vec(),
+            selection: Selection::ServerPreference,
+        }
+    }
+}
+
+/// Default largest plaintext of one record (64 KiB).
+pub const DEFAULT_MAX_RECORD: usize = 64 * 1024;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Server authentication.
+    pub auth: ClientAuth,
+    /// Offered suites, preference first.
+    pub suites: Vec<SuiteId>,
+    /// Automatic key update.
+    pub rekey: RekeyPolicy,
+    /// Largest record plaintext sent or accepted.
+    pub max_record: usize,
+}
+
+impl ClientConfig {
+    /// A client that pins the server key fingerprint `fp`, offering every suite.
+    pub fn pinned(fp: Fingerprint) -> ClientConfig {
+        ClientConfig {
+            auth: ClientAuth::PinnedKey(fp),
+            suites: SuiteId::ALL.to_vec(),
+            rekey: RekeyPolicy::default(),
+            max_record: DEFAULT_MAX_RECORD,
+        }
+    }
+
+    /// A client that uses the pre-shared key `key` named `identity`, offering every suite.
+    pub fn psk(identity: &[u8], key: &[u8]) -> ClientConfig {
+        ClientConfig {
+            auth: ClientAuth::Psk {
+                identity: identity.to_vec(),
+                key: key.to_vec(),
+            },
+            ..ClientConfig::pinned(Fingerprint([0; 32]))
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.suites.is_empty() || self.suites.len() > MAX_OFFERED_SUITES {
+            return Err(Error::Config(format!(
+                "offer 1..={MAX_OFFERED_SUITES} suites"
+            )));
+        }
+        if let ClientAuth::Psk { identity, key } = &self.auth {
+            if identity.len() > MAX_PSK_ID_LEN || key.is_empty() {
+                return Err(Error::Config(
+                    "psk identity over 64 bytes or empty key".into(),
+                ));
+            }
+        }
+        check_max_record(self.max_record)
+    }
+}
+
+fn check_max_record(m: usize) -> Result<()> {
+    if m == 0 || m > MAX_RECORD_BODY - MAX_TAG_LEN {
+        return Err(Error::Config(format!(
+            "max_record must be 1..={}",
+            MAX_RECORD_BODY - MAX_TAG_LEN
+        )));
+    }
+    Ok(())
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Static identity for clients that pin a key.
+    pub identity: Option<Arc<ServerIdentity>>,
+    /// Pre-shared keys by identity, for clients that use one.
+    pub psks: HashMap<Vec<u8>, Vec<u8>>,
+    /// Suite policy.
+    pub policy: SuitePolicy,
+    /// Automatic key update.
+    pub rekey: RekeyPolicy,
+    /// Largest record plaintext sent or accepted.
+    pub max_record: usize,
+}
+
+impl ServerConfig {
+    /// A server with a static identity and the default policy.
+    pub fn with_identity(identity: Arc<ServerIdentity>) -> ServerConfig {
+        ServerConfig {
+            identity: Some(identity),
+            psks: HashMap::new(),
+            policy: SuitePolicy::default(),
+            rekey: RekeyPolicy::default(),
+            max_record: DEFAULT_MAX_RECORD,
+        }
+    }
+
+    /// A server that knows one pre-shared key.
+    pub fn with_psk(identity: &[u8], key: &[u8]) -> ServerConfig {
+        let mut psks = HashMap::new();
+        psks.insert(identity.to_vec(), key.to_vec());
+        ServerConfig {
+            identity: None,
+            psks,
+            ..ServerConfig::with_identity_none()
+        }
+    }
+
+    fn with_identity_none() -> ServerConfig {
+        ServerConfig {
+            identity: None,
+            psks: HashMap::new(),
+            policy: SuitePolicy::default(),
+            rekey: RekeyPolicy::default(),
+            max_record: DEFAULT_MAX_RECORD,
+        }
+    }
+}
+
+/// Which side a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Initiator.
+    Client,
+    /// Responder.
+    Server,
+}
+
+/// Direction of a key update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Our sending keys.
+    Send,
+    /// The peer's sending keys (our receiving keys).
+    Receive,
+}
+
+/// What a session reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake finished; application data may flow.
+    HandshakeComplete {
+        /// Negotiated suite.
+        suite: SuiteId,
+        /// The PSK identity the client used (server side, PSK mode).
+        psk_identity: Option<Vec<u8>>,
+    },
+    /// Application data from the peer, in order.
+    Data(Vec<u8>),
+    /// Keys of one direction moved to a new generation.
+    KeyUpdated {
+        /// Which direction.
+        direction: Direction,
+        /// New generation number.
+        generation: u32,
+    },
+    /// The peer closed the session in an orderly way.
+    Closed,
+}
+
+enum State {
+    ClientWaitHello {
+        eph: EphemeralPrivateKey,
+        hello: Vec<u8>,
+    },
+    ServerWaitHello {
+        eph: EphemeralPrivateKey,
+        selector: u32,
+    },
+    ServerWaitFinished {
+        expected: [u8; 32],
+        psk: bool,
+        psk_identity: Option<Vec<u8>>,
+        suite: SuiteId,
+    },
+    Established,
+    Failed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::ClientWaitHello { .. } => "waiting for ServerHello",
+            State::ServerWaitHello { .. } => "waiting for ClientHello",
+            State::ServerWaitFinished { .. } => "waiting for ClientFinished",
+            State::Established => "established",
+            State::Failed => "failed",
+        }
+    }
+}
+
+struct Keys {
+    c2s: [u8; 32],
+    s2c: [u8; 32],
+    server_finished: [u8; 32],
+    client_finished: [u8; 32],
+}
+
+/// The key schedule: HKDF-SHA256 with salt `H1` over `shared || psk`.
+fn derive_keys(shared: &[u8], psk: Option<&[u8]>, h1: &[u8; 32]) -> Keys {
+    let mut ikm = shared.to_vec();
+    if let Some(p) = psk {
+        ikm.extend_from_slice(p);
+    }
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, h1).extract(&ikm);
+    let mut k = Keys {
+        c2s: [0; 32],
+        s2c: [0; 32],
+        server_finished: [0; 32],
+        client_finished: [0; 32],
+    };
+    expand(&prk, b"zs1 c2s", &mut k.c2s);
+    expand(&prk, b"zs1 s2c", &mut k.s2c);
+    expand(&prk, b"zs1 server finished", &mut k.server_finished);
+    expand(&prk, b"zs1 client finished", &mut k.client_finished);
+    k
+}
+
+fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
+    let t = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), msg);
+    let mut o = [0u8; 32];
+    o.copy_from_slice(t.as_ref());
+    o
+}
+
+fn transcript(parts: &[&[u8]]) -> [u8; 32] {
+    sha3_256(&parts.concat())
+}
+
+fn agree(eph: EphemeralPrivateKey, peer: &[u8; 32]) -> Result<Vec<u8>> {
+    agreement::agree_ephemeral(eph, &UnparsedPublicKey::new(&X25519, peer), |s| s.to_vec())
+        .map_err(|_| Error::Malformed("X25519 public key"))
+}
+
+fn alert_code(e: &Error) -> u8 {
+    match e {
+        Error::NoCommonSuite => alert::NO_COMMON_SUITE,
+        Error::UnknownPskId(_) => alert::UNKNOWN_PSK_ID,
+        Error::PskMismatch => alert::PSK_MISMATCH,
+        Error::AuthModeMismatch { .. } => alert::AUTH_MODE,
+        Error::Malformed(_) | Error::UnexpectedMessage { .. } | Error::RecordTooLarge { .. } => {
+            alert::DECODE
+        }
+        Error::WrongServerKey { .. } | Error::BadSignature => alert::BAD_SERVER_IDENTITY,
+        _ => alert::HANDSHAKE_FAILURE,
+    }
+}
+
+/// Most plaintext queued by `send` before the handshake completes (16 MiB).
+pub const MAX_QUEUED_BEFORE_HANDSHAKE: usize = 16 << 20;
+
+/// One secure session (either side). See the module docs.
+pub struct Session {
+    role: Role,
+    state: State,
+    client: Option<Arc<ClientConfig>>,
+    server: Option<Arc<ServerConfig>>,
+    rekey: RekeyPolicy,
+    max_record: usize,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    sealer: Option<RecordSealer>,
+    opener: Option<RecordOpener>,
+    queued: Vec<u8>,
+    gen_bytes: u64,
+    gen_started: Instant,
+    peer_closed: bool,
+    we_closed: bool,
+    handshake_done: bool,
+}
+
+fn handshake_record(msg: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&header(ContentType::Handshake, msg.len()));
+    out.extend_from_slice(msg);
+}
+
+impl Session {
+    /// Starts a client: the ClientHello is ready in [`Self::take_output`] at once.
+    /// `rng` is used here only (one X25519 key).
+    pub fn client(
+        config: Arc<ClientConfig>,
+        rng: &dyn SecureRandom,
+        now: Instant,
+    ) -> Result<Session> {
+        config.validate()?;
+        let eph = EphemeralPrivateKey::generate(&X25519, rng).map_err(|_| Error::Rng)?;
+        let public: [u8; 32] = eph
+            .compute_public_key()
+            .map_err(|_| Error::Rng)?
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::Rng)?;
+        let (auth, psk_id) = match &config.auth {
+            ClientAuth::PinnedKey(_) => (AuthMode::ServerKey, Vec::new()),
+            ClientAuth::Psk { identity, .. } => (AuthMode::Psk, identity.clone()),
+        };
+        let hello = ClientHello {
+            version: VERSION,
+            public,
+            auth,
+            psk_id,
+            suites: config.suites.iter().map(|s| s.wire_id()).collect(),
+        }
+        .encode();
+        let mut s = Session::blank(Role::Client, config.rekey, config.max_record, now);
+        handshake_record(&hello, &mut s.out);
+        s.state = State::ClientWaitHello { eph, hello };
+        s.client = Some(config);
+        Ok(s)
+    }
+
+    /// Starts a server. `rng` is used here only (one X25519 key, then four
+    /// bytes for random suite selection).
+    pub fn server(
+        config: Arc<ServerConfig>,
+        rng: &dyn SecureRandom,
+        now: Instant,
+    ) -> Result<Session> {
+        check_max_record(config.max_record)?;
+        if config.policy.allowed.is_empty() {
+            return Err(Error::Config("no allowed suites".into()));
+        }
+        if config.identity.is_none() && config.psks.is_empty() {
+            return Err(Error::Config(
+                "server needs an identity or a pre-shared key".into(),
+            ));
+        }
+        let eph = EphemeralPrivateKey::generate(&X25519, rng).map_err(|_| Error::Rng)?;
+        let mut sel = [0u8; 4];
+        rng.fill(&mut sel).map_err(|_| Error::Rng)?;
+        let mut s = Session::blank(Role::Server, config.rekey, config.max_record, now);
+        s.state = State::ServerWaitHello {
+            eph,
+            selector: u32::from_le_bytes(sel),
+        };
+        s.server = Some(config);
+        Ok(s)
+    }
+
+    fn blank(role: Role, rekey: RekeyPolicy, max_record: usize, now: Instant) -> Session {
+        Session {
+            role,
+            state: State::Failed,
+            client: None,
+            server: None,
+            rekey,
+            max_record,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            events: VecDeque::new(),
+            sealer: None,
+            opener: None,
+            queued: Vec::new(),
+            gen_bytes: 0,
+            gen_started: now,
+            peer_closed: false,
+            we_closed: false,
+            handshake_done: false,
+        }
+    }
+
+    /// Client or server.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// True until the handshake completes (or fails).
+    pub fn is_handshaking(&self) -> bool {
+        !matches!(self.state, State::Established | State::Failed)
+    }
+
+    /// True once the handshake completed and no error happened since.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// The negotiated suite, once known.
+    pub fn suite(&self) -> Option<SuiteId> {
+        self.sealer.as_ref().map(|s| s.suite())
+    }
+
+    /// Key generations `(send, receive)`, once keys exist.
+    pub fn generations(&self) -> Option<(u32, u32)> {
+        Some((
+            self.sealer.as_ref()?.generation(),
+            self.opener.as_ref()?.generation(),
+        ))
+    }
+
+    /// Bytes to send to the peer, taken (the internal buffer is emptied).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Appends the bytes to send to `out` and empties the internal buffer.
+    pub fn write_output(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.out);
+    }
+
+    /// Whether there are bytes to send.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] should next be called (time-based rekey).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Established if !self.we_closed => Some(self.gen_started + self.rekey.max_age),
+            _ => None,
+        }
+    }
+
+    /// Updates the sending key if its age reached the policy's limit.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
+        self.check_usable()?;
+        if self.is_established()
+            && !self.we_closed
+            && now.saturating_duration_since(self.gen_started) >= self.rekey.max_age
+        {
+            self.update_send(now, false)?;
+        }
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if matches!(self.state, State::Failed) {
+            Err(Error::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends application data (split into records of at most `max_record`
+    /// bytes). Before the handshake completes the data is queued (up to
+    /// [`MAX_QUEUED_BEFORE_HANDSHAKE`]).
+    pub fn send(&mut self, data: &[u8], now: Instant) -> Result<()> {
+        self.check_usable()?;
+        if self.we_closed {
+            return Err(Error::Closed);
+        }
+        if !self.is_established() {
+            if self.queued.len() + data.len() > MAX_QUEUED_BEFORE_HANDSHAKE {
+                return Err(Error::Config(
+                    "too much data queued before the handshake".into(),
+                ));
+            }
+            self.queued.extend_from_slice(data);
+            return Ok(());
+        }
+        for chunk in data.chunks(self.max_record) {
+            self.send_record(chunk, now)?;
+        }
+        Ok(())
+    }
+
+    fn send_record(&mut self, chunk: &[u8], now: Instant) -> Result<()> {
+        if self.gen_bytes >= self.rekey.max_bytes
+            || now.saturating_duration_since(self.gen_started) >= self.rekey.max_age
+        {
+            self.update_send(now, false)?;
+        }
+        let sealer = self.sealer.as_mut().ok_or(Error::Failed)?;
+        sealer.seal(ContentType::Data, chunk, &mut self.out)?;
+        self.gen_bytes += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the sending keys now and asks the peer to replace its own.
+    pub fn rekey(&mut self, now: Instant) -> Result<()> {
+        self.check_usable()?;
+        if !self.is_established() {
+            return Err(Error::UnexpectedMessage {
+                what: "rekey request",
+                state: self.state.name(),
+            });
+        }
+        if self.we_closed {
+            return Err(Error::Closed);
+        }
+        self.update_send(now, true)
+    }
+
+    fn update_send(&mut self, now: Instant, request: bool) -> Result<()> {
+        let sealer = self.sealer.as_mut().ok_or(Error::Failed)?;
+        let next = sealer.generation().wrapping_add(1);
+        let n = next.to_le_bytes();
+        sealer.seal(
+            ContentType::KeyUpdate,
+            &[n[0], n[1], n[2], n[3], request as u8],
+            &mut self.out,
+        )?;
+        sealer.update_keys()?;
+        self.gen_bytes = 0;
+        self.gen_started = now;
+        self.events.push_back(Event::KeyUpdated {
+            direction: Direction::Send,
+            generation: next,
+        });
+        Ok(())
+    }
+
+    /// Sends a close record; no more data may be sent.
+    pub fn close(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if self.we_closed {
+            return Ok(());
+        }
+        self.we_closed = true;
+        if self.is_established() {
+            if let Some(s) = self.sealer.as_mut() {
+                s.seal(ContentType::Close, &[], &mut self.out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The transport reached end of stream: fine after the peer's close
+    /// record, otherwise [`Error::Truncated`].
+    pub fn handle_eof(&mut self) -> Result<()> {
+        if self.peer_closed {
+            Ok(())
+        } else {
+            self.state = State::Failed;
+            Err(Error::Truncated)
+        }
+    }
+
+    /// Feeds bytes received from the peer. Complete records are processed at
+    /// once; a partial record waits for more bytes. Any error is fatal: the
+    /// session fails (sending an alert first if still handshaking).
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<()> {
+        self.check_usable()?;
+        self.inbuf.extend_from_slice(data);
+        let mut buf = std::mem::take(&mut self.inbuf);
+        let mut pos = 0;
+        let res = loop {
+            let Some((ty, len)) = parse_header(&buf[pos..]) else {
+                break Ok(());
+            };
+            let limit = match ContentType::from_u8(ty) {
+                Some(ContentType::Handshake | ContentType::Alert) => MAX_HANDSHAKE_LEN,
+                Some(_) => self.max_record + MAX_TAG_LEN,
+                None => break Err(Error::Malformed("record content type")),
+            };
+            if len > limit {
+                break Err(Error::RecordTooLarge { len, max: limit });
+            }
+            if buf.len() - pos - HEADER_LEN < len {
+                break Ok(());
+            }
+            let end = pos + HEADER_LEN + len;
+            if let Err(e) = self.process(&mut buf[pos..end], now) {
+                break Err(e);
+            }
+            pos = end;
+        };
+        buf.drain(..pos);
+        self.inbuf = buf;
+        if let Err(e) = res {
+            self.fail(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: &Error) {
+        if !self.handshake_done && !matches!(e, Error::PeerAlert(_)) {
+            self.out.extend_from_slice(&header(ContentType::Alert, 1));
+            self.out.push(alert_code(e));
+        }
+        self.state = State::Failed;
+    }
+
+    fn process(&mut self, record: &mut [u8], now: Instant) -> Result<()> {
+        let ty = ContentType::from_u8(record[0]).ok_or(Error::Malformed("record content type"))?;
+        match ty {
+            ContentType::Handshake => self.on_handshake(&record[HEADER_LEN..], now),
+            ContentType::Alert => {
+                if self.is_established() {
+                    return Err(Error::UnexpectedMessage {
+                        what: "alert",
+                        state: "established",
+                    });
+                }
+                match record[HEADER_LEN..] {
+                    [code] => Err(Error::PeerAlert(code)),
+                    _ => Err(Error::Malformed("alert")),
+                }
+            }
+            ContentType::Data | ContentType::KeyUpdate | ContentType::Close => {
+                if self.peer_closed {
+                    return Err(Error::UnexpectedMessage {
+                        what: "record",
+                        state: "closed by peer",
+                    });
+                }
+                let opener = match (&self.state, self.opener.as_mut()) {
+                    (State::Established, Some(o)) => o,
+                    _ => {
+                        return Err(Error::UnexpectedMessage {
+                            what: "sealed record",
+                            state: self.state.name(),
+                        })
+                    }
+                };
+                let (ty, payload) = opener.open_in_place(record)?;
+                match ty {
+                    ContentType::Data => {
+                        self.events.push_back(Event::Data(payload.to_vec()));
+                        Ok(())
+                    }
+                    ContentType::KeyUpdate => {
+                        let [g0, g1, g2, g3, req] = *payload else {
+                            return Err(Error::Malformed("key update"));
+                        };
+                        let got = u32::from_le_bytes([g0, g1, g2, g3]);
+                        let expected = opener.generation().wrapping_add(1);
+                        if got != expected {
+                            return Err(Error::KeyUpdateOutOfStep { expected, got });
+                        }
+                        if req > 1 {
+                            return Err(Error::Malformed("key update request flag"));
+                        }
+                        opener.update_keys()?;
+                        self.events.push_back(Event::KeyUpdated {
+                            direction: Direction::Receive,
+                            generation: got,
+                        });
+                        if req == 1 && !self.we_closed {
+                            self.update_send(now, false)?;
+                        }
+                        Ok(())
+                    }
+                    _ => {
+                        if !payload.is_empty() {
+                            return Err(Error::Malformed("close"));
+                        }
+                        self.peer_closed = true;
+                        self.events.push_back(Event::Closed);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_handshake(&mut self, msg: &[u8], now: Instant) -> Result<()> {
+        let kind = msg.first().copied().unwrap_or(0);
+        match (std::mem::replace(&mut self.state, State::Failed), kind) {
+            (State::ClientWaitHello { eph, hello }, SERVER_HELLO) => {
+                self.client_on_server_hello(eph, &hello, msg, now)
+            }
+            (State::ServerWaitHello { eph, selector }, CLIENT_HELLO) => {
+                self.server_on_client_hello(eph, selector, msg)
+            }
+            (
+                State::ServerWaitFinished {
+                    expected,
+                    psk,
+                    psk_identity,
+                    suite,
+                },
+                CLIENT_FINISHED,
+            ) => {
+                let got = decode_client_finished(msg)?;
+                if !bool::from(got.ct_eq(&expected)) {
+                    return Err(if psk {
+                        Error::PskMismatch
+                    } else {
+                        Error::Malformed("client finished MAC")
+                    });
+                }
+                self.established(suite, psk_identity, now)
+            }
+            (other, _) => {
+                let state = other.name();
+                self.state = other;
+                Err(Error::UnexpectedMessage {
+                    what: "handshake message",
+                    state,
+                })
+            }
+        }
+    }
+
+    fn established(
+        &mut self,
+        suite: SuiteId,
+        psk_identity: Option<Vec<u8>>,
+        now: Instant,
+    ) -> Result<()> {
+        self.state = State::Established;
+        self.handshake_done = true;
+        self.gen_started = now;
+        self.events.push_back(Event::HandshakeComplete {
+            suite,
+            psk_identity,
+        });
+        let queued = std::mem::take(&mut self.queued);
+        if !queued.is_empty() && !self.we_closed {
+            for chunk in queued.chunks(self.max_record) {
+                self.send_record(chunk, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn client_on_server_hello(
+        &mut self,
+        eph: EphemeralPrivateKey,
+        hello: &[u8],
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<()> {
+        let cfg = self.client.clone().ok_or(Error::Failed)?;
+        let sh = ServerHello::decode(msg)?;
+        if sh.version != VERSION {
+            return Err(Error::Malformed("ServerHello version"));
+        }
+        let suite = SuiteId::from_wire_id(sh.suite)
+            .filter(|s| cfg.suites.contains(s))
+            .ok_or(Error::UnofferedSuite(sh.suite))?;
+        let core_len = ServerHello::core_len(sh.auth);
+        let h1 = transcript(&[hello, &msg[..core_len]]);
+        let psk = match (&cfg.auth, sh.auth) {
+            (ClientAuth::PinnedKey(expected), AuthMode::ServerKey) => {
+                let (Some(key), Some(sig)) = (sh.server_key, sh.signature) else {
+                    return Err(Error::Malformed("ServerHello"));
+                };
+                let got = Fingerprint::of_public_key(&key);
+                if got != *expected {
+                    return Err(Error::WrongServerKey {
+                        expected: *expected,
+                        got,
+                    });
+                }
+                let signed = [SIGNATURE_CONTEXT, &h1[..]].concat();
+                signature::UnparsedPublicKey::new(&signature::ED25519, &key)
+                    .verify(&signed, &sig)
+                    .map_err(|_| Error::BadSignature)?;
+                None
+            }
+            (ClientAuth::Psk { key, .. }, AuthMode::Psk) => Some(key.as_slice()),
+            (ours, peer) => {
+                let ours = match ours {
+                    ClientAuth::PinnedKey(_) => AuthMode::ServerKey,
+                    ClientAuth::Psk { .. } => AuthMode::Psk,
+                };
+                return Err(Error::AuthModeMismatch {
+                    peer: peer.name(),
+                    ours: ours.name(),
+                });
+            }
+        };
+        let shared = agree(eph, &sh.public)?;
+        let keys = derive_keys(&shared, psk, &h1);
+        let fin_ok = ring::hmac::verify(
+            &hmac::Key::new(hmac::HMAC_SHA256, &keys.server_finished),
+            &h1,
+            &sh.finished,
+        )
+        .is_ok();
+        if !fin_ok {
+            return Err(if psk.is_some() {
+                Error::PskMismatch
+            } else {
+                Error::Malformed("server finished MAC")
+            });
+        }
+        let h2 = transcript(&[hello, msg]);
+        let mut fin = vec![CLIENT_FINISHED];
+        fin.extend_from_slice(&hmac_sha256(&keys.client_finished, &h2));
+        handshake_record(&fin, &mut self.out);
+        self.sealer = Some(RecordSealer::new(suite, keys.c2s)?);
+        self.opener = Some(RecordOpener::new(suite, keys.s2c)?);
+        self.established(suite, None, now)
+    }
+
+    fn server_on_client_hello(
+        &mut self,
+        eph: EphemeralPrivateKey,
+        selector: u32,
+        msg: &[u8],
+    ) -> Result<()> {
+        let cfg = self.server.clone().ok_or(Error::Failed)?;
+        let ch = ClientHello::decode(msg)?;
+        if ch.version != VERSION {
+            return Err(Error::Malformed("ClientHello version"));
+        }
+        let (psk, identity) = match ch.auth {
+            AuthMode::ServerKey => match &cfg.identity {
+                Some(id) => (None, Some(id.clone())),
+                None => {
+                    return Err(Error::AuthModeMismatch {
+                        peer: "server key",
+                        ours: "pre-shared key",
+                    })
+                }
+            },
+            AuthMode::Psk => {
+                if cfg.psks.is_empty() {
+                    return Err(Error::AuthModeMismatch {
+                        peer: "pre-shared key",
+                        ours: "server key",
+                    });
+                }
+                match cfg.psks.get(&ch.psk_id) {
+                    Some(k) => (Some(k.clone()), None),
+                    None => {
+                        return Err(Error::UnknownPskId(
+                            String::from_utf8_lossy(&ch.psk_id).into_owned(),
+                        ))
+                    }
+                }
+            }
+        };
+        let suite = choose_suite(&cfg.policy, &ch.suites, selector)?;
+        let public: [u8; 32] = eph
+            .compute_public_key()
+            .map_err(|_| Error::Rng)?
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::Rng)?;
+        let mut sh = ServerHello {
+            version: VERSION,
+            public,
+            suite: suite.wire_id(),
+            auth: ch.auth,
+            server_key: identity.as_ref().map(|i| i.public_key()),
+            signature: None,
+            finished: [0; 32],
+        };
+        let core = sh.encode_core();
+        let h1 = transcript(&[msg, &core]);
+        let shared = agree(eph, &ch.public)?;
+        let keys = derive_keys(&shared, psk.as_deref(), &h1);
+        if let Some(id) = &identity {
+            let signed = [SIGNATURE_CONTEXT, &h1[..]].concat();
+            let mut s = [0u8; 64];
+            s.copy_from_slice(id.key.sign(&signed).as_ref());
+            sh.signature = Some(s);
+        }
+        sh.finished = hmac_sha256(&keys.server_finished, &h1);
+        let full = sh.encode();
+        handshake_record(&full, &mut self.out);
+        let h2 = transcript(&[msg, &full]);
+        self.sealer = Some(RecordSealer::new(suite, keys.s2c)?);
+        self.opener = Some(RecordOpener::new(suite, keys.c2s)?);
+        self.state = State::ServerWaitFinished {
+            expected: hmac_sha256(&keys.client_finished, &h2),
+            psk: psk.is_some(),
+            psk_identity: psk.is_some().then_some(ch.psk_id),
+            suite,
+        };
+        Ok(())
+    }
+}
+
+/// Applies the server policy to the client's offer.
+pub fn choose_suite(policy: &SuitePolicy, offered: &[u16], selector: u32) -> Result<SuiteId> {
+    let offered: Vec<SuiteId> = offered
+        .iter()
+        .filter_map(|&id| SuiteId::from_wire_id(id))
+        .collect();
+    let candidates: Vec<SuiteId> = match policy.selection {
+        Selection::ClientPreference => offered
+            .iter()
+            .copied()
+            .filter(|s| policy.allowed.contains(s))
+            .collect(),
+        _ => policy
+            .allowed
+            .iter()
+            .copied()
+            .filter(|s| offered.contains(s))
+            .collect(),
+    };
+    if candidates.is_empty() {
+        return Err(Error::NoCommonSuite);
+    }
+    Ok(match policy.selection {
+        Selection::Random => candidates[selector as usize % candidates.len()],
+        _ => candidates[0],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_orders() {
+        let offered = [0x0105, 0x0001, 0x9999];
+        let mut p = SuitePolicy {
+            allowed: vec![SuiteId::Aes256Gcm, SuiteId::Mars256CtrHmacSha3],
+            selection: Selection::ServerPreference,
+        };
+        assert_eq!(choose_suite(&p, &offered, 0).unwrap(), SuiteId::Aes256Gcm);
+        p.selection = Selection::ClientPreference;
+        assert_eq!(
+            choose_suite(&p, &offered, 0).unwrap(),
+            SuiteId::Mars256CtrHmacSha3
+        );
+        p.selection = Selection::Random;
+        assert_eq!(choose_suite(&p, &offered, 0).unwrap(), SuiteId::Aes256Gcm);
+        assert_eq!(
+            choose_suite(&p, &offered, 1).unwrap(),
+            SuiteId::Mars256CtrHmacSha3
+        );
+        assert_eq!(choose_suite(&p, &[0x0002], 1), Err(Error::NoCommonSuite));
+    }
+}

@@ -1,0 +1,1564 @@
+//! One database: an append-only log file plus an in-memory index id → location.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    self, align_up, FrameHeader, FILE_HEADER_LEN, FLAG_COMMIT, FLAG_LZ4, FRAME_HEADER_LEN, OP_DELETE,
+    OP_META, OP_PUT,
+};
+use crate::record::{FieldValue, Kind, Record, RecordRef};
+use crate::vfs::{FileBackend, Vfs};
+
+/// When a commit is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A commit returns after its frames are written and fsynced.
+    Immediate,
+    /// Group commit: a commit returns once buffered in memory; a background thread
+    /// writes and fsyncs at most every `interval` (and when the write buffer fills).
+    Periodic(Duration),
+}
+
+impl Durability {
+    /// The seed's default: flush about once per second.
+    pub const PERIODIC_1S: Durability = Durability::Periodic(Duration::from_secs(1));
+
+    fn to_meta(self) -> String {
+        match self {
+            Durability::Immediate => "immediate".into(),
+            Durability::Periodic(d) => format!("periodic:{}", d.as_millis()),
+        }
+    }
+
+    /// Parses `immediate` or `periodic:<ms>` (also `periodic` = 1000 ms).
+    pub fn parse(s: &str) -> Option<Durability> {
+        match s {
+            "immediate" => Some(Durability::Immediate),
+            "periodic" => Some(Durability::PERIODIC_1S),
+            _ => {
+                let ms: u64 = s.strip_prefix("periodic:")?.parse().ok()?;
+                Some(Durability::Periodic(Duration::from_millis(ms.max(1))))
+            }
+        }
+    }
+}
+
+/// Options of one database. `durability` and `compress` are stored in the file and
+/// re-used on the next open unless overridden.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Durability mode (default [`Durability::Immediate`]).
+    pub durability: Durability,
+    /// LZ4-compress values of at least 64 bytes when it saves space (default off).
+    pub compress: bool,
+    /// Memory budget of the record cache in bytes (default 64 MiB; 0 disables it).
+    pub cache_bytes: usize,
+    /// Drop the cache after this long without access (default 15 s, as the seed).
+    pub idle_evict: Duration,
+    /// Periodic mode: write the buffer out once it holds this many bytes (default 4 MiB).
+    pub write_buffer: usize,
+    /// Largest value accepted by `insert`/`update` and read back whole (default 256 MiB);
+    /// larger values go through [`Database::insert_stream`] / [`Database::open_value`].
+    pub max_value: u64,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            durability: Durability::Immediate,
+            compress: false,
+            cache_bytes: 64 << 20,
+            idle_evict: Duration::from_secs(15),
+            write_buffer: 4 << 20,
+            max_value: 256 << 20,
+        }
+    }
+}
+
+/// A region of the file that failed its checks when the database was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CorruptRegion {
+    /// First byte of the region.
+    pub offset: u64,
+    /// Length of the region in bytes.
+    pub len: u64,
+    /// Frames of incomplete commits dropped with it.
+    pub dropped_frames: u64,
+}
+
+/// What opening a database found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Live records after recovery.
+    pub records: u64,
+    /// Bytes cut off the end (a torn or uncommitted tail).
+    pub truncated_bytes: u64,
+    /// Frames of an uncommitted tail that were rolled back.
+    pub rolled_back_frames: u64,
+    /// Damaged regions in the middle of the file that were skipped (the rest was read).
+    pub corrupt: Vec<CorruptRegion>,
+}
+
+/// Figures about a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Live records.
+    pub records: u64,
+    /// Next id to be allocated.
+    pub next_id: u64,
+    /// File length including the unwritten buffer.
+    pub file_bytes: u64,
+    /// Bytes of live frames (the size after compaction, plus the header).
+    pub live_bytes: u64,
+}
+
+/// One operation of a [`Batch`].
+#[derive(Debug, Clone)]
+enum BatchOp {
+    Insert(Kind, Vec<u8>),
+    Update(u64, Kind, Vec<u8>),
+    Delete(u64),
+}
+
+/// Several writes committed atomically in one commit.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    ops: Vec<BatchOp>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+    /// Adds an insert (its id is returned by the commit, in order).
+    pub fn insert(&mut self, kind: Kind, data: impl Into<Vec<u8>>) -> &mut Batch {
+        self.ops.push(BatchOp::Insert(kind, data.into()));
+        self
+    }
+    /// Adds an update of an existing record.
+    pub fn update(&mut self, id: u64, kind: Kind, data: impl Into<Vec<u8>>) -> &mut Batch {
+        self.ops.push(BatchOp::Update(id, kind, data.into()));
+        self
+    }
+    /// Adds a delete of an existing record.
+    pub fn delete(&mut self, id: u64) -> &mut Batch {
+        self.ops.push(BatchOp::Delete(id));
+        self
+    }
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Location of a live record: frame offset, payload length, kind, flags. `off == 0` = absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub(crate) off: u64,
+    pub(crate) len: u32,
+    pub(crate) kind: u8,
+    pub(crate) flags: u8,
+}
+
+const LEN_BIG: u32 = u32::MAX;
+
+impl Loc {
+    pub(crate) fn present(&self) -> bool {
+        self.off != 0
+    }
+    fn from_header(off: u64, fh: &FrameHeader) -> Loc {
+        Loc { off, len: u32::try_from(fh.len).unwrap_or(LEN_BIG), kind: fh.kind, flags: fh.flags }
+    }
+    /// Frame length, when known from the location alone.
+    pub(crate) fn frame_len(&self) -> Option<u64> {
+        (self.len != LEN_BIG).then(|| align_up(FRAME_HEADER_LEN as u64 + self.len as u64))
+    }
+}
+
+/// An ordered key of a secondary index.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub(crate) enum IndexKey {
+    Null,
+    Bool(bool),
+    Num(OrdF64),
+    Str(String),
+    Bytes(Vec<u8>),
+}
+impl Eq for IndexKey {}
+impl Ord for IndexKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.partial_cmp(other).unwrap_or(std::cmp::Ordering::Equal)
+    }
+}
+
+/// f64 ordered by `total_cmp`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OrdF64(pub(crate) f64);
+impl PartialEq for OrdF64 {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.total_cmp(&o.0).is_eq()
+    }
+}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.0.total_cmp(&o.0))
+    }
+}
+
+impl IndexKey {
+    pub(crate) fn from_field(v: &FieldValue) -> IndexKey {
+        match v {
+            FieldValue::Null => IndexKey::Null,
+            FieldValue::Bool(b) => IndexKey::Bool(*b),
+            FieldValue::Int(i) => IndexKey::Num(OrdF64(*i as f64)),
+            // -0.0 and 0.0 index as one key
+            FieldValue::Float(f) => IndexKey::Num(OrdF64(if *f == 0.0 { 0.0 } else { *f })),
+            FieldValue::Str(s) => IndexKey::Str(s.clone()),
+            FieldValue::Bytes(b) => IndexKey::Bytes(b.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SecIndex {
+    tree: BTreeSet<(IndexKey, u64)>,
+    by_id: HashMap<u64, IndexKey>,
+}
+
+impl SecIndex {
+    fn set(&mut self, id: u64, key: Option<IndexKey>) {
+        if let Some(old) = self.by_id.remove(&id) {
+            self.tree.remove(&(old, id));
+        }
+        if let Some(k) = key {
+            self.tree.insert((k.clone(), id));
+            self.by_id.insert(id, k);
+        }
+    }
+    /// Ids whose key is within the bounds, in id order.
+    pub(crate) fn range(&self, lo: Bound<&IndexKey>, hi: Bound<&IndexKey>) -> Vec<u64> {
+        let lo = match lo {
+            Bound::Included(k) => Bound::Included((k.clone(), 0)),
+            Bound::Excluded(k) => Bound::Excluded((k.clone(), u64::MAX)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let hi = match hi {
+            Bound::Included(k) => Bound::Included((k.clone(), u64::MAX)),
+            Bound::Excluded(k) => Bound::Excluded((k.clone(), 0)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) = (&lo, &hi) {
+            if a > b {
+                return Vec::new();
+            }
+        }
+        let mut ids: Vec<u64> = self.tree.range((lo, hi)).map(|(_, id)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) file: Arc<dyn FileBackend>,
+    pub(crate) locs: Vec<Loc>,
+    pub(crate) live: u64,
+    pub(crate) live_bytes: u64,
+    pub(crate) meta: BTreeMap<String, String>,
+    pub(crate) indexes: BTreeMap<String, SecIndex>,
+}
+
+impl State {
+    pub(crate) fn loc(&self, id: u64) -> Option<Loc> {
+        if id == 0 {
+            return None;
+        }
+        self.locs.get((id - 1) as usize).copied().filter(Loc::present)
+    }
+    fn set_loc(&mut self, id: u64, loc: Option<Loc>) {
+        let i = (id - 1) as usize;
+        if i >= self.locs.len() {
+            if loc.is_none() {
+                return;
+            }
+            self.locs.resize(i + 1, Loc::default());
+        }
+        let old = self.locs[i];
+        if old.present() {
+            self.live -= 1;
+            self.live_bytes -= old.frame_len().unwrap_or(0);
+        }
+        match loc {
+            Some(l) => {
+                self.live += 1;
+                self.live_bytes += l.frame_len().unwrap_or(0);
+                self.locs[i] = l;
+            }
+            None => self.locs[i] = Loc::default(),
+        }
+    }
+}
+
+struct Writer {
+    buf: Vec<u8>,
+    buf_start: u64,
+    next_id: u64,
+    unsynced: bool,
+    last_sync: Instant,
+}
+
+struct CacheShard {
+    map: HashMap<u64, (Kind, Arc<[u8]>, u64)>,
+    bytes: usize,
+}
+
+pub(crate) struct Inner {
+    pub(crate) name: String,
+    file_name: String,
+    vfs: Arc<dyn Vfs>,
+    pub(crate) opts: DbOptions,
+    pub(crate) state: RwLock<State>,
+    writer: Mutex<Writer>,
+    flushed_end: AtomicU64,
+    poisoned: AtomicBool,
+    cache: Vec<Mutex<CacheShard>>,
+    clock: AtomicU64,
+    opened: Instant,
+    last_access_ms: AtomicU64,
+    report: OpenReport,
+    compacting: Mutex<()>,
+    stop_tx: Mutex<Option<crossbeam::channel::Sender<()>>>,
+}
+
+/// A handle to an open database (cheap to clone; all clones share one engine).
+#[derive(Clone)]
+pub struct Database {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("name", &self.inner.name).finish()
+    }
+}
+
+const CACHE_SHARDS: usize = 16;
+const CACHE_MAX_VALUE: usize = 64 << 10;
+const READ_CHUNK: usize = 1 << 20;
+const MAX_META: u64 = 64 << 10;
+
+pub(crate) fn rlock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+pub(crate) fn wlock<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+pub(crate) fn mlock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Name of the file holding database `name`.
+pub fn file_name(name: &str) -> String {
+    format!("{name}.zdb")
+}
+pub(crate) fn tmp_name(name: &str) -> String {
+    format!("{name}.zdb.tmp")
+}
+
+/// Frame as found by the log scanner.
+pub(crate) struct ScannedFrame {
+    pub(crate) off: u64,
+    pub(crate) fh: FrameHeader,
+    pub(crate) meta: Option<Vec<u8>>,
+}
+
+pub(crate) struct ScanOutcome {
+    pub(crate) good_end: u64,
+    pub(crate) corrupt: Vec<CorruptRegion>,
+    pub(crate) rolled_back: u64,
+}
+
+/// Sequential reader with a window, for scanning.
+struct Window<'a> {
+    file: &'a dyn FileBackend,
+    end: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Window<'a> {
+    fn get(&mut self, off: u64, len: usize) -> std::io::Result<&[u8]> {
+        if off < self.start || off + len as u64 > self.start + self.buf.len() as u64 {
+            let want = (len.max(READ_CHUNK) as u64).min(self.end - off) as usize;
+            self.buf.resize(want, 0);
+            self.file.read_exact_at(&mut self.buf, off)?;
+            self.start = off;
+        }
+        let s = (off - self.start) as usize;
+        Ok(&self.buf[s..s + len])
+    }
+
+    /// Decodes and fully verifies the frame at `off`, or `None` if invalid.
+    fn frame(&mut self, off: u64, id_limit: u64) -> std::io::Result<Option<ScannedFrame>> {
+        if off + FRAME_HEADER_LEN as u64 > self.end {
+            return Ok(None);
+        }
+        let hdr: [u8; FRAME_HEADER_LEN] = match self.get(off, FRAME_HEADER_LEN)?.try_into() {
+            Ok(h) => h,
+            Err(_) => return Ok(None),
+        };
+        let room = self.end - off - FRAME_HEADER_LEN as u64;
+        let Some(fh) = FrameHeader::decode(&hdr, room) else { return Ok(None) };
+        if fh.id > id_limit || (fh.op == OP_META && fh.len > MAX_META) {
+            return Ok(None);
+        }
+        let pstart = off + FRAME_HEADER_LEN as u64;
+        let ok = if fh.len <= READ_CHUNK as u64 {
+            let payload = self.get(pstart, fh.len as usize)?;
+            fh.check(&hdr, payload)
+        } else {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&hdr[4..]);
+            let mut pos = 0u64;
+            let mut chunk = vec![0u8; READ_CHUNK];
+            while pos < fh.len {
+                let n = (fh.len - pos).min(READ_CHUNK as u64) as usize;
+                self.file.read_exact_at(&mut chunk[..n], pstart + pos)?;
+                h.update(&chunk[..n]);
+                pos += n as u64;
+            }
+            h.finalize() == fh.crc
+        };
+        if !ok {
+            return Ok(None);
+        }
+        let meta = if fh.op == OP_META { Some(self.get(pstart, fh.len as usize)?.to_vec()) } else { None };
+        Ok(Some(ScannedFrame { off, fh, meta }))
+    }
+}
+
+/// Scans frames in `[start, end)`, calling `apply` with each complete commit.
+pub(crate) fn scan_log(
+    file: &dyn FileBackend,
+    start: u64,
+    end: u64,
+    id_limit: u64,
+    apply: &mut dyn FnMut(&[ScannedFrame]),
+) -> std::io::Result<ScanOutcome> {
+    let mut w = Window { file, end, start: 0, buf: Vec::new() };
+    let mut pos = start;
+    let mut pending: Vec<ScannedFrame> = Vec::new();
+    let mut group_start = start;
+    let mut out = ScanOutcome { good_end: start, corrupt: Vec::new(), rolled_back: 0 };
+    while pos < end {
+        match w.frame(pos, id_limit)? {
+            Some(f) if f.fh.index as usize == pending.len() => {
+                let commit = f.fh.flags & FLAG_COMMIT != 0;
+                pos += f.fh.frame_len();
+                pending.push(f);
+                if commit {
+                    apply(&pending);
+                    pending.clear();
+                    out.good_end = pos;
+                    group_start = pos;
+                }
+            }
+            found => {
+                // broken commit group or damaged bytes: find the next frame that starts a group
+                let mut q = match &found {
+                    Some(f) if f.fh.index == 0 => pos,
+                    Some(f) => pos + f.fh.frame_len(),
+                    None => pos + format::ALIGN,
+                };
+                let next = loop {
+                    if q >= end {
+                        break None;
+                    }
+                    match w.frame(q, id_limit)? {
+                        Some(f) if f.fh.index == 0 => break Some(q),
+                        _ => q += format::ALIGN,
+                    }
+                };
+                match next {
+                    Some(q) => {
+                        out.corrupt.push(CorruptRegion {
+                            offset: group_start,
+                            len: q - group_start,
+                            dropped_frames: pending.len() as u64,
+                        });
+                        pending.clear();
+                        pos = q;
+                        group_start = q;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    out.rolled_back = pending.len() as u64;
+    Ok(out)
+}
+
+fn apply_frames(st: &mut State, next_id: &mut u64, frames: &[ScannedFrame]) {
+    for f in frames {
+        match f.fh.op {
+            OP_PUT => st.set_loc(f.fh.id, Some(Loc::from_header(f.off, &f.fh))),
+            OP_DELETE => st.set_loc(f.fh.id, None),
+            _ => {
+                if let Some(m) = &f.meta {
+                    if let Ok(s) = std::str::from_utf8(m) {
+                        if let Some((k, v)) = s.split_once('=') {
+                            if v.is_empty() {
+                                st.meta.remove(k);
+                            } else {
+                                st.meta.insert(k.to_string(), v.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if f.fh.id >= *next_id {
+            *next_id = f.fh.id + 1;
+        }
+    }
+}
+
+/// Reads and verifies one frame's payload (decompressed when needed).
+pub(crate) fn read_payload(file: &dyn FileBackend, loc: Loc, max_value: u64) -> Result<Vec<u8>> {
+    let corrupt = |reason: &str| Error::Corrupt { offset: loc.off, reason: reason.to_string() };
+    let len = match loc.frame_len() {
+        Some(_) => loc.len as u64,
+        None => return Err(Error::TooLarge { what: "value", len: u64::from(u32::MAX), max: max_value }),
+    };
+    if len > max_value {
+        return Err(Error::TooLarge { what: "value", len, max: max_value });
+    }
+    let mut buf = vec![0u8; FRAME_HEADER_LEN + len as usize];
+    file.read_exact_at(&mut buf, loc.off).map_err(Error::io("read"))?;
+    let fh = FrameHeader::decode(&buf, len).ok_or_else(|| corrupt("bad frame header"))?;
+    if fh.len != len || fh.op != OP_PUT {
+        return Err(corrupt("frame does not match the index"));
+    }
+    if !fh.check(&buf, &buf[FRAME_HEADER_LEN..]) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    buf.drain(..FRAME_HEADER_LEN);
+    decode_payload(loc.off, &fh, buf, max_value)
+}
+
+/// Undoes compression of a verified payload.
+pub(crate) fn decode_payload(off: u64, fh: &FrameHeader, payload: Vec<u8>, max_value: u64) -> Result<Vec<u8>> {
+    if fh.flags & FLAG_LZ4 == 0 {
+        return Ok(payload);
+    }
+    let raw = fh.raw_len as u64;
+    if raw > max_value || raw > payload.len() as u64 * 255 + 16 {
+        return Err(Error::Corrupt { offset: off, reason: "implausible uncompressed length".into() });
+    }
+    lz4_flex::block::decompress(&payload, raw as usize)
+        .map_err(|e| Error::Corrupt { offset: off, reason: format!("lz4: {e}") })
+}
+
+impl Database {
+    /// Creates a new database `name` in `vfs` (error if it exists).
+    pub fn create(vfs: Arc<dyn Vfs>, name: &str, opts: DbOptions) -> Result<Database> {
+        crate::store::check_name(name)?;
+        let fname = file_name(name);
+        if vfs.exists(&fname).map_err(Error::io("create"))? {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        let tmp = tmp_name(name);
+        let f = vfs.open(&tmp, true).map_err(Error::io("create"))?;
+        let mut bytes = format::encode_file_header(1).to_vec();
+        let metas = [("durability", opts.durability.to_meta()), ("compress", opts.compress.to_string())];
+        for (k, v) in metas {
+            let p = format!("{k}={v}");
+            format::encode_frame(&mut bytes, OP_META, 0, FLAG_COMMIT, 0, 0, 0, p.as_bytes());
+        }
+        f.write_all_at(&bytes, 0).map_err(Error::io("create"))?;
+        f.sync_data().map_err(Error::io("create"))?;
+        drop(f);
+        vfs.rename(&tmp, &fname).map_err(Error::io("create"))?;
+        vfs.sync_dir().map_err(Error::io("create"))?;
+        Database::open_inner(vfs, name, Some(opts))
+    }
+
+    /// Opens an existing database, recovering from a crash: a torn or uncommitted tail
+    /// is rolled back (truncated), damaged regions are skipped and listed in
+    /// [`Database::open_report`]. Stored durability/compression settings are used.
+    pub fn open(vfs: Arc<dyn Vfs>, name: &str) -> Result<Database> {
+        Database::open_inner(vfs, name, None)
+    }
+
+    /// Opens an existing database with explicit options (they replace the stored ones).
+    pub fn open_with(vfs: Arc<dyn Vfs>, name: &str, opts: DbOptions) -> Result<Database> {
+        Database::open_inner(vfs, name, Some(opts))
+    }
+
+    fn open_inner(vfs: Arc<dyn Vfs>, name: &str, opts: Option<DbOptions>) -> Result<Database> {
+        crate::store::check_name(name)?;
+        let fname = file_name(name);
+        let tmp = tmp_name(name);
+        if vfs.exists(&tmp).unwrap_or(false) {
+            // an interrupted compaction or copy: the original file is intact
+            vfs.remove(&tmp).map_err(Error::io("open"))?;
+        }
+        let file = match vfs.open(&fname, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchDatabase(name.to_string()))
+            }
+            Err(e) => return Err(Error::Io { op: "open", source: e }),
+        };
+        let flen = file.len().map_err(Error::io("open"))?;
+        let mut hdr = [0u8; FILE_HEADER_LEN as usize];
+        if flen < FILE_HEADER_LEN {
+            return Err(Error::BadHeader { name: name.into(), reason: "file shorter than its header".into() });
+        }
+        file.read_exact_at(&mut hdr, 0).map_err(Error::io("open"))?;
+        let id_floor = format::decode_file_header(name, &hdr)?.max(1);
+        let id_limit = id_floor.saturating_add(flen / FRAME_HEADER_LEN as u64 + 1);
+        let mut st = State {
+            file: file.clone(),
+            locs: Vec::new(),
+            live: 0,
+            live_bytes: 0,
+            meta: BTreeMap::new(),
+            indexes: BTreeMap::new(),
+        };
+        let mut next_id = id_floor;
+        let outcome = scan_log(&*file, FILE_HEADER_LEN, flen, id_limit, &mut |frames| {
+            apply_frames(&mut st, &mut next_id, frames)
+        })
+        .map_err(Error::io("open"))?;
+        let mut report = OpenReport {
+            records: st.live,
+            truncated_bytes: flen - outcome.good_end,
+            rolled_back_frames: outcome.rolled_back,
+            corrupt: outcome.corrupt,
+        };
+        if outcome.good_end < flen {
+            file.set_len(outcome.good_end).map_err(Error::io("truncate torn tail"))?;
+            file.sync_data().map_err(Error::io("truncate torn tail"))?;
+        }
+        let stored = st.meta.clone();
+        let mut opts = opts.unwrap_or_else(|| {
+            let mut o = DbOptions::default();
+            if let Some(d) = stored.get("durability").and_then(|s| Durability::parse(s)) {
+                o.durability = d;
+            }
+            o.compress = stored.get("compress").map(|s| s == "true").unwrap_or(false);
+            o
+        });
+        opts.write_buffer = opts.write_buffer.max(4096);
+        let end = outcome.good_end;
+        let index_fields: Vec<String> =
+            st.meta.keys().filter_map(|k| k.strip_prefix("index.").map(str::to_string)).collect();
+        let mut inner = Inner {
+            name: name.to_string(),
+            file_name: fname,
+            vfs,
+            opts,
+            state: RwLock::new(st),
+            writer: Mutex::new(Writer {
+                buf: Vec::new(),
+                buf_start: end,
+                next_id,
+                unsynced: false,
+                last_sync: Instant::now(),
+            }),
+            flushed_end: AtomicU64::new(end),
+            poisoned: AtomicBool::new(false),
+            cache: (0..CACHE_SHARDS).map(|_| Mutex::new(CacheShard { map: HashMap::new(), bytes: 0 })).collect(),
+            clock: AtomicU64::new(0),
+            opened: Instant::now(),
+            last_access_ms: AtomicU64::new(0),
+            report: OpenReport::default(),
+            compacting: Mutex::new(()),
+            stop_tx: Mutex::new(None),
+        };
+        for f in index_fields {
+            inner.build_index(&f)?;
+        }
+        report.records = rlock(&inner.state).live;
+        inner.report = report;
+        let db = Database { inner: Arc::new(inner) };
+        db.start_maintenance();
+        Ok(db)
+    }
+
+    fn start_maintenance(&self) {
+        let (tx, rx) = crossbeam::channel::bounded::<()>(0);
+        *mlock(&self.inner.stop_tx) = Some(tx);
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let tick = match self.inner.opts.durability {
+            Durability::Periodic(d) => d.min(Duration::from_secs(1)),
+            Durability::Immediate => Duration::from_secs(1),
+        }
+        .max(Duration::from_millis(1));
+        let _ = std::thread::Builder::new().name(format!("zs-db-{}", self.inner.name)).spawn(move || loop {
+            match rx.recv_timeout(tick) {
+                Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            if let Durability::Periodic(iv) = inner.opts.durability {
+                let due = mlock(&inner.writer).last_sync.elapsed() >= iv;
+                if due {
+                    let _ = inner.flush(true);
+                }
+            }
+            let idle_ms = inner.now_ms().saturating_sub(inner.last_access_ms.load(Ordering::Relaxed));
+            if Duration::from_millis(idle_ms) >= inner.opts.idle_evict {
+                inner.clear_cache();
+            }
+        });
+    }
+
+    /// What recovery found when this database was opened.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.inner.report
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &DbOptions {
+        &self.inner.opts
+    }
+
+    /// Inserts a record, returning its new id.
+    pub fn insert(&self, kind: Kind, data: &[u8]) -> Result<u64> {
+        self.inner.check_value(data.len() as u64)?;
+        let ids = self.inner.commit_ops(vec![OpRef::Insert(kind, data)], None)?;
+        Ok(ids[0])
+    }
+
+    /// Replaces the record `id` (error [`Error::NotFound`] if it does not exist).
+    pub fn update(&self, id: u64, kind: Kind, data: &[u8]) -> Result<()> {
+        self.inner.check_value(data.len() as u64)?;
+        self.inner.commit_ops(vec![OpRef::Update(id, kind, data)], None).map(|_| ())
+    }
+
+    /// Deletes the record `id`; `false` if there was none.
+    pub fn delete(&self, id: u64) -> Result<bool> {
+        match self.inner.commit_ops(vec![OpRef::Delete(id)], None) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Commits a batch atomically with the database's durability; returns the ids of
+    /// its inserts in order.
+    pub fn commit(&self, batch: &Batch) -> Result<Vec<u64>> {
+        self.commit_with(batch, None)
+    }
+
+    /// Commits a batch, overriding the durability for this commit.
+    pub fn commit_with(&self, batch: &Batch, durability: Option<Durability>) -> Result<Vec<u64>> {
+        let mut ops = Vec::with_capacity(batch.ops.len());
+        for op in &batch.ops {
+            ops.push(match op {
+                BatchOp::Insert(k, d) => {
+                    self.inner.check_value(d.len() as u64)?;
+                    OpRef::Insert(*k, d)
+                }
+                BatchOp::Update(id, k, d) => {
+                    self.inner.check_value(d.len() as u64)?;
+                    OpRef::Update(*id, *k, d)
+                }
+                BatchOp::Delete(id) => OpRef::Delete(*id),
+            });
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.commit_ops(ops, durability)
+    }
+
+    /// Reads record `id`.
+    pub fn get(&self, id: u64) -> Result<Option<Record>> {
+        self.inner.get(id)
+    }
+
+    /// True if record `id` exists.
+    pub fn contains(&self, id: u64) -> bool {
+        rlock(&self.inner.state).loc(id).is_some()
+    }
+
+    /// Number of live records.
+    pub fn len(&self) -> u64 {
+        rlock(&self.inner.state).live
+    }
+
+    /// True if there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sizes and counters.
+    pub fn stats(&self) -> Stats {
+        let w = mlock(&self.inner.writer);
+        let st = rlock(&self.inner.state);
+        Stats {
+            records: st.live,
+            next_id: w.next_id,
+            file_bytes: w.buf_start + w.buf.len() as u64,
+            live_bytes: FILE_HEADER_LEN + st.live_bytes,
+        }
+    }
+
+    /// Writes out the buffer and fsyncs (makes every earlier commit durable).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.flush(true)
+    }
+
+    /// Ids of live records from `from` (inclusive) in the given direction.
+    pub fn cursor(&self, from: u64, reverse: bool) -> Cursor {
+        Cursor { db: self.clone(), next: Some(from), reverse }
+    }
+
+    /// Inserts a large value streamed from `reader` (exactly `len` bytes), never holding
+    /// it in memory whole. Not compressed.
+    pub fn insert_stream(&self, kind: Kind, reader: &mut dyn Read, len: u64) -> Result<u64> {
+        self.inner.insert_stream(kind, reader, len)
+    }
+
+    /// Opens a streaming reader over record `id`'s value (its checksum is verified when
+    /// the end is reached).
+    pub fn open_value(&self, id: u64) -> Result<Option<ValueReader>> {
+        self.inner.open_value(id)
+    }
+
+    /// Creates a secondary index on `field` (persisted; rebuilt on open).
+    pub fn create_index(&self, field: &str) -> Result<()> {
+        if field.is_empty() || field.contains('=') || field.len() > 256 {
+            return Err(Error::Query(format!("bad index field {field:?}")));
+        }
+        self.inner.write_meta(&format!("index.{field}"), "1")?;
+        self.inner.build_index(field)
+    }
+
+    /// Drops the secondary index on `field`.
+    pub fn drop_index(&self, field: &str) -> Result<()> {
+        self.inner.write_meta(&format!("index.{field}"), "")?;
+        wlock(&self.inner.state).indexes.remove(field);
+        Ok(())
+    }
+
+    /// Fields with a secondary index.
+    pub fn indexes(&self) -> Vec<String> {
+        rlock(&self.inner.state).indexes.keys().cloned().collect()
+    }
+
+    /// Ids of records whose indexed `field` lies within the bounds, ascending;
+    /// `None` if the field has no index.
+    pub fn index_lookup(&self, field: &str, lo: Bound<&FieldValue>, hi: Bound<&FieldValue>) -> Option<Vec<u64>> {
+        let conv = |b: Bound<&FieldValue>| match b {
+            Bound::Included(v) => Bound::Included(IndexKey::from_field(v)),
+            Bound::Excluded(v) => Bound::Excluded(IndexKey::from_field(v)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (lo, hi) = (conv(lo), conv(hi));
+        let st = rlock(&self.inner.state);
+        let idx = st.indexes.get(field)?;
+        Some(idx.range(lo.as_ref(), hi.as_ref()))
+    }
+
+    /// Compacts online: live records are copied to a new file (ids unchanged) while
+    /// reads continue; writers wait only for the final catch-up step. Returns
+    /// `(bytes before, bytes after)`.
+    pub fn compact(&self) -> Result<(u64, u64)> {
+        self.inner.compact()
+    }
+
+    /// Writes a compacted copy of this database as database `target` in `vfs`.
+    pub fn copy_to(&self, vfs: &Arc<dyn Vfs>, target: &str) -> Result<()> {
+        crate::store::check_name(target)?;
+        if vfs.exists(&file_name(target)).map_err(Error::io("copy"))? {
+            return Err(Error::AlreadyExists(target.to_string()));
+        }
+        let tmp = tmp_name(target);
+        let out = vfs.open(&tmp, true).map_err(Error::io("copy"))?;
+        let res = self.inner.snapshot_into(&out).and_then(|_| out.sync_data().map_err(Error::io("copy")));
+        if let Err(e) = res {
+            let _ = vfs.remove(&tmp);
+            return Err(e);
+        }
+        drop(out);
+        vfs.rename(&tmp, &file_name(target)).map_err(Error::io("copy"))?;
+        vfs.sync_dir().map_err(Error::io("copy"))
+    }
+
+    /// True if an earlier I/O error stopped writes (reopen to recover).
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Bytes currently held by the record cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.inner.cache.iter().map(|s| mlock(s).bytes).sum()
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        mlock(&self.inner.writer).next_id
+    }
+}
+
+/// Iterates live records by id (see [`Database::cursor`]).
+#[derive(Debug)]
+pub struct Cursor {
+    db: Database,
+    next: Option<u64>,
+    reverse: bool,
+}
+
+impl Iterator for Cursor {
+    type Item = Result<Record>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let id = self.next?;
+            let limit = self.db.next_id();
+            if id == 0 || (!self.reverse && id >= limit) {
+                self.next = None;
+                return None;
+            }
+            let id = if self.reverse && id >= limit { limit - 1 } else { id };
+            self.next = if self.reverse { id.checked_sub(1) } else { id.checked_add(1) };
+            match self.db.get(id) {
+                Ok(Some(r)) => return Some(Ok(r)),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Streams one record's value from the file (see [`Database::open_value`]).
+#[derive(Debug)]
+pub struct ValueReader {
+    file: Arc<dyn FileBackend>,
+    off: u64,
+    pos: u64,
+    len: u64,
+    hasher: Option<crc32fast::Hasher>,
+    crc: u32,
+    frame_off: u64,
+    inline: Option<(Vec<u8>, usize)>,
+}
+
+impl ValueReader {
+    /// Total length of the value in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    /// True if the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Read for ValueReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some((data, pos)) = &mut self.inline {
+            let n = out.len().min(data.len() - *pos);
+            out[..n].copy_from_slice(&data[*pos..*pos + n]);
+            *pos += n;
+            return Ok(n);
+        }
+        if self.pos >= self.len {
+            if let Some(h) = self.hasher.take() {
+                if h.finalize() != self.crc {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        Error::Corrupt { offset: self.frame_off, reason: "checksum mismatch".into() },
+                    ));
+                }
+            }
+            return Ok(0);
+        }
+        let n = (out.len() as u64).min(self.len - self.pos) as usize;
+        self.file.read_exact_at(&mut out[..n], self.off + self.pos)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&out[..n]);
+        }
+        self.pos += n as u64;
+        if self.pos >= self.len {
+            if let Some(h) = self.hasher.take() {
+                if h.finalize() != self.crc {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        Error::Corrupt { offset: self.frame_off, reason: "checksum mismatch".into() },
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+pub(crate) enum OpRef<'a> {
+    Insert(Kind, &'a [u8]),
+    Update(u64, Kind, &'a [u8]),
+    Delete(u64),
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self) {
+        self.last_access_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn check_value(&self, len: u64) -> Result<()> {
+        if len > self.opts.max_value {
+            return Err(Error::TooLarge { what: "value", len, max: self.opts.max_value });
+        }
+        Ok(())
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn poison(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |e| {
+            self.poisoned.store(true, Ordering::Release);
+            Error::Io { op, source: e }
+        }
+    }
+
+    /// Writes the buffer to the file (and fsyncs when `sync`). Caller holds the writer.
+    fn flush_locked(&self, w: &mut Writer, sync: bool) -> Result<()> {
+        if !w.buf.is_empty() {
+            self.check_poison()?;
+            let file = rlock(&self.state).file.clone();
+            file.write_all_at(&w.buf, w.buf_start).map_err(self.poison("write"))?;
+            w.buf_start += w.buf.len() as u64;
+            w.buf.clear();
+            if w.buf.capacity() > 2 * self.opts.write_buffer {
+                w.buf.shrink_to(self.opts.write_buffer);
+            }
+            w.unsynced = true;
+            self.flushed_end.store(w.buf_start, Ordering::Release);
+        }
+        if sync && w.unsynced {
+            self.check_poison()?;
+            let file = rlock(&self.state).file.clone();
+            file.sync_data().map_err(self.poison("fsync"))?;
+            w.unsynced = false;
+        }
+        if sync {
+            w.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush(&self, sync: bool) -> Result<()> {
+        let mut w = mlock(&self.writer);
+        self.flush_locked(&mut w, sync)
+    }
+
+    /// Makes sure bytes before `end` are in the file (not only in the write buffer).
+    pub(crate) fn ensure_written(&self, end: u64) -> Result<()> {
+        if self.flushed_end.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let mut w = mlock(&self.writer);
+        if w.buf_start >= end {
+            return Ok(());
+        }
+        self.flush_locked(&mut w, false)
+    }
+
+    fn encode_put(&self, out: &mut Vec<u8>, kind: Kind, id: u64, index: u32, last: bool, data: &[u8]) -> (u64, FrameHeader) {
+        let mut flags = if last { FLAG_COMMIT } else { 0 };
+        let mut raw_len = 0u32;
+        let compressed;
+        let mut payload = data;
+        if self.opts.compress && data.len() >= 64 && data.len() <= u32::MAX as usize {
+            compressed = lz4_flex::block::compress(data);
+            if compressed.len() + 8 < data.len() {
+                payload = &compressed;
+                flags |= FLAG_LZ4;
+                raw_len = data.len() as u32;
+            }
+        }
+        let start = out.len() as u64;
+        format::encode_frame(out, OP_PUT, kind as u8, flags, id, index, raw_len, payload);
+        let fh = FrameHeader { crc: 0, op: OP_PUT, kind: kind as u8, flags, id, len: payload.len() as u64, index, raw_len };
+        (start, fh)
+    }
+
+    pub(crate) fn commit_ops(&self, ops: Vec<OpRef<'_>>, durability: Option<Durability>) -> Result<Vec<u64>> {
+        self.touch();
+        let mut w = mlock(&self.writer);
+        self.check_poison()?;
+        let n = ops.len();
+        let mut ids = Vec::new();
+        let mut changes: Vec<(u64, Option<(u64, FrameHeader)>, Option<(Kind, &[u8])>)> = Vec::with_capacity(n);
+        let base = w.buf.len();
+        let mut overlay: HashMap<u64, bool> = HashMap::new();
+        let exists = |st: &State, overlay: &HashMap<u64, bool>, id: u64| {
+            overlay.get(&id).copied().unwrap_or_else(|| st.loc(id).is_some())
+        };
+        let mut next_id = w.next_id;
+        {
+            let st = rlock(&self.state);
+            for (i, op) in ops.iter().enumerate() {
+                let last = i + 1 == n;
+                match *op {
+                    OpRef::Insert(kind, data) => {
+                        let id = next_id;
+                        next_id += 1;
+                        ids.push(id);
+                        overlay.insert(id, true);
+                        let (off, fh) = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
+                        changes.push((id, Some((off, fh)), Some((kind, data))));
+                    }
+                    OpRef::Update(id, kind, data) => {
+                        if !exists(&st, &overlay, id) {
+                            w.buf.truncate(base);
+                            return Err(Error::NotFound(id));
+                        }
+                        let (off, fh) = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
+                        changes.push((id, Some((off, fh)), Some((kind, data))));
+                    }
+                    OpRef::Delete(id) => {
+                        if !exists(&st, &overlay, id) {
+                            w.buf.truncate(base);
+                            return Err(Error::NotFound(id));
+                        }
+                        overlay.insert(id, false);
+                        let flags = if last { FLAG_COMMIT } else { 0 };
+                        format::encode_frame(&mut w.buf, OP_DELETE, 0, flags, id, i as u32, 0, &[]);
+                        changes.push((id, None, None));
+                    }
+                }
+            }
+        }
+        let buf_start = w.buf_start;
+        let durability = durability.unwrap_or(self.opts.durability);
+        let res = match durability {
+            Durability::Immediate => self.flush_locked(&mut w, true),
+            Durability::Periodic(_) if w.buf.len() >= self.opts.write_buffer => self.flush_locked(&mut w, false),
+            Durability::Periodic(_) => Ok(()),
+        };
+        if let Err(e) = res {
+            w.buf.clear();
+            return Err(e);
+        }
+        w.next_id = next_id;
+        let mut st = wlock(&self.state);
+        for (id, put, val) in changes {
+            let loc = put.map(|(off, fh)| Loc::from_header(buf_start + off, &fh));
+            st.set_loc(id, loc);
+            if !st.indexes.is_empty() {
+                let rec = val.map(|(kind, data)| RecordRef { id, kind, data });
+                for (field, idx) in st.indexes.iter_mut() {
+                    idx.set(id, rec.and_then(|r| r.field(field)).map(|v| IndexKey::from_field(&v)));
+                }
+            }
+            match val {
+                Some((kind, data)) => self.cache_put(id, kind, data),
+                None => self.cache_remove(id),
+            }
+        }
+        Ok(ids)
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<CacheShard> {
+        &self.cache[(id as usize) % CACHE_SHARDS]
+    }
+
+    fn cache_put(&self, id: u64, kind: Kind, data: &[u8]) {
+        if self.opts.cache_bytes == 0 || data.len() > CACHE_MAX_VALUE {
+            self.cache_remove(id);
+            return;
+        }
+        let budget = self.opts.cache_bytes / CACHE_SHARDS;
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut s = mlock(self.shard(id));
+        let cost = data.len() + 64;
+        if let Some(old) = s.map.insert(id, (kind, Arc::from(data), tick)) {
+            s.bytes -= old.1.len() + 64;
+        }
+        s.bytes += cost;
+        if s.bytes > budget {
+            // evict the least recently used quarter
+            let mut ticks: Vec<u64> = s.map.values().map(|v| v.2).collect();
+            ticks.sort_unstable();
+            let cut = ticks[ticks.len() / 4];
+            let mut freed = 0;
+            s.map.retain(|_, v| {
+                if v.2 <= cut {
+                    freed += v.1.len() + 64;
+                    false
+                } else {
+                    true
+                }
+            });
+            s.bytes -= freed;
+        }
+    }
+
+    fn cache_remove(&self, id: u64) {
+        let mut s = mlock(self.shard(id));
+        if let Some(old) = s.map.remove(&id) {
+            s.bytes -= old.1.len() + 64;
+        }
+    }
+
+    fn clear_cache(&self) {
+        for s in &self.cache {
+            let mut s = mlock(s);
+            s.map.clear();
+            s.map.shrink_to_fit();
+            s.bytes = 0;
+        }
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Result<Option<Record>> {
+        self.touch();
+        if self.opts.cache_bytes > 0 {
+            let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+            let mut s = mlock(self.shard(id));
+            if let Some(e) = s.map.get_mut(&id) {
+                e.2 = tick;
+                return Ok(Some(Record { id, kind: e.0, data: e.1.to_vec() }));
+            }
+        }
+        let (file, loc) = {
+            let st = rlock(&self.state);
+            match st.loc(id) {
+                Some(l) => (st.file.clone(), l),
+                None => return Ok(None),
+            }
+        };
+        let flen = loc.frame_len().unwrap_or(u64::MAX);
+        self.ensure_written(loc.off.saturating_add(flen))?;
+        let data = read_payload(&*file, loc, self.opts.max_value)?;
+        let kind = Kind::from_tag(loc.kind).unwrap_or(Kind::Raw);
+        self.cache_put(id, kind, &data);
+        Ok(Some(Record { id, kind, data }))
+    }
+
+    fn insert_stream(&self, kind: Kind, reader: &mut dyn Read, len: u64) -> Result<u64> {
+        self.touch();
+        let mut w = mlock(&self.writer);
+        self.check_poison()?;
+        self.flush_locked(&mut w, false)?;
+        let file = rlock(&self.state).file.clone();
+        let id = w.next_id;
+        let off = w.buf_start;
+        let mut fh = FrameHeader { crc: 0, op: OP_PUT, kind: kind as u8, flags: FLAG_COMMIT, id, len, index: 0, raw_len: 0 };
+        let mut h = crc32fast::Hasher::new();
+        h.update(&fh.encode()[4..]);
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut pos = 0u64;
+        while pos < len {
+            let n = (len - pos).min(READ_CHUNK as u64) as usize;
+            reader.read_exact(&mut chunk[..n]).map_err(Error::io("read input stream"))?;
+            h.update(&chunk[..n]);
+            file.write_all_at(&chunk[..n], off + FRAME_HEADER_LEN as u64 + pos).map_err(self.poison("write"))?;
+            pos += n as u64;
+        }
+        fh.crc = h.finalize();
+        let end = off + fh.frame_len();
+        let pad = (end - off - FRAME_HEADER_LEN as u64 - len) as usize;
+        if pad > 0 {
+            file.write_all_at(&[0u8; 8][..pad], end - pad as u64).map_err(self.poison("write"))?;
+        }
+        file.write_all_at(&fh.encode(), off).map_err(self.poison("write"))?;
+        w.buf_start = end;
+        w.unsynced = true;
+        self.flushed_end.store(end, Ordering::Release);
+        if self.opts.durability == Durability::Immediate {
+            self.flush_locked(&mut w, true)?;
+        }
+        w.next_id = id + 1;
+        let mut st = wlock(&self.state);
+        st.set_loc(id, Some(Loc::from_header(off, &fh)));
+        for (_, idx) in st.indexes.iter_mut() {
+            idx.set(id, None);
+        }
+        Ok(id)
+    }
+
+    fn open_value(&self, id: u64) -> Result<Option<ValueReader>> {
+        self.touch();
+        let (file, loc) = {
+            let st = rlock(&self.state);
+            match st.loc(id) {
+                Some(l) => (st.file.clone(), l),
+                None => return Ok(None),
+            }
+        };
+        let mut hdr = [0u8; FRAME_HEADER_LEN];
+        self.ensure_written(loc.off + FRAME_HEADER_LEN as u64)?;
+        file.read_exact_at(&mut hdr, loc.off).map_err(Error::io("read"))?;
+        let fh = FrameHeader::decode(&hdr, u64::MAX - loc.off)
+            .filter(|fh| fh.op == OP_PUT && fh.id == id)
+            .ok_or_else(|| Error::Corrupt { offset: loc.off, reason: "bad frame header".into() })?;
+        self.ensure_written(loc.off + fh.frame_len())?;
+        if fh.flags & FLAG_LZ4 != 0 {
+            let data = read_payload(&*file, loc, self.opts.max_value)?;
+            let len = data.len() as u64;
+            return Ok(Some(ValueReader {
+                file,
+                off: 0,
+                pos: 0,
+                len,
+                hasher: None,
+                crc: 0,
+                frame_off: loc.off,
+                inline: Some((data, 0)),
+            }));
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&hdr[4..]);
+        Ok(Some(ValueReader {
+            file,
+            off: loc.off + FRAME_HEADER_LEN as u64,
+            pos: 0,
+            len: fh.len,
+            hasher: Some(h),
+            crc: fh.crc,
+            frame_off: loc.off,
+            inline: None,
+        }))
+    }
+
+    fn write_meta(&self, key: &str, value: &str) -> Result<()> {
+        let mut w = mlock(&self.writer);
+        self.check_poison()?;
+        let p = format!("{key}={value}");
+        format::encode_frame(&mut w.buf, OP_META, 0, FLAG_COMMIT, 0, 0, 0, p.as_bytes());
+        if let Err(e) = self.flush_locked(&mut w, true) {
+            w.buf.clear();
+            return Err(e);
+        }
+        let mut st = wlock(&self.state);
+        if value.is_empty() {
+            st.meta.remove(key);
+        } else {
+            st.meta.insert(key.to_string(), value.to_string());
+        }
+        Ok(())
+    }
+
+    /// (Re)builds the index on `field` from every live record.
+    fn build_index(&self, field: &str) -> Result<()> {
+        let mut w = mlock(&self.writer); // no writes while building
+        self.flush_locked(&mut w, false)?;
+        let (file, locs) = {
+            let st = rlock(&self.state);
+            (st.file.clone(), st.locs.clone())
+        };
+        let mut idx = SecIndex::default();
+        for (i, loc) in locs.iter().enumerate() {
+            if !loc.present() {
+                continue;
+            }
+            let id = i as u64 + 1;
+            let kind = Kind::from_tag(loc.kind).unwrap_or(Kind::Raw);
+            if kind == Kind::Raw || loc.frame_len().is_none() {
+                continue;
+            }
+            let data = read_payload(&*file, *loc, self.opts.max_value)?;
+            let v = RecordRef { id, kind, data: &data }.field(field);
+            idx.set(id, v.map(|v| IndexKey::from_field(&v)));
+        }
+        wlock(&self.state).indexes.insert(field.to_string(), idx);
+        Ok(())
+    }
+
+    /// Writes metas and every live record (as of now) into `out` after a fresh header.
+    /// Returns (new locs, end in `out`, old-file end covered, old file).
+    fn snapshot_into(&self, out: &Arc<dyn FileBackend>) -> Result<(Vec<Loc>, u64, u64, Arc<dyn FileBackend>)> {
+        let (file, locs, meta, next_id, snap_end) = {
+            let mut w = mlock(&self.writer);
+            self.flush_locked(&mut w, false)?;
+            let st = rlock(&self.state);
+            (st.file.clone(), st.locs.clone(), st.meta.clone(), w.next_id, w.buf_start)
+        };
+        let mut buf = format::encode_file_header(next_id).to_vec();
+        for (k, v) in &meta {
+            format::encode_frame(&mut buf, OP_META, 0, FLAG_COMMIT, 0, 0, 0, format!("{k}={v}").as_bytes());
+        }
+        let mut out_pos = 0u64;
+        let mut new_locs = vec![Loc::default(); locs.len()];
+        let flush = |buf: &mut Vec<u8>, out_pos: &mut u64| -> Result<()> {
+            out.write_all_at(buf, *out_pos).map_err(Error::io("write compacted file"))?;
+            *out_pos += buf.len() as u64;
+            buf.clear();
+            Ok(())
+        };
+        let mut win = Window { file: &*file, end: snap_end, start: 0, buf: Vec::new() };
+        // visit in file order for sequential reads
+        let mut order: Vec<u32> = (0..locs.len() as u32).filter(|&i| locs[i as usize].present()).collect();
+        order.sort_unstable_by_key(|&i| locs[i as usize].off);
+        for i in order {
+            let loc = locs[i as usize];
+            let id = i as u64 + 1;
+            let corrupt = |r: &str| Error::Corrupt { offset: loc.off, reason: r.to_string() };
+            let hdr: [u8; FRAME_HEADER_LEN] = win
+                .get(loc.off, FRAME_HEADER_LEN)
+                .map_err(Error::io("read"))?
+                .try_into()
+                .map_err(|_| corrupt("short header"))?;
+            let fh = FrameHeader::decode(&hdr, snap_end - loc.off)
+                .filter(|fh| fh.op == OP_PUT && fh.id == id)
+                .ok_or_else(|| corrupt("bad frame header"))?;
+            let mut nfh = FrameHeader { flags: (fh.flags & FLAG_LZ4) | FLAG_COMMIT, index: 0, ..fh };
+            let new_off = out_pos + buf.len() as u64;
+            let pstart = loc.off + FRAME_HEADER_LEN as u64;
+            if fh.len <= READ_CHUNK as u64 {
+                let payload = win.get(pstart, fh.len as usize).map_err(Error::io("read"))?;
+                if !fh.check(&hdr, payload) {
+                    return Err(corrupt("checksum mismatch"));
+                }
+                let h = nfh.seal(payload);
+                buf.extend_from_slice(&h);
+                buf.extend_from_slice(payload);
+                let total = align_up(buf.len() as u64) as usize;
+                buf.resize(total, 0);
+            } else {
+                flush(&mut buf, &mut out_pos)?;
+                let mut old_h = crc32fast::Hasher::new();
+                old_h.update(&hdr[4..]);
+                let mut new_h = crc32fast::Hasher::new();
+                new_h.update(&nfh.encode()[4..]);
+                let mut chunk = vec![0u8; READ_CHUNK];
+                let mut pos = 0;
+                while pos < fh.len {
+                    let n = (fh.len - pos).min(READ_CHUNK as u64) as usize;
+                    file.read_exact_at(&mut chunk[..n], pstart + pos).map_err(Error::io("read"))?;
+                    old_h.update(&chunk[..n]);
+                    new_h.update(&chunk[..n]);
+                    out.write_all_at(&chunk[..n], new_off + FRAME_HEADER_LEN as u64 + pos)
+                        .map_err(Error::io("write compacted file"))?;
+                    pos += n as u64;
+                }
+                if old_h.finalize() != fh.crc {
+                    return Err(corrupt("checksum mismatch"));
+                }
+                nfh.crc = new_h.finalize();
+                out.write_all_at(&nfh.encode(), new_off).map_err(Error::io("write compacted file"))?;
+                let end = new_off + nfh.frame_len();
+                let pad = end - (new_off + FRAME_HEADER_LEN as u64 + fh.len);
+                out.write_all_at(&[0u8; 8][..pad as usize], end - pad).map_err(Error::io("write compacted file"))?;
+                out_pos = end;
+            }
+            new_locs[i as usize] = Loc::from_header(new_off, &nfh);
+            if buf.len() >= READ_CHUNK {
+                flush(&mut buf, &mut out_pos)?;
+            }
+        }
+        flush(&mut buf, &mut out_pos)?;
+        Ok((new_locs, out_pos, snap_end, file))
+    }
+
+    fn compact(&self) -> Result<(u64, u64)> {
+        let _one = mlock(&self.compacting);
+        self.check_poison()?;
+        let before = {
+            let w = mlock(&self.writer);
+            w.buf_start + w.buf.len() as u64
+        };
+        let tmp = tmp_name(&self.name);
+        let out = self.vfs.open(&tmp, true).map_err(Error::io("compact"))?;
+        let res = self.compact_into(&out, &tmp);
+        if res.is_err() {
+            let _ = self.vfs.remove(&tmp);
+        }
+        res.map(|after| (before, after))
+    }
+
+    fn compact_into(&self, out: &Arc<dyn FileBackend>, tmp: &str) -> Result<u64> {
+        // phase 1: copy a snapshot while readers and writers go on
+        let (mut new_locs, mut new_end, snap_end, old_file) = self.snapshot_into(out)?;
+        // phase 2: block writers, copy what was appended meanwhile, swap
+        let mut w = mlock(&self.writer);
+        self.flush_locked(&mut w, false)?;
+        let cur_end = w.buf_start;
+        let tail_start = new_end;
+        let mut pos = snap_end;
+        let mut chunk = vec![0u8; READ_CHUNK];
+        while pos < cur_end {
+            let n = (cur_end - pos).min(READ_CHUNK as u64) as usize;
+            old_file.read_exact_at(&mut chunk[..n], pos).map_err(Error::io("read"))?;
+            out.write_all_at(&chunk[..n], new_end).map_err(Error::io("write compacted file"))?;
+            pos += n as u64;
+            new_end += n as u64;
+        }
+        if new_end > tail_start {
+            let mut tmp_state = State {
+                file: out.clone(),
+                locs: std::mem::take(&mut new_locs),
+                live: 0,
+                live_bytes: 0,
+                meta: BTreeMap::new(),
+                indexes: BTreeMap::new(),
+            };
+            let mut dummy = 0;
+            let outcome = scan_log(&**out, tail_start, new_end, u64::MAX, &mut |frames| {
+                apply_frames(&mut tmp_state, &mut dummy, frames)
+            })
+            .map_err(Error::io("compact"))?;
+            if outcome.good_end != new_end || !outcome.corrupt.is_empty() {
+                return Err(Error::Corrupt { offset: snap_end, reason: "log tail changed during compaction".into() });
+            }
+            new_locs = tmp_state.locs;
+        }
+        out.sync_data().map_err(Error::io("compact"))?;
+        self.vfs.rename(tmp, &self.file_name).map_err(Error::io("compact"))?;
+        let dir_res = self.vfs.sync_dir();
+        {
+            let mut st = wlock(&self.state);
+            st.file = out.clone();
+            let mut live_bytes = 0;
+            for l in &new_locs {
+                if l.present() {
+                    live_bytes += l.frame_len().unwrap_or(0);
+                }
+            }
+            st.locs = new_locs;
+            st.live_bytes = live_bytes;
+        }
+        w.buf_start = new_end;
+        w.unsynced = false;
+        self.flushed_end.store(new_end, Ordering::Release);
+        dir_res.map_err(self.poison("sync directory"))?;
+        Ok(new_end)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        mlock(&self.stop_tx).take();
+        if !self.poisoned.load(Ordering::Acquire) {
+            let _ = self.flush(true);
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! Parallel filtered scans: chunks of ids spread over worker threads, results
+//! delivered in id order as batches while the scan runs; pause, resume, stop, progress.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender};
+
+use crate::db::{decode_payload, mlock, rlock, Database, Inner, Loc};
+use crate::error::{Error, Result};
+use crate::format::{FrameHeader, FRAME_HEADER_LEN, OP_PUT};
+use crate::record::{FieldValue, Kind, Record, RecordRef};
+
+/// A record predicate usable from many threads.
+pub type FilterFn = Arc<dyn Fn(&RecordRef<'_>) -> bool + Send + Sync>;
+
+/// Which ids an index narrows the scan to.
+#[derive(Debug, Clone)]
+pub struct IndexHint {
+    /// Indexed field.
+    pub field: String,
+    /// Lower bound of the field value.
+    pub lo: Bound<FieldValue>,
+    /// Upper bound of the field value.
+    pub hi: Bound<FieldValue>,
+}
+
+/// A scan request: filter, limit, order, parallelism.
+#[derive(Clone)]
+pub struct Query {
+    filter: Option<FilterFn>,
+    limit: Option<u64>,
+    reverse: bool,
+    chunk: usize,
+    threads: usize,
+    hint: Option<IndexHint>,
+    candidates: Vec<IndexHint>,
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Query")
+            .field("filtered", &self.filter.is_some())
+            .field("limit", &self.limit)
+            .field("reverse", &self.reverse)
+            .field("chunk", &self.chunk)
+            .field("threads", &self.threads)
+            .field("hint", &self.hint)
+            .finish()
+    }
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Query::all()
+    }
+}
+
+impl Query {
+    /// Every record.
+    pub fn all() -> Query {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Query { filter: None, limit: None, reverse: false, chunk: 4096, threads, hint: None, candidates: Vec::new() }
+    }
+
+    /// Records for which `f` returns true.
+    pub fn filter(f: impl Fn(&RecordRef<'_>) -> bool + Send + Sync + 'static) -> Query {
+        Query { filter: Some(Arc::new(f)), ..Query::all() }
+    }
+
+    /// Records for which the shared predicate returns true.
+    pub fn filter_fn(f: FilterFn) -> Query {
+        Query { filter: Some(f), ..Query::all() }
+    }
+
+    /// Records for which the zs-expr expression `text` is true, e.g.
+    /// `age > 30 and name = 'bob'` (fields of JSON, key/value and DataFrame records).
+    /// A comparison with a literal on an indexed field narrows the scan to that index.
+    pub fn expr(text: &str) -> Result<Query> {
+        let f = crate::expr::compile_filter(text)?;
+        Ok(Query { filter: Some(f), candidates: crate::expr::index_hints(text), ..Query::all() })
+    }
+
+    /// At most `n` results.
+    pub fn limit(mut self, n: u64) -> Query {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Highest ids first.
+    pub fn reverse(mut self, yes: bool) -> Query {
+        self.reverse = yes;
+        self
+    }
+
+    /// Ids per work unit (and the largest batch size); default 4096.
+    pub fn chunk_size(mut self, n: usize) -> Query {
+        self.chunk = n.max(1);
+        self
+    }
+
+    /// Worker threads (default: all cores).
+    pub fn threads(mut self, n: usize) -> Query {
+        self.threads = n.max(1);
+        self
+    }
+
+    /// Only visit records whose indexed `field` lies within the bounds (the filter still
+    /// applies). Ignored when the field has no index.
+    pub fn use_index(mut self, hint: IndexHint) -> Query {
+        self.hint = Some(hint);
+        self
+    }
+
+    /// The index hint, if any.
+    pub fn index_hint(&self) -> Option<&IndexHint> {
+        self.hint.as_ref()
+    }
+}
+
+/// A snapshot of a running scan's progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Records examined so far.
+    pub scanned: u64,
+    /// Records that matched.
+    pub matched: u64,
+    /// Ids to visit in total (an upper bound of the records).
+    pub total: u64,
+    /// Time since the scan started.
+    pub elapsed: Duration,
+    /// Records examined per second.
+    pub records_per_s: f64,
+    /// True once every worker has finished.
+    pub done: bool,
+    /// True if an index narrowed the scan.
+    pub used_index: bool,
+}
+
+enum Source {
+    Range { first: u64, end: u64 },
+    List(Vec<u64>),
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Range { first, end } => end.saturating_sub(*first),
+            Source::List(v) => v.len() as u64,
+        }
+    }
+    fn ids(&self, lo: u64, hi: u64) -> Vec<u64> {
+        match self {
+            Source::Range { first, .. } => (first + lo..first + hi).collect(),
+            Source::List(v) => v[lo as usize..hi as usize].to_vec(),
+        }
+    }
+}
+
+struct Shared {
+    next: AtomicU64,
+    chunks: u64,
+    stop: AtomicBool,
+    paused: Mutex<bool>,
+    resume: Condvar,
+    scanned: AtomicU64,
+    matched: AtomicU64,
+    running: AtomicU64,
+    started: Instant,
+    total: u64,
+    used_index: bool,
+}
+
+type ChunkResult = (u64, Result<Vec<Record>>);
+
+/// A running scan: iterate it for batches of matching records in order.
+pub struct QueryHandle {
+    shared: Arc<Shared>,
+    rx: Option<Receiver<ChunkResult>>,
+    workers: Vec<JoinHandle<()>>,
+    pending: BTreeMap<u64, Result<Vec<Record>>>,
+    next_chunk: u64,
+    emitted: u64,
+    limit: Option<u64>,
+}
+
+impl std::fmt::Debug for QueryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryHandle").field("progress", &self.progress()).finish()
+    }
+}
+
+impl Database {
+    /// Starts a parallel scan; results arrive in id order (descending with `reverse`).
+    pub fn query(&self, q: Query) -> Result<QueryHandle> {
+        let next_id = self.next_id();
+        let mut used_index = false;
+        let mut source = Source::Range { first: 1, end: next_id };
+        for h in q.hint.iter().chain(&q.candidates) {
+            if let Some(ids) = self.index_lookup(&h.field, h.lo.as_ref(), h.hi.as_ref()) {
+                source = Source::List(ids);
+                used_index = true;
+                break;
+            }
+        }
+        let total = source.len();
+        let chunk = q.chunk as u64;
+        let chunks = total.div_ceil(chunk);
+        let shared = Arc::new(Shared {
+            next: AtomicU64::new(0),
+            chunks,
+            stop: AtomicBool::new(false),
+            paused: Mutex::new(false),
+            resume: Condvar::new(),
+            scanned: AtomicU64::new(0),
+            matched: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            started: Instant::now(),
+            total,
+            used_index,
+        });
+        let threads = q.threads.min(chunks.max(1) as usize);
+        let (tx, rx) = crossbeam::channel::bounded::<ChunkResult>(threads * 4);
+        let source = Arc::new(source);
+        let mut workers = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let ctx = Worker {
+                inner: self.inner.clone(),
+                shared: shared.clone(),
+                source: source.clone(),
+                filter: q.filter.clone(),
+                tx: tx.clone(),
+                chunk,
+                reverse: q.reverse,
+            };
+            shared.running.fetch_add(1, Ordering::AcqRel);
+            let h = std::thread::Builder::new()
+                .name(format!("zs-db-scan-{t}"))
+                .spawn(move || ctx.run())
+                .map_err(|e| Error::Io { op: "spawn scan worker", source: e })?;
+            workers.push(h);
+        }
+        Ok(QueryHandle {
+            shared,
+            rx: Some(rx),
+            workers,
+            pending: BTreeMap::new(),
+            next_chunk: 0,
+            emitted: 0,
+            limit: q.limit,
+        })
+    }
+}
+
+struct Worker {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    source: Arc<Source>,
+    filter: Option<FilterFn>,
+    tx: Sender<ChunkResult>,
+    chunk: u64,
+    reverse: bool,
+}
+
+impl Worker {
+    fn run(self) {
+        struct Done<'a>(&'a Shared);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.running.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _done = Done(&self.shared);
+        let total = self.source.len();
+        loop {
+            {
+                let mut p = mlock(&self.shared.paused);
+                while *p && !self.shared.stop.load(Ordering::Acquire) {
+                    p = self.shared.resume.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let k = self.shared.next.fetch_add(1, Ordering::AcqRel);
+            if k >= self.shared.chunks {
+                return;
+            }
+            let (lo, hi) = if self.reverse {
+                let hi = total - k * self.chunk;
+                (hi.saturating_sub(self.chunk), hi)
+            } else {
+                (k * self.chunk, ((k + 1) * self.chunk).min(total))
+            };
+            let mut ids = self.source.ids(lo, hi);
+            if self.reverse {
+                ids.reverse();
+            }
+            let res = self.scan_ids(&ids);
+            if self.tx.send((k, res)).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn scan_ids(&self, ids: &[u64]) -> Result<Vec<Record>> {
+        let (file, items) = {
+            let st = rlock(&self.inner.state);
+            let items: Vec<(u64, Loc)> = ids.iter().filter_map(|&id| st.loc(id).map(|l| (id, l))).collect();
+            (st.file.clone(), items)
+        };
+        let max_value = self.inner.opts.max_value;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let mut i = 0;
+        let mut scanned = 0u64;
+        while i < items.len() {
+            // a run of frames adjacent in the file (either direction of id order)
+            let Some(first_len) = items[i].1.frame_len() else {
+                // huge value: read it alone
+                let (id, loc) = items[i];
+                if let Some(rec) = self.inner.get(id)? {
+                    scanned += 1;
+                    if self.accept(&rec.as_ref()) {
+                        out.push(rec);
+                    }
+                }
+                let _ = loc;
+                i += 1;
+                continue;
+            };
+            let mut lo = items[i].1.off;
+            let mut hi = lo + first_len;
+            let mut j = i + 1;
+            while j < items.len() {
+                let l = items[j].1;
+                let Some(fl) = l.frame_len() else { break };
+                let (nlo, nhi) = (lo.min(l.off), hi.max(l.off + fl));
+                if nhi - nlo > (1 << 20) || (l.off > hi + 4096) || (l.off + fl + 4096 < lo) {
+                    break;
+                }
+                lo = nlo;
+                hi = nhi;
+                j += 1;
+            }
+            self.inner.ensure_written(hi)?;
+            buf.resize((hi - lo) as usize, 0);
+            file.read_exact_at(&mut buf, lo).map_err(Error::io("scan read"))?;
+            for &(id, loc) in &items[i..j] {
+                let s = (loc.off - lo) as usize;
+                let frame = &buf[s..s + loc.frame_len().unwrap_or(0) as usize];
+                let corrupt = |r: &str| Error::Corrupt { offset: loc.off, reason: r.to_string() };
+                let fh = FrameHeader::decode(frame, frame.len() as u64)
+                    .filter(|fh| fh.op == OP_PUT && fh.id == id && fh.len == loc.len as u64)
+                    .ok_or_else(|| corrupt("frame does not match the index"))?;
+                let payload = &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + fh.len as usize];
+                if !fh.check(frame, payload) {
+                    return Err(corrupt("checksum mismatch"));
+                }
+                let kind = Kind::from_tag(fh.kind).unwrap_or(Kind::Raw);
+                scanned += 1;
+                if fh.flags & crate::format::FLAG_LZ4 != 0 {
+                    let data = decode_payload(loc.off, &fh, payload.to_vec(), max_value)?;
+                    let r = RecordRef { id, kind, data: &data };
+                    if self.accept(&r) {
+                        out.push(r.to_owned());
+                    }
+                } else {
+                    let r = RecordRef { id, kind, data: payload };
+                    if self.accept(&r) {
+                        out.push(r.to_owned());
+                    }
+                }
+            }
+            i = j;
+        }
+        self.shared.scanned.fetch_add(scanned, Ordering::Relaxed);
+        self.shared.matched.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    fn accept(&self, r: &RecordRef<'_>) -> bool {
+        match &self.filter {
+            Some(f) => f(r),
+            None => true,
+        }
+    }
+}
+
+impl QueryHandle {
+    /// The next batch of matching records (in order), `None` when the scan is complete
+    /// (or stopped, or the limit reached). A damaged record yields an `Err` for its
+    /// batch; later batches still come.
+    pub fn next_batch(&mut self) -> Option<Result<Vec<Record>>> {
+        loop {
+            if self.limit.is_some_and(|l| self.emitted >= l) || self.next_chunk >= self.shared.chunks {
+                self.finish();
+                return None;
+            }
+            if let Some(res) = self.pending.remove(&self.next_chunk) {
+                self.next_chunk += 1;
+                match res {
+                    Ok(mut recs) => {
+                        if let Some(l) = self.limit {
+                            recs.truncate((l - self.emitted) as usize);
+                        }
+                        self.emitted += recs.len() as u64;
+                        if recs.is_empty() {
+                            continue;
+                        }
+                        return Some(Ok(recs));
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let rx = self.rx.as_ref()?;
+            match rx.recv() {
+                Ok((k, res)) => {
+                    self.pending.insert(k, res);
+                }
+                Err(_) => {
+                    // every worker ended: stopped early
+                    self.finish();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Collects every remaining result.
+    pub fn collect_all(mut self) -> Result<Vec<Record>> {
+        let mut all = Vec::new();
+        while let Some(b) = self.next_batch() {
+            all.extend(b?);
+        }
+        Ok(all)
+    }
+
+    /// Pauses the workers (they finish their current chunk).
+    pub fn pause(&self) {
+        *mlock(&self.shared.paused) = true;
+    }
+
+    /// Resumes paused workers.
+    pub fn resume(&self) {
+        *mlock(&self.shared.paused) = false;
+        self.shared.resume.notify_all();
+    }
+
+    /// Stops the scan; `next_batch` returns what was already delivered and then `None`.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.resume();
+        self.pending.clear();
+        self.next_chunk = self.shared.chunks;
+    }
+
+    /// Live progress.
+    pub fn progress(&self) -> Progress {
+        let s = &self.shared;
+        let scanned = s.scanned.load(Ordering::Relaxed);
+        let elapsed = s.started.elapsed();
+        Progress {
+            scanned,
+            matched: s.matched.load(Ordering::Relaxed),
+            total: s.total,
+            elapsed,
+            records_per_s: scanned as f64 / elapsed.as_secs_f64().max(1e-9),
+            done: s.running.load(Ordering::Acquire) == 0,
+            used_index: s.used_index,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.resume();
+        self.rx.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Iterator for QueryHandle {
+    type Item = Result<Vec<Record>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch()
+    }
+}
+
+impl Drop for QueryHandle {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

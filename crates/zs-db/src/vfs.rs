@@ -1,0 +1,449 @@
+//! The file layer: every byte the store reads or writes goes through [`Vfs`] and
+//! [`FileBackend`], so tests and the fuzz target can swap the disk for
+//! [`MemVfs`], which models power loss (unsynced writes lost or torn) and injects
+//! faults (failing writes and fsyncs, short writes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One open file: positional reads and writes, durability barrier.
+pub trait FileBackend: Send + Sync + Debug {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// True when the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Fills `buf` from offset `off`; a read past the end is an `UnexpectedEof` error.
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
+    /// Writes all of `buf` at offset `off` (extending the file as needed).
+    fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Makes every completed write durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+}
+
+/// A directory of files addressed by name.
+pub trait Vfs: Send + Sync + Debug {
+    /// Opens an existing file (`create == false`) or creates/truncates one (`create == true`).
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn FileBackend>>;
+    /// True if the file exists.
+    fn exists(&self, name: &str) -> io::Result<bool>;
+    /// Removes a file.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Names of all files.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Makes directory changes (create, rename, remove) durable.
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// The real file system: a directory on disk.
+#[derive(Debug, Clone)]
+pub struct DirVfs {
+    root: PathBuf,
+}
+
+impl DirVfs {
+    /// Uses (and creates if missing) the directory `root`.
+    pub fn new(root: impl AsRef<Path>) -> io::Result<DirVfs> {
+        std::fs::create_dir_all(root.as_ref())?;
+        Ok(DirVfs { root: root.as_ref().to_path_buf() })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+#[derive(Debug)]
+struct OsFile(std::fs::File);
+
+impl FileBackend for OsFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    #[cfg(unix)]
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, off)
+    }
+    #[cfg(unix)]
+    fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, buf, off)
+    }
+    #[cfg(windows)]
+    fn read_exact_at(&self, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = std::os::windows::fs::FileExt::seek_read(&self.0, buf, off)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf = &mut buf[n..];
+            off += n as u64;
+        }
+        Ok(())
+    }
+    #[cfg(windows)]
+    fn write_all_at(&self, mut buf: &[u8], mut off: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = std::os::windows::fs::FileExt::seek_write(&self.0, buf, off)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+            off += n as u64;
+        }
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+impl Vfs for DirVfs {
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn FileBackend>> {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(true);
+        if create {
+            o.create(true).truncate(true);
+        }
+        Ok(Arc::new(OsFile(o.open(self.root.join(name))?)))
+    }
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        self.root.join(name).try_exists()
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.root.join(name))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.root.join(from), self.root.join(to))
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&self.root)? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                if let Some(n) = e.file_name().to_str() {
+                    v.push(n.to_string());
+                }
+            }
+        }
+        v.sort();
+        Ok(v)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            std::fs::File::open(&self.root)?.sync_all()
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(())
+        }
+    }
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The write fails and nothing is written.
+    WriteError,
+    /// Only the first `n` bytes (at most) are written, then the write fails.
+    ShortWrite(usize),
+    /// The fsync fails; the unsynced writes stay volatile (they may or may not survive a crash).
+    SyncError,
+}
+
+/// A fault fired at the `at_op`-th mutating operation (write or sync, counted from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// Operation number at which the fault fires.
+    pub at_op: u64,
+    /// What happens.
+    pub kind: FaultKind,
+}
+
+#[derive(Debug, Default)]
+struct MemFileState {
+    /// What a reader sees now.
+    data: Vec<u8>,
+    /// What survives a crash for sure.
+    durable: Vec<u8>,
+    /// Writes since the last successful sync, in order: (offset, bytes) or a truncation.
+    pending: Vec<PendingOp>,
+}
+
+#[derive(Debug, Clone)]
+enum PendingOp {
+    Write(u64, Vec<u8>),
+    SetLen(u64),
+}
+
+#[derive(Debug, Default)]
+struct MemShared {
+    files: BTreeMap<String, Arc<Mutex<MemFileState>>>,
+    ops: u64,
+    faults: Vec<Fault>,
+    fired: u64,
+}
+
+/// An in-memory [`Vfs`] modelling a disk with a volatile cache, plus fault injection.
+///
+/// Writes are visible at once but only [`FileBackend::sync_data`] makes them durable;
+/// [`MemVfs::crash`] throws away unsynced writes, keeping a pseudo-random subset of them,
+/// possibly torn (the model of a power cut). Directory operations are durable at once.
+#[derive(Debug, Clone, Default)]
+pub struct MemVfs {
+    shared: Arc<Mutex<MemShared>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemVfs {
+    /// An empty in-memory directory.
+    pub fn new() -> MemVfs {
+        MemVfs::default()
+    }
+
+    /// Schedules faults (replacing earlier ones). Operation numbers count from now.
+    pub fn set_faults(&self, faults: Vec<Fault>) {
+        let mut s = lock(&self.shared);
+        s.ops = 0;
+        s.faults = faults;
+    }
+
+    /// How many faults have fired so far.
+    pub fn faults_fired(&self) -> u64 {
+        lock(&self.shared).fired
+    }
+
+    /// Simulates a power cut: every file reverts to its durable content plus a
+    /// `seed`-chosen subset of its unsynced writes, each possibly torn (cut short).
+    /// Faults are cleared. Open handles keep working on the new content.
+    pub fn crash(&self, seed: u64) {
+        let mut rng = seed ^ 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut s = lock(&self.shared);
+        s.faults.clear();
+        for f in s.files.values() {
+            let mut f = lock(f);
+            let mut data = f.durable.clone();
+            for op in std::mem::take(&mut f.pending) {
+                match op {
+                    PendingOp::Write(off, bytes) => match next() % 3 {
+                        0 => {}
+                        1 => apply_write(&mut data, off, &bytes),
+                        _ => {
+                            let keep = (next() % (bytes.len() as u64 + 1)) as usize;
+                            apply_write(&mut data, off, &bytes[..keep]);
+                        }
+                    },
+                    PendingOp::SetLen(len) => {
+                        if next() % 2 == 0 {
+                            data.resize(len as usize, 0);
+                        }
+                    }
+                }
+            }
+            f.durable = data.clone();
+            f.data = data;
+        }
+    }
+
+    /// Content of a file as a reader sees it now (for tests).
+    pub fn read_file(&self, name: &str) -> Option<Vec<u8>> {
+        let s = lock(&self.shared);
+        s.files.get(name).map(|f| lock(f).data.clone())
+    }
+
+    /// Overwrites a file's content, durably (for corruption tests).
+    pub fn write_file(&self, name: &str, bytes: &[u8]) {
+        let mut s = lock(&self.shared);
+        let f = s.files.entry(name.to_string()).or_default();
+        let mut f = lock(f);
+        f.data = bytes.to_vec();
+        f.durable = bytes.to_vec();
+        f.pending.clear();
+    }
+
+    /// Counts one mutating op and returns the fault to fire, if any.
+    fn next_fault(&self) -> Option<FaultKind> {
+        let mut s = lock(&self.shared);
+        let n = s.ops;
+        s.ops += 1;
+        let hit = s.faults.iter().find(|f| f.at_op == n).map(|f| f.kind);
+        if hit.is_some() {
+            s.fired += 1;
+        }
+        hit
+    }
+}
+
+fn apply_write(data: &mut Vec<u8>, off: u64, bytes: &[u8]) {
+    let end = off as usize + bytes.len();
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[off as usize..end].copy_from_slice(bytes);
+}
+
+#[derive(Debug)]
+struct MemFile {
+    vfs: MemVfs,
+    state: Arc<Mutex<MemFileState>>,
+}
+
+const MEM_MAX_FILE: u64 = 1 << 32;
+
+impl FileBackend for MemFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(lock(&self.state).data.len() as u64)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let s = lock(&self.state);
+        let end = off.checked_add(buf.len() as u64).ok_or(io::ErrorKind::InvalidInput)?;
+        if end > s.data.len() as u64 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.copy_from_slice(&s.data[off as usize..end as usize]);
+        Ok(())
+    }
+    fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        if off.saturating_add(buf.len() as u64) > MEM_MAX_FILE {
+            return Err(io::Error::other("memory file limit"));
+        }
+        let fault = self.vfs.next_fault();
+        let mut s = lock(&self.state);
+        let n = match fault {
+            Some(FaultKind::WriteError) => return Err(io::Error::other("injected write error")),
+            Some(FaultKind::ShortWrite(n)) => n.min(buf.len()),
+            _ => buf.len(),
+        };
+        apply_write(&mut s.data, off, &buf[..n]);
+        s.pending.push(PendingOp::Write(off, buf[..n].to_vec()));
+        if n < buf.len() {
+            return Err(io::Error::other("injected short write"));
+        }
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if let Some(FaultKind::SyncError) = self.vfs.next_fault() {
+            return Err(io::Error::other("injected fsync error"));
+        }
+        let mut s = lock(&self.state);
+        s.durable = s.data.clone();
+        s.pending.clear();
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if len > MEM_MAX_FILE {
+            return Err(io::Error::other("memory file limit"));
+        }
+        if let Some(k) = self.vfs.next_fault() {
+            if k != FaultKind::SyncError {
+                return Err(io::Error::other("injected set_len error"));
+            }
+        }
+        let mut s = lock(&self.state);
+        s.data.resize(len as usize, 0);
+        s.pending.push(PendingOp::SetLen(len));
+        Ok(())
+    }
+}
+
+impl Vfs for MemVfs {
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn FileBackend>> {
+        let mut s = lock(&self.shared);
+        let state = if create {
+            let st = Arc::new(Mutex::new(MemFileState::default()));
+            s.files.insert(name.to_string(), st.clone());
+            st
+        } else {
+            s.files.get(name).cloned().ok_or(io::ErrorKind::NotFound)?
+        };
+        Ok(Arc::new(MemFile { vfs: self.clone(), state }))
+    }
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        Ok(lock(&self.shared).files.contains_key(name))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        lock(&self.shared).files.remove(name).map(|_| ()).ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut s = lock(&self.shared);
+        let f = s.files.remove(from).ok_or(io::ErrorKind::NotFound)?;
+        s.files.insert(to.to_string(), f);
+        Ok(())
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(lock(&self.shared).files.keys().cloned().collect())
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts of a [`MemVfs`]'s files, for tests: name → (visible length, durable length).
+pub fn mem_sizes(vfs: &MemVfs) -> HashMap<String, (usize, usize)> {
+    let s = lock(&vfs.shared);
+    s.files
+        .iter()
+        .map(|(k, f)| {
+            let f = lock(f);
+            (k.clone(), (f.data.len(), f.durable.len()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_crash_drops_unsynced() {
+        let vfs = MemVfs::new();
+        let f = vfs.open("a", true).unwrap();
+        f.write_all_at(b"durable", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"XXXXXXX", 0).unwrap();
+        vfs.crash(1);
+        let mut buf = [0u8; 7];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        // each byte is either the durable or the unsynced version (torn at a prefix)
+        for (i, b) in buf.iter().enumerate() {
+            assert!(*b == b"durable"[i] || *b == b'X');
+        }
+    }
+
+    #[test]
+    fn faults_fire_at_their_op() {
+        let vfs = MemVfs::new();
+        let f = vfs.open("a", true).unwrap();
+        vfs.set_faults(vec![
+            Fault { at_op: 1, kind: FaultKind::ShortWrite(2) },
+            Fault { at_op: 2, kind: FaultKind::SyncError },
+        ]);
+        f.write_all_at(b"abcd", 0).unwrap();
+        assert!(f.write_all_at(b"efgh", 4).is_err());
+        assert_eq!(f.len().unwrap(), 6);
+        assert!(f.sync_data().is_err());
+        f.sync_data().unwrap();
+        assert_eq!(vfs.faults_fired(), 2);
+    }
+}

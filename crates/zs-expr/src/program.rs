@@ -1,0 +1,428 @@
+//! The compiled form: a flat array of nodes (children before parents, root last) with
+//! constants in a pool, variables as slots, functions resolved to ids; and its evaluator.
+
+use std::sync::Arc;
+
+use crate::builtins::{self, Builtin};
+use crate::error::{Error, OpErr, Pos};
+use crate::fast::{F, FV};
+use crate::interp::{self, Ctx};
+use crate::ops;
+use crate::parser::{BinOp, UnOp};
+use crate::resolve::{Ir, IrKind, Resolved};
+use crate::value::{NoVars, Value, ValueRef, Vars, V};
+use crate::UserFn;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Node {
+    /// `consts[k]`
+    Const(u32),
+    /// variable slot
+    Var(u32),
+    Unary(UnOp, u32),
+    Bin(BinOp, u32, u32),
+    /// `node op consts[k]`
+    BinK(BinOp, u32, u32),
+    /// `var op consts[k]`
+    VarK(BinOp, u32, u32),
+    And(u32, u32),
+    Or(u32, u32),
+    If(u32, u32, u32),
+    /// built-in over `args[start..start+n]`
+    Call(Builtin, u32, u32),
+    /// user function `fns[f]` over `args[start..start+n]`
+    User(u32, u32, u32),
+    List(u32, u32),
+}
+
+/// A compiled expression: compile once with [`Engine::compile`](crate::Engine::compile),
+/// evaluate many times (also from several threads), save with [`Program::save`].
+#[derive(Clone)]
+pub struct Program {
+    pub(crate) source: Arc<str>,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) spans: Vec<(u32, u32)>,
+    pub(crate) args: Vec<u32>,
+    pub(crate) consts: Vec<Value>,
+    pub(crate) vars: Vec<String>,
+    pub(crate) fns: Vec<Arc<UserFn>>,
+    pub(crate) max_steps: u64,
+    pub(crate) max_str: usize,
+    /// `consts` as fast-path numbers (derived, not saved).
+    pub(crate) fconsts: Vec<Option<F>>,
+    /// Whether to try the numeric fast path first (derived, not saved).
+    pub(crate) numeric: bool,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("source", &self.source)
+            .field("nodes", &self.nodes.len())
+            .field("vars", &self.vars)
+            .finish()
+    }
+}
+
+struct Builder<'r> {
+    p: Program,
+    resolved: &'r Resolved,
+    fold_steps: u64,
+}
+
+/// Folds constant subtrees (using the interpreter, so folding cannot change a result) and
+/// flattens the IR into nodes.
+pub(crate) fn compile(source: &str, resolved: Resolved, max_steps: u64, max_str: usize) -> Program {
+    let p = Program {
+        source: Arc::from(source),
+        nodes: Vec::new(),
+        spans: Vec::new(),
+        args: Vec::new(),
+        consts: Vec::new(),
+        vars: resolved.vars.clone(),
+        fns: resolved.fns.clone(),
+        max_steps,
+        max_str,
+        fconsts: Vec::new(),
+        numeric: false,
+    };
+    let mut b = Builder { p, resolved: &resolved, fold_steps: max_steps };
+    let ir = b.fold(resolved.ir.clone());
+    b.emit(&ir);
+    b.p.finish()
+}
+
+fn is_const(ir: &Ir) -> bool {
+    matches!(ir.kind, IrKind::Const(_))
+}
+
+impl Builder<'_> {
+    fn try_eval(&mut self, ir: &Ir) -> Option<Value> {
+        let cx = Ctx {
+            vars: &NoVars,
+            names: &self.resolved.vars,
+            fns: &self.resolved.fns,
+            src: &self.p.source,
+            max_str: self.p.max_str,
+            max_steps: self.p.max_steps,
+        };
+        interp::eval(ir, &cx, &mut self.fold_steps).ok().map(V::into_value)
+    }
+
+    fn fold(&mut self, ir: Ir) -> Ir {
+        let Ir { kind, start, end } = ir;
+        let kind = match kind {
+            IrKind::Unary(op, a) => IrKind::Unary(op, Box::new(self.fold(*a))),
+            IrKind::Binary(op, a, b) => {
+                let a = self.fold(*a);
+                // Short-circuit with a constant bool on the left: the right side never runs.
+                if let (BinOp::And | BinOp::Or, IrKind::Const(Value::Bool(x))) = (op, &a.kind) {
+                    if *x == (op == BinOp::Or) {
+                        return Ir { kind: IrKind::Const(Value::Bool(*x)), start, end };
+                    }
+                }
+                IrKind::Binary(op, Box::new(a), Box::new(self.fold(*b)))
+            }
+            IrKind::Builtin(Builtin::IfThen, mut args) if args.len() == 3 => {
+                let c = self.fold(args.remove(0));
+                if let IrKind::Const(v) = &c.kind {
+                    if let Ok(t) = ops::truthy(&V::borrow(v), "") {
+                        let branch = args.swap_remove(if t { 0 } else { 1 });
+                        return self.fold(branch);
+                    }
+                }
+                let a = self.fold(args.remove(0));
+                let b = self.fold(args.remove(0));
+                IrKind::Builtin(Builtin::IfThen, vec![c, a, b])
+            }
+            IrKind::Builtin(b, args) => IrKind::Builtin(b, args.into_iter().map(|a| self.fold(a)).collect()),
+            IrKind::User(f, args) => IrKind::User(f, args.into_iter().map(|a| self.fold(a)).collect()),
+            IrKind::List(items) => IrKind::List(items.into_iter().map(|a| self.fold(a)).collect()),
+            k @ (IrKind::Const(_) | IrKind::Var(_)) => return Ir { kind: k, start, end },
+        };
+        let foldable = match &kind {
+            IrKind::Unary(_, a) => is_const(a),
+            IrKind::Binary(_, a, b) => is_const(a) && is_const(b),
+            IrKind::Builtin(b, args) => b.pure() && args.iter().all(is_const),
+            IrKind::User(f, args) => self.resolved.fns[*f as usize].pure && args.iter().all(is_const),
+            IrKind::List(items) => items.iter().all(is_const),
+            _ => false,
+        };
+        let ir = Ir { kind, start, end };
+        if foldable {
+            if let Some(v) = self.try_eval(&ir) {
+                return Ir { kind: IrKind::Const(v), start, end };
+            }
+        }
+        ir
+    }
+
+    fn push(&mut self, n: Node, ir: &Ir) -> u32 {
+        self.p.nodes.push(n);
+        self.p.spans.push((ir.start, ir.end));
+        (self.p.nodes.len() - 1) as u32
+    }
+
+    fn konst(&mut self, v: &Value) -> u32 {
+        self.p.consts.push(v.clone());
+        (self.p.consts.len() - 1) as u32
+    }
+
+    fn emit_args(&mut self, items: &[Ir]) -> (u32, u32) {
+        let ids: Vec<u32> = items.iter().map(|a| self.emit(a)).collect();
+        let start = self.p.args.len() as u32;
+        self.p.args.extend(ids);
+        (start, items.len() as u32)
+    }
+
+    fn emit(&mut self, ir: &Ir) -> u32 {
+        let node = match &ir.kind {
+            IrKind::Const(v) => Node::Const(self.konst(v)),
+            IrKind::Var(s) => Node::Var(*s),
+            IrKind::Unary(op, a) => Node::Unary(*op, self.emit(a)),
+            IrKind::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
+                let (a, b) = (self.emit(a), self.emit(b));
+                if *op == BinOp::And {
+                    Node::And(a, b)
+                } else {
+                    Node::Or(a, b)
+                }
+            }
+            IrKind::Binary(op, a, b) => match (&a.kind, &b.kind) {
+                (IrKind::Var(s), IrKind::Const(k)) => Node::VarK(*op, *s, self.konst(k)),
+                (_, IrKind::Const(k)) => {
+                    let a = self.emit(a);
+                    Node::BinK(*op, a, self.konst(k))
+                }
+                _ => {
+                    let (a, b) = (self.emit(a), self.emit(b));
+                    Node::Bin(*op, a, b)
+                }
+            },
+            IrKind::Builtin(Builtin::IfThen, args) if args.len() == 3 => {
+                let (c, a, b) = (self.emit(&args[0]), self.emit(&args[1]), self.emit(&args[2]));
+                Node::If(c, a, b)
+            }
+            IrKind::Builtin(b, args) => {
+                let (s, n) = self.emit_args(args);
+                Node::Call(*b, s, n)
+            }
+            IrKind::User(f, args) => {
+                let (s, n) = self.emit_args(args);
+                Node::User(*f, s, n)
+            }
+            IrKind::List(items) => {
+                let (s, n) = self.emit_args(items);
+                Node::List(s, n)
+            }
+        };
+        self.push(node, ir)
+    }
+}
+
+const INLINE_ARGS: usize = 4;
+
+impl Program {
+    /// Computes the derived fast-path data.
+    pub(crate) fn finish(mut self) -> Program {
+        self.fconsts = self.consts.iter().map(F::of).collect();
+        self.numeric = self.numeric_candidate();
+        self
+    }
+
+    #[inline]
+    fn try_fast<X: Vars + ?Sized>(&self, vars: &X) -> Option<F> {
+        if self.numeric {
+            let mut steps = self.max_steps;
+            self.fast((self.nodes.len() - 1) as u32, vars, &mut steps)
+        } else {
+            None
+        }
+    }
+
+    fn pos(&self, i: u32) -> Pos {
+        let (s, e) = self.spans[i as usize];
+        Pos::of(&self.source, s as usize, e as usize)
+    }
+
+    #[cold]
+    fn err(&self, i: u32, e: OpErr) -> Box<Error> {
+        Box::new(e.at(self.pos(i)))
+    }
+
+    #[inline]
+    fn var<'a, X: Vars + ?Sized>(&'a self, i: u32, slot: u32, vars: &'a X) -> Result<V<'a>, Box<Error>> {
+        let name = &self.vars[slot as usize];
+        match vars.get(slot as usize, name) {
+            Some(r) => Ok(V::from_ref(r)),
+            None => {
+                let (s, e) = self.spans[i as usize];
+                Err(interp::unbound(&self.source, s, e, name))
+            }
+        }
+    }
+
+    fn ev<'a, X: Vars + ?Sized>(&'a self, i: u32, vars: &'a X, steps: &mut u64) -> Result<V<'a>, Box<Error>> {
+        if *steps == 0 {
+            let (s, e) = self.spans[i as usize];
+            return Err(interp::steps_error(&self.source, s, e, self.max_steps));
+        }
+        *steps -= 1;
+        match self.nodes[i as usize] {
+            Node::Const(k) => Ok(V::borrow(&self.consts[k as usize])),
+            Node::Var(slot) => self.var(i, slot, vars),
+            Node::VarK(op, slot, k) => {
+                let l = self.var(i, slot, vars)?;
+                ops::binary(op, l, V::borrow(&self.consts[k as usize]), self.max_str).map_err(|e| self.err(i, e))
+            }
+            Node::BinK(op, a, k) => {
+                let l = self.ev(a, vars, steps)?;
+                ops::binary(op, l, V::borrow(&self.consts[k as usize]), self.max_str).map_err(|e| self.err(i, e))
+            }
+            Node::Bin(op, a, b) => {
+                let l = self.ev(a, vars, steps)?;
+                let r = self.ev(b, vars, steps)?;
+                ops::binary(op, l, r, self.max_str).map_err(|e| self.err(i, e))
+            }
+            Node::Unary(op, a) => {
+                let v = self.ev(a, vars, steps)?;
+                ops::unary(op, v).map_err(|e| self.err(i, e))
+            }
+            Node::And(a, b) | Node::Or(a, b) => {
+                let is_or = matches!(self.nodes[i as usize], Node::Or(..));
+                let l = self.ev(a, vars, steps)?;
+                if let V::Bool(x) = l {
+                    if x == is_or {
+                        return Ok(V::Bool(x));
+                    }
+                }
+                let r = self.ev(b, vars, steps)?;
+                let op = if is_or { BinOp::Or } else { BinOp::And };
+                ops::binary(op, l, r, self.max_str).map_err(|e| self.err(i, e))
+            }
+            Node::If(c, a, b) => {
+                let cv = self.ev(c, vars, steps)?;
+                let t = ops::truthy(&cv, "IfThen's condition").map_err(|e| self.err(i, e))?;
+                self.ev(if t { a } else { b }, vars, steps)
+            }
+            Node::Call(b, start, n) => {
+                let ids = &self.args[start as usize..(start + n) as usize];
+                if ids.len() <= INLINE_ARGS {
+                    let mut buf: [V<'a>; INLINE_ARGS] = Default::default();
+                    for (slot, &id) in buf.iter_mut().zip(ids) {
+                        *slot = self.ev(id, vars, steps)?;
+                    }
+                    builtins::call(b, &mut buf[..ids.len()], self.max_str).map_err(|e| self.err(i, e))
+                } else {
+                    let mut buf = Vec::with_capacity(ids.len());
+                    for &id in ids {
+                        buf.push(self.ev(id, vars, steps)?);
+                    }
+                    builtins::call(b, &mut buf, self.max_str).map_err(|e| self.err(i, e))
+                }
+            }
+            Node::User(f, start, n) => {
+                let ids = &self.args[start as usize..(start + n) as usize];
+                let mut buf = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    buf.push(self.ev(id, vars, steps)?);
+                }
+                interp::call_user(&self.fns[f as usize], &buf, || self.pos(i))
+            }
+            Node::List(start, n) => {
+                let ids = &self.args[start as usize..(start + n) as usize];
+                let mut buf = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    buf.push(self.ev(id, vars, steps)?);
+                }
+                Ok(builtins::make_list(buf))
+            }
+        }
+    }
+
+    #[inline]
+    fn run<'a, X: Vars + ?Sized>(&'a self, vars: &'a X) -> Result<V<'a>, Error> {
+        let mut steps = self.max_steps;
+        self.ev((self.nodes.len() - 1) as u32, vars, &mut steps).map_err(|e| *e)
+    }
+
+    /// Evaluates with `vars` (see [`Vars`]): by slot (`&[Value]` in [`var_names`](Self::var_names)
+    /// order), by name (`HashMap<String, Value>`), or your own implementation.
+    #[inline]
+    pub fn eval<X: Vars + ?Sized>(&self, vars: &X) -> Result<Value, Error> {
+        if let Some(f) = self.try_fast(vars) {
+            return Ok(f.value());
+        }
+        self.eval_slow(vars)
+    }
+
+    #[inline(never)]
+    fn eval_slow<X: Vars + ?Sized>(&self, vars: &X) -> Result<Value, Error> {
+        self.run(vars).map(V::into_value)
+    }
+
+    /// Evaluates and hands the result to `f` as a borrowed view (no copy of strings that
+    /// come from constants or variables).
+    pub fn eval_with<X: Vars + ?Sized, R>(&self, vars: &X, f: impl FnOnce(ValueRef<'_>) -> R) -> Result<R, Error> {
+        if let Some(v) = self.try_fast(vars) {
+            return Ok(f(v.as_ref()));
+        }
+        let v = self.run(vars)?;
+        Ok(f(v.as_ref()))
+    }
+
+    /// Evaluates as a condition (a filter): bools, or numbers where non-zero is true.
+    #[inline]
+    pub fn eval_bool<X: Vars + ?Sized>(&self, vars: &X) -> Result<bool, Error> {
+        match self.try_fast(vars).map(F::v) {
+            Some(FV::B(b)) => return Ok(b),
+            Some(FV::I(i)) => return Ok(i != 0),
+            Some(FV::F(x)) => return Ok(x != 0.0),
+            None => {}
+        }
+        let v = self.run(vars)?;
+        ops::truthy(&v, "the expression's result").map_err(|e| e.at(self.pos((self.nodes.len() - 1) as u32)))
+    }
+
+    /// Evaluates to a float (ints and numeric strings convert).
+    #[inline]
+    pub fn eval_f64<X: Vars + ?Sized>(&self, vars: &X) -> Result<f64, Error> {
+        match self.try_fast(vars).map(F::v) {
+            Some(FV::I(i)) => return Ok(i as f64),
+            Some(FV::F(x)) => return Ok(x),
+            _ => {}
+        }
+        let v = self.run(vars)?;
+        ops::to_f64(&v).map_err(|e| e.at(self.pos((self.nodes.len() - 1) as u32)))
+    }
+
+    /// The variables the expression reads, in slot order (first appearance).
+    pub fn var_names(&self) -> &[String] {
+        &self.vars
+    }
+
+    /// Slot of variable `name`, if the expression reads it.
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.vars.iter().position(|v| v == name)
+    }
+
+    /// The source text it was compiled from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Number of nodes after constant folding (1 for a fully constant expression).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when folding reduced the whole expression to one constant.
+    pub fn is_constant(&self) -> bool {
+        matches!(self.nodes.as_slice(), [Node::Const(_)])
+    }
+
+    /// Names of the registered functions the expression calls (needed again at load time).
+    pub fn function_names(&self) -> impl Iterator<Item = &str> {
+        self.fns.iter().map(|f| f.name.as_str())
+    }
+}

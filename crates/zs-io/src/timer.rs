@@ -1,0 +1,175 @@
+//! A hashed timer wheel shared by the backends.
+
+use std::time::{Duration, Instant};
+
+/// A hashed timing wheel: `slots` buckets of `tick` each; an entry due at tick `t`
+/// lives in bucket `t % slots` and fires when the wheel's clock reaches `t` (entries
+/// further than one revolution away simply wait for their round). Insert is O(1);
+/// [`poll`](TimerWheel::poll) touches only the buckets whose ticks have passed.
+/// Timers never fire early: deadlines round **up** to the next tick.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use zs_io::TimerWheel;
+/// let start = Instant::now();
+/// let mut w = TimerWheel::new(start, Duration::from_millis(5), 64);
+/// w.insert(start + Duration::from_millis(12), "a");
+/// w.insert(start + Duration::from_secs(2), "b"); // several revolutions away
+/// let mut due = Vec::new();
+/// w.poll(start + Duration::from_millis(10), &mut due);
+/// assert!(due.is_empty());
+/// w.poll(start + Duration::from_millis(15), &mut due);
+/// assert_eq!(due, vec!["a"]);
+/// w.poll(start + Duration::from_secs(2), &mut due);
+/// assert_eq!(due, vec!["a", "b"]);
+/// assert!(w.is_empty());
+/// ```
+#[derive(Debug)]
+pub struct TimerWheel<T> {
+    start: Instant,
+    tick: Duration,
+    slots: Vec<Vec<(u64, T)>>,
+    /// The next tick not yet processed.
+    current: u64,
+    len: usize,
+    /// Cached earliest due tick (None = must recompute).
+    earliest: Option<u64>,
+}
+
+impl<T> TimerWheel<T> {
+    /// A wheel whose clock starts at `start`, with `tick` resolution and `slots`
+    /// buckets (both at least 1 ms / 1).
+    pub fn new(start: Instant, tick: Duration, slots: usize) -> TimerWheel<T> {
+        let slots = slots.max(1);
+        TimerWheel {
+            start,
+            tick: tick.max(Duration::from_millis(1)),
+            slots: (0..slots).map(|_| Vec::new()).collect(),
+            current: 0,
+            len: 0,
+            earliest: None,
+        }
+    }
+
+    /// Number of pending entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no entry is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn tick_ceil(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.start).as_nanos();
+        let t = self.tick.as_nanos();
+        d.div_ceil(t).min(u128::from(u64::MAX)) as u64
+    }
+
+    fn tick_floor(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.start).as_nanos();
+        (d / self.tick.as_nanos()).min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Schedules `item` at `deadline` (a past deadline fires on the next poll).
+    pub fn insert(&mut self, deadline: Instant, item: T) {
+        let t = self.tick_ceil(deadline).max(self.current);
+        let n = self.slots.len() as u64;
+        self.slots[(t % n) as usize].push((t, item));
+        self.len += 1;
+        if self.len == 1 {
+            self.earliest = Some(t);
+        } else if let Some(e) = self.earliest {
+            self.earliest = Some(e.min(t));
+        }
+    }
+
+    /// Moves every entry due at `now` into `out` (in bucket order).
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<T>) {
+        let now_tick = self.tick_floor(now);
+        if now_tick < self.current || self.len == 0 {
+            if self.len == 0 {
+                self.current = self.current.max(now_tick + 1);
+            }
+            return;
+        }
+        let n = self.slots.len() as u64;
+        let steps = (now_tick - self.current + 1).min(n);
+        for i in 0..steps {
+            let slot = &mut self.slots[((self.current + i) % n) as usize];
+            let mut j = 0;
+            while j < slot.len() {
+                if slot[j].0 <= now_tick {
+                    out.push(slot.swap_remove(j).1);
+                    self.len -= 1;
+                } else {
+                    j += 1;
+                }
+            }
+        }
+        self.current = now_tick + 1;
+        self.earliest = None;
+    }
+
+    /// The instant of the earliest pending entry (rounded to its tick), if any.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        if self.len == 0 {
+            return None;
+        }
+        let t = match self.earliest {
+            Some(t) => t,
+            None => {
+                let t = self.slots.iter().flat_map(|s| s.iter().map(|e| e.0)).min()?;
+                self.earliest = Some(t);
+                t
+            }
+        };
+        let nanos = u128::from(t) * self.tick.as_nanos();
+        Some(self.start + Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Every entry fires exactly once, never before its deadline and at most one
+        /// tick after the first poll at or past it.
+        #[test]
+        fn fires_once_never_early(deadlines in proptest::collection::vec(0u64..5000, 1..50), polls in proptest::collection::vec(1u64..700, 1..40)) {
+            let start = Instant::now();
+            let tick = Duration::from_millis(4);
+            let mut w = TimerWheel::new(start, tick, 16);
+            for (i, d) in deadlines.iter().enumerate() {
+                w.insert(start + Duration::from_millis(*d), i);
+            }
+            let mut fired = vec![false; deadlines.len()];
+            let mut now = 0u64;
+            let mut out = Vec::new();
+            for p in polls.iter().chain(std::iter::once(&6000)) {
+                now += p;
+                if let Some(next) = w.next_deadline() {
+                    // the cached earliest deadline is never later than any pending one
+                    for (i, d) in deadlines.iter().enumerate() {
+                        if !fired[i] { prop_assert!(next <= start + Duration::from_millis(*d) + tick); }
+                    }
+                }
+                out.clear();
+                w.poll(start + Duration::from_millis(now), &mut out);
+                for &i in &out {
+                    prop_assert!(!fired[i]);
+                    prop_assert!(deadlines[i] <= now, "fired early");
+                    fired[i] = true;
+                }
+                for (i, d) in deadlines.iter().enumerate() {
+                    if *d + 4 <= now { prop_assert!(fired[i], "late: {} at {}", d, now); }
+                }
+            }
+            prop_assert!(w.is_empty());
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Sans-IO [`Decoder`] and [`Encoder`] of frames over `BytesMut`.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::frame::{FrameKind, FLAG_COMPRESSED, FLAG_RESERVED, KIND_MASK, VERSION};
+use crate::varint::{get_varint, put_varint, varint_len, Varint};
+use crate::{Config, Frame, WireError};
+
+/// Parsed frame header.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    kind: FrameKind,
+    compressed: bool,
+    header_len: usize,
+    body_len: usize,
+}
+
+/// Parses the header at the start of `b`; `Ok(None)` while it is incomplete. Every
+/// check is made on the bytes present, so a bad version or token is reported as
+/// soon as its first byte arrives.
+#[inline]
+fn parse_header(b: &[u8], config: &Config) -> Result<Option<Header>, WireError> {
+    let Some(&v) = b.first() else { return Ok(None) };
+    if v != VERSION {
+        return Err(WireError::UnsupportedVersion(v));
+    }
+    let mut p = 1;
+    if let Some(tok) = &config.token {
+        let have = &b[1..b.len().min(5)];
+        if have != &tok[..have.len()] {
+            return Err(WireError::BadToken);
+        }
+        if have.len() < 4 {
+            return Ok(None);
+        }
+        p = 5;
+    }
+    let Some(&k) = b.get(p) else { return Ok(None) };
+    if k & FLAG_RESERVED != 0 {
+        return Err(WireError::ReservedFlags(k));
+    }
+    let kind = FrameKind::from_code(k & KIND_MASK).ok_or(WireError::UnknownKind(k))?;
+    match get_varint(&b[p + 1..])? {
+        Varint::Incomplete => Ok(None),
+        Varint::Done(len, n) => {
+            if len > config.limits.max_frame as u64 {
+                return Err(WireError::FrameTooLarge { len, max: config.limits.max_frame });
+            }
+            Ok(Some(Header {
+                kind,
+                compressed: k & FLAG_COMPRESSED != 0,
+                header_len: p + 1 + n,
+                body_len: len as usize,
+            }))
+        }
+    }
+}
+
+/// Upper bound of lz4's expansion: one input byte can stand for at most 255 output
+/// bytes, plus a small constant for the final literals.
+fn lz4_max_output(compressed: usize) -> u64 {
+    (compressed as u64).saturating_mul(255).saturating_add(64)
+}
+
+/// Turns a received body into the frame, decompressing first if flagged.
+fn finish(h: Header, body: Bytes, config: &Config) -> Result<Frame, WireError> {
+    let body = if h.compressed { decompress(&body, config)? } else { body };
+    Frame::decode_body(h.kind, &body, &config.limits)
+}
+
+fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {
+    let (raw_len, n) = match get_varint(body)? {
+        Varint::Done(v, n) => (v, n),
+        Varint::Incomplete => return Err(WireError::Truncated { field: "uncompressed length" }),
+    };
+    let block = &body[n..];
+    // Both bounds are checked before the output buffer is allocated.
+    if raw_len > config.limits.max_frame as u64 {
+        return Err(WireError::FrameTooLarge { len: raw_len, max: config.limits.max_frame });
+    }
+    if raw_len > lz4_max_output(block.len()) {
+        return Err(WireError::Decompress(format!(
+            "{} compressed bytes cannot expand to {raw_len}",
+            block.len()
+        )));
+    }
+    let mut out = vec![0u8; raw_len as usize];
+    let got = lz4_flex::block::decompress_into(block, &mut out).map_err(|e| WireError::Decompress(e.to_string()))?;
+    if got != out.len() {
+        return Err(WireError::Decompress(format!("expanded to {got} bytes, header says {raw_len}")));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Decodes frames from a byte stream, sans-IO: feed whatever arrived into a
+/// `BytesMut` and call [`decode`](Decoder::decode) until it returns `Ok(None)`.
+///
+/// Input may be split at any byte. A decoded frame's byte fields are slices of the
+/// buffer (no copy). See [`WireError`] for which errors leave the stream in step.
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    config: Config,
+}
+
+impl Decoder {
+    /// A decoder with the given configuration.
+    pub fn new(config: Config) -> Decoder {
+        Decoder { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Takes one complete frame off the front of `buf`. Returns `Ok(None)` (and
+    /// reserves room for the rest of the frame, once its length is known and
+    /// accepted) when more bytes are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        let Some(h) = parse_header(buf, &self.config)? else { return Ok(None) };
+        let total = h.header_len + h.body_len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(h.header_len);
+        let body = buf.split_to(h.body_len).freeze();
+        finish(h, body, &self.config).map(Some)
+    }
+}
+
+/// Encodes frames into a `BytesMut`, compressing bodies above the configured
+/// threshold when that makes them smaller.
+#[derive(Debug, Clone, Default)]
+pub struct Encoder {
+    config: Config,
+    scratch: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+impl Encoder {
+    /// An encoder with the given configuration.
+    pub fn new(config: Config) -> Encoder {
+        Encoder { config, scratch: Vec::new(), packed: Vec::new() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Appends `frame` to `dst` (reserving the exact size first). Fails, writing
+    /// nothing, if the frame breaks the configured limits (body above `max_frame`,
+    /// name above `max_name`, text above `max_string`) or has an inconsistent range.
+    pub fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        let limits = &self.config.limits;
+        frame.check(limits)?;
+        let body_len = frame.body_len();
+        if body_len > limits.max_frame {
+            return Err(WireError::FrameTooLarge { len: body_len as u64, max: limits.max_frame });
+        }
+        let code = frame.kind().code();
+        if let Some(t) = self.config.compress_threshold {
+            if body_len >= t && self.try_compressed(frame, code, body_len, dst) {
+                return Ok(());
+            }
+        }
+        dst.reserve(self.header_len(body_len) + body_len);
+        self.put_header(dst, code, body_len);
+        frame.put_body(dst);
+        Ok(())
+    }
+
+    fn header_len(&self, body_len: usize) -> usize {
+        1 + if self.config.token.is_some() { 4 } else { 0 } + 1 + varint_len(body_len as u64)
+    }
+
+    fn put_header(&self, dst: &mut BytesMut, kind_byte: u8, body_len: usize) {
+        dst.put_u8(VERSION);
+        if let Some(t) = &self.config.token {
+            dst.put_slice(t);
+        }
+        dst.put_u8(kind_byte);
+        put_varint(dst, body_len as u64);
+    }
+
+    /// Writes the compressed form if it is smaller; returns whether it did.
+    fn try_compressed(&mut self, frame: &Frame, code: u8, body_len: usize, dst: &mut BytesMut) -> bool {
+        self.scratch.clear();
+        self.scratch.reserve(body_len);
+        frame.put_body(&mut self.scratch);
+        self.packed.clear();
+        self.packed.resize(lz4_flex::block::get_maximum_output_size(body_len), 0);
+        let Ok(n) = lz4_flex::block::compress_into(&self.scratch, &mut self.packed) else { return false };
+        let packed_body = varint_len(body_len as u64) + n;
+        if packed_body >= body_len {
+            // Not worth it: send the raw body we already built.
+            dst.reserve(self.header_len(body_len) + body_len);
+            self.put_header(dst, code, body_len);
+            dst.put_slice(&self.scratch);
+            return true;
+        }
+        dst.reserve(self.header_len(packed_body) + packed_body);
+        self.put_header(dst, code | FLAG_COMPRESSED, packed_body);
+        put_varint(dst, body_len as u64);
+        dst.put_slice(&self.packed[..n]);
+        true
+    }
+}
+
+/// An [`Encoder`] and a [`Decoder`] sharing one [`Config`]: the codec of one connection.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use zs_wire::{Config, Frame, FrameCodec, Text};
+/// let mut codec = FrameCodec::new(Config::with_token(*b"zsv1"));
+/// let mut wire = BytesMut::new();
+/// let ping = Frame::Console { id: 1, cmd: Text::from("echo"), text: Text::from("hi") };
+/// codec.encode(&ping, &mut wire).unwrap();
+/// let mut rx = BytesMut::new();
+/// for b in wire.iter() {
+///     // bytes arrive one by one: nothing until the frame is complete
+///     rx.extend_from_slice(&[*b]);
+///     if rx.len() < wire.len() {
+///         assert_eq!(codec.decode(&mut rx).unwrap(), None);
+///     }
+/// }
+/// assert_eq!(codec.decode(&mut rx).unwrap(), Some(ping));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct FrameCodec {
+    /// The decoding half.
+    pub decoder: Decoder,
+    /// The encoding half.
+    pub encoder: Encoder,
+}
+
+impl FrameCodec {
+    /// A codec with the given configuration for both directions.
+    pub fn new(config: Config) -> FrameCodec {
+        FrameCodec { decoder: Decoder::new(config), encoder: Encoder::new(config) }
+    }
+
+    /// See [`Decoder::decode`].
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        self.decoder.decode(buf)
+    }
+
+    /// See [`Encoder::encode`].
+    pub fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        self.encoder.encode(frame, dst)
+    }
+}
+
+impl Frame {
+    /// Decodes exactly one complete frame held in `src` (for example the payload of
+    /// a [`Frame::SeqData`]). Fields are zero-copy slices of `src`.
+    pub fn decode(src: &Bytes, config: &Config) -> Result<Frame, WireError> {
+        let h = parse_header(src, config)?.ok_or(WireError::Truncated { field: "header" })?;
+        let total = h.header_len + h.body_len;
+        match src.len().cmp(&total) {
+            std::cmp::Ordering::Less => Err(WireError::Truncated { field: "body" }),
+            std::cmp::Ordering::Greater => Err(WireError::TrailingBytes(src.len() - total)),
+            std::cmp::Ordering::Equal => finish(h, src.slice(h.header_len..), config),
+        }
+    }
+
+    /// Encodes this frame into a new buffer (see [`Encoder::encode`]).
+    pub fn to_bytes(&self, config: &Config) -> Result<Bytes, WireError> {
+        let mut out = BytesMut::new();
+        Encoder::new(*config).encode(self, &mut out)?;
+        Ok(out.freeze())
+    }
+}

@@ -1,0 +1,176 @@
+//! Round trips: every frame kind and every value type survives encode → decode, under
+//! every configuration (token, compression), fed whole, byte by byte, or in random chunks.
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use proptest::prelude::*;
+use zs_wire::{Config, DataFrame, Decoder, Encoder, Frame, FrameKind, Limits, Value};
+
+fn decode_all(dec: &mut Decoder, buf: &mut BytesMut) -> Vec<Frame> {
+    let mut out = Vec::new();
+    while let Some(f) = dec.decode(buf).expect("valid stream") {
+        out.push(f);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn frame_round_trip(f in frame(), c in config()) {
+        let mut wire = BytesMut::new();
+        Encoder::new(c).encode(&f, &mut wire).unwrap();
+        let bytes = wire.clone().freeze();
+        let mut dec = Decoder::new(c);
+        let got = dec.decode(&mut wire).unwrap().expect("one frame");
+        prop_assert!(wire.is_empty());
+        prop_assert!(same(&got, &f, &c), "{got:?} != {f:?}");
+        // The whole-buffer API agrees.
+        let again = Frame::decode(&bytes, &c).unwrap();
+        prop_assert!(same(&again, &f, &c));
+        // Without NaNs in the frame, structural equality holds too.
+        if !format!("{f:?}").contains("NaN") {
+            prop_assert_eq!(got, f);
+        }
+    }
+
+    #[test]
+    fn value_round_trip(v in value()) {
+        let df = DataFrame::new().with(v.clone());
+        let bytes = df.to_bytes();
+        prop_assert_eq!(bytes.len(), df.encoded_len());
+        let back = DataFrame::decode(&bytes, &Limits::default()).unwrap();
+        prop_assert_eq!(back.to_bytes(), bytes);
+        prop_assert_eq!(back.get(0).map(Value::type_name), Some(v.type_name()));
+    }
+
+    #[test]
+    fn dataframe_json_round_trip(df in dataframe()) {
+        let j = df.to_json();
+        let text = serde_json::to_string(&j).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let back = DataFrame::from_json(&parsed, &Limits::default()).unwrap();
+        prop_assert_eq!(back.to_bytes(), df.to_bytes());
+    }
+
+    #[test]
+    fn stream_in_random_chunks(frames in prop::collection::vec(frame(), 1..6), c in config(),
+                               cuts in prop::collection::vec(1usize..40, 1..50)) {
+        let mut enc = Encoder::new(c);
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            enc.encode(f, &mut wire).unwrap();
+        }
+        let mut dec = Decoder::new(c);
+        let mut rx = BytesMut::new();
+        let mut got = Vec::new();
+        let mut pos = 0;
+        let mut i = 0;
+        while pos < wire.len() {
+            let n = cuts[i % cuts.len()].min(wire.len() - pos);
+            rx.extend_from_slice(&wire[pos..pos + n]);
+            pos += n;
+            i += 1;
+            got.extend(decode_all(&mut dec, &mut rx));
+        }
+        prop_assert!(rx.is_empty());
+        prop_assert_eq!(got.len(), frames.len());
+        for (g, f) in got.iter().zip(&frames) {
+            prop_assert!(same(g, f, &c));
+        }
+    }
+}
+
+/// Every frame kind, split into two parts at every byte boundary, and fed one byte
+/// at a time: nothing comes out early, exactly the frame comes out at the end.
+#[test]
+fn every_frame_split_at_every_byte() {
+    let frames = one_of_each();
+    let kinds: std::collections::HashSet<FrameKind> = frames.iter().map(Frame::kind).collect();
+    assert_eq!(kinds.len(), FrameKind::ALL.len(), "one_of_each covers every kind");
+    let configs = [
+        Config::default(),
+        Config::with_token(*b"\xA5zs\x01"),
+        Config { compress_threshold: Some(0), ..Config::with_token(*b"tokn") },
+    ];
+    for c in configs {
+        for f in &frames {
+            let wire = f.to_bytes(&c).unwrap();
+            for split in 0..=wire.len() {
+                let mut dec = Decoder::new(c);
+                let mut rx = BytesMut::from(&wire[..split]);
+                if split < wire.len() {
+                    assert_eq!(dec.decode(&mut rx).unwrap(), None, "{f:?} split at {split}");
+                    rx.extend_from_slice(&wire[split..]);
+                }
+                assert_eq!(dec.decode(&mut rx).unwrap().as_ref(), Some(f), "{f:?} split at {split}");
+                assert!(rx.is_empty());
+                assert_eq!(dec.decode(&mut rx).unwrap(), None);
+            }
+            let mut dec = Decoder::new(c);
+            let mut rx = BytesMut::new();
+            for (i, b) in wire.iter().enumerate() {
+                rx.extend_from_slice(&[*b]);
+                let out = dec.decode(&mut rx).unwrap();
+                if i + 1 < wire.len() {
+                    assert_eq!(out, None);
+                } else {
+                    assert_eq!(out.as_ref(), Some(f));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compression_applies_above_threshold_only_when_smaller() {
+    let c = Config { compress_threshold: Some(64), ..Config::default() };
+    let big = Frame::CompleteBuffer { cmd: "z".into(), data: Bytes::from(vec![7u8; 10_000]) };
+    let wire = big.to_bytes(&c).unwrap();
+    assert!(wire.len() < 200, "repetitive data compresses: {} bytes", wire.len());
+    assert_eq!(wire[1] & 0x80, 0x80, "compressed flag set");
+    assert_eq!(Frame::decode(&wire, &Config::default()).unwrap(), big, "any decoder accepts it");
+    let small = Frame::CompleteBuffer { cmd: "z".into(), data: Bytes::from(vec![7u8; 61]) }; // body 63 bytes
+    assert_eq!(small.to_bytes(&c).unwrap()[1] & 0x80, 0, "below threshold: raw");
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let noise: Vec<u8> = (0..5000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    let random = Frame::CompleteBuffer { cmd: "z".into(), data: Bytes::from(noise) };
+    let w = random.to_bytes(&c).unwrap();
+    assert_eq!(w[1] & 0x80, 0, "incompressible data is sent raw");
+    assert_eq!(Frame::decode(&w, &c).unwrap(), random);
+}
+
+#[test]
+fn large_values_are_not_copied_on_decode() {
+    let payload = Bytes::from(vec![0x5au8; 1 << 20]);
+    let f = Frame::StreamResponse { id: 1, data: DataFrame::new().with(payload) };
+    let wire = f.to_bytes(&Config::default()).unwrap();
+    let range = wire.as_ptr_range();
+    let Frame::StreamResponse { data, .. } = Frame::decode(&wire, &Config::default()).unwrap() else {
+        panic!("kind")
+    };
+    let Some(Value::Bytes(b)) = data.get(0) else { panic!("value") };
+    assert_eq!(b.len(), 1 << 20);
+    assert!(range.contains(&b.as_ptr()), "the value is a slice of the received buffer");
+}
+
+#[test]
+fn small_console_request_overhead() {
+    // 64 bytes of request content: a 4-byte command name and 60 bytes of text.
+    let f = Frame::Console { id: 1000, cmd: "echo".into(), text: "x".repeat(60).as_str().into() };
+    let plain = f.to_bytes(&Config::default()).unwrap().len() - 64;
+    let tok = f.to_bytes(&Config::with_token(*b"abcd")).unwrap().len() - 64;
+    assert_eq!(plain, 6, "version, kind, length, 2-byte id, name length");
+    assert_eq!(tok, 10);
+    assert!(tok <= 12);
+}
