@@ -11,7 +11,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -26,7 +30,12 @@ const SOURCES: &[&str] = &[
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_depth: 64, max_steps: 10_000, max_string: 4096, ..Limits::default() };
+    let limits = Limits {
+        max_depth: 64,
+        max_steps: 10_000,
+        max_string: 4096,
+        ..Limits::default()
+    };
     let mut engine = Engine::new().with_limits(limits);
     engine.register("f", Arity::Range(1, 3), |a| Ok(Value::Int(a.len() as i64)));
     let vars: Vec<(&str, Value)> = vec![("x", Value::Int(7)), ("name", Value::from("bob"))];

@@ -9,7 +9,16 @@ use std::process::Command;
 pub fn crash_db(cycles: u32) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = Command::new(cargo)
-        .args(["run", "--release", "-p", "zs-db", "--example", "crash_db", "--", "--cycles"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "zs-db",
+            "--example",
+            "crash_db",
+            "--",
+            "--cycles",
+        ])
         .arg(cycles.to_string())
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;

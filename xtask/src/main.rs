@@ -4,7 +4,7 @@
 //!
 //! - `ci` — everything CI checks: fmt, clippy (`-D warnings`), tests, docs
 //!   (`-D warnings`), a fuzz smoke of every target, cross-target checks, and a
-//!   `--quick` run of every bench suite. `--no-fuzz`, `--no-targets`, `--no-bench`
+//!   `--quick` run of every bench suite. `--no-fuzz`, `--no-targets`, `--no-windows`, `--no-bench`
 //!   skip parts locally.
 //! - `bench <suite>|all [--quick] [--rounds N]` — runs the `zs-bench-<suite>`
 //!   package in `benches/` (output contract in `shared/BENCH.md`).
@@ -12,18 +12,22 @@
 //!   seconds (default 60) on nightly; installs cargo-fuzz when missing.
 //! - `check-targets` — `cargo check` of the workspace for Windows (GNU), FreeBSD
 //!   and macOS, installing the rustup targets and C cross tools when missing.
+//! - `test-windows [-p <pkg>…]` — `cargo test` for `x86_64-pc-windows-gnu`, run under
+//!   wine (mingw, wine64 and a wine prefix are set up when missing).
 #![forbid(unsafe_code)]
 
 mod tasks;
+mod windows;
 
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
     "usage: cargo xtask <command>
-  ci [--no-fuzz] [--no-targets] [--no-bench] [--fuzz-secs N]
+  ci [--no-fuzz] [--no-targets] [--no-windows] [--no-bench] [--fuzz-secs N]
   bench <suite>|all [--quick] [--rounds N] [--quiet]
   fuzz [--secs N] [target]
   check-targets
+  test-windows [-p <pkg>…] [--timeout-mins N] [cargo test args] [-- <test args>]
   list-benches | list-fuzz"
 }
 
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         "bench" => tasks::bench(rest),
         "fuzz" => tasks::fuzz(rest),
         "check-targets" => tasks::check_targets(),
+        "test-windows" => windows::test_windows(rest),
         "list-benches" => tasks::bench_suites().map(|s| println!("{}", s.join("\n"))),
         "list-fuzz" => tasks::fuzz_targets().map(|s| println!("{}", s.join("\n"))),
         "help" | "--help" | "-h" => {

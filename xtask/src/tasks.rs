@@ -135,6 +135,9 @@ pub fn ci(args: &[String]) -> Result {
     if !flag(args, "--no-targets") {
         check_targets()?;
     }
+    if !flag(args, "--no-windows") {
+        crate::windows::test_windows(&["-p".into(), "zs-io-iocp".into(), "--locked".into()])?;
+    }
     if !flag(args, "--no-bench") {
         bench(&[
             "all".to_string(),

@@ -9,7 +9,10 @@
 //! server starts its clock when it tells the ready client "go" and stops it when
 //! its handlers have seen `n` `on_open`s; after 200 ms of settling it reads its RSS
 //! again. `rss_per_conn_bytes` = (RSS after − RSS before) / n. N = 15,000 (3,000 with
-//! `--quick`), within the 20,000-descriptor limit of each process.
+//! `--quick`), within the 20,000-descriptor limit of each process. The clients
+//! connect one after another; `ZS_CONNS_TRACE=1` prints their progress (a stall of
+//! about 1 s is a dropped SYN being retransmitted, seen here when the machine is
+//! loaded, for the bare loop as much as for the backends).
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -25,7 +28,11 @@ use zs_io::{Backend, BytesMut, Config, Conn, Handler};
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |p| p * 4096)
 }
 
@@ -48,12 +55,28 @@ fn client(addr: SocketAddr, n: usize) {
     std::io::stdout().flush().ok();
     stdin.lock().read_line(&mut line).ok();
     let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        match TcpStream::connect(addr) {
-            Ok(s) => conns.push(s),
-            Err(e) => {
-                eprintln!("client: connect failed after {}: {e}", conns.len());
-                break;
+    let t0 = Instant::now();
+    let trace = std::env::var_os("ZS_CONNS_TRACE").is_some();
+    for i in 0..n {
+        if trace && i % 1000 == 0 {
+            eprintln!("client: {i} connected after {:?}", t0.elapsed());
+        }
+        // A SYN dropped under load costs a 1 s retransmit; a failed connect is retried.
+        let mut tries = 0;
+        loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => {
+                    conns.push(s);
+                    break;
+                }
+                Err(e) if tries < 3 => {
+                    eprintln!("client: connect {i} failed ({e}), retrying");
+                    tries += 1;
+                }
+                Err(e) => {
+                    eprintln!("client: giving up after {} connections: {e}", conns.len());
+                    break;
+                }
             }
         }
     }
@@ -66,7 +89,10 @@ fn client(addr: SocketAddr, n: usize) {
 
 fn server(kind: &str, n: usize) {
     let opened = Arc::new(AtomicUsize::new(0));
-    let cfg = Config { loops: 2, ..Config::default() };
+    let cfg = Config {
+        loops: 2,
+        ..Config::default()
+    };
     let mut backend: Option<Box<dyn Backend>> = None;
     let mut _listener = None;
     let addr: SocketAddr;
@@ -74,9 +100,11 @@ fn server(kind: &str, n: usize) {
     match kind {
         "bare" => {
             // Same backlog as the backends (`Config::backlog`), so only the loop differs.
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
             sock.set_reuse_address(true).expect("reuse");
-            sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into()).expect("bind");
+            sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
+                .expect("bind");
             sock.listen(Config::default().backlog).expect("listen");
             let l: TcpListener = sock.into();
             addr = l.local_addr().expect("addr");
@@ -102,7 +130,10 @@ fn server(kind: &str, n: usize) {
             };
             let o = opened.clone();
             let l = b
-                .listen("127.0.0.1:0".parse().expect("addr"), Arc::new(move || Box::new(Idle(o.clone())) as Box<dyn Handler>))
+                .listen(
+                    "127.0.0.1:0".parse().expect("addr"),
+                    Arc::new(move || Box::new(Idle(o.clone())) as Box<dyn Handler>),
+                )
                 .expect("listen");
             addr = l.local_addr();
             _listener = Some(l);
@@ -145,11 +176,17 @@ fn server(kind: &str, n: usize) {
 
 fn sample(kind: &str, n: usize) -> (f64, f64) {
     let exe = std::env::current_exe().expect("exe");
-    let out = Command::new(exe).args(["--server", kind, &n.to_string()]).output().expect("spawn server");
+    let out = Command::new(exe)
+        .args(["--server", kind, &n.to_string()])
+        .output()
+        .expect("spawn server");
     let text = String::from_utf8_lossy(&out.stdout);
     for l in text.lines() {
         if let Some(rest) = l.strip_prefix("RESULT ") {
-            let v: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<f64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if v.len() == 3 {
                 if v[2] as usize != n {
                     eprintln!("{kind}: only {} of {n} connections opened", v[2]);
@@ -158,7 +195,10 @@ fn sample(kind: &str, n: usize) -> (f64, f64) {
             }
         }
     }
-    eprintln!("{kind}: server gave no result: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "{kind}: server gave no result: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (f64::NAN, f64::NAN)
 }
 
@@ -183,20 +223,35 @@ fn main() {
     for kind in kinds {
         let last = Arc::new(std::sync::Mutex::new(f64::NAN));
         let l2 = last.clone();
-        suite.case(&format!("{kind}-open"), "open_s", Better::Lower, move || {
-            let (open, rss) = sample(kind, n);
-            *l2.lock().unwrap_or_else(|p| p.into_inner()) = rss;
-            open
-        });
+        suite.case(
+            &format!("{kind}-open"),
+            "open_s",
+            Better::Lower,
+            move || {
+                let (open, rss) = sample(kind, n);
+                *l2.lock().unwrap_or_else(|p| p.into_inner()) = rss;
+                open
+            },
+        );
         // Same server run as the case above (cases run in registration order).
-        suite.case(&format!("{kind}-rss"), "rss_per_conn_bytes", Better::Lower, move || {
-            *last.lock().unwrap_or_else(|p| p.into_inner())
-        });
+        suite.case(
+            &format!("{kind}-rss"),
+            "rss_per_conn_bytes",
+            Better::Lower,
+            move || *last.lock().unwrap_or_else(|p| p.into_inner()),
+        );
     }
     suite.run();
     for kind in ["epoll", "tokio"] {
-        suite.ratio(&format!("{kind}_open_vs_bare"), &format!("{kind}-open"), "bare-open");
-        let (ours, bare) = (suite.summary(&format!("{kind}-rss")).map(|s| s.median), suite.summary("bare-rss").map(|s| s.median));
+        suite.ratio(
+            &format!("{kind}_open_vs_bare"),
+            &format!("{kind}-open"),
+            "bare-open",
+        );
+        let (ours, bare) = (
+            suite.summary(&format!("{kind}-rss")).map(|s| s.median),
+            suite.summary("bare-rss").map(|s| s.median),
+        );
         if let (Some(o), Some(b)) = (ours, bare) {
             suite.note(format!("{kind}: {:.0} bytes of user RSS per idle connection above the bare accept loop (goal ≤ 2048)", o - b));
         }

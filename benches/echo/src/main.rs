@@ -52,7 +52,10 @@ impl Handler for Echo {
 
 fn seam_server(backend: &dyn Backend) -> Box<dyn zs_io::Listener> {
     backend
-        .listen("127.0.0.1:0".parse().expect("addr"), zs_io::handler_factory(|| Echo { pending: None }))
+        .listen(
+            "127.0.0.1:0".parse().expect("addr"),
+            zs_io::handler_factory(|| Echo { pending: None }),
+        )
         .expect("listen")
 }
 
@@ -66,7 +69,9 @@ fn raw_server() -> SocketAddr {
         .name("raw-epoll".into())
         .spawn(move || {
             let mut poll = Poll::new().expect("poll");
-            poll.registry().register(&mut listener, Token(0), Interest::READABLE).expect("register");
+            poll.registry()
+                .register(&mut listener, Token(0), Interest::READABLE)
+                .expect("register");
             let mut events = Events::with_capacity(256);
             let mut conns: HashMap<usize, (mio::net::TcpStream, Vec<u8>)> = HashMap::new();
             let mut next = 1usize;
@@ -81,13 +86,19 @@ fn raw_server() -> SocketAddr {
                             let _ = s.set_nodelay(true);
                             let t = Token(next);
                             next += 1;
-                            if poll.registry().register(&mut s, t, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                            if poll
+                                .registry()
+                                .register(&mut s, t, Interest::READABLE | Interest::WRITABLE)
+                                .is_ok()
+                            {
                                 conns.insert(t.0, (s, Vec::new()));
                             }
                         }
                         continue;
                     }
-                    let Some((s, pending)) = conns.get_mut(&ev.token().0) else { continue };
+                    let Some((s, pending)) = conns.get_mut(&ev.token().0) else {
+                        continue;
+                    };
                     let mut dead = false;
                     // Flush what an earlier short write left.
                     while !pending.is_empty() {
@@ -108,7 +119,9 @@ fn raw_server() -> SocketAddr {
                             Ok(n) => match s.write(&buf[..n]) {
                                 Ok(w) if w == n => {}
                                 Ok(w) => pending.extend_from_slice(&buf[w..n]),
-                                Err(e) if e.kind() == ErrorKind::WouldBlock => pending.extend_from_slice(&buf[..n]),
+                                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                    pending.extend_from_slice(&buf[..n])
+                                }
                                 Err(_) => dead = true,
                             },
                             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -156,12 +169,21 @@ fn client(addr: SocketAddr, dur: Duration) -> f64 {
 
 fn main() {
     let opts = Options::from_env();
-    let dur = if opts.quick { Duration::from_millis(300) } else { Duration::from_secs(1) };
+    let dur = if opts.quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(1)
+    };
     let mut suite = Suite::from_options("echo", &opts, 3, 7);
-    let one = Config { loops: 1, ..Config::default() };
+    let one = Config {
+        loops: 1,
+        ..Config::default()
+    };
 
     let raw = raw_server();
-    suite.case("raw-epoll", "msgs_per_s", Better::Higher, move || client(raw, dur));
+    suite.case("raw-epoll", "msgs_per_s", Better::Higher, move || {
+        client(raw, dur)
+    });
 
     #[cfg(target_os = "linux")]
     {

@@ -71,21 +71,28 @@ fn ours() -> Ours {
 
 fn evalexpr_ctx() -> HashMapContext<DefaultNumericTypes> {
     let mut ctx = HashMapContext::<DefaultNumericTypes>::new();
-    ctx.set_value("x".into(), evalexpr::Value::Float(X)).expect("set x");
-    ctx.set_value("name".into(), evalexpr::Value::String("bob".into())).expect("set name");
+    ctx.set_value("x".into(), evalexpr::Value::Float(X))
+        .expect("set x");
+    ctx.set_value("name".into(), evalexpr::Value::String("bob".into()))
+        .expect("set name");
     ctx
 }
 
 fn main() {
     let opts = Options::from_env();
-    let min_time = if opts.quick { Duration::from_millis(20) } else { Duration::from_millis(100) };
+    let min_time = if opts.quick {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(100)
+    };
     let mut suite = Suite::from_options("expr", &opts, 5, 11);
 
     // Sanity: every engine gives the expected answers before anything is timed.
     let _ = ours();
     let ctx = evalexpr_ctx();
     for (label, _, fe, ee, want) in EXPRS {
-        let node = evalexpr::build_operator_tree::<DefaultNumericTypes>(ee).expect("evalexpr parses");
+        let node =
+            evalexpr::build_operator_tree::<DefaultNumericTypes>(ee).expect("evalexpr parses");
         let got = match node.eval_with_context(&ctx).expect("evalexpr evaluates") {
             evalexpr::Value::Boolean(b) => f64::from(u8::from(b)),
             evalexpr::Value::Float(f) => f,
@@ -108,83 +115,133 @@ fn main() {
     // --- parse + compile ---
     for (i, (label, text, fe, ee, _)) in EXPRS.into_iter().enumerate() {
         let engine = Engine::new();
-        suite.case(&format!("zs-compile-{label}"), "ns_per_op", Better::Lower, move || {
-            ns_per_op(min_time, || {
-                black_box(engine.compile(black_box(text)).ok());
-            })
-        });
+        suite.case(
+            &format!("zs-compile-{label}"),
+            "ns_per_op",
+            Better::Lower,
+            move || {
+                ns_per_op(min_time, || {
+                    black_box(engine.compile(black_box(text)).ok());
+                })
+            },
+        );
         if let Some(fe) = fe {
             let mut slab = fasteval::Slab::new();
             let parser = fasteval::Parser::new();
-            suite.case(&format!("fasteval-compile-{label}"), "ns_per_op", Better::Lower, move || {
-                ns_per_op(min_time, || {
-                    let c = parser.parse(black_box(fe), &mut slab.ps).map(|e| e.from(&slab.ps).compile(&slab.ps, &mut slab.cs));
-                    black_box(c.is_ok());
-                })
-            });
+            suite.case(
+                &format!("fasteval-compile-{label}"),
+                "ns_per_op",
+                Better::Lower,
+                move || {
+                    ns_per_op(min_time, || {
+                        let c = parser
+                            .parse(black_box(fe), &mut slab.ps)
+                            .map(|e| e.from(&slab.ps).compile(&slab.ps, &mut slab.cs));
+                        black_box(c.is_ok());
+                    })
+                },
+            );
         }
-        suite.case(&format!("evalexpr-compile-{label}"), "ns_per_op", Better::Lower, move || {
-            ns_per_op(min_time, || {
-                black_box(evalexpr::build_operator_tree::<DefaultNumericTypes>(black_box(ee)).ok());
-            })
-        });
+        suite.case(
+            &format!("evalexpr-compile-{label}"),
+            "ns_per_op",
+            Better::Lower,
+            move || {
+                ns_per_op(min_time, || {
+                    black_box(
+                        evalexpr::build_operator_tree::<DefaultNumericTypes>(black_box(ee)).ok(),
+                    );
+                })
+            },
+        );
         let _ = i;
     }
     let engine = Engine::new();
-    suite.case("zs-compile-numeric", "ns_per_op", Better::Lower, move || {
-        ns_per_op(min_time, || {
-            black_box(engine.compile(black_box(EXPRS[0].1)).ok());
-            black_box(engine.compile(black_box(EXPRS[1].1)).ok());
-        })
-    });
+    suite.case(
+        "zs-compile-numeric",
+        "ns_per_op",
+        Better::Lower,
+        move || {
+            ns_per_op(min_time, || {
+                black_box(engine.compile(black_box(EXPRS[0].1)).ok());
+                black_box(engine.compile(black_box(EXPRS[1].1)).ok());
+            })
+        },
+    );
     {
         let mut slab = fasteval::Slab::new();
         let parser = fasteval::Parser::new();
-        suite.case("fasteval-compile-numeric", "ns_per_op", Better::Lower, move || {
-            ns_per_op(min_time, || {
-                for fe in [EXPRS[0].2, EXPRS[1].2].into_iter().flatten() {
-                    let c = parser.parse(black_box(fe), &mut slab.ps).map(|e| e.from(&slab.ps).compile(&slab.ps, &mut slab.cs));
-                    black_box(c.is_ok());
-                }
-            })
-        });
+        suite.case(
+            "fasteval-compile-numeric",
+            "ns_per_op",
+            Better::Lower,
+            move || {
+                ns_per_op(min_time, || {
+                    for fe in [EXPRS[0].2, EXPRS[1].2].into_iter().flatten() {
+                        let c = parser
+                            .parse(black_box(fe), &mut slab.ps)
+                            .map(|e| e.from(&slab.ps).compile(&slab.ps, &mut slab.cs));
+                        black_box(c.is_ok());
+                    }
+                })
+            },
+        );
     }
 
     // --- compiled eval ---
     for (i, (label, _, fe, ee, _)) in EXPRS.into_iter().enumerate() {
         let o = ours();
         let numeric = fe.is_some();
-        suite.case(&format!("zs-eval-{label}"), "ns_per_op", Better::Lower, move || {
-            let (p, v) = (&o.progs[i], &o.vars[i][..]);
-            ns_per_op(min_time, || {
-                // Numbers come back as f64 (like fasteval); the string case as a Value.
-                if numeric {
-                    black_box(p.eval_f64(black_box(v)).ok());
-                } else {
-                    black_box(p.eval_bool(black_box(v)).ok());
-                }
-            })
-        });
+        suite.case(
+            &format!("zs-eval-{label}"),
+            "ns_per_op",
+            Better::Lower,
+            move || {
+                let (p, v) = (&o.progs[i], &o.vars[i][..]);
+                ns_per_op(min_time, || {
+                    // Numbers come back as f64 (like fasteval); the string case as a Value.
+                    if numeric {
+                        black_box(p.eval_f64(black_box(v)).ok());
+                    } else {
+                        black_box(p.eval_bool(black_box(v)).ok());
+                    }
+                })
+            },
+        );
         if let Some(fe) = fe {
             let mut slab = fasteval::Slab::new();
-            let c = fasteval::Parser::new().parse(fe, &mut slab.ps).expect("parse").from(&slab.ps).compile(&slab.ps, &mut slab.cs);
-            suite.case(&format!("fasteval-eval-{label}"), "ns_per_op", Better::Lower, move || {
-                ns_per_op(min_time, || {
-                    black_box(c.eval(&slab, &mut fasteval_ns).ok());
-                })
-            });
+            let c = fasteval::Parser::new()
+                .parse(fe, &mut slab.ps)
+                .expect("parse")
+                .from(&slab.ps)
+                .compile(&slab.ps, &mut slab.cs);
+            suite.case(
+                &format!("fasteval-eval-{label}"),
+                "ns_per_op",
+                Better::Lower,
+                move || {
+                    ns_per_op(min_time, || {
+                        black_box(c.eval(&slab, &mut fasteval_ns).ok());
+                    })
+                },
+            );
         }
         let node = evalexpr::build_operator_tree::<DefaultNumericTypes>(ee).expect("parse");
         let ctx = evalexpr_ctx();
-        suite.case(&format!("evalexpr-eval-{label}"), "ns_per_op", Better::Lower, move || {
-            ns_per_op(min_time, || {
-                if numeric {
-                    black_box(node.eval_number_with_context(black_box(&ctx)).ok());
-                } else {
-                    black_box(node.eval_boolean_with_context(black_box(&ctx)).ok());
-                }
-            })
-        });
+        suite.case(
+            &format!("evalexpr-eval-{label}"),
+            "ns_per_op",
+            Better::Lower,
+            move || {
+                ns_per_op(min_time, || {
+                    if numeric {
+                        black_box(node.eval_number_with_context(black_box(&ctx)).ok());
+                    } else {
+                        black_box(node.eval_boolean_with_context(black_box(&ctx)).ok());
+                    }
+                })
+            },
+        );
     }
     {
         let o = ours();
@@ -195,15 +252,28 @@ fn main() {
             })
         });
         let mut slab0 = fasteval::Slab::new();
-        let c0 = fasteval::Parser::new().parse(EXPRS[0].1, &mut slab0.ps).expect("parse").from(&slab0.ps).compile(&slab0.ps, &mut slab0.cs);
+        let c0 = fasteval::Parser::new()
+            .parse(EXPRS[0].1, &mut slab0.ps)
+            .expect("parse")
+            .from(&slab0.ps)
+            .compile(&slab0.ps, &mut slab0.cs);
         let mut slab1 = fasteval::Slab::new();
-        let c1 = fasteval::Parser::new().parse(EXPRS[1].1, &mut slab1.ps).expect("parse").from(&slab1.ps).compile(&slab1.ps, &mut slab1.cs);
-        suite.case("fasteval-eval-numeric", "ns_per_op", Better::Lower, move || {
-            ns_per_op(min_time, || {
-                black_box(c0.eval(&slab0, &mut fasteval_ns).ok());
-                black_box(c1.eval(&slab1, &mut fasteval_ns).ok());
-            })
-        });
+        let c1 = fasteval::Parser::new()
+            .parse(EXPRS[1].1, &mut slab1.ps)
+            .expect("parse")
+            .from(&slab1.ps)
+            .compile(&slab1.ps, &mut slab1.cs);
+        suite.case(
+            "fasteval-eval-numeric",
+            "ns_per_op",
+            Better::Lower,
+            move || {
+                ns_per_op(min_time, || {
+                    black_box(c0.eval(&slab0, &mut fasteval_ns).ok());
+                    black_box(c1.eval(&slab1, &mut fasteval_ns).ok());
+                })
+            },
+        );
         let o = ours();
         suite.case("zs-eval-all", "ns_per_op", Better::Lower, move || {
             ns_per_op(min_time, || {
@@ -229,23 +299,39 @@ fn main() {
     suite.run();
     for (label, _, fe, _, _) in EXPRS {
         if fe.is_some() {
-            suite.ratio(&format!("eval_vs_fasteval_{label}"), &format!("zs-eval-{label}"), &format!("fasteval-eval-{label}"));
+            suite.ratio(
+                &format!("eval_vs_fasteval_{label}"),
+                &format!("zs-eval-{label}"),
+                &format!("fasteval-eval-{label}"),
+            );
             suite.ratio(
                 &format!("compile_vs_fasteval_{label}"),
                 &format!("zs-compile-{label}"),
                 &format!("fasteval-compile-{label}"),
             );
         }
-        suite.ratio(&format!("eval_vs_evalexpr_{label}"), &format!("zs-eval-{label}"), &format!("evalexpr-eval-{label}"));
+        suite.ratio(
+            &format!("eval_vs_evalexpr_{label}"),
+            &format!("zs-eval-{label}"),
+            &format!("evalexpr-eval-{label}"),
+        );
         suite.ratio(
             &format!("compile_vs_evalexpr_{label}"),
             &format!("zs-compile-{label}"),
             &format!("evalexpr-compile-{label}"),
         );
     }
-    suite.ratio("eval_vs_fasteval", "zs-eval-numeric", "fasteval-eval-numeric");
+    suite.ratio(
+        "eval_vs_fasteval",
+        "zs-eval-numeric",
+        "fasteval-eval-numeric",
+    );
     suite.ratio("eval_vs_evalexpr", "zs-eval-all", "evalexpr-eval-all");
-    suite.ratio("compile_vs_fasteval", "zs-compile-numeric", "fasteval-compile-numeric");
+    suite.ratio(
+        "compile_vs_fasteval",
+        "zs-compile-numeric",
+        "fasteval-compile-numeric",
+    );
     suite.note("eval_vs_fasteval / compile_vs_fasteval: arith + nested (fasteval has no strings); eval_vs_evalexpr: all three");
     suite.note("variables: ours by slot (&[Value]); fasteval a closure namespace; evalexpr a HashMapContext");
     suite.note("results as typed scalars on every side: numeric cases ours eval_f64, fasteval f64, evalexpr eval_number; string case ours eval_bool, evalexpr eval_boolean");

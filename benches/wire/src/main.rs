@@ -7,7 +7,9 @@
 //!   vs postcard on `struct { id: u64, cmd: String, text: String }` (owned, and
 //!   borrowed `&str` as the zero-allocation extreme).
 //! - DataFrame of 10 mixed values (u32, i64, f64, bool, 2 strings, 16 bytes, i16,
-//!   u8, f32): decode, and encode+decode, vs postcard (serde struct) and rkyv
+//!   u8, f32): decode (validated, values built lazily), decode + read every value
+//!   with the typed reader, decode + index access (builds all values), and
+//!   encode+decode, vs postcard (serde struct with owned fields) and rkyv
 //!   (validated access, and full deserialize).
 //! - A 1 MiB bytes value in a stream response: decode (`Frame::decode`) and encode vs
 //!   a 1 MiB memcpy, postcard (`serde_bytes`) and rkyv.
@@ -213,6 +215,33 @@ fn main() {
                 black_box(DataFrame::decode(black_box(&b), &limits).expect("valid"));
             })
         });
+        let b = df_bytes.clone();
+        suite.case("zs-df10-decode-read", NS, Better::Lower, move || {
+            // Decode, then read every value out as its Rust type (what postcard's
+            // decode already yields), so the lazy build of values is paid too.
+            per_op(min, BATCH, || {
+                let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
+                let mut r = d.reader();
+                black_box(r.read_u32().expect("u32"));
+                black_box(r.read_i64().expect("i64"));
+                black_box(r.read_f64().expect("f64"));
+                black_box(r.read_bool().expect("bool"));
+                black_box(r.read_text().expect("str"));
+                black_box(r.read_text().expect("str"));
+                black_box(r.read_bytes().expect("bytes"));
+                black_box(r.read_i16().expect("i16"));
+                black_box(r.read_u8().expect("u8"));
+                black_box(r.read_f32().expect("f32"));
+            })
+        });
+        let b = df_bytes.clone();
+        suite.case("zs-df10-decode-index", NS, Better::Lower, move || {
+            // Decode, then random access: builds the vector of values.
+            per_op(min, BATCH, || {
+                let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
+                black_box(d.get(9));
+            })
+        });
         let b = pc_bytes.clone();
         suite.case("postcard-df10-decode", NS, Better::Lower, move || {
             per_op(min, BATCH, || {
@@ -309,6 +338,8 @@ fn main() {
 
     suite.run();
     suite.ratio("zs_vs_postcard", "zs-df10-decode", "postcard-df10-decode");
+    suite.ratio("df10_decode_read_zs_vs_postcard", "zs-df10-decode-read", "postcard-df10-decode");
+    suite.ratio("df10_decode_index_zs_vs_postcard", "zs-df10-decode-index", "postcard-df10-decode");
     suite.ratio("console_decode_zs_vs_postcard", "zs-console-decode", "postcard-console-decode");
     suite.ratio(
         "console_decode_zs_vs_postcard_borrowed",

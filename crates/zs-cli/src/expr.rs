@@ -58,7 +58,9 @@ pub fn run(args: ExprArgs) -> ExitCode {
     let mut vars: Vec<(&str, Value)> = Vec::with_capacity(args.vars.len());
     for v in &args.vars {
         match v.split_once('=') {
-            Some((name, value)) if !name.trim().is_empty() => vars.push((name.trim(), Value::parse_literal(value))),
+            Some((name, value)) if !name.trim().is_empty() => {
+                vars.push((name.trim(), Value::parse_literal(value)))
+            }
             _ => {
                 eprintln!("error: --var needs NAME=VALUE, got {v:?}");
                 return ExitCode::from(1);

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod db;
 mod expr;
 
 /// The zserver command line.
@@ -22,6 +23,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // subcommand variants: one line per module
+    /// Use the embedded store (zs-db): create, put, get, query, compact.
+    Db(db::DbArgs),
     /// Evaluate an expression (zs-expr) and print its value.
     Expr(expr::ExprArgs),
 }
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         // subcommand dispatch: one arm per module
+        Command::Db(a) => db::run(a),
         Command::Expr(a) => expr::run(a),
     }
 }

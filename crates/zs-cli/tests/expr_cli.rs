@@ -3,13 +3,23 @@
 use std::process::{Command, Output};
 
 fn zs(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zs")).args(args).output().expect("run zs")
+    Command::new(env!("CARGO_BIN_EXE_zs"))
+        .args(args)
+        .output()
+        .expect("run zs")
 }
 
 fn ok(args: &[&str]) -> String {
     let out = zs(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim_end().to_string()
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim_end()
+        .to_string()
 }
 
 #[test]
@@ -18,14 +28,27 @@ fn prints_values() {
     assert_eq!(ok(&["expr", "7 / 2"]), "3.5");
     assert_eq!(ok(&["expr", "'a' + 'b'"]), "ab");
     assert_eq!(ok(&["expr", "1, 'x', true"]), "[1, 'x', true]");
-    assert_eq!(ok(&["expr", "9223372036854775807 + 1"]), "9223372036854775808");
+    assert_eq!(
+        ok(&["expr", "9223372036854775807 + 1"]),
+        "9223372036854775808"
+    );
     assert_eq!(ok(&["expr", "-2 ^ 2"]), "-4");
 }
 
 #[test]
 fn variables() {
     assert_eq!(ok(&["expr", "x * 2 + 1", "--var", "x=20"]), "41");
-    assert_eq!(ok(&["expr", "name = 'bob' and age > 30", "--var", "name=bob", "--var", "age=31"]), "true");
+    assert_eq!(
+        ok(&[
+            "expr",
+            "name = 'bob' and age > 30",
+            "--var",
+            "name=bob",
+            "--var",
+            "age=31"
+        ]),
+        "true"
+    );
     assert_eq!(ok(&["expr", "y * 2", "--var", "y=1.25"]), "2.5");
 }
 
@@ -33,14 +56,31 @@ fn variables() {
 fn precedence_flag() {
     assert_eq!(ok(&["expr", "2 * 3 ^ 2"]), "18");
     assert_eq!(ok(&["expr", "--precedence", "seed", "2 * 3 ^ 2"]), "36");
-    assert_eq!(ok(&["expr", "--precedence", "standard", "true or false and false"]), "true");
-    assert_eq!(ok(&["expr", "--precedence", "seed", "true or false and false"]), "false");
+    assert_eq!(
+        ok(&[
+            "expr",
+            "--precedence",
+            "standard",
+            "true or false and false"
+        ]),
+        "true"
+    );
+    assert_eq!(
+        ok(&["expr", "--precedence", "seed", "true or false and false"]),
+        "false"
+    );
 }
 
 #[test]
 fn style_flag() {
-    assert_eq!(ok(&["expr", "--style", "pascal", "{c} 'it''s'#33"]), "it's!");
-    assert_eq!(ok(&["expr", "--style", "c", "/* c */ \"a\\u0042\" # end"]), "aB");
+    assert_eq!(
+        ok(&["expr", "--style", "pascal", "{c} 'it''s'#33"]),
+        "it's!"
+    );
+    assert_eq!(
+        ok(&["expr", "--style", "c", "/* c */ \"a\\u0042\" # end"]),
+        "aB"
+    );
     assert_eq!(ok(&["expr", "$10 + 0x10"]), "32");
     let out = zs(&["expr", "--style", "pascal", "0x10"]);
     assert_eq!(out.status.code(), Some(1));
@@ -63,5 +103,8 @@ fn bad_input_exits_1_with_the_error() {
     }
     let out = zs(&["expr", "1 +\n  @"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 2, column 3") && err.contains("  ^"), "{err}");
+    assert!(
+        err.contains("line 2, column 3") && err.contains("  ^"),
+        "{err}"
+    );
 }

@@ -26,7 +26,9 @@ fn main() -> ExitCode {
             "--dir" => dir = it.next().map(Into::into),
             "--seed" => seed = it.next().and_then(|s| s.parse().ok()).unwrap_or(seed),
             other => {
-                eprintln!("unknown argument {other:?} (accepted: --cycles N, --dir PATH, --seed S)");
+                eprintln!(
+                    "unknown argument {other:?} (accepted: --cycles N, --dir PATH, --seed S)"
+                );
                 return ExitCode::from(2);
             }
         }

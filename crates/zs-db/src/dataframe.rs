@@ -14,7 +14,8 @@ pub fn encode_dataframe(df: &DataFrame) -> Vec<u8> {
 
 /// Decodes record bytes of kind [`crate::Kind::DataFrame`].
 pub fn decode_dataframe(data: &[u8]) -> Result<DataFrame> {
-    DataFrame::decode(&Bytes::copy_from_slice(data), &Limits::default()).map_err(|e| Error::Decode(e.to_string()))
+    DataFrame::decode(&Bytes::copy_from_slice(data), &Limits::default())
+        .map_err(|e| Error::Decode(e.to_string()))
 }
 
 fn position(name: &str) -> Option<usize> {
@@ -54,7 +55,10 @@ pub(crate) fn field(data: &[u8], name: &str) -> Option<FieldValue> {
 /// Several fields at once (one decode).
 pub(crate) fn fields(data: &[u8], names: &[String]) -> Vec<Option<FieldValue>> {
     match decode_dataframe(data) {
-        Ok(df) => names.iter().map(|n| position(n).and_then(|i| df.get(i)).and_then(convert)).collect(),
+        Ok(df) => names
+            .iter()
+            .map(|n| position(n).and_then(|i| df.get(i)).and_then(convert))
+            .collect(),
         Err(_) => vec![None; names.len()],
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, align_up, FrameHeader, FILE_HEADER_LEN, FLAG_COMMIT, FLAG_LZ4, FRAME_HEADER_LEN, OP_DELETE,
-    OP_META, OP_PUT,
+    self, align_up, FrameHeader, FILE_HEADER_LEN, FLAG_COMMIT, FLAG_LZ4, FRAME_HEADER_LEN,
+    OP_DELETE, OP_META, OP_PUT,
 };
 use crate::record::{FieldValue, Kind, Record, RecordRef};
 use crate::vfs::{FileBackend, Vfs};
@@ -178,7 +178,12 @@ impl Loc {
         self.off != 0
     }
     fn from_header(off: u64, fh: &FrameHeader) -> Loc {
-        Loc { off, len: u32::try_from(fh.len).unwrap_or(LEN_BIG), kind: fh.kind, flags: fh.flags }
+        Loc {
+            off,
+            len: u32::try_from(fh.len).unwrap_or(LEN_BIG),
+            kind: fh.kind,
+            flags: fh.flags,
+        }
     }
     /// Frame length, when known from the location alone.
     pub(crate) fn frame_len(&self) -> Option<u64> {
@@ -187,7 +192,7 @@ impl Loc {
 }
 
 /// An ordered key of a secondary index.
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum IndexKey {
     Null,
     Bool(bool),
@@ -196,9 +201,31 @@ pub(crate) enum IndexKey {
     Bytes(Vec<u8>),
 }
 impl Eq for IndexKey {}
+impl IndexKey {
+    fn rank(&self) -> u8 {
+        match self {
+            IndexKey::Null => 0,
+            IndexKey::Bool(_) => 1,
+            IndexKey::Num(_) => 2,
+            IndexKey::Str(_) => 3,
+            IndexKey::Bytes(_) => 4,
+        }
+    }
+}
 impl Ord for IndexKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.partial_cmp(other).unwrap_or(std::cmp::Ordering::Equal)
+        match (self, other) {
+            (IndexKey::Bool(a), IndexKey::Bool(b)) => a.cmp(b),
+            (IndexKey::Num(a), IndexKey::Num(b)) => a.0.total_cmp(&b.0),
+            (IndexKey::Str(a), IndexKey::Str(b)) => a.cmp(b),
+            (IndexKey::Bytes(a), IndexKey::Bytes(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+impl PartialOrd for IndexKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -258,7 +285,9 @@ impl SecIndex {
             Bound::Excluded(k) => Bound::Excluded((k.clone(), 0)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) = (&lo, &hi) {
+        if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) =
+            (&lo, &hi)
+        {
             if a > b {
                 return Vec::new();
             }
@@ -283,7 +312,10 @@ impl State {
         if id == 0 {
             return None;
         }
-        self.locs.get((id - 1) as usize).copied().filter(Loc::present)
+        self.locs
+            .get((id - 1) as usize)
+            .copied()
+            .filter(Loc::present)
     }
     fn set_loc(&mut self, id: u64, loc: Option<Loc>) {
         let i = (id - 1) as usize;
@@ -348,7 +380,9 @@ pub struct Database {
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("name", &self.inner.name).finish()
+        f.debug_struct("Database")
+            .field("name", &self.inner.name)
+            .finish()
     }
 }
 
@@ -418,7 +452,9 @@ impl<'a> Window<'a> {
             Err(_) => return Ok(None),
         };
         let room = self.end - off - FRAME_HEADER_LEN as u64;
-        let Some(fh) = FrameHeader::decode(&hdr, room) else { return Ok(None) };
+        let Some(fh) = FrameHeader::decode(&hdr, room) else {
+            return Ok(None);
+        };
         if fh.id > id_limit || (fh.op == OP_META && fh.len > MAX_META) {
             return Ok(None);
         }
@@ -442,7 +478,11 @@ impl<'a> Window<'a> {
         if !ok {
             return Ok(None);
         }
-        let meta = if fh.op == OP_META { Some(self.get(pstart, fh.len as usize)?.to_vec()) } else { None };
+        let meta = if fh.op == OP_META {
+            Some(self.get(pstart, fh.len as usize)?.to_vec())
+        } else {
+            None
+        };
         Ok(Some(ScannedFrame { off, fh, meta }))
     }
 }
@@ -455,11 +495,20 @@ pub(crate) fn scan_log(
     id_limit: u64,
     apply: &mut dyn FnMut(&[ScannedFrame]),
 ) -> std::io::Result<ScanOutcome> {
-    let mut w = Window { file, end, start: 0, buf: Vec::new() };
+    let mut w = Window {
+        file,
+        end,
+        start: 0,
+        buf: Vec::new(),
+    };
     let mut pos = start;
     let mut pending: Vec<ScannedFrame> = Vec::new();
     let mut group_start = start;
-    let mut out = ScanOutcome { good_end: start, corrupt: Vec::new(), rolled_back: 0 };
+    let mut out = ScanOutcome {
+        good_end: start,
+        corrupt: Vec::new(),
+        rolled_back: 0,
+    };
     while pos < end {
         match w.frame(pos, id_limit)? {
             Some(f) if f.fh.index as usize == pending.len() => {
@@ -536,16 +585,30 @@ fn apply_frames(st: &mut State, next_id: &mut u64, frames: &[ScannedFrame]) {
 
 /// Reads and verifies one frame's payload (decompressed when needed).
 pub(crate) fn read_payload(file: &dyn FileBackend, loc: Loc, max_value: u64) -> Result<Vec<u8>> {
-    let corrupt = |reason: &str| Error::Corrupt { offset: loc.off, reason: reason.to_string() };
+    let corrupt = |reason: &str| Error::Corrupt {
+        offset: loc.off,
+        reason: reason.to_string(),
+    };
     let len = match loc.frame_len() {
         Some(_) => loc.len as u64,
-        None => return Err(Error::TooLarge { what: "value", len: u64::from(u32::MAX), max: max_value }),
+        None => {
+            return Err(Error::TooLarge {
+                what: "value",
+                len: u64::from(u32::MAX),
+                max: max_value,
+            })
+        }
     };
     if len > max_value {
-        return Err(Error::TooLarge { what: "value", len, max: max_value });
+        return Err(Error::TooLarge {
+            what: "value",
+            len,
+            max: max_value,
+        });
     }
     let mut buf = vec![0u8; FRAME_HEADER_LEN + len as usize];
-    file.read_exact_at(&mut buf, loc.off).map_err(Error::io("read"))?;
+    file.read_exact_at(&mut buf, loc.off)
+        .map_err(Error::io("read"))?;
     let fh = FrameHeader::decode(&buf, len).ok_or_else(|| corrupt("bad frame header"))?;
     if fh.len != len || fh.op != OP_PUT {
         return Err(corrupt("frame does not match the index"));
@@ -558,16 +621,26 @@ pub(crate) fn read_payload(file: &dyn FileBackend, loc: Loc, max_value: u64) -> 
 }
 
 /// Undoes compression of a verified payload.
-pub(crate) fn decode_payload(off: u64, fh: &FrameHeader, payload: Vec<u8>, max_value: u64) -> Result<Vec<u8>> {
+pub(crate) fn decode_payload(
+    off: u64,
+    fh: &FrameHeader,
+    payload: Vec<u8>,
+    max_value: u64,
+) -> Result<Vec<u8>> {
     if fh.flags & FLAG_LZ4 == 0 {
         return Ok(payload);
     }
     let raw = fh.raw_len as u64;
     if raw > max_value || raw > payload.len() as u64 * 255 + 16 {
-        return Err(Error::Corrupt { offset: off, reason: "implausible uncompressed length".into() });
+        return Err(Error::Corrupt {
+            offset: off,
+            reason: "implausible uncompressed length".into(),
+        });
     }
-    lz4_flex::block::decompress(&payload, raw as usize)
-        .map_err(|e| Error::Corrupt { offset: off, reason: format!("lz4: {e}") })
+    lz4_flex::block::decompress(&payload, raw as usize).map_err(|e| Error::Corrupt {
+        offset: off,
+        reason: format!("lz4: {e}"),
+    })
 }
 
 impl Database {
@@ -581,7 +654,10 @@ impl Database {
         let tmp = tmp_name(name);
         let f = vfs.open(&tmp, true).map_err(Error::io("create"))?;
         let mut bytes = format::encode_file_header(1).to_vec();
-        let metas = [("durability", opts.durability.to_meta()), ("compress", opts.compress.to_string())];
+        let metas = [
+            ("durability", opts.durability.to_meta()),
+            ("compress", opts.compress.to_string()),
+        ];
         for (k, v) in metas {
             let p = format!("{k}={v}");
             format::encode_frame(&mut bytes, OP_META, 0, FLAG_COMMIT, 0, 0, 0, p.as_bytes());
@@ -619,12 +695,20 @@ impl Database {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NoSuchDatabase(name.to_string()))
             }
-            Err(e) => return Err(Error::Io { op: "open", source: e }),
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "open",
+                    source: e,
+                })
+            }
         };
         let flen = file.len().map_err(Error::io("open"))?;
         let mut hdr = [0u8; FILE_HEADER_LEN as usize];
         if flen < FILE_HEADER_LEN {
-            return Err(Error::BadHeader { name: name.into(), reason: "file shorter than its header".into() });
+            return Err(Error::BadHeader {
+                name: name.into(),
+                reason: "file shorter than its header".into(),
+            });
         }
         file.read_exact_at(&mut hdr, 0).map_err(Error::io("open"))?;
         let id_floor = format::decode_file_header(name, &hdr)?.max(1);
@@ -649,7 +733,8 @@ impl Database {
             corrupt: outcome.corrupt,
         };
         if outcome.good_end < flen {
-            file.set_len(outcome.good_end).map_err(Error::io("truncate torn tail"))?;
+            file.set_len(outcome.good_end)
+                .map_err(Error::io("truncate torn tail"))?;
             file.sync_data().map_err(Error::io("truncate torn tail"))?;
         }
         let stored = st.meta.clone();
@@ -663,8 +748,11 @@ impl Database {
         });
         opts.write_buffer = opts.write_buffer.max(4096);
         let end = outcome.good_end;
-        let index_fields: Vec<String> =
-            st.meta.keys().filter_map(|k| k.strip_prefix("index.").map(str::to_string)).collect();
+        let index_fields: Vec<String> = st
+            .meta
+            .keys()
+            .filter_map(|k| k.strip_prefix("index.").map(str::to_string))
+            .collect();
         let mut inner = Inner {
             name: name.to_string(),
             file_name: fname,
@@ -680,7 +768,14 @@ impl Database {
             }),
             flushed_end: AtomicU64::new(end),
             poisoned: AtomicBool::new(false),
-            cache: (0..CACHE_SHARDS).map(|_| Mutex::new(CacheShard { map: HashMap::new(), bytes: 0 })).collect(),
+            cache: (0..CACHE_SHARDS)
+                .map(|_| {
+                    Mutex::new(CacheShard {
+                        map: HashMap::new(),
+                        bytes: 0,
+                    })
+                })
+                .collect(),
             clock: AtomicU64::new(0),
             opened: Instant::now(),
             last_access_ms: AtomicU64::new(0),
@@ -693,7 +788,9 @@ impl Database {
         }
         report.records = rlock(&inner.state).live;
         inner.report = report;
-        let db = Database { inner: Arc::new(inner) };
+        let db = Database {
+            inner: Arc::new(inner),
+        };
         db.start_maintenance();
         Ok(db)
     }
@@ -707,23 +804,27 @@ impl Database {
             Durability::Immediate => Duration::from_secs(1),
         }
         .max(Duration::from_millis(1));
-        let _ = std::thread::Builder::new().name(format!("zs-db-{}", self.inner.name)).spawn(move || loop {
-            match rx.recv_timeout(tick) {
-                Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
-                _ => return,
-            }
-            let Some(inner) = weak.upgrade() else { return };
-            if let Durability::Periodic(iv) = inner.opts.durability {
-                let due = mlock(&inner.writer).last_sync.elapsed() >= iv;
-                if due {
-                    let _ = inner.flush(true);
+        let _ = std::thread::Builder::new()
+            .name(format!("zs-db-{}", self.inner.name))
+            .spawn(move || loop {
+                match rx.recv_timeout(tick) {
+                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+                    _ => return,
                 }
-            }
-            let idle_ms = inner.now_ms().saturating_sub(inner.last_access_ms.load(Ordering::Relaxed));
-            if Duration::from_millis(idle_ms) >= inner.opts.idle_evict {
-                inner.clear_cache();
-            }
-        });
+                let Some(inner) = weak.upgrade() else { return };
+                if let Durability::Periodic(iv) = inner.opts.durability {
+                    let due = mlock(&inner.writer).last_sync.elapsed() >= iv;
+                    if due {
+                        let _ = inner.flush(true);
+                    }
+                }
+                let idle_ms = inner
+                    .now_ms()
+                    .saturating_sub(inner.last_access_ms.load(Ordering::Relaxed));
+                if Duration::from_millis(idle_ms) >= inner.opts.idle_evict {
+                    inner.clear_cache();
+                }
+            });
     }
 
     /// What recovery found when this database was opened.
@@ -744,14 +845,18 @@ impl Database {
     /// Inserts a record, returning its new id.
     pub fn insert(&self, kind: Kind, data: &[u8]) -> Result<u64> {
         self.inner.check_value(data.len() as u64)?;
-        let ids = self.inner.commit_ops(vec![OpRef::Insert(kind, data)], None)?;
+        let ids = self
+            .inner
+            .commit_ops(vec![OpRef::Insert(kind, data)], None)?;
         Ok(ids[0])
     }
 
     /// Replaces the record `id` (error [`Error::NotFound`] if it does not exist).
     pub fn update(&self, id: u64, kind: Kind, data: &[u8]) -> Result<()> {
         self.inner.check_value(data.len() as u64)?;
-        self.inner.commit_ops(vec![OpRef::Update(id, kind, data)], None).map(|_| ())
+        self.inner
+            .commit_ops(vec![OpRef::Update(id, kind, data)], None)
+            .map(|_| ())
     }
 
     /// Deletes the record `id`; `false` if there was none.
@@ -830,7 +935,11 @@ impl Database {
 
     /// Ids of live records from `from` (inclusive) in the given direction.
     pub fn cursor(&self, from: u64, reverse: bool) -> Cursor {
-        Cursor { db: self.clone(), next: Some(from), reverse }
+        Cursor {
+            db: self.clone(),
+            next: Some(from),
+            reverse,
+        }
     }
 
     /// Inserts a large value streamed from `reader` (exactly `len` bytes), never holding
@@ -868,7 +977,12 @@ impl Database {
 
     /// Ids of records whose indexed `field` lies within the bounds, ascending;
     /// `None` if the field has no index.
-    pub fn index_lookup(&self, field: &str, lo: Bound<&FieldValue>, hi: Bound<&FieldValue>) -> Option<Vec<u64>> {
+    pub fn index_lookup(
+        &self,
+        field: &str,
+        lo: Bound<&FieldValue>,
+        hi: Bound<&FieldValue>,
+    ) -> Option<Vec<u64>> {
         let conv = |b: Bound<&FieldValue>| match b {
             Bound::Included(v) => Bound::Included(IndexKey::from_field(v)),
             Bound::Excluded(v) => Bound::Excluded(IndexKey::from_field(v)),
@@ -895,13 +1009,17 @@ impl Database {
         }
         let tmp = tmp_name(target);
         let out = vfs.open(&tmp, true).map_err(Error::io("copy"))?;
-        let res = self.inner.snapshot_into(&out).and_then(|_| out.sync_data().map_err(Error::io("copy")));
+        let res = self
+            .inner
+            .snapshot_into(&out)
+            .and_then(|_| out.sync_data().map_err(Error::io("copy")));
         if let Err(e) = res {
             let _ = vfs.remove(&tmp);
             return Err(e);
         }
         drop(out);
-        vfs.rename(&tmp, &file_name(target)).map_err(Error::io("copy"))?;
+        vfs.rename(&tmp, &file_name(target))
+            .map_err(Error::io("copy"))?;
         vfs.sync_dir().map_err(Error::io("copy"))
     }
 
@@ -938,8 +1056,16 @@ impl Iterator for Cursor {
                 self.next = None;
                 return None;
             }
-            let id = if self.reverse && id >= limit { limit - 1 } else { id };
-            self.next = if self.reverse { id.checked_sub(1) } else { id.checked_add(1) };
+            let id = if self.reverse && id >= limit {
+                limit - 1
+            } else {
+                id
+            };
+            self.next = if self.reverse {
+                id.checked_sub(1)
+            } else {
+                id.checked_add(1)
+            };
             match self.db.get(id) {
                 Ok(Some(r)) => return Some(Ok(r)),
                 Ok(None) => continue,
@@ -986,14 +1112,18 @@ impl Read for ValueReader {
                 if h.finalize() != self.crc {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        Error::Corrupt { offset: self.frame_off, reason: "checksum mismatch".into() },
+                        Error::Corrupt {
+                            offset: self.frame_off,
+                            reason: "checksum mismatch".into(),
+                        },
                     ));
                 }
             }
             return Ok(0);
         }
         let n = (out.len() as u64).min(self.len - self.pos) as usize;
-        self.file.read_exact_at(&mut out[..n], self.off + self.pos)?;
+        self.file
+            .read_exact_at(&mut out[..n], self.off + self.pos)?;
         if let Some(h) = &mut self.hasher {
             h.update(&out[..n]);
         }
@@ -1003,7 +1133,10 @@ impl Read for ValueReader {
                 if h.finalize() != self.crc {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        Error::Corrupt { offset: self.frame_off, reason: "checksum mismatch".into() },
+                        Error::Corrupt {
+                            offset: self.frame_off,
+                            reason: "checksum mismatch".into(),
+                        },
                     ));
                 }
             }
@@ -1011,6 +1144,11 @@ impl Read for ValueReader {
         Ok(n)
     }
 }
+
+/// One applied change: id, new frame (offset in buffer, header), new value.
+type Change<'a> = (u64, Option<(u64, FrameHeader)>, Option<(Kind, &'a [u8])>);
+/// A written snapshot: new locations, end in the new file, old end covered, old file.
+type Snapshot = (Vec<Loc>, u64, u64, Arc<dyn FileBackend>);
 
 pub(crate) enum OpRef<'a> {
     Insert(Kind, &'a [u8]),
@@ -1029,7 +1167,11 @@ impl Inner {
 
     fn check_value(&self, len: u64) -> Result<()> {
         if len > self.opts.max_value {
-            return Err(Error::TooLarge { what: "value", len, max: self.opts.max_value });
+            return Err(Error::TooLarge {
+                what: "value",
+                len,
+                max: self.opts.max_value,
+            });
         }
         Ok(())
     }
@@ -1053,7 +1195,8 @@ impl Inner {
         if !w.buf.is_empty() {
             self.check_poison()?;
             let file = rlock(&self.state).file.clone();
-            file.write_all_at(&w.buf, w.buf_start).map_err(self.poison("write"))?;
+            file.write_all_at(&w.buf, w.buf_start)
+                .map_err(self.poison("write"))?;
             w.buf_start += w.buf.len() as u64;
             w.buf.clear();
             if w.buf.capacity() > 2 * self.opts.write_buffer {
@@ -1091,7 +1234,15 @@ impl Inner {
         self.flush_locked(&mut w, false)
     }
 
-    fn encode_put(&self, out: &mut Vec<u8>, kind: Kind, id: u64, index: u32, last: bool, data: &[u8]) -> (u64, FrameHeader) {
+    fn encode_put(
+        &self,
+        out: &mut Vec<u8>,
+        kind: Kind,
+        id: u64,
+        index: u32,
+        last: bool,
+        data: &[u8],
+    ) -> (u64, FrameHeader) {
         let mut flags = if last { FLAG_COMMIT } else { 0 };
         let mut raw_len = 0u32;
         let compressed;
@@ -1106,21 +1257,37 @@ impl Inner {
         }
         let start = out.len() as u64;
         format::encode_frame(out, OP_PUT, kind as u8, flags, id, index, raw_len, payload);
-        let fh = FrameHeader { crc: 0, op: OP_PUT, kind: kind as u8, flags, id, len: payload.len() as u64, index, raw_len };
+        let fh = FrameHeader {
+            crc: 0,
+            op: OP_PUT,
+            kind: kind as u8,
+            flags,
+            id,
+            len: payload.len() as u64,
+            index,
+            raw_len,
+        };
         (start, fh)
     }
 
-    pub(crate) fn commit_ops(&self, ops: Vec<OpRef<'_>>, durability: Option<Durability>) -> Result<Vec<u64>> {
+    pub(crate) fn commit_ops(
+        &self,
+        ops: Vec<OpRef<'_>>,
+        durability: Option<Durability>,
+    ) -> Result<Vec<u64>> {
         self.touch();
         let mut w = mlock(&self.writer);
         self.check_poison()?;
         let n = ops.len();
         let mut ids = Vec::new();
-        let mut changes: Vec<(u64, Option<(u64, FrameHeader)>, Option<(Kind, &[u8])>)> = Vec::with_capacity(n);
+        let mut changes: Vec<Change<'_>> = Vec::with_capacity(n);
         let base = w.buf.len();
         let mut overlay: HashMap<u64, bool> = HashMap::new();
         let exists = |st: &State, overlay: &HashMap<u64, bool>, id: u64| {
-            overlay.get(&id).copied().unwrap_or_else(|| st.loc(id).is_some())
+            overlay
+                .get(&id)
+                .copied()
+                .unwrap_or_else(|| st.loc(id).is_some())
         };
         let mut next_id = w.next_id;
         {
@@ -1161,7 +1328,9 @@ impl Inner {
         let durability = durability.unwrap_or(self.opts.durability);
         let res = match durability {
             Durability::Immediate => self.flush_locked(&mut w, true),
-            Durability::Periodic(_) if w.buf.len() >= self.opts.write_buffer => self.flush_locked(&mut w, false),
+            Durability::Periodic(_) if w.buf.len() >= self.opts.write_buffer => {
+                self.flush_locked(&mut w, false)
+            }
             Durability::Periodic(_) => Ok(()),
         };
         if let Err(e) = res {
@@ -1176,7 +1345,11 @@ impl Inner {
             if !st.indexes.is_empty() {
                 let rec = val.map(|(kind, data)| RecordRef { id, kind, data });
                 for (field, idx) in st.indexes.iter_mut() {
-                    idx.set(id, rec.and_then(|r| r.field(field)).map(|v| IndexKey::from_field(&v)));
+                    idx.set(
+                        id,
+                        rec.and_then(|r| r.field(field))
+                            .map(|v| IndexKey::from_field(&v)),
+                    );
                 }
             }
             match val {
@@ -1245,7 +1418,11 @@ impl Inner {
             let mut s = mlock(self.shard(id));
             if let Some(e) = s.map.get_mut(&id) {
                 e.2 = tick;
-                return Ok(Some(Record { id, kind: e.0, data: e.1.to_vec() }));
+                return Ok(Some(Record {
+                    id,
+                    kind: e.0,
+                    data: e.1.to_vec(),
+                }));
             }
         }
         let (file, loc) = {
@@ -1271,25 +1448,39 @@ impl Inner {
         let file = rlock(&self.state).file.clone();
         let id = w.next_id;
         let off = w.buf_start;
-        let mut fh = FrameHeader { crc: 0, op: OP_PUT, kind: kind as u8, flags: FLAG_COMMIT, id, len, index: 0, raw_len: 0 };
+        let mut fh = FrameHeader {
+            crc: 0,
+            op: OP_PUT,
+            kind: kind as u8,
+            flags: FLAG_COMMIT,
+            id,
+            len,
+            index: 0,
+            raw_len: 0,
+        };
         let mut h = crc32fast::Hasher::new();
         h.update(&fh.encode()[4..]);
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut pos = 0u64;
         while pos < len {
             let n = (len - pos).min(READ_CHUNK as u64) as usize;
-            reader.read_exact(&mut chunk[..n]).map_err(Error::io("read input stream"))?;
+            reader
+                .read_exact(&mut chunk[..n])
+                .map_err(Error::io("read input stream"))?;
             h.update(&chunk[..n]);
-            file.write_all_at(&chunk[..n], off + FRAME_HEADER_LEN as u64 + pos).map_err(self.poison("write"))?;
+            file.write_all_at(&chunk[..n], off + FRAME_HEADER_LEN as u64 + pos)
+                .map_err(self.poison("write"))?;
             pos += n as u64;
         }
         fh.crc = h.finalize();
         let end = off + fh.frame_len();
         let pad = (end - off - FRAME_HEADER_LEN as u64 - len) as usize;
         if pad > 0 {
-            file.write_all_at(&[0u8; 8][..pad], end - pad as u64).map_err(self.poison("write"))?;
+            file.write_all_at(&[0u8; 8][..pad], end - pad as u64)
+                .map_err(self.poison("write"))?;
         }
-        file.write_all_at(&fh.encode(), off).map_err(self.poison("write"))?;
+        file.write_all_at(&fh.encode(), off)
+            .map_err(self.poison("write"))?;
         w.buf_start = end;
         w.unsynced = true;
         self.flushed_end.store(end, Ordering::Release);
@@ -1316,10 +1507,14 @@ impl Inner {
         };
         let mut hdr = [0u8; FRAME_HEADER_LEN];
         self.ensure_written(loc.off + FRAME_HEADER_LEN as u64)?;
-        file.read_exact_at(&mut hdr, loc.off).map_err(Error::io("read"))?;
+        file.read_exact_at(&mut hdr, loc.off)
+            .map_err(Error::io("read"))?;
         let fh = FrameHeader::decode(&hdr, u64::MAX - loc.off)
             .filter(|fh| fh.op == OP_PUT && fh.id == id)
-            .ok_or_else(|| Error::Corrupt { offset: loc.off, reason: "bad frame header".into() })?;
+            .ok_or_else(|| Error::Corrupt {
+                offset: loc.off,
+                reason: "bad frame header".into(),
+            })?;
         self.ensure_written(loc.off + fh.frame_len())?;
         if fh.flags & FLAG_LZ4 != 0 {
             let data = read_payload(&*file, loc, self.opts.max_value)?;
@@ -1386,7 +1581,12 @@ impl Inner {
                 continue;
             }
             let data = read_payload(&*file, *loc, self.opts.max_value)?;
-            let v = RecordRef { id, kind, data: &data }.field(field);
+            let v = RecordRef {
+                id,
+                kind,
+                data: &data,
+            }
+            .field(field);
             idx.set(id, v.map(|v| IndexKey::from_field(&v)));
         }
         wlock(&self.state).indexes.insert(field.to_string(), idx);
@@ -1395,33 +1595,62 @@ impl Inner {
 
     /// Writes metas and every live record (as of now) into `out` after a fresh header.
     /// Returns (new locs, end in `out`, old-file end covered, old file).
-    fn snapshot_into(&self, out: &Arc<dyn FileBackend>) -> Result<(Vec<Loc>, u64, u64, Arc<dyn FileBackend>)> {
+    fn snapshot_into(
+        &self,
+        out: &Arc<dyn FileBackend>,
+    ) -> Result<Snapshot> {
         let (file, locs, meta, next_id, snap_end) = {
             let mut w = mlock(&self.writer);
             self.flush_locked(&mut w, false)?;
             let st = rlock(&self.state);
-            (st.file.clone(), st.locs.clone(), st.meta.clone(), w.next_id, w.buf_start)
+            (
+                st.file.clone(),
+                st.locs.clone(),
+                st.meta.clone(),
+                w.next_id,
+                w.buf_start,
+            )
         };
         let mut buf = format::encode_file_header(next_id).to_vec();
         for (k, v) in &meta {
-            format::encode_frame(&mut buf, OP_META, 0, FLAG_COMMIT, 0, 0, 0, format!("{k}={v}").as_bytes());
+            format::encode_frame(
+                &mut buf,
+                OP_META,
+                0,
+                FLAG_COMMIT,
+                0,
+                0,
+                0,
+                format!("{k}={v}").as_bytes(),
+            );
         }
         let mut out_pos = 0u64;
         let mut new_locs = vec![Loc::default(); locs.len()];
         let flush = |buf: &mut Vec<u8>, out_pos: &mut u64| -> Result<()> {
-            out.write_all_at(buf, *out_pos).map_err(Error::io("write compacted file"))?;
+            out.write_all_at(buf, *out_pos)
+                .map_err(Error::io("write compacted file"))?;
             *out_pos += buf.len() as u64;
             buf.clear();
             Ok(())
         };
-        let mut win = Window { file: &*file, end: snap_end, start: 0, buf: Vec::new() };
+        let mut win = Window {
+            file: &*file,
+            end: snap_end,
+            start: 0,
+            buf: Vec::new(),
+        };
         // visit in file order for sequential reads
-        let mut order: Vec<u32> = (0..locs.len() as u32).filter(|&i| locs[i as usize].present()).collect();
+        let mut order: Vec<u32> = (0..locs.len() as u32)
+            .filter(|&i| locs[i as usize].present())
+            .collect();
         order.sort_unstable_by_key(|&i| locs[i as usize].off);
         for i in order {
             let loc = locs[i as usize];
             let id = i as u64 + 1;
-            let corrupt = |r: &str| Error::Corrupt { offset: loc.off, reason: r.to_string() };
+            let corrupt = |r: &str| Error::Corrupt {
+                offset: loc.off,
+                reason: r.to_string(),
+            };
             let hdr: [u8; FRAME_HEADER_LEN] = win
                 .get(loc.off, FRAME_HEADER_LEN)
                 .map_err(Error::io("read"))?
@@ -1430,11 +1659,17 @@ impl Inner {
             let fh = FrameHeader::decode(&hdr, snap_end - loc.off)
                 .filter(|fh| fh.op == OP_PUT && fh.id == id)
                 .ok_or_else(|| corrupt("bad frame header"))?;
-            let mut nfh = FrameHeader { flags: (fh.flags & FLAG_LZ4) | FLAG_COMMIT, index: 0, ..fh };
+            let mut nfh = FrameHeader {
+                flags: (fh.flags & FLAG_LZ4) | FLAG_COMMIT,
+                index: 0,
+                ..fh
+            };
             let new_off = out_pos + buf.len() as u64;
             let pstart = loc.off + FRAME_HEADER_LEN as u64;
             if fh.len <= READ_CHUNK as u64 {
-                let payload = win.get(pstart, fh.len as usize).map_err(Error::io("read"))?;
+                let payload = win
+                    .get(pstart, fh.len as usize)
+                    .map_err(Error::io("read"))?;
                 if !fh.check(&hdr, payload) {
                     return Err(corrupt("checksum mismatch"));
                 }
@@ -1453,7 +1688,8 @@ impl Inner {
                 let mut pos = 0;
                 while pos < fh.len {
                     let n = (fh.len - pos).min(READ_CHUNK as u64) as usize;
-                    file.read_exact_at(&mut chunk[..n], pstart + pos).map_err(Error::io("read"))?;
+                    file.read_exact_at(&mut chunk[..n], pstart + pos)
+                        .map_err(Error::io("read"))?;
                     old_h.update(&chunk[..n]);
                     new_h.update(&chunk[..n]);
                     out.write_all_at(&chunk[..n], new_off + FRAME_HEADER_LEN as u64 + pos)
@@ -1464,10 +1700,12 @@ impl Inner {
                     return Err(corrupt("checksum mismatch"));
                 }
                 nfh.crc = new_h.finalize();
-                out.write_all_at(&nfh.encode(), new_off).map_err(Error::io("write compacted file"))?;
+                out.write_all_at(&nfh.encode(), new_off)
+                    .map_err(Error::io("write compacted file"))?;
                 let end = new_off + nfh.frame_len();
                 let pad = end - (new_off + FRAME_HEADER_LEN as u64 + fh.len);
-                out.write_all_at(&[0u8; 8][..pad as usize], end - pad).map_err(Error::io("write compacted file"))?;
+                out.write_all_at(&[0u8; 8][..pad as usize], end - pad)
+                    .map_err(Error::io("write compacted file"))?;
                 out_pos = end;
             }
             new_locs[i as usize] = Loc::from_header(new_off, &nfh);
@@ -1507,8 +1745,11 @@ impl Inner {
         let mut chunk = vec![0u8; READ_CHUNK];
         while pos < cur_end {
             let n = (cur_end - pos).min(READ_CHUNK as u64) as usize;
-            old_file.read_exact_at(&mut chunk[..n], pos).map_err(Error::io("read"))?;
-            out.write_all_at(&chunk[..n], new_end).map_err(Error::io("write compacted file"))?;
+            old_file
+                .read_exact_at(&mut chunk[..n], pos)
+                .map_err(Error::io("read"))?;
+            out.write_all_at(&chunk[..n], new_end)
+                .map_err(Error::io("write compacted file"))?;
             pos += n as u64;
             new_end += n as u64;
         }
@@ -1527,12 +1768,17 @@ impl Inner {
             })
             .map_err(Error::io("compact"))?;
             if outcome.good_end != new_end || !outcome.corrupt.is_empty() {
-                return Err(Error::Corrupt { offset: snap_end, reason: "log tail changed during compaction".into() });
+                return Err(Error::Corrupt {
+                    offset: snap_end,
+                    reason: "log tail changed during compaction".into(),
+                });
             }
             new_locs = tmp_state.locs;
         }
         out.sync_data().map_err(Error::io("compact"))?;
-        self.vfs.rename(tmp, &self.file_name).map_err(Error::io("compact"))?;
+        self.vfs
+            .rename(tmp, &self.file_name)
+            .map_err(Error::io("compact"))?;
         let dir_res = self.vfs.sync_dir();
         {
             let mut st = wlock(&self.state);

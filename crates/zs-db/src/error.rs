@@ -77,7 +77,9 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         match e {
             Error::Io { source, .. } => source,
-            Error::NotFound(_) | Error::NoSuchDatabase(_) => io::Error::new(io::ErrorKind::NotFound, e),
+            Error::NotFound(_) | Error::NoSuchDatabase(_) => {
+                io::Error::new(io::ErrorKind::NotFound, e)
+            }
             Error::AlreadyExists(_) => io::Error::new(io::ErrorKind::AlreadyExists, e),
             Error::InvalidName(_) | Error::TooLarge { .. } | Error::Query(_) => {
                 io::Error::new(io::ErrorKind::InvalidInput, e)

@@ -24,7 +24,11 @@ fn to_expr(v: Option<FieldValue>) -> Value {
 /// [`RecordRef::field`]); a missing field is `null`; a record whose evaluation fails
 /// (e.g. `null > 3`) does not match.
 pub fn compile_filter(text: &str) -> Result<FilterFn> {
-    let program = Arc::new(Engine::new().compile(text).map_err(|e| Error::Query(e.to_string()))?);
+    let program = Arc::new(
+        Engine::new()
+            .compile(text)
+            .map_err(|e| Error::Query(e.to_string()))?,
+    );
     let names: Vec<String> = program.var_names().to_vec();
     Ok(Arc::new(move |r: &RecordRef<'_>| {
         let vars: Vec<Value> = r.fields(&names).into_iter().map(to_expr).collect();
@@ -76,9 +80,8 @@ fn tokens(text: &str) -> Option<Vec<Tok>> {
             let w = &text[start..i];
             match w.to_ascii_lowercase().as_str() {
                 "and" => out.push(Tok::And),
-                "or" | "xor" | "not" | "div" | "mod" | "shl" | "shr" | "true" | "false" | "null" | "nil" | "pi" => {
-                    return None
-                }
+                "or" | "xor" | "not" | "div" | "mod" | "shl" | "shr" | "true" | "false"
+                | "null" | "nil" | "pi" => return None,
                 _ => out.push(Tok::Ident(w.to_string())),
             }
         } else {
@@ -117,7 +120,9 @@ fn tokens(text: &str) -> Option<Vec<Tok>> {
 /// record. The filter itself is always applied, so a hint only narrows the ids visited.
 /// Index keys are type-exact: `age = 5` looks up numeric 5, not the string `'5'`.
 pub fn index_hints(text: &str) -> Vec<IndexHint> {
-    let Some(toks) = tokens(text) else { return Vec::new() };
+    let Some(toks) = tokens(text) else {
+        return Vec::new();
+    };
     let mut hints = Vec::new();
     for part in toks.split(|t| *t == Tok::And) {
         let (field, op, lit) = match part {
@@ -147,7 +152,11 @@ pub fn index_hints(text: &str) -> Vec<IndexHint> {
             ">=" => (Bound::Included(v), Bound::Unbounded),
             _ => continue,
         };
-        hints.push(IndexHint { field: field.clone(), lo, hi });
+        hints.push(IndexHint {
+            field: field.clone(),
+            lo,
+            hi,
+        });
     }
     hints
 }
@@ -160,13 +169,32 @@ mod tests {
     #[test]
     fn filter_over_json_and_kv() {
         let f = compile_filter("age > 30 and name = 'bob'").unwrap();
-        let yes = RecordRef { id: 1, kind: Kind::Json, data: br#"{"age":31,"name":"bob"}"# };
-        let no = RecordRef { id: 2, kind: Kind::Json, data: br#"{"age":31,"name":"ann"}"# };
-        let missing = RecordRef { id: 3, kind: Kind::Json, data: br#"{"name":"bob"}"# };
+        let yes = RecordRef {
+            id: 1,
+            kind: Kind::Json,
+            data: br#"{"age":31,"name":"bob"}"#,
+        };
+        let no = RecordRef {
+            id: 2,
+            kind: Kind::Json,
+            data: br#"{"age":31,"name":"ann"}"#,
+        };
+        let missing = RecordRef {
+            id: 3,
+            kind: Kind::Json,
+            data: br#"{"name":"bob"}"#,
+        };
         assert!(f(&yes) && !f(&no) && !f(&missing));
-        let kv = crate::record::encode_kv(&[("age".into(), FieldValue::Int(40)), ("name".into(), FieldValue::Str("bob".into()))])
-            .unwrap();
-        assert!(f(&RecordRef { id: 4, kind: Kind::KeyValue, data: &kv }));
+        let kv = crate::record::encode_kv(&[
+            ("age".into(), FieldValue::Int(40)),
+            ("name".into(), FieldValue::Str("bob".into())),
+        ])
+        .unwrap();
+        assert!(f(&RecordRef {
+            id: 4,
+            kind: Kind::KeyValue,
+            data: &kv
+        }));
         assert!(compile_filter("age > ").is_err());
     }
 

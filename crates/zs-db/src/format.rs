@@ -54,7 +54,10 @@ pub fn encode_file_header(id_floor: u64) -> [u8; FILE_HEADER_LEN as usize] {
 
 /// Decodes a file header, returning the id floor.
 pub fn decode_file_header(name: &str, h: &[u8]) -> Result<u64> {
-    let bad = |reason: &str| Error::BadHeader { name: name.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| Error::BadHeader {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
     if h.len() < FILE_HEADER_LEN as usize {
         return Err(bad("file shorter than its 32-byte header"));
     }
@@ -190,7 +193,16 @@ pub fn encode_frame(
     raw_len: u32,
     payload: &[u8],
 ) {
-    let mut fh = FrameHeader { crc: 0, op, kind, flags, id, len: payload.len() as u64, index, raw_len };
+    let mut fh = FrameHeader {
+        crc: 0,
+        op,
+        kind,
+        flags,
+        id,
+        len: payload.len() as u64,
+        index,
+        raw_len,
+    };
     let h = fh.seal(payload);
     out.extend_from_slice(&h);
     out.extend_from_slice(payload);

@@ -51,14 +51,15 @@ mod record;
 mod store;
 pub mod vfs;
 
-pub use db::{
-    file_name, Batch, CorruptRegion, Cursor, Database, DbOptions, Durability, OpenReport, Stats, ValueReader,
-};
 pub use dataframe::{decode_dataframe, encode_dataframe};
+pub use db::{
+    file_name, Batch, CorruptRegion, Cursor, Database, DbOptions, Durability, OpenReport, Stats,
+    ValueReader,
+};
 pub use error::{Error, Result};
 pub use expr::{compile_filter, index_hints};
 pub use query::{FilterFn, IndexHint, Progress, Query, QueryHandle};
 pub use record::{decode_kv, encode_kv, FieldValue, Kind, Record, RecordRef, MAX_KV_ENTRIES};
 pub use store::{check_name, Env, Store};
-pub use zs_wire;
 pub use vfs::{DirVfs, Fault, FaultKind, FileBackend, MemVfs, Vfs};
+pub use zs_wire;

@@ -63,18 +63,34 @@ impl Default for Query {
 impl Query {
     /// Every record.
     pub fn all() -> Query {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Query { filter: None, limit: None, reverse: false, chunk: 4096, threads, hint: None, candidates: Vec::new() }
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Query {
+            filter: None,
+            limit: None,
+            reverse: false,
+            chunk: 4096,
+            threads,
+            hint: None,
+            candidates: Vec::new(),
+        }
     }
 
     /// Records for which `f` returns true.
     pub fn filter(f: impl Fn(&RecordRef<'_>) -> bool + Send + Sync + 'static) -> Query {
-        Query { filter: Some(Arc::new(f)), ..Query::all() }
+        Query {
+            filter: Some(Arc::new(f)),
+            ..Query::all()
+        }
     }
 
     /// Records for which the shared predicate returns true.
     pub fn filter_fn(f: FilterFn) -> Query {
-        Query { filter: Some(f), ..Query::all() }
+        Query {
+            filter: Some(f),
+            ..Query::all()
+        }
     }
 
     /// Records for which the zs-expr expression `text` is true, e.g.
@@ -82,7 +98,11 @@ impl Query {
     /// A comparison with a literal on an indexed field narrows the scan to that index.
     pub fn expr(text: &str) -> Result<Query> {
         let f = crate::expr::compile_filter(text)?;
-        Ok(Query { filter: Some(f), candidates: crate::expr::index_hints(text), ..Query::all() })
+        Ok(Query {
+            filter: Some(f),
+            candidates: crate::expr::index_hints(text),
+            ..Query::all()
+        })
     }
 
     /// At most `n` results.
@@ -190,7 +210,9 @@ pub struct QueryHandle {
 
 impl std::fmt::Debug for QueryHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryHandle").field("progress", &self.progress()).finish()
+        f.debug_struct("QueryHandle")
+            .field("progress", &self.progress())
+            .finish()
     }
 }
 
@@ -199,7 +221,10 @@ impl Database {
     pub fn query(&self, q: Query) -> Result<QueryHandle> {
         let next_id = self.next_id();
         let mut used_index = false;
-        let mut source = Source::Range { first: 1, end: next_id };
+        let mut source = Source::Range {
+            first: 1,
+            end: next_id,
+        };
         for h in q.hint.iter().chain(&q.candidates) {
             if let Some(ids) = self.index_lookup(&h.field, h.lo.as_ref(), h.hi.as_ref()) {
                 source = Source::List(ids);
@@ -241,7 +266,10 @@ impl Database {
             let h = std::thread::Builder::new()
                 .name(format!("zs-db-scan-{t}"))
                 .spawn(move || ctx.run())
-                .map_err(|e| Error::Io { op: "spawn scan worker", source: e })?;
+                .map_err(|e| Error::Io {
+                    op: "spawn scan worker",
+                    source: e,
+                })?;
             workers.push(h);
         }
         Ok(QueryHandle {
@@ -280,7 +308,11 @@ impl Worker {
             {
                 let mut p = mlock(&self.shared.paused);
                 while *p && !self.shared.stop.load(Ordering::Acquire) {
-                    p = self.shared.resume.wait(p).unwrap_or_else(|e| e.into_inner());
+                    p = self
+                        .shared
+                        .resume
+                        .wait(p)
+                        .unwrap_or_else(|e| e.into_inner());
                 }
             }
             if self.shared.stop.load(Ordering::Acquire) {
@@ -310,7 +342,10 @@ impl Worker {
     fn scan_ids(&self, ids: &[u64]) -> Result<Vec<Record>> {
         let (file, items) = {
             let st = rlock(&self.inner.state);
-            let items: Vec<(u64, Loc)> = ids.iter().filter_map(|&id| st.loc(id).map(|l| (id, l))).collect();
+            let items: Vec<(u64, Loc)> = ids
+                .iter()
+                .filter_map(|&id| st.loc(id).map(|l| (id, l)))
+                .collect();
             (st.file.clone(), items)
         };
         let max_value = self.inner.opts.max_value;
@@ -349,11 +384,15 @@ impl Worker {
             }
             self.inner.ensure_written(hi)?;
             buf.resize((hi - lo) as usize, 0);
-            file.read_exact_at(&mut buf, lo).map_err(Error::io("scan read"))?;
+            file.read_exact_at(&mut buf, lo)
+                .map_err(Error::io("scan read"))?;
             for &(id, loc) in &items[i..j] {
                 let s = (loc.off - lo) as usize;
                 let frame = &buf[s..s + loc.frame_len().unwrap_or(0) as usize];
-                let corrupt = |r: &str| Error::Corrupt { offset: loc.off, reason: r.to_string() };
+                let corrupt = |r: &str| Error::Corrupt {
+                    offset: loc.off,
+                    reason: r.to_string(),
+                };
                 let fh = FrameHeader::decode(frame, frame.len() as u64)
                     .filter(|fh| fh.op == OP_PUT && fh.id == id && fh.len == loc.len as u64)
                     .ok_or_else(|| corrupt("frame does not match the index"))?;
@@ -365,12 +404,20 @@ impl Worker {
                 scanned += 1;
                 if fh.flags & crate::format::FLAG_LZ4 != 0 {
                     let data = decode_payload(loc.off, &fh, payload.to_vec(), max_value)?;
-                    let r = RecordRef { id, kind, data: &data };
+                    let r = RecordRef {
+                        id,
+                        kind,
+                        data: &data,
+                    };
                     if self.accept(&r) {
                         out.push(r.to_owned());
                     }
                 } else {
-                    let r = RecordRef { id, kind, data: payload };
+                    let r = RecordRef {
+                        id,
+                        kind,
+                        data: payload,
+                    };
                     if self.accept(&r) {
                         out.push(r.to_owned());
                     }
@@ -379,7 +426,9 @@ impl Worker {
             i = j;
         }
         self.shared.scanned.fetch_add(scanned, Ordering::Relaxed);
-        self.shared.matched.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.shared
+            .matched
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -397,7 +446,9 @@ impl QueryHandle {
     /// batch; later batches still come.
     pub fn next_batch(&mut self) -> Option<Result<Vec<Record>>> {
         loop {
-            if self.limit.is_some_and(|l| self.emitted >= l) || self.next_chunk >= self.shared.chunks {
+            if self.limit.is_some_and(|l| self.emitted >= l)
+                || self.next_chunk >= self.shared.chunks
+            {
                 self.finish();
                 return None;
             }

@@ -53,7 +53,11 @@ pub struct Record {
 impl Record {
     /// A borrowed view.
     pub fn as_ref(&self) -> RecordRef<'_> {
-        RecordRef { id: self.id, kind: self.kind, data: &self.data }
+        RecordRef {
+            id: self.id,
+            kind: self.kind,
+            data: &self.data,
+        }
     }
 }
 
@@ -71,7 +75,11 @@ pub struct RecordRef<'a> {
 impl RecordRef<'_> {
     /// An owned copy.
     pub fn to_owned(&self) -> Record {
-        Record { id: self.id, kind: self.kind, data: self.data.to_vec() }
+        Record {
+            id: self.id,
+            kind: self.kind,
+            data: self.data.to_vec(),
+        }
     }
 
     /// The value of field `name` (a dotted path for nested JSON objects), or `None`
@@ -181,7 +189,9 @@ impl FieldValue {
             FieldValue::Null => J::Null,
             FieldValue::Bool(b) => J::Bool(*b),
             FieldValue::Int(i) => J::from(*i),
-            FieldValue::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+            FieldValue::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or(J::Null),
             FieldValue::Str(s) => J::String(s.clone()),
             FieldValue::Bytes(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
         }
@@ -228,7 +238,11 @@ pub fn encode_kv(entries: &[(String, FieldValue)]) -> Result<Vec<u8>> {
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for (k, v) in entries {
         if k.len() > u16::MAX as usize {
-            return Err(Error::TooLarge { what: "key", len: k.len() as u64, max: u16::MAX as u64 });
+            return Err(Error::TooLarge {
+                what: "key",
+                len: k.len() as u64,
+                max: u16::MAX as u64,
+            });
         }
         out.extend_from_slice(&(k.len() as u16).to_le_bytes());
         out.extend_from_slice(k.as_bytes());
@@ -295,11 +309,14 @@ fn walk_kv(data: &[u8], mut f: impl FnMut(&str, FieldValue) -> bool) -> Result<(
     let mut r = Reader { b: data };
     let count = r.u32()? as usize;
     if count > MAX_KV_ENTRIES || count > data.len() {
-        return Err(Error::Decode(format!("key/value count {count} out of bounds")));
+        return Err(Error::Decode(format!(
+            "key/value count {count} out of bounds"
+        )));
     }
     for _ in 0..count {
         let klen = r.u16()? as usize;
-        let key = std::str::from_utf8(r.take(klen)?).map_err(|_| Error::Decode("key not UTF-8".into()))?;
+        let key = std::str::from_utf8(r.take(klen)?)
+            .map_err(|_| Error::Decode("key not UTF-8".into()))?;
         let tag = r.take(1)?[0];
         let v = match tag {
             KV_NULL => FieldValue::Null,
@@ -312,7 +329,8 @@ fn walk_kv(data: &[u8], mut f: impl FnMut(&str, FieldValue) -> bool) -> Result<(
             KV_FLOAT => FieldValue::Float(f64::from_bits(r.u64()?)),
             KV_STR => {
                 let n = r.u32()? as usize;
-                let s = std::str::from_utf8(r.take(n)?).map_err(|_| Error::Decode("value not UTF-8".into()))?;
+                let s = std::str::from_utf8(r.take(n)?)
+                    .map_err(|_| Error::Decode("value not UTF-8".into()))?;
                 FieldValue::Str(s.to_string())
             }
             KV_BYTES => {
@@ -362,13 +380,25 @@ mod tests {
 
     #[test]
     fn json_and_kv_fields() {
-        let r = RecordRef { id: 9, kind: Kind::Json, data: br#"{"age":31,"name":"bob","a":{"b":1.5}}"# };
+        let r = RecordRef {
+            id: 9,
+            kind: Kind::Json,
+            data: br#"{"age":31,"name":"bob","a":{"b":1.5}}"#,
+        };
         assert_eq!(r.field("age"), Some(FieldValue::Int(31)));
         assert_eq!(r.field("a.b"), Some(FieldValue::Float(1.5)));
         assert_eq!(r.field("id"), Some(FieldValue::Int(9)));
         assert_eq!(r.field("nope"), None);
-        let kv = encode_kv(&[("age".into(), FieldValue::Int(5)), ("n".into(), FieldValue::Str("x".into()))]).unwrap();
-        let r = RecordRef { id: 1, kind: Kind::KeyValue, data: &kv };
+        let kv = encode_kv(&[
+            ("age".into(), FieldValue::Int(5)),
+            ("n".into(), FieldValue::Str("x".into())),
+        ])
+        .unwrap();
+        let r = RecordRef {
+            id: 1,
+            kind: Kind::KeyValue,
+            data: &kv,
+        };
         assert_eq!(r.field("n"), Some(FieldValue::Str("x".into())));
     }
 
@@ -377,7 +407,9 @@ mod tests {
             Just(FieldValue::Null),
             any::<bool>().prop_map(FieldValue::Bool),
             any::<i64>().prop_map(FieldValue::Int),
-            any::<f64>().prop_filter("nan", |f| !f.is_nan()).prop_map(FieldValue::Float),
+            any::<f64>()
+                .prop_filter("nan", |f| !f.is_nan())
+                .prop_map(FieldValue::Float),
             ".*".prop_map(FieldValue::Str),
             proptest::collection::vec(any::<u8>(), 0..20).prop_map(FieldValue::Bytes),
         ]

@@ -15,7 +15,9 @@ pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
@@ -62,7 +64,10 @@ impl Env {
 
     /// Databases in any file layer (e.g. [`crate::MemVfs`]).
     pub fn with_vfs(vfs: Arc<dyn Vfs>) -> Env {
-        Env { vfs, open: Mutex::new(HashMap::new()) }
+        Env {
+            vfs,
+            open: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The file layer.
@@ -106,7 +111,12 @@ impl Env {
     /// Names of all databases.
     pub fn list_dbs(&self) -> Result<Vec<String>> {
         let files = self.vfs.list().map_err(Error::io("list"))?;
-        Ok(files.iter().filter_map(|f| f.strip_suffix(".zdb")).filter(|n| check_name(n).is_ok()).map(str::to_string).collect())
+        Ok(files
+            .iter()
+            .filter_map(|f| f.strip_suffix(".zdb"))
+            .filter(|n| check_name(n).is_ok())
+            .map(str::to_string)
+            .collect())
     }
 
     /// Deletes database `name`.
@@ -115,8 +125,13 @@ impl Env {
         mlock(&self.open).remove(name);
         match self.vfs.remove(&file_name(name)) {
             Ok(()) => self.vfs.sync_dir().map_err(Error::io("remove")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoSuchDatabase(name.to_string())),
-            Err(e) => Err(Error::Io { op: "remove", source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::NoSuchDatabase(name.to_string()))
+            }
+            Err(e) => Err(Error::Io {
+                op: "remove",
+                source: e,
+            }),
         }
     }
 
@@ -136,10 +151,16 @@ impl Env {
             d.sync()?;
         }
         open.remove(target);
-        if !self.vfs.exists(&file_name(source)).map_err(Error::io("replace"))? {
+        if !self
+            .vfs
+            .exists(&file_name(source))
+            .map_err(Error::io("replace"))?
+        {
             return Err(Error::NoSuchDatabase(source.to_string()));
         }
-        self.vfs.rename(&file_name(source), &file_name(target)).map_err(Error::io("replace"))?;
+        self.vfs
+            .rename(&file_name(source), &file_name(target))
+            .map_err(Error::io("replace"))?;
         self.vfs.sync_dir().map_err(Error::io("replace"))
     }
 }

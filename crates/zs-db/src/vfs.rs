@@ -53,7 +53,9 @@ impl DirVfs {
     /// Uses (and creates if missing) the directory `root`.
     pub fn new(root: impl AsRef<Path>) -> io::Result<DirVfs> {
         std::fs::create_dir_all(root.as_ref())?;
-        Ok(DirVfs { root: root.as_ref().to_path_buf() })
+        Ok(DirVfs {
+            root: root.as_ref().to_path_buf(),
+        })
     }
 
     /// The directory.
@@ -317,7 +319,9 @@ impl FileBackend for MemFile {
     }
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         let s = lock(&self.state);
-        let end = off.checked_add(buf.len() as u64).ok_or(io::ErrorKind::InvalidInput)?;
+        let end = off
+            .checked_add(buf.len() as u64)
+            .ok_or(io::ErrorKind::InvalidInput)?;
         if end > s.data.len() as u64 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -377,13 +381,20 @@ impl Vfs for MemVfs {
         } else {
             s.files.get(name).cloned().ok_or(io::ErrorKind::NotFound)?
         };
-        Ok(Arc::new(MemFile { vfs: self.clone(), state }))
+        Ok(Arc::new(MemFile {
+            vfs: self.clone(),
+            state,
+        }))
     }
     fn exists(&self, name: &str) -> io::Result<bool> {
         Ok(lock(&self.shared).files.contains_key(name))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
-        lock(&self.shared).files.remove(name).map(|_| ()).ok_or_else(|| io::ErrorKind::NotFound.into())
+        lock(&self.shared)
+            .files
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| io::ErrorKind::NotFound.into())
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut s = lock(&self.shared);
@@ -436,8 +447,14 @@ mod tests {
         let vfs = MemVfs::new();
         let f = vfs.open("a", true).unwrap();
         vfs.set_faults(vec![
-            Fault { at_op: 1, kind: FaultKind::ShortWrite(2) },
-            Fault { at_op: 2, kind: FaultKind::SyncError },
+            Fault {
+                at_op: 1,
+                kind: FaultKind::ShortWrite(2),
+            },
+            Fault {
+                at_op: 2,
+                kind: FaultKind::SyncError,
+            },
         ]);
         f.write_all_at(b"abcd", 0).unwrap();
         assert!(f.write_all_at(b"efgh", 4).is_err());

@@ -11,7 +11,10 @@ use std::process::Command;
 #[ignore = "the child process of `crash_50_cycles`; started by it with --ignored"]
 fn crash_child() {
     let dir = std::env::var("ZS_DB_CRASH_DIR").expect("ZS_DB_CRASH_DIR");
-    let seed: u64 = std::env::var("ZS_DB_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let seed: u64 = std::env::var("ZS_DB_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     crash::child(std::path::Path::new(&dir), seed);
 }
 
@@ -21,12 +24,21 @@ fn crash_50_cycles() {
     let exe = std::env::current_exe().unwrap();
     let spawn = move |d: &std::path::Path, seed: u64| {
         let mut c = Command::new(&exe);
-        c.args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
-            .env("ZS_DB_CRASH_DIR", d)
-            .env("ZS_DB_CRASH_SEED", seed.to_string());
+        c.args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ZS_DB_CRASH_DIR", d)
+        .env("ZS_DB_CRASH_SEED", seed.to_string());
         c
     };
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     match crash::parent(dir.path(), 50, seed, &spawn) {
         Ok(summary) => eprintln!("crash test: {summary} (seed {seed})"),
         Err(e) => panic!("crash test failed (seed {seed}): {e}"),

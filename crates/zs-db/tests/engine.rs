@@ -24,7 +24,10 @@ fn crud_and_reopen() {
     let b = db.insert(Kind::Json, br#"{"x":1}"#).unwrap();
     assert_eq!((a, b), (1, 2));
     db.update(a, Kind::Raw, b"alpha2").unwrap();
-    assert!(matches!(db.update(99, Kind::Raw, b"x"), Err(Error::NotFound(99))));
+    assert!(matches!(
+        db.update(99, Kind::Raw, b"x"),
+        Err(Error::NotFound(99))
+    ));
     assert!(db.delete(b).unwrap());
     assert!(!db.delete(b).unwrap());
     drop(db);
@@ -34,8 +37,14 @@ fn crud_and_reopen() {
     assert_eq!(db.open_report().corrupt, vec![]);
     // ids are never reused, even after the highest one was deleted
     assert_eq!(db.insert(Kind::Raw, b"c").unwrap(), 3);
-    assert!(matches!(Database::create(vfs.clone(), "t", DbOptions::default()), Err(Error::AlreadyExists(_))));
-    assert!(matches!(Database::open(vfs, "nope"), Err(Error::NoSuchDatabase(_))));
+    assert!(matches!(
+        Database::create(vfs.clone(), "t", DbOptions::default()),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        Database::open(vfs, "nope"),
+        Err(Error::NoSuchDatabase(_))
+    ));
 }
 
 #[test]
@@ -43,12 +52,15 @@ fn batch_is_atomic_and_validated() {
     let (_m, vfs) = mem();
     let db = Database::create(vfs.clone(), "t", DbOptions::default()).unwrap();
     let mut b = Batch::new();
-    b.insert(Kind::Raw, b"1".to_vec()).insert(Kind::Raw, b"2".to_vec()).delete(1);
+    b.insert(Kind::Raw, b"1".to_vec())
+        .insert(Kind::Raw, b"2".to_vec())
+        .delete(1);
     let ids = db.commit(&b).unwrap();
     assert_eq!(ids, vec![1, 2]);
     assert!(!db.contains(1) && db.contains(2));
     let mut bad = Batch::new();
-    bad.insert(Kind::Raw, b"3".to_vec()).update(77, Kind::Raw, b"x".to_vec());
+    bad.insert(Kind::Raw, b"3".to_vec())
+        .update(77, Kind::Raw, b"x".to_vec());
     assert!(db.commit(&bad).is_err());
     assert_eq!(db.len(), 1);
     drop(db);
@@ -58,7 +70,10 @@ fn batch_is_atomic_and_validated() {
 #[test]
 fn unsynced_tail_is_rolled_back_and_synced_data_survives() {
     let (m, vfs) = mem();
-    let opts = DbOptions { durability: Durability::Periodic(Duration::from_secs(3600)), ..Default::default() };
+    let opts = DbOptions {
+        durability: Durability::Periodic(Duration::from_secs(3600)),
+        ..Default::default()
+    };
     let db = Database::create(vfs.clone(), "t", opts).unwrap();
     for i in 0..50 {
         db.insert(Kind::Json, &json(i)).unwrap();
@@ -86,7 +101,8 @@ fn torn_tail_is_truncated_and_reported() {
     let (m, vfs) = mem();
     let db = Database::create(vfs.clone(), "t", DbOptions::default()).unwrap();
     for i in 0..10 {
-        db.insert(Kind::Raw, format!("value-{i}").as_bytes()).unwrap();
+        db.insert(Kind::Raw, format!("value-{i}").as_bytes())
+            .unwrap();
     }
     drop(db);
     let mut bytes = m.read_file("t.zdb").unwrap();
@@ -109,7 +125,8 @@ fn corrupt_region_is_reported_and_rest_readable() {
     let mut locs = Vec::new();
     for i in 0..20 {
         locs.push(db.stats().file_bytes);
-        db.insert(Kind::Raw, format!("value-{i:04}").as_bytes()).unwrap();
+        db.insert(Kind::Raw, format!("value-{i:04}").as_bytes())
+            .unwrap();
     }
     drop(db);
     let mut bytes = m.read_file("t.zdb").unwrap();
@@ -133,7 +150,10 @@ fn bad_header_is_an_error() {
     let mut bytes = m.read_file("t.zdb").unwrap();
     bytes[3] = b'X';
     m.write_file("t.zdb", &bytes);
-    assert!(matches!(Database::open(vfs, "t"), Err(Error::BadHeader { .. })));
+    assert!(matches!(
+        Database::open(vfs, "t"),
+        Err(Error::BadHeader { .. })
+    ));
 }
 
 #[test]
@@ -178,8 +198,15 @@ fn compaction_keeps_ids_and_shrinks_while_reads_go_on() {
 #[test]
 fn compaction_with_concurrent_writers() {
     let (_m, vfs) = mem();
-    let db = Database::create(vfs.clone(), "t", DbOptions { durability: Durability::PERIODIC_1S, ..Default::default() })
-        .unwrap();
+    let db = Database::create(
+        vfs.clone(),
+        "t",
+        DbOptions {
+            durability: Durability::PERIODIC_1S,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for i in 0..2000 {
         db.insert(Kind::Json, &json(i)).unwrap();
     }
@@ -213,11 +240,19 @@ fn compaction_with_concurrent_writers() {
 #[test]
 fn lz4_cache_and_idle_eviction() {
     let (_m, vfs) = mem();
-    let opts = DbOptions { compress: true, idle_evict: Duration::from_millis(50), ..Default::default() };
+    let opts = DbOptions {
+        compress: true,
+        idle_evict: Duration::from_millis(50),
+        ..Default::default()
+    };
     let db = Database::create(vfs.clone(), "z", opts).unwrap();
     let big = "abcdefgh".repeat(1000).into_bytes();
     let id = db.insert(Kind::Raw, &big).unwrap();
-    assert!(db.stats().file_bytes < 2000, "compressed: {}", db.stats().file_bytes);
+    assert!(
+        db.stats().file_bytes < 2000,
+        "compressed: {}",
+        db.stats().file_bytes
+    );
     assert!(db.cache_bytes() > 0);
     std::thread::sleep(Duration::from_millis(1300));
     assert_eq!(db.cache_bytes(), 0, "idle eviction");
@@ -235,7 +270,15 @@ fn lz4_cache_and_idle_eviction() {
 #[test]
 fn cache_respects_budget() {
     let (_m, vfs) = mem();
-    let db = Database::create(vfs, "c", DbOptions { cache_bytes: 64 * 1024, ..Default::default() }).unwrap();
+    let db = Database::create(
+        vfs,
+        "c",
+        DbOptions {
+            cache_bytes: 64 * 1024,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut b = Batch::new();
     for _ in 0..2000 {
         b.insert(Kind::Raw, vec![7u8; 200]);
@@ -250,10 +293,20 @@ fn cache_respects_budget() {
 #[test]
 fn streamed_large_value() {
     let (_m, vfs) = mem();
-    let db = Database::create(vfs.clone(), "s", DbOptions { max_value: 1 << 20, ..Default::default() }).unwrap();
+    let db = Database::create(
+        vfs.clone(),
+        "s",
+        DbOptions {
+            max_value: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let len = 3 * (1 << 20) + 5;
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-    let id = db.insert_stream(Kind::Raw, &mut &data[..], len as u64).unwrap();
+    let id = db
+        .insert_stream(Kind::Raw, &mut &data[..], len as u64)
+        .unwrap();
     assert!(matches!(db.get(id), Err(Error::TooLarge { .. })));
     let mut out = Vec::new();
     let mut r = db.open_value(id).unwrap().unwrap();
@@ -280,13 +333,23 @@ fn secondary_index_narrows_queries_and_survives_reopen() {
     db.commit(&b).unwrap();
     db.create_index("age").unwrap();
     db.update(1, Kind::Json, br#"{"age":7}"#).unwrap(); // age 0 -> 7
-    let ids = db.index_lookup("age", Bound::Included(&FieldValue::Int(7)), Bound::Included(&FieldValue::Int(7))).unwrap();
+    let ids = db
+        .index_lookup(
+            "age",
+            Bound::Included(&FieldValue::Int(7)),
+            Bound::Included(&FieldValue::Int(7)),
+        )
+        .unwrap();
     assert_eq!(ids.len(), 11);
     assert_eq!(ids[0], 1);
     drop(db);
     let db = Database::open(vfs, "i").unwrap();
     assert_eq!(db.indexes(), vec!["age".to_string()]);
-    let hint = IndexHint { field: "age".into(), lo: Bound::Excluded(FieldValue::Int(47)), hi: Bound::Unbounded };
+    let hint = IndexHint {
+        field: "age".into(),
+        lo: Bound::Excluded(FieldValue::Int(47)),
+        hi: Bound::Unbounded,
+    };
     let mut h = db.query(Query::all().use_index(hint)).unwrap();
     let mut got = Vec::new();
     for b in h.by_ref() {
@@ -294,7 +357,9 @@ fn secondary_index_narrows_queries_and_survives_reopen() {
     }
     assert!(h.progress().used_index);
     assert_eq!(got.len(), 20);
-    assert!(got.iter().all(|r| r.as_ref().field("age").and_then(|v| v.as_f64()).unwrap() > 47.0));
+    assert!(got
+        .iter()
+        .all(|r| r.as_ref().field("age").and_then(|v| v.as_f64()).unwrap() > 47.0));
     assert_eq!(h.progress().scanned, 20);
 }
 
@@ -308,10 +373,18 @@ fn query_order_limit_reverse_pause_stop() {
     }
     db.commit(&b).unwrap();
     let q = |r: &RecordRef<'_>| r.field("age") == Some(FieldValue::Int(3));
-    let all = db.query(Query::filter(q).chunk_size(100).threads(4)).unwrap().collect_all().unwrap();
+    let all = db
+        .query(Query::filter(q).chunk_size(100).threads(4))
+        .unwrap()
+        .collect_all()
+        .unwrap();
     assert_eq!(all.len(), 200);
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "in order");
-    let rev = db.query(Query::filter(q).reverse(true).limit(5).chunk_size(64)).unwrap().collect_all().unwrap();
+    let rev = db
+        .query(Query::filter(q).reverse(true).limit(5).chunk_size(64))
+        .unwrap()
+        .collect_all()
+        .unwrap();
     let want: Vec<u64> = all.iter().rev().take(5).map(|r| r.id).collect();
     assert_eq!(rev.iter().map(|r| r.id).collect::<Vec<_>>(), want);
 
@@ -349,7 +422,10 @@ fn cursor_both_ways_and_store_object() {
     let back: Vec<u64> = db.cursor(u64::MAX, true).map(|r| r.unwrap().id).collect();
     assert_eq!(back, vec![5, 4, 2, 1]);
     env.copy_db("a", "b").unwrap();
-    env.db("b").unwrap().insert(Kind::Raw, b"only in b").unwrap();
+    env.db("b")
+        .unwrap()
+        .insert(Kind::Raw, b"only in b")
+        .unwrap();
     env.replace_db("a", "b").unwrap();
     assert_eq!(env.list_dbs().unwrap(), vec!["a".to_string()]);
     let a = env.db("a").unwrap();
@@ -364,7 +440,10 @@ fn injected_faults_poison_and_reopen_is_consistent() {
     let (m, vfs) = mem();
     let db = Database::create(vfs.clone(), "f", DbOptions::default()).unwrap();
     let a = db.insert(Kind::Raw, b"before").unwrap();
-    m.set_faults(vec![Fault { at_op: 0, kind: FaultKind::ShortWrite(10) }]);
+    m.set_faults(vec![Fault {
+        at_op: 0,
+        kind: FaultKind::ShortWrite(10),
+    }]);
     assert!(db.insert(Kind::Raw, b"torn write").is_err());
     assert!(db.is_poisoned());
     assert!(matches!(db.insert(Kind::Raw, b"x"), Err(Error::Poisoned)));
@@ -373,7 +452,10 @@ fn injected_faults_poison_and_reopen_is_consistent() {
     m.crash(3);
     let db = Database::open(vfs.clone(), "f").unwrap();
     assert_eq!(db.len(), 1);
-    m.set_faults(vec![Fault { at_op: 1, kind: FaultKind::SyncError }]);
+    m.set_faults(vec![Fault {
+        at_op: 1,
+        kind: FaultKind::SyncError,
+    }]);
     assert!(db.insert(Kind::Raw, b"unsynced").is_err());
     std::mem::forget(db);
     m.crash(4);
@@ -390,24 +472,49 @@ fn expression_queries_over_json_kv_and_dataframe_use_the_index() {
     for i in 0..300u64 {
         b.insert(Kind::Json, json(i));
     }
-    let kv = encode_kv(&[("name".into(), FieldValue::Str("bob".into())), ("age".into(), FieldValue::Int(44))]).unwrap();
+    let kv = encode_kv(&[
+        ("name".into(), FieldValue::Str("bob".into())),
+        ("age".into(), FieldValue::Int(44)),
+    ])
+    .unwrap();
     b.insert(Kind::KeyValue, kv);
     let df = zs_wire::DataFrame::new().with("bob").with(45u32);
     b.insert(Kind::DataFrame, encode_dataframe(&df));
     db.commit(&b).unwrap();
-    let got = db.query(Query::expr("age > 40 and name = 'user42'").unwrap()).unwrap().collect_all().unwrap();
+    let got = db
+        .query(Query::expr("age > 40 and name = 'user42'").unwrap())
+        .unwrap()
+        .collect_all()
+        .unwrap();
     assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), vec![43]);
-    let got = db.query(Query::expr("age >= 42 and age <= 43").unwrap()).unwrap().collect_all().unwrap();
+    let got = db
+        .query(Query::expr("age >= 42 and age <= 43").unwrap())
+        .unwrap()
+        .collect_all()
+        .unwrap();
     assert_eq!(got.len(), 12);
-    let bob = db.query(Query::expr("name = 'bob' and age > 40").unwrap()).unwrap().collect_all().unwrap();
+    let bob = db
+        .query(Query::expr("name = 'bob' and age > 40").unwrap())
+        .unwrap()
+        .collect_all()
+        .unwrap();
     assert_eq!(bob.iter().map(|r| r.id).collect::<Vec<_>>(), vec![301]);
-    let frames = db.query(Query::expr("f0 = 'bob' and f1 > 40").unwrap()).unwrap().collect_all().unwrap();
+    let frames = db
+        .query(Query::expr("f0 = 'bob' and f1 > 40").unwrap())
+        .unwrap()
+        .collect_all()
+        .unwrap();
     assert_eq!(frames.iter().map(|r| r.id).collect::<Vec<_>>(), vec![302]);
     db.create_index("age").unwrap();
-    let mut h = db.query(Query::expr("age = 44 and name = 'bob'").unwrap()).unwrap();
+    let mut h = db
+        .query(Query::expr("age = 44 and name = 'bob'").unwrap())
+        .unwrap();
     let ids: Vec<u64> = h.by_ref().flat_map(|b| b.unwrap()).map(|r| r.id).collect();
     assert_eq!(ids, vec![301]);
     let p = h.progress();
     assert!(p.used_index);
-    assert_eq!(p.scanned, 7, "6 JSON records with age 44 plus the kv record");
+    assert_eq!(
+        p.scanned, 7,
+        "6 JSON records with age 44 plus the kv record"
+    );
 }

@@ -35,7 +35,11 @@ const fn crc_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[i] = c;
@@ -55,7 +59,10 @@ pub(crate) fn crc32(data: &[u8]) -> u32 {
 }
 
 fn op_code(op: BinOp) -> u8 {
-    BinOp::ALL.iter().position(|o| *o == op).map_or(255, |i| i as u8)
+    BinOp::ALL
+        .iter()
+        .position(|o| *o == op)
+        .map_or(255, |i| i as u8)
 }
 fn un_code(op: UnOp) -> u8 {
     match op {
@@ -112,10 +119,28 @@ impl W {
 }
 
 impl Program {
-    /// Saves the compiled form (see the module docs of the format). Load it with
-    /// [`Engine::load`]; the loading engine must have the same user functions registered.
+    /// Saves the compiled form. Load it with [`Engine::load`]; the loading engine must have
+    /// the user functions the expression calls registered (they are saved by name).
+    ///
+    /// Format version 1 (all integers little-endian):
+    ///
+    /// ```text
+    /// magic "ZSEX" | version u8 (=1) | flags u8 (=0) | body_len u32 | body | crc32 u32
+    /// body  := source:str  vars:[str]  fns:[str]  consts:[value]  args:[u32]  nodes:[node]
+    /// str   := len u32, UTF-8 bytes            [T] := count u32, then the T's
+    /// value := tag u8: 0 null | 1 bool u8 | 2 int i64 | 3 uint u64 | 4 float f64 bits
+    ///          | 5 str | 6 vector [value]
+    /// node  := tag u8, operands (u8 operator / built-in codes, u32 indices),
+    ///          span start u32, span end u32 (byte offsets into the source)
+    /// ```
+    ///
+    /// The CRC-32 (IEEE) covers every byte before it. Nodes are in evaluation order: children
+    /// before their parent, the root last. Loading verifies all of that and never trusts a
+    /// length before checking it against the bytes present.
     pub fn save(&self) -> Vec<u8> {
-        let mut w = W(Vec::with_capacity(64 + self.source.len() + self.nodes.len() * 16));
+        let mut w = W(Vec::with_capacity(
+            64 + self.source.len() + self.nodes.len() * 16,
+        ));
         w.0.extend_from_slice(MAGIC);
         w.u8(FORMAT_VERSION);
         w.u8(0);
@@ -222,7 +247,9 @@ struct R<'b> {
 }
 
 fn bad(msg: impl Into<String>) -> Error {
-    Error::Load { message: msg.into() }
+    Error::Load {
+        message: msg.into(),
+    }
 }
 
 impl<'b> R<'b> {
@@ -261,7 +288,9 @@ impl<'b> R<'b> {
             return Err(bad(format!("{what} is {n} bytes, over the limit of {max}")));
         }
         let s = self.take(n, what)?;
-        std::str::from_utf8(s).map(str::to_string).map_err(|_| bad(format!("{what} is not UTF-8")))
+        std::str::from_utf8(s)
+            .map(str::to_string)
+            .map_err(|_| bad(format!("{what} is not UTF-8")))
     }
     fn value(&mut self, depth: usize, max_depth: usize, max_str: usize) -> Result<Value, Error> {
         if depth > max_depth {
@@ -292,7 +321,10 @@ impl<'b> R<'b> {
 }
 
 fn binop(c: u8) -> Result<BinOp, Error> {
-    BinOp::ALL.get(c as usize).copied().ok_or_else(|| bad(format!("unknown operator code {c}")))
+    BinOp::ALL
+        .get(c as usize)
+        .copied()
+        .ok_or_else(|| bad(format!("unknown operator code {c}")))
 }
 
 impl Engine {
@@ -302,13 +334,20 @@ impl Engine {
     pub fn load(&self, blob: &[u8]) -> Result<Program, Error> {
         let limits = *self.limits();
         if blob.len() > limits.max_blob {
-            return Err(bad(format!("blob is {} bytes, over Limits::max_blob ({})", blob.len(), limits.max_blob)));
+            return Err(bad(format!(
+                "blob is {} bytes, over Limits::max_blob ({})",
+                blob.len(),
+                limits.max_blob
+            )));
         }
         if blob.len() < 14 || &blob[..4] != MAGIC {
             return Err(bad("not a zs-expr compiled expression (bad magic)"));
         }
         if blob[4] != FORMAT_VERSION {
-            return Err(bad(format!("format version {} is not supported (this build reads {FORMAT_VERSION})", blob[4])));
+            return Err(bad(format!(
+                "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                blob[4]
+            )));
         }
         let body_len = u32::from_le_bytes([blob[6], blob[7], blob[8], blob[9]]) as usize;
         if body_len != blob.len() - 14 {
@@ -361,7 +400,9 @@ impl Engine {
                 if (x as usize) < i {
                     Ok(depth[x as usize])
                 } else {
-                    Err(bad(format!("node {i} refers to node {x}, which does not come before it")))
+                    Err(bad(format!(
+                        "node {i} refers to node {x}, which does not come before it"
+                    )))
                 }
             };
             let k_ok = |k: u32| -> Result<(), Error> {
@@ -379,8 +420,12 @@ impl Engine {
                 }
             };
             let list = |st: u32, n: u32| -> Result<usize, Error> {
-                let end = (st as usize).checked_add(n as usize).filter(|&e| e <= args.len());
-                let Some(end) = end else { return Err(bad("argument list out of range")) };
+                let end = (st as usize)
+                    .checked_add(n as usize)
+                    .filter(|&e| e <= args.len());
+                let Some(end) = end else {
+                    return Err(bad("argument list out of range"));
+                };
                 let mut d = 0;
                 for &a in &args[st as usize..end] {
                     d = d.max(child(a)?);
@@ -409,7 +454,7 @@ impl Engine {
                     let a = r.u32("node")?;
                     (Node::Unary(op, a), child(a)?)
                 }
-                3 | 4 | 5 => {
+                3..=5 => {
                     let op = binop(r.u8("operator")?)?;
                     let (a, b) = (r.u32("node")?, r.u32("node")?);
                     match tag {
@@ -428,7 +473,14 @@ impl Engine {
                 6 | 7 => {
                     let (a, b) = (r.u32("node")?, r.u32("node")?);
                     let d = child(a)?.max(child(b)?);
-                    (if tag == 6 { Node::And(a, b) } else { Node::Or(a, b) }, d)
+                    (
+                        if tag == 6 {
+                            Node::And(a, b)
+                        } else {
+                            Node::Or(a, b)
+                        },
+                        d,
+                    )
                 }
                 8 => {
                     let (c, a, b) = (r.u32("node")?, r.u32("node")?, r.u32("node")?);
@@ -436,7 +488,8 @@ impl Engine {
                 }
                 9 => {
                     let code = r.u8("builtin")?;
-                    let b = Builtin::from_code(code).ok_or_else(|| bad(format!("unknown built-in code {code}")))?;
+                    let b = Builtin::from_code(code)
+                        .ok_or_else(|| bad(format!("unknown built-in code {code}")))?;
                     let (st, n) = (r.u32("node")?, r.u32("node")?);
                     let (min, max) = b.arity();
                     if (n as usize) < min || (n as usize) > max {
@@ -446,9 +499,14 @@ impl Engine {
                 }
                 10 => {
                     let (f, st, n) = (r.u32("node")?, r.u32("node")?, r.u32("node")?);
-                    let Some(func) = fns.get(f as usize) else { return Err(bad("function index out of range")) };
+                    let Some(func) = fns.get(f as usize) else {
+                        return Err(bad("function index out of range"));
+                    };
                     if !func.arity.accepts(n as usize) {
-                        return Err(bad(format!("function `{}` does not take {n} arguments here", func.name)));
+                        return Err(bad(format!(
+                            "function `{}` does not take {n} arguments here",
+                            func.name
+                        )));
                     }
                     (Node::User(f, st, n), list(st, n)?)
                 }
@@ -460,7 +518,10 @@ impl Engine {
             };
             let d = d + 1;
             if d > limits.max_depth {
-                return Err(bad(format!("expression deeper than Limits::max_depth ({})", limits.max_depth)));
+                return Err(bad(format!(
+                    "expression deeper than Limits::max_depth ({})",
+                    limits.max_depth
+                )));
             }
             let (s, e) = (r.u32("span")?, r.u32("span")?);
             if s > e || e as usize > source.len() {

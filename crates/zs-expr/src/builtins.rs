@@ -63,8 +63,12 @@ builtins! {
 }
 
 impl Builtin {
-    pub fn lookup(lower_name: &str) -> Option<Builtin> {
-        Builtin::ALL.iter().copied().find(|b| b.names().contains(&lower_name))
+    /// Case-insensitive lookup by name or alias.
+    pub fn lookup(name: &str) -> Option<Builtin> {
+        Builtin::ALL
+            .iter()
+            .copied()
+            .find(|b| b.names().iter().any(|n| n.eq_ignore_ascii_case(name)))
     }
     pub fn name(self) -> &'static str {
         self.names()[0]
@@ -146,7 +150,8 @@ fn pick<'a>(args: &mut [V<'a>], want: std::cmp::Ordering, name: &str) -> Result<
             }
             let mut best = 0;
             for i in 1..items.len() {
-                if ops::order(&V::borrow(&items[i]), &V::borrow(&items[best]), name)? == Some(want) {
+                if ops::order(&V::borrow(&items[i]), &V::borrow(&items[best]), name)? == Some(want)
+                {
                     best = i;
                 }
             }
@@ -171,7 +176,12 @@ fn pick<'a>(args: &mut [V<'a>], want: std::cmp::Ordering, name: &str) -> Result<
 pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result<V<'a>, OpErr> {
     let (min, max) = b.arity();
     if args.len() < min || args.len() > max {
-        return Err(OpErr::ty(format!("{} takes {} arguments, got {}", b.name(), arity_text(b), args.len())));
+        return Err(OpErr::ty(format!(
+            "{} takes {} arguments, got {}",
+            b.name(),
+            arity_text(b),
+            args.len()
+        )));
     }
     let name = b.name();
     match b {
@@ -198,7 +208,9 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
         Builtin::Ln => {
             let x = ops::to_f64(&args[0])?;
             if x <= 0.0 {
-                return Err(OpErr::arith(format!("ln needs a positive number, got {x:?}")));
+                return Err(OpErr::arith(format!(
+                    "ln needs a positive number, got {x:?}"
+                )));
             }
             Ok(V::Float(x.ln()))
         }
@@ -230,7 +242,8 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
             }
             if ops::order(&args[0], &args[1], "clamp")? == Some(std::cmp::Ordering::Less) {
                 Ok(std::mem::take(&mut args[1]))
-            } else if ops::order(&args[0], &args[2], "clamp")? == Some(std::cmp::Ordering::Greater) {
+            } else if ops::order(&args[0], &args[2], "clamp")? == Some(std::cmp::Ordering::Greater)
+            {
                 Ok(std::mem::take(&mut args[2]))
             } else {
                 Ok(std::mem::take(&mut args[0]))
@@ -244,7 +257,9 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
             V::Str(t) => match t.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" => Ok(V::Bool(true)),
                 "false" | "0" | "no" | "" => Ok(V::Bool(false)),
-                _ => Err(OpErr::ty(format!("bool: '{t}' is not true/false/yes/no/1/0"))),
+                _ => Err(OpErr::ty(format!(
+                    "bool: '{t}' is not true/false/yes/no/1/0"
+                ))),
             },
             other => ops::truthy(other, "bool's argument").map(V::Bool),
         },
@@ -262,7 +277,11 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
         },
         Builtin::Upper | Builtin::Lower => {
             let t = ops::text(&args[0], name)?;
-            let r = if b == Builtin::Upper { t.to_uppercase() } else { t.to_lowercase() };
+            let r = if b == Builtin::Upper {
+                t.to_uppercase()
+            } else {
+                t.to_lowercase()
+            };
             check_len(r.len(), max_str)?;
             Ok(s(r))
         }
@@ -276,13 +295,20 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
         }
         Builtin::Copy | Builtin::Substr => {
             let t = ops::text(&args[0], name)?;
-            let start = ops::to_i64(&args[1]).map_err(|e| OpErr::ty(format!("{name}: start: {}", e.msg)))?;
+            let start = ops::to_i64(&args[1])
+                .map_err(|e| OpErr::ty(format!("{name}: start: {}", e.msg)))?;
             let count = match args.get(2) {
-                Some(c) => ops::to_i64(c).map_err(|e| OpErr::ty(format!("{name}: count: {}", e.msg)))?,
+                Some(c) => {
+                    ops::to_i64(c).map_err(|e| OpErr::ty(format!("{name}: count: {}", e.msg)))?
+                }
                 None => i64::MAX,
             };
             // copy is 1-based (Pascal Copy); substr is 0-based (C++ substr).
-            let skip = if b == Builtin::Copy { start.max(1) - 1 } else { start.max(0) };
+            let skip = if b == Builtin::Copy {
+                start.max(1) - 1
+            } else {
+                start.max(0)
+            };
             let r: String = t
                 .chars()
                 .skip(usize::try_from(skip).unwrap_or(usize::MAX))
@@ -295,7 +321,9 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
             let from = ops::text(&args[1], name)?;
             let to = ops::text(&args[2], name)?;
             if from.is_empty() {
-                return Err(OpErr::ty("replace(text, from, to) needs a non-empty `from`"));
+                return Err(OpErr::ty(
+                    "replace(text, from, to) needs a non-empty `from`",
+                ));
             }
             let hits = t.matches(from.as_ref()).count();
             let len = (t.len() - hits * from.len()).saturating_add(hits.saturating_mul(to.len()));
@@ -341,9 +369,10 @@ pub(crate) fn arity_text(b: Builtin) -> String {
 
 /// Turns an evaluated list into a vector value.
 pub(crate) fn make_list<'a>(items: Vec<V<'a>>) -> V<'a> {
-    V::Vec(Cow::Owned(items.into_iter().map(V::into_value).collect::<Vec<Value>>()))
+    V::Vec(Cow::Owned(
+        items.into_iter().map(V::into_value).collect::<Vec<Value>>(),
+    ))
 }
-
 
 #[cfg(test)]
 mod tests {

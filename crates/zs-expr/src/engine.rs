@@ -57,7 +57,10 @@ pub struct UserFn {
 
 impl fmt::Debug for UserFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserFn").field("name", &self.name).field("arity", &self.arity).finish()
+        f.debug_struct("UserFn")
+            .field("name", &self.name)
+            .field("arity", &self.arity)
+            .finish()
     }
 }
 
@@ -148,7 +151,11 @@ impl Engine {
             fns: HashMap::new(),
             consts: HashMap::new(),
             unknown: None,
-            cache: Mutex::new(Cache { map: HashMap::new(), tick: 0, cap: 256 }),
+            cache: Mutex::new(Cache {
+                map: HashMap::new(),
+                tick: 0,
+                cap: 256,
+            }),
         }
     }
 
@@ -208,7 +215,12 @@ impl Engine {
     }
 
     fn insert_fn(&mut self, name: &str, arity: Arity, pure: bool, func: Box<Func>) -> &mut Engine {
-        let f = UserFn { name: name.to_string(), arity, pure, func };
+        let f = UserFn {
+            name: name.to_string(),
+            arity,
+            pure,
+            func,
+        };
         self.fns.insert(name.to_ascii_lowercase(), Arc::new(f));
         self.clear_cache();
         self
@@ -234,7 +246,18 @@ impl Engine {
     }
 
     pub(crate) fn function(&self, lower: &str) -> Option<Arc<UserFn>> {
+        if self.fns.is_empty() {
+            return None;
+        }
         self.fns.get(lower).cloned()
+    }
+
+    pub(crate) fn has_functions(&self) -> bool {
+        !self.fns.is_empty()
+    }
+
+    pub(crate) fn has_constants(&self) -> bool {
+        !self.consts.is_empty()
     }
 
     pub(crate) fn function_by_name(&self, name: &str) -> Option<Arc<UserFn>> {
@@ -252,7 +275,12 @@ impl Engine {
     /// Parses, resolves, folds and compiles `text`.
     pub fn compile(&self, text: &str) -> Result<Program, Error> {
         let resolved = resolve::resolve(self, text)?;
-        Ok(program::compile(text, resolved, self.limits.max_steps, self.limits.max_string))
+        Ok(program::compile(
+            text,
+            resolved,
+            self.limits.max_steps,
+            self.limits.max_string,
+        ))
     }
 
     /// Like [`compile`](Self::compile) through a cache keyed by the text (least recently
@@ -273,7 +301,11 @@ impl Engine {
             return Ok(p);
         }
         while c.map.len() >= c.cap {
-            let oldest = c.map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone());
+            let oldest = c
+                .map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone());
             match oldest {
                 Some(k) => {
                     c.map.remove(&k);
@@ -291,7 +323,11 @@ impl Engine {
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         c.cap = cap;
         while c.map.len() > cap {
-            let oldest = c.map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone());
+            let oldest = c
+                .map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 c.map.remove(&k);
             }
@@ -300,12 +336,20 @@ impl Engine {
 
     /// Number of cached programs.
     pub fn cache_len(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.len()
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
     }
 
     /// Empties the compile cache (done automatically when functions or settings change).
     pub fn clear_cache(&self) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.clear();
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .clear();
     }
 
     /// Compiles (through the cache) and evaluates in one call.
@@ -326,6 +370,8 @@ impl Engine {
             max_steps: self.limits.max_steps,
         };
         let mut steps = self.limits.max_steps;
-        interp::eval(&r.ir, &cx, &mut steps).map(V::into_value).map_err(|e| *e)
+        interp::eval(&r.ir, &cx, &mut steps)
+            .map(V::into_value)
+            .map_err(|e| *e)
     }
 }

@@ -27,7 +27,12 @@ impl Pos {
         let line = before.matches('\n').count() as u32 + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = source[line_start..start].chars().count() as u32 + 1;
-        Pos { offset: start, len: end - start, line, column }
+        Pos {
+            offset: start,
+            len: end - start,
+            line,
+            column,
+        }
     }
 }
 
@@ -131,13 +136,20 @@ impl Error {
     pub fn render(&self, source: &str) -> String {
         let mut out = self.to_string();
         if let Some(pos) = self.pos() {
-            let line = source.lines().nth(pos.line.saturating_sub(1) as usize).unwrap_or("");
+            let line = source
+                .lines()
+                .nth(pos.line.saturating_sub(1) as usize)
+                .unwrap_or("");
             let col = pos.column.saturating_sub(1) as usize;
             let width = source
                 .get(pos.offset..pos.offset + pos.len)
                 .map_or(1, |s| s.chars().take_while(|&c| c != '\n').count())
                 .max(1);
-            out.push_str(&format!("\n  {line}\n  {}{}", " ".repeat(col), "^".repeat(width)));
+            out.push_str(&format!(
+                "\n  {line}\n  {}{}",
+                " ".repeat(col),
+                "^".repeat(width)
+            ));
         }
         out
     }
@@ -160,19 +172,37 @@ pub(crate) struct OpErr {
 
 impl OpErr {
     pub fn ty(msg: impl Into<String>) -> OpErr {
-        OpErr { class: Class::Type, msg: msg.into() }
+        OpErr {
+            class: Class::Type,
+            msg: msg.into(),
+        }
     }
     pub fn arith(msg: impl Into<String>) -> OpErr {
-        OpErr { class: Class::Arith, msg: msg.into() }
+        OpErr {
+            class: Class::Arith,
+            msg: msg.into(),
+        }
     }
     pub fn limit(msg: impl Into<String>) -> OpErr {
-        OpErr { class: Class::Limit, msg: msg.into() }
+        OpErr {
+            class: Class::Limit,
+            msg: msg.into(),
+        }
     }
     pub fn at(self, pos: Pos) -> Error {
         match self.class {
-            Class::Type => Error::Type { pos, message: self.msg },
-            Class::Arith => Error::Arithmetic { pos, message: self.msg },
-            Class::Limit => Error::Limit { pos, message: self.msg },
+            Class::Type => Error::Type {
+                pos,
+                message: self.msg,
+            },
+            Class::Arith => Error::Arithmetic {
+                pos,
+                message: self.msg,
+            },
+            Class::Limit => Error::Limit {
+                pos,
+                message: self.msg,
+            },
         }
     }
 }

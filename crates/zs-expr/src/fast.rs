@@ -44,17 +44,26 @@ impl F {
     #[inline(always)]
     #[allow(non_snake_case)]
     pub fn I(i: i64) -> F {
-        F { t: T::I, bits: i as u64 }
+        F {
+            t: T::I,
+            bits: i as u64,
+        }
     }
     #[inline(always)]
     #[allow(non_snake_case)]
     pub fn F(x: f64) -> F {
-        F { t: T::F, bits: x.to_bits() }
+        F {
+            t: T::F,
+            bits: x.to_bits(),
+        }
     }
     #[inline(always)]
     #[allow(non_snake_case)]
     pub fn B(b: bool) -> F {
-        F { t: T::B, bits: u64::from(b) }
+        F {
+            t: T::B,
+            bits: u64::from(b),
+        }
     }
     #[inline(always)]
     pub fn v(self) -> FV {
@@ -104,10 +113,10 @@ fn cmp_i64_f64(i: i64, x: f64) -> Option<Ordering> {
     if x.is_nan() {
         return None;
     }
-    if x >= 9.223_372_036_854_775_808e18 {
+    if x >= TWO63 {
         return Some(Ordering::Less);
     }
-    if x < -9.223_372_036_854_775_808e18 {
+    if x < -TWO63 {
         return Some(Ordering::Greater);
     }
     let t = x as i64; // truncation toward zero; exact in this range
@@ -207,7 +216,10 @@ pub(crate) fn binary(op: BinOp, a: F, b: F) -> Option<F> {
         BinOp::Lt => F::B(cmp(a, b)? == Some(Ordering::Less)),
         BinOp::Gt => F::B(cmp(a, b)? == Some(Ordering::Greater)),
         BinOp::Le => F::B(matches!(cmp(a, b)?, Some(Ordering::Less | Ordering::Equal))),
-        BinOp::Ge => F::B(matches!(cmp(a, b)?, Some(Ordering::Greater | Ordering::Equal))),
+        BinOp::Ge => F::B(matches!(
+            cmp(a, b)?,
+            Some(Ordering::Greater | Ordering::Equal)
+        )),
     })
 }
 
@@ -221,7 +233,7 @@ fn truthy(c: F) -> bool {
 }
 
 fn to_int(x: f64) -> Option<F> {
-    if !x.is_finite() || !(-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&x) {
+    if !x.is_finite() || !(-TWO63..TWO63).contains(&x) {
         return None;
     }
     Some(F::I(x as i64))
@@ -257,7 +269,11 @@ fn call(b: Builtin, a: &[F]) -> Option<F> {
         (Builtin::Power, 2) => binary(BinOp::Pow, a[0], a[1])?,
         (Builtin::Round | Builtin::Trunc, 1) => match a[0].v() {
             FV::I(i) => F::I(i),
-            FV::F(v) => to_int(if b == Builtin::Round { v.round_ties_even() } else { v.trunc() })?,
+            FV::F(v) => to_int(if b == Builtin::Round {
+                v.round_ties_even()
+            } else {
+                v.trunc()
+            })?,
             FV::B(_) => return None,
         },
         (Builtin::Int, 1) => match a[0].v() {
@@ -274,7 +290,11 @@ fn call(b: Builtin, a: &[F]) -> Option<F> {
             _ => F::F(a[0].num()?),
         },
         (Builtin::Min | Builtin::Max, n) if n >= 1 => {
-            let want = if b == Builtin::Min { Ordering::Less } else { Ordering::Greater };
+            let want = if b == Builtin::Min {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
             let mut best = 0;
             for i in 1..n {
                 if cmp(a[i], a[best])? == Some(want) {
@@ -303,6 +323,8 @@ fn call(b: Builtin, a: &[F]) -> Option<F> {
 }
 
 const INLINE: usize = 8;
+/// 2^63 as a float (exact).
+const TWO63: f64 = (1u64 << 63) as f64;
 
 impl Program {
     /// Whether the fast path can possibly apply (no strings, vectors or calls it lacks).
@@ -345,7 +367,9 @@ impl Program {
             Node::Const(k) => self.fconsts[k as usize],
             Node::Var(s) => self.fvar(s, vars),
             Node::VarK(op, s, k) => binary(op, self.fvar(s, vars)?, self.fconsts[k as usize]?),
-            Node::BinK(op, a, k) => binary(op, self.child(a, vars, steps)?, self.fconsts[k as usize]?),
+            Node::BinK(op, a, k) => {
+                binary(op, self.child(a, vars, steps)?, self.fconsts[k as usize]?)
+            }
             Node::Bin(op, a, b) => {
                 let l = self.child(a, vars, steps)?;
                 binary(op, l, self.child(b, vars, steps)?)
@@ -377,7 +401,9 @@ impl Program {
                 self.child(if c { a } else { b }, vars, steps)
             }
             Node::Call(b, start, n) => {
-                let ids = self.args.get(start as usize..(start as usize).checked_add(n as usize)?)?;
+                let ids = self
+                    .args
+                    .get(start as usize..(start as usize).checked_add(n as usize)?)?;
                 match *ids {
                     [a] => {
                         let a = self.child(a, vars, steps)?;
@@ -441,14 +467,41 @@ mod tests {
 
     #[test]
     fn int_float_order_matches_the_general_one() {
-        let ints = [i64::MIN, i64::MIN + 1, -(1 << 53) - 1, -3, -2, 0, 2, 3, (1 << 53) + 1, i64::MAX];
+        let ints = [
+            i64::MIN,
+            i64::MIN + 1,
+            -(1 << 53) - 1,
+            -3,
+            -2,
+            0,
+            2,
+            3,
+            (1 << 53) + 1,
+            i64::MAX,
+        ];
         let floats = [
-            f64::NEG_INFINITY, -9.3e18, -9.223_372_036_854_775_808e18, -2.5, -2.0, -0.0, 0.5, 2.0, 2.5,
-            9007199254740992.0, 9.223_372_036_854_775_808e18, 1e300, f64::INFINITY, f64::NAN,
+            f64::NEG_INFINITY,
+            -9.3e18,
+            -TWO63,
+            -2.5,
+            -2.0,
+            -0.0,
+            0.5,
+            2.0,
+            2.5,
+            9007199254740992.0,
+            TWO63,
+            1e300,
+            f64::INFINITY,
+            f64::NAN,
         ];
         for i in ints {
             for x in floats {
-                assert_eq!(cmp_i64_f64(i, x), cmp_int_float(i128::from(i), x), "{i} vs {x}");
+                assert_eq!(
+                    cmp_i64_f64(i, x),
+                    cmp_int_float(i128::from(i), x),
+                    "{i} vs {x}"
+                );
             }
         }
     }

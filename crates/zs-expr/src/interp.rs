@@ -34,7 +34,11 @@ pub(crate) fn unbound(src: &str, start: u32, end: u32, name: &str) -> Box<Error>
     })
 }
 
-pub(crate) fn call_user<'a>(f: &UserFn, args: &[V<'a>], pos: impl FnOnce() -> Pos) -> Result<V<'a>, Box<Error>> {
+pub(crate) fn call_user<'a>(
+    f: &UserFn,
+    args: &[V<'a>],
+    pos: impl FnOnce() -> Pos,
+) -> Result<V<'a>, Box<Error>> {
     if !f.arity.accepts(args.len()) {
         return Err(Box::new(Error::Type {
             pos: pos(),
@@ -43,11 +47,19 @@ pub(crate) fn call_user<'a>(f: &UserFn, args: &[V<'a>], pos: impl FnOnce() -> Po
     }
     match (f.func)(&Args { items: args }) {
         Ok(v) => Ok(V::from_value(v)),
-        Err(message) => Err(Box::new(Error::Function { pos: pos(), name: f.name.clone(), message })),
+        Err(message) => Err(Box::new(Error::Function {
+            pos: pos(),
+            name: f.name.clone(),
+            message,
+        })),
     }
 }
 
-pub(crate) fn eval<'a, X: Vars + ?Sized>(ir: &'a Ir, cx: &Ctx<'a, X>, steps: &mut u64) -> Result<V<'a>, Box<Error>> {
+pub(crate) fn eval<'a, X: Vars + ?Sized>(
+    ir: &'a Ir,
+    cx: &Ctx<'a, X>,
+    steps: &mut u64,
+) -> Result<V<'a>, Box<Error>> {
     if *steps == 0 {
         return Err(steps_error(cx.src, ir.start, ir.end, cx.max_steps));
     }
@@ -93,7 +105,9 @@ pub(crate) fn eval<'a, X: Vars + ?Sized>(ir: &'a Ir, cx: &Ctx<'a, X>, steps: &mu
                 vals.push(eval(a, cx, steps)?);
             }
             let f = &cx.fns[*id as usize];
-            call_user(f, &vals, || Pos::of(cx.src, ir.start as usize, ir.end as usize))
+            call_user(f, &vals, || {
+                Pos::of(cx.src, ir.start as usize, ir.end as usize)
+            })
         }
         IrKind::List(items) => {
             let mut vals = Vec::with_capacity(items.len());

@@ -86,11 +86,19 @@ fn cstyle(style: Style) -> bool {
 
 impl<'s> Lexer<'s> {
     pub fn new(src: &'s str, style: Style) -> Lexer<'s> {
-        Lexer { src, b: src.as_bytes(), i: 0, style }
+        Lexer {
+            src,
+            b: src.as_bytes(),
+            i: 0,
+            style,
+        }
     }
 
     fn err(&self, start: usize, end: usize, msg: impl Into<String>) -> Error {
-        Error::Syntax { pos: Pos::of(self.src, start, end.max(start + 1)), message: msg.into() }
+        Error::Syntax {
+            pos: Pos::of(self.src, start, end.max(start + 1)),
+            message: msg.into(),
+        }
     }
 
     fn peek(&self, k: usize) -> u8 {
@@ -104,9 +112,7 @@ impl<'s> Lexer<'s> {
             let start = self.i;
             if c.is_ascii_whitespace() {
                 self.i += 1;
-            } else if c == b'/' && self.peek(1) == b'/' {
-                self.line_comment();
-            } else if c == b'#' && self.hash_is_comment() {
+            } else if (c == b'/' && self.peek(1) == b'/') || (c == b'#' && self.hash_is_comment()) {
                 self.line_comment();
             } else if c == b'/' && self.peek(1) == b'*' && cstyle(self.style) {
                 self.block_comment(start, 2, "*/")?;
@@ -154,13 +160,21 @@ impl<'s> Lexer<'s> {
         let start = self.i;
         let c = self.peek(0);
         if self.i >= self.b.len() {
-            return Ok(Token { tok: Tok::Eof, start, end: start });
+            return Ok(Token {
+                tok: Tok::Eof,
+                start,
+                end: start,
+            });
         }
         let tok = match c {
             b'0'..=b'9' | b'.' if c != b'.' || self.peek(1).is_ascii_digit() => self.number()?,
             b'$' => {
                 if !pascal(self.style) {
-                    return Err(self.err(start, start + 1, "`$` hex numbers are Pascal style; write 0xFF in C style"));
+                    return Err(self.err(
+                        start,
+                        start + 1,
+                        "`$` hex numbers are Pascal style; write 0xFF in C style",
+                    ));
                 }
                 self.i += 1;
                 self.hex(start)?
@@ -175,7 +189,11 @@ impl<'s> Lexer<'s> {
             b'#' => self.pascal_string()?,
             b'"' => {
                 if !cstyle(self.style) {
-                    return Err(self.err(start, start + 1, "double-quoted strings are C style; in Pascal style write 'text'"));
+                    return Err(self.err(
+                        start,
+                        start + 1,
+                        "double-quoted strings are C style; in Pascal style write 'text'",
+                    ));
                 }
                 self.c_string(b'"')?
             }
@@ -184,16 +202,20 @@ impl<'s> Lexer<'s> {
                     self.i += 1;
                 }
                 let word = &self.src[start..self.i];
-                let kw = match word.to_ascii_lowercase().as_str() {
-                    "and" => Some(OpTok::And),
-                    "or" => Some(OpTok::Or),
-                    "xor" => Some(OpTok::Xor),
-                    "not" => Some(OpTok::Not),
-                    "div" => Some(OpTok::Div),
-                    "mod" => Some(OpTok::Mod),
-                    "shl" => Some(OpTok::Shl),
-                    "shr" => Some(OpTok::Shr),
-                    _ => None,
+                const KEYWORDS: [(&str, OpTok); 8] = [
+                    ("and", OpTok::And),
+                    ("or", OpTok::Or),
+                    ("xor", OpTok::Xor),
+                    ("not", OpTok::Not),
+                    ("div", OpTok::Div),
+                    ("mod", OpTok::Mod),
+                    ("shl", OpTok::Shl),
+                    ("shr", OpTok::Shr),
+                ];
+                let kw = if word.len() <= 3 {
+                    KEYWORDS.iter().find(|(k, _)| word.eq_ignore_ascii_case(k)).map(|(_, op)| *op)
+                } else {
+                    None
                 };
                 match kw {
                     Some(op) => Tok::Op(op),
@@ -236,10 +258,18 @@ impl<'s> Lexer<'s> {
                     '{' | '}' => " (braces are Pascal comments; use the Pascal or default style)",
                     _ => "",
                 };
-                return Err(self.err(start, start + ch.len_utf8(), format!("unexpected character `{ch}`{hint}")));
+                return Err(self.err(
+                    start,
+                    start + ch.len_utf8(),
+                    format!("unexpected character `{ch}`{hint}"),
+                ));
             }
         };
-        Ok(Token { tok, start, end: self.i })
+        Ok(Token {
+            tok,
+            start,
+            end: self.i,
+        })
     }
 
     fn one(&mut self, t: Tok) -> Tok {
@@ -270,7 +300,11 @@ impl<'s> Lexer<'s> {
         let start = self.i;
         if self.peek(0) == b'0' && matches!(self.peek(1), b'x' | b'X') {
             if !cstyle(self.style) {
-                return Err(self.err(start, start + 2, "`0x` hex numbers are C style; write $FF in Pascal style"));
+                return Err(self.err(
+                    start,
+                    start + 2,
+                    "`0x` hex numbers are C style; write $FF in Pascal style",
+                ));
             }
             self.i += 2;
             return self.hex(start);
@@ -295,7 +329,11 @@ impl<'s> Lexer<'s> {
             float = true;
         }
         if matches!(self.peek(0), b'a'..=b'z' | b'A'..=b'Z' | b'_') {
-            return Err(self.err(start, self.i + 1, "a number runs into a name; put an operator or space between them"));
+            return Err(self.err(
+                start,
+                self.i + 1,
+                "a number runs into a name; put an operator or space between them",
+            ));
         }
         let text = &self.src[start..self.i];
         if float {
@@ -309,7 +347,9 @@ impl<'s> Lexer<'s> {
             Err(_) => Err(self.err(
                 start,
                 self.i,
-                format!("integer `{text}` does not fit 64 bits; write it as a float such as {text}.0"),
+                format!(
+                    "integer `{text}` does not fit 64 bits; write it as a float such as {text}.0"
+                ),
             )),
         }
     }
@@ -328,7 +368,13 @@ impl<'s> Lexer<'s> {
         }
         u64::from_str_radix(text, 16)
             .map(|u| Tok::Lit(Value::from(u)))
-            .map_err(|_| self.err(start, self.i, "hex number does not fit 64 bits (at most 16 digits)"))
+            .map_err(|_| {
+                self.err(
+                    start,
+                    self.i,
+                    "hex number does not fit 64 bits (at most 16 digits)",
+                )
+            })
     }
 
     /// `'..'` with `''`, chained with `#13`, `#$0D` character codes.
@@ -339,10 +385,13 @@ impl<'s> Lexer<'s> {
             match self.peek(0) {
                 b'\'' => {
                     self.i += 1;
-                    loop {
-                        let Some(rest) = self.src.get(self.i..) else { break };
+                    while let Some(rest) = self.src.get(self.i..) {
                         let Some(k) = rest.find('\'') else {
-                            return Err(self.err(start, start + 1, "string is never closed; add `'` (write `''` for a quote inside)"));
+                            return Err(self.err(
+                                start,
+                                start + 1,
+                                "string is never closed; add `'` (write `''` for a quote inside)",
+                            ));
                         };
                         out.push_str(&rest[..k]);
                         self.i += k + 1;
@@ -372,7 +421,11 @@ impl<'s> Lexer<'s> {
                     match code.and_then(char::from_u32) {
                         Some(ch) => out.push(ch),
                         None => {
-                            return Err(self.err(cs, self.i, "bad character code; write #13 or #$0D (a Unicode scalar value)"))
+                            return Err(self.err(
+                                cs,
+                                self.i,
+                                "bad character code; write #13 or #$0D (a Unicode scalar value)",
+                            ))
                         }
                     }
                 }
@@ -389,7 +442,11 @@ impl<'s> Lexer<'s> {
         let mut out = String::new();
         loop {
             let Some(ch) = self.src[self.i..].chars().next() else {
-                return Err(self.err(start, start + 1, format!("string is never closed; add `{}`", quote as char)));
+                return Err(self.err(
+                    start,
+                    start + 1,
+                    format!("string is never closed; add `{}`", quote as char),
+                ));
             };
             self.i += ch.len_utf8();
             if ch as u32 == u32::from(quote) {
@@ -400,7 +457,9 @@ impl<'s> Lexer<'s> {
                 continue;
             }
             let es = self.i - 1;
-            let Some(e) = self.src[self.i..].chars().next() else { continue };
+            let Some(e) = self.src[self.i..].chars().next() else {
+                continue;
+            };
             self.i += e.len_utf8();
             let decoded = match e {
                 'n' => Some('\n'),
@@ -415,7 +474,9 @@ impl<'s> Lexer<'s> {
                     while self.i - s < 2 && self.peek(0).is_ascii_hexdigit() {
                         self.i += 1;
                     }
-                    u32::from_str_radix(&self.src[s..self.i], 16).ok().and_then(char::from_u32)
+                    u32::from_str_radix(&self.src[s..self.i], 16)
+                        .ok()
+                        .and_then(char::from_u32)
                 }
                 'u' => {
                     let braced = self.peek(0) == b'{';
@@ -427,7 +488,9 @@ impl<'s> Lexer<'s> {
                     while self.i - s < max && self.peek(0).is_ascii_hexdigit() {
                         self.i += 1;
                     }
-                    let v = u32::from_str_radix(&self.src[s..self.i], 16).ok().and_then(char::from_u32);
+                    let v = u32::from_str_radix(&self.src[s..self.i], 16)
+                        .ok()
+                        .and_then(char::from_u32);
                     if braced {
                         if self.peek(0) == b'}' {
                             self.i += 1;
@@ -474,16 +537,28 @@ mod tests {
 
     #[test]
     fn strings_and_codes() {
-        assert_eq!(toks("'it''s'#13#10'x'", Style::Pascal).unwrap(), vec![Tok::Lit(Value::from("it's\r\nx"))]);
-        assert_eq!(toks("#$41", Style::Both).unwrap(), vec![Tok::Lit(Value::from("A"))]);
-        assert_eq!(toks(r#""a\tb\x41\u{263A}""#, Style::C).unwrap(), vec![Tok::Lit(Value::from("a\tbA\u{263A}"))]);
+        assert_eq!(
+            toks("'it''s'#13#10'x'", Style::Pascal).unwrap(),
+            vec![Tok::Lit(Value::from("it's\r\nx"))]
+        );
+        assert_eq!(
+            toks("#$41", Style::Both).unwrap(),
+            vec![Tok::Lit(Value::from("A"))]
+        );
+        assert_eq!(
+            toks(r#""a\tb\x41\u{263A}""#, Style::C).unwrap(),
+            vec![Tok::Lit(Value::from("a\tbA\u{263A}"))]
+        );
         assert!(toks("\"x\"", Style::Pascal).is_err());
         assert!(toks("'abc", Style::Both).is_err());
     }
 
     #[test]
     fn comments_per_style() {
-        assert_eq!(toks("1 { c } (* d *) // e", Style::Pascal).unwrap().len(), 1);
+        assert_eq!(
+            toks("1 { c } (* d *) // e", Style::Pascal).unwrap().len(),
+            1
+        );
         assert_eq!(toks("1 /* c */ # d", Style::C).unwrap().len(), 1);
         assert!(toks("1 { c }", Style::C).is_err());
         assert_eq!(toks("1 # note", Style::Both).unwrap().len(), 1);
@@ -491,12 +566,15 @@ mod tests {
 
     #[test]
     fn numbers() {
-        assert_eq!(toks("$FF 0xff 1.0e-2 18446744073709551615", Style::Both).unwrap(), vec![
-            Tok::Lit(Value::Int(255)),
-            Tok::Lit(Value::Int(255)),
-            Tok::Lit(Value::Float(0.01)),
-            Tok::Lit(Value::UInt(u64::MAX)),
-        ]);
+        assert_eq!(
+            toks("$FF 0xff 1.0e-2 18446744073709551615", Style::Both).unwrap(),
+            vec![
+                Tok::Lit(Value::Int(255)),
+                Tok::Lit(Value::Int(255)),
+                Tok::Lit(Value::Float(0.01)),
+                Tok::Lit(Value::UInt(u64::MAX)),
+            ]
+        );
         assert!(toks("18446744073709551616", Style::Both).is_err());
         assert!(toks("1e", Style::Both).is_err());
     }

@@ -113,7 +113,16 @@
 //! `copy(s, index, count)` is 1-based like Pascal's `Copy`; `substr(s, start[, count])` is
 //! 0-based like C++'s. `round` rounds half to even (like Delphi's `Round`).
 //!
-//! ## Compile once, save, template
+//! ## Compile once, evaluate per record
+//!
+//! [`Engine::compile`] folds constants (`2 * 3 + x` becomes `6 + x`), resolves functions
+//! to ids and variables to slots. [`Program::bind`] resolves those slots against a record
+//! layout once, so a filter over many records does no name lookups at all; values are
+//! read through [`Vars`] as borrowed [`ValueRef`]s. Expressions over ints, floats and
+//! bools run on an allocation-free numeric fast path; anything else (strings, vectors,
+//! user functions, overflow) takes the general evaluator, with identical results.
+//!
+//! ## Save, cache, template
 //!
 //! [`Engine::compile_cached`] keeps compiled programs in a bounded cache keyed by text;
 //! [`Program::save`] / [`Engine::load`] store the compiled form (versioned, CRC-checked);
@@ -141,7 +150,7 @@ pub use lexer::Style;
 pub use parser::{BinOp, Precedence, UnOp};
 pub use program::Program;
 pub use template::Delimiters;
-pub use value::{Args, NoVars, Value, ValueRef, Vars};
+pub use value::{Args, AsValueRef, Binding, NoVars, Record, Value, ValueRef, Vars};
 
 /// Names of every built-in function (canonical names, lower case).
 pub fn builtin_names() -> impl Iterator<Item = &'static str> {

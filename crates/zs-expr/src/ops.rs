@@ -32,23 +32,35 @@ pub(crate) fn parse_num(s: &str) -> Option<N> {
         Some(r) => (true, r),
         None => (false, t.strip_prefix('+').unwrap_or(t)),
     };
-    let hex = body.strip_prefix('$').or_else(|| body.strip_prefix("0x")).or_else(|| body.strip_prefix("0X"));
+    let hex = body
+        .strip_prefix('$')
+        .or_else(|| body.strip_prefix("0x"))
+        .or_else(|| body.strip_prefix("0X"));
     if let Some(h) = hex {
         let u = u64::from_str_radix(h, 16).ok()?;
         let v = i128::from(u);
         return Some(N::I(if neg { -v } else { v }));
     }
-    if !body.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.') {
+    if !body
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+    {
         return None;
     }
-    if !body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')) {
+    if !body
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    {
         return None;
     }
     if let Ok(u) = body.parse::<u64>() {
         let v = i128::from(u);
         return Some(N::I(if neg { -v } else { v }));
     }
-    body.parse::<f64>().ok().map(|f| N::F(if neg { -f } else { f }))
+    body.parse::<f64>()
+        .ok()
+        .map(|f| N::F(if neg { -f } else { f }))
 }
 
 #[inline]
@@ -73,9 +85,14 @@ pub(crate) fn num(v: &V<'_>, what: &str) -> Result<N, OpErr> {
 /// Like [`num`], for function arguments: "expected a number, got …".
 pub(crate) fn num_arg(v: &V<'_>) -> Result<N, OpErr> {
     match v {
-        V::Str(s) => parse_num(s).ok_or_else(|| OpErr::ty(format!("expected a number, got {}", show(v)))),
+        V::Str(s) => {
+            parse_num(s).ok_or_else(|| OpErr::ty(format!("expected a number, got {}", show(v))))
+        }
         V::Int(_) | V::UInt(_) | V::Float(_) => num(v, ""),
-        other => Err(OpErr::ty(format!("expected a number, got {}; convert with int(x) or float(x)", show(other)))),
+        other => Err(OpErr::ty(format!(
+            "expected a number, got {}; convert with int(x) or float(x)",
+            show(other)
+        ))),
     }
 }
 
@@ -101,7 +118,9 @@ fn f(n: N) -> f64 {
 fn need_int(n: N, what: &str) -> Result<i128, OpErr> {
     match n {
         N::I(i) => Ok(i),
-        N::F(x) => Err(OpErr::ty(format!("`{what}` needs integers, got float {x:?}; convert with trunc(x) or round(x)"))),
+        N::F(x) => Err(OpErr::ty(format!(
+            "`{what}` needs integers, got float {x:?}; convert with trunc(x) or round(x)"
+        ))),
     }
 }
 
@@ -137,8 +156,14 @@ pub(crate) fn binary<'a>(op: BinOp, a: V<'a>, b: V<'a>, max_str: usize) -> Resul
         BinOp::Ne => Ok(V::Bool(!equal(&a, &b))),
         BinOp::Lt => Ok(V::Bool(order(&a, &b, "<")? == Some(Ordering::Less))),
         BinOp::Gt => Ok(V::Bool(order(&a, &b, ">")? == Some(Ordering::Greater))),
-        BinOp::Le => Ok(V::Bool(matches!(order(&a, &b, "<=")?, Some(Ordering::Less | Ordering::Equal)))),
-        BinOp::Ge => Ok(V::Bool(matches!(order(&a, &b, ">=")?, Some(Ordering::Greater | Ordering::Equal)))),
+        BinOp::Le => Ok(V::Bool(matches!(
+            order(&a, &b, "<=")?,
+            Some(Ordering::Less | Ordering::Equal)
+        ))),
+        BinOp::Ge => Ok(V::Bool(matches!(
+            order(&a, &b, ">=")?,
+            Some(Ordering::Greater | Ordering::Equal)
+        ))),
         BinOp::And | BinOp::Or | BinOp::Xor => logic(op, &a, &b),
         BinOp::Add => {
             if let (V::Str(x), V::Str(y)) = (&a, &b) {
@@ -189,7 +214,9 @@ pub(crate) fn arith<'a>(op: BinOp, a: &V<'_>, b: &V<'_>) -> Result<V<'a>, OpErr>
         BinOp::FDiv => {
             let q = f(y);
             if q == 0.0 {
-                return Err(OpErr::arith("division by zero in `/`; check the divisor with IfThen(d <> 0, x / d, 0)"));
+                return Err(OpErr::arith(
+                    "division by zero in `/`; check the divisor with IfThen(d <> 0, x / d, 0)",
+                ));
             }
             Ok(V::Float(f(x) / q))
         }
@@ -219,7 +246,9 @@ pub(crate) fn arith<'a>(op: BinOp, a: &V<'_>, b: &V<'_>) -> Result<V<'a>, OpErr>
         BinOp::Shl | BinOp::Shr => {
             let (p, q) = (need_int(x, s)?, need_int(y, s)?);
             if !(0..=63).contains(&q) {
-                return Err(OpErr::arith(format!("shift amount {q} is out of range; use 0 to 63")));
+                return Err(OpErr::arith(format!(
+                    "shift amount {q} is out of range; use 0 to 63"
+                )));
             }
             if op == BinOp::Shl {
                 int_v(p << q, s)
@@ -306,7 +335,10 @@ pub(crate) fn unary<'a>(op: UnOp, a: V<'a>) -> Result<V<'a>, OpErr> {
             V::Bool(b) => Ok(V::Bool(!b)),
             V::Int(i) => Ok(V::Int(!i)),
             V::UInt(u) => int_v(i128::from(!u), "not"),
-            other => Err(OpErr::ty(format!("`not` needs a bool or an integer, got {}", show(&other)))),
+            other => Err(OpErr::ty(format!(
+                "`not` needs a bool or an integer, got {}",
+                show(&other)
+            ))),
         },
     }
 }
@@ -318,7 +350,10 @@ pub(crate) fn truthy(v: &V<'_>, what: &str) -> Result<bool, OpErr> {
         V::Int(i) => Ok(*i != 0),
         V::UInt(u) => Ok(*u != 0),
         V::Float(x) => Ok(*x != 0.0),
-        other => Err(OpErr::ty(format!("{what} must be a bool or a number, got {}", show(other)))),
+        other => Err(OpErr::ty(format!(
+            "{what} must be a bool or a number, got {}",
+            show(other)
+        ))),
     }
 }
 
@@ -363,9 +398,15 @@ pub(crate) fn equal(a: &V<'_>, b: &V<'_>) -> bool {
         (V::Bool(x), V::Bool(y)) => x == y,
         (V::Null, V::Null) => true,
         (V::Vec(x), V::Vec(y)) => {
-            x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| equal(&V::borrow(p), &V::borrow(q)))
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(p, q)| equal(&V::borrow(p), &V::borrow(q)))
         }
-        _ if is_num(a) && is_num(b) || is_num(a) && matches!(b, V::Str(_)) || matches!(a, V::Str(_)) && is_num(b) => {
+        _ if is_num(a) && is_num(b)
+            || is_num(a) && matches!(b, V::Str(_))
+            || matches!(a, V::Str(_)) && is_num(b) =>
+        {
             match (num(a, "="), num(b, "=")) {
                 (Ok(x), Ok(y)) => cmp_num(x, y) == Some(Ordering::Equal),
                 _ => false,
@@ -386,7 +427,11 @@ pub(crate) fn order(a: &V<'_>, b: &V<'_>, what: &str) -> Result<Option<Ordering>
         _ if (is_num(a) || matches!(a, V::Str(_))) && (is_num(b) || matches!(b, V::Str(_))) => {
             Ok(cmp_num(num(a, what)?, num(b, what)?))
         }
-        _ => Err(OpErr::ty(format!("cannot order {} and {} with `{what}`", show(a), show(b)))),
+        _ => Err(OpErr::ty(format!(
+            "cannot order {} and {} with `{what}`",
+            show(a),
+            show(b)
+        ))),
     }
 }
 
@@ -400,8 +445,11 @@ pub(crate) fn to_f64(v: &V<'_>) -> Result<f64, OpErr> {
 }
 
 pub(crate) fn float_to_int<'a>(x: f64) -> Result<V<'a>, OpErr> {
-    if !x.is_finite() || x < -9.223_372_036_854_775_808e18 || x >= 1.844_674_407_370_955_2e19 {
-        return Err(OpErr::arith(format!("float {x:?} does not fit a 64-bit integer")));
+    const TWO63: f64 = (1u64 << 63) as f64;
+    if !x.is_finite() || !(-TWO63..2.0 * TWO63).contains(&x) {
+        return Err(OpErr::arith(format!(
+            "float {x:?} does not fit a 64-bit integer"
+        )));
     }
     int_v(x as i128, "int")
 }
@@ -434,10 +482,16 @@ mod tests {
 
     #[test]
     fn overflow_promotes_then_errors() {
-        assert_eq!(binary(BinOp::Add, V::Int(i64::MAX), V::Int(1), 10).unwrap(), V::UInt(1 << 63));
+        assert_eq!(
+            binary(BinOp::Add, V::Int(i64::MAX), V::Int(1), 10).unwrap(),
+            V::UInt(1 << 63)
+        );
         assert!(binary(BinOp::Mul, V::UInt(u64::MAX), V::Int(2), 10).is_err());
         assert!(binary(BinOp::Sub, V::Int(i64::MIN), V::Int(1), 10).is_err());
-        assert_eq!(unary(UnOp::Neg, V::UInt(1 << 63)).unwrap(), V::Int(i64::MIN));
+        assert_eq!(
+            unary(UnOp::Neg, V::UInt(1 << 63)).unwrap(),
+            V::Int(i64::MIN)
+        );
     }
 
     #[test]

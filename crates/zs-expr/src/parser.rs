@@ -215,10 +215,22 @@ fn describe(t: &Tok) -> String {
 }
 
 impl<'s> Parser<'s> {
-    pub fn parse(src: &'s str, style: Style, prec: Precedence, max_depth: usize) -> Result<Expr, Error> {
+    pub fn parse(
+        src: &'s str,
+        style: Style,
+        prec: Precedence,
+        max_depth: usize,
+    ) -> Result<Expr, Error> {
         let mut lex = Lexer::new(src, style);
         let tok = lex.next_token()?;
-        let mut p = Parser { src, lex, tok, prec, max_depth, nesting: 0 };
+        let mut p = Parser {
+            src,
+            lex,
+            tok,
+            prec,
+            max_depth,
+            nesting: 0,
+        };
         if p.tok.tok == Tok::Eof {
             return Err(p.err_here("the expression is empty"));
         }
@@ -227,7 +239,10 @@ impl<'s> Parser<'s> {
             let msg = if p.tok.tok == Tok::RParen {
                 "unmatched `)`".to_string()
             } else {
-                format!("expected an operator or the end, found {}", describe(&p.tok.tok))
+                format!(
+                    "expected an operator or the end, found {}",
+                    describe(&p.tok.tok)
+                )
             };
             return Err(p.err_here(msg));
         }
@@ -236,7 +251,11 @@ impl<'s> Parser<'s> {
 
     fn err_here(&self, msg: impl Into<String>) -> Error {
         Error::Syntax {
-            pos: Pos::of(self.src, self.tok.start, self.tok.end.max(self.tok.start + 1)),
+            pos: Pos::of(
+                self.src,
+                self.tok.start,
+                self.tok.end.max(self.tok.start + 1),
+            ),
             message: msg.into(),
         }
     }
@@ -256,7 +275,12 @@ impl<'s> Parser<'s> {
                 ),
             });
         }
-        Ok(Expr { kind, start, end, depth })
+        Ok(Expr {
+            kind,
+            start,
+            end,
+            depth,
+        })
     }
 
     /// `a, b, c` at the top level or inside parentheses: a vector when there is a comma.
@@ -290,7 +314,11 @@ impl<'s> Parser<'s> {
 
     fn err_limit(&self) -> Error {
         Error::Limit {
-            pos: Pos::of(self.src, self.tok.start, self.tok.end.max(self.tok.start + 1)),
+            pos: Pos::of(
+                self.src,
+                self.tok.start,
+                self.tok.end.max(self.tok.start + 1),
+            ),
             message: format!(
                 "expression nested too deeply (limit {}; raise Limits::max_depth or split it)",
                 self.max_depth
@@ -300,13 +328,13 @@ impl<'s> Parser<'s> {
 
     fn expr_inner(&mut self, min_bp: u8) -> Result<Expr, Error> {
         let mut lhs = self.prefix()?;
-        loop {
-            let op = match &self.tok.tok {
-                Tok::Op(o) => match binop(*o) {
-                    Some(b) => b,
-                    None => return Err(self.err_here("`not` is a prefix operator; did you mean `<>` or `and not`?")),
-                },
-                _ => break,
+        while let Tok::Op(o) = &self.tok.tok {
+            let op = match binop(*o) {
+                Some(b) => b,
+                None => {
+                    return Err(self
+                        .err_here("`not` is a prefix operator; did you mean `<>` or `and not`?"))
+                }
             };
             let (l, r) = binding(self.prec, op);
             if l < min_bp {
@@ -318,7 +346,12 @@ impl<'s> Parser<'s> {
             }
             let rhs = self.expr(r)?;
             let (start, end, depth) = (lhs.start, rhs.end, lhs.depth.max(rhs.depth) + 1);
-            lhs = self.node(ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), start, end, depth)?;
+            lhs = self.node(
+                ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                start,
+                end,
+                depth,
+            )?;
         }
         Ok(lhs)
     }
@@ -343,7 +376,10 @@ impl<'s> Parser<'s> {
                 }
                 let inner = self.list()?;
                 if self.tok.tok != Tok::RParen {
-                    return Err(self.err_here(format!("expected `)` to close the `(`, found {}", describe(&self.tok.tok))));
+                    return Err(self.err_here(format!(
+                        "expected `)` to close the `(`, found {}",
+                        describe(&self.tok.tok)
+                    )));
                 }
                 let close = self.bump()?;
                 let mut e = inner;
@@ -382,13 +418,18 @@ impl<'s> Parser<'s> {
             }
             other => {
                 let msg = match other {
-                    Tok::Eof => "unexpected end of the expression; an operand is missing".to_string(),
+                    Tok::Eof => {
+                        "unexpected end of the expression; an operand is missing".to_string()
+                    }
                     Tok::RParen => "unexpected `)`; an operand is missing".to_string(),
                     Tok::Comma => "unexpected `,`; an operand is missing".to_string(),
                     Tok::Op(_) => "an operator cannot start an operand".to_string(),
                     o => format!("unexpected {}", describe(&o)),
                 };
-                Err(Error::Syntax { pos: Pos::of(self.src, t.start, t.end.max(t.start + 1)), message: msg })
+                Err(Error::Syntax {
+                    pos: Pos::of(self.src, t.start, t.end.max(t.start + 1)),
+                    message: msg,
+                })
             }
         }
     }

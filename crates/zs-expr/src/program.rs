@@ -10,7 +10,7 @@ use crate::interp::{self, Ctx};
 use crate::ops;
 use crate::parser::{BinOp, UnOp};
 use crate::resolve::{Ir, IrKind, Resolved};
-use crate::value::{NoVars, Value, ValueRef, Vars, V};
+use crate::value::{Binding, NoVars, Value, ValueRef, Vars, V};
 use crate::UserFn;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,30 +64,30 @@ impl std::fmt::Debug for Program {
     }
 }
 
-struct Builder<'r> {
+struct Builder {
     p: Program,
-    resolved: &'r Resolved,
     fold_steps: u64,
 }
 
 /// Folds constant subtrees (using the interpreter, so folding cannot change a result) and
 /// flattens the IR into nodes.
 pub(crate) fn compile(source: &str, resolved: Resolved, max_steps: u64, max_str: usize) -> Program {
+    let Resolved { ir, vars, fns } = resolved;
     let p = Program {
         source: Arc::from(source),
-        nodes: Vec::new(),
-        spans: Vec::new(),
+        nodes: Vec::with_capacity(8),
+        spans: Vec::with_capacity(8),
         args: Vec::new(),
-        consts: Vec::new(),
-        vars: resolved.vars.clone(),
-        fns: resolved.fns.clone(),
+        consts: Vec::with_capacity(4),
+        vars,
+        fns,
         max_steps,
         max_str,
         fconsts: Vec::new(),
         numeric: false,
     };
-    let mut b = Builder { p, resolved: &resolved, fold_steps: max_steps };
-    let ir = b.fold(resolved.ir.clone());
+    let mut b = Builder { p, fold_steps: max_steps };
+    let ir = b.fold(ir);
     b.emit(&ir);
     b.p.finish()
 }
@@ -96,17 +96,19 @@ fn is_const(ir: &Ir) -> bool {
     matches!(ir.kind, IrKind::Const(_))
 }
 
-impl Builder<'_> {
+impl Builder {
     fn try_eval(&mut self, ir: &Ir) -> Option<Value> {
         let cx = Ctx {
             vars: &NoVars,
-            names: &self.resolved.vars,
-            fns: &self.resolved.fns,
+            names: &self.p.vars,
+            fns: &self.p.fns,
             src: &self.p.source,
             max_str: self.p.max_str,
             max_steps: self.p.max_steps,
         };
-        interp::eval(ir, &cx, &mut self.fold_steps).ok().map(V::into_value)
+        interp::eval(ir, &cx, &mut self.fold_steps)
+            .ok()
+            .map(V::into_value)
     }
 
     fn fold(&mut self, ir: Ir) -> Ir {
@@ -118,7 +120,11 @@ impl Builder<'_> {
                 // Short-circuit with a constant bool on the left: the right side never runs.
                 if let (BinOp::And | BinOp::Or, IrKind::Const(Value::Bool(x))) = (op, &a.kind) {
                     if *x == (op == BinOp::Or) {
-                        return Ir { kind: IrKind::Const(Value::Bool(*x)), start, end };
+                        return Ir {
+                            kind: IrKind::Const(Value::Bool(*x)),
+                            start,
+                            end,
+                        };
                     }
                 }
                 IrKind::Binary(op, Box::new(a), Box::new(self.fold(*b)))
@@ -135,23 +141,39 @@ impl Builder<'_> {
                 let b = self.fold(args.remove(0));
                 IrKind::Builtin(Builtin::IfThen, vec![c, a, b])
             }
-            IrKind::Builtin(b, args) => IrKind::Builtin(b, args.into_iter().map(|a| self.fold(a)).collect()),
-            IrKind::User(f, args) => IrKind::User(f, args.into_iter().map(|a| self.fold(a)).collect()),
+            IrKind::Builtin(b, args) => {
+                IrKind::Builtin(b, args.into_iter().map(|a| self.fold(a)).collect())
+            }
+            IrKind::User(f, args) => {
+                IrKind::User(f, args.into_iter().map(|a| self.fold(a)).collect())
+            }
             IrKind::List(items) => IrKind::List(items.into_iter().map(|a| self.fold(a)).collect()),
-            k @ (IrKind::Const(_) | IrKind::Var(_)) => return Ir { kind: k, start, end },
+            k @ (IrKind::Const(_) | IrKind::Var(_)) => {
+                return Ir {
+                    kind: k,
+                    start,
+                    end,
+                }
+            }
         };
         let foldable = match &kind {
             IrKind::Unary(_, a) => is_const(a),
             IrKind::Binary(_, a, b) => is_const(a) && is_const(b),
             IrKind::Builtin(b, args) => b.pure() && args.iter().all(is_const),
-            IrKind::User(f, args) => self.resolved.fns[*f as usize].pure && args.iter().all(is_const),
+            IrKind::User(f, args) => {
+                self.p.fns[*f as usize].pure && args.iter().all(is_const)
+            }
             IrKind::List(items) => items.iter().all(is_const),
             _ => false,
         };
         let ir = Ir { kind, start, end };
         if foldable {
             if let Some(v) = self.try_eval(&ir) {
-                return Ir { kind: IrKind::Const(v), start, end };
+                return Ir {
+                    kind: IrKind::Const(v),
+                    start,
+                    end,
+                };
             }
         }
         ir
@@ -200,7 +222,11 @@ impl Builder<'_> {
                 }
             },
             IrKind::Builtin(Builtin::IfThen, args) if args.len() == 3 => {
-                let (c, a, b) = (self.emit(&args[0]), self.emit(&args[1]), self.emit(&args[2]));
+                let (c, a, b) = (
+                    self.emit(&args[0]),
+                    self.emit(&args[1]),
+                    self.emit(&args[2]),
+                );
                 Node::If(c, a, b)
             }
             IrKind::Builtin(b, args) => {
@@ -251,7 +277,12 @@ impl Program {
     }
 
     #[inline]
-    fn var<'a, X: Vars + ?Sized>(&'a self, i: u32, slot: u32, vars: &'a X) -> Result<V<'a>, Box<Error>> {
+    fn var<'a, X: Vars + ?Sized>(
+        &'a self,
+        i: u32,
+        slot: u32,
+        vars: &'a X,
+    ) -> Result<V<'a>, Box<Error>> {
         let name = &self.vars[slot as usize];
         match vars.get(slot as usize, name) {
             Some(r) => Ok(V::from_ref(r)),
@@ -262,7 +293,12 @@ impl Program {
         }
     }
 
-    fn ev<'a, X: Vars + ?Sized>(&'a self, i: u32, vars: &'a X, steps: &mut u64) -> Result<V<'a>, Box<Error>> {
+    fn ev<'a, X: Vars + ?Sized>(
+        &'a self,
+        i: u32,
+        vars: &'a X,
+        steps: &mut u64,
+    ) -> Result<V<'a>, Box<Error>> {
         if *steps == 0 {
             let (s, e) = self.spans[i as usize];
             return Err(interp::steps_error(&self.source, s, e, self.max_steps));
@@ -273,11 +309,13 @@ impl Program {
             Node::Var(slot) => self.var(i, slot, vars),
             Node::VarK(op, slot, k) => {
                 let l = self.var(i, slot, vars)?;
-                ops::binary(op, l, V::borrow(&self.consts[k as usize]), self.max_str).map_err(|e| self.err(i, e))
+                ops::binary(op, l, V::borrow(&self.consts[k as usize]), self.max_str)
+                    .map_err(|e| self.err(i, e))
             }
             Node::BinK(op, a, k) => {
                 let l = self.ev(a, vars, steps)?;
-                ops::binary(op, l, V::borrow(&self.consts[k as usize]), self.max_str).map_err(|e| self.err(i, e))
+                ops::binary(op, l, V::borrow(&self.consts[k as usize]), self.max_str)
+                    .map_err(|e| self.err(i, e))
             }
             Node::Bin(op, a, b) => {
                 let l = self.ev(a, vars, steps)?;
@@ -312,7 +350,8 @@ impl Program {
                     for (slot, &id) in buf.iter_mut().zip(ids) {
                         *slot = self.ev(id, vars, steps)?;
                     }
-                    builtins::call(b, &mut buf[..ids.len()], self.max_str).map_err(|e| self.err(i, e))
+                    builtins::call(b, &mut buf[..ids.len()], self.max_str)
+                        .map_err(|e| self.err(i, e))
                 } else {
                     let mut buf = Vec::with_capacity(ids.len());
                     for &id in ids {
@@ -343,7 +382,8 @@ impl Program {
     #[inline]
     fn run<'a, X: Vars + ?Sized>(&'a self, vars: &'a X) -> Result<V<'a>, Error> {
         let mut steps = self.max_steps;
-        self.ev((self.nodes.len() - 1) as u32, vars, &mut steps).map_err(|e| *e)
+        self.ev((self.nodes.len() - 1) as u32, vars, &mut steps)
+            .map_err(|e| *e)
     }
 
     /// Evaluates with `vars` (see [`Vars`]): by slot (`&[Value]` in [`var_names`](Self::var_names)
@@ -363,7 +403,11 @@ impl Program {
 
     /// Evaluates and hands the result to `f` as a borrowed view (no copy of strings that
     /// come from constants or variables).
-    pub fn eval_with<X: Vars + ?Sized, R>(&self, vars: &X, f: impl FnOnce(ValueRef<'_>) -> R) -> Result<R, Error> {
+    pub fn eval_with<X: Vars + ?Sized, R>(
+        &self,
+        vars: &X,
+        f: impl FnOnce(ValueRef<'_>) -> R,
+    ) -> Result<R, Error> {
         if let Some(v) = self.try_fast(vars) {
             return Ok(f(v.as_ref()));
         }
@@ -381,7 +425,8 @@ impl Program {
             None => {}
         }
         let v = self.run(vars)?;
-        ops::truthy(&v, "the expression's result").map_err(|e| e.at(self.pos((self.nodes.len() - 1) as u32)))
+        ops::truthy(&v, "the expression's result")
+            .map_err(|e| e.at(self.pos((self.nodes.len() - 1) as u32)))
     }
 
     /// Evaluates to a float (ints and numeric strings convert).
@@ -399,6 +444,39 @@ impl Program {
     /// The variables the expression reads, in slot order (first appearance).
     pub fn var_names(&self) -> &[String] {
         &self.vars
+    }
+
+    /// Resolves the program's variables against a record layout (`fields[i]` is the name of
+    /// field `i`), once; then evaluate each record with `binding.record(&values)`.
+    ///
+    /// ```
+    /// use zs_expr::{Engine, Value};
+    /// let p = Engine::new().compile("age > 30 and name = 'bob'")?;
+    /// let binding = p.bind(&["id", "name", "age"]);
+    /// assert!(binding.missing().is_empty());
+    /// let rows = [
+    ///     [Value::Int(1), Value::from("bob"), Value::Int(42)],
+    ///     [Value::Int(2), Value::from("eve"), Value::Int(42)],
+    /// ];
+    /// let hits: Vec<i64> = rows
+    ///     .iter()
+    ///     .filter(|r| p.eval_bool(&binding.record(&r[..])).unwrap_or(false))
+    ///     .map(|r| if let Value::Int(id) = r[0] { id } else { 0 })
+    ///     .collect();
+    /// assert_eq!(hits, [1]);
+    /// # Ok::<(), zs_expr::Error>(())
+    /// ```
+    pub fn bind(&self, fields: &[&str]) -> Binding {
+        let field_of_slot: Vec<Option<usize>> =
+            self.vars.iter().map(|v| fields.iter().position(|f| f == v)).collect();
+        let missing = self
+            .vars
+            .iter()
+            .zip(&field_of_slot)
+            .filter(|(_, f)| f.is_none())
+            .map(|(v, _)| v.clone())
+            .collect();
+        Binding { field_of_slot, missing }
     }
 
     /// Slot of variable `name`, if the expression reads it.

@@ -58,9 +58,20 @@ pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
         });
     }
     let ast = Parser::parse(src, engine.style(), engine.precedence(), limits.max_depth)?;
-    let mut r = Resolver { engine, src, vars: Vec::new(), fns: Vec::new(), nodes: 0, macros: Vec::new() };
+    let mut r = Resolver {
+        engine,
+        src,
+        vars: Vec::new(),
+        fns: Vec::new(),
+        nodes: 0,
+        macros: Vec::new(),
+    };
     let (ir, _) = r.expr(&ast, None)?;
-    Ok(Resolved { ir, vars: r.vars, fns: r.fns })
+    Ok(Resolved {
+        ir,
+        vars: r.vars,
+        fns: r.fns,
+    })
 }
 
 impl Resolver<'_> {
@@ -88,21 +99,33 @@ impl Resolver<'_> {
             ExprKind::Binary(op, a, b) => {
                 let (a, da) = self.expr(a, span)?;
                 let (b, db) = self.expr(b, span)?;
-                (IrKind::Binary(*op, Box::new(a), Box::new(b)), da.max(db) + 1)
+                (
+                    IrKind::Binary(*op, Box::new(a), Box::new(b)),
+                    da.max(db) + 1,
+                )
             }
             ExprKind::List(items) => {
                 let (items, d) = self.all(items, span)?;
                 (IrKind::List(items), d + 1)
             }
             ExprKind::Call(name, args) => {
-                let lower = name.to_ascii_lowercase();
                 let (args, d) = self.all(args, span)?;
-                let pos = self.pos(start, end);
-                if let Some(f) = self.engine.function(&lower) {
+                let user = if self.engine.has_functions() {
+                    self.engine.function(&name.to_ascii_lowercase())
+                } else {
+                    None
+                };
+                if let Some(f) = user {
+                    let pos = self.pos(start, end);
                     if !f.arity.accepts(args.len()) {
                         return Err(Error::Type {
                             pos,
-                            message: format!("{} takes {} arguments, got {}", f.name, f.arity, args.len()),
+                            message: format!(
+                                "{} takes {} arguments, got {}",
+                                f.name,
+                                f.arity,
+                                args.len()
+                            ),
                         });
                     }
                     let id = match self.fns.iter().position(|g| Arc::ptr_eq(g, &f)) {
@@ -113,18 +136,23 @@ impl Resolver<'_> {
                         }
                     };
                     (IrKind::User(id as u32, args), d + 1)
-                } else if let Some(b) = Builtin::lookup(&lower) {
+                } else if let Some(b) = Builtin::lookup(name) {
                     let (min, max) = b.arity();
                     if args.len() < min || args.len() > max {
                         return Err(Error::Type {
-                            pos,
-                            message: format!("{} takes {} arguments, got {}", b.name(), arity_text(b), args.len()),
+                            pos: self.pos(start, end),
+                            message: format!(
+                                "{} takes {} arguments, got {}",
+                                b.name(),
+                                arity_text(b),
+                                args.len()
+                            ),
                         });
                     }
                     (IrKind::Builtin(b, args), d + 1)
                 } else {
                     return Err(Error::UnknownName {
-                        pos,
+                        pos: self.pos(start, end),
                         message: format!(
                             "no function named `{name}`; register it with Engine::register (built-ins: abs, sqrt, min, max, IfThen, length, ...)"
                         ),
@@ -135,13 +163,27 @@ impl Resolver<'_> {
         if depth > limits.max_depth {
             return Err(Error::Limit {
                 pos: self.pos(start, end),
-                message: format!("expression nested too deeply (limit {}; Limits::max_depth)", limits.max_depth),
+                message: format!(
+                    "expression nested too deeply (limit {}; Limits::max_depth)",
+                    limits.max_depth
+                ),
             });
         }
-        Ok((Ir { kind, start: start as u32, end: end as u32 }, depth))
+        Ok((
+            Ir {
+                kind,
+                start: start as u32,
+                end: end as u32,
+            },
+            depth,
+        ))
     }
 
-    fn all(&mut self, items: &[Expr], span: Option<(usize, usize)>) -> Result<(Vec<Ir>, usize), Error> {
+    fn all(
+        &mut self,
+        items: &[Expr],
+        span: Option<(usize, usize)>,
+    ) -> Result<(Vec<Ir>, usize), Error> {
         let mut out = Vec::with_capacity(items.len());
         let mut depth = 0;
         for it in items {
@@ -153,17 +195,30 @@ impl Resolver<'_> {
     }
 
     fn name(&mut self, name: &str, start: usize, end: usize) -> Result<(Ir, usize), Error> {
-        let mk = |kind| Ok((Ir { kind, start: start as u32, end: end as u32 }, 1));
-        let lower = name.to_ascii_lowercase();
-        match lower.as_str() {
-            "true" => return mk(IrKind::Const(Value::Bool(true))),
-            "false" => return mk(IrKind::Const(Value::Bool(false))),
-            "null" | "nil" => return mk(IrKind::Const(Value::Null)),
-            "pi" => return mk(IrKind::Const(Value::Float(std::f64::consts::PI))),
-            _ => {}
+        let mk = |kind| {
+            Ok((
+                Ir {
+                    kind,
+                    start: start as u32,
+                    end: end as u32,
+                },
+                1,
+            ))
+        };
+        let is = |k: &str| name.eq_ignore_ascii_case(k);
+        if is("true") {
+            return mk(IrKind::Const(Value::Bool(true)));
+        } else if is("false") {
+            return mk(IrKind::Const(Value::Bool(false)));
+        } else if is("null") || is("nil") {
+            return mk(IrKind::Const(Value::Null));
+        } else if is("pi") {
+            return mk(IrKind::Const(Value::Float(std::f64::consts::PI)));
         }
-        if let Some(v) = self.engine.constant(&lower) {
-            return mk(IrKind::Const(v.clone()));
+        if self.engine.has_constants() {
+            if let Some(v) = self.engine.constant(&name.to_ascii_lowercase()) {
+                return mk(IrKind::Const(v.clone()));
+            }
         }
         if let Some(res) = self.engine.unknown_name(name) {
             match res {
@@ -181,7 +236,13 @@ impl Resolver<'_> {
         mk(IrKind::Var(slot as u32))
     }
 
-    fn expand(&mut self, name: &str, text: &str, start: usize, end: usize) -> Result<(Ir, usize), Error> {
+    fn expand(
+        &mut self,
+        name: &str,
+        text: &str,
+        start: usize,
+        end: usize,
+    ) -> Result<(Ir, usize), Error> {
         let limits = self.engine.limits();
         let pos = self.pos(start, end);
         if self.macros.len() >= limits.max_macro_depth || self.macros.iter().any(|m| m == name) {
@@ -195,10 +256,20 @@ impl Resolver<'_> {
             });
         }
         if text.len() > limits.max_len {
-            return Err(Error::Limit { pos, message: format!("macro `{name}` text is over Limits::max_len") });
+            return Err(Error::Limit {
+                pos,
+                message: format!("macro `{name}` text is over Limits::max_len"),
+            });
         }
-        let ast = Parser::parse(text, self.engine.style(), self.engine.precedence(), limits.max_depth).map_err(|e| {
-            Error::Syntax { pos, message: format!("in macro `{name}` = `{text}`: {}", e.message()) }
+        let ast = Parser::parse(
+            text,
+            self.engine.style(),
+            self.engine.precedence(),
+            limits.max_depth,
+        )
+        .map_err(|e| Error::Syntax {
+            pos,
+            message: format!("in macro `{name}` = `{text}`: {}", e.message()),
         })?;
         self.macros.push(name.to_string());
         let r = self.expr(&ast, Some((start, end)));

@@ -24,19 +24,41 @@ impl Default for Delimiters {
 impl Delimiters {
     /// Delimiters `open` … `close`.
     pub fn new(open: &str, close: &str) -> Delimiters {
-        Delimiters { open: open.to_string(), close: close.to_string() }
+        Delimiters {
+            open: open.to_string(),
+            close: close.to_string(),
+        }
     }
 }
 
 fn shift(e: Error, template: &str, base: usize) -> Error {
     let moved = |p: Pos| Pos::of(template, base + p.offset, base + p.offset + p.len);
     match e {
-        Error::Syntax { pos, message } => Error::Syntax { pos: moved(pos), message },
-        Error::UnknownName { pos, message } => Error::UnknownName { pos: moved(pos), message },
-        Error::Type { pos, message } => Error::Type { pos: moved(pos), message },
-        Error::Arithmetic { pos, message } => Error::Arithmetic { pos: moved(pos), message },
-        Error::Function { pos, name, message } => Error::Function { pos: moved(pos), name, message },
-        Error::Limit { pos, message } => Error::Limit { pos: moved(pos), message },
+        Error::Syntax { pos, message } => Error::Syntax {
+            pos: moved(pos),
+            message,
+        },
+        Error::UnknownName { pos, message } => Error::UnknownName {
+            pos: moved(pos),
+            message,
+        },
+        Error::Type { pos, message } => Error::Type {
+            pos: moved(pos),
+            message,
+        },
+        Error::Arithmetic { pos, message } => Error::Arithmetic {
+            pos: moved(pos),
+            message,
+        },
+        Error::Function { pos, name, message } => Error::Function {
+            pos: moved(pos),
+            name,
+            message,
+        },
+        Error::Limit { pos, message } => Error::Limit {
+            pos: moved(pos),
+            message,
+        },
         other => other,
     }
 }
@@ -47,9 +69,17 @@ impl Engine {
     /// through the cache and read variables **by name** from `vars` (each span numbers its
     /// own slots, so use a by-name context such as a `HashMap<String, Value>`). Error
     /// positions point into the template.
-    pub fn expand_template<X: Vars + ?Sized>(&self, template: &str, delims: &Delimiters, vars: &X) -> Result<String, Error> {
+    pub fn expand_template<X: Vars + ?Sized>(
+        &self,
+        template: &str,
+        delims: &Delimiters,
+        vars: &X,
+    ) -> Result<String, Error> {
         if delims.open.is_empty() || delims.close.is_empty() {
-            return Err(Error::Syntax { pos: Pos::of(template, 0, 1), message: "template delimiters must not be empty".into() });
+            return Err(Error::Syntax {
+                pos: Pos::of(template, 0, 1),
+                message: "template delimiters must not be empty".into(),
+            });
         }
         let max = self.limits().max_string;
         let mut out = String::with_capacity(template.len());
@@ -65,7 +95,9 @@ impl Engine {
                 });
             };
             let body = &template[body_at..body_at + len];
-            let program = self.compile_cached(body).map_err(|e| shift(e, template, body_at))?;
+            let program = self
+                .compile_cached(body)
+                .map_err(|e| shift(e, template, body_at))?;
             program
                 .eval_with(vars, |v| match v {
                     ValueRef::Str(s) => out.push_str(s),

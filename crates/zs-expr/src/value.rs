@@ -250,7 +250,9 @@ impl Vars for [ValueRef<'_>] {
 /// By name (a linear search; fine for a handful of variables).
 impl Vars for [(&str, Value)] {
     fn get(&self, _slot: usize, name: &str) -> Option<ValueRef<'_>> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_ref())
+        self.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -390,8 +392,67 @@ impl Args<'_, '_> {
     /// Argument `i` as text (numbers and bools are formatted; null is an error).
     pub fn string(&self, i: usize) -> Result<String, String> {
         match self.items.get(i) {
-            None | Some(V::Null) => Err(format!("argument {} is null, a string was expected", i + 1)),
+            None | Some(V::Null) => {
+                Err(format!("argument {} is null, a string was expected", i + 1))
+            }
             Some(v) => Ok(v.as_ref().to_string()),
         }
+    }
+}
+
+/// Something that can be viewed as a [`ValueRef`]: [`Value`] and `ValueRef` itself.
+pub trait AsValueRef {
+    /// The borrowed view.
+    fn value_ref(&self) -> ValueRef<'_>;
+}
+
+impl AsValueRef for Value {
+    #[inline]
+    fn value_ref(&self) -> ValueRef<'_> {
+        self.as_ref()
+    }
+}
+
+impl AsValueRef for ValueRef<'_> {
+    #[inline]
+    fn value_ref(&self) -> ValueRef<'_> {
+        *self
+    }
+}
+
+/// A program's variables resolved against a record layout once (see
+/// [`Program::bind`](crate::Program::bind)), to evaluate over many records of that layout
+/// with no name lookups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub(crate) field_of_slot: Vec<Option<usize>>,
+    pub(crate) missing: Vec<String>,
+}
+
+impl Binding {
+    /// Variables of the program that are not fields of the layout (they evaluate as
+    /// "not bound" errors; check this once instead of per record).
+    pub fn missing(&self) -> &[String] {
+        &self.missing
+    }
+
+    /// The variables of one record laid out like the binding's field list.
+    pub fn record<'r, T: AsValueRef>(&'r self, fields: &'r [T]) -> Record<'r, T> {
+        Record { binding: self, fields }
+    }
+}
+
+/// One record seen through a [`Binding`]; implements [`Vars`].
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'r, T> {
+    binding: &'r Binding,
+    fields: &'r [T],
+}
+
+impl<T: AsValueRef> Vars for Record<'_, T> {
+    #[inline]
+    fn get(&self, slot: usize, _name: &str) -> Option<ValueRef<'_>> {
+        let field = (*self.binding.field_of_slot.get(slot)?)?;
+        self.fields.get(field).map(AsValueRef::value_ref)
     }
 }

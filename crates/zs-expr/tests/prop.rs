@@ -20,13 +20,13 @@ fn leaf() -> impl Strategy<Value = String> {
 }
 
 const BIN: &[&str] = &[
-    "+", "-", "*", "/", "div", "mod", "%", "^", "shl", "shr", "<<", ">>", "and", "&&", "or", "||", "xor", "=", "==",
-    "<>", "!=", "<", ">", "<=", ">=", "=<", "=>",
+    "+", "-", "*", "/", "div", "mod", "%", "^", "shl", "shr", "<<", ">>", "and", "&&", "or", "||",
+    "xor", "=", "==", "<>", "!=", "<", ">", "<=", ">=", "=<", "=>",
 ];
 const UN: &[&str] = &["-", "+", "not "];
 const F1: &[&str] = &[
-    "abs", "sqrt", "sin", "cos", "exp", "ln", "round", "trunc", "int", "frac", "float", "bool", "str", "length", "upper",
-    "lower", "trim", "arctan",
+    "abs", "sqrt", "sin", "cos", "exp", "ln", "round", "trunc", "int", "frac", "float", "bool",
+    "str", "length", "upper", "lower", "trim", "arctan",
 ];
 const F2: &[&str] = &["power", "pos", "wildcard", "min", "max", "substr"];
 const F3: &[&str] = &["clamp", "copy", "replace", "IfThen", "min", "max"];
@@ -50,10 +50,22 @@ fn expr() -> impl Strategy<Value = String> {
 fn num_expr() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
         (-9i64..9).prop_map(|v| v.to_string()),
-        prop_oneof![Just("0.5"), Just("2.5"), Just("-0.0"), Just("1e18"), Just("9223372036854775807"), Just("x"), Just("y"), Just("flag")]
-            .prop_map(String::from),
+        prop_oneof![
+            Just("0.5"),
+            Just("2.5"),
+            Just("-0.0"),
+            Just("1e18"),
+            Just("9223372036854775807"),
+            Just("x"),
+            Just("y"),
+            Just("flag")
+        ]
+        .prop_map(String::from),
     ];
-    const OPS: &[&str] = &["+", "-", "*", "/", "div", "mod", "^", "shl", "shr", "<", ">=", "=", "<>", "and", "or", "xor"];
+    const OPS: &[&str] = &[
+        "+", "-", "*", "/", "div", "mod", "^", "shl", "shr", "<", ">=", "=", "<>", "and", "or",
+        "xor",
+    ];
     leaf.prop_recursive(6, 40, 3, |inner| {
         prop_oneof![
             4 => (inner.clone(), prop::sample::select(OPS), inner.clone()).prop_map(|(a, op, b)| format!("({a} {op} {b})")),
@@ -84,8 +96,12 @@ fn vars(x: i64, y: f64) -> HashMap<String, Value> {
 
 fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Float(p), Value::Float(q)) => p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()),
-        (Value::Vec(p), Value::Vec(q)) => p.len() == q.len() && p.iter().zip(q).all(|(x, y)| same_value(x, y)),
+        (Value::Float(p), Value::Float(q)) => {
+            p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())
+        }
+        (Value::Vec(p), Value::Vec(q)) => {
+            p.len() == q.len() && p.iter().zip(q).all(|(x, y)| same_value(x, y))
+        }
         _ => a == b,
     }
 }
@@ -93,7 +109,9 @@ fn same_value(a: &Value, b: &Value) -> bool {
 fn same(a: &Result<Value, Error>, b: &Result<Value, Error>) -> bool {
     match (a, b) {
         (Ok(x), Ok(y)) => same_value(x, y),
-        (Err(x), Err(y)) => std::mem::discriminant(x) == std::mem::discriminant(y) && x.pos() == y.pos(),
+        (Err(x), Err(y)) => {
+            std::mem::discriminant(x) == std::mem::discriminant(y) && x.pos() == y.pos()
+        }
         _ => false,
     }
 }

@@ -76,7 +76,9 @@ pub struct EpollPoller {
 
 impl std::fmt::Debug for EpollPoller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EpollPoller").field("epfd", &self.epfd).finish()
+        f.debug_struct("EpollPoller")
+            .field("epfd", &self.epfd)
+            .finish()
     }
 }
 
@@ -86,8 +88,18 @@ impl EpollPoller {
         let epfd = sys::epoll_create()?;
         let efd = sys::eventfd()?;
         use std::os::fd::AsRawFd;
-        sys::epoll_ctl(&epfd, libc::EPOLL_CTL_ADD, efd.as_raw_fd(), (libc::EPOLLIN | libc::EPOLLET) as u32, WAKE_TOKEN)?;
-        Ok(EpollPoller { epfd, waker: Arc::new(EventFdWaker(efd)), buf: vec![libc::epoll_event { events: 0, u64: 0 }; 1024] })
+        sys::epoll_ctl(
+            &epfd,
+            libc::EPOLL_CTL_ADD,
+            efd.as_raw_fd(),
+            (libc::EPOLLIN | libc::EPOLLET) as u32,
+            WAKE_TOKEN,
+        )?;
+        Ok(EpollPoller {
+            epfd,
+            waker: Arc::new(EventFdWaker(efd)),
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+        })
     }
 }
 
@@ -123,7 +135,8 @@ impl Poller for EpollPoller {
         // A full buffer hints at a busy loop: grow it (bounded) for the next wait.
         if n == self.buf.len() && self.buf.len() < 16 * 1024 {
             let len = self.buf.len() * 2;
-            self.buf.resize(len, libc::epoll_event { events: 0, u64: 0 });
+            self.buf
+                .resize(len, libc::epoll_event { events: 0, u64: 0 });
         }
         Ok(())
     }
@@ -147,8 +160,11 @@ impl EpollBackend {
 
     /// Starts the loops with an explicit accept mode.
     pub fn with_mode(cfg: Config, mode: AcceptMode) -> Result<EpollBackend, Error> {
-        let pollers: PollerFactory = Arc::new(|| Ok(Box::new(EpollPoller::new()?) as Box<dyn Poller>));
-        Ok(EpollBackend { inner: ReactorBackend::start("epoll", cfg, mode, pollers)? })
+        let pollers: PollerFactory =
+            Arc::new(|| Ok(Box::new(EpollPoller::new()?) as Box<dyn Poller>));
+        Ok(EpollBackend {
+            inner: ReactorBackend::start("epoll", cfg, mode, pollers)?,
+        })
     }
 
     /// The number of event loops.
@@ -161,13 +177,27 @@ impl Backend for EpollBackend {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    fn listen(&self, addr: std::net::SocketAddr, factory: HandlerFactory) -> Result<Box<dyn Listener>, Error> {
+    fn listen(
+        &self,
+        addr: std::net::SocketAddr,
+        factory: HandlerFactory,
+    ) -> Result<Box<dyn Listener>, Error> {
         self.inner.listen(addr, factory)
     }
-    fn connect(&self, addr: std::net::SocketAddr, timeout: Duration, handler: Box<dyn Handler>) -> Result<(), Error> {
+    fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+        handler: Box<dyn Handler>,
+    ) -> Result<(), Error> {
         self.inner.connect(addr, timeout, handler)
     }
-    fn resolve(&self, host: &str, port: u16, prefer: Prefer) -> Result<Vec<std::net::SocketAddr>, Error> {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        prefer: Prefer,
+    ) -> Result<Vec<std::net::SocketAddr>, Error> {
         self.inner.resolve(host, port, prefer)
     }
     fn shutdown(&self) {

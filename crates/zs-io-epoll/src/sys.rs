@@ -38,7 +38,13 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
 }
 
 /// `epoll_ctl(epfd, op, fd, {events, u64: token})`.
-pub(crate) fn epoll_ctl(epfd: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+pub(crate) fn epoll_ctl(
+    epfd: &OwnedFd,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    token: u64,
+) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: token };
     // SAFETY: `ev` is a valid epoll_event on our stack for the duration of the call; the
     // kernel copies it (for EPOLL_CTL_DEL it is ignored but must be non-null on old
@@ -49,7 +55,11 @@ pub(crate) fn epoll_ctl(epfd: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32,
 
 /// `epoll_wait` into `buf`; returns how many entries the kernel filled.
 /// `EINTR` is reported as 0 events.
-pub(crate) fn epoll_wait(epfd: &OwnedFd, buf: &mut [libc::epoll_event], timeout: Option<Duration>) -> io::Result<usize> {
+pub(crate) fn epoll_wait(
+    epfd: &OwnedFd,
+    buf: &mut [libc::epoll_event],
+    timeout: Option<Duration>,
+) -> io::Result<usize> {
     let ms: libc::c_int = match timeout {
         None => -1,
         // Round up so a timer 0.4 ms away does not cause a busy loop of 0 ms waits.

@@ -7,6 +7,8 @@ zs_io::conformance_tests!(|cfg: zs_io::Config| -> Box<dyn zs_io::Backend> {
 
 mod handoff {
     zs_io::conformance_tests!(|cfg: zs_io::Config| -> Box<dyn zs_io::Backend> {
-        Box::new(zs_io_epoll::EpollBackend::with_mode(cfg, zs_io_epoll::AcceptMode::HandOff).unwrap())
+        Box::new(
+            zs_io_epoll::EpollBackend::with_mode(cfg, zs_io_epoll::AcceptMode::HandOff).unwrap(),
+        )
     });
 }

@@ -1,22 +1,22 @@
 //! # zs-io-kqueue: the BSD and macOS transport backend
 //!
 //! Why it exists: on FreeBSD and macOS the native readiness API is `kqueue`. This
-//! crate implements the [`zs_io`] seam with it while sharing **all** event-loop
+//! crate implements the `zs_io` seam with it while sharing **all** event-loop
 //! logic with the epoll backend: the generic, safe `zs_io::reactor` (connections,
 //! buffers, bounded send queues with `writev`, timer wheel, accept hand-off,
-//! connects with timeouts, shutdown) runs over the [`KqueuePoller`] defined here
+//! connects with timeouts, shutdown) runs over the `KqueuePoller` defined here
 //! (`EVFILT_READ`/`EVFILT_WRITE` with `EV_CLEAR` = edge-triggered, and an
 //! `EVFILT_USER` waker). Unsafe code is confined to the `sys` module.
 //!
 //! ## What runs only on BSD/macOS
 //!
-//! Only `sys` (the `kqueue`/`kevent` calls) and [`KqueuePoller`] (~150 lines) are
+//! Only `sys` (the `kqueue`/`kevent` calls) and `KqueuePoller` (~150 lines) are
 //! exercised solely on those systems; this workspace's CI checks that they compile
 //! for `x86_64-unknown-freebsd` and `x86_64-apple-darwin`. Everything else they
 //! drive — the reactor — is the very code the epoll backend runs through the
 //! conformance kit on Linux. On a BSD or macOS machine, `cargo test -p zs-io-kqueue`
 //! runs the same kit (`tests/conformance.rs`). The default accept mode is the
-//! acceptor hand-off ([`AcceptMode::HandOff`]) because `SO_REUSEPORT` does not
+//! acceptor hand-off (`AcceptMode::HandOff`) because `SO_REUSEPORT` does not
 //! balance connections there as it does on Linux.
 //!
 //! On other operating systems the crate compiles to nothing.
@@ -43,6 +43,9 @@
     target_os = "dragonfly"
 ))]
 #![deny(unsafe_code)]
+// `struct kevent` field and flag types differ between the BSDs (e.g. NetBSD):
+// explicit casts keep one code path, even where they are no-ops.
+#![allow(clippy::unnecessary_cast)]
 
 #[allow(unsafe_code)]
 mod sys;
@@ -67,7 +70,13 @@ impl Waker for UserWaker {
     fn wake(&self) -> io::Result<()> {
         sys::kevent_change(
             &self.0,
-            Kev { ident: WAKE_IDENT, filter: libc::EVFILT_USER, flags: 0, fflags: libc::NOTE_TRIGGER, udata: 0 },
+            Kev {
+                ident: WAKE_IDENT,
+                filter: libc::EVFILT_USER,
+                flags: 0,
+                fflags: libc::NOTE_TRIGGER,
+                udata: 0,
+            },
         )
     }
 }
@@ -79,7 +88,9 @@ pub struct KqueuePoller {
 
 impl std::fmt::Debug for KqueuePoller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KqueuePoller").field("kq", &sys::raw(&self.kq)).finish()
+        f.debug_struct("KqueuePoller")
+            .field("kq", &sys::raw(&self.kq))
+            .finish()
     }
 }
 
@@ -104,11 +115,26 @@ impl KqueuePoller {
 impl Poller for KqueuePoller {
     fn register(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         let flags = (libc::EV_ADD | libc::EV_CLEAR) as u16;
-        sys::kevent_change(&self.kq, Kev { ident: fd as usize, filter: libc::EVFILT_READ, flags, fflags: 0, udata: token })?;
+        sys::kevent_change(
+            &self.kq,
+            Kev {
+                ident: fd as usize,
+                filter: libc::EVFILT_READ,
+                flags,
+                fflags: 0,
+                udata: token,
+            },
+        )?;
         if interest == Interest::ReadWrite {
             sys::kevent_change(
                 &self.kq,
-                Kev { ident: fd as usize, filter: libc::EVFILT_WRITE, flags, fflags: 0, udata: token },
+                Kev {
+                    ident: fd as usize,
+                    filter: libc::EVFILT_WRITE,
+                    flags,
+                    fflags: 0,
+                    udata: token,
+                },
             )?;
         }
         Ok(())
@@ -116,9 +142,27 @@ impl Poller for KqueuePoller {
 
     fn deregister(&mut self, fd: RawFd) -> io::Result<()> {
         let flags = libc::EV_DELETE as u16;
-        let r = sys::kevent_change(&self.kq, Kev { ident: fd as usize, filter: libc::EVFILT_READ, flags, fflags: 0, udata: 0 });
+        let r = sys::kevent_change(
+            &self.kq,
+            Kev {
+                ident: fd as usize,
+                filter: libc::EVFILT_READ,
+                flags,
+                fflags: 0,
+                udata: 0,
+            },
+        );
         // Listeners have no write filter: ENOENT there is expected.
-        let _ = sys::kevent_change(&self.kq, Kev { ident: fd as usize, filter: libc::EVFILT_WRITE, flags, fflags: 0, udata: 0 });
+        let _ = sys::kevent_change(
+            &self.kq,
+            Kev {
+                ident: fd as usize,
+                filter: libc::EVFILT_WRITE,
+                flags,
+                fflags: 0,
+                udata: 0,
+            },
+        );
         r
     }
 
@@ -158,8 +202,11 @@ impl KqueueBackend {
 
     /// Starts the loops with an explicit accept mode.
     pub fn with_mode(cfg: Config, mode: AcceptMode) -> Result<KqueueBackend, Error> {
-        let pollers: PollerFactory = Arc::new(|| Ok(Box::new(KqueuePoller::new()?) as Box<dyn Poller>));
-        Ok(KqueueBackend { inner: ReactorBackend::start("kqueue", cfg, mode, pollers)? })
+        let pollers: PollerFactory =
+            Arc::new(|| Ok(Box::new(KqueuePoller::new()?) as Box<dyn Poller>));
+        Ok(KqueueBackend {
+            inner: ReactorBackend::start("kqueue", cfg, mode, pollers)?,
+        })
     }
 }
 
@@ -167,13 +214,27 @@ impl Backend for KqueueBackend {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    fn listen(&self, addr: std::net::SocketAddr, factory: HandlerFactory) -> Result<Box<dyn Listener>, Error> {
+    fn listen(
+        &self,
+        addr: std::net::SocketAddr,
+        factory: HandlerFactory,
+    ) -> Result<Box<dyn Listener>, Error> {
         self.inner.listen(addr, factory)
     }
-    fn connect(&self, addr: std::net::SocketAddr, timeout: Duration, handler: Box<dyn Handler>) -> Result<(), Error> {
+    fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+        handler: Box<dyn Handler>,
+    ) -> Result<(), Error> {
         self.inner.connect(addr, timeout, handler)
     }
-    fn resolve(&self, host: &str, port: u16, prefer: Prefer) -> Result<Vec<std::net::SocketAddr>, Error> {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        prefer: Prefer,
+    ) -> Result<Vec<std::net::SocketAddr>, Error> {
         self.inner.resolve(host, port, prefer)
     }
     fn shutdown(&self) {

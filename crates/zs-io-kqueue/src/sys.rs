@@ -29,6 +29,7 @@ pub(crate) struct Kev {
     pub udata: usize,
 }
 
+#[allow(clippy::unnecessary_cast)]
 fn to_raw(k: &Kev) -> libc::kevent {
     // SAFETY: `libc::kevent` is a plain C struct of integers and one raw pointer, for
     // which all-zero bytes are a valid value (null `udata`, zero `data`/`ext`).
@@ -58,12 +59,25 @@ pub(crate) fn kevent_change(kq: &OwnedFd, change: Kev) -> io::Result<()> {
     // SAFETY: `ev` is a valid kevent on our stack, read by the kernel (1 change);
     // the event list is null with length 0; the timeout is null (no wait happens
     // without an event list).
-    syscall!(kevent(kq.as_raw_fd(), &ev, 1, std::ptr::null_mut(), 0, std::ptr::null()))?;
+    syscall!(kevent(
+        kq.as_raw_fd(),
+        &ev,
+        1,
+        std::ptr::null_mut(),
+        0,
+        std::ptr::null()
+    ))?;
     Ok(())
 }
 
+// Field types of `struct kevent` differ between the BSDs; casts keep one code path.
+#[allow(clippy::unnecessary_cast)]
 /// Waits for events (at most 256 per call) and passes each to `f`. `EINTR` = none.
-pub(crate) fn kevent_wait(kq: &OwnedFd, timeout: Option<Duration>, mut f: impl FnMut(Kev)) -> io::Result<()> {
+pub(crate) fn kevent_wait(
+    kq: &OwnedFd,
+    timeout: Option<Duration>,
+    mut f: impl FnMut(Kev),
+) -> io::Result<()> {
     const N: usize = 256;
     // SAFETY: see `to_raw`: all-zero bytes are a valid `libc::kevent`.
     let zero: libc::kevent = unsafe { std::mem::zeroed() };
@@ -72,11 +86,20 @@ pub(crate) fn kevent_wait(kq: &OwnedFd, timeout: Option<Duration>, mut f: impl F
         tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as _,
     });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: no changes (null, 0); `buf` is a live, exclusively borrowed array of N
     // kevents the kernel fills (at most N); `ts_ptr` is null or points to `ts`, alive
     // for the call.
-    let n = match syscall!(kevent(kq.as_raw_fd(), std::ptr::null(), 0, buf.as_mut_ptr(), N as _, ts_ptr)) {
+    let n = match syscall!(kevent(
+        kq.as_raw_fd(),
+        std::ptr::null(),
+        0,
+        buf.as_mut_ptr(),
+        N as _,
+        ts_ptr
+    )) {
         Ok(n) => n as usize,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
         Err(e) => return Err(e),

@@ -44,7 +44,18 @@ fn new_bridge() -> (Pipe, AsyncParts) {
     let (tx, rx) = mpsc::unbounded_channel();
     let unread = Arc::new(AtomicUsize::new(0));
     let writable = Arc::new(Notify::new());
-    (Pipe { tx, unread: unread.clone(), writable: writable.clone() }, AsyncParts { rx, unread, writable })
+    (
+        Pipe {
+            tx,
+            unread: unread.clone(),
+            writable: writable.clone(),
+        },
+        AsyncParts {
+            rx,
+            unread,
+            writable,
+        },
+    )
 }
 
 impl Handler for BridgeHandler {
@@ -98,7 +109,9 @@ pub struct AsyncConn {
 
 impl std::fmt::Debug for AsyncConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncConn").field("id", &self.conn.id()).finish()
+        f.debug_struct("AsyncConn")
+            .field("id", &self.conn.id())
+            .finish()
     }
 }
 
@@ -116,10 +129,19 @@ impl AsyncConn {
     }
 
     /// Connects through `backend` (any backend) and waits for the connection.
-    pub async fn connect(backend: &dyn Backend, addr: SocketAddr, timeout: Duration) -> Result<AsyncConn, Error> {
+    pub async fn connect(
+        backend: &dyn Backend,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<AsyncConn, Error> {
         let (pipe, parts) = new_bridge();
         let (otx, orx) = oneshot::channel();
-        let h = BridgeHandler { pipe, opened: Some(otx), accepted: None, parts: None };
+        let h = BridgeHandler {
+            pipe,
+            opened: Some(otx),
+            accepted: None,
+            parts: None,
+        };
         backend.connect(addr, timeout, Box::new(h))?;
         let conn = orx.await.map_err(|_| Error::ShutDown)??;
         Ok(AsyncConn::from_parts(conn, parts))
@@ -231,7 +253,9 @@ pub struct AsyncListener {
 
 impl std::fmt::Debug for AsyncListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncListener").field("addr", &self.listener.local_addr()).finish()
+        f.debug_struct("AsyncListener")
+            .field("addr", &self.listener.local_addr())
+            .finish()
     }
 }
 

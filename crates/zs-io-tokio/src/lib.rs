@@ -44,8 +44,8 @@
 
 mod bridge;
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,8 +58,8 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use zs_io::{
-    Backend, Bytes, BytesMut, CloseReason, Config, Conn, ConnId, Connection, Error, Handler, HandlerFactory,
-    Listener, Prefer, SendQueue,
+    Backend, Bytes, BytesMut, CloseReason, Config, Conn, ConnId, Connection, Error, Handler,
+    HandlerFactory, Listener, Prefer, SendQueue,
 };
 
 pub use bridge::{AsyncConn, AsyncListener};
@@ -109,7 +109,9 @@ pub struct TokioBackend {
 
 impl std::fmt::Debug for TokioBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokioBackend").field("shut", &self.shared.shut.load(Ordering::Relaxed)).finish()
+        f.debug_struct("TokioBackend")
+            .field("shut", &self.shared.shut.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -196,7 +198,11 @@ impl Backend for TokioBackend {
         "tokio"
     }
 
-    fn listen(&self, addr: SocketAddr, factory: HandlerFactory) -> Result<Box<dyn Listener>, Error> {
+    fn listen(
+        &self,
+        addr: SocketAddr,
+        factory: HandlerFactory,
+    ) -> Result<Box<dyn Listener>, Error> {
         if self.shared.shut.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -209,11 +215,18 @@ impl Backend for TokioBackend {
             let _e = shared.handle.enter();
             TcpListener::from_std(std_l)?
         };
-        shared.handle.spawn(accept_loop(shared.clone(), l, factory, rx, guard));
+        shared
+            .handle
+            .spawn(accept_loop(shared.clone(), l, factory, rx, guard));
         Ok(Box::new(ListenerCtl { addr: bound, tx }))
     }
 
-    fn connect(&self, addr: SocketAddr, timeout: Duration, mut handler: Box<dyn Handler>) -> Result<(), Error> {
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        mut handler: Box<dyn Handler>,
+    ) -> Result<(), Error> {
         if self.shared.shut.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -261,7 +274,12 @@ impl Backend for TokioBackend {
                     tracing::warn!("zs-io-tokio: {} tasks still running at shutdown", *n);
                     break;
                 }
-                n = self.shared.tasks_cv.wait_timeout(n, left).unwrap_or_else(|p| p.into_inner()).0;
+                n = self
+                    .shared
+                    .tasks_cv
+                    .wait_timeout(n, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
         }
         if let Some(rt) = lock(&self.shared.runtime).take() {
@@ -416,9 +434,9 @@ impl Connection for TConn {
 
 fn reason_of(e: &io::Error) -> CloseReason {
     match e.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
-            CloseReason::Reset
-        }
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => CloseReason::Reset,
         k => CloseReason::Error(k),
     }
 }
@@ -443,7 +461,9 @@ async fn run_conn(
     if cfg.nodelay {
         let _ = stream.set_nodelay(true);
     }
-    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
     let tc = Arc::new(TConn {
         id,
         peer,
@@ -489,7 +509,12 @@ async fn run_conn(
                 seq += 1;
                 timers.push(Reverse((at, seq, token)));
             }
-            let mut plan = Plan { read: !st.paused && !eof && !st.closing, write: false, writable_cb: false, end: None };
+            let mut plan = Plan {
+                read: !st.paused && !eof && !st.closing,
+                write: false,
+                writable_cb: false,
+                end: None,
+            };
             if st.abort {
                 plan.end = Some((CloseReason::Local, true));
             } else {
@@ -531,7 +556,14 @@ async fn run_conn(
                         }
                     }
                     if st.closing && plan.end.is_none() {
-                        plan.end = Some((if eof { CloseReason::PeerClosed } else { CloseReason::Local }, false));
+                        plan.end = Some((
+                            if eof {
+                                CloseReason::PeerClosed
+                            } else {
+                                CloseReason::Local
+                            },
+                            false,
+                        ));
                     }
                 } else if st.closing && linger_deadline.is_none() {
                     linger_deadline = Some(Instant::now() + cfg.close_linger);
@@ -599,9 +631,11 @@ async fn run_conn(
                 if got > 0 {
                     last_activity = Instant::now();
                     callback!(handler.on_data(&conn, &mut rbuf));
-                    if rbuf.is_empty() {
-                        rbuf = BytesMut::new();
-                    }
+                }
+                if rbuf.is_empty() {
+                    // Idle connections keep no read buffer (a spurious wake-up would
+                    // otherwise leave a 64 KiB reservation behind).
+                    rbuf = BytesMut::new();
                 }
                 if let Some(e) = err {
                     break (reason_of(&e), false);

@@ -5,7 +5,13 @@ use zs_io::{Backend, Config};
 use zs_io_tokio::{AsyncConn, AsyncListener, TokioBackend};
 
 fn backends() -> Vec<Box<dyn Backend>> {
-    vec![Box::new(TokioBackend::new(Config { loops: 2, ..Config::default() }).unwrap())]
+    vec![Box::new(
+        TokioBackend::new(Config {
+            loops: 2,
+            ..Config::default()
+        })
+        .unwrap(),
+    )]
 }
 
 /// Async server and async client through the seam: a 16 MiB round trip with the
@@ -14,7 +20,11 @@ fn backends() -> Vec<Box<dyn Backend>> {
 #[test]
 fn async_echo_with_backpressure() {
     for backend in backends() {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let mut listener = AsyncListener::bind(&*backend, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr();
         rt.block_on(async {
@@ -34,7 +44,9 @@ fn async_echo_with_backpressure() {
                 c.shutdown_write().unwrap();
                 total
             });
-            let c = AsyncConn::connect(&*backend, addr, Duration::from_secs(5)).await.unwrap();
+            let c = AsyncConn::connect(&*backend, addr, Duration::from_secs(5))
+                .await
+                .unwrap();
             let total = 16usize << 20;
             let data: Vec<u8> = (0..total).map(|i| (i % 253) as u8).collect();
             let expect = data.clone();

@@ -107,7 +107,7 @@
 //! ```
 //!
 //! Async user code uses the same seam through `zs_io_tokio::AsyncConn`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod error;
 mod queue;
@@ -201,7 +201,13 @@ pub type Conn = Arc<dyn Connection>;
 
 impl fmt::Debug for dyn Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} -> {}", self.id(), self.local_addr(), self.peer_addr())
+        write!(
+            f,
+            "{} {} -> {}",
+            self.id(),
+            self.local_addr(),
+            self.peer_addr()
+        )
     }
 }
 
@@ -278,7 +284,10 @@ pub enum Prefer {
 
 /// Orders (and filters) addresses by `prefer`, keeping the resolver's order within a
 /// family and dropping duplicates.
-pub fn sort_by_preference(addrs: impl IntoIterator<Item = SocketAddr>, prefer: Prefer) -> Vec<SocketAddr> {
+pub fn sort_by_preference(
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    prefer: Prefer,
+) -> Vec<SocketAddr> {
     let mut v6 = Vec::new();
     let mut v4 = Vec::new();
     for a in addrs {
@@ -349,7 +358,9 @@ impl Config {
         if self.loops > 0 {
             self.loops
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 }
@@ -361,12 +372,18 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &str;
     /// Binds `addr` (with `SO_REUSEADDR`) and accepts connections, giving each a
     /// handler made by `factory`.
-    fn listen(&self, addr: SocketAddr, factory: HandlerFactory) -> Result<Box<dyn Listener>, Error>;
+    fn listen(&self, addr: SocketAddr, factory: HandlerFactory)
+        -> Result<Box<dyn Listener>, Error>;
     /// Starts an outgoing connection to `addr`. Returns at once (errors here are only
     /// immediate ones, e.g. [`Error::ShutDown`]); later the handler gets `on_open`, or
     /// `on_connect_failed` with [`Error::Refused`] / [`Error::TimedOut`] (after
     /// `timeout`) / [`Error::Io`].
-    fn connect(&self, addr: SocketAddr, timeout: Duration, handler: Box<dyn Handler>) -> Result<(), Error>;
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        handler: Box<dyn Handler>,
+    ) -> Result<(), Error>;
     /// Resolves a host name to addresses ordered by `prefer` (may block; don't call it
     /// from a handler). Default: [`resolve_blocking`].
     fn resolve(&self, host: &str, port: u16, prefer: Prefer) -> Result<Vec<SocketAddr>, Error> {
@@ -425,7 +442,14 @@ pub fn connect_blocking(
     handler: Box<dyn Handler>,
 ) -> Result<Conn, Error> {
     let (tx, rx) = mpsc::channel();
-    backend.connect(addr, timeout, Box::new(ConnectWaiter { inner: handler, tx: Some(tx) }))?;
+    backend.connect(
+        addr,
+        timeout,
+        Box::new(ConnectWaiter {
+            inner: handler,
+            tx: Some(tx),
+        }),
+    )?;
     // The backend enforces `timeout`; the margin only guards against a broken backend.
     match rx.recv_timeout(timeout + Duration::from_secs(5)) {
         Ok(r) => r,
@@ -463,8 +487,14 @@ mod tests {
         let a6: SocketAddr = "[::1]:1".parse().unwrap();
         let b4: SocketAddr = "127.0.0.2:1".parse().unwrap();
         let input = vec![a4, a6, b4, a4];
-        assert_eq!(sort_by_preference(input.clone(), Prefer::V6First), vec![a6, a4, b4]);
-        assert_eq!(sort_by_preference(input.clone(), Prefer::V4First), vec![a4, b4, a6]);
+        assert_eq!(
+            sort_by_preference(input.clone(), Prefer::V6First),
+            vec![a6, a4, b4]
+        );
+        assert_eq!(
+            sort_by_preference(input.clone(), Prefer::V4First),
+            vec![a4, b4, a6]
+        );
         assert_eq!(sort_by_preference(input.clone(), Prefer::V6Only), vec![a6]);
         assert_eq!(sort_by_preference(input, Prefer::V4Only), vec![a4, b4]);
     }
@@ -473,12 +503,18 @@ mod tests {
     fn resolve_literal_and_failure() {
         let v = resolve_blocking("127.0.0.1", 80, Prefer::V6First).unwrap();
         assert_eq!(v, vec!["127.0.0.1:80".parse().unwrap()]);
-        assert!(matches!(resolve_blocking("127.0.0.1", 80, Prefer::V6Only), Err(Error::Resolve(_))));
+        assert!(matches!(
+            resolve_blocking("127.0.0.1", 80, Prefer::V6Only),
+            Err(Error::Resolve(_))
+        ));
     }
 
     #[test]
     fn config_loops() {
-        let c = Config { loops: 3, ..Config::default() };
+        let c = Config {
+            loops: 3,
+            ..Config::default()
+        };
         assert_eq!(c.effective_loops(), 3);
         assert!(Config::default().effective_loops() >= 1);
     }

@@ -42,7 +42,12 @@ pub struct SendQueue {
 impl SendQueue {
     /// An empty queue bounded by `limit` bytes (at least 1).
     pub fn new(limit: usize) -> SendQueue {
-        SendQueue { chunks: VecDeque::new(), len: 0, limit: limit.max(1), want_writable: false }
+        SendQueue {
+            chunks: VecDeque::new(),
+            len: 0,
+            limit: limit.max(1),
+            want_writable: false,
+        }
     }
 
     /// The bound given to [`new`](SendQueue::new).
@@ -92,7 +97,9 @@ impl SendQueue {
     /// [`len`](SendQueue::len) empties the queue.
     pub fn advance(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(front) = self.chunks.front_mut() else { break };
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
             if n >= front.len() {
                 n -= front.len();
                 self.len -= front.len();

@@ -50,8 +50,8 @@ use bytes::{Bytes, BytesMut};
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::{
-    Backend, CloseReason, Config, Conn, ConnId, Connection, Error, Handler, HandlerFactory, Listener, SendQueue,
-    TimerWheel,
+    Backend, CloseReason, Config, Conn, ConnId, Connection, Error, Handler, HandlerFactory,
+    Listener, SendQueue, TimerWheel,
 };
 
 /// What a registration asks the poller to report (always edge-triggered).
@@ -140,11 +140,31 @@ thread_local! {
 }
 
 enum Cmd {
-    Listen { id: u64, socket: TcpListener, factory: HandlerFactory, shut: Arc<AtomicBool> },
-    Adopt { stream: TcpStream, factory: HandlerFactory, listener: u64, shut: Arc<AtomicBool> },
-    Connect { socket: io::Result<Socket>, addr: SocketAddr, timeout: Duration, handler: Box<dyn Handler> },
-    CloseListener { id: u64 },
-    Kick { slot: usize, id: ConnId },
+    Listen {
+        id: u64,
+        socket: TcpListener,
+        factory: HandlerFactory,
+        shut: Arc<AtomicBool>,
+    },
+    Adopt {
+        stream: TcpStream,
+        factory: HandlerFactory,
+        listener: u64,
+        shut: Arc<AtomicBool>,
+    },
+    Connect {
+        socket: io::Result<Socket>,
+        addr: SocketAddr,
+        timeout: Duration,
+        handler: Box<dyn Handler>,
+    },
+    CloseListener {
+        id: u64,
+    },
+    Kick {
+        slot: usize,
+        id: ConnId,
+    },
     Stop,
 }
 
@@ -212,12 +232,18 @@ enum FlushResult {
 impl ConnState {
     /// Writes as much of the queue as the kernel takes; then FIN if requested.
     fn flush(&mut self) -> FlushResult {
-        let Some(stream) = self.stream.as_ref() else { return FlushResult::Done };
+        let Some(stream) = self.stream.as_ref() else {
+            return FlushResult::Done;
+        };
         let mut wrote = false;
         while !self.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let n = self.queue.io_slices(&mut slices);
-            let r = if n == 1 { (&*stream).write(&slices[0]) } else { (&*stream).write_vectored(&slices[..n]) };
+            let r = if n == 1 {
+                (&*stream).write(&slices[0])
+            } else {
+                (&*stream).write_vectored(&slices[..n])
+            };
             match r {
                 Ok(0) => return FlushResult::Failed(io::ErrorKind::WriteZero.into()),
                 Ok(k) => {
@@ -266,7 +292,10 @@ impl ConnShared {
         st.kicked = true;
         // Lock order: connection state, then mailbox (the loop never nests them the
         // other way). A stopped loop has closed every connection already.
-        let _ = self.lp.post(Cmd::Kick { slot: self.slot, id: self.id });
+        let _ = self.lp.post(Cmd::Kick {
+            slot: self.slot,
+            id: self.id,
+        });
     }
 }
 
@@ -441,9 +470,9 @@ struct Loop {
 
 fn close_reason(e: &io::Error) -> CloseReason {
     match e.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
-            CloseReason::Reset
-        }
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => CloseReason::Reset,
         k => CloseReason::Error(k),
     }
 }
@@ -470,7 +499,9 @@ impl Loop {
             let timeout = if !self.again.is_empty() || !lock(&self.handle.mailbox).cmds.is_empty() {
                 Some(Duration::ZERO)
             } else {
-                self.wheel.next_deadline().map(|d| d.saturating_duration_since(Instant::now()))
+                self.wheel
+                    .next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
             };
             self.events.clear();
             if let Err(e) = self.poller.wait(&mut self.events, timeout) {
@@ -511,25 +542,50 @@ impl Loop {
             }
             for cmd in cmds {
                 match cmd {
-                    Cmd::Listen { id, socket, factory, shut } => {
+                    Cmd::Listen {
+                        id,
+                        socket,
+                        factory,
+                        shut,
+                    } => {
                         if shut.load(Ordering::Acquire) || self.closed_listeners.contains(&id) {
                             continue;
                         }
                         let slot = self.alloc();
-                        if let Err(e) = self.poller.register(socket.as_raw_fd(), slot, Interest::Read) {
+                        if let Err(e) =
+                            self.poller
+                                .register(socket.as_raw_fd(), slot, Interest::Read)
+                        {
                             tracing::error!("zs-io reactor: register listener: {e}");
                             self.release(slot);
                             continue;
                         }
-                        self.slots[slot] = Slot::Listener(ListenerEntry { id, socket, factory, shut });
+                        self.slots[slot] = Slot::Listener(ListenerEntry {
+                            id,
+                            socket,
+                            factory,
+                            shut,
+                        });
                         self.do_accept(slot);
                     }
-                    Cmd::Adopt { stream, factory, listener, shut } => {
-                        if !shut.load(Ordering::Acquire) && !self.closed_listeners.contains(&listener) {
+                    Cmd::Adopt {
+                        stream,
+                        factory,
+                        listener,
+                        shut,
+                    } => {
+                        if !shut.load(Ordering::Acquire)
+                            && !self.closed_listeners.contains(&listener)
+                        {
                             self.adopt(stream, factory(), Some(listener));
                         }
                     }
-                    Cmd::Connect { socket, addr, timeout, handler } => self.start_connect(socket, addr, timeout, handler),
+                    Cmd::Connect {
+                        socket,
+                        addr,
+                        timeout,
+                        handler,
+                    } => self.start_connect(socket, addr, timeout, handler),
                     Cmd::CloseListener { id } => self.close_listener(id),
                     Cmd::Kick { slot, id } => {
                         if self.conn_matches(slot, id) {
@@ -573,7 +629,9 @@ impl Loop {
         let mut accepted = Vec::new();
         let mut more = false;
         let (factory, lid, shut) = {
-            let Slot::Listener(l) = &self.slots[slot] else { return };
+            let Slot::Listener(l) = &self.slots[slot] else {
+                return;
+            };
             loop {
                 match l.socket.accept() {
                     Ok((s, _)) => {
@@ -617,7 +675,12 @@ impl Loop {
                     self.adopt(stream, h, Some(lid));
                 }
                 Some(t) => {
-                    let _ = t.post(Cmd::Adopt { stream, factory: factory.clone(), listener: lid, shut: shut.clone() });
+                    let _ = t.post(Cmd::Adopt {
+                        stream,
+                        factory: factory.clone(),
+                        listener: lid,
+                        shut: shut.clone(),
+                    });
                 }
             }
         }
@@ -719,15 +782,26 @@ impl Loop {
             }
         }
         self.callback(slot, |h, c| h.on_open(c));
-        // Data may already be waiting (the edge fired before registration).
-        self.do_read(slot, true);
+        // A fresh registration reports data that is already waiting (epoll and
+        // kqueue check readiness when a descriptor is added), but a connect's slot was
+        // registered earlier and its readable edge may have been spent on
+        // `finish_connect`: read now.
+        if reuse_slot.is_some() {
+            self.do_read(slot, true);
+        }
     }
 
     fn arm(&mut self, slot: usize, id: ConnId, kind: TimerKind, at: Instant) {
         self.wheel.insert(at, (slot, id, kind));
     }
 
-    fn start_connect(&mut self, socket: io::Result<Socket>, addr: SocketAddr, timeout: Duration, mut handler: Box<dyn Handler>) {
+    fn start_connect(
+        &mut self,
+        socket: io::Result<Socket>,
+        addr: SocketAddr,
+        timeout: Duration,
+        mut handler: Box<dyn Handler>,
+    ) {
         let socket = match socket {
             Ok(s) => s,
             Err(e) => {
@@ -736,13 +810,21 @@ impl Loop {
             }
         };
         let slot = self.alloc();
-        if let Err(e) = self.poller.register(socket.as_raw_fd(), slot, Interest::ReadWrite) {
+        if let Err(e) = self
+            .poller
+            .register(socket.as_raw_fd(), slot, Interest::ReadWrite)
+        {
             self.release(slot);
             handler.on_connect_failed(Error::Io(e));
             return;
         }
         let id = ConnId(self.common.next_conn.fetch_add(1, Ordering::Relaxed));
-        self.slots[slot] = Slot::Connecting(Box::new(PendingConnect { id, socket, addr, handler }));
+        self.slots[slot] = Slot::Connecting(Box::new(PendingConnect {
+            id,
+            socket,
+            addr,
+            handler,
+        }));
         self.arm(slot, id, TimerKind::ConnectTimeout, self.now + timeout);
         // An immediate (loopback) completion may have fired its edge already.
         self.finish_connect(slot);
@@ -750,7 +832,9 @@ impl Loop {
 
     fn finish_connect(&mut self, slot: usize) {
         let outcome = {
-            let Slot::Connecting(p) = &self.slots[slot] else { return };
+            let Slot::Connecting(p) = &self.slots[slot] else {
+                return;
+            };
             match p.socket.take_error() {
                 Ok(Some(e)) | Err(e) => Some(Err(e)),
                 Ok(None) => match p.socket.peer_addr() {
@@ -761,8 +845,15 @@ impl Loop {
             }
         };
         let Some(outcome) = outcome else { return };
-        let Slot::Connecting(p) = std::mem::replace(&mut self.slots[slot], Slot::Free) else { return };
-        let PendingConnect { id, socket, addr, mut handler } = *p;
+        let Slot::Connecting(p) = std::mem::replace(&mut self.slots[slot], Slot::Free) else {
+            return;
+        };
+        let PendingConnect {
+            id,
+            socket,
+            addr,
+            mut handler,
+        } = *p;
         match outcome {
             Ok(()) => {
                 let stream: TcpStream = socket.into();
@@ -781,7 +872,9 @@ impl Loop {
     /// Runs one handler callback with the connection marked "in callback", then
     /// services the connection (flush, flags, notifications).
     fn callback(&mut self, slot: usize, f: impl FnOnce(&mut dyn Handler, &Conn)) {
-        let Slot::Conn(e) = &mut self.slots[slot] else { return };
+        let Slot::Conn(e) = &mut self.slots[slot] else {
+            return;
+        };
         lock(&e.shared.state).in_callback = true;
         f(&mut *e.handler, &e.conn);
         self.service(slot);
@@ -792,11 +885,17 @@ impl Loop {
     /// `WouldBlock` or end of stream.
     fn do_read(&mut self, slot: usize, to_block: bool) {
         let read_budget = self.common.cfg.read_chunk.max(1024) * 4;
-        let Slot::Conn(e) = &mut self.slots[slot] else { return };
+        let Slot::Conn(e) = &mut self.slots[slot] else {
+            return;
+        };
         if e.paused || e.eof {
             return;
         }
-        let mut buf = if e.rbuf.is_empty() { self.pool.pop().unwrap_or_default() } else { std::mem::take(&mut e.rbuf) };
+        let mut buf = if e.rbuf.is_empty() {
+            self.pool.pop().unwrap_or_default()
+        } else {
+            std::mem::take(&mut e.rbuf)
+        };
         let had_leftover = !buf.is_empty();
         let mut got = 0usize;
         let mut eof = false;
@@ -807,7 +906,9 @@ impl Loop {
             if st.closed || st.closing {
                 return;
             }
-            let Some(stream) = st.stream.as_ref() else { return };
+            let Some(stream) = st.stream.as_ref() else {
+                return;
+            };
             let chunk = self.scratch.len();
             loop {
                 match (&*stream).read(&mut self.scratch) {
@@ -874,7 +975,9 @@ impl Loop {
     /// flush, FIN, graceful close, `on_writable`.
     fn service(&mut self, slot: usize) {
         loop {
-            let Slot::Conn(e) = &mut self.slots[slot] else { return };
+            let Slot::Conn(e) = &mut self.slots[slot] else {
+                return;
+            };
             let id = e.shared.id;
             let shared = e.shared.clone();
             let mut st = lock(&shared.state);
@@ -933,7 +1036,15 @@ impl Loop {
                 return;
             }
             if closing && drained {
-                self.close_now(slot, if eof { CloseReason::PeerClosed } else { CloseReason::Local }, false);
+                self.close_now(
+                    slot,
+                    if eof {
+                        CloseReason::PeerClosed
+                    } else {
+                        CloseReason::Local
+                    },
+                    false,
+                );
                 return;
             }
             if resume {
@@ -943,7 +1054,9 @@ impl Loop {
                 return;
             }
             // on_writable, then service again (it may have queued more).
-            let Slot::Conn(e) = &mut self.slots[slot] else { return };
+            let Slot::Conn(e) = &mut self.slots[slot] else {
+                return;
+            };
             lock(&e.shared.state).in_callback = true;
             e.handler.on_writable(&e.conn);
         }
@@ -955,9 +1068,18 @@ impl Loop {
         }
         match kind {
             TimerKind::ConnectTimeout => {
-                let Slot::Connecting(_) = &self.slots[slot] else { return };
-                let Slot::Connecting(p) = std::mem::replace(&mut self.slots[slot], Slot::Free) else { return };
-                let PendingConnect { socket, mut handler, .. } = *p;
+                let Slot::Connecting(_) = &self.slots[slot] else {
+                    return;
+                };
+                let Slot::Connecting(p) = std::mem::replace(&mut self.slots[slot], Slot::Free)
+                else {
+                    return;
+                };
+                let PendingConnect {
+                    socket,
+                    mut handler,
+                    ..
+                } = *p;
                 let _ = self.poller.deregister(socket.as_raw_fd());
                 drop(socket);
                 self.free.push(slot);
@@ -965,7 +1087,9 @@ impl Loop {
             }
             TimerKind::User(token) => self.callback(slot, |h, c| h.on_timer(c, token)),
             TimerKind::Idle => {
-                let Slot::Conn(e) = &mut self.slots[slot] else { return };
+                let Slot::Conn(e) = &mut self.slots[slot] else {
+                    return;
+                };
                 let Some(d) = e.idle else {
                     e.idle_armed = false;
                     return;
@@ -979,8 +1103,14 @@ impl Loop {
                 }
             }
             TimerKind::Linger => {
-                let Slot::Conn(e) = &self.slots[slot] else { return };
-                let reason = if e.eof { CloseReason::PeerClosed } else { CloseReason::Local };
+                let Slot::Conn(e) = &self.slots[slot] else {
+                    return;
+                };
+                let reason = if e.eof {
+                    CloseReason::PeerClosed
+                } else {
+                    CloseReason::Local
+                };
                 self.close_now(slot, reason, false);
             }
         }
@@ -989,7 +1119,9 @@ impl Loop {
     /// Ends a connection now: closes the socket (with RST if `reset`), frees the slot
     /// and calls `on_close`.
     fn close_now(&mut self, slot: usize, reason: CloseReason, reset: bool) {
-        let Slot::Conn(e) = std::mem::replace(&mut self.slots[slot], Slot::Free) else { return };
+        let Slot::Conn(e) = std::mem::replace(&mut self.slots[slot], Slot::Free) else {
+            return;
+        };
         self.free.push(slot);
         let mut e = *e;
         {
@@ -1040,7 +1172,9 @@ impl Loop {
             match &self.slots[slot] {
                 Slot::Conn(_) => self.close_now(slot, CloseReason::Shutdown, false),
                 Slot::Connecting(_) => {
-                    if let Slot::Connecting(p) = std::mem::replace(&mut self.slots[slot], Slot::Free) {
+                    if let Slot::Connecting(p) =
+                        std::mem::replace(&mut self.slots[slot], Slot::Free)
+                    {
                         let mut p = *p;
                         let _ = self.poller.deregister(p.socket.as_raw_fd());
                         p.handler.on_connect_failed(Error::ShutDown);
@@ -1079,13 +1213,23 @@ impl std::fmt::Debug for ReactorBackend {
 
 impl ReactorBackend {
     /// Starts `cfg.effective_loops()` loop threads, each with a poller from `pollers`.
-    pub fn start(name: &str, cfg: Config, mode: AcceptMode, pollers: PollerFactory) -> Result<ReactorBackend, Error> {
+    pub fn start(
+        name: &str,
+        cfg: Config,
+        mode: AcceptMode,
+        pollers: PollerFactory,
+    ) -> Result<ReactorBackend, Error> {
         let n = cfg.effective_loops();
         let mut made = Vec::with_capacity(n);
         for _ in 0..n {
             let p = pollers()?;
-            let handle =
-                Arc::new(LoopHandle { mailbox: Mutex::new(Mailbox { cmds: Vec::new(), stopped: false }), waker: p.waker() });
+            let handle = Arc::new(LoopHandle {
+                mailbox: Mutex::new(Mailbox {
+                    cmds: Vec::new(),
+                    stopped: false,
+                }),
+                waker: p.waker(),
+            });
             made.push((p, handle));
         }
         let common = Arc::new(Common {
@@ -1115,7 +1259,9 @@ impl ReactorBackend {
                 closed_listeners: HashSet::new(),
                 now: Instant::now(),
             };
-            let t = std::thread::Builder::new().name(format!("zs-{name}-{i}")).spawn(move || lp.run())?;
+            let t = std::thread::Builder::new()
+                .name(format!("zs-{name}-{i}"))
+                .spawn(move || lp.run())?;
             lock(&common.threads).push(t);
         }
         Ok(ReactorBackend { common })
@@ -1179,7 +1325,11 @@ impl Backend for ReactorBackend {
         &self.common.name
     }
 
-    fn listen(&self, addr: SocketAddr, factory: HandlerFactory) -> Result<Box<dyn Listener>, Error> {
+    fn listen(
+        &self,
+        addr: SocketAddr,
+        factory: HandlerFactory,
+    ) -> Result<Box<dyn Listener>, Error> {
         if self.common.shut.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -1207,14 +1357,32 @@ impl Backend for ReactorBackend {
         let start = self.common.next_loop.fetch_add(1, Ordering::Relaxed);
         for (i, socket) in sockets.into_iter().enumerate() {
             let lp = &self.common.loops[(start + i) % n];
-            if lp.post(Cmd::Listen { id, socket, factory: factory.clone(), shut: shut.clone() }).is_err() {
+            if lp
+                .post(Cmd::Listen {
+                    id,
+                    socket,
+                    factory: factory.clone(),
+                    shut: shut.clone(),
+                })
+                .is_err()
+            {
                 return Err(Error::ShutDown);
             }
         }
-        Ok(Box::new(ReactorListener { id, addr: bound, common: self.common.clone(), shut }))
+        Ok(Box::new(ReactorListener {
+            id,
+            addr: bound,
+            common: self.common.clone(),
+            shut,
+        }))
     }
 
-    fn connect(&self, addr: SocketAddr, timeout: Duration, handler: Box<dyn Handler>) -> Result<(), Error> {
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        handler: Box<dyn Handler>,
+    ) -> Result<(), Error> {
         if self.common.shut.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -1227,12 +1395,22 @@ impl Backend for ReactorBackend {
             }
             match s.connect(&addr.into()) {
                 Ok(()) => Ok(s),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+                {
+                    Ok(s)
+                }
                 Err(e) => Err(e),
             }
         })();
         let lp = self.common.pick_loop();
-        match lp.post(Cmd::Connect { socket, addr, timeout, handler }) {
+        match lp.post(Cmd::Connect {
+            socket,
+            addr,
+            timeout,
+            handler,
+        }) {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::ShutDown),
         }

@@ -120,7 +120,11 @@ impl<T> TimerWheel<T> {
         let t = match self.earliest {
             Some(t) => t,
             None => {
-                let t = self.slots.iter().flat_map(|s| s.iter().map(|e| e.0)).min()?;
+                let t = self
+                    .slots
+                    .iter()
+                    .flat_map(|s| s.iter().map(|e| e.0))
+                    .min()?;
                 self.earliest = Some(t);
                 t
             }

@@ -65,7 +65,7 @@ fn lz4_max_output(compressed: usize) -> u64 {
 /// Turns a received body into the frame, decompressing first if flagged.
 fn finish(h: Header, body: Bytes, config: &Config) -> Result<Frame, WireError> {
     let body = if h.compressed { decompress(&body, config)? } else { body };
-    Frame::decode_body(h.kind, &body, &config.limits)
+    Frame::decode_body(h.kind, body, &config.limits)
 }
 
 fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {

@@ -1,15 +1,25 @@
 //! [`DataFrame`]: an ordered list of typed values, its binary form and its readers.
 
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::OnceLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::value::{tag, vtag, NumArray, NumKind, Text, Value, Variant};
-use crate::varint::{put_varint, varint_len, Cursor};
+use crate::varint::{get_varint, put_varint, varint_len, Cursor, Varint};
 use crate::{Limits, WireError};
 
 /// An ordered list of typed [`Value`]s: the payload of stream requests and responses.
 ///
 /// Build it with [`push`](DataFrame::push) (anything `Into<Value>`), read it back by
 /// index ([`get`](DataFrame::get)) or in order with a lenient [`Reader`].
+///
+/// A decoded DataFrame is **validated eagerly and built lazily**: decoding checks
+/// every byte against the [`Limits`] (so every error is reported by `decode`) and
+/// keeps the validated bytes; the [`Value`]s are built on first access by index,
+/// while a [`Reader`] reads straight from the bytes. Re-encoding an unmodified
+/// decoded DataFrame copies its bytes (cheap forwarding).
 ///
 /// ```
 /// use zs_wire::{DataFrame, Limits};
@@ -21,78 +31,129 @@ use crate::{Limits, WireError};
 /// assert_eq!(r.read_text().unwrap(), "name");
 /// assert_eq!(r.read_i64().unwrap(), 42);
 /// assert_eq!(r.read_i32().unwrap(), 2); // lenient: a float read as an integer
+/// assert_eq!(back, df);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone)]
 pub struct DataFrame {
-    values: Vec<Value>,
+    repr: Repr,
+}
+
+#[derive(Clone)]
+enum Repr {
+    /// Built in memory (or modified after decoding).
+    Owned(Vec<Value>),
+    /// Decoded: validated wire bytes (count + values), values built on demand.
+    Wire { bytes: Bytes, count: usize, cache: OnceLock<Vec<Value>> },
+}
+
+impl Default for DataFrame {
+    fn default() -> Self {
+        DataFrame::new()
+    }
+}
+
+impl PartialEq for DataFrame {
+    fn eq(&self, other: &DataFrame) -> bool {
+        self.values() == other.values()
+    }
+}
+
+impl fmt::Debug for DataFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataFrame").field("values", &self.values()).finish()
+    }
 }
 
 impl DataFrame {
     /// An empty DataFrame.
     pub const fn new() -> DataFrame {
-        DataFrame { values: Vec::new() }
+        DataFrame { repr: Repr::Owned(Vec::new()) }
     }
 
     /// An empty DataFrame with room for `n` values.
     pub fn with_capacity(n: usize) -> DataFrame {
-        DataFrame { values: Vec::with_capacity(n) }
+        DataFrame { repr: Repr::Owned(Vec::with_capacity(n)) }
+    }
+
+    /// The values as a mutable vector (builds them first if this DataFrame was
+    /// decoded; afterwards it is encoded from its values).
+    pub fn values_mut(&mut self) -> &mut Vec<Value> {
+        if let Repr::Wire { bytes, cache, .. } = &mut self.repr {
+            let v = cache.take().unwrap_or_else(|| build_values(bytes));
+            self.repr = Repr::Owned(v);
+        }
+        match &mut self.repr {
+            Repr::Owned(v) => v,
+            Repr::Wire { .. } => unreachable!("converted to Owned just above"),
+        }
     }
 
     /// Appends a value; returns `self` for chaining.
     pub fn push(&mut self, v: impl Into<Value>) -> &mut DataFrame {
-        self.values.push(v.into());
+        self.values_mut().push(v.into());
         self
     }
 
     /// Builder form of [`push`](DataFrame::push).
     pub fn with(mut self, v: impl Into<Value>) -> DataFrame {
-        self.values.push(v.into());
+        self.values_mut().push(v.into());
         self
     }
 
     /// Number of values (not counting the values inside nested DataFrames).
     pub fn len(&self) -> usize {
-        self.values.len()
+        match &self.repr {
+            Repr::Owned(v) => v.len(),
+            Repr::Wire { count, .. } => *count,
+        }
     }
 
     /// True when there are no values.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.len() == 0
     }
 
     /// Value `i`.
     pub fn get(&self, i: usize) -> Option<&Value> {
-        self.values.get(i)
+        self.values().get(i)
     }
 
-    /// All values in order.
+    /// All values in order (built on first call for a decoded DataFrame).
     pub fn values(&self) -> &[Value] {
-        &self.values
-    }
-
-    /// Mutable access to the values.
-    pub fn values_mut(&mut self) -> &mut Vec<Value> {
-        &mut self.values
+        match &self.repr {
+            Repr::Owned(v) => v,
+            Repr::Wire { bytes, cache, .. } => cache.get_or_init(|| build_values(bytes)),
+        }
     }
 
     /// Unwraps the values.
     pub fn into_values(self) -> Vec<Value> {
-        self.values
+        match self.repr {
+            Repr::Owned(v) => v,
+            Repr::Wire { bytes, cache, .. } => cache.into_inner().unwrap_or_else(|| build_values(&bytes)),
+        }
     }
 
     /// Removes every value.
     pub fn clear(&mut self) {
-        self.values.clear();
+        self.repr = Repr::Owned(Vec::new());
     }
 
     /// A cursor that reads the values in order with lenient conversions.
     pub fn reader(&self) -> Reader<'_> {
-        Reader { df: self, pos: 0 }
+        let off = match &self.repr {
+                Repr::Wire { cache, count, .. } if cache.get().is_none() => Some(varint_len(*count as u64)),
+            _ => None,
+        };
+        Reader { df: self, pos: 0, off }
     }
 
     /// Exact size of the binary form in bytes.
     pub fn encoded_len(&self) -> usize {
-        varint_len(self.values.len() as u64) + self.values.iter().map(value_len).sum::<usize>()
+        match &self.repr {
+            Repr::Wire { bytes, .. } => bytes.len(),
+            Repr::Owned(v) => varint_len(v.len() as u64) + v.iter().map(value_len).sum::<usize>(),
+        }
     }
 
     /// Appends the binary form (see `docs/PROTOCOL.md`, "DataFrame") to `dst`,
@@ -104,36 +165,51 @@ impl DataFrame {
 
     /// The binary form as a new buffer.
     pub fn to_bytes(&self) -> Bytes {
+        if let Repr::Wire { bytes, .. } = &self.repr {
+            return bytes.clone();
+        }
         let mut b = BytesMut::with_capacity(self.encoded_len());
         self.encode_into(&mut b);
         b.freeze()
     }
 
     pub(crate) fn encode_into(&self, dst: &mut impl BufMut) {
-        put_varint(dst, self.values.len() as u64);
-        for v in &self.values {
-            encode_value(v, dst);
+        match &self.repr {
+            Repr::Wire { bytes, .. } => dst.put_slice(bytes),
+            Repr::Owned(values) => {
+                put_varint(dst, values.len() as u64);
+                for v in values {
+                    encode_value(v, dst);
+                }
+            }
         }
     }
 
-    /// Decodes one DataFrame that fills `src` exactly. Byte, string and array values
-    /// are zero-copy slices of `src`.
+    /// Decodes one DataFrame that fills `src` exactly, checking every byte against
+    /// `limits`. Byte, string and array values are zero-copy slices of `src`.
     pub fn decode(src: &Bytes, limits: &Limits) -> Result<DataFrame, WireError> {
-        let mut cur = Cursor::new(src);
-        let df = DataFrame::decode_from(&mut cur, limits)?;
-        cur.finish()?;
-        Ok(df)
+        let mut cur = Cursor::new(src.clone());
+        DataFrame::decode_rest(&mut cur, limits)
     }
 
-    pub(crate) fn decode_from(cur: &mut Cursor<'_>, limits: &Limits) -> Result<DataFrame, WireError> {
+    /// Decodes a DataFrame that must fill the rest of the cursor's body.
+    pub(crate) fn decode_rest(cur: &mut Cursor, limits: &Limits) -> Result<DataFrame, WireError> {
+        let start = cur.pos();
         let mut budget = limits.max_values;
-        decode_frame(cur, limits, 1, &mut budget)
+        let count = validate_frame(cur, limits, 1, &mut budget)?;
+        cur.finish()?;
+        Ok(DataFrame { repr: Repr::Wire { bytes: cur.rest_from(start), count, cache: OnceLock::new() } })
+    }
+
+    /// A decoded DataFrame over already validated bytes (nested DataFrames).
+    fn from_validated(bytes: Bytes, count: usize) -> DataFrame {
+        DataFrame { repr: Repr::Wire { bytes, count, cache: OnceLock::new() } }
     }
 }
 
 impl FromIterator<Value> for DataFrame {
     fn from_iter<I: IntoIterator<Item = Value>>(iter: I) -> Self {
-        DataFrame { values: iter.into_iter().collect() }
+        DataFrame { repr: Repr::Owned(iter.into_iter().collect()) }
     }
 }
 
@@ -141,7 +217,7 @@ impl<'a> IntoIterator for &'a DataFrame {
     type Item = &'a Value;
     type IntoIter = std::slice::Iter<'a, Value>;
     fn into_iter(self) -> Self::IntoIter {
-        self.values.iter()
+        self.values().iter()
     }
 }
 
@@ -292,10 +368,19 @@ fn encode_value(v: &Value, dst: &mut impl BufMut) {
     }
 }
 
+/// Limits used when building values from bytes that were already validated.
+const UNLIMITED: Limits = Limits {
+    max_frame: usize::MAX,
+    max_depth: usize::MAX,
+    max_values: usize::MAX,
+    max_string: usize::MAX,
+    max_name: usize::MAX,
+};
+
 /// Reads a length prefix for a string-like value and checks it against the limit
-/// and the bytes left, before anything is allocated.
+/// (the bytes themselves are checked by the caller) before anything is allocated.
 #[inline]
-fn value_len_prefix(cur: &mut Cursor<'_>, limits: &Limits, field: &'static str) -> Result<usize, WireError> {
+fn value_len_prefix(cur: &mut Cursor, limits: &Limits, field: &'static str) -> Result<usize, WireError> {
     let n = cur.varint(field)?;
     if n > limits.max_string as u64 {
         return Err(WireError::ValueTooLarge { len: n, max: limits.max_string });
@@ -304,7 +389,7 @@ fn value_len_prefix(cur: &mut Cursor<'_>, limits: &Limits, field: &'static str) 
 }
 
 #[inline]
-fn read_bool(cur: &mut Cursor<'_>) -> Result<bool, WireError> {
+fn read_bool(cur: &mut Cursor) -> Result<bool, WireError> {
     match cur.u8("bool")? {
         0 => Ok(false),
         1 => Ok(true),
@@ -313,17 +398,37 @@ fn read_bool(cur: &mut Cursor<'_>) -> Result<bool, WireError> {
 }
 
 #[inline]
-fn read_text(cur: &mut Cursor<'_>, limits: &Limits) -> Result<Text, WireError> {
+fn read_text(cur: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
     let n = value_len_prefix(cur, limits, "string")?;
     Text::from_utf8(cur.bytes(n, "string")?)
 }
 
-fn decode_frame(
-    cur: &mut Cursor<'_>,
-    limits: &Limits,
-    depth: usize,
-    budget: &mut usize,
-) -> Result<DataFrame, WireError> {
+#[inline]
+fn check_text(cur: &mut Cursor, limits: &Limits) -> Result<(), WireError> {
+    let n = value_len_prefix(cur, limits, "string")?;
+    std::str::from_utf8(cur.slice(n, "string")?).map_err(|_| WireError::InvalidUtf8)?;
+    Ok(())
+}
+
+/// Byte length of an array payload, checked (kind, limit, whole elements).
+#[inline]
+fn array_header(cur: &mut Cursor, limits: &Limits) -> Result<(NumKind, usize), WireError> {
+    let k = cur.u8("array kind")?;
+    let kind = NumKind::from_tag(k).ok_or(WireError::UnknownArrayKind(k))?;
+    let n = value_len_prefix(cur, limits, "array")?;
+    if n % kind.size() != 0 {
+        return Err(WireError::ArrayLength { len: n as u64, elem: kind.size() });
+    }
+    Ok((kind, n))
+}
+
+fn parse_json(text: &[u8]) -> Result<serde_json::Value, WireError> {
+    serde_json::from_slice(text).map_err(|e| WireError::Json(e.to_string()))
+}
+
+/// Checks one DataFrame (count and values) against `limits` without building
+/// anything; returns its value count. Every decoding error is found here.
+fn validate_frame(cur: &mut Cursor, limits: &Limits, depth: usize, budget: &mut usize) -> Result<usize, WireError> {
     if depth > limits.max_depth {
         return Err(WireError::DepthExceeded { max: limits.max_depth });
     }
@@ -333,94 +438,207 @@ fn decode_frame(
     }
     let count = count as usize;
     *budget -= count;
-    // Every value takes at least 2 bytes, so the capacity is bounded by the input too.
-    let mut values = Vec::with_capacity(count.min(cur.remaining() / 2));
     for _ in 0..count {
-        decode_value(cur, limits, depth, budget, &mut values)?;
+        validate_value(cur, limits, depth, budget)?;
     }
-    Ok(DataFrame { values })
+    Ok(count)
 }
 
 #[inline]
-fn decode_value(
-    cur: &mut Cursor<'_>,
-    limits: &Limits,
-    depth: usize,
-    budget: &mut usize,
-    out: &mut Vec<Value>,
-) -> Result<(), WireError> {
-    // Each arm pushes its value directly so it is built in place in the vector.
+fn validate_value(cur: &mut Cursor, limits: &Limits, depth: usize, budget: &mut usize) -> Result<(), WireError> {
     let t = cur.u8("value tag")?;
     match t {
-        tag::STR => out.push(Value::Str(read_text(cur, limits)?)),
-        tag::BOOL => out.push(Value::Bool(read_bool(cur)?)),
-        tag::I8 => out.push(Value::I8(cur.u8("i8")? as i8)),
-        tag::I16 => out.push(Value::I16(i16::from_le_bytes(cur.array("i16")?))),
-        tag::I32 => out.push(Value::I32(i32::from_le_bytes(cur.array("i32")?))),
-        tag::I64 => out.push(Value::I64(i64::from_le_bytes(cur.array("i64")?))),
-        tag::U8 => out.push(Value::U8(cur.u8("u8")?)),
-        tag::U16 => out.push(Value::U16(u16::from_le_bytes(cur.array("u16")?))),
-        tag::U32 => out.push(Value::U32(u32::from_le_bytes(cur.array("u32")?))),
-        tag::U64 => out.push(Value::U64(u64::from_le_bytes(cur.array("u64")?))),
-        tag::F32 => out.push(Value::F32(f32::from_le_bytes(cur.array("f32")?))),
-        tag::F64 => out.push(Value::F64(f64::from_le_bytes(cur.array("f64")?))),
+        tag::STR => check_text(cur, limits)?,
+        tag::BOOL => {
+            read_bool(cur)?;
+        }
+        tag::I8 => drop(cur.slice(1, "i8")?),
+        tag::U8 => drop(cur.slice(1, "u8")?),
+        tag::I16 => drop(cur.slice(2, "i16")?),
+        tag::U16 => drop(cur.slice(2, "u16")?),
+        tag::I32 => drop(cur.slice(4, "i32")?),
+        tag::U32 => drop(cur.slice(4, "u32")?),
+        tag::F32 => drop(cur.slice(4, "f32")?),
+        tag::I64 => drop(cur.slice(8, "i64")?),
+        tag::U64 => drop(cur.slice(8, "u64")?),
+        tag::F64 => drop(cur.slice(8, "f64")?),
         tag::BYTES => {
             let n = value_len_prefix(cur, limits, "bytes")?;
-            out.push(Value::Bytes(cur.bytes(n, "bytes")?));
+            cur.slice(n, "bytes")?;
         }
         tag::ARRAY => {
-            let k = cur.u8("array kind")?;
-            let kind = NumKind::from_tag(k).ok_or(WireError::UnknownArrayKind(k))?;
-            let n = value_len_prefix(cur, limits, "array")?;
-            if n % kind.size() != 0 {
-                return Err(WireError::ArrayLength { len: n as u64, elem: kind.size() });
-            }
-            let data = cur.bytes(n, "array")?;
-            out.push(Value::Array(
-                NumArray::from_raw(kind, data)
-                    .ok_or(WireError::ArrayLength { len: n as u64, elem: kind.size() })?,
-            ));
+            let (_, n) = array_header(cur, limits)?;
+            cur.slice(n, "array")?;
         }
-        tag::FRAME => out.push(Value::Frame(decode_frame(cur, limits, depth + 1, budget)?)),
+        tag::FRAME => {
+            validate_frame(cur, limits, depth + 1, budget)?;
+        }
         tag::JSON => {
             let n = value_len_prefix(cur, limits, "json")?;
-            let text = cur.slice(n, "json")?;
-            let j: serde_json::Value =
-                serde_json::from_slice(text).map_err(|e| WireError::Json(e.to_string()))?;
-            out.push(Value::Json(Box::new(j)));
+            parse_json(cur.slice(n, "json")?)?;
         }
-        tag::VARIANT => {
-            let vt = cur.u8("variant tag")?;
-            let v = match vt {
-                vtag::NULL => Variant::Null,
-                vtag::BOOL => Variant::Bool(read_bool(cur)?),
-                vtag::INT => Variant::Int(i64::from_le_bytes(cur.array("variant")?)),
-                vtag::UINT => Variant::UInt(u64::from_le_bytes(cur.array("variant")?)),
-                vtag::FLOAT => Variant::Float(f64::from_le_bytes(cur.array("variant")?)),
-                vtag::TEXT => Variant::Text(read_text(cur, limits)?),
-                other => return Err(WireError::UnknownVariantTag(other)),
-            };
-            out.push(Value::Variant(v));
-        }
+        tag::VARIANT => match cur.u8("variant tag")? {
+            vtag::NULL => {}
+            vtag::BOOL => {
+                read_bool(cur)?;
+            }
+            vtag::INT | vtag::UINT | vtag::FLOAT => drop(cur.slice(8, "variant")?),
+            vtag::TEXT => check_text(cur, limits)?,
+            other => return Err(WireError::UnknownVariantTag(other)),
+        },
         other => return Err(WireError::UnknownValueTag(other)),
     }
     Ok(())
+}
+
+/// Builds the values of validated DataFrame bytes (count + values).
+fn build_values(bytes: &Bytes) -> Vec<Value> {
+    let mut cur = Cursor::new(bytes.clone());
+    let Ok(count) = cur.varint("value count") else { return Vec::new() };
+    let mut values = Vec::with_capacity((count as usize).min(cur.remaining()));
+    for _ in 0..count {
+        // The bytes were validated when decoded, so this cannot fail; if it did,
+        // the values built so far are kept rather than panicking.
+        match build_value(&mut cur) {
+            Ok(v) => values.push(v),
+            Err(_) => break,
+        }
+    }
+    values
+}
+
+/// Builds the value at the cursor (validated bytes).
+#[inline]
+fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
+    let l = &UNLIMITED;
+    let t = cur.u8("value tag")?;
+    Ok(match t {
+        tag::STR => Value::Str(read_text(cur, l)?),
+        tag::BOOL => Value::Bool(read_bool(cur)?),
+        tag::I8 => Value::I8(cur.u8("i8")? as i8),
+        tag::I16 => Value::I16(i16::from_le_bytes(cur.array("i16")?)),
+        tag::I32 => Value::I32(i32::from_le_bytes(cur.array("i32")?)),
+        tag::I64 => Value::I64(i64::from_le_bytes(cur.array("i64")?)),
+        tag::U8 => Value::U8(cur.u8("u8")?),
+        tag::U16 => Value::U16(u16::from_le_bytes(cur.array("u16")?)),
+        tag::U32 => Value::U32(u32::from_le_bytes(cur.array("u32")?)),
+        tag::U64 => Value::U64(u64::from_le_bytes(cur.array("u64")?)),
+        tag::F32 => Value::F32(f32::from_le_bytes(cur.array("f32")?)),
+        tag::F64 => Value::F64(f64::from_le_bytes(cur.array("f64")?)),
+        tag::BYTES => {
+            let n = value_len_prefix(cur, l, "bytes")?;
+            Value::Bytes(cur.bytes(n, "bytes")?)
+        }
+        tag::ARRAY => {
+            let (kind, n) = array_header(cur, l)?;
+            let data = cur.bytes(n, "array")?;
+            Value::Array(NumArray::from_raw(kind, data).ok_or(WireError::ArrayLength { len: n as u64, elem: kind.size() })?)
+        }
+        tag::FRAME => {
+            let start = cur.pos();
+            let mut budget = usize::MAX;
+            let count = validate_frame(cur, l, 1, &mut budget)?;
+            Value::Frame(Box::new(DataFrame::from_validated(cur.since(start), count)))
+        }
+        tag::JSON => {
+            let n = value_len_prefix(cur, l, "json")?;
+            Value::Json(Box::new(parse_json(cur.slice(n, "json")?)?))
+        }
+        tag::VARIANT => Value::Variant(match cur.u8("variant tag")? {
+            vtag::NULL => Variant::Null,
+            vtag::BOOL => Variant::Bool(read_bool(cur)?),
+            vtag::INT => Variant::Int(i64::from_le_bytes(cur.array("variant")?)),
+            vtag::UINT => Variant::UInt(u64::from_le_bytes(cur.array("variant")?)),
+            vtag::FLOAT => Variant::Float(f64::from_le_bytes(cur.array("variant")?)),
+            vtag::TEXT => Variant::Text(read_text(cur, l)?),
+            other => return Err(WireError::UnknownVariantTag(other)),
+        }),
+        other => return Err(WireError::UnknownValueTag(other)),
+    })
+}
+
+/// A plain number (or bool) read straight from validated bytes by the reader's
+/// fast path; small enough to travel in registers.
+#[derive(Clone, Copy)]
+enum Num {
+    I(i64),
+    U(u64),
+    F(f64),
+}
+
+impl Num {
+    #[inline]
+    fn to_i128(self) -> Option<i128> {
+        match self {
+            Num::I(i) => Some(i as i128),
+            Num::U(u) => Some(u as i128),
+            Num::F(f) => crate::value::float_to_i128(f),
+        }
+    }
+
+    #[inline]
+    fn to_f64(self) -> f64 {
+        match self {
+            Num::I(i) => i as f64,
+            Num::U(u) => u as f64,
+            Num::F(f) => f,
+        }
+    }
+}
+
+/// The plain number at the start of `b` (a value's tag and payload) and its size,
+/// or `None` for any other kind of value.
+#[inline]
+fn peek_num(b: &[u8]) -> Option<(Num, usize)> {
+    fn le<const N: usize>(b: &[u8]) -> Option<[u8; N]> {
+        b.get(1..1 + N)?.try_into().ok()
+    }
+    let t = *b.first()?;
+    Some(match t {
+        tag::BOOL | tag::U8 => (Num::U(*b.get(1)? as u64), 2),
+        tag::I8 => (Num::I(*b.get(1)? as i8 as i64), 2),
+        tag::I16 => (Num::I(i16::from_le_bytes(le(b)?) as i64), 3),
+        tag::U16 => (Num::U(u16::from_le_bytes(le(b)?) as u64), 3),
+        tag::I32 => (Num::I(i32::from_le_bytes(le(b)?) as i64), 5),
+        tag::U32 => (Num::U(u32::from_le_bytes(le(b)?) as u64), 5),
+        tag::F32 => (Num::F(f32::from_le_bytes(le(b)?) as f64), 5),
+        tag::I64 => (Num::I(i64::from_le_bytes(le(b)?)), 9),
+        tag::U64 => (Num::U(u64::from_le_bytes(le(b)?)), 9),
+        tag::F64 => (Num::F(f64::from_le_bytes(le(b)?)), 9),
+        _ => return None,
+    })
 }
 
 /// Reads the values of a [`DataFrame`] in order, converting leniently like the
 /// seed's `Reader.ReadInteger` & co: an integer may be read from a float (truncated
 /// toward zero), a numeric string, a bool or a variant, as long as it fits the
 /// target type. On error the position does not move.
-#[derive(Debug, Clone)]
+///
+/// On a decoded DataFrame the typed readers work straight from the validated bytes
+/// (no vector of values is built); [`read_value`](Reader::read_value),
+/// [`read_array`](Reader::read_array), [`read_dataframe`](Reader::read_dataframe)
+/// and [`peek`](Reader::peek) return references and so build the values once.
+#[derive(Clone)]
 pub struct Reader<'a> {
     df: &'a DataFrame,
     pos: usize,
+    /// Byte offset of value `pos` in the wire bytes, while reading straight from them.
+    off: Option<usize>,
+}
+
+impl fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader").field("position", &self.pos).field("len", &self.df.len()).finish()
+    }
 }
 
 macro_rules! read_int {
     ($($name:ident -> $t:ty),*) => {$(
         #[doc = concat!("Reads the next value as `", stringify!($t), "` (lenient; must fit).")]
         pub fn $name(&mut self) -> Result<$t, WireError> {
+            if let Some(v) = self.fast_num(|n| n.to_i128().and_then(|i| <$t>::try_from(i).ok())) {
+                return Ok(v);
+            }
             self.take(stringify!($t), |v| v.to_i128().and_then(|i| <$t>::try_from(i).ok()))
         }
     )*};
@@ -434,29 +652,94 @@ impl<'a> Reader<'a> {
 
     /// Number of values left.
     pub fn remaining(&self) -> usize {
-        self.df.len() - self.pos
+        self.df.len().saturating_sub(self.pos)
     }
 
     /// The next value without moving.
     pub fn peek(&self) -> Option<&'a Value> {
-        self.df.values.get(self.pos)
+        self.df.values().get(self.pos)
     }
 
     /// Moves to value `i` (the end at most).
     pub fn seek(&mut self, i: usize) {
+        self.off = None;
         self.pos = i.min(self.df.len());
     }
 
-    fn take<T>(&mut self, expected: &'static str, f: impl FnOnce(&'a Value) -> Option<T>) -> Result<T, WireError> {
-        let v = self.df.values.get(self.pos).ok_or(WireError::ReadPastEnd { index: self.pos })?;
-        let out = f(v).ok_or(WireError::TypeMismatch { index: self.pos, expected, found: v.type_name() })?;
+    /// Fast path over wire bytes: when the next value is a plain number and `f`
+    /// accepts it, consume it. Anything else goes through the general path.
+    #[inline]
+    fn fast_num<T>(&mut self, f: impl FnOnce(Num) -> Option<T>) -> Option<T> {
+        let (bytes, off) = self.wire()?;
+        let (n, size) = peek_num(bytes.get(off..)?)?;
+        let out = f(n)?;
+        self.off = Some(off + size);
+        self.pos += 1;
+        Some(out)
+    }
+
+    /// The wire bytes and the offset of the next value, in wire mode.
+    #[inline]
+    fn wire(&self) -> Option<(&'a Bytes, usize)> {
+        let off = self.off?;
+        match &self.df.repr {
+            Repr::Wire { bytes, .. } => Some((bytes, off)),
+            Repr::Owned(_) => None,
+        }
+    }
+
+    /// Fast path over wire bytes for a value with tag `t` and a length-prefixed
+    /// payload: returns the payload slice.
+    #[inline]
+    fn fast_lp(&mut self, t: u8) -> Option<Bytes> {
+        let (bytes, off) = self.wire()?;
+        if bytes.get(off) != Some(&t) {
+            return None;
+        }
+        let Ok(Varint::Done(n, used)) = get_varint(bytes.get(off + 1..)?) else { return None };
+        let start = off + 1 + used;
+        let end = start.checked_add(usize::try_from(n).ok()?)?;
+        if end > bytes.len() {
+            return None;
+        }
+        self.off = Some(end);
+        self.pos += 1;
+        Some(bytes.slice(start..end))
+    }
+
+    /// Reads the next value, handing it to `f` owned (straight from the bytes) or
+    /// borrowed (from the built values).
+    fn take<T>(&mut self, expected: &'static str, f: impl FnOnce(Cow<'a, Value>) -> Option<T>) -> Result<T, WireError> {
+        let index = self.pos;
+        if index >= self.df.len() {
+            return Err(WireError::ReadPastEnd { index });
+        }
+        if let Some((bytes, off)) = self.wire() {
+            let mut cur = Cursor::new(bytes.clone());
+            cur.set_pos(off);
+            let v = build_value(&mut cur)?;
+            let found = v.type_name();
+            let out = f(Cow::Owned(v)).ok_or(WireError::TypeMismatch { index, expected, found })?;
+            self.off = Some(cur.pos());
+            self.pos += 1;
+            return Ok(out);
+        }
+        self.take_ref(expected, |v| f(Cow::Borrowed(v)))
+    }
+
+    /// Reads the next value by reference (builds the values of a decoded DataFrame).
+    fn take_ref<T>(&mut self, expected: &'static str, f: impl FnOnce(&'a Value) -> Option<T>) -> Result<T, WireError> {
+        self.off = None;
+        let index = self.pos;
+        let v = self.df.values().get(index).ok_or(WireError::ReadPastEnd { index })?;
+        let out = f(v).ok_or(WireError::TypeMismatch { index, expected, found: v.type_name() })?;
         self.pos += 1;
         Ok(out)
     }
 
     /// The next value as it is.
     pub fn read_value(&mut self) -> Result<&'a Value, WireError> {
-        self.take("value", Some)
+        self.take_ref("value", Some)
     }
 
     read_int!(read_i8 -> i8, read_i16 -> i16, read_i32 -> i32, read_i64 -> i64,
@@ -464,36 +747,58 @@ impl<'a> Reader<'a> {
 
     /// Reads the next value as `f64` (any number, numeric string, bool, variant).
     pub fn read_f64(&mut self) -> Result<f64, WireError> {
-        self.take("f64", Value::to_f64)
+        if let Some(v) = self.fast_num(|n| Some(n.to_f64())) {
+            return Ok(v);
+        }
+        self.take("f64", |v| v.to_f64())
     }
 
     /// Reads the next value as `f32` (via [`read_f64`](Reader::read_f64), rounded).
     pub fn read_f32(&mut self) -> Result<f32, WireError> {
+        if let Some(v) = self.fast_num(|n| Some(n.to_f64() as f32)) {
+            return Ok(v);
+        }
         self.take("f32", |v| v.to_f64().map(|f| f as f32))
     }
 
     /// Reads the next value as `bool` (numbers: non-zero; strings: true/false/yes/no/1/0).
     pub fn read_bool(&mut self) -> Result<bool, WireError> {
-        self.take("bool", Value::to_bool)
+        if let Some(v) = self.fast_num(|n| Some(n.to_f64() != 0.0)) {
+            return Ok(v);
+        }
+        self.take("bool", |v| v.to_bool())
     }
 
     /// Reads the next value as text (numbers and bools are formatted).
     pub fn read_text(&mut self) -> Result<Text, WireError> {
-        self.take("str", Value::to_text)
+        if let Some(b) = self.fast_lp(tag::STR) {
+            return Text::from_utf8(b);
+        }
+        self.take("str", |v| match v {
+            Cow::Owned(Value::Str(s)) => Some(s),
+            v => v.to_text(),
+        })
     }
 
     /// Reads the next value as bytes: a bytes value, or the UTF-8 of a string.
     pub fn read_bytes(&mut self) -> Result<Bytes, WireError> {
+        if let Some(b) = self.fast_lp(tag::BYTES) {
+            return Ok(b);
+        }
         self.take("bytes", |v| match v {
-            Value::Bytes(b) => Some(b.clone()),
-            Value::Str(s) | Value::Variant(Variant::Text(s)) => Some(s.as_bytes().clone()),
-            _ => None,
+            Cow::Owned(Value::Bytes(b)) => Some(b),
+            Cow::Owned(Value::Str(s)) => Some(s.into_bytes()),
+            v => match &*v {
+                Value::Bytes(b) => Some(b.clone()),
+                Value::Str(s) | Value::Variant(Variant::Text(s)) => Some(s.as_bytes().clone()),
+                _ => None,
+            },
         })
     }
 
     /// Reads the next value as a number array.
     pub fn read_array(&mut self) -> Result<&'a NumArray, WireError> {
-        self.take("array", |v| match v {
+        self.take_ref("array", |v| match v {
             Value::Array(a) => Some(a),
             _ => None,
         })
@@ -501,8 +806,8 @@ impl<'a> Reader<'a> {
 
     /// Reads the next value as a nested DataFrame.
     pub fn read_dataframe(&mut self) -> Result<&'a DataFrame, WireError> {
-        self.take("df", |v| match v {
-            Value::Frame(d) => Some(d),
+        self.take_ref("df", |v| match v {
+            Value::Frame(d) => Some(&**d),
             _ => None,
         })
     }
@@ -511,14 +816,17 @@ impl<'a> Reader<'a> {
     /// DataFrame converted with the plain JSON mapping ([`DataFrame::to_plain_json`]).
     pub fn read_json(&mut self) -> Result<serde_json::Value, WireError> {
         self.take("json", |v| match v {
-            Value::Json(j) => Some((**j).clone()),
-            other => Some(crate::json::plain_value(other)),
+            Cow::Owned(Value::Json(j)) => Some(*j),
+            v => match &*v {
+                Value::Json(j) => Some((**j).clone()),
+                other => Some(crate::json::plain_value(other)),
+            },
         })
     }
 
     /// Reads the next scalar value as a [`Variant`].
     pub fn read_variant(&mut self) -> Result<Variant, WireError> {
-        self.take("variant", Value::to_variant)
+        self.take("variant", |v| v.to_variant())
     }
 }
 
@@ -546,6 +854,52 @@ mod tests {
         assert_eq!(r.read_text().unwrap(), "true");
         assert_eq!(&r.read_bytes().unwrap()[..], b"ab");
         assert_eq!(r.read_bool(), Err(WireError::ReadPastEnd { index: 5 }));
+    }
+
+    #[test]
+    fn reader_on_decoded_bytes_matches_reader_on_values() {
+        let owned = DataFrame::new()
+            .with(3.7f64)
+            .with("12")
+            .with(300u32)
+            .with(true)
+            .with(Bytes::from_static(b"ab"))
+            .with(-5i8)
+            .with(NumArray::from_slice(&[1u8, 2]))
+            .with(DataFrame::new().with("x"))
+            .with(Variant::Int(4))
+            .with("tail");
+        let decoded = DataFrame::decode(&owned.to_bytes(), &Limits::default()).unwrap();
+        for df in [&owned, &decoded] {
+            let mut r = df.reader();
+            assert_eq!(r.read_i64().unwrap(), 3);
+            assert_eq!(r.read_u8().unwrap(), 12, "numeric string");
+            assert_eq!(r.read_i8(), Err(WireError::TypeMismatch { index: 2, expected: "i8", found: "u32" }));
+            assert_eq!(r.position(), 2, "a failed read does not move");
+            assert_eq!(r.read_u16().unwrap(), 300);
+            assert!(r.read_bool().unwrap());
+            assert_eq!(r.read_text(), Err(WireError::TypeMismatch { index: 4, expected: "str", found: "bytes" }));
+            assert_eq!(&r.read_bytes().unwrap()[..], b"ab");
+            assert_eq!(r.read_text().unwrap(), "-5", "numbers format as text");
+            assert_eq!(r.read_array().unwrap().to_vec::<u8>().unwrap(), vec![1, 2]);
+            assert_eq!(r.read_dataframe().unwrap().reader().read_text().unwrap(), "x");
+            assert_eq!(r.read_f64().unwrap(), 4.0, "variant as float");
+            assert_eq!(r.peek(), Some(&Value::from("tail")));
+            assert_eq!(r.read_bytes().unwrap(), Bytes::from_static(b"tail"));
+            assert_eq!(r.remaining(), 0);
+            assert_eq!(r.read_value(), Err(WireError::ReadPastEnd { index: 10 }));
+        }
+        // Reading straight from the bytes, then switching to indexed access midway.
+        let mut r = decoded.reader();
+        r.read_f32().unwrap();
+        r.seek(9);
+        assert_eq!(r.read_text().unwrap(), "tail");
+        let mut d2 = decoded.clone();
+        d2.push(1u8);
+        assert_eq!(d2.len(), 11);
+        assert_eq!(d2.to_bytes().len(), d2.encoded_len());
+        assert_eq!(decoded, owned);
+        assert_eq!(decoded.to_bytes(), owned.to_bytes(), "unmodified: its own bytes");
     }
 
     #[test]

@@ -482,7 +482,7 @@ impl Frame {
     }
 
     /// Parses a complete (decompressed) body of the given kind.
-    pub(crate) fn decode_body(kind: FrameKind, body: &Bytes, limits: &Limits) -> Result<Frame, WireError> {
+    pub(crate) fn decode_body(kind: FrameKind, body: Bytes, limits: &Limits) -> Result<Frame, WireError> {
         let mut c = Cursor::new(body);
         let c = &mut c;
         let frame = match kind {
@@ -494,11 +494,11 @@ impl Frame {
             FrameKind::Stream => Frame::Stream {
                 id: c.varint("id")?,
                 cmd: name(c, limits)?,
-                data: DataFrame::decode_from(c, limits)?,
+                data: DataFrame::decode_rest(c, limits)?,
             },
             FrameKind::DirectConsole => Frame::DirectConsole { cmd: name(c, limits)?, text: rest_text(c, limits)? },
             FrameKind::DirectStream => {
-                Frame::DirectStream { cmd: name(c, limits)?, data: DataFrame::decode_from(c, limits)? }
+                Frame::DirectStream { cmd: name(c, limits)?, data: DataFrame::decode_rest(c, limits)? }
             }
             FrameKind::BigStream => {
                 let id = c.varint("id")?;
@@ -516,16 +516,16 @@ impl Frame {
                 id: c.varint("id")?,
                 cmd: name(c, limits)?,
                 last: flag_last(c)?,
-                data: DataFrame::decode_from(c, limits)?,
+                data: DataFrame::decode_rest(c, limits)?,
             },
             FrameKind::Control => Frame::Control {
                 id: c.varint("id")?,
                 cmd: name(c, limits)?,
-                data: DataFrame::decode_from(c, limits)?,
+                data: DataFrame::decode_rest(c, limits)?,
             },
             FrameKind::ConsoleResponse => Frame::ConsoleResponse { id: c.varint("id")?, text: rest_text(c, limits)? },
             FrameKind::StreamResponse => {
-                Frame::StreamResponse { id: c.varint("id")?, data: DataFrame::decode_from(c, limits)? }
+                Frame::StreamResponse { id: c.varint("id")?, data: DataFrame::decode_rest(c, limits)? }
             }
             FrameKind::Error => Frame::Error {
                 id: c.varint("id")?,
@@ -564,7 +564,7 @@ fn check_chunk(offset: u64, total: u64, last: bool, len: usize) -> Result<(), Wi
 }
 
 #[inline]
-fn name(c: &mut Cursor<'_>, limits: &Limits) -> Result<Text, WireError> {
+fn name(c: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
     let n = c.varint("name length")?;
     if n > limits.max_name as u64 {
         return Err(WireError::NameTooLong { len: n, max: limits.max_name });
@@ -573,14 +573,14 @@ fn name(c: &mut Cursor<'_>, limits: &Limits) -> Result<Text, WireError> {
 }
 
 #[inline]
-fn rest_text(c: &mut Cursor<'_>, limits: &Limits) -> Result<Text, WireError> {
+fn rest_text(c: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
     if c.remaining() > limits.max_string {
         return Err(WireError::ValueTooLarge { len: c.remaining() as u64, max: limits.max_string });
     }
     Text::from_utf8(c.rest())
 }
 
-fn flag_last(c: &mut Cursor<'_>) -> Result<bool, WireError> {
+fn flag_last(c: &mut Cursor) -> Result<bool, WireError> {
     match c.u8("flags")? {
         0 => Ok(false),
         FLAG_LAST => Ok(true),

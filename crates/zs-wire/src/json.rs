@@ -241,7 +241,7 @@ fn from_typed_value(j: &J, limits: &Limits, depth: usize) -> Result<Value, WireE
             let items = v.and_then(J::as_array).ok_or_else(|| bad("expected a list"))?;
             Value::Array(typed_array(of, items)?)
         }
-        "df" => Value::Frame(from_typed(v.ok_or_else(|| bad("missing \"v\""))?, limits, depth + 1)?),
+        "df" => Value::Frame(Box::new(from_typed(v.ok_or_else(|| bad("missing \"v\""))?, limits, depth + 1)?)),
         "json" => Value::Json(Box::new(v.cloned().unwrap_or(J::Null))),
         "variant" => {
             let k = o.get("k").and_then(J::as_str).ok_or_else(|| bad("variant needs \"k\""))?;

@@ -416,8 +416,8 @@ pub enum Value {
     Bytes(Bytes),
     /// An array of numbers of one kind.
     Array(NumArray),
-    /// A nested DataFrame.
-    Frame(DataFrame),
+    /// A nested DataFrame (boxed to keep `Value` small).
+    Frame(Box<DataFrame>),
     /// A JSON document (boxed: it is rare and large).
     Json(Box<serde_json::Value>),
     /// A dynamically typed scalar.
@@ -600,7 +600,7 @@ impl Value {
     }
 }
 
-fn float_to_i128(f: f64) -> Option<i128> {
+pub(crate) fn float_to_i128(f: f64) -> Option<i128> {
     // Truncation toward zero; out-of-range and non-finite values are refused
     // (2^127 is exactly representable, so the bounds are exact).
     let t = f.trunc();
@@ -634,7 +634,13 @@ macro_rules! from_prim {
 }
 from_prim!(bool => Bool, i8 => I8, i16 => I16, i32 => I32, i64 => I64, u8 => U8, u16 => U16,
     u32 => U32, u64 => U64, f32 => F32, f64 => F64, Text => Str, Bytes => Bytes,
-    NumArray => Array, DataFrame => Frame, Variant => Variant);
+    NumArray => Array, Variant => Variant);
+
+impl From<DataFrame> for Value {
+    fn from(df: DataFrame) -> Value {
+        Value::Frame(Box::new(df))
+    }
+}
 
 impl From<&str> for Value {
     fn from(s: &str) -> Value {

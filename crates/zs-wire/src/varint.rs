@@ -1,6 +1,6 @@
 //! LEB128 varints (unsigned, 7 bits per byte, low group first) and a body cursor.
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 use crate::WireError;
 
@@ -63,16 +63,29 @@ pub(crate) fn get_varint(src: &[u8]) -> Result<Varint, WireError> {
     }
 }
 
-/// A read position inside one complete frame body.
-pub(crate) struct Cursor<'a> {
-    buf: &'a Bytes,
+/// A read position inside one complete frame body (owns a handle to the buffer, so
+/// the last field can take the rest without another reference-count update).
+pub(crate) struct Cursor {
+    buf: Bytes,
     pos: usize,
 }
 
-impl<'a> Cursor<'a> {
+impl Cursor {
     #[inline]
-    pub(crate) fn new(buf: &'a Bytes) -> Self {
+    pub(crate) fn new(buf: Bytes) -> Self {
         Cursor { buf, pos: 0 }
+    }
+
+    /// Current byte position.
+    #[inline]
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Moves to byte `pos` (at most the end).
+    #[inline]
+    pub(crate) fn set_pos(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
     }
 
     #[inline]
@@ -110,9 +123,9 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A borrowed slice of exactly `n` bytes.
+    /// Skips exactly `n` bytes, returning the borrowed slice.
     #[inline]
-    pub(crate) fn slice(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
+    pub(crate) fn slice(&mut self, n: usize, field: &'static str) -> Result<&[u8], WireError> {
         if n > self.remaining() {
             return Err(WireError::Truncated { field });
         }
@@ -124,9 +137,12 @@ impl<'a> Cursor<'a> {
     /// Fixed-size array of `N` bytes.
     #[inline]
     pub(crate) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
-        let s = self.slice(N, field)?;
+        if N > self.remaining() {
+            return Err(WireError::Truncated { field });
+        }
         let mut a = [0u8; N];
-        a.copy_from_slice(s);
+        a.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
         Ok(a)
     }
 
@@ -141,12 +157,27 @@ impl<'a> Cursor<'a> {
         Ok(b)
     }
 
-    /// Everything that is left, zero-copy.
+    /// Everything that is left, zero-copy; the cursor's own handle is handed over
+    /// (no reference-count traffic), leaving the cursor at the end.
     #[inline]
     pub(crate) fn rest(&mut self) -> Bytes {
-        let b = self.buf.slice(self.pos..);
-        self.pos = self.buf.len();
+        self.rest_from(self.pos)
+    }
+
+    /// The bytes from `start` (at most the current position) to the end, handing
+    /// over the cursor's handle; the cursor is left at the end.
+    #[inline]
+    pub(crate) fn rest_from(&mut self, start: usize) -> Bytes {
+        let mut b = std::mem::take(&mut self.buf);
+        b.advance(start.min(b.len()));
+        self.pos = 0;
         b
+    }
+
+    /// A zero-copy slice from `start` to the current position.
+    #[inline]
+    pub(crate) fn since(&self, start: usize) -> Bytes {
+        self.buf.slice(start..self.pos)
     }
 }
 

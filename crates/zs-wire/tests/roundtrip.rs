@@ -48,6 +48,28 @@ proptest! {
     }
 
     #[test]
+    fn reader_on_bytes_agrees_with_reader_on_values(df in dataframe()) {
+        let decoded = DataFrame::decode(&df.to_bytes(), &Limits::default()).unwrap();
+        for i in 0..df.len() {
+            // Advance both readers with read_json, which accepts every value and keeps
+            // the decoded one reading straight from the bytes.
+            let mut a = df.reader();
+            let mut b = decoded.reader();
+            for _ in 0..i {
+                prop_assert_eq!(format!("{:?}", a.read_json()), format!("{:?}", b.read_json()));
+            }
+            macro_rules! same_read {
+                ($($m:ident),*) => {$(
+                    let (x, y) = (a.clone().$m(), b.clone().$m());
+                    prop_assert_eq!(format!("{x:?}"), format!("{y:?}"), "{} at {}", stringify!($m), i);
+                )*};
+            }
+            same_read!(read_i8, read_i16, read_i32, read_i64, read_u8, read_u16, read_u32, read_u64,
+                read_f32, read_f64, read_bool, read_text, read_bytes, read_variant, read_json);
+        }
+    }
+
+    #[test]
     fn dataframe_json_round_trip(df in dataframe()) {
         let j = df.to_json();
         let text = serde_json::to_string(&j).unwrap();

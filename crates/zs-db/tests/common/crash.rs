@@ -59,10 +59,15 @@ fn open_or_create(dir: &Path) -> Database {
     let vfs: std::sync::Arc<dyn Vfs> = std::sync::Arc::new(DirVfs::new(dir).expect("dir"));
     match Database::open(vfs.clone(), DB) {
         Ok(db) => db,
-        Err(zs_db::Error::NoSuchDatabase(_)) => {
-            Database::create(vfs, DB, DbOptions { durability: Durability::Immediate, ..Default::default() })
-                .expect("create")
-        }
+        Err(zs_db::Error::NoSuchDatabase(_)) => Database::create(
+            vfs,
+            DB,
+            DbOptions {
+                durability: Durability::Immediate,
+                ..Default::default()
+            },
+        )
+        .expect("create"),
         Err(e) => panic!("open: {e}"),
     }
 }
@@ -125,7 +130,12 @@ enum Known {
 }
 
 /// Runs `cycles` kill/reopen cycles in `dir`; `spawn` builds the child command for (dir, seed).
-pub fn parent(dir: &Path, cycles: u32, seed: u64, spawn: &dyn Fn(&Path, u64) -> Command) -> Result<String, String> {
+pub fn parent(
+    dir: &Path,
+    cycles: u32,
+    seed: u64,
+    spawn: &dyn Fn(&Path, u64) -> Command,
+) -> Result<String, String> {
     let mut rng = Rng(seed | 1);
     let mut model: HashMap<u64, Known> = HashMap::new();
     let mut acked_total = 0u64;
@@ -179,7 +189,10 @@ pub fn parent(dir: &Path, cycles: u32, seed: u64, spawn: &dyn Fn(&Path, u64) -> 
         // apply acknowledgements
         for l in &lines {
             let mut it = l.split_whitespace();
-            let (Some(tag), Some(id)) = (it.next(), it.next().and_then(|s| s.parse::<u64>().ok())) else { continue };
+            let (Some(tag), Some(id)) = (it.next(), it.next().and_then(|s| s.parse::<u64>().ok()))
+            else {
+                continue;
+            };
             let sum = it.next().and_then(|s| s.parse::<u32>().ok());
             let cur = model.get(&id).copied();
             let cur_alive = match cur {
@@ -211,13 +224,20 @@ pub fn parent(dir: &Path, cycles: u32, seed: u64, spawn: &dyn Fn(&Path, u64) -> 
             }
         }
         // reopen and verify
-        let vfs: std::sync::Arc<dyn Vfs> = std::sync::Arc::new(DirVfs::new(dir).map_err(|e| e.to_string())?);
-        let db = Database::open(vfs, DB).map_err(|e| format!("cycle {cycle}: reopen failed: {e}"))?;
+        let vfs: std::sync::Arc<dyn Vfs> =
+            std::sync::Arc::new(DirVfs::new(dir).map_err(|e| e.to_string())?);
+        let db =
+            Database::open(vfs, DB).map_err(|e| format!("cycle {cycle}: reopen failed: {e}"))?;
         if !db.open_report().corrupt.is_empty() {
-            return Err(format!("cycle {cycle}: corrupt regions after kill: {:?}", db.open_report().corrupt));
+            return Err(format!(
+                "cycle {cycle}: corrupt regions after kill: {:?}",
+                db.open_report().corrupt
+            ));
         }
         for (id, k) in model.iter_mut() {
-            let got = db.get(*id).map_err(|e| format!("cycle {cycle}: get {id}: {e}"))?;
+            let got = db
+                .get(*id)
+                .map_err(|e| format!("cycle {cycle}: get {id}: {e}"))?;
             let got_sum = match &got {
                 Some(r) => {
                     if !self_check(&r.data) {
@@ -233,7 +253,9 @@ pub fn parent(dir: &Path, cycles: u32, seed: u64, spawn: &dyn Fn(&Path, u64) -> 
                 Known::Either(a, b) => got_sum == a || got_sum == b,
             };
             if !ok {
-                return Err(format!("cycle {cycle}: record {id}: expected {k:?}, found {got_sum:?}"));
+                return Err(format!(
+                    "cycle {cycle}: record {id}: expected {k:?}, found {got_sum:?}"
+                ));
             }
             *k = match got_sum {
                 Some(s) => Known::Alive(s),
@@ -243,7 +265,10 @@ pub fn parent(dir: &Path, cycles: u32, seed: u64, spawn: &dyn Fn(&Path, u64) -> 
         for r in db.cursor(1, false) {
             let r = r.map_err(|e| format!("cycle {cycle}: cursor: {e}"))?;
             if !self_check(&r.data) {
-                return Err(format!("cycle {cycle}: record {} fails its self-check", r.id));
+                return Err(format!(
+                    "cycle {cycle}: record {} fails its self-check",
+                    r.id
+                ));
             }
             model.entry(r.id).or_insert(Known::Alive(crc(&r.data)));
         }

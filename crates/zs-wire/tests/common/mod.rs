@@ -88,7 +88,7 @@ pub fn scalar() -> impl Strategy<Value = Value> {
 
 pub fn value() -> impl Strategy<Value = Value> {
     scalar().prop_recursive(3, 32, 6, |inner| {
-        prop::collection::vec(inner, 0..6).prop_map(|v| Value::Frame(v.into_iter().collect()))
+        prop::collection::vec(inner, 0..6).prop_map(|v| Value::Frame(Box::new(v.into_iter().collect())))
     })
 }
 
