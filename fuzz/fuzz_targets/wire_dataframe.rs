@@ -2,12 +2,14 @@
 //! survive the typed JSON form, and every lenient reader must answer without panicking.
 #![no_main]
 
-use zs_wire::bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use zs_wire::bytes::Bytes;
 use zs_wire::{DataFrame, Limits};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, input)) = data.split_first() else { return };
+    let Some((&sel, input)) = data.split_first() else {
+        return;
+    };
     let limits = Limits {
         max_frame: 1 << 16,
         max_depth: (sel % 8) as usize + 1,
@@ -16,11 +18,19 @@ fuzz_target!(|data: &[u8]| {
         max_name: 32,
     };
     let input = Bytes::copy_from_slice(input);
-    let Ok(df) = DataFrame::decode(&input, &limits) else { return };
+    let Ok(df) = DataFrame::decode(&input, &limits) else {
+        return;
+    };
     let bytes = df.to_bytes();
     assert_eq!(bytes.len(), df.encoded_len());
-    let again = DataFrame::decode(&bytes, &Limits { max_string: usize::MAX, ..limits })
-        .expect("a re-encoded DataFrame decodes");
+    let again = DataFrame::decode(
+        &bytes,
+        &Limits {
+            max_string: usize::MAX,
+            ..limits
+        },
+    )
+    .expect("a re-encoded DataFrame decodes");
     assert_eq!(again.to_bytes(), bytes, "re-encoding is not stable");
     let json = df.to_json();
     let back = DataFrame::from_json(&json, &limits).expect("typed JSON form parses back");
@@ -28,9 +38,23 @@ fuzz_target!(|data: &[u8]| {
     let _ = df.to_plain_json();
     let mut r = df.reader();
     while r.remaining() > 0 {
-        let _ = (r.clone().read_i8(), r.clone().read_u64(), r.clone().read_i64(), r.clone().read_f32());
-        let _ = (r.clone().read_bool(), r.clone().read_text(), r.clone().read_bytes(), r.clone().read_json());
-        let _ = (r.clone().read_variant(), r.clone().read_array(), r.clone().read_dataframe());
+        let _ = (
+            r.clone().read_i8(),
+            r.clone().read_u64(),
+            r.clone().read_i64(),
+            r.clone().read_f32(),
+        );
+        let _ = (
+            r.clone().read_bool(),
+            r.clone().read_text(),
+            r.clone().read_bytes(),
+            r.clone().read_json(),
+        );
+        let _ = (
+            r.clone().read_variant(),
+            r.clone().read_array(),
+            r.clone().read_dataframe(),
+        );
         r.read_value().expect("a value is there");
     }
 });

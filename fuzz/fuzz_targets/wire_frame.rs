@@ -2,8 +2,8 @@
 //! agree), and every decoded frame must re-encode and decode to the same bytes.
 #![no_main]
 
-use zs_wire::bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use zs_wire::bytes::{Bytes, BytesMut};
 use zs_wire::{Config, Decoder, Encoder, Frame, Limits, WireError};
 
 /// Decodes everything in `input`, fed in chunks whose sizes come from `cuts`
@@ -16,7 +16,11 @@ fn run(config: Config, input: &[u8], cuts: &[u8]) -> (Vec<Bytes>, Option<WireErr
     let mut pos = 0;
     let mut i = 0;
     while pos < input.len() {
-        let n = if cuts.is_empty() { input.len() } else { cuts[i % cuts.len()] as usize % 17 + 1 };
+        let n = if cuts.is_empty() {
+            input.len()
+        } else {
+            cuts[i % cuts.len()] as usize % 17 + 1
+        };
         let n = n.min(input.len() - pos);
         rx.extend_from_slice(&input[pos..pos + n]);
         pos += n;
@@ -25,7 +29,8 @@ fn run(config: Config, input: &[u8], cuts: &[u8]) -> (Vec<Bytes>, Option<WireErr
             match dec.decode(&mut rx) {
                 Ok(Some(frame)) => {
                     let mut w = BytesMut::new();
-                    enc.encode(&frame, &mut w).expect("a decoded frame re-encodes");
+                    enc.encode(&frame, &mut w)
+                        .expect("a decoded frame re-encodes");
                     out.push(w.freeze());
                 }
                 Ok(None) => break,
@@ -39,7 +44,14 @@ fn run(config: Config, input: &[u8], cuts: &[u8]) -> (Vec<Bytes>, Option<WireErr
 /// Re-encoding may lengthen JSON values (`1e0` becomes `1.0`), so re-encoded frames
 /// are checked under limits that only differ in the maximum sizes.
 fn relaxed(c: Config) -> Config {
-    Config { limits: Limits { max_frame: 1 << 24, max_string: usize::MAX, ..c.limits }, ..c }
+    Config {
+        limits: Limits {
+            max_frame: 1 << 24,
+            max_string: usize::MAX,
+            ..c.limits
+        },
+        ..c
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -53,7 +65,13 @@ fuzz_target!(|data: &[u8]| {
     let config = Config {
         token: (sel & 1 != 0).then_some(*b"\xA5zs\x01"),
         compress_threshold: (sel & 2 != 0).then_some((sel >> 2) as usize),
-        limits: Limits { max_frame: 1 << 16, max_depth: 8, max_values: 256, max_string: 4096, max_name: 32 },
+        limits: Limits {
+            max_frame: 1 << 16,
+            max_depth: 8,
+            max_values: 256,
+            max_string: 4096,
+            max_name: 32,
+        },
     };
     let whole = run(config, input, &[]);
     let chunked = run(config, input, if cuts.is_empty() { &[0] } else { cuts });
@@ -62,7 +80,9 @@ fuzz_target!(|data: &[u8]| {
     for bytes in &whole.0 {
         let again = Frame::decode(bytes, &relaxed(config)).expect("re-encoded frame decodes");
         let mut w = BytesMut::new();
-        Encoder::new(relaxed(config)).encode(&again, &mut w).expect("encodes");
+        Encoder::new(relaxed(config))
+            .encode(&again, &mut w)
+            .expect("encodes");
         assert_eq!(&w[..], &bytes[..], "re-encoding is not stable");
     }
 });

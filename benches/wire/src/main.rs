@@ -122,23 +122,40 @@ const NS: &str = "ns_per_op";
 fn main() {
     let opts = Options::from_env();
     let mut suite = Suite::from_options("wire", &opts, 5, 15);
-    let min = if opts.quick { Duration::from_millis(40) } else { Duration::from_millis(200) };
+    let min = if opts.quick {
+        Duration::from_millis(40)
+    } else {
+        Duration::from_millis(200)
+    };
     let config = Config::default();
     let limits = Limits::default();
 
     // ---- 64-byte console request -------------------------------------------------
     const BATCH: usize = 1024;
     let text: String = "x".repeat(60);
-    let console = Frame::Console { id: 1000, cmd: Text::from("echo"), text: Text::from(text.as_str()) };
+    let console = Frame::Console {
+        id: 1000,
+        cmd: Text::from("echo"),
+        text: Text::from(text.as_str()),
+    };
     let one = console.to_bytes(&config).expect("encodes");
     let mut wire_batch = BytesMut::new();
     for _ in 0..BATCH {
         wire_batch.extend_from_slice(&one);
     }
     let wire_batch = wire_batch.freeze();
-    let pc_msg = ConsoleMsg { id: 1000, cmd: "echo".into(), text: text.clone() };
+    let pc_msg = ConsoleMsg {
+        id: 1000,
+        cmd: "echo".into(),
+        text: text.clone(),
+    };
     let pc_one = postcard::to_allocvec(&pc_msg).expect("postcard");
-    let pc_batch: Vec<u8> = pc_one.iter().copied().cycle().take(pc_one.len() * BATCH).collect();
+    let pc_batch: Vec<u8> = pc_one
+        .iter()
+        .copied()
+        .cycle()
+        .take(pc_one.len() * BATCH)
+        .collect();
     suite.note(format!(
         "64-byte console request: zs frame {} bytes, postcard {} bytes (postcard has no framing, version or kind)",
         one.len(),
@@ -150,18 +167,35 @@ fn main() {
         let mut enc = Encoder::new(config);
         let mut out = BytesMut::with_capacity(one.len() * BATCH);
         suite.case("zs-console-encode", NS, Better::Lower, move || {
-            per_op_with(min, BATCH, &mut out, |o| o.clear(), |o| enc.encode(black_box(&f), o).expect("encodes"))
+            per_op_with(
+                min,
+                BATCH,
+                &mut out,
+                |o| o.clear(),
+                |o| enc.encode(black_box(&f), o).expect("encodes"),
+            )
         });
-        let msg = ConsoleMsg { id: 1000, cmd: "echo".into(), text: text.clone() };
+        let msg = ConsoleMsg {
+            id: 1000,
+            cmd: "echo".into(),
+            text: text.clone(),
+        };
         let mut out = vec![0u8; 256];
         suite.case("postcard-console-encode", NS, Better::Lower, move || {
             per_op(min, BATCH, || {
-                black_box(postcard::to_slice(black_box(&msg), &mut out).expect("postcard").len());
+                black_box(
+                    postcard::to_slice(black_box(&msg), &mut out)
+                        .expect("postcard")
+                        .len(),
+                );
             })
         });
     }
     {
-        let mut state = (Decoder::new(config), BytesMut::with_capacity(wire_batch.len()));
+        let mut state = (
+            Decoder::new(config),
+            BytesMut::with_capacity(wire_batch.len()),
+        );
         let src = wire_batch.clone();
         suite.case("zs-console-decode", NS, Better::Lower, move || {
             // A read buffer holding a batch of received frames; decode them all.
@@ -180,20 +214,40 @@ fn main() {
         });
         let src = pc_batch.clone();
         suite.case("postcard-console-decode", NS, Better::Lower, move || {
-            per_op_with(min, BATCH, &mut 0usize, |pos| *pos = 0, |pos| {
-                let (m, rest) = postcard::take_from_bytes::<ConsoleMsg>(&src[*pos..]).expect("postcard");
-                *pos = src.len() - rest.len();
-                black_box(m);
-            })
+            per_op_with(
+                min,
+                BATCH,
+                &mut 0usize,
+                |pos| *pos = 0,
+                |pos| {
+                    let (m, rest) =
+                        postcard::take_from_bytes::<ConsoleMsg>(&src[*pos..]).expect("postcard");
+                    *pos = src.len() - rest.len();
+                    black_box(m);
+                },
+            )
         });
         let src = pc_batch.clone();
-        suite.case("postcard-borrowed-console-decode", NS, Better::Lower, move || {
-            per_op_with(min, BATCH, &mut 0usize, |pos| *pos = 0, |pos| {
-                let (m, rest) = postcard::take_from_bytes::<ConsoleMsgRef<'_>>(&src[*pos..]).expect("postcard");
-                *pos = src.len() - rest.len();
-                black_box(m);
-            })
-        });
+        suite.case(
+            "postcard-borrowed-console-decode",
+            NS,
+            Better::Lower,
+            move || {
+                per_op_with(
+                    min,
+                    BATCH,
+                    &mut 0usize,
+                    |pos| *pos = 0,
+                    |pos| {
+                        let (m, rest) =
+                            postcard::take_from_bytes::<ConsoleMsgRef<'_>>(&src[*pos..])
+                                .expect("postcard");
+                        *pos = src.len() - rest.len();
+                        black_box(m);
+                    },
+                )
+            },
+        );
     }
 
     // ---- DataFrame of 10 mixed values ---------------------------------------------
@@ -251,13 +305,17 @@ fn main() {
         let b = rk_bytes.clone();
         suite.case("rkyv-df10-access", NS, Better::Lower, move || {
             per_op(min, BATCH, || {
-                black_box(rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(black_box(&b)).expect("valid"));
+                black_box(
+                    rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(black_box(&b))
+                        .expect("valid"),
+                );
             })
         });
         let b = rk_bytes.clone();
         suite.case("rkyv-df10-deserialize", NS, Better::Lower, move || {
             per_op(min, BATCH, || {
-                let a = rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(black_box(&b)).expect("valid");
+                let a = rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(black_box(&b))
+                    .expect("valid");
                 black_box(rkyv::deserialize::<Mixed, rkyv::rancor::Error>(a).expect("valid"));
             })
         });
@@ -275,7 +333,9 @@ fn main() {
         let mut out = vec![0u8; 256];
         suite.case("postcard-df10-roundtrip", NS, Better::Lower, move || {
             per_op(min, BATCH, || {
-                let n = postcard::to_slice(black_box(&mm), &mut out).expect("postcard").len();
+                let n = postcard::to_slice(black_box(&mm), &mut out)
+                    .expect("postcard")
+                    .len();
                 black_box(postcard::from_bytes::<Mixed>(&out[..n]).expect("valid"));
             })
         });
@@ -292,9 +352,15 @@ fn main() {
     // ---- 1 MiB bytes value --------------------------------------------------------
     const MIB: usize = 1 << 20;
     let big: Vec<u8> = (0..MIB).map(|i| (i * 31 % 251) as u8).collect();
-    let big_frame = Frame::StreamResponse { id: 1, data: DataFrame::new().with(Bytes::from(big.clone())) };
+    let big_frame = Frame::StreamResponse {
+        id: 1,
+        data: DataFrame::new().with(Bytes::from(big.clone())),
+    };
     let big_wire = big_frame.to_bytes(&config).expect("encodes");
-    let large = Large { id: 1, data: big.clone() };
+    let large = Large {
+        id: 1,
+        data: big.clone(),
+    };
     let pc_large = postcard::to_allocvec(&large).expect("postcard");
     let rk_large = rkyv::to_bytes::<rkyv::rancor::Error>(&large).expect("rkyv");
     {
@@ -331,30 +397,73 @@ fn main() {
         let b = rk_large.clone();
         suite.case("rkyv-1MiB-access", NS, Better::Lower, move || {
             per_op(min, 16, || {
-                black_box(rkyv::access::<ArchivedLarge, rkyv::rancor::Error>(black_box(&b)).expect("valid"));
+                black_box(
+                    rkyv::access::<ArchivedLarge, rkyv::rancor::Error>(black_box(&b))
+                        .expect("valid"),
+                );
             })
         });
     }
 
     suite.run();
     suite.ratio("zs_vs_postcard", "zs-df10-decode", "postcard-df10-decode");
-    suite.ratio("df10_decode_read_zs_vs_postcard", "zs-df10-decode-read", "postcard-df10-decode");
-    suite.ratio("df10_decode_index_zs_vs_postcard", "zs-df10-decode-index", "postcard-df10-decode");
-    suite.ratio("console_decode_zs_vs_postcard", "zs-console-decode", "postcard-console-decode");
+    suite.ratio(
+        "df10_decode_read_zs_vs_postcard",
+        "zs-df10-decode-read",
+        "postcard-df10-decode",
+    );
+    suite.ratio(
+        "df10_decode_index_zs_vs_postcard",
+        "zs-df10-decode-index",
+        "postcard-df10-decode",
+    );
+    suite.ratio(
+        "console_decode_zs_vs_postcard",
+        "zs-console-decode",
+        "postcard-console-decode",
+    );
     suite.ratio(
         "console_decode_zs_vs_postcard_borrowed",
         "zs-console-decode",
         "postcard-borrowed-console-decode",
     );
-    suite.ratio("console_encode_zs_vs_postcard", "zs-console-encode", "postcard-console-encode");
-    suite.ratio("df10_roundtrip_zs_vs_postcard", "zs-df10-roundtrip", "postcard-df10-roundtrip");
-    suite.ratio("df10_decode_zs_vs_rkyv_access", "zs-df10-decode", "rkyv-df10-access");
-    suite.ratio("df10_decode_zs_vs_rkyv_deserialize", "zs-df10-decode", "rkyv-df10-deserialize");
-    suite.ratio("df10_roundtrip_zs_vs_rkyv", "zs-df10-roundtrip", "rkyv-df10-roundtrip");
+    suite.ratio(
+        "console_encode_zs_vs_postcard",
+        "zs-console-encode",
+        "postcard-console-encode",
+    );
+    suite.ratio(
+        "df10_roundtrip_zs_vs_postcard",
+        "zs-df10-roundtrip",
+        "postcard-df10-roundtrip",
+    );
+    suite.ratio(
+        "df10_decode_zs_vs_rkyv_access",
+        "zs-df10-decode",
+        "rkyv-df10-access",
+    );
+    suite.ratio(
+        "df10_decode_zs_vs_rkyv_deserialize",
+        "zs-df10-decode",
+        "rkyv-df10-deserialize",
+    );
+    suite.ratio(
+        "df10_roundtrip_zs_vs_rkyv",
+        "zs-df10-roundtrip",
+        "rkyv-df10-roundtrip",
+    );
     suite.ratio("large_vs_memcpy", "zs-1MiB-decode", "memcpy-1MiB");
     suite.ratio("large_encode_vs_memcpy", "zs-1MiB-encode", "memcpy-1MiB");
-    suite.ratio("large_decode_zs_vs_postcard", "zs-1MiB-decode", "postcard-1MiB-decode");
-    suite.ratio("large_decode_zs_vs_rkyv_access", "zs-1MiB-decode", "rkyv-1MiB-access");
+    suite.ratio(
+        "large_decode_zs_vs_postcard",
+        "zs-1MiB-decode",
+        "postcard-1MiB-decode",
+    );
+    suite.ratio(
+        "large_decode_zs_vs_rkyv_access",
+        "zs-1MiB-decode",
+        "rkyv-1MiB-access",
+    );
     suite.note("large_vs_memcpy > 1 means decoding the 1 MiB value costs less than copying it once: it is not copied");
     suite.finish();
 }

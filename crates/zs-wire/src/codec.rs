@@ -44,7 +44,10 @@ fn parse_header(b: &[u8], config: &Config) -> Result<Option<Header>, WireError> 
         Varint::Incomplete => Ok(None),
         Varint::Done(len, n) => {
             if len > config.limits.max_frame as u64 {
-                return Err(WireError::FrameTooLarge { len, max: config.limits.max_frame });
+                return Err(WireError::FrameTooLarge {
+                    len,
+                    max: config.limits.max_frame,
+                });
             }
             Ok(Some(Header {
                 kind,
@@ -64,19 +67,30 @@ fn lz4_max_output(compressed: usize) -> u64 {
 
 /// Turns a received body into the frame, decompressing first if flagged.
 fn finish(h: Header, body: Bytes, config: &Config) -> Result<Frame, WireError> {
-    let body = if h.compressed { decompress(&body, config)? } else { body };
+    let body = if h.compressed {
+        decompress(&body, config)?
+    } else {
+        body
+    };
     Frame::decode_body(h.kind, body, &config.limits)
 }
 
 fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {
     let (raw_len, n) = match get_varint(body)? {
         Varint::Done(v, n) => (v, n),
-        Varint::Incomplete => return Err(WireError::Truncated { field: "uncompressed length" }),
+        Varint::Incomplete => {
+            return Err(WireError::Truncated {
+                field: "uncompressed length",
+            })
+        }
     };
     let block = &body[n..];
     // Both bounds are checked before the output buffer is allocated.
     if raw_len > config.limits.max_frame as u64 {
-        return Err(WireError::FrameTooLarge { len: raw_len, max: config.limits.max_frame });
+        return Err(WireError::FrameTooLarge {
+            len: raw_len,
+            max: config.limits.max_frame,
+        });
     }
     if raw_len > lz4_max_output(block.len()) {
         return Err(WireError::Decompress(format!(
@@ -85,9 +99,12 @@ fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {
         )));
     }
     let mut out = vec![0u8; raw_len as usize];
-    let got = lz4_flex::block::decompress_into(block, &mut out).map_err(|e| WireError::Decompress(e.to_string()))?;
+    let got = lz4_flex::block::decompress_into(block, &mut out)
+        .map_err(|e| WireError::Decompress(e.to_string()))?;
     if got != out.len() {
-        return Err(WireError::Decompress(format!("expanded to {got} bytes, header says {raw_len}")));
+        return Err(WireError::Decompress(format!(
+            "expanded to {got} bytes, header says {raw_len}"
+        )));
     }
     Ok(Bytes::from(out))
 }
@@ -117,7 +134,9 @@ impl Decoder {
     /// reserves room for the rest of the frame, once its length is known and
     /// accepted) when more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        let Some(h) = parse_header(buf, &self.config)? else { return Ok(None) };
+        let Some(h) = parse_header(buf, &self.config)? else {
+            return Ok(None);
+        };
         let total = h.header_len + h.body_len;
         if buf.len() < total {
             buf.reserve(total - buf.len());
@@ -141,7 +160,11 @@ pub struct Encoder {
 impl Encoder {
     /// An encoder with the given configuration.
     pub fn new(config: Config) -> Encoder {
-        Encoder { config, scratch: Vec::new(), packed: Vec::new() }
+        Encoder {
+            config,
+            scratch: Vec::new(),
+            packed: Vec::new(),
+        }
     }
 
     /// The configuration.
@@ -157,7 +180,10 @@ impl Encoder {
         frame.check(limits)?;
         let body_len = frame.body_len();
         if body_len > limits.max_frame {
-            return Err(WireError::FrameTooLarge { len: body_len as u64, max: limits.max_frame });
+            return Err(WireError::FrameTooLarge {
+                len: body_len as u64,
+                max: limits.max_frame,
+            });
         }
         let code = frame.kind().code();
         if let Some(t) = self.config.compress_threshold {
@@ -185,13 +211,22 @@ impl Encoder {
     }
 
     /// Writes the compressed form if it is smaller; returns whether it did.
-    fn try_compressed(&mut self, frame: &Frame, code: u8, body_len: usize, dst: &mut BytesMut) -> bool {
+    fn try_compressed(
+        &mut self,
+        frame: &Frame,
+        code: u8,
+        body_len: usize,
+        dst: &mut BytesMut,
+    ) -> bool {
         self.scratch.clear();
         self.scratch.reserve(body_len);
         frame.put_body(&mut self.scratch);
         self.packed.clear();
-        self.packed.resize(lz4_flex::block::get_maximum_output_size(body_len), 0);
-        let Ok(n) = lz4_flex::block::compress_into(&self.scratch, &mut self.packed) else { return false };
+        self.packed
+            .resize(lz4_flex::block::get_maximum_output_size(body_len), 0);
+        let Ok(n) = lz4_flex::block::compress_into(&self.scratch, &mut self.packed) else {
+            return false;
+        };
         let packed_body = varint_len(body_len as u64) + n;
         if packed_body >= body_len {
             // Not worth it: send the raw body we already built.
@@ -238,7 +273,10 @@ pub struct FrameCodec {
 impl FrameCodec {
     /// A codec with the given configuration for both directions.
     pub fn new(config: Config) -> FrameCodec {
-        FrameCodec { decoder: Decoder::new(config), encoder: Encoder::new(config) }
+        FrameCodec {
+            decoder: Decoder::new(config),
+            encoder: Encoder::new(config),
+        }
     }
 
     /// See [`Decoder::decode`].

@@ -53,6 +53,9 @@ pub struct Config {
 impl Config {
     /// Default configuration with the given verification token.
     pub fn with_token(token: [u8; 4]) -> Config {
-        Config { token: Some(token), ..Config::default() }
+        Config {
+            token: Some(token),
+            ..Config::default()
+        }
     }
 }

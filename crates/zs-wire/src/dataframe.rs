@@ -43,7 +43,11 @@ enum Repr {
     /// Built in memory (or modified after decoding).
     Owned(Vec<Value>),
     /// Decoded: validated wire bytes (count + values), values built on demand.
-    Wire { bytes: Bytes, count: usize, cache: OnceLock<Vec<Value>> },
+    Wire {
+        bytes: Bytes,
+        count: usize,
+        cache: OnceLock<Vec<Value>>,
+    },
 }
 
 impl Default for DataFrame {
@@ -60,19 +64,25 @@ impl PartialEq for DataFrame {
 
 impl fmt::Debug for DataFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DataFrame").field("values", &self.values()).finish()
+        f.debug_struct("DataFrame")
+            .field("values", &self.values())
+            .finish()
     }
 }
 
 impl DataFrame {
     /// An empty DataFrame.
     pub const fn new() -> DataFrame {
-        DataFrame { repr: Repr::Owned(Vec::new()) }
+        DataFrame {
+            repr: Repr::Owned(Vec::new()),
+        }
     }
 
     /// An empty DataFrame with room for `n` values.
     pub fn with_capacity(n: usize) -> DataFrame {
-        DataFrame { repr: Repr::Owned(Vec::with_capacity(n)) }
+        DataFrame {
+            repr: Repr::Owned(Vec::with_capacity(n)),
+        }
     }
 
     /// The values as a mutable vector (builds them first if this DataFrame was
@@ -130,7 +140,9 @@ impl DataFrame {
     pub fn into_values(self) -> Vec<Value> {
         match self.repr {
             Repr::Owned(v) => v,
-            Repr::Wire { bytes, cache, .. } => cache.into_inner().unwrap_or_else(|| build_values(&bytes)),
+            Repr::Wire { bytes, cache, .. } => {
+                cache.into_inner().unwrap_or_else(|| build_values(&bytes))
+            }
         }
     }
 
@@ -142,10 +154,16 @@ impl DataFrame {
     /// A cursor that reads the values in order with lenient conversions.
     pub fn reader(&self) -> Reader<'_> {
         let off = match &self.repr {
-                Repr::Wire { cache, count, .. } if cache.get().is_none() => Some(varint_len(*count as u64)),
+            Repr::Wire { cache, count, .. } if cache.get().is_none() => {
+                Some(varint_len(*count as u64))
+            }
             _ => None,
         };
-        Reader { df: self, pos: 0, off }
+        Reader {
+            df: self,
+            pos: 0,
+            off,
+        }
     }
 
     /// Exact size of the binary form in bytes.
@@ -198,18 +216,32 @@ impl DataFrame {
         let mut budget = limits.max_values;
         let count = validate_frame(cur, limits, 1, &mut budget)?;
         cur.finish()?;
-        Ok(DataFrame { repr: Repr::Wire { bytes: cur.rest_from(start), count, cache: OnceLock::new() } })
+        Ok(DataFrame {
+            repr: Repr::Wire {
+                bytes: cur.rest_from(start),
+                count,
+                cache: OnceLock::new(),
+            },
+        })
     }
 
     /// A decoded DataFrame over already validated bytes (nested DataFrames).
     fn from_validated(bytes: Bytes, count: usize) -> DataFrame {
-        DataFrame { repr: Repr::Wire { bytes, count, cache: OnceLock::new() } }
+        DataFrame {
+            repr: Repr::Wire {
+                bytes,
+                count,
+                cache: OnceLock::new(),
+            },
+        }
     }
 }
 
 impl FromIterator<Value> for DataFrame {
     fn from_iter<I: IntoIterator<Item = Value>>(iter: I) -> Self {
-        DataFrame { repr: Repr::Owned(iter.into_iter().collect()) }
+        DataFrame {
+            repr: Repr::Owned(iter.into_iter().collect()),
+        }
     }
 }
 
@@ -380,10 +412,17 @@ const UNLIMITED: Limits = Limits {
 /// Reads a length prefix for a string-like value and checks it against the limit
 /// (the bytes themselves are checked by the caller) before anything is allocated.
 #[inline]
-fn value_len_prefix(cur: &mut Cursor, limits: &Limits, field: &'static str) -> Result<usize, WireError> {
+fn value_len_prefix(
+    cur: &mut Cursor,
+    limits: &Limits,
+    field: &'static str,
+) -> Result<usize, WireError> {
     let n = cur.varint(field)?;
     if n > limits.max_string as u64 {
-        return Err(WireError::ValueTooLarge { len: n, max: limits.max_string });
+        return Err(WireError::ValueTooLarge {
+            len: n,
+            max: limits.max_string,
+        });
     }
     Ok(n as usize)
 }
@@ -393,7 +432,10 @@ fn read_bool(cur: &mut Cursor) -> Result<bool, WireError> {
     match cur.u8("bool")? {
         0 => Ok(false),
         1 => Ok(true),
-        value => Err(WireError::InvalidByte { field: "bool", value }),
+        value => Err(WireError::InvalidByte {
+            field: "bool",
+            value,
+        }),
     }
 }
 
@@ -417,7 +459,10 @@ fn array_header(cur: &mut Cursor, limits: &Limits) -> Result<(NumKind, usize), W
     let kind = NumKind::from_tag(k).ok_or(WireError::UnknownArrayKind(k))?;
     let n = value_len_prefix(cur, limits, "array")?;
     if n % kind.size() != 0 {
-        return Err(WireError::ArrayLength { len: n as u64, elem: kind.size() });
+        return Err(WireError::ArrayLength {
+            len: n as u64,
+            elem: kind.size(),
+        });
     }
     Ok((kind, n))
 }
@@ -428,13 +473,23 @@ fn parse_json(text: &[u8]) -> Result<serde_json::Value, WireError> {
 
 /// Checks one DataFrame (count and values) against `limits` without building
 /// anything; returns its value count. Every decoding error is found here.
-fn validate_frame(cur: &mut Cursor, limits: &Limits, depth: usize, budget: &mut usize) -> Result<usize, WireError> {
+fn validate_frame(
+    cur: &mut Cursor,
+    limits: &Limits,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<usize, WireError> {
     if depth > limits.max_depth {
-        return Err(WireError::DepthExceeded { max: limits.max_depth });
+        return Err(WireError::DepthExceeded {
+            max: limits.max_depth,
+        });
     }
     let count = cur.varint("value count")?;
     if count > *budget as u64 {
-        return Err(WireError::TooManyValues { count, max: limits.max_values });
+        return Err(WireError::TooManyValues {
+            count,
+            max: limits.max_values,
+        });
     }
     let count = count as usize;
     *budget -= count;
@@ -445,7 +500,12 @@ fn validate_frame(cur: &mut Cursor, limits: &Limits, depth: usize, budget: &mut 
 }
 
 #[inline]
-fn validate_value(cur: &mut Cursor, limits: &Limits, depth: usize, budget: &mut usize) -> Result<(), WireError> {
+fn validate_value(
+    cur: &mut Cursor,
+    limits: &Limits,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<(), WireError> {
     let t = cur.u8("value tag")?;
     match t {
         tag::STR => check_text(cur, limits)?,
@@ -494,7 +554,9 @@ fn validate_value(cur: &mut Cursor, limits: &Limits, depth: usize, budget: &mut 
 /// Builds the values of validated DataFrame bytes (count + values).
 fn build_values(bytes: &Bytes) -> Vec<Value> {
     let mut cur = Cursor::new(bytes.clone());
-    let Ok(count) = cur.varint("value count") else { return Vec::new() };
+    let Ok(count) = cur.varint("value count") else {
+        return Vec::new();
+    };
     let mut values = Vec::with_capacity((count as usize).min(cur.remaining()));
     for _ in 0..count {
         // The bytes were validated when decoded, so this cannot fail; if it did,
@@ -532,7 +594,12 @@ fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
         tag::ARRAY => {
             let (kind, n) = array_header(cur, l)?;
             let data = cur.bytes(n, "array")?;
-            Value::Array(NumArray::from_raw(kind, data).ok_or(WireError::ArrayLength { len: n as u64, elem: kind.size() })?)
+            Value::Array(
+                NumArray::from_raw(kind, data).ok_or(WireError::ArrayLength {
+                    len: n as u64,
+                    elem: kind.size(),
+                })?,
+            )
         }
         tag::FRAME => {
             let start = cur.pos();
@@ -628,7 +695,10 @@ pub struct Reader<'a> {
 
 impl fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reader").field("position", &self.pos).field("len", &self.df.len()).finish()
+        f.debug_struct("Reader")
+            .field("position", &self.pos)
+            .field("len", &self.df.len())
+            .finish()
     }
 }
 
@@ -696,7 +766,9 @@ impl<'a> Reader<'a> {
         if bytes.get(off) != Some(&t) {
             return None;
         }
-        let Ok(Varint::Done(n, used)) = get_varint(bytes.get(off + 1..)?) else { return None };
+        let Ok(Varint::Done(n, used)) = get_varint(bytes.get(off + 1..)?) else {
+            return None;
+        };
         let start = off + 1 + used;
         let end = start.checked_add(usize::try_from(n).ok()?)?;
         if end > bytes.len() {
@@ -709,7 +781,11 @@ impl<'a> Reader<'a> {
 
     /// Reads the next value, handing it to `f` owned (straight from the bytes) or
     /// borrowed (from the built values).
-    fn take<T>(&mut self, expected: &'static str, f: impl FnOnce(Cow<'a, Value>) -> Option<T>) -> Result<T, WireError> {
+    fn take<T>(
+        &mut self,
+        expected: &'static str,
+        f: impl FnOnce(Cow<'a, Value>) -> Option<T>,
+    ) -> Result<T, WireError> {
         let index = self.pos;
         if index >= self.df.len() {
             return Err(WireError::ReadPastEnd { index });
@@ -719,7 +795,11 @@ impl<'a> Reader<'a> {
             cur.set_pos(off);
             let v = build_value(&mut cur)?;
             let found = v.type_name();
-            let out = f(Cow::Owned(v)).ok_or(WireError::TypeMismatch { index, expected, found })?;
+            let out = f(Cow::Owned(v)).ok_or(WireError::TypeMismatch {
+                index,
+                expected,
+                found,
+            })?;
             self.off = Some(cur.pos());
             self.pos += 1;
             return Ok(out);
@@ -728,11 +808,23 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the next value by reference (builds the values of a decoded DataFrame).
-    fn take_ref<T>(&mut self, expected: &'static str, f: impl FnOnce(&'a Value) -> Option<T>) -> Result<T, WireError> {
+    fn take_ref<T>(
+        &mut self,
+        expected: &'static str,
+        f: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<T, WireError> {
         self.off = None;
         let index = self.pos;
-        let v = self.df.values().get(index).ok_or(WireError::ReadPastEnd { index })?;
-        let out = f(v).ok_or(WireError::TypeMismatch { index, expected, found: v.type_name() })?;
+        let v = self
+            .df
+            .values()
+            .get(index)
+            .ok_or(WireError::ReadPastEnd { index })?;
+        let out = f(v).ok_or(WireError::TypeMismatch {
+            index,
+            expected,
+            found: v.type_name(),
+        })?;
         self.pos += 1;
         Ok(out)
     }
@@ -847,7 +939,11 @@ mod tests {
         assert_eq!(r.read_u8().unwrap(), 12);
         assert_eq!(
             r.read_i8(),
-            Err(WireError::TypeMismatch { index: 2, expected: "i8", found: "u32" })
+            Err(WireError::TypeMismatch {
+                index: 2,
+                expected: "i8",
+                found: "u32"
+            })
         );
         assert_eq!(r.position(), 2, "a failed read does not move");
         assert_eq!(r.read_f32().unwrap(), 300.0);
@@ -874,15 +970,32 @@ mod tests {
             let mut r = df.reader();
             assert_eq!(r.read_i64().unwrap(), 3);
             assert_eq!(r.read_u8().unwrap(), 12, "numeric string");
-            assert_eq!(r.read_i8(), Err(WireError::TypeMismatch { index: 2, expected: "i8", found: "u32" }));
+            assert_eq!(
+                r.read_i8(),
+                Err(WireError::TypeMismatch {
+                    index: 2,
+                    expected: "i8",
+                    found: "u32"
+                })
+            );
             assert_eq!(r.position(), 2, "a failed read does not move");
             assert_eq!(r.read_u16().unwrap(), 300);
             assert!(r.read_bool().unwrap());
-            assert_eq!(r.read_text(), Err(WireError::TypeMismatch { index: 4, expected: "str", found: "bytes" }));
+            assert_eq!(
+                r.read_text(),
+                Err(WireError::TypeMismatch {
+                    index: 4,
+                    expected: "str",
+                    found: "bytes"
+                })
+            );
             assert_eq!(&r.read_bytes().unwrap()[..], b"ab");
             assert_eq!(r.read_text().unwrap(), "-5", "numbers format as text");
             assert_eq!(r.read_array().unwrap().to_vec::<u8>().unwrap(), vec![1, 2]);
-            assert_eq!(r.read_dataframe().unwrap().reader().read_text().unwrap(), "x");
+            assert_eq!(
+                r.read_dataframe().unwrap().reader().read_text().unwrap(),
+                "x"
+            );
             assert_eq!(r.read_f64().unwrap(), 4.0, "variant as float");
             assert_eq!(r.peek(), Some(&Value::from("tail")));
             assert_eq!(r.read_bytes().unwrap(), Bytes::from_static(b"tail"));
@@ -899,13 +1012,19 @@ mod tests {
         assert_eq!(d2.len(), 11);
         assert_eq!(d2.to_bytes().len(), d2.encoded_len());
         assert_eq!(decoded, owned);
-        assert_eq!(decoded.to_bytes(), owned.to_bytes(), "unmodified: its own bytes");
+        assert_eq!(
+            decoded.to_bytes(),
+            owned.to_bytes(),
+            "unmodified: its own bytes"
+        );
     }
 
     #[test]
     fn encoded_len_is_exact() {
         let mut inner = DataFrame::new();
-        inner.push(serde_json::json!({"a": [1, 2.5, "x"]})).push(Variant::Text("v".into()));
+        inner
+            .push(serde_json::json!({"a": [1, 2.5, "x"]}))
+            .push(Variant::Text("v".into()));
         let df = DataFrame::new()
             .with(inner)
             .with(NumArray::from_slice(&[1.5f32, 2.5]))

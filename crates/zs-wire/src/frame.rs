@@ -354,7 +354,10 @@ impl Frame {
     pub(crate) fn check(&self, limits: &Limits) -> Result<(), WireError> {
         if let Some(n) = self.name() {
             if n.len() > limits.max_name {
-                return Err(WireError::NameTooLong { len: n.len() as u64, max: limits.max_name });
+                return Err(WireError::NameTooLong {
+                    len: n.len() as u64,
+                    max: limits.max_name,
+                });
             }
         }
         match self {
@@ -364,10 +367,21 @@ impl Frame {
             | Frame::Error { message: text, .. }
                 if text.len() > limits.max_string =>
             {
-                Err(WireError::ValueTooLarge { len: text.len() as u64, max: limits.max_string })
+                Err(WireError::ValueTooLarge {
+                    len: text.len() as u64,
+                    max: limits.max_string,
+                })
             }
-            Frame::BigStream { offset, total, last, data, .. } => check_chunk(*offset, *total, *last, data.len()),
-            Frame::SeqResend { from, to } if to < from => Err(WireError::InvalidRange { field: "resend" }),
+            Frame::BigStream {
+                offset,
+                total,
+                last,
+                data,
+                ..
+            } => check_chunk(*offset, *total, *last, data.len()),
+            Frame::SeqResend { from, to } if to < from => {
+                Err(WireError::InvalidRange { field: "resend" })
+            }
             _ => Ok(()),
         }
     }
@@ -380,19 +394,28 @@ impl Frame {
             Frame::Stream { id, cmd, data } => v(*id) + lp_len(cmd.len()) + data.encoded_len(),
             Frame::DirectConsole { cmd, text } => lp_len(cmd.len()) + text.len(),
             Frame::DirectStream { cmd, data } => lp_len(cmd.len()) + data.encoded_len(),
-            Frame::BigStream { id, cmd, offset, total, data, .. } => {
-                v(*id) + lp_len(cmd.len()) + v(*offset) + v(*total) + 1 + data.len()
-            }
+            Frame::BigStream {
+                id,
+                cmd,
+                offset,
+                total,
+                data,
+                ..
+            } => v(*id) + lp_len(cmd.len()) + v(*offset) + v(*total) + 1 + data.len(),
             Frame::BigStreamAck { id, offset } => v(*id) + v(*offset),
             Frame::CompleteBuffer { cmd, data } => lp_len(cmd.len()) + data.len(),
-            Frame::BatchStream { id, cmd, data, .. } => v(*id) + lp_len(cmd.len()) + 1 + data.encoded_len(),
+            Frame::BatchStream { id, cmd, data, .. } => {
+                v(*id) + lp_len(cmd.len()) + 1 + data.encoded_len()
+            }
             Frame::Control { id, cmd, data } => v(*id) + lp_len(cmd.len()) + data.encoded_len(),
             Frame::ConsoleResponse { id, text } => v(*id) + text.len(),
             Frame::StreamResponse { id, data } => v(*id) + data.encoded_len(),
             Frame::Error { id, code, message } => v(*id) + v(*code as u64) + message.len(),
             Frame::Signal { name, code } => lp_len(name.len()) + v(*code),
             Frame::Keepalive => 0,
-            Frame::Echo { id, payload } | Frame::EchoReply { id, payload } => v(*id) + payload.len(),
+            Frame::Echo { id, payload } | Frame::EchoReply { id, payload } => {
+                v(*id) + payload.len()
+            }
             Frame::SeqData { seq, payload } => v(*seq) + payload.len(),
             Frame::SeqAck { seq } => v(*seq),
             Frame::SeqResend { from, to } => v(*from) + v(*to),
@@ -422,7 +445,14 @@ impl Frame {
                 put_name(dst, cmd);
                 data.encode_into(dst);
             }
-            Frame::BigStream { id, cmd, offset, total, last, data } => {
+            Frame::BigStream {
+                id,
+                cmd,
+                offset,
+                total,
+                last,
+                data,
+            } => {
                 put_varint(dst, *id);
                 put_name(dst, cmd);
                 put_varint(dst, *offset);
@@ -438,7 +468,12 @@ impl Frame {
                 put_name(dst, cmd);
                 dst.put_slice(data);
             }
-            Frame::BatchStream { id, cmd, last, data } => {
+            Frame::BatchStream {
+                id,
+                cmd,
+                last,
+                data,
+            } => {
                 put_varint(dst, *id);
                 put_name(dst, cmd);
                 dst.put_u8(if *last { FLAG_LAST } else { 0 });
@@ -482,7 +517,11 @@ impl Frame {
     }
 
     /// Parses a complete (decompressed) body of the given kind.
-    pub(crate) fn decode_body(kind: FrameKind, body: Bytes, limits: &Limits) -> Result<Frame, WireError> {
+    pub(crate) fn decode_body(
+        kind: FrameKind,
+        body: Bytes,
+        limits: &Limits,
+    ) -> Result<Frame, WireError> {
         let mut c = Cursor::new(body);
         let c = &mut c;
         let frame = match kind {
@@ -496,10 +535,14 @@ impl Frame {
                 cmd: name(c, limits)?,
                 data: DataFrame::decode_rest(c, limits)?,
             },
-            FrameKind::DirectConsole => Frame::DirectConsole { cmd: name(c, limits)?, text: rest_text(c, limits)? },
-            FrameKind::DirectStream => {
-                Frame::DirectStream { cmd: name(c, limits)?, data: DataFrame::decode_rest(c, limits)? }
-            }
+            FrameKind::DirectConsole => Frame::DirectConsole {
+                cmd: name(c, limits)?,
+                text: rest_text(c, limits)?,
+            },
+            FrameKind::DirectStream => Frame::DirectStream {
+                cmd: name(c, limits)?,
+                data: DataFrame::decode_rest(c, limits)?,
+            },
             FrameKind::BigStream => {
                 let id = c.varint("id")?;
                 let cmd = name(c, limits)?;
@@ -508,10 +551,23 @@ impl Frame {
                 let last = flag_last(c)?;
                 let data = c.rest();
                 check_chunk(offset, total, last, data.len())?;
-                Frame::BigStream { id, cmd, offset, total, last, data }
+                Frame::BigStream {
+                    id,
+                    cmd,
+                    offset,
+                    total,
+                    last,
+                    data,
+                }
             }
-            FrameKind::BigStreamAck => Frame::BigStreamAck { id: c.varint("id")?, offset: c.varint("offset")? },
-            FrameKind::CompleteBuffer => Frame::CompleteBuffer { cmd: name(c, limits)?, data: c.rest() },
+            FrameKind::BigStreamAck => Frame::BigStreamAck {
+                id: c.varint("id")?,
+                offset: c.varint("offset")?,
+            },
+            FrameKind::CompleteBuffer => Frame::CompleteBuffer {
+                cmd: name(c, limits)?,
+                data: c.rest(),
+            },
             FrameKind::BatchStream => Frame::BatchStream {
                 id: c.varint("id")?,
                 cmd: name(c, limits)?,
@@ -523,21 +579,39 @@ impl Frame {
                 cmd: name(c, limits)?,
                 data: DataFrame::decode_rest(c, limits)?,
             },
-            FrameKind::ConsoleResponse => Frame::ConsoleResponse { id: c.varint("id")?, text: rest_text(c, limits)? },
-            FrameKind::StreamResponse => {
-                Frame::StreamResponse { id: c.varint("id")?, data: DataFrame::decode_rest(c, limits)? }
-            }
+            FrameKind::ConsoleResponse => Frame::ConsoleResponse {
+                id: c.varint("id")?,
+                text: rest_text(c, limits)?,
+            },
+            FrameKind::StreamResponse => Frame::StreamResponse {
+                id: c.varint("id")?,
+                data: DataFrame::decode_rest(c, limits)?,
+            },
             FrameKind::Error => Frame::Error {
                 id: c.varint("id")?,
                 code: u32::try_from(c.varint("code")?).map_err(|_| WireError::VarintOverflow)?,
                 message: rest_text(c, limits)?,
             },
-            FrameKind::Signal => Frame::Signal { name: name(c, limits)?, code: c.varint("code")? },
+            FrameKind::Signal => Frame::Signal {
+                name: name(c, limits)?,
+                code: c.varint("code")?,
+            },
             FrameKind::Keepalive => Frame::Keepalive,
-            FrameKind::Echo => Frame::Echo { id: c.varint("id")?, payload: c.rest() },
-            FrameKind::EchoReply => Frame::EchoReply { id: c.varint("id")?, payload: c.rest() },
-            FrameKind::SeqData => Frame::SeqData { seq: c.varint("seq")?, payload: c.rest() },
-            FrameKind::SeqAck => Frame::SeqAck { seq: c.varint("seq")? },
+            FrameKind::Echo => Frame::Echo {
+                id: c.varint("id")?,
+                payload: c.rest(),
+            },
+            FrameKind::EchoReply => Frame::EchoReply {
+                id: c.varint("id")?,
+                payload: c.rest(),
+            },
+            FrameKind::SeqData => Frame::SeqData {
+                seq: c.varint("seq")?,
+                payload: c.rest(),
+            },
+            FrameKind::SeqAck => Frame::SeqAck {
+                seq: c.varint("seq")?,
+            },
             FrameKind::SeqResend => {
                 let from = c.varint("from")?;
                 let to = c.varint("to")?;
@@ -546,9 +620,15 @@ impl Frame {
                 }
                 Frame::SeqResend { from, to }
             }
-            FrameKind::SeqKeepalive => Frame::SeqKeepalive { acked: c.varint("acked")? },
-            FrameKind::SeqEcho => Frame::SeqEcho { nonce: c.varint("nonce")? },
-            FrameKind::SeqEchoReply => Frame::SeqEchoReply { nonce: c.varint("nonce")? },
+            FrameKind::SeqKeepalive => Frame::SeqKeepalive {
+                acked: c.varint("acked")?,
+            },
+            FrameKind::SeqEcho => Frame::SeqEcho {
+                nonce: c.varint("nonce")?,
+            },
+            FrameKind::SeqEchoReply => Frame::SeqEchoReply {
+                nonce: c.varint("nonce")?,
+            },
         };
         c.finish()?;
         Ok(frame)
@@ -567,7 +647,10 @@ fn check_chunk(offset: u64, total: u64, last: bool, len: usize) -> Result<(), Wi
 fn name(c: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
     let n = c.varint("name length")?;
     if n > limits.max_name as u64 {
-        return Err(WireError::NameTooLong { len: n, max: limits.max_name });
+        return Err(WireError::NameTooLong {
+            len: n,
+            max: limits.max_name,
+        });
     }
     Text::from_utf8(c.bytes(n as usize, "name")?)
 }
@@ -575,7 +658,10 @@ fn name(c: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
 #[inline]
 fn rest_text(c: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
     if c.remaining() > limits.max_string {
-        return Err(WireError::ValueTooLarge { len: c.remaining() as u64, max: limits.max_string });
+        return Err(WireError::ValueTooLarge {
+            len: c.remaining() as u64,
+            max: limits.max_string,
+        });
     }
     Text::from_utf8(c.rest())
 }
@@ -584,6 +670,9 @@ fn flag_last(c: &mut Cursor) -> Result<bool, WireError> {
     match c.u8("flags")? {
         0 => Ok(false),
         FLAG_LAST => Ok(true),
-        value => Err(WireError::InvalidByte { field: "flags", value }),
+        value => Err(WireError::InvalidByte {
+            field: "flags",
+            value,
+        }),
     }
 }

@@ -69,7 +69,9 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if b.len() % 2 != 0 {
         return None;
     }
-    b.chunks_exact(2).map(|p| Some(d(p[0])? << 4 | d(p[1])?)).collect()
+    b.chunks_exact(2)
+        .map(|p| Some(d(p[0])? << 4 | d(p[1])?))
+        .collect()
 }
 
 fn array_elem_json(a: &NumArray, i: usize) -> J {
@@ -135,7 +137,11 @@ fn typed_value(v: &Value) -> J {
 
 /// The plain JSON mapping of one value (see the module docs).
 pub(crate) fn plain_value(v: &Value) -> J {
-    let num = |f: f64| serde_json::Number::from_f64(f).map(J::Number).unwrap_or(J::Null);
+    let num = |f: f64| {
+        serde_json::Number::from_f64(f)
+            .map(J::Number)
+            .unwrap_or(J::Null)
+    };
     match v {
         Value::Str(s) => json!(s.as_str()),
         Value::Bool(b) => json!(b),
@@ -177,16 +183,21 @@ fn bad(msg: impl Into<String>) -> WireError {
 
 fn int_of<T: TryFrom<i128>>(v: Option<&J>) -> Result<T, WireError> {
     let n = match v {
-        Some(J::Number(n)) => n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)),
+        Some(J::Number(n)) => n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from)),
         _ => None,
     };
-    n.and_then(|i| T::try_from(i).ok()).ok_or_else(|| bad("expected an integer in range"))
+    n.and_then(|i| T::try_from(i).ok())
+        .ok_or_else(|| bad("expected an integer in range"))
 }
 
 fn typed_array(kind: NumKind, items: &[J]) -> Result<NumArray, WireError> {
     macro_rules! ints {
         ($t:ty) => {{
-            let v: Result<Vec<$t>, WireError> = items.iter().map(|x| int_of::<$t>(Some(x))).collect();
+            let v: Result<Vec<$t>, WireError> =
+                items.iter().map(|x| int_of::<$t>(Some(x))).collect();
             NumArray::from_slice(&v?)
         }};
     }
@@ -201,7 +212,8 @@ fn typed_array(kind: NumKind, items: &[J]) -> Result<NumArray, WireError> {
         NumKind::U32 => ints!(u32),
         NumKind::U64 => ints!(u64),
         NumKind::F32 => {
-            let v: Result<Vec<f32>, WireError> = items.iter().map(|x| float(x).map(|f| f as f32)).collect();
+            let v: Result<Vec<f32>, WireError> =
+                items.iter().map(|x| float(x).map(|f| f as f32)).collect();
             NumArray::from_slice(&v?)
         }
         NumKind::F64 => {
@@ -212,16 +224,29 @@ fn typed_array(kind: NumKind, items: &[J]) -> Result<NumArray, WireError> {
 }
 
 fn from_typed_value(j: &J, limits: &Limits, depth: usize) -> Result<Value, WireError> {
-    let o: &Map<String, J> = j.as_object().ok_or_else(|| bad("value must be an object"))?;
-    let t = o.get("t").and_then(J::as_str).ok_or_else(|| bad("missing \"t\""))?;
+    let o: &Map<String, J> = j
+        .as_object()
+        .ok_or_else(|| bad("value must be an object"))?;
+    let t = o
+        .get("t")
+        .and_then(J::as_str)
+        .ok_or_else(|| bad("missing \"t\""))?;
     let v = o.get("v");
     let text = |v: Option<&J>| -> Result<Text, WireError> {
-        v.and_then(J::as_str).map(Text::from).ok_or_else(|| bad("expected a string"))
+        v.and_then(J::as_str)
+            .map(Text::from)
+            .ok_or_else(|| bad("expected a string"))
     };
-    let float = |v: Option<&J>| v.and_then(json_float).ok_or_else(|| bad("expected a number"));
+    let float = |v: Option<&J>| {
+        v.and_then(json_float)
+            .ok_or_else(|| bad("expected a number"))
+    };
     Ok(match t {
         "str" => Value::Str(text(v)?),
-        "bool" => Value::Bool(v.and_then(J::as_bool).ok_or_else(|| bad("expected a bool"))?),
+        "bool" => Value::Bool(
+            v.and_then(J::as_bool)
+                .ok_or_else(|| bad("expected a bool"))?,
+        ),
         "i8" => Value::I8(int_of(v)?),
         "i16" => Value::I16(int_of(v)?),
         "i32" => Value::I32(int_of(v)?),
@@ -233,21 +258,35 @@ fn from_typed_value(j: &J, limits: &Limits, depth: usize) -> Result<Value, WireE
         "f32" => Value::F32(float(v)? as f32),
         "f64" => Value::F64(float(v)?),
         "bytes" => Value::Bytes(Bytes::from(
-            v.and_then(J::as_str).and_then(unhex).ok_or_else(|| bad("expected a hex string"))?,
+            v.and_then(J::as_str)
+                .and_then(unhex)
+                .ok_or_else(|| bad("expected a hex string"))?,
         )),
         "array" => {
             let of = o.get("of").and_then(J::as_str).and_then(NumKind::from_name);
             let of = of.ok_or_else(|| bad("array needs \"of\" naming a number type"))?;
-            let items = v.and_then(J::as_array).ok_or_else(|| bad("expected a list"))?;
+            let items = v
+                .and_then(J::as_array)
+                .ok_or_else(|| bad("expected a list"))?;
             Value::Array(typed_array(of, items)?)
         }
-        "df" => Value::Frame(Box::new(from_typed(v.ok_or_else(|| bad("missing \"v\""))?, limits, depth + 1)?)),
+        "df" => Value::Frame(Box::new(from_typed(
+            v.ok_or_else(|| bad("missing \"v\""))?,
+            limits,
+            depth + 1,
+        )?)),
         "json" => Value::Json(Box::new(v.cloned().unwrap_or(J::Null))),
         "variant" => {
-            let k = o.get("k").and_then(J::as_str).ok_or_else(|| bad("variant needs \"k\""))?;
+            let k = o
+                .get("k")
+                .and_then(J::as_str)
+                .ok_or_else(|| bad("variant needs \"k\""))?;
             Value::Variant(match k {
                 "null" => Variant::Null,
-                "bool" => Variant::Bool(v.and_then(J::as_bool).ok_or_else(|| bad("expected a bool"))?),
+                "bool" => Variant::Bool(
+                    v.and_then(J::as_bool)
+                        .ok_or_else(|| bad("expected a bool"))?,
+                ),
                 "int" => Variant::Int(int_of(v)?),
                 "uint" => Variant::UInt(int_of(v)?),
                 "float" => Variant::Float(float(v)?),
@@ -261,10 +300,17 @@ fn from_typed_value(j: &J, limits: &Limits, depth: usize) -> Result<Value, WireE
 
 fn from_typed(j: &J, limits: &Limits, depth: usize) -> Result<DataFrame, WireError> {
     if depth > limits.max_depth {
-        return Err(WireError::DepthExceeded { max: limits.max_depth });
+        return Err(WireError::DepthExceeded {
+            max: limits.max_depth,
+        });
     }
-    let items = j.as_array().ok_or_else(|| bad("a DataFrame is a JSON array"))?;
-    items.iter().map(|x| from_typed_value(x, limits, depth)).collect()
+    let items = j
+        .as_array()
+        .ok_or_else(|| bad("a DataFrame is a JSON array"))?;
+    items
+        .iter()
+        .map(|x| from_typed_value(x, limits, depth))
+        .collect()
 }
 
 impl DataFrame {
@@ -317,13 +363,25 @@ mod tests {
     #[test]
     fn typed_json_errors() {
         let l = Limits::default();
-        assert!(matches!(DataFrame::from_json(&json!({}), &l), Err(WireError::Json(_))));
-        assert!(matches!(DataFrame::from_json(&json!([{"t": "i8", "v": 300}]), &l), Err(WireError::Json(_))));
-        assert!(matches!(DataFrame::from_json(&json!([{"t": "nope"}]), &l), Err(WireError::Json(_))));
+        assert!(matches!(
+            DataFrame::from_json(&json!({}), &l),
+            Err(WireError::Json(_))
+        ));
+        assert!(matches!(
+            DataFrame::from_json(&json!([{"t": "i8", "v": 300}]), &l),
+            Err(WireError::Json(_))
+        ));
+        assert!(matches!(
+            DataFrame::from_json(&json!([{"t": "nope"}]), &l),
+            Err(WireError::Json(_))
+        ));
         let mut deep = json!([]);
         for _ in 0..40 {
             deep = json!([{"t": "df", "v": deep}]);
         }
-        assert_eq!(DataFrame::from_json(&deep, &l), Err(WireError::DepthExceeded { max: 32 }));
+        assert_eq!(
+            DataFrame::from_json(&deep, &l),
+            Err(WireError::DepthExceeded { max: 32 })
+        );
     }
 }

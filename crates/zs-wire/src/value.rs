@@ -25,7 +25,9 @@ impl Text {
 
     /// Validates `bytes` as UTF-8 and wraps it without copying.
     pub fn from_utf8(bytes: Bytes) -> Result<Text, WireError> {
-        ByteString::try_from(bytes).map(Text).map_err(|_| WireError::InvalidUtf8)
+        ByteString::try_from(bytes)
+            .map(Text)
+            .map_err(|_| WireError::InvalidUtf8)
     }
 
     /// The text as `&str`.
@@ -275,7 +277,10 @@ impl NumArray {
         for &x in items {
             x.put_le(&mut v);
         }
-        NumArray { kind: T::KIND, data: Bytes::from(v) }
+        NumArray {
+            kind: T::KIND,
+            data: Bytes::from(v),
+        }
     }
 
     /// Wraps raw little-endian element bytes; their length must be a multiple of the
@@ -604,12 +609,16 @@ pub(crate) fn float_to_i128(f: f64) -> Option<i128> {
     // Truncation toward zero; out-of-range and non-finite values are refused
     // (2^127 is exactly representable, so the bounds are exact).
     let t = f.trunc();
-    (t.is_finite() && t >= -1.7014118346046923e38 && t < 1.7014118346046923e38).then_some(t as i128)
+    (-1.7014118346046923e38..1.7014118346046923e38)
+        .contains(&t)
+        .then_some(t as i128)
 }
 
 fn str_to_i128(s: &str) -> Option<i128> {
     let s = s.trim();
-    s.parse::<i128>().ok().or_else(|| s.parse::<f64>().ok().and_then(float_to_i128))
+    s.parse::<i128>()
+        .ok()
+        .or_else(|| s.parse::<f64>().ok().and_then(float_to_i128))
 }
 
 fn str_to_bool(s: &str) -> Option<bool> {
@@ -711,6 +720,9 @@ mod tests {
     #[test]
     fn text_validates() {
         assert_eq!(Text::from_utf8(Bytes::from_static(b"hi")).unwrap(), "hi");
-        assert_eq!(Text::from_utf8(Bytes::from_static(&[0xff])), Err(WireError::InvalidUtf8));
+        assert_eq!(
+            Text::from_utf8(Bytes::from_static(&[0xff])),
+            Err(WireError::InvalidUtf8)
+        );
     }
 }

@@ -136,7 +136,10 @@ impl Cursor {
 
     /// Fixed-size array of `N` bytes.
     #[inline]
-    pub(crate) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        field: &'static str,
+    ) -> Result<[u8; N], WireError> {
         if N > self.remaining() {
             return Err(WireError::Truncated { field });
         }
@@ -209,11 +212,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_varints() {
-        assert_eq!(get_varint(&[0x80, 0x00]).err(), Some(WireError::NonCanonicalVarint));
+        assert_eq!(
+            get_varint(&[0x80, 0x00]).err(),
+            Some(WireError::NonCanonicalVarint)
+        );
         let mut over = vec![0xff; 9];
         over.push(0x02);
         assert_eq!(get_varint(&over).err(), Some(WireError::VarintOverflow));
-        assert_eq!(get_varint(&[0xff; 11]).err(), Some(WireError::VarintOverflow));
+        assert_eq!(
+            get_varint(&[0xff; 11]).err(),
+            Some(WireError::VarintOverflow)
+        );
         assert!(matches!(get_varint(&[0xff; 3]), Ok(Varint::Incomplete)));
         assert!(matches!(get_varint(&[]), Ok(Varint::Incomplete)));
     }

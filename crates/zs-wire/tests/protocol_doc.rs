@@ -12,8 +12,14 @@ fn examples() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut lines = part1.lines();
     while let Some(line) = lines.next() {
-        let Some(rest) = line.strip_prefix("Example `") else { continue };
-        let name = rest.split('`').next().expect("closing backtick").to_string();
+        let Some(rest) = line.strip_prefix("Example `") else {
+            continue;
+        };
+        let name = rest
+            .split('`')
+            .next()
+            .expect("closing backtick")
+            .to_string();
         for l in lines.by_ref() {
             if l.trim() == "```hex" {
                 break;
@@ -24,7 +30,10 @@ fn examples() -> Vec<(String, Vec<u8>)> {
             if l.trim() == "```" {
                 break;
             }
-            bytes.extend(l.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("hex byte")));
+            bytes.extend(
+                l.split_whitespace()
+                    .map(|b| u8::from_str_radix(b, 16).expect("hex byte")),
+            );
         }
         out.push((name, bytes));
     }
@@ -40,18 +49,33 @@ fn expected(name: &str) -> Expected {
     let d = Config::default();
     let f = |frame| Expected::Frame(frame, d);
     match name {
-        "console-request" => f(Frame::Console { id: 1, cmd: "echo".into(), text: "hello".into() }),
+        "console-request" => f(Frame::Console {
+            id: 1,
+            cmd: "echo".into(),
+            text: "hello".into(),
+        }),
         "console-request-token" => Expected::Frame(
-            Frame::Console { id: 1, cmd: "echo".into(), text: "hello".into() },
+            Frame::Console {
+                id: 1,
+                cmd: "echo".into(),
+                text: "hello".into(),
+            },
             Config::with_token([0xa5, 0x7a, 0x73, 0x01]),
         ),
-        "console-response" => f(Frame::ConsoleResponse { id: 1, text: "hello".into() }),
+        "console-response" => f(Frame::ConsoleResponse {
+            id: 1,
+            text: "hello".into(),
+        }),
         "stream-request" => f(Frame::Stream {
             id: 300,
             cmd: "login".into(),
             data: DataFrame::new().with("alice").with(42i32).with(true),
         }),
-        "error" => f(Frame::Error { id: 2, code: 404, message: "no such command".into() }),
+        "error" => f(Frame::Error {
+            id: 2,
+            code: 404,
+            message: "no such command".into(),
+        }),
         "big-stream-last-chunk" => f(Frame::BigStream {
             id: 9,
             cmd: "put".into(),
@@ -61,11 +85,20 @@ fn expected(name: &str) -> Expected {
             data: Bytes::from_static(b"abcd"),
         }),
         "keepalive" => f(Frame::Keepalive),
-        "seq-data" => f(Frame::SeqData { seq: 5, payload: Bytes::from_static(&[0x01, 0x19, 0x00]) }),
+        "seq-data" => f(Frame::SeqData {
+            seq: 5,
+            payload: Bytes::from_static(&[0x01, 0x19, 0x00]),
+        }),
         "seq-resend" => f(Frame::SeqResend { from: 10, to: 12 }),
         "compressed" => Expected::Frame(
-            Frame::CompleteBuffer { cmd: "z".into(), data: Bytes::from(vec![b'a'; 32]) },
-            Config { compress_threshold: Some(16), ..Config::default() },
+            Frame::CompleteBuffer {
+                cmd: "z".into(),
+                data: Bytes::from(vec![b'a'; 32]),
+            },
+            Config {
+                compress_threshold: Some(16),
+                ..Config::default()
+            },
         ),
         "dataframe-every-type" => Expected::DataFrame(
             DataFrame::new()
@@ -93,7 +126,10 @@ fn expected(name: &str) -> Expected {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]

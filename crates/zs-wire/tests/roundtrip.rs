@@ -112,11 +112,18 @@ proptest! {
 fn every_frame_split_at_every_byte() {
     let frames = one_of_each();
     let kinds: std::collections::HashSet<FrameKind> = frames.iter().map(Frame::kind).collect();
-    assert_eq!(kinds.len(), FrameKind::ALL.len(), "one_of_each covers every kind");
+    assert_eq!(
+        kinds.len(),
+        FrameKind::ALL.len(),
+        "one_of_each covers every kind"
+    );
     let configs = [
         Config::default(),
         Config::with_token(*b"\xA5zs\x01"),
-        Config { compress_threshold: Some(0), ..Config::with_token(*b"tokn") },
+        Config {
+            compress_threshold: Some(0),
+            ..Config::with_token(*b"tokn")
+        },
     ];
     for c in configs {
         for f in &frames {
@@ -128,7 +135,11 @@ fn every_frame_split_at_every_byte() {
                     assert_eq!(dec.decode(&mut rx).unwrap(), None, "{f:?} split at {split}");
                     rx.extend_from_slice(&wire[split..]);
                 }
-                assert_eq!(dec.decode(&mut rx).unwrap().as_ref(), Some(f), "{f:?} split at {split}");
+                assert_eq!(
+                    dec.decode(&mut rx).unwrap().as_ref(),
+                    Some(f),
+                    "{f:?} split at {split}"
+                );
                 assert!(rx.is_empty());
                 assert_eq!(dec.decode(&mut rx).unwrap(), None);
             }
@@ -149,14 +160,35 @@ fn every_frame_split_at_every_byte() {
 
 #[test]
 fn compression_applies_above_threshold_only_when_smaller() {
-    let c = Config { compress_threshold: Some(64), ..Config::default() };
-    let big = Frame::CompleteBuffer { cmd: "z".into(), data: Bytes::from(vec![7u8; 10_000]) };
+    let c = Config {
+        compress_threshold: Some(64),
+        ..Config::default()
+    };
+    let big = Frame::CompleteBuffer {
+        cmd: "z".into(),
+        data: Bytes::from(vec![7u8; 10_000]),
+    };
     let wire = big.to_bytes(&c).unwrap();
-    assert!(wire.len() < 200, "repetitive data compresses: {} bytes", wire.len());
+    assert!(
+        wire.len() < 200,
+        "repetitive data compresses: {} bytes",
+        wire.len()
+    );
     assert_eq!(wire[1] & 0x80, 0x80, "compressed flag set");
-    assert_eq!(Frame::decode(&wire, &Config::default()).unwrap(), big, "any decoder accepts it");
-    let small = Frame::CompleteBuffer { cmd: "z".into(), data: Bytes::from(vec![7u8; 61]) }; // body 63 bytes
-    assert_eq!(small.to_bytes(&c).unwrap()[1] & 0x80, 0, "below threshold: raw");
+    assert_eq!(
+        Frame::decode(&wire, &Config::default()).unwrap(),
+        big,
+        "any decoder accepts it"
+    );
+    let small = Frame::CompleteBuffer {
+        cmd: "z".into(),
+        data: Bytes::from(vec![7u8; 61]),
+    }; // body 63 bytes
+    assert_eq!(
+        small.to_bytes(&c).unwrap()[1] & 0x80,
+        0,
+        "below threshold: raw"
+    );
     let mut x = 0x9e3779b97f4a7c15u64;
     let noise: Vec<u8> = (0..5000)
         .map(|_| {
@@ -166,7 +198,10 @@ fn compression_applies_above_threshold_only_when_smaller() {
             (x >> 32) as u8
         })
         .collect();
-    let random = Frame::CompleteBuffer { cmd: "z".into(), data: Bytes::from(noise) };
+    let random = Frame::CompleteBuffer {
+        cmd: "z".into(),
+        data: Bytes::from(noise),
+    };
     let w = random.to_bytes(&c).unwrap();
     assert_eq!(w[1] & 0x80, 0, "incompressible data is sent raw");
     assert_eq!(Frame::decode(&w, &c).unwrap(), random);
@@ -175,21 +210,34 @@ fn compression_applies_above_threshold_only_when_smaller() {
 #[test]
 fn large_values_are_not_copied_on_decode() {
     let payload = Bytes::from(vec![0x5au8; 1 << 20]);
-    let f = Frame::StreamResponse { id: 1, data: DataFrame::new().with(payload) };
+    let f = Frame::StreamResponse {
+        id: 1,
+        data: DataFrame::new().with(payload),
+    };
     let wire = f.to_bytes(&Config::default()).unwrap();
     let range = wire.as_ptr_range();
-    let Frame::StreamResponse { data, .. } = Frame::decode(&wire, &Config::default()).unwrap() else {
+    let Frame::StreamResponse { data, .. } = Frame::decode(&wire, &Config::default()).unwrap()
+    else {
         panic!("kind")
     };
-    let Some(Value::Bytes(b)) = data.get(0) else { panic!("value") };
+    let Some(Value::Bytes(b)) = data.get(0) else {
+        panic!("value")
+    };
     assert_eq!(b.len(), 1 << 20);
-    assert!(range.contains(&b.as_ptr()), "the value is a slice of the received buffer");
+    assert!(
+        range.contains(&b.as_ptr()),
+        "the value is a slice of the received buffer"
+    );
 }
 
 #[test]
 fn small_console_request_overhead() {
     // 64 bytes of request content: a 4-byte command name and 60 bytes of text.
-    let f = Frame::Console { id: 1000, cmd: "echo".into(), text: "x".repeat(60).as_str().into() };
+    let f = Frame::Console {
+        id: 1000,
+        cmd: "echo".into(),
+        text: "x".repeat(60).as_str().into(),
+    };
     let plain = f.to_bytes(&Config::default()).unwrap().len() - 64;
     let tok = f.to_bytes(&Config::with_token(*b"abcd")).unwrap().len() - 64;
     assert_eq!(plain, 6, "version, kind, length, 2-byte id, name length");

@@ -14,7 +14,10 @@ pub fn text() -> impl Strategy<Value = Text> {
 }
 
 pub fn name() -> impl Strategy<Value = Text> {
-    prop_oneof!["[a-zA-Z_@]{0,20}".prop_map(Text::from), "\\PC{0,8}".prop_map(Text::from)]
+    prop_oneof![
+        "[a-zA-Z_@]{0,20}".prop_map(Text::from),
+        "\\PC{0,8}".prop_map(Text::from)
+    ]
 }
 
 pub fn bytes() -> impl Strategy<Value = Bytes> {
@@ -42,7 +45,9 @@ fn json() -> impl Strategy<Value = serde_json::Value> {
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
         any::<u64>().prop_map(serde_json::Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
         "\\PC{0,8}".prop_map(serde_json::Value::from),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
@@ -88,7 +93,8 @@ pub fn scalar() -> impl Strategy<Value = Value> {
 
 pub fn value() -> impl Strategy<Value = Value> {
     scalar().prop_recursive(3, 32, 6, |inner| {
-        prop::collection::vec(inner, 0..6).prop_map(|v| Value::Frame(Box::new(v.into_iter().collect())))
+        prop::collection::vec(inner, 0..6)
+            .prop_map(|v| Value::Frame(Box::new(v.into_iter().collect())))
     })
 }
 
@@ -97,34 +103,68 @@ pub fn dataframe() -> impl Strategy<Value = DataFrame> {
 }
 
 pub fn frame() -> impl Strategy<Value = Frame> {
-    let chunk = (any::<u64>(), name(), 0u64..1000, bytes(), any::<bool>(), 0u64..1000).prop_map(
-        |(id, cmd, offset, data, last, extra)| {
+    let chunk = (
+        any::<u64>(),
+        name(),
+        0u64..1000,
+        bytes(),
+        any::<bool>(),
+        0u64..1000,
+    )
+        .prop_map(|(id, cmd, offset, data, last, extra)| {
             let end = offset + data.len() as u64;
             let total = if last { end } else { end + extra };
-            Frame::BigStream { id, cmd, offset, total, last, data }
-        },
-    );
+            Frame::BigStream {
+                id,
+                cmd,
+                offset,
+                total,
+                last,
+                data,
+            }
+        });
     prop_oneof![
         (any::<u64>(), name(), text()).prop_map(|(id, cmd, text)| Frame::Console { id, cmd, text }),
-        (any::<u64>(), name(), dataframe()).prop_map(|(id, cmd, data)| Frame::Stream { id, cmd, data }),
+        (any::<u64>(), name(), dataframe()).prop_map(|(id, cmd, data)| Frame::Stream {
+            id,
+            cmd,
+            data
+        }),
         (name(), text()).prop_map(|(cmd, text)| Frame::DirectConsole { cmd, text }),
         (name(), dataframe()).prop_map(|(cmd, data)| Frame::DirectStream { cmd, data }),
         chunk,
         (any::<u64>(), any::<u64>()).prop_map(|(id, offset)| Frame::BigStreamAck { id, offset }),
         (name(), bytes()).prop_map(|(cmd, data)| Frame::CompleteBuffer { cmd, data }),
-        (any::<u64>(), name(), any::<bool>(), dataframe())
-            .prop_map(|(id, cmd, last, data)| Frame::BatchStream { id, cmd, last, data }),
-        (any::<u64>(), name(), dataframe()).prop_map(|(id, cmd, data)| Frame::Control { id, cmd, data }),
+        (any::<u64>(), name(), any::<bool>(), dataframe()).prop_map(|(id, cmd, last, data)| {
+            Frame::BatchStream {
+                id,
+                cmd,
+                last,
+                data,
+            }
+        }),
+        (any::<u64>(), name(), dataframe()).prop_map(|(id, cmd, data)| Frame::Control {
+            id,
+            cmd,
+            data
+        }),
         (any::<u64>(), text()).prop_map(|(id, text)| Frame::ConsoleResponse { id, text }),
         (any::<u64>(), dataframe()).prop_map(|(id, data)| Frame::StreamResponse { id, data }),
-        (any::<u64>(), any::<u32>(), text()).prop_map(|(id, code, message)| Frame::Error { id, code, message }),
+        (any::<u64>(), any::<u32>(), text()).prop_map(|(id, code, message)| Frame::Error {
+            id,
+            code,
+            message
+        }),
         (name(), any::<u64>()).prop_map(|(name, code)| Frame::Signal { name, code }),
         Just(Frame::Keepalive),
         (any::<u64>(), bytes()).prop_map(|(id, payload)| Frame::Echo { id, payload }),
         (any::<u64>(), bytes()).prop_map(|(id, payload)| Frame::EchoReply { id, payload }),
         (any::<u64>(), bytes()).prop_map(|(seq, payload)| Frame::SeqData { seq, payload }),
         any::<u64>().prop_map(|seq| Frame::SeqAck { seq }),
-        (any::<u64>(), any::<u64>()).prop_map(|(a, b)| Frame::SeqResend { from: a.min(b), to: a.max(b) }),
+        (any::<u64>(), any::<u64>()).prop_map(|(a, b)| Frame::SeqResend {
+            from: a.min(b),
+            to: a.max(b)
+        }),
         any::<u64>().prop_map(|acked| Frame::SeqKeepalive { acked }),
         any::<u64>().prop_map(|nonce| Frame::SeqEcho { nonce }),
         any::<u64>().prop_map(|nonce| Frame::SeqEchoReply { nonce }),
@@ -160,10 +200,24 @@ pub fn one_of_each() -> Vec<Frame> {
         .with(DataFrame::new().with(true).with(Variant::Int(-7)))
         .with(serde_json::json!({"k": [1, "two"]}));
     vec![
-        Frame::Console { id: 1, cmd: "echo".into(), text: "hello".into() },
-        Frame::Stream { id: 300, cmd: "login".into(), data: df.clone() },
-        Frame::DirectConsole { cmd: "log".into(), text: "x".into() },
-        Frame::DirectStream { cmd: "pos".into(), data: df.clone() },
+        Frame::Console {
+            id: 1,
+            cmd: "echo".into(),
+            text: "hello".into(),
+        },
+        Frame::Stream {
+            id: 300,
+            cmd: "login".into(),
+            data: df.clone(),
+        },
+        Frame::DirectConsole {
+            cmd: "log".into(),
+            text: "x".into(),
+        },
+        Frame::DirectStream {
+            cmd: "pos".into(),
+            data: df.clone(),
+        },
         Frame::BigStream {
             id: 9,
             cmd: "put".into(),
@@ -172,18 +226,52 @@ pub fn one_of_each() -> Vec<Frame> {
             last: true,
             data: Bytes::from_static(b"abcd"),
         },
-        Frame::BigStreamAck { id: 9, offset: 1004 },
-        Frame::CompleteBuffer { cmd: "raw".into(), data: Bytes::from_static(&[9; 40]) },
-        Frame::BatchStream { id: 5, cmd: "sum".into(), last: false, data: df.clone() },
-        Frame::Control { id: 0, cmd: "__@Auth".into(), data: df.clone() },
-        Frame::ConsoleResponse { id: 1, text: "hello".into() },
+        Frame::BigStreamAck {
+            id: 9,
+            offset: 1004,
+        },
+        Frame::CompleteBuffer {
+            cmd: "raw".into(),
+            data: Bytes::from_static(&[9; 40]),
+        },
+        Frame::BatchStream {
+            id: 5,
+            cmd: "sum".into(),
+            last: false,
+            data: df.clone(),
+        },
+        Frame::Control {
+            id: 0,
+            cmd: "__@Auth".into(),
+            data: df.clone(),
+        },
+        Frame::ConsoleResponse {
+            id: 1,
+            text: "hello".into(),
+        },
         Frame::StreamResponse { id: 300, data: df },
-        Frame::Error { id: 2, code: 404, message: "no such command".into() },
-        Frame::Signal { name: "kick".into(), code: 3 },
+        Frame::Error {
+            id: 2,
+            code: 404,
+            message: "no such command".into(),
+        },
+        Frame::Signal {
+            name: "kick".into(),
+            code: 3,
+        },
         Frame::Keepalive,
-        Frame::Echo { id: 77, payload: Bytes::from_static(b"ping") },
-        Frame::EchoReply { id: 77, payload: Bytes::from_static(b"ping") },
-        Frame::SeqData { seq: 1 << 40, payload: Bytes::from_static(b"\x01\x19\x00") },
+        Frame::Echo {
+            id: 77,
+            payload: Bytes::from_static(b"ping"),
+        },
+        Frame::EchoReply {
+            id: 77,
+            payload: Bytes::from_static(b"ping"),
+        },
+        Frame::SeqData {
+            seq: 1 << 40,
+            payload: Bytes::from_static(b"\x01\x19\x00"),
+        },
         Frame::SeqAck { seq: 12 },
         Frame::SeqResend { from: 10, to: 12 },
         Frame::SeqKeepalive { acked: 12 },
