@@ -1,5 +1,5 @@
 //! Handshake messages: decoders on raw bytes, and arbitrary bytes fed to a
-//! server awaiting ClientHello and to a client awaiting ServerHello.
+//! server awaiting ClientHello and to clients (pinned key, PSK) awaiting ServerHello.
 #![no_main]
 
 use std::sync::Arc;
@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use zs_crypto::handshake::{decode_client_finished, ClientHello, ServerHello};
-use zs_crypto::session::{ClientConfig, ServerConfig, ServerIdentity, Session};
+use zs_crypto::session::{ClientConfig, ServerConfig, ServerIdentity};
+use zs_crypto::{SecurityProvider, ZsSecurity};
 
 fuzz_target!(|data: &[u8]| {
     let _ = ClientHello::decode(data);
@@ -17,20 +18,24 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(ClientHello::decode(&ch.encode()).ok(), Some(ch));
     }
 
-    let rng = ring::rand::SystemRandom::new();
     let now = Instant::now();
     let id = Arc::new(ServerIdentity::from_seed(&[9; 32]).expect("seed"));
     let mut scfg = ServerConfig::with_identity(id.clone());
     scfg.psks.insert(b"fuzz".to_vec(), b"key".to_vec());
-    let mut s = Session::server(Arc::new(scfg), &rng, now).expect("server");
-    if s.handle_input(data, now).is_ok() {
-        let _ = s.take_output();
+    let pinned = ZsSecurity::new(
+        Some(Arc::new(ClientConfig::pinned(id.fingerprint()))),
+        Some(Arc::new(scfg)),
+    );
+    let psk = ZsSecurity::new(Some(Arc::new(ClientConfig::psk(b"fuzz", b"key"))), None);
+
+    let mut s = pinned.new_server(now).expect("server");
+    let _ = s.handle_input(data, now);
+    let mut out = Vec::new();
+    s.write_output(&mut out);
+    for p in [&pinned, &psk] {
+        let mut c = p.new_client(now).expect("client");
+        let _ = c.handle_input(data, now);
+        c.write_output(&mut out);
+        while c.poll_event().is_some() {}
     }
-    let mut c = Session::client(Arc::new(ClientConfig::pinned(id.fingerprint())), &rng, now)
-        .expect("client");
-    let _ = c.take_output();
-    let _ = c.handle_input(data, now);
-    let mut c =
-        Session::client(Arc::new(ClientConfig::psk(b"fuzz", b"key")), &rng, now).expect("client");
-    let _ = c.handle_input(data, now);
 });

@@ -187,14 +187,14 @@ fuzz_target!(|s: Script| {
                 }
             }
             Op::Crash { seed } => {
-                std::mem::forget(db);
+                db.abandon();
                 mem.crash(*seed);
                 db = Database::open(vfs.clone(), "f").expect("reopen after crash");
                 verify(&db, &mut model);
             }
         }
     }
-    std::mem::forget(db);
+    db.abandon();
     mem.crash(s.seed);
     let db = Database::open(vfs.clone(), "f").expect("final reopen");
     verify(&db, &mut model);

@@ -12,10 +12,12 @@
 //!   seconds (default 60) on nightly; installs cargo-fuzz when missing.
 //! - `check-targets` — `cargo check` of the workspace for Windows (GNU), FreeBSD
 //!   and macOS, installing the rustup targets and C cross tools when missing.
+//! - `crash-db [--cycles N]` — SIGKILL crash-consistency cycles of the store (default 200).
 //! - `test-windows [-p <pkg>…]` — `cargo test` for `x86_64-pc-windows-gnu`, run under
 //!   wine (mingw, wine64 and a wine prefix are set up when missing).
 #![forbid(unsafe_code)]
 
+mod crash_db;
 mod tasks;
 mod windows;
 
@@ -28,7 +30,19 @@ fn usage() -> &'static str {
   fuzz [--secs N] [target]
   check-targets
   test-windows [-p <pkg>…] [--timeout-mins N] [cargo test args] [-- <test args>]
+  crash-db [--cycles N]
   list-benches | list-fuzz"
+}
+
+fn crash_db_cmd(args: &[String]) -> Result<(), String> {
+    let cycles = match args {
+        [] => 200,
+        [flag, n] if flag == "--cycles" => n
+            .parse()
+            .map_err(|_| format!("--cycles takes a whole number, not {n:?}"))?,
+        _ => return Err("usage: cargo xtask crash-db [--cycles N]".into()),
+    };
+    crash_db::crash_db(cycles)
 }
 
 fn main() -> ExitCode {
@@ -43,6 +57,7 @@ fn main() -> ExitCode {
         "fuzz" => tasks::fuzz(rest),
         "check-targets" => tasks::check_targets(),
         "test-windows" => windows::test_windows(rest),
+        "crash-db" => crash_db_cmd(rest),
         "list-benches" => tasks::bench_suites().map(|s| println!("{}", s.join("\n"))),
         "list-fuzz" => tasks::fuzz_targets().map(|s| println!("{}", s.join("\n"))),
         "help" | "--help" | "-h" => {

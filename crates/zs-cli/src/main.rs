@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod call;
 mod db;
 mod expr;
+mod serve;
 
 /// The zserver command line.
 #[derive(Debug, Parser)]
@@ -23,6 +25,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // subcommand variants: one line per module
+    /// Run a zserver (default 127.0.0.1:7777) with echo, time, stats until Ctrl-C.
+    Serve(serve::ServeArgs),
+    /// Call a command on a running zserver and print the answer.
+    Call(call::CallArgs),
     /// Use the embedded store (zs-db): create, put, get, query, compact.
     Db(db::DbArgs),
     /// Evaluate an expression (zs-expr) and print its value.
@@ -33,6 +39,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         // subcommand dispatch: one arm per module
+        Command::Serve(a) => serve::run(a),
+        Command::Call(a) => call::run(a),
         Command::Db(a) => db::run(a),
         Command::Expr(a) => expr::run(a),
     }

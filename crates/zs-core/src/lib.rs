@@ -1,10 +1,74 @@
 //! # zs-core: the framework kernel
 //!
-//! Status: **not built yet** (framework issue). This crate will hold the sans-IO
-//! session that combines `zs-wire` framing with the `zs-crypto` record layer, the
-//! command registry (console, stream, direct, BigStream, CompleteBuffer,
-//! BatchStream), many requests in flight per connection, HPC worker handlers and
-//! StableIO sessions that survive reconnects.
+//! Why it exists: this is what a ZServer4D user did with `RegisterConsole` /
+//! `SendStreamCmd`, in Rust, on any transport. It joins the other crates:
+//! `zs-wire` frames travel inside `zs-crypto` records over a `zs-io` backend, and
+//! named command handlers answer them.
 //!
-//! Until then the crate exports nothing.
+//! Layers:
+//! - [`Session`] (sans-IO): one end of a connection. Handshake first, then frames
+//!   inside encrypted records; request ids so **many calls are in flight** on one
+//!   connection and answers may come in any order; per-call timeouts on virtual
+//!   time; [`Session::connection_lost`] completes every pending call with an error.
+//!   CompleteBuffer has a receiver size limit answered with a clear
+//!   [`code::TOO_LARGE`] error (the seed disconnected silently); BatchStream frames
+//!   are staged and handed over together.
+//! - [`Registry`]: handlers by kind and name. **Names are case-insensitive
+//!   (ASCII)**, as in the seed. Plain closures run on the connection's event loop;
+//!   `*_delayed` handlers keep a [`Responder`] and answer later from any thread
+//!   (it reports [`Error::ConnectionLost`] if the connection is gone, and answers
+//!   an error if dropped unanswered); `*_hpc` handlers run on a crossbeam
+//!   [`WorkerPool`] and answer from there.
+//! - [`Server`] / [`Client`] (on any `zs_io::Backend`): connection map by id,
+//!   per-connection user state ([`Peer::with_state`]), broadcast to all or a
+//!   filter, statistics per server and per command ([`StatsSnapshot`]: counts,
+//!   bytes, errors, p50/p90/p99/max latency), keepalive, idle and handshake
+//!   timeouts, an ordered mode ([`Options::ordered`]), back-pressure (a peer that
+//!   does not read is disconnected past [`Options::max_backlog`]). Client calls
+//!   return a [`CallFuture`] (runtime-agnostic: `.await` it anywhere or `wait()`),
+//!   or take a callback.
+//!
+//! This crate depends on no async runtime and no particular backend: the
+//! `zserver` facade and the `zs` CLI pick them.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use zs_core::{Client, Options, Registry, Server};
+//! use zs_crypto::{ClientConfig, ServerConfig, ServerIdentity, ZsSecurity};
+//!
+//! // Security: the server's Ed25519 identity, pinned by the client.
+//! let (identity, _seed) = ServerIdentity::generate(&ring::rand::SystemRandom::new()).unwrap();
+//! let provider = Arc::new(ZsSecurity::new(
+//!     Some(Arc::new(ClientConfig::pinned(identity.fingerprint()))),
+//!     Some(Arc::new(ServerConfig::with_identity(Arc::new(identity)))),
+//! ));
+//! // Any zs-io backend; tokio here.
+//! let backend = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//!
+//! let mut commands = Registry::new();
+//! commands.console("echo", |_peer, text| Ok(text.to_owned()));
+//! let server = Server::start(backend.clone(), provider.clone(), commands, Options::default(),
+//!     "127.0.0.1:0".parse().unwrap()).unwrap();
+//!
+//! let client = Client::connect(backend, provider, Registry::new(), Options::client(),
+//!     server.local_addr()).unwrap();
+//! assert_eq!(client.call("Echo", "hello").wait().unwrap(), "hello");
+//! assert_eq!(server.stats().commands[0].calls, 1);
+//! ```
 #![forbid(unsafe_code)]
+
+mod error;
+mod net;
+mod oneshot;
+mod pool;
+mod registry;
+mod session;
+mod stats;
+
+pub use error::{code, Error, Result};
+pub use oneshot::CallFuture;
+pub use pool::WorkerPool;
+pub use registry::{HandlerError, Outbox, Peer, Registry, Responder};
+pub use session::{Call, Event, Reply, Request, Session, SessionConfig};
+pub use stats::{CommandSnapshot, CommandStats, EndpointStats, StatsSnapshot, LATENCY_SAMPLES};
+pub use net::{Client, Options, Server};

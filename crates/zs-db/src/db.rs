@@ -1023,6 +1023,14 @@ impl Database {
         vfs.sync_dir().map_err(Error::io("copy"))
     }
 
+    /// Drops this handle the way a killed process would: no final flush of the write
+    /// buffer, and every other clone of the handle refuses writes from now on (for
+    /// crash tests; unsynced data is left to the file layer's fate).
+    pub fn abandon(self) {
+        self.inner.poisoned.store(true, Ordering::Release);
+        mlock(&self.inner.stop_tx).take();
+    }
+
     /// True if an earlier I/O error stopped writes (reopen to recover).
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
@@ -1595,10 +1603,7 @@ impl Inner {
 
     /// Writes metas and every live record (as of now) into `out` after a fresh header.
     /// Returns (new locs, end in `out`, old-file end covered, old file).
-    fn snapshot_into(
-        &self,
-        out: &Arc<dyn FileBackend>,
-    ) -> Result<Snapshot> {
+    fn snapshot_into(&self, out: &Arc<dyn FileBackend>) -> Result<Snapshot> {
         let (file, locs, meta, next_id, snap_end) = {
             let mut w = mlock(&self.writer);
             self.flush_locked(&mut w, false)?;

@@ -86,7 +86,7 @@ fn unsynced_tail_is_rolled_back_and_synced_data_survives() {
     db.commit(&b).unwrap();
     // write it out without fsync, then cut the power
     drop(db.query(Query::all()).unwrap().collect_all().unwrap());
-    std::mem::forget(db); // no final flush: simulates a killed process + power cut
+    db.abandon(); // no final flush: simulates a killed process + power cut
     m.crash(7);
     let db = Database::open(vfs, "t").unwrap();
     let n = db.len();
@@ -448,7 +448,7 @@ fn injected_faults_poison_and_reopen_is_consistent() {
     assert!(db.is_poisoned());
     assert!(matches!(db.insert(Kind::Raw, b"x"), Err(Error::Poisoned)));
     assert_eq!(db.get(a).unwrap().unwrap().data, b"before");
-    std::mem::forget(db);
+    db.abandon();
     m.crash(3);
     let db = Database::open(vfs.clone(), "f").unwrap();
     assert_eq!(db.len(), 1);
@@ -457,7 +457,7 @@ fn injected_faults_poison_and_reopen_is_consistent() {
         kind: FaultKind::SyncError,
     }]);
     assert!(db.insert(Kind::Raw, b"unsynced").is_err());
-    std::mem::forget(db);
+    db.abandon();
     m.crash(4);
     let db = Database::open(vfs, "f").unwrap();
     assert_eq!(db.get(a).unwrap().unwrap().data, b"before");

@@ -556,6 +556,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_subtrees_cannot_blow_up_evaluation() {
+        // A hostile blob: node i = node(i-1) + node(i-1), 60 levels: 2^60 evaluations.
+        let eng = Engine::new();
+        let mut p = eng.compile("1").unwrap();
+        for i in 1..60u32 {
+            p.nodes.push(Node::Bin(BinOp::Add, i - 1, i - 1));
+            p.spans.push((0, 1));
+        }
+        let q = eng.load(&p.save()).unwrap();
+        assert!(
+            !q.numeric,
+            "fast path refused: worst case exceeds the step limit"
+        );
+        let t = std::time::Instant::now();
+        assert!(matches!(q.eval(&crate::NoVars), Err(Error::Limit { .. })));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn crc_known_vector() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }

@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use crate::builtins::Builtin;
 use crate::parser::{BinOp, UnOp};
 use crate::program::{Node, Program};
-use crate::value::{Value, ValueRef, Vars};
+use crate::value::{Scalar, Value, ValueRef, Vars};
 
 /// The tag of [`F`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +239,27 @@ fn to_int(x: f64) -> Option<F> {
     Some(F::I(x as i64))
 }
 
+/// Two-argument calls without a slice (the common `min`/`max`/`power`).
+#[inline]
+fn call2(b: Builtin, x: F, y: F) -> Option<F> {
+    match b {
+        Builtin::Min | Builtin::Max => {
+            let want = if b == Builtin::Min {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
+            let o = cmp(y, x)?;
+            if matches!(x.v(), FV::F(v) if v.is_nan()) || matches!(y.v(), FV::F(v) if v.is_nan()) {
+                return Some(F::F(f64::NAN));
+            }
+            Some(if o == Some(want) { y } else { x })
+        }
+        Builtin::Power => binary(BinOp::Pow, x, y),
+        _ => call(b, &[x, y]),
+    }
+}
+
 fn call(b: Builtin, a: &[F]) -> Option<F> {
     let x = || a[0].num();
     Some(match (b, a.len()) {
@@ -323,12 +344,41 @@ fn call(b: Builtin, a: &[F]) -> Option<F> {
 }
 
 const INLINE: usize = 8;
+/// Largest program evaluated straight-line by [`Program::fast_flat`].
+pub(crate) const FLAT: usize = 16;
 /// 2^63 as a float (exact).
 const TWO63: f64 = (1u64 << 63) as f64;
 
 impl Program {
     /// Whether the fast path can possibly apply (no strings, vectors or calls it lacks).
+    /// Whether the fast path can possibly apply: no strings, vectors or calls it lacks, and
+    /// a worst-case evaluation no longer than the step limit (so it needs no step counting;
+    /// a loaded program may share subtrees, which this bound accounts for).
     pub(crate) fn numeric_candidate(&self) -> bool {
+        let mut size: Vec<u64> = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let sum = |ids: &[u32]| {
+                ids.iter().fold(1u64, |t, &c| {
+                    t.saturating_add(size.get(c as usize).copied().unwrap_or(u64::MAX))
+                })
+            };
+            let args = |st: u32, k: u32| {
+                self.args
+                    .get(st as usize..(st as usize).saturating_add(k as usize))
+                    .unwrap_or(&[])
+            };
+            let total = match *n {
+                Node::Const(_) | Node::Var(_) | Node::VarK(..) => 1,
+                Node::Unary(_, a) | Node::BinK(_, a, _) => sum(&[a]),
+                Node::Bin(_, a, b) | Node::And(a, b) | Node::Or(a, b) => sum(&[a, b]),
+                Node::If(c, a, b) => sum(&[c, a, b]),
+                Node::Call(_, st, k) | Node::User(_, st, k) | Node::List(st, k) => sum(args(st, k)),
+            };
+            size.push(total);
+        }
+        if size.last().is_none_or(|&t| t > self.max_steps) {
+            return false;
+        }
         self.nodes.iter().all(|n| match n {
             Node::Const(k) => self.fconsts[*k as usize].is_some(),
             Node::BinK(_, _, k) | Node::VarK(_, _, k) => self.fconsts[*k as usize].is_some(),
@@ -340,42 +390,143 @@ impl Program {
 
     #[inline]
     fn fvar<X: Vars + ?Sized>(&self, slot: u32, vars: &X) -> Option<F> {
-        match vars.get(slot as usize, &self.vars[slot as usize])? {
-            ValueRef::Int(i) => Some(F::I(i)),
-            ValueRef::Float(x) => Some(F::F(x)),
-            ValueRef::Bool(b) => Some(F::B(b)),
-            _ => None,
-        }
+        Some(
+            match vars.get_scalar(slot as usize, &self.vars[slot as usize])? {
+                Scalar::Int(i) => F::I(i),
+                Scalar::Float(x) => F::F(x),
+                Scalar::Bool(b) => F::B(b),
+            },
+        )
     }
 
     /// Leaves (constants, variables) inline; anything else recurses.
     #[inline(always)]
-    fn child<X: Vars + ?Sized>(&self, i: u32, vars: &X, steps: &mut u64) -> Option<F> {
+    fn child<X: Vars + ?Sized>(&self, i: u32, vars: &X) -> Option<F> {
         match self.nodes.get(i as usize)? {
             Node::Const(k) => self.fconsts[*k as usize],
             Node::Var(s) => self.fvar(*s, vars),
-            _ => self.fast(i, vars, steps),
+            _ => self.fast(i, vars),
         }
     }
 
-    pub(crate) fn fast<X: Vars + ?Sized>(&self, i: u32, vars: &X, steps: &mut u64) -> Option<F> {
-        if *steps == 0 {
+    /// Straight-line evaluation of a small program: nodes in order (children come first)
+    /// into a register file, no recursion. Both sides of `IfThen`/`and`/`or` are computed,
+    /// so an untaken side that the fast path cannot do makes this give up even where the
+    /// lazy evaluators would not; the caller then uses them.
+    #[inline]
+    pub(crate) fn fast_flat<X: Vars + ?Sized>(&self, vars: &X) -> Option<F> {
+        match self.nodes.len() {
+            0..=4 => self.fast_flat_n::<4, X>(vars),
+            5..=8 => self.fast_flat_n::<8, X>(vars),
+            _ => self.fast_flat_n::<FLAT, X>(vars),
+        }
+    }
+
+    #[inline]
+    fn fast_flat_n<const N: usize, X: Vars + ?Sized>(&self, vars: &X) -> Option<F> {
+        let mut r = [F::I(0); N];
+        let nodes = self.nodes.get(..N.min(self.nodes.len()))?;
+        if nodes.len() != self.nodes.len() {
             return None;
         }
-        *steps -= 1;
+        for (i, node) in nodes.iter().enumerate() {
+            let g = |j: u32| r.get(j as usize).copied();
+            let v = match *node {
+                Node::Const(k) => self.fconsts[k as usize]?,
+                Node::Var(s) => self.fvar(s, vars)?,
+                Node::VarK(op, s, k) => binary(op, self.fvar(s, vars)?, self.fconsts[k as usize]?)?,
+                Node::BinK(op, a, k) => binary(op, g(a)?, self.fconsts[k as usize]?)?,
+                Node::Bin(op, a, b) => binary(op, g(a)?, g(b)?)?,
+                Node::Unary(op, a) => {
+                    let x = g(a)?;
+                    match (op, x.v()) {
+                        (UnOp::Neg, FV::I(v)) => F::I(v.checked_neg()?),
+                        (UnOp::Neg, FV::F(v)) => F::F(-v),
+                        (UnOp::Plus, FV::I(_) | FV::F(_)) => x,
+                        (UnOp::Not, FV::B(v)) => F::B(!v),
+                        (UnOp::Not, FV::I(v)) => F::I(!v),
+                        _ => return None,
+                    }
+                }
+                Node::And(a, b) | Node::Or(a, b) => {
+                    let is_or = matches!(node, Node::Or(..));
+                    let l = g(a)?;
+                    match l.v() {
+                        FV::B(x) if x == is_or => l,
+                        _ => binary(if is_or { BinOp::Or } else { BinOp::And }, l, g(b)?)?,
+                    }
+                }
+                Node::If(c, a, b) => {
+                    if truthy(g(c)?) {
+                        g(a)?
+                    } else {
+                        g(b)?
+                    }
+                }
+                Node::Call(b, st, n) => {
+                    let ids = self
+                        .args
+                        .get(st as usize..(st as usize).checked_add(n as usize)?)?;
+                    match *ids {
+                        [a] => call(b, &[g(a)?])?,
+                        [a, c] => call2(b, g(a)?, g(c)?)?,
+                        [a, c, d] => call(b, &[g(a)?, g(c)?, g(d)?])?,
+                        _ => return None,
+                    }
+                }
+                Node::User(..) | Node::List(..) => return None,
+            };
+            r[i] = v;
+        }
+        r.get(nodes.len().checked_sub(1)?).copied()
+    }
+
+    #[inline(never)]
+    fn fast_call<X: Vars + ?Sized>(&self, b: Builtin, start: u32, n: u32, vars: &X) -> Option<F> {
+        let ids = self
+            .args
+            .get(start as usize..(start as usize).checked_add(n as usize)?)?;
+        match *ids {
+            [a] => {
+                let a = self.child(a, vars)?;
+                call(b, &[a])
+            }
+            [a, c] => {
+                let a = self.child(a, vars)?;
+                let c = self.child(c, vars)?;
+                call2(b, a, c)
+            }
+            [a, c, d] => {
+                let a = self.child(a, vars)?;
+                let c = self.child(c, vars)?;
+                let d = self.child(d, vars)?;
+                call(b, &[a, c, d])
+            }
+            _ => {
+                let mut buf = [F::I(0); INLINE];
+                if ids.len() > INLINE {
+                    return None;
+                }
+                for (slot, &id) in buf.iter_mut().zip(ids) {
+                    *slot = self.child(id, vars)?;
+                }
+                call(b, &buf[..ids.len()])
+            }
+        }
+    }
+
+    pub(crate) fn fast<X: Vars + ?Sized>(&self, i: u32, vars: &X) -> Option<F> {
         match self.nodes[i as usize] {
             Node::Const(k) => self.fconsts[k as usize],
             Node::Var(s) => self.fvar(s, vars),
             Node::VarK(op, s, k) => binary(op, self.fvar(s, vars)?, self.fconsts[k as usize]?),
-            Node::BinK(op, a, k) => {
-                binary(op, self.child(a, vars, steps)?, self.fconsts[k as usize]?)
-            }
+            Node::BinK(op, a, k) => binary(op, self.child(a, vars)?, self.fconsts[k as usize]?),
             Node::Bin(op, a, b) => {
-                let l = self.child(a, vars, steps)?;
-                binary(op, l, self.child(b, vars, steps)?)
+                let l = self.child(a, vars)?;
+                binary(op, l, self.child(b, vars)?)
             }
             Node::Unary(op, a) => {
-                let x = self.child(a, vars, steps)?;
+                let x = self.child(a, vars)?;
                 match (op, x.v()) {
                     (UnOp::Neg, FV::I(v)) => Some(F::I(v.checked_neg()?)),
                     (UnOp::Neg, FV::F(v)) => Some(F::F(-v)),
@@ -387,51 +538,20 @@ impl Program {
             }
             Node::And(a, b) | Node::Or(a, b) => {
                 let is_or = matches!(self.nodes[i as usize], Node::Or(..));
-                let l = self.child(a, vars, steps)?;
+                let l = self.child(a, vars)?;
                 if let FV::B(x) = l.v() {
                     if x == is_or {
                         return Some(l);
                     }
                 }
-                let r = self.child(b, vars, steps)?;
+                let r = self.child(b, vars)?;
                 binary(if is_or { BinOp::Or } else { BinOp::And }, l, r)
             }
             Node::If(c, a, b) => {
-                let c = truthy(self.child(c, vars, steps)?);
-                self.child(if c { a } else { b }, vars, steps)
+                let c = truthy(self.child(c, vars)?);
+                self.child(if c { a } else { b }, vars)
             }
-            Node::Call(b, start, n) => {
-                let ids = self
-                    .args
-                    .get(start as usize..(start as usize).checked_add(n as usize)?)?;
-                match *ids {
-                    [a] => {
-                        let a = self.child(a, vars, steps)?;
-                        call(b, &[a])
-                    }
-                    [a, c] => {
-                        let a = self.child(a, vars, steps)?;
-                        let c = self.child(c, vars, steps)?;
-                        call(b, &[a, c])
-                    }
-                    [a, c, d] => {
-                        let a = self.child(a, vars, steps)?;
-                        let c = self.child(c, vars, steps)?;
-                        let d = self.child(d, vars, steps)?;
-                        call(b, &[a, c, d])
-                    }
-                    _ => {
-                        let mut buf = [F::I(0); INLINE];
-                        if ids.len() > INLINE {
-                            return None;
-                        }
-                        for (slot, &id) in buf.iter_mut().zip(ids) {
-                            *slot = self.child(id, vars, steps)?;
-                        }
-                        call(b, &buf[..ids.len()])
-                    }
-                }
-            }
+            Node::Call(b, start, n) => self.fast_call(b, start, n, vars),
             Node::User(..) | Node::List(..) => None,
         }
     }

@@ -213,7 +213,10 @@ impl<'s> Lexer<'s> {
                     ("shr", OpTok::Shr),
                 ];
                 let kw = if word.len() <= 3 {
-                    KEYWORDS.iter().find(|(k, _)| word.eq_ignore_ascii_case(k)).map(|(_, op)| *op)
+                    KEYWORDS
+                        .iter()
+                        .find(|(k, _)| word.eq_ignore_ascii_case(k))
+                        .map(|(_, op)| *op)
                 } else {
                     None
                 };

@@ -150,7 +150,7 @@ pub use lexer::Style;
 pub use parser::{BinOp, Precedence, UnOp};
 pub use program::Program;
 pub use template::Delimiters;
-pub use value::{Args, AsValueRef, Binding, NoVars, Record, Value, ValueRef, Vars};
+pub use value::{Args, AsValueRef, Binding, NoVars, Record, Scalar, Value, ValueRef, Vars};
 
 /// Names of every built-in function (canonical names, lower case).
 pub fn builtin_names() -> impl Iterator<Item = &'static str> {

@@ -86,7 +86,10 @@ pub(crate) fn compile(source: &str, resolved: Resolved, max_steps: u64, max_str:
         fconsts: Vec::new(),
         numeric: false,
     };
-    let mut b = Builder { p, fold_steps: max_steps };
+    let mut b = Builder {
+        p,
+        fold_steps: max_steps,
+    };
     let ir = b.fold(ir);
     b.emit(&ir);
     b.p.finish()
@@ -160,9 +163,7 @@ impl Builder {
             IrKind::Unary(_, a) => is_const(a),
             IrKind::Binary(_, a, b) => is_const(a) && is_const(b),
             IrKind::Builtin(b, args) => b.pure() && args.iter().all(is_const),
-            IrKind::User(f, args) => {
-                self.p.fns[*f as usize].pure && args.iter().all(is_const)
-            }
+            IrKind::User(f, args) => self.p.fns[*f as usize].pure && args.iter().all(is_const),
             IrKind::List(items) => items.iter().all(is_const),
             _ => false,
         };
@@ -259,8 +260,12 @@ impl Program {
     #[inline]
     fn try_fast<X: Vars + ?Sized>(&self, vars: &X) -> Option<F> {
         if self.numeric {
-            let mut steps = self.max_steps;
-            self.fast((self.nodes.len() - 1) as u32, vars, &mut steps)
+            if self.nodes.len() <= crate::fast::FLAT {
+                if let Some(v) = self.fast_flat(vars) {
+                    return Some(v);
+                }
+            }
+            self.fast((self.nodes.len() - 1) as u32, vars)
         } else {
             None
         }
@@ -467,8 +472,11 @@ impl Program {
     /// # Ok::<(), zs_expr::Error>(())
     /// ```
     pub fn bind(&self, fields: &[&str]) -> Binding {
-        let field_of_slot: Vec<Option<usize>> =
-            self.vars.iter().map(|v| fields.iter().position(|f| f == v)).collect();
+        let field_of_slot: Vec<Option<usize>> = self
+            .vars
+            .iter()
+            .map(|v| fields.iter().position(|f| f == v))
+            .collect();
         let missing = self
             .vars
             .iter()
@@ -476,7 +484,10 @@ impl Program {
             .filter(|(_, f)| f.is_none())
             .map(|(v, _)| v.clone())
             .collect();
-        Binding { field_of_slot, missing }
+        Binding {
+            field_of_slot,
+            missing,
+        }
     }
 
     /// Slot of variable `name`, if the expression reads it.

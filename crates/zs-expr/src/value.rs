@@ -211,6 +211,40 @@ impl fmt::Display for ValueRef<'_> {
 pub trait Vars {
     /// The value of variable number `slot`, called `name`; `None` if unbound.
     fn get(&self, slot: usize, name: &str) -> Option<ValueRef<'_>>;
+
+    /// The variable as a plain number or bool, for the numeric fast path; `None` if it is
+    /// unbound or of another type. The default goes through [`get`](Self::get); override it
+    /// only to skip that indirection.
+    #[inline]
+    fn get_scalar(&self, slot: usize, name: &str) -> Option<Scalar> {
+        match self.get(slot, name)? {
+            ValueRef::Int(i) => Some(Scalar::Int(i)),
+            ValueRef::Float(x) => Some(Scalar::Float(x)),
+            ValueRef::Bool(b) => Some(Scalar::Bool(b)),
+            _ => None,
+        }
+    }
+}
+
+/// A variable's value when it is an `i64`, an `f64` or a bool (see [`Vars::get_scalar`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar {
+    /// An `Int`.
+    Int(i64),
+    /// A `Float`.
+    Float(f64),
+    /// A `Bool`.
+    Bool(bool),
+}
+
+#[inline]
+fn scalar_of(v: &Value) -> Option<Scalar> {
+    match *v {
+        Value::Int(i) => Some(Scalar::Int(i)),
+        Value::Float(x) => Some(Scalar::Float(x)),
+        Value::Bool(b) => Some(Scalar::Bool(b)),
+        _ => None,
+    }
 }
 
 /// No variables at all.
@@ -229,6 +263,10 @@ impl Vars for [Value] {
     fn get(&self, slot: usize, _name: &str) -> Option<ValueRef<'_>> {
         <[Value]>::get(self, slot).map(Value::as_ref)
     }
+    #[inline]
+    fn get_scalar(&self, slot: usize, _name: &str) -> Option<Scalar> {
+        scalar_of(<[Value]>::get(self, slot)?)
+    }
 }
 
 /// By slot, like `[Value]`.
@@ -236,6 +274,10 @@ impl Vars for Vec<Value> {
     #[inline]
     fn get(&self, slot: usize, _name: &str) -> Option<ValueRef<'_>> {
         self.as_slice().get(slot).map(Value::as_ref)
+    }
+    #[inline]
+    fn get_scalar(&self, slot: usize, _name: &str) -> Option<Scalar> {
+        scalar_of(self.as_slice().get(slot)?)
     }
 }
 
@@ -274,6 +316,10 @@ impl<T: Vars + ?Sized> Vars for &T {
     #[inline]
     fn get(&self, slot: usize, name: &str) -> Option<ValueRef<'_>> {
         (**self).get(slot, name)
+    }
+    #[inline]
+    fn get_scalar(&self, slot: usize, name: &str) -> Option<Scalar> {
+        (**self).get_scalar(slot, name)
     }
 }
 
@@ -438,7 +484,10 @@ impl Binding {
 
     /// The variables of one record laid out like the binding's field list.
     pub fn record<'r, T: AsValueRef>(&'r self, fields: &'r [T]) -> Record<'r, T> {
-        Record { binding: self, fields }
+        Record {
+            binding: self,
+            fields,
+        }
     }
 }
 

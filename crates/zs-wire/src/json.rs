@@ -8,7 +8,8 @@
 //!
 //! Typed form, per type name `t`:
 //! - `str`: `v` is a string; `bool`: a bool; `i8`..`u64`: an integer;
-//! - `f32`, `f64`: a number, or the string `"NaN"`, `"inf"` or `"-inf"`;
+//! - `f32`, `f64`: a number, or the string `"inf"`, `"-inf"`, `"NaN"` (the canonical
+//!   NaN) or `"NaN:<hex bits>"` (any other NaN: 8 hex digits for f32, 16 for f64);
 //! - `bytes`: lower-case hex string;
 //! - `array`: `"of"` names the element type, `v` is a list of numbers (same float rule);
 //! - `df`: `v` is the nested DataFrame's typed form; `json`: `v` is the JSON value;
@@ -21,11 +22,18 @@ use serde_json::{json, Map, Value as J};
 use crate::value::{NumArray, NumKind, Text, Value, Variant};
 use crate::{DataFrame, Limits, WireError};
 
-fn float_json(f: f64) -> J {
+/// JSON for an `f64`: a number when finite, else `"inf"`, `"-inf"`, `"NaN"` (the
+/// canonical NaN) or `"NaN:<16 hex digits of the bits>"` (any other NaN), so even
+/// NaN payloads survive the typed form.
+fn f64_json(f: f64) -> J {
     if f.is_finite() {
         json!(f)
     } else if f.is_nan() {
-        json!("NaN")
+        if f.to_bits() == f64::NAN.to_bits() {
+            json!("NaN")
+        } else {
+            json!(format!("NaN:{:016x}", f.to_bits()))
+        }
     } else if f > 0.0 {
         json!("inf")
     } else {
@@ -33,16 +41,47 @@ fn float_json(f: f64) -> J {
     }
 }
 
-fn json_float(j: &J) -> Option<f64> {
+/// JSON for an `f32`, like [`f64_json`] with 8 hex digits for NaN payloads.
+fn f32_json(f: f32) -> J {
+    if f.is_nan() {
+        if f.to_bits() == f32::NAN.to_bits() {
+            json!("NaN")
+        } else {
+            json!(format!("NaN:{:08x}", f.to_bits()))
+        }
+    } else {
+        // Every finite f32 is exactly an f64, and infinities map to "inf"/"-inf".
+        f64_json(f as f64)
+    }
+}
+
+/// The bits of a `"NaN:<hex>"` string with exactly `digits` hex digits.
+fn nan_bits(s: &str, digits: usize) -> Option<u64> {
+    let h = s.strip_prefix("NaN:").filter(|h| h.len() == digits)?;
+    u64::from_str_radix(h, 16).ok()
+}
+
+fn json_f64(j: &J) -> Option<f64> {
     match j {
         J::Number(n) => n.as_f64(),
         J::String(s) => match s.as_str() {
             "NaN" => Some(f64::NAN),
             "inf" => Some(f64::INFINITY),
             "-inf" => Some(f64::NEG_INFINITY),
-            _ => None,
+            other => Some(f64::from_bits(nan_bits(other, 16)?)).filter(|f| f.is_nan()),
         },
         _ => None,
+    }
+}
+
+fn json_f32(j: &J) -> Option<f32> {
+    match j {
+        J::String(s) if s == "NaN" => Some(f32::NAN),
+        J::String(s) if s.starts_with("NaN:") => {
+            let bits = u32::try_from(nan_bits(s, 8)?).ok()?;
+            Some(f32::from_bits(bits)).filter(|f| f.is_nan())
+        }
+        other => json_f64(other).map(|f| f as f32),
     }
 }
 
@@ -80,7 +119,8 @@ fn array_elem_json(a: &NumArray, i: usize) -> J {
             json!(signed_elem(a, i))
         }
         NumKind::U8 | NumKind::U16 | NumKind::U32 | NumKind::U64 => json!(unsigned_elem(a, i)),
-        NumKind::F32 | NumKind::F64 => float_json(a.get_f64(i).unwrap_or(f64::NAN)),
+        NumKind::F32 => f32_json(a.get::<f32>(i).unwrap_or(f32::NAN)),
+        NumKind::F64 => f64_json(a.get::<f64>(i).unwrap_or(f64::NAN)),
     }
 }
 
@@ -115,8 +155,8 @@ fn typed_value(v: &Value) -> J {
         Value::U16(x) => json!({"t": t, "v": x}),
         Value::U32(x) => json!({"t": t, "v": x}),
         Value::U64(x) => json!({"t": t, "v": x}),
-        Value::F32(x) => json!({"t": t, "v": float_json(*x as f64)}),
-        Value::F64(x) => json!({"t": t, "v": float_json(*x)}),
+        Value::F32(x) => json!({"t": t, "v": f32_json(*x)}),
+        Value::F64(x) => json!({"t": t, "v": f64_json(*x)}),
         Value::Bytes(b) => json!({"t": t, "v": hex(b)}),
         Value::Array(a) => {
             let items: Vec<J> = (0..a.len()).map(|i| array_elem_json(a, i)).collect();
@@ -129,7 +169,7 @@ fn typed_value(v: &Value) -> J {
             Variant::Bool(b) => json!({"t": t, "k": "bool", "v": b}),
             Variant::Int(i) => json!({"t": t, "k": "int", "v": i}),
             Variant::UInt(u) => json!({"t": t, "k": "uint", "v": u}),
-            Variant::Float(f) => json!({"t": t, "k": "float", "v": float_json(*f)}),
+            Variant::Float(f) => json!({"t": t, "k": "float", "v": f64_json(*f)}),
             Variant::Text(s) => json!({"t": t, "k": "text", "v": s.as_str()}),
         },
     }
@@ -201,7 +241,7 @@ fn typed_array(kind: NumKind, items: &[J]) -> Result<NumArray, WireError> {
             NumArray::from_slice(&v?)
         }};
     }
-    let float = |x: &J| json_float(x).ok_or_else(|| bad("expected a number"));
+    let float = |x: &J| json_f64(x).ok_or_else(|| bad("expected a number"));
     Ok(match kind {
         NumKind::I8 => ints!(i8),
         NumKind::I16 => ints!(i16),
@@ -212,8 +252,10 @@ fn typed_array(kind: NumKind, items: &[J]) -> Result<NumArray, WireError> {
         NumKind::U32 => ints!(u32),
         NumKind::U64 => ints!(u64),
         NumKind::F32 => {
-            let v: Result<Vec<f32>, WireError> =
-                items.iter().map(|x| float(x).map(|f| f as f32)).collect();
+            let v: Result<Vec<f32>, WireError> = items
+                .iter()
+                .map(|x| json_f32(x).ok_or_else(|| bad("expected a number")))
+                .collect();
             NumArray::from_slice(&v?)
         }
         NumKind::F64 => {
@@ -237,10 +279,7 @@ fn from_typed_value(j: &J, limits: &Limits, depth: usize) -> Result<Value, WireE
             .map(Text::from)
             .ok_or_else(|| bad("expected a string"))
     };
-    let float = |v: Option<&J>| {
-        v.and_then(json_float)
-            .ok_or_else(|| bad("expected a number"))
-    };
+    let float = |v: Option<&J>| v.and_then(json_f64).ok_or_else(|| bad("expected a number"));
     Ok(match t {
         "str" => Value::Str(text(v)?),
         "bool" => Value::Bool(
@@ -255,7 +294,10 @@ fn from_typed_value(j: &J, limits: &Limits, depth: usize) -> Result<Value, WireE
         "u16" => Value::U16(int_of(v)?),
         "u32" => Value::U32(int_of(v)?),
         "u64" => Value::U64(int_of(v)?),
-        "f32" => Value::F32(float(v)? as f32),
+        "f32" => Value::F32(
+            v.and_then(json_f32)
+                .ok_or_else(|| bad("expected a number"))?,
+        ),
         "f64" => Value::F64(float(v)?),
         "bytes" => Value::Bytes(Bytes::from(
             v.and_then(J::as_str)
@@ -345,7 +387,17 @@ mod tests {
             .with(u64::MAX)
             .with(Bytes::from_static(&[0, 0xab]))
             .with(NumArray::from_slice(&[-1i8, 2]))
-            .with(NumArray::from_slice(&[1.5f64, f64::INFINITY]))
+            .with(NumArray::from_slice(&[
+                1.5f64,
+                f64::INFINITY,
+                f64::from_bits(0xfff8_0000_0000_0001),
+            ]))
+            .with(NumArray::from_slice(&[
+                f32::from_bits(0x7fc0_0abc),
+                -0.0f32,
+            ]))
+            .with(f64::from_bits(0x7ff0_0000_0000_0001))
+            .with(f32::from_bits(0xffc0_0000))
             .with(DataFrame::new().with(1u8))
             .with(Variant::Null)
             .with(json!({"k": [1, 2]}));
@@ -353,11 +405,21 @@ mod tests {
         let back = DataFrame::from_json(&j, &Limits::default()).unwrap();
         assert_eq!(back.to_bytes(), df.to_bytes());
         assert_eq!(j[4], json!({"t": "bytes", "v": "00ab"}));
+        assert_eq!(j[1], json!({"t": "f64", "v": "NaN"}));
+        assert_eq!(
+            j[9],
+            json!({"t": "f32", "v": "NaN:ffc00000"}),
+            "NaN payloads survive"
+        );
         let p = df.to_plain_json();
         assert_eq!(p[0], json!("a"));
         assert_eq!(p[1], J::Null);
         assert_eq!(p[5], json!([-1, 2]));
-        assert_eq!(p[7], json!([1]));
+        assert_eq!(p[10], json!([1]));
+        assert!(
+            DataFrame::from_json(&json!([{"t": "f64", "v": "NaN:12"}]), &Limits::default())
+                .is_err()
+        );
     }
 
     #[test]

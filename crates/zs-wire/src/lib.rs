@@ -11,11 +11,14 @@
 //!   requests are in flight on one connection and server pushes share it (no
 //!   "double tunnel" needed).
 //! - **Small headers**: a version byte, a kind byte and varint lengths; a 64-byte
-//!   console request costs 5 bytes of framing (9 with a verification token).
+//!   console request (name + text) costs 5 bytes of framing with a request id
+//!   below 128, 6 above (4 more with a verification token, [`Config::token`]).
 //! - **Bounded, total decoding**: every length is checked against [`Limits`] before
 //!   anything is allocated; malformed input is a [`WireError`], never a panic.
 //! - **Zero copy**: byte, text and array values are [`bytes::Bytes`] slices of the
-//!   received buffer, so a 1 MiB value is not copied when decoded.
+//!   received buffer, so a 1 MiB value is not copied when decoded. A decoded
+//!   [`DataFrame`] is validated completely up front but its [`Value`]s are only
+//!   built when accessed by index; its [`Reader`] reads straight from the bytes.
 //!
 //! Main types: [`Frame`] (all frame kinds, including the StableIO sequence records),
 //! [`Decoder`] / [`Encoder`] / [`FrameCodec`], [`Config`] / [`Limits`],

@@ -1,18 +1,91 @@
 //! # zserver: the facade
 //!
-//! One dependency that brings the zserver crates you enable, under short names.
-//! Each sub-crate is behind a cargo feature of the same name; `default` is small
-//! (the wire codec only) and `full` enables every finished crate. Builders that
-//! assemble a server from trait objects (`Box<dyn Backend>`, a security provider,
-//! a store) come with the framework issue; today the facade re-exports what exists.
+//! One dependency that brings the zserver crates you enable, under short names,
+//! and builders that assemble a server or a client from trait objects
+//! (`Box<dyn Backend>`, `Arc<dyn SecurityProvider>`, options) with sensible
+//! defaults: the epoll backend on Linux (tokio elsewhere), X25519 + AES-256-GCM
+//! sessions, a pinned Ed25519 server identity.
+//!
+//! Features (one per sub-crate): `wire`, `crypto`, `io`, `io-epoll`, `io-tokio`,
+//! `core` (the framework and the builders), `expr`, `db`; `full` enables all.
+//! `default` = `core`, `io-epoll`, `io-tokio`.
 //!
 //! ```
-//! use zserver::wire;
-//! // The facade re-exports the crates by module name.
-//! let _ = core::any::type_name::<wire::DataFrame>();
+//! use zserver::{ClientBuilder, DataFrame, ServerBuilder};
+//!
+//! // A server with two commands, on a free loopback port.
+//! let server = ServerBuilder::new()
+//!     .addr("127.0.0.1:0".parse().unwrap())
+//!     .commands(|r| {
+//!         r.console("echo", |_peer, text| Ok(text.to_owned()));
+//!         r.stream("add", |_peer, data| {
+//!             let mut rd = data.reader();
+//!             let (a, b) = (rd.read_i64().map_err(|e| e.to_string())?, rd.read_i64().map_err(|e| e.to_string())?);
+//!             Ok(DataFrame::new().with(a + b))
+//!         });
+//!     })
+//!     .start()
+//!     .unwrap();
+//!
+//! // A client pins the server's fingerprint.
+//! let client = ClientBuilder::new(server.local_addr())
+//!     .fingerprint(server.fingerprint().unwrap())
+//!     .connect()
+//!     .unwrap();
+//! assert_eq!(client.call("echo", "hello").wait().unwrap(), "hello");
+//! let sum = client.call_stream("add", DataFrame::new().with(2i64).with(40i64)).wait().unwrap();
+//! assert_eq!(sum.reader().read_i64().unwrap(), 42);
 //! ```
 #![forbid(unsafe_code)]
 
 /// Framing and value codec (`zs-wire`).
 #[cfg(feature = "wire")]
 pub use zs_wire as wire;
+
+/// Ciphers, handshake and records (`zs-crypto`).
+#[cfg(feature = "crypto")]
+pub use zs_crypto as crypto;
+
+/// The transport seam (`zs-io`).
+#[cfg(feature = "io")]
+pub use zs_io as io;
+
+/// The Linux epoll backend (`zs-io-epoll`).
+#[cfg(feature = "io-epoll")]
+pub use zs_io_epoll as io_epoll;
+
+/// The tokio backend and async bridge (`zs-io-tokio`).
+#[cfg(feature = "io-tokio")]
+pub use zs_io_tokio as io_tokio;
+
+/// The framework kernel (`zs-core`).
+#[cfg(feature = "core")]
+pub use zs_core as framework;
+
+/// The expression engine (`zs-expr`).
+#[cfg(feature = "expr")]
+pub use zs_expr as expr;
+
+/// The embedded store (`zs-db`).
+#[cfg(feature = "db")]
+pub use zs_db as db;
+
+#[cfg(feature = "core")]
+mod builder;
+
+#[cfg(feature = "core")]
+pub use builder::{
+    backend_by_name, backend_names, load_identity, load_or_create_identity, ClientBuilder,
+    RunningServer, ServerBuilder, DEFAULT_ADDR,
+};
+#[cfg(feature = "core")]
+pub use zs_core::{
+    code, CallFuture, Client, Error, HandlerError, Options, Peer, Registry, Reply, Responder,
+    Result, Server, StatsSnapshot,
+};
+#[cfg(feature = "crypto")]
+pub use zs_crypto::{Fingerprint, SecurityProvider, ServerIdentity, SuiteId};
+#[cfg(feature = "io")]
+pub use zs_io::Backend;
+#[cfg(feature = "wire")]
+pub use zs_wire::{DataFrame, Frame, Text};

@@ -1,0 +1,102 @@
+//! `zs call <command> [args…]`: one console call to a running zserver.
+//!
+//! The server's identity is pinned by fingerprint. Where it comes from, first
+//! match wins: `--fingerprint`, the `ZS_FINGERPRINT` environment variable, or the
+//! server's key file (`--key`, default `./zs-identity.key`) — so in the directory
+//! where `zs serve` runs, `zs call echo hello` needs nothing else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use zserver::{load_identity, ClientBuilder, Fingerprint};
+
+use crate::serve::DEFAULT_KEY_FILE;
+
+/// Arguments of `zs call`.
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// Command name (case-insensitive), e.g. `echo`, `time`, `stats`.
+    pub command: String,
+    /// Text sent with the command (joined with spaces).
+    #[arg(allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Server address.
+    #[arg(long, default_value = zserver::DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    /// The server's fingerprint, as printed by `zs serve` (`sha3-256:…`).
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// The server's key file, to read the fingerprint of a local server.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Transport backend: epoll, tokio or default.
+    #[arg(long, default_value = "default")]
+    pub backend: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+fn fingerprint(a: &CallArgs) -> Result<Fingerprint, String> {
+    if let Some(fp) = &a.fingerprint {
+        return fp.parse().map_err(|e| format!("--fingerprint: {e}"));
+    }
+    if let Ok(fp) = std::env::var("ZS_FINGERPRINT") {
+        return fp.parse().map_err(|e| format!("ZS_FINGERPRINT: {e}"));
+    }
+    let key = a
+        .key
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+    if key.exists() {
+        return load_identity(&key)
+            .map(|id| id.fingerprint())
+            .map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "no fingerprint: pass --fingerprint (zs serve prints it), set ZS_FINGERPRINT, \
+         or run where the server's key file {} is",
+        key.display()
+    ))
+}
+
+fn run_inner(a: CallArgs) -> Result<String, String> {
+    let fp = fingerprint(&a)?;
+    let timeout = Duration::from_secs(a.timeout.max(1));
+    let mut options = zserver::Options::client();
+    options.call_timeout = Some(timeout);
+    options.connect_timeout = timeout;
+    let client = ClientBuilder::new(a.addr)
+        .backend_name(&a.backend)
+        .fingerprint(fp)
+        .options(options)
+        .connect()
+        .map_err(|e| format!("cannot connect to {}: {e}", a.addr))?;
+    let text = a.args.join(" ");
+    let answer = client
+        .call(&a.command, &text)
+        .wait()
+        .map_err(|e| format!("{}: {e}", a.command))?;
+    client.close();
+    Ok(answer)
+}
+
+/// Runs `zs call`.
+pub fn run(a: CallArgs) -> ExitCode {
+    match run_inner(a) {
+        Ok(answer) => {
+            if answer.ends_with('\n') {
+                print!("{answer}");
+            } else {
+                println!("{answer}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zs call: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

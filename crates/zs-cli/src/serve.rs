@@ -1,0 +1,232 @@
+//! `zs serve`: run a zserver with the built-in commands until Ctrl-C.
+//!
+//! Settings come from an optional TOML file (`--config`), overridden by flags:
+//!
+//! ```toml
+//! addr = "127.0.0.1:7777"
+//! backend = "epoll"            # or "tokio", "default"
+//! suites = ["AES-256-GCM", "CHACHA20-POLY1305"]
+//! key = "./zs-identity.key"    # Ed25519 identity seed, created when missing
+//! loops = 0                    # event loops, 0 = one per core
+//! ```
+//!
+//! Built-in commands (console): `echo` (answers its text), `time` (UTC time,
+//! RFC 3339), `stats` (the server's statistics table).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc, OnceLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use zserver::{load_or_create_identity, Registry, RunningServer, ServerBuilder, SuiteId};
+
+/// The key file used when none is given (also where `zs call` looks).
+pub const DEFAULT_KEY_FILE: &str = "zs-identity.key";
+
+/// Arguments of `zs serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:7777].
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Transport backend: epoll, tokio or default (epoll on Linux).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Allowed cipher suites, comma separated, preferred first [default: AES-256-GCM].
+    #[arg(long, value_delimiter = ',')]
+    pub suites: Option<Vec<String>>,
+    /// Identity key file; generated when missing [default: ./zs-identity.key].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Event loops (0 = one per core).
+    #[arg(long)]
+    pub loops: Option<usize>,
+}
+
+/// The TOML configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    addr: Option<SocketAddr>,
+    backend: Option<String>,
+    suites: Option<Vec<String>>,
+    key: Option<PathBuf>,
+    loops: Option<usize>,
+}
+
+/// Formats a Unix time as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// The built-in commands; `stats` reads the server through `server`.
+fn builtins(server: Arc<OnceLock<Weak<RunningServer>>>) -> Registry {
+    let mut r = Registry::new();
+    r.console("echo", |_, text| Ok(text.to_owned()));
+    r.console("time", |_, _| Ok(rfc3339(SystemTime::now())));
+    r.console("stats", move |_, _| {
+        match server.get().and_then(Weak::upgrade) {
+            Some(s) => Ok(s.stats().to_string()),
+            None => Err("the server is shutting down".into()),
+        }
+    });
+    r
+}
+
+fn parse_suites(names: &[String]) -> Result<Vec<SuiteId>, String> {
+    names
+        .iter()
+        .map(|n| {
+            n.trim()
+                .to_ascii_uppercase()
+                .parse::<SuiteId>()
+                .map_err(|e| format!("suite {n:?}: {e}"))
+        })
+        .collect()
+}
+
+fn run_inner(a: ServeArgs) -> Result<(), String> {
+    let file: FileConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let addr = a
+        .addr
+        .or(file.addr)
+        .unwrap_or_else(|| zserver::DEFAULT_ADDR.parse().expect("valid default address"));
+    let backend = a.backend.or(file.backend).unwrap_or_else(|| "default".into());
+    let suites = parse_suites(
+        &a.suites
+            .or(file.suites)
+            .unwrap_or_else(|| vec!["AES-256-GCM".into()]),
+    )?;
+    let key = a
+        .key
+        .or(file.key)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+    let loops = a.loops.or(file.loops).unwrap_or(0);
+
+    let (identity, created) = load_or_create_identity(&key).map_err(|e| e.to_string())?;
+    let fingerprint = identity.fingerprint();
+    let slot = Arc::new(OnceLock::new());
+    let server = ServerBuilder::new()
+        .addr(addr)
+        .backend_name(&backend)
+        .io_config(zserver::io::Config {
+            loops,
+            ..Default::default()
+        })
+        .identity(identity)
+        .suites(suites.clone())
+        .registry(builtins(slot.clone()))
+        .start()
+        .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
+    let server = Arc::new(server);
+    let _ = slot.set(Arc::downgrade(&server));
+
+    let local = server.local_addr();
+    let suite_names: Vec<&str> = suites.iter().map(|s| s.name()).collect();
+    println!(
+        "zs serve: listening on {local} (backend {}, suites {})",
+        server.backend_name(),
+        suite_names.join(",")
+    );
+    println!(
+        "identity: {} ({})",
+        key.display(),
+        if created { "created" } else { "loaded" }
+    );
+    println!("fingerprint: {fingerprint}");
+    println!("connect with: zs call echo hello --addr {local} --fingerprint {fingerprint}");
+    println!("commands: echo, time, stats; Ctrl-C stops");
+
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    let _ = rx.recv();
+    println!("zs serve: shutting down ({} connections open)", server.connection_count());
+    server.shutdown();
+    drop(server);
+    println!("zs serve: stopped");
+    Ok(())
+}
+
+/// Runs `zs serve`.
+pub fn run(a: ServeArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run_inner(a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zs serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(951_782_400_123); // leap day 2000
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.123Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_767_225_599);
+        assert_eq!(rfc3339(t), "2025-12-31T23:59:59.000Z");
+    }
+
+    #[test]
+    fn suites_parse_case_insensitively() {
+        let s = parse_suites(&["aes-256-gcm".into(), "CHACHA20-POLY1305".into()]).unwrap();
+        assert_eq!(s, vec![SuiteId::Aes256Gcm, SuiteId::ChaCha20Poly1305]);
+        assert!(parse_suites(&["rot13".into()]).is_err());
+    }
+
+    #[test]
+    fn config_file_fields() {
+        let c: FileConfig = toml::from_str(
+            "addr = \"127.0.0.1:9000\"\nbackend = \"tokio\"\nsuites = [\"AES-256-GCM\"]\nkey = \"k\"\nloops = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.addr, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(c.loops, Some(2));
+        assert!(toml::from_str::<FileConfig>("port = 1\n").is_err());
+    }
+}

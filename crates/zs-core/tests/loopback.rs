@@ -1,0 +1,409 @@
+//! Server and client over real loopback sockets, on the epoll and tokio backends.
+//! Every scenario runs unchanged on both.
+
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use zs_core::{code, Client, Error, Options, Registry, Responder, Server};
+use zs_crypto::{ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity};
+use zs_io::Backend;
+use zs_wire::{DataFrame, Frame, Text};
+
+fn provider() -> Arc<dyn SecurityProvider> {
+    let rng = ring::rand::SystemRandom::new();
+    let (id, _) = ServerIdentity::generate(&rng).unwrap();
+    let mut c = ClientConfig::pinned(id.fingerprint());
+    c.suites = vec![SuiteId::Aes256Gcm];
+    Arc::new(ZsSecurity::new(
+        Some(Arc::new(c)),
+        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
+    ))
+}
+
+fn addr0() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A tiny executor: proves `CallFuture` works with any runtime (here none).
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+struct Setup {
+    server: Server,
+    provider: Arc<dyn SecurityProvider>,
+    backend: Arc<dyn Backend>,
+}
+
+impl Setup {
+    fn new(backend: Arc<dyn Backend>, registry: Registry, options: Options) -> Setup {
+        let provider = provider();
+        let server =
+            Server::start(backend.clone(), provider.clone(), registry, options, addr0()).unwrap();
+        Setup {
+            server,
+            provider,
+            backend,
+        }
+    }
+
+    fn client_with(&self, registry: Registry, options: Options) -> Client {
+        Client::connect(
+            self.backend.clone(),
+            self.provider.clone(),
+            registry,
+            options,
+            self.server.local_addr(),
+        )
+        .unwrap()
+    }
+
+    fn client(&self) -> Client {
+        self.client_with(Registry::new(), Options::client())
+    }
+}
+
+fn base_registry() -> Registry {
+    let mut r = Registry::new();
+    r.console("echo", |_, t| Ok(t.to_owned()));
+    r.stream("add", |_, d| {
+        let mut rd = d.reader();
+        let a = rd.read_i64().map_err(|e| e.to_string())?;
+        let b = rd.read_i64().map_err(|e| e.to_string())?;
+        Ok(DataFrame::new().with(a + b))
+    });
+    r.batch("lens", |_, fs| {
+        let mut out = DataFrame::new();
+        for f in fs {
+            out.push(f.len() as u64);
+        }
+        Ok(out)
+    });
+    r.console("count", |p, _| {
+        Ok(p.with_state(|n: &mut u64| {
+            *n += 1;
+            n.to_string()
+        }))
+    });
+    r.stream_hpc("slow", |_, d| {
+        std::thread::sleep(Duration::from_millis(30));
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        Ok(d.clone().with(name))
+    });
+    r
+}
+
+fn calls_of_every_form(backend: Arc<dyn Backend>) {
+    let s = Setup::new(backend, base_registry(), Options::default());
+    let c = s.client();
+    assert_eq!(c.call("echo", "hello").wait().unwrap(), "hello");
+    assert_eq!(block_on(c.call("ECHO", "async")).unwrap(), "async");
+    let d = c
+        .call_stream("add", DataFrame::new().with(40i64).with(2i64))
+        .wait()
+        .unwrap();
+    assert_eq!(d.reader().read_i64().unwrap(), 42);
+    let frames = vec![DataFrame::new().with(1u8), DataFrame::new().with(1u8).with(2u8)];
+    let d = c.call_batch("lens", frames).wait().unwrap();
+    assert_eq!(d.reader().read_u64().unwrap(), 1);
+    // Callback form.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let call = zs_core::Call::Console {
+        cmd: Text::from("echo"),
+        text: Text::from("cb"),
+    };
+    c.call_with(call, None, move |r| tx.send(r).unwrap());
+    let r = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(r, zs_core::Reply::Text(Text::from("cb")));
+    // Unknown command and wrong-shape reply are clear errors.
+    assert!(matches!(
+        c.call("missing", "").wait(),
+        Err(Error::Remote { code: code::UNKNOWN_COMMAND, .. })
+    ));
+    // Many calls in flight from several threads on one connection.
+    let c = Arc::new(c);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let futs: Vec<_> = (0..250)
+                    .map(|i| (i, c.call("echo", &format!("{t}-{i}"))))
+                    .collect();
+                for (i, f) in futs {
+                    assert_eq!(f.wait().unwrap(), format!("{t}-{i}"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // HPC handlers run on the worker pool, concurrently.
+    let start = Instant::now();
+    let futs: Vec<_> = (0..4)
+        .map(|i| c.call_stream("slow", DataFrame::new().with(i as u32)))
+        .collect();
+    for f in futs {
+        let d = f.wait().unwrap();
+        let mut rd = d.reader();
+        rd.read_u32().unwrap();
+        assert!(rd.read_text().unwrap().as_str().starts_with("zs-hpc-"));
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let stats = s.server.stats();
+    let echo = stats.commands.iter().find(|c| c.name == "echo").unwrap();
+    assert_eq!(echo.calls, 1003);
+    assert_eq!(echo.errors, 0);
+    assert_eq!(stats.unknown_commands, 1);
+    assert!(echo.p99_us >= echo.p50_us && echo.max_us >= echo.p99_us);
+    assert!(stats.to_string().contains("echo"));
+}
+
+fn delayed_responses_timeouts_and_lost_connections(backend: Arc<dyn Backend>) {
+    let kept: Arc<Mutex<Vec<Responder>>> = Arc::default();
+    let mut r = base_registry();
+    let k = kept.clone();
+    r.console_delayed("later", move |_, text, resp| {
+        let text = text.as_str().to_owned();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            resp.reply_text(format!("late {text}")).unwrap();
+        });
+    });
+    r.console_delayed("never", move |_, _, resp| k.lock().unwrap().push(resp));
+    let s = Setup::new(backend, r, Options::default());
+    let c = s.client();
+    assert_eq!(c.call("later", "x").wait().unwrap(), "late x");
+    // Per-call timeout.
+    let t = Instant::now();
+    let r = c.call_timeout("never", "", Some(Duration::from_millis(150))).wait();
+    assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_millis(150) && t.elapsed() < Duration::from_secs(3));
+    // Pending calls complete with an error when the connection dies.
+    let pending: Vec<_> = (0..5).map(|_| c.call("never", "")).collect();
+    assert!(wait_until(Duration::from_secs(5), || kept.lock().unwrap().len() == 6));
+    c.close();
+    for f in pending {
+        assert!(matches!(
+            f.wait_timeout(Duration::from_secs(5)),
+            Err(Error::ConnectionLost(_))
+        ));
+    }
+    assert!(matches!(c.call("echo", "x").wait(), Err(Error::ConnectionLost(_))));
+    // The kept responders learn that the connection is gone.
+    let resp = kept.lock().unwrap().pop().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !resp.is_connected()));
+    assert!(matches!(resp.reply_text("too late"), Err(Error::ConnectionLost(_))));
+    kept.lock().unwrap().clear();
+    // Server shutdown: pending calls of another client fail too.
+    let c2 = s.client();
+    let f = c2.call("never", "");
+    assert!(wait_until(Duration::from_secs(5), || !kept.lock().unwrap().is_empty()));
+    s.server.shutdown();
+    assert!(matches!(
+        f.wait_timeout(Duration::from_secs(5)),
+        Err(Error::ConnectionLost(_))
+    ));
+}
+
+fn broadcast_state_map_and_pushes(backend: Arc<dyn Backend>) {
+    let s = Setup::new(backend, base_registry(), Options::default());
+    let got = Arc::new(Mutex::new(Vec::<(usize, String)>::new()));
+    let clients: Vec<Client> = (0..3)
+        .map(|i| {
+            let mut r = Registry::new();
+            let g = got.clone();
+            r.direct_console("news", move |_, t| g.lock().unwrap().push((i, t.to_owned())));
+            s.client_with(r, Options::client())
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || s.server.connection_count() == 3));
+    // Per-connection user state.
+    assert_eq!(clients[0].call("count", "").wait().unwrap(), "1");
+    assert_eq!(clients[0].call("count", "").wait().unwrap(), "2");
+    assert_eq!(clients[1].call("count", "").wait().unwrap(), "1");
+    let news = Frame::DirectConsole {
+        cmd: Text::from("news"),
+        text: Text::from("all"),
+    };
+    assert_eq!(s.server.broadcast(&news), 3);
+    let first = s.server.peers().iter().map(|p| p.id()).min().unwrap();
+    let only = Frame::DirectConsole {
+        cmd: Text::from("news"),
+        text: Text::from("one"),
+    };
+    assert_eq!(s.server.broadcast_filter(&only, |p| p.id() == first), 1);
+    assert!(wait_until(Duration::from_secs(5), || got.lock().unwrap().len() == 4));
+    let g = got.lock().unwrap().clone();
+    assert_eq!(g.iter().filter(|(_, t)| t == "all").count(), 3);
+    assert_eq!(g.iter().filter(|(_, t)| t == "one").count(), 1);
+    // The connection map follows connects and disconnects.
+    let p = s.server.peer(first).unwrap();
+    assert!(p.is_open());
+    drop(clients);
+    assert!(wait_until(Duration::from_secs(5), || s.server.connection_count() == 0));
+    assert!(s.server.peer(first).is_none());
+    assert_eq!(s.server.stats().connections_opened, 3);
+}
+
+fn ordered_mode_runs_one_request_at_a_time(backend: Arc<dyn Backend>) {
+    let running = Arc::new(AtomicUsize::new(0));
+    let overlap = Arc::new(AtomicUsize::new(0));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut r = Registry::new();
+    let (ru, ov, or) = (running.clone(), overlap.clone(), order.clone());
+    r.console_delayed("step", move |_, t, resp| {
+        if ru.fetch_add(1, Ordering::SeqCst) > 0 {
+            ov.fetch_add(1, Ordering::SeqCst);
+        }
+        or.lock().unwrap().push(t.as_str().parse::<u32>().unwrap());
+        let ru = ru.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(3));
+            ru.fetch_sub(1, Ordering::SeqCst);
+            resp.reply_text("ok").unwrap();
+        });
+    });
+    r.direct_console("mark", {
+        let or = order.clone();
+        move |_, t| or.lock().unwrap().push(t.parse::<u32>().unwrap())
+    });
+    let opts = Options {
+        ordered: true,
+        ..Options::default()
+    };
+    let s = Setup::new(backend, r, opts);
+    let c = s.client();
+    let mut futs = Vec::new();
+    for i in 0..30u32 {
+        if i % 5 == 4 {
+            c.send_direct_console("mark", &i.to_string()).unwrap();
+        } else {
+            futs.push(c.call("step", &i.to_string()));
+        }
+    }
+    for f in futs {
+        assert_eq!(f.wait_timeout(Duration::from_secs(10)).unwrap(), "ok");
+    }
+    assert_eq!(overlap.load(Ordering::SeqCst), 0);
+    assert!(wait_until(Duration::from_secs(5), || order.lock().unwrap().len() == 30));
+    assert_eq!(*order.lock().unwrap(), (0..30).collect::<Vec<u32>>());
+}
+
+fn limits_keepalive_idle_and_handshake_timeouts(backend: Arc<dyn Backend>) {
+    let mut r = base_registry();
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let sz = sizes.clone();
+    r.complete_buffer("blob", move |_, b| sz.lock().unwrap().push(b.len()));
+    let mut opts = Options {
+        idle_timeout: Some(Duration::from_millis(400)),
+        handshake_timeout: Duration::from_millis(300),
+        ..Options::default()
+    };
+    opts.session.max_complete_buffer = 64 * 1024;
+    let s = Setup::new(backend, r, opts);
+
+    // CompleteBuffer limit: the sender gets a clear error, the connection lives on.
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let mut cr = Registry::new();
+    let e = errors.clone();
+    cr.on_peer_error(move |_, code, msg| e.lock().unwrap().push((code, msg.to_owned())));
+    let keep = Options {
+        keepalive: Some(Duration::from_millis(100)),
+        ..Options::client()
+    };
+    let c = s.client_with(cr, keep);
+    c.send_complete_buffer("blob", Bytes::from(vec![1u8; 64 * 1024])).unwrap();
+    c.send_complete_buffer("blob", Bytes::from(vec![1u8; 64 * 1024 + 1])).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !errors.lock().unwrap().is_empty()));
+    let (code, msg) = errors.lock().unwrap()[0].clone();
+    assert_eq!(code, code::TOO_LARGE);
+    assert!(msg.contains("65537") && msg.contains("65536"), "{msg}");
+    assert_eq!(c.call("echo", "still here").wait().unwrap(), "still here");
+    assert_eq!(*sizes.lock().unwrap(), vec![64 * 1024]);
+
+    // Idle timeout: a silent client is dropped; one with keepalive stays.
+    let silent = s.client();
+    assert!(wait_until(Duration::from_secs(5), || !silent.is_connected()));
+    assert!(matches!(silent.call("echo", "x").wait(), Err(Error::ConnectionLost(_))));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(c.is_connected());
+    assert_eq!(c.call("echo", "alive").wait().unwrap(), "alive");
+
+    // Handshake timeout: a TCP peer that never speaks is disconnected.
+    let mut raw = std::net::TcpStream::connect(s.server.local_addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = raw.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(s.server.stats().protocol_errors >= 1);
+}
+
+macro_rules! on_backends {
+    ($($name:ident),* $(,)?) => {
+        #[cfg(target_os = "linux")]
+        mod epoll {
+            $(
+                #[test]
+                fn $name() {
+                    let cfg = zs_io::Config { loops: 2, ..zs_io::Config::default() };
+                    let b: std::sync::Arc<dyn zs_io::Backend> =
+                        std::sync::Arc::new(zs_io_epoll::EpollBackend::new(cfg).unwrap());
+                    super::$name(b);
+                }
+            )*
+        }
+        mod tokio {
+            $(
+                #[test]
+                fn $name() {
+                    let cfg = zs_io::Config { loops: 2, ..zs_io::Config::default() };
+                    let b: std::sync::Arc<dyn zs_io::Backend> =
+                        std::sync::Arc::new(zs_io_tokio::TokioBackend::new(cfg).unwrap());
+                    super::$name(b);
+                }
+            )*
+        }
+    };
+}
+
+on_backends!(
+    calls_of_every_form,
+    delayed_responses_timeouts_and_lost_connections,
+    broadcast_state_map_and_pushes,
+    ordered_mode_runs_one_request_at_a_time,
+    limits_keepalive_idle_and_handshake_timeouts,
+);

@@ -1,0 +1,434 @@
+//! Builders that assemble a server or a client from trait objects with sensible
+//! defaults: the epoll backend on Linux (tokio elsewhere), our X25519 + AEAD
+//! sessions with AES-256-GCM, a pinned Ed25519 server identity.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use zs_core::{Client, Error, Options, Registry, Result, Server};
+use zs_crypto::session::{Selection, SuitePolicy};
+use zs_crypto::{
+    ClientConfig, Fingerprint, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity,
+};
+use zs_io::Backend;
+
+/// The default server address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7777";
+
+/// Backends this build can construct by name (see [`backend_by_name`]).
+pub fn backend_names() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    #[cfg(all(feature = "io-epoll", target_os = "linux"))]
+    v.push("epoll");
+    #[cfg(feature = "io-tokio")]
+    v.push("tokio");
+    v
+}
+
+/// Makes the backend called `name` (`"epoll"`, `"tokio"`, or `"default"`: epoll
+/// on Linux, else tokio) with `cfg`.
+pub fn backend_by_name(name: &str, cfg: zs_io::Config) -> Result<Box<dyn Backend>> {
+    let name = if name == "default" {
+        backend_names()
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Config("no backend feature enabled (io-epoll, io-tokio)".into()))?
+    } else {
+        name
+    };
+    let _ = &cfg;
+    match name {
+        #[cfg(all(feature = "io-epoll", target_os = "linux"))]
+        "epoll" => Ok(Box::new(zs_io_epoll::EpollBackend::new(cfg)?)),
+        #[cfg(feature = "io-tokio")]
+        "tokio" => Ok(Box::new(zs_io_tokio::TokioBackend::new(cfg)?)),
+        other => Err(Error::Config(format!(
+            "unknown or disabled backend {other:?}; available: {:?}",
+            backend_names()
+        ))),
+    }
+}
+
+/// Reads the Ed25519 identity seed kept in `path` (64 hex digits), or generates
+/// one and writes it there (mode 0600 on Unix). Returns the identity and whether
+/// it was created.
+pub fn load_or_create_identity(path: &Path) -> Result<(ServerIdentity, bool)> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok((read_identity(&text, path)?, false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let rng = ring::rand::SystemRandom::new();
+            let (id, seed) = ServerIdentity::generate(&rng)?;
+            let mut opts = fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts
+                .open(path)
+                .map_err(|e| Error::Config(format!("cannot create key file {}: {e}", path.display())))?;
+            writeln!(f, "{}", zs_crypto::hash::to_hex(&seed))
+                .map_err(|e| Error::Config(format!("cannot write key file {}: {e}", path.display())))?;
+            Ok((id, true))
+        }
+        Err(e) => Err(Error::Config(format!(
+            "cannot read key file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Reads an existing identity key file (see [`load_or_create_identity`]).
+pub fn load_identity(path: &Path) -> Result<ServerIdentity> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read key file {}: {e}", path.display())))?;
+    read_identity(&text, path)
+}
+
+fn read_identity(text: &str, path: &Path) -> Result<ServerIdentity> {
+    let bad = || Error::Config(format!("{}: expected 64 hex digits (an Ed25519 seed)", path.display()));
+    let bytes = zs_crypto::hash::from_hex(text.trim()).ok_or_else(bad)?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+    Ok(ServerIdentity::from_seed(&seed)?)
+}
+
+fn io_config_default() -> zs_io::Config {
+    zs_io::Config::default()
+}
+
+/// Assembles a [`Server`]. Defaults: [`DEFAULT_ADDR`], the default backend (one
+/// loop per core), a freshly generated identity (use [`ServerBuilder::identity`]
+/// to keep one), AES-256-GCM only, [`Options::default`].
+pub struct ServerBuilder {
+    addr: SocketAddr,
+    backend: Option<Box<dyn Backend>>,
+    backend_name: String,
+    io: zs_io::Config,
+    security: Option<Arc<dyn SecurityProvider>>,
+    identity: Option<ServerIdentity>,
+    suites: Vec<SuiteId>,
+    options: Options,
+    registry: Registry,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder::new()
+    }
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerBuilder({})", self.addr)
+    }
+}
+
+impl ServerBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> ServerBuilder {
+        ServerBuilder {
+            addr: DEFAULT_ADDR.parse().expect("valid default address"),
+            backend: None,
+            backend_name: "default".into(),
+            io: io_config_default(),
+            security: None,
+            identity: None,
+            suites: vec![SuiteId::Aes256Gcm],
+            options: Options::default(),
+            registry: Registry::new(),
+        }
+    }
+
+    /// Listen address.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// The transport backend (overrides [`ServerBuilder::backend_name`]).
+    pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The backend by name (see [`backend_by_name`]), built with the I/O config.
+    pub fn backend_name(mut self, name: &str) -> Self {
+        self.backend_name = name.to_owned();
+        self
+    }
+
+    /// I/O settings for a backend built by name.
+    pub fn io_config(mut self, cfg: zs_io::Config) -> Self {
+        self.io = cfg;
+        self
+    }
+
+    /// A security provider (overrides identity and suites).
+    pub fn security(mut self, provider: Arc<dyn SecurityProvider>) -> Self {
+        self.security = Some(provider);
+        self
+    }
+
+    /// The server's Ed25519 identity (see [`load_or_create_identity`]).
+    pub fn identity(mut self, identity: ServerIdentity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Allowed suites, in preference order.
+    pub fn suites(mut self, suites: Vec<SuiteId>) -> Self {
+        self.suites = suites;
+        self
+    }
+
+    /// Endpoint options.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The command registry.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Registers commands with a closure.
+    pub fn commands(mut self, f: impl FnOnce(&mut Registry)) -> Self {
+        f(&mut self.registry);
+        self
+    }
+
+    /// Starts the server.
+    pub fn start(self) -> Result<RunningServer> {
+        let backend: Arc<dyn Backend> = match self.backend {
+            Some(b) => Arc::from(b),
+            None => Arc::from(backend_by_name(&self.backend_name, self.io)?),
+        };
+        let (provider, fingerprint): (Arc<dyn SecurityProvider>, Option<Fingerprint>) =
+            match self.security {
+                Some(p) => (p, None),
+                None => {
+                    if self.suites.is_empty() {
+                        return Err(Error::Config("no cipher suite allowed".into()));
+                    }
+                    let identity = match self.identity {
+                        Some(i) => i,
+                        None => ServerIdentity::generate(&ring::rand::SystemRandom::new())?.0,
+                    };
+                    let fp = identity.fingerprint();
+                    let mut cfg = ServerConfig::with_identity(Arc::new(identity));
+                    cfg.policy = SuitePolicy {
+                        allowed: self.suites,
+                        selection: Selection::ServerPreference,
+                    };
+                    (
+                        Arc::new(ZsSecurity::new(None, Some(Arc::new(cfg)))),
+                        Some(fp),
+                    )
+                }
+            };
+        let server = Server::start(backend, provider, self.registry, self.options, self.addr)?;
+        Ok(RunningServer {
+            server,
+            fingerprint,
+        })
+    }
+}
+
+/// A started server and the fingerprint clients pin (when the builder made the
+/// security provider). Derefs to [`Server`]; dropping it shuts the server down.
+#[derive(Debug)]
+pub struct RunningServer {
+    server: Server,
+    fingerprint: Option<Fingerprint>,
+}
+
+impl RunningServer {
+    /// The identity's fingerprint (`None` with a custom security provider).
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.fingerprint
+    }
+
+    /// The server itself.
+    pub fn into_server(self) -> Server {
+        self.server
+    }
+}
+
+impl std::ops::Deref for RunningServer {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+/// Assembles a [`Client`]. Give the server's fingerprint (or a security
+/// provider); defaults: the default backend with one loop, AES-256-GCM offered,
+/// [`Options::client`].
+pub struct ClientBuilder {
+    addr: SocketAddr,
+    backend: Option<Box<dyn Backend>>,
+    backend_name: String,
+    io: zs_io::Config,
+    security: Option<Arc<dyn SecurityProvider>>,
+    fingerprint: Option<Fingerprint>,
+    suites: Vec<SuiteId>,
+    options: Options,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientBuilder({})", self.addr)
+    }
+}
+
+impl ClientBuilder {
+    /// A builder for a client of the server at `addr`.
+    pub fn new(addr: SocketAddr) -> ClientBuilder {
+        ClientBuilder {
+            addr,
+            backend: None,
+            backend_name: "default".into(),
+            io: zs_io::Config {
+                loops: 1,
+                ..io_config_default()
+            },
+            security: None,
+            fingerprint: None,
+            suites: vec![SuiteId::Aes256Gcm],
+            options: Options::client(),
+            registry: Registry::new(),
+        }
+    }
+
+    /// The transport backend.
+    pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The backend by name (see [`backend_by_name`]).
+    pub fn backend_name(mut self, name: &str) -> Self {
+        self.backend_name = name.to_owned();
+        self
+    }
+
+    /// I/O settings for a backend built by name.
+    pub fn io_config(mut self, cfg: zs_io::Config) -> Self {
+        self.io = cfg;
+        self
+    }
+
+    /// Pin the server's identity by fingerprint.
+    pub fn fingerprint(mut self, fp: Fingerprint) -> Self {
+        self.fingerprint = Some(fp);
+        self
+    }
+
+    /// A security provider (overrides fingerprint and suites).
+    pub fn security(mut self, provider: Arc<dyn SecurityProvider>) -> Self {
+        self.security = Some(provider);
+        self
+    }
+
+    /// Offered suites, in preference order.
+    pub fn suites(mut self, suites: Vec<SuiteId>) -> Self {
+        self.suites = suites;
+        self
+    }
+
+    /// Endpoint options.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Handlers for what the server pushes.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Connects and completes the handshake (blocking).
+    pub fn connect(self) -> Result<Client> {
+        let provider: Arc<dyn SecurityProvider> = match (self.security, self.fingerprint) {
+            (Some(p), _) => p,
+            (None, Some(fp)) => {
+                let mut c = ClientConfig::pinned(fp);
+                c.suites = self.suites;
+                Arc::new(ZsSecurity::new(Some(Arc::new(c)), None))
+            }
+            (None, None) => {
+                return Err(Error::Config(
+                    "give the server's fingerprint or a security provider".into(),
+                ))
+            }
+        };
+        let backend: Arc<dyn Backend> = match self.backend {
+            Some(b) => Arc::from(b),
+            None => Arc::from(backend_by_name(&self.backend_name, self.io)?),
+        };
+        Client::connect(backend, provider, self.registry, self.options, self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_file_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("id.key");
+        let (a, created) = load_or_create_identity(&p).unwrap();
+        assert!(created);
+        let (b, created) = load_or_create_identity(&p).unwrap();
+        assert!(!created);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(load_identity(&p).unwrap().fingerprint(), a.fingerprint());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "key file readable by others: {mode:o}");
+        }
+        fs::write(&p, "not hex").unwrap();
+        assert!(load_identity(&p).is_err());
+    }
+
+    #[test]
+    fn wrong_fingerprint_is_refused_and_backends_by_name() {
+        let server = ServerBuilder::new()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .io_config(zs_io::Config {
+                loops: 1,
+                ..Default::default()
+            })
+            .commands(|r| {
+                r.console("echo", |_, t| Ok(t.to_owned()));
+            })
+            .start()
+            .unwrap();
+        let wrong = Fingerprint([9; 32]);
+        let err = ClientBuilder::new(server.local_addr())
+            .fingerprint(wrong)
+            .connect()
+            .unwrap_err();
+        assert!(matches!(err, Error::ConnectionLost(_) | Error::Crypto(_)), "{err}");
+        for name in backend_names() {
+            let c = ClientBuilder::new(server.local_addr())
+                .backend_name(name)
+                .fingerprint(server.fingerprint().unwrap())
+                .connect()
+                .unwrap();
+            assert_eq!(c.call("echo", name).wait().unwrap(), name);
+        }
+        assert!(backend_by_name("carrier-pigeon", zs_io::Config::default()).is_err());
+    }
+}
