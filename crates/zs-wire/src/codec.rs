@@ -6,6 +6,9 @@ use crate::frame::{FrameKind, FLAG_COMPRESSED, FLAG_RESERVED, KIND_MASK, VERSION
 use crate::varint::{get_varint, put_varint, varint_len, Varint};
 use crate::{Config, Frame, WireError};
 
+/// Frames up to this size (header included) are assembled on the stack.
+const SMALL_FRAME: usize = 128;
+
 /// Parsed frame header.
 #[derive(Debug, Clone, Copy)]
 struct Header {
@@ -191,9 +194,20 @@ impl Encoder {
                 return Ok(());
             }
         }
-        dst.reserve(self.header_len(body_len) + body_len);
-        self.put_header(dst, code, body_len);
-        frame.put_body(dst);
+        let total = self.header_len(body_len) + body_len;
+        dst.reserve(total);
+        if total <= SMALL_FRAME {
+            // Small frames are assembled on the stack and appended with one copy:
+            // many one-byte appends to a `BytesMut` each cost a call.
+            let mut buf = [0u8; SMALL_FRAME];
+            let mut w: &mut [u8] = &mut buf[..total];
+            self.put_header(&mut w, code, body_len);
+            frame.put_body(&mut w);
+            dst.put_slice(&buf[..total]);
+        } else {
+            self.put_header(dst, code, body_len);
+            frame.put_body(dst);
+        }
         Ok(())
     }
 
@@ -201,7 +215,7 @@ impl Encoder {
         1 + if self.config.token.is_some() { 4 } else { 0 } + 1 + varint_len(body_len as u64)
     }
 
-    fn put_header(&self, dst: &mut BytesMut, kind_byte: u8, body_len: usize) {
+    fn put_header(&self, dst: &mut impl BufMut, kind_byte: u8, body_len: usize) {
         dst.put_u8(VERSION);
         if let Some(t) = &self.config.token {
             dst.put_slice(t);

@@ -177,8 +177,18 @@ impl DataFrame {
     /// Appends the binary form (see `docs/PROTOCOL.md`, "DataFrame") to `dst`,
     /// reserving the exact size first.
     pub fn encode(&self, dst: &mut BytesMut) {
-        dst.reserve(self.encoded_len());
-        self.encode_into(dst);
+        const SMALL: usize = 128;
+        let len = self.encoded_len();
+        dst.reserve(len);
+        if len <= SMALL && matches!(self.repr, Repr::Owned(_)) {
+            // Assembled on the stack, appended with one copy.
+            let mut buf = [0u8; SMALL];
+            let mut w: &mut [u8] = &mut buf[..len];
+            self.encode_into(&mut w);
+            dst.put_slice(&buf[..len]);
+        } else {
+            self.encode_into(dst);
+        }
     }
 
     /// The binary form as a new buffer.
@@ -186,8 +196,8 @@ impl DataFrame {
         if let Repr::Wire { bytes, .. } = &self.repr {
             return bytes.clone();
         }
-        let mut b = BytesMut::with_capacity(self.encoded_len());
-        self.encode_into(&mut b);
+        let mut b = BytesMut::new();
+        self.encode(&mut b);
         b.freeze()
     }
 
