@@ -3,9 +3,10 @@
 //! Run as `cargo xtask <command>` (an alias in `.cargo/config.toml`):
 //!
 //! - `ci` — everything CI checks: fmt, clippy (`-D warnings`), tests, docs
-//!   (`-D warnings`), a fuzz smoke of every target, cross-target checks, and a
-//!   `--quick` run of every bench suite. `--no-fuzz`, `--no-targets`, `--no-windows`, `--no-bench`
-//!   skip parts locally.
+//!   (`-D warnings`), a fuzz smoke of every target, cross-target checks and the
+//!   Windows backend's tests under wine. `--no-fuzz`, `--no-targets`, `--no-windows`
+//!   skip parts locally; `--bench` adds a `--quick` run of every bench suite (the
+//!   bench crates are always built and linted by the clippy step).
 //! - `bench <suite>|all [--quick] [--rounds N]` — runs the `zs-bench-<suite>`
 //!   package in `benches/` (output contract in `shared/BENCH.md`).
 //! - `fuzz [--secs N] [target]` — runs each cargo-fuzz target in `fuzz/` for N
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 
 fn usage() -> &'static str {
     "usage: cargo xtask <command>
-  ci [--no-fuzz] [--no-targets] [--no-windows] [--no-bench] [--fuzz-secs N]
+  ci [--no-fuzz] [--no-targets] [--no-windows] [--bench] [--fuzz-secs N]
   bench <suite>|all [--quick] [--rounds N] [--quiet]
   fuzz [--secs N] [target]
   check-targets

@@ -138,7 +138,7 @@ pub fn ci(args: &[String]) -> Result {
     if !flag(args, "--no-windows") {
         crate::windows::test_windows(&["-p".into(), "zs-io-iocp".into(), "--locked".into()])?;
     }
-    if !flag(args, "--no-bench") {
+    if flag(args, "--bench") {
         bench(&[
             "all".to_string(),
             "--quick".to_string(),
@@ -392,6 +392,12 @@ pub fn check_targets() -> Result {
             "--target",
             target,
         ]);
+        // The library crates, their tests and the CLI; the bench crates (host-only
+        // measurement tools with their peers) and xtask stay out.
+        c.args(["--exclude", "xtask", "--exclude", "zs-bench-harness"]);
+        for suite in bench_suites()? {
+            c.args(["--exclude".to_string(), format!("zs-bench-{suite}")]);
+        }
         run(c)?;
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! durable single-record commits/s, batched inserts/s of 100-byte records, random
 //! point reads/s, a filtered scan (ours parallel, redb single-threaded with the same
 //! closure), and file sizes after loading and after compaction.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::sync::Arc;
