@@ -546,6 +546,7 @@ impl Engine {
             max_str: limits.max_string,
             fconsts: Vec::new(),
             numeric: false,
+            typed: crate::typed::Typed::default(),
         }
         .finish())
     }

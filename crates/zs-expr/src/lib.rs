@@ -141,6 +141,7 @@ mod parser;
 mod program;
 mod resolve;
 mod template;
+mod typed;
 mod value;
 
 pub use binary::FORMAT_VERSION;

@@ -10,6 +10,7 @@ use crate::interp::{self, Ctx};
 use crate::ops;
 use crate::parser::{BinOp, UnOp};
 use crate::resolve::{Ir, IrKind, Resolved};
+use crate::typed::{Ty, Typed};
 use crate::value::{Binding, NoVars, Value, ValueRef, Vars, V};
 use crate::UserFn;
 
@@ -52,6 +53,8 @@ pub struct Program {
     pub(crate) fconsts: Vec<Option<F>>,
     /// Whether to try the numeric fast path first (derived, not saved).
     pub(crate) numeric: bool,
+    /// The tag-free numeric form, when type inference allows it (derived, not saved).
+    pub(crate) typed: Typed,
 }
 
 impl std::fmt::Debug for Program {
@@ -85,6 +88,7 @@ pub(crate) fn compile(source: &str, resolved: Resolved, max_steps: u64, max_str:
         max_str,
         fconsts: Vec::new(),
         numeric: false,
+        typed: Typed::default(),
     };
     let mut b = Builder {
         p,
@@ -254,7 +258,21 @@ impl Program {
     pub(crate) fn finish(mut self) -> Program {
         self.fconsts = self.consts.iter().map(F::of).collect();
         self.numeric = self.numeric_candidate();
+        if self.numeric {
+            self.typed = Typed::translate(&self.nodes, &self.args, &self.consts);
+        }
         self
+    }
+
+    /// The tag-free form's result as a fast value, when its type is known statically.
+    #[inline(always)]
+    fn try_typed_value<X: Vars + ?Sized>(&self, vars: &X) -> Option<F> {
+        match self.typed.ty()? {
+            Ty::F => Some(F::F(self.typed.run(vars, &self.vars)?)),
+            Ty::I => Some(F::I(self.typed.run(vars, &self.vars)? as i64)),
+            Ty::B => Some(F::B(self.typed.run(vars, &self.vars)? != 0.0)),
+            Ty::N => None,
+        }
     }
 
     #[inline]
@@ -395,6 +413,9 @@ impl Program {
     /// order), by name (`HashMap<String, Value>`), or your own implementation.
     #[inline]
     pub fn eval<X: Vars + ?Sized>(&self, vars: &X) -> Result<Value, Error> {
+        if let Some(f) = self.try_typed_value(vars) {
+            return Ok(f.value());
+        }
         if let Some(f) = self.try_fast(vars) {
             return Ok(f.value());
         }
@@ -413,6 +434,9 @@ impl Program {
         vars: &X,
         f: impl FnOnce(ValueRef<'_>) -> R,
     ) -> Result<R, Error> {
+        if let Some(v) = self.try_typed_value(vars) {
+            return Ok(f(v.as_ref()));
+        }
         if let Some(v) = self.try_fast(vars) {
             return Ok(f(v.as_ref()));
         }
@@ -423,6 +447,12 @@ impl Program {
     /// Evaluates as a condition (a filter): bools, or numbers where non-zero is true.
     #[inline]
     pub fn eval_bool<X: Vars + ?Sized>(&self, vars: &X) -> Result<bool, Error> {
+        // Bools are 0.0 / 1.0; numbers are true when non-zero (NaN included), as below.
+        if self.typed.ty().is_some() {
+            if let Some(v) = self.typed.run(vars, &self.vars) {
+                return Ok(v != 0.0);
+            }
+        }
         match self.try_fast(vars).map(F::v) {
             Some(FV::B(b)) => return Ok(b),
             Some(FV::I(i)) => return Ok(i != 0),
@@ -437,6 +467,11 @@ impl Program {
     /// Evaluates to a float (ints and numeric strings convert).
     #[inline]
     pub fn eval_f64<X: Vars + ?Sized>(&self, vars: &X) -> Result<f64, Error> {
+        if matches!(self.typed.ty(), Some(Ty::F | Ty::I | Ty::N)) {
+            if let Some(v) = self.typed.run(vars, &self.vars) {
+                return Ok(v);
+            }
+        }
         match self.try_fast(vars).map(F::v) {
             Some(FV::I(i)) => return Ok(i as f64),
             Some(FV::F(x)) => return Ok(x),
