@@ -1,7 +1,8 @@
 //! `cargo xtask bench db`: zs-db side by side with redb and fjall on the same data:
-//! durable single-record commits/s, batched inserts/s of 100-byte records, random
-//! point reads/s, a filtered scan (ours parallel, redb single-threaded with the same
-//! closure), and file sizes after loading and after compaction.
+//! durable single-record commits/s (one thread; and 4 threads at once against redb),
+//! batched inserts/s of 100-byte records, random point reads/s, a filtered scan (ours
+//! parallel, redb single-threaded with the same closure), and file sizes after loading
+//! and after compaction.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -14,6 +15,8 @@ use zs_db::{Batch, Database, DbOptions, DirVfs, Kind, Query, Vfs};
 
 const T: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("t");
 const VALUE: usize = 100;
+/// Committer threads of the concurrent durable-commit case.
+const COMMIT_THREADS: u64 = 4;
 
 fn value(i: u64) -> Vec<u8> {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -155,6 +158,75 @@ fn main() {
             }
             rate(n, t)
         });
+    }
+
+    // --- durable commits from several threads at once -------------------------------
+    // ours groups concurrent Immediate commits into shared fsyncs; redb serializes
+    // write transactions (each its own fsync); both: every commit durable on return
+    {
+        let d = root.path().join("cc-ours");
+        let db = ours_open(&d);
+        suite.case(
+            "zs-db commit x4 threads",
+            "commits_per_s",
+            Better::Higher,
+            move || {
+                let t = Instant::now();
+                let n: u64 = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..COMMIT_THREADS)
+                        .map(|k| {
+                            let db = db.clone();
+                            s.spawn(move || {
+                                let mut n = 0u64;
+                                while t.elapsed() < commit_time {
+                                    db.insert(Kind::Raw, &value(k * 1_000_000 + n))
+                                        .expect("insert");
+                                    n += 1;
+                                }
+                                n
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().expect("thread")).sum()
+                });
+                rate(n, t)
+            },
+        );
+        let d = root.path().join("cc-redb");
+        std::fs::create_dir_all(&d).expect("dir");
+        let db = Arc::new(redb::Database::create(d.join("r.redb")).expect("redb"));
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        suite.case(
+            "redb commit x4 threads",
+            "commits_per_s",
+            Better::Higher,
+            move || {
+                let t = Instant::now();
+                let n: u64 = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..COMMIT_THREADS)
+                        .map(|_| {
+                            let (db, next) = (db.clone(), next.clone());
+                            s.spawn(move || {
+                                let mut n = 0u64;
+                                while t.elapsed() < commit_time {
+                                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let tx = db.begin_write().expect("tx");
+                                    tx.open_table(T)
+                                        .expect("t")
+                                        .insert(i, value(i).as_slice())
+                                        .expect("insert");
+                                    tx.commit().expect("commit");
+                                    n += 1;
+                                }
+                                n
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().expect("thread")).sum()
+                });
+                rate(n, t)
+            },
+        );
     }
 
     // --- batched inserts into a fresh store ----------------------------------------
@@ -334,6 +406,11 @@ fn main() {
 
     suite.run();
     suite.ratio("commits_vs_redb", "zs-db commit", "redb commit");
+    suite.ratio(
+        "commits_x4_vs_redb",
+        "zs-db commit x4 threads",
+        "redb commit x4 threads",
+    );
     suite.ratio("batch_vs_redb", "zs-db batch", "redb batch");
     suite.ratio("reads_vs_redb", "zs-db read", "redb read");
     suite.ratio(

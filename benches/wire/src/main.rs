@@ -1,18 +1,26 @@
 //! `cargo xtask bench wire`: the zs-wire codec side by side with postcard, rkyv and
 //! memcpy on equivalent data, interleaved in one run (see `shared/BENCH.md`).
 //!
-//! Cases (all `ns_per_op`, lower is better):
+//! Cases (all `ns_per_op`, lower is better). Every decode case ends with the data
+//! accessible as Rust values, as postcard's `from_bytes` leaves it:
 //! - 64-byte console request (`cmd` "echo" + 60 bytes of text, id ≥ 128): zs frame
-//!   encode and decode (through `Decoder` over a `BytesMut` holding a batch of frames)
-//!   vs postcard on `struct { id: u64, cmd: String, text: String }` (owned, and
-//!   borrowed `&str` as the zero-allocation extreme).
+//!   encode and decode (through `Decoder` over a `BytesMut` holding a batch of frames,
+//!   then `cmd` and `text` read as `&str`) vs postcard on
+//!   `struct { id: u64, cmd: String, text: String }` (owned, and borrowed `&str` as
+//!   the zero-allocation extreme).
 //! - DataFrame of 10 mixed values (u32, i64, f64, bool, 2 strings, 16 bytes, i16,
-//!   u8, f32): decode (validated, values built lazily), decode + read every value
-//!   with the typed reader, decode + index access (builds all values), and
-//!   encode+decode, vs postcard (serde struct with owned fields) and rkyv
-//!   (validated access, and full deserialize).
+//!   u8, f32): decode + read every value with the typed reader (strings as `&str`,
+//!   bytes as `&[u8]` borrowed from the decoded DataFrame; and as owned `Text` /
+//!   `Bytes`), decode alone (validated, values not read: the "lazy" figure), decode +
+//!   index access (builds all values), and encode+decode, vs postcard (serde struct
+//!   with owned fields, and with borrowed fields) and rkyv (validated access, and
+//!   full deserialize).
 //! - A 1 MiB bytes value in a stream response: decode (`Frame::decode`) and encode vs
 //!   a 1 MiB memcpy, postcard (`serde_bytes`) and rkyv.
+//!
+//! Headline ratios: `zs_vs_postcard` (10-value DataFrame decode + reading every
+//! value, vs postcard's owned decode), `frame_vs_postcard` (64-byte console frame
+//! decode, vs postcard's owned decode), `lazy_vs_postcard` (decode without reading).
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
@@ -47,6 +55,22 @@ struct Mixed {
     city: String,
     #[serde(with = "serde_bytes")]
     blob: Vec<u8>,
+    delta: i16,
+    level: u8,
+    ratio: f32,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)] // the fields are read through `black_box` of the whole value
+struct MixedRef<'a> {
+    id: u32,
+    ts: i64,
+    price: f64,
+    active: bool,
+    name: &'a str,
+    city: &'a str,
+    #[serde(borrow, with = "serde_bytes")]
+    blob: &'a [u8],
     delta: i16,
     level: u8,
     ratio: f32,
@@ -208,7 +232,12 @@ fn main() {
                     rx.extend_from_slice(&src);
                 },
                 |(dec, rx)| {
-                    black_box(dec.decode(rx).expect("valid").expect("whole"));
+                    let f = dec.decode(rx).expect("valid").expect("whole");
+                    let Frame::Console { id, cmd, text } = &f else {
+                        unreachable!("a console frame")
+                    };
+                    black_box((*id, cmd.as_str(), text.as_str()));
+                    black_box(&f);
                 },
             )
         });
@@ -223,6 +252,7 @@ fn main() {
                     let (m, rest) =
                         postcard::take_from_bytes::<ConsoleMsg>(&src[*pos..]).expect("postcard");
                     *pos = src.len() - rest.len();
+                    black_box((m.id, m.cmd.as_str(), m.text.as_str()));
                     black_box(m);
                 },
             )
@@ -243,7 +273,7 @@ fn main() {
                             postcard::take_from_bytes::<ConsoleMsgRef<'_>>(&src[*pos..])
                                 .expect("postcard");
                         *pos = src.len() - rest.len();
-                        black_box(m);
+                        black_box((m.id, m.cmd, m.text));
                     },
                 )
             },
@@ -272,7 +302,27 @@ fn main() {
         let b = df_bytes.clone();
         suite.case("zs-df10-decode-read", NS, Better::Lower, move || {
             // Decode, then read every value out as its Rust type (what postcard's
-            // decode already yields), so the lazy build of values is paid too.
+            // decode yields): strings and bytes borrowed from the decoded DataFrame,
+            // which owns its bytes like postcard's struct owns its fields.
+            per_op(min, BATCH, || {
+                let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
+                let mut r = d.reader();
+                black_box(r.read_u32().expect("u32"));
+                black_box(r.read_i64().expect("i64"));
+                black_box(r.read_f64().expect("f64"));
+                black_box(r.read_bool().expect("bool"));
+                black_box(r.read_str().expect("str"));
+                black_box(r.read_str().expect("str"));
+                black_box(r.read_slice().expect("bytes"));
+                black_box(r.read_i16().expect("i16"));
+                black_box(r.read_u8().expect("u8"));
+                black_box(r.read_f32().expect("f32"));
+            })
+        });
+        let b = df_bytes.clone();
+        suite.case("zs-df10-decode-read-owned", NS, Better::Lower, move || {
+            // The same, strings and bytes taken out as owned `Text` / `Bytes` values
+            // that outlive the DataFrame.
             per_op(min, BATCH, || {
                 let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
                 let mut r = d.reader();
@@ -300,6 +350,12 @@ fn main() {
         suite.case("postcard-df10-decode", NS, Better::Lower, move || {
             per_op(min, BATCH, || {
                 black_box(postcard::from_bytes::<Mixed>(black_box(&b)).expect("valid"));
+            })
+        });
+        let b = pc_bytes.clone();
+        suite.case("postcard-borrowed-df10-decode", NS, Better::Lower, move || {
+            per_op(min, BATCH, || {
+                black_box(postcard::from_bytes::<MixedRef<'_>>(black_box(&b)).expect("valid"));
             })
         });
         let b = rk_bytes.clone();
@@ -406,21 +462,31 @@ fn main() {
     }
 
     suite.run();
-    suite.ratio("zs_vs_postcard", "zs-df10-decode", "postcard-df10-decode");
     suite.ratio(
-        "df10_decode_read_zs_vs_postcard",
+        "zs_vs_postcard",
         "zs-df10-decode-read",
         "postcard-df10-decode",
+    );
+    suite.ratio(
+        "frame_vs_postcard",
+        "zs-console-decode",
+        "postcard-console-decode",
+    );
+    suite.ratio("lazy_vs_postcard", "zs-df10-decode", "postcard-df10-decode");
+    suite.ratio(
+        "df10_read_owned_vs_postcard",
+        "zs-df10-decode-read-owned",
+        "postcard-df10-decode",
+    );
+    suite.ratio(
+        "df10_read_vs_postcard_borrowed",
+        "zs-df10-decode-read",
+        "postcard-borrowed-df10-decode",
     );
     suite.ratio(
         "df10_decode_index_zs_vs_postcard",
         "zs-df10-decode-index",
         "postcard-df10-decode",
-    );
-    suite.ratio(
-        "console_decode_zs_vs_postcard",
-        "zs-console-decode",
-        "postcard-console-decode",
     );
     suite.ratio(
         "console_decode_zs_vs_postcard_borrowed",
@@ -443,8 +509,8 @@ fn main() {
         "rkyv-df10-access",
     );
     suite.ratio(
-        "df10_decode_zs_vs_rkyv_deserialize",
-        "zs-df10-decode",
+        "df10_decode_read_zs_vs_rkyv_deserialize",
+        "zs-df10-decode-read",
         "rkyv-df10-deserialize",
     );
     suite.ratio(

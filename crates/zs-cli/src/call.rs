@@ -19,8 +19,8 @@ use crate::serve::DEFAULT_KEY_FILE;
 pub struct CallArgs {
     /// Command name (case-insensitive), e.g. `echo`, `time`, `stats`.
     pub command: String,
-    /// Text sent with the command (joined with spaces).
-    #[arg(allow_hyphen_values = true)]
+    /// Text sent with the command (joined with spaces; put it after `--` if it
+    /// starts with `-`).
     pub args: Vec<String>,
     /// Server address.
     #[arg(long, default_value = zserver::DEFAULT_ADDR)]

@@ -15,7 +15,11 @@ mod serve;
 
 /// The zserver command line.
 #[derive(Debug, Parser)]
-#[command(name = "zs", version, about = "zserver: long-lived encrypted command connections")]
+#[command(
+    name = "zs",
+    version,
+    about = "zserver: long-lived encrypted command connections"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

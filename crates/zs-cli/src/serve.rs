@@ -117,11 +117,15 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         }
         None => FileConfig::default(),
     };
-    let addr = a
-        .addr
-        .or(file.addr)
-        .unwrap_or_else(|| zserver::DEFAULT_ADDR.parse().expect("valid default address"));
-    let backend = a.backend.or(file.backend).unwrap_or_else(|| "default".into());
+    let addr = a.addr.or(file.addr).unwrap_or_else(|| {
+        zserver::DEFAULT_ADDR
+            .parse()
+            .expect("valid default address")
+    });
+    let backend = a
+        .backend
+        .or(file.backend)
+        .unwrap_or_else(|| "default".into());
     let suites = parse_suites(
         &a.suites
             .or(file.suites)
@@ -173,7 +177,10 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     })
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     let _ = rx.recv();
-    println!("zs serve: shutting down ({} connections open)", server.connection_count());
+    println!(
+        "zs serve: shutting down ({} connections open)",
+        server.connection_count()
+    );
     server.shutdown();
     drop(server);
     println!("zs serve: stopped");

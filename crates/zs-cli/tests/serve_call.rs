@@ -10,6 +10,18 @@ fn zs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zs"))
 }
 
+/// Kills the server if the test fails before stopping it.
+struct Guard(Option<std::process::Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -30,6 +42,8 @@ fn serve_then_call_echo_hello() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(server.stdout.take().unwrap());
+    let pid = server.id();
+    let mut guard = Guard(Some(server));
     let mut fingerprint = None;
     let mut connect_line = String::new();
     let start = Instant::now();
@@ -48,13 +62,23 @@ fn serve_then_call_echo_hello() {
     }
     let fp = fingerprint.expect("zs serve prints its fingerprint");
     assert!(fp.starts_with("sha3-256:"), "{fp}");
-    assert!(connect_line.contains(&format!("zs call echo hello --addr {addr} --fingerprint {fp}")));
+    assert!(connect_line.contains(&format!(
+        "zs call echo hello --addr {addr} --fingerprint {fp}"
+    )));
     assert!(dir.path().join("zs-identity.key").exists());
 
     // Pinned fingerprint, from anywhere.
     let other = tempfile::tempdir().unwrap();
     let o = zs()
-        .args(["call", "echo", "hello", "--addr", &addr, "--fingerprint", &fp])
+        .args([
+            "call",
+            "echo",
+            "hello",
+            "--addr",
+            &addr,
+            "--fingerprint",
+            &fp,
+        ])
         .current_dir(other.path())
         .output()
         .unwrap();
@@ -76,7 +100,10 @@ fn serve_then_call_echo_hello() {
         .output()
         .unwrap();
     let t = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(t.len() == 25 && t.contains('T') && t.trim_end().ends_with('Z'), "{t}");
+    assert!(
+        t.len() == 25 && t.contains('T') && t.trim_end().ends_with('Z'),
+        "{t}"
+    );
 
     let o = zs()
         .args(["call", "stats", "--addr", &addr])
@@ -89,7 +116,15 @@ fn serve_then_call_echo_hello() {
     // A wrong fingerprint is refused, and so is an unknown command.
     let wrong = format!("sha3-256:{}", "00".repeat(32));
     let o = zs()
-        .args(["call", "echo", "x", "--addr", &addr, "--fingerprint", &wrong])
+        .args([
+            "call",
+            "echo",
+            "x",
+            "--addr",
+            &addr,
+            "--fingerprint",
+            &wrong,
+        ])
         .current_dir(other.path())
         .output()
         .unwrap();
@@ -112,13 +147,13 @@ fn serve_then_call_echo_hello() {
 
     // Ctrl-C: clean shutdown.
     let st = Command::new("kill")
-        .args(["-INT", &server.id().to_string()])
+        .args(["-INT", &pid.to_string()])
         .status()
         .unwrap();
     assert!(st.success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    let status = server.wait().unwrap();
+    let status = guard.0.take().unwrap().wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(rest.contains("zs serve: stopped"), "{rest}");
 }

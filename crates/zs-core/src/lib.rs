@@ -66,9 +66,9 @@ mod session;
 mod stats;
 
 pub use error::{code, Error, Result};
+pub use net::{Client, Options, Server};
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;
 pub use registry::{HandlerError, Outbox, Peer, Registry, Responder};
 pub use session::{Call, Event, Reply, Request, Session, SessionConfig};
 pub use stats::{CommandSnapshot, CommandStats, EndpointStats, StatsSnapshot, LATENCY_SAMPLES};
-pub use net::{Client, Options, Server};

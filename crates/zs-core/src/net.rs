@@ -554,7 +554,12 @@ impl Handler for ConnHandler {
             return;
         };
         let _span = tracing::debug_span!("zs.conn", id = conn.id().0).entered();
-        tracing::debug!(?reason, "connection closed");
+        match reason {
+            CloseReason::IdleTimeout | CloseReason::Reset | CloseReason::Error(_) => {
+                tracing::info!(peer = %conn.peer_addr(), ?reason, "connection ended")
+            }
+            _ => tracing::debug!(?reason, "connection closed"),
+        }
         link.open.store(false, Ordering::Release);
         let mut works = Vec::new();
         {
@@ -592,7 +597,12 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Server({} on {})", self.listener.local_addr(), self.backend.name())
+        write!(
+            f,
+            "Server({} on {})",
+            self.listener.local_addr(),
+            self.backend.name()
+        )
     }
 }
 
@@ -753,7 +763,9 @@ impl Client {
         done: impl FnOnce(Result<Reply>) + Send + 'static,
     ) {
         if !self.link.is_open() {
-            done(Err(Error::ConnectionLost("the connection is closed".into())));
+            done(Err(Error::ConnectionLost(
+                "the connection is closed".into(),
+            )));
             return;
         }
         let t = timeout.or(self.shared.options.call_timeout);
@@ -777,7 +789,12 @@ impl Client {
     }
 
     /// Console call with its own timeout.
-    pub fn call_timeout(&self, cmd: &str, text: &str, timeout: Option<Duration>) -> CallFuture<String> {
+    pub fn call_timeout(
+        &self,
+        cmd: &str,
+        text: &str,
+        timeout: Option<Duration>,
+    ) -> CallFuture<String> {
         let call = Call::Console {
             cmd: Text::from(cmd),
             text: Text::from(text),

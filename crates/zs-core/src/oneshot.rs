@@ -49,7 +49,12 @@ fn fill<T>(s: &Shared<T>, value: Result<T>) {
 impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
         if let Some(s) = self.shared.take() {
-            fill(&s, Err(Error::ConnectionLost("the call was dropped unanswered".into())));
+            fill(
+                &s,
+                Err(Error::ConnectionLost(
+                    "the call was dropped unanswered".into(),
+                )),
+            );
         }
     }
 }
@@ -137,7 +142,9 @@ impl<T> Future for CallFuture<T> {
             return Poll::Ready(v);
         }
         if g.taken {
-            return Poll::Ready(Err(Error::Config("CallFuture polled after completion".into())));
+            return Poll::Ready(Err(Error::Config(
+                "CallFuture polled after completion".into(),
+            )));
         }
         g.waker = Some(cx.waker().clone());
         Poll::Pending

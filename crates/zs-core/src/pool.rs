@@ -64,7 +64,12 @@ impl WorkerPool {
     pub fn shutdown(&self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let me = std::thread::current().id();
-        for t in self.threads.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             if t.thread().id() != me {
                 let _ = t.join();
             }

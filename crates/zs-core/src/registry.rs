@@ -592,7 +592,12 @@ impl Registry {
             self.maps[kind].get(name)
         };
         let Some(entry) = entry else {
-            tracing::debug!(peer = peer.id(), cmd = name, kind = KINDS[kind], "unknown command");
+            tracing::debug!(
+                peer = peer.id(),
+                cmd = name,
+                kind = KINDS[kind],
+                "unknown command"
+            );
             if let Some(id) = id {
                 let _ = peer.send_frame(Frame::Error {
                     id,
@@ -680,8 +685,17 @@ mod tests {
         assert!(!r.dispatch(&peer, req, None, false));
         let frames = sink.0.lock().unwrap().clone();
         assert_eq!(frames.len(), 4);
-        assert!(matches!(&frames[1], Frame::ConsoleResponse { id: 2, text } if text.as_str() == "x"));
-        assert!(matches!(&frames[3], Frame::Error { id: 4, code: 404, .. }));
+        assert!(
+            matches!(&frames[1], Frame::ConsoleResponse { id: 2, text } if text.as_str() == "x")
+        );
+        assert!(matches!(
+            &frames[3],
+            Frame::Error {
+                id: 4,
+                code: 404,
+                ..
+            }
+        ));
         assert!(r.contains("console", "ECHO") && !r.contains("stream", "echo"));
         assert_eq!(r.stats()[0].calls, 3);
     }
@@ -702,7 +716,14 @@ mod tests {
             None,
             false,
         );
-        assert!(matches!(&sink.0.lock().unwrap()[0], Frame::Error { id: 9, code: 500, .. }));
+        assert!(matches!(
+            &sink.0.lock().unwrap()[0],
+            Frame::Error {
+                id: 9,
+                code: 500,
+                ..
+            }
+        ));
         peer.with_state(|n: &mut u32| *n += 2);
         peer.with_state(|n: &mut u32| *n += 3);
         assert_eq!(peer.state::<u32>(), Some(5));

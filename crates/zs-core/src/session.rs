@@ -112,9 +112,9 @@ impl Request {
     /// The request id to answer, for requests that expect an answer.
     pub fn id(&self) -> Option<u64> {
         match self {
-            Request::Console { id, .. } | Request::Stream { id, .. } | Request::Batch { id, .. } => {
-                Some(*id)
-            }
+            Request::Console { id, .. }
+            | Request::Stream { id, .. }
+            | Request::Batch { id, .. } => Some(*id),
             _ => None,
         }
     }
@@ -364,10 +364,19 @@ impl Session {
                     self.push_request(Request::CompleteBuffer { cmd, data });
                 }
             }
-            Frame::BatchStream { id, cmd, last, data } => self.on_batch(id, cmd, last, data, now)?,
+            Frame::BatchStream {
+                id,
+                cmd,
+                last,
+                data,
+            } => self.on_batch(id, cmd, last, data, now)?,
             Frame::ConsoleResponse { id, text } => self.complete(id, Ok(Reply::Text(text))),
             Frame::StreamResponse { id, data } => self.complete(id, Ok(Reply::Data(data))),
-            Frame::Error { id: 0, code, message } => self.events.push_back(Event::PeerError {
+            Frame::Error {
+                id: 0,
+                code,
+                message,
+            } => self.events.push_back(Event::PeerError {
                 code,
                 message: message.as_str().to_owned(),
             }),
@@ -380,7 +389,9 @@ impl Session {
             ),
             Frame::Signal { name, code } => self.events.push_back(Event::Signal { name, code }),
             Frame::Keepalive | Frame::EchoReply { .. } => {}
-            Frame::Echo { id, payload } => self.send_frame(&Frame::EchoReply { id, payload }, now)?,
+            Frame::Echo { id, payload } => {
+                self.send_frame(&Frame::EchoReply { id, payload }, now)?
+            }
             Frame::BigStream { id, .. } | Frame::Control { id, .. } if id != 0 => {
                 self.send_frame(
                     &Frame::Error {
@@ -483,7 +494,9 @@ impl Session {
     pub fn call(&mut self, call: Call, timeout: Option<Duration>, now: Instant) -> Result<u64> {
         let id = self.next_id;
         match call {
-            Call::Console { cmd, text } => self.send_frame(&Frame::Console { id, cmd, text }, now)?,
+            Call::Console { cmd, text } => {
+                self.send_frame(&Frame::Console { id, cmd, text }, now)?
+            }
             Call::Stream { cmd, data } => self.send_frame(&Frame::Stream { id, cmd, data }, now)?,
             Call::Batch { cmd, frames } => {
                 if frames.is_empty() {
@@ -512,7 +525,12 @@ impl Session {
     }
 
     /// Answers request `id` with `result` (an error carries its code and message).
-    pub fn respond(&mut self, id: u64, result: Result<Reply, (u32, String)>, now: Instant) -> Result<()> {
+    pub fn respond(
+        &mut self,
+        id: u64,
+        result: Result<Reply, (u32, String)>,
+        now: Instant,
+    ) -> Result<()> {
         let frame = match result {
             Ok(Reply::Text(text)) => Frame::ConsoleResponse { id, text },
             Ok(Reply::Data(data)) => Frame::StreamResponse { id, data },

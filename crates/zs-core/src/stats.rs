@@ -163,13 +163,31 @@ impl fmt::Display for StatsSnapshot {
         writeln!(
             f,
             "{:<16} {:<15} {:>8} {:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
-            "command", "kind", "calls", "errors", "bytes_in", "bytes_out", "p50_us", "p90_us", "p99_us", "max_us"
+            "command",
+            "kind",
+            "calls",
+            "errors",
+            "bytes_in",
+            "bytes_out",
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "max_us"
         )?;
         for c in &self.commands {
             writeln!(
                 f,
                 "{:<16} {:<15} {:>8} {:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
-                c.name, c.kind, c.calls, c.errors, c.bytes_in, c.bytes_out, c.p50_us, c.p90_us, c.p99_us, c.max_us
+                c.name,
+                c.kind,
+                c.calls,
+                c.errors,
+                c.bytes_in,
+                c.bytes_out,
+                c.p50_us,
+                c.p90_us,
+                c.p99_us,
+                c.max_us
             )?;
         }
         Ok(())

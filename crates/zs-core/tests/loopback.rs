@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use zs_core::{code, Client, Error, Options, Registry, Responder, Server};
-use zs_crypto::{ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity};
+use zs_crypto::{
+    ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity,
+};
 use zs_io::Backend;
 use zs_wire::{DataFrame, Frame, Text};
 
@@ -69,8 +71,14 @@ struct Setup {
 impl Setup {
     fn new(backend: Arc<dyn Backend>, registry: Registry, options: Options) -> Setup {
         let provider = provider();
-        let server =
-            Server::start(backend.clone(), provider.clone(), registry, options, addr0()).unwrap();
+        let server = Server::start(
+            backend.clone(),
+            provider.clone(),
+            registry,
+            options,
+            addr0(),
+        )
+        .unwrap();
         Setup {
             server,
             provider,
@@ -134,7 +142,10 @@ fn calls_of_every_form(backend: Arc<dyn Backend>) {
         .wait()
         .unwrap();
     assert_eq!(d.reader().read_i64().unwrap(), 42);
-    let frames = vec![DataFrame::new().with(1u8), DataFrame::new().with(1u8).with(2u8)];
+    let frames = vec![
+        DataFrame::new().with(1u8),
+        DataFrame::new().with(1u8).with(2u8),
+    ];
     let d = c.call_batch("lens", frames).wait().unwrap();
     assert_eq!(d.reader().read_u64().unwrap(), 1);
     // Callback form.
@@ -149,7 +160,10 @@ fn calls_of_every_form(backend: Arc<dyn Backend>) {
     // Unknown command and wrong-shape reply are clear errors.
     assert!(matches!(
         c.call("missing", "").wait(),
-        Err(Error::Remote { code: code::UNKNOWN_COMMAND, .. })
+        Err(Error::Remote {
+            code: code::UNKNOWN_COMMAND,
+            ..
+        })
     ));
     // Many calls in flight from several threads on one connection.
     let c = Arc::new(c);
@@ -207,12 +221,18 @@ fn delayed_responses_timeouts_and_lost_connections(backend: Arc<dyn Backend>) {
     assert_eq!(c.call("later", "x").wait().unwrap(), "late x");
     // Per-call timeout.
     let t = Instant::now();
-    let r = c.call_timeout("never", "", Some(Duration::from_millis(150))).wait();
+    let r = c
+        .call_timeout("never", "", Some(Duration::from_millis(150)))
+        .wait();
     assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
     assert!(t.elapsed() >= Duration::from_millis(150) && t.elapsed() < Duration::from_secs(3));
     // Pending calls complete with an error when the connection dies.
     let pending: Vec<_> = (0..5).map(|_| c.call("never", "")).collect();
-    assert!(wait_until(Duration::from_secs(5), || kept.lock().unwrap().len() == 6));
+    assert!(wait_until(Duration::from_secs(5), || kept
+        .lock()
+        .unwrap()
+        .len()
+        == 6));
     c.close();
     for f in pending {
         assert!(matches!(
@@ -220,16 +240,25 @@ fn delayed_responses_timeouts_and_lost_connections(backend: Arc<dyn Backend>) {
             Err(Error::ConnectionLost(_))
         ));
     }
-    assert!(matches!(c.call("echo", "x").wait(), Err(Error::ConnectionLost(_))));
+    assert!(matches!(
+        c.call("echo", "x").wait(),
+        Err(Error::ConnectionLost(_))
+    ));
     // The kept responders learn that the connection is gone.
     let resp = kept.lock().unwrap().pop().unwrap();
     assert!(wait_until(Duration::from_secs(5), || !resp.is_connected()));
-    assert!(matches!(resp.reply_text("too late"), Err(Error::ConnectionLost(_))));
+    assert!(matches!(
+        resp.reply_text("too late"),
+        Err(Error::ConnectionLost(_))
+    ));
     kept.lock().unwrap().clear();
     // Server shutdown: pending calls of another client fail too.
     let c2 = s.client();
     let f = c2.call("never", "");
-    assert!(wait_until(Duration::from_secs(5), || !kept.lock().unwrap().is_empty()));
+    assert!(wait_until(Duration::from_secs(5), || !kept
+        .lock()
+        .unwrap()
+        .is_empty()));
     s.server.shutdown();
     assert!(matches!(
         f.wait_timeout(Duration::from_secs(5)),
@@ -244,11 +273,16 @@ fn broadcast_state_map_and_pushes(backend: Arc<dyn Backend>) {
         .map(|i| {
             let mut r = Registry::new();
             let g = got.clone();
-            r.direct_console("news", move |_, t| g.lock().unwrap().push((i, t.to_owned())));
+            r.direct_console("news", move |_, t| {
+                g.lock().unwrap().push((i, t.to_owned()))
+            });
             s.client_with(r, Options::client())
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(5), || s.server.connection_count() == 3));
+    assert!(wait_until(Duration::from_secs(5), || s
+        .server
+        .connection_count()
+        == 3));
     // Per-connection user state.
     assert_eq!(clients[0].call("count", "").wait().unwrap(), "1");
     assert_eq!(clients[0].call("count", "").wait().unwrap(), "2");
@@ -264,7 +298,11 @@ fn broadcast_state_map_and_pushes(backend: Arc<dyn Backend>) {
         text: Text::from("one"),
     };
     assert_eq!(s.server.broadcast_filter(&only, |p| p.id() == first), 1);
-    assert!(wait_until(Duration::from_secs(5), || got.lock().unwrap().len() == 4));
+    assert!(wait_until(Duration::from_secs(5), || got
+        .lock()
+        .unwrap()
+        .len()
+        == 4));
     let g = got.lock().unwrap().clone();
     assert_eq!(g.iter().filter(|(_, t)| t == "all").count(), 3);
     assert_eq!(g.iter().filter(|(_, t)| t == "one").count(), 1);
@@ -272,7 +310,10 @@ fn broadcast_state_map_and_pushes(backend: Arc<dyn Backend>) {
     let p = s.server.peer(first).unwrap();
     assert!(p.is_open());
     drop(clients);
-    assert!(wait_until(Duration::from_secs(5), || s.server.connection_count() == 0));
+    assert!(wait_until(Duration::from_secs(5), || s
+        .server
+        .connection_count()
+        == 0));
     assert!(s.server.peer(first).is_none());
     assert_eq!(s.server.stats().connections_opened, 3);
 }
@@ -317,7 +358,11 @@ fn ordered_mode_runs_one_request_at_a_time(backend: Arc<dyn Backend>) {
         assert_eq!(f.wait_timeout(Duration::from_secs(10)).unwrap(), "ok");
     }
     assert_eq!(overlap.load(Ordering::SeqCst), 0);
-    assert!(wait_until(Duration::from_secs(5), || order.lock().unwrap().len() == 30));
+    assert!(wait_until(Duration::from_secs(5), || order
+        .lock()
+        .unwrap()
+        .len()
+        == 30));
     assert_eq!(*order.lock().unwrap(), (0..30).collect::<Vec<u32>>());
 }
 
@@ -344,9 +389,14 @@ fn limits_keepalive_idle_and_handshake_timeouts(backend: Arc<dyn Backend>) {
         ..Options::client()
     };
     let c = s.client_with(cr, keep);
-    c.send_complete_buffer("blob", Bytes::from(vec![1u8; 64 * 1024])).unwrap();
-    c.send_complete_buffer("blob", Bytes::from(vec![1u8; 64 * 1024 + 1])).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !errors.lock().unwrap().is_empty()));
+    c.send_complete_buffer("blob", Bytes::from(vec![1u8; 64 * 1024]))
+        .unwrap();
+    c.send_complete_buffer("blob", Bytes::from(vec![1u8; 64 * 1024 + 1]))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !errors
+        .lock()
+        .unwrap()
+        .is_empty()));
     let (code, msg) = errors.lock().unwrap()[0].clone();
     assert_eq!(code, code::TOO_LARGE);
     assert!(msg.contains("65537") && msg.contains("65536"), "{msg}");
@@ -356,7 +406,10 @@ fn limits_keepalive_idle_and_handshake_timeouts(backend: Arc<dyn Backend>) {
     // Idle timeout: a silent client is dropped; one with keepalive stays.
     let silent = s.client();
     assert!(wait_until(Duration::from_secs(5), || !silent.is_connected()));
-    assert!(matches!(silent.call("echo", "x").wait(), Err(Error::ConnectionLost(_))));
+    assert!(matches!(
+        silent.call("echo", "x").wait(),
+        Err(Error::ConnectionLost(_))
+    ));
     std::thread::sleep(Duration::from_millis(600));
     assert!(c.is_connected());
     assert_eq!(c.call("echo", "alive").wait().unwrap(), "alive");

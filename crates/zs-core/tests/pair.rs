@@ -129,9 +129,9 @@ fn registry() -> Registry {
         Ok(DataFrame::new().with(s))
     });
     r.batch("count", |_, frames| {
-        Ok(DataFrame::new().with(frames.len() as u64).with(
-            frames.iter().map(|f| f.len() as u64).sum::<u64>(),
-        ))
+        Ok(DataFrame::new()
+            .with(frames.len() as u64)
+            .with(frames.iter().map(|f| f.len() as u64).sum::<u64>()))
     });
     r
 }
@@ -150,7 +150,9 @@ fn handshake_then_many_calls_in_flight_matched_by_id() {
     let mut ids = Vec::new();
     for i in 0..200 {
         let id = if i % 2 == 0 {
-            p.client.call(console("ECHO", &format!("m{i}")), None, p.now).unwrap()
+            p.client
+                .call(console("ECHO", &format!("m{i}")), None, p.now)
+                .unwrap()
         } else {
             let data = DataFrame::new().with(i as i64).with(1000i64);
             let call = Call::Stream {
@@ -209,7 +211,9 @@ fn errors_unknown_commands_timeouts_and_lost_connections() {
     assert!(
         matches!(&r[0], (id, Err(Error::Remote { code: 500, message })) if *id == f && message == "it broke")
     );
-    assert!(matches!(&r[1], (id, Err(Error::Remote { code: code::UNKNOWN_COMMAND, .. })) if *id == u));
+    assert!(
+        matches!(&r[1], (id, Err(Error::Remote { code: code::UNKNOWN_COMMAND, .. })) if *id == u)
+    );
 
     // Virtual time: a held (never answered) call times out exactly after its timeout.
     p.dispatch = false;
@@ -221,7 +225,9 @@ fn errors_unknown_commands_timeouts_and_lost_connections() {
     p.drive();
     let deadline = p.client.poll_timeout().unwrap();
     assert_eq!(deadline, p.now + Duration::from_secs(5));
-    p.client.handle_timeout(p.now + Duration::from_secs(4)).unwrap();
+    p.client
+        .handle_timeout(p.now + Duration::from_secs(4))
+        .unwrap();
     assert!(p.client.poll_event().is_none());
     p.client.handle_timeout(deadline).unwrap();
     assert!(matches!(
@@ -306,9 +312,15 @@ fn garbage_kills_the_session_and_fails_pending_calls() {
     assert!(p.client.is_dead());
     assert!(matches!(
         p.client.poll_event(),
-        Some(Event::Reply { result: Err(Error::ConnectionLost(_)), .. })
+        Some(Event::Reply {
+            result: Err(Error::ConnectionLost(_)),
+            ..
+        })
     ));
-    assert!(p.server.handle_input(b"GET / HTTP/1.1\r\n\r\n", p.now).is_err());
+    assert!(p
+        .server
+        .handle_input(b"GET / HTTP/1.1\r\n\r\n", p.now)
+        .is_err());
 }
 
 proptest! {

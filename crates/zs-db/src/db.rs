@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -112,7 +114,8 @@ pub struct Stats {
     pub records: u64,
     /// Next id to be allocated.
     pub next_id: u64,
-    /// File length including the unwritten buffer.
+    /// Length of the log, including the unwritten buffer (the file itself may be
+    /// longer by its zero-filled preallocated room, docs/STORAGE.md §4).
     pub file_bytes: u64,
     /// Bytes of live frames (the size after compaction, plus the header).
     pub live_bytes: u64,
@@ -345,7 +348,8 @@ struct Writer {
     buf: Vec<u8>,
     buf_start: u64,
     next_id: u64,
-    unsynced: bool,
+    /// Sequence number of the last commit written (see [`Order`]).
+    seq: u64,
     last_sync: Instant,
     /// Physical end of the file: `[buf_start, alloc_end)` is zero-filled room written
     /// ahead of the log end (see [`prealloc_step`]).
@@ -363,8 +367,49 @@ fn prealloc_step(log_end: u64) -> u64 {
     (log_end / 4).clamp(MIN, MAX)
 }
 
+/// Hasher of the cache's record ids: one multiply and a fold instead of SipHash (ids
+/// are assigned by the store, not chosen by an attacker; the fold mixes the high bits
+/// into the low ones, which pick the bucket, since a shard's ids share `id % 16`).
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let x = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^ (x >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | self.0 >> 56) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+/// Commits are written in sequence under the writer lock, then (after their fsync,
+/// shared with concurrent committers) applied to the in-memory state in the same
+/// sequence, outside the writer lock.
+#[derive(Default)]
+struct Order {
+    /// Sequence number of the last commit applied (or given up after an error).
+    applied: u64,
+    /// Ids deleted by written but not yet applied commits → their sequence number.
+    deleting: HashMap<u64, u64>,
+}
+
 struct CacheShard {
-    map: HashMap<u64, (Kind, Arc<[u8]>, u64)>,
+    map: HashMap<u64, (Kind, Arc<[u8]>, u64), IdHash>,
     bytes: usize,
 }
 
@@ -376,6 +421,10 @@ pub(crate) struct Inner {
     pub(crate) state: RwLock<State>,
     writer: Mutex<Writer>,
     flushed_end: AtomicU64,
+    /// Every byte of the file before this offset is durable.
+    synced_end: Mutex<u64>,
+    order: Mutex<Order>,
+    order_cv: Condvar,
     poisoned: AtomicBool,
     cache: Vec<Mutex<CacheShard>>,
     clock: AtomicU64,
@@ -802,16 +851,19 @@ impl Database {
                 buf: Vec::new(),
                 buf_start: end,
                 next_id,
-                unsynced: false,
+                seq: 0,
                 last_sync: Instant::now(),
                 alloc_end: flen_kept,
             }),
             flushed_end: AtomicU64::new(end),
+            synced_end: Mutex::new(end),
+            order: Mutex::new(Order::default()),
+            order_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
             cache: (0..CACHE_SHARDS)
                 .map(|_| {
                     Mutex::new(CacheShard {
-                        map: HashMap::new(),
+                        map: HashMap::default(),
                         bytes: 0,
                     })
                 })
@@ -1263,16 +1315,10 @@ impl Inner {
             if w.buf.capacity() > 2 * self.opts.write_buffer {
                 w.buf.shrink_to(self.opts.write_buffer);
             }
-            w.unsynced = true;
             self.flushed_end.store(w.buf_start, Ordering::Release);
         }
-        if sync && w.unsynced {
-            self.check_poison()?;
-            let file = rlock(&self.state).file.clone();
-            file.sync_data().map_err(self.poison("fsync"))?;
-            w.unsynced = false;
-        }
         if sync {
+            self.sync_to(w.buf_start)?;
             w.last_sync = Instant::now();
         }
         Ok(())
@@ -1351,8 +1397,16 @@ impl Inner {
                 .unwrap_or_else(|| st.loc(id).is_some())
         };
         let mut next_id = w.next_id;
+        let mut deletes = Vec::new();
         {
+            // lock order: writer, then order, then state (appliers take order, then state)
+            let order = mlock(&self.order);
             let st = rlock(&self.state);
+            let exists = |overlay: &HashMap<u64, bool>, id: u64| {
+                overlay.get(&id).copied().unwrap_or_else(|| {
+                    !order.deleting.contains_key(&id) && exists(&st, overlay, id)
+                })
+            };
             for (i, op) in ops.iter().enumerate() {
                 let last = i + 1 == n;
                 match *op {
@@ -1365,7 +1419,7 @@ impl Inner {
                         changes.push((id, Some((off, fh)), Some((kind, data))));
                     }
                     OpRef::Update(id, kind, data) => {
-                        if !exists(&st, &overlay, id) {
+                        if !exists(&overlay, id) {
                             w.buf.truncate(base);
                             return Err(Error::NotFound(id));
                         }
@@ -1373,11 +1427,12 @@ impl Inner {
                         changes.push((id, Some((off, fh)), Some((kind, data))));
                     }
                     OpRef::Delete(id) => {
-                        if !exists(&st, &overlay, id) {
+                        if !exists(&overlay, id) {
                             w.buf.truncate(base);
                             return Err(Error::NotFound(id));
                         }
                         overlay.insert(id, false);
+                        deletes.push(id);
                         let flags = if last { FLAG_COMMIT } else { 0 };
                         format::encode_frame(&mut w.buf, OP_DELETE, 0, flags, id, i as u32, 0, &[]);
                         changes.push((id, None, None));
@@ -1387,18 +1442,53 @@ impl Inner {
         }
         let buf_start = w.buf_start;
         let durability = durability.unwrap_or(self.opts.durability);
-        let res = match durability {
-            Durability::Immediate => self.flush_locked(&mut w, true),
-            Durability::Periodic(_) if w.buf.len() >= self.opts.write_buffer => {
-                self.flush_locked(&mut w, false)
-            }
-            Durability::Periodic(_) => Ok(()),
+        let immediate = durability == Durability::Immediate;
+        let res = if immediate || w.buf.len() >= self.opts.write_buffer {
+            self.flush_locked(&mut w, false)
+        } else {
+            Ok(())
         };
         if let Err(e) = res {
             w.buf.clear();
             return Err(e);
         }
         w.next_id = next_id;
+        w.seq += 1;
+        let seq = w.seq;
+        if !deletes.is_empty() {
+            let mut order = mlock(&self.order);
+            for &id in &deletes {
+                order.deleting.insert(id, seq);
+            }
+        }
+        let end = w.buf_start;
+        drop(w);
+        // group commit: one fsync covers every commit written before it started
+        let synced = if immediate { self.sync_to(end) } else { Ok(()) };
+        // apply in log order, so that the index always matches the file
+        let mut order = mlock(&self.order);
+        while order.applied + 1 != seq {
+            order = self
+                .order_cv
+                .wait(order)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        if synced.is_ok() {
+            self.apply_changes(buf_start, changes);
+        }
+        for id in deletes {
+            if order.deleting.get(&id) == Some(&seq) {
+                order.deleting.remove(&id);
+            }
+        }
+        order.applied = seq;
+        drop(order);
+        self.order_cv.notify_all();
+        synced.map(|_| ids)
+    }
+
+    /// Makes the index, secondary indexes and cache reflect one written commit.
+    fn apply_changes(&self, buf_start: u64, changes: Vec<Change<'_>>) {
         let mut st = wlock(&self.state);
         for (id, put, val) in changes {
             let loc = put.map(|(off, fh)| Loc::from_header(buf_start + off, &fh));
@@ -1418,7 +1508,35 @@ impl Inner {
                 None => self.cache_remove(id),
             }
         }
-        Ok(ids)
+    }
+
+    /// Waits until every commit that took a sequence number is applied (no commit is
+    /// between its write and its application). The caller holds the writer, so no new
+    /// commit can start meanwhile.
+    fn drain(&self, w: &Writer) {
+        let mut order = mlock(&self.order);
+        while order.applied != w.seq {
+            order = self
+                .order_cv
+                .wait(order)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Makes every byte before `end` durable. Concurrent callers share fsyncs: the one
+    /// holding the lock syncs everything written so far, and a caller whose bytes that
+    /// covered returns without a sync of its own.
+    fn sync_to(&self, end: u64) -> Result<()> {
+        let mut synced = mlock(&self.synced_end);
+        if *synced >= end {
+            return Ok(());
+        }
+        self.check_poison()?;
+        let target = self.flushed_end.load(Ordering::Acquire);
+        let file = rlock(&self.state).file.clone();
+        file.sync_data().map_err(self.poison("fsync"))?;
+        *synced = (*synced).max(target);
+        Ok(())
     }
 
     fn shard(&self, id: u64) -> &Mutex<CacheShard> {
@@ -1439,10 +1557,10 @@ impl Inner {
         }
         s.bytes += cost;
         if s.bytes > budget {
-            // evict the least recently used quarter
+            // evict the least recently used eighth (in O(n): a selection, not a sort)
             let mut ticks: Vec<u64> = s.map.values().map(|v| v.2).collect();
-            ticks.sort_unstable();
-            let cut = ticks[ticks.len() / 4];
+            let q = ticks.len() / 8;
+            let cut = *ticks.select_nth_unstable(q).1;
             let mut freed = 0;
             s.map.retain(|_, v| {
                 if v.2 <= cut {
@@ -1505,6 +1623,7 @@ impl Inner {
         self.touch();
         let mut w = mlock(&self.writer);
         self.check_poison()?;
+        self.drain(&w);
         self.flush_locked(&mut w, false)?;
         let file = rlock(&self.state).file.clone();
         let id = w.next_id;
@@ -1544,7 +1663,6 @@ impl Inner {
             .map_err(self.poison("write"))?;
         w.buf_start = end;
         w.alloc_end = w.alloc_end.max(end);
-        w.unsynced = true;
         self.flushed_end.store(end, Ordering::Release);
         if self.opts.durability == Durability::Immediate {
             self.flush_locked(&mut w, true)?;
@@ -1627,6 +1745,7 @@ impl Inner {
     /// (Re)builds the index on `field` from every live record.
     fn build_index(&self, field: &str) -> Result<()> {
         let mut w = mlock(&self.writer); // no writes while building
+        self.drain(&w);
         self.flush_locked(&mut w, false)?;
         let (file, locs) = {
             let st = rlock(&self.state);
@@ -1660,6 +1779,7 @@ impl Inner {
     fn snapshot_into(&self, out: &Arc<dyn FileBackend>) -> Result<Snapshot> {
         let (file, locs, meta, next_id, snap_end) = {
             let mut w = mlock(&self.writer);
+            self.drain(&w);
             self.flush_locked(&mut w, false)?;
             let st = rlock(&self.state);
             (
@@ -1797,6 +1917,7 @@ impl Inner {
         let (mut new_locs, mut new_end, snap_end, old_file) = self.snapshot_into(out)?;
         // phase 2: block writers, copy what was appended meanwhile, swap
         let mut w = mlock(&self.writer);
+        self.drain(&w);
         self.flush_locked(&mut w, false)?;
         let cur_end = w.buf_start;
         let tail_start = new_end;
@@ -1853,7 +1974,7 @@ impl Inner {
         }
         w.buf_start = new_end;
         w.alloc_end = new_end;
-        w.unsynced = false;
+        *mlock(&self.synced_end) = new_end; // `out` was synced whole
         self.flushed_end.store(new_end, Ordering::Release);
         dir_res.map_err(self.poison("sync directory"))?;
         Ok(new_end)

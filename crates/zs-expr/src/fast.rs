@@ -355,11 +355,30 @@ impl Program {
     /// a worst-case evaluation no longer than the step limit (so it needs no step counting;
     /// a loaded program may share subtrees, which this bound accounts for).
     pub(crate) fn numeric_candidate(&self) -> bool {
-        let mut size: Vec<u64> = Vec::with_capacity(self.nodes.len());
-        for n in &self.nodes {
+        let kinds_ok = self.nodes.iter().all(|n| match n {
+            Node::Const(k) => self.fconsts[*k as usize].is_some(),
+            Node::BinK(_, _, k) | Node::VarK(_, _, k) => self.fconsts[*k as usize].is_some(),
+            Node::Call(b, _, n) => *n as usize <= INLINE && call_supported(*b),
+            Node::User(..) | Node::List(..) => false,
+            _ => true,
+        });
+        if !kinds_ok || self.nodes.is_empty() {
+            return false;
+        }
+        // Worst-case evaluation size of each node's tree (on the stack for small programs).
+        let mut small = [0u64; 32];
+        let mut big = Vec::new();
+        let size: &mut [u64] = if self.nodes.len() <= small.len() {
+            &mut small[..self.nodes.len()]
+        } else {
+            big.resize(self.nodes.len(), 0);
+            &mut big
+        };
+        for (i, n) in self.nodes.iter().enumerate() {
+            let (done, _) = size.split_at(i);
             let sum = |ids: &[u32]| {
                 ids.iter().fold(1u64, |t, &c| {
-                    t.saturating_add(size.get(c as usize).copied().unwrap_or(u64::MAX))
+                    t.saturating_add(done.get(c as usize).copied().unwrap_or(u64::MAX))
                 })
             };
             let args = |st: u32, k: u32| {
@@ -374,18 +393,9 @@ impl Program {
                 Node::If(c, a, b) => sum(&[c, a, b]),
                 Node::Call(_, st, k) | Node::User(_, st, k) | Node::List(st, k) => sum(args(st, k)),
             };
-            size.push(total);
+            size[i] = total;
         }
-        if size.last().is_none_or(|&t| t > self.max_steps) {
-            return false;
-        }
-        self.nodes.iter().all(|n| match n {
-            Node::Const(k) => self.fconsts[*k as usize].is_some(),
-            Node::BinK(_, _, k) | Node::VarK(_, _, k) => self.fconsts[*k as usize].is_some(),
-            Node::Call(b, _, n) => *n as usize <= INLINE && call_supported(*b),
-            Node::User(..) | Node::List(..) => false,
-            _ => true,
-        })
+        size.last().is_some_and(|&t| t <= self.max_steps)
     }
 
     #[inline]

@@ -53,9 +53,10 @@ pub(crate) enum OpTok {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Tok {
+pub(crate) enum Tok<'s> {
     Lit(Value),
-    Ident(String),
+    /// A name, borrowed from the source text.
+    Ident(&'s str),
     Op(OpTok),
     LParen,
     RParen,
@@ -64,8 +65,8 @@ pub(crate) enum Tok {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Token {
-    pub tok: Tok,
+pub(crate) struct Token<'s> {
+    pub tok: Tok<'s>,
     pub start: usize,
     pub end: usize,
 }
@@ -155,7 +156,7 @@ impl<'s> Lexer<'s> {
         }
     }
 
-    pub fn next_token(&mut self) -> Result<Token, Error> {
+    pub fn next_token(&mut self) -> Result<Token<'s>, Error> {
         self.skip()?;
         let start = self.i;
         let c = self.peek(0);
@@ -222,7 +223,7 @@ impl<'s> Lexer<'s> {
                 };
                 match kw {
                     Some(op) => Tok::Op(op),
-                    None => Tok::Ident(word.to_string()),
+                    None => Tok::Ident(word),
                 }
             }
             b'(' => self.one(Tok::LParen),
@@ -275,15 +276,15 @@ impl<'s> Lexer<'s> {
         })
     }
 
-    fn one(&mut self, t: Tok) -> Tok {
+    fn one(&mut self, t: Tok<'s>) -> Tok<'s> {
         self.i += 1;
         t
     }
-    fn n(&mut self, k: usize, op: OpTok) -> Tok {
+    fn n(&mut self, k: usize, op: OpTok) -> Tok<'s> {
         self.i += k;
         Tok::Op(op)
     }
-    fn two(&mut self, second: u8, doubled: OpTok, single: OpTok) -> Tok {
+    fn two(&mut self, second: u8, doubled: OpTok, single: OpTok) -> Tok<'s> {
         if self.peek(1) == second {
             self.n(2, doubled)
         } else {
@@ -299,7 +300,7 @@ impl<'s> Lexer<'s> {
         self.i - s
     }
 
-    fn number(&mut self) -> Result<Tok, Error> {
+    fn number(&mut self) -> Result<Tok<'s>, Error> {
         let start = self.i;
         if self.peek(0) == b'0' && matches!(self.peek(1), b'x' | b'X') {
             if !cstyle(self.style) {
@@ -357,7 +358,7 @@ impl<'s> Lexer<'s> {
         }
     }
 
-    fn hex(&mut self, start: usize) -> Result<Tok, Error> {
+    fn hex(&mut self, start: usize) -> Result<Tok<'s>, Error> {
         let s = self.i;
         while self.peek(0).is_ascii_hexdigit() {
             self.i += 1;
@@ -381,7 +382,7 @@ impl<'s> Lexer<'s> {
     }
 
     /// `'..'` with `''`, chained with `#13`, `#$0D` character codes.
-    fn pascal_string(&mut self) -> Result<Tok, Error> {
+    fn pascal_string(&mut self) -> Result<Tok<'s>, Error> {
         let start = self.i;
         let mut out = String::new();
         loop {
@@ -439,7 +440,7 @@ impl<'s> Lexer<'s> {
     }
 
     /// `".."` (or `'..'` in C style) with backslash escapes.
-    fn c_string(&mut self, quote: u8) -> Result<Tok, Error> {
+    fn c_string(&mut self, quote: u8) -> Result<Tok<'s>, Error> {
         let start = self.i;
         self.i += 1;
         let mut out = String::new();
@@ -526,7 +527,7 @@ impl<'s> Lexer<'s> {
 mod tests {
     use super::*;
 
-    fn toks(s: &str, style: Style) -> Result<Vec<Tok>, Error> {
+    fn toks(s: &str, style: Style) -> Result<Vec<Tok<'_>>, Error> {
         let mut l = Lexer::new(s, style);
         let mut v = Vec::new();
         loop {

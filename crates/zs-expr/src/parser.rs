@@ -117,18 +117,19 @@ pub enum UnOp {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ExprKind {
+pub(crate) enum ExprKind<'s> {
     Lit(Value),
-    Name(String),
-    Unary(UnOp, Box<Expr>),
-    Binary(BinOp, Box<Expr>, Box<Expr>),
-    Call(String, Vec<Expr>),
-    List(Vec<Expr>),
+    /// A name, borrowed from the source text.
+    Name(&'s str),
+    Unary(UnOp, Box<Expr<'s>>),
+    Binary(BinOp, Box<Expr<'s>>, Box<Expr<'s>>),
+    Call(&'s str, Vec<Expr<'s>>),
+    List(Vec<Expr<'s>>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Expr {
-    pub kind: ExprKind,
+pub(crate) struct Expr<'s> {
+    pub kind: ExprKind<'s>,
     pub start: usize,
     pub end: usize,
     pub depth: usize,
@@ -137,7 +138,7 @@ pub(crate) struct Expr {
 pub(crate) struct Parser<'s> {
     src: &'s str,
     lex: Lexer<'s>,
-    tok: Token,
+    tok: Token<'s>,
     prec: Precedence,
     max_depth: usize,
     nesting: usize,
@@ -202,7 +203,7 @@ fn unary_bp(prec: Precedence) -> u8 {
     }
 }
 
-fn describe(t: &Tok) -> String {
+fn describe(t: &Tok<'_>) -> String {
     match t {
         Tok::Lit(v) => format!("value `{v}`"),
         Tok::Ident(n) => format!("name `{n}`"),
@@ -220,7 +221,7 @@ impl<'s> Parser<'s> {
         style: Style,
         prec: Precedence,
         max_depth: usize,
-    ) -> Result<Expr, Error> {
+    ) -> Result<Expr<'s>, Error> {
         let mut lex = Lexer::new(src, style);
         let tok = lex.next_token()?;
         let mut p = Parser {
@@ -260,12 +261,12 @@ impl<'s> Parser<'s> {
         }
     }
 
-    fn bump(&mut self) -> Result<Token, Error> {
+    fn bump(&mut self) -> Result<Token<'s>, Error> {
         let next = self.lex.next_token()?;
         Ok(std::mem::replace(&mut self.tok, next))
     }
 
-    fn node(&self, kind: ExprKind, start: usize, end: usize, depth: usize) -> Result<Expr, Error> {
+    fn node(&self, kind: ExprKind<'s>, start: usize, end: usize, depth: usize) -> Result<Expr<'s>, Error> {
         if depth > self.max_depth {
             return Err(Error::Limit {
                 pos: Pos::of(self.src, start, end),
@@ -284,7 +285,7 @@ impl<'s> Parser<'s> {
     }
 
     /// `a, b, c` at the top level or inside parentheses: a vector when there is a comma.
-    fn list(&mut self) -> Result<Expr, Error> {
+    fn list(&mut self) -> Result<Expr<'s>, Error> {
         let first = self.expr(0)?;
         if self.tok.tok != Tok::Comma {
             return Ok(first);
@@ -302,7 +303,7 @@ impl<'s> Parser<'s> {
         self.node(ExprKind::List(items), start, end, depth + 1)
     }
 
-    fn expr(&mut self, min_bp: u8) -> Result<Expr, Error> {
+    fn expr(&mut self, min_bp: u8) -> Result<Expr<'s>, Error> {
         self.nesting += 1;
         if self.nesting > self.max_depth {
             return Err(self.err_limit());
@@ -326,7 +327,7 @@ impl<'s> Parser<'s> {
         }
     }
 
-    fn expr_inner(&mut self, min_bp: u8) -> Result<Expr, Error> {
+    fn expr_inner(&mut self, min_bp: u8) -> Result<Expr<'s>, Error> {
         let mut lhs = self.prefix()?;
         while let Tok::Op(o) = &self.tok.tok {
             let op = match binop(*o) {
@@ -356,7 +357,7 @@ impl<'s> Parser<'s> {
         Ok(lhs)
     }
 
-    fn prefix(&mut self) -> Result<Expr, Error> {
+    fn prefix(&mut self) -> Result<Expr<'s>, Error> {
         let t = self.bump()?;
         match t.tok {
             Tok::Lit(v) => self.node(ExprKind::Lit(v), t.start, t.end, 1),

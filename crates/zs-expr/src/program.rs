@@ -118,12 +118,24 @@ impl Builder {
             .map(V::into_value)
     }
 
+    /// [`Self::fold`] in place, reusing the box's allocation.
+    fn fold_box(&mut self, mut b: Box<Ir>) -> Box<Ir> {
+        let hole = Ir {
+            kind: IrKind::Var(0),
+            start: 0,
+            end: 0,
+        };
+        let ir = std::mem::replace(&mut *b, hole);
+        *b = self.fold(ir);
+        b
+    }
+
     fn fold(&mut self, ir: Ir) -> Ir {
         let Ir { kind, start, end } = ir;
         let kind = match kind {
-            IrKind::Unary(op, a) => IrKind::Unary(op, Box::new(self.fold(*a))),
+            IrKind::Unary(op, a) => IrKind::Unary(op, self.fold_box(a)),
             IrKind::Binary(op, a, b) => {
-                let a = self.fold(*a);
+                let a = self.fold_box(a);
                 // Short-circuit with a constant bool on the left: the right side never runs.
                 if let (BinOp::And | BinOp::Or, IrKind::Const(Value::Bool(x))) = (op, &a.kind) {
                     if *x == (op == BinOp::Or) {
@@ -134,7 +146,7 @@ impl Builder {
                         };
                     }
                 }
-                IrKind::Binary(op, Box::new(a), Box::new(self.fold(*b)))
+                IrKind::Binary(op, a, self.fold_box(b))
             }
             IrKind::Builtin(Builtin::IfThen, mut args) if args.len() == 3 => {
                 let c = self.fold(args.remove(0));

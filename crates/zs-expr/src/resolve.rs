@@ -79,7 +79,7 @@ impl Resolver<'_> {
         Pos::of(self.src, start, end)
     }
 
-    fn expr(&mut self, e: &Expr, span: Option<(usize, usize)>) -> Result<(Ir, usize), Error> {
+    fn expr(&mut self, e: &Expr<'_>, span: Option<(usize, usize)>) -> Result<(Ir, usize), Error> {
         let (start, end) = span.unwrap_or((e.start, e.end));
         self.nodes += 1;
         let limits = self.engine.limits();
@@ -181,7 +181,7 @@ impl Resolver<'_> {
 
     fn all(
         &mut self,
-        items: &[Expr],
+        items: &[Expr<'_>],
         span: Option<(usize, usize)>,
     ) -> Result<(Vec<Ir>, usize), Error> {
         let mut out = Vec::with_capacity(items.len());

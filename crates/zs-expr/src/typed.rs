@@ -30,8 +30,8 @@ use crate::value::{Scalar, Value, Vars};
 /// 2^53: integers strictly below this magnitude are exact in an `f64`.
 const EXACT: f64 = 9_007_199_254_740_992.0;
 
-/// Largest number of instructions of a translated program.
-const MAX_CODE: usize = 64;
+/// Largest number of registers (variables and instructions) of a translated program.
+const MAX_REGS: usize = 64;
 
 /// The static type of a register (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +68,14 @@ impl Ty {
     }
 }
 
-/// One instruction; it writes the register numbered like itself. Operands are registers
-/// of earlier instructions; `…X` variants check that the result stays exact (< 2^53).
+/// One instruction; instruction `i` writes register `i`, operands are registers written
+/// before. The code starts with one `Load` per variable the program reads (run as a
+/// separate loop: loaded and checked before anything is computed). `…X` variants check
+/// that the result stays exact (< 2^53).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Op {
+    Load(u32),
     K(f64),
-    Var(u32),
     Add(u32, u32),
     AddX(u32, u32),
     Sub(u32, u32),
@@ -130,6 +132,8 @@ pub(crate) enum Op {
 /// the program is not translatable.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Typed {
+    /// Number of leading `Load`s in `code`.
+    loads: usize,
     code: Vec<Op>,
     root: u32,
     ty: Option<Ty>,
@@ -191,17 +195,26 @@ struct Tr<'p> {
     args: &'p [u32],
     consts: &'p [Value],
     code: Vec<Op>,
-    /// Per node: (register, type).
-    at: Vec<(u32, Ty)>,
+    /// Per node: (register, type) of the nodes translated so far.
+    at: [(u32, Ty); MAX_REGS],
+    /// Number of leading `Load`s in `code`.
+    loads: usize,
 }
 
 impl Tr<'_> {
     fn push(&mut self, op: Op) -> Option<u32> {
-        if self.code.len() >= MAX_CODE {
+        if self.code.len() >= MAX_REGS {
             return None;
         }
         self.code.push(op);
         Some((self.code.len() - 1) as u32)
+    }
+
+    fn var(&self, slot: u32) -> Option<u32> {
+        self.code[..self.loads]
+            .iter()
+            .position(|&op| op == Op::Load(slot))
+            .map(|r| r as u32)
     }
 
     fn konst(&self, k: u32) -> Option<(f64, Ty)> {
@@ -219,6 +232,7 @@ impl Tr<'_> {
         }
         self.at.get(id as usize).copied()
     }
+
 
     /// `l op r` where `r` is a register or a constant.
     fn bin(&mut self, op: BinOp, l: (u32, Ty), r: Rhs) -> Option<(u32, Ty)> {
@@ -369,9 +383,9 @@ impl Tr<'_> {
                 let (v, t) = self.konst(k)?;
                 (self.push(Op::K(v))?, t)
             }
-            Node::Var(s) => (self.push(Op::Var(s))?, Ty::N),
+            Node::Var(s) => (self.var(s)?, Ty::N),
             Node::VarK(op, s, k) => {
-                let v = self.push(Op::Var(s))?;
+                let v = self.var(s)?;
                 let (kv, kt) = self.konst(k)?;
                 self.bin(op, (v, Ty::N), Rhs::K(kv, kt))?
             }
@@ -431,21 +445,37 @@ impl Typed {
     /// Translates `nodes` (children first, root last); an empty form if anything is not
     /// translatable. The caller has already checked the evaluation-size bound.
     pub(crate) fn translate(nodes: &[Node], args: &[u32], consts: &[Value]) -> Typed {
+        if nodes.len() > MAX_REGS || nodes.is_empty() {
+            return Typed::default();
+        }
+        let mut code = Vec::with_capacity(nodes.len() + 1);
+        for n in nodes {
+            if let Node::Var(s) | Node::VarK(_, s, _) = *n {
+                if !code.contains(&Op::Load(s)) {
+                    code.push(Op::Load(s));
+                }
+            }
+        }
+        if code.len() >= MAX_REGS {
+            return Typed::default();
+        }
         let mut tr = Tr {
             nodes,
             args,
             consts,
-            code: Vec::with_capacity(nodes.len() + 2),
-            at: Vec::with_capacity(nodes.len()),
+            loads: code.len(),
+            code,
+            at: [(0, Ty::B); MAX_REGS],
         };
         for me in 0..nodes.len() {
             match tr.translate(me) {
-                Some(rt) => tr.at.push(rt),
+                Some(rt) => tr.at[me] = rt,
                 None => return Typed::default(),
             }
         }
-        match tr.at.last() {
+        match tr.at.get(nodes.len() - 1) {
             Some(&(root, ty)) => Typed {
+                loads: tr.loads,
                 code: tr.code,
                 root,
                 ty: Some(ty),
@@ -463,29 +493,38 @@ impl Typed {
     /// Runs the code; `None` means "use the next evaluator".
     #[inline]
     pub(crate) fn run<X: Vars + ?Sized>(&self, vars: &X, names: &[String]) -> Option<f64> {
+        if self.ty.is_none() {
+            return None;
+        }
         match self.code.len() {
-            0 => None,
-            1..=4 => self.run_n::<4, X>(vars, names),
+            0..=4 => self.run_n::<4, X>(vars, names),
             5..=8 => self.run_n::<8, X>(vars, names),
             9..=16 => self.run_n::<16, X>(vars, names),
-            _ => self.run_n::<MAX_CODE, X>(vars, names),
+            _ => self.run_n::<MAX_REGS, X>(vars, names),
         }
     }
 
     #[inline]
     fn run_n<const N: usize, X: Vars + ?Sized>(&self, vars: &X, names: &[String]) -> Option<f64> {
-        // N is a power of two at least as large as the code, and operands refer to earlier
-        // registers, so masking an index never changes it; it only spares bounds checks.
+        // N is a power of two at least the number of registers, and operands refer to
+        // registers written before, so masking an index never changes it; it only spares
+        // bounds checks.
         let mut r = [0.0f64; N];
         let m = |i: u32| i as usize & (N - 1);
-        for (i, op) in self.code.iter().enumerate() {
+        let (loads, code) = self.code.split_at(self.loads.min(self.code.len()));
+        for (i, op) in loads.iter().enumerate() {
+            let Op::Load(s) = *op else { return None };
+            r[i & (N - 1)] = match vars.get_scalar(s as usize, names.get(s as usize)?)? {
+                Scalar::Float(v) => v,
+                Scalar::Int(v) if v.unsigned_abs() < 1 << 53 => v as f64,
+                Scalar::Int(_) | Scalar::Bool(_) => return None,
+            };
+        }
+        let base = loads.len();
+        for (i, op) in code.iter().enumerate() {
             let v = match *op {
+                Op::Load(_) => return None,
                 Op::K(v) => v,
-                Op::Var(s) => match vars.get_scalar(s as usize, names.get(s as usize)?)? {
-                    Scalar::Float(v) => v,
-                    Scalar::Int(v) if v.unsigned_abs() < 1 << 53 => v as f64,
-                    _ => return None,
-                },
                 Op::Add(a, c) => r[m(a)] + r[m(c)],
                 Op::AddX(a, c) => x(r[m(a)] + r[m(c)])?,
                 Op::Sub(a, c) => r[m(a)] - r[m(c)],
@@ -593,8 +632,227 @@ impl Typed {
                     }
                 }
             };
-            r[i & (N - 1)] = v;
+            r[(base + i) & (N - 1)] = v;
         }
         Some(r[m(self.root)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, Program, Value};
+
+    /// The same program with the tag-free form (and the tagged fast path) switched off.
+    fn general(p: &Program) -> Program {
+        let mut q = p.clone();
+        q.typed = Typed::default();
+        q.numeric = false;
+        q
+    }
+
+    fn same(a: &Result<Value, crate::Error>, b: &Result<Value, crate::Error>) -> bool {
+        match (a, b) {
+            (Ok(Value::Float(x)), Ok(Value::Float(y))) => {
+                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
+            }
+            (Ok(x), Ok(y)) => x == y,
+            (Err(x), Err(y)) => x.to_string() == y.to_string(),
+            _ => false,
+        }
+    }
+
+    fn same_f64(a: &Result<f64, crate::Error>, b: &Result<f64, crate::Error>) -> bool {
+        match (a, b) {
+            (Ok(x), Ok(y)) => x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+            (Err(x), Err(y)) => x.to_string() == y.to_string(),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn bench_shapes_are_translated() {
+        let e = Engine::new();
+        for (text, ty) in [
+            ("x * 2 + 1", Ty::N),
+            ("max(abs(x - 10), min(x, 3)) * 2", Ty::N),
+            ("x / 2 + sqrt(x)", Ty::F),
+            ("x > 3 and not (x = 5)", Ty::B),
+            ("round(x * 100) / 100", Ty::F),
+            ("IfThen(x > 0, 1, 2) * 3", Ty::I),
+        ] {
+            let p = e.compile(text).unwrap();
+            assert_eq!(p.typed.ty(), Some(ty), "{text}");
+        }
+        for text in ["x div 2", "x ^ 2", "x shl 1", "x and 1", "not x", "x + 'a'"] {
+            let p = e.compile(text).unwrap();
+            assert_eq!(p.typed.ty(), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn negative_zero_and_exactness_edges() {
+        let e = Engine::new();
+        let cases: &[(&str, Value)] = &[
+            ("x * -1", Value::Int(0)),
+            ("x * -1", Value::Float(0.0)),
+            ("x * 1", Value::Float(-0.0)),
+            ("-x", Value::Int(0)),
+            ("-x", Value::Float(0.0)),
+            ("x mod 2", Value::Int(-4)),
+            ("x mod 2", Value::Float(-4.0)),
+            ("round(x)", Value::Float(-0.2)),
+            ("trunc(x) / -1", Value::Float(-0.5)),
+            ("x + 1", Value::Int((1 << 53) - 2)),
+            ("x + 1", Value::Int((1 << 53) - 1)),
+            ("x * 3", Value::Int(1 << 52)),
+            ("x + 1", Value::Int(1 << 53)),
+            ("x - 1", Value::Float(f64::NAN)),
+            ("min(x, 0) / -1", Value::Int(0)),
+            ("x + 0.0", Value::Int(i64::MIN)),
+        ];
+        for (text, x) in cases {
+            let p = e.compile(text).unwrap();
+            let q = general(&p);
+            let v = [x.clone()];
+            assert!(same(&p.eval(&v[..]), &q.eval(&v[..])), "{text} {x:?}");
+            assert!(
+                same_f64(&p.eval_f64(&v[..]), &q.eval_f64(&v[..])),
+                "{text} {x:?}: {:?} vs {:?}",
+                p.eval_f64(&v[..]),
+                q.eval_f64(&v[..])
+            );
+        }
+    }
+
+    /// A small deterministic generator of numeric expressions over the translatable
+    /// operations; every program is checked against the general evaluator on edge values.
+    struct Gen(u64);
+    impl Gen {
+        fn next(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) % n as u64) as usize
+        }
+        fn expr(&mut self, depth: u32) -> String {
+            const LEAVES: &[&str] = &[
+                "x", "x", "y", "y", "flag", "0", "1", "-3", "2", "0.5", "-0.0", "2.5", "1e18",
+                "9007199254740991", "4503599627370497", "true",
+            ];
+            const BIN: &[&str] = &[
+                "+", "-", "*", "/", "mod", "^", "<", ">", "<=", ">=", "=", "<>", "and", "or",
+                "xor",
+            ];
+            const F1: &[&str] = &[
+                "abs", "sqrt", "sin", "exp", "ln", "frac", "round", "trunc", "int", "float", "-",
+                "not ",
+            ];
+            const F2: &[&str] = &["min", "max", "power"];
+            const F3: &[&str] = &["min", "max", "clamp", "IfThen"];
+            if depth == 0 || self.next(4) == 0 {
+                return LEAVES[self.next(LEAVES.len())].to_string();
+            }
+            match self.next(4) {
+                0 | 1 => {
+                    let (a, op, b) = (
+                        self.expr(depth - 1),
+                        BIN[self.next(BIN.len())],
+                        self.expr(depth - 1),
+                    );
+                    format!("({a} {op} {b})")
+                }
+                2 => {
+                    let f = F1[self.next(F1.len())];
+                    let a = self.expr(depth - 1);
+                    format!("{f}({a})")
+                }
+                _ => {
+                    if self.next(2) == 0 {
+                        let f = F2[self.next(F2.len())];
+                        let (a, b) = (self.expr(depth - 1), self.expr(depth - 1));
+                        format!("{f}({a}, {b})")
+                    } else {
+                        let f = F3[self.next(F3.len())];
+                        let (a, b, c) = (
+                            self.expr(depth - 1),
+                            self.expr(depth - 1),
+                            self.expr(depth - 1),
+                        );
+                        format!("{f}({a}, {b}, {c})")
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_the_general_evaluator() {
+        let e = Engine::new();
+        let xs = [
+            Value::Int(0),
+            Value::Int(3),
+            Value::Int(-7),
+            Value::Int((1 << 53) - 1),
+            Value::Int(i64::MIN),
+            Value::Float(3.5),
+            Value::Float(-0.0),
+            Value::Float(f64::NAN),
+            Value::Float(f64::INFINITY),
+            Value::Float(1e300),
+        ];
+        let ys = [
+            Value::Float(0.0),
+            Value::Float(-2.5),
+            Value::Int(2),
+            Value::Float(9007199254740992.0),
+        ];
+        let mut g = Gen(7);
+        let (mut total, mut translated) = (0, 0);
+        for _ in 0..3000 {
+            let text = g.expr(4);
+            let Ok(p) = e.compile(&text) else { continue };
+            total += 1;
+            if p.typed.ty().is_none() {
+                continue;
+            }
+            translated += 1;
+            let q = general(&p);
+            for x in &xs {
+                for y in &ys {
+                    for flag in [true, false] {
+                        let v: Vec<Value> = p
+                            .var_names()
+                            .iter()
+                            .map(|n| match n.as_str() {
+                                "x" => x.clone(),
+                                "y" => y.clone(),
+                                _ => Value::Bool(flag),
+                            })
+                            .collect();
+                        let v = &v[..];
+                        assert!(
+                            same(&p.eval(v), &q.eval(v)),
+                            "{text} {v:?}: {:?} vs {:?}",
+                            p.eval(v),
+                            q.eval(v)
+                        );
+                        assert!(
+                            same_f64(&p.eval_f64(v), &q.eval_f64(v)),
+                            "{text} {v:?}: {:?} vs {:?}",
+                            p.eval_f64(v),
+                            q.eval_f64(v)
+                        );
+                        assert_eq!(
+                            p.eval_bool(v).map_err(|e| e.to_string()),
+                            q.eval_bool(v).map_err(|e| e.to_string()),
+                            "{text} {v:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(translated * 4 > total, "{translated} of {total} translated");
     }
 }

@@ -81,6 +81,31 @@ fn num_expr() -> impl Strategy<Value = String> {
     })
 }
 
+/// Integers around the limits of exact `f64` integers and of `i64`.
+const EDGE_INTS: [i64; 8] = [
+    0,
+    (1 << 53) - 1,
+    1 << 53,
+    -(1 << 53) + 1,
+    -(1 << 53),
+    (1 << 52) + 1,
+    i64::MAX,
+    i64::MIN,
+];
+
+/// Floats that tell signs of zero, NaN, infinities and huge values apart.
+const EDGE_FLOATS: [f64; 9] = [
+    -0.0,
+    0.0,
+    f64::NAN,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    9007199254740992.0,
+    -9007199254740991.0,
+    1e300,
+    -2.5,
+];
+
 fn vars(x: i64, y: f64) -> HashMap<String, Value> {
     let mut v = HashMap::new();
     v.insert("x".into(), Value::Int(x));
@@ -156,6 +181,51 @@ proptest! {
         let by_slot: Vec<Value> = p.var_names().iter().map(|n| vars[n].clone()).collect();
         let slotted = p.eval(&by_slot[..]);
         prop_assert!(same(&slotted, &compiled), "{text}: slot {slotted:?} name {compiled:?}");
+    }
+
+    #[test]
+    fn typed_entry_points_agree(
+        text in num_expr(),
+        x in prop_oneof![-4i64..4, prop::sample::select(&EDGE_INTS[..])].prop_map(Value::Int),
+        y in prop_oneof![
+            (-3.0f64..3.0).prop_map(Value::Float),
+            prop::sample::select(&EDGE_FLOATS[..]).prop_map(Value::Float),
+            (-4i64..4).prop_map(Value::Int),
+        ],
+        flag in any::<bool>(),
+    ) {
+        // Variables by slot as ints and floats of every kind (-0.0, NaN, infinities, the
+        // 2^53 boundary): the tag-free numeric form must give the general evaluator's
+        // answer through eval, eval_f64 and eval_bool.
+        let eng = Engine::new();
+        let p = eng.compile(&text).expect("numeric expressions compile");
+        let mut named = HashMap::new();
+        named.insert("x".to_string(), x);
+        named.insert("y".to_string(), y);
+        named.insert("flag".to_string(), Value::Bool(flag));
+        let slots: Vec<Value> = p.var_names().iter().map(|n| named[n].clone()).collect();
+        let interpreted = eng.interpret(&text, &named);
+        let compiled = p.eval(&slots[..]);
+        prop_assert!(same(&compiled, &interpreted), "{text}\ncompiled:    {compiled:?}\ninterpreted: {interpreted:?}");
+        let as_f64 = p.eval_f64(&slots[..]);
+        let as_bool = p.eval_bool(&slots[..]);
+        match &interpreted {
+            Ok(Value::Int(i)) => {
+                prop_assert_eq!(as_f64.ok().map(f64::to_bits), Some((*i as f64).to_bits()), "{}", text);
+                prop_assert_eq!(as_bool.ok(), Some(*i != 0), "{}", text);
+            }
+            Ok(Value::Float(f)) => {
+                let got = as_f64.ok();
+                prop_assert!(got.is_some_and(|g| g.to_bits() == f.to_bits() || (g.is_nan() && f.is_nan())), "{text}: {got:?} vs {f}");
+                prop_assert_eq!(as_bool.ok(), Some(*f != 0.0), "{}", text);
+            }
+            Ok(Value::Bool(b)) => prop_assert_eq!(as_bool.ok(), Some(*b), "{}", text),
+            Ok(_) => {}
+            Err(_) => {
+                prop_assert!(as_f64.is_err(), "{text}: eval_f64 {as_f64:?}, interpreted {interpreted:?}");
+                prop_assert!(as_bool.is_err(), "{text}: eval_bool {as_bool:?}, interpreted {interpreted:?}");
+            }
+        }
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn lz4_max_output(compressed: usize) -> u64 {
 }
 
 /// Turns a received body into the frame, decompressing first if flagged.
+#[inline]
 fn finish(h: Header, body: Bytes, config: &Config) -> Result<Frame, WireError> {
     let body = if h.compressed {
         decompress(&body, config)?
@@ -145,8 +146,10 @@ impl Decoder {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
-        buf.advance(h.header_len);
-        let body = buf.split_to(h.body_len).freeze();
+        // One split (one reference-count increment) for the whole frame; skipping
+        // the header of the frozen `Bytes` is pointer arithmetic.
+        let mut body = buf.split_to(total).freeze();
+        body.advance(h.header_len);
         finish(h, body, &self.config).map(Some)
     }
 }

@@ -452,13 +452,17 @@ fn read_bool(cur: &mut Cursor) -> Result<bool, WireError> {
 #[inline]
 fn read_text(cur: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
     let n = value_len_prefix(cur, limits, "string")?;
-    Text::from_utf8(cur.bytes(n, "string")?)
+    cur.text(n, "string")
 }
 
 #[inline]
 fn check_text(cur: &mut Cursor, limits: &Limits) -> Result<(), WireError> {
     let n = value_len_prefix(cur, limits, "string")?;
-    std::str::from_utf8(cur.slice(n, "string")?).map_err(|_| WireError::InvalidUtf8)?;
+    let b = cur.slice(n, "string")?;
+    // ASCII (the common case) is checked a word at a time, inline.
+    if !b.is_ascii() {
+        std::str::from_utf8(b).map_err(|_| WireError::InvalidUtf8)?;
+    }
     Ok(())
 }
 
@@ -769,9 +773,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Fast path over wire bytes for a value with tag `t` and a length-prefixed
-    /// payload: returns the payload slice.
+    /// payload: the wire bytes and the payload's range. Does not move; call
+    /// [`advance_to`](Reader::advance_to) once the value is taken.
     #[inline]
-    fn fast_lp(&mut self, t: u8) -> Option<Bytes> {
+    fn fast_lp(&self, t: u8) -> Option<(&'a Bytes, usize, usize)> {
         let (bytes, off) = self.wire()?;
         if bytes.get(off) != Some(&t) {
             return None;
@@ -784,9 +789,14 @@ impl<'a> Reader<'a> {
         if end > bytes.len() {
             return None;
         }
+        Some((bytes, start, end))
+    }
+
+    /// Moves past the current value, which ends at byte `end` of the wire bytes.
+    #[inline]
+    fn advance_to(&mut self, end: usize) {
         self.off = Some(end);
         self.pos += 1;
-        Some(bytes.slice(start..end))
     }
 
     /// Reads the next value, handing it to `f` owned (straight from the bytes) or
@@ -873,8 +883,10 @@ impl<'a> Reader<'a> {
 
     /// Reads the next value as text (numbers and bools are formatted).
     pub fn read_text(&mut self) -> Result<Text, WireError> {
-        if let Some(b) = self.fast_lp(tag::STR) {
-            return Text::from_utf8(b);
+        if let Some((b, start, end)) = self.fast_lp(tag::STR) {
+            let t = Text::from_utf8_slice(&b[start..end], || b.slice(start..end))?;
+            self.advance_to(end);
+            return Ok(t);
         }
         self.take("str", |v| match v {
             Cow::Owned(Value::Str(s)) => Some(s),
@@ -882,17 +894,47 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Reads the next value as a borrowed `&str`, without conversion and without a
+    /// copy or a reference-count update: a string (or a text variant) only, else a
+    /// [`WireError::TypeMismatch`]. Use [`read_text`](Reader::read_text) for the
+    /// lenient form that formats numbers.
+    pub fn read_str(&mut self) -> Result<&'a str, WireError> {
+        if let Some((b, start, end)) = self.fast_lp(tag::STR) {
+            let s = std::str::from_utf8(&b[start..end]).map_err(|_| WireError::InvalidUtf8)?;
+            self.advance_to(end);
+            return Ok(s);
+        }
+        self.take_ref("str", |v| v.as_text().map(Text::as_str))
+    }
+
+    /// Reads the next value as a borrowed byte slice (no copy, no reference-count
+    /// update): a bytes value, or the UTF-8 of a string or text variant.
+    pub fn read_slice(&mut self) -> Result<&'a [u8], WireError> {
+        if let Some((b, start, end)) = self
+            .fast_lp(tag::BYTES)
+            .or_else(|| self.fast_lp(tag::STR))
+        {
+            self.advance_to(end);
+            return Ok(&b[start..end]);
+        }
+        self.take_ref("bytes", |v| match v {
+            Value::Bytes(b) => Some(&b[..]),
+            other => other.as_text().map(Text::as_bytes),
+        })
+    }
+
     /// Reads the next value as bytes: a bytes value, or the UTF-8 of a string.
     pub fn read_bytes(&mut self) -> Result<Bytes, WireError> {
-        if let Some(b) = self.fast_lp(tag::BYTES) {
-            return Ok(b);
+        if let Some((b, start, end)) = self.fast_lp(tag::BYTES) {
+            self.advance_to(end);
+            return Ok(b.slice(start..end));
         }
         self.take("bytes", |v| match v {
             Cow::Owned(Value::Bytes(b)) => Some(b),
             Cow::Owned(Value::Str(s)) => Some(s.into_bytes()),
             v => match &*v {
                 Value::Bytes(b) => Some(b.clone()),
-                Value::Str(s) | Value::Variant(Variant::Text(s)) => Some(s.as_bytes().clone()),
+                Value::Str(s) | Value::Variant(Variant::Text(s)) => Some(s.to_bytes()),
                 _ => None,
             },
         })

@@ -652,7 +652,7 @@ fn name(c: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
             max: limits.max_name,
         });
     }
-    Text::from_utf8(c.bytes(n as usize, "name")?)
+    c.text(n as usize, "name")
 }
 
 #[inline]

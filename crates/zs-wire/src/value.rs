@@ -7,81 +7,177 @@ use bytestring::ByteString;
 
 use crate::{DataFrame, WireError};
 
-/// An immutable UTF-8 string backed by [`Bytes`]: decoding slices it out of the
-/// received buffer (validated once), cloning is a reference-count increment.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Text(ByteString);
+/// Texts up to this many bytes are stored inline in the [`Text`] itself.
+const INLINE: usize = 20;
+
+/// An immutable UTF-8 string. Short texts (up to 20 bytes: command names, small
+/// values) are stored inline, so making, cloning and dropping them touches neither
+/// the allocator nor a reference count; longer ones are backed by [`Bytes`]
+/// (decoding slices them out of the received buffer, cloning is a reference-count
+/// increment). Either way the UTF-8 is validated once, when the text is made.
+#[derive(Clone)]
+pub struct Text(TextRepr);
+
+#[derive(Clone)]
+enum TextRepr {
+    Inline(arrayvec::ArrayString<INLINE>),
+    Shared(ByteString),
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text::new()
+    }
+}
 
 impl Text {
     /// The empty text.
     pub const fn new() -> Text {
-        Text(ByteString::new())
+        Text(TextRepr::Shared(ByteString::new()))
     }
 
     /// A text pointing at a static string (no allocation).
     pub const fn from_static(s: &'static str) -> Text {
-        Text(ByteString::from_static(s))
+        Text(TextRepr::Shared(ByteString::from_static(s)))
     }
 
-    /// Validates `bytes` as UTF-8 and wraps it without copying.
+    /// Validates `bytes` as UTF-8 and wraps it without copying (a short text is
+    /// copied inline instead).
     pub fn from_utf8(bytes: Bytes) -> Result<Text, WireError> {
+        if bytes.len() <= INLINE {
+            return Text::from_utf8_slice(&bytes, || Bytes::new());
+        }
         ByteString::try_from(bytes)
-            .map(Text)
+            .map(|b| Text(TextRepr::Shared(b)))
             .map_err(|_| WireError::InvalidUtf8)
+    }
+
+    /// Validates `b` as UTF-8; a short text is copied inline, a longer one is the
+    /// `Bytes` that `shared` returns (which must hold the same bytes as `b`).
+    #[inline]
+    pub(crate) fn from_utf8_slice(
+        b: &[u8],
+        shared: impl FnOnce() -> Bytes,
+    ) -> Result<Text, WireError> {
+        let s = std::str::from_utf8(b).map_err(|_| WireError::InvalidUtf8)?;
+        Ok(Text::from_str_or(s, shared))
+    }
+
+    /// `s` inline when it is short, else the `Bytes` that `shared` returns (holding `s`).
+    #[inline]
+    fn from_str_or(s: &str, shared: impl FnOnce() -> Bytes) -> Text {
+        match arrayvec::ArrayString::from(s) {
+            Ok(a) => Text(TextRepr::Inline(a)),
+            // `shared()` holds the bytes of `s`, which are UTF-8.
+            Err(_) => Text(TextRepr::Shared(
+                ByteString::try_from(shared()).unwrap_or_default(),
+            )),
+        }
     }
 
     /// The text as `&str`.
     #[inline]
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            TextRepr::Inline(a) => a.as_str(),
+            TextRepr::Shared(b) => b,
+        }
     }
 
     /// The UTF-8 bytes.
     #[inline]
-    pub fn as_bytes(&self) -> &Bytes {
-        self.0.as_bytes()
+    pub fn as_bytes(&self) -> &[u8] {
+        self.as_str().as_bytes()
     }
 
-    /// Unwraps the UTF-8 bytes.
+    /// The UTF-8 bytes as [`Bytes`] (a reference-count increment for a long text, a
+    /// copy of at most 20 bytes for a short one).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            TextRepr::Inline(a) => Bytes::copy_from_slice(a.as_bytes()),
+            TextRepr::Shared(b) => b.as_bytes().clone(),
+        }
+    }
+
+    /// Unwraps the UTF-8 bytes (copied if the text is short).
     pub fn into_bytes(self) -> Bytes {
-        self.0.into_bytes()
+        match self.0 {
+            TextRepr::Inline(a) => Bytes::copy_from_slice(a.as_bytes()),
+            TextRepr::Shared(b) => b.into_bytes(),
+        }
     }
 
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_str().len()
     }
 
     /// True when the text is empty.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Text) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Text) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl std::borrow::Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        self.as_str()
     }
 }
 
 impl std::ops::Deref for Text {
     type Target = str;
+    #[inline]
     fn deref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for Text {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl From<&str> for Text {
     fn from(s: &str) -> Text {
-        Text(ByteString::from(s))
+        Text::from_str_or(s, || Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
 impl From<String> for Text {
     fn from(s: String) -> Text {
-        Text(ByteString::from(s))
+        match arrayvec::ArrayString::from(s.as_str()) {
+            Ok(a) => Text(TextRepr::Inline(a)),
+            Err(_) => Text(TextRepr::Shared(ByteString::from(s))),
+        }
     }
 }
 

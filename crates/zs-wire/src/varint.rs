@@ -2,7 +2,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::WireError;
+use crate::{Text, WireError};
 
 /// Largest encoded size of a u64 varint.
 pub(crate) const MAX_VARINT: usize = 10;
@@ -41,6 +41,12 @@ pub(crate) fn get_varint(src: &[u8]) -> Result<Varint, WireError> {
         None => return Ok(Varint::Incomplete),
         Some(&b) if b < 0x80 => return Ok(Varint::Done(b as u64, 1)),
         _ => {}
+    }
+    // Fast path: two bytes (values 128..16384: ids, lengths of small frames).
+    if let Some(&b1) = src.get(1) {
+        if b1 < 0x80 && b1 != 0 {
+            return Ok(Varint::Done((src[0] & 0x7f) as u64 | (b1 as u64) << 7, 2));
+        }
     }
     let mut v: u64 = 0;
     for (i, &b) in src.iter().enumerate().take(MAX_VARINT) {
@@ -114,6 +120,13 @@ impl Cursor {
 
     #[inline]
     pub(crate) fn varint(&mut self, field: &'static str) -> Result<u64, WireError> {
+        // Fast path: a one-byte varint (counts, short lengths, small ids).
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as u64);
+            }
+        }
         match get_varint(&self.buf[self.pos..])? {
             Varint::Done(v, n) => {
                 self.pos += n;
@@ -147,6 +160,19 @@ impl Cursor {
         a.copy_from_slice(&self.buf[self.pos..self.pos + N]);
         self.pos += N;
         Ok(a)
+    }
+
+    /// A text of exactly `n` bytes, validated as UTF-8: copied inline when short,
+    /// else a zero-copy slice.
+    #[inline]
+    pub(crate) fn text(&mut self, n: usize, field: &'static str) -> Result<Text, WireError> {
+        if n > self.remaining() {
+            return Err(WireError::Truncated { field });
+        }
+        let (s, e) = (self.pos, self.pos + n);
+        let t = Text::from_utf8_slice(&self.buf[s..e], || self.buf.slice(s..e))?;
+        self.pos = e;
+        Ok(t)
     }
 
     /// A zero-copy `Bytes` slice of exactly `n` bytes.

@@ -32,10 +32,9 @@ pub fn backend_names() -> Vec<&'static str> {
 /// on Linux, else tokio) with `cfg`.
 pub fn backend_by_name(name: &str, cfg: zs_io::Config) -> Result<Box<dyn Backend>> {
     let name = if name == "default" {
-        backend_names()
-            .first()
-            .copied()
-            .ok_or_else(|| Error::Config("no backend feature enabled (io-epoll, io-tokio)".into()))?
+        backend_names().first().copied().ok_or_else(|| {
+            Error::Config("no backend feature enabled (io-epoll, io-tokio)".into())
+        })?
     } else {
         name
     };
@@ -68,11 +67,12 @@ pub fn load_or_create_identity(path: &Path) -> Result<(ServerIdentity, bool)> {
                 use std::os::unix::fs::OpenOptionsExt;
                 opts.mode(0o600);
             }
-            let mut f = opts
-                .open(path)
-                .map_err(|e| Error::Config(format!("cannot create key file {}: {e}", path.display())))?;
-            writeln!(f, "{}", zs_crypto::hash::to_hex(&seed))
-                .map_err(|e| Error::Config(format!("cannot write key file {}: {e}", path.display())))?;
+            let mut f = opts.open(path).map_err(|e| {
+                Error::Config(format!("cannot create key file {}: {e}", path.display()))
+            })?;
+            writeln!(f, "{}", zs_crypto::hash::to_hex(&seed)).map_err(|e| {
+                Error::Config(format!("cannot write key file {}: {e}", path.display()))
+            })?;
             Ok((id, true))
         }
         Err(e) => Err(Error::Config(format!(
@@ -90,7 +90,12 @@ pub fn load_identity(path: &Path) -> Result<ServerIdentity> {
 }
 
 fn read_identity(text: &str, path: &Path) -> Result<ServerIdentity> {
-    let bad = || Error::Config(format!("{}: expected 64 hex digits (an Ed25519 seed)", path.display()));
+    let bad = || {
+        Error::Config(format!(
+            "{}: expected 64 hex digits (an Ed25519 seed)",
+            path.display()
+        ))
+    };
     let bytes = zs_crypto::hash::from_hex(text.trim()).ok_or_else(bad)?;
     let seed: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
     Ok(ServerIdentity::from_seed(&seed)?)
@@ -420,7 +425,10 @@ mod tests {
             .fingerprint(wrong)
             .connect()
             .unwrap_err();
-        assert!(matches!(err, Error::ConnectionLost(_) | Error::Crypto(_)), "{err}");
+        assert!(
+            matches!(err, Error::ConnectionLost(_) | Error::Crypto(_)),
+            "{err}"
+        );
         for name in backend_names() {
             let c = ClientBuilder::new(server.local_addr())
                 .backend_name(name)
