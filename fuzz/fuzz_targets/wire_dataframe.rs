@@ -71,6 +71,20 @@ fuzz_target!(|data: &[u8]| {
             r.clone().read_array(),
             r.clone().read_dataframe(),
         );
-        r.read_value().expect("a value is there");
+        // The borrowed readers (straight from the bytes while `r` stays in wire
+        // mode) agree with the built values.
+        let v = df.get(r.position()).expect("a value is there");
+        assert_eq!(
+            r.clone().read_str().ok(),
+            v.as_text().map(|t| t.as_str()),
+            "read_str"
+        );
+        let slice = match v {
+            Value::Bytes(b) => Some(&b[..]),
+            other => other.as_text().map(|t| t.as_bytes()),
+        };
+        assert_eq!(r.clone().read_slice().ok(), slice, "read_slice");
+        // Every value has a JSON form, so this moves on without leaving wire mode.
+        r.read_json().expect("every value reads as JSON");
     }
 });

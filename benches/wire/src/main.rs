@@ -145,7 +145,7 @@ const NS: &str = "ns_per_op";
 
 fn main() {
     let opts = Options::from_env();
-    let mut suite = Suite::from_options("wire", &opts, 5, 15);
+    let mut suite = Suite::from_options("wire", &opts, 9, 15);
     let min = if opts.quick {
         Duration::from_millis(40)
     } else {
@@ -353,11 +353,16 @@ fn main() {
             })
         });
         let b = pc_bytes.clone();
-        suite.case("postcard-borrowed-df10-decode", NS, Better::Lower, move || {
-            per_op(min, BATCH, || {
-                black_box(postcard::from_bytes::<MixedRef<'_>>(black_box(&b)).expect("valid"));
-            })
-        });
+        suite.case(
+            "postcard-borrowed-df10-decode",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, BATCH, || {
+                    black_box(postcard::from_bytes::<MixedRef<'_>>(black_box(&b)).expect("valid"));
+                })
+            },
+        );
         let b = rk_bytes.clone();
         suite.case("rkyv-df10-access", NS, Better::Lower, move || {
             per_op(min, BATCH, || {

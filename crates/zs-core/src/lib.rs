@@ -12,24 +12,36 @@
 //!   time; [`Session::connection_lost`] completes every pending call with an error.
 //!   CompleteBuffer has a receiver size limit answered with a clear
 //!   [`code::TOO_LARGE`] error (the seed disconnected silently); BatchStream frames
-//!   are staged and handed over together.
+//!   are staged and handed over together; BigStream is chunked with a window of
+//!   unacknowledged bytes (back-pressure without stop-and-wait), progress
+//!   events, and resume from an offset ([`Session::big_stream`]).
 //! - [`Registry`]: handlers by kind and name. **Names are case-insensitive
 //!   (ASCII)**, as in the seed. Plain closures run on the connection's event loop;
 //!   `*_delayed` handlers keep a [`Responder`] and answer later from any thread
 //!   (it reports [`Error::ConnectionLost`] if the connection is gone, and answers
 //!   an error if dropped unanswered); `*_hpc` handlers run on a crossbeam
-//!   [`WorkerPool`] and answer from there.
+//!   [`WorkerPool`] and answer from there; `*_async` handlers are futures polled
+//!   on that pool (any runtime-agnostic future, e.g. a [`CallFuture`] to another
+//!   server). BigStream handlers see every chunk in order ([`BigChunk`]), so
+//!   nothing is buffered whole.
 //! - [`Server`] / [`Client`] (on any `zs_io::Backend`): connection map by id,
 //!   per-connection user state ([`Peer::with_state`]), broadcast to all or a
 //!   filter, statistics per server and per command ([`StatsSnapshot`]: counts,
 //!   bytes, errors, p50/p90/p99/max latency), keepalive, idle and handshake
 //!   timeouts, an ordered mode ([`Options::ordered`]), back-pressure (a peer that
-//!   does not read is disconnected past [`Options::max_backlog`]). Client calls
+//!   does not read is disconnected past [`Options::max_backlog`]), and a
+//!   custom-protocol mode ([`Server::start_with_raw`]: connections that do not
+//!   start with a zs handshake go to a raw-bytes `zs_io::Handler` on the same
+//!   port). Client calls
 //!   return a [`CallFuture`] (runtime-agnostic: `.await` it anywhere or `wait()`),
 //!   or take a callback.
 //!
 //! This crate depends on no async runtime and no particular backend: the
 //! `zserver` facade and the `zs` CLI pick them.
+//!
+//! Not here yet: StableIO (sessions surviving reconnects), BigStream spill to
+//! disk on the *receiving* side is left to the handler (it sees chunks, not a
+//! whole buffer).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -69,6 +81,6 @@ pub use error::{code, Error, Result};
 pub use net::{Client, Options, Server};
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;
-pub use registry::{HandlerError, Outbox, Peer, Registry, Responder};
+pub use registry::{BigChunk, HandlerError, Outbox, Peer, Registry, Responder};
 pub use session::{Call, Event, Reply, Request, Session, SessionConfig};
 pub use stats::{CommandSnapshot, CommandStats, EndpointStats, StatsSnapshot, LATENCY_SAMPLES};

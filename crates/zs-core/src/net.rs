@@ -24,10 +24,14 @@ use crate::registry::{Outbox, Peer, Registry};
 use crate::session::{Call, Event, Reply, Request, Session, SessionConfig};
 use crate::stats::{EndpointStats, StatsSnapshot};
 
-const TOKEN_SESSION: u64 = 1;
-const TOKEN_KEEPALIVE: u64 = 2;
-const TOKEN_HANDSHAKE: u64 = 3;
-const TOKEN_NEXT: u64 = 4;
+// Our timer tokens have the high bit set; a raw handler's tokens never do.
+const OURS: u64 = 1 << 63;
+const TOKEN_SESSION: u64 = OURS | 1;
+const TOKEN_KEEPALIVE: u64 = OURS | 2;
+const TOKEN_HANDSHAKE: u64 = OURS | 3;
+const TOKEN_NEXT: u64 = OURS | 4;
+/// The first byte of every zs session: a handshake record (zs-crypto).
+const HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Endpoint settings shared by [`Server`] and [`Client`].
 #[derive(Debug, Clone)]
@@ -87,6 +91,7 @@ impl Options {
 }
 
 type Completion = Box<dyn FnOnce(Result<Reply>) + Send>;
+type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Endpoint-wide state shared by every connection of a server or client.
 struct Shared {
@@ -140,6 +145,7 @@ struct LinkState {
     backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
     completions: HashMap<u64, Completion>,
+    progress: HashMap<u64, ProgressFn>,
     ready: Vec<Completer<()>>,
     armed: Option<Instant>,
     busy: bool,
@@ -153,6 +159,7 @@ enum Work {
     Complete(Completion, Result<Reply>),
     Ready(Vec<Completer<()>>),
     Signal(Text, u64),
+    Progress(ProgressFn, u64, u64),
     PeerError(u32, String),
     Closed,
 }
@@ -176,6 +183,7 @@ impl Link {
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
                 completions: HashMap::new(),
+                progress: HashMap::new(),
                 ready: Vec::new(),
                 armed: None,
                 busy: false,
@@ -242,11 +250,17 @@ impl Link {
                 }
                 Event::Request(r) => works.push(Work::Request(r)),
                 Event::Reply { id, result } => {
+                    st.progress.remove(&id);
                     if let Some(c) = st.completions.remove(&id) {
                         works.push(Work::Complete(c, result));
                     }
                 }
                 Event::Signal { name, code } => works.push(Work::Signal(name, code)),
+                Event::Progress { id, acked, total } => {
+                    if let Some(p) = st.progress.get(&id) {
+                        works.push(Work::Progress(p.clone(), acked, total));
+                    }
+                }
                 Event::PeerError { code, message } => works.push(Work::PeerError(code, message)),
                 Event::Closed => works.push(Work::Closed),
             }
@@ -317,11 +331,19 @@ impl Outbox for Link {
     }
 }
 
+/// What a client's handler reports once its connection opened (or failed).
+type Connected = Result<(Arc<Link>, Peer)>;
+
 /// The zs-io handler of one connection (server or client side).
 struct ConnHandler {
     shared: Arc<Shared>,
     link: Option<(Arc<Link>, Peer)>,
-    connected: Option<mpsc::Sender<Result<(Arc<Link>, Peer)>>>,
+    connected: Option<mpsc::Sender<Connected>>,
+    /// Custom-protocol mode: makes the handler for connections that do not
+    /// start with a zs handshake.
+    raw_factory: Option<zs_io::HandlerFactory>,
+    raw: Option<Box<dyn Handler>>,
+    sniffed: bool,
 }
 
 impl ConnHandler {
@@ -335,6 +357,7 @@ impl ConnHandler {
                 Work::Complete(c, r) => c(r),
                 Work::Ready(v) => v.into_iter().for_each(|c| c.complete(Ok(()))),
                 Work::Signal(name, code) => self.shared.registry.signal_received(peer, &name, code),
+                Work::Progress(f, acked, total) => f(acked, total),
                 Work::PeerError(code, message) => {
                     tracing::warn!(conn = peer.id(), code, %message, "peer reported an error");
                     self.shared.registry.peer_error(peer, code, &message);
@@ -460,6 +483,26 @@ impl Handler for ConnHandler {
     }
 
     fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
+        if let Some(raw) = &mut self.raw {
+            return raw.on_data(conn, data);
+        }
+        if !self.sniffed && !data.is_empty() {
+            self.sniffed = true;
+            if data[0] != HANDSHAKE_RECORD {
+                if let Some(make) = &self.raw_factory {
+                    tracing::debug!(conn = conn.id().0, "custom protocol connection");
+                    if let Some((link, peer)) = self.link.take() {
+                        link.open.store(false, Ordering::Release);
+                        lock(&self.shared.conns).remove(&peer.id());
+                    }
+                    let mut raw = make();
+                    raw.on_open(conn);
+                    raw.on_data(conn, data);
+                    self.raw = Some(raw);
+                    return;
+                }
+            }
+        }
         let Some((link, _)) = &self.link else {
             data.clear();
             return;
@@ -485,7 +528,17 @@ impl Handler for ConnHandler {
         }
     }
 
+    fn on_eof(&mut self, conn: &Conn) {
+        match &mut self.raw {
+            Some(raw) => raw.on_eof(conn),
+            None => conn.close(),
+        }
+    }
+
     fn on_writable(&mut self, conn: &Conn) {
+        if let Some(raw) = &mut self.raw {
+            return raw.on_writable(conn);
+        }
         let Some((link, _)) = &self.link else {
             return;
         };
@@ -509,6 +562,12 @@ impl Handler for ConnHandler {
     }
 
     fn on_timer(&mut self, conn: &Conn, token: u64) {
+        if let Some(raw) = &mut self.raw {
+            if token & OURS == 0 {
+                raw.on_timer(conn, token);
+            }
+            return;
+        }
         let Some((link, peer)) = &self.link else {
             return;
         };
@@ -529,11 +588,9 @@ impl Handler for ConnHandler {
                     self.fail(&link, &e.to_string());
                 }
             }
-            TOKEN_HANDSHAKE => {
-                if !lock(&link.st).session.is_established() {
-                    let t = self.shared.options.handshake_timeout;
-                    self.fail(&link, &format!("handshake not completed within {t:?}"));
-                }
+            TOKEN_HANDSHAKE if !lock(&link.st).session.is_established() => {
+                let t = self.shared.options.handshake_timeout;
+                self.fail(&link, &format!("handshake not completed within {t:?}"));
             }
             TOKEN_KEEPALIVE => {
                 if let Some(k) = self.shared.options.keepalive {
@@ -550,6 +607,11 @@ impl Handler for ConnHandler {
     }
 
     fn on_close(&mut self, conn: &Conn, reason: CloseReason) {
+        if let Some(raw) = &mut self.raw {
+            raw.on_close(conn, reason);
+            self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Some((link, peer)) = self.link.take() else {
             return;
         };
@@ -616,6 +678,21 @@ impl Server {
         options: Options,
         addr: SocketAddr,
     ) -> Result<Server> {
+        Server::start_with_raw(backend, provider, registry, options, addr, None)
+    }
+
+    /// Like [`Server::start`], plus custom-protocol mode: a connection whose
+    /// first byte is not a zs handshake record (`0x16`) is handed to a plain
+    /// [`zs_io::Handler`] made by `raw` (raw bytes beside the command protocol,
+    /// on the same port). Raw connections are not in the connection map.
+    pub fn start_with_raw(
+        backend: Arc<dyn Backend>,
+        provider: Arc<dyn SecurityProvider>,
+        registry: Registry,
+        options: Options,
+        addr: SocketAddr,
+        raw: Option<zs_io::HandlerFactory>,
+    ) -> Result<Server> {
         let shared = Shared::new(registry, provider, options, true);
         let s2 = shared.clone();
         let factory: zs_io::HandlerFactory = Arc::new(move || {
@@ -623,6 +700,9 @@ impl Server {
                 shared: s2.clone(),
                 link: None,
                 connected: None,
+                raw_factory: raw.clone(),
+                raw: None,
+                sniffed: false,
             }) as Box<dyn Handler>
         });
         let listener = backend.listen(addr, factory)?;
@@ -730,6 +810,9 @@ impl Client {
                 shared: shared.clone(),
                 link: None,
                 connected: Some(tx),
+                raw_factory: None,
+                raw: None,
+                sniffed: true,
             }),
         )?;
         let (link, peer) = rx
@@ -821,6 +904,47 @@ impl Client {
             frames,
         };
         self.future(call, None, data_reply)
+    }
+
+    /// Sends `data[resume_from..]` as BigStream `cmd`: chunked, with window-based
+    /// back-pressure ([`SessionConfig::big_window`](crate::SessionConfig::big_window)
+    /// unacknowledged bytes at most), `progress(acked, total)` on every
+    /// acknowledgement; the receiver's answer to the last chunk completes the
+    /// future. After a broken connection, call again with the last `acked`
+    /// seen as `resume_from` (the receiving handler continues from there).
+    pub fn send_big_stream(
+        &self,
+        cmd: &str,
+        data: Bytes,
+        resume_from: u64,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> CallFuture<DataFrame> {
+        let (c, f) = channel();
+        if !self.link.is_open() {
+            c.complete(Err(Error::ConnectionLost(
+                "the connection is closed".into(),
+            )));
+            return f;
+        }
+        // No whole-transfer timeout: a large transfer may take long; a dead peer
+        // is detected by keepalive / idle timeout and fails the call.
+        let mut st = lock(&self.link.st);
+        match st
+            .session
+            .big_stream(Text::from(cmd), data, resume_from, None, Instant::now())
+        {
+            Ok(id) => {
+                st.completions
+                    .insert(id, Box::new(move |r| c.complete(r.and_then(data_reply))));
+                st.progress.insert(id, Arc::new(progress));
+                self.link.flush(&mut st);
+            }
+            Err(e) => {
+                drop(st);
+                c.complete(Err(e));
+            }
+        }
+        f
     }
 
     /// Direct console message (no answer).

@@ -1,16 +1,83 @@
 //! The HPC worker pool: blocking or heavy handlers run here, never on a loop.
 
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+/// `None` tells one worker to exit (sent by [`WorkerPool::shutdown`]).
+type Msg = Option<Job>;
+
+thread_local! {
+    /// The job queue of the pool this worker thread belongs to.
+    static CURRENT: RefCell<Option<Sender<Msg>>> = const { RefCell::new(None) };
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A future polled on the pool: each wake queues one poll job.
+struct Task {
+    fut: Mutex<Option<BoxFuture>>,
+    queued: AtomicBool,
+    tx: Sender<Msg>,
+}
+
+impl Task {
+    fn schedule(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let t = self.clone();
+            // A shut-down pool drops the task (and so answers its responder).
+            let _ = self.tx.send(Some(Box::new(move || t.run())));
+        }
+    }
+
+    fn run(self: &Arc<Self>) {
+        self.queued.store(false, Ordering::Release);
+        let mut g = self.fut.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = g.as_mut() {
+            let waker = Waker::from(self.clone());
+            let mut cx = Context::from_waker(&waker);
+            if f.as_mut().poll(&mut cx).is_ready() {
+                *g = None;
+            }
+        }
+    }
+}
+
+impl Wake for Task {
+    fn wake(self: Arc<Self>) {
+        self.schedule();
+    }
+}
+
+/// Runs `fut` on the pool of the current worker thread (async handlers). False
+/// when not called on a pool thread.
+pub(crate) fn spawn_on_current(fut: impl Future<Output = ()> + Send + 'static) -> bool {
+    let tx = CURRENT.with(|c| c.borrow().clone());
+    match tx {
+        Some(tx) => {
+            let t = Arc::new(Task {
+                fut: Mutex::new(Some(Box::pin(fut))),
+                queued: AtomicBool::new(false),
+                tx,
+            });
+            t.schedule();
+            true
+        }
+        None => false,
+    }
+}
 
 /// A fixed set of worker threads fed by a crossbeam channel. Dropping the pool lets
 /// the queued jobs finish and joins the threads.
 pub struct WorkerPool {
-    tx: Mutex<Option<Sender<Job>>>,
+    tx: Mutex<Option<Sender<Msg>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     size: usize,
 }
@@ -25,17 +92,20 @@ impl WorkerPool {
     /// A pool of `threads` workers (at least one).
     pub fn new(threads: usize) -> WorkerPool {
         let size = threads.max(1);
-        let (tx, rx): (Sender<Job>, Receiver<Job>) = crossbeam_channel::unbounded();
+        let (tx, rx): (Sender<Msg>, Receiver<Msg>) = crossbeam_channel::unbounded();
         let threads = (0..size)
             .map(|i| {
                 let rx = rx.clone();
+                let me = tx.clone();
                 std::thread::Builder::new()
                     .name(format!("zs-hpc-{i}"))
                     .spawn(move || {
-                        for job in rx.iter() {
+                        CURRENT.with(|c| *c.borrow_mut() = Some(me));
+                        while let Ok(Some(job)) = rx.recv() {
                             // A panicking handler must not kill the worker.
                             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                         }
+                        CURRENT.with(|c| c.borrow_mut().take());
                     })
                     .expect("spawn HPC worker thread")
             })
@@ -55,14 +125,20 @@ impl WorkerPool {
     /// Queues `job`; false if the pool has been shut down.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> bool {
         match &*self.tx.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(tx) => tx.send(Box::new(job)).is_ok(),
+            Some(tx) => tx.send(Some(Box::new(job))).is_ok(),
             None => false,
         }
     }
 
     /// Stops accepting jobs, lets queued ones finish and joins the workers.
     pub fn shutdown(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        for _ in 0..self.size {
+            let _ = tx.send(None);
+        }
+        drop(tx);
         let me = std::thread::current().id();
         for t in self
             .threads

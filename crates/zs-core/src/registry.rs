@@ -281,10 +281,29 @@ enum Payload {
     Frames(Vec<DataFrame>),
 }
 
+type Chunks = Arc<
+    dyn Fn(&Peer, &BigChunk) -> std::result::Result<Option<DataFrame>, HandlerError> + Send + Sync,
+>;
+
+/// One chunk of a BigStream as its handler sees it. Chunks arrive in order; a
+/// resumed transfer starts at the sender's resume offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BigChunk {
+    /// Where `data` starts in the whole payload.
+    pub offset: u64,
+    /// Size of the whole payload.
+    pub total: u64,
+    /// Final chunk: the handler's answer completes the sender's call.
+    pub last: bool,
+    /// The bytes.
+    pub data: Bytes,
+}
+
 #[derive(Clone)]
 enum Run {
     Answering(Answering),
     OneWay(OneWay),
+    Chunks(Chunks),
 }
 
 #[derive(Clone)]
@@ -294,13 +313,14 @@ struct Entry {
     stats: Arc<CommandStats>,
 }
 
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 7] = [
     "console",
     "stream",
     "direct-console",
     "direct-stream",
     "complete-buffer",
     "batch",
+    "big-stream",
 ];
 const CONSOLE: usize = 0;
 const STREAM: usize = 1;
@@ -308,6 +328,7 @@ const DIRECT_CONSOLE: usize = 2;
 const DIRECT_STREAM: usize = 3;
 const COMPLETE_BUFFER: usize = 4;
 const BATCH: usize = 5;
+const BIG_STREAM: usize = 6;
 
 fn fold(name: &str) -> String {
     name.to_ascii_lowercase()
@@ -321,7 +342,7 @@ fn fold(name: &str) -> String {
 /// answer later from anywhere, and `*_hpc` closures run on the worker pool.
 #[derive(Clone, Default)]
 pub struct Registry {
-    maps: [HashMap<String, Entry>; 6],
+    maps: [HashMap<String, Entry>; 7],
     signals: HashMap<String, SignalFn>,
     peer_error: Option<PeerErrorFn>,
 }
@@ -398,6 +419,45 @@ impl Registry {
         self.answering(CONSOLE, name, false, move |p, pl, r| {
             if let Payload::Text(t) = pl {
                 f(p, t, r)
+            }
+        })
+    }
+
+    /// An `async` console command. The future runs on the HPC worker pool (polled
+    /// there whenever it is woken; any runtime-agnostic future works, e.g. a
+    /// [`CallFuture`](crate::CallFuture) to another server) and its output is
+    /// the answer.
+    pub fn console_async<F, Fut>(&mut self, name: &str, f: F) -> &mut Registry
+    where
+        F: Fn(Peer, String) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<String, HandlerError>>
+            + Send
+            + 'static,
+    {
+        self.answering(CONSOLE, name, true, move |p, pl, r| {
+            if let Payload::Text(t) = pl {
+                let fut = f(p.clone(), t.as_str().to_owned());
+                crate::pool::spawn_on_current(async move {
+                    let _ = r.reply(fut.await.map(|s| Reply::Text(Text::from(s))));
+                });
+            }
+        })
+    }
+
+    /// An `async` stream command (see [`Registry::console_async`]).
+    pub fn stream_async<F, Fut>(&mut self, name: &str, f: F) -> &mut Registry
+    where
+        F: Fn(Peer, DataFrame) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<DataFrame, HandlerError>>
+            + Send
+            + 'static,
+    {
+        self.answering(STREAM, name, true, move |p, pl, r| {
+            if let Payload::Data(d) = pl {
+                let fut = f(p.clone(), d);
+                crate::pool::spawn_on_current(async move {
+                    let _ = r.reply(fut.await.map(Reply::Data));
+                });
             }
         })
     }
@@ -482,6 +542,21 @@ impl Registry {
             }
         });
         self.insert(COMPLETE_BUFFER, name, Run::OneWay(run), false)
+    }
+
+    /// A BigStream command: `f` runs on the event loop for every chunk in order
+    /// (so it can append to a file, hash, forward: nothing is buffered whole) and
+    /// its answer to the last chunk (`None`: an empty DataFrame) completes the
+    /// sender's call. An error answers the sender at once, which stops sending;
+    /// chunks already in flight (at most one window) still reach `f`.
+    pub fn big_stream<F>(&mut self, name: &str, f: F) -> &mut Registry
+    where
+        F: Fn(&Peer, &BigChunk) -> std::result::Result<Option<DataFrame>, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.insert(BIG_STREAM, name, Run::Chunks(Arc::new(f)), false)
     }
 
     /// A BatchStream command: the staged frames together in, values out.
@@ -573,6 +648,23 @@ impl Registry {
         ordered: bool,
     ) -> bool {
         let len = req.payload_len();
+        if let Request::BigChunk {
+            id,
+            cmd,
+            offset,
+            total,
+            last,
+            data,
+        } = req
+        {
+            let chunk = BigChunk {
+                offset,
+                total,
+                last,
+                data,
+            };
+            return self.big_chunk(peer, id, &cmd, chunk, ordered);
+        }
         let (kind, id, cmd, payload) = match req {
             Request::Console { id, cmd, text } => (CONSOLE, Some(id), cmd, Payload::Text(text)),
             Request::Stream { id, cmd, data } => (STREAM, Some(id), cmd, Payload::Data(data)),
@@ -584,6 +676,7 @@ impl Registry {
                 (COMPLETE_BUFFER, None, cmd, Payload::Bytes(data))
             }
             Request::Batch { id, cmd, frames } => (BATCH, Some(id), cmd, Payload::Frames(frames)),
+            Request::BigChunk { .. } => return false,
         };
         let name = cmd.as_str();
         let entry = if name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -640,7 +733,53 @@ impl Registry {
                     peer.out.request_done();
                 }
             }
-            (Run::Answering(_), None) => {}
+            (Run::Answering(_), None) | (Run::Chunks(_), _) => {}
+        }
+        true
+    }
+
+    fn big_chunk(&self, peer: &Peer, id: u64, cmd: &Text, chunk: BigChunk, ordered: bool) -> bool {
+        let name = cmd.as_str();
+        let entry = self.maps[BIG_STREAM].get(&fold(name));
+        let Some((f, stats)) = entry.and_then(|e| match &e.run {
+            Run::Chunks(f) => Some((f, &e.stats)),
+            _ => None,
+        }) else {
+            if chunk.last || chunk.offset == 0 {
+                let _ = peer.send_frame(Frame::Error {
+                    id,
+                    code: code::UNKNOWN_COMMAND,
+                    message: Text::from(format!("no big-stream command {name:?}")),
+                });
+            }
+            if ordered {
+                peer.out.request_done();
+            }
+            return false;
+        };
+        let started = Instant::now();
+        stats.record_in(chunk.data.len());
+        let r = f(peer, &chunk);
+        let frame = match r {
+            Ok(Some(d)) if chunk.last => Some(Frame::StreamResponse { id, data: d }),
+            Ok(None) if chunk.last => Some(Frame::StreamResponse {
+                id,
+                data: DataFrame::new(),
+            }),
+            Ok(_) => None,
+            Err(e) => Some(Frame::Error {
+                id,
+                code: e.code,
+                message: Text::from(e.message),
+            }),
+        };
+        if let Some(frame) = frame {
+            let err = matches!(frame, Frame::Error { .. });
+            stats.record_out(0, err, started.elapsed());
+            let _ = peer.send_frame(frame);
+        }
+        if ordered {
+            peer.out.request_done();
         }
         true
     }

@@ -30,6 +30,13 @@ pub struct SessionConfig {
     pub max_open_batches: usize,
     /// Most frames in one batch. Default 1024.
     pub max_batch_frames: usize,
+    /// BigStream chunk size in bytes. Default 256 KiB.
+    pub big_chunk: usize,
+    /// BigStream window: most bytes sent and not yet acknowledged per transfer
+    /// (back-pressure without stop-and-wait). Default 4 MiB.
+    pub big_window: u64,
+    /// Most BigStream transfers received at once. Default 64.
+    pub max_big_streams: usize,
 }
 
 impl Default for SessionConfig {
@@ -39,6 +46,9 @@ impl Default for SessionConfig {
             max_complete_buffer: 4 << 20,
             max_open_batches: 64,
             max_batch_frames: 1024,
+            big_chunk: 256 * 1024,
+            big_window: 4 << 20,
+            max_big_streams: 64,
         }
     }
 }
@@ -85,6 +95,23 @@ pub enum Request {
         /// The message.
         data: Bytes,
     },
+    /// One chunk of a BigStream, delivered in order; the `last` one is answered
+    /// with a DataFrame (request id `id`).
+    BigChunk {
+        /// Transfer id (answered after the last chunk).
+        id: u64,
+        /// Command name.
+        cmd: Text,
+        /// Where `data` starts in the whole payload (a resumed transfer starts
+        /// above 0).
+        offset: u64,
+        /// Size of the whole payload.
+        total: u64,
+        /// Final chunk.
+        last: bool,
+        /// Chunk bytes.
+        data: Bytes,
+    },
     /// A complete batch of staged DataFrames: answer with a DataFrame.
     Batch {
         /// Request id to answer.
@@ -105,6 +132,7 @@ impl Request {
             | Request::DirectConsole { cmd, .. }
             | Request::DirectStream { cmd, .. }
             | Request::CompleteBuffer { cmd, .. }
+            | Request::BigChunk { cmd, .. }
             | Request::Batch { cmd, .. } => cmd,
         }
     }
@@ -124,7 +152,7 @@ impl Request {
         match self {
             Request::Console { text, .. } | Request::DirectConsole { text, .. } => text.len(),
             Request::Stream { data, .. } | Request::DirectStream { data, .. } => data.encoded_len(),
-            Request::CompleteBuffer { data, .. } => data.len(),
+            Request::CompleteBuffer { data, .. } | Request::BigChunk { data, .. } => data.len(),
             Request::Batch { frames, .. } => frames.iter().map(|f| f.encoded_len()).sum(),
         }
     }
@@ -192,6 +220,15 @@ pub enum Event {
         /// The outcome.
         result: Result<Reply>,
     },
+    /// A BigStream we send progressed: the peer acknowledged `acked` of `total` bytes.
+    Progress {
+        /// The transfer's call id.
+        id: u64,
+        /// Bytes acknowledged (from the start of the payload).
+        acked: u64,
+        /// Payload size.
+        total: u64,
+    },
     /// The peer sent a named signal.
     Signal {
         /// Signal name.
@@ -215,6 +252,20 @@ struct Pending {
     deadline: Option<Instant>,
 }
 
+/// A BigStream we send.
+struct Outgoing {
+    cmd: Text,
+    data: Bytes,
+    next: u64,
+    acked: u64,
+}
+
+/// A BigStream we receive: the next offset expected.
+struct Incoming {
+    next: u64,
+    total: u64,
+}
+
 /// One end of a connection: framing inside the secure record layer, request ids,
 /// timeouts. See the module docs.
 pub struct Session {
@@ -228,6 +279,8 @@ pub struct Session {
     pending: HashMap<u64, Pending>,
     deadlines: BTreeSet<(Instant, u64)>,
     batches: HashMap<u64, (Text, Vec<DataFrame>)>,
+    sending: HashMap<u64, Outgoing>,
+    receiving: HashMap<u64, Incoming>,
     established: bool,
     dead: Option<String>,
     bytes_in: u64,
@@ -258,6 +311,8 @@ impl Session {
             pending: HashMap::new(),
             deadlines: BTreeSet::new(),
             batches: HashMap::new(),
+            sending: HashMap::new(),
+            receiving: HashMap::new(),
             established: false,
             dead: None,
             bytes_in: 0,
@@ -392,7 +447,16 @@ impl Session {
             Frame::Echo { id, payload } => {
                 self.send_frame(&Frame::EchoReply { id, payload }, now)?
             }
-            Frame::BigStream { id, .. } | Frame::Control { id, .. } if id != 0 => {
+            Frame::BigStream {
+                id,
+                cmd,
+                offset,
+                total,
+                last,
+                data,
+            } => self.on_big_chunk(id, cmd, offset, total, last, data, now)?,
+            Frame::BigStreamAck { id, offset } => self.on_big_ack(id, offset, now)?,
+            Frame::Control { id, .. } if id != 0 => {
                 self.send_frame(
                     &Frame::Error {
                         id,
@@ -461,12 +525,186 @@ impl Session {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn on_big_chunk(
+        &mut self,
+        id: u64,
+        cmd: Text,
+        offset: u64,
+        total: u64,
+        last: bool,
+        data: Bytes,
+        now: Instant,
+    ) -> Result<()> {
+        let end = offset.checked_add(data.len() as u64);
+        let refuse = |s: &mut Session, code: u32, message: String| {
+            s.receiving.remove(&id);
+            s.send_frame(
+                &Frame::Error {
+                    id,
+                    code,
+                    message: Text::from(message),
+                },
+                now,
+            )
+        };
+        if !self.receiving.contains_key(&id) {
+            if self.receiving.len() >= self.cfg.max_big_streams {
+                let m = format!("more than {} BigStreams at once", self.cfg.max_big_streams);
+                return refuse(self, code::TOO_MANY, m);
+            }
+            self.receiving.insert(
+                id,
+                Incoming {
+                    next: offset,
+                    total,
+                },
+            );
+        }
+        let st = &self.receiving[&id];
+        if offset != st.next
+            || total != st.total
+            || end.is_none_or(|e| e > total)
+            || last != (end == Some(total))
+        {
+            let m = format!(
+                "BigStream chunk out of order: offset {offset} (expected {}), {} bytes of {total}",
+                st.next,
+                data.len()
+            );
+            return refuse(self, code::BAD_REQUEST, m);
+        }
+        let end = end.unwrap_or(total);
+        if last {
+            self.receiving.remove(&id);
+        } else if let Some(st) = self.receiving.get_mut(&id) {
+            st.next = end;
+        }
+        self.send_frame(&Frame::BigStreamAck { id, offset: end }, now)?;
+        self.push_request(Request::BigChunk {
+            id,
+            cmd,
+            offset,
+            total,
+            last,
+            data,
+        });
+        Ok(())
+    }
+
+    fn on_big_ack(&mut self, id: u64, offset: u64, now: Instant) -> Result<()> {
+        let Some(o) = self.sending.get_mut(&id) else {
+            return Ok(()); // finished or failed transfer: a late ack
+        };
+        if offset > o.next {
+            return Err(Error::Protocol(format!(
+                "BigStream {id} acknowledged {offset} bytes but only {} were sent",
+                o.next
+            )));
+        }
+        if offset > o.acked {
+            o.acked = offset;
+            let total = o.data.len() as u64;
+            self.events.push_back(Event::Progress {
+                id,
+                acked: offset,
+                total,
+            });
+            if offset == total {
+                self.sending.remove(&id);
+                return Ok(());
+            }
+        }
+        self.pump(id, now)
+    }
+
+    /// Sends chunks of transfer `id` while the window allows.
+    fn pump(&mut self, id: u64, now: Instant) -> Result<()> {
+        loop {
+            let Some(o) = self.sending.get_mut(&id) else {
+                return Ok(());
+            };
+            let total = o.data.len() as u64;
+            if o.next >= total || o.next - o.acked >= self.cfg.big_window {
+                return Ok(());
+            }
+            let start = o.next as usize;
+            let end = (start + self.cfg.big_chunk.max(1)).min(total as usize);
+            o.next = end as u64;
+            let frame = Frame::BigStream {
+                id,
+                cmd: o.cmd.clone(),
+                offset: start as u64,
+                total,
+                last: end as u64 == total,
+                data: o.data.slice(start..end),
+            };
+            self.send_frame(&frame, now)?;
+        }
+    }
+
+    /// Sends `data[offset..]` as BigStream `cmd` and returns the call id; chunks
+    /// go out while at most [`SessionConfig::big_window`] bytes are
+    /// unacknowledged, [`Event::Progress`] reports acknowledgements, and the
+    /// receiver's answer to the last chunk completes the call ([`Event::Reply`]).
+    /// `offset` resumes an interrupted transfer (the receiver's handler sees
+    /// chunks from there on).
+    pub fn big_stream(
+        &mut self,
+        cmd: Text,
+        data: Bytes,
+        offset: u64,
+        timeout: Option<Duration>,
+        now: Instant,
+    ) -> Result<u64> {
+        let total = data.len() as u64;
+        if offset >= total && total > 0 || offset > total {
+            return Err(Error::Config(format!(
+                "resume offset {offset} is not inside the {total} bytes"
+            )));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        if total == 0 {
+            let f = Frame::BigStream {
+                id,
+                cmd,
+                offset: 0,
+                total: 0,
+                last: true,
+                data,
+            };
+            self.send_frame(&f, now)?;
+        } else {
+            self.sending.insert(
+                id,
+                Outgoing {
+                    cmd,
+                    data,
+                    next: offset,
+                    acked: offset,
+                },
+            );
+            if let Err(e) = self.pump(id, now) {
+                self.sending.remove(&id);
+                return Err(e);
+            }
+        }
+        let deadline = timeout.map(|t| now + t);
+        if let Some(d) = deadline {
+            self.deadlines.insert((d, id));
+        }
+        self.pending.insert(id, Pending { deadline });
+        Ok(id)
+    }
+
     fn push_request(&mut self, r: Request) {
         self.events.push_back(Event::Request(r));
     }
 
     fn complete(&mut self, id: u64, result: Result<Reply>) {
         // Unknown ids are late answers to calls that already timed out: dropped.
+        self.sending.remove(&id);
         if let Some(p) = self.pending.remove(&id) {
             if let Some(d) = p.deadline {
                 self.deadlines.remove(&(d, id));
@@ -569,6 +807,7 @@ impl Session {
                 break;
             }
             self.deadlines.remove(&(d, id));
+            self.sending.remove(&id);
             if self.pending.remove(&id).is_some() {
                 self.events.push_back(Event::Reply {
                     id,
@@ -601,6 +840,8 @@ impl Session {
         ids.sort_unstable();
         self.deadlines.clear();
         self.batches.clear();
+        self.sending.clear();
+        self.receiving.clear();
         for id in ids {
             self.events.push_back(Event::Reply {
                 id,

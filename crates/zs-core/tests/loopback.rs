@@ -425,6 +425,142 @@ fn limits_keepalive_idle_and_handshake_timeouts(backend: Arc<dyn Backend>) {
     assert!(s.server.stats().protocol_errors >= 1);
 }
 
+fn big_stream_with_progress_and_resume(backend: Arc<dyn Backend>) {
+    // The handler checks order and keeps a running checksum (FNV-1a) of what it got.
+    let mut r = Registry::new();
+    r.big_stream("upload", |p, c| {
+        let (next, mut h) = p
+            .state::<(u64, u64)>()
+            .unwrap_or((c.offset, 0xcbf2_9ce4_8422_2325));
+        if c.offset != next {
+            return Err(format!("expected offset {next}, got {}", c.offset).into());
+        }
+        for b in c.data.iter() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+        let end = c.offset + c.data.len() as u64;
+        if c.last {
+            p.set_state(());
+            Ok(Some(DataFrame::new().with(end).with(h)))
+        } else {
+            p.set_state((end, h));
+            Ok(None)
+        }
+    });
+    let s = Setup::new(backend, r, Options::default());
+    let c = s.client();
+    let data: Vec<u8> = (0..20u32 * 1024 * 1024 + 17)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let fnv = |d: &[u8]| {
+        d.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
+    let data = Bytes::from(data);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sn = seen.clone();
+    let d = c
+        .send_big_stream("upload", data.clone(), 0, move |a, t| {
+            sn.lock().unwrap().push((a, t))
+        })
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap();
+    let mut rd = d.reader();
+    assert_eq!(rd.read_u64().unwrap(), data.len() as u64);
+    assert_eq!(rd.read_u64().unwrap(), fnv(&data));
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 10 && seen.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(
+        seen.last().unwrap(),
+        &(data.len() as u64, data.len() as u64)
+    );
+    // Resume: only the tail is sent and the handler starts from the offset.
+    let from = 15 * 1024 * 1024;
+    let d = c
+        .send_big_stream("upload", data.clone(), from, |_, _| {})
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap();
+    let mut rd = d.reader();
+    assert_eq!(rd.read_u64().unwrap(), data.len() as u64);
+    assert_eq!(rd.read_u64().unwrap(), fnv(&data[from as usize..]));
+    assert!(c.call("echo", "x").wait().is_err()); // no console "echo" here: 404
+    let st = s.server.stats();
+    let up = st.commands.iter().find(|c| c.kind == "big-stream").unwrap();
+    assert_eq!(up.bytes_in, data.len() as u64 + (data.len() as u64 - from));
+}
+
+fn custom_protocol_beside_commands(backend: Arc<dyn Backend>) {
+    struct Upper;
+    impl zs_io::Handler for Upper {
+        fn on_data(&mut self, conn: &zs_io::Conn, data: &mut bytes::BytesMut) {
+            let up = data.split().to_ascii_uppercase();
+            let _ = conn.send(Bytes::from(up));
+        }
+    }
+    let provider = provider();
+    let server = Server::start_with_raw(
+        backend.clone(),
+        provider.clone(),
+        base_registry(),
+        Options::default(),
+        addr0(),
+        Some(zs_io::handler_factory(|| Upper)),
+    )
+    .unwrap();
+    let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    std::io::Write::write_all(&mut raw, b"hello raw").unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 9];
+    raw.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HELLO RAW");
+    let c = Client::connect(
+        backend,
+        provider,
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
+    .unwrap();
+    assert_eq!(c.call("echo", "zs").wait().unwrap(), "zs");
+    assert_eq!(server.connection_count(), 1);
+}
+
+fn async_handler_awaits_another_server(backend: Arc<dyn Backend>) {
+    // Server B answers; server A's async handler calls B and awaits the answer
+    // (the seed's delayed response "after calling another server").
+    let b = Setup::new(backend.clone(), base_registry(), Options::default());
+    let to_b = Arc::new(b.client());
+    let mut r = Registry::new();
+    let c = to_b.clone();
+    r.console_async("proxy", move |_, text| {
+        let answer = c.call("echo", &format!("via B: {text}"));
+        async move { answer.await.map_err(|e| e.to_string().into()) }
+    });
+    r.stream_async("double", |_, d| async move {
+        let v = d.reader().read_i64().map_err(|e| e.to_string())?;
+        Ok(DataFrame::new().with(v * 2))
+    });
+    let a = Setup::new(backend, r, Options::default());
+    let c = a.client();
+    let futs: Vec<_> = (0..20).map(|i| c.call("proxy", &i.to_string())).collect();
+    for (i, f) in futs.into_iter().enumerate() {
+        assert_eq!(f.wait().unwrap(), format!("via B: {i}"));
+    }
+    let d = c
+        .call_stream("double", DataFrame::new().with(21i64))
+        .wait()
+        .unwrap();
+    assert_eq!(d.reader().read_i64().unwrap(), 42);
+    // When B is gone the awaited call fails and A answers with that error.
+    b.server.shutdown();
+    assert!(wait_until(Duration::from_secs(5), || !to_b.is_connected()));
+    assert!(matches!(
+        c.call("proxy", "x").wait(),
+        Err(Error::Remote { code: 500, .. })
+    ));
+}
+
 macro_rules! on_backends {
     ($($name:ident),* $(,)?) => {
         #[cfg(target_os = "linux")]
@@ -459,4 +595,7 @@ on_backends!(
     broadcast_state_map_and_pushes,
     ordered_mode_runs_one_request_at_a_time,
     limits_keepalive_idle_and_handshake_timeouts,
+    big_stream_with_progress_and_resume,
+    custom_protocol_beside_commands,
+    async_handler_awaits_another_server,
 );

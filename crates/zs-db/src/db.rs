@@ -4,9 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{
-    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
-};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -357,12 +355,12 @@ struct Writer {
 }
 
 /// Zero-filled room written ahead of the log end when a small write would grow the
-/// file: a quarter of the log size, between 64 KiB and 4 MiB. An fdatasync after an
+/// file: a quarter of the log size, between 4 KiB and 4 MiB. An fdatasync after an
 /// overwrite of already written blocks needs no file-size or extent update, which is
 /// what makes durable single-record commits cheap; the scan on open treats an all-zero
 /// tail as the end of the log (docs/STORAGE.md §4).
 fn prealloc_step(log_end: u64) -> u64 {
-    const MIN: u64 = 64 << 10;
+    const MIN: u64 = 4 << 10;
     const MAX: u64 = 4 << 20;
     (log_end / 4).clamp(MIN, MAX)
 }
@@ -389,7 +387,7 @@ impl std::hash::Hasher for IdHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0 << 8 | self.0 >> 56) ^ u64::from(b);
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
     fn write_u64(&mut self, n: u64) {
@@ -532,6 +530,9 @@ impl<'a> Window<'a> {
         };
         if fh.id > id_limit || (fh.op == OP_META && fh.len > MAX_META) {
             return Ok(None);
+        }
+        if off + fh.frame_len() > self.end {
+            return Ok(None); // padding cut off: a torn write
         }
         let pstart = off + FRAME_HEADER_LEN as u64;
         let ok = if fh.len <= READ_CHUNK as u64 {
@@ -1468,10 +1469,7 @@ impl Inner {
         // apply in log order, so that the index always matches the file
         let mut order = mlock(&self.order);
         while order.applied + 1 != seq {
-            order = self
-                .order_cv
-                .wait(order)
-                .unwrap_or_else(|p| p.into_inner());
+            order = self.order_cv.wait(order).unwrap_or_else(|p| p.into_inner());
         }
         if synced.is_ok() {
             self.apply_changes(buf_start, changes);
@@ -1516,10 +1514,7 @@ impl Inner {
     fn drain(&self, w: &Writer) {
         let mut order = mlock(&self.order);
         while order.applied != w.seq {
-            order = self
-                .order_cv
-                .wait(order)
-                .unwrap_or_else(|p| p.into_inner());
+            order = self.order_cv.wait(order).unwrap_or_else(|p| p.into_inner());
         }
     }
 

@@ -7,7 +7,8 @@
 //! - **Format**: one append-only log file per database, every frame checksummed,
 //!   writes grouped into commits; opening after a crash rolls back a torn tail and
 //!   skips (and reports) damaged regions. Byte layout: `docs/STORAGE.md`.
-//! - **Durability** per database: [`Durability::Immediate`] (fsync per commit) or
+//! - **Durability** per database: [`Durability::Immediate`] (a commit returns after an
+//!   fsync; concurrent committers share one) or
 //!   [`Durability::Periodic`] (group commit every N ms); [`Batch`]es commit atomically.
 //! - **Cache**: a record cache with a memory budget, dropped after an idle period;
 //!   optional LZ4 compression of values.

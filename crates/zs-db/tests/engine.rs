@@ -561,10 +561,7 @@ fn torn_commit_inside_the_zero_tail_is_cut() {
     m.write_file("t.zdb", &bytes);
     let db = Database::open(vfs.clone(), "t").unwrap();
     assert_eq!(db.len(), 5);
-    assert_eq!(
-        db.open_report().truncated_bytes as usize,
-        bytes.len() - end
-    );
+    assert_eq!(db.open_report().truncated_bytes as usize, bytes.len() - end);
     assert_eq!(m.read_file("t.zdb").unwrap().len(), end);
     db.insert(Kind::Raw, b"next").unwrap();
     db.abandon();
@@ -616,7 +613,10 @@ fn concurrent_committers_apply_in_log_order() {
             .map(|r| (r.id, r.data))
             .collect();
         assert_eq!(live.len() as u64, db.len());
-        assert_eq!(live.iter().filter(|r| r.1.get(1) == Some(&0xEE)).count(), 80);
+        assert_eq!(
+            live.iter().filter(|r| r.1.get(1) == Some(&0xEE)).count(),
+            80
+        );
         db.abandon();
         let db = Database::open(vfs, "t").unwrap();
         let again: Vec<(u64, Vec<u8>)> = db
@@ -627,4 +627,22 @@ fn concurrent_committers_apply_in_log_order() {
         assert_eq!(live, again);
         assert!(db.open_report().corrupt.is_empty());
     }
+}
+
+#[test]
+fn frame_with_its_padding_cut_is_a_torn_tail() {
+    let (m, vfs) = mem();
+    let db = Database::create(vfs.clone(), "t", DbOptions::default()).unwrap();
+    db.insert(Kind::Raw, b"kept").unwrap();
+    let mid = db.stats().file_bytes as usize;
+    db.insert(Kind::Raw, b"12345").unwrap(); // 37 bytes + 3 of padding
+    let end = db.stats().file_bytes as usize;
+    drop(db);
+    let bytes = m.read_file("t.zdb").unwrap();
+    assert_eq!(bytes.len(), end);
+    m.write_file("t.zdb", &bytes[..end - 2]); // the crash tore the write in the padding
+    let db = Database::open(vfs, "t").unwrap();
+    assert_eq!(db.len(), 1);
+    assert_eq!(db.open_report().truncated_bytes as usize, end - 2 - mid);
+    assert_eq!(m.read_file("t.zdb").unwrap().len(), mid);
 }

@@ -23,6 +23,10 @@ macro_rules! builtins {
             pub fn arity(self) -> (usize, usize) { match self { $( Builtin::$id => ($min, $max) ),* } }
             /// Whether calls with constant arguments may be folded at compile time.
             pub fn pure(self) -> bool { match self { $( Builtin::$id => $pure ),* } }
+            /// Lookup of a lower-case name or alias.
+            fn lookup_lower(name: &str) -> Option<Builtin> {
+                match name { $( $($name)|+ => Some(Builtin::$id), )* _ => None }
+            }
         }
     };
 }
@@ -65,10 +69,12 @@ builtins! {
 impl Builtin {
     /// Case-insensitive lookup by name or alias.
     pub fn lookup(name: &str) -> Option<Builtin> {
-        Builtin::ALL
-            .iter()
-            .copied()
-            .find(|b| b.names().iter().any(|n| n.eq_ignore_ascii_case(name)))
+        // Every name is lower-case ASCII and at most 16 bytes: lower-case into a buffer.
+        let mut buf = [0u8; 16];
+        let lower = buf.get_mut(..name.len())?;
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        Builtin::lookup_lower(std::str::from_utf8(lower).ok()?)
     }
     pub fn name(self) -> &'static str {
         self.names()[0]
@@ -377,6 +383,24 @@ pub(crate) fn make_list<'a>(items: Vec<V<'a>>) -> V<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookup_finds_every_name_in_any_case() {
+        for &b in Builtin::ALL {
+            for n in b.names() {
+                assert!(
+                    n.len() <= 16 && n.bytes().all(|c| !c.is_ascii_uppercase()),
+                    "{n}"
+                );
+                assert_eq!(Builtin::lookup(n), Some(b));
+                assert_eq!(Builtin::lookup(&n.to_ascii_uppercase()), Some(b));
+            }
+        }
+        assert_eq!(Builtin::lookup("IfThen"), Some(Builtin::IfThen));
+        assert_eq!(Builtin::lookup("nosuchfunction"), None);
+        assert_eq!(Builtin::lookup("averyveryverylongname"), None);
+        assert_eq!(Builtin::lookup(""), None);
+    }
 
     #[test]
     fn wildcard_matching() {

@@ -122,6 +122,14 @@
 //! bools run on an allocation-free numeric fast path; anything else (strings, vectors,
 //! user functions, overflow) takes the general evaluator, with identical results.
 //!
+//! When type inference proves every node numeric or boolean (variables are checked when
+//! evaluation starts: a float, or an integer below 2^53 in magnitude), compiling also
+//! produces a tag-free register bytecode over plain `f64`s, which [`Program::eval_f64`],
+//! [`Program::eval_bool`] and (when the result's type is known statically)
+//! [`Program::eval`] run first. Integer results stay exact there (anything that could
+//! reach 2^53 gives up to the tagged path); operations whose integer and float results
+//! differ (`div`, `^` between integers, shifts, bitwise operators) are never translated.
+//!
 //! ## Save, cache, template
 //!
 //! [`Engine::compile_cached`] keeps compiled programs in a bounded cache keyed by text;

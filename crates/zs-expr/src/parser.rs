@@ -116,15 +116,25 @@ pub enum UnOp {
     Not,
 }
 
+/// A syntax node; children are indices into [`Ast::nodes`], argument and item lists
+/// ranges `(start, count)` of [`Ast::items`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ExprKind<'s> {
     Lit(Value),
     /// A name, borrowed from the source text.
     Name(&'s str),
-    Unary(UnOp, Box<Expr<'s>>),
-    Binary(BinOp, Box<Expr<'s>>, Box<Expr<'s>>),
-    Call(&'s str, Vec<Expr<'s>>),
-    List(Vec<Expr<'s>>),
+    Unary(UnOp, u32),
+    Binary(BinOp, u32, u32),
+    Call(&'s str, u32, u32),
+    List(u32, u32),
+}
+
+/// A parsed text: every node in one arena (one allocation instead of one per node).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ast<'s> {
+    pub nodes: Vec<Expr<'s>>,
+    pub items: Vec<u32>,
+    pub root: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +152,10 @@ pub(crate) struct Parser<'s> {
     prec: Precedence,
     max_depth: usize,
     nesting: usize,
+    nodes: Vec<Expr<'s>>,
+    items: Vec<u32>,
+    /// Argument and item lists being collected (a stack: inner lists finish first).
+    scratch: Vec<u32>,
 }
 
 fn binop(op: OpTok) -> Option<BinOp> {
@@ -221,7 +235,7 @@ impl<'s> Parser<'s> {
         style: Style,
         prec: Precedence,
         max_depth: usize,
-    ) -> Result<Expr<'s>, Error> {
+    ) -> Result<Ast<'s>, Error> {
         let mut lex = Lexer::new(src, style);
         let tok = lex.next_token()?;
         let mut p = Parser {
@@ -231,13 +245,16 @@ impl<'s> Parser<'s> {
             prec,
             max_depth,
             nesting: 0,
+            nodes: Vec::with_capacity((src.len() / 2 + 1).min(256)),
+            items: Vec::new(),
+            scratch: Vec::new(),
         };
-        if p.tok.tok == Tok::Eof {
+        if matches!(p.tok.tok, Tok::Eof) {
             return Err(p.err_here("the expression is empty"));
         }
         let e = p.list()?;
-        if p.tok.tok != Tok::Eof {
-            let msg = if p.tok.tok == Tok::RParen {
+        if !matches!(p.tok.tok, Tok::Eof) {
+            let msg = if matches!(p.tok.tok, Tok::RParen) {
                 "unmatched `)`".to_string()
             } else {
                 format!(
@@ -247,7 +264,22 @@ impl<'s> Parser<'s> {
             };
             return Err(p.err_here(msg));
         }
-        Ok(e)
+        Ok(Ast {
+            nodes: p.nodes,
+            items: p.items,
+            root: e,
+        })
+    }
+
+    fn at(&self, id: u32) -> &Expr<'s> {
+        &self.nodes[id as usize]
+    }
+
+    /// Moves `scratch[base..]` to `items`: the range `(start, count)`.
+    fn take_items(&mut self, base: usize) -> (u32, u32) {
+        let start = self.items.len();
+        self.items.extend(self.scratch.drain(base..));
+        (start as u32, (self.items.len() - start) as u32)
     }
 
     fn err_here(&self, msg: impl Into<String>) -> Error {
@@ -266,7 +298,13 @@ impl<'s> Parser<'s> {
         Ok(std::mem::replace(&mut self.tok, next))
     }
 
-    fn node(&self, kind: ExprKind<'s>, start: usize, end: usize, depth: usize) -> Result<Expr<'s>, Error> {
+    fn node(
+        &mut self,
+        kind: ExprKind<'s>,
+        start: usize,
+        end: usize,
+        depth: usize,
+    ) -> Result<u32, Error> {
         if depth > self.max_depth {
             return Err(Error::Limit {
                 pos: Pos::of(self.src, start, end),
@@ -276,34 +314,39 @@ impl<'s> Parser<'s> {
                 ),
             });
         }
-        Ok(Expr {
+        self.nodes.push(Expr {
             kind,
             start,
             end,
             depth,
-        })
+        });
+        Ok((self.nodes.len() - 1) as u32)
     }
 
     /// `a, b, c` at the top level or inside parentheses: a vector when there is a comma.
-    fn list(&mut self) -> Result<Expr<'s>, Error> {
+    fn list(&mut self) -> Result<u32, Error> {
         let first = self.expr(0)?;
-        if self.tok.tok != Tok::Comma {
+        if !matches!(self.tok.tok, Tok::Comma) {
             return Ok(first);
         }
-        let start = first.start;
-        let mut depth = first.depth;
-        let mut items = vec![first];
-        while self.tok.tok == Tok::Comma {
+        let (start, mut depth, mut end) = {
+            let f = self.at(first);
+            (f.start, f.depth, f.end)
+        };
+        let base = self.scratch.len();
+        self.scratch.push(first);
+        while matches!(self.tok.tok, Tok::Comma) {
             self.bump()?;
             let e = self.expr(0)?;
-            depth = depth.max(e.depth);
-            items.push(e);
+            depth = depth.max(self.at(e).depth);
+            end = self.at(e).end;
+            self.scratch.push(e);
         }
-        let end = items.last().map_or(start, |e| e.end);
-        self.node(ExprKind::List(items), start, end, depth + 1)
+        let (st, n) = self.take_items(base);
+        self.node(ExprKind::List(st, n), start, end, depth + 1)
     }
 
-    fn expr(&mut self, min_bp: u8) -> Result<Expr<'s>, Error> {
+    fn expr(&mut self, min_bp: u8) -> Result<u32, Error> {
         self.nesting += 1;
         if self.nesting > self.max_depth {
             return Err(self.err_limit());
@@ -327,7 +370,7 @@ impl<'s> Parser<'s> {
         }
     }
 
-    fn expr_inner(&mut self, min_bp: u8) -> Result<Expr<'s>, Error> {
+    fn expr_inner(&mut self, min_bp: u8) -> Result<u32, Error> {
         let mut lhs = self.prefix()?;
         while let Tok::Op(o) = &self.tok.tok {
             let op = match binop(*o) {
@@ -342,22 +385,18 @@ impl<'s> Parser<'s> {
                 break;
             }
             self.bump()?;
-            if self.tok.tok == Tok::Eof {
+            if matches!(self.tok.tok, Tok::Eof) {
                 return Err(self.err_here(format!("`{}` needs a right operand", op.symbol())));
             }
             let rhs = self.expr(r)?;
-            let (start, end, depth) = (lhs.start, rhs.end, lhs.depth.max(rhs.depth) + 1);
-            lhs = self.node(
-                ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
-                start,
-                end,
-                depth,
-            )?;
+            let (l, r) = (self.at(lhs), self.at(rhs));
+            let (start, end, depth) = (l.start, r.end, l.depth.max(r.depth) + 1);
+            lhs = self.node(ExprKind::Binary(op, lhs, rhs), start, end, depth)?;
         }
         Ok(lhs)
     }
 
-    fn prefix(&mut self) -> Result<Expr<'s>, Error> {
+    fn prefix(&mut self) -> Result<u32, Error> {
         let t = self.bump()?;
         match t.tok {
             Tok::Lit(v) => self.node(ExprKind::Lit(v), t.start, t.end, 1),
@@ -368,38 +407,38 @@ impl<'s> Parser<'s> {
                     _ => UnOp::Not,
                 };
                 let operand = self.expr(unary_bp(self.prec))?;
-                let (end, depth) = (operand.end, operand.depth + 1);
-                self.node(ExprKind::Unary(op, Box::new(operand)), t.start, end, depth)
+                let (end, depth) = (self.at(operand).end, self.at(operand).depth + 1);
+                self.node(ExprKind::Unary(op, operand), t.start, end, depth)
             }
             Tok::LParen => {
-                if self.tok.tok == Tok::RParen {
+                if matches!(self.tok.tok, Tok::RParen) {
                     return Err(self.err_here("empty parentheses; put an expression inside"));
                 }
                 let inner = self.list()?;
-                if self.tok.tok != Tok::RParen {
+                if !matches!(self.tok.tok, Tok::RParen) {
                     return Err(self.err_here(format!(
                         "expected `)` to close the `(`, found {}",
                         describe(&self.tok.tok)
                     )));
                 }
                 let close = self.bump()?;
-                let mut e = inner;
+                let e = &mut self.nodes[inner as usize];
                 e.start = t.start;
                 e.end = close.end;
-                Ok(e)
+                Ok(inner)
             }
             Tok::Ident(name) => {
-                if self.tok.tok != Tok::LParen {
+                if !matches!(self.tok.tok, Tok::LParen) {
                     return self.node(ExprKind::Name(name), t.start, t.end, 1);
                 }
                 self.bump()?;
-                let mut args = Vec::new();
+                let base = self.scratch.len();
                 let mut depth = 0;
-                if self.tok.tok != Tok::RParen {
+                if !matches!(self.tok.tok, Tok::RParen) {
                     loop {
                         let a = self.expr(0)?;
-                        depth = depth.max(a.depth);
-                        args.push(a);
+                        depth = depth.max(self.at(a).depth);
+                        self.scratch.push(a);
                         match self.tok.tok {
                             Tok::Comma => {
                                 self.bump()?;
@@ -415,7 +454,8 @@ impl<'s> Parser<'s> {
                     }
                 }
                 let close = self.bump()?;
-                self.node(ExprKind::Call(name, args), t.start, close.end, depth + 1)
+                let (st, n) = self.take_items(base);
+                self.node(ExprKind::Call(name, st, n), t.start, close.end, depth + 1)
             }
             other => {
                 let msg = match other {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::builtins::{arity_text, Builtin};
 use crate::error::{Error, Pos};
-use crate::parser::{BinOp, Expr, ExprKind, Parser, UnOp};
+use crate::parser::{Ast, BinOp, ExprKind, Parser, UnOp};
 use crate::value::Value;
 use crate::{Engine, Resolution, UserFn};
 
@@ -57,7 +57,7 @@ pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
             ),
         });
     }
-    let ast = Parser::parse(src, engine.style(), engine.precedence(), limits.max_depth)?;
+    let mut ast = Parser::parse(src, engine.style(), engine.precedence(), limits.max_depth)?;
     let mut r = Resolver {
         engine,
         src,
@@ -66,7 +66,8 @@ pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
         nodes: 0,
         macros: Vec::new(),
     };
-    let (ir, _) = r.expr(&ast, None)?;
+    let root = ast.root;
+    let (ir, _) = r.expr(&mut ast, root, None)?;
     Ok(Resolved {
         ir,
         vars: r.vars,
@@ -79,8 +80,16 @@ impl Resolver<'_> {
         Pos::of(self.src, start, end)
     }
 
-    fn expr(&mut self, e: &Expr<'_>, span: Option<(usize, usize)>) -> Result<(Ir, usize), Error> {
+    /// Resolves node `id` of `ast` (taking its contents: every node is visited once).
+    fn expr(
+        &mut self,
+        ast: &mut Ast<'_>,
+        id: u32,
+        span: Option<(usize, usize)>,
+    ) -> Result<(Ir, usize), Error> {
+        let e = &mut ast.nodes[id as usize];
         let (start, end) = span.unwrap_or((e.start, e.end));
+        let kind = std::mem::replace(&mut e.kind, ExprKind::Lit(Value::Null));
         self.nodes += 1;
         let limits = self.engine.limits();
         if self.nodes > MAX_NODES.min(limits.max_len.saturating_mul(4).max(1024)) {
@@ -89,27 +98,24 @@ impl Resolver<'_> {
                 message: "expression expands to too many nodes (macros?); simplify it".into(),
             });
         }
-        let (kind, depth) = match &e.kind {
-            ExprKind::Lit(v) => (IrKind::Const(v.clone()), 1),
+        let (kind, depth) = match kind {
+            ExprKind::Lit(v) => (IrKind::Const(v), 1),
             ExprKind::Name(n) => return self.name(n, start, end),
             ExprKind::Unary(op, a) => {
-                let (a, d) = self.expr(a, span)?;
-                (IrKind::Unary(*op, Box::new(a)), d + 1)
+                let (a, d) = self.expr(ast, a, span)?;
+                (IrKind::Unary(op, Box::new(a)), d + 1)
             }
             ExprKind::Binary(op, a, b) => {
-                let (a, da) = self.expr(a, span)?;
-                let (b, db) = self.expr(b, span)?;
-                (
-                    IrKind::Binary(*op, Box::new(a), Box::new(b)),
-                    da.max(db) + 1,
-                )
+                let (a, da) = self.expr(ast, a, span)?;
+                let (b, db) = self.expr(ast, b, span)?;
+                (IrKind::Binary(op, Box::new(a), Box::new(b)), da.max(db) + 1)
             }
-            ExprKind::List(items) => {
-                let (items, d) = self.all(items, span)?;
+            ExprKind::List(st, n) => {
+                let (items, d) = self.all(ast, st, n, span)?;
                 (IrKind::List(items), d + 1)
             }
-            ExprKind::Call(name, args) => {
-                let (args, d) = self.all(args, span)?;
+            ExprKind::Call(name, st, n) => {
+                let (args, d) = self.all(ast, st, n, span)?;
                 let user = if self.engine.has_functions() {
                     self.engine.function(&name.to_ascii_lowercase())
                 } else {
@@ -179,15 +185,19 @@ impl Resolver<'_> {
         ))
     }
 
+    /// Resolves the list `ast.items[start..start + n]`.
     fn all(
         &mut self,
-        items: &[Expr<'_>],
+        ast: &mut Ast<'_>,
+        start: u32,
+        n: u32,
         span: Option<(usize, usize)>,
     ) -> Result<(Vec<Ir>, usize), Error> {
-        let mut out = Vec::with_capacity(items.len());
+        let mut out = Vec::with_capacity(n as usize);
         let mut depth = 0;
-        for it in items {
-            let (ir, d) = self.expr(it, span)?;
+        for k in start..start + n {
+            let id = ast.items[k as usize];
+            let (ir, d) = self.expr(ast, id, span)?;
             depth = depth.max(d);
             out.push(ir);
         }
@@ -261,7 +271,7 @@ impl Resolver<'_> {
                 message: format!("macro `{name}` text is over Limits::max_len"),
             });
         }
-        let ast = Parser::parse(
+        let mut ast = Parser::parse(
             text,
             self.engine.style(),
             self.engine.precedence(),
@@ -272,7 +282,8 @@ impl Resolver<'_> {
             message: format!("in macro `{name}` = `{text}`: {}", e.message()),
         })?;
         self.macros.push(name.to_string());
-        let r = self.expr(&ast, Some((start, end)));
+        let root = ast.root;
+        let r = self.expr(&mut ast, root, Some((start, end)));
         self.macros.pop();
         r
     }

@@ -144,7 +144,7 @@ pub(crate) struct Typed {
 /// could not be told from an integer 0, so that rare case gives up).
 #[inline(always)]
 fn x(v: f64) -> Option<f64> {
-    if v.abs() < EXACT && (v != 0.0 || v.is_sign_positive()) {
+    if v.abs() < EXACT && v.to_bits() != (-0.0f64).to_bits() {
         Some(v)
     } else {
         None
@@ -195,8 +195,8 @@ struct Tr<'p> {
     args: &'p [u32],
     consts: &'p [Value],
     code: Vec<Op>,
-    /// Per node: (register, type) of the nodes translated so far.
-    at: [(u32, Ty); MAX_REGS],
+    /// Per node: (register, type) of the nodes translated so far (registers are < 64).
+    at: [(u8, Ty); MAX_REGS],
     /// Number of leading `Load`s in `code`.
     loads: usize,
 }
@@ -213,7 +213,7 @@ impl Tr<'_> {
     fn var(&self, slot: u32) -> Option<u32> {
         self.code[..self.loads]
             .iter()
-            .position(|&op| op == Op::Load(slot))
+            .position(|op| matches!(*op, Op::Load(s) if s == slot))
             .map(|r| r as u32)
     }
 
@@ -230,9 +230,8 @@ impl Tr<'_> {
         if id as usize >= me {
             return None;
         }
-        self.at.get(id as usize).copied()
+        self.at.get(id as usize).map(|&(r, t)| (u32::from(r), t))
     }
-
 
     /// `l op r` where `r` is a register or a constant.
     fn bin(&mut self, op: BinOp, l: (u32, Ty), r: Rhs) -> Option<(u32, Ty)> {
@@ -273,7 +272,10 @@ impl Tr<'_> {
             },
             BinOp::Mod if num => {
                 let c = reg(self, r)?;
-                (if xi { Op::RemX(a, c) } else { Op::Rem(a, c) }, ta.arith(tb))
+                (
+                    if xi { Op::RemX(a, c) } else { Op::Rem(a, c) },
+                    ta.arith(tb),
+                )
             }
             // Integer `^` is checked integer power, float `^` is `powf`: only when one
             // side is certainly a float is the operation known.
@@ -451,7 +453,7 @@ impl Typed {
         let mut code = Vec::with_capacity(nodes.len() + 1);
         for n in nodes {
             if let Node::Var(s) | Node::VarK(_, s, _) = *n {
-                if !code.contains(&Op::Load(s)) {
+                if !code.iter().any(|op| matches!(*op, Op::Load(t) if t == s)) {
                     code.push(Op::Load(s));
                 }
             }
@@ -468,16 +470,19 @@ impl Typed {
             at: [(0, Ty::B); MAX_REGS],
         };
         for me in 0..nodes.len() {
-            match tr.translate(me) {
+            match tr
+                .translate(me)
+                .and_then(|(r, t)| Some((u8::try_from(r).ok()?, t)))
+            {
                 Some(rt) => tr.at[me] = rt,
                 None => return Typed::default(),
             }
         }
         match tr.at.get(nodes.len() - 1) {
             Some(&(root, ty)) => Typed {
+                root: u32::from(root),
                 loads: tr.loads,
                 code: tr.code,
-                root,
                 ty: Some(ty),
             },
             None => Typed::default(),
@@ -491,13 +496,12 @@ impl Typed {
     }
 
     /// Runs the code; `None` means "use the next evaluator".
-    #[inline]
+    #[inline(never)]
     pub(crate) fn run<X: Vars + ?Sized>(&self, vars: &X, names: &[String]) -> Option<f64> {
-        if self.ty.is_none() {
-            return None;
-        }
         match self.code.len() {
-            0..=4 => self.run_n::<4, X>(vars, names),
+            // An untranslated program has no code: nothing to run.
+            0 => None,
+            1..=4 => self.run_n::<4, X>(vars, names),
             5..=8 => self.run_n::<8, X>(vars, names),
             9..=16 => self.run_n::<16, X>(vars, names),
             _ => self.run_n::<MAX_REGS, X>(vars, names),
@@ -738,12 +742,25 @@ mod tests {
         }
         fn expr(&mut self, depth: u32) -> String {
             const LEAVES: &[&str] = &[
-                "x", "x", "y", "y", "flag", "0", "1", "-3", "2", "0.5", "-0.0", "2.5", "1e18",
-                "9007199254740991", "4503599627370497", "true",
+                "x",
+                "x",
+                "y",
+                "y",
+                "flag",
+                "0",
+                "1",
+                "-3",
+                "2",
+                "0.5",
+                "-0.0",
+                "2.5",
+                "1e18",
+                "9007199254740991",
+                "4503599627370497",
+                "true",
             ];
             const BIN: &[&str] = &[
-                "+", "-", "*", "/", "mod", "^", "<", ">", "<=", ">=", "=", "<>", "and", "or",
-                "xor",
+                "+", "-", "*", "/", "mod", "^", "<", ">", "<=", ">=", "=", "<>", "and", "or", "xor",
             ];
             const F1: &[&str] = &[
                 "abs", "sqrt", "sin", "exp", "ln", "frac", "round", "trunc", "int", "float", "-",

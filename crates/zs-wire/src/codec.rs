@@ -3,7 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{FrameKind, FLAG_COMPRESSED, FLAG_RESERVED, KIND_MASK, VERSION};
-use crate::varint::{get_varint, put_varint, varint_len, Varint};
+use crate::varint::{get_varint, put_varint, varint_fast, varint_len, Varint};
 use crate::{Config, Frame, WireError};
 
 /// Frames up to this size (header included) are assembled on the stack.
@@ -43,7 +43,11 @@ fn parse_header(b: &[u8], config: &Config) -> Result<Option<Header>, WireError> 
         return Err(WireError::ReservedFlags(k));
     }
     let kind = FrameKind::from_code(k & KIND_MASK).ok_or(WireError::UnknownKind(k))?;
-    match get_varint(&b[p + 1..])? {
+    let len = match varint_fast(&b[p + 1..]) {
+        Some((v, n)) => Varint::Done(v, n),
+        None => get_varint(&b[p + 1..])?,
+    };
+    match len {
         Varint::Incomplete => Ok(None),
         Varint::Done(len, n) => {
             if len > config.limits.max_frame as u64 {

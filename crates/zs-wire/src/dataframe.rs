@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::value::{tag, vtag, NumArray, NumKind, Text, Value, Variant};
-use crate::varint::{get_varint, put_varint, varint_len, Cursor, Varint};
+use crate::varint::{get_varint, put_varint, varint_fast, varint_len, Cursor, Varint};
 use crate::{Limits, WireError};
 
 /// An ordered list of typed [`Value`]s: the payload of stream requests and responses.
@@ -152,6 +152,7 @@ impl DataFrame {
     }
 
     /// A cursor that reads the values in order with lenient conversions.
+    #[inline]
     pub fn reader(&self) -> Reader<'_> {
         let off = match &self.repr {
             Repr::Wire { cache, count, .. } if cache.get().is_none() => {
@@ -513,6 +514,20 @@ fn validate_frame(
     Ok(count)
 }
 
+/// Payload size and type name of the fixed-size number tags, `I8..=F64` in tag order.
+const FIXED: [(usize, &str); 10] = [
+    (1, "i8"),
+    (2, "i16"),
+    (4, "i32"),
+    (8, "i64"),
+    (1, "u8"),
+    (2, "u16"),
+    (4, "u32"),
+    (8, "u64"),
+    (4, "f32"),
+    (8, "f64"),
+];
+
 #[inline]
 fn validate_value(
     cur: &mut Cursor,
@@ -521,21 +536,16 @@ fn validate_value(
     budget: &mut usize,
 ) -> Result<(), WireError> {
     let t = cur.u8("value tag")?;
+    // Fixed-size numbers: one table look-up and one bounds check.
+    if let Some(&(size, name)) = FIXED.get(t.wrapping_sub(tag::I8) as usize) {
+        cur.skip(size, name)?;
+        return Ok(());
+    }
     match t {
         tag::STR => check_text(cur, limits)?,
         tag::BOOL => {
             read_bool(cur)?;
         }
-        tag::I8 => drop(cur.slice(1, "i8")?),
-        tag::U8 => drop(cur.slice(1, "u8")?),
-        tag::I16 => drop(cur.slice(2, "i16")?),
-        tag::U16 => drop(cur.slice(2, "u16")?),
-        tag::I32 => drop(cur.slice(4, "i32")?),
-        tag::U32 => drop(cur.slice(4, "u32")?),
-        tag::F32 => drop(cur.slice(4, "f32")?),
-        tag::I64 => drop(cur.slice(8, "i64")?),
-        tag::U64 => drop(cur.slice(8, "u64")?),
-        tag::F64 => drop(cur.slice(8, "f64")?),
         tag::BYTES => {
             let n = value_len_prefix(cur, limits, "bytes")?;
             cur.slice(n, "bytes")?;
@@ -717,13 +727,15 @@ impl fmt::Debug for Reader<'_> {
 }
 
 macro_rules! read_int {
-    ($($name:ident -> $t:ty),*) => {$(
+    ($($name:ident -> $t:ty = $tag:ident),*) => {$(
         #[doc = concat!("Reads the next value as `", stringify!($t), "` (lenient; must fit).")]
+        #[inline]
         pub fn $name(&mut self) -> Result<$t, WireError> {
-            if let Some(v) = self.fast_num(|n| n.to_i128().and_then(|i| <$t>::try_from(i).ok())) {
-                return Ok(v);
+            // Fast path: the value on the wire has exactly this type.
+            if let Some(a) = self.exact::<{ std::mem::size_of::<$t>() }>(tag::$tag) {
+                return Ok(<$t>::from_le_bytes(a));
             }
-            self.take(stringify!($t), |v| v.to_i128().and_then(|i| <$t>::try_from(i).ok()))
+            self.lenient_int(stringify!($t), |i| <$t>::try_from(i).ok())
         }
     )*};
 }
@@ -781,8 +793,13 @@ impl<'a> Reader<'a> {
         if bytes.get(off) != Some(&t) {
             return None;
         }
-        let Ok(Varint::Done(n, used)) = get_varint(bytes.get(off + 1..)?) else {
-            return None;
+        let rest = bytes.get(off + 1..)?;
+        let (n, used) = match varint_fast(rest) {
+            Some(v) => v,
+            None => match get_varint(rest) {
+                Ok(Varint::Done(n, used)) => (n, used),
+                _ => return None,
+            },
         };
         let start = off + 1 + used;
         let end = start.checked_add(usize::try_from(n).ok()?)?;
@@ -854,27 +871,79 @@ impl<'a> Reader<'a> {
         self.take_ref("value", Some)
     }
 
-    read_int!(read_i8 -> i8, read_i16 -> i16, read_i32 -> i32, read_i64 -> i64,
-        read_u8 -> u8, read_u16 -> u16, read_u32 -> u32, read_u64 -> u64);
+    read_int!(read_i8 -> i8 = I8, read_i16 -> i16 = I16, read_i32 -> i32 = I32,
+        read_i64 -> i64 = I64, read_u8 -> u8 = U8, read_u16 -> u16 = U16,
+        read_u32 -> u32 = U32, read_u64 -> u64 = U64);
 
-    /// Reads the next value as `f64` (any number, numeric string, bool, variant).
-    pub fn read_f64(&mut self) -> Result<f64, WireError> {
+    /// Wire mode, and the next value has tag `t` and an `N`-byte payload: the
+    /// payload, and the reader moves past it.
+    #[inline(always)]
+    fn exact<const N: usize>(&mut self, t: u8) -> Option<[u8; N]> {
+        let off = self.off?;
+        let Repr::Wire { bytes, .. } = &self.df.repr else {
+            return None;
+        };
+        let b = bytes.get(off..off.checked_add(1 + N)?)?;
+        if b[0] != t {
+            return None;
+        }
+        let a: [u8; N] = b[1..].try_into().ok()?;
+        self.off = Some(off + 1 + N);
+        self.pos += 1;
+        Some(a)
+    }
+
+    /// The lenient integer read (any number, numeric string, bool, variant).
+    #[inline(never)]
+    fn lenient_int<T>(
+        &mut self,
+        expected: &'static str,
+        conv: fn(i128) -> Option<T>,
+    ) -> Result<T, WireError> {
+        if let Some(v) = self.fast_num(|n| n.to_i128().and_then(conv)) {
+            return Ok(v);
+        }
+        self.take(expected, |v| v.to_i128().and_then(conv))
+    }
+
+    /// The lenient float read.
+    #[inline(never)]
+    fn lenient_f64(&mut self, expected: &'static str) -> Result<f64, WireError> {
         if let Some(v) = self.fast_num(|n| Some(n.to_f64())) {
             return Ok(v);
         }
-        self.take("f64", |v| v.to_f64())
+        self.take(expected, |v| v.to_f64())
+    }
+
+    /// Reads the next value as `f64` (any number, numeric string, bool, variant).
+    #[inline]
+    pub fn read_f64(&mut self) -> Result<f64, WireError> {
+        if let Some(a) = self.exact::<8>(tag::F64) {
+            return Ok(f64::from_le_bytes(a));
+        }
+        self.lenient_f64("f64")
     }
 
     /// Reads the next value as `f32` (via [`read_f64`](Reader::read_f64), rounded).
+    #[inline]
     pub fn read_f32(&mut self) -> Result<f32, WireError> {
-        if let Some(v) = self.fast_num(|n| Some(n.to_f64() as f32)) {
-            return Ok(v);
+        if let Some(a) = self.exact::<4>(tag::F32) {
+            return Ok(f32::from_le_bytes(a));
         }
-        self.take("f32", |v| v.to_f64().map(|f| f as f32))
+        self.lenient_f64("f32").map(|f| f as f32)
     }
 
     /// Reads the next value as `bool` (numbers: non-zero; strings: true/false/yes/no/1/0).
+    #[inline]
     pub fn read_bool(&mut self) -> Result<bool, WireError> {
+        if let Some([b]) = self.exact::<1>(tag::BOOL) {
+            return Ok(b != 0);
+        }
+        self.lenient_bool()
+    }
+
+    #[inline(never)]
+    fn lenient_bool(&mut self) -> Result<bool, WireError> {
         if let Some(v) = self.fast_num(|n| Some(n.to_f64() != 0.0)) {
             return Ok(v);
         }
@@ -898,25 +967,34 @@ impl<'a> Reader<'a> {
     /// copy or a reference-count update: a string (or a text variant) only, else a
     /// [`WireError::TypeMismatch`]. Use [`read_text`](Reader::read_text) for the
     /// lenient form that formats numbers.
+    #[inline]
     pub fn read_str(&mut self) -> Result<&'a str, WireError> {
         if let Some((b, start, end)) = self.fast_lp(tag::STR) {
             let s = std::str::from_utf8(&b[start..end]).map_err(|_| WireError::InvalidUtf8)?;
             self.advance_to(end);
             return Ok(s);
         }
+        self.slow_str()
+    }
+
+    #[inline(never)]
+    fn slow_str(&mut self) -> Result<&'a str, WireError> {
         self.take_ref("str", |v| v.as_text().map(Text::as_str))
     }
 
     /// Reads the next value as a borrowed byte slice (no copy, no reference-count
     /// update): a bytes value, or the UTF-8 of a string or text variant.
+    #[inline]
     pub fn read_slice(&mut self) -> Result<&'a [u8], WireError> {
-        if let Some((b, start, end)) = self
-            .fast_lp(tag::BYTES)
-            .or_else(|| self.fast_lp(tag::STR))
-        {
+        if let Some((b, start, end)) = self.fast_lp(tag::BYTES).or_else(|| self.fast_lp(tag::STR)) {
             self.advance_to(end);
             return Ok(&b[start..end]);
         }
+        self.slow_slice()
+    }
+
+    #[inline(never)]
+    fn slow_slice(&mut self) -> Result<&'a [u8], WireError> {
         self.take_ref("bytes", |v| match v {
             Value::Bytes(b) => Some(&b[..]),
             other => other.as_text().map(Text::as_bytes),
@@ -1069,6 +1147,59 @@ mod tests {
             owned.to_bytes(),
             "unmodified: its own bytes"
         );
+    }
+
+    #[test]
+    fn borrowed_reads() {
+        let long = "a string longer than twenty bytes";
+        let owned = DataFrame::new()
+            .with("short")
+            .with(long)
+            .with(Bytes::from_static(b"\x00\xff"))
+            .with("as bytes")
+            .with(Variant::Text("var".into()))
+            .with(7u8)
+            .with(-1i64);
+        let decoded = DataFrame::decode(&owned.to_bytes(), &Limits::default()).unwrap();
+        for df in [&owned, &decoded] {
+            let mut r = df.reader();
+            assert_eq!(r.read_str().unwrap(), "short");
+            assert_eq!(r.read_str().unwrap(), long);
+            assert_eq!(
+                r.read_str(),
+                Err(WireError::TypeMismatch {
+                    index: 2,
+                    expected: "str",
+                    found: "bytes"
+                })
+            );
+            assert_eq!(r.read_slice().unwrap(), b"\x00\xff");
+            assert_eq!(r.read_slice().unwrap(), b"as bytes");
+            assert_eq!(r.read_str().unwrap(), "var", "text variant");
+            assert_eq!(
+                r.read_slice(),
+                Err(WireError::TypeMismatch {
+                    index: 5,
+                    expected: "bytes",
+                    found: "u8"
+                })
+            );
+            assert_eq!(
+                r.read_i8().unwrap(),
+                7,
+                "exact-type fast path falls back to lenient"
+            );
+            assert_eq!(
+                r.read_u8(),
+                Err(WireError::TypeMismatch {
+                    index: 6,
+                    expected: "u8",
+                    found: "i64"
+                })
+            );
+            assert_eq!(r.read_i64().unwrap(), -1);
+            assert_eq!(r.read_str(), Err(WireError::ReadPastEnd { index: 7 }));
+        }
     }
 
     #[test]

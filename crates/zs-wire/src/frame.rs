@@ -21,7 +21,7 @@ pub(crate) const KIND_MASK: u8 = 0x3f;
 /// carries the same `id`. Names (`cmd`) select the handler on the receiving side.
 ///
 /// Byte, text and DataFrame fields decoded from the wire are zero-copy slices of the
-/// received buffer.
+/// received buffer (texts of up to 20 bytes are copied inline into the [`Text`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// Console request: text in, a [`Frame::ConsoleResponse`] (or error) out.

@@ -16,9 +16,12 @@
 //! - **Bounded, total decoding**: every length is checked against [`Limits`] before
 //!   anything is allocated; malformed input is a [`WireError`], never a panic.
 //! - **Zero copy**: byte, text and array values are [`bytes::Bytes`] slices of the
-//!   received buffer, so a 1 MiB value is not copied when decoded. A decoded
+//!   received buffer, so a 1 MiB value is not copied when decoded; short texts
+//!   (command names, up to 20 bytes) are copied inline into their [`Text`] instead,
+//!   which is cheaper than sharing the buffer (no reference count). A decoded
 //!   [`DataFrame`] is validated completely up front but its [`Value`]s are only
-//!   built when accessed by index; its [`Reader`] reads straight from the bytes.
+//!   built when accessed by index; its [`Reader`] reads straight from the bytes,
+//!   and [`Reader::read_str`] / [`Reader::read_slice`] borrow without any copy.
 //!
 //! Main types: [`Frame`] (all frame kinds, including the StableIO sequence records),
 //! [`Decoder`] / [`Encoder`] / [`FrameCodec`], [`Config`] / [`Limits`],

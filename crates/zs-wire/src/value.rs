@@ -45,7 +45,7 @@ impl Text {
     /// copied inline instead).
     pub fn from_utf8(bytes: Bytes) -> Result<Text, WireError> {
         if bytes.len() <= INLINE {
-            return Text::from_utf8_slice(&bytes, || Bytes::new());
+            return Text::from_utf8_slice(&bytes, || bytes.clone());
         }
         ByteString::try_from(bytes)
             .map(|b| Text(TextRepr::Shared(b)))
@@ -814,7 +814,48 @@ mod tests {
     }
 
     #[test]
+    fn text_inline_and_shared_agree() {
+        use std::collections::hash_map::DefaultHasher;
+        use std::hash::{Hash, Hasher};
+        fn hash(t: &Text) -> u64 {
+            let mut h = DefaultHasher::new();
+            t.hash(&mut h);
+            h.finish()
+        }
+        let long = "a string longer than the inline capacity";
+        for s in ["", "echo", "exactly-twenty-bytes", long, "héllo wörld"] {
+            let inline_or_copy = Text::from(s);
+            let shared = Text::from_utf8(Bytes::copy_from_slice(s.as_bytes())).unwrap();
+            let owned = Text::from(s.to_string());
+            assert_eq!(inline_or_copy, shared);
+            assert_eq!(owned, shared);
+            assert_eq!(hash(&inline_or_copy), hash(&shared), "{s}");
+            assert_eq!(inline_or_copy.as_str(), s);
+            assert_eq!(shared.len(), s.len());
+            assert_eq!(&shared.to_bytes()[..], s.as_bytes());
+            assert_eq!(&inline_or_copy.clone().into_bytes()[..], s.as_bytes());
+            assert_eq!(inline_or_copy.cmp(&shared), std::cmp::Ordering::Equal);
+        }
+        assert_eq!(Text::from_static("echo"), Text::from("echo"));
+        assert_eq!(
+            Text::from("a").cmp(&Text::from(long)),
+            std::cmp::Ordering::Less
+        );
+        let map: std::collections::HashMap<Text, u8> = [(Text::from("k"), 1)].into();
+        assert_eq!(map.get("k"), Some(&1), "Borrow<str> hashes like str");
+        // The inline form keeps `Text` as small as a `Bytes`.
+        assert_eq!(std::mem::size_of::<Text>(), std::mem::size_of::<Bytes>());
+    }
+
+    #[test]
     fn text_validates() {
+        assert_eq!(
+            Text::from_utf8(Bytes::from(
+                vec![b'a'; 40].into_iter().chain([0xc3]).collect::<Vec<_>>()
+            )),
+            Err(WireError::InvalidUtf8),
+            "long invalid text"
+        );
         assert_eq!(Text::from_utf8(Bytes::from_static(b"hi")).unwrap(), "hi");
         assert_eq!(
             Text::from_utf8(Bytes::from_static(&[0xff])),

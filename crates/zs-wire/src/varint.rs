@@ -33,20 +33,26 @@ pub(crate) enum Varint {
     Incomplete,
 }
 
+/// The inline fast path of [`get_varint`]: a canonical one- or two-byte varint at
+/// the start of `src` (counts, lengths, ids below 16384) and its size; `None` for
+/// anything else (longer, non-canonical, incomplete), which `get_varint` handles.
+#[inline(always)]
+pub(crate) fn varint_fast(src: &[u8]) -> Option<(u64, usize)> {
+    match *src {
+        [b0, ..] if b0 < 0x80 => Some((b0 as u64, 1)),
+        [b0, b1, ..] if b1 < 0x80 && b1 != 0 => Some(((b0 & 0x7f) as u64 | (b1 as u64) << 7, 2)),
+        _ => None,
+    }
+}
+
 /// Reads a canonical varint from the start of `src`.
 #[inline]
 pub(crate) fn get_varint(src: &[u8]) -> Result<Varint, WireError> {
-    // Fast path: one byte.
-    match src.first() {
-        None => return Ok(Varint::Incomplete),
-        Some(&b) if b < 0x80 => return Ok(Varint::Done(b as u64, 1)),
-        _ => {}
+    if let Some((v, n)) = varint_fast(src) {
+        return Ok(Varint::Done(v, n));
     }
-    // Fast path: two bytes (values 128..16384: ids, lengths of small frames).
-    if let Some(&b1) = src.get(1) {
-        if b1 < 0x80 && b1 != 0 {
-            return Ok(Varint::Done((src[0] & 0x7f) as u64 | (b1 as u64) << 7, 2));
-        }
+    if src.is_empty() {
+        return Ok(Varint::Incomplete);
     }
     let mut v: u64 = 0;
     for (i, &b) in src.iter().enumerate().take(MAX_VARINT) {
@@ -120,12 +126,9 @@ impl Cursor {
 
     #[inline]
     pub(crate) fn varint(&mut self, field: &'static str) -> Result<u64, WireError> {
-        // Fast path: a one-byte varint (counts, short lengths, small ids).
-        if let Some(&b) = self.buf.get(self.pos) {
-            if b < 0x80 {
-                self.pos += 1;
-                return Ok(b as u64);
-            }
+        if let Some((v, n)) = varint_fast(&self.buf[self.pos..]) {
+            self.pos += n;
+            return Ok(v);
         }
         match get_varint(&self.buf[self.pos..])? {
             Varint::Done(v, n) => {
@@ -145,6 +148,16 @@ impl Cursor {
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
+    }
+
+    /// Skips exactly `n` bytes.
+    #[inline]
+    pub(crate) fn skip(&mut self, n: usize, field: &'static str) -> Result<(), WireError> {
+        if n > self.remaining() {
+            return Err(WireError::Truncated { field });
+        }
+        self.pos += n;
+        Ok(())
     }
 
     /// Fixed-size array of `N` bytes.

@@ -20,12 +20,13 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7777";
 
 /// Backends this build can construct by name (see [`backend_by_name`]).
 pub fn backend_names() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    #[cfg(all(feature = "io-epoll", target_os = "linux"))]
-    v.push("epoll");
-    #[cfg(feature = "io-tokio")]
-    v.push("tokio");
-    v
+    [
+        cfg!(all(feature = "io-epoll", target_os = "linux")).then_some("epoll"),
+        cfg!(feature = "io-tokio").then_some("tokio"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Makes the backend called `name` (`"epoll"`, `"tokio"`, or `"default"`: epoll
