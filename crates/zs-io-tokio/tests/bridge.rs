@@ -42,7 +42,9 @@ fn async_echo_with_backpressure() {
                     c.write_all(&buf[..n]).await.unwrap();
                 }
                 c.shutdown_write().unwrap();
-                total
+                // The listener goes back to the test: dropping it here would shut down
+                // the connections it accepted (seam contract) before the echo is flushed.
+                (total, listener)
             });
             let c = AsyncConn::connect(&*backend, addr, Duration::from_secs(5))
                 .await
@@ -84,7 +86,9 @@ fn async_echo_with_backpressure() {
             };
             assert_eq!(got.len(), expect.len());
             assert!(got == expect);
-            assert_eq!(server.await.unwrap(), total);
+            let (served, listener) = server.await.unwrap();
+            assert_eq!(served, total);
+            drop(listener);
             c.close();
             let mut b = [0u8; 1];
             assert_eq!(c.read(&mut b).await.unwrap(), 0);
