@@ -29,8 +29,8 @@
 //! * Helpers for backend authors: [`SendQueue`] (the bounded queue with the
 //!   back-pressure rules below, with `IoSlice` gathering for vectored writes) and
 //!   [`TimerWheel`] (a hashed timer wheel).
-//! * Feature `testkit`: [`testkit`], the conformance kit every backend runs unchanged,
-//!   and the [`conformance_tests!`] macro that expands to one `#[test]` per kit item.
+//! * Feature `testkit`: the `testkit` module, the conformance kit every backend runs unchanged,
+//!   and the `conformance_tests!` macro that expands to one `#[test]` per kit item.
 //! * Feature `reactor` (Unix): `reactor`, a generic, safe readiness event loop
 //!   (connections table, buffers, timer wheel, send queues, accept logic) over a tiny
 //!   `Poller` trait; `zs-io-epoll` and `zs-io-kqueue` only supply the poller.
