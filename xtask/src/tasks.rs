@@ -18,7 +18,8 @@ fn cargo() -> Command {
     c
 }
 
-fn show(c: &Command) -> String {
+/// A command as a shell line, environment first (for logs).
+pub(crate) fn show(c: &Command) -> String {
     let mut s = String::new();
     for (k, v) in c.get_envs() {
         if let Some(v) = v {
@@ -34,7 +35,7 @@ fn show(c: &Command) -> String {
 }
 
 /// Runs a command, printing it first; a non-zero exit is an error.
-fn run(mut c: Command) -> Result {
+pub(crate) fn run(mut c: Command) -> Result {
     let line = show(&c);
     println!("\n$ {line}");
     let t = Instant::now();

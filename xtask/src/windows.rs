@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::tasks::{run, show};
+
 type Result<T = ()> = std::result::Result<T, String>;
 
 /// The Rust target the tests are built for.
@@ -103,38 +105,6 @@ fn parse(args: &[String]) -> Result<Plan> {
 
 // ------------------------------------------------------------------- helpers
 
-fn show(c: &Command) -> String {
-    let mut s = String::new();
-    for (k, v) in c.get_envs() {
-        if let Some(v) = v {
-            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
-        }
-    }
-    s.push_str(&c.get_program().to_string_lossy());
-    for a in c.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-/// Runs a command to completion, printing it first; a non-zero exit is an error.
-fn run(mut c: Command) -> Result {
-    let line = show(&c);
-    println!("\n$ {line}");
-    let t = Instant::now();
-    let status = c
-        .status()
-        .map_err(|e| format!("cannot start `{line}`: {e}"))?;
-    println!("  (took {:.1} s)", t.elapsed().as_secs_f64());
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{line}` failed with {status}"))
-    }
-}
-
-/// Finds `name` on `PATH`.
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
