@@ -10,8 +10,7 @@
 //! Two busy threads on the 2 vCPUs: the scheduler places them (not pinned).
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -59,87 +58,6 @@ fn seam_server(backend: &dyn Backend) -> Box<dyn zs_io::Listener> {
         .expect("listen")
 }
 
-/// The baseline: a single-threaded echo straight on epoll (through mio).
-fn raw_server() -> SocketAddr {
-    use mio::net::TcpListener;
-    use mio::{Events, Interest, Poll, Token};
-    let mut listener = TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::Builder::new()
-        .name("raw-epoll".into())
-        .spawn(move || {
-            let mut poll = Poll::new().expect("poll");
-            poll.registry()
-                .register(&mut listener, Token(0), Interest::READABLE)
-                .expect("register");
-            let mut events = Events::with_capacity(256);
-            let mut conns: HashMap<usize, (mio::net::TcpStream, Vec<u8>)> = HashMap::new();
-            let mut next = 1usize;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                if poll.poll(&mut events, None).is_err() {
-                    continue;
-                }
-                for ev in events.iter() {
-                    if ev.token() == Token(0) {
-                        while let Ok((mut s, _)) = listener.accept() {
-                            let _ = s.set_nodelay(true);
-                            let t = Token(next);
-                            next += 1;
-                            if poll
-                                .registry()
-                                .register(&mut s, t, Interest::READABLE | Interest::WRITABLE)
-                                .is_ok()
-                            {
-                                conns.insert(t.0, (s, Vec::new()));
-                            }
-                        }
-                        continue;
-                    }
-                    let Some((s, pending)) = conns.get_mut(&ev.token().0) else {
-                        continue;
-                    };
-                    let mut dead = false;
-                    // Flush what an earlier short write left.
-                    while !pending.is_empty() {
-                        match s.write(pending) {
-                            Ok(n) => {
-                                pending.drain(..n);
-                            }
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                            Err(_) => {
-                                dead = true;
-                                break;
-                            }
-                        }
-                    }
-                    while !dead && pending.is_empty() {
-                        match s.read(&mut buf) {
-                            Ok(0) => dead = true,
-                            Ok(n) => match s.write(&buf[..n]) {
-                                Ok(w) if w == n => {}
-                                Ok(w) => pending.extend_from_slice(&buf[w..n]),
-                                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                                    pending.extend_from_slice(&buf[..n])
-                                }
-                                Err(_) => dead = true,
-                            },
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                            Err(_) => dead = true,
-                        }
-                    }
-                    if dead {
-                        if let Some((mut s, _)) = conns.remove(&ev.token().0) {
-                            let _ = poll.registry().deregister(&mut s);
-                        }
-                    }
-                }
-            }
-        })
-        .expect("spawn raw server");
-    addr
-}
-
 /// One sample: pipelined 64-byte echo for `dur`; returns messages per second.
 fn client(addr: SocketAddr, dur: Duration) -> f64 {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -180,7 +98,7 @@ fn main() {
         ..Config::default()
     };
 
-    let raw = raw_server();
+    let raw = zs_bench_harness::raw::mio_echo_server();
     suite.case("raw-epoll", "msgs_per_s", Better::Higher, move || {
         client(raw, dur)
     });

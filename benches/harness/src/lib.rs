@@ -6,6 +6,10 @@
 //! min and max of each case; ratios are computed from medians so that a ratio
 //! above 1.0 always means "we are ahead" (see `shared/BENCH.md`).
 //!
+//! Shared baselines live in [`raw`]: the hand-written mio/epoll echo, a blocking
+//! ping-pong, a checksumming raw TCP sink, and process helpers (RSS, fd limit),
+//! so every suite measures against the same code.
+//!
 //! Output contract: a readable table (with a progress bar while it runs), then,
 //! as the **last line** of standard output, one JSON object:
 //! `{"suite":"wire","rounds":5,"results":[{"name":…,"metric":…,"median":…,"min":…,"max":…}],"ratios":{…}}`.
@@ -26,6 +30,8 @@
 //! assert!(json.contains("\"suite\":\"demo\""));
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod raw;
 
 use std::time::{Duration, Instant};
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod call;
 mod db;
 mod expr;
@@ -37,6 +38,8 @@ enum Command {
     Db(db::DbArgs),
     /// Evaluate an expression (zs-expr) and print its value.
     Expr(expr::ExprArgs),
+    /// Load a running zserver: rpc calls, BigStream transfers or idle sessions.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,5 +50,6 @@ fn main() -> ExitCode {
         Command::Call(a) => call::run(a),
         Command::Db(a) => db::run(a),
         Command::Expr(a) => expr::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

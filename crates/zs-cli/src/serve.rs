@@ -11,7 +11,10 @@
 //! ```
 //!
 //! Built-in commands (console): `echo` (answers its text), `time` (UTC time,
-//! RFC 3339), `stats` (the server's statistics table).
+//! RFC 3339), `stats` (the server's statistics table); and `bigsink`
+//! (BigStream): reads every chunk, checks they arrive in order, and answers the
+//! last one with the byte count (u64) and CRC-32 (u32) of what it received (the
+//! target of `zs bench stream`; one transfer at a time per connection).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +23,10 @@ use std::sync::{mpsc, Arc, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use zserver::{load_or_create_identity, Registry, RunningServer, ServerBuilder, SuiteId};
+use zserver::{
+    code, load_or_create_identity, BigChunk, DataFrame, HandlerError, Peer, Registry,
+    RunningServer, ServerBuilder, SuiteId,
+};
 
 /// The key file used when none is given (also where `zs call` looks).
 pub const DEFAULT_KEY_FILE: &str = "zs-identity.key";
@@ -82,6 +88,39 @@ fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Per-connection state of `bigsink`: bytes seen and their running CRC-32.
+#[derive(Default)]
+struct SinkState {
+    seen: u64,
+    crc: crc32fast::Hasher,
+}
+
+/// `bigsink`: every chunk in order into a CRC-32; the last answers `[count, crc]`.
+fn bigsink(peer: &Peer, c: &BigChunk) -> Result<Option<DataFrame>, HandlerError> {
+    peer.with_state(|st: &mut SinkState| {
+        if c.offset == 0 {
+            *st = SinkState::default();
+        }
+        if c.offset != st.seen {
+            let seen = st.seen;
+            *st = SinkState::default();
+            return Err(HandlerError::new(
+                code::BAD_REQUEST,
+                format!("bigsink: chunk at offset {} after {seen} bytes", c.offset),
+            ));
+        }
+        st.crc.update(&c.data);
+        st.seen += c.data.len() as u64;
+        if !c.last {
+            return Ok(None);
+        }
+        let done = std::mem::take(st);
+        Ok(Some(
+            DataFrame::new().with(done.seen).with(done.crc.finalize()),
+        ))
+    })
+}
+
 /// The built-in commands; `stats` reads the server through `server`.
 fn builtins(server: Arc<OnceLock<Weak<RunningServer>>>) -> Registry {
     let mut r = Registry::new();
@@ -93,6 +132,7 @@ fn builtins(server: Arc<OnceLock<Weak<RunningServer>>>) -> Registry {
             None => Err("the server is shutting down".into()),
         }
     });
+    r.big_stream("bigsink", bigsink);
     r
 }
 
@@ -169,7 +209,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     );
     println!("fingerprint: {fingerprint}");
     println!("connect with: zs call echo hello --addr {local} --fingerprint {fingerprint}");
-    println!("commands: echo, time, stats; Ctrl-C stops");
+    println!("commands: echo, time, stats, bigsink (BigStream); Ctrl-C stops");
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -224,6 +264,40 @@ mod tests {
         let s = parse_suites(&["aes-256-gcm".into(), "CHACHA20-POLY1305".into()]).unwrap();
         assert_eq!(s, vec![SuiteId::Aes256Gcm, SuiteId::ChaCha20Poly1305]);
         assert!(parse_suites(&["rot13".into()]).is_err());
+    }
+
+    #[test]
+    fn bigsink_checks_order_and_answers_count_and_crc() {
+        struct Nowhere;
+        impl zserver::framework::Outbox for Nowhere {
+            fn send_frame(&self, _: zserver::Frame) -> zserver::Result<()> {
+                Ok(())
+            }
+            fn is_open(&self) -> bool {
+                true
+            }
+            fn close(&self, _: &str) {}
+        }
+        let peer = Peer::new(1, None, Arc::new(Nowhere));
+        let chunk = |offset: u64, data: &'static [u8], last: bool| BigChunk {
+            offset,
+            total: 9,
+            last,
+            data: zserver::io::Bytes::from_static(data),
+        };
+        assert_eq!(bigsink(&peer, &chunk(0, b"abcd", false)).unwrap(), None);
+        let df = bigsink(&peer, &chunk(4, b"efghi", true)).unwrap().unwrap();
+        let mut r = df.reader();
+        assert_eq!(r.read_u64().unwrap(), 9);
+        assert_eq!(r.read_u32().unwrap(), crc32fast::hash(b"abcdefghi"));
+        // A gap is refused, and the next transfer starts clean.
+        assert_eq!(bigsink(&peer, &chunk(0, b"abcd", false)).unwrap(), None);
+        let e = bigsink(&peer, &chunk(5, b"fghi", true)).unwrap_err();
+        assert_eq!(e.code, code::BAD_REQUEST);
+        let df = bigsink(&peer, &chunk(0, b"abcdefghi", true))
+            .unwrap()
+            .unwrap();
+        assert_eq!(df.reader().read_u64().unwrap(), 9);
     }
 
     #[test]
