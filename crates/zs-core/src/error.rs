@@ -8,6 +8,9 @@ pub mod code {
     pub const UNKNOWN_COMMAND: u32 = 404;
     /// The payload exceeds a receiver limit (e.g. a CompleteBuffer).
     pub const TOO_LARGE: u32 = 413;
+    /// The StableIO session to resume is unknown, expired or evicted (or the
+    /// resume secret is wrong).
+    pub const GONE: u32 = 410;
     /// Too many requests are staged (batches).
     pub const TOO_MANY: u32 = 429;
     /// The handler failed (or dropped its responder without answering).
@@ -51,6 +54,30 @@ pub enum Error {
     UnexpectedReply {
         /// What the call expected.
         expected: &'static str,
+    },
+    /// StableIO: the resend buffer holds
+    /// [`SessionConfig::stable_max_unacked`](crate::SessionConfig::stable_max_unacked)
+    /// bytes the peer has not acknowledged yet (back-pressure: nothing was sent
+    /// or dropped; retry once the peer caught up).
+    #[error("StableIO resend buffer full: {unacked} bytes unacknowledged (limit {limit})")]
+    Full {
+        /// Bytes currently kept.
+        unacked: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// StableIO: the session ended for good (the server expired or evicted it,
+    /// refused the resume, or the client gave up reconnecting). Calls that were
+    /// pending can no longer complete.
+    #[error("StableIO session lost: {0}")]
+    SessionLost(String),
+    /// BatchStream: the checksums in the answer do not match the frames sent.
+    #[error("batch checksum mismatch (frame {index:?}): {detail}")]
+    ChecksumMismatch {
+        /// The first staged frame whose checksum differs, when known.
+        index: Option<usize>,
+        /// What was wrong.
+        detail: String,
     },
     /// A configuration or argument was invalid.
     #[error("invalid configuration: {0}")]

@@ -12,9 +12,25 @@
 //!   time; [`Session::connection_lost`] completes every pending call with an error.
 //!   CompleteBuffer has a receiver size limit answered with a clear
 //!   [`code::TOO_LARGE`] error (the seed disconnected silently); BatchStream frames
-//!   are staged and handed over together; BigStream is chunked with a window of
-//!   unacknowledged bytes (back-pressure without stop-and-wait), progress
+//!   are staged and handed over together, and the answer is followed by a
+//!   checksum of every staged frame (SHA3-256, first 16 bytes) that the caller
+//!   verifies ([`Error::ChecksumMismatch`]); BigStream is chunked with a window
+//!   of unacknowledged bytes (back-pressure without stop-and-wait), progress
 //!   events, and resume from an offset ([`Session::big_stream`]).
+//! - **StableIO** ([`Client::connect_stable`]): a session that survives its TCP
+//!   connection dying. Application frames become numbered records kept until
+//!   the peer acknowledges them; the client reconnects by itself (exponential
+//!   backoff with jitter, [`Reconnect`]), presents the session id and secret
+//!   the server gave it, and both sides send again what the other has not
+//!   handled: nothing lost, nothing duplicated, order kept. Pending calls,
+//!   delayed responders, the server's [`Peer`] (same id, same user state) all
+//!   carry over. Sending while offline queues up to
+//!   [`SessionConfig::stable_max_unacked`] bytes, then answers [`Error::Full`].
+//!   A server keeps an offline session for [`Options::stable_offline_timeout`]
+//!   within count and memory limits, then drops it with a logged reason (and a
+//!   counter in [`StatsSnapshot`]); the client's pending calls then fail with
+//!   [`Error::SessionLost`]. [`Client::drop_link`] / [`Peer::drop_link`] cut
+//!   the current connection on purpose.
 //! - [`Registry`]: handlers by kind and name. **Names are case-insensitive
 //!   (ASCII)**, as in the seed. Plain closures run on the connection's event loop;
 //!   `*_delayed` handlers keep a [`Responder`] and answer later from any thread
@@ -23,7 +39,10 @@
 //!   [`WorkerPool`] and answer from there; `*_async` handlers are futures polled
 //!   on that pool (any runtime-agnostic future, e.g. a [`CallFuture`] to another
 //!   server). BigStream handlers see every chunk in order ([`BigChunk`]), so
-//!   nothing is buffered whole.
+//!   nothing is buffered whole; or, with [`Registry::big_stream_collect`], get
+//!   the whole body as a [`BigBody`] (`Read + Seek`), kept in memory below a
+//!   threshold and spilled to a temporary file above it (the seed's disk swap),
+//!   with a hard size limit answered [`code::TOO_LARGE`].
 //! - [`Server`] / [`Client`] (on any `zs_io::Backend`): connection map by id,
 //!   per-connection user state ([`Peer::with_state`]), broadcast to all or a
 //!   filter, statistics per server and per command ([`StatsSnapshot`]: counts,
@@ -37,11 +56,8 @@
 //!   or take a callback.
 //!
 //! This crate depends on no async runtime and no particular backend: the
-//! `zserver` facade and the `zs` CLI pick them.
-//!
-//! Not here yet: StableIO (sessions surviving reconnects), BigStream spill to
-//! disk on the *receiving* side is left to the handler (it sees chunks, not a
-//! whole buffer).
+//! `zserver` facade and the `zs` CLI pick them. docs/PROTOCOL.md Part 3 gives
+//! the session layer byte by byte.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -62,25 +78,39 @@
 //! let server = Server::start(backend.clone(), provider.clone(), commands, Options::default(),
 //!     "127.0.0.1:0".parse().unwrap()).unwrap();
 //!
-//! let client = Client::connect(backend, provider, Registry::new(), Options::client(),
-//!     server.local_addr()).unwrap();
+//! let client = Client::connect(backend.clone(), provider.clone(), Registry::new(),
+//!     Options::client(), server.local_addr()).unwrap();
 //! assert_eq!(client.call("Echo", "hello").wait().unwrap(), "hello");
 //! assert_eq!(server.stats().commands[0].calls, 1);
+//!
+//! // StableIO: the session outlives its connection.
+//! let stable = Client::connect_stable(backend, provider, Registry::new(),
+//!     Options::client(), server.local_addr()).unwrap();
+//! let call = stable.call("echo", "survives");
+//! stable.drop_link();                              // the TCP connection dies...
+//! assert_eq!(call.wait().unwrap(), "survives");    // ...the call completes, once
+//! assert_eq!(stable.call("echo", "again").wait().unwrap(), "again");
+//! assert_eq!(server.stats().stable_sessions, 1);
 //! ```
 #![forbid(unsafe_code)]
 
+mod body;
 mod error;
 mod net;
 mod oneshot;
 mod pool;
 mod registry;
 mod session;
+mod stable;
 mod stats;
 
 pub use error::{code, Error, Result};
-pub use net::{Client, Options, Server};
+pub use net::{Client, Options, Reconnect, Server};
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;
-pub use registry::{BigChunk, HandlerError, Outbox, Peer, Registry, Responder};
-pub use session::{Call, Event, Reply, Request, Session, SessionConfig};
+pub use registry::{
+    BigBody, BigChunk, CollectLimits, HandlerError, Outbox, Peer, Registry, Responder,
+};
+pub use session::{Call, Event, LinkParts, Reply, Request, Session, SessionConfig};
+pub use stable::{batch_checksum, SECRET_LEN};
 pub use stats::{CommandSnapshot, CommandStats, EndpointStats, StatsSnapshot, LATENCY_SAMPLES};

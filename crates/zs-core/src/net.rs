@@ -5,12 +5,18 @@
 //! (which feeds it input and timers) and by any thread that sends on it (calls,
 //! delayed responders, HPC workers, broadcasts). Handlers run on the loop thread
 //! with the mutex released, so they may call, push or answer freely.
+//!
+//! StableIO: a `Link` is the *logical* session. Its current connection is
+//! swappable: when it dies, a stable session stays (offline) in the server's
+//! table until the client resumes it on a new connection, or until it expires.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use ring::rand::SecureRandom;
 
 use bytes::{Bytes, BytesMut};
 use zs_crypto::SecurityProvider;
@@ -22,6 +28,7 @@ use crate::oneshot::{channel, CallFuture, Completer};
 use crate::pool::WorkerPool;
 use crate::registry::{Outbox, Peer, Registry};
 use crate::session::{Call, Event, Reply, Request, Session, SessionConfig};
+use crate::stable::{secret_eq, SECRET_LEN};
 use crate::stats::{EndpointStats, StatsSnapshot};
 
 // Our timer tokens have the high bit set; a raw handler's tokens never do.
@@ -61,6 +68,58 @@ pub struct Options {
     pub max_backlog: usize,
     /// Client connect timeout. Default 10 s.
     pub connect_timeout: Duration,
+    /// Server: accept StableIO sessions (clients made with
+    /// [`Client::connect_stable`]). Default true (bounded by the limits below).
+    pub stable: bool,
+    /// Server: how long a StableIO session whose connection died is kept for
+    /// its client to resume it; then it is dropped (logged, counted in
+    /// [`StatsSnapshot::stable_expired`]). Default 60 s.
+    pub stable_offline_timeout: Duration,
+    /// Server: most StableIO sessions kept offline at once; beyond, the oldest
+    /// offline one is evicted (logged, [`StatsSnapshot::stable_evicted`]).
+    /// Default 4096.
+    pub stable_max_offline: usize,
+    /// Server: most bytes of unacknowledged records kept by all offline
+    /// sessions together (each is also bounded by
+    /// [`SessionConfig::stable_max_unacked`]); beyond, the oldest offline
+    /// sessions are evicted. Default 256 MiB.
+    pub stable_max_offline_bytes: usize,
+    /// Client (StableIO): how to reconnect after the connection died.
+    pub reconnect: Reconnect,
+}
+
+/// Reconnection policy of a StableIO client: exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Delay before the first attempt. Default 50 ms.
+    pub initial: Duration,
+    /// Largest delay between attempts. Default 5 s.
+    pub max: Duration,
+    /// Give up this long after the connection died (pending calls then fail
+    /// with [`Error::SessionLost`]). Keep it at or below the server's
+    /// [`Options::stable_offline_timeout`]. Default 60 s.
+    pub give_up: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+            give_up: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Reconnect {
+    /// The delay before attempt `n` (1-based): `initial · 2^(n-1)` capped at
+    /// `max`, scaled by `jitter` in `[0.5, 1.0]`.
+    pub fn delay(&self, n: u32, jitter: f64) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << n.saturating_sub(1).min(20));
+        exp.min(self.max).mul_f64(jitter.clamp(0.5, 1.0))
+    }
 }
 
 impl Default for Options {
@@ -75,6 +134,11 @@ impl Default for Options {
             hpc_threads: 0,
             max_backlog: 8 << 20,
             connect_timeout: Duration::from_secs(10),
+            stable: true,
+            stable_offline_timeout: Duration::from_secs(60),
+            stable_max_offline: 4096,
+            stable_max_offline_bytes: 256 << 20,
+            reconnect: Reconnect::default(),
         }
     }
 }
@@ -93,6 +157,25 @@ impl Options {
 type Completion = Box<dyn FnOnce(Result<Reply>) + Send>;
 type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
+/// A StableIO session known to a server.
+struct StableEntry {
+    link: Arc<Link>,
+    peer: Peer,
+    secret: [u8; SECRET_LEN],
+    /// When its connection died (None: online).
+    offline_since: Option<Instant>,
+}
+
+/// Messages to a StableIO client's reconnect thread.
+enum Reconn {
+    /// The link died (or an attempt failed): try again.
+    Down,
+    /// The session resumed.
+    Up,
+    /// The client is closed.
+    Stop,
+}
+
 /// Endpoint-wide state shared by every connection of a server or client.
 struct Shared {
     registry: Arc<Registry>,
@@ -102,6 +185,13 @@ struct Shared {
     stats: EndpointStats,
     conns: Mutex<HashMap<u64, Peer>>,
     server: bool,
+    /// Client: ask for StableIO on the first connection.
+    client_stable: bool,
+    /// Server: StableIO sessions by id.
+    stable: Mutex<HashMap<u64, StableEntry>>,
+    /// Client: the reconnect thread's mailbox.
+    reconnect: Mutex<Option<mpsc::Sender<Reconn>>>,
+    rng: ring::rand::SystemRandom,
 }
 
 impl Shared {
@@ -110,6 +200,16 @@ impl Shared {
         provider: Arc<dyn SecurityProvider>,
         options: Options,
         server: bool,
+    ) -> Arc<Shared> {
+        Shared::with(registry, provider, options, server, false)
+    }
+
+    fn with(
+        registry: Registry,
+        provider: Arc<dyn SecurityProvider>,
+        options: Options,
+        server: bool,
+        client_stable: bool,
     ) -> Arc<Shared> {
         let pool = registry.has_hpc().then(|| {
             let n = if options.hpc_threads == 0 {
@@ -127,11 +227,136 @@ impl Shared {
             stats: EndpointStats::default(),
             conns: Mutex::new(HashMap::new()),
             server,
+            client_stable,
+            stable: Mutex::new(HashMap::new()),
+            reconnect: Mutex::new(None),
+            rng: ring::rand::SystemRandom::new(),
         })
     }
 
     fn snapshot(&self) -> StatsSnapshot {
         self.stats.snapshot(self.registry.stats())
+    }
+
+    fn notify(&self, m: Reconn) {
+        if let Some(tx) = lock(&self.reconnect).as_ref() {
+            let _ = tx.send(m);
+        }
+    }
+
+    /// Fresh StableIO credentials (a nonzero id not in use, a random secret).
+    fn new_offer(&self) -> Option<(u64, [u8; SECRET_LEN])> {
+        let mut b = [0u8; 8 + SECRET_LEN];
+        for _ in 0..4 {
+            self.rng.fill(&mut b).ok()?;
+            let sid = u64::from_le_bytes(b[..8].try_into().ok()?);
+            if sid != 0 && !lock(&self.stable).contains_key(&sid) {
+                let mut secret = [0u8; SECRET_LEN];
+                secret.copy_from_slice(&b[8..]);
+                return Some((sid, secret));
+            }
+        }
+        None
+    }
+
+    /// Ends StableIO session `sid` for good (expiry, eviction, shutdown).
+    fn drop_stable(self: &Arc<Shared>, sid: u64, why: &str) {
+        let Some(e) = lock(&self.stable).remove(&sid) else {
+            return;
+        };
+        let mut works = Vec::new();
+        {
+            let mut st = lock(&e.link.st);
+            e.link.open.store(false, Ordering::Release);
+            st.session.end_stable(why);
+            e.link.drain(&mut st, &mut works);
+            if let Some(c) = st.conn.take() {
+                c.close();
+            }
+        }
+        lock(&self.conns).remove(&e.peer.id());
+        process_works(self, &e.link, &e.peer, works);
+    }
+
+    /// Enforces the offline limits (count and bytes), evicting the oldest.
+    fn enforce_offline_caps(self: &Arc<Shared>) {
+        let o = &self.options;
+        loop {
+            let victim = {
+                let t = lock(&self.stable);
+                let mut offline: Vec<(Instant, u64, usize)> = t
+                    .iter()
+                    .filter_map(|(sid, e)| {
+                        e.offline_since.map(|since| {
+                            let bytes = lock(&e.link.st).session.stable_unacked_bytes();
+                            (since, *sid, bytes)
+                        })
+                    })
+                    .collect();
+                let bytes: usize = offline.iter().map(|x| x.2).sum();
+                if offline.len() <= o.stable_max_offline && bytes <= o.stable_max_offline_bytes {
+                    return;
+                }
+                offline.sort_unstable();
+                offline.first().map(|v| (v.1, offline.len(), bytes))
+            };
+            let Some((sid, n, bytes)) = victim else {
+                return;
+            };
+            tracing::warn!(
+                session = sid,
+                offline_sessions = n,
+                offline_bytes = bytes,
+                reason = "offline limits exceeded",
+                "evicting StableIO session"
+            );
+            self.stats.stable_evicted.fetch_add(1, Ordering::Relaxed);
+            self.drop_stable(
+                sid,
+                &format!(
+                    "evicted: {n} offline sessions holding {bytes} bytes exceed the limits ({} sessions, {} bytes)",
+                    o.stable_max_offline, o.stable_max_offline_bytes
+                ),
+            );
+        }
+    }
+
+    /// One pass of the server's StableIO reaper: expires sessions offline too
+    /// long and runs offline sessions' call timeouts.
+    fn reap(self: &Arc<Shared>, now: Instant) {
+        let timeout = self.options.stable_offline_timeout;
+        let (expired, offline): (Vec<_>, Vec<_>) = {
+            let t = lock(&self.stable);
+            let off: Vec<(u64, Instant, Arc<Link>, Peer)> = t
+                .iter()
+                .filter_map(|(sid, e)| {
+                    e.offline_since
+                        .map(|s| (*sid, s, e.link.clone(), e.peer.clone()))
+                })
+                .collect();
+            off.into_iter()
+                .partition(|(_, since, _, _)| now.saturating_duration_since(*since) >= timeout)
+        };
+        for (sid, since, _, peer) in expired {
+            tracing::warn!(
+                session = sid,
+                peer = peer.id(),
+                offline = ?now.saturating_duration_since(since),
+                reason = "offline timeout",
+                "dropping StableIO session"
+            );
+            self.stats.stable_expired.fetch_add(1, Ordering::Relaxed);
+            self.drop_stable(sid, &format!("expired: offline for more than {timeout:?}"));
+        }
+        for (_, _, link, peer) in offline {
+            let mut works = Vec::new();
+            {
+                let mut st = lock(&link.st);
+                let _ = st.session.handle_timeout(now);
+                link.drain(&mut st, &mut works);
+            }
+            process_works(self, &link, &peer, works);
+        }
     }
 }
 
@@ -141,6 +366,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct LinkState {
     session: Session,
+    /// The current connection (None: a StableIO session between connections).
+    conn: Option<Conn>,
     out: Vec<u8>,
     backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
@@ -153,6 +380,13 @@ struct LinkState {
     queue: VecDeque<Request>,
 }
 
+impl LinkState {
+    /// Whether `conn` is this link's current connection.
+    fn is_current(&self, conn: &Conn) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.id() == conn.id())
+    }
+}
+
 /// What the loop does after releasing the session lock.
 enum Work {
     Request(Request),
@@ -162,23 +396,31 @@ enum Work {
     Progress(ProgressFn, u64, u64),
     PeerError(u32, String),
     Closed,
+    StableReady(u64),
+    StableRefused(String),
+    Resumed(usize),
+    Resume(u64, [u8; SECRET_LEN], u64),
 }
 
-/// One connection: the transport handle and the session.
+/// One logical session: the session and its current connection.
 struct Link {
-    conn: Conn,
     shared: Arc<Shared>,
     st: Mutex<LinkState>,
+    /// The logical session is alive (a StableIO session stays alive offline).
     open: AtomicBool,
+    /// Connections this link has had (StableIO clients: 1 + reconnects).
+    links: AtomicU64,
+    /// Successful resumes.
+    resumes: AtomicU64,
 }
 
 impl Link {
     fn new(conn: Conn, session: Session, shared: Arc<Shared>) -> Link {
         Link {
-            conn,
             shared,
             st: Mutex::new(LinkState {
                 session,
+                conn: Some(conn),
                 out: Vec::new(),
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
@@ -191,12 +433,18 @@ impl Link {
                 queue: VecDeque::new(),
             }),
             open: AtomicBool::new(true),
+            links: AtomicU64::new(1),
+            resumes: AtomicU64::new(0),
         }
     }
 
     /// Sends what the session produced and arms its next timer. Call with the lock held.
     fn flush(&self, st: &mut LinkState) {
         st.session.write_output(&mut st.out);
+        let Some(conn) = st.conn.clone() else {
+            st.out.clear();
+            return;
+        };
         if !st.out.is_empty() {
             let b = Bytes::from(std::mem::take(&mut st.out));
             self.shared
@@ -204,12 +452,12 @@ impl Link {
                 .bytes_out
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
             if st.backlog.is_empty() {
-                match self.conn.send(b) {
+                match conn.send(b) {
                     Ok(()) => {}
                     Err(zs_io::Error::Full(b)) => {
                         st.backlog_bytes += b.len();
                         st.backlog.push_back(b);
-                        self.conn.set_read_paused(true);
+                        conn.set_read_paused(true);
                     }
                     Err(_) => {}
                 }
@@ -219,21 +467,23 @@ impl Link {
             }
             if st.backlog_bytes > self.shared.options.max_backlog {
                 tracing::warn!(
-                    conn = self.conn.id().0,
-                    peer = %self.conn.peer_addr(),
+                    conn = conn.id().0,
+                    peer = %conn.peer_addr(),
                     backlog = st.backlog_bytes,
                     "disconnecting: the peer does not read its data"
                 );
                 st.backlog.clear();
                 st.backlog_bytes = 0;
-                self.open.store(false, Ordering::Release);
-                self.conn.abort();
+                if !st.session.is_stable() {
+                    self.open.store(false, Ordering::Release);
+                }
+                conn.abort();
             }
         }
         if let Some(t) = st.session.poll_timeout() {
             if st.armed.is_none_or(|a| t < a) {
                 let after = t.saturating_duration_since(Instant::now());
-                if self.conn.set_timer(after, TOKEN_SESSION).is_ok() {
+                if conn.set_timer(after, TOKEN_SESSION).is_ok() {
                     st.armed = Some(t);
                 }
             }
@@ -245,8 +495,11 @@ impl Link {
         while let Some(ev) = st.session.poll_event() {
             match ev {
                 Event::Established { suite } => {
-                    tracing::debug!(conn = self.conn.id().0, %suite, "session established");
-                    works.push(Work::Ready(std::mem::take(&mut st.ready)));
+                    tracing::debug!(%suite, "session established");
+                    // A StableIO client is ready once the server accepted.
+                    if !(self.shared.client_stable && st.session.stable_id() == Some(0)) {
+                        works.push(Work::Ready(std::mem::take(&mut st.ready)));
+                    }
                 }
                 Event::Request(r) => works.push(Work::Request(r)),
                 Event::Reply { id, result } => {
@@ -263,6 +516,19 @@ impl Link {
                 }
                 Event::PeerError { code, message } => works.push(Work::PeerError(code, message)),
                 Event::Closed => works.push(Work::Closed),
+                Event::StableReady { session } => {
+                    works.push(Work::StableReady(session));
+                    if self.shared.client_stable {
+                        works.push(Work::Ready(std::mem::take(&mut st.ready)));
+                    }
+                }
+                Event::StableRefused { message } => works.push(Work::StableRefused(message)),
+                Event::Resumed { resent } => works.push(Work::Resumed(resent)),
+                Event::ResumeRequest {
+                    session,
+                    secret,
+                    delivered,
+                } => works.push(Work::Resume(session, secret, delivered)),
             }
         }
     }
@@ -283,7 +549,8 @@ impl Link {
 
     fn ready(&self) -> CallFuture<()> {
         let mut st = lock(&self.st);
-        if st.session.is_established() {
+        let stable_pending = self.shared.client_stable && st.session.stable_id() == Some(0);
+        if st.session.is_established() && !stable_pending {
             CallFuture::ready(Ok(()))
         } else if st.session.is_dead() || !self.open.load(Ordering::Acquire) {
             CallFuture::ready(Err(Error::ConnectionLost(
@@ -294,6 +561,10 @@ impl Link {
             st.ready.push(c);
             f
         }
+    }
+
+    fn conn(&self) -> Option<Conn> {
+        lock(&self.st).conn.clone()
     }
 }
 
@@ -309,24 +580,40 @@ impl Outbox for Link {
     }
 
     fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire) && !self.conn.is_closed()
+        if !self.open.load(Ordering::Acquire) {
+            return false;
+        }
+        let st = lock(&self.st);
+        !st.session.is_dead()
+            && (st.session.is_stable() || st.conn.as_ref().is_some_and(|c| !c.is_closed()))
     }
 
     fn close(&self, reason: &str) {
-        tracing::debug!(conn = self.conn.id().0, reason, "closing connection");
+        tracing::debug!(reason, "closing connection");
         let mut st = lock(&self.st);
         st.session.close();
         self.flush(&mut st);
         self.open.store(false, Ordering::Release);
+        let conn = st.conn.clone();
         drop(st);
-        self.conn.close();
+        if let Some(c) = conn {
+            c.close();
+        }
     }
 
     fn request_done(&self) {
         let mut st = lock(&self.st);
         st.busy = false;
         if !st.in_dispatch && !st.queue.is_empty() {
-            let _ = self.conn.set_timer(Duration::ZERO, TOKEN_NEXT);
+            if let Some(c) = &st.conn {
+                let _ = c.set_timer(Duration::ZERO, TOKEN_NEXT);
+            }
+        }
+    }
+
+    fn drop_link(&self) {
+        if let Some(c) = self.conn() {
+            c.abort();
         }
     }
 }
@@ -339,93 +626,158 @@ struct ConnHandler {
     shared: Arc<Shared>,
     link: Option<(Arc<Link>, Peer)>,
     connected: Option<mpsc::Sender<Connected>>,
+    /// StableIO client reconnect: the logical session this connection joins.
+    attach: Option<(Arc<Link>, Peer)>,
     /// Custom-protocol mode: makes the handler for connections that do not
     /// start with a zs handshake.
     raw_factory: Option<zs_io::HandlerFactory>,
     raw: Option<Box<dyn Handler>>,
     sniffed: bool,
+    /// Server: the StableIO credentials offered on this connection.
+    offer: Option<(u64, [u8; SECRET_LEN])>,
 }
 
 impl ConnHandler {
-    fn process(&self, works: Vec<Work>) {
-        let Some((link, peer)) = &self.link else {
+    fn new(shared: Arc<Shared>) -> ConnHandler {
+        ConnHandler {
+            shared,
+            link: None,
+            connected: None,
+            attach: None,
+            raw_factory: None,
+            raw: None,
+            sniffed: true,
+            offer: None,
+        }
+    }
+
+    fn process(&mut self, conn: &Conn, works: Vec<Work>) {
+        let Some((link, peer)) = self.link.clone() else {
             return;
         };
+        let mut rest = Vec::new();
         for w in works {
             match w {
-                Work::Request(r) => self.dispatch(link, peer, r),
-                Work::Complete(c, r) => c(r),
-                Work::Ready(v) => v.into_iter().for_each(|c| c.complete(Ok(()))),
-                Work::Signal(name, code) => self.shared.registry.signal_received(peer, &name, code),
-                Work::Progress(f, acked, total) => f(acked, total),
-                Work::PeerError(code, message) => {
-                    tracing::warn!(conn = peer.id(), code, %message, "peer reported an error");
-                    self.shared.registry.peer_error(peer, code, &message);
+                Work::StableReady(sid) if self.shared.server => {
+                    if let Some((_, secret)) = self.offer.filter(|o| o.0 == sid) {
+                        lock(&self.shared.stable).insert(
+                            sid,
+                            StableEntry {
+                                link: link.clone(),
+                                peer: peer.clone(),
+                                secret,
+                                offline_since: None,
+                            },
+                        );
+                        self.shared
+                            .stats
+                            .stable_sessions
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(session = sid, peer = peer.id(), "StableIO session");
+                    }
                 }
-                Work::Closed => {
-                    link.open.store(false, Ordering::Release);
-                    link.conn.close();
+                Work::Resume(sid, secret, delivered) => {
+                    // Everything after the request belongs to the resumed session.
+                    process_works(&self.shared, &link, &peer, std::mem::take(&mut rest));
+                    self.resume(conn, sid, secret, delivered);
+                    return;
                 }
+                other => rest.push(other),
             }
         }
+        process_works(&self.shared, &link, &peer, rest);
     }
 
-    fn dispatch(&self, link: &Arc<Link>, peer: &Peer, req: Request) {
-        let pool = self.shared.pool.as_ref();
-        if !self.shared.options.ordered {
-            if !self.shared.registry.dispatch(peer, req, pool, false) {
+    /// Server: a fresh connection asks to resume StableIO session `sid`.
+    fn resume(&mut self, conn: &Conn, sid: u64, secret: [u8; SECRET_LEN], delivered: u64) {
+        let Some((fresh, fresh_peer)) = self.link.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let found = lock(&self.shared.stable).get(&sid).map(|e| {
+            (
+                e.link.clone(),
+                e.peer.clone(),
+                secret_eq(&e.secret, &secret),
+            )
+        });
+        let (old, old_peer) = match found {
+            Some((l, p, true)) if l.open.load(Ordering::Acquire) => (l, p),
+            other => {
+                let reason = match other {
+                    None => "unknown or expired session",
+                    Some((_, _, false)) => "wrong resume secret",
+                    Some(_) => "session already ended",
+                };
+                tracing::warn!(
+                    session = sid,
+                    peer = %conn.peer_addr(),
+                    reason,
+                    "StableIO resume refused"
+                );
                 self.shared
                     .stats
-                    .unknown_commands
+                    .stable_rejected
                     .fetch_add(1, Ordering::Relaxed);
-            }
-            return;
-        }
-        {
-            let mut st = lock(&link.st);
-            if st.busy {
-                st.queue.push_back(req);
+                let mut st = lock(&fresh.st);
+                st.session
+                    .refuse_resume("unknown or expired StableIO session", now);
+                fresh.flush(&mut st);
+                fresh.open.store(false, Ordering::Release);
+                drop(st);
+                conn.close();
                 return;
             }
-            st.busy = true;
-            st.in_dispatch = true;
-        }
-        self.shared.registry.dispatch(peer, req, pool, true);
-        self.run_queue(link, peer);
-    }
-
-    /// Ordered mode: runs queued requests while the previous one is answered.
-    fn run_queue(&self, link: &Arc<Link>, peer: &Peer) {
-        loop {
-            let next = {
-                let mut st = lock(&link.st);
-                st.in_dispatch = false;
-                if st.busy {
-                    None
-                } else {
-                    let n = st.queue.pop_front();
-                    if n.is_some() {
-                        st.busy = true;
-                        st.in_dispatch = true;
-                    }
-                    n
-                }
-            };
-            match next {
-                Some(r) => {
-                    self.shared
-                        .registry
-                        .dispatch(peer, r, self.shared.pool.as_ref(), true);
-                }
-                None => return,
+        };
+        // Move this connection into the old session.
+        let parts = lock(&fresh.st).session.take_link();
+        fresh.open.store(false, Ordering::Release);
+        lock(&self.shared.conns).remove(&fresh_peer.id());
+        let mut works = Vec::new();
+        let r = {
+            let mut st = lock(&old.st);
+            if let Some(prev) = st.conn.take() {
+                // The old connection is not dead yet (half-open): replace it.
+                prev.abort();
+                st.session.link_lost("replaced by a resumed connection");
             }
+            st.conn = Some(conn.clone());
+            st.armed = None;
+            st.backlog.clear();
+            st.backlog_bytes = 0;
+            let r = st.session.resume_link(parts, delivered, now);
+            old.drain(&mut st, &mut works);
+            old.flush(&mut st);
+            if !st.queue.is_empty() && !st.busy {
+                let _ = conn.set_timer(Duration::ZERO, TOKEN_NEXT);
+            }
+            r
+        };
+        if let Some(e) = lock(&self.shared.stable).get_mut(&sid) {
+            e.offline_since = None;
+        }
+        old.links.fetch_add(1, Ordering::Relaxed);
+        old.resumes.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .stable_resumed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            session = sid,
+            peer = old_peer.id(),
+            "StableIO session resumed"
+        );
+        self.link = Some((old.clone(), old_peer));
+        self.process(conn, works);
+        if let Err(e) = r {
+            self.fail(&old, &e.to_string());
         }
     }
 
     fn fail(&self, link: &Link, why: &str) {
+        let conn = link.conn();
         tracing::warn!(
-            conn = link.conn.id().0,
-            peer = %link.conn.peer_addr(),
+            conn = conn.as_ref().map(|c| c.id().0),
             reason = why,
             "disconnecting peer"
         );
@@ -433,8 +785,104 @@ impl ConnHandler {
             .stats
             .protocol_errors
             .fetch_add(1, Ordering::Relaxed);
-        link.open.store(false, Ordering::Release);
-        link.conn.close();
+        {
+            let st = lock(&link.st);
+            if !st.session.is_stable() || st.session.is_dead() {
+                link.open.store(false, Ordering::Release);
+            }
+        }
+        if let Some(c) = conn {
+            c.close();
+        }
+    }
+}
+
+fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: Vec<Work>) {
+    for w in works {
+        match w {
+            Work::Request(r) => dispatch(shared, link, peer, r),
+            Work::Complete(c, r) => c(r),
+            Work::Ready(v) => v.into_iter().for_each(|c| c.complete(Ok(()))),
+            Work::Signal(name, code) => shared.registry.signal_received(peer, &name, code),
+            Work::Progress(f, acked, total) => f(acked, total),
+            Work::PeerError(code, message) => {
+                tracing::warn!(conn = peer.id(), code, %message, "peer reported an error");
+                shared.registry.peer_error(peer, code, &message);
+            }
+            Work::Closed => {
+                link.open.store(false, Ordering::Release);
+                if let Some(c) = link.conn() {
+                    c.close();
+                }
+            }
+            Work::StableRefused(message) => {
+                tracing::warn!(%message, "the server refused StableIO");
+                let ready = std::mem::take(&mut lock(&link.st).ready);
+                for c in ready {
+                    c.complete(Err(Error::Config(format!(
+                        "the server refused StableIO: {message}"
+                    ))));
+                }
+            }
+            Work::Resumed(resent) => {
+                tracing::debug!(resent, "StableIO session resumed");
+                link.resumes.fetch_add(1, Ordering::Relaxed);
+                shared.notify(Reconn::Up);
+            }
+            Work::StableReady(_) | Work::Resume(..) => {}
+        }
+    }
+}
+
+fn dispatch(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, req: Request) {
+    let pool = shared.pool.as_ref();
+    if !shared.options.ordered {
+        if !shared.registry.dispatch(peer, req, pool, false) {
+            shared
+                .stats
+                .unknown_commands
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    {
+        let mut st = lock(&link.st);
+        if st.busy {
+            st.queue.push_back(req);
+            return;
+        }
+        st.busy = true;
+        st.in_dispatch = true;
+    }
+    shared.registry.dispatch(peer, req, pool, true);
+    run_queue(shared, link, peer);
+}
+
+/// Ordered mode: runs queued requests while the previous one is answered.
+fn run_queue(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer) {
+    loop {
+        let next = {
+            let mut st = lock(&link.st);
+            st.in_dispatch = false;
+            if st.busy {
+                None
+            } else {
+                let n = st.queue.pop_front();
+                if n.is_some() {
+                    st.busy = true;
+                    st.in_dispatch = true;
+                }
+                n
+            }
+        };
+        match next {
+            Some(r) => {
+                shared
+                    .registry
+                    .dispatch(peer, r, shared.pool.as_ref(), true);
+            }
+            None => return,
+        }
     }
 }
 
@@ -454,25 +902,58 @@ impl Handler for ConnHandler {
                 if let Some(tx) = self.connected.take() {
                     let _ = tx.send(Err(e.into()));
                 }
+                if self.attach.take().is_some() {
+                    self.shared.notify(Reconn::Down);
+                }
                 conn.abort();
                 return;
             }
         };
         let o = &self.shared.options;
-        let link = Arc::new(Link::new(
-            conn.clone(),
-            Session::new(secure, o.session),
-            self.shared.clone(),
-        ));
-        let peer = Peer::new(conn.id().0, Some(conn.peer_addr()), link.clone());
-        self.shared.stats.opened.fetch_add(1, Ordering::Relaxed);
-        if self.shared.server {
-            lock(&self.shared.conns).insert(peer.id(), peer.clone());
-        }
         conn.set_idle_timeout(o.idle_timeout);
         let _ = conn.set_timer(o.handshake_timeout, TOKEN_HANDSHAKE);
         if let Some(k) = o.keepalive {
             let _ = conn.set_timer(k, TOKEN_KEEPALIVE);
+        }
+        self.shared.stats.opened.fetch_add(1, Ordering::Relaxed);
+        if let Some((link, peer)) = self.attach.take() {
+            // StableIO client: a new connection for the existing session.
+            let mut st = lock(&link.st);
+            if let Err(e) = st.session.attach(secure) {
+                drop(st);
+                tracing::debug!(error = %e, "reconnected, but the session is over");
+                conn.abort();
+                // Kept so that on_close counts the connection as closed (it is
+                // not the link's current connection, so nothing else happens).
+                self.link = Some((link, peer));
+                return;
+            }
+            st.conn = Some(conn.clone());
+            st.armed = None;
+            st.backlog.clear();
+            st.backlog_bytes = 0;
+            link.links.fetch_add(1, Ordering::Relaxed);
+            link.flush(&mut st);
+            drop(st);
+            tracing::debug!(peer = %conn.peer_addr(), "StableIO reconnected");
+            self.link = Some((link, peer));
+            return;
+        }
+        let mut session = Session::new(secure, o.session);
+        if self.shared.server {
+            self.offer = if o.stable {
+                self.shared.new_offer()
+            } else {
+                None
+            };
+            session.serve_stable(self.offer);
+        } else if self.shared.client_stable {
+            let _ = session.request_stable(now);
+        }
+        let link = Arc::new(Link::new(conn.clone(), session, self.shared.clone()));
+        let peer = Peer::new(conn.id().0, Some(conn.peer_addr()), link.clone());
+        if self.shared.server {
+            lock(&self.shared.conns).insert(peer.id(), peer.clone());
         }
         link.flush(&mut lock(&link.st));
         if let Some(tx) = self.connected.take() {
@@ -515,16 +996,26 @@ impl Handler for ConnHandler {
             .bytes_in
             .fetch_add(input.len() as u64, Ordering::Relaxed);
         let mut works = Vec::new();
-        let r = {
+        let (r, dead) = {
             let mut st = lock(&link.st);
+            if !st.is_current(conn) {
+                return; // a replaced connection's late bytes
+            }
             let r = st.session.handle_input(&input, Instant::now());
             link.drain(&mut st, &mut works);
             link.flush(&mut st);
-            r
+            (r, st.session.is_dead())
         };
-        self.process(works);
+        self.process(conn, works);
         if let Err(e) = r {
             self.fail(&link, &e.to_string());
+        } else if dead {
+            // e.g. a StableIO resume refused by the server
+            let cur = self.link.as_ref().map(|(l, _)| l.clone());
+            if let Some(l) = cur.filter(|l| lock(&l.st).session.is_dead()) {
+                l.open.store(false, Ordering::Release);
+                conn.close();
+            }
         }
     }
 
@@ -543,6 +1034,9 @@ impl Handler for ConnHandler {
             return;
         };
         let mut st = lock(&link.st);
+        if !st.is_current(conn) {
+            return;
+        }
         while let Some(b) = st.backlog.pop_front() {
             let n = b.len();
             match conn.send(b) {
@@ -572,6 +1066,9 @@ impl Handler for ConnHandler {
             return;
         };
         let (link, peer) = (link.clone(), peer.clone());
+        if !lock(&link.st).is_current(conn) {
+            return;
+        }
         match token {
             TOKEN_SESSION => {
                 let mut works = Vec::new();
@@ -583,7 +1080,7 @@ impl Handler for ConnHandler {
                     link.flush(&mut st);
                     r
                 };
-                self.process(works);
+                self.process(conn, works);
                 if let Err(e) = r {
                     self.fail(&link, &e.to_string());
                 }
@@ -594,14 +1091,15 @@ impl Handler for ConnHandler {
             }
             TOKEN_KEEPALIVE => {
                 if let Some(k) = self.shared.options.keepalive {
-                    let est = lock(&link.st).session.is_established();
-                    if est {
-                        let _ = link.send_frame(Frame::Keepalive);
+                    let mut st = lock(&link.st);
+                    if st.session.is_established() {
+                        let _ = st.session.send_keepalive(Instant::now());
+                        link.flush(&mut st);
                     }
                     let _ = conn.set_timer(k, TOKEN_KEEPALIVE);
                 }
             }
-            TOKEN_NEXT => self.run_queue(&link, &peer),
+            TOKEN_NEXT => run_queue(&self.shared, &link, &peer),
             _ => {}
         }
     }
@@ -615,6 +1113,7 @@ impl Handler for ConnHandler {
         let Some((link, peer)) = self.link.take() else {
             return;
         };
+        self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
         let _span = tracing::debug_span!("zs.conn", id = conn.id().0).entered();
         match reason {
             CloseReason::IdleTimeout | CloseReason::Reset | CloseReason::Error(_) => {
@@ -622,26 +1121,59 @@ impl Handler for ConnHandler {
             }
             _ => tracing::debug!(?reason, "connection closed"),
         }
-        link.open.store(false, Ordering::Release);
         let mut works = Vec::new();
         {
             let mut st = lock(&link.st);
-            st.session.connection_lost(&format!("{reason:?}"));
+            if !st.is_current(conn) {
+                return; // replaced by a resumed connection
+            }
+            st.conn = None;
+            st.backlog.clear();
+            st.backlog_bytes = 0;
+            st.armed = None;
+            let why = format!("{reason:?}");
+            let kept = reason != CloseReason::Shutdown
+                && link.open.load(Ordering::Acquire)
+                && st.session.link_lost(&why);
+            if kept {
+                drop(st);
+                tracing::debug!(peer = peer.id(), ?reason, "StableIO session offline");
+                if self.shared.server {
+                    let sid = lock(&link.st).session.stable_id();
+                    if let Some(sid) = sid {
+                        if let Some(e) = lock(&self.shared.stable).get_mut(&sid) {
+                            e.offline_since = Some(Instant::now());
+                        }
+                    }
+                    self.shared.enforce_offline_caps();
+                } else {
+                    self.shared.notify(Reconn::Down);
+                }
+                return;
+            }
+            st.session.connection_lost(&why);
+            link.open.store(false, Ordering::Release);
             link.drain(&mut st, &mut works);
             st.ready.clear();
             st.queue.clear();
-            st.backlog.clear();
         }
-        self.link = Some((link, peer.clone()));
-        self.process(works);
-        self.link = None;
-        self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
+        process_works(&self.shared, &link, &peer, works);
         if self.shared.server {
             lock(&self.shared.conns).remove(&peer.id());
+            let sid = lock(&link.st).session.stable_id();
+            if let Some(sid) = sid {
+                lock(&self.shared.stable).remove(&sid);
+            }
+        } else {
+            self.shared.notify(Reconn::Stop);
         }
     }
 
     fn on_connect_failed(&mut self, error: zs_io::Error) {
+        if self.attach.take().is_some() {
+            tracing::debug!(%error, "StableIO reconnect attempt failed");
+            self.shared.notify(Reconn::Down);
+        }
         if let Some(tx) = self.connected.take() {
             let _ = tx.send(Err(error.into()));
         }
@@ -655,6 +1187,7 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: Box<dyn Listener>,
     backend: Arc<dyn Backend>,
+    reaper: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -696,21 +1229,35 @@ impl Server {
         let shared = Shared::new(registry, provider, options, true);
         let s2 = shared.clone();
         let factory: zs_io::HandlerFactory = Arc::new(move || {
-            Box::new(ConnHandler {
-                shared: s2.clone(),
-                link: None,
-                connected: None,
-                raw_factory: raw.clone(),
-                raw: None,
-                sniffed: false,
-            }) as Box<dyn Handler>
+            let mut h = ConnHandler::new(s2.clone());
+            h.raw_factory = raw.clone();
+            h.sniffed = false;
+            Box::new(h) as Box<dyn Handler>
         });
         let listener = backend.listen(addr, factory)?;
         tracing::info!(addr = %listener.local_addr(), backend = backend.name(), security = shared.provider.name(), "server listening");
+        let reaper = if shared.options.stable {
+            let (tx, rx) = mpsc::channel::<()>();
+            let s3 = shared.clone();
+            let tick = (s3.options.stable_offline_timeout / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1));
+            std::thread::Builder::new()
+                .name("zs-stable-reaper".into())
+                .spawn(move || {
+                    while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(tick) {
+                        s3.reap(Instant::now());
+                    }
+                })
+                .map_err(|e| Error::Config(format!("cannot start the StableIO reaper: {e}")))?;
+            Some(tx)
+        } else {
+            None
+        };
         Ok(Server {
             shared,
             listener,
             backend,
+            reaper: Mutex::new(reaper),
         })
     }
 
@@ -724,7 +1271,8 @@ impl Server {
         self.backend.name()
     }
 
-    /// Connections currently open.
+    /// Connections currently open (a StableIO session waiting for its client
+    /// to reconnect counts as one; see [`Server::stable_offline`]).
     pub fn connection_count(&self) -> usize {
         lock(&self.shared.conns).len()
     }
@@ -758,9 +1306,28 @@ impl Server {
         self.shared.snapshot()
     }
 
-    /// Stops listening and closes every connection (idempotent).
+    /// StableIO sessions kept (online and offline).
+    pub fn stable_sessions(&self) -> usize {
+        lock(&self.shared.stable).len()
+    }
+
+    /// StableIO sessions currently without a connection.
+    pub fn stable_offline(&self) -> usize {
+        lock(&self.shared.stable)
+            .values()
+            .filter(|e| e.offline_since.is_some())
+            .count()
+    }
+
+    /// Stops listening and closes every connection (idempotent); StableIO
+    /// sessions end.
     pub fn shutdown(&self) {
         self.listener.shutdown();
+        lock(&self.reaper).take();
+        let sids: Vec<u64> = lock(&self.shared.stable).keys().copied().collect();
+        for sid in sids {
+            self.shared.drop_stable(sid, "the server shut down");
+        }
         if let Some(p) = &self.shared.pool {
             p.shutdown();
         }
@@ -800,31 +1367,99 @@ impl Client {
         options: Options,
         addr: SocketAddr,
     ) -> Result<Client> {
-        let shared = Shared::new(registry, provider, options, false);
+        Client::open(backend, provider, registry, options, addr, false)
+    }
+
+    /// Like [`Client::connect`], with a **StableIO** session that survives its
+    /// connection: when the connection dies the client reconnects by itself
+    /// (backoff and jitter per [`Options::reconnect`]) and resumes the session;
+    /// records the server had not acknowledged are sent again, nothing is lost
+    /// or duplicated, order is kept. Calls and sends made while offline are
+    /// queued (up to [`SessionConfig::stable_max_unacked`] bytes, then
+    /// [`Error::Full`]); pending calls survive reconnects and complete exactly
+    /// once. If the server no longer knows the session (expired, evicted) or
+    /// the client gives up, pending calls fail with [`Error::SessionLost`].
+    /// Fails with [`Error::Config`] if the server refuses StableIO.
+    pub fn connect_stable(
+        backend: Arc<dyn Backend>,
+        provider: Arc<dyn SecurityProvider>,
+        registry: Registry,
+        options: Options,
+        addr: SocketAddr,
+    ) -> Result<Client> {
+        let client = Client::open(backend.clone(), provider, registry, options, addr, true)?;
+        let (tx, rx) = mpsc::channel();
+        *lock(&client.shared.reconnect) = Some(tx.clone());
+        let (shared, link, peer) = (
+            client.shared.clone(),
+            client.link.clone(),
+            client.peer.clone(),
+        );
+        std::thread::Builder::new()
+            .name("zs-stable-reconnect".into())
+            .spawn(move || reconnect_loop(rx, tx, backend, addr, shared, link, peer))
+            .map_err(|e| Error::Config(format!("cannot start the reconnect thread: {e}")))?;
+        Ok(client)
+    }
+
+    fn open(
+        backend: Arc<dyn Backend>,
+        provider: Arc<dyn SecurityProvider>,
+        registry: Registry,
+        options: Options,
+        addr: SocketAddr,
+        stable: bool,
+    ) -> Result<Client> {
+        let shared = Shared::with(registry, provider, options, false, stable);
         let (tx, rx) = mpsc::channel();
         let o = &shared.options;
-        backend.connect(
-            addr,
-            o.connect_timeout,
-            Box::new(ConnHandler {
-                shared: shared.clone(),
-                link: None,
-                connected: Some(tx),
-                raw_factory: None,
-                raw: None,
-                sniffed: true,
-            }),
-        )?;
+        let mut h = ConnHandler::new(shared.clone());
+        h.connected = Some(tx);
+        backend.connect(addr, o.connect_timeout, Box::new(h))?;
         let (link, peer) = rx
             .recv_timeout(o.connect_timeout + Duration::from_secs(5))
             .map_err(|_| Error::TimedOut)??;
-        link.ready().wait_timeout(o.handshake_timeout)?;
-        Ok(Client {
+        let client = Client {
             link,
             peer,
             shared,
             _backend: backend,
-        })
+        };
+        client
+            .link
+            .ready()
+            .wait_timeout(client.shared.options.handshake_timeout)?;
+        Ok(client)
+    }
+
+    /// StableIO: whether the session currently has a working connection
+    /// (false while reconnecting). Always equal to [`Client::is_connected`]
+    /// for other clients.
+    pub fn is_online(&self) -> bool {
+        let st = lock(&self.link.st);
+        st.conn.is_some() && st.session.is_online()
+    }
+
+    /// StableIO: the session id the server gave (None for other clients).
+    pub fn stable_id(&self) -> Option<u64> {
+        lock(&self.link.st).session.stable_id().filter(|s| *s != 0)
+    }
+
+    /// StableIO: how many times the session was resumed on a new connection.
+    pub fn resumes(&self) -> u64 {
+        self.link.resumes.load(Ordering::Relaxed)
+    }
+
+    /// How many connections this client has opened (StableIO: 1 + reconnects).
+    pub fn links(&self) -> u64 {
+        self.link.links.load(Ordering::Relaxed)
+    }
+
+    /// Aborts the current connection without ending the session: a StableIO
+    /// client then reconnects and resumes (a test hook, and a way to move a
+    /// session to a fresh connection). Other clients simply lose the connection.
+    pub fn drop_link(&self) {
+        self.link.drop_link();
     }
 
     /// The connection as a [`Peer`] (pushes, user state).
@@ -832,7 +1467,8 @@ impl Client {
         &self.peer
     }
 
-    /// Whether the connection is open.
+    /// Whether the connection is open (StableIO: whether the session is alive,
+    /// online or reconnecting).
     pub fn is_connected(&self) -> bool {
         self.link.is_open()
     }
@@ -969,8 +1605,12 @@ impl Client {
         self.shared.snapshot()
     }
 
-    /// Closes the connection; pending calls complete with [`Error::ConnectionLost`].
+    /// Closes the connection (a StableIO session ends); pending calls complete
+    /// with [`Error::ConnectionLost`].
     pub fn close(&self) {
+        if let Some(tx) = lock(&self.shared.reconnect).take() {
+            let _ = tx.send(Reconn::Stop);
+        }
         self.link.close("client closed");
     }
 }
@@ -984,8 +1624,102 @@ fn data_reply(r: Reply) -> Result<DataFrame> {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        if let Some(tx) = lock(&self.shared.reconnect).take() {
+            let _ = tx.send(Reconn::Stop);
+        }
         if self.link.is_open() {
             self.link.close("client dropped");
+        }
+    }
+}
+
+/// A StableIO client's reconnect thread: waits for the link to die, then
+/// reconnects with backoff and jitter until the session resumed, the client
+/// closed, or [`Reconnect::give_up`] passed.
+fn reconnect_loop(
+    rx: mpsc::Receiver<Reconn>,
+    tx: mpsc::Sender<Reconn>,
+    backend: Arc<dyn Backend>,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    peer: Peer,
+) {
+    let policy = shared.options.reconnect;
+    let mut attempt = 0u32;
+    let mut down_since: Option<Instant> = None;
+    let offline_tick = || {
+        let mut works = Vec::new();
+        {
+            let mut st = lock(&link.st);
+            if st.conn.is_some() {
+                return;
+            }
+            let _ = st.session.handle_timeout(Instant::now());
+            link.drain(&mut st, &mut works);
+        }
+        process_works(&shared, &link, &peer, works);
+    };
+    let give_up = |since: Instant| {
+        let why = format!(
+            "gave up reconnecting after {:?}",
+            since.elapsed().max(policy.give_up)
+        );
+        tracing::warn!(reason = %why, "StableIO session lost");
+        let mut works = Vec::new();
+        {
+            let mut st = lock(&link.st);
+            link.open.store(false, Ordering::Release);
+            st.session.end_stable(&why);
+            link.drain(&mut st, &mut works);
+        }
+        process_works(&shared, &link, &peer, works);
+    };
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Reconn::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(Reconn::Up) => {
+                attempt = 0;
+                down_since = None;
+            }
+            Ok(Reconn::Down) => {
+                if !link.open.load(Ordering::Acquire) || lock(&link.st).session.is_dead() {
+                    return;
+                }
+                let since = *down_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= policy.give_up {
+                    give_up(since);
+                    return;
+                }
+                attempt = attempt.saturating_add(1);
+                let mut b = [0u8; 4];
+                let r = shared
+                    .rng
+                    .fill(&mut b)
+                    .map_or(0.5, |_| u32::from_le_bytes(b) as f64 / u32::MAX as f64);
+                let delay = policy.delay(attempt, 0.5 + 0.5 * r);
+                match rx.recv_timeout(delay) {
+                    Ok(Reconn::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    _ => {}
+                }
+                offline_tick();
+                tracing::debug!(attempt, ?delay, "StableIO reconnecting");
+                let mut h = ConnHandler::new(shared.clone());
+                h.attach = Some((link.clone(), peer.clone()));
+                if let Err(e) = backend.connect(addr, shared.options.connect_timeout, Box::new(h)) {
+                    tracing::debug!(error = %e, "StableIO reconnect attempt failed");
+                    let _ = tx.send(Reconn::Down);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(since) = down_since {
+                    offline_tick();
+                    if since.elapsed() >= policy.give_up && lock(&link.st).conn.is_none() {
+                        give_up(since);
+                        return;
+                    }
+                }
+            }
         }
     }
 }

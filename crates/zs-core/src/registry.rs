@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use zs_wire::{DataFrame, Frame, Text};
 
+pub use crate::body::{BigBody, CollectLimits};
 use crate::error::{code, Error, Result};
 use crate::pool::WorkerPool;
 use crate::session::{Reply, Request};
@@ -31,6 +32,9 @@ pub trait Outbox: Send + Sync {
     fn close(&self, reason: &str);
     /// Ordered mode: the request being executed has been answered; start the next.
     fn request_done(&self) {}
+    /// Aborts the current transport connection without ending a StableIO
+    /// session (which then resumes on a new one). Default: nothing.
+    fn drop_link(&self) {}
 }
 
 /// A connection as seen by handlers and the server's connection map: its id, its
@@ -70,14 +74,23 @@ impl Peer {
         self.addr
     }
 
-    /// Whether the connection is open.
+    /// Whether the connection is open. A StableIO session between two
+    /// connections counts as open: what is sent to it is queued and delivered
+    /// on resume.
     pub fn is_open(&self) -> bool {
         self.out.is_open()
     }
 
-    /// Closes the connection.
+    /// Closes the connection (a StableIO session ends).
     pub fn close(&self, reason: &str) {
         self.out.close(reason)
+    }
+
+    /// Aborts the current connection without ending a StableIO session (the
+    /// client reconnects and resumes it; a test hook too). For other sessions
+    /// this ends the connection.
+    pub fn drop_link(&self) {
+        self.out.drop_link()
     }
 
     /// Sends any frame (advanced; prefer the typed methods).
@@ -299,11 +312,18 @@ pub struct BigChunk {
     pub data: Bytes,
 }
 
+type Collect = Arc<
+    dyn Fn(&Peer, u64, &BigChunk) -> std::result::Result<Option<DataFrame>, HandlerError>
+        + Send
+        + Sync,
+>;
+
 #[derive(Clone)]
 enum Run {
     Answering(Answering),
     OneWay(OneWay),
     Chunks(Chunks),
+    Collect(Collect),
 }
 
 #[derive(Clone)]
@@ -559,6 +579,88 @@ impl Registry {
         self.insert(BIG_STREAM, name, Run::Chunks(Arc::new(f)), false)
     }
 
+    /// A BigStream command whose handler gets the **whole** payload as a
+    /// [`BigBody`]: assembled in memory up to [`CollectLimits::spill_threshold`]
+    /// bytes, in a temporary file above it (removed when the body is dropped);
+    /// a stream announcing more than [`CollectLimits::max_size`] is refused
+    /// with [`code::TOO_LARGE`] before anything is stored. `f` runs on the event
+    /// loop once the last chunk arrived; its answer completes the sender's call.
+    /// The stream must start at offset 0 (a StableIO session carries a transfer
+    /// across reconnects; a resume from an offset on a new connection is
+    /// answered [`code::BAD_REQUEST`]). Transfers cut by a lost connection are
+    /// discarded (with their file) when the next transfer starts.
+    pub fn big_stream_collect<F>(
+        &mut self,
+        name: &str,
+        limits: CollectLimits,
+        f: F,
+    ) -> &mut Registry
+    where
+        F: Fn(&Peer, BigBody) -> std::result::Result<Option<DataFrame>, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let open: Mutex<HashMap<(u64, u64), (Peer, crate::body::Assembly)>> =
+            Mutex::new(HashMap::new());
+        let run: Collect = Arc::new(move |peer, id, chunk| {
+            let key = (peer.id(), id);
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            if !open.contains_key(&key) {
+                // Forget transfers whose connection is gone.
+                open.retain(|_, (p, _)| p.is_open());
+                if chunk.total > limits.max_size {
+                    return Err(HandlerError::new(
+                        code::TOO_LARGE,
+                        format!(
+                            "BigStream of {} bytes exceeds the receiver limit of {} bytes",
+                            chunk.total, limits.max_size
+                        ),
+                    ));
+                }
+                if chunk.offset != 0 {
+                    return Err(HandlerError::new(
+                        code::BAD_REQUEST,
+                        "this command collects whole streams: it cannot resume from an offset",
+                    ));
+                }
+                let a = crate::body::Assembly::new(chunk.total, &limits).map_err(|e| {
+                    HandlerError::new(
+                        code::HANDLER_FAILED,
+                        format!("cannot store the stream: {e}"),
+                    )
+                })?;
+                open.insert(key, (peer.clone(), a));
+            }
+            let stored = match open.get_mut(&key) {
+                Some((_, a)) => a.push(&chunk.data),
+                None => Ok(()),
+            };
+            if let Err(e) = stored {
+                open.remove(&key);
+                return Err(HandlerError::new(
+                    code::HANDLER_FAILED,
+                    format!("cannot store the stream: {e}"),
+                ));
+            }
+            if !chunk.last {
+                return Ok(None);
+            }
+            let Some((_, a)) = open.remove(&key) else {
+                return Ok(None);
+            };
+            drop(open);
+            let body = a.finish().map_err(|e| {
+                HandlerError::new(
+                    code::HANDLER_FAILED,
+                    format!("cannot store the stream: {e}"),
+                )
+            })?;
+            f(peer, body)
+        });
+        self.insert(BIG_STREAM, name, Run::Collect(run), false)
+    }
+
     /// A BatchStream command: the staged frames together in, values out.
     pub fn batch<F>(&mut self, name: &str, f: F) -> &mut Registry
     where
@@ -733,7 +835,7 @@ impl Registry {
                     peer.out.request_done();
                 }
             }
-            (Run::Answering(_), None) | (Run::Chunks(_), _) => {}
+            (Run::Answering(_), None) | (Run::Chunks(_), _) | (Run::Collect(_), _) => {}
         }
         true
     }
@@ -741,8 +843,8 @@ impl Registry {
     fn big_chunk(&self, peer: &Peer, id: u64, cmd: &Text, chunk: BigChunk, ordered: bool) -> bool {
         let name = cmd.as_str();
         let entry = self.maps[BIG_STREAM].get(&fold(name));
-        let Some((f, stats)) = entry.and_then(|e| match &e.run {
-            Run::Chunks(f) => Some((f, &e.stats)),
+        let Some((run, stats)) = entry.and_then(|e| match &e.run {
+            Run::Chunks(_) | Run::Collect(_) => Some((&e.run, &e.stats)),
             _ => None,
         }) else {
             if chunk.last || chunk.offset == 0 {
@@ -759,7 +861,11 @@ impl Registry {
         };
         let started = Instant::now();
         stats.record_in(chunk.data.len());
-        let r = f(peer, &chunk);
+        let r = match run {
+            Run::Chunks(f) => f(peer, &chunk),
+            Run::Collect(f) => f(peer, id, &chunk),
+            _ => Ok(None),
+        };
         let frame = match r {
             Ok(Some(d)) if chunk.last => Some(Frame::StreamResponse { id, data: d }),
             Ok(None) if chunk.last => Some(Frame::StreamResponse {

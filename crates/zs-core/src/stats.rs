@@ -111,6 +111,11 @@ pub struct EndpointStats {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) unknown_commands: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
+    pub(crate) stable_sessions: AtomicU64,
+    pub(crate) stable_resumed: AtomicU64,
+    pub(crate) stable_expired: AtomicU64,
+    pub(crate) stable_evicted: AtomicU64,
+    pub(crate) stable_rejected: AtomicU64,
 }
 
 /// A server's counters and every command's at one moment.
@@ -128,6 +133,16 @@ pub struct StatsSnapshot {
     pub unknown_commands: u64,
     /// Connections dropped for protocol, framing or security errors.
     pub protocol_errors: u64,
+    /// StableIO sessions accepted.
+    pub stable_sessions: u64,
+    /// StableIO resumes on a new connection.
+    pub stable_resumed: u64,
+    /// StableIO sessions dropped after the offline timeout.
+    pub stable_expired: u64,
+    /// StableIO sessions evicted by the offline count or memory limits.
+    pub stable_evicted: u64,
+    /// StableIO resume requests refused (unknown id, wrong secret, expired).
+    pub stable_rejected: u64,
     /// Per command, sorted by kind and name.
     pub commands: Vec<CommandSnapshot>,
 }
@@ -143,6 +158,11 @@ impl EndpointStats {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             unknown_commands: self.unknown_commands.load(Ordering::Relaxed),
             protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+            stable_sessions: self.stable_sessions.load(Ordering::Relaxed),
+            stable_resumed: self.stable_resumed.load(Ordering::Relaxed),
+            stable_expired: self.stable_expired.load(Ordering::Relaxed),
+            stable_evicted: self.stable_evicted.load(Ordering::Relaxed),
+            stable_rejected: self.stable_rejected.load(Ordering::Relaxed),
             commands,
         }
     }
@@ -160,6 +180,17 @@ impl fmt::Display for StatsSnapshot {
             self.unknown_commands,
             self.protocol_errors
         )?;
+        if self.stable_sessions > 0 || self.stable_rejected > 0 {
+            writeln!(
+                f,
+                "stable sessions: {} accepted, {} resumed, {} expired, {} evicted, {} rejected",
+                self.stable_sessions,
+                self.stable_resumed,
+                self.stable_expired,
+                self.stable_evicted,
+                self.stable_rejected
+            )?;
+        }
         writeln!(
             f,
             "{:<16} {:<15} {:>8} {:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",

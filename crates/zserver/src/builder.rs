@@ -7,8 +7,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use zs_core::{Client, Error, Options, Registry, Result, Server};
+use zs_core::{Client, Error, Options, Reconnect, Registry, Result, Server};
 use zs_crypto::session::{Selection, SuitePolicy};
 use zs_crypto::{
     ClientConfig, Fingerprint, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity,
@@ -209,6 +210,15 @@ impl ServerBuilder {
         self
     }
 
+    /// StableIO: accept sessions that survive reconnects (default on), keeping
+    /// a disconnected one for `offline_timeout` before dropping it (see
+    /// [`Options::stable_offline_timeout`] and the other `stable_*` limits).
+    pub fn stable(mut self, accept: bool, offline_timeout: Duration) -> Self {
+        self.options.stable = accept;
+        self.options.stable_offline_timeout = offline_timeout;
+        self
+    }
+
     /// Starts the server.
     pub fn start(self) -> Result<RunningServer> {
         let backend: Arc<dyn Backend> = match self.backend {
@@ -286,6 +296,7 @@ pub struct ClientBuilder {
     suites: Vec<SuiteId>,
     options: Options,
     registry: Registry,
+    stable: bool,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -310,7 +321,17 @@ impl ClientBuilder {
             suites: vec![SuiteId::Aes256Gcm],
             options: Options::client(),
             registry: Registry::new(),
+            stable: false,
         }
+    }
+
+    /// StableIO: the session survives its connection dying. The client
+    /// reconnects by itself with `reconnect`'s backoff and resumes; nothing is
+    /// lost or duplicated (see [`Client::connect_stable`]).
+    pub fn stable(mut self, reconnect: Reconnect) -> Self {
+        self.stable = true;
+        self.options.reconnect = reconnect;
+        self
     }
 
     /// The transport backend.
@@ -380,7 +401,11 @@ impl ClientBuilder {
             Some(b) => Arc::from(b),
             None => Arc::from(backend_by_name(&self.backend_name, self.io)?),
         };
-        Client::connect(backend, provider, self.registry, self.options, self.addr)
+        if self.stable {
+            Client::connect_stable(backend, provider, self.registry, self.options, self.addr)
+        } else {
+            Client::connect(backend, provider, self.registry, self.options, self.addr)
+        }
     }
 }
 

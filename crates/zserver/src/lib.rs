@@ -80,8 +80,8 @@ pub use builder::{
 };
 #[cfg(feature = "core")]
 pub use zs_core::{
-    code, BigChunk, CallFuture, Client, Error, HandlerError, Options, Peer, Registry, Reply,
-    Responder, Result, Server, StatsSnapshot,
+    code, BigBody, BigChunk, CallFuture, Client, CollectLimits, Error, HandlerError, Options, Peer,
+    Reconnect, Registry, Reply, Responder, Result, Server, StatsSnapshot,
 };
 #[cfg(feature = "crypto")]
 pub use zs_crypto::{Fingerprint, SecurityProvider, ServerIdentity, SuiteId};
