@@ -79,19 +79,50 @@ pub enum Ev {
 pub struct Recorder {
     tx: Sender<Ev>,
     echo: bool,
+    /// Echo bytes the connection refused with `Error::Full`: held (reading paused)
+    /// until `on_writable`, so a slow peer back-pressures the echo instead of
+    /// killing it.
+    held: Option<Bytes>,
 }
 
 impl Recorder {
     /// A recorder and the receiving end of its events.
     pub fn new(echo: bool) -> (Recorder, Events) {
         let (tx, rx) = mpsc::channel();
-        (Recorder { tx, echo }, Events(rx))
+        (
+            Recorder {
+                tx,
+                echo,
+                held: None,
+            },
+            Events(rx),
+        )
+    }
+    /// Echoes `b`, or holds it and pauses reading when the send queue is full.
+    fn echo_send(&mut self, conn: &Conn, b: Bytes) {
+        let b = match self.held.take() {
+            Some(held) => {
+                let mut joined = BytesMut::from(&held[..]);
+                joined.extend_from_slice(&b);
+                joined.freeze()
+            }
+            None => b,
+        };
+        match conn.send(b) {
+            Ok(()) => {}
+            Err(Error::Full(back)) => {
+                self.held = Some(back);
+                conn.set_read_paused(true);
+            }
+            Err(e) => panic!("echo send failed: {e}"),
+        }
     }
     /// Another recorder reporting on the same channel (for factories).
     pub fn sibling(&self) -> Recorder {
         Recorder {
             tx: self.tx.clone(),
             echo: self.echo,
+            held: None,
         }
     }
 }
@@ -103,9 +134,7 @@ impl Handler for Recorder {
     fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
         let b = data.split().freeze();
         if self.echo {
-            if let Err(e) = conn.send(b.clone()) {
-                panic!("echo send failed: {e}");
-            }
+            self.echo_send(conn, b.clone());
         }
         let _ = self.tx.send(Ev::Data(b));
     }
@@ -113,7 +142,11 @@ impl Handler for Recorder {
         let _ = self.tx.send(Ev::Eof);
         conn.close();
     }
-    fn on_writable(&mut self, _conn: &Conn) {
+    fn on_writable(&mut self, conn: &Conn) {
+        if let Some(b) = self.held.take() {
+            conn.set_read_paused(false);
+            self.echo_send(conn, b);
+        }
         let _ = self.tx.send(Ev::Writable);
     }
     fn on_timer(&mut self, _conn: &Conn, token: u64) {

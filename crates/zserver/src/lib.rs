@@ -70,6 +70,10 @@ pub use zs_expr as expr;
 #[cfg(feature = "db")]
 pub use zs_db as db;
 
+/// Virtual connections multiplexed over one physical connection (`zs-p2pvm`).
+#[cfg(feature = "p2pvm")]
+pub use zs_p2pvm as p2pvm;
+
 #[cfg(feature = "core")]
 mod builder;
 

@@ -1,0 +1,476 @@
+//! The tunnel driver: one [`Mux`] over one physical `zs_io` connection, and the
+//! virtual connections exposed through the zs-io seam.
+//!
+//! * [`Tunnel::handler`] gives a [`TunnelHandle`] and a [`TunnelDriver`]; the driver is
+//!   the `zs_io::Handler` of the physical connection (any backend: epoll, tokio,
+//!   IOCP). [`Tunnel::connect`] and [`Tunnel::acceptor`] wrap the usual cases.
+//! * [`TunnelHandle`] implements [`zs_io::Backend`]: `listen(vaddr, factory)`
+//!   listens on a *virtual* address inside the tunnel (port 0 picks a free virtual
+//!   port) and `connect(vaddr, ..)` opens a virtual connection to a virtual
+//!   address the peer listens on. **Connection clone** is simply another `connect`
+//!   to the same virtual address: every connect opens an independent stream with
+//!   its own flow-control window, so a second channel to the same virtual server
+//!   never waits behind the first one.
+//! * Every virtual stream is a [`zs_io::Connection`] with the seam's contract:
+//!   bounded send queue (`Error::Full` + `on_writable`), `shutdown_write`,
+//!   graceful `close` (with linger), `abort` (reset), timers, idle timeout and
+//!   `set_read_paused` (the stream's data stays in the Mux, its credit is not
+//!   returned, so the peer's sender is flow-controlled).
+//!
+//! ## Threads and locks
+//!
+//! All state (the Mux, the virtual connections table, timers) sits behind one
+//! mutex per tunnel. Handler callbacks of virtual connections run on the physical
+//! connection's event-loop thread, from inside the driver's own callbacks, one at a
+//! time. The driver never calls a user handler (or a `HandlerFactory`) while it
+//! holds the lock: it takes the next piece of work out under the lock, releases
+//! it, calls the handler, and locks again to put the handler back. `Conn` methods
+//! of virtual connections may be called from any thread: they lock, act on the
+//! Mux, and push the Mux's output to the physical connection at once (outside a
+//! drive) or at the end of the drive (inside one, so many small sends leave in one
+//! physical write). Work that needs a callback and was caused off the loop thread
+//! (an `abort` from another thread, a listener shutdown, a resumed reader) wakes the
+//! loop with a zero-delay timer on the physical connection.
+//!
+//! Such a wake costs the backend's timer resolution (5 ms ticks on epoll); data
+//! sent from other threads does not need one.
+//!
+//! ## Identity and memory
+//!
+//! A virtual connection's `local_addr` / `peer_addr` are the virtual listen
+//! address on the accepting side and the anonymous address (unspecified, port 0,
+//! same family) for the far end, as the Mux reports them; its `ConnId` is
+//! `tunnel-end serial << 32 | stream id`, unique in the process. `Conn` handles
+//! are made when a callback needs one (all handles of one connection compare
+//! equal by id), and buffers exist only while bytes wait, so an idle virtual
+//! connection costs one 32-byte table bucket here plus its Mux entry.
+//!
+//! ## Link death
+//!
+//! When the physical connection ends, the peer closes the tunnel (GoAway), the
+//! tunnel fails authentication or times out, every virtual connection gets
+//! `on_close(CloseReason::Error(ConnectionAborted))` (or `Shutdown` after a local
+//! [`zs_io::Backend::shutdown`]), pending virtual connects get `on_connect_failed`,
+//! and [`TunnelHandle::close_info`] reports the reason with the data that was
+//! still pending (bytes accepted by `send` and never written, bytes received and
+//! never read).
+
+mod driver;
+mod vconn;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use zs_crypto::SecurityProvider;
+use zs_io::{Backend, Conn, HandlerFactory, Listener};
+
+use crate::{Mux, MuxConfig, Role};
+
+use driver::State;
+pub use driver::TunnelDriver;
+
+/// Settings of one tunnel end.
+#[derive(Clone)]
+pub struct TunnelConfig {
+    /// The multiplexer's settings (auth token, windows, budget, keepalive, idle).
+    pub mux: MuxConfig,
+    /// Optional protection of the physical bytes: the initiator runs a client
+    /// session, the acceptor a server session of this provider (the zs-crypto
+    /// handshake), and the Mux's frames travel as its application data. `None`
+    /// (default): the Mux's frames go on the link as they are (its token auth
+    /// still applies).
+    pub security: Option<Arc<dyn SecurityProvider>>,
+    /// Send queue bound of each virtual connection (the seam's contract item 4),
+    /// counted beyond what the Mux's own per-stream send buffer holds.
+    /// Default 256 KiB.
+    pub send_queue_limit: usize,
+    /// Default idle timeout of new virtual connections. Default none.
+    pub idle_timeout: Option<Duration>,
+    /// Most bytes handed to one `on_data` call of a virtual connection.
+    /// Default 64 KiB.
+    pub read_chunk: usize,
+    /// How long a graceful `close` of a virtual connection waits for the peer to
+    /// finish before the stream is reset. Default 10 s.
+    pub close_linger: Duration,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            mux: MuxConfig::default(),
+            security: None,
+            send_queue_limit: 256 * 1024,
+            idle_timeout: None,
+            read_chunk: 64 * 1024,
+            close_linger: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for TunnelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelConfig")
+            .field("mux", &self.mux)
+            .field(
+                "security",
+                &self.security.as_ref().map(|s| s.name().to_string()),
+            )
+            .field("send_queue_limit", &self.send_queue_limit)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("read_chunk", &self.read_chunk)
+            .field("close_linger", &self.close_linger)
+            .finish()
+    }
+}
+
+/// Why and how a tunnel ended ([`TunnelHandle::close_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// Human-readable reason (GoAway text, auth failure, idle timeout, link lost,
+    /// protocol error, local shutdown).
+    pub reason: String,
+    /// Virtual connections that were open (or being opened) when the tunnel ended.
+    pub open_streams: usize,
+    /// Bytes accepted by `send` on virtual connections that had not been written
+    /// to the link when the tunnel ended (lost with it).
+    pub unsent_bytes: usize,
+    /// Bytes received on virtual connections that no handler had read yet.
+    pub unread_bytes: usize,
+}
+
+/// Namespace of the constructors.
+///
+/// A tunnel over loopback TCP (the tokio backend here; epoll, IOCP work the
+/// same), a virtual server at one end and a virtual client at the other:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use zs_io::{Backend, Bytes, BytesMut, Conn, Handler};
+/// use zs_p2pvm::{Auth, MuxConfig, Tunnel, TunnelConfig};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
+///         let _ = conn.send(data.split().freeze());
+///     }
+/// }
+///
+/// let io = zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() })?;
+/// let cfg = TunnelConfig {
+///     mux: MuxConfig { auth: Auth::Token(b"shared secret".to_vec()), ..Default::default() },
+///     ..TunnelConfig::default()
+/// };
+/// let wait = Duration::from_secs(10);
+/// // The physical link: a listener whose connections become tunnel ends...
+/// let (factory, ends) = Tunnel::acceptor(cfg.clone());
+/// let phys = io.listen("127.0.0.1:0".parse()?, factory)?;
+/// // ...and a client end.
+/// let client_end = Tunnel::connect(&io, phys.local_addr(), cfg, wait)?;
+/// let server_end = ends.recv_timeout(wait)?;
+///
+/// // A virtual server inside the tunnel, and a virtual connection to it.
+/// let vaddr = "10.0.0.1:80".parse()?;
+/// let _vlistener = server_end.listen(vaddr, zs_io::handler_factory(|| Echo))?;
+/// assert!(client_end.wait_peer_listen(vaddr, wait));
+/// struct Collect(std::sync::mpsc::Sender<Bytes>);
+/// impl Handler for Collect {
+///     fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
+///         let _ = self.0.send(data.split().freeze());
+///     }
+/// }
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let conn = zs_io::connect_blocking(&client_end, vaddr, wait, Box::new(Collect(tx)))?;
+/// conn.send(Bytes::from_static(b"ping"))?;
+/// assert_eq!(&rx.recv_timeout(wait)?[..], b"ping");
+/// // The same handle is an `Arc<dyn Backend>` for the framework.
+/// let _backend: Arc<dyn Backend> = Arc::new(client_end.clone());
+/// client_end.close("done");
+/// io.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Tunnel;
+
+impl Tunnel {
+    /// One tunnel end: the handle (the virtual [`Backend`]) and the driver to
+    /// give, as its handler, to the physical connection (e.g. with
+    /// `backend.connect(addr, timeout, Box::new(driver))`, or from a listener's
+    /// factory). `role` decides who opens odd or even stream ids and who runs the
+    /// client side of the optional secure session.
+    pub fn handler(role: Role, cfg: TunnelConfig) -> (TunnelHandle, TunnelDriver) {
+        let inner = Arc::new(Inner::new(role, cfg));
+        (
+            TunnelHandle {
+                inner: inner.clone(),
+            },
+            TunnelDriver::new(inner),
+        )
+    }
+
+    /// Connects the physical link to `addr` with `backend` (as the initiator) and
+    /// waits until the tunnel is ready (authenticated, listen tables exchanged),
+    /// at most `timeout`. Blocking: don't call it from a handler.
+    pub fn connect(
+        backend: &dyn Backend,
+        addr: SocketAddr,
+        cfg: TunnelConfig,
+        timeout: Duration,
+    ) -> Result<TunnelHandle, crate::Error> {
+        let (handle, driver) = Tunnel::handler(Role::Initiator, cfg);
+        backend
+            .connect(addr, timeout, Box::new(driver))
+            .map_err(|e| crate::Error::Protocol(format!("physical connect: {e}")))?;
+        handle.wait_ready(timeout)?;
+        Ok(handle)
+    }
+
+    /// A factory for a physical listener: every accepted physical connection
+    /// becomes one tunnel (as the acceptor) whose handle is sent on the returned
+    /// channel as soon as the connection opens (it may not be ready yet: see
+    /// [`TunnelHandle::wait_ready`]).
+    pub fn acceptor(
+        cfg: TunnelConfig,
+    ) -> (HandlerFactory, std::sync::mpsc::Receiver<TunnelHandle>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let factory: HandlerFactory = Arc::new(move || {
+            let (handle, mut driver) = Tunnel::handler(Role::Acceptor, cfg.clone());
+            let tx = lock_or_recover(&tx).clone();
+            driver.on_open_hook = Some(Box::new(move || {
+                let _ = tx.send(handle);
+            }));
+            Box::new(driver) as Box<dyn zs_io::Handler>
+        });
+        (factory, rx)
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the state
+/// stays consistent: every mutation is completed before any user code runs).
+pub(crate) fn lock_or_recover<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) state: Mutex<State>,
+    pub(crate) cond: Condvar,
+    pub(crate) role: Role,
+    pub(crate) send_queue_limit: usize,
+    pub(crate) read_chunk: usize,
+    pub(crate) close_linger: Duration,
+    pub(crate) default_idle: Option<Duration>,
+    /// Process-unique number of this tunnel end (high half of its connection ids).
+    pub(crate) serial: u64,
+}
+
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Inner {
+    fn new(role: Role, cfg: TunnelConfig) -> Inner {
+        let now = Instant::now();
+        Inner {
+            state: Mutex::new(State::new(
+                Mux::new(role, cfg.mux.clone(), now),
+                cfg.security.clone(),
+            )),
+            cond: Condvar::new(),
+            role,
+            send_queue_limit: cfg.send_queue_limit.max(1),
+            read_chunk: cfg.read_chunk.max(1),
+            close_linger: cfg.close_linger,
+            default_idle: cfg.idle_timeout,
+            serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        lock_or_recover(&self.state)
+    }
+}
+
+/// One tunnel end, shared (cheap to clone). It is a [`zs_io::Backend`] whose
+/// addresses are virtual: pass `Arc::new(handle.clone())` wherever the framework
+/// wants an `Arc<dyn Backend>` and everything above runs inside the tunnel.
+#[derive(Clone)]
+pub struct TunnelHandle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TunnelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.inner.lock();
+        f.debug_struct("TunnelHandle")
+            .field("role", &self.inner.role)
+            .field("ready", &st.ready)
+            .field("streams", &st.slots.len())
+            .field("closed", &st.closed)
+            .finish()
+    }
+}
+
+impl TunnelHandle {
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// Whether the tunnel is ready: authenticated and listen tables exchanged.
+    pub fn is_ready(&self) -> bool {
+        let st = self.inner.lock();
+        st.ready && st.closed.is_none()
+    }
+
+    /// Waits until the tunnel is ready; `Error::TunnelClosed`-style errors when it
+    /// ended first (wrong token: [`crate::Error::AuthFailed`]), or a
+    /// [`crate::Error::Protocol`] saying it timed out.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), crate::Error> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.inner.lock();
+        loop {
+            if let Some(info) = &st.closed {
+                if st.auth_failed {
+                    return Err(crate::Error::AuthFailed);
+                }
+                return Err(crate::Error::Protocol(format!(
+                    "tunnel closed: {}",
+                    info.reason
+                )));
+            }
+            if st.ready {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(crate::Error::Protocol(
+                    "tunnel not ready before the timeout".into(),
+                ));
+            }
+            st = match self.inner.cond.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Waits (at most `timeout`) until the peer's listen table holds `addr` (a
+    /// virtual connect right after the peer's `listen` may otherwise race the
+    /// table update and be refused). Returns whether it does.
+    pub fn wait_peer_listen(&self, addr: SocketAddr, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.inner.lock();
+        loop {
+            if st.mux.peer_listens().any(|a| a == addr) {
+                return true;
+            }
+            if st.closed.is_some() {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = match self.inner.cond.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// The virtual addresses the peer listens on.
+    pub fn peer_listens(&self) -> Vec<SocketAddr> {
+        self.inner.lock().mux.peer_listens().collect()
+    }
+
+    /// Virtual connections open in this tunnel (the Mux's stream count).
+    pub fn stream_count(&self) -> usize {
+        self.inner.lock().mux.stream_count()
+    }
+
+    /// Virtual connections with a live handler at this end.
+    pub fn vconn_count(&self) -> usize {
+        self.inner.lock().slots.len()
+    }
+
+    /// Virtual connections opened at this end so far (accepted and connected).
+    pub fn vconns_opened(&self) -> u64 {
+        self.inner.lock().opened
+    }
+
+    /// The keepalive round-trip time last measured (needs `MuxConfig::keepalive`).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.inner.lock().mux.rtt()
+    }
+
+    /// Pongs received so far (each one updates [`TunnelHandle::rtt`]).
+    pub fn pongs(&self) -> u64 {
+        self.inner.lock().pongs
+    }
+
+    /// `Some` once the tunnel has ended: why, and what was pending.
+    pub fn close_info(&self) -> Option<CloseInfo> {
+        self.inner.lock().closed.clone()
+    }
+
+    /// Waits (at most `timeout`) for the tunnel to end.
+    pub fn wait_closed(&self, timeout: Duration) -> Option<CloseInfo> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.inner.lock();
+        loop {
+            if let Some(info) = &st.closed {
+                return Some(info.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = match self.inner.cond.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Closes the tunnel with a GoAway carrying `reason`: every virtual connection
+    /// ends (`on_close(Shutdown)` here, link-lost at the peer), then the physical
+    /// connection closes gracefully.
+    pub fn close(&self, reason: &str) {
+        driver::shutdown(&self.inner, reason);
+    }
+
+    /// The physical connection, once it is open.
+    pub fn physical(&self) -> Option<Conn> {
+        self.inner.lock().phys.clone()
+    }
+}
+
+impl Backend for TunnelHandle {
+    fn name(&self) -> &str {
+        "p2pvm"
+    }
+
+    fn listen(
+        &self,
+        addr: SocketAddr,
+        factory: HandlerFactory,
+    ) -> Result<Box<dyn Listener>, zs_io::Error> {
+        driver::listen(&self.inner, addr, factory)
+    }
+
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        handler: Box<dyn zs_io::Handler>,
+    ) -> Result<(), zs_io::Error> {
+        driver::connect(&self.inner, addr, timeout, handler)
+    }
+
+    fn shutdown(&self) {
+        driver::shutdown(&self.inner, "shutdown");
+    }
+}

@@ -1,0 +1,96 @@
+//! zs-p2pvm: (a) operation scripts on an in-memory pair (the invariants of
+//! `zs_p2pvm::testkit::ops`: in-order exactly-once delivery, no errors between
+//! correct peers, budget bound, empty tables at the end), and (b) raw bytes fed to a
+//! fresh mux and to a ready one (after a valid HELLO/LISTEN/WINDOW prefix).
+#![no_main]
+
+use std::time::Instant;
+
+use arbitrary::{Arbitrary, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use zs_p2pvm::frame::{AuthMode, Frame};
+use zs_p2pvm::testkit::ops::{run, script_config, Op};
+use zs_p2pvm::{Auth, Mux, MuxConfig, Role, StreamId};
+
+fn poke(m: &mut Mux, budget: usize) {
+    assert!(m.session_committed() <= budget);
+    assert!(m.buffered_bytes() <= m.session_committed());
+    while m.poll_event().is_some() {}
+    for id in 0..8 {
+        let _ = m.read(StreamId(id), 1000);
+        let _ = m.send(StreamId(id), b"fuzz");
+    }
+    let mut out = Vec::new();
+    m.write_output(&mut out);
+}
+
+fn raw(data: &[u8]) {
+    let now = Instant::now();
+    let cfg = MuxConfig {
+        session_budget: 10_000,
+        ..script_config()
+    };
+    for (role, auth) in [
+        (Role::Acceptor, Auth::None),
+        (Role::Initiator, Auth::None),
+        (Role::Acceptor, Auth::Token(b"t".to_vec())),
+    ] {
+        // A fresh mux: nothing but HELLO/PROOF/GOAWAY is accepted.
+        let mut fresh = Mux::new(
+            role,
+            MuxConfig {
+                auth,
+                ..cfg.clone()
+            },
+            now,
+        );
+        let _ = fresh.handle_input(data, now);
+        poke(&mut fresh, 10_000);
+    }
+    // A ready mux (valid None-auth prefix), then the bytes, split in two.
+    for role in [Role::Acceptor, Role::Initiator] {
+        let mut m = Mux::new(role, cfg.clone(), now);
+        m.listen("10.0.0.1:1".parse().unwrap()).unwrap();
+        let mut prefix = Vec::new();
+        Frame::Hello {
+            mode: AuthMode::None,
+            max_payload: 4096,
+            nonce: [1; 32],
+        }
+        .encode(&mut prefix);
+        Frame::Listen {
+            done: true,
+            changes: vec![],
+        }
+        .encode(&mut prefix);
+        Frame::Window {
+            id: 0,
+            increment: 100_000,
+        }
+        .encode(&mut prefix);
+        m.handle_input(&prefix, now).unwrap();
+        assert!(m.is_ready());
+        let cut = data.first().map_or(0, |b| *b as usize % (data.len() + 1));
+        let _ = m.handle_input(&data[..cut], now);
+        let _ = m.handle_input(&data[cut..], now);
+        poke(&mut m, 10_000);
+        m.handle_timeout(now + std::time::Duration::from_secs(1));
+        poke(&mut m, 10_000);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode % 2 == 0 {
+        let mut u = Unstructured::new(rest);
+        if let Ok(ops) = Vec::<Op>::arbitrary(&mut u) {
+            if ops.len() <= 200 {
+                run(&ops);
+            }
+        }
+    } else {
+        raw(rest);
+    }
+});
