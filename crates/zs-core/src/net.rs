@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::oneshot::{channel, CallFuture, Completer};
 use crate::pool::WorkerPool;
 use crate::registry::{Outbox, Peer, Registry};
-use crate::session::{Call, Event, Reply, Request, Session, SessionConfig};
+use crate::session::{Call, Event, IdMap, Reply, Request, Session, SessionConfig};
 use crate::stable::{secret_eq, SECRET_LEN};
 use crate::stats::{EndpointStats, StatsSnapshot};
 
@@ -345,8 +345,9 @@ impl Shared {
                 reason = "offline timeout",
                 "dropping StableIO session"
             );
-            self.stats.stable_expired.fetch_add(1, Ordering::Relaxed);
             self.drop_stable(sid, &format!("expired: offline for more than {timeout:?}"));
+            // Counted once it is gone from every map.
+            self.stats.stable_expired.fetch_add(1, Ordering::Relaxed);
         }
         for (_, _, link, peer) in offline {
             let mut works = Vec::new();
@@ -371,13 +372,33 @@ struct LinkState {
     out: Vec<u8>,
     backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
-    completions: HashMap<u64, Completion>,
-    progress: HashMap<u64, ProgressFn>,
+    completions: IdMap<Completion>,
+    progress: IdMap<ProgressFn>,
     ready: Vec<Completer<()>>,
     armed: Option<Instant>,
     busy: bool,
     in_dispatch: bool,
     queue: VecDeque<Request>,
+    /// While above 0 the event loop is dispatching what it read: frames sent
+    /// meanwhile (answers, new calls from completions) stay in the session and
+    /// leave together, as one write of few records, when the loop finishes.
+    hold: u32,
+    /// The time the loop read the batch being held (one clock read serves
+    /// every frame sent meanwhile).
+    held_at: Instant,
+    /// StableIO client: the server's refusal, once it came.
+    refused: Option<String>,
+}
+
+impl LinkState {
+    /// Now, or the batch's time while the loop holds the output.
+    fn now(&self) -> Instant {
+        if self.hold > 0 {
+            self.held_at
+        } else {
+            Instant::now()
+        }
+    }
 }
 
 impl LinkState {
@@ -424,13 +445,16 @@ impl Link {
                 out: Vec::new(),
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
-                completions: HashMap::new(),
-                progress: HashMap::new(),
+                completions: IdMap::default(),
+                progress: IdMap::default(),
                 ready: Vec::new(),
                 armed: None,
                 busy: false,
                 in_dispatch: false,
                 queue: VecDeque::new(),
+                hold: 0,
+                held_at: Instant::now(),
+                refused: None,
             }),
             open: AtomicBool::new(true),
             links: AtomicU64::new(1),
@@ -490,14 +514,23 @@ impl Link {
         }
     }
 
+    /// [`Self::flush`] unless the event loop holds the output (it flushes when
+    /// it finishes its batch). Call with the lock held.
+    fn flush_soon(&self, st: &mut LinkState) {
+        if st.hold == 0 {
+            self.flush(st);
+        }
+    }
+
     /// Moves the session's events out as work (with the lock held).
     fn drain(&self, st: &mut LinkState, works: &mut Vec<Work>) {
         while let Some(ev) = st.session.poll_event() {
             match ev {
                 Event::Established { suite } => {
                     tracing::debug!(%suite, "session established");
-                    // A StableIO client is ready once the server accepted.
-                    if !(self.shared.client_stable && st.session.stable_id() == Some(0)) {
+                    // A StableIO client is ready once the server accepted
+                    // (StableReady) or refused (StableRefused) it.
+                    if !self.shared.client_stable {
                         works.push(Work::Ready(std::mem::take(&mut st.ready)));
                     }
                 }
@@ -522,7 +555,10 @@ impl Link {
                         works.push(Work::Ready(std::mem::take(&mut st.ready)));
                     }
                 }
-                Event::StableRefused { message } => works.push(Work::StableRefused(message)),
+                Event::StableRefused { message } => {
+                    st.refused = Some(message.clone());
+                    works.push(Work::StableRefused(message));
+                }
                 Event::Resumed { resent } => works.push(Work::Resumed(resent)),
                 Event::ResumeRequest {
                     session,
@@ -535,10 +571,11 @@ impl Link {
 
     fn start_call(&self, call: Call, timeout: Option<Duration>, done: Completion) {
         let mut st = lock(&self.st);
-        match st.session.call(call, timeout, Instant::now()) {
+        let now = st.now();
+        match st.session.call(call, timeout, now) {
             Ok(id) => {
                 st.completions.insert(id, done);
-                self.flush(&mut st);
+                self.flush_soon(&mut st);
             }
             Err(e) => {
                 drop(st);
@@ -549,6 +586,11 @@ impl Link {
 
     fn ready(&self) -> CallFuture<()> {
         let mut st = lock(&self.st);
+        if let Some(m) = &st.refused {
+            return CallFuture::ready(Err(Error::Config(format!(
+                "the server refused StableIO: {m}"
+            ))));
+        }
         let stable_pending = self.shared.client_stable && st.session.stable_id() == Some(0);
         if st.session.is_established() && !stable_pending {
             CallFuture::ready(Ok(()))
@@ -574,8 +616,9 @@ impl Outbox for Link {
             return Err(Error::ConnectionLost("the connection is closed".into()));
         }
         let mut st = lock(&self.st);
-        st.session.send_frame(&frame, Instant::now())?;
-        self.flush(&mut st);
+        let now = st.now();
+        st.session.send_frame(&frame, now)?;
+        self.flush_soon(&mut st);
         Ok(())
     }
 
@@ -618,6 +661,21 @@ impl Outbox for Link {
     }
 }
 
+/// Releases a [`LinkState::hold`] when dropped (also if a handler panics):
+/// flushes what was sent meanwhile and trims idle buffers.
+struct Held<'a>(&'a Link);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.st);
+        st.hold = st.hold.saturating_sub(1);
+        if st.hold == 0 {
+            self.0.flush(&mut st);
+            st.session.shrink_buffers();
+        }
+    }
+}
+
 /// What a client's handler reports once its connection opened (or failed).
 type Connected = Result<(Arc<Link>, Peer)>;
 
@@ -655,6 +713,13 @@ impl ConnHandler {
         let Some((link, peer)) = self.link.clone() else {
             return;
         };
+        if !works
+            .iter()
+            .any(|w| matches!(w, Work::StableReady(_) | Work::Resume(..)))
+        {
+            // The common case: nothing for the connection handler itself.
+            return process_works(&self.shared, &link, &peer, works);
+        }
         let mut rest = Vec::new();
         for w in works {
             match w {
@@ -811,7 +876,12 @@ fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: Vec
             }
             Work::Closed => {
                 link.open.store(false, Ordering::Release);
-                if let Some(c) = link.conn() {
+                let conn = {
+                    let mut st = lock(&link.st);
+                    link.flush(&mut st); // what was answered so far goes first
+                    st.conn.clone()
+                };
+                if let Some(c) = conn {
                     c.close();
                 }
             }
@@ -847,7 +917,9 @@ fn dispatch(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, req: Request) {
     }
     {
         let mut st = lock(&link.st);
-        if st.busy {
+        // Behind queued requests too: the queue may be non-empty while not
+        // busy (an answer came; its TOKEN_NEXT timer runs the queue).
+        if st.busy || !st.queue.is_empty() {
             st.queue.push_back(req);
             return;
         }
@@ -990,7 +1062,7 @@ impl Handler for ConnHandler {
         };
         let link = link.clone();
         let _span = tracing::debug_span!("zs.conn", id = conn.id().0).entered();
-        let input = data.split();
+        let mut input = data.split();
         self.shared
             .stats
             .bytes_in
@@ -1001,12 +1073,23 @@ impl Handler for ConnHandler {
             if !st.is_current(conn) {
                 return; // a replaced connection's late bytes
             }
-            let r = st.session.handle_input(&input, Instant::now());
+            let now = Instant::now();
+            let r = st.session.handle_input_mut(&mut input, now);
             link.drain(&mut st, &mut works);
-            link.flush(&mut st);
+            if works.is_empty() {
+                link.flush(&mut st);
+                st.session.shrink_buffers();
+            } else {
+                st.hold += 1;
+                st.held_at = now;
+            }
             (r, st.session.is_dead())
         };
-        self.process(conn, works);
+        if !works.is_empty() {
+            // Answers and calls made while dispatching leave in one flush.
+            let _held = Held(&link);
+            self.process(conn, works);
+        }
         if let Err(e) = r {
             self.fail(&link, &e.to_string());
         } else if dead {
@@ -1481,7 +1564,8 @@ impl Client {
         timeout: Option<Duration>,
         done: impl FnOnce(Result<Reply>) + Send + 'static,
     ) {
-        if !self.link.is_open() {
+        // The cheap check; a dead session refuses the call in `start_call`.
+        if !self.link.open.load(Ordering::Acquire) {
             done(Err(Error::ConnectionLost(
                 "the connection is closed".into(),
             )));

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use zs_wire::{DataFrame, Frame, Text};
 
 pub use crate::body::{BigBody, CollectLimits};
-use crate::error::{code, Error, Result};
+use crate::error::{code, Result};
 use crate::pool::WorkerPool;
 use crate::session::{Reply, Request};
 use crate::stats::{CommandSnapshot, CommandStats};
@@ -220,7 +220,7 @@ impl Responder {
         self.peer.is_open()
     }
 
-    /// Answers with text (console requests). [`Error::ConnectionLost`] if the
+    /// Answers with text (console requests). [`Error::ConnectionLost`](crate::Error::ConnectionLost) if the
     /// connection is gone.
     pub fn reply_text(self, text: impl Into<Text>) -> Result<()> {
         self.reply(Ok(Reply::Text(text.into())))
@@ -258,13 +258,8 @@ impl Responder {
                 message: Text::from(e.message),
             },
         };
-        let r = if self.peer.is_open() {
-            self.peer.send_frame(frame)
-        } else {
-            Err(Error::ConnectionLost(
-                "the requesting connection is gone".into(),
-            ))
-        };
+        // Fails with ConnectionLost when the connection is gone (one lock).
+        let r = self.peer.send_frame(frame);
         if self.ordered {
             self.peer.out.request_done();
         }
@@ -362,10 +357,14 @@ fn fold(name: &str) -> String {
 /// answer later from anywhere, and `*_hpc` closures run on the worker pool.
 #[derive(Clone, Default)]
 pub struct Registry {
-    maps: [HashMap<String, Entry>; 7],
-    signals: HashMap<String, SignalFn>,
+    maps: [NameMap<Entry>; 7],
+    signals: NameMap<SignalFn>,
     peer_error: Option<PeerErrorFn>,
 }
+
+/// Handlers by folded name. Keys are only inserted by the application, so a
+/// fast non-keyed hash is safe (peers only look names up).
+type NameMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<crate::session::IdHasher>>;
 
 type SignalFn = Arc<dyn Fn(&Peer, u64) + Send + Sync>;
 type PeerErrorFn = Arc<dyn Fn(&Peer, u32, &str) + Send + Sync>;

@@ -15,7 +15,9 @@
 //! checking the [`Event::ResumeRequest`]. Both sides then send again what the
 //! other has not handled.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -301,11 +303,85 @@ pub enum Event {
     },
 }
 
+/// Hashes our own call ids (sequential, chosen locally, never by the peer)
+/// with one multiplication instead of SipHash.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by our own call ids.
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// Call deadlines: a min-heap with lazy removal. A call answered in time
+/// leaves its entry behind (dropped when it surfaces, or when stale entries
+/// outnumber live ones and the heap is rebuilt), so the hot path costs a push
+/// and nothing on completion.
+#[derive(Default)]
+struct Deadlines {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Entries whose call is still pending.
+    live: usize,
+}
+
+impl Deadlines {
+    fn insert(&mut self, d: Instant, id: u64) {
+        self.heap.push(Reverse((d, id)));
+        self.live += 1;
+    }
+
+    /// The call `id` (deadline `d`) completed; `pending` no longer holds it.
+    fn remove(&mut self, d: Instant, id: u64, pending: &IdMap<Pending>) {
+        self.live = self.live.saturating_sub(1);
+        if self.heap.peek() == Some(&Reverse((d, id))) {
+            self.heap.pop();
+        } else if self.heap.len() > 2 * self.live + 32 {
+            self.heap
+                .retain(|Reverse((d, id))| pending.get(id).is_some_and(|p| p.deadline == Some(*d)));
+        }
+    }
+
+    /// The earliest entry (possibly stale: then an early wake-up finds nothing).
+    fn first(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((d, _))| *d)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<(Instant, u64)> {
+        match self.heap.peek() {
+            Some(Reverse((d, _))) if *d <= now => self.heap.pop().map(|Reverse(e)| e),
+            _ => None,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.heap = BinaryHeap::new();
+        self.live = 0;
+    }
+}
+
 struct Pending {
     deadline: Option<Instant>,
     /// Batch calls: the checksum of every staged frame, and the checksums the
     /// answer carried (`__@batchsum`).
     batch: Option<(Sums, Option<Sums>)>,
+}
+
+/// Received bytes, borrowed or handed over for in-place decryption.
+enum Input<'a> {
+    Shared(&'a [u8]),
+    Owned(&'a mut [u8]),
 }
 
 /// Checksums of a batch's staged frames.
@@ -348,17 +424,18 @@ pub struct Session {
     scratch: BytesMut,
     events: VecDeque<Event>,
     next_id: u64,
-    pending: HashMap<u64, Pending>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    pending: IdMap<Pending>,
+    deadlines: Deadlines,
     batches: HashMap<u64, (Text, Vec<DataFrame>)>,
-    sending: HashMap<u64, Outgoing>,
+    sending: IdMap<Outgoing>,
     receiving: HashMap<u64, Incoming>,
     established: bool,
     dead: Option<String>,
     bytes_in: u64,
     bytes_out: u64,
-    /// StableIO state, once negotiated (or requested by a client).
-    stable: Option<Stable>,
+    /// StableIO state, once negotiated (or requested by a client); boxed so a
+    /// plain session does not pay for it.
+    stable: Option<Box<Stable>>,
     /// Server: answers `__@stable` / `__@resume` requests.
     server_side: bool,
     /// Server: credentials to hand out if the peer asks for StableIO.
@@ -395,10 +472,10 @@ impl Session {
             scratch: BytesMut::new(),
             events: VecDeque::new(),
             next_id: 1,
-            pending: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            pending: IdMap::default(),
+            deadlines: Deadlines::default(),
             batches: HashMap::new(),
-            sending: HashMap::new(),
+            sending: IdMap::default(),
             receiving: HashMap::new(),
             established: false,
             dead: None,
@@ -448,18 +525,40 @@ impl Session {
         if let Some(why) = &self.dead {
             return Err(Error::ConnectionLost(why.clone()));
         }
-        let r = self.input(data, now);
+        let r = self.input(Input::Shared(data), now);
         if let Err(e) = &r {
             self.connection_lost(&e.to_string());
         }
         r
     }
 
-    fn input(&mut self, data: &[u8], now: Instant) -> Result<()> {
+    /// [`Session::handle_input`] for a buffer the caller gives up: the
+    /// security layer may decrypt in place (`data` is overwritten), one copy
+    /// fewer. The runtime uses this with the bytes it read.
+    pub fn handle_input_mut(&mut self, data: &mut [u8], now: Instant) -> Result<()> {
+        if let Some(why) = &self.dead {
+            return Err(Error::ConnectionLost(why.clone()));
+        }
+        let r = self.input(Input::Owned(data), now);
+        if let Err(e) = &r {
+            self.connection_lost(&e.to_string());
+        }
+        r
+    }
+
+    fn input(&mut self, data: Input<'_>, now: Instant) -> Result<()> {
         if !self.link_up {
             return Ok(()); // bytes of a link already given up: ignored
         }
-        self.secure.handle_input(data, now)?;
+        let (plain, bytes_in) = (&mut self.plain, &mut self.bytes_in);
+        let mut on_data = |d: &[u8]| {
+            *bytes_in += d.len() as u64;
+            plain.extend_from_slice(d);
+        };
+        match data {
+            Input::Shared(d) => self.secure.handle_input_with(d, now, &mut on_data)?,
+            Input::Owned(d) => self.secure.handle_input_in_place(d, now, &mut on_data)?,
+        }
         while let Some(ev) = self.secure.poll_event() {
             match ev {
                 zs_crypto::Event::HandshakeComplete { suite, .. } => {
@@ -640,7 +739,7 @@ impl Session {
             // Server: a client asks for StableIO (once, first thing).
             None if server => match self.stable_offer.take() {
                 Some((sid, secret)) => {
-                    self.stable = Some(Stable::new(false, Phase::Online, sid, secret));
+                    self.stable = Some(Box::new(Stable::new(false, Phase::Online, sid, secret)));
                     self.events.push_back(Event::StableReady { session: sid });
                     let data = DataFrame::new()
                         .with(sid)
@@ -1093,7 +1192,7 @@ impl Session {
         }
         let deadline = timeout.map(|t| now + t);
         if let Some(d) = deadline {
-            self.deadlines.insert((d, id));
+            self.deadlines.insert(d, id);
         }
         self.pending.insert(
             id,
@@ -1114,7 +1213,7 @@ impl Session {
         self.sending.remove(&id);
         if let Some(p) = self.pending.remove(&id) {
             if let Some(d) = p.deadline {
-                self.deadlines.remove(&(d, id));
+                self.deadlines.remove(d, id, &self.pending);
             }
             let result = match (p.batch, result) {
                 (Some((want, got)), Ok(reply)) => {
@@ -1298,7 +1397,7 @@ impl Session {
         self.next_id += 1;
         let deadline = timeout.map(|t| now + t);
         if let Some(d) = deadline {
-            self.deadlines.insert((d, id));
+            self.deadlines.insert(d, id);
         }
         self.pending.insert(id, Pending { deadline, batch });
         Ok(id)
@@ -1336,9 +1435,26 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// Releases the capacity of buffers and queues that are empty (here and
+    /// in the security layer), so an idle session keeps little memory. Cheap:
+    /// call it after each batch of work (the runtime does, after every read).
+    pub fn shrink_buffers(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.plain.is_empty() {
+            self.plain = BytesMut::new();
+        }
+        self.scratch = BytesMut::new();
+        self.wrap = BytesMut::new();
+        if self.link_up {
+            self.secure.shrink();
+        }
+    }
+
     /// When [`Session::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.deadlines.first().map(|(d, _)| *d);
+        let mut t = self.deadlines.first();
         let mut add = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -1354,11 +1470,11 @@ impl Session {
     /// Expires calls whose timeout passed, sends a delayed StableIO ack, and
     /// drives the security layer's timers.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
-        while let Some(&(d, id)) = self.deadlines.first() {
-            if d > now {
-                break;
+        while let Some((d, id)) = self.deadlines.pop_due(now) {
+            if self.pending.get(&id).is_none_or(|p| p.deadline != Some(d)) {
+                continue; // completed earlier: a stale entry
             }
-            self.deadlines.remove(&(d, id));
+            self.deadlines.live -= 1;
             self.sending.remove(&id);
             if self.pending.remove(&id).is_some() {
                 self.events.push_back(Event::Reply {
@@ -1432,7 +1548,12 @@ impl Session {
         if self.stable.is_some() || self.server_side {
             return Err(Error::Config("StableIO was already requested".into()));
         }
-        self.stable = Some(Stable::new(true, Phase::Negotiating, 0, [0; SECRET_LEN]));
+        self.stable = Some(Box::new(Stable::new(
+            true,
+            Phase::Negotiating,
+            0,
+            [0; SECRET_LEN],
+        )));
         self.send_link(&control(CTL_STABLE, DataFrame::new()), now)
     }
 
@@ -2116,5 +2237,97 @@ mod tests {
             p.settle();
             p.check();
         }
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use std::sync::Arc;
+
+    use zs_crypto::{ClientConfig, SecurityProvider, ServerConfig, ZsSecurity};
+
+    use super::*;
+
+    #[test]
+    fn lazy_deadlines_expire_only_pending_calls_and_stay_bounded() {
+        let t0 = Instant::now();
+        let mut pending: IdMap<Pending> = IdMap::default();
+        let mut dl = Deadlines::default();
+        for id in 1..=1000u64 {
+            let d = t0 + Duration::from_millis(id);
+            dl.insert(d, id);
+            pending.insert(
+                id,
+                Pending {
+                    deadline: Some(d),
+                    batch: None,
+                },
+            );
+            // Every call but each 100th completes at once (in any order).
+            if id % 100 != 0 {
+                let p = pending.remove(&id).unwrap();
+                dl.remove(p.deadline.unwrap(), id, &pending);
+            }
+            assert!(dl.heap.len() <= 2 * dl.live + 33, "{}", dl.heap.len());
+        }
+        assert_eq!(dl.live, 10);
+        let mut expired = Vec::new();
+        while let Some((d, id)) = dl.pop_due(t0 + Duration::from_secs(2)) {
+            if pending.get(&id).is_some_and(|p| p.deadline == Some(d)) {
+                expired.push(id);
+            }
+        }
+        assert_eq!(expired, (1..=10).map(|i| i * 100).collect::<Vec<_>>());
+        assert_eq!(dl.first(), None);
+    }
+
+    #[test]
+    fn idle_sessions_release_their_buffers_and_pack_frames_into_records() {
+        let now = Instant::now();
+        let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+            Some(Arc::new(ClientConfig::psk(b"id", b"key"))),
+            Some(Arc::new(ServerConfig::with_psk(b"id", b"key"))),
+        ));
+        let cfg = SessionConfig::default();
+        let mut c = Session::new(p.new_client(now).unwrap(), cfg);
+        let mut s = Session::new(p.new_server(now).unwrap(), cfg);
+        let pump = |from: &mut Session, to: &mut Session| {
+            let mut b = Vec::new();
+            from.write_output(&mut b);
+            let n = b.len();
+            to.handle_input_mut(&mut b, now).unwrap();
+            n
+        };
+        for _ in 0..3 {
+            pump(&mut c, &mut s);
+            pump(&mut s, &mut c);
+        }
+        assert!(c.is_established() && s.is_established());
+        while c.poll_event().is_some() {}
+        while s.poll_event().is_some() {}
+        // 50 calls queued before one flush travel in one record.
+        for i in 0..50 {
+            let call = Call::Console {
+                cmd: Text::from("echo"),
+                text: Text::from(format!("{i}")),
+            };
+            c.call(call, Some(Duration::from_secs(5)), now).unwrap();
+        }
+        let mut b = Vec::new();
+        c.write_output(&mut b);
+        assert_eq!(b[0], 0x17);
+        let body = u32::from_le_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        assert_eq!(b.len(), 5 + body, "one record");
+        s.handle_input(&b, now).unwrap();
+        let mut n = 0;
+        while let Some(ev) = s.poll_event() {
+            assert!(matches!(ev, Event::Request(Request::Console { .. })));
+            n += 1;
+        }
+        assert_eq!(n, 50);
+        s.shrink_buffers();
+        assert_eq!(s.events.capacity(), 0);
+        assert_eq!(s.plain.capacity(), 0);
+        assert_eq!(s.wrap.capacity(), 0);
     }
 }

@@ -1,23 +1,38 @@
 //! Statistics per server and per command: counts, bytes, errors, latency percentiles.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Latency samples kept per command for percentiles (the most recent ones).
 pub const LATENCY_SAMPLES: usize = 4096;
 
-/// Live counters of one command. Updated lock-free except the latency ring.
-#[derive(Debug, Default)]
+/// Live counters of one command. Updated lock-free, the latency ring too.
+#[derive(Debug)]
 pub struct CommandStats {
     calls: AtomicU64,
     errors: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     max_us: AtomicU64,
-    samples: Mutex<VecDeque<u32>>,
+    /// Ring of the last [`LATENCY_SAMPLES`] latencies (µs); `recorded` counts
+    /// every sample ever written (slot = count modulo the ring size).
+    samples: Box<[AtomicU32]>,
+    recorded: AtomicU64,
+}
+
+impl Default for CommandStats {
+    fn default() -> Self {
+        CommandStats {
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+            samples: (0..LATENCY_SAMPLES).map(|_| AtomicU32::new(0)).collect(),
+            recorded: AtomicU64::new(0),
+        }
+    }
 }
 
 impl CommandStats {
@@ -36,21 +51,16 @@ impl CommandStats {
         }
         let us = latency.as_micros().min(u32::MAX as u128) as u32;
         self.max_us.fetch_max(us as u64, Ordering::Relaxed);
-        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if s.len() == LATENCY_SAMPLES {
-            s.pop_front();
-        }
-        s.push_back(us);
+        let slot = self.recorded.fetch_add(1, Ordering::Relaxed) as usize % LATENCY_SAMPLES;
+        self.samples[slot].store(us, Ordering::Relaxed);
     }
 
     /// A consistent-enough copy of the counters with percentiles computed.
     pub fn snapshot(&self, name: &str, kind: &'static str) -> CommandSnapshot {
-        let mut v: Vec<u32> = self
-            .samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let n = (self.recorded.load(Ordering::Relaxed) as usize).min(LATENCY_SAMPLES);
+        let mut v: Vec<u32> = self.samples[..n]
             .iter()
-            .copied()
+            .map(|s| s.load(Ordering::Relaxed))
             .collect();
         v.sort_unstable();
         let pct = |p: f64| -> u64 {

@@ -32,6 +32,33 @@ pub trait SecureSession: Send {
     fn close(&mut self) -> Result<()>;
     /// The transport ended; an error if that truncated the stream.
     fn handle_eof(&mut self) -> Result<()>;
+    /// Feeds bytes received from the transport; application data may be
+    /// handed to `on_data` directly (in order, instead of [`Event::Data`],
+    /// saving a copy). The default feeds [`Self::handle_input`], so the data
+    /// arrives as events: callers must handle both.
+    fn handle_input_with(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let _ = on_data;
+        self.handle_input(data, now)
+    }
+    /// Like [`Self::handle_input_with`], but the session may decrypt complete
+    /// records where they lie in `data` (which is then overwritten), saving
+    /// another copy. The default copies through [`Self::handle_input_with`].
+    fn handle_input_in_place(
+        &mut self,
+        data: &mut [u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        self.handle_input_with(data, now, on_data)
+    }
+    /// Releases the capacity of internal buffers that are empty, so an idle
+    /// session keeps little memory. The default does nothing.
+    fn shrink(&mut self) {}
 }
 
 /// Makes sessions for one side or both. Object safe; the framework holds `Arc<dyn SecurityProvider>`.
@@ -74,6 +101,25 @@ impl SecureSession for Session {
     }
     fn handle_eof(&mut self) -> Result<()> {
         Session::handle_eof(self)
+    }
+    fn handle_input_with(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        Session::handle_input_with(self, data, now, on_data)
+    }
+    fn handle_input_in_place(
+        &mut self,
+        data: &mut [u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        Session::handle_input_in_place(self, data, now, on_data)
+    }
+    fn shrink(&mut self) {
+        Session::shrink(self)
     }
 }
 

@@ -382,6 +382,9 @@ fn alert_code(e: &Error) -> u8 {
     }
 }
 
+/// Where opened application data goes: a callback, or (`None`) [`Event::Data`].
+type DataSink<'r, 'f> = Option<&'r mut (dyn FnMut(&[u8]) + 'f)>;
+
 /// Most plaintext queued by `send` before the handshake completes (16 MiB).
 pub const MAX_QUEUED_BEFORE_HANDSHAKE: usize = 16 << 20;
 
@@ -399,6 +402,10 @@ pub struct Session {
     sealer: Option<RecordSealer>,
     opener: Option<RecordOpener>,
     queued: Vec<u8>,
+    /// Offset in `out` of a Data record still open for more plaintext: `send`
+    /// appends to it (one record carries many sends, up to `max_record`) and it
+    /// is sealed in place when output is taken or another record follows.
+    open: Option<usize>,
     gen_bytes: u64,
     gen_started: Instant,
     peer_closed: bool,
@@ -488,6 +495,7 @@ impl Session {
             sealer: None,
             opener: None,
             queued: Vec::new(),
+            open: None,
             gen_bytes: 0,
             gen_started: now,
             peer_closed: false,
@@ -526,17 +534,57 @@ impl Session {
 
     /// Bytes to send to the peer, taken (the internal buffer is emptied).
     pub fn take_output(&mut self) -> Vec<u8> {
+        self.seal_open();
         std::mem::take(&mut self.out)
     }
 
-    /// Appends the bytes to send to `out` and empties the internal buffer.
+    /// Appends the bytes to send to `out` and empties the internal buffer
+    /// (without a copy when `out` is empty).
     pub fn write_output(&mut self, out: &mut Vec<u8>) {
-        out.append(&mut self.out);
+        self.seal_open();
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.out);
+        } else {
+            out.append(&mut self.out);
+        }
     }
 
     /// Whether there are bytes to send.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
+    }
+
+    /// Releases the memory of internal buffers that are empty (an idle
+    /// session then keeps no buffer capacity). Cheap; call when idle.
+    pub fn shrink(&mut self) {
+        if self.inbuf.is_empty() {
+            self.inbuf = Vec::new();
+        }
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.queued.is_empty() {
+            self.queued = Vec::new();
+        }
+    }
+
+    /// Seals the open Data record, if any. A failure (sequence numbers
+    /// exhausted) drops the record and fails the session.
+    fn seal_open(&mut self) {
+        let Some(start) = self.open.take() else {
+            return;
+        };
+        let r = match self.sealer.as_mut() {
+            Some(s) => s.seal_in_place(ContentType::Data, &mut self.out, start),
+            None => Err(Error::Failed),
+        };
+        if r.is_err() {
+            self.out.truncate(start);
+            self.state = State::Failed;
+        }
     }
 
     /// The next event, if any.
@@ -589,21 +637,44 @@ impl Session {
             self.queued.extend_from_slice(data);
             return Ok(());
         }
-        for chunk in data.chunks(self.max_record) {
-            self.send_record(chunk, now)?;
-        }
-        Ok(())
+        self.append_data(data, now)
     }
 
-    fn send_record(&mut self, chunk: &[u8], now: Instant) -> Result<()> {
-        if self.gen_bytes >= self.rekey.max_bytes
-            || now.saturating_duration_since(self.gen_started) >= self.rekey.max_age
-        {
-            self.update_send(now, false)?;
+    /// Appends application data to the open Data record (opening records as
+    /// needed, each at most `max_record` plaintext bytes). The record is
+    /// sealed in place when the output is taken, so consecutive sends share
+    /// records and the plaintext is copied once.
+    fn append_data(&mut self, mut data: &[u8], now: Instant) -> Result<()> {
+        // Room for every record this takes, at once (no regrowth copies).
+        let per = HEADER_LEN + MAX_TAG_LEN;
+        self.out
+            .reserve(data.len() + per * (1 + data.len() / self.max_record.max(1)));
+        while !data.is_empty() {
+            let start = match self.open {
+                Some(start) => start,
+                None => {
+                    if self.gen_bytes >= self.rekey.max_bytes
+                        || now.saturating_duration_since(self.gen_started) >= self.rekey.max_age
+                    {
+                        self.update_send(now, false)?;
+                    }
+                    let sealer = self.sealer.as_mut().ok_or(Error::Failed)?;
+                    let start = sealer.begin(&mut self.out);
+                    self.open = Some(start);
+                    start
+                }
+            };
+            let room = self.max_record - (self.out.len() - start - HEADER_LEN);
+            if room == 0 {
+                self.seal_open();
+                self.check_usable()?;
+                continue;
+            }
+            let n = room.min(data.len());
+            self.out.extend_from_slice(&data[..n]);
+            self.gen_bytes += n as u64;
+            data = &data[n..];
         }
-        let sealer = self.sealer.as_mut().ok_or(Error::Failed)?;
-        sealer.seal(ContentType::Data, chunk, &mut self.out)?;
-        self.gen_bytes += chunk.len() as u64;
         Ok(())
     }
 
@@ -623,6 +694,7 @@ impl Session {
     }
 
     fn update_send(&mut self, now: Instant, request: bool) -> Result<()> {
+        self.seal_open();
         let sealer = self.sealer.as_mut().ok_or(Error::Failed)?;
         let next = sealer.generation().wrapping_add(1);
         let n = next.to_le_bytes();
@@ -649,6 +721,7 @@ impl Session {
         }
         self.we_closed = true;
         if self.is_established() {
+            self.seal_open();
             if let Some(s) = self.sealer.as_mut() {
                 s.seal(ContentType::Close, &[], &mut self.out)?;
             }
@@ -671,38 +744,128 @@ impl Session {
     /// once; a partial record waits for more bytes. Any error is fatal: the
     /// session fails (sending an alert first if still handshaking).
     pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<()> {
+        self.input(data, now, None)
+    }
+
+    /// Like [`Self::handle_input`], but application data is handed to
+    /// `on_data` as each record opens (in order, with no copy and no
+    /// [`Event::Data`]); every other event is queued as usual.
+    pub fn handle_input_with(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        self.input(data, now, Some(on_data))
+    }
+
+    fn input(&mut self, data: &[u8], now: Instant, mut on_data: DataSink<'_, '_>) -> Result<()> {
         self.check_usable()?;
         self.inbuf.extend_from_slice(data);
         let mut buf = std::mem::take(&mut self.inbuf);
-        let mut pos = 0;
-        let res = loop {
-            let Some((ty, len)) = parse_header(&buf[pos..]) else {
-                break Ok(());
-            };
-            let limit = match ContentType::from_u8(ty) {
-                Some(ContentType::Handshake | ContentType::Alert) => MAX_HANDSHAKE_LEN,
-                Some(_) => self.max_record + MAX_TAG_LEN,
-                None => break Err(Error::Malformed("record content type")),
-            };
-            if len > limit {
-                break Err(Error::RecordTooLarge { len, max: limit });
-            }
-            if buf.len() - pos - HEADER_LEN < len {
-                break Ok(());
-            }
-            let end = pos + HEADER_LEN + len;
-            if let Err(e) = self.process(&mut buf[pos..end], now) {
-                break Err(e);
-            }
-            pos = end;
-        };
-        buf.drain(..pos);
+        let (pos, res) = self.records(&mut buf, now, &mut on_data);
+        if pos == buf.len() {
+            buf.clear();
+        } else {
+            buf.drain(..pos);
+        }
         self.inbuf = buf;
         if let Err(e) = res {
             self.fail(&e);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Like [`Self::handle_input_with`], but records complete in `data` are
+    /// opened where they lie (no copy into an internal buffer; `data` is
+    /// overwritten); only a trailing partial record is kept.
+    pub fn handle_input_in_place(
+        &mut self,
+        data: &mut [u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        self.check_usable()?;
+        let mut on_data = Some(on_data);
+        let mut data = data;
+        let res = (|| {
+            // First complete the record buffered from earlier input, if any.
+            if !self.inbuf.is_empty() {
+                if self.inbuf.len() < HEADER_LEN {
+                    let n = (HEADER_LEN - self.inbuf.len()).min(data.len());
+                    let (head, rest) = std::mem::take(&mut data).split_at_mut(n);
+                    self.inbuf.extend_from_slice(head);
+                    data = rest;
+                }
+                let Some((ty, len)) = parse_header(&self.inbuf) else {
+                    return Ok(());
+                };
+                self.record_limit(ty, len)?;
+                let n = (HEADER_LEN + len - self.inbuf.len()).min(data.len());
+                let (head, rest) = std::mem::take(&mut data).split_at_mut(n);
+                self.inbuf.extend_from_slice(head);
+                data = rest;
+                if self.inbuf.len() < HEADER_LEN + len {
+                    return Ok(());
+                }
+                let mut rec = std::mem::take(&mut self.inbuf);
+                let (_, r) = self.records(&mut rec, now, &mut on_data);
+                rec.clear();
+                self.inbuf = rec;
+                r?;
+            }
+            let (pos, r) = self.records(data, now, &mut on_data);
+            self.inbuf.extend_from_slice(&data[pos..]);
+            r
+        })();
+        if let Err(e) = res {
+            self.fail(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The size limit of a record body by content type (checked as soon as a
+    /// header arrives, before anything is buffered).
+    fn record_limit(&self, ty: u8, len: usize) -> Result<()> {
+        let limit = match ContentType::from_u8(ty) {
+            Some(ContentType::Handshake | ContentType::Alert) => MAX_HANDSHAKE_LEN,
+            Some(_) => self.max_record + MAX_TAG_LEN,
+            None => return Err(Error::Malformed("record content type")),
+        };
+        if len > limit {
+            return Err(Error::RecordTooLarge { len, max: limit });
+        }
+        Ok(())
+    }
+
+    /// Processes the complete records at the start of `buf` in place; returns
+    /// how many bytes they took and the first error.
+    fn records(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+        on_data: &mut DataSink<'_, '_>,
+    ) -> (usize, Result<()>) {
+        let mut pos = 0;
+        let res = loop {
+            let Some((ty, len)) = parse_header(&buf[pos..]) else {
+                break Ok(());
+            };
+            if let Err(e) = self.record_limit(ty, len) {
+                break Err(e);
+            }
+            if buf.len() - pos - HEADER_LEN < len {
+                break Ok(());
+            }
+            let end = pos + HEADER_LEN + len;
+            if let Err(e) = self.process(&mut buf[pos..end], now, on_data.as_deref_mut()) {
+                break Err(e);
+            }
+            pos = end;
+        };
+        (pos, res)
     }
 
     fn fail(&mut self, e: &Error) {
@@ -713,7 +876,12 @@ impl Session {
         self.state = State::Failed;
     }
 
-    fn process(&mut self, record: &mut [u8], now: Instant) -> Result<()> {
+    fn process(
+        &mut self,
+        record: &mut [u8],
+        now: Instant,
+        on_data: DataSink<'_, '_>,
+    ) -> Result<()> {
         let ty = ContentType::from_u8(record[0]).ok_or(Error::Malformed("record content type"))?;
         match ty {
             ContentType::Handshake => self.on_handshake(&record[HEADER_LEN..], now),
@@ -748,7 +916,10 @@ impl Session {
                 let (ty, payload) = opener.open_in_place(record)?;
                 match ty {
                     ContentType::Data => {
-                        self.events.push_back(Event::Data(payload.to_vec()));
+                        match on_data {
+                            Some(f) => f(payload),
+                            None => self.events.push_back(Event::Data(payload.to_vec())),
+                        }
                         Ok(())
                     }
                     ContentType::KeyUpdate => {
@@ -840,9 +1011,7 @@ impl Session {
         });
         let queued = std::mem::take(&mut self.queued);
         if !queued.is_empty() && !self.we_closed {
-            for chunk in queued.chunks(self.max_record) {
-                self.send_record(chunk, now)?;
-            }
+            self.append_data(&queued, now)?;
         }
         Ok(())
     }

@@ -246,11 +246,80 @@ fn two_records(suite: SuiteId) -> (Pair, Vec<Vec<u8>>) {
     s.policy = only(suite);
     let mut p = Pair::established(ClientConfig::psk(b"i", b"k"), s);
     events(&mut p.s);
+    // Output taken after each send: one record each (sends between two takes
+    // share a record, see `sends_between_takes_share_records`).
     p.c.send(b"one", p.now).unwrap();
+    let mut out = p.c.take_output();
     p.c.send(b"two", p.now).unwrap();
-    let r = records(&p.c.take_output());
+    out.extend_from_slice(&p.c.take_output());
+    let r = records(&out);
     assert_eq!(r.len(), 2);
     (p, r)
+}
+
+#[test]
+fn sends_between_takes_share_records() {
+    for suite in [SuiteId::Aes256Gcm, SuiteId::Mars256CtrHmacSha3] {
+        let mut s = ServerConfig::with_psk(b"i", b"k");
+        s.policy = only(suite);
+        let mut c = ClientConfig::psk(b"i", b"k");
+        c.max_record = 1024;
+        let mut p = Pair::established(c, s);
+        events(&mut p.s);
+        // Many small sends: one record.
+        let mut want = Vec::new();
+        for i in 0..50u8 {
+            let msg = [i; 7];
+            p.c.send(&msg, p.now).unwrap();
+            want.extend_from_slice(&msg);
+        }
+        let out = p.c.take_output();
+        assert_eq!(records(&out).len(), 1, "{suite}");
+        assert_eq!(out.len(), HEADER_LEN + 350 + suite.tag_len());
+        // A long send fills records up to max_record (350 + 2000 = 2350 bytes:
+        // 1024 + 1024 + 302).
+        p.c.send(&[9; 350], p.now).unwrap();
+        p.c.send(&[8; 2000], p.now).unwrap();
+        want.extend_from_slice(&[9; 350]);
+        want.extend_from_slice(&[8; 2000]);
+        let out2 = p.c.take_output();
+        let lens: Vec<usize> = records(&out2)
+            .iter()
+            .map(|r| r.len() - HEADER_LEN - suite.tag_len())
+            .collect();
+        assert_eq!(lens, [1024, 1024, 302], "{suite}");
+        // Opened in place from pieces of every size (partial headers and
+        // records are kept between calls).
+        let mut got = Vec::new();
+        let mut all = [out, out2].concat();
+        let mut rest = &mut all[..];
+        let mut k = 0;
+        while !rest.is_empty() {
+            k = k % 700 + 1;
+            let n = k.min(rest.len());
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            p.s.handle_input_in_place(piece, p.now, &mut |d| got.extend_from_slice(d))
+                .unwrap();
+            rest = tail;
+        }
+        assert_eq!(got, want);
+        // A rekey in between seals the open record first: order is kept.
+        p.c.send(b"before", p.now).unwrap();
+        p.c.rekey(p.now).unwrap();
+        p.c.send(b"after", p.now).unwrap();
+        let out3 = p.c.take_output();
+        assert_eq!(records(&out3).len(), 3);
+        p.s.handle_input(&out3, p.now).unwrap();
+        assert_eq!(data(&mut p.s), b"beforeafter");
+        // Data handed over directly: same bytes, no Data event.
+        p.c.send(b"direct", p.now).unwrap();
+        let out4 = p.c.take_output();
+        let mut got = Vec::new();
+        p.s.handle_input_with(&out4, p.now, &mut |d| got.extend_from_slice(d))
+            .unwrap();
+        assert_eq!(got, b"direct");
+        assert!(data(&mut p.s).is_empty());
+    }
 }
 
 #[test]
