@@ -65,6 +65,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod addr;
 mod error;
 pub mod frame;
 mod mux;

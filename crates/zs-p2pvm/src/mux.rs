@@ -1,12 +1,13 @@
 //! The multiplexer state machine.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use ring::hmac;
 
+use crate::addr::{anonymous, AddrTable};
 use crate::frame::{
     self, AuthMode, Frame, ListenChange, RefuseCode, HEADER_LEN, HELLO_LEN, NONCE_LEN,
 };
@@ -124,63 +125,9 @@ impl Stream {
     }
 }
 
-/// Interned addresses with reference counts, so a stream stores a 4-byte index.
-#[derive(Default)]
-struct AddrTable {
-    slots: Vec<(SocketAddr, u32)>,
-    index: HashMap<SocketAddr, u32>,
-    free: Vec<u32>,
-}
-
-impl AddrTable {
-    fn intern(&mut self, a: SocketAddr) -> u32 {
-        if let Some(&i) = self.index.get(&a) {
-            self.slots[i as usize].1 += 1;
-            return i;
-        }
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = (a, 1);
-                i
-            }
-            None => {
-                self.slots.push((a, 1));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.index.insert(a, i);
-        i
-    }
-    fn get(&self, i: u32) -> SocketAddr {
-        self.slots[i as usize].0
-    }
-    fn release(&mut self, i: u32) {
-        let slot = &mut self.slots[i as usize];
-        slot.1 -= 1;
-        if slot.1 == 0 {
-            self.index.remove(&slot.0);
-            self.free.push(i);
-        }
-    }
-    fn clear(&mut self) {
-        self.slots.clear();
-        self.index.clear();
-        self.free.clear();
-    }
-}
-
 /// Removes flow info and scope id, which are not carried on the wire.
 fn normalize(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip(), a.port())
-}
-
-/// The address reported for the far end of a virtual connection: the unspecified
-/// address of the same family, port 0 (virtual connections have no source address).
-fn anonymous(like: SocketAddr) -> SocketAddr {
-    match like.ip() {
-        IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-    }
 }
 
 /// One end of a tunnel session: a sans-IO multiplexer of virtual connections.

@@ -16,6 +16,7 @@ use zs_io::{CloseReason, Conn, Handler, HandlerFactory, Listener};
 
 use super::vconn::VConn;
 use super::{CloseInfo, Inner};
+use crate::addr::{anonymous, AddrTable};
 use crate::{MuxEvent, Role, StreamId};
 
 /// The one token the driver uses for timers on the physical connection.
@@ -132,56 +133,6 @@ impl Drop for OutBuf {
                 pool.push(v);
             }
         }
-    }
-}
-
-/// Interned virtual addresses with reference counts (many connections share one
-/// listen or connect address).
-#[derive(Default)]
-struct AddrTable {
-    index: HashMap<SocketAddr, u32>,
-    slots: Vec<(SocketAddr, u32)>,
-    free: Vec<u32>,
-}
-
-impl AddrTable {
-    fn intern(&mut self, a: SocketAddr) -> u32 {
-        if let Some(&i) = self.index.get(&a) {
-            self.slots[i as usize].1 += 1;
-            return i;
-        }
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = (a, 1);
-                i
-            }
-            None => {
-                self.slots.push((a, 1));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.index.insert(a, i);
-        i
-    }
-    fn get(&self, i: u32) -> SocketAddr {
-        self.slots[i as usize].0
-    }
-    fn release(&mut self, i: u32) {
-        let e = &mut self.slots[i as usize];
-        e.1 -= 1;
-        if e.1 == 0 {
-            self.index.remove(&e.0);
-            self.free.push(i);
-        }
-    }
-}
-
-/// The address reported for the far end of a virtual connection: the
-/// unspecified address of the same family, port 0 (as the Mux reports it).
-fn anonymous(like: SocketAddr) -> SocketAddr {
-    match like {
-        SocketAddr::V4(_) => SocketAddr::from(([0u8; 4], 0)),
-        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     }
 }
 
@@ -1313,7 +1264,7 @@ impl Listener for VListener {
             st.listeners.remove(&self.addr);
             st.mux.unlisten(self.addr);
         }
-        let Some(&ai) = st.addrs.index.get(&self.addr) else {
+        let Some(ai) = st.addrs.find(&self.addr) else {
             st.after_op();
             return;
         };
@@ -1460,7 +1411,7 @@ mod tests {
         t.release(ia);
         assert_eq!(t.get(ia), a, "still referenced once");
         t.release(ia);
-        assert!(!t.index.contains_key(&a));
+        assert!(t.find(&a).is_none());
         // The freed index is reused.
         let c: SocketAddr = "10.0.0.2:1".parse().unwrap();
         assert_eq!(t.intern(c), ia);
