@@ -36,9 +36,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use zserver::crypto::session::ClientConfig;
 use zserver::crypto::ZsSecurity;
 use zserver::framework::Call;
-use zserver::{load_identity, Client, Fingerprint, Registry, Reply, SuiteId, Text};
-
-use crate::serve::DEFAULT_KEY_FILE;
+use zserver::{Client, Registry, Reply, SuiteId, Text};
 
 /// Arguments of `zs bench`.
 #[derive(Debug, clap::Args)]
@@ -121,32 +119,12 @@ const MAX_STREAM_BYTES: u64 = 8 << 30;
 const MAX_RPC_SIZE: usize = 1 << 20;
 
 impl Target {
-    fn fingerprint(&self) -> Result<Fingerprint, String> {
-        if let Some(fp) = &self.fingerprint {
-            return fp.parse().map_err(|e| format!("--fingerprint: {e}"));
-        }
-        if let Ok(fp) = std::env::var("ZS_FINGERPRINT") {
-            return fp.parse().map_err(|e| format!("ZS_FINGERPRINT: {e}"));
-        }
-        let key = self
-            .key
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
-        if key.exists() {
-            return load_identity(&key)
-                .map(|id| id.fingerprint())
-                .map_err(|e| e.to_string());
-        }
-        Err(format!(
-            "no fingerprint: pass --fingerprint (zs serve prints it), set ZS_FINGERPRINT, \
-             or run where the server's key file {} is",
-            key.display()
-        ))
-    }
-
     /// One shared backend and security provider for every connection of a run.
     fn endpoint(&self, loops: usize) -> Result<Endpoint, String> {
-        let mut cfg = ClientConfig::pinned(self.fingerprint()?);
+        let mut cfg = ClientConfig::pinned(crate::call::resolve_fingerprint(
+            self.fingerprint.as_deref(),
+            self.key.as_deref(),
+        )?);
         cfg.suites = vec![SuiteId::Aes256Gcm, SuiteId::ChaCha20Poly1305];
         let backend = zserver::backend_by_name(
             &self.backend,

@@ -6,7 +6,7 @@
 //! where `zs serve` runs, `zs call echo hello` needs nothing else.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -39,17 +39,20 @@ pub struct CallArgs {
     pub timeout: u64,
 }
 
-fn fingerprint(a: &CallArgs) -> Result<Fingerprint, String> {
-    if let Some(fp) = &a.fingerprint {
+/// The server fingerprint to pin: `--fingerprint`, else `ZS_FINGERPRINT`, else the
+/// one of the local key file (`--key`, default `./zs-identity.key`). Shared by
+/// `zs call` and `zs bench`.
+pub(crate) fn resolve_fingerprint(
+    flag: Option<&str>,
+    key: Option<&Path>,
+) -> Result<Fingerprint, String> {
+    if let Some(fp) = flag {
         return fp.parse().map_err(|e| format!("--fingerprint: {e}"));
     }
     if let Ok(fp) = std::env::var("ZS_FINGERPRINT") {
         return fp.parse().map_err(|e| format!("ZS_FINGERPRINT: {e}"));
     }
-    let key = a
-        .key
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+    let key = key.map_or_else(|| PathBuf::from(DEFAULT_KEY_FILE), Path::to_path_buf);
     if key.exists() {
         return load_identity(&key)
             .map(|id| id.fingerprint())
@@ -63,7 +66,7 @@ fn fingerprint(a: &CallArgs) -> Result<Fingerprint, String> {
 }
 
 fn run_inner(a: CallArgs) -> Result<String, String> {
-    let fp = fingerprint(&a)?;
+    let fp = resolve_fingerprint(a.fingerprint.as_deref(), a.key.as_deref())?;
     let timeout = Duration::from_secs(a.timeout.max(1));
     let mut options = zserver::Options::client();
     options.call_timeout = Some(timeout);
