@@ -9,6 +9,9 @@
 //! - [`sink_server`] / [`copy_to`]: a raw TCP copy that counts and checksums every
 //!   byte it receives (the stream suite's baseline).
 //! - [`rss_bytes`], [`raise_fd_limit`]: process helpers for memory benches.
+//! - [`server_sample`], [`open_and_rss_cases`]: a fresh server process per sample
+//!   (memory freed by one sample cannot hide the next one's cost), for the suites
+//!   that measure open time and RSS per connection.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -381,5 +384,81 @@ mod tests {
             let n = raise_fd_limit().unwrap();
             assert_eq!(rlimit::Resource::NOFILE.get().unwrap().0, n);
         }
+    }
+}
+
+/// What one server process reported: `RESULT <open_s> <rss_per_item> <count>`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerSample {
+    /// Seconds until every item was open.
+    pub open_s: f64,
+    /// Resident bytes per open item.
+    pub rss_per_item: f64,
+    /// Items that were open when it measured.
+    pub count: usize,
+}
+
+/// Runs this bench binary again as `--server <kind> <n>` and parses the
+/// `RESULT <open_s> <rss_per_item> <count>` line it prints. `None` (with the
+/// child's stderr printed) when there is no such line.
+pub fn server_sample(kind: &str, n: usize) -> Option<(ServerSample, String)> {
+    let exe = std::env::current_exe().expect("exe");
+    let out = std::process::Command::new(exe)
+        .args(["--server", kind, &n.to_string()])
+        .output()
+        .expect("spawn server");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix("RESULT ") else {
+            continue;
+        };
+        let v: Vec<f64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [open_s, rss_per_item, count] = v[..] {
+            let sample = ServerSample {
+                open_s,
+                rss_per_item,
+                count: count as usize,
+            };
+            return Some((sample, stderr));
+        }
+    }
+    eprintln!("{kind}: server gave no result: {stderr}");
+    None
+}
+
+/// Registers, for each kind, a `<kind>-open` case (`open_s`) and a `<kind>-rss`
+/// case (`rss_metric`) that both come from ONE `sample(kind)` per round (cases
+/// run in registration order, so the rss case reads what the open case just
+/// measured). `sample` returns `(open_s, rss_per_item)`.
+pub fn open_and_rss_cases(
+    suite: &mut crate::Suite,
+    kinds: &[&'static str],
+    rss_metric: &str,
+    sample: impl Fn(&'static str) -> (f64, f64) + Clone + 'static,
+) {
+    for &kind in kinds {
+        let sample = sample.clone();
+        let last = std::sync::Arc::new(std::sync::Mutex::new(f64::NAN));
+        let l2 = last.clone();
+        suite.case(
+            &format!("{kind}-open"),
+            "open_s",
+            crate::Better::Lower,
+            move || {
+                let (open, rss) = sample(kind);
+                *l2.lock().unwrap_or_else(|p| p.into_inner()) = rss;
+                open
+            },
+        );
+        suite.case(
+            &format!("{kind}-rss"),
+            rss_metric,
+            crate::Better::Lower,
+            move || *last.lock().unwrap_or_else(|p| p.into_inner()),
+        );
     }
 }

@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use zs_bench_harness::raw::{raise_fd_limit, rss_bytes};
-use zs_bench_harness::{Better, Options, Suite};
+use zs_bench_harness::raw::{open_and_rss_cases, raise_fd_limit, rss_bytes, server_sample};
+use zs_bench_harness::{Options, Suite};
 use zs_core::{Client, Registry, Server};
 use zs_crypto::session::{ClientConfig, SuitePolicy};
 use zs_crypto::{Fingerprint, ServerConfig, ServerIdentity, SuiteId, ZsSecurity};
@@ -223,37 +223,17 @@ fn server(kind: &str, n: usize) {
     drop(keep_server);
 }
 
+/// One fresh server process: `(open_s, rss_per_session)`; NaN unless every
+/// session got ready.
 fn sample(kind: &str, n: usize) -> (f64, f64) {
-    let exe = std::env::current_exe().expect("exe");
-    let out = Command::new(exe)
-        .args(["--server", kind, &n.to_string()])
-        .output()
-        .expect("spawn server");
-    let text = String::from_utf8_lossy(&out.stdout);
-    for l in text.lines() {
-        if let Some(rest) = l.strip_prefix("RESULT ") {
-            let v: Vec<f64> = rest
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            if v.len() == 3 {
-                if v[2] as usize != n {
-                    eprintln!(
-                        "{kind}: only {} of {n} sessions ready: {}",
-                        v[2],
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    return (f64::NAN, f64::NAN);
-                }
-                return (v[0], v[1]);
-            }
-        }
+    let Some((s, stderr)) = server_sample(kind, n) else {
+        return (f64::NAN, f64::NAN);
+    };
+    if s.count != n {
+        eprintln!("{kind}: only {} of {n} sessions ready: {stderr}", s.count);
+        return (f64::NAN, f64::NAN);
     }
-    eprintln!(
-        "{kind}: server gave no result: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (f64::NAN, f64::NAN)
+    (s.open_s, s.rss_per_item)
 }
 
 fn main() {
@@ -278,27 +258,9 @@ fn main() {
         kinds.push("epoll");
     }
     kinds.push("tokio");
-    for kind in kinds {
-        let last = Arc::new(Mutex::new(f64::NAN));
-        let l2 = last.clone();
-        suite.case(
-            &format!("{kind}-open"),
-            "open_s",
-            Better::Lower,
-            move || {
-                let (open, rss) = sample(kind, n);
-                *l2.lock().unwrap_or_else(|p| p.into_inner()) = rss;
-                open
-            },
-        );
-        // Same server run as the case above (cases run in registration order).
-        suite.case(
-            &format!("{kind}-rss"),
-            "rss_per_session_bytes",
-            Better::Lower,
-            move || *last.lock().unwrap_or_else(|p| p.into_inner()),
-        );
-    }
+    open_and_rss_cases(&mut suite, &kinds, "rss_per_session_bytes", move |kind| {
+        sample(kind, n)
+    });
     suite.run();
     for kind in ["epoll", "tokio"] {
         suite.ratio(
