@@ -57,17 +57,13 @@ struct ZsPair {
     _server: Server,
 }
 
+/// The zs-io backend called `kind` (`epoll`, `tokio`), through the facade.
 fn backend(kind: &str) -> Arc<dyn zs_io::Backend> {
     let cfg = zs_io::Config {
         loops: 1,
         ..zs_io::Config::default()
     };
-    match kind {
-        #[cfg(target_os = "linux")]
-        "epoll" => Arc::new(zs_io_epoll::EpollBackend::new(cfg).expect("epoll backend")),
-        "tokio" => Arc::new(zs_io_tokio::TokioBackend::new(cfg).expect("tokio backend")),
-        other => panic!("unknown backend {other}"),
-    }
+    Arc::from(zserver::backend_by_name(kind, cfg).expect("backend"))
 }
 
 fn zs_pair(kind: &str) -> ZsPair {

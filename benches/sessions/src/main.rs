@@ -35,17 +35,13 @@ use zs_crypto::{Fingerprint, ServerConfig, ServerIdentity, SuiteId, ZsSecurity};
 
 const CONNECT_THREADS: usize = 4;
 
+/// The zs-io backend called `kind` (`epoll`, `tokio`), through the facade.
 fn backend(kind: &str, loops: usize) -> Arc<dyn zs_io::Backend> {
     let cfg = zs_io::Config {
         loops,
         ..zs_io::Config::default()
     };
-    match kind {
-        #[cfg(target_os = "linux")]
-        "epoll" => Arc::new(zs_io_epoll::EpollBackend::new(cfg).expect("epoll backend")),
-        "tokio" => Arc::new(zs_io_tokio::TokioBackend::new(cfg).expect("tokio backend")),
-        other => panic!("unknown backend {other}"),
-    }
+    Arc::from(zserver::backend_by_name(kind, cfg).expect("backend"))
 }
 
 /// The client process: waits for "go", opens `n` sessions (or bare sockets when
