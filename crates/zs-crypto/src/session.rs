@@ -330,6 +330,7 @@ struct Keys {
     s2c: [u8; 32],
     server_finished: [u8; 32],
     client_finished: [u8; 32],
+    exporter: [u8; 32],
 }
 
 /// The key schedule: HKDF-SHA256 with salt `H1` over `shared || psk`.
@@ -344,11 +345,13 @@ fn derive_keys(shared: &[u8], psk: Option<&[u8]>, h1: &[u8; 32]) -> Keys {
         s2c: [0; 32],
         server_finished: [0; 32],
         client_finished: [0; 32],
+        exporter: [0; 32],
     };
     expand(&prk, b"zs1 c2s", &mut k.c2s);
     expand(&prk, b"zs1 s2c", &mut k.s2c);
     expand(&prk, b"zs1 server finished", &mut k.server_finished);
     expand(&prk, b"zs1 client finished", &mut k.client_finished);
+    expand(&prk, b"zs1 exporter", &mut k.exporter);
     k
 }
 
@@ -411,6 +414,8 @@ pub struct Session {
     peer_closed: bool,
     we_closed: bool,
     handshake_done: bool,
+    /// Channel binding (see [`Session::channel_binding`]), set once keys exist.
+    exporter: Option<[u8; 32]>,
 }
 
 fn handshake_record(msg: &[u8], out: &mut Vec<u8>) {
@@ -501,6 +506,7 @@ impl Session {
             peer_closed: false,
             we_closed: false,
             handshake_done: false,
+            exporter: None,
         }
     }
 
@@ -517,6 +523,18 @@ impl Session {
     /// True once the handshake completed and no error happened since.
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established)
+    }
+
+    /// A 32-byte value unique to this session and equal on both ends, for binding
+    /// higher-layer proofs to the channel (like a TLS exporter): HKDF-Expand of the
+    /// handshake secret with the label `zs1 exporter`. `None` until the handshake
+    /// completed; it does not change on key updates. It is secret: never send it.
+    pub fn channel_binding(&self) -> Option<[u8; 32]> {
+        if self.is_established() {
+            self.exporter
+        } else {
+            None
+        }
     }
 
     /// The negotiated suite, once known.
@@ -1084,6 +1102,7 @@ impl Session {
         handshake_record(&fin, &mut self.out);
         self.sealer = Some(RecordSealer::new(suite, keys.c2s)?);
         self.opener = Some(RecordOpener::new(suite, keys.s2c)?);
+        self.exporter = Some(keys.exporter);
         self.established(suite, None, now)
     }
 
@@ -1157,6 +1176,7 @@ impl Session {
         let h2 = transcript(&[msg, &full]);
         self.sealer = Some(RecordSealer::new(suite, keys.s2c)?);
         self.opener = Some(RecordOpener::new(suite, keys.c2s)?);
+        self.exporter = Some(keys.exporter);
         self.state = State::ServerWaitFinished {
             expected: hmac_sha256(&keys.client_finished, &h2),
             psk: psk.is_some(),
