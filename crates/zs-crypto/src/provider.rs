@@ -59,6 +59,13 @@ pub trait SecureSession: Send {
     /// Releases the capacity of internal buffers that are empty, so an idle
     /// session keeps little memory. The default does nothing.
     fn shrink(&mut self) {}
+    /// A secret 32-byte value equal on both ends of this session and unique to
+    /// it, once the handshake completed (see [`Session::channel_binding`]).
+    /// Higher layers bind proofs to the channel with it (zs-core's StableIO
+    /// resume proof). `None` (the default) when the layer has none.
+    fn channel_binding(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// Makes sessions for one side or both. Object safe; the framework holds `Arc<dyn SecurityProvider>`.
@@ -120,6 +127,9 @@ impl SecureSession for Session {
     }
     fn shrink(&mut self) {
         Session::shrink(self)
+    }
+    fn channel_binding(&self) -> Option<[u8; 32]> {
+        Session::channel_binding(self)
     }
 }
 

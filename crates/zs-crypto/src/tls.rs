@@ -186,6 +186,16 @@ impl SecureSession for TlsSession {
             Err(Error::Truncated)
         }
     }
+
+    /// The TLS exporter (RFC 8446 §7.5) with the label `zs1 exporter`.
+    fn channel_binding(&self) -> Option<[u8; 32]> {
+        if self.failed || self.conn.is_handshaking() {
+            return None;
+        }
+        self.conn
+            .export_keying_material([0u8; 32], b"zs1 exporter", None)
+            .ok()
+    }
 }
 
 /// Provider of TLS 1.3 sessions.
