@@ -6,6 +6,9 @@ pub mod code {
     pub const BAD_REQUEST: u32 = 400;
     /// No command of that kind is registered under that name.
     pub const UNKNOWN_COMMAND: u32 = 404;
+    /// A staged request (a BatchStream batch) saw no new part for the
+    /// receiver's idle timeout and was dropped.
+    pub const TIMED_OUT: u32 = 408;
     /// The payload exceeds a receiver limit (e.g. a CompleteBuffer).
     pub const TOO_LARGE: u32 = 413;
     /// The StableIO session to resume is unknown, expired or evicted (or the
@@ -17,6 +20,9 @@ pub mod code {
     pub const HANDLER_FAILED: u32 = 500;
     /// The frame kind is not served by this endpoint.
     pub const NOT_SUPPORTED: u32 = 501;
+    /// The receiver is over a budget (its HPC queue is full, or an answer does
+    /// not fit the StableIO resend buffer): retry later.
+    pub const BUSY: u32 = 503;
 }
 
 /// Everything that can go wrong in zs-core.

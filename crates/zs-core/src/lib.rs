@@ -95,6 +95,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod budget;
 mod error;
 mod net;
 mod oneshot;
@@ -104,6 +105,7 @@ mod session;
 mod stable;
 mod stats;
 
+pub use budget::Budgets;
 pub use error::{code, Error, Result};
 pub use net::{Client, Options, Reconnect, Server};
 pub use oneshot::CallFuture;

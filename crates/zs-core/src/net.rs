@@ -11,7 +11,7 @@
 //! table until the client resumes it on a new connection, or until it expires.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,12 +23,13 @@ use zs_crypto::SecurityProvider;
 use zs_io::{Backend, CloseReason, Conn, Handler, Listener};
 use zs_wire::{DataFrame, Frame, Text};
 
+use crate::budget::Budgets;
 use crate::error::{Error, Result};
 use crate::oneshot::{channel, CallFuture, Completer};
 use crate::pool::WorkerPool;
 use crate::registry::{Outbox, Peer, Registry};
-use crate::session::{Call, Event, IdMap, Reply, Request, Session, SessionConfig};
-use crate::stable::{secret_eq, SECRET_LEN};
+use crate::session::{BatchFilter, Call, Event, IdMap, Reply, Request, Session, SessionConfig};
+use crate::stable::SECRET_LEN;
 use crate::stats::{EndpointStats, StatsSnapshot};
 
 // Our timer tokens have the high bit set; a raw handler's tokens never do.
@@ -39,6 +40,10 @@ const TOKEN_HANDSHAKE: u64 = OURS | 3;
 const TOKEN_NEXT: u64 = OURS | 4;
 /// The first byte of every zs session: a handshake record (zs-crypto).
 const HANDSHAKE_RECORD: u8 = 0x16;
+/// Why a connection's reading is paused (bits of `LinkState::paused`).
+const PAUSE_BACKLOG: u8 = 1;
+const PAUSE_IN_FLIGHT: u8 = 2;
+const PAUSE_INPUT: u8 = 4;
 
 /// Endpoint settings shared by [`Server`] and [`Client`].
 #[derive(Debug, Clone)]
@@ -63,8 +68,8 @@ pub struct Options {
     /// 0 = one per core. Default 0.
     pub hpc_threads: usize,
     /// Most encrypted bytes kept for a connection beyond the transport's own send
-    /// queue; a peer that lets more pile up (it never reads) is disconnected.
-    /// Default 8 MiB.
+    /// queue; a peer that lets more pile up (it never reads) is disconnected
+    /// (checked before anything more is queued). Default 8 MiB.
     pub max_backlog: usize,
     /// Client connect timeout. Default 10 s.
     pub connect_timeout: Duration,
@@ -86,6 +91,35 @@ pub struct Options {
     pub stable_max_offline_bytes: usize,
     /// Client (StableIO): how to reconnect after the connection died.
     pub reconnect: Reconnect,
+    /// Most requests of one connection dispatched and not yet answered (plus
+    /// those waiting in the ordered-mode queue); at the cap the connection's
+    /// reading pauses until answers go out. Default 256.
+    pub max_in_flight: usize,
+    /// Most jobs waiting for the HPC worker pool; a request that finds the
+    /// queue full is answered [`code::BUSY`](crate::code::BUSY). Default 4096.
+    pub hpc_queue: usize,
+    /// Server: most connections open at once; beyond, a new connection is
+    /// closed at accept (logged, counted in
+    /// [`StatsSnapshot::refused_connections`]). Default 10,000.
+    pub max_connections: usize,
+    /// Server: most connections open at once from one source IP address.
+    /// Default 1,000.
+    pub max_connections_per_ip: usize,
+    /// Server: most connections whose secure handshake is in progress (each
+    /// costs a key agreement and a signature). Default 1,000.
+    pub max_handshakes: usize,
+    /// Server: most handshakes in progress from one source IP address.
+    /// Default 64.
+    pub max_handshakes_per_ip: usize,
+    /// Most StableIO record bytes (unacknowledged or parked) kept by all
+    /// sessions of this endpoint together, online or offline; a send beyond it
+    /// is refused like one beyond [`SessionConfig::stable_max_unacked`].
+    /// Default 256 MiB.
+    pub stable_max_unacked_total: usize,
+    /// Most BatchStream bytes staged by all sessions of this endpoint
+    /// together (each is also bounded by [`SessionConfig::max_batch_bytes`]).
+    /// Default 256 MiB.
+    pub max_batch_bytes_total: usize,
 }
 
 /// Reconnection policy of a StableIO client: exponential backoff with jitter.
@@ -139,6 +173,14 @@ impl Default for Options {
             stable_max_offline: 4096,
             stable_max_offline_bytes: 256 << 20,
             reconnect: Reconnect::default(),
+            max_in_flight: 256,
+            hpc_queue: 4096,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_handshakes: 1_000,
+            max_handshakes_per_ip: 64,
+            stable_max_unacked_total: 256 << 20,
+            max_batch_bytes_total: 256 << 20,
         }
     }
 }
@@ -161,7 +203,12 @@ type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 struct StableEntry {
     link: Arc<Link>,
     peer: Peer,
+    /// The resume secret handed out last (rotated on every resume)...
     secret: [u8; SECRET_LEN],
+    /// ...and the one the client proved last: the answer carrying the newer
+    /// secret may have died with its connection, so both are accepted until
+    /// the client proves the newer one.
+    previous: Option<[u8; SECRET_LEN]>,
     /// When its connection died (None: online).
     offline_since: Option<Instant>,
 }
@@ -192,6 +239,21 @@ struct Shared {
     /// Client: the reconnect thread's mailbox.
     reconnect: Mutex<Option<mpsc::Sender<Reconn>>>,
     rng: ring::rand::SystemRandom,
+    /// Bytes all sessions hold (StableIO records, staged batches).
+    budgets: Arc<Budgets>,
+    /// Which batch commands exist (sessions stage nothing for others).
+    batch_filter: BatchFilter,
+    /// Server: connections and handshakes in progress, per source address.
+    admission: Mutex<Admission>,
+}
+
+/// What the server's admission caps count.
+#[derive(Default)]
+struct Admission {
+    conns: usize,
+    handshakes: usize,
+    /// (connections, handshakes) per source address.
+    per_ip: HashMap<IpAddr, (usize, usize)>,
 }
 
 impl Shared {
@@ -217,10 +279,17 @@ impl Shared {
             } else {
                 options.hpc_threads
             };
-            WorkerPool::new(n)
+            WorkerPool::with_queue(n, options.hpc_queue)
         });
+        let budgets = Arc::new(Budgets::new(
+            options.stable_max_unacked_total,
+            options.max_batch_bytes_total,
+        ));
+        let registry = Arc::new(registry);
+        let reg = registry.clone();
+        let batch_filter: BatchFilter = Arc::new(move |name: &str| reg.contains("batch", name));
         Arc::new(Shared {
-            registry: Arc::new(registry),
+            registry,
             provider,
             options,
             pool,
@@ -231,11 +300,70 @@ impl Shared {
             stable: Mutex::new(HashMap::new()),
             reconnect: Mutex::new(None),
             rng: ring::rand::SystemRandom::new(),
+            budgets,
+            batch_filter,
+            admission: Mutex::new(Admission::default()),
         })
     }
 
     fn snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot(self.registry.stats())
+        self.stats.snapshot(self.registry.stats(), &self.budgets)
+    }
+
+    /// Server: counts a new connection (and its handshake) from `ip`, or
+    /// says which cap refuses it.
+    fn admit(&self, ip: IpAddr) -> std::result::Result<(), String> {
+        let o = &self.options;
+        let mut a = lock(&self.admission);
+        let (conns, handshakes) = a.per_ip.get(&ip).copied().unwrap_or((0, 0));
+        let why = if a.conns >= o.max_connections {
+            Some(format!("{} connections open (max_connections)", a.conns))
+        } else if conns >= o.max_connections_per_ip {
+            Some(format!(
+                "{conns} connections open from {ip} (max_connections_per_ip)"
+            ))
+        } else if a.handshakes >= o.max_handshakes {
+            Some(format!(
+                "{} handshakes in progress (max_handshakes)",
+                a.handshakes
+            ))
+        } else if handshakes >= o.max_handshakes_per_ip {
+            Some(format!(
+                "{handshakes} handshakes in progress from {ip} (max_handshakes_per_ip)"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(why);
+        }
+        a.conns += 1;
+        a.handshakes += 1;
+        let e = a.per_ip.entry(ip).or_default();
+        e.0 += 1;
+        e.1 += 1;
+        Ok(())
+    }
+
+    /// Server: the handshake of a connection from `ip` ended.
+    fn handshake_over(&self, ip: IpAddr) {
+        let mut a = lock(&self.admission);
+        a.handshakes = a.handshakes.saturating_sub(1);
+        if let Some(e) = a.per_ip.get_mut(&ip) {
+            e.1 = e.1.saturating_sub(1);
+        }
+    }
+
+    /// Server: a connection from `ip` closed.
+    fn release(&self, ip: IpAddr) {
+        let mut a = lock(&self.admission);
+        a.conns = a.conns.saturating_sub(1);
+        if let Some(e) = a.per_ip.get_mut(&ip) {
+            e.0 = e.0.saturating_sub(1);
+            if *e == (0, 0) {
+                a.per_ip.remove(&ip);
+            }
+        }
     }
 
     fn notify(&self, m: Reconn) {
@@ -288,7 +416,7 @@ impl Shared {
                     .iter()
                     .filter_map(|(sid, e)| {
                         e.offline_since.map(|since| {
-                            let bytes = lock(&e.link.st).session.stable_unacked_bytes();
+                            let bytes = lock(&e.link.st).session.held_bytes();
                             (since, *sid, bytes)
                         })
                     })
@@ -388,6 +516,10 @@ struct LinkState {
     held_at: Instant,
     /// StableIO client: the server's refusal, once it came.
     refused: Option<String>,
+    /// Requests dispatched to answering handlers and not yet answered.
+    in_flight: usize,
+    /// Why reading is paused (`PAUSE_*` bits; 0: reading).
+    paused: u8,
 }
 
 impl LinkState {
@@ -420,7 +552,8 @@ enum Work {
     StableReady(u64),
     StableRefused(String),
     Resumed(usize),
-    Resume(u64, [u8; SECRET_LEN], u64),
+    Resume(u64, [u8; 32], u64),
+    BigAborted(u64, Text),
 }
 
 /// One logical session: the session and its current connection.
@@ -455,6 +588,8 @@ impl Link {
                 hold: 0,
                 held_at: Instant::now(),
                 refused: None,
+                in_flight: 0,
+                paused: 0,
             }),
             open: AtomicBool::new(true),
             links: AtomicU64::new(1),
@@ -469,39 +604,53 @@ impl Link {
             st.out.clear();
             return;
         };
+        if let Some(why) = st.session.take_link_failure() {
+            tracing::warn!(
+                conn = conn.id().0,
+                peer = %conn.peer_addr(),
+                reason = %why,
+                "disconnecting peer"
+            );
+            st.out.clear();
+            conn.abort();
+            return;
+        }
         if !st.out.is_empty() {
             let b = Bytes::from(std::mem::take(&mut st.out));
             self.shared
                 .stats
                 .bytes_out
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
-            if st.backlog.is_empty() {
+            let b = if st.backlog.is_empty() {
                 match conn.send(b) {
-                    Ok(()) => {}
-                    Err(zs_io::Error::Full(b)) => {
-                        st.backlog_bytes += b.len();
-                        st.backlog.push_back(b);
-                        conn.set_read_paused(true);
-                    }
-                    Err(_) => {}
+                    Ok(()) => None,
+                    Err(zs_io::Error::Full(b)) => Some(b),
+                    Err(_) => None,
                 }
             } else {
+                Some(b)
+            };
+            if let Some(b) = b {
+                // The budget is checked before anything more is kept.
+                if st.backlog_bytes + b.len() > self.shared.options.max_backlog {
+                    tracing::warn!(
+                        conn = conn.id().0,
+                        peer = %conn.peer_addr(),
+                        backlog = st.backlog_bytes + b.len(),
+                        limit = self.shared.options.max_backlog,
+                        "disconnecting: the peer does not read its data"
+                    );
+                    st.backlog.clear();
+                    st.backlog_bytes = 0;
+                    if !st.session.is_stable() {
+                        self.open.store(false, Ordering::Release);
+                    }
+                    conn.abort();
+                    return;
+                }
                 st.backlog_bytes += b.len();
                 st.backlog.push_back(b);
-            }
-            if st.backlog_bytes > self.shared.options.max_backlog {
-                tracing::warn!(
-                    conn = conn.id().0,
-                    peer = %conn.peer_addr(),
-                    backlog = st.backlog_bytes,
-                    "disconnecting: the peer does not read its data"
-                );
-                st.backlog.clear();
-                st.backlog_bytes = 0;
-                if !st.session.is_stable() {
-                    self.open.store(false, Ordering::Release);
-                }
-                conn.abort();
+                self.pause(st, PAUSE_BACKLOG, true);
             }
         }
         if let Some(t) = st.session.poll_timeout() {
@@ -511,6 +660,35 @@ impl Link {
                     st.armed = Some(t);
                 }
             }
+        }
+    }
+
+    /// Pauses (`on`) or resumes reading for `reason`; reading goes on only
+    /// when no reason is left. Call with the lock held.
+    fn pause(&self, st: &mut LinkState, reason: u8, on: bool) {
+        let before = st.paused;
+        if on {
+            st.paused |= reason;
+        } else {
+            st.paused &= !reason;
+        }
+        if (before == 0) != (st.paused == 0) {
+            if let Some(c) = &st.conn {
+                c.set_read_paused(st.paused != 0);
+            }
+            if st.paused != 0 {
+                self.shared.stats.reads_paused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Resumes reading paused for too many requests in flight once below the
+    /// cap. Call with the lock held.
+    fn relieve(&self, st: &mut LinkState) {
+        if st.paused & PAUSE_IN_FLIGHT != 0
+            && st.in_flight + st.queue.len() < self.shared.options.max_in_flight
+        {
+            self.pause(st, PAUSE_IN_FLIGHT, false);
         }
     }
 
@@ -534,7 +712,13 @@ impl Link {
                         works.push(Work::Ready(std::mem::take(&mut st.ready)));
                     }
                 }
-                Event::Request(r) => works.push(Work::Request(r)),
+                Event::Request(r) => {
+                    if r.id().is_some() {
+                        st.in_flight += 1;
+                    }
+                    works.push(Work::Request(r))
+                }
+                Event::BigAborted { id, cmd } => works.push(Work::BigAborted(id, cmd)),
                 Event::Reply { id, result } => {
                     st.progress.remove(&id);
                     if let Some(c) = st.completions.remove(&id) {
@@ -562,9 +746,9 @@ impl Link {
                 Event::Resumed { resent } => works.push(Work::Resumed(resent)),
                 Event::ResumeRequest {
                     session,
-                    secret,
+                    proof,
                     delivered,
-                } => works.push(Work::Resume(session, secret, delivered)),
+                } => works.push(Work::Resume(session, proof, delivered)),
             }
         }
     }
@@ -615,7 +799,15 @@ impl Outbox for Link {
         if !self.open.load(Ordering::Acquire) {
             return Err(Error::ConnectionLost("the connection is closed".into()));
         }
+        let answer = matches!(
+            frame,
+            Frame::ConsoleResponse { .. } | Frame::StreamResponse { .. }
+        ) || matches!(frame, Frame::Error { id, .. } if id != 0);
         let mut st = lock(&self.st);
+        if answer {
+            st.in_flight = st.in_flight.saturating_sub(1);
+            self.relieve(&mut st);
+        }
         let now = st.now();
         st.session.send_frame(&frame, now)?;
         self.flush_soon(&mut st);
@@ -693,6 +885,11 @@ struct ConnHandler {
     sniffed: bool,
     /// Server: the StableIO credentials offered on this connection.
     offer: Option<(u64, [u8; SECRET_LEN])>,
+    /// Server: the source address this connection is counted under by the
+    /// admission caps (None: not counted).
+    admitted: Option<IpAddr>,
+    /// Server: the handshake still counts against the handshake caps.
+    handshaking: bool,
 }
 
 impl ConnHandler {
@@ -706,6 +903,53 @@ impl ConnHandler {
             raw: None,
             sniffed: true,
             offer: None,
+            admitted: None,
+            handshaking: false,
+        }
+    }
+
+    /// Server: this connection's handshake no longer counts against the caps.
+    fn handshake_over(&mut self) {
+        if std::mem::take(&mut self.handshaking) {
+            if let Some(ip) = self.admitted {
+                self.shared.handshake_over(ip);
+            }
+        }
+    }
+
+    /// Continues decoding input the session held back while its output
+    /// waited, as long as the transport takes the output; pauses reading
+    /// otherwise. Applies the in-flight cap.
+    fn after_input(&mut self, conn: &Conn, link: &Arc<Link>) {
+        loop {
+            let mut works = Vec::new();
+            let r = {
+                let mut st = lock(&link.st);
+                if !st.is_current(conn) {
+                    return;
+                }
+                let over = st.in_flight + st.queue.len() >= self.shared.options.max_in_flight;
+                link.pause(&mut st, PAUSE_IN_FLIGHT, over);
+                let blocked = st.session.input_blocked();
+                if !blocked || !st.backlog.is_empty() {
+                    link.pause(&mut st, PAUSE_INPUT, blocked);
+                    return;
+                }
+                let now = Instant::now();
+                let r = st.session.resume_input(now);
+                link.drain(&mut st, &mut works);
+                st.hold += 1;
+                st.held_at = now;
+                r
+            };
+            {
+                let _held = Held(link);
+                self.process(conn, works);
+            }
+            if let Err(e) = r {
+                self.fail(link, &e.to_string());
+                return;
+            }
         }
     }
 
@@ -731,6 +975,7 @@ impl ConnHandler {
                                 link: link.clone(),
                                 peer: peer.clone(),
                                 secret,
+                                previous: None,
                                 offline_since: None,
                             },
                         );
@@ -741,10 +986,10 @@ impl ConnHandler {
                         tracing::debug!(session = sid, peer = peer.id(), "StableIO session");
                     }
                 }
-                Work::Resume(sid, secret, delivered) => {
+                Work::Resume(sid, proof, delivered) => {
                     // Everything after the request belongs to the resumed session.
                     process_works(&self.shared, &link, &peer, std::mem::take(&mut rest));
-                    self.resume(conn, sid, secret, delivered);
+                    self.resume(conn, sid, proof, delivered);
                     return;
                 }
                 other => rest.push(other),
@@ -754,24 +999,33 @@ impl ConnHandler {
     }
 
     /// Server: a fresh connection asks to resume StableIO session `sid`.
-    fn resume(&mut self, conn: &Conn, sid: u64, secret: [u8; SECRET_LEN], delivered: u64) {
+    fn resume(&mut self, conn: &Conn, sid: u64, proof: [u8; 32], delivered: u64) {
         let Some((fresh, fresh_peer)) = self.link.clone() else {
             return;
         };
         let now = Instant::now();
-        let found = lock(&self.shared.stable).get(&sid).map(|e| {
-            (
-                e.link.clone(),
-                e.peer.clone(),
-                secret_eq(&e.secret, &secret),
-            )
+        let found = lock(&self.shared.stable)
+            .get(&sid)
+            .map(|e| (e.link.clone(), e.peer.clone(), [Some(e.secret), e.previous]));
+        let mut proved = None;
+        let found = found.map(|(l, p, secrets)| {
+            let fs = lock(&fresh.st);
+            proved = secrets
+                .into_iter()
+                .flatten()
+                .find(|k| fs.session.verify_resume(k, &proof));
+            (l, p, proved.is_some())
         });
+        // The session's next secret (rotated on every resume).
+        let mut next = [0u8; SECRET_LEN];
+        let fresh_secret = self.shared.rng.fill(&mut next).is_ok();
         let (old, old_peer) = match found {
-            Some((l, p, true)) if l.open.load(Ordering::Acquire) => (l, p),
+            Some((l, p, true)) if l.open.load(Ordering::Acquire) && fresh_secret => (l, p),
             other => {
                 let reason = match other {
                     None => "unknown or expired session",
-                    Some((_, _, false)) => "wrong resume secret",
+                    Some((_, _, false)) => "wrong resume proof",
+                    Some(_) if !fresh_secret => "no random secret available",
                     Some(_) => "session already ended",
                 };
                 tracing::warn!(
@@ -810,7 +1064,8 @@ impl ConnHandler {
             st.armed = None;
             st.backlog.clear();
             st.backlog_bytes = 0;
-            let r = st.session.resume_link(parts, delivered, now);
+            st.paused = 0;
+            let r = st.session.resume_link(parts, delivered, next, now);
             old.drain(&mut st, &mut works);
             old.flush(&mut st);
             if !st.queue.is_empty() && !st.busy {
@@ -820,6 +1075,8 @@ impl ConnHandler {
         };
         if let Some(e) = lock(&self.shared.stable).get_mut(&sid) {
             e.offline_since = None;
+            e.previous = proved;
+            e.secret = next;
         }
         old.links.fetch_add(1, Ordering::Relaxed);
         old.resumes.fetch_add(1, Ordering::Relaxed);
@@ -851,9 +1108,13 @@ impl ConnHandler {
             .protocol_errors
             .fetch_add(1, Ordering::Relaxed);
         {
-            let st = lock(&link.st);
+            let mut st = lock(&link.st);
             if !st.session.is_stable() || st.session.is_dead() {
                 link.open.store(false, Ordering::Release);
+                // Tell the peer it was dropped (a Close record), so the end
+                // does not look like a truncation.
+                st.session.close();
+                link.flush(&mut st);
             }
         }
         if let Some(c) = conn {
@@ -899,6 +1160,7 @@ fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: Vec
                 link.resumes.fetch_add(1, Ordering::Relaxed);
                 shared.notify(Reconn::Up);
             }
+            Work::BigAborted(id, cmd) => shared.registry.big_stream_aborted(peer, id, cmd.as_str()),
             Work::StableReady(_) | Work::Resume(..) => {}
         }
     }
@@ -943,6 +1205,7 @@ fn run_queue(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer) {
                 if n.is_some() {
                     st.busy = true;
                     st.in_dispatch = true;
+                    link.relieve(&mut st);
                 }
                 n
             }
@@ -961,6 +1224,28 @@ fn run_queue(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer) {
 impl Handler for ConnHandler {
     fn on_open(&mut self, conn: &Conn) {
         let _span = tracing::debug_span!("zs.conn", id = conn.id().0).entered();
+        if self.shared.server {
+            let ip = conn.peer_addr().ip();
+            if let Err(why) = self.shared.admit(ip) {
+                let n = self
+                    .shared
+                    .stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                // Logged at warn for the 1st, 2nd, 4th, 8th... refusal: a
+                // flood must not flood the log too.
+                if n.is_power_of_two() {
+                    tracing::warn!(peer = %conn.peer_addr(), reason = %why, refused_total = n, "connection refused");
+                } else {
+                    tracing::debug!(peer = %conn.peer_addr(), reason = %why, "connection refused");
+                }
+                conn.abort();
+                return;
+            }
+            self.admitted = Some(ip);
+            self.handshaking = true;
+        }
         let now = Instant::now();
         let secure = if self.shared.server {
             self.shared.provider.new_server(now)
@@ -1004,6 +1289,7 @@ impl Handler for ConnHandler {
             st.armed = None;
             st.backlog.clear();
             st.backlog_bytes = 0;
+            st.paused = 0;
             link.links.fetch_add(1, Ordering::Relaxed);
             link.flush(&mut st);
             drop(st);
@@ -1012,7 +1298,9 @@ impl Handler for ConnHandler {
             return;
         }
         let mut session = Session::new(secure, o.session);
+        session.set_budgets(self.shared.budgets.clone());
         if self.shared.server {
+            session.set_batch_filter(self.shared.batch_filter.clone());
             self.offer = if o.stable {
                 self.shared.new_offer()
             } else {
@@ -1042,8 +1330,9 @@ impl Handler for ConnHandler {
         if !self.sniffed && !data.is_empty() {
             self.sniffed = true;
             if data[0] != HANDSHAKE_RECORD {
-                if let Some(make) = &self.raw_factory {
+                if let Some(make) = self.raw_factory.clone() {
                     tracing::debug!(conn = conn.id().0, "custom protocol connection");
+                    self.handshake_over();
                     if let Some((link, peer)) = self.link.take() {
                         link.open.store(false, Ordering::Release);
                         lock(&self.shared.conns).remove(&peer.id());
@@ -1068,13 +1357,14 @@ impl Handler for ConnHandler {
             .bytes_in
             .fetch_add(input.len() as u64, Ordering::Relaxed);
         let mut works = Vec::new();
-        let (r, dead) = {
+        let (r, dead, established) = {
             let mut st = lock(&link.st);
             if !st.is_current(conn) {
                 return; // a replaced connection's late bytes
             }
             let now = Instant::now();
             let r = st.session.handle_input_mut(&mut input, now);
+            let established = st.session.is_established();
             link.drain(&mut st, &mut works);
             if works.is_empty() {
                 link.flush(&mut st);
@@ -1083,8 +1373,11 @@ impl Handler for ConnHandler {
                 st.hold += 1;
                 st.held_at = now;
             }
-            (r, st.session.is_dead())
+            (r, st.session.is_dead(), established)
         };
+        if established {
+            self.handshake_over();
+        }
         if !works.is_empty() {
             // Answers and calls made while dispatching leave in one flush.
             let _held = Held(&link);
@@ -1092,7 +1385,9 @@ impl Handler for ConnHandler {
         }
         if let Err(e) = r {
             self.fail(&link, &e.to_string());
-        } else if dead {
+        } else if !dead {
+            self.after_input(conn, &link);
+        } else {
             // e.g. a StableIO resume refused by the server
             let cur = self.link.as_ref().map(|(l, _)| l.clone());
             if let Some(l) = cur.filter(|l| lock(&l.st).session.is_dead()) {
@@ -1135,7 +1430,13 @@ impl Handler for ConnHandler {
                 }
             }
         }
-        conn.set_read_paused(false);
+        link.pause(&mut st, PAUSE_BACKLOG, false);
+        let blocked = st.session.input_blocked();
+        drop(st);
+        if blocked {
+            let link = link.clone();
+            self.after_input(conn, &link);
+        }
     }
 
     fn on_timer(&mut self, conn: &Conn, token: u64) {
@@ -1188,6 +1489,10 @@ impl Handler for ConnHandler {
     }
 
     fn on_close(&mut self, conn: &Conn, reason: CloseReason) {
+        self.handshake_over();
+        if let Some(ip) = self.admitted.take() {
+            self.shared.release(ip);
+        }
         if let Some(raw) = &mut self.raw {
             raw.on_close(conn, reason);
             self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
@@ -1241,6 +1546,7 @@ impl Handler for ConnHandler {
             st.queue.clear();
         }
         process_works(&self.shared, &link, &peer, works);
+        self.shared.registry.peer_closed(&peer);
         if self.shared.server {
             lock(&self.shared.conns).remove(&peer.id());
             let sid = lock(&link.st).session.stable_id();

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Wake, Waker};
 use std::thread::JoinHandle;
@@ -75,11 +75,16 @@ pub(crate) fn spawn_on_current(fut: impl Future<Output = ()> + Send + 'static) -
 }
 
 /// A fixed set of worker threads fed by a crossbeam channel. Dropping the pool lets
-/// the queued jobs finish and joins the threads.
+/// the queued jobs finish and joins the threads. New jobs wait in a queue of
+/// bounded length ([`WorkerPool::with_queue`]); wake-ups of async handlers
+/// already running are never refused.
 pub struct WorkerPool {
     tx: Mutex<Option<Sender<Msg>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     size: usize,
+    /// New jobs queued and not yet started.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
 }
 
 impl std::fmt::Debug for WorkerPool {
@@ -89,8 +94,14 @@ impl std::fmt::Debug for WorkerPool {
 }
 
 impl WorkerPool {
-    /// A pool of `threads` workers (at least one).
+    /// A pool of `threads` workers (at least one) with a queue of 4096 jobs.
     pub fn new(threads: usize) -> WorkerPool {
+        WorkerPool::with_queue(threads, 4096)
+    }
+
+    /// A pool of `threads` workers whose queue holds at most `max_waiting`
+    /// jobs not yet started (at least one).
+    pub fn with_queue(threads: usize, max_waiting: usize) -> WorkerPool {
         let size = threads.max(1);
         let (tx, rx): (Sender<Msg>, Receiver<Msg>) = crossbeam_channel::unbounded();
         let threads = (0..size)
@@ -114,6 +125,8 @@ impl WorkerPool {
             tx: Mutex::new(Some(tx)),
             threads: Mutex::new(threads),
             size,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: max_waiting.max(1),
         }
     }
 
@@ -122,12 +135,31 @@ impl WorkerPool {
         self.size
     }
 
-    /// Queues `job`; false if the pool has been shut down.
+    /// Whether the queue of jobs not yet started is full.
+    pub fn is_full(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) >= self.max_waiting
+    }
+
+    /// Queues `job`; false (and `job` dropped) if the pool has been shut down
+    /// or its queue is full.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> bool {
-        match &*self.tx.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(tx) => tx.send(Some(Box::new(job))).is_ok(),
-            None => false,
+        let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return false;
+        };
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return false;
         }
+        let waiting = self.waiting.clone();
+        let job = move || {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            job()
+        };
+        if tx.send(Some(Box::new(job))).is_err() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Stops accepting jobs, lets queued ones finish and joins the workers.
@@ -164,6 +196,32 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn the_queue_of_new_jobs_is_bounded() {
+        let pool = WorkerPool::with_queue(1, 3);
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        // Occupy the only worker, then fill the queue.
+        assert!(pool.spawn(move || {
+            started_tx.send(()).unwrap();
+            let _ = hold_rx.recv();
+        }));
+        started_rx.recv().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let r = ran.clone();
+            assert!(pool.spawn(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        assert!(pool.is_full());
+        assert!(!pool.spawn(|| {}), "a fourth waiting job is refused");
+        hold_tx.send(()).unwrap();
+        pool.shutdown();
+        assert_eq!(ran.load(Ordering::SeqCst), 3);
+        assert!(!pool.is_full());
+    }
 
     #[test]
     fn runs_every_job_and_survives_panics() {

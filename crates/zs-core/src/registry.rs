@@ -10,7 +10,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use zs_wire::{DataFrame, Frame, Text};
@@ -307,11 +307,198 @@ pub struct BigChunk {
     pub data: Bytes,
 }
 
-type Collect = Arc<
-    dyn Fn(&Peer, u64, &BigChunk) -> std::result::Result<Option<DataFrame>, HandlerError>
-        + Send
-        + Sync,
+type Collect = Arc<Collector>;
+
+type BodyFn = Box<
+    dyn Fn(&Peer, BigBody) -> std::result::Result<Option<DataFrame>, HandlerError> + Send + Sync,
 >;
+
+/// A collecting BigStream command: its handler, its limits and the bodies being
+/// received, by connection and transfer id.
+struct Collector {
+    limits: CollectLimits,
+    open: Mutex<Transfers>,
+    f: BodyFn,
+}
+
+/// Identifies a connection while a transfer of it is open: the address of its
+/// [`Outbox`] (kept alive by the [`Peer`] stored with the transfer, so it cannot
+/// be reused meanwhile). Unlike [`Peer::id`] it is unique across backends and
+/// servers sharing one registry.
+type ConnKey = usize;
+
+/// A transfer: its connection and its id.
+type Key = (ConnKey, u64);
+
+fn conn_key(peer: &Peer) -> ConnKey {
+    Arc::as_ptr(&peer.out) as *const () as usize
+}
+
+#[derive(Default)]
+struct Transfers {
+    map: HashMap<Key, Transfer>,
+    /// The last idle sweep.
+    swept: Option<Instant>,
+}
+
+struct Transfer {
+    peer: Peer,
+    body: crate::body::Assembly,
+    touched: Instant,
+}
+
+impl Collector {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Transfers> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One chunk of transfer `id` from `peer` (the session delivers them in
+    /// order; a chunk that does not continue what is stored is refused all the
+    /// same and its transfer dropped).
+    fn chunk(
+        &self,
+        peer: &Peer,
+        id: u64,
+        chunk: &BigChunk,
+    ) -> std::result::Result<Option<DataFrame>, HandlerError> {
+        let now = Instant::now();
+        self.sweep(now);
+        let key = (conn_key(peer), id);
+        // The transfer leaves the map while its chunk is stored, so the lock is
+        // not held for disk writes; every error path below drops it (memory,
+        // file, descriptor and quota at once).
+        let stored = self.lock().map.remove(&key);
+        let mut t = match stored {
+            Some(t) if t.body.len() == chunk.offset && t.body.total() == chunk.total => t,
+            Some(t) if chunk.offset != 0 => {
+                let m = format!(
+                    "BigStream chunk at offset {} of {} does not continue the {} of {} bytes \
+                     stored: transfer dropped",
+                    chunk.offset,
+                    chunk.total,
+                    t.body.len(),
+                    t.body.total()
+                );
+                drop(t);
+                return Err(HandlerError::new(code::BAD_REQUEST, m));
+            }
+            // A new transfer (a stale one under the same id starts over).
+            stale => {
+                drop(stale);
+                Transfer {
+                    peer: peer.clone(),
+                    body: self.start(chunk)?,
+                    touched: now,
+                }
+            }
+        };
+        t.body.push(&chunk.data).map_err(|e| {
+            HandlerError::new(
+                code::HANDLER_FAILED,
+                format!("cannot store the stream: {e}"),
+            )
+        })?;
+        if !chunk.last {
+            t.touched = now;
+            // A connection that ended meanwhile keeps nothing.
+            if peer.is_open() {
+                self.lock().map.insert(key, t);
+            }
+            return Ok(None);
+        }
+        let body = t.body.finish().map_err(|e| {
+            HandlerError::new(
+                code::HANDLER_FAILED,
+                format!("cannot store the stream: {e}"),
+            )
+        })?;
+        (self.f)(peer, body)
+    }
+
+    /// Checks the first chunk of a transfer and makes room for its body.
+    fn start(&self, chunk: &BigChunk) -> std::result::Result<crate::body::Assembly, HandlerError> {
+        if chunk.total > self.limits.max_size {
+            return Err(HandlerError::new(
+                code::TOO_LARGE,
+                format!(
+                    "BigStream of {} bytes exceeds the receiver limit of {} bytes",
+                    chunk.total, self.limits.max_size
+                ),
+            ));
+        }
+        if chunk.offset != 0 {
+            return Err(HandlerError::new(
+                code::BAD_REQUEST,
+                "this command collects whole streams: it cannot resume from an offset",
+            ));
+        }
+        crate::body::Assembly::new(chunk.total, &self.limits)
+    }
+
+    /// Drops transfer `id` of `peer`, if open.
+    fn abort(&self, peer: &Peer, id: u64) -> bool {
+        let t = self.lock().map.remove(&(conn_key(peer), id));
+        t.is_some()
+    }
+
+    /// Drops every transfer of `peer`; returns how many.
+    fn close_peer(&self, peer: &Peer) -> usize {
+        let conn = conn_key(peer);
+        let gone: Vec<Transfer> = {
+            let mut open = self.lock();
+            let keys: Vec<Key> = open.map.keys().filter(|k| k.0 == conn).copied().collect();
+            keys.iter().filter_map(|k| open.map.remove(k)).collect()
+        };
+        gone.len()
+    }
+
+    /// Drops transfers idle for [`CollectLimits::idle_timeout`] and those of
+    /// connections that are no longer open. Runs at most once per second (or
+    /// twice per `idle_timeout` when that is shorter), on any chunk of the
+    /// command. Connections are asked whether they are open outside the lock.
+    fn sweep(&self, now: Instant) {
+        let every = (self.limits.idle_timeout / 2).min(Duration::from_secs(1));
+        let idle = self.limits.idle_timeout;
+        let (idle_gone, others): (Vec<Transfer>, Vec<(Key, Peer)>) = {
+            let mut open = self.lock();
+            if open
+                .swept
+                .is_some_and(|t| now.saturating_duration_since(t) < every)
+            {
+                return;
+            }
+            open.swept = Some(now);
+            let expired: Vec<Key> = open
+                .map
+                .iter()
+                .filter(|(_, t)| now.saturating_duration_since(t.touched) >= idle)
+                .map(|(k, _)| *k)
+                .collect();
+            let gone = expired.iter().filter_map(|k| open.map.remove(k)).collect();
+            let others = open.map.iter().map(|(k, t)| (*k, t.peer.clone())).collect();
+            (gone, others)
+        };
+        if !idle_gone.is_empty() {
+            tracing::debug!(
+                transfers = idle_gone.len(),
+                "idle BigStream transfers dropped"
+            );
+        }
+        drop(idle_gone);
+        let closed: Vec<Key> = others
+            .into_iter()
+            .filter(|(_, p)| !p.is_open())
+            .map(|(k, _)| k)
+            .collect();
+        if !closed.is_empty() {
+            let gone: Vec<Transfer> = {
+                let mut open = self.lock();
+                closed.iter().filter_map(|k| open.map.remove(k)).collect()
+            };
+            drop(gone);
+        }
+    }
+}
 
 #[derive(Clone)]
 enum Run {
@@ -586,8 +773,17 @@ impl Registry {
     /// loop once the last chunk arrived; its answer completes the sender's call.
     /// The stream must start at offset 0 (a StableIO session carries a transfer
     /// across reconnects; a resume from an offset on a new connection is
-    /// answered [`code::BAD_REQUEST`]). Transfers cut by a lost connection are
-    /// discarded (with their file) when the next transfer starts.
+    /// answered [`code::BAD_REQUEST`]).
+    ///
+    /// A partial body (memory, temporary file, descriptor, spill quota) lives
+    /// only as long as its transfer: it is dropped at once when the session
+    /// refuses the transfer ([`Registry::big_stream_aborted`]), when the
+    /// connection ends ([`Registry::peer_closed`]), when the handler's storage
+    /// fails, and when no chunk arrived for [`CollectLimits::idle_timeout`]
+    /// (checked as chunks of this command arrive). Temporary files count
+    /// against process-wide quotas ([`CollectLimits::max_spill_files`],
+    /// [`CollectLimits::max_spill_bytes_total`]): a transfer over them is
+    /// refused on its first chunk.
     pub fn big_stream_collect<F>(
         &mut self,
         name: &str,
@@ -600,62 +796,10 @@ impl Registry {
             + Sync
             + 'static,
     {
-        let open: Mutex<HashMap<(u64, u64), (Peer, crate::body::Assembly)>> =
-            Mutex::new(HashMap::new());
-        let run: Collect = Arc::new(move |peer, id, chunk| {
-            let key = (peer.id(), id);
-            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-            if !open.contains_key(&key) {
-                // Forget transfers whose connection is gone.
-                open.retain(|_, (p, _)| p.is_open());
-                if chunk.total > limits.max_size {
-                    return Err(HandlerError::new(
-                        code::TOO_LARGE,
-                        format!(
-                            "BigStream of {} bytes exceeds the receiver limit of {} bytes",
-                            chunk.total, limits.max_size
-                        ),
-                    ));
-                }
-                if chunk.offset != 0 {
-                    return Err(HandlerError::new(
-                        code::BAD_REQUEST,
-                        "this command collects whole streams: it cannot resume from an offset",
-                    ));
-                }
-                let a = crate::body::Assembly::new(chunk.total, &limits).map_err(|e| {
-                    HandlerError::new(
-                        code::HANDLER_FAILED,
-                        format!("cannot store the stream: {e}"),
-                    )
-                })?;
-                open.insert(key, (peer.clone(), a));
-            }
-            let stored = match open.get_mut(&key) {
-                Some((_, a)) => a.push(&chunk.data),
-                None => Ok(()),
-            };
-            if let Err(e) = stored {
-                open.remove(&key);
-                return Err(HandlerError::new(
-                    code::HANDLER_FAILED,
-                    format!("cannot store the stream: {e}"),
-                ));
-            }
-            if !chunk.last {
-                return Ok(None);
-            }
-            let Some((_, a)) = open.remove(&key) else {
-                return Ok(None);
-            };
-            drop(open);
-            let body = a.finish().map_err(|e| {
-                HandlerError::new(
-                    code::HANDLER_FAILED,
-                    format!("cannot store the stream: {e}"),
-                )
-            })?;
-            f(peer, body)
+        let run = Arc::new(Collector {
+            limits,
+            open: Mutex::new(Transfers::default()),
+            f: Box::new(f),
         });
         self.insert(BIG_STREAM, name, Run::Collect(run), false)
     }
@@ -839,6 +983,55 @@ impl Registry {
         true
     }
 
+    /// The session refused BigStream transfer `id` of command `cmd` from
+    /// `peer` and forgot it (chunk out of order, total changed, ...: it
+    /// reported [`Event::BigAborted`](crate::Event::BigAborted)). A collecting
+    /// command ([`Registry::big_stream_collect`]) drops the partial body at
+    /// once: memory, temporary file, descriptor and spill quota. Chunk handlers
+    /// ([`Registry::big_stream`]) keep no state here and are not told.
+    ///
+    /// The runtime calls it in the order of the session's events (after the
+    /// chunks that came before the refusal were dispatched), without holding
+    /// the connection's lock. Unknown commands and transfers are ignored.
+    pub fn big_stream_aborted(&self, peer: &Peer, id: u64, cmd: &str) {
+        if let Some(Entry {
+            run: Run::Collect(c),
+            ..
+        }) = self.maps[BIG_STREAM].get(&fold(cmd))
+        {
+            if c.abort(peer, id) {
+                tracing::debug!(peer = peer.id(), id, cmd, "aborted BigStream body dropped");
+            }
+        }
+    }
+
+    /// The connection of `peer` ended for good (not a StableIO link that may
+    /// resume): every partial body it was sending to a collecting command is
+    /// dropped at once. The runtime calls it when the connection closes,
+    /// without holding the connection's lock.
+    pub fn peer_closed(&self, peer: &Peer) {
+        let mut n = 0;
+        for e in self.maps[BIG_STREAM].values() {
+            if let Run::Collect(c) = &e.run {
+                n += c.close_peer(peer);
+            }
+        }
+        if n > 0 {
+            tracing::debug!(
+                peer = peer.id(),
+                transfers = n,
+                "unfinished BigStream bodies dropped"
+            );
+        }
+    }
+
+    /// Runs the BigStream handler for one chunk and answers: a
+    /// `BigStreamAck` once the handler accepted the chunk (D4: never for a
+    /// chunk it refused or could not see), then, for the last chunk, the
+    /// handler's answer; a refusal is answered with the handler's error
+    /// alone; a chunk for an unknown command with 404 alone (every chunk: the
+    /// sender gets no ack and must hear why, even when its transfer resumes
+    /// from an offset).
     fn big_chunk(&self, peer: &Peer, id: u64, cmd: &Text, chunk: BigChunk, ordered: bool) -> bool {
         let name = cmd.as_str();
         let entry = self.maps[BIG_STREAM].get(&fold(name));
@@ -846,13 +1039,11 @@ impl Registry {
             Run::Chunks(_) | Run::Collect(_) => Some((&e.run, &e.stats)),
             _ => None,
         }) else {
-            if chunk.last || chunk.offset == 0 {
-                let _ = peer.send_frame(Frame::Error {
-                    id,
-                    code: code::UNKNOWN_COMMAND,
-                    message: Text::from(format!("no big-stream command {name:?}")),
-                });
-            }
+            let _ = peer.send_frame(Frame::Error {
+                id,
+                code: code::UNKNOWN_COMMAND,
+                message: Text::from(format!("no big-stream command {name:?}")),
+            });
             if ordered {
                 peer.out.request_done();
             }
@@ -862,26 +1053,37 @@ impl Registry {
         stats.record_in(chunk.data.len());
         let r = match run {
             Run::Chunks(f) => f(peer, &chunk),
-            Run::Collect(f) => f(peer, id, &chunk),
+            Run::Collect(c) => c.chunk(peer, id, &chunk),
             _ => Ok(None),
         };
-        let frame = match r {
-            Ok(Some(d)) if chunk.last => Some(Frame::StreamResponse { id, data: d }),
-            Ok(None) if chunk.last => Some(Frame::StreamResponse {
-                id,
-                data: DataFrame::new(),
-            }),
-            Ok(_) => None,
-            Err(e) => Some(Frame::Error {
-                id,
-                code: e.code,
-                message: Text::from(e.message),
-            }),
-        };
-        if let Some(frame) = frame {
-            let err = matches!(frame, Frame::Error { .. });
-            stats.record_out(0, err, started.elapsed());
-            let _ = peer.send_frame(frame);
+        match r {
+            Ok(answer) => {
+                // The session checked that the chunk lies inside `total`.
+                let offset = chunk.offset.saturating_add(chunk.data.len() as u64);
+                match peer.send_frame(Frame::BigStreamAck { id, offset }) {
+                    Ok(()) | Err(crate::Error::ConnectionLost(_)) => {}
+                    Err(e) => {
+                        // Without its ack the sender would wait forever.
+                        tracing::warn!(peer = peer.id(), id, %e, "cannot acknowledge a BigStream chunk");
+                        peer.close(&format!("cannot acknowledge BigStream {id}: {e}"));
+                    }
+                }
+                if chunk.last {
+                    stats.record_out(0, false, started.elapsed());
+                    let _ = peer.send_frame(Frame::StreamResponse {
+                        id,
+                        data: answer.unwrap_or_default(),
+                    });
+                }
+            }
+            Err(e) => {
+                stats.record_out(0, true, started.elapsed());
+                let _ = peer.send_frame(Frame::Error {
+                    id,
+                    code: e.code,
+                    message: Text::from(e.message),
+                });
+            }
         }
         if ordered {
             peer.out.request_done();
@@ -942,6 +1144,237 @@ mod tests {
         ));
         assert!(r.contains("console", "ECHO") && !r.contains("stream", "echo"));
         assert_eq!(r.stats()[0].calls, 3);
+    }
+
+    fn chunk(id: u64, cmd: &str, offset: u64, total: u64, data: &'static [u8]) -> Request {
+        Request::BigChunk {
+            id,
+            cmd: Text::from(cmd),
+            offset,
+            total,
+            last: offset + data.len() as u64 == total,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    fn take(sink: &Sink) -> Vec<Frame> {
+        std::mem::take(&mut *sink.0.lock().unwrap())
+    }
+
+    fn collecting(limits: CollectLimits) -> Registry {
+        let mut r = Registry::new();
+        r.big_stream_collect("up", limits, |_, body| {
+            Ok(Some(DataFrame::new().with(body.len())))
+        });
+        r.big_stream("picky", |_, c| {
+            if c.data.starts_with(b"bad") {
+                Err(HandlerError::new(code::BAD_REQUEST, "bad chunk"))
+            } else {
+                Ok(None)
+            }
+        });
+        r
+    }
+
+    fn spill_files(dir: &tempfile::TempDir) -> usize {
+        std::fs::read_dir(dir.path()).unwrap().count()
+    }
+
+    #[test]
+    fn big_stream_acks_only_chunks_the_handler_accepted() {
+        let r = collecting(CollectLimits::default());
+        let sink = Arc::new(Sink::default());
+        let peer = Peer::new(1, None, sink.clone());
+        r.dispatch(&peer, chunk(1, "up", 0, 6, b"abc"), None, false);
+        assert_eq!(take(&sink), [Frame::BigStreamAck { id: 1, offset: 3 }]);
+        // The last chunk: its ack, then the handler's answer.
+        r.dispatch(&peer, chunk(1, "up", 3, 6, b"def"), None, false);
+        let f = take(&sink);
+        assert_eq!(f[0], Frame::BigStreamAck { id: 1, offset: 6 });
+        assert!(
+            matches!(&f[1], Frame::StreamResponse { id: 1, data } if data.reader().read_u64().unwrap() == 6)
+        );
+        assert_eq!(f.len(), 2);
+        // Refused first chunks (a resume, too large): the error alone.
+        r.dispatch(&peer, chunk(2, "up", 10, 20, b"0123456789"), None, false);
+        assert!(matches!(
+            &take(&sink)[..],
+            [Frame::Error {
+                id: 2,
+                code: 400,
+                ..
+            }]
+        ));
+        let r2 = collecting(CollectLimits {
+            max_size: 4,
+            ..CollectLimits::default()
+        });
+        r2.dispatch(&peer, chunk(3, "up", 0, 5, b"ab"), None, false);
+        assert!(matches!(
+            &take(&sink)[..],
+            [Frame::Error {
+                id: 3,
+                code: 413,
+                ..
+            }]
+        ));
+        // A chunk handler's refusal: the error alone.
+        r.dispatch(&peer, chunk(4, "picky", 0, 9, b"bad"), None, false);
+        assert!(matches!(
+            &take(&sink)[..],
+            [Frame::Error {
+                id: 4,
+                code: 400,
+                ..
+            }]
+        ));
+        r.dispatch(&peer, chunk(5, "picky", 0, 9, b"ok!"), None, false);
+        assert_eq!(take(&sink), [Frame::BigStreamAck { id: 5, offset: 3 }]);
+        // Unknown command: 404 alone, for every chunk (also a resumed one).
+        for (id, offset) in [(6, 0), (7, 3)] {
+            assert!(!r.dispatch(&peer, chunk(id, "nope", offset, 9, b"abc"), None, false));
+            let f = take(&sink);
+            assert!(
+                matches!(&f[..], [Frame::Error { id: i, code: 404, .. }] if *i == id),
+                "{f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn aborted_and_closed_transfers_free_their_bodies_at_once() {
+        let _g = crate::body::SPILL_TEST_LOCK
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let r = collecting(CollectLimits {
+            spill_threshold: 4,
+            spill_dir: Some(dir.path().to_owned()),
+            ..CollectLimits::default()
+        });
+        let sink = Arc::new(Sink::default());
+        let peer = Peer::new(1, None, sink.clone());
+        // Another connection with the same id (another backend) is separate.
+        let other_sink = Arc::new(Sink::default());
+        let other = Peer::new(1, None, other_sink.clone());
+        for id in [1, 2] {
+            r.dispatch(&peer, chunk(id, "up", 0, 8, b"abcd"), None, false);
+        }
+        r.dispatch(&other, chunk(1, "up", 0, 8, b"wxyz"), None, false);
+        assert_eq!(spill_files(&dir), 3);
+        assert_eq!(CollectLimits::spill_in_use(), (3, 24));
+
+        r.big_stream_aborted(&peer, 1, "UP");
+        assert_eq!(spill_files(&dir), 2, "dropped at once");
+        assert_eq!(CollectLimits::spill_in_use(), (2, 16));
+        // Unknown transfers, commands and chunk commands: nothing happens.
+        r.big_stream_aborted(&peer, 99, "up");
+        r.big_stream_aborted(&peer, 2, "nope");
+        r.big_stream_aborted(&peer, 2, "picky");
+        assert_eq!(spill_files(&dir), 2);
+        // The aborted transfer's next chunk does not resurrect it.
+        take(&sink);
+        r.dispatch(&peer, chunk(1, "up", 4, 8, b"efgh"), None, false);
+        assert!(matches!(
+            &take(&sink)[..],
+            [Frame::Error {
+                id: 1,
+                code: 400,
+                ..
+            }]
+        ));
+
+        r.peer_closed(&peer);
+        assert_eq!(
+            spill_files(&dir),
+            1,
+            "only the other connection's body remains"
+        );
+        assert_eq!(CollectLimits::spill_in_use(), (1, 8));
+        take(&other_sink);
+        r.dispatch(&other, chunk(1, "up", 4, 8, b"1234"), None, false);
+        let f = take(&other_sink);
+        assert!(
+            matches!(&f[1], Frame::StreamResponse { id: 1, .. }),
+            "{f:?}"
+        );
+        assert_eq!(spill_files(&dir), 0);
+        assert_eq!(CollectLimits::spill_in_use(), (0, 0));
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_continue_the_body_drops_it() {
+        let r = collecting(CollectLimits::default());
+        let sink = Arc::new(Sink::default());
+        let peer = Peer::new(1, None, sink.clone());
+        r.dispatch(&peer, chunk(1, "up", 0, 9, b"abc"), None, false);
+        r.dispatch(&peer, chunk(1, "up", 6, 9, b"ghi"), None, false);
+        let f = take(&sink);
+        assert!(
+            matches!(
+                &f[1],
+                Frame::Error {
+                    id: 1,
+                    code: 400,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        // It is gone: the missing part cannot be sent any more...
+        r.dispatch(&peer, chunk(1, "up", 3, 9, b"def"), None, false);
+        assert!(matches!(
+            &take(&sink)[..],
+            [Frame::Error {
+                id: 1,
+                code: 400,
+                ..
+            }]
+        ));
+        // ... but the id can start over.
+        r.dispatch(&peer, chunk(1, "up", 0, 3, b"abc"), None, false);
+        assert!(matches!(
+            &take(&sink)[1],
+            Frame::StreamResponse { id: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn idle_transfers_are_dropped_when_the_command_gets_a_chunk() {
+        let r = collecting(CollectLimits {
+            idle_timeout: Duration::from_millis(50),
+            ..CollectLimits::default()
+        });
+        let sink = Arc::new(Sink::default());
+        let peer = Peer::new(1, None, sink.clone());
+        r.dispatch(&peer, chunk(1, "up", 0, 6, b"abc"), None, false);
+        let Some(Entry {
+            run: Run::Collect(c),
+            ..
+        }) = r.maps[BIG_STREAM].get("up")
+        else {
+            panic!("a collecting command")
+        };
+        let ids = || {
+            let mut v: Vec<u64> = c.lock().map.keys().map(|k| k.1).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(ids(), [1]);
+        std::thread::sleep(Duration::from_millis(120));
+        // Any chunk of the command sweeps: transfer 1 idled too long.
+        r.dispatch(&peer, chunk(3, "up", 0, 6, b"abc"), None, false);
+        assert_eq!(ids(), [3]);
+        take(&sink);
+        r.dispatch(&peer, chunk(1, "up", 3, 6, b"def"), None, false);
+        assert!(matches!(
+            &take(&sink)[..],
+            [Frame::Error {
+                id: 1,
+                code: 400,
+                ..
+            }]
+        ));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use zs_crypto::{SecureSession, SuiteId};
 use zs_wire::{DataFrame, Frame, FrameCodec, Text};
 
+use crate::budget::{Budgets, Charge};
 use crate::error::{code, Error, Result};
 use crate::stable::{
     batch_checksum, Phase, Stable, CTL_BATCHSUM, CTL_RESUME, CTL_STABLE, SECRET_LEN,
@@ -44,6 +45,18 @@ pub struct SessionConfig {
     pub max_open_batches: usize,
     /// Most frames in one batch. Default 1024.
     pub max_batch_frames: usize,
+    /// Most bytes (encoded DataFrames) staged in this session's open batches
+    /// together; the stage that would exceed it is answered
+    /// [`code::TOO_LARGE`] and its batch dropped. Default 16 MiB.
+    pub max_batch_bytes: usize,
+    /// A batch that received no stage for this long is dropped and answered
+    /// [`code::TIMED_OUT`]. Default 30 s.
+    pub batch_idle_timeout: Duration,
+    /// Most bytes of output waiting in the session (sent, not yet taken by
+    /// [`Session::write_output`]) before it stops decoding input: a peer cannot
+    /// make one read produce unbounded output. [`Session::input_blocked`] tells
+    /// that input waits; [`Session::resume_input`] continues. Default 1 MiB.
+    pub max_pending_output: usize,
     /// BigStream chunk size in bytes. Default 256 KiB.
     pub big_chunk: usize,
     /// BigStream window: most bytes sent and not yet acknowledged per transfer
@@ -54,6 +67,9 @@ pub struct SessionConfig {
     /// StableIO: most bytes of records kept for resending (sent, not yet
     /// acknowledged, or queued while offline). A send that would exceed it
     /// returns [`Error::Full`] (nothing is dropped); BigStreams pause instead.
+    /// An *answer* that does not fit is parked (up to as many bytes again) and
+    /// sent as acknowledgements free room; one that cannot be parked either is
+    /// replaced by an [`code::BUSY`] error, so a caller never waits in vain.
     /// Default 8 MiB.
     pub stable_max_unacked: usize,
     /// StableIO: acknowledge at least every this many records. Default 32.
@@ -69,6 +85,9 @@ impl Default for SessionConfig {
             max_complete_buffer: 4 << 20,
             max_open_batches: 64,
             max_batch_frames: 1024,
+            max_batch_bytes: 16 << 20,
+            batch_idle_timeout: Duration::from_secs(30),
+            max_pending_output: 1 << 20,
             big_chunk: 256 * 1024,
             big_window: 4 << 20,
             max_big_streams: 64,
@@ -246,6 +265,15 @@ pub enum Event {
         /// The outcome.
         result: Result<Reply>,
     },
+    /// A BigStream we were receiving was refused and dropped (the handler's
+    /// partial state must go): the runtime calls
+    /// [`Registry::big_stream_aborted`](crate::Registry::big_stream_aborted).
+    BigAborted {
+        /// The transfer's id.
+        id: u64,
+        /// Its command.
+        cmd: Text,
+    },
     /// A BigStream we send progressed: the peer acknowledged `acked` of `total` bytes.
     Progress {
         /// The transfer's call id.
@@ -290,14 +318,17 @@ pub enum Event {
         resent: usize,
     },
     /// StableIO (server, on a fresh session): the peer asks to resume session
-    /// `session`. Input processing is paused: the runtime verifies `secret`,
-    /// then moves this link into the old session ([`Session::take_link`],
+    /// `session`. Input processing is paused: the runtime checks `proof`
+    /// against the session's secret with [`Session::verify_resume`], then
+    /// moves this link into the old session ([`Session::take_link`],
     /// [`Session::resume_link`]) or refuses ([`Session::refuse_resume`]).
     ResumeRequest {
         /// The session id claimed.
         session: u64,
-        /// The resume secret presented.
-        secret: [u8; SECRET_LEN],
+        /// HMAC-SHA256 keyed with the resume secret over this link's channel
+        /// binding (PROTOCOL.md §3.5): proves the secret without sending it,
+        /// and is worthless on any other connection.
+        proof: [u8; 32],
         /// The last record the peer received from the old session.
         delivered: u64,
     },
@@ -387,6 +418,18 @@ enum Input<'a> {
 /// Checksums of a batch's staged frames.
 type Sums = Vec<[u8; 16]>;
 
+/// Which batch commands exist (see [`Session::set_batch_filter`]).
+pub type BatchFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A BatchStream batch being staged.
+struct Staged {
+    cmd: Text,
+    frames: Vec<DataFrame>,
+    bytes: usize,
+    /// When its last stage arrived.
+    touched: Instant,
+}
+
 /// The link-specific part of a session (its secure layer and undecoded
 /// plaintext), moved from a fresh session into a resumed one.
 pub struct LinkParts {
@@ -426,7 +469,27 @@ pub struct Session {
     next_id: u64,
     pending: IdMap<Pending>,
     deadlines: Deadlines,
-    batches: HashMap<u64, (Text, Vec<DataFrame>)>,
+    batches: HashMap<u64, Staged>,
+    /// Bytes staged in `batches`.
+    batch_bytes: usize,
+    /// Server: which batch commands exist (stages for others are refused at once).
+    batch_filter: Option<BatchFilter>,
+    /// What this session holds of the endpoint's budgets.
+    charge: Charge,
+    /// Output bytes sent into the security layer since the last `write_output`.
+    out_pending: usize,
+    /// Decoding stopped with input left because output is waiting.
+    blocked: bool,
+    /// StableIO answers waiting for room in the resend buffer (encoded frames).
+    parked: VecDeque<Bytes>,
+    parked_bytes: usize,
+    /// Non-link frames received (a `__@stable` request must come first).
+    frames_in: u64,
+    /// The last input error came from the link (record layer or outer framing),
+    /// not from the peer's authenticated content.
+    link_fault: bool,
+    /// The link must be dropped (the peer lets records pile up unacknowledged).
+    link_failure: Option<String>,
     sending: IdMap<Outgoing>,
     receiving: HashMap<u64, Incoming>,
     established: bool,
@@ -475,6 +538,16 @@ impl Session {
             pending: IdMap::default(),
             deadlines: Deadlines::default(),
             batches: HashMap::new(),
+            batch_bytes: 0,
+            batch_filter: None,
+            charge: Charge::new(std::sync::Arc::new(Budgets::unlimited())),
+            out_pending: 0,
+            blocked: false,
+            parked: VecDeque::new(),
+            parked_bytes: 0,
+            frames_in: 0,
+            link_fault: false,
+            link_failure: None,
             sending: IdMap::default(),
             receiving: HashMap::new(),
             established: false,
@@ -521,15 +594,91 @@ impl Session {
     /// dead, every pending call has completed with [`Error::ConnectionLost`], and
     /// the caller should close the connection (after sending what
     /// [`Session::write_output`] still yields, e.g. an alert).
+    ///
+    /// In a negotiated StableIO session an error of the record layer (a record
+    /// that fails authentication, e.g. injected by an on-path attacker) is a
+    /// lost link, as a reset would be: the session survives
+    /// ([`Session::link_lost`]) and the error is still returned so the caller
+    /// drops the connection.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<()> {
         if let Some(why) = &self.dead {
             return Err(Error::ConnectionLost(why.clone()));
         }
         let r = self.input(Input::Shared(data), now);
         if let Err(e) = &r {
-            self.connection_lost(&e.to_string());
+            self.input_failed(e);
         }
         r
+    }
+
+    fn input_failed(&mut self, e: &Error) {
+        let why = e.to_string();
+        if std::mem::take(&mut self.link_fault) {
+            // Survived by a stable session; otherwise the same as connection_lost.
+            self.link_lost(&why);
+        } else {
+            self.connection_lost(&why);
+        }
+    }
+
+    /// Whether received input waits undecoded because too much output is
+    /// pending ([`SessionConfig::max_pending_output`]): take the output, let
+    /// the transport drain it, then call [`Session::resume_input`]. Meanwhile
+    /// stop reading from the transport.
+    pub fn input_blocked(&self) -> bool {
+        self.blocked && self.dead.is_none() && self.link_up
+    }
+
+    /// Continues decoding input that [`Session::input_blocked`] held back
+    /// (errors as for [`Session::handle_input`]).
+    pub fn resume_input(&mut self, now: Instant) -> Result<()> {
+        if !self.input_blocked() {
+            return Ok(());
+        }
+        let r = self.decode_plain(now);
+        if let Err(e) = &r {
+            self.input_failed(e);
+        }
+        r
+    }
+
+    /// Set once the link must be dropped because the peer lets StableIO
+    /// records pile up unacknowledged beyond every buffer; the runtime closes
+    /// the connection (the session itself survives, offline).
+    pub fn take_link_failure(&mut self) -> Option<String> {
+        self.link_failure.take()
+    }
+
+    /// Server: only batch commands `filter` accepts are staged; stages for
+    /// any other name are answered [`code::UNKNOWN_COMMAND`] at once.
+    pub fn set_batch_filter(&mut self, filter: BatchFilter) {
+        self.batch_filter = Some(filter);
+    }
+
+    /// Charges what this session holds (StableIO records, staged batches) to
+    /// `budgets`, shared by every session of an endpoint.
+    pub fn set_budgets(&mut self, budgets: std::sync::Arc<Budgets>) {
+        self.charge.rebind(budgets);
+    }
+
+    /// Bytes this session holds for its peer: StableIO records kept or parked
+    /// and staged batch frames (what an offline session costs).
+    pub fn held_bytes(&self) -> usize {
+        self.stable_unacked_bytes() + self.parked_bytes + self.batch_bytes
+    }
+
+    fn sync_charge(&mut self) {
+        let stable = self.stable_unacked_bytes() + self.parked_bytes;
+        self.charge.set(stable, self.batch_bytes);
+    }
+
+    /// Server: whether `proof` (from [`Event::ResumeRequest`]) was made with
+    /// `secret` over this link's channel binding (constant time).
+    pub fn verify_resume(&self, secret: &[u8; SECRET_LEN], proof: &[u8; 32]) -> bool {
+        match self.secure.channel_binding() {
+            Some(b) => crate::stable::verify_proof(secret, &b, proof),
+            None => false,
+        }
     }
 
     /// [`Session::handle_input`] for a buffer the caller gives up: the
@@ -541,7 +690,7 @@ impl Session {
         }
         let r = self.input(Input::Owned(data), now);
         if let Err(e) = &r {
-            self.connection_lost(&e.to_string());
+            self.input_failed(e);
         }
         r
     }
@@ -555,9 +704,13 @@ impl Session {
             *bytes_in += d.len() as u64;
             plain.extend_from_slice(d);
         };
-        match data {
-            Input::Shared(d) => self.secure.handle_input_with(d, now, &mut on_data)?,
-            Input::Owned(d) => self.secure.handle_input_in_place(d, now, &mut on_data)?,
+        let r = match data {
+            Input::Shared(d) => self.secure.handle_input_with(d, now, &mut on_data),
+            Input::Owned(d) => self.secure.handle_input_in_place(d, now, &mut on_data),
+        };
+        if let Err(e) = r {
+            self.link_fault = true;
+            return Err(e.into());
         }
         while let Some(ev) = self.secure.poll_event() {
             match ev {
@@ -581,7 +734,12 @@ impl Session {
     }
 
     fn decode_plain(&mut self, now: Instant) -> Result<()> {
+        self.blocked = false;
         while !self.paused {
+            if self.out_pending > self.cfg.max_pending_output {
+                self.blocked = !self.plain.is_empty();
+                break;
+            }
             let Some(frame) = self.codec.decode(&mut self.plain)? else {
                 break;
             };
@@ -593,13 +751,20 @@ impl Session {
     /// A (new) link finished its handshake: a resuming client presents its
     /// credentials.
     fn on_link_established(&mut self, now: Instant) -> Result<()> {
+        let binding = self.secure.channel_binding();
         let Some(st) = &mut self.stable else {
             return Ok(());
         };
         if st.client && st.phase == Phase::Resuming {
+            let Some(binding) = binding else {
+                return Err(Error::Config(
+                    "the security layer offers no channel binding: StableIO cannot resume".into(),
+                ));
+            };
+            let proof = crate::stable::resume_proof(&st.secret, &binding);
             let data = DataFrame::new()
                 .with(st.sid)
-                .with(Bytes::copy_from_slice(&st.secret))
+                .with(Bytes::copy_from_slice(&proof))
                 .with(st.delivered);
             st.acked_out = st.delivered;
             self.send_link(&control(CTL_RESUME, data), now)?;
@@ -622,7 +787,7 @@ impl Session {
                 | Frame::SeqKeepalive { .. }
                 | Frame::SeqEcho { .. }
                 | Frame::SeqEchoReply { .. }
-        ) || matches!(&frame, Frame::Control { cmd, .. }
+        ) || matches!(&frame, Frame::Control { id: 0, cmd, .. }
             if cmd.as_str() == CTL_STABLE || cmd.as_str() == CTL_RESUME);
         if !is_link {
             return Ok(Some(frame));
@@ -676,10 +841,10 @@ impl Session {
             }
             return Ok(());
         }
-        if seq > st.delivered + 1 {
+        if seq > st.delivered.saturating_add(1) {
             // A gap: ask once for what is missing up to here; this record is
             // dropped and comes again with the others.
-            let from = st.delivered.max(st.resend_asked) + 1;
+            let from = st.delivered.max(st.resend_asked).saturating_add(1);
             if from <= seq {
                 st.resend_asked = seq;
                 return self.send_link(&Frame::SeqResend { from, to: seq }, now);
@@ -707,8 +872,11 @@ impl Session {
                 st.next_seq - 1
             )));
         }
-        if st.unacked_bytes < before && !self.sending.is_empty() {
-            self.pump_all(now)?;
+        if st.unacked_bytes < before {
+            self.unpark(now)?;
+            if !self.sending.is_empty() {
+                self.pump_all(now)?;
+            }
         }
         Ok(())
     }
@@ -721,10 +889,20 @@ impl Session {
                 st.next_seq - 1
             )));
         }
+        // Each record at most once per link, and only what the peer has not
+        // acknowledged: repeated or overlapping requests cost nothing.
+        let from = from
+            .max(st.peer_acked.saturating_add(1))
+            .max(st.resent_to.saturating_add(1));
+        let to = to.min(st.sent);
+        if from > to {
+            return Ok(());
+        }
+        st.resent_to = to;
         let again: Vec<(u64, Bytes)> = st
             .unacked
             .iter()
-            .filter(|(s, _)| *s >= from && *s <= to && *s <= st.sent)
+            .filter(|(s, _)| *s >= from && *s <= to)
             .cloned()
             .collect();
         for (seq, payload) in again {
@@ -737,6 +915,9 @@ impl Session {
         let server = self.server_side;
         match &mut self.stable {
             // Server: a client asks for StableIO (once, first thing).
+            None if server && self.frames_in > 0 => Err(Error::Protocol(
+                "__@stable must be the first frame after the handshake".into(),
+            )),
             None if server => match self.stable_offer.take() {
                 Some((sid, secret)) => {
                     self.stable = Some(Box::new(Stable::new(false, Phase::Online, sid, secret)));
@@ -783,21 +964,27 @@ impl Session {
                 let session = r.read_u64()?;
                 let s = r.read_slice()?;
                 let delivered = r.read_u64()?;
-                let mut secret = [0u8; SECRET_LEN];
-                if s.len() == SECRET_LEN {
-                    secret.copy_from_slice(s);
+                let mut proof = [0u8; 32];
+                if s.len() == proof.len() {
+                    proof.copy_from_slice(s);
                 }
                 self.paused = true;
                 self.events.push_back(Event::ResumeRequest {
                     session,
-                    secret,
+                    proof,
                     delivered,
                 });
                 Ok(())
             }
-            // Client: the server confirms with the last record it received.
+            // Client: the server confirms with the last record it received
+            // and the session's next resume secret.
             Some(st) if st.client && st.phase == Phase::Resuming => {
                 let delivered = r.read_u64()?;
+                let secret = r.read_slice()?;
+                if secret.len() != SECRET_LEN {
+                    return Err(Error::Protocol("StableIO secret of the wrong size".into()));
+                }
+                st.secret.copy_from_slice(secret);
                 self.go_online(delivered, now)
             }
             _ => Err(Error::Protocol("unexpected __@resume control".into())),
@@ -827,7 +1014,12 @@ impl Session {
                 st.sent = seq;
             }
         }
+        if let Some(st) = &mut self.stable {
+            // What was just sent again counts as this link's one resend.
+            st.resent_to = st.sent;
+        }
         self.events.push_back(Event::Resumed { resent });
+        self.unpark(now)?;
         self.pump_all(now)
     }
 
@@ -859,6 +1051,7 @@ impl Session {
         let Some(frame) = self.on_link_frame(frame, wrapped, now)? else {
             return Ok(());
         };
+        self.frames_in += 1;
         if !wrapped
             && self.stable.is_some()
             && !matches!(
@@ -942,6 +1135,13 @@ impl Session {
                 data,
             } => self.on_big_chunk(id, cmd, offset, total, last, data, now)?,
             Frame::BigStreamAck { id, offset } => self.on_big_ack(id, offset, now)?,
+            Frame::Control { id: 0, cmd, .. }
+                if cmd.as_str() == CTL_BATCHSUM && self.server_side =>
+            {
+                return Err(Error::Protocol(
+                    "__@batchsum is sent by servers only".into(),
+                ))
+            }
             Frame::Control { id: 0, cmd, data } if cmd.as_str() == CTL_BATCHSUM => {
                 self.on_batchsum(&data)?
             }
@@ -974,7 +1174,7 @@ impl Session {
         now: Instant,
     ) -> Result<()> {
         let refuse = |s: &mut Session, code: u32, message: String| {
-            s.batches.remove(&id);
+            s.drop_batch(id);
             s.send_frame(
                 &Frame::Error {
                     id,
@@ -984,38 +1184,91 @@ impl Session {
                 now,
             )
         };
-        if !self.batches.contains_key(&id) && self.batches.len() >= self.cfg.max_open_batches {
-            return refuse(
-                self,
-                code::TOO_MANY,
-                format!("more than {} open batches", self.cfg.max_open_batches),
-            );
-        }
-        let entry = self
-            .batches
-            .entry(id)
-            .or_insert_with(|| (cmd.clone(), Vec::new()));
-        if entry.0 != cmd {
-            return refuse(self, code::BAD_REQUEST, "batch changed its command".into());
-        }
-        if entry.1.len() >= self.cfg.max_batch_frames {
-            return refuse(
-                self,
-                code::TOO_LARGE,
-                format!("batch exceeds {} frames", self.cfg.max_batch_frames),
-            );
-        }
-        entry.1.push(data);
-        if last {
-            if let Some((cmd, frames)) = self.batches.remove(&id) {
-                if self.batch_sums.len() < MAX_BATCH_SUMS {
-                    self.batch_sums
-                        .insert(id, frames.iter().map(batch_checksum).collect());
-                }
-                self.push_request(Request::Batch { id, cmd, frames });
+        if !self.batches.contains_key(&id) {
+            if self
+                .batch_filter
+                .as_ref()
+                .is_some_and(|known| !known(cmd.as_str()))
+            {
+                let m = format!("no batch command {:?}", cmd.as_str());
+                return refuse(self, code::UNKNOWN_COMMAND, m);
+            }
+            if self.batches.len() >= self.cfg.max_open_batches {
+                let m = format!("more than {} open batches", self.cfg.max_open_batches);
+                return refuse(self, code::TOO_MANY, m);
             }
         }
+        let size = data.encoded_len();
+        if self.batch_bytes + size > self.cfg.max_batch_bytes || !self.charge.batch_fits(size) {
+            let m = format!(
+                "batch stage of {size} bytes exceeds the staging budget ({} bytes staged, limit {} per session)",
+                self.batch_bytes, self.cfg.max_batch_bytes
+            );
+            return refuse(self, code::TOO_LARGE, m);
+        }
+        let entry = self.batches.entry(id).or_insert_with(|| Staged {
+            cmd: cmd.clone(),
+            frames: Vec::new(),
+            bytes: 0,
+            touched: now,
+        });
+        if entry.cmd != cmd {
+            return refuse(self, code::BAD_REQUEST, "batch changed its command".into());
+        }
+        if entry.frames.len() >= self.cfg.max_batch_frames {
+            let m = format!("batch exceeds {} frames", self.cfg.max_batch_frames);
+            return refuse(self, code::TOO_LARGE, m);
+        }
+        entry.frames.push(data);
+        entry.bytes += size;
+        entry.touched = now;
+        self.batch_bytes += size;
+        if last {
+            if let Some(b) = self.batches.remove(&id) {
+                self.batch_bytes -= b.bytes;
+                if self.batch_sums.len() < MAX_BATCH_SUMS {
+                    self.batch_sums
+                        .insert(id, b.frames.iter().map(batch_checksum).collect());
+                }
+                self.push_request(Request::Batch {
+                    id,
+                    cmd: b.cmd,
+                    frames: b.frames,
+                });
+            }
+        }
+        self.sync_charge();
         Ok(())
+    }
+
+    fn drop_batch(&mut self, id: u64) {
+        if let Some(b) = self.batches.remove(&id) {
+            self.batch_bytes -= b.bytes;
+            self.sync_charge();
+        }
+    }
+
+    /// Drops batches idle for longer than [`SessionConfig::batch_idle_timeout`].
+    fn expire_batches(&mut self, now: Instant) {
+        let t = self.cfg.batch_idle_timeout;
+        let idle: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| now.saturating_duration_since(b.touched) >= t)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.drop_batch(id);
+            tracing::debug!(batch = id, "dropping an idle batch");
+            let _ = self.send_frame(
+                &Frame::Error {
+                    id,
+                    code: code::TIMED_OUT,
+                    message: Text::from(format!("batch idle for more than {t:?}: dropped")),
+                },
+                now,
+            );
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1031,7 +1284,13 @@ impl Session {
     ) -> Result<()> {
         let end = offset.checked_add(data.len() as u64);
         let refuse = |s: &mut Session, code: u32, message: String| {
-            s.receiving.remove(&id);
+            if s.receiving.remove(&id).is_some() {
+                // The handler may hold a partial body of it (H2).
+                s.events.push_back(Event::BigAborted {
+                    id,
+                    cmd: cmd.clone(),
+                });
+            }
             s.send_frame(
                 &Frame::Error {
                     id,
@@ -1073,7 +1332,8 @@ impl Session {
         } else if let Some(st) = self.receiving.get_mut(&id) {
             st.next = end;
         }
-        self.send_frame(&Frame::BigStreamAck { id, offset: end }, now)?;
+        // No BigStreamAck here: the registry acknowledges once the handler
+        // accepted the chunk (D4).
         self.push_request(Request::BigChunk {
             id,
             cmd,
@@ -1303,27 +1563,100 @@ impl Session {
             )));
         }
         let limit = self.cfg.stable_max_unacked;
-        let link_up = self.link_up;
-        let Some(st) = &mut self.stable else {
+        let Some(st) = &self.stable else {
             return Ok(());
         };
-        if st.unacked_bytes + len > limit && !st.unacked.is_empty() {
-            return Err(Error::Full {
-                unacked: st.unacked_bytes,
-                limit,
-            });
+        let fits = self.parked.is_empty()
+            && (st.unacked.is_empty() || st.unacked_bytes + len <= limit)
+            && self.charge.stable_fits(len);
+        if fits {
+            let payload = self.scratch.split().freeze();
+            self.push_record(payload, now);
+            return Ok(());
+        }
+        let unacked = st.unacked_bytes;
+        let Some(id) = answer_id(frame) else {
+            return Err(Error::Full { unacked, limit });
+        };
+        // An answer: park it until acknowledgements free room (in order).
+        if self.parked_bytes + len <= limit && self.charge.stable_fits(len) {
+            self.parked_bytes += len;
+            self.parked.push_back(self.scratch.split().freeze());
+            self.sync_charge();
+            return Ok(());
+        }
+        if id == 0 {
+            return Ok(()); // batch checksums: the answer that follows fails too
+        }
+        // Not even that: the caller gets a short error instead of silence.
+        self.scratch.clear();
+        let busy = Frame::Error {
+            id,
+            code: code::BUSY,
+            message: Text::from(format!(
+                "the answer of {len} bytes does not fit the StableIO resend buffer ({unacked} bytes unacknowledged, limit {limit})"
+            )),
+        };
+        self.codec.encode(&busy, &mut self.scratch)?;
+        let elen = self.scratch.len();
+        if unacked + self.parked_bytes + elen > limit + STABLE_GRACE {
+            let why = format!(
+                "the peer does not acknowledge StableIO records ({unacked} bytes unacknowledged, {} parked)",
+                self.parked_bytes
+            );
+            self.link_failure = Some(why);
+            return Err(Error::Full { unacked, limit });
         }
         let payload = self.scratch.split().freeze();
+        if self.parked.is_empty() {
+            self.push_record(payload, now);
+        } else {
+            self.parked_bytes += elen;
+            self.parked.push_back(payload);
+            self.sync_charge();
+        }
+        Ok(())
+    }
+
+    /// Numbers `payload` (an encoded frame), keeps it for resending and sends
+    /// it when the link carries records.
+    fn push_record(&mut self, payload: Bytes, now: Instant) {
+        let link_up = self.link_up;
+        let Some(st) = &mut self.stable else {
+            return;
+        };
         let seq = st.next_seq;
         st.next_seq += 1;
+        st.unacked_bytes += payload.len();
         st.unacked.push_back((seq, payload.clone()));
-        st.unacked_bytes += len;
-        if link_up && st.transmitting() {
+        let send = link_up && st.transmitting();
+        if send {
             st.sent = seq;
+        }
+        self.sync_charge();
+        if send {
             // The record is kept: a failing link only delays it (resume sends it).
             if let Err(e) = self.send_link(&Frame::SeqData { seq, payload }, now) {
                 tracing::debug!(error = %e, seq, "StableIO record kept for resend");
             }
+        }
+    }
+
+    /// Moves parked answers into the resend buffer while they fit.
+    fn unpark(&mut self, now: Instant) -> Result<()> {
+        let limit = self.cfg.stable_max_unacked;
+        while let Some(len) = self.parked.front().map(|p| p.len()) {
+            let Some(st) = &self.stable else {
+                break;
+            };
+            if !(st.unacked.is_empty() || st.unacked_bytes + len <= limit) {
+                break;
+            }
+            let Some(payload) = self.parked.pop_front() else {
+                break;
+            };
+            self.parked_bytes -= len;
+            self.push_record(payload, now);
         }
         Ok(())
     }
@@ -1336,6 +1669,7 @@ impl Session {
         self.wrap.clear();
         self.codec.encode(frame, &mut self.wrap)?;
         self.bytes_out += self.wrap.len() as u64;
+        self.out_pending += self.wrap.len();
         self.secure.send(&self.wrap, now)?;
         Ok(())
     }
@@ -1425,6 +1759,7 @@ impl Session {
     /// Appends the bytes to send on the transport to `out` (nothing while a
     /// stable session has no link).
     pub fn write_output(&mut self, out: &mut Vec<u8>) {
+        self.out_pending = 0;
         if self.link_up {
             self.secure.write_output(out);
         }
@@ -1464,6 +1799,8 @@ impl Session {
             add(self.secure.poll_timeout());
             add(self.stable.as_ref().and_then(|s| s.ack_due));
         }
+        let idle = self.cfg.batch_idle_timeout;
+        add(self.batches.values().map(|b| b.touched + idle).min());
         t
     }
 
@@ -1482,6 +1819,9 @@ impl Session {
                     result: Err(Error::TimedOut),
                 });
             }
+        }
+        if !self.batches.is_empty() && self.dead.is_none() {
+            self.expire_batches(now);
         }
         if self.dead.is_none() && self.link_up {
             if let Some(st) = &mut self.stable {
@@ -1523,13 +1863,17 @@ impl Session {
         ids.sort_unstable();
         self.deadlines.clear();
         self.batches.clear();
+        self.batch_bytes = 0;
         self.batch_sums.clear();
         self.sending.clear();
         self.receiving.clear();
+        self.parked.clear();
+        self.parked_bytes = 0;
         if let Some(st) = &mut self.stable {
             st.unacked.clear();
             st.unacked_bytes = 0;
         }
+        self.sync_charge();
         for id in ids {
             self.events.push_back(Event::Reply {
                 id,
@@ -1678,6 +2022,7 @@ impl Session {
         &mut self,
         link: LinkParts,
         peer_delivered: u64,
+        new_secret: [u8; SECRET_LEN],
         now: Instant,
     ) -> Result<()> {
         if let Some(why) = &self.dead {
@@ -1686,6 +2031,7 @@ impl Session {
         let delivered = match &mut self.stable {
             Some(st) if !st.client && st.phase == Phase::Down => {
                 st.acked_out = st.delivered;
+                st.secret = new_secret;
                 st.delivered
             }
             _ => {
@@ -1700,8 +2046,11 @@ impl Session {
         self.established = true;
         self.peer_closed = false;
         self.paused = false;
+        let answer = DataFrame::new()
+            .with(delivered)
+            .with(Bytes::copy_from_slice(&new_secret));
         let r = self
-            .send_link(&control(CTL_RESUME, DataFrame::new().with(delivered)), now)
+            .send_link(&control(CTL_RESUME, answer), now)
             .and_then(|_| self.go_online(peer_delivered, now))
             .and_then(|_| self.decode_plain(now));
         if let Err(e) = &r {
@@ -1729,6 +2078,23 @@ impl Session {
     /// [`Error::SessionLost`] carrying `why`.
     pub fn end_stable(&mut self, why: &str) {
         self.fail_all(why, |w| Error::SessionLost(w.to_owned()));
+    }
+}
+
+/// How far past [`SessionConfig::stable_max_unacked`] short `Busy` errors
+/// may go before the link is dropped (the peer does not acknowledge).
+const STABLE_GRACE: usize = 64 * 1024;
+
+/// The request id an answer-like frame serves (0: the batch checksums sent
+/// just before an answer); `None` for frames that are not answers.
+fn answer_id(frame: &Frame) -> Option<u64> {
+    match frame {
+        Frame::ConsoleResponse { id, .. }
+        | Frame::StreamResponse { id, .. }
+        | Frame::BigStreamAck { id, .. } => Some(*id),
+        Frame::Error { id, .. } if *id != 0 => Some(*id),
+        Frame::Control { id: 0, cmd, .. } if cmd.as_str() == CTL_BATCHSUM => Some(0),
+        _ => None,
     }
 }
 
@@ -1843,6 +2209,10 @@ mod tests {
         refused: bool,
         /// The server forgot the session (expired): resumes are refused.
         forget: bool,
+        /// The session's resume secret now (rotated on each resume), and the
+        /// one the client last proved (it may have missed the rotation).
+        secret: [u8; SECRET_LEN],
+        previous: Option<[u8; SECRET_LEN]>,
     }
 
     impl Pair {
@@ -1859,6 +2229,8 @@ mod tests {
                 c,
                 s,
                 fresh: None,
+                secret: SECRET,
+                previous: None,
                 c2s: Vec::new(),
                 s2c: Vec::new(),
                 c_got: Vec::new(),
@@ -1912,18 +2284,29 @@ mod tests {
                 while let Some(ev) = f.poll_event() {
                     if let Event::ResumeRequest {
                         session,
-                        secret,
+                        proof,
                         delivered,
                     } = ev
                     {
-                        if session == 42 && secret == SECRET && !self.forget {
+                        let used = [Some(self.secret), self.previous]
+                            .into_iter()
+                            .flatten()
+                            .find(|k| f.verify_resume(k, &proof));
+                        if let (42, Some(used), false) = (session, used, self.forget) {
+                            // A replayed proof is refused on any other link.
+                            assert!(!self.s.verify_resume(&used, &proof));
+                            self.previous = Some(used);
                             if self.s.is_online() {
                                 // Half-open: the server had not noticed the old
                                 // connection die; the resume replaces it.
                                 assert!(self.s.link_lost("replaced"));
                             }
                             let parts = f.take_link();
-                            self.s.resume_link(parts, delivered, now).expect("resume");
+                            self.secret = [self.secret[0].wrapping_add(1); SECRET_LEN];
+                            let next = self.secret;
+                            self.s
+                                .resume_link(parts, delivered, next, now)
+                                .expect("resume");
                             resumed = true;
                         } else {
                             f.refuse_resume("unknown", now);
@@ -2285,8 +2668,8 @@ mod deadline_tests {
     fn idle_sessions_release_their_buffers_and_pack_frames_into_records() {
         let now = Instant::now();
         let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
-            Some(Arc::new(ClientConfig::psk(b"id", b"key"))),
-            Some(Arc::new(ServerConfig::with_psk(b"id", b"key"))),
+            Some(Arc::new(ClientConfig::psk(b"id", &[7; 32]).unwrap())),
+            Some(Arc::new(ServerConfig::with_psk(b"id", &[7; 32]).unwrap())),
         ));
         let cfg = SessionConfig::default();
         let mut c = Session::new(p.new_client(now).unwrap(), cfg);

@@ -39,8 +39,7 @@ pub(crate) enum Phase {
     Down,
 }
 
-/// Per-session StableIO state.
-#[derive(Debug)]
+/// Per-session StableIO state (its `Debug` leaves the secret out).
 pub(crate) struct Stable {
     pub client: bool,
     pub phase: Phase,
@@ -63,6 +62,31 @@ pub(crate) struct Stable {
     pub ack_due: Option<Instant>,
     /// Highest sequence number we asked the peer to resend.
     pub resend_asked: u64,
+    /// Highest record re-sent on the current link (each at most once).
+    pub resent_to: u64,
+}
+
+impl std::fmt::Debug for Stable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stable")
+            .field("client", &self.client)
+            .field("phase", &self.phase)
+            .field("sid", &self.sid)
+            .field("secret", &"<redacted>")
+            .field("next_seq", &self.next_seq)
+            .field("unacked_bytes", &self.unacked_bytes)
+            .field("delivered", &self.delivered)
+            .finish()
+    }
+}
+
+impl Drop for Stable {
+    fn drop(&mut self) {
+        // Best effort without a zeroize dependency: a volatile-free wipe the
+        // optimizer keeps because the value is observed afterwards.
+        self.secret.fill(0);
+        std::hint::black_box(&self.secret);
+    }
 }
 
 impl Stable {
@@ -81,6 +105,7 @@ impl Stable {
             acked_out: 0,
             ack_due: None,
             resend_asked: 0,
+            resent_to: 0,
         }
     }
 
@@ -109,13 +134,20 @@ impl Stable {
     }
 }
 
-/// Constant-time equality of two secrets (no early exit on the first difference).
-pub(crate) fn secret_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+/// The resume proof: HMAC-SHA256 keyed with the session's resume secret over
+/// the new link's channel binding (PROTOCOL.md §3.5).
+pub(crate) fn resume_proof(secret: &[u8; SECRET_LEN], binding: &[u8; 32]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, &[b"zs1 resume".as_slice(), binding].concat());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Checks a resume proof in constant time.
+pub(crate) fn verify_proof(secret: &[u8; SECRET_LEN], binding: &[u8; 32], proof: &[u8; 32]) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    ring::hmac::verify(&key, &[b"zs1 resume".as_slice(), binding].concat(), proof).is_ok()
 }
 
 /// Checksum of one staged BatchStream frame: the first 16 bytes of SHA3-256 over
@@ -144,6 +176,10 @@ mod tests {
         assert!(s.on_ack(1), "an old ack is harmless");
         assert_eq!(s.peer_acked, 2);
         assert!(!s.on_ack(4), "record 4 was never sent");
-        assert!(secret_eq(b"abc", b"abc") && !secret_eq(b"abc", b"abd") && !secret_eq(b"a", b"ab"));
+        let (secret, b1, b2) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let proof = resume_proof(&secret, &b1);
+        assert!(verify_proof(&secret, &b1, &proof));
+        assert!(!verify_proof(&secret, &b2, &proof), "bound to the channel");
+        assert!(!verify_proof(&[9u8; 32], &b1, &proof), "bound to the secret");
     }
 }

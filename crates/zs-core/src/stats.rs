@@ -126,6 +126,9 @@ pub struct EndpointStats {
     pub(crate) stable_expired: AtomicU64,
     pub(crate) stable_evicted: AtomicU64,
     pub(crate) stable_rejected: AtomicU64,
+    pub(crate) refused_connections: AtomicU64,
+    pub(crate) busy_refusals: AtomicU64,
+    pub(crate) reads_paused: AtomicU64,
 }
 
 /// A server's counters and every command's at one moment.
@@ -153,12 +156,29 @@ pub struct StatsSnapshot {
     pub stable_evicted: u64,
     /// StableIO resume requests refused (unknown id, wrong secret, expired).
     pub stable_rejected: u64,
+    /// Connections closed at accept because an admission cap was reached
+    /// (connections or handshakes in progress, in total or per source address).
+    pub refused_connections: u64,
+    /// Requests answered [`code::BUSY`](crate::code::BUSY) because a queue or
+    /// buffer was full (HPC queue).
+    pub busy_refusals: u64,
+    /// Times a connection's reading was paused because it had too many
+    /// requests in flight or too much output waiting.
+    pub reads_paused: u64,
+    /// StableIO bytes (unacknowledged or parked) held by all sessions now.
+    pub stable_unacked_bytes: u64,
+    /// BatchStream bytes staged by all sessions now.
+    pub batch_staged_bytes: u64,
     /// Per command, sorted by kind and name.
     pub commands: Vec<CommandSnapshot>,
 }
 
 impl EndpointStats {
-    pub(crate) fn snapshot(&self, commands: Vec<CommandSnapshot>) -> StatsSnapshot {
+    pub(crate) fn snapshot(
+        &self,
+        commands: Vec<CommandSnapshot>,
+        budgets: &crate::Budgets,
+    ) -> StatsSnapshot {
         let opened = self.opened.load(Ordering::Relaxed);
         let closed = self.closed.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -173,6 +193,11 @@ impl EndpointStats {
             stable_expired: self.stable_expired.load(Ordering::Relaxed),
             stable_evicted: self.stable_evicted.load(Ordering::Relaxed),
             stable_rejected: self.stable_rejected.load(Ordering::Relaxed),
+            refused_connections: self.refused_connections.load(Ordering::Relaxed),
+            busy_refusals: self.busy_refusals.load(Ordering::Relaxed),
+            reads_paused: self.reads_paused.load(Ordering::Relaxed),
+            stable_unacked_bytes: budgets.stable_bytes() as u64,
+            batch_staged_bytes: budgets.batch_bytes() as u64,
             commands,
         }
     }

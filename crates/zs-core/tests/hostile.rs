@@ -1,19 +1,36 @@
-//! Hostile peers beside honest clients: garbage bytes, oversized lengths,
-//! slow-loris, handshake floods and peers that never read. Each hostile
-//! connection is disconnected (the server logs why) while 50 honest clients'
-//! calls all succeed.
+//! Hostile peers beside honest clients.
+//!
+//! First, a crowd: garbage bytes, oversized lengths, slow-loris, handshake
+//! floods and peers that never read. Each hostile connection is disconnected
+//! (the server logs why) while 50 honest clients' calls all succeed.
+//!
+//! Then one test per attack of the December 2026 reviews
+//! (`security-audit-2026-12.md` C1, C2, H3, H4, M4, M5, M9, L1 and
+//! `spec-conformance-2026-12.md` G9, D1-D3), each with the reports' traffic
+//! against a real [`Server`] on loopback (epoll). The memory attacks sample the
+//! process RSS every 20 ms while they run and stop (and fail) as soon as it
+//! grows past the attack's budget; they hold an exclusive lock so that no
+//! other test of this binary runs meanwhile (RSS is per process). Honest
+//! clients call `echo` during and after each attack.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use zs_core::{Client, Options, Registry, Server};
+use common::{
+    console, control, exclusive, json_bomb_lz4, json_bomb_plain, shared, wait_until,
+    zero_stage, Got, Honest, Proxy, Raw, Watch, MIB,
+};
+use zs_core::{code, Client, Options, Reconnect, Registry, Responder, Server};
 use zs_crypto::{
     ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity,
 };
 use zs_io::Backend;
-use zs_wire::Text;
+use zs_wire::{DataFrame, Frame, FrameKind, Text};
 
 fn provider() -> Arc<dyn SecurityProvider> {
     let rng = ring::rand::SystemRandom::new();
@@ -184,6 +201,9 @@ fn run(backend: Arc<dyn Backend>) {
         // failures; it is what ends the peers that never read.
         idle_timeout: Some(Duration::from_secs(5)),
         max_backlog: 1 << 20,
+        // Every peer of this test comes from 127.0.0.1: 140 of them sit in
+        // their handshake at once, and the 50 honest clients must get in.
+        max_handshakes_per_ip: 1_000,
         ..Options::default()
     };
     let server = Server::start(
@@ -285,6 +305,7 @@ fn client_backend() -> Arc<dyn Backend> {
 #[cfg(target_os = "linux")]
 #[test]
 fn hostile_peers_epoll() {
+    let _g = shared();
     run(Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
             loops: 2,
@@ -296,6 +317,7 @@ fn hostile_peers_epoll() {
 
 #[test]
 fn hostile_peers_tokio() {
+    let _g = shared();
     run(Arc::new(
         zs_io_tokio::TokioBackend::new(zs_io::Config {
             loops: 2,
@@ -303,4 +325,916 @@ fn hostile_peers_tokio() {
         })
         .unwrap(),
     ));
+}
+
+// ---- attacks of the December 2026 reviews -------------------------------------------
+
+#[cfg(target_os = "linux")]
+fn epoll(loops: usize) -> Arc<dyn Backend> {
+    Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops,
+            ..zs_io::Config::default()
+        })
+        .unwrap(),
+    )
+}
+
+#[cfg(target_os = "linux")]
+fn start(p: &Arc<dyn SecurityProvider>, r: Registry, o: Options, loops: usize) -> Server {
+    Server::start(epoll(loops), p.clone(), r, o, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// A plain client of `server` on `backend` (a separate client machine).
+fn honest(backend: &Arc<dyn Backend>, p: &Arc<dyn SecurityProvider>, server: &Server) -> Client {
+    Client::connect(
+        backend.clone(),
+        p.clone(),
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
+    .expect("an honest client connects")
+}
+
+/// A new honest client connects and its `echo` works.
+fn fresh_echo(what: &str, p: &Arc<dyn SecurityProvider>, server: &Server) {
+    let b = client_backend();
+    let c = Client::connect(b, p.clone(), Registry::new(), Options::client(), server.local_addr())
+        .unwrap_or_else(|e| panic!("{what}: a new client cannot connect after the attack: {e}"));
+    let r = c
+        .call_timeout("echo", "after", Some(Duration::from_secs(5)))
+        .wait();
+    assert_eq!(
+        r.as_deref().ok(),
+        Some("after"),
+        "{what}: a new client's call after the attack: {r:?}"
+    );
+}
+
+fn echo_registry() -> Registry {
+    let mut r = Registry::new();
+    r.console("echo", |_, t| Ok(t.to_owned()));
+    r
+}
+
+fn fast_reconnect() -> Options {
+    Options {
+        reconnect: Reconnect {
+            initial: Duration::from_millis(2),
+            max: Duration::from_millis(40),
+            give_up: Duration::from_secs(20),
+        },
+        ..Options::client()
+    }
+}
+
+/// Answers (ConsoleResponse, StreamResponse, Error) in `got`, by request id.
+fn answered(got: &[Got]) -> std::collections::BTreeMap<u64, Got> {
+    got.iter()
+        .filter(|g| g.is_answer())
+        .map(|g| (g.id, g.clone()))
+        .collect()
+}
+
+/// C1: StableIO `SeqResend` amplification. 7 answers of 1 MiB are held
+/// unacknowledged, then records of 13,107 `SeqResend{1,7}` frames (one 64 KiB
+/// record each) arrive, 20 of them. Before the fix each frame re-sent all 7
+/// MiB inside one read (report: RSS past 1 GB in 0.9 s); now each record goes
+/// out again at most once per link and decoding stops while more than
+/// `max_pending_output` waits. Budget: 256 MiB of process RSS.
+#[cfg(target_os = "linux")]
+#[test]
+fn c1_seq_resend_amplification() {
+    let _x = exclusive();
+    let p = provider();
+    let server = start(&p, echo_registry(), Options::default(), 2);
+    let cb = client_backend();
+    let caller = Honest::start(honest(&cb, &p, &server), Duration::from_millis(20));
+
+    let mut a = Raw::connect(server.local_addr(), &p);
+    a.stable();
+    let text = "x".repeat(1 << 20);
+    for id in 1..=7 {
+        a.queue_record(&console(id, "echo", &text));
+    }
+    assert!(
+        a.pump_until(Duration::from_secs(20), |r| r.got_seq >= 7),
+        "C1 setup: 7 answers of 1 MiB did not arrive (got {}, closed: {:?})",
+        a.got_seq,
+        a.closed
+    );
+    let held = answered(&a.take_answers().into_iter().collect::<Vec<_>>());
+    assert_eq!(held.len(), 7, "C1 setup: {held:?}");
+    assert!(held.values().all(|g| g.len == 1 << 20), "C1 setup: {held:?}");
+
+    let resend = a.encode(&Frame::SeqResend { from: 1, to: 7 });
+    let record: Vec<u8> = resend
+        .iter()
+        .copied()
+        .cycle()
+        .take(resend.len() * (65_535 / resend.len()))
+        .collect();
+    assert_eq!(record.len() / resend.len(), 13_107);
+    // From now on what the server sends is read and dropped (never acknowledged).
+    a.discard = true;
+    let watch = Watch::start("C1", 256 * MIB);
+    let mut unacked = 0u64;
+    for _ in 0..20 {
+        if watch.tripped() || a.closed.is_some() {
+            break;
+        }
+        a.queue_plain(&record);
+        a.flush(Duration::from_secs(2));
+        a.pump(Duration::from_millis(50));
+        unacked = unacked.max(server.stats().stable_unacked_bytes);
+    }
+    a.pump(Duration::from_millis(300));
+    let (read, closed) = (a.bytes_read, a.closed.clone());
+    drop(a);
+    watch.finish();
+    eprintln!("[C1] the attacker read {} MiB; closed: {closed:?}", read / MIB);
+    // 7 answers, at most `stable_max_unacked` kept plus as much parked.
+    assert!(
+        unacked <= 16 * MIB,
+        "C1: {unacked} bytes of StableIO records held for one session"
+    );
+    caller.finish("C1");
+    fresh_echo("C1", &p, &server);
+}
+
+/// C2: BatchStream staging. Stages of 16 MiB of zeros, LZ4-compressed to
+/// ~66 KB each, never final. A default server refuses compressed frames; a
+/// server that accepts them answers a stage for an unregistered command 404
+/// at once and stages nothing, caps what a registered batch command stages at
+/// `max_batch_bytes` (413), and drops an idle batch (408). Before the fix 187
+/// such stages took RSS past 2 GB; here 20 per command against a 256 MiB budget.
+#[cfg(target_os = "linux")]
+#[test]
+fn c2_batch_staging_budget() {
+    let _x = exclusive();
+    let p = provider();
+    let registry = || {
+        let mut r = echo_registry();
+        r.batch("sum", |_, frames| Ok(DataFrame::new().with(frames.len() as u64)));
+        r
+    };
+    const STAGE: usize = (16 << 20) - 256;
+
+    // A server with default options refuses a compressed frame.
+    {
+        let server = start(&p, registry(), Options::default(), 2);
+        let watch = Watch::start("C2 (default options)", 256 * MIB);
+        let mut a = Raw::connect(server.local_addr(), &p);
+        let stage = zero_stage(1, "nosuch", STAGE);
+        assert!(stage.len() < 70_000, "{}", stage.len());
+        a.queue_plain(&stage);
+        let closed = a.wait_closed(Duration::from_secs(5));
+        let got = a.take_answers();
+        drop(a);
+        watch.finish();
+        assert!(
+            closed,
+            "C2: a server with default options accepted an LZ4-compressed frame \
+             (16 MiB for 66 KB); answers: {got:?}"
+        );
+        fresh_echo("C2 (default options)", &p, &server);
+    }
+
+    let mut o = Options::default();
+    o.session.wire.accept_compressed = true;
+    o.session.max_batch_bytes = 20 << 20;
+    o.session.batch_idle_timeout = Duration::from_secs(1);
+    let server = start(&p, registry(), o, 2);
+    let cb = client_backend();
+    let caller = Honest::start(honest(&cb, &p, &server), Duration::from_millis(20));
+    let watch = Watch::start("C2", 256 * MIB);
+    let mut staged = 0u64;
+
+    // A command with no batch handler: 404 at the first stage, nothing staged.
+    let mut a = Raw::connect(server.local_addr(), &p);
+    let stage = zero_stage(1, "nosuch", STAGE);
+    for _ in 0..20 {
+        if watch.tripped() || a.closed.is_some() {
+            break;
+        }
+        a.queue_plain(&stage);
+        a.flush(Duration::from_secs(5));
+        a.pump(Duration::from_millis(20));
+        staged = staged.max(server.stats().batch_staged_bytes);
+    }
+    watch.check();
+    let e = a.wait_for(Duration::from_secs(5), |g| g.id == 1 && g.is_answer());
+    assert_eq!(
+        e.as_ref().map(|g| g.code),
+        Some(code::UNKNOWN_COMMAND),
+        "C2: stages for an unregistered command must be answered 404 at the first stage \
+         (got {e:?}, closed: {:?})",
+        a.closed
+    );
+    assert_eq!(
+        staged, 0,
+        "C2: {staged} bytes staged for a command that has no batch handler"
+    );
+    drop(a);
+
+    // A registered batch command: at most `max_batch_bytes` staged, then 413.
+    let mut a = Raw::connect(server.local_addr(), &p);
+    let stage = zero_stage(2, "sum", STAGE);
+    for _ in 0..20 {
+        if watch.tripped() || a.closed.is_some() {
+            break;
+        }
+        a.queue_plain(&stage);
+        a.flush(Duration::from_secs(5));
+        a.pump(Duration::from_millis(20));
+        staged = staged.max(server.stats().batch_staged_bytes);
+    }
+    watch.check();
+    let e = a.wait_for(Duration::from_secs(5), |g| g.id == 2 && g.is_answer());
+    assert_eq!(
+        e.as_ref().map(|g| g.code),
+        Some(code::TOO_LARGE),
+        "C2: a batch over max_batch_bytes (20 MiB) must be refused with 413 \
+         (got {e:?}, closed: {:?})",
+        a.closed
+    );
+    assert!(
+        staged <= 20 * MIB,
+        "C2: {staged} bytes staged, over max_batch_bytes (20 MiB)"
+    );
+
+    // A batch left open is dropped after `batch_idle_timeout` (1 s) with 408.
+    a.queue(&Frame::BatchStream {
+        id: 3,
+        cmd: Text::from("sum"),
+        last: false,
+        data: DataFrame::new().with(1u64),
+    });
+    let e = a.wait_for(Duration::from_secs(5), |g| g.id == 3 && g.is_answer());
+    assert_eq!(
+        e.as_ref().map(|g| g.code),
+        Some(code::TIMED_OUT),
+        "C2: an idle batch must be dropped with 408 (got {e:?}, closed: {:?})",
+        a.closed
+    );
+    drop(a);
+    watch.finish();
+    assert!(
+        wait_until(Duration::from_secs(2), || server.stats().batch_staged_bytes == 0),
+        "C2: staged bytes not released: {}",
+        server.stats().batch_staged_bytes
+    );
+    caller.finish("C2");
+    fresh_echo("C2", &p, &server);
+}
+
+/// H3: a request flood whose answers are delayed. 20,000 Console requests of
+/// 4 KiB to a delayed handler that has not answered yet: at `max_in_flight`
+/// (64 here) the connection stops being read, so at most 64 (plus what one
+/// 64 KiB read holds) reach the handler; once answers go out, reading resumes.
+/// And a slow HPC handler with a queue of 8 jobs answers the overflow 503.
+#[cfg(target_os = "linux")]
+#[test]
+fn h3_request_flood() {
+    let _x = exclusive();
+    let p = provider();
+    let held: Arc<Mutex<Vec<Responder>>> = Arc::default();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut r = echo_registry();
+    {
+        let (held, seen) = (held.clone(), seen.clone());
+        r.console_delayed("hold", move |_, _, resp| {
+            seen.fetch_add(1, Ordering::AcqRel);
+            held.lock().unwrap().push(resp);
+        });
+    }
+    let mut o = Options::default();
+    o.max_in_flight = 64;
+    let server = start(&p, r, o, 2);
+    let cb = client_backend();
+    let caller = Honest::start(honest(&cb, &p, &server), Duration::from_millis(20));
+    let watch = Watch::start("H3", 256 * MIB);
+
+    let mut a = Raw::connect(server.local_addr(), &p);
+    let text = "r".repeat(4096);
+    let one = a.encode(&console(1, "hold", &text)).len();
+    let mut sent = 0u64;
+    let end = Instant::now() + Duration::from_secs(3);
+    while sent < 20_000 && Instant::now() < end && !watch.tripped() && a.closed.is_none() {
+        if a.unsent() < 256 * 1024 {
+            for _ in 0..64 {
+                sent += 1;
+                a.queue(&console(sent, "hold", &text));
+            }
+        }
+        if !a.step() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let dispatched = seen.load(Ordering::Acquire);
+    let cap = 64 + 65_536 / one + 16;
+    eprintln!("[H3] {sent} requests queued, {dispatched} reached the handler");
+    watch.check();
+    assert!(
+        dispatched <= cap,
+        "H3: {dispatched} of {sent} requests reached a handler that answered none of them \
+         (max_in_flight 64): the server kept reading"
+    );
+
+    // Answer what is held: reading resumes and more requests come in.
+    let mut answers = 0usize;
+    let end = Instant::now() + Duration::from_secs(5);
+    while answers < 4 * cap && Instant::now() < end && a.closed.is_none() {
+        let batch: Vec<Responder> = std::mem::take(&mut *held.lock().unwrap());
+        for resp in batch {
+            let _ = resp.reply_text("ok");
+        }
+        a.pump(Duration::from_millis(10));
+        answers += a.take_answers().len();
+    }
+    assert!(
+        answers >= 4 * cap,
+        "H3: only {answers} answers after the handler answered: reading did not resume \
+         (closed: {:?})",
+        a.closed
+    );
+    drop(a);
+    for resp in std::mem::take(&mut *held.lock().unwrap()) {
+        let _ = resp.reply_text("ok");
+    }
+    watch.finish();
+    caller.finish("H3");
+    drop(server);
+
+    // A slow HPC handler, one worker, a queue of 8 jobs: 100 requests at once
+    // get 503 beyond what the queue holds, and every one is answered.
+    let mut r = echo_registry();
+    r.console_hpc("slow", |_, t| {
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(t.to_owned())
+    });
+    let mut o = Options::default();
+    o.hpc_threads = 1;
+    o.hpc_queue = 8;
+    let server = start(&p, r, o, 2);
+    let mut a = Raw::connect(server.local_addr(), &p);
+    for id in 1..=100 {
+        a.queue(&console(id, "slow", "x"));
+    }
+    let mut got = Vec::new();
+    a.pump_until(Duration::from_secs(10), |r| {
+        got.extend(r.take_answers());
+        got.len() >= 100
+    });
+    let busy = got.iter().filter(|g| g.code == code::BUSY).count();
+    let ok = got.iter().filter(|g| g.kind == FrameKind::ConsoleResponse).count();
+    eprintln!("[H3] HPC: {ok} answered, {busy} refused busy");
+    assert_eq!(got.len(), 100, "H3: {} of 100 HPC requests answered", got.len());
+    assert!(
+        busy > 0 && ok >= 9,
+        "H3: 100 requests for one slow worker with hpc_queue 8: {ok} answered, {busy} refused 503"
+    );
+    assert!(server.stats().busy_refusals >= busy as u64);
+}
+
+/// H4: a JSON bomb. A Stream request to an unknown command carrying one JSON
+/// value `[0,0,…]` of 8,000,000 elements (16 MB of text), from 4 connections
+/// at once: LZ4-compressed (65,5xx B each, 3 per connection) to a server that
+/// accepts compression, then plain to a default one. Before the fix each was
+/// parsed into ~8 M `serde_json::Value`s (report: 563 MB peak); now it is
+/// refused by `max_json` or validated without building values. Every
+/// connection gets an answer or is closed; budget 384 MiB.
+#[cfg(target_os = "linux")]
+#[test]
+fn h4_json_bomb() {
+    let _x = exclusive();
+    let p = provider();
+    const ELEMENTS: usize = 8_000_000;
+
+    let attack = |what: &str, server: &Server, bomb: Arc<Vec<u8>>, per_conn: u64| {
+        let cb = client_backend();
+        let caller = Honest::start(honest(&cb, &p, server), Duration::from_millis(20));
+        let watch = Watch::start(what, 384 * MIB);
+        let attackers: Vec<_> = (0..4)
+            .map(|_| {
+                let (addr, p, bomb, w) = (server.local_addr(), p.clone(), bomb.clone(), watch.handle());
+                std::thread::spawn(move || {
+                    let mut a = Raw::connect(addr, &p);
+                    for _ in 0..per_conn {
+                        if w.tripped() || a.closed.is_some() {
+                            break;
+                        }
+                        a.queue_plain(&bomb);
+                    }
+                    let mut got = Vec::new();
+                    a.pump_until(Duration::from_secs(30), |r| {
+                        got.extend(r.take_answers());
+                        w.tripped() || got.len() as u64 >= per_conn
+                    });
+                    (got, a.closed.clone())
+                })
+            })
+            .collect();
+        for t in attackers {
+            let (got, closed) = t.join().unwrap();
+            eprintln!("[{what}] answers {got:?}, closed: {closed:?}");
+            if watch.tripped() {
+                continue;
+            }
+            assert!(
+                !got.is_empty() || closed.is_some(),
+                "{what}: a JSON bomb got no answer and the connection stayed open"
+            );
+            assert!(
+                got.iter().all(|g| g.kind == FrameKind::Error),
+                "{what}: {got:?}"
+            );
+        }
+        watch.finish();
+        caller.finish(what);
+        fresh_echo(what, &p, server);
+    };
+
+    let mut o = Options::default();
+    o.session.wire.accept_compressed = true;
+    let server = start(&p, Registry::new(), o, 2);
+    let bomb = Arc::new(json_bomb_lz4(1, "nosuch", ELEMENTS));
+    assert!(bomb.len() < 70_000, "{}", bomb.len());
+    attack("H4 (compressed)", &server, bomb, 3);
+    drop(server);
+
+    let server = start(&p, echo_registry(), Options::default(), 2);
+    let bomb = Arc::new(json_bomb_plain(1, "nosuch", ELEMENTS));
+    assert!(bomb.len() > 16_000_000 && bomb.len() < 16 << 20);
+    attack("H4 (plain)", &server, bomb, 1);
+}
+
+/// M4: a handler that panics ends only its own connection: on a server with
+/// one event loop, the caller's call fails at once, another client of the
+/// same loop keeps working, and new connections are accepted.
+#[cfg(target_os = "linux")]
+#[test]
+fn m4_panicking_handler() {
+    let _x = exclusive();
+    let p = provider();
+    let mut r = echo_registry();
+    r.console("boom", |_, _| panic!("boom: a handler bug"));
+    let server = start(&p, r, Options::default(), 1);
+    let cb = client_backend();
+    let other = honest(&cb, &p, &server);
+    assert_eq!(other.call("echo", "before").wait().unwrap(), "before");
+
+    let victim = honest(&cb, &p, &server);
+    let t0 = Instant::now();
+    let r = victim
+        .call_timeout("boom", "x", Some(Duration::from_secs(5)))
+        .wait();
+    let took = t0.elapsed();
+    assert!(
+        r.is_err() && !matches!(r, Err(zs_core::Error::TimedOut)) && took < Duration::from_secs(4),
+        "M4: the call to a panicking handler must fail at once (its connection ends), \
+         got {r:?} after {took:?}"
+    );
+    let r = other
+        .call_timeout("echo", "after", Some(Duration::from_secs(5)))
+        .wait();
+    assert_eq!(
+        r.as_deref().ok(),
+        Some("after"),
+        "M4: another connection of the same event loop after the panic: {r:?}"
+    );
+    fresh_echo("M4", &p, &server);
+}
+
+/// M5: 64 bytes injected into a StableIO session's TCP link (a forged Data
+/// record: MAC failure at the server) cost the link, not the session: the
+/// client resumes on a new connection, a call pending across it completes,
+/// later calls work.
+#[cfg(target_os = "linux")]
+#[test]
+fn m5_link_error_is_link_loss() {
+    let _g = shared();
+    let p = provider();
+    let mut r = echo_registry();
+    r.console_delayed("later", |_, t, resp| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = resp.reply_text(t);
+        });
+    });
+    let server = start(&p, r, Options::default(), 2);
+    let proxy = Proxy::start(server.local_addr());
+    let cb = client_backend();
+    let client = Client::connect_stable(cb, p.clone(), Registry::new(), fast_reconnect(), proxy.addr)
+        .unwrap();
+    assert_eq!(client.call("echo", "before").wait().unwrap(), "before");
+    let pending = client.call_timeout("later", "survives", Some(Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(50));
+
+    // A Data record header (type 0x17, 59 bytes) and 59 random bytes.
+    let mut x = 0x2545_f491_u32;
+    let mut garbage = vec![0x17, 59, 0, 0, 0];
+    garbage.extend((0..59).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as u8
+    }));
+    assert_eq!(garbage.len(), 64);
+    proxy.inject(garbage);
+    assert!(
+        wait_until(Duration::from_secs(3), || proxy.injected.load(Ordering::Acquire) == 1),
+        "M5: the proxy did not inject"
+    );
+    let resumed = wait_until(Duration::from_secs(5), || client.resumes() >= 1);
+    let r = pending.wait();
+    assert!(
+        resumed && r.as_deref().ok() == Some("survives"),
+        "M5: a record error on the link must be survived like a lost link \
+         (resumes {}, pending call: {r:?}, connections {})",
+        client.resumes(),
+        proxy.connections.load(Ordering::Acquire)
+    );
+    assert_eq!(client.call("echo", "after").wait().unwrap(), "after");
+    assert!(server.stats().stable_resumed >= 1, "{}", server.stats());
+}
+
+/// M9: several StableIO sessions that never acknowledge, each asking for
+/// 12 answers of 1 MiB: the records kept (and parked) by all of them stay
+/// within `stable_max_unacked_total` (16 MiB here); answers beyond are
+/// refused 503, never silently dropped; once acknowledged, the budget is free
+/// again for an honest StableIO client.
+#[cfg(target_os = "linux")]
+#[test]
+fn m9_global_unacked_budget() {
+    let _x = exclusive();
+    let p = provider();
+    let mut o = Options::default();
+    o.stable_max_unacked_total = 16 << 20;
+    let server = start(&p, echo_registry(), o, 2);
+    let cb = client_backend();
+    let caller = Honest::start(honest(&cb, &p, &server), Duration::from_millis(20));
+    let watch = Watch::start("M9", 256 * MIB);
+
+    let text = "m".repeat(1 << 20);
+    let mut attackers: Vec<Raw> = (0..4)
+        .map(|_| {
+            let mut a = Raw::connect(server.local_addr(), &p);
+            a.stable();
+            a
+        })
+        .collect();
+    for a in &mut attackers {
+        for id in 1..=12 {
+            a.queue_record(&console(id, "echo", &text));
+        }
+    }
+    let mut got: Vec<Vec<Got>> = vec![Vec::new(); 4];
+    let mut held = 0u64;
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end && !watch.tripped() {
+        for (a, g) in attackers.iter_mut().zip(&mut got) {
+            a.step();
+            g.extend(a.take_answers());
+        }
+        held = held.max(server.stats().stable_unacked_bytes);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    watch.check();
+    let busy: usize = got
+        .iter()
+        .map(|g| g.iter().filter(|g| g.code == code::BUSY).count())
+        .sum();
+    eprintln!(
+        "[M9] held at most {} MiB; answers per attacker {:?}; 503s {busy}",
+        held / MIB,
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(
+        held <= 16 * MIB,
+        "M9: {held} bytes of StableIO records held, over stable_max_unacked_total (16 MiB)"
+    );
+    assert!(
+        busy > 0,
+        "M9: 48 answers of 1 MiB for sessions that never acknowledge, 16 MiB in total: \
+         none was refused 503"
+    );
+
+    // Acknowledging releases the rest: every call gets its answer or a 503.
+    for (i, (a, g)) in attackers.iter_mut().zip(&mut got).enumerate() {
+        let done = a.pump_until(Duration::from_secs(10), |r| {
+            g.extend(r.take_answers());
+            r.ack();
+            r.pump(Duration::from_millis(10));
+            answered(g).len() >= 12
+        });
+        assert!(
+            done,
+            "M9: attacker {i} got answers for {:?} of ids 1..=12 after acknowledging \
+             (closed: {:?})",
+            answered(g).keys().collect::<Vec<_>>(),
+            a.closed
+        );
+        a.ack();
+        a.flush(Duration::from_secs(1));
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || server.stats().stable_unacked_bytes
+            <= MIB),
+        "M9: {} bytes still held after every record was acknowledged",
+        server.stats().stable_unacked_bytes
+    );
+    let stable = Client::connect_stable(cb.clone(), p.clone(), Registry::new(), fast_reconnect(), server.local_addr())
+        .unwrap();
+    let r = stable
+        .call_timeout("echo", &text, Some(Duration::from_secs(5)))
+        .wait();
+    assert!(
+        r.as_ref().is_ok_and(|v| v.len() == 1 << 20),
+        "M9: an honest StableIO client after the attack: {:?}",
+        r.map(|v| v.len())
+    );
+    drop(attackers);
+    watch.finish();
+    caller.finish("M9");
+}
+
+/// G9: an answer that does not fit the StableIO resend buffer is never
+/// silently lost. (a) An honest StableIO client, 3 × 12 concurrent echo calls
+/// of 1 MiB: all succeed. (b) A raw session that does not acknowledge sends
+/// those 12 calls: 7 answers come; after `SeqAck{7}` the others come too.
+/// (c) 20 answers of 1 MiB produced at once for a session that does not
+/// acknowledge: those that cannot be kept or parked are refused 503 at once,
+/// the parked ones follow the acks.
+#[cfg(target_os = "linux")]
+#[test]
+fn g9_answer_that_does_not_fit() {
+    let _x = exclusive();
+    let p = provider();
+    let held: Arc<Mutex<Vec<Responder>>> = Arc::default();
+    let mut r = echo_registry();
+    {
+        let held = held.clone();
+        r.console_delayed("big", move |_, _, resp| held.lock().unwrap().push(resp));
+    }
+    let server = start(&p, r, Options::default(), 2);
+    let text = "g".repeat(1 << 20);
+
+    // (a)
+    let cb = client_backend();
+    let client = Client::connect_stable(cb, p.clone(), Registry::new(), fast_reconnect(), server.local_addr())
+        .unwrap();
+    for round in 0..3 {
+        let calls: Vec<_> = (0..12)
+            .map(|_| client.call_timeout("echo", &text, Some(Duration::from_secs(10))))
+            .collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            let r = c.wait();
+            assert!(
+                r.as_ref().is_ok_and(|v| v.len() == 1 << 20),
+                "G9: round {round}, concurrent 1 MiB call {i} over StableIO: {:?}",
+                r.map(|v| v.len())
+            );
+        }
+    }
+    drop(client);
+
+    // (b)
+    let mut a = Raw::connect(server.local_addr(), &p);
+    a.stable();
+    for id in 1..=12 {
+        a.queue_record(&console(id, "echo", &text));
+    }
+    let mut got = Vec::new();
+    a.pump_until(Duration::from_secs(2), |r| {
+        got.extend(r.take_answers());
+        false
+    });
+    let before = answered(&got).len();
+    assert!(before >= 7, "G9: only {before} of 12 answers before any ack");
+    let done = a.pump_until(Duration::from_secs(5), |r| {
+        got.extend(r.take_answers());
+        r.ack();
+        r.pump(Duration::from_millis(10));
+        answered(&got).len() >= 12
+    });
+    assert!(
+        done,
+        "G9: 12 calls of 1 MiB, {before} answered before the first ack; after acknowledging, \
+         only ids {:?} were ever answered (closed: {:?})",
+        answered(&got).keys().collect::<Vec<_>>(),
+        a.closed
+    );
+    drop(a);
+
+    // (c)
+    let mut a = Raw::connect(server.local_addr(), &p);
+    a.stable();
+    for id in 1..=20 {
+        a.queue_record(&console(id, "big", "x"));
+    }
+    assert!(
+        a.pump_until(Duration::from_secs(5), |_| held.lock().unwrap().len() >= 20),
+        "G9: the 20 requests did not reach the handler"
+    );
+    for resp in std::mem::take(&mut *held.lock().unwrap()) {
+        let _ = resp.reply_text(text.as_str());
+    }
+    let mut got = Vec::new();
+    a.pump_until(Duration::from_secs(2), |r| {
+        got.extend(r.take_answers());
+        false
+    });
+    let busy: Vec<&Got> = got.iter().filter(|g| g.code == code::BUSY).collect();
+    assert!(
+        !busy.is_empty(),
+        "G9: 20 answers of 1 MiB to a session that does not acknowledge: {} came, none was \
+         refused 503 (ids {:?})",
+        got.len(),
+        answered(&got).keys().collect::<Vec<_>>()
+    );
+    eprintln!("[G9] before any ack: {} answers, {} refused: {:?}", got.len(), busy.len(), busy[0]);
+    let done = a.pump_until(Duration::from_secs(5), |r| {
+        got.extend(r.take_answers());
+        r.ack();
+        r.pump(Duration::from_millis(10));
+        answered(&got).len() >= 20
+    });
+    assert!(
+        done,
+        "G9: after acknowledging, only ids {:?} of 1..=20 were answered",
+        answered(&got).keys().collect::<Vec<_>>()
+    );
+}
+
+/// D1: `Control{id 7, "__@stable"}` is answered Error 501 like any Control
+/// with an id (PROTOCOL.md 3.2), not granted.
+#[cfg(target_os = "linux")]
+#[test]
+fn d1_control_with_id_is_501() {
+    let _g = shared();
+    let p = provider();
+    let server = start(&p, echo_registry(), Options::default(), 1);
+    let mut a = Raw::connect(server.local_addr(), &p);
+    a.queue(&control(7, "__@stable", DataFrame::new()));
+    let g = a.wait_for(Duration::from_secs(3), |g| {
+        g.kind == FrameKind::Control || g.kind == FrameKind::Error
+    });
+    assert!(
+        g.as_ref()
+            .is_some_and(|g| g.kind == FrameKind::Error && g.id == 7 && g.code == code::NOT_SUPPORTED),
+        "D1: Control{{id 7, __@stable}} must be answered Error 501, got {g:?} (closed: {:?})",
+        a.closed
+    );
+    // The connection carries on (plain, not StableIO).
+    a.queue(&console(1, "echo", "still"));
+    let g = a.wait_for(Duration::from_secs(3), |g| g.is_answer());
+    assert!(
+        g.as_ref()
+            .is_some_and(|g| g.kind == FrameKind::ConsoleResponse && g.id == 1 && g.seq.is_none()),
+        "D1: after the 501: {g:?}"
+    );
+}
+
+/// D2: `__@stable` after another frame is a protocol violation: the
+/// connection is closed, nothing is granted.
+#[cfg(target_os = "linux")]
+#[test]
+fn d2_late_stable_is_a_violation() {
+    let _g = shared();
+    let p = provider();
+    let server = start(&p, echo_registry(), Options::default(), 1);
+    let mut a = Raw::connect(server.local_addr(), &p);
+    a.queue(&console(1, "echo", "first"));
+    assert!(a
+        .wait_for(Duration::from_secs(3), |g| g.id == 1 && g.is_answer())
+        .is_some());
+    a.queue(&control(0, "__@stable", DataFrame::new()));
+    let closed = a.wait_closed(Duration::from_secs(3));
+    let grant = a.inbox.iter().find(|g| g.kind == FrameKind::Control).cloned();
+    assert!(
+        closed && grant.is_none(),
+        "D2: a late __@stable must close the connection (closed: {:?}, grant: {grant:?})",
+        a.closed
+    );
+    assert!(server.stats().protocol_errors >= 1, "{}", server.stats());
+}
+
+/// D3: a client→server `__@batchsum` is a control on the wrong side: a
+/// protocol violation, the connection is closed.
+#[cfg(target_os = "linux")]
+#[test]
+fn d3_client_batchsum_is_a_violation() {
+    let _g = shared();
+    let p = provider();
+    let server = start(&p, echo_registry(), Options::default(), 1);
+    let mut a = Raw::connect(server.local_addr(), &p);
+    a.queue(&control(
+        0,
+        "__@batchsum",
+        DataFrame::new().with(1u64).with(vec![0u8; 16]),
+    ));
+    let closed = a.wait_closed(Duration::from_secs(3));
+    assert!(
+        closed,
+        "D3: a client->server __@batchsum must close the connection; inbox {:?}",
+        a.inbox
+    );
+    assert!(server.stats().protocol_errors >= 1, "{}", server.stats());
+}
+
+/// Admission: over `max_connections_per_ip`, `max_connections`,
+/// `max_handshakes` or `max_handshakes_per_ip`, a new connection is closed at
+/// accept and counted; the honest client gets in once the others are gone.
+#[cfg(target_os = "linux")]
+#[test]
+fn admission_caps() {
+    let _g = shared();
+    let p = provider();
+    type Cap = fn(&mut Options);
+    let caps: [(&str, Cap, usize); 4] = [
+        ("max_connections_per_ip", |o| o.max_connections_per_ip = 5, 5),
+        ("max_connections", |o| o.max_connections = 5, 5),
+        ("max_handshakes", |o| o.max_handshakes = 3, 3),
+        ("max_handshakes_per_ip", |o| o.max_handshakes_per_ip = 3, 3),
+    ];
+    for (what, set, cap) in caps {
+        let mut o = Options::default();
+        set(&mut o);
+        let server = start(&p, echo_registry(), o, 2);
+        let mut socks: Vec<TcpStream> = (0..20)
+            .map(|_| TcpStream::connect(server.local_addr()).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut open = Vec::new();
+        for mut s in socks.drain(..) {
+            if !ended_by_server(&mut s, Duration::from_millis(300)) {
+                open.push(s);
+            }
+        }
+        let refused = server.stats().refused_connections;
+        assert!(
+            open.len() == cap && refused >= (20 - cap) as u64,
+            "admission {what} = {cap}: {} of 20 connections stay open, {refused} refused",
+            open.len()
+        );
+        // Full: an honest client is refused too, then gets in once they left.
+        let cb = client_backend();
+        let full = Client::connect(cb.clone(), p.clone(), Registry::new(), Options::client(), server.local_addr());
+        assert!(full.is_err(), "admission {what}: a client got in over the cap");
+        drop(open);
+        let mut last = None;
+        let ok = wait_until(Duration::from_secs(5), || {
+            match Client::connect(cb.clone(), p.clone(), Registry::new(), Options::client(), server.local_addr()) {
+                Ok(c) => {
+                    last = Some(c.call("echo", "in").wait());
+                    matches!(last, Some(Ok(_)))
+                }
+                Err(e) => {
+                    last = Some(Err(e));
+                    false
+                }
+            }
+        });
+        assert!(ok, "admission {what}: the honest client after the others left: {last:?}");
+    }
+}
+
+/// L1: `SeqData{seq: u64::MAX}` then another record in a StableIO session:
+/// before the fix the second one overflowed `u64` in a debug build (the
+/// server's event loop panicked). No handler panics now; the connection is
+/// dropped as a violation or the record ignored; the server keeps serving.
+#[cfg(target_os = "linux")]
+#[test]
+fn l1_seq_u64_max() {
+    let _x = exclusive();
+    let p = provider();
+    let server = start(&p, echo_registry(), Options::default(), 1);
+    let cb = client_backend();
+    let other = honest(&cb, &p, &server);
+    let panics = zs_io::handler_panics();
+    let mut a = Raw::connect(server.local_addr(), &p);
+    a.stable();
+    let payload = a.encode(&console(1, "echo", "x"));
+    a.queue(&Frame::SeqData {
+        seq: u64::MAX,
+        payload: payload.clone(),
+    });
+    a.queue(&Frame::SeqData { seq: 5, payload });
+    a.queue(&Frame::SeqEcho { nonce: 9 });
+    a.pump_until(Duration::from_secs(2), |r| {
+        r.inbox.iter().any(|g| g.kind == FrameKind::SeqEchoReply)
+    });
+    assert_eq!(
+        zs_io::handler_panics(),
+        panics,
+        "L1: SeqData{{seq: u64::MAX}} panicked the server (closed: {:?})",
+        a.closed
+    );
+    let r = other
+        .call_timeout("echo", "after", Some(Duration::from_secs(5)))
+        .wait();
+    assert_eq!(r.as_deref().ok(), Some("after"), "L1: {r:?}");
+    fresh_echo("L1", &p, &server);
 }
