@@ -21,12 +21,15 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     let id = Arc::new(ServerIdentity::from_seed(&[9; 32]).expect("seed"));
     let mut scfg = ServerConfig::with_identity(id.clone());
-    scfg.psks.insert(b"fuzz".to_vec(), b"key".to_vec());
+    scfg.add_psk(b"fuzz", &[7; 32]).expect("psk");
     let pinned = ZsSecurity::new(
         Some(Arc::new(ClientConfig::pinned(id.fingerprint()))),
         Some(Arc::new(scfg)),
     );
-    let psk = ZsSecurity::new(Some(Arc::new(ClientConfig::psk(b"fuzz", b"key"))), None);
+    let psk = ZsSecurity::new(
+        Some(Arc::new(ClientConfig::psk(b"fuzz", &[7; 32]).expect("psk"))),
+        None,
+    );
 
     let mut s = pinned.new_server(now).expect("server");
     let _ = s.handle_input(data, now);

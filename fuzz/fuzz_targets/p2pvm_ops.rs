@@ -22,34 +22,45 @@ fn poke(m: &mut Mux, budget: usize) {
     }
     let mut out = Vec::new();
     m.write_output(&mut out);
+    // The output drained: input held at the control-queue cap is handled now.
+    let _ = m.handle_input(&[], Instant::now());
+    // Handling stops at the cap; one more frame's answer (at most a GOAWAY) fits.
+    assert!(m.control_len() <= m.config().max_control_bytes + 1024);
 }
 
 fn raw(data: &[u8]) {
     let now = Instant::now();
     let cfg = MuxConfig {
         session_budget: 10_000,
+        max_control_bytes: 2048,
         ..script_config()
     };
-    for (role, auth) in [
-        (Role::Acceptor, Auth::None),
-        (Role::Initiator, Auth::None),
-        (Role::Acceptor, Auth::Token(b"t".to_vec())),
+    let token = Auth::token(b"a fuzzing token, 16+ bytes").expect("long enough");
+    for (role, auth, bound) in [
+        (Role::Acceptor, Auth::None, false),
+        (Role::Initiator, Auth::None, false),
+        (Role::Acceptor, token.clone(), false),
+        (Role::Initiator, token, true),
     ] {
         // A fresh mux: nothing but HELLO/PROOF/GOAWAY is accepted.
         let mut fresh = Mux::new(
             role,
             MuxConfig {
-                auth,
+                auth: Some(auth),
                 ..cfg.clone()
             },
             now,
-        );
+        )
+        .expect("valid configuration");
+        if bound {
+            fresh.bind_channel([0xB1; 32]).expect("before any input");
+        }
         let _ = fresh.handle_input(data, now);
         poke(&mut fresh, 10_000);
     }
     // A ready mux (valid None-auth prefix), then the bytes, split in two.
     for role in [Role::Acceptor, Role::Initiator] {
-        let mut m = Mux::new(role, cfg.clone(), now);
+        let mut m = Mux::new(role, cfg.clone(), now).expect("valid configuration");
         m.listen("10.0.0.1:1".parse().unwrap()).unwrap();
         let mut prefix = Vec::new();
         Frame::Hello {

@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         max_values: 64 << (sel >> 6),
         max_string: 4096,
         max_name: 32,
+        max_json: 1024,
     };
     let input = Bytes::copy_from_slice(input);
     let Ok(df) = DataFrame::decode(&input, &limits) else {
@@ -43,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         &bytes,
         &Limits {
             max_string: usize::MAX,
+            max_json: usize::MAX,
             ..limits
         },
     )

@@ -307,7 +307,11 @@ impl Shared {
     }
 
     fn snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot(self.registry.stats(), &self.budgets)
+        self.stats.snapshot(
+            self.registry.stats(),
+            &self.budgets,
+            self.registry.busy_refusals(),
+        )
     }
 
     /// Server: counts a new connection (and its handshake) from `ip`, or
@@ -404,6 +408,7 @@ impl Shared {
         }
         lock(&self.conns).remove(&e.peer.id());
         process_works(self, &e.link, &e.peer, works);
+        self.registry.peer_closed(&e.peer);
     }
 
     /// Enforces the offline limits (count and bytes), evicting the oldest.

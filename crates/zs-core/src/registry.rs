@@ -547,6 +547,8 @@ pub struct Registry {
     maps: [NameMap<Entry>; 7],
     signals: NameMap<SignalFn>,
     peer_error: Option<PeerErrorFn>,
+    /// Requests answered `BUSY` because the HPC queue was full.
+    busy: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Handlers by folded name. Keys are only inserted by the application, so a
@@ -859,6 +861,11 @@ impl Registry {
         self.maps.iter().any(|m| m.values().any(|e| e.hpc))
     }
 
+    /// Requests answered [`code::BUSY`] because the HPC queue was full.
+    pub fn busy_refusals(&self) -> u64 {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether a command of that kind (see [`CommandSnapshot::kind`]) and name exists.
     pub fn contains(&self, kind: &str, name: &str) -> bool {
         KINDS
@@ -960,11 +967,21 @@ impl Registry {
                     done: false,
                 };
                 match pool.filter(|_| entry.hpc) {
+                    Some(pool) if pool.is_full() => {
+                        tracing::debug!(peer = peer.id(), cmd = name, "HPC queue full");
+                        self.busy
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = responder.reply_error(
+                            code::BUSY,
+                            format!("the server is busy: {name:?} waits for a worker (HPC queue full)"),
+                        );
+                    }
                     Some(pool) => {
                         let f = f.clone();
                         let p = peer.clone();
-                        // If the pool is shut down the job (and its responder) is
-                        // dropped, which answers the caller with an error.
+                        // If the pool is shut down (or filled up meanwhile) the job
+                        // and its responder are dropped, which answers the caller
+                        // with an error.
                         pool.spawn(move || f(&p, payload, responder));
                     }
                     None => f(peer, payload, responder),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use zs_crypto::{SecureSession, SuiteId};
-use zs_wire::{DataFrame, Frame, FrameCodec, Text};
+use zs_wire::{DataFrame, DecodeError, Frame, FrameCodec, Text};
 
 use crate::budget::{Budgets, Charge};
 use crate::error::{code, Error, Result};
@@ -141,7 +141,10 @@ pub enum Request {
         data: Bytes,
     },
     /// One chunk of a BigStream, delivered in order; the `last` one is answered
-    /// with a DataFrame (request id `id`).
+    /// with a DataFrame (request id `id`). The session does not acknowledge
+    /// chunks: whoever handles the request sends `BigStreamAck` for each chunk
+    /// it accepted (the [`Registry`](crate::Registry) does), so a refused
+    /// chunk gets only its `Error` (PROTOCOL.md §3.3).
     BigChunk {
         /// Transfer id (answered after the last chunk).
         id: u64,
@@ -740,12 +743,37 @@ impl Session {
                 self.blocked = !self.plain.is_empty();
                 break;
             }
-            let Some(frame) = self.codec.decode(&mut self.plain)? else {
-                break;
+            let frame = match self.codec.decode_recoverable(&mut self.plain) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                // Outside StableIO a malformed body costs only that request
+                // (the frame was consumed; the stream is still in step).
+                Err(DecodeError::BadBody { id, error, .. }) if self.stable.is_none() => {
+                    self.bad_body(id, &error, now)?;
+                    continue;
+                }
+                Err(e) => return Err(e.into_error().into()),
             };
             self.on_frame(frame, false, now)?;
         }
         Ok(())
+    }
+
+    /// A well-framed request with a malformed body: answered `Error 400`
+    /// (a one-way message is dropped), and the session carries on.
+    fn bad_body(&mut self, id: Option<u64>, error: &zs_wire::WireError, now: Instant) -> Result<()> {
+        tracing::debug!(?id, %error, "malformed frame body");
+        match id {
+            Some(id) if id != 0 => self.send_frame(
+                &Frame::Error {
+                    id,
+                    code: code::BAD_REQUEST,
+                    message: Text::from(format!("malformed request: {error}")),
+                },
+                now,
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// A (new) link finished its handshake: a resuming client presents its
@@ -859,8 +887,11 @@ impl Session {
         } else if st.ack_due.is_none() {
             st.ack_due = Some(now + delay);
         }
-        let inner = Frame::decode(&payload, &self.cfg.wire)?;
-        self.on_frame(inner, true, now)
+        match Frame::decode_recoverable(&payload, &self.cfg.wire) {
+            Ok(inner) => self.on_frame(inner, true, now),
+            Err(DecodeError::BadBody { id, error, .. }) => self.bad_body(id, &error, now),
+            Err(e) => Err(e.into_error().into()),
+        }
     }
 
     fn on_seq_ack(&mut self, seq: u64, now: Instant) -> Result<()> {

@@ -82,10 +82,7 @@ impl std::fmt::Debug for Stable {
 
 impl Drop for Stable {
     fn drop(&mut self) {
-        // Best effort without a zeroize dependency: a volatile-free wipe the
-        // optimizer keeps because the value is observed afterwards.
-        self.secret.fill(0);
-        std::hint::black_box(&self.secret);
+        zeroize::Zeroize::zeroize(&mut self.secret);
     }
 }
 

@@ -127,7 +127,6 @@ pub struct EndpointStats {
     pub(crate) stable_evicted: AtomicU64,
     pub(crate) stable_rejected: AtomicU64,
     pub(crate) refused_connections: AtomicU64,
-    pub(crate) busy_refusals: AtomicU64,
     pub(crate) reads_paused: AtomicU64,
 }
 
@@ -159,8 +158,8 @@ pub struct StatsSnapshot {
     /// Connections closed at accept because an admission cap was reached
     /// (connections or handshakes in progress, in total or per source address).
     pub refused_connections: u64,
-    /// Requests answered [`code::BUSY`](crate::code::BUSY) because a queue or
-    /// buffer was full (HPC queue).
+    /// Requests answered [`code::BUSY`](crate::code::BUSY) because the HPC
+    /// queue was full.
     pub busy_refusals: u64,
     /// Times a connection's reading was paused because it had too many
     /// requests in flight or too much output waiting.
@@ -178,6 +177,7 @@ impl EndpointStats {
         &self,
         commands: Vec<CommandSnapshot>,
         budgets: &crate::Budgets,
+        busy_refusals: u64,
     ) -> StatsSnapshot {
         let opened = self.opened.load(Ordering::Relaxed);
         let closed = self.closed.load(Ordering::Relaxed);
@@ -194,8 +194,8 @@ impl EndpointStats {
             stable_evicted: self.stable_evicted.load(Ordering::Relaxed),
             stable_rejected: self.stable_rejected.load(Ordering::Relaxed),
             refused_connections: self.refused_connections.load(Ordering::Relaxed),
-            busy_refusals: self.busy_refusals.load(Ordering::Relaxed),
             reads_paused: self.reads_paused.load(Ordering::Relaxed),
+            busy_refusals,
             stable_unacked_bytes: budgets.stable_bytes() as u64,
             batch_staged_bytes: budgets.batch_bytes() as u64,
             commands,

@@ -38,6 +38,8 @@ pub enum Error {
     #[error("pre-shared key mismatch: the peer proved a different key")]
     PskMismatch,
     /// The client named a pre-shared key identity the server does not know.
+    /// Server side only, for its logs: on the wire the server behaves as for a
+    /// wrong key, so the client sees [`Error::PskMismatch`].
     #[error("unknown pre-shared key identity {0:?}")]
     UnknownPskId(String),
     /// The client asked for an authentication mode the server is not configured for.

@@ -250,7 +250,8 @@ pub mod alert {
     pub const HANDSHAKE_FAILURE: u8 = 1;
     /// No cipher suite in common.
     pub const NO_COMMON_SUITE: u8 = 2;
-    /// PSK identity unknown to the server.
+    /// PSK identity unknown to the server. Reserved: no longer sent (an unknown
+    /// identity is answered like a wrong key, see [`PSK_MISMATCH`]), still understood.
     pub const UNKNOWN_PSK_ID: u8 = 3;
     /// PSK proof did not verify.
     pub const PSK_MISMATCH: u8 = 4;

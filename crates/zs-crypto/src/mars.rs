@@ -60,8 +60,8 @@ fn build_sbox() -> [u32; 512] {
     s
 }
 
-/// A MARS cipher with its 40 expanded key words.
-#[derive(Clone)]
+/// A MARS cipher with its 40 expanded key words (zeroized on drop).
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct Mars {
     k: [u32; 40],
 }

@@ -1,10 +1,13 @@
 //! Password storage for user accounts: Argon2id, PHC string format
-//! (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`), constant-time verify.
+//! (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`), constant-time verify;
+//! and [`derive_psk`], which turns a password into a session pre-shared key
+//! when no random key can be distributed.
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::{Error, Result};
+use crate::session::{PskKey, MIN_PSK_LEN};
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,21 @@ pub fn hash_password_with_salt(
     Ok(h.to_string())
 }
 
+/// Derives a [`MIN_PSK_LEN`]-byte pre-shared key from `password` with
+/// Argon2id (`salt`: 8..=64 bytes, e.g. the PSK identity padded with a
+/// deployment-wide constant; both sides must use the same salt and params).
+///
+/// This is a fallback: PSK mode lets any peer that names a valid identity
+/// test password guesses offline, and Argon2id only makes each guess
+/// expensive. Prefer a random key ([`PskKey::generate`]).
+pub fn derive_psk(password: &str, salt: &[u8], params: &PasswordParams) -> Result<PskKey> {
+    let mut out = zeroize::Zeroizing::new([0u8; MIN_PSK_LEN]);
+    hasher(params)?
+        .hash_password_into(password.as_bytes(), salt, &mut out[..])
+        .map_err(|e| Error::PasswordHash(e.to_string()))?;
+    PskKey::new(&out[..])
+}
+
 /// Checks `password` against a PHC string made by [`hash_password`]. The
 /// parameters come from the string; the final comparison is constant time.
 /// `Ok(false)` for a wrong password, `Err` for a malformed string.
@@ -90,6 +108,17 @@ mod tests {
         assert!(verify_password("x", "not a phc string").is_err());
         // fresh salt each time
         assert_ne!(h, hash_password("correct horse", &CHEAP).unwrap());
+    }
+
+    #[test]
+    fn derived_psk_is_deterministic_and_full_length() {
+        let a = derive_psk("pw", b"saltsalt", &CHEAP).unwrap();
+        let b = derive_psk("pw", b"saltsalt", &CHEAP).unwrap();
+        let c = derive_psk("pw", b"saltsal2", &CHEAP).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.expose_secret().len(), MIN_PSK_LEN);
+        assert!(derive_psk("pw", b"short", &CHEAP).is_err());
     }
 
     #[test]

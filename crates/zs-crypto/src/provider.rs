@@ -152,14 +152,16 @@ impl ZsSecurity {
     }
 
     /// A provider whose sessions use only the NullCipher suite (no protection):
-    /// for fuzzing, so fuzzers reach post-handshake states.
+    /// for fuzzing, so fuzzers reach post-handshake states. The pre-shared
+    /// key is SHA3-256(`psk`), so any `psk` meets the minimum key length.
     #[cfg(feature = "fuzzing")]
     pub fn null_cipher(psk: &[u8]) -> ZsSecurity {
         use crate::session::{Selection, SuitePolicy};
         use crate::suite::SuiteId;
-        let mut c = ClientConfig::psk(b"fuzz", psk);
+        let key = zeroize::Zeroizing::new(crate::hash::sha3_256(psk));
+        let mut c = ClientConfig::psk(b"fuzz", &key[..]).expect("32-byte key");
         c.suites = vec![SuiteId::Null];
-        let mut s = ServerConfig::with_psk(b"fuzz", psk);
+        let mut s = ServerConfig::with_psk(b"fuzz", &key[..]).expect("32-byte key");
         s.policy = SuitePolicy {
             allowed: vec![SuiteId::Null],
             selection: Selection::ServerPreference,
@@ -197,8 +199,8 @@ mod tests {
     #[test]
     fn provider_pair_talks() {
         let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
-            Some(Arc::new(ClientConfig::psk(b"id", b"secret"))),
-            Some(Arc::new(ServerConfig::with_psk(b"id", b"secret"))),
+            Some(Arc::new(ClientConfig::psk(b"id", &[7; 32]).unwrap())),
+            Some(Arc::new(ServerConfig::with_psk(b"id", &[7; 32]).unwrap())),
         ));
         let now = Instant::now();
         let mut c = p.new_client(now).unwrap();

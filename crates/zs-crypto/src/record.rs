@@ -8,6 +8,8 @@
 //! generation), so a replayed, reordered or dropped record fails its tag.
 
 use crate::error::{Error, Result};
+use zeroize::Zeroize;
+
 use crate::suite::{next_secret, Protector, SuiteId};
 
 /// Bytes of the record header.
@@ -64,12 +66,29 @@ pub fn parse_header(h: &[u8]) -> Option<(u8, usize)> {
 }
 
 /// State of one direction: suite, traffic secret, generation, sequence number.
+/// The traffic secret is zeroized on drop and overwritten on each update.
 struct DirectionKeys {
     suite: SuiteId,
     secret: [u8; 32],
     prot: Protector,
     generation: u32,
     seq: u64,
+}
+
+impl Drop for DirectionKeys {
+    fn drop(&mut self) {
+        self.secret.zeroize();
+    }
+}
+
+impl core::fmt::Debug for DirectionKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DirectionKeys")
+            .field("suite", &self.suite)
+            .field("generation", &self.generation)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DirectionKeys {
@@ -102,7 +121,8 @@ impl DirectionKeys {
     }
 }
 
-/// Seals records of one direction.
+/// Seals records of one direction. `Debug` shows no key material.
+#[derive(Debug)]
 pub struct RecordSealer {
     keys: DirectionKeys,
 }
@@ -189,7 +209,8 @@ impl RecordSealer {
     }
 }
 
-/// Opens records of one direction.
+/// Opens records of one direction. `Debug` shows no key material.
+#[derive(Debug)]
 pub struct RecordOpener {
     keys: DirectionKeys,
 }
@@ -281,6 +302,14 @@ mod tests {
             let (_, p) = o.open_in_place(&mut r1).unwrap();
             assert_eq!(p, b"second");
         }
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let s = RecordSealer::new(SuiteId::Aes256Gcm, [0xab; 32]).unwrap();
+        let d = format!("{s:?}");
+        assert!(d.contains("AES-256-GCM") || d.contains("Aes256Gcm"), "{d}");
+        assert!(!d.contains("171") && !d.contains("ab"), "{d}");
     }
 
     #[test]

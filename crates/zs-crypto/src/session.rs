@@ -13,6 +13,7 @@ use ring::rand::SecureRandom;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use ring::{hkdf, hmac};
 use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Error, Result};
 use crate::handshake::{
@@ -66,6 +67,78 @@ impl core::fmt::Debug for ServerIdentity {
     }
 }
 
+/// Fewest bytes of key material a pre-shared key must have (256 bits).
+pub const MIN_PSK_LEN: usize = 32;
+
+/// A pre-shared key: at least [`MIN_PSK_LEN`] bytes, zeroized on drop, never
+/// shown by `Debug`, compared in constant time.
+///
+/// The key must be **random** (e.g. [`PskKey::generate`], or 32 bytes from a
+/// CSPRNG), not a password: any peer that names a valid identity receives a
+/// MAC under the key and can test guesses offline. If a human-chosen password
+/// is all there is, derive the key with [`crate::password::derive_psk`]
+/// (Argon2id), which only makes each guess expensive.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct PskKey(Vec<u8>);
+
+impl PskKey {
+    /// A key from `key`; [`Error::Config`] if it is shorter than [`MIN_PSK_LEN`].
+    pub fn new(key: &[u8]) -> Result<PskKey> {
+        if key.len() < MIN_PSK_LEN {
+            return Err(Error::Config(format!(
+                "pre-shared key of {} bytes: at least {MIN_PSK_LEN} random bytes are required \
+                 (derive one from a password with zs_crypto::password::derive_psk)",
+                key.len()
+            )));
+        }
+        Ok(PskKey(key.to_vec()))
+    }
+
+    /// A fresh random key of [`MIN_PSK_LEN`] bytes.
+    pub fn generate(rng: &dyn SecureRandom) -> Result<PskKey> {
+        let mut k = PskKey(vec![0; MIN_PSK_LEN]);
+        rng.fill(&mut k.0).map_err(|_| Error::Rng)?;
+        Ok(k)
+    }
+
+    /// The key bytes (to store them; never log them).
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.0.len() < MIN_PSK_LEN {
+            return Err(Error::Config(format!(
+                "pre-shared key shorter than {MIN_PSK_LEN} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl PartialEq for PskKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl Eq for PskKey {}
+
+impl core::fmt::Debug for PskKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("PskKey(<redacted>)")
+    }
+}
+
+fn check_psk_identity(identity: &[u8]) -> Result<()> {
+    if identity.len() > MAX_PSK_ID_LEN {
+        return Err(Error::Config(format!(
+            "pre-shared key identity over {MAX_PSK_ID_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// How a client authenticates the server.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -73,10 +146,11 @@ pub enum ClientAuth {
     PinnedKey(Fingerprint),
     /// Both sides prove the pre-shared key `key` named `identity`.
     Psk {
-        /// Identity sent in clear so the server can find the key (at most 64 bytes).
+        /// Identity sent in clear so the server can find the key (at most 64
+        /// bytes). Not secret: do not put anything confidential in it.
         identity: Vec<u8>,
         /// The secret (never sent).
-        key: Vec<u8>,
+        key: PskKey,
     },
 }
 
@@ -131,9 +205,11 @@ pub struct SuitePolicy {
 }
 
 impl Default for SuitePolicy {
+    /// [`SuiteId::DEFAULT`] (AES-256-GCM, then ChaCha20-Poly1305), server
+    /// preference. The legacy CTR+HMAC suites must be listed explicitly.
     fn default() -> Self {
         SuitePolicy {
-            allowed: SuiteId::ALL.to_vec(),
+            allowed: SuiteId::DEFAULT.to_vec(),
             selection: Selection::ServerPreference,
         }
     }
@@ -142,7 +218,7 @@ impl Default for SuitePolicy {
 /// Default largest plaintext of one record (64 KiB).
 pub const DEFAULT_MAX_RECORD: usize = 64 * 1024;
 
-/// Client settings.
+/// Client settings. `Debug` never shows the pre-shared key.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Server authentication.
@@ -156,25 +232,30 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// A client that pins the server key fingerprint `fp`, offering every suite.
+    /// A client that pins the server key fingerprint `fp`, offering
+    /// [`SuiteId::DEFAULT`] (the AEADs; set `suites` to offer others).
     pub fn pinned(fp: Fingerprint) -> ClientConfig {
         ClientConfig {
             auth: ClientAuth::PinnedKey(fp),
-            suites: SuiteId::ALL.to_vec(),
+            suites: SuiteId::DEFAULT.to_vec(),
             rekey: RekeyPolicy::default(),
             max_record: DEFAULT_MAX_RECORD,
         }
     }
 
-    /// A client that uses the pre-shared key `key` named `identity`, offering every suite.
-    pub fn psk(identity: &[u8], key: &[u8]) -> ClientConfig {
-        ClientConfig {
+    /// A client that uses the pre-shared key `key` named `identity`, offering
+    /// [`SuiteId::DEFAULT`]. [`Error::Config`] if `key` is shorter than
+    /// [`MIN_PSK_LEN`] or `identity` longer than 64 bytes. The key must be
+    /// random, not a password (see [`PskKey`]); the identity is sent in clear.
+    pub fn psk(identity: &[u8], key: &[u8]) -> Result<ClientConfig> {
+        check_psk_identity(identity)?;
+        Ok(ClientConfig {
             auth: ClientAuth::Psk {
                 identity: identity.to_vec(),
-                key: key.to_vec(),
+                key: PskKey::new(key)?,
             },
             ..ClientConfig::pinned(Fingerprint([0; 32]))
-        }
+        })
     }
 
     fn validate(&self) -> Result<()> {
@@ -184,11 +265,8 @@ impl ClientConfig {
             )));
         }
         if let ClientAuth::Psk { identity, key } = &self.auth {
-            if identity.len() > MAX_PSK_ID_LEN || key.is_empty() {
-                return Err(Error::Config(
-                    "psk identity over 64 bytes or empty key".into(),
-                ));
-            }
+            check_psk_identity(identity)?;
+            key.check()?;
         }
         check_max_record(self.max_record)
     }
@@ -204,13 +282,15 @@ fn check_max_record(m: usize) -> Result<()> {
     Ok(())
 }
 
-/// Server settings.
-#[derive(Debug, Clone)]
+/// Server settings. `Debug` shows the PSK identities, never the keys.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Static identity for clients that pin a key.
     pub identity: Option<Arc<ServerIdentity>>,
-    /// Pre-shared keys by identity, for clients that use one.
-    pub psks: HashMap<Vec<u8>, Vec<u8>>,
+    /// Pre-shared keys by identity, for clients that use one (see
+    /// [`Self::add_psk`]). A client naming an identity not in this map is
+    /// answered as if its key were wrong (see `docs/PROTOCOL.md` 2.2).
+    pub psks: HashMap<Vec<u8>, PskKey>,
     /// Suite policy.
     pub policy: SuitePolicy,
     /// Automatic key update.
@@ -231,15 +311,22 @@ impl ServerConfig {
         }
     }
 
-    /// A server that knows one pre-shared key.
-    pub fn with_psk(identity: &[u8], key: &[u8]) -> ServerConfig {
-        let mut psks = HashMap::new();
-        psks.insert(identity.to_vec(), key.to_vec());
-        ServerConfig {
-            identity: None,
-            psks,
-            ..ServerConfig::with_identity_none()
-        }
+    /// A server that knows one pre-shared key (and no static identity), with
+    /// the default policy. [`Error::Config`] if `key` is shorter than
+    /// [`MIN_PSK_LEN`] or `identity` longer than 64 bytes; the key must be
+    /// random, not a password (see [`PskKey`]).
+    pub fn with_psk(identity: &[u8], key: &[u8]) -> Result<ServerConfig> {
+        let mut c = ServerConfig::with_identity_none();
+        c.add_psk(identity, key)?;
+        Ok(c)
+    }
+
+    /// Adds (or replaces) the pre-shared key named `identity`; same checks
+    /// as [`Self::with_psk`].
+    pub fn add_psk(&mut self, identity: &[u8], key: &[u8]) -> Result<()> {
+        check_psk_identity(identity)?;
+        self.psks.insert(identity.to_vec(), PskKey::new(key)?);
+        Ok(())
     }
 
     fn with_identity_none() -> ServerConfig {
@@ -250,6 +337,24 @@ impl ServerConfig {
             rekey: RekeyPolicy::default(),
             max_record: DEFAULT_MAX_RECORD,
         }
+    }
+}
+
+impl core::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut ids: Vec<String> = self
+            .psks
+            .keys()
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+            .collect();
+        ids.sort();
+        f.debug_struct("ServerConfig")
+            .field("identity", &self.identity)
+            .field("psk_identities", &ids)
+            .field("policy", &self.policy)
+            .field("rekey", &self.rekey)
+            .field("max_record", &self.max_record)
+            .finish()
     }
 }
 
@@ -302,6 +407,8 @@ enum State {
     ServerWaitHello {
         eph: EphemeralPrivateKey,
         selector: u32,
+        /// Random key used for an unknown PSK identity (PSK servers only).
+        dummy_psk: Option<Zeroizing<[u8; 32]>>,
     },
     ServerWaitFinished {
         expected: [u8; 32],
@@ -325,6 +432,7 @@ impl State {
     }
 }
 
+#[derive(Zeroize, ZeroizeOnDrop)]
 struct Keys {
     c2s: [u8; 32],
     s2c: [u8; 32],
@@ -335,7 +443,10 @@ struct Keys {
 
 /// The key schedule: HKDF-SHA256 with salt `H1` over `shared || psk`.
 fn derive_keys(shared: &[u8], psk: Option<&[u8]>, h1: &[u8; 32]) -> Keys {
-    let mut ikm = shared.to_vec();
+    let mut ikm = Zeroizing::new(Vec::with_capacity(
+        shared.len() + psk.map_or(0, |p| p.len()),
+    ));
+    ikm.extend_from_slice(shared);
     if let Some(p) = psk {
         ikm.extend_from_slice(p);
     }
@@ -366,15 +477,18 @@ fn transcript(parts: &[&[u8]]) -> [u8; 32] {
     sha3_256(&parts.concat())
 }
 
-fn agree(eph: EphemeralPrivateKey, peer: &[u8; 32]) -> Result<Vec<u8>> {
-    agreement::agree_ephemeral(eph, &UnparsedPublicKey::new(&X25519, peer), |s| s.to_vec())
-        .map_err(|_| Error::Malformed("X25519 public key"))
+fn agree(eph: EphemeralPrivateKey, peer: &[u8; 32]) -> Result<Zeroizing<Vec<u8>>> {
+    agreement::agree_ephemeral(eph, &UnparsedPublicKey::new(&X25519, peer), |s| {
+        Zeroizing::new(s.to_vec())
+    })
+    .map_err(|_| Error::Malformed("X25519 public key"))
 }
 
 fn alert_code(e: &Error) -> u8 {
     match e {
         Error::NoCommonSuite => alert::NO_COMMON_SUITE,
-        Error::UnknownPskId(_) => alert::UNKNOWN_PSK_ID,
+        // Never sent: an unknown identity must look like a wrong key.
+        Error::UnknownPskId(_) => alert::PSK_MISMATCH,
         Error::PskMismatch => alert::PSK_MISMATCH,
         Error::AuthModeMismatch { .. } => alert::AUTH_MODE,
         Error::Malformed(_) | Error::UnexpectedMessage { .. } | Error::RecordTooLarge { .. } => {
@@ -415,7 +529,11 @@ pub struct Session {
     we_closed: bool,
     handshake_done: bool,
     /// Channel binding (see [`Session::channel_binding`]), set once keys exist.
-    exporter: Option<[u8; 32]>,
+    exporter: Option<Zeroizing<[u8; 32]>>,
+    /// Server side: the client named this unknown PSK identity and the
+    /// handshake goes on under a random key; a failure is reported as
+    /// [`Error::UnknownPskId`] locally, while the wire looks like a wrong key.
+    unknown_psk_id: Option<Vec<u8>>,
 }
 
 fn handshake_record(msg: &[u8], out: &mut Vec<u8>) {
@@ -459,7 +577,8 @@ impl Session {
     }
 
     /// Starts a server. `rng` is used here only (one X25519 key, then four
-    /// bytes for random suite selection).
+    /// bytes for random suite selection, then, if the server knows pre-shared
+    /// keys, 32 bytes for the key used when a client names an unknown identity).
     pub fn server(
         config: Arc<ServerConfig>,
         rng: &dyn SecureRandom,
@@ -474,13 +593,25 @@ impl Session {
                 "server needs an identity or a pre-shared key".into(),
             ));
         }
+        for (id, key) in &config.psks {
+            check_psk_identity(id)?;
+            key.check()?;
+        }
         let eph = EphemeralPrivateKey::generate(&X25519, rng).map_err(|_| Error::Rng)?;
         let mut sel = [0u8; 4];
         rng.fill(&mut sel).map_err(|_| Error::Rng)?;
+        let dummy_psk = if config.psks.is_empty() {
+            None
+        } else {
+            let mut k = Zeroizing::new([0u8; 32]);
+            rng.fill(&mut k[..]).map_err(|_| Error::Rng)?;
+            Some(k)
+        };
         let mut s = Session::blank(Role::Server, config.rekey, config.max_record, now);
         s.state = State::ServerWaitHello {
             eph,
             selector: u32::from_le_bytes(sel),
+            dummy_psk,
         };
         s.server = Some(config);
         Ok(s)
@@ -507,6 +638,7 @@ impl Session {
             we_closed: false,
             handshake_done: false,
             exporter: None,
+            unknown_psk_id: None,
         }
     }
 
@@ -531,7 +663,7 @@ impl Session {
     /// completed; it does not change on key updates. It is secret: never send it.
     pub fn channel_binding(&self) -> Option<[u8; 32]> {
         if self.is_established() {
-            self.exporter
+            self.exporter.as_deref().copied()
         } else {
             None
         }
@@ -788,11 +920,7 @@ impl Session {
             buf.drain(..pos);
         }
         self.inbuf = buf;
-        if let Err(e) = res {
-            self.fail(&e);
-            return Err(e);
-        }
-        Ok(())
+        res.map_err(|e| self.fail(e))
     }
 
     /// Like [`Self::handle_input_with`], but records complete in `data` are
@@ -837,11 +965,7 @@ impl Session {
             self.inbuf.extend_from_slice(&data[pos..]);
             r
         })();
-        if let Err(e) = res {
-            self.fail(&e);
-            return Err(e);
-        }
-        Ok(())
+        res.map_err(|e| self.fail(e))
     }
 
     /// The size limit of a record body by content type (checked as soon as a
@@ -886,12 +1010,20 @@ impl Session {
         (pos, res)
     }
 
-    fn fail(&mut self, e: &Error) {
+    /// Fails the session (sending an alert first if still handshaking) and
+    /// returns the error to report locally. The alert depends only on `e`;
+    /// after an unknown PSK identity the local error is
+    /// [`Error::UnknownPskId`], while the wire is that of a wrong key.
+    fn fail(&mut self, e: Error) -> Error {
         if !self.handshake_done && !matches!(e, Error::PeerAlert(_)) {
             self.out.extend_from_slice(&header(ContentType::Alert, 1));
-            self.out.push(alert_code(e));
+            self.out.push(alert_code(&e));
         }
         self.state = State::Failed;
+        match self.unknown_psk_id.take() {
+            Some(id) => Error::UnknownPskId(String::from_utf8_lossy(&id).into_owned()),
+            None => e,
+        }
     }
 
     fn process(
@@ -981,9 +1113,14 @@ impl Session {
             (State::ClientWaitHello { eph, hello }, SERVER_HELLO) => {
                 self.client_on_server_hello(eph, &hello, msg, now)
             }
-            (State::ServerWaitHello { eph, selector }, CLIENT_HELLO) => {
-                self.server_on_client_hello(eph, selector, msg)
-            }
+            (
+                State::ServerWaitHello {
+                    eph,
+                    selector,
+                    dummy_psk,
+                },
+                CLIENT_HELLO,
+            ) => self.server_on_client_hello(eph, selector, dummy_psk, msg),
             (
                 State::ServerWaitFinished {
                     expected,
@@ -1069,7 +1206,7 @@ impl Session {
                     .map_err(|_| Error::BadSignature)?;
                 None
             }
-            (ClientAuth::Psk { key, .. }, AuthMode::Psk) => Some(key.as_slice()),
+            (ClientAuth::Psk { key, .. }, AuthMode::Psk) => Some(key.expose_secret()),
             (ours, peer) => {
                 let ours = match ours {
                     ClientAuth::PinnedKey(_) => AuthMode::ServerKey,
@@ -1102,7 +1239,7 @@ impl Session {
         handshake_record(&fin, &mut self.out);
         self.sealer = Some(RecordSealer::new(suite, keys.c2s)?);
         self.opener = Some(RecordOpener::new(suite, keys.s2c)?);
-        self.exporter = Some(keys.exporter);
+        self.exporter = Some(Zeroizing::new(keys.exporter));
         self.established(suite, None, now)
     }
 
@@ -1110,6 +1247,7 @@ impl Session {
         &mut self,
         eph: EphemeralPrivateKey,
         selector: u32,
+        dummy_psk: Option<Zeroizing<[u8; 32]>>,
         msg: &[u8],
     ) -> Result<()> {
         let cfg = self.server.clone().ok_or(Error::Failed)?;
@@ -1117,7 +1255,8 @@ impl Session {
         if ch.version != VERSION {
             return Err(Error::Malformed("ClientHello version"));
         }
-        let (psk, identity) = match ch.auth {
+        let mut unknown_psk_id = None;
+        let (psk, identity): (Option<&[u8]>, _) = match ch.auth {
             AuthMode::ServerKey => match &cfg.identity {
                 Some(id) => (None, Some(id.clone())),
                 None => {
@@ -1134,13 +1273,17 @@ impl Session {
                         ours: "server key",
                     });
                 }
-                match cfg.psks.get(&ch.psk_id) {
-                    Some(k) => (Some(k.clone()), None),
-                    None => {
-                        return Err(Error::UnknownPskId(
-                            String::from_utf8_lossy(&ch.psk_id).into_owned(),
-                        ))
+                match (cfg.psks.get(&ch.psk_id), dummy_psk.as_deref()) {
+                    (Some(k), _) => (Some(k.expose_secret()), None),
+                    // Unknown identity: answer under a random key nobody holds,
+                    // so the client fails at the server finished MAC exactly as
+                    // with a wrong key (no identity enumeration). Only the local
+                    // error says which it was.
+                    (None, Some(dummy)) => {
+                        unknown_psk_id = Some(ch.psk_id.clone());
+                        (Some(&dummy[..]), None)
                     }
+                    (None, None) => return Err(Error::Failed),
                 }
             }
         };
@@ -1163,7 +1306,7 @@ impl Session {
         let core = sh.encode_core();
         let h1 = transcript(&[msg, &core]);
         let shared = agree(eph, &ch.public)?;
-        let keys = derive_keys(&shared, psk.as_deref(), &h1);
+        let keys = derive_keys(&shared, psk, &h1);
         if let Some(id) = &identity {
             let signed = [SIGNATURE_CONTEXT, &h1[..]].concat();
             let mut s = [0u8; 64];
@@ -1176,7 +1319,8 @@ impl Session {
         let h2 = transcript(&[msg, &full]);
         self.sealer = Some(RecordSealer::new(suite, keys.s2c)?);
         self.opener = Some(RecordOpener::new(suite, keys.c2s)?);
-        self.exporter = Some(keys.exporter);
+        self.exporter = Some(Zeroizing::new(keys.exporter));
+        self.unknown_psk_id = unknown_psk_id;
         self.state = State::ServerWaitFinished {
             expected: hmac_sha256(&keys.client_finished, &h2),
             psk: psk.is_some(),

@@ -6,6 +6,7 @@
 use hmac::{KeyInit as _, Mac};
 use ring::aead;
 use ring::hkdf;
+use zeroize::Zeroizing;
 
 use crate::block::{Algorithm, BlockCipher};
 use crate::error::{Error, Result};
@@ -28,13 +29,30 @@ pub enum SuiteId {
     Rc6256CtrHmacSha3,
     /// MARS-256 CTR + HMAC-SHA3-256. Wire id `0x0105`.
     Mars256CtrHmacSha3,
+    /// TLS 1.3 `TLS_AES_128_GCM_SHA256` (id `0x1301`). Only reported by
+    /// [`crate::tls::TlsSession`]; never negotiated by a zs1 session.
+    Tls13Aes128GcmSha256,
+    /// TLS 1.3 `TLS_AES_256_GCM_SHA384` (id `0x1302`). Only reported by
+    /// [`crate::tls::TlsSession`]; never negotiated by a zs1 session.
+    Tls13Aes256GcmSha384,
+    /// TLS 1.3 `TLS_CHACHA20_POLY1305_SHA256` (id `0x1303`). Only reported by
+    /// [`crate::tls::TlsSession`]; never negotiated by a zs1 session.
+    Tls13ChaCha20Poly1305Sha256,
     /// No protection at all: for fuzzing only (feature `fuzzing`). Wire id `0xffff`.
     #[cfg(feature = "fuzzing")]
     Null,
 }
 
 impl SuiteId {
-    /// Every real suite, in the default preference order.
+    /// The suites offered ([`crate::session::ClientConfig::pinned`],
+    /// [`crate::session::ClientConfig::psk`]) and allowed
+    /// ([`crate::session::SuitePolicy::default`]) by default, in preference
+    /// order: the two AEADs, whose ring implementations are constant time.
+    /// Every other suite is used only when named explicitly (see
+    /// [`Self::is_legacy`]).
+    pub const DEFAULT: [SuiteId; 2] = [SuiteId::Aes256Gcm, SuiteId::ChaCha20Poly1305];
+
+    /// Every zs1 record suite (those a handshake can negotiate), AEADs first.
     pub const ALL: [SuiteId; 7] = [
         SuiteId::Aes256Gcm,
         SuiteId::ChaCha20Poly1305,
@@ -45,7 +63,16 @@ impl SuiteId {
         SuiteId::Mars256CtrHmacSha3,
     ];
 
-    /// The wire id.
+    /// True for the CTR + HMAC-SHA3-256 suites kept for compatibility with
+    /// the seed's block ciphers: they are never offered or allowed unless
+    /// named explicitly. Twofish and MARS use secret-dependent table lookups
+    /// (cache-timing leaks), RC6 data-dependent rotations; AES-CTR and Serpent
+    /// add nothing over the AEADs.
+    pub fn is_legacy(self) -> bool {
+        self.block_algorithm().is_some()
+    }
+
+    /// The wire id (for the TLS 1.3 variants: the IANA TLS id, never on a zs1 wire).
     pub fn wire_id(self) -> u16 {
         match self {
             SuiteId::Aes256Gcm => 0x0001,
@@ -55,6 +82,9 @@ impl SuiteId {
             SuiteId::Serpent256CtrHmacSha3 => 0x0103,
             SuiteId::Rc6256CtrHmacSha3 => 0x0104,
             SuiteId::Mars256CtrHmacSha3 => 0x0105,
+            SuiteId::Tls13Aes128GcmSha256 => 0x1301,
+            SuiteId::Tls13Aes256GcmSha384 => 0x1302,
+            SuiteId::Tls13ChaCha20Poly1305Sha256 => 0x1303,
             #[cfg(feature = "fuzzing")]
             SuiteId::Null => 0xffff,
         }
@@ -79,6 +109,9 @@ impl SuiteId {
             SuiteId::Serpent256CtrHmacSha3 => "SERPENT-256-CTR-HMAC-SHA3-256",
             SuiteId::Rc6256CtrHmacSha3 => "RC6-256-CTR-HMAC-SHA3-256",
             SuiteId::Mars256CtrHmacSha3 => "MARS-256-CTR-HMAC-SHA3-256",
+            SuiteId::Tls13Aes128GcmSha256 => "TLS13_AES_128_GCM_SHA256",
+            SuiteId::Tls13Aes256GcmSha384 => "TLS13_AES_256_GCM_SHA384",
+            SuiteId::Tls13ChaCha20Poly1305Sha256 => "TLS13_CHACHA20_POLY1305_SHA256",
             #[cfg(feature = "fuzzing")]
             SuiteId::Null => "NULL",
         }
@@ -87,7 +120,11 @@ impl SuiteId {
     /// Bytes each record grows by (the tag).
     pub fn tag_len(self) -> usize {
         match self {
-            SuiteId::Aes256Gcm | SuiteId::ChaCha20Poly1305 => 16,
+            SuiteId::Aes256Gcm
+            | SuiteId::ChaCha20Poly1305
+            | SuiteId::Tls13Aes128GcmSha256
+            | SuiteId::Tls13Aes256GcmSha384
+            | SuiteId::Tls13ChaCha20Poly1305Sha256 => 16,
             #[cfg(feature = "fuzzing")]
             SuiteId::Null => 0,
             _ => 32,
@@ -205,15 +242,15 @@ impl Protector {
     pub(crate) fn new(suite: SuiteId, secret: &[u8; 32]) -> Result<Protector> {
         let mut iv = [0u8; 12];
         expand_secret(secret, b"zs1 iv", &mut iv);
-        let mut key = [0u8; 32];
-        expand_secret(secret, b"zs1 key", &mut key);
+        let mut key = Zeroizing::new([0u8; 32]);
+        expand_secret(secret, b"zs1 key", &mut key[..]);
         let ring_alg = match suite {
             SuiteId::Aes256Gcm => Some(&aead::AES_256_GCM),
             SuiteId::ChaCha20Poly1305 => Some(&aead::CHACHA20_POLY1305),
             _ => None,
         };
         if let Some(alg) = ring_alg {
-            let unbound = aead::UnboundKey::new(alg, &key).map_err(|_| Error::Rng)?;
+            let unbound = aead::UnboundKey::new(alg, &key[..]).map_err(|_| Error::Rng)?;
             return Ok(Protector::Aead {
                 key: aead::LessSafeKey::new(unbound),
                 iv,
@@ -226,10 +263,10 @@ impl Protector {
         let alg = suite
             .block_algorithm()
             .ok_or(Error::UnsupportedSuite(suite.wire_id()))?;
-        let cipher = alg.new_cipher(&key)?;
-        let mut mac_key = [0u8; 32];
-        expand_secret(secret, b"zs1 mac", &mut mac_key);
-        let mac = HmacSha3::new_from_slice(&mac_key).map_err(|_| Error::Rng)?;
+        let cipher = alg.new_cipher(&key[..])?;
+        let mut mac_key = Zeroizing::new([0u8; 32]);
+        expand_secret(secret, b"zs1 mac", &mut mac_key[..]);
+        let mac = HmacSha3::new_from_slice(&mac_key[..]).map_err(|_| Error::Rng)?;
         Ok(Protector::Etm { cipher, mac, iv })
     }
 
@@ -302,6 +339,20 @@ impl Protector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_are_the_aeads_only() {
+        assert_eq!(
+            SuiteId::DEFAULT,
+            [SuiteId::Aes256Gcm, SuiteId::ChaCha20Poly1305]
+        );
+        for s in SuiteId::ALL {
+            assert_eq!(s.is_legacy(), !SuiteId::DEFAULT.contains(&s), "{s}");
+        }
+        // TLS-only ids never parse from a zs1 wire.
+        assert_eq!(SuiteId::from_wire_id(0x1303), None);
+        assert!(Protector::new(SuiteId::Tls13ChaCha20Poly1305Sha256, &[1; 32]).is_err());
+    }
 
     #[test]
     fn wire_ids_round_trip_and_names_parse() {

@@ -2,7 +2,7 @@
 //! rustls (ring provider) with the same [`SecureSession`] shape as our own
 //! sessions, so any transport can carry it.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::error::{Error, Result};
 use crate::provider::{SecureSession, SecurityProvider};
-use crate::session::Event;
+use crate::session::{Event, MAX_QUEUED_BEFORE_HANDSHAKE};
 use crate::suite::SuiteId;
 
 fn tls_err(e: impl core::fmt::Display) -> Error {
@@ -49,13 +49,33 @@ pub fn client_config(roots: &[CertificateDer<'static>]) -> Result<Arc<rustls::Cl
     Ok(Arc::new(c))
 }
 
-/// One TLS connection, sans-IO.
+/// The suite reported for a negotiated TLS suite; `None` for anything but
+/// the three TLS 1.3 suites.
+fn suite_of(cs: rustls::CipherSuite) -> Option<SuiteId> {
+    match cs {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => Some(SuiteId::Tls13Aes128GcmSha256),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => Some(SuiteId::Tls13Aes256GcmSha384),
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => {
+            Some(SuiteId::Tls13ChaCha20Poly1305Sha256)
+        }
+        _ => None,
+    }
+}
+
+/// One TLS connection, sans-IO. Like [`crate::session::Session`], a send of
+/// any size is accepted (buffered until [`SecureSession::write_output`]),
+/// plaintext sent before the handshake completes is capped at
+/// [`MAX_QUEUED_BEFORE_HANDSHAKE`], and any TLS error makes the session
+/// unusable ([`Error::Failed`] afterwards).
 pub struct TlsSession {
     conn: rustls::Connection,
     events: std::collections::VecDeque<Event>,
     reported: bool,
     peer_closed: bool,
+    we_closed: bool,
     failed: bool,
+    /// Plaintext bytes sent while handshaking (bounded).
+    early: usize,
 }
 
 impl TlsSession {
@@ -72,14 +92,42 @@ impl TlsSession {
         Ok(TlsSession::wrap(rustls::Connection::Server(c)))
     }
 
-    fn wrap(conn: rustls::Connection) -> TlsSession {
+    fn wrap(mut conn: rustls::Connection) -> TlsSession {
+        // rustls caps its plaintext and TLS buffers at 64 KiB by default and
+        // then accepts short writes; this wrapper buffers like our own
+        // sessions do (the transport drains `write_output`), and bounds only
+        // what is sent before the handshake completes (see `send`).
+        conn.set_buffer_limit(None);
         TlsSession {
             conn,
             events: Default::default(),
             reported: false,
             peer_closed: false,
+            we_closed: false,
             failed: false,
+            early: 0,
         }
+    }
+
+    /// The negotiated TLS suite (e.g. `TLS13_CHACHA20_POLY1305_SHA256`), once known.
+    pub fn suite(&self) -> Option<SuiteId> {
+        self.conn
+            .negotiated_cipher_suite()
+            .and_then(|s| suite_of(s.suite()))
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            Err(Error::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks the session failed and passes the error on.
+    fn fail(&mut self, e: Error) -> Error {
+        self.failed = true;
+        e
     }
 
     fn after_packets(&mut self) -> Result<()> {
@@ -88,19 +136,18 @@ impl TlsSession {
             match self.conn.reader().read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => self.events.push_back(Event::Data(buf[..n].to_vec())),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => return Err(tls_err(e)),
             }
         }
         if !self.reported && !self.conn.is_handshaking() {
             self.reported = true;
-            // Our own suite ids do not name TLS suites; report the TLS 1.3 AEAD family.
-            let suite = match self.conn.negotiated_cipher_suite().map(|s| s.suite()) {
-                Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256) => {
-                    SuiteId::ChaCha20Poly1305
-                }
-                _ => SuiteId::Aes256Gcm,
-            };
+            let negotiated = self.conn.negotiated_cipher_suite().map(|s| s.suite());
+            let suite = negotiated.and_then(suite_of).ok_or_else(|| {
+                Error::Tls(format!(
+                    "negotiated {negotiated:?}: TlsSession supports TLS 1.3 suites only"
+                ))
+            })?;
             self.events.push_back(Event::HandshakeComplete {
                 suite,
                 psk_identity: None,
@@ -108,25 +155,36 @@ impl TlsSession {
         }
         Ok(())
     }
+
+    fn write_all(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            match self.conn.writer().write(data) {
+                // Cannot happen without a buffer limit; never spin on it.
+                Ok(0) => return Err(Error::Tls("TLS layer accepted no data".into())),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(tls_err(e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SecureSession for TlsSession {
     fn handle_input(&mut self, data: &[u8], _now: Instant) -> Result<()> {
-        if self.failed {
-            return Err(Error::Failed);
-        }
+        self.check_usable()?;
         let mut rd = data;
         while !rd.is_empty() {
-            let n = self.conn.read_tls(&mut rd).map_err(tls_err)?;
-            let state = match self.conn.process_new_packets() {
-                Ok(s) => s,
-                Err(e) => {
-                    self.failed = true;
-                    return Err(tls_err(e));
-                }
-            };
+            let n = self
+                .conn
+                .read_tls(&mut rd)
+                .map_err(|e| self.fail(tls_err(e)))?;
+            let state = self
+                .conn
+                .process_new_packets()
+                .map_err(|e| self.fail(tls_err(e)))?;
             let closed = state.peer_has_closed();
-            self.after_packets()?;
+            self.after_packets().map_err(|e| self.fail(e))?;
             if closed && !self.peer_closed {
                 self.peer_closed = true;
                 self.events.push_back(Event::Closed);
@@ -152,10 +210,19 @@ impl SecureSession for TlsSession {
     }
 
     fn send(&mut self, data: &[u8], _now: Instant) -> Result<()> {
-        if self.failed {
-            return Err(Error::Failed);
+        self.check_usable()?;
+        if self.we_closed {
+            return Err(Error::Closed);
         }
-        self.conn.writer().write_all(data).map_err(tls_err)
+        if self.conn.is_handshaking() {
+            if self.early + data.len() > MAX_QUEUED_BEFORE_HANDSHAKE {
+                return Err(Error::Config(
+                    "too much data queued before the handshake".into(),
+                ));
+            }
+            self.early += data.len();
+        }
+        self.write_all(data).map_err(|e| self.fail(e))
     }
 
     fn is_handshaking(&self) -> bool {
@@ -167,15 +234,24 @@ impl SecureSession for TlsSession {
     }
 
     fn handle_timeout(&mut self, _now: Instant) -> Result<()> {
-        Ok(())
+        self.check_usable()
     }
 
     fn rekey(&mut self, _now: Instant) -> Result<()> {
+        self.check_usable()?;
+        if self.we_closed {
+            return Err(Error::Closed);
+        }
+        // Refused while handshaking (not fatal, like our own sessions).
         self.conn.refresh_traffic_keys().map_err(tls_err)
     }
 
     fn close(&mut self) -> Result<()> {
-        self.conn.send_close_notify();
+        self.check_usable()?;
+        if !self.we_closed {
+            self.we_closed = true;
+            self.conn.send_close_notify();
+        }
         Ok(())
     }
 
@@ -183,6 +259,7 @@ impl SecureSession for TlsSession {
         if self.peer_closed {
             Ok(())
         } else {
+            self.failed = true;
             Err(Error::Truncated)
         }
     }

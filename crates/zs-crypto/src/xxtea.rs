@@ -112,7 +112,8 @@ pub fn decrypt_bytes(data: &mut [u8], key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// XXTEA with a fixed 64-byte block (CoreCipher's XXTea512).
+/// XXTEA with a fixed 64-byte block (CoreCipher's XXTea512). The key is zeroized on drop.
+#[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct Xxtea512 {
     key: [u32; 4],
 }

@@ -15,6 +15,11 @@ use zs_crypto::session::{
 };
 use zs_crypto::{Error, Fingerprint, SuiteId};
 
+/// A pre-shared key of the minimum length.
+const KEY: [u8; 32] = [0x4b; 32];
+/// Another one.
+const KEY2: [u8; 32] = [0x4c; 32];
+
 fn identity() -> Arc<ServerIdentity> {
     Arc::new(ServerIdentity::from_seed(&[0x33; 32]).unwrap())
 }
@@ -101,10 +106,10 @@ fn only(suite: SuiteId) -> SuitePolicy {
 fn every_suite_both_auth_modes_both_directions() {
     for suite in SuiteId::ALL {
         for psk in [false, true] {
-            let (c, mut s) = if psk {
+            let (mut c, mut s) = if psk {
                 (
-                    ClientConfig::psk(b"user-1", b"k3y"),
-                    ServerConfig::with_psk(b"user-1", b"k3y"),
+                    ClientConfig::psk(b"user-1", &KEY).unwrap(),
+                    ServerConfig::with_psk(b"user-1", &KEY).unwrap(),
                 )
             } else {
                 let id = identity();
@@ -114,6 +119,7 @@ fn every_suite_both_auth_modes_both_directions() {
                 )
             };
             s.policy = only(suite);
+            c.suites = vec![suite];
             let mut p = Pair::established(c, s);
             let ce = events(&mut p.c);
             assert_eq!(
@@ -156,8 +162,10 @@ fn random_policy_varies_per_connection_over_the_allowed_set() {
         selection: Selection::Random,
     };
     let mut seen = std::collections::HashSet::new();
+    let mut c = ClientConfig::pinned(id.fingerprint());
+    c.suites = SuiteId::ALL.to_vec();
     for _ in 0..40 {
-        let p = Pair::established(ClientConfig::pinned(id.fingerprint()), s.clone());
+        let p = Pair::established(c.clone(), s.clone());
         seen.insert(p.s.suite().unwrap());
     }
     // 40 draws over 3 suites: all three appear unless the RNG is broken (p < 1e-6).
@@ -193,23 +201,25 @@ fn wrong_fingerprint_is_named() {
 #[test]
 fn psk_mismatch_unknown_id_and_mode_mismatch() {
     let mut p = Pair::new(
-        ClientConfig::psk(b"id", b"one"),
-        ServerConfig::with_psk(b"id", b"two"),
+        ClientConfig::psk(b"id", &KEY).unwrap(),
+        ServerConfig::with_psk(b"id", &KEY2).unwrap(),
     );
     let (c, s) = p.drive();
     assert_eq!(c, Err(Error::PskMismatch));
     assert_eq!(s, Err(Error::PeerAlert(alert::PSK_MISMATCH)));
 
+    // An unknown identity looks like a wrong key to the client; only the
+    // server's own error names it.
     let mut p = Pair::new(
-        ClientConfig::psk(b"who", b"one"),
-        ServerConfig::with_psk(b"id", b"one"),
+        ClientConfig::psk(b"who", &KEY).unwrap(),
+        ServerConfig::with_psk(b"id", &KEY).unwrap(),
     );
     let (c, s) = p.drive();
     assert_eq!(s, Err(Error::UnknownPskId("who".into())));
-    assert_eq!(c, Err(Error::PeerAlert(alert::UNKNOWN_PSK_ID)));
+    assert_eq!(c, Err(Error::PskMismatch));
 
     let mut p = Pair::new(
-        ClientConfig::psk(b"id", b"one"),
+        ClientConfig::psk(b"id", &KEY).unwrap(),
         ServerConfig::with_identity(identity()),
     );
     let (c, s) = p.drive();
@@ -242,9 +252,11 @@ fn records(mut b: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn two_records(suite: SuiteId) -> (Pair, Vec<Vec<u8>>) {
-    let mut s = ServerConfig::with_psk(b"i", b"k");
+    let mut s = ServerConfig::with_psk(b"i", &KEY).unwrap();
     s.policy = only(suite);
-    let mut p = Pair::established(ClientConfig::psk(b"i", b"k"), s);
+    let mut c = ClientConfig::psk(b"i", &KEY).unwrap();
+    c.suites = vec![suite];
+    let mut p = Pair::established(c, s);
     events(&mut p.s);
     // Output taken after each send: one record each (sends between two takes
     // share a record, see `sends_between_takes_share_records`).
@@ -260,9 +272,10 @@ fn two_records(suite: SuiteId) -> (Pair, Vec<Vec<u8>>) {
 #[test]
 fn sends_between_takes_share_records() {
     for suite in [SuiteId::Aes256Gcm, SuiteId::Mars256CtrHmacSha3] {
-        let mut s = ServerConfig::with_psk(b"i", b"k");
+        let mut s = ServerConfig::with_psk(b"i", &KEY).unwrap();
         s.policy = only(suite);
-        let mut c = ClientConfig::psk(b"i", b"k");
+        let mut c = ClientConfig::psk(b"i", &KEY).unwrap();
+        c.suites = vec![suite];
         c.max_record = 1024;
         let mut p = Pair::established(c, s);
         events(&mut p.s);
@@ -372,8 +385,8 @@ fn tamper_replay_reorder_truncate_are_rejected() {
 #[test]
 fn orderly_close_then_eof_is_clean() {
     let mut p = Pair::established(
-        ClientConfig::psk(b"i", b"k"),
-        ServerConfig::with_psk(b"i", b"k"),
+        ClientConfig::psk(b"i", &KEY).unwrap(),
+        ServerConfig::with_psk(b"i", &KEY).unwrap(),
     );
     p.c.send(b"last words", p.now).unwrap();
     p.c.close().unwrap();
@@ -390,8 +403,8 @@ fn orderly_close_then_eof_is_clean() {
 #[test]
 fn oversized_record_header_is_rejected_before_buffering() {
     let mut p = Pair::established(
-        ClientConfig::psk(b"i", b"k"),
-        ServerConfig::with_psk(b"i", b"k"),
+        ClientConfig::psk(b"i", &KEY).unwrap(),
+        ServerConfig::with_psk(b"i", &KEY).unwrap(),
     );
     let mut h = vec![ContentType::Data as u8];
     h.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -412,9 +425,10 @@ fn rekey_under_a_stream_of_records() {
             max_bytes: 1000,
             max_age: Duration::from_secs(3600),
         };
-        let mut c = ClientConfig::psk(b"i", b"k");
+        let mut c = ClientConfig::psk(b"i", &KEY).unwrap();
+        c.suites = vec![suite];
         c.rekey = policy;
-        let mut s = ServerConfig::with_psk(b"i", b"k");
+        let mut s = ServerConfig::with_psk(b"i", &KEY).unwrap();
         s.rekey = policy;
         s.policy = only(suite);
         let mut p = Pair::established(c, s);
@@ -452,8 +466,8 @@ fn rekey_under_a_stream_of_records() {
 #[test]
 fn time_based_rekey_via_timeout() {
     let mut p = Pair::established(
-        ClientConfig::psk(b"i", b"k"),
-        ServerConfig::with_psk(b"i", b"k"),
+        ClientConfig::psk(b"i", &KEY).unwrap(),
+        ServerConfig::with_psk(b"i", &KEY).unwrap(),
     );
     events(&mut p.c);
     events(&mut p.s);
@@ -490,7 +504,12 @@ fn time_based_rekey_via_timeout() {
 fn garbage_before_handshake_fails_cleanly() {
     let rng = SystemRandom::new();
     let now = Instant::now();
-    let mut s = Session::server(Arc::new(ServerConfig::with_psk(b"i", b"k")), &rng, now).unwrap();
+    let mut s = Session::server(
+        Arc::new(ServerConfig::with_psk(b"i", &KEY).unwrap()),
+        &rng,
+        now,
+    )
+    .unwrap();
     assert!(s.handle_input(&[0x17, 1, 0, 0, 0, 0], now).is_err());
     assert_eq!(
         s.take_output(),
@@ -584,4 +603,412 @@ fn tls13_in_memory_with_self_signed_certificate() {
         }
     }
     assert!(failed);
+}
+
+// ---- audit 2026-12: M1, L2, L4, L5, L7 and the channel binding ----------
+
+/// M1: a pre-shared key shorter than 32 bytes is refused everywhere it can enter.
+#[test]
+fn psk_shorter_than_minimum_is_refused() {
+    use zeroize::Zeroize;
+    use zs_crypto::session::{ClientAuth, PskKey, MIN_PSK_LEN};
+    assert_eq!(MIN_PSK_LEN, 32);
+    for short in [&b""[..], b"k", b"password", &[1; 31]] {
+        assert!(matches!(
+            ClientConfig::psk(b"id", short),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            ServerConfig::with_psk(b"id", short),
+            Err(Error::Config(_))
+        ));
+        let mut s = ServerConfig::with_identity(identity());
+        assert!(s.add_psk(b"id", short).is_err());
+        assert!(s.psks.is_empty());
+        assert!(PskKey::new(short).is_err());
+    }
+    ClientConfig::psk(b"id", &[1; 32]).unwrap();
+    ServerConfig::with_psk(b"id", &[1; 64]).unwrap();
+    // Identities over 64 bytes cannot be sent: refused at configuration.
+    assert!(ClientConfig::psk(&[b'a'; 65], &KEY).is_err());
+    assert!(ServerConfig::with_psk(&[b'a'; 65], &KEY).is_err());
+    // A key emptied after construction is caught when a session starts.
+    let rng = SystemRandom::new();
+    let mut c = ClientConfig::psk(b"id", &KEY).unwrap();
+    if let ClientAuth::Psk { key, .. } = &mut c.auth {
+        key.zeroize();
+    }
+    assert!(matches!(
+        Session::client(Arc::new(c), &rng, Instant::now()),
+        Err(Error::Config(_))
+    ));
+    let mut s = ServerConfig::with_psk(b"id", &KEY).unwrap();
+    s.psks.values_mut().for_each(|k| k.zeroize());
+    assert!(matches!(
+        Session::server(Arc::new(s), &rng, Instant::now()),
+        Err(Error::Config(_))
+    ));
+    // A random key meets the minimum.
+    let k = PskKey::generate(&rng).unwrap();
+    assert_eq!(k.expose_secret().len(), MIN_PSK_LEN);
+}
+
+/// Every form in which secret bytes could leak through `Debug`.
+fn leaks(debug: &str, secret: &[u8]) -> bool {
+    let hex = zs_crypto::hash::to_hex(secret);
+    let decimal = format!("{:?}", secret); // "[115, 117, ...]"
+    let decimal = &decimal[1..decimal.len() - 1];
+    let raw = String::from_utf8_lossy(secret);
+    debug.to_lowercase().contains(&hex[..16])
+        || debug.contains(&decimal[..20])
+        || debug.contains(&raw[..8])
+        || debug.contains(&format!("{:?}", &raw[..8]))
+}
+
+/// L2: `Debug` of the configurations and the identity shows no key material.
+#[test]
+fn debug_redacts_keys_and_seeds() {
+    let psk = *b"super-secret-psk-material-012345";
+    let seed = *b"ed25519-seed-never-in-the-logs!!";
+    let id = Arc::new(ServerIdentity::from_seed(&seed).unwrap());
+    let mut s = ServerConfig::with_identity(id.clone());
+    s.add_psk(b"alice", &psk).unwrap();
+    let c = ClientConfig::psk(b"alice", &psk).unwrap();
+    let ds = format!("{s:?} {s:#?}");
+    let dc = format!("{c:?} {c:#?}");
+    let di = format!("{id:?} {id:#?}");
+    // The check itself catches the forms a derived Debug prints.
+    assert!(leaks(&format!("{:?}", psk.to_vec()), &psk));
+    assert!(leaks(&zs_crypto::hash::to_hex(&psk), &psk));
+    for (what, d) in [("server", &ds), ("client", &dc), ("identity", &di)] {
+        assert!(!leaks(d, &psk), "{what} config shows the PSK: {d}");
+        assert!(!leaks(d, &seed), "{what} shows the identity seed: {d}");
+    }
+    // Still useful: names, not secrets.
+    assert!(
+        ds.contains("alice") && ds.contains(&id.fingerprint().to_string()),
+        "{ds}"
+    );
+    assert!(dc.contains("<redacted>") || dc.contains("<hidden>"), "{dc}");
+}
+
+/// L4: defaults are the AEADs; legacy suites only when named explicitly.
+#[test]
+fn default_policy_offers_and_allows_only_aeads() {
+    let legacy: Vec<SuiteId> = SuiteId::ALL
+        .into_iter()
+        .filter(|s| !matches!(s, SuiteId::Aes256Gcm | SuiteId::ChaCha20Poly1305))
+        .collect();
+    assert_eq!(legacy.len(), 5);
+    let id = identity();
+    let defaults = [
+        SuitePolicy::default().allowed,
+        ClientConfig::pinned(id.fingerprint()).suites,
+        ClientConfig::psk(b"i", &KEY).unwrap().suites,
+        ServerConfig::with_identity(id.clone()).policy.allowed,
+        ServerConfig::with_psk(b"i", &KEY).unwrap().policy.allowed,
+    ];
+    for d in defaults {
+        assert_eq!(d, [SuiteId::Aes256Gcm, SuiteId::ChaCha20Poly1305]);
+    }
+    // A client offering only legacy suites gets nothing from a default server.
+    let mut c = ClientConfig::pinned(id.fingerprint());
+    c.suites = legacy.clone();
+    let mut p = Pair::new(c.clone(), ServerConfig::with_identity(id.clone()));
+    let (rc, rs) = p.drive();
+    assert_eq!(rs, Err(Error::NoCommonSuite));
+    assert_eq!(rc, Err(Error::PeerAlert(alert::NO_COMMON_SUITE)));
+    // A default client cannot be talked into a legacy suite either.
+    let mut s = ServerConfig::with_identity(id.clone());
+    s.policy = only(SuiteId::Mars256CtrHmacSha3);
+    let mut p = Pair::new(ClientConfig::pinned(id.fingerprint()), s);
+    assert_eq!(p.drive().1, Err(Error::NoCommonSuite));
+    // Named explicitly on both sides, each legacy suite works.
+    for suite in legacy {
+        let mut s = ServerConfig::with_identity(id.clone());
+        s.policy = only(suite);
+        let mut c = ClientConfig::pinned(id.fingerprint());
+        c.suites = vec![suite];
+        let p = Pair::established(c, s);
+        assert_eq!(p.s.suite(), Some(suite));
+    }
+}
+
+struct PskAttempt {
+    server_hello_len: usize,
+    client_err: Result<(), Error>,
+    client_out: Vec<u8>,
+    server_err: Result<(), Error>,
+    server_out: Vec<u8>,
+    /// The server's answer to a forged ClientFinished instead of the alert.
+    forged_err: Result<(), Error>,
+    forged_out: Vec<u8>,
+}
+
+fn psk_attempt(client_id: &[u8], client_key: &[u8]) -> PskAttempt {
+    let rng = SystemRandom::new();
+    let now = Instant::now();
+    let scfg = Arc::new(ServerConfig::with_psk(b"alice", &KEY).unwrap());
+    let ccfg = Arc::new(ClientConfig::psk(client_id, client_key).unwrap());
+    let mut c = Session::client(ccfg.clone(), &rng, now).unwrap();
+    let mut s = Session::server(scfg.clone(), &rng, now).unwrap();
+    let hello = c.take_output();
+    s.handle_input(&hello, now).unwrap();
+    let sh = s.take_output();
+    let client_err = c.handle_input(&sh, now);
+    let client_out = c.take_output();
+    let server_err = s.handle_input(&client_out, now);
+    let server_out = s.take_output();
+    // An active attacker who goes on with a made-up ClientFinished.
+    let mut s2 = Session::server(scfg, &rng, now).unwrap();
+    let mut c2 = Session::client(ccfg, &rng, now).unwrap();
+    s2.handle_input(&c2.take_output(), now).unwrap();
+    assert_eq!(s2.take_output().len(), sh.len()); // its ServerHello
+    let mut forged = vec![ContentType::Handshake as u8, 33, 0, 0, 0, 0x03];
+    forged.extend_from_slice(&[0x77; 32]);
+    let forged_err = s2.handle_input(&forged, now);
+    PskAttempt {
+        server_hello_len: sh.len(),
+        client_err,
+        client_out,
+        server_err,
+        server_out,
+        forged_err,
+        forged_out: s2.take_output(),
+    }
+}
+
+/// L5: an unknown identity and a wrong key look the same on the wire; only
+/// the server's local error tells them apart.
+#[test]
+fn unknown_psk_identity_is_indistinguishable_from_a_wrong_key() {
+    let unknown = psk_attempt(b"mallory", &KEY);
+    let wrong = psk_attempt(b"alice", &KEY2);
+    let alert_record = [ContentType::Alert as u8, 1, 0, 0, 0, alert::PSK_MISMATCH];
+    for a in [&unknown, &wrong] {
+        assert_eq!(a.client_err, Err(Error::PskMismatch));
+        assert_eq!(a.client_out, alert_record);
+        assert!(a.server_out.is_empty());
+        assert_eq!(a.forged_out, alert_record);
+    }
+    assert_eq!(unknown.server_hello_len, wrong.server_hello_len);
+    // Server side, for the logs.
+    assert_eq!(
+        unknown.server_err,
+        Err(Error::UnknownPskId("mallory".into()))
+    );
+    assert_eq!(
+        unknown.forged_err,
+        Err(Error::UnknownPskId("mallory".into()))
+    );
+    assert_eq!(wrong.server_err, Err(Error::PeerAlert(alert::PSK_MISMATCH)));
+    assert_eq!(wrong.forged_err, Err(Error::PskMismatch));
+    // The right identity and key: the identity reaches the application.
+    let mut p = Pair::established(
+        ClientConfig::psk(b"alice", &KEY).unwrap(),
+        ServerConfig::with_psk(b"alice", &KEY).unwrap(),
+    );
+    assert!(matches!(
+        &events(&mut p.s)[0],
+        Event::HandshakeComplete { psk_identity: Some(id), .. } if id == b"alice"
+    ));
+}
+
+/// The exporter: equal on both ends, unique per session, stable across key
+/// updates, `None` before the handshake completes.
+#[test]
+fn channel_binding_is_shared_unique_and_only_after_the_handshake() {
+    let rng = SystemRandom::new();
+    let now = Instant::now();
+    let id = identity();
+    let ccfg = Arc::new(ClientConfig::pinned(id.fingerprint()));
+    let scfg = Arc::new(ServerConfig::with_identity(id));
+    let mut c = Session::client(ccfg.clone(), &rng, now).unwrap();
+    let mut s = Session::server(scfg.clone(), &rng, now).unwrap();
+    assert_eq!((c.channel_binding(), s.channel_binding()), (None, None));
+    s.handle_input(&c.take_output(), now).unwrap();
+    // The server has its keys but has not verified ClientFinished yet.
+    assert_eq!(s.channel_binding(), None);
+    c.handle_input(&s.take_output(), now).unwrap();
+    let cb = c.channel_binding().expect("client established");
+    assert_eq!(s.channel_binding(), None);
+    s.handle_input(&c.take_output(), now).unwrap();
+    assert_eq!(s.channel_binding(), Some(cb));
+    assert_ne!(cb, [0; 32]);
+    // Key updates do not change it.
+    c.rekey(now).unwrap();
+    s.handle_input(&c.take_output(), now).unwrap();
+    c.handle_input(&s.take_output(), now).unwrap();
+    assert_eq!(c.generations(), Some((1, 1)));
+    assert_eq!(
+        (c.channel_binding(), s.channel_binding()),
+        (Some(cb), Some(cb))
+    );
+    // Another session between the same configurations: another value.
+    let mut p = Pair::new((*ccfg).clone(), (*scfg).clone());
+    p.ok();
+    let cb2 = p.c.channel_binding().unwrap();
+    assert_eq!(p.s.channel_binding(), Some(cb2));
+    assert_ne!(cb, cb2);
+    // A failed session has none.
+    let mut bad = Pair::new(ClientConfig::pinned(Fingerprint([1; 32])), (*scfg).clone());
+    let _ = bad.drive();
+    assert_eq!(
+        (bad.c.channel_binding(), bad.s.channel_binding()),
+        (None, None)
+    );
+}
+
+mod tls {
+    use super::*;
+    use zs_crypto::tls::{client_config, server_config, TlsSession};
+    use zs_crypto::SecureSession;
+
+    fn cert() -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        (ck.cert.der().clone(), key)
+    }
+
+    /// A client offering only `suite`.
+    fn client_with(
+        root: &rustls::pki_types::CertificateDer<'static>,
+        suite: rustls::SupportedCipherSuite,
+    ) -> TlsSession {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = vec![suite];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsSession::client(Arc::new(cfg), "localhost").unwrap()
+    }
+
+    /// Shuttles bytes until quiet; returns what each side received and its events.
+    fn pump(c: &mut TlsSession, s: &mut TlsSession) -> (Vec<Event>, Vec<Event>) {
+        let now = Instant::now();
+        let (mut ce, mut se) = (Vec::new(), Vec::new());
+        for _ in 0..1000 {
+            let mut a = Vec::new();
+            c.write_output(&mut a);
+            let mut b = Vec::new();
+            s.write_output(&mut b);
+            if a.is_empty() && b.is_empty() {
+                break;
+            }
+            s.handle_input(&a, now).unwrap();
+            c.handle_input(&b, now).unwrap();
+            se.extend(std::iter::from_fn(|| s.poll_event()));
+            ce.extend(std::iter::from_fn(|| c.poll_event()));
+        }
+        (ce, se)
+    }
+
+    fn bytes(ev: &[Event]) -> Vec<u8> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::Data(d) => Some(d.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn suite_of(ev: &[Event]) -> Option<SuiteId> {
+        ev.iter().find_map(|e| match e {
+            Event::HandshakeComplete { suite, .. } => Some(*suite),
+            _ => None,
+        })
+    }
+
+    /// L7: one send of 1 MiB (before and after the handshake) succeeds and
+    /// arrives intact.
+    #[test]
+    fn one_mib_in_one_send_round_trips() {
+        let (cert, key) = cert();
+        let mut s = TlsSession::server(server_config(vec![cert.clone()], key).unwrap()).unwrap();
+        let mut c = TlsSession::client(client_config(&[cert]).unwrap(), "localhost").unwrap();
+        let now = Instant::now();
+        let early: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        c.send(&early, now).unwrap();
+        let (_, se) = pump(&mut c, &mut s);
+        assert_eq!(bytes(&se), early);
+        let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+        s.send(&big, now).unwrap();
+        c.send(&big, now).unwrap();
+        let (ce, se) = pump(&mut c, &mut s);
+        assert_eq!(bytes(&ce), big);
+        assert_eq!(bytes(&se), big);
+    }
+
+    /// Data sent before the handshake is bounded like our own sessions'.
+    #[test]
+    fn early_data_is_bounded() {
+        let (cert, _) = cert();
+        let mut c = TlsSession::client(client_config(&[cert]).unwrap(), "localhost").unwrap();
+        let now = Instant::now();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..16 {
+            c.send(&chunk, now).unwrap();
+        }
+        assert!(matches!(c.send(b"x", now), Err(Error::Config(_))));
+    }
+
+    /// L7: the negotiated suite is reported, not assumed.
+    #[test]
+    fn negotiated_suite_is_reported() {
+        use rustls::crypto::ring::cipher_suite as cs;
+        for (suite, want, name) in [
+            (
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                SuiteId::Tls13ChaCha20Poly1305Sha256,
+                "TLS13_CHACHA20_POLY1305_SHA256",
+            ),
+            (
+                cs::TLS13_AES_128_GCM_SHA256,
+                SuiteId::Tls13Aes128GcmSha256,
+                "TLS13_AES_128_GCM_SHA256",
+            ),
+            (
+                cs::TLS13_AES_256_GCM_SHA384,
+                SuiteId::Tls13Aes256GcmSha384,
+                "TLS13_AES_256_GCM_SHA384",
+            ),
+        ] {
+            let (cert, key) = cert();
+            let mut s =
+                TlsSession::server(server_config(vec![cert.clone()], key).unwrap()).unwrap();
+            let mut c = client_with(&cert, suite);
+            let (ce, se) = pump(&mut c, &mut s);
+            assert_eq!(suite_of(&ce), Some(want));
+            assert_eq!(suite_of(&se), Some(want));
+            assert_eq!(want.name(), name);
+            assert_eq!((c.suite(), s.suite()), (Some(want), Some(want)));
+        }
+    }
+
+    /// L7: errors make the session unusable.
+    #[test]
+    fn errors_fail_the_session() {
+        let (cert, key) = cert();
+        let now = Instant::now();
+        let mut s = TlsSession::server(server_config(vec![cert.clone()], key).unwrap()).unwrap();
+        assert!(matches!(
+            s.handle_input(&[0x17, 3, 3, 0, 5, 1, 2, 3, 4, 5], now),
+            Err(Error::Tls(_))
+        ));
+        assert_eq!(s.send(b"x", now), Err(Error::Failed));
+        assert_eq!(s.handle_input(b"", now), Err(Error::Failed));
+        // The stream ending without close_notify: truncation, then unusable.
+        let mut c = TlsSession::client(client_config(&[cert]).unwrap(), "localhost").unwrap();
+        assert_eq!(c.handle_eof(), Err(Error::Truncated));
+        assert_eq!(c.send(b"x", now), Err(Error::Failed));
+        assert_eq!(c.close(), Err(Error::Failed));
+    }
 }

@@ -4,10 +4,15 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{FrameKind, FLAG_COMPRESSED, FLAG_RESERVED, KIND_MASK, VERSION};
 use crate::varint::{get_varint, put_varint, varint_fast, varint_len, Varint};
-use crate::{Config, Frame, WireError};
+use crate::{Config, DecodeError, Frame, WireError};
 
 /// Frames up to this size (header included) are assembled on the stack.
 const SMALL_FRAME: usize = 128;
+
+/// While a frame is incomplete, the decoder reserves room for at most this many
+/// more bytes: the buffer grows with what the peer actually sends (`BytesMut`
+/// grows geometrically on its own), never with the length its header announces.
+const RESERVE_STEP: usize = 64 << 10;
 
 /// Parsed frame header.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +48,10 @@ fn parse_header(b: &[u8], config: &Config) -> Result<Option<Header>, WireError> 
         return Err(WireError::ReservedFlags(k));
     }
     let kind = FrameKind::from_code(k & KIND_MASK).ok_or(WireError::UnknownKind(k))?;
+    let compressed = k & FLAG_COMPRESSED != 0;
+    if compressed && !config.accept_compressed {
+        return Err(WireError::CompressionRefused(k));
+    }
     let len = match varint_fast(&b[p + 1..]) {
         Some((v, n)) => Varint::Done(v, n),
         None => get_varint(&b[p + 1..])?,
@@ -58,7 +67,7 @@ fn parse_header(b: &[u8], config: &Config) -> Result<Option<Header>, WireError> 
             }
             Ok(Some(Header {
                 kind,
-                compressed: k & FLAG_COMPRESSED != 0,
+                compressed,
                 header_len: p + 1 + n,
                 body_len: len as usize,
             }))
@@ -72,15 +81,39 @@ fn lz4_max_output(compressed: usize) -> u64 {
     (compressed as u64).saturating_mul(255).saturating_add(64)
 }
 
-/// Turns a received body into the frame, decompressing first if flagged.
+/// The request id at the start of a body of `kind`, if the kind has one and it reads.
 #[inline]
-fn finish(h: Header, body: Bytes, config: &Config) -> Result<Frame, WireError> {
+fn leading_id(kind: FrameKind, body: &[u8]) -> Option<u64> {
+    if !kind.has_request_id() {
+        return None;
+    }
+    match varint_fast(body) {
+        Some((id, _)) => Some(id),
+        None => match get_varint(body) {
+            Ok(Varint::Done(id, _)) => Some(id),
+            _ => None,
+        },
+    }
+}
+
+/// Turns a received body into the frame, decompressing first if flagged. Every
+/// error is a [`DecodeError::BadBody`]: the whole frame was there and is consumed.
+#[inline]
+fn finish(h: Header, body: Bytes, config: &Config) -> Result<Frame, DecodeError> {
+    let bad = |id, error| DecodeError::BadBody {
+        kind: h.kind,
+        id,
+        frame_len: h.header_len + h.body_len,
+        error,
+    };
     let body = if h.compressed {
-        decompress(&body, config)?
+        decompress(&body, config).map_err(|e| bad(None, e))?
     } else {
         body
     };
-    Frame::decode_body(h.kind, body, &config.limits)
+    // Read before `body` moves into the parser (no reference-count update).
+    let id = leading_id(h.kind, &body);
+    Frame::decode_body(h.kind, body, &config.limits).map_err(|e| bad(id, e))
 }
 
 fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {
@@ -121,7 +154,12 @@ fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {
 /// `BytesMut` and call [`decode`](Decoder::decode) until it returns `Ok(None)`.
 ///
 /// Input may be split at any byte. A decoded frame's byte fields are slices of the
-/// buffer (no copy). See [`WireError`] for which errors leave the stream in step.
+/// buffer (no copy). See [`decode_recoverable`](Decoder::decode_recoverable) for
+/// which errors leave the stream in step.
+///
+/// Memory: while a frame is incomplete the decoder reserves at most 64 KiB beyond
+/// what arrived, not the length the header announces, so a peer that announces
+/// `max_frame` and stalls pins little memory.
 #[derive(Debug, Clone, Default)]
 pub struct Decoder {
     config: Config,
@@ -139,15 +177,52 @@ impl Decoder {
     }
 
     /// Takes one complete frame off the front of `buf`. Returns `Ok(None)` (and
-    /// reserves room for the rest of the frame, once its length is known and
-    /// accepted) when more bytes are needed.
+    /// reserves room for more of the frame, once its length is known and accepted)
+    /// when more bytes are needed.
+    ///
+    /// Same as [`decode_recoverable`](Decoder::decode_recoverable) with the error
+    /// flattened: after an error inside a body the frame was consumed and decoding
+    /// may go on; after any other error it must not.
+    #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        let Some(h) = parse_header(buf, &self.config)? else {
+        self.decode_recoverable(buf)
+            .map_err(DecodeError::into_error)
+    }
+
+    /// Like [`decode`](Decoder::decode), but says whether the decoder is still in
+    /// step after an error:
+    /// - [`DecodeError::BadBody`]: the header was valid and the whole frame arrived,
+    ///   but the body is malformed or breaks a limit (invalid UTF-8, a bad varint in
+    ///   the body, a DataFrame too deep, JSON too long or invalid, a corrupt lz4
+    ///   block…). Exactly that frame was taken off `buf`; the caller may answer its
+    ///   `id` (if any) with an error frame and call `decode` again.
+    /// - [`DecodeError::Fatal`]: an error in the header (version, token, kind byte,
+    ///   refused compression, length): nothing was consumed and the stream cannot be
+    ///   resynchronised; close the connection.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use zs_wire::{Config, DecodeError, Decoder, Frame, FrameKind, WireError};
+    /// let mut dec = Decoder::new(Config::default());
+    /// // A Console request (id 7) whose name is not UTF-8, then a Keepalive.
+    /// let mut buf = BytesMut::from(&[0x01, 0x01, 0x03, 0x07, 0x01, 0xff, 0x01, 0x19, 0x00][..]);
+    /// let e = dec.decode_recoverable(&mut buf).unwrap_err();
+    /// assert!(e.is_recoverable());
+    /// assert_eq!(e, DecodeError::BadBody {
+    ///     kind: FrameKind::Console,
+    ///     id: Some(7),
+    ///     frame_len: 6,
+    ///     error: WireError::InvalidUtf8,
+    /// });
+    /// assert_eq!(dec.decode_recoverable(&mut buf), Ok(Some(Frame::Keepalive)));
+    /// ```
+    pub fn decode_recoverable(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        let Some(h) = parse_header(buf, &self.config).map_err(DecodeError::Fatal)? else {
             return Ok(None);
         };
         let total = h.header_len + h.body_len;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            buf.reserve((total - buf.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         // One split (one reference-count increment) for the whole frame; skipping
@@ -305,6 +380,11 @@ impl FrameCodec {
         self.decoder.decode(buf)
     }
 
+    /// See [`Decoder::decode_recoverable`].
+    pub fn decode_recoverable(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        self.decoder.decode_recoverable(buf)
+    }
+
     /// See [`Encoder::encode`].
     pub fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
         self.encoder.encode(frame, dst)
@@ -315,11 +395,24 @@ impl Frame {
     /// Decodes exactly one complete frame held in `src` (for example the payload of
     /// a [`Frame::SeqData`]). Fields are zero-copy slices of `src`.
     pub fn decode(src: &Bytes, config: &Config) -> Result<Frame, WireError> {
-        let h = parse_header(src, config)?.ok_or(WireError::Truncated { field: "header" })?;
+        Frame::decode_recoverable(src, config).map_err(DecodeError::into_error)
+    }
+
+    /// [`Frame::decode`] telling a bad body ([`DecodeError::BadBody`]: the header
+    /// was valid and `src` held exactly the frame, so the caller may answer its id
+    /// and go on) from a bad header or a size mismatch ([`DecodeError::Fatal`]).
+    pub fn decode_recoverable(src: &Bytes, config: &Config) -> Result<Frame, DecodeError> {
+        let h = parse_header(src, config)
+            .map_err(DecodeError::Fatal)?
+            .ok_or(DecodeError::Fatal(WireError::Truncated { field: "header" }))?;
         let total = h.header_len + h.body_len;
         match src.len().cmp(&total) {
-            std::cmp::Ordering::Less => Err(WireError::Truncated { field: "body" }),
-            std::cmp::Ordering::Greater => Err(WireError::TrailingBytes(src.len() - total)),
+            std::cmp::Ordering::Less => {
+                Err(DecodeError::Fatal(WireError::Truncated { field: "body" }))
+            }
+            std::cmp::Ordering::Greater => Err(DecodeError::Fatal(WireError::TrailingBytes(
+                src.len() - total,
+            ))),
             std::cmp::Ordering::Equal => finish(h, src.slice(h.header_len..), config),
         }
     }

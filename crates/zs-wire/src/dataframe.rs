@@ -21,6 +21,13 @@ use crate::{Limits, WireError};
 /// while a [`Reader`] reads straight from the bytes. Re-encoding an unmodified
 /// decoded DataFrame copies its bytes (cheap forwarding).
 ///
+/// JSON values in particular are only *checked* by `decode` (syntax, UTF-8, number
+/// range, nesting; no allocation per element); their `serde_json::Value` tree is
+/// parsed when the value is accessed: through [`get`](DataFrame::get) /
+/// [`values`](DataFrame::values) (parsed once, cached with all values), or a
+/// [`Reader`] that reads that value (parsed on each read). `Debug` and `==` build
+/// the values too.
+///
 /// ```
 /// use zs_wire::{DataFrame, Limits};
 /// let mut df = DataFrame::new();
@@ -225,7 +232,7 @@ impl DataFrame {
     pub(crate) fn decode_rest(cur: &mut Cursor, limits: &Limits) -> Result<DataFrame, WireError> {
         let start = cur.pos();
         let mut budget = limits.max_values;
-        let count = validate_frame(cur, limits, 1, &mut budget)?;
+        let count = validate_frame(cur, limits, 1, &mut budget, true)?;
         cur.finish()?;
         Ok(DataFrame {
             repr: Repr::Wire {
@@ -418,6 +425,7 @@ const UNLIMITED: Limits = Limits {
     max_values: usize::MAX,
     max_string: usize::MAX,
     max_name: usize::MAX,
+    max_json: usize::MAX,
 };
 
 /// Reads a length prefix for a string-like value and checks it against the limit
@@ -457,11 +465,11 @@ fn read_text(cur: &mut Cursor, limits: &Limits) -> Result<Text, WireError> {
 }
 
 #[inline]
-fn check_text(cur: &mut Cursor, limits: &Limits) -> Result<(), WireError> {
+fn check_text(cur: &mut Cursor, limits: &Limits, content: bool) -> Result<(), WireError> {
     let n = value_len_prefix(cur, limits, "string")?;
     let b = cur.slice(n, "string")?;
     // ASCII (the common case) is checked a word at a time, inline.
-    if !b.is_ascii() {
+    if content && !b.is_ascii() {
         std::str::from_utf8(b).map_err(|_| WireError::InvalidUtf8)?;
     }
     Ok(())
@@ -482,17 +490,41 @@ fn array_header(cur: &mut Cursor, limits: &Limits) -> Result<(NumKind, usize), W
     Ok((kind, n))
 }
 
+/// Reads the length prefix of a JSON value and checks it against `max_json` and
+/// `max_string` before anything is sliced or allocated.
+#[inline]
+fn json_len_prefix(cur: &mut Cursor, limits: &Limits) -> Result<usize, WireError> {
+    let n = cur.varint("json")?;
+    if n > limits.max_json as u64 {
+        return Err(WireError::JsonTooLarge {
+            len: n,
+            max: limits.max_json,
+        });
+    }
+    if n > limits.max_string as u64 {
+        return Err(WireError::ValueTooLarge {
+            len: n,
+            max: limits.max_string,
+        });
+    }
+    Ok(n as usize)
+}
+
+/// Builds the JSON tree of a validated JSON text: only when a value is accessed.
 fn parse_json(text: &[u8]) -> Result<serde_json::Value, WireError> {
     serde_json::from_slice(text).map_err(|e| WireError::Json(e.to_string()))
 }
 
 /// Checks one DataFrame (count and values) against `limits` without building
 /// anything; returns its value count. Every decoding error is found here.
+/// `content`: also check the content of texts (UTF-8) and JSON values (syntax);
+/// off only to find the end of bytes validated before.
 fn validate_frame(
     cur: &mut Cursor,
     limits: &Limits,
     depth: usize,
     budget: &mut usize,
+    content: bool,
 ) -> Result<usize, WireError> {
     if depth > limits.max_depth {
         return Err(WireError::DepthExceeded {
@@ -509,7 +541,7 @@ fn validate_frame(
     let count = count as usize;
     *budget -= count;
     for _ in 0..count {
-        validate_value(cur, limits, depth, budget)?;
+        validate_value(cur, limits, depth, budget, content)?;
     }
     Ok(count)
 }
@@ -534,6 +566,7 @@ fn validate_value(
     limits: &Limits,
     depth: usize,
     budget: &mut usize,
+    content: bool,
 ) -> Result<(), WireError> {
     let t = cur.u8("value tag")?;
     // Fixed-size numbers: one table look-up and one bounds check.
@@ -542,7 +575,7 @@ fn validate_value(
         return Ok(());
     }
     match t {
-        tag::STR => check_text(cur, limits)?,
+        tag::STR => check_text(cur, limits, content)?,
         tag::BOOL => {
             read_bool(cur)?;
         }
@@ -555,11 +588,16 @@ fn validate_value(
             cur.slice(n, "array")?;
         }
         tag::FRAME => {
-            validate_frame(cur, limits, depth + 1, budget)?;
+            validate_frame(cur, limits, depth + 1, budget, content)?;
         }
         tag::JSON => {
-            let n = value_len_prefix(cur, limits, "json")?;
-            parse_json(cur.slice(n, "json")?)?;
+            let n = json_len_prefix(cur, limits)?;
+            let text = cur.slice(n, "json")?;
+            if content {
+                // Syntax only: no `serde_json::Value` is built here (see
+                // `json::validate`); the tree is parsed when a value is accessed.
+                crate::json::validate(text)?;
+            }
         }
         tag::VARIANT => match cur.u8("variant tag")? {
             vtag::NULL => {}
@@ -567,7 +605,7 @@ fn validate_value(
                 read_bool(cur)?;
             }
             vtag::INT | vtag::UINT | vtag::FLOAT => drop(cur.slice(8, "variant")?),
-            vtag::TEXT => check_text(cur, limits)?,
+            vtag::TEXT => check_text(cur, limits, content)?,
             other => return Err(WireError::UnknownVariantTag(other)),
         },
         other => return Err(WireError::UnknownValueTag(other)),
@@ -627,12 +665,14 @@ fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
         }
         tag::FRAME => {
             let start = cur.pos();
+            // Validated when decoded: only find its end and count (texts and JSON
+            // are not checked again, nested JSON is not parsed).
             let mut budget = usize::MAX;
-            let count = validate_frame(cur, l, 1, &mut budget)?;
+            let count = validate_frame(cur, l, 1, &mut budget, false)?;
             Value::Frame(Box::new(DataFrame::from_validated(cur.since(start), count)))
         }
         tag::JSON => {
-            let n = value_len_prefix(cur, l, "json")?;
+            let n = json_len_prefix(cur, l)?;
             Value::Json(Box::new(parse_json(cur.slice(n, "json")?)?))
         }
         tag::VARIANT => Value::Variant(match cur.u8("variant tag")? {

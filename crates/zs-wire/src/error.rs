@@ -1,4 +1,6 @@
-//! The one error type of the crate.
+//! The error types of the crate.
+
+use crate::FrameKind;
 
 /// Everything that can go wrong while encoding, decoding or reading wire data.
 ///
@@ -6,10 +8,14 @@
 /// and never allocate from the bad length first. After an error from the *header* of
 /// a frame ([`UnsupportedVersion`](WireError::UnsupportedVersion),
 /// [`BadToken`](WireError::BadToken), [`UnknownKind`](WireError::UnknownKind),
-/// [`ReservedFlags`](WireError::ReservedFlags), [`FrameTooLarge`](WireError::FrameTooLarge),
-/// varint errors in the length) the byte stream cannot be resynchronised and the
-/// connection should be closed. Errors inside a body leave the stream in step (the
-/// frame's bytes were consumed), so a caller may choose to answer with an error frame.
+/// [`ReservedFlags`](WireError::ReservedFlags),
+/// [`CompressionRefused`](WireError::CompressionRefused),
+/// [`FrameTooLarge`](WireError::FrameTooLarge), varint errors in the length) the byte
+/// stream cannot be resynchronised and the connection should be closed. Errors inside
+/// a body leave the stream in step (the frame's bytes were consumed), so a caller may
+/// choose to answer with an error frame and carry on:
+/// [`Decoder::decode_recoverable`](crate::Decoder::decode_recoverable) tells the two
+/// apart ([`DecodeError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
@@ -25,6 +31,11 @@ pub enum WireError {
     /// Reserved bits of the kind byte are set.
     #[error("reserved flag bits set in kind byte {0:#04x}")]
     ReservedFlags(u8),
+    /// The kind byte has the compressed bit set but this side does not accept
+    /// compressed frames ([`Config::accept_compressed`](crate::Config::accept_compressed)).
+    /// A header error: the connection should be closed.
+    #[error("compressed frame refused (kind byte {0:#04x}): compression is not enabled")]
+    CompressionRefused(u8),
     /// A varint is longer than 10 bytes or does not fit its target type.
     #[error("varint overflows its type")]
     VarintOverflow,
@@ -105,9 +116,18 @@ pub enum WireError {
         /// Configured maximum.
         max: usize,
     },
-    /// A string, bytes, JSON or array value is longer than `Limits::max_string`.
+    /// A string, bytes, JSON or array value (or a rest-text) is longer than
+    /// `Limits::max_string`.
     #[error("value of {len} bytes exceeds the limit of {max}")]
     ValueTooLarge {
+        /// Declared length in bytes.
+        len: u64,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// A JSON value's text is longer than `Limits::max_json`.
+    #[error("JSON value of {len} bytes exceeds the limit of {max}")]
+    JsonTooLarge {
         /// Declared length in bytes.
         len: u64,
         /// Configured maximum.
@@ -135,6 +155,67 @@ pub enum WireError {
         /// Type found.
         found: &'static str,
     },
+}
+
+/// A decoding error split by what the caller can do next (see
+/// [`Decoder::decode_recoverable`](crate::Decoder::decode_recoverable)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The byte stream cannot be resynchronised (a header error, or a whole-buffer
+    /// input whose size does not match its header): close the connection.
+    #[error(transparent)]
+    Fatal(WireError),
+    /// The header was valid and the whole frame arrived, but its body is malformed
+    /// (or breaks a limit, or does not decompress). Exactly that frame's bytes were
+    /// consumed, so the decoder is still in step: the caller may answer `id` with an
+    /// error frame and go on decoding.
+    #[error("bad {kind:?} frame body ({frame_len} bytes on the wire): {error}")]
+    BadBody {
+        /// The frame's kind (from its valid header).
+        kind: FrameKind,
+        /// The request id, when the kind carries one and it could be read (it is the
+        /// first field of the body; `None` for kinds without an id, or when the body
+        /// is too broken to read it, e.g. it does not decompress).
+        id: Option<u64>,
+        /// Bytes the frame took on the wire (header and body), all consumed.
+        frame_len: usize,
+        /// What is wrong with the body.
+        error: WireError,
+    },
+}
+
+impl DecodeError {
+    /// True when the decoder is still in step and decoding may go on.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, DecodeError::BadBody { .. })
+    }
+
+    /// The underlying error (what [`Decoder::decode`](crate::Decoder::decode) returns).
+    pub fn error(&self) -> &WireError {
+        match self {
+            DecodeError::Fatal(e) | DecodeError::BadBody { error: e, .. } => e,
+        }
+    }
+
+    /// Unwraps the underlying error.
+    pub fn into_error(self) -> WireError {
+        match self {
+            DecodeError::Fatal(e) | DecodeError::BadBody { error: e, .. } => e,
+        }
+    }
+}
+
+impl From<DecodeError> for WireError {
+    fn from(e: DecodeError) -> Self {
+        e.into_error()
+    }
+}
+
+impl From<DecodeError> for std::io::Error {
+    fn from(e: DecodeError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
 }
 
 impl From<WireError> for std::io::Error {

@@ -271,6 +271,24 @@ impl FrameKind {
     pub const fn code(self) -> u8 {
         self as u8
     }
+
+    /// Whether bodies of this kind start with a request id (see [`Frame::request_id`]).
+    pub const fn has_request_id(self) -> bool {
+        matches!(
+            self,
+            FrameKind::Console
+                | FrameKind::Stream
+                | FrameKind::BigStream
+                | FrameKind::BigStreamAck
+                | FrameKind::BatchStream
+                | FrameKind::Control
+                | FrameKind::ConsoleResponse
+                | FrameKind::StreamResponse
+                | FrameKind::Error
+                | FrameKind::Echo
+                | FrameKind::EchoReply
+        )
+    }
 }
 
 const FLAG_LAST: u8 = 0x01;

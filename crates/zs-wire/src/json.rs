@@ -16,7 +16,10 @@
 //! - `variant`: `"k"` is one of `null`, `bool`, `int`, `uint`, `float`, `text`, and
 //!   `v` the content (absent for `null`).
 
+use std::fmt;
+
 use bytes::Bytes;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Map, Value as J};
 
 use crate::value::{NumArray, NumKind, Text, Value, Variant};
@@ -214,6 +217,78 @@ pub(crate) fn plain_value(v: &Value) -> J {
             Variant::Float(f) => num(*f),
             Variant::Text(s) => json!(s.as_str()),
         },
+    }
+}
+
+/// Checks that `text` is one JSON value exactly as [`serde_json::from_slice`] into a
+/// [`serde_json::Value`] would accept it (same parser, same UTF-8, escape, number
+/// range and nesting rules, including serde_json's recursion limit of 128, so at most
+/// 127 nested arrays/objects), without building anything.
+///
+/// Cost: one linear pass over the text. Memory: no allocation per element; only
+/// serde_json's scratch buffer for a string containing escapes (at most that string's
+/// length) and a native stack frame per nesting level (at most 127).
+pub(crate) fn validate(text: &[u8]) -> Result<(), WireError> {
+    serde_json::from_slice::<Valid>(text)
+        .map(drop)
+        .map_err(|e| WireError::Json(e.to_string()))
+}
+
+/// A JSON value that was checked and dropped as it was read.
+struct Valid;
+
+impl<'de> Deserialize<'de> for Valid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Valid, D::Error> {
+        // `deserialize_any` is the path `serde_json::Value` takes (unlike
+        // `deserialize_ignored_any`, which skips strings and numbers without
+        // checking their UTF-8, escapes or range).
+        d.deserialize_any(ValidVisitor)
+    }
+}
+
+struct ValidVisitor;
+
+impl<'de> Visitor<'de> for ValidVisitor {
+    type Value = Valid;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
+        while seq.next_element::<Valid>()?.is_some() {}
+        Ok(Valid)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
+        while map.next_key::<Valid>()?.is_some() {
+            map.next_value::<Valid>()?;
+        }
+        Ok(Valid)
     }
 }
 

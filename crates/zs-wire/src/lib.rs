@@ -14,7 +14,11 @@
 //!   console request (name + text) costs 5 bytes of framing with a request id
 //!   below 128, 6 above (4 more with a verification token, [`Config::token`]).
 //! - **Bounded, total decoding**: every length is checked against [`Limits`] before
-//!   anything is allocated; malformed input is a [`WireError`], never a panic.
+//!   anything is allocated; malformed input is a [`WireError`], never a panic. A
+//!   bad body leaves the decoder in step ([`Decoder::decode_recoverable`],
+//!   [`DecodeError`]); a stalled frame pins at most 64 KiB beyond what arrived; JSON
+//!   values are checked without building them (`Limits::max_json`); compressed
+//!   frames are refused unless [`Config::accept_compressed`].
 //! - **Zero copy**: byte, text and array values are [`bytes::Bytes`] slices of the
 //!   received buffer, so a 1 MiB value is not copied when decoded; short texts
 //!   (command names, up to 20 bytes) are copied inline into their [`Text`] instead,
@@ -26,7 +30,7 @@
 //! Main types: [`Frame`] (all frame kinds, including the StableIO sequence records),
 //! [`Decoder`] / [`Encoder`] / [`FrameCodec`], [`Config`] / [`Limits`],
 //! [`DataFrame`] / [`Value`] (typed values with lenient [`Reader`]s and a JSON form),
-//! [`WireError`].
+//! [`WireError`] / [`DecodeError`].
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -64,7 +68,7 @@ mod varint;
 pub use codec::{Decoder, Encoder, FrameCodec};
 pub use config::{Config, Limits};
 pub use dataframe::{DataFrame, Reader};
-pub use error::WireError;
+pub use error::{DecodeError, WireError};
 pub use frame::{Frame, FrameKind, VERSION};
 pub use value::{NumArray, NumKind, Number, Text, Value, Variant};
 

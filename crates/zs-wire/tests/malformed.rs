@@ -42,6 +42,19 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Config, Want)> {
     use WireError as E;
     let d = Config::default();
     let t = Config::with_token(*b"abcd");
+    // Compression accepted.
+    let z = Config {
+        accept_compressed: true,
+        ..d
+    };
+    // A small JSON limit.
+    let j = Config {
+        limits: Limits {
+            max_json: 4,
+            ..Limits::default()
+        },
+        ..d
+    };
     vec![
         (
             "wrong version",
@@ -254,7 +267,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Config, Want)> {
         (
             "compressed size over limit",
             hex("01 81 05 ff ff ff ff 0f"),
-            d,
+            z,
             Exact(E::FrameTooLarge {
                 len: 0xffff_ffff,
                 max: 16 << 20,
@@ -263,20 +276,65 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Config, Want)> {
         (
             "compression bomb",
             hex("01 81 04 80 80 40 00"),
-            d,
+            z,
             Decompress,
         ),
-        ("corrupt lz4 block", hex("01 81 02 0a f0"), d, Decompress),
+        ("corrupt lz4 block", hex("01 81 02 0a f0"), z, Decompress),
+        (
+            "compressed frame refused by default, at its kind byte",
+            hex("01 81 05 0a 30 61 62 63"),
+            d,
+            Exact(E::CompressionRefused(0x81)),
+        ),
+        (
+            "compressed frame refused with a token",
+            hex("01 61 62 63 64 92"),
+            Config {
+                compress_threshold: Some(0),
+                ..t
+            },
+            Exact(E::CompressionRefused(0x92)),
+        ),
+        (
+            "json over max_json",
+            hex("01 02 0a 01 00 01 10 05 5b 31 2c 32 5d"),
+            j,
+            Exact(E::JsonTooLarge { len: 5, max: 4 }),
+        ),
+        (
+            "json at max_json but invalid",
+            hex("01 02 09 01 00 01 10 04 5b 31 2c 5d"),
+            j,
+            Json,
+        ),
+        (
+            "json number out of range",
+            hex("01 02 0a 01 00 01 10 05 31 65 34 30 30"),
+            d,
+            Json,
+        ),
+        (
+            "json lone surrogate",
+            hex("01 02 0d 01 00 01 10 08 22 5c 75 64 38 30 30 22"),
+            d,
+            Json,
+        ),
+        (
+            "json string not utf-8",
+            hex("01 02 08 01 00 01 10 03 22 ff 22"),
+            d,
+            Json,
+        ),
         (
             "lz4 output short of size",
             hex("01 81 05 0a 30 61 62 63"),
-            d,
+            z,
             Decompress,
         ),
         (
             "compressed body empty",
             hex("01 81 00"),
-            d,
+            z,
             Exact(E::Truncated {
                 field: "uncompressed length",
             }),
@@ -375,6 +433,7 @@ fn limits_are_enforced_on_both_sides() {
         max_values: 10,
         max_string: 10,
         max_name: 4,
+        max_json: 10,
     };
     let c = Config {
         limits,

@@ -95,10 +95,7 @@ fn expected(name: &str) -> Expected {
                 cmd: "z".into(),
                 data: Bytes::from(vec![b'a'; 32]),
             },
-            Config {
-                compress_threshold: Some(16),
-                ..Config::default()
-            },
+            Config::with_compression(16),
         ),
         "dataframe-every-type" => Expected::DataFrame(
             DataFrame::new()

@@ -6,7 +6,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use proptest::prelude::*;
-use zs_wire::{Config, DataFrame, Decoder, Encoder, Frame, FrameKind, Limits, Value};
+use zs_wire::{Config, DataFrame, Decoder, Encoder, Frame, FrameKind, Limits, Value, WireError};
 
 fn decode_all(dec: &mut Decoder, buf: &mut BytesMut) -> Vec<Frame> {
     let mut out = Vec::new();
@@ -120,10 +120,7 @@ fn every_frame_split_at_every_byte() {
     let configs = [
         Config::default(),
         Config::with_token(*b"\xA5zs\x01"),
-        Config {
-            compress_threshold: Some(0),
-            ..Config::with_token(*b"tokn")
-        },
+        Config::with_token(*b"tokn").compression(0),
     ];
     for c in configs {
         for f in &frames {
@@ -160,10 +157,7 @@ fn every_frame_split_at_every_byte() {
 
 #[test]
 fn compression_applies_above_threshold_only_when_smaller() {
-    let c = Config {
-        compress_threshold: Some(64),
-        ..Config::default()
-    };
+    let c = Config::with_compression(64);
     let big = Frame::CompleteBuffer {
         cmd: "z".into(),
         data: Bytes::from(vec![7u8; 10_000]),
@@ -175,10 +169,19 @@ fn compression_applies_above_threshold_only_when_smaller() {
         wire.len()
     );
     assert_eq!(wire[1] & 0x80, 0x80, "compressed flag set");
+    let accepting = Config {
+        accept_compressed: true,
+        ..Config::default()
+    };
     assert_eq!(
-        Frame::decode(&wire, &Config::default()).unwrap(),
+        Frame::decode(&wire, &accepting).unwrap(),
         big,
-        "any decoder accepts it"
+        "any decoder that accepts compression decodes it, whatever its threshold"
+    );
+    assert_eq!(
+        Frame::decode(&wire, &Config::default()),
+        Err(WireError::CompressionRefused(0x87)),
+        "a decoder that does not accept compression refuses it"
     );
     let small = Frame::CompleteBuffer {
         cmd: "z".into(),

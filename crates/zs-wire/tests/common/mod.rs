@@ -171,12 +171,17 @@ pub fn frame() -> impl Strategy<Value = Frame> {
     ]
 }
 
+/// Configurations both ends of a link can share: compression, when on, is accepted
+/// too (and sometimes accepted without being sent).
 pub fn config() -> impl Strategy<Value = Config> {
-    (any::<bool>(), prop::option::of(0usize..64)).prop_map(|(tok, compress_threshold)| Config {
-        token: tok.then_some(*b"\xA5zs\x01"),
-        compress_threshold,
-        ..Config::default()
-    })
+    (any::<bool>(), prop::option::of(0usize..64), any::<bool>()).prop_map(
+        |(tok, compress_threshold, accept)| Config {
+            token: tok.then_some(*b"\xA5zs\x01"),
+            compress_threshold,
+            accept_compressed: accept || compress_threshold.is_some(),
+            ..Config::default()
+        },
+    )
 }
 
 /// Bytes of a frame under a config; the canonical comparison for frames with NaNs.
