@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use zs_bench_harness::{Better, Options, Suite};
 use zs_io::{Backend, Bytes, BytesMut, Conn, Handler};
-use zs_p2pvm::{MuxConfig, Tunnel, TunnelConfig, TunnelHandle};
+use zs_p2pvm::{Auth, Tunnel, TunnelConfig, TunnelHandle};
 
 mod ymx;
 
@@ -76,10 +76,16 @@ fn epoll_one_loop() -> Arc<dyn Backend> {
     b
 }
 
+/// The benchmarks' tunnel: loopback, so no secure session and no token (both
+/// chosen explicitly), like the yamux and raw TCP baselines.
+fn bench_config() -> TunnelConfig {
+    TunnelConfig::plaintext(Auth::None)
+}
+
 impl Pair {
     fn new(cfg: TunnelConfig) -> Pair {
         let (io_a, io_b) = (epoll_one_loop(), epoll_one_loop());
-        let (factory, rx) = Tunnel::acceptor(cfg.clone());
+        let (factory, rx) = Tunnel::acceptor(cfg.clone()).expect("tunnel config");
         let phys = io_a
             .listen("127.0.0.1:0".parse().expect("addr"), factory)
             .expect("listen");
@@ -298,13 +304,8 @@ fn p2pvm_msgs(pair: &Pair, target: SocketAddr, counter: &AtomicU64, per_stream: 
 
 /// Child process: opens `n` virtual connections; prints `RESULT <secs> <bytes each>`.
 fn child_open_p2pvm(n: usize) {
-    let cfg = TunnelConfig {
-        mux: MuxConfig {
-            max_streams: (n as u32).saturating_add(16),
-            ..MuxConfig::default()
-        },
-        ..TunnelConfig::default()
-    };
+    let mut cfg = bench_config();
+    cfg.mux.max_streams = (n as u32).saturating_add(16);
     let pair = Pair::new(cfg);
     let l = pair.listen("10.0.0.1:1", zs_io::handler_factory(|| Idle));
     std::thread::sleep(Duration::from_millis(100));
@@ -404,7 +405,7 @@ fn main() {
             "yamux" => ymx::child_open(n),
             // Diagnostics: throughput samples of the driver only, printed.
             "stream" => {
-                let pair = Pair::new(TunnelConfig::default());
+                let pair = Pair::new(bench_config());
                 let l = pair.listen("10.0.0.1:9", zs_io::handler_factory(|| Sink(0)));
                 let chunk = Bytes::from(vec![7u8; CHUNK]);
                 for _ in 0..n {
@@ -416,7 +417,7 @@ fn main() {
             "msgs" => {
                 let y = ymx::Bench::new();
                 println!("yamux {:.0} msgs/s", y.msgs(STREAMS, n, MSG));
-                let pair = Pair::new(TunnelConfig::default());
+                let pair = Pair::new(bench_config());
                 let counter = Arc::new(AtomicU64::new(0));
                 let c2 = counter.clone();
                 let l = pair.listen(
@@ -443,7 +444,7 @@ fn main() {
     };
 
     // Shared fixtures, built once.
-    let pair = Arc::new(Pair::new(TunnelConfig::default()));
+    let pair = Arc::new(Pair::new(bench_config()));
     let sink_l = pair.listen("10.0.0.1:9", zs_io::handler_factory(|| Sink(0)));
     let counter = Arc::new(AtomicU64::new(0));
     let c2 = counter.clone();

@@ -171,7 +171,15 @@ fn server(kind: &str, n: usize) {
             backend(kind, 2),
             provider,
             commands,
-            zs_core::Options::default(),
+            // Every session comes from 127.0.0.1: lift the admission caps
+            // (this bench measures memory per session, not admission).
+            zs_core::Options {
+                max_connections: usize::MAX,
+                max_connections_per_ip: usize::MAX,
+                max_handshakes: usize::MAX,
+                max_handshakes_per_ip: usize::MAX,
+                ..zs_core::Options::default()
+            },
             "127.0.0.1:0".parse().expect("addr"),
         )
         .expect("server");

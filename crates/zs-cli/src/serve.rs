@@ -8,7 +8,12 @@
 //! suites = ["AES-256-GCM", "CHACHA20-POLY1305"]
 //! key = "./zs-identity.key"    # Ed25519 identity seed, created when missing
 //! loops = 0                    # event loops, 0 = one per core
+//! max_connections = 10000      # admission caps (connections refused beyond)
+//! max_connections_per_ip = 1000
+//! max_handshakes_per_ip = 64   # handshakes in progress from one address
 //! ```
+//!
+//! Every other limit has the default documented in docs/PROTOCOL.md §3.7.
 //!
 //! Built-in commands (console): `echo` (answers its text), `time` (UTC time,
 //! RFC 3339), `stats` (the server's statistics table); and `bigsink`
@@ -52,6 +57,15 @@ pub struct ServeArgs {
     /// Event loops (0 = one per core).
     #[arg(long)]
     pub loops: Option<usize>,
+    /// Most connections open at once [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one IP address [default: 1000].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most handshakes in progress from one IP address [default: 64].
+    #[arg(long)]
+    pub max_handshakes_per_ip: Option<usize>,
 }
 
 /// The TOML configuration file.
@@ -63,6 +77,9 @@ struct FileConfig {
     suites: Option<Vec<String>>,
     key: Option<PathBuf>,
     loops: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_handshakes_per_ip: Option<usize>,
 }
 
 /// Formats a Unix time as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
@@ -176,6 +193,16 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         .or(file.key)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
     let loops = a.loops.or(file.loops).unwrap_or(0);
+    let mut options = zserver::Options::default();
+    if let Some(n) = a.max_connections.or(file.max_connections) {
+        options.max_connections = n;
+    }
+    if let Some(n) = a.max_connections_per_ip.or(file.max_connections_per_ip) {
+        options.max_connections_per_ip = n;
+    }
+    if let Some(n) = a.max_handshakes_per_ip.or(file.max_handshakes_per_ip) {
+        options.max_handshakes_per_ip = n;
+    }
 
     let (identity, created) = load_or_create_identity(&key).map_err(|e| e.to_string())?;
     let fingerprint = identity.fingerprint();
@@ -189,6 +216,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         })
         .identity(identity)
         .suites(suites.clone())
+        .options(options)
         .registry(builtins(slot.clone()))
         .start()
         .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;

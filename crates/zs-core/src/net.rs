@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -521,8 +521,6 @@ struct LinkState {
     held_at: Instant,
     /// StableIO client: the server's refusal, once it came.
     refused: Option<String>,
-    /// Requests dispatched to answering handlers and not yet answered.
-    in_flight: usize,
     /// Why reading is paused (`PAUSE_*` bits; 0: reading).
     paused: u8,
 }
@@ -571,6 +569,11 @@ struct Link {
     links: AtomicU64,
     /// Successful resumes.
     resumes: AtomicU64,
+    /// Requests executing (a responder exists), counted without the lock.
+    in_flight: AtomicUsize,
+    /// Reading is paused for too many requests in flight (mirrors the
+    /// `PAUSE_IN_FLIGHT` bit, readable without the lock).
+    in_flight_paused: AtomicBool,
 }
 
 impl Link {
@@ -593,12 +596,13 @@ impl Link {
                 hold: 0,
                 held_at: Instant::now(),
                 refused: None,
-                in_flight: 0,
                 paused: 0,
             }),
             open: AtomicBool::new(true),
             links: AtomicU64::new(1),
             resumes: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            in_flight_paused: AtomicBool::new(false),
         }
     }
 
@@ -677,6 +681,9 @@ impl Link {
         } else {
             st.paused &= !reason;
         }
+        if reason == PAUSE_IN_FLIGHT {
+            self.in_flight_paused.store(on, Ordering::SeqCst);
+        }
         if (before == 0) != (st.paused == 0) {
             if let Some(c) = &st.conn {
                 c.set_read_paused(st.paused != 0);
@@ -690,11 +697,15 @@ impl Link {
     /// Resumes reading paused for too many requests in flight once below the
     /// cap. Call with the lock held.
     fn relieve(&self, st: &mut LinkState) {
-        if st.paused & PAUSE_IN_FLIGHT != 0
-            && st.in_flight + st.queue.len() < self.shared.options.max_in_flight
+        if st.paused & PAUSE_IN_FLIGHT != 0 && self.requests(st) < self.shared.options.max_in_flight
         {
             self.pause(st, PAUSE_IN_FLIGHT, false);
         }
+    }
+
+    /// Requests executing or waiting in the ordered queue. Call with the lock held.
+    fn requests(&self, st: &LinkState) -> usize {
+        self.in_flight.load(Ordering::SeqCst) + st.queue.len()
     }
 
     /// [`Self::flush`] unless the event loop holds the output (it flushes when
@@ -717,12 +728,7 @@ impl Link {
                         works.push(Work::Ready(std::mem::take(&mut st.ready)));
                     }
                 }
-                Event::Request(r) => {
-                    if r.id().is_some() {
-                        st.in_flight += 1;
-                    }
-                    works.push(Work::Request(r))
-                }
+                Event::Request(r) => works.push(Work::Request(r)),
                 Event::BigAborted { id, cmd } => works.push(Work::BigAborted(id, cmd)),
                 Event::Reply { id, result } => {
                     st.progress.remove(&id);
@@ -804,15 +810,7 @@ impl Outbox for Link {
         if !self.open.load(Ordering::Acquire) {
             return Err(Error::ConnectionLost("the connection is closed".into()));
         }
-        let answer = matches!(
-            frame,
-            Frame::ConsoleResponse { .. } | Frame::StreamResponse { .. }
-        ) || matches!(frame, Frame::Error { id, .. } if id != 0);
         let mut st = lock(&self.st);
-        if answer {
-            st.in_flight = st.in_flight.saturating_sub(1);
-            self.relieve(&mut st);
-        }
         let now = st.now();
         st.session.send_frame(&frame, now)?;
         self.flush_soon(&mut st);
@@ -854,6 +852,24 @@ impl Outbox for Link {
     fn drop_link(&self) {
         if let Some(c) = self.conn() {
             c.abort();
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn request_finished(&self) {
+        let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if before == 0 {
+            // Unbalanced (cannot happen through the registry): stay at 0.
+            self.in_flight.store(0, Ordering::SeqCst);
+        }
+        // SeqCst on both sides (Dekker): either the loop sees the lower count
+        // after it paused, or this sees its pause and resumes reading.
+        if self.in_flight_paused.load(Ordering::SeqCst) {
+            let mut st = lock(&self.st);
+            self.relieve(&mut st);
         }
     }
 }
@@ -933,8 +949,10 @@ impl ConnHandler {
                 if !st.is_current(conn) {
                     return;
                 }
-                let over = st.in_flight + st.queue.len() >= self.shared.options.max_in_flight;
+                let over = link.requests(&st) >= self.shared.options.max_in_flight;
                 link.pause(&mut st, PAUSE_IN_FLIGHT, over);
+                // An answer may have gone out between the count and the pause.
+                link.relieve(&mut st);
                 let blocked = st.session.input_blocked();
                 if !blocked || !st.backlog.is_empty() {
                     link.pause(&mut st, PAUSE_INPUT, blocked);
@@ -1509,7 +1527,10 @@ impl Handler for ConnHandler {
         self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
         let _span = tracing::debug_span!("zs.conn", id = conn.id().0).entered();
         match reason {
-            CloseReason::IdleTimeout | CloseReason::Reset | CloseReason::Error(_) => {
+            CloseReason::IdleTimeout
+            | CloseReason::Reset
+            | CloseReason::Error(_)
+            | CloseReason::HandlerPanicked => {
                 tracing::info!(peer = %conn.peer_addr(), ?reason, "connection ended")
             }
             _ => tracing::debug!(?reason, "connection closed"),
@@ -1525,7 +1546,10 @@ impl Handler for ConnHandler {
             st.backlog_bytes = 0;
             st.armed = None;
             let why = format!("{reason:?}");
+            // A handler that panicked may have left the session's state half
+            // done: it is not kept for a resume.
             let kept = reason != CloseReason::Shutdown
+                && reason != CloseReason::HandlerPanicked
                 && link.open.load(Ordering::Acquire)
                 && st.session.link_lost(&why);
             if kept {

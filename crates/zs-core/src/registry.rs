@@ -32,6 +32,11 @@ pub trait Outbox: Send + Sync {
     fn close(&self, reason: &str);
     /// Ordered mode: the request being executed has been answered; start the next.
     fn request_done(&self) {}
+    /// A request of this peer is executing: a [`Responder`] for it exists.
+    /// The runtime caps these per connection. Default: nothing.
+    fn request_started(&self) {}
+    /// That request was answered (or its responder dropped). Default: nothing.
+    fn request_finished(&self) {}
     /// Aborts the current transport connection without ending a StableIO
     /// session (which then resumes on a new one). Default: nothing.
     fn drop_link(&self) {}
@@ -260,6 +265,7 @@ impl Responder {
         };
         // Fails with ConnectionLost when the connection is gone (one lock).
         let r = self.peer.send_frame(frame);
+        self.peer.out.request_finished();
         if self.ordered {
             self.peer.out.request_done();
         }
@@ -958,6 +964,7 @@ impl Registry {
         entry.stats.record_in(len);
         match (&entry.run, id) {
             (Run::Answering(f), Some(id)) => {
+                peer.out.request_started();
                 let responder = Responder {
                     id,
                     peer: peer.clone(),

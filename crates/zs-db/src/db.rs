@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, align_up, FrameHeader, FILE_HEADER_LEN, FLAG_COMMIT, FLAG_LZ4, FRAME_HEADER_LEN,
-    OP_DELETE, OP_META, OP_PUT,
+    self, align_up, FrameHeader, Salt, CHECKPOINT_OFFSETS, FILE_HEADER_LEN, FLAG_COMMIT, FLAG_LZ4,
+    FRAME_HEADER_LEN, OP_DELETE, OP_META, OP_PUT,
 };
+use crate::ids::IdIndex;
 use crate::record::{FieldValue, Kind, Record, RecordRef};
-use crate::vfs::{FileBackend, Vfs};
+use crate::vfs::{FileBackend, LockGuard, Vfs};
 
 /// When a commit is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +118,9 @@ pub struct Stats {
     pub file_bytes: u64,
     /// Bytes of live frames (the size after compaction, plus the header).
     pub live_bytes: u64,
+    /// Approximate heap bytes of the id → location index (it follows the live
+    /// records, not the highest id ever allocated).
+    pub index_bytes: u64,
 }
 
 /// One operation of a [`Batch`].
@@ -301,7 +305,7 @@ impl SecIndex {
 
 pub(crate) struct State {
     pub(crate) file: Arc<dyn FileBackend>,
-    pub(crate) locs: Vec<Loc>,
+    pub(crate) ids: IdIndex,
     pub(crate) live: u64,
     pub(crate) live_bytes: u64,
     pub(crate) meta: BTreeMap<String, String>,
@@ -309,35 +313,39 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn loc(&self, id: u64) -> Option<Loc> {
-        if id == 0 {
-            return None;
+    fn new(file: Arc<dyn FileBackend>, ids: IdIndex) -> State {
+        let mut st = State {
+            file,
+            ids: IdIndex::default(),
+            live: 0,
+            live_bytes: 0,
+            meta: BTreeMap::new(),
+            indexes: BTreeMap::new(),
+        };
+        st.set_ids(ids);
+        st
+    }
+    /// Replaces the whole index (recounting the live figures).
+    fn set_ids(&mut self, ids: IdIndex) {
+        self.live = 0;
+        self.live_bytes = 0;
+        for (_, l) in ids.iter() {
+            self.live += 1;
+            self.live_bytes += l.frame_len().unwrap_or(0);
         }
-        self.locs
-            .get((id - 1) as usize)
-            .copied()
-            .filter(Loc::present)
+        self.ids = ids;
+    }
+    pub(crate) fn loc(&self, id: u64) -> Option<Loc> {
+        self.ids.get(id)
     }
     fn set_loc(&mut self, id: u64, loc: Option<Loc>) {
-        let i = (id - 1) as usize;
-        if i >= self.locs.len() {
-            if loc.is_none() {
-                return;
-            }
-            self.locs.resize(i + 1, Loc::default());
-        }
-        let old = self.locs[i];
-        if old.present() {
+        if let Some(old) = self.ids.set(id, loc) {
             self.live -= 1;
             self.live_bytes -= old.frame_len().unwrap_or(0);
         }
-        match loc {
-            Some(l) => {
-                self.live += 1;
-                self.live_bytes += l.frame_len().unwrap_or(0);
-                self.locs[i] = l;
-            }
-            None => self.locs[i] = Loc::default(),
+        if let Some(l) = loc.filter(Loc::present) {
+            self.live += 1;
+            self.live_bytes += l.frame_len().unwrap_or(0);
         }
     }
 }
@@ -406,6 +414,14 @@ struct Order {
     deleting: HashMap<u64, u64>,
 }
 
+/// What is durable: `end` (every byte before it survived an fsync) and the synced-end
+/// checkpoint recorded in the file header (`ckpt`, in slot `1 - next_slot`).
+struct SyncState {
+    end: u64,
+    ckpt: u64,
+    next_slot: usize,
+}
+
 struct CacheShard {
     map: HashMap<u64, (Kind, Arc<[u8]>, u64), IdHash>,
     bytes: usize,
@@ -416,14 +432,21 @@ pub(crate) struct Inner {
     file_name: String,
     vfs: Arc<dyn Vfs>,
     pub(crate) opts: DbOptions,
+    /// The frame checksum salt of the file (kept by compaction).
+    pub(crate) salt: Salt,
     pub(crate) state: RwLock<State>,
     writer: Mutex<Writer>,
     flushed_end: AtomicU64,
-    /// Every byte of the file before this offset is durable.
-    synced_end: Mutex<u64>,
+    /// What is durable, and the checkpoint of it in the header. Lock order: writer,
+    /// then synced, then state.
+    synced: Mutex<SyncState>,
     order: Mutex<Order>,
     order_cv: Condvar,
     poisoned: AtomicBool,
+    /// Set by [`Database::close`] (or when the last handle dropped): every operation fails.
+    closed: AtomicBool,
+    /// The single-writer lock (`<name>.zdb.lock`), released on close or abandon.
+    lock: Mutex<Option<LockGuard>>,
     cache: Vec<Mutex<CacheShard>>,
     clock: AtomicU64,
     opened: Instant,
@@ -433,10 +456,25 @@ pub(crate) struct Inner {
     stop_tx: Mutex<Option<crossbeam::channel::Sender<()>>>,
 }
 
-/// A handle to an open database (cheap to clone; all clones share one engine).
+/// A handle to an open database (cheap to clone; all clones share one engine). The
+/// engine closes when the last clone (or an open [`QueryHandle`] / [`Cursor`]) is
+/// dropped, or at once with [`Database::close`].
+///
+/// [`QueryHandle`]: crate::QueryHandle
 #[derive(Clone)]
 pub struct Database {
     pub(crate) inner: Arc<Inner>,
+    /// Closes the engine when the last handle is dropped (internal threads hold only
+    /// `Arc<Inner>`, so closing does not wait for them).
+    _handle: Arc<HandleGuard>,
+}
+
+struct HandleGuard(Arc<Inner>);
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        let _ = self.0.close();
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -469,6 +507,27 @@ pub fn file_name(name: &str) -> String {
 pub(crate) fn tmp_name(name: &str) -> String {
     format!("{name}.zdb.tmp")
 }
+/// Name of the lock file of database `name` (never removed: removing a lock file
+/// races with a process that opened it just before).
+pub(crate) fn lock_name(name: &str) -> String {
+    format!("{name}.zdb.lock")
+}
+
+/// Takes the single-writer lock of database `name`.
+pub(crate) fn lock_db(vfs: &dyn Vfs, name: &str) -> Result<LockGuard> {
+    vfs.try_lock(&lock_name(name)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            Error::Locked {
+                name: name.to_string(),
+            }
+        } else {
+            Error::Io {
+                op: "lock",
+                source: e,
+            }
+        }
+    })
+}
 
 /// Frame as found by the log scanner.
 pub(crate) struct ScannedFrame {
@@ -492,8 +551,13 @@ struct Window<'a> {
 }
 
 impl<'a> Window<'a> {
+    /// `len` bytes at `off`; an `UnexpectedEof` error if they do not lie before `end`.
     fn get(&mut self, off: u64, len: usize) -> std::io::Result<&[u8]> {
-        if off < self.start || off + len as u64 > self.start + self.buf.len() as u64 {
+        let want_end = off
+            .checked_add(len as u64)
+            .filter(|&e| e <= self.end)
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        if off < self.start || want_end > self.start + self.buf.len() as u64 {
             let want = (len.max(READ_CHUNK) as u64).min(self.end - off) as usize;
             self.buf.resize(want, 0);
             self.file.read_exact_at(&mut self.buf, off)?;
@@ -515,31 +579,51 @@ impl<'a> Window<'a> {
         Ok(true)
     }
 
-    /// Decodes and fully verifies the frame at `off`, or `None` if invalid.
-    fn frame(&mut self, off: u64, id_limit: u64) -> std::io::Result<Option<ScannedFrame>> {
-        if off + FRAME_HEADER_LEN as u64 > self.end {
+    /// Decodes and fully verifies the frame at `off` lying before `bound`, or `None`
+    /// if invalid. With a `budget`, checksumming the payload costs its length out of
+    /// it; a frame whose length exceeds what is left empties it and counts as invalid.
+    fn frame(
+        &mut self,
+        off: u64,
+        salt: &Salt,
+        id_limit: u64,
+        bound: u64,
+        budget: Option<&mut u64>,
+    ) -> std::io::Result<Option<ScannedFrame>> {
+        let bound = bound.min(self.end);
+        if off
+            .checked_add(FRAME_HEADER_LEN as u64)
+            .is_none_or(|e| e > bound)
+        {
             return Ok(None);
         }
         let hdr: [u8; FRAME_HEADER_LEN] = match self.get(off, FRAME_HEADER_LEN)?.try_into() {
             Ok(h) => h,
             Err(_) => return Ok(None),
         };
-        let room = self.end - off - FRAME_HEADER_LEN as u64;
+        let room = bound - off - FRAME_HEADER_LEN as u64;
         let Some(fh) = FrameHeader::decode(&hdr, room) else {
             return Ok(None);
         };
         if fh.id > id_limit || (fh.op == OP_META && fh.len > MAX_META) {
             return Ok(None);
         }
-        if off + fh.frame_len() > self.end {
+        if fh.frame_len() > bound - off {
             return Ok(None); // padding cut off: a torn write
+        }
+        if let Some(b) = budget {
+            if fh.len > *b {
+                *b = 0;
+                return Ok(None);
+            }
+            *b -= fh.len;
         }
         let pstart = off + FRAME_HEADER_LEN as u64;
         let ok = if fh.len <= READ_CHUNK as u64 {
             let payload = self.get(pstart, fh.len as usize)?;
-            fh.check(&hdr, payload)
+            fh.check(salt, &hdr, payload)
         } else {
-            let mut h = crc32fast::Hasher::new();
+            let mut h = salt.hasher();
             h.update(&hdr[4..]);
             let mut pos = 0u64;
             let mut chunk = vec![0u8; READ_CHUNK];
@@ -564,10 +648,23 @@ impl<'a> Window<'a> {
 }
 
 /// Scans frames in `[start, end)`, calling `apply` with each complete commit.
+///
+/// `checkpoint` is the synced end recorded in the header (a commit boundary). Before
+/// it, an invalid frame is damage of durable data: the scan looks for the next valid
+/// frame with index 0 (ending before the checkpoint, or at the checkpoint itself) and
+/// reports the bytes skipped as a damaged region. From the checkpoint on, the first
+/// invalid frame (or broken commit) ends the log: later bytes are never searched for
+/// frames, so only a prefix of the commits written after the last sync survives.
+/// The search costs at most one extra pass over the file (bytes checksummed while
+/// searching are bounded by the file length; when that budget is spent the search
+/// goes straight to the checkpoint), so the scan is linear in the file size.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn scan_log(
     file: &dyn FileBackend,
+    salt: &Salt,
     start: u64,
     end: u64,
+    checkpoint: u64,
     id_limit: u64,
     apply: &mut dyn FnMut(&[ScannedFrame]),
 ) -> std::io::Result<ScanOutcome> {
@@ -585,8 +682,9 @@ pub(crate) fn scan_log(
         corrupt: Vec::new(),
         rolled_back: 0,
     };
+    let mut search_budget = (end - start.min(end)).saturating_add(READ_CHUNK as u64);
     while pos < end {
-        match w.frame(pos, id_limit)? {
+        match w.frame(pos, salt, id_limit, end, None)? {
             Some(f) if f.fh.index as usize == pending.len() => {
                 let commit = f.fh.flags & FLAG_COMMIT != 0;
                 pos += f.fh.frame_len();
@@ -598,19 +696,29 @@ pub(crate) fn scan_log(
                     group_start = pos;
                 }
             }
-            None if w.zero_from(pos)? => break, // the zero-filled room: end of the log
+            // after the synced end the first invalid frame is the end of the log
+            _ if pos >= checkpoint => break,
             found => {
-                // broken commit group or damaged bytes: find the next frame that starts a group
+                // damage before the synced end: find the next frame that starts a commit
                 let mut q = match &found {
                     Some(f) if f.fh.index == 0 => pos,
                     Some(f) => pos + f.fh.frame_len(),
                     None => pos + format::ALIGN,
                 };
                 let next = loop {
-                    if q >= end {
+                    if q > checkpoint || q >= end {
                         break None;
                     }
-                    match w.frame(q, id_limit)? {
+                    if q < checkpoint && search_budget == 0 {
+                        q = checkpoint; // the budget is spent: the checkpoint is a boundary
+                        continue;
+                    }
+                    let found = if q < checkpoint {
+                        w.frame(q, salt, id_limit, checkpoint, Some(&mut search_budget))?
+                    } else {
+                        w.frame(q, salt, id_limit, end, None)?
+                    };
+                    match found {
                         Some(f) if f.fh.index == 0 => break Some(q),
                         _ => q += format::ALIGN,
                     }
@@ -655,13 +763,18 @@ fn apply_frames(st: &mut State, next_id: &mut u64, frames: &[ScannedFrame]) {
             }
         }
         if f.fh.id >= *next_id {
-            *next_id = f.fh.id + 1;
+            *next_id = f.fh.id.saturating_add(1);
         }
     }
 }
 
 /// Reads and verifies one frame's payload (decompressed when needed).
-pub(crate) fn read_payload(file: &dyn FileBackend, loc: Loc, max_value: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_payload(
+    file: &dyn FileBackend,
+    salt: &Salt,
+    loc: Loc,
+    max_value: u64,
+) -> Result<Vec<u8>> {
     let corrupt = |reason: &str| Error::Corrupt {
         offset: loc.off,
         reason: reason.to_string(),
@@ -690,7 +803,7 @@ pub(crate) fn read_payload(file: &dyn FileBackend, loc: Loc, max_value: u64) -> 
     if fh.len != len || fh.op != OP_PUT {
         return Err(corrupt("frame does not match the index"));
     }
-    if !fh.check(&buf, &buf[FRAME_HEADER_LEN..]) {
+    if !fh.check(salt, &buf, &buf[FRAME_HEADER_LEN..]) {
         return Err(corrupt("checksum mismatch"));
     }
     buf.drain(..FRAME_HEADER_LEN);
@@ -721,35 +834,83 @@ pub(crate) fn decode_payload(
 }
 
 impl Database {
-    /// Creates a new database `name` in `vfs` (error if it exists).
+    /// Creates a new database `name` in `vfs` (error [`Error::AlreadyExists`] if it
+    /// exists, also against a concurrent creator: the file is built as `N.zdb.tmp`
+    /// under the database's lock and then moved into place without ever replacing an
+    /// existing `N.zdb`).
     pub fn create(vfs: Arc<dyn Vfs>, name: &str, opts: DbOptions) -> Result<Database> {
         crate::store::check_name(name)?;
         let fname = file_name(name);
-        if vfs.exists(&fname).map_err(Error::io("create"))? {
+        let exists = |vfs: &dyn Vfs| vfs.exists(&fname).map_err(Error::io("create"));
+        let guard = match lock_db(&*vfs, name) {
+            Ok(g) => g,
+            // open elsewhere: it exists (or is being created, which says Locked)
+            Err(Error::Locked { .. }) if exists(&*vfs)? => {
+                return Err(Error::AlreadyExists(name.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        if exists(&*vfs)? {
             return Err(Error::AlreadyExists(name.to_string()));
         }
         let tmp = tmp_name(name);
         let f = vfs.open(&tmp, true).map_err(Error::io("create"))?;
-        let mut bytes = format::encode_file_header(1).to_vec();
+        let salt = Salt::random();
+        let mut bytes = format::encode_file_header(1, &salt, FILE_HEADER_LEN).to_vec();
         let metas = [
             ("durability", opts.durability.to_meta()),
             ("compress", opts.compress.to_string()),
         ];
         for (k, v) in metas {
             let p = format!("{k}={v}");
-            format::encode_frame(&mut bytes, OP_META, 0, FLAG_COMMIT, 0, 0, 0, p.as_bytes());
+            format::encode_frame(
+                &mut bytes,
+                &salt,
+                OP_META,
+                0,
+                FLAG_COMMIT,
+                0,
+                0,
+                0,
+                p.as_bytes(),
+            );
         }
-        f.write_all_at(&bytes, 0).map_err(Error::io("create"))?;
-        f.sync_data().map_err(Error::io("create"))?;
+        // the whole file is synced before it becomes visible: its checkpoint is its end
+        let end = bytes.len() as u64;
+        bytes[CHECKPOINT_OFFSETS[0] as usize..][..format::CHECKPOINT_LEN]
+            .copy_from_slice(&format::encode_checkpoint(&salt, end));
+        let written = f
+            .write_all_at(&bytes, 0)
+            .and_then(|_| f.sync_data())
+            .map_err(Error::io("create"));
         drop(f);
-        vfs.rename(&tmp, &fname).map_err(Error::io("create"))?;
+        if let Err(e) = written {
+            let _ = vfs.remove(&tmp);
+            return Err(e);
+        }
+        match vfs.rename_new(&tmp, &fname) {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = vfs.remove(&tmp);
+                return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::AlreadyExists(name.to_string())
+                } else {
+                    Error::Io {
+                        op: "create",
+                        source: e,
+                    }
+                });
+            }
+        }
         vfs.sync_dir().map_err(Error::io("create"))?;
-        Database::open_inner(vfs, name, Some(opts))
+        Database::open_locked(vfs, name, Some(opts), guard)
     }
 
-    /// Opens an existing database, recovering from a crash: a torn or uncommitted tail
-    /// is rolled back (truncated), damaged regions are skipped and listed in
-    /// [`Database::open_report`]. Stored durability/compression settings are used.
+    /// Opens an existing database, recovering from a crash: the log ends at the first
+    /// invalid frame after the synced-end checkpoint (a torn or uncommitted tail is
+    /// rolled back and truncated); damaged regions before the checkpoint are skipped
+    /// and listed in [`Database::open_report`]. Stored durability/compression settings
+    /// are used. Fails with [`Error::Locked`] while another handle or process has it open.
     pub fn open(vfs: Arc<dyn Vfs>, name: &str) -> Result<Database> {
         Database::open_inner(vfs, name, None)
     }
@@ -761,10 +922,21 @@ impl Database {
 
     fn open_inner(vfs: Arc<dyn Vfs>, name: &str, opts: Option<DbOptions>) -> Result<Database> {
         crate::store::check_name(name)?;
+        // the lock first: a `N.zdb.tmp` is then a leftover, not another engine's work
+        let guard = lock_db(&*vfs, name)?;
+        Database::open_locked(vfs, name, opts, guard)
+    }
+
+    fn open_locked(
+        vfs: Arc<dyn Vfs>,
+        name: &str,
+        opts: Option<DbOptions>,
+        guard: LockGuard,
+    ) -> Result<Database> {
         let fname = file_name(name);
         let tmp = tmp_name(name);
         if vfs.exists(&tmp).unwrap_or(false) {
-            // an interrupted compaction or copy: the original file is intact
+            // an interrupted create, compaction or copy: the original file is intact
             vfs.remove(&tmp).map_err(Error::io("open"))?;
         }
         let file = match vfs.open(&fname, false) {
@@ -780,29 +952,25 @@ impl Database {
             }
         };
         let flen = file.len().map_err(Error::io("open"))?;
-        let mut hdr = [0u8; FILE_HEADER_LEN as usize];
-        if flen < FILE_HEADER_LEN {
-            return Err(Error::BadHeader {
-                name: name.into(),
-                reason: "file shorter than its header".into(),
-            });
-        }
+        let mut hdr = vec![0u8; flen.min(FILE_HEADER_LEN) as usize];
         file.read_exact_at(&mut hdr, 0).map_err(Error::io("open"))?;
-        let id_floor = format::decode_file_header(name, &hdr)?.max(1);
+        let header = format::decode_file_header(name, &hdr)?;
+        let salt = header.salt;
+        let id_floor = header.id_floor.max(1);
         let id_limit = id_floor.saturating_add(flen / FRAME_HEADER_LEN as u64 + 1);
-        let mut st = State {
-            file: file.clone(),
-            locs: Vec::new(),
-            live: 0,
-            live_bytes: 0,
-            meta: BTreeMap::new(),
-            indexes: BTreeMap::new(),
-        };
+        let mut st = State::new(file.clone(), IdIndex::default());
         let mut next_id = id_floor;
-        let outcome = scan_log(&*file, FILE_HEADER_LEN, flen, id_limit, &mut |frames| {
-            apply_frames(&mut st, &mut next_id, frames)
-        })
+        let outcome = scan_log(
+            &*file,
+            &salt,
+            FILE_HEADER_LEN,
+            flen,
+            header.checkpoint,
+            id_limit,
+            &mut |frames| apply_frames(&mut st, &mut next_id, frames),
+        )
         .map_err(Error::io("open"))?;
+        st.ids.rebuild();
         // an all-zero tail is preallocated room, kept; anything else after the last
         // complete commit is a torn tail, cut off
         let zero_tail = outcome.good_end < flen
@@ -824,7 +992,6 @@ impl Database {
         if flen_kept < flen {
             file.set_len(outcome.good_end)
                 .map_err(Error::io("truncate torn tail"))?;
-            file.sync_data().map_err(Error::io("truncate torn tail"))?;
         }
         let stored = st.meta.clone();
         let mut opts = opts.unwrap_or_else(|| {
@@ -837,6 +1004,25 @@ impl Database {
         });
         opts.write_buffer = opts.write_buffer.max(4096);
         let end = outcome.good_end;
+        let (mut ckpt, mut next_slot) = (
+            header.checkpoint,
+            match header.checkpoint_slot {
+                Some(0) => 1,
+                _ => 0,
+            },
+        );
+        if ckpt > end {
+            // the file lost bytes the checkpoint called durable (or recovery cut
+            // damaged ones): record the new end in both slots (synced just below)
+            for off in CHECKPOINT_OFFSETS {
+                file.write_all_at(&format::encode_checkpoint(&salt, end), off)
+                    .map_err(Error::io("open"))?;
+            }
+            (ckpt, next_slot) = (end, 0);
+        }
+        // what was read may still sit only in the page cache (the last writer was
+        // killed): make it durable before anything counts it as synced
+        file.sync_data().map_err(Error::io("open"))?;
         let index_fields: Vec<String> = st
             .meta
             .keys()
@@ -847,6 +1033,7 @@ impl Database {
             file_name: fname,
             vfs,
             opts,
+            salt,
             state: RwLock::new(st),
             writer: Mutex::new(Writer {
                 buf: Vec::new(),
@@ -857,10 +1044,16 @@ impl Database {
                 alloc_end: flen_kept,
             }),
             flushed_end: AtomicU64::new(end),
-            synced_end: Mutex::new(end),
+            synced: Mutex::new(SyncState {
+                end,
+                ckpt,
+                next_slot,
+            }),
             order: Mutex::new(Order::default()),
             order_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            lock: Mutex::new(Some(guard)),
             cache: (0..CACHE_SHARDS)
                 .map(|_| {
                     Mutex::new(CacheShard {
@@ -881,8 +1074,10 @@ impl Database {
         }
         report.records = rlock(&inner.state).live;
         inner.report = report;
+        let inner = Arc::new(inner);
         let db = Database {
-            inner: Arc::new(inner),
+            inner: inner.clone(),
+            _handle: Arc::new(HandleGuard(inner)),
         };
         db.start_maintenance();
         Ok(db)
@@ -1018,12 +1213,23 @@ impl Database {
             next_id: w.next_id,
             file_bytes: w.buf_start + w.buf.len() as u64,
             live_bytes: FILE_HEADER_LEN + st.live_bytes,
+            index_bytes: st.ids.heap_bytes() as u64,
         }
     }
 
     /// Writes out the buffer and fsyncs (makes every earlier commit durable).
     pub fn sync(&self) -> Result<()> {
+        self.inner.check_open()?;
         self.inner.flush(true)
+    }
+
+    /// Closes the engine now, for every clone of this handle: buffered commits are
+    /// written and fsynced, the synced-end checkpoint is recorded, the zero-filled room
+    /// is trimmed and the lock released. Afterwards every operation of every clone
+    /// fails with [`Error::Closed`] (what is in memory, such as [`Database::len`],
+    /// still describes the database as it was). Closing twice is a no-op.
+    pub fn close(&self) -> Result<()> {
+        self.inner.close()
     }
 
     /// Ids of live records from `from` (inclusive) in the given direction.
@@ -1037,6 +1243,8 @@ impl Database {
 
     /// Inserts a large value streamed from `reader` (exactly `len` bytes), never holding
     /// it in memory whole. Not compressed.
+    /// If the reader fails (or a write does), nothing of the value stays in the file:
+    /// the bytes written so far are cut off again and the error is returned.
     pub fn insert_stream(&self, kind: Kind, reader: &mut dyn Read, len: u64) -> Result<u64> {
         self.inner.insert_stream(kind, reader, len)
     }
@@ -1094,34 +1302,61 @@ impl Database {
         self.inner.compact()
     }
 
-    /// Writes a compacted copy of this database as database `target` in `vfs`.
+    /// Writes a compacted copy of this database as database `target` in `vfs` (error
+    /// [`Error::AlreadyExists`] if it exists; the copy has its own checksum salt).
     pub fn copy_to(&self, vfs: &Arc<dyn Vfs>, target: &str) -> Result<()> {
         crate::store::check_name(target)?;
+        self.inner.check_open()?;
+        let _guard = lock_db(&**vfs, target)?;
         if vfs.exists(&file_name(target)).map_err(Error::io("copy"))? {
             return Err(Error::AlreadyExists(target.to_string()));
         }
         let tmp = tmp_name(target);
         let out = vfs.open(&tmp, true).map_err(Error::io("copy"))?;
-        let res = self
-            .inner
-            .snapshot_into(&out)
-            .and_then(|_| out.sync_data().map_err(Error::io("copy")));
+        let salt = Salt::random();
+        let res = self.inner.snapshot_into(&out, &salt).and_then(|snap| {
+            // synced whole before it becomes visible: its checkpoint is its end
+            out.write_all_at(
+                &format::encode_checkpoint(&salt, snap.1),
+                CHECKPOINT_OFFSETS[0],
+            )
+            .and_then(|_| out.sync_data())
+            .map_err(Error::io("copy"))
+        });
+        drop(out);
+        let res = res.and_then(|_| {
+            vfs.rename_new(&tmp, &file_name(target)).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::AlreadyExists(target.to_string())
+                } else {
+                    Error::Io {
+                        op: "copy",
+                        source: e,
+                    }
+                }
+            })
+        });
         if let Err(e) = res {
             let _ = vfs.remove(&tmp);
             return Err(e);
         }
-        drop(out);
-        vfs.rename(&tmp, &file_name(target))
-            .map_err(Error::io("copy"))?;
         vfs.sync_dir().map_err(Error::io("copy"))
     }
 
     /// Drops this handle the way a killed process would: no final flush of the write
-    /// buffer, and every other clone of the handle refuses writes from now on (for
-    /// crash tests; unsynced data is left to the file layer's fate).
+    /// buffer, the lock is released, and every other clone of the handle refuses
+    /// writes from now on (for crash tests; unsynced data is left to the file layer's
+    /// fate).
     pub fn abandon(self) {
         self.inner.poisoned.store(true, Ordering::Release);
         mlock(&self.inner.stop_tx).take();
+        mlock(&self.inner.lock).take();
+    }
+
+    /// True once the engine was closed ([`Database::close`], or removed or replaced
+    /// through [`crate::Env`]).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     /// True if an earlier I/O error stopped writes (reopen to recover).
@@ -1137,6 +1372,15 @@ impl Database {
     pub(crate) fn next_id(&self) -> u64 {
         mlock(&self.inner.writer).next_id
     }
+
+    /// Live ids in ascending order.
+    pub(crate) fn live_ids(&self) -> Vec<u64> {
+        rlock(&self.inner.state)
+            .ids
+            .iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
 }
 
 /// Iterates live records by id (see [`Database::cursor`]).
@@ -1151,16 +1395,19 @@ impl Iterator for Cursor {
     type Item = Result<Record>;
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let id = self.next?;
-            let limit = self.db.next_id();
-            if id == 0 || (!self.reverse && id >= limit) {
+            let from = self.next?;
+            // the next live id in the direction (ids are sparse: never walk the gaps)
+            let found = {
+                let st = rlock(&self.db.inner.state);
+                if self.reverse {
+                    st.ids.prev_from(from)
+                } else {
+                    st.ids.next_from(from)
+                }
+            };
+            let Some(id) = found.filter(|&id| id != 0) else {
                 self.next = None;
                 return None;
-            }
-            let id = if self.reverse && id >= limit {
-                limit - 1
-            } else {
-                id
             };
             self.next = if self.reverse {
                 id.checked_sub(1)
@@ -1248,8 +1495,8 @@ impl Read for ValueReader {
 
 /// One applied change: id, new frame (offset in buffer, header), new value.
 type Change<'a> = (u64, Option<(u64, FrameHeader)>, Option<(Kind, &'a [u8])>);
-/// A written snapshot: new locations, end in the new file, old end covered, old file.
-type Snapshot = (Vec<Loc>, u64, u64, Arc<dyn FileBackend>);
+/// A written snapshot: new index, end in the new file, old end covered, old file.
+type Snapshot = (IdIndex, u64, u64, Arc<dyn FileBackend>);
 
 pub(crate) enum OpRef<'a> {
     Insert(Kind, &'a [u8]),
@@ -1277,9 +1524,21 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes are refused once closed or poisoned.
     fn check_poison(&self) -> Result<()> {
+        self.check_open()?;
         if self.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Every operation is refused once closed.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                name: self.name.clone(),
+            });
         }
         Ok(())
     }
@@ -1364,7 +1623,9 @@ impl Inner {
             }
         }
         let start = out.len() as u64;
-        format::encode_frame(out, OP_PUT, kind as u8, flags, id, index, raw_len, payload);
+        format::encode_frame(
+            out, &self.salt, OP_PUT, kind as u8, flags, id, index, raw_len, payload,
+        );
         let fh = FrameHeader {
             crc: 0,
             op: OP_PUT,
@@ -1435,7 +1696,17 @@ impl Inner {
                         overlay.insert(id, false);
                         deletes.push(id);
                         let flags = if last { FLAG_COMMIT } else { 0 };
-                        format::encode_frame(&mut w.buf, OP_DELETE, 0, flags, id, i as u32, 0, &[]);
+                        format::encode_frame(
+                            &mut w.buf,
+                            &self.salt,
+                            OP_DELETE,
+                            0,
+                            flags,
+                            id,
+                            i as u32,
+                            0,
+                            &[],
+                        );
                         changes.push((id, None, None));
                     }
                 }
@@ -1521,16 +1792,51 @@ impl Inner {
     /// Makes every byte before `end` durable. Concurrent callers share fsyncs: the one
     /// holding the lock syncs everything written so far, and a caller whose bytes that
     /// covered returns without a sync of its own.
+    ///
+    /// Each fsync also records the synced end of the previous one (durable already) in
+    /// the header's older checkpoint slot: the checkpoint never claims bytes that are
+    /// not durable, and costs no fsync of its own.
     fn sync_to(&self, end: u64) -> Result<()> {
-        let mut synced = mlock(&self.synced_end);
-        if *synced >= end {
+        let mut synced = mlock(&self.synced);
+        if synced.end >= end {
             return Ok(());
         }
         self.check_poison()?;
         let target = self.flushed_end.load(Ordering::Acquire);
         let file = rlock(&self.state).file.clone();
+        let record = synced.end > synced.ckpt;
+        if record {
+            self.write_checkpoint(&*file, &synced)?;
+        }
         file.sync_data().map_err(self.poison("fsync"))?;
-        *synced = (*synced).max(target);
+        if record {
+            synced.ckpt = synced.end;
+            synced.next_slot ^= 1;
+        }
+        synced.end = synced.end.max(target);
+        Ok(())
+    }
+
+    /// Writes `synced.end` into the checkpoint slot `synced.next_slot` (not synced).
+    fn write_checkpoint(&self, file: &dyn FileBackend, synced: &SyncState) -> Result<()> {
+        file.write_all_at(
+            &format::encode_checkpoint(&self.salt, synced.end),
+            CHECKPOINT_OFFSETS[synced.next_slot],
+        )
+        .map_err(self.poison("write checkpoint"))
+    }
+
+    /// Records the current synced end as the checkpoint, with an fsync (on close).
+    fn checkpoint_now(&self) -> Result<()> {
+        let mut synced = mlock(&self.synced);
+        if synced.end <= synced.ckpt {
+            return Ok(());
+        }
+        let file = rlock(&self.state).file.clone();
+        self.write_checkpoint(&*file, &synced)?;
+        file.sync_data().map_err(self.poison("fsync"))?;
+        synced.ckpt = synced.end;
+        synced.next_slot ^= 1;
         Ok(())
     }
 
@@ -1586,6 +1892,7 @@ impl Inner {
     }
 
     pub(crate) fn get(&self, id: u64) -> Result<Option<Record>> {
+        self.check_open()?;
         self.touch();
         if self.opts.cache_bytes > 0 {
             let tick = self.clock.fetch_add(1, Ordering::Relaxed);
@@ -1608,7 +1915,7 @@ impl Inner {
         };
         let flen = loc.frame_len().unwrap_or(u64::MAX);
         self.ensure_written(loc.off.saturating_add(flen))?;
-        let data = read_payload(&*file, loc, self.opts.max_value)?;
+        let data = read_payload(&*file, &self.salt, loc, self.opts.max_value)?;
         let kind = Kind::from_tag(loc.kind).unwrap_or(Kind::Raw);
         self.cache_put(id, kind, &data);
         Ok(Some(Record { id, kind, data }))
@@ -1633,29 +1940,23 @@ impl Inner {
             index: 0,
             raw_len: 0,
         };
-        let mut h = crc32fast::Hasher::new();
-        h.update(&fh.encode()[4..]);
-        let mut chunk = vec![0u8; READ_CHUNK];
-        let mut pos = 0u64;
-        while pos < len {
-            let n = (len - pos).min(READ_CHUNK as u64) as usize;
-            reader
-                .read_exact(&mut chunk[..n])
-                .map_err(Error::io("read input stream"))?;
-            h.update(&chunk[..n]);
-            file.write_all_at(&chunk[..n], off + FRAME_HEADER_LEN as u64 + pos)
-                .map_err(self.poison("write"))?;
-            pos += n as u64;
+        let end = off
+            .checked_add(FRAME_HEADER_LEN as u64)
+            .and_then(|e| e.checked_add(len))
+            .map(align_up)
+            .filter(|&e| e < u64::MAX - format::ALIGN)
+            .ok_or(Error::TooLarge {
+                what: "value",
+                len,
+                max: u64::MAX - off - 2 * FRAME_HEADER_LEN as u64,
+            })?;
+        let written = self.stream_payload(&*file, &mut fh, reader, off, end);
+        if let Err(e) = written {
+            // leave nothing behind: the log ends at `off` again, and no payload byte
+            // (whatever frame images it holds) stays after it
+            self.undo_stream(&mut w, &*file, off)?;
+            return Err(e);
         }
-        fh.crc = h.finalize();
-        let end = off + fh.frame_len();
-        let pad = (end - off - FRAME_HEADER_LEN as u64 - len) as usize;
-        if pad > 0 {
-            file.write_all_at(&[0u8; 8][..pad], end - pad as u64)
-                .map_err(self.poison("write"))?;
-        }
-        file.write_all_at(&fh.encode(), off)
-            .map_err(self.poison("write"))?;
         w.buf_start = end;
         w.alloc_end = w.alloc_end.max(end);
         self.flushed_end.store(end, Ordering::Release);
@@ -1671,7 +1972,52 @@ impl Inner {
         Ok(id)
     }
 
+    /// Writes the payload from `reader` (then the padding, then the header last).
+    fn stream_payload(
+        &self,
+        file: &dyn FileBackend,
+        fh: &mut FrameHeader,
+        reader: &mut dyn Read,
+        off: u64,
+        end: u64,
+    ) -> Result<()> {
+        let len = fh.len;
+        let mut h = self.salt.hasher();
+        h.update(&fh.encode()[4..]);
+        let mut chunk = vec![0u8; READ_CHUNK.min(len as usize)];
+        let mut pos = 0u64;
+        while pos < len {
+            let n = (len - pos).min(READ_CHUNK as u64) as usize;
+            reader
+                .read_exact(&mut chunk[..n])
+                .map_err(Error::io("read input stream"))?;
+            h.update(&chunk[..n]);
+            file.write_all_at(&chunk[..n], off + FRAME_HEADER_LEN as u64 + pos)
+                .map_err(Error::io("write"))?;
+            pos += n as u64;
+        }
+        fh.crc = h.finalize();
+        let pad = (end - off - FRAME_HEADER_LEN as u64 - len) as usize;
+        if pad > 0 {
+            file.write_all_at(&[0u8; 8][..pad], end - pad as u64)
+                .map_err(Error::io("write"))?;
+        }
+        file.write_all_at(&fh.encode(), off)
+            .map_err(Error::io("write"))
+    }
+
+    /// Cuts a failed stream's bytes off: the file ends at `off` (the log end) again,
+    /// durably. If that fails the database is poisoned (recovery cuts them instead).
+    fn undo_stream(&self, w: &mut Writer, file: &dyn FileBackend, off: u64) -> Result<()> {
+        file.set_len(off)
+            .and_then(|_| file.sync_data())
+            .map_err(self.poison("cut a failed stream"))?;
+        w.alloc_end = off;
+        Ok(())
+    }
+
     fn open_value(&self, id: u64) -> Result<Option<ValueReader>> {
+        self.check_open()?;
         self.touch();
         let (file, loc) = {
             let st = rlock(&self.state);
@@ -1680,19 +2026,24 @@ impl Inner {
                 None => return Ok(None),
             }
         };
+        let corrupt = |reason: &str| Error::Corrupt {
+            offset: loc.off,
+            reason: reason.into(),
+        };
         let mut hdr = [0u8; FRAME_HEADER_LEN];
-        self.ensure_written(loc.off + FRAME_HEADER_LEN as u64)?;
+        self.ensure_written(loc.off.saturating_add(FRAME_HEADER_LEN as u64))?;
         file.read_exact_at(&mut hdr, loc.off)
             .map_err(Error::io("read"))?;
-        let fh = FrameHeader::decode(&hdr, u64::MAX - loc.off)
+        let room = file
+            .len()
+            .map_err(Error::io("read"))?
+            .saturating_sub(loc.off.saturating_add(FRAME_HEADER_LEN as u64));
+        let fh = FrameHeader::decode(&hdr, room)
             .filter(|fh| fh.op == OP_PUT && fh.id == id)
-            .ok_or_else(|| Error::Corrupt {
-                offset: loc.off,
-                reason: "bad frame header".into(),
-            })?;
-        self.ensure_written(loc.off + fh.frame_len())?;
+            .ok_or_else(|| corrupt("bad frame header"))?;
+        self.ensure_written(loc.off.saturating_add(fh.frame_len()))?;
         if fh.flags & FLAG_LZ4 != 0 {
-            let data = read_payload(&*file, loc, self.opts.max_value)?;
+            let data = read_payload(&*file, &self.salt, loc, self.opts.max_value)?;
             let len = data.len() as u64;
             return Ok(Some(ValueReader {
                 file,
@@ -1705,7 +2056,7 @@ impl Inner {
                 inline: Some((data, 0)),
             }));
         }
-        let mut h = crc32fast::Hasher::new();
+        let mut h = self.salt.hasher();
         h.update(&hdr[4..]);
         Ok(Some(ValueReader {
             file,
@@ -1723,7 +2074,17 @@ impl Inner {
         let mut w = mlock(&self.writer);
         self.check_poison()?;
         let p = format!("{key}={value}");
-        format::encode_frame(&mut w.buf, OP_META, 0, FLAG_COMMIT, 0, 0, 0, p.as_bytes());
+        format::encode_frame(
+            &mut w.buf,
+            &self.salt,
+            OP_META,
+            0,
+            FLAG_COMMIT,
+            0,
+            0,
+            0,
+            p.as_bytes(),
+        );
         if let Err(e) = self.flush_locked(&mut w, true) {
             w.buf.clear();
             return Err(e);
@@ -1744,19 +2105,16 @@ impl Inner {
         self.flush_locked(&mut w, false)?;
         let (file, locs) = {
             let st = rlock(&self.state);
-            (st.file.clone(), st.locs.clone())
+            let locs: Vec<(u64, Loc)> = st.ids.iter().collect();
+            (st.file.clone(), locs)
         };
         let mut idx = SecIndex::default();
-        for (i, loc) in locs.iter().enumerate() {
-            if !loc.present() {
-                continue;
-            }
-            let id = i as u64 + 1;
+        for (id, loc) in locs {
             let kind = Kind::from_tag(loc.kind).unwrap_or(Kind::Raw);
             if kind == Kind::Raw || loc.frame_len().is_none() {
                 continue;
             }
-            let data = read_payload(&*file, *loc, self.opts.max_value)?;
+            let data = read_payload(&*file, &self.salt, loc, self.opts.max_value)?;
             let v = RecordRef {
                 id,
                 kind,
@@ -1769,26 +2127,30 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes metas and every live record (as of now) into `out` after a fresh header.
-    /// Returns (new locs, end in `out`, old-file end covered, old file).
-    fn snapshot_into(&self, out: &Arc<dyn FileBackend>) -> Result<Snapshot> {
+    /// Writes metas and every live record (as of now) into `out` after a fresh header
+    /// with salt `out_salt` (frames are re-sealed with it) and a checkpoint at the
+    /// header's end. Returns (new index, end in `out`, old-file end covered, old file).
+    fn snapshot_into(&self, out: &Arc<dyn FileBackend>, out_salt: &Salt) -> Result<Snapshot> {
         let (file, locs, meta, next_id, snap_end) = {
             let mut w = mlock(&self.writer);
+            self.check_poison()?;
             self.drain(&w);
             self.flush_locked(&mut w, false)?;
             let st = rlock(&self.state);
+            let locs: Vec<(u64, Loc)> = st.ids.iter().collect();
             (
                 st.file.clone(),
-                st.locs.clone(),
+                locs,
                 st.meta.clone(),
                 w.next_id,
                 w.buf_start,
             )
         };
-        let mut buf = format::encode_file_header(next_id).to_vec();
+        let mut buf = format::encode_file_header(next_id, out_salt, FILE_HEADER_LEN).to_vec();
         for (k, v) in &meta {
             format::encode_frame(
                 &mut buf,
+                out_salt,
                 OP_META,
                 0,
                 FLAG_COMMIT,
@@ -1799,7 +2161,7 @@ impl Inner {
             );
         }
         let mut out_pos = 0u64;
-        let mut new_locs = vec![Loc::default(); locs.len()];
+        let mut new_locs: Vec<(u64, Loc)> = Vec::with_capacity(locs.len());
         let flush = |buf: &mut Vec<u8>, out_pos: &mut u64| -> Result<()> {
             out.write_all_at(buf, *out_pos)
                 .map_err(Error::io("write compacted file"))?;
@@ -1813,24 +2175,24 @@ impl Inner {
             start: 0,
             buf: Vec::new(),
         };
-        // visit in file order for sequential reads
-        let mut order: Vec<u32> = (0..locs.len() as u32)
-            .filter(|&i| locs[i as usize].present())
-            .collect();
-        order.sort_unstable_by_key(|&i| locs[i as usize].off);
-        for i in order {
-            let loc = locs[i as usize];
-            let id = i as u64 + 1;
+        // visit in file order for sequential reads (ids are u64 throughout)
+        let mut order = locs;
+        order.sort_unstable_by_key(|&(_, l)| l.off);
+        for (id, loc) in order {
             let corrupt = |r: &str| Error::Corrupt {
                 offset: loc.off,
                 reason: r.to_string(),
             };
+            let room = snap_end
+                .checked_sub(loc.off)
+                .and_then(|r| r.checked_sub(FRAME_HEADER_LEN as u64))
+                .ok_or_else(|| corrupt("frame beyond the log end"))?;
             let hdr: [u8; FRAME_HEADER_LEN] = win
                 .get(loc.off, FRAME_HEADER_LEN)
                 .map_err(Error::io("read"))?
                 .try_into()
                 .map_err(|_| corrupt("short header"))?;
-            let fh = FrameHeader::decode(&hdr, snap_end - loc.off)
+            let fh = FrameHeader::decode(&hdr, room)
                 .filter(|fh| fh.op == OP_PUT && fh.id == id)
                 .ok_or_else(|| corrupt("bad frame header"))?;
             let mut nfh = FrameHeader {
@@ -1844,19 +2206,19 @@ impl Inner {
                 let payload = win
                     .get(pstart, fh.len as usize)
                     .map_err(Error::io("read"))?;
-                if !fh.check(&hdr, payload) {
+                if !fh.check(&self.salt, &hdr, payload) {
                     return Err(corrupt("checksum mismatch"));
                 }
-                let h = nfh.seal(payload);
+                let h = nfh.seal(out_salt, payload);
                 buf.extend_from_slice(&h);
                 buf.extend_from_slice(payload);
                 let total = align_up(buf.len() as u64) as usize;
                 buf.resize(total, 0);
             } else {
                 flush(&mut buf, &mut out_pos)?;
-                let mut old_h = crc32fast::Hasher::new();
+                let mut old_h = self.salt.hasher();
                 old_h.update(&hdr[4..]);
-                let mut new_h = crc32fast::Hasher::new();
+                let mut new_h = out_salt.hasher();
                 new_h.update(&nfh.encode()[4..]);
                 let mut chunk = vec![0u8; READ_CHUNK];
                 let mut pos = 0;
@@ -1882,13 +2244,14 @@ impl Inner {
                     .map_err(Error::io("write compacted file"))?;
                 out_pos = end;
             }
-            new_locs[i as usize] = Loc::from_header(new_off, &nfh);
+            new_locs.push((id, Loc::from_header(new_off, &nfh)));
             if buf.len() >= READ_CHUNK {
                 flush(&mut buf, &mut out_pos)?;
             }
         }
         flush(&mut buf, &mut out_pos)?;
-        Ok((new_locs, out_pos, snap_end, file))
+        new_locs.sort_unstable_by_key(|&(id, _)| id);
+        Ok((IdIndex::from_sorted(new_locs), out_pos, snap_end, file))
     }
 
     fn compact(&self) -> Result<(u64, u64)> {
@@ -1908,10 +2271,12 @@ impl Inner {
     }
 
     fn compact_into(&self, out: &Arc<dyn FileBackend>, tmp: &str) -> Result<u64> {
-        // phase 1: copy a snapshot while readers and writers go on
-        let (mut new_locs, mut new_end, snap_end, old_file) = self.snapshot_into(out)?;
+        // phase 1: copy a snapshot while readers and writers go on (same salt: the
+        // frames appended meanwhile are copied verbatim below)
+        let (mut new_ids, mut new_end, snap_end, old_file) = self.snapshot_into(out, &self.salt)?;
         // phase 2: block writers, copy what was appended meanwhile, swap
         let mut w = mlock(&self.writer);
+        self.check_poison()?;
         self.drain(&w);
         self.flush_locked(&mut w, false)?;
         let cur_end = w.buf_start;
@@ -1929,18 +2294,18 @@ impl Inner {
             new_end += n as u64;
         }
         if new_end > tail_start {
-            let mut tmp_state = State {
-                file: out.clone(),
-                locs: std::mem::take(&mut new_locs),
-                live: 0,
-                live_bytes: 0,
-                meta: BTreeMap::new(),
-                indexes: BTreeMap::new(),
-            };
+            let mut tmp_state = State::new(out.clone(), new_ids);
             let mut dummy = 0;
-            let outcome = scan_log(&**out, tail_start, new_end, u64::MAX, &mut |frames| {
-                apply_frames(&mut tmp_state, &mut dummy, frames)
-            })
+            // every frame of the tail must be valid: no damage is skipped here
+            let outcome = scan_log(
+                &**out,
+                &self.salt,
+                tail_start,
+                new_end,
+                tail_start,
+                u64::MAX,
+                &mut |frames| apply_frames(&mut tmp_state, &mut dummy, frames),
+            )
             .map_err(Error::io("compact"))?;
             if outcome.good_end != new_end || !outcome.corrupt.is_empty() {
                 return Err(Error::Corrupt {
@@ -1948,46 +2313,83 @@ impl Inner {
                     reason: "log tail changed during compaction".into(),
                 });
             }
-            new_locs = tmp_state.locs;
+            new_ids = tmp_state.ids;
+            new_ids.rebuild();
         }
+        // the new file is synced whole before it replaces the old one: its checkpoint
+        // is its end
+        out.write_all_at(
+            &format::encode_checkpoint(&self.salt, new_end),
+            CHECKPOINT_OFFSETS[0],
+        )
+        .map_err(Error::io("compact"))?;
         out.sync_data().map_err(Error::io("compact"))?;
         self.vfs
             .rename(tmp, &self.file_name)
             .map_err(Error::io("compact"))?;
         let dir_res = self.vfs.sync_dir();
         {
+            // lock order: writer (held), synced, state
+            let mut synced = mlock(&self.synced);
             let mut st = wlock(&self.state);
             st.file = out.clone();
-            let mut live_bytes = 0;
-            for l in &new_locs {
-                if l.present() {
-                    live_bytes += l.frame_len().unwrap_or(0);
-                }
-            }
-            st.locs = new_locs;
-            st.live_bytes = live_bytes;
+            st.set_ids(new_ids);
+            synced.end = new_end; // `out` was synced whole
+            synced.ckpt = new_end;
+            synced.next_slot = 1;
+            w.buf_start = new_end;
+            w.alloc_end = new_end;
+            self.flushed_end.store(new_end, Ordering::Release);
         }
-        w.buf_start = new_end;
-        w.alloc_end = new_end;
-        *mlock(&self.synced_end) = new_end; // `out` was synced whole
-        self.flushed_end.store(new_end, Ordering::Release);
         dir_res.map_err(self.poison("sync directory"))?;
         Ok(new_end)
+    }
+
+    /// Closes the engine (see [`Database::close`]); idempotent.
+    fn close(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = mlock(&self.compacting); // a running compaction finishes first
+        mlock(&self.stop_tx).take();
+        let res = {
+            let mut w = mlock(&self.writer);
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let res = if self.poisoned.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                self.drain(&w);
+                self.flush_locked(&mut w, true)
+                    .and_then(|_| self.checkpoint_now())
+                    .and_then(|_| self.trim(&mut w))
+            };
+            self.closed.store(true, Ordering::Release);
+            res
+        };
+        mlock(&self.lock).take();
+        res
+    }
+
+    /// A cleanly closed file ends at its log end: drops the zero-filled room (and any
+    /// other byte after the log end).
+    fn trim(&self, w: &mut Writer) -> Result<()> {
+        let file = rlock(&self.state).file.clone();
+        if file.len().map_err(Error::io("close"))? > w.buf_start {
+            file.set_len(w.buf_start)
+                .and_then(|_| file.sync_data())
+                .map_err(self.poison("trim"))?;
+        }
+        w.alloc_end = w.buf_start;
+        Ok(())
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        mlock(&self.stop_tx).take();
-        if !self.poisoned.load(Ordering::Acquire) && self.flush(true).is_ok() {
-            // a cleanly closed file ends at its log end: drop the zero-filled room
-            let w = mlock(&self.writer);
-            if w.alloc_end > w.buf_start {
-                let file = rlock(&self.state).file.clone();
-                if file.set_len(w.buf_start).is_ok() {
-                    let _ = file.sync_data();
-                }
-            }
-        }
+        // normally done when the last handle dropped; this covers an engine whose
+        // handle was never built (an error while opening)
+        let _ = self.close();
     }
 }

@@ -37,6 +37,20 @@ pub enum Error {
     /// An earlier write or fsync failed; writes are refused until the database is reopened.
     #[error("database poisoned by an earlier i/o error; reopen it")]
     Poisoned,
+    /// Another engine (in another process, or another handle of this process) has the
+    /// database open: only one writer may hold its lock file `<name>.zdb.lock`.
+    #[error("database {name:?} is locked: it is open in another process or handle")]
+    Locked {
+        /// Database name.
+        name: String,
+    },
+    /// The handle was closed ([`crate::Database::close`], or the database was
+    /// removed or replaced through [`crate::Env`]); open the database again.
+    #[error("database {name:?} was closed (closed, removed or replaced); open it again")]
+    Closed {
+        /// Database name.
+        name: String,
+    },
     /// No live record has this id.
     #[error("no record with id {0}")]
     NotFound(u64),
@@ -81,6 +95,7 @@ impl From<Error> for io::Error {
                 io::Error::new(io::ErrorKind::NotFound, e)
             }
             Error::AlreadyExists(_) => io::Error::new(io::ErrorKind::AlreadyExists, e),
+            Error::Locked { .. } => io::Error::new(io::ErrorKind::ResourceBusy, e),
             Error::InvalidName(_) | Error::TooLarge { .. } | Error::Query(_) => {
                 io::Error::new(io::ErrorKind::InvalidInput, e)
             }

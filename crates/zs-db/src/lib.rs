@@ -4,9 +4,13 @@
 //! records (DataFrame, JSON, key/value maps, raw bytes) with **stable ids**, written
 //! crash-safely and queried in parallel. This crate is that store.
 //!
-//! - **Format**: one append-only log file per database, every frame checksummed,
-//!   writes grouped into commits; opening after a crash rolls back a torn tail and
-//!   skips (and reports) damaged regions. Byte layout: `docs/STORAGE.md`.
+//! - **Format**: one append-only log file per database, every frame checksummed with a
+//!   random per-file salt, writes grouped into commits; opening after a crash ends the
+//!   log at the first invalid frame after the last synced end (a prefix of the commits
+//!   survives) and skips (and reports) damaged regions before it. Byte layout:
+//!   `docs/STORAGE.md`.
+//! - **Single writer**: an engine holds an exclusive lock (`<name>.zdb.lock`); a second
+//!   open, in this process or another, fails with [`Error::Locked`].
 //! - **Durability** per database: [`Durability::Immediate`] (a commit returns after an
 //!   fsync; concurrent committers share one) or
 //!   [`Durability::Periodic`] (group commit every N ms); [`Batch`]es commit atomically.
@@ -47,6 +51,7 @@ mod db;
 mod error;
 mod expr;
 pub mod format;
+mod ids;
 mod query;
 mod record;
 mod store;
@@ -62,5 +67,5 @@ pub use expr::{compile_filter, index_hints};
 pub use query::{FilterFn, IndexHint, Progress, Query, QueryHandle};
 pub use record::{decode_kv, encode_kv, FieldValue, Kind, Record, RecordRef, MAX_KV_ENTRIES};
 pub use store::{check_name, Env, Store};
-pub use vfs::{DirVfs, Fault, FaultKind, FileBackend, MemVfs, Vfs};
+pub use vfs::{DirVfs, Fault, FaultKind, FileBackend, LockGuard, MemVfs, Vfs};
 pub use zs_wire;

@@ -199,6 +199,8 @@ type ChunkResult = (u64, Result<Vec<Record>>);
 
 /// A running scan: iterate it for batches of matching records in order.
 pub struct QueryHandle {
+    /// Keeps the engine open while the scan runs.
+    _db: Database,
     shared: Arc<Shared>,
     rx: Option<Receiver<ChunkResult>>,
     workers: Vec<JoinHandle<()>>,
@@ -219,11 +221,18 @@ impl std::fmt::Debug for QueryHandle {
 impl Database {
     /// Starts a parallel scan; results arrive in id order (descending with `reverse`).
     pub fn query(&self, q: Query) -> Result<QueryHandle> {
+        self.inner.check_open()?;
         let next_id = self.next_id();
         let mut used_index = false;
-        let mut source = Source::Range {
-            first: 1,
-            end: next_id,
+        // ids are never reused, so the id range can be far larger than the live set:
+        // then the scan visits the live ids instead of every id of the range
+        let mut source = if next_id.saturating_sub(1) > self.len().saturating_mul(4) + 65_536 {
+            Source::List(self.live_ids())
+        } else {
+            Source::Range {
+                first: 1,
+                end: next_id,
+            }
         };
         for h in q.hint.iter().chain(&q.candidates) {
             if let Some(ids) = self.index_lookup(&h.field, h.lo.as_ref(), h.hi.as_ref()) {
@@ -273,6 +282,7 @@ impl Database {
             workers.push(h);
         }
         Ok(QueryHandle {
+            _db: self.clone(),
             shared,
             rx: Some(rx),
             workers,
@@ -397,7 +407,7 @@ impl Worker {
                     .filter(|fh| fh.op == OP_PUT && fh.id == id && fh.len == loc.len as u64)
                     .ok_or_else(|| corrupt("frame does not match the index"))?;
                 let payload = &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + fh.len as usize];
-                if !fh.check(frame, payload) {
+                if !fh.check(&self.inner.salt, frame, payload) {
                     return Err(corrupt("checksum mismatch"));
                 }
                 let kind = Kind::from_tag(fh.kind).unwrap_or(Kind::Raw);

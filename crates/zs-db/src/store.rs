@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::db::{file_name, mlock, Database, DbOptions};
+use crate::db::{file_name, lock_db, mlock, tmp_name, Database, DbOptions};
 use crate::error::{Error, Result};
 use crate::query::{Query, QueryHandle};
 use crate::record::{Kind, Record};
@@ -48,7 +48,11 @@ pub trait Store: Send + Sync {
 }
 
 /// A directory of named databases (this crate's [`Store`]). Handles are cached, so
-/// every `open` of one name shares one engine.
+/// every `open` of one name shares one engine; a database open elsewhere (another
+/// process, or a handle this `Env` no longer caches) is refused with
+/// [`Error::Locked`]. Removing or replacing a database closes its engine: handles
+/// still held elsewhere then fail with [`Error::Closed`] instead of writing to a
+/// file that is gone.
 #[derive(Debug)]
 pub struct Env {
     vfs: Arc<dyn Vfs>,
@@ -87,17 +91,23 @@ impl Env {
     pub fn db(&self, name: &str) -> Result<Database> {
         let mut open = mlock(&self.open);
         if let Some(d) = open.get(name) {
-            return Ok(d.clone());
+            if !d.is_closed() {
+                return Ok(d.clone());
+            }
         }
         let db = Database::open(self.vfs.clone(), name)?;
         open.insert(name.to_string(), db.clone());
         Ok(db)
     }
 
-    /// Opens database `name` with explicit options (replacing a cached handle).
+    /// Opens database `name` with explicit options. A cached handle is closed first
+    /// (its buffered commits are written and synced; its clones then fail with
+    /// [`Error::Closed`]), so there is never a second engine on the file.
     pub fn db_with(&self, name: &str, opts: DbOptions) -> Result<Database> {
         let mut open = mlock(&self.open);
-        open.remove(name);
+        if let Some(old) = open.remove(name) {
+            old.close()?;
+        }
         let db = Database::open_with(self.vfs.clone(), name, opts)?;
         open.insert(name.to_string(), db.clone());
         Ok(db)
@@ -119,10 +129,18 @@ impl Env {
             .collect())
     }
 
-    /// Deletes database `name`.
+    /// Deletes database `name`. Its cached handle is closed (clones held elsewhere
+    /// fail with [`Error::Closed`]); if another engine has it open the result is
+    /// [`Error::Locked`] and nothing is removed.
     pub fn remove_db(&self, name: &str) -> Result<()> {
         check_name(name)?;
-        mlock(&self.open).remove(name);
+        let mut open = mlock(&self.open);
+        if let Some(old) = open.remove(name) {
+            // the file goes away: what the handle buffered needs no flush
+            let _ = old.close();
+        }
+        let _lock = lock_db(&*self.vfs, name)?;
+        let _ = self.vfs.remove(&tmp_name(name)); // a leftover, if any (we hold the lock)
         match self.vfs.remove(&file_name(name)) {
             Ok(()) => self.vfs.sync_dir().map_err(Error::io("remove")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -141,16 +159,28 @@ impl Env {
         db.copy_to(&self.vfs, dst)
     }
 
-    /// Replaces database `target` by `source` atomically (`source` disappears). Handles
-    /// still held elsewhere keep reading the old files until dropped.
+    /// Replaces database `target` by `source` atomically (`source` disappears). The
+    /// cached handles of both are closed first (`source`'s buffered commits are synced),
+    /// so their clones held elsewhere fail with [`Error::Closed`] instead of writing
+    /// to a file that is gone; if another engine has either open the result is
+    /// [`Error::Locked`] and nothing is renamed.
     pub fn replace_db(&self, target: &str, source: &str) -> Result<()> {
         check_name(target)?;
         check_name(source)?;
+        if target == source {
+            return Err(Error::InvalidName(format!(
+                "cannot replace {target:?} by itself"
+            )));
+        }
         let mut open = mlock(&self.open);
         if let Some(d) = open.remove(source) {
-            d.sync()?;
+            d.close()?;
         }
-        open.remove(target);
+        if let Some(d) = open.remove(target) {
+            d.close()?;
+        }
+        let _source_lock = lock_db(&*self.vfs, source)?;
+        let _target_lock = lock_db(&*self.vfs, target)?;
         if !self
             .vfs
             .exists(&file_name(source))

@@ -3,7 +3,7 @@
 //! [`MemVfs`], which models power loss (unsynced writes lost or torn) and injects
 //! faults (failing writes and fsyncs, short writes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,9 @@ pub trait FileBackend: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
+/// An exclusive lock taken with [`Vfs::try_lock`]; dropping it releases the lock.
+pub type LockGuard = Box<dyn Debug + Send + Sync>;
+
 /// A directory of files addressed by name.
 pub trait Vfs: Send + Sync + Debug {
     /// Opens an existing file (`create == false`) or creates/truncates one (`create == true`).
@@ -37,6 +40,15 @@ pub trait Vfs: Send + Sync + Debug {
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Atomically renames `from` to `to`, replacing `to`.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Atomically renames `from` to `to` only if `to` does not exist: never replaces a
+    /// file (an `AlreadyExists` error instead), even against a concurrent creator.
+    fn rename_new(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Takes an exclusive advisory lock named `name` without waiting, or fails with
+    /// `WouldBlock` if another holder (another process, or another handle in this
+    /// process) has it. The lock lasts until the guard is dropped. [`DirVfs`] locks the
+    /// file `name` (created if missing, never removed) with the OS file lock (`flock`
+    /// on Unix, `LockFileEx` on Windows).
+    fn try_lock(&self, name: &str) -> io::Result<LockGuard>;
     /// Names of all files.
     fn list(&self) -> io::Result<Vec<String>>;
     /// Makes directory changes (create, rename, remove) durable.
@@ -129,6 +141,36 @@ impl Vfs for DirVfs {
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         std::fs::rename(self.root.join(from), self.root.join(to))
     }
+    fn rename_new(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (self.root.join(from), self.root.join(to));
+        // a hard link never replaces its target: creation is atomic (EEXIST)
+        match std::fs::hard_link(&from, &to) {
+            Ok(()) => std::fs::remove_file(&from),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                // no hard links here: claim the name with create_new, then rename over
+                // the placeholder this call created
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&to)?;
+                std::fs::rename(&from, &to)
+            }
+            Err(e) => Err(e),
+        }
+    }
+    fn try_lock(&self, name: &str) -> io::Result<LockGuard> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.root.join(name))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Box::new(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
     fn list(&self) -> io::Result<Vec<String>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(&self.root)? {
@@ -193,6 +235,7 @@ enum PendingOp {
 #[derive(Debug, Default)]
 struct MemShared {
     files: BTreeMap<String, Arc<Mutex<MemFileState>>>,
+    locks: BTreeSet<String>,
     ops: u64,
     faults: Vec<Fault>,
     fired: u64,
@@ -402,11 +445,47 @@ impl Vfs for MemVfs {
         s.files.insert(to.to_string(), f);
         Ok(())
     }
+    fn rename_new(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut s = lock(&self.shared);
+        if s.files.contains_key(to) {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        let f = s.files.remove(from).ok_or(io::ErrorKind::NotFound)?;
+        s.files.insert(to.to_string(), f);
+        Ok(())
+    }
+    fn try_lock(&self, name: &str) -> io::Result<LockGuard> {
+        if !lock(&self.shared).locks.insert(name.to_string()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(Box::new(MemLock {
+            shared: self.shared.clone(),
+            name: name.to_string(),
+        }))
+    }
     fn list(&self) -> io::Result<Vec<String>> {
         Ok(lock(&self.shared).files.keys().cloned().collect())
     }
     fn sync_dir(&self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A lock held in a [`MemVfs`] (a power cut keeps it: the process lives on).
+struct MemLock {
+    shared: Arc<Mutex<MemShared>>,
+    name: String,
+}
+
+impl Debug for MemLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemLock").field("name", &self.name).finish()
+    }
+}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        lock(&self.shared).locks.remove(&self.name);
     }
 }
 
@@ -440,6 +519,58 @@ mod tests {
         for (i, b) in buf.iter().enumerate() {
             assert!(*b == b"durable"[i] || *b == b'X');
         }
+    }
+
+    #[test]
+    fn locks_are_exclusive_until_dropped() {
+        let vfs = MemVfs::new();
+        let g = vfs.try_lock("a.lock").unwrap();
+        assert_eq!(
+            vfs.try_lock("a.lock").unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(g);
+        drop(vfs.try_lock("a.lock").unwrap());
+
+        let dir = std::env::temp_dir().join(format!("zs-db-lock-{}", std::process::id()));
+        let d = DirVfs::new(&dir).unwrap();
+        let g = d.try_lock("a.lock").unwrap();
+        // a second handle in the same process is refused too (flock is per open file)
+        assert_eq!(
+            d.try_lock("a.lock").unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(g);
+        drop(d.try_lock("a.lock").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rename_new_never_replaces() {
+        let vfs = MemVfs::new();
+        vfs.write_file("a", b"1");
+        vfs.write_file("b", b"2");
+        assert_eq!(
+            vfs.rename_new("a", "b").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(vfs.read_file("b").unwrap(), b"2");
+        vfs.rename_new("a", "c").unwrap();
+        assert_eq!(vfs.read_file("c").unwrap(), b"1");
+
+        let dir = std::env::temp_dir().join(format!("zs-db-rn-{}", std::process::id()));
+        let d = DirVfs::new(&dir).unwrap();
+        std::fs::write(dir.join("x"), b"x").unwrap();
+        std::fs::write(dir.join("y"), b"y").unwrap();
+        assert_eq!(
+            d.rename_new("x", "y").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(std::fs::read(dir.join("y")).unwrap(), b"y");
+        d.rename_new("x", "z").unwrap();
+        assert!(!dir.join("x").exists());
+        assert_eq!(std::fs::read(dir.join("z")).unwrap(), b"x");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -415,7 +415,10 @@ fn cursor_both_ways_and_store_object() {
     }
     store.delete("a", 3).unwrap();
     assert_eq!(store.list().unwrap(), vec!["a".to_string()]);
+    // a second Env on the directory cannot open "a" while the first one has it open
     let env = Env::open_dir(dir.path()).unwrap();
+    assert!(matches!(env.db("a"), Err(Error::Locked { .. })));
+    drop(store);
     let db = env.db("a").unwrap();
     let fwd: Vec<u64> = db.cursor(1, false).map(|r| r.unwrap().id).collect();
     assert_eq!(fwd, vec![1, 2, 4, 5]);
@@ -452,10 +455,16 @@ fn injected_faults_poison_and_reopen_is_consistent() {
     m.crash(3);
     let db = Database::open(vfs.clone(), "f").unwrap();
     assert_eq!(db.len(), 1);
-    m.set_faults(vec![Fault {
-        at_op: 1,
-        kind: FaultKind::SyncError,
-    }]);
+    // the first fsync fails, whatever number its operation has (a sync fault at a
+    // write operation does nothing)
+    m.set_faults(
+        (0..4)
+            .map(|at_op| Fault {
+                at_op,
+                kind: FaultKind::SyncError,
+            })
+            .collect(),
+    );
     assert!(db.insert(Kind::Raw, b"unsynced").is_err());
     db.abandon();
     m.crash(4);

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use zs_io::{
-    Bytes, BytesMut, CloseReason, Config, Conn, ConnId, Error, Handler, HandlerFactory, TimerWheel,
+    catch_handler_panic, drop_guarded, AcceptBackoff, Bytes, BytesMut, CloseReason, Config, Conn,
+    ConnId, Error, Handler, HandlerFactory, TimerWheel,
 };
 
 use crate::conn::IocpConn;
@@ -251,6 +252,10 @@ struct ListenEntry {
     factory: HandlerFactory,
     closed: Arc<AtomicBool>,
     accepts: Vec<AcceptOp>,
+    /// Pacing of retries while `AcceptEx` cannot start (no sockets left…).
+    backoff: AcceptBackoff,
+    /// An `AcceptRetry` timer is pending.
+    retry_armed: bool,
 }
 
 /// The loop itself; lives on its thread only.
@@ -273,6 +278,14 @@ fn reason_of(e: &io::Error) -> CloseReason {
         K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => CloseReason::Reset,
         k => CloseReason::Error(k),
     }
+}
+
+/// Gives an outgoing connection's handler its only callback, `on_connect_failed`,
+/// then drops it (a panic in either is caught and logged).
+fn connect_failed(mut handler: Box<dyn Handler>, id: u64, err: Error) {
+    let id = Some(ConnId(id));
+    catch_handler_panic(id, "on_connect_failed", || handler.on_connect_failed(err));
+    drop_guarded(id, handler);
 }
 
 fn new_stream(domain: Domain) -> io::Result<Socket> {
@@ -350,8 +363,8 @@ impl Loop {
         }
         // Commands that raced with the stop: fail pending connects.
         for cmd in self.handle.take_cmds() {
-            if let Cmd::Connect { mut handler, .. } = cmd {
-                handler.on_connect_failed(Error::ShutDown);
+            if let Cmd::Connect { id, handler, .. } = cmd {
+                connect_failed(handler, id, Error::ShutDown);
             }
         }
     }
@@ -418,6 +431,8 @@ impl Loop {
                 factory,
                 closed,
                 accepts,
+                backoff: AcceptBackoff::new(),
+                retry_armed: false,
             },
         );
         self.refill_accepts(id);
@@ -429,18 +444,34 @@ impl Loop {
             return;
         };
         let Some(lsock) = l.sock.as_ref() else { return };
-        let mut failed = false;
+        let mut failed = None;
         for op in l.accepts.iter_mut().filter(|op| !op.in_flight()) {
             let started = new_stream(l.domain).and_then(|s| op.start(lsock, s));
             if let Err(e) = started {
-                tracing::warn!("iocp: AcceptEx could not start: {e}; retrying soon");
-                failed = true;
+                failed = Some(e);
                 break;
             }
         }
-        if failed {
+        let Some(e) = failed else {
+            if let Some(n) = l.backoff.recovered() {
+                tracing::warn!("iocp: AcceptEx running again after {n} failed attempts");
+            }
+            return;
+        };
+        // Out of sockets or buffers: retry on a timer (backing off from 10 to
+        // 100 ms) while it persists, logging once per burst.
+        let f = l.backoff.failed();
+        if f.log {
+            tracing::warn!(
+                "iocp: AcceptEx could not start: {e}; retrying every {}-{} ms while it persists",
+                AcceptBackoff::MIN.as_millis(),
+                AcceptBackoff::MAX.as_millis()
+            );
+        }
+        if !l.retry_armed {
+            l.retry_armed = true;
             self.timers.insert(
-                Instant::now() + Duration::from_millis(50),
+                Instant::now() + f.retry_after,
                 Timer {
                     id,
                     kind: TimerKind::AcceptRetry,
@@ -517,8 +548,12 @@ impl Loop {
                 return;
             }
         };
+        // A panicking factory drops (closes) the socket; accepting goes on.
+        let Some(handler) = catch_handler_panic(None, "HandlerFactory", || factory()) else {
+            return;
+        };
         let mut e = Entry::new(sock, Phase::Open, Some(listener));
-        e.handler = Some(factory());
+        e.handler = Some(handler);
         self.conns.insert(id, e);
         self.open(id, peer, local);
     }
@@ -560,7 +595,7 @@ impl Loop {
                 },
             );
         }
-        self.call(id, |h, c| h.on_open(c));
+        self.call(id, "on_open", |h, c| h.on_open(c));
         self.pump_recv(id);
     }
 
@@ -570,19 +605,19 @@ impl Loop {
         sock: Socket,
         addr: SocketAddr,
         timeout: Duration,
-        mut handler: Box<dyn Handler>,
+        handler: Box<dyn Handler>,
     ) {
         if self.stopping.is_some() {
-            handler.on_connect_failed(Error::ShutDown);
+            connect_failed(handler, id, Error::ShutDown);
             return;
         }
         if let Err(e) = self.handle.port.associate(&sock, id as usize) {
-            handler.on_connect_failed(Error::Io(e));
+            connect_failed(handler, id, Error::Io(e));
             return;
         }
         let mut op = ConnectOp::new();
         if let Err(e) = op.start(&sock, addr) {
-            handler.on_connect_failed(Error::from_connect(e));
+            connect_failed(handler, id, Error::from_connect(e));
             return;
         }
         let mut e = Entry::new(sock, Phase::Connecting, None);
@@ -630,8 +665,8 @@ impl Loop {
         };
         e.phase = Phase::Closed;
         e.sock = None; // cancels a ConnectEx still in flight
-        if let Some(mut h) = e.handler.take() {
-            h.on_connect_failed(err);
+        if let Some(h) = e.handler.take() {
+            connect_failed(h, id, err);
         }
         self.maybe_remove(id);
     }
@@ -646,9 +681,11 @@ impl Loop {
         }
     }
 
-    /// Calls a handler method with the connection's handle, then applies whatever
-    /// the handler asked for through it.
-    fn call(&mut self, id: u64, f: impl FnOnce(&mut dyn Handler, &Conn)) {
+    /// Calls a handler method (named `what` for the log) with the connection's
+    /// handle, then applies whatever the handler asked for through it. A panic in
+    /// the method resets only this connection, whose handler then gets
+    /// `on_close(HandlerPanicked)` (contract item 8).
+    fn call(&mut self, id: u64, what: &'static str, f: impl FnOnce(&mut dyn Handler, &Conn)) {
         let Some(e) = self.conns.get_mut(&id) else {
             return;
         };
@@ -658,11 +695,14 @@ impl Loop {
         let (Some(mut h), Some(c)) = (e.handler.take(), e.dynconn.clone()) else {
             return;
         };
-        f(&mut *h, &c);
-        if let Some(e) = self.conns.get_mut(&id) {
-            if e.phase == Phase::Open && e.handler.is_none() {
-                e.handler = Some(h);
-            }
+        let ok = catch_handler_panic(Some(ConnId(id)), what, || f(&mut *h, &c)).is_some();
+        match self.conns.get_mut(&id) {
+            Some(e) if e.phase == Phase::Open && e.handler.is_none() => e.handler = Some(h),
+            _ => drop_guarded(Some(ConnId(id)), h),
+        }
+        if !ok {
+            self.close_now(id, CloseReason::HandlerPanicked, true);
+            return;
         }
         self.process(id);
     }
@@ -678,7 +718,7 @@ impl Loop {
         e.undelivered = false;
         e.delivering = true;
         let mut buf = std::mem::take(&mut e.rbuf);
-        self.call(id, |h, c| h.on_data(c, &mut buf));
+        self.call(id, "on_data", |h, c| h.on_data(c, &mut buf));
         if let Some(e) = self.conns.get_mut(&id) {
             // Whatever the handler left is kept; newer bytes append behind it.
             e.delivering = false;
@@ -842,7 +882,7 @@ impl Loop {
                     e.last_activity = Instant::now();
                 }
                 if writable && !e.closing {
-                    self.call(id, |h, c| h.on_writable(c));
+                    self.call(id, "on_writable", |h, c| h.on_writable(c));
                 }
                 self.pump_send(id);
             }
@@ -917,7 +957,7 @@ impl Loop {
                 if e.closing {
                     self.pump_send(id);
                 } else {
-                    self.call(id, |h, c| h.on_eof(c));
+                    self.call(id, "on_eof", |h, c| h.on_eof(c));
                 }
             }
             Ok(n) => {
@@ -963,7 +1003,8 @@ impl Loop {
         let handler = e.handler.take();
         let conn = e.dynconn.clone();
         if let (Some(mut h), Some(c)) = (handler, conn) {
-            h.on_close(&c, reason);
+            catch_handler_panic(Some(ConnId(id)), "on_close", || h.on_close(&c, reason));
+            drop_guarded(Some(ConnId(id)), h);
         }
         if let Some(e) = self.conns.get_mut(&id) {
             e.dynconn = None;
@@ -1007,6 +1048,9 @@ impl Loop {
 
     fn timer(&mut self, t: Timer, now: Instant) {
         if let TimerKind::AcceptRetry = t.kind {
+            if let Some(l) = self.listeners.get_mut(&t.id) {
+                l.retry_armed = false;
+            }
             self.refill_accepts(t.id);
             return;
         }
@@ -1021,7 +1065,7 @@ impl Loop {
             }
             TimerKind::User(token) => {
                 if !e.closing {
-                    self.call(t.id, |h, c| h.on_timer(c, token));
+                    self.call(t.id, "on_timer", |h, c| h.on_timer(c, token));
                 }
             }
             TimerKind::Linger => {

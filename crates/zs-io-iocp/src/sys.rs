@@ -214,13 +214,19 @@ impl Overlapped {
         }
     }
 
-    /// Zeroes it for a new operation (only while idle) and returns the pointer.
-    fn arm(&mut self) -> *mut OVERLAPPED {
-        debug_assert!(!self.in_flight);
-        // SAFETY: not in flight, so nobody else accesses the allocation, which is live
-        // and owned by self.
+    /// Zeroes it for a new operation and returns the pointer; an error (and nothing
+    /// touched) while an operation is still in flight: the kernel owns the
+    /// `OVERLAPPED` and the operation's buffers until its packet is dequeued, so
+    /// starting another would write under its feet and replace (free) its buffers.
+    /// Checked in every build, not only with debug assertions.
+    fn arm(&mut self) -> io::Result<*mut OVERLAPPED> {
+        if self.in_flight {
+            return Err(in_flight_error());
+        }
+        // SAFETY: not in flight (checked above), so nobody else accesses the
+        // allocation, which is live and owned by self.
         unsafe { self.ptr.as_ptr().write(OVERLAPPED::default()) };
-        self.ptr.as_ptr()
+        Ok(self.ptr.as_ptr())
     }
 
     fn id(&self) -> usize {
@@ -272,6 +278,11 @@ impl Drop for Overlapped {
     }
 }
 
+/// The error `start` returns while the operation is already in flight.
+fn in_flight_error() -> io::Error {
+    io::Error::other("an overlapped operation of this kind is already in flight")
+}
+
 /// Maps the return of an overlapped start call: success or pending means a
 /// completion packet will come.
 fn started(ret: i32, failed: i32) -> io::Result<()> {
@@ -315,12 +326,17 @@ impl RecvOp {
     }
 
     /// Starts receiving into `buf`'s spare capacity (the caller reserves it; at least
-    /// one byte). On an immediate error `buf` is handed back.
+    /// one byte). On an immediate error, also when a receive is already in flight
+    /// (which is left untouched), `buf` is handed back.
     pub(crate) fn start(
         &mut self,
         sock: &Socket,
         mut buf: BytesMut,
     ) -> Result<(), (io::Error, BytesMut)> {
+        let ov = match self.ov.arm() {
+            Ok(ov) => ov,
+            Err(e) => return Err((e, buf)),
+        };
         let spare = buf.spare_capacity_mut();
         let len = spare.len().min(u32::MAX as usize);
         if len == 0 {
@@ -334,7 +350,6 @@ impl RecvOp {
             buf: spare.as_mut_ptr().cast(),
         };
         let mut flags = 0u32;
-        let ov = self.ov.arm();
         // SAFETY: `wsabuf` points into `buf`'s heap allocation, which this op keeps
         // (unmoved, untouched) until `finish`; the OVERLAPPED is owned by self and
         // stays alive while in flight; the WSABUF array is captured by the call.
@@ -421,12 +436,17 @@ impl SendOp {
     }
 
     /// Starts sending `bufs` (each shorter than 4 GiB) in order. On an immediate
-    /// error they are handed back.
+    /// error, also when a send is already in flight (which is left untouched), they
+    /// are handed back.
     pub(crate) fn start(
         &mut self,
         sock: &Socket,
         bufs: Vec<Bytes>,
     ) -> Result<(), (io::Error, Vec<Bytes>)> {
+        if self.ov.in_flight {
+            // Checked before `wsabufs` is touched: the kernel may still read it.
+            return Err((in_flight_error(), bufs));
+        }
         if bufs.iter().any(|b| b.len() > u32::MAX as usize) || bufs.len() > u32::MAX as usize {
             return Err((
                 io::Error::new(io::ErrorKind::InvalidInput, "send buffer too large"),
@@ -438,7 +458,13 @@ impl SendOp {
             len: b.len() as u32,
             buf: b.as_ptr().cast_mut(),
         }));
-        let ov = self.ov.arm();
+        let ov = match self.ov.arm() {
+            Ok(ov) => ov,
+            Err(e) => {
+                self.wsabufs.clear();
+                return Err((e, bufs));
+            }
+        };
         // SAFETY: each WSABUF points into a `Bytes` kept alive and unchanged by this op
         // until `finish` (Bytes are immutable; the kernel only reads); the WSABUF array
         // and the OVERLAPPED are owned by self and outlive the operation.
@@ -524,9 +550,10 @@ impl AcceptOp {
     }
 
     /// Starts accepting the next connection of `listener` into `sock` (a fresh,
-    /// unbound socket of the listener's family). No data is awaited.
+    /// unbound socket of the listener's family). No data is awaited. An error (and
+    /// `sock` closed, the accept in flight left untouched) while one is in flight.
     pub(crate) fn start(&mut self, listener: &Socket, sock: Socket) -> io::Result<()> {
-        let ov = self.ov.arm();
+        let ov = self.ov.arm()?;
         let mut n = 0u32;
         // SAFETY: both sockets are valid; the address buffer (boxed) and the OVERLAPPED
         // are owned by self and outlive the operation; the accept socket is kept in
@@ -661,11 +688,12 @@ impl ConnectOp {
         self.ov.id()
     }
 
-    /// Starts connecting `sock` (bound, associated with a port) to `to`.
+    /// Starts connecting `sock` (bound, associated with a port) to `to`; an error
+    /// (the connect in flight left untouched) while one is in flight.
     pub(crate) fn start(&mut self, sock: &Socket, to: SocketAddr) -> io::Result<()> {
+        let ov = self.ov.arm()?;
         let connect = connect_ex(sock)?;
         let addr = Box::new(SockAddr::from(to));
-        let ov = self.ov.arm();
         // SAFETY: the address is boxed and kept by self until `finish`; the OVERLAPPED
         // is owned by self; no send buffer is passed.
         let ret = unsafe {
@@ -834,6 +862,90 @@ mod tests {
         let (buf, n) = recv.finish(Some(&server), e.bytes);
         assert_eq!(n.unwrap(), 0);
         assert!(buf.is_empty());
+    }
+
+    /// Starting an operation that is already in flight is refused in every build
+    /// (L10): the new buffers or socket come back (or are closed), and the operation
+    /// in flight is untouched and completes normally.
+    #[test]
+    fn start_while_in_flight_is_refused() {
+        let port = Port::new().unwrap();
+        let listener = stream(Domain::IPV4);
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        port.associate(&listener, 1).unwrap();
+        let mut accept = AcceptOp::new();
+        accept.start(&listener, stream(Domain::IPV4)).unwrap();
+        let err = accept
+            .start(&listener, stream(Domain::IPV4))
+            .expect_err("a second AcceptEx on a busy op");
+        assert_eq!(err.kind(), io::ErrorKind::Other, "{err}");
+        assert!(accept.in_flight());
+
+        let client = stream(Domain::IPV4);
+        client
+            .bind(&"0.0.0.0:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        port.associate(&client, 2).unwrap();
+        let mut connect = ConnectOp::new();
+        connect.start(&client, addr).unwrap();
+        assert!(connect.start(&client, addr).is_err());
+        assert!(connect.in_flight());
+        let mut server = None;
+        let mut connected = false;
+        while server.is_none() || !connected {
+            let e = next(&port);
+            if e.key == 1 {
+                server = Some(accept.finish(Some(&listener), e.bytes).unwrap());
+            } else {
+                connect.finish(Some(&client), e.bytes).unwrap();
+                connected = true;
+            }
+        }
+        let server = server.unwrap();
+        port.associate(&server, 3).unwrap();
+
+        // A receive in flight: a second one hands its buffer back.
+        let mut recv = RecvOp::new();
+        recv.start(&server, BytesMut::with_capacity(16))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let mut second = BytesMut::from(&b"second"[..]);
+        second.reserve(16);
+        let (err, back) = recv.start(&server, second).expect_err("a second WSARecv");
+        assert_eq!(err.kind(), io::ErrorKind::Other, "{err}");
+        assert_eq!(&back[..], b"second");
+        assert!(recv.in_flight());
+
+        // A send in flight (until its packet is dequeued): a second one is refused
+        // and hands its buffers back; only the first reaches the peer.
+        let mut send = SendOp::new();
+        send.start(&client, vec![Bytes::from_static(b"one")])
+            .unwrap();
+        let (err, back) = send
+            .start(&client, vec![Bytes::from_static(b"two")])
+            .expect_err("a second WSASend");
+        assert_eq!(err.kind(), io::ErrorKind::Other, "{err}");
+        assert_eq!(back, vec![Bytes::from_static(b"two")]);
+        let mut got_send = false;
+        let mut got_recv = false;
+        while !got_send || !got_recv {
+            let e = next(&port);
+            if e.op == send.id() {
+                let (bufs, n) = send.finish(Some(&client), e.bytes);
+                assert_eq!((n.unwrap(), &bufs[0][..]), (3, &b"one"[..]));
+                got_send = true;
+            } else {
+                assert_eq!(e.op, recv.id());
+                let (buf, n) = recv.finish(Some(&server), e.bytes);
+                assert_eq!((n.unwrap(), &buf[..]), (3, &b"one"[..]));
+                got_recv = true;
+            }
+        }
+        assert!(!send.in_flight() && !recv.in_flight());
     }
 
     /// ConnectEx to a port where nothing listens reports "refused"; a receive

@@ -58,8 +58,8 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use zs_io::{
-    Backend, Bytes, BytesMut, CloseReason, Config, Conn, ConnId, Connection, Error, Handler,
-    HandlerFactory, Listener, Prefer, SendQueue,
+    catch_handler_panic, drop_guarded, AcceptBackoff, Backend, Bytes, BytesMut, CloseReason,
+    Config, Conn, ConnId, Connection, Error, Handler, HandlerFactory, Listener, Prefer, SendQueue,
 };
 
 pub use bridge::{AsyncConn, AsyncListener};
@@ -225,7 +225,7 @@ impl Backend for TokioBackend {
         &self,
         addr: SocketAddr,
         timeout: Duration,
-        mut handler: Box<dyn Handler>,
+        handler: Box<dyn Handler>,
     ) -> Result<(), Error> {
         if self.shared.shut.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -237,13 +237,13 @@ impl Backend for TokioBackend {
             let r = tokio::select! {
                 r = tokio::time::timeout(timeout, TcpStream::connect(addr)) => r,
                 _ = stopped(&mut shut) => {
-                    handler.on_connect_failed(Error::ShutDown);
+                    connect_failed(handler, Error::ShutDown);
                     return;
                 }
             };
             match r {
-                Err(_) => handler.on_connect_failed(Error::TimedOut),
-                Ok(Err(e)) => handler.on_connect_failed(Error::from_connect(e)),
+                Err(_) => connect_failed(handler, Error::TimedOut),
+                Ok(Err(e)) => connect_failed(handler, Error::from_connect(e)),
                 Ok(Ok(stream)) => {
                     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
                     run_conn(shared.clone(), stream, handler, id, None).await;
@@ -288,6 +288,13 @@ impl Backend for TokioBackend {
     }
 }
 
+/// Gives an outgoing connection's handler its only callback, then drops it (a
+/// panic in either is caught and logged).
+fn connect_failed(mut handler: Box<dyn Handler>, err: Error) {
+    catch_handler_panic(None, "on_connect_failed", || handler.on_connect_failed(err));
+    drop_guarded(None, handler);
+}
+
 /// Resolves once the flag is (or becomes) true, or its sender is gone.
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -302,21 +309,42 @@ async fn accept_loop(
 ) {
     let mut shut = shared.shut_tx.subscribe();
     let conn_stop = stop.clone();
+    let mut backoff = AcceptBackoff::new();
     loop {
         tokio::select! {
             r = l.accept() => match r {
                 Ok((stream, _)) => {
+                    if let Some(n) = backoff.recovered() {
+                        tracing::warn!("zs-io-tokio: accepting again after {n} failed attempts");
+                    }
+                    // A panicking factory drops (closes) the socket; accepting goes on.
+                    let Some(h) = catch_handler_panic(None, "HandlerFactory", || factory()) else {
+                        continue;
+                    };
                     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
                     let guard = TaskGuard::new(&shared);
-                    let (s2, h, rx) = (shared.clone(), factory(), conn_stop.clone());
+                    let (s2, rx) = (shared.clone(), conn_stop.clone());
                     shared.handle.spawn(async move {
                         run_conn(s2, stream, h, id, Some(rx)).await;
                         drop(guard);
                     });
                 }
                 Err(e) => {
-                    tracing::warn!("zs-io-tokio: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // EMFILE and friends leave the connection queued: back off (10 to
+                    // 100 ms) while the error persists, logging once per burst.
+                    let f = backoff.failed();
+                    if f.log {
+                        tracing::warn!(
+                            "zs-io-tokio: accept failed: {e}; retrying every {}-{} ms while it persists",
+                            AcceptBackoff::MIN.as_millis(),
+                            AcceptBackoff::MAX.as_millis()
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(f.retry_after) => {}
+                        _ = stopped(&mut stop) => return,
+                        _ = stopped(&mut shut) => return,
+                    }
                 }
             },
             _ = stopped(&mut stop) => return,
@@ -492,184 +520,198 @@ async fn run_conn(
     let mut linger_deadline: Option<Instant> = None;
     let read_chunk = cfg.read_chunk.max(1024);
 
+    // Runs one handler callback; `false` when it panicked (contract item 8: the
+    // connection is then reset and the handler only gets `on_close`).
     macro_rules! callback {
-        ($call:expr) => {{
+        ($what:literal, $call:expr) => {{
             lock(&tc.state).in_callback = true;
-            $call;
+            let ok = catch_handler_panic(Some(id), $what, || $call).is_some();
             lock(&tc.state).in_callback = false;
+            ok
         }};
     }
+    const PANICKED: (CloseReason, bool) = (CloseReason::HandlerPanicked, true);
 
-    callback!(handler.on_open(&conn));
-    let (reason, reset) = loop {
-        // Service: flush, FIN, timers, flags.
-        let plan = {
-            let mut st = lock(&tc.state);
-            for (at, token) in st.new_timers.drain(..) {
-                seq += 1;
-                timers.push(Reverse((at, seq, token)));
-            }
-            let mut plan = Plan {
-                read: !st.paused && !eof && !st.closing,
-                write: false,
-                writable_cb: false,
-                end: None,
-            };
-            if st.abort {
-                plan.end = Some((CloseReason::Local, true));
-            } else {
-                let mut failed = None;
-                let mut wrote = false;
-                while !st.queue.is_empty() {
-                    let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                    let n = st.queue.io_slices(&mut slices);
-                    match stream.try_write_vectored(&slices[..n]) {
-                        Ok(0) => {
-                            failed = Some(io::Error::from(io::ErrorKind::WriteZero));
-                            break;
-                        }
-                        Ok(k) => {
-                            st.queue.advance(k);
-                            wrote = true;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            plan.write = true;
-                            break;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
+    let opened = callback!("on_open", handler.on_open(&conn));
+    let (reason, reset) = if !opened {
+        PANICKED
+    } else {
+        'conn: loop {
+            // Service: flush, FIN, timers, flags.
+            let plan = {
+                let mut st = lock(&tc.state);
+                for (at, token) in st.new_timers.drain(..) {
+                    seq += 1;
+                    timers.push(Reverse((at, seq, token)));
                 }
-                if wrote {
-                    last_activity = Instant::now();
-                }
-                if let Some(e) = failed {
-                    plan.end = Some((reason_of(&e), false));
-                } else if st.queue.is_empty() {
-                    if st.write_shut && !fin_sent {
-                        fin_sent = true;
-                        if let Err(e) = SockRef::from(&stream).shutdown(Shutdown::Write) {
-                            plan.end = Some((reason_of(&e), false));
-                        }
-                    }
-                    if st.closing && plan.end.is_none() {
-                        plan.end = Some((
-                            if eof {
-                                CloseReason::PeerClosed
-                            } else {
-                                CloseReason::Local
-                            },
-                            false,
-                        ));
-                    }
-                } else if st.closing && linger_deadline.is_none() {
-                    linger_deadline = Some(Instant::now() + cfg.close_linger);
-                }
-                if plan.end.is_none() && !st.closing {
-                    plan.writable_cb = st.queue.take_writable();
-                }
-            }
-            plan
-        };
-        if let Some(end) = plan.end {
-            break end;
-        }
-        if plan.writable_cb {
-            callback!(handler.on_writable(&conn));
-            continue;
-        }
-        let idle = lock(&tc.state).idle;
-        let mut deadline = timers.peek().map(|Reverse((at, _, _))| *at);
-        if let Some(d) = idle {
-            let at = last_activity + d;
-            deadline = Some(deadline.map_or(at, |x| x.min(at)));
-        }
-        if let Some(l) = linger_deadline {
-            deadline = Some(deadline.map_or(l, |x| x.min(l)));
-        }
-        let listener_closed = async {
-            match listener_stop.as_mut() {
-                Some(rx) => stopped(rx).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = stopped(&mut shut) => break (CloseReason::Shutdown, false),
-            _ = listener_closed => break (CloseReason::Shutdown, false),
-            _ = tc.notify.notified() => {}
-            r = stream.readable(), if plan.read => {
-                if let Err(e) = r {
-                    break (reason_of(&e), false);
-                }
-                let mut got = 0;
-                let mut err = None;
-                loop {
-                    rbuf.reserve(read_chunk);
-                    match stream.try_read_buf(&mut rbuf) {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => {
-                            got += n;
-                            if got >= 4 * read_chunk {
+                let mut plan = Plan {
+                    read: !st.paused && !eof && !st.closing,
+                    write: false,
+                    writable_cb: false,
+                    end: None,
+                };
+                if st.abort {
+                    plan.end = Some((CloseReason::Local, true));
+                } else {
+                    let mut failed = None;
+                    let mut wrote = false;
+                    while !st.queue.is_empty() {
+                        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                        let n = st.queue.io_slices(&mut slices);
+                        match stream.try_write_vectored(&slices[..n]) {
+                            Ok(0) => {
+                                failed = Some(io::Error::from(io::ErrorKind::WriteZero));
+                                break;
+                            }
+                            Ok(k) => {
+                                st.queue.advance(k);
+                                wrote = true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                plan.write = true;
+                                break;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                failed = Some(e);
                                 break;
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            err = Some(e);
-                            break;
+                    }
+                    if wrote {
+                        last_activity = Instant::now();
+                    }
+                    if let Some(e) = failed {
+                        plan.end = Some((reason_of(&e), false));
+                    } else if st.queue.is_empty() {
+                        if st.write_shut && !fin_sent {
+                            fin_sent = true;
+                            if let Err(e) = SockRef::from(&stream).shutdown(Shutdown::Write) {
+                                plan.end = Some((reason_of(&e), false));
+                            }
                         }
+                        if st.closing && plan.end.is_none() {
+                            plan.end = Some((
+                                if eof {
+                                    CloseReason::PeerClosed
+                                } else {
+                                    CloseReason::Local
+                                },
+                                false,
+                            ));
+                        }
+                    } else if st.closing && linger_deadline.is_none() {
+                        linger_deadline = Some(Instant::now() + cfg.close_linger);
+                    }
+                    if plan.end.is_none() && !st.closing {
+                        plan.writable_cb = st.queue.take_writable();
                     }
                 }
-                if got > 0 {
-                    last_activity = Instant::now();
-                    callback!(handler.on_data(&conn, &mut rbuf));
-                }
-                if rbuf.is_empty() {
-                    // Idle connections keep no read buffer (a spurious wake-up would
-                    // otherwise leave a 64 KiB reservation behind).
-                    rbuf = BytesMut::new();
-                }
-                if let Some(e) = err {
-                    break (reason_of(&e), false);
-                }
-                if eof {
-                    callback!(handler.on_eof(&conn));
-                }
+                plan
+            };
+            if let Some(end) = plan.end {
+                break end;
             }
-            r = stream.writable(), if plan.write => {
-                if let Err(e) = r {
-                    break (reason_of(&e), false);
+            if plan.writable_cb {
+                if !callback!("on_writable", handler.on_writable(&conn)) {
+                    break 'conn PANICKED;
                 }
+                continue;
             }
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
+            let idle = lock(&tc.state).idle;
+            let mut deadline = timers.peek().map(|Reverse((at, _, _))| *at);
+            if let Some(d) = idle {
+                let at = last_activity + d;
+                deadline = Some(deadline.map_or(at, |x| x.min(at)));
+            }
+            if let Some(l) = linger_deadline {
+                deadline = Some(deadline.map_or(l, |x| x.min(l)));
+            }
+            let listener_closed = async {
+                match listener_stop.as_mut() {
+                    Some(rx) => stopped(rx).await,
                     None => std::future::pending::<()>().await,
                 }
-            } => {
-                let now = Instant::now();
-                if linger_deadline.is_some_and(|l| l <= now) {
-                    break (if eof { CloseReason::PeerClosed } else { CloseReason::Local }, false);
-                }
-                if let Some(d) = idle {
-                    if now.duration_since(last_activity) >= d {
-                        break (CloseReason::IdleTimeout, false);
+            };
+            tokio::select! {
+                biased;
+                _ = stopped(&mut shut) => break (CloseReason::Shutdown, false),
+                _ = listener_closed => break (CloseReason::Shutdown, false),
+                _ = tc.notify.notified() => {}
+                r = stream.readable(), if plan.read => {
+                    if let Err(e) = r {
+                        break (reason_of(&e), false);
+                    }
+                    let mut got = 0;
+                    let mut err = None;
+                    loop {
+                        rbuf.reserve(read_chunk);
+                        match stream.try_read_buf(&mut rbuf) {
+                            Ok(0) => {
+                                eof = true;
+                                break;
+                            }
+                            Ok(n) => {
+                                got += n;
+                                if got >= 4 * read_chunk {
+                                    break;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if got > 0 {
+                        last_activity = Instant::now();
+                        if !callback!("on_data", handler.on_data(&conn, &mut rbuf)) {
+                            break 'conn PANICKED;
+                        }
+                    }
+                    if rbuf.is_empty() {
+                        // Idle connections keep no read buffer (a spurious wake-up would
+                        // otherwise leave a 64 KiB reservation behind).
+                        rbuf = BytesMut::new();
+                    }
+                    if let Some(e) = err {
+                        break (reason_of(&e), false);
+                    }
+                    if eof && !callback!("on_eof", handler.on_eof(&conn)) {
+                        break 'conn PANICKED;
                     }
                 }
-                while let Some(Reverse((at, _, token))) = timers.peek().copied() {
-                    if at > now {
-                        break;
+                r = stream.writable(), if plan.write => {
+                    if let Err(e) = r {
+                        break (reason_of(&e), false);
                     }
-                    timers.pop();
-                    callback!(handler.on_timer(&conn, token));
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    let now = Instant::now();
+                    if linger_deadline.is_some_and(|l| l <= now) {
+                        break (if eof { CloseReason::PeerClosed } else { CloseReason::Local }, false);
+                    }
+                    if let Some(d) = idle {
+                        if now.duration_since(last_activity) >= d {
+                            break (CloseReason::IdleTimeout, false);
+                        }
+                    }
+                    while let Some(Reverse((at, _, token))) = timers.peek().copied() {
+                        if at > now {
+                            break;
+                        }
+                        timers.pop();
+                        if !callback!("on_timer", handler.on_timer(&conn, token)) {
+                            break 'conn PANICKED;
+                        }
+                    }
                 }
             }
         }
@@ -685,5 +727,6 @@ async fn run_conn(
         let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     }
     drop(stream);
-    handler.on_close(&conn, reason);
+    catch_handler_panic(Some(id), "on_close", || handler.on_close(&conn, reason));
+    drop_guarded(Some(id), handler);
 }

@@ -31,6 +31,9 @@
 //!   [`TimerWheel`] (a hashed timer wheel).
 //! * Feature `testkit`: the `testkit` module, the conformance kit every backend runs unchanged,
 //!   and the `conformance_tests!` macro that expands to one `#[test]` per kit item.
+//! * Also for backend authors: [`catch_handler_panic`] (contract item 8) and
+//!   [`AcceptBackoff`] (retrying `accept` on a timer while it fails with
+//!   `EMFILE`/`ENFILE`).
 //! * Feature `reactor` (Unix): `reactor`, a generic, safe readiness event loop
 //!   (connections table, buffers, timer wheel, send queues, accept logic) over a tiny
 //!   `Poller` trait; `zs-io-epoll` and `zs-io-kqueue` only supply the poller.
@@ -77,6 +80,15 @@
 //! 7. **Shutdown.** [`Backend::shutdown`] closes every listener and connection
 //!    (`on_close(Shutdown)`), stops the loops and joins their threads; it is
 //!    idempotent and also runs on drop.
+//! 8. **Panics.** A panic in a handler callback is caught (see
+//!    [`catch_handler_panic`]), logged with the connection id and the panic message,
+//!    counted in [`handler_panics`], and ends **only that connection**: it is reset
+//!    (queued bytes dropped) and the handler gets one last
+//!    `on_close(`[`CloseReason::HandlerPanicked`]`)` (if `on_close` itself panics,
+//!    that is caught too). Every other connection of the loop, the listeners and
+//!    the timers keep running. A panicking [`HandlerFactory`] drops the accepted
+//!    socket it was called for; a panicking `on_connect_failed` is logged. (Nothing
+//!    can be caught when the binary is built with `panic = "abort"`.)
 //!
 //! ## Example
 //!
@@ -110,6 +122,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod guard;
 mod queue;
 mod timer;
 
@@ -126,6 +139,9 @@ use std::time::Duration;
 
 pub use bytes::{Bytes, BytesMut};
 pub use error::Error;
+pub use guard::{
+    catch_handler_panic, drop_guarded, handler_panics, panic_message, AcceptBackoff, AcceptFailure,
+};
 pub use queue::SendQueue;
 pub use timer::TimerWheel;
 
@@ -157,6 +173,10 @@ pub enum CloseReason {
     Shutdown,
     /// Another socket error.
     Error(std::io::ErrorKind),
+    /// A callback of this connection's handler panicked (contract item 8): the
+    /// connection was reset and its queued bytes dropped. The handler's state may be
+    /// inconsistent; this `on_close` is the only call it gets after the panic.
+    HandlerPanicked,
 }
 
 /// The handle to one connection, shared as [`Conn`]. Every method may be called from

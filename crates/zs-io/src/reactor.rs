@@ -34,6 +34,17 @@
 //! flag and, outside callbacks, post one "kick" to the loop. The socket is closed
 //! only by the loop, under the lock, after which every method sees `closed` — so a
 //! stale handle never touches a reused file descriptor.
+//!
+//! ## Failures that must not stop a loop
+//!
+//! Every handler callback, handler factory call and handler drop runs inside
+//! [`catch_handler_panic`](crate::catch_handler_panic): a panic resets only that
+//! connection and calls its `on_close(HandlerPanicked)` (contract item 8). An accept
+//! that fails with an error that leaves the connection queued (`EMFILE`, `ENFILE`,
+//! `ENOBUFS`…) would stall an edge-triggered listener until some new connection
+//! raised a new edge; instead the loop retries on its timer wheel, backing off from
+//! 10 to 100 ms while the error persists ([`AcceptBackoff`](crate::AcceptBackoff)),
+//! and logs once per burst.
 #![allow(clippy::type_complexity)]
 
 use std::cell::Cell;
@@ -50,8 +61,8 @@ use bytes::{Bytes, BytesMut};
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::{
-    Backend, CloseReason, Config, Conn, ConnId, Connection, Error, Handler, HandlerFactory,
-    Listener, SendQueue, TimerWheel,
+    catch_handler_panic, drop_guarded, AcceptBackoff, Backend, CloseReason, Config, Conn, ConnId,
+    Connection, Error, Handler, HandlerFactory, Listener, SendQueue, TimerWheel,
 };
 
 /// What a registration asks the poller to report (always edge-triggered).
@@ -397,6 +408,9 @@ enum TimerKind {
     Idle,
     ConnectTimeout,
     Linger,
+    /// Retry accepting on the listener with this id (in the timer's slot) after an
+    /// accept error that leaves the connection queued (`EMFILE`…).
+    AcceptRetry(u64),
 }
 
 struct ConnEntry {
@@ -425,6 +439,10 @@ struct ListenerEntry {
     socket: TcpListener,
     factory: HandlerFactory,
     shut: Arc<AtomicBool>,
+    /// Pacing of retries while `accept` fails (`EMFILE`, `ENFILE`…).
+    backoff: AcceptBackoff,
+    /// An `AcceptRetry` timer is pending.
+    retry_armed: bool,
 }
 
 enum Slot {
@@ -466,6 +484,13 @@ struct Loop {
     again: Vec<usize>,
     closed_listeners: HashSet<u64>,
     now: Instant,
+}
+
+/// Gives an outgoing connection's handler its only callback, `on_connect_failed`,
+/// then drops it (a panic in either is caught and logged).
+fn connect_failed(mut handler: Box<dyn Handler>, id: Option<ConnId>, err: Error) {
+    catch_handler_panic(id, "on_connect_failed", || handler.on_connect_failed(err));
+    drop_guarded(id, handler);
 }
 
 fn close_reason(e: &io::Error) -> CloseReason {
@@ -565,6 +590,8 @@ impl Loop {
                             socket,
                             factory,
                             shut,
+                            backoff: AcceptBackoff::new(),
+                            retry_armed: false,
                         });
                         self.do_accept(slot);
                     }
@@ -577,7 +604,12 @@ impl Loop {
                         if !shut.load(Ordering::Acquire)
                             && !self.closed_listeners.contains(&listener)
                         {
-                            self.adopt(stream, factory(), Some(listener));
+                            // A panicking factory drops (closes) the socket.
+                            if let Some(h) =
+                                catch_handler_panic(None, "HandlerFactory", || factory())
+                            {
+                                self.adopt(stream, h, Some(listener));
+                            }
                         }
                     }
                     Cmd::Connect {
@@ -628,8 +660,9 @@ impl Loop {
     fn do_accept(&mut self, slot: usize) {
         let mut accepted = Vec::new();
         let mut more = false;
+        let mut retry = None;
         let (factory, lid, shut) = {
-            let Slot::Listener(l) = &self.slots[slot] else {
+            let Slot::Listener(l) = &mut self.slots[slot] else {
                 return;
             };
             loop {
@@ -641,13 +674,35 @@ impl Loop {
                             break;
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // The queue is empty: a burst of failures is over.
+                        if let Some(n) = l.backoff.recovered() {
+                            tracing::warn!(
+                                "zs-io reactor: listener {} accepting again after {n} failed attempts",
+                                l.id
+                            );
+                        }
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                     Err(e) => {
-                        // EMFILE and friends: back off, the next edge or our re-queue retries.
-                        tracing::warn!("zs-io reactor: accept failed: {e}");
-                        more = !accepted.is_empty();
+                        // EMFILE, ENFILE, ENOBUFS, ENOMEM…: the connection stays queued
+                        // and the edge-triggered listener raises no new edge for it, so
+                        // retry on a timer (backing off) instead of waiting for one.
+                        let f = l.backoff.failed();
+                        if f.log {
+                            tracing::warn!(
+                                "zs-io reactor: accept on listener {} failed: {e}; retrying every {}-{} ms while it persists",
+                                l.id,
+                                AcceptBackoff::MIN.as_millis(),
+                                AcceptBackoff::MAX.as_millis()
+                            );
+                        }
+                        if !l.retry_armed {
+                            l.retry_armed = true;
+                            retry = Some(f.retry_after);
+                        }
                         break;
                     }
                 }
@@ -656,6 +711,10 @@ impl Loop {
         };
         if more {
             self.again.push(slot);
+        }
+        if let Some(after) = retry {
+            let at = Instant::now() + after;
+            self.arm(slot, ConnId(0), TimerKind::AcceptRetry(lid), at);
         }
         for stream in accepted {
             let target = match self.common.mode {
@@ -671,8 +730,10 @@ impl Loop {
             };
             match target {
                 None => {
-                    let h = factory();
-                    self.adopt(stream, h, Some(lid));
+                    // A panicking factory drops (closes) the socket; accepting goes on.
+                    if let Some(h) = catch_handler_panic(None, "HandlerFactory", || factory()) {
+                        self.adopt(stream, h, Some(lid));
+                    }
                 }
                 Some(t) => {
                     let _ = t.post(Cmd::Adopt {
@@ -781,7 +842,7 @@ impl Loop {
                 e.idle_armed = true;
             }
         }
-        self.callback(slot, |h, c| h.on_open(c));
+        self.callback(slot, "on_open", |h, c| h.on_open(c));
         // A fresh registration reports data that is already waiting (epoll and
         // kqueue check readiness when a descriptor is added), but a connect's slot was
         // registered earlier and its readable edge may have been spent on
@@ -800,12 +861,12 @@ impl Loop {
         socket: io::Result<Socket>,
         addr: SocketAddr,
         timeout: Duration,
-        mut handler: Box<dyn Handler>,
+        handler: Box<dyn Handler>,
     ) {
         let socket = match socket {
             Ok(s) => s,
             Err(e) => {
-                handler.on_connect_failed(Error::from_connect(e));
+                connect_failed(handler, None, Error::from_connect(e));
                 return;
             }
         };
@@ -815,7 +876,7 @@ impl Loop {
             .register(socket.as_raw_fd(), slot, Interest::ReadWrite)
         {
             self.release(slot);
-            handler.on_connect_failed(Error::Io(e));
+            connect_failed(handler, None, Error::Io(e));
             return;
         }
         let id = ConnId(self.common.next_conn.fetch_add(1, Ordering::Relaxed));
@@ -852,7 +913,7 @@ impl Loop {
             id,
             socket,
             addr,
-            mut handler,
+            handler,
         } = *p;
         match outcome {
             Ok(()) => {
@@ -864,19 +925,30 @@ impl Loop {
                 drop(socket);
                 self.free.push(slot);
                 tracing::debug!("zs-io reactor: connect to {addr} failed: {e}");
-                handler.on_connect_failed(Error::from_connect(e));
+                connect_failed(handler, Some(id), Error::from_connect(e));
             }
         }
     }
 
-    /// Runs one handler callback with the connection marked "in callback", then
-    /// services the connection (flush, flags, notifications).
-    fn callback(&mut self, slot: usize, f: impl FnOnce(&mut dyn Handler, &Conn)) {
+    /// Runs one handler callback (named `what` for the log) with the connection
+    /// marked "in callback", then services the connection (flush, flags,
+    /// notifications). A panic in the callback resets only this connection
+    /// (`on_close(HandlerPanicked)`, contract item 8).
+    fn callback(
+        &mut self,
+        slot: usize,
+        what: &'static str,
+        f: impl FnOnce(&mut dyn Handler, &Conn),
+    ) {
         let Slot::Conn(e) = &mut self.slots[slot] else {
             return;
         };
         lock(&e.shared.state).in_callback = true;
-        f(&mut *e.handler, &e.conn);
+        let id = e.shared.id;
+        if catch_handler_panic(Some(id), what, || f(&mut *e.handler, &e.conn)).is_none() {
+            self.close_now(slot, CloseReason::HandlerPanicked, true);
+            return;
+        }
         self.service(slot);
     }
 
@@ -940,7 +1012,7 @@ impl Loop {
             }
         }
         if got > 0 || had_leftover {
-            self.callback(slot, |h, c| h.on_data(c, &mut buf));
+            self.callback(slot, "on_data", |h, c| h.on_data(c, &mut buf));
         }
         // Keep a partial frame with the connection; recycle an empty buffer.
         if let Slot::Conn(e) = &mut self.slots[slot] {
@@ -963,7 +1035,7 @@ impl Loop {
             if let Slot::Conn(e) = &mut self.slots[slot] {
                 e.eof = true;
             }
-            self.callback(slot, |h, c| h.on_eof(c));
+            self.callback(slot, "on_eof", |h, c| h.on_eof(c));
             return;
         }
         if more {
@@ -1058,11 +1130,25 @@ impl Loop {
                 return;
             };
             lock(&e.shared.state).in_callback = true;
-            e.handler.on_writable(&e.conn);
+            if catch_handler_panic(Some(id), "on_writable", || e.handler.on_writable(&e.conn))
+                .is_none()
+            {
+                self.close_now(slot, CloseReason::HandlerPanicked, true);
+                return;
+            }
         }
     }
 
     fn on_timer(&mut self, slot: usize, id: ConnId, kind: TimerKind) {
+        if let TimerKind::AcceptRetry(lid) = kind {
+            if let Some(Slot::Listener(l)) = self.slots.get_mut(slot) {
+                if l.id == lid {
+                    l.retry_armed = false;
+                    self.do_accept(slot);
+                }
+            }
+            return;
+        }
         if !self.conn_matches(slot, id) {
             return;
         }
@@ -1076,16 +1162,17 @@ impl Loop {
                     return;
                 };
                 let PendingConnect {
+                    id,
                     socket,
-                    mut handler,
+                    handler,
                     ..
                 } = *p;
                 let _ = self.poller.deregister(socket.as_raw_fd());
                 drop(socket);
                 self.free.push(slot);
-                handler.on_connect_failed(Error::TimedOut);
+                connect_failed(handler, Some(id), Error::TimedOut);
             }
-            TimerKind::User(token) => self.callback(slot, |h, c| h.on_timer(c, token)),
+            TimerKind::User(token) => self.callback(slot, "on_timer", |h, c| h.on_timer(c, token)),
             TimerKind::Idle => {
                 let Slot::Conn(e) = &mut self.slots[slot] else {
                     return;
@@ -1113,6 +1200,7 @@ impl Loop {
                 };
                 self.close_now(slot, reason, false);
             }
+            TimerKind::AcceptRetry(_) => {}
         }
     }
 
@@ -1123,22 +1211,30 @@ impl Loop {
             return;
         };
         self.free.push(slot);
-        let mut e = *e;
+        let ConnEntry {
+            shared,
+            conn,
+            mut handler,
+            fd,
+            ..
+        } = *e;
+        let id = shared.id;
         {
-            let mut st = lock(&e.shared.state);
+            let mut st = lock(&shared.state);
             st.closed = true;
             st.closing = true;
             st.queue.clear();
             st.new_timers.clear();
             if let Some(stream) = st.stream.take() {
-                let _ = self.poller.deregister(e.fd);
+                let _ = self.poller.deregister(fd);
                 if reset {
                     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 }
                 drop(stream);
             }
         }
-        e.handler.on_close(&e.conn, reason);
+        catch_handler_panic(Some(id), "on_close", || handler.on_close(&conn, reason));
+        drop_guarded(Some(id), handler);
     }
 
     fn close_listener(&mut self, id: u64) {
@@ -1175,9 +1271,9 @@ impl Loop {
                     if let Slot::Connecting(p) =
                         std::mem::replace(&mut self.slots[slot], Slot::Free)
                     {
-                        let mut p = *p;
+                        let p = *p;
                         let _ = self.poller.deregister(p.socket.as_raw_fd());
-                        p.handler.on_connect_failed(Error::ShutDown);
+                        connect_failed(p.handler, Some(p.id), Error::ShutDown);
                     }
                 }
                 Slot::Listener(l) => {
@@ -1188,8 +1284,8 @@ impl Loop {
             }
         }
         for cmd in leftovers {
-            if let Cmd::Connect { mut handler, .. } = cmd {
-                handler.on_connect_failed(Error::ShutDown);
+            if let Cmd::Connect { handler, .. } = cmd {
+                connect_failed(handler, None, Error::ShutDown);
             }
         }
     }

@@ -27,7 +27,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -170,6 +170,10 @@ impl Events {
             Ok(e) => e,
             Err(e) => panic!("no event within {within:?}: {e}"),
         }
+    }
+    /// The next event, or `None` if none arrives within `within`.
+    pub fn try_next(&self, within: Duration) -> Option<Ev> {
+        self.0.recv_timeout(within).ok()
     }
     /// Skips events until `pick` returns `Some`, failing after `within`.
     pub fn until<T>(&self, within: Duration, mut pick: impl FnMut(Ev) -> Option<T>) -> T {
@@ -1141,6 +1145,226 @@ pub fn send_after_close(make: MakeBackend<'_>) {
     backend.shutdown();
 }
 
+/// What the server handler of [`panicking_handler`] does besides echoing.
+const BOMB_NONE: u8 = 0;
+const BOMB_FACTORY: u8 = 1;
+const BOMB_ON_OPEN: u8 = 2;
+
+/// An echo handler (through a [`Recorder`]) that panics on command: `boom` panics
+/// in `on_data`, `timer` arms a timer whose `on_timer` panics, `close-bomb` closes
+/// and then panics in `on_close`.
+struct Bomb {
+    inner: Recorder,
+    panic_on_open: bool,
+    panic_on_close: bool,
+}
+
+impl Handler for Bomb {
+    fn on_open(&mut self, conn: &Conn) {
+        if self.panic_on_open {
+            panic!(
+                "zs-io testkit: deliberate panic in on_open of {}",
+                conn.id()
+            );
+        }
+        self.inner.on_open(conn);
+    }
+    fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
+        if data.starts_with(b"boom") {
+            panic!(
+                "zs-io testkit: deliberate panic in on_data of {}",
+                conn.id()
+            );
+        }
+        if data.starts_with(b"timer") {
+            data.clear();
+            conn.set_timer(Duration::from_millis(10), 7).unwrap();
+            return;
+        }
+        if data.starts_with(b"close-bomb") {
+            data.clear();
+            self.panic_on_close = true;
+            conn.close();
+            return;
+        }
+        self.inner.on_data(conn, data);
+    }
+    fn on_timer(&mut self, conn: &Conn, token: u64) {
+        panic!(
+            "zs-io testkit: deliberate panic in on_timer({token}) of {}",
+            conn.id()
+        );
+    }
+    fn on_close(&mut self, conn: &Conn, reason: CloseReason) {
+        self.inner.on_close(conn, reason);
+        if self.panic_on_close {
+            panic!(
+                "zs-io testkit: deliberate panic in on_close of {}",
+                conn.id()
+            );
+        }
+    }
+}
+
+/// An outgoing connection's handler that reports its failure, then panics.
+struct FailBomb(Sender<()>);
+
+impl Handler for FailBomb {
+    fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
+        data.clear();
+    }
+    fn on_connect_failed(&mut self, error: Error) {
+        let _ = self.0.send(());
+        panic!("zs-io testkit: deliberate panic in on_connect_failed({error})");
+    }
+}
+
+/// Writes `msg` and expects it echoed back.
+fn roundtrip(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    assert_eq!(read_exact_timeout(s, msg.len()), msg, "echo mismatch");
+}
+
+/// The peer must see the connection end (FIN or reset), not data and not silence.
+fn assert_peer_closed(s: &mut TcpStream, what: &str) {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ) => {}
+        other => panic!("{what}: the peer's connection is still open: {other:?}"),
+    }
+}
+
+/// Connects to a server expected to end the connection at once: the peer must see
+/// the end (the reset may already show in the connect or when the read timeout is
+/// set: the server can accept and reset before the client's connect call returns).
+fn connect_expect_closed(addr: SocketAddr, what: &str) {
+    let reset = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionReset;
+    let mut s = match TcpStream::connect_timeout(&addr, WAIT) {
+        Ok(s) => s,
+        Err(e) if reset(&e) => return,
+        Err(e) => panic!("{what}: connect: {e}"),
+    };
+    match s.set_read_timeout(Some(WAIT)) {
+        Ok(()) => assert_peer_closed(&mut s, what),
+        Err(e) if reset(&e) => {}
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// A panicking handler ends only its own connection (contract item 8). On a
+/// single loop: a panic in `on_data` closes that connection (its `on_close` runs
+/// with [`CloseReason::HandlerPanicked`], its peer sees the end) while another
+/// connection keeps echoing and new connections are accepted; the same for panics
+/// in `on_open` and `on_timer`; a panicking handler factory only drops the socket
+/// it was called for; a panic in `on_close` or `on_connect_failed` leaves the loop
+/// running. Every panic is counted in [`crate::handler_panics`].
+pub fn panicking_handler(make: MakeBackend<'_>) {
+    let backend = make(Config {
+        loops: 1,
+        ..kit_config()
+    });
+    let panics0 = crate::handler_panics();
+    let (server, sev) = Recorder::new(true);
+    let server = Mutex::new(server);
+    let mode = Arc::new(AtomicU8::new(BOMB_NONE));
+    let m = mode.clone();
+    let listener = backend
+        .listen(
+            v4(),
+            Arc::new(move || {
+                let mode = m.load(Ordering::SeqCst);
+                if mode == BOMB_FACTORY {
+                    panic!("zs-io testkit: deliberate panic in the handler factory");
+                }
+                Box::new(Bomb {
+                    inner: server.lock().unwrap().sibling(),
+                    panic_on_open: mode == BOMB_ON_OPEN,
+                    panic_on_close: false,
+                }) as Box<dyn Handler>
+            }),
+        )
+        .unwrap();
+    let addr = listener.local_addr();
+
+    let mut a = std_connect(addr);
+    roundtrip(&mut a, b"hello");
+    sev.open();
+    let mut b = std_connect(addr);
+    roundtrip(&mut b, b"world");
+    sev.open();
+
+    // on_data panics: only b ends.
+    b.write_all(b"boom").unwrap();
+    assert_eq!(sev.close(), CloseReason::HandlerPanicked);
+    assert_peer_closed(&mut b, "after a panic in on_data");
+    roundtrip(&mut a, b"still echoing");
+    let mut c = std_connect(addr);
+    roundtrip(&mut c, b"new connections are accepted");
+    sev.open();
+
+    // on_timer panics.
+    c.write_all(b"timer").unwrap();
+    assert_eq!(sev.close(), CloseReason::HandlerPanicked);
+    assert_peer_closed(&mut c, "after a panic in on_timer");
+    roundtrip(&mut a, b"still echoing after on_timer");
+
+    // on_open panics: no Open event, but on_close runs.
+    mode.store(BOMB_ON_OPEN, Ordering::SeqCst);
+    connect_expect_closed(addr, "after a panic in on_open");
+    assert_eq!(sev.close(), CloseReason::HandlerPanicked);
+    // The factory panics: that socket is dropped, accepting goes on.
+    mode.store(BOMB_FACTORY, Ordering::SeqCst);
+    connect_expect_closed(addr, "after a panic in the handler factory");
+    mode.store(BOMB_NONE, Ordering::SeqCst);
+    roundtrip(&mut a, b"still echoing after the factory");
+
+    // on_close panics (after a normal close).
+    let mut f = std_connect(addr);
+    roundtrip(&mut f, b"f");
+    sev.open();
+    f.write_all(b"close-bomb").unwrap();
+    assert_eq!(sev.close(), CloseReason::Local);
+    assert_peer_closed(&mut f, "closed by its handler");
+
+    // An outgoing connection's on_connect_failed panics.
+    let dead = {
+        let l = TcpListener::bind(v4()).unwrap();
+        l.local_addr().unwrap()
+    };
+    let (tx, rx) = mpsc::channel();
+    backend
+        .connect(dead, Duration::from_secs(10), Box::new(FailBomb(tx)))
+        .unwrap();
+    rx.recv_timeout(WAIT).unwrap();
+
+    // The loop survived all of it.
+    roundtrip(&mut a, b"the loop survived");
+    let mut g = std_connect(addr);
+    roundtrip(&mut g, b"and still accepts");
+    sev.open();
+    // The last two panics happen just after their handlers reported: wait for them.
+    let t0 = Instant::now();
+    loop {
+        let caught = crate::handler_panics() - panics0;
+        if caught >= 6 {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "only {caught} handler panics counted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(a);
+    drop(g);
+    assert_eq!(sev.close(), CloseReason::PeerClosed);
+    assert_eq!(sev.close(), CloseReason::PeerClosed);
+    drop(listener);
+    backend.shutdown();
+}
+
 /// Runs every kit item in turn.
 pub fn run_all(make: MakeBackend<'_>) {
     echo(make);
@@ -1156,6 +1380,7 @@ pub fn run_all(make: MakeBackend<'_>) {
     resolve_preference(make);
     listener_shutdown(make);
     send_after_close(make);
+    panicking_handler(make);
 }
 
 /// Expands to one `#[test]` per conformance kit item, each building backends with
@@ -1166,7 +1391,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@items $make;
             echo, big_transfer_slow_reader, half_close, peer_reset, many_connections,
             idle_timeout, timers, connect_refused, connect_timeout, ipv4_ipv6_loopback,
-            resolve_preference, listener_shutdown, send_after_close);
+            resolve_preference, listener_shutdown, send_after_close, panicking_handler);
     };
     (@items $make:expr; $($item:ident),*) => {
         $(

@@ -32,6 +32,14 @@ pub enum Error {
     /// The tunnel is closed (GoAway, idle timeout, protocol error or `close_tunnel`).
     #[error("the tunnel is closed")]
     TunnelClosed,
+    /// A configuration or API use this crate refuses (no authentication chosen, a
+    /// token that is too short, no secure session without the plaintext opt-in, a
+    /// channel binding set too late).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The operating system's random generator failed (no nonce could be made).
+    #[error("the OS random generator failed")]
+    Rng,
 }
 
 impl From<Error> for std::io::Error {
@@ -46,6 +54,8 @@ impl From<Error> for std::io::Error {
             Error::AuthFailed => ErrorKind::PermissionDenied,
             Error::Protocol(_) => ErrorKind::InvalidData,
             Error::TunnelClosed => ErrorKind::ConnectionAborted,
+            Error::Config(_) => ErrorKind::InvalidInput,
+            Error::Rng => ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
     }

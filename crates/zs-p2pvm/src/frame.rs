@@ -418,15 +418,21 @@ pub const HELLO_LEN: usize = 2 + 4 + NONCE_LEN;
 /// Label that starts every signed auth transcript.
 pub const PROOF_LABEL: &[u8] = b"zs-p2pvm/1 proof";
 
+/// Length of a channel binding (a secure session's exporter) covered by PROOF.
+pub const BINDING_LEN: usize = 32;
+
 /// The message a PROOF signs: [`PROOF_LABEL`], one byte for the prover's role
 /// (1 = initiator, 2 = acceptor), then the initiator's and the acceptor's HELLO
-/// payloads (so both random nonces and both announced limits).
+/// payloads (so both random nonces and both announced limits), then, when the tunnel
+/// runs inside a secure session, that session's 32-byte channel binding (so a proof
+/// made over one secure channel is worthless over another).
 pub fn proof_message(
     prover: Role,
     initiator_hello: &[u8; HELLO_LEN],
     acceptor_hello: &[u8; HELLO_LEN],
+    binding: Option<&[u8; BINDING_LEN]>,
 ) -> Vec<u8> {
-    let mut m = Vec::with_capacity(PROOF_LABEL.len() + 1 + 2 * HELLO_LEN);
+    let mut m = Vec::with_capacity(PROOF_LABEL.len() + 1 + 2 * HELLO_LEN + BINDING_LEN);
     m.extend_from_slice(PROOF_LABEL);
     m.push(match prover {
         Role::Initiator => 1,
@@ -434,6 +440,9 @@ pub fn proof_message(
     });
     m.extend_from_slice(initiator_hello);
     m.extend_from_slice(acceptor_hello);
+    if let Some(b) = binding {
+        m.extend_from_slice(b);
+    }
     m
 }
 

@@ -20,6 +20,34 @@
 //! round-robin across streams with control frames first, so small messages are not
 //! stuck behind bulk transfers. The frame format is in `docs/PROTOCOL.md`, Part 4.
 //!
+//! ## Security and default limits
+//!
+//! * **Authentication must be chosen**: [`MuxConfig::auth`] has no default, and
+//!   [`Mux::new`] refuses a configuration without one ([`Error::Config`]).
+//!   [`Auth::None`] works only when set explicitly.
+//! * **Tokens** ([`Token`]) have at least [`Token::MIN_LEN`] = 16 bytes (shorter:
+//!   [`Error::Config`]); use random bytes, since anyone who completes the HELLO
+//!   exchange obtains a PROOF to test guesses against offline. Tokens are redacted in
+//!   `Debug` and zeroed on drop.
+//! * **PROOF** = HMAC-SHA256(token, `"zs-p2pvm/1 proof"` ‖ prover role ‖ both HELLOs
+//!   ‖ channel binding). The HELLOs carry both random nonces (no replay), the role
+//!   byte stops reflection, and inside a secure session the session's 32-byte channel
+//!   binding (`zs_crypto::SecureSession::channel_binding`; [`Mux::bind_channel`], done
+//!   by the tunnel driver) ties the proof to that session, so a handshake relayed
+//!   between two secure sessions fails. Over a plain
+//!   link there is no binding: token auth is access control only and does not
+//!   protect the integrity of the tunnel; the tunnel driver therefore requires a
+//!   secure session unless [`TunnelConfig::allow_plaintext`] is set.
+//! * **Limits** (defaults): [`MuxConfig::max_streams`] 4,096 open streams;
+//!   [`MuxConfig::max_control_bytes`] 64 KiB of queued control frames, beyond which
+//!   input is held (and the driver pauses reading the link) until the output drains;
+//!   [`MuxConfig::ready_timeout`] 10 s to become ready (authenticated, listen tables
+//!   exchanged), however slowly the peer trickles bytes; [`MuxConfig::session_budget`]
+//!   64 MiB of unread data plus outstanding credit; [`MuxConfig::idle_timeout`] 60 s
+//!   without any byte received; at most [`MAX_PEER_LISTENS`] peer listen addresses.
+//! * **Nonces** come from the OS generator; if it fails, [`Mux::new`] fails
+//!   ([`Error::Rng`]) rather than use a weaker source.
+//!
 //! ## Example
 //!
 //! ```
@@ -27,9 +55,9 @@
 //! use zs_p2pvm::{Auth, Mux, MuxConfig, MuxEvent, Role};
 //!
 //! let now = Instant::now();
-//! let cfg = MuxConfig { auth: Auth::Token(b"secret".to_vec()), ..MuxConfig::default() };
-//! let mut server = Mux::new(Role::Acceptor, cfg.clone(), now);
-//! let mut client = Mux::new(Role::Initiator, cfg, now);
+//! let cfg = MuxConfig::new(Auth::token(b"16+ random bytes, shared")?);
+//! let mut server = Mux::new(Role::Acceptor, cfg.clone(), now)?;
+//! let mut client = Mux::new(Role::Initiator, cfg, now)?;
 //! let addr = "10.0.0.1:80".parse().unwrap();
 //! server.listen(addr).unwrap();
 //!
@@ -62,10 +90,12 @@
 //! }
 //! let got = server.read(incoming.unwrap(), 1024).unwrap().unwrap();
 //! assert_eq!(&got[..], b"hello");
+//! # Ok::<(), zs_p2pvm::Error>(())
 //! ```
 #![forbid(unsafe_code)]
 
 mod addr;
+mod auth;
 mod error;
 pub mod frame;
 mod mux;
@@ -75,6 +105,7 @@ pub mod testkit;
 use std::fmt;
 use std::time::Duration;
 
+pub use auth::{Auth, Token};
 pub use error::Error;
 pub use mux::{Mux, MAX_PEER_LISTENS, OUTPUT_LIMIT, QUANTUM};
 /// Virtual addresses are socket addresses (IPv4 or IPv6 and a port), like the seed's.
@@ -103,31 +134,19 @@ pub enum Role {
     Acceptor,
 }
 
-/// Tunnel authentication.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub enum Auth {
-    /// No authentication (both sides must say so).
-    #[default]
-    None,
-    /// A pre-shared token proven by challenge-response (HMAC-SHA256 over both random
-    /// nonces); the token itself never goes on the wire.
-    Token(Vec<u8>),
-}
-
-impl fmt::Debug for Auth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Auth::None => f.write_str("None"),
-            Auth::Token(_) => f.write_str("Token(<redacted>)"),
-        }
-    }
-}
-
-/// Knobs of a [`Mux`]. Every field is public; start from [`MuxConfig::default`].
+/// Knobs of a [`Mux`]. Every field is public; start from [`MuxConfig::new`] (which
+/// names the authentication) or [`MuxConfig::default`] plus an explicit `auth`.
+///
+/// The defaults bound what an authenticated but hostile peer can make this side
+/// hold: at most `max_streams` (4,096) streams, `session_budget` (64 MiB) of unread
+/// data, `max_control_bytes` (64 KiB) of queued control frames before input is held,
+/// and `ready_timeout` (10 s) to finish authentication at all.
 #[derive(Debug, Clone)]
 pub struct MuxConfig {
-    /// Tunnel authentication (default [`Auth::None`]).
-    pub auth: Auth,
+    /// Tunnel authentication. **No default**: `None` (the default) is refused by
+    /// [`Mux::new`]; choose `Some(Auth::Token(..))` or, explicitly,
+    /// `Some(Auth::None)`.
+    pub auth: Option<Auth>,
     /// Receive credit a new stream starts with (default 64 KiB). It is also the most
     /// unread data a slow reader's stream holds (its window only grows while the
     /// reader keeps up).
@@ -140,33 +159,78 @@ pub struct MuxConfig {
     /// ≤ `session_budget`* at every moment, however many streams exist; idle streams
     /// hold none of it. See `docs/PROTOCOL.md` 4.6.
     pub session_budget: usize,
-    /// Maximum number of open streams, both directions together (default 1,000,000).
+    /// Maximum number of open streams, both directions together (default 4,096).
+    /// Each stream the peer opens may start an application connection here (e.g. a
+    /// zs-core session with its key exchange), so this bounds what one peer can make
+    /// this side set up; further OPENs are refused (REFUSE 2). Raise it for tunnels
+    /// whose peer is trusted to open many streams.
     pub max_streams: u32,
     /// Largest frame payload this side accepts (default 64 KiB; at least 1 KiB is
     /// used). Announced to the peer, which never sends more; a bigger frame is a
     /// protocol error.
     pub max_frame_payload: u32,
+    /// Cap on queued control frames (PONG, REFUSE, ACCEPT, WINDOW, ...), in bytes
+    /// (default 64 KiB; at least 1 KiB is used). Once this much control output waits
+    /// for [`Mux::write_output`], the mux stops handling input: the rest is held
+    /// (see [`Mux::input_blocked`]) until the output drains, so a peer that sends
+    /// requests (PING, OPEN) without reading the answers cannot grow this side's
+    /// memory. The tunnel driver pauses reading the link meanwhile.
+    pub max_control_bytes: usize,
     /// Keepalive ping interval (default 10 s); each pong measures the round-trip time.
     pub keepalive: Option<Duration>,
     /// The tunnel closes when nothing was received for this long (default 60 s).
     pub idle_timeout: Option<Duration>,
+    /// The tunnel closes unless it is ready (authenticated and the peer's listen
+    /// table received) this long after [`Mux::new`] (or
+    /// [`Mux::restart_timers`]), whatever the peer trickles (default 10 s).
+    pub ready_timeout: Duration,
     /// Bytes per stream that [`Mux::send`] accepts before returning 0 (default 256 KiB).
     pub send_buffer: usize,
 }
 
 impl Default for MuxConfig {
+    /// The default limits with **no authentication chosen** (`auth: None`), which
+    /// [`Mux::new`] refuses: set `auth` (or use [`MuxConfig::new`]).
     fn default() -> Self {
         MuxConfig {
-            auth: Auth::None,
+            auth: None,
             initial_window: 64 * 1024,
             max_window: 16 * 1024 * 1024,
             session_budget: 64 * 1024 * 1024,
-            max_streams: 1_000_000,
+            max_streams: 4096,
             max_frame_payload: 64 * 1024,
+            max_control_bytes: 64 * 1024,
             keepalive: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(60)),
+            ready_timeout: Duration::from_secs(10),
             send_buffer: 256 * 1024,
         }
+    }
+}
+
+impl MuxConfig {
+    /// The default limits with the authentication `auth`.
+    pub fn new(auth: Auth) -> MuxConfig {
+        MuxConfig {
+            auth: Some(auth),
+            ..MuxConfig::default()
+        }
+    }
+
+    /// Checks what [`Mux::new`] refuses: [`Error::Config`] when no authentication
+    /// was chosen.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.chosen_auth().map(|_| ())
+    }
+
+    pub(crate) fn chosen_auth(&self) -> Result<&Auth, Error> {
+        self.auth.as_ref().ok_or_else(|| {
+            Error::Config(
+                "no tunnel authentication chosen: set `auth` to Some(Auth::Token(..)), \
+                 or to Some(Auth::None) to run unauthenticated on purpose"
+                    .into(),
+            )
+        })
     }
 }
 

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use ring::hmac;
+use zeroize::Zeroizing;
 
 use crate::addr::{anonymous, AddrTable};
 use crate::frame::{
-    self, AuthMode, Frame, ListenChange, RefuseCode, HEADER_LEN, HELLO_LEN, NONCE_LEN,
+    self, AuthMode, Frame, ListenChange, RefuseCode, BINDING_LEN, HEADER_LEN, HELLO_LEN, NONCE_LEN,
 };
 use crate::{Auth, Error, MuxConfig, MuxEvent, Role, StreamId};
 
@@ -141,10 +142,15 @@ pub struct Mux {
     now: Instant,
 
     // Authentication.
+    auth: Auth,
     my_hello: [u8; HELLO_LEN],
     peer_hello: Option<[u8; HELLO_LEN]>,
+    /// The secure channel's binding, covered by PROOF (see `bind_channel`).
+    binding: Option<Zeroizing<[u8; BINDING_LEN]>>,
     authed: bool,
     peer_max_payload: u32,
+    /// The tunnel closes if it is not ready by then.
+    ready_deadline: Option<Instant>,
 
     // Listen tables.
     local_listens: HashSet<SocketAddr>,
@@ -175,7 +181,8 @@ pub struct Mux {
     ctrl: Vec<u8>,
     sched: VecDeque<u32>,
 
-    // Input: at most one partial frame.
+    // Input: a partial frame, or, while the control queue is at its cap, the input
+    // held back (handled by the next `handle_input` once the output drained).
     inbuf: BytesMut,
 
     events: VecDeque<MuxEvent>,
@@ -209,21 +216,41 @@ impl Mux {
     /// Creates one end of a tunnel. The HELLO is queued at once: call
     /// [`write_output`](Self::write_output).
     ///
+    /// Errors: [`Error::Config`] if `cfg.auth` is `None` (no authentication chosen:
+    /// see [`MuxConfig::validate`]); [`Error::Rng`] if the OS random generator fails
+    /// (the HELLO nonce never comes from a weaker source).
+    ///
     /// Out-of-range settings are clamped: `max_frame_payload` to at least
     /// [`frame::MIN_FRAME_PAYLOAD`], `initial_window` to at least 1, `max_window` to at
-    /// least `initial_window`, `send_buffer` to at least 1, `session_budget` to at
-    /// least 1 KiB.
-    pub fn new(role: Role, cfg: MuxConfig, now: Instant) -> Mux {
+    /// least `initial_window`, `send_buffer` to at least 1, `session_budget` and
+    /// `max_control_bytes` to at least 1 KiB.
+    pub fn new(role: Role, cfg: MuxConfig, now: Instant) -> Result<Mux, Error> {
+        Mux::new_with_rng(role, cfg, now, &mut |buf| {
+            use ring::rand::SecureRandom;
+            ring::rand::SystemRandom::new().fill(buf)
+        })
+    }
+
+    /// [`Mux::new`] with the random generator passed in (tests make it fail).
+    fn new_with_rng(
+        role: Role,
+        cfg: MuxConfig,
+        now: Instant,
+        rng: &mut dyn FnMut(&mut [u8]) -> Result<(), ring::error::Unspecified>,
+    ) -> Result<Mux, Error> {
+        let auth = cfg.chosen_auth()?.clone();
         let mut cfg = cfg;
         cfg.max_frame_payload = cfg.max_frame_payload.max(frame::MIN_FRAME_PAYLOAD);
         cfg.initial_window = cfg.initial_window.max(1);
         cfg.max_window = cfg.max_window.max(cfg.initial_window);
         cfg.send_buffer = cfg.send_buffer.max(1);
         cfg.session_budget = cfg.session_budget.max(frame::MIN_FRAME_PAYLOAD as usize);
+        cfg.max_control_bytes = cfg.max_control_bytes.max(frame::MIN_FRAME_PAYLOAD as usize);
 
         let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce, now);
-        let mode = match cfg.auth {
+        // Fail closed: no nonce from a weaker source if the OS generator fails.
+        rng(&mut nonce).map_err(|_| Error::Rng)?;
+        let mode = match auth {
             Auth::None => AuthMode::None,
             Auth::Token(_) => AuthMode::Token,
         };
@@ -237,14 +264,17 @@ impl Mux {
         let mut my_hello = [0u8; HELLO_LEN];
         my_hello.copy_from_slice(&ctrl[HEADER_LEN..HEADER_LEN + HELLO_LEN]);
 
-        Mux {
+        Ok(Mux {
             role,
             epoch: now,
             now,
+            auth,
             my_hello,
             peer_hello: None,
+            binding: None,
             authed: false,
             peer_max_payload: frame::MIN_FRAME_PAYLOAD,
+            ready_deadline: now.checked_add(cfg.ready_timeout),
             local_listens: HashSet::new(),
             peer_listens: HashSet::new(),
             peer_table_done: false,
@@ -276,7 +306,60 @@ impl Mux {
             closed: false,
             close_error: None,
             cfg,
+        })
+    }
+
+    /// Binds the authentication to the secure channel this tunnel runs over: the
+    /// channel's 32-byte binding (zs-crypto's `Session::channel_binding`, secret,
+    /// equal on both ends of one secure session) is appended to what each PROOF
+    /// signs, so a token handshake relayed between two different secure sessions
+    /// fails. Both ends must bind (to the same channel) or neither.
+    ///
+    /// Call it before the peer's HELLO is handled (the tunnel driver does it when
+    /// the secure handshake completes, before any tunnel byte is read); later it
+    /// returns [`Error::Config`] and changes nothing.
+    pub fn bind_channel(&mut self, binding: [u8; BINDING_LEN]) -> Result<(), Error> {
+        if self.peer_hello.is_some() || self.authed || self.closed {
+            return Err(Error::Config(
+                "channel binding set after the authentication started".into(),
+            ));
         }
+        self.binding = Some(Zeroizing::new(binding));
+        Ok(())
+    }
+
+    /// Restarts the ready deadline ([`MuxConfig::ready_timeout`], if not ready yet)
+    /// and the idle timer from `now`: for a driver that makes the Mux before its link
+    /// exists (the tunnel driver calls it when the physical connection opens).
+    pub fn restart_timers(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.now = now;
+        self.last_recv = now;
+        if !self.ready {
+            self.ready_deadline = now.checked_add(self.cfg.ready_timeout);
+        }
+    }
+
+    /// True while the queued control output is at its cap
+    /// ([`MuxConfig::max_control_bytes`]): [`handle_input`](Self::handle_input) then
+    /// holds what it is given instead of handling it. A driver should stop reading
+    /// the link, drain [`write_output`](Self::write_output) to the link, and then
+    /// call `handle_input(&[], now)` to handle the held input.
+    pub fn input_blocked(&self) -> bool {
+        self.ctrl.len() >= self.cfg.max_control_bytes
+    }
+
+    /// Bytes of control frames queued for [`write_output`](Self::write_output).
+    pub fn control_len(&self) -> usize {
+        self.ctrl.len()
+    }
+
+    /// Bytes received and not handled yet: a partial frame, plus input held while
+    /// [`input_blocked`](Self::input_blocked).
+    pub fn pending_input(&self) -> usize {
+        self.inbuf.len()
     }
 
     /// The configuration in use (after clamping).
@@ -292,6 +375,11 @@ impl Mux {
     // ------------------------------------------------------------------ input
 
     /// Feeds bytes received from the link (split anywhere).
+    ///
+    /// Frames are handled in order until the control queue reaches its cap
+    /// ([`input_blocked`](Self::input_blocked)); the rest is held and handled by a
+    /// later call (with more bytes or with none) once
+    /// [`write_output`](Self::write_output) drained the queue.
     ///
     /// An error is fatal for the tunnel: a GOAWAY with the reason is queued (flush it
     /// with [`write_output`](Self::write_output), then drop the link) and a
@@ -321,29 +409,45 @@ impl Mux {
 
     fn input(&mut self, mut data: &[u8]) -> Result<(), Error> {
         let max = self.cfg.max_frame_payload;
-        // First complete a partial frame left from the previous call, copying only
-        // the bytes that frame needs.
-        if !self.inbuf.is_empty() {
-            loop {
-                let need = match frame::decode_header(&self.inbuf, max)? {
-                    None => HEADER_LEN - self.inbuf.len(),
-                    Some(h) => HEADER_LEN + h.len as usize - self.inbuf.len(),
-                };
-                if need == 0 {
-                    let buf = std::mem::take(&mut self.inbuf);
-                    let used = self.process(&buf)?;
-                    debug_assert_eq!(used, buf.len());
-                    self.inbuf = buf;
-                    self.inbuf.clear();
-                    break;
-                }
-                if data.is_empty() {
+        // First the bytes left from earlier calls: held frames, then a partial frame,
+        // which is completed by copying only the bytes it needs from `data`.
+        while !self.inbuf.is_empty() {
+            if self.closed {
+                return Ok(());
+            }
+            if self.input_blocked() {
+                self.inbuf.extend_from_slice(data);
+                return Ok(());
+            }
+            let need = match frame::decode_header(&self.inbuf, max)? {
+                None => HEADER_LEN - self.inbuf.len(),
+                Some(h) => (HEADER_LEN + h.len as usize).saturating_sub(self.inbuf.len()),
+            };
+            if need == 0 {
+                // At least one complete frame: handle what can be handled now.
+                let mut buf = std::mem::take(&mut self.inbuf);
+                let used = self.process(&buf)?;
+                if self.closed {
                     return Ok(());
                 }
-                let take = need.min(data.len());
-                self.inbuf.extend_from_slice(&data[..take]);
-                data = &data[take..];
+                if used == buf.len() {
+                    buf.clear();
+                } else {
+                    buf.advance(used);
+                }
+                self.inbuf = buf;
+                continue;
             }
+            if data.is_empty() {
+                return Ok(());
+            }
+            let take = need.min(data.len());
+            self.inbuf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+        if self.inbuf.capacity() > 4 * self.cfg.max_frame_payload as usize {
+            // Give back the memory of input held during a burst.
+            self.inbuf = BytesMut::new();
         }
         let used = self.process(data)?;
         if !self.closed {
@@ -356,7 +460,7 @@ impl Mux {
     fn process(&mut self, buf: &[u8]) -> Result<usize, Error> {
         let max = self.cfg.max_frame_payload;
         let mut pos = 0;
-        while !self.closed {
+        while !self.closed && !self.input_blocked() {
             match frame::decode(&buf[pos..], max)? {
                 None => break,
                 Some((f, n)) => {
@@ -428,13 +532,18 @@ impl Mux {
     }
 
     /// What a proof by `prover` signs (see [`frame::proof_message`]).
-    fn transcript(&self, prover: Role) -> Vec<u8> {
+    fn transcript(&self, prover: Role) -> Zeroizing<Vec<u8>> {
         let peer = self.peer_hello.unwrap_or([0u8; HELLO_LEN]);
         let (hi, ha) = match self.role {
             Role::Initiator => (self.my_hello, peer),
             Role::Acceptor => (peer, self.my_hello),
         };
-        frame::proof_message(prover, &hi, &ha)
+        Zeroizing::new(frame::proof_message(
+            prover,
+            &hi,
+            &ha,
+            self.binding.as_deref(),
+        ))
     }
 
     fn on_hello(&mut self, mode: AuthMode, max_payload: u32, f: &Frame<'_>) -> Result<(), Error> {
@@ -447,13 +556,13 @@ impl Mux {
         h.copy_from_slice(&bytes[HEADER_LEN..]);
         self.peer_hello = Some(h);
         self.peer_max_payload = max_payload;
-        match (&self.cfg.auth, mode) {
+        match (&self.auth, mode) {
             (Auth::None, AuthMode::None) => {
                 self.on_authed();
                 Ok(())
             }
             (Auth::Token(key), AuthMode::Token) => {
-                let mac = frame::proof(key, &self.transcript(self.role));
+                let mac = frame::proof(key.secret(), &self.transcript(self.role));
                 Frame::Proof { mac }.encode(&mut self.ctrl);
                 Ok(())
             }
@@ -462,7 +571,7 @@ impl Mux {
     }
 
     fn on_proof(&mut self, mac: &[u8]) -> Result<(), Error> {
-        let Auth::Token(key) = &self.cfg.auth else {
+        let Auth::Token(key) = &self.auth else {
             return Err(Error::Protocol("unexpected PROOF".into()));
         };
         if self.peer_hello.is_none() {
@@ -472,7 +581,7 @@ impl Mux {
             Role::Initiator => Role::Acceptor,
             Role::Acceptor => Role::Initiator,
         };
-        let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+        let k = hmac::Key::new(hmac::HMAC_SHA256, key.secret());
         // Constant-time comparison inside ring.
         if hmac::verify(&k, &self.transcript(peer_role), mac).is_err() {
             return Err(Error::AuthFailed);
@@ -559,6 +668,7 @@ impl Mux {
         if done && !self.peer_table_done {
             self.peer_table_done = true;
             self.ready = true;
+            self.ready_deadline = None;
             self.events.push_back(MuxEvent::Ready);
             let pending = std::mem::take(&mut self.pending_connects);
             for id in pending {
@@ -981,18 +1091,33 @@ impl Mux {
             .cfg
             .idle_timeout
             .and_then(|d| self.last_recv.checked_add(d));
-        match (idle, self.next_ping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [idle, self.next_ping, self.ready_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Runs timers: keepalive pings and the idle timeout.
+    /// Runs timers: keepalive pings, the idle timeout and the ready deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.closed {
             return;
         }
         self.now = now;
+        if self.ready_deadline.is_some_and(|at| now >= at) {
+            let what = if self.authed {
+                "the peer's listen table"
+            } else {
+                "authentication"
+            };
+            self.fail(
+                format!(
+                    "not ready within {:?}: {what} incomplete",
+                    self.cfg.ready_timeout
+                ),
+                true,
+            );
+            return;
+        }
         if let Some(idle) = self.cfg.idle_timeout {
             if self.last_recv.checked_add(idle).is_some_and(|at| now >= at) {
                 self.fail(format!("idle timeout: nothing received for {idle:?}"), true);
@@ -1019,8 +1144,8 @@ impl Mux {
 
     /// Why the tunnel closed, once it did: [`Error::AuthFailed`] (wrong token or
     /// mismatched auth modes, detected here), [`Error::Protocol`] (the peer broke the
-    /// protocol), or [`Error::TunnelClosed`] (GOAWAY received, idle timeout, or
-    /// [`close_tunnel`](Self::close_tunnel)). `None` while open.
+    /// protocol), or [`Error::TunnelClosed`] (GOAWAY received, idle timeout, ready
+    /// deadline, or [`close_tunnel`](Self::close_tunnel)). `None` while open.
     pub fn close_error(&self) -> Option<&Error> {
         self.close_error.as_ref()
     }
@@ -1421,30 +1546,31 @@ impl Mux {
     }
 }
 
-/// Fills `buf` with random bytes (the OS generator through ring).
-fn fill_random(buf: &mut [u8], now: Instant) {
-    use ring::rand::SecureRandom;
-    if ring::rand::SystemRandom::new().fill(buf).is_err() {
-        // The OS generator failed (practically never): fall back to a hash of the
-        // time and address-space layout so nonces still differ between sessions.
-        let d = ring::digest::digest(
-            &ring::digest::SHA256,
-            format!(
-                "{now:?}{:p}{:?}",
-                buf.as_ptr(),
-                std::time::SystemTime::now()
-            )
-            .as_bytes(),
-        );
-        for (b, d) in buf.iter_mut().zip(d.as_ref().iter().cycle()) {
-            *b = *d;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonce_generation_fails_closed() {
+        let cfg = MuxConfig::new(Auth::None);
+        let now = Instant::now();
+        let broken = Mux::new_with_rng(Role::Initiator, cfg.clone(), now, &mut |_| {
+            Err(ring::error::Unspecified)
+        });
+        assert_eq!(broken.err(), Some(Error::Rng));
+        // A working generator: the HELLO carries its bytes.
+        let mut m = Mux::new_with_rng(Role::Initiator, cfg, now, &mut |b| {
+            b.fill(0x5A);
+            Ok(())
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        m.write_output(&mut out);
+        assert_eq!(
+            &out[HEADER_LEN + 6..HEADER_LEN + 6 + NONCE_LEN],
+            &[0x5A; NONCE_LEN]
+        );
+    }
 
     #[test]
     fn idle_stream_entry_is_small() {

@@ -4,15 +4,18 @@
 //! The link has a one-way `latency`, an optional `bandwidth` (bytes per second, per
 //! direction; while a direction is busy the sender's mux is not asked for more bytes,
 //! like a socket with a small buffer), and optional random re-chunking of what is
-//! delivered (every delivery is split at random points before `handle_input`). Time
+//! delivered (every delivery is split at random points before `handle_input`). A
+//! side whose mux holds input ([`Mux::input_blocked`]) is not delivered to (like a
+//! paused socket) until its output drained. Time
 //! only moves when nothing can happen at the current instant, so runs are exactly
 //! reproducible.
 //!
 //! ```
 //! use zs_p2pvm::testkit::Pair;
-//! use zs_p2pvm::MuxConfig;
+//! use zs_p2pvm::{Auth, MuxConfig};
 //!
-//! let mut pair = Pair::new(MuxConfig::default(), MuxConfig::default());
+//! let cfg = MuxConfig::new(Auth::None);
+//! let mut pair = Pair::new(cfg.clone(), cfg);
 //! pair.drive();
 //! assert!(pair.client.mux.is_ready() && pair.server.mux.is_ready());
 //! ```
@@ -109,19 +112,31 @@ pub struct Pair {
 
 impl Pair {
     /// A pair with no latency, unlimited bandwidth and no re-chunking.
+    ///
+    /// # Panics
+    ///
+    /// If [`Mux::new`] refuses a configuration (see [`Pair::try_new`]).
     pub fn new(client: MuxConfig, server: MuxConfig) -> Pair {
+        match Pair::try_new(client, server) {
+            Ok(p) => p,
+            Err(e) => panic!("Pair::new: {e}"),
+        }
+    }
+
+    /// Like [`Pair::new`]; the error of [`Mux::new`] if it refuses a configuration.
+    pub fn try_new(client: MuxConfig, server: MuxConfig) -> Result<Pair, Error> {
         let now = Instant::now();
-        Pair {
+        Ok(Pair {
             now,
-            client: Side::new(Mux::new(Role::Initiator, client, now), now),
-            server: Side::new(Mux::new(Role::Acceptor, server, now), now),
+            client: Side::new(Mux::new(Role::Initiator, client, now)?, now),
+            server: Side::new(Mux::new(Role::Acceptor, server, now)?, now),
             latency: Duration::ZERO,
             bandwidth: None,
             max_chunk: None,
             record: false,
             burst: 64 * 1024,
             rng: 0x9E37_79B9_7F4A_7C15,
-        }
+        })
     }
 
     /// Seeds the chunking generator (the default seed is fixed).
@@ -169,6 +184,12 @@ impl Pair {
                 tx.mux.write_output_limit(&mut buf, burst);
             }
         }
+        if tx.mux.pending_input() > 0 && !tx.mux.input_blocked() {
+            // The output drained: handle the input held meanwhile.
+            if let Err(e) = tx.mux.handle_input(&[], now) {
+                tx.errors.push(e);
+            }
+        }
         tx.collect();
         if buf.is_empty() {
             return false;
@@ -192,11 +213,11 @@ impl Pair {
         let now = self.now;
         let mut any = false;
         loop {
-            let (tx, _) = self.sides(from_client);
+            let (tx, rx) = self.sides(from_client);
             let Some(&(at, _)) = tx.inflight.front() else {
                 break;
             };
-            if at > now {
+            if at > now || rx.mux.input_blocked() {
                 break;
             }
             let Some((_, bytes)) = tx.inflight.pop_front() else {
@@ -245,9 +266,11 @@ impl Pair {
     fn next_link_event(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        for s in [&self.client, &self.server] {
+        for (s, rx) in [(&self.client, &self.server), (&self.server, &self.client)] {
             if let Some(&(at, _)) = s.inflight.front() {
-                consider(at);
+                if !rx.mux.input_blocked() {
+                    consider(at);
+                }
             }
             if s.mux.wants_write() && s.link_free_at > self.now {
                 consider(s.link_free_at);

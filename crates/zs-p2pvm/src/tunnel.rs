@@ -45,15 +45,30 @@
 //! equal by id), and buffers exist only while bytes wait, so an idle virtual
 //! connection costs one 32-byte table bucket here plus its Mux entry.
 //!
+//! ## Security and hostile peers
+//!
+//! A [`TunnelConfig`] must choose the Mux's authentication and the link's
+//! protection explicitly ([`TunnelConfig::secure`] or [`TunnelConfig::plaintext`]);
+//! otherwise [`Tunnel::handler`] returns [`Error::Config`]. Inside a secure session
+//! the driver binds the Mux's token PROOF to the session
+//! ([`Mux::bind_channel`] with the session's channel binding, as soon as its
+//! handshake completes). The Mux's ready deadline ([`MuxConfig::ready_timeout`])
+//! counts from when the physical connection opens and covers the secure handshake.
+//! When the Mux's control output reaches [`MuxConfig::max_control_bytes`] (the peer
+//! asks for answers it does not read), the driver pauses reading the physical
+//! connection (`set_read_paused`) until that output has drained to it, so such a
+//! peer stalls only its own tunnel ([`TunnelHandle::read_paused`],
+//! [`TunnelHandle::control_queued`]).
+//!
 //! ## Link death
 //!
 //! When the physical connection ends, the peer closes the tunnel (GoAway), the
-//! tunnel fails authentication or times out, every virtual connection gets
-//! `on_close(CloseReason::Error(ConnectionAborted))` (or `Shutdown` after a local
-//! [`zs_io::Backend::shutdown`]), pending virtual connects get `on_connect_failed`,
-//! and [`TunnelHandle::close_info`] reports the reason with the data that was
-//! still pending (bytes accepted by `send` and never written, bytes received and
-//! never read).
+//! tunnel fails authentication, is not ready by its deadline or times out, every
+//! virtual connection gets `on_close(CloseReason::Error(ConnectionAborted))` (or
+//! `Shutdown` after a local [`zs_io::Backend::shutdown`]), pending virtual connects
+//! get `on_connect_failed`, and [`TunnelHandle::close_info`] reports the reason with
+//! the data that was still pending (bytes accepted by `send` and never written,
+//! bytes received and never read).
 
 mod driver;
 mod vconn;
@@ -65,22 +80,36 @@ use std::time::{Duration, Instant};
 use zs_crypto::SecurityProvider;
 use zs_io::{Backend, Conn, HandlerFactory, Listener};
 
-use crate::{Mux, MuxConfig, Role};
+use crate::{Auth, Error, Mux, MuxConfig, Role};
 
 use driver::State;
 pub use driver::TunnelDriver;
 
 /// Settings of one tunnel end.
+///
+/// A tunnel needs two explicit choices: the Mux's authentication
+/// ([`MuxConfig::auth`], no default) and the link's protection: a secure session
+/// ([`TunnelConfig::security`]) or, on purpose, none
+/// ([`TunnelConfig::allow_plaintext`]). [`TunnelConfig::default`] makes neither, so
+/// [`Tunnel::handler`] refuses it; start from [`TunnelConfig::secure`] or
+/// [`TunnelConfig::plaintext`].
 #[derive(Clone)]
 pub struct TunnelConfig {
     /// The multiplexer's settings (auth token, windows, budget, keepalive, idle).
     pub mux: MuxConfig,
-    /// Optional protection of the physical bytes: the initiator runs a client
-    /// session, the acceptor a server session of this provider (the zs-crypto
-    /// handshake), and the Mux's frames travel as its application data. `None`
-    /// (default): the Mux's frames go on the link as they are (its token auth
-    /// still applies).
+    /// Protection of the physical bytes: the initiator runs a client session, the
+    /// acceptor a server session of this provider (the zs-crypto handshake, or
+    /// TLS), the Mux's frames travel as its application data, and token PROOFs
+    /// cover the session's channel binding (`SecureSession::channel_binding`; with
+    /// token auth, a session without one ends the tunnel when its handshake
+    /// completes). Default `None`, which is refused unless `allow_plaintext` is set.
     pub security: Option<Arc<dyn SecurityProvider>>,
+    /// Accept running without `security`: the Mux's frames go on the link as they
+    /// are. Token auth still decides who may open the tunnel, but an on-path attacker
+    /// can read, relay and alter the tunnel after it (no integrity, no
+    /// confidentiality). Only for trusted links (loopback, a VPN) or tests.
+    /// Default `false`.
+    pub allow_plaintext: bool,
     /// Send queue bound of each virtual connection (the seam's contract item 4),
     /// counted beyond what the Mux's own per-stream send buffer holds.
     /// Default 256 KiB.
@@ -96,15 +125,55 @@ pub struct TunnelConfig {
 }
 
 impl Default for TunnelConfig {
+    /// The default limits with **neither choice made** (no `mux.auth`, no
+    /// `security`, no `allow_plaintext`): refused by [`Tunnel::handler`].
     fn default() -> Self {
         TunnelConfig {
             mux: MuxConfig::default(),
             security: None,
+            allow_plaintext: false,
             send_queue_limit: 256 * 1024,
             idle_timeout: None,
             read_chunk: 64 * 1024,
             close_linger: Duration::from_secs(10),
         }
+    }
+}
+
+impl TunnelConfig {
+    /// A tunnel inside the secure sessions of `security`, with the Mux's `auth`
+    /// (`Auth::None` is sound when the session authenticates the peer: a pinned
+    /// server key or a pre-shared key).
+    pub fn secure(security: Arc<dyn SecurityProvider>, auth: Auth) -> TunnelConfig {
+        TunnelConfig {
+            mux: MuxConfig::new(auth),
+            security: Some(security),
+            ..TunnelConfig::default()
+        }
+    }
+
+    /// A tunnel over the plain link (`allow_plaintext`), with the Mux's `auth`:
+    /// no integrity or confidentiality, see [`TunnelConfig::allow_plaintext`].
+    pub fn plaintext(auth: Auth) -> TunnelConfig {
+        TunnelConfig {
+            mux: MuxConfig::new(auth),
+            allow_plaintext: true,
+            ..TunnelConfig::default()
+        }
+    }
+
+    /// Checks what [`Tunnel::handler`] refuses ([`Error::Config`]): no
+    /// authentication chosen, or no secure session without `allow_plaintext`.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.mux.validate()?;
+        if self.security.is_none() && !self.allow_plaintext {
+            return Err(Error::Config(
+                "no secure session for the tunnel: set `security`, or set \
+                 `allow_plaintext` to run without integrity on purpose"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -116,6 +185,7 @@ impl std::fmt::Debug for TunnelConfig {
                 "security",
                 &self.security.as_ref().map(|s| s.name().to_string()),
             )
+            .field("allow_plaintext", &self.allow_plaintext)
             .field("send_queue_limit", &self.send_queue_limit)
             .field("idle_timeout", &self.idle_timeout)
             .field("read_chunk", &self.read_chunk)
@@ -148,7 +218,8 @@ pub struct CloseInfo {
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use zs_io::{Backend, Bytes, BytesMut, Conn, Handler};
-/// use zs_p2pvm::{Auth, MuxConfig, Tunnel, TunnelConfig};
+/// use zs_crypto::{ClientConfig, ServerConfig, ZsSecurity};
+/// use zs_p2pvm::{Auth, Tunnel, TunnelConfig};
 ///
 /// struct Echo;
 /// impl Handler for Echo {
@@ -158,13 +229,17 @@ pub struct CloseInfo {
 /// }
 ///
 /// let io = zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() })?;
-/// let cfg = TunnelConfig {
-///     mux: MuxConfig { auth: Auth::Token(b"shared secret".to_vec()), ..Default::default() },
-///     ..TunnelConfig::default()
-/// };
+/// // The link runs a zs-crypto session with a pre-shared key (random bytes in real
+/// // use), which authenticates both ends, so the Mux needs no token of its own.
+/// let key = b"32 random bytes, shared by both!";
+/// let security = ZsSecurity::new(
+///     Some(Arc::new(ClientConfig::psk(b"tunnel", key)?)),
+///     Some(Arc::new(ServerConfig::with_psk(b"tunnel", key)?)),
+/// );
+/// let cfg = TunnelConfig::secure(Arc::new(security), Auth::None);
 /// let wait = Duration::from_secs(10);
 /// // The physical link: a listener whose connections become tunnel ends...
-/// let (factory, ends) = Tunnel::acceptor(cfg.clone());
+/// let (factory, ends) = Tunnel::acceptor(cfg.clone())?;
 /// let phys = io.listen("127.0.0.1:0".parse()?, factory)?;
 /// // ...and a client end.
 /// let client_end = Tunnel::connect(&io, phys.local_addr(), cfg, wait)?;
@@ -198,15 +273,20 @@ impl Tunnel {
     /// give, as its handler, to the physical connection (e.g. with
     /// `backend.connect(addr, timeout, Box::new(driver))`, or from a listener's
     /// factory). `role` decides who opens odd or even stream ids and who runs the
-    /// client side of the optional secure session.
-    pub fn handler(role: Role, cfg: TunnelConfig) -> (TunnelHandle, TunnelDriver) {
-        let inner = Arc::new(Inner::new(role, cfg));
-        (
+    /// client side of the secure session.
+    ///
+    /// [`Error::Config`] if `cfg` makes no authentication choice or has neither
+    /// `security` nor `allow_plaintext` ([`TunnelConfig::validate`]);
+    /// [`Error::Rng`] if the OS random generator fails.
+    pub fn handler(role: Role, cfg: TunnelConfig) -> Result<(TunnelHandle, TunnelDriver), Error> {
+        cfg.validate()?;
+        let inner = Arc::new(Inner::new(role, cfg)?);
+        Ok((
             TunnelHandle {
                 inner: inner.clone(),
             },
             TunnelDriver::new(inner),
-        )
+        ))
     }
 
     /// Connects the physical link to `addr` with `backend` (as the initiator) and
@@ -218,7 +298,7 @@ impl Tunnel {
         cfg: TunnelConfig,
         timeout: Duration,
     ) -> Result<TunnelHandle, crate::Error> {
-        let (handle, driver) = Tunnel::handler(Role::Initiator, cfg);
+        let (handle, driver) = Tunnel::handler(Role::Initiator, cfg)?;
         backend
             .connect(addr, timeout, Box::new(driver))
             .map_err(|e| crate::Error::Protocol(format!("physical connect: {e}")))?;
@@ -230,20 +310,27 @@ impl Tunnel {
     /// becomes one tunnel (as the acceptor) whose handle is sent on the returned
     /// channel as soon as the connection opens (it may not be ready yet: see
     /// [`TunnelHandle::wait_ready`]).
+    ///
+    /// [`Error::Config`] as for [`Tunnel::handler`]. A connection whose tunnel end
+    /// cannot be made (the OS random generator failed) is closed, with a log line.
     pub fn acceptor(
         cfg: TunnelConfig,
-    ) -> (HandlerFactory, std::sync::mpsc::Receiver<TunnelHandle>) {
+    ) -> Result<(HandlerFactory, std::sync::mpsc::Receiver<TunnelHandle>), Error> {
+        cfg.validate()?;
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
-        let factory: HandlerFactory = Arc::new(move || {
-            let (handle, mut driver) = Tunnel::handler(Role::Acceptor, cfg.clone());
-            let tx = lock_or_recover(&tx).clone();
-            driver.on_open_hook = Some(Box::new(move || {
-                let _ = tx.send(handle);
-            }));
-            Box::new(driver) as Box<dyn zs_io::Handler>
-        });
-        (factory, rx)
+        let factory: HandlerFactory =
+            Arc::new(move || match Tunnel::handler(Role::Acceptor, cfg.clone()) {
+                Ok((handle, mut driver)) => {
+                    let tx = lock_or_recover(&tx).clone();
+                    driver.on_open_hook = Some(Box::new(move || {
+                        let _ = tx.send(handle);
+                    }));
+                    Box::new(driver) as Box<dyn zs_io::Handler>
+                }
+                Err(e) => Box::new(driver::Refuse(e.to_string())) as Box<dyn zs_io::Handler>,
+            });
+        Ok((factory, rx))
     }
 }
 
@@ -271,11 +358,11 @@ pub(crate) struct Inner {
 static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Inner {
-    fn new(role: Role, cfg: TunnelConfig) -> Inner {
+    fn new(role: Role, cfg: TunnelConfig) -> Result<Inner, Error> {
         let now = Instant::now();
-        Inner {
+        Ok(Inner {
             state: Mutex::new(State::new(
-                Mux::new(role, cfg.mux.clone(), now),
+                Mux::new(role, cfg.mux.clone(), now)?,
                 cfg.security.clone(),
             )),
             cond: Condvar::new(),
@@ -285,7 +372,7 @@ impl Inner {
             close_linger: cfg.close_linger,
             default_idle: cfg.idle_timeout,
             serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        }
+        })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -384,6 +471,19 @@ impl TunnelHandle {
     /// The virtual addresses the peer listens on.
     pub fn peer_listens(&self) -> Vec<SocketAddr> {
         self.inner.lock().mux.peer_listens().collect()
+    }
+
+    /// Bytes of control frames the Mux has queued and not yet written to the link
+    /// (at most about [`MuxConfig::max_control_bytes`] plus one frame's answer when
+    /// the peer does not read).
+    pub fn control_queued(&self) -> usize {
+        self.inner.lock().mux.control_len()
+    }
+
+    /// True while reading the physical link is paused because the Mux's control
+    /// output is at its cap (the peer does not read what it asked for).
+    pub fn read_paused(&self) -> bool {
+        self.inner.lock().read_paused
     }
 
     /// Virtual connections open in this tunnel (the Mux's stream count).

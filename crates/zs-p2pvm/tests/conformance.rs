@@ -522,7 +522,11 @@ fn v_connect_refused() {
 fn v_connect_timeout() {
     let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let io = tunnel_util::io_backend(Io::Epoll, kit_config());
-    let (handle, driver) = Tunnel::handler(zs_p2pvm::Role::Initiator, TunnelConfig::default());
+    let (handle, driver) = Tunnel::handler(
+        zs_p2pvm::Role::Initiator,
+        TunnelConfig::plaintext(zs_p2pvm::Auth::None),
+    )
+    .unwrap();
     io.connect(mute.local_addr().unwrap(), WAIT, Box::new(driver))
         .unwrap();
     let _accepted = mute.accept().unwrap();

@@ -3,7 +3,7 @@
 //! an in-memory pair. One test per binary so no other test allocates meanwhile.
 
 use zs_p2pvm::testkit::Pair;
-use zs_p2pvm::{MuxConfig, MuxEvent};
+use zs_p2pvm::{Auth, MuxConfig, MuxEvent};
 
 #[cfg(target_os = "linux")]
 fn rss_bytes() -> usize {
@@ -18,7 +18,8 @@ fn idle_streams_cost_little_memory() {
     let cfg = MuxConfig {
         keepalive: None,
         idle_timeout: None,
-        ..MuxConfig::default()
+        max_streams: 1_000_000,
+        ..MuxConfig::new(Auth::None)
     };
     let mut p = Pair::new(cfg.clone(), cfg);
     let addr = "10.0.0.1:80".parse().unwrap();

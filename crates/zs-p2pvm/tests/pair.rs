@@ -16,7 +16,7 @@ fn cfg() -> MuxConfig {
     MuxConfig {
         keepalive: None,
         idle_timeout: None,
-        ..MuxConfig::default()
+        ..MuxConfig::new(Auth::None)
     }
 }
 
@@ -455,11 +455,16 @@ fn small_messages_are_not_stuck_behind_bulk() {
 #[test]
 fn ten_thousand_streams_with_unread_data_stay_under_budget() {
     let budget = 8 << 20;
-    let scfg = MuxConfig {
-        session_budget: budget,
+    // More streams than the default limit (4,096): raised on purpose.
+    let many = MuxConfig {
+        max_streams: 20_000,
         ..cfg()
     };
-    let mut p = ready_pair(cfg(), scfg);
+    let scfg = MuxConfig {
+        session_budget: budget,
+        ..many.clone()
+    };
+    let mut p = ready_pair(many, scfg);
     let n = 10_000;
     let per = 4096;
     let mut ids = Vec::new();
@@ -591,7 +596,7 @@ fn window_does_not_grow_for_a_slow_reader() {
 
 /// A fake peer: raw frames into a real Mux after a None-auth HELLO.
 fn raw_peer(role_of_mux: Role, cfg: MuxConfig) -> Mux {
-    let mut m = Mux::new(role_of_mux, cfg, std::time::Instant::now());
+    let mut m = Mux::new(role_of_mux, cfg, std::time::Instant::now()).unwrap();
     let mut out = Vec::new();
     m.write_output(&mut out);
     let mut hello = Vec::new();
@@ -714,7 +719,7 @@ fn credit_violation_kills_the_tunnel() {
 
 #[test]
 fn nothing_is_accepted_before_auth() {
-    let mut m = Mux::new(Role::Acceptor, cfg(), std::time::Instant::now());
+    let mut m = Mux::new(Role::Acceptor, cfg(), std::time::Instant::now()).unwrap();
     m.listen(addr(SRV)).unwrap();
     let mut b = Vec::new();
     Frame::Open {
@@ -729,10 +734,10 @@ fn nothing_is_accepted_before_auth() {
 
     // With a token: a HELLO alone does not authenticate; data before PROOF is refused.
     let tcfg = MuxConfig {
-        auth: Auth::Token(b"k".to_vec()),
+        auth: Some(Auth::token(b"sixteen byte key").unwrap()),
         ..cfg()
     };
-    let mut m = Mux::new(Role::Acceptor, tcfg, std::time::Instant::now());
+    let mut m = Mux::new(Role::Acceptor, tcfg, std::time::Instant::now()).unwrap();
     let mut b = Vec::new();
     Frame::Hello {
         mode: frame::AuthMode::Token,
@@ -753,7 +758,7 @@ fn nothing_is_accepted_before_auth() {
 fn auth_with_token() {
     let token = b"correct horse battery staple".to_vec();
     let tcfg = MuxConfig {
-        auth: Auth::Token(token.clone()),
+        auth: Some(Auth::token(&token).unwrap()),
         ..cfg()
     };
     let mut p = Pair::new(tcfg.clone(), tcfg.clone());
@@ -781,7 +786,7 @@ fn auth_with_token() {
 
     // Wrong token: both sides close with an auth failure, nothing gets through.
     let wrong = MuxConfig {
-        auth: Auth::Token(b"wrong".to_vec()),
+        auth: Some(Auth::token(b"the wrong token!").unwrap()),
         ..cfg()
     };
     let mut p = Pair::new(tcfg.clone(), wrong);
@@ -820,7 +825,7 @@ fn ping_rtt_matches_latency() {
     let c = MuxConfig {
         keepalive: Some(Duration::from_secs(1)),
         idle_timeout: None,
-        ..MuxConfig::default()
+        ..MuxConfig::new(Auth::None)
     };
     let mut p = Pair::new(c.clone(), c);
     p.latency = Duration::from_millis(40);
@@ -849,7 +854,7 @@ fn idle_timeout_closes_the_tunnel() {
     let alive = MuxConfig {
         keepalive: Some(Duration::from_secs(5)),
         idle_timeout: Some(Duration::from_secs(12)),
-        ..MuxConfig::default()
+        ..MuxConfig::new(Auth::None)
     };
     let mut p = Pair::new(alive.clone(), alive);
     p.latency = Duration::from_millis(20);
@@ -860,12 +865,12 @@ fn idle_timeout_closes_the_tunnel() {
     let quiet = MuxConfig {
         keepalive: None,
         idle_timeout: None,
-        ..MuxConfig::default()
+        ..MuxConfig::new(Auth::None)
     };
     let strict = MuxConfig {
         keepalive: None,
         idle_timeout: Some(Duration::from_secs(3)),
-        ..MuxConfig::default()
+        ..MuxConfig::new(Auth::None)
     };
     let mut p = Pair::new(strict, quiet);
     p.drive();
@@ -973,7 +978,7 @@ fn extreme_settings_are_clamped_and_work() {
         send_buffer: 0,
         keepalive: Some(Duration::MAX),
         idle_timeout: Some(Duration::MAX),
-        ..MuxConfig::default()
+        ..MuxConfig::new(Auth::None)
     };
     let mut p = ready_pair(odd.clone(), odd);
     p.drive_for(Duration::from_secs(5));

@@ -65,7 +65,7 @@ fn expected(name: &str) -> Frame<'static> {
                 Role::Acceptor
             };
             Frame::Proof {
-                mac: frame::proof(b"secret", &frame::proof_message(prover, &hi, &ha)),
+                mac: frame::proof(b"secret", &frame::proof_message(prover, &hi, &ha, None)),
             }
         }
         "listen" => Frame::Listen {

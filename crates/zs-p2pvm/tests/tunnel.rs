@@ -28,13 +28,23 @@ fn ios() -> Vec<Io> {
 }
 
 fn token_cfg(token: &[u8]) -> TunnelConfig {
-    TunnelConfig {
-        mux: MuxConfig {
-            auth: Auth::Token(token.to_vec()),
-            ..MuxConfig::default()
-        },
-        ..TunnelConfig::default()
-    }
+    TunnelConfig::plaintext(Auth::token(token).unwrap())
+}
+
+/// Both sides of a zs-crypto secure session with a pre-shared key named `id`.
+fn psk_security(id: &[u8]) -> Arc<dyn zs_crypto::SecurityProvider> {
+    use zs_crypto::{ClientConfig, ServerConfig, ZsSecurity};
+    let key = b"0123456789abcdef0123456789abcdef";
+    Arc::new(ZsSecurity::new(
+        Some(Arc::new(ClientConfig::psk(id, key).unwrap())),
+        Some(Arc::new(ServerConfig::with_psk(id, key).unwrap())),
+    ))
+}
+
+/// The plain-link, unauthenticated configuration most tests run with (both opt-ins
+/// explicit).
+fn open_cfg() -> TunnelConfig {
+    TunnelConfig::plaintext(Auth::None)
 }
 
 fn vaddr(s: &str) -> SocketAddr {
@@ -63,7 +73,11 @@ fn echo_once(b: &dyn Backend, addr: SocketAddr, msg: &[u8]) {
 #[test]
 fn token_auth_ok_and_echo() {
     for io in ios() {
-        let p = Pair::new(io, token_cfg(b"s3cret"), token_cfg(b"s3cret"));
+        let p = Pair::new(
+            io,
+            token_cfg(b"s3cret-s3cret-s3cret"),
+            token_cfg(b"s3cret-s3cret-s3cret"),
+        );
         assert!(p.a.is_ready() && p.b.is_ready());
         let (f, sev) = echo_factory();
         let l = p.a.listen(vaddr("10.0.0.1:80"), f).unwrap();
@@ -82,7 +96,11 @@ fn token_auth_ok_and_echo() {
 #[test]
 fn token_auth_failure_closes_both_ends() {
     for io in ios() {
-        let (iob, _l, a, b) = Pair::try_new(io, token_cfg(b"right"), token_cfg(b"wrong"));
+        let (iob, _l, a, b) = Pair::try_new(
+            io,
+            token_cfg(b"right token, 16+ bytes"),
+            token_cfg(b"wrong token, 16+ bytes"),
+        );
         match b {
             Err(zs_p2pvm::Error::AuthFailed) => {}
             other => panic!("{io:?}: expected AuthFailed, got {other:?}"),
@@ -101,7 +119,7 @@ fn token_auth_failure_closes_both_ends() {
 
 #[test]
 fn unknown_virtual_address_is_refused() {
-    let p = Pair::new(ios()[0], TunnelConfig::default(), TunnelConfig::default());
+    let p = Pair::new(ios()[0], open_cfg(), open_cfg());
     let (client, cev) = Recorder::new(false);
     p.b.connect(vaddr("10.9.9.9:9"), WAIT, Box::new(client))
         .unwrap();
@@ -115,7 +133,7 @@ fn unknown_virtual_address_is_refused() {
 fn many_virtual_connections_concurrently() {
     const N: usize = 2000;
     for io in ios() {
-        let p = Pair::new(io, TunnelConfig::default(), TunnelConfig::default());
+        let p = Pair::new(io, open_cfg(), open_cfg());
         let (f, _sev) = echo_factory();
         let l = p.a.listen(vaddr("10.0.0.2:7"), f).unwrap();
         assert!(p.b.wait_peer_listen(l.local_addr(), WAIT));
@@ -202,7 +220,7 @@ impl Handler for PoliteEcho {
 /// independent stream; a stalled first stream does not hold up the clone.
 #[test]
 fn connection_clone_is_independent() {
-    let p = Pair::new(ios()[0], TunnelConfig::default(), TunnelConfig::default());
+    let p = Pair::new(ios()[0], open_cfg(), open_cfg());
     let l =
         p.a.listen(
             vaddr("10.0.0.3:1"),
@@ -240,7 +258,7 @@ fn connection_clone_is_independent() {
 #[test]
 fn link_killed_closes_every_virtual_connection() {
     for io in ios() {
-        let p = Pair::new(io, TunnelConfig::default(), TunnelConfig::default());
+        let p = Pair::new(io, open_cfg(), open_cfg());
         // The server never reads: data piles up (unread at a, unsent at b).
         struct Sink(mpsc::Sender<Conn>);
         impl Handler for Sink {
@@ -314,7 +332,7 @@ fn link_killed_closes_every_virtual_connection() {
 #[test]
 fn read_pause_flow_controls_the_sender() {
     for io in ios() {
-        let p = Pair::new(io, TunnelConfig::default(), TunnelConfig::default());
+        let p = Pair::new(io, open_cfg(), open_cfg());
         struct Slow {
             got: Arc<Mutex<Vec<u8>>>,
             conn: mpsc::Sender<Conn>,
@@ -433,9 +451,9 @@ fn keepalive_rtt_is_visible() {
         let cfg = TunnelConfig {
             mux: MuxConfig {
                 keepalive: Some(Duration::from_millis(30)),
-                ..MuxConfig::default()
+                ..MuxConfig::new(Auth::None)
             },
-            ..TunnelConfig::default()
+            ..open_cfg()
         };
         let p = Pair::new(io, cfg.clone(), cfg);
         let t0 = Instant::now();
@@ -456,11 +474,11 @@ fn tunnel_idle_timeout_closes_vconns() {
     let cfg = TunnelConfig {
         mux: MuxConfig {
             idle_timeout: Some(Duration::from_millis(300)),
-            ..MuxConfig::default()
+            ..MuxConfig::new(Auth::None)
         },
-        ..TunnelConfig::default()
+        ..open_cfg()
     };
-    let p = Pair::new(ios()[0], cfg.clone(), TunnelConfig::default());
+    let p = Pair::new(ios()[0], cfg.clone(), open_cfg());
     let (f, sev) = echo_factory();
     let l = p.a.listen(vaddr("10.0.0.6:1"), f).unwrap();
     assert!(p.b.wait_peer_listen(l.local_addr(), WAIT));
@@ -518,26 +536,14 @@ fn recording_relay(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
 /// without one, it does (the relay sees it), which shows the check can fail.
 #[test]
 fn secure_session_protects_the_link() {
-    use zs_crypto::{ClientConfig, ServerConfig, ZsSecurity};
     for secure in [true, false] {
-        let provider: Option<Arc<dyn zs_crypto::SecurityProvider>> = secure.then(|| {
-            Arc::new(ZsSecurity::new(
-                Some(Arc::new(ClientConfig::psk(
-                    b"tunnel",
-                    b"0123456789abcdef0123456789abcdef",
-                ))),
-                Some(Arc::new(ServerConfig::with_psk(
-                    b"tunnel",
-                    b"0123456789abcdef0123456789abcdef",
-                ))),
-            )) as Arc<dyn zs_crypto::SecurityProvider>
-        });
-        let cfg = TunnelConfig {
-            security: provider,
-            ..TunnelConfig::default()
+        let cfg = if secure {
+            TunnelConfig::secure(psk_security(b"tunnel"), Auth::None)
+        } else {
+            open_cfg()
         };
         let io = tunnel_util::io_backend(ios()[0], zs_io::Config::default());
-        let (factory, rx) = Tunnel::acceptor(cfg.clone());
+        let (factory, rx) = Tunnel::acceptor(cfg.clone()).unwrap();
         let phys = io.listen(vaddr("127.0.0.1:0"), factory).unwrap();
         let (relay, seen) = recording_relay(phys.local_addr());
         let b = Tunnel::connect(&*io, relay, cfg, WAIT).unwrap();
@@ -566,7 +572,7 @@ fn secure_session_protects_the_link() {
 /// the tunnel's state, all complete (a held lock would deadlock here).
 #[test]
 fn callbacks_may_reenter_the_tunnel() {
-    let p = Pair::new(ios()[0], TunnelConfig::default(), TunnelConfig::default());
+    let p = Pair::new(ios()[0], open_cfg(), open_cfg());
     let a2 = p.a.clone();
     let l =
         p.a.listen(

@@ -14,7 +14,7 @@ use zs_core::{Client, Options, Registry, Server};
 use zs_crypto::{ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, ZsSecurity};
 use zs_io::Backend;
 use zs_io::Bytes;
-use zs_p2pvm::{Auth, MuxConfig, Tunnel, TunnelConfig, TunnelHandle};
+use zs_p2pvm::{Auth, Tunnel, TunnelConfig, TunnelHandle};
 use zs_wire::DataFrame;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -37,13 +37,9 @@ struct Tunnels {
 
 impl Tunnels {
     fn new() -> Tunnels {
-        let cfg = TunnelConfig {
-            mux: MuxConfig {
-                auth: Auth::Token(b"integration".to_vec()),
-                ..MuxConfig::default()
-            },
-            ..TunnelConfig::default()
-        };
+        // Loopback: a plain link on purpose, with a token (16+ bytes).
+        let cfg =
+            TunnelConfig::plaintext(Auth::token(b"integration test token").expect("long enough"));
         let io: Arc<dyn Backend> = Arc::new(
             zs_io_epoll::EpollBackend::new(zs_io::Config {
                 loops: 1,
@@ -51,7 +47,7 @@ impl Tunnels {
             })
             .unwrap(),
         );
-        let (factory, rx) = Tunnel::acceptor(cfg.clone());
+        let (factory, rx) = Tunnel::acceptor(cfg.clone()).expect("tunnel config");
         let phys = io.listen("127.0.0.1:0".parse().unwrap(), factory).unwrap();
         let client_end = Tunnel::connect(&*io, phys.local_addr(), cfg, WAIT).unwrap();
         let server_end = rx.recv_timeout(WAIT).unwrap();

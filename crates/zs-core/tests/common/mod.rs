@@ -588,7 +588,10 @@ pub fn name(s: &str, out: &mut Vec<u8>) {
 
 /// A frame: version, kind byte (bit 7 = compressed), varint length, body.
 pub fn frame(kind: FrameKind, compressed: bool, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![zs_wire::VERSION, kind.code() | if compressed { 0x80 } else { 0 }];
+    let mut f = vec![
+        zs_wire::VERSION,
+        kind.code() | if compressed { 0x80 } else { 0 },
+    ];
     varint(body.len() as u64, &mut f);
     f.extend_from_slice(body);
     f

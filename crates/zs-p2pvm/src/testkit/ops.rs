@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{Pair, Side};
-use crate::{Error, MuxConfig, MuxEvent, StreamId};
+use crate::{Auth, Error, MuxConfig, MuxEvent, StreamId};
 
 /// One step of a script. Stream and address operands are indexes, taken modulo the
 /// number of candidates, so any value is meaningful.
@@ -121,7 +121,7 @@ pub fn script_config() -> MuxConfig {
         max_frame_payload: 1024,
         keepalive: Some(Duration::from_millis(700)),
         idle_timeout: None,
-        ..MuxConfig::default()
+        ..MuxConfig::new(Auth::None)
     }
 }
 

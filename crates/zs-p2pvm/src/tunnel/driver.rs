@@ -218,6 +218,8 @@ pub(crate) struct State {
     security: Option<Arc<dyn SecurityProvider>>,
     secure: Option<Box<dyn SecureSession>>,
     handshaking: bool,
+    /// Reading the link is paused: the Mux's control output is at its cap.
+    pub(crate) read_paused: bool,
     plain: Vec<u8>,
     blocked: Option<Bytes>,
     out_pool: OutPool,
@@ -255,6 +257,7 @@ impl State {
             security,
             secure: None,
             handshaking: false,
+            read_paused: false,
             plain: Vec::new(),
             blocked: None,
             out_pool: OutPool::default(),
@@ -379,6 +382,57 @@ impl State {
         while let Some(ev) = self.mux.poll_event() {
             self.events.push_back(ev);
         }
+    }
+
+    /// A Mux input error ends the tunnel (the Mux reports `TunnelClosed` with its
+    /// reason; keep that one if it did).
+    fn mux_failed(&mut self, e: crate::Error) {
+        self.pump_events();
+        if !self
+            .events
+            .iter()
+            .any(|e| matches!(e, MuxEvent::TunnelClosed { .. }))
+        {
+            self.tunnel_dead(e.to_string());
+        }
+    }
+
+    /// Pauses reading the link while the Mux holds input because its control output
+    /// is at its cap (the peer sends requests and does not read the answers).
+    fn pause_if_blocked(&mut self) {
+        if !self.read_paused && self.closed.is_none() && self.mux.input_blocked() {
+            if let Some(p) = &self.phys {
+                self.read_paused = true;
+                p.set_read_paused(true);
+                tracing::debug!(
+                    control = self.mux.control_len(),
+                    held = self.mux.pending_input(),
+                    "p2pvm tunnel: control output at its cap, reading paused"
+                );
+            }
+        }
+    }
+
+    /// Once the control output drained: handles the input the Mux held and resumes
+    /// reading the link. True if held input was handled (more work may follow).
+    fn resume_input(&mut self) -> bool {
+        if !self.read_paused || self.closed.is_some() || self.mux.input_blocked() {
+            return false;
+        }
+        let before = self.mux.pending_input();
+        if let Err(e) = self.mux.handle_input(&[], Instant::now()) {
+            self.mux_failed(e);
+            return true;
+        }
+        if self.mux.input_blocked() {
+            // Still (again) at the cap: stay paused until the output drains.
+            return self.mux.pending_input() != before;
+        }
+        self.read_paused = false;
+        if let Some(p) = &self.phys {
+            p.set_read_paused(false);
+        }
+        true
     }
 
     /// Moves the Mux's pending bytes (through the secure session, if any) to the
@@ -1025,6 +1079,9 @@ pub(crate) fn drive(inner: &Arc<Inner>) {
             }
             None => {
                 st.flush();
+                if st.resume_input() {
+                    continue;
+                }
                 st.pump_events();
                 if st.has_work() {
                     continue;
@@ -1112,11 +1169,14 @@ impl Handler for TunnelDriver {
         {
             let mut st = self.inner.lock();
             st.phys = Some(conn.clone());
+            let now = Instant::now();
+            // The ready deadline (which covers the secure handshake) and the idle
+            // timer count from now, not from when the tunnel end was made.
+            st.mux.restart_timers(now);
             if st.closed.is_some() {
                 // Closed (shut down) before the link opened.
                 conn.close();
             } else if let Some(p) = st.security.clone() {
-                let now = Instant::now();
                 let made = match self.inner.role {
                     Role::Initiator => p.new_client(now),
                     Role::Acceptor => p.new_server(now),
@@ -1149,15 +1209,36 @@ impl Handler for TunnelDriver {
                             .handle_input(data, now)
                             .err()
                             .map(|e| format!("secure session: {e}"));
+                        let mut mux_error = None;
                         while failure.is_none() {
                             let Some(ev) = s.poll_event() else { break };
                             match ev {
                                 zs_crypto::Event::HandshakeComplete { .. } => {
-                                    st.handshaking = false
+                                    st.handshaking = false;
+                                    // Token PROOFs cover this session (before any
+                                    // tunnel byte is handled: data events follow).
+                                    let token =
+                                        matches!(st.mux.config().auth, Some(crate::Auth::Token(_)));
+                                    failure = match s.channel_binding() {
+                                        Some(b) => st
+                                            .mux
+                                            .bind_channel(b)
+                                            .err()
+                                            .map(|e| format!("channel binding: {e}")),
+                                        // Fail closed: an unbound token proof could be
+                                        // relayed into another secure session.
+                                        None if token => Some(
+                                            "the secure session offers no channel binding \
+                                             for token auth"
+                                                .into(),
+                                        ),
+                                        None => None,
+                                    };
                                 }
                                 zs_crypto::Event::Data(v) => {
                                     if let Err(e) = st.mux.handle_input(&v, now) {
-                                        failure = Some(e.to_string());
+                                        mux_error = Some(e);
+                                        break;
                                     }
                                 }
                                 zs_crypto::Event::Closed => {
@@ -1166,25 +1247,20 @@ impl Handler for TunnelDriver {
                                 _ => {}
                             }
                         }
-                        if let Some(f) = failure {
+                        if let Some(e) = mux_error {
+                            st.mux_failed(e);
+                        } else if let Some(f) = failure {
                             st.pump_events();
                             st.tunnel_dead(f);
                         }
                     }
                     None => {
                         if let Err(e) = st.mux.handle_input(data, now) {
-                            // The Mux reports TunnelClosed with its reason; keep it.
-                            st.pump_events();
-                            if !st
-                                .events
-                                .iter()
-                                .any(|e| matches!(e, MuxEvent::TunnelClosed { .. }))
-                            {
-                                st.tunnel_dead(e.to_string());
-                            }
+                            st.mux_failed(e);
                         }
                     }
                 }
+                st.pause_if_blocked();
             }
             data.clear();
         }
@@ -1232,6 +1308,20 @@ impl Handler for TunnelDriver {
             .tunnel_dead(format!("physical connect failed: {error}"));
         self.inner.cond.notify_all();
         drive(&self.inner);
+    }
+}
+
+/// The handler of an accepted physical connection whose tunnel end could not be
+/// made: logs why and closes the connection.
+pub(crate) struct Refuse(pub(crate) String);
+
+impl Handler for Refuse {
+    fn on_open(&mut self, conn: &Conn) {
+        tracing::warn!(reason = %self.0, "p2pvm tunnel refused");
+        conn.close();
+    }
+    fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
+        data.clear();
     }
 }
 

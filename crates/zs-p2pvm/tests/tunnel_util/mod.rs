@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use zs_io::{Backend, Handler, HandlerFactory, Listener};
-use zs_p2pvm::{Tunnel, TunnelConfig, TunnelHandle};
+use zs_p2pvm::{Auth, Tunnel, TunnelConfig, TunnelHandle};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -57,7 +57,7 @@ impl Pair {
                 ..zs_io::Config::default()
             },
         );
-        let (factory, rx) = Tunnel::acceptor(cfg_a);
+        let (factory, rx) = Tunnel::acceptor(cfg_a).unwrap();
         let phys_listener = io.listen("127.0.0.1:0".parse().unwrap(), factory).unwrap();
         let b = Tunnel::connect(&*io, phys_listener.local_addr(), cfg_b, WAIT).unwrap();
         let a = rx.recv_timeout(WAIT).unwrap();
@@ -73,7 +73,7 @@ impl Pair {
     /// Both ends not yet ready (for auth tests): returns the initiator's result.
     pub fn try_new(io: Io, cfg_a: TunnelConfig, cfg_b: TunnelConfig) -> Attempt {
         let io = io_backend(io, zs_io::Config::default());
-        let (factory, rx) = Tunnel::acceptor(cfg_a);
+        let (factory, rx) = Tunnel::acceptor(cfg_a).unwrap();
         let phys_listener = io.listen("127.0.0.1:0".parse().unwrap(), factory).unwrap();
         let b = Tunnel::connect(&*io, phys_listener.local_addr(), cfg_b, WAIT);
         let a = rx.recv_timeout(WAIT).unwrap();
@@ -105,7 +105,7 @@ impl PairBackend {
             idle_timeout: cfg.idle_timeout,
             read_chunk: cfg.read_chunk,
             close_linger: cfg.close_linger,
-            ..TunnelConfig::default()
+            ..TunnelConfig::plaintext(Auth::None)
         };
         PairBackend {
             pair: Pair::new(io, t.clone(), t),
