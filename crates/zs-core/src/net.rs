@@ -523,6 +523,8 @@ struct LinkState {
     refused: Option<String>,
     /// Why reading is paused (`PAUSE_*` bits; 0: reading).
     paused: u8,
+    /// Server, PSK mode: the client's identity.
+    psk_identity: Option<Vec<u8>>,
 }
 
 impl LinkState {
@@ -597,6 +599,7 @@ impl Link {
                 held_at: Instant::now(),
                 refused: None,
                 paused: 0,
+                psk_identity: None,
             }),
             open: AtomicBool::new(true),
             links: AtomicU64::new(1),
@@ -689,7 +692,10 @@ impl Link {
                 c.set_read_paused(st.paused != 0);
             }
             if st.paused != 0 {
-                self.shared.stats.reads_paused.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .reads_paused
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -720,8 +726,14 @@ impl Link {
     fn drain(&self, st: &mut LinkState, works: &mut Vec<Work>) {
         while let Some(ev) = st.session.poll_event() {
             match ev {
-                Event::Established { suite } => {
+                Event::Established {
+                    suite,
+                    psk_identity,
+                } => {
                     tracing::debug!(%suite, "session established");
+                    if psk_identity.is_some() {
+                        st.psk_identity = psk_identity;
+                    }
                     // A StableIO client is ready once the server accepted
                     // (StableReady) or refused (StableRefused) it.
                     if !self.shared.client_stable {
@@ -853,6 +865,10 @@ impl Outbox for Link {
         if let Some(c) = self.conn() {
             c.abort();
         }
+    }
+
+    fn psk_identity(&self) -> Option<Vec<u8>> {
+        lock(&self.st).psk_identity.clone()
     }
 
     fn request_started(&self) {

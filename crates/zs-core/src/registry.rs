@@ -40,6 +40,10 @@ pub trait Outbox: Send + Sync {
     /// Aborts the current transport connection without ending a StableIO
     /// session (which then resumes on a new one). Default: nothing.
     fn drop_link(&self) {}
+    /// The PSK identity the peer authenticated with (server, PSK mode).
+    fn psk_identity(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A connection as seen by handlers and the server's connection map: its id, its
@@ -77,6 +81,13 @@ impl Peer {
     /// The remote address, when the transport has one.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// Server in PSK mode: the identity the client proved it holds the key
+    /// of, for per-identity authorization (`None` in server-key mode, or
+    /// before the handshake completed).
+    pub fn psk_identity(&self) -> Option<Vec<u8>> {
+        self.out.psk_identity()
     }
 
     /// Whether the connection is open. A StableIO session between two
@@ -976,11 +987,12 @@ impl Registry {
                 match pool.filter(|_| entry.hpc) {
                     Some(pool) if pool.is_full() => {
                         tracing::debug!(peer = peer.id(), cmd = name, "HPC queue full");
-                        self.busy
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let _ = responder.reply_error(
                             code::BUSY,
-                            format!("the server is busy: {name:?} waits for a worker (HPC queue full)"),
+                            format!(
+                                "the server is busy: {name:?} waits for a worker (HPC queue full)"
+                            ),
                         );
                     }
                     Some(pool) => {

@@ -258,6 +258,9 @@ pub enum Event {
     Established {
         /// Negotiated suite.
         suite: SuiteId,
+        /// Server, PSK mode: the identity the client authenticated with (so
+        /// handlers can authorize per identity; see [`Peer::psk_identity`](crate::Peer::psk_identity)).
+        psk_identity: Option<Vec<u8>>,
     },
     /// The peer sent a request or message for a command handler.
     Request(Request),
@@ -717,9 +720,15 @@ impl Session {
         }
         while let Some(ev) = self.secure.poll_event() {
             match ev {
-                zs_crypto::Event::HandshakeComplete { suite, .. } => {
+                zs_crypto::Event::HandshakeComplete {
+                    suite,
+                    psk_identity,
+                } => {
                     self.established = true;
-                    self.events.push_back(Event::Established { suite });
+                    self.events.push_back(Event::Established {
+                        suite,
+                        psk_identity,
+                    });
                     self.on_link_established(now)?;
                 }
                 zs_crypto::Event::Data(d) => {
@@ -761,7 +770,12 @@ impl Session {
 
     /// A well-framed request with a malformed body: answered `Error 400`
     /// (a one-way message is dropped), and the session carries on.
-    fn bad_body(&mut self, id: Option<u64>, error: &zs_wire::WireError, now: Instant) -> Result<()> {
+    fn bad_body(
+        &mut self,
+        id: Option<u64>,
+        error: &zs_wire::WireError,
+        now: Instant,
+    ) -> Result<()> {
         tracing::debug!(?id, %error, "malformed frame body");
         match id {
             Some(id) if id != 0 => self.send_frame(

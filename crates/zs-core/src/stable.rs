@@ -142,7 +142,11 @@ pub(crate) fn resume_proof(secret: &[u8; SECRET_LEN], binding: &[u8; 32]) -> [u8
 }
 
 /// Checks a resume proof in constant time.
-pub(crate) fn verify_proof(secret: &[u8; SECRET_LEN], binding: &[u8; 32], proof: &[u8; 32]) -> bool {
+pub(crate) fn verify_proof(
+    secret: &[u8; SECRET_LEN],
+    binding: &[u8; 32],
+    proof: &[u8; 32],
+) -> bool {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     ring::hmac::verify(&key, &[b"zs1 resume".as_slice(), binding].concat(), proof).is_ok()
 }
@@ -177,6 +181,9 @@ mod tests {
         let proof = resume_proof(&secret, &b1);
         assert!(verify_proof(&secret, &b1, &proof));
         assert!(!verify_proof(&secret, &b2, &proof), "bound to the channel");
-        assert!(!verify_proof(&[9u8; 32], &b1, &proof), "bound to the secret");
+        assert!(
+            !verify_proof(&[9u8; 32], &b1, &proof),
+            "bound to the secret"
+        );
     }
 }

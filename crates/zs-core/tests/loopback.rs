@@ -561,6 +561,37 @@ fn async_handler_awaits_another_server(backend: Arc<dyn Backend>) {
     ));
 }
 
+/// PSK mode: a handler sees which identity the client proved it holds the
+/// key of (per-identity authorization).
+fn psk_identity_reaches_handlers(backend: Arc<dyn Backend>) {
+    let key = [0x5a; 32];
+    let mut server_cfg = ServerConfig::with_psk(b"alice", &key).unwrap();
+    server_cfg.add_psk(b"bob", &[0x77; 32]).unwrap();
+    let server_p: Arc<dyn SecurityProvider> =
+        Arc::new(ZsSecurity::new(None, Some(Arc::new(server_cfg))));
+    let mut reg = Registry::new();
+    reg.console("whoami", |peer, _| {
+        Ok(String::from_utf8_lossy(&peer.psk_identity().unwrap_or_default()).into_owned())
+    });
+    let server =
+        Server::start(backend.clone(), server_p, reg, Options::default(), addr0()).unwrap();
+    for (who, k) in [("alice", key), ("bob", [0x77; 32])] {
+        let client_p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+            Some(Arc::new(ClientConfig::psk(who.as_bytes(), &k).unwrap())),
+            None,
+        ));
+        let c = Client::connect(
+            backend.clone(),
+            client_p,
+            Registry::new(),
+            Options::client(),
+            server.local_addr(),
+        )
+        .unwrap();
+        assert_eq!(block_on(c.call("whoami", "")).unwrap(), who);
+    }
+}
+
 macro_rules! on_backends {
     ($($name:ident),* $(,)?) => {
         #[cfg(target_os = "linux")]
@@ -598,4 +629,5 @@ on_backends!(
     big_stream_with_progress_and_resume,
     custom_protocol_beside_commands,
     async_handler_awaits_another_server,
+    psk_identity_reaches_handlers,
 );
