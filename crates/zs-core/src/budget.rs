@@ -80,6 +80,10 @@ impl Charge {
         }
     }
 
+    pub(crate) fn budgets(&self) -> &Arc<Budgets> {
+        &self.budgets
+    }
+
     /// Moves this session's charge to another endpoint's budgets.
     pub(crate) fn rebind(&mut self, budgets: Arc<Budgets>) {
         let (s, b) = (self.stable, self.batch);

@@ -84,9 +84,10 @@ pub struct Options {
     /// offline one is evicted (logged, [`StatsSnapshot::stable_evicted`]).
     /// Default 4096.
     pub stable_max_offline: usize,
-    /// Server: most bytes of unacknowledged records kept by all offline
-    /// sessions together (each is also bounded by
-    /// [`SessionConfig::stable_max_unacked`]); beyond, the oldest offline
+    /// Server: most bytes of unacknowledged records (and staged batches) kept
+    /// by all offline sessions together (each is also bounded by
+    /// [`SessionConfig::stable_max_unacked`]), and never more than half of
+    /// [`Options::stable_max_unacked_total`]; beyond, the oldest offline
     /// sessions are evicted. Default 256 MiB.
     pub stable_max_offline_bytes: usize,
     /// Client (StableIO): how to reconnect after the connection died.
@@ -414,6 +415,11 @@ impl Shared {
     /// Enforces the offline limits (count and bytes), evicting the oldest.
     fn enforce_offline_caps(self: &Arc<Shared>) {
         let o = &self.options;
+        // Offline sessions never hold more than half the endpoint's StableIO
+        // budget: the rest stays for sessions that are online.
+        let max_bytes = o
+            .stable_max_offline_bytes
+            .min(o.stable_max_unacked_total / 2);
         loop {
             let victim = {
                 let t = lock(&self.stable);
@@ -427,7 +433,7 @@ impl Shared {
                     })
                     .collect();
                 let bytes: usize = offline.iter().map(|x| x.2).sum();
-                if offline.len() <= o.stable_max_offline && bytes <= o.stable_max_offline_bytes {
+                if offline.len() <= o.stable_max_offline && bytes <= max_bytes {
                     return;
                 }
                 offline.sort_unstable();
@@ -448,7 +454,7 @@ impl Shared {
                 sid,
                 &format!(
                     "evicted: {n} offline sessions holding {bytes} bytes exceed the limits ({} sessions, {} bytes)",
-                    o.stable_max_offline, o.stable_max_offline_bytes
+                    o.stable_max_offline, max_bytes
                 ),
             );
         }

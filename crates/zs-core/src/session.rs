@@ -918,6 +918,7 @@ impl Session {
             )));
         }
         if st.unacked_bytes < before {
+            self.sync_charge();
             self.unpark(now)?;
             if !self.sending.is_empty() {
                 self.pump_all(now)?;
@@ -1051,6 +1052,10 @@ impl Session {
         st.phase = Phase::Online;
         st.sent = st.peer_acked;
         st.resend_asked = st.delivered;
+        self.sync_charge();
+        let Some(st) = &mut self.stable else {
+            return Ok(());
+        };
         let again: Vec<(u64, Bytes)> = st.unacked.iter().cloned().collect();
         let resent = again.len();
         for (seq, payload) in again {
@@ -1635,22 +1640,30 @@ impl Session {
         }
         // Not even that: the caller gets a short error instead of silence.
         self.scratch.clear();
+        let why = if self.charge.stable_fits(len) {
+            format!("this session's resend buffer is full ({unacked} bytes unacknowledged, {} parked, limit {limit} each)", self.parked_bytes)
+        } else {
+            let b = self.charge.budgets();
+            format!(
+                "the endpoint's StableIO budget is full ({} of {} bytes)",
+                b.stable_bytes(),
+                b.stable_limit()
+            )
+        };
         let busy = Frame::Error {
             id,
             code: code::BUSY,
-            message: Text::from(format!(
-                "the answer of {len} bytes does not fit the StableIO resend buffer ({unacked} bytes unacknowledged, limit {limit})"
-            )),
+            message: Text::from(format!("the answer of {len} bytes does not fit: {why}")),
         };
         self.codec.encode(&busy, &mut self.scratch)?;
         let elen = self.scratch.len();
-        if unacked + self.parked_bytes + elen > limit + STABLE_GRACE {
-            let why = format!(
+        if unacked + self.parked_bytes + elen > 2 * limit + STABLE_GRACE {
+            // The peer lets even the short errors pile up: drop the link (the
+            // session survives; the error is kept and goes out after a resume).
+            self.link_failure = Some(format!(
                 "the peer does not acknowledge StableIO records ({unacked} bytes unacknowledged, {} parked)",
                 self.parked_bytes
-            );
-            self.link_failure = Some(why);
-            return Err(Error::Full { unacked, limit });
+            ));
         }
         let payload = self.scratch.split().freeze();
         if self.parked.is_empty() {
@@ -2126,8 +2139,9 @@ impl Session {
     }
 }
 
-/// How far past [`SessionConfig::stable_max_unacked`] short `Busy` errors
-/// may go before the link is dropped (the peer does not acknowledge).
+/// How far past twice [`SessionConfig::stable_max_unacked`] (resend buffer
+/// plus parked answers) short `Busy` errors may go before the link is
+/// dropped (the peer does not acknowledge).
 const STABLE_GRACE: usize = 64 * 1024;
 
 /// The request id an answer-like frame serves (0: the batch checksums sent
