@@ -26,18 +26,39 @@ const BATCH: usize = 128 * 1024;
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// A numbered Console call `echo` of `size` × 97 bytes.
-    Call { size: u16 },
+    Call {
+        size: u16,
+    },
     /// Many calls in one record.
-    Calls { n: u8, size: u8 },
-    Ack { seq: u64 },
-    Keepalive { acked: u64 },
+    Calls {
+        n: u8,
+        size: u8,
+    },
+    Ack {
+        seq: u64,
+    },
+    Keepalive {
+        acked: u64,
+    },
     /// `times` copies of `SeqResend { from, to }` in one record.
-    Resend { from: u64, to: u64, times: u16 },
+    Resend {
+        from: u64,
+        to: u64,
+        times: u16,
+    },
     /// A record with an arbitrary number (gaps, duplicates, the future).
-    Data { seq: u64 },
+    Data {
+        seq: u64,
+    },
     /// One stage of batch `id` (numbered).
-    Batch { id: u8, size: u16, last: bool },
-    Tick { ms: u16 },
+    Batch {
+        id: u8,
+        size: u16,
+        last: bool,
+    },
+    Tick {
+        ms: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -236,6 +257,10 @@ fuzz_target!(|script: Script| {
         }
     }
     drop(s);
-    assert_eq!(budgets.stable_bytes(), 0, "a dropped session returns its budget");
+    assert_eq!(
+        budgets.stable_bytes(),
+        0,
+        "a dropped session returns its budget"
+    );
     assert_eq!(budgets.batch_bytes(), 0);
 });

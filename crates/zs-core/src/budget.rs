@@ -7,13 +7,30 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Endpoint-wide limits and what all sessions hold now.
-#[derive(Debug)]
+/// Which batch commands exist: sessions stage BatchStream frames only for
+/// names it accepts and answer the others `404` at the first stage.
+pub type BatchFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Endpoint-wide limits and what all sessions hold now, plus the endpoint's
+/// batch filter (shared, so a session pays one pointer for all of it).
 pub struct Budgets {
     stable_limit: usize,
     stable: AtomicUsize,
     batch_limit: usize,
     batch: AtomicUsize,
+    batch_filter: Option<BatchFilter>,
+}
+
+impl std::fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budgets")
+            .field("stable", &self.stable_bytes())
+            .field("stable_limit", &self.stable_limit)
+            .field("batch", &self.batch_bytes())
+            .field("batch_limit", &self.batch_limit)
+            .field("batch_filter", &self.batch_filter.is_some())
+            .finish()
+    }
 }
 
 impl Budgets {
@@ -25,13 +42,35 @@ impl Budgets {
             stable: AtomicUsize::new(0),
             batch_limit,
             batch: AtomicUsize::new(0),
+            batch_filter: None,
         }
+    }
+
+    /// Sessions charged to these budgets stage batches only for commands
+    /// `filter` accepts.
+    pub fn with_batch_filter(mut self, filter: BatchFilter) -> Budgets {
+        self.batch_filter = Some(filter);
+        self
+    }
+
+    /// Whether batches for `cmd` may be staged.
+    pub(crate) fn batch_known(&self, cmd: &str) -> bool {
+        self.batch_filter.as_ref().is_none_or(|f| f(cmd))
     }
 
     /// No endpoint-wide limit (each session is still bounded by its
     /// [`SessionConfig`](crate::SessionConfig)).
     pub fn unlimited() -> Budgets {
         Budgets::new(usize::MAX, usize::MAX)
+    }
+
+    /// One process-wide unlimited instance (what a session charges until
+    /// [`Session::set_budgets`](crate::Session::set_budgets)).
+    pub(crate) fn shared_unlimited() -> Arc<Budgets> {
+        static UNLIMITED: std::sync::OnceLock<Arc<Budgets>> = std::sync::OnceLock::new();
+        UNLIMITED
+            .get_or_init(|| Arc::new(Budgets::unlimited()))
+            .clone()
     }
 
     /// StableIO bytes held by all sessions now.
@@ -90,6 +129,11 @@ impl Charge {
         self.set(0, 0);
         self.budgets = budgets;
         self.set(s, b);
+    }
+
+    /// Staged batch bytes this session holds.
+    pub(crate) fn batch(&self) -> usize {
+        self.batch
     }
 
     /// This session now holds `stable` and `batch` bytes.

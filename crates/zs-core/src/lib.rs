@@ -105,7 +105,7 @@ mod session;
 mod stable;
 mod stats;
 
-pub use budget::Budgets;
+pub use budget::{BatchFilter, Budgets};
 pub use error::{code, Error, Result};
 pub use net::{Client, Options, Reconnect, Server};
 pub use oneshot::CallFuture;

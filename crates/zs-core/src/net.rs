@@ -23,12 +23,13 @@ use zs_crypto::SecurityProvider;
 use zs_io::{Backend, CloseReason, Conn, Handler, Listener};
 use zs_wire::{DataFrame, Frame, Text};
 
+use crate::budget::BatchFilter;
 use crate::budget::Budgets;
 use crate::error::{Error, Result};
 use crate::oneshot::{channel, CallFuture, Completer};
 use crate::pool::WorkerPool;
 use crate::registry::{Outbox, Peer, Registry};
-use crate::session::{BatchFilter, Call, Event, IdMap, Reply, Request, Session, SessionConfig};
+use crate::session::{Call, Event, IdMap, Reply, Request, Session, SessionConfig};
 use crate::stable::SECRET_LEN;
 use crate::stats::{EndpointStats, StatsSnapshot};
 
@@ -242,8 +243,8 @@ struct Shared {
     rng: ring::rand::SystemRandom,
     /// Bytes all sessions hold (StableIO records, staged batches).
     budgets: Arc<Budgets>,
-    /// Which batch commands exist (sessions stage nothing for others).
-    batch_filter: BatchFilter,
+    /// `options.session`, shared by every session.
+    session_cfg: Arc<SessionConfig>,
     /// Server: connections and handshakes in progress, per source address.
     admission: Mutex<Admission>,
 }
@@ -282,13 +283,17 @@ impl Shared {
             };
             WorkerPool::with_queue(n, options.hpc_queue)
         });
-        let budgets = Arc::new(Budgets::new(
-            options.stable_max_unacked_total,
-            options.max_batch_bytes_total,
-        ));
+        let session_cfg = Arc::new(options.session);
         let registry = Arc::new(registry);
         let reg = registry.clone();
         let batch_filter: BatchFilter = Arc::new(move |name: &str| reg.contains("batch", name));
+        let budgets = Arc::new(
+            Budgets::new(
+                options.stable_max_unacked_total,
+                options.max_batch_bytes_total,
+            )
+            .with_batch_filter(batch_filter),
+        );
         Arc::new(Shared {
             registry,
             provider,
@@ -302,7 +307,7 @@ impl Shared {
             reconnect: Mutex::new(None),
             rng: ring::rand::SystemRandom::new(),
             budgets,
-            batch_filter,
+            session_cfg,
             admission: Mutex::new(Admission::default()),
         })
     }
@@ -530,7 +535,7 @@ struct LinkState {
     /// Why reading is paused (`PAUSE_*` bits; 0: reading).
     paused: u8,
     /// Server, PSK mode: the client's identity.
-    psk_identity: Option<Vec<u8>>,
+    psk_identity: Option<Box<[u8]>>,
 }
 
 impl LinkState {
@@ -737,8 +742,8 @@ impl Link {
                     psk_identity,
                 } => {
                     tracing::debug!(%suite, "session established");
-                    if psk_identity.is_some() {
-                        st.psk_identity = psk_identity;
+                    if let Some(id) = psk_identity {
+                        st.psk_identity = Some(id.into_boxed_slice());
                     }
                     // A StableIO client is ready once the server accepted
                     // (StableReady) or refused (StableRefused) it.
@@ -874,7 +879,7 @@ impl Outbox for Link {
     }
 
     fn psk_identity(&self) -> Option<Vec<u8>> {
-        lock(&self.st).psk_identity.clone()
+        lock(&self.st).psk_identity.as_deref().map(<[u8]>::to_vec)
     }
 
     fn request_started(&self) {
@@ -1342,10 +1347,9 @@ impl Handler for ConnHandler {
             self.link = Some((link, peer));
             return;
         }
-        let mut session = Session::new(secure, o.session);
+        let mut session = Session::with_config(secure, self.shared.session_cfg.clone());
         session.set_budgets(self.shared.budgets.clone());
         if self.shared.server {
-            session.set_batch_filter(self.shared.batch_filter.clone());
             self.offer = if o.stable {
                 self.shared.new_offer()
             } else {

@@ -424,9 +424,6 @@ enum Input<'a> {
 /// Checksums of a batch's staged frames.
 type Sums = Vec<[u8; 16]>;
 
-/// Which batch commands exist (see [`Session::set_batch_filter`]).
-pub type BatchFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
 /// A BatchStream batch being staged.
 struct Staged {
     cmd: Text,
@@ -468,7 +465,8 @@ struct Incoming {
 pub struct Session {
     secure: Box<dyn SecureSession>,
     codec: FrameCodec,
-    cfg: SessionConfig,
+    /// Shared by every session of an endpoint (one pointer per session).
+    cfg: std::sync::Arc<SessionConfig>,
     plain: BytesMut,
     scratch: BytesMut,
     events: VecDeque<Event>,
@@ -476,26 +474,18 @@ pub struct Session {
     pending: IdMap<Pending>,
     deadlines: Deadlines,
     batches: HashMap<u64, Staged>,
-    /// Bytes staged in `batches`.
-    batch_bytes: usize,
-    /// Server: which batch commands exist (stages for others are refused at once).
-    batch_filter: Option<BatchFilter>,
-    /// What this session holds of the endpoint's budgets.
+    /// What this session holds of the endpoint's budgets (bytes staged in
+    /// `batches` included), and the endpoint's batch filter.
     charge: Charge,
     /// Output bytes sent into the security layer since the last `write_output`.
     out_pending: usize,
     /// Decoding stopped with input left because output is waiting.
     blocked: bool,
-    /// StableIO answers waiting for room in the resend buffer (encoded frames).
-    parked: VecDeque<Bytes>,
-    parked_bytes: usize,
-    /// Non-link frames received (a `__@stable` request must come first).
-    frames_in: u64,
+    /// A non-link frame was received (a `__@stable` request must come first).
+    got_frames: bool,
     /// The last input error came from the link (record layer or outer framing),
     /// not from the peer's authenticated content.
     link_fault: bool,
-    /// The link must be dropped (the peer lets records pile up unacknowledged).
-    link_failure: Option<String>,
     sending: IdMap<Outgoing>,
     receiving: HashMap<u64, Incoming>,
     established: bool,
@@ -533,6 +523,15 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A session over `secure` (from a [`zs_crypto::SecurityProvider`]).
     pub fn new(secure: Box<dyn SecureSession>, cfg: SessionConfig) -> Session {
+        Session::with_config(secure, std::sync::Arc::new(cfg))
+    }
+
+    /// [`Session::new`] with a configuration shared by many sessions (the
+    /// runtime gives each of its sessions the same one).
+    pub fn with_config(
+        secure: Box<dyn SecureSession>,
+        cfg: std::sync::Arc<SessionConfig>,
+    ) -> Session {
         Session {
             secure,
             codec: FrameCodec::new(cfg.wire),
@@ -544,16 +543,11 @@ impl Session {
             pending: IdMap::default(),
             deadlines: Deadlines::default(),
             batches: HashMap::new(),
-            batch_bytes: 0,
-            batch_filter: None,
-            charge: Charge::new(std::sync::Arc::new(Budgets::unlimited())),
+            charge: Charge::new(Budgets::shared_unlimited()),
             out_pending: 0,
             blocked: false,
-            parked: VecDeque::new(),
-            parked_bytes: 0,
-            frames_in: 0,
+            got_frames: false,
             link_fault: false,
-            link_failure: None,
             sending: IdMap::default(),
             receiving: HashMap::new(),
             established: false,
@@ -652,17 +646,13 @@ impl Session {
     /// records pile up unacknowledged beyond every buffer; the runtime closes
     /// the connection (the session itself survives, offline).
     pub fn take_link_failure(&mut self) -> Option<String> {
-        self.link_failure.take()
-    }
-
-    /// Server: only batch commands `filter` accepts are staged; stages for
-    /// any other name are answered [`code::UNKNOWN_COMMAND`] at once.
-    pub fn set_batch_filter(&mut self, filter: BatchFilter) {
-        self.batch_filter = Some(filter);
+        self.stable.as_mut()?.link_failure.take()
     }
 
     /// Charges what this session holds (StableIO records, staged batches) to
-    /// `budgets`, shared by every session of an endpoint.
+    /// `budgets`, shared by every session of an endpoint; batches are staged
+    /// only for the commands its [`Budgets::with_batch_filter`] accepts
+    /// (others are answered [`code::UNKNOWN_COMMAND`] at the first stage).
     pub fn set_budgets(&mut self, budgets: std::sync::Arc<Budgets>) {
         self.charge.rebind(budgets);
     }
@@ -670,12 +660,19 @@ impl Session {
     /// Bytes this session holds for its peer: StableIO records kept or parked
     /// and staged batch frames (what an offline session costs).
     pub fn held_bytes(&self) -> usize {
-        self.stable_unacked_bytes() + self.parked_bytes + self.batch_bytes
+        self.stable
+            .as_ref()
+            .map_or(0, |s| s.unacked_bytes + s.parked_bytes)
+            + self.charge.batch()
     }
 
     fn sync_charge(&mut self) {
-        let stable = self.stable_unacked_bytes() + self.parked_bytes;
-        self.charge.set(stable, self.batch_bytes);
+        let stable = self
+            .stable
+            .as_ref()
+            .map_or(0, |s| s.unacked_bytes + s.parked_bytes);
+        let batch = self.charge.batch();
+        self.charge.set(stable, batch);
     }
 
     /// Server: whether `proof` (from [`Event::ResumeRequest`]) was made with
@@ -961,7 +958,7 @@ impl Session {
         let server = self.server_side;
         match &mut self.stable {
             // Server: a client asks for StableIO (once, first thing).
-            None if server && self.frames_in > 0 => Err(Error::Protocol(
+            None if server && self.got_frames => Err(Error::Protocol(
                 "__@stable must be the first frame after the handshake".into(),
             )),
             None if server => match self.stable_offer.take() {
@@ -1101,7 +1098,7 @@ impl Session {
         let Some(frame) = self.on_link_frame(frame, wrapped, now)? else {
             return Ok(());
         };
-        self.frames_in += 1;
+        self.got_frames = true;
         if !wrapped
             && self.stable.is_some()
             && !matches!(
@@ -1235,11 +1232,7 @@ impl Session {
             )
         };
         if !self.batches.contains_key(&id) {
-            if self
-                .batch_filter
-                .as_ref()
-                .is_some_and(|known| !known(cmd.as_str()))
-            {
+            if !self.charge.budgets().batch_known(cmd.as_str()) {
                 let m = format!("no batch command {:?}", cmd.as_str());
                 return refuse(self, code::UNKNOWN_COMMAND, m);
             }
@@ -1249,10 +1242,11 @@ impl Session {
             }
         }
         let size = data.encoded_len();
-        if self.batch_bytes + size > self.cfg.max_batch_bytes || !self.charge.batch_fits(size) {
+        let staged = self.charge.batch();
+        if staged + size > self.cfg.max_batch_bytes || !self.charge.batch_fits(size) {
             let m = format!(
-                "batch stage of {size} bytes exceeds the staging budget ({} bytes staged, limit {} per session)",
-                self.batch_bytes, self.cfg.max_batch_bytes
+                "batch stage of {size} bytes exceeds the staging budget ({staged} bytes staged, limit {} per session)",
+                self.cfg.max_batch_bytes
             );
             return refuse(self, code::TOO_LARGE, m);
         }
@@ -1272,10 +1266,10 @@ impl Session {
         entry.frames.push(data);
         entry.bytes += size;
         entry.touched = now;
-        self.batch_bytes += size;
+        let mut staged = staged + size;
         if last {
             if let Some(b) = self.batches.remove(&id) {
-                self.batch_bytes -= b.bytes;
+                staged -= b.bytes;
                 if self.batch_sums.len() < MAX_BATCH_SUMS {
                     self.batch_sums
                         .insert(id, b.frames.iter().map(batch_checksum).collect());
@@ -1287,15 +1281,24 @@ impl Session {
                 });
             }
         }
-        self.sync_charge();
+        self.set_batch_bytes(staged);
         Ok(())
     }
 
     fn drop_batch(&mut self, id: u64) {
         if let Some(b) = self.batches.remove(&id) {
-            self.batch_bytes -= b.bytes;
-            self.sync_charge();
+            let staged = self.charge.batch() - b.bytes;
+            self.set_batch_bytes(staged);
         }
+    }
+
+    /// Bytes staged in `batches` (kept as the session's batch charge).
+    fn set_batch_bytes(&mut self, staged: usize) {
+        let stable = self
+            .stable
+            .as_ref()
+            .map_or(0, |s| s.unacked_bytes + s.parked_bytes);
+        self.charge.set(stable, staged);
     }
 
     /// Drops batches idle for longer than [`SessionConfig::batch_idle_timeout`].
@@ -1613,10 +1616,10 @@ impl Session {
             )));
         }
         let limit = self.cfg.stable_max_unacked;
-        let Some(st) = &self.stable else {
+        let Some(st) = &mut self.stable else {
             return Ok(());
         };
-        let fits = self.parked.is_empty()
+        let fits = st.parked.is_empty()
             && (st.unacked.is_empty() || st.unacked_bytes + len <= limit)
             && self.charge.stable_fits(len);
         if fits {
@@ -1624,14 +1627,14 @@ impl Session {
             self.push_record(payload, now);
             return Ok(());
         }
-        let unacked = st.unacked_bytes;
+        let (unacked, parked) = (st.unacked_bytes, st.parked_bytes);
         let Some(id) = answer_id(frame) else {
             return Err(Error::Full { unacked, limit });
         };
         // An answer: park it until acknowledgements free room (in order).
-        if self.parked_bytes + len <= limit && self.charge.stable_fits(len) {
-            self.parked_bytes += len;
-            self.parked.push_back(self.scratch.split().freeze());
+        if parked + len <= limit && self.charge.stable_fits(len) {
+            st.parked_bytes += len;
+            st.parked.push_back(self.scratch.split().freeze());
             self.sync_charge();
             return Ok(());
         }
@@ -1641,7 +1644,7 @@ impl Session {
         // Not even that: the caller gets a short error instead of silence.
         self.scratch.clear();
         let why = if self.charge.stable_fits(len) {
-            format!("this session's resend buffer is full ({unacked} bytes unacknowledged, {} parked, limit {limit} each)", self.parked_bytes)
+            format!("this session's resend buffer is full ({unacked} bytes unacknowledged, {parked} parked, limit {limit} each)")
         } else {
             let b = self.charge.budgets();
             format!(
@@ -1657,20 +1660,22 @@ impl Session {
         };
         self.codec.encode(&busy, &mut self.scratch)?;
         let elen = self.scratch.len();
-        if unacked + self.parked_bytes + elen > 2 * limit + STABLE_GRACE {
+        let payload = self.scratch.split().freeze();
+        let Some(st) = &mut self.stable else {
+            return Ok(());
+        };
+        if unacked + parked + elen > 2 * limit + STABLE_GRACE {
             // The peer lets even the short errors pile up: drop the link (the
             // session survives; the error is kept and goes out after a resume).
-            self.link_failure = Some(format!(
-                "the peer does not acknowledge StableIO records ({unacked} bytes unacknowledged, {} parked)",
-                self.parked_bytes
+            st.link_failure = Some(format!(
+                "the peer does not acknowledge StableIO records ({unacked} bytes unacknowledged, {parked} parked)"
             ));
         }
-        let payload = self.scratch.split().freeze();
-        if self.parked.is_empty() {
+        if st.parked.is_empty() {
             self.push_record(payload, now);
         } else {
-            self.parked_bytes += elen;
-            self.parked.push_back(payload);
+            st.parked_bytes += elen;
+            st.parked.push_back(payload);
             self.sync_charge();
         }
         Ok(())
@@ -1703,17 +1708,17 @@ impl Session {
     /// Moves parked answers into the resend buffer while they fit.
     fn unpark(&mut self, now: Instant) -> Result<()> {
         let limit = self.cfg.stable_max_unacked;
-        while let Some(len) = self.parked.front().map(|p| p.len()) {
-            let Some(st) = &self.stable else {
+        while let Some(st) = &mut self.stable {
+            let Some(len) = st.parked.front().map(|p| p.len()) else {
                 break;
             };
             if !(st.unacked.is_empty() || st.unacked_bytes + len <= limit) {
                 break;
             }
-            let Some(payload) = self.parked.pop_front() else {
+            let Some(payload) = st.parked.pop_front() else {
                 break;
             };
-            self.parked_bytes -= len;
+            st.parked_bytes -= len;
             self.push_record(payload, now);
         }
         Ok(())
@@ -1921,17 +1926,16 @@ impl Session {
         ids.sort_unstable();
         self.deadlines.clear();
         self.batches.clear();
-        self.batch_bytes = 0;
         self.batch_sums.clear();
         self.sending.clear();
         self.receiving.clear();
-        self.parked.clear();
-        self.parked_bytes = 0;
         if let Some(st) = &mut self.stable {
             st.unacked.clear();
             st.unacked_bytes = 0;
+            st.parked.clear();
+            st.parked_bytes = 0;
         }
-        self.sync_charge();
+        self.set_batch_bytes(0);
         for id in ids {
             self.events.push_back(Event::Reply {
                 id,

@@ -64,6 +64,11 @@ pub(crate) struct Stable {
     pub resend_asked: u64,
     /// Highest record re-sent on the current link (each at most once).
     pub resent_to: u64,
+    /// Answers waiting for room in the resend buffer (encoded frames).
+    pub parked: VecDeque<Bytes>,
+    pub parked_bytes: usize,
+    /// The link must be dropped (the peer lets records pile up unacknowledged).
+    pub link_failure: Option<String>,
 }
 
 impl std::fmt::Debug for Stable {
@@ -103,6 +108,9 @@ impl Stable {
             ack_due: None,
             resend_asked: 0,
             resent_to: 0,
+            parked: VecDeque::new(),
+            parked_bytes: 0,
+            link_failure: None,
         }
     }
 

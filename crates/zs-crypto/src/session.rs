@@ -413,6 +413,8 @@ enum State {
     ServerWaitFinished {
         expected: [u8; 32],
         psk: bool,
+        /// The client named an unknown PSK identity (answered under a random key).
+        unknown: bool,
         psk_identity: Option<Vec<u8>>,
         suite: SuiteId,
     },
@@ -530,10 +532,6 @@ pub struct Session {
     handshake_done: bool,
     /// Channel binding (see [`Session::channel_binding`]), set once keys exist.
     exporter: Option<Zeroizing<[u8; 32]>>,
-    /// Server side: the client named this unknown PSK identity and the
-    /// handshake goes on under a random key; a failure is reported as
-    /// [`Error::UnknownPskId`] locally, while the wire looks like a wrong key.
-    unknown_psk_id: Option<Vec<u8>>,
 }
 
 fn handshake_record(msg: &[u8], out: &mut Vec<u8>) {
@@ -638,7 +636,6 @@ impl Session {
             we_closed: false,
             handshake_done: false,
             exporter: None,
-            unknown_psk_id: None,
         }
     }
 
@@ -1019,9 +1016,19 @@ impl Session {
             self.out.extend_from_slice(&header(ContentType::Alert, 1));
             self.out.push(alert_code(&e));
         }
+        let unknown = match &self.state {
+            State::ServerWaitFinished {
+                unknown: true,
+                psk_identity,
+                ..
+            } => Some(
+                String::from_utf8_lossy(psk_identity.as_deref().unwrap_or_default()).into_owned(),
+            ),
+            _ => None,
+        };
         self.state = State::Failed;
-        match self.unknown_psk_id.take() {
-            Some(id) => Error::UnknownPskId(String::from_utf8_lossy(&id).into_owned()),
+        match unknown {
+            Some(id) => Error::UnknownPskId(id),
             None => e,
         }
     }
@@ -1125,6 +1132,7 @@ impl Session {
                 State::ServerWaitFinished {
                     expected,
                     psk,
+                    unknown,
                     psk_identity,
                     suite,
                 },
@@ -1132,7 +1140,10 @@ impl Session {
             ) => {
                 let got = decode_client_finished(msg)?;
                 if !bool::from(got.ct_eq(&expected)) {
-                    return Err(if psk {
+                    return Err(if unknown {
+                        let id = psk_identity.unwrap_or_default();
+                        Error::UnknownPskId(String::from_utf8_lossy(&id).into_owned())
+                    } else if psk {
                         Error::PskMismatch
                     } else {
                         Error::Malformed("client finished MAC")
@@ -1255,7 +1266,7 @@ impl Session {
         if ch.version != VERSION {
             return Err(Error::Malformed("ClientHello version"));
         }
-        let mut unknown_psk_id = None;
+        let mut unknown = false;
         let (psk, identity): (Option<&[u8]>, _) = match ch.auth {
             AuthMode::ServerKey => match &cfg.identity {
                 Some(id) => (None, Some(id.clone())),
@@ -1280,7 +1291,7 @@ impl Session {
                     // with a wrong key (no identity enumeration). Only the local
                     // error says which it was.
                     (None, Some(dummy)) => {
-                        unknown_psk_id = Some(ch.psk_id.clone());
+                        unknown = true;
                         (Some(&dummy[..]), None)
                     }
                     (None, None) => return Err(Error::Failed),
@@ -1320,10 +1331,10 @@ impl Session {
         self.sealer = Some(RecordSealer::new(suite, keys.s2c)?);
         self.opener = Some(RecordOpener::new(suite, keys.c2s)?);
         self.exporter = Some(Zeroizing::new(keys.exporter));
-        self.unknown_psk_id = unknown_psk_id;
         self.state = State::ServerWaitFinished {
             expected: hmac_sha256(&keys.client_finished, &h2),
             psk: psk.is_some(),
+            unknown,
             psk_identity: psk.is_some().then_some(ch.psk_id),
             suite,
         };
