@@ -805,7 +805,7 @@ impl Session {
                 .with(st.sid)
                 .with(Bytes::copy_from_slice(&proof))
                 .with(st.delivered);
-            st.acked_out = st.delivered;
+            st.mark_acked();
             self.send_link(&control(CTL_RESUME, data), now)?;
         }
         Ok(())
@@ -866,6 +866,7 @@ impl Session {
     fn on_seq_data(&mut self, seq: u64, payload: Bytes, now: Instant) -> Result<()> {
         let every = self.cfg.stable_ack_every.max(1);
         let delay = self.cfg.stable_ack_delay;
+        let ack_bytes = (self.cfg.stable_max_unacked / 4).max(1);
         let st = self.stable_mut("SeqData")?;
         if st.client && st.phase == Phase::Resuming {
             return Err(Error::Protocol(
@@ -891,9 +892,12 @@ impl Session {
             return Ok(());
         }
         st.delivered = seq;
-        if st.delivered - st.acked_out >= every {
-            st.acked_out = st.delivered;
-            st.ack_due = None;
+        st.in_since_ack += payload.len();
+        // Ack every `every` records, and as soon as a quarter of a resend
+        // buffer arrived: large records must not wait for the timer while the
+        // sender's buffer fills.
+        if st.delivered - st.acked_out >= every || st.in_since_ack >= ack_bytes {
+            st.mark_acked();
             self.send_link(&Frame::SeqAck { seq }, now)?;
         } else if st.ack_due.is_none() {
             st.ack_due = Some(now + delay);
@@ -1889,8 +1893,7 @@ impl Session {
         if self.dead.is_none() && self.link_up {
             if let Some(st) = &mut self.stable {
                 if st.ack_due.is_some_and(|d| d <= now) {
-                    st.ack_due = None;
-                    st.acked_out = st.delivered;
+                    st.mark_acked();
                     let seq = st.delivered;
                     self.send_link(&Frame::SeqAck { seq }, now)?;
                 }
@@ -2066,8 +2069,7 @@ impl Session {
     pub fn send_keepalive(&mut self, now: Instant) -> Result<()> {
         match &mut self.stable {
             Some(st) if st.phase == Phase::Online => {
-                st.acked_out = st.delivered;
-                st.ack_due = None;
+                st.mark_acked();
                 let acked = st.delivered;
                 self.send_link(&Frame::SeqKeepalive { acked }, now)
             }
@@ -2092,7 +2094,7 @@ impl Session {
         }
         let delivered = match &mut self.stable {
             Some(st) if !st.client && st.phase == Phase::Down => {
-                st.acked_out = st.delivered;
+                st.mark_acked();
                 st.secret = new_secret;
                 st.delivered
             }

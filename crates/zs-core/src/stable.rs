@@ -58,6 +58,8 @@ pub(crate) struct Stable {
     pub delivered: u64,
     /// The last cumulative ack we sent.
     pub acked_out: u64,
+    /// Payload bytes of the records handled since that ack.
+    pub in_since_ack: usize,
     /// When a delayed ack is due.
     pub ack_due: Option<Instant>,
     /// Highest sequence number we asked the peer to resend.
@@ -105,6 +107,7 @@ impl Stable {
             sent: 0,
             delivered: 0,
             acked_out: 0,
+            in_since_ack: 0,
             ack_due: None,
             resend_asked: 0,
             resent_to: 0,
@@ -112,6 +115,13 @@ impl Stable {
             parked_bytes: 0,
             link_failure: None,
         }
+    }
+
+    /// Everything handled so far is (being) acknowledged.
+    pub fn mark_acked(&mut self) {
+        self.acked_out = self.delivered;
+        self.ack_due = None;
+        self.in_since_ack = 0;
     }
 
     /// Whether records go out on the link now.

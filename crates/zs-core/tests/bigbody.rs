@@ -100,6 +100,34 @@ fn check(d: DataFrame, want: &Bytes) {
     assert_eq!(r.read_u64().unwrap(), fnv(want));
 }
 
+/// A plain (not StableIO) client of `server`.
+fn plain_client(
+    server: &Server,
+    backend: Arc<dyn Backend>,
+    p: Arc<dyn SecurityProvider>,
+) -> Client {
+    Client::connect(
+        backend,
+        p,
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
+    .unwrap()
+}
+
+/// Sends `body` to "upload" from `offset`; the answer within `wait`.
+fn upload(c: &Client, body: Bytes, offset: u64, wait: Duration) -> Result<DataFrame, Error> {
+    c.send_big_stream("upload", body, offset, |_, _| {})
+        .wait_timeout(wait)
+}
+
+/// Sends `body` to "upload" whole: the handler saw exactly it.
+#[track_caller]
+fn upload_ok(c: &Client, body: &Bytes, wait: Duration) {
+    check(upload(c, body.clone(), 0, wait).unwrap(), body);
+}
+
 #[test]
 fn bodies_below_and_above_the_threshold_and_over_the_limit() {
     let _g = serial();
@@ -109,30 +137,13 @@ fn bodies_below_and_above_the_threshold_and_over_the_limit() {
         ..CollectLimits::default()
     };
     let (server, backend, p, seen) = setup(limits);
-    let c = Client::connect(
-        backend,
-        p,
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let c = plain_client(&server, backend, p);
     let wait = Duration::from_secs(30);
 
     let small = data(10_000);
-    check(
-        c.send_big_stream("upload", small.clone(), 0, |_, _| {})
-            .wait_timeout(wait)
-            .unwrap(),
-        &small,
-    );
+    upload_ok(&c, &small, wait);
     let large = data(1_500_000);
-    check(
-        c.send_big_stream("upload", large.clone(), 0, |_, _| {})
-            .wait_timeout(wait)
-            .unwrap(),
-        &large,
-    );
+    upload_ok(&c, &large, wait);
     let calls = seen.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0], (false, None), "10 kB stays in memory");
@@ -143,30 +154,19 @@ fn bodies_below_and_above_the_threshold_and_over_the_limit() {
     assert!(!path.exists(), "and is gone after: {}", path.display());
 
     let too_big = data((2 << 20) + 1);
-    match c
-        .send_big_stream("upload", too_big, 0, |_, _| {})
-        .wait_timeout(wait)
-    {
+    match upload(&c, too_big, 0, wait) {
         Err(Error::Remote { code: c, message }) => {
             assert_eq!(c, code::TOO_LARGE, "{message}")
         }
         other => panic!("expected 413, got {other:?}"),
     }
     // A resume from an offset cannot be collected whole.
-    match c
-        .send_big_stream("upload", small.clone(), 100, |_, _| {})
-        .wait_timeout(wait)
-    {
+    match upload(&c, small.clone(), 100, wait) {
         Err(Error::Remote { code: c, .. }) => assert_eq!(c, code::BAD_REQUEST),
         other => panic!("expected 400, got {other:?}"),
     }
     // Still serving.
-    check(
-        c.send_big_stream("upload", small.clone(), 0, |_, _| {})
-            .wait_timeout(wait)
-            .unwrap(),
-        &small,
-    );
+    upload_ok(&c, &small, wait);
     assert_eq!(seen.calls.lock().unwrap().len(), 3);
 }
 
@@ -286,6 +286,13 @@ impl Raw {
         true
     }
 
+    /// The next frame (within [`WAIT`]) is the acknowledgement of `offset`
+    /// bytes of transfer `id`.
+    #[track_caller]
+    fn expect_ack(&mut self, id: u64, offset: u64) {
+        assert_eq!(self.next(WAIT), Some(Frame::BigStreamAck { id, offset }));
+    }
+
     /// The next frame, if one arrives within `wait`.
     fn next(&mut self, wait: Duration) -> Option<Frame> {
         let end = Instant::now() + wait;
@@ -317,6 +324,15 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// Bodies over 64 KiB spill to files in `dir`.
+fn spill_to(dir: &Path) -> CollectLimits {
+    CollectLimits {
+        spill_threshold: 64 * 1024,
+        spill_dir: Some(dir.to_owned()),
+        ..CollectLimits::default()
+    }
+}
+
 fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
@@ -346,10 +362,8 @@ fn aborted_transfers_free_their_files_and_descriptors_at_once() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let limits = CollectLimits {
-        spill_threshold: 64 * 1024,
         max_size: 1 << 30,
-        spill_dir: Some(dir.path().to_owned()),
-        ..CollectLimits::default()
+        ..spill_to(dir.path())
     };
     let (server, backend, p, seen) = setup(limits);
     let mut raw = Raw::connect(server.local_addr(), &p);
@@ -386,30 +400,12 @@ fn aborted_transfers_free_their_files_and_descriptors_at_once() {
     }));
     assert!(seen.calls.lock().unwrap().is_empty());
     // An honest client is served, on the same connection too.
-    let c = Client::connect(
-        backend,
-        p,
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let c = plain_client(&server, backend, p);
     let body = data(300_000);
-    check(
-        c.send_big_stream("upload", body.clone(), 0, |_, _| {})
-            .wait_timeout(WAIT)
-            .unwrap(),
-        &body,
-    );
+    upload_ok(&c, &body, WAIT);
     let small = data(1000);
     raw.send(&chunk(7, "upload", 0, 1000, small.clone()));
-    assert_eq!(
-        raw.next(WAIT),
-        Some(Frame::BigStreamAck {
-            id: 7,
-            offset: 1000
-        })
-    );
+    raw.expect_ack(7, 1000);
     match raw.next(WAIT) {
         Some(Frame::StreamResponse { id: 7, data }) => check(data, &small),
         other => panic!("{other:?}"),
@@ -422,23 +418,13 @@ fn aborted_transfers_free_their_files_and_descriptors_at_once() {
 fn a_dropped_connection_frees_its_partial_body_promptly() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let limits = CollectLimits {
-        spill_threshold: 64 * 1024,
-        spill_dir: Some(dir.path().to_owned()),
-        ..CollectLimits::default()
-    };
+    let limits = spill_to(dir.path());
     let (server, _backend, p, _seen) = setup(limits);
     let fds = open_fds();
     let mut raw = Raw::connect(server.local_addr(), &p);
     for id in [1, 2] {
         raw.send(&chunk(id, "upload", 0, 100 << 20, data(128 * 1024)));
-        assert_eq!(
-            raw.next(WAIT),
-            Some(Frame::BigStreamAck {
-                id,
-                offset: 128 * 1024
-            })
-        );
+        raw.expect_ack(id, 128 * 1024);
     }
     assert_eq!(files_in(dir.path()), 2);
     assert_eq!(CollectLimits::spill_in_use(), (2, 200 << 20));
@@ -464,10 +450,8 @@ fn spill_files_are_capped_across_connections() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let limits = CollectLimits {
-        spill_threshold: 64 * 1024,
-        spill_dir: Some(dir.path().to_owned()),
         max_spill_files: 2,
-        ..CollectLimits::default()
+        ..spill_to(dir.path())
     };
     let (server, backend, p, seen) = setup(limits);
     let mut raw = Raw::connect(server.local_addr(), &p);
@@ -481,27 +465,11 @@ fn spill_files_are_capped_across_connections() {
             body.len() as u64,
             body.slice(..half),
         ));
-        assert_eq!(
-            raw.next(WAIT),
-            Some(Frame::BigStreamAck {
-                id,
-                offset: half as u64
-            })
-        );
+        raw.expect_ack(id, half as u64);
     }
     assert_eq!(files_in(dir.path()), 2);
-    let c = Client::connect(
-        backend,
-        p,
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .unwrap();
-    match c
-        .send_big_stream("upload", body.clone(), 0, |_, _| {})
-        .wait_timeout(WAIT)
-    {
+    let c = plain_client(&server, backend, p);
+    match upload(&c, body.clone(), 0, WAIT) {
         Err(Error::Remote { code: c, message }) => assert_eq!(c, code::TOO_MANY, "{message}"),
         other => panic!("expected 429, got {other:?}"),
     }
@@ -512,12 +480,7 @@ fn spill_files_are_capped_across_connections() {
     );
     // A body that stays in memory needs no file.
     let small = data(10_000);
-    check(
-        c.send_big_stream("upload", small.clone(), 0, |_, _| {})
-            .wait_timeout(WAIT)
-            .unwrap(),
-        &small,
-    );
+    upload_ok(&c, &small, WAIT);
     for id in [1, 2] {
         raw.send(&chunk(
             id,
@@ -526,13 +489,7 @@ fn spill_files_are_capped_across_connections() {
             body.len() as u64,
             body.slice(half..),
         ));
-        assert_eq!(
-            raw.next(WAIT),
-            Some(Frame::BigStreamAck {
-                id,
-                offset: body.len() as u64
-            })
-        );
+        raw.expect_ack(id, body.len() as u64);
         match raw.next(WAIT) {
             Some(Frame::StreamResponse { id: i, data }) if i == id => check(data, &body),
             other => panic!("transfer {id}: {other:?}"),
@@ -541,12 +498,7 @@ fn spill_files_are_capped_across_connections() {
     assert_eq!(seen.calls.lock().unwrap().len(), 3);
     assert!(within(Duration::from_secs(1), || files_in(dir.path()) == 0));
     // The quota came back.
-    check(
-        c.send_big_stream("upload", body.clone(), 0, |_, _| {})
-            .wait_timeout(WAIT)
-            .unwrap(),
-        &body,
-    );
+    upload_ok(&c, &body, WAIT);
 }
 
 /// D4: a chunk the handler refused is not acknowledged: a first chunk at
@@ -570,8 +522,5 @@ fn refused_chunks_get_only_the_error() {
     assert_eq!(raw.next(Duration::from_millis(300)), None);
     // An accepted chunk is acknowledged.
     raw.send(&chunk(8, "upload", 0, 100, data(10)));
-    assert_eq!(
-        raw.next(WAIT),
-        Some(Frame::BigStreamAck { id: 8, offset: 10 })
-    );
+    raw.expect_ack(8, 10);
 }

@@ -22,27 +22,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[cfg(target_os = "linux")]
+use common::epoll;
 use common::{
-    console, control, exclusive, json_bomb_lz4, json_bomb_plain, shared, wait_until, zero_stage,
-    Got, Honest, Proxy, Raw, Watch, MIB,
+    console, control, exclusive, fast_reconnect, json_bomb_lz4, json_bomb_plain, provider, shared,
+    wait_until, zero_stage, Got, Honest, Proxy, Raw, Watch, MIB,
 };
-use zs_core::{code, Client, Options, Reconnect, Registry, Responder, Server};
-use zs_crypto::{
-    ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity,
-};
+use zs_core::{code, Client, Options, Registry, Responder, Server};
+use zs_crypto::SecurityProvider;
 use zs_io::Backend;
 use zs_wire::{DataFrame, Frame, FrameKind, Text};
-
-fn provider() -> Arc<dyn SecurityProvider> {
-    let rng = ring::rand::SystemRandom::new();
-    let (id, _) = ServerIdentity::generate(&rng).unwrap();
-    let mut c = ClientConfig::pinned(id.fingerprint());
-    c.suites = vec![SuiteId::Aes256Gcm];
-    Arc::new(ZsSecurity::new(
-        Some(Arc::new(c)),
-        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
-    ))
-}
 
 /// Reads until EOF or reset; returns true if the server ended the connection
 /// before `limit`.
@@ -307,13 +296,7 @@ fn client_backend() -> Arc<dyn Backend> {
 #[test]
 fn hostile_peers_epoll() {
     let _g = shared();
-    run(Arc::new(
-        zs_io_epoll::EpollBackend::new(zs_io::Config {
-            loops: 2,
-            ..zs_io::Config::default()
-        })
-        .unwrap(),
-    ));
+    run(epoll(2));
 }
 
 #[test]
@@ -331,17 +314,6 @@ fn hostile_peers_tokio() {
 // ---- attacks of the December 2026 reviews -------------------------------------------
 
 #[cfg(target_os = "linux")]
-fn epoll(loops: usize) -> Arc<dyn Backend> {
-    Arc::new(
-        zs_io_epoll::EpollBackend::new(zs_io::Config {
-            loops,
-            ..zs_io::Config::default()
-        })
-        .unwrap(),
-    )
-}
-
-#[cfg(target_os = "linux")]
 fn start(p: &Arc<dyn SecurityProvider>, r: Registry, o: Options, loops: usize) -> Server {
     Server::start(
         epoll(loops),
@@ -353,37 +325,58 @@ fn start(p: &Arc<dyn SecurityProvider>, r: Registry, o: Options, loops: usize) -
     .unwrap()
 }
 
+/// Connects a plain client (no StableIO) of the server at `addr` on `backend`.
+fn connect_plain(
+    backend: Arc<dyn Backend>,
+    p: &Arc<dyn SecurityProvider>,
+    addr: SocketAddr,
+) -> Result<Client, zs_core::Error> {
+    Client::connect(backend, p.clone(), Registry::new(), Options::client(), addr)
+}
+
 /// A plain client of `server` on `backend` (a separate client machine).
 fn honest(backend: &Arc<dyn Backend>, p: &Arc<dyn SecurityProvider>, server: &Server) -> Client {
-    Client::connect(
-        backend.clone(),
-        p.clone(),
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .expect("an honest client connects")
+    connect_plain(backend.clone(), p, server.local_addr()).expect("an honest client connects")
+}
+
+/// A StableIO client of the server at `addr` on `backend` that reconnects
+/// fast.
+fn stable_client(
+    backend: Arc<dyn Backend>,
+    p: &Arc<dyn SecurityProvider>,
+    addr: SocketAddr,
+) -> Client {
+    Client::connect_stable(backend, p.clone(), Registry::new(), fast_reconnect(), addr).unwrap()
+}
+
+/// An honest client on its own backend calling `echo` every 20 ms in the
+/// background.
+fn honest_caller(p: &Arc<dyn SecurityProvider>, server: &Server) -> Honest {
+    let cb = client_backend();
+    Honest::start(honest(&cb, p, server), Duration::from_millis(20))
+}
+
+/// `c`'s `echo` call "after" (5 s timeout) is answered "after"; `what` heads
+/// the failure message.
+fn assert_echo_after(c: &Client, what: &str) {
+    let r = c
+        .call_timeout("echo", "after", Some(Duration::from_secs(5)))
+        .wait();
+    assert_eq!(r.as_deref().ok(), Some("after"), "{what}: {r:?}");
+}
+
+/// Stops the honest caller (all its calls must have succeeded) and checks
+/// that a new client's `echo` works.
+fn honest_after(caller: Honest, what: &str, p: &Arc<dyn SecurityProvider>, server: &Server) {
+    caller.finish(what);
+    fresh_echo(what, p, server);
 }
 
 /// A new honest client connects and its `echo` works.
 fn fresh_echo(what: &str, p: &Arc<dyn SecurityProvider>, server: &Server) {
-    let b = client_backend();
-    let c = Client::connect(
-        b,
-        p.clone(),
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .unwrap_or_else(|e| panic!("{what}: a new client cannot connect after the attack: {e}"));
-    let r = c
-        .call_timeout("echo", "after", Some(Duration::from_secs(5)))
-        .wait();
-    assert_eq!(
-        r.as_deref().ok(),
-        Some("after"),
-        "{what}: a new client's call after the attack: {r:?}"
-    );
+    let c = connect_plain(client_backend(), p, server.local_addr())
+        .unwrap_or_else(|e| panic!("{what}: a new client cannot connect after the attack: {e}"));
+    assert_echo_after(&c, &format!("{what}: a new client's call after the attack"));
 }
 
 fn echo_registry() -> Registry {
@@ -392,15 +385,23 @@ fn echo_registry() -> Registry {
     r
 }
 
-fn fast_reconnect() -> Options {
-    Options {
-        reconnect: Reconnect {
-            initial: Duration::from_millis(2),
-            max: Duration::from_millis(40),
-            give_up: Duration::from_secs(20),
-        },
-        ..Options::client()
-    }
+/// A server with default options and only `echo`, on `loops` event loops.
+#[cfg(target_os = "linux")]
+fn echo_server(p: &Arc<dyn SecurityProvider>, loops: usize) -> Server {
+    start(p, echo_registry(), Options::default(), loops)
+}
+
+/// Requests to `cmd` held unanswered: registers a delayed handler that counts
+/// them and keeps their responders.
+fn holding(r: &mut Registry, cmd: &str) -> (Arc<Mutex<Vec<Responder>>>, Arc<AtomicUsize>) {
+    let held: Arc<Mutex<Vec<Responder>>> = Arc::default();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (h, n) = (held.clone(), seen.clone());
+    r.console_delayed(cmd, move |_, _, resp| {
+        n.fetch_add(1, Ordering::AcqRel);
+        h.lock().unwrap().push(resp);
+    });
+    (held, seen)
 }
 
 /// Answers (ConsoleResponse, StreamResponse, Error) in `got`, by request id.
@@ -409,6 +410,81 @@ fn answered(got: &[Got]) -> std::collections::BTreeMap<u64, Got> {
         .filter(|g| g.is_answer())
         .map(|g| (g.id, g.clone()))
         .collect()
+}
+
+/// A raw attacker of `server` that was granted StableIO.
+fn stable_raw(server: &Server, p: &Arc<dyn SecurityProvider>) -> Raw {
+    let mut a = Raw::connect(server.local_addr(), p);
+    a.stable();
+    a
+}
+
+/// Queues `calls` Console requests (ids 1..=calls) for `cmd` as StableIO
+/// records.
+fn queue_records(a: &mut Raw, calls: u64, cmd: &str, text: &str) {
+    for id in 1..=calls {
+        a.queue_record(&console(id, cmd, text));
+    }
+}
+
+/// Collects the answers to `calls` requests that arrive within 2 s,
+/// acknowledging nothing: at least 7 must (G9); returns them and how many
+/// requests they answer.
+fn answers_before_ack(a: &mut Raw, calls: u64) -> (Vec<Got>, usize) {
+    let mut got = Vec::new();
+    a.pump_until(Duration::from_secs(2), |r| {
+        got.extend(r.take_answers());
+        false
+    });
+    let before = answered(&got).len();
+    assert!(
+        before >= 7,
+        "G9: only {before} of {calls} answers before any ack"
+    );
+    (got, before)
+}
+
+/// Acknowledges what arrives (into `got`) until `calls` requests are answered
+/// or `limit` passed; true if they all were.
+fn ack_until_answered(a: &mut Raw, got: &mut Vec<Got>, calls: u64, limit: Duration) -> bool {
+    a.pump_until(limit, |r| {
+        got.extend(r.take_answers());
+        r.ack();
+        r.pump(Duration::from_millis(10));
+        answered(got).len() as u64 >= calls
+    })
+}
+
+/// Sends `bytes` up to 20 times (stopping when `watch` trips or the server
+/// closes), flushing within `flush` and pumping for `pause` after each, and
+/// returns the largest value `sample` took after a round.
+fn send_rounds(
+    a: &mut Raw,
+    watch: &Watch,
+    bytes: &[u8],
+    flush: Duration,
+    pause: Duration,
+    sample: impl Fn() -> u64,
+) -> u64 {
+    let mut most = 0u64;
+    for _ in 0..20 {
+        if watch.tripped() || a.closed.is_some() {
+            break;
+        }
+        a.queue_plain(bytes);
+        a.flush(flush);
+        a.pump(pause);
+        most = most.max(sample());
+    }
+    most
+}
+
+/// Answers every held request with `text`.
+fn reply_all(held: &Mutex<Vec<Responder>>, text: &str) {
+    let batch: Vec<Responder> = std::mem::take(&mut *held.lock().unwrap());
+    for resp in batch {
+        let _ = resp.reply_text(text);
+    }
 }
 
 /// C1: StableIO `SeqResend` amplification. 7 answers of 1 MiB are held
@@ -422,16 +498,12 @@ fn answered(got: &[Got]) -> std::collections::BTreeMap<u64, Got> {
 fn c1_seq_resend_amplification() {
     let _x = exclusive();
     let p = provider();
-    let server = start(&p, echo_registry(), Options::default(), 2);
-    let cb = client_backend();
-    let caller = Honest::start(honest(&cb, &p, &server), Duration::from_millis(20));
+    let server = echo_server(&p, 2);
+    let caller = honest_caller(&p, &server);
 
-    let mut a = Raw::connect(server.local_addr(), &p);
-    a.stable();
+    let mut a = stable_raw(&server, &p);
     let text = "x".repeat(1 << 20);
-    for id in 1..=7 {
-        a.queue_record(&console(id, "echo", &text));
-    }
+    queue_records(&mut a, 7, "echo", &text);
     assert!(
         a.pump_until(Duration::from_secs(20), |r| r.got_seq >= 7),
         "C1 setup: 7 answers of 1 MiB did not arrive (got {}, closed: {:?})",
@@ -456,16 +528,14 @@ fn c1_seq_resend_amplification() {
     // From now on what the server sends is read and dropped (never acknowledged).
     a.discard = true;
     let watch = Watch::start("C1", 256 * MIB);
-    let mut unacked = 0u64;
-    for _ in 0..20 {
-        if watch.tripped() || a.closed.is_some() {
-            break;
-        }
-        a.queue_plain(&record);
-        a.flush(Duration::from_secs(2));
-        a.pump(Duration::from_millis(50));
-        unacked = unacked.max(server.stats().stable_unacked_bytes);
-    }
+    let unacked = send_rounds(
+        &mut a,
+        &watch,
+        &record,
+        Duration::from_secs(2),
+        Duration::from_millis(50),
+        || server.stats().stable_unacked_bytes,
+    );
     a.pump(Duration::from_millis(300));
     let (read, closed) = (a.bytes_read, a.closed.clone());
     drop(a);
@@ -479,8 +549,7 @@ fn c1_seq_resend_amplification() {
         unacked <= 16 * MIB,
         "C1: {unacked} bytes of StableIO records held for one session"
     );
-    caller.finish("C1");
-    fresh_echo("C1", &p, &server);
+    honest_after(caller, "C1", &p, &server);
 }
 
 /// C2: BatchStream staging. Stages of 16 MiB of zeros, LZ4-compressed to
@@ -528,25 +597,30 @@ fn c2_batch_staging_budget() {
     o.session.max_batch_bytes = 20 << 20;
     o.session.batch_idle_timeout = Duration::from_secs(1);
     let server = start(&p, registry(), o, 2);
-    let cb = client_backend();
-    let caller = Honest::start(honest(&cb, &p, &server), Duration::from_millis(20));
+    let caller = honest_caller(&p, &server);
     let watch = Watch::start("C2", 256 * MIB);
+    // Sends stage `id` for `cmd` up to 20 times, then waits for its answer
+    // (and the watch must not have tripped); `staged` tracks the most staged.
+    let stage_until_answered = |a: &mut Raw, id: u64, cmd: &str, staged: &mut u64| {
+        let stage = zero_stage(id, cmd, STAGE);
+        let most = send_rounds(
+            a,
+            &watch,
+            &stage,
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || server.stats().batch_staged_bytes,
+        );
+        *staged = (*staged).max(most);
+        let e = a.wait_for(Duration::from_secs(5), |g| g.id == id && g.is_answer());
+        watch.check();
+        e
+    };
     let mut staged = 0u64;
 
     // A command with no batch handler: 404 at the first stage, nothing staged.
     let mut a = Raw::connect(server.local_addr(), &p);
-    let stage = zero_stage(1, "nosuch", STAGE);
-    for _ in 0..20 {
-        if watch.tripped() || a.closed.is_some() {
-            break;
-        }
-        a.queue_plain(&stage);
-        a.flush(Duration::from_secs(5));
-        a.pump(Duration::from_millis(20));
-        staged = staged.max(server.stats().batch_staged_bytes);
-    }
-    let e = a.wait_for(Duration::from_secs(5), |g| g.id == 1 && g.is_answer());
-    watch.check();
+    let e = stage_until_answered(&mut a, 1, "nosuch", &mut staged);
     assert_eq!(
         e.as_ref().map(|g| g.code),
         Some(code::UNKNOWN_COMMAND),
@@ -562,18 +636,7 @@ fn c2_batch_staging_budget() {
 
     // A registered batch command: at most `max_batch_bytes` staged, then 413.
     let mut a = Raw::connect(server.local_addr(), &p);
-    let stage = zero_stage(2, "sum", STAGE);
-    for _ in 0..20 {
-        if watch.tripped() || a.closed.is_some() {
-            break;
-        }
-        a.queue_plain(&stage);
-        a.flush(Duration::from_secs(5));
-        a.pump(Duration::from_millis(20));
-        staged = staged.max(server.stats().batch_staged_bytes);
-    }
-    let e = a.wait_for(Duration::from_secs(5), |g| g.id == 2 && g.is_answer());
-    watch.check();
+    let e = stage_until_answered(&mut a, 2, "sum", &mut staged);
     assert_eq!(
         e.as_ref().map(|g| g.code),
         Some(code::TOO_LARGE),
@@ -608,8 +671,7 @@ fn c2_batch_staging_budget() {
         "C2: staged bytes not released: {}",
         server.stats().batch_staged_bytes
     );
-    caller.finish("C2");
-    fresh_echo("C2", &p, &server);
+    honest_after(caller, "C2", &p, &server);
 }
 
 /// H3: a request flood whose answers are delayed. 20,000 Console requests of
@@ -623,23 +685,14 @@ fn c2_batch_staging_budget() {
 fn h3_request_flood() {
     let _x = exclusive();
     let p = provider();
-    let held: Arc<Mutex<Vec<Responder>>> = Arc::default();
-    let seen = Arc::new(AtomicUsize::new(0));
     let mut r = echo_registry();
-    {
-        let (held, seen) = (held.clone(), seen.clone());
-        r.console_delayed("hold", move |_, _, resp| {
-            seen.fetch_add(1, Ordering::AcqRel);
-            held.lock().unwrap().push(resp);
-        });
-    }
+    let (held, seen) = holding(&mut r, "hold");
     let o = Options {
         max_in_flight: 64,
         ..Options::default()
     };
     let server = start(&p, r, o, 2);
-    let cb = client_backend();
-    let caller = Honest::start(honest(&cb, &p, &server), Duration::from_millis(20));
+    let caller = honest_caller(&p, &server);
     let watch = Watch::start("H3", 256 * MIB);
 
     let mut a = Raw::connect(server.local_addr(), &p);
@@ -673,10 +726,7 @@ fn h3_request_flood() {
     let mut answers = 0usize;
     let end = Instant::now() + Duration::from_secs(5);
     while answers < 4 * cap && Instant::now() < end && a.closed.is_none() {
-        let batch: Vec<Responder> = std::mem::take(&mut *held.lock().unwrap());
-        for resp in batch {
-            let _ = resp.reply_text("ok");
-        }
+        reply_all(&held, "ok");
         a.pump(Duration::from_millis(10));
         answers += a.take_answers().len();
     }
@@ -687,9 +737,7 @@ fn h3_request_flood() {
         a.closed
     );
     drop(a);
-    for resp in std::mem::take(&mut *held.lock().unwrap()) {
-        let _ = resp.reply_text("ok");
-    }
+    reply_all(&held, "ok");
     watch.finish();
     caller.finish("H3");
     drop(server);
@@ -756,8 +804,7 @@ fn h4_json_bomb() {
     const ELEMENTS: usize = 8_000_000;
 
     let attack = |what: &str, server: &Server, bomb: Arc<Vec<u8>>, per_conn: u64| {
-        let cb = client_backend();
-        let caller = Honest::start(honest(&cb, &p, server), Duration::from_millis(20));
+        let caller = honest_caller(&p, server);
         let watch = Watch::start(what, 256 * MIB);
         let attackers: Vec<_> = (0..4)
             .map(|_| {
@@ -801,8 +848,7 @@ fn h4_json_bomb() {
             );
         }
         watch.finish();
-        caller.finish(what);
-        fresh_echo(what, &p, server);
+        honest_after(caller, what, &p, server);
     };
 
     let mut o = Options::default();
@@ -813,7 +859,7 @@ fn h4_json_bomb() {
     attack("H4 (compressed)", &server, bomb, 3);
     drop(server);
 
-    let server = start(&p, echo_registry(), Options::default(), 2);
+    let server = echo_server(&p, 2);
     let bomb = Arc::new(json_bomb_plain(1, "nosuch", ELEMENTS));
     assert!(bomb.len() > 16_000_000 && bomb.len() < 16 << 20);
     attack("H4 (plain)", &server, bomb, 1);
@@ -845,13 +891,9 @@ fn m4_panicking_handler() {
         "M4: the call to a panicking handler must fail at once (its connection ends), \
          got {r:?} after {took:?}"
     );
-    let r = other
-        .call_timeout("echo", "after", Some(Duration::from_secs(5)))
-        .wait();
-    assert_eq!(
-        r.as_deref().ok(),
-        Some("after"),
-        "M4: another connection of the same event loop after the panic: {r:?}"
+    assert_echo_after(
+        &other,
+        "M4: another connection of the same event loop after the panic",
     );
     fresh_echo("M4", &p, &server);
 }
@@ -875,9 +917,7 @@ fn m5_link_error_is_link_loss() {
     let server = start(&p, r, Options::default(), 2);
     let proxy = Proxy::start(server.local_addr());
     let cb = client_backend();
-    let client =
-        Client::connect_stable(cb, p.clone(), Registry::new(), fast_reconnect(), proxy.addr)
-            .unwrap();
+    let client = stable_client(cb, &p, proxy.addr);
     assert_eq!(client.call("echo", "before").wait().unwrap(), "before");
     let pending = client.call_timeout("later", "survives", Some(Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(50));
@@ -913,6 +953,17 @@ fn m5_link_error_is_link_loss() {
     assert!(server.stats().stable_resumed >= 1, "{}", server.stats());
 }
 
+/// An `echo` server whose StableIO sessions may hold 16 MiB unacknowledged in
+/// all (`stable_max_unacked_total`).
+#[cfg(target_os = "linux")]
+fn m9_server(p: &Arc<dyn SecurityProvider>) -> Server {
+    let o = Options {
+        stable_max_unacked_total: 16 << 20,
+        ..Options::default()
+    };
+    start(p, echo_registry(), o, 2)
+}
+
 /// M9: StableIO sessions that do not acknowledge, 6 of them, each asking for
 /// 8 answers of 1 MiB (what one session may keep and park): the records kept
 /// (and parked) by all of them stay within `stable_max_unacked_total` (16 MiB
@@ -924,11 +975,7 @@ fn m5_link_error_is_link_loss() {
 fn m9_global_unacked_budget() {
     let _x = exclusive();
     let p = provider();
-    let o = Options {
-        stable_max_unacked_total: 16 << 20,
-        ..Options::default()
-    };
-    let server = start(&p, echo_registry(), o, 2);
+    let server = m9_server(&p);
     let cb = client_backend();
     let caller = Honest::start(honest(&cb, &p, &server), Duration::from_millis(20));
     let watch = Watch::start("M9", 256 * MIB);
@@ -936,17 +983,9 @@ fn m9_global_unacked_budget() {
     const N: usize = 6;
     const CALLS: u64 = 8;
     let text = "m".repeat(1 << 20);
-    let mut attackers: Vec<Raw> = (0..N)
-        .map(|_| {
-            let mut a = Raw::connect(server.local_addr(), &p);
-            a.stable();
-            a
-        })
-        .collect();
+    let mut attackers: Vec<Raw> = (0..N).map(|_| stable_raw(&server, &p)).collect();
     for a in &mut attackers {
-        for id in 1..=CALLS {
-            a.queue_record(&console(id, "echo", &text));
-        }
+        queue_records(a, CALLS, "echo", &text);
     }
     let mut got: Vec<Vec<Got>> = vec![Vec::new(); N];
     let mut held = 0u64;
@@ -988,12 +1027,7 @@ fn m9_global_unacked_budget() {
 
     // Acknowledging releases the rest: every call gets its answer or a 503.
     for (i, (a, g)) in attackers.iter_mut().zip(&mut got).enumerate() {
-        let done = a.pump_until(Duration::from_secs(10), |r| {
-            g.extend(r.take_answers());
-            r.ack();
-            r.pump(Duration::from_millis(10));
-            answered(g).len() as u64 >= CALLS
-        });
+        let done = ack_until_answered(a, g, CALLS, Duration::from_secs(10));
         assert!(
             done,
             "M9: attacker {i} got answers for ids {:?} of 1..={CALLS} after acknowledging \
@@ -1012,14 +1046,7 @@ fn m9_global_unacked_budget() {
         "M9: {} bytes still charged to the endpoint after every record was acknowledged",
         server.stats().stable_unacked_bytes
     );
-    let stable = Client::connect_stable(
-        cb.clone(),
-        p.clone(),
-        Registry::new(),
-        fast_reconnect(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let stable = stable_client(cb.clone(), &p, server.local_addr());
     let r = stable
         .call_timeout("echo", &text, Some(Duration::from_secs(5)))
         .wait();
@@ -1043,18 +1070,11 @@ fn m9_global_unacked_budget() {
 fn m9_offline_sessions_do_not_starve_others() {
     let _x = exclusive();
     let p = provider();
-    let o = Options {
-        stable_max_unacked_total: 16 << 20,
-        ..Options::default()
-    };
-    let server = start(&p, echo_registry(), o, 2);
+    let server = m9_server(&p);
     let text = "o".repeat(1 << 20);
     for _ in 0..2 {
-        let mut a = Raw::connect(server.local_addr(), &p);
-        a.stable();
-        for id in 1..=8 {
-            a.queue_record(&console(id, "echo", &text));
-        }
+        let mut a = stable_raw(&server, &p);
+        queue_records(&mut a, 8, "echo", &text);
         let mut n = 0;
         a.pump_until(Duration::from_secs(5), |r| {
             n += r.take_answers().len();
@@ -1077,15 +1097,7 @@ fn m9_offline_sessions_do_not_starve_others() {
         server.stats().stable_unacked_bytes
     );
     let held = server.stats().stable_unacked_bytes;
-    let cb = client_backend();
-    let stable = Client::connect_stable(
-        cb,
-        p.clone(),
-        Registry::new(),
-        fast_reconnect(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let stable = stable_client(client_backend(), &p, server.local_addr());
     let r = stable
         .call_timeout("echo", &text, Some(Duration::from_secs(5)))
         .wait();
@@ -1115,27 +1127,15 @@ fn m9_offline_sessions_do_not_starve_others() {
 fn g9_answer_that_does_not_fit() {
     let _x = exclusive();
     let p = provider();
-    let held: Arc<Mutex<Vec<Responder>>> = Arc::default();
     let mut r = echo_registry();
-    {
-        let held = held.clone();
-        r.console_delayed("big", move |_, _, resp| held.lock().unwrap().push(resp));
-    }
+    let (held, _) = holding(&mut r, "big");
     r.console("blow", |_, _| Ok("b".repeat(1 << 20)));
     let server = start(&p, r, Options::default(), 2);
     let text = "g".repeat(1 << 20);
 
     // (a) 12 MiB of requests do not fit the client's own 8 MiB: a call may
     // be refused locally (Full), never left without an answer.
-    let cb = client_backend();
-    let client = Client::connect_stable(
-        cb,
-        p.clone(),
-        Registry::new(),
-        fast_reconnect(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let client = stable_client(client_backend(), &p, server.local_addr());
     for round in 0..3 {
         let calls: Vec<_> = (0..12)
             .map(|_| client.call_timeout("echo", &text, Some(Duration::from_secs(10))))
@@ -1166,27 +1166,10 @@ fn g9_answer_that_does_not_fit() {
     drop(client);
 
     // (b)
-    let mut a = Raw::connect(server.local_addr(), &p);
-    a.stable();
-    for id in 1..=12 {
-        a.queue_record(&console(id, "echo", &text));
-    }
-    let mut got = Vec::new();
-    a.pump_until(Duration::from_secs(2), |r| {
-        got.extend(r.take_answers());
-        false
-    });
-    let before = answered(&got).len();
-    assert!(
-        before >= 7,
-        "G9: only {before} of 12 answers before any ack"
-    );
-    let done = a.pump_until(Duration::from_secs(5), |r| {
-        got.extend(r.take_answers());
-        r.ack();
-        r.pump(Duration::from_millis(10));
-        answered(&got).len() >= 12
-    });
+    let mut a = stable_raw(&server, &p);
+    queue_records(&mut a, 12, "echo", &text);
+    let (mut got, before) = answers_before_ack(&mut a, 12);
+    let done = ack_until_answered(&mut a, &mut got, 12, Duration::from_secs(5));
     assert!(
         done,
         "G9: 12 calls of 1 MiB, {before} answered before the first ack; after acknowledging, \
@@ -1199,15 +1182,7 @@ fn g9_answer_that_does_not_fit() {
     // (c) A burst of 20 answers of 1 MiB for an honest StableIO client (it
     // acknowledges as the protocol says): every call completes, with its
     // answer or a 503.
-    let cb = client_backend();
-    let client = Client::connect_stable(
-        cb,
-        p.clone(),
-        Registry::new(),
-        fast_reconnect(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let client = stable_client(client_backend(), &p, server.local_addr());
     let calls: Vec<_> = (0..20)
         .map(|_| client.call_timeout("big", "x", Some(Duration::from_secs(10))))
         .collect();
@@ -1215,9 +1190,7 @@ fn g9_answer_that_does_not_fit() {
         wait_until(Duration::from_secs(5), || held.lock().unwrap().len() >= 20),
         "G9: the honest client's 20 requests did not reach the handler"
     );
-    for resp in std::mem::take(&mut *held.lock().unwrap()) {
-        let _ = resp.reply_text(text.as_str());
-    }
+    reply_all(&held, &text);
     for (i, c) in calls.into_iter().enumerate() {
         let r = c.wait();
         assert!(
@@ -1231,34 +1204,15 @@ fn g9_answer_that_does_not_fit() {
     }
 
     // (d) The same burst for a session that does not acknowledge for 2 s.
-    let mut a = Raw::connect(server.local_addr(), &p);
-    a.stable();
-    for id in 1..=20 {
-        a.queue_record(&console(id, "big", "x"));
-    }
+    let mut a = stable_raw(&server, &p);
+    queue_records(&mut a, 20, "big", "x");
     assert!(
         a.pump_until(Duration::from_secs(5), |_| held.lock().unwrap().len() >= 20),
         "G9: the 20 requests did not reach the handler"
     );
-    for resp in std::mem::take(&mut *held.lock().unwrap()) {
-        let _ = resp.reply_text(text.as_str());
-    }
-    let mut got = Vec::new();
-    a.pump_until(Duration::from_secs(2), |r| {
-        got.extend(r.take_answers());
-        false
-    });
-    let before = answered(&got).len();
-    assert!(
-        before >= 7,
-        "G9: only {before} of 20 answers before any ack"
-    );
-    let done = a.pump_until(Duration::from_secs(5), |r| {
-        got.extend(r.take_answers());
-        r.ack();
-        r.pump(Duration::from_millis(10));
-        answered(&got).len() >= 20
-    });
+    reply_all(&held, &text);
+    let (mut got, before) = answers_before_ack(&mut a, 20);
+    let done = ack_until_answered(&mut a, &mut got, 20, Duration::from_secs(5));
     let all = answered(&got);
     assert!(
         done,
@@ -1287,7 +1241,7 @@ fn g9_answer_that_does_not_fit() {
 fn d1_control_with_id_is_501() {
     let _g = shared();
     let p = provider();
-    let server = start(&p, echo_registry(), Options::default(), 1);
+    let server = echo_server(&p, 1);
     let mut a = Raw::connect(server.local_addr(), &p);
     a.queue(&control(7, "__@stable", DataFrame::new()));
     let g = a.wait_for(Duration::from_secs(3), |g| {
@@ -1317,7 +1271,7 @@ fn d1_control_with_id_is_501() {
 fn d2_late_stable_is_a_violation() {
     let _g = shared();
     let p = provider();
-    let server = start(&p, echo_registry(), Options::default(), 1);
+    let server = echo_server(&p, 1);
     let mut a = Raw::connect(server.local_addr(), &p);
     a.queue(&console(1, "echo", "first"));
     assert!(a
@@ -1345,7 +1299,7 @@ fn d2_late_stable_is_a_violation() {
 fn d3_client_batchsum_is_a_violation() {
     let _g = shared();
     let p = provider();
-    let server = start(&p, echo_registry(), Options::default(), 1);
+    let server = echo_server(&p, 1);
     let mut a = Raw::connect(server.local_addr(), &p);
     a.queue(&control(
         0,
@@ -1404,13 +1358,7 @@ fn admission_caps() {
         );
         // Full: an honest client is refused too, then gets in once they left.
         let cb = client_backend();
-        let full = Client::connect(
-            cb.clone(),
-            p.clone(),
-            Registry::new(),
-            Options::client(),
-            server.local_addr(),
-        );
+        let full = connect_plain(cb.clone(), &p, server.local_addr());
         assert!(
             full.is_err(),
             "admission {what}: a client got in over the cap"
@@ -1418,13 +1366,7 @@ fn admission_caps() {
         drop(open);
         let mut last = None;
         let ok = wait_until(Duration::from_secs(5), || {
-            match Client::connect(
-                cb.clone(),
-                p.clone(),
-                Registry::new(),
-                Options::client(),
-                server.local_addr(),
-            ) {
+            match connect_plain(cb.clone(), &p, server.local_addr()) {
                 Ok(c) => {
                     last = Some(c.call("echo", "in").wait());
                     matches!(last, Some(Ok(_)))
@@ -1451,12 +1393,11 @@ fn admission_caps() {
 fn l1_seq_u64_max() {
     let _x = exclusive();
     let p = provider();
-    let server = start(&p, echo_registry(), Options::default(), 1);
+    let server = echo_server(&p, 1);
     let cb = client_backend();
     let other = honest(&cb, &p, &server);
     let panics = zs_io::handler_panics();
-    let mut a = Raw::connect(server.local_addr(), &p);
-    a.stable();
+    let mut a = stable_raw(&server, &p);
     let payload = a.encode(&console(1, "echo", "x"));
     a.queue(&Frame::SeqData {
         seq: u64::MAX,
@@ -1473,9 +1414,6 @@ fn l1_seq_u64_max() {
         "L1: SeqData{{seq: u64::MAX}} panicked the server (closed: {:?})",
         a.closed
     );
-    let r = other
-        .call_timeout("echo", "after", Some(Duration::from_secs(5)))
-        .wait();
-    assert_eq!(r.as_deref().ok(), Some("after"), "L1: {r:?}");
+    assert_echo_after(&other, "L1");
     fresh_echo("L1", &p, &server);
 }

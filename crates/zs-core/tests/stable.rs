@@ -2,6 +2,8 @@
 //! survive their TCP connection dying.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,47 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{epoll, fast_reconnect, provider, wait_until};
 use zs_core::{
     code, Client, Error, Event, Options, Reconnect, Registry, Server, Session, SessionConfig,
 };
-use zs_crypto::{
-    ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity,
-};
-use zs_io::Backend;
 use zs_wire::{DataFrame, Frame, Text};
-
-fn provider() -> Arc<dyn SecurityProvider> {
-    let rng = ring::rand::SystemRandom::new();
-    let (id, _) = ServerIdentity::generate(&rng).unwrap();
-    let mut c = ClientConfig::pinned(id.fingerprint());
-    c.suites = vec![SuiteId::Aes256Gcm];
-    Arc::new(ZsSecurity::new(
-        Some(Arc::new(c)),
-        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
-    ))
-}
-
-fn epoll() -> Arc<dyn Backend> {
-    let cfg = zs_io::Config {
-        loops: 2,
-        ..zs_io::Config::default()
-    };
-    Arc::new(zs_io_epoll::EpollBackend::new(cfg).unwrap())
-}
 
 fn addr0() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cond()
 }
 
 /// A small seeded generator (xorshift64*), so a failing run can be replayed.
@@ -66,17 +35,6 @@ impl Rng {
     }
 }
 
-fn fast_reconnect() -> Options {
-    Options {
-        reconnect: Reconnect {
-            initial: Duration::from_millis(2),
-            max: Duration::from_millis(40),
-            give_up: Duration::from_secs(20),
-        },
-        ..Options::client()
-    }
-}
-
 /// The test: 10,000 commands (calls and direct sends, plus server
 /// pushes) while the link is forced down 100 times from both ends at random
 /// points, some in the middle of the resume handshake. Every command arrives
@@ -86,7 +44,7 @@ fn ten_thousand_commands_through_a_hundred_link_drops() {
     const N: u64 = 10_000;
     const DROPS: u64 = 100;
     let seed = 0x5eed_0000_2026_u64;
-    let backend = epoll();
+    let backend = epoll(2);
     let provider = provider();
 
     let got = Arc::new(Mutex::new(Vec::<u64>::with_capacity(N as usize)));
@@ -286,7 +244,7 @@ fn ten_thousand_commands_through_a_hundred_link_drops() {
 /// distinct `SessionLost` error.
 #[test]
 fn offline_sessions_expire_and_late_resumes_fail_pending_calls() {
-    let backend = epoll();
+    let backend = epoll(2);
     let provider = provider();
     let mut reg = Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
@@ -344,7 +302,7 @@ fn offline_sessions_expire_and_late_resumes_fail_pending_calls() {
 /// and the server evicts the oldest offline session beyond its offline limits.
 #[test]
 fn memory_is_bounded_per_session_and_for_offline_sessions() {
-    let backend = epoll();
+    let backend = epoll(2);
     let provider = provider();
     let opts = Options {
         stable_max_offline: 1,
@@ -436,7 +394,7 @@ fn drive(sock: &mut TcpStream, s: &mut Session, mut until: impl FnMut(&Event) ->
 /// the real session is untouched and keeps working.
 #[test]
 fn a_wrong_resume_secret_is_rejected() {
-    let backend = epoll();
+    let backend = epoll(2);
     let provider = provider();
     let mut reg = Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
@@ -501,7 +459,7 @@ fn a_wrong_resume_secret_is_rejected() {
 /// server with StableIO disabled refuses `connect_stable`.
 #[test]
 fn non_stable_sessions_are_unaffected() {
-    let backend = epoll();
+    let backend = epoll(2);
     let provider = provider();
     let released = Arc::new(AtomicUsize::new(0));
     let mut reg = Registry::new();
@@ -574,7 +532,7 @@ fn non_stable_sessions_are_unaffected() {
 /// deadline, then fails pending calls with `SessionLost`.
 #[test]
 fn the_client_gives_up_after_its_deadline() {
-    let backend = epoll();
+    let backend = epoll(2);
     let provider = provider();
     let mut reg = Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));

@@ -1,7 +1,8 @@
 //! Tools for the attack tests in `hostile.rs`: a process RSS watchdog, a raw
 //! attacker that speaks the protocol frame by frame (and never acknowledges
 //! unless told to), hand-built LZ4 bombs, a background honest caller and a
-//! TCP proxy that can inject bytes into a link.
+//! TCP proxy that can inject bytes into a link. Also the setup the
+//! loopback tests share (security provider, epoll backend, client options).
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -13,11 +14,52 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use zs_core::Client;
-use zs_crypto::{SecureSession, SecurityProvider};
+use zs_core::{Client, Options, Reconnect};
+use zs_crypto::{
+    ClientConfig, SecureSession, SecurityProvider, ServerConfig, ServerIdentity, SuiteId,
+    ZsSecurity,
+};
 use zs_wire::{DataFrame, Frame, FrameCodec, FrameKind, Text};
 
 pub const MIB: u64 = 1 << 20;
+
+// ---- shared setup -------------------------------------------------------------
+
+/// A fresh server identity, and a client pinned to it (AES-256-GCM only).
+pub fn provider() -> Arc<dyn SecurityProvider> {
+    let rng = ring::rand::SystemRandom::new();
+    let (id, _) = ServerIdentity::generate(&rng).unwrap();
+    let mut c = ClientConfig::pinned(id.fingerprint());
+    c.suites = vec![SuiteId::Aes256Gcm];
+    Arc::new(ZsSecurity::new(
+        Some(Arc::new(c)),
+        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
+    ))
+}
+
+/// An epoll backend with `loops` event loops.
+#[cfg(target_os = "linux")]
+pub fn epoll(loops: usize) -> Arc<dyn zs_io::Backend> {
+    Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops,
+            ..zs_io::Config::default()
+        })
+        .unwrap(),
+    )
+}
+
+/// Client options that reconnect within milliseconds (giving up after 20 s).
+pub fn fast_reconnect() -> Options {
+    Options {
+        reconnect: Reconnect {
+            initial: Duration::from_millis(2),
+            max: Duration::from_millis(40),
+            give_up: Duration::from_secs(20),
+        },
+        ..Options::client()
+    }
+}
 
 // ---- serialization ----------------------------------------------------------
 
