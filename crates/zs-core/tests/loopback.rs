@@ -1,6 +1,8 @@
 //! Server and client over real loopback sockets, on the epoll and tokio backends.
 //! Every scenario runs unchanged on both.
 
+mod common;
+
 use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -10,23 +12,11 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{provider, wait_until};
 use zs_core::{code, Client, Error, Options, Registry, Responder, Server};
-use zs_crypto::{
-    ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, SuiteId, ZsSecurity,
-};
+use zs_crypto::{ClientConfig, SecurityProvider, ServerConfig, ZsSecurity};
 use zs_io::Backend;
 use zs_wire::{DataFrame, Frame, Text};
-
-fn provider() -> Arc<dyn SecurityProvider> {
-    let rng = ring::rand::SystemRandom::new();
-    let (id, _) = ServerIdentity::generate(&rng).unwrap();
-    let mut c = ClientConfig::pinned(id.fingerprint());
-    c.suites = vec![SuiteId::Aes256Gcm];
-    Arc::new(ZsSecurity::new(
-        Some(Arc::new(c)),
-        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
-    ))
-}
 
 fn addr0() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -49,17 +39,6 @@ fn block_on<F: Future>(f: F) -> F::Output {
         }
         std::thread::park_timeout(Duration::from_millis(50));
     }
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
 }
 
 struct Setup {

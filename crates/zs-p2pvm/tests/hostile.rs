@@ -11,15 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use zs_crypto::{ClientConfig, ServerConfig, Session};
 use zs_io::testkit::Recorder;
-use zs_io::{Backend, CloseReason, Handler};
+use zs_io::{Backend, Handler};
 use zs_p2pvm::frame::{self, AuthMode, Frame, HEADER_LEN};
 use zs_p2pvm::testkit::Pair;
 use zs_p2pvm::{Auth, Error, Mux, MuxConfig, Role, Token, Tunnel, TunnelConfig, TunnelHandle};
 
-use tunnel_util::{Io, WAIT};
+use tunnel_util::{echo_once, Io, WAIT};
 
 const TOKEN: &[u8] = b"a 16+ byte token for the tests";
 const PSK: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -69,16 +68,6 @@ fn echo_factory() -> zs_io::HandlerFactory {
     let (rec, _ev) = Recorder::new(true);
     let rec = Mutex::new(rec);
     Arc::new(move || Box::new(rec.lock().unwrap().sibling()) as Box<dyn Handler>)
-}
-
-/// One echo round trip through a fresh virtual connection from `b` to `addr`.
-fn echo_once(b: &dyn Backend, addr: SocketAddr, msg: &[u8]) {
-    let (client, cev) = Recorder::new(false);
-    let conn = zs_io::connect_blocking(b, addr, WAIT, Box::new(client)).unwrap();
-    conn.send(Bytes::copy_from_slice(msg)).unwrap();
-    assert_eq!(cev.data(msg.len()), msg);
-    conn.close();
-    assert_eq!(cev.close(), CloseReason::Local);
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

@@ -17,7 +17,7 @@ use zs_io::testkit::{Ev, Recorder};
 use zs_io::{Backend, CloseReason, Conn, Handler};
 use zs_p2pvm::{Auth, MuxConfig, Tunnel, TunnelConfig};
 
-use tunnel_util::{Io, Pair, WAIT};
+use tunnel_util::{echo_once, Io, Pair, WAIT};
 
 fn ios() -> Vec<Io> {
     vec![
@@ -58,16 +58,6 @@ fn echo_factory() -> (zs_io::HandlerFactory, zs_io::testkit::Events) {
         Arc::new(move || Box::new(rec.lock().unwrap().sibling()) as Box<dyn Handler>),
         ev,
     )
-}
-
-/// One echo round trip through a fresh virtual connection from `b` to `addr`.
-fn echo_once(b: &dyn Backend, addr: SocketAddr, msg: &[u8]) {
-    let (client, cev) = Recorder::new(false);
-    let conn = zs_io::connect_blocking(b, addr, WAIT, Box::new(client)).unwrap();
-    conn.send(Bytes::copy_from_slice(msg)).unwrap();
-    assert_eq!(cev.data(msg.len()), msg);
-    conn.close();
-    assert_eq!(cev.close(), CloseReason::Local);
 }
 
 #[test]

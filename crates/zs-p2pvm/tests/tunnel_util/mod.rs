@@ -139,3 +139,13 @@ impl Backend for PairBackend {
         self.pair.b.shutdown();
     }
 }
+
+/// One echo round trip through a fresh virtual connection from `b` to `addr`.
+pub fn echo_once(b: &dyn Backend, addr: SocketAddr, msg: &[u8]) {
+    let (client, cev) = zs_io::testkit::Recorder::new(false);
+    let conn = zs_io::connect_blocking(b, addr, WAIT, Box::new(client)).unwrap();
+    conn.send(bytes::Bytes::copy_from_slice(msg)).unwrap();
+    assert_eq!(cev.data(msg.len()), msg);
+    conn.close();
+    assert_eq!(cev.close(), zs_io::CloseReason::Local);
+}
