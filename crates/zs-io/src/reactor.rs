@@ -38,12 +38,12 @@
 //! ## Failures that must not stop a loop
 //!
 //! Every handler callback, handler factory call and handler drop runs inside
-//! [`catch_handler_panic`](crate::catch_handler_panic): a panic resets only that
+//! [`catch_handler_panic`]: a panic resets only that
 //! connection and calls its `on_close(HandlerPanicked)` (contract item 8). An accept
 //! that fails with an error that leaves the connection queued (`EMFILE`, `ENFILE`,
 //! `ENOBUFS`…) would stall an edge-triggered listener until some new connection
 //! raised a new edge; instead the loop retries on its timer wheel, backing off from
-//! 10 to 100 ms while the error persists ([`AcceptBackoff`](crate::AcceptBackoff)),
+//! 10 to 100 ms while the error persists ([`AcceptBackoff`]),
 //! and logs once per burst.
 #![allow(clippy::type_complexity)]
 
