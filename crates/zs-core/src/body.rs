@@ -42,6 +42,17 @@ pub struct CollectLimits {
     /// would need one more is refused with
     /// [`code::TOO_MANY`](crate::code::TOO_MANY). Default 64.
     pub max_spill_files: usize,
+    /// Most bytes announced by bodies assembled in memory (below
+    /// `spill_threshold`) in the whole process, while they are received; a
+    /// body that would exceed it goes to a temporary file instead (when the
+    /// spill quota allows), else it is refused with
+    /// [`code::TOO_MANY`](crate::code::TOO_MANY). Default 256 MiB.
+    pub max_memory_bytes_total: u64,
+    /// Most bodies one connection may have half received at once (in memory
+    /// or spilled); one more is refused with
+    /// [`code::TOO_MANY`](crate::code::TOO_MANY), so one peer cannot take the
+    /// process-wide quotas. Default 8.
+    pub max_transfers_per_peer: usize,
     /// A transfer that received no chunk for this long is dropped (with its
     /// memory or file); the check runs when a chunk for the same command
     /// arrives. A later chunk of the dropped transfer is answered
@@ -57,6 +68,8 @@ impl Default for CollectLimits {
             spill_dir: None,
             max_spill_bytes_total: 4 << 30,
             max_spill_files: 64,
+            max_memory_bytes_total: 256 << 20,
+            max_transfers_per_peer: 8,
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -71,6 +84,40 @@ impl CollectLimits {
             SPILL_FILES.load(Ordering::Acquire),
             SPILL_BYTES.load(Ordering::Acquire),
         )
+    }
+
+    /// Bytes announced by the bodies being received in memory in the whole
+    /// process now (see [`CollectLimits::max_memory_bytes_total`]).
+    pub fn memory_in_use() -> u64 {
+        MEMORY_BYTES.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes announced by bodies being assembled in memory in this process.
+static MEMORY_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A body's share of [`CollectLimits::max_memory_bytes_total`] while it is
+/// received in memory; given back when dropped.
+#[derive(Debug)]
+struct MemoryQuota {
+    bytes: u64,
+}
+
+impl MemoryQuota {
+    fn take(bytes: u64, limits: &CollectLimits) -> Option<MemoryQuota> {
+        let max = limits.max_memory_bytes_total;
+        MEMORY_BYTES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_add(bytes).filter(|t| *t <= max)
+            })
+            .ok()
+            .map(|_| MemoryQuota { bytes })
+    }
+}
+
+impl Drop for MemoryQuota {
+    fn drop(&mut self) {
+        MEMORY_BYTES.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -142,7 +189,11 @@ impl Drop for SpillQuota {
 /// Where a body being received goes.
 enum Store {
     /// Grows with the data (never reserved from the announced total).
-    Memory(Vec<u8>),
+    Memory(
+        Vec<u8>,
+        // Held for its `Drop`: the memory quota returns with the body.
+        #[allow(dead_code)] MemoryQuota,
+    ),
     /// A temporary file (deleted on drop, one descriptor) behind a buffer.
     File(SpillWriter, SpillQuota),
 }
@@ -191,9 +242,12 @@ impl Assembly {
     /// process-wide spill quota allows it (refusals carry the code to answer).
     /// `max_size` is the caller's check.
     pub(crate) fn new(total: u64, limits: &CollectLimits) -> Result<Assembly, HandlerError> {
-        let store = if total <= limits.spill_threshold {
-            // Memory is taken as data arrives: an announced total costs nothing.
-            Store::Memory(Vec::new())
+        let memory = (total <= limits.spill_threshold)
+            .then(|| MemoryQuota::take(total, limits))
+            .flatten();
+        let store = if let Some(quota) = memory {
+            // Memory is taken as data arrives; the quota counts the total.
+            Store::Memory(Vec::new(), quota)
         } else {
             let quota = SpillQuota::take(total, limits)?;
             let builder = {
@@ -236,7 +290,7 @@ impl Assembly {
             .filter(|e| *e <= self.total)
             .ok_or_else(|| io::Error::other("more bytes than announced"))?;
         match &mut self.store {
-            Store::Memory(v) => {
+            Store::Memory(v, _) => {
                 if end as usize > v.capacity() {
                     // Geometric growth, never past the announced total (which
                     // is at most the spill threshold here).
@@ -262,7 +316,7 @@ impl Assembly {
             )));
         }
         match self.store {
-            Store::Memory(v) => Ok(BigBody {
+            Store::Memory(v, _) => Ok(BigBody {
                 len: v.len() as u64,
                 inner: Inner::Memory(Cursor::new(Bytes::from(v))),
             }),
@@ -386,7 +440,7 @@ mod tests {
 
     fn capacity(a: &Assembly) -> usize {
         match &a.store {
-            Store::Memory(v) => v.capacity(),
+            Store::Memory(v, _) => v.capacity(),
             Store::File(..) => panic!("spilled"),
         }
     }
@@ -419,6 +473,36 @@ mod tests {
         let mut a = Assembly::new(4, &CollectLimits::default()).unwrap();
         a.push(b"abc").unwrap();
         assert!(a.finish().is_err());
+    }
+
+    #[test]
+    fn memory_bodies_share_a_process_wide_quota_then_spill() {
+        let _g = SPILL_TEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let limits = CollectLimits {
+            spill_threshold: 100,
+            max_memory_bytes_total: 150,
+            max_spill_files: 1,
+            spill_dir: Some(dir.path().to_owned()),
+            ..CollectLimits::default()
+        };
+        let before = CollectLimits::memory_in_use();
+        let a = Assembly::new(100, &limits).unwrap();
+        assert!(matches!(a.store, Store::Memory(..)));
+        assert_eq!(CollectLimits::memory_in_use(), before + 100);
+        // Over the memory quota: to a file while the spill quota allows...
+        let b = Assembly::new(100, &limits).unwrap();
+        assert!(matches!(b.store, Store::File(..)));
+        // ...then refused.
+        let e = Assembly::new(100, &limits).err().unwrap();
+        assert_eq!(e.code, code::TOO_MANY, "{}", e.message);
+        drop((a, b));
+        assert_eq!(CollectLimits::memory_in_use(), before);
+        assert!(matches!(
+            Assembly::new(100, &limits).unwrap().store,
+            Store::Memory(..)
+        ));
+        assert_eq!(CollectLimits::memory_in_use(), before);
     }
 
     #[test]

@@ -402,6 +402,17 @@ impl Collector {
             // A new transfer (a stale one under the same id starts over).
             stale => {
                 drop(stale);
+                let conn = key.0;
+                let open = self.lock().map.keys().filter(|k| k.0 == conn).count();
+                if open >= self.limits.max_transfers_per_peer {
+                    return Err(HandlerError::new(
+                        code::TOO_MANY,
+                        format!(
+                            "this connection is sending {open} BigStreams to collect already \
+                             (max_transfers_per_peer)"
+                        ),
+                    ));
+                }
                 Transfer {
                     peer: peer.clone(),
                     body: self.start(chunk)?,
@@ -1218,6 +1229,10 @@ mod tests {
 
     #[test]
     fn big_stream_acks_only_chunks_the_handler_accepted() {
+        // Process-wide quotas: no other quota test at the same time.
+        let _g = crate::body::SPILL_TEST_LOCK
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let r = collecting(CollectLimits::default());
         let sink = Arc::new(Sink::default());
         let peer = Peer::new(1, None, sink.clone());
@@ -1275,6 +1290,45 @@ mod tests {
                 "{f:?}"
             );
         }
+    }
+
+    #[test]
+    fn one_connection_has_a_bounded_number_of_partial_bodies() {
+        let _g = crate::body::SPILL_TEST_LOCK
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let r = collecting(CollectLimits {
+            max_transfers_per_peer: 2,
+            ..CollectLimits::default()
+        });
+        let (sa, sb) = (Arc::new(Sink::default()), Arc::new(Sink::default()));
+        let (a, b) = (
+            Peer::new(1, None, sa.clone()),
+            Peer::new(2, None, sb.clone()),
+        );
+        for id in 1..=2 {
+            r.dispatch(&a, chunk(id, "up", 0, 6, b"abc"), None, false);
+            assert_eq!(take(&sa), [Frame::BigStreamAck { id, offset: 3 }]);
+        }
+        r.dispatch(&a, chunk(3, "up", 0, 6, b"abc"), None, false);
+        assert!(
+            matches!(
+                &take(&sa)[..],
+                [Frame::Error {
+                    id: 3,
+                    code: 429,
+                    ..
+                }]
+            ),
+            "a third partial body of the same connection is refused"
+        );
+        // Another connection is not affected; a finished transfer frees a place.
+        r.dispatch(&b, chunk(1, "up", 0, 6, b"abc"), None, false);
+        assert_eq!(take(&sb), [Frame::BigStreamAck { id: 1, offset: 3 }]);
+        r.dispatch(&a, chunk(1, "up", 3, 6, b"def"), None, false);
+        assert_eq!(take(&sa).len(), 2);
+        r.dispatch(&a, chunk(3, "up", 0, 6, b"abc"), None, false);
+        assert_eq!(take(&sa), [Frame::BigStreamAck { id: 3, offset: 3 }]);
     }
 
     #[test]
@@ -1340,6 +1394,10 @@ mod tests {
 
     #[test]
     fn a_chunk_that_does_not_continue_the_body_drops_it() {
+        // Process-wide quotas: no other quota test at the same time.
+        let _g = crate::body::SPILL_TEST_LOCK
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let r = collecting(CollectLimits::default());
         let sink = Arc::new(Sink::default());
         let peer = Peer::new(1, None, sink.clone());
@@ -1377,6 +1435,10 @@ mod tests {
 
     #[test]
     fn idle_transfers_are_dropped_when_the_command_gets_a_chunk() {
+        // Process-wide quotas: no other quota test at the same time.
+        let _g = crate::body::SPILL_TEST_LOCK
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let r = collecting(CollectLimits {
             idle_timeout: Duration::from_millis(50),
             ..CollectLimits::default()
