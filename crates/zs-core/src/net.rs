@@ -1210,7 +1210,16 @@ fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: Vec
                 link.resumes.fetch_add(1, Ordering::Relaxed);
                 shared.notify(Reconn::Up);
             }
-            Work::BigAborted(id, cmd) => shared.registry.big_stream_aborted(peer, id, cmd.as_str()),
+            Work::BigAborted(id, cmd) => {
+                if shared.options.ordered {
+                    // Chunks of the refused transfer still waiting in the
+                    // ordered queue must not start it again.
+                    lock(&link.st)
+                        .queue
+                        .retain(|r| !matches!(r, Request::BigChunk { id: i, .. } if *i == id));
+                }
+                shared.registry.big_stream_aborted(peer, id, cmd.as_str())
+            }
             Work::StableReady(_) | Work::Resume(..) => {}
         }
     }

@@ -524,3 +524,65 @@ fn refused_chunks_get_only_the_error() {
     raw.send(&chunk(8, "upload", 0, 100, data(10)));
     raw.expect_ack(8, 10);
 }
+
+/// Ordered mode: chunks of a transfer that still wait in the ordered queue
+/// when the session refuses that transfer do not start it again (no body is
+/// made, no ack is sent).
+#[test]
+fn ordered_queue_drops_chunks_of_a_refused_transfer() {
+    let _g = serial();
+    let held: Arc<Mutex<Vec<zs_core::Responder>>> = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    let mut reg = Registry::new();
+    reg.console_delayed("hold", move |_, _, r| h.lock().unwrap().push(r));
+    reg.big_stream_collect("upload", CollectLimits::default(), |_, body| {
+        Ok(Some(DataFrame::new().with(body.len())))
+    });
+    let backend: Arc<dyn Backend> = Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            ..zs_io::Config::default()
+        })
+        .unwrap(),
+    );
+    let p = provider();
+    let options = Options {
+        ordered: true,
+        ..Options::default()
+    };
+    let server = Server::start(
+        backend,
+        p.clone(),
+        reg,
+        options,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let before = CollectLimits::memory_in_use();
+    let mut raw = Raw::connect(server.local_addr(), &p);
+    raw.send(&Frame::Console {
+        id: 1,
+        cmd: Text::from("hold"),
+        text: Text::from(""),
+    });
+    assert!(within(WAIT, || held.lock().unwrap().len() == 1));
+    // Queued behind "hold"; then a chunk out of order refuses the transfer.
+    raw.send(&chunk(5, "upload", 0, 100, data(10)));
+    raw.send(&chunk(5, "upload", 50, 100, data(10)));
+    match raw.next(WAIT) {
+        Some(Frame::Error { id: 5, code, .. }) => assert_eq!(code, code::BAD_REQUEST),
+        other => panic!("expected Error 400 for the refused transfer, got {other:?}"),
+    }
+    let r = held.lock().unwrap().pop().unwrap();
+    r.reply_text("done").unwrap();
+    match raw.next(WAIT) {
+        Some(Frame::ConsoleResponse { id: 1, .. }) => {}
+        other => panic!("expected the held answer, got {other:?}"),
+    }
+    assert_eq!(
+        raw.next(Duration::from_millis(300)),
+        None,
+        "a queued chunk of the refused transfer started it again"
+    );
+    assert_eq!(CollectLimits::memory_in_use(), before);
+}
