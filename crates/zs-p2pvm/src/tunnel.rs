@@ -35,6 +35,20 @@
 //! Such a wake costs the backend's timer resolution (5 ms ticks on epoll); data
 //! sent from other threads does not need one.
 //!
+//! ## Panicking handlers
+//!
+//! The driver keeps the seam's contract item 8 for virtual connections: every
+//! callback of a virtual connection's handler (and every call of a virtual
+//! listener's `HandlerFactory`) runs under [`zs_io::catch_handler_panic`], which
+//! logs and counts the panic ([`zs_io::handler_panics`]). A panic ends only that
+//! virtual connection: its stream is reset (the peer sees `Reset`), the bytes
+//! queued either way are dropped, and its handler gets one last
+//! `on_close(`[`zs_io::CloseReason::HandlerPanicked`]`)`, itself guarded; a
+//! panicking factory resets the stream it was called for. The panic never
+//! unwinds through the driver, so the physical connection, the tunnel and every
+//! other virtual connection keep running. No tunnel lock is held while user code
+//! runs (that includes dropping a handler), and the locks recover from poisoning.
+//!
 //! ## Identity and memory
 //!
 //! A virtual connection's `local_addr` / `peer_addr` are the virtual listen

@@ -25,6 +25,7 @@
 //! | `connect_timeout` | a full OS listen backlog | `v_connect_timeout` (a tunnel whose link never becomes ready) |
 //! | `listener_shutdown` | std peers | `v_listener_shutdown` |
 //! | `send_after_close` | a std `TcpListener` peer | `v_send_after_close` |
+//! | `panicking_handler` | std clients to the listener | `handler_panic_closes_only_its_stream` in `tests/tunnel.rs` |
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 

@@ -623,3 +623,256 @@ fn callbacks_may_reenter_the_tunnel() {
         assert_eq!(rx.recv_timeout(WAIT).unwrap(), want);
     }
 }
+
+/// What the server handlers of [`handler_panic_closes_only_its_stream`] are made
+/// to do when they are created.
+const BOMB_NONE: u8 = 0;
+const BOMB_FACTORY: u8 = 1;
+const BOMB_ON_OPEN: u8 = 2;
+
+/// An echo handler (through a [`Recorder`]) that panics on command: `boom` in
+/// `on_data`, `timer` arms a timer whose `on_timer` panics, `flood` fills the send
+/// queue and panics in the `on_writable` that follows, `eof-bomb` makes the
+/// peer's FIN panic in `on_eof`, `close-bomb` closes and then panics in
+/// `on_close`.
+struct Bomb {
+    inner: Recorder,
+    panic_on_open: bool,
+    panic_on_eof: bool,
+    panic_on_close: bool,
+}
+
+impl Handler for Bomb {
+    fn on_open(&mut self, conn: &Conn) {
+        if self.panic_on_open {
+            panic!("p2pvm test: deliberate panic in on_open of {}", conn.id());
+        }
+        self.inner.on_open(conn);
+    }
+    fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
+        if data.starts_with(b"boom") {
+            panic!("p2pvm test: deliberate panic in on_data of {}", conn.id());
+        }
+        if data.starts_with(b"timer") {
+            data.clear();
+            conn.set_timer(Duration::from_millis(10), 7).unwrap();
+            return;
+        }
+        if data.starts_with(b"flood") {
+            data.clear();
+            let chunk = Bytes::from(vec![b'f'; 64 * 1024]);
+            while conn.send(chunk.clone()).is_ok() {}
+            return;
+        }
+        if data.starts_with(b"eof-bomb") {
+            data.clear();
+            self.panic_on_eof = true;
+            return;
+        }
+        if data.starts_with(b"close-bomb") {
+            data.clear();
+            self.panic_on_close = true;
+            conn.close();
+            return;
+        }
+        self.inner.on_data(conn, data);
+    }
+    fn on_eof(&mut self, conn: &Conn) {
+        if self.panic_on_eof {
+            panic!("p2pvm test: deliberate panic in on_eof of {}", conn.id());
+        }
+        self.inner.on_eof(conn);
+    }
+    fn on_writable(&mut self, conn: &Conn) {
+        panic!(
+            "p2pvm test: deliberate panic in on_writable of {}",
+            conn.id()
+        );
+    }
+    fn on_timer(&mut self, conn: &Conn, token: u64) {
+        panic!(
+            "p2pvm test: deliberate panic in on_timer({token}) of {}",
+            conn.id()
+        );
+    }
+    fn on_close(&mut self, conn: &Conn, reason: CloseReason) {
+        self.inner.on_close(conn, reason);
+        if self.panic_on_close {
+            panic!("p2pvm test: deliberate panic in on_close of {}", conn.id());
+        }
+    }
+}
+
+/// An outgoing virtual connection's handler that reports its failure, then panics.
+struct FailBomb(mpsc::Sender<()>);
+
+impl Handler for FailBomb {
+    fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
+        data.clear();
+    }
+    fn on_connect_failed(&mut self, error: zs_io::Error) {
+        let _ = self.0.send(());
+        panic!("p2pvm test: deliberate panic in on_connect_failed({error})");
+    }
+}
+
+/// Sends `msg` on a virtual connection and expects it echoed.
+fn v_roundtrip(conn: &Conn, ev: &zs_io::testkit::Events, msg: &[u8]) {
+    conn.send(Bytes::copy_from_slice(msg)).unwrap();
+    assert_eq!(ev.data(msg.len()), msg, "echo mismatch");
+}
+
+/// A client virtual connection (from the initiator end) to `addr`, echo-checked.
+fn v_client(p: &Pair, addr: SocketAddr, msg: &[u8]) -> (Conn, zs_io::testkit::Events) {
+    let (client, cev) = Recorder::new(false);
+    let conn = zs_io::connect_blocking(&p.b, addr, WAIT, Box::new(client)).unwrap();
+    v_roundtrip(&conn, &cev, msg);
+    (conn, cev)
+}
+
+/// The peer of a virtual connection whose handler panicked sees it reset (an
+/// outgoing connect may also have been refused or seen open first).
+fn assert_reset(cev: &zs_io::testkit::Events, what: &str) {
+    let end = cev.until(WAIT, |e| match e {
+        Ev::Close(r) => Some(Ok(r)),
+        Ev::ConnectFailed(e) => Some(Err(e)),
+        _ => None,
+    });
+    match end {
+        Ok(CloseReason::Reset) | Err(zs_io::Error::Refused) => {}
+        other => panic!("{what}: the peer saw {other:?}, not a reset"),
+    }
+}
+
+/// The seam's contract item 8 inside a tunnel: a panicking handler of a virtual
+/// connection ends only that virtual stream (reset: its peer sees `Reset`; its
+/// handler gets one `on_close(HandlerPanicked)`), for panics in `on_data`,
+/// `on_timer`, `on_writable`, `on_eof` and `on_open`; a panicking handler factory
+/// only resets the stream it was called for; panics in `on_close` and
+/// `on_connect_failed` are caught too. Another virtual connection of the same
+/// tunnel keeps echoing throughout, new ones still open, the tunnel itself stays
+/// up, and every panic is counted in `zs_io::handler_panics()`.
+#[test]
+fn handler_panic_closes_only_its_stream() {
+    for io in ios() {
+        let p = Pair::new(io, open_cfg(), open_cfg());
+        let panics0 = zs_io::handler_panics();
+        let (server, sev) = Recorder::new(true);
+        let server = Mutex::new(server);
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(BOMB_NONE));
+        let m = mode.clone();
+        let l =
+            p.a.listen(
+                vaddr("10.0.0.9:80"),
+                Arc::new(move || {
+                    let mode = m.load(Ordering::SeqCst);
+                    if mode == BOMB_FACTORY {
+                        panic!("p2pvm test: deliberate panic in the handler factory");
+                    }
+                    Box::new(Bomb {
+                        inner: server.lock().unwrap().sibling(),
+                        panic_on_open: mode == BOMB_ON_OPEN,
+                        panic_on_eof: false,
+                        panic_on_close: false,
+                    }) as Box<dyn Handler>
+                }),
+            )
+            .unwrap();
+        let addr = l.local_addr();
+        assert!(p.b.wait_peer_listen(addr, WAIT));
+
+        let (a, aev) = v_client(&p, addr, b"hello");
+        sev.open();
+        let (b, bev) = v_client(&p, addr, b"world");
+        sev.open();
+
+        // on_data panics: only b ends, reset.
+        b.send(Bytes::from_static(b"boom")).unwrap();
+        assert_eq!(sev.close(), CloseReason::HandlerPanicked, "{io:?}");
+        assert_reset(&bev, "after a panic in on_data");
+        assert!(b.is_closed());
+        v_roundtrip(&a, &aev, b"still echoing");
+        assert!(p.a.close_info().is_none() && p.b.close_info().is_none());
+        let (c, cev) = v_client(&p, addr, b"new virtual connections open");
+        sev.open();
+
+        // on_timer panics.
+        c.send(Bytes::from_static(b"timer")).unwrap();
+        assert_eq!(sev.close(), CloseReason::HandlerPanicked);
+        assert_reset(&cev, "after a panic in on_timer");
+        v_roundtrip(&a, &aev, b"still echoing after on_timer");
+
+        // on_writable panics: the server fills its send queue while the client
+        // does not read, then the client reads.
+        let (d, dev) = v_client(&p, addr, b"d");
+        sev.open();
+        d.set_read_paused(true);
+        d.send(Bytes::from_static(b"flood")).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        d.set_read_paused(false);
+        assert_eq!(sev.close(), CloseReason::HandlerPanicked);
+        assert_reset(&dev, "after a panic in on_writable");
+        v_roundtrip(&a, &aev, b"still echoing after on_writable");
+
+        // on_eof panics.
+        let (e, eev) = v_client(&p, addr, b"e");
+        sev.open();
+        e.send(Bytes::from_static(b"eof-bomb")).unwrap();
+        e.shutdown_write().unwrap();
+        assert_eq!(sev.close(), CloseReason::HandlerPanicked);
+        assert_reset(&eev, "after a panic in on_eof");
+        v_roundtrip(&a, &aev, b"still echoing after on_eof");
+
+        // on_open panics: no Open event, but on_close runs.
+        mode.store(BOMB_ON_OPEN, Ordering::SeqCst);
+        let (client, fev) = Recorder::new(false);
+        p.b.connect(addr, WAIT, Box::new(client)).unwrap();
+        assert_eq!(sev.close(), CloseReason::HandlerPanicked);
+        assert_reset(&fev, "after a panic in on_open");
+        // The factory panics: that stream is reset, nothing else happens.
+        mode.store(BOMB_FACTORY, Ordering::SeqCst);
+        let (client, gev) = Recorder::new(false);
+        p.b.connect(addr, WAIT, Box::new(client)).unwrap();
+        assert_reset(&gev, "after a panic in the handler factory");
+        mode.store(BOMB_NONE, Ordering::SeqCst);
+        v_roundtrip(&a, &aev, b"still echoing after the factory");
+
+        // on_close panics (after a normal close by the handler).
+        let (h, hev) = v_client(&p, addr, b"h");
+        sev.open();
+        h.send(Bytes::from_static(b"close-bomb")).unwrap();
+        assert_eq!(sev.close(), CloseReason::Local);
+        hev.close();
+
+        // An outgoing virtual connection's on_connect_failed panics.
+        let (tx, rx) = mpsc::channel();
+        p.b.connect(vaddr("10.9.9.9:9"), WAIT, Box::new(FailBomb(tx)))
+            .unwrap();
+        rx.recv_timeout(WAIT).unwrap();
+
+        // The tunnel survived all of it.
+        v_roundtrip(&a, &aev, b"the tunnel survived");
+        let (i, iev) = v_client(&p, addr, b"and still opens streams");
+        sev.open();
+        assert!(p.a.close_info().is_none() && p.b.close_info().is_none());
+        // The last panic happens just after its handler reported: wait for it.
+        let t0 = Instant::now();
+        loop {
+            let caught = zs_io::handler_panics() - panics0;
+            if caught >= 8 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "{io:?}: only {caught} handler panics counted"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (conn, ev) in [(a, aev), (i, iev)] {
+            conn.close();
+            assert_eq!(ev.close(), CloseReason::Local);
+            assert_eq!(sev.close(), CloseReason::PeerClosed);
+        }
+        drop(l);
+    }
+}

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use zs_crypto::{SecureSession, SecurityProvider};
-use zs_io::{CloseReason, Conn, Handler, HandlerFactory, Listener};
+use zs_io::{
+    catch_handler_panic, drop_guarded, CloseReason, Conn, ConnId, Handler, HandlerFactory, Listener,
+};
 
 use super::vconn::VConn;
 use super::{CloseInfo, Inner};
@@ -209,6 +211,27 @@ enum Action {
         reason: CloseReason,
     },
     ConnectFailed(Box<dyn Handler>, zs_io::Error),
+}
+
+/// What became of a handler after [`exec`] ran its callback (outside the lock).
+enum Outcome {
+    /// The callback returned: put the handler back (with the unread rest of the
+    /// data, for `on_data`).
+    Restore {
+        sid: StreamId,
+        id: ConnId,
+        handler: Box<dyn Handler>,
+        buf: Option<BytesMut>,
+    },
+    /// The callback (or the listener's factory: then there is no handler)
+    /// panicked: reset the stream and deliver `on_close(HandlerPanicked)`.
+    Panicked {
+        sid: StreamId,
+        id: ConnId,
+        handler: Option<Box<dyn Handler>>,
+    },
+    /// Nothing to put back (`on_close`, `on_connect_failed`).
+    Done,
 }
 
 /// Everything behind the tunnel's mutex.
@@ -1018,14 +1041,22 @@ impl State {
         None
     }
 
-    /// Puts a handler back after its callback ran outside the lock.
-    fn restore(&mut self, sid: StreamId, handler: Box<dyn Handler>, buf: Option<BytesMut>) {
+    /// Puts a handler back after its callback ran outside the lock. Returns it
+    /// if the connection is gone meanwhile: the caller drops it without the lock
+    /// (its `Drop` is user code).
+    #[must_use]
+    fn restore(
+        &mut self,
+        sid: StreamId,
+        handler: Box<dyn Handler>,
+        buf: Option<BytesMut>,
+    ) -> Option<Box<dyn Handler>> {
         let mut again = false;
         let Some(slot) = self.slots.get_mut(&sid) else {
-            return;
+            return Some(handler);
         };
         if slot.has(DONE) {
-            return;
+            return Some(handler);
         }
         slot.handler = Some(handler);
         let more = slot.has(PEER_FIN) || slot.has(GONE);
@@ -1043,6 +1074,41 @@ impl State {
         if again || more {
             self.schedule(sid);
         }
+        None
+    }
+
+    /// A handler callback of `sid` panicked (the seam's contract item 8): only this
+    /// virtual connection ends. Its stream is reset (the peer sees `Reset`), the
+    /// bytes queued either way are dropped, and the next action delivers its one
+    /// `on_close(HandlerPanicked)` (`handler` is `None` when the listener's
+    /// factory panicked: then there is nobody to tell). Returns the handler if the
+    /// connection is gone meanwhile (to be dropped without the lock).
+    #[must_use]
+    fn handler_panicked(
+        &mut self,
+        sid: StreamId,
+        handler: Option<Box<dyn Handler>>,
+    ) -> Option<Box<dyn Handler>> {
+        let Some(slot) = self.slots.get_mut(&sid) else {
+            return handler;
+        };
+        if slot.has(DONE) {
+            return handler;
+        }
+        slot.handler = handler;
+        slot.reason = Some(CloseReason::HandlerPanicked);
+        slot.flags |= CLOSING;
+        slot.flags &= !WANT_WRITABLE;
+        if !slot.has(GONE) {
+            slot.flags |= GONE | MUX_CLOSED;
+            // Drops what the Mux still holds for the stream, both ways.
+            self.mux.reset(sid);
+        }
+        self.bufs.remove(&sid);
+        // Before anything else: no other callback reaches this handler.
+        self.deferred
+            .push_front(Deferred::Finish(sid, CloseReason::HandlerPanicked));
+        None
     }
 }
 
@@ -1067,10 +1133,24 @@ pub(crate) fn drive(inner: &Arc<Inner>) {
         match st.next_action(inner, now) {
             Some(action) => {
                 drop(st);
-                let back = exec(action);
+                let outcome = exec(action);
                 st = inner.lock();
-                if let Some((sid, h, buf)) = back {
-                    st.restore(sid, h, buf);
+                let leftover = match outcome {
+                    Outcome::Restore {
+                        sid,
+                        id,
+                        handler,
+                        buf,
+                    } => st.restore(sid, handler, buf).map(|h| (id, h)),
+                    Outcome::Panicked { sid, id, handler } => {
+                        st.handler_panicked(sid, handler).map(|h| (id, h))
+                    }
+                    Outcome::Done => None,
+                };
+                if let Some((id, h)) = leftover {
+                    drop(st);
+                    drop_guarded(Some(id), h);
+                    st = inner.lock();
                 }
                 calls += 1;
                 if calls % FLUSH_EVERY == 0 {
@@ -1095,8 +1175,12 @@ pub(crate) fn drive(inner: &Arc<Inner>) {
     st.driving = false;
 }
 
-/// Calls one handler (no lock held); returns the handler to put back.
-fn exec(action: Action) -> Option<(StreamId, Box<dyn Handler>, Option<BytesMut>)> {
+/// Calls one handler (no lock held) and says what to do with it. Every user
+/// callback (and the listener's factory) runs under [`catch_handler_panic`], so a
+/// panic never unwinds through the driver (and so through the physical
+/// connection's callback, which would end the whole tunnel): it is logged,
+/// counted, and reported as [`Outcome::Panicked`].
+fn exec(action: Action) -> Outcome {
     match action {
         Action::Call {
             sid,
@@ -1104,36 +1188,78 @@ fn exec(action: Action) -> Option<(StreamId, Box<dyn Handler>, Option<BytesMut>)
             conn,
             call,
         } => {
+            let id = conn.id();
+            let h = &mut handler;
             let mut back = None;
-            match call {
-                Call::Open => handler.on_open(&conn),
+            let done = match call {
+                Call::Open => catch_handler_panic(Some(id), "on_open", || h.on_open(&conn)),
                 Call::Data(mut buf) => {
-                    handler.on_data(&conn, &mut buf);
+                    let r = catch_handler_panic(Some(id), "on_data", || h.on_data(&conn, &mut buf));
                     back = Some(buf);
+                    r
                 }
-                Call::Eof => handler.on_eof(&conn),
-                Call::Writable => handler.on_writable(&conn),
-                Call::Timer(t) => handler.on_timer(&conn, t),
+                Call::Eof => catch_handler_panic(Some(id), "on_eof", || h.on_eof(&conn)),
+                Call::Writable => {
+                    catch_handler_panic(Some(id), "on_writable", || h.on_writable(&conn))
+                }
+                Call::Timer(t) => {
+                    catch_handler_panic(Some(id), "on_timer", || h.on_timer(&conn, t))
+                }
+            };
+            match done {
+                Some(()) => Outcome::Restore {
+                    sid,
+                    id,
+                    handler,
+                    buf: back,
+                },
+                // The unread data goes with the stream.
+                None => Outcome::Panicked {
+                    sid,
+                    id,
+                    handler: Some(handler),
+                },
             }
-            Some((sid, handler, back))
         }
         Action::Incoming { sid, factory, conn } => {
-            let mut handler = factory();
-            handler.on_open(&conn);
+            let id = conn.id();
+            let Some(mut handler) = catch_handler_panic(Some(id), "HandlerFactory", || factory())
+            else {
+                return Outcome::Panicked {
+                    sid,
+                    id,
+                    handler: None,
+                };
+            };
+            if catch_handler_panic(Some(id), "on_open", || handler.on_open(&conn)).is_none() {
+                return Outcome::Panicked {
+                    sid,
+                    id,
+                    handler: Some(handler),
+                };
+            }
             // Data that came with the open is delivered by the next service.
-            Some((sid, handler, Some(BytesMut::new())))
+            Outcome::Restore {
+                sid,
+                id,
+                handler,
+                buf: Some(BytesMut::new()),
+            }
         }
         Action::Close {
             mut handler,
             conn,
             reason,
         } => {
-            handler.on_close(&conn, reason);
-            None
+            let id = conn.id();
+            catch_handler_panic(Some(id), "on_close", || handler.on_close(&conn, reason));
+            drop_guarded(Some(id), handler);
+            Outcome::Done
         }
         Action::ConnectFailed(mut handler, e) => {
-            handler.on_connect_failed(e);
-            None
+            catch_handler_panic(None, "on_connect_failed", || handler.on_connect_failed(e));
+            drop_guarded(None, handler);
+            Outcome::Done
         }
     }
 }
