@@ -447,6 +447,7 @@ mod tests {
 
     #[test]
     fn memory_is_taken_as_data_arrives_not_from_the_announced_total() {
+        let _g = SPILL_TEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let limits = CollectLimits::default();
         let mut a = Assembly::new(4 << 20, &limits).unwrap();
         assert_eq!(capacity(&a), 0, "nothing reserved for the announced 4 MiB");
@@ -470,6 +471,7 @@ mod tests {
 
     #[test]
     fn a_short_body_does_not_finish() {
+        let _g = SPILL_TEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let mut a = Assembly::new(4, &CollectLimits::default()).unwrap();
         a.push(b"abc").unwrap();
         assert!(a.finish().is_err());
