@@ -765,6 +765,18 @@ mod tests {
         Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap()
     }
 
+    /// A listening IPv4 socket on loopback, associated with `port` (key 1).
+    fn loopback_listener(port: &Port) -> (Socket, SocketAddr) {
+        let listener = stream(Domain::IPV4);
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        port.associate(&listener, 1).unwrap();
+        (listener, addr)
+    }
+
     /// Waits for the next packet (one at a time).
     fn next(port: &Port) -> Event {
         let mut one = Events::with_capacity(1);
@@ -794,13 +806,7 @@ mod tests {
     #[test]
     fn accept_connect_send_recv() {
         let port = Port::new().unwrap();
-        let listener = stream(Domain::IPV4);
-        listener
-            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        listener.listen(16).unwrap();
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        port.associate(&listener, 1).unwrap();
+        let (listener, addr) = loopback_listener(&port);
         let mut accept = AcceptOp::new();
         accept.start(&listener, stream(Domain::IPV4)).unwrap();
         assert!(accept.in_flight());
@@ -870,13 +876,7 @@ mod tests {
     #[test]
     fn start_while_in_flight_is_refused() {
         let port = Port::new().unwrap();
-        let listener = stream(Domain::IPV4);
-        listener
-            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        listener.listen(16).unwrap();
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        port.associate(&listener, 1).unwrap();
+        let (listener, addr) = loopback_listener(&port);
         let mut accept = AcceptOp::new();
         accept.start(&listener, stream(Domain::IPV4)).unwrap();
         let err = accept

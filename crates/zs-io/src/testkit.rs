@@ -1145,40 +1145,67 @@ pub fn send_after_close(make: MakeBackend<'_>) {
     backend.shutdown();
 }
 
-/// What the server handler of [`panicking_handler`] does besides echoing.
-const BOMB_NONE: u8 = 0;
-const BOMB_FACTORY: u8 = 1;
-const BOMB_ON_OPEN: u8 = 2;
+/// What a [`Bomb`] handler factory does when it is called: nothing special,
+/// panic itself, or make a handler that panics in `on_open`.
+pub const BOMB_NONE: u8 = 0;
+/// See [`BOMB_NONE`].
+pub const BOMB_FACTORY: u8 = 1;
+/// See [`BOMB_NONE`].
+pub const BOMB_ON_OPEN: u8 = 2;
 
-/// An echo handler (through a [`Recorder`]) that panics on command: `boom` panics
-/// in `on_data`, `timer` arms a timer whose `on_timer` panics, `close-bomb` closes
-/// and then panics in `on_close`.
-struct Bomb {
+/// An echo handler (through a [`Recorder`]) that panics on command, for
+/// panic-isolation tests of any backend (the kit's [`panicking_handler`], and
+/// backends built on other transports): `boom` panics in `on_data`, `timer`
+/// arms a timer whose `on_timer` panics, `flood` fills the send queue so that
+/// the `on_writable` that follows panics, `eof-bomb` makes the peer's FIN panic
+/// in `on_eof`, `close-bomb` closes and then panics in `on_close`.
+pub struct Bomb {
     inner: Recorder,
     panic_on_open: bool,
+    panic_on_eof: bool,
+    panic_on_writable: bool,
     panic_on_close: bool,
+}
+
+impl Bomb {
+    /// A bomb echoing through `inner`; `panic_on_open` makes its `on_open` panic.
+    pub fn new(inner: Recorder, panic_on_open: bool) -> Bomb {
+        Bomb {
+            inner,
+            panic_on_open,
+            panic_on_eof: false,
+            panic_on_writable: false,
+            panic_on_close: false,
+        }
+    }
 }
 
 impl Handler for Bomb {
     fn on_open(&mut self, conn: &Conn) {
         if self.panic_on_open {
-            panic!(
-                "zs-io testkit: deliberate panic in on_open of {}",
-                conn.id()
-            );
+            panic!("testkit: deliberate panic in on_open of {}", conn.id());
         }
         self.inner.on_open(conn);
     }
     fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
         if data.starts_with(b"boom") {
-            panic!(
-                "zs-io testkit: deliberate panic in on_data of {}",
-                conn.id()
-            );
+            panic!("testkit: deliberate panic in on_data of {}", conn.id());
         }
         if data.starts_with(b"timer") {
             data.clear();
             conn.set_timer(Duration::from_millis(10), 7).unwrap();
+            return;
+        }
+        if data.starts_with(b"flood") {
+            data.clear();
+            self.panic_on_writable = true;
+            let chunk = Bytes::from(vec![b'f'; 64 * 1024]);
+            while conn.send(chunk.clone()).is_ok() {}
+            return;
+        }
+        if data.starts_with(b"eof-bomb") {
+            data.clear();
+            self.panic_on_eof = true;
             return;
         }
         if data.starts_with(b"close-bomb") {
@@ -1189,25 +1216,35 @@ impl Handler for Bomb {
         }
         self.inner.on_data(conn, data);
     }
+    fn on_eof(&mut self, conn: &Conn) {
+        if self.panic_on_eof {
+            panic!("testkit: deliberate panic in on_eof of {}", conn.id());
+        }
+        self.inner.on_eof(conn);
+    }
+    fn on_writable(&mut self, conn: &Conn) {
+        if self.panic_on_writable {
+            panic!("testkit: deliberate panic in on_writable of {}", conn.id());
+        }
+        self.inner.on_writable(conn);
+    }
     fn on_timer(&mut self, conn: &Conn, token: u64) {
         panic!(
-            "zs-io testkit: deliberate panic in on_timer({token}) of {}",
+            "testkit: deliberate panic in on_timer({token}) of {}",
             conn.id()
         );
     }
     fn on_close(&mut self, conn: &Conn, reason: CloseReason) {
         self.inner.on_close(conn, reason);
         if self.panic_on_close {
-            panic!(
-                "zs-io testkit: deliberate panic in on_close of {}",
-                conn.id()
-            );
+            panic!("testkit: deliberate panic in on_close of {}", conn.id());
         }
     }
 }
 
-/// An outgoing connection's handler that reports its failure, then panics.
-struct FailBomb(Sender<()>);
+/// An outgoing connection's handler that reports its failure on the channel,
+/// then panics in `on_connect_failed`.
+pub struct FailBomb(pub Sender<()>);
 
 impl Handler for FailBomb {
     fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
@@ -1215,7 +1252,7 @@ impl Handler for FailBomb {
     }
     fn on_connect_failed(&mut self, error: Error) {
         let _ = self.0.send(());
-        panic!("zs-io testkit: deliberate panic in on_connect_failed({error})");
+        panic!("testkit: deliberate panic in on_connect_failed({error})");
     }
 }
 
@@ -1281,11 +1318,10 @@ pub fn panicking_handler(make: MakeBackend<'_>) {
                 if mode == BOMB_FACTORY {
                     panic!("zs-io testkit: deliberate panic in the handler factory");
                 }
-                Box::new(Bomb {
-                    inner: server.lock().unwrap().sibling(),
-                    panic_on_open: mode == BOMB_ON_OPEN,
-                    panic_on_close: false,
-                }) as Box<dyn Handler>
+                Box::new(Bomb::new(
+                    server.lock().unwrap().sibling(),
+                    mode == BOMB_ON_OPEN,
+                )) as Box<dyn Handler>
             }),
         )
         .unwrap();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use zs_io::testkit::{Ev, Recorder};
+use zs_io::testkit::{Bomb, Ev, FailBomb, Recorder, BOMB_FACTORY, BOMB_NONE, BOMB_ON_OPEN};
 use zs_io::{Backend, CloseReason, Conn, Handler};
 use zs_p2pvm::{Auth, MuxConfig, Tunnel, TunnelConfig};
 
@@ -624,98 +624,6 @@ fn callbacks_may_reenter_the_tunnel() {
     }
 }
 
-/// What the server handlers of [`handler_panic_closes_only_its_stream`] are made
-/// to do when they are created.
-const BOMB_NONE: u8 = 0;
-const BOMB_FACTORY: u8 = 1;
-const BOMB_ON_OPEN: u8 = 2;
-
-/// An echo handler (through a [`Recorder`]) that panics on command: `boom` in
-/// `on_data`, `timer` arms a timer whose `on_timer` panics, `flood` fills the send
-/// queue and panics in the `on_writable` that follows, `eof-bomb` makes the
-/// peer's FIN panic in `on_eof`, `close-bomb` closes and then panics in
-/// `on_close`.
-struct Bomb {
-    inner: Recorder,
-    panic_on_open: bool,
-    panic_on_eof: bool,
-    panic_on_close: bool,
-}
-
-impl Handler for Bomb {
-    fn on_open(&mut self, conn: &Conn) {
-        if self.panic_on_open {
-            panic!("p2pvm test: deliberate panic in on_open of {}", conn.id());
-        }
-        self.inner.on_open(conn);
-    }
-    fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
-        if data.starts_with(b"boom") {
-            panic!("p2pvm test: deliberate panic in on_data of {}", conn.id());
-        }
-        if data.starts_with(b"timer") {
-            data.clear();
-            conn.set_timer(Duration::from_millis(10), 7).unwrap();
-            return;
-        }
-        if data.starts_with(b"flood") {
-            data.clear();
-            let chunk = Bytes::from(vec![b'f'; 64 * 1024]);
-            while conn.send(chunk.clone()).is_ok() {}
-            return;
-        }
-        if data.starts_with(b"eof-bomb") {
-            data.clear();
-            self.panic_on_eof = true;
-            return;
-        }
-        if data.starts_with(b"close-bomb") {
-            data.clear();
-            self.panic_on_close = true;
-            conn.close();
-            return;
-        }
-        self.inner.on_data(conn, data);
-    }
-    fn on_eof(&mut self, conn: &Conn) {
-        if self.panic_on_eof {
-            panic!("p2pvm test: deliberate panic in on_eof of {}", conn.id());
-        }
-        self.inner.on_eof(conn);
-    }
-    fn on_writable(&mut self, conn: &Conn) {
-        panic!(
-            "p2pvm test: deliberate panic in on_writable of {}",
-            conn.id()
-        );
-    }
-    fn on_timer(&mut self, conn: &Conn, token: u64) {
-        panic!(
-            "p2pvm test: deliberate panic in on_timer({token}) of {}",
-            conn.id()
-        );
-    }
-    fn on_close(&mut self, conn: &Conn, reason: CloseReason) {
-        self.inner.on_close(conn, reason);
-        if self.panic_on_close {
-            panic!("p2pvm test: deliberate panic in on_close of {}", conn.id());
-        }
-    }
-}
-
-/// An outgoing virtual connection's handler that reports its failure, then panics.
-struct FailBomb(mpsc::Sender<()>);
-
-impl Handler for FailBomb {
-    fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
-        data.clear();
-    }
-    fn on_connect_failed(&mut self, error: zs_io::Error) {
-        let _ = self.0.send(());
-        panic!("p2pvm test: deliberate panic in on_connect_failed({error})");
-    }
-}
-
 /// Sends `msg` on a virtual connection and expects it echoed.
 fn v_roundtrip(conn: &Conn, ev: &zs_io::testkit::Events, msg: &[u8]) {
     conn.send(Bytes::copy_from_slice(msg)).unwrap();
@@ -769,12 +677,10 @@ fn handler_panic_closes_only_its_stream() {
                     if mode == BOMB_FACTORY {
                         panic!("p2pvm test: deliberate panic in the handler factory");
                     }
-                    Box::new(Bomb {
-                        inner: server.lock().unwrap().sibling(),
-                        panic_on_open: mode == BOMB_ON_OPEN,
-                        panic_on_eof: false,
-                        panic_on_close: false,
-                    }) as Box<dyn Handler>
+                    Box::new(Bomb::new(
+                        server.lock().unwrap().sibling(),
+                        mode == BOMB_ON_OPEN,
+                    )) as Box<dyn Handler>
                 }),
             )
             .unwrap();
