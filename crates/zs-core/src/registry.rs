@@ -1204,6 +1204,17 @@ mod tests {
         }
     }
 
+    /// What `sink` received since the last look is exactly one `Error` for
+    /// request `id` with `code`.
+    #[track_caller]
+    fn assert_only_error(sink: &Sink, id: u64, code: u32) {
+        let f = take(sink);
+        assert!(
+            matches!(&f[..], [Frame::Error { id: i, code: c, .. }] if *i == id && *c == code),
+            "expected only Error {code} for request {id}, got {f:?}"
+        );
+    }
+
     fn take(sink: &Sink) -> Vec<Frame> {
         std::mem::take(&mut *sink.0.lock().unwrap())
     }
@@ -1248,37 +1259,16 @@ mod tests {
         assert_eq!(f.len(), 2);
         // Refused first chunks (a resume, too large): the error alone.
         r.dispatch(&peer, chunk(2, "up", 10, 20, b"0123456789"), None, false);
-        assert!(matches!(
-            &take(&sink)[..],
-            [Frame::Error {
-                id: 2,
-                code: 400,
-                ..
-            }]
-        ));
+        assert_only_error(&sink, 2, 400);
         let r2 = collecting(CollectLimits {
             max_size: 4,
             ..CollectLimits::default()
         });
         r2.dispatch(&peer, chunk(3, "up", 0, 5, b"ab"), None, false);
-        assert!(matches!(
-            &take(&sink)[..],
-            [Frame::Error {
-                id: 3,
-                code: 413,
-                ..
-            }]
-        ));
+        assert_only_error(&sink, 3, 413);
         // A chunk handler's refusal: the error alone.
         r.dispatch(&peer, chunk(4, "picky", 0, 9, b"bad"), None, false);
-        assert!(matches!(
-            &take(&sink)[..],
-            [Frame::Error {
-                id: 4,
-                code: 400,
-                ..
-            }]
-        ));
+        assert_only_error(&sink, 4, 400);
         r.dispatch(&peer, chunk(5, "picky", 0, 9, b"ok!"), None, false);
         assert_eq!(take(&sink), [Frame::BigStreamAck { id: 5, offset: 3 }]);
         // Unknown command: 404 alone, for every chunk (also a resumed one).
@@ -1311,17 +1301,8 @@ mod tests {
             assert_eq!(take(&sa), [Frame::BigStreamAck { id, offset: 3 }]);
         }
         r.dispatch(&a, chunk(3, "up", 0, 6, b"abc"), None, false);
-        assert!(
-            matches!(
-                &take(&sa)[..],
-                [Frame::Error {
-                    id: 3,
-                    code: 429,
-                    ..
-                }]
-            ),
-            "a third partial body of the same connection is refused"
-        );
+        // A third partial body of the same connection is refused.
+        assert_only_error(&sa, 3, 429);
         // Another connection is not affected; a finished transfer frees a place.
         r.dispatch(&b, chunk(1, "up", 0, 6, b"abc"), None, false);
         assert_eq!(take(&sb), [Frame::BigStreamAck { id: 1, offset: 3 }]);
@@ -1365,14 +1346,7 @@ mod tests {
         // The aborted transfer's next chunk does not resurrect it.
         take(&sink);
         r.dispatch(&peer, chunk(1, "up", 4, 8, b"efgh"), None, false);
-        assert!(matches!(
-            &take(&sink)[..],
-            [Frame::Error {
-                id: 1,
-                code: 400,
-                ..
-            }]
-        ));
+        assert_only_error(&sink, 1, 400);
 
         r.peer_closed(&peer);
         assert_eq!(
@@ -1417,14 +1391,7 @@ mod tests {
         );
         // It is gone: the missing part cannot be sent any more...
         r.dispatch(&peer, chunk(1, "up", 3, 9, b"def"), None, false);
-        assert!(matches!(
-            &take(&sink)[..],
-            [Frame::Error {
-                id: 1,
-                code: 400,
-                ..
-            }]
-        ));
+        assert_only_error(&sink, 1, 400);
         // ... but the id can start over.
         r.dispatch(&peer, chunk(1, "up", 0, 3, b"abc"), None, false);
         assert!(matches!(
@@ -1465,14 +1432,7 @@ mod tests {
         assert_eq!(ids(), [3]);
         take(&sink);
         r.dispatch(&peer, chunk(1, "up", 3, 6, b"def"), None, false);
-        assert!(matches!(
-            &take(&sink)[..],
-            [Frame::Error {
-                id: 1,
-                code: 400,
-                ..
-            }]
-        ));
+        assert_only_error(&sink, 1, 400);
     }
 
     #[test]
