@@ -20,6 +20,7 @@
 
 mod crash_db;
 mod tasks;
+mod tools;
 mod windows;
 
 use std::process::ExitCode;

@@ -84,6 +84,45 @@ fn ensure_apt(probe: &str, packages: &[&str]) -> bool {
     have(probe)
 }
 
+/// Directory of the crates.io tools benches use (`cargo install --root`).
+pub fn peers_root() -> PathBuf {
+    root().join("target/peers")
+}
+
+/// Makes every tool available: apt packages when the program is missing from
+/// `PATH`, crates.io tools into `target/peers`. A tool that cannot be had is an
+/// error naming it and who needs it.
+pub fn ensure_tools(tools: &[crate::tools::Tool]) -> Result {
+    use crate::tools::Source;
+    let mut missing = Vec::new();
+    for t in tools {
+        let ok = match t.source {
+            Source::Apt(packages) => ensure_apt(t.program, packages),
+            Source::Cargo { krate, locked } => {
+                let bin = peers_root().join("bin").join(t.program);
+                if bin.exists() {
+                    true
+                } else {
+                    let mut c = cargo();
+                    c.args(["install", krate, "--root"]).arg(peers_root());
+                    if locked {
+                        c.arg("--locked");
+                    }
+                    run(c).is_ok() && bin.exists()
+                }
+            }
+        };
+        if !ok {
+            missing.push(format!("{} (for {})", t.program, t.used_by));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("cannot install: {}", missing.join(", ")))
+    }
+}
+
 fn flag(args: &[String], name: &str) -> bool {
     args.iter().any(|a| a == name)
 }
@@ -120,6 +159,7 @@ pub fn ci(args: &[String]) -> Result {
     ]);
     run(clippy)?;
 
+    ensure_tools(crate::tools::TEST_TOOLS)?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--locked"]);
     run(test)?;
@@ -199,6 +239,16 @@ pub fn bench(args: &[String]) -> Result {
     };
     let mut failed = Vec::new();
     for s in &chosen {
+        let tools: Vec<crate::tools::Tool> = crate::tools::BENCH_TOOLS
+            .iter()
+            .filter(|(suite, _)| suite == s)
+            .map(|(_, t)| *t)
+            .collect();
+        if let Err(e) = ensure_tools(&tools) {
+            eprintln!("{e}");
+            failed.push(s.clone());
+            continue;
+        }
         let mut c = cargo();
         c.args([
             "run",
