@@ -143,6 +143,8 @@ fn value<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>>
 /// Everything CI checks.
 pub fn ci(args: &[String]) -> Result {
     let t = Instant::now();
+    // First, so build scripts and tests find what they need.
+    ensure_tools(crate::tools::TEST_TOOLS)?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
@@ -159,7 +161,6 @@ pub fn ci(args: &[String]) -> Result {
     ]);
     run(clippy)?;
 
-    ensure_tools(crate::tools::TEST_TOOLS)?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--locked"]);
     run(test)?;

@@ -1,7 +1,7 @@
 //! External programs that tests and benches start as real processes (nginx, etcd,
 //! PostgreSQL, Chromium, …), and where they come from.
 //!
-//! - [`TEST_TOOLS`]: installed by `cargo xtask ci` before `cargo test`. A test that
+//! - [`TEST_TOOLS`]: installed by `cargo xtask ci` before anything else (build scripts may need them too). A test that
 //!   needs one of these finds it on `PATH`; when it is missing the test fails under
 //!   `CI` (set by CI) and prints a skip reason otherwise.
 //! - [`BENCH_TOOLS`]: installed by `cargo xtask bench <suite>` for that suite only
