@@ -142,6 +142,17 @@ fn main() {
         let (n, el) = time_loop(dwell, || mars.encrypt_blocks(&mut data).expect("aligned"));
         gbps(16384, n, el)
     });
+    let ours = Algorithm::Twofish.new_cipher(&[5; 32]).expect("key");
+    let mut data = vec![1u8; 16384];
+    suite.case(
+        "zs-Twofish-enc-16KiB",
+        "GB_per_s",
+        Better::Higher,
+        move || {
+            let (n, el) = time_loop(dwell, || ours.encrypt_blocks(&mut data).expect("aligned"));
+            gbps(16384, n, el)
+        },
+    );
     let tf = twofish::Twofish::new_from_slice(&[5; 32]).expect("key");
     let mut data = vec![1u8; 16384];
     suite.case(
@@ -189,6 +200,11 @@ fn main() {
         "chacha_vs_aesgcm",
         "zs-CHACHA20-POLY1305-16KiB",
         "zs-AES-256-GCM-16KiB",
+    );
+    suite.ratio(
+        "twofish_vs_twofish_crate",
+        "zs-Twofish-enc-16KiB",
+        "twofish-crate-enc-16KiB",
     );
     suite.ratio(
         "mars_vs_twofish",

@@ -95,10 +95,7 @@ impl Algorithm {
                 )),
                 _ => return Err(bad()),
             },
-            Algorithm::Twofish => Box::new(Rc::new(
-                self,
-                twofish::Twofish::new_from_slice(key).map_err(|_| bad())?,
-            )),
+            Algorithm::Twofish => Box::new(crate::twofish::Twofish::new(key)?),
             Algorithm::Serpent => {
                 if ![16, 24, 32].contains(&key.len()) {
                     return Err(bad());

@@ -55,6 +55,7 @@ pub mod record;
 pub mod session;
 pub mod suite;
 pub mod tls;
+pub mod twofish;
 pub mod xxtea;
 
 pub use block::{Algorithm, BlockCipher};
