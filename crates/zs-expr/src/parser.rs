@@ -119,27 +119,41 @@ pub enum UnOp {
 /// A syntax node; children are indices into [`Ast::nodes`], argument and item lists
 /// ranges `(start, count)` of [`Ast::items`].
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ExprKind<'s> {
+pub(crate) enum ExprKind {
     Lit(Value),
-    /// A name, borrowed from the source text.
-    Name(&'s str),
+    /// A name: its byte range in the source text.
+    Name(u32, u32),
     Unary(UnOp, u32),
     Binary(BinOp, u32, u32),
-    Call(&'s str, u32, u32),
+    /// A call: the name's byte range, then the argument list.
+    Call(u32, u32, u32, u32),
     List(u32, u32),
 }
 
-/// A parsed text: every node in one arena (one allocation instead of one per node).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Ast<'s> {
-    pub nodes: Vec<Expr<'s>>,
+/// A parsed text: every node in one arena (one allocation instead of one per node). Its
+/// vectors are reused from one parse to the next (see `resolve::Scratch`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Ast {
+    pub nodes: Vec<Expr>,
     pub items: Vec<u32>,
+    /// Argument and item lists being collected (a stack: inner lists finish first).
+    pub scratch: Vec<u32>,
     pub root: u32,
 }
 
+impl Ast {
+    /// Empties the vectors, keeping their memory.
+    pub fn clear(&mut self) {
+        self.nodes.clear();
+        self.items.clear();
+        self.scratch.clear();
+        self.root = 0;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Expr<'s> {
-    pub kind: ExprKind<'s>,
+pub(crate) struct Expr {
+    pub kind: ExprKind,
     pub start: usize,
     pub end: usize,
     pub depth: usize,
@@ -152,7 +166,7 @@ pub(crate) struct Parser<'s> {
     prec: Precedence,
     max_depth: usize,
     nesting: usize,
-    nodes: Vec<Expr<'s>>,
+    nodes: Vec<Expr>,
     items: Vec<u32>,
     /// Argument and item lists being collected (a stack: inner lists finish first).
     scratch: Vec<u32>,
@@ -235,7 +249,9 @@ impl<'s> Parser<'s> {
         style: Style,
         prec: Precedence,
         max_depth: usize,
-    ) -> Result<Ast<'s>, Error> {
+        mut bufs: Ast,
+    ) -> Result<Ast, Error> {
+        bufs.clear();
         let mut lex = Lexer::new(src, style);
         let tok = lex.next_token()?;
         let mut p = Parser {
@@ -245,10 +261,11 @@ impl<'s> Parser<'s> {
             prec,
             max_depth,
             nesting: 0,
-            nodes: Vec::with_capacity((src.len() / 2 + 1).min(256)),
-            items: Vec::new(),
-            scratch: Vec::new(),
+            nodes: bufs.nodes,
+            items: bufs.items,
+            scratch: bufs.scratch,
         };
+        p.nodes.reserve((src.len() / 2 + 1).min(256));
         if matches!(p.tok.tok, Tok::Eof) {
             return Err(p.err_here("the expression is empty"));
         }
@@ -267,11 +284,12 @@ impl<'s> Parser<'s> {
         Ok(Ast {
             nodes: p.nodes,
             items: p.items,
+            scratch: p.scratch,
             root: e,
         })
     }
 
-    fn at(&self, id: u32) -> &Expr<'s> {
+    fn at(&self, id: u32) -> &Expr {
         &self.nodes[id as usize]
     }
 
@@ -300,7 +318,7 @@ impl<'s> Parser<'s> {
 
     fn node(
         &mut self,
-        kind: ExprKind<'s>,
+        kind: ExprKind,
         start: usize,
         end: usize,
         depth: usize,
@@ -429,7 +447,12 @@ impl<'s> Parser<'s> {
             }
             Tok::Ident(name) => {
                 if !matches!(self.tok.tok, Tok::LParen) {
-                    return self.node(ExprKind::Name(name), t.start, t.end, 1);
+                    return self.node(
+                        ExprKind::Name(t.start as u32, t.end as u32),
+                        t.start,
+                        t.end,
+                        1,
+                    );
                 }
                 self.bump()?;
                 let base = self.scratch.len();
@@ -455,7 +478,12 @@ impl<'s> Parser<'s> {
                 }
                 let close = self.bump()?;
                 let (st, n) = self.take_items(base);
-                self.node(ExprKind::Call(name, st, n), t.start, close.end, depth + 1)
+                self.node(
+                    ExprKind::Call(t.start as u32, t.end as u32, st, n),
+                    t.start,
+                    close.end,
+                    depth + 1,
+                )
             }
             other => {
                 let msg = match other {

@@ -9,15 +9,17 @@ use crate::parser::{Ast, BinOp, ExprKind, Parser, UnOp};
 use crate::value::Value;
 use crate::{Engine, Resolution, UserFn};
 
+/// A resolved node; children are indices into [`IrTree::nodes`], argument and item lists
+/// ranges `(start, count)` of [`IrTree::items`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum IrKind {
     Const(Value),
     Var(u32),
-    Unary(UnOp, Box<Ir>),
-    Binary(BinOp, Box<Ir>, Box<Ir>),
-    Builtin(Builtin, Vec<Ir>),
-    User(u32, Vec<Ir>),
-    List(Vec<Ir>),
+    Unary(UnOp, u32),
+    Binary(BinOp, u32, u32),
+    Builtin(Builtin, u32, u32),
+    User(u32, u32, u32),
+    List(u32, u32),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -27,15 +29,42 @@ pub(crate) struct Ir {
     pub end: u32,
 }
 
+/// The resolved tree in one arena: two allocations per text instead of one per node, and
+/// constant folding rewrites nodes in place.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct IrTree {
+    pub nodes: Vec<Ir>,
+    pub items: Vec<u32>,
+    pub root: u32,
+}
+
+impl IrTree {
+    #[inline]
+    pub fn node(&self, id: u32) -> &Ir {
+        &self.nodes[id as usize]
+    }
+
+    #[inline]
+    pub fn list(&self, start: u32, n: u32) -> &[u32] {
+        &self.items[start as usize..(start + n) as usize]
+    }
+
+    fn push(&mut self, ir: Ir) -> u32 {
+        self.nodes.push(ir);
+        (self.nodes.len() - 1) as u32
+    }
+}
+
 /// The result of resolving one source text.
 pub(crate) struct Resolved {
-    pub ir: Ir,
+    pub tree: IrTree,
     pub vars: Vec<String>,
     pub fns: Vec<Arc<UserFn>>,
 }
 
 struct Resolver<'e> {
     engine: &'e Engine,
+    tree: IrTree,
     src: &'e str,
     vars: Vec<String>,
     fns: Vec<Arc<UserFn>>,
@@ -44,6 +73,46 @@ struct Resolver<'e> {
 }
 
 pub(crate) const MAX_NODES: usize = 1 << 20;
+
+/// Working memory of parsing and resolving, kept per thread between compilations so that
+/// a warm compile allocates nothing for the syntax tree and the resolved tree (the way a
+/// reused slab does). Buffers that grew past [`KEEP_NODES`] are freed instead of kept, so
+/// one huge expression does not pin its memory.
+#[derive(Default)]
+struct Scratch {
+    ast: Ast,
+    tree: IrTree,
+}
+
+const KEEP_NODES: usize = 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn recycle_ast(mut ast: Ast) {
+    if ast.nodes.capacity() <= KEEP_NODES && ast.items.capacity() <= KEEP_NODES {
+        ast.clear();
+        SCRATCH.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.ast = ast;
+            }
+        });
+    }
+}
+
+/// Gives a resolved tree's memory back for the next compilation on this thread.
+pub(crate) fn recycle_tree(mut tree: IrTree) {
+    if tree.nodes.capacity() <= KEEP_NODES && tree.items.capacity() <= KEEP_NODES {
+        tree.nodes.clear();
+        tree.items.clear();
+        SCRATCH.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.tree = tree;
+            }
+        });
+    }
+}
 
 pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
     let limits = engine.limits();
@@ -57,9 +126,22 @@ pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
             ),
         });
     }
-    let mut ast = Parser::parse(src, engine.style(), engine.precedence(), limits.max_depth)?;
+    let (ast_bufs, mut tree) = SCRATCH.with(|c| {
+        let mut c = c.borrow_mut();
+        (std::mem::take(&mut c.ast), std::mem::take(&mut c.tree))
+    });
+    let mut ast = Parser::parse(
+        src,
+        engine.style(),
+        engine.precedence(),
+        limits.max_depth,
+        ast_bufs,
+    )?;
+    tree.nodes.reserve(ast.nodes.len());
+    tree.items.reserve(ast.items.len());
     let mut r = Resolver {
         engine,
+        tree,
         src,
         vars: Vec::new(),
         fns: Vec::new(),
@@ -67,9 +149,11 @@ pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
         macros: Vec::new(),
     };
     let root = ast.root;
-    let (ir, _) = r.expr(&mut ast, root, None)?;
+    let res = r.expr(&mut ast, src, root, None);
+    recycle_ast(ast);
+    r.tree.root = res?.0;
     Ok(Resolved {
-        ir,
+        tree: r.tree,
         vars: r.vars,
         fns: r.fns,
     })
@@ -83,10 +167,11 @@ impl Resolver<'_> {
     /// Resolves node `id` of `ast` (taking its contents: every node is visited once).
     fn expr(
         &mut self,
-        ast: &mut Ast<'_>,
+        ast: &mut Ast,
+        text: &str,
         id: u32,
         span: Option<(usize, usize)>,
-    ) -> Result<(Ir, usize), Error> {
+    ) -> Result<(u32, usize), Error> {
         let e = &mut ast.nodes[id as usize];
         let (start, end) = span.unwrap_or((e.start, e.end));
         let kind = std::mem::replace(&mut e.kind, ExprKind::Lit(Value::Null));
@@ -100,22 +185,23 @@ impl Resolver<'_> {
         }
         let (kind, depth) = match kind {
             ExprKind::Lit(v) => (IrKind::Const(v), 1),
-            ExprKind::Name(n) => return self.name(n, start, end),
+            ExprKind::Name(a, z) => return self.name(&text[a as usize..z as usize], start, end),
             ExprKind::Unary(op, a) => {
-                let (a, d) = self.expr(ast, a, span)?;
-                (IrKind::Unary(op, Box::new(a)), d + 1)
+                let (a, d) = self.expr(ast, text, a, span)?;
+                (IrKind::Unary(op, a), d + 1)
             }
             ExprKind::Binary(op, a, b) => {
-                let (a, da) = self.expr(ast, a, span)?;
-                let (b, db) = self.expr(ast, b, span)?;
-                (IrKind::Binary(op, Box::new(a), Box::new(b)), da.max(db) + 1)
+                let (a, da) = self.expr(ast, text, a, span)?;
+                let (b, db) = self.expr(ast, text, b, span)?;
+                (IrKind::Binary(op, a, b), da.max(db) + 1)
             }
             ExprKind::List(st, n) => {
-                let (items, d) = self.all(ast, st, n, span)?;
-                (IrKind::List(items), d + 1)
+                let (items, d) = self.all(ast, text, st, n, span)?;
+                (IrKind::List(items, n), d + 1)
             }
-            ExprKind::Call(name, st, n) => {
-                let (args, d) = self.all(ast, st, n, span)?;
+            ExprKind::Call(a, z, st, n) => {
+                let name = &text[a as usize..z as usize];
+                let (args, d) = self.all(ast, text, st, n, span)?;
                 let user = if self.engine.has_functions() {
                     self.engine.function(&name.to_ascii_lowercase())
                 } else {
@@ -123,15 +209,10 @@ impl Resolver<'_> {
                 };
                 if let Some(f) = user {
                     let pos = self.pos(start, end);
-                    if !f.arity.accepts(args.len()) {
+                    if !f.arity.accepts(n as usize) {
                         return Err(Error::Type {
                             pos,
-                            message: format!(
-                                "{} takes {} arguments, got {}",
-                                f.name,
-                                f.arity,
-                                args.len()
-                            ),
+                            message: format!("{} takes {} arguments, got {}", f.name, f.arity, n),
                         });
                     }
                     let id = match self.fns.iter().position(|g| Arc::ptr_eq(g, &f)) {
@@ -141,21 +222,22 @@ impl Resolver<'_> {
                             self.fns.len() - 1
                         }
                     };
-                    (IrKind::User(id as u32, args), d + 1)
+                    (IrKind::User(id as u32, args, n), d + 1)
                 } else if let Some(b) = Builtin::lookup(name) {
                     let (min, max) = b.arity();
-                    if args.len() < min || args.len() > max {
+                    let len = n as usize;
+                    if len < min || len > max {
                         return Err(Error::Type {
                             pos: self.pos(start, end),
                             message: format!(
                                 "{} takes {} arguments, got {}",
                                 b.name(),
                                 arity_text(b),
-                                args.len()
+                                len
                             ),
                         });
                     }
-                    (IrKind::Builtin(b, args), d + 1)
+                    (IrKind::Builtin(b, args, n), d + 1)
                 } else {
                     return Err(Error::UnknownName {
                         pos: self.pos(start, end),
@@ -175,64 +257,68 @@ impl Resolver<'_> {
                 ),
             });
         }
-        Ok((
-            Ir {
-                kind,
-                start: start as u32,
-                end: end as u32,
-            },
-            depth,
-        ))
+        let id = self.tree.push(Ir {
+            kind,
+            start: start as u32,
+            end: end as u32,
+        });
+        Ok((id, depth))
     }
 
     /// Resolves the list `ast.items[start..start + n]`.
     fn all(
         &mut self,
-        ast: &mut Ast<'_>,
+        ast: &mut Ast,
+        text: &str,
         start: u32,
         n: u32,
         span: Option<(usize, usize)>,
-    ) -> Result<(Vec<Ir>, usize), Error> {
-        let mut out = Vec::with_capacity(n as usize);
+    ) -> Result<(u32, usize), Error> {
+        // Reserve the list's range first: the items' own lists go after it.
+        let out = self.tree.items.len();
+        self.tree.items.resize(out + n as usize, 0);
         let mut depth = 0;
-        for k in start..start + n {
-            let id = ast.items[k as usize];
-            let (ir, d) = self.expr(ast, id, span)?;
+        for k in 0..n {
+            let id = ast.items[(start + k) as usize];
+            let (ir, d) = self.expr(ast, text, id, span)?;
             depth = depth.max(d);
-            out.push(ir);
+            self.tree.items[out + k as usize] = ir;
         }
-        Ok((out, depth))
+        Ok((out as u32, depth))
     }
 
-    fn name(&mut self, name: &str, start: usize, end: usize) -> Result<(Ir, usize), Error> {
-        let mk = |kind| {
-            Ok((
-                Ir {
-                    kind,
-                    start: start as u32,
-                    end: end as u32,
-                },
-                1,
-            ))
-        };
+    fn leaf(&mut self, start: usize, end: usize, kind: IrKind) -> Result<(u32, usize), Error> {
+        let id = self.tree.push(Ir {
+            kind,
+            start: start as u32,
+            end: end as u32,
+        });
+        Ok((id, 1))
+    }
+
+    fn name(&mut self, name: &str, start: usize, end: usize) -> Result<(u32, usize), Error> {
         let is = |k: &str| name.eq_ignore_ascii_case(k);
         if is("true") {
-            return mk(IrKind::Const(Value::Bool(true)));
+            return self.leaf(start, end, IrKind::Const(Value::Bool(true)));
         } else if is("false") {
-            return mk(IrKind::Const(Value::Bool(false)));
+            return self.leaf(start, end, IrKind::Const(Value::Bool(false)));
         } else if is("null") || is("nil") {
-            return mk(IrKind::Const(Value::Null));
+            return self.leaf(start, end, IrKind::Const(Value::Null));
         } else if is("pi") {
-            return mk(IrKind::Const(Value::Float(std::f64::consts::PI)));
+            return self.leaf(
+                start,
+                end,
+                IrKind::Const(Value::Float(std::f64::consts::PI)),
+            );
         }
         if self.engine.has_constants() {
             if let Some(v) = self.engine.constant(&name.to_ascii_lowercase()) {
-                return mk(IrKind::Const(v.clone()));
+                return self.leaf(start, end, IrKind::Const(v.clone()));
             }
         }
         if let Some(res) = self.engine.unknown_name(name) {
             match res {
-                Resolution::Const(v) => return mk(IrKind::Const(v)),
+                Resolution::Const(v) => return self.leaf(start, end, IrKind::Const(v)),
                 Resolution::Macro(text) => return self.expand(name, &text, start, end),
             }
         }
@@ -243,7 +329,7 @@ impl Resolver<'_> {
                 self.vars.len() - 1
             }
         };
-        mk(IrKind::Var(slot as u32))
+        self.leaf(start, end, IrKind::Var(slot as u32))
     }
 
     fn expand(
@@ -252,7 +338,7 @@ impl Resolver<'_> {
         text: &str,
         start: usize,
         end: usize,
-    ) -> Result<(Ir, usize), Error> {
+    ) -> Result<(u32, usize), Error> {
         let limits = self.engine.limits();
         let pos = self.pos(start, end);
         if self.macros.len() >= limits.max_macro_depth || self.macros.iter().any(|m| m == name) {
@@ -276,6 +362,7 @@ impl Resolver<'_> {
             self.engine.style(),
             self.engine.precedence(),
             limits.max_depth,
+            Ast::default(),
         )
         .map_err(|e| Error::Syntax {
             pos,
@@ -283,7 +370,7 @@ impl Resolver<'_> {
         })?;
         self.macros.push(name.to_string());
         let root = ast.root;
-        let r = self.expr(&mut ast, root, Some((start, end)));
+        let r = self.expr(&mut ast, text, root, Some((start, end)));
         self.macros.pop();
         r
     }
