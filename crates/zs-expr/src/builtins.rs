@@ -140,7 +140,11 @@ builtins! {
 impl Builtin {
     /// Case-insensitive lookup by name or alias.
     pub fn lookup(name: &str) -> Option<Builtin> {
-        // Every name is lower-case ASCII and at most 16 bytes: lower-case into a buffer.
+        // Every name is lower-case ASCII and at most 16 bytes: lower-case into a buffer
+        // (names written in lower case, the common case, are matched as they are).
+        if !name.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Builtin::lookup_lower(name);
+        }
         let mut buf = [0u8; 16];
         let lower = buf.get_mut(..name.len())?;
         lower.copy_from_slice(name.as_bytes());
