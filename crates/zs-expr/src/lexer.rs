@@ -348,6 +348,14 @@ impl<'s> Lexer<'s> {
                 .map(|f| Tok::Lit(Value::Float(f)))
                 .map_err(|_| self.err(start, self.i, format!("bad number `{text}`")));
         }
+        // Short decimal integers (the usual case) are accumulated directly; longer ones
+        // go through the checked std parser.
+        if text.len() <= 18 {
+            let v = text
+                .bytes()
+                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
+            return Ok(Tok::Lit(Value::from(v)));
+        }
         match text.parse::<u64>() {
             Ok(u) => Ok(Tok::Lit(Value::from(u))),
             Err(_) => Err(self.err(

@@ -130,8 +130,11 @@ impl Builder {
     fn fold_list(&mut self, tree: &mut IrTree, s: u32, n: u32) -> bool {
         let mut all = true;
         for k in s..s + n {
-            let id = self.fold(tree, tree.items[k as usize]);
-            tree.items[k as usize] = id;
+            let old = tree.items[k as usize];
+            let id = self.fold(tree, old);
+            if id != old {
+                tree.items[k as usize] = id;
+            }
             all &= is_const(tree, id);
         }
         all
@@ -142,13 +145,15 @@ impl Builder {
     fn fold(&mut self, tree: &mut IrTree, id: u32) -> u32 {
         let foldable = match tree.node(id).kind {
             IrKind::Const(_) | IrKind::Var(_) => return id,
-            IrKind::Unary(op, a) => {
-                let a = self.fold(tree, a);
-                tree.nodes[id as usize].kind = IrKind::Unary(op, a);
+            IrKind::Unary(op, a0) => {
+                let a = self.fold(tree, a0);
+                if a != a0 {
+                    tree.nodes[id as usize].kind = IrKind::Unary(op, a);
+                }
                 is_const(tree, a)
             }
-            IrKind::Binary(op, a, b) => {
-                let a = self.fold(tree, a);
+            IrKind::Binary(op, a0, b0) => {
+                let a = self.fold(tree, a0);
                 // Short-circuit with a constant bool on the left: the right side never runs.
                 if let (BinOp::And | BinOp::Or, IrKind::Const(Value::Bool(x))) =
                     (op, &tree.node(a).kind)
@@ -158,8 +163,10 @@ impl Builder {
                         return id;
                     }
                 }
-                let b = self.fold(tree, b);
-                tree.nodes[id as usize].kind = IrKind::Binary(op, a, b);
+                let b = self.fold(tree, b0);
+                if (a, b) != (a0, b0) {
+                    tree.nodes[id as usize].kind = IrKind::Binary(op, a, b);
+                }
                 is_const(tree, a) && is_const(tree, b)
             }
             IrKind::Builtin(Builtin::IfThen, s, 3) => {
