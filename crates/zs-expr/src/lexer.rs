@@ -351,9 +351,7 @@ impl<'s> Lexer<'s> {
         // Short decimal integers (the usual case) are accumulated directly; longer ones
         // go through the checked std parser.
         if text.len() <= 18 {
-            let v = text
-                .bytes()
-                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
+            let v = text.bytes().fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
             return Ok(Tok::Lit(Value::from(v)));
         }
         match text.parse::<u64>() {

@@ -291,13 +291,7 @@ impl<'s, 't> Parser<'s, 't> {
         Ok(std::mem::replace(&mut self.tok, next))
     }
 
-    fn node(
-        &mut self,
-        kind: IrKind,
-        start: usize,
-        end: usize,
-        depth: usize,
-    ) -> Result<u32, Error> {
+    fn node(&mut self, kind: IrKind, start: usize, end: usize, depth: usize) -> Result<u32, Error> {
         if depth > self.max_depth {
             return Err(Error::Limit {
                 pos: Pos::of(self.src, start, end),
@@ -465,12 +459,7 @@ impl<'s, 't> Parser<'s, 't> {
                 }
                 let close = self.bump()?;
                 let (st, n) = self.take_items(base);
-                let id = self.node(
-                    IrKind::Const(Value::Null),
-                    t.start,
-                    close.end,
-                    depth + 1,
-                )?;
+                let id = self.node(IrKind::Const(Value::Null), t.start, close.end, depth + 1)?;
                 self.out.pending.push(Pending::Call {
                     id,
                     a: t.start as u32,

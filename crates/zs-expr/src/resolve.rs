@@ -52,7 +52,6 @@ impl IrTree {
     pub fn list(&self, start: u32, n: u32) -> &[u32] {
         &self.items[start as usize..(start + n) as usize]
     }
-
 }
 
 /// The result of resolving one source text.
@@ -338,7 +337,10 @@ impl Resolver<'_> {
         let r = self.all(tree, text, &pending);
         self.macros.pop();
         r?;
-        let kind = std::mem::replace(&mut tree.nodes[root as usize].kind, IrKind::Const(Value::Null));
+        let kind = std::mem::replace(
+            &mut tree.nodes[root as usize].kind,
+            IrKind::Const(Value::Null),
+        );
         tree.nodes[id as usize].kind = kind;
         Ok(())
     }
@@ -351,7 +353,9 @@ impl Resolver<'_> {
         let d = match ir.kind {
             IrKind::Const(_) | IrKind::Var(_) => 1,
             IrKind::Unary(_, a) => self.check_depth(tree, a)? + 1,
-            IrKind::Binary(_, a, b) => self.check_depth(tree, a)?.max(self.check_depth(tree, b)?) + 1,
+            IrKind::Binary(_, a, b) => {
+                self.check_depth(tree, a)?.max(self.check_depth(tree, b)?) + 1
+            }
             IrKind::Builtin(_, s, n) | IrKind::User(_, s, n) | IrKind::List(s, n) => {
                 let mut d = 0;
                 for &c in tree.list(s, n) {
