@@ -116,6 +116,15 @@ fn seed_builtins_from_the_command_line() {
     assert_eq!(ok(&["expr", "ROL8($81, 1)"]), "3");
     assert_eq!(ok(&["expr", "Vec3(1, 2)"]), "[1, 2, 0.0]");
     assert_eq!(ok(&["expr", "StrToInt(x) * 2", "--var", "x=21"]), "42");
+    assert_eq!(
+        ok(&[
+            "expr",
+            "IntToStr(6*7) + ' ' + UpperCase(Trim(s))",
+            "--var",
+            "s= ok "
+        ]),
+        "42 OK"
+    );
     // Print's line goes to standard error; the value to standard output.
     let out = zs(&["expr", "Print('a', 1)"]);
     assert!(out.status.success());

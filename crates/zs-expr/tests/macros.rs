@@ -7,7 +7,7 @@ fn engine(limits: Limits) -> Engine {
     let mut e = Engine::new().with_limits(limits);
     let deep = format!("{}x{}", "(".repeat(20), ")".repeat(20));
     let chain = format!("{}1{}", "abs(".repeat(20), ")".repeat(20));
-    let wide = vec!["x"; 200].join(" + ");
+    let wide = ["x"; 200].join(" + ");
     e.on_unknown_name(move |name| match name {
         "two" => Some(Resolution::Macro("1 + 1".into())),
         "four" => Some(Resolution::Macro("two * two".into())),
@@ -20,7 +20,7 @@ fn engine(limits: Limits) -> Engine {
             ")".repeat(20)
         ))),
         "wide" => Some(Resolution::Macro(wide.clone())),
-        "wider" => Some(Resolution::Macro(vec!["wide"; 11].join(" + "))),
+        "wider" => Some(Resolution::Macro(["wide"; 11].join(" + "))),
         "broken" => Some(Resolution::Macro("1 +".into())),
         "badcall" => Some(Resolution::Macro("nosuchfn(1)".into())),
         _ => None,
