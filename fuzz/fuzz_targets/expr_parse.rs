@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zs_expr::{Engine, Limits, Precedence, Style, Value};
+use zs_expr::{Engine, Limits, Precedence, Resolution, Style, Value};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -29,10 +29,20 @@ fuzz_target!(|data: &[u8]| {
         max_string: 4096,
         ..Limits::default()
     };
-    let engine = Engine::new()
+    let mut engine = Engine::new()
         .with_style(style)
         .with_precedence(prec)
         .with_limits(limits);
+    // Macros (expanded in place by the resolver): nested, recursive, broken, deep.
+    engine.on_unknown_name(|name| match name {
+        "m1" => Some(Resolution::Macro("x + 1".into())),
+        "m2" => Some(Resolution::Macro("m1 * m1, IntToStr(m1)".into())),
+        "mloop" => Some(Resolution::Macro("mloop + 1".into())),
+        "mbad" => Some(Resolution::Macro("1 +".into())),
+        "mdeep" => Some(Resolution::Macro("((((((((((((((((x))))))))))))))) + m2".into())),
+        "k" => Some(Resolution::Const(Value::from("K"))),
+        _ => None,
+    });
     let vars: Vec<(&str, Value)> = vec![
         ("x", Value::Int(3)),
         ("y", Value::Float(-1.5)),

@@ -67,6 +67,8 @@ pub fn run(args: ExprArgs) -> ExitCode {
             }
         }
     }
+    // Print / DoStatus lines go to standard error, so standard output stays the value.
+    zs_expr::set_print_hook(Some(std::sync::Arc::new(|line: &str| eprintln!("{line}"))));
     let engine = Engine::new().with_style(style).with_precedence(precedence);
     match engine.compile(&args.text).and_then(|p| p.eval(&vars[..])) {
         Ok(value) => {

@@ -108,3 +108,30 @@ fn bad_input_exits_1_with_the_error() {
         "{err}"
     );
 }
+
+#[test]
+fn seed_builtins_from_the_command_line() {
+    assert_eq!(ok(&["expr", "IntToStr(6*7)"]), "42");
+    assert_eq!(ok(&["expr", "inttostr(6*7) + '!'"]), "42!");
+    assert_eq!(ok(&["expr", "ROL8($81, 1)"]), "3");
+    assert_eq!(ok(&["expr", "Vec3(1, 2)"]), "[1, 2, 0.0]");
+    assert_eq!(ok(&["expr", "StrToInt(x) * 2", "--var", "x=21"]), "42");
+    assert_eq!(
+        ok(&[
+            "expr",
+            "IntToStr(6*7) + ' ' + UpperCase(Trim(s))",
+            "--var",
+            "s= ok "
+        ]),
+        "42 OK"
+    );
+    // Print's line goes to standard error; the value to standard output.
+    let out = zs(&["expr", "Print('a', 1)"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "a,1");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), "a,1");
+    // A bad conversion is an error with exit code 1, not a panic.
+    let out = zs(&["expr", "StrToInt('abc')"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid integer"));
+}

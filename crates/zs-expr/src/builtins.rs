@@ -50,9 +50,9 @@ builtins! {
     Min = 14, ["min"], 1, ANY, true;
     Max = 15, ["max"], 1, ANY, true;
     Clamp = 16, ["clamp"], 3, 3, true;
-    Float = 17, ["float"], 1, 1, true;
-    Bool = 18, ["bool"], 1, 1, true;
-    Str = 19, ["str"], 1, 1, true;
+    Float = 17, ["float", "double", "extended", "real"], 1, 1, true;
+    Bool = 18, ["bool", "boolean"], 1, 1, true;
+    Str = 19, ["str", "string", "text"], 1, ANY, true;
     Length = 20, ["length", "len"], 1, 1, true;
     Upper = 21, ["upper", "uppercase"], 1, 1, true;
     Lower = 22, ["lower", "lowercase"], 1, 1, true;
@@ -61,15 +61,90 @@ builtins! {
     Substr = 25, ["substr"], 2, 3, true;
     Replace = 26, ["replace"], 3, 3, true;
     Trim = 27, ["trim"], 1, 1, true;
-    Wildcard = 28, ["wildcard", "multiplematch"], 2, 2, true;
+    Wildcard = 28, ["wildcard"], 2, 2, true;
     IfThen = 29, ["ifthen", "if"], 3, 3, true;
     Random = 30, ["random"], 0, 1, false;
+    // --- the seed's SystemOpRunTime (Z.OpCode.pas) and the Pascal string helpers ---
+    Sqr = 31, ["sqr"], 1, 1, true;
+    Deg = 32, ["deg"], 1, 1, true;
+    Pi = 33, ["pi"], 0, 0, true;
+    True = 34, ["true"], 0, 0, true;
+    False = 35, ["false"], 0, 0, true;
+    RandomFloat = 36, ["randomfloat", "randomf"], 0, 0, false;
+    Nop = 37, ["nop"], 0, ANY, true;
+    Byte = 38, ["byte", "uint8"], 1, 1, true;
+    Word = 39, ["word", "uint16"], 1, 1, true;
+    Cardinal = 40, ["cardinal", "longword", "uint32"], 1, 1, true;
+    UInt64 = 41, ["uint64"], 1, 1, true;
+    ShortInt = 42, ["shortint", "int8"], 1, 1, true;
+    SmallInt = 43, ["smallint", "int16"], 1, 1, true;
+    Integer = 44, ["integer", "longint", "int32"], 1, 1, true;
+    Int64 = 45, ["int64"], 1, 1, true;
+    Single = 46, ["single"], 1, 1, true;
+    Rol8 = 47, ["rol8"], 2, 2, true;
+    Rol16 = 48, ["rol16"], 2, 2, true;
+    Rol32 = 49, ["rol32"], 2, 2, true;
+    Rol64 = 50, ["rol64"], 2, 2, true;
+    Ror8 = 51, ["ror8"], 2, 2, true;
+    Ror16 = 52, ["ror16"], 2, 2, true;
+    Ror32 = 53, ["ror32"], 2, 2, true;
+    Ror64 = 54, ["ror64"], 2, 2, true;
+    Endian16 = 55, ["endian16"], 1, 1, true;
+    Endian32 = 56, ["endian32"], 1, 1, true;
+    Endian64 = 57, ["endian64"], 1, 1, true;
+    EndianU16 = 58, ["endianu16"], 1, 1, true;
+    EndianU32 = 59, ["endianu32"], 1, 1, true;
+    EndianU64 = 60, ["endianu64"], 1, 1, true;
+    Sar16 = 61, ["sar16"], 2, 2, true;
+    Sar32 = 62, ["sar32"], 2, 2, true;
+    Sar64 = 63, ["sar64"], 2, 2, true;
+    Vec2 = 64, ["vec2"], 0, 2, true;
+    Vec3 = 65, ["vec3"], 0, 3, true;
+    Vec4 = 66, ["vec4"], 0, 4, true;
+    RColor = 67, ["rcolor"], 0, 4, true;
+    MultipleMatch = 68, ["multiplematch", "multiple"], 2, ANY, true;
+    Print = 69, ["print", "dostatus", "status"], 0, ANY, false;
+    IntToStr = 70, ["inttostr"], 1, 1, true;
+    FloatToStr = 71, ["floattostr"], 1, 1, true;
+    StrToInt = 72, ["strtoint", "strtoint64"], 1, 1, true;
+    StrToIntDef = 73, ["strtointdef", "strtoint64def"], 2, 2, true;
+    StrToFloat = 74, ["strtofloat"], 1, 1, true;
+    StrToFloatDef = 75, ["strtofloatdef"], 2, 2, true;
+    BoolToStr = 76, ["booltostr"], 1, 2, true;
+    StrToBool = 77, ["strtobool"], 1, 1, true;
+    IntToHex = 78, ["inttohex"], 1, 2, true;
+    TrimLeft = 79, ["trimleft"], 1, 1, true;
+    TrimRight = 80, ["trimright"], 1, 1, true;
+    LeftStr = 81, ["leftstr"], 2, 2, true;
+    RightStr = 82, ["rightstr"], 2, 2, true;
+    SameText = 83, ["sametext"], 2, 2, true;
+    CompareText = 84, ["comparetext"], 2, 2, true;
+    CompareStr = 85, ["comparestr"], 2, 2, true;
+    QuotedStr = 86, ["quotedstr"], 1, 1, true;
+    Chr = 87, ["chr"], 1, 1, true;
+    Ord = 88, ["ord"], 1, 1, true;
+    StringOfChar = 89, ["stringofchar"], 2, 2, true;
+    DupeString = 90, ["dupestring", "replicatestr"], 2, 2, true;
+    ReverseString = 91, ["reversestring", "reversestr"], 1, 1, true;
+    ContainsText = 92, ["containstext"], 2, 2, true;
+    StartsText = 93, ["startstext"], 2, 2, true;
+    EndsText = 94, ["endstext"], 2, 2, true;
+    ContainsStr = 95, ["containsstr"], 2, 2, true;
+    StartsStr = 96, ["startsstr"], 2, 2, true;
+    EndsStr = 97, ["endsstr"], 2, 2, true;
+    ReplaceStr = 98, ["replacestr"], 3, 5, true;
+    Delete = 99, ["delete"], 3, 3, true;
+    Insert = 100, ["insert"], 3, 3, true;
 }
 
 impl Builtin {
     /// Case-insensitive lookup by name or alias.
     pub fn lookup(name: &str) -> Option<Builtin> {
-        // Every name is lower-case ASCII and at most 16 bytes: lower-case into a buffer.
+        // Every name is lower-case ASCII and at most 16 bytes: lower-case into a buffer
+        // (names written in lower case, the common case, are matched as they are).
+        if !name.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Builtin::lookup_lower(name);
+        }
         let mut buf = [0u8; 16];
         let lower = buf.get_mut(..name.len())?;
         lower.copy_from_slice(name.as_bytes());
@@ -102,16 +177,26 @@ fn next_random() -> u64 {
     })
 }
 
+/// Seeds this thread's `random` / `RandomFloat` generator (see [`crate::seed_random`]).
+pub(crate) fn seed_random(seed: u64) {
+    // splitmix64 so that every seed (0 included) gives a non-zero, well-mixed state.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    RNG.with(|c| c.set(z | 1));
+}
+
 fn math1<'a>(a: &V<'_>, name: &str, f: fn(f64) -> f64) -> Result<V<'a>, OpErr> {
     let x = ops::to_f64(a).map_err(|e| OpErr::ty(format!("{name}: {}", e.msg)))?;
     Ok(V::Float(f(x)))
 }
 
-fn s<'a>(x: String) -> V<'a> {
+pub(crate) fn s<'a>(x: String) -> V<'a> {
     V::Str(Cow::Owned(x))
 }
 
-fn check_len(n: usize, max_str: usize) -> Result<(), OpErr> {
+pub(crate) fn check_len(n: usize, max_str: usize) -> Result<(), OpErr> {
     if n > max_str {
         Err(OpErr::limit(format!(
             "string would be {n} bytes, over the limit of {max_str} (Limits::max_string)"
@@ -269,7 +354,7 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
             },
             other => ops::truthy(other, "bool's argument").map(V::Bool),
         },
-        Builtin::Str => match std::mem::take(&mut args[0]) {
+        Builtin::Str if args.len() == 1 => match std::mem::take(&mut args[0]) {
             V::Str(t) => Ok(V::Str(t)),
             other => {
                 let t = other.as_ref().to_string();
@@ -277,6 +362,21 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
                 Ok(s(t))
             }
         },
+        Builtin::Str => {
+            // The seed's Str(a, b, …) joins the text of every argument.
+            let mut out = String::new();
+            for a in args.iter() {
+                use std::fmt::Write;
+                match a {
+                    V::Str(t) => out.push_str(t),
+                    other => {
+                        let _ = write!(out, "{}", other.as_ref());
+                    }
+                }
+                check_len(out.len(), max_str)?;
+            }
+            Ok(s(out))
+        }
         Builtin::Length => match &args[0] {
             V::Vec(v) => Ok(V::Int(v.len() as i64)),
             other => Ok(V::Int(ops::text(other, name)?.chars().count() as i64)),
@@ -362,6 +462,8 @@ pub(crate) fn call<'a>(b: Builtin, args: &mut [V<'a>], max_str: usize) -> Result
                 }
             }
         }
+        Builtin::RandomFloat => Ok(V::Float((next_random() >> 11) as f64 / (1u64 << 53) as f64)),
+        other => crate::stdlib::call(other, args, max_str),
     }
 }
 

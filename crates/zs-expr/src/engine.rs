@@ -370,7 +370,7 @@ impl Engine {
             max_steps: self.limits.max_steps,
         };
         let mut steps = self.limits.max_steps;
-        interp::eval(&r.ir, &cx, &mut steps)
+        interp::eval(&r.tree, r.tree.root, &cx, &mut steps)
             .map(V::into_value)
             .map_err(|e| *e)
     }

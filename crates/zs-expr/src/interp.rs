@@ -7,7 +7,7 @@ use crate::builtins::{self, Builtin};
 use crate::error::{Error, OpErr, Pos};
 use crate::ops;
 use crate::parser::BinOp;
-use crate::resolve::{Ir, IrKind};
+use crate::resolve::{IrKind, IrTree};
 use crate::value::{Args, Vars, V};
 use crate::UserFn;
 
@@ -55,11 +55,14 @@ pub(crate) fn call_user<'a>(
     }
 }
 
+/// Evaluates node `id` of `tree`.
 pub(crate) fn eval<'a, X: Vars + ?Sized>(
-    ir: &'a Ir,
+    tree: &'a IrTree,
+    id: u32,
     cx: &Ctx<'a, X>,
     steps: &mut u64,
 ) -> Result<V<'a>, Box<Error>> {
+    let ir = tree.node(id);
     if *steps == 0 {
         return Err(steps_error(cx.src, ir.start, ir.end, cx.max_steps));
     }
@@ -74,9 +77,9 @@ pub(crate) fn eval<'a, X: Vars + ?Sized>(
                 None => Err(unbound(cx.src, ir.start, ir.end, name)),
             }
         }
-        IrKind::Unary(op, a) => ops::unary(*op, eval(a, cx, steps)?).map_err(at),
+        IrKind::Unary(op, a) => ops::unary(*op, eval(tree, *a, cx, steps)?).map_err(at),
         IrKind::Binary(op, a, b) => {
-            let l = eval(a, cx, steps)?;
+            let l = eval(tree, *a, cx, steps)?;
             if matches!(op, BinOp::And | BinOp::Or) {
                 if let V::Bool(x) = l {
                     if x == (*op == BinOp::Or) {
@@ -84,35 +87,39 @@ pub(crate) fn eval<'a, X: Vars + ?Sized>(
                     }
                 }
             }
-            let r = eval(b, cx, steps)?;
+            let r = eval(tree, *b, cx, steps)?;
             ops::binary(*op, l, r, cx.max_str).map_err(at)
         }
-        IrKind::Builtin(Builtin::IfThen, args) if args.len() == 3 => {
-            let c = eval(&args[0], cx, steps)?;
+        IrKind::Builtin(Builtin::IfThen, s, 3) => {
+            let args = tree.list(*s, 3);
+            let c = eval(tree, args[0], cx, steps)?;
             let c = ops::truthy(&c, "IfThen's condition").map_err(at)?;
-            eval(&args[if c { 1 } else { 2 }], cx, steps)
+            eval(tree, args[if c { 1 } else { 2 }], cx, steps)
         }
-        IrKind::Builtin(b, args) => {
+        IrKind::Builtin(b, s, n) => {
+            let args = tree.list(*s, *n);
             let mut vals = Vec::with_capacity(args.len());
             for a in args {
-                vals.push(eval(a, cx, steps)?);
+                vals.push(eval(tree, *a, cx, steps)?);
             }
             builtins::call(*b, &mut vals, cx.max_str).map_err(at)
         }
-        IrKind::User(id, args) => {
+        IrKind::User(id, s, n) => {
+            let args = tree.list(*s, *n);
             let mut vals = Vec::with_capacity(args.len());
             for a in args {
-                vals.push(eval(a, cx, steps)?);
+                vals.push(eval(tree, *a, cx, steps)?);
             }
             let f = &cx.fns[*id as usize];
             call_user(f, &vals, || {
                 Pos::of(cx.src, ir.start as usize, ir.end as usize)
             })
         }
-        IrKind::List(items) => {
+        IrKind::List(s, n) => {
+            let items = tree.list(*s, *n);
             let mut vals = Vec::with_capacity(items.len());
             for a in items {
-                vals.push(eval(a, cx, steps)?);
+                vals.push(eval(tree, *a, cx, steps)?);
             }
             Ok(builtins::make_list(vals))
         }

@@ -203,21 +203,23 @@ impl<'s> Lexer<'s> {
                     self.i += 1;
                 }
                 let word = &self.src[start..self.i];
-                const KEYWORDS: [(&str, OpTok); 8] = [
-                    ("and", OpTok::And),
-                    ("or", OpTok::Or),
-                    ("xor", OpTok::Xor),
-                    ("not", OpTok::Not),
-                    ("div", OpTok::Div),
-                    ("mod", OpTok::Mod),
-                    ("shl", OpTok::Shl),
-                    ("shr", OpTok::Shr),
-                ];
-                let kw = if word.len() <= 3 {
-                    KEYWORDS
-                        .iter()
-                        .find(|(k, _)| word.eq_ignore_ascii_case(k))
-                        .map(|(_, op)| *op)
+                // Keywords are 2 or 3 letters: lower-case into a tiny buffer and match.
+                let kw = if (2..=3).contains(&word.len()) {
+                    let mut w = [0u8; 3];
+                    for (d, c) in w.iter_mut().zip(word.bytes()) {
+                        *d = c.to_ascii_lowercase();
+                    }
+                    match &w {
+                        b"and" => Some(OpTok::And),
+                        b"or\0" => Some(OpTok::Or),
+                        b"xor" => Some(OpTok::Xor),
+                        b"not" => Some(OpTok::Not),
+                        b"div" => Some(OpTok::Div),
+                        b"mod" => Some(OpTok::Mod),
+                        b"shl" => Some(OpTok::Shl),
+                        b"shr" => Some(OpTok::Shr),
+                        _ => None,
+                    }
                 } else {
                     None
                 };
@@ -345,6 +347,12 @@ impl<'s> Lexer<'s> {
                 .parse::<f64>()
                 .map(|f| Tok::Lit(Value::Float(f)))
                 .map_err(|_| self.err(start, self.i, format!("bad number `{text}`")));
+        }
+        // Short decimal integers (the usual case) are accumulated directly; longer ones
+        // go through the checked std parser.
+        if text.len() <= 18 {
+            let v = text.bytes().fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
+            return Ok(Tok::Lit(Value::from(v)));
         }
         match text.parse::<u64>() {
             Ok(u) => Ok(Tok::Lit(Value::from(u))),

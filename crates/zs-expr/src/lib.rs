@@ -107,11 +107,45 @@
 //! [`Engine::set_const`]; whatever the [`Engine::on_unknown_name`] callback answers
 //! (a constant or a macro); otherwise a variable read at evaluation time.
 //!
-//! Built-ins: `abs sqrt sin cos tan arctan exp ln power round trunc int frac min max clamp`,
-//! casts `int float bool str`, strings `length upper lower pos copy substr replace trim
-//! wildcard`, `IfThen(c, a, b)` (evaluates only the branch taken), `random()` / `random(n)`.
-//! `copy(s, index, count)` is 1-based like Pascal's `Copy`; `substr(s, start[, count])` is
-//! 0-based like C++'s. `round` rounds half to even (like Delphi's `Round`).
+//! ## Built-in functions
+//!
+//! Names and aliases are case-insensitive (`IntToStr`, `inttostr`, `INTTOSTR`), as in the
+//! seed's `SystemOpRunTime`. [`builtin_names`] lists the canonical names. Calls with
+//! constant arguments are folded at compile time, except `random`, `RandomFloat` and
+//! `Print` (they have effects). Each is covered by the table in `tests/builtins.rs` (and
+//! the math core by `tests/table.rs`).
+//!
+//! | group | functions (aliases) | notes |
+//! |---|---|---|
+//! | math | `abs sqrt sqr sin cos tan arctan (atan) exp ln power (pow) round trunc int frac deg min max clamp` | `round` is half to even; `sqr` keeps integers exact (checked); `deg(x)` normalises an angle to (-180, 180] like the seed's `NormalizeDegAngle` |
+//! | constants | `pi` and `PI()`, `True()`, `False()`, `Nop(…)` (0) | |
+//! | integer casts | `Byte (UInt8) Word (UInt16) Cardinal (LongWord, UInt32) UInt64 ShortInt (Int8) SmallInt (Int16) Integer (LongInt, Int32) Int64`, `int` | Pascal typecasts: the value wraps to the width (`Byte(300) = 44`, `ShortInt(200) = -56`); floats round half to even first (Delphi's Variant conversion), numeric strings are parsed, bools are 0/1; a float beyond 64 bits is an error |
+//! | float casts | `float (Double, Extended, Real) Single` | `Single` rounds to `f32` precision |
+//! | bits | `ROL8/16/32/64(x, n)`, `ROR8/16/32/64(x, n)`, `Endian16/32/64(x)` (signed), `EndianU16/32/64(x)` (unsigned), `SAR16/32/64(x, n)` | `x` wraps to the width; rotations take `n` modulo the width (negative rotates the other way); `SAR` is an arithmetic shift of the signed value, `n >= 0`, a shift of the width or more leaves the sign |
+//! | random | `random()` float in [0, 1), `random(n)` integer in [0, n), `RandomFloat() (RandomF)` | xorshift64* per thread, reproducible with [`seed_random`]; not for cryptography |
+//! | vectors | `Vec2/Vec3/Vec4(x, …)`, `RColor(r, g, b, a)` | a vector value of numbers; missing components are `0.0` (`RColor`'s alpha `1.0`). The seed returns the text `"x,y"`; use `str()` if you need text |
+//! | text | `str (String, Text)(a, …)` joins the text of every argument; `length (len) upper (UpperCase) lower (LowerCase) trim TrimLeft TrimRight pos copy substr replace LeftStr RightStr ReverseString (ReverseStr) QuotedStr DupeString (ReplicateStr) StringOfChar Chr Ord`, functional `Delete(s, index, count)` and `Insert(sub, s, index)` | positions are 1-based and count characters (`copy`, `pos`, `Delete`, `Insert`); `substr(s, start[, count])` is 0-based like C++ |
+//! | conversions | `IntToStr FloatToStr StrToInt (StrToInt64) StrToIntDef StrToFloat StrToFloatDef BoolToStr StrToBool IntToHex(x[, digits])` | `FloatToStr` is Delphi's general format (15 significant digits, `1E20`, `NAN`, `INF`); `StrToInt` takes decimal, `$FF` or `0xFF` and errors on anything else (`StrToIntDef` returns the default); `BoolToStr(true) = '-1'`, `BoolToStr(b, true)` is `'True'`/`'False'`, like Delphi; `IntToHex(-1)` is the 64-bit two's complement |
+//! | compare | `SameText CompareText CompareStr` (-1, 0 or 1), `ContainsText(text, sub) ContainsStr StartsText(sub, text) StartsStr EndsText EndsStr` | `…Text` ignore case; argument order as Delphi's `StrUtils` |
+//! | matching | `MultipleMatch (Multiple)(pattern, text, …)`, `wildcard(pattern, text)`, `ReplaceStr(s, old, new[, OnlyWord[, IgnoreCase]])` | `MultipleMatch` is the seed's `umlMultipleMatch`: `;`-separated alternatives, `*` `?`, case-insensitive, true when every text matches; `wildcard` is the case-sensitive single pattern |
+//! | control | `IfThen (if)(c, a, b)` | evaluates only the branch taken |
+//! | output | `Print (DoStatus, Status)(a, …)` | joins its arguments with `,`, hands the line to [`set_print_hook`] (the `zs expr` CLI prints it on standard error) and returns it |
+//!
+//! Every string a function builds is bounded by [`Limits::max_string`] *before* it is
+//! allocated (`DupeString('x', 1e9)` is an [`Error::Limit`], not an allocation).
+//! `not x` is the operator (the seed's `Not()` function); `FitXY`, `SearchStr` and the
+//! hex/binary text helpers (`ToHex`, `Hex8…`, `ToBin`, `Bin8…`) are not provided.
+//!
+//! ```
+//! use zs_expr::{Engine, NoVars, Value};
+//! let e = Engine::new();
+//! assert_eq!(e.eval("IntToStr(6 * 7)", &NoVars)?, Value::from("42"));
+//! assert_eq!(e.eval("ROL8($81, 1) + Byte(300)", &NoVars)?, Value::Int(3 + 44));
+//! assert_eq!(e.eval("MultipleMatch('*.doc;*.TXT', 'notes.txt')", &NoVars)?, Value::Bool(true));
+//! assert_eq!(e.eval("FloatToStr(0.1 + 0.2) + ' ' + UpperCase(Trim('  ok '))", &NoVars)?, Value::from("0.3 OK"));
+//! assert!(e.eval("StrToInt('4x')", &NoVars).is_err());
+//! # Ok::<(), zs_expr::Error>(())
+//! ```
 //!
 //! ## Compile once, evaluate per record
 //!
@@ -148,6 +182,7 @@ mod ops;
 mod parser;
 mod program;
 mod resolve;
+mod stdlib;
 mod template;
 mod typed;
 mod value;
@@ -160,6 +195,46 @@ pub use parser::{BinOp, Precedence, UnOp};
 pub use program::Program;
 pub use template::Delimiters;
 pub use value::{Args, AsValueRef, Binding, NoVars, Record, Scalar, Value, ValueRef, Vars};
+
+/// Seeds the generator behind `random`, `random(n)` and `RandomFloat` **on this thread**
+/// (each thread has its own xorshift64* state, seeded randomly at first use). The same
+/// seed gives the same sequence, which makes tests and replays reproducible. Not for
+/// cryptography.
+///
+/// ```
+/// use zs_expr::{Engine, NoVars};
+/// let e = Engine::new();
+/// zs_expr::seed_random(7);
+/// let a = e.eval("random(1000), RandomFloat()", &NoVars)?;
+/// zs_expr::seed_random(7);
+/// assert_eq!(e.eval("random(1000), RandomFloat()", &NoVars)?, a);
+/// # Ok::<(), zs_expr::Error>(())
+/// ```
+pub fn seed_random(seed: u64) {
+    builtins::seed_random(seed)
+}
+
+/// Receives the lines of `Print(…)` / `DoStatus(…)` / `Status(…)` (see [`set_print_hook`]).
+pub type PrintHook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Sets where `Print(…)` / `DoStatus(…)` / `Status(…)` send their line (process-wide;
+/// `None`, the default, drops it). The functions always return the line as a string, so
+/// a library that never sets a hook never writes to the terminal on a peer's behalf.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use zs_expr::{Engine, NoVars, Value};
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let sink = seen.clone();
+/// zs_expr::set_print_hook(Some(Arc::new(move |line: &str| sink.lock().unwrap().push(line.to_string()))));
+/// assert_eq!(Engine::new().eval("Print('x', 6 * 7)", &NoVars)?, Value::from("x,42"));
+/// zs_expr::set_print_hook(None);
+/// assert_eq!(*seen.lock().unwrap(), ["x,42"]);
+/// # Ok::<(), zs_expr::Error>(())
+/// ```
+pub fn set_print_hook(hook: Option<PrintHook>) {
+    stdlib::set_print_hook(hook)
+}
 
 /// Names of every built-in function (canonical names, lower case).
 pub fn builtin_names() -> impl Iterator<Item = &'static str> {

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Pos};
 use crate::lexer::{Lexer, OpTok, Style, Tok, Token};
+use crate::resolve::{Ir, IrKind, IrTree};
 use crate::value::Value;
 
 /// Which operator precedence table the parser uses.
@@ -116,46 +117,39 @@ pub enum UnOp {
     Not,
 }
 
-/// A syntax node; children are indices into [`Ast::nodes`], argument and item lists
-/// ranges `(start, count)` of [`Ast::items`].
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ExprKind<'s> {
-    Lit(Value),
-    /// A name, borrowed from the source text.
-    Name(&'s str),
-    Unary(UnOp, u32),
-    Binary(BinOp, u32, u32),
-    Call(&'s str, u32, u32),
-    List(u32, u32),
+/// A name or call the parser leaves for the resolver (in creation order: arguments before
+/// their call, left before right). The node itself holds a placeholder until resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Pending {
+    /// Node `id` is the name `text[a..z]`.
+    Name { id: u32, a: u32, z: u32 },
+    /// Node `id` calls `text[a..z]` with the arguments `items[st..st + n]`.
+    Call {
+        id: u32,
+        a: u32,
+        z: u32,
+        st: u32,
+        n: u32,
+    },
 }
 
-/// A parsed text: every node in one arena (one allocation instead of one per node).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Ast<'s> {
-    pub nodes: Vec<Expr<'s>>,
-    pub items: Vec<u32>,
-    pub root: u32,
+/// Where the parser writes: straight into the resolved tree's arena (no separate syntax
+/// tree to convert), plus the names and calls left to resolve.
+pub(crate) struct Out<'t> {
+    pub tree: &'t mut IrTree,
+    pub pending: &'t mut Vec<Pending>,
+    /// Argument and item lists being collected (a stack: inner lists finish first).
+    pub scratch: &'t mut Vec<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Expr<'s> {
-    pub kind: ExprKind<'s>,
-    pub start: usize,
-    pub end: usize,
-    pub depth: usize,
-}
-
-pub(crate) struct Parser<'s> {
+pub(crate) struct Parser<'s, 't> {
     src: &'s str,
     lex: Lexer<'s>,
     tok: Token<'s>,
     prec: Precedence,
     max_depth: usize,
     nesting: usize,
-    nodes: Vec<Expr<'s>>,
-    items: Vec<u32>,
-    /// Argument and item lists being collected (a stack: inner lists finish first).
-    scratch: Vec<u32>,
+    out: Out<'t>,
 }
 
 fn binop(op: OpTok) -> Option<BinOp> {
@@ -229,13 +223,15 @@ fn describe(t: &Tok<'_>) -> String {
     }
 }
 
-impl<'s> Parser<'s> {
+impl<'s, 't> Parser<'s, 't> {
+    /// Parses `src` into `out.tree`; returns the root node and its depth.
     pub fn parse(
         src: &'s str,
         style: Style,
         prec: Precedence,
         max_depth: usize,
-    ) -> Result<Ast<'s>, Error> {
+        out: Out<'t>,
+    ) -> Result<(u32, usize), Error> {
         let mut lex = Lexer::new(src, style);
         let tok = lex.next_token()?;
         let mut p = Parser {
@@ -245,10 +241,9 @@ impl<'s> Parser<'s> {
             prec,
             max_depth,
             nesting: 0,
-            nodes: Vec::with_capacity((src.len() / 2 + 1).min(256)),
-            items: Vec::new(),
-            scratch: Vec::new(),
+            out,
         };
+        p.out.tree.nodes.reserve((src.len() / 2 + 1).min(256));
         if matches!(p.tok.tok, Tok::Eof) {
             return Err(p.err_here("the expression is empty"));
         }
@@ -264,22 +259,20 @@ impl<'s> Parser<'s> {
             };
             return Err(p.err_here(msg));
         }
-        Ok(Ast {
-            nodes: p.nodes,
-            items: p.items,
-            root: e,
-        })
+        let depth = p.at(e).depth as usize;
+        Ok((e, depth))
     }
 
-    fn at(&self, id: u32) -> &Expr<'s> {
-        &self.nodes[id as usize]
+    fn at(&self, id: u32) -> &Ir {
+        &self.out.tree.nodes[id as usize]
     }
 
     /// Moves `scratch[base..]` to `items`: the range `(start, count)`.
     fn take_items(&mut self, base: usize) -> (u32, u32) {
-        let start = self.items.len();
-        self.items.extend(self.scratch.drain(base..));
-        (start as u32, (self.items.len() - start) as u32)
+        let items = &mut self.out.tree.items;
+        let start = items.len();
+        items.extend(self.out.scratch.drain(base..));
+        (start as u32, (items.len() - start) as u32)
     }
 
     fn err_here(&self, msg: impl Into<String>) -> Error {
@@ -298,13 +291,7 @@ impl<'s> Parser<'s> {
         Ok(std::mem::replace(&mut self.tok, next))
     }
 
-    fn node(
-        &mut self,
-        kind: ExprKind<'s>,
-        start: usize,
-        end: usize,
-        depth: usize,
-    ) -> Result<u32, Error> {
+    fn node(&mut self, kind: IrKind, start: usize, end: usize, depth: usize) -> Result<u32, Error> {
         if depth > self.max_depth {
             return Err(Error::Limit {
                 pos: Pos::of(self.src, start, end),
@@ -314,13 +301,14 @@ impl<'s> Parser<'s> {
                 ),
             });
         }
-        self.nodes.push(Expr {
+        let nodes = &mut self.out.tree.nodes;
+        nodes.push(Ir {
             kind,
-            start,
-            end,
-            depth,
+            start: start as u32,
+            end: end as u32,
+            depth: depth as u32,
         });
-        Ok((self.nodes.len() - 1) as u32)
+        Ok((nodes.len() - 1) as u32)
     }
 
     /// `a, b, c` at the top level or inside parentheses: a vector when there is a comma.
@@ -331,19 +319,19 @@ impl<'s> Parser<'s> {
         }
         let (start, mut depth, mut end) = {
             let f = self.at(first);
-            (f.start, f.depth, f.end)
+            (f.start as usize, f.depth as usize, f.end as usize)
         };
-        let base = self.scratch.len();
-        self.scratch.push(first);
+        let base = self.out.scratch.len();
+        self.out.scratch.push(first);
         while matches!(self.tok.tok, Tok::Comma) {
             self.bump()?;
             let e = self.expr(0)?;
-            depth = depth.max(self.at(e).depth);
-            end = self.at(e).end;
-            self.scratch.push(e);
+            depth = depth.max(self.at(e).depth as usize);
+            end = self.at(e).end as usize;
+            self.out.scratch.push(e);
         }
         let (st, n) = self.take_items(base);
-        self.node(ExprKind::List(st, n), start, end, depth + 1)
+        self.node(IrKind::List(st, n), start, end, depth + 1)
     }
 
     fn expr(&mut self, min_bp: u8) -> Result<u32, Error> {
@@ -391,7 +379,12 @@ impl<'s> Parser<'s> {
             let rhs = self.expr(r)?;
             let (l, r) = (self.at(lhs), self.at(rhs));
             let (start, end, depth) = (l.start, r.end, l.depth.max(r.depth) + 1);
-            lhs = self.node(ExprKind::Binary(op, lhs, rhs), start, end, depth)?;
+            lhs = self.node(
+                IrKind::Binary(op, lhs, rhs),
+                start as usize,
+                end as usize,
+                depth as usize,
+            )?;
         }
         Ok(lhs)
     }
@@ -399,7 +392,7 @@ impl<'s> Parser<'s> {
     fn prefix(&mut self) -> Result<u32, Error> {
         let t = self.bump()?;
         match t.tok {
-            Tok::Lit(v) => self.node(ExprKind::Lit(v), t.start, t.end, 1),
+            Tok::Lit(v) => self.node(IrKind::Const(v), t.start, t.end, 1),
             Tok::Op(o @ (OpTok::Minus | OpTok::Plus | OpTok::Not)) => {
                 let op = match o {
                     OpTok::Minus => UnOp::Neg,
@@ -408,7 +401,12 @@ impl<'s> Parser<'s> {
                 };
                 let operand = self.expr(unary_bp(self.prec))?;
                 let (end, depth) = (self.at(operand).end, self.at(operand).depth + 1);
-                self.node(ExprKind::Unary(op, operand), t.start, end, depth)
+                self.node(
+                    IrKind::Unary(op, operand),
+                    t.start,
+                    end as usize,
+                    depth as usize,
+                )
             }
             Tok::LParen => {
                 if matches!(self.tok.tok, Tok::RParen) {
@@ -422,23 +420,29 @@ impl<'s> Parser<'s> {
                     )));
                 }
                 let close = self.bump()?;
-                let e = &mut self.nodes[inner as usize];
-                e.start = t.start;
-                e.end = close.end;
+                let e = &mut self.out.tree.nodes[inner as usize];
+                e.start = t.start as u32;
+                e.end = close.end as u32;
                 Ok(inner)
             }
             Tok::Ident(name) => {
                 if !matches!(self.tok.tok, Tok::LParen) {
-                    return self.node(ExprKind::Name(name), t.start, t.end, 1);
+                    let id = self.node(IrKind::Const(Value::Null), t.start, t.end, 1)?;
+                    self.out.pending.push(Pending::Name {
+                        id,
+                        a: t.start as u32,
+                        z: t.end as u32,
+                    });
+                    return Ok(id);
                 }
                 self.bump()?;
-                let base = self.scratch.len();
+                let base = self.out.scratch.len();
                 let mut depth = 0;
                 if !matches!(self.tok.tok, Tok::RParen) {
                     loop {
                         let a = self.expr(0)?;
-                        depth = depth.max(self.at(a).depth);
-                        self.scratch.push(a);
+                        depth = depth.max(self.at(a).depth as usize);
+                        self.out.scratch.push(a);
                         match self.tok.tok {
                             Tok::Comma => {
                                 self.bump()?;
@@ -455,7 +459,15 @@ impl<'s> Parser<'s> {
                 }
                 let close = self.bump()?;
                 let (st, n) = self.take_items(base);
-                self.node(ExprKind::Call(name, st, n), t.start, close.end, depth + 1)
+                let id = self.node(IrKind::Const(Value::Null), t.start, close.end, depth + 1)?;
+                self.out.pending.push(Pending::Call {
+                    id,
+                    a: t.start as u32,
+                    z: t.end as u32,
+                    st,
+                    n,
+                });
+                Ok(id)
             }
             other => {
                 let msg = match other {

@@ -9,7 +9,7 @@ use crate::fast::{F, FV};
 use crate::interp::{self, Ctx};
 use crate::ops;
 use crate::parser::{BinOp, UnOp};
-use crate::resolve::{Ir, IrKind, Resolved};
+use crate::resolve::{Ir, IrKind, IrTree, Resolved};
 use crate::typed::{Ty, Typed};
 use crate::value::{Binding, NoVars, Value, ValueRef, Vars, V};
 use crate::UserFn;
@@ -72,16 +72,21 @@ struct Builder {
     fold_steps: u64,
 }
 
-/// Folds constant subtrees (using the interpreter, so folding cannot change a result) and
-/// flattens the IR into nodes.
+/// Folds constant subtrees (using the interpreter, so folding cannot change a result) in
+/// place in the arena, and flattens the tree into nodes.
 pub(crate) fn compile(source: &str, resolved: Resolved, max_steps: u64, max_str: usize) -> Program {
-    let Resolved { ir, vars, fns } = resolved;
+    let Resolved {
+        mut tree,
+        vars,
+        fns,
+    } = resolved;
+    let n = tree.nodes.len();
     let p = Program {
         source: Arc::from(source),
-        nodes: Vec::with_capacity(8),
-        spans: Vec::with_capacity(8),
-        args: Vec::new(),
-        consts: Vec::with_capacity(4),
+        nodes: Vec::with_capacity(n),
+        spans: Vec::with_capacity(n),
+        args: Vec::with_capacity(tree.items.len()),
+        consts: Vec::new(),
         vars,
         fns,
         max_steps,
@@ -94,17 +99,20 @@ pub(crate) fn compile(source: &str, resolved: Resolved, max_steps: u64, max_str:
         p,
         fold_steps: max_steps,
     };
-    let ir = b.fold(ir);
-    b.emit(&ir);
+    let root = tree.root;
+    let root = b.fold(&mut tree, root);
+    b.emit(&tree, root);
+    crate::resolve::recycle_tree(tree);
     b.p.finish()
 }
 
-fn is_const(ir: &Ir) -> bool {
-    matches!(ir.kind, IrKind::Const(_))
+#[inline]
+fn is_const(tree: &IrTree, id: u32) -> bool {
+    matches!(tree.node(id).kind, IrKind::Const(_))
 }
 
 impl Builder {
-    fn try_eval(&mut self, ir: &Ir) -> Option<Value> {
+    fn try_eval(&mut self, tree: &IrTree, id: u32) -> Option<Value> {
         let cx = Ctx {
             vars: &NoVars,
             names: &self.p.vars,
@@ -113,87 +121,77 @@ impl Builder {
             max_str: self.p.max_str,
             max_steps: self.p.max_steps,
         };
-        interp::eval(ir, &cx, &mut self.fold_steps)
+        interp::eval(tree, id, &cx, &mut self.fold_steps)
             .ok()
             .map(V::into_value)
     }
 
-    /// [`Self::fold`] in place, reusing the box's allocation.
-    fn fold_box(&mut self, mut b: Box<Ir>) -> Box<Ir> {
-        let hole = Ir {
-            kind: IrKind::Var(0),
-            start: 0,
-            end: 0,
-        };
-        let ir = std::mem::replace(&mut *b, hole);
-        *b = self.fold(ir);
-        b
+    /// Folds the list `tree.items[s..s + n]` in place; true when every item is constant.
+    fn fold_list(&mut self, tree: &mut IrTree, s: u32, n: u32) -> bool {
+        let mut all = true;
+        for k in s..s + n {
+            let old = tree.items[k as usize];
+            let id = self.fold(tree, old);
+            if id != old {
+                tree.items[k as usize] = id;
+            }
+            all &= is_const(tree, id);
+        }
+        all
     }
 
-    fn fold(&mut self, ir: Ir) -> Ir {
-        let Ir { kind, start, end } = ir;
-        let kind = match kind {
-            IrKind::Unary(op, a) => IrKind::Unary(op, self.fold_box(a)),
-            IrKind::Binary(op, a, b) => {
-                let a = self.fold_box(a);
+    /// Folds node `id` in place; returns the node standing for it afterwards (another
+    /// node when `IfThen` with a constant condition picks its branch).
+    fn fold(&mut self, tree: &mut IrTree, id: u32) -> u32 {
+        let foldable = match tree.node(id).kind {
+            IrKind::Const(_) | IrKind::Var(_) => return id,
+            IrKind::Unary(op, a0) => {
+                let a = self.fold(tree, a0);
+                if a != a0 {
+                    tree.nodes[id as usize].kind = IrKind::Unary(op, a);
+                }
+                is_const(tree, a)
+            }
+            IrKind::Binary(op, a0, b0) => {
+                let a = self.fold(tree, a0);
                 // Short-circuit with a constant bool on the left: the right side never runs.
-                if let (BinOp::And | BinOp::Or, IrKind::Const(Value::Bool(x))) = (op, &a.kind) {
+                if let (BinOp::And | BinOp::Or, IrKind::Const(Value::Bool(x))) =
+                    (op, &tree.node(a).kind)
+                {
                     if *x == (op == BinOp::Or) {
-                        return Ir {
-                            kind: IrKind::Const(Value::Bool(*x)),
-                            start,
-                            end,
-                        };
+                        tree.nodes[id as usize].kind = IrKind::Const(Value::Bool(*x));
+                        return id;
                     }
                 }
-                IrKind::Binary(op, a, self.fold_box(b))
+                let b = self.fold(tree, b0);
+                if (a, b) != (a0, b0) {
+                    tree.nodes[id as usize].kind = IrKind::Binary(op, a, b);
+                }
+                is_const(tree, a) && is_const(tree, b)
             }
-            IrKind::Builtin(Builtin::IfThen, mut args) if args.len() == 3 => {
-                let c = self.fold(args.remove(0));
-                if let IrKind::Const(v) = &c.kind {
+            IrKind::Builtin(Builtin::IfThen, s, 3) => {
+                let c = self.fold(tree, tree.items[s as usize]);
+                tree.items[s as usize] = c;
+                if let IrKind::Const(v) = &tree.node(c).kind {
                     if let Ok(t) = ops::truthy(&V::borrow(v), "") {
-                        let branch = args.swap_remove(if t { 0 } else { 1 });
-                        return self.fold(branch);
+                        let branch = tree.items[s as usize + if t { 1 } else { 2 }];
+                        return self.fold(tree, branch);
                     }
                 }
-                let a = self.fold(args.remove(0));
-                let b = self.fold(args.remove(0));
-                IrKind::Builtin(Builtin::IfThen, vec![c, a, b])
+                self.fold_list(tree, s + 1, 2);
+                // Never folded as a whole: the condition is not constant.
+                false
             }
-            IrKind::Builtin(b, args) => {
-                IrKind::Builtin(b, args.into_iter().map(|a| self.fold(a)).collect())
-            }
-            IrKind::User(f, args) => {
-                IrKind::User(f, args.into_iter().map(|a| self.fold(a)).collect())
-            }
-            IrKind::List(items) => IrKind::List(items.into_iter().map(|a| self.fold(a)).collect()),
-            k @ (IrKind::Const(_) | IrKind::Var(_)) => {
-                return Ir {
-                    kind: k,
-                    start,
-                    end,
-                }
-            }
+            IrKind::Builtin(b, s, n) => self.fold_list(tree, s, n) && b.pure(),
+            IrKind::User(f, s, n) => self.fold_list(tree, s, n) && self.p.fns[f as usize].pure,
+            IrKind::List(s, n) => self.fold_list(tree, s, n),
         };
-        let foldable = match &kind {
-            IrKind::Unary(_, a) => is_const(a),
-            IrKind::Binary(_, a, b) => is_const(a) && is_const(b),
-            IrKind::Builtin(b, args) => b.pure() && args.iter().all(is_const),
-            IrKind::User(f, args) => self.p.fns[*f as usize].pure && args.iter().all(is_const),
-            IrKind::List(items) => items.iter().all(is_const),
-            _ => false,
-        };
-        let ir = Ir { kind, start, end };
         if foldable {
-            if let Some(v) = self.try_eval(&ir) {
-                return Ir {
-                    kind: IrKind::Const(v),
-                    start,
-                    end,
-                };
+            if let Some(v) = self.try_eval(tree, id) {
+                tree.nodes[id as usize].kind = IrKind::Const(v);
             }
         }
-        ir
+        id
     }
 
     fn push(&mut self, n: Node, ir: &Ir) -> u32 {
@@ -207,55 +205,61 @@ impl Builder {
         (self.p.consts.len() - 1) as u32
     }
 
-    fn emit_args(&mut self, items: &[Ir]) -> (u32, u32) {
-        let ids: Vec<u32> = items.iter().map(|a| self.emit(a)).collect();
-        let start = self.p.args.len() as u32;
-        self.p.args.extend(ids);
-        (start, items.len() as u32)
+    fn emit_args(&mut self, tree: &IrTree, s: u32, n: u32) -> (u32, u32) {
+        // Reserve the range first: the arguments' own argument lists go after it.
+        let start = self.p.args.len();
+        self.p.args.resize(start + n as usize, 0);
+        for k in 0..n as usize {
+            let id = self.emit(tree, tree.items[s as usize + k]);
+            self.p.args[start + k] = id;
+        }
+        (start as u32, n)
     }
 
-    fn emit(&mut self, ir: &Ir) -> u32 {
-        let node = match &ir.kind {
-            IrKind::Const(v) => Node::Const(self.konst(v)),
-            IrKind::Var(s) => Node::Var(*s),
-            IrKind::Unary(op, a) => Node::Unary(*op, self.emit(a)),
+    fn emit(&mut self, tree: &IrTree, id: u32) -> u32 {
+        let ir = tree.node(id);
+        let node = match ir.kind {
+            IrKind::Const(ref v) => Node::Const(self.konst(v)),
+            IrKind::Var(s) => Node::Var(s),
+            IrKind::Unary(op, a) => Node::Unary(op, self.emit(tree, a)),
             IrKind::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
-                let (a, b) = (self.emit(a), self.emit(b));
-                if *op == BinOp::And {
+                let (a, b) = (self.emit(tree, a), self.emit(tree, b));
+                if op == BinOp::And {
                     Node::And(a, b)
                 } else {
                     Node::Or(a, b)
                 }
             }
-            IrKind::Binary(op, a, b) => match (&a.kind, &b.kind) {
-                (IrKind::Var(s), IrKind::Const(k)) => Node::VarK(*op, *s, self.konst(k)),
+            IrKind::Binary(op, a, b) => match (&tree.node(a).kind, &tree.node(b).kind) {
+                (IrKind::Var(s), IrKind::Const(k)) => Node::VarK(op, *s, self.konst(k)),
                 (_, IrKind::Const(k)) => {
-                    let a = self.emit(a);
-                    Node::BinK(*op, a, self.konst(k))
+                    let a = self.emit(tree, a);
+                    Node::BinK(op, a, self.konst(k))
                 }
                 _ => {
-                    let (a, b) = (self.emit(a), self.emit(b));
-                    Node::Bin(*op, a, b)
+                    let (a, b) = (self.emit(tree, a), self.emit(tree, b));
+                    Node::Bin(op, a, b)
                 }
             },
-            IrKind::Builtin(Builtin::IfThen, args) if args.len() == 3 => {
+            IrKind::Builtin(Builtin::IfThen, s, 3) => {
+                let args = tree.list(s, 3);
                 let (c, a, b) = (
-                    self.emit(&args[0]),
-                    self.emit(&args[1]),
-                    self.emit(&args[2]),
+                    self.emit(tree, args[0]),
+                    self.emit(tree, args[1]),
+                    self.emit(tree, args[2]),
                 );
                 Node::If(c, a, b)
             }
-            IrKind::Builtin(b, args) => {
-                let (s, n) = self.emit_args(args);
-                Node::Call(*b, s, n)
+            IrKind::Builtin(b, s, n) => {
+                let (s, n) = self.emit_args(tree, s, n);
+                Node::Call(b, s, n)
             }
-            IrKind::User(f, args) => {
-                let (s, n) = self.emit_args(args);
-                Node::User(*f, s, n)
+            IrKind::User(f, s, n) => {
+                let (s, n) = self.emit_args(tree, s, n);
+                Node::User(f, s, n)
             }
-            IrKind::List(items) => {
-                let (s, n) = self.emit_args(items);
+            IrKind::List(s, n) => {
+                let (s, n) = self.emit_args(tree, s, n);
                 Node::List(s, n)
             }
         };

@@ -1,23 +1,27 @@
-//! Name resolution: AST → IR. Functions get ids, constants and macros are substituted,
-//! every other name becomes a variable slot (numbered by first appearance).
+//! Name resolution. The parser writes the tree straight into the arena ([`IrTree`]) and
+//! lists the names and calls it met ([`Pending`]); this pass resolves just those nodes in
+//! place: functions get ids, constants and macros are substituted, every other name
+//! becomes a variable slot (numbered by first appearance).
 
 use std::sync::Arc;
 
 use crate::builtins::{arity_text, Builtin};
 use crate::error::{Error, Pos};
-use crate::parser::{Ast, BinOp, ExprKind, Parser, UnOp};
+use crate::parser::{BinOp, Out, Parser, Pending, UnOp};
 use crate::value::Value;
 use crate::{Engine, Resolution, UserFn};
 
+/// A resolved node; children are indices into [`IrTree::nodes`], argument and item lists
+/// ranges `(start, count)` of [`IrTree::items`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum IrKind {
     Const(Value),
     Var(u32),
-    Unary(UnOp, Box<Ir>),
-    Binary(BinOp, Box<Ir>, Box<Ir>),
-    Builtin(Builtin, Vec<Ir>),
-    User(u32, Vec<Ir>),
-    List(Vec<Ir>),
+    Unary(UnOp, u32),
+    Binary(BinOp, u32, u32),
+    Builtin(Builtin, u32, u32),
+    User(u32, u32, u32),
+    List(u32, u32),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,11 +29,34 @@ pub(crate) struct Ir {
     pub kind: IrKind,
     pub start: u32,
     pub end: u32,
+    /// Height of the subtree as parsed (before macro expansion); for the depth limit.
+    pub depth: u32,
+}
+
+/// The resolved tree in one arena: two allocations per text instead of one per node, and
+/// constant folding rewrites nodes in place.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct IrTree {
+    pub nodes: Vec<Ir>,
+    pub items: Vec<u32>,
+    pub root: u32,
+}
+
+impl IrTree {
+    #[inline]
+    pub fn node(&self, id: u32) -> &Ir {
+        &self.nodes[id as usize]
+    }
+
+    #[inline]
+    pub fn list(&self, start: u32, n: u32) -> &[u32] {
+        &self.items[start as usize..(start + n) as usize]
+    }
 }
 
 /// The result of resolving one source text.
 pub(crate) struct Resolved {
-    pub ir: Ir,
+    pub tree: IrTree,
     pub vars: Vec<String>,
     pub fns: Vec<Arc<UserFn>>,
 }
@@ -39,11 +66,61 @@ struct Resolver<'e> {
     src: &'e str,
     vars: Vec<String>,
     fns: Vec<Arc<UserFn>>,
-    nodes: usize,
     macros: Vec<String>,
+    expanded: bool,
 }
 
 pub(crate) const MAX_NODES: usize = 1 << 20;
+
+/// Working memory of parsing and resolving, kept per thread between compilations so that
+/// a warm compile allocates nothing for the tree (the way a reused slab does). Buffers
+/// that grew past [`KEEP_NODES`] are freed instead of kept, so one huge expression does
+/// not pin its memory.
+#[derive(Default)]
+struct Scratch {
+    tree: IrTree,
+    pending: Vec<Pending>,
+    stack: Vec<u32>,
+}
+
+const KEEP_NODES: usize = 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn take_scratch() -> Scratch {
+    SCRATCH.with(|c| match c.try_borrow_mut() {
+        Ok(mut c) => std::mem::take(&mut *c),
+        Err(_) => Scratch::default(),
+    })
+}
+
+fn recycle(mut s: Scratch) {
+    if s.tree.nodes.capacity() <= KEEP_NODES
+        && s.tree.items.capacity() <= KEEP_NODES
+        && s.pending.capacity() <= KEEP_NODES
+        && s.stack.capacity() <= KEEP_NODES
+    {
+        s.tree.nodes.clear();
+        s.tree.items.clear();
+        s.tree.root = 0;
+        s.pending.clear();
+        s.stack.clear();
+        SCRATCH.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                *c = s;
+            }
+        });
+    }
+}
+
+/// Gives a resolved tree's memory back for the next compilation on this thread.
+pub(crate) fn recycle_tree(tree: IrTree) {
+    let mut s = take_scratch();
+    s.tree = tree;
+    recycle(s);
+}
 
 pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
     let limits = engine.limits();
@@ -57,203 +134,159 @@ pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
             ),
         });
     }
-    let mut ast = Parser::parse(src, engine.style(), engine.precedence(), limits.max_depth)?;
+    let mut s = take_scratch();
+    let (root, _) = Parser::parse(
+        src,
+        engine.style(),
+        engine.precedence(),
+        limits.max_depth,
+        Out {
+            tree: &mut s.tree,
+            pending: &mut s.pending,
+            scratch: &mut s.stack,
+        },
+    )?;
     let mut r = Resolver {
         engine,
         src,
         vars: Vec::new(),
         fns: Vec::new(),
-        nodes: 0,
         macros: Vec::new(),
+        expanded: false,
     };
-    let root = ast.root;
-    let (ir, _) = r.expr(&mut ast, root, None)?;
+    let pending = std::mem::take(&mut s.pending);
+    let res = r.all(&mut s.tree, src, &pending);
+    s.pending = pending;
+    res?;
+    if r.expanded {
+        // Macros make subtrees taller than the parser saw: check the depth again.
+        r.check_depth(&s.tree, root)?;
+    }
+    let mut tree = std::mem::take(&mut s.tree);
+    tree.root = root;
+    recycle(s);
     Ok(Resolved {
-        ir,
+        tree,
         vars: r.vars,
         fns: r.fns,
     })
 }
 
 impl Resolver<'_> {
-    fn pos(&self, start: usize, end: usize) -> Pos {
-        Pos::of(self.src, start, end)
+    fn pos(&self, start: u32, end: u32) -> Pos {
+        Pos::of(self.src, start as usize, end as usize)
     }
 
-    /// Resolves node `id` of `ast` (taking its contents: every node is visited once).
-    fn expr(
-        &mut self,
-        ast: &mut Ast<'_>,
-        id: u32,
-        span: Option<(usize, usize)>,
-    ) -> Result<(Ir, usize), Error> {
-        let e = &mut ast.nodes[id as usize];
-        let (start, end) = span.unwrap_or((e.start, e.end));
-        let kind = std::mem::replace(&mut e.kind, ExprKind::Lit(Value::Null));
-        self.nodes += 1;
-        let limits = self.engine.limits();
-        if self.nodes > MAX_NODES.min(limits.max_len.saturating_mul(4).max(1024)) {
-            return Err(Error::Limit {
-                pos: self.pos(start, end),
-                message: "expression expands to too many nodes (macros?); simplify it".into(),
-            });
+    /// Resolves the names and calls `pending` (met while parsing `text`), in order.
+    fn all(&mut self, tree: &mut IrTree, text: &str, pending: &[Pending]) -> Result<(), Error> {
+        for p in pending {
+            match *p {
+                Pending::Name { id, a, z } => self.name(tree, id, &text[a as usize..z as usize])?,
+                Pending::Call { id, a, z, st, n } => {
+                    let kind = self.call(tree, id, &text[a as usize..z as usize], st, n)?;
+                    tree.nodes[id as usize].kind = kind;
+                }
+            }
         }
-        let (kind, depth) = match kind {
-            ExprKind::Lit(v) => (IrKind::Const(v), 1),
-            ExprKind::Name(n) => return self.name(n, start, end),
-            ExprKind::Unary(op, a) => {
-                let (a, d) = self.expr(ast, a, span)?;
-                (IrKind::Unary(op, Box::new(a)), d + 1)
+        Ok(())
+    }
+
+    fn call(
+        &mut self,
+        tree: &IrTree,
+        id: u32,
+        name: &str,
+        st: u32,
+        n: u32,
+    ) -> Result<IrKind, Error> {
+        let (start, end) = (tree.node(id).start, tree.node(id).end);
+        let user = if self.engine.has_functions() {
+            self.engine.function(&name.to_ascii_lowercase())
+        } else {
+            None
+        };
+        if let Some(f) = user {
+            if !f.arity.accepts(n as usize) {
+                return Err(Error::Type {
+                    pos: self.pos(start, end),
+                    message: format!("{} takes {} arguments, got {}", f.name, f.arity, n),
+                });
             }
-            ExprKind::Binary(op, a, b) => {
-                let (a, da) = self.expr(ast, a, span)?;
-                let (b, db) = self.expr(ast, b, span)?;
-                (IrKind::Binary(op, Box::new(a), Box::new(b)), da.max(db) + 1)
+            let fid = match self.fns.iter().position(|g| Arc::ptr_eq(g, &f)) {
+                Some(i) => i,
+                None => {
+                    self.fns.push(f);
+                    self.fns.len() - 1
+                }
+            };
+            Ok(IrKind::User(fid as u32, st, n))
+        } else if let Some(b) = Builtin::lookup(name) {
+            let (min, max) = b.arity();
+            let len = n as usize;
+            if len < min || len > max {
+                return Err(Error::Type {
+                    pos: self.pos(start, end),
+                    message: format!(
+                        "{} takes {} arguments, got {}",
+                        b.name(),
+                        arity_text(b),
+                        len
+                    ),
+                });
             }
-            ExprKind::List(st, n) => {
-                let (items, d) = self.all(ast, st, n, span)?;
-                (IrKind::List(items), d + 1)
-            }
-            ExprKind::Call(name, st, n) => {
-                let (args, d) = self.all(ast, st, n, span)?;
-                let user = if self.engine.has_functions() {
-                    self.engine.function(&name.to_ascii_lowercase())
-                } else {
-                    None
-                };
-                if let Some(f) = user {
-                    let pos = self.pos(start, end);
-                    if !f.arity.accepts(args.len()) {
-                        return Err(Error::Type {
-                            pos,
-                            message: format!(
-                                "{} takes {} arguments, got {}",
-                                f.name,
-                                f.arity,
-                                args.len()
-                            ),
-                        });
-                    }
-                    let id = match self.fns.iter().position(|g| Arc::ptr_eq(g, &f)) {
+            Ok(IrKind::Builtin(b, st, n))
+        } else {
+            Err(Error::UnknownName {
+                pos: self.pos(start, end),
+                message: format!(
+                    "no function named `{name}`; register it with Engine::register (built-ins: abs, sqrt, min, max, IfThen, length, ...)"
+                ),
+            })
+        }
+    }
+
+    fn name(&mut self, tree: &mut IrTree, id: u32, name: &str) -> Result<(), Error> {
+        let is = |k: &str| name.eq_ignore_ascii_case(k);
+        let kind = if is("true") {
+            IrKind::Const(Value::Bool(true))
+        } else if is("false") {
+            IrKind::Const(Value::Bool(false))
+        } else if is("null") || is("nil") {
+            IrKind::Const(Value::Null)
+        } else if is("pi") {
+            IrKind::Const(Value::Float(std::f64::consts::PI))
+        } else if let Some(v) = self
+            .engine
+            .has_constants()
+            .then(|| self.engine.constant(&name.to_ascii_lowercase()))
+            .flatten()
+        {
+            IrKind::Const(v.clone())
+        } else {
+            match self.engine.unknown_name(name) {
+                Some(Resolution::Const(v)) => IrKind::Const(v),
+                Some(Resolution::Macro(text)) => return self.expand(tree, id, name, &text),
+                None => {
+                    let slot = match self.vars.iter().position(|v| v == name) {
                         Some(i) => i,
                         None => {
-                            self.fns.push(f);
-                            self.fns.len() - 1
+                            self.vars.push(name.to_string());
+                            self.vars.len() - 1
                         }
                     };
-                    (IrKind::User(id as u32, args), d + 1)
-                } else if let Some(b) = Builtin::lookup(name) {
-                    let (min, max) = b.arity();
-                    if args.len() < min || args.len() > max {
-                        return Err(Error::Type {
-                            pos: self.pos(start, end),
-                            message: format!(
-                                "{} takes {} arguments, got {}",
-                                b.name(),
-                                arity_text(b),
-                                args.len()
-                            ),
-                        });
-                    }
-                    (IrKind::Builtin(b, args), d + 1)
-                } else {
-                    return Err(Error::UnknownName {
-                        pos: self.pos(start, end),
-                        message: format!(
-                            "no function named `{name}`; register it with Engine::register (built-ins: abs, sqrt, min, max, IfThen, length, ...)"
-                        ),
-                    });
+                    IrKind::Var(slot as u32)
                 }
             }
         };
-        if depth > limits.max_depth {
-            return Err(Error::Limit {
-                pos: self.pos(start, end),
-                message: format!(
-                    "expression nested too deeply (limit {}; Limits::max_depth)",
-                    limits.max_depth
-                ),
-            });
-        }
-        Ok((
-            Ir {
-                kind,
-                start: start as u32,
-                end: end as u32,
-            },
-            depth,
-        ))
+        tree.nodes[id as usize].kind = kind;
+        Ok(())
     }
 
-    /// Resolves the list `ast.items[start..start + n]`.
-    fn all(
-        &mut self,
-        ast: &mut Ast<'_>,
-        start: u32,
-        n: u32,
-        span: Option<(usize, usize)>,
-    ) -> Result<(Vec<Ir>, usize), Error> {
-        let mut out = Vec::with_capacity(n as usize);
-        let mut depth = 0;
-        for k in start..start + n {
-            let id = ast.items[k as usize];
-            let (ir, d) = self.expr(ast, id, span)?;
-            depth = depth.max(d);
-            out.push(ir);
-        }
-        Ok((out, depth))
-    }
-
-    fn name(&mut self, name: &str, start: usize, end: usize) -> Result<(Ir, usize), Error> {
-        let mk = |kind| {
-            Ok((
-                Ir {
-                    kind,
-                    start: start as u32,
-                    end: end as u32,
-                },
-                1,
-            ))
-        };
-        let is = |k: &str| name.eq_ignore_ascii_case(k);
-        if is("true") {
-            return mk(IrKind::Const(Value::Bool(true)));
-        } else if is("false") {
-            return mk(IrKind::Const(Value::Bool(false)));
-        } else if is("null") || is("nil") {
-            return mk(IrKind::Const(Value::Null));
-        } else if is("pi") {
-            return mk(IrKind::Const(Value::Float(std::f64::consts::PI)));
-        }
-        if self.engine.has_constants() {
-            if let Some(v) = self.engine.constant(&name.to_ascii_lowercase()) {
-                return mk(IrKind::Const(v.clone()));
-            }
-        }
-        if let Some(res) = self.engine.unknown_name(name) {
-            match res {
-                Resolution::Const(v) => return mk(IrKind::Const(v)),
-                Resolution::Macro(text) => return self.expand(name, &text, start, end),
-            }
-        }
-        let slot = match self.vars.iter().position(|v| v == name) {
-            Some(i) => i,
-            None => {
-                self.vars.push(name.to_string());
-                self.vars.len() - 1
-            }
-        };
-        mk(IrKind::Var(slot as u32))
-    }
-
-    fn expand(
-        &mut self,
-        name: &str,
-        text: &str,
-        start: usize,
-        end: usize,
-    ) -> Result<(Ir, usize), Error> {
+    /// Parses the macro's text into the same arena, gives its nodes the name's span,
+    /// resolves them, and puts its root in the name's node.
+    fn expand(&mut self, tree: &mut IrTree, id: u32, name: &str, text: &str) -> Result<(), Error> {
         let limits = self.engine.limits();
+        let (start, end) = (tree.node(id).start, tree.node(id).end);
         let pos = self.pos(start, end);
         if self.macros.len() >= limits.max_macro_depth || self.macros.iter().any(|m| m == name) {
             let chain = self.macros.join(" -> ");
@@ -271,20 +304,73 @@ impl Resolver<'_> {
                 message: format!("macro `{name}` text is over Limits::max_len"),
             });
         }
-        let mut ast = Parser::parse(
+        let base = tree.nodes.len();
+        let mut pending = Vec::new();
+        let mut stack = Vec::new();
+        let (root, _) = Parser::parse(
             text,
             self.engine.style(),
             self.engine.precedence(),
             limits.max_depth,
+            Out {
+                tree,
+                pending: &mut pending,
+                scratch: &mut stack,
+            },
         )
         .map_err(|e| Error::Syntax {
             pos,
             message: format!("in macro `{name}` = `{text}`: {}", e.message()),
         })?;
+        if tree.nodes.len() > MAX_NODES.min(limits.max_len.saturating_mul(4).max(1024)) {
+            return Err(Error::Limit {
+                pos,
+                message: "expression expands to too many nodes (macros?); simplify it".into(),
+            });
+        }
+        for n in &mut tree.nodes[base..] {
+            n.start = start;
+            n.end = end;
+        }
+        self.expanded = true;
         self.macros.push(name.to_string());
-        let root = ast.root;
-        let r = self.expr(&mut ast, root, Some((start, end)));
+        let r = self.all(tree, text, &pending);
         self.macros.pop();
-        r
+        r?;
+        let kind = std::mem::replace(
+            &mut tree.nodes[root as usize].kind,
+            IrKind::Const(Value::Null),
+        );
+        tree.nodes[id as usize].kind = kind;
+        Ok(())
+    }
+
+    /// After macro expansion: the height of every subtree within `Limits::max_depth`.
+    /// Recursion is bounded: each macro level adds at most `max_depth` levels and there
+    /// are at most `max_macro_depth` levels of macros.
+    fn check_depth(&self, tree: &IrTree, id: u32) -> Result<usize, Error> {
+        let ir = tree.node(id);
+        let d = match ir.kind {
+            IrKind::Const(_) | IrKind::Var(_) => 1,
+            IrKind::Unary(_, a) => self.check_depth(tree, a)? + 1,
+            IrKind::Binary(_, a, b) => {
+                self.check_depth(tree, a)?.max(self.check_depth(tree, b)?) + 1
+            }
+            IrKind::Builtin(_, s, n) | IrKind::User(_, s, n) | IrKind::List(s, n) => {
+                let mut d = 0;
+                for &c in tree.list(s, n) {
+                    d = d.max(self.check_depth(tree, c)?);
+                }
+                d + 1
+            }
+        };
+        let max = self.engine.limits().max_depth;
+        if d > max {
+            return Err(Error::Limit {
+                pos: self.pos(ir.start, ir.end),
+                message: format!("expression nested too deeply (limit {max}; Limits::max_depth)"),
+            });
+        }
+        Ok(d)
     }
 }
