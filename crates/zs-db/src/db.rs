@@ -373,6 +373,10 @@ fn prealloc_step(log_end: u64) -> u64 {
     (log_end / 4).clamp(MIN, MAX)
 }
 
+/// Smallest piece a commit larger than the write buffer is written out in (the write
+/// buffer itself, unless configured smaller than this).
+const MIN_WRITE_CHUNK: usize = 64 << 10;
+
 /// Hasher of the cache's record ids: one multiply and a fold instead of SipHash (ids
 /// are assigned by the store, not chosen by an attacker; the fold mixes the high bits
 /// into the low ones, which pick the bucket, since a shard's ids share `id % 16`).
@@ -1494,7 +1498,6 @@ impl Read for ValueReader {
 }
 
 /// One applied change: id, new frame (offset in buffer, header), new value.
-type Change<'a> = (u64, Option<(u64, FrameHeader)>, Option<(Kind, &'a [u8])>);
 /// A written snapshot: new index, end in the new file, old end covered, old file.
 type Snapshot = (IdIndex, u64, u64, Arc<dyn FileBackend>);
 
@@ -1550,36 +1553,50 @@ impl Inner {
         }
     }
 
-    /// Writes the buffer to the file (and fsyncs when `sync`). Caller holds the writer.
+    /// Writes the buffer to the file (and fsyncs when `sync`). Caller holds the writer;
+    /// the buffer holds whole commits only.
     fn flush_locked(&self, w: &mut Writer, sync: bool) -> Result<()> {
-        if !w.buf.is_empty() {
-            self.check_poison()?;
-            let file = rlock(&self.state).file.clone();
-            let len = w.buf.len();
-            let end = w.buf_start + len as u64;
-            let step = prealloc_step(end);
-            if end > w.alloc_end && (len as u64) < step {
-                // grow in one step: the commit plus zero-filled room after it, one write
-                w.buf.resize(len + step as usize, 0);
-                let res = file.write_all_at(&w.buf, w.buf_start);
-                w.buf.truncate(len);
-                res.map_err(self.poison("write"))?;
-                w.alloc_end = end + step;
-            } else {
-                file.write_all_at(&w.buf, w.buf_start)
-                    .map_err(self.poison("write"))?;
-                w.alloc_end = w.alloc_end.max(end);
-            }
-            w.buf_start = end;
-            w.buf.clear();
-            if w.buf.capacity() > 2 * self.opts.write_buffer {
-                w.buf.shrink_to(self.opts.write_buffer);
-            }
-            self.flushed_end.store(w.buf_start, Ordering::Release);
-        }
+        self.write_buf(w, true)?;
+        // everything before `buf_start` is now whole commits in the file
+        self.flushed_end.store(w.buf_start, Ordering::Release);
         if sync {
             self.sync_to(w.buf_start)?;
             w.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer to the file at `buf_start` (one write; with `room`, plus
+    /// zero-filled room ahead when a small write grows the file, see [`prealloc_step`])
+    /// and empties it, without moving `flushed_end`: a commit larger than the write
+    /// buffer goes out in write-buffer-sized pieces through this while it is encoded
+    /// (without room: a bulk commit is no small write), and only its end is a point a
+    /// sync may record or a reader may rely on.
+    fn write_buf(&self, w: &mut Writer, room: bool) -> Result<()> {
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        self.check_poison()?;
+        let file = rlock(&self.state).file.clone();
+        let len = w.buf.len();
+        let end = w.buf_start + len as u64;
+        let step = prealloc_step(end);
+        if room && end > w.alloc_end && (len as u64) < step {
+            // grow in one step: the commit plus zero-filled room after it, one write
+            w.buf.resize(len + step as usize, 0);
+            let res = file.write_all_at(&w.buf, w.buf_start);
+            w.buf.truncate(len);
+            res.map_err(self.poison("write"))?;
+            w.alloc_end = end + step;
+        } else {
+            file.write_all_at(&w.buf, w.buf_start)
+                .map_err(self.poison("write"))?;
+            w.alloc_end = w.alloc_end.max(end);
+        }
+        w.buf_start = end;
+        w.buf.clear();
+        if w.buf.capacity() > 2 * self.opts.write_buffer {
+            w.buf.shrink_to(self.opts.write_buffer);
         }
         Ok(())
     }
@@ -1601,6 +1618,8 @@ impl Inner {
         self.flush_locked(&mut w, false)
     }
 
+    /// Appends one PUT frame to `out` (LZ4-compressed when enabled and worth it) and
+    /// returns its header.
     fn encode_put(
         &self,
         out: &mut Vec<u8>,
@@ -1609,7 +1628,7 @@ impl Inner {
         index: u32,
         last: bool,
         data: &[u8],
-    ) -> (u64, FrameHeader) {
+    ) -> FrameHeader {
         let mut flags = if last { FLAG_COMMIT } else { 0 };
         let mut raw_len = 0u32;
         let compressed;
@@ -1622,11 +1641,10 @@ impl Inner {
                 raw_len = data.len() as u32;
             }
         }
-        let start = out.len() as u64;
         format::encode_frame(
             out, &self.salt, OP_PUT, kind as u8, flags, id, index, raw_len, payload,
         );
-        let fh = FrameHeader {
+        FrameHeader {
             crc: 0,
             op: OP_PUT,
             kind: kind as u8,
@@ -1635,8 +1653,99 @@ impl Inner {
             len: payload.len() as u64,
             index,
             raw_len,
-        };
-        (start, fh)
+        }
+    }
+
+    /// Checks that every update and delete of `ops` names a record that exists at that
+    /// point of the commit (inserts take the ids `first_new..`); returns the ids deleted.
+    /// Runs before a byte of the commit is encoded, so a refused commit writes nothing.
+    fn validate_ops(&self, ops: &[OpRef<'_>], first_new: u64) -> Result<Vec<u64>> {
+        // lock order: writer (held by the caller), then order, then state
+        let order = mlock(&self.order);
+        let st = rlock(&self.state);
+        let mut deleted: BTreeSet<u64> = BTreeSet::new();
+        // ids inserted so far by this commit: first_new..inserted (an id, once deleted,
+        // never comes back: inserts always take new ids)
+        let mut inserted = first_new;
+        let mut deletes = Vec::new();
+        for op in ops {
+            let (id, delete) = match *op {
+                OpRef::Insert(..) => {
+                    inserted += 1;
+                    continue;
+                }
+                OpRef::Update(id, ..) => (id, false),
+                OpRef::Delete(id) => (id, true),
+            };
+            let exists = !deleted.contains(&id)
+                && if id >= first_new {
+                    id < inserted
+                } else {
+                    !order.deleting.contains_key(&id) && st.loc(id).is_some()
+                };
+            if !exists {
+                return Err(Error::NotFound(id));
+            }
+            if delete {
+                deleted.insert(id);
+                deletes.push(id);
+            }
+        }
+        Ok(deletes)
+    }
+
+    /// Encodes `ops` (validated) into the write buffer, writing it out whenever it
+    /// holds a write buffer's worth, so a commit of any size goes through one reused
+    /// buffer of bounded size. Returns the ids of the inserts and the location of each
+    /// op's frame (absent for deletes). Caller holds the writer.
+    fn encode_ops(
+        &self,
+        w: &mut Writer,
+        ops: &[OpRef<'_>],
+        first_new: u64,
+    ) -> Result<(Vec<u64>, Vec<Loc>)> {
+        let n = ops.len();
+        let chunk = self.opts.write_buffer.max(MIN_WRITE_CHUNK);
+        let mut ids = Vec::new();
+        let mut locs = Vec::with_capacity(n);
+        let mut next_id = first_new;
+        for (i, op) in ops.iter().enumerate() {
+            if w.buf.len() >= chunk {
+                self.write_buf(w, false)?;
+            }
+            let last = i + 1 == n;
+            let off = w.buf_start + w.buf.len() as u64;
+            let loc = match *op {
+                OpRef::Insert(kind, data) => {
+                    let id = next_id;
+                    next_id += 1;
+                    ids.push(id);
+                    let fh = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
+                    Loc::from_header(off, &fh)
+                }
+                OpRef::Update(id, kind, data) => {
+                    let fh = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
+                    Loc::from_header(off, &fh)
+                }
+                OpRef::Delete(id) => {
+                    let flags = if last { FLAG_COMMIT } else { 0 };
+                    format::encode_frame(
+                        &mut w.buf,
+                        &self.salt,
+                        OP_DELETE,
+                        0,
+                        flags,
+                        id,
+                        i as u32,
+                        0,
+                        &[],
+                    );
+                    Loc::default()
+                }
+            };
+            locs.push(loc);
+        }
+        Ok((ids, locs))
     }
 
     pub(crate) fn commit_ops(
@@ -1647,84 +1756,29 @@ impl Inner {
         self.touch();
         let mut w = mlock(&self.writer);
         self.check_poison()?;
-        let n = ops.len();
-        let mut ids = Vec::new();
-        let mut changes: Vec<Change<'_>> = Vec::with_capacity(n);
-        let base = w.buf.len();
-        let mut overlay: HashMap<u64, bool> = HashMap::new();
-        let exists = |st: &State, overlay: &HashMap<u64, bool>, id: u64| {
-            overlay
-                .get(&id)
-                .copied()
-                .unwrap_or_else(|| st.loc(id).is_some())
-        };
-        let mut next_id = w.next_id;
-        let mut deletes = Vec::new();
-        {
-            // lock order: writer, then order, then state (appliers take order, then state)
-            let order = mlock(&self.order);
-            let st = rlock(&self.state);
-            let exists = |overlay: &HashMap<u64, bool>, id: u64| {
-                overlay.get(&id).copied().unwrap_or_else(|| {
-                    !order.deleting.contains_key(&id) && exists(&st, overlay, id)
-                })
-            };
-            for (i, op) in ops.iter().enumerate() {
-                let last = i + 1 == n;
-                match *op {
-                    OpRef::Insert(kind, data) => {
-                        let id = next_id;
-                        next_id += 1;
-                        ids.push(id);
-                        overlay.insert(id, true);
-                        let (off, fh) = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
-                        changes.push((id, Some((off, fh)), Some((kind, data))));
-                    }
-                    OpRef::Update(id, kind, data) => {
-                        if !exists(&overlay, id) {
-                            w.buf.truncate(base);
-                            return Err(Error::NotFound(id));
-                        }
-                        let (off, fh) = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
-                        changes.push((id, Some((off, fh)), Some((kind, data))));
-                    }
-                    OpRef::Delete(id) => {
-                        if !exists(&overlay, id) {
-                            w.buf.truncate(base);
-                            return Err(Error::NotFound(id));
-                        }
-                        overlay.insert(id, false);
-                        deletes.push(id);
-                        let flags = if last { FLAG_COMMIT } else { 0 };
-                        format::encode_frame(
-                            &mut w.buf,
-                            &self.salt,
-                            OP_DELETE,
-                            0,
-                            flags,
-                            id,
-                            i as u32,
-                            0,
-                            &[],
-                        );
-                        changes.push((id, None, None));
-                    }
-                }
-            }
-        }
-        let buf_start = w.buf_start;
+        let first_new = w.next_id;
+        let deletes = self.validate_ops(&ops, first_new)?;
         let durability = durability.unwrap_or(self.opts.durability);
         let immediate = durability == Durability::Immediate;
-        let res = if immediate || w.buf.len() >= self.opts.write_buffer {
-            self.flush_locked(&mut w, false)
-        } else {
-            Ok(())
+        let start = w.buf_start;
+        let encoded = self.encode_ops(&mut w, &ops, first_new).and_then(|r| {
+            if immediate || w.buf.len() >= self.opts.write_buffer {
+                // the rest of a commit that went out in pieces is no small write
+                let room = w.buf_start == start;
+                self.write_buf(&mut w, room)?;
+                self.flushed_end.store(w.buf_start, Ordering::Release);
+            }
+            Ok(r)
+        });
+        let (ids, locs) = match encoded {
+            Ok(r) => r,
+            Err(e) => {
+                // only a failed write gets here: the database is poisoned
+                w.buf.clear();
+                return Err(e);
+            }
         };
-        if let Err(e) = res {
-            w.buf.clear();
-            return Err(e);
-        }
-        w.next_id = next_id;
+        w.next_id = first_new + ids.len() as u64;
         w.seq += 1;
         let seq = w.seq;
         if !deletes.is_empty() {
@@ -1743,7 +1797,7 @@ impl Inner {
             order = self.order_cv.wait(order).unwrap_or_else(|p| p.into_inner());
         }
         if synced.is_ok() {
-            self.apply_changes(buf_start, changes);
+            self.apply_changes(&ops, &ids, &locs);
         }
         for id in deletes {
             if order.deleting.get(&id) == Some(&seq) {
@@ -1756,12 +1810,36 @@ impl Inner {
         synced.map(|_| ids)
     }
 
-    /// Makes the index, secondary indexes and cache reflect one written commit.
-    fn apply_changes(&self, buf_start: u64, changes: Vec<Change<'_>>) {
+    /// Makes the index, secondary indexes and cache reflect one written commit: `ops`
+    /// with the ids of its inserts and the location of each op's frame.
+    ///
+    /// The cache is write-through for ordinary commits. A bulk commit, whose values
+    /// exceed one cache shard's budget (`cache_bytes / 16`, 4 MiB by default), does
+    /// not copy its records into the cache (it only drops stale copies of the records
+    /// it updates or deletes): it would evict at least a sixteenth of what reads made
+    /// hot, and copying a bulk load into the cache was 40% of its commit time (see
+    /// docs/STORAGE.md §7). Its records enter the cache when they are read.
+    fn apply_changes(&self, ops: &[OpRef<'_>], ids: &[u64], locs: &[Loc]) {
+        let shard_budget = self.opts.cache_bytes / CACHE_SHARDS;
+        let mut value_bytes = 0usize;
+        let bulk = ops.iter().any(|op| {
+            if let OpRef::Insert(_, d) | OpRef::Update(_, _, d) = op {
+                value_bytes = value_bytes.saturating_add(d.len());
+            }
+            value_bytes > shard_budget
+        });
         let mut st = wlock(&self.state);
-        for (id, put, val) in changes {
-            let loc = put.map(|(off, fh)| Loc::from_header(buf_start + off, &fh));
-            st.set_loc(id, loc);
+        let mut new_ids = ids.iter().copied();
+        for (op, &loc) in ops.iter().zip(locs) {
+            let (id, val) = match *op {
+                OpRef::Insert(kind, data) => match new_ids.next() {
+                    Some(id) => (id, Some((kind, data))),
+                    None => break, // one id per insert: unreachable
+                },
+                OpRef::Update(id, kind, data) => (id, Some((kind, data))),
+                OpRef::Delete(id) => (id, None),
+            };
+            st.set_loc(id, Some(loc).filter(Loc::present));
             if !st.indexes.is_empty() {
                 let rec = val.map(|(kind, data)| RecordRef { id, kind, data });
                 for (field, idx) in st.indexes.iter_mut() {
@@ -1772,9 +1850,11 @@ impl Inner {
                     );
                 }
             }
-            match val {
-                Some((kind, data)) => self.cache_put(id, kind, data),
-                None => self.cache_remove(id),
+            match (val, op) {
+                // a new id has no cached copy to drop
+                (Some(_), OpRef::Insert(..)) if bulk => {}
+                (Some((kind, data)), _) if !bulk => self.cache_put(id, kind, data),
+                _ => self.cache_remove(id),
             }
         }
     }

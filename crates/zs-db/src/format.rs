@@ -351,10 +351,17 @@ pub fn encode_frame(
         index,
         raw_len,
     };
-    let h = fh.seal(salt, payload);
-    out.extend_from_slice(&h);
+    // one reservation, header and payload in place, then a single CRC pass over the
+    // contiguous bytes 4.. (the same CRC as `seal`, without encoding the header twice)
+    let start = out.len();
+    let total = start + align_up((FRAME_HEADER_LEN + payload.len()) as u64) as usize;
+    out.reserve(total - start);
+    out.extend_from_slice(&fh.encode());
     out.extend_from_slice(payload);
-    let total = align_up(out.len() as u64) as usize;
+    let mut hasher = salt.hasher();
+    hasher.update(&out[start + 4..]);
+    fh.crc = hasher.finalize();
+    out[start..start + 4].copy_from_slice(&fh.crc.to_le_bytes());
     out.resize(total, 0);
 }
 
