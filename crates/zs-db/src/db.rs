@@ -807,7 +807,7 @@ pub(crate) fn read_payload(
     if fh.len != len || fh.op != OP_PUT {
         return Err(corrupt("frame does not match the index"));
     }
-    if !fh.check(salt, &buf, &buf[FRAME_HEADER_LEN..]) {
+    if !fh.check_frame(salt, &buf) {
         return Err(corrupt("checksum mismatch"));
     }
     buf.drain(..FRAME_HEADER_LEN);
