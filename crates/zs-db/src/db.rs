@@ -426,6 +426,30 @@ struct SyncState {
     next_slot: usize,
 }
 
+/// The cache warm-up queue: ids of records a bulk commit wrote without copying them
+/// into the cache. A background thread (one at a time) reads them back and caches them
+/// while the cache has free room, never evicting anything for them.
+#[derive(Default)]
+struct Warm {
+    jobs: std::collections::VecDeque<std::ops::Range<u64>>,
+    /// Ids in `jobs` (bounded by [`WARM_MAX_IDS`]).
+    queued: u64,
+    running: bool,
+}
+
+/// At most this many ids wait for the warm-up (more are simply not warmed).
+const WARM_MAX_IDS: u64 = 1 << 24;
+/// Ids the warm-up handles per step (one state lookup, one read per run of frames).
+const WARM_STEP: u64 = 4096;
+
+/// What [`Inner::cache_fill`] did.
+#[derive(PartialEq)]
+enum Fill {
+    Inserted,
+    Present,
+    Full,
+}
+
 struct CacheShard {
     map: HashMap<u64, (Kind, Arc<[u8]>, u64), IdHash>,
     bytes: usize,
@@ -458,6 +482,8 @@ pub(crate) struct Inner {
     report: OpenReport,
     compacting: Mutex<()>,
     stop_tx: Mutex<Option<crossbeam::channel::Sender<()>>>,
+    /// Records written by bulk commits without entering the cache, for the warm-up.
+    warm: Mutex<Warm>,
 }
 
 /// A handle to an open database (cheap to clone; all clones share one engine). The
@@ -1072,6 +1098,7 @@ impl Database {
             report: OpenReport::default(),
             compacting: Mutex::new(()),
             stop_tx: Mutex::new(None),
+            warm: Mutex::new(Warm::default()),
         };
         for f in index_fields {
             inner.build_index(&f)?;
@@ -1185,7 +1212,47 @@ impl Database {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.inner.commit_ops(ops, durability)
+        let res = self.inner.commit_ops(ops, durability);
+        self.warm_up();
+        res
+    }
+
+    /// Starts the cache warm-up thread if a bulk commit left records to warm and none
+    /// is running.
+    fn warm_up(&self) {
+        {
+            let mut warm = mlock(&self.inner.warm);
+            if warm.jobs.is_empty() || warm.running {
+                return;
+            }
+            warm.running = true;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name(format!("zs-db-warm-{}", self.inner.name))
+            .spawn(move || loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let more = match inner.warm_next() {
+                    Some(ids) => inner.warm_step(ids),
+                    None => false,
+                };
+                if !more {
+                    let mut warm = mlock(&inner.warm);
+                    if !warm.jobs.is_empty() && inner.check_open().is_ok() && !inner.cache_full() {
+                        continue; // queued while this step ran
+                    }
+                    warm.jobs.clear();
+                    warm.queued = 0;
+                    warm.running = false;
+                    return;
+                }
+            });
+        if spawned.is_err() {
+            let mut warm = mlock(&self.inner.warm);
+            warm.jobs.clear();
+            warm.queued = 0;
+            warm.running = false;
+        }
     }
 
     /// Reads record `id`.
@@ -1857,6 +1924,123 @@ impl Inner {
                 _ => self.cache_remove(id),
             }
         }
+        drop(st);
+        // (a single value above a shard's budget is above the cacheable size too)
+        if bulk && ops.len() > 1 && self.opts.cache_bytes > 0 {
+            let mut warm = mlock(&self.warm);
+            let mut push = |r: std::ops::Range<u64>| {
+                let n = r.end - r.start;
+                if warm.queued + n <= WARM_MAX_IDS {
+                    warm.queued += n;
+                    match warm.jobs.back_mut() {
+                        Some(last) if last.end == r.start => last.end = r.end,
+                        _ => warm.jobs.push_back(r),
+                    }
+                }
+            };
+            if let (Some(&first), Some(&last)) = (ids.first(), ids.last()) {
+                push(first..last + 1); // the inserts of a commit have consecutive ids
+            }
+            for op in ops {
+                if let OpRef::Update(id, ..) = *op {
+                    push(id..id + 1);
+                }
+            }
+        }
+    }
+
+    /// Caches a record only if it is not cached yet and its shard has room (evicts
+    /// nothing). Caller holds the state lock (read), so no commit applies meanwhile.
+    fn cache_fill(&self, id: u64, kind: Kind, data: &[u8]) -> Fill {
+        let budget = self.opts.cache_bytes / CACHE_SHARDS;
+        let mut s = mlock(self.shard(id));
+        if s.map.contains_key(&id) {
+            return Fill::Present;
+        }
+        let cost = data.len() + 64;
+        if s.bytes + cost > budget {
+            return Fill::Full;
+        }
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        s.map.insert(id, (kind, Arc::from(data), tick));
+        s.bytes += cost;
+        Fill::Inserted
+    }
+
+    /// Takes the next step of the warm-up queue: up to [`WARM_STEP`] ids.
+    fn warm_next(&self) -> Option<std::ops::Range<u64>> {
+        let mut warm = mlock(&self.warm);
+        let r = warm.jobs.front_mut()?;
+        let lo = r.start;
+        let hi = r.end.min(lo + WARM_STEP);
+        r.start = hi;
+        if r.start >= r.end {
+            warm.jobs.pop_front();
+        }
+        warm.queued -= hi - lo;
+        Some(lo..hi)
+    }
+
+    /// Reads the records `ids` back (runs of adjacent frames in one read each, every
+    /// frame checked) and caches those whose location is still current, while their
+    /// shard has room. False when there is nothing more to do: the cache is full, or
+    /// the database closed or failed.
+    fn warm_step(&self, ids: std::ops::Range<u64>) -> bool {
+        if self.check_open().is_err() || self.opts.cache_bytes == 0 {
+            return false;
+        }
+        let (file, mut items) = {
+            let st = rlock(&self.state);
+            let items: Vec<(u64, Loc)> = ids
+                .filter_map(|id| st.loc(id).map(|l| (id, l)))
+                .filter(|(_, l)| l.len as usize <= CACHE_MAX_VALUE && l.frame_len().is_some())
+                .collect();
+            (st.file.clone(), items)
+        };
+        items.sort_unstable_by_key(|(_, l)| l.off);
+        let mut buf = Vec::new();
+        let mut got = Vec::with_capacity(items.len());
+        let mut i = 0;
+        while i < items.len() {
+            let lo = items[i].1.off;
+            let mut hi = lo + items[i].1.frame_len().unwrap_or(0);
+            let mut j = i + 1;
+            while j < items.len() && items[j].1.off == hi && hi - lo < (1 << 20) {
+                hi += items[j].1.frame_len().unwrap_or(0);
+                j += 1;
+            }
+            if self.ensure_written(hi).is_err() {
+                return false;
+            }
+            buf.resize((hi - lo) as usize, 0);
+            if file.read_exact_at(&mut buf, lo).is_err() {
+                return false;
+            }
+            for &(id, loc) in &items[i..j] {
+                let s = (loc.off - lo) as usize;
+                let frame = &buf[s..s + loc.frame_len().unwrap_or(0) as usize];
+                let Some(fh) = FrameHeader::decode(frame, frame.len() as u64)
+                    .filter(|fh| fh.op == OP_PUT && fh.id == id && fh.len == loc.len as u64)
+                    .filter(|fh| fh.check_frame(&self.salt, frame))
+                else {
+                    continue; // a damaged record is reported when it is read
+                };
+                let payload = frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + fh.len as usize].to_vec();
+                if let Ok(data) = decode_payload(loc.off, &fh, payload, self.opts.max_value) {
+                    got.push((id, loc, Kind::from_tag(fh.kind).unwrap_or(Kind::Raw), data));
+                }
+            }
+            i = j;
+        }
+        let st = rlock(&self.state);
+        let mut full = 0;
+        for (id, loc, kind, data) in &got {
+            // only the current version of a record (not one a commit replaced meanwhile)
+            if st.loc(*id) == Some(*loc) && self.cache_fill(*id, *kind, data) == Fill::Full {
+                full += 1;
+            }
+        }
+        !(full > 0 && full == got.len())
     }
 
     /// Waits until every commit that took a sequence number is applied (no commit is
@@ -1918,6 +2102,12 @@ impl Inner {
         synced.ckpt = synced.end;
         synced.next_slot ^= 1;
         Ok(())
+    }
+
+    /// True when every cache shard is within a small record of its budget.
+    fn cache_full(&self) -> bool {
+        let budget = self.opts.cache_bytes / CACHE_SHARDS;
+        self.cache.iter().all(|s| mlock(s).bytes + 128 > budget)
     }
 
     fn shard(&self, id: u64) -> &Mutex<CacheShard> {
@@ -1997,7 +2187,14 @@ impl Inner {
         self.ensure_written(loc.off.saturating_add(flen))?;
         let data = read_payload(&*file, &self.salt, loc, self.opts.max_value)?;
         let kind = Kind::from_tag(loc.kind).unwrap_or(Kind::Raw);
-        self.cache_put(id, kind, &data);
+        {
+            // cache it only if no commit replaced it since it was looked up (the state
+            // lock keeps commits from applying until the copy is in)
+            let st = rlock(&self.state);
+            if st.loc(id) == Some(loc) {
+                self.cache_put(id, kind, &data);
+            }
+        }
         Ok(Some(Record { id, kind, data }))
     }
 

@@ -112,8 +112,17 @@ fn failed_piece_poisons_and_recovery_rolls_the_whole_commit_back() {
     assert_eq!(db.insert(Kind::Raw, b"y").unwrap(), 11);
 }
 
+/// Polls `f` for up to 10 s.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[test]
-fn bulk_commit_bypasses_the_cache_and_drops_stale_copies() {
+fn bulk_commit_skips_the_cache_then_warms_it_without_stale_copies() {
     let (_m, vfs) = mem();
     // 64 KiB of cache: 4 KiB per shard, the bulk threshold
     let opts = DbOptions {
@@ -127,20 +136,60 @@ fn bulk_commit_bypasses_the_cache_and_drops_stale_copies() {
     let mut b = batch(1, 100, 100);
     b.update(id, Kind::Raw, b"new".to_vec());
     db.commit(&b).unwrap();
-    assert_eq!(db.cache_bytes(), 0, "bulk commit cached nothing, stale copy dropped");
-    assert_eq!(db.get(id).unwrap().unwrap().data, b"new");
-    assert_eq!(db.get(50).unwrap().unwrap().data, value(100_000 + 48, 100));
-    let read = db.cache_bytes();
-    assert!(read > 0, "reads fill the cache");
-    // a small batch writes through again
-    db.commit(&batch(2, 5, 100)).unwrap();
-    assert!(db.cache_bytes() > read);
+    assert_eq!(db.get(id).unwrap().unwrap().data, b"new", "stale copy dropped");
+    // the warm-up fills the cache in the background, up to its budget
+    eventually("warm-up cached the bulk commit", || db.cache_bytes() > 5_000);
+    assert!(db.cache_bytes() <= 64 << 10);
+    // records replaced right after a bulk commit are never cached in their old version
+    for round in 0..20u64 {
+        let mut b = batch(10 + round, 100, 100);
+        let first = db.stats().next_id;
+        db.commit(&b).unwrap();
+        b = Batch::new();
+        for k in 0..50 {
+            b.update(first + k, Kind::Raw, format!("v{round}.{k}").into_bytes());
+        }
+        db.commit(&b).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        for k in 0..50 {
+            assert_eq!(
+                db.get(first + k).unwrap().unwrap().data,
+                format!("v{round}.{k}").into_bytes()
+            );
+        }
+    }
     // a bulk delete drops cached copies too
     let mut b = batch(3, 100, 100);
     b.delete(id).delete(50);
     db.commit(&b).unwrap();
     assert!(db.get(id).unwrap().is_none());
     assert!(db.get(50).unwrap().is_none());
+}
+
+#[test]
+fn warm_up_never_evicts() {
+    let (_m, vfs) = mem();
+    let opts = DbOptions {
+        cache_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let db = Database::create(vfs, "t", opts).unwrap();
+    // small commits fill the cache (write-through, evicting as needed)
+    for i in 0..600 {
+        db.insert(Kind::Raw, &value(i, 100)).unwrap();
+    }
+    let hot: Vec<u64> = (550..=600).collect();
+    let full = db.cache_bytes();
+    assert!(full > 50_000, "{full}");
+    db.commit(&batch(2, 2000, 100)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // the most recently written records are still cached: reading them does not grow
+    // the cache (a miss would insert)
+    let before = db.cache_bytes();
+    for &id in &hot {
+        db.get(id).unwrap().unwrap();
+    }
+    assert_eq!(db.cache_bytes(), before, "hot records were evicted");
 }
 
 /// Offsets where a commit ends, found by walking the frames of a file image.
