@@ -416,6 +416,9 @@ struct Order {
     applied: u64,
     /// Ids deleted by written but not yet applied commits → their sequence number.
     deleting: HashMap<u64, u64>,
+    /// Threads waiting on `order_cv` (a commit wakes them only if there are any: a
+    /// futex wake is a syscall, about a tenth of a buffered commit's cost).
+    waiters: usize,
 }
 
 /// What is durable: `end` (every byte before it survived an fsync) and the synced-end
@@ -1861,7 +1864,9 @@ impl Inner {
         // apply in log order, so that the index always matches the file
         let mut order = mlock(&self.order);
         while order.applied + 1 != seq {
+            order.waiters += 1;
             order = self.order_cv.wait(order).unwrap_or_else(|p| p.into_inner());
+            order.waiters -= 1;
         }
         if synced.is_ok() {
             self.apply_changes(&ops, &ids, &locs);
@@ -1872,8 +1877,11 @@ impl Inner {
             }
         }
         order.applied = seq;
+        let wake = order.waiters > 0;
         drop(order);
-        self.order_cv.notify_all();
+        if wake {
+            self.order_cv.notify_all();
+        }
         synced.map(|_| ids)
     }
 
@@ -2049,7 +2057,9 @@ impl Inner {
     fn drain(&self, w: &Writer) {
         let mut order = mlock(&self.order);
         while order.applied != w.seq {
+            order.waiters += 1;
             order = self.order_cv.wait(order).unwrap_or_else(|p| p.into_inner());
+            order.waiters -= 1;
         }
     }
 

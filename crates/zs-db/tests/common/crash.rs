@@ -56,7 +56,7 @@ fn self_check(v: &[u8]) -> bool {
 }
 
 /// The child's options: immediate durability, and a write buffer small enough that
-/// the big batches (up to ~180 KB) go out in several pieces while they are encoded.
+/// the big batches (up to ~210 KB) go out in several pieces while they are encoded.
 fn options() -> DbOptions {
     DbOptions {
         durability: Durability::Immediate,
@@ -99,7 +99,7 @@ pub fn child(dir: &Path, seed: u64) -> ! {
             let mut b = Batch::new();
             // one in five batches is big: larger than the write buffer
             let n = if r < 63 {
-                60 + rng.below(180)
+                40 + rng.below(100)
             } else {
                 2 + rng.below(20)
             };
