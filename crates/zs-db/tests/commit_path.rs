@@ -43,7 +43,10 @@ fn big_commit_round_trips_and_survives_a_crash() {
     // ~330 KB of frames: five pieces of the 64 KiB write buffer
     let ids = db.commit(&batch(1, 1000, 300)).unwrap();
     assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
-    assert_eq!(db.get(500).unwrap().unwrap().data, value(100_000 + 499, 300));
+    assert_eq!(
+        db.get(500).unwrap().unwrap().data,
+        value(100_000 + 499, 300)
+    );
     // acknowledged = durable: a power cut right after keeps all of it
     m.crash(7);
     drop(db);
@@ -79,7 +82,10 @@ fn refused_commit_writes_nothing() {
     drop(db);
     let db = Database::open(vfs, "t").unwrap();
     let r = db.open_report().clone();
-    assert_eq!((r.records, r.truncated_bytes, r.rolled_back_frames), (2, 0, 0));
+    assert_eq!(
+        (r.records, r.truncated_bytes, r.rolled_back_frames),
+        (2, 0, 0)
+    );
 }
 
 #[test]
@@ -136,9 +142,15 @@ fn bulk_commit_skips_the_cache_then_warms_it_without_stale_copies() {
     let mut b = batch(1, 100, 100);
     b.update(id, Kind::Raw, b"new".to_vec());
     db.commit(&b).unwrap();
-    assert_eq!(db.get(id).unwrap().unwrap().data, b"new", "stale copy dropped");
+    assert_eq!(
+        db.get(id).unwrap().unwrap().data,
+        b"new",
+        "stale copy dropped"
+    );
     // the warm-up fills the cache in the background, up to its budget
-    eventually("warm-up cached the bulk commit", || db.cache_bytes() > 5_000);
+    eventually("warm-up cached the bulk commit", || {
+        db.cache_bytes() > 5_000
+    });
     assert!(db.cache_bytes() <= 64 << 10);
     // records replaced right after a bulk commit are never cached in their old version
     for round in 0..20u64 {
@@ -201,7 +213,11 @@ fn commit_ends(file: &[u8], salt: &format::Salt) -> BTreeSet<u64> {
             break;
         };
         let end = off + fh.frame_len() as usize;
-        if !fh.check(salt, &file[off..], &file[off + 32..off + 32 + fh.len as usize]) {
+        if !fh.check(
+            salt,
+            &file[off..],
+            &file[off + 32..off + 32 + fh.len as usize],
+        ) {
             break;
         }
         if fh.flags & FLAG_COMMIT != 0 {
