@@ -21,6 +21,9 @@ enum Op {
     },
     Batch {
         items: Vec<(u8, u8)>,
+        /// the items are repeated 1 + repeat % 48 times: up to ~100 KB, larger than
+        /// the 64 KiB write buffer of a `small` script (written in pieces)
+        repeat: u8,
         delete: Option<u8>,
     },
     Update {
@@ -40,6 +43,9 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Script {
     compress: bool,
+    /// 64 KiB write buffer and 16 KiB of cache: big batches go out in pieces, and
+    /// most batches are bulk commits (not cached, warmed in the background)
+    small: bool,
     faults: Vec<(u8, u8, u16)>,
     ops: Vec<Op>,
     seed: u64,
@@ -88,11 +94,15 @@ fn live(model: &Model) -> Vec<u64> {
 fuzz_target!(|s: Script| {
     let mem = Arc::new(MemVfs::new());
     let vfs: Arc<dyn Vfs> = mem.clone();
-    let opts = DbOptions {
+    let mut opts = DbOptions {
         compress: s.compress,
         ..Default::default()
     };
-    let mut db = Database::create(vfs.clone(), "f", opts).expect("create");
+    if s.small {
+        opts.write_buffer = 64 << 10;
+        opts.cache_bytes = 16 << 10;
+    }
+    let mut db = Database::create(vfs.clone(), "f", opts.clone()).expect("create");
     let faults = s
         .faults
         .iter()
@@ -128,10 +138,15 @@ fuzz_target!(|s: Script| {
                     }
                 }
             }
-            Op::Batch { items, delete } => {
+            Op::Batch {
+                items,
+                repeat,
+                delete,
+            } => {
                 let mut b = Batch::new();
                 let mut planned = Vec::new();
-                for (i, (len, byte)) in items.iter().take(8).enumerate() {
+                let n = items.len().min(8) * (1 + *repeat as usize % 48);
+                for (i, (len, byte)) in items.iter().take(8).cycle().take(n).enumerate() {
                     let v = val(*len, *byte, next + i as u64);
                     b.insert(Kind::Raw, v.clone());
                     planned.push((next + i as u64, v));
@@ -189,7 +204,8 @@ fuzz_target!(|s: Script| {
             Op::Crash { seed } => {
                 db.abandon();
                 mem.crash(*seed);
-                db = Database::open(vfs.clone(), "f").expect("reopen after crash");
+                db = Database::open_with(vfs.clone(), "f", opts.clone())
+                    .expect("reopen after crash");
                 verify(&db, &mut model);
             }
         }

@@ -1,5 +1,6 @@
 //! `cargo xtask bench db`: zs-db side by side with redb and fjall on the same data:
-//! durable single-record commits/s (one thread; and 4 threads at once against redb),
+//! durable single-record commits/s (one thread, next to the disk's limit of one
+//! write + fdatasync per commit; and 4 threads at once against redb),
 //! batched inserts/s of 100-byte records, random point reads/s, a filtered scan (ours
 //! parallel, redb single-threaded with the same closure), and file sizes after loading
 //! and after compaction.
@@ -145,6 +146,48 @@ fn main() {
             }
             rate(n, t)
         });
+        // the physical limit of a durable commit on this disk: one write of a
+        // frame-sized record into preallocated room, then fdatasync (what any engine
+        // that acknowledges after a flush must wait for at least)
+        let f = root.path().join("c-limit");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(f)
+            .expect("limit file");
+        let mut f = f;
+        let mut at = 0u64;
+        let mut room = 0u64;
+        suite.case(
+            "fdatasync limit",
+            "commits_per_s",
+            Better::Higher,
+            move || {
+                use std::io::{Seek, SeekFrom, Write};
+                let rec = [7u8; VALUE + 32 + 4];
+                let t = Instant::now();
+                let mut n = 0;
+                while t.elapsed() < commit_time {
+                    if at + rec.len() as u64 > room {
+                        f.seek(SeekFrom::Start(room)).expect("seek");
+                        f.write_all(&vec![0u8; 4 << 20]).expect("prealloc");
+                        room += 4 << 20;
+                    }
+                    f.seek(SeekFrom::Start(at)).expect("seek");
+                    f.write_all(&rec).expect("write");
+                    f.sync_data().expect("fdatasync");
+                    at += rec.len() as u64;
+                    n += 1;
+                }
+                rate(n, t)
+            },
+        );
+        // the same promise on every side: a commit is acknowledged only once it is on
+        // disk (zs-db Durability::Immediate: write + fdatasync; redb's default
+        // Durability::Immediate: fsync; fjall PersistMode::SyncAll after each insert:
+        // journal write + fsync)
         let (ks, p) = fjall_open(&root.path().join("c-fjall"));
         let mut i = 0u64;
         suite.case("fjall commit", "commits_per_s", Better::Higher, move || {
@@ -405,6 +448,7 @@ fn main() {
     }
 
     suite.run();
+    suite.ratio("commits_vs_limit", "zs-db commit", "fdatasync limit");
     suite.ratio("commits_vs_redb", "zs-db commit", "redb commit");
     suite.ratio(
         "commits_x4_vs_redb",

@@ -373,6 +373,10 @@ fn prealloc_step(log_end: u64) -> u64 {
     (log_end / 4).clamp(MIN, MAX)
 }
 
+/// Smallest piece a commit larger than the write buffer is written out in (the write
+/// buffer itself, unless configured smaller than this).
+const MIN_WRITE_CHUNK: usize = 64 << 10;
+
 /// Hasher of the cache's record ids: one multiply and a fold instead of SipHash (ids
 /// are assigned by the store, not chosen by an attacker; the fold mixes the high bits
 /// into the low ones, which pick the bucket, since a shard's ids share `id % 16`).
@@ -412,6 +416,9 @@ struct Order {
     applied: u64,
     /// Ids deleted by written but not yet applied commits → their sequence number.
     deleting: HashMap<u64, u64>,
+    /// Threads waiting on `order_cv` (a commit wakes them only if there are any: a
+    /// futex wake is a syscall, about a tenth of a buffered commit's cost).
+    waiters: usize,
 }
 
 /// What is durable: `end` (every byte before it survived an fsync) and the synced-end
@@ -420,6 +427,30 @@ struct SyncState {
     end: u64,
     ckpt: u64,
     next_slot: usize,
+}
+
+/// The cache warm-up queue: ids of records a bulk commit wrote without copying them
+/// into the cache. A background thread (one at a time) reads them back and caches them
+/// while the cache has free room, never evicting anything for them.
+#[derive(Default)]
+struct Warm {
+    jobs: std::collections::VecDeque<std::ops::Range<u64>>,
+    /// Ids in `jobs` (bounded by [`WARM_MAX_IDS`]).
+    queued: u64,
+    running: bool,
+}
+
+/// At most this many ids wait for the warm-up (more are simply not warmed).
+const WARM_MAX_IDS: u64 = 1 << 24;
+/// Ids the warm-up handles per step (one state lookup, one read per run of frames).
+const WARM_STEP: u64 = 4096;
+
+/// What [`Inner::cache_fill`] did.
+#[derive(PartialEq)]
+enum Fill {
+    Inserted,
+    Present,
+    Full,
 }
 
 struct CacheShard {
@@ -454,6 +485,8 @@ pub(crate) struct Inner {
     report: OpenReport,
     compacting: Mutex<()>,
     stop_tx: Mutex<Option<crossbeam::channel::Sender<()>>>,
+    /// Records written by bulk commits without entering the cache, for the warm-up.
+    warm: Mutex<Warm>,
 }
 
 /// A handle to an open database (cheap to clone; all clones share one engine). The
@@ -803,7 +836,7 @@ pub(crate) fn read_payload(
     if fh.len != len || fh.op != OP_PUT {
         return Err(corrupt("frame does not match the index"));
     }
-    if !fh.check(salt, &buf, &buf[FRAME_HEADER_LEN..]) {
+    if !fh.check_frame(salt, &buf) {
         return Err(corrupt("checksum mismatch"));
     }
     buf.drain(..FRAME_HEADER_LEN);
@@ -1068,6 +1101,7 @@ impl Database {
             report: OpenReport::default(),
             compacting: Mutex::new(()),
             stop_tx: Mutex::new(None),
+            warm: Mutex::new(Warm::default()),
         };
         for f in index_fields {
             inner.build_index(&f)?;
@@ -1181,7 +1215,47 @@ impl Database {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.inner.commit_ops(ops, durability)
+        let res = self.inner.commit_ops(ops, durability);
+        self.warm_up();
+        res
+    }
+
+    /// Starts the cache warm-up thread if a bulk commit left records to warm and none
+    /// is running.
+    fn warm_up(&self) {
+        {
+            let mut warm = mlock(&self.inner.warm);
+            if warm.jobs.is_empty() || warm.running {
+                return;
+            }
+            warm.running = true;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name(format!("zs-db-warm-{}", self.inner.name))
+            .spawn(move || loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let more = match inner.warm_next() {
+                    Some(ids) => inner.warm_step(ids),
+                    None => false,
+                };
+                if !more {
+                    let mut warm = mlock(&inner.warm);
+                    if !warm.jobs.is_empty() && inner.check_open().is_ok() && !inner.cache_full() {
+                        continue; // queued while this step ran
+                    }
+                    warm.jobs.clear();
+                    warm.queued = 0;
+                    warm.running = false;
+                    return;
+                }
+            });
+        if spawned.is_err() {
+            let mut warm = mlock(&self.inner.warm);
+            warm.jobs.clear();
+            warm.queued = 0;
+            warm.running = false;
+        }
     }
 
     /// Reads record `id`.
@@ -1494,7 +1568,6 @@ impl Read for ValueReader {
 }
 
 /// One applied change: id, new frame (offset in buffer, header), new value.
-type Change<'a> = (u64, Option<(u64, FrameHeader)>, Option<(Kind, &'a [u8])>);
 /// A written snapshot: new index, end in the new file, old end covered, old file.
 type Snapshot = (IdIndex, u64, u64, Arc<dyn FileBackend>);
 
@@ -1550,36 +1623,50 @@ impl Inner {
         }
     }
 
-    /// Writes the buffer to the file (and fsyncs when `sync`). Caller holds the writer.
+    /// Writes the buffer to the file (and fsyncs when `sync`). Caller holds the writer;
+    /// the buffer holds whole commits only.
     fn flush_locked(&self, w: &mut Writer, sync: bool) -> Result<()> {
-        if !w.buf.is_empty() {
-            self.check_poison()?;
-            let file = rlock(&self.state).file.clone();
-            let len = w.buf.len();
-            let end = w.buf_start + len as u64;
-            let step = prealloc_step(end);
-            if end > w.alloc_end && (len as u64) < step {
-                // grow in one step: the commit plus zero-filled room after it, one write
-                w.buf.resize(len + step as usize, 0);
-                let res = file.write_all_at(&w.buf, w.buf_start);
-                w.buf.truncate(len);
-                res.map_err(self.poison("write"))?;
-                w.alloc_end = end + step;
-            } else {
-                file.write_all_at(&w.buf, w.buf_start)
-                    .map_err(self.poison("write"))?;
-                w.alloc_end = w.alloc_end.max(end);
-            }
-            w.buf_start = end;
-            w.buf.clear();
-            if w.buf.capacity() > 2 * self.opts.write_buffer {
-                w.buf.shrink_to(self.opts.write_buffer);
-            }
-            self.flushed_end.store(w.buf_start, Ordering::Release);
-        }
+        self.write_buf(w, true)?;
+        // everything before `buf_start` is now whole commits in the file
+        self.flushed_end.store(w.buf_start, Ordering::Release);
         if sync {
             self.sync_to(w.buf_start)?;
             w.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer to the file at `buf_start` (one write; with `room`, plus
+    /// zero-filled room ahead when a small write grows the file, see [`prealloc_step`])
+    /// and empties it, without moving `flushed_end`: a commit larger than the write
+    /// buffer goes out in write-buffer-sized pieces through this while it is encoded
+    /// (without room: a bulk commit is no small write), and only its end is a point a
+    /// sync may record or a reader may rely on.
+    fn write_buf(&self, w: &mut Writer, room: bool) -> Result<()> {
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        self.check_poison()?;
+        let file = rlock(&self.state).file.clone();
+        let len = w.buf.len();
+        let end = w.buf_start + len as u64;
+        let step = prealloc_step(end);
+        if room && end > w.alloc_end && (len as u64) < step {
+            // grow in one step: the commit plus zero-filled room after it, one write
+            w.buf.resize(len + step as usize, 0);
+            let res = file.write_all_at(&w.buf, w.buf_start);
+            w.buf.truncate(len);
+            res.map_err(self.poison("write"))?;
+            w.alloc_end = end + step;
+        } else {
+            file.write_all_at(&w.buf, w.buf_start)
+                .map_err(self.poison("write"))?;
+            w.alloc_end = w.alloc_end.max(end);
+        }
+        w.buf_start = end;
+        w.buf.clear();
+        if w.buf.capacity() > 2 * self.opts.write_buffer {
+            w.buf.shrink_to(self.opts.write_buffer);
         }
         Ok(())
     }
@@ -1601,6 +1688,8 @@ impl Inner {
         self.flush_locked(&mut w, false)
     }
 
+    /// Appends one PUT frame to `out` (LZ4-compressed when enabled and worth it) and
+    /// returns its header.
     fn encode_put(
         &self,
         out: &mut Vec<u8>,
@@ -1609,7 +1698,7 @@ impl Inner {
         index: u32,
         last: bool,
         data: &[u8],
-    ) -> (u64, FrameHeader) {
+    ) -> FrameHeader {
         let mut flags = if last { FLAG_COMMIT } else { 0 };
         let mut raw_len = 0u32;
         let compressed;
@@ -1622,11 +1711,10 @@ impl Inner {
                 raw_len = data.len() as u32;
             }
         }
-        let start = out.len() as u64;
         format::encode_frame(
             out, &self.salt, OP_PUT, kind as u8, flags, id, index, raw_len, payload,
         );
-        let fh = FrameHeader {
+        FrameHeader {
             crc: 0,
             op: OP_PUT,
             kind: kind as u8,
@@ -1635,8 +1723,99 @@ impl Inner {
             len: payload.len() as u64,
             index,
             raw_len,
-        };
-        (start, fh)
+        }
+    }
+
+    /// Checks that every update and delete of `ops` names a record that exists at that
+    /// point of the commit (inserts take the ids `first_new..`); returns the ids deleted.
+    /// Runs before a byte of the commit is encoded, so a refused commit writes nothing.
+    fn validate_ops(&self, ops: &[OpRef<'_>], first_new: u64) -> Result<Vec<u64>> {
+        // lock order: writer (held by the caller), then order, then state
+        let order = mlock(&self.order);
+        let st = rlock(&self.state);
+        let mut deleted: BTreeSet<u64> = BTreeSet::new();
+        // ids inserted so far by this commit: first_new..inserted (an id, once deleted,
+        // never comes back: inserts always take new ids)
+        let mut inserted = first_new;
+        let mut deletes = Vec::new();
+        for op in ops {
+            let (id, delete) = match *op {
+                OpRef::Insert(..) => {
+                    inserted += 1;
+                    continue;
+                }
+                OpRef::Update(id, ..) => (id, false),
+                OpRef::Delete(id) => (id, true),
+            };
+            let exists = !deleted.contains(&id)
+                && if id >= first_new {
+                    id < inserted
+                } else {
+                    !order.deleting.contains_key(&id) && st.loc(id).is_some()
+                };
+            if !exists {
+                return Err(Error::NotFound(id));
+            }
+            if delete {
+                deleted.insert(id);
+                deletes.push(id);
+            }
+        }
+        Ok(deletes)
+    }
+
+    /// Encodes `ops` (validated) into the write buffer, writing it out whenever it
+    /// holds a write buffer's worth, so a commit of any size goes through one reused
+    /// buffer of bounded size. Returns the ids of the inserts and the location of each
+    /// op's frame (absent for deletes). Caller holds the writer.
+    fn encode_ops(
+        &self,
+        w: &mut Writer,
+        ops: &[OpRef<'_>],
+        first_new: u64,
+    ) -> Result<(Vec<u64>, Vec<Loc>)> {
+        let n = ops.len();
+        let chunk = self.opts.write_buffer.max(MIN_WRITE_CHUNK);
+        let mut ids = Vec::new();
+        let mut locs = Vec::with_capacity(n);
+        let mut next_id = first_new;
+        for (i, op) in ops.iter().enumerate() {
+            if w.buf.len() >= chunk {
+                self.write_buf(w, false)?;
+            }
+            let last = i + 1 == n;
+            let off = w.buf_start + w.buf.len() as u64;
+            let loc = match *op {
+                OpRef::Insert(kind, data) => {
+                    let id = next_id;
+                    next_id += 1;
+                    ids.push(id);
+                    let fh = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
+                    Loc::from_header(off, &fh)
+                }
+                OpRef::Update(id, kind, data) => {
+                    let fh = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
+                    Loc::from_header(off, &fh)
+                }
+                OpRef::Delete(id) => {
+                    let flags = if last { FLAG_COMMIT } else { 0 };
+                    format::encode_frame(
+                        &mut w.buf,
+                        &self.salt,
+                        OP_DELETE,
+                        0,
+                        flags,
+                        id,
+                        i as u32,
+                        0,
+                        &[],
+                    );
+                    Loc::default()
+                }
+            };
+            locs.push(loc);
+        }
+        Ok((ids, locs))
     }
 
     pub(crate) fn commit_ops(
@@ -1647,84 +1826,29 @@ impl Inner {
         self.touch();
         let mut w = mlock(&self.writer);
         self.check_poison()?;
-        let n = ops.len();
-        let mut ids = Vec::new();
-        let mut changes: Vec<Change<'_>> = Vec::with_capacity(n);
-        let base = w.buf.len();
-        let mut overlay: HashMap<u64, bool> = HashMap::new();
-        let exists = |st: &State, overlay: &HashMap<u64, bool>, id: u64| {
-            overlay
-                .get(&id)
-                .copied()
-                .unwrap_or_else(|| st.loc(id).is_some())
-        };
-        let mut next_id = w.next_id;
-        let mut deletes = Vec::new();
-        {
-            // lock order: writer, then order, then state (appliers take order, then state)
-            let order = mlock(&self.order);
-            let st = rlock(&self.state);
-            let exists = |overlay: &HashMap<u64, bool>, id: u64| {
-                overlay.get(&id).copied().unwrap_or_else(|| {
-                    !order.deleting.contains_key(&id) && exists(&st, overlay, id)
-                })
-            };
-            for (i, op) in ops.iter().enumerate() {
-                let last = i + 1 == n;
-                match *op {
-                    OpRef::Insert(kind, data) => {
-                        let id = next_id;
-                        next_id += 1;
-                        ids.push(id);
-                        overlay.insert(id, true);
-                        let (off, fh) = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
-                        changes.push((id, Some((off, fh)), Some((kind, data))));
-                    }
-                    OpRef::Update(id, kind, data) => {
-                        if !exists(&overlay, id) {
-                            w.buf.truncate(base);
-                            return Err(Error::NotFound(id));
-                        }
-                        let (off, fh) = self.encode_put(&mut w.buf, kind, id, i as u32, last, data);
-                        changes.push((id, Some((off, fh)), Some((kind, data))));
-                    }
-                    OpRef::Delete(id) => {
-                        if !exists(&overlay, id) {
-                            w.buf.truncate(base);
-                            return Err(Error::NotFound(id));
-                        }
-                        overlay.insert(id, false);
-                        deletes.push(id);
-                        let flags = if last { FLAG_COMMIT } else { 0 };
-                        format::encode_frame(
-                            &mut w.buf,
-                            &self.salt,
-                            OP_DELETE,
-                            0,
-                            flags,
-                            id,
-                            i as u32,
-                            0,
-                            &[],
-                        );
-                        changes.push((id, None, None));
-                    }
-                }
-            }
-        }
-        let buf_start = w.buf_start;
+        let first_new = w.next_id;
+        let deletes = self.validate_ops(&ops, first_new)?;
         let durability = durability.unwrap_or(self.opts.durability);
         let immediate = durability == Durability::Immediate;
-        let res = if immediate || w.buf.len() >= self.opts.write_buffer {
-            self.flush_locked(&mut w, false)
-        } else {
-            Ok(())
+        let start = w.buf_start;
+        let encoded = self.encode_ops(&mut w, &ops, first_new).and_then(|r| {
+            if immediate || w.buf.len() >= self.opts.write_buffer {
+                // the rest of a commit that went out in pieces is no small write
+                let room = w.buf_start == start;
+                self.write_buf(&mut w, room)?;
+                self.flushed_end.store(w.buf_start, Ordering::Release);
+            }
+            Ok(r)
+        });
+        let (ids, locs) = match encoded {
+            Ok(r) => r,
+            Err(e) => {
+                // only a failed write gets here: the database is poisoned
+                w.buf.clear();
+                return Err(e);
+            }
         };
-        if let Err(e) = res {
-            w.buf.clear();
-            return Err(e);
-        }
-        w.next_id = next_id;
+        w.next_id = first_new + ids.len() as u64;
         w.seq += 1;
         let seq = w.seq;
         if !deletes.is_empty() {
@@ -1740,10 +1864,12 @@ impl Inner {
         // apply in log order, so that the index always matches the file
         let mut order = mlock(&self.order);
         while order.applied + 1 != seq {
+            order.waiters += 1;
             order = self.order_cv.wait(order).unwrap_or_else(|p| p.into_inner());
+            order.waiters -= 1;
         }
         if synced.is_ok() {
-            self.apply_changes(buf_start, changes);
+            self.apply_changes(&ops, &ids, &locs);
         }
         for id in deletes {
             if order.deleting.get(&id) == Some(&seq) {
@@ -1751,17 +1877,44 @@ impl Inner {
             }
         }
         order.applied = seq;
+        let wake = order.waiters > 0;
         drop(order);
-        self.order_cv.notify_all();
+        if wake {
+            self.order_cv.notify_all();
+        }
         synced.map(|_| ids)
     }
 
-    /// Makes the index, secondary indexes and cache reflect one written commit.
-    fn apply_changes(&self, buf_start: u64, changes: Vec<Change<'_>>) {
+    /// Makes the index, secondary indexes and cache reflect one written commit: `ops`
+    /// with the ids of its inserts and the location of each op's frame.
+    ///
+    /// The cache is write-through for ordinary commits. A bulk commit, whose values
+    /// exceed one cache shard's budget (`cache_bytes / 16`, 4 MiB by default), does
+    /// not copy its records into the cache (it only drops stale copies of the records
+    /// it updates or deletes): it would evict at least a sixteenth of what reads made
+    /// hot, and copying a bulk load into the cache was 40% of its commit time (see
+    /// docs/STORAGE.md §7). Its records enter the cache when they are read.
+    fn apply_changes(&self, ops: &[OpRef<'_>], ids: &[u64], locs: &[Loc]) {
+        let shard_budget = self.opts.cache_bytes / CACHE_SHARDS;
+        let mut value_bytes = 0usize;
+        let bulk = ops.iter().any(|op| {
+            if let OpRef::Insert(_, d) | OpRef::Update(_, _, d) = op {
+                value_bytes = value_bytes.saturating_add(d.len());
+            }
+            value_bytes > shard_budget
+        });
         let mut st = wlock(&self.state);
-        for (id, put, val) in changes {
-            let loc = put.map(|(off, fh)| Loc::from_header(buf_start + off, &fh));
-            st.set_loc(id, loc);
+        let mut new_ids = ids.iter().copied();
+        for (op, &loc) in ops.iter().zip(locs) {
+            let (id, val) = match *op {
+                OpRef::Insert(kind, data) => match new_ids.next() {
+                    Some(id) => (id, Some((kind, data))),
+                    None => break, // one id per insert: unreachable
+                },
+                OpRef::Update(id, kind, data) => (id, Some((kind, data))),
+                OpRef::Delete(id) => (id, None),
+            };
+            st.set_loc(id, Some(loc).filter(Loc::present));
             if !st.indexes.is_empty() {
                 let rec = val.map(|(kind, data)| RecordRef { id, kind, data });
                 for (field, idx) in st.indexes.iter_mut() {
@@ -1772,11 +1925,130 @@ impl Inner {
                     );
                 }
             }
-            match val {
-                Some((kind, data)) => self.cache_put(id, kind, data),
-                None => self.cache_remove(id),
+            match (val, op) {
+                // a new id has no cached copy to drop
+                (Some(_), OpRef::Insert(..)) if bulk => {}
+                (Some((kind, data)), _) if !bulk => self.cache_put(id, kind, data),
+                _ => self.cache_remove(id),
             }
         }
+        drop(st);
+        // (a single value above a shard's budget is above the cacheable size too)
+        if bulk && ops.len() > 1 && self.opts.cache_bytes > 0 {
+            let mut warm = mlock(&self.warm);
+            let mut push = |r: std::ops::Range<u64>| {
+                let n = r.end - r.start;
+                if warm.queued + n <= WARM_MAX_IDS {
+                    warm.queued += n;
+                    match warm.jobs.back_mut() {
+                        Some(last) if last.end == r.start => last.end = r.end,
+                        _ => warm.jobs.push_back(r),
+                    }
+                }
+            };
+            if let (Some(&first), Some(&last)) = (ids.first(), ids.last()) {
+                push(first..last + 1); // the inserts of a commit have consecutive ids
+            }
+            for op in ops {
+                if let OpRef::Update(id, ..) = *op {
+                    push(id..id + 1);
+                }
+            }
+        }
+    }
+
+    /// Caches a record only if it is not cached yet and its shard has room (evicts
+    /// nothing). Caller holds the state lock (read), so no commit applies meanwhile.
+    fn cache_fill(&self, id: u64, kind: Kind, data: &[u8]) -> Fill {
+        let budget = self.opts.cache_bytes / CACHE_SHARDS;
+        let mut s = mlock(self.shard(id));
+        if s.map.contains_key(&id) {
+            return Fill::Present;
+        }
+        let cost = data.len() + 64;
+        if s.bytes + cost > budget {
+            return Fill::Full;
+        }
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        s.map.insert(id, (kind, Arc::from(data), tick));
+        s.bytes += cost;
+        Fill::Inserted
+    }
+
+    /// Takes the next step of the warm-up queue: up to [`WARM_STEP`] ids.
+    fn warm_next(&self) -> Option<std::ops::Range<u64>> {
+        let mut warm = mlock(&self.warm);
+        let r = warm.jobs.front_mut()?;
+        let lo = r.start;
+        let hi = r.end.min(lo + WARM_STEP);
+        r.start = hi;
+        if r.start >= r.end {
+            warm.jobs.pop_front();
+        }
+        warm.queued -= hi - lo;
+        Some(lo..hi)
+    }
+
+    /// Reads the records `ids` back (runs of adjacent frames in one read each, every
+    /// frame checked) and caches those whose location is still current, while their
+    /// shard has room. False when there is nothing more to do: the cache is full, or
+    /// the database closed or failed.
+    fn warm_step(&self, ids: std::ops::Range<u64>) -> bool {
+        if self.check_open().is_err() || self.opts.cache_bytes == 0 {
+            return false;
+        }
+        let (file, mut items) = {
+            let st = rlock(&self.state);
+            let items: Vec<(u64, Loc)> = ids
+                .filter_map(|id| st.loc(id).map(|l| (id, l)))
+                .filter(|(_, l)| l.len as usize <= CACHE_MAX_VALUE && l.frame_len().is_some())
+                .collect();
+            (st.file.clone(), items)
+        };
+        items.sort_unstable_by_key(|(_, l)| l.off);
+        let mut buf = Vec::new();
+        let mut got = Vec::with_capacity(items.len());
+        let mut i = 0;
+        while i < items.len() {
+            let lo = items[i].1.off;
+            let mut hi = lo + items[i].1.frame_len().unwrap_or(0);
+            let mut j = i + 1;
+            while j < items.len() && items[j].1.off == hi && hi - lo < (1 << 20) {
+                hi += items[j].1.frame_len().unwrap_or(0);
+                j += 1;
+            }
+            if self.ensure_written(hi).is_err() {
+                return false;
+            }
+            buf.resize((hi - lo) as usize, 0);
+            if file.read_exact_at(&mut buf, lo).is_err() {
+                return false;
+            }
+            for &(id, loc) in &items[i..j] {
+                let s = (loc.off - lo) as usize;
+                let frame = &buf[s..s + loc.frame_len().unwrap_or(0) as usize];
+                let Some(fh) = FrameHeader::decode(frame, frame.len() as u64)
+                    .filter(|fh| fh.op == OP_PUT && fh.id == id && fh.len == loc.len as u64)
+                    .filter(|fh| fh.check_frame(&self.salt, frame))
+                else {
+                    continue; // a damaged record is reported when it is read
+                };
+                let payload = frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + fh.len as usize].to_vec();
+                if let Ok(data) = decode_payload(loc.off, &fh, payload, self.opts.max_value) {
+                    got.push((id, loc, Kind::from_tag(fh.kind).unwrap_or(Kind::Raw), data));
+                }
+            }
+            i = j;
+        }
+        let st = rlock(&self.state);
+        let mut full = 0;
+        for (id, loc, kind, data) in &got {
+            // only the current version of a record (not one a commit replaced meanwhile)
+            if st.loc(*id) == Some(*loc) && self.cache_fill(*id, *kind, data) == Fill::Full {
+                full += 1;
+            }
+        }
+        !(full > 0 && full == got.len())
     }
 
     /// Waits until every commit that took a sequence number is applied (no commit is
@@ -1785,7 +2057,9 @@ impl Inner {
     fn drain(&self, w: &Writer) {
         let mut order = mlock(&self.order);
         while order.applied != w.seq {
+            order.waiters += 1;
             order = self.order_cv.wait(order).unwrap_or_else(|p| p.into_inner());
+            order.waiters -= 1;
         }
     }
 
@@ -1838,6 +2112,12 @@ impl Inner {
         synced.ckpt = synced.end;
         synced.next_slot ^= 1;
         Ok(())
+    }
+
+    /// True when every cache shard is within a small record of its budget.
+    fn cache_full(&self) -> bool {
+        let budget = self.opts.cache_bytes / CACHE_SHARDS;
+        self.cache.iter().all(|s| mlock(s).bytes + 128 > budget)
     }
 
     fn shard(&self, id: u64) -> &Mutex<CacheShard> {
@@ -1917,7 +2197,14 @@ impl Inner {
         self.ensure_written(loc.off.saturating_add(flen))?;
         let data = read_payload(&*file, &self.salt, loc, self.opts.max_value)?;
         let kind = Kind::from_tag(loc.kind).unwrap_or(Kind::Raw);
-        self.cache_put(id, kind, &data);
+        {
+            // cache it only if no commit replaced it since it was looked up (the state
+            // lock keeps commits from applying until the copy is in)
+            let st = rlock(&self.state);
+            if st.loc(id) == Some(loc) {
+                self.cache_put(id, kind, &data);
+            }
+        }
         Ok(Some(Record { id, kind, data }))
     }
 

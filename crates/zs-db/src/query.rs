@@ -407,7 +407,7 @@ impl Worker {
                     .filter(|fh| fh.op == OP_PUT && fh.id == id && fh.len == loc.len as u64)
                     .ok_or_else(|| corrupt("frame does not match the index"))?;
                 let payload = &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + fh.len as usize];
-                if !fh.check(&self.inner.salt, frame, payload) {
+                if !fh.check_frame(&self.inner.salt, frame) {
                     return Err(corrupt("checksum mismatch"));
                 }
                 let kind = Kind::from_tag(fh.kind).unwrap_or(Kind::Raw);

@@ -55,19 +55,23 @@ fn self_check(v: &[u8]) -> bool {
     v.len() >= 4 && u32::from_le_bytes([v[0], v[1], v[2], v[3]]) == crc(&v[4..])
 }
 
+/// The child's options: immediate durability, and a write buffer small enough that
+/// the big batches (up to ~210 KB) go out in several pieces while they are encoded.
+fn options() -> DbOptions {
+    DbOptions {
+        durability: Durability::Immediate,
+        write_buffer: 64 << 10,
+        ..Default::default()
+    }
+}
+
 fn open_or_create(dir: &Path) -> Database {
     let vfs: std::sync::Arc<dyn Vfs> = std::sync::Arc::new(DirVfs::new(dir).expect("dir"));
-    match Database::open(vfs.clone(), DB) {
+    match Database::open_with(vfs.clone(), DB, options()) {
         Ok(db) => db,
-        Err(zs_db::Error::NoSuchDatabase(_)) => Database::create(
-            vfs,
-            DB,
-            DbOptions {
-                durability: Durability::Immediate,
-                ..Default::default()
-            },
-        )
-        .expect("create"),
+        Err(zs_db::Error::NoSuchDatabase(_)) => {
+            Database::create(vfs, DB, options()).expect("create")
+        }
         Err(e) => panic!("open: {e}"),
     }
 }
@@ -93,7 +97,12 @@ pub fn child(dir: &Path, seed: u64) -> ! {
             say(format!("A {id} {}", crc(&p)));
         } else if r < 75 {
             let mut b = Batch::new();
-            let n = 2 + rng.below(20);
+            // one in five batches is big: larger than the write buffer
+            let n = if r < 63 {
+                40 + rng.below(100)
+            } else {
+                2 + rng.below(20)
+            };
             let ps: Vec<Vec<u8>> = (0..n).map(|_| payload(&mut rng)).collect();
             for p in &ps {
                 b.insert(Kind::Raw, p.clone());
