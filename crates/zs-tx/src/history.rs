@@ -98,6 +98,14 @@ pub enum Anomaly {
         /// The key.
         key: u64,
     },
+    /// A committed append is missing from the final read of its key
+    /// ([`check_complete`]): it was overwritten (a lost update).
+    LostAppend {
+        /// The key.
+        key: u64,
+        /// The value.
+        value: u64,
+    },
     /// A read saw a value nobody appended.
     UnknownValue {
         /// The reading transaction.
@@ -217,6 +225,34 @@ pub fn check(history: &[Op]) -> Vec<Anomaly> {
             }
             reported.push(scc.clone());
             out.push(make(scc));
+        }
+    }
+    out
+}
+
+/// [`check`], for a history whose last operation read its keys after every other
+/// operation had completed: additionally, every committed append to a key it read
+/// must be in that read ([`Anomaly::LostAppend`] otherwise).
+pub fn check_complete(history: &[Op]) -> Vec<Anomaly> {
+    let mut out = check(history);
+    let Some((last, rest)) = history.split_last() else {
+        return out;
+    };
+    let finals: HashMap<u64, &Vec<u64>> = last
+        .mops
+        .iter()
+        .filter_map(|m| match m {
+            Mop::Read(k, Some(l)) => Some((*k, l)),
+            _ => None,
+        })
+        .collect();
+    for op in rest.iter().filter(|o| o.typ == OpType::Ok) {
+        for m in &op.mops {
+            if let Mop::Append(k, v) = m {
+                if finals.get(k).is_some_and(|l| !l.contains(v)) {
+                    out.push(Anomaly::LostAppend { key: *k, value: *v });
+                }
+            }
         }
     }
     out
@@ -416,6 +452,18 @@ mod tests {
         assert!(a.contains(&Anomaly::G1b { reader: 3, value: 5 }), "{a:?}");
         assert!(a.contains(&Anomaly::UnknownValue { reader: 4, value: 9 }), "{a:?}");
         assert!(a.contains(&Anomaly::IncompatibleOrder { key: 4 }), "{a:?}");
+    }
+
+    #[test]
+    fn finds_lost_appends_against_a_final_read() {
+        let h = vec![
+            ok(0, vec![R(1, Some(vec![])), A(1, 1)]),
+            ok(1, vec![R(1, Some(vec![])), A(1, 2)]),
+            ok(2, vec![R(1, Some(vec![2]))]),
+        ];
+        assert_eq!(check_complete(&h), vec![Anomaly::LostAppend { key: 1, value: 1 }]);
+        let fine = vec![ok(0, vec![A(1, 1)]), ok(1, vec![R(1, Some(vec![1]))])];
+        assert_eq!(check_complete(&fine), vec![]);
     }
 
     #[test]
