@@ -12,7 +12,7 @@ use zs_tx::{Backend, Checkpoint, Db, Isolation, Options, ZdbBackend};
 #[test]
 fn bank_opaque_every_body_read_sees_the_total() {
     let db = Db::in_memory(Options::default());
-    let r = run_bank(&db, Bank::sized(6_000));
+    let r = run_bank(&db, Bank::sized(4_000));
     assert_eq!(r.committed_violations, 0, "{r:?}");
     assert_eq!(r.body_violations, 0, "opacity: a body saw a wrong total: {r:?}");
     assert!(r.committed_reads >= 2 && r.transfers_committed > 0, "{r:?}");
@@ -25,7 +25,7 @@ fn bank_zeze_mode_commits_stay_serializable() {
         isolation: Isolation::Zeze,
         ..Options::default()
     });
-    let r = run_bank(&db, Bank::sized(6_000));
+    let r = run_bank(&db, Bank::sized(4_000));
     // committed reads are validated; body reads may be inconsistent (Zeze's weakness,
     // shown deterministically in procedures.rs), so they are only reported here
     assert_eq!(r.committed_violations, 0, "{r:?}");
