@@ -117,45 +117,89 @@ fn main() {
     let heavy_redo = Rc::new(StdCell::new(0.0));
     {
         let (db2, t, r) = (db.clone(), table.clone(), heavy_redo.clone());
-        suite.case("zs-tx heavy conflict x4", "tx_per_s", Better::Higher, move || {
-            let before = db2.stats();
-            let v = threaded(THREADS, time, |_, _| ours_add(&db2, &t, 1));
-            let after = db2.stats();
-            r.set((after.redos - before.redos) as f64 / (after.commits - before.commits).max(1) as f64);
-            v
-        });
+        suite.case(
+            "zs-tx heavy conflict x4",
+            "tx_per_s",
+            Better::Higher,
+            move || {
+                let before = db2.stats();
+                let v = threaded(THREADS, time, |_, _| ours_add(&db2, &t, 1));
+                let after = db2.stats();
+                r.set(
+                    (after.redos - before.redos) as f64
+                        / (after.commits - before.commits).max(1) as f64,
+                );
+                v
+            },
+        );
         let r = heavy_redo.clone();
-        suite.case("zs-tx heavy conflict redo rate", "redos_per_tx", Better::Lower, move || r.get());
+        suite.case(
+            "zs-tx heavy conflict redo rate",
+            "redos_per_tx",
+            Better::Lower,
+            move || r.get(),
+        );
         let rdb = rdb.clone();
-        suite.case("redb heavy conflict x4", "tx_per_s", Better::Higher, move || {
-            threaded(THREADS, time, |_, _| redb_add(&rdb, 1))
-        });
+        suite.case(
+            "redb heavy conflict x4",
+            "tx_per_s",
+            Better::Higher,
+            move || threaded(THREADS, time, |_, _| redb_add(&rdb, 1)),
+        );
     }
 
     // --- normal conflict -------------------------------------------------------------
     let normal_redo = Rc::new(StdCell::new(0.0));
     {
         let (db2, t, r) = (db.clone(), table.clone(), normal_redo.clone());
-        suite.case("zs-tx normal conflict x4", "tx_per_s", Better::Higher, move || {
-            let before = db2.stats();
-            let v = threaded(THREADS, time, |k, i| ours_add(&db2, &t, 100 + key_of(k, i)));
-            let after = db2.stats();
-            r.set((after.redos - before.redos) as f64 / (after.commits - before.commits).max(1) as f64);
-            v
-        });
+        suite.case(
+            "zs-tx normal conflict x4",
+            "tx_per_s",
+            Better::Higher,
+            move || {
+                let before = db2.stats();
+                let v = threaded(THREADS, time, |k, i| ours_add(&db2, &t, 100 + key_of(k, i)));
+                let after = db2.stats();
+                r.set(
+                    (after.redos - before.redos) as f64
+                        / (after.commits - before.commits).max(1) as f64,
+                );
+                v
+            },
+        );
         let r = normal_redo.clone();
-        suite.case("zs-tx normal conflict redo rate", "redos_per_tx", Better::Lower, move || r.get());
+        suite.case(
+            "zs-tx normal conflict redo rate",
+            "redos_per_tx",
+            Better::Lower,
+            move || r.get(),
+        );
         let rdb = rdb.clone();
-        suite.case("redb normal conflict x4", "tx_per_s", Better::Higher, move || {
-            threaded(THREADS, time, |k, i| redb_add(&rdb, 100 + key_of(k, i)))
-        });
+        suite.case(
+            "redb normal conflict x4",
+            "tx_per_s",
+            Better::Higher,
+            move || threaded(THREADS, time, |k, i| redb_add(&rdb, 100 + key_of(k, i))),
+        );
     }
 
     suite.run();
     suite.ratio("seq_vs_redb", "zs-tx sequential", "redb sequential");
-    suite.ratio("normal_conflict_vs_redb", "zs-tx normal conflict x4", "redb normal conflict x4");
-    suite.ratio("heavy_conflict_vs_redb", "zs-tx heavy conflict x4", "redb heavy conflict x4");
-    suite.ratio("heavy_vs_normal_conflict", "zs-tx heavy conflict x4", "zs-tx normal conflict x4");
+    suite.ratio(
+        "normal_conflict_vs_redb",
+        "zs-tx normal conflict x4",
+        "redb normal conflict x4",
+    );
+    suite.ratio(
+        "heavy_conflict_vs_redb",
+        "zs-tx heavy conflict x4",
+        "redb heavy conflict x4",
+    );
+    suite.ratio(
+        "heavy_vs_normal_conflict",
+        "zs-tx heavy conflict x4",
+        "zs-tx normal conflict x4",
+    );
     let check = db
         .run(|tx| {
             let mut sum = 0;
@@ -166,7 +210,11 @@ fn main() {
         })
         .expect("sum");
     let stats = db.stats();
-    assert_eq!(check, stats.commits - 1, "every add-one committed exactly once");
+    assert_eq!(
+        check,
+        stats.commits - 1,
+        "every add-one committed exactly once"
+    );
     suite.note(format!(
         "zs-tx: opaque isolation, zs-db backend, periodic checkpoint every 1 s ({} checkpoints); redb: Durability::None commits; {THREADS} threads on {} vCPUs",
         stats.checkpoints,

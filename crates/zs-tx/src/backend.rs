@@ -19,6 +19,12 @@ pub struct Write<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// Receives stored rows while loading: `(table, key, value)`.
+pub type LoadSink<'a> = dyn FnMut(&str, &[u8], &[u8]) + 'a;
+
+/// A row's name: table and encoded key.
+type RowName = (Box<str>, Box<[u8]>);
+
 /// Persistent storage under a [`crate::Db`]. The engine keeps every record in memory
 /// and is the only writer: it loads everything at open and then writes changes.
 ///
@@ -27,7 +33,7 @@ pub struct Write<'a> {
 /// of one record reach `write` in commit order.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Calls `sink(table, key, value)` for every stored record.
-    fn load(&self, sink: &mut dyn FnMut(&str, &[u8], &[u8])) -> Result<()>;
+    fn load(&self, sink: &mut LoadSink<'_>) -> Result<()>;
     /// Writes `writes` atomically and durably.
     fn write(&self, writes: &[Write<'_>]) -> Result<()>;
 }
@@ -63,9 +69,13 @@ pub fn decode_record(b: &[u8]) -> Result<(&str, &[u8], &[u8])> {
     if n == 0 {
         return Err(bad("empty table name"));
     }
-    let (name, rest) = rest.split_at_checked(n as usize).ok_or_else(|| bad("short name"))?;
+    let (name, rest) = rest
+        .split_at_checked(n as usize)
+        .ok_or_else(|| bad("short name"))?;
     let name = std::str::from_utf8(name).map_err(|_| bad("name not UTF-8"))?;
-    let (kl, rest) = rest.split_at_checked(4).ok_or_else(|| bad("no key length"))?;
+    let (kl, rest) = rest
+        .split_at_checked(4)
+        .ok_or_else(|| bad("no key length"))?;
     let kl = u32::from_le_bytes(kl.try_into().expect("4 bytes")) as usize;
     let (key, value) = rest.split_at_checked(kl).ok_or_else(|| bad("short key"))?;
     Ok((name, key, value))
@@ -75,7 +85,7 @@ pub fn decode_record(b: &[u8]) -> Result<(&str, &[u8], &[u8])> {
 #[derive(Debug)]
 pub struct ZdbBackend {
     db: Database,
-    ids: Mutex<HashMap<(Box<str>, Box<[u8]>), u64>>,
+    ids: Mutex<HashMap<RowName, u64>>,
 }
 
 fn storage(e: zs_db::Error) -> Error {
@@ -93,7 +103,9 @@ impl ZdbBackend {
         };
         let db = match Database::open_with(vfs.clone(), name, opts.clone()) {
             Ok(db) => db,
-            Err(zs_db::Error::NoSuchDatabase(_)) => Database::create(vfs, name, opts).map_err(storage)?,
+            Err(zs_db::Error::NoSuchDatabase(_)) => {
+                Database::create(vfs, name, opts).map_err(storage)?
+            }
             Err(e) => return Err(storage(e)),
         };
         Ok(ZdbBackend {
@@ -115,7 +127,7 @@ impl ZdbBackend {
 }
 
 impl Backend for ZdbBackend {
-    fn load(&self, sink: &mut dyn FnMut(&str, &[u8], &[u8])) -> Result<()> {
+    fn load(&self, sink: &mut LoadSink<'_>) -> Result<()> {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         ids.clear();
         for r in self.db.cursor(0, false) {
@@ -129,12 +141,12 @@ impl Backend for ZdbBackend {
 
     fn write(&self, writes: &[Write<'_>]) -> Result<()> {
         let mut batch = Batch::new();
-        let mut inserted: Vec<(Box<str>, Box<[u8]>)> = Vec::new();
-        let mut removed: Vec<(Box<str>, Box<[u8]>)> = Vec::new();
+        let mut inserted: Vec<RowName> = Vec::new();
+        let mut removed: Vec<RowName> = Vec::new();
         {
             let ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
             for w in writes {
-                let name: (Box<str>, Box<[u8]>) = (w.table.into(), w.key.into());
+                let name: RowName = (w.table.into(), w.key.into());
                 match (ids.get(&name), w.value) {
                     (Some(&id), Some(v)) => {
                         batch.update(id, Kind::Raw, encode_record(w.table, w.key, v)?);

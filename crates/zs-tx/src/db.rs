@@ -133,7 +133,10 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     next_tx: AtomicU64,
     pub(crate) opts: Options,
-    backend: Option<Arc<dyn Backend>>,
+    /// Released by `Db::close` (so the store can be reopened while table handles live).
+    backend: RwLock<Option<Arc<dyn Backend>>>,
+    /// A backend written by checkpoints (not immediate mode).
+    periodic: bool,
     listeners: RwLock<HashMap<u32, Vec<Listener>>>,
     dirty: Mutex<Dirty>,
     flush: Mutex<()>,
@@ -196,7 +199,11 @@ impl Inner {
     /// The commit of an attempt whose body returned: locks, validation, persistence
     /// (immediate mode), then install and publish. On `Err(Conflict)` the locks in
     /// `held` stay held for the redo.
-    pub(crate) fn commit(&self, st: &mut TxState, held: &mut Vec<(RecKey, Arc<Cell>)>) -> Result<()> {
+    pub(crate) fn commit(
+        &self,
+        st: &mut TxState,
+        held: &mut Vec<(RecKey, Arc<Cell>)>,
+    ) -> Result<()> {
         if st.doomed {
             return Err(Error::Conflict);
         }
@@ -221,8 +228,22 @@ impl Inner {
         }
         let mut writes: Vec<(&RecKey, &(Arc<Cell>, Val))> = st.writes.iter().collect();
         writes.sort_by(|a, b| a.0.cmp(b.0));
-        if let (Some(b), Checkpoint::Immediate) = (&self.backend, self.opts.checkpoint) {
-            let names: Vec<Arc<str>> = writes.iter().map(|(k, _)| self.table_name(k.table)).collect();
+        let immediate = match self.opts.checkpoint {
+            Checkpoint::Immediate => self
+                .backend
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            _ => None,
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if let Some(b) = immediate {
+            let names: Vec<Arc<str>> = writes
+                .iter()
+                .map(|(k, _)| self.table_name(k.table))
+                .collect();
             let batch: Vec<Write<'_>> = writes
                 .iter()
                 .zip(&names)
@@ -236,7 +257,7 @@ impl Inner {
         }
         let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
         let keep = self.opts.versions;
-        let periodic = !matches!(self.opts.checkpoint, Checkpoint::Immediate) && self.backend.is_some();
+        let periodic = self.periodic;
         let sets = matches!(self.opts.checkpoint, Checkpoint::RecordSets(_));
         self.clock.commit(|ts| {
             for (_, (cell, v)) in &writes {
@@ -280,7 +301,12 @@ impl Inner {
 
     /// Writes everything changed since the last checkpoint (periodic modes).
     fn checkpoint(&self) -> Result<()> {
-        let Some(backend) = &self.backend else {
+        let Some(backend) = self
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
             return Ok(());
         };
         let _one = self.flush.lock().unwrap_or_else(|p| p.into_inner());
@@ -346,7 +372,10 @@ impl Inner {
                     d.set_of.insert(k, s);
                 }
             }
-            *self.last_flush_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            *self
+                .last_flush_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         } else {
             self.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
@@ -356,9 +385,8 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if !self.closed.load(Ordering::Acquire) {
-            let _ = self.checkpoint();
-        }
+        // after `close` the backend is gone and this is a no-op
+        let _ = self.checkpoint();
     }
 }
 
@@ -376,14 +404,20 @@ impl Db {
         Ok(Db::build(opts, Some(backend), loaded))
     }
 
-    fn build(opts: Options, backend: Option<Arc<dyn Backend>>, loaded: Vec<(String, Vec<u8>, Vec<u8>)>) -> Db {
+    fn build(
+        opts: Options,
+        backend: Option<Arc<dyn Backend>>,
+        loaded: Vec<(String, Vec<u8>, Vec<u8>)>,
+    ) -> Db {
+        let periodic = backend.is_some() && !matches!(opts.checkpoint, Checkpoint::Immediate);
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             tables: Mutex::new(Vec::new()),
             clock: Clock::new(0),
             next_tx: AtomicU64::new(1),
             opts,
-            backend,
+            periodic,
+            backend: RwLock::new(backend),
             listeners: RwLock::new(HashMap::new()),
             dirty: Mutex::new(Dirty::default()),
             flush: Mutex::new(()),
@@ -407,8 +441,8 @@ impl Db {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(rk, cell);
         }
-        let ckpt = match (inner.opts.checkpoint, &inner.backend) {
-            (Checkpoint::Periodic(every) | Checkpoint::RecordSets(every), Some(_)) => {
+        let ckpt = match (inner.opts.checkpoint, inner.periodic) {
+            (Checkpoint::Periodic(every) | Checkpoint::RecordSets(every), true) => {
                 let weak = Arc::downgrade(&inner);
                 Some(
                     std::thread::Builder::new()
@@ -456,11 +490,20 @@ impl Db {
     /// The error of the last failed background checkpoint, if any (its changes are
     /// kept and retried by the next one).
     pub fn last_checkpoint_error(&self) -> Option<String> {
-        self.inner.last_flush_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .last_flush_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Stops the checkpoint thread and writes a final checkpoint.
+    /// Closes the engine: later commits that write fail with [`Error::Closed`]
+    /// (reads still work, from memory), the checkpoint thread stops, a final
+    /// checkpoint is written, and the backend is released (so the store can be
+    /// opened again even while table handles live). Dropping the last handle of an
+    /// engine (tables included) does the same.
     pub fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
         {
             *self.inner.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
             self.inner.wake.notify_all();
@@ -469,7 +512,11 @@ impl Db {
             let _ = h.join();
         }
         let r = self.inner.checkpoint();
-        self.inner.closed.store(true, Ordering::Release);
+        *self
+            .inner
+            .backend
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         r
     }
 

@@ -141,20 +141,29 @@ pub fn check(history: &[Op]) -> Vec<Anomaly> {
             continue;
         }
         for m in &op.mops {
-            let Mop::Read(k, Some(list)) = m else { continue };
+            let Mop::Read(k, Some(list)) = m else {
+                continue;
+            };
             for v in list {
                 match writer.get(v) {
-                    None => out.push(Anomaly::UnknownValue { reader: i, value: *v }),
-                    Some(&(w, _, _)) if history[w].typ == OpType::Fail => {
-                        out.push(Anomaly::G1a { reader: i, value: *v })
-                    }
+                    None => out.push(Anomaly::UnknownValue {
+                        reader: i,
+                        value: *v,
+                    }),
+                    Some(&(w, _, _)) if history[w].typ == OpType::Fail => out.push(Anomaly::G1a {
+                        reader: i,
+                        value: *v,
+                    }),
                     _ => {}
                 }
             }
             if let Some(&v) = list.last() {
                 if let Some(&(w, _, last)) = writer.get(&v) {
                     if w != i && !last {
-                        out.push(Anomaly::G1b { reader: i, value: v });
+                        out.push(Anomaly::G1b {
+                            reader: i,
+                            value: v,
+                        });
                     }
                 }
             }
@@ -197,7 +206,9 @@ pub fn check(history: &[Op]) -> Vec<Anomaly> {
             continue;
         }
         for m in &op.mops {
-            let Mop::Read(k, Some(list)) = m else { continue };
+            let Mop::Read(k, Some(list)) = m else {
+                continue;
+            };
             // wr: the writer of the last element read
             if let Some(&(w, _, _)) = list.last().and_then(|v| writer.get(v)) {
                 add(w, i, Dep::WR);
@@ -280,7 +291,11 @@ fn sccs(edges: &[Vec<(usize, Dep)>], allowed: &[Dep]) -> Vec<Vec<usize>> {
                 stack.push(v);
                 on[v] = true;
             }
-            let succ = edges[v].iter().skip(*ei).find(|e| allowed.contains(&e.1)).map(|e| e.0);
+            let succ = edges[v]
+                .iter()
+                .skip(*ei)
+                .find(|e| allowed.contains(&e.1))
+                .map(|e| e.0);
             // advance past the edge we are about to follow (or to the end)
             let pos = edges[v]
                 .iter()
@@ -334,7 +349,10 @@ pub fn to_elle_json(history: &[Op]) -> String {
                 Mop::Append(k, v) => format!("[\"append\",{k},{v}]"),
                 Mop::Read(k, Some(l)) if !invoke => format!(
                     "[\"r\",{k},[{}]]",
-                    l.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+                    l.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
                 Mop::Read(k, _) => format!("[\"r\",{k},null]"),
             })
@@ -420,14 +438,20 @@ mod tests {
             ok(1, vec![R(2, Some(vec![])), A(1, 1)]),
             ok(2, vec![R(1, Some(vec![1])), R(2, Some(vec![2]))]),
         ];
-        assert!(check(&skew).iter().any(|x| matches!(x, Anomaly::G2(c) if c == &vec![0, 1])));
+        assert!(check(&skew)
+            .iter()
+            .any(|x| matches!(x, Anomaly::G2(c) if c == &vec![0, 1])));
         // lost update: both read [] and append; the final list holds both
         let lost = vec![
             ok(0, vec![R(1, Some(vec![])), A(1, 1)]),
             ok(1, vec![R(1, Some(vec![])), A(1, 2)]),
             ok(2, vec![R(1, Some(vec![1, 2]))]),
         ];
-        assert!(check(&lost).iter().any(|x| matches!(x, Anomaly::G2(_))), "{:?}", check(&lost));
+        assert!(
+            check(&lost).iter().any(|x| matches!(x, Anomaly::G2(_))),
+            "{:?}",
+            check(&lost)
+        );
     }
 
     #[test]
@@ -448,9 +472,27 @@ mod tests {
             ok(8, vec![R(4, Some(vec![8, 7]))]),
         ];
         let a = check(&h);
-        assert!(a.contains(&Anomaly::G1a { reader: 1, value: 1 }), "{a:?}");
-        assert!(a.contains(&Anomaly::G1b { reader: 3, value: 5 }), "{a:?}");
-        assert!(a.contains(&Anomaly::UnknownValue { reader: 4, value: 9 }), "{a:?}");
+        assert!(
+            a.contains(&Anomaly::G1a {
+                reader: 1,
+                value: 1
+            }),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&Anomaly::G1b {
+                reader: 3,
+                value: 5
+            }),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&Anomaly::UnknownValue {
+                reader: 4,
+                value: 9
+            }),
+            "{a:?}"
+        );
         assert!(a.contains(&Anomaly::IncompatibleOrder { key: 4 }), "{a:?}");
     }
 
@@ -461,7 +503,10 @@ mod tests {
             ok(1, vec![R(1, Some(vec![])), A(1, 2)]),
             ok(2, vec![R(1, Some(vec![2]))]),
         ];
-        assert_eq!(check_complete(&h), vec![Anomaly::LostAppend { key: 1, value: 1 }]);
+        assert_eq!(
+            check_complete(&h),
+            vec![Anomaly::LostAppend { key: 1, value: 1 }]
+        );
         let fine = vec![ok(0, vec![A(1, 1)]), ok(1, vec![R(1, Some(vec![1]))])];
         assert_eq!(check_complete(&fine), vec![]);
     }

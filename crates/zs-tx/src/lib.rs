@@ -59,7 +59,7 @@
 //! })?;
 //! assert_eq!(sent.try_recv().unwrap(), "transfer done");
 //! assert_eq!(accounts.peek(&1)?, Some(70));
-//! drop(db);
+//! db.close()?;                          // releases zs-db (the table handle may live on)
 //!
 //! // reopened from zs-db: the commits are there
 //! let backend: Arc<dyn Backend> = Arc::new(ZdbBackend::open_dir(dir.path(), "bank")?);
@@ -71,8 +71,8 @@
 
 mod backend;
 mod codec;
-mod engine;
 mod db;
+mod engine;
 pub mod history;
 #[cfg(feature = "postgres")]
 mod pg;
@@ -85,7 +85,9 @@ mod sync {
     pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 }
 
-pub use backend::{decode_record, encode_record, Backend, Write, ZdbBackend, RECORD_FORMAT};
+pub use backend::{
+    decode_record, encode_record, Backend, LoadSink, Write, ZdbBackend, RECORD_FORMAT,
+};
 pub use codec::{FixedKey, Key, Value};
 pub use db::{Checkpoint, Db, Isolation, Options, Stats, Table};
 #[cfg(feature = "postgres")]
@@ -111,6 +113,9 @@ pub enum Error {
     /// A value or key could not be encoded or decoded.
     #[error("codec: {0}")]
     Codec(String),
+    /// The engine was closed ([`Db::close`]): nothing more is written.
+    #[error("the transaction engine is closed")]
+    Closed,
     /// The backend failed (the commit did not happen).
     #[error("storage: {0}")]
     Storage(String),

@@ -4,7 +4,7 @@ use std::sync::{Condvar, Mutex};
 
 use postgres::{Client, NoTls};
 
-use crate::backend::{Backend, Write};
+use crate::backend::{Backend, LoadSink, Write};
 use crate::{Error, Result};
 
 /// Records in a PostgreSQL table
@@ -90,7 +90,7 @@ impl PgBackend {
 }
 
 impl Backend for PgBackend {
-    fn load(&self, sink: &mut dyn FnMut(&str, &[u8], &[u8])) -> Result<()> {
+    fn load(&self, sink: &mut LoadSink<'_>) -> Result<()> {
         let sql = format!("SELECT tbl, k, v FROM {}", self.table);
         self.with_client(|c| {
             for row in c.query(&sql, &[]).map_err(pg)? {

@@ -4,11 +4,14 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::engine::{self as eng, Cell, ReadEntry, Val};
 use crate::db::{Inner, Isolation, RecKey};
+use crate::engine::{self as eng, Cell, ReadEntry, Val};
 use crate::{Error, Result};
 
 type Action = Box<dyn FnOnce()>;
+
+/// A private copy: the record's cell and the value written.
+type Private = (Arc<Cell>, Val);
 
 /// The state of one attempt (what the commit needs).
 pub(crate) struct TxState {
@@ -17,7 +20,7 @@ pub(crate) struct TxState {
     /// Records read from the store, with the version read and its value.
     pub(crate) reads: HashMap<RecKey, (ReadEntry, Val)>,
     /// Private copies: records written by this attempt.
-    pub(crate) writes: HashMap<RecKey, (Arc<Cell>, Val)>,
+    pub(crate) writes: HashMap<RecKey, Private>,
     /// A read failed with a conflict: this attempt cannot commit.
     pub(crate) doomed: bool,
 }
@@ -27,7 +30,7 @@ pub struct Tx<'a> {
     inner: &'a Inner,
     pub(crate) st: TxState,
     /// Undo log of `writes` for savepoints: (record, previous private copy).
-    undo: Vec<(RecKey, Option<(Arc<Cell>, Val)>)>,
+    undo: Vec<(RecKey, Option<Private>)>,
     on_commit: Vec<Action>,
     on_rollback: Vec<Action>,
     depth: u32,
@@ -120,7 +123,11 @@ impl<'a> Tx<'a> {
         if self.depth >= MAX_NESTING {
             return Err(Error::Abort(format!("nesting deeper than {MAX_NESTING}")));
         }
-        let (u, c, r) = (self.undo.len(), self.on_commit.len(), self.on_rollback.len());
+        let (u, c, r) = (
+            self.undo.len(),
+            self.on_commit.len(),
+            self.on_rollback.len(),
+        );
         self.depth += 1;
         let out = f(self);
         self.depth -= 1;
@@ -154,7 +161,11 @@ impl<'a> Tx<'a> {
     }
 }
 
-pub(crate) fn run<T>(inner: &Inner, id: u64, mut body: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+pub(crate) fn run<T>(
+    inner: &Inner,
+    id: u64,
+    mut body: impl FnMut(&mut Tx<'_>) -> Result<T>,
+) -> Result<T> {
     let mut held: Vec<(RecKey, Arc<Cell>)> = Vec::new();
     let attempts = inner.opts.max_redo.saturating_add(1);
     for attempt in 1..=attempts {

@@ -12,9 +12,12 @@ use zs_tx::{Backend, Checkpoint, Db, Isolation, Options, ZdbBackend};
 #[test]
 fn bank_opaque_every_body_read_sees_the_total() {
     let db = Db::in_memory(Options::default());
-    let r = run_bank(&db, Bank::sized(4_000));
+    let r = run_bank(&db, Bank::sized(2_500));
     assert_eq!(r.committed_violations, 0, "{r:?}");
-    assert_eq!(r.body_violations, 0, "opacity: a body saw a wrong total: {r:?}");
+    assert_eq!(
+        r.body_violations, 0,
+        "opacity: a body saw a wrong total: {r:?}"
+    );
     assert!(r.committed_reads >= 2 && r.transfers_committed > 0, "{r:?}");
     eprintln!("opaque: {r:?}");
 }
@@ -25,7 +28,7 @@ fn bank_zeze_mode_commits_stay_serializable() {
         isolation: Isolation::Zeze,
         ..Options::default()
     });
-    let r = run_bank(&db, Bank::sized(4_000));
+    let r = run_bank(&db, Bank::sized(2_500));
     // committed reads are validated; body reads may be inconsistent (Zeze's weakness,
     // shown deterministically in procedures.rs), so they are only reported here
     assert_eq!(r.committed_violations, 0, "{r:?}");
@@ -60,11 +63,15 @@ fn bank_on_zs_db_survives_reopen() {
     let db = open();
     let r = run_bank(&db, Bank::sized(3_000));
     assert_eq!(r.committed_violations + r.body_violations, 0, "{r:?}");
-    let before: Vec<Option<u64>> = (0..1000).map(|i| common::accounts(&db).peek(&i).unwrap()).collect();
+    let before: Vec<Option<u64>> = (0..1000)
+        .map(|i| common::accounts(&db).peek(&i).unwrap())
+        .collect();
     db.close().unwrap();
     drop(db);
     let db = open();
-    let after: Vec<Option<u64>> = (0..1000).map(|i| common::accounts(&db).peek(&i).unwrap()).collect();
+    let after: Vec<Option<u64>> = (0..1000)
+        .map(|i| common::accounts(&db).peek(&i).unwrap())
+        .collect();
     assert_eq!(before, after);
     assert_eq!(after.iter().map(|v| v.unwrap()).sum::<u64>(), 100_000);
 }
@@ -85,6 +92,8 @@ fn bank_on_zs_db_immediate_mode() {
     drop(db);
     let b: Arc<dyn Backend> = Arc::new(ZdbBackend::open_dir(dir.path(), "bank").unwrap());
     let db = Db::open(b, Options::default()).unwrap();
-    let sum: u64 = (0..1000).map(|i| common::accounts(&db).peek(&i).unwrap().unwrap()).sum();
+    let sum: u64 = (0..1000)
+        .map(|i| common::accounts(&db).peek(&i).unwrap().unwrap())
+        .sum();
     assert_eq!(sum, 100_000);
 }

@@ -59,12 +59,29 @@ fn recover_and_check(dir: &std::path::Path, promised: &[u64]) -> Vec<u64> {
     let db = Db::open(b, Options::default()).unwrap();
     let acc = db.table::<u32, u64>("acc");
     let seq = db.table::<u32, u64>("seq");
-    let bal: Vec<u64> = (0..2 * WORKERS).map(|i| acc.peek(&i).unwrap().unwrap()).collect();
-    let seqs: Vec<u64> = (0..WORKERS).map(|w| seq.peek(&w).unwrap().unwrap()).collect();
-    assert_eq!(bal.iter().sum::<u64>(), 2 * WORKERS as u64 * INIT, "money conserved: {bal:?}");
+    let bal: Vec<u64> = (0..2 * WORKERS)
+        .map(|i| acc.peek(&i).unwrap().unwrap())
+        .collect();
+    let seqs: Vec<u64> = (0..WORKERS)
+        .map(|w| seq.peek(&w).unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        bal.iter().sum::<u64>(),
+        2 * WORKERS as u64 * INIT,
+        "money conserved: {bal:?}"
+    );
     for w in 0..WORKERS as usize {
-        assert_eq!(bal[2 * w], INIT - seqs[w], "worker {w}: partial transaction");
-        assert!(seqs[w] >= promised[w], "worker {w}: promised {} but recovered {}", promised[w], seqs[w]);
+        assert_eq!(
+            bal[2 * w],
+            INIT - seqs[w],
+            "worker {w}: partial transaction"
+        );
+        assert!(
+            seqs[w] >= promised[w],
+            "worker {w}: promised {} but recovered {}",
+            promised[w],
+            seqs[w]
+        );
     }
     db.close().unwrap();
     seqs
@@ -80,7 +97,10 @@ fn crash_rounds(mode: &str, promises: usize) {
             seqs.iter().zip(&last).all(|(a, b)| a >= b),
             "round {round}: went backwards {last:?} -> {seqs:?}"
         );
-        assert!(seqs.iter().sum::<u64>() > last.iter().sum::<u64>(), "round {round}: no progress");
+        assert!(
+            seqs.iter().sum::<u64>() > last.iter().sum::<u64>(),
+            "round {round}: no progress"
+        );
         last = seqs;
     }
 }

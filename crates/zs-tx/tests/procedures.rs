@@ -83,7 +83,9 @@ fn zeze_read_only_bodies_are_validated_too() {
             let v = t.get(tx, &7)?;
             if attempts == 1 {
                 let (db2, t2) = (db.clone(), t.clone());
-                std::thread::spawn(move || db2.run(|tx| t2.put(tx, &7, &1)).unwrap()).join().unwrap();
+                std::thread::spawn(move || db2.run(|tx| t2.put(tx, &7, &1)).unwrap())
+                    .join()
+                    .unwrap();
             }
             Ok(v)
         })
@@ -107,7 +109,9 @@ fn budget_spent_is_a_clear_error_and_runs_rollback_actions_once() {
         let v = t.get(tx, &1)?.unwrap_or(0);
         // someone else always commits the record in between
         let (db2, t2) = (db.clone(), t.clone());
-        std::thread::spawn(move || db2.run(|tx| t2.put(tx, &1, &(v + 100))).unwrap()).join().unwrap();
+        std::thread::spawn(move || db2.run(|tx| t2.put(tx, &1, &(v + 100))).unwrap())
+            .join()
+            .unwrap();
         t.put(tx, &1, &(v + 1))?;
         let (r, c) = (rolled.clone(), committed.clone());
         tx.on_rollback(move || *r.borrow_mut() += 1);
@@ -158,7 +162,9 @@ fn actions_run_once_after_commit_even_when_redone() {
         tx.on_commit(move || s.send(v).unwrap());
         if attempts == 1 {
             let (db2, t2) = (db.clone(), t.clone());
-            std::thread::spawn(move || db2.run(|tx| t2.put(tx, &1, &5)).unwrap()).join().unwrap();
+            std::thread::spawn(move || db2.run(|tx| t2.put(tx, &1, &5)).unwrap())
+                .join()
+                .unwrap();
         }
         t.put(tx, &1, &(v + 1))
     })
@@ -227,7 +233,13 @@ fn nested_procedures_roll_back_partially() {
 fn nesting_depth_is_bounded() {
     let db = Db::in_memory(Options::default());
     fn dive(tx: &mut zs_tx::Tx<'_>, n: u32) -> zs_tx::Result<u32> {
-        tx.nested(|tx| if n == 0 { Ok(0) } else { dive(tx, n - 1).map(|d| d + 1) })
+        tx.nested(|tx| {
+            if n == 0 {
+                Ok(0)
+            } else {
+                dive(tx, n - 1).map(|d| d + 1)
+            }
+        })
     }
     assert_eq!(db.run(|tx| dive(tx, 10)).unwrap(), 10);
     assert!(matches!(db.run(|tx| dive(tx, 1000)), Err(Error::Abort(_))));
@@ -256,10 +268,17 @@ fn listeners_get_committed_deltas_in_commit_order() {
             });
         }
     });
-    let _ = db.run(|tx| t.put(tx, &9, &1).and_then(|_| Err::<(), _>(Error::Abort("x".into()))));
+    let _ = db.run(|tx| {
+        t.put(tx, &9, &1)
+            .and_then(|_| Err::<(), _>(Error::Abort("x".into())))
+    });
     db.run(|tx| t.remove(tx, &0)).unwrap();
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 801, "one delta per committed write of this table only");
+    assert_eq!(
+        seen.len(),
+        801,
+        "one delta per committed write of this table only"
+    );
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "commit order");
     // replaying the deltas gives the final state: in order, none lost
     let mut state = std::collections::HashMap::new();
@@ -312,7 +331,52 @@ fn rkyv_values_and_zero_copy_reads() {
 #[test]
 fn values_of_the_wrong_type_are_codec_errors() {
     let db = Db::in_memory(Options::default());
-    db.run(|tx| db.table::<u32, u8>("t").put(tx, &1, &7)).unwrap();
+    db.run(|tx| db.table::<u32, u8>("t").put(tx, &1, &7))
+        .unwrap();
     let wrong = db.table::<u32, Player>("t");
-    assert!(matches!(db.run(|tx| wrong.get(tx, &1)), Err(Error::Codec(_))));
+    assert!(matches!(
+        db.run(|tx| wrong.get(tx, &1)),
+        Err(Error::Codec(_))
+    ));
+}
+
+#[test]
+fn close_releases_the_store_and_refuses_writes() {
+    use zs_tx::{Backend, Checkpoint, ZdbBackend};
+    let vfs = Arc::new(zs_db::MemVfs::new());
+    for checkpoint in [
+        Checkpoint::Immediate,
+        Checkpoint::Periodic(std::time::Duration::from_secs(3600)),
+        Checkpoint::RecordSets(std::time::Duration::from_secs(3600)),
+    ] {
+        let b: Arc<dyn Backend> = Arc::new(ZdbBackend::open(vfs.clone(), "c").unwrap());
+        let db = Db::open(
+            b,
+            Options {
+                checkpoint,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let t = db.table::<u32, u64>("t");
+        db.run(|tx| {
+            let v = t.get(tx, &1)?.unwrap_or(0);
+            t.put(tx, &1, &(v + 1))
+        })
+        .unwrap();
+        db.close().unwrap();
+        assert_eq!(db.run(|tx| t.put(tx, &1, &0)), Err(Error::Closed));
+        assert!(db.run(|tx| t.get(tx, &1)).is_ok(), "reads still work");
+        // `t` is alive, yet the store can be opened again, with the final checkpoint
+        let b: Arc<dyn Backend> = Arc::new(ZdbBackend::open(vfs.clone(), "c").unwrap());
+        let db2 = Db::open(b, Options::default()).unwrap();
+        assert_eq!(
+            db2.table::<u32, u64>("t").peek(&1).unwrap(),
+            t.peek(&1).unwrap()
+        );
+        db2.close().unwrap();
+    }
+    let b: Arc<dyn Backend> = Arc::new(ZdbBackend::open(vfs, "c").unwrap());
+    let db = Db::open(b, Options::default()).unwrap();
+    assert_eq!(db.table::<u32, u64>("t").peek(&1).unwrap(), Some(3));
 }

@@ -36,7 +36,10 @@ fn replies_come_after_commit_and_once_per_request() {
         .unwrap();
     // many calls in flight: every reply is a distinct committed value
     let calls: Vec<_> = (0..40).map(|_| client.call("incr", "")).collect();
-    let mut got: Vec<u64> = calls.into_iter().map(|c| c.wait().unwrap().parse().unwrap()).collect();
+    let mut got: Vec<u64> = calls
+        .into_iter()
+        .map(|c| c.wait().unwrap().parse().unwrap())
+        .collect();
     got.sort_unstable();
     assert_eq!(got, (1..=40).collect::<Vec<u64>>());
     // the store had the value before the reply was read
@@ -45,5 +48,8 @@ fn replies_come_after_commit_and_once_per_request() {
     assert_eq!(client.call("check", "").wait().unwrap(), "40");
     // a rolled-back procedure answers an error
     let e = client.call("check", "fail").wait().unwrap_err();
-    assert!(format!("{e:?}").contains(&code::HANDLER_FAILED.to_string()), "{e:?}");
+    assert!(
+        format!("{e:?}").contains(&code::HANDLER_FAILED.to_string()),
+        "{e:?}"
+    );
 }

@@ -3,8 +3,14 @@
 use zs_tx::{decode_record, encode_record, Key, Value};
 
 fn example(name: &str) -> Vec<u8> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/STORAGE.md")).unwrap();
-    let start = doc.find(&format!("```hex {name}\n")).expect("example in the doc");
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/STORAGE.md"
+    ))
+    .unwrap();
+    let start = doc
+        .find(&format!("```hex {name}\n"))
+        .expect("example in the doc");
     doc[start..]
         .lines()
         .skip(1)
@@ -30,7 +36,10 @@ fn documented_record_bytes() {
 fn malformed_records_are_errors() {
     let good = example("zs-tx-record");
     for cut in 0..13 {
-        assert!(decode_record(&good[..cut]).is_err(), "prefix of {cut} bytes");
+        assert!(
+            decode_record(&good[..cut]).is_err(),
+            "prefix of {cut} bytes"
+        );
     }
     let mut bad = good.clone();
     bad[0] = 2;

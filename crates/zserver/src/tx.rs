@@ -34,12 +34,12 @@
 //! assert_eq!(client.call("score", "ann").wait().unwrap(), "20");
 //! ```
 
-pub use zs_tx::{
-    history, Backend, Checkpoint, Db, Error as TxError, Isolation, Key, Options, Stats, Table,
-    Tx, Value, Write, ZdbBackend,
-};
 #[cfg(feature = "tx-postgres")]
 pub use zs_tx::PgBackend;
+pub use zs_tx::{
+    history, Backend, Checkpoint, Db, Error as TxError, Isolation, Key, Options, Stats, Table, Tx,
+    Value, Write, ZdbBackend,
+};
 
 use crate::{code, HandlerError, Registry, ServerBuilder};
 

@@ -35,8 +35,16 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let backend: Arc<dyn Backend> = Arc::new(ZdbBackend::open_dir(&args[1], "crash").expect("open backend"));
-    let db = Db::open(backend, Options { checkpoint, ..Options::default() }).expect("open db");
+    let backend: Arc<dyn Backend> =
+        Arc::new(ZdbBackend::open_dir(&args[1], "crash").expect("open backend"));
+    let db = Db::open(
+        backend,
+        Options {
+            checkpoint,
+            ..Options::default()
+        },
+    )
+    .expect("open db");
     let acc = db.table::<u32, u64>("acc");
     let seq = db.table::<u32, u64>("seq");
     if acc.peek(&0).expect("peek").is_none() {
@@ -58,7 +66,9 @@ fn main() {
         if checkpoint != Checkpoint::Immediate {
             let (db, seq, out) = (&db, &seq, out.clone());
             s.spawn(move || loop {
-                let counts: Vec<u64> = (0..WORKERS).map(|w| seq.peek(&w).unwrap().unwrap()).collect();
+                let counts: Vec<u64> = (0..WORKERS)
+                    .map(|w| seq.peek(&w).unwrap().unwrap())
+                    .collect();
                 db.checkpoint().expect("checkpoint");
                 let line: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
                 let mut o = out.lock().unwrap();

@@ -129,7 +129,7 @@ pub fn run_bank(db: &Db, b: Bank) -> BankReport {
             .map(|w| {
                 let (db, t) = (db.clone(), t.clone());
                 s.spawn(move || {
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1) * 0x1234_5678);
+                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x1234_5678));
                     let mut deltas = vec![0i64; b.accounts as usize];
                     let mut committed = 0u64;
                     for _ in 0..b.transfers {
@@ -175,7 +175,11 @@ pub fn run_bank(db: &Db, b: Bank) -> BankReport {
     });
     // no lost update: the final balances are exactly the committed deltas applied
     let finals: Vec<u64> = db
-        .run(|tx| (0..b.accounts).map(|i| Ok(t.get(tx, &i)?.unwrap_or(0))).collect())
+        .run(|tx| {
+            (0..b.accounts)
+                .map(|i| Ok(t.get(tx, &i)?.unwrap_or(0)))
+                .collect()
+        })
         .unwrap();
     for (i, (f, d)) in finals.iter().zip(&deltas).enumerate() {
         assert_eq!(*f as i64, b.initial as i64 + d, "account {i}: lost update");
