@@ -176,7 +176,9 @@ fn open_table(c: &Cluster, checkpoint: Checkpoint, table: &str) -> (Db, Arc<PgBa
 
 #[test]
 fn postgres_backend_bank_and_durability() {
+    let t0 = std::time::Instant::now();
     let Some(c) = Cluster::start() else { return };
+    eprintln!("cluster up after {:?}", t0.elapsed());
     // immediate mode: every transfer is one PostgreSQL transaction
     {
         let (db, _) = open(&c, Checkpoint::Immediate);
@@ -190,6 +192,7 @@ fn postgres_backend_bank_and_durability() {
         assert_eq!(r.committed_violations + r.body_violations, 0, "{r:?}");
         assert!(r.transfers_committed > 0);
     }
+    eprintln!("immediate bank done after {:?}", t0.elapsed());
     // reopened: the store holds exactly the final balances
     let (db, b) = open(
         &c,
