@@ -69,6 +69,14 @@ pub struct Options {
     pub versions: usize,
     /// Durability of commits when a backend is attached (default `Immediate`).
     pub checkpoint: Checkpoint,
+    /// Records the engine may hold in memory, stored or "absent" ones created by
+    /// reads (default 10 million). When it is reached, absent records no
+    /// transaction holds are forgotten; if that frees nothing, touching a new record
+    /// fails with [`Error::Limit`].
+    pub max_records: u64,
+    /// Distinct records one attempt may read or write (default 1 million); beyond
+    /// it the procedure fails with [`Error::Limit`].
+    pub max_tx_records: usize,
 }
 
 impl Default for Options {
@@ -79,6 +87,8 @@ impl Default for Options {
             keep_locks_on_redo: true,
             versions: 8,
             checkpoint: Checkpoint::Immediate,
+            max_records: 10_000_000,
+            max_tx_records: 1_000_000,
         }
     }
 }
@@ -143,6 +153,9 @@ pub(crate) struct Inner {
     stop: Mutex<bool>,
     wake: Condvar,
     closed: AtomicBool,
+    records: AtomicU64,
+    /// Timestamp from which forgotten absent records are known absent.
+    absent_floor: AtomicU64,
     commits: AtomicU64,
     pub(crate) redos: AtomicU64,
     failures: AtomicU64,
@@ -170,17 +183,59 @@ fn shard_of(k: &RecKey) -> usize {
 }
 
 impl Inner {
-    pub(crate) fn cell(&self, k: &RecKey) -> Arc<Cell> {
-        let shard = &self.shards[shard_of(k)];
-        if let Some(c) = shard.read().unwrap_or_else(|p| p.into_inner()).get(k) {
-            return c.clone();
+    /// The record named `k`, created (as "absent") on first use, within
+    /// `Options::max_records`.
+    pub(crate) fn cell(&self, k: &RecKey) -> Result<Arc<Cell>> {
+        if let Some(c) = self.existing(k) {
+            return Ok(c);
         }
-        shard
-            .write()
+        for attempt in 0..2 {
+            let mut shard = self.shards[shard_of(k)]
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = shard.get(k) {
+                return Ok(c.clone());
+            }
+            if self.records.fetch_add(1, Ordering::AcqRel) < self.opts.max_records {
+                let floor = self.absent_floor.load(Ordering::Acquire);
+                let c = Arc::new(Cell::absent_since(floor));
+                shard.insert(k.clone(), c.clone());
+                return Ok(c);
+            }
+            self.records.fetch_sub(1, Ordering::AcqRel);
+            drop(shard);
+            if attempt == 0 {
+                self.forget_absent();
+            }
+        }
+        Err(Error::Limit(format!(
+            "the engine holds its maximum of {} records",
+            self.opts.max_records
+        )))
+    }
+
+    /// Forgets records that are absent, unlocked and held by no transaction. Records
+    /// created afterwards are "absent since now", so an older snapshot that reads
+    /// one redoes instead of missing a version that was forgotten.
+    fn forget_absent(&self) {
+        self.absent_floor
+            .fetch_max(self.clock.snapshot(), Ordering::AcqRel);
+        for shard in &self.shards {
+            let mut m = shard.write().unwrap_or_else(|p| p.into_inner());
+            let before = m.len();
+            m.retain(|_, c| Arc::strong_count(c) > 1 || !c.is_absent_and_free());
+            self.records
+                .fetch_sub((before - m.len()) as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// The record named `k` if it exists (never creates one).
+    pub(crate) fn existing(&self, k: &RecKey) -> Option<Arc<Cell>> {
+        self.shards[shard_of(k)]
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(k.clone())
-            .or_insert_with(|| Arc::new(Cell::new(None)))
-            .clone()
+            .get(k)
+            .cloned()
     }
 
     fn table_id(&self, name: &str) -> u32 {
@@ -424,6 +479,8 @@ impl Db {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             closed: AtomicBool::new(false),
+            records: AtomicU64::new(0),
+            absent_floor: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             redos: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -440,6 +497,7 @@ impl Db {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(rk, cell);
+            inner.records.fetch_add(1, Ordering::Relaxed);
         }
         let ckpt = match (inner.opts.checkpoint, inner.periodic) {
             (Checkpoint::Periodic(every) | Checkpoint::RecordSets(every), true) => {
@@ -631,23 +689,22 @@ impl<K: Key, V: Value> Table<K, V> {
     pub fn put(&self, tx: &mut Tx<'_>, key: &K, value: &V) -> Result<()> {
         let bytes = value.encode_value()?;
         let rk = self.rec_key(key);
-        let cell = self.inner.cell(&rk);
-        tx.write(rk, cell, Some(bytes.into()));
-        Ok(())
+        tx.write(rk, Some(bytes.into()))
     }
 
     /// Removes `key` in `tx`.
     pub fn remove(&self, tx: &mut Tx<'_>, key: &K) -> Result<()> {
         let rk = self.rec_key(key);
-        let cell = self.inner.cell(&rk);
-        tx.write(rk, cell, None);
-        Ok(())
+        tx.write(rk, None)
     }
 
     /// The newest committed value outside any transaction.
     pub fn peek(&self, key: &K) -> Result<Option<V>> {
         let rk = self.rec_key(key);
-        match self.inner.cell(&rk).read_latest().1 {
+        let Some(cell) = self.inner.existing(&rk) else {
+            return Ok(None);
+        };
+        match cell.read_latest().1 {
             None => Ok(None),
             Some(b) => V::decode_value(&b).map(Some),
         }

@@ -49,6 +49,25 @@ impl Cell {
         }
     }
 
+    /// A record that is absent as of timestamp `ts` (snapshots older than `ts` see
+    /// no version and redo).
+    pub(crate) fn absent_since(ts: u64) -> Cell {
+        Cell {
+            st: Mutex::new(CellState {
+                versions: vec![(ts, None)],
+                owner: 0,
+                waiters: 0,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// True when the record is absent now and unlocked (it may be forgotten).
+    pub(crate) fn is_absent_and_free(&self) -> bool {
+        let st = lock(&self.st);
+        st.owner == 0 && st.versions.last().map(|v| v.1.is_none()).unwrap_or(false)
+    }
+
     /// The newest version with timestamp `<= read_ts`, or `None` when it was pruned
     /// (the snapshot is too old: the caller redoes with a fresh one).
     pub(crate) fn read_at(&self, read_ts: u64) -> Option<Read> {

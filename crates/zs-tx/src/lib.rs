@@ -113,6 +113,10 @@ pub enum Error {
     /// A value or key could not be encoded or decoded.
     #[error("codec: {0}")]
     Codec(String),
+    /// A configured limit was reached ([`Options::max_records`],
+    /// [`Options::max_tx_records`]); the procedure was rolled back.
+    #[error("limit: {0}")]
+    Limit(String),
     /// The engine was closed ([`Db::close`]): nothing more is written.
     #[error("the transaction engine is closed")]
     Closed,

@@ -80,7 +80,8 @@ impl<'a> Tx<'a> {
         if let Some((_, v)) = self.st.reads.get(&k) {
             return Ok(v.clone());
         }
-        let cell = self.inner.cell(&k);
+        self.check_size()?;
+        let cell = self.inner.cell(&k)?;
         let (ts, v) = match self.inner.opts.isolation {
             Isolation::Opaque => match cell.read_at(self.st.read_ts) {
                 Some(r) => r,
@@ -95,11 +96,31 @@ impl<'a> Tx<'a> {
         Ok(v)
     }
 
-    pub(crate) fn write(&mut self, k: RecKey, cell: Arc<Cell>, v: Val) {
+    fn check_size(&self) -> Result<()> {
+        let max = self.inner.opts.max_tx_records;
+        if self.st.reads.len() + self.st.writes.len() >= max {
+            return Err(Error::Limit(format!(
+                "a transaction may touch at most {max} records"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write(&mut self, k: RecKey, v: Val) -> Result<()> {
+        let cell = match self.st.writes.get(&k) {
+            Some((c, _)) => c.clone(),
+            None => {
+                if !self.st.reads.contains_key(&k) {
+                    self.check_size()?;
+                }
+                self.inner.cell(&k)?
+            }
+        };
         let prev = self.st.writes.insert(k.clone(), (cell, v));
         if self.depth > 0 {
             self.undo.push((k, prev));
         }
+        Ok(())
     }
 
     /// Runs `f` after this procedure commits (Zeze's `WhileCommit`; replies and

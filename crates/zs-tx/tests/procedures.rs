@@ -380,3 +380,48 @@ fn close_releases_the_store_and_refuses_writes() {
     let db = Db::open(b, Options::default()).unwrap();
     assert_eq!(db.table::<u32, u64>("t").peek(&1).unwrap(), Some(3));
 }
+
+#[test]
+fn forgetting_absent_records_never_shows_an_old_snapshot_a_wrong_absence() {
+    let db = Db::in_memory(Options {
+        max_records: 20,
+        ..Options::default()
+    });
+    let t = db.table::<u32, u64>("t");
+    db.run(|tx| {
+        t.put(tx, &1, &10)?;
+        t.put(tx, &2, &10)
+    })
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut first = true;
+    db.run(|tx| {
+        let a = t.get(tx, &1)?;
+        if first {
+            first = false;
+            let (db2, t2) = (db.clone(), t.clone());
+            std::thread::spawn(move || {
+                // record 2 is removed, then a flood of absent reads makes the engine
+                // forget it
+                db2.run(|tx| t2.remove(tx, &2)).unwrap();
+                for k in 100..200u32 {
+                    db2.run(|tx| t2.get(tx, &k)).unwrap();
+                }
+            })
+            .join()
+            .unwrap();
+            assert!(db.stats().records <= 20);
+        }
+        // the snapshot still has record 2 (10); a forgotten record must not read as
+        // absent in it: the attempt redoes instead
+        let b = t.get(tx, &2)?;
+        seen.push((a, b));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![(Some(10), None)],
+        "only the redo (after the removal) got this far"
+    );
+}
