@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use zs_tx::{Backend, Checkpoint, Db, Error, LoadSink, Options, Write};
 
+/// One recorded row write: table, key, value.
+type Row = (String, Vec<u8>, Option<Vec<u8>>);
+
 /// A backend that records every write (and can be told to fail).
 #[derive(Debug, Default)]
 struct Recorder {
-    writes: Mutex<Vec<Vec<(String, Vec<u8>, Option<Vec<u8>>)>>>,
+    writes: Mutex<Vec<Vec<Row>>>,
     fail: Mutex<bool>,
 }
 
@@ -38,7 +41,7 @@ impl Backend for Recorder {
     }
 }
 
-fn keys(w: &[(String, Vec<u8>, Option<Vec<u8>>)]) -> Vec<u32> {
+fn keys(w: &[Row]) -> Vec<u32> {
     w.iter()
         .map(|(_, k, _)| u32::from_be_bytes(k[..].try_into().unwrap()))
         .collect()
