@@ -78,7 +78,7 @@ pub use zs_p2pvm as p2pvm;
 #[cfg(feature = "core")]
 mod builder;
 
-/// Transactions: procedures registered as commands (`zs-tx`).
+// Transactions: procedures registered as commands (`zs-tx`); docs in the module.
 #[cfg(feature = "tx")]
 pub mod tx;
 
