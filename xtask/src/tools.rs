@@ -39,6 +39,7 @@ pub struct Tool {
 /// Programs the test suite starts (`cargo xtask ci` installs them first).
 pub const TEST_TOOLS: &[Tool] = &[
     // one line per tool: Tool { program, source: Source::Apt(&[packages]), used_by }
+    Tool { program: "initdb", source: Source::Apt(&["postgresql"]), used_by: "zs-tx PostgreSQL backend tests (initdb, pg_ctl; Debian puts them in /usr/lib/postgresql/*/bin)" },
 ];
 
 /// Programs a bench suite starts: (suite, tool).

@@ -7,7 +7,8 @@
 //! sessions, a pinned Ed25519 server identity.
 //!
 //! Features (one per sub-crate): `wire`, `crypto`, `io`, `io-epoll`, `io-tokio`,
-//! `core` (the framework and the builders), `expr`, `db`; `full` enables all.
+//! `core` (the framework and the builders), `expr`, `db`, `tx` (transactions);
+//! `full` enables all.
 //! `default` = `core`, `io-epoll`, `io-tokio`.
 //!
 //! ```
@@ -76,6 +77,10 @@ pub use zs_p2pvm as p2pvm;
 
 #[cfg(feature = "core")]
 mod builder;
+
+// Transactions: procedures registered as commands (`zs-tx`); docs in the module.
+#[cfg(feature = "tx")]
+pub mod tx;
 
 #[cfg(feature = "core")]
 pub use builder::{
