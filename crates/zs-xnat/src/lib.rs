@@ -102,6 +102,54 @@ pub mod relay;
 mod secure;
 pub mod stats;
 
+#[cfg(test)]
+mod itest;
+
 pub use agent::Agent;
 pub use config::{Config, ConfigError};
 pub use relay::Relay;
+
+/// Runs the relay of config file `path` on a new tokio runtime until the
+/// process ends (the `zs xnat server` verb). Prints the fingerprint agents pin.
+pub fn run_relay_file(path: &std::path::Path) -> Result<(), String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let server = cfg
+        .server
+        .ok_or_else(|| format!("{}: expected a [server] table", path.display()))?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let relay = Relay::bind(server.clone())
+            .await
+            .map_err(|e| format!("cannot start the relay on {}: {e}", server.bind_addr))?;
+        println!(
+            "zs xnat server: listening for agents on {}, relay_fingerprint = \"{}\"",
+            relay.local_addr(),
+            relay.fingerprint()
+        );
+        relay.run().await.map_err(|e| e.to_string())
+    })
+}
+
+/// Runs the agent of config file `path` on a new tokio runtime until the
+/// process ends (the `zs xnat agent` verb).
+pub fn run_agent_file(path: &std::path::Path) -> Result<(), String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let client = cfg
+        .client
+        .ok_or_else(|| format!("{}: expected a [client] table", path.display()))?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(Agent::new(client).run());
+    Ok(())
+}
+
+/// The fingerprint of the relay of config file `path` (creating its identity
+/// file when missing), for the agents' `relay_fingerprint`.
+pub fn relay_fingerprint_file(path: &std::path::Path) -> Result<zs_crypto::Fingerprint, String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let server = cfg
+        .server
+        .ok_or_else(|| format!("{}: expected a [server] table", path.display()))?;
+    relay::load_or_create_identity(&server.identity_file)
+        .map(|id| id.fingerprint())
+        .map_err(|e| e.to_string())
+}
