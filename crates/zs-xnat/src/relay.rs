@@ -438,10 +438,6 @@ impl Relay {
                 Ok(Err(e)) => break 'session format!("read error: {e}"),
                 Err(_) => break 'session format!("no message for {} s (heartbeat)", dead_after.as_secs()),
             }
-            if dec.buffered() > proto::MAX_FRAME + 5 {
-                inc(&self.inner.stats.protocol_errors);
-                break 'session "oversized frame".into();
-            }
         };
         self.remove_agent(id);
         dec_agents(&self.inner.stats);
