@@ -39,16 +39,65 @@ pub struct Tool {
 /// Programs the test suite starts (`cargo xtask ci` installs them first).
 pub const TEST_TOOLS: &[Tool] = &[
     // one line per tool: Tool { program, source: Source::Apt(&[packages]), used_by }
-    Tool { program: "nginx", source: Source::Apt(&["nginx-light"]), used_by: "zs-xnat tests" },
-    Tool { program: "curl", source: Source::Apt(&["curl"]), used_by: "zs-xnat tests" },
+    Tool {
+        program: "nginx",
+        source: Source::Apt(&["nginx-light"]),
+        used_by: "zs-xnat tests",
+    },
+    Tool {
+        program: "curl",
+        source: Source::Apt(&["curl"]),
+        used_by: "zs-xnat tests",
+    },
 ];
 
 /// Programs a bench suite starts: (suite, tool).
 pub const BENCH_TOOLS: &[(&str, Tool)] = &[
     // one line per (suite, tool)
-    ("xnat", Tool { program: "iperf3", source: Source::Apt(&["iperf3"]), used_by: "bench xnat" }),
-    ("xnat", Tool { program: "wrk", source: Source::Apt(&["wrk"]), used_by: "bench xnat" }),
-    ("xnat", Tool { program: "nginx", source: Source::Apt(&["nginx-light"]), used_by: "bench xnat" }),
-    ("xnat", Tool { program: "rathole", source: Source::Cargo { krate: "rathole", locked: false }, used_by: "bench xnat" }),
-    ("xnat", Tool { program: "bore", source: Source::Cargo { krate: "bore-cli", locked: true }, used_by: "bench xnat" }),
+    (
+        "xnat",
+        Tool {
+            program: "iperf3",
+            source: Source::Apt(&["iperf3"]),
+            used_by: "bench xnat",
+        },
+    ),
+    (
+        "xnat",
+        Tool {
+            program: "wrk",
+            source: Source::Apt(&["wrk"]),
+            used_by: "bench xnat",
+        },
+    ),
+    (
+        "xnat",
+        Tool {
+            program: "nginx",
+            source: Source::Apt(&["nginx-light"]),
+            used_by: "bench xnat",
+        },
+    ),
+    (
+        "xnat",
+        Tool {
+            program: "rathole",
+            source: Source::Cargo {
+                krate: "rathole",
+                locked: false,
+            },
+            used_by: "bench xnat",
+        },
+    ),
+    (
+        "xnat",
+        Tool {
+            program: "bore",
+            source: Source::Cargo {
+                krate: "bore-cli",
+                locked: true,
+            },
+            used_by: "bench xnat",
+        },
+    ),
 ];

@@ -25,7 +25,8 @@ impl Drop for Proc {
 
 impl Proc {
     fn rss_kb(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        let s =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
         s.lines()
             .find(|l| l.starts_with("VmRSS:"))
             .and_then(|l| l.split_whitespace().nth(1))
@@ -35,7 +36,11 @@ impl Proc {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16, what: &str) {
@@ -84,7 +89,14 @@ fn spawn(cmd: &mut Command) -> Proc {
 /// iperf3 through `port`: Gbit/s received.
 fn iperf(port: u16, streams: u32, secs: u32) -> f64 {
     let out = Command::new("iperf3")
-        .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", &secs.to_string()])
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            &secs.to_string(),
+        ])
         .args(["-P", &streams.to_string(), "-J"])
         .output()
         .expect("iperf3");
@@ -98,7 +110,12 @@ fn iperf(port: u16, streams: u32, secs: u32) -> f64 {
 /// wrk through `port`: requests/s.
 fn wrk(port: u16, secs: u32) -> f64 {
     let out = Command::new("wrk")
-        .args(["-t1", "-c10", &format!("-d{secs}s"), &format!("http://127.0.0.1:{port}/")])
+        .args([
+            "-t1",
+            "-c10",
+            &format!("-d{secs}s"),
+            &format!("http://127.0.0.1:{port}/"),
+        ])
         .output()
         .expect("wrk");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -136,9 +153,17 @@ fn ours(dir: &Path, iperf: u16, http: Option<u16>) -> Tunnel {
         agent += &format!("[client.services.http]\nlocal_addr = \"127.0.0.1:{h}\"\n");
     }
     std::fs::write(dir.join("agent.toml"), agent).unwrap();
-    let r = spawn(Command::new(&exe).arg("__relay").arg(dir.join("relay.toml")));
+    let r = spawn(
+        Command::new(&exe)
+            .arg("__relay")
+            .arg(dir.join("relay.toml")),
+    );
     wait_port(control, "zs-xnat relay");
-    let a = spawn(Command::new(&exe).arg("__agent").arg(dir.join("agent.toml")));
+    let a = spawn(
+        Command::new(&exe)
+            .arg("__agent")
+            .arg(dir.join("agent.toml")),
+    );
     wait_port(pi, "zs-xnat public port");
     Tunnel {
         procs: vec![r, a],
@@ -240,10 +265,19 @@ fn main() {
     let opts = Options::from_env();
     let secs = if opts.quick { 1 } else { 4 };
     let mut suite = Suite::from_options("xnat", &opts, 2, 3);
-    assert!(have("iperf3"), "iperf3 not installed (apt-get install iperf3)");
+    assert!(
+        have("iperf3"),
+        "iperf3 not installed (apt-get install iperf3)"
+    );
     let root = tempfile::tempdir().unwrap();
     let iperf_port = free_port();
-    let _iperf = spawn(Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", &iperf_port.to_string()]));
+    let _iperf = spawn(Command::new("iperf3").args([
+        "-s",
+        "-B",
+        "127.0.0.1",
+        "-p",
+        &iperf_port.to_string(),
+    ]));
     wait_port(iperf_port, "iperf3");
     let ng_dir = root.path().join("nginx");
     std::fs::create_dir_all(&ng_dir).unwrap();
@@ -266,33 +300,51 @@ fn main() {
         suite.note("bore not in target/peers/bin");
     }
     for streams in [1u32, 8] {
-        suite.case(&format!("direct_{streams}"), "gbit_per_s", Better::Higher, move || {
-            iperf(iperf_port, streams, secs)
-        });
+        suite.case(
+            &format!("direct_{streams}"),
+            "gbit_per_s",
+            Better::Higher,
+            move || iperf(iperf_port, streams, secs),
+        );
         let p = our.iperf_port;
-        suite.case(&format!("xnat_{streams}"), "gbit_per_s", Better::Higher, move || {
-            iperf(p, streams, secs)
-        });
+        suite.case(
+            &format!("xnat_{streams}"),
+            "gbit_per_s",
+            Better::Higher,
+            move || iperf(p, streams, secs),
+        );
         if let Some(rh) = &rh {
             let p = rh.iperf_port;
-            suite.case(&format!("rathole_{streams}"), "gbit_per_s", Better::Higher, move || {
-                iperf(p, streams, secs)
-            });
+            suite.case(
+                &format!("rathole_{streams}"),
+                "gbit_per_s",
+                Better::Higher,
+                move || iperf(p, streams, secs),
+            );
         }
         if let Some(bo) = &bo {
             let p = bo.iperf_port;
-            suite.case(&format!("bore_{streams}"), "gbit_per_s", Better::Higher, move || {
-                iperf(p, streams, secs)
-            });
+            suite.case(
+                &format!("bore_{streams}"),
+                "gbit_per_s",
+                Better::Higher,
+                move || iperf(p, streams, secs),
+            );
         }
     }
     if let Some(h) = http {
-        suite.case("direct_http", "req_per_s", Better::Higher, move || wrk(h, secs));
+        suite.case("direct_http", "req_per_s", Better::Higher, move || {
+            wrk(h, secs)
+        });
         let p = our.http_port.unwrap();
-        suite.case("xnat_http", "req_per_s", Better::Higher, move || wrk(p, secs));
+        suite.case("xnat_http", "req_per_s", Better::Higher, move || {
+            wrk(p, secs)
+        });
         if let Some(rh) = &rh {
             let p = rh.http_port.unwrap();
-            suite.case("rathole_http", "req_per_s", Better::Higher, move || wrk(p, secs));
+            suite.case("rathole_http", "req_per_s", Better::Higher, move || {
+                wrk(p, secs)
+            });
         }
     } else {
         suite.note("wrk or nginx missing: HTTP cases skipped");

@@ -63,7 +63,9 @@ pub fn run(a: XnatArgs) -> ExitCode {
     let r = match a.verb {
         Verb::Server { config } => zs_xnat::run_relay_file(&config),
         Verb::Agent { config } => zs_xnat::run_agent_file(&config),
-        Verb::Fingerprint { config } => zs_xnat::relay_fingerprint_file(&config).map(|fp| println!("{fp}")),
+        Verb::Fingerprint { config } => {
+            zs_xnat::relay_fingerprint_file(&config).map(|fp| println!("{fp}"))
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

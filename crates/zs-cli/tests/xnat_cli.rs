@@ -22,7 +22,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn echo_server() -> SocketAddr {
@@ -80,7 +84,11 @@ fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kil
     )
     .unwrap();
     // The fingerprint verb creates the identity the server then uses.
-    let out = zs().args(["xnat", "fingerprint", "--config"]).arg(&relay_cfg).output().unwrap();
+    let out = zs()
+        .args(["xnat", "fingerprint", "--config"])
+        .arg(&relay_cfg)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let fp = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(fp.starts_with("sha3-256:") && fp.len() == 9 + 64, "{fp}");
@@ -106,7 +114,10 @@ fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kil
     let agent = spawn_agent(&agent_cfg);
     let t = Instant::now();
     while !round_trip(pa, b"hello") {
-        assert!(t.elapsed() < Duration::from_secs(15), "tunnel never came up");
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "tunnel never came up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for i in 0..20u32 {
@@ -115,20 +126,32 @@ fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kil
     drop(agent); // kill -9
     let t = Instant::now();
     while TcpStream::connect_timeout(&pa, Duration::from_millis(200)).is_ok() {
-        assert!(t.elapsed() < Duration::from_secs(10), "public port still open without agent");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "public port still open without agent"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let restarted = Instant::now();
     let _agent = spawn_agent(&agent_cfg);
     while !round_trip(pa, b"back") {
-        assert!(restarted.elapsed() < Duration::from_secs(10), "tunnel never came back");
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "tunnel never came back"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The process start itself is in this figure; the in-process test of the
     // zs-xnat crate checks the 2 s bound without it.
-    println!("tunnel back {:?} after the agent process restart", restarted.elapsed());
+    println!(
+        "tunnel back {:?} after the agent process restart",
+        restarted.elapsed()
+    );
     for i in 0..20u32 {
-        assert!(round_trip(pa, &i.to_le_bytes()), "request {i} after the restart failed");
+        assert!(
+            round_trip(pa, &i.to_le_bytes()),
+            "request {i} after the restart failed"
+        );
     }
 }
 
@@ -136,13 +159,28 @@ fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kil
 fn config_errors_name_the_file_the_key_and_the_expectation() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[client]\nremote_addr = \"relay:2333\"\ndefault_token = \"x\"\n").unwrap();
-    let out = zs().args(["xnat", "agent", "--config"]).arg(&cfg).output().unwrap();
+    std::fs::write(
+        &cfg,
+        "[client]\nremote_addr = \"relay:2333\"\ndefault_token = \"x\"\n",
+    )
+    .unwrap();
+    let out = zs()
+        .args(["xnat", "agent", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml: key client.relay_fingerprint: required"), "{err}");
+    assert!(
+        err.contains("bad.toml: key client.relay_fingerprint: required"),
+        "{err}"
+    );
     std::fs::write(&cfg, "[server]\nbind_addr = \"0.0.0.0\"\n").unwrap();
-    let out = zs().args(["xnat", "server", "--config"]).arg(&cfg).output().unwrap();
+    let out = zs()
+        .args(["xnat", "server", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -151,5 +189,8 @@ fn config_errors_name_the_file_the_key_and_the_expectation() {
     );
     let help = zs().args(["xnat", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("relay_fingerprint") && help.contains("idle_timeout"), "{help}");
+    assert!(
+        help.contains("relay_fingerprint") && help.contains("idle_timeout"),
+        "{help}"
+    );
 }

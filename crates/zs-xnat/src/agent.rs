@@ -50,8 +50,16 @@ impl Agent {
     /// An agent for `cfg` (nothing happens until [`Agent::run`]).
     pub fn new(cfg: ClientConfig) -> Agent {
         let crypto = Arc::new(CryptoClient::pinned(cfg.relay_fingerprint));
-        let load = cfg.services.keys().map(|k| (k.clone(), Arc::default())).collect();
-        let data = cfg.services.keys().map(|k| (k.clone(), Arc::default())).collect();
+        let load = cfg
+            .services
+            .keys()
+            .map(|k| (k.clone(), Arc::default()))
+            .collect();
+        let data = cfg
+            .services
+            .keys()
+            .map(|k| (k.clone(), Arc::default()))
+            .collect();
         Agent {
             inner: Arc::new(Inner {
                 cfg,
@@ -245,7 +253,8 @@ impl Agent {
                 }
                 data.fetch_add(1, Ordering::Relaxed);
                 let me = self.clone();
-                let (svc, data, load, addr) = (svc.clone(), data.clone(), load.clone(), addr.to_string());
+                let (svc, data, load, addr) =
+                    (svc.clone(), data.clone(), load.clone(), addr.to_string());
                 tokio::spawn(async move {
                     me.data_conn(&addr, &service, &svc, ticket, &load).await;
                     data.fetch_sub(1, Ordering::Relaxed);
@@ -255,7 +264,10 @@ impl Agent {
             Msg::Ping(v) => Some(Msg::Pong(v)),
             Msg::Pong(_) => None,
             other => {
-                debug!(kind = other.kind(), "xnat agent: ignoring unexpected message");
+                debug!(
+                    kind = other.kind(),
+                    "xnat agent: ignoring unexpected message"
+                );
                 None
             }
         }
@@ -292,7 +304,9 @@ impl Agent {
         };
         load.fetch_add(1, Ordering::Relaxed);
         let _l = DecLoad(load);
-        let local = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&svc.local_addr)).await {
+        let local = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&svc.local_addr))
+            .await
+        {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 let n = inc(&stats.local_failures);
@@ -308,9 +322,21 @@ impl Agent {
         inc(&stats.forwarded);
         debug!(%service, %peer, "xnat agent: carrying a public connection");
         let (sr, sw, rest) = conn.split();
-        match pump(local, sr, sw, rest, None, &[&stats.bytes_down], &[&stats.bytes_up]).await {
+        match pump(
+            local,
+            sr,
+            sw,
+            rest,
+            None,
+            &[&stats.bytes_down],
+            &[&stats.bytes_up],
+        )
+        .await
+        {
             End::Done | End::Idle => {}
-            End::Error(e) => debug!(%service, %peer, error = %e, "xnat agent: connection ended with an error"),
+            End::Error(e) => {
+                debug!(%service, %peer, error = %e, "xnat agent: connection ended with an error")
+            }
         }
     }
 }

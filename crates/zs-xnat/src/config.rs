@@ -122,7 +122,12 @@ impl P<'_> {
         }
     }
 
-    fn table<'t>(&self, t: &'t Table, k: &str, path: &str) -> Result<Option<&'t Table>, ConfigError> {
+    fn table<'t>(
+        &self,
+        t: &'t Table,
+        k: &str,
+        path: &str,
+    ) -> Result<Option<&'t Table>, ConfigError> {
         match t.get(k) {
             None => Ok(None),
             Some(Value::Table(x)) => Ok(Some(x)),
@@ -244,11 +249,10 @@ impl Config {
             key: String::new(),
             message: format!("not valid TOML: {}", e.message()),
         })?;
-        p.only(&root, "", &["server", "client"])
-            .map_err(|mut e| {
-                e.key = e.key.trim_start_matches('.').to_string();
-                e
-            })?;
+        p.only(&root, "", &["server", "client"]).map_err(|mut e| {
+            e.key = e.key.trim_start_matches('.').to_string();
+            e
+        })?;
         let server = match p.table(&root, "server", "server")? {
             None => None,
             Some(s) => Some(parse_server(&p, s, base)?),
@@ -280,17 +284,24 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             "handshake_timeout",
         ],
     )?;
-    let bind_addr = p
-        .addr(s, "bind_addr", "server.bind_addr")?
-        .ok_or_else(|| p.e("server.bind_addr", "required: the address agents connect to, like \"0.0.0.0:2333\""))?;
-    let default_token = p.str(s, "default_token", "server.default_token")?.map(String::from);
+    let bind_addr = p.addr(s, "bind_addr", "server.bind_addr")?.ok_or_else(|| {
+        p.e(
+            "server.bind_addr",
+            "required: the address agents connect to, like \"0.0.0.0:2333\"",
+        )
+    })?;
+    let default_token = p
+        .str(s, "default_token", "server.default_token")?
+        .map(String::from);
     p.transport(s, "server")?;
     let identity_file = base.join(
         p.str(s, "identity_file", "server.identity_file")?
             .unwrap_or("xnat-relay.key"),
     );
     let pool_size = p.uint(s, "pool_size", "server.pool_size", 64)?.unwrap_or(8) as usize;
-    let max_agents = p.uint(s, "max_agents", "server.max_agents", 100_000)?.unwrap_or(256) as usize;
+    let max_agents = p
+        .uint(s, "max_agents", "server.max_agents", 100_000)?
+        .unwrap_or(256) as usize;
     let heartbeat_interval = p.secs(s, "heartbeat_interval", "server.heartbeat_interval", 10)?;
     let handshake_timeout = p.secs(s, "handshake_timeout", "server.handshake_timeout", 5)?;
     let mut services = BTreeMap::new();
@@ -304,14 +315,24 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             p.only(
                 t,
                 &path,
-                &["token", "bind_addr", "type", "idle_timeout", "max_connections", "nodelay"],
+                &[
+                    "token",
+                    "bind_addr",
+                    "type",
+                    "idle_timeout",
+                    "max_connections",
+                    "nodelay",
+                ],
             )?;
             p.service_type(t, &path)?;
             p.bool(t, "nodelay", &format!("{path}.nodelay"))?;
             let token = match p.str(t, "token", &format!("{path}.token"))? {
                 Some(t) => t.to_string(),
                 None => default_token.clone().ok_or_else(|| {
-                    p.e(&format!("{path}.token"), "required when server.default_token is not set")
+                    p.e(
+                        &format!("{path}.token"),
+                        "required when server.default_token is not set",
+                    )
                 })?,
             };
             if token.is_empty() {
@@ -319,15 +340,30 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             }
             let bind_addr = p
                 .addr(t, "bind_addr", &format!("{path}.bind_addr"))?
-                .ok_or_else(|| p.e(&format!("{path}.bind_addr"), "required: the public address, like \"0.0.0.0:8080\""))?;
+                .ok_or_else(|| {
+                    p.e(
+                        &format!("{path}.bind_addr"),
+                        "required: the public address, like \"0.0.0.0:8080\"",
+                    )
+                })?;
             services.insert(
                 name.clone(),
                 ServerService {
                     token,
                     bind_addr,
-                    idle_timeout: p.secs(t, "idle_timeout", &format!("{path}.idle_timeout"), 600)?,
+                    idle_timeout: p.secs(
+                        t,
+                        "idle_timeout",
+                        &format!("{path}.idle_timeout"),
+                        600,
+                    )?,
                     max_connections: p
-                        .uint(t, "max_connections", &format!("{path}.max_connections"), 1_000_000)?
+                        .uint(
+                            t,
+                            "max_connections",
+                            &format!("{path}.max_connections"),
+                            1_000_000,
+                        )?
                         .unwrap_or(4096) as usize,
                 },
             );
@@ -366,18 +402,34 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
         remote_addrs.push(a.to_string());
     }
     if let Some(v) = c.get("remote_addrs") {
-        let bad = || p.e("client.remote_addrs", "expected a list of \"host:port\" strings");
-        let Value::Array(a) = v else { return Err(bad()) };
+        let bad = || {
+            p.e(
+                "client.remote_addrs",
+                "expected a list of \"host:port\" strings",
+            )
+        };
+        let Value::Array(a) = v else {
+            return Err(bad());
+        };
         for x in a {
             remote_addrs.push(x.as_str().ok_or_else(bad)?.to_string());
         }
     }
     if remote_addrs.is_empty() {
-        return Err(p.e("client.remote_addr", "required: the relay address, like \"relay.example.com:2333\""));
+        return Err(p.e(
+            "client.remote_addr",
+            "required: the relay address, like \"relay.example.com:2333\"",
+        ));
     }
     for a in &remote_addrs {
-        if a.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
-            return Err(p.e("client.remote_addr", format!("expected \"host:port\", got {a:?}")));
+        if a.rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(p.e(
+                "client.remote_addr",
+                format!("expected \"host:port\", got {a:?}"),
+            ));
         }
     }
     p.transport(c, "client")?;
@@ -388,12 +440,22 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
         )
     })?;
     let relay_fingerprint: Fingerprint = fp_text.parse().map_err(|_| {
-        p.e("client.relay_fingerprint", format!("expected \"sha3-256:\" and 64 hex digits, got {fp_text:?}"))
+        p.e(
+            "client.relay_fingerprint",
+            format!("expected \"sha3-256:\" and 64 hex digits, got {fp_text:?}"),
+        )
     })?;
-    let default_token = p.str(c, "default_token", "client.default_token")?.map(String::from);
-    let retry_max = p.secs(c, "retry_interval", "client.retry_interval", 2)?.max(Duration::from_millis(200));
+    let default_token = p
+        .str(c, "default_token", "client.default_token")?
+        .map(String::from);
+    let retry_max = p
+        .secs(c, "retry_interval", "client.retry_interval", 2)?
+        .max(Duration::from_millis(200));
     let heartbeat_timeout = p.secs(c, "heartbeat_timeout", "client.heartbeat_timeout", 40)?;
-    let agent_name = p.str(c, "agent_name", "client.agent_name")?.unwrap_or("agent").to_string();
+    let agent_name = p
+        .str(c, "agent_name", "client.agent_name")?
+        .unwrap_or("agent")
+        .to_string();
     let mut services = BTreeMap::new();
     if let Some(svcs) = p.table(c, "services", "client.services")? {
         for (name, v) in svcs {
@@ -402,24 +464,50 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
             let Value::Table(t) = v else {
                 return Err(p.e(&path, "expected a table"));
             };
-            p.only(t, &path, &["token", "local_addr", "type", "max_load", "nodelay", "retry_interval"])?;
+            p.only(
+                t,
+                &path,
+                &[
+                    "token",
+                    "local_addr",
+                    "type",
+                    "max_load",
+                    "nodelay",
+                    "retry_interval",
+                ],
+            )?;
             p.service_type(t, &path)?;
             p.bool(t, "nodelay", &format!("{path}.nodelay"))?;
             let token = match p.str(t, "token", &format!("{path}.token"))? {
                 Some(t) => t.to_string(),
                 None => default_token.clone().ok_or_else(|| {
-                    p.e(&format!("{path}.token"), "required when client.default_token is not set")
+                    p.e(
+                        &format!("{path}.token"),
+                        "required when client.default_token is not set",
+                    )
                 })?,
             };
             let local_addr = p
                 .str(t, "local_addr", &format!("{path}.local_addr"))?
-                .ok_or_else(|| p.e(&format!("{path}.local_addr"), "required: the intranet service, like \"127.0.0.1:80\""))?
+                .ok_or_else(|| {
+                    p.e(
+                        &format!("{path}.local_addr"),
+                        "required: the intranet service, like \"127.0.0.1:80\"",
+                    )
+                })?
                 .to_string();
             let max_load = p
                 .uint(t, "max_load", &format!("{path}.max_load"), u32::MAX as u64)?
                 .unwrap_or(4096)
                 .max(1) as u32;
-            services.insert(name.clone(), ClientService { token, local_addr, max_load });
+            services.insert(
+                name.clone(),
+                ClientService {
+                    token,
+                    local_addr,
+                    max_load,
+                },
+            );
         }
     }
     Ok(ClientConfig {
@@ -500,12 +588,18 @@ max_load = 10
             e.to_string(),
             "x.toml: key server.bind_addr: expected a socket address like \"0.0.0.0:8080\", got \"nope\""
         );
-        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\n[server.services.a]\nbind_addr = \"0.0.0.0:2\"\n").unwrap_err();
+        let e = parse(
+            "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.services.a]\nbind_addr = \"0.0.0.0:2\"\n",
+        )
+        .unwrap_err();
         assert_eq!(e.key, "server.services.a.token");
         let e = parse("[client]\nremote_addr = \"r:1\"\n").unwrap_err();
         assert_eq!(e.key, "client.relay_fingerprint");
         assert!(e.message.contains("zs xnat fingerprint"));
-        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\n[server.transport]\ntype = \"websocket\"\n").unwrap_err();
+        let e = parse(
+            "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.transport]\ntype = \"websocket\"\n",
+        )
+        .unwrap_err();
         assert_eq!(e.key, "server.transport.type");
         let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\nbogus = 1\n").unwrap_err();
         assert_eq!(e.key, "server.bogus");
@@ -517,9 +611,13 @@ max_load = 10
         assert_eq!(e.key, "server");
         let e = parse("= =").unwrap_err();
         assert!(e.to_string().starts_with("x.toml: not valid TOML"));
-        let e = parse(&format!("[client]\nremote_addr = \"r\"\nrelay_fingerprint = \"{FP}\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "[client]\nremote_addr = \"r\"\nrelay_fingerprint = \"{FP}\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "client.remote_addr");
-        let e = parse("[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"abc\"\n").unwrap_err();
+        let e =
+            parse("[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"abc\"\n").unwrap_err();
         assert_eq!(e.key, "client.relay_fingerprint");
     }
 }

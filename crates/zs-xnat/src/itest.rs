@@ -21,7 +21,11 @@ use crate::{Agent, Relay};
 const SEED: [u8; 32] = [42; 32];
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn have(program: &str) -> bool {
@@ -58,7 +62,10 @@ impl Drop for Proc {
 fn wait_port(addr: SocketAddr) {
     let t = Instant::now();
     while StdStream::connect(addr).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "{addr} never listened");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{addr} never listened"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -94,7 +101,13 @@ fn http_server(dir: &Path) -> Option<(Proc, SocketAddr, &'static str)> {
     need("python3")?;
     std::fs::write(dir.join("index.html"), "hello through xnat\n").unwrap();
     let child = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -172,7 +185,10 @@ fn start_relay(cfg: ServerConfig) -> (Side, Relay) {
     let side = Side::new();
     let relay = side
         .rt()
-        .block_on(Relay::bind_with_identity(cfg, ServerIdentity::from_seed(&SEED).unwrap()))
+        .block_on(Relay::bind_with_identity(
+            cfg,
+            ServerIdentity::from_seed(&SEED).unwrap(),
+        ))
         .unwrap();
     side.rt().spawn(relay.clone().run());
     (side, relay)
@@ -242,11 +258,18 @@ fn echo_server() -> SocketAddr {
 fn http_requests_through_the_tunnel_with_a_real_server_and_curl() {
     let Some(()) = need("curl") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let Some((_srv, http, body)) = http_server(dir.path()) else { return };
+    let Some((_srv, http, body)) = http_server(dir.path()) else {
+        return;
+    };
     let public = free_port();
     let (_rs, relay) = start_relay(relay_cfg(0, &[("web", "tok", public)]));
-    let (_as, agent) = start_agent(agent_cfg(&[relay.local_addr()], &[("web", "tok", http, 100)]));
-    wait_until("public port", Duration::from_secs(5), || relay.public_addr("web").is_some());
+    let (_as, agent) = start_agent(agent_cfg(
+        &[relay.local_addr()],
+        &[("web", "tok", http, 100)],
+    ));
+    wait_until("public port", Duration::from_secs(5), || {
+        relay.public_addr("web").is_some()
+    });
     let pa = relay.public_addr("web").unwrap();
     for _ in 0..20 {
         assert_eq!(curl(pa).as_deref(), Some(body));
@@ -263,7 +286,9 @@ fn bytes_are_exact_both_ways_with_half_close() {
     let echo = echo_server();
     let (_rs, relay) = start_relay(relay_cfg(0, &[("echo", "t", 0)]));
     let (_as, _agent) = start_agent(agent_cfg(&[relay.local_addr()], &[("echo", "t", echo, 10)]));
-    wait_until("public port", Duration::from_secs(5), || relay.public_addr("echo").is_some());
+    wait_until("public port", Duration::from_secs(5), || {
+        relay.public_addr("echo").is_some()
+    });
     let pa = relay.public_addr("echo").unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
     let mut s = StdStream::connect(pa).unwrap();
@@ -289,10 +314,14 @@ fn public_port_listens_only_while_an_agent_serves_the_mapping() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(StdStream::connect(pa).is_err(), "listens before any agent");
     let agent = start_agent(agent_cfg(&[relay.local_addr()], &[("echo", "t", echo, 10)]));
-    wait_until("public port", Duration::from_secs(5), || StdStream::connect(pa).is_ok());
+    wait_until("public port", Duration::from_secs(5), || {
+        StdStream::connect(pa).is_ok()
+    });
     assert_eq!(stat(&relay, "listeners_opened"), 1);
     drop(agent); // the agent dies
-    wait_until("public port closed", Duration::from_secs(5), || StdStream::connect(pa).is_err());
+    wait_until("public port closed", Duration::from_secs(5), || {
+        StdStream::connect(pa).is_err()
+    });
     assert_eq!(stat(&relay, "listeners_closed"), 1);
     assert_eq!(relay.public_addr("echo"), None);
 }
@@ -303,14 +332,22 @@ fn wrong_token_and_unknown_service_are_refused_counted_and_others_carry_on() {
     let (_rs, relay) = start_relay(relay_cfg(0, &[("good", "right", 0), ("bad", "right", 0)]));
     let (_as, agent) = start_agent(agent_cfg(
         &[relay.local_addr()],
-        &[("good", "right", echo, 10), ("bad", "WRONG", echo, 10), ("ghost", "x", echo, 10)],
+        &[
+            ("good", "right", echo, 10),
+            ("bad", "WRONG", echo, 10),
+            ("ghost", "x", echo, 10),
+        ],
     ));
     wait_until("refusals", Duration::from_secs(5), || {
         agent.stats().refused.load(Ordering::Relaxed) == 2 && relay.public_addr("good").is_some()
     });
     assert_eq!(stat(&relay, "auth_failures"), 1);
     assert_eq!(stat(&relay, "unknown_service"), 1);
-    assert_eq!(relay.public_addr("bad"), None, "a wrong token opens no port");
+    assert_eq!(
+        relay.public_addr("bad"),
+        None,
+        "a wrong token opens no port"
+    );
     let mut s = StdStream::connect(relay.public_addr("good").unwrap()).unwrap();
     s.write_all(b"ping").unwrap();
     let mut b = [0u8; 4];
@@ -329,24 +366,53 @@ fn a_replayed_proof_from_another_session_is_refused() {
     side.rt().block_on(async {
         let connect = || async {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut c = SecureConn::connect(tcp, cfg.clone(), Duration::from_secs(2)).await.unwrap();
-            c.send(&Msg::Hello { version: proto::VERSION, agent: "x".into() }).await.unwrap();
-            let Msg::Challenge { nonce } = c.recv().await.unwrap() else { panic!() };
+            let mut c = SecureConn::connect(tcp, cfg.clone(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            c.send(&Msg::Hello {
+                version: proto::VERSION,
+                agent: "x".into(),
+            })
+            .await
+            .unwrap();
+            let Msg::Challenge { nonce } = c.recv().await.unwrap() else {
+                panic!()
+            };
             (c, nonce)
         };
         let (mut a, na) = connect().await;
         let p = proto::proof("token", &na, &a.channel_binding(), "svc");
-        a.send(&Msg::Register { service: "svc".into(), max_load: 1, proof: p }).await.unwrap();
-        assert_eq!(a.recv().await.unwrap(), Msg::Registered { service: "svc".into() });
+        a.send(&Msg::Register {
+            service: "svc".into(),
+            max_load: 1,
+            proof: p,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            a.recv().await.unwrap(),
+            Msg::Registered {
+                service: "svc".into()
+            }
+        );
         let (mut b, _) = connect().await;
-        b.send(&Msg::Register { service: "svc".into(), max_load: 1, proof: p }).await.unwrap();
+        b.send(&Msg::Register {
+            service: "svc".into(),
+            max_load: 1,
+            proof: p,
+        })
+        .await
+        .unwrap();
         let m = loop {
             match b.recv().await.unwrap() {
                 Msg::Ping(_) => continue,
                 m => break m,
             }
         };
-        assert!(matches!(m, Msg::Refused { ref reason, .. } if reason == "wrong token"), "{m:?}");
+        assert!(
+            matches!(m, Msg::Refused { ref reason, .. } if reason == "wrong token"),
+            "{m:?}"
+        );
     });
     assert_eq!(stat(&relay, "auth_failures"), 1);
 }
@@ -373,10 +439,14 @@ fn a_public_client_that_never_sends_is_closed_by_the_idle_timeout() {
     cfg.services.get_mut("echo").unwrap().idle_timeout = Duration::from_millis(600);
     let (_rs, relay) = start_relay(cfg);
     let (_as, _agent) = start_agent(agent_cfg(&[relay.local_addr()], &[("echo", "t", echo, 10)]));
-    wait_until("public port", Duration::from_secs(5), || relay.public_addr("echo").is_some());
+    wait_until("public port", Duration::from_secs(5), || {
+        relay.public_addr("echo").is_some()
+    });
     let pa = relay.public_addr("echo").unwrap();
     let mut silent = StdStream::connect(pa).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     // Meanwhile an active client carries on.
     let mut busy = StdStream::connect(pa).unwrap();
     for _ in 0..5 {
@@ -386,7 +456,11 @@ fn a_public_client_that_never_sends_is_closed_by_the_idle_timeout() {
         std::thread::sleep(Duration::from_millis(150));
     }
     let mut b = [0u8; 1];
-    assert_eq!(silent.read(&mut b).unwrap(), 0, "the silent client is closed");
+    assert_eq!(
+        silent.read(&mut b).unwrap(),
+        0,
+        "the silent client is closed"
+    );
     assert!(stat(&relay, "idle_timeouts") >= 1);
     busy.write_all(b"y").unwrap();
     busy.read_exact(&mut b).unwrap();
@@ -417,7 +491,8 @@ fn a_service_that_never_reads_holds_bounded_memory_and_times_out() {
         relay.public_addr("stuck").is_some() && relay.public_addr("echo").is_some()
     });
     let mut s = StdStream::connect(relay.public_addr("stuck").unwrap()).unwrap();
-    s.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let chunk = vec![0u8; 64 * 1024];
     let mut sent = 0usize;
     let t = Instant::now();
@@ -428,8 +503,13 @@ fn a_service_that_never_reads_holds_bounded_memory_and_times_out() {
         }
     }
     // Kernel buffers on 4 sockets plus one 64 KiB buffer per pump direction.
-    assert!(sent < 64 << 20, "{sent} bytes accepted: nothing pushes back");
-    wait_until("idle close", Duration::from_secs(5), || stat(&relay, "idle_timeouts") >= 1);
+    assert!(
+        sent < 64 << 20,
+        "{sent} bytes accepted: nothing pushes back"
+    );
+    wait_until("idle close", Duration::from_secs(5), || {
+        stat(&relay, "idle_timeouts") >= 1
+    });
     // The other mapping is unaffected.
     let mut e = StdStream::connect(relay.public_addr("echo").unwrap()).unwrap();
     e.write_all(b"ok").unwrap();
@@ -447,15 +527,34 @@ fn a_silent_agent_is_dropped_by_the_heartbeat_and_its_port_closes() {
     let addr = relay.local_addr();
     let _conn = side.rt().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut c = SecureConn::connect(tcp, cfg, Duration::from_secs(2)).await.unwrap();
-        c.send(&Msg::Hello { version: proto::VERSION, agent: "mute".into() }).await.unwrap();
-        let Msg::Challenge { nonce } = c.recv().await.unwrap() else { panic!() };
+        let mut c = SecureConn::connect(tcp, cfg, Duration::from_secs(2))
+            .await
+            .unwrap();
+        c.send(&Msg::Hello {
+            version: proto::VERSION,
+            agent: "mute".into(),
+        })
+        .await
+        .unwrap();
+        let Msg::Challenge { nonce } = c.recv().await.unwrap() else {
+            panic!()
+        };
         let p = proto::proof("token", &nonce, &c.channel_binding(), "svc");
-        c.send(&Msg::Register { service: "svc".into(), max_load: 1, proof: p }).await.unwrap();
+        c.send(&Msg::Register {
+            service: "svc".into(),
+            max_load: 1,
+            proof: p,
+        })
+        .await
+        .unwrap();
         c // then never reads nor writes again
     });
-    wait_until("registered", Duration::from_secs(3), || relay.public_addr("svc").is_some());
-    wait_until("dropped", Duration::from_secs(8), || stat(&relay, "agents_lost") == 1);
+    wait_until("registered", Duration::from_secs(3), || {
+        relay.public_addr("svc").is_some()
+    });
+    wait_until("dropped", Duration::from_secs(8), || {
+        stat(&relay, "agents_lost") == 1
+    });
     assert_eq!(relay.public_addr("svc"), None);
     assert_eq!(stat(&relay, "agents_connected"), 0);
 }
@@ -469,7 +568,9 @@ fn garbage_and_bad_tickets_are_counted_and_closed() {
     g.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut b = [0u8; 64];
     let _ = g.read(&mut b);
-    wait_until("handshake failure", Duration::from_secs(5), || stat(&relay, "handshake_failures") >= 1);
+    wait_until("handshake failure", Duration::from_secs(5), || {
+        stat(&relay, "handshake_failures") >= 1
+    });
     // A data connection with a made-up ticket.
     let side = Side::new();
     let fp = ServerIdentity::from_seed(&SEED).unwrap().fingerprint();
@@ -477,7 +578,9 @@ fn garbage_and_bad_tickets_are_counted_and_closed() {
     let addr = relay.local_addr();
     side.rt().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut c = SecureConn::connect(tcp, cfg, Duration::from_secs(2)).await.unwrap();
+        let mut c = SecureConn::connect(tcp, cfg, Duration::from_secs(2))
+            .await
+            .unwrap();
         c.send(&Msg::DataHello { ticket: [7; 16] }).await.unwrap();
         assert!(c.recv().await.is_err(), "closed");
     });
@@ -488,28 +591,46 @@ fn garbage_and_bad_tickets_are_counted_and_closed() {
 fn agent_killed_and_restarted_during_a_request_loop_is_back_within_2s() {
     let Some(()) = need("curl") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let Some((_srv, http, body)) = http_server(dir.path()) else { return };
+    let Some((_srv, http, body)) = http_server(dir.path()) else {
+        return;
+    };
     let public = free_port();
     let pa: SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
     let (_rs, relay) = start_relay(relay_cfg(0, &[("web", "tok", public)]));
     let acfg = agent_cfg(&[relay.local_addr()], &[("web", "tok", http, 100)]);
     let agent = start_agent(acfg.clone());
-    wait_until("public port", Duration::from_secs(5), || relay.public_addr("web").is_some());
+    wait_until("public port", Duration::from_secs(5), || {
+        relay.public_addr("web").is_some()
+    });
     let mut ok_before = 0;
     for _ in 0..10 {
-        assert_eq!(curl(pa).as_deref(), Some(body), "no request fails while the agent is up");
+        assert_eq!(
+            curl(pa).as_deref(),
+            Some(body),
+            "no request fails while the agent is up"
+        );
         ok_before += 1;
     }
     drop(agent); // kill
-    wait_until("port closed", Duration::from_secs(5), || relay.public_addr("web").is_none());
+    wait_until("port closed", Duration::from_secs(5), || {
+        relay.public_addr("web").is_none()
+    });
     assert_eq!(curl(pa), None, "nothing listens while no agent serves");
     let restarted = Instant::now();
     let _agent = start_agent(acfg);
-    wait_until("first request after restart", Duration::from_secs(2), || curl(pa).as_deref() == Some(body));
+    wait_until(
+        "first request after restart",
+        Duration::from_secs(2),
+        || curl(pa).as_deref() == Some(body),
+    );
     let back = restarted.elapsed();
     println!("tunnel back {back:?} after the agent restart");
     for _ in 0..10 {
-        assert_eq!(curl(pa).as_deref(), Some(body), "no request fails after the restart");
+        assert_eq!(
+            curl(pa).as_deref(),
+            Some(body),
+            "no request fails after the restart"
+        );
     }
     assert_eq!(ok_before, 10);
 }
@@ -521,7 +642,9 @@ fn a_relay_that_disappears_is_redialed_and_mappings_reinstalled() {
     let public = free_port();
     let (rs, relay) = start_relay(relay_cfg(port, &[("echo", "t", public)]));
     let (_as, agent) = start_agent(agent_cfg(&[relay.local_addr()], &[("echo", "t", echo, 10)]));
-    wait_until("registered", Duration::from_secs(5), || relay.public_addr("echo").is_some());
+    wait_until("registered", Duration::from_secs(5), || {
+        relay.public_addr("echo").is_some()
+    });
     drop(rs); // the relay process dies
     wait_until("loss noticed", Duration::from_secs(5), || {
         agent.stats().relay_lost.load(Ordering::Relaxed) == 1
@@ -530,7 +653,9 @@ fn a_relay_that_disappears_is_redialed_and_mappings_reinstalled() {
         agent.stats().connect_failures.load(Ordering::Relaxed) >= 1
     });
     let (_rs2, relay2) = start_relay(relay_cfg(port, &[("echo", "t", public)]));
-    let back = wait_until("re-registered", Duration::from_secs(3), || relay2.public_addr("echo").is_some());
+    let back = wait_until("re-registered", Duration::from_secs(3), || {
+        relay2.public_addr("echo").is_some()
+    });
     println!("mapping re-installed {back:?} after the relay came back");
     let mut s = StdStream::connect(relay2.public_addr("echo").unwrap()).unwrap();
     s.write_all(b"again").unwrap();
@@ -545,7 +670,10 @@ fn one_agent_on_two_relays_survives_losing_one() {
     let echo = echo_server();
     let (ra_side, ra) = start_relay(relay_cfg(0, &[("echo", "t", 0)]));
     let (_rb_side, rb) = start_relay(relay_cfg(0, &[("echo", "t", 0)]));
-    let (_as, _agent) = start_agent(agent_cfg(&[ra.local_addr(), rb.local_addr()], &[("echo", "t", echo, 10)]));
+    let (_as, _agent) = start_agent(agent_cfg(
+        &[ra.local_addr(), rb.local_addr()],
+        &[("echo", "t", echo, 10)],
+    ));
     wait_until("both serve", Duration::from_secs(5), || {
         ra.public_addr("echo").is_some() && rb.public_addr("echo").is_some()
     });
@@ -554,7 +682,7 @@ fn one_agent_on_two_relays_survives_losing_one() {
     let mut b = [0u8; 1];
     on_b.read_exact(&mut b).unwrap();
     drop(ra_side); // relay A dies
-    // The connection on relay B carries on, and B accepts new ones.
+                   // The connection on relay B carries on, and B accepts new ones.
     on_b.write_all(b"2").unwrap();
     on_b.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"2");
@@ -569,7 +697,10 @@ fn least_load_selection_prefers_the_agent_with_room() {
     let echo = echo_server();
     let (_rs, relay) = start_relay(relay_cfg(0, &[("echo", "t", 0)]));
     let (_a1, small) = start_agent(agent_cfg(&[relay.local_addr()], &[("echo", "t", echo, 2)]));
-    let (_a2, big) = start_agent(agent_cfg(&[relay.local_addr()], &[("echo", "t", echo, 100)]));
+    let (_a2, big) = start_agent(agent_cfg(
+        &[relay.local_addr()],
+        &[("echo", "t", echo, 100)],
+    ));
     wait_until("two agents", Duration::from_secs(5), || {
         relay.mapping_stats()["echo"]["agents"] == 2
     });

@@ -193,9 +193,7 @@ impl Msg {
                 max_load: r.u32()?,
                 proof: r.arr()?,
             },
-            0x04 => Msg::Registered {
-                service: r.name()?,
-            },
+            0x04 => Msg::Registered { service: r.name()? },
             0x05 => Msg::Refused {
                 service: r.name()?,
                 reason: r.str()?,
@@ -512,10 +510,7 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_errors() {
-        assert_eq!(
-            Msg::decode(0x7f, &[]),
-            Err(ProtoError::UnknownKind(0x7f))
-        );
+        assert_eq!(Msg::decode(0x7f, &[]), Err(ProtoError::UnknownKind(0x7f)));
         assert!(Msg::decode(0x08, &[1, 2, 3]).is_err());
         assert!(Msg::decode(0x08, &[0; 9]).is_err());
         assert!(Msg::decode(0x04, &[0, 0]).is_err(), "empty name");

@@ -44,7 +44,12 @@ const MAX_REFUSALS: u32 = 16;
 /// Loads the relay identity seed from `path` (64 hex digits), creating it
 /// (mode 0600) when the file does not exist.
 pub fn load_or_create_identity(path: &Path) -> io::Result<ServerIdentity> {
-    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {m}", path.display()));
+    let bad = |m: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {m}", path.display()),
+        )
+    };
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let bytes = zs_crypto::hash::from_hex(text.trim())
@@ -132,7 +137,10 @@ impl Relay {
     }
 
     /// Binds `cfg.bind_addr` with `identity` (`identity_file` is ignored).
-    pub async fn bind_with_identity(cfg: ServerConfig, identity: ServerIdentity) -> io::Result<Relay> {
+    pub async fn bind_with_identity(
+        cfg: ServerConfig,
+        identity: ServerIdentity,
+    ) -> io::Result<Relay> {
         let listener = TcpListener::bind(cfg.bind_addr).await?;
         let addr = listener.local_addr()?;
         let fingerprint = identity.fingerprint();
@@ -229,7 +237,12 @@ impl Relay {
     }
 
     async fn housekeeping(self) {
-        let mut tick = tokio::time::interval(self.inner.cfg.heartbeat_interval.max(Duration::from_millis(100)));
+        let mut tick = tokio::time::interval(
+            self.inner
+                .cfg
+                .heartbeat_interval
+                .max(Duration::from_millis(100)),
+        );
         let mut n = 0u64;
         loop {
             tick.tick().await;
@@ -261,7 +274,12 @@ impl Relay {
         }
     }
 
-    async fn incoming(self, tcp: TcpStream, peer: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) {
+    async fn incoming(
+        self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let hs = self.inner.cfg.handshake_timeout;
         let mut conn = match SecureConn::accept(tcp, self.inner.crypto.clone(), hs).await {
             Ok(c) => c,
@@ -418,7 +436,16 @@ impl Relay {
             loop {
                 match dec.next_msg() {
                     Ok(Some(m)) => {
-                        if let Err(r) = self.on_control(id, &agent_name, peer, &tx, &nonce, &binding, &mut refusals, m) {
+                        if let Err(r) = self.on_control(
+                            id,
+                            &agent_name,
+                            peer,
+                            &tx,
+                            &nonce,
+                            &binding,
+                            &mut refusals,
+                            m,
+                        ) {
                             break 'session r;
                         }
                     }
@@ -436,7 +463,9 @@ impl Relay {
                 Ok(Ok(true)) => dec.push(&buf),
                 Ok(Ok(false)) => break 'session "agent closed the connection".into(),
                 Ok(Err(e)) => break 'session format!("read error: {e}"),
-                Err(_) => break 'session format!("no message for {} s (heartbeat)", dead_after.as_secs()),
+                Err(_) => {
+                    break 'session format!("no message for {} s (heartbeat)", dead_after.as_secs())
+                }
             }
         };
         self.remove_agent(id);
@@ -470,18 +499,19 @@ impl Relay {
                 proof,
             } => {
                 let mut st = self.inner.state.lock().expect("relay state");
-                let refuse = |st: std::sync::MutexGuard<'_, State>, reason: String, refusals: &mut u32| {
-                    drop(st);
-                    *refusals += 1;
-                    send(Msg::Refused {
-                        service: service.clone(),
-                        reason,
-                    })?;
-                    if *refusals > MAX_REFUSALS {
-                        return Err("too many refused registrations".to_string());
-                    }
-                    Ok(())
-                };
+                let refuse =
+                    |st: std::sync::MutexGuard<'_, State>, reason: String, refusals: &mut u32| {
+                        drop(st);
+                        *refusals += 1;
+                        send(Msg::Refused {
+                            service: service.clone(),
+                            reason,
+                        })?;
+                        if *refusals > MAX_REFUSALS {
+                            return Err("too many refused registrations".to_string());
+                        }
+                        Ok(())
+                    };
                 let Some(svc) = st.services.get(&service) else {
                     let n = inc(&self.inner.stats.unknown_service);
                     warn!(%peer, agent = agent_name, %service, unknown_service = n, "xnat relay: agent registers an unknown service");
@@ -524,7 +554,9 @@ impl Relay {
                     pool: VecDeque::new(),
                     requested: 0,
                 });
-                svc.stats.agents.store(svc.agents.len() as u64, Ordering::Relaxed);
+                svc.stats
+                    .agents
+                    .store(svc.agents.len() as u64, Ordering::Relaxed);
                 drop(st);
                 send(Msg::Registered {
                     service: service.clone(),
@@ -549,7 +581,10 @@ impl Relay {
             Msg::Pong(_) => {}
             other => {
                 inc(&self.inner.stats.protocol_errors);
-                return Err(format!("unexpected message kind 0x{:02x} on a control session", other.kind()));
+                return Err(format!(
+                    "unexpected message kind 0x{:02x} on a control session",
+                    other.kind()
+                ));
             }
         }
         Ok(())
@@ -562,7 +597,9 @@ impl Relay {
             let before = svc.agents.len();
             svc.agents.retain(|a| a.id != id);
             if svc.agents.len() != before {
-                svc.stats.agents.store(svc.agents.len() as u64, Ordering::Relaxed);
+                svc.stats
+                    .agents
+                    .store(svc.agents.len() as u64, Ordering::Relaxed);
                 if svc.agents.is_empty() {
                     if let Some((task, addr)) = svc.listener.take() {
                         task.abort();
@@ -602,15 +639,21 @@ impl Relay {
                     .agents
                     .iter()
                     .min_by(|a, b| {
-                        let la = a.active.load(Ordering::Relaxed).max(a.reported as u64) as f64 / a.max_load as f64;
-                        let lb = b.active.load(Ordering::Relaxed).max(b.reported as u64) as f64 / b.max_load as f64;
+                        let la = a.active.load(Ordering::Relaxed).max(a.reported as u64) as f64
+                            / a.max_load as f64;
+                        let lb = b.active.load(Ordering::Relaxed).max(b.reported as u64) as f64
+                            / b.max_load as f64;
                         la.total_cmp(&lb)
                     })
                     .map(|a| a.id);
                 let Some(agent) = best else {
                     return Err("no agent serves the mapping");
                 };
-                let a = svc.agents.iter_mut().find(|a| a.id == agent).expect("found");
+                let a = svc
+                    .agents
+                    .iter_mut()
+                    .find(|a| a.id == agent)
+                    .expect("found");
                 if a.active.load(Ordering::Relaxed) >= a.max_load as u64 {
                     return Err("every agent is at its max_load");
                 }
