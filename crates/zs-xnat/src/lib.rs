@@ -96,6 +96,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod node;
 pub mod proto;
 mod pump;
 pub mod relay;
@@ -107,6 +108,7 @@ mod itest;
 
 pub use agent::Agent;
 pub use config::{Config, ConfigError};
+pub use node::Node;
 pub use relay::Relay;
 
 /// Runs the relay of config file `path` on a new tokio runtime until the
