@@ -60,7 +60,8 @@ impl SecureConn {
             tcp,
             session: Box::new(session),
             dec: Decoder::new(),
-            buf: vec![0; READ_BUF],
+            // Small until the connection carries data (pooled ones stay small).
+            buf: vec![0; 4096],
             out: Vec::new(),
             eof: false,
         };
@@ -74,6 +75,7 @@ impl SecureConn {
         })
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
+        c.session.shrink();
         Ok(c)
     }
 
@@ -146,9 +148,10 @@ impl SecureConn {
             tcp,
             session,
             mut dec,
-            buf,
+            mut buf,
             ..
         } = self;
+        buf.resize(READ_BUF, 0);
         let (r, w) = tcp.into_split();
         let shared = Arc::new(Shared {
             session: std::sync::Mutex::new(session),
@@ -221,7 +224,15 @@ impl SecureRead {
                 }
             }
             // Key updates or close acknowledgements may need an answer.
-            self.s.flush().await?;
+            let pending = self
+                .s
+                .session
+                .lock()
+                .map_err(|_| err("poisoned"))?
+                .has_output();
+            if pending {
+                self.s.flush().await?;
+            }
             if !out.is_empty() {
                 return Ok(true);
             }
