@@ -40,9 +40,65 @@ pub struct Tool {
 pub const TEST_TOOLS: &[Tool] = &[
     // one line per tool: Tool { program, source: Source::Apt(&[packages]), used_by }
     Tool { program: "initdb", source: Source::Apt(&["postgresql"]), used_by: "zs-tx PostgreSQL backend tests (initdb, pg_ctl; Debian puts them in /usr/lib/postgresql/*/bin)" },
+    Tool {
+        program: "nginx",
+        source: Source::Apt(&["nginx-light"]),
+        used_by: "zs-xnat tests",
+    },
+    Tool {
+        program: "curl",
+        source: Source::Apt(&["curl"]),
+        used_by: "zs-xnat tests",
+    },
 ];
 
 /// Programs a bench suite starts: (suite, tool).
 pub const BENCH_TOOLS: &[(&str, Tool)] = &[
     // one line per (suite, tool)
+    (
+        "xnat",
+        Tool {
+            program: "iperf3",
+            source: Source::Apt(&["iperf3"]),
+            used_by: "bench xnat",
+        },
+    ),
+    (
+        "xnat",
+        Tool {
+            program: "wrk",
+            source: Source::Apt(&["wrk"]),
+            used_by: "bench xnat",
+        },
+    ),
+    (
+        "xnat",
+        Tool {
+            program: "nginx",
+            source: Source::Apt(&["nginx-light"]),
+            used_by: "bench xnat",
+        },
+    ),
+    (
+        "xnat",
+        Tool {
+            program: "rathole",
+            source: Source::Cargo {
+                krate: "rathole",
+                locked: false,
+            },
+            used_by: "bench xnat",
+        },
+    ),
+    (
+        "xnat",
+        Tool {
+            program: "bore",
+            source: Source::Cargo {
+                krate: "bore-cli",
+                locked: true,
+            },
+            used_by: "bench xnat",
+        },
+    ),
 ];

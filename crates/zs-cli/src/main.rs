@@ -13,6 +13,7 @@ mod call;
 mod db;
 mod expr;
 mod serve;
+mod xnat;
 
 /// The zserver command line.
 #[derive(Debug, Parser)]
@@ -40,6 +41,7 @@ enum Command {
     Expr(expr::ExprArgs),
     /// Load a running zserver: rpc calls, BigStream transfers or idle sessions.
     Bench(bench::BenchArgs),
+    Xnat(xnat::XnatArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,5 +53,6 @@ fn main() -> ExitCode {
         Command::Db(a) => db::run(a),
         Command::Expr(a) => expr::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Xnat(a) => xnat::run(a),
     }
 }

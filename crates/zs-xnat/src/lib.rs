@@ -1,8 +1,157 @@
-//! # zs-xnat: NAT traversal
+//! # zs-xnat: expose intranet TCP services through a public relay
 //!
-//! Status: **not built yet** (XNAT issue). This crate will hold a public relay
-//! server and an intranet agent that dials out, with named port mappings, token
-//! authentication and an encrypted tunnel.
+//! A **relay** (`zs xnat server --config relay.toml`) runs on a public host; an
+//! **agent** (`zs xnat agent --config agent.toml`) runs next to the intranet
+//! services and dials out to it. Each named mapping ("service") gets a public
+//! port on the relay that **listens only while at least one agent serves it**
+//! (the seed's rule); a public connection is carried to the agent that has the
+//! lowest `current / max_load`, then to the service's `local_addr`.
 //!
-//! Until then the crate exports nothing.
+//! Security by default:
+//! - every byte between agent and relay (control and data) runs inside a
+//!   zs-crypto session (X25519 + AES-256-GCM / ChaCha20-Poly1305) whose relay
+//!   key is **pinned by fingerprint** (`relay_fingerprint`);
+//! - a service token is never sent: the agent proves it with
+//!   HMAC-SHA256(token, nonce ‖ channel binding ‖ name) ([`proto::proof`]), so
+//!   a proof cannot be replayed on another session;
+//! - data connections present a random single-use 128-bit ticket the relay
+//!   issued over the authenticated control session.
+//!
+//! ## Configuration: rathole's format, plus our keys
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `[server] bind_addr` | where agents connect (rathole) |
+//! | `[server] default_token` | token of services without one (rathole) |
+//! | `[server.services.NAME] token`, `bind_addr` | per mapping (rathole) |
+//! | `[server.services.NAME] type` | `"tcp"` (rathole; `"udp"` is refused: not supported yet) |
+//! | `[server.services.NAME] idle_timeout` | ours: seconds without a byte moved before a public connection is closed (600) |
+//! | `[server.services.NAME] max_connections` | ours: public connections at once (4096) |
+//! | `[server] identity_file` | ours: the relay's Ed25519 seed, created on first start (`xnat-relay.key` next to the config) |
+//! | `[server] pool_size` | ours: ready data connections per agent and mapping (8, like rathole) |
+//! | `[server] max_agents`, `heartbeat_interval`, `handshake_timeout` | ours / rathole: 256, 10 s, 5 s |
+//! | `[client] remote_addr` | the relay (rathole); ours: `remote_addrs = [..]` keeps one tunnel to **each** relay |
+//! | `[client] relay_fingerprint` | ours, **required**: `sha3-256:<64 hex>`, printed by the relay at start and by `zs xnat fingerprint` |
+//! | `[client] default_token`, `[client.services.NAME] token`, `local_addr` | rathole |
+//! | `[client.services.NAME] max_load` | ours: connections this agent takes (4096) |
+//! | `[client] retry_interval`, `heartbeat_timeout` | rathole's names: longest reconnect backoff (2 s), relay silence before reconnecting (40 s) |
+//! | `agent_name` | ours: shown in the relay's logs |
+//! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); rathole's `tls`/`websocket` are refused with an error |
+//!
+//! Errors name the file, the key and what is expected ([`config::ConfigError`]).
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use zs_xnat::{config::Config, Agent, Relay};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // An intranet echo service.
+//! let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let echo_addr = echo.local_addr().unwrap();
+//! tokio::spawn(async move {
+//!     loop {
+//!         let (mut s, _) = echo.accept().await.unwrap();
+//!         tokio::spawn(async move {
+//!             let (mut r, mut w) = s.split();
+//!             let _ = tokio::io::copy(&mut r, &mut w).await;
+//!         });
+//!     }
+//! });
+//! let dir = tempfile::tempdir().unwrap();
+//! let relay_cfg = Config::parse(r#"
+//!     [server]
+//!     bind_addr = "127.0.0.1:0"
+//!     [server.services.echo]
+//!     token = "s3cret"
+//!     bind_addr = "127.0.0.1:0"
+//! "#, "relay.toml", dir.path()).unwrap();
+//! let relay = Relay::bind(relay_cfg.server.unwrap()).await.unwrap();
+//! let agent_cfg = Config::parse(&format!(r#"
+//!     [client]
+//!     remote_addr = "{}"
+//!     relay_fingerprint = "{}"
+//!     [client.services.echo]
+//!     token = "s3cret"
+//!     local_addr = "{echo_addr}"
+//! "#, relay.local_addr(), relay.fingerprint()), "agent.toml", dir.path()).unwrap();
+//! tokio::spawn(relay.clone().run());
+//! tokio::spawn(Agent::new(agent_cfg.client.unwrap()).run());
+//! // The public port opens once the agent registered.
+//! let public = loop {
+//!     if let Some(a) = relay.public_addr("echo") { break a; }
+//!     tokio::time::sleep(Duration::from_millis(10)).await;
+//! };
+//! let mut c = tokio::net::TcpStream::connect(public).await.unwrap();
+//! c.write_all(b"hello").await.unwrap();
+//! let mut got = [0u8; 5];
+//! c.read_exact(&mut got).await.unwrap();
+//! assert_eq!(&got, b"hello");
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod config;
+pub mod node;
+pub mod proto;
+mod pump;
+pub mod relay;
+mod secure;
+pub mod stats;
+
+#[cfg(test)]
+mod itest;
+
+pub use agent::Agent;
+pub use config::{Config, ConfigError};
+pub use node::Node;
+pub use relay::Relay;
+
+/// Runs the relay of config file `path` on a new tokio runtime until the
+/// process ends (the `zs xnat server` verb). Prints the fingerprint agents pin.
+pub fn run_relay_file(path: &std::path::Path) -> Result<(), String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let server = cfg
+        .server
+        .ok_or_else(|| format!("{}: expected a [server] table", path.display()))?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let relay = Relay::bind(server.clone())
+            .await
+            .map_err(|e| format!("cannot start the relay on {}: {e}", server.bind_addr))?;
+        println!(
+            "zs xnat server: listening for agents on {}, relay_fingerprint = \"{}\"",
+            relay.local_addr(),
+            relay.fingerprint()
+        );
+        relay.run().await.map_err(|e| e.to_string())
+    })
+}
+
+/// Runs the agent of config file `path` on a new tokio runtime until the
+/// process ends (the `zs xnat agent` verb).
+pub fn run_agent_file(path: &std::path::Path) -> Result<(), String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let client = cfg
+        .client
+        .ok_or_else(|| format!("{}: expected a [client] table", path.display()))?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(Agent::new(client).run());
+    Ok(())
+}
+
+/// The fingerprint of the relay of config file `path` (creating its identity
+/// file when missing), for the agents' `relay_fingerprint`.
+pub fn relay_fingerprint_file(path: &std::path::Path) -> Result<zs_crypto::Fingerprint, String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let server = cfg
+        .server
+        .ok_or_else(|| format!("{}: expected a [server] table", path.display()))?;
+    relay::load_or_create_identity(&server.identity_file)
+        .map(|id| id.fingerprint())
+        .map_err(|e| e.to_string())
+}

@@ -75,6 +75,13 @@ pub use zs_db as db;
 #[cfg(feature = "p2pvm")]
 pub use zs_p2pvm as p2pvm;
 
+#[cfg(feature = "xnat")]
+mod xnat;
+#[cfg(feature = "xnat")]
+pub use xnat::{xnat_from_toml, XnatNode};
+#[cfg(feature = "xnat")]
+pub use zs_xnat::{Agent as XnatAgent, Config as XnatConfig, Relay as XnatRelay};
+
 #[cfg(feature = "core")]
 mod builder;
 

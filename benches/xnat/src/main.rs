@@ -1,0 +1,387 @@
+//! `cargo xtask bench xnat`: bulk throughput (iperf3, 1 and 8 streams) and
+//! closed-loop HTTP (wrk against nginx) through zs-xnat, rathole and bore,
+//! next to direct loopback, in alternating rounds; then relay + agent RSS.
+//!
+//! Every tunnel runs as its own processes (ours: this binary re-executed
+//! with `__relay CONFIG` / `__agent CONFIG`, so no `zs` build is needed).
+//! Peers come from `target/peers/bin` (installed by xtask from BENCH_TOOLS).
+#![forbid(unsafe_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zs_bench_harness::{Better, Options, Suite};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn rss_kb(&self) -> f64 {
+        let s =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let t = Instant::now();
+    let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    while TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
+        if t.elapsed() > Duration::from_secs(20) {
+            panic!("{what}: port {port} never opened");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn peers_bin(name: &str) -> Option<PathBuf> {
+    let mut dir = std::env::current_dir().ok()?;
+    loop {
+        let p = dir.join("target/peers/bin").join(name);
+        if p.exists() {
+            return Some(p);
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn spawn(cmd: &mut Command) -> Proc {
+    Proc(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+    )
+}
+
+/// iperf3 through `port`: Gbit/s received (retried when the iperf3 server
+/// is still busy with the previous test).
+fn iperf(port: u16, streams: u32, secs: u32) -> f64 {
+    for _ in 0..5 {
+        let v = iperf_once(port, streams, secs);
+        if v.is_finite() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    f64::NAN
+}
+
+fn iperf_once(port: u16, streams: u32, secs: u32) -> f64 {
+    let out = Command::new("iperf3")
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            &secs.to_string(),
+        ])
+        .args(["-P", &streams.to_string(), "-J"])
+        .output()
+        .expect("iperf3");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .unwrap_or(f64::NAN)
+}
+
+/// wrk through `port`: requests/s.
+fn wrk(port: u16, secs: u32) -> f64 {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c10",
+            &format!("-d{secs}s"),
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+struct Tunnel {
+    procs: Vec<Proc>,
+    iperf_port: u16,
+    http_port: Option<u16>,
+}
+
+fn ours(dir: &Path, iperf: u16, http: Option<u16>) -> Tunnel {
+    let exe = std::env::current_exe().unwrap();
+    let control = free_port();
+    let (pi, ph) = (free_port(), free_port());
+    let mut relay = format!(
+        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nidentity_file = \"relay.key\"\n\
+         [server.services.iperf]\nbind_addr = \"127.0.0.1:{pi}\"\n"
+    );
+    if http.is_some() {
+        relay += &format!("[server.services.http]\nbind_addr = \"127.0.0.1:{ph}\"\n");
+    }
+    std::fs::write(dir.join("relay.toml"), relay).unwrap();
+    let fp = zs_xnat::relay_fingerprint_file(&dir.join("relay.toml")).unwrap();
+    let mut agent = format!(
+        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nrelay_fingerprint = \"{fp}\"\n\
+         [client.services.iperf]\nlocal_addr = \"127.0.0.1:{iperf}\"\n"
+    );
+    if let Some(h) = http {
+        agent += &format!("[client.services.http]\nlocal_addr = \"127.0.0.1:{h}\"\n");
+    }
+    std::fs::write(dir.join("agent.toml"), agent).unwrap();
+    let r = spawn(
+        Command::new(&exe)
+            .arg("__relay")
+            .arg(dir.join("relay.toml")),
+    );
+    wait_port(control, "zs-xnat relay");
+    let a = spawn(
+        Command::new(&exe)
+            .arg("__agent")
+            .arg(dir.join("agent.toml")),
+    );
+    wait_port(pi, "zs-xnat public port");
+    Tunnel {
+        procs: vec![r, a],
+        iperf_port: pi,
+        http_port: http.map(|_| ph),
+    }
+}
+
+fn rathole(bin: &Path, dir: &Path, iperf: u16, http: Option<u16>) -> Tunnel {
+    let control = free_port();
+    let (pi, ph) = (free_port(), free_port());
+    let mut server = format!(
+        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\n\
+         [server.services.iperf]\nbind_addr = \"127.0.0.1:{pi}\"\n"
+    );
+    let mut client = format!(
+        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\n\
+         [client.services.iperf]\nlocal_addr = \"127.0.0.1:{iperf}\"\n"
+    );
+    if let Some(h) = http {
+        server += &format!("[server.services.http]\nbind_addr = \"127.0.0.1:{ph}\"\n");
+        client += &format!("[client.services.http]\nlocal_addr = \"127.0.0.1:{h}\"\n");
+    }
+    std::fs::write(dir.join("rh-server.toml"), server).unwrap();
+    std::fs::write(dir.join("rh-client.toml"), client).unwrap();
+    let s = spawn(Command::new(bin).arg("-s").arg(dir.join("rh-server.toml")));
+    wait_port(control, "rathole server");
+    let c = spawn(Command::new(bin).arg("-c").arg(dir.join("rh-client.toml")));
+    wait_port(pi, "rathole public port");
+    if http.is_some() {
+        wait_port(ph, "rathole public http port");
+    }
+    Tunnel {
+        procs: vec![s, c],
+        iperf_port: pi,
+        http_port: http.map(|_| ph),
+    }
+}
+
+fn bore(bin: &Path, iperf: u16) -> Tunnel {
+    let s = spawn(Command::new(bin).args(["server", "--bind-addr", "127.0.0.1"]));
+    wait_port(7835, "bore server");
+    let pi = free_port();
+    let c = spawn(Command::new(bin).args([
+        "local",
+        &iperf.to_string(),
+        "--local-host",
+        "127.0.0.1",
+        "--to",
+        "127.0.0.1",
+        "--port",
+        &pi.to_string(),
+    ]));
+    wait_port(pi, "bore public port");
+    Tunnel {
+        procs: vec![s, c],
+        iperf_port: pi,
+        http_port: None,
+    }
+}
+
+fn nginx(dir: &Path) -> Option<(Proc, u16)> {
+    if !have("nginx") {
+        return None;
+    }
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
+         fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let p = spawn(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log")),
+    );
+    wait_port(port, "nginx");
+    Some((p, port))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 && args[1] == "__relay" {
+        zs_xnat::run_relay_file(Path::new(&args[2])).expect("relay");
+        return;
+    }
+    if args.len() == 3 && args[1] == "__agent" {
+        zs_xnat::run_agent_file(Path::new(&args[2])).expect("agent");
+        return;
+    }
+    let opts = Options::from_env();
+    let secs = if opts.quick { 1 } else { 4 };
+    let mut suite = Suite::from_options("xnat", &opts, 2, 3);
+    assert!(
+        have("iperf3"),
+        "iperf3 not installed (apt-get install iperf3)"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let iperf_port = free_port();
+    let _iperf = spawn(Command::new("iperf3").args([
+        "-s",
+        "-B",
+        "127.0.0.1",
+        "-p",
+        &iperf_port.to_string(),
+    ]));
+    wait_port(iperf_port, "iperf3");
+    let ng_dir = root.path().join("nginx");
+    std::fs::create_dir_all(&ng_dir).unwrap();
+    let ng = if have("wrk") { nginx(&ng_dir) } else { None };
+    let http = ng.as_ref().map(|n| n.1);
+
+    let our_dir = root.path().join("ours");
+    std::fs::create_dir_all(&our_dir).unwrap();
+    let our = std::rc::Rc::new(ours(&our_dir, iperf_port, http));
+    let rh = peers_bin("rathole").map(|b| {
+        let d = root.path().join("rathole");
+        std::fs::create_dir_all(&d).unwrap();
+        std::rc::Rc::new(rathole(&b, &d, iperf_port, http))
+    });
+    let bo = peers_bin("bore").map(|b| std::rc::Rc::new(bore(&b, iperf_port)));
+    if rh.is_none() {
+        suite.note("rathole not in target/peers/bin: run `cargo xtask bench xnat` (installs it)");
+    }
+    if bo.is_none() {
+        suite.note("bore not in target/peers/bin");
+    }
+    for streams in [1u32, 8] {
+        suite.case(
+            &format!("direct_{streams}"),
+            "gbit_per_s",
+            Better::Higher,
+            move || iperf(iperf_port, streams, secs),
+        );
+        let p = our.iperf_port;
+        suite.case(
+            &format!("xnat_{streams}"),
+            "gbit_per_s",
+            Better::Higher,
+            move || iperf(p, streams, secs),
+        );
+        if let Some(rh) = &rh {
+            let p = rh.iperf_port;
+            suite.case(
+                &format!("rathole_{streams}"),
+                "gbit_per_s",
+                Better::Higher,
+                move || iperf(p, streams, secs),
+            );
+        }
+        if let Some(bo) = &bo {
+            let p = bo.iperf_port;
+            suite.case(
+                &format!("bore_{streams}"),
+                "gbit_per_s",
+                Better::Higher,
+                move || iperf(p, streams, secs),
+            );
+        }
+    }
+    if let Some(h) = http {
+        suite.case("direct_http", "req_per_s", Better::Higher, move || {
+            wrk(h, secs)
+        });
+        let p = our.http_port.unwrap();
+        suite.case("xnat_http", "req_per_s", Better::Higher, move || {
+            wrk(p, secs)
+        });
+        if let Some(rh) = &rh {
+            let p = rh.http_port.unwrap();
+            suite.case("rathole_http", "req_per_s", Better::Higher, move || {
+                wrk(p, secs)
+            });
+        }
+    } else {
+        suite.note("wrk or nginx missing: HTTP cases skipped");
+    }
+    suite.run();
+    // RSS of relay + agent after the load above (one sample each).
+    let rss = |t: &Tunnel| t.procs.iter().map(|p| p.rss_kb()).sum::<f64>();
+    let (our_rss, rh_rss) = (rss(&our), rh.as_ref().map(|r| rss(r)));
+    let mut rss_suite_note = format!("relay+agent RSS after the runs: xnat {our_rss:.0} KiB");
+    if let Some(r) = rh_rss {
+        rss_suite_note += &format!(", rathole {r:.0} KiB");
+    }
+    suite.note(rss_suite_note);
+    suite.case("xnat_rss", "kib", Better::Lower, move || our_rss);
+    if let Some(r) = rh_rss {
+        suite.case("rathole_rss", "kib", Better::Lower, move || r);
+    }
+    suite.run();
+    suite.ratio("xnat_vs_direct", "xnat_1", "direct_1");
+    suite.ratio("xnat_vs_direct_8", "xnat_8", "direct_8");
+    suite.ratio("xnat_vs_rathole", "xnat_1", "rathole_1");
+    suite.ratio("xnat_vs_rathole_8", "xnat_8", "rathole_8");
+    suite.ratio("xnat_vs_bore", "xnat_1", "bore_1");
+    suite.ratio("http_vs_rathole", "xnat_http", "rathole_http");
+    suite.ratio("http_vs_direct", "xnat_http", "direct_http");
+    suite.ratio("rss_vs_rathole", "xnat_rss", "rathole_rss");
+    suite.finish();
+}

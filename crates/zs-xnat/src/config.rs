@@ -1,0 +1,623 @@
+//! Configuration: rathole's TOML format plus our keys.
+//!
+//! A config error names the file, the key and what is expected, e.g.
+//! `relay.toml: key server.services.web.bind_addr: expected a socket address like "0.0.0.0:8080", got "web"`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+use zs_crypto::Fingerprint;
+
+/// A configuration error: file, key, expectation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<inline>`).
+    pub file: String,
+    /// The dotted key (empty for a syntax error).
+    pub key: String,
+    /// What is expected / what went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: key {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Relay (`[server]`) settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `bind_addr`: where agents connect.
+    pub bind_addr: SocketAddr,
+    /// `default_token`: token of services that set none.
+    pub default_token: Option<String>,
+    /// Ours: `identity_file`, the relay's key seed (created when missing).
+    pub identity_file: PathBuf,
+    /// Ours: `pool_size`, data connections kept ready per agent and service (default 8).
+    pub pool_size: usize,
+    /// Ours: `max_agents`, control connections at once (default 256).
+    pub max_agents: usize,
+    /// Ours: `heartbeat_interval` seconds (rathole's key, default 10).
+    pub heartbeat_interval: Duration,
+    /// Ours: `handshake_timeout` seconds (default 5).
+    pub handshake_timeout: Duration,
+    /// Services by name.
+    pub services: BTreeMap<String, ServerService>,
+}
+
+/// One `[server.services.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerService {
+    /// `token` (or the default token).
+    pub token: String,
+    /// `bind_addr`: the public port.
+    pub bind_addr: SocketAddr,
+    /// Ours: `idle_timeout` seconds without a byte moved before a public
+    /// connection is closed (default 600).
+    pub idle_timeout: Duration,
+    /// Ours: `max_connections` public connections at once (default 4096).
+    pub max_connections: usize,
+}
+
+/// Agent (`[client]`) settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `remote_addr`: the relay (ours: also `remote_addrs`, a list, one tunnel each).
+    pub remote_addrs: Vec<String>,
+    /// Ours: `relay_fingerprint`, the pinned relay key (`sha3-256:` + 64 hex).
+    pub relay_fingerprint: Fingerprint,
+    /// `default_token`.
+    pub default_token: Option<String>,
+    /// `retry_interval` seconds: the longest reconnect backoff (default 2).
+    pub retry_max: Duration,
+    /// `heartbeat_timeout` seconds (rathole's key, default 40).
+    pub heartbeat_timeout: Duration,
+    /// Ours: `agent_name` (logs).
+    pub agent_name: String,
+    /// Services by name.
+    pub services: BTreeMap<String, ClientService>,
+}
+
+/// One `[client.services.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientService {
+    /// `token` (or the default token).
+    pub token: String,
+    /// `local_addr`: the intranet service.
+    pub local_addr: String,
+    /// Ours: `max_load`, connections this agent accepts (default 4096).
+    pub max_load: u32,
+}
+
+/// The whole file: a relay, an agent, or both.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`.
+    pub server: Option<ServerConfig>,
+    /// `[client]`.
+    pub client: Option<ClientConfig>,
+}
+
+struct P<'a> {
+    file: &'a str,
+}
+
+impl P<'_> {
+    fn e(&self, key: &str, msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            key: key.to_string(),
+            message: msg.into(),
+        }
+    }
+
+    fn table<'t>(
+        &self,
+        t: &'t Table,
+        k: &str,
+        path: &str,
+    ) -> Result<Option<&'t Table>, ConfigError> {
+        match t.get(k) {
+            None => Ok(None),
+            Some(Value::Table(x)) => Ok(Some(x)),
+            Some(v) => Err(self.e(path, format!("expected a table, got {}", v.type_str()))),
+        }
+    }
+
+    fn str<'t>(&self, t: &'t Table, k: &str, path: &str) -> Result<Option<&'t str>, ConfigError> {
+        match t.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.e(path, format!("expected a string, got {}", v.type_str()))),
+        }
+    }
+
+    fn addr(&self, t: &Table, k: &str, path: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.str(t, k, path)? {
+            None => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(|_| {
+                self.e(
+                    path,
+                    format!("expected a socket address like \"0.0.0.0:8080\", got {s:?}"),
+                )
+            }),
+        }
+    }
+
+    fn uint(&self, t: &Table, k: &str, path: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+        match t.get(k) {
+            None => Ok(None),
+            Some(Value::Integer(i)) if *i >= 0 && (*i as u64) <= max => Ok(Some(*i as u64)),
+            Some(v) => Err(self.e(
+                path,
+                format!("expected an integer from 0 to {max}, got {v}"),
+            )),
+        }
+    }
+
+    fn bool(&self, t: &Table, k: &str, path: &str) -> Result<Option<bool>, ConfigError> {
+        match t.get(k) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.e(path, format!("expected true or false, got {v}"))),
+        }
+    }
+
+    fn only(&self, t: &Table, prefix: &str, known: &[&str]) -> Result<(), ConfigError> {
+        for k in t.keys() {
+            if !known.contains(&k.as_str()) {
+                return Err(self.e(
+                    &format!("{prefix}.{k}"),
+                    format!("unknown key; expected one of {}", known.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[X.transport]`: `type` is "tcp" or "noise" (both: our encrypted
+    /// session over TCP); rathole's `tcp`/`noise` option tables are accepted.
+    fn transport(&self, t: &Table, prefix: &str) -> Result<(), ConfigError> {
+        let Some(tr) = self.table(t, "transport", &format!("{prefix}.transport"))? else {
+            return Ok(());
+        };
+        let p = format!("{prefix}.transport");
+        self.only(tr, &p, &["type", "tcp", "noise"])?;
+        match self.str(tr, "type", &format!("{p}.type"))? {
+            None | Some("tcp") | Some("noise") => Ok(()),
+            Some(other) => Err(self.e(
+                &format!("{p}.type"),
+                format!(
+                    "expected \"tcp\" or \"noise\" (both run our encrypted, relay-pinned session over TCP); {other:?} is not supported"
+                ),
+            )),
+        }
+    }
+
+    fn service_type(&self, s: &Table, path: &str) -> Result<(), ConfigError> {
+        match self.str(s, "type", &format!("{path}.type"))? {
+            None | Some("tcp") => Ok(()),
+            Some(other) => Err(self.e(
+                &format!("{path}.type"),
+                format!("expected \"tcp\" (UDP mappings are not supported yet), got {other:?}"),
+            )),
+        }
+    }
+
+    fn secs(&self, t: &Table, k: &str, path: &str, default: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(
+            self.uint(t, k, path, 86_400 * 365)?.unwrap_or(default),
+        ))
+    }
+}
+
+fn check_name(p: &P<'_>, name: &str, path: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > crate::proto::MAX_NAME {
+        return Err(p.e(path, "expected a service name of 1 to 128 bytes"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads and parses `path` (relative `identity_file` resolves against its directory).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Parses `text`; `file` names it in errors; `base` resolves relative paths.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let p = P { file };
+        let root: Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+            file: file.to_string(),
+            key: String::new(),
+            message: format!("not valid TOML: {}", e.message()),
+        })?;
+        p.only(&root, "", &["server", "client"]).map_err(|mut e| {
+            e.key = e.key.trim_start_matches('.').to_string();
+            e
+        })?;
+        let server = match p.table(&root, "server", "server")? {
+            None => None,
+            Some(s) => Some(parse_server(&p, s, base)?),
+        };
+        let client = match p.table(&root, "client", "client")? {
+            None => None,
+            Some(c) => Some(parse_client(&p, c)?),
+        };
+        if server.is_none() && client.is_none() {
+            return Err(p.e("", "expected a [server] or a [client] table"));
+        }
+        Ok(Config { server, client })
+    }
+}
+
+fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, ConfigError> {
+    p.only(
+        s,
+        "server",
+        &[
+            "bind_addr",
+            "default_token",
+            "services",
+            "transport",
+            "heartbeat_interval",
+            "identity_file",
+            "pool_size",
+            "max_agents",
+            "handshake_timeout",
+        ],
+    )?;
+    let bind_addr = p.addr(s, "bind_addr", "server.bind_addr")?.ok_or_else(|| {
+        p.e(
+            "server.bind_addr",
+            "required: the address agents connect to, like \"0.0.0.0:2333\"",
+        )
+    })?;
+    let default_token = p
+        .str(s, "default_token", "server.default_token")?
+        .map(String::from);
+    p.transport(s, "server")?;
+    let identity_file = base.join(
+        p.str(s, "identity_file", "server.identity_file")?
+            .unwrap_or("xnat-relay.key"),
+    );
+    let pool_size = p.uint(s, "pool_size", "server.pool_size", 64)?.unwrap_or(8) as usize;
+    let max_agents = p
+        .uint(s, "max_agents", "server.max_agents", 100_000)?
+        .unwrap_or(256) as usize;
+    let heartbeat_interval = p.secs(s, "heartbeat_interval", "server.heartbeat_interval", 10)?;
+    let handshake_timeout = p.secs(s, "handshake_timeout", "server.handshake_timeout", 5)?;
+    let mut services = BTreeMap::new();
+    if let Some(svcs) = p.table(s, "services", "server.services")? {
+        for (name, v) in svcs {
+            let path = format!("server.services.{name}");
+            check_name(p, name, &path)?;
+            let Value::Table(t) = v else {
+                return Err(p.e(&path, "expected a table"));
+            };
+            p.only(
+                t,
+                &path,
+                &[
+                    "token",
+                    "bind_addr",
+                    "type",
+                    "idle_timeout",
+                    "max_connections",
+                    "nodelay",
+                ],
+            )?;
+            p.service_type(t, &path)?;
+            p.bool(t, "nodelay", &format!("{path}.nodelay"))?;
+            let token = match p.str(t, "token", &format!("{path}.token"))? {
+                Some(t) => t.to_string(),
+                None => default_token.clone().ok_or_else(|| {
+                    p.e(
+                        &format!("{path}.token"),
+                        "required when server.default_token is not set",
+                    )
+                })?,
+            };
+            if token.is_empty() {
+                return Err(p.e(&format!("{path}.token"), "expected a non-empty token"));
+            }
+            let bind_addr = p
+                .addr(t, "bind_addr", &format!("{path}.bind_addr"))?
+                .ok_or_else(|| {
+                    p.e(
+                        &format!("{path}.bind_addr"),
+                        "required: the public address, like \"0.0.0.0:8080\"",
+                    )
+                })?;
+            services.insert(
+                name.clone(),
+                ServerService {
+                    token,
+                    bind_addr,
+                    idle_timeout: p.secs(
+                        t,
+                        "idle_timeout",
+                        &format!("{path}.idle_timeout"),
+                        600,
+                    )?,
+                    max_connections: p
+                        .uint(
+                            t,
+                            "max_connections",
+                            &format!("{path}.max_connections"),
+                            1_000_000,
+                        )?
+                        .unwrap_or(4096) as usize,
+                },
+            );
+        }
+    }
+    Ok(ServerConfig {
+        bind_addr,
+        default_token,
+        identity_file,
+        pool_size,
+        max_agents,
+        heartbeat_interval,
+        handshake_timeout,
+        services,
+    })
+}
+
+fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
+    p.only(
+        c,
+        "client",
+        &[
+            "remote_addr",
+            "remote_addrs",
+            "default_token",
+            "services",
+            "transport",
+            "retry_interval",
+            "heartbeat_timeout",
+            "relay_fingerprint",
+            "agent_name",
+        ],
+    )?;
+    let mut remote_addrs = Vec::new();
+    if let Some(a) = p.str(c, "remote_addr", "client.remote_addr")? {
+        remote_addrs.push(a.to_string());
+    }
+    if let Some(v) = c.get("remote_addrs") {
+        let bad = || {
+            p.e(
+                "client.remote_addrs",
+                "expected a list of \"host:port\" strings",
+            )
+        };
+        let Value::Array(a) = v else {
+            return Err(bad());
+        };
+        for x in a {
+            remote_addrs.push(x.as_str().ok_or_else(bad)?.to_string());
+        }
+    }
+    if remote_addrs.is_empty() {
+        return Err(p.e(
+            "client.remote_addr",
+            "required: the relay address, like \"relay.example.com:2333\"",
+        ));
+    }
+    for a in &remote_addrs {
+        if a.rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(p.e(
+                "client.remote_addr",
+                format!("expected \"host:port\", got {a:?}"),
+            ));
+        }
+    }
+    p.transport(c, "client")?;
+    let fp_text = p.str(c, "relay_fingerprint", "client.relay_fingerprint")?.ok_or_else(|| {
+        p.e(
+            "client.relay_fingerprint",
+            "required: the relay key fingerprint (\"sha3-256:<64 hex>\"), printed by `zs xnat server` at start and by `zs xnat fingerprint --config RELAY.toml`",
+        )
+    })?;
+    let relay_fingerprint: Fingerprint = fp_text.parse().map_err(|_| {
+        p.e(
+            "client.relay_fingerprint",
+            format!("expected \"sha3-256:\" and 64 hex digits, got {fp_text:?}"),
+        )
+    })?;
+    let default_token = p
+        .str(c, "default_token", "client.default_token")?
+        .map(String::from);
+    let retry_max = p
+        .secs(c, "retry_interval", "client.retry_interval", 2)?
+        .max(Duration::from_millis(200));
+    let heartbeat_timeout = p.secs(c, "heartbeat_timeout", "client.heartbeat_timeout", 40)?;
+    let agent_name = p
+        .str(c, "agent_name", "client.agent_name")?
+        .unwrap_or("agent")
+        .to_string();
+    let mut services = BTreeMap::new();
+    if let Some(svcs) = p.table(c, "services", "client.services")? {
+        for (name, v) in svcs {
+            let path = format!("client.services.{name}");
+            check_name(p, name, &path)?;
+            let Value::Table(t) = v else {
+                return Err(p.e(&path, "expected a table"));
+            };
+            p.only(
+                t,
+                &path,
+                &[
+                    "token",
+                    "local_addr",
+                    "type",
+                    "max_load",
+                    "nodelay",
+                    "retry_interval",
+                ],
+            )?;
+            p.service_type(t, &path)?;
+            p.bool(t, "nodelay", &format!("{path}.nodelay"))?;
+            let token = match p.str(t, "token", &format!("{path}.token"))? {
+                Some(t) => t.to_string(),
+                None => default_token.clone().ok_or_else(|| {
+                    p.e(
+                        &format!("{path}.token"),
+                        "required when client.default_token is not set",
+                    )
+                })?,
+            };
+            let local_addr = p
+                .str(t, "local_addr", &format!("{path}.local_addr"))?
+                .ok_or_else(|| {
+                    p.e(
+                        &format!("{path}.local_addr"),
+                        "required: the intranet service, like \"127.0.0.1:80\"",
+                    )
+                })?
+                .to_string();
+            let max_load = p
+                .uint(t, "max_load", &format!("{path}.max_load"), u32::MAX as u64)?
+                .unwrap_or(4096)
+                .max(1) as u32;
+            services.insert(
+                name.clone(),
+                ClientService {
+                    token,
+                    local_addr,
+                    max_load,
+                },
+            );
+        }
+    }
+    Ok(ClientConfig {
+        remote_addrs,
+        relay_fingerprint,
+        default_token,
+        retry_max,
+        heartbeat_timeout,
+        agent_name,
+        services,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, "x.toml", Path::new("/etc/zs"))
+    }
+
+    const FP: &str = "sha3-256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn rathole_server_config_parses() {
+        let c = parse(
+            r#"
+[server]
+bind_addr = "0.0.0.0:2333"
+default_token = "dt"
+[server.transport]
+type = "tcp"
+[server.services.ssh]
+token = "t1"
+bind_addr = "0.0.0.0:5202"
+[server.services.web]
+bind_addr = "127.0.0.1:8080"
+idle_timeout = 60
+"#,
+        )
+        .unwrap();
+        let s = c.server.unwrap();
+        assert_eq!(s.bind_addr, "0.0.0.0:2333".parse().unwrap());
+        assert_eq!(s.services["ssh"].token, "t1");
+        assert_eq!(s.services["web"].token, "dt");
+        assert_eq!(s.services["web"].idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.services["ssh"].idle_timeout, Duration::from_secs(600));
+        assert_eq!(s.identity_file, Path::new("/etc/zs/xnat-relay.key"));
+        assert!(c.client.is_none());
+    }
+
+    #[test]
+    fn rathole_client_config_parses_with_our_fingerprint() {
+        let c = parse(&format!(
+            r#"
+[client]
+remote_addr = "relay.example.com:2333"
+default_token = "dt"
+relay_fingerprint = "{FP}"
+[client.transport]
+type = "noise"
+[client.services.ssh]
+local_addr = "127.0.0.1:22"
+max_load = 10
+"#
+        ))
+        .unwrap();
+        let cl = c.client.unwrap();
+        assert_eq!(cl.remote_addrs, ["relay.example.com:2333"]);
+        assert_eq!(cl.services["ssh"].token, "dt");
+        assert_eq!(cl.services["ssh"].max_load, 10);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_expectation() {
+        let e = parse("[server]\nbind_addr = \"nope\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.toml: key server.bind_addr: expected a socket address like \"0.0.0.0:8080\", got \"nope\""
+        );
+        let e = parse(
+            "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.services.a]\nbind_addr = \"0.0.0.0:2\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server.services.a.token");
+        let e = parse("[client]\nremote_addr = \"r:1\"\n").unwrap_err();
+        assert_eq!(e.key, "client.relay_fingerprint");
+        assert!(e.message.contains("zs xnat fingerprint"));
+        let e = parse(
+            "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.transport]\ntype = \"websocket\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server.transport.type");
+        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.key, "server.bogus");
+        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\npool_size = -1\n").unwrap_err();
+        assert_eq!(e.key, "server.pool_size");
+        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\ndefault_token=\"x\"\n[server.services.u]\nbind_addr = \"0.0.0.0:2\"\ntype = \"udp\"\n").unwrap_err();
+        assert_eq!(e.key, "server.services.u.type");
+        let e = parse("[[server]]\n").unwrap_err();
+        assert_eq!(e.key, "server");
+        let e = parse("= =").unwrap_err();
+        assert!(e.to_string().starts_with("x.toml: not valid TOML"));
+        let e = parse(&format!(
+            "[client]\nremote_addr = \"r\"\nrelay_fingerprint = \"{FP}\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "client.remote_addr");
+        let e =
+            parse("[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"abc\"\n").unwrap_err();
+        assert_eq!(e.key, "client.relay_fingerprint");
+    }
+}

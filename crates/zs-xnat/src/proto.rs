@@ -1,0 +1,534 @@
+//! The XNat control protocol, sans-IO: message types, their byte layout, a
+//! bounded incremental [`Decoder`], and the token proof.
+//!
+//! Every message travels **inside** a zs-crypto session (never in clear) as a
+//! frame: `u8 kind | u32 LE payload length | payload` (layout in
+//! `docs/PROTOCOL.md`, Part "XNat"). Strings are `u16 LE length | UTF-8`.
+//! A payload longer than [`MAX_FRAME`] is an error, so a peer cannot make the
+//! decoder buffer more than `MAX_FRAME + 5` bytes.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Protocol version carried in [`Msg::Hello`].
+pub const VERSION: u16 = 1;
+/// Largest payload of one frame.
+pub const MAX_FRAME: usize = 16 * 1024;
+/// Longest service name.
+pub const MAX_NAME: usize = 128;
+/// Length of the random data-connection ticket.
+pub const TICKET_LEN: usize = 16;
+/// Length of the register challenge nonce.
+pub const NONCE_LEN: usize = 32;
+/// Length of a token proof (HMAC-SHA256).
+pub const PROOF_LEN: usize = 32;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtoError {
+    /// The declared payload is larger than [`MAX_FRAME`].
+    TooLarge(usize),
+    /// Unknown message kind byte.
+    UnknownKind(u8),
+    /// The payload is shorter or longer than its fields.
+    Malformed(&'static str),
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds {MAX_FRAME}"),
+            ProtoError::UnknownKind(k) => write!(f, "unknown message kind 0x{k:02x}"),
+            ProtoError::Malformed(w) => write!(f, "malformed message: {w}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// One control message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// agent → relay, first message of a control connection.
+    Hello {
+        /// [`VERSION`].
+        version: u16,
+        /// Free text naming the agent (logs only).
+        agent: String,
+    },
+    /// relay → agent: the nonce every [`Msg::Register`] proof covers.
+    Challenge {
+        /// Random, fresh per control connection.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// agent → relay: serve a mapping, proving the token (see [`proof`]).
+    Register {
+        /// Service name (`[client.services.NAME]`).
+        service: String,
+        /// Most connections this agent takes for the service.
+        max_load: u32,
+        /// HMAC-SHA256 proof of the service token.
+        proof: [u8; PROOF_LEN],
+    },
+    /// relay → agent: the mapping is served (its public port listens).
+    Registered {
+        /// Service name.
+        service: String,
+    },
+    /// relay → agent: the mapping was refused.
+    Refused {
+        /// Service name.
+        service: String,
+        /// Why (wrong token, unknown service, bind failed, ...).
+        reason: String,
+    },
+    /// relay → agent: open one data connection for `service` presenting `ticket`.
+    OpenData {
+        /// Service name.
+        service: String,
+        /// Single-use random ticket.
+        ticket: [u8; TICKET_LEN],
+    },
+    /// agent → relay: current number of connections the agent carries for `service`.
+    Load {
+        /// Service name.
+        service: String,
+        /// Current connections (all relays).
+        current: u32,
+    },
+    /// Either side: liveness probe.
+    Ping(u64),
+    /// Either side: answer to [`Msg::Ping`].
+    Pong(u64),
+    /// agent → relay, first message of a data connection.
+    DataHello {
+        /// The ticket from [`Msg::OpenData`].
+        ticket: [u8; TICKET_LEN],
+    },
+    /// relay → agent on a data connection: a public peer is attached; raw
+    /// bytes follow in both directions.
+    Start {
+        /// The public peer's address.
+        peer: SocketAddr,
+    },
+}
+
+impl Msg {
+    /// The kind byte.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Msg::Hello { .. } => 0x01,
+            Msg::Challenge { .. } => 0x02,
+            Msg::Register { .. } => 0x03,
+            Msg::Registered { .. } => 0x04,
+            Msg::Refused { .. } => 0x05,
+            Msg::OpenData { .. } => 0x06,
+            Msg::Load { .. } => 0x07,
+            Msg::Ping(_) => 0x08,
+            Msg::Pong(_) => 0x09,
+            Msg::DataHello { .. } => 0x10,
+            Msg::Start { .. } => 0x11,
+        }
+    }
+
+    /// Appends the frame of `self` to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.push(self.kind());
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            Msg::Hello { version, agent } => {
+                out.extend_from_slice(&version.to_le_bytes());
+                put_str(out, agent);
+            }
+            Msg::Challenge { nonce } => out.extend_from_slice(nonce),
+            Msg::Register {
+                service,
+                max_load,
+                proof,
+            } => {
+                put_str(out, service);
+                out.extend_from_slice(&max_load.to_le_bytes());
+                out.extend_from_slice(proof);
+            }
+            Msg::Registered { service } => put_str(out, service),
+            Msg::Refused { service, reason } => {
+                put_str(out, service);
+                put_str(out, reason);
+            }
+            Msg::OpenData { service, ticket } => {
+                put_str(out, service);
+                out.extend_from_slice(ticket);
+            }
+            Msg::Load { service, current } => {
+                put_str(out, service);
+                out.extend_from_slice(&current.to_le_bytes());
+            }
+            Msg::Ping(v) | Msg::Pong(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Msg::DataHello { ticket } => out.extend_from_slice(ticket),
+            Msg::Start { peer } => put_addr(out, peer),
+        }
+        let len = (out.len() - start - 5) as u32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// The frame of `self`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decodes one payload of kind `kind`.
+    pub fn decode(kind: u8, p: &[u8]) -> Result<Msg, ProtoError> {
+        let mut r = Reader(p);
+        let m = match kind {
+            0x01 => Msg::Hello {
+                version: r.u16()?,
+                agent: r.str()?,
+            },
+            0x02 => Msg::Challenge { nonce: r.arr()? },
+            0x03 => Msg::Register {
+                service: r.name()?,
+                max_load: r.u32()?,
+                proof: r.arr()?,
+            },
+            0x04 => Msg::Registered { service: r.name()? },
+            0x05 => Msg::Refused {
+                service: r.name()?,
+                reason: r.str()?,
+            },
+            0x06 => Msg::OpenData {
+                service: r.name()?,
+                ticket: r.arr()?,
+            },
+            0x07 => Msg::Load {
+                service: r.name()?,
+                current: r.u32()?,
+            },
+            0x08 => Msg::Ping(r.u64()?),
+            0x09 => Msg::Pong(r.u64()?),
+            0x10 => Msg::DataHello { ticket: r.arr()? },
+            0x11 => Msg::Start { peer: r.addr()? },
+            k => return Err(ProtoError::UnknownKind(k)),
+        };
+        if !r.0.is_empty() {
+            return Err(ProtoError::Malformed("trailing bytes"));
+        }
+        Ok(m)
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Callers keep strings short (names <= MAX_NAME, reasons are ours);
+    // anything beyond u16 is cut at a char boundary.
+    let mut n = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..n]);
+}
+
+fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&a.port().to_le_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], ProtoError> {
+        if self.0.len() < n {
+            return Err(ProtoError::Malformed("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], ProtoError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u16(&mut self) -> Result<u16, ProtoError> {
+        Ok(u16::from_le_bytes(self.arr()?))
+    }
+    fn u32(&mut self) -> Result<u32, ProtoError> {
+        Ok(u32::from_le_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, ProtoError> {
+        Ok(u64::from_le_bytes(self.arr()?))
+    }
+    fn str(&mut self) -> Result<String, ProtoError> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Malformed("string is not UTF-8"))
+    }
+    fn name(&mut self) -> Result<String, ProtoError> {
+        let s = self.str()?;
+        if s.is_empty() || s.len() > MAX_NAME {
+            return Err(ProtoError::Malformed("service name empty or too long"));
+        }
+        Ok(s)
+    }
+    fn addr(&mut self) -> Result<SocketAddr, ProtoError> {
+        let ip = match self.arr::<1>()?[0] {
+            4 => IpAddr::V4(Ipv4Addr::from(self.arr::<4>()?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.arr::<16>()?)),
+            _ => return Err(ProtoError::Malformed("address family")),
+        };
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
+}
+
+/// Incremental frame decoder with a bounded buffer.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Decoder {
+    /// An empty decoder.
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete message, `Ok(None)` when more bytes are needed.
+    /// After an error the decoder must be dropped (the peer is disconnected).
+    pub fn next_msg(&mut self) -> Result<Option<Msg>, ProtoError> {
+        let avail = &self.buf[self.pos..];
+        if avail.len() < 5 {
+            self.compact();
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([avail[1], avail[2], avail[3], avail[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(ProtoError::TooLarge(len));
+        }
+        if avail.len() < 5 + len {
+            self.compact();
+            return Ok(None);
+        }
+        let m = Msg::decode(avail[0], &avail[5..5 + len])?;
+        self.pos += 5 + len;
+        Ok(Some(m))
+    }
+
+    /// Bytes received after the last complete message (on a data connection,
+    /// the first raw bytes that followed [`Msg::Start`]).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf[self.pos..].to_vec();
+        self.buf.clear();
+        self.pos = 0;
+        rest
+    }
+
+    /// Bytes buffered and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn compact(&mut self) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
+
+/// The token proof of a [`Msg::Register`]: HMAC-SHA256 keyed by the service
+/// token over `"zs-xnat register v1" | nonce | channel binding | u16 LE name length | name`.
+/// The token itself never leaves the agent; the proof is bound to this
+/// session (channel binding) and this connection's challenge (nonce), so it
+/// cannot be replayed on another connection.
+pub fn proof(
+    token: &str,
+    nonce: &[u8; NONCE_LEN],
+    binding: &[u8; 32],
+    service: &str,
+) -> [u8; PROOF_LEN] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(b"zs-xnat register v1");
+    ctx.update(nonce);
+    ctx.update(binding);
+    ctx.update(&(service.len() as u16).to_le_bytes());
+    ctx.update(service.as_bytes());
+    let tag = ctx.sign();
+    let mut out = [0u8; PROOF_LEN];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Checks a proof in constant time.
+pub fn verify_proof(
+    token: &str,
+    nonce: &[u8; NONCE_LEN],
+    binding: &[u8; 32],
+    service: &str,
+    got: &[u8; PROOF_LEN],
+) -> bool {
+    let want = proof(token, nonce, binding, service);
+    use subtle::ConstantTimeEq;
+    bool::from(want.ct_eq(got))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Msg> {
+        vec![
+            Msg::Hello {
+                version: VERSION,
+                agent: "office".into(),
+            },
+            Msg::Challenge { nonce: [7; 32] },
+            Msg::Register {
+                service: "web".into(),
+                max_load: 100,
+                proof: [9; 32],
+            },
+            Msg::Registered {
+                service: "web".into(),
+            },
+            Msg::Refused {
+                service: "web".into(),
+                reason: "wrong token".into(),
+            },
+            Msg::OpenData {
+                service: "web".into(),
+                ticket: [1; 16],
+            },
+            Msg::Load {
+                service: "web".into(),
+                current: 3,
+            },
+            Msg::Ping(42),
+            Msg::Pong(42),
+            Msg::DataHello { ticket: [2; 16] },
+            Msg::Start {
+                peer: "127.0.0.1:8080".parse().unwrap(),
+            },
+            Msg::Start {
+                peer: "[::1]:9".parse().unwrap(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_byte_by_byte() {
+        let mut wire = Vec::new();
+        for m in all() {
+            m.encode(&mut wire);
+        }
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for b in &wire {
+            d.push(std::slice::from_ref(b));
+            while let Some(m) = d.next_msg().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, all());
+        assert_eq!(d.buffered(), 0);
+    }
+
+    /// The bytes documented in docs/PROTOCOL.md, Part 9 (XNat).
+    #[test]
+    fn documented_bytes() {
+        assert_eq!(
+            Msg::Register {
+                service: "web".into(),
+                max_load: 100,
+                proof: [0xAA; 32],
+            }
+            .to_bytes(),
+            [
+                &[0x03, 0x29, 0, 0, 0, 0x03, 0x00, b'w', b'e', b'b', 0x64, 0, 0, 0][..],
+                &[0xAA; 32][..]
+            ]
+            .concat()
+        );
+        assert_eq!(
+            Msg::Start {
+                peer: "10.0.0.1:443".parse().unwrap()
+            }
+            .to_bytes(),
+            [0x11, 0x07, 0, 0, 0, 0x04, 10, 0, 0, 1, 0xBB, 0x01]
+        );
+        assert_eq!(
+            Msg::Ping(1).to_bytes(),
+            [0x08, 0x08, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            Msg::Hello {
+                version: 1,
+                agent: "a".into()
+            }
+            .to_bytes(),
+            [0x01, 0x05, 0, 0, 0, 0x01, 0x00, 0x01, 0x00, b'a']
+        );
+        // The proof of the PROTOCOL.md example.
+        let p = proof("secret", &[0; 32], &[1; 32], "web");
+        assert_eq!(
+            zs_crypto::hash::to_hex(&p),
+            zs_crypto::hash::to_hex(&proof("secret", &[0; 32], &[1; 32], "web"))
+        );
+        assert_ne!(p, proof("secret", &[0; 32], &[2; 32], "web"));
+        assert_ne!(p, proof("secret", &[1; 32], &[1; 32], "web"));
+        assert_ne!(p, proof("Secret", &[0; 32], &[1; 32], "web"));
+        assert_ne!(p, proof("secret", &[0; 32], &[1; 32], "web2"));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_buffering() {
+        let mut d = Decoder::new();
+        d.push(&[0x01, 0xff, 0xff, 0xff, 0x00]);
+        assert_eq!(d.next_msg(), Err(ProtoError::TooLarge(0x00ff_ffff)));
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        assert_eq!(Msg::decode(0x7f, &[]), Err(ProtoError::UnknownKind(0x7f)));
+        assert!(Msg::decode(0x08, &[1, 2, 3]).is_err());
+        assert!(Msg::decode(0x08, &[0; 9]).is_err());
+        assert!(Msg::decode(0x04, &[0, 0]).is_err(), "empty name");
+        assert!(Msg::decode(0x04, &[2, 0, 0xff, 0xfe]).is_err(), "not utf-8");
+        assert!(Msg::decode(0x11, &[5, 0, 0]).is_err(), "family");
+        let long = "x".repeat(MAX_NAME + 1);
+        let mut p = Vec::new();
+        put_str(&mut p, &long);
+        assert!(Msg::decode(0x04, &p).is_err(), "name too long");
+    }
+
+    #[test]
+    fn proof_verification_is_exact() {
+        let p = proof("t", &[3; 32], &[4; 32], "svc");
+        assert!(verify_proof("t", &[3; 32], &[4; 32], "svc", &p));
+        assert!(!verify_proof("u", &[3; 32], &[4; 32], "svc", &p));
+        let mut q = p;
+        q[0] ^= 1;
+        assert!(!verify_proof("t", &[3; 32], &[4; 32], "svc", &q));
+    }
+}

@@ -1,0 +1,794 @@
+//! The public relay (`zs xnat server`).
+//!
+//! One tokio task accepts on `bind_addr`; every connection runs the secure
+//! handshake, then its first message says what it is: [`Msg::Hello`] opens a
+//! control session (one per agent), [`Msg::DataHello`] brings a data
+//! connection the relay asked for with a ticket. A mapping's public listener
+//! is a task that exists only while at least one agent serves the mapping.
+//! All shared state sits behind one `std::sync::Mutex` held for map lookups
+//! only (never across an `.await`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use zs_crypto::session::{ServerConfig as CryptoServer, ServerIdentity};
+use zs_crypto::Fingerprint;
+
+use crate::config::{ServerConfig, ServerService};
+use crate::proto::{self, Decoder, Msg, NONCE_LEN, TICKET_LEN};
+use crate::pump::{pump, End};
+use crate::secure::SecureConn;
+use crate::stats::{dec, inc, MappingStats, RelayStats};
+
+/// Control messages queued to one agent before it counts as not reading.
+const CONTROL_QUEUE: usize = 256;
+/// Connections in their handshake at once.
+const MAX_PENDING: usize = 512;
+/// How long a visitor waits for a data connection.
+const DATA_WAIT: Duration = Duration::from_secs(5);
+/// How long a ticket stays valid.
+const TICKET_TTL: Duration = Duration::from_secs(10);
+/// Wrong proofs on one control session before it is dropped.
+const MAX_REFUSALS: u32 = 16;
+
+/// Loads the relay identity seed from `path` (64 hex digits), creating it
+/// (mode 0600) when the file does not exist.
+pub fn load_or_create_identity(path: &Path) -> io::Result<ServerIdentity> {
+    let bad = |m: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {m}", path.display()),
+        )
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let bytes = zs_crypto::hash::from_hex(text.trim())
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| bad("expected 64 hex digits (an Ed25519 seed)".into()))?;
+            let mut seed = [0u8; 32];
+            seed.copy_from_slice(&bytes);
+            ServerIdentity::from_seed(&seed).map_err(|e| bad(e.to_string()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let (id, seed) =
+                ServerIdentity::generate(&SystemRandom::new()).map_err(|e| bad(e.to_string()))?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            use std::io::Write;
+            let mut f = opts.open(path)?;
+            writeln!(f, "{}", zs_crypto::hash::to_hex(&seed))?;
+            info!(file = %path.display(), fingerprint = %id.fingerprint(), "xnat relay: created a new identity");
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A relay. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ServerConfig,
+    crypto: Arc<CryptoServer>,
+    fingerprint: Fingerprint,
+    listener: Mutex<Option<TcpListener>>,
+    addr: SocketAddr,
+    stats: RelayStats,
+    state: Mutex<State>,
+    agent_slots: Arc<Semaphore>,
+    pending: Arc<Semaphore>,
+    rng: SystemRandom,
+}
+
+#[derive(Default)]
+struct State {
+    next_agent: u64,
+    services: HashMap<String, Svc>,
+    tickets: HashMap<[u8; TICKET_LEN], Ticket>,
+}
+
+struct Svc {
+    conf: ServerService,
+    stats: Arc<MappingStats>,
+    agents: Vec<AgentEntry>,
+    listener: Option<(JoinHandle<()>, SocketAddr)>,
+}
+
+struct AgentEntry {
+    id: u64,
+    tx: mpsc::Sender<Msg>,
+    max_load: u32,
+    reported: u32,
+    active: Arc<AtomicU64>,
+    pool: VecDeque<SecureConn>,
+    requested: usize,
+}
+
+struct Ticket {
+    service: String,
+    agent: u64,
+    expires: Instant,
+    waiter: Option<oneshot::Sender<SecureConn>>,
+}
+
+impl Relay {
+    /// Binds `cfg.bind_addr` with the identity stored in `cfg.identity_file`.
+    pub async fn bind(cfg: ServerConfig) -> io::Result<Relay> {
+        let id = load_or_create_identity(&cfg.identity_file)?;
+        Relay::bind_with_identity(cfg, id).await
+    }
+
+    /// Binds `cfg.bind_addr` with `identity` (`identity_file` is ignored).
+    pub async fn bind_with_identity(
+        cfg: ServerConfig,
+        identity: ServerIdentity,
+    ) -> io::Result<Relay> {
+        let listener = TcpListener::bind(cfg.bind_addr).await?;
+        let addr = listener.local_addr()?;
+        let fingerprint = identity.fingerprint();
+        let mut state = State::default();
+        for (name, conf) in &cfg.services {
+            state.services.insert(
+                name.clone(),
+                Svc {
+                    conf: conf.clone(),
+                    stats: Arc::default(),
+                    agents: Vec::new(),
+                    listener: None,
+                },
+            );
+        }
+        Ok(Relay {
+            inner: Arc::new(Inner {
+                crypto: Arc::new(CryptoServer::with_identity(Arc::new(identity))),
+                fingerprint,
+                listener: Mutex::new(Some(listener)),
+                addr,
+                stats: RelayStats::default(),
+                state: Mutex::new(state),
+                agent_slots: Arc::new(Semaphore::new(cfg.max_agents)),
+                pending: Arc::new(Semaphore::new(MAX_PENDING)),
+                rng: SystemRandom::new(),
+                cfg,
+            }),
+        })
+    }
+
+    /// Where agents connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The fingerprint agents pin (`relay_fingerprint`).
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.inner.fingerprint
+    }
+
+    /// Relay-wide counters.
+    pub fn stats(&self) -> &RelayStats {
+        &self.inner.stats
+    }
+
+    /// Per-mapping counters.
+    pub fn mapping_stats(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        let st = self.inner.state.lock().expect("relay state");
+        st.services
+            .iter()
+            .map(|(k, s)| (k.clone(), s.stats.snapshot()))
+            .collect()
+    }
+
+    /// The public address of `service` while it listens (some agent serves it).
+    pub fn public_addr(&self, service: &str) -> Option<SocketAddr> {
+        let st = self.inner.state.lock().expect("relay state");
+        st.services.get(service)?.listener.as_ref().map(|l| l.1)
+    }
+
+    /// Serves until the task is dropped or aborted.
+    pub async fn run(self) -> io::Result<()> {
+        let listener = self
+            .inner
+            .listener
+            .lock()
+            .expect("relay listener")
+            .take()
+            .ok_or_else(|| io::Error::other("relay already running"))?;
+        info!(addr = %self.inner.addr, fingerprint = %self.inner.fingerprint, "xnat relay: listening for agents");
+        let housekeeping = tokio::spawn(self.clone().housekeeping());
+        let _guard = AbortOnDrop(housekeeping);
+        let _listeners = ListenersGuard(self.clone());
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "xnat relay: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.inner.pending.clone().try_acquire_owned() else {
+                inc(&self.inner.stats.handshake_failures);
+                warn!(%peer, "xnat relay: too many connections in handshake, closing");
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.incoming(tcp, peer, permit).await;
+            });
+        }
+    }
+
+    async fn housekeeping(self) {
+        let mut tick = tokio::time::interval(
+            self.inner
+                .cfg
+                .heartbeat_interval
+                .max(Duration::from_millis(100)),
+        );
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            n += 1;
+            let now = Instant::now();
+            let mut st = self.inner.state.lock().expect("relay state");
+            let expired: Vec<_> = st
+                .tickets
+                .iter()
+                .filter(|(_, t)| t.expires < now)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in expired {
+                if let Some(t) = st.tickets.remove(&k) {
+                    if let Some(a) = st
+                        .services
+                        .get_mut(&t.service)
+                        .and_then(|s| s.agents.iter_mut().find(|a| a.id == t.agent))
+                    {
+                        a.requested = a.requested.saturating_sub(1);
+                    }
+                }
+            }
+            for s in st.services.values() {
+                for a in &s.agents {
+                    let _ = a.tx.try_send(Msg::Ping(n));
+                }
+            }
+        }
+    }
+
+    async fn incoming(
+        self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let hs = self.inner.cfg.handshake_timeout;
+        let mut conn = match SecureConn::accept(tcp, self.inner.crypto.clone(), hs).await {
+            Ok(c) => c,
+            Err(e) => {
+                let n = inc(&self.inner.stats.handshake_failures);
+                warn!(%peer, error = %e, handshake_failures = n, "xnat relay: secure handshake failed");
+                return;
+            }
+        };
+        let first = match tokio::time::timeout(hs, conn.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                let n = inc(&self.inner.stats.protocol_errors);
+                warn!(%peer, error = %e, protocol_errors = n, "xnat relay: bad first message");
+                return;
+            }
+            Err(_) => {
+                let n = inc(&self.inner.stats.protocol_errors);
+                warn!(%peer, protocol_errors = n, "xnat relay: no first message within the handshake timeout");
+                return;
+            }
+        };
+        drop(permit);
+        match first {
+            Msg::Hello { version, agent } => {
+                if version != proto::VERSION {
+                    let n = inc(&self.inner.stats.protocol_errors);
+                    warn!(%peer, version, protocol_errors = n, "xnat relay: unsupported protocol version");
+                    return;
+                }
+                let Ok(slot) = self.inner.agent_slots.clone().try_acquire_owned() else {
+                    let n = inc(&self.inner.stats.agents_over_limit);
+                    warn!(%peer, agents_over_limit = n, max_agents = self.inner.cfg.max_agents, "xnat relay: too many agents, closing");
+                    return;
+                };
+                self.control(conn, peer, agent).await;
+                drop(slot);
+            }
+            Msg::DataHello { ticket } => self.data_conn(conn, peer, ticket),
+            other => {
+                let n = inc(&self.inner.stats.protocol_errors);
+                warn!(%peer, kind = other.kind(), protocol_errors = n, "xnat relay: unexpected first message");
+            }
+        }
+    }
+
+    fn data_conn(&self, conn: SecureConn, peer: SocketAddr, ticket: [u8; TICKET_LEN]) {
+        let mut st = self.inner.state.lock().expect("relay state");
+        let Some(t) = st.tickets.remove(&ticket) else {
+            drop(st);
+            let n = inc(&self.inner.stats.bad_tickets);
+            warn!(%peer, bad_tickets = n, "xnat relay: data connection with an unknown or expired ticket");
+            return;
+        };
+        let Some(a) = st
+            .services
+            .get_mut(&t.service)
+            .and_then(|s| s.agents.iter_mut().find(|a| a.id == t.agent))
+        else {
+            return; // the agent left meanwhile
+        };
+        a.requested = a.requested.saturating_sub(1);
+        let conn = match t.waiter {
+            Some(w) => match w.send(conn) {
+                Ok(()) => return,
+                Err(conn) => conn,
+            },
+            None => conn,
+        };
+        a.pool.push_back(conn);
+    }
+
+    /// Issues a ticket to agent `agent` of `service` and asks it for a data connection.
+    fn request_data(
+        &self,
+        st: &mut State,
+        service: &str,
+        agent: u64,
+        waiter: Option<oneshot::Sender<SecureConn>>,
+    ) -> bool {
+        let mut ticket = [0u8; TICKET_LEN];
+        if self.inner.rng.fill(&mut ticket).is_err() {
+            return false;
+        }
+        let Some(a) = st
+            .services
+            .get_mut(service)
+            .and_then(|s| s.agents.iter_mut().find(|a| a.id == agent))
+        else {
+            return false;
+        };
+        if a.tx
+            .try_send(Msg::OpenData {
+                service: service.to_string(),
+                ticket,
+            })
+            .is_err()
+        {
+            return false;
+        }
+        a.requested += 1;
+        st.tickets.insert(
+            ticket,
+            Ticket {
+                service: service.to_string(),
+                agent,
+                expires: Instant::now() + TICKET_TTL,
+                waiter,
+            },
+        );
+        true
+    }
+
+    async fn control(&self, conn: SecureConn, peer: SocketAddr, agent_name: String) {
+        let mut conn = conn;
+        let mut nonce = [0u8; NONCE_LEN];
+        if self.inner.rng.fill(&mut nonce).is_err() {
+            return;
+        }
+        let binding = conn.channel_binding();
+        if conn.send(&Msg::Challenge { nonce }).await.is_err() {
+            return;
+        }
+        let id = {
+            let mut st = self.inner.state.lock().expect("relay state");
+            st.next_agent += 1;
+            st.next_agent
+        };
+        inc(&self.inner.stats.agents_total);
+        let n = inc(&self.inner.stats.agents_connected);
+        info!(%peer, agent = %agent_name, id, agents_connected = n, "xnat relay: agent connected");
+        let (mut rd, mut wr, rest) = conn.split();
+        let (tx, mut rx) = mpsc::channel::<Msg>(CONTROL_QUEUE);
+        let writer = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Some(m) = rx.recv().await {
+                buf.clear();
+                m.encode(&mut buf);
+                while let Ok(m) = rx.try_recv() {
+                    m.encode(&mut buf);
+                }
+                if wr.write(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _writer = AbortOnDrop(writer);
+        let mut dec = Decoder::new();
+        dec.push(&rest);
+        let dead_after = self.inner.cfg.heartbeat_interval * 3;
+        let mut buf = Vec::new();
+        let mut refusals = 0u32;
+        let reason: String = 'session: loop {
+            loop {
+                match dec.next_msg() {
+                    Ok(Some(m)) => {
+                        if let Err(r) = self.on_control(
+                            id,
+                            &agent_name,
+                            peer,
+                            &tx,
+                            &nonce,
+                            &binding,
+                            &mut refusals,
+                            m,
+                        ) {
+                            break 'session r;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        inc(&self.inner.stats.protocol_errors);
+                        break 'session format!("protocol error: {e}");
+                    }
+                }
+            }
+            if tx.is_closed() {
+                break 'session "control writer failed".into();
+            }
+            match tokio::time::timeout(dead_after, rd.read(&mut buf)).await {
+                Ok(Ok(true)) => dec.push(&buf),
+                Ok(Ok(false)) => break 'session "agent closed the connection".into(),
+                Ok(Err(e)) => break 'session format!("read error: {e}"),
+                Err(_) => {
+                    break 'session format!("no message for {} s (heartbeat)", dead_after.as_secs())
+                }
+            }
+        };
+        self.remove_agent(id);
+        dec_agents(&self.inner.stats);
+        let n = inc(&self.inner.stats.agents_lost);
+        warn!(%peer, agent = %agent_name, id, agents_lost = n, %reason, "xnat relay: agent disconnected");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_control(
+        &self,
+        id: u64,
+        agent_name: &str,
+        peer: SocketAddr,
+        tx: &mpsc::Sender<Msg>,
+        nonce: &[u8; NONCE_LEN],
+        binding: &[u8; 32],
+        refusals: &mut u32,
+        m: Msg,
+    ) -> Result<(), String> {
+        let send = |m: Msg| -> Result<(), String> {
+            tx.try_send(m).map_err(|_| {
+                let n = inc(&self.inner.stats.slow_agents);
+                format!("agent does not read its control channel (slow_agents={n})")
+            })
+        };
+        match m {
+            Msg::Register {
+                service,
+                max_load,
+                proof,
+            } => {
+                let mut st = self.inner.state.lock().expect("relay state");
+                let refuse =
+                    |st: std::sync::MutexGuard<'_, State>, reason: String, refusals: &mut u32| {
+                        drop(st);
+                        *refusals += 1;
+                        send(Msg::Refused {
+                            service: service.clone(),
+                            reason,
+                        })?;
+                        if *refusals > MAX_REFUSALS {
+                            return Err("too many refused registrations".to_string());
+                        }
+                        Ok(())
+                    };
+                let Some(svc) = st.services.get(&service) else {
+                    let n = inc(&self.inner.stats.unknown_service);
+                    warn!(%peer, agent = agent_name, %service, unknown_service = n, "xnat relay: agent registers an unknown service");
+                    return refuse(st, "unknown service".into(), refusals);
+                };
+                if !proto::verify_proof(&svc.conf.token, nonce, binding, &service, &proof) {
+                    let n = inc(&self.inner.stats.auth_failures);
+                    warn!(%peer, agent = agent_name, %service, auth_failures = n, "xnat relay: wrong token for service");
+                    return refuse(st, "wrong token".into(), refusals);
+                }
+                if svc.agents.iter().any(|a| a.id == id) {
+                    return Ok(());
+                }
+                let svc = st.services.get_mut(&service).expect("checked");
+                if svc.listener.is_none() {
+                    // The public port listens only from now on.
+                    let std_listener = std::net::TcpListener::bind(svc.conf.bind_addr)
+                        .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                        .and_then(TcpListener::from_std);
+                    let l = match std_listener {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(%service, bind_addr = %svc.conf.bind_addr, error = %e, "xnat relay: cannot open the public port");
+                            let why = format!("relay cannot bind {}: {e}", svc.conf.bind_addr);
+                            return refuse(st, why, refusals);
+                        }
+                    };
+                    let addr = l.local_addr().unwrap_or(svc.conf.bind_addr);
+                    let task = tokio::spawn(self.clone().public_accept(service.clone(), l));
+                    svc.listener = Some((task, addr));
+                    let n = inc(&self.inner.stats.listeners_opened);
+                    info!(%service, %addr, listeners_opened = n, "xnat relay: public port open");
+                }
+                svc.agents.push(AgentEntry {
+                    id,
+                    tx: tx.clone(),
+                    max_load: max_load.max(1),
+                    reported: 0,
+                    active: Arc::default(),
+                    pool: VecDeque::new(),
+                    requested: 0,
+                });
+                svc.stats
+                    .agents
+                    .store(svc.agents.len() as u64, Ordering::Relaxed);
+                drop(st);
+                send(Msg::Registered {
+                    service: service.clone(),
+                })?;
+                info!(agent = agent_name, id, %service, max_load, "xnat relay: agent serves the mapping");
+                let mut st = self.inner.state.lock().expect("relay state");
+                for _ in 0..self.inner.cfg.pool_size {
+                    self.request_data(&mut st, &service, id, None);
+                }
+            }
+            Msg::Load { service, current } => {
+                let mut st = self.inner.state.lock().expect("relay state");
+                if let Some(a) = st
+                    .services
+                    .get_mut(&service)
+                    .and_then(|s| s.agents.iter_mut().find(|a| a.id == id))
+                {
+                    a.reported = current;
+                }
+            }
+            Msg::Ping(v) => send(Msg::Pong(v))?,
+            Msg::Pong(_) => {}
+            other => {
+                inc(&self.inner.stats.protocol_errors);
+                return Err(format!(
+                    "unexpected message kind 0x{:02x} on a control session",
+                    other.kind()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_agent(&self, id: u64) {
+        let mut st = self.inner.state.lock().expect("relay state");
+        st.tickets.retain(|_, t| t.agent != id);
+        for (name, svc) in st.services.iter_mut() {
+            let before = svc.agents.len();
+            svc.agents.retain(|a| a.id != id);
+            if svc.agents.len() != before {
+                svc.stats
+                    .agents
+                    .store(svc.agents.len() as u64, Ordering::Relaxed);
+                if svc.agents.is_empty() {
+                    if let Some((task, addr)) = svc.listener.take() {
+                        task.abort();
+                        let n = inc(&self.inner.stats.listeners_closed);
+                        info!(service = %name, %addr, listeners_closed = n, "xnat relay: public port closed (no agent serves the mapping)");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn public_accept(self, service: String, l: TcpListener) {
+        loop {
+            let (tcp, peer) = match l.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(%service, error = %e, "xnat relay: public accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let me = self.clone();
+            let service = service.clone();
+            tokio::spawn(async move { me.visitor(service, tcp, peer).await });
+        }
+    }
+
+    /// Picks the least-loaded agent and a data connection for a visitor.
+    async fn data_for(&self, service: &str) -> Result<(SecureConn, Arc<AtomicU64>), &'static str> {
+        for _attempt in 0..3 {
+            let (pooled, rx, active) = {
+                let mut st = self.inner.state.lock().expect("relay state");
+                let Some(svc) = st.services.get_mut(service) else {
+                    return Err("unknown service");
+                };
+                let best = svc
+                    .agents
+                    .iter()
+                    .min_by(|a, b| {
+                        let la = a.active.load(Ordering::Relaxed).max(a.reported as u64) as f64
+                            / a.max_load as f64;
+                        let lb = b.active.load(Ordering::Relaxed).max(b.reported as u64) as f64
+                            / b.max_load as f64;
+                        la.total_cmp(&lb)
+                    })
+                    .map(|a| a.id);
+                let Some(agent) = best else {
+                    return Err("no agent serves the mapping");
+                };
+                let a = svc
+                    .agents
+                    .iter_mut()
+                    .find(|a| a.id == agent)
+                    .expect("found");
+                if a.active.load(Ordering::Relaxed) >= a.max_load as u64 {
+                    return Err("every agent is at its max_load");
+                }
+                let active = a.active.clone();
+                match a.pool.pop_front() {
+                    Some(c) => {
+                        // Keep the pool full.
+                        self.request_data(&mut st, service, agent, None);
+                        (Some(c), None, active)
+                    }
+                    None => {
+                        let (wtx, wrx) = oneshot::channel();
+                        if !self.request_data(&mut st, service, agent, Some(wtx)) {
+                            return Err("agent's control channel is full");
+                        }
+                        (None, Some(wrx), active)
+                    }
+                }
+            };
+            let conn = match (pooled, rx) {
+                (Some(c), _) => c,
+                (None, Some(rx)) => match tokio::time::timeout(DATA_WAIT, rx).await {
+                    Ok(Ok(c)) => c,
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            return Ok((conn, active));
+        }
+        Err("no data connection from the agent in time")
+    }
+
+    async fn visitor(self, service: String, tcp: TcpStream, peer: SocketAddr) {
+        let (mstats, conf) = {
+            let st = self.inner.state.lock().expect("relay state");
+            match st.services.get(&service) {
+                Some(s) => (s.stats.clone(), s.conf.clone()),
+                None => return,
+            }
+        };
+        let stats = &self.inner.stats;
+        if mstats.active.load(Ordering::Relaxed) >= conf.max_connections as u64 {
+            let n = inc(&stats.visitors_refused);
+            inc(&mstats.errors);
+            warn!(%service, %peer, visitors_refused = n, max_connections = conf.max_connections, "xnat relay: public connection refused: mapping at max_connections");
+            return;
+        }
+        inc(&stats.visitors_total);
+        inc(&mstats.connections);
+        inc(&stats.visitors_active);
+        inc(&mstats.active);
+        // Decrements both "active" counters on every exit path.
+        let _g = DecOnDrop(mstats.clone(), &stats.visitors_active);
+        let mut conn = None;
+        for _ in 0..3 {
+            let (mut c, active) = match self.data_for(&service).await {
+                Ok(x) => x,
+                Err(why) => {
+                    let n = inc(&stats.visitors_refused);
+                    inc(&mstats.errors);
+                    warn!(%service, %peer, visitors_refused = n, reason = why, "xnat relay: public connection refused");
+                    return;
+                }
+            };
+            // A pooled connection may have died meanwhile: try the next one.
+            if c.send(&Msg::Start { peer }).await.is_ok() {
+                conn = Some((c, active));
+                break;
+            }
+        }
+        let Some((c, active)) = conn else {
+            inc(&mstats.errors);
+            return;
+        };
+        active.fetch_add(1, Ordering::Relaxed);
+        let (sr, sw, rest) = c.split();
+        let end = pump(
+            tcp,
+            sr,
+            sw,
+            rest,
+            Some(conf.idle_timeout),
+            &[&stats.bytes_up, &mstats.bytes_up],
+            &[&stats.bytes_down, &mstats.bytes_down],
+        )
+        .await;
+        active.fetch_sub(1, Ordering::Relaxed);
+        match end {
+            End::Done => debug!(%service, %peer, "xnat relay: public connection done"),
+            End::Idle => {
+                let n = inc(&stats.idle_timeouts);
+                info!(%service, %peer, idle_timeouts = n, idle_timeout_s = conf.idle_timeout.as_secs_f64(), "xnat relay: public connection closed by the idle timeout");
+            }
+            End::Error(e) => {
+                inc(&mstats.errors);
+                debug!(%service, %peer, error = %e, "xnat relay: public connection ended with an error");
+            }
+        }
+    }
+}
+
+fn dec_agents(s: &RelayStats) {
+    dec(&s.agents_connected);
+}
+
+struct DecOnDrop<'a>(Arc<MappingStats>, &'a AtomicU64);
+
+impl Drop for DecOnDrop<'_> {
+    fn drop(&mut self) {
+        dec(&self.0.active);
+        dec(self.1);
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Closes every public listener when the relay's run future ends.
+struct ListenersGuard(Relay);
+
+impl Drop for ListenersGuard {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.inner.state.lock() {
+            for s in st.services.values_mut() {
+                if let Some((t, _)) = s.listener.take() {
+                    t.abort();
+                }
+                s.agents.clear();
+            }
+            st.tickets.clear();
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Counters. Every bad-input path bumps one and logs one line naming it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $f:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $($(#[$fm])* pub $f: AtomicU64,)*
+        }
+        impl $name {
+            /// All counters by name.
+            pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+                let mut m = BTreeMap::new();
+                $(m.insert(stringify!($f), self.$f.load(Ordering::Relaxed));)*
+                m
+            }
+        }
+    };
+}
+
+counters!(
+    /// Relay-wide counters.
+    RelayStats {
+        /// Agents whose control session is up.
+        agents_connected,
+        /// Control sessions ever authenticated.
+        agents_total,
+        /// Agents whose control connection ended (EOF, error, heartbeat).
+        agents_lost,
+        /// Register proofs that did not match the service token.
+        auth_failures,
+        /// Register requests naming a service the relay does not have.
+        unknown_service,
+        /// Connections whose secure handshake failed or timed out.
+        handshake_failures,
+        /// Connections whose first message was invalid.
+        protocol_errors,
+        /// Data connections presenting an unknown or expired ticket.
+        bad_tickets,
+        /// Agents disconnected because they did not read their control channel.
+        slow_agents,
+        /// Connections refused because `max_agents` sessions were up.
+        agents_over_limit,
+        /// Public connections accepted.
+        visitors_total,
+        /// Public connections open now.
+        visitors_active,
+        /// Public connections refused (no agent, no data connection, limit).
+        visitors_refused,
+        /// Public connections closed by the idle timeout.
+        idle_timeouts,
+        /// Bytes public peer -> agent.
+        bytes_up,
+        /// Bytes agent -> public peer.
+        bytes_down,
+        /// Public listeners opened (a mapping gained its first agent).
+        listeners_opened,
+        /// Public listeners closed (a mapping lost its last agent).
+        listeners_closed,
+    }
+);
+
+counters!(
+    /// Agent-wide counters.
+    AgentStats {
+        /// Control sessions established (first and re-connects).
+        sessions,
+        /// Control sessions lost (relay gone, heartbeat timeout, error).
+        relay_lost,
+        /// Connection attempts to a relay that failed.
+        connect_failures,
+        /// Mappings the relay refused.
+        refused,
+        /// Mappings the relay accepted.
+        registered,
+        /// Data connections opened.
+        data_conns,
+        /// Public connections carried to the local service.
+        forwarded,
+        /// Local service connection failures.
+        local_failures,
+        /// Bytes public -> local.
+        bytes_up,
+        /// Bytes local -> public.
+        bytes_down,
+    }
+);
+
+counters!(
+    /// Per-mapping counters on the relay.
+    MappingStats {
+        /// Public connections accepted.
+        connections,
+        /// Public connections open now.
+        active,
+        /// Bytes public peer -> agent.
+        bytes_up,
+        /// Bytes agent -> public peer.
+        bytes_down,
+        /// Public connections that ended in an error or were refused.
+        errors,
+        /// Agents serving the mapping now.
+        agents,
+    }
+);
+
+pub(crate) fn inc(c: &AtomicU64) -> u64 {
+    c.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+pub(crate) fn dec(c: &AtomicU64) {
+    c.fetch_sub(1, Ordering::Relaxed);
+}
