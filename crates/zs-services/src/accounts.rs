@@ -239,6 +239,11 @@ impl Accounts {
         })
     }
 
+    /// Closes the `accounts` database (see [`crate::Services::close`]).
+    pub fn close(&self) -> Result<()> {
+        self.inner.db.close().map_err(ServiceError::storage)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &AccountsConfig {
         &self.inner.cfg

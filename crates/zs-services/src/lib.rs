@@ -150,6 +150,14 @@ impl Services {
         Services::open(&env, cfg)
     }
 
+    /// Closes the stores (synced; the file locks are released, so another
+    /// process or [`Services::open_dir`] may open them). Commands still
+    /// registered somewhere then answer [`code::STORAGE`].
+    pub fn close(&self) -> Result<()> {
+        self.accounts.close()?;
+        self.messages.close()
+    }
+
     /// Registers every service's commands on `r`.
     pub fn register(&self, r: &mut Registry) {
         self.accounts.register(r);

@@ -349,6 +349,11 @@ impl Messages {
         })
     }
 
+    /// Closes the `messages` database (see [`crate::Services::close`]).
+    pub fn close(&self) -> Result<()> {
+        self.inner.db.close().map_err(ServiceError::storage)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &MessagesConfig {
         &self.inner.cfg
@@ -469,7 +474,10 @@ impl Messages {
         let ids = self.inner.db.commit(&b).map_err(ServiceError::storage)?;
         let id = ids[0];
         if nonce > 0 {
-            let rid = pair.map_or(ids[1], |(rid, _)| rid);
+            let rid = match pair {
+                Some((rid, _)) => rid,
+                None => ids[1],
+            };
             st.pairs.insert((from, to), (rid, nonce));
         }
         let q = st.queues.entry(to).or_default();

@@ -16,13 +16,25 @@ fn register_login_and_exact_passwords() {
     // Not logged in yet.
     assert_eq!(code_of(c.whoami()), code::NOT_LOGGED_IN);
     // Passwords are compared exactly: no case folding (ZNet's pitfall).
-    assert_eq!(code_of(c.login("ann", "correct horse")), code::BAD_CREDENTIALS);
-    assert_eq!(code_of(c.login("ann", "CORRECT HORSE")), code::BAD_CREDENTIALS);
+    assert_eq!(
+        code_of(c.login("ann", "correct horse")),
+        code::BAD_CREDENTIALS
+    );
+    assert_eq!(
+        code_of(c.login("ann", "CORRECT HORSE")),
+        code::BAD_CREDENTIALS
+    );
     // An unknown user gets the same answer as a wrong password.
-    assert_eq!(code_of(c.login("nobody", "Correct Horse")), code::BAD_CREDENTIALS);
+    assert_eq!(
+        code_of(c.login("nobody", "Correct Horse")),
+        code::BAD_CREDENTIALS
+    );
     // Names are case-insensitive.
     let info = c.login("ANN", "Correct Horse").unwrap();
-    assert_eq!((info.user, info.name.as_str(), info.kicked), (id, "ann", false));
+    assert_eq!(
+        (info.user, info.name.as_str(), info.kicked),
+        (id, "ann", false)
+    );
     assert_eq!(c.whoami().unwrap(), (id, "ann".to_owned()));
     c.logout().unwrap();
     assert_eq!(code_of(c.whoami()), code::NOT_LOGGED_IN);
@@ -36,20 +48,28 @@ fn user_of_survives_a_handler_storing_its_own_connection_state() {
     assert_eq!(c.client().call("scratch", "mine").wait().unwrap(), "ok");
     assert_eq!(c.whoami().unwrap().1, "ann");
     let peer = rig.server.peers().pop().unwrap();
-    assert_eq!(rig.services.accounts.user_of(&peer), rig.services.accounts.resolve("ann"));
+    assert_eq!(
+        rig.services.accounts.user_of(&peer),
+        rig.services.accounts.resolve("ann")
+    );
     assert_eq!(peer.state::<String>().as_deref(), Some("mine"));
 }
 
 #[test]
 fn second_login_kicks_the_older_session() {
     let rig = Rig::mem(cheap());
-    rig.services.accounts.create_user("ann", "password1", false).unwrap();
+    rig.services
+        .accounts
+        .create_user("ann", "password1", false)
+        .unwrap();
     let (first, inbox) = rig.client_inbox();
     first.login("ann", "password1").unwrap();
     let second = rig.client();
     let info = second.login("ann", "password1").unwrap();
     assert!(info.kicked);
-    eventually("the first connection to close", || !first.client().is_connected());
+    eventually("the first connection to close", || {
+        !first.client().is_connected()
+    });
     eventually("the kick signal", || inbox.was_kicked());
     assert_eq!(second.whoami().unwrap().1, "ann");
     assert_eq!(second.online().unwrap(), vec!["ann".to_owned()]);
@@ -60,16 +80,24 @@ fn second_login_refused_when_configured() {
     let mut cfg = cheap();
     cfg.accounts.second_login = SecondLogin::Refuse;
     let rig = Rig::mem(cfg);
-    rig.services.accounts.create_user("ann", "password1", false).unwrap();
+    rig.services
+        .accounts
+        .create_user("ann", "password1", false)
+        .unwrap();
     let first = rig.client();
     first.login("ann", "password1").unwrap();
     let second = rig.client();
-    assert_eq!(code_of(second.login("ann", "password1")), code::ALREADY_ONLINE);
+    assert_eq!(
+        code_of(second.login("ann", "password1")),
+        code::ALREADY_ONLINE
+    );
     assert!(first.client().is_connected());
     assert_eq!(first.whoami().unwrap().1, "ann");
     // Once the first leaves, the second gets in.
     first.close();
-    eventually("the refused login to succeed", || second.login("ann", "password1").is_ok());
+    eventually("the refused login to succeed", || {
+        second.login("ann", "password1").is_ok()
+    });
 }
 
 #[test]
@@ -79,7 +107,10 @@ fn wrong_passwords_are_throttled_per_user_and_per_address() {
     cfg.accounts.addr_failures = 6;
     let rig = Rig::mem(cfg);
     for n in ["ann", "bob", "cid"] {
-        rig.services.accounts.create_user(n, "password1", false).unwrap();
+        rig.services
+            .accounts
+            .create_user(n, "password1", false)
+            .unwrap();
     }
     let c = rig.client();
     for _ in 0..3 {
@@ -100,7 +131,10 @@ fn wrong_passwords_are_throttled_per_user_and_per_address() {
     let id = rig.services.accounts.resolve("ann").unwrap();
     rig.services.accounts.set_password(id, "password2").unwrap();
     assert_eq!(
-        rig.services.accounts.authenticate("ann", "password2", None).unwrap(),
+        rig.services
+            .accounts
+            .authenticate("ann", "password2", None)
+            .unwrap(),
         id
     );
 }
@@ -112,11 +146,18 @@ fn hostile_names_passwords_and_payloads_get_clear_errors() {
     let long = "a".repeat(10_000);
     assert_eq!(code_of(c.register(&long, "password1")), code::INVALID);
     assert_eq!(code_of(c.login(&long, "password1")), code::INVALID);
-    assert_eq!(code_of(c.register("ann", &"p".repeat(100_000))), code::INVALID);
+    assert_eq!(
+        code_of(c.register("ann", &"p".repeat(100_000))),
+        code::INVALID
+    );
     assert_eq!(code_of(c.login("ann", &"p".repeat(100_000))), code::INVALID);
     assert_eq!(code_of(c.register("ann", "short")), code::INVALID);
     for bad in ["../etc", "a b", "", "-x", "ann\0", "名前", "con/x"] {
-        assert_eq!(code_of(c.register(bad, "password1")), code::INVALID, "{bad:?}");
+        assert_eq!(
+            code_of(c.register(bad, "password1")),
+            code::INVALID,
+            "{bad:?}"
+        );
     }
     // Malformed payloads: missing fields, wrong types.
     let e = c
@@ -146,10 +187,16 @@ fn admin_commands_disable_reset_and_list() {
     let bob = rig.user("bob");
     // A plain user may not run admin commands.
     assert_eq!(code_of(bob.set_disabled("root", true)), code::FORBIDDEN);
-    assert_eq!(code_of(bob.reset_password("root", "password9")), code::FORBIDDEN);
+    assert_eq!(
+        code_of(bob.reset_password("root", "password9")),
+        code::FORBIDDEN
+    );
     assert_eq!(code_of(bob.list_users(0, 10)), code::FORBIDDEN);
     let list = admin.list_users(0, 10).unwrap();
-    let names: Vec<_> = list.iter().map(|u| (u.name.as_str(), u.admin, u.online)).collect();
+    let names: Vec<_> = list
+        .iter()
+        .map(|u| (u.name.as_str(), u.admin, u.online))
+        .collect();
     assert_eq!(names, vec![("root", true, true), ("bob", false, true)]);
     // Disabling logs bob out at once and refuses his logins.
     admin.set_disabled("bob", true).unwrap();
@@ -160,11 +207,17 @@ fn admin_commands_disable_reset_and_list() {
     again.login("bob", "bob-password").unwrap();
     // Reset, then a self change that checks the old password.
     admin.reset_password("bob", "new-password").unwrap();
-    assert_eq!(code_of(again.change_password("bob-password", "x-password")), code::BAD_CREDENTIALS);
+    assert_eq!(
+        code_of(again.change_password("bob-password", "x-password")),
+        code::BAD_CREDENTIALS
+    );
     again.change_password("new-password", "x-password").unwrap();
     let third = rig.client();
     third.login("bob", "x-password").unwrap();
-    assert_eq!(code_of(admin.set_disabled("nobody", true)), code::NO_SUCH_USER);
+    assert_eq!(
+        code_of(admin.set_disabled("nobody", true)),
+        code::NO_SUCH_USER
+    );
     assert_eq!(code_of(admin.set_disabled("root", true)), code::FORBIDDEN);
 }
 
@@ -179,9 +232,15 @@ fn aliases_log_in_as_their_user() {
     let info = c.login("annie", "ann-password").unwrap();
     assert_eq!(info.name, "ann");
     // Registering an alias as a name is refused.
-    assert_eq!(code_of(rig.client().register("annie", "password1")), code::NAME_TAKEN);
+    assert_eq!(
+        code_of(rig.client().register("annie", "password1")),
+        code::NAME_TAKEN
+    );
     c.remove_alias("annie").unwrap();
-    assert_eq!(code_of(rig.client().login("annie", "ann-password")), code::BAD_CREDENTIALS);
+    assert_eq!(
+        code_of(rig.client().login("annie", "ann-password")),
+        code::BAD_CREDENTIALS
+    );
     assert_eq!(code_of(c.remove_alias("annie")), code::NO_SUCH_USER);
     for i in 0..8 {
         c.add_alias(&format!("a{i}")).unwrap();
@@ -212,9 +271,15 @@ fn accounts_persist_across_reopen() {
     }
     let s = Services::open_dir(dir.path(), cheap()).unwrap();
     let id = s.accounts.resolve("annie").unwrap();
-    assert_eq!(s.accounts.authenticate("ann", "password2", None).unwrap(), id);
     assert_eq!(
-        s.accounts.authenticate("ann", "password1", None).unwrap_err().code,
+        s.accounts.authenticate("ann", "password2", None).unwrap(),
+        id
+    );
+    assert_eq!(
+        s.accounts
+            .authenticate("ann", "password1", None)
+            .unwrap_err()
+            .code,
         code::BAD_CREDENTIALS
     );
     // One process at a time: the store is locked.

@@ -97,7 +97,10 @@ impl Rig {
     pub fn user(&self, name: &str) -> ServicesClient {
         let c = self.client();
         let pw = format!("{name}-password");
-        self.services.accounts.create_user(name, &pw, false).unwrap();
+        self.services
+            .accounts
+            .create_user(name, &pw, false)
+            .unwrap();
         c.login(name, &pw).unwrap();
         c
     }
@@ -111,7 +114,10 @@ pub fn cheap() -> ServicesConfig {
 pub fn eventually(what: &str, f: impl Fn() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
