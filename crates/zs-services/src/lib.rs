@@ -193,6 +193,31 @@ impl Services {
     }
 }
 
+/// A service that puts its commands on a server's registry: how the `zserver`
+/// facade plugs services in as trait objects (`ServerBuilder::service`).
+pub trait Service: Send + Sync {
+    /// Registers the service's commands on `r`.
+    fn register_commands(&self, r: &mut Registry);
+}
+
+impl Service for Services {
+    fn register_commands(&self, r: &mut Registry) {
+        self.register(r)
+    }
+}
+
+impl Service for Accounts {
+    fn register_commands(&self, r: &mut Registry) {
+        self.register(r)
+    }
+}
+
+impl Service for Messages {
+    fn register_commands(&self, r: &mut Registry) {
+        self.register(r)
+    }
+}
+
 /// Registers a stream command on the HPC pool whose handler answers with
 /// [`ServiceError`]s.
 pub(crate) trait RegistryExt {

@@ -7,7 +7,9 @@
 //! sessions, a pinned Ed25519 server identity.
 //!
 //! Features (one per sub-crate): `wire`, `crypto`, `io`, `io-epoll`, `io-tokio`,
-//! `core` (the framework and the builders), `expr`, `db`; `full` enables all.
+//! `core` (the framework and the builders), `expr`, `db`, `services`
+//! (accounts, messages and push; builder methods `ServerBuilder::service`,
+//! `ClientBuilder::connect_services`); `full` enables all.
 //! `default` = `core`, `io-epoll`, `io-tokio`.
 //!
 //! ```
@@ -76,6 +78,15 @@ pub use zs_p2pvm as p2pvm;
 
 #[cfg(feature = "core")]
 mod builder;
+
+/// Application services: accounts, offline messages and push (`zs-services`).
+#[cfg(feature = "services")]
+pub use zs_services as services;
+#[cfg(feature = "services")]
+#[path = "services.rs"]
+mod services_facade;
+#[cfg(feature = "services")]
+pub use services_facade::ServicesConnection;
 
 #[cfg(feature = "core")]
 pub use builder::{
