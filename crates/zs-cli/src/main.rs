@@ -13,6 +13,7 @@ mod call;
 mod db;
 mod expr;
 mod serve;
+mod services;
 
 /// The zserver command line.
 #[derive(Debug, Parser)]
@@ -40,6 +41,10 @@ enum Command {
     Expr(expr::ExprArgs),
     /// Load a running zserver: rpc calls, BigStream transfers or idle sessions.
     Bench(bench::BenchArgs),
+    /// Accounts on a running `zs serve`: add, passwd, list, disable.
+    User(services::UserArgs),
+    /// Messages on a running `zs serve`: send, inbox.
+    Msg(services::MsgArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,5 +56,7 @@ fn main() -> ExitCode {
         Command::Db(a) => db::run(a),
         Command::Expr(a) => expr::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::User(a) => services::run_user_cmd(a),
+        Command::Msg(a) => services::run_msg_cmd(a),
     }
 }

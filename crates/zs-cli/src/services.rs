@@ -1,0 +1,316 @@
+//! `zs user …` and `zs msg …`: the application services of a running
+//! `zs serve` (accounts, offline messages), and the part of `zs serve` that
+//! opens them.
+//!
+//! Every command connects (fingerprint as for `zs call`), logs in, runs, and
+//! logs out. Who logs in: `--as` (default `admin`) with `--password` or the
+//! `ZS_PASSWORD` environment variable; for `admin` without either, the
+//! password `zs serve` wrote to `<data>/admin.password` (so, in the directory
+//! where `zs serve` runs, `zs user add ann` needs nothing else).
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use zserver::services::{Services, ServicesClient, ServicesConfig};
+use zserver::ClientBuilder;
+
+use crate::call::resolve_fingerprint;
+
+/// Where `zs serve` keeps the services' store by default.
+pub const DEFAULT_DATA_DIR: &str = "zs-data";
+/// The admin password file `zs serve` writes in the data directory.
+pub const ADMIN_PASSWORD_FILE: &str = "admin.password";
+/// The admin account `zs serve` creates.
+pub const ADMIN_USER: &str = "admin";
+
+/// Opens the services for `zs serve` in `data` (created when missing). On
+/// the first start an `admin` account is created and its random password
+/// written to `<data>/admin.password` (mode 0600); returns the services and
+/// that file's path when it was just written.
+pub fn open_for_serve(data: &Path) -> Result<(Services, Option<PathBuf>), String> {
+    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    let services = Services::open_dir(data, ServicesConfig::default())
+        .map_err(|e| format!("services store {}: {}", data.display(), e.message))?;
+    let written = match services.ensure_admin(ADMIN_USER).map_err(|e| e.to_string())? {
+        Some(pw) => {
+            let path = data.join(ADMIN_PASSWORD_FILE);
+            write_secret(&path, &pw)?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok((services, written))
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    writeln!(f, "{text}").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// How to reach and log in to the server (shared by `zs user` and `zs msg`).
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// Server address.
+    #[arg(long, default_value = zserver::DEFAULT_ADDR, global = true)]
+    pub addr: SocketAddr,
+    /// The server's fingerprint (`sha3-256:…`; else ZS_FINGERPRINT or --key).
+    #[arg(long, global = true)]
+    pub fingerprint: Option<String>,
+    /// The server's key file, to read the fingerprint of a local server.
+    #[arg(long, global = true)]
+    pub key: Option<PathBuf>,
+    /// Log in as this user.
+    #[arg(long = "as", default_value = ADMIN_USER, global = true)]
+    pub user: String,
+    /// Password of `--as` (else ZS_PASSWORD, else <data>/admin.password for admin).
+    #[arg(long, global = true)]
+    pub password: Option<String>,
+    /// The server's data directory (for its admin.password file).
+    #[arg(long, default_value = DEFAULT_DATA_DIR, global = true)]
+    pub data: PathBuf,
+}
+
+impl Conn {
+    fn password(&self) -> Result<String, String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        if let Ok(p) = std::env::var("ZS_PASSWORD") {
+            return Ok(p);
+        }
+        if self.user.eq_ignore_ascii_case(ADMIN_USER) {
+            let path = self.data.join(ADMIN_PASSWORD_FILE);
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
+            }
+        }
+        Err(format!(
+            "no password for {:?}: pass --password or set ZS_PASSWORD",
+            self.user
+        ))
+    }
+
+    fn connect(&self) -> Result<ServicesClient, String> {
+        let fp = resolve_fingerprint(self.fingerprint.as_deref(), self.key.as_deref())?;
+        let mut options = zserver::Options::client();
+        options.call_timeout = Some(Duration::from_secs(30));
+        let client = ClientBuilder::new(self.addr)
+            .fingerprint(fp)
+            .options(options)
+            .connect()
+            .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
+        let c = ServicesClient::new(client);
+        c.login(&self.user, &self.password()?)
+            .map_err(|e| format!("login as {:?}: {}", self.user, e.message))?;
+        Ok(c)
+    }
+}
+
+/// Arguments of `zs user`.
+#[derive(Debug, clap::Args)]
+pub struct UserArgs {
+    #[command(subcommand)]
+    verb: UserVerb,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum UserVerb {
+    /// Create an account (password from --new-password or the first stdin line).
+    Add {
+        /// The new user's name.
+        name: String,
+        /// The new user's password.
+        #[arg(long)]
+        new_password: Option<String>,
+    },
+    /// Set a user's password (admin), from --new-password or the first stdin line.
+    Passwd {
+        /// The user.
+        name: String,
+        /// The new password.
+        #[arg(long)]
+        new_password: Option<String>,
+    },
+    /// List the accounts.
+    List,
+    /// Disable an account (its session ends); --enable turns it back on.
+    Disable {
+        /// The user.
+        name: String,
+        /// Enable instead.
+        #[arg(long)]
+        enable: bool,
+    },
+}
+
+fn new_password(flag: Option<String>) -> Result<String, String> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the password from stdin: {e}"))?;
+    let p = line.trim_end_matches(['\n', '\r']).to_owned();
+    if p.is_empty() {
+        return Err("no password: pass --new-password or write it on stdin".into());
+    }
+    Ok(p)
+}
+
+fn run_user(a: UserArgs) -> Result<String, String> {
+    let c = a.conn.connect()?;
+    let out = match a.verb {
+        UserVerb::Add { name, new_password: p } => {
+            let id = c.register(&name, &new_password(p)?).map_err(|e| e.message)?;
+            format!("user {name} created (id {id})")
+        }
+        UserVerb::Passwd { name, new_password: p } => {
+            c.reset_password(&name, &new_password(p)?)
+                .map_err(|e| e.message)?;
+            format!("password of {name} changed")
+        }
+        UserVerb::List => {
+            let mut s = String::from("id\tname\tstate\tadmin\taliases\n");
+            let mut after = 0;
+            loop {
+                let page = c.list_users(after, 1000).map_err(|e| e.message)?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                for u in &page {
+                    let state = match (u.disabled, u.online) {
+                        (true, _) => "disabled",
+                        (false, true) => "online",
+                        (false, false) => "offline",
+                    };
+                    s.push_str(&format!(
+                        "{}\t{}\t{state}\t{}\t{}\n",
+                        u.id,
+                        u.name,
+                        if u.admin { "yes" } else { "no" },
+                        u.aliases.join(",")
+                    ));
+                }
+            }
+            s
+        }
+        UserVerb::Disable { name, enable } => {
+            c.set_disabled(&name, !enable).map_err(|e| e.message)?;
+            format!("{name} {}", if enable { "enabled" } else { "disabled" })
+        }
+    };
+    let _ = c.logout();
+    c.close();
+    Ok(out)
+}
+
+/// Arguments of `zs msg`.
+#[derive(Debug, clap::Args)]
+pub struct MsgArgs {
+    #[command(subcommand)]
+    verb: MsgVerb,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum MsgVerb {
+    /// Send a message to a user (queued durably when they are offline).
+    Send {
+        /// Recipient (name or alias).
+        to: String,
+        /// The text (joined with spaces).
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Print the queued messages, oldest first, and acknowledge them.
+    Inbox {
+        /// Leave them queued.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn run_msg(a: MsgArgs) -> Result<String, String> {
+    let c = a.conn.connect()?;
+    let out = match a.verb {
+        MsgVerb::Send { to, text } => {
+            // Nonce: the wall clock in microseconds (grows per sender-recipient pair).
+            let nonce = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(1);
+            let s = c
+                .send(&to, nonce, text.join(" ").as_bytes())
+                .map_err(|e| e.message)?;
+            format!("sent to {to} (message {})", s.id)
+        }
+        MsgVerb::Inbox { keep } => {
+            let mut s = String::new();
+            let mut after = 0;
+            let mut n = 0;
+            loop {
+                let page = c.fetch(after, 256).map_err(|e| e.message)?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                for m in &page {
+                    s.push_str(&format!(
+                        "{} {}: {}\n",
+                        m.id,
+                        m.from_name,
+                        String::from_utf8_lossy(&m.body)
+                    ));
+                }
+                n += page.len();
+                if !keep {
+                    let ids: Vec<u64> = page.iter().map(|m| m.id).collect();
+                    c.ack(&ids).map_err(|e| e.message)?;
+                }
+            }
+            s.push_str(&format!("{n} message(s)"));
+            s
+        }
+    };
+    let _ = c.logout();
+    c.close();
+    Ok(out)
+}
+
+fn finish(name: &str, r: Result<String, String>) -> ExitCode {
+    match r {
+        Ok(s) => {
+            println!("{}", s.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zs {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `zs user`.
+pub fn run_user_cmd(a: UserArgs) -> ExitCode {
+    finish("user", run_user(a))
+}
+
+/// Runs `zs msg`.
+pub fn run_msg_cmd(a: MsgArgs) -> ExitCode {
+    finish("msg", run_msg(a))
+}
