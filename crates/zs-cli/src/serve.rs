@@ -12,7 +12,15 @@
 //! max_connections_per_ip = 1000
 //! max_handshakes_per_ip = 64   # handshakes in progress from one address
 //! data = "./zs-data"           # the services' store (accounts, messages)
-//! services = true              # false: only the demo commands
+//!
+//! [services]                   # all optional
+//! enabled = true               # false: only the demo commands
+//! second_login = "kick"        # or "refuse"
+//! open_registration = true     # anyone may `user.register`
+//! password_memory_kib = 19456  # Argon2id cost of new password hashes
+//! password_iterations = 2
+//! user_failures = 5            # failed logins per user / per address
+//! addr_failures = 20           #   within 15 minutes before throttling
 //! ```
 //!
 //! Every other limit has the default documented in docs/PROTOCOL.md §3.7.
@@ -92,7 +100,7 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     max_handshakes_per_ip: Option<usize>,
     data: Option<PathBuf>,
-    services: Option<bool>,
+    services: Option<crate::services::ServicesFile>,
 }
 
 /// Formats a Unix time as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
@@ -217,16 +225,20 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         options.max_handshakes_per_ip = n;
     }
 
-    let services = if a.no_services || file.services == Some(false) {
+    let services_file = file.services.unwrap_or_default();
+    let services = if a.no_services || services_file.enabled == Some(false) {
         None
     } else {
         let data = a
             .data
             .or(file.data)
             .unwrap_or_else(|| PathBuf::from(crate::services::DEFAULT_DATA_DIR));
-        let (s, written) = crate::services::open_for_serve(&data)?;
+        let (s, written) = crate::services::open_for_serve(&data, services_file.config()?)?;
         if let Some(p) = written {
-            println!("services: admin account created, password in {}", p.display());
+            println!(
+                "services: admin account created, password in {}",
+                p.display()
+            );
         }
         println!("services: accounts and messages in {}", data.display());
         Some(s)

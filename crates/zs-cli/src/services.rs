@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use zserver::services::{Services, ServicesClient, ServicesConfig};
+use zserver::services::{SecondLogin, Services, ServicesClient, ServicesConfig};
 use zserver::ClientBuilder;
 
 use crate::call::resolve_fingerprint;
@@ -30,11 +30,17 @@ pub const ADMIN_USER: &str = "admin";
 /// the first start an `admin` account is created and its random password
 /// written to `<data>/admin.password` (mode 0600); returns the services and
 /// that file's path when it was just written.
-pub fn open_for_serve(data: &Path) -> Result<(Services, Option<PathBuf>), String> {
+pub fn open_for_serve(
+    data: &Path,
+    cfg: ServicesConfig,
+) -> Result<(Services, Option<PathBuf>), String> {
     std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    let services = Services::open_dir(data, ServicesConfig::default())
+    let services = Services::open_dir(data, cfg)
         .map_err(|e| format!("services store {}: {}", data.display(), e.message))?;
-    let written = match services.ensure_admin(ADMIN_USER).map_err(|e| e.to_string())? {
+    let written = match services
+        .ensure_admin(ADMIN_USER)
+        .map_err(|e| e.to_string())?
+    {
         Some(pw) => {
             let path = data.join(ADMIN_PASSWORD_FILE);
             write_secret(&path, &pw)?;
@@ -43,6 +49,55 @@ pub fn open_for_serve(data: &Path) -> Result<(Services, Option<PathBuf>), String
         None => None,
     };
     Ok((services, written))
+}
+
+/// The `[services]` table of `zs serve`'s TOML file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesFile {
+    /// `false`: no services.
+    pub enabled: Option<bool>,
+    /// `kick` (default) or `refuse`.
+    pub second_login: Option<String>,
+    /// Anyone may register.
+    pub open_registration: Option<bool>,
+    /// Argon2id memory (KiB) of new hashes.
+    pub password_memory_kib: Option<u32>,
+    /// Argon2id passes of new hashes.
+    pub password_iterations: Option<u32>,
+    /// Failed logins of one user before throttling.
+    pub user_failures: Option<usize>,
+    /// Failed logins from one address before throttling.
+    pub addr_failures: Option<usize>,
+}
+
+impl ServicesFile {
+    /// The services' configuration: defaults overridden by the file.
+    pub fn config(&self) -> Result<ServicesConfig, String> {
+        let mut c = ServicesConfig::default();
+        let a = &mut c.accounts;
+        match self.second_login.as_deref() {
+            None | Some("kick") => a.second_login = SecondLogin::Kick,
+            Some("refuse") => a.second_login = SecondLogin::Refuse,
+            Some(o) => return Err(format!("services.second_login: {o:?} (kick or refuse)")),
+        }
+        if let Some(v) = self.open_registration {
+            a.open_registration = v;
+        }
+        if let Some(v) = self.password_memory_kib {
+            a.password_params.memory_kib = v;
+        }
+        if let Some(v) = self.password_iterations {
+            a.password_params.iterations = v;
+        }
+        if let Some(v) = self.user_failures {
+            a.user_failures = v;
+        }
+        if let Some(v) = self.addr_failures {
+            a.addr_failures = v;
+        }
+        Ok(c)
+    }
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), String> {
@@ -177,11 +232,19 @@ fn new_password(flag: Option<String>) -> Result<String, String> {
 fn run_user(a: UserArgs) -> Result<String, String> {
     let c = a.conn.connect()?;
     let out = match a.verb {
-        UserVerb::Add { name, new_password: p } => {
-            let id = c.register(&name, &new_password(p)?).map_err(|e| e.message)?;
+        UserVerb::Add {
+            name,
+            new_password: p,
+        } => {
+            let id = c
+                .register(&name, &new_password(p)?)
+                .map_err(|e| e.message)?;
             format!("user {name} created (id {id})")
         }
-        UserVerb::Passwd { name, new_password: p } => {
+        UserVerb::Passwd {
+            name,
+            new_password: p,
+        } => {
             c.reset_password(&name, &new_password(p)?)
                 .map_err(|e| e.message)?;
             format!("password of {name} changed")
