@@ -20,7 +20,7 @@
 //!   sender nonce makes resends after a lost answer harmless; queue caps and
 //!   expiry; broadcast to all online users and to named groups.
 //!
-//! Payloads are DataFrames; docs/PROTOCOL.md Part 8 lists every command.
+//! Payloads are DataFrames; docs/PROTOCOL.md Part S lists every command.
 //!
 //! ```
 //! use std::sync::Arc;

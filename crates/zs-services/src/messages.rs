@@ -5,8 +5,8 @@
 //! (`msg.ack`); per-user queue caps and expiry; broadcast to every online
 //! user and to named groups (those two are live only: nobody offline gets them).
 //!
-//! Storage: the zs-db database `messages`, two record shapes (docs/PROTOCOL.md,
-//! Part "Services", §S.4): a message (`M`) and the last sender nonce of a
+//! Storage: the zs-db database `messages`, two record shapes (docs/PROTOCOL.md Part S,
+//! §S.4): a message (`M`) and the last sender nonce of a
 //! sender-recipient pair (`P`), written in one atomic commit, so a sender
 //! that resends after a lost acknowledgement (same nonce) is told
 //! "duplicate" instead of queueing the message twice.
