@@ -72,6 +72,7 @@
 pub mod accounts;
 pub mod client;
 mod error;
+pub mod files;
 pub mod messages;
 
 use std::path::Path;
@@ -83,6 +84,7 @@ use zs_wire::DataFrame;
 pub use accounts::{check_name, Accounts, AccountsConfig, SecondLogin, UserInfo};
 pub use client::{Inbox, LoginInfo, ServicesClient};
 pub use error::{code, Result, ServiceError};
+pub use files::{check_path, FileInfo, Files, FilesConfig, Space, UploadState};
 pub use messages::{Message, Messages, MessagesConfig, Sent};
 
 /// Settings of every service.
@@ -92,6 +94,9 @@ pub struct ServicesConfig {
     pub accounts: AccountsConfig,
     /// Messages.
     pub messages: MessagesConfig,
+    /// Files (on when `files.root` is set; [`Services::open_dir`] sets it to
+    /// `<dir>/files` when unset).
+    pub files: FilesConfig,
 }
 
 impl ServicesConfig {
@@ -115,6 +120,8 @@ pub struct Services {
     pub accounts: Accounts,
     /// Messages.
     pub messages: Messages,
+    /// Files (`None` without a root directory).
+    pub files: Option<Files>,
 }
 
 /// Opens database `name` of `env` (creating it), every commit fsynced.
@@ -140,12 +147,27 @@ impl Services {
     pub fn open(env: &Env, cfg: ServicesConfig) -> Result<Services> {
         let accounts = Accounts::open(open_db(env, "accounts")?, cfg.accounts)?;
         let messages = Messages::open(open_db(env, "messages")?, accounts.clone(), cfg.messages)?;
-        Ok(Services { accounts, messages })
+        let files = match cfg.files.root {
+            Some(_) => Some(Files::open(
+                open_db(env, "files")?,
+                accounts.clone(),
+                cfg.files,
+            )?),
+            None => None,
+        };
+        Ok(Services {
+            accounts,
+            messages,
+            files,
+        })
     }
 
     /// Opens the services on directory `dir` (created when missing; one
     /// process at a time: zs-db locks its files).
-    pub fn open_dir(dir: impl AsRef<Path>, cfg: ServicesConfig) -> Result<Services> {
+    pub fn open_dir(dir: impl AsRef<Path>, mut cfg: ServicesConfig) -> Result<Services> {
+        if cfg.files.root.is_none() {
+            cfg.files.root = Some(dir.as_ref().join("files"));
+        }
         let env = Env::open_dir(dir.as_ref()).map_err(ServiceError::storage)?;
         Services::open(&env, cfg)
     }
@@ -155,6 +177,9 @@ impl Services {
     /// registered somewhere then answer [`code::STORAGE`].
     pub fn close(&self) -> Result<()> {
         self.accounts.close()?;
+        if let Some(f) = &self.files {
+            f.close()?;
+        }
         self.messages.close()
     }
 
@@ -162,6 +187,9 @@ impl Services {
     pub fn register(&self, r: &mut Registry) {
         self.accounts.register(r);
         self.messages.register(r);
+        if let Some(f) = &self.files {
+            f.register(r);
+        }
     }
 
     /// Creates an admin `name` with a random password when the store has no

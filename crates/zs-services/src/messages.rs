@@ -202,8 +202,8 @@ pub enum StoredRecord {
 
 /// Decodes a stored record (`None`: not one of ours, or truncated).
 pub fn decode_record(b: &[u8]) -> Option<StoredRecord> {
-    match b.first()? {
-        &MSG_TAG if b.len() >= MSG_HEADER => Some(StoredRecord::Message {
+    match *b.first()? {
+        MSG_TAG if b.len() >= MSG_HEADER => Some(StoredRecord::Message {
             to: u64_at(b, 0),
             from: u64_at(b, 1),
             nonce: u64_at(b, 2),
@@ -211,7 +211,7 @@ pub fn decode_record(b: &[u8]) -> Option<StoredRecord> {
             expires_ms: u64_at(b, 4),
             body_len: b.len() - MSG_HEADER,
         }),
-        &PAIR_TAG if b.len() == 25 => Some(StoredRecord::Pair {
+        PAIR_TAG if b.len() == 25 => Some(StoredRecord::Pair {
             from: u64_at(b, 0),
             to: u64_at(b, 1),
             last_nonce: u64_at(b, 2),

@@ -1,7 +1,9 @@
 //! The hex examples of docs/PROTOCOL.md Part "Application services" are
 //! exactly what zs-services produces and reads.
 
-use zs_services::messages::{decode_record, encode_message_record, encode_pair_record, StoredRecord};
+use zs_services::messages::{
+    decode_record, encode_message_record, encode_pair_record, StoredRecord,
+};
 use zs_wire::DataFrame;
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
@@ -9,7 +11,10 @@ const PART: &str = "# Part S: Application services (zs-services)";
 
 /// `(name, bytes)` of every ```hex <name> block of the part (`#` starts a comment).
 fn examples() -> Vec<(String, Vec<u8>)> {
-    let part = DOC.split(PART).nth(1).expect("the services part in docs/PROTOCOL.md");
+    let part = DOC
+        .split(PART)
+        .nth(1)
+        .expect("the services part in docs/PROTOCOL.md");
     let part = part.split("\n# Part ").next().unwrap_or(part);
     let mut out = Vec::new();
     let mut lines = part.lines();
@@ -24,7 +29,7 @@ fn examples() -> Vec<(String, Vec<u8>)> {
             }
             let data = l.split('#').next().unwrap_or("");
             let hex: String = data.split_whitespace().collect();
-            assert!(hex.len() % 2 == 0, "odd hex digits in {name}: {l}");
+            assert!(hex.len().is_multiple_of(2), "odd hex digits in {name}: {l}");
             for i in (0..hex.len()).step_by(2) {
                 bytes.push(u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"));
             }
@@ -57,7 +62,15 @@ fn hex(b: &[u8]) -> String {
 fn examples_match_the_encoders() {
     let ex = examples();
     let names: Vec<&str> = ex.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["login-request", "send-request", "message-record", "pair-record"]);
+    assert_eq!(
+        names,
+        [
+            "login-request",
+            "send-request",
+            "message-record",
+            "pair-record"
+        ]
+    );
     for (name, bytes) in &ex {
         let want = expected(name);
         assert_eq!(bytes, &want, "{name}: the encoder gives {}", hex(&want));
