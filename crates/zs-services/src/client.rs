@@ -11,6 +11,7 @@ use zs_wire::DataFrame;
 
 use crate::accounts::{lock, UserInfo};
 use crate::error::{code, Result, ServiceError};
+use crate::files::{FileInfo, Space, UploadState};
 use crate::messages::{push_kind, Message, Sent};
 
 /// What a login answered.
@@ -226,10 +227,265 @@ impl ServicesClient {
         Ok(self.call("msg.group", df)?.reader().read_u64()?)
     }
 
+    /// Lists a directory (`""`: the root) of a space; a file path lists that file.
+    pub fn list_files(&self, space: Space, path: &str) -> Result<Vec<FileInfo>> {
+        let df = self.call(
+            "file.list",
+            DataFrame::new().with(space.as_str()).with(path),
+        )?;
+        let mut r = df.reader();
+        let n = r.read_u64()?;
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(FileInfo {
+                name: r.read_str()?.to_owned(),
+                dir: r.read_bool()?,
+                size: r.read_u64()?,
+                hash: r.read_str()?.to_owned(),
+                mtime_ms: r.read_u64()?,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, space: Space, path: &str) -> Result<()> {
+        self.call(
+            "file.mkdir",
+            DataFrame::new().with(space.as_str()).with(path),
+        )
+        .map(drop)
+    }
+
+    /// Renames or moves a file or directory within a space.
+    pub fn rename(&self, space: Space, from: &str, to: &str) -> Result<()> {
+        self.call(
+            "file.rename",
+            DataFrame::new().with(space.as_str()).with(from).with(to),
+        )
+        .map(drop)
+    }
+
+    /// Deletes a file or an empty directory.
+    pub fn delete(&self, space: Space, path: &str) -> Result<()> {
+        self.call(
+            "file.delete",
+            DataFrame::new().with(space.as_str()).with(path),
+        )
+        .map(drop)
+    }
+
+    /// Starts or resumes an upload (see [`crate::Files::begin`]).
+    pub fn upload_begin(
+        &self,
+        space: Space,
+        path: &str,
+        size: u64,
+        hash: &[u8; 32],
+    ) -> Result<UploadState> {
+        let df = self.call(
+            "file.begin",
+            DataFrame::new()
+                .with(space.as_str())
+                .with(path)
+                .with(size)
+                .with(hash.to_vec()),
+        )?;
+        let mut r = df.reader();
+        Ok(UploadState {
+            id: r.read_u64()?,
+            offset: r.read_u64()?,
+            instant: r.read_bool()?,
+        })
+    }
+
+    /// Sends one chunk at `offset` (with its SHA3-256). Returns the new offset.
+    pub fn upload_chunk(&self, id: u64, offset: u64, data: &[u8]) -> Result<u64> {
+        let h = zs_crypto::hash::sha3_256(data);
+        let df = self.call(
+            "file.chunk",
+            DataFrame::new()
+                .with(id)
+                .with(offset)
+                .with(data.to_vec())
+                .with(h.to_vec()),
+        )?;
+        Ok(df.reader().read_u64()?)
+    }
+
+    /// Completes an upload (the server checks the whole SHA3-256).
+    pub fn upload_finish(&self, id: u64) -> Result<()> {
+        self.call("file.finish", DataFrame::new().with(id))
+            .map(drop)
+    }
+
+    /// Terminates an upload.
+    pub fn upload_abort(&self, id: u64) -> Result<()> {
+        self.call("file.abort", DataFrame::new().with(id)).map(drop)
+    }
+
+    /// Uploads local file `local` to `path`, resuming an unfinished upload of
+    /// the same content, or instantly when the server holds it. `progress`
+    /// gets (bytes the server holds, total) after each chunk. Returns what
+    /// happened.
+    pub fn upload_file(
+        &self,
+        space: Space,
+        local: &std::path::Path,
+        path: &str,
+        chunk: usize,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<UploadReport> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |e: std::io::Error| {
+            ServiceError::new(code::CLIENT, format!("{}: {e}", local.display()))
+        };
+        let (size, hash) = hash_local(local).map_err(io)?;
+        let st = self.upload_begin(space, path, size, &hash)?;
+        let mut report = UploadReport {
+            instant: st.instant,
+            resumed_from: st.offset,
+            sent: 0,
+        };
+        if st.instant {
+            progress(size, size);
+            return Ok(report);
+        }
+        let mut f = std::fs::File::open(local).map_err(io)?;
+        f.seek(SeekFrom::Start(st.offset)).map_err(io)?;
+        let mut offset = st.offset;
+        let mut buf = vec![0u8; chunk.max(1)];
+        progress(offset, size);
+        while offset < size {
+            let want = (size - offset).min(buf.len() as u64) as usize;
+            f.read_exact(&mut buf[..want]).map_err(io)?;
+            offset = self.upload_chunk(st.id, offset, &buf[..want])?;
+            report.sent += want as u64;
+            progress(offset, size);
+        }
+        self.upload_finish(st.id)?;
+        Ok(report)
+    }
+
+    /// Reads up to `len` bytes at `offset` of a file: (bytes, file size, hash hex).
+    pub fn read_range(
+        &self,
+        space: Space,
+        path: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Vec<u8>, u64, String)> {
+        let df = self.call(
+            "file.read",
+            DataFrame::new()
+                .with(space.as_str())
+                .with(path)
+                .with(offset)
+                .with(len),
+        )?;
+        let mut r = df.reader();
+        Ok((
+            r.read_slice()?.to_vec(),
+            r.read_u64()?,
+            r.read_str()?.to_owned(),
+        ))
+    }
+
+    /// Downloads `path` to local file `local`, resuming from `<local>.part`
+    /// when it exists; the SHA3-256 is checked before the file takes its name.
+    /// Returns the bytes fetched.
+    pub fn download_file(
+        &self,
+        space: Space,
+        path: &str,
+        local: &std::path::Path,
+        chunk: u32,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64> {
+        use std::io::Write;
+        let io = |e: std::io::Error| {
+            ServiceError::new(code::CLIENT, format!("{}: {e}", local.display()))
+        };
+        let mut part = local.as_os_str().to_owned();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .map_err(io)?;
+        let mut offset = f.metadata().map_err(io)?.len();
+        let mut fetched = 0;
+        let (mut size, mut hash) = (u64::MAX, String::new());
+        while offset < size {
+            let (data, total, h) = self.read_range(space, path, offset, chunk.max(1))?;
+            if !hash.is_empty() && h != hash {
+                return Err(ServiceError::new(
+                    code::CLIENT,
+                    "the file changed during the download",
+                ));
+            }
+            (size, hash) = (total, h);
+            if offset > size {
+                break;
+            }
+            if data.is_empty() && offset < size {
+                return Err(ServiceError::new(code::CLIENT, "the server sent no bytes"));
+            }
+            f.write_all(&data).map_err(io)?;
+            offset += data.len() as u64;
+            fetched += data.len() as u64;
+            progress(offset, size);
+        }
+        f.sync_all().map_err(io)?;
+        drop(f);
+        let (len, got) = hash_local(&part).map_err(io)?;
+        let got: String = got.iter().map(|b| format!("{b:02x}")).collect();
+        if len != size || got != hash {
+            let _ = std::fs::remove_file(&part);
+            return Err(ServiceError::new(
+                code::CLIENT,
+                "the downloaded bytes do not match the file's SHA3-256 (partial file removed)",
+            ));
+        }
+        std::fs::rename(&part, local).map_err(io)?;
+        Ok(fetched)
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.client.close()
     }
+}
+
+/// What [`ServicesClient::upload_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadReport {
+    /// The server had the content: nothing was sent.
+    pub instant: bool,
+    /// The upload continued from this offset.
+    pub resumed_from: u64,
+    /// Bytes sent by this call.
+    pub sent: u64,
+}
+
+/// Size and SHA3-256 of a local file.
+pub fn hash_local(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
+    use sha3::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha3::Sha3_256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, h.finalize().into()))
 }
 
 /// Receives pushes (`msg.push`): register it on the client's registry before
