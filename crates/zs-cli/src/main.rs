@@ -45,6 +45,8 @@ enum Command {
     User(services::UserArgs),
     /// Messages on a running `zs serve`: send, inbox.
     Msg(services::MsgArgs),
+    /// Files on a running `zs serve`: put, get, ls, rm, mkdir (resumable).
+    File(services::FileArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,5 +60,6 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::User(a) => services::run_user_cmd(a),
         Command::Msg(a) => services::run_msg_cmd(a),
+        Command::File(a) => services::run_file_cmd(a),
     }
 }

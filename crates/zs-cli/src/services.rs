@@ -355,6 +355,155 @@ fn run_msg(a: MsgArgs) -> Result<String, String> {
     Ok(out)
 }
 
+/// Arguments of `zs file`.
+#[derive(Debug, clap::Args)]
+pub struct FileArgs {
+    #[command(subcommand)]
+    verb: FileVerb,
+    /// Use the public area instead of your private space.
+    #[arg(long, global = true)]
+    public: bool,
+    /// Chunk size in KiB for uploads and downloads.
+    #[arg(long, default_value_t = 256, global = true)]
+    chunk_kib: u32,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum FileVerb {
+    /// Upload a local file (running the same command again resumes it; known
+    /// content uploads instantly).
+    Put {
+        /// The local file.
+        local: PathBuf,
+        /// Where to put it [default: its file name, at the root].
+        remote: Option<String>,
+    },
+    /// Download a file (resumes from `<local>.part`; the hash is checked).
+    Get {
+        /// The remote file.
+        remote: String,
+        /// Where to write it [default: its file name, here].
+        local: Option<PathBuf>,
+    },
+    /// List a directory.
+    Ls {
+        /// The directory [default: the root].
+        #[arg(default_value = "")]
+        path: String,
+    },
+    /// Delete a file or an empty directory.
+    Rm {
+        /// The path.
+        path: String,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// The path.
+        path: String,
+    },
+}
+
+fn bar(quiet: bool, what: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_message(what.to_owned());
+    b
+}
+
+fn run_file(a: FileArgs) -> Result<String, String> {
+    let space = if a.public {
+        zserver::services::Space::Public
+    } else {
+        zserver::services::Space::Private
+    };
+    let chunk = (a.chunk_kib.clamp(1, 1024) as usize) << 10;
+    let c = a.conn.connect()?;
+    let out = match a.verb {
+        FileVerb::Put { local, remote } => {
+            let remote = remote.unwrap_or_else(|| {
+                local
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            let b = bar(a.quiet, &format!("put {remote}"));
+            let rep = c
+                .upload_file(space, &local, &remote, chunk, |done, total| {
+                    b.set_length(total);
+                    b.set_position(done);
+                })
+                .map_err(|e| e.message)?;
+            b.finish_and_clear();
+            if rep.instant {
+                format!("{remote}: instant upload (the server had this content)")
+            } else if rep.resumed_from > 0 {
+                format!(
+                    "{remote}: uploaded, resumed at byte {} ({} bytes sent)",
+                    rep.resumed_from, rep.sent
+                )
+            } else {
+                format!("{remote}: uploaded ({} bytes sent)", rep.sent)
+            }
+        }
+        FileVerb::Get { remote, local } => {
+            let local = local
+                .unwrap_or_else(|| PathBuf::from(remote.rsplit('/').next().unwrap_or("download")));
+            let b = bar(a.quiet, &format!("get {remote}"));
+            let n = c
+                .download_file(space, &remote, &local, chunk as u32, |done, total| {
+                    b.set_length(total);
+                    b.set_position(done);
+                })
+                .map_err(|e| e.message)?;
+            b.finish_and_clear();
+            format!("{}: {n} bytes fetched, hash checked", local.display())
+        }
+        FileVerb::Ls { path } => {
+            let list = c.list_files(space, &path).map_err(|e| e.message)?;
+            let mut s = String::new();
+            for e in &list {
+                if e.dir {
+                    s.push_str(&format!("{}/\n", e.name));
+                } else {
+                    s.push_str(&format!("{}\t{}\t{}\n", e.name, e.size, e.hash));
+                }
+            }
+            s.push_str(&format!("{} entries", list.len()));
+            s
+        }
+        FileVerb::Rm { path } => {
+            c.delete(space, &path).map_err(|e| e.message)?;
+            format!("{path} deleted")
+        }
+        FileVerb::Mkdir { path } => {
+            c.mkdir(space, &path).map_err(|e| e.message)?;
+            format!("{path} created")
+        }
+    };
+    let _ = c.logout();
+    c.close();
+    Ok(out)
+}
+
+/// Runs `zs file`.
+pub fn run_file_cmd(a: FileArgs) -> ExitCode {
+    finish("file", run_file(a))
+}
+
 fn finish(name: &str, r: Result<String, String>) -> ExitCode {
     match r {
         Ok(s) => {

@@ -473,3 +473,123 @@ fn acknowledged_messages_survive_kill_9_exactly_once_in_order() {
     );
     assert_eq!(got, want, "in order");
 }
+
+/// Size of the file the upload-kill test sends (raise it for a longer run).
+const PUT_SIZE: usize = 512 << 10;
+
+#[test]
+fn file_put_killed_at_random_points_resumes_to_the_right_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _server = Server::start(dir.path(), &addr);
+    let d = dir.path();
+    let mut rng = Rng::new();
+    let body: Vec<u8> = (0..PUT_SIZE).map(|_| rng.below(256) as u8).collect();
+    std::fs::write(d.join("big.bin"), &body).unwrap();
+    let put = [
+        "file",
+        "put",
+        "big.bin",
+        "stuff/big.bin",
+        "--chunk-kib",
+        "16",
+        "--quiet",
+        "--addr",
+        &addr,
+    ];
+    run_ok(d, &["file", "mkdir", "stuff", "--addr", &addr]);
+    // The server's partial file shows how far the upload got: kill the
+    // client once it passed a random point further than the last one.
+    let held = || -> u64 {
+        std::fs::read_dir(d.join("zs-data/files/uploads"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    let mut last = 0;
+    for k in 0..3u64 {
+        let target = last + 1 + rng.below((PUT_SIZE as u64 / 4).max(1));
+        let mut child = zs()
+            .args(put)
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while held() < target && t.elapsed() < Duration::from_secs(30) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        last = held();
+        println!("put killed ({k}) with {last} bytes on the server");
+        assert!(
+            last < PUT_SIZE as u64,
+            "the upload finished before the kill"
+        );
+    }
+    let out = run_ok(d, &put);
+    println!("{out}");
+    let resumed: u64 = out
+        .split("resumed at byte ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the rerun resumes: {out}"));
+    assert!(
+        resumed >= last.min(1) && resumed <= PUT_SIZE as u64,
+        "{out}"
+    );
+    println!(
+        "the rerun sent the {} bytes the server lacked; 0 bytes were sent twice",
+        PUT_SIZE as u64 - resumed
+    );
+    let ls = run_ok(d, &["file", "ls", "stuff", "--addr", &addr]);
+    let hash = zserver::crypto::hash::to_hex(&zserver::crypto::hash::sha3_256(&body));
+    assert!(ls.contains(&format!("big.bin\t{PUT_SIZE}\t{hash}")), "{ls}");
+    // Download, then put again: instant.
+    run_ok(
+        d,
+        &[
+            "file",
+            "get",
+            "stuff/big.bin",
+            "copy.bin",
+            "--quiet",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert_eq!(std::fs::read(d.join("copy.bin")).unwrap(), body);
+    let again = run_ok(
+        d,
+        &[
+            "file",
+            "put",
+            "big.bin",
+            "second.bin",
+            "--quiet",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(again.contains("instant upload"), "{again}");
+    run_ok(d, &["file", "rm", "second.bin", "--addr", &addr]);
+    let ls = run_ok(d, &["file", "ls", "--addr", &addr]);
+    assert!(ls.contains("stuff/") && !ls.contains("second.bin"), "{ls}");
+    // Hostile path from the CLI.
+    let e = run_err(
+        d,
+        &["file", "put", "big.bin", "../../etc/x", "--addr", &addr],
+    );
+    assert!(e.contains("'.' and '..'"), "{e}");
+}
