@@ -1,10 +1,11 @@
-//! # zs-services: accounts, offline messages and push
+//! # zs-services: accounts, offline messages and push, files
 //!
 //! The application services ZServer4D users built games and tools on (ZNet's
 //! UserDB and its offline-message "double tunnel"), as commands on a zs-core
 //! [`Registry`], a typed client ([`ServicesClient`]) and, in the `zs` CLI,
-//! `zs user …` / `zs msg …`. State lives in the embedded zs-db store
-//! (databases `accounts` and `messages`, fsynced on every acknowledged write).
+//! `zs user …` / `zs msg …` / `zs file …`. State lives in the embedded zs-db store
+//! (databases `accounts`, `messages` and `files`, fsynced on every
+//! acknowledged write; file contents as blobs beside them).
 //!
 //! - **Accounts** ([`Accounts`]): register, log in (Argon2id through
 //!   zs-crypto, compared exactly: passwords are never case-folded; names are
@@ -19,6 +20,13 @@
 //!   by id (so each is handed over once across reconnects and restarts); a
 //!   sender nonce makes resends after a lost answer harmless; queue caps and
 //!   expiry; broadcast to all online users and to named groups.
+//! - **Files** ([`Files`], when a root directory is given: [`Services::open_dir`]
+//!   uses `<dir>/files`): a private space per user and a public area;
+//!   resumable uploads (ask where an upload stands, continue from there) with a
+//!   SHA3-256 per chunk and of the whole file, content-addressed dedup with
+//!   instant upload, ranged download, list/mkdir/rename/delete, quotas, one
+//!   writer per upload with a lease, expiry of abandoned uploads; user paths
+//!   are checked and never reach the file system.
 //!
 //! Payloads are DataFrames; docs/PROTOCOL.md Part S lists every command.
 //!
