@@ -2,7 +2,7 @@
 //! chosen by a byte, payload an arbitrary DataFrame) from three connections
 //! against accounts and messages on an in-memory store. Nothing may panic, and
 //! the queues' bookkeeping must match what a fetch sees. Also the stored-record
-//! decoder on raw bytes.
+//! decoder and the file path checker on raw bytes.
 #![no_main]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +58,15 @@ fn cfg() -> ServicesConfig {
 
 fuzz_target!(|data: &[u8]| {
     let _ = zs_services::messages::decode_record(data);
+    // The path checker: whatever it accepts has no way out of the namespace.
+    let text = String::from_utf8_lossy(data);
+    if let Ok(parts) = zs_services::check_path(&text, 1024, 32) {
+        for p in &parts {
+            assert!(!p.is_empty() && p != "." && p != "..");
+            assert!(!p.contains('/') && !p.contains('\\') && !p.contains('\0'));
+        }
+        assert!(!text.starts_with('/'));
+    }
     let env = zs_db::Env::with_vfs(Arc::new(zs_db::MemVfs::new()));
     let services = Services::open(&env, cfg()).unwrap();
     // Two known users so sends can land.

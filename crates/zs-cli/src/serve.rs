@@ -21,6 +21,8 @@
 //! password_iterations = 2
 //! user_failures = 5            # failed logins per user / per address
 //! addr_failures = 20           #   within 15 minutes before throttling
+//! file_quota_mib = 1024        # bytes of files per user
+//! max_file_mib = 1024          # largest file
 //! ```
 //!
 //! Every other limit has the default documented in docs/PROTOCOL.md §3.7.

@@ -69,6 +69,10 @@ pub struct ServicesFile {
     pub user_failures: Option<usize>,
     /// Failed logins from one address before throttling.
     pub addr_failures: Option<usize>,
+    /// Bytes of files per user, in MiB.
+    pub file_quota_mib: Option<u64>,
+    /// Largest file, in MiB.
+    pub max_file_mib: Option<u64>,
 }
 
 impl ServicesFile {
@@ -95,6 +99,12 @@ impl ServicesFile {
         }
         if let Some(v) = self.addr_failures {
             a.addr_failures = v;
+        }
+        if let Some(v) = self.file_quota_mib {
+            c.files.quota_per_user = v.saturating_mul(1 << 20);
+        }
+        if let Some(v) = self.max_file_mib {
+            c.files.max_file_size = v.saturating_mul(1 << 20);
         }
         Ok(c)
     }
