@@ -921,7 +921,7 @@ impl Files {
         Ok(())
     }
 
-    fn upload_of<'a>(st: &'a mut State, id: u64, uid: u64) -> Result<&'a mut Upload> {
+    fn upload_of(st: &mut State, id: u64, uid: u64) -> Result<&mut Upload> {
         match st.uploads.get_mut(&id) {
             Some(u) if u.rec.by == uid => Ok(u),
             _ => Err(ServiceError::new(

@@ -13,8 +13,8 @@ use zs_services::{code, Services, ServicesClient, ServicesConfig, Space};
 
 /// Size of the test files: small, because SHA3 in a debug build runs at a
 /// few MB/s and each byte is hashed five times (raise it for a longer run).
-const SIZE: usize = 512 << 10;
-const CHUNK: usize = 32 << 10;
+const SIZE: usize = 256 << 10;
+const CHUNK: usize = 16 << 10;
 
 fn data(seed: u8, n: usize) -> Vec<u8> {
     let mut x = seed as u32 | 1;
