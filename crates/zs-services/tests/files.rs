@@ -11,9 +11,10 @@ use common::*;
 use zs_services::files::file_code;
 use zs_services::{code, Services, ServicesClient, ServicesConfig, Space};
 
-/// Size of the test files: small, because SHA3 in a debug build runs at a
-/// few MB/s and each byte is hashed five times (raise it for a longer run).
-const SIZE: usize = 256 << 10;
+/// Size of the test files: small, because SHA3 in an unoptimized build runs
+/// at well under 1 MB/s on a loaded machine and each byte is hashed about five
+/// times (raise it for a longer run, or in release).
+const SIZE: usize = 192 << 10;
 const CHUNK: usize = 16 << 10;
 
 fn data(seed: u8, n: usize) -> Vec<u8> {
@@ -55,7 +56,7 @@ fn an_upload_cut_off_several_times_resumes_to_the_right_hash() {
     let hash = sha3(&body);
     // Three writers vanish after a few chunks each (the connection closes).
     let mut resent_total = 0;
-    for (k, chunks) in [3usize, 7, 2].into_iter().enumerate() {
+    for (k, chunks) in [2usize, 1, 2].into_iter().enumerate() {
         let c = login(&rig, "ann");
         let st = c
             .upload_begin(Space::Private, "big.bin", SIZE as u64, &hash)
@@ -83,7 +84,7 @@ fn an_upload_cut_off_several_times_resumes_to_the_right_hash() {
             last = done;
         })
         .unwrap();
-    assert_eq!(rep.resumed_from, 12 * CHUNK as u64);
+    assert_eq!(rep.resumed_from, 5 * CHUNK as u64);
     assert!(rep.resumed_from < SIZE as u64);
     assert_eq!(rep.sent, SIZE as u64 - rep.resumed_from);
     let list = c.list_files(Space::Private, "").unwrap();
@@ -239,7 +240,7 @@ fn known_content_uploads_instantly_and_blobs_are_shared() {
     let rig = rig_in(dir.path(), |_| {});
     let ann = rig.user("ann");
     let bob = rig.user("bob");
-    let body = data(5, 200_000);
+    let body = data(5, 64_000);
     let local = dir.path().join("x");
     std::fs::write(&local, &body).unwrap();
     assert!(
@@ -538,21 +539,21 @@ fn mkdir_list_rename_delete() {
 #[test]
 fn unfinished_uploads_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let body = data(11, 500_000);
+    let body = data(11, 100_000);
     let hash = sha3(&body);
     {
         let rig = rig_in(dir.path(), |_| {});
         let c = rig.user("ann");
-        let st = c.upload_begin(Space::Private, "f", 500_000, &hash).unwrap();
-        c.upload_chunk(st.id, 0, &body[..200_000]).unwrap();
+        let st = c.upload_begin(Space::Private, "f", 100_000, &hash).unwrap();
+        c.upload_chunk(st.id, 0, &body[..40_000]).unwrap();
         rig.server.shutdown();
         rig.services.close().unwrap();
     }
     let rig = rig_in(dir.path(), |_| {});
     let c = login(&rig, "ann");
-    let st = c.upload_begin(Space::Private, "f", 500_000, &hash).unwrap();
-    assert_eq!(st.offset, 200_000);
-    c.upload_chunk(st.id, 200_000, &body[200_000..]).unwrap();
+    let st = c.upload_begin(Space::Private, "f", 100_000, &hash).unwrap();
+    assert_eq!(st.offset, 40_000);
+    c.upload_chunk(st.id, 40_000, &body[40_000..]).unwrap();
     c.upload_finish(st.id).unwrap();
     assert_eq!(
         c.read_range(Space::Private, "f", 0, 1 << 20).unwrap().0,
