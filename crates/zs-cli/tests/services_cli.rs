@@ -475,7 +475,7 @@ fn acknowledged_messages_survive_kill_9_exactly_once_in_order() {
 }
 
 /// Size of the file the upload-kill test sends (raise it for a longer run).
-const PUT_SIZE: usize = 512 << 10;
+const PUT_SIZE: usize = 256 << 10;
 
 #[test]
 fn file_put_killed_at_random_points_resumes_to_the_right_file() {
@@ -492,7 +492,7 @@ fn file_put_killed_at_random_points_resumes_to_the_right_file() {
         "big.bin",
         "stuff/big.bin",
         "--chunk-kib",
-        "16",
+        "8",
         "--quiet",
         "--addr",
         &addr,

@@ -141,8 +141,9 @@ struct Inner {
     users: Mutex<Users>,
     sessions: Mutex<Sessions>,
     throttle: Mutex<Throttle>,
-    /// Verified against when the name is unknown, so both cases cost the same.
-    dummy_phc: String,
+    /// Verified against when the name is unknown, so both cases cost the same
+    /// (made on first use: a server start does not pay for it).
+    dummy_phc: std::sync::OnceLock<String>,
 }
 
 /// The accounts service (cheap to clone; all clones share the state).
@@ -225,8 +226,6 @@ impl Accounts {
             }
             users.recs.insert(r.id, rec);
         }
-        let dummy_phc = hash_password("not a password of anyone", &cfg.password_params)
-            .map_err(|e| ServiceError::new(code::STORAGE, e.to_string()))?;
         Ok(Accounts {
             inner: Arc::new(Inner {
                 db,
@@ -234,7 +233,7 @@ impl Accounts {
                 users: Mutex::new(users),
                 sessions: Mutex::new(Sessions::default()),
                 throttle: Mutex::new(Throttle::default()),
-                dummy_phc,
+                dummy_phc: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -242,6 +241,16 @@ impl Accounts {
     /// Closes the `accounts` database (see [`crate::Services::close`]).
     pub fn close(&self) -> Result<()> {
         self.inner.db.close().map_err(ServiceError::storage)
+    }
+
+    fn dummy_phc(&self) -> String {
+        self.inner
+            .dummy_phc
+            .get_or_init(|| {
+                hash_password("not a password of anyone", &self.inner.cfg.password_params)
+                    .unwrap_or_default()
+            })
+            .clone()
     }
 
     /// The configuration.
@@ -454,10 +463,10 @@ impl Accounts {
                 let users = lock(&self.inner.users);
                 match users.recs.get(&u) {
                     Some(r) => (r.phc.clone(), r.disabled),
-                    None => (self.inner.dummy_phc.clone(), false),
+                    None => (self.dummy_phc(), false),
                 }
             }
-            None => (self.inner.dummy_phc.clone(), false),
+            None => (self.dummy_phc(), false),
         };
         // Exact comparison: the bytes as typed, never case-folded.
         let ok = verify_password(password, &phc).unwrap_or(false) && uid.is_some();
