@@ -50,6 +50,8 @@ const COMMANDS: &[&str] = &[
 fn cfg() -> ServicesConfig {
     let mut c = ServicesConfig::cheap_for_tests();
     c.accounts.min_password = 1;
+    // Argon2id at its minimum: the fuzzer explores commands, not hashing.
+    c.accounts.password_params.memory_kib = 8;
     c.messages.max_queue_len = 16;
     c.messages.max_queue_bytes = 4096;
     c.messages.push_window = 4;
