@@ -61,7 +61,9 @@ fn upload(c: &ServicesClient, path: &str, body: &[u8]) {
     let mut off = 0;
     while off < body.len() {
         let end = (off + CHUNK).min(body.len());
-        off = c.upload_chunk(st.id, off as u64, &body[off..end]).expect("chunk") as usize;
+        off = c
+            .upload_chunk(st.id, off as u64, &body[off..end])
+            .expect("chunk") as usize;
     }
     c.upload_finish(st.id).expect("finish");
 }
@@ -144,7 +146,8 @@ fn main() {
         let t0 = Instant::now();
         upload(&up, &format!("up-{n}"), &body_up);
         let el = t0.elapsed().as_secs_f64();
-        up.delete(Space::Private, &format!("up-{n}")).expect("delete");
+        up.delete(Space::Private, &format!("up-{n}"))
+            .expect("delete");
         mb_per_s(size, el)
     });
 
@@ -155,7 +158,11 @@ fn main() {
         let t0 = Instant::now();
         let got = download(&down, "down", size);
         let el = t0.elapsed().as_secs_f64();
-        assert_eq!(zs_crypto::hash::sha3_256(&got), want_hash, "downloaded bytes differ");
+        assert_eq!(
+            zs_crypto::hash::sha3_256(&got),
+            want_hash,
+            "downloaded bytes differ"
+        );
         mb_per_s(size, el)
     });
 
