@@ -32,7 +32,7 @@
 //! (BigStream): reads every chunk, checks they arrive in order, and answers the
 //! last one with the byte count (u64) and CRC-32 (u32) of what it received (the
 //! target of `zs bench stream`; one transfer at a time per connection).
-//! And the application services (`user.*`, `msg.*`: docs/PROTOCOL.md Part S)
+//! And the application services (`user.*`, `msg.*`, `file.*`: docs/PROTOCOL.md Part S)
 //! on a store in `./zs-data`, unless `--no-services`; the first start creates
 //! the `admin` account and writes its password to `zs-data/admin.password`.
 
@@ -84,7 +84,7 @@ pub struct ServeArgs {
     /// The services' data directory [default: ./zs-data].
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Run without the application services (accounts, messages).
+    /// Run without the application services (accounts, messages, files).
     #[arg(long)]
     pub no_services: bool,
 }
@@ -242,7 +242,10 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
                 p.display()
             );
         }
-        println!("services: accounts and messages in {}", data.display());
+        println!(
+            "services: accounts, messages and files in {} (zs user|msg|file)",
+            data.display()
+        );
         Some(s)
     };
 
