@@ -60,6 +60,11 @@ pub struct AccountsConfig {
     pub addr_failures: usize,
     /// The throttling window.
     pub window: Duration,
+    /// Registrations from one address (each costs a password hash) within
+    /// `registration_window`; admins are not counted.
+    pub registrations_per_addr: usize,
+    /// The window of `registrations_per_addr`.
+    pub registration_window: Duration,
     /// Most users plus addresses tracked for throttling; past it, logins of
     /// untracked ones are refused until entries expire (fail closed).
     pub max_tracked: usize,
@@ -79,6 +84,8 @@ impl Default for AccountsConfig {
             user_failures: 5,
             addr_failures: 20,
             window: Duration::from_secs(15 * 60),
+            registrations_per_addr: 10,
+            registration_window: Duration::from_secs(3600),
             max_tracked: 100_000,
         }
     }
@@ -133,6 +140,7 @@ struct Sessions {
 struct Throttle {
     users: HashMap<u64, VecDeque<Instant>>,
     addrs: HashMap<IpAddr, VecDeque<Instant>>,
+    regs: HashMap<IpAddr, VecDeque<Instant>>,
 }
 
 struct Inner {
@@ -699,6 +707,14 @@ impl Accounts {
                     "registration is closed: ask an admin",
                 ));
             }
+            // Only attempts that get as far as hashing count.
+            check_name(name, a.inner.cfg.max_name)?;
+            a.check_password(pw)?;
+            if !admin_caller {
+                if let Some(ip) = peer.addr().map(|x| x.ip()) {
+                    a.count_registration(ip)?;
+                }
+            }
             let id = a.create_user(name, pw, false)?;
             Ok(DataFrame::new().with(id))
         });
@@ -812,4 +828,34 @@ impl Accounts {
 fn prune(t: &mut Throttle, window: Duration, now: Instant) {
     t.users.retain(|_, q| recent(q, window, now) > 0);
     t.addrs.retain(|_, q| recent(q, window, now) > 0);
+}
+
+impl Accounts {
+    /// Counts a registration attempt from `ip`, refusing it past
+    /// [`AccountsConfig::registrations_per_addr`] in the window.
+    fn count_registration(&self, ip: IpAddr) -> Result<()> {
+        let cfg = &self.inner.cfg;
+        let now = Instant::now();
+        let mut t = lock(&self.inner.throttle);
+        if !t.regs.contains_key(&ip) && t.regs.len() >= cfg.max_tracked {
+            let w = cfg.registration_window;
+            t.regs.retain(|_, q| recent(q, w, now) > 0);
+            if t.regs.len() >= cfg.max_tracked {
+                return Err(ServiceError::new(
+                    code::THROTTLED,
+                    "too many registrations on this server: retry later",
+                ));
+            }
+        }
+        let q = t.regs.entry(ip).or_default();
+        if recent(q, cfg.registration_window, now) >= cfg.registrations_per_addr {
+            let s = retry_in(q, cfg.registration_window, now);
+            return Err(ServiceError::new(
+                code::THROTTLED,
+                format!("too many registrations from {ip}: retry in {s} s"),
+            ));
+        }
+        q.push_back(now);
+        Ok(())
+    }
 }

@@ -285,3 +285,26 @@ fn accounts_persist_across_reopen() {
     // One process at a time: the store is locked.
     assert!(Services::open_dir(dir.path(), cheap()).is_err());
 }
+
+#[test]
+fn registrations_are_throttled_per_address_but_not_for_admins() {
+    let mut cfg = cheap();
+    cfg.accounts.registrations_per_addr = 3;
+    let rig = Rig::mem(cfg);
+    let c = rig.client();
+    for i in 0..3 {
+        c.register(&format!("u{i}"), "password1").unwrap();
+    }
+    let e = c.register("u3", "password1").unwrap_err();
+    assert_eq!(e.code, code::THROTTLED, "{e}");
+    // Failed attempts count too (each may cost a hash).
+    assert_eq!(
+        code_of(rig.client().register("u0", "password1")),
+        code::THROTTLED
+    );
+    let pw = rig.services.ensure_admin("root").unwrap().unwrap();
+    let admin = rig.client();
+    admin.login("root", &pw).unwrap();
+    admin.register("u3", "password1").unwrap();
+    admin.register("u4", "password1").unwrap();
+}
