@@ -367,6 +367,160 @@ impl ServicesClient {
         Ok(report)
     }
 
+    /// The block signatures of a file (see [`crate::Files::signature`]).
+    pub fn signature(&self, space: Space, path: &str, block: u32) -> Result<Vec<(u32, [u8; 16])>> {
+        let df = self.call(
+            "file.signature",
+            DataFrame::new().with(space.as_str()).with(path).with(block),
+        )?;
+        let mut r = df.reader();
+        let n = r.read_u64()? as usize;
+        let weak = r.read_slice()?;
+        let strong = r.read_slice()?;
+        if weak.len() != n * 4 || strong.len() != n * 16 {
+            return Err(ServiceError::new(code::CLIENT, "malformed signature"));
+        }
+        Ok((0..n)
+            .map(|i| {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(&weak[i * 4..i * 4 + 4]);
+                let mut s = [0u8; 16];
+                s.copy_from_slice(&strong[i * 16..i * 16 + 16]);
+                (u32::from_le_bytes(w), s)
+            })
+            .collect())
+    }
+
+    /// Appends a range of an existing file to an upload, server side.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_copy(
+        &self,
+        id: u64,
+        offset: u64,
+        base_space: Space,
+        base_path: &str,
+        base_offset: u64,
+        len: u64,
+    ) -> Result<u64> {
+        let df = DataFrame::new()
+            .with(id)
+            .with(offset)
+            .with(base_space.as_str())
+            .with(base_path)
+            .with(base_offset)
+            .with(len);
+        Ok(self.call("file.copy", df)?.reader().read_u64()?)
+    }
+
+    /// Delta upload (rsync's algorithm): uploads `data` to `path` sending only
+    /// the bytes not found, block by block at any offset, in the server's
+    /// copy of `base_path` (fetched as block signatures); the rest is copied
+    /// on the server. The whole SHA3-256 is checked as for any upload, and an
+    /// interrupted delta upload resumes like any other.
+    pub fn upload_delta(
+        &self,
+        space: Space,
+        data: &[u8],
+        path: &str,
+        base_space: Space,
+        base_path: &str,
+        block: u32,
+    ) -> Result<DeltaReport> {
+        use std::collections::HashMap;
+        let block_len = block as usize;
+        let sig = self.signature(base_space, base_path, block)?;
+        let mut by_weak: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, (w, _)) in sig.iter().enumerate() {
+            by_weak.entry(*w).or_default().push(i);
+        }
+        let hash = zs_crypto::hash::sha3_256(data);
+        let st = self.upload_begin(space, path, data.len() as u64, &hash)?;
+        let mut rep = DeltaReport {
+            instant: st.instant,
+            literal: 0,
+            copied: 0,
+        };
+        if st.instant {
+            return Ok(rep);
+        }
+        let mut off = st.offset; // where the upload stands
+        let mut pos = off as usize; // scan position in `data`
+        let mut lit = pos; // start of pending literal bytes
+        let mut pending: Option<(u64, u64)> = None; // coalesced copy (base offset, len)
+        let flush_lit =
+            |from: usize, to: usize, off: &mut u64, rep: &mut DeltaReport| -> Result<()> {
+                let mut a = from;
+                while a < to {
+                    let b = (a + (256 << 10)).min(to);
+                    *off = self.upload_chunk(st.id, *off, &data[a..b])?;
+                    rep.literal += (b - a) as u64;
+                    a = b;
+                }
+                Ok(())
+            };
+        let flush_copy =
+            |p: &mut Option<(u64, u64)>, off: &mut u64, rep: &mut DeltaReport| -> Result<()> {
+                if let Some((bo, len)) = p.take() {
+                    *off = self.upload_copy(st.id, *off, base_space, base_path, bo, len)?;
+                    rep.copied += len;
+                }
+                Ok(())
+            };
+        let mut sum = if data.len() >= pos + block_len {
+            Some(crate::files::rolling(&data[pos..pos + block_len]))
+        } else {
+            None
+        };
+        while let Some(w) = sum {
+            let found = by_weak.get(&w).and_then(|cands| {
+                let window = &data[pos..pos + block_len];
+                let strong = zs_crypto::hash::sha3_256(window);
+                cands
+                    .iter()
+                    .copied()
+                    .find(|&j| sig[j].1[..] == strong[..16])
+            });
+            match found {
+                Some(j) => {
+                    if lit < pos {
+                        flush_copy(&mut pending, &mut off, &mut rep)?;
+                        flush_lit(lit, pos, &mut off, &mut rep)?;
+                    }
+                    let bo = (j * block_len) as u64;
+                    pending = match pending {
+                        Some((po, pl)) if po + pl == bo => Some((po, pl + block_len as u64)),
+                        other => {
+                            let mut o = other;
+                            flush_copy(&mut o, &mut off, &mut rep)?;
+                            Some((bo, block_len as u64))
+                        }
+                    };
+                    pos += block_len;
+                    lit = pos;
+                    sum = (data.len() >= pos + block_len)
+                        .then(|| crate::files::rolling(&data[pos..pos + block_len]));
+                }
+                None => {
+                    if data.len() > pos + block_len {
+                        sum = Some(crate::files::roll(
+                            w,
+                            block_len,
+                            data[pos],
+                            data[pos + block_len],
+                        ));
+                        pos += 1;
+                    } else {
+                        sum = None;
+                    }
+                }
+            }
+        }
+        flush_copy(&mut pending, &mut off, &mut rep)?;
+        flush_lit(lit, data.len(), &mut off, &mut rep)?;
+        self.upload_finish(st.id)?;
+        Ok(rep)
+    }
+
     /// Reads up to `len` bytes at `offset` of a file: (bytes, file size, hash hex).
     pub fn read_range(
         &self,
@@ -467,6 +621,17 @@ pub struct UploadReport {
     pub resumed_from: u64,
     /// Bytes sent by this call.
     pub sent: u64,
+}
+
+/// What [`ServicesClient::upload_delta`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaReport {
+    /// The server had the whole content: nothing was sent.
+    pub instant: bool,
+    /// Bytes sent over the wire.
+    pub literal: u64,
+    /// Bytes the server copied from the base file.
+    pub copied: u64,
 }
 
 /// Size and SHA3-256 of a local file.

@@ -1085,6 +1085,124 @@ impl Files {
         Ok((buf, size, hash))
     }
 
+    /// Delta upload, step 1: the block signatures of an existing file
+    /// (`block` bytes each, the last one shorter): per block the rolling
+    /// checksum ([`rolling`]) and the first 16 bytes of its SHA3-256. At most
+    /// 65,536 blocks.
+    pub fn signature(
+        &self,
+        uid: u64,
+        space: Space,
+        path: &str,
+        block: usize,
+    ) -> Result<Vec<(u32, [u8; 16])>> {
+        if !(512..=(1 << 20)).contains(&block) {
+            return Err(ServiceError::bad("a block has 512 bytes to 1 MiB"));
+        }
+        let path = self.norm(path)?;
+        let (size, hash) = self.file_of(uid, space, &path)?;
+        if size.div_ceil(block as u64) > 65_536 {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                "more than 65536 blocks: use larger blocks",
+            ));
+        }
+        let mut f = File::open(self.blob(&hash)).map_err(|e| io_err("open blob", e))?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; block];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block as u64) as usize;
+            f.read_exact(&mut buf[..n])
+                .map_err(|e| io_err("read blob", e))?;
+            let strong = zs_crypto::hash::sha3_256(&buf[..n]);
+            let mut s16 = [0u8; 16];
+            s16.copy_from_slice(&strong[..16]);
+            out.push((rolling(&buf[..n]), s16));
+            left -= n as u64;
+        }
+        Ok(out)
+    }
+
+    fn file_of(&self, uid: u64, space: Space, path: &str) -> Result<(u64, String)> {
+        let st = lock(&self.inner.state);
+        match st.entries.get(&(Self::owner(space, uid), path.to_owned())) {
+            Some((_, e)) if !e.dir => Ok((e.size, e.hash.clone())),
+            Some(_) => Err(ServiceError::new(
+                code::INVALID,
+                format!("{path:?} is a directory"),
+            )),
+            None => Err(ServiceError::new(
+                file_code::NOT_FOUND,
+                format!("no {path:?}"),
+            )),
+        }
+    }
+
+    /// Delta upload, step 2: appends `len` bytes taken at `base_offset` of an
+    /// existing file (the caller may read it) to upload `id` at `offset`,
+    /// which must be where the upload stands. Synced before this returns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_range(
+        &self,
+        peer: &Peer,
+        uid: u64,
+        id: u64,
+        offset: u64,
+        base_space: Space,
+        base_path: &str,
+        base_offset: u64,
+        len: u64,
+    ) -> Result<u64> {
+        let base_path = self.norm(base_path)?;
+        let (bsize, bhash) = self.file_of(uid, base_space, &base_path)?;
+        if base_offset.checked_add(len).is_none_or(|e| e > bsize) {
+            return Err(ServiceError::new(
+                file_code::OFFSET,
+                "the range is past the end of the base file",
+            ));
+        }
+        let cfg = &self.inner.cfg;
+        let part = self.part(id);
+        let mut st = lock(&self.inner.state);
+        let u = Self::upload_of(&mut st, id, uid)?;
+        Self::take_lease(u, peer, cfg.lease)?;
+        if offset != u.offset {
+            return Err(ServiceError::new(
+                file_code::OFFSET,
+                format!("the upload stands at offset {}, not {offset}", u.offset),
+            ));
+        }
+        if offset + len > u.rec.size {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                "the range goes past the announced size",
+            ));
+        }
+        let mut src = File::open(self.blob(&bhash)).map_err(|e| io_err("open blob", e))?;
+        src.seek(SeekFrom::Start(base_offset))
+            .map_err(|e| io_err("seek blob", e))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .map_err(|e| io_err("open partial file", e))?;
+        f.set_len(offset)
+            .map_err(|e| io_err("trim partial file", e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| io_err("seek partial file", e))?;
+        let copied =
+            std::io::copy(&mut (&mut src).take(len), &mut f).map_err(|e| io_err("copy", e))?;
+        if copied != len {
+            return Err(ServiceError::new(
+                code::STORAGE,
+                "the base file is shorter than its entry",
+            ));
+        }
+        f.sync_data().map_err(|e| io_err("sync partial file", e))?;
+        u.offset += len;
+        Ok(u.offset)
+    }
+
     /// Registers the `file.*` commands on `r`.
     pub fn register(&self, r: &mut Registry) {
         let f = self.clone();
@@ -1162,6 +1280,46 @@ impl Files {
             Ok(DataFrame::new())
         });
         let f = self.clone();
+        r.stream_hpc_svc("file.signature", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            let path = rd.read_str()?;
+            let block = rd.read_u32()? as usize;
+            let sig = f.signature(uid, space, path, block)?;
+            let mut weak = Vec::with_capacity(sig.len() * 4);
+            let mut strong = Vec::with_capacity(sig.len() * 16);
+            for (w, s16) in &sig {
+                weak.extend_from_slice(&w.to_le_bytes());
+                strong.extend_from_slice(s16);
+            }
+            Ok(DataFrame::new()
+                .with(sig.len() as u64)
+                .with(weak)
+                .with(strong))
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.copy", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let id = rd.read_u64()?;
+            let offset = rd.read_u64()?;
+            let space = Space::parse(rd.read_str()?)?;
+            let path = rd.read_str()?;
+            let base_offset = rd.read_u64()?;
+            let len = rd.read_u64()?;
+            Ok(DataFrame::new().with(f.copy_range(
+                peer,
+                uid,
+                id,
+                offset,
+                space,
+                path,
+                base_offset,
+                len,
+            )?))
+        });
+        let f = self.clone();
         r.stream_hpc_svc("file.read", move |peer, df| {
             let uid = f.inner.accounts.require_user(peer)?;
             let mut rd = df.reader();
@@ -1173,6 +1331,30 @@ impl Files {
             Ok(DataFrame::new().with(data).with(size).with(hash))
         });
     }
+}
+
+/// The rolling checksum of delta uploads (rsync's): `a` = sum of the bytes,
+/// `b` = sum of the running `a`s, both mod 2^16; the value is `b << 16 | a`.
+pub fn rolling(block: &[u8]) -> u32 {
+    let (mut a, mut b) = (0u32, 0u32);
+    for &x in block {
+        a = a.wrapping_add(x as u32);
+        b = b.wrapping_add(a);
+    }
+    ((b & 0xffff) << 16) | (a & 0xffff)
+}
+
+/// Slides a [`rolling`] checksum of a window of `len` bytes one byte on:
+/// `out` leaves, `inn` enters.
+pub fn roll(sum: u32, len: usize, out: u8, inn: u8) -> u32 {
+    let a = sum & 0xffff;
+    let b = sum >> 16;
+    let a2 = a.wrapping_sub(out as u32).wrapping_add(inn as u32) & 0xffff;
+    let b2 = b
+        .wrapping_sub((len as u32).wrapping_mul(out as u32))
+        .wrapping_add(a2)
+        & 0xffff;
+    (b2 << 16) | a2
 }
 
 fn holder(e: &EntryRec) -> u64 {

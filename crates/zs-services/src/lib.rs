@@ -90,7 +90,7 @@ use zs_db::{Database, DbOptions, Durability, Env};
 use zs_wire::DataFrame;
 
 pub use accounts::{check_name, Accounts, AccountsConfig, SecondLogin, UserInfo};
-pub use client::{Inbox, LoginInfo, ServicesClient, UploadReport};
+pub use client::{DeltaReport, Inbox, LoginInfo, ServicesClient, UploadReport};
 pub use error::{code, Result, ServiceError};
 pub use files::{check_path, FileInfo, Files, FilesConfig, Space, UploadState};
 pub use messages::{Message, Messages, MessagesConfig, Sent};

@@ -560,3 +560,70 @@ fn unfinished_uploads_survive_a_restart() {
         body
     );
 }
+
+#[test]
+fn rolling_checksum_slides() {
+    use zs_services::files::{roll, rolling};
+    let d = data(12, 5000);
+    let w = 700;
+    let mut sum = rolling(&d[..w]);
+    for i in 0..(d.len() - w) {
+        sum = roll(sum, w, d[i], d[i + w]);
+        assert_eq!(sum, rolling(&d[i + 1..i + 1 + w]), "at {i}");
+    }
+}
+
+#[test]
+fn a_delta_upload_sends_only_the_changed_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let c = rig.user("ann");
+    let base = data(13, SIZE);
+    let local = dir.path().join("v1");
+    std::fs::write(&local, &base).unwrap();
+    c.upload_file(Space::Private, &local, "doc", 64 << 10, |_, _| {})
+        .unwrap();
+    // v2: 100 bytes inserted near the start (everything after shifts), 1 KiB
+    // overwritten in the middle.
+    let mut v2 = base[..1000].to_vec();
+    v2.extend_from_slice(&[0xAB; 100]);
+    v2.extend_from_slice(&base[1000..]);
+    let mid = v2.len() / 2;
+    v2[mid..mid + 1024].copy_from_slice(&[0xCD; 1024]);
+    let rep = c
+        .upload_delta(Space::Private, &v2, "doc-v2", Space::Private, "doc", 2048)
+        .unwrap();
+    println!("{rep:?}");
+    assert!(!rep.instant);
+    assert_eq!(rep.literal + rep.copied, v2.len() as u64);
+    assert!(
+        rep.literal * 20 < v2.len() as u64,
+        "sent {} of {} bytes (want under 5%)",
+        rep.literal,
+        v2.len()
+    );
+    assert_eq!(
+        c.read_range(Space::Private, "doc-v2", 0, 1 << 20)
+            .unwrap()
+            .0,
+        v2
+    );
+    // Against a base it may not read: refused.
+    let bob = rig.user("bob");
+    assert_eq!(
+        bob.upload_delta(Space::Private, &v2, "x", Space::Private, "doc", 2048)
+            .unwrap_err()
+            .code,
+        file_code::NOT_FOUND
+    );
+    // A copy past the end of the base is refused.
+    let st = c
+        .upload_begin(Space::Private, "y", 10, &sha3(b"0123456789"))
+        .unwrap();
+    assert_eq!(
+        c.upload_copy(st.id, 0, Space::Private, "doc", SIZE as u64 - 5, 10)
+            .unwrap_err()
+            .code,
+        file_code::OFFSET
+    );
+}
