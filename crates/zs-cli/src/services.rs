@@ -392,6 +392,10 @@ enum FileVerb {
         local: PathBuf,
         /// Where to put it [default: its file name, at the root].
         remote: Option<String>,
+        /// Delta upload against this server file (an older version): only
+        /// the blocks not found in it are sent.
+        #[arg(long)]
+        base: Option<String>,
     },
     /// Download a file (resumes from `<local>.part`; the hash is checked).
     Get {
@@ -443,7 +447,35 @@ fn run_file(a: FileArgs) -> Result<String, String> {
     let chunk = (a.chunk_kib.clamp(1, 1024) as usize) << 10;
     let c = a.conn.connect()?;
     let out = match a.verb {
-        FileVerb::Put { local, remote } => {
+        FileVerb::Put {
+            local,
+            remote,
+            base: Some(base),
+        } => {
+            let remote = remote.unwrap_or_else(|| {
+                local
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            let data = std::fs::read(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+            let rep = c
+                .upload_delta(space, &data, &remote, space, &base, 4096)
+                .map_err(|e| e.message)?;
+            if rep.instant {
+                format!("{remote}: instant upload (the server had this content)")
+            } else {
+                format!(
+                    "{remote}: delta upload against {base}: {} bytes sent, {} copied on the server",
+                    rep.literal, rep.copied
+                )
+            }
+        }
+        FileVerb::Put {
+            local,
+            remote,
+            base: None,
+        } => {
             let remote = remote.unwrap_or_else(|| {
                 local
                     .file_name()

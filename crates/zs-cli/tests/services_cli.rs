@@ -586,6 +586,40 @@ fn file_put_killed_at_random_points_resumes_to_the_right_file() {
     run_ok(d, &["file", "rm", "second.bin", "--addr", &addr]);
     let ls = run_ok(d, &["file", "ls", "--addr", &addr]);
     assert!(ls.contains("stuff/") && !ls.contains("second.bin"), "{ls}");
+    // Delta upload of an edited copy: only the changed block goes.
+    let mut v2 = body.clone();
+    v2[1000..1100].copy_from_slice(&[7; 100]);
+    std::fs::write(d.join("v2.bin"), &v2).unwrap();
+    let out = run_ok(
+        d,
+        &[
+            "file",
+            "put",
+            "v2.bin",
+            "stuff/v2.bin",
+            "--base",
+            "stuff/big.bin",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert!(
+        out.contains("delta upload against stuff/big.bin: 4096 bytes sent"),
+        "{out}"
+    );
+    run_ok(
+        d,
+        &[
+            "file",
+            "get",
+            "stuff/v2.bin",
+            "v2copy.bin",
+            "--quiet",
+            "--addr",
+            &addr,
+        ],
+    );
+    assert_eq!(std::fs::read(d.join("v2copy.bin")).unwrap(), v2);
     // Hostile path from the CLI.
     let e = run_err(
         d,

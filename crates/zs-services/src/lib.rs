@@ -25,8 +25,9 @@
 //!   resumable uploads (ask where an upload stands, continue from there) with a
 //!   SHA3-256 per chunk and of the whole file, content-addressed dedup with
 //!   instant upload, ranged download, list/mkdir/rename/delete, quotas, one
-//!   writer per upload with a lease, expiry of abandoned uploads; user paths
-//!   are checked and never reach the file system.
+//!   writer per upload with a lease, expiry of abandoned uploads, delta upload
+//!   of a changed file (rsync's rolling checksums against the server's copy);
+//!   user paths are checked and never reach the file system.
 //!
 //! Payloads are DataFrames; docs/PROTOCOL.md Part S lists every command.
 //!
