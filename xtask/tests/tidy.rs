@@ -122,6 +122,7 @@ const CRATES: &[&str] = &[
     "zs-tx",
     "zserver",
     "zs-cli",
+    "zs-services",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -188,6 +189,10 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         (
             "zs-xnat",
             &["zs-core", "zs-io", "zs-crypto", "zs-wire", "zs-p2pvm"][..],
+        ),
+        (
+            "zs-services",
+            &["zs-core", "zs-db", "zs-crypto", "zs-wire"][..],
         ),
     ]);
     for (c, ok) in allowed {

@@ -14,6 +14,7 @@ mod db;
 mod expr;
 mod serve;
 mod xnat;
+mod services;
 
 /// The zserver command line.
 #[derive(Debug, Parser)]
@@ -42,6 +43,12 @@ enum Command {
     /// Load a running zserver: rpc calls, BigStream transfers or idle sessions.
     Bench(bench::BenchArgs),
     Xnat(xnat::XnatArgs),
+    /// Accounts on a running `zs serve`: add, passwd, list, disable.
+    User(services::UserArgs),
+    /// Messages on a running `zs serve`: send, inbox.
+    Msg(services::MsgArgs),
+    /// Files on a running `zs serve`: put, get, ls, rm, mkdir (resumable).
+    File(services::FileArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,5 +61,8 @@ fn main() -> ExitCode {
         Command::Expr(a) => expr::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Xnat(a) => xnat::run(a),
+        Command::User(a) => services::run_user_cmd(a),
+        Command::Msg(a) => services::run_msg_cmd(a),
+        Command::File(a) => services::run_file_cmd(a),
     }
 }

@@ -11,6 +11,18 @@
 //! max_connections = 10000      # admission caps (connections refused beyond)
 //! max_connections_per_ip = 1000
 //! max_handshakes_per_ip = 64   # handshakes in progress from one address
+//! data = "./zs-data"           # the services' store (accounts, messages)
+//!
+//! [services]                   # all optional
+//! enabled = true               # false: only the demo commands
+//! second_login = "kick"        # or "refuse"
+//! open_registration = true     # anyone may `user.register`
+//! password_memory_kib = 19456  # Argon2id cost of new password hashes
+//! password_iterations = 2
+//! user_failures = 5            # failed logins per user / per address
+//! addr_failures = 20           #   within 15 minutes before throttling
+//! file_quota_mib = 1024        # bytes of files per user
+//! max_file_mib = 1024          # largest file
 //! ```
 //!
 //! Every other limit has the default documented in docs/PROTOCOL.md §3.7.
@@ -20,6 +32,9 @@
 //! (BigStream): reads every chunk, checks they arrive in order, and answers the
 //! last one with the byte count (u64) and CRC-32 (u32) of what it received (the
 //! target of `zs bench stream`; one transfer at a time per connection).
+//! And the application services (`user.*`, `msg.*`, `file.*`: docs/PROTOCOL.md Part S)
+//! on a store in `./zs-data`, unless `--no-services`; the first start creates
+//! the `admin` account and writes its password to `zs-data/admin.password`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +81,12 @@ pub struct ServeArgs {
     /// Most handshakes in progress from one IP address [default: 64].
     #[arg(long)]
     pub max_handshakes_per_ip: Option<usize>,
+    /// The services' data directory [default: ./zs-data].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run without the application services (accounts, messages, files).
+    #[arg(long)]
+    pub no_services: bool,
 }
 
 /// The TOML configuration file.
@@ -80,6 +101,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     max_handshakes_per_ip: Option<usize>,
+    data: Option<PathBuf>,
+    services: Option<crate::services::ServicesFile>,
 }
 
 /// Formats a Unix time as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
@@ -204,6 +227,28 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         options.max_handshakes_per_ip = n;
     }
 
+    let services_file = file.services.unwrap_or_default();
+    let services = if a.no_services || services_file.enabled == Some(false) {
+        None
+    } else {
+        let data = a
+            .data
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from(crate::services::DEFAULT_DATA_DIR));
+        let (s, written) = crate::services::open_for_serve(&data, services_file.config()?)?;
+        if let Some(p) = written {
+            println!(
+                "services: admin account created, password in {}",
+                p.display()
+            );
+        }
+        println!(
+            "services: accounts, messages and files in {} (zs user|msg|file)",
+            data.display()
+        );
+        Some(s)
+    };
+
     let (identity, created) = load_or_create_identity(&key).map_err(|e| e.to_string())?;
     let fingerprint = identity.fingerprint();
     let slot = Arc::new(OnceLock::new());
@@ -218,6 +263,11 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         .suites(suites.clone())
         .options(options)
         .registry(builtins(slot.clone()))
+        .commands(|r| {
+            if let Some(s) = &services {
+                s.register(r)
+            }
+        })
         .start()
         .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
     let server = Arc::new(server);
@@ -251,6 +301,9 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     );
     server.shutdown();
     drop(server);
+    if let Some(s) = services {
+        s.close().map_err(|e| e.to_string())?;
+    }
     println!("zs serve: stopped");
     Ok(())
 }

@@ -382,6 +382,12 @@ impl ClientBuilder {
         self
     }
 
+    /// The registry being built (for feature modules adding handlers).
+    #[allow(dead_code)]
+    pub(crate) fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Connects and completes the handshake (blocking).
     pub fn connect(self) -> Result<Client> {
         let provider: Arc<dyn SecurityProvider> = match (self.security, self.fingerprint) {

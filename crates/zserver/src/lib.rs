@@ -9,6 +9,9 @@
 //! Features (one per sub-crate): `wire`, `crypto`, `io`, `io-epoll`, `io-tokio`,
 //! `core` (the framework and the builders), `expr`, `db`, `tx` (transactions);
 //! `full` enables all.
+//! `core` (the framework and the builders), `expr`, `db`, `services`
+//! (accounts, messages and push; builder methods `ServerBuilder::service`,
+//! `ClientBuilder::connect_services`); `full` enables all.
 //! `default` = `core`, `io-epoll`, `io-tokio`.
 //!
 //! ```
@@ -88,6 +91,14 @@ mod builder;
 // Transactions: procedures registered as commands (`zs-tx`); docs in the module.
 #[cfg(feature = "tx")]
 pub mod tx;
+/// Application services: accounts, offline messages and push (`zs-services`).
+#[cfg(feature = "services")]
+pub use zs_services as services;
+#[cfg(feature = "services")]
+#[path = "services.rs"]
+mod services_facade;
+#[cfg(feature = "services")]
+pub use services_facade::ServicesConnection;
 
 #[cfg(feature = "core")]
 pub use builder::{

@@ -1,0 +1,726 @@
+//! The typed client: every `user.*` and `msg.*` command as a method over a
+//! zs-core [`Client`], and [`Inbox`], which receives pushes.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use zs_core::{Client, Registry};
+use zs_wire::DataFrame;
+
+use crate::accounts::{lock, UserInfo};
+use crate::error::{code, Result, ServiceError};
+use crate::files::{FileInfo, Space, UploadState};
+use crate::messages::{push_kind, Message, Sent};
+
+/// What a login answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginInfo {
+    /// The user id.
+    pub user: u64,
+    /// The user's name (an alias logs in under the user's name).
+    pub name: String,
+    /// An older session of this user was kicked.
+    pub kicked: bool,
+    /// The user is an admin.
+    pub admin: bool,
+}
+
+/// The services' commands over one connection. Cheap to clone.
+#[derive(Clone)]
+pub struct ServicesClient {
+    client: Arc<Client>,
+}
+
+impl std::fmt::Debug for ServicesClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServicesClient")
+    }
+}
+
+impl ServicesClient {
+    /// Wraps a connected client (give it [`Inbox::register`]'s registry to
+    /// receive pushes).
+    pub fn new(client: Client) -> ServicesClient {
+        ServicesClient {
+            client: Arc::new(client),
+        }
+    }
+
+    /// The underlying connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn call(&self, cmd: &str, df: DataFrame) -> Result<DataFrame> {
+        Ok(self.client.call_stream(cmd, df).wait()?)
+    }
+
+    /// Creates an account (open registration, or as an admin). Returns its id.
+    pub fn register(&self, name: &str, password: &str) -> Result<u64> {
+        let df = self.call("user.register", DataFrame::new().with(name).with(password))?;
+        Ok(df.reader().read_u64()?)
+    }
+
+    /// Logs this connection in (by name or alias).
+    pub fn login(&self, name: &str, password: &str) -> Result<LoginInfo> {
+        let df = self.call("user.login", DataFrame::new().with(name).with(password))?;
+        let mut r = df.reader();
+        Ok(LoginInfo {
+            user: r.read_u64()?,
+            name: r.read_str()?.to_owned(),
+            kicked: r.read_bool()?,
+            admin: r.read_bool()?,
+        })
+    }
+
+    /// Logs this connection out.
+    pub fn logout(&self) -> Result<()> {
+        self.call("user.logout", DataFrame::new()).map(drop)
+    }
+
+    /// The user id and name this connection is logged in as.
+    pub fn whoami(&self) -> Result<(u64, String)> {
+        let df = self.call("user.whoami", DataFrame::new())?;
+        let mut r = df.reader();
+        Ok((r.read_u64()?, r.read_str()?.to_owned()))
+    }
+
+    /// Changes the logged-in user's password (the old one is checked).
+    pub fn change_password(&self, old: &str, new: &str) -> Result<()> {
+        self.call("user.passwd", DataFrame::new().with(old).with(new))
+            .map(drop)
+    }
+
+    /// Admin: sets another user's password.
+    pub fn reset_password(&self, name: &str, new: &str) -> Result<()> {
+        self.call("user.reset", DataFrame::new().with(name).with(new))
+            .map(drop)
+    }
+
+    /// Admin: disables (and logs out) or enables a user.
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        self.call("user.disable", DataFrame::new().with(name).with(disabled))
+            .map(drop)
+    }
+
+    /// Adds an alias to the logged-in user.
+    pub fn add_alias(&self, alias: &str) -> Result<()> {
+        self.call("user.alias", DataFrame::new().with(true).with(alias))
+            .map(drop)
+    }
+
+    /// Removes an alias of the logged-in user.
+    pub fn remove_alias(&self, alias: &str) -> Result<()> {
+        self.call("user.alias", DataFrame::new().with(false).with(alias))
+            .map(drop)
+    }
+
+    /// Names of the users online.
+    pub fn online(&self) -> Result<Vec<String>> {
+        let df = self.call("user.online", DataFrame::new())?;
+        let mut r = df.reader();
+        let n = r.read_u64()?;
+        (0..n).map(|_| Ok(r.read_str()?.to_owned())).collect()
+    }
+
+    /// Admin: users with id above `after`, at most `limit` (≤ 1000).
+    pub fn list_users(&self, after: u64, limit: u32) -> Result<Vec<UserInfo>> {
+        let df = self.call("user.list", DataFrame::new().with(after).with(limit))?;
+        let mut r = df.reader();
+        let n = r.read_u64()?;
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(UserInfo {
+                id: r.read_u64()?,
+                name: r.read_str()?.to_owned(),
+                aliases: r
+                    .read_str()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                disabled: r.read_bool()?,
+                admin: r.read_bool()?,
+                online: r.read_bool()?,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Sends a message to `to` (name or alias) with a sender nonce (> 0 and
+    /// growing per recipient: a resend with the same nonce after a lost
+    /// answer is recognised as a duplicate; 0: no check). Answered once the
+    /// message is on disk (fsynced).
+    pub fn send(&self, to: &str, nonce: u64, body: &[u8]) -> Result<Sent> {
+        let df = self.call(
+            "msg.send",
+            DataFrame::new().with(to).with(nonce).with(body.to_vec()),
+        )?;
+        let mut r = df.reader();
+        Ok(Sent {
+            id: r.read_u64()?,
+            duplicate: r.read_bool()?,
+        })
+    }
+
+    /// Queued messages with id above `after` (oldest first, at most `max`).
+    pub fn fetch(&self, after: u64, max: u32) -> Result<Vec<Message>> {
+        let df = self.call("msg.fetch", DataFrame::new().with(after).with(max))?;
+        let mut r = df.reader();
+        let n = r.read_u64()?;
+        let mut v = Vec::new();
+        for _ in 0..n {
+            let f = r.read_dataframe()?;
+            v.push(Message::read(&mut f.reader())?);
+        }
+        Ok(v)
+    }
+
+    /// Acknowledges messages by id (they leave the queue). Returns how many
+    /// were removed.
+    pub fn ack(&self, ids: &[u64]) -> Result<u64> {
+        let mut df = DataFrame::with_capacity(ids.len() + 1);
+        df.push(ids.len() as u64);
+        for id in ids {
+            df.push(*id);
+        }
+        Ok(self.call("msg.ack", df)?.reader().read_u64()?)
+    }
+
+    /// Asks for pushes (queued messages first): they arrive at the [`Inbox`]
+    /// registered on this client. Returns the number queued.
+    pub fn subscribe(&self) -> Result<u64> {
+        Ok(self
+            .call("msg.subscribe", DataFrame::new())?
+            .reader()
+            .read_u64()?)
+    }
+
+    /// Admin (by default): pushes `body` to every online user. Returns the count.
+    pub fn broadcast(&self, body: &[u8]) -> Result<u64> {
+        Ok(self
+            .call("msg.broadcast", DataFrame::new().with(body.to_vec()))?
+            .reader()
+            .read_u64()?)
+    }
+
+    /// Joins a group (for this connection's lifetime).
+    pub fn join(&self, group: &str) -> Result<()> {
+        self.call("msg.group", DataFrame::new().with("join").with(group))
+            .map(drop)
+    }
+
+    /// Leaves a group.
+    pub fn leave(&self, group: &str) -> Result<()> {
+        self.call("msg.group", DataFrame::new().with("leave").with(group))
+            .map(drop)
+    }
+
+    /// Pushes `body` to a group's members (the caller must have joined).
+    pub fn group_send(&self, group: &str, body: &[u8]) -> Result<u64> {
+        let df = DataFrame::new()
+            .with("send")
+            .with(group)
+            .with(body.to_vec());
+        Ok(self.call("msg.group", df)?.reader().read_u64()?)
+    }
+
+    /// Lists a directory (`""`: the root) of a space; a file path lists that file.
+    pub fn list_files(&self, space: Space, path: &str) -> Result<Vec<FileInfo>> {
+        let df = self.call(
+            "file.list",
+            DataFrame::new().with(space.as_str()).with(path),
+        )?;
+        let mut r = df.reader();
+        let n = r.read_u64()?;
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(FileInfo {
+                name: r.read_str()?.to_owned(),
+                dir: r.read_bool()?,
+                size: r.read_u64()?,
+                hash: r.read_str()?.to_owned(),
+                mtime_ms: r.read_u64()?,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, space: Space, path: &str) -> Result<()> {
+        self.call(
+            "file.mkdir",
+            DataFrame::new().with(space.as_str()).with(path),
+        )
+        .map(drop)
+    }
+
+    /// Renames or moves a file or directory within a space.
+    pub fn rename(&self, space: Space, from: &str, to: &str) -> Result<()> {
+        self.call(
+            "file.rename",
+            DataFrame::new().with(space.as_str()).with(from).with(to),
+        )
+        .map(drop)
+    }
+
+    /// Deletes a file or an empty directory.
+    pub fn delete(&self, space: Space, path: &str) -> Result<()> {
+        self.call(
+            "file.delete",
+            DataFrame::new().with(space.as_str()).with(path),
+        )
+        .map(drop)
+    }
+
+    /// Starts or resumes an upload (see [`crate::Files::begin`]).
+    pub fn upload_begin(
+        &self,
+        space: Space,
+        path: &str,
+        size: u64,
+        hash: &[u8; 32],
+    ) -> Result<UploadState> {
+        let df = self.call(
+            "file.begin",
+            DataFrame::new()
+                .with(space.as_str())
+                .with(path)
+                .with(size)
+                .with(hash.to_vec()),
+        )?;
+        let mut r = df.reader();
+        Ok(UploadState {
+            id: r.read_u64()?,
+            offset: r.read_u64()?,
+            instant: r.read_bool()?,
+        })
+    }
+
+    /// Sends one chunk at `offset` (with its SHA3-256). Returns the new offset.
+    pub fn upload_chunk(&self, id: u64, offset: u64, data: &[u8]) -> Result<u64> {
+        let h = zs_crypto::hash::sha3_256(data);
+        let df = self.call(
+            "file.chunk",
+            DataFrame::new()
+                .with(id)
+                .with(offset)
+                .with(data.to_vec())
+                .with(h.to_vec()),
+        )?;
+        Ok(df.reader().read_u64()?)
+    }
+
+    /// Completes an upload (the server checks the whole SHA3-256).
+    pub fn upload_finish(&self, id: u64) -> Result<()> {
+        self.call("file.finish", DataFrame::new().with(id))
+            .map(drop)
+    }
+
+    /// Terminates an upload.
+    pub fn upload_abort(&self, id: u64) -> Result<()> {
+        self.call("file.abort", DataFrame::new().with(id)).map(drop)
+    }
+
+    /// Uploads local file `local` to `path`, resuming an unfinished upload of
+    /// the same content, or instantly when the server holds it. `progress`
+    /// gets (bytes the server holds, total) after each chunk. Returns what
+    /// happened.
+    pub fn upload_file(
+        &self,
+        space: Space,
+        local: &std::path::Path,
+        path: &str,
+        chunk: usize,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<UploadReport> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |e: std::io::Error| {
+            ServiceError::new(code::CLIENT, format!("{}: {e}", local.display()))
+        };
+        let (size, hash) = hash_local(local).map_err(io)?;
+        let st = self.upload_begin(space, path, size, &hash)?;
+        let mut report = UploadReport {
+            instant: st.instant,
+            resumed_from: st.offset,
+            sent: 0,
+        };
+        if st.instant {
+            progress(size, size);
+            return Ok(report);
+        }
+        let mut f = std::fs::File::open(local).map_err(io)?;
+        f.seek(SeekFrom::Start(st.offset)).map_err(io)?;
+        let mut offset = st.offset;
+        let mut buf = vec![0u8; chunk.max(1)];
+        progress(offset, size);
+        while offset < size {
+            let want = (size - offset).min(buf.len() as u64) as usize;
+            f.read_exact(&mut buf[..want]).map_err(io)?;
+            offset = self.upload_chunk(st.id, offset, &buf[..want])?;
+            report.sent += want as u64;
+            progress(offset, size);
+        }
+        self.upload_finish(st.id)?;
+        Ok(report)
+    }
+
+    /// The block signatures of a file (see [`crate::Files::signature`]).
+    pub fn signature(&self, space: Space, path: &str, block: u32) -> Result<Vec<(u32, [u8; 16])>> {
+        let df = self.call(
+            "file.signature",
+            DataFrame::new().with(space.as_str()).with(path).with(block),
+        )?;
+        let mut r = df.reader();
+        let n = r.read_u64()? as usize;
+        let weak = r.read_slice()?;
+        let strong = r.read_slice()?;
+        if weak.len() != n * 4 || strong.len() != n * 16 {
+            return Err(ServiceError::new(code::CLIENT, "malformed signature"));
+        }
+        Ok((0..n)
+            .map(|i| {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(&weak[i * 4..i * 4 + 4]);
+                let mut s = [0u8; 16];
+                s.copy_from_slice(&strong[i * 16..i * 16 + 16]);
+                (u32::from_le_bytes(w), s)
+            })
+            .collect())
+    }
+
+    /// Appends a range of an existing file to an upload, server side.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_copy(
+        &self,
+        id: u64,
+        offset: u64,
+        base_space: Space,
+        base_path: &str,
+        base_offset: u64,
+        len: u64,
+    ) -> Result<u64> {
+        let df = DataFrame::new()
+            .with(id)
+            .with(offset)
+            .with(base_space.as_str())
+            .with(base_path)
+            .with(base_offset)
+            .with(len);
+        Ok(self.call("file.copy", df)?.reader().read_u64()?)
+    }
+
+    /// Delta upload (rsync's algorithm): uploads `data` to `path` sending only
+    /// the bytes not found, block by block at any offset, in the server's
+    /// copy of `base_path` (fetched as block signatures); the rest is copied
+    /// on the server. The whole SHA3-256 is checked as for any upload, and an
+    /// interrupted delta upload resumes like any other.
+    pub fn upload_delta(
+        &self,
+        space: Space,
+        data: &[u8],
+        path: &str,
+        base_space: Space,
+        base_path: &str,
+        block: u32,
+    ) -> Result<DeltaReport> {
+        use std::collections::HashMap;
+        let block_len = block as usize;
+        let sig = self.signature(base_space, base_path, block)?;
+        let mut by_weak: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, (w, _)) in sig.iter().enumerate() {
+            by_weak.entry(*w).or_default().push(i);
+        }
+        let hash = zs_crypto::hash::sha3_256(data);
+        let st = self.upload_begin(space, path, data.len() as u64, &hash)?;
+        let mut rep = DeltaReport {
+            instant: st.instant,
+            literal: 0,
+            copied: 0,
+        };
+        if st.instant {
+            return Ok(rep);
+        }
+        let mut off = st.offset; // where the upload stands
+        let mut pos = off as usize; // scan position in `data`
+        let mut lit = pos; // start of pending literal bytes
+        let mut pending: Option<(u64, u64)> = None; // coalesced copy (base offset, len)
+        let flush_lit =
+            |from: usize, to: usize, off: &mut u64, rep: &mut DeltaReport| -> Result<()> {
+                let mut a = from;
+                while a < to {
+                    let b = (a + (256 << 10)).min(to);
+                    *off = self.upload_chunk(st.id, *off, &data[a..b])?;
+                    rep.literal += (b - a) as u64;
+                    a = b;
+                }
+                Ok(())
+            };
+        let flush_copy =
+            |p: &mut Option<(u64, u64)>, off: &mut u64, rep: &mut DeltaReport| -> Result<()> {
+                if let Some((bo, len)) = p.take() {
+                    *off = self.upload_copy(st.id, *off, base_space, base_path, bo, len)?;
+                    rep.copied += len;
+                }
+                Ok(())
+            };
+        let mut sum = if data.len() >= pos + block_len {
+            Some(crate::files::rolling(&data[pos..pos + block_len]))
+        } else {
+            None
+        };
+        while let Some(w) = sum {
+            let found = by_weak.get(&w).and_then(|cands| {
+                let window = &data[pos..pos + block_len];
+                let strong = zs_crypto::hash::sha3_256(window);
+                cands
+                    .iter()
+                    .copied()
+                    .find(|&j| sig[j].1[..] == strong[..16])
+            });
+            match found {
+                Some(j) => {
+                    if lit < pos {
+                        flush_copy(&mut pending, &mut off, &mut rep)?;
+                        flush_lit(lit, pos, &mut off, &mut rep)?;
+                    }
+                    let bo = (j * block_len) as u64;
+                    pending = match pending {
+                        Some((po, pl)) if po + pl == bo => Some((po, pl + block_len as u64)),
+                        other => {
+                            let mut o = other;
+                            flush_copy(&mut o, &mut off, &mut rep)?;
+                            Some((bo, block_len as u64))
+                        }
+                    };
+                    pos += block_len;
+                    lit = pos;
+                    sum = (data.len() >= pos + block_len)
+                        .then(|| crate::files::rolling(&data[pos..pos + block_len]));
+                }
+                None => {
+                    if data.len() > pos + block_len {
+                        sum = Some(crate::files::roll(
+                            w,
+                            block_len,
+                            data[pos],
+                            data[pos + block_len],
+                        ));
+                        pos += 1;
+                    } else {
+                        sum = None;
+                    }
+                }
+            }
+        }
+        flush_copy(&mut pending, &mut off, &mut rep)?;
+        flush_lit(lit, data.len(), &mut off, &mut rep)?;
+        self.upload_finish(st.id)?;
+        Ok(rep)
+    }
+
+    /// Reads up to `len` bytes at `offset` of a file: (bytes, file size, hash hex).
+    pub fn read_range(
+        &self,
+        space: Space,
+        path: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Vec<u8>, u64, String)> {
+        let df = self.call(
+            "file.read",
+            DataFrame::new()
+                .with(space.as_str())
+                .with(path)
+                .with(offset)
+                .with(len),
+        )?;
+        let mut r = df.reader();
+        Ok((
+            r.read_slice()?.to_vec(),
+            r.read_u64()?,
+            r.read_str()?.to_owned(),
+        ))
+    }
+
+    /// Downloads `path` to local file `local`, resuming from `<local>.part`
+    /// when it exists; the SHA3-256 is checked before the file takes its name.
+    /// Returns the bytes fetched.
+    pub fn download_file(
+        &self,
+        space: Space,
+        path: &str,
+        local: &std::path::Path,
+        chunk: u32,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64> {
+        use std::io::Write;
+        let io = |e: std::io::Error| {
+            ServiceError::new(code::CLIENT, format!("{}: {e}", local.display()))
+        };
+        let mut part = local.as_os_str().to_owned();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .map_err(io)?;
+        let mut offset = f.metadata().map_err(io)?.len();
+        let mut fetched = 0;
+        let (mut size, mut hash) = (u64::MAX, String::new());
+        while offset < size {
+            let (data, total, h) = self.read_range(space, path, offset, chunk.max(1))?;
+            if !hash.is_empty() && h != hash {
+                return Err(ServiceError::new(
+                    code::CLIENT,
+                    "the file changed during the download",
+                ));
+            }
+            (size, hash) = (total, h);
+            if offset > size {
+                break;
+            }
+            if data.is_empty() && offset < size {
+                return Err(ServiceError::new(code::CLIENT, "the server sent no bytes"));
+            }
+            f.write_all(&data).map_err(io)?;
+            offset += data.len() as u64;
+            fetched += data.len() as u64;
+            progress(offset, size);
+        }
+        f.sync_all().map_err(io)?;
+        drop(f);
+        let (len, got) = hash_local(&part).map_err(io)?;
+        let got: String = got.iter().map(|b| format!("{b:02x}")).collect();
+        if len != size || got != hash {
+            let _ = std::fs::remove_file(&part);
+            return Err(ServiceError::new(
+                code::CLIENT,
+                "the downloaded bytes do not match the file's SHA3-256 (partial file removed)",
+            ));
+        }
+        std::fs::rename(&part, local).map_err(io)?;
+        Ok(fetched)
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.client.close()
+    }
+}
+
+/// What [`ServicesClient::upload_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadReport {
+    /// The server had the content: nothing was sent.
+    pub instant: bool,
+    /// The upload continued from this offset.
+    pub resumed_from: u64,
+    /// Bytes sent by this call.
+    pub sent: u64,
+}
+
+/// What [`ServicesClient::upload_delta`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaReport {
+    /// The server had the whole content: nothing was sent.
+    pub instant: bool,
+    /// Bytes sent over the wire.
+    pub literal: u64,
+    /// Bytes the server copied from the base file.
+    pub copied: u64,
+}
+
+/// Size and SHA3-256 of a local file.
+pub fn hash_local(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
+    use sha3::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha3::Sha3_256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, h.finalize().into()))
+}
+
+/// Receives pushes (`msg.push`): register it on the client's registry before
+/// connecting. Queued (DIRECT) messages are handed over once each per inbox,
+/// even if the server pushes them again after a reconnect; acknowledge them
+/// with [`ServicesClient::ack`] when handled.
+pub struct Inbox {
+    rx: Receiver<Message>,
+    kicked: Arc<Mutex<bool>>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inbox")
+    }
+}
+
+/// Most ids an inbox remembers to drop duplicates (oldest forgotten first).
+const SEEN_MAX: usize = 1 << 20;
+
+impl Inbox {
+    /// Adds the `msg.push` handler (and the `user.kicked` signal) to `r`.
+    pub fn register(r: &mut Registry) -> Inbox {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let seen = Mutex::new((
+            HashSet::<u64>::new(),
+            std::collections::VecDeque::<u64>::new(),
+        ));
+        r.direct_stream("msg.push", move |_peer, df| {
+            let Ok(msg) = Message::read(&mut df.reader()) else {
+                tracing::warn!("msg.push: malformed push ignored");
+                return;
+            };
+            if msg.kind == push_kind::DIRECT {
+                let mut g = lock(&seen);
+                let (set, order) = &mut *g;
+                if !set.insert(msg.id) {
+                    return;
+                }
+                order.push_back(msg.id);
+                if order.len() > SEEN_MAX {
+                    if let Some(old) = order.pop_front() {
+                        set.remove(&old);
+                    }
+                }
+            }
+            let _ = lock(&tx).send(msg);
+        });
+        let kicked = Arc::new(Mutex::new(false));
+        let k = kicked.clone();
+        r.signal("user.kicked", move |_, _| *lock(&k) = true);
+        Inbox { rx, kicked }
+    }
+
+    /// The next push, waiting up to `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message> {
+        self.rx.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => ServiceError::new(code::CLIENT, "no message in time"),
+            RecvTimeoutError::Disconnected => ServiceError::new(code::CLIENT, "the client is gone"),
+        })
+    }
+
+    /// The next push if one is waiting.
+    pub fn try_recv(&self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The server said this session was kicked (another login, or disabled).
+    pub fn was_kicked(&self) -> bool {
+        *lock(&self.kicked)
+    }
+}

@@ -1,0 +1,1386 @@
+//! Files: a private space per user and a public area; resumable uploads
+//! (ask where an upload stands, continue from there: the tus core), a SHA3-256
+//! per chunk and of the whole file checked at the end (a mismatch is refused
+//! and the partial data kept), content-addressed dedup with instant upload,
+//! ranged download, list/mkdir/rename/delete, quotas, one writer per upload
+//! with a lease, expiry of abandoned uploads (tus expiration) and their
+//! termination.
+//!
+//! Layout: metadata (entries and uploads) in the zs-db database `files`;
+//! finished contents as blobs named by their hash under `<root>/blobs/`, and
+//! partial uploads as `<root>/uploads/<id>.part`. User paths never touch the
+//! file system: the namespace is a table, so traversal, absolute paths,
+//! device names or symlinks in a user path cannot reach a real file (and are
+//! refused anyway, with [`code::INVALID`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha3::{Digest, Sha3_256};
+use zs_core::{Peer, Registry};
+use zs_db::{Database, Kind};
+use zs_wire::DataFrame;
+
+use crate::accounts::{lock, now_ms, Accounts};
+use crate::error::{code, Result, ServiceError};
+use crate::RegistryExt;
+
+/// Error codes of the file service (beside [`crate::code`]).
+pub mod file_code {
+    /// No such file or directory.
+    pub const NOT_FOUND: u32 = 620;
+    /// The path exists already.
+    pub const EXISTS: u32 = 621;
+    /// Over the user's quota.
+    pub const QUOTA: u32 = 622;
+    /// A chunk at another offset than where the upload stands (the message
+    /// gives the offset).
+    pub const OFFSET: u32 = 623;
+    /// A chunk or the whole file does not match its SHA3-256.
+    pub const HASH_MISMATCH: u32 = 624;
+    /// Another connection holds the upload's lease.
+    pub const LOCKED: u32 = 625;
+    /// No such upload (finished, terminated or expired).
+    pub const NO_UPLOAD: u32 = 626;
+    /// Too many unfinished uploads for this user or server.
+    pub const TOO_MANY_UPLOADS: u32 = 627;
+}
+
+/// Settings of the file service.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// Where blobs and partial uploads live (`None`: no file service).
+    pub root: Option<PathBuf>,
+    /// Bytes a user may hold: their files (private and public) plus the
+    /// announced size of their unfinished uploads.
+    pub quota_per_user: u64,
+    /// Largest file.
+    pub max_file_size: u64,
+    /// Largest chunk of `file.chunk` and read of `file.read`.
+    pub max_chunk: usize,
+    /// Most unfinished uploads per user.
+    pub max_uploads_per_user: usize,
+    /// Most unfinished uploads on the server.
+    pub max_uploads: usize,
+    /// A writer that sent nothing for this long loses its lease.
+    pub lease: Duration,
+    /// An upload untouched for this long is deleted (tus expiration).
+    pub upload_ttl: Duration,
+    /// Most entries (files and directories) per user.
+    pub max_entries_per_user: usize,
+    /// Longest path (bytes) and deepest nesting.
+    pub max_path: usize,
+    /// Deepest nesting of directories.
+    pub max_depth: usize,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            root: None,
+            quota_per_user: 1 << 30,
+            max_file_size: 1 << 30,
+            max_chunk: 1 << 20,
+            max_uploads_per_user: 64,
+            max_uploads: 10_000,
+            lease: Duration::from_secs(30),
+            upload_ttl: Duration::from_secs(24 * 3600),
+            max_entries_per_user: 100_000,
+            max_path: 1024,
+            max_depth: 32,
+        }
+    }
+}
+
+/// Which area a path is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Space {
+    /// The caller's own space.
+    Private,
+    /// The area every logged-in user reads.
+    Public,
+}
+
+impl Space {
+    /// `private` or `public`.
+    pub fn parse(s: &str) -> Result<Space> {
+        match s {
+            "private" => Ok(Space::Private),
+            "public" => Ok(Space::Public),
+            o => Err(ServiceError::bad(format!("space {o:?}: private or public"))),
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Space::Private => "private",
+            Space::Public => "public",
+        }
+    }
+}
+
+const DEVICE_NAMES: &[&str] = &[
+    "con", "prn", "aux", "nul", "com1", "com2", "com3", "com4", "com5", "com6", "com7", "com8",
+    "com9", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9", "conin$",
+    "conout$",
+];
+
+/// Checks a user path: `a/b/c` relative, components of 1 to 255 bytes, no
+/// `.`/`..`, no `\`, `:`, NUL or control characters, no Windows device name
+/// (`CON`, `nul.txt`, …), no trailing dot or space; the root is `""`.
+/// Returns the components.
+pub fn check_path(path: &str, max_len: usize, max_depth: usize) -> Result<Vec<String>> {
+    let bad = |why: &str| ServiceError::new(code::INVALID, format!("path {path:?}: {why}"));
+    if path.len() > max_len {
+        return Err(bad("too long"));
+    }
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    if path.starts_with('/') {
+        return Err(bad("absolute paths are refused"));
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() > max_depth {
+        return Err(bad("too deep"));
+    }
+    for p in &parts {
+        if p.is_empty() {
+            return Err(bad("empty component"));
+        }
+        if *p == "." || *p == ".." {
+            return Err(bad("'.' and '..' are refused"));
+        }
+        if p.len() > 255 {
+            return Err(bad("a component has at most 255 bytes"));
+        }
+        if p.chars().any(|c| c.is_control() || c == '\\' || c == ':') {
+            return Err(bad("control characters, '\\' and ':' are refused"));
+        }
+        if p.ends_with('.') || p.ends_with(' ') {
+            return Err(bad("a component may not end with '.' or ' '"));
+        }
+        let stem = p.split('.').next().unwrap_or("").to_ascii_lowercase();
+        if DEVICE_NAMES.contains(&stem.trim_end()) {
+            return Err(bad("device names are refused"));
+        }
+    }
+    Ok(parts.into_iter().map(str::to_owned).collect())
+}
+
+/// A file or directory as stored (JSON in `files`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EntryRec {
+    #[serde(rename = "t")]
+    tag: String,
+    owner: u64,
+    path: String,
+    dir: bool,
+    size: u64,
+    hash: String,
+    by: u64,
+    mtime_ms: u64,
+}
+
+/// An unfinished upload as stored (JSON in `files`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UploadRec {
+    #[serde(rename = "t")]
+    tag: String,
+    owner: u64,
+    path: String,
+    size: u64,
+    hash: String,
+    by: u64,
+    created_ms: u64,
+}
+
+/// One listed entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Name (last component).
+    pub name: String,
+    /// A directory.
+    pub dir: bool,
+    /// Size in bytes (0 for a directory).
+    pub size: u64,
+    /// SHA3-256 of the content, hex (empty for a directory).
+    pub hash: String,
+    /// Modified (Unix ms).
+    pub mtime_ms: u64,
+}
+
+/// Where an upload stands, as `file.begin` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadState {
+    /// Upload id (0 for an instant upload).
+    pub id: u64,
+    /// Bytes the server holds: continue from here.
+    pub offset: u64,
+    /// The server had the content already: the file exists now, nothing to send.
+    pub instant: bool,
+}
+
+struct Upload {
+    rec_id: u64,
+    rec: UploadRec,
+    offset: u64,
+    holder: Option<Peer>,
+    touched: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// (owner, path) -> (record id, entry). Owner 0 is the public area.
+    entries: BTreeMap<(u64, String), (u64, EntryRec)>,
+    /// Blob hash -> references.
+    refs: HashMap<String, u64>,
+    /// (blob hash, user id or 0 for the public area) -> entries: who may
+    /// claim the content by hash alone (instant upload). Others must send it:
+    /// knowing a hash proves nothing about holding the content.
+    holders: HashMap<(String, u64), u64>,
+    uploads: HashMap<u64, Upload>,
+    /// Bytes charged per user (files + reserved uploads).
+    usage: HashMap<u64, u64>,
+    /// Entries per user.
+    counts: HashMap<u64, usize>,
+}
+
+struct Inner {
+    db: Database,
+    cfg: FilesConfig,
+    root: PathBuf,
+    accounts: Accounts,
+    state: Mutex<State>,
+}
+
+/// The file service (cheap to clone).
+#[derive(Clone)]
+pub struct Files {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Files({})", self.inner.root.display())
+    }
+}
+
+fn io_err(what: &str, e: std::io::Error) -> ServiceError {
+    tracing::error!(error = %e, "files: {what}");
+    ServiceError::new(code::STORAGE, format!("{what}: {e}"))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ServiceError::new(code::STORAGE, e.to_string()))
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// SHA3-256 of a file's first `len` bytes.
+fn hash_file(path: &Path, len: u64) -> std::io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = Sha3_256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finalize().into())
+}
+
+impl Files {
+    /// Opens the service on `db` (a `files` database) with blobs under
+    /// `cfg.root`: loads entries and uploads, trims each partial file to what
+    /// was synced, drops expired uploads and orphaned partial files.
+    pub fn open(db: Database, accounts: Accounts, cfg: FilesConfig) -> Result<Files> {
+        let root = cfg.root.clone().ok_or_else(|| {
+            ServiceError::new(code::STORAGE, "the file service needs a root directory")
+        })?;
+        for d in ["blobs", "uploads"] {
+            std::fs::create_dir_all(root.join(d)).map_err(|e| io_err("create directory", e))?;
+        }
+        let mut st = State::default();
+        let now = now_ms();
+        let mut dead = zs_db::Batch::new();
+        for r in db.cursor(0, false) {
+            let r = r.map_err(ServiceError::storage)?;
+            let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap_or_default();
+            match v.get("t").and_then(|t| t.as_str()) {
+                Some("e") => {
+                    let Ok(e) = serde_json::from_value::<EntryRec>(v) else {
+                        continue;
+                    };
+                    if !e.dir {
+                        *st.refs.entry(e.hash.clone()).or_default() += 1;
+                        *st.holders.entry((e.hash.clone(), holder(&e))).or_default() += 1;
+                    }
+                    *st.usage.entry(e.by).or_default() += e.size;
+                    *st.counts.entry(e.by).or_default() += 1;
+                    st.entries.insert((e.owner, e.path.clone()), (r.id, e));
+                }
+                Some("u") => {
+                    let Ok(u) = serde_json::from_value::<UploadRec>(v) else {
+                        continue;
+                    };
+                    let part = root.join("uploads").join(format!("{}.part", r.id));
+                    let expired =
+                        now.saturating_sub(u.created_ms) > cfg.upload_ttl.as_millis() as u64;
+                    if expired {
+                        dead.delete(r.id);
+                        let _ = std::fs::remove_file(&part);
+                        continue;
+                    }
+                    let offset = std::fs::metadata(&part)
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                        .min(u.size);
+                    *st.usage.entry(u.by).or_default() += u.size;
+                    st.uploads.insert(
+                        r.id,
+                        Upload {
+                            rec_id: r.id,
+                            rec: u,
+                            offset,
+                            holder: None,
+                            touched: Instant::now(),
+                        },
+                    );
+                }
+                _ => tracing::error!(id = r.id, "files: unreadable record skipped"),
+            }
+        }
+        if !dead.is_empty() {
+            db.commit(&dead).map_err(ServiceError::storage)?;
+        }
+        // Partial files no upload claims (a crash between commit and unlink).
+        if let Ok(rd) = std::fs::read_dir(root.join("uploads")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name
+                    .strip_suffix(".part")
+                    .and_then(|s| s.parse::<u64>().ok());
+                if id.is_none_or(|id| !st.uploads.contains_key(&id)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(Files {
+            inner: Arc::new(Inner {
+                db,
+                cfg,
+                root,
+                accounts,
+                state: Mutex::new(st),
+            }),
+        })
+    }
+
+    /// Closes the `files` database.
+    pub fn close(&self) -> Result<()> {
+        self.inner.db.close().map_err(ServiceError::storage)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FilesConfig {
+        &self.inner.cfg
+    }
+
+    /// Bytes charged to `uid` (files + announced sizes of unfinished uploads).
+    pub fn usage(&self, uid: u64) -> u64 {
+        lock(&self.inner.state)
+            .usage
+            .get(&uid)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Unfinished uploads on the server.
+    pub fn uploads(&self) -> usize {
+        lock(&self.inner.state).uploads.len()
+    }
+
+    /// Bytes of partial upload files on disk.
+    pub fn partial_bytes(&self) -> u64 {
+        lock(&self.inner.state)
+            .uploads
+            .values()
+            .map(|u| u.offset)
+            .sum()
+    }
+
+    fn blob(&self, hash: &str) -> PathBuf {
+        self.inner.root.join("blobs").join(hash)
+    }
+
+    fn part(&self, id: u64) -> PathBuf {
+        self.inner.root.join("uploads").join(format!("{id}.part"))
+    }
+
+    fn owner(space: Space, uid: u64) -> u64 {
+        match space {
+            Space::Private => uid,
+            Space::Public => 0,
+        }
+    }
+
+    fn norm(&self, path: &str) -> Result<String> {
+        Ok(check_path(path, self.inner.cfg.max_path, self.inner.cfg.max_depth)?.join("/"))
+    }
+
+    fn check_parent(st: &State, owner: u64, path: &str) -> Result<()> {
+        let p = parent(path);
+        if p.is_empty() {
+            return Ok(());
+        }
+        match st.entries.get(&(owner, p.to_owned())) {
+            Some((_, e)) if e.dir => Ok(()),
+            Some(_) => Err(ServiceError::new(
+                file_code::EXISTS,
+                format!("{p:?} is a file"),
+            )),
+            None => Err(ServiceError::new(
+                file_code::NOT_FOUND,
+                format!("no directory {p:?}"),
+            )),
+        }
+    }
+
+    fn may_change(&self, uid: u64, e: &EntryRec) -> Result<()> {
+        if e.owner == 0 && e.by != uid && !self.inner.accounts.is_admin(uid) {
+            return Err(ServiceError::new(
+                code::FORBIDDEN,
+                "only who put it there (or an admin) changes a public entry",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates directory `path`.
+    pub fn mkdir(&self, uid: u64, space: Space, path: &str) -> Result<()> {
+        let path = self.norm(path)?;
+        if path.is_empty() {
+            return Err(ServiceError::new(file_code::EXISTS, "the root exists"));
+        }
+        let owner = Self::owner(space, uid);
+        let mut st = lock(&self.inner.state);
+        Self::check_parent(&st, owner, &path)?;
+        if st.entries.contains_key(&(owner, path.clone())) {
+            return Err(ServiceError::new(
+                file_code::EXISTS,
+                format!("{path:?} exists"),
+            ));
+        }
+        self.check_count(&st, uid)?;
+        let e = EntryRec {
+            tag: "e".into(),
+            owner,
+            path: path.clone(),
+            dir: true,
+            size: 0,
+            hash: String::new(),
+            by: uid,
+            mtime_ms: now_ms(),
+        };
+        let id = self
+            .inner
+            .db
+            .insert(Kind::Json, &json(&e)?)
+            .map_err(ServiceError::storage)?;
+        *st.counts.entry(uid).or_default() += 1;
+        st.entries.insert((owner, path), (id, e));
+        Ok(())
+    }
+
+    fn check_count(&self, st: &State, uid: u64) -> Result<()> {
+        let n = st.counts.get(&uid).copied().unwrap_or(0);
+        if n >= self.inner.cfg.max_entries_per_user {
+            return Err(ServiceError::new(
+                file_code::QUOTA,
+                format!(
+                    "at most {} files and directories per user",
+                    self.inner.cfg.max_entries_per_user
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Lists directory `path` (`""`: the root).
+    pub fn list(&self, uid: u64, space: Space, path: &str) -> Result<Vec<FileInfo>> {
+        let path = self.norm(path)?;
+        let owner = Self::owner(space, uid);
+        let st = lock(&self.inner.state);
+        if !path.is_empty() {
+            match st.entries.get(&(owner, path.clone())) {
+                Some((_, e)) if e.dir => {}
+                Some((_, e)) => {
+                    return Ok(vec![info(e)]);
+                }
+                None => {
+                    return Err(ServiceError::new(
+                        file_code::NOT_FOUND,
+                        format!("no {path:?}"),
+                    ))
+                }
+            }
+        }
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        Ok(st
+            .entries
+            .range((owner, prefix.clone())..)
+            .take_while(|((o, p), _)| *o == owner && p.starts_with(&prefix))
+            .filter(|((_, p), _)| !p[prefix.len()..].contains('/'))
+            .map(|(_, (_, e))| info(e))
+            .collect())
+    }
+
+    /// Stat of one file or directory.
+    pub fn stat(&self, uid: u64, space: Space, path: &str) -> Result<FileInfo> {
+        let path = self.norm(path)?;
+        let st = lock(&self.inner.state);
+        st.entries
+            .get(&(Self::owner(space, uid), path.clone()))
+            .map(|(_, e)| info(e))
+            .ok_or_else(|| ServiceError::new(file_code::NOT_FOUND, format!("no {path:?}")))
+    }
+
+    /// Renames (moves) `from` to `to` in one space; a directory takes its
+    /// contents along. The target must not exist.
+    pub fn rename(&self, uid: u64, space: Space, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (self.norm(from)?, self.norm(to)?);
+        if from.is_empty() || to.is_empty() {
+            return Err(ServiceError::new(
+                code::INVALID,
+                "the root cannot be renamed",
+            ));
+        }
+        if to == from || to.starts_with(&format!("{from}/")) {
+            return Err(ServiceError::new(
+                code::INVALID,
+                "cannot move a directory into itself",
+            ));
+        }
+        let owner = Self::owner(space, uid);
+        let mut st = lock(&self.inner.state);
+        let Some((_, e)) = st.entries.get(&(owner, from.clone())) else {
+            return Err(ServiceError::new(
+                file_code::NOT_FOUND,
+                format!("no {from:?}"),
+            ));
+        };
+        self.may_change(uid, e)?;
+        if st.entries.contains_key(&(owner, to.clone())) {
+            return Err(ServiceError::new(
+                file_code::EXISTS,
+                format!("{to:?} exists"),
+            ));
+        }
+        Self::check_parent(&st, owner, &to)?;
+        let prefix = format!("{from}/");
+        let moving: Vec<String> = st
+            .entries
+            .range((owner, from.clone())..)
+            .take_while(|((o, p), _)| *o == owner && (*p == from || p.starts_with(&prefix)))
+            .map(|((_, p), _)| p.clone())
+            .filter(|p| *p == from || p.starts_with(&prefix))
+            .collect();
+        let mut b = zs_db::Batch::new();
+        let mut moved = Vec::new();
+        for p in &moving {
+            let (id, mut e) = st.entries[&(owner, p.clone())].clone();
+            e.path = format!("{to}{}", &p[from.len()..]);
+            if e.path.len() > self.inner.cfg.max_path {
+                return Err(ServiceError::new(
+                    code::INVALID,
+                    "a moved path gets too long",
+                ));
+            }
+            b.update(id, Kind::Json, json(&e)?);
+            moved.push((p.clone(), id, e));
+        }
+        self.inner.db.commit(&b).map_err(ServiceError::storage)?;
+        for (old, id, e) in moved {
+            st.entries.remove(&(owner, old));
+            st.entries.insert((owner, e.path.clone()), (id, e));
+        }
+        Ok(())
+    }
+
+    /// Deletes a file or an empty directory. A blob nobody references any
+    /// more is removed.
+    pub fn delete(&self, uid: u64, space: Space, path: &str) -> Result<()> {
+        let path = self.norm(path)?;
+        let owner = Self::owner(space, uid);
+        let mut st = lock(&self.inner.state);
+        let Some((id, e)) = st.entries.get(&(owner, path.clone())).cloned() else {
+            return Err(ServiceError::new(
+                file_code::NOT_FOUND,
+                format!("no {path:?}"),
+            ));
+        };
+        self.may_change(uid, &e)?;
+        if e.dir {
+            let prefix = format!("{path}/");
+            if st
+                .entries
+                .range((owner, prefix.clone())..)
+                .next()
+                .is_some_and(|((o, p), _)| *o == owner && p.starts_with(&prefix))
+            {
+                return Err(ServiceError::new(
+                    code::INVALID,
+                    format!("{path:?} is not empty"),
+                ));
+            }
+        }
+        self.inner.db.delete(id).map_err(ServiceError::storage)?;
+        st.entries.remove(&(owner, path));
+        if let Some(u) = st.usage.get_mut(&e.by) {
+            *u = u.saturating_sub(e.size);
+        }
+        if let Some(c) = st.counts.get_mut(&e.by) {
+            *c = c.saturating_sub(1);
+        }
+        if !e.dir {
+            unhold(&mut st, &e);
+            self.unref(&mut st, &e.hash);
+        }
+        Ok(())
+    }
+
+    fn unref(&self, st: &mut State, hash: &str) {
+        let gone = match st.refs.get_mut(hash) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        };
+        if gone {
+            st.refs.remove(hash);
+            let _ = std::fs::remove_file(self.blob(hash));
+        }
+    }
+
+    /// Adds (or replaces) a file entry for content `hash` of `size` bytes.
+    fn put_entry(
+        &self,
+        st: &mut State,
+        uid: u64,
+        owner: u64,
+        path: &str,
+        size: u64,
+        hash: &str,
+    ) -> Result<()> {
+        let e = EntryRec {
+            tag: "e".into(),
+            owner,
+            path: path.to_owned(),
+            dir: false,
+            size,
+            hash: hash.to_owned(),
+            by: uid,
+            mtime_ms: now_ms(),
+        };
+        let old = st.entries.get(&(owner, path.to_owned())).cloned();
+        let id = match &old {
+            Some((id, _)) => {
+                self.inner
+                    .db
+                    .update(*id, Kind::Json, &json(&e)?)
+                    .map_err(ServiceError::storage)?;
+                *id
+            }
+            None => self
+                .inner
+                .db
+                .insert(Kind::Json, &json(&e)?)
+                .map_err(ServiceError::storage)?,
+        };
+        *st.refs.entry(hash.to_owned()).or_default() += 1;
+        *st.holders.entry((hash.to_owned(), holder(&e))).or_default() += 1;
+        *st.usage.entry(uid).or_default() += size;
+        *st.counts.entry(uid).or_default() += 1;
+        if let Some((_, o)) = old {
+            if let Some(u) = st.usage.get_mut(&o.by) {
+                *u = u.saturating_sub(o.size);
+            }
+            if let Some(c) = st.counts.get_mut(&o.by) {
+                *c = c.saturating_sub(1);
+            }
+            unhold(st, &o);
+            self.unref(st, &o.hash);
+        }
+        st.entries.insert((owner, path.to_owned()), (id, e));
+        Ok(())
+    }
+
+    /// Drops uploads untouched for [`FilesConfig::upload_ttl`] (partial file,
+    /// record, reserved quota).
+    fn sweep(&self, st: &mut State) {
+        let ttl = self.inner.cfg.upload_ttl;
+        let dead: Vec<u64> = st
+            .uploads
+            .iter()
+            .filter(|(_, u)| u.touched.elapsed() >= ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            if let Err(e) = self.drop_upload(st, id) {
+                tracing::warn!(id, error = %e, "files: cannot drop an expired upload");
+            }
+        }
+    }
+
+    fn drop_upload(&self, st: &mut State, id: u64) -> Result<()> {
+        let Some(u) = st.uploads.get(&id) else {
+            return Ok(());
+        };
+        self.inner
+            .db
+            .delete(u.rec_id)
+            .map_err(ServiceError::storage)?;
+        let u = st.uploads.remove(&id).expect("present");
+        if let Some(x) = st.usage.get_mut(&u.rec.by) {
+            *x = x.saturating_sub(u.rec.size);
+        }
+        let _ = std::fs::remove_file(self.part(id));
+        Ok(())
+    }
+
+    /// Starts or resumes an upload of `size` bytes with SHA3-256 `hash` to
+    /// `path` for connection `peer`: an instant upload when the server holds
+    /// that content already in the public area or in this user's files (not
+    /// someone else's private file: a hash is no proof of holding it); otherwise the upload (an unfinished one of the
+    /// same path, size and hash is resumed) and where it stands. Takes the
+    /// upload's lease.
+    pub fn begin(
+        &self,
+        peer: &Peer,
+        uid: u64,
+        space: Space,
+        path: &str,
+        size: u64,
+        hash: &[u8],
+    ) -> Result<UploadState> {
+        let cfg = &self.inner.cfg;
+        let path = self.norm(path)?;
+        if path.is_empty() {
+            return Err(ServiceError::new(code::INVALID, "a file needs a name"));
+        }
+        if hash.len() != 32 {
+            return Err(ServiceError::bad("the hash is SHA3-256: 32 bytes"));
+        }
+        if size > cfg.max_file_size {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                format!("a file has at most {} bytes", cfg.max_file_size),
+            ));
+        }
+        let hash = hex(hash);
+        let owner = Self::owner(space, uid);
+        let mut st = lock(&self.inner.state);
+        self.sweep(&mut st);
+        Self::check_parent(&st, owner, &path)?;
+        if let Some((_, e)) = st.entries.get(&(owner, path.clone())) {
+            if e.dir {
+                return Err(ServiceError::new(
+                    file_code::EXISTS,
+                    format!("{path:?} is a directory"),
+                ));
+            }
+            self.may_change(uid, &e.clone())?;
+        }
+        let used = st.usage.get(&uid).copied().unwrap_or(0);
+        // Instant upload: the content is here already.
+        let may_claim = st.holders.contains_key(&(hash.clone(), 0))
+            || st.holders.contains_key(&(hash.clone(), uid));
+        if may_claim && self.blob(&hash).exists() {
+            if used + size > cfg.quota_per_user {
+                return Err(self.quota_err(used, size));
+            }
+            self.check_count(&st, uid)?;
+            self.put_entry(&mut st, uid, owner, &path, size, &hash)?;
+            return Ok(UploadState {
+                id: 0,
+                offset: size,
+                instant: true,
+            });
+        }
+        // Resume an unfinished upload of the same file.
+        let existing = st
+            .uploads
+            .iter()
+            .find(|(_, u)| u.rec.owner == owner && u.rec.path == path && u.rec.by == uid)
+            .map(|(id, u)| (*id, u.rec.size == size && u.rec.hash == hash));
+        if let Some((id, same)) = existing {
+            if same {
+                let u = st.uploads.get_mut(&id).expect("found");
+                Self::take_lease(u, peer, cfg.lease)?;
+                return Ok(UploadState {
+                    id,
+                    offset: u.offset,
+                    instant: false,
+                });
+            }
+            // Another content for that path: the old upload is replaced.
+            self.drop_upload(&mut st, id)?;
+        }
+        let used = st.usage.get(&uid).copied().unwrap_or(0);
+        if used + size > cfg.quota_per_user {
+            return Err(self.quota_err(used, size));
+        }
+        let mine = st.uploads.values().filter(|u| u.rec.by == uid).count();
+        if mine >= cfg.max_uploads_per_user || st.uploads.len() >= cfg.max_uploads {
+            return Err(ServiceError::new(
+                file_code::TOO_MANY_UPLOADS,
+                format!(
+                    "too many unfinished uploads ({mine} of yours, limit {}; finish, terminate or let them expire)",
+                    cfg.max_uploads_per_user
+                ),
+            ));
+        }
+        let rec = UploadRec {
+            tag: "u".into(),
+            owner,
+            path,
+            size,
+            hash,
+            by: uid,
+            created_ms: now_ms(),
+        };
+        let id = self
+            .inner
+            .db
+            .insert(Kind::Json, &json(&rec)?)
+            .map_err(ServiceError::storage)?;
+        File::create(self.part(id)).map_err(|e| io_err("create partial file", e))?;
+        *st.usage.entry(uid).or_default() += size;
+        st.uploads.insert(
+            id,
+            Upload {
+                rec_id: id,
+                rec,
+                offset: 0,
+                holder: Some(peer.clone()),
+                touched: Instant::now(),
+            },
+        );
+        Ok(UploadState {
+            id,
+            offset: 0,
+            instant: false,
+        })
+    }
+
+    fn quota_err(&self, used: u64, size: u64) -> ServiceError {
+        ServiceError::new(
+            file_code::QUOTA,
+            format!(
+                "over quota: {used} bytes used + {size} > {}",
+                self.inner.cfg.quota_per_user
+            ),
+        )
+    }
+
+    fn take_lease(u: &mut Upload, peer: &Peer, lease: Duration) -> Result<()> {
+        if let Some(h) = &u.holder {
+            if h.id() != peer.id() && h.is_open() && u.touched.elapsed() < lease {
+                let left = lease.saturating_sub(u.touched.elapsed()).as_secs() + 1;
+                return Err(ServiceError::new(
+                    file_code::LOCKED,
+                    format!("another connection is writing this upload (its lease ends within {left} s)"),
+                ));
+            }
+        }
+        u.holder = Some(peer.clone());
+        u.touched = Instant::now();
+        Ok(())
+    }
+
+    fn upload_of(st: &mut State, id: u64, uid: u64) -> Result<&mut Upload> {
+        match st.uploads.get_mut(&id) {
+            Some(u) if u.rec.by == uid => Ok(u),
+            _ => Err(ServiceError::new(
+                file_code::NO_UPLOAD,
+                format!("no upload {id}"),
+            )),
+        }
+    }
+
+    /// Appends `data` at `offset` of upload `id` (which must be where the
+    /// upload stands) after checking its SHA3-256; synced before this returns.
+    /// Returns the new offset.
+    pub fn chunk(
+        &self,
+        peer: &Peer,
+        uid: u64,
+        id: u64,
+        offset: u64,
+        data: &[u8],
+        chunk_hash: &[u8],
+    ) -> Result<u64> {
+        let cfg = &self.inner.cfg;
+        if data.len() > cfg.max_chunk {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                format!("a chunk has at most {} bytes", cfg.max_chunk),
+            ));
+        }
+        if zs_crypto::hash::sha3_256(data)[..] != *chunk_hash {
+            return Err(ServiceError::new(
+                file_code::HASH_MISMATCH,
+                "the chunk does not match its SHA3-256: resend it",
+            ));
+        }
+        let part = self.part(id);
+        let mut st = lock(&self.inner.state);
+        let u = Self::upload_of(&mut st, id, uid)?;
+        Self::take_lease(u, peer, cfg.lease)?;
+        if offset != u.offset {
+            return Err(ServiceError::new(
+                file_code::OFFSET,
+                format!("the upload stands at offset {}, not {offset}", u.offset),
+            ));
+        }
+        if offset + data.len() as u64 > u.rec.size {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                "the chunk goes past the announced size",
+            ));
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .map_err(|e| io_err("open partial file", e))?;
+        f.set_len(offset)
+            .map_err(|e| io_err("trim partial file", e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| io_err("seek partial file", e))?;
+        f.write_all(data)
+            .map_err(|e| io_err("write partial file", e))?;
+        f.sync_data().map_err(|e| io_err("sync partial file", e))?;
+        u.offset += data.len() as u64;
+        Ok(u.offset)
+    }
+
+    /// Completes upload `id`: the whole SHA3-256 must match the announced
+    /// one (else [`file_code::HASH_MISMATCH`], and the partial data stays for
+    /// a retry or a `file.abort`); the content becomes a blob (or joins the
+    /// existing identical one) and the file appears.
+    pub fn finish(&self, peer: &Peer, uid: u64, id: u64) -> Result<()> {
+        let mut st = lock(&self.inner.state);
+        let u = Self::upload_of(&mut st, id, uid)?;
+        Self::take_lease(u, peer, self.inner.cfg.lease)?;
+        if u.offset != u.rec.size {
+            return Err(ServiceError::new(
+                file_code::OFFSET,
+                format!("the upload holds {} of {} bytes", u.offset, u.rec.size),
+            ));
+        }
+        let part = self.part(id);
+        let got = hex(&hash_file(&part, u.rec.size).map_err(|e| io_err("hash partial file", e))?);
+        if got != u.rec.hash {
+            return Err(ServiceError::new(
+                file_code::HASH_MISMATCH,
+                format!(
+                    "the file's SHA3-256 is {got}, not the announced {}: kept for a retry",
+                    u.rec.hash
+                ),
+            ));
+        }
+        let rec = u.rec.clone();
+        Self::check_parent(&st, rec.owner, &rec.path)?;
+        let blob = self.blob(&rec.hash);
+        if blob.exists() {
+            let _ = std::fs::remove_file(&part);
+        } else {
+            std::fs::rename(&part, &blob).map_err(|e| io_err("store blob", e))?;
+            if let Ok(d) = File::open(self.inner.root.join("blobs")) {
+                let _ = d.sync_all();
+            }
+        }
+        // The reservation becomes the file's charge.
+        self.inner.db.delete(id).map_err(ServiceError::storage)?;
+        st.uploads.remove(&id);
+        if let Some(x) = st.usage.get_mut(&uid) {
+            *x = x.saturating_sub(rec.size);
+        }
+        self.put_entry(&mut st, uid, rec.owner, &rec.path, rec.size, &rec.hash)
+    }
+
+    /// Terminates upload `id` (tus termination): its partial data and
+    /// reservation are dropped.
+    pub fn abort(&self, uid: u64, id: u64) -> Result<()> {
+        let mut st = lock(&self.inner.state);
+        Self::upload_of(&mut st, id, uid)?;
+        self.drop_upload(&mut st, id)
+    }
+
+    /// Reads up to `len` bytes at `offset` of a file (ranged download).
+    /// Returns the bytes, the file size and its hash.
+    pub fn read(
+        &self,
+        uid: u64,
+        space: Space,
+        path: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<(Vec<u8>, u64, String)> {
+        let path = self.norm(path)?;
+        let len = len.min(self.inner.cfg.max_chunk);
+        let (size, hash) = {
+            let st = lock(&self.inner.state);
+            match st.entries.get(&(Self::owner(space, uid), path.clone())) {
+                Some((_, e)) if !e.dir => (e.size, e.hash.clone()),
+                Some(_) => {
+                    return Err(ServiceError::new(
+                        code::INVALID,
+                        format!("{path:?} is a directory"),
+                    ))
+                }
+                None => {
+                    return Err(ServiceError::new(
+                        file_code::NOT_FOUND,
+                        format!("no {path:?}"),
+                    ))
+                }
+            }
+        };
+        if offset > size {
+            return Err(ServiceError::new(
+                file_code::OFFSET,
+                format!("offset {offset} is past the end ({size})"),
+            ));
+        }
+        let want = (size - offset).min(len as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let mut f = File::open(self.blob(&hash)).map_err(|e| io_err("open blob", e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| io_err("seek blob", e))?;
+        f.read_exact(&mut buf).map_err(|e| io_err("read blob", e))?;
+        Ok((buf, size, hash))
+    }
+
+    /// Delta upload, step 1: the block signatures of an existing file
+    /// (`block` bytes each, the last one shorter): per block the rolling
+    /// checksum ([`rolling`]) and the first 16 bytes of its SHA3-256. At most
+    /// 65,536 blocks.
+    pub fn signature(
+        &self,
+        uid: u64,
+        space: Space,
+        path: &str,
+        block: usize,
+    ) -> Result<Vec<(u32, [u8; 16])>> {
+        if !(512..=(1 << 20)).contains(&block) {
+            return Err(ServiceError::bad("a block has 512 bytes to 1 MiB"));
+        }
+        let path = self.norm(path)?;
+        let (size, hash) = self.file_of(uid, space, &path)?;
+        if size.div_ceil(block as u64) > 65_536 {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                "more than 65536 blocks: use larger blocks",
+            ));
+        }
+        let mut f = File::open(self.blob(&hash)).map_err(|e| io_err("open blob", e))?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; block];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block as u64) as usize;
+            f.read_exact(&mut buf[..n])
+                .map_err(|e| io_err("read blob", e))?;
+            let strong = zs_crypto::hash::sha3_256(&buf[..n]);
+            let mut s16 = [0u8; 16];
+            s16.copy_from_slice(&strong[..16]);
+            out.push((rolling(&buf[..n]), s16));
+            left -= n as u64;
+        }
+        Ok(out)
+    }
+
+    fn file_of(&self, uid: u64, space: Space, path: &str) -> Result<(u64, String)> {
+        let st = lock(&self.inner.state);
+        match st.entries.get(&(Self::owner(space, uid), path.to_owned())) {
+            Some((_, e)) if !e.dir => Ok((e.size, e.hash.clone())),
+            Some(_) => Err(ServiceError::new(
+                code::INVALID,
+                format!("{path:?} is a directory"),
+            )),
+            None => Err(ServiceError::new(
+                file_code::NOT_FOUND,
+                format!("no {path:?}"),
+            )),
+        }
+    }
+
+    /// Delta upload, step 2: appends `len` bytes taken at `base_offset` of an
+    /// existing file (the caller may read it) to upload `id` at `offset`,
+    /// which must be where the upload stands. Synced before this returns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_range(
+        &self,
+        peer: &Peer,
+        uid: u64,
+        id: u64,
+        offset: u64,
+        base_space: Space,
+        base_path: &str,
+        base_offset: u64,
+        len: u64,
+    ) -> Result<u64> {
+        let base_path = self.norm(base_path)?;
+        let (bsize, bhash) = self.file_of(uid, base_space, &base_path)?;
+        if base_offset.checked_add(len).is_none_or(|e| e > bsize) {
+            return Err(ServiceError::new(
+                file_code::OFFSET,
+                "the range is past the end of the base file",
+            ));
+        }
+        let cfg = &self.inner.cfg;
+        let part = self.part(id);
+        let mut st = lock(&self.inner.state);
+        let u = Self::upload_of(&mut st, id, uid)?;
+        Self::take_lease(u, peer, cfg.lease)?;
+        if offset != u.offset {
+            return Err(ServiceError::new(
+                file_code::OFFSET,
+                format!("the upload stands at offset {}, not {offset}", u.offset),
+            ));
+        }
+        if offset + len > u.rec.size {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                "the range goes past the announced size",
+            ));
+        }
+        let mut src = File::open(self.blob(&bhash)).map_err(|e| io_err("open blob", e))?;
+        src.seek(SeekFrom::Start(base_offset))
+            .map_err(|e| io_err("seek blob", e))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .map_err(|e| io_err("open partial file", e))?;
+        f.set_len(offset)
+            .map_err(|e| io_err("trim partial file", e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| io_err("seek partial file", e))?;
+        let copied =
+            std::io::copy(&mut (&mut src).take(len), &mut f).map_err(|e| io_err("copy", e))?;
+        if copied != len {
+            return Err(ServiceError::new(
+                code::STORAGE,
+                "the base file is shorter than its entry",
+            ));
+        }
+        f.sync_data().map_err(|e| io_err("sync partial file", e))?;
+        u.offset += len;
+        Ok(u.offset)
+    }
+
+    /// Registers the `file.*` commands on `r`.
+    pub fn register(&self, r: &mut Registry) {
+        let f = self.clone();
+        r.stream_hpc_svc("file.list", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            let list = f.list(uid, space, rd.read_str()?)?;
+            let mut out = DataFrame::new().with(list.len() as u64);
+            for e in list {
+                out.push(e.name);
+                out.push(e.dir);
+                out.push(e.size);
+                out.push(e.hash);
+                out.push(e.mtime_ms);
+            }
+            Ok(out)
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.mkdir", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            f.mkdir(uid, space, rd.read_str()?)?;
+            Ok(DataFrame::new())
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.rename", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            let from = rd.read_str()?;
+            f.rename(uid, space, from, rd.read_str()?)?;
+            Ok(DataFrame::new())
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.delete", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            f.delete(uid, space, rd.read_str()?)?;
+            Ok(DataFrame::new())
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.begin", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            let path = rd.read_str()?;
+            let size = rd.read_u64()?;
+            let hash = rd.read_slice()?;
+            let s = f.begin(peer, uid, space, path, size, hash)?;
+            Ok(DataFrame::new().with(s.id).with(s.offset).with(s.instant))
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.chunk", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let id = rd.read_u64()?;
+            let offset = rd.read_u64()?;
+            let data = rd.read_slice()?;
+            let hash = rd.read_slice()?;
+            Ok(DataFrame::new().with(f.chunk(peer, uid, id, offset, data, hash)?))
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.finish", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            f.finish(peer, uid, df.reader().read_u64()?)?;
+            Ok(DataFrame::new())
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.abort", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            f.abort(uid, df.reader().read_u64()?)?;
+            Ok(DataFrame::new())
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.signature", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            let path = rd.read_str()?;
+            let block = rd.read_u32()? as usize;
+            let sig = f.signature(uid, space, path, block)?;
+            let mut weak = Vec::with_capacity(sig.len() * 4);
+            let mut strong = Vec::with_capacity(sig.len() * 16);
+            for (w, s16) in &sig {
+                weak.extend_from_slice(&w.to_le_bytes());
+                strong.extend_from_slice(s16);
+            }
+            Ok(DataFrame::new()
+                .with(sig.len() as u64)
+                .with(weak)
+                .with(strong))
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.copy", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let id = rd.read_u64()?;
+            let offset = rd.read_u64()?;
+            let space = Space::parse(rd.read_str()?)?;
+            let path = rd.read_str()?;
+            let base_offset = rd.read_u64()?;
+            let len = rd.read_u64()?;
+            Ok(DataFrame::new().with(f.copy_range(
+                peer,
+                uid,
+                id,
+                offset,
+                space,
+                path,
+                base_offset,
+                len,
+            )?))
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.read", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            let path = rd.read_str()?;
+            let offset = rd.read_u64()?;
+            let len = rd.read_u32()? as usize;
+            let (data, size, hash) = f.read(uid, space, path, offset, len)?;
+            Ok(DataFrame::new().with(data).with(size).with(hash))
+        });
+    }
+}
+
+/// The rolling checksum of delta uploads (rsync's): `a` = sum of the bytes,
+/// `b` = sum of the running `a`s, both mod 2^16; the value is `b << 16 | a`.
+pub fn rolling(block: &[u8]) -> u32 {
+    let (mut a, mut b) = (0u32, 0u32);
+    for &x in block {
+        a = a.wrapping_add(x as u32);
+        b = b.wrapping_add(a);
+    }
+    ((b & 0xffff) << 16) | (a & 0xffff)
+}
+
+/// Slides a [`rolling`] checksum of a window of `len` bytes one byte on:
+/// `out` leaves, `inn` enters.
+pub fn roll(sum: u32, len: usize, out: u8, inn: u8) -> u32 {
+    let a = sum & 0xffff;
+    let b = sum >> 16;
+    let a2 = a.wrapping_sub(out as u32).wrapping_add(inn as u32) & 0xffff;
+    let b2 = b
+        .wrapping_sub((len as u32).wrapping_mul(out as u32))
+        .wrapping_add(a2)
+        & 0xffff;
+    (b2 << 16) | a2
+}
+
+fn holder(e: &EntryRec) -> u64 {
+    if e.owner == 0 {
+        0
+    } else {
+        e.by
+    }
+}
+
+fn unhold(st: &mut State, e: &EntryRec) {
+    let key = (e.hash.clone(), holder(e));
+    if let Some(n) = st.holders.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            st.holders.remove(&key);
+        }
+    }
+}
+
+fn info(e: &EntryRec) -> FileInfo {
+    FileInfo {
+        name: e.path.rsplit('/').next().unwrap_or("").to_owned(),
+        dir: e.dir,
+        size: e.size,
+        hash: e.hash.clone(),
+        mtime_ms: e.mtime_ms,
+    }
+}

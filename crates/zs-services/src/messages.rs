@@ -1,0 +1,876 @@
+//! Offline messages and push: user-to-user messages queued durably (the
+//! commit is fsynced before the sender's acknowledgement), delivered at once
+//! to a recipient that subscribed (`msg.subscribe`), in order per
+//! sender-recipient pair, each until the recipient acknowledges it by id
+//! (`msg.ack`); per-user queue caps and expiry; broadcast to every online
+//! user and to named groups (those two are live only: nobody offline gets them).
+//!
+//! Storage: the zs-db database `messages`, two record shapes (docs/PROTOCOL.md Part S,
+//! §S.5): a message (`M`) and the last sender nonce of a
+//! sender-recipient pair (`P`), written in one atomic commit, so a sender
+//! that resends after a lost acknowledgement (same nonce) is told
+//! "duplicate" instead of queueing the message twice.
+//!
+//! One lock guards the queues; a send holds it across its commit, so the
+//! message ids (record ids) of one recipient grow in acceptance order and the
+//! pushes leave in that order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use zs_core::{Peer, Registry};
+use zs_db::{Batch, Database, Kind};
+use zs_wire::DataFrame;
+
+use crate::accounts::{check_name, lock, now_ms, Accounts};
+use crate::error::{code, Result, ServiceError};
+use crate::RegistryExt;
+
+/// Push kinds (first value of a `msg.push` frame).
+pub mod push_kind {
+    /// A queued user-to-user message: acknowledge it with `msg.ack`.
+    pub const DIRECT: u8 = 0;
+    /// A broadcast to every online user (not queued, no acknowledgement).
+    pub const BROADCAST: u8 = 1;
+    /// A message to a named group (not queued, no acknowledgement).
+    pub const GROUP: u8 = 2;
+}
+
+/// Settings of the message service.
+#[derive(Debug, Clone)]
+pub struct MessagesConfig {
+    /// Largest message body (bytes).
+    pub max_body: usize,
+    /// Most messages queued for one recipient.
+    pub max_queue_len: usize,
+    /// Most body bytes queued for one recipient.
+    pub max_queue_bytes: u64,
+    /// Most messages queued on the server.
+    pub max_total_len: usize,
+    /// Most body bytes queued on the server.
+    pub max_total_bytes: u64,
+    /// A queued message is dropped this long after it was sent.
+    pub ttl: Duration,
+    /// Most pushed messages awaiting acknowledgement per subscribed connection
+    /// (the rest follow as acknowledgements come in).
+    pub push_window: usize,
+    /// Most messages answered by one `msg.fetch`.
+    pub max_fetch: usize,
+    /// Most groups one connection has joined.
+    pub max_groups_per_peer: usize,
+    /// Most groups on the server.
+    pub max_groups: usize,
+    /// Only admins may broadcast to every online user.
+    pub broadcast_admin_only: bool,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        MessagesConfig {
+            max_body: 64 << 10,
+            max_queue_len: 10_000,
+            max_queue_bytes: 16 << 20,
+            max_total_len: 1_000_000,
+            max_total_bytes: 1 << 30,
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            push_window: 256,
+            max_fetch: 256,
+            max_groups_per_peer: 32,
+            max_groups: 10_000,
+            broadcast_admin_only: true,
+        }
+    }
+}
+
+/// A message as the recipient sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// [`push_kind`] of the message.
+    pub kind: u8,
+    /// Message id (acknowledge DIRECT messages with it); 0 for live kinds.
+    pub id: u64,
+    /// Sender's user id.
+    pub from: u64,
+    /// Sender's name.
+    pub from_name: String,
+    /// Sent at (Unix milliseconds, the server's clock).
+    pub sent_ms: u64,
+    /// The group name (GROUP), else empty.
+    pub group: String,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Message {
+    /// The `msg.push` frame (and one entry of a `msg.fetch` answer).
+    pub fn to_frame(&self) -> DataFrame {
+        DataFrame::new()
+            .with(self.kind)
+            .with(self.id)
+            .with(self.from)
+            .with(self.from_name.as_str())
+            .with(self.sent_ms)
+            .with(self.group.as_str())
+            .with(self.body.clone())
+    }
+
+    /// Reads the 7 values of one message from `rd`.
+    pub fn read(rd: &mut zs_wire::Reader<'_>) -> Result<Message> {
+        Ok(Message {
+            kind: rd.read_u8()?,
+            id: rd.read_u64()?,
+            from: rd.read_u64()?,
+            from_name: rd.read_str()?.to_owned(),
+            sent_ms: rd.read_u64()?,
+            group: rd.read_str()?.to_owned(),
+            body: rd.read_bytes()?,
+        })
+    }
+}
+
+/// Stored message record, tag `M`: `to | from | nonce | sent_ms | expires_ms`
+/// (u64 little endian each), then the body.
+pub(crate) const MSG_TAG: u8 = b'M';
+/// Stored pair record, tag `P`: `from | to | last_nonce` (u64 LE each).
+pub(crate) const PAIR_TAG: u8 = b'P';
+const MSG_HEADER: usize = 1 + 5 * 8;
+
+/// Encodes a stored message record (docs/PROTOCOL.md §S.5).
+pub fn encode_message_record(
+    to: u64,
+    from: u64,
+    nonce: u64,
+    sent_ms: u64,
+    expires_ms: u64,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(MSG_HEADER + body.len());
+    v.push(MSG_TAG);
+    for x in [to, from, nonce, sent_ms, expires_ms] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// Encodes a stored pair record (docs/PROTOCOL.md §S.5).
+pub fn encode_pair_record(from: u64, to: u64, last_nonce: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(25);
+    v.push(PAIR_TAG);
+    for x in [from, to, last_nonce] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[1 + 8 * i..9 + 8 * i]);
+    u64::from_le_bytes(a)
+}
+
+/// A stored record, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredRecord {
+    /// A queued message.
+    Message {
+        /// Recipient.
+        to: u64,
+        /// Sender.
+        from: u64,
+        /// Sender's nonce (0: none).
+        nonce: u64,
+        /// Sent at (Unix ms).
+        sent_ms: u64,
+        /// Dropped at (Unix ms).
+        expires_ms: u64,
+        /// Body length.
+        body_len: usize,
+    },
+    /// The last nonce accepted from `from` to `to`.
+    Pair {
+        /// Sender.
+        from: u64,
+        /// Recipient.
+        to: u64,
+        /// Last nonce.
+        last_nonce: u64,
+    },
+}
+
+/// Decodes a stored record (`None`: not one of ours, or truncated).
+pub fn decode_record(b: &[u8]) -> Option<StoredRecord> {
+    match *b.first()? {
+        MSG_TAG if b.len() >= MSG_HEADER => Some(StoredRecord::Message {
+            to: u64_at(b, 0),
+            from: u64_at(b, 1),
+            nonce: u64_at(b, 2),
+            sent_ms: u64_at(b, 3),
+            expires_ms: u64_at(b, 4),
+            body_len: b.len() - MSG_HEADER,
+        }),
+        PAIR_TAG if b.len() == 25 => Some(StoredRecord::Pair {
+            from: u64_at(b, 0),
+            to: u64_at(b, 1),
+            last_nonce: u64_at(b, 2),
+        }),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    from: u64,
+    sent_ms: u64,
+    expires_ms: u64,
+    len: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    msgs: BTreeMap<u64, Meta>,
+    bytes: u64,
+}
+
+struct Sub {
+    peer: Peer,
+    user: u64,
+    /// Highest id pushed on this connection.
+    sent_upto: u64,
+    /// Pushed ids not acknowledged yet.
+    inflight: HashSet<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<u64, Queue>,
+    total_len: usize,
+    total_bytes: u64,
+    /// (from, to) -> (record id, last nonce).
+    pairs: HashMap<(u64, u64), (u64, u64)>,
+    /// Subscribed connections by connection id.
+    subs: HashMap<u64, Sub>,
+    /// Group name -> member connection ids.
+    groups: HashMap<String, HashSet<u64>>,
+    /// Connection id -> groups joined.
+    joined: HashMap<u64, HashSet<String>>,
+    expired: u64,
+}
+
+struct Inner {
+    db: Database,
+    cfg: MessagesConfig,
+    accounts: Accounts,
+    state: Mutex<State>,
+}
+
+/// What a send did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// The message id (0 for a duplicate).
+    pub id: u64,
+    /// The nonce was already accepted: the message is queued (or was
+    /// delivered) once, from the earlier send.
+    pub duplicate: bool,
+}
+
+/// The message service (cheap to clone).
+#[derive(Clone)]
+pub struct Messages {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.inner.state);
+        write!(f, "Messages({} queued)", s.total_len)
+    }
+}
+
+impl Messages {
+    /// Opens the service on `db` (a `messages` database): loads every queued
+    /// message's metadata (bodies stay on disk) and drops expired ones.
+    pub fn open(db: Database, accounts: Accounts, cfg: MessagesConfig) -> Result<Messages> {
+        let mut st = State::default();
+        let now = now_ms();
+        let mut dead = Batch::new();
+        for r in db.cursor(0, false) {
+            let r = r.map_err(ServiceError::storage)?;
+            match decode_record(&r.data) {
+                Some(StoredRecord::Message {
+                    to,
+                    from,
+                    sent_ms,
+                    expires_ms,
+                    body_len,
+                    ..
+                }) => {
+                    if expires_ms <= now {
+                        dead.delete(r.id);
+                        st.expired += 1;
+                        continue;
+                    }
+                    let q = st.queues.entry(to).or_default();
+                    q.msgs.insert(
+                        r.id,
+                        Meta {
+                            from,
+                            sent_ms,
+                            expires_ms,
+                            len: body_len as u64,
+                        },
+                    );
+                    q.bytes += body_len as u64;
+                    st.total_len += 1;
+                    st.total_bytes += body_len as u64;
+                }
+                Some(StoredRecord::Pair {
+                    from,
+                    to,
+                    last_nonce,
+                }) => {
+                    st.pairs.insert((from, to), (r.id, last_nonce));
+                }
+                None => tracing::error!(id = r.id, "messages: unreadable record skipped"),
+            }
+        }
+        if !dead.is_empty() {
+            db.commit(&dead).map_err(ServiceError::storage)?;
+        }
+        Ok(Messages {
+            inner: Arc::new(Inner {
+                db,
+                cfg,
+                accounts,
+                state: Mutex::new(st),
+            }),
+        })
+    }
+
+    /// Closes the `messages` database (see [`crate::Services::close`]).
+    pub fn close(&self) -> Result<()> {
+        self.inner.db.close().map_err(ServiceError::storage)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MessagesConfig {
+        &self.inner.cfg
+    }
+
+    /// Messages queued for `uid`.
+    pub fn queued(&self, uid: u64) -> usize {
+        lock(&self.inner.state)
+            .queues
+            .get(&uid)
+            .map_or(0, |q| q.msgs.len())
+    }
+
+    /// Messages queued on the server, and their body bytes.
+    pub fn totals(&self) -> (usize, u64) {
+        let s = lock(&self.inner.state);
+        (s.total_len, s.total_bytes)
+    }
+
+    /// Messages dropped by expiry since the service opened.
+    pub fn expired(&self) -> u64 {
+        lock(&self.inner.state).expired
+    }
+
+    /// Drops the expired messages of `uid` (memory and store).
+    fn sweep(&self, st: &mut State, uid: u64) -> Result<()> {
+        let now = now_ms();
+        let Some(q) = st.queues.get_mut(&uid) else {
+            return Ok(());
+        };
+        let dead: Vec<(u64, u64)> = q
+            .msgs
+            .iter()
+            .filter(|(_, m)| m.expires_ms <= now)
+            .map(|(id, m)| (*id, m.len))
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        for (id, _) in &dead {
+            b.delete(*id);
+        }
+        self.inner.db.commit(&b).map_err(ServiceError::storage)?;
+        for (id, len) in dead {
+            q.msgs.remove(&id);
+            q.bytes -= len;
+            st.total_len -= 1;
+            st.total_bytes -= len;
+            st.expired += 1;
+        }
+        Ok(())
+    }
+
+    /// Queues `body` from `from` to `to` (fsynced before this returns) and
+    /// pushes it if the recipient subscribed. `nonce` > 0 must grow per
+    /// sender-recipient pair: a nonce at or below the last accepted one is a
+    /// duplicate (answered as such, queued nothing); 0 turns that check off.
+    pub fn send(&self, from: u64, to: u64, nonce: u64, body: &[u8]) -> Result<Sent> {
+        let cfg = &self.inner.cfg;
+        if body.len() > cfg.max_body {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                format!(
+                    "a message body has at most {} bytes (got {})",
+                    cfg.max_body,
+                    body.len()
+                ),
+            ));
+        }
+        if self.inner.accounts.name_of(to).is_none() {
+            return Err(ServiceError::new(code::NO_SUCH_USER, "no such recipient"));
+        }
+        let mut st = lock(&self.inner.state);
+        self.sweep(&mut st, to)?;
+        let pair = st.pairs.get(&(from, to)).copied();
+        if nonce > 0 && pair.is_some_and(|(_, last)| nonce <= last) {
+            return Ok(Sent {
+                id: 0,
+                duplicate: true,
+            });
+        }
+        let len = body.len() as u64;
+        let (qlen, qbytes) = st
+            .queues
+            .get(&to)
+            .map_or((0, 0), |q| (q.msgs.len(), q.bytes));
+        if qlen >= cfg.max_queue_len || qbytes + len > cfg.max_queue_bytes {
+            return Err(ServiceError::new(
+                code::QUEUE_FULL,
+                format!(
+                    "the recipient's queue is full ({qlen} messages, {qbytes} bytes; limits {} and {})",
+                    cfg.max_queue_len, cfg.max_queue_bytes
+                ),
+            ));
+        }
+        if st.total_len >= cfg.max_total_len || st.total_bytes + len > cfg.max_total_bytes {
+            return Err(ServiceError::new(
+                code::QUEUE_FULL,
+                "the server's message store is full: retry later",
+            ));
+        }
+        let sent_ms = now_ms();
+        let expires_ms = sent_ms.saturating_add(cfg.ttl.as_millis() as u64);
+        let mut b = Batch::new();
+        b.insert(
+            Kind::Raw,
+            encode_message_record(to, from, nonce, sent_ms, expires_ms, body),
+        );
+        if nonce > 0 {
+            let rec = encode_pair_record(from, to, nonce);
+            match pair {
+                Some((rid, _)) => b.update(rid, Kind::Raw, rec),
+                None => b.insert(Kind::Raw, rec),
+            };
+        }
+        // Durability::Immediate: fsynced when commit returns.
+        let ids = self.inner.db.commit(&b).map_err(ServiceError::storage)?;
+        let id = ids[0];
+        if nonce > 0 {
+            let rid = match pair {
+                Some((rid, _)) => rid,
+                None => ids[1],
+            };
+            st.pairs.insert((from, to), (rid, nonce));
+        }
+        let q = st.queues.entry(to).or_default();
+        q.msgs.insert(
+            id,
+            Meta {
+                from,
+                sent_ms,
+                expires_ms,
+                len,
+            },
+        );
+        q.bytes += len;
+        st.total_len += 1;
+        st.total_bytes += len;
+        self.pump(&mut st, to, Some((id, body)));
+        Ok(Sent {
+            id,
+            duplicate: false,
+        })
+    }
+
+    /// Pushes queued messages of `uid` to its subscribed connections, up to
+    /// the window. `fresh` is the body of a message just queued (saves a read).
+    fn pump(&self, st: &mut State, uid: u64, fresh: Option<(u64, &[u8])>) {
+        let window = self.inner.cfg.push_window;
+        let subs: Vec<u64> = st
+            .subs
+            .iter()
+            .filter(|(_, s)| s.user == uid)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in subs {
+            let Some(sub) = st.subs.get(&key) else {
+                continue;
+            };
+            if !sub.peer.is_open() || self.inner.accounts.user_of(&sub.peer) != Some(uid) {
+                st.subs.remove(&key);
+                continue;
+            }
+            let Some(q) = st.queues.get(&uid) else {
+                continue;
+            };
+            let room = window.saturating_sub(sub.inflight.len());
+            let next: Vec<(u64, Meta)> = q
+                .msgs
+                .range(sub.sent_upto.saturating_add(1)..)
+                .take(room)
+                .map(|(id, m)| (*id, *m))
+                .collect();
+            let mut sent = Vec::new();
+            for (id, m) in next {
+                let body = match fresh {
+                    Some((fid, b)) if fid == id => Bytes::copy_from_slice(b),
+                    _ => match self.body(id) {
+                        Some(b) => b,
+                        None => continue,
+                    },
+                };
+                let msg = Message {
+                    kind: push_kind::DIRECT,
+                    id,
+                    from: m.from,
+                    from_name: self.inner.accounts.name_of(m.from).unwrap_or_default(),
+                    sent_ms: m.sent_ms,
+                    group: String::new(),
+                    body,
+                };
+                if sub
+                    .peer
+                    .send_direct_stream("msg.push", msg.to_frame())
+                    .is_err()
+                {
+                    break;
+                }
+                sent.push(id);
+            }
+            if let Some(sub) = st.subs.get_mut(&key) {
+                for id in sent {
+                    sub.sent_upto = sub.sent_upto.max(id);
+                    sub.inflight.insert(id);
+                }
+            }
+        }
+    }
+
+    fn body(&self, id: u64) -> Option<Bytes> {
+        match self.inner.db.get(id) {
+            Ok(Some(r)) if r.data.len() >= MSG_HEADER => {
+                Some(Bytes::from(r.data).slice(MSG_HEADER..))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(id, error = %e, "messages: cannot read a queued body");
+                None
+            }
+        }
+    }
+
+    /// Queued messages of `uid` with id above `after`, at most `max` (and at
+    /// most [`MessagesConfig::max_fetch`]), oldest first. They stay queued
+    /// until acknowledged.
+    pub fn fetch(&self, uid: u64, after: u64, max: usize) -> Result<Vec<Message>> {
+        let mut st = lock(&self.inner.state);
+        self.sweep(&mut st, uid)?;
+        let Some(q) = st.queues.get(&uid) else {
+            return Ok(Vec::new());
+        };
+        let max = max.min(self.inner.cfg.max_fetch);
+        let mut out = Vec::new();
+        for (id, m) in q.msgs.range(after.saturating_add(1)..).take(max) {
+            let Some(body) = self.body(*id) else { continue };
+            out.push(Message {
+                kind: push_kind::DIRECT,
+                id: *id,
+                from: m.from,
+                from_name: self.inner.accounts.name_of(m.from).unwrap_or_default(),
+                sent_ms: m.sent_ms,
+                group: String::new(),
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges (removes, fsynced) messages of `uid` by id; ids not in its
+    /// queue are ignored. Returns how many were removed.
+    pub fn ack(&self, uid: u64, ids: &[u64]) -> Result<usize> {
+        let mut st = lock(&self.inner.state);
+        let Some(q) = st.queues.get(&uid) else {
+            return Ok(0);
+        };
+        let mine: Vec<(u64, u64)> = ids
+            .iter()
+            .filter_map(|id| q.msgs.get(id).map(|m| (*id, m.len)))
+            .collect();
+        if !mine.is_empty() {
+            let mut b = Batch::new();
+            for (id, _) in &mine {
+                b.delete(*id);
+            }
+            self.inner.db.commit(&b).map_err(ServiceError::storage)?;
+        }
+        let q = st.queues.get_mut(&uid).expect("checked above");
+        for (id, len) in &mine {
+            q.msgs.remove(id);
+            q.bytes -= len;
+        }
+        if q.msgs.is_empty() {
+            st.queues.remove(&uid);
+        }
+        st.total_len -= mine.len();
+        st.total_bytes -= mine.iter().map(|(_, l)| l).sum::<u64>();
+        for s in st.subs.values_mut().filter(|s| s.user == uid) {
+            for id in ids {
+                s.inflight.remove(id);
+            }
+        }
+        self.pump(&mut st, uid, None);
+        Ok(mine.len())
+    }
+
+    /// Subscribes `peer` (logged in as `uid`) to pushes: every queued message
+    /// is pushed from the oldest (window permitting), then each new one as it
+    /// is queued. Returns the number queued.
+    pub fn subscribe(&self, peer: &Peer, uid: u64) -> Result<usize> {
+        let mut st = lock(&self.inner.state);
+        self.sweep(&mut st, uid)?;
+        // Forget subscriptions of closed connections and of other users.
+        let accounts = &self.inner.accounts;
+        st.subs
+            .retain(|_, s| s.peer.is_open() && accounts.user_of(&s.peer) == Some(s.user));
+        st.subs.insert(
+            peer.id(),
+            Sub {
+                peer: peer.clone(),
+                user: uid,
+                sent_upto: 0,
+                inflight: HashSet::new(),
+            },
+        );
+        let n = st.queues.get(&uid).map_or(0, |q| q.msgs.len());
+        self.pump(&mut st, uid, None);
+        Ok(n)
+    }
+
+    fn live(&self, from: u64, kind: u8, group: &str, body: &[u8], to: &[Peer]) -> usize {
+        let msg = Message {
+            kind,
+            id: 0,
+            from,
+            from_name: self.inner.accounts.name_of(from).unwrap_or_default(),
+            sent_ms: now_ms(),
+            group: group.to_owned(),
+            body: Bytes::copy_from_slice(body),
+        };
+        let frame = msg.to_frame();
+        to.iter()
+            .filter(|p| p.send_direct_stream("msg.push", frame.clone()).is_ok())
+            .count()
+    }
+
+    fn check_body(&self, body: &[u8]) -> Result<()> {
+        if body.len() > self.inner.cfg.max_body {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                format!(
+                    "a message body has at most {} bytes",
+                    self.inner.cfg.max_body
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pushes `body` to every logged-in connection (live: not queued).
+    /// Returns how many it went to.
+    pub fn broadcast(&self, from: u64, body: &[u8]) -> Result<usize> {
+        self.check_body(body)?;
+        let peers: Vec<Peer> = self
+            .inner
+            .accounts
+            .online_peers()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        Ok(self.live(from, push_kind::BROADCAST, "", body, &peers))
+    }
+
+    /// `peer` joins group `name` (live membership: it ends with the connection).
+    pub fn join(&self, peer: &Peer, name: &str) -> Result<()> {
+        let name = check_name(name, self.inner.accounts.config().max_name)?;
+        let cfg = &self.inner.cfg;
+        let mut st = lock(&self.inner.state);
+        self.prune_groups(&mut st);
+        let mine = st.joined.get(&peer.id()).map_or(0, |g| g.len());
+        if mine >= cfg.max_groups_per_peer {
+            return Err(ServiceError::new(
+                code::QUEUE_FULL,
+                format!(
+                    "a connection joins at most {} groups",
+                    cfg.max_groups_per_peer
+                ),
+            ));
+        }
+        if !st.groups.contains_key(&name) && st.groups.len() >= cfg.max_groups {
+            return Err(ServiceError::new(
+                code::QUEUE_FULL,
+                "too many groups on this server",
+            ));
+        }
+        st.groups.entry(name.clone()).or_default().insert(peer.id());
+        st.joined.entry(peer.id()).or_default().insert(name);
+        Ok(())
+    }
+
+    /// `peer` leaves group `name`.
+    pub fn leave(&self, peer: &Peer, name: &str) {
+        let name = name.to_ascii_lowercase();
+        let mut st = lock(&self.inner.state);
+        if let Some(g) = st.groups.get_mut(&name) {
+            g.remove(&peer.id());
+            if g.is_empty() {
+                st.groups.remove(&name);
+            }
+        }
+        if let Some(j) = st.joined.get_mut(&peer.id()) {
+            j.remove(&name);
+        }
+    }
+
+    /// Drops members whose connection is gone or logged out.
+    fn prune_groups(&self, st: &mut State) {
+        let live: HashMap<u64, Peer> = self
+            .inner
+            .accounts
+            .online_peers()
+            .into_iter()
+            .map(|(_, p)| (p.id(), p))
+            .collect();
+        st.joined.retain(|pid, _| live.contains_key(pid));
+        st.groups.retain(|_, m| {
+            m.retain(|pid| live.contains_key(pid));
+            !m.is_empty()
+        });
+    }
+
+    /// Pushes `body` to the members of group `name` (the sender must be one).
+    /// Returns how many it went to.
+    pub fn group_send(&self, peer: &Peer, from: u64, name: &str, body: &[u8]) -> Result<usize> {
+        self.check_body(body)?;
+        let name = name.to_ascii_lowercase();
+        let members: Vec<u64> = {
+            let mut st = lock(&self.inner.state);
+            self.prune_groups(&mut st);
+            let Some(m) = st.groups.get(&name) else {
+                return Err(ServiceError::new(code::FORBIDDEN, "join the group first"));
+            };
+            if !m.contains(&peer.id()) {
+                return Err(ServiceError::new(code::FORBIDDEN, "join the group first"));
+            }
+            m.iter().copied().collect()
+        };
+        let peers: Vec<Peer> = self
+            .inner
+            .accounts
+            .online_peers()
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| members.contains(&p.id()))
+            .collect();
+        Ok(self.live(from, push_kind::GROUP, &name, body, &peers))
+    }
+
+    /// Registers the `msg.*` commands on `r` (HPC pool: they fsync).
+    pub fn register(&self, r: &mut Registry) {
+        let m = self.clone();
+        r.stream_hpc_svc("msg.send", move |peer, df| {
+            let from = m.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let to_name = rd.read_str()?;
+            let nonce = rd.read_u64()?;
+            let body = rd.read_slice()?;
+            let to = m.inner.accounts.resolve(to_name).ok_or_else(|| {
+                ServiceError::new(code::NO_SUCH_USER, format!("no user {to_name:?}"))
+            })?;
+            let s = m.send(from, to, nonce, body)?;
+            Ok(DataFrame::new().with(s.id).with(s.duplicate))
+        });
+        let m = self.clone();
+        r.stream_hpc_svc("msg.fetch", move |peer, df| {
+            let uid = m.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let after = rd.read_u64()?;
+            let max = rd.read_u32()? as usize;
+            let list = m.fetch(uid, after, max)?;
+            let mut out = DataFrame::new().with(list.len() as u64);
+            for msg in list {
+                out.push(msg.to_frame());
+            }
+            Ok(out)
+        });
+        let m = self.clone();
+        r.stream_hpc_svc("msg.ack", move |peer, df| {
+            let uid = m.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let n = rd.read_u64()? as usize;
+            if n > 10_000 {
+                return Err(ServiceError::bad("at most 10000 ids per msg.ack"));
+            }
+            let mut ids = Vec::with_capacity(n);
+            for _ in 0..n {
+                ids.push(rd.read_u64()?);
+            }
+            Ok(DataFrame::new().with(m.ack(uid, &ids)? as u64))
+        });
+        let m = self.clone();
+        r.stream_hpc_svc("msg.subscribe", move |peer, _| {
+            let uid = m.inner.accounts.require_user(peer)?;
+            Ok(DataFrame::new().with(m.subscribe(peer, uid)? as u64))
+        });
+        let m = self.clone();
+        r.stream_hpc_svc("msg.broadcast", move |peer, df| {
+            let uid = m.inner.accounts.require_user(peer)?;
+            if m.inner.cfg.broadcast_admin_only && !m.inner.accounts.is_admin(uid) {
+                return Err(ServiceError::new(code::FORBIDDEN, "only admins broadcast"));
+            }
+            let body = df.reader().read_slice()?;
+            Ok(DataFrame::new().with(m.broadcast(uid, body)? as u64))
+        });
+        let m = self.clone();
+        r.stream_hpc_svc("msg.group", move |peer, df| {
+            let uid = m.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let op = rd.read_str()?;
+            let name = rd.read_str()?;
+            match op {
+                "join" => {
+                    m.join(peer, name)?;
+                    Ok(DataFrame::new().with(0u64))
+                }
+                "leave" => {
+                    m.leave(peer, name);
+                    Ok(DataFrame::new().with(0u64))
+                }
+                "send" => {
+                    let body = rd.read_slice()?;
+                    Ok(DataFrame::new().with(m.group_send(peer, uid, name, body)? as u64))
+                }
+                other => Err(ServiceError::bad(format!(
+                    "msg.group: unknown operation {other:?}"
+                ))),
+            }
+        });
+    }
+}

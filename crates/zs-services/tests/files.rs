@@ -1,0 +1,629 @@
+//! Files through a real server on loopback: resumable uploads (a writer that
+//! vanishes, a lease holder that goes silent, a server restart), chunk and
+//! whole-file hashes, dedup with instant upload, ranged and parallel
+//! download, quotas, 1,000 abandoned uploads, hostile paths.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use zs_services::files::file_code;
+use zs_services::{code, Services, ServicesClient, ServicesConfig, Space};
+
+/// Size of the test files: small, because SHA3 in an unoptimized build runs
+/// at well under 1 MB/s on a loaded machine and each byte is hashed about five
+/// times (raise it for a longer run, or in release).
+const SIZE: usize = 192 << 10;
+const CHUNK: usize = 16 << 10;
+
+fn data(seed: u8, n: usize) -> Vec<u8> {
+    let mut x = seed as u32 | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha3(b: &[u8]) -> [u8; 32] {
+    zs_crypto::hash::sha3_256(b)
+}
+
+fn rig_in(dir: &std::path::Path, f: impl FnOnce(&mut ServicesConfig)) -> Rig {
+    let mut cfg = cheap();
+    f(&mut cfg);
+    Rig::with(Services::open_dir(dir, cfg).unwrap())
+}
+
+fn login(rig: &Rig, name: &str) -> ServicesClient {
+    let c = rig.client();
+    c.login(name, &format!("{name}-password")).unwrap();
+    c
+}
+
+#[test]
+fn an_upload_cut_off_several_times_resumes_to_the_right_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let _ann = rig.user("ann");
+    let body = data(1, SIZE);
+    let local = dir.path().join("local.bin");
+    std::fs::write(&local, &body).unwrap();
+    let hash = sha3(&body);
+    // Three writers vanish after a few chunks each (the connection closes).
+    let mut resent_total = 0;
+    for (k, chunks) in [2usize, 1, 2].into_iter().enumerate() {
+        let c = login(&rig, "ann");
+        let st = c
+            .upload_begin(Space::Private, "big.bin", SIZE as u64, &hash)
+            .unwrap();
+        assert!(!st.instant);
+        if k > 0 {
+            assert!(st.offset > 0, "resumes where the last writer stopped");
+        }
+        let mut off = st.offset;
+        for _ in 0..chunks {
+            let end = (off as usize + CHUNK).min(SIZE);
+            off = c
+                .upload_chunk(st.id, off, &body[off as usize..end])
+                .unwrap();
+            resent_total += end - off as usize;
+        }
+        c.close();
+    }
+    assert_eq!(resent_total, 0, "nothing acknowledged is sent twice");
+    let c = login(&rig, "ann");
+    let mut last = 0;
+    let rep = c
+        .upload_file(Space::Private, &local, "big.bin", CHUNK, |done, total| {
+            assert!(done >= last && total == SIZE as u64);
+            last = done;
+        })
+        .unwrap();
+    assert_eq!(rep.resumed_from, 5 * CHUNK as u64);
+    assert!(rep.resumed_from < SIZE as u64);
+    assert_eq!(rep.sent, SIZE as u64 - rep.resumed_from);
+    let list = c.list_files(Space::Private, "").unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].size, SIZE as u64);
+    assert_eq!(list[0].hash, zs_crypto::hash::to_hex(&hash));
+    // Download (resumable too) and compare.
+    let out = dir.path().join("out.bin");
+    c.download_file(Space::Private, "big.bin", &out, 100_000, |_, _| {})
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), body);
+    assert_eq!(rig.services.files.as_ref().unwrap().uploads(), 0);
+}
+
+#[test]
+fn a_silent_writer_loses_its_lease_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |c| c.files.lease = Duration::from_millis(300));
+    let _ = rig.user("ann");
+    let body = data(2, 200_000);
+    let hash = sha3(&body);
+    let a = login(&rig, "ann");
+    let st = a
+        .upload_begin(Space::Private, "f", body.len() as u64, &hash)
+        .unwrap();
+    a.upload_chunk(st.id, 0, &body[..50_000]).unwrap();
+    // A second connection of the same user: refused while A holds the lease.
+    let b = rig.client();
+    // (Log in by the admin path: a second login of ann would kick A.)
+    let files = rig.services.files.clone().unwrap();
+    let peer_b = {
+        b.client().call("scratch", "x").wait().unwrap();
+        rig.server
+            .peers()
+            .into_iter()
+            .max_by_key(|p| p.id())
+            .unwrap()
+    };
+    let uid = rig.services.accounts.resolve("ann").unwrap();
+    let e = files
+        .begin(&peer_b, uid, Space::Private, "f", body.len() as u64, &hash)
+        .unwrap_err();
+    assert_eq!(e.code, file_code::LOCKED, "{e}");
+    assert_eq!(
+        files
+            .chunk(
+                &peer_b,
+                uid,
+                st.id,
+                50_000,
+                &body[50_000..60_000],
+                &sha3(&body[50_000..60_000])
+            )
+            .unwrap_err()
+            .code,
+        file_code::LOCKED
+    );
+    // A goes silent (connection open, nothing sent): after the lease, B takes over.
+    std::thread::sleep(Duration::from_millis(400));
+    let st2 = files
+        .begin(&peer_b, uid, Space::Private, "f", body.len() as u64, &hash)
+        .unwrap();
+    assert_eq!((st2.id, st2.offset), (st.id, 50_000));
+    // Now A is the one refused.
+    assert_eq!(
+        a.upload_chunk(st.id, 50_000, &body[50_000..60_000])
+            .unwrap_err()
+            .code,
+        file_code::LOCKED
+    );
+}
+
+#[test]
+fn bad_chunks_and_a_wrong_whole_hash_are_refused_and_the_partial_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let c = rig.user("ann");
+    let body = data(3, 100_000);
+    let st = c
+        .upload_begin(Space::Private, "f", 100_000, &sha3(&body))
+        .unwrap();
+    // Wrong offset: the answer says where the upload stands.
+    let e = c.upload_chunk(st.id, 10, &body[..10]).unwrap_err();
+    assert_eq!(e.code, file_code::OFFSET);
+    assert!(e.message.contains("offset 0"), "{e}");
+    // A chunk whose hash does not match: refused, nothing written.
+    let df = zs_wire::DataFrame::new()
+        .with(st.id)
+        .with(0u64)
+        .with(body[..1000].to_vec())
+        .with(vec![0u8; 32]);
+    let e = c.client().call_stream("file.chunk", df).wait().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            zs_core::Error::Remote {
+                code: file_code::HASH_MISMATCH,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Past the announced size.
+    let too_big = data(9, 100_001);
+    assert_eq!(
+        c.upload_chunk(st.id, 0, &too_big).unwrap_err().code,
+        zs_core::code::TOO_LARGE
+    );
+    // Finishing early.
+    c.upload_chunk(st.id, 0, &body[..60_000]).unwrap();
+    assert_eq!(c.upload_finish(st.id).unwrap_err().code, file_code::OFFSET);
+    // A whole-file hash mismatch: announced hash of other bytes.
+    let other = data(4, 100_000);
+    let st2 = c
+        .upload_begin(Space::Private, "g", 100_000, &sha3(&other))
+        .unwrap();
+    c.upload_chunk(st2.id, 0, &body).unwrap();
+    let e = c.upload_finish(st2.id).unwrap_err();
+    assert_eq!(e.code, file_code::HASH_MISMATCH, "{e}");
+    let files = rig.services.files.as_ref().unwrap();
+    assert_eq!(files.uploads(), 2, "the partial data is kept");
+    assert_eq!(files.partial_bytes(), 160_000);
+    assert_eq!(c.list_files(Space::Private, "").unwrap().len(), 0);
+    // Termination drops it, and its reservation.
+    let uid = rig.services.accounts.resolve("ann").unwrap();
+    assert_eq!(files.usage(uid), 200_000);
+    c.upload_abort(st2.id).unwrap();
+    assert_eq!(files.usage(uid), 100_000);
+    assert_eq!(
+        c.upload_abort(st2.id).unwrap_err().code,
+        file_code::NO_UPLOAD
+    );
+    // Someone else's upload id is unknown to them.
+    let bob = rig.user("bob");
+    assert_eq!(
+        bob.upload_chunk(st.id, 60_000, &body[60_000..])
+            .unwrap_err()
+            .code,
+        file_code::NO_UPLOAD
+    );
+    // The first upload completes after all that.
+    c.upload_chunk(st.id, 60_000, &body[60_000..]).unwrap();
+    c.upload_finish(st.id).unwrap();
+    assert_eq!(
+        c.read_range(Space::Private, "f", 0, 100_000).unwrap().0,
+        body
+    );
+}
+
+#[test]
+fn known_content_uploads_instantly_and_blobs_are_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let ann = rig.user("ann");
+    let bob = rig.user("bob");
+    let body = data(5, 64_000);
+    let local = dir.path().join("x");
+    std::fs::write(&local, &body).unwrap();
+    assert!(
+        !ann.upload_file(Space::Private, &local, "a", CHUNK, |_, _| {})
+            .unwrap()
+            .instant
+    );
+    let rep = ann
+        .upload_file(Space::Private, &local, "b", CHUNK, |_, _| {})
+        .unwrap();
+    assert!(rep.instant && rep.sent == 0);
+    // bob knows the hash, not the bytes: ann's private file is not his to claim.
+    let rep = bob
+        .upload_file(Space::Private, &local, "mine", CHUNK, |_, _| {})
+        .unwrap();
+    assert!(!rep.instant);
+    // Content in the public area is claimable by anyone.
+    let body2 = data(6, 1000);
+    std::fs::write(&local, &body2).unwrap();
+    ann.upload_file(Space::Public, &local, "pub", CHUNK, |_, _| {})
+        .unwrap();
+    assert!(
+        bob.upload_file(Space::Private, &local, "copy", CHUNK, |_, _| {})
+            .unwrap()
+            .instant
+    );
+    let blobs = || {
+        std::fs::read_dir(dir.path().join("files/blobs"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(blobs(), 2, "one blob per content");
+    // bob may read the public file, not change it.
+    assert_eq!(
+        bob.read_range(Space::Public, "pub", 0, 10).unwrap().0,
+        body2[..10]
+    );
+    assert_eq!(
+        bob.delete(Space::Public, "pub").unwrap_err().code,
+        code::FORBIDDEN
+    );
+    // Deleting every reference removes the blob.
+    ann.delete(Space::Private, "a").unwrap();
+    ann.delete(Space::Private, "b").unwrap();
+    assert_eq!(blobs(), 2, "bob's copy still uses it");
+    bob.delete(Space::Private, "mine").unwrap();
+    assert_eq!(blobs(), 1);
+}
+
+#[test]
+fn ranged_and_parallel_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let ann = rig.user("ann");
+    let body = data(7, SIZE);
+    let local = dir.path().join("x");
+    std::fs::write(&local, &body).unwrap();
+    ann.upload_file(Space::Public, &local, "f", 128 << 10, |_, _| {})
+        .unwrap();
+    let (d, size, _) = ann.read_range(Space::Public, "f", 1000, 10).unwrap();
+    assert_eq!((d.as_slice(), size), (&body[1000..1010], SIZE as u64));
+    assert!(ann
+        .read_range(Space::Public, "f", SIZE as u64, 10)
+        .unwrap()
+        .0
+        .is_empty());
+    assert_eq!(
+        ann.read_range(Space::Public, "f", SIZE as u64 + 1, 10)
+            .unwrap_err()
+            .code,
+        file_code::OFFSET
+    );
+    // Four connections fetch a quarter each, at once.
+    let quarter = SIZE / 4;
+    let parts: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|k| {
+                let c = rig.client();
+                let _ = rig
+                    .services
+                    .accounts
+                    .create_user(&format!("r{k}"), "password1", false);
+                c.login(&format!("r{k}"), "password1").unwrap();
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut off = (k * quarter) as u64;
+                    while out.len() < quarter {
+                        let (d, _, _) = c.read_range(Space::Public, "f", off, 100_000).unwrap();
+                        let take = d.len().min(quarter - out.len());
+                        out.extend_from_slice(&d[..take]);
+                        off += take as u64;
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(parts.concat(), body);
+}
+
+#[test]
+fn quotas_count_files_and_unfinished_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |c| c.files.quota_per_user = 1000);
+    let c = rig.user("ann");
+    let a = data(8, 600);
+    let local = dir.path().join("x");
+    std::fs::write(&local, &a).unwrap();
+    c.upload_file(Space::Private, &local, "a", 100, |_, _| {})
+        .unwrap();
+    let b = data(9, 500);
+    let e = c
+        .upload_begin(Space::Private, "b", 500, &sha3(&b))
+        .unwrap_err();
+    assert_eq!(e.code, file_code::QUOTA, "{e}");
+    let st = c
+        .upload_begin(Space::Private, "b", 400, &sha3(&b[..400]))
+        .unwrap();
+    // The reservation counts too.
+    assert_eq!(
+        c.upload_begin(Space::Private, "c", 1, &sha3(b"x"))
+            .unwrap_err()
+            .code,
+        file_code::QUOTA
+    );
+    c.upload_abort(st.id).unwrap();
+    c.delete(Space::Private, "a").unwrap();
+    c.upload_begin(Space::Private, "b", 500, &sha3(&b)).unwrap();
+    assert_eq!(
+        c.upload_begin(Space::Private, "huge", 1 << 40, &sha3(b""))
+            .unwrap_err()
+            .code,
+        zs_core::code::TOO_LARGE
+    );
+}
+
+#[test]
+fn a_thousand_abandoned_uploads_stay_within_limits_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |c| {
+        c.files.max_uploads_per_user = 16;
+        c.files.upload_ttl = Duration::from_millis(500);
+    });
+    let c = rig.user("ann");
+    let files = rig.services.files.clone().unwrap();
+    let parts = || {
+        std::fs::read_dir(dir.path().join("files/uploads"))
+            .unwrap()
+            .count()
+    };
+    let mut ok = 0;
+    let mut refused = 0;
+    for i in 0..1000u32 {
+        // Never more than the limit at once, in memory or on disk (uploads
+        // older than the TTL may expire meanwhile and make room).
+        assert!(files.uploads() <= 16 && parts() <= 16);
+        let h = sha3(&i.to_le_bytes());
+        match c.upload_begin(Space::Private, &format!("u{i}"), 1 << 20, &h) {
+            Ok(st) => {
+                c.upload_chunk(st.id, 0, &[1; 1000]).map(drop).unwrap_or(());
+                ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code, file_code::TOO_MANY_UPLOADS, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(ok + refused, 1000);
+    assert!(ok >= 16 && refused > 0, "{ok} accepted, {refused} refused");
+    c.close();
+    assert!(files.uploads() <= 16 && files.partial_bytes() <= 16 * 1000);
+    // Expired: the next begin sweeps them (files, records, reservations).
+    std::thread::sleep(Duration::from_millis(600));
+    let c = login(&rig, "ann");
+    c.upload_begin(Space::Private, "fresh", 10, &sha3(b"0123456789"))
+        .unwrap();
+    assert_eq!(files.uploads(), 1);
+    assert_eq!(parts(), 1);
+    let uid = rig.services.accounts.resolve("ann").unwrap();
+    assert_eq!(files.usage(uid), 10);
+}
+
+#[test]
+fn hostile_paths_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let c = rig.user("ann");
+    for bad in [
+        "../x",
+        "a/../../x",
+        "/etc/passwd",
+        "a//b",
+        "./a",
+        "a\\b",
+        "c:x",
+        "CON",
+        "nul.txt",
+        "Com1.log",
+        "a/lpt9",
+        "x\0y",
+        "dot.",
+        "sp ",
+        &"d/".repeat(40),
+        &"n".repeat(300),
+    ] {
+        let bad = bad.trim_end_matches('/');
+        let e = c.mkdir(Space::Private, bad).unwrap_err();
+        assert_eq!(e.code, code::INVALID, "{bad:?}: {e}");
+        let e = c
+            .upload_begin(Space::Private, bad, 1, &sha3(b"x"))
+            .unwrap_err();
+        assert_eq!(e.code, code::INVALID, "{bad:?}");
+    }
+    // Nothing escaped into the server's directories.
+    assert!(!dir.path().join("x").exists());
+    assert_eq!(c.list_files(Space::Private, "").unwrap().len(), 0);
+    // Malformed payloads.
+    let e = c
+        .client()
+        .call_stream("file.begin", zs_wire::DataFrame::new().with("private"))
+        .wait()
+        .unwrap_err();
+    assert!(matches!(e, zs_core::Error::Remote { code: 400, .. }), "{e}");
+    assert_eq!(c.list_files(Space::Private, "").unwrap().len(), 0);
+    // Not logged in.
+    let anon = rig.client();
+    assert_eq!(
+        anon.list_files(Space::Public, "").unwrap_err().code,
+        code::NOT_LOGGED_IN
+    );
+}
+
+#[test]
+fn mkdir_list_rename_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let c = rig.user("ann");
+    c.mkdir(Space::Private, "docs").unwrap();
+    c.mkdir(Space::Private, "docs/old").unwrap();
+    assert_eq!(
+        c.mkdir(Space::Private, "docs").unwrap_err().code,
+        file_code::EXISTS
+    );
+    assert_eq!(
+        c.mkdir(Space::Private, "nope/x").unwrap_err().code,
+        file_code::NOT_FOUND
+    );
+    let local = dir.path().join("x");
+    std::fs::write(&local, b"hello").unwrap();
+    c.upload_file(Space::Private, &local, "docs/old/a.txt", 10, |_, _| {})
+        .unwrap();
+    let names = |p: &str| -> Vec<String> {
+        c.list_files(Space::Private, p)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    };
+    assert_eq!(names(""), ["docs"]);
+    assert_eq!(names("docs"), ["old"]);
+    assert_eq!(names("docs/old"), ["a.txt"]);
+    assert_eq!(
+        c.delete(Space::Private, "docs").unwrap_err().code,
+        code::INVALID
+    );
+    c.rename(Space::Private, "docs", "papers").unwrap();
+    assert_eq!(names("papers/old"), ["a.txt"]);
+    assert_eq!(
+        c.list_files(Space::Private, "docs").unwrap_err().code,
+        file_code::NOT_FOUND
+    );
+    assert_eq!(
+        c.rename(Space::Private, "papers", "papers/old/in")
+            .unwrap_err()
+            .code,
+        code::INVALID
+    );
+    assert_eq!(
+        c.read_range(Space::Private, "papers/old/a.txt", 0, 100)
+            .unwrap()
+            .0,
+        b"hello"
+    );
+    c.delete(Space::Private, "papers/old/a.txt").unwrap();
+    c.delete(Space::Private, "papers/old").unwrap();
+    c.delete(Space::Private, "papers").unwrap();
+    assert!(names("").is_empty());
+    // Private spaces are separate.
+    let bob = rig.user("bob");
+    c.mkdir(Space::Private, "mine").unwrap();
+    assert!(bob.list_files(Space::Private, "").unwrap().is_empty());
+}
+
+#[test]
+fn unfinished_uploads_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(11, 100_000);
+    let hash = sha3(&body);
+    {
+        let rig = rig_in(dir.path(), |_| {});
+        let c = rig.user("ann");
+        let st = c.upload_begin(Space::Private, "f", 100_000, &hash).unwrap();
+        c.upload_chunk(st.id, 0, &body[..40_000]).unwrap();
+        rig.server.shutdown();
+        rig.services.close().unwrap();
+    }
+    let rig = rig_in(dir.path(), |_| {});
+    let c = login(&rig, "ann");
+    let st = c.upload_begin(Space::Private, "f", 100_000, &hash).unwrap();
+    assert_eq!(st.offset, 40_000);
+    c.upload_chunk(st.id, 40_000, &body[40_000..]).unwrap();
+    c.upload_finish(st.id).unwrap();
+    assert_eq!(
+        c.read_range(Space::Private, "f", 0, 1 << 20).unwrap().0,
+        body
+    );
+}
+
+#[test]
+fn rolling_checksum_slides() {
+    use zs_services::files::{roll, rolling};
+    let d = data(12, 5000);
+    let w = 700;
+    let mut sum = rolling(&d[..w]);
+    for i in 0..(d.len() - w) {
+        sum = roll(sum, w, d[i], d[i + w]);
+        assert_eq!(sum, rolling(&d[i + 1..i + 1 + w]), "at {i}");
+    }
+}
+
+#[test]
+fn a_delta_upload_sends_only_the_changed_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let c = rig.user("ann");
+    let base = data(13, SIZE);
+    let local = dir.path().join("v1");
+    std::fs::write(&local, &base).unwrap();
+    c.upload_file(Space::Private, &local, "doc", 64 << 10, |_, _| {})
+        .unwrap();
+    // v2: 100 bytes inserted near the start (everything after shifts), 1 KiB
+    // overwritten in the middle.
+    let mut v2 = base[..1000].to_vec();
+    v2.extend_from_slice(&[0xAB; 100]);
+    v2.extend_from_slice(&base[1000..]);
+    let mid = v2.len() / 2;
+    v2[mid..mid + 1024].copy_from_slice(&[0xCD; 1024]);
+    let rep = c
+        .upload_delta(Space::Private, &v2, "doc-v2", Space::Private, "doc", 2048)
+        .unwrap();
+    println!("{rep:?}");
+    assert!(!rep.instant);
+    assert_eq!(rep.literal + rep.copied, v2.len() as u64);
+    assert!(
+        rep.literal * 20 < v2.len() as u64,
+        "sent {} of {} bytes (want under 5%)",
+        rep.literal,
+        v2.len()
+    );
+    assert_eq!(
+        c.read_range(Space::Private, "doc-v2", 0, 1 << 20)
+            .unwrap()
+            .0,
+        v2
+    );
+    // Against a base it may not read: refused.
+    let bob = rig.user("bob");
+    assert_eq!(
+        bob.upload_delta(Space::Private, &v2, "x", Space::Private, "doc", 2048)
+            .unwrap_err()
+            .code,
+        file_code::NOT_FOUND
+    );
+    // A copy past the end of the base is refused.
+    let st = c
+        .upload_begin(Space::Private, "y", 10, &sha3(b"0123456789"))
+        .unwrap();
+    assert_eq!(
+        c.upload_copy(st.id, 0, Space::Private, "doc", SIZE as u64 - 5, 10)
+            .unwrap_err()
+            .code,
+        file_code::OFFSET
+    );
+}

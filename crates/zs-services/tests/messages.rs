@@ -1,0 +1,287 @@
+//! Offline messages and push through a real server on loopback: queueing,
+//! ordered delivery with acknowledgements, exactly once across reconnects and
+//! restarts, duplicates by nonce, caps, expiry, broadcast and groups.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use zs_services::messages::push_kind;
+use zs_services::{code, Services};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn offline_messages_wait_then_arrive_in_order_once() {
+    let rig = Rig::mem(cheap());
+    let ann = rig.user("ann");
+    let bob_id = rig
+        .services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    for i in 1..=20u64 {
+        let s = ann.send("bob", i, format!("m{i}").as_bytes()).unwrap();
+        assert!(!s.duplicate);
+    }
+    assert_eq!(rig.services.messages.queued(bob_id), 20);
+    // First connection: takes 12, acknowledges 10, vanishes.
+    let (bob, inbox) = rig.client_inbox();
+    bob.login("bob", "bob-password").unwrap();
+    assert_eq!(bob.subscribe().unwrap(), 20);
+    let got: Vec<_> = (0..12).map(|_| inbox.recv_timeout(WAIT).unwrap()).collect();
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into())
+        .collect();
+    assert_eq!(
+        bodies,
+        (1..=12).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert!(got
+        .iter()
+        .all(|m| m.kind == push_kind::DIRECT && m.from_name == "ann"));
+    let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
+    assert_eq!(bob.ack(&ids[..10]).unwrap(), 10);
+    bob.close();
+    // Second connection: the 10 unacknowledged ones, in order, then nothing more.
+    let (bob, inbox) = rig.client_inbox();
+    bob.login("bob", "bob-password").unwrap();
+    assert_eq!(bob.subscribe().unwrap(), 10);
+    let rest: Vec<_> = (0..10).map(|_| inbox.recv_timeout(WAIT).unwrap()).collect();
+    let bodies: Vec<String> = rest
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into())
+        .collect();
+    assert_eq!(
+        bodies,
+        (11..=20).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    bob.ack(&rest.iter().map(|m| m.id).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(rig.services.messages.queued(bob_id), 0);
+    assert!(inbox.recv_timeout(Duration::from_millis(200)).is_err());
+    // Live: now that bob is subscribed, a new message is pushed at once.
+    ann.send("bob", 21, b"live").unwrap();
+    assert_eq!(&inbox.recv_timeout(WAIT).unwrap().body[..], b"live");
+}
+
+#[test]
+fn the_push_window_bounds_unacknowledged_messages() {
+    let mut cfg = cheap();
+    cfg.messages.push_window = 4;
+    let rig = Rig::mem(cfg);
+    let ann = rig.user("ann");
+    rig.services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    for i in 1..=10u64 {
+        ann.send("bob", i, &[i as u8]).unwrap();
+    }
+    let (bob, inbox) = rig.client_inbox();
+    bob.login("bob", "bob-password").unwrap();
+    bob.subscribe().unwrap();
+    let first: Vec<_> = (0..4).map(|_| inbox.recv_timeout(WAIT).unwrap()).collect();
+    assert!(
+        inbox.recv_timeout(Duration::from_millis(300)).is_err(),
+        "window exceeded"
+    );
+    bob.ack(&[first[0].id, first[1].id]).unwrap();
+    let more: Vec<u8> = (0..2)
+        .map(|_| inbox.recv_timeout(WAIT).unwrap().body[0])
+        .collect();
+    assert_eq!(more, vec![5, 6]);
+}
+
+#[test]
+fn a_resend_with_the_same_nonce_is_a_duplicate() {
+    let rig = Rig::mem(cheap());
+    let ann = rig.user("ann");
+    let bob_id = rig
+        .services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    let first = ann.send("bob", 7, b"once").unwrap();
+    let again = ann.send("bob", 7, b"once").unwrap();
+    assert!(again.duplicate && !first.duplicate);
+    // An older nonce too (it would break the order).
+    assert!(ann.send("bob", 3, b"late").unwrap().duplicate);
+    // Nonce 0: no check.
+    ann.send("bob", 0, b"x").unwrap();
+    ann.send("bob", 0, b"x").unwrap();
+    assert_eq!(rig.services.messages.queued(bob_id), 3);
+}
+
+#[test]
+fn full_queues_and_big_bodies_are_refused_clearly() {
+    let mut cfg = cheap();
+    cfg.messages.max_queue_len = 5;
+    cfg.messages.max_queue_bytes = 1000;
+    cfg.messages.max_body = 600;
+    let rig = Rig::mem(cfg);
+    let ann = rig.user("ann");
+    let bob_id = rig
+        .services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    let cid_id = rig
+        .services
+        .accounts
+        .create_user("cid", "cid-password", false)
+        .unwrap();
+    assert_eq!(
+        code_of(ann.send("bob", 1, &[0; 601])),
+        zs_core::code::TOO_LARGE
+    );
+    ann.send("bob", 2, &[0; 600]).unwrap();
+    let e = ann.send("bob", 3, &[0; 401]).unwrap_err();
+    assert_eq!(e.code, code::QUEUE_FULL, "{e}");
+    assert!(e.message.contains("queue is full"), "{e}");
+    for i in 0..5u64 {
+        ann.send("cid", 10 + i, b"x").unwrap();
+    }
+    assert_eq!(code_of(ann.send("cid", 20, b"x")), code::QUEUE_FULL);
+    // Nothing acknowledged was lost.
+    assert_eq!(rig.services.messages.queued(bob_id), 1);
+    assert_eq!(rig.services.messages.queued(cid_id), 5);
+    assert_eq!(code_of(ann.send("nobody", 1, b"x")), code::NO_SUCH_USER);
+    // Not logged in.
+    let anon = rig.client();
+    assert_eq!(code_of(anon.send("bob", 1, b"x")), code::NOT_LOGGED_IN);
+    assert_eq!(code_of(anon.fetch(0, 10)), code::NOT_LOGGED_IN);
+}
+
+#[test]
+fn expired_messages_are_dropped() {
+    let mut cfg = cheap();
+    cfg.messages.ttl = Duration::from_millis(50);
+    let rig = Rig::mem(cfg);
+    let ann = rig.user("ann");
+    rig.services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    ann.send("bob", 1, b"stale").unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    let bob = rig.client();
+    bob.login("bob", "bob-password").unwrap();
+    assert!(bob.fetch(0, 10).unwrap().is_empty());
+    assert_eq!(rig.services.messages.expired(), 1);
+    assert_eq!(rig.services.messages.totals(), (0, 0));
+}
+
+#[test]
+fn fetch_and_ack_pull_mode_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bob_id;
+    {
+        let rig = Rig::with(Services::open_dir(dir.path(), cheap()).unwrap());
+        let ann = rig.user("ann");
+        bob_id = rig
+            .services
+            .accounts
+            .create_user("bob", "bob-password", false)
+            .unwrap();
+        for i in 1..=5u64 {
+            ann.send("bob", i, format!("p{i}").as_bytes()).unwrap();
+        }
+        rig.server.shutdown();
+        rig.services.close().unwrap();
+        // Closed: a late command gets a clear storage error, nothing is half-written.
+        assert_eq!(
+            rig.services
+                .messages
+                .send(1, bob_id, 99, b"late")
+                .unwrap_err()
+                .code,
+            code::STORAGE
+        );
+    }
+    let rig = Rig::with(Services::open_dir(dir.path(), cheap()).unwrap());
+    assert_eq!(rig.services.messages.queued(bob_id), 5);
+    let bob = rig.client();
+    bob.login("bob", "bob-password").unwrap();
+    let page = bob.fetch(0, 3).unwrap();
+    assert_eq!(page.len(), 3);
+    assert_eq!(&page[0].body[..], b"p1");
+    let page2 = bob.fetch(page[2].id, 10).unwrap();
+    let bodies: Vec<&[u8]> = page2.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, vec![&b"p4"[..], b"p5"]);
+    // Acknowledging someone else's id does nothing.
+    let ann = rig.client();
+    ann.login("ann", "ann-password").unwrap();
+    assert_eq!(ann.ack(&[page[0].id]).unwrap(), 0);
+    assert_eq!(bob.ack(&[page[0].id, page[1].id]).unwrap(), 2);
+    // The pair's nonce survived the restart: a resend is a duplicate.
+    assert!(ann.send("bob", 5, b"p5").unwrap().duplicate);
+    assert_eq!(bob.fetch(0, 10).unwrap().len(), 3);
+}
+
+#[test]
+fn broadcast_and_groups_reach_online_users() {
+    let rig = Rig::mem(cheap());
+    let pw = rig.services.ensure_admin("root").unwrap().unwrap();
+    let (admin, admin_inbox) = rig.client_inbox();
+    admin.login("root", &pw).unwrap();
+    let mut users = Vec::new();
+    for n in ["u1", "u2", "u3"] {
+        rig.services
+            .accounts
+            .create_user(n, "password1", false)
+            .unwrap();
+        let (c, inbox) = rig.client_inbox();
+        c.login(n, "password1").unwrap();
+        users.push((c, inbox));
+    }
+    assert_eq!(code_of(users[0].0.broadcast(b"spam")), code::FORBIDDEN);
+    assert_eq!(admin.broadcast(b"hello all").unwrap(), 4);
+    for (_, inbox) in &users {
+        let m = inbox.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            (m.kind, &m.body[..], m.from_name.as_str()),
+            (push_kind::BROADCAST, &b"hello all"[..], "root")
+        );
+    }
+    admin_inbox.recv_timeout(WAIT).unwrap();
+    // Group: u1 and u2 join; u3 does not get it.
+    users[0].0.join("Team").unwrap();
+    users[1].0.join("team").unwrap();
+    assert_eq!(
+        code_of(users[2].0.group_send("team", b"x")),
+        code::FORBIDDEN
+    );
+    assert_eq!(users[0].0.group_send("team", b"huddle").unwrap(), 2);
+    for (_, inbox) in &users[..2] {
+        let m = inbox.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            (m.kind, m.group.as_str(), &m.body[..]),
+            (push_kind::GROUP, "team", &b"huddle"[..])
+        );
+    }
+    assert!(users[2].1.recv_timeout(Duration::from_millis(200)).is_err());
+    users[1].0.leave("team").unwrap();
+    assert_eq!(users[0].0.group_send("team", b"again").unwrap(), 1);
+    // A member that disconnects is dropped.
+    users[0].0.close();
+    assert_eq!(
+        code_of(users[1].0.group_send("team", b"x")),
+        code::FORBIDDEN
+    );
+    assert_eq!(code_of(users[1].0.join("../bad")), code::INVALID);
+}
+
+#[test]
+fn group_limits_hold() {
+    let mut cfg = cheap();
+    cfg.messages.max_groups_per_peer = 3;
+    let rig = Rig::mem(cfg);
+    let ann = rig.user("ann");
+    for i in 0..3 {
+        ann.join(&format!("g{i}")).unwrap();
+    }
+    assert_eq!(code_of(ann.join("g3")), code::QUEUE_FULL);
+}
