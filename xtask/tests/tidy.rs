@@ -121,6 +121,7 @@ const CRATES: &[&str] = &[
     "zs-expr",
     "zserver",
     "zs-cli",
+    "zs-registry",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -187,6 +188,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
             "zs-xnat",
             &["zs-core", "zs-io", "zs-crypto", "zs-wire", "zs-p2pvm"][..],
         ),
+        ("zs-registry", &["zs-core", "zs-db"][..]),
     ]);
     for (c, ok) in allowed {
         for d in g.direct(c) {

@@ -27,7 +27,9 @@ pub struct EmbeddedConfig {
     pub limits: Limits,
     /// Changes kept for watches resuming from a revision (older → resync).
     pub history: usize,
-    /// How the database commits (default: fsync before acknowledging).
+    /// How changes are made durable. `Immediate` (default): a change is
+    /// acknowledged after an fsync, shared by the changes made meanwhile
+    /// (group commit); `Periodic(t)`: fsync every `t`, acknowledged before.
     pub durability: Durability,
     /// How often leases and waits are checked for expiry.
     pub tick: Duration,
@@ -116,8 +118,13 @@ impl Embedded {
     /// watches resuming from an older revision get a resync snapshot.
     pub fn open(vfs: Arc<dyn Vfs>, name: &str, cfg: EmbeddedConfig) -> Result<Embedded> {
         let exists = vfs.exists(&zs_db::file_name(name)).map_err(store_err)?;
+        // Changes are buffered in order under the state lock; `durable` then
+        // fsyncs outside it, so concurrent changes share one fsync.
         let opts = DbOptions {
-            durability: cfg.durability,
+            durability: match cfg.durability {
+                Durability::Immediate => Durability::Periodic(Duration::from_millis(200)),
+                d => d,
+            },
             ..DbOptions::default()
         };
         let db = if exists {
@@ -344,6 +351,14 @@ impl Embedded {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits until every change made so far is on disk (Immediate durability).
+    fn durable(&self) -> Result<()> {
+        if matches!(self.inner.cfg.durability, Durability::Immediate) {
+            self.inner.db.sync().map_err(store_err)?;
+        }
+        Ok(())
+    }
+
     /// Commits `batch` plus the new revision; records `events` and wakes waiters.
     fn commit(
         &self,
@@ -555,6 +570,8 @@ impl ServiceRegistry for Embedded {
                 locks: BTreeSet::new(),
             },
         );
+        drop(st);
+        self.durable()?;
         Ok(id)
     }
 
@@ -573,7 +590,9 @@ impl ServiceRegistry for Embedded {
         if !self.end_lease(&mut st, lease)? {
             return Err(Error::LeaseNotFound(lease));
         }
-        self.wake(st);
+        drop(st);
+        self.durable()?;
+        self.wake(self.lock());
         Ok(())
     }
 
@@ -626,7 +645,9 @@ impl ServiceRegistry for Embedded {
             l.keys.insert(key.clone());
         }
         st.instances.insert(key, (inst, rec));
-        self.wake(st);
+        drop(st);
+        self.durable()?;
+        self.wake(self.lock());
         Ok(rev)
     }
 
@@ -652,7 +673,9 @@ impl ServiceRegistry for Embedded {
         if let Some(l) = st.leases.get_mut(&inst.lease) {
             l.keys.remove(&key);
         }
-        self.wake(st);
+        drop(st);
+        self.durable()?;
+        self.wake(self.lock());
         Ok(true)
     }
 
@@ -740,6 +763,8 @@ impl ServiceRegistry for Embedded {
         if let Some(l) = st.leases.get_mut(&lease) {
             l.locks.insert(name.to_owned());
         }
+        drop(st);
+        self.durable()?;
         Ok(LockState::Acquired)
     }
 
@@ -761,6 +786,8 @@ impl ServiceRegistry for Embedded {
         if let Some(l) = st.leases.get_mut(&lease) {
             l.locks.remove(name);
         }
+        drop(st);
+        self.durable()?;
         Ok(true)
     }
 
@@ -801,6 +828,8 @@ impl ServiceRegistry for Embedded {
         let (_, recs) = self.commit(&mut st, b, Vec::new())?;
         let rec = rec.unwrap_or_else(|| recs[0]);
         st.counters.insert(name.to_owned(), (end, rec));
+        drop(st);
+        self.durable()?;
         Ok(start..end)
     }
 }
