@@ -12,6 +12,7 @@ mod bench;
 mod call;
 mod db;
 mod expr;
+mod registry;
 mod serve;
 
 /// The zserver command line.
@@ -40,6 +41,8 @@ enum Command {
     Expr(expr::ExprArgs),
     /// Load a running zserver: rpc calls, BigStream transfers or idle sessions.
     Bench(bench::BenchArgs),
+    /// The cluster registry (embedded or etcd): ls, watch, pick, call the least loaded.
+    Registry(registry::RegistryArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,5 +54,6 @@ fn main() -> ExitCode {
         Command::Db(a) => db::run(a),
         Command::Expr(a) => expr::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Registry(a) => registry::run(a),
     }
 }

@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// Most handshakes in progress from one IP address [default: 64].
     #[arg(long)]
     pub max_handshakes_per_ip: Option<usize>,
+    /// Cluster registry: serve it (`--registry`) or join one (`--join`, `--join-etcd`).
+    #[command(flatten)]
+    pub cluster: crate::registry::ServeCluster,
 }
 
 /// The TOML configuration file.
@@ -207,6 +210,8 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let (identity, created) = load_or_create_identity(&key).map_err(|e| e.to_string())?;
     let fingerprint = identity.fingerprint();
     let slot = Arc::new(OnceLock::new());
+    let mut commands = builtins(slot.clone());
+    let mut cluster = crate::registry::Cluster::prepare(&a.cluster, &mut commands)?;
     let server = ServerBuilder::new()
         .addr(addr)
         .backend_name(&backend)
@@ -217,11 +222,12 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         .identity(identity)
         .suites(suites.clone())
         .options(options)
-        .registry(builtins(slot.clone()))
+        .registry(commands)
         .start()
         .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
     let server = Arc::new(server);
     let _ = slot.set(Arc::downgrade(&server));
+    cluster.join(&server)?;
 
     let local = server.local_addr();
     let suite_names: Vec<&str> = suites.iter().map(|s| s.name()).collect();

@@ -77,6 +77,13 @@ pub use zs_p2pvm as p2pvm;
 #[cfg(feature = "core")]
 mod builder;
 
+#[cfg(feature = "registry")]
+mod registry;
+#[cfg(feature = "registry")]
+pub use registry::{
+    cluster, connect_instance, join_cluster, FailoverClient, LoadSource, Member, META_FINGERPRINT,
+};
+
 #[cfg(feature = "core")]
 pub use builder::{
     backend_by_name, backend_names, load_identity, load_or_create_identity, ClientBuilder,
