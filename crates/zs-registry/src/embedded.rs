@@ -936,3 +936,20 @@ impl Watch for PollWatch {
         self.rev.unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Stored;
+
+    #[test]
+    fn storage_doc_records_round_trip() {
+        const DOC: &str = include_str!("../../../docs/STORAGE.md");
+        let part = &DOC[DOC.find("## Registry records").expect("section")..];
+        let recs: Vec<&str> = part.lines().filter_map(|l| l.strip_prefix("record: ")).collect();
+        assert_eq!(recs.len(), 5);
+        for r in recs {
+            let s: Stored = serde_json::from_str(r).unwrap_or_else(|e| panic!("{r}: {e}"));
+            assert_eq!(super::json(&s), r.as_bytes());
+        }
+    }
+}

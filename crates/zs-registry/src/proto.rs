@@ -1,4 +1,4 @@
-//! The embedded registry's wire messages (docs/PROTOCOL.md, Part 9): JSON text
+//! The embedded registry's wire messages (docs/PROTOCOL.md, Part "zs-registry"): JSON text
 //! in zs-core console commands. `reg` carries one [`Request`] and answers one
 //! [`Response`]; `reg.changes` is the long-poll watch ([`ChangesRequest`] →
 //! [`Changes`]). Errors travel as zs-core error answers (codes in [`codes`]).

@@ -1,5 +1,5 @@
 //! The registry as a zs-core service: [`install`] adds the `reg` and
-//! `reg.changes` commands (docs/PROTOCOL.md Part 9) for an [`Embedded`]
+//! `reg.changes` commands (docs/PROTOCOL.md, Part "zs-registry") for an [`Embedded`]
 //! registry to a command registry; `zs serve --registry` calls it.
 //!
 //! Per connection: requests above [`ServiceConfig::max_request_bytes`] are

@@ -52,7 +52,7 @@ pub const META_FINGERPRINT: &str = "fingerprint";
 
 impl ServerBuilder {
     /// Serves an embedded registry from this server (`reg` and `reg.changes`
-    /// commands, docs/PROTOCOL.md Part 9): the server becomes the dispatcher.
+    /// commands, docs/PROTOCOL.md, Part "zs-registry"): the server becomes the dispatcher.
     pub fn registry_service(self, reg: cluster::Embedded) -> Self {
         self.commands(move |r| {
             cluster::service::install(r, reg, cluster::service::ServiceConfig::default())
