@@ -39,13 +39,35 @@ pub struct Tool {
 /// Programs the test suite starts (`cargo xtask ci` installs them first).
 pub const TEST_TOOLS: &[Tool] = &[
     // one line per tool: Tool { program, source: Source::Apt(&[packages]), used_by }
-    Tool { program: "etcd", source: Source::Apt(&["etcd-server", "etcd-client"]), used_by: "zs-registry conformance suite" },
-    Tool { program: "protoc", source: Source::Apt(&["protobuf-compiler"]), used_by: "etcd-client build script (zs-registry)" },
+    Tool {
+        program: "etcd",
+        source: Source::Apt(&["etcd-server", "etcd-client"]),
+        used_by: "zs-registry conformance suite",
+    },
+    Tool {
+        program: "protoc",
+        source: Source::Apt(&["protobuf-compiler"]),
+        used_by: "etcd-client build script (zs-registry)",
+    },
 ];
 
 /// Programs a bench suite starts: (suite, tool).
 pub const BENCH_TOOLS: &[(&str, Tool)] = &[
     // one line per (suite, tool)
-    ("registry", Tool { program: "protoc", source: Source::Apt(&["protobuf-compiler"]), used_by: "etcd-client build script (bench registry)" }),
-    ("registry", Tool { program: "etcd", source: Source::Apt(&["etcd-server", "etcd-client"]), used_by: "bench registry (etcd 3.4 baseline)" }),
+    (
+        "registry",
+        Tool {
+            program: "protoc",
+            source: Source::Apt(&["protobuf-compiler"]),
+            used_by: "etcd-client build script (bench registry)",
+        },
+    ),
+    (
+        "registry",
+        Tool {
+            program: "etcd",
+            source: Source::Apt(&["etcd-server", "etcd-client"]),
+            used_by: "bench registry (etcd 3.4 baseline)",
+        },
+    ),
 ];

@@ -115,7 +115,8 @@ impl Drop for Proc {
 impl Proc {
     /// utime + stime of the process, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
         let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
         let f: Vec<&str> = after.split_whitespace().collect();
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -130,10 +131,21 @@ fn start_etcd(dir: &std::path::Path) -> (Proc, String) {
     let child = Command::new("etcd")
         .arg("--data-dir")
         .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
         .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pp}")])
-        .args(["--initial-cluster", &format!("default=http://127.0.0.1:{pp}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{pp}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("default=http://127.0.0.1:{pp}"),
+        ])
         .args(["--log-level", "error"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -290,84 +302,150 @@ fn main() {
         let mut c = etcd_client.clone();
         rt.block_on(c.lease_grant(600, None)).expect("grant").id()
     };
-    let backend = Arc::new(Etcd::connect(EtcdConfig {
-        prefix: "/zsb/".into(),
-        ..EtcdConfig::new(&url)
-    })
-    .expect("etcd backend"));
+    let backend = Arc::new(
+        Etcd::connect(EtcdConfig {
+            prefix: "/zsb/".into(),
+            ..EtcdConfig::new(&url)
+        })
+        .expect("etcd backend"),
+    );
     let backend_lease = backend.grant(Duration::from_secs(600)).expect("grant");
 
     // --- registrations/s --------------------------------------------------------
     for n in [1usize, 64] {
         let o = ours.clone();
-        suite.case(&format!("zs register c{n}"), "registrations_per_s", Better::Higher, move || {
-            let o = o.clone();
-            threads_rate(n, t, Arc::new(move |c, i| {
-                o[c].register(ours_lease, &inst("reg", (c as u64) * 1000 + i % 1000, i % 100)).expect("register");
-            }))
-        });
+        suite.case(
+            &format!("zs register c{n}"),
+            "registrations_per_s",
+            Better::Higher,
+            move || {
+                let o = o.clone();
+                threads_rate(
+                    n,
+                    t,
+                    Arc::new(move |c, i| {
+                        o[c].register(
+                            ours_lease,
+                            &inst("reg", (c as u64) * 1000 + i % 1000, i % 100),
+                        )
+                        .expect("register");
+                    }),
+                )
+            },
+        );
         let (rt2, cl) = (rt.clone(), etcd_clients.clone());
-        suite.case(&format!("etcd register c{n}"), "registrations_per_s", Better::Higher, move || {
-            tasks_rate(&rt2, n, t, |c| {
-                let mut cl = cl[c].clone();
-                async move {
-                    let t0 = Instant::now();
-                    let mut i = 0u64;
-                    while t0.elapsed() < t {
-                        let v = serde_json::to_vec(&inst("reg", (c as u64) * 1000 + i % 1000, i % 100)).expect("json");
-                        cl.put(format!("/raw/i/reg/n{}", (c as u64) * 1000 + i % 1000), v, Some(PutOptions::new().with_lease(etcd_lease)))
+        suite.case(
+            &format!("etcd register c{n}"),
+            "registrations_per_s",
+            Better::Higher,
+            move || {
+                tasks_rate(&rt2, n, t, |c| {
+                    let mut cl = cl[c].clone();
+                    async move {
+                        let t0 = Instant::now();
+                        let mut i = 0u64;
+                        while t0.elapsed() < t {
+                            let v = serde_json::to_vec(&inst(
+                                "reg",
+                                (c as u64) * 1000 + i % 1000,
+                                i % 100,
+                            ))
+                            .expect("json");
+                            cl.put(
+                                format!("/raw/i/reg/n{}", (c as u64) * 1000 + i % 1000),
+                                v,
+                                Some(PutOptions::new().with_lease(etcd_lease)),
+                            )
                             .await
                             .expect("put");
-                        i += 1;
+                            i += 1;
+                        }
+                        i
                     }
-                    i
-                }
-            })
-        });
+                })
+            },
+        );
     }
     {
         let b = backend.clone();
-        suite.case("zs-etcd-backend register c1", "registrations_per_s", Better::Higher, move || {
-            let b = b.clone();
-            threads_rate(1, t, Arc::new(move |_, i| {
-                b.register(backend_lease, &inst("reg", i % 1000, i % 100)).expect("register");
-            }))
-        });
+        suite.case(
+            "zs-etcd-backend register c1",
+            "registrations_per_s",
+            Better::Higher,
+            move || {
+                let b = b.clone();
+                threads_rate(
+                    1,
+                    t,
+                    Arc::new(move |_, i| {
+                        b.register(backend_lease, &inst("reg", i % 1000, i % 100))
+                            .expect("register");
+                    }),
+                )
+            },
+        );
     }
 
     // --- least-loaded picks/s ----------------------------------------------------
     for i in 0..100u64 {
-        ours[0].register(ours_lease, &inst("game", i, (i * 37) % 500)).expect("register");
+        ours[0]
+            .register(ours_lease, &inst("game", i, (i * 37) % 500))
+            .expect("register");
         let v = serde_json::to_vec(&inst("game", i, (i * 37) % 500)).expect("json");
         let mut c = etcd_client.clone();
-        rt.block_on(c.put(format!("/raw/i/game/n{i}"), v, Some(PutOptions::new().with_lease(etcd_lease))))
-            .expect("put");
+        rt.block_on(c.put(
+            format!("/raw/i/game/n{i}"),
+            v,
+            Some(PutOptions::new().with_lease(etcd_lease)),
+        ))
+        .expect("put");
     }
     for n in [1usize, 64] {
         let o = ours.clone();
-        suite.case(&format!("zs pick c{n}"), "picks_per_s", Better::Higher, move || {
-            let o = o.clone();
-            threads_rate(n, t, Arc::new(move |c, _| {
-                o[c].pick("game").expect("pick").expect("some");
-            }))
-        });
+        suite.case(
+            &format!("zs pick c{n}"),
+            "picks_per_s",
+            Better::Higher,
+            move || {
+                let o = o.clone();
+                threads_rate(
+                    n,
+                    t,
+                    Arc::new(move |c, _| {
+                        o[c].pick("game").expect("pick").expect("some");
+                    }),
+                )
+            },
+        );
         let (rt2, cl) = (rt.clone(), etcd_clients.clone());
-        suite.case(&format!("etcd pick c{n}"), "picks_per_s", Better::Higher, move || {
-            tasks_rate(&rt2, n, t, |c| {
-                let mut cl = cl[c].clone();
-                async move {
-                    let t0 = Instant::now();
-                    let mut i = 0u64;
-                    while t0.elapsed() < t {
-                        let r = cl.get("/raw/i/game/", Some(GetOptions::new().with_prefix())).await.expect("get");
-                        let all: Vec<Instance> = r.kvs().iter().map(|kv| serde_json::from_slice(kv.value()).expect("json")).collect();
-                        std::hint::black_box(choose_least_loaded(&all, i).expect("some"));
-                        i += 1;
+        suite.case(
+            &format!("etcd pick c{n}"),
+            "picks_per_s",
+            Better::Higher,
+            move || {
+                tasks_rate(&rt2, n, t, |c| {
+                    let mut cl = cl[c].clone();
+                    async move {
+                        let t0 = Instant::now();
+                        let mut i = 0u64;
+                        while t0.elapsed() < t {
+                            let r = cl
+                                .get("/raw/i/game/", Some(GetOptions::new().with_prefix()))
+                                .await
+                                .expect("get");
+                            let all: Vec<Instance> = r
+                                .kvs()
+                                .iter()
+                                .map(|kv| serde_json::from_slice(kv.value()).expect("json"))
+                                .collect();
+                            std::hint::black_box(choose_least_loaded(&all, i).expect("some"));
+                            i += 1;
+                        }
+                        i
                     }
-                    i
-                }
-            })
-        });
+                })
+            },
+        );
     }
 
     // --- register-to-watch latency -------------------------------------------------
@@ -377,100 +455,145 @@ fn main() {
         let p99: Arc<Mutex<f64>> = Arc::new(Mutex::new(f64::NAN));
         let (o, p) = (ours.clone(), p99.clone());
         let mut seq = 0u64;
-        suite.case(&format!("zs watch p50 w{n}"), "us", Better::Lower, move || {
-            seq += 1;
-            let kind = format!("w{n}x{seq}");
-            let samples = Arc::new(Mutex::new(Vec::new()));
-            let ready = Arc::new(Barrier::new(n + 1));
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut hs = Vec::new();
-            for c in 0..n {
-                let (o, kind, samples, ready, stop) = (o[c].clone(), kind.clone(), samples.clone(), ready.clone(), stop.clone());
-                hs.push(std::thread::spawn(move || {
-                    let mut w = o.watch(Some(&kind), None).expect("watch");
-                    let _ = w.next(Duration::from_secs(5)).expect("snapshot");
-                    ready.wait();
-                    let mut got = 0;
-                    while got < events && !stop.load(Ordering::Relaxed) {
-                        if let Some(WatchItem::Change(e)) = w.next(Duration::from_millis(200)).expect("next") {
-                            if let zs_registry::Change::Put { instance } = e.change {
-                                let sent: f64 = instance.meta["t"].parse().expect("t");
-                                samples.lock().expect("s").push(now_us() - sent);
-                                got += 1;
-                            }
-                        }
-                    }
-                }));
-            }
-            ready.wait();
-            for i in 0..events {
-                let mut x = inst(&kind, i as u64 % 10, 1);
-                x.meta.insert("t".into(), format!("{:.1}", now_us()));
-                o[0].register(ours_lease, &x).expect("register");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            std::thread::sleep(Duration::from_millis(300));
-            stop.store(true, Ordering::Relaxed);
-            for h in hs {
-                h.join().expect("watcher");
-            }
-            let mut s = samples.lock().expect("s").clone();
-            *p.lock().expect("p") = percentile(&mut s, 0.99);
-            percentile(&mut s, 0.5)
-        });
-        suite.case(&format!("zs watch p99 w{n}"), "us", Better::Lower, move || *p99.lock().expect("p"));
-
-        let p99: Arc<Mutex<f64>> = Arc::new(Mutex::new(f64::NAN));
-        let (rt2, cl, p) = (rt.clone(), etcd_clients.clone(), p99.clone());
-        let mut seq = 0u64;
-        suite.case(&format!("etcd watch p50 w{n}"), "us", Better::Lower, move || {
-            seq += 1;
-            let prefix = format!("/raw/i/w{n}x{seq}/");
-            let samples = Arc::new(Mutex::new(Vec::new()));
-            let mut tasks = Vec::new();
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            for c in 0..n {
-                let (mut cl, prefix, samples, ready_tx) = (cl[c].clone(), prefix.clone(), samples.clone(), ready_tx.clone());
-                tasks.push(rt2.spawn(async move {
-                    let mut ws = cl.watch(prefix, Some(WatchOptions::new().with_prefix())).await.expect("watch");
-                    let _ = ready_tx.send(());
-                    let mut got = 0;
-                    while got < events {
-                        let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_secs(2), ws.message()).await else { break };
-                        for e in r.events() {
-                            if let Some(kv) = e.kv() {
-                                if let Ok(i) = serde_json::from_slice::<Instance>(kv.value()) {
-                                    let sent: f64 = i.meta["t"].parse().expect("t");
+        suite.case(
+            &format!("zs watch p50 w{n}"),
+            "us",
+            Better::Lower,
+            move || {
+                seq += 1;
+                let kind = format!("w{n}x{seq}");
+                let samples = Arc::new(Mutex::new(Vec::new()));
+                let ready = Arc::new(Barrier::new(n + 1));
+                let stop = Arc::new(AtomicBool::new(false));
+                let mut hs = Vec::new();
+                for c in 0..n {
+                    let (o, kind, samples, ready, stop) = (
+                        o[c].clone(),
+                        kind.clone(),
+                        samples.clone(),
+                        ready.clone(),
+                        stop.clone(),
+                    );
+                    hs.push(std::thread::spawn(move || {
+                        let mut w = o.watch(Some(&kind), None).expect("watch");
+                        let _ = w.next(Duration::from_secs(5)).expect("snapshot");
+                        ready.wait();
+                        let mut got = 0;
+                        while got < events && !stop.load(Ordering::Relaxed) {
+                            if let Some(WatchItem::Change(e)) =
+                                w.next(Duration::from_millis(200)).expect("next")
+                            {
+                                if let zs_registry::Change::Put { instance } = e.change {
+                                    let sent: f64 = instance.meta["t"].parse().expect("t");
                                     samples.lock().expect("s").push(now_us() - sent);
                                     got += 1;
                                 }
                             }
                         }
-                    }
-                }));
-            }
-            for _ in 0..n {
-                ready_rx.recv().expect("ready");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            let mut w = cl[0].clone();
-            for i in 0..events {
-                let mut x = inst("w", i as u64 % 10, 1);
-                x.meta.insert("t".into(), format!("{:.1}", now_us()));
-                let v = serde_json::to_vec(&x).expect("json");
-                rt2.block_on(w.put(format!("{prefix}n{}", i % 10), v, Some(PutOptions::new().with_lease(etcd_lease)))).expect("put");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            rt2.block_on(async {
-                for t in tasks {
-                    let _ = t.await;
+                    }));
                 }
-            });
-            let mut s = samples.lock().expect("s").clone();
-            *p.lock().expect("p") = percentile(&mut s, 0.99);
-            percentile(&mut s, 0.5)
-        });
-        suite.case(&format!("etcd watch p99 w{n}"), "us", Better::Lower, move || *p99.lock().expect("p"));
+                ready.wait();
+                for i in 0..events {
+                    let mut x = inst(&kind, i as u64 % 10, 1);
+                    x.meta.insert("t".into(), format!("{:.1}", now_us()));
+                    o[0].register(ours_lease, &x).expect("register");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                stop.store(true, Ordering::Relaxed);
+                for h in hs {
+                    h.join().expect("watcher");
+                }
+                let mut s = samples.lock().expect("s").clone();
+                *p.lock().expect("p") = percentile(&mut s, 0.99);
+                percentile(&mut s, 0.5)
+            },
+        );
+        suite.case(
+            &format!("zs watch p99 w{n}"),
+            "us",
+            Better::Lower,
+            move || *p99.lock().expect("p"),
+        );
+
+        let p99: Arc<Mutex<f64>> = Arc::new(Mutex::new(f64::NAN));
+        let (rt2, cl, p) = (rt.clone(), etcd_clients.clone(), p99.clone());
+        let mut seq = 0u64;
+        suite.case(
+            &format!("etcd watch p50 w{n}"),
+            "us",
+            Better::Lower,
+            move || {
+                seq += 1;
+                let prefix = format!("/raw/i/w{n}x{seq}/");
+                let samples = Arc::new(Mutex::new(Vec::new()));
+                let mut tasks = Vec::new();
+                let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+                for c in 0..n {
+                    let (mut cl, prefix, samples, ready_tx) = (
+                        cl[c].clone(),
+                        prefix.clone(),
+                        samples.clone(),
+                        ready_tx.clone(),
+                    );
+                    tasks.push(rt2.spawn(async move {
+                        let mut ws = cl
+                            .watch(prefix, Some(WatchOptions::new().with_prefix()))
+                            .await
+                            .expect("watch");
+                        let _ = ready_tx.send(());
+                        let mut got = 0;
+                        while got < events {
+                            let Ok(Ok(Some(r))) =
+                                tokio::time::timeout(Duration::from_secs(2), ws.message()).await
+                            else {
+                                break;
+                            };
+                            for e in r.events() {
+                                if let Some(kv) = e.kv() {
+                                    if let Ok(i) = serde_json::from_slice::<Instance>(kv.value()) {
+                                        let sent: f64 = i.meta["t"].parse().expect("t");
+                                        samples.lock().expect("s").push(now_us() - sent);
+                                        got += 1;
+                                    }
+                                }
+                            }
+                        }
+                    }));
+                }
+                for _ in 0..n {
+                    ready_rx.recv().expect("ready");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                let mut w = cl[0].clone();
+                for i in 0..events {
+                    let mut x = inst("w", i as u64 % 10, 1);
+                    x.meta.insert("t".into(), format!("{:.1}", now_us()));
+                    let v = serde_json::to_vec(&x).expect("json");
+                    rt2.block_on(w.put(
+                        format!("{prefix}n{}", i % 10),
+                        v,
+                        Some(PutOptions::new().with_lease(etcd_lease)),
+                    ))
+                    .expect("put");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                rt2.block_on(async {
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                });
+                let mut s = samples.lock().expect("s").clone();
+                *p.lock().expect("p") = percentile(&mut s, 0.99);
+                percentile(&mut s, 0.5)
+            },
+        );
+        suite.case(
+            &format!("etcd watch p99 w{n}"),
+            "us",
+            Better::Lower,
+            move || *p99.lock().expect("p"),
+        );
     }
 
     // --- server CPU with 1,000 leases renewed every second -----------------------
@@ -479,29 +602,38 @@ fn main() {
         .map(|i| ours[i % 8].grant(Duration::from_secs(600)).expect("grant"))
         .collect();
     let etcd_leases: Vec<i64> = (0..leases)
-        .map(|_| rt.block_on(etcd_client.clone().lease_grant(600, None)).expect("grant").id())
+        .map(|_| {
+            rt.block_on(etcd_client.clone().lease_grant(600, None))
+                .expect("grant")
+                .id()
+        })
         .collect();
     let ours_proc = Arc::new(ours_proc);
     let etcd_proc = Arc::new(etcd_proc);
     {
         let (o, p, ls) = (ours.clone(), ours_proc.clone(), Arc::new(ours_leases));
-        suite.case("zs cpu 1k leases", "cpu_s_per_s", Better::Lower, move || {
-            let c0 = p.cpu_seconds();
-            let t0 = Instant::now();
-            std::thread::scope(|sc| {
-                for c in 0..8 {
-                    let (o, ls) = (&o, &ls);
-                    sc.spawn(move || {
-                        for l in ls.iter().skip(c).step_by(8) {
-                            o[c].keepalive(*l).expect("keepalive");
-                        }
-                    });
-                }
-            });
-            let spent = t0.elapsed();
-            std::thread::sleep(Duration::from_secs(1).saturating_sub(spent));
-            (p.cpu_seconds() - c0) / t0.elapsed().as_secs_f64()
-        });
+        suite.case(
+            "zs cpu 1k leases",
+            "cpu_s_per_s",
+            Better::Lower,
+            move || {
+                let c0 = p.cpu_seconds();
+                let t0 = Instant::now();
+                std::thread::scope(|sc| {
+                    for c in 0..8 {
+                        let (o, ls) = (&o, &ls);
+                        sc.spawn(move || {
+                            for l in ls.iter().skip(c).step_by(8) {
+                                o[c].keepalive(*l).expect("keepalive");
+                            }
+                        });
+                    }
+                });
+                let spent = t0.elapsed();
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(spent));
+                (p.cpu_seconds() - c0) / t0.elapsed().as_secs_f64()
+            },
+        );
         // one keepalive stream per lease, opened once (what a long-lived etcd client keeps)
         let keepers: Vec<Arc<tokio::sync::Mutex<Vec<_>>>> = (0..8)
             .map(|c| {
@@ -518,40 +650,61 @@ fn main() {
             })
             .collect();
         let (rt2, p) = (rt.clone(), etcd_proc.clone());
-        suite.case("etcd cpu 1k leases", "cpu_s_per_s", Better::Lower, move || {
-            let c0 = p.cpu_seconds();
-            let t0 = Instant::now();
-            rt2.block_on(async {
-                let mut hs = Vec::new();
-                for k in &keepers {
-                    let k = k.clone();
-                    hs.push(tokio::spawn(async move {
-                        for (keeper, stream) in k.lock().await.iter_mut() {
-                            keeper.keep_alive().await.expect("ka");
-                            stream.message().await.expect("ka");
-                        }
-                    }));
-                }
-                for h in hs {
-                    h.await.expect("task");
-                }
-            });
-            let spent = t0.elapsed();
-            std::thread::sleep(Duration::from_secs(1).saturating_sub(spent));
-            (p.cpu_seconds() - c0) / t0.elapsed().as_secs_f64()
-        });
+        suite.case(
+            "etcd cpu 1k leases",
+            "cpu_s_per_s",
+            Better::Lower,
+            move || {
+                let c0 = p.cpu_seconds();
+                let t0 = Instant::now();
+                rt2.block_on(async {
+                    let mut hs = Vec::new();
+                    for k in &keepers {
+                        let k = k.clone();
+                        hs.push(tokio::spawn(async move {
+                            for (keeper, stream) in k.lock().await.iter_mut() {
+                                keeper.keep_alive().await.expect("ka");
+                                stream.message().await.expect("ka");
+                            }
+                        }));
+                    }
+                    for h in hs {
+                        h.await.expect("task");
+                    }
+                });
+                let spent = t0.elapsed();
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(spent));
+                (p.cpu_seconds() - c0) / t0.elapsed().as_secs_f64()
+            },
+        );
     }
 
     suite.run();
     suite.ratio("register_vs_etcd", "zs register c1", "etcd register c1");
-    suite.ratio("register_c64_vs_etcd", "zs register c64", "etcd register c64");
+    suite.ratio(
+        "register_c64_vs_etcd",
+        "zs register c64",
+        "etcd register c64",
+    );
     suite.ratio("pick_vs_etcd", "zs pick c1", "etcd pick c1");
     suite.ratio("pick_c64_vs_etcd", "zs pick c64", "etcd pick c64");
     suite.ratio("watch_p50_vs_etcd", "zs watch p50 w1", "etcd watch p50 w1");
     suite.ratio("watch_p99_vs_etcd", "zs watch p99 w1", "etcd watch p99 w1");
-    suite.ratio("watch_p99_w64_vs_etcd", "zs watch p99 w64", "etcd watch p99 w64");
-    suite.ratio("cpu_1k_leases_vs_etcd", "zs cpu 1k leases", "etcd cpu 1k leases");
-    suite.ratio("etcd_backend_vs_raw_etcd", "zs-etcd-backend register c1", "etcd register c1");
+    suite.ratio(
+        "watch_p99_w64_vs_etcd",
+        "zs watch p99 w64",
+        "etcd watch p99 w64",
+    );
+    suite.ratio(
+        "cpu_1k_leases_vs_etcd",
+        "zs cpu 1k leases",
+        "etcd cpu 1k leases",
+    );
+    suite.ratio(
+        "etcd_backend_vs_raw_etcd",
+        "zs-etcd-backend register c1",
+        "etcd register c1",
+    );
     suite.note("both servers are separate processes on loopback; ours fsyncs before acknowledging (group commit), as etcd does");
     suite.note("keepalives: ours one zs-core call per renewal; etcd one message on a keepalive stream per lease, streams opened beforehand");
     suite.finish();

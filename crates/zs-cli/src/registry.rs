@@ -92,7 +92,9 @@ pub fn open(t: &Target) -> Result<Arc<dyn ServiceRegistry>, String> {
             prefix: t.prefix.clone(),
             ..EtcdConfig::new(url)
         };
-        return Ok(Arc::new(Etcd::connect(cfg).map_err(|e| format!("etcd {url}: {e}"))?));
+        return Ok(Arc::new(
+            Etcd::connect(cfg).map_err(|e| format!("etcd {url}: {e}"))?,
+        ));
     }
     let fp = resolve_fingerprint(t.fingerprint.as_deref(), t.key.as_deref())?;
     let addr = t.addr;
@@ -131,17 +133,26 @@ fn run_inner(a: RegistryArgs) -> Result<(), String> {
             for i in &snap.instances {
                 println!("{}", line(i));
             }
-            println!("({} instances, revision {})", snap.instances.len(), snap.revision);
+            println!(
+                "({} instances, revision {})",
+                snap.instances.len(),
+                snap.revision
+            );
         }
         Cmd::Pick { kind } => match reg.pick(&kind).map_err(|e| e.to_string())? {
             Some(i) => println!("{}", line(&i)),
             None => return Err(format!("no {kind} instance available")),
         },
         Cmd::Watch { kind, duration } => {
-            let mut w = reg.watch(kind.as_deref(), None).map_err(|e| e.to_string())?;
+            let mut w = reg
+                .watch(kind.as_deref(), None)
+                .map_err(|e| e.to_string())?;
             let end = duration.map(|d| std::time::Instant::now() + Duration::from_secs(d));
             while end.is_none_or(|e| std::time::Instant::now() < e) {
-                match w.next(Duration::from_millis(500)).map_err(|e| e.to_string())? {
+                match w
+                    .next(Duration::from_millis(500))
+                    .map_err(|e| e.to_string())?
+                {
                     Some(WatchItem::Snapshot { snapshot, resync }) => {
                         println!(
                             "{} at revision {}:",
@@ -230,7 +241,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Before the server starts: serve the embedded registry if asked.
-    pub fn prepare(args: &ServeCluster, commands: &mut zserver::Registry) -> Result<Cluster, String> {
+    pub fn prepare(
+        args: &ServeCluster,
+        commands: &mut zserver::Registry,
+    ) -> Result<Cluster, String> {
         if args.registry {
             let dir = args
                 .registry_dir
@@ -244,7 +258,10 @@ impl Cluster {
             let reg = Embedded::open(vfs, "registry", EmbeddedConfig::default())
                 .map_err(|e| format!("registry in {}: {e}", dir.display()))?;
             cluster::service::install(commands, reg, cluster::service::ServiceConfig::default());
-            println!("registry: serving the embedded registry (data in {})", dir.display());
+            println!(
+                "registry: serving the embedded registry (data in {})",
+                dir.display()
+            );
         }
         Ok(Cluster {
             args: args.clone(),
@@ -274,14 +291,18 @@ impl Cluster {
         };
         let kind = a.service_type.clone().unwrap_or_else(|| "zs".into());
         let id = a.service_id.clone().unwrap_or_else(|| {
-            server.local_addr().to_string().replace([':', '.', '[', ']'], "-")
+            server
+                .local_addr()
+                .to_string()
+                .replace([':', '.', '[', ']'], "-")
         });
         let mut m = Member::new(&kind, &id);
         m.load = zserver::LoadSource::Connections {
             max: a.max_load.unwrap_or(10_000),
         };
         m.ttl = Duration::from_secs(5);
-        self.keeper = Some(join_cluster(server, reg, m).map_err(|e| format!("joining the registry: {e}"))?);
+        self.keeper =
+            Some(join_cluster(server, reg, m).map_err(|e| format!("joining the registry: {e}"))?);
         println!("registry: registered as {kind}/{id}");
         Ok(())
     }

@@ -50,11 +50,25 @@ impl Default for EmbeddedConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub(crate) enum Stored {
-    Meta { rev: Revision },
-    Lease { id: LeaseId, ttl_ms: u64 },
-    Inst { inst: Instance },
-    Lock { name: String, lease: LeaseId, holder: String },
-    Ids { name: String, next: u64 },
+    Meta {
+        rev: Revision,
+    },
+    Lease {
+        id: LeaseId,
+        ttl_ms: u64,
+    },
+    Inst {
+        inst: Instance,
+    },
+    Lock {
+        name: String,
+        lease: LeaseId,
+        holder: String,
+    },
+    Ids {
+        name: String,
+        next: u64,
+    },
 }
 
 struct LeaseEntry {
@@ -366,7 +380,11 @@ impl Embedded {
         mut batch: Batch,
         changes: Vec<Change>,
     ) -> Result<(Revision, Vec<u64>)> {
-        let rev = if changes.is_empty() { st.rev } else { st.rev + 1 };
+        let rev = if changes.is_empty() {
+            st.rev
+        } else {
+            st.rev + 1
+        };
         batch.update(st.meta_rec, Kind::Json, json(&Stored::Meta { rev }));
         let ids = self.inner.db.commit(&batch).map_err(store_err)?;
         st.rev = rev;
@@ -900,23 +918,24 @@ impl Watch for PollWatch {
                         resync: false,
                     });
                 }),
-                Some(after) => self
-                    .src
-                    .changes(self.kind.as_deref(), after, left)
-                    .map(|c| match c {
-                        Changes::Events { revision, events } => {
-                            self.rev = Some(revision.max(after));
-                            self.pending
-                                .extend(events.into_iter().map(WatchItem::Change));
-                        }
-                        Changes::Resync(s) => {
-                            self.rev = Some(s.revision);
-                            self.pending.push_back(WatchItem::Snapshot {
-                                snapshot: s,
-                                resync: true,
-                            });
-                        }
-                    }),
+                Some(after) => {
+                    self.src
+                        .changes(self.kind.as_deref(), after, left)
+                        .map(|c| match c {
+                            Changes::Events { revision, events } => {
+                                self.rev = Some(revision.max(after));
+                                self.pending
+                                    .extend(events.into_iter().map(WatchItem::Change));
+                            }
+                            Changes::Resync(s) => {
+                                self.rev = Some(s.revision);
+                                self.pending.push_back(WatchItem::Snapshot {
+                                    snapshot: s,
+                                    resync: true,
+                                });
+                            }
+                        })
+                }
             };
             match got {
                 Ok(()) => {}
@@ -945,7 +964,10 @@ mod tests {
     fn storage_doc_records_round_trip() {
         const DOC: &str = include_str!("../../../docs/STORAGE.md");
         let part = &DOC[DOC.find("## Registry records").expect("section")..];
-        let recs: Vec<&str> = part.lines().filter_map(|l| l.strip_prefix("record: ")).collect();
+        let recs: Vec<&str> = part
+            .lines()
+            .filter_map(|l| l.strip_prefix("record: "))
+            .collect();
         assert_eq!(recs.len(), 5);
         for r in recs {
             let s: Stored = serde_json::from_str(r).unwrap_or_else(|e| panic!("{r}: {e}"));

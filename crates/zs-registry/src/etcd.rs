@@ -90,7 +90,6 @@ fn map_err(e: etcd_client::Error, lease: LeaseId) -> Error {
     }
 }
 
-
 fn bad_json(e: serde_json::Error) -> Error {
     Error::Store(format!("unreadable value in etcd: {e}"))
 }
@@ -125,7 +124,9 @@ impl Etcd {
         self.rt.block_on(async move {
             match tokio::time::timeout(t, f).await {
                 Ok(r) => r,
-                Err(_) => Err(Error::Unavailable(format!("etcd did not answer within {t:?}"))),
+                Err(_) => Err(Error::Unavailable(format!(
+                    "etcd did not answer within {t:?}"
+                ))),
             }
         })
     }
@@ -217,7 +218,10 @@ impl ServiceRegistry for Etcd {
         let mut c = self.client.clone();
         self.run(async move {
             let n = c
-                .get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+                .get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
                 .await
                 .map_err(|e| map_err(e, lease))?
                 .count();
@@ -349,7 +353,9 @@ impl ServiceRegistry for Etcd {
                     }
                 }
             }
-            Err(Error::Unavailable("lock vanished during the attempt; retry".into()))
+            Err(Error::Unavailable(
+                "lock vanished during the attempt; retry".into(),
+            ))
         })
     }
 
@@ -401,14 +407,19 @@ impl ServiceRegistry for Etcd {
                             Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
                         )
                     }
-                    None => (1, Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+                    None => (
+                        1,
+                        Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    ),
                 };
                 let end = start
                     .checked_add(count)
                     .ok_or_else(|| Error::Quota("id counter exhausted".into()))?;
-                let txn = Txn::new()
-                    .when([cmp])
-                    .and_then([TxnOp::put(key.clone(), end.to_string(), None)]);
+                let txn = Txn::new().when([cmp]).and_then([TxnOp::put(
+                    key.clone(),
+                    end.to_string(),
+                    None,
+                )]);
                 if c.txn(txn).await.map_err(|e| map_err(e, 0))?.succeeded() {
                     return Ok(start..end);
                 }

@@ -110,7 +110,10 @@ impl Instance {
     /// Bytes counted against [`Limits::max_meta_bytes`]: metadata keys and values,
     /// and every address.
     pub fn meta_bytes(&self) -> usize {
-        self.meta.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        self.meta
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
             + self.addrs.iter().map(String::len).sum::<usize>()
             + self.vaddrs.iter().map(String::len).sum::<usize>()
     }

@@ -185,7 +185,10 @@ pub enum Changes {
 /// Parses a request, with a size cap in bytes.
 pub fn decode_request(text: &str, max_bytes: usize) -> Result<Request, String> {
     if text.len() > max_bytes {
-        return Err(format!("request of {} bytes (at most {max_bytes})", text.len()));
+        return Err(format!(
+            "request of {} bytes (at most {max_bytes})",
+            text.len()
+        ));
     }
     serde_json::from_str(text).map_err(|e| format!("bad request: {e}"))
 }

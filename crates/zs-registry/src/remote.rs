@@ -102,8 +102,10 @@ fn unexpected(r: Response) -> Error {
 
 impl ChangeSource for RemoteInner {
     fn snapshot(&self, kind: Option<&str>) -> Result<Snapshot> {
-        let text = serde_json::to_string(&Request::List { kind: kind.map(str::to_owned) })
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let text = serde_json::to_string(&Request::List {
+            kind: kind.map(str::to_owned),
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
         match serde_json::from_str(&self.raw(CMD, &text, self.timeout)?) {
             Ok(Response::Snapshot(s)) => Ok(s),
             Ok(r) => Err(unexpected(r)),
@@ -129,7 +131,9 @@ impl ServiceRegistry for Remote {
     }
 
     fn grant(&self, ttl: Duration) -> Result<LeaseId> {
-        match self.call(&Request::Grant { ttl_ms: ttl.as_millis() as u64 })? {
+        match self.call(&Request::Grant {
+            ttl_ms: ttl.as_millis() as u64,
+        })? {
             Response::Lease { lease, .. } => Ok(lease),
             r => Err(unexpected(r)),
         }
@@ -150,14 +154,20 @@ impl ServiceRegistry for Remote {
     }
 
     fn register(&self, lease: LeaseId, instance: &Instance) -> Result<Revision> {
-        match self.call(&Request::Register { lease, instance: instance.clone() })? {
+        match self.call(&Request::Register {
+            lease,
+            instance: instance.clone(),
+        })? {
             Response::Revision { revision } => Ok(revision),
             r => Err(unexpected(r)),
         }
     }
 
     fn deregister(&self, kind: &str, id: &str) -> Result<bool> {
-        match self.call(&Request::Deregister { kind: kind.to_owned(), id: id.to_owned() })? {
+        match self.call(&Request::Deregister {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+        })? {
             Response::Done { done } => Ok(done),
             r => Err(unexpected(r)),
         }
@@ -168,14 +178,18 @@ impl ServiceRegistry for Remote {
     }
 
     fn query(&self, pattern: &str) -> Result<Vec<Instance>> {
-        match self.call(&Request::Query { pattern: pattern.to_owned() })? {
+        match self.call(&Request::Query {
+            pattern: pattern.to_owned(),
+        })? {
             Response::Instances { instances } => Ok(instances),
             r => Err(unexpected(r)),
         }
     }
 
     fn pick(&self, kind: &str) -> Result<Option<Instance>> {
-        match self.call(&Request::Pick { kind: kind.to_owned() })? {
+        match self.call(&Request::Pick {
+            kind: kind.to_owned(),
+        })? {
             Response::Pick { instance } => Ok(instance),
             r => Err(unexpected(r)),
         }
@@ -186,34 +200,53 @@ impl ServiceRegistry for Remote {
             crate::check_name("type", k)?;
         }
         self.client()?;
-        Ok(Box::new(PollWatch::new(self.inner.clone(), kind.map(str::to_owned), from)))
+        Ok(Box::new(PollWatch::new(
+            self.inner.clone(),
+            kind.map(str::to_owned),
+            from,
+        )))
     }
 
     fn try_lock(&self, name: &str, lease: LeaseId, holder: &str) -> Result<LockState> {
-        let req = Request::TryLock { name: name.to_owned(), lease, holder: holder.to_owned() };
+        let req = Request::TryLock {
+            name: name.to_owned(),
+            lease,
+            holder: holder.to_owned(),
+        };
         match self.call(&req)? {
             Response::Lock { acquired: true, .. } => Ok(LockState::Acquired),
-            Response::Lock { acquired: false, holder: Some(h) } => Ok(LockState::Held(h)),
+            Response::Lock {
+                acquired: false,
+                holder: Some(h),
+            } => Ok(LockState::Held(h)),
             r => Err(unexpected(r)),
         }
     }
 
     fn unlock(&self, name: &str, lease: LeaseId) -> Result<bool> {
-        match self.call(&Request::Unlock { name: name.to_owned(), lease })? {
+        match self.call(&Request::Unlock {
+            name: name.to_owned(),
+            lease,
+        })? {
             Response::Done { done } => Ok(done),
             r => Err(unexpected(r)),
         }
     }
 
     fn lock_holder(&self, name: &str) -> Result<Option<Holder>> {
-        match self.call(&Request::Holder { name: name.to_owned() })? {
+        match self.call(&Request::Holder {
+            name: name.to_owned(),
+        })? {
             Response::Lock { holder, .. } => Ok(holder),
             r => Err(unexpected(r)),
         }
     }
 
     fn allocate_ids(&self, name: &str, count: u64) -> Result<Range<u64>> {
-        match self.call(&Request::Ids { name: name.to_owned(), count })? {
+        match self.call(&Request::Ids {
+            name: name.to_owned(),
+            count,
+        })? {
             Response::Ids { start, end } => Ok(start..end),
             r => Err(unexpected(r)),
         }

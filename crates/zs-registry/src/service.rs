@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use zs_core::{HandlerError, Peer, Registry};
 
-use crate::proto::{codes, decode_request, Changes, ChangesRequest, Request, Response, CMD, CMD_CHANGES};
+use crate::proto::{
+    codes, decode_request, Changes, ChangesRequest, Request, Response, CMD, CMD_CHANGES,
+};
 use crate::{Embedded, Error, LeaseId, LockState, ServiceRegistry};
 
 /// Per-connection bounds of the service.
@@ -62,7 +64,10 @@ fn bad(peer: &Peer, cfg: &ServiceConfig, why: String) -> HandlerError {
         s.bad
     });
     if n >= cfg.max_bad_requests {
-        tracing::warn!(peer = peer.id(), "registry: closing a connection after {n} bad requests ({why})");
+        tracing::warn!(
+            peer = peer.id(),
+            "registry: closing a connection after {n} bad requests ({why})"
+        );
         peer.close(&format!("registry: {n} bad requests"));
     }
     HandlerError::new(codes::INVALID, why)
@@ -78,38 +83,71 @@ pub fn handle(reg: &Embedded, peer: &Peer, req: Request) -> Result<Response, Err
                 s.leases.len()
             });
             if live >= lim {
-                return Err(Error::Quota(format!("{live} live leases on this connection")));
+                return Err(Error::Quota(format!(
+                    "{live} live leases on this connection"
+                )));
             }
             let lease = reg.grant(Duration::from_millis(ttl_ms))?;
             peer.with_state(|s: &mut ConnState| s.leases.push(lease));
             let ttl = reg.keepalive(lease)?;
-            Response::Lease { lease, ttl_ms: ttl.as_millis() as u64 }
+            Response::Lease {
+                lease,
+                ttl_ms: ttl.as_millis() as u64,
+            }
         }
         Request::Keepalive { lease } => {
             let ttl = reg.keepalive(lease)?;
-            Response::Lease { lease, ttl_ms: ttl.as_millis() as u64 }
+            Response::Lease {
+                lease,
+                ttl_ms: ttl.as_millis() as u64,
+            }
         }
         Request::Revoke { lease } => {
             reg.revoke(lease)?;
-            Response::Revision { revision: reg.revision() }
+            Response::Revision {
+                revision: reg.revision(),
+            }
         }
-        Request::Register { lease, instance } => Response::Revision { revision: reg.register(lease, &instance)? },
-        Request::Deregister { kind, id } => Response::Done { done: reg.deregister(&kind, &id)? },
+        Request::Register { lease, instance } => Response::Revision {
+            revision: reg.register(lease, &instance)?,
+        },
+        Request::Deregister { kind, id } => Response::Done {
+            done: reg.deregister(&kind, &id)?,
+        },
         Request::List { kind } => Response::Snapshot(reg.list(kind.as_deref())?),
-        Request::Query { pattern } => Response::Instances { instances: reg.query(&pattern)? },
-        Request::Pick { kind } => Response::Pick { instance: reg.pick(&kind)? },
-        Request::TryLock { name, lease, holder } => match reg.try_lock(&name, lease, &holder)? {
+        Request::Query { pattern } => Response::Instances {
+            instances: reg.query(&pattern)?,
+        },
+        Request::Pick { kind } => Response::Pick {
+            instance: reg.pick(&kind)?,
+        },
+        Request::TryLock {
+            name,
+            lease,
+            holder,
+        } => match reg.try_lock(&name, lease, &holder)? {
             LockState::Acquired => Response::Lock {
                 acquired: true,
                 holder: Some(crate::Holder { lease, holder }),
             },
-            LockState::Held(h) => Response::Lock { acquired: false, holder: Some(h) },
+            LockState::Held(h) => Response::Lock {
+                acquired: false,
+                holder: Some(h),
+            },
         },
-        Request::Unlock { name, lease } => Response::Done { done: reg.unlock(&name, lease)? },
-        Request::Holder { name } => Response::Lock { acquired: false, holder: reg.lock_holder(&name)? },
+        Request::Unlock { name, lease } => Response::Done {
+            done: reg.unlock(&name, lease)?,
+        },
+        Request::Holder { name } => Response::Lock {
+            acquired: false,
+            holder: reg.lock_holder(&name)?,
+        },
         Request::Ids { name, count } => {
             let r = reg.allocate_ids(&name, count)?;
-            Response::Ids { start: r.start, end: r.end }
+            Response::Ids {
+                start: r.start,
+                end: r.end,
+            }
         }
     })
 }

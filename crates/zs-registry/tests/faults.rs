@@ -27,25 +27,44 @@ fn embedded_registry_restart_keeps_state_and_resyncs_watches() {
     let reg = es.client();
     let lease = reg.grant(Duration::from_secs(2)).unwrap();
     let orphan = reg.grant(Duration::from_millis(500)).unwrap();
-    reg.register(lease, &Instance::new("game", "a", "h:1").with_load(1, 10)).unwrap();
-    reg.register(orphan, &Instance::new("game", "o", "h:2")).unwrap();
+    reg.register(lease, &Instance::new("game", "a", "h:1").with_load(1, 10))
+        .unwrap();
+    reg.register(orphan, &Instance::new("game", "o", "h:2"))
+        .unwrap();
     let ids = reg.allocate_ids("n", 5).unwrap();
     let mut w = reg.watch(Some("game"), None).unwrap();
-    assert!(matches!(w.next(Duration::from_secs(5)).unwrap(), Some(WatchItem::Snapshot { .. })));
+    assert!(matches!(
+        w.next(Duration::from_secs(5)).unwrap(),
+        Some(WatchItem::Snapshot { .. })
+    ));
     // a change the watch has not fetched yet, then the registry restarts
-    reg.register(lease, &Instance::new("game", "b", "h:3")).unwrap();
+    reg.register(lease, &Instance::new("game", "b", "h:3"))
+        .unwrap();
     es.restart();
     // the first call after the restart finds the old connection dead
     let end = Instant::now() + Duration::from_secs(5);
     while reg.keepalive(lease).is_err() {
         assert!(Instant::now() < end);
     }
-    let names: Vec<String> = reg.list(Some("game")).unwrap().instances.iter().map(|i| i.id.clone()).collect();
+    let names: Vec<String> = reg
+        .list(Some("game"))
+        .unwrap()
+        .instances
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
     assert_eq!(names, ["a", "b", "o"], "state survived the restart");
-    assert_eq!(reg.allocate_ids("n", 1).unwrap().start, ids.end, "id counters survived");
+    assert_eq!(
+        reg.allocate_ids("n", 1).unwrap().start,
+        ids.end,
+        "id counters survived"
+    );
     // the watch lost history across the restart: it says so with a snapshot
     match w.next(Duration::from_secs(5)).unwrap() {
-        Some(WatchItem::Snapshot { snapshot, resync: true }) => assert_eq!(snapshot.instances.len(), 3),
+        Some(WatchItem::Snapshot {
+            snapshot,
+            resync: true,
+        }) => assert_eq!(snapshot.instances.len(), 3),
         other => panic!("expected a resync, got {other:?}"),
     }
     // the lease nobody renews expires after the restart too
@@ -54,7 +73,9 @@ fn embedded_registry_restart_keeps_state_and_resyncs_watches() {
         reg.list(Some("game")).unwrap().instances.len() == 2
     });
     match w.next(Duration::from_secs(5)).unwrap() {
-        Some(WatchItem::Change(e)) => assert!(matches!(e.change, Change::Delete { id, .. } if id == "o")),
+        Some(WatchItem::Change(e)) => {
+            assert!(matches!(e.change, Change::Delete { id, .. } if id == "o"))
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -62,24 +83,36 @@ fn embedded_registry_restart_keeps_state_and_resyncs_watches() {
 #[test]
 fn embedded_watch_behind_compaction_resyncs() {
     let es = EmbeddedServer::start(
-        EmbeddedConfig { history: 4, ..EmbeddedConfig::default() },
+        EmbeddedConfig {
+            history: 4,
+            ..EmbeddedConfig::default()
+        },
         ServiceConfig::default(),
     );
     let reg = es.client();
     let lease = reg.grant(Duration::from_secs(30)).unwrap();
-    let r0 = reg.register(lease, &Instance::new("c", "0", "h:1")).unwrap();
+    let r0 = reg
+        .register(lease, &Instance::new("c", "0", "h:1"))
+        .unwrap();
     for i in 1..10 {
-        reg.register(lease, &Instance::new("c", &i.to_string(), "h:1")).unwrap();
+        reg.register(lease, &Instance::new("c", &i.to_string(), "h:1"))
+            .unwrap();
     }
     let mut w = reg.watch(Some("c"), Some(r0)).unwrap();
     match w.next(Duration::from_secs(5)).unwrap() {
-        Some(WatchItem::Snapshot { snapshot, resync: true }) => assert_eq!(snapshot.instances.len(), 10),
+        Some(WatchItem::Snapshot {
+            snapshot,
+            resync: true,
+        }) => assert_eq!(snapshot.instances.len(), 10),
         other => panic!("{other:?}"),
     }
     // recent enough: no resync
     let r8 = w.revision() - 1;
     let mut w2 = reg.watch(Some("c"), Some(r8)).unwrap();
-    assert!(matches!(w2.next(Duration::from_secs(5)).unwrap(), Some(WatchItem::Change(_))));
+    assert!(matches!(
+        w2.next(Duration::from_secs(5)).unwrap(),
+        Some(WatchItem::Change(_))
+    ));
 }
 
 #[test]
@@ -90,23 +123,39 @@ fn etcd_watch_behind_compaction_resyncs() {
     let etcd = EtcdProc::start();
     let reg = etcd.registry(Limits::default());
     let lease = reg.grant(Duration::from_secs(30)).unwrap();
-    let r0 = reg.register(lease, &Instance::new("c", "0", "h:1")).unwrap();
+    let r0 = reg
+        .register(lease, &Instance::new("c", "0", "h:1"))
+        .unwrap();
     let mut last = r0;
     for i in 1..10 {
-        last = reg.register(lease, &Instance::new("c", &i.to_string(), "h:1")).unwrap();
+        last = reg
+            .register(lease, &Instance::new("c", &i.to_string(), "h:1"))
+            .unwrap();
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut c = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
+        let mut c = etcd_client::Client::connect([etcd.url()], None)
+            .await
+            .unwrap();
         c.compact(last, None).await.unwrap();
     });
     let mut w = reg.watch(Some("c"), Some(r0)).unwrap();
     match w.next(Duration::from_secs(10)).unwrap() {
-        Some(WatchItem::Snapshot { snapshot, resync: true }) => assert_eq!(snapshot.instances.len(), 10),
+        Some(WatchItem::Snapshot {
+            snapshot,
+            resync: true,
+        }) => assert_eq!(snapshot.instances.len(), 10),
         other => panic!("{other:?}"),
     }
-    reg.register(lease, &Instance::new("c", "new", "h:1")).unwrap();
-    assert!(matches!(w.next(Duration::from_secs(10)).unwrap(), Some(WatchItem::Change(_))));
+    reg.register(lease, &Instance::new("c", "new", "h:1"))
+        .unwrap();
+    assert!(matches!(
+        w.next(Duration::from_secs(10)).unwrap(),
+        Some(WatchItem::Change(_))
+    ));
 }
 
 #[test]
@@ -117,16 +166,31 @@ fn etcd_killed_and_back() {
     let mut etcd = EtcdProc::start();
     let reg = etcd.registry(Limits::default());
     let lease = reg.grant(Duration::from_secs(10)).unwrap();
-    reg.register(lease, &Instance::new("k", "a", "h:1")).unwrap();
+    reg.register(lease, &Instance::new("k", "a", "h:1"))
+        .unwrap();
     let mut w = reg.watch(Some("k"), None).unwrap();
-    assert!(matches!(w.next(Duration::from_secs(10)).unwrap(), Some(WatchItem::Snapshot { .. })));
+    assert!(matches!(
+        w.next(Duration::from_secs(10)).unwrap(),
+        Some(WatchItem::Snapshot { .. })
+    ));
     etcd.kill();
-    assert!(matches!(reg.list(Some("k")), Err(Error::Unavailable(_))), "calls fail while etcd is down");
-    assert!(w.next(Duration::from_millis(300)).unwrap().is_none(), "the watch waits");
+    assert!(
+        matches!(reg.list(Some("k")), Err(Error::Unavailable(_))),
+        "calls fail while etcd is down"
+    );
+    assert!(
+        w.next(Duration::from_millis(300)).unwrap().is_none(),
+        "the watch waits"
+    );
     etcd.restart();
     wait_until("etcd back", || reg.keepalive(lease).is_ok());
-    assert_eq!(reg.list(Some("k")).unwrap().instances.len(), 1, "the lease and its key survived");
-    reg.register(lease, &Instance::new("k", "b", "h:2")).unwrap();
+    assert_eq!(
+        reg.list(Some("k")).unwrap().instances.len(),
+        1,
+        "the lease and its key survived"
+    );
+    reg.register(lease, &Instance::new("k", "b", "h:2"))
+        .unwrap();
     let e = loop {
         match w.next(Duration::from_secs(15)).unwrap() {
             Some(WatchItem::Change(e)) => break e,
@@ -141,14 +205,22 @@ fn keeper_on(reg: Arc<dyn ServiceRegistry>, ttl: Duration) {
     let keeper = Keeper::start(
         reg.clone(),
         ttl,
-        |r, lease| r.register(lease, &Instance::new("kept", "me", "h:1")).map(|_| ()),
+        |r, lease| {
+            r.register(lease, &Instance::new("kept", "me", "h:1"))
+                .map(|_| ())
+        },
         |_, _| {},
     )
     .unwrap();
     let first = keeper.lease();
     // renewals keep it for several TTLs
     std::thread::sleep(ttl * 3);
-    assert_eq!(reg.list(Some("kept")).unwrap().instances.len(), 1, "{}", reg.backend());
+    assert_eq!(
+        reg.list(Some("kept")).unwrap().instances.len(),
+        1,
+        "{}",
+        reg.backend()
+    );
     // someone revokes the lease: the keeper notices, re-grants, re-registers
     reg.revoke(first).unwrap();
     wait_until("re-registration", || {
@@ -156,7 +228,10 @@ fn keeper_on(reg: Arc<dyn ServiceRegistry>, ttl: Duration) {
     });
     assert!(keeper.was_lost());
     drop(keeper);
-    assert!(reg.list(Some("kept")).unwrap().instances.is_empty(), "drop revokes");
+    assert!(
+        reg.list(Some("kept")).unwrap().instances.is_empty(),
+        "drop revokes"
+    );
 }
 
 #[test]
@@ -171,24 +246,38 @@ fn keeper_renews_and_recovers_etcd() {
         return;
     }
     let etcd = EtcdProc::start();
-    keeper_on(Arc::new(etcd.registry(Limits::default())), Duration::from_secs(2));
+    keeper_on(
+        Arc::new(etcd.registry(Limits::default())),
+        Duration::from_secs(2),
+    );
 }
 
 #[test]
 fn hostile_connection_is_closed_others_carry_on() {
-    let es = EmbeddedServer::start(EmbeddedConfig::default(), ServiceConfig { max_bad_requests: 4, ..ServiceConfig::default() });
+    let es = EmbeddedServer::start(
+        EmbeddedConfig::default(),
+        ServiceConfig {
+            max_bad_requests: 4,
+            ..ServiceConfig::default()
+        },
+    );
     let honest = es.client();
     let lease = honest.grant(Duration::from_secs(30)).unwrap();
     let bad = es.raw_client();
     for junk in ["", "{", "[1,2]", r#"{"op":"grant"}"#, r#"{"op":"nuke"}"#] {
-        match bad.call_timeout(CMD, junk, Some(Duration::from_secs(2))).wait() {
+        match bad
+            .call_timeout(CMD, junk, Some(Duration::from_secs(2)))
+            .wait()
+        {
             Err(zs_core::Error::Remote { code: 400, .. }) => {}
             Err(_) => break, // closed after the 4th
             Ok(a) => panic!("garbage answered {a}"),
         }
     }
     wait_until("the hostile connection closed", || !bad.is_connected());
-    honest.register(lease, &Instance::new("h", "ok", "h:1")).unwrap();
+    honest
+        .register(lease, &Instance::new("h", "ok", "h:1"))
+        .unwrap();
     assert_eq!(honest.list(Some("h")).unwrap().instances.len(), 1);
 }
 
@@ -196,22 +285,32 @@ fn hostile_connection_is_closed_others_carry_on() {
 fn per_connection_bounds() {
     let es = EmbeddedServer::start(
         EmbeddedConfig {
-            limits: Limits { max_waiters_per_conn: 2, max_leases_per_conn: 3, ..Limits::default() },
+            limits: Limits {
+                max_waiters_per_conn: 2,
+                max_leases_per_conn: 3,
+                ..Limits::default()
+            },
             ..EmbeddedConfig::default()
         },
-        ServiceConfig { max_request_bytes: 1024, ..ServiceConfig::default() },
+        ServiceConfig {
+            max_request_bytes: 1024,
+            ..ServiceConfig::default()
+        },
     );
     let c = es.raw_client();
     // leases per connection
     for _ in 0..3 {
-        c.call(CMD, r#"{"op":"grant","ttl_ms":30000}"#).wait().unwrap();
+        c.call(CMD, r#"{"op":"grant","ttl_ms":30000}"#)
+            .wait()
+            .unwrap();
     }
     match c.call(CMD, r#"{"op":"grant","ttl_ms":30000}"#).wait() {
         Err(zs_core::Error::Remote { code: 429, .. }) => {}
         other => panic!("{other:?}"),
     }
     // waiting watches per connection
-    let rev: serde_json::Value = serde_json::from_str(&c.call(CMD, r#"{"op":"list"}"#).wait().unwrap()).unwrap();
+    let rev: serde_json::Value =
+        serde_json::from_str(&c.call(CMD, r#"{"op":"list"}"#).wait().unwrap()).unwrap();
     let rev = rev["revision"].as_i64().unwrap();
     let poll = format!(r#"{{"after":{rev},"wait_ms":3000}}"#);
     let w1 = c.call(CMD_CHANGES, &poll);
@@ -223,7 +322,10 @@ fn per_connection_bounds() {
     }
     // oversized request
     let big = format!(r#"{{"op":"query","pattern":"{}"}}"#, "x".repeat(2000));
-    assert!(matches!(c.call(CMD, &big).wait(), Err(zs_core::Error::Remote { code: 400, .. })));
+    assert!(matches!(
+        c.call(CMD, &big).wait(),
+        Err(zs_core::Error::Remote { code: 400, .. })
+    ));
     // the waits still complete (empty, at their deadline)
     let a: serde_json::Value = serde_json::from_str(&w1.wait().unwrap()).unwrap();
     assert_eq!(a["events"].as_array().unwrap().len(), 0);

@@ -15,10 +15,7 @@ fn part() -> &'static str {
 }
 
 fn lines(tag: &str) -> Vec<&'static str> {
-    part()
-        .lines()
-        .filter_map(|l| l.strip_prefix(tag))
-        .collect()
+    part().lines().filter_map(|l| l.strip_prefix(tag)).collect()
 }
 
 #[test]
@@ -58,22 +55,49 @@ fn documented_bytes_are_what_values_encode_to() {
         load: Load::new(40, 100),
         lease: 0,
     };
-    let reg = Request::Register { lease: 5234871234, instance: inst };
+    let reg = Request::Register {
+        lease: 5234871234,
+        instance: inst,
+    };
     assert!(lines("request: ").contains(&serde_json::to_string(&reg).unwrap().as_str()));
     let ch = Changes::Events {
         revision: 14,
         events: vec![
-            Event { revision: 13, change: Change::Delete { kind: "game".into(), id: "eu-1".into() } },
+            Event {
+                revision: 13,
+                change: Change::Delete {
+                    kind: "game".into(),
+                    id: "eu-1".into(),
+                },
+            },
             Event {
                 revision: 14,
-                change: Change::Put { instance: Instance { lease: 77, ..Instance::new("game", "eu-2", "") } },
+                change: Change::Put {
+                    instance: Instance {
+                        lease: 77,
+                        ..Instance::new("game", "eu-2", "")
+                    },
+                },
             },
         ],
     };
     assert!(lines("changes-answer: ").contains(&serde_json::to_string(&ch).unwrap().as_str()));
     // short forms are accepted
-    let short = decode_request(r#"{"op":"register","lease":1,"instance":{"kind":"g","id":"x"}}"#, 1024).unwrap();
-    assert!(matches!(short, Request::Register { instance, .. } if instance.addrs.is_empty() && instance.load == Load::default()));
-    assert!(decode_request(r#"{"op":"grant","ttl_ms":1,"extra":1}"#, 1024).is_err(), "unknown fields are refused");
-    assert!(decode_request(&format!(r#"{{"op":"query","pattern":"{}"}}"#, "x".repeat(100)), 64).is_err());
+    let short = decode_request(
+        r#"{"op":"register","lease":1,"instance":{"kind":"g","id":"x"}}"#,
+        1024,
+    )
+    .unwrap();
+    assert!(
+        matches!(short, Request::Register { instance, .. } if instance.addrs.is_empty() && instance.load == Load::default())
+    );
+    assert!(
+        decode_request(r#"{"op":"grant","ttl_ms":1,"extra":1}"#, 1024).is_err(),
+        "unknown fields are refused"
+    );
+    assert!(decode_request(
+        &format!(r#"{{"op":"query","pattern":"{}"}}"#, "x".repeat(100)),
+        64
+    )
+    .is_err());
 }

@@ -128,8 +128,7 @@ pub fn join_cluster(
         let (weak, src) = (weak.clone(), member.load.clone());
         move || match &src {
             LoadSource::Connections { max } => Load::new(
-                weak.upgrade()
-                    .map_or(0, |s| s.connection_count() as u64),
+                weak.upgrade().map_or(0, |s| s.connection_count() as u64),
                 *max,
             ),
             LoadSource::Custom(f) => f(),
@@ -241,11 +240,7 @@ impl FailoverClient {
 
     /// The connection to the current instance, picking (again) when needed.
     pub fn client(&self) -> Result<Arc<zs_core::Client>, String> {
-        let mut cur = self
-            .inner
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cur = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
         let stale = self.inner.stale.swap(false, Ordering::AcqRel);
         if let Some((_, c)) = cur.as_ref().filter(|(_, c)| !stale && c.is_connected()) {
             return Ok(c.clone());

@@ -15,7 +15,11 @@ use zs_registry::service::{install, ServiceConfig};
 use zs_registry::{Embedded, EmbeddedConfig, Etcd, EtcdConfig, Limits, Remote, ServiceRegistry};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Whether `etcd` is on PATH; under `CI` its absence fails the test.
@@ -27,7 +31,10 @@ pub fn have_etcd() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "etcd is not installed (CI)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd is not installed (CI)"
+        );
         println!("skipped: etcd not installed");
     }
     ok
@@ -196,11 +203,21 @@ impl EmbeddedServer {
 
     /// A client of the service (reconnects to wherever the server is now).
     pub fn client(&self) -> Remote {
-        let (b, p, a) = (self.backend.clone(), self.provider.clone(), self.addr.clone());
+        let (b, p, a) = (
+            self.backend.clone(),
+            self.provider.clone(),
+            self.addr.clone(),
+        );
         Remote::new(
             move || {
                 let addr = *a.lock().unwrap();
-                Client::connect(b.clone(), p.clone(), zs_core::Registry::new(), Options::client(), addr)
+                Client::connect(
+                    b.clone(),
+                    p.clone(),
+                    zs_core::Registry::new(),
+                    Options::client(),
+                    addr,
+                )
             },
             Duration::from_secs(5),
         )
