@@ -101,7 +101,7 @@ pub fn open(t: &Target) -> Result<Arc<dyn ServiceRegistry>, String> {
     Ok(Arc::new(Remote::new(
         move || {
             ClientBuilder::new(addr)
-                .fingerprint(fp.clone())
+                .fingerprint(fp)
                 .connect()
                 .map_err(|e| zserver::Error::ConnectionLost(e.to_string()))
         },

@@ -191,12 +191,10 @@ fn etcd_killed_and_back() {
     );
     reg.register(lease, &Instance::new("k", "b", "h:2"))
         .unwrap();
-    let e = loop {
-        match w.next(Duration::from_secs(15)).unwrap() {
-            Some(WatchItem::Change(e)) => break e,
-            Some(other) => panic!("no resync expected: {other:?}"),
-            None => panic!("the watch did not resume"),
-        }
+    let e = match w.next(Duration::from_secs(15)).unwrap() {
+        Some(WatchItem::Change(e)) => e,
+        Some(other) => panic!("no resync expected: {other:?}"),
+        None => panic!("the watch did not resume"),
     };
     assert!(matches!(e.change, Change::Put { instance } if instance.id == "b"));
 }

@@ -298,15 +298,14 @@ fn watch_loop(weak: Weak<FailoverInner>) {
             .as_ref()
             .map(|(i, _)| i.id.clone());
         match (item, cur_id) {
-            (Ok(Some(WatchItem::Change(e))), Some(id)) => {
-                if matches!(&e.change, Change::Delete { id: gone, .. } if *gone == id) {
-                    inner.stale.store(true, Ordering::Release);
-                }
+            (Ok(Some(WatchItem::Change(e))), Some(id)) if matches!(&e.change, Change::Delete { id: gone, .. } if *gone == id) =>
+            {
+                inner.stale.store(true, Ordering::Release);
             }
-            (Ok(Some(WatchItem::Snapshot { snapshot, .. })), Some(id)) => {
-                if !snapshot.instances.iter().any(|i| i.id == id) {
-                    inner.stale.store(true, Ordering::Release);
-                }
+            (Ok(Some(WatchItem::Snapshot { snapshot, .. })), Some(id))
+                if !snapshot.instances.iter().any(|i| i.id == id) =>
+            {
+                inner.stale.store(true, Ordering::Release);
             }
             (Err(_), _) => watch = None,
             _ => {}
