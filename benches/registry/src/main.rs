@@ -55,6 +55,8 @@ fn unhex(s: &str) -> [u8; 32] {
 fn limits() -> Limits {
     Limits {
         max_leases_per_conn: 1 << 20,
+        max_instances_per_lease: 1 << 20,
+        max_instances: 1 << 20,
         max_waiters_per_conn: 64,
         ..Limits::default()
     }
