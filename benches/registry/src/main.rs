@@ -598,87 +598,90 @@ fn main() {
         );
     }
 
-    // --- server CPU with 1,000 leases renewed every second -----------------------
-    let leases = 1000usize;
-    let ours_leases: Vec<i64> = (0..leases)
-        .map(|i| ours[i % 8].grant(Duration::from_secs(600)).expect("grant"))
-        .collect();
-    let etcd_leases: Vec<i64> = (0..leases)
-        .map(|_| {
-            rt.block_on(etcd_client.clone().lease_grant(600, None))
-                .expect("grant")
-                .id()
-        })
-        .collect();
+    // --- server CPU with 1,000 (and 10,000, full runs) leases renewed every second --
     let ours_proc = Arc::new(ours_proc);
     let etcd_proc = Arc::new(etcd_proc);
-    {
-        let (o, p, ls) = (ours.clone(), ours_proc.clone(), Arc::new(ours_leases));
-        suite.case(
-            "zs cpu 1k leases",
-            "cpu_s_per_s",
-            Better::Lower,
-            move || {
-                let c0 = p.cpu_seconds();
-                let t0 = Instant::now();
-                std::thread::scope(|sc| {
-                    for c in 0..8 {
-                        let (o, ls) = (&o, &ls);
-                        sc.spawn(move || {
-                            for l in ls.iter().skip(c).step_by(8) {
-                                o[c].keepalive(*l).expect("keepalive");
-                            }
-                        });
-                    }
-                });
-                let spent = t0.elapsed();
-                std::thread::sleep(Duration::from_secs(1).saturating_sub(spent));
-                (p.cpu_seconds() - c0) / t0.elapsed().as_secs_f64()
-            },
-        );
-        // one keepalive stream per lease, opened once (what a long-lived etcd client keeps)
-        let keepers: Vec<Arc<tokio::sync::Mutex<Vec<_>>>> = (0..8)
-            .map(|c| {
-                let mut cl = etcd_clients[c].clone();
-                let mine: Vec<i64> = etcd_leases.iter().skip(c).step_by(8).copied().collect();
-                let v = rt.block_on(async move {
-                    let mut v = Vec::new();
-                    for l in mine {
-                        v.push(cl.lease_keep_alive(l).await.expect("keepalive stream"));
-                    }
-                    v
-                });
-                Arc::new(tokio::sync::Mutex::new(v))
+    let sizes: &[usize] = if opts.quick { &[1000] } else { &[1000, 10_000] };
+    for &leases in sizes {
+        let label = format!("{}k", leases / 1000);
+        let ours_leases: Vec<i64> = (0..leases)
+            .map(|i| ours[i % 8].grant(Duration::from_secs(600)).expect("grant"))
+            .collect();
+        let etcd_leases: Vec<i64> = (0..leases)
+            .map(|_| {
+                rt.block_on(etcd_client.clone().lease_grant(600, None))
+                    .expect("grant")
+                    .id()
             })
             .collect();
-        let (rt2, p) = (rt.clone(), etcd_proc.clone());
-        suite.case(
-            "etcd cpu 1k leases",
-            "cpu_s_per_s",
-            Better::Lower,
-            move || {
-                let c0 = p.cpu_seconds();
-                let t0 = Instant::now();
-                rt2.block_on(async {
-                    let mut hs = Vec::new();
-                    for k in &keepers {
-                        let k = k.clone();
-                        hs.push(tokio::spawn(async move {
-                            for (keeper, stream) in k.lock().await.iter_mut() {
-                                keeper.keep_alive().await.expect("ka");
-                                stream.message().await.expect("ka");
-                            }
-                        }));
-                    }
-                    for h in hs {
-                        h.await.expect("task");
-                    }
-                });
-                let spent = t0.elapsed();
-                std::thread::sleep(Duration::from_secs(1).saturating_sub(spent));
-                (p.cpu_seconds() - c0) / t0.elapsed().as_secs_f64()
-            },
-        );
+        {
+            let (o, p, ls) = (ours.clone(), ours_proc.clone(), Arc::new(ours_leases));
+            suite.case(
+                &format!("zs cpu {label} leases"),
+                "cpu_s_per_s",
+                Better::Lower,
+                move || {
+                    let c0 = p.cpu_seconds();
+                    let t0 = Instant::now();
+                    std::thread::scope(|sc| {
+                        for c in 0..8 {
+                            let (o, ls) = (&o, &ls);
+                            sc.spawn(move || {
+                                for l in ls.iter().skip(c).step_by(8) {
+                                    o[c].keepalive(*l).expect("keepalive");
+                                }
+                            });
+                        }
+                    });
+                    let spent = t0.elapsed();
+                    std::thread::sleep(Duration::from_secs(1).saturating_sub(spent));
+                    (p.cpu_seconds() - c0) / t0.elapsed().as_secs_f64()
+                },
+            );
+            // one keepalive stream per lease, opened once (what a long-lived etcd client keeps)
+            let keepers: Vec<Arc<tokio::sync::Mutex<Vec<_>>>> = (0..8)
+                .map(|c| {
+                    let mut cl = etcd_clients[c].clone();
+                    let mine: Vec<i64> = etcd_leases.iter().skip(c).step_by(8).copied().collect();
+                    let v = rt.block_on(async move {
+                        let mut v = Vec::new();
+                        for l in mine {
+                            v.push(cl.lease_keep_alive(l).await.expect("keepalive stream"));
+                        }
+                        v
+                    });
+                    Arc::new(tokio::sync::Mutex::new(v))
+                })
+                .collect();
+            let (rt2, p) = (rt.clone(), etcd_proc.clone());
+            suite.case(
+                &format!("etcd cpu {label} leases"),
+                "cpu_s_per_s",
+                Better::Lower,
+                move || {
+                    let c0 = p.cpu_seconds();
+                    let t0 = Instant::now();
+                    rt2.block_on(async {
+                        let mut hs = Vec::new();
+                        for k in &keepers {
+                            let k = k.clone();
+                            hs.push(tokio::spawn(async move {
+                                for (keeper, stream) in k.lock().await.iter_mut() {
+                                    keeper.keep_alive().await.expect("ka");
+                                    stream.message().await.expect("ka");
+                                }
+                            }));
+                        }
+                        for h in hs {
+                            h.await.expect("task");
+                        }
+                    });
+                    let spent = t0.elapsed();
+                    std::thread::sleep(Duration::from_secs(1).saturating_sub(spent));
+                    (p.cpu_seconds() - c0) / t0.elapsed().as_secs_f64()
+                },
+            );
+        }
     }
 
     suite.run();
@@ -696,6 +699,11 @@ fn main() {
         "watch_p99_w64_vs_etcd",
         "zs watch p99 w64",
         "etcd watch p99 w64",
+    );
+    suite.ratio(
+        "cpu_10k_leases_vs_etcd",
+        "zs cpu 10k leases",
+        "etcd cpu 10k leases",
     );
     suite.ratio(
         "cpu_1k_leases_vs_etcd",
