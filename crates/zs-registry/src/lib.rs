@@ -200,6 +200,7 @@ pub struct Keeper {
     lost: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     reg: Arc<dyn ServiceRegistry>,
+    revoke_on_drop: bool,
 }
 
 impl Keeper {
@@ -255,12 +256,19 @@ impl Keeper {
             lost,
             thread: Some(thread),
             reg,
+            revoke_on_drop: true,
         })
     }
 
     /// The current lease.
     pub fn lease(&self) -> LeaseId {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops renewing without revoking: the registration lives until the lease
+    /// expires (what a crashed process looks like; also a hand-over).
+    pub fn abandon(mut self) {
+        self.revoke_on_drop = false;
     }
 
     /// Whether a lease was ever lost and replaced.
@@ -279,6 +287,8 @@ impl Drop for Keeper {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = self.reg.revoke(self.lease());
+        if self.revoke_on_drop {
+            let _ = self.reg.revoke(self.lease());
+        }
     }
 }
