@@ -356,6 +356,12 @@ impl Embedded {
         Ok(())
     }
 
+    /// Stops the way a killed process would (crash tests): no final flush,
+    /// the database lock is released, every later change fails.
+    pub fn abandon(&self) {
+        self.inner.db.clone().abandon();
+    }
+
     /// Whether a lease is live.
     pub fn lease_alive(&self, lease: LeaseId) -> bool {
         self.lock().leases.contains_key(&lease)
@@ -513,7 +519,7 @@ fn reaper(weak: Weak<Inner>, tick: Duration) {
     loop {
         std::thread::sleep(tick);
         let Some(inner) = weak.upgrade() else { return };
-        if inner.db.is_closed() {
+        if inner.db.is_closed() || inner.db.is_poisoned() {
             return;
         }
         let reg = Embedded { inner };

@@ -81,6 +81,62 @@ fn embedded_registry_restart_keeps_state_and_resyncs_watches() {
 }
 
 #[test]
+fn acknowledged_changes_survive_power_loss() {
+    for seed in 0..4u64 {
+        let vfs = Arc::new(zs_db::MemVfs::new());
+        let reg = zs_registry::Embedded::open(vfs.clone(), "r", EmbeddedConfig::default()).unwrap();
+        let lease = reg.grant(Duration::from_secs(60)).unwrap();
+        let first_ids = reg.allocate_ids("n", 10).unwrap();
+        let acked = std::sync::Mutex::new(Vec::new());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (reg, acked, stop) = (&reg, &acked, &stop);
+                s.spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let id = format!("{t}-{i}");
+                        if reg.register(lease, &Instance::new("p", &id, "h:1")).is_ok() {
+                            acked.lock().unwrap().push(id);
+                        }
+                        i += 1;
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100 + 30 * seed));
+            // power cut while registrations are in flight
+            reg.abandon();
+            vfs.crash(seed);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let acked = acked.into_inner().unwrap();
+        assert!(!acked.is_empty());
+        drop(reg);
+        let again = zs_registry::Embedded::open(vfs, "r", EmbeddedConfig::default()).unwrap();
+        let have: std::collections::BTreeSet<String> = again
+            .list(Some("p"))
+            .unwrap()
+            .instances
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        for id in &acked {
+            assert!(
+                have.contains(id),
+                "seed {seed}: acknowledged {id} lost ({} acked, {} kept)",
+                acked.len(),
+                have.len()
+            );
+        }
+        assert!(again.keepalive(lease).is_ok(), "the lease survived");
+        assert!(
+            again.allocate_ids("n", 1).unwrap().start >= first_ids.end,
+            "ids never repeat"
+        );
+    }
+}
+
+#[test]
 fn embedded_watch_behind_compaction_resyncs() {
     let es = EmbeddedServer::start(
         EmbeddedConfig {
