@@ -49,6 +49,15 @@ pub const TEST_TOOLS: &[Tool] = &[
         program: "curl",
         source: Source::Apt(&["curl"]),
         used_by: "zs-xnat tests",
+    Tool {
+        program: "etcd",
+        source: Source::Apt(&["etcd-server", "etcd-client"]),
+        used_by: "zs-registry conformance suite",
+    },
+    Tool {
+        program: "protoc",
+        source: Source::Apt(&["protobuf-compiler"]),
+        used_by: "etcd-client build script (zs-registry)",
     },
 ];
 
@@ -99,6 +108,19 @@ pub const BENCH_TOOLS: &[(&str, Tool)] = &[
                 locked: true,
             },
             used_by: "bench xnat",
+        "registry",
+        Tool {
+            program: "protoc",
+            source: Source::Apt(&["protobuf-compiler"]),
+            used_by: "etcd-client build script (bench registry)",
+        },
+    ),
+    (
+        "registry",
+        Tool {
+            program: "etcd",
+            source: Source::Apt(&["etcd-server", "etcd-client"]),
+            used_by: "bench registry (etcd 3.4 baseline)",
         },
     ),
 ];

@@ -123,6 +123,7 @@ const CRATES: &[&str] = &[
     "zserver",
     "zs-cli",
     "zs-services",
+    "zs-registry",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -194,6 +195,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
             "zs-services",
             &["zs-core", "zs-db", "zs-crypto", "zs-wire"][..],
         ),
+        ("zs-registry", &["zs-core", "zs-db"][..]),
     ]);
     for (c, ok) in allowed {
         for d in g.direct(c) {

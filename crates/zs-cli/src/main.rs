@@ -12,6 +12,7 @@ mod bench;
 mod call;
 mod db;
 mod expr;
+mod registry;
 mod serve;
 mod xnat;
 mod services;
@@ -49,6 +50,8 @@ enum Command {
     Msg(services::MsgArgs),
     /// Files on a running `zs serve`: put, get, ls, rm, mkdir (resumable).
     File(services::FileArgs),
+    /// The cluster registry (embedded or etcd): ls, watch, pick, call the least loaded.
+    Registry(registry::RegistryArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,5 +67,6 @@ fn main() -> ExitCode {
         Command::User(a) => services::run_user_cmd(a),
         Command::Msg(a) => services::run_msg_cmd(a),
         Command::File(a) => services::run_file_cmd(a),
+        Command::Registry(a) => registry::run(a),
     }
 }

@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// Run without the application services (accounts, messages, files).
     #[arg(long)]
     pub no_services: bool,
+    /// Cluster registry: serve it (`--registry`) or join one (`--join`, `--join-etcd`).
+    #[command(flatten)]
+    pub cluster: crate::registry::ServeCluster,
 }
 
 /// The TOML configuration file.
@@ -252,6 +255,8 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let (identity, created) = load_or_create_identity(&key).map_err(|e| e.to_string())?;
     let fingerprint = identity.fingerprint();
     let slot = Arc::new(OnceLock::new());
+    let mut commands = builtins(slot.clone());
+    let mut cluster = crate::registry::Cluster::prepare(&a.cluster, &mut commands)?;
     let server = ServerBuilder::new()
         .addr(addr)
         .backend_name(&backend)
@@ -262,7 +267,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         .identity(identity)
         .suites(suites.clone())
         .options(options)
-        .registry(builtins(slot.clone()))
+        .registry(commands)
         .commands(|r| {
             if let Some(s) = &services {
                 s.register(r)
@@ -272,6 +277,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
     let server = Arc::new(server);
     let _ = slot.set(Arc::downgrade(&server));
+    cluster.join(&server)?;
 
     let local = server.local_addr();
     let suite_names: Vec<&str> = suites.iter().map(|s| s.name()).collect();

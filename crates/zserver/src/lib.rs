@@ -99,6 +99,12 @@ pub use zs_services as services;
 mod services_facade;
 #[cfg(feature = "services")]
 pub use services_facade::ServicesConnection;
+#[cfg(feature = "registry")]
+mod registry;
+#[cfg(feature = "registry")]
+pub use registry::{
+    cluster, connect_instance, join_cluster, FailoverClient, LoadSource, Member, META_FINGERPRINT,
+};
 
 #[cfg(feature = "core")]
 pub use builder::{

@@ -1,0 +1,247 @@
+//! The three-server demo of the README, as processes: one `zs serve --registry`,
+//! two `zs serve --join … --service-type game`; `zs registry ls|pick|watch|call`
+//! against it; a member that stops leaves the registry. The same commands
+//! against a real etcd with members joined through `--join-etcd`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn zs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_zs"))
+}
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `zs serve ARGS` in `dir`; returns it and its fingerprint once it is up.
+fn serve(dir: &Path, args: &[&str]) -> (Guard, String) {
+    let mut child = zs()
+        .arg("serve")
+        .args(["--loops", "1"])
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let guard = Guard(child);
+    let start = Instant::now();
+    let mut fp = String::new();
+    while start.elapsed() < Duration::from_secs(30) {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(f) = line.strip_prefix("fingerprint: ") {
+            fp = f.trim().to_owned();
+        }
+        if line.starts_with("commands: ") {
+            break;
+        }
+    }
+    assert!(!fp.is_empty(), "zs serve {args:?} did not start");
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (guard, fp)
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = zs().args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn wait_for(args: &[&str], want: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, err) = run(args);
+        if want(&out) {
+            return out;
+        }
+        assert!(Instant::now() < end, "{args:?}: {out}{err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_server_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg_addr = format!("127.0.0.1:{}", free_port());
+    let (_reg, fp) = serve(
+        dir.path(),
+        &["--addr", &reg_addr, "--registry", "--key", "reg.key"],
+    );
+    let a_addr = format!("127.0.0.1:{}", free_port());
+    let b_addr = format!("127.0.0.1:{}", free_port());
+    let join = [
+        "--join",
+        &reg_addr,
+        "--join-fingerprint",
+        &fp,
+        "--service-type",
+        "game",
+    ];
+    let (mut a, _) = serve(
+        dir.path(),
+        &[
+            &["--addr", &a_addr, "--key", "a.key", "--service-id", "a"][..],
+            &join[..],
+        ]
+        .concat(),
+    );
+    let (_b, _) = serve(
+        dir.path(),
+        &[
+            &["--addr", &b_addr, "--key", "b.key", "--service-id", "b"][..],
+            &join[..],
+        ]
+        .concat(),
+    );
+    let target = ["--addr", &reg_addr, "--fingerprint", &fp];
+
+    let ls = wait_for(
+        &[&["registry", "ls", "game"][..], &target[..]].concat(),
+        |o| o.contains("(2 instances"),
+    );
+    assert!(
+        ls.contains(&format!("game/a\tload 0/10000\t{a_addr}")),
+        "{ls}"
+    );
+    assert!(ls.contains("game/b"), "{ls}");
+    let (ok, pick, _) = run(&[&["registry", "pick", "game"][..], &target[..]].concat());
+    assert!(ok && pick.starts_with("game/"), "{pick}");
+    // calls go to the least-loaded member, both equally loaded: in turn
+    let mut by = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (ok, out, err) =
+            run(&[&["registry", "call", "game", "echo", "hi"][..], &target[..]].concat());
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "hi");
+        by.insert(err.trim().to_owned());
+    }
+    assert_eq!(by.len(), 2, "both members answered: {by:?}");
+    let (ok, w, _) = run(&[
+        &["registry", "watch", "game", "--for", "1"][..],
+        &target[..],
+    ]
+    .concat());
+    assert!(ok && w.starts_with("snapshot at revision"), "{w}");
+    // a member that stops disappears (killed: its lease expires after 5 s)
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    wait_for(
+        &[&["registry", "ls", "game"][..], &target[..]].concat(),
+        |o| o.contains("(1 instances") && !o.contains("game/a"),
+    );
+    // a wrong fingerprint is refused
+    let (ok, _, err) = run(&[
+        "registry",
+        "ls",
+        "--addr",
+        &reg_addr,
+        "--fingerprint",
+        "sha3-256:0000000000000000000000000000000000000000000000000000000000000000",
+    ]);
+    assert!(!ok, "{err}");
+}
+
+#[test]
+fn against_etcd() {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd is not installed (CI)"
+        );
+        println!("skipped: etcd not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, pp) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{cp}");
+    let etcd = Guard(
+        Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{pp}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{pp}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", cp)).is_err() {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m_addr = format!("127.0.0.1:{}", free_port());
+    let (_m, _) = serve(
+        dir.path(),
+        &[
+            "--addr",
+            &m_addr,
+            "--key",
+            "m.key",
+            "--join-etcd",
+            &url,
+            "--service-type",
+            "game",
+            "--service-id",
+            "m1",
+        ],
+    );
+    let ls = wait_for(&["registry", "ls", "--etcd", &url], |o| {
+        o.contains("(1 instances")
+    });
+    assert!(
+        ls.contains(&format!("game/m1\tload 0/10000\t{m_addr}")),
+        "{ls}"
+    );
+    let (ok, out, err) = run(&[
+        "registry", "call", "game", "echo", "via etcd", "--etcd", &url,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "via etcd");
+    let (ok, pick, _) = run(&["registry", "pick", "game", "--etcd", &url]);
+    assert!(ok && pick.starts_with("game/m1"), "{pick}");
+    let (ok, _, _) = run(&["registry", "pick", "nosuch", "--etcd", &url]);
+    assert!(!ok, "no instance is an error");
+    drop(etcd);
+}
