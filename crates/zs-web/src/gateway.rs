@@ -120,7 +120,27 @@ async fn count_requests(
     next: axum::middleware::Next,
 ) -> Response {
     s.stats.http_requests.fetch_add(1, Relaxed);
+    let h = req.headers();
+    // Request smuggling: a body framed two ways (RFC 9112 §6.1 lets a server
+    // reject it; we do), or a transfer coding other than a final "chunked".
+    let te = h.get_all(header::TRANSFER_ENCODING).iter().count();
+    if te > 0 && h.contains_key(header::CONTENT_LENGTH) {
+        return refuse("Content-Length and Transfer-Encoding together");
+    }
+    if te > 1 || h.get(header::TRANSFER_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked")) {
+        return refuse("unsupported Transfer-Encoding");
+    }
     next.run(req).await
+}
+
+fn refuse(why: &'static str) -> Response {
+    tracing::warn!("zs-web: HTTP request refused: {why}");
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        [(header::CONNECTION, "close")],
+        why,
+    )
+        .into_response()
 }
 
 fn html(body: &'static str) -> Response {
