@@ -121,6 +121,7 @@ const CRATES: &[&str] = &[
     "zs-expr",
     "zserver",
     "zs-cli",
+    "zs-web",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -186,6 +187,10 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         (
             "zs-xnat",
             &["zs-core", "zs-io", "zs-crypto", "zs-wire", "zs-p2pvm"][..],
+        ),
+        (
+            "zs-web",
+            &["zs-core", "zs-io", "zs-io-tokio", "zs-crypto", "zs-wire"][..],
         ),
     ]);
     for (c, ok) in allowed {

@@ -11,6 +11,7 @@
 //! max_connections = 10000      # admission caps (connections refused beyond)
 //! max_connections_per_ip = 1000
 //! max_handshakes_per_ip = 64   # handshakes in progress from one address
+//! http = "127.0.0.1:8080"      # also serve the web face (dashboard, /ws, /metrics)
 //! ```
 //!
 //! Every other limit has the default documented in docs/PROTOCOL.md §3.7.
@@ -66,6 +67,10 @@ pub struct ServeArgs {
     /// Most handshakes in progress from one IP address [default: 64].
     #[arg(long)]
     pub max_handshakes_per_ip: Option<usize>,
+    /// Also serve the web face on this address: dashboard (/), WebSocket/JSON
+    /// gateway (/ws), Prometheus (/metrics), JavaScript client (/zs.js).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
 }
 
 /// The TOML configuration file.
@@ -80,6 +85,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     max_handshakes_per_ip: Option<usize>,
+    http: Option<SocketAddr>,
 }
 
 /// Formats a Unix time as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
@@ -238,6 +244,20 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     println!("fingerprint: {fingerprint}");
     println!("connect with: zs call echo hello --addr {local} --fingerprint {fingerprint}");
     println!("commands: echo, time, stats, bigsink (BigStream); Ctrl-C stops");
+    let web = match a.http.or(file.http) {
+        Some(http) => {
+            let config = zserver::web::Config {
+                addr: http,
+                ..Default::default()
+            };
+            let g = zserver::web::start(&server, config)
+                .map_err(|e| format!("cannot start the web face on {http}: {e}"))?;
+            let at = g.local_addr();
+            println!("web: dashboard http://{at}/  WebSocket ws://{at}/ws  metrics http://{at}/metrics");
+            Some(g)
+        }
+        None => None,
+    };
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -249,6 +269,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         "zs serve: shutting down ({} connections open)",
         server.connection_count()
     );
+    drop(web);
     server.shutdown();
     drop(server);
     println!("zs serve: stopped");

@@ -93,6 +93,9 @@ pub enum Error {
     /// The bridge backend could not be created.
     #[error("zs-web: backend: {0}")]
     Backend(#[from] zs_io::Error),
+    /// The configuration cannot work.
+    #[error("zs-web: configuration: {0}")]
+    Config(String),
 }
 
 /// Gateway settings. Every resource a client can make the gateway spend has a

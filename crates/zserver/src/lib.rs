@@ -77,6 +77,10 @@ pub use zs_p2pvm as p2pvm;
 #[cfg(feature = "core")]
 mod builder;
 
+/// The web face (`zs-web`): WebSocket/JSON gateway, dashboard, `/metrics`.
+#[cfg(feature = "web")]
+pub mod web;
+
 #[cfg(feature = "core")]
 pub use builder::{
     backend_by_name, backend_names, load_identity, load_or_create_identity, ClientBuilder,
