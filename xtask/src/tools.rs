@@ -39,8 +39,16 @@ pub struct Tool {
 /// Programs the test suite starts (`cargo xtask ci` installs them first).
 pub const TEST_TOOLS: &[Tool] = &[
     // one line per tool: Tool { program, source: Source::Apt(&[packages]), used_by }
-    Tool { program: "prometheus", source: Source::Apt(&["prometheus"]), used_by: "zs-web tests (scrape)" },
-    Tool { program: "chromedriver", source: Source::Apt(&["chromium", "chromium-driver"]), used_by: "zs-web tests (browser)" },
+    Tool {
+        program: "prometheus",
+        source: Source::Apt(&["prometheus"]),
+        used_by: "zs-web tests (scrape)",
+    },
+    Tool {
+        program: "chromedriver",
+        source: Source::Apt(&["chromium", "chromium-driver"]),
+        used_by: "zs-web tests (browser)",
+    },
 ];
 
 /// Programs a bench suite starts: (suite, tool).

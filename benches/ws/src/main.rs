@@ -37,21 +37,26 @@ fn request(id: u64) -> String {
 fn tungstenite_echo() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
         rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             tx.send(l.local_addr().expect("addr")).expect("send");
             loop {
                 let (s, _) = l.accept().await.expect("accept");
                 let _ = s.set_nodelay(true);
                 tokio::spawn(async move {
-                    let Ok(ws) = tokio_tungstenite::accept_async(s).await else { return };
+                    let Ok(ws) = tokio_tungstenite::accept_async(s).await else {
+                        return;
+                    };
                     let (mut tx, mut rx) = ws.split();
                     while let Some(Ok(m)) = rx.next().await {
-                        if m.is_text() || m.is_binary() {
-                            if tx.send(m).await.is_err() {
-                                return;
-                            }
+                        if (m.is_text() || m.is_binary()) && tx.send(m).await.is_err() {
+                            return;
                         }
                     }
                 });
@@ -63,7 +68,9 @@ fn tungstenite_echo() -> SocketAddr {
 
 /// Messages per second for `dur`, `window` in flight.
 async fn ws_client(url: &str, dur: Duration, window: usize) -> f64 {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
     let mut id = 0u64;
     let mut inflight = 0usize;
     let mut done = 0u64;
@@ -71,7 +78,9 @@ async fn ws_client(url: &str, dur: Duration, window: usize) -> f64 {
     while t0.elapsed() < dur {
         while inflight < window {
             id += 1;
-            ws.feed(Message::Text(request(id).into())).await.expect("send");
+            ws.feed(Message::Text(request(id).into()))
+                .await
+                .expect("send");
             inflight += 1;
         }
         ws.flush().await.expect("flush");
@@ -95,7 +104,11 @@ async fn ws_client(url: &str, dur: Duration, window: usize) -> f64 {
 
 fn main() {
     let opts = Options::from_env();
-    let dur = if opts.quick { Duration::from_millis(300) } else { Duration::from_secs(1) };
+    let dur = if opts.quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(1)
+    };
     let mut suite = Suite::from_options("ws", &opts, 3, 7);
 
     // The zs server: epoll (tokio elsewhere), one loop, pinned identity.
@@ -104,30 +117,52 @@ fn main() {
     let fp = id.fingerprint();
     let provider = Arc::new(zs_crypto::ZsSecurity::new(
         None,
-        Some(Arc::new(zs_crypto::ServerConfig::with_identity(Arc::new(id)))),
+        Some(Arc::new(zs_crypto::ServerConfig::with_identity(Arc::new(
+            id,
+        )))),
     ));
-    let one = zs_io::Config { loops: 1, ..Default::default() };
+    let one = zs_io::Config {
+        loops: 1,
+        ..Default::default()
+    };
     #[cfg(target_os = "linux")]
-    let backend: Arc<dyn zs_io::Backend> = Arc::new(zs_io_epoll::EpollBackend::new(one.clone()).expect("epoll"));
+    let backend: Arc<dyn zs_io::Backend> =
+        Arc::new(zs_io_epoll::EpollBackend::new(one.clone()).expect("epoll"));
     #[cfg(not(target_os = "linux"))]
-    let backend: Arc<dyn zs_io::Backend> = Arc::new(zs_io_tokio::TokioBackend::new(one.clone()).expect("tokio"));
+    let backend: Arc<dyn zs_io::Backend> =
+        Arc::new(zs_io_tokio::TokioBackend::new(one.clone()).expect("tokio"));
     let mut reg = zs_core::Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
     let server = Arc::new(
-        zs_core::Server::start(backend, provider, reg, zs_core::Options::default(), "127.0.0.1:0".parse().expect("addr"))
-            .expect("server"),
+        zs_core::Server::start(
+            backend,
+            provider,
+            reg,
+            zs_core::Options::default(),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .expect("server"),
     );
     let upstream = zs_web::Upstream::pinned(server.local_addr(), fp).expect("upstream");
     let client_up = upstream.clone();
     let gateway = zs_web::Gateway::start(
-        zs_web::Config { addr: "127.0.0.1:0".parse().expect("addr"), threads: 1, ..Default::default() },
+        zs_web::Config {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            threads: 1,
+            ..Default::default()
+        },
         upstream,
     )
     .expect("gateway");
     let gw_url = format!("ws://{}/ws", gateway.local_addr());
     let tung_url = format!("ws://{}/", tungstenite_echo());
 
-    let rt = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt"));
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt"),
+    );
     for (name, url, window) in [
         ("gateway-seq", gw_url.clone(), 1),
         ("tungstenite-seq", tung_url.clone(), 1),
@@ -135,7 +170,9 @@ fn main() {
         ("tungstenite-pipe", tung_url.clone(), WINDOW),
     ] {
         let rt = rt.clone();
-        suite.case(name, "msgs_per_s", Better::Higher, move || rt.block_on(ws_client(&url, dur, window)));
+        suite.case(name, "msgs_per_s", Better::Higher, move || {
+            rt.block_on(ws_client(&url, dur, window))
+        });
     }
     let text = "x".repeat(32);
     let srv = server.clone();

@@ -253,7 +253,9 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
             let g = zserver::web::start(&server, config)
                 .map_err(|e| format!("cannot start the web face on {http}: {e}"))?;
             let at = g.local_addr();
-            println!("web: dashboard http://{at}/  WebSocket ws://{at}/ws  metrics http://{at}/metrics");
+            println!(
+                "web: dashboard http://{at}/  WebSocket ws://{at}/ws  metrics http://{at}/metrics"
+            );
             Some(g)
         }
         None => None,

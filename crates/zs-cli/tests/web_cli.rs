@@ -17,7 +17,11 @@ impl Drop for Guard {
 fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
@@ -28,7 +32,15 @@ fn get(addr: SocketAddr, path: &str) -> String {
 fn serve_with_http_serves_dashboard_metrics_and_websocket() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_zs"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--loops", "1", "--http", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--loops",
+            "1",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -44,7 +56,13 @@ fn serve_with_http_serves_dashboard_metrics_and_websocket() {
             break;
         }
         if let Some(rest) = line.strip_prefix("web: dashboard http://") {
-            web = Some(rest.split('/').next().unwrap().parse::<SocketAddr>().unwrap());
+            web = Some(
+                rest.split('/')
+                    .next()
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap(),
+            );
             break;
         }
     }
@@ -74,6 +92,9 @@ fn serve_with_http_serves_dashboard_metrics_and_websocket() {
     assert_eq!(body, br#"{"id":1,"text":"web"}"#);
 
     let m = get(web, "/metrics");
-    assert!(m.contains("zs_command_calls_total{command=\"echo\",kind=\"console\"} 1"), "{m}");
+    assert!(
+        m.contains("zs_command_calls_total{command=\"echo\",kind=\"console\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("zs_web_connections_open 1"), "{m}");
 }

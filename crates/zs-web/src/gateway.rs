@@ -101,16 +101,27 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/dashboard", get(|| async { html(assets::DASHBOARD_HTML) }))
         .route("/zs.js", get(|| async { js(assets::ZS_JS) }))
         .route("/dashboard.js", get(|| async { js(assets::DASHBOARD_JS) }))
-        .route("/vendor/uPlot.iife.min.js", get(|| async { js(assets::UPLOT_JS) }))
+        .route(
+            "/vendor/uPlot.iife.min.js",
+            get(|| async { js(assets::UPLOT_JS) }),
+        )
         .route(
             "/vendor/uPlot.min.css",
-            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], assets::UPLOT_CSS) }),
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    assets::UPLOT_CSS,
+                )
+            }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_handler))
         .route("/api/stats", get(stats_handler))
         .route("/ws", get(ws_handler))
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            count_requests,
+        ))
         .with_state(shared)
 }
 
@@ -127,7 +138,10 @@ async fn count_requests(
     if te > 0 && h.contains_key(header::CONTENT_LENGTH) {
         return refuse("Content-Length and Transfer-Encoding together");
     }
-    if te > 1 || h.get(header::TRANSFER_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked")) {
+    if te > 1
+        || h.get(header::TRANSFER_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
         return refuse("unsupported Transfer-Encoding");
     }
     next.run(req).await
@@ -148,13 +162,20 @@ fn html(body: &'static str) -> Response {
 }
 
 fn js(body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn metrics_handler(State(s): State<Arc<Shared>>) -> Response {
     let body = crate::metrics::render(&s.metrics);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -189,7 +210,10 @@ async fn stats_handler(State(s): State<Arc<Shared>>) -> Response {
         })),
     });
     (
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         body.to_string(),
     )
         .into_response()
@@ -247,10 +271,12 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let tower = hyper_util::service::TowerToHyperService::new(app);
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(addr));
-                hyper::service::Service::call(&tower, req)
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(addr));
+                    hyper::service::Service::call(&tower, req)
+                },
+            );
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -258,7 +284,9 @@ pub(crate) async fn serve(
                 .keep_alive(true);
             match tls {
                 None => {
-                    let conn = http.serve_connection(TokioIo::new(tcp), svc).with_upgrades();
+                    let conn = http
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
                         r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%addr, "zs-web: http: {e}") },
@@ -277,7 +305,9 @@ pub(crate) async fn serve(
                             return;
                         }
                     };
-                    let conn = http.serve_connection(TokioIo::new(tls), svc).with_upgrades();
+                    let conn = http
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
                         r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%addr, "zs-web: http: {e}") },
@@ -298,16 +328,27 @@ async fn open_upstream(s: &Arc<Shared>, tx: mpsc::Sender<Out>) -> Result<Client,
         let (t1, t2, st1, st2) = (tx.clone(), tx.clone(), s.stats.clone(), s.stats.clone());
         let n1 = name.clone();
         reg.direct_console(name, move |peer, text| {
-            forward_push(&t1, &st1, peer, Message::Text(json::text_push(&n1, text).into()))
+            forward_push(
+                &t1,
+                &st1,
+                peer,
+                Message::Text(json::text_push(&n1, text).into()),
+            )
         });
         let n2 = name.clone();
         reg.direct_stream(name, move |peer, data| {
-            forward_push(&t2, &st2, peer, Message::Binary(json::binary_message(op::PUSH, 0, &n2, data)))
+            forward_push(
+                &t2,
+                &st2,
+                peer,
+                Message::Binary(json::binary_message(op::PUSH, 0, &n2, data)),
+            )
         });
     }
     let up = s.upstream.clone();
     tokio::task::spawn_blocking(move || {
-        Client::connect(up.backend, up.security, reg, up.options, up.addr).map_err(|e| e.to_string())
+        Client::connect(up.backend, up.security, reg, up.options, up.addr)
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -320,8 +361,14 @@ fn forward_push(tx: &mpsc::Sender<Out>, st: &WebStats, peer: &zs_core::Peer, m: 
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
             st.slow_readers.fetch_add(1, Relaxed);
-            tracing::warn!(peer = peer.id(), "zs-web: client does not read its pushes: closing");
-            let _ = tx.try_send(Out::Close(1008, "send queue full: the client does not read".into()));
+            tracing::warn!(
+                peer = peer.id(),
+                "zs-web: client does not read its pushes: closing"
+            );
+            let _ = tx.try_send(Out::Close(
+                1008,
+                "send queue full: the client does not read".into(),
+            ));
             // The writer closes on the next free slot; close the upstream too.
             peer.close("zs-web: WebSocket client does not read");
         }
@@ -384,7 +431,7 @@ async fn session(s: Arc<Shared>, socket: WebSocket, addr: SocketAddr) {
     });
 
     let in_flight = Arc::new(Semaphore::new(s.cfg.max_in_flight.max(1)));
-    let limits = s.cfg.limits.clone();
+    let limits = s.cfg.limits;
     let mut watchdog = tokio::time::interval(Duration::from_millis(250));
     loop {
         // Back-pressure: at the in-flight cap, stop reading until an answer goes out.
@@ -430,7 +477,10 @@ async fn session(s: Arc<Shared>, socket: WebSocket, addr: SocketAddr) {
             Err((id, e)) => {
                 s.stats.bad_messages.fetch_add(1, Relaxed);
                 tracing::debug!(%addr, "zs-web: bad message: {}", e.message);
-                if enqueue(&tx, Message::Text(json::error_reply(id, &e).into())).await.is_err() {
+                if enqueue(&tx, Message::Text(json::error_reply(id, &e).into()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
@@ -486,7 +536,12 @@ fn dispatch(
                 drop(permit);
             });
         }
-        WsRequest::Stream { id, cmd, data, binary } => {
+        WsRequest::Stream {
+            id,
+            cmd,
+            data,
+            binary,
+        } => {
             let fut = client.call_stream(&cmd, data);
             tokio::spawn(async move {
                 let out = match fut.await {
@@ -501,12 +556,16 @@ fn dispatch(
         }
         WsRequest::SendText { cmd, text } => {
             if let Err(e) = client.send_direct_console(&cmd, &text) {
-                let _ = tx.try_send(Out::Msg(Message::Text(json::error_reply(None, &WsError::from(e)).into())));
+                let _ = tx.try_send(Out::Msg(Message::Text(
+                    json::error_reply(None, &WsError::from(e)).into(),
+                )));
             }
         }
         WsRequest::SendData { cmd, data } => {
             if let Err(e) = client.send_direct_stream(&cmd, data) {
-                let _ = tx.try_send(Out::Msg(Message::Text(json::error_reply(None, &WsError::from(e)).into())));
+                let _ = tx.try_send(Out::Msg(Message::Text(
+                    json::error_reply(None, &WsError::from(e)).into(),
+                )));
             }
         }
     }

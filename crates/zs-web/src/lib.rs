@@ -245,10 +245,7 @@ impl Gateway {
         let std_listener = std::net::TcpListener::bind(config.addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
-        let tls = config
-            .tls
-            .clone()
-            .map(tokio_rustls::TlsAcceptor::from);
+        let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let backend = upstream.backend.clone();
         let shared = gateway::Shared::new(config, upstream);
         let stats = shared.stats.clone();

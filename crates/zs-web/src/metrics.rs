@@ -151,35 +151,128 @@ fn gauge(e: &mut Enc<'_>, name: &str, help: &str, v: i64) -> Result<(), std::fmt
 
 fn server_metrics(e: &mut Enc<'_>, s: &StatsSnapshot) -> Result<(), std::fmt::Error> {
     let g = |v: u64| v.min(i64::MAX as u64) as i64;
-    counter(e, "zs_connections_opened", "Connections accepted by the server.", s.connections_opened)?;
-    gauge(e, "zs_connections_open", "Connections open now.", g(s.connections_open))?;
-    counter(e, "zs_received_bytes", "Encrypted bytes received.", s.bytes_in)?;
+    counter(
+        e,
+        "zs_connections_opened",
+        "Connections accepted by the server.",
+        s.connections_opened,
+    )?;
+    gauge(
+        e,
+        "zs_connections_open",
+        "Connections open now.",
+        g(s.connections_open),
+    )?;
+    counter(
+        e,
+        "zs_received_bytes",
+        "Encrypted bytes received.",
+        s.bytes_in,
+    )?;
     counter(e, "zs_sent_bytes", "Encrypted bytes sent.", s.bytes_out)?;
-    counter(e, "zs_unknown_commands", "Requests for unregistered commands.", s.unknown_commands)?;
-    counter(e, "zs_protocol_errors", "Connections dropped for protocol, framing or security errors.", s.protocol_errors)?;
-    counter(e, "zs_refused_connections", "Connections refused at accept by an admission cap.", s.refused_connections)?;
-    counter(e, "zs_busy_refusals", "Requests answered BUSY (HPC queue full).", s.busy_refusals)?;
-    counter(e, "zs_reads_paused", "Times a connection's reading was paused by back-pressure.", s.reads_paused)?;
-    counter(e, "zs_stable_sessions", "StableIO sessions accepted.", s.stable_sessions)?;
-    counter(e, "zs_stable_resumed", "StableIO resumes on a new connection.", s.stable_resumed)?;
-    counter(e, "zs_stable_expired", "StableIO sessions dropped after the offline timeout.", s.stable_expired)?;
-    counter(e, "zs_stable_evicted", "StableIO sessions evicted by offline limits.", s.stable_evicted)?;
-    counter(e, "zs_stable_rejected", "StableIO resume requests refused.", s.stable_rejected)?;
-    gauge(e, "zs_stable_unacked_bytes", "StableIO bytes held unacknowledged now.", g(s.stable_unacked_bytes))?;
-    gauge(e, "zs_batch_staged_bytes", "BatchStream bytes staged now.", g(s.batch_staged_bytes))?;
+    counter(
+        e,
+        "zs_unknown_commands",
+        "Requests for unregistered commands.",
+        s.unknown_commands,
+    )?;
+    counter(
+        e,
+        "zs_protocol_errors",
+        "Connections dropped for protocol, framing or security errors.",
+        s.protocol_errors,
+    )?;
+    counter(
+        e,
+        "zs_refused_connections",
+        "Connections refused at accept by an admission cap.",
+        s.refused_connections,
+    )?;
+    counter(
+        e,
+        "zs_busy_refusals",
+        "Requests answered BUSY (HPC queue full).",
+        s.busy_refusals,
+    )?;
+    counter(
+        e,
+        "zs_reads_paused",
+        "Times a connection's reading was paused by back-pressure.",
+        s.reads_paused,
+    )?;
+    counter(
+        e,
+        "zs_stable_sessions",
+        "StableIO sessions accepted.",
+        s.stable_sessions,
+    )?;
+    counter(
+        e,
+        "zs_stable_resumed",
+        "StableIO resumes on a new connection.",
+        s.stable_resumed,
+    )?;
+    counter(
+        e,
+        "zs_stable_expired",
+        "StableIO sessions dropped after the offline timeout.",
+        s.stable_expired,
+    )?;
+    counter(
+        e,
+        "zs_stable_evicted",
+        "StableIO sessions evicted by offline limits.",
+        s.stable_evicted,
+    )?;
+    counter(
+        e,
+        "zs_stable_rejected",
+        "StableIO resume requests refused.",
+        s.stable_rejected,
+    )?;
+    gauge(
+        e,
+        "zs_stable_unacked_bytes",
+        "StableIO bytes held unacknowledged now.",
+        g(s.stable_unacked_bytes),
+    )?;
+    gauge(
+        e,
+        "zs_batch_staged_bytes",
+        "BatchStream bytes staged now.",
+        g(s.batch_staged_bytes),
+    )?;
 
-    let per = |e: &mut Enc<'_>, name: &str, help: &str, f: &dyn Fn(&zs_core::CommandSnapshot) -> u64| {
-        let mut me = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for c in &s.commands {
-            let labels = [("command", c.name.as_str()), ("kind", c.kind)];
-            ConstCounter::new(f(c)).encode(me.encode_family(&labels)?)?;
-        }
-        Ok::<(), std::fmt::Error>(())
-    };
-    per(e, "zs_command_calls", "Requests received per command.", &|c| c.calls)?;
-    per(e, "zs_command_errors", "Error answers per command.", &|c| c.errors)?;
-    per(e, "zs_command_received_bytes", "Request payload bytes per command.", &|c| c.bytes_in)?;
-    per(e, "zs_command_sent_bytes", "Answer payload bytes per command.", &|c| c.bytes_out)?;
+    let per =
+        |e: &mut Enc<'_>, name: &str, help: &str, f: &dyn Fn(&zs_core::CommandSnapshot) -> u64| {
+            let mut me = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for c in &s.commands {
+                let labels = [("command", c.name.as_str()), ("kind", c.kind)];
+                ConstCounter::new(f(c)).encode(me.encode_family(&labels)?)?;
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+    per(
+        e,
+        "zs_command_calls",
+        "Requests received per command.",
+        &|c| c.calls,
+    )?;
+    per(e, "zs_command_errors", "Error answers per command.", &|c| {
+        c.errors
+    })?;
+    per(
+        e,
+        "zs_command_received_bytes",
+        "Request payload bytes per command.",
+        &|c| c.bytes_in,
+    )?;
+    per(
+        e,
+        "zs_command_sent_bytes",
+        "Answer payload bytes per command.",
+        &|c| c.bytes_out,
+    )?;
     {
         let mut me = e.encode_descriptor(
             "zs_command_latency_seconds",
@@ -188,8 +281,17 @@ fn server_metrics(e: &mut Enc<'_>, s: &StatsSnapshot) -> Result<(), std::fmt::Er
             MetricType::Gauge,
         )?;
         for c in &s.commands {
-            for (q, us) in [("0.5", c.p50_us), ("0.9", c.p90_us), ("0.99", c.p99_us), ("1", c.max_us)] {
-                let labels = [("command", c.name.as_str()), ("kind", c.kind), ("quantile", q)];
+            for (q, us) in [
+                ("0.5", c.p50_us),
+                ("0.9", c.p90_us),
+                ("0.99", c.p99_us),
+                ("1", c.max_us),
+            ] {
+                let labels = [
+                    ("command", c.name.as_str()),
+                    ("kind", c.kind),
+                    ("quantile", q),
+                ];
                 ConstGauge::new(us as f64 / 1e6).encode(me.encode_family(&labels)?)?;
             }
         }
@@ -204,8 +306,18 @@ impl Collector for Metrics {
         }
         let w = &self.web;
         let l = |a: &AtomicU64| a.load(Relaxed);
-        gauge(&mut e, "zs_web_connections_open", "WebSocket sessions open now.", l(&w.open) as i64)?;
-        counter(&mut e, "zs_web_connections_opened", "WebSocket sessions opened.", l(&w.opened))?;
+        gauge(
+            &mut e,
+            "zs_web_connections_open",
+            "WebSocket sessions open now.",
+            l(&w.open) as i64,
+        )?;
+        counter(
+            &mut e,
+            "zs_web_connections_opened",
+            "WebSocket sessions opened.",
+            l(&w.opened),
+        )?;
         {
             let mut me = e.encode_descriptor(
                 "zs_web_connections_refused",
@@ -217,14 +329,54 @@ impl Collector for Metrics {
                 ConstCounter::new(l(v)).encode(me.encode_family(&[("reason", reason)])?)?;
             }
         }
-        counter(&mut e, "zs_web_upstream_failures", "WebSocket sessions whose server session could not be opened.", l(&w.upstream_failures))?;
-        counter(&mut e, "zs_web_bad_messages", "Messages that were not valid requests.", l(&w.bad_messages))?;
-        counter(&mut e, "zs_web_protocol_errors", "Connections closed for oversized messages or WebSocket protocol errors.", l(&w.protocol_errors))?;
-        counter(&mut e, "zs_web_slow_readers", "Connections closed because the client did not read.", l(&w.slow_readers))?;
-        counter(&mut e, "zs_web_messages_received", "WebSocket messages received.", l(&w.messages_in))?;
-        counter(&mut e, "zs_web_messages_sent", "WebSocket messages sent.", l(&w.messages_out))?;
-        counter(&mut e, "zs_web_pushes", "Server pushes forwarded to WebSocket clients.", l(&w.pushes))?;
-        counter(&mut e, "zs_web_http_requests", "HTTP requests served.", l(&w.http_requests))?;
+        counter(
+            &mut e,
+            "zs_web_upstream_failures",
+            "WebSocket sessions whose server session could not be opened.",
+            l(&w.upstream_failures),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_bad_messages",
+            "Messages that were not valid requests.",
+            l(&w.bad_messages),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_protocol_errors",
+            "Connections closed for oversized messages or WebSocket protocol errors.",
+            l(&w.protocol_errors),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_slow_readers",
+            "Connections closed because the client did not read.",
+            l(&w.slow_readers),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_messages_received",
+            "WebSocket messages received.",
+            l(&w.messages_in),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_messages_sent",
+            "WebSocket messages sent.",
+            l(&w.messages_out),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_pushes",
+            "Server pushes forwarded to WebSocket clients.",
+            l(&w.pushes),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_http_requests",
+            "HTTP requests served.",
+            l(&w.http_requests),
+        )?;
         {
             let mut me = e.encode_descriptor(
                 "zs_web_call_duration_seconds",

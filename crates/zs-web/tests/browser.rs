@@ -17,12 +17,17 @@ use serde_json::json;
 
 #[test]
 fn js_client_and_dashboard_in_chromium() {
-    let Some(driver) = tool("chromedriver") else { return };
+    let Some(driver) = tool("chromedriver") else {
+        return;
+    };
     if tool("chromium").is_none() {
         return;
     }
     let port = free_port();
-    let cfg = || zs_web::Config { addr: format!("127.0.0.1:{port}").parse().unwrap(), ..Default::default() };
+    let cfg = || zs_web::Config {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        ..Default::default()
+    };
     let rig1 = rig(cfg());
     let base = format!("http://127.0.0.1:{port}");
     let b = webdriver::Browser::start(&driver, 1280, 1000);
@@ -48,10 +53,19 @@ fn js_client_and_dashboard_in_chromium() {
         "##,
     );
     assert_eq!(v["echo"], "hello from chromium");
-    assert_eq!(v["many"], (0..20).map(|i| format!("m{i}")).collect::<Vec<_>>().join(","));
+    assert_eq!(
+        v["many"],
+        (0..20)
+            .map(|i| format!("m{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     assert_eq!(v["sum"], json!([{"t":"u64","v":42}]));
     assert_eq!(v["pushes"], json!(["ding", "noted:x"]));
-    assert_eq!(v["err"], json!({"isZs": true, "code": 404, "type": "unknown_command"}));
+    assert_eq!(
+        v["err"],
+        json!({"isZs": true, "code": 404, "type": "unknown_command"})
+    );
 
     // --- server restart: the client reconnects by itself ---
     drop(rig1);
@@ -80,15 +94,28 @@ fn js_client_and_dashboard_in_chromium() {
     let load = {
         let (stop, url) = (stop.clone(), rig2.ws_url());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let mut a = ws(&url).await;
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    send(&mut a, &format!(r#"{{"id":{n},"call":"echo","text":"load {n}"}}"#)).await;
+                    send(
+                        &mut a,
+                        &format!(r#"{{"id":{n},"call":"echo","text":"load {n}"}}"#),
+                    )
+                    .await;
                     recv(&mut a).await;
                     if n % 4 == 0 {
-                        send(&mut a, &format!(r#"{{"id":{n},"stream":"sum","data":[{{"t":"u32","v":{n}}}]}}"#)).await;
+                        send(
+                            &mut a,
+                            &format!(
+                                r#"{{"id":{n},"stream":"sum","data":[{{"t":"u32","v":{n}}}]}}"#
+                            ),
+                        )
+                        .await;
                         recv(&mut a).await;
                     }
                     n += 1;
@@ -123,11 +150,17 @@ fn js_client_and_dashboard_in_chromium() {
                  rate: d().rate, drawn, rows, counters, ws: document.getElementById("kpi-ws").textContent };
         "##,
     );
-    assert!(v["calls1"].as_u64().unwrap() > v["calls0"].as_u64().unwrap(), "{v}");
+    assert!(
+        v["calls1"].as_u64().unwrap() > v["calls0"].as_u64().unwrap(),
+        "{v}"
+    );
     assert_ne!(v["kpi0"], v["kpi1"], "{v}");
     assert!(v["rate"].as_f64().unwrap() > 0.0, "{v}");
     for id in ["chart-conns", "chart-calls", "chart-bytes", "chart-lat"] {
-        assert!(v["drawn"][id].as_u64().unwrap() > 500, "{id} not drawn: {v}");
+        assert!(
+            v["drawn"][id].as_u64().unwrap() > 500,
+            "{id} not drawn: {v}"
+        );
     }
     assert!(v["rows"].as_u64().unwrap() >= 2, "{v}");
     assert!(v["counters"].as_u64().unwrap() >= 10, "{v}");
@@ -137,7 +170,11 @@ fn js_client_and_dashboard_in_chromium() {
     std::fs::write(&out, &png).unwrap();
     println!("screenshot: {}", out.display());
     if std::env::var_os("ZS_UPDATE_SCREENSHOT").is_some() {
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard.png"), &png).unwrap();
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard.png"),
+            &png,
+        )
+        .unwrap();
     }
 
     // --- a phone screen: no horizontal scrolling, charts sized to it ---
@@ -150,7 +187,10 @@ fn js_client_and_dashboard_in_chromium() {
         "##,
     );
     let inner = v["inner"].as_f64().unwrap();
-    assert!(v["scroll"].as_f64().unwrap() <= inner + 1.0, "overflows a phone screen: {v}");
+    assert!(
+        v["scroll"].as_f64().unwrap() <= inner + 1.0,
+        "overflows a phone screen: {v}"
+    );
     assert!(v["chart"].as_f64().unwrap() <= inner, "{v}");
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();

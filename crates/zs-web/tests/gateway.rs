@@ -14,20 +14,33 @@ async fn console_call_and_many_in_flight_out_of_order() {
     let rig = rig(zs_web::Config::default());
     let mut ws = ws(&rig.ws_url()).await;
     send(&mut ws, r#"{"id":1,"call":"echo","text":"hello"}"#).await;
-    assert_eq!(recv(&mut ws).await, serde_json::json!({"id":1,"text":"hello"}));
+    assert_eq!(
+        recv(&mut ws).await,
+        serde_json::json!({"id":1,"text":"hello"})
+    );
 
     // A slow call first, then 20 fast ones: the fast answers overtake it.
     send(&mut ws, r#"{"id":100,"call":"slow","text":"400"}"#).await;
     for i in 0..20 {
-        send(&mut ws, &format!(r#"{{"id":{i},"call":"ECHO","text":"m{i}"}}"#)).await;
+        send(
+            &mut ws,
+            &format!(r#"{{"id":{i},"call":"ECHO","text":"m{i}"}}"#),
+        )
+        .await;
     }
     let mut got = Vec::new();
     for _ in 0..21 {
         got.push(recv(&mut ws).await);
     }
-    assert_eq!(got.last().unwrap(), &serde_json::json!({"id":100,"text":"slept 400"}));
+    assert_eq!(
+        got.last().unwrap(),
+        &serde_json::json!({"id":100,"text":"slept 400"})
+    );
     for i in 0..20 {
-        assert!(got.contains(&serde_json::json!({"id":i,"text":format!("m{i}")})), "answer {i}");
+        assert!(
+            got.contains(&serde_json::json!({"id":i,"text":format!("m{i}")})),
+            "answer {i}"
+        );
     }
 }
 
@@ -35,17 +48,33 @@ async fn console_call_and_many_in_flight_out_of_order() {
 async fn stream_calls_json_and_binary() {
     let rig = rig(zs_web::Config::default());
     let mut ws = ws(&rig.ws_url()).await;
-    send(&mut ws, r#"{"id":5,"stream":"sum","data":[{"t":"u32","v":40},{"t":"u32","v":2}]}"#).await;
-    assert_eq!(recv(&mut ws).await, serde_json::json!({"id":5,"data":[{"t":"u64","v":42}]}));
+    send(
+        &mut ws,
+        r#"{"id":5,"stream":"sum","data":[{"t":"u32","v":40},{"t":"u32","v":2}]}"#,
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await,
+        serde_json::json!({"id":5,"data":[{"t":"u64","v":42}]})
+    );
 
-    let req = zs_web::json::binary_message(zs_web::json::op::CALL_STREAM, 6, "sum", &DataFrame::new().with(1u32).with(2u32));
+    let req = zs_web::json::binary_message(
+        zs_web::json::op::CALL_STREAM,
+        6,
+        "sum",
+        &DataFrame::new().with(1u32).with(2u32),
+    );
     ws.send(Message::Binary(req)).await.unwrap();
     let b = recv(&mut ws).await;
     let bytes: Vec<u8> = serde_json::from_value(b["binary"].clone()).unwrap();
     assert_eq!(bytes[0], 0x81);
     assert_eq!(u64::from_le_bytes(bytes[1..9].try_into().unwrap()), 6);
     assert_eq!(bytes[9], 0);
-    let df = DataFrame::decode(&bytes::Bytes::copy_from_slice(&bytes[10..]), &Default::default()).unwrap();
+    let df = DataFrame::decode(
+        &bytes::Bytes::copy_from_slice(&bytes[10..]),
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(df, DataFrame::new().with(3u64));
 }
 
@@ -56,11 +85,17 @@ async fn pushes_direct_commands_and_broadcasts() {
     let mut b = ws(&rig.ws_url()).await;
     // A push from a handler, before its answer.
     send(&mut a, r#"{"id":1,"call":"pushme","text":"ding"}"#).await;
-    assert_eq!(recv(&mut a).await, serde_json::json!({"push":"push","text":"ding"}));
+    assert_eq!(
+        recv(&mut a).await,
+        serde_json::json!({"push":"push","text":"ding"})
+    );
     assert_eq!(recv(&mut a).await, serde_json::json!({"id":1,"text":"ok"}));
     // A direct command (no answer) whose handler pushes back.
     send(&mut a, r#"{"send":"note","text":"x"}"#).await;
-    assert_eq!(recv(&mut a).await, serde_json::json!({"push":"push","text":"noted:x"}));
+    assert_eq!(
+        recv(&mut a).await,
+        serde_json::json!({"push":"push","text":"noted:x"})
+    );
     // Make sure b's session is open, then broadcast from a: both get it.
     send(&mut b, r#"{"id":1,"call":"echo","text":""}"#).await;
     recv(&mut b).await;
@@ -69,9 +104,17 @@ async fn pushes_direct_commands_and_broadcasts() {
     for _ in 0..2 {
         seen_a.push(recv(&mut a).await);
     }
-    assert!(seen_a.contains(&serde_json::json!({"push":"news","text":"hi all"})), "{seen_a:?}");
-    assert!(seen_a.iter().any(|m| m["id"] == 2 && m["text"].as_str().unwrap().parse::<u64>().unwrap() >= 2));
-    assert_eq!(recv(&mut b).await, serde_json::json!({"push":"news","text":"hi all"}));
+    assert!(
+        seen_a.contains(&serde_json::json!({"push":"news","text":"hi all"})),
+        "{seen_a:?}"
+    );
+    assert!(seen_a
+        .iter()
+        .any(|m| m["id"] == 2 && m["text"].as_str().unwrap().parse::<u64>().unwrap() >= 2));
+    assert_eq!(
+        recv(&mut b).await,
+        serde_json::json!({"push":"news","text":"hi all"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,9 +149,16 @@ async fn typed_errors() {
     assert_eq!(e["error"]["type"], "unknown_command");
     send(&mut ws, r#"{"id":2,"call":"fail"}"#).await;
     let e = recv(&mut ws).await;
-    assert_eq!((e["error"]["code"].as_u64(), e["error"]["type"].as_str()), (Some(500), Some("handler_failed")));
+    assert_eq!(
+        (e["error"]["code"].as_u64(), e["error"]["type"].as_str()),
+        (Some(500), Some("handler_failed"))
+    );
     assert_eq!(e["error"]["message"], "it failed");
-    send(&mut ws, r#"{"id":3,"stream":"sum","data":[{"t":"str","v":"x"}]}"#).await;
+    send(
+        &mut ws,
+        r#"{"id":3,"stream":"sum","data":[{"t":"str","v":"x"}]}"#,
+    )
+    .await;
     let e = recv(&mut ws).await;
     assert_eq!(e["error"]["code"], 400);
     // The session carries on.
@@ -124,7 +174,11 @@ fn metrics_and_stats_endpoints() {
     rt.block_on(async {
         let mut ws = ws(&rig.ws_url()).await;
         for i in 0..5 {
-            send(&mut ws, &format!(r#"{{"id":{i},"call":"echo","text":"x"}}"#)).await;
+            send(
+                &mut ws,
+                &format!(r#"{{"id":{i},"call":"echo","text":"x"}}"#),
+            )
+            .await;
             recv(&mut ws).await;
         }
     });
@@ -144,7 +198,12 @@ fn metrics_and_stats_endpoints() {
         assert!(m.contains(needle), "/metrics lacks {needle:?}:\n{m}");
     }
     let s: serde_json::Value = serde_json::from_str(&get(rig.http(), "/api/stats")).unwrap();
-    let echo = s["server"]["commands"].as_array().unwrap().iter().find(|c| c["name"] == "echo").unwrap();
+    let echo = s["server"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "echo")
+        .unwrap();
     assert_eq!(echo["calls"], 5);
     assert_eq!(s["web"]["opened"], 1);
     // The static files.

@@ -17,7 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 async fn honest(rig: &Rig) {
     let mut ws = ws(&rig.ws_url()).await;
     send(&mut ws, r#"{"id":1,"call":"echo","text":"fine"}"#).await;
-    assert_eq!(recv(&mut ws).await, serde_json::json!({"id":1,"text":"fine"}));
+    assert_eq!(
+        recv(&mut ws).await,
+        serde_json::json!({"id":1,"text":"fine"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,14 +78,23 @@ async fn unknown_commands_are_typed_errors_and_metrics_stay_bounded() {
     assert_eq!(rig.server.stats().unknown_commands, 300);
     // Histogram labels are capped (256 names, then "other").
     let m = get(rig.http(), "/metrics");
-    let series = m.lines().filter(|l| l.starts_with("zs_web_call_duration_seconds_count")).count();
-    assert!(series <= zs_web::metrics::MAX_HISTOGRAM_COMMANDS + 1, "{series} series");
+    let series = m
+        .lines()
+        .filter(|l| l.starts_with("zs_web_call_duration_seconds_count"))
+        .count();
+    assert!(
+        series <= zs_web::metrics::MAX_HISTOGRAM_COMMANDS + 1,
+        "{series} series"
+    );
     assert!(m.contains("zs_web_call_duration_seconds_count{command=\"other\"}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_close_with_1009() {
-    let rig = rig(zs_web::Config { max_message: 1024, ..Default::default() });
+    let rig = rig(zs_web::Config {
+        max_message: 1024,
+        ..Default::default()
+    });
     let mut ws = ws(&rig.ws_url()).await;
     let big = format!(r#"{{"id":1,"call":"echo","text":"{}"}}"#, "x".repeat(2000));
     send(&mut ws, &big).await;
@@ -105,7 +117,11 @@ fn raw_ws(addr: std::net::SocketAddr) -> TcpStream {
         s.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     s
 }
 
@@ -141,7 +157,13 @@ async fn a_websocket_that_never_reads_is_disconnected() {
     let writer = std::thread::spawn(move || {
         let mut s = raw_ws(addr);
         s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
-        let req = frame(format!(r#"{{"id":1,"call":"echo","text":"{}"}}"#, "y".repeat(60_000)).as_bytes());
+        let req = frame(
+            format!(
+                r#"{{"id":1,"call":"echo","text":"{}"}}"#,
+                "y".repeat(60_000)
+            )
+            .as_bytes(),
+        );
         let start = Instant::now();
         let mut sent = 0usize;
         while start.elapsed() < Duration::from_secs(15) {
@@ -154,11 +176,16 @@ async fn a_websocket_that_never_reads_is_disconnected() {
     });
     let deadline = Instant::now() + Duration::from_secs(15);
     while rig.gateway.stats().slow_readers == 0 {
-        assert!(Instant::now() < deadline, "the non-reading client was not disconnected");
+        assert!(
+            Instant::now() < deadline,
+            "the non-reading client was not disconnected"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     honest(&rig).await;
-    let sent = tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
+    let sent = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
     assert!(sent > 0);
     // Its server session is gone too.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -170,9 +197,15 @@ async fn a_websocket_that_never_reads_is_disconnected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_to_a_client_that_does_not_read_disconnect_it() {
-    let rig = rig(zs_web::Config { send_queue: 4, write_timeout: Duration::from_secs(30), ..Default::default() });
+    let rig = rig(zs_web::Config {
+        send_queue: 4,
+        write_timeout: Duration::from_secs(30),
+        ..Default::default()
+    });
     let addr = rig.http();
-    let mut s = tokio::task::spawn_blocking(move || raw_ws(addr)).await.unwrap();
+    let mut s = tokio::task::spawn_blocking(move || raw_ws(addr))
+        .await
+        .unwrap();
     s.write_all(&frame(br#"{"id":1,"call":"echo"}"#)).unwrap();
     // Wait until its server session exists, then flood it with broadcasts.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -185,7 +218,10 @@ async fn pushes_to_a_client_that_does_not_read_disconnect_it() {
     while rig.gateway.stats().slow_readers == 0 {
         assert!(Instant::now() < deadline, "not disconnected");
         for _ in 0..50 {
-            rig.server.broadcast(&zs_wire::Frame::DirectConsole { cmd: "news".into(), text: big.as_str().into() });
+            rig.server.broadcast(&zs_wire::Frame::DirectConsole {
+                cmd: "news".into(),
+                text: big.as_str().into(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -209,26 +245,43 @@ fn http_request_smuggling_attempts_are_refused() {
         assert!(!r.contains("uptime_ms"), "smuggled request was served: {r}");
     }
     // Two different Content-Lengths.
-    let r = raw_http(rig.http(), b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde");
+    let r = raw_http(
+        rig.http(),
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    );
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     // An obfuscated Transfer-Encoding.
-    let r = raw_http(rig.http(), b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n");
-    assert!(r.starts_with("HTTP/1.1 400") || r.starts_with("HTTP/1.1 501"), "{r}");
+    let r = raw_http(
+        rig.http(),
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 400") || r.starts_with("HTTP/1.1 501"),
+        "{r}"
+    );
     // Header too large.
     let mut big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 1_000_000));
     big.extend_from_slice(b"\r\n\r\n");
     let r = raw_http(rig.http(), &big);
-    assert!(r.starts_with("HTTP/1.1 431") || r.is_empty(), "{}", &r[..r.len().min(100)]);
+    assert!(
+        r.starts_with("HTTP/1.1 431") || r.is_empty(),
+        "{}",
+        &r[..r.len().min(100)]
+    );
     // A correct request on a fresh connection still works.
     assert_eq!(get(rig.http(), "/healthz"), "ok\n");
 }
 
 #[test]
 fn slow_headers_are_cut_off() {
-    let rig = rig(zs_web::Config { header_timeout: Duration::from_millis(300), ..Default::default() });
+    let rig = rig(zs_web::Config {
+        header_timeout: Duration::from_millis(300),
+        ..Default::default()
+    });
     let mut s = TcpStream::connect(rig.http()).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let t = Instant::now();
     let mut out = Vec::new();
@@ -238,19 +291,30 @@ fn slow_headers_are_cut_off() {
 
 #[test]
 fn connection_caps_per_ip_and_per_process() {
-    let rig = rig(zs_web::Config { max_connections_per_ip: 3, ..Default::default() });
-    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(rig.http()).unwrap()).collect();
+    let rig = rig(zs_web::Config {
+        max_connections_per_ip: 3,
+        ..Default::default()
+    });
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(rig.http()).unwrap())
+        .collect();
     // The 4th is closed at accept.
     let mut s = TcpStream::connect(rig.http()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut buf = [0u8; 64];
-    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "4th connection was served");
+    assert!(
+        matches!(s.read(&mut buf), Ok(0) | Err(_)),
+        "4th connection was served"
+    );
     drop(held);
     // Slots come back.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r = raw_http(rig.http(), b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let r = raw_http(
+            rig.http(),
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         if r.starts_with("HTTP/1.1 200") {
             break;
         }
@@ -267,7 +331,9 @@ fn connection_caps_per_ip_and_per_process() {
     assert!(refused >= 1, "{m}");
 
     let rig = rig_total_cap();
-    let _held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(rig.http()).unwrap()).collect();
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(rig.http()).unwrap())
+        .collect();
     let mut s = TcpStream::connect(rig.http()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -275,21 +341,38 @@ fn connection_caps_per_ip_and_per_process() {
 }
 
 fn rig_total_cap() -> Rig {
-    rig(zs_web::Config { max_connections: 2, ..Default::default() })
+    rig(zs_web::Config {
+        max_connections: 2,
+        ..Default::default()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_cap_pauses_reading_instead_of_queueing() {
-    let rig = rig(zs_web::Config { max_in_flight: 4, ..Default::default() });
+    let rig = rig(zs_web::Config {
+        max_in_flight: 4,
+        ..Default::default()
+    });
     let mut ws = ws(&rig.ws_url()).await;
     for i in 0..12 {
-        send(&mut ws, &format!(r#"{{"id":{i},"call":"slow","text":"200"}}"#)).await;
+        send(
+            &mut ws,
+            &format!(r#"{{"id":{i},"call":"slow","text":"200"}}"#),
+        )
+        .await;
     }
     let t = Instant::now();
     for _ in 0..12 {
-        assert!(recv(&mut ws).await["text"].as_str().unwrap().starts_with("slept"));
+        assert!(recv(&mut ws).await["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("slept"));
     }
     // 12 calls of 200 ms, 4 at a time: at least 3 rounds.
-    assert!(t.elapsed() >= Duration::from_millis(550), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(rig.gateway.stats().slow_readers == 0);
 }

@@ -18,14 +18,20 @@ impl Drop for Kill {
 
 #[test]
 fn prometheus_scrapes_our_series() {
-    let Some(bin) = tool("prometheus") else { return };
+    let Some(bin) = tool("prometheus") else {
+        return;
+    };
     let rig = rig(zs_web::Config::default());
     // Traffic, so the per-command series exist.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut ws = ws(&rig.ws_url()).await;
         for i in 0..3 {
-            send(&mut ws, &format!(r#"{{"id":{i},"call":"echo","text":"p"}}"#)).await;
+            send(
+                &mut ws,
+                &format!(r#"{{"id":{i},"call":"echo","text":"p"}}"#),
+            )
+            .await;
             recv(&mut ws).await;
         }
         drop(ws);
@@ -44,7 +50,10 @@ fn prometheus_scrapes_our_series() {
     let _prom = Kill(
         Command::new(bin)
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -76,7 +85,10 @@ fn prometheus_scrapes_our_series() {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "Prometheus never had our series; last answer: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never had our series; last answer: {r}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }

@@ -9,8 +9,14 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 fn blocks() -> Vec<(String, Vec<String>)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md")).unwrap();
-    let part = &doc[doc.find("# Part 5: WebSocket gateway (zs-web)").expect("Part 5 exists")..];
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/PROTOCOL.md"
+    ))
+    .unwrap();
+    let part = &doc[doc
+        .find("# Part 5: WebSocket gateway (zs-web)")
+        .expect("Part 5 exists")..];
     let mut out = Vec::new();
     let mut cur: Option<(String, Vec<String>)> = None;
     for line in part.lines() {
@@ -29,7 +35,10 @@ fn blocks() -> Vec<(String, Vec<String>)> {
 
 fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -50,13 +59,21 @@ async fn part5_examples_hold_byte_for_byte() {
             } else if let Some(t) = l.strip_prefix("> ") {
                 ws.send(Message::Text(t.into())).await.unwrap();
             } else if let Some(h) = l.strip_prefix("<hex ") {
-                let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+                let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
                 match m {
                     Message::Binary(b) => assert_eq!(hex(&b), hex(&unhex(h)), "block {name}"),
                     other => panic!("block {name}: expected binary {h}, got {other:?}"),
                 }
             } else if let Some(t) = l.strip_prefix("< ") {
-                let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+                let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
                 match m {
                     Message::Text(got) => assert_eq!(got.as_str(), t, "block {name}"),
                     other => panic!("block {name}: expected {t}, got {other:?}"),
@@ -74,7 +91,15 @@ fn binary_layout_matches_the_table() {
     let df = DataFrame::new().with(1u32).with(2u32);
     let m = zs_web::json::binary_message(zs_web::json::op::CALL_STREAM, 6, "sum", &df);
     println!("request {}", hex(&m));
-    println!("answer {}", hex(&zs_web::json::binary_message(zs_web::json::op::REPLY, 6, "", &DataFrame::new().with(3u64))));
+    println!(
+        "answer {}",
+        hex(&zs_web::json::binary_message(
+            zs_web::json::op::REPLY,
+            6,
+            "",
+            &DataFrame::new().with(3u64)
+        ))
+    );
     assert_eq!(m[0], 0x01);
     assert_eq!(&m[1..9], &6u64.to_le_bytes());
     assert_eq!(m[9], 3);

@@ -47,25 +47,36 @@ pub fn registry(server: Arc<OnceLock<Weak<Server>>>) -> Registry {
         let mut total = 0u64;
         let mut rd = d.reader();
         while rd.remaining() > 0 {
-            total += u64::from(rd.read_u32().map_err(|e| zs_core::HandlerError::new(400, e.to_string()))?);
+            total += u64::from(
+                rd.read_u32()
+                    .map_err(|e| zs_core::HandlerError::new(400, e.to_string()))?,
+            );
         }
         Ok(DataFrame::new().with(total))
     });
-    r.console("count", |p, _| Ok(p.with_state(|n: &mut u64| {
-        *n += 1;
-        n.to_string()
-    })));
+    r.console("count", |p, _| {
+        Ok(p.with_state(|n: &mut u64| {
+            *n += 1;
+            n.to_string()
+        }))
+    });
     r.console("whoami", |p, _| Ok(p.id().to_string()));
     r.console("pushme", |p, t| {
-        p.send_direct_console("push", t).map_err(|e| zs_core::HandlerError::new(500, e.to_string()))?;
+        p.send_direct_console("push", t)
+            .map_err(|e| zs_core::HandlerError::new(500, e.to_string()))?;
         Ok("ok".into())
     });
     r.console("bcast", move |_, t| {
         let s = server.get().and_then(Weak::upgrade).ok_or("no server")?;
-        let n = s.broadcast(&Frame::DirectConsole { cmd: "news".into(), text: t.into() });
+        let n = s.broadcast(&Frame::DirectConsole {
+            cmd: "news".into(),
+            text: t.into(),
+        });
         Ok(n.to_string())
     });
-    r.console("fail", |_, _| Err(zs_core::HandlerError::new(500, "it failed")));
+    r.console("fail", |_, _| {
+        Err(zs_core::HandlerError::new(500, "it failed"))
+    });
     r.direct_console("note", |p, t| {
         let _ = p.send_direct_console("push", &format!("noted:{t}"));
     });
@@ -78,15 +89,28 @@ pub fn rig(mut cfg: zs_web::Config) -> Rig {
     let rng = ring::rand::SystemRandom::new();
     let (id, _) = ServerIdentity::generate(&rng).unwrap();
     let fp = id.fingerprint();
-    let provider = Arc::new(ZsSecurity::new(None, Some(Arc::new(ServerConfig::with_identity(Arc::new(id))))));
+    let provider = Arc::new(ZsSecurity::new(
+        None,
+        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
+    ));
     // epoll: its threads may be stopped from anywhere (a test's async context too).
     let backend = Arc::new(
-        zs_io_epoll::EpollBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap(),
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            ..Default::default()
+        })
+        .unwrap(),
     );
     let slot = Arc::new(OnceLock::new());
     let server = Arc::new(
-        Server::start(backend, provider, registry(slot.clone()), Options::default(), "127.0.0.1:0".parse().unwrap())
-            .unwrap(),
+        Server::start(
+            backend,
+            provider,
+            registry(slot.clone()),
+            Options::default(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap(),
     );
     let _ = slot.set(Arc::downgrade(&server));
     let weak = Arc::downgrade(&server);
@@ -103,7 +127,8 @@ pub fn rig(mut cfg: zs_web::Config) -> Rig {
     Rig { server, gateway }
 }
 
-pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub async fn ws(url: &str) -> Ws {
     tokio_tungstenite::connect_async(url).await.unwrap().0
@@ -124,7 +149,9 @@ pub async fn recv(ws: &mut Ws) -> serde_json::Value {
         match m {
             Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
             Message::Binary(b) => return serde_json::json!({ "binary": b.to_vec() }),
-            Message::Close(c) => return serde_json::json!({ "close": c.map(|c| u16::from(c.code)) }),
+            Message::Close(c) => {
+                return serde_json::json!({ "close": c.map(|c| u16::from(c.code)) })
+            }
             _ => continue,
         }
     }
@@ -149,9 +176,18 @@ pub fn raw_http(addr: SocketAddr, req: &[u8]) -> String {
 
 /// GET `path` over HTTP/1.1 (Connection: close); the body.
 pub fn get(addr: SocketAddr, path: &str) -> String {
-    let r = raw_http(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
-    assert!(r.starts_with("HTTP/1.1 200"), "GET {path}: {}", &r[..r.len().min(200)]);
-    r.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default()
+    let r = raw_http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 200"),
+        "GET {path}: {}",
+        &r[..r.len().min(200)]
+    );
+    r.split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default()
 }
 
 /// A required external program: its path, or None after printing the skip
@@ -172,5 +208,9 @@ pub fn tool(program: &str) -> Option<std::path::PathBuf> {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -15,7 +15,12 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<Value> {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<Value> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -73,16 +78,34 @@ impl Browser {
                 ]
             }
         }}});
-        let mut b = Browser { driver, addr, session: String::new(), _profile: profile };
+        let mut b = Browser {
+            driver,
+            addr,
+            session: String::new(),
+            _profile: profile,
+        };
         let v = http(addr, "POST", "/session", Some(&caps)).unwrap();
-        b.session = v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {v}")).to_owned();
-        b.cmd("POST", "timeouts", json!({"script": 30000, "pageLoad": 30000}));
+        b.session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_owned();
+        b.cmd(
+            "POST",
+            "timeouts",
+            json!({"script": 30000, "pageLoad": 30000}),
+        );
         b
     }
 
     fn cmd(&self, method: &str, what: &str, body: Value) -> Value {
         let path = format!("/session/{}/{what}", self.session);
-        let v = http(self.addr, method, &path, if method == "GET" { None } else { Some(&body) }).unwrap();
+        let v = http(
+            self.addr,
+            method,
+            &path,
+            if method == "GET" { None } else { Some(&body) },
+        )
+        .unwrap();
         if v["value"].get("error").is_some() {
             panic!("webdriver {what}: {}", v["value"]);
         }
@@ -98,7 +121,11 @@ impl Browser {
         let script = format!(
             "const done = arguments[arguments.length - 1];\n(async () => {{ {body} }})().then(done, (e) => done({{ thrown: String(e && e.stack || e) }}));"
         );
-        let v = self.cmd("POST", "execute/async", json!({ "script": script, "args": [] }));
+        let v = self.cmd(
+            "POST",
+            "execute/async",
+            json!({ "script": script, "args": [] }),
+        );
         if let Some(t) = v.get("thrown") {
             panic!("script threw: {t}");
         }
@@ -119,7 +146,12 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let _ = http(self.addr, "DELETE", &format!("/session/{}", self.session), Some(&json!({})));
+            let _ = http(
+                self.addr,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                Some(&json!({})),
+            );
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
