@@ -190,22 +190,27 @@ pub struct Upstream {
 
 impl Upstream {
     /// The server at `addr` whose identity has `fingerprint`, reached through a
-    /// one-loop tokio backend with [`zs_core::Options::client`] (no keepalive:
-    /// the link is local).
+    /// one-loop backend (epoll on Linux, tokio elsewhere) with
+    /// [`zs_core::Options::client`] (its keepalive keeps an idle browser's
+    /// session alive past the server's idle timeout). On Linux the backend may
+    /// be dropped anywhere, an async context included.
     pub fn pinned(addr: SocketAddr, fingerprint: Fingerprint) -> Result<Upstream, Error> {
-        let backend = zs_io_tokio::TokioBackend::new(zs_io::Config {
+        let io = zs_io::Config {
             loops: 1,
             ..Default::default()
-        })?;
-        let mut options = zs_core::Options::client();
-        options.keepalive = None;
+        };
+        #[cfg(target_os = "linux")]
+        let backend: Arc<dyn Backend> = Arc::new(zs_io_epoll::EpollBackend::new(io)?);
+        #[cfg(not(target_os = "linux"))]
+        let backend: Arc<dyn Backend> = Arc::new(zs_io_tokio::TokioBackend::new(io)?);
+        let options = zs_core::Options::client();
         Ok(Upstream {
             addr,
             security: Arc::new(ZsSecurity::new(
                 Some(Arc::new(ClientConfig::pinned(fingerprint))),
                 None,
             )),
-            backend: Arc::new(backend),
+            backend,
             options,
             stats: None,
         })

@@ -211,3 +211,30 @@ fn metrics_and_stats_endpoints() {
     assert!(get(rig.http(), "/zs.js").contains("export class ZsClient"));
     assert!(get(rig.http(), "/vendor/uPlot.iife.min.js").len() > 40_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_keeps_its_server_session() {
+    // The server drops connections idle for 600 ms; the bridge's keepalive
+    // (on by default; 150 ms here) keeps a quiet browser's session, and its
+    // state, alive.
+    let fp = zs_crypto::ServerIdentity::generate(&ring::rand::SystemRandom::new())
+        .unwrap()
+        .0
+        .fingerprint();
+    let default = zs_web::Upstream::pinned("127.0.0.1:1".parse().unwrap(), fp).unwrap();
+    assert!(default.options.keepalive.is_some());
+    let opts = zs_core::Options {
+        idle_timeout: Some(std::time::Duration::from_millis(600)),
+        ..Default::default()
+    };
+    let rig = rig_with(zs_web::Config::default(), opts, |up| {
+        up.options.keepalive = Some(std::time::Duration::from_millis(150));
+    });
+    let mut ws = ws(&rig.ws_url()).await;
+    send(&mut ws, r#"{"id":1,"call":"count"}"#).await;
+    assert_eq!(recv(&mut ws).await["text"], "1");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    send(&mut ws, r#"{"id":2,"call":"count"}"#).await;
+    assert_eq!(recv(&mut ws).await["text"], "2");
+    assert_eq!(rig.server.stats().connections_opened, 1);
+}

@@ -85,7 +85,16 @@ pub fn registry(server: Arc<OnceLock<Weak<Server>>>) -> Registry {
 
 /// Starts a server (tokio backend, 1 loop) and a gateway with `cfg` (addr
 /// forced to 127.0.0.1:0 unless set to a non-zero port).
-pub fn rig(mut cfg: zs_web::Config) -> Rig {
+pub fn rig(cfg: zs_web::Config) -> Rig {
+    rig_with(cfg, Options::default(), |_| {})
+}
+
+/// [`rig`] with the server's options and a last touch on the upstream.
+pub fn rig_with(
+    mut cfg: zs_web::Config,
+    server_options: Options,
+    touch: impl FnOnce(&mut zs_web::Upstream),
+) -> Rig {
     let rng = ring::rand::SystemRandom::new();
     let (id, _) = ServerIdentity::generate(&rng).unwrap();
     let fp = id.fingerprint();
@@ -107,16 +116,17 @@ pub fn rig(mut cfg: zs_web::Config) -> Rig {
             backend,
             provider,
             registry(slot.clone()),
-            Options::default(),
+            server_options,
             "127.0.0.1:0".parse().unwrap(),
         )
         .unwrap(),
     );
     let _ = slot.set(Arc::downgrade(&server));
     let weak = Arc::downgrade(&server);
-    let up = zs_web::Upstream::pinned(server.local_addr(), fp)
+    let mut up = zs_web::Upstream::pinned(server.local_addr(), fp)
         .unwrap()
         .with_stats(Arc::new(move || weak.upgrade().map(|s| s.stats())));
+    touch(&mut up);
     if cfg.addr.port() == 8080 {
         cfg.addr = "127.0.0.1:0".parse().unwrap();
     }
