@@ -430,6 +430,7 @@ async fn session(s: Arc<Shared>, socket: WebSocket, addr: SocketAddr) {
         }
     });
 
+    let wabort = writer.abort_handle();
     let in_flight = Arc::new(Semaphore::new(s.cfg.max_in_flight.max(1)));
     let limits = s.cfg.limits;
     let mut watchdog = tokio::time::interval(Duration::from_millis(250));
@@ -438,14 +439,14 @@ async fn session(s: Arc<Shared>, socket: WebSocket, addr: SocketAddr) {
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => p.expect("never closed"),
             _ = watchdog.tick() => {
-                if !client.is_connected() { close(&tx, 1012, "server session lost").await; break; }
+                if !client.is_connected() { close(&tx, &wabort, 1012, "server session lost"); break; }
                 continue;
             }
         };
         let msg = tokio::select! {
             m = stream.next() => m,
             _ = watchdog.tick() => {
-                if !client.is_connected() { close(&tx, 1012, "server session lost").await; break; }
+                if !client.is_connected() { close(&tx, &wabort, 1012, "server session lost"); break; }
                 drop(permit);
                 continue;
             }
@@ -457,7 +458,8 @@ async fn session(s: Arc<Shared>, socket: WebSocket, addr: SocketAddr) {
                 // refuses it before buffering beyond the limit.
                 s.stats.protocol_errors.fetch_add(1, Relaxed);
                 tracing::warn!(%addr, "zs-web: WebSocket error, closing: {e}");
-                close(&tx, 1009, &short(&e.to_string())).await;
+                let text = short(&e.to_string());
+                close(&tx, &wabort, close_code(e), &text);
                 break;
             }
             None => break,
@@ -496,6 +498,17 @@ async fn session(s: Arc<Shared>, socket: WebSocket, addr: SocketAddr) {
     tracing::debug!(%addr, "zs-web: session closed");
 }
 
+/// The RFC 6455 close code for a receive error: 1009 (too big), 1007
+/// (invalid UTF-8 in a text message), else 1002 (protocol error).
+fn close_code(e: axum::Error) -> u16 {
+    use tokio_tungstenite::tungstenite::Error as T;
+    match e.into_inner().downcast_ref::<T>() {
+        Some(T::Capacity(_)) => 1009,
+        Some(T::Utf8(_)) => 1007,
+        _ => 1002,
+    }
+}
+
 fn short(s: &str) -> String {
     // A close reason is at most 123 bytes.
     let mut end = s.len().min(120);
@@ -505,8 +518,12 @@ fn short(s: &str) -> String {
     s[..end].to_owned()
 }
 
-async fn close(tx: &mpsc::Sender<Out>, code: u16, reason: &str) {
-    let _ = tx.send(Out::Close(code, reason.to_owned())).await;
+/// Queues a close frame; if the queue is full the client is not reading, so
+/// the writer is aborted (the socket dropped) instead of waiting for it.
+fn close(tx: &mpsc::Sender<Out>, writer: &tokio::task::AbortHandle, code: u16, reason: &str) {
+    if tx.try_send(Out::Close(code, reason.to_owned())).is_err() {
+        writer.abort();
+    }
 }
 
 async fn enqueue(tx: &mpsc::Sender<Out>, m: Message) -> Result<(), ()> {
