@@ -10,13 +10,14 @@ function width(el) {
   return Math.max(200, el.clientWidth || 300);
 }
 
-function makeChart(id, series, yLabel) {
+function makeChart(id, series, yLabel, style) {
   const el = document.getElementById(id);
   el.innerHTML = "";
+  const st = style || ((s, i) => ({ label: s, stroke: palette[i % palette.length], width: 2 }));
   const opts = {
     width: width(el),
     height: 200,
-    series: [{}].concat(series.map((s, i) => ({ label: s, stroke: palette[i % palette.length], width: 2 }))),
+    series: [{}].concat(series.map(st)),
     axes: [{}, { label: yLabel, size: 60 }],
     scales: { x: { time: true } },
     legend: { live: false },
@@ -34,7 +35,7 @@ function cmdSeries(name) {
   let s = state.cmds.get(name);
   if (!s) {
     // New command: back-fill so every series has the same length as `t`.
-    s = { calls: state.t.map(() => null), bytes: state.t.map(() => null), p99: state.t.map(() => null) };
+    s = { calls: state.t.map(() => null), bytes: state.t.map(() => null), p50: state.t.map(() => null), p99: state.t.map(() => null) };
     state.cmds.set(name, s);
   }
   return s;
@@ -48,12 +49,19 @@ function render() {
     state.charts.conns = state.charts.conns || makeChart("chart-conns", ["zs connections", "WebSocket sessions"], "open");
     state.charts.calls = makeChart("chart-calls", names, "calls/s");
     state.charts.bytes = makeChart("chart-bytes", names, "bytes/s");
-    state.charts.lat = makeChart("chart-lat", names, "ms");
+    // p99 solid, p50 dashed, same colour per command.
+    const lat = names.flatMap((n) => [n + " p99", n + " p50"]);
+    state.charts.lat = makeChart("chart-lat", lat, "ms", (s, i) => ({
+      label: s,
+      stroke: palette[Math.floor(i / 2) % palette.length],
+      width: i % 2 ? 1 : 2,
+      dash: i % 2 ? [4, 4] : undefined,
+    }));
   }
   state.charts.conns.setData([state.t, state.conns, state.ws]);
   state.charts.calls.setData([state.t].concat(names.map((n) => state.cmds.get(n).calls)));
   state.charts.bytes.setData([state.t].concat(names.map((n) => state.cmds.get(n).bytes)));
-  state.charts.lat.setData([state.t].concat(names.map((n) => state.cmds.get(n).p99)));
+  state.charts.lat.setData([state.t].concat(names.flatMap((n) => [state.cmds.get(n).p99, state.cmds.get(n).p50])));
 }
 
 function table(id, rows) {
@@ -101,6 +109,7 @@ async function tick() {
     push(ser.calls, cr);
     push(ser.bytes, br);
     push(ser.p99, c.p99_us / 1000);
+    push(ser.p50, c.p50_us / 1000);
     calls += c.calls;
     rate += cr;
     bytes += br;
@@ -110,6 +119,7 @@ async function tick() {
       push(ser.calls, null);
       push(ser.bytes, null);
       push(ser.p99, null);
+      push(ser.p50, null);
     }
   }
   state.last = { at: now, srv };

@@ -147,6 +147,18 @@ fn raw_ws(addr: std::net::SocketAddr) -> TcpStream {
     s
 }
 
+/// This process's resident set, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A masked client text frame.
 fn frame(text: &[u8]) -> Vec<u8> {
     let mut f = vec![0x81u8];
@@ -175,6 +187,7 @@ async fn a_websocket_that_never_reads_is_disconnected() {
         ..Default::default()
     });
     let addr = rig.http();
+    let rss0 = rss_kib();
     // Ask for ~60 KB answers, forever, and never read one.
     let writer = std::thread::spawn(move || {
         let mut s = raw_ws(addr);
@@ -209,6 +222,13 @@ async fn a_websocket_that_never_reads_is_disconnected() {
         .await
         .unwrap();
     assert!(sent > 0);
+    // Memory stayed bounded: at most in-flight + queued answers (8 + 8 of
+    // 60 KB) and socket buffers.
+    let grew = rss_kib().saturating_sub(rss0);
+    assert!(
+        grew < 64 * 1024,
+        "RSS grew by {grew} KiB after {sent} requests of 60 KB"
+    );
     // Its server session is gone too.
     let deadline = Instant::now() + Duration::from_secs(5);
     while rig.gateway.stats().open > 0 {
