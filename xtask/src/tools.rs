@@ -58,6 +58,15 @@ pub const TEST_TOOLS: &[Tool] = &[
         program: "protoc",
         source: Source::Apt(&["protobuf-compiler"]),
         used_by: "etcd-client build script (zs-registry)",
+    Tool {
+        program: "prometheus",
+        source: Source::Apt(&["prometheus"]),
+        used_by: "zs-web tests (scrape)",
+    },
+    Tool {
+        program: "chromedriver",
+        source: Source::Apt(&["chromium", "chromium-driver"]),
+        used_by: "zs-web tests (browser)",
     },
 ];
 

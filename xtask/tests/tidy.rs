@@ -124,6 +124,7 @@ const CRATES: &[&str] = &[
     "zs-cli",
     "zs-services",
     "zs-registry",
+    "zs-web",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -196,6 +197,16 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
             &["zs-core", "zs-db", "zs-crypto", "zs-wire"][..],
         ),
         ("zs-registry", &["zs-core", "zs-db"][..]),
+            "zs-web",
+            &[
+                "zs-core",
+                "zs-io",
+                "zs-io-epoll",
+                "zs-io-tokio",
+                "zs-crypto",
+                "zs-wire",
+            ][..],
+        ),
     ]);
     for (c, ok) in allowed {
         for d in g.direct(c) {

@@ -12,6 +12,7 @@
 //! max_connections_per_ip = 1000
 //! max_handshakes_per_ip = 64   # handshakes in progress from one address
 //! data = "./zs-data"           # the services' store (accounts, messages)
+//! http = "127.0.0.1:8080"      # also serve the web face (dashboard, /ws, /metrics)
 //!
 //! [services]                   # all optional
 //! enabled = true               # false: only the demo commands
@@ -90,6 +91,10 @@ pub struct ServeArgs {
     /// Cluster registry: serve it (`--registry`) or join one (`--join`, `--join-etcd`).
     #[command(flatten)]
     pub cluster: crate::registry::ServeCluster,
+    /// Also serve the web face on this address: dashboard (/), WebSocket/JSON
+    /// gateway (/ws), Prometheus (/metrics), JavaScript client (/zs.js).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
 }
 
 /// The TOML configuration file.
@@ -106,6 +111,7 @@ struct FileConfig {
     max_handshakes_per_ip: Option<usize>,
     data: Option<PathBuf>,
     services: Option<crate::services::ServicesFile>,
+    http: Option<SocketAddr>,
 }
 
 /// Formats a Unix time as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
@@ -294,6 +300,22 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     println!("fingerprint: {fingerprint}");
     println!("connect with: zs call echo hello --addr {local} --fingerprint {fingerprint}");
     println!("commands: echo, time, stats, bigsink (BigStream); Ctrl-C stops");
+    let web = match a.http.or(file.http) {
+        Some(http) => {
+            let config = zserver::web::Config {
+                addr: http,
+                ..Default::default()
+            };
+            let g = zserver::web::start(&server, config)
+                .map_err(|e| format!("cannot start the web face on {http}: {e}"))?;
+            let at = g.local_addr();
+            println!(
+                "web: dashboard http://{at}/  WebSocket ws://{at}/ws  metrics http://{at}/metrics"
+            );
+            Some(g)
+        }
+        None => None,
+    };
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -305,6 +327,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         "zs serve: shutting down ({} connections open)",
         server.connection_count()
     );
+    drop(web);
     server.shutdown();
     drop(server);
     if let Some(s) = services {

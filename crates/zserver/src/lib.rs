@@ -105,6 +105,9 @@ mod registry;
 pub use registry::{
     cluster, connect_instance, join_cluster, FailoverClient, LoadSource, Member, META_FINGERPRINT,
 };
+/// The web face (`zs-web`): WebSocket/JSON gateway, dashboard, `/metrics`.
+#[cfg(feature = "web")]
+pub mod web;
 
 #[cfg(feature = "core")]
 pub use builder::{
