@@ -382,7 +382,9 @@ impl RemoteQuery {
     /// Like [`RemoteQuery::next_batch`], giving up after `limit` with
     /// [`Error::TimedOut`] (the query goes on).
     pub fn next_batch_timeout(&mut self, limit: Option<Duration>) -> Option<Result<Vec<Record>>> {
-        self.end?;
+        if self.end.is_some() {
+            return None;
+        }
         let started = Instant::now();
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {

@@ -12,8 +12,8 @@ use crate::proto::Param;
 /// parameters in, keep or not out.
 pub type FilterFunction = Arc<dyn Fn(&RecordRef<'_>, &[(String, Param)]) -> bool + Send + Sync>;
 
-/// The prefix naming a parameter in an expression (`param.min_age`).
-pub const PARAM_PREFIX: &str = "param.";
+/// The prefix naming a parameter in an expression (`param_min_age`).
+pub const PARAM_PREFIX: &str = "param_";
 
 /// A compiled expression filter.
 pub struct ExprFilter {
@@ -60,7 +60,7 @@ pub fn param_to_field(p: &Param) -> FieldValue {
     }
 }
 
-/// Compiles `text`; `param.<name>` variables take the parameters' values (an
+/// Compiles `text`; `param_<name>` variables take the parameters' values (an
 /// unknown parameter is an error), other variables are record fields.
 pub fn compile_expr(text: &str, params: &[(String, Param)]) -> Result<ExprFilter, String> {
     let program = Engine::new().compile(text).map_err(|e| e.to_string())?;

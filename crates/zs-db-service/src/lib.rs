@@ -12,7 +12,7 @@
 //!   `Written` (answered once applied; synced within
 //!   [`ServiceConfig::group_commit`]).
 //! - **Queries** ([`QuerySpec`]): by id range (ids are the ordered primary key),
-//!   by a secondary-index range, or all; a zs-expr filter with `param.<name>`
+//!   by a secondary-index range, or all; a zs-expr filter with `param_<name>`
 //!   parameters and/or a filter function registered on the server; limit,
 //!   reverse. Results stream back in batches closed by size or time; the client
 //!   returns credit as it reads, so a reader that does not read stops the scan

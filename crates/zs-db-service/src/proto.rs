@@ -88,7 +88,7 @@ impl Durability {
     }
 }
 
-/// A query parameter value (`param.<name>` in a filter expression).
+/// A query parameter value (`param_<name>` in a filter expression).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Param {
     /// null
@@ -141,7 +141,7 @@ pub struct QuerySpec {
     pub filter: String,
     /// A filter function registered on the server (empty: none); both filters apply.
     pub function: String,
-    /// Named parameters (`param.<name>` in the expression; passed to the function).
+    /// Named parameters (`param_<name>` in the expression; passed to the function).
     pub params: Vec<(String, Param)>,
     /// Most results (0 = no limit).
     pub limit: u64,
