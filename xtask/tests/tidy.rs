@@ -121,6 +121,7 @@ const CRATES: &[&str] = &[
     "zs-expr",
     "zserver",
     "zs-cli",
+    "zs-db-service",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -183,6 +184,10 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         ("zs-p2pvm", &["zs-io", "zs-crypto", "zs-wire"][..]),
         ("zs-db", &["zs-wire", "zs-expr"][..]),
         ("zs-core", &["zs-wire", "zs-crypto", "zs-io"][..]),
+        (
+            "zs-db-service",
+            &["zs-core", "zs-db", "zs-expr", "zs-wire"][..],
+        ),
         (
             "zs-xnat",
             &["zs-core", "zs-io", "zs-crypto", "zs-wire", "zs-p2pvm"][..],
