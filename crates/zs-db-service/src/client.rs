@@ -19,6 +19,7 @@ use crate::proto::{
 
 /// What can go wrong on the client side.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The server refused the request (see [`crate::proto::errcode`]).
     #[error("refused ({code}): {message}")]
