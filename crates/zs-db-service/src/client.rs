@@ -13,7 +13,7 @@ use zs_core::{Client, Registry};
 use zs_db::{Kind, Record};
 
 use crate::proto::{
-    cmd, from_frame, to_frame, Answer, DecodeError, Durability, EndStatus, Limits, Oneway, Push,
+    cmd, from_frame, to_frame, Answer, Change, DecodeError, Durability, EndStatus, Limits, Oneway, Push,
     QueryProgress, QuerySpec, Request,
 };
 
@@ -75,6 +75,7 @@ type Connector = dyn Fn(Registry) -> zs_core::Result<Client> + Send + Sync;
 #[derive(Default)]
 struct Routes {
     queries: Mutex<HashMap<u64, Sender<Push>>>,
+    watches: Mutex<HashMap<u64, Sender<Push>>>,
     fastposts: Mutex<HashMap<u64, Arc<FpShared>>>,
 }
 
@@ -112,6 +113,11 @@ fn registry(routes: &Arc<Routes>, limits: Limits) -> Registry {
         match &push {
             Push::Batch { qid, .. } | Push::End { qid, .. } => {
                 if let Some(tx) = lock(&r.queries).get(qid) {
+                    let _ = tx.send(push);
+                }
+            }
+            Push::Changes { wid, .. } => {
+                if let Some(tx) = lock(&r.watches).get(wid) {
                     let _ = tx.send(push);
                 }
             }
@@ -320,6 +326,35 @@ impl DbClient {
         }
     }
 
+    /// Watches the changes of records `lo..=hi` of `db` (made through the
+    /// service), delivered in commit order.
+    pub fn watch(&self, db: &str, lo: u64, hi: u64) -> Result<WatchStream> {
+        let wid = self.inner.next_qid.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        lock(&self.inner.routes.watches).insert(wid, tx);
+        let req = Request::Watch {
+            wid,
+            db: db.into(),
+            lo,
+            hi,
+        };
+        match self.request(&req) {
+            Ok(Answer::Id(_)) => Ok(WatchStream {
+                client: self.clone(),
+                wid,
+                rx,
+                next_seq: 0,
+            }),
+            other => {
+                lock(&self.inner.routes.watches).remove(&wid);
+                match other {
+                    Ok(a) => Err(Error::Unexpected(Box::new(a))),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
     /// Opens a FastPost stream into `db` (see [`FastPost`]).
     pub fn fastpost(&self, db: &str, cfg: FastPostConfig) -> Result<FastPost> {
         let rng = ring::rand::SystemRandom::new();
@@ -484,6 +519,55 @@ impl Drop for RemoteQuery {
                 .call_stream(cmd::REQUEST, to_frame(Request::Stop { qid: self.qid }.encode()));
         }
         lock(&self.client.inner.routes.queries).remove(&self.qid);
+    }
+}
+
+/// A watch: the changes of each commit in the watched range, in commit order.
+/// Dropping it ends the watch on the server.
+pub struct WatchStream {
+    client: DbClient,
+    wid: u64,
+    rx: Receiver<Push>,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for WatchStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WatchStream({})", self.wid)
+    }
+}
+
+impl WatchStream {
+    /// The changes of the next commit, waiting at most `limit`; `Ok(None)` on
+    /// timeout. A gap in the server's numbering (changes lost with a
+    /// connection) is an error.
+    pub fn next_timeout(&mut self, limit: Duration) -> Result<Option<Vec<Change>>> {
+        match self.rx.recv_timeout(limit) {
+            Ok(Push::Changes { seq, changes, .. }) => {
+                if seq != self.next_seq {
+                    return Err(Error::QueryFailed(format!(
+                        "watch lost changes: commit {seq} came, {} expected",
+                        self.next_seq
+                    )));
+                }
+                self.next_seq += 1;
+                Ok(Some(changes))
+            }
+            Ok(_) | Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Net(
+                zs_core::Error::ConnectionLost("watch ended".into()),
+            )),
+        }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        lock(&self.client.inner.routes.watches).remove(&self.wid);
+        let _ = self
+            .client
+            .connection()
+            .call_stream(cmd::REQUEST, to_frame(Request::Unwatch { wid: self.wid }.encode()));
     }
 }
 

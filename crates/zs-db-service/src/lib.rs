@@ -61,13 +61,15 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod fanout;
 mod filter;
 pub mod proto;
 mod server;
 
-pub use client::{DbClient, Error, FastPost, FastPostConfig, RemoteQuery, Result};
+pub use client::{DbClient, Error, FastPost, FastPostConfig, RemoteQuery, Result, WatchStream};
+pub use fanout::{fan_out, FanOut, FanOutConfig, MergeOrder, ServerFailure};
 pub use filter::{compile_expr, ExprFilter, FilterFunction, PARAM_PREFIX};
 pub use proto::{
-    Answer, Durability, EndStatus, Limits, Param, QueryProgress, QuerySpec, Range, Request,
+    Answer, Change, Durability, EndStatus, Limits, Param, QueryProgress, QuerySpec, Range, Request,
 };
 pub use server::{check_client_name, DbService, ServiceConfig, MARKS_DB};

@@ -279,6 +279,23 @@ pub enum Request {
         /// Client-chosen stream id (random).
         stream: u64,
     },
+    /// Subscribes to the changes of records `lo..=hi` of `db` (client-chosen
+    /// `wid`); they come as [`Push::Changes`] in commit order.
+    Watch {
+        /// Watch id (client-chosen, shares the query id space).
+        wid: u64,
+        /// Database.
+        db: String,
+        /// First id (inclusive).
+        lo: u64,
+        /// Last id (inclusive).
+        hi: u64,
+    },
+    /// Ends a watch.
+    Unwatch {
+        /// Watch id.
+        wid: u64,
+    },
     /// Creates a secondary index on `field` of `db`.
     CreateIndex {
         /// Database.
@@ -338,6 +355,15 @@ pub enum EndStatus {
     Failed = 3,
 }
 
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Record `id` was inserted or replaced.
+    Put(Record),
+    /// Record `id` was deleted.
+    Delete(u64),
+}
+
 /// Server → client messages that are not answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Push {
@@ -360,6 +386,15 @@ pub enum Push {
         matched: u64,
         /// Error text (status `Failed`).
         message: String,
+    },
+    /// The changes of one commit seen by watch `wid` (commits in order).
+    Changes {
+        /// Watch id.
+        wid: u64,
+        /// Commit number of this watch (from 0; a gap means changes were lost).
+        seq: u64,
+        /// The commit's changes in the watched range, in order.
+        changes: Vec<Change>,
     },
     /// FastPost stream `stream`: every record up to `seq` is durable.
     FastPostAck {
@@ -560,6 +595,8 @@ const R_RESUME: u8 = 0x22;
 const R_STOP: u8 = 0x23;
 const R_PROGRESS: u8 = 0x24;
 const R_FP_OPEN: u8 = 0x30;
+const R_WATCH: u8 = 0x40;
+const R_UNWATCH: u8 = 0x41;
 
 impl Request {
     /// Encodes the request.
@@ -678,6 +715,17 @@ impl Request {
                 b.put_u8(R_PROGRESS);
                 b.put_u64_le(*qid);
             }
+            Request::Watch { wid, db, lo, hi } => {
+                b.put_u8(R_WATCH);
+                b.put_u64_le(*wid);
+                put_str(&mut b, db);
+                b.put_u64_le(*lo);
+                b.put_u64_le(*hi);
+            }
+            Request::Unwatch { wid } => {
+                b.put_u8(R_UNWATCH);
+                b.put_u64_le(*wid);
+            }
             Request::FastPostOpen { db, stream } => {
                 b.put_u8(R_FP_OPEN);
                 put_str(&mut b, db);
@@ -771,6 +819,13 @@ impl Request {
             R_RESUME => Request::Resume { qid: r.u64()? },
             R_STOP => Request::Stop { qid: r.u64()? },
             R_PROGRESS => Request::Progress { qid: r.u64()? },
+            R_WATCH => Request::Watch {
+                wid: r.u64()?,
+                db: r.str()?,
+                lo: r.u64()?,
+                hi: r.u64()?,
+            },
+            R_UNWATCH => Request::Unwatch { wid: r.u64()? },
             R_FP_OPEN => Request::FastPostOpen {
                 db: r.str()?,
                 stream: r.u64()?,
@@ -903,6 +958,24 @@ impl Push {
                 b.put_u64_le(*matched);
                 put_str(&mut b, message);
             }
+            Push::Changes { wid, seq, changes } => {
+                b.put_u8(5);
+                b.put_u64_le(*wid);
+                b.put_u64_le(*seq);
+                b.put_u32_le(changes.len() as u32);
+                for c in changes {
+                    match c {
+                        Change::Put(rec) => {
+                            b.put_u8(1);
+                            put_record(&mut b, rec);
+                        }
+                        Change::Delete(id) => {
+                            b.put_u8(2);
+                            b.put_u64_le(*id);
+                        }
+                    }
+                }
+            }
             Push::FastPostAck { stream, seq } => {
                 b.put_u8(3);
                 b.put_u64_le(*stream);
@@ -948,6 +1021,20 @@ impl Push {
                 matched: r.u64()?,
                 message: r.str()?,
             },
+            5 => {
+                let wid = r.u64()?;
+                let seq = r.u64()?;
+                let n = r.count(lim.max_records, 9)?;
+                let mut changes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    changes.push(match r.u8()? {
+                        1 => Change::Put(get_record(&mut r, lim)?),
+                        2 => Change::Delete(r.u64()?),
+                        _ => return bad("change tag"),
+                    });
+                }
+                Push::Changes { wid, seq, changes }
+            }
             3 => Push::FastPostAck {
                 stream: r.u64()?,
                 seq: r.u64()?,

@@ -16,7 +16,7 @@ use zs_wire::DataFrame;
 
 use crate::filter::{compile_expr, param_to_field, FilterFunction};
 use crate::proto::{
-    cmd, errcode, from_frame, to_frame, Answer, Durability, EndStatus, Limits, Oneway, Param,
+    cmd, errcode, from_frame, to_frame, Answer, Change, Durability, EndStatus, Limits, Oneway, Param,
     Push, QueryProgress, QuerySpec, Range, Request,
 };
 
@@ -49,6 +49,8 @@ pub struct ServiceConfig {
     /// Most FastPost bytes queued for one stream and not yet applied; a client
     /// sending more is disconnected. Default 32 MiB.
     pub max_fastpost_queue: usize,
+    /// Most watches on one connection. Default 16.
+    pub max_watches_per_conn: usize,
 }
 
 impl Default for ServiceConfig {
@@ -63,6 +65,7 @@ impl Default for ServiceConfig {
             group_commit: Duration::from_millis(10),
             max_fastpost_streams: 4096,
             max_fastpost_queue: 32 << 20,
+            max_watches_per_conn: 16,
         }
     }
 }
@@ -109,6 +112,16 @@ struct DbEntry {
     write: Mutex<()>,
     /// A commit not yet synced.
     dirty: AtomicBool,
+    /// Watches of this database (notified under `write`, so in commit order).
+    watchers: Mutex<Vec<Watcher>>,
+}
+
+struct Watcher {
+    peer: Peer,
+    wid: u64,
+    lo: u64,
+    hi: u64,
+    seq: u64,
 }
 
 /// A running query.
@@ -167,6 +180,7 @@ struct Svc {
     marks: Mutex<HashMap<(String, u64), Mark>>,
     pending_marks: Mutex<HashMap<(String, u64), PendingMark>>,
     streams: Mutex<HashMap<u64, Arc<Stream>>>,
+    watches: Mutex<HashMap<(u64, u64), String>>,
     me: Mutex<Weak<Svc>>,
     tick: AtomicU64,
     stop: AtomicBool,
@@ -206,6 +220,7 @@ impl DbService {
             marks: Mutex::new(HashMap::new()),
             pending_marks: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
             me: Mutex::new(Weak::new()),
             tick: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -345,6 +360,7 @@ impl Svc {
             db,
             write: Mutex::new(()),
             dirty: AtomicBool::new(false),
+            watchers: Mutex::new(Vec::new()),
         });
         dbs.insert(name.to_string(), e.clone());
         Ok(e)
@@ -358,16 +374,66 @@ impl Svc {
         Ok(to_frame(ans.encode()))
     }
 
+    /// Sends the changes of one commit to the watches of `e`; called with `e.write`
+    /// held, so watches see commits in commit order.
+    fn notify(&self, e: &DbEntry, describe: &dyn Fn() -> Vec<Change>) {
+        let mut ws = lock(&e.watchers);
+        if ws.is_empty() {
+            return;
+        }
+        let changes = describe();
+        let mut gone = Vec::new();
+        ws.retain_mut(|w| {
+            let mine: Vec<Change> = changes
+                .iter()
+                .filter(|c| {
+                    let id = match c {
+                        Change::Put(r) => r.id,
+                        Change::Delete(id) => *id,
+                    };
+                    id >= w.lo && id <= w.hi
+                })
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                return w.peer.is_open();
+            }
+            let push = Push::Changes {
+                wid: w.wid,
+                seq: w.seq,
+                changes: mine,
+            };
+            w.seq += 1;
+            let ok = w.peer.send_complete_buffer(cmd::PUSH, push.encode()).is_ok();
+            if !ok {
+                gone.push((w.peer.id(), w.wid));
+            }
+            ok
+        });
+        drop(ws);
+        if !gone.is_empty() {
+            let mut m = lock(&self.watches);
+            for k in gone {
+                m.remove(&k);
+            }
+        }
+    }
+
     fn commit(
         &self,
         e: &DbEntry,
         batch: &Batch,
         durability: Durability,
+        describe: &dyn Fn(&[u64]) -> Vec<Change>,
     ) -> Result<Vec<u64>, HandlerError> {
         let ids = {
             let _w = lock(&e.write);
-            e.db.commit_with(batch, Some(zs_db::Durability::Periodic(self.cfg.group_commit)))
-                .map_err(db_err)?
+            let ids = e
+                .db
+                .commit_with(batch, Some(zs_db::Durability::Periodic(self.cfg.group_commit)))
+                .map_err(db_err)?;
+            self.notify(e, &|| describe(&ids));
+            ids
         };
         match durability {
             // outside the write lock, so concurrent durable writers share fsyncs
@@ -444,7 +510,13 @@ impl Svc {
                 let e = self.entry(&db, false)?;
                 let mut b = Batch::new();
                 b.insert(kind, data.to_vec());
-                let ids = self.commit(&e, &b, durability)?;
+                let ids = self.commit(&e, &b, durability, &|ids| {
+                    vec![Change::Put(Record {
+                        id: ids[0],
+                        kind,
+                        data: data.to_vec(),
+                    })]
+                })?;
                 Ok(Answer::Id(ids[0]))
             }
             Request::Update {
@@ -457,7 +529,13 @@ impl Svc {
                 let e = self.entry(&db, false)?;
                 let mut b = Batch::new();
                 b.update(id, kind, data.to_vec());
-                self.commit(&e, &b, durability)?;
+                self.commit(&e, &b, durability, &|_| {
+                    vec![Change::Put(Record {
+                        id,
+                        kind,
+                        data: data.to_vec(),
+                    })]
+                })?;
                 Ok(Answer::Ok)
             }
             Request::Delete { db, durability, id } => {
@@ -467,7 +545,7 @@ impl Svc {
                 }
                 let mut b = Batch::new();
                 b.delete(id);
-                match self.commit(&e, &b, durability) {
+                match self.commit(&e, &b, durability, &|_| vec![Change::Delete(id)]) {
                     Ok(_) => Ok(Answer::Bool(true)),
                     Err(h) if h.code == errcode::NOT_FOUND => Ok(Answer::Bool(false)),
                     Err(h) => Err(h),
@@ -502,6 +580,44 @@ impl Svc {
                 }))
             }
             Request::FastPostOpen { db, stream } => self.fastpost_open(peer, &db, stream),
+            Request::Watch { wid, db, lo, hi } => {
+                let e = self.entry(&db, false)?;
+                {
+                    let mut m = lock(&self.watches);
+                    let mine = m.keys().filter(|k| k.0 == peer.id()).count();
+                    if mine >= self.cfg.max_watches_per_conn {
+                        return Err(herr(
+                            errcode::LIMIT,
+                            format!(
+                                "too many watches on this connection (at most {})",
+                                self.cfg.max_watches_per_conn
+                            ),
+                        ));
+                    }
+                    if m.contains_key(&(peer.id(), wid)) {
+                        return Err(herr(errcode::EXISTS, "watch id in use"));
+                    }
+                    m.insert((peer.id(), wid), db.clone());
+                }
+                lock(&e.watchers).push(Watcher {
+                    peer: peer.clone(),
+                    wid,
+                    lo,
+                    hi,
+                    seq: 0,
+                });
+                Ok(Answer::Id(wid))
+            }
+            Request::Unwatch { wid } => {
+                let db = lock(&self.watches).remove(&(peer.id(), wid));
+                let Some(db) = db else {
+                    return Err(herr(errcode::NOT_FOUND, format!("no watch {wid}")));
+                };
+                if let Some(e) = lock(&self.dbs).get(&db) {
+                    lock(&e.watchers).retain(|w| !(w.peer.id() == peer.id() && w.wid == wid));
+                }
+                Ok(Answer::Ok)
+            }
         }
     }
 
@@ -1081,6 +1197,7 @@ impl Svc {
         let applied = lock(&self.marks).get(&key).map_or(0, |m| m.applied);
         let mut expected = applied + 1;
         let mut batch = Batch::new();
+        let mut kept: Vec<(Kind, Bytes)> = Vec::new();
         let mut error: Option<(u64, String)> = None;
         'outer: for (first, recs) in items {
             for (i, (kind, data)) in recs.into_iter().enumerate() {
@@ -1093,6 +1210,7 @@ impl Svc {
                     break 'outer;
                 }
                 batch.insert(kind, data.to_vec());
+                kept.push((kind, data));
                 expected += 1;
             }
         }
@@ -1104,8 +1222,22 @@ impl Svc {
                 let first_id = e.db.stats().next_id;
                 self.write_mark(&key, Some((applied + 1, last, first_id)))
                     .map_err(db_err)?;
-                e.db.commit_with(&batch, Some(zs_db::Durability::Periodic(self.cfg.group_commit)))
+                let ids = e
+                    .db
+                    .commit_with(&batch, Some(zs_db::Durability::Periodic(self.cfg.group_commit)))
                     .map_err(db_err)?;
+                self.notify(&e, &|| {
+                    ids.iter()
+                        .zip(&kept)
+                        .map(|(id, (kind, data))| {
+                            Change::Put(Record {
+                                id: *id,
+                                kind: *kind,
+                                data: data.to_vec(),
+                            })
+                        })
+                        .collect()
+                });
                 if let Some(m) = lock(&self.marks).get_mut(&key) {
                     m.applied = last;
                 }
