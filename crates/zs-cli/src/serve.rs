@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// Most handshakes in progress from one IP address [default: 64].
     #[arg(long)]
     pub max_handshakes_per_ip: Option<usize>,
+    /// The network DB service.
+    #[command(flatten)]
+    pub db_service: crate::dbsvc::DbServiceArgs,
 }
 
 /// The TOML configuration file.
@@ -207,6 +210,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let (identity, created) = load_or_create_identity(&key).map_err(|e| e.to_string())?;
     let fingerprint = identity.fingerprint();
     let slot = Arc::new(OnceLock::new());
+    let mut db_note = Ok(None);
     let server = ServerBuilder::new()
         .addr(addr)
         .backend_name(&backend)
@@ -218,8 +222,10 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         .suites(suites.clone())
         .options(options)
         .registry(builtins(slot.clone()))
+        .commands(|r| db_note = crate::dbsvc::install(&a.db_service, r))
         .start()
         .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
+    let db_note = db_note?;
     let server = Arc::new(server);
     let _ = slot.set(Arc::downgrade(&server));
 
@@ -238,6 +244,9 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     println!("fingerprint: {fingerprint}");
     println!("connect with: zs call echo hello --addr {local} --fingerprint {fingerprint}");
     println!("commands: echo, time, stats, bigsink (BigStream); Ctrl-C stops");
+    if let Some(note) = db_note {
+        println!("{note}");
+    }
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {

@@ -77,6 +77,11 @@ pub use zs_p2pvm as p2pvm;
 #[cfg(feature = "core")]
 mod builder;
 
+#[cfg(feature = "db-service")]
+mod db_service;
+#[cfg(feature = "db-service")]
+pub use db_service::{connect_db, DbClient, DbService, ServiceConfig};
+
 #[cfg(feature = "core")]
 pub use builder::{
     backend_by_name, backend_names, load_identity, load_or_create_identity, ClientBuilder,
