@@ -44,4 +44,6 @@ pub const TEST_TOOLS: &[Tool] = &[
 /// Programs a bench suite starts: (suite, tool).
 pub const BENCH_TOOLS: &[(&str, Tool)] = &[
     // one line per (suite, tool)
+    ("db-service", Tool { program: "redis-server", source: Source::Apt(&["redis-server", "redis-tools"]), used_by: "bench db-service (Redis 7 baseline)" }),
+    ("db-service", Tool { program: "redis-benchmark", source: Source::Apt(&["redis-tools"]), used_by: "bench db-service (redis-benchmark)" }),
 ];
