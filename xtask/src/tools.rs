@@ -44,6 +44,20 @@ pub const TEST_TOOLS: &[Tool] = &[
 /// Programs a bench suite starts: (suite, tool).
 pub const BENCH_TOOLS: &[(&str, Tool)] = &[
     // one line per (suite, tool)
-    ("db-service", Tool { program: "redis-server", source: Source::Apt(&["redis-server", "redis-tools"]), used_by: "bench db-service (Redis 7 baseline)" }),
-    ("db-service", Tool { program: "redis-benchmark", source: Source::Apt(&["redis-tools"]), used_by: "bench db-service (redis-benchmark)" }),
+    (
+        "db-service",
+        Tool {
+            program: "redis-server",
+            source: Source::Apt(&["redis-server", "redis-tools"]),
+            used_by: "bench db-service (Redis 7 baseline)",
+        },
+    ),
+    (
+        "db-service",
+        Tool {
+            program: "redis-benchmark",
+            source: Source::Apt(&["redis-tools"]),
+            used_by: "bench db-service (redis-benchmark)",
+        },
+    ),
 ];

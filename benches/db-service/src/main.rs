@@ -73,7 +73,10 @@ fn redis_bench(port: u16, test: &str, n: u64, conns: usize, pipeline: usize) -> 
     let text = String::from_utf8_lossy(&out.stdout);
     // "test","rps",...  then  "SET","123456.78",...
     text.lines()
-        .find(|l| l.to_ascii_uppercase().starts_with(&format!("\"{}\"", test.to_ascii_uppercase())))
+        .find(|l| {
+            l.to_ascii_uppercase()
+                .starts_with(&format!("\"{}\"", test.to_ascii_uppercase()))
+        })
         .and_then(|l| l.split(',').nth(1))
         .and_then(|v| v.trim_matches('"').parse().ok())
         .unwrap_or_else(|| panic!("cannot read redis-benchmark output: {text}"))
@@ -136,15 +139,22 @@ fn main() {
 
     // --- Redis ------------------------------------------------------------------
     let port = free_port();
-    let have_redis = Command::new("redis-benchmark").arg("--version").output().is_ok();
-    let redis = if have_redis { start_redis(dir.path(), port) } else { None };
+    let have_redis = Command::new("redis-benchmark")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let redis = if have_redis {
+        start_redis(dir.path(), port)
+    } else {
+        None
+    };
     if redis.is_none() {
         eprintln!("redis-server / redis-benchmark not installed: Redis cases skipped");
     }
 
     // --- ours ---------------------------------------------------------------------
-    let service = DbService::open_dir(dir.path().join("zs"), ServiceConfig::default())
-        .expect("service");
+    let service =
+        DbService::open_dir(dir.path().join("zs"), ServiceConfig::default()).expect("service");
     let server_be = backend(2);
     let mut reg = Registry::new();
     service.register(&mut reg);
@@ -259,46 +269,96 @@ fn main() {
         get_case(clients50.clone(), n_get_p1, 1),
     );
     let remote = clients1[0].clone();
-    suite.case("zs scan remote", "records_per_s", Better::Higher, move || {
-        let t = Instant::now();
-        let mut spec = QuerySpec::new("scan");
-        spec.batch_bytes = 256 << 10;
-        let mut n = 0u64;
-        for b in remote.query(spec).expect("query") {
-            n += b.expect("batch").len() as u64;
-        }
-        n as f64 / t.elapsed().as_secs_f64()
-    });
+    suite.case(
+        "zs scan remote",
+        "records_per_s",
+        Better::Higher,
+        move || {
+            let t = Instant::now();
+            let mut spec = QuerySpec::new("scan");
+            spec.batch_bytes = 256 << 10;
+            let mut n = 0u64;
+            for b in remote.query(spec).expect("query") {
+                n += b.expect("batch").len() as u64;
+            }
+            n as f64 / t.elapsed().as_secs_f64()
+        },
+    );
     let local = service.env().db("scan").expect("db");
-    suite.case("zs-db scan embedded", "records_per_s", Better::Higher, move || {
-        let t = Instant::now();
-        let n = local.query(Query::all()).expect("query").collect_all().expect("scan").len();
-        n as f64 / t.elapsed().as_secs_f64()
-    });
+    suite.case(
+        "zs-db scan embedded",
+        "records_per_s",
+        Better::Higher,
+        move || {
+            let t = Instant::now();
+            let n = local
+                .query(Query::all())
+                .expect("query")
+                .collect_all()
+                .expect("scan")
+                .len();
+            n as f64 / t.elapsed().as_secs_f64()
+        },
+    );
     if redis.is_some() {
-        suite.case("redis SET P16 c50", "requests_per_s", Better::Higher, move || {
-            redis_bench(port, "set", n_write, 50, 16)
-        });
-        suite.case("redis SET P16 c1", "requests_per_s", Better::Higher, move || {
-            redis_bench(port, "set", n_write / 4, 1, 16)
-        });
-        suite.case("redis GET P16 c50", "requests_per_s", Better::Higher, move || {
-            redis_bench(port, "get", n_get, 50, 16)
-        });
-        suite.case("redis GET P16 c1", "requests_per_s", Better::Higher, move || {
-            redis_bench(port, "get", n_get / 4, 1, 16)
-        });
-        suite.case("redis GET P1 c50", "requests_per_s", Better::Higher, move || {
-            redis_bench(port, "get", n_get_p1, 50, 1)
-        });
+        suite.case(
+            "redis SET P16 c50",
+            "requests_per_s",
+            Better::Higher,
+            move || redis_bench(port, "set", n_write, 50, 16),
+        );
+        suite.case(
+            "redis SET P16 c1",
+            "requests_per_s",
+            Better::Higher,
+            move || redis_bench(port, "set", n_write / 4, 1, 16),
+        );
+        suite.case(
+            "redis GET P16 c50",
+            "requests_per_s",
+            Better::Higher,
+            move || redis_bench(port, "get", n_get, 50, 16),
+        );
+        suite.case(
+            "redis GET P16 c1",
+            "requests_per_s",
+            Better::Higher,
+            move || redis_bench(port, "get", n_get / 4, 1, 16),
+        );
+        suite.case(
+            "redis GET P1 c50",
+            "requests_per_s",
+            Better::Higher,
+            move || redis_bench(port, "get", n_get_p1, 50, 1),
+        );
     }
     suite.run();
-    suite.ratio("fastpost_vs_redis_set_p16", "zs fastpost P16 c50", "redis SET P16 c50");
-    suite.ratio("fastpost_vs_redis_set_p16_c1", "zs fastpost P16 c1", "redis SET P16 c1");
-    suite.ratio("get_vs_redis_get_p16", "zs get P16 c50", "redis GET P16 c50");
-    suite.ratio("get_vs_redis_get_p16_c1", "zs get P16 c1", "redis GET P16 c1");
+    suite.ratio(
+        "fastpost_vs_redis_set_p16",
+        "zs fastpost P16 c50",
+        "redis SET P16 c50",
+    );
+    suite.ratio(
+        "fastpost_vs_redis_set_p16_c1",
+        "zs fastpost P16 c1",
+        "redis SET P16 c1",
+    );
+    suite.ratio(
+        "get_vs_redis_get_p16",
+        "zs get P16 c50",
+        "redis GET P16 c50",
+    );
+    suite.ratio(
+        "get_vs_redis_get_p16_c1",
+        "zs get P16 c1",
+        "redis GET P16 c1",
+    );
     suite.ratio("get_vs_redis_get_p1", "zs get P1 c50", "redis GET P1 c50");
-    suite.ratio("scan_remote_vs_embedded", "zs scan remote", "zs-db scan embedded");
+    suite.ratio(
+        "scan_remote_vs_embedded",
+        "zs scan remote",
+        "zs-db scan embedded",
+    );
     suite.note(format!(
         "values {VALUE} B on loopback; ours: AES-256-GCM session encryption, FastPost counted when acknowledged durable (fsync), GETs through the full service; \
          Redis 7: no encryption, persistence off (--save \"\" --appendonly no), driven by redis-benchmark -d {VALUE} in the same run; \

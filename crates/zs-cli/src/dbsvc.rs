@@ -94,7 +94,10 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
                 println!("{j}");
             }
             for f in out.failures() {
-                eprintln!("partial: server {} dropped: {}", r.remote[f.server], f.reason);
+                eprintln!(
+                    "partial: server {} dropped: {}",
+                    r.remote[f.server], f.reason
+                );
             }
             return Ok(());
         }
@@ -127,7 +130,11 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
         }
         DbCmd::Put { name, value, kind } => {
             let (kind, bytes) = value_bytes(kind, &value)?;
-            println!("{}", db.insert(&name, kind, &bytes, Durability::Durable).map_err(e)?);
+            println!(
+                "{}",
+                db.insert(&name, kind, &bytes, Durability::Durable)
+                    .map_err(e)?
+            );
         }
         DbCmd::Update {
             name,
@@ -181,4 +188,3 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
     }
     Ok(())
 }
-

@@ -84,7 +84,10 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
     let (ok, l, _) = zs_remote(&[&s1], &["list"]);
     assert!(ok);
     assert_eq!(l.trim(), "people");
-    assert!(d1.path().join("zs-data/people.zdb").exists(), "served from ./zs-data");
+    assert!(
+        d1.path().join("zs-data/people.zdb").exists(),
+        "served from ./zs-data"
+    );
     // watch: a change made by another command shows up
     let w = Command::new(env!("CARGO_BIN_EXE_zs"))
         .args(["db", "--remote", &s1.addr, "--fingerprint", &s1.fingerprint])
@@ -98,7 +101,11 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(r#""name":"cy""#));
     // fan-out over two servers (same identity: the key file is copied)
     let d2 = tempfile::tempdir().unwrap();
-    std::fs::copy(d1.path().join("zs-identity.key"), d2.path().join("zs-identity.key")).unwrap();
+    std::fs::copy(
+        d1.path().join("zs-identity.key"),
+        d2.path().join("zs-identity.key"),
+    )
+    .unwrap();
     let s2 = serve(d2.path());
     assert!(zs_remote(&[&s2], &["create", "people"]).0);
     assert!(zs_remote(&[&s2], &["put", "people", r#"{"name":"dee","age":50}"#]).0);
@@ -111,7 +118,11 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
     assert_eq!(names.len(), 3, "{merged}");
     let ids: Vec<u64> = merged
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(ids, vec![1, 1, 3], "merged by id");
     // refusals come back as errors

@@ -13,8 +13,8 @@ use zs_core::{Client, Registry};
 use zs_db::{Kind, Record};
 
 use crate::proto::{
-    cmd, from_frame, to_frame, Answer, Change, DecodeError, Durability, EndStatus, Limits, Oneway, Push,
-    QueryProgress, QuerySpec, Request,
+    cmd, from_frame, to_frame, Answer, Change, DecodeError, Durability, EndStatus, Limits, Oneway,
+    Push, QueryProgress, QuerySpec, Request,
 };
 
 /// What can go wrong on the client side.
@@ -536,10 +536,10 @@ impl Drop for RemoteQuery {
     fn drop(&mut self) {
         if self.end.is_none() {
             // fire and forget: the server stops scanning
-            let _ = self
-                .client
-                .connection()
-                .call_stream(cmd::REQUEST, to_frame(Request::Stop { qid: self.qid }.encode()));
+            let _ = self.client.connection().call_stream(
+                cmd::REQUEST,
+                to_frame(Request::Stop { qid: self.qid }.encode()),
+            );
         }
         lock(&self.client.inner.routes.queries).remove(&self.qid);
     }
@@ -577,9 +577,9 @@ impl WatchStream {
                 Ok(Some(changes))
             }
             Ok(_) | Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Net(
-                zs_core::Error::ConnectionLost("watch ended".into()),
-            )),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Net(zs_core::Error::ConnectionLost(
+                "watch ended".into(),
+            ))),
         }
     }
 }
@@ -587,10 +587,10 @@ impl WatchStream {
 impl Drop for WatchStream {
     fn drop(&mut self) {
         lock(&self.client.inner.routes.watches).remove(&self.wid);
-        let _ = self
-            .client
-            .connection()
-            .call_stream(cmd::REQUEST, to_frame(Request::Unwatch { wid: self.wid }.encode()));
+        let _ = self.client.connection().call_stream(
+            cmd::REQUEST,
+            to_frame(Request::Unwatch { wid: self.wid }.encode()),
+        );
     }
 }
 

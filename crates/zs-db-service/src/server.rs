@@ -16,8 +16,8 @@ use zs_wire::DataFrame;
 
 use crate::filter::{compile_expr, param_to_field, FilterFunction};
 use crate::proto::{
-    cmd, errcode, from_frame, to_frame, Answer, Change, Durability, EndStatus, Limits, Oneway, Param,
-    Push, QueryProgress, QuerySpec, Range, Request,
+    cmd, errcode, from_frame, to_frame, Answer, Change, Durability, EndStatus, Limits, Oneway,
+    Param, Push, QueryProgress, QuerySpec, Range, Request,
 };
 
 /// The reserved database holding FastPost stream marks (never listed or served).
@@ -324,11 +324,7 @@ impl Svc {
                         if let Some(s) = streams.get(&key.1).filter(|s| s.db == key.0) {
                             let _ = lock(&s.peer).send_complete_buffer(
                                 cmd::PUSH,
-                                Push::FastPostAck {
-                                    stream: key.1,
-                                    seq,
-                                }
-                                .encode(),
+                                Push::FastPostAck { stream: key.1, seq }.encode(),
                             );
                         }
                     }
@@ -404,7 +400,10 @@ impl Svc {
                 changes: mine,
             };
             w.seq += 1;
-            let ok = w.peer.send_complete_buffer(cmd::PUSH, push.encode()).is_ok();
+            let ok = w
+                .peer
+                .send_complete_buffer(cmd::PUSH, push.encode())
+                .is_ok();
             if !ok {
                 gone.push((w.peer.id(), w.wid));
             }
@@ -428,9 +427,11 @@ impl Svc {
     ) -> Result<Vec<u64>, HandlerError> {
         let ids = {
             let _w = lock(&e.write);
-            let ids = e
-                .db
-                .commit_with(batch, Some(zs_db::Durability::Periodic(self.cfg.group_commit)))
+            let ids =
+                e.db.commit_with(
+                    batch,
+                    Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
+                )
                 .map_err(db_err)?;
             self.notify(e, &|| describe(&ids));
             ids
@@ -671,12 +672,11 @@ impl Svc {
                     Some(p) => Bound::Included(param_to_field(p)),
                 };
                 let (lo, hi) = (b(lo), b(hi));
-                let list = e
-                    .db
-                    .index_lookup(field, lo.as_ref(), hi.as_ref())
-                    .ok_or_else(|| {
-                        herr(errcode::NOT_FOUND, format!("no index on field {field:?}"))
-                    })?;
+                let list =
+                    e.db.index_lookup(field, lo.as_ref(), hi.as_ref())
+                        .ok_or_else(|| {
+                            herr(errcode::NOT_FOUND, format!("no index on field {field:?}"))
+                        })?;
                 Source::List(list)
             }
         };
@@ -1051,7 +1051,11 @@ impl Svc {
         lock(&self.pending_marks).retain(|k, _| k.0 != name);
     }
 
-    fn write_mark(&self, key: &(String, u64), pending: Option<(u64, u64, u64)>) -> zs_db::Result<()> {
+    fn write_mark(
+        &self,
+        key: &(String, u64),
+        pending: Option<(u64, u64, u64)>,
+    ) -> zs_db::Result<()> {
         let md = lock(&self.marks_db)
             .clone()
             .ok_or_else(|| zs_db::Error::NoSuchDatabase(MARKS_DB.into()))?;
@@ -1104,7 +1108,10 @@ impl Svc {
         let mut streams = lock(&self.streams);
         match streams.get(&stream) {
             Some(s) if s.db != db => {
-                return Err(herr(errcode::EXISTS, "stream id in use for another database"));
+                return Err(herr(
+                    errcode::EXISTS,
+                    "stream id in use for another database",
+                ));
             }
             Some(s) => {
                 // the client came back on a new connection: the writer carries on
@@ -1132,7 +1139,11 @@ impl Svc {
     fn fastpost_data(&self, peer: &Peer, stream: u64, first_seq: u64, records: Vec<(Kind, Bytes)>) {
         let s = lock(&self.streams).get(&stream).cloned();
         let Some(s) = s.filter(|s| lock(&s.peer).id() == peer.id()) else {
-            tracing::warn!(peer = peer.id(), stream, "db service: FastPost to a stream not opened on this connection; disconnecting");
+            tracing::warn!(
+                peer = peer.id(),
+                stream,
+                "db service: FastPost to a stream not opened on this connection; disconnecting"
+            );
             peer.close("db service: FastPost stream not open");
             return;
         };
@@ -1140,7 +1151,11 @@ impl Svc {
         let mut q = lock(&s.queue);
         if q.bytes + n > self.cfg.max_fastpost_queue {
             drop(q);
-            tracing::warn!(peer = peer.id(), stream, "db service: FastPost queue over its limit; disconnecting");
+            tracing::warn!(
+                peer = peer.id(),
+                stream,
+                "db service: FastPost queue over its limit; disconnecting"
+            );
             peer.close("db service: FastPost queue over its limit");
             return;
         }
@@ -1158,10 +1173,9 @@ fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>) {
         let items = {
             let mut q = lock(&s.queue);
             while q.items.is_empty() && !q.closed {
-                let (g, t) = s
-                    .cv
-                    .wait_timeout(q, Duration::from_millis(500))
-                    .unwrap_or_else(|p| p.into_inner());
+                let (g, t) =
+                    s.cv.wait_timeout(q, Duration::from_millis(500))
+                        .unwrap_or_else(|p| p.into_inner());
                 q = g;
                 if t.timed_out() && q.items.is_empty() && !lock(&s.peer).is_open() {
                     q.closed = true;
@@ -1222,9 +1236,11 @@ impl Svc {
                 let first_id = e.db.stats().next_id;
                 self.write_mark(&key, Some((applied + 1, last, first_id)))
                     .map_err(db_err)?;
-                let ids = e
-                    .db
-                    .commit_with(&batch, Some(zs_db::Durability::Periodic(self.cfg.group_commit)))
+                let ids =
+                    e.db.commit_with(
+                        &batch,
+                        Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
+                    )
                     .map_err(db_err)?;
                 self.notify(&e, &|| {
                     ids.iter()

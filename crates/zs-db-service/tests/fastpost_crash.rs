@@ -69,11 +69,14 @@ fn fastpost_survives_link_cuts_and_a_kill_9_of_the_server() {
     let db = common::connect(common::backend(), addr.clone());
     db.open("k", true).unwrap();
     let mut fp = db
-        .fastpost("k", FastPostConfig {
-            records_per_message: 128,
-            max_unacked: 1 << 20,
-            timeout: Duration::from_secs(30),
-        })
+        .fastpost(
+            "k",
+            FastPostConfig {
+                records_per_message: 128,
+                max_unacked: 1 << 20,
+                timeout: Duration::from_secs(30),
+            },
+        )
         .unwrap();
     let total = 30_000u64;
     let mut acked_before_kill = 0;
@@ -93,10 +96,20 @@ fn fastpost_survives_link_cuts_and_a_kill_9_of_the_server() {
         }
     }
     fp.flush().unwrap();
-    assert!(acked_before_kill > 0, "acknowledgements came before the kill");
-    assert!(fp.reconnects() >= 1, "the stream was reopened on the new server");
+    assert!(
+        acked_before_kill > 0,
+        "acknowledgements came before the kill"
+    );
+    assert!(
+        fp.reconnects() >= 1,
+        "the stream was reopened on the new server"
+    );
     assert_eq!(fp.acked(), total);
-    let all = db.query(QuerySpec::new("k")).unwrap().collect_all().unwrap();
+    let all = db
+        .query(QuerySpec::new("k"))
+        .unwrap()
+        .collect_all()
+        .unwrap();
     let mut seqs: Vec<u64> = all
         .iter()
         .map(|r| std::str::from_utf8(&r.data).unwrap().parse().unwrap())
@@ -104,5 +117,9 @@ fn fastpost_survives_link_cuts_and_a_kill_9_of_the_server() {
     seqs.sort();
     let dups = seqs.windows(2).filter(|w| w[0] == w[1]).count();
     assert_eq!(dups, 0, "no record stored twice");
-    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "every record present");
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "every record present"
+    );
 }

@@ -4,13 +4,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::code;
 use zs_db::{encode_kv, FieldValue, Kind};
 use zs_db_service::proto::errcode;
-use common::code;
 use zs_db_service::{Durability, EndStatus, Param, QuerySpec, Range, ServiceConfig};
 
 fn json(i: u64) -> Vec<u8> {
-    format!(r#"{{"n":{i},"group":"g{}","pad":"{}"}}"#, i % 10, "x".repeat(40)).into_bytes()
+    format!(
+        r#"{{"n":{i},"group":"g{}","pad":"{}"}}"#,
+        i % 10,
+        "x".repeat(40)
+    )
+    .into_bytes()
 }
 
 fn fill(db: &zs_db_service::DbClient, name: &str, n: u64) {
@@ -27,8 +32,11 @@ fn databases_open_list_copy_compact_remove() {
     let f = common::start(ServiceConfig::default());
     let db = f.client();
     db.open("a", true).unwrap();
-    db.insert("a", Kind::Raw, b"one", Durability::Durable).unwrap();
-    let two = db.insert("a", Kind::Raw, b"two", Durability::Durable).unwrap();
+    db.insert("a", Kind::Raw, b"one", Durability::Durable)
+        .unwrap();
+    let two = db
+        .insert("a", Kind::Raw, b"two", Durability::Durable)
+        .unwrap();
     assert!(db.delete("a", two, Durability::Durable).unwrap());
     assert_eq!(db.list().unwrap(), vec!["a".to_string()]); // the marks db is hidden
     db.copy("a", "b").unwrap();
@@ -67,14 +75,19 @@ fn records_of_every_kind_with_both_durabilities() {
     ];
     let mut ids = Vec::new();
     for (i, (k, v)) in values.iter().enumerate() {
-        let d = if i % 2 == 0 { Durability::Durable } else { Durability::Written };
+        let d = if i % 2 == 0 {
+            Durability::Durable
+        } else {
+            Durability::Written
+        };
         ids.push(db.insert("r", *k, v, d).unwrap());
     }
     for (id, (k, v)) in ids.iter().zip(&values) {
         let r = db.get("r", *id).unwrap().unwrap();
         assert_eq!((r.kind, &r.data), (*k, v));
     }
-    db.update("r", ids[0], Kind::Json, br#"{"a":2}"#, Durability::Written).unwrap();
+    db.update("r", ids[0], Kind::Json, br#"{"a":2}"#, Durability::Written)
+        .unwrap();
     assert_eq!(db.get("r", ids[0]).unwrap().unwrap().data, br#"{"a":2}"#);
     assert!(db.delete("r", ids[1], Durability::Durable).unwrap());
     assert!(db.get("r", ids[1]).unwrap().is_none());
@@ -82,7 +95,10 @@ fn records_of_every_kind_with_both_durabilities() {
     assert!(!db.delete("r", ids[1], Durability::Durable).unwrap());
     assert!(db.get("r", 0).unwrap().is_none());
     assert!(db.get("r", u64::MAX).unwrap().is_none());
-    assert_eq!(code(db.update("r", 999, Kind::Raw, b"x", Durability::Durable)), errcode::NOT_FOUND);
+    assert_eq!(
+        code(db.update("r", 999, Kind::Raw, b"x", Durability::Durable)),
+        errcode::NOT_FOUND
+    );
     // Written is synced by the group commit: the file holds it soon after
     std::thread::sleep(Duration::from_millis(100));
     drop(db);
@@ -97,7 +113,13 @@ fn records_of_every_kind_with_both_durabilities() {
 }
 
 fn ids_of(db: &zs_db_service::DbClient, spec: QuerySpec) -> Vec<u64> {
-    db.query(spec).unwrap().collect_all().unwrap().iter().map(|r| r.id).collect()
+    db.query(spec)
+        .unwrap()
+        .collect_all()
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect()
 }
 
 #[test]
@@ -114,11 +136,18 @@ fn range_scans_by_id_and_by_index_with_limit_and_reverse() {
     q.range = Range::Ids { lo: 10, hi: 5 };
     assert!(ids_of(&db, q).is_empty());
     // secondary index on n
-    assert_eq!(code(db.query({
-        let mut q = QuerySpec::new("s");
-        q.range = Range::Index { field: "n".into(), lo: None, hi: None };
-        q
-    })), errcode::NOT_FOUND);
+    assert_eq!(
+        code(db.query({
+            let mut q = QuerySpec::new("s");
+            q.range = Range::Index {
+                field: "n".into(),
+                lo: None,
+                hi: None,
+            };
+            q
+        })),
+        errcode::NOT_FOUND
+    );
     db.create_index("s", "n").unwrap();
     let mut q = QuerySpec::new("s");
     q.range = Range::Index {
@@ -138,7 +167,9 @@ fn filters_with_parameters_and_registered_functions() {
         let Some(Param::Int(m)) = params.iter().find(|p| p.0 == "m").map(|p| p.1.clone()) else {
             return false;
         };
-        r.field("n").and_then(|v| v.as_f64()).is_some_and(|n| (n as i64) % m == 0)
+        r.field("n")
+            .and_then(|v| v.as_f64())
+            .is_some_and(|n| (n as i64) % m == 0)
     });
     let db = f.client();
     fill(&db, "f", 300);
@@ -268,7 +299,15 @@ fn several_queries_at_once_on_one_connection_and_the_per_connection_cap() {
     }
     // others' connections are not counted against this one
     let other = f.client();
-    assert!(other.query(QuerySpec::new("m")).unwrap().collect_all().unwrap().len() == 3000);
+    assert!(
+        other
+            .query(QuerySpec::new("m"))
+            .unwrap()
+            .collect_all()
+            .unwrap()
+            .len()
+            == 3000
+    );
 }
 
 #[test]
@@ -276,7 +315,8 @@ fn hostile_requests_are_refused_and_bad_one_way_messages_disconnect() {
     let f = common::start(ServiceConfig::default());
     let db = f.client();
     db.open("h", true).unwrap();
-    db.insert("h", Kind::Json, br#"{"n":1}"#, Durability::Durable).unwrap();
+    db.insert("h", Kind::Json, br#"{"n":1}"#, Durability::Durable)
+        .unwrap();
     // a filter over the size limit is refused before it is parsed
     let mut q = QuerySpec::new("h");
     q.filter = format!("n = {}", "1 + ".repeat(20_000));
@@ -285,20 +325,33 @@ fn hostile_requests_are_refused_and_bad_one_way_messages_disconnect() {
     let mut q = QuerySpec::new("h");
     q.filter = format!("{}1{}", "(".repeat(8000), ")".repeat(8000));
     let _ = db.query(q).map(|q| q.collect_all());
-    assert_eq!(db.get("h", 1).unwrap().unwrap().id, 1, "server still answers");
+    assert_eq!(
+        db.get("h", 1).unwrap().unwrap().id,
+        1,
+        "server still answers"
+    );
     // malformed payloads
     let conn = db.connection();
     let bad = zs_wire::DataFrame::new().with(vec![0xEEu8, 1, 2]);
-    match conn.call_stream(zs_db_service::proto::cmd::REQUEST, bad).wait() {
+    match conn
+        .call_stream(zs_db_service::proto::cmd::REQUEST, bad)
+        .wait()
+    {
         Err(zs_core::Error::Remote { code, .. }) => assert_eq!(code, errcode::BAD_REQUEST),
         other => panic!("{other:?}"),
     }
     let truncated = zs_wire::DataFrame::new().with(vec![0x10u8, 5, 0, b'h']);
-    assert!(conn.call_stream(zs_db_service::proto::cmd::REQUEST, truncated).wait().is_err());
+    assert!(conn
+        .call_stream(zs_db_service::proto::cmd::REQUEST, truncated)
+        .wait()
+        .is_err());
     // a second client is unaffected by the first one's garbage one-way message
     let other = f.client();
-    conn.send_complete_buffer(zs_db_service::proto::cmd::ONEWAY, bytes::Bytes::from_static(&[9, 9]))
-        .unwrap();
+    conn.send_complete_buffer(
+        zs_db_service::proto::cmd::ONEWAY,
+        bytes::Bytes::from_static(&[9, 9]),
+    )
+    .unwrap();
     // a stream id never opened: disconnect
     let t = Instant::now();
     while conn.is_connected() {
@@ -314,10 +367,13 @@ fn fastpost_across_repeated_link_cuts_stores_each_record_once() {
     let db = f.client();
     db.open("fp", true).unwrap();
     let mut fp = db
-        .fastpost("fp", zs_db_service::FastPostConfig {
-            records_per_message: 64,
-            ..Default::default()
-        })
+        .fastpost(
+            "fp",
+            zs_db_service::FastPostConfig {
+                records_per_message: 64,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let total = 20_000u64;
     for i in 1..=total {
@@ -329,7 +385,11 @@ fn fastpost_across_repeated_link_cuts_stores_each_record_once() {
     }
     fp.flush().unwrap();
     assert_eq!(fp.acked(), total);
-    let all = db.query(QuerySpec::new("fp")).unwrap().collect_all().unwrap();
+    let all = db
+        .query(QuerySpec::new("fp"))
+        .unwrap()
+        .collect_all()
+        .unwrap();
     let mut seen: Vec<u64> = all
         .iter()
         .map(|r| std::str::from_utf8(&r.data).unwrap().parse().unwrap())
@@ -339,4 +399,3 @@ fn fastpost_across_repeated_link_cuts_stores_each_record_once() {
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
     assert!(db.connection().resumes() >= 5);
 }
-

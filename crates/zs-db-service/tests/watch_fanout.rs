@@ -35,8 +35,13 @@ fn watch_sees_every_commit_in_order_under_concurrent_writers() {
             let c = f.client();
             std::thread::spawn(move || {
                 for i in 0..100 {
-                    let d = if i % 2 == 0 { Durability::Written } else { Durability::Durable };
-                    c.insert("w", Kind::Raw, format!("t{t}-{i}").as_bytes(), d).unwrap();
+                    let d = if i % 2 == 0 {
+                        Durability::Written
+                    } else {
+                        Durability::Durable
+                    };
+                    c.insert("w", Kind::Raw, format!("t{t}-{i}").as_bytes(), d)
+                        .unwrap();
                 }
             })
         })
@@ -71,28 +76,52 @@ fn watch_sees_every_commit_in_order_under_concurrent_writers() {
     }
     let ranged = collect_puts(&mut some, 11);
     assert_eq!(ranged.len(), 11);
-    assert!(some.next_timeout(Duration::from_millis(100)).unwrap().is_none());
+    assert!(some
+        .next_timeout(Duration::from_millis(100))
+        .unwrap()
+        .is_none());
     // updates and deletes, in order
-    db.update("w", 55, Kind::Raw, b"new", Durability::Written).unwrap();
+    db.update("w", 55, Kind::Raw, b"new", Durability::Written)
+        .unwrap();
     db.delete("w", 56, Durability::Durable).unwrap();
     db.delete("w", 400, Durability::Durable).unwrap();
     let ch = collect_puts(&mut some, 2);
-    assert_eq!(ch[0], Change::Put(zs_db::Record { id: 55, kind: Kind::Raw, data: b"new".to_vec() }));
+    assert_eq!(
+        ch[0],
+        Change::Put(zs_db::Record {
+            id: 55,
+            kind: Kind::Raw,
+            data: b"new".to_vec()
+        })
+    );
     assert_eq!(ch[1], Change::Delete(56));
     let ch = collect_puts(&mut all, 3);
     assert_eq!(ch[2], Change::Delete(400));
     // limits: watches per connection, unknown db
-    assert_eq!(common::code(db.watch("nope", 1, 2)), zs_db_service::proto::errcode::NOT_FOUND);
+    assert_eq!(
+        common::code(db.watch("nope", 1, 2)),
+        zs_db_service::proto::errcode::NOT_FOUND
+    );
     let many: Vec<_> = (0..14).map(|_| db.watch("w", 1, 2).unwrap()).collect();
-    assert_eq!(common::code(db.watch("w", 1, 2)), zs_db_service::proto::errcode::LIMIT);
+    assert_eq!(
+        common::code(db.watch("w", 1, 2)),
+        zs_db_service::proto::errcode::LIMIT
+    );
     drop(many);
 }
 
 fn three_servers(n: u64) -> (Vec<common::Fixture>, Vec<DbClient>) {
-    let fs: Vec<_> = (0..3).map(|_| common::start(ServiceConfig::default())).collect();
+    let fs: Vec<_> = (0..3)
+        .map(|_| common::start(ServiceConfig::default()))
+        .collect();
     let cs: Vec<DbClient> = fs
         .iter()
-        .map(|f| common::connect(common::backend(), Arc::new(Mutex::new(f.server.local_addr()))))
+        .map(|f| {
+            common::connect(
+                common::backend(),
+                Arc::new(Mutex::new(f.server.local_addr())),
+            )
+        })
         .collect();
     for (s, c) in cs.iter().enumerate() {
         c.open("x", true).unwrap();
@@ -116,7 +145,9 @@ fn fan_out_merges_in_key_order_with_a_global_limit() {
     };
     let (got, failures) = fan_out(&cs, &spec, cfg).collect_all();
     assert!(failures.is_empty());
-    let want: Vec<(usize, u64)> = (1..=10).flat_map(|i| (0..3).map(move |s| (s, 2 * i))).collect();
+    let want: Vec<(usize, u64)> = (1..=10)
+        .flat_map(|i| (0..3).map(move |s| (s, 2 * i)))
+        .collect();
     let seen: Vec<(usize, u64)> = got.iter().map(|(s, r)| (*s, r.id)).collect();
     assert_eq!(seen, want);
     for (s, r) in &got {
@@ -126,7 +157,9 @@ fn fan_out_merges_in_key_order_with_a_global_limit() {
     spec.reverse = true;
     let (got, _) = fan_out(&cs, &spec, FanOutConfig::default()).collect_all();
     assert_eq!(got.len(), 300);
-    assert!(got.windows(2).all(|w| w[0].1.id > w[1].1.id || (w[0].1.id == w[1].1.id && w[0].0 < w[1].0)));
+    assert!(got
+        .windows(2)
+        .all(|w| w[0].1.id > w[1].1.id || (w[0].1.id == w[1].1.id && w[0].0 < w[1].0)));
 }
 
 #[test]
@@ -160,7 +193,11 @@ fn fan_out_flags_a_server_killed_mid_query_as_partial() {
     }
     let dead_ids: Vec<u64> = got.iter().filter(|x| x.0 == 2).map(|x| x.1).collect();
     assert!(dead_ids.len() < 3000);
-    assert_eq!(dead_ids, (1..=dead_ids.len() as u64).collect::<Vec<_>>(), "a prefix");
+    assert_eq!(
+        dead_ids,
+        (1..=dead_ids.len() as u64).collect::<Vec<_>>(),
+        "a prefix"
+    );
     // merged order held throughout
     assert!(got.windows(2).all(|w| (w[0].1, w[0].0) < (w[1].1, w[1].0)));
 }

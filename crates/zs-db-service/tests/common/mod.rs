@@ -71,7 +71,10 @@ pub fn serve(service: &DbService, backend: &Arc<dyn zs_io::Backend>, addr: Socke
 
 impl Fixture {
     pub fn client(&self) -> DbClient {
-        connect(self.backend.clone(), Arc::new(Mutex::new(self.server.local_addr())))
+        connect(
+            self.backend.clone(),
+            Arc::new(Mutex::new(self.server.local_addr())),
+        )
     }
 }
 
