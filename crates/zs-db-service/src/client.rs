@@ -536,10 +536,10 @@ impl Drop for RemoteQuery {
     fn drop(&mut self) {
         if self.end.is_none() {
             // fire and forget: the server stops scanning
-            let _ = self.client.connection().call_stream(
+            drop(self.client.connection().call_stream(
                 cmd::REQUEST,
                 to_frame(Request::Stop { qid: self.qid }.encode()),
-            );
+            ));
         }
         lock(&self.client.inner.routes.queries).remove(&self.qid);
     }
@@ -587,10 +587,10 @@ impl WatchStream {
 impl Drop for WatchStream {
     fn drop(&mut self) {
         lock(&self.client.inner.routes.watches).remove(&self.wid);
-        let _ = self.client.connection().call_stream(
+        drop(self.client.connection().call_stream(
             cmd::REQUEST,
             to_frame(Request::Unwatch { wid: self.wid }.encode()),
-        );
+        ));
     }
 }
 

@@ -143,6 +143,9 @@ struct QState {
     batches: u64,
 }
 
+/// Running queries by (connection id, query id).
+type QueryMap = Mutex<HashMap<(u64, u64), Arc<QueryCtl>>>;
+
 /// A FastPost stream's position (the marks database persists it).
 #[derive(Debug, Clone, Copy, Default)]
 struct Mark {
@@ -175,7 +178,7 @@ struct Svc {
     cfg: ServiceConfig,
     dbs: Mutex<HashMap<String, Arc<DbEntry>>>,
     functions: RwLock<HashMap<String, FilterFunction>>,
-    queries: Arc<Mutex<HashMap<(u64, u64), Arc<QueryCtl>>>>,
+    queries: Arc<QueryMap>,
     marks_db: Mutex<Option<Database>>,
     marks: Mutex<HashMap<(String, u64), Mark>>,
     pending_marks: Mutex<HashMap<(String, u64), PendingMark>>,
@@ -472,13 +475,7 @@ impl Svc {
             Request::Copy { src, dst } => {
                 check_client_name(&dst)?;
                 let e = self.entry(&src, false)?;
-                if self
-                    .env
-                    .list_dbs()
-                    .map_err(db_err)?
-                    .iter()
-                    .any(|n| *n == dst)
-                {
+                if self.env.list_dbs().map_err(db_err)?.contains(&dst) {
                     return Err(herr(errcode::EXISTS, format!("database {dst:?} exists")));
                 }
                 e.db.copy_to(self.env.vfs(), &dst).map_err(db_err)?;
@@ -944,7 +941,6 @@ impl QueryRun {
                 }
             }
         }
-        drop(visit);
         Ok(self.send(&mut seq, &mut batch)?.unwrap_or(EndStatus::Done))
     }
 }
