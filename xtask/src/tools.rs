@@ -130,6 +130,19 @@ pub const BENCH_TOOLS: &[(&str, Tool)] = &[
             program: "etcd",
             source: Source::Apt(&["etcd-server", "etcd-client"]),
             used_by: "bench registry (etcd 3.4 baseline)",
+        "db-service",
+        Tool {
+            program: "redis-server",
+            source: Source::Apt(&["redis-server", "redis-tools"]),
+            used_by: "bench db-service (Redis 7 baseline)",
+        },
+    ),
+    (
+        "db-service",
+        Tool {
+            program: "redis-benchmark",
+            source: Source::Apt(&["redis-tools"]),
+            used_by: "bench db-service (redis-benchmark)",
         },
     ),
 ];

@@ -125,6 +125,7 @@ const CRATES: &[&str] = &[
     "zs-services",
     "zs-registry",
     "zs-web",
+    "zs-db-service",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -188,6 +189,10 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         ("zs-db", &["zs-wire", "zs-expr"][..]),
         ("zs-tx", &["zs-db", "zserver"][..]), // zserver: dev-dependency of tests/serve.rs
         ("zs-core", &["zs-wire", "zs-crypto", "zs-io"][..]),
+        (
+            "zs-db-service",
+            &["zs-core", "zs-db", "zs-expr", "zs-wire"][..],
+        ),
         (
             "zs-xnat",
             &["zs-core", "zs-io", "zs-crypto", "zs-wire", "zs-p2pvm"][..],

@@ -13,13 +13,15 @@ pub struct DbArgs {
     /// Directory holding the databases (one `<name>.zdb` file each).
     #[arg(long, short = 'd', default_value = ".")]
     dir: PathBuf,
+    #[command(flatten)]
+    remote: crate::dbsvc::RemoteArgs,
     #[command(subcommand)]
     cmd: DbCmd,
 }
 
 /// Record kinds accepted on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum KindArg {
+pub(crate) enum KindArg {
     /// JSON text.
     Json,
     /// `key=value` pairs (numbers, true/false, null, else text).
@@ -29,7 +31,7 @@ enum KindArg {
 }
 
 #[derive(Debug, Subcommand)]
-enum DbCmd {
+pub(crate) enum DbCmd {
     /// Create a database.
     Create {
         /// Database name.
@@ -111,9 +113,23 @@ enum DbCmd {
         /// Database name.
         name: String,
     },
+    /// Print the changes of records FROM..=TO as JSON lines (needs --remote).
+    Watch {
+        /// Database name.
+        name: String,
+        /// First id watched.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last id watched.
+        #[arg(long, default_value_t = u64::MAX)]
+        to: u64,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
-fn value_bytes(kind: KindArg, value: &[String]) -> Result<(Kind, Vec<u8>), String> {
+pub(crate) fn value_bytes(kind: KindArg, value: &[String]) -> Result<(Kind, Vec<u8>), String> {
     match kind {
         KindArg::Json => {
             let text = value.join(" ");
@@ -138,7 +154,7 @@ fn value_bytes(kind: KindArg, value: &[String]) -> Result<(Kind, Vec<u8>), Strin
     }
 }
 
-fn record_json(r: &Record) -> serde_json::Value {
+pub(crate) fn record_json(r: &Record) -> serde_json::Value {
     use serde_json::{json, Map, Value};
     let value = match r.kind {
         Kind::Json => serde_json::from_slice(&r.data).unwrap_or(Value::Null),
@@ -171,6 +187,9 @@ fn open(env: &Env, name: &str) -> Result<Database, String> {
 }
 
 fn exec(args: DbArgs) -> Result<(), String> {
+    if !args.remote.remote.is_empty() {
+        return crate::dbsvc::exec_remote(args.remote, args.cmd);
+    }
     let env = Env::open_dir(&args.dir).map_err(|e| e.to_string())?;
     match args.cmd {
         DbCmd::Create {
@@ -267,6 +286,7 @@ fn exec(args: DbArgs) -> Result<(), String> {
             let (before, after) = open(&env, &name)?.compact().map_err(|e| e.to_string())?;
             println!("compacted {name}: {before} -> {after} bytes");
         }
+        DbCmd::Watch { .. } => return Err("`watch` needs --remote ADDR".into()),
         DbCmd::Stats { name } => {
             let s = open(&env, &name)?.stats();
             println!(

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod call;
 mod db;
+mod dbsvc;
 mod expr;
 mod registry;
 mod serve;

@@ -95,6 +95,9 @@ pub struct ServeArgs {
     /// gateway (/ws), Prometheus (/metrics), JavaScript client (/zs.js).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+    /// The network DB service.
+    #[command(flatten)]
+    pub db_service: crate::dbsvc::DbServiceArgs,
 }
 
 /// The TOML configuration file.
@@ -237,13 +240,16 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     }
 
     let services_file = file.services.unwrap_or_default();
+    // One data directory: the services' stores at its top, the DB service's
+    // databases in `db/` (so remote clients never reach the accounts store).
+    let data = a
+        .data
+        .clone()
+        .or(file.data)
+        .unwrap_or_else(|| PathBuf::from(crate::services::DEFAULT_DATA_DIR));
     let services = if a.no_services || services_file.enabled == Some(false) {
         None
     } else {
-        let data = a
-            .data
-            .or(file.data)
-            .unwrap_or_else(|| PathBuf::from(crate::services::DEFAULT_DATA_DIR));
         let (s, written) = crate::services::open_for_serve(&data, services_file.config()?)?;
         if let Some(p) = written {
             println!(
@@ -263,6 +269,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let slot = Arc::new(OnceLock::new());
     let mut commands = builtins(slot.clone());
     let mut cluster = crate::registry::Cluster::prepare(&a.cluster, &mut commands)?;
+    let mut db_note = Ok(None);
     let server = ServerBuilder::new()
         .addr(addr)
         .backend_name(&backend)
@@ -278,9 +285,11 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
             if let Some(s) = &services {
                 s.register(r)
             }
+            db_note = crate::dbsvc::install(&a.db_service, &data, r);
         })
         .start()
         .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
+    let db_note = db_note?;
     let server = Arc::new(server);
     let _ = slot.set(Arc::downgrade(&server));
     cluster.join(&server)?;
@@ -316,6 +325,9 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
+    if let Some(note) = db_note {
+        println!("{note}");
+    }
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {

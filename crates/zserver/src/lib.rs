@@ -108,6 +108,10 @@ pub use registry::{
 /// The web face (`zs-web`): WebSocket/JSON gateway, dashboard, `/metrics`.
 #[cfg(feature = "web")]
 pub mod web;
+#[cfg(feature = "db-service")]
+mod db_service;
+#[cfg(feature = "db-service")]
+pub use db_service::{connect_db, DbClient, DbService, ServiceConfig};
 
 #[cfg(feature = "core")]
 pub use builder::{

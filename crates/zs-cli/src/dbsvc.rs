@@ -1,0 +1,196 @@
+//! The network DB service in the CLI: `zs serve` serves `./zs-data/db` (unless
+//! `--no-db-service`), and `zs db --remote ADDR …` runs the `zs db` verbs against
+//! a server; `zs db watch` prints changes; several `--remote` make `zs db query`
+//! a fan-out with an ordered merge.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use zs_db_service::{
+    fan_out, Change, DbClient, DbService, Durability, FanOutConfig, QuerySpec, ServiceConfig,
+};
+
+use crate::db::{record_json, value_bytes, DbCmd};
+
+/// The DB service flags of `zs serve`.
+#[derive(Debug, clap::Args)]
+pub struct DbServiceArgs {
+    /// Do not serve the network DB service.
+    #[arg(long)]
+    pub no_db_service: bool,
+    /// Directory of the served databases [default: the data directory's `db/`,
+    /// ./zs-data/db].
+    #[arg(long)]
+    pub db_dir: Option<PathBuf>,
+}
+
+/// Adds the DB service to `reg` (unless disabled); its databases live in
+/// `--db-dir`, else in `data/db`. Returns what to print.
+pub fn install(
+    a: &DbServiceArgs,
+    data: &std::path::Path,
+    reg: &mut zserver::Registry,
+) -> Result<Option<String>, String> {
+    if a.no_db_service {
+        return Ok(None);
+    }
+    let dir = a.db_dir.clone().unwrap_or_else(|| data.join("db"));
+    let service = DbService::open_dir(&dir, ServiceConfig::default())
+        .map_err(|e| format!("db service on {}: {e}", dir.display()))?;
+    service.register(reg);
+    Ok(Some(format!(
+        "db service: databases in {} (zs db --remote ADDR …)",
+        dir.display()
+    )))
+}
+
+/// The remote flags of `zs db`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// Run the verb against a `zs serve` at this address (repeat it to fan a
+    /// query out over several servers).
+    #[arg(long)]
+    pub remote: Vec<SocketAddr>,
+    /// The server's fingerprint (else `ZS_FINGERPRINT`, else the key file).
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// The server's key file, to read the fingerprint of a local server.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+fn connect(addr: SocketAddr, r: &RemoteArgs) -> Result<DbClient, String> {
+    let fp = crate::call::resolve_fingerprint(r.fingerprint.as_deref(), r.key.as_deref())?;
+    zserver::connect_db(move || {
+        zserver::ClientBuilder::new(addr)
+            .fingerprint(fp)
+            .stable(zserver::Reconnect::default())
+    })
+    .map_err(|e| format!("cannot connect to {addr}: {e}"))
+}
+
+/// Runs a `zs db` verb remotely.
+pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
+    let e = |e: zs_db_service::Error| e.to_string();
+    if let DbCmd::Query {
+        name,
+        expr,
+        limit,
+        reverse,
+    } = &cmd
+    {
+        let mut spec = QuerySpec::new(name);
+        spec.filter = expr.clone().unwrap_or_default();
+        spec.reverse = *reverse;
+        if r.remote.len() > 1 {
+            let clients = r
+                .remote
+                .iter()
+                .map(|a| connect(*a, &r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let cfg = FanOutConfig {
+                limit: limit.unwrap_or(0),
+                ..FanOutConfig::default()
+            };
+            let mut out = fan_out(&clients, &spec, cfg);
+            for (server, rec) in &mut out {
+                let mut j = record_json(&rec);
+                j["server"] = r.remote[server].to_string().into();
+                println!("{j}");
+            }
+            for f in out.failures() {
+                eprintln!(
+                    "partial: server {} dropped: {}",
+                    r.remote[f.server], f.reason
+                );
+            }
+            return Ok(());
+        }
+        spec.limit = limit.unwrap_or(0);
+        let db = connect(r.remote[0], &r)?;
+        let mut q = db.query(spec).map_err(e)?;
+        for batch in q.by_ref() {
+            for rec in batch.map_err(e)? {
+                println!("{}", record_json(&rec));
+            }
+        }
+        if let Some((status, n)) = q.end() {
+            eprintln!("{n} matched ({status:?})");
+        }
+        return Ok(());
+    }
+    if r.remote.len() > 1 {
+        return Err("several --remote are for `query` only".into());
+    }
+    let db = connect(r.remote[0], &r)?;
+    match cmd {
+        DbCmd::Create { name, .. } => {
+            db.open(&name, true).map_err(e)?;
+            println!("created {name}");
+        }
+        DbCmd::List => {
+            for n in db.list().map_err(e)? {
+                println!("{n}");
+            }
+        }
+        DbCmd::Put { name, value, kind } => {
+            let (kind, bytes) = value_bytes(kind, &value)?;
+            println!(
+                "{}",
+                db.insert(&name, kind, &bytes, Durability::Durable)
+                    .map_err(e)?
+            );
+        }
+        DbCmd::Update {
+            name,
+            id,
+            value,
+            kind,
+        } => {
+            let (kind, bytes) = value_bytes(kind, &value)?;
+            db.update(&name, id, kind, &bytes, Durability::Durable)
+                .map_err(e)?;
+        }
+        DbCmd::Get { name, id } => match db.get(&name, id).map_err(e)? {
+            Some(r) => println!("{}", record_json(&r)),
+            None => return Err(format!("no record with id {id}")),
+        },
+        DbCmd::Delete { name, id } => {
+            if !db.delete(&name, id, Durability::Durable).map_err(e)? {
+                return Err(format!("no record with id {id}"));
+            }
+        }
+        DbCmd::Index { name, field } => db.create_index(&name, &field).map_err(e)?,
+        DbCmd::Compact { name } => {
+            let (before, after) = db.compact(&name).map_err(e)?;
+            println!("compacted {name}: {before} -> {after} bytes");
+        }
+        DbCmd::Stats { .. } => return Err("`stats` is local only".into()),
+        DbCmd::Watch {
+            name,
+            from,
+            to,
+            count,
+        } => {
+            let mut w = db.watch(&name, from, to).map_err(e)?;
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                let Some(changes) = w.next_timeout(Duration::from_secs(1)).map_err(e)? else {
+                    continue;
+                };
+                for c in changes {
+                    match c {
+                        Change::Put(rec) => println!("{}", record_json(&rec)),
+                        Change::Delete(id) => {
+                            println!("{}", serde_json::json!({"id": id, "deleted": true}))
+                        }
+                    }
+                    seen += 1;
+                }
+            }
+        }
+        DbCmd::Query { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}

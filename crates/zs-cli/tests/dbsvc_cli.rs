@@ -1,0 +1,132 @@
+//! `zs serve` serves the DB service on ./zs-data/db; `zs db --remote` runs the verbs
+//! against it, `zs db watch` prints changes, and two `--remote` fan a query out.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+struct Serve {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path) -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zs"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let (mut addr, mut fingerprint) = (String::new(), String::new());
+    let mut db_line = false;
+    while !(db_line && !addr.is_empty() && !fingerprint.is_empty()) {
+        let l = lines.next().expect("zs serve ended").unwrap();
+        if let Some(rest) = l.strip_prefix("zs serve: listening on ") {
+            addr = rest.split_whitespace().next().unwrap().to_string();
+        }
+        if let Some(fp) = l.strip_prefix("fingerprint: ") {
+            fingerprint = fp.trim().to_string();
+        }
+        db_line |= l.starts_with("db service: databases in zs-data");
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Serve {
+        child,
+        addr,
+        fingerprint,
+    }
+}
+
+fn zs_remote(s: &[&Serve], args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_zs"));
+    c.arg("db");
+    for x in s {
+        c.args(["--remote", &x.addr]);
+    }
+    let out = c
+        .args(["--fingerprint", &s[0].fingerprint])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn remote_verbs_watch_and_fan_out_against_zs_serve() {
+    let d1 = tempfile::tempdir().unwrap();
+    let s1 = serve(d1.path());
+    assert!(zs_remote(&[&s1], &["create", "people"]).0);
+    let (ok, id, err) = zs_remote(&[&s1], &["put", "people", r#"{"name":"bob","age":31}"#]);
+    assert!(ok, "{err}");
+    assert_eq!(id.trim(), "1");
+    assert!(zs_remote(&[&s1], &["put", "people", r#"{"name":"ann","age":25}"#]).0);
+    let (ok, got, _) = zs_remote(&[&s1], &["get", "people", "1"]);
+    assert!(ok);
+    assert!(got.contains(r#""name":"bob""#), "{got}");
+    let (ok, q, _) = zs_remote(&[&s1], &["query", "people", "age > 30"]);
+    assert!(ok);
+    assert_eq!(q.lines().count(), 1);
+    assert!(q.contains("bob"));
+    let (ok, l, _) = zs_remote(&[&s1], &["list"]);
+    assert!(ok);
+    assert_eq!(l.trim(), "people");
+    assert!(
+        d1.path().join("zs-data/db/people.zdb").exists(),
+        "served from ./zs-data/db"
+    );
+    // watch: a change made by another command shows up
+    let w = Command::new(env!("CARGO_BIN_EXE_zs"))
+        .args(["db", "--remote", &s1.addr, "--fingerprint", &s1.fingerprint])
+        .args(["watch", "people", "--count", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(zs_remote(&[&s1], &["put", "people", r#"{"name":"cy","age":40}"#]).0);
+    let out = w.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#""name":"cy""#));
+    // fan-out over two servers (same identity: the key file is copied)
+    let d2 = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        d1.path().join("zs-identity.key"),
+        d2.path().join("zs-identity.key"),
+    )
+    .unwrap();
+    let s2 = serve(d2.path());
+    assert!(zs_remote(&[&s2], &["create", "people"]).0);
+    assert!(zs_remote(&[&s2], &["put", "people", r#"{"name":"dee","age":50}"#]).0);
+    let (ok, merged, err) = zs_remote(&[&s1, &s2], &["query", "people", "age > 30"]);
+    assert!(ok, "{err}");
+    let names: Vec<&str> = ["bob", "dee", "cy"]
+        .into_iter()
+        .filter(|n| merged.contains(n))
+        .collect();
+    assert_eq!(names.len(), 3, "{merged}");
+    let ids: Vec<u64> = merged
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 1, 3], "merged by id");
+    // refusals come back as errors
+    let (ok, _, err) = zs_remote(&[&s1], &["get", "nope", "1"]);
+    assert!(!ok);
+    assert!(err.contains("404"), "{err}");
+}

@@ -1,0 +1,1131 @@
+//! The service's payload formats (docs/PROTOCOL.md Part "DB service"): requests,
+//! answers, pushes and one-way client messages. All integers little-endian; a
+//! string is `u16 len` + UTF-8; a byte string is `u32 len` + bytes. Every decoder
+//! checks lengths against what is left and against [`Limits`] before allocating,
+//! and rejects trailing bytes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use zs_db::{Kind, Record};
+
+/// Command names registered on the zs-core registry.
+pub mod cmd {
+    /// Stream call: one request (a DataFrame holding one byte string), one answer.
+    pub const REQUEST: &str = "zsdb";
+    /// Server → client CompleteBuffer: a [`super::Push`].
+    pub const PUSH: &str = "zsdb.push";
+    /// Client → server CompleteBuffer: a [`super::Oneway`] (query credit, FastPost).
+    pub const ONEWAY: &str = "zsdb.oneway";
+}
+
+/// Error codes of refused requests (carried in zs-core error frames).
+pub mod errcode {
+    /// Malformed request.
+    pub const BAD_REQUEST: u32 = 400;
+    /// The connection may not do that (or the name is reserved).
+    pub const FORBIDDEN: u32 = 403;
+    /// No such database, record or query.
+    pub const NOT_FOUND: u32 = 404;
+    /// The database exists already.
+    pub const EXISTS: u32 = 409;
+    /// Over a configured limit (queries, sizes).
+    pub const LIMIT: u32 = 429;
+    /// The store failed.
+    pub const STORE: u32 = 500;
+}
+
+/// Hard decoding limits (the service passes its configured ones).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest record value in bytes.
+    pub max_value: usize,
+    /// Most records in one message.
+    pub max_records: usize,
+    /// Longest filter expression in bytes.
+    pub max_filter: usize,
+    /// Most query parameters.
+    pub max_params: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value: 16 << 20,
+            max_records: 65_536,
+            max_filter: 16 << 10,
+            max_params: 64,
+        }
+    }
+}
+
+/// A decoding failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad payload: {0}")]
+pub struct DecodeError(pub String);
+
+fn bad<T>(what: &str) -> Result<T, DecodeError> {
+    Err(DecodeError(what.to_string()))
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Durability {
+    /// After the commit is on disk (fsync; concurrent commits share one).
+    Durable = 0,
+    /// After the commit is applied (visible to reads) and in the engine's write
+    /// buffer; it reaches the disk within the database's group-commit interval
+    /// ([`crate::ServiceConfig::group_commit`]) or at the next durable commit.
+    Written = 1,
+}
+
+impl Durability {
+    fn from_u8(b: u8) -> Result<Durability, DecodeError> {
+        match b {
+            0 => Ok(Durability::Durable),
+            1 => Ok(Durability::Written),
+            _ => bad("durability"),
+        }
+    }
+}
+
+/// A query parameter value (`param_<name>` in a filter expression).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    /// null
+    Null,
+    /// bool
+    Bool(bool),
+    /// integer
+    Int(i64),
+    /// float
+    Float(f64),
+    /// string
+    Str(String),
+}
+
+/// Which records a query visits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Range {
+    /// Every record, in id order.
+    All,
+    /// Ids in `lo..=hi`, in id order (the id is the primary ordered key).
+    Ids {
+        /// First id (inclusive).
+        lo: u64,
+        /// Last id (inclusive).
+        hi: u64,
+    },
+    /// Records whose indexed `field` lies in `lo..=hi` (needs a secondary index on
+    /// the field); visited in id order.
+    Index {
+        /// Indexed field.
+        field: String,
+        /// Lowest value (inclusive), `None` = unbounded.
+        lo: Option<Param>,
+        /// Highest value (inclusive), `None` = unbounded.
+        hi: Option<Param>,
+    },
+}
+
+/// A query as sent to the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuerySpec {
+    /// Query id, chosen by the client (unique among its running queries on the
+    /// connection), so results never race the answer.
+    pub qid: u64,
+    /// Database.
+    pub db: String,
+    /// Which records to visit.
+    pub range: Range,
+    /// A zs-expr filter over record fields (empty: none).
+    pub filter: String,
+    /// A filter function registered on the server (empty: none); both filters apply.
+    pub function: String,
+    /// Named parameters (`param_<name>` in the expression; passed to the function).
+    pub params: Vec<(String, Param)>,
+    /// Most results (0 = no limit).
+    pub limit: u64,
+    /// Highest ids first.
+    pub reverse: bool,
+    /// A batch is sent once it holds this many bytes of record data...
+    pub batch_bytes: u32,
+    /// ...or this many milliseconds after its first record.
+    pub batch_ms: u32,
+    /// Batches sent and not yet consumed by the client; the scan pauses at this
+    /// many (the client returns credit as it reads).
+    pub window: u32,
+}
+
+impl QuerySpec {
+    /// A full scan of `db` with default batching.
+    pub fn new(db: &str) -> QuerySpec {
+        QuerySpec {
+            qid: 0,
+            db: db.to_string(),
+            range: Range::All,
+            filter: String::new(),
+            function: String::new(),
+            params: Vec::new(),
+            limit: 0,
+            reverse: false,
+            batch_bytes: 64 << 10,
+            batch_ms: 100,
+            window: 4,
+        }
+    }
+}
+
+/// A request (client → server, inside a [`cmd::REQUEST`] stream call).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Opens database `name`; `create`: create it when missing.
+    Open {
+        /// Name.
+        name: String,
+        /// Create when missing.
+        create: bool,
+    },
+    /// Closes the engine of `name` (it is reopened on next use).
+    Close {
+        /// Name.
+        name: String,
+    },
+    /// Names of the databases.
+    List,
+    /// Writes a compacted copy of `src` as new database `dst`.
+    Copy {
+        /// Source.
+        src: String,
+        /// Target (must not exist).
+        dst: String,
+    },
+    /// Compacts `name`.
+    Compact {
+        /// Name.
+        name: String,
+    },
+    /// Deletes database `name` and its file.
+    Remove {
+        /// Name.
+        name: String,
+    },
+    /// Inserts a record; answers its id.
+    Insert {
+        /// Database.
+        db: String,
+        /// When to answer.
+        durability: Durability,
+        /// Value kind.
+        kind: Kind,
+        /// Value.
+        data: Bytes,
+    },
+    /// Replaces record `id`.
+    Update {
+        /// Database.
+        db: String,
+        /// When to answer.
+        durability: Durability,
+        /// Record id.
+        id: u64,
+        /// Value kind.
+        kind: Kind,
+        /// Value.
+        data: Bytes,
+    },
+    /// Deletes record `id`; answers whether it existed.
+    Delete {
+        /// Database.
+        db: String,
+        /// When to answer.
+        durability: Durability,
+        /// Record id.
+        id: u64,
+    },
+    /// Reads record `id`.
+    Get {
+        /// Database.
+        db: String,
+        /// Record id.
+        id: u64,
+    },
+    /// Starts a query; answers its id. Results come as pushes.
+    Query(QuerySpec),
+    /// Pauses a running query.
+    Pause {
+        /// Query id.
+        qid: u64,
+    },
+    /// Resumes a paused query.
+    Resume {
+        /// Query id.
+        qid: u64,
+    },
+    /// Stops a query (an `End` push with status `Stopped` follows).
+    Stop {
+        /// Query id.
+        qid: u64,
+    },
+    /// Progress of a query.
+    Progress {
+        /// Query id.
+        qid: u64,
+    },
+    /// Opens (or resumes) FastPost stream `stream` into `db`; answers the highest
+    /// sequence number applied (0: none).
+    FastPostOpen {
+        /// Database.
+        db: String,
+        /// Client-chosen stream id (random).
+        stream: u64,
+    },
+    /// Subscribes to the changes of records `lo..=hi` of `db` (client-chosen
+    /// `wid`); they come as [`Push::Changes`] in commit order.
+    Watch {
+        /// Watch id (client-chosen, shares the query id space).
+        wid: u64,
+        /// Database.
+        db: String,
+        /// First id (inclusive).
+        lo: u64,
+        /// Last id (inclusive).
+        hi: u64,
+    },
+    /// Ends a watch.
+    Unwatch {
+        /// Watch id.
+        wid: u64,
+    },
+    /// Creates a secondary index on `field` of `db`.
+    CreateIndex {
+        /// Database.
+        db: String,
+        /// Field.
+        field: String,
+    },
+}
+
+/// State of a query as reported by [`Answer::Progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryProgress {
+    /// Records examined.
+    pub scanned: u64,
+    /// Records matched.
+    pub matched: u64,
+    /// Batches sent.
+    pub batches: u64,
+    /// Batches sent and not yet consumed by the client.
+    pub in_flight: u32,
+    /// Paused by the client.
+    pub paused: bool,
+    /// Finished (done, stopped, limit reached or failed).
+    pub done: bool,
+}
+
+/// An answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Done.
+    Ok,
+    /// An id (insert, query) or a sequence number (FastPost open).
+    Id(u64),
+    /// A yes/no (delete).
+    Bool(bool),
+    /// Database names.
+    Names(Vec<String>),
+    /// Sizes before and after (compact).
+    Sizes(u64, u64),
+    /// A record or nothing (get).
+    Record(Option<Record>),
+    /// Query progress.
+    Progress(QueryProgress),
+}
+
+/// How a query ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EndStatus {
+    /// Every record was visited.
+    Done = 0,
+    /// The limit was reached.
+    Limit = 1,
+    /// Stopped by the client.
+    Stopped = 2,
+    /// Failed (the message says why).
+    Failed = 3,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Record `id` was inserted or replaced.
+    Put(Record),
+    /// Record `id` was deleted.
+    Delete(u64),
+}
+
+/// Server → client messages that are not answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// Results of query `qid`, batch number `seq` (from 0).
+    Batch {
+        /// Query id.
+        qid: u64,
+        /// Batch number.
+        seq: u64,
+        /// Records in order.
+        records: Vec<Record>,
+    },
+    /// Query `qid` ended after `matched` results.
+    End {
+        /// Query id.
+        qid: u64,
+        /// How.
+        status: EndStatus,
+        /// Results sent.
+        matched: u64,
+        /// Error text (status `Failed`).
+        message: String,
+    },
+    /// The changes of one commit seen by watch `wid` (commits in order).
+    Changes {
+        /// Watch id.
+        wid: u64,
+        /// Commit number of this watch (from 0; a gap means changes were lost).
+        seq: u64,
+        /// The commit's changes in the watched range, in order.
+        changes: Vec<Change>,
+    },
+    /// FastPost stream `stream`: every record up to `seq` is durable.
+    FastPostAck {
+        /// Stream id.
+        stream: u64,
+        /// Highest durable sequence number.
+        seq: u64,
+    },
+    /// FastPost stream `stream` failed at `seq` (nothing at or after it is applied).
+    FastPostError {
+        /// Stream id.
+        stream: u64,
+        /// First sequence number not applied.
+        seq: u64,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Client → server one-way messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Oneway {
+    /// The client consumed `batches` batches of query `qid` (credit back).
+    Credit {
+        /// Query id.
+        qid: u64,
+        /// Batches consumed.
+        batches: u32,
+    },
+    /// FastPost records `first_seq..first_seq + records.len()` of `stream`.
+    FastPost {
+        /// Stream id (opened with [`Request::FastPostOpen`]).
+        stream: u64,
+        /// Sequence number of the first record (from 1).
+        first_seq: u64,
+        /// Kind and value of each record.
+        records: Vec<(Kind, Bytes)>,
+    },
+}
+
+// ---- primitives -------------------------------------------------------------
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    b.put_u16_le(s.len() as u16);
+    b.put_slice(s);
+}
+
+fn put_bytes(b: &mut BytesMut, s: &[u8]) {
+    b.put_u32_le(s.len() as u32);
+    b.put_slice(s);
+}
+
+fn put_param(b: &mut BytesMut, p: &Param) {
+    match p {
+        Param::Null => b.put_u8(0),
+        Param::Bool(v) => {
+            b.put_u8(1);
+            b.put_u8(*v as u8);
+        }
+        Param::Int(v) => {
+            b.put_u8(2);
+            b.put_i64_le(*v);
+        }
+        Param::Float(v) => {
+            b.put_u8(3);
+            b.put_f64_le(*v);
+        }
+        Param::Str(s) => {
+            b.put_u8(4);
+            put_str(b, s);
+        }
+    }
+}
+
+fn put_opt_param(b: &mut BytesMut, p: &Option<Param>) {
+    match p {
+        None => b.put_u8(0xff),
+        Some(p) => put_param(b, p),
+    }
+}
+
+/// A bounds-checked reader over a payload.
+struct Rd<'a> {
+    src: &'a Bytes,
+    pos: usize,
+}
+
+impl<'a> Rd<'a> {
+    fn new(src: &'a Bytes) -> Rd<'a> {
+        Rd { src, pos: 0 }
+    }
+    fn left(&self) -> usize {
+        self.src.len() - self.pos
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.left() < n {
+            return bad("truncated");
+        }
+        let s = &self.src[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().unwrap_or([0; 2]),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or([0; 4]),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or([0; 8]),
+        ))
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => bad("bool"),
+        }
+    }
+    fn str(&mut self) -> Result<String, DecodeError> {
+        let n = self.u16()? as usize;
+        let s = self.take(n)?;
+        std::str::from_utf8(s)
+            .map(str::to_string)
+            .or_else(|_| bad("utf-8"))
+    }
+    fn bytes(&mut self, max: usize) -> Result<Bytes, DecodeError> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return bad("value too large");
+        }
+        if self.left() < n {
+            return bad("truncated");
+        }
+        let b = self.src.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(b)
+    }
+    fn kind(&mut self) -> Result<Kind, DecodeError> {
+        Kind::from_tag(self.u8()?).map_or_else(|| bad("kind"), Ok)
+    }
+    fn param_tagged(&mut self, tag: u8) -> Result<Param, DecodeError> {
+        Ok(match tag {
+            0 => Param::Null,
+            1 => Param::Bool(self.bool()?),
+            2 => Param::Int(self.u64()? as i64),
+            3 => Param::Float(f64::from_bits(self.u64()?)),
+            4 => Param::Str(self.str()?),
+            _ => return bad("param tag"),
+        })
+    }
+    fn param(&mut self) -> Result<Param, DecodeError> {
+        let t = self.u8()?;
+        self.param_tagged(t)
+    }
+    fn opt_param(&mut self) -> Result<Option<Param>, DecodeError> {
+        let t = self.u8()?;
+        if t == 0xff {
+            Ok(None)
+        } else {
+            self.param_tagged(t).map(Some)
+        }
+    }
+    fn count(&mut self, max: usize, min_each: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n > max || n.saturating_mul(min_each) > self.left() {
+            return bad("count");
+        }
+        Ok(n)
+    }
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.left() != 0 {
+            return bad("trailing bytes");
+        }
+        Ok(())
+    }
+}
+
+// ---- requests ---------------------------------------------------------------
+
+const R_OPEN: u8 = 0x01;
+const R_CLOSE: u8 = 0x02;
+const R_LIST: u8 = 0x03;
+const R_COPY: u8 = 0x04;
+const R_COMPACT: u8 = 0x05;
+const R_REMOVE: u8 = 0x06;
+const R_INDEX: u8 = 0x07;
+const R_INSERT: u8 = 0x10;
+const R_UPDATE: u8 = 0x11;
+const R_DELETE: u8 = 0x12;
+const R_GET: u8 = 0x13;
+const R_QUERY: u8 = 0x20;
+const R_PAUSE: u8 = 0x21;
+const R_RESUME: u8 = 0x22;
+const R_STOP: u8 = 0x23;
+const R_PROGRESS: u8 = 0x24;
+const R_FP_OPEN: u8 = 0x30;
+const R_WATCH: u8 = 0x40;
+const R_UNWATCH: u8 = 0x41;
+
+impl Request {
+    /// Encodes the request.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(64);
+        match self {
+            Request::Open { name, create } => {
+                b.put_u8(R_OPEN);
+                put_str(&mut b, name);
+                b.put_u8(*create as u8);
+            }
+            Request::Close { name } => {
+                b.put_u8(R_CLOSE);
+                put_str(&mut b, name);
+            }
+            Request::List => b.put_u8(R_LIST),
+            Request::Copy { src, dst } => {
+                b.put_u8(R_COPY);
+                put_str(&mut b, src);
+                put_str(&mut b, dst);
+            }
+            Request::Compact { name } => {
+                b.put_u8(R_COMPACT);
+                put_str(&mut b, name);
+            }
+            Request::Remove { name } => {
+                b.put_u8(R_REMOVE);
+                put_str(&mut b, name);
+            }
+            Request::CreateIndex { db, field } => {
+                b.put_u8(R_INDEX);
+                put_str(&mut b, db);
+                put_str(&mut b, field);
+            }
+            Request::Insert {
+                db,
+                durability,
+                kind,
+                data,
+            } => {
+                b.put_u8(R_INSERT);
+                put_str(&mut b, db);
+                b.put_u8(*durability as u8);
+                b.put_u8(*kind as u8);
+                put_bytes(&mut b, data);
+            }
+            Request::Update {
+                db,
+                durability,
+                id,
+                kind,
+                data,
+            } => {
+                b.put_u8(R_UPDATE);
+                put_str(&mut b, db);
+                b.put_u8(*durability as u8);
+                b.put_u64_le(*id);
+                b.put_u8(*kind as u8);
+                put_bytes(&mut b, data);
+            }
+            Request::Delete { db, durability, id } => {
+                b.put_u8(R_DELETE);
+                put_str(&mut b, db);
+                b.put_u8(*durability as u8);
+                b.put_u64_le(*id);
+            }
+            Request::Get { db, id } => {
+                b.put_u8(R_GET);
+                put_str(&mut b, db);
+                b.put_u64_le(*id);
+            }
+            Request::Query(q) => {
+                b.put_u8(R_QUERY);
+                b.put_u64_le(q.qid);
+                put_str(&mut b, &q.db);
+                match &q.range {
+                    Range::All => b.put_u8(0),
+                    Range::Ids { lo, hi } => {
+                        b.put_u8(1);
+                        b.put_u64_le(*lo);
+                        b.put_u64_le(*hi);
+                    }
+                    Range::Index { field, lo, hi } => {
+                        b.put_u8(2);
+                        put_str(&mut b, field);
+                        put_opt_param(&mut b, lo);
+                        put_opt_param(&mut b, hi);
+                    }
+                }
+                put_bytes(&mut b, q.filter.as_bytes());
+                put_str(&mut b, &q.function);
+                b.put_u32_le(q.params.len() as u32);
+                for (k, v) in &q.params {
+                    put_str(&mut b, k);
+                    put_param(&mut b, v);
+                }
+                b.put_u64_le(q.limit);
+                b.put_u8(q.reverse as u8);
+                b.put_u32_le(q.batch_bytes);
+                b.put_u32_le(q.batch_ms);
+                b.put_u32_le(q.window);
+            }
+            Request::Pause { qid } => {
+                b.put_u8(R_PAUSE);
+                b.put_u64_le(*qid);
+            }
+            Request::Resume { qid } => {
+                b.put_u8(R_RESUME);
+                b.put_u64_le(*qid);
+            }
+            Request::Stop { qid } => {
+                b.put_u8(R_STOP);
+                b.put_u64_le(*qid);
+            }
+            Request::Progress { qid } => {
+                b.put_u8(R_PROGRESS);
+                b.put_u64_le(*qid);
+            }
+            Request::Watch { wid, db, lo, hi } => {
+                b.put_u8(R_WATCH);
+                b.put_u64_le(*wid);
+                put_str(&mut b, db);
+                b.put_u64_le(*lo);
+                b.put_u64_le(*hi);
+            }
+            Request::Unwatch { wid } => {
+                b.put_u8(R_UNWATCH);
+                b.put_u64_le(*wid);
+            }
+            Request::FastPostOpen { db, stream } => {
+                b.put_u8(R_FP_OPEN);
+                put_str(&mut b, db);
+                b.put_u64_le(*stream);
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes a request.
+    pub fn decode(src: &Bytes, lim: &Limits) -> Result<Request, DecodeError> {
+        let mut r = Rd::new(src);
+        let req = match r.u8()? {
+            R_OPEN => Request::Open {
+                name: r.str()?,
+                create: r.bool()?,
+            },
+            R_CLOSE => Request::Close { name: r.str()? },
+            R_LIST => Request::List,
+            R_COPY => Request::Copy {
+                src: r.str()?,
+                dst: r.str()?,
+            },
+            R_COMPACT => Request::Compact { name: r.str()? },
+            R_REMOVE => Request::Remove { name: r.str()? },
+            R_INDEX => Request::CreateIndex {
+                db: r.str()?,
+                field: r.str()?,
+            },
+            R_INSERT => Request::Insert {
+                db: r.str()?,
+                durability: Durability::from_u8(r.u8()?)?,
+                kind: r.kind()?,
+                data: r.bytes(lim.max_value)?,
+            },
+            R_UPDATE => Request::Update {
+                db: r.str()?,
+                durability: Durability::from_u8(r.u8()?)?,
+                id: r.u64()?,
+                kind: r.kind()?,
+                data: r.bytes(lim.max_value)?,
+            },
+            R_DELETE => Request::Delete {
+                db: r.str()?,
+                durability: Durability::from_u8(r.u8()?)?,
+                id: r.u64()?,
+            },
+            R_GET => Request::Get {
+                db: r.str()?,
+                id: r.u64()?,
+            },
+            R_QUERY => {
+                let qid = r.u64()?;
+                let db = r.str()?;
+                let range = match r.u8()? {
+                    0 => Range::All,
+                    1 => Range::Ids {
+                        lo: r.u64()?,
+                        hi: r.u64()?,
+                    },
+                    2 => Range::Index {
+                        field: r.str()?,
+                        lo: r.opt_param()?,
+                        hi: r.opt_param()?,
+                    },
+                    _ => return bad("range"),
+                };
+                let filter = r.bytes(lim.max_filter)?;
+                let filter = String::from_utf8(filter.to_vec()).or_else(|_| bad("utf-8"))?;
+                let function = r.str()?;
+                let n = r.count(lim.max_params, 3)?;
+                let mut params = Vec::with_capacity(n);
+                for _ in 0..n {
+                    params.push((r.str()?, r.param()?));
+                }
+                Request::Query(QuerySpec {
+                    qid,
+                    db,
+                    range,
+                    filter,
+                    function,
+                    params,
+                    limit: r.u64()?,
+                    reverse: r.bool()?,
+                    batch_bytes: r.u32()?,
+                    batch_ms: r.u32()?,
+                    window: r.u32()?,
+                })
+            }
+            R_PAUSE => Request::Pause { qid: r.u64()? },
+            R_RESUME => Request::Resume { qid: r.u64()? },
+            R_STOP => Request::Stop { qid: r.u64()? },
+            R_PROGRESS => Request::Progress { qid: r.u64()? },
+            R_WATCH => Request::Watch {
+                wid: r.u64()?,
+                db: r.str()?,
+                lo: r.u64()?,
+                hi: r.u64()?,
+            },
+            R_UNWATCH => Request::Unwatch { wid: r.u64()? },
+            R_FP_OPEN => Request::FastPostOpen {
+                db: r.str()?,
+                stream: r.u64()?,
+            },
+            _ => return bad("request code"),
+        };
+        r.end()?;
+        Ok(req)
+    }
+}
+
+// ---- answers ----------------------------------------------------------------
+
+fn put_record(b: &mut BytesMut, rec: &Record) {
+    b.put_u64_le(rec.id);
+    b.put_u8(rec.kind as u8);
+    put_bytes(b, &rec.data);
+}
+
+fn get_record(r: &mut Rd<'_>, lim: &Limits) -> Result<Record, DecodeError> {
+    Ok(Record {
+        id: r.u64()?,
+        kind: r.kind()?,
+        data: r.bytes(lim.max_value)?.to_vec(),
+    })
+}
+
+impl Answer {
+    /// Encodes the answer.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(32);
+        match self {
+            Answer::Ok => b.put_u8(0),
+            Answer::Id(v) => {
+                b.put_u8(1);
+                b.put_u64_le(*v);
+            }
+            Answer::Bool(v) => {
+                b.put_u8(2);
+                b.put_u8(*v as u8);
+            }
+            Answer::Names(v) => {
+                b.put_u8(3);
+                b.put_u32_le(v.len() as u32);
+                for n in v {
+                    put_str(&mut b, n);
+                }
+            }
+            Answer::Sizes(x, y) => {
+                b.put_u8(4);
+                b.put_u64_le(*x);
+                b.put_u64_le(*y);
+            }
+            Answer::Record(None) => b.put_u8(5),
+            Answer::Record(Some(rec)) => {
+                b.put_u8(6);
+                put_record(&mut b, rec);
+            }
+            Answer::Progress(p) => {
+                b.put_u8(7);
+                b.put_u64_le(p.scanned);
+                b.put_u64_le(p.matched);
+                b.put_u64_le(p.batches);
+                b.put_u32_le(p.in_flight);
+                b.put_u8(p.paused as u8);
+                b.put_u8(p.done as u8);
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes an answer.
+    pub fn decode(src: &Bytes, lim: &Limits) -> Result<Answer, DecodeError> {
+        let mut r = Rd::new(src);
+        let a = match r.u8()? {
+            0 => Answer::Ok,
+            1 => Answer::Id(r.u64()?),
+            2 => Answer::Bool(r.bool()?),
+            3 => {
+                let n = r.count(1 << 20, 2)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(r.str()?);
+                }
+                Answer::Names(v)
+            }
+            4 => Answer::Sizes(r.u64()?, r.u64()?),
+            5 => Answer::Record(None),
+            6 => Answer::Record(Some(get_record(&mut r, lim)?)),
+            7 => Answer::Progress(QueryProgress {
+                scanned: r.u64()?,
+                matched: r.u64()?,
+                batches: r.u64()?,
+                in_flight: r.u32()?,
+                paused: r.bool()?,
+                done: r.bool()?,
+            }),
+            _ => return bad("answer code"),
+        };
+        r.end()?;
+        Ok(a)
+    }
+}
+
+// ---- pushes -----------------------------------------------------------------
+
+impl Push {
+    /// Encodes the push.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(64);
+        match self {
+            Push::Batch { qid, seq, records } => {
+                b.put_u8(1);
+                b.put_u64_le(*qid);
+                b.put_u64_le(*seq);
+                b.put_u32_le(records.len() as u32);
+                for rec in records {
+                    put_record(&mut b, rec);
+                }
+            }
+            Push::End {
+                qid,
+                status,
+                matched,
+                message,
+            } => {
+                b.put_u8(2);
+                b.put_u64_le(*qid);
+                b.put_u8(*status as u8);
+                b.put_u64_le(*matched);
+                put_str(&mut b, message);
+            }
+            Push::Changes { wid, seq, changes } => {
+                b.put_u8(5);
+                b.put_u64_le(*wid);
+                b.put_u64_le(*seq);
+                b.put_u32_le(changes.len() as u32);
+                for c in changes {
+                    match c {
+                        Change::Put(rec) => {
+                            b.put_u8(1);
+                            put_record(&mut b, rec);
+                        }
+                        Change::Delete(id) => {
+                            b.put_u8(2);
+                            b.put_u64_le(*id);
+                        }
+                    }
+                }
+            }
+            Push::FastPostAck { stream, seq } => {
+                b.put_u8(3);
+                b.put_u64_le(*stream);
+                b.put_u64_le(*seq);
+            }
+            Push::FastPostError {
+                stream,
+                seq,
+                message,
+            } => {
+                b.put_u8(4);
+                b.put_u64_le(*stream);
+                b.put_u64_le(*seq);
+                put_str(&mut b, message);
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes a push.
+    pub fn decode(src: &Bytes, lim: &Limits) -> Result<Push, DecodeError> {
+        let mut r = Rd::new(src);
+        let p = match r.u8()? {
+            1 => {
+                let qid = r.u64()?;
+                let seq = r.u64()?;
+                let n = r.count(lim.max_records, 13)?;
+                let mut records = Vec::with_capacity(n);
+                for _ in 0..n {
+                    records.push(get_record(&mut r, lim)?);
+                }
+                Push::Batch { qid, seq, records }
+            }
+            2 => Push::End {
+                qid: r.u64()?,
+                status: match r.u8()? {
+                    0 => EndStatus::Done,
+                    1 => EndStatus::Limit,
+                    2 => EndStatus::Stopped,
+                    3 => EndStatus::Failed,
+                    _ => return bad("end status"),
+                },
+                matched: r.u64()?,
+                message: r.str()?,
+            },
+            5 => {
+                let wid = r.u64()?;
+                let seq = r.u64()?;
+                let n = r.count(lim.max_records, 9)?;
+                let mut changes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    changes.push(match r.u8()? {
+                        1 => Change::Put(get_record(&mut r, lim)?),
+                        2 => Change::Delete(r.u64()?),
+                        _ => return bad("change tag"),
+                    });
+                }
+                Push::Changes { wid, seq, changes }
+            }
+            3 => Push::FastPostAck {
+                stream: r.u64()?,
+                seq: r.u64()?,
+            },
+            4 => Push::FastPostError {
+                stream: r.u64()?,
+                seq: r.u64()?,
+                message: r.str()?,
+            },
+            _ => return bad("push code"),
+        };
+        r.end()?;
+        Ok(p)
+    }
+}
+
+// ---- one-way ----------------------------------------------------------------
+
+impl Oneway {
+    /// Encodes the message.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(64);
+        match self {
+            Oneway::Credit { qid, batches } => {
+                b.put_u8(1);
+                b.put_u64_le(*qid);
+                b.put_u32_le(*batches);
+            }
+            Oneway::FastPost {
+                stream,
+                first_seq,
+                records,
+            } => {
+                b.put_u8(2);
+                b.put_u64_le(*stream);
+                b.put_u64_le(*first_seq);
+                b.put_u32_le(records.len() as u32);
+                for (k, d) in records {
+                    b.put_u8(*k as u8);
+                    put_bytes(&mut b, d);
+                }
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes the message.
+    pub fn decode(src: &Bytes, lim: &Limits) -> Result<Oneway, DecodeError> {
+        let mut r = Rd::new(src);
+        let m = match r.u8()? {
+            1 => Oneway::Credit {
+                qid: r.u64()?,
+                batches: r.u32()?,
+            },
+            2 => {
+                let stream = r.u64()?;
+                let first_seq = r.u64()?;
+                let n = r.count(lim.max_records, 5)?;
+                let mut records = Vec::with_capacity(n);
+                for _ in 0..n {
+                    records.push((r.kind()?, r.bytes(lim.max_value)?));
+                }
+                Oneway::FastPost {
+                    stream,
+                    first_seq,
+                    records,
+                }
+            }
+            _ => return bad("one-way code"),
+        };
+        r.end()?;
+        Ok(m)
+    }
+}
+
+/// Wraps a payload for the stream call ([`cmd::REQUEST`]).
+pub fn to_frame(payload: Bytes) -> zs_wire::DataFrame {
+    zs_wire::DataFrame::new().with(payload)
+}
+
+/// The payload of a stream call's DataFrame.
+pub fn from_frame(df: &zs_wire::DataFrame) -> Result<Bytes, DecodeError> {
+    if df.len() != 1 {
+        return bad("expected one byte string");
+    }
+    let mut r = df.reader();
+    r.read_bytes().map_err(|e| DecodeError(e.to_string()))
+}

@@ -1,0 +1,1276 @@
+//! The server side: [`DbService`] answers the requests of [`crate::proto`] from a
+//! zs-db [`Env`], runs queries on their own threads with credit-based flow
+//! control, and applies FastPost streams exactly once.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use zs_core::{HandlerError, Peer, Registry};
+use zs_db::{Batch, Database, DbOptions, Env, Kind, Record, RecordRef};
+use zs_wire::DataFrame;
+
+use crate::filter::{compile_expr, param_to_field, FilterFunction};
+use crate::proto::{
+    cmd, errcode, from_frame, to_frame, Answer, Change, Durability, EndStatus, Limits, Oneway,
+    Param, Push, QueryProgress, QuerySpec, Range, Request,
+};
+
+/// The reserved database holding FastPost stream marks (never listed or served).
+pub const MARKS_DB: &str = "__zs_fastpost";
+
+/// Limits and timings of a [`DbService`].
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Decoding limits (value size, records per message, filter length, parameters).
+    pub limits: Limits,
+    /// Most queries running at once on one connection. Default 8.
+    pub max_queries_per_conn: usize,
+    /// Most queries running at once in the process. Default 256.
+    pub max_queries: usize,
+    /// Largest batch a query may ask for, in bytes (smaller asks are raised to
+    /// 1 KiB). Default 1 MiB.
+    pub max_batch_bytes: u32,
+    /// Most batch bytes one query keeps unconsumed (window × batch size is
+    /// clamped to it). Default 4 MiB.
+    pub max_query_in_flight: u32,
+    /// Longest batch delay a query may ask for. Default 5 s.
+    pub max_batch_ms: u32,
+    /// Writes acknowledged [`Durability::Written`] and FastPost records are
+    /// synced (and FastPost acknowledged) this often. Default 10 ms.
+    pub group_commit: Duration,
+    /// Most FastPost streams remembered (for exactly-once resumption) per
+    /// process; the least recently used are forgotten beyond. Default 4096.
+    pub max_fastpost_streams: usize,
+    /// Most FastPost bytes queued for one stream and not yet applied; a client
+    /// sending more is disconnected. Default 32 MiB.
+    pub max_fastpost_queue: usize,
+    /// Most watches on one connection. Default 16.
+    pub max_watches_per_conn: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            limits: Limits::default(),
+            max_queries_per_conn: 8,
+            max_queries: 256,
+            max_batch_bytes: 1 << 20,
+            max_query_in_flight: 4 << 20,
+            max_batch_ms: 5000,
+            group_commit: Duration::from_millis(10),
+            max_fastpost_streams: 4096,
+            max_fastpost_queue: 32 << 20,
+            max_watches_per_conn: 16,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn herr(code: u32, msg: impl Into<String>) -> HandlerError {
+    HandlerError::new(code, msg)
+}
+
+fn db_err(e: zs_db::Error) -> HandlerError {
+    use zs_db::Error as E;
+    let code = match &e {
+        E::NotFound(_) | E::NoSuchDatabase(_) => errcode::NOT_FOUND,
+        E::AlreadyExists(_) => errcode::EXISTS,
+        E::InvalidName(_) | E::Query(_) | E::Decode(_) => errcode::BAD_REQUEST,
+        E::TooLarge { .. } => errcode::LIMIT,
+        _ => errcode::STORE,
+    };
+    herr(code, e.to_string())
+}
+
+/// Checks a database name a client sent: zs-db's rule (1..=64 of `A-Z a-z 0-9 _ - .`,
+/// not starting with `.`, so no path can escape the data directory), and not
+/// reserved (`__` prefix).
+pub fn check_client_name(name: &str) -> Result<(), HandlerError> {
+    zs_db::check_name(name).map_err(db_err)?;
+    if name.starts_with("__") {
+        return Err(herr(
+            errcode::FORBIDDEN,
+            format!("database name {name:?} is reserved"),
+        ));
+    }
+    Ok(())
+}
+
+/// One open database as the service holds it.
+struct DbEntry {
+    db: Database,
+    /// Serializes the service's writes to this database (FastPost predicts the ids
+    /// of its next commit, so no other write may come between).
+    write: Mutex<()>,
+    /// A commit not yet synced.
+    dirty: AtomicBool,
+    /// Watches of this database (notified under `write`, so in commit order).
+    watchers: Mutex<Vec<Watcher>>,
+}
+
+struct Watcher {
+    peer: Peer,
+    wid: u64,
+    lo: u64,
+    hi: u64,
+    seq: u64,
+}
+
+/// A running query.
+struct QueryCtl {
+    peer: u64,
+    st: Mutex<QState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct QState {
+    paused: bool,
+    stop: bool,
+    done: bool,
+    credit: u32,
+    window: u32,
+    scanned: u64,
+    matched: u64,
+    batches: u64,
+}
+
+/// Running queries by (connection id, query id).
+type QueryMap = Mutex<HashMap<(u64, u64), Arc<QueryCtl>>>;
+
+/// A FastPost stream's position (the marks database persists it).
+#[derive(Debug, Clone, Copy, Default)]
+struct Mark {
+    /// Record id of the mark in [`MARKS_DB`].
+    rec: u64,
+    /// Highest sequence number applied.
+    applied: u64,
+    /// Highest sequence number known durable (acknowledged).
+    durable: u64,
+    /// Last use, for eviction.
+    used: u64,
+}
+
+struct Stream {
+    db: String,
+    peer: Mutex<Peer>,
+    queue: Mutex<StreamQueue>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct StreamQueue {
+    items: Vec<(u64, Vec<(Kind, Bytes)>)>,
+    bytes: usize,
+    closed: bool,
+}
+
+struct Svc {
+    env: Env,
+    cfg: ServiceConfig,
+    dbs: Mutex<HashMap<String, Arc<DbEntry>>>,
+    functions: RwLock<HashMap<String, FilterFunction>>,
+    queries: Arc<QueryMap>,
+    marks_db: Mutex<Option<Database>>,
+    marks: Mutex<HashMap<(String, u64), Mark>>,
+    pending_marks: Mutex<HashMap<(String, u64), PendingMark>>,
+    streams: Mutex<HashMap<u64, Arc<Stream>>>,
+    watches: Mutex<HashMap<(u64, u64), String>>,
+    me: Mutex<Weak<Svc>>,
+    tick: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// The DB service: register it on a zs-core [`Registry`] with
+/// [`DbService::register`]. Cloning shares it.
+#[derive(Clone)]
+pub struct DbService {
+    svc: Arc<Svc>,
+}
+
+impl std::fmt::Debug for DbService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbService")
+            .field("queries", &lock(&self.svc.queries).len())
+            .finish()
+    }
+}
+
+impl DbService {
+    /// A service over the databases in directory `path` (created if missing).
+    pub fn open_dir(path: impl AsRef<Path>, cfg: ServiceConfig) -> zs_db::Result<DbService> {
+        DbService::with_env(Env::open_dir(path)?, cfg)
+    }
+
+    /// A service over `env`. Starts the group-commit thread (it ends when the
+    /// last clone of the service is dropped).
+    pub fn with_env(env: Env, cfg: ServiceConfig) -> zs_db::Result<DbService> {
+        let svc = Arc::new(Svc {
+            env,
+            cfg,
+            dbs: Mutex::new(HashMap::new()),
+            functions: RwLock::new(HashMap::new()),
+            queries: Arc::new(Mutex::new(HashMap::new())),
+            marks_db: Mutex::new(None),
+            marks: Mutex::new(HashMap::new()),
+            pending_marks: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
+            me: Mutex::new(Weak::new()),
+            tick: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        *lock(&svc.me) = Arc::downgrade(&svc);
+        svc.load_marks()?;
+        let weak = Arc::downgrade(&svc);
+        let every = svc.cfg.group_commit.max(Duration::from_millis(1));
+        std::thread::Builder::new()
+            .name("zs-dbsvc-sync".into())
+            .spawn(move || syncer(weak, every))
+            .map_err(|e| zs_db::Error::Io {
+                op: "spawn sync thread",
+                source: e,
+            })?;
+        Ok(DbService { svc })
+    }
+
+    /// The store.
+    pub fn env(&self) -> &Env {
+        &self.svc.env
+    }
+
+    /// Registers a server-side filter function under `name` (case-sensitive),
+    /// callable by queries with their parameters.
+    pub fn register_filter(
+        &self,
+        name: &str,
+        f: impl Fn(&RecordRef<'_>, &[(String, Param)]) -> bool + Send + Sync + 'static,
+    ) {
+        self.svc
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Arc::new(f));
+    }
+
+    /// Queries running now (all connections).
+    pub fn running_queries(&self) -> usize {
+        lock(&self.svc.queries).len()
+    }
+
+    /// Adds the service's commands to `reg`.
+    pub fn register(&self, reg: &mut Registry) {
+        let s = self.svc.clone();
+        reg.stream_hpc(cmd::REQUEST, move |peer, df| s.request(peer, df));
+        let s = self.svc.clone();
+        reg.complete_buffer(cmd::ONEWAY, move |peer, data| s.oneway(peer, data));
+    }
+}
+
+impl Drop for Svc {
+    fn drop(&mut self) {
+        for (_, s) in lock(&self.streams).drain() {
+            lock(&s.queue).closed = true;
+            s.cv.notify_all();
+        }
+    }
+}
+
+/// Syncs dirty databases every `every` and acknowledges FastPost records.
+fn syncer(weak: Weak<Svc>, every: Duration) {
+    loop {
+        std::thread::sleep(every);
+        let Some(svc) = weak.upgrade() else { return };
+        if svc.stop.load(Ordering::Acquire) {
+            return;
+        }
+        svc.sync_round();
+    }
+}
+
+impl Svc {
+    fn sync_round(&self) {
+        let dbs: Vec<(String, Arc<DbEntry>)> = lock(&self.dbs)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, e) in dbs {
+            if !e.dirty.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            // what was applied before the sync is durable after it
+            let applied: Vec<((String, u64), u64)> = lock(&self.marks)
+                .iter()
+                .filter(|((d, _), _)| *d == name)
+                .map(|(k, m)| (k.clone(), m.applied))
+                .collect();
+            if let Err(err) = e.db.sync() {
+                tracing::warn!(db = %name, %err, "db service: sync failed");
+                e.dirty.store(true, Ordering::Release);
+                continue;
+            }
+            let streams = lock(&self.streams);
+            let mut marks = lock(&self.marks);
+            for (key, seq) in applied {
+                if let Some(m) = marks.get_mut(&key) {
+                    if seq > m.durable {
+                        m.durable = seq;
+                        // acknowledge on the connection that owns the stream now
+                        if let Some(s) = streams.get(&key.1).filter(|s| s.db == key.0) {
+                            let _ = lock(&s.peer).send_complete_buffer(
+                                cmd::PUSH,
+                                Push::FastPostAck { stream: key.1, seq }.encode(),
+                            );
+                        }
+                    }
+                }
+            }
+            drop(marks);
+            drop(streams);
+        }
+    }
+
+    fn entry(&self, name: &str, create: bool) -> Result<Arc<DbEntry>, HandlerError> {
+        check_client_name(name)?;
+        let mut dbs = lock(&self.dbs);
+        if let Some(e) = dbs.get(name) {
+            if !e.db.is_closed() {
+                return Ok(e.clone());
+            }
+        }
+        let db = match self.env.db(name) {
+            Ok(db) => db,
+            Err(zs_db::Error::NoSuchDatabase(_)) if create => self
+                .env
+                .create_db(name, DbOptions::default())
+                .map_err(db_err)?,
+            Err(e) => return Err(db_err(e)),
+        };
+        self.resolve_marks(name, &db);
+        let e = Arc::new(DbEntry {
+            db,
+            write: Mutex::new(()),
+            dirty: AtomicBool::new(false),
+            watchers: Mutex::new(Vec::new()),
+        });
+        dbs.insert(name.to_string(), e.clone());
+        Ok(e)
+    }
+
+    fn request(&self, peer: &Peer, df: &DataFrame) -> Result<DataFrame, HandlerError> {
+        let payload = from_frame(df).map_err(|e| herr(errcode::BAD_REQUEST, e.0))?;
+        let req = Request::decode(&payload, &self.cfg.limits)
+            .map_err(|e| herr(errcode::BAD_REQUEST, e.0))?;
+        let ans = self.execute(peer, req)?;
+        Ok(to_frame(ans.encode()))
+    }
+
+    /// Sends the changes of one commit to the watches of `e`; called with `e.write`
+    /// held, so watches see commits in commit order.
+    fn notify(&self, e: &DbEntry, describe: &dyn Fn() -> Vec<Change>) {
+        let mut ws = lock(&e.watchers);
+        if ws.is_empty() {
+            return;
+        }
+        let changes = describe();
+        let mut gone = Vec::new();
+        ws.retain_mut(|w| {
+            let mine: Vec<Change> = changes
+                .iter()
+                .filter(|c| {
+                    let id = match c {
+                        Change::Put(r) => r.id,
+                        Change::Delete(id) => *id,
+                    };
+                    id >= w.lo && id <= w.hi
+                })
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                return w.peer.is_open();
+            }
+            let push = Push::Changes {
+                wid: w.wid,
+                seq: w.seq,
+                changes: mine,
+            };
+            w.seq += 1;
+            let ok = w
+                .peer
+                .send_complete_buffer(cmd::PUSH, push.encode())
+                .is_ok();
+            if !ok {
+                gone.push((w.peer.id(), w.wid));
+            }
+            ok
+        });
+        drop(ws);
+        if !gone.is_empty() {
+            let mut m = lock(&self.watches);
+            for k in gone {
+                m.remove(&k);
+            }
+        }
+    }
+
+    fn commit(
+        &self,
+        e: &DbEntry,
+        batch: &Batch,
+        durability: Durability,
+        describe: &dyn Fn(&[u64]) -> Vec<Change>,
+    ) -> Result<Vec<u64>, HandlerError> {
+        let ids = {
+            let _w = lock(&e.write);
+            let ids =
+                e.db.commit_with(
+                    batch,
+                    Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
+                )
+                .map_err(db_err)?;
+            self.notify(e, &|| describe(&ids));
+            ids
+        };
+        match durability {
+            // outside the write lock, so concurrent durable writers share fsyncs
+            Durability::Durable => e.db.sync().map_err(db_err)?,
+            Durability::Written => e.dirty.store(true, Ordering::Release),
+        }
+        Ok(ids)
+    }
+
+    fn execute(&self, peer: &Peer, req: Request) -> Result<Answer, HandlerError> {
+        match req {
+            Request::Open { name, create } => {
+                self.entry(&name, create)?;
+                Ok(Answer::Ok)
+            }
+            Request::Close { name } => {
+                check_client_name(&name)?;
+                if let Some(e) = lock(&self.dbs).remove(&name) {
+                    e.db.sync().map_err(db_err)?;
+                }
+                self.env.close(&name);
+                Ok(Answer::Ok)
+            }
+            Request::List => {
+                let mut names: Vec<String> = self
+                    .env
+                    .list_dbs()
+                    .map_err(db_err)?
+                    .into_iter()
+                    .filter(|n| !n.starts_with("__"))
+                    .collect();
+                names.sort();
+                Ok(Answer::Names(names))
+            }
+            Request::Copy { src, dst } => {
+                check_client_name(&dst)?;
+                let e = self.entry(&src, false)?;
+                if self.env.list_dbs().map_err(db_err)?.contains(&dst) {
+                    return Err(herr(errcode::EXISTS, format!("database {dst:?} exists")));
+                }
+                e.db.copy_to(self.env.vfs(), &dst).map_err(db_err)?;
+                Ok(Answer::Ok)
+            }
+            Request::Compact { name } => {
+                let e = self.entry(&name, false)?;
+                let (a, b) = e.db.compact().map_err(db_err)?;
+                Ok(Answer::Sizes(a, b))
+            }
+            Request::Remove { name } => {
+                check_client_name(&name)?;
+                lock(&self.dbs).remove(&name);
+                self.env.remove_db(&name).map_err(db_err)?;
+                self.forget_marks(&name);
+                Ok(Answer::Ok)
+            }
+            Request::CreateIndex { db, field } => {
+                let e = self.entry(&db, false)?;
+                let _w = lock(&e.write);
+                e.db.create_index(&field).map_err(db_err)?;
+                Ok(Answer::Ok)
+            }
+            Request::Insert {
+                db,
+                durability,
+                kind,
+                data,
+            } => {
+                let e = self.entry(&db, false)?;
+                let mut b = Batch::new();
+                b.insert(kind, data.to_vec());
+                let ids = self.commit(&e, &b, durability, &|ids| {
+                    vec![Change::Put(Record {
+                        id: ids[0],
+                        kind,
+                        data: data.to_vec(),
+                    })]
+                })?;
+                Ok(Answer::Id(ids[0]))
+            }
+            Request::Update {
+                db,
+                durability,
+                id,
+                kind,
+                data,
+            } => {
+                let e = self.entry(&db, false)?;
+                let mut b = Batch::new();
+                b.update(id, kind, data.to_vec());
+                self.commit(&e, &b, durability, &|_| {
+                    vec![Change::Put(Record {
+                        id,
+                        kind,
+                        data: data.to_vec(),
+                    })]
+                })?;
+                Ok(Answer::Ok)
+            }
+            Request::Delete { db, durability, id } => {
+                let e = self.entry(&db, false)?;
+                if !e.db.contains(id) {
+                    return Ok(Answer::Bool(false));
+                }
+                let mut b = Batch::new();
+                b.delete(id);
+                match self.commit(&e, &b, durability, &|_| vec![Change::Delete(id)]) {
+                    Ok(_) => Ok(Answer::Bool(true)),
+                    Err(h) if h.code == errcode::NOT_FOUND => Ok(Answer::Bool(false)),
+                    Err(h) => Err(h),
+                }
+            }
+            Request::Get { db, id } => {
+                let e = self.entry(&db, false)?;
+                Ok(Answer::Record(e.db.get(id).map_err(db_err)?))
+            }
+            Request::Query(spec) => self.start_query(peer, spec),
+            Request::Pause { qid } | Request::Resume { qid } | Request::Stop { qid } => {
+                let q = self.query(peer, qid)?;
+                let mut st = lock(&q.st);
+                match req {
+                    Request::Pause { .. } => st.paused = true,
+                    Request::Resume { .. } => st.paused = false,
+                    _ => st.stop = true,
+                }
+                q.cv.notify_all();
+                Ok(Answer::Ok)
+            }
+            Request::Progress { qid } => {
+                let q = self.query(peer, qid)?;
+                let st = lock(&q.st);
+                Ok(Answer::Progress(QueryProgress {
+                    scanned: st.scanned,
+                    matched: st.matched,
+                    batches: st.batches,
+                    in_flight: st.window - st.credit,
+                    paused: st.paused,
+                    done: st.done,
+                }))
+            }
+            Request::FastPostOpen { db, stream } => self.fastpost_open(peer, &db, stream),
+            Request::Watch { wid, db, lo, hi } => {
+                let e = self.entry(&db, false)?;
+                {
+                    let mut m = lock(&self.watches);
+                    let mine = m.keys().filter(|k| k.0 == peer.id()).count();
+                    if mine >= self.cfg.max_watches_per_conn {
+                        return Err(herr(
+                            errcode::LIMIT,
+                            format!(
+                                "too many watches on this connection (at most {})",
+                                self.cfg.max_watches_per_conn
+                            ),
+                        ));
+                    }
+                    if m.contains_key(&(peer.id(), wid)) {
+                        return Err(herr(errcode::EXISTS, "watch id in use"));
+                    }
+                    m.insert((peer.id(), wid), db.clone());
+                }
+                lock(&e.watchers).push(Watcher {
+                    peer: peer.clone(),
+                    wid,
+                    lo,
+                    hi,
+                    seq: 0,
+                });
+                Ok(Answer::Id(wid))
+            }
+            Request::Unwatch { wid } => {
+                let db = lock(&self.watches).remove(&(peer.id(), wid));
+                let Some(db) = db else {
+                    return Err(herr(errcode::NOT_FOUND, format!("no watch {wid}")));
+                };
+                if let Some(e) = lock(&self.dbs).get(&db) {
+                    lock(&e.watchers).retain(|w| !(w.peer.id() == peer.id() && w.wid == wid));
+                }
+                Ok(Answer::Ok)
+            }
+        }
+    }
+
+    fn query(&self, peer: &Peer, qid: u64) -> Result<Arc<QueryCtl>, HandlerError> {
+        lock(&self.queries)
+            .get(&(peer.id(), qid))
+            .cloned()
+            .ok_or_else(|| herr(errcode::NOT_FOUND, format!("no running query {qid}")))
+    }
+
+    fn start_query(&self, peer: &Peer, spec: QuerySpec) -> Result<Answer, HandlerError> {
+        let e = self.entry(&spec.db, false)?;
+        // filters compile before anything runs (a bad one is refused at once)
+        let expr = if spec.filter.trim().is_empty() {
+            None
+        } else {
+            Some(
+                compile_expr(&spec.filter, &spec.params)
+                    .map_err(|m| herr(errcode::BAD_REQUEST, m))?,
+            )
+        };
+        let func = if spec.function.is_empty() {
+            None
+        } else {
+            Some(
+                self.functions
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&spec.function)
+                    .cloned()
+                    .ok_or_else(|| {
+                        herr(
+                            errcode::NOT_FOUND,
+                            format!("no filter function {:?}", spec.function),
+                        )
+                    })?,
+            )
+        };
+        let ids: Source = match &spec.range {
+            Range::All => Source::Ids {
+                lo: 1,
+                hi: u64::MAX,
+            },
+            Range::Ids { lo, hi } => Source::Ids {
+                lo: (*lo).max(1),
+                hi: *hi,
+            },
+            Range::Index { field, lo, hi } => {
+                let b = |p: &Option<Param>| match p {
+                    None => Bound::Unbounded,
+                    Some(p) => Bound::Included(param_to_field(p)),
+                };
+                let (lo, hi) = (b(lo), b(hi));
+                let list =
+                    e.db.index_lookup(field, lo.as_ref(), hi.as_ref())
+                        .ok_or_else(|| {
+                            herr(errcode::NOT_FOUND, format!("no index on field {field:?}"))
+                        })?;
+                Source::List(list)
+            }
+        };
+        let batch_bytes = spec.batch_bytes.clamp(1024, self.cfg.max_batch_bytes);
+        let window = spec
+            .window
+            .clamp(1, (self.cfg.max_query_in_flight / batch_bytes).max(1));
+        let batch_ms = spec.batch_ms.clamp(1, self.cfg.max_batch_ms);
+        let key = (peer.id(), spec.qid);
+        let ctl = Arc::new(QueryCtl {
+            peer: peer.id(),
+            st: Mutex::new(QState {
+                credit: window,
+                window,
+                ..QState::default()
+            }),
+            cv: Condvar::new(),
+        });
+        {
+            let mut qs = lock(&self.queries);
+            if qs.len() >= self.cfg.max_queries {
+                return Err(herr(errcode::LIMIT, "too many queries on this server"));
+            }
+            let mine = qs.values().filter(|q| q.peer == peer.id()).count();
+            if mine >= self.cfg.max_queries_per_conn {
+                return Err(herr(
+                    errcode::LIMIT,
+                    format!(
+                        "too many queries on this connection (at most {})",
+                        self.cfg.max_queries_per_conn
+                    ),
+                ));
+            }
+            if qs.contains_key(&key) {
+                return Err(herr(errcode::EXISTS, "query id in use"));
+            }
+            qs.insert(key, ctl.clone());
+        }
+        let run = QueryRun {
+            db: e.db.clone(),
+            peer: peer.clone(),
+            qid: key.1,
+            ctl: ctl.clone(),
+            source: ids,
+            expr,
+            func,
+            params: spec.params,
+            limit: spec.limit,
+            reverse: spec.reverse,
+            batch_bytes: batch_bytes as usize,
+            batch_ms: Duration::from_millis(batch_ms as u64),
+        };
+        let svc_queries = Arc::downgrade(&self.queries);
+        let spawned = std::thread::Builder::new()
+            .name("zs-dbsvc-query".into())
+            .spawn(move || {
+                run.run();
+                if let Some(q) = svc_queries.upgrade() {
+                    lock(&q).remove(&key);
+                }
+            });
+        if let Err(err) = spawned {
+            lock(&self.queries).remove(&key);
+            return Err(herr(errcode::STORE, format!("cannot start query: {err}")));
+        }
+        Ok(Answer::Id(key.1))
+    }
+
+    fn oneway(&self, peer: &Peer, data: Bytes) {
+        let msg = match Oneway::decode(&data, &self.cfg.limits) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer = peer.id(), err = %e, "db service: bad one-way message; disconnecting");
+                peer.close(&format!("db service: {e}"));
+                return;
+            }
+        };
+        match msg {
+            Oneway::Credit { qid, batches } => {
+                if let Some(q) = lock(&self.queries).get(&(peer.id(), qid)) {
+                    let mut st = lock(&q.st);
+                    st.credit = st.credit.saturating_add(batches).min(st.window);
+                    q.cv.notify_all();
+                }
+            }
+            Oneway::FastPost {
+                stream,
+                first_seq,
+                records,
+            } => self.fastpost_data(peer, stream, first_seq, records),
+        }
+    }
+}
+
+enum Source {
+    Ids { lo: u64, hi: u64 },
+    List(Vec<u64>),
+}
+
+struct QueryRun {
+    db: Database,
+    peer: Peer,
+    qid: u64,
+    ctl: Arc<QueryCtl>,
+    source: Source,
+    expr: Option<crate::filter::ExprFilter>,
+    func: Option<FilterFunction>,
+    params: Vec<(String, Param)>,
+    limit: u64,
+    reverse: bool,
+    batch_bytes: usize,
+    batch_ms: Duration,
+}
+
+impl QueryRun {
+    fn run(self) {
+        let res = self.scan();
+        let (status, message) = match res {
+            Ok(s) => (s, String::new()),
+            Err(m) => (EndStatus::Failed, m),
+        };
+        let matched = {
+            let mut st = lock(&self.ctl.st);
+            st.done = true;
+            st.matched
+        };
+        let _ = self.peer.send_complete_buffer(
+            cmd::PUSH,
+            Push::End {
+                qid: self.qid,
+                status,
+                matched,
+                message,
+            }
+            .encode(),
+        );
+    }
+
+    /// Waits while paused (or, with `need_credit`, while no batch may be sent).
+    /// `Some(status)` ends the scan.
+    fn gate(&self, need_credit: bool) -> Option<EndStatus> {
+        let mut st = lock(&self.ctl.st);
+        loop {
+            if st.stop {
+                return Some(EndStatus::Stopped);
+            }
+            if !st.paused && (!need_credit || st.credit > 0) {
+                if need_credit {
+                    st.credit -= 1;
+                    st.batches += 1;
+                }
+                return None;
+            }
+            let (g, _) = self
+                .ctl
+                .cv
+                .wait_timeout(st, Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner());
+            st = g;
+            if !self.peer.is_open() {
+                return Some(EndStatus::Stopped);
+            }
+        }
+    }
+
+    fn send(&self, seq: &mut u64, batch: &mut Vec<Record>) -> Result<Option<EndStatus>, String> {
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        if let Some(s) = self.gate(true) {
+            return Ok(Some(s));
+        }
+        let push = Push::Batch {
+            qid: self.qid,
+            seq: *seq,
+            records: std::mem::take(batch),
+        };
+        *seq += 1;
+        self.peer
+            .send_complete_buffer(cmd::PUSH, push.encode())
+            .map_err(|e| format!("cannot send results: {e}"))?;
+        Ok(None)
+    }
+
+    fn accept(&self, r: &RecordRef<'_>) -> bool {
+        if let Some(f) = &self.expr {
+            if !f.matches(r) {
+                return false;
+            }
+        }
+        if let Some(f) = &self.func {
+            if !f(r, &self.params) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn scan(&self) -> Result<EndStatus, String> {
+        let mut batch: Vec<Record> = Vec::new();
+        let mut bytes = 0usize;
+        let mut first_at = Instant::now();
+        let mut seq = 0u64;
+        let mut matched = 0u64;
+        let mut visit = |rec: Record| -> Result<Option<EndStatus>, String> {
+            if let Some(s) = self.gate(false) {
+                return Ok(Some(s));
+            }
+            let ok = self.accept(&rec.as_ref());
+            {
+                let mut st = lock(&self.ctl.st);
+                st.scanned += 1;
+                if ok {
+                    st.matched += 1;
+                }
+            }
+            if ok {
+                if batch.is_empty() {
+                    first_at = Instant::now();
+                }
+                bytes += rec.data.len() + 13;
+                batch.push(rec);
+                matched += 1;
+                if self.limit > 0 && matched >= self.limit {
+                    return Ok(self.send(&mut seq, &mut batch)?.or(Some(EndStatus::Limit)));
+                }
+            }
+            if bytes >= self.batch_bytes
+                || (!batch.is_empty() && first_at.elapsed() >= self.batch_ms)
+            {
+                bytes = 0;
+                return self.send(&mut seq, &mut batch);
+            }
+            Ok(None)
+        };
+        match &self.source {
+            Source::Ids { lo, hi } => {
+                if lo > hi {
+                    return Ok(EndStatus::Done);
+                }
+                let from = if self.reverse { *hi } else { *lo };
+                for rec in self.db.cursor(from, self.reverse) {
+                    let rec = rec.map_err(|e| e.to_string())?;
+                    if rec.id < *lo || rec.id > *hi {
+                        break;
+                    }
+                    if let Some(s) = visit(rec)? {
+                        return Ok(s);
+                    }
+                }
+            }
+            Source::List(ids) => {
+                let mut it: Box<dyn Iterator<Item = &u64>> = if self.reverse {
+                    Box::new(ids.iter().rev())
+                } else {
+                    Box::new(ids.iter())
+                };
+                for &id in &mut it {
+                    let Some(rec) = self.db.get(id).map_err(|e| e.to_string())? else {
+                        continue;
+                    };
+                    if let Some(s) = visit(rec)? {
+                        return Ok(s);
+                    }
+                }
+            }
+        }
+        Ok(self.send(&mut seq, &mut batch)?.unwrap_or(EndStatus::Done))
+    }
+}
+
+// ---- FastPost ---------------------------------------------------------------
+
+/// A stream's mark as stored in [`MARKS_DB`]: `u16 len, db, u64 stream, u64 applied,
+/// u64 pending_first, u64 pending_last, u64 pending_first_id` (pending_first 0: none).
+fn encode_mark(db: &str, stream: u64, applied: u64, pending: Option<(u64, u64, u64)>) -> Vec<u8> {
+    let mut b = BytesMut::with_capacity(48 + db.len());
+    b.put_u16_le(db.len() as u16);
+    b.put_slice(db.as_bytes());
+    b.put_u64_le(stream);
+    b.put_u64_le(applied);
+    let (a, z, n) = pending.unwrap_or((0, 0, 0));
+    b.put_u64_le(a);
+    b.put_u64_le(z);
+    b.put_u64_le(n);
+    b.to_vec()
+}
+
+/// A mark read at start-up, resolved when its database is first opened:
+/// (mark record id, applied, pending (first seq, last seq, first id)).
+type PendingMark = (u64, u64, Option<(u64, u64, u64)>);
+
+type MarkRow = (String, u64, u64, Option<(u64, u64, u64)>);
+
+fn decode_mark(d: &[u8]) -> Option<MarkRow> {
+    let n = u16::from_le_bytes(d.get(..2)?.try_into().ok()?) as usize;
+    let db = std::str::from_utf8(d.get(2..2 + n)?).ok()?.to_string();
+    let rest = d.get(2 + n..)?;
+    if rest.len() != 40 {
+        return None;
+    }
+    let u = |i: usize| u64::from_le_bytes(rest[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    let pending = (u(2) != 0).then(|| (u(2), u(3), u(4)));
+    Some((db, u(0), u(1), pending))
+}
+
+impl Svc {
+    fn load_marks(&self) -> zs_db::Result<()> {
+        let db = match self.env.db(MARKS_DB) {
+            Ok(db) => db,
+            Err(zs_db::Error::NoSuchDatabase(_)) => {
+                self.env.create_db(MARKS_DB, DbOptions::default())?
+            }
+            Err(e) => return Err(e),
+        };
+        let mut pending = lock(&self.pending_marks);
+        for rec in db.cursor(1, false) {
+            let rec = rec?;
+            match decode_mark(&rec.data) {
+                Some((name, stream, applied, p)) => {
+                    pending.insert((name, stream), (rec.id, applied, p));
+                }
+                None => {
+                    tracing::warn!(id = rec.id, "db service: unreadable FastPost mark dropped");
+                    let _ = db.delete(rec.id);
+                }
+            }
+        }
+        *lock(&self.marks_db) = Some(db);
+        Ok(())
+    }
+
+    /// Resolves the marks of `name` left by the previous run: a pending commit
+    /// happened iff the database allocated its first id (ids are never reused and
+    /// only the stream's writer wrote between the mark and the commit).
+    fn resolve_marks(&self, name: &str, db: &Database) {
+        let next_id = db.stats().next_id;
+        let mut pending = lock(&self.pending_marks);
+        let keys: Vec<(String, u64)> = pending.keys().filter(|k| k.0 == name).cloned().collect();
+        let mut marks = lock(&self.marks);
+        for k in keys {
+            let Some((rec, applied, p)) = pending.remove(&k) else {
+                continue;
+            };
+            let applied = match p {
+                Some((a, z, first_id)) if next_id > first_id => z.max(a),
+                Some((a, _, _)) => a.saturating_sub(1).max(applied),
+                None => applied,
+            };
+            marks.insert(
+                k,
+                Mark {
+                    rec,
+                    applied,
+                    durable: applied,
+                    used: self.tick.fetch_add(1, Ordering::Relaxed),
+                },
+            );
+        }
+    }
+
+    fn forget_marks(&self, name: &str) {
+        let md = lock(&self.marks_db).clone();
+        let mut marks = lock(&self.marks);
+        let keys: Vec<(String, u64)> = marks.keys().filter(|k| k.0 == name).cloned().collect();
+        for k in keys {
+            if let (Some(m), Some(md)) = (marks.remove(&k), &md) {
+                let _ = md.delete(m.rec);
+            }
+        }
+        lock(&self.pending_marks).retain(|k, _| k.0 != name);
+    }
+
+    fn write_mark(
+        &self,
+        key: &(String, u64),
+        pending: Option<(u64, u64, u64)>,
+    ) -> zs_db::Result<()> {
+        let md = lock(&self.marks_db)
+            .clone()
+            .ok_or_else(|| zs_db::Error::NoSuchDatabase(MARKS_DB.into()))?;
+        let (rec, applied) = {
+            let m = lock(&self.marks);
+            let m = m.get(key).copied().unwrap_or_default();
+            (m.rec, m.applied)
+        };
+        let data = encode_mark(&key.0, key.1, applied, pending);
+        if rec == 0 {
+            let id = md.insert(Kind::Raw, &data)?;
+            if let Some(m) = lock(&self.marks).get_mut(key) {
+                m.rec = id;
+            }
+        } else {
+            md.update(rec, Kind::Raw, &data)?;
+        }
+        Ok(())
+    }
+
+    fn fastpost_open(&self, peer: &Peer, db: &str, stream: u64) -> Result<Answer, HandlerError> {
+        self.entry(db, false)?;
+        let key = (db.to_string(), stream);
+        let durable = {
+            let mut marks = lock(&self.marks);
+            let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+            if !marks.contains_key(&key) && marks.len() >= self.cfg.max_fastpost_streams {
+                // forget the least recently used stream that has no live writer
+                let live = lock(&self.streams);
+                let victim = marks
+                    .iter()
+                    .filter(|(k, _)| !live.contains_key(&k.1))
+                    .min_by_key(|(_, m)| m.used)
+                    .map(|(k, m)| (k.clone(), m.rec));
+                drop(live);
+                match victim {
+                    Some((k, rec)) => {
+                        marks.remove(&k);
+                        if let Some(md) = lock(&self.marks_db).as_ref() {
+                            let _ = md.delete(rec);
+                        }
+                    }
+                    None => return Err(herr(errcode::LIMIT, "too many FastPost streams")),
+                }
+            }
+            let m = marks.entry(key.clone()).or_default();
+            m.used = tick;
+            m.durable
+        };
+        let mut streams = lock(&self.streams);
+        match streams.get(&stream) {
+            Some(s) if s.db != db => {
+                return Err(herr(
+                    errcode::EXISTS,
+                    "stream id in use for another database",
+                ));
+            }
+            Some(s) => {
+                // the client came back on a new connection: the writer carries on
+                *lock(&s.peer) = peer.clone();
+            }
+            None => {
+                let s = Arc::new(Stream {
+                    db: db.to_string(),
+                    peer: Mutex::new(peer.clone()),
+                    queue: Mutex::new(StreamQueue::default()),
+                    cv: Condvar::new(),
+                });
+                let weak = self.self_weak();
+                let s2 = s.clone();
+                std::thread::Builder::new()
+                    .name("zs-dbsvc-fastpost".into())
+                    .spawn(move || fastpost_writer(weak, stream, s2))
+                    .map_err(|e| herr(errcode::STORE, format!("cannot start writer: {e}")))?;
+                streams.insert(stream, s);
+            }
+        }
+        Ok(Answer::Id(durable))
+    }
+
+    fn fastpost_data(&self, peer: &Peer, stream: u64, first_seq: u64, records: Vec<(Kind, Bytes)>) {
+        let s = lock(&self.streams).get(&stream).cloned();
+        let Some(s) = s.filter(|s| lock(&s.peer).id() == peer.id()) else {
+            tracing::warn!(
+                peer = peer.id(),
+                stream,
+                "db service: FastPost to a stream not opened on this connection; disconnecting"
+            );
+            peer.close("db service: FastPost stream not open");
+            return;
+        };
+        let n: usize = records.iter().map(|(_, d)| d.len() + 16).sum();
+        let mut q = lock(&s.queue);
+        if q.bytes + n > self.cfg.max_fastpost_queue {
+            drop(q);
+            tracing::warn!(
+                peer = peer.id(),
+                stream,
+                "db service: FastPost queue over its limit; disconnecting"
+            );
+            peer.close("db service: FastPost queue over its limit");
+            return;
+        }
+        q.bytes += n;
+        q.items.push((first_seq, records));
+        drop(q);
+        s.cv.notify_all();
+    }
+}
+
+/// Applies one stream's records in order, exactly once: each group is preceded by
+/// a durable mark naming its sequence numbers and the id its first record gets.
+fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>) {
+    loop {
+        let items = {
+            let mut q = lock(&s.queue);
+            while q.items.is_empty() && !q.closed {
+                let (g, t) =
+                    s.cv.wait_timeout(q, Duration::from_millis(500))
+                        .unwrap_or_else(|p| p.into_inner());
+                q = g;
+                if t.timed_out() && q.items.is_empty() && !lock(&s.peer).is_open() {
+                    q.closed = true;
+                }
+            }
+            if q.closed && q.items.is_empty() {
+                drop(q);
+                if let Some(svc) = weak.upgrade() {
+                    let mut streams = lock(&svc.streams);
+                    // a new connection may have taken the stream over meanwhile
+                    let idle = lock(&s.queue).items.is_empty();
+                    if idle && streams.get(&stream).is_some_and(|x| Arc::ptr_eq(x, &s)) {
+                        streams.remove(&stream);
+                    }
+                }
+                return;
+            }
+            q.bytes = 0;
+            std::mem::take(&mut q.items)
+        };
+        let Some(svc) = weak.upgrade() else { return };
+        svc.apply_group(stream, &s, items);
+    }
+}
+
+impl Svc {
+    fn self_weak(&self) -> Weak<Svc> {
+        lock(&self.me).clone()
+    }
+
+    fn apply_group(&self, stream: u64, s: &Stream, items: Vec<(u64, Vec<(Kind, Bytes)>)>) {
+        let key = (s.db.clone(), stream);
+        let applied = lock(&self.marks).get(&key).map_or(0, |m| m.applied);
+        let mut expected = applied + 1;
+        let mut batch = Batch::new();
+        let mut kept: Vec<(Kind, Bytes)> = Vec::new();
+        let mut error: Option<(u64, String)> = None;
+        'outer: for (first, recs) in items {
+            for (i, (kind, data)) in recs.into_iter().enumerate() {
+                let seq = first.saturating_add(i as u64);
+                if seq < expected {
+                    continue; // already applied: a resend
+                }
+                if seq > expected {
+                    error = Some((expected, format!("gap: got {seq}, expected {expected}")));
+                    break 'outer;
+                }
+                batch.insert(kind, data.to_vec());
+                kept.push((kind, data));
+                expected += 1;
+            }
+        }
+        let last = expected - 1;
+        if !batch.is_empty() {
+            let res = (|| -> Result<(), HandlerError> {
+                let e = self.entry(&s.db, false)?;
+                let _w = lock(&e.write);
+                let first_id = e.db.stats().next_id;
+                self.write_mark(&key, Some((applied + 1, last, first_id)))
+                    .map_err(db_err)?;
+                let ids =
+                    e.db.commit_with(
+                        &batch,
+                        Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
+                    )
+                    .map_err(db_err)?;
+                self.notify(&e, &|| {
+                    ids.iter()
+                        .zip(&kept)
+                        .map(|(id, (kind, data))| {
+                            Change::Put(Record {
+                                id: *id,
+                                kind: *kind,
+                                data: data.to_vec(),
+                            })
+                        })
+                        .collect()
+                });
+                if let Some(m) = lock(&self.marks).get_mut(&key) {
+                    m.applied = last;
+                }
+                e.dirty.store(true, Ordering::Release);
+                Ok(())
+            })();
+            if let Err(h) = res {
+                error = Some((applied + 1, h.message));
+            }
+        }
+        if let Some((seq, message)) = error {
+            tracing::warn!(stream, seq, %message, "db service: FastPost refused");
+            let _ = lock(&s.peer).send_complete_buffer(
+                cmd::PUSH,
+                Push::FastPostError {
+                    stream,
+                    seq,
+                    message,
+                }
+                .encode(),
+            );
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The example bytes of docs/PROTOCOL.md Part 5.5 are what the encoders produce.
+
+use bytes::Bytes;
+use zs_db_service::proto::{Answer, Limits, Oneway, Push, Request};
+
+fn doc_examples() -> Vec<(String, Vec<u8>)> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/PROTOCOL.md"
+    ))
+    .unwrap();
+    let part = doc
+        .split("# Part 5: DB service")
+        .nth(1)
+        .expect("Part 5 present");
+    let block = part.split("## 5.5 Example bytes").nth(1).unwrap();
+    let block = block
+        .split("```text")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    block
+        .lines()
+        .filter(|l| l.contains(':'))
+        .map(|l| {
+            let (name, hex) = l.rsplit_once(':').unwrap();
+            let bytes = hex
+                .split_whitespace()
+                .map(|h| u8::from_str_radix(h, 16).unwrap())
+                .collect();
+            (name.trim().to_string(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn documented_bytes_match_the_encoders() {
+    let ex = doc_examples();
+    assert_eq!(ex.len(), 4);
+    let lim = Limits::default();
+    let get = Request::Get {
+        db: "a".into(),
+        id: 7,
+    };
+    assert_eq!(get.encode().as_ref(), &ex[0].1[..], "{}", ex[0].0);
+    assert_eq!(
+        Request::decode(&Bytes::from(ex[0].1.clone()), &lim).unwrap(),
+        get
+    );
+    assert_eq!(Answer::Id(5).encode().as_ref(), &ex[1].1[..]);
+    let credit = Oneway::Credit { qid: 2, batches: 1 };
+    assert_eq!(credit.encode().as_ref(), &ex[2].1[..]);
+    assert_eq!(
+        Oneway::decode(&Bytes::from(ex[2].1.clone()), &lim).unwrap(),
+        credit
+    );
+    let ack = Push::FastPostAck { stream: 1, seq: 9 };
+    assert_eq!(ack.encode().as_ref(), &ex[3].1[..]);
+    assert_eq!(
+        Push::decode(&Bytes::from(ex[3].1.clone()), &lim).unwrap(),
+        ack
+    );
+}

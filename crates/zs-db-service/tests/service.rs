@@ -1,0 +1,401 @@
+//! The DB service end to end over encrypted loopback connections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::code;
+use zs_db::{encode_kv, FieldValue, Kind};
+use zs_db_service::proto::errcode;
+use zs_db_service::{Durability, EndStatus, Param, QuerySpec, Range, ServiceConfig};
+
+fn json(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"n":{i},"group":"g{}","pad":"{}"}}"#,
+        i % 10,
+        "x".repeat(40)
+    )
+    .into_bytes()
+}
+
+fn fill(db: &zs_db_service::DbClient, name: &str, n: u64) {
+    db.open(name, true).unwrap();
+    let mut fp = db.fastpost(name, Default::default()).unwrap();
+    for i in 1..=n {
+        fp.post(Kind::Json, &json(i)).unwrap();
+    }
+    fp.flush().unwrap();
+}
+
+#[test]
+fn databases_open_list_copy_compact_remove() {
+    let f = common::start(ServiceConfig::default());
+    let db = f.client();
+    db.open("a", true).unwrap();
+    db.insert("a", Kind::Raw, b"one", Durability::Durable)
+        .unwrap();
+    let two = db
+        .insert("a", Kind::Raw, b"two", Durability::Durable)
+        .unwrap();
+    assert!(db.delete("a", two, Durability::Durable).unwrap());
+    assert_eq!(db.list().unwrap(), vec!["a".to_string()]); // the marks db is hidden
+    db.copy("a", "b").unwrap();
+    assert_eq!(db.list().unwrap(), vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(db.get("b", 1).unwrap().unwrap().data, b"one");
+    assert_eq!(code(db.copy("a", "b")), errcode::EXISTS);
+    let (before, after) = db.compact("a").unwrap();
+    assert!(after < before, "{before} -> {after}");
+    db.close_db("a").unwrap();
+    assert_eq!(db.get("a", 1).unwrap().unwrap().data, b"one"); // reopened on use
+    db.remove("b").unwrap();
+    assert_eq!(db.list().unwrap(), vec!["a".to_string()]);
+    // unknown databases and names that could escape the directory
+    assert_eq!(code(db.open("nope", false)), errcode::NOT_FOUND);
+    assert_eq!(code(db.get("nope", 1)), errcode::NOT_FOUND);
+    for bad in ["../etc", "a/b", "", ".hidden", "x\0y", &"n".repeat(65)] {
+        assert_eq!(code(db.open(bad, true)), errcode::BAD_REQUEST, "{bad:?}");
+    }
+    assert_eq!(code(db.open("__zs_fastpost", false)), errcode::FORBIDDEN);
+    assert_eq!(code(db.remove("__zs_fastpost")), errcode::FORBIDDEN);
+    assert!(!f.dir.path().join("etc.zdb").exists());
+}
+
+#[test]
+fn records_of_every_kind_with_both_durabilities() {
+    let f = common::start(ServiceConfig::default());
+    let db = f.client();
+    db.open("r", true).unwrap();
+    let kv = encode_kv(&[("k".into(), FieldValue::Int(5))]).unwrap();
+    let df = zs_db::encode_dataframe(&zs_wire::DataFrame::new().with(3i64));
+    let values: Vec<(Kind, Vec<u8>)> = vec![
+        (Kind::Raw, vec![0, 1, 2, 255]),
+        (Kind::Json, br#"{"a":1}"#.to_vec()),
+        (Kind::KeyValue, kv),
+        (Kind::DataFrame, df),
+    ];
+    let mut ids = Vec::new();
+    for (i, (k, v)) in values.iter().enumerate() {
+        let d = if i % 2 == 0 {
+            Durability::Durable
+        } else {
+            Durability::Written
+        };
+        ids.push(db.insert("r", *k, v, d).unwrap());
+    }
+    for (id, (k, v)) in ids.iter().zip(&values) {
+        let r = db.get("r", *id).unwrap().unwrap();
+        assert_eq!((r.kind, &r.data), (*k, v));
+    }
+    db.update("r", ids[0], Kind::Json, br#"{"a":2}"#, Durability::Written)
+        .unwrap();
+    assert_eq!(db.get("r", ids[0]).unwrap().unwrap().data, br#"{"a":2}"#);
+    assert!(db.delete("r", ids[1], Durability::Durable).unwrap());
+    assert!(db.get("r", ids[1]).unwrap().is_none());
+    // bad ids
+    assert!(!db.delete("r", ids[1], Durability::Durable).unwrap());
+    assert!(db.get("r", 0).unwrap().is_none());
+    assert!(db.get("r", u64::MAX).unwrap().is_none());
+    assert_eq!(
+        code(db.update("r", 999, Kind::Raw, b"x", Durability::Durable)),
+        errcode::NOT_FOUND
+    );
+    // Written is synced by the group commit: the file holds it soon after
+    std::thread::sleep(Duration::from_millis(100));
+    drop(db);
+    drop(f.server);
+    drop(f.service);
+    drop(f.backend);
+    std::thread::sleep(Duration::from_millis(100));
+    let env = zs_db::Env::open_dir(f.dir.path()).unwrap();
+    let d = env.db("r").unwrap();
+    assert_eq!(d.get(ids[0]).unwrap().unwrap().data, br#"{"a":2}"#);
+    assert_eq!(d.len(), 3);
+}
+
+fn ids_of(db: &zs_db_service::DbClient, spec: QuerySpec) -> Vec<u64> {
+    db.query(spec)
+        .unwrap()
+        .collect_all()
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+#[test]
+fn range_scans_by_id_and_by_index_with_limit_and_reverse() {
+    let f = common::start(ServiceConfig::default());
+    let db = f.client();
+    fill(&db, "s", 500);
+    let mut q = QuerySpec::new("s");
+    q.range = Range::Ids { lo: 100, hi: 120 };
+    assert_eq!(ids_of(&db, q.clone()), (100..=120).collect::<Vec<_>>());
+    q.reverse = true;
+    q.limit = 5;
+    assert_eq!(ids_of(&db, q.clone()), vec![120, 119, 118, 117, 116]);
+    q.range = Range::Ids { lo: 10, hi: 5 };
+    assert!(ids_of(&db, q).is_empty());
+    // secondary index on n
+    assert_eq!(
+        code(db.query({
+            let mut q = QuerySpec::new("s");
+            q.range = Range::Index {
+                field: "n".into(),
+                lo: None,
+                hi: None,
+            };
+            q
+        })),
+        errcode::NOT_FOUND
+    );
+    db.create_index("s", "n").unwrap();
+    let mut q = QuerySpec::new("s");
+    q.range = Range::Index {
+        field: "n".into(),
+        lo: Some(Param::Int(490)),
+        hi: Some(Param::Int(495)),
+    };
+    assert_eq!(ids_of(&db, q.clone()), (490..=495).collect::<Vec<_>>());
+    q.filter = "group = 'g2'".into();
+    assert_eq!(ids_of(&db, q), vec![492]);
+}
+
+#[test]
+fn filters_with_parameters_and_registered_functions() {
+    let f = common::start(ServiceConfig::default());
+    f.service.register_filter("multiple_of", |r, params| {
+        let Some(Param::Int(m)) = params.iter().find(|p| p.0 == "m").map(|p| p.1.clone()) else {
+            return false;
+        };
+        r.field("n")
+            .and_then(|v| v.as_f64())
+            .is_some_and(|n| (n as i64) % m == 0)
+    });
+    let db = f.client();
+    fill(&db, "f", 300);
+    let mut q = QuerySpec::new("f");
+    q.filter = "n > param_lo and n <= param_hi".into();
+    q.params = vec![("lo".into(), Param::Int(10)), ("hi".into(), Param::Int(20))];
+    assert_eq!(ids_of(&db, q.clone()), (11..=20).collect::<Vec<_>>());
+    q.function = "multiple_of".into();
+    q.params.push(("m".into(), Param::Int(5)));
+    assert_eq!(ids_of(&db, q.clone()), vec![15, 20]);
+    // refusals: unknown function, unknown parameter, bad expression, unknown db
+    q.function = "nope".into();
+    assert_eq!(code(db.query(q.clone())), errcode::NOT_FOUND);
+    let mut q = QuerySpec::new("f");
+    q.filter = "n > param_missing".into();
+    assert_eq!(code(db.query(q.clone())), errcode::BAD_REQUEST);
+    q.filter = "n > > 3".into();
+    assert_eq!(code(db.query(q.clone())), errcode::BAD_REQUEST);
+    assert_eq!(code(db.query(QuerySpec::new("nope"))), errcode::NOT_FOUND);
+}
+
+#[test]
+fn pause_resume_stop_and_progress_of_a_running_scan() {
+    let f = common::start(ServiceConfig::default());
+    let db = f.client();
+    fill(&db, "p", 20_000);
+    let mut spec = QuerySpec::new("p");
+    spec.batch_bytes = 4096;
+    spec.window = 2;
+    let mut q = db.query(spec.clone()).unwrap();
+    let first = q.next_batch().unwrap().unwrap();
+    assert_eq!(first[0].id, 1);
+    q.pause().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let p1 = q.progress().unwrap();
+    assert!(p1.paused && !p1.done);
+    std::thread::sleep(Duration::from_millis(300));
+    let p2 = q.progress().unwrap();
+    assert_eq!(p1.scanned, p2.scanned, "a paused scan does not advance");
+    assert!(p2.scanned < 20_000);
+    q.resume().unwrap();
+    let mut n = first.len() as u64;
+    let mut last = first.last().unwrap().id;
+    while let Some(b) = q.next_batch() {
+        for r in b.unwrap() {
+            assert_eq!(r.id, last + 1, "in order, nothing lost or repeated");
+            last = r.id;
+            n += 1;
+        }
+    }
+    assert_eq!(n, 20_000);
+    assert_eq!(q.end(), Some((EndStatus::Done, 20_000)));
+    // stop in the middle
+    let mut q = db.query(spec).unwrap();
+    q.next_batch().unwrap().unwrap();
+    q.stop().unwrap();
+    let mut got = 0;
+    while let Some(b) = q.next_batch() {
+        got += b.unwrap().len();
+    }
+    let (status, matched) = q.end().unwrap();
+    assert_eq!(status, EndStatus::Stopped);
+    assert!(matched < 20_000 && got < 20_000, "{matched}");
+    assert_eq!(code(q.progress()), errcode::NOT_FOUND); // gone from the server
+}
+
+#[test]
+fn a_reader_that_never_reads_pauses_the_scan_with_bounded_memory() {
+    let f = common::start(ServiceConfig::default());
+    let db = f.client();
+    fill(&db, "slow", 20_000);
+    let mut spec = QuerySpec::new("slow");
+    spec.batch_bytes = 2048;
+    spec.window = 2;
+    let q = db.query(spec).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let p = q.progress().unwrap();
+    // at most window batches in flight (2 × 2 KiB), and the scan waits
+    assert_eq!(p.in_flight, 2);
+    assert!(!p.done);
+    // window batches in flight plus the one being filled (records are ~95 B)
+    assert!(p.matched <= 3 * (2048 / 80 + 1), "{p:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(q.progress().unwrap().scanned, p.scanned);
+    drop(q); // stops it on the server
+    let t = Instant::now();
+    while f.service.running_queries() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn several_queries_at_once_on_one_connection_and_the_per_connection_cap() {
+    let cfg = ServiceConfig {
+        max_queries_per_conn: 3,
+        ..ServiceConfig::default()
+    };
+    let f = common::start(cfg);
+    let db = f.client();
+    fill(&db, "m", 3000);
+    let mut qs: Vec<_> = (0..3u64)
+        .map(|i| {
+            let mut s = QuerySpec::new("m");
+            s.filter = format!("n % 3 = {i}");
+            s.batch_bytes = 1024;
+            s.window = 1;
+            db.query(s).unwrap()
+        })
+        .collect();
+    // a fourth is refused while three run
+    assert_eq!(code(db.query(QuerySpec::new("m"))), errcode::LIMIT);
+    let mut got = vec![Vec::new(); 3];
+    let mut live = 3;
+    while live > 0 {
+        live = 0;
+        for (i, q) in qs.iter_mut().enumerate() {
+            if let Some(b) = q.next_batch() {
+                got[i].extend(b.unwrap().into_iter().map(|r| r.id));
+                live += 1;
+            }
+        }
+    }
+    for (i, ids) in got.iter().enumerate() {
+        let want: Vec<u64> = (1..=3000).filter(|n| n % 3 == i as u64).collect();
+        assert_eq!(ids, &want);
+    }
+    // others' connections are not counted against this one
+    let other = f.client();
+    assert!(
+        other
+            .query(QuerySpec::new("m"))
+            .unwrap()
+            .collect_all()
+            .unwrap()
+            .len()
+            == 3000
+    );
+}
+
+#[test]
+fn hostile_requests_are_refused_and_bad_one_way_messages_disconnect() {
+    let f = common::start(ServiceConfig::default());
+    let db = f.client();
+    db.open("h", true).unwrap();
+    db.insert("h", Kind::Json, br#"{"n":1}"#, Durability::Durable)
+        .unwrap();
+    // a filter over the size limit is refused before it is parsed
+    let mut q = QuerySpec::new("h");
+    q.filter = format!("n = {}", "1 + ".repeat(20_000));
+    assert_eq!(code(db.query(q)), errcode::BAD_REQUEST);
+    // a deeply nested one within the limit: an error, not a crash
+    let mut q = QuerySpec::new("h");
+    q.filter = format!("{}1{}", "(".repeat(8000), ")".repeat(8000));
+    let _ = db.query(q).map(|q| q.collect_all());
+    assert_eq!(
+        db.get("h", 1).unwrap().unwrap().id,
+        1,
+        "server still answers"
+    );
+    // malformed payloads
+    let conn = db.connection();
+    let bad = zs_wire::DataFrame::new().with(vec![0xEEu8, 1, 2]);
+    match conn
+        .call_stream(zs_db_service::proto::cmd::REQUEST, bad)
+        .wait()
+    {
+        Err(zs_core::Error::Remote { code, .. }) => assert_eq!(code, errcode::BAD_REQUEST),
+        other => panic!("{other:?}"),
+    }
+    let truncated = zs_wire::DataFrame::new().with(vec![0x10u8, 5, 0, b'h']);
+    assert!(conn
+        .call_stream(zs_db_service::proto::cmd::REQUEST, truncated)
+        .wait()
+        .is_err());
+    // a second client is unaffected by the first one's garbage one-way message
+    let other = f.client();
+    conn.send_complete_buffer(
+        zs_db_service::proto::cmd::ONEWAY,
+        bytes::Bytes::from_static(&[9, 9]),
+    )
+    .unwrap();
+    // a stream id never opened: disconnect
+    let t = Instant::now();
+    while conn.is_connected() {
+        assert!(t.elapsed() < Duration::from_secs(5), "not disconnected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(other.get("h", 1).unwrap().unwrap().id, 1);
+}
+
+#[test]
+fn fastpost_across_repeated_link_cuts_stores_each_record_once() {
+    let f = common::start(ServiceConfig::default());
+    let db = f.client();
+    db.open("fp", true).unwrap();
+    let mut fp = db
+        .fastpost(
+            "fp",
+            zs_db_service::FastPostConfig {
+                records_per_message: 64,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let total = 20_000u64;
+    for i in 1..=total {
+        let v = format!("{i:0100}");
+        assert_eq!(fp.post(Kind::Raw, v.as_bytes()).unwrap(), i);
+        if i % 2_000 == 0 {
+            db.connection().drop_link();
+        }
+    }
+    fp.flush().unwrap();
+    assert_eq!(fp.acked(), total);
+    let all = db
+        .query(QuerySpec::new("fp"))
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    let mut seen: Vec<u64> = all
+        .iter()
+        .map(|r| std::str::from_utf8(&r.data).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seen.len() as u64, total, "exactly once");
+    seen.sort();
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+    assert!(db.connection().resumes() >= 5);
+}
