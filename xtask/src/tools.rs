@@ -12,7 +12,6 @@
 
 /// Where a program comes from.
 #[derive(Debug, Clone, Copy)]
-#[allow(dead_code)] // until both kinds have an entry in the tables below
 pub enum Source {
     /// Debian packages (apt-get; root only).
     Apt(&'static [&'static str]),
@@ -39,7 +38,16 @@ pub struct Tool {
 /// Programs the test suite starts (`cargo xtask ci` installs them first).
 pub const TEST_TOOLS: &[Tool] = &[
     // one line per tool: Tool { program, source: Source::Apt(&[packages]), used_by }
-    Tool { program: "initdb", source: Source::Apt(&["postgresql"]), used_by: "zs-tx PostgreSQL backend tests (initdb, pg_ctl; Debian puts them in /usr/lib/postgresql/*/bin)" },
+    Tool {
+        program: "protoc",
+        source: Source::Apt(&["protobuf-compiler"]),
+        used_by: "etcd-client's build script (zs-registry)",
+    },
+    Tool {
+        program: "pg_ctlcluster",
+        source: Source::Apt(&["postgresql"]),
+        used_by: "zs-tx PostgreSQL backend tests (initdb, pg_ctl under /usr/lib/postgresql/*/bin)",
+    },
     Tool {
         program: "nginx",
         source: Source::Apt(&["nginx-light"]),
@@ -49,15 +57,12 @@ pub const TEST_TOOLS: &[Tool] = &[
         program: "curl",
         source: Source::Apt(&["curl"]),
         used_by: "zs-xnat tests",
+    },
     Tool {
         program: "etcd",
         source: Source::Apt(&["etcd-server", "etcd-client"]),
         used_by: "zs-registry conformance suite",
     },
-    Tool {
-        program: "protoc",
-        source: Source::Apt(&["protobuf-compiler"]),
-        used_by: "etcd-client build script (zs-registry)",
     Tool {
         program: "prometheus",
         source: Source::Apt(&["prometheus"]),
@@ -117,11 +122,6 @@ pub const BENCH_TOOLS: &[(&str, Tool)] = &[
                 locked: true,
             },
             used_by: "bench xnat",
-        "registry",
-        Tool {
-            program: "protoc",
-            source: Source::Apt(&["protobuf-compiler"]),
-            used_by: "etcd-client build script (bench registry)",
         },
     ),
     (
@@ -130,6 +130,9 @@ pub const BENCH_TOOLS: &[(&str, Tool)] = &[
             program: "etcd",
             source: Source::Apt(&["etcd-server", "etcd-client"]),
             used_by: "bench registry (etcd 3.4 baseline)",
+        },
+    ),
+    (
         "db-service",
         Tool {
             program: "redis-server",

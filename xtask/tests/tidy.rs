@@ -119,9 +119,9 @@ const CRATES: &[&str] = &[
     "zs-xnat",
     "zs-db",
     "zs-expr",
-    "zs-tx",
     "zserver",
     "zs-cli",
+    "zs-tx",
     "zs-services",
     "zs-registry",
     "zs-web",
@@ -187,21 +187,18 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         ("zs-io-tokio", &["zs-io"][..]),
         ("zs-p2pvm", &["zs-io", "zs-crypto", "zs-wire"][..]),
         ("zs-db", &["zs-wire", "zs-expr"][..]),
-        ("zs-tx", &["zs-db", "zserver"][..]), // zserver: dev-dependency of tests/serve.rs
         ("zs-core", &["zs-wire", "zs-crypto", "zs-io"][..]),
-        (
-            "zs-db-service",
-            &["zs-core", "zs-db", "zs-expr", "zs-wire"][..],
-        ),
         (
             "zs-xnat",
             &["zs-core", "zs-io", "zs-crypto", "zs-wire", "zs-p2pvm"][..],
         ),
+        ("zs-tx", &["zs-db"][..]),
         (
             "zs-services",
             &["zs-core", "zs-db", "zs-crypto", "zs-wire"][..],
         ),
         ("zs-registry", &["zs-core", "zs-db"][..]),
+        (
             "zs-web",
             &[
                 "zs-core",
@@ -211,6 +208,10 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
                 "zs-crypto",
                 "zs-wire",
             ][..],
+        ),
+        (
+            "zs-db-service",
+            &["zs-core", "zs-db", "zs-expr", "zs-wire"][..],
         ),
     ]);
     for (c, ok) in allowed {

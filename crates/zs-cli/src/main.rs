@@ -15,8 +15,8 @@ mod dbsvc;
 mod expr;
 mod registry;
 mod serve;
-mod xnat;
 mod services;
+mod xnat;
 
 /// The zserver command line.
 #[derive(Debug, Parser)]

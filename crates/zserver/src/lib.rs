@@ -7,11 +7,12 @@
 //! sessions, a pinned Ed25519 server identity.
 //!
 //! Features (one per sub-crate): `wire`, `crypto`, `io`, `io-epoll`, `io-tokio`,
-//! `core` (the framework and the builders), `expr`, `db`, `tx` (transactions);
+//! `core` (the framework and the builders), `expr`, `db`, `p2pvm`, and one per
+//! service crate: `tx` (transactions), `services` (accounts, files, messages
+//! and push; `ServerBuilder::service`, `ClientBuilder::connect_services`),
+//! `registry` (clusters), `db-service` (zs-db over the network), `web`
+//! (WebSocket gateway, dashboard, `/metrics`), `xnat` (NAT traversal);
 //! `full` enables all.
-//! `core` (the framework and the builders), `expr`, `db`, `services`
-//! (accounts, messages and push; builder methods `ServerBuilder::service`,
-//! `ClientBuilder::connect_services`); `full` enables all.
 //! `default` = `core`, `io-epoll`, `io-tokio`.
 //!
 //! ```
@@ -105,11 +106,11 @@ mod registry;
 pub use registry::{
     cluster, connect_instance, join_cluster, FailoverClient, LoadSource, Member, META_FINGERPRINT,
 };
+#[cfg(feature = "db-service")]
+mod db_service;
 /// The web face (`zs-web`): WebSocket/JSON gateway, dashboard, `/metrics`.
 #[cfg(feature = "web")]
 pub mod web;
-#[cfg(feature = "db-service")]
-mod db_service;
 #[cfg(feature = "db-service")]
 pub use db_service::{connect_db, DbClient, DbService, ServiceConfig};
 
