@@ -713,8 +713,9 @@ impl<K: Key, V: Value> Table<K, V> {
     /// Calls `f(commit_ts, key, new value)` for every committed change of this table,
     /// in commit order (timestamps increase; one transaction's changes share one),
     /// from the committing thread while commits are serialized: keep it short (for
-    /// example, forward to a channel). `None` means removed. Keys or values that fail
-    /// to decode are skipped.
+    /// example, forward to a channel); it must not run procedures or register
+    /// listeners (that would wait for itself). `None` means removed. Keys or values
+    /// that fail to decode are skipped.
     pub fn listen(&self, f: impl Fn(u64, K, Option<V>) + Send + Sync + 'static) {
         let l: Listener = Arc::new(move |ts, k: &[u8], v: Option<&[u8]>| {
             let Some(key) = K::decode_key(k) else { return };
