@@ -231,6 +231,9 @@ async fn ws_handler(
         .on_upgrade(move |socket| session(s, socket, addr))
 }
 
+/// Most queued messages written with one flush.
+const WRITE_BATCH: usize = 64;
+
 /// What the writer task sends.
 enum Out {
     Msg(Message),
@@ -402,20 +405,41 @@ async fn session(s: Arc<Shared>, socket: WebSocket, addr: SocketAddr) {
     let ws = s.clone();
     let writer = tokio::spawn(async move {
         let wt = ws.cfg.write_timeout;
-        while let Some(out) = rx.recv().await {
-            let (msg, last) = match out {
-                Out::Msg(m) => (m, false),
-                Out::Close(code, reason) => (
-                    Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })),
-                    true,
-                ),
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        while let Some(first) = rx.recv().await {
+            // Whatever is queued goes out in one flush (one write syscall for
+            // a pipelining client instead of one per message).
+            batch.push(first);
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(o) => batch.push(o),
+                    Err(_) => break,
+                }
+            }
+            let n = batch.len() as u64;
+            let mut last = false;
+            let write = async {
+                for out in batch.drain(..) {
+                    let msg = match out {
+                        Out::Msg(m) => m,
+                        Out::Close(code, reason) => {
+                            last = true;
+                            Message::Close(Some(CloseFrame {
+                                code,
+                                reason: reason.into(),
+                            }))
+                        }
+                    };
+                    sink.feed(msg).await?;
+                    if last {
+                        break;
+                    }
+                }
+                sink.flush().await
             };
-            match tokio::time::timeout(wt, sink.send(msg)).await {
+            match tokio::time::timeout(wt, write).await {
                 Ok(Ok(())) => {
-                    ws.stats.messages_out.fetch_add(1, Relaxed);
+                    ws.stats.messages_out.fetch_add(n, Relaxed);
                 }
                 Ok(Err(_)) => return,
                 Err(_) => {
