@@ -129,10 +129,10 @@ fn parallel(clients: &[DbClient], f: impl Fn(usize, &DbClient) + Sync) -> f64 {
 
 fn main() {
     let opts = Options::from_env();
-    let (n_write, n_get, n_get_p1, n_scan) = if opts.quick {
-        (50_000u64, 50_000u64, 10_000u64, 200_000u64)
+    let (n_write, n_get, n_get_p1, n_scan, n_kv) = if opts.quick {
+        (16_000u64, 16_000u64, 4_000u64, 100_000u64, 20_000u64)
     } else {
-        (400_000, 400_000, 100_000, 1_000_000)
+        (400_000, 400_000, 100_000, 1_000_000, 100_000)
     };
     let mut suite = Suite::from_options("db-service", &opts, 3, 5);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -179,7 +179,7 @@ fn main() {
         let mut fp = clients1[0]
             .fastpost("kv", FastPostConfig::default())
             .expect("fastpost");
-        for i in 0..100_000u64 {
+        for i in 0..n_kv {
             fp.post(Kind::Raw, &value(i)).expect("post");
         }
         fp.flush().expect("flush");
@@ -217,11 +217,11 @@ fn main() {
         move || {
             let per = n / clients.len() as u64;
             let secs = parallel(&clients, |k, c| {
-                let mut id = 1 + (k as u64 * 7919) % 100_000;
+                let mut id = 1 + (k as u64 * 7919) % n_kv;
                 let mut done = 0;
                 while done < per {
                     let ids: Vec<u64> = (0..pipeline as u64)
-                        .map(|j| 1 + (id + j * 31) % 100_000)
+                        .map(|j| 1 + (id + j * 31) % n_kv)
                         .collect();
                     if pipeline == 1 {
                         c.get("kv", ids[0]).expect("get").expect("present");
@@ -230,7 +230,7 @@ fn main() {
                             r.expect("present");
                         }
                     }
-                    id = (id + 104_729) % 100_000;
+                    id = (id + 104_729) % n_kv;
                     done += pipeline as u64;
                 }
             });

@@ -51,6 +51,15 @@ pub struct ServiceConfig {
     pub max_fastpost_queue: usize,
     /// Most watches on one connection. Default 16.
     pub max_watches_per_conn: usize,
+    /// Most FastPost streams with a live writer (one thread each) per
+    /// connection. Default 16.
+    pub max_fastpost_active_per_conn: usize,
+    /// Most FastPost streams with a live writer in the process. Default 1024.
+    pub max_fastpost_active: usize,
+    /// A stream's writer ends after this long without records; a client that
+    /// posts to it later is disconnected, and [`crate::FastPost`] then
+    /// reconnects, reopens the stream and resends. Default 60 s.
+    pub fastpost_idle: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -66,6 +75,9 @@ impl Default for ServiceConfig {
             max_fastpost_streams: 4096,
             max_fastpost_queue: 32 << 20,
             max_watches_per_conn: 16,
+            max_fastpost_active_per_conn: 16,
+            max_fastpost_active: 1024,
+            fastpost_idle: Duration::from_secs(60),
         }
     }
 }
@@ -1114,6 +1126,15 @@ impl Svc {
                 *lock(&s.peer) = peer.clone();
             }
             None => {
+                let mine = streams
+                    .values()
+                    .filter(|s| lock(&s.peer).id() == peer.id())
+                    .count();
+                if mine >= self.cfg.max_fastpost_active_per_conn
+                    || streams.len() >= self.cfg.max_fastpost_active
+                {
+                    return Err(herr(errcode::LIMIT, "too many active FastPost streams"));
+                }
                 let s = Arc::new(Stream {
                     db: db.to_string(),
                     peer: Mutex::new(peer.clone()),
@@ -1124,7 +1145,10 @@ impl Svc {
                 let s2 = s.clone();
                 std::thread::Builder::new()
                     .name("zs-dbsvc-fastpost".into())
-                    .spawn(move || fastpost_writer(weak, stream, s2))
+                    .spawn({
+                        let idle = self.cfg.fastpost_idle;
+                        move || fastpost_writer(weak, stream, s2, idle)
+                    })
                     .map_err(|e| herr(errcode::STORE, format!("cannot start writer: {e}")))?;
                 streams.insert(stream, s);
             }
@@ -1133,12 +1157,18 @@ impl Svc {
     }
 
     fn fastpost_data(&self, peer: &Peer, stream: u64, first_seq: u64, records: Vec<(Kind, Bytes)>) {
-        let s = lock(&self.streams).get(&stream).cloned();
-        let Some(s) = s.filter(|s| lock(&s.peer).id() == peer.id()) else {
+        // pushed under the stream map's lock: a writer ending for idleness checks
+        // its queue under the same lock, so nothing lands in a queue no one drains
+        let streams = lock(&self.streams);
+        let Some(s) = streams
+            .get(&stream)
+            .filter(|s| lock(&s.peer).id() == peer.id())
+        else {
+            drop(streams);
             tracing::warn!(
                 peer = peer.id(),
                 stream,
-                "db service: FastPost to a stream not opened on this connection; disconnecting"
+                "db service: FastPost to a stream not open on this connection; disconnecting"
             );
             peer.close("db service: FastPost stream not open");
             return;
@@ -1147,6 +1177,7 @@ impl Svc {
         let mut q = lock(&s.queue);
         if q.bytes + n > self.cfg.max_fastpost_queue {
             drop(q);
+            drop(streams);
             tracing::warn!(
                 peer = peer.id(),
                 stream,
@@ -1164,11 +1195,16 @@ impl Svc {
 
 /// Applies one stream's records in order, exactly once: each group is preceded by
 /// a durable mark naming its sequence numbers and the id its first record gets.
-fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>) {
+fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>, idle: Duration) {
+    let mut last = Instant::now();
     loop {
         let items = {
             let mut q = lock(&s.queue);
             while q.items.is_empty() && !q.closed {
+                if last.elapsed() >= idle {
+                    q.closed = true;
+                    break;
+                }
                 let (g, t) =
                     s.cv.wait_timeout(q, Duration::from_millis(500))
                         .unwrap_or_else(|p| p.into_inner());
@@ -1190,6 +1226,7 @@ fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>) {
                 return;
             }
             q.bytes = 0;
+            last = Instant::now();
             std::mem::take(&mut q.items)
         };
         let Some(svc) = weak.upgrade() else { return };
@@ -1229,6 +1266,14 @@ impl Svc {
             let res = (|| -> Result<(), HandlerError> {
                 let e = self.entry(&s.db, false)?;
                 let _w = lock(&e.write);
+                // the mark claims every earlier group as applied: make them durable
+                // first (a crash could otherwise lose a buffered group the mark counts)
+                let unsynced = lock(&self.marks)
+                    .get(&key)
+                    .is_some_and(|m| m.applied > m.durable);
+                if unsynced {
+                    e.db.sync().map_err(db_err)?;
+                }
                 let first_id = e.db.stats().next_id;
                 self.write_mark(&key, Some((applied + 1, last, first_id)))
                     .map_err(db_err)?;

@@ -399,3 +399,25 @@ fn fastpost_across_repeated_link_cuts_stores_each_record_once() {
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
     assert!(db.connection().resumes() >= 5);
 }
+
+#[test]
+fn fastpost_streams_are_capped_per_connection() {
+    let cfg = ServiceConfig {
+        max_fastpost_active_per_conn: 2,
+        ..ServiceConfig::default()
+    };
+    let f = common::start(cfg);
+    let db = f.client();
+    db.open("c", true).unwrap();
+    let a = db.fastpost("c", Default::default()).unwrap();
+    let b = db.fastpost("c", Default::default()).unwrap();
+    assert_eq!(code(db.fastpost("c", Default::default())), errcode::LIMIT);
+    // another connection has its own allowance; unknown databases are refused
+    let other = f.client();
+    let _c = other.fastpost("c", Default::default()).unwrap();
+    assert_eq!(
+        code(other.fastpost("nope", Default::default())),
+        errcode::NOT_FOUND
+    );
+    drop((a, b));
+}
