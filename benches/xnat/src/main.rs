@@ -1,5 +1,6 @@
 //! `cargo xtask bench xnat`: bulk throughput (iperf3, 1 and 8 streams) and
-//! closed-loop HTTP (wrk against nginx) through zs-xnat, rathole and bore,
+//! closed-loop HTTP (wrk against nginx) through zs-xnat, rathole (plain `tcp`
+//! and encrypted `noise` transports) and bore,
 //! next to direct loopback, in alternating rounds; then relay + agent RSS.
 //!
 //! Every tunnel runs as its own processes (ours: this binary re-executed
@@ -184,15 +185,48 @@ fn ours(dir: &Path, iperf: u16, http: Option<u16>) -> Tunnel {
     }
 }
 
-fn rathole(bin: &Path, dir: &Path, iperf: u16, http: Option<u16>) -> Tunnel {
+/// rathole's `--genkey` output: (private, public), base64.
+fn rathole_keys(bin: &Path) -> (String, String) {
+    let out = Command::new(bin)
+        .arg("--genkey")
+        .output()
+        .expect("rathole --genkey");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let after = |label: &str| {
+        let i = lines
+            .iter()
+            .position(|l| l.starts_with(label))
+            .expect("genkey label");
+        lines[i + 1].to_string()
+    };
+    (after("Private"), after("Public"))
+}
+
+/// rathole with `type = "tcp"` (plaintext) or, with `noise`, its encrypted
+/// transport (Noise_NK_25519_ChaChaPoly_BLAKE2s), the fair peer of ours.
+fn rathole(bin: &Path, dir: &Path, iperf: u16, http: Option<u16>, noise: bool) -> Tunnel {
     let control = free_port();
     let (pi, ph) = (free_port(), free_port());
+    let (st, ct) = if noise {
+        let (private, public) = rathole_keys(bin);
+        (
+            format!("[server.transport]\ntype = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
+            format!("[client.transport]\ntype = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let mut server = format!(
-        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\n\
+        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\n{st}\
          [server.services.iperf]\nbind_addr = \"127.0.0.1:{pi}\"\n"
     );
     let mut client = format!(
-        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\n\
+        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\n{ct}\
          [client.services.iperf]\nlocal_addr = \"127.0.0.1:{iperf}\"\n"
     );
     if let Some(h) = http {
@@ -302,7 +336,12 @@ fn main() {
     let rh = peers_bin("rathole").map(|b| {
         let d = root.path().join("rathole");
         std::fs::create_dir_all(&d).unwrap();
-        std::rc::Rc::new(rathole(&b, &d, iperf_port, http))
+        std::rc::Rc::new(rathole(&b, &d, iperf_port, http, false))
+    });
+    let rhn = peers_bin("rathole").map(|b| {
+        let d = root.path().join("rathole-noise");
+        std::fs::create_dir_all(&d).unwrap();
+        std::rc::Rc::new(rathole(&b, &d, iperf_port, None, true))
     });
     let bo = peers_bin("bore").map(|b| std::rc::Rc::new(bore(&b, iperf_port)));
     if rh.is_none() {
@@ -329,6 +368,15 @@ fn main() {
             let p = rh.iperf_port;
             suite.case(
                 &format!("rathole_{streams}"),
+                "gbit_per_s",
+                Better::Higher,
+                move || iperf(p, streams, secs),
+            );
+        }
+        if let Some(rn) = &rhn {
+            let p = rn.iperf_port;
+            suite.case(
+                &format!("rathole_noise_{streams}"),
                 "gbit_per_s",
                 Better::Higher,
                 move || iperf(p, streams, secs),
@@ -379,6 +427,8 @@ fn main() {
     suite.ratio("xnat_vs_direct_8", "xnat_8", "direct_8");
     suite.ratio("xnat_vs_rathole", "xnat_1", "rathole_1");
     suite.ratio("xnat_vs_rathole_8", "xnat_8", "rathole_8");
+    suite.ratio("xnat_vs_rathole_noise", "xnat_1", "rathole_noise_1");
+    suite.ratio("xnat_vs_rathole_noise_8", "xnat_8", "rathole_noise_8");
     suite.ratio("xnat_vs_bore", "xnat_1", "bore_1");
     suite.ratio("http_vs_rathole", "xnat_http", "rathole_http");
     suite.ratio("http_vs_direct", "xnat_http", "direct_http");
