@@ -35,7 +35,7 @@ struct Cli {
 enum Command {
     // subcommand variants: one line per module
     /// Run a zserver (default 127.0.0.1:7777) with echo, time, stats until Ctrl-C.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Call a command on a running zserver and print the answer.
     Call(call::CallArgs),
     /// Use the embedded store (zs-db): create, put, get, query, compact.
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         // subcommand dispatch: one arm per module
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Call(a) => call::run(a),
         Command::Db(a) => db::run(a),
         Command::Expr(a) => expr::run(a),

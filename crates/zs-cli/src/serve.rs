@@ -33,7 +33,7 @@
 //! (BigStream): reads every chunk, checks they arrive in order, and answers the
 //! last one with the byte count (u64) and CRC-32 (u32) of what it received (the
 //! target of `zs bench stream`; one transfer at a time per connection).
-//! And the application services (`user.*`, `msg.*`, `file.*`: docs/PROTOCOL.md Part S)
+//! And the application services (`user.*`, `msg.*`, `file.*`: docs/PROTOCOL.md Part 6)
 //! on a store in `./zs-data`, unless `--no-services`; the first start creates
 //! the `admin` account and writes its password to `zs-data/admin.password`.
 

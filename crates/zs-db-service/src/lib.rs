@@ -22,7 +22,7 @@
 //!   cumulative durable acknowledgements; a reconnect (StableIO) or a server
 //!   restart loses nothing acknowledged and stores nothing twice.
 //!
-//! Payload formats: docs/PROTOCOL.md, Part 5.
+//! Payload formats: docs/PROTOCOL.md, Part 9.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The example bytes of docs/PROTOCOL.md Part 5.5 are what the encoders produce.
+//! The example bytes of docs/PROTOCOL.md Part 9.5 are what the encoders produce.
 
 use bytes::Bytes;
 use zs_db_service::proto::{Answer, Limits, Oneway, Push, Request};
@@ -10,9 +10,9 @@ fn doc_examples() -> Vec<(String, Vec<u8>)> {
     ))
     .unwrap();
     let part = doc
-        .split("# Part 5: DB service")
+        .split("# Part 9: DB service")
         .nth(1)
-        .expect("Part 5 present");
+        .expect("Part 9 present");
     let block = part.split("## 5.5 Example bytes").nth(1).unwrap();
     let block = block
         .split("```text")

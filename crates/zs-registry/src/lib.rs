@@ -61,6 +61,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod embedded;
+#[cfg(feature = "etcd")]
 mod etcd;
 mod model;
 pub mod proto;
@@ -68,6 +69,7 @@ mod remote;
 pub mod service;
 
 pub use embedded::{Embedded, EmbeddedConfig};
+#[cfg(feature = "etcd")]
 pub use etcd::{Etcd, EtcdConfig};
 pub use model::{
     check_name, choose_least_loaded, glob_match, literal_prefix, Change, Event, Holder, Instance,

@@ -692,7 +692,7 @@ impl Accounts {
             .ok_or_else(|| ServiceError::new(code::NO_SUCH_USER, format!("no user {name:?}")))
     }
 
-    /// Registers the `user.*` commands (docs/PROTOCOL.md Part S) on
+    /// Registers the `user.*` commands (docs/PROTOCOL.md Part 6) on
     /// `r`. They run on the HPC worker pool (password hashing and fsync block).
     pub fn register(&self, r: &mut Registry) {
         let a = self.clone();

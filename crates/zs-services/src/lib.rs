@@ -29,7 +29,7 @@
 //!   of a changed file (rsync's rolling checksums against the server's copy);
 //!   user paths are checked and never reach the file system.
 //!
-//! Payloads are DataFrames; docs/PROTOCOL.md Part S lists every command.
+//! Payloads are DataFrames; docs/PROTOCOL.md Part 6 lists every command.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -5,8 +5,8 @@
 //! (`msg.ack`); per-user queue caps and expiry; broadcast to every online
 //! user and to named groups (those two are live only: nobody offline gets them).
 //!
-//! Storage: the zs-db database `messages`, two record shapes (docs/PROTOCOL.md Part S,
-//! §S.5): a message (`M`) and the last sender nonce of a
+//! Storage: the zs-db database `messages`, two record shapes (docs/PROTOCOL.md Part 6,
+//! §6.5): a message (`M`) and the last sender nonce of a
 //! sender-recipient pair (`P`), written in one atomic commit, so a sender
 //! that resends after a lost acknowledgement (same nonce) is told
 //! "duplicate" instead of queueing the message twice.
@@ -137,7 +137,7 @@ pub(crate) const MSG_TAG: u8 = b'M';
 pub(crate) const PAIR_TAG: u8 = b'P';
 const MSG_HEADER: usize = 1 + 5 * 8;
 
-/// Encodes a stored message record (docs/PROTOCOL.md §S.5).
+/// Encodes a stored message record (docs/PROTOCOL.md §6.5).
 pub fn encode_message_record(
     to: u64,
     from: u64,
@@ -155,7 +155,7 @@ pub fn encode_message_record(
     v
 }
 
-/// Encodes a stored pair record (docs/PROTOCOL.md §S.5).
+/// Encodes a stored pair record (docs/PROTOCOL.md §6.5).
 pub fn encode_pair_record(from: u64, to: u64, last_nonce: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(25);
     v.push(PAIR_TAG);

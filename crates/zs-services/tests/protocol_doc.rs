@@ -7,7 +7,7 @@ use zs_services::messages::{
 use zs_wire::DataFrame;
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
-const PART: &str = "# Part S: Application services (zs-services)";
+const PART: &str = "# Part 6: Application services (zs-services)";
 
 /// `(name, bytes)` of every ```hex <name> block of the part (`#` starts a comment).
 fn examples() -> Vec<(String, Vec<u8>)> {

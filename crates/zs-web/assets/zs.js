@@ -1,5 +1,5 @@
 // zs.js: the zserver WebSocket client (an ES module, no build step).
-// Served by the zs-web gateway at /zs.js. Protocol: docs/PROTOCOL.md Part 5.
+// Served by the zs-web gateway at /zs.js. Protocol: docs/PROTOCOL.md Part 8.
 //
 //   import { ZsClient, ZsError, df } from "/zs.js";
 //   const zs = await ZsClient.connect(`ws://${location.host}/ws`);

@@ -9,7 +9,7 @@
 //!   text messages map one to one onto the server's `Registry`: console and
 //!   stream calls with request ids and many in flight, direct commands, server
 //!   pushes and broadcasts, typed errors; binary messages carry DataFrames
-//!   (docs/PROTOCOL.md Part 5 gives every byte);
+//!   (docs/PROTOCOL.md Part 8 gives every byte);
 //! - **`/metrics`**: the Prometheus text format (`prometheus-client`): the
 //!   server's `StatsSnapshot` counters, per-command latency percentiles, and
 //!   the gateway's own counters and per-command call-duration histograms;

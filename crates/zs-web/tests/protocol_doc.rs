@@ -1,4 +1,4 @@
-//! docs/PROTOCOL.md Part 5, byte for byte: every ```` ```text web-… ```` block
+//! docs/PROTOCOL.md Part 8, byte for byte: every ```` ```text web-… ```` block
 //! is played against a real server and gateway; `>` lines are sent, `<` lines
 //! must come back exactly (text), `>hex` / `<hex` the same for binary messages.
 
@@ -15,8 +15,8 @@ fn blocks() -> Vec<(String, Vec<String>)> {
     ))
     .unwrap();
     let part = &doc[doc
-        .find("# Part 5: WebSocket gateway (zs-web)")
-        .expect("Part 5 exists")..];
+        .find("# Part 8: WebSocket gateway (zs-web)")
+        .expect("Part 8 exists")..];
     let mut out = Vec::new();
     let mut cur: Option<(String, Vec<String>)> = None;
     for line in part.lines() {
