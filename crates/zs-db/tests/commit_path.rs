@@ -294,3 +294,22 @@ fn group_commit_next_to_piecewise_commits_checkpoints_commit_ends() {
         assert!(db.contains(id), "acknowledged record {id} lost");
     }
 }
+
+#[test]
+fn warm_up_never_forces_a_buffered_commit_out() {
+    let (m, vfs) = mem();
+    let opts = DbOptions {
+        cache_bytes: 64 << 10,
+        durability: Durability::Periodic(std::time::Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    let db = Database::create(vfs, "t", opts).unwrap();
+    let len = || m.read_file(&file_name("t")).unwrap().len();
+    let before = len();
+    // a bulk commit (10 KB of values) that stays in the 4 MiB write buffer
+    db.commit(&batch(1, 100, 100)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(len(), before, "the warm-up wrote the buffer out");
+    assert_eq!(db.cache_bytes(), 0);
+    assert_eq!(db.get(7).unwrap().unwrap().data, value(100_000 + 6, 100));
+}

@@ -97,8 +97,8 @@ pub fn child(dir: &Path, seed: u64) -> ! {
             say(format!("A {id} {}", crc(&p)));
         } else if r < 75 {
             let mut b = Batch::new();
-            // one in five batches is big: larger than the write buffer
-            let n = if r < 63 {
+            // one batch in fifteen is big: larger than the write buffer
+            let n = if r < 61 {
                 40 + rng.below(100)
             } else {
                 2 + rng.below(20)
