@@ -10,7 +10,9 @@ use zs_registry::{Change, Event, Instance, Load};
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 
 fn part() -> &'static str {
-    let start = DOC.find("# Part 7: zs-registry").expect("the registry part");
+    let start = DOC
+        .find("# Part 7: zs-registry")
+        .expect("the registry part");
     &DOC[start..]
 }
 
