@@ -30,10 +30,18 @@ fn free_port() -> u16 {
 }
 
 /// Starts `zs serve ARGS` in `dir`; returns it and its fingerprint once it is up.
+/// Each server keeps its services' data apart (`--data <key file>.data`): zs-db
+/// locks its files, so two servers cannot share one data directory.
 fn serve(dir: &Path, args: &[&str]) -> (Guard, String) {
+    let key = args
+        .iter()
+        .position(|a| *a == "--key")
+        .map(|i| args[i + 1])
+        .unwrap_or("zs-identity.key");
     let mut child = zs()
         .arg("serve")
         .args(["--loops", "1"])
+        .args(["--data", &format!("{key}.data")])
         .args(args)
         .current_dir(dir)
         .stdout(Stdio::piped())

@@ -13,7 +13,7 @@ fn doc_examples() -> Vec<(String, Vec<u8>)> {
         .split("# Part 9: DB service")
         .nth(1)
         .expect("Part 9 present");
-    let block = part.split("## 5.5 Example bytes").nth(1).unwrap();
+    let block = part.split("## 9.5 Example bytes").nth(1).unwrap();
     let block = block
         .split("```text")
         .nth(1)

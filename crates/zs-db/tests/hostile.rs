@@ -316,8 +316,15 @@ fn child_open(dir: &std::path::Path) -> String {
 /// M6: one writer per database: a second open in this process (another handle, or
 /// another `Env`) and an open from another process are refused with a clear error;
 /// once the first engine closes, they succeed.
+/// Taken by the tests that spawn a child process and by the tests that drop a
+/// lock and take it again at once: between fork and exec a child holds copies of
+/// every descriptor, lock files included, so a lock released in that window
+/// stays held until the child's exec.
+static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn second_writer_is_refused() {
+    let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let vfs: Arc<dyn Vfs> = Arc::new(DirVfs::new(dir.path()).unwrap());
     let db = Database::create(vfs.clone(), "w", DbOptions::default()).unwrap();
@@ -408,6 +415,7 @@ fn env_closes_handles_it_replaces_or_removes() {
 /// L12: concurrent creators of one name: exactly one wins, nobody replaces its file.
 #[test]
 fn concurrent_create_has_one_winner() {
+    let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     for round in 0..20 {
         let name = format!("r{round}");

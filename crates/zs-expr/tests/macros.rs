@@ -86,6 +86,8 @@ fn depth_is_checked_after_expansion() {
 fn expansion_size_is_bounded() {
     let limits = Limits {
         max_len: 1000,
+        // deep enough for `wide` (a chain of 200): this test is about node counts
+        max_depth: 256,
         ..Limits::default()
     };
     let e = engine(limits);

@@ -23,6 +23,25 @@ pub(crate) struct TxState {
     pub(crate) writes: HashMap<RecKey, Private>,
     /// A read failed with a conflict: this attempt cannot commit.
     pub(crate) doomed: bool,
+    /// The record whose read doomed the attempt (its snapshot version was pruned).
+    pub(crate) doomed_on: Option<(RecKey, Arc<Cell>)>,
+}
+
+impl TxState {
+    /// Every record the attempt touched (reads, writes, the record that doomed it),
+    /// sorted by key and deduplicated: what a redo keeps locked.
+    fn touched(&self) -> Vec<(RecKey, Arc<Cell>)> {
+        let mut v: Vec<(RecKey, Arc<Cell>)> = self
+            .reads
+            .iter()
+            .map(|(k, r)| (k.clone(), r.0.cell.clone()))
+            .chain(self.writes.iter().map(|(k, w)| (k.clone(), w.0.clone())))
+            .chain(self.doomed_on.clone())
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
+    }
 }
 
 /// A transaction attempt, handed to procedure bodies.
@@ -60,6 +79,7 @@ impl<'a> Tx<'a> {
                 reads: HashMap::new(),
                 writes: HashMap::new(),
                 doomed: false,
+                doomed_on: None,
             },
             undo: Vec::new(),
             on_commit: Vec::new(),
@@ -87,6 +107,7 @@ impl<'a> Tx<'a> {
                 Some(r) => r,
                 None => {
                     self.st.doomed = true;
+                    self.st.doomed_on = Some((k, cell));
                     return Err(Error::Conflict);
                 }
             },
@@ -214,6 +235,11 @@ pub(crate) fn run<T>(
                 }
                 if !inner.opts.keep_locks_on_redo {
                     eng::unlock_all(id, &mut held);
+                } else if attempt < attempts {
+                    // A conflict inside the body (a pruned snapshot version) took no
+                    // locks yet: take them now, so the redo's snapshot, taken after,
+                    // sees the latest version of every record it touched.
+                    eng::lock_sorted(id, &tx.st.touched(), &mut held);
                 }
                 if attempt == attempts {
                     eng::unlock_all(id, &mut held);
