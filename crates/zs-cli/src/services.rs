@@ -140,7 +140,7 @@ pub struct Conn {
     /// Log in as this user.
     #[arg(long = "as", default_value = ADMIN_USER, global = true)]
     pub user: String,
-    /// Password of `--as` (else ZS_PASSWORD, else <data>/admin.password for admin).
+    /// Password of `--as` (else ZS_PASSWORD, else `<data>/admin.password` for admin).
     #[arg(long, global = true)]
     pub password: Option<String>,
     /// The server's data directory (for its admin.password file).

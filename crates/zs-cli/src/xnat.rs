@@ -31,13 +31,13 @@ pub struct XnatArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum Verb {
-    /// Run the public relay ([server] table).
+    /// Run the public relay (`[server]` table).
     Server {
         /// The TOML config file.
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run the intranet agent ([client] table); it dials out to the relay(s).
+    /// Run the intranet agent (`[client]` table); it dials out to the relay(s).
     Agent {
         /// The TOML config file.
         #[arg(long)]

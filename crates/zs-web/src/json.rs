@@ -1,5 +1,5 @@
 //! The WebSocket message mapping (docs/PROTOCOL.md Part 8): JSON text messages
-//! and binary DataFrame messages to and from [`Request`]s, answers, pushes and
+//! and binary DataFrame messages to and from [`WsRequest`]s, answers, pushes and
 //! typed errors. Pure functions, no I/O: the fuzz target `web_json` drives
 //! [`parse_text`] and [`parse_binary`] with arbitrary bytes.
 

@@ -1,7 +1,7 @@
 //! Gateway counters and the Prometheus text exposition (`/metrics`).
 //!
 //! Two sources: the zs-core server's [`StatsSnapshot`] (read at each scrape
-//! through the gateway's [`StatsFn`](crate::StatsFn)), and the gateway's own
+//! through the gateway's [`StatsFn`]), and the gateway's own
 //! counters and per-command call-duration histograms ([`WebStats`]).
 
 use std::collections::HashMap;

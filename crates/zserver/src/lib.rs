@@ -108,7 +108,6 @@ pub use registry::{
 };
 #[cfg(feature = "db-service")]
 mod db_service;
-/// The web face (`zs-web`): WebSocket/JSON gateway, dashboard, `/metrics`.
 #[cfg(feature = "web")]
 pub mod web;
 #[cfg(feature = "db-service")]
