@@ -1,5 +1,7 @@
 //! FastPost against a server process that is `kill -9`'d mid-stream (and links
 //! cut repeatedly): every acknowledged record is stored exactly once.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

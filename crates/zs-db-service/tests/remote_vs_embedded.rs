@@ -1,5 +1,7 @@
 //! Property: on generated data, a remote query answers exactly what zs-db's
 //! embedded query answers on the same database (filter, limit, reverse, id range).
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

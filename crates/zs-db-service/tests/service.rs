@@ -1,4 +1,6 @@
 //! The DB service end to end over encrypted loopback connections.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Watches (commit order under concurrent writers, ranges, updates and deletes)
 //! and fan-out queries over three servers (ordered merge, global limit, a server
 //! killed mid-query).
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

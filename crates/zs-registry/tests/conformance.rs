@@ -1,5 +1,7 @@
 //! The conformance suite: every test runs against the embedded registry
 //! (served over a real zs-core connection) and against a real etcd 3.4.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

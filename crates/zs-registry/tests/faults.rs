@@ -1,5 +1,7 @@
 //! Bad input and failures: a registry restart, etcd killed and back, watches
 //! behind compaction, lost leases, hostile connections.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

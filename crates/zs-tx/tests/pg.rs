@@ -1,6 +1,8 @@
 //! The PostgreSQL backend on a private cluster (initdb + pg_ctl in a temp dir, as
 //! user `postgres` when we are root): the bank test, durability across reopen, and
 //! the stored versions.
+// Unix only: the test starts a private PostgreSQL cluster as user `postgres`.
+#![cfg(unix)]
 
 mod common;
 

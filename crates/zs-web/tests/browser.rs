@@ -3,6 +3,8 @@
 //! server restart; the dashboard loads, its charts draw, its numbers move under
 //! load, and it fits a phone screen. Saves a screenshot of the dashboard under
 //! load (test artifact; also docs/dashboard.png with ZS_UPDATE_SCREENSHOT=1).
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 #[path = "common/webdriver.rs"]

@@ -1,6 +1,8 @@
 //! The gateway against a real zs-core server over real sockets: the JSON
 //! mapping, many calls in flight, binary DataFrames, pushes, broadcasts,
 //! per-connection state, typed errors, and `/metrics`.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

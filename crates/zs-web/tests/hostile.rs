@@ -2,6 +2,8 @@
 //! commands, bad binary messages, a WebSocket that never reads, HTTP request
 //! smuggling attempts, slow headers and connection floods. Each gets a clear
 //! error or a logged disconnect while an honest client carries on.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! A real Prometheus (Debian `prometheus`) scrapes the gateway's `/metrics`,
 //! and its HTTP API answers a query for one of our series.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! docs/PROTOCOL.md Part 8, byte for byte: every ```` ```text web-… ```` block
 //! is played against a real server and gateway; `>` lines are sent, `<` lines
 //! must come back exactly (text), `>hex` / `<hex` the same for binary messages.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 

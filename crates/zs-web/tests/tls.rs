@@ -1,4 +1,6 @@
 //! `Config::tls`: HTTPS and WSS through rustls; a plain-text client gets nothing.
+// Linux only: these tests run on the epoll backend and start real programs.
+#![cfg(target_os = "linux")]
 
 mod common;
 
