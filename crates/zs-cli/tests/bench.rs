@@ -4,30 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn zs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zs"))
-}
-
-/// Kills the server when the test ends (pass or fail).
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{free_port, zs, Guard};
 
 /// Starts `zs serve` in `dir`; returns the guard once it printed its connect line.
 fn serve(dir: &Path, addr: &str) -> Guard {

@@ -5,29 +5,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn zs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zs"))
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{free_port, zs, Guard};
 
 /// Starts `zs serve ARGS` in `dir`; returns it and its fingerprint once it is up.
 /// Each server keeps its services' data apart (`--data <key file>.data`): zs-db

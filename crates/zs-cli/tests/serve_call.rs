@@ -6,9 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn zs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zs"))
-}
+mod common;
+use common::{free_port, zs};
 
 /// Kills the server if the test fails before stopping it.
 struct Guard(Option<std::process::Child>);
@@ -20,14 +19,6 @@ impl Drop for Guard {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

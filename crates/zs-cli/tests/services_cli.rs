@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,15 +14,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use zserver::services::ServicesClient;
 use zserver::ClientBuilder;
 
+mod common;
+use common::{free_port, zs};
+
 /// Messages sent through the kill -9 test (raise it for a longer soak; the
 /// issue's figure is 10,000).
 const MESSAGES: u64 = 2_000;
 /// Times the server is killed during that test.
 const KILLS: usize = 8;
-
-fn zs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zs"))
-}
 
 /// The server process; killed (SIGKILL) on drop.
 struct Server {
@@ -98,14 +97,6 @@ impl Server {
             c.wait().unwrap();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn run_ok(dir: &Path, args: &[&str]) -> String {

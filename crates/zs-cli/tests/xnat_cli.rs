@@ -5,12 +5,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-fn zs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zs"))
-}
+mod common;
+use common::zs;
 
 struct Proc(Child);
 
