@@ -263,6 +263,12 @@ impl Backend for TokioBackend {
         self.shared.shut_tx.send_replace(true);
         if Handle::try_current().is_ok() {
             // Inside a runtime we must not block: the tasks end on their own.
+            // An owned runtime cannot be dropped here either (tokio panics when
+            // a runtime is dropped in an async context), so it is shut down in
+            // the background: its workers stop without being waited for.
+            if let Some(rt) = lock(&self.shared.runtime).take() {
+                rt.shutdown_background();
+            }
             return;
         }
         {
