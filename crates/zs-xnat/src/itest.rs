@@ -134,9 +134,12 @@ struct Side(Option<tokio::runtime::Runtime>);
 
 impl Side {
     fn new() -> Side {
+        Side::with_threads(1)
+    }
+    fn with_threads(n: usize) -> Side {
         Side(Some(
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(n)
                 .enable_all()
                 .build()
                 .unwrap(),
@@ -717,4 +720,59 @@ fn least_load_selection_prefers_the_agent_with_room() {
     // With max_load 2 vs 100, load/max favours the big agent for at least 8 of 10.
     assert!(f(&big) >= 8, "small {} big {}", f(&small), f(&big));
     assert!(f(&small) <= 2, "the small agent got more than its max_load");
+}
+
+#[test]
+fn simultaneous_visitors_never_exceed_max_connections() {
+    let echo = echo_server();
+    let mut cfg = relay_cfg(0, &[("echo", "t", 0)]);
+    cfg.services.get_mut("echo").unwrap().max_connections = 4;
+    // Several relay threads, so visitors really are admitted in parallel.
+    let side = Side::with_threads(4);
+    let relay = side
+        .rt()
+        .block_on(Relay::bind_with_identity(
+            cfg,
+            ServerIdentity::from_seed(&SEED).unwrap(),
+        ))
+        .unwrap();
+    side.rt().spawn(relay.clone().run());
+    let (_as, _agent) = start_agent(agent_cfg(
+        &[relay.local_addr()],
+        &[("echo", "t", echo, 100)],
+    ));
+    wait_until("public port", Duration::from_secs(5), || {
+        relay.public_addr("echo").is_some()
+    });
+    let pa = relay.public_addr("echo").unwrap();
+    for round in 0..3 {
+        // 48 visitors at once; each holds its connection open until all are counted.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(48));
+        let threads: Vec<_> = (0..48)
+            .map(|_| {
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    let Ok(mut s) = StdStream::connect(pa) else {
+                        return None;
+                    };
+                    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                    let mut one = [0u8; 1];
+                    let served = s.write_all(b"x").is_ok() && s.read_exact(&mut one).is_ok();
+                    Some((served, s))
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let served = results.iter().flatten().filter(|(ok, _)| *ok).count();
+        assert!(
+            (1..=4).contains(&served),
+            "round {round}: {served} visitors served at once with max_connections = 4"
+        );
+        drop(results);
+        wait_until("visitors gone", Duration::from_secs(5), || {
+            relay.mapping_stats()["echo"]["active"] == 0
+        });
+    }
+    assert!(stat(&relay, "visitors_refused") >= 3 * 44);
 }

@@ -695,7 +695,16 @@ impl Relay {
             }
         };
         let stats = &self.inner.stats;
-        if mstats.active.load(Ordering::Relaxed) >= conf.max_connections as u64 {
+        // Admission and counting are one atomic step, so simultaneous visitors
+        // cannot overshoot `max_connections`.
+        let cap = conf.max_connections as u64;
+        let admitted = mstats
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
             let n = inc(&stats.visitors_refused);
             inc(&mstats.errors);
             warn!(%service, %peer, visitors_refused = n, max_connections = conf.max_connections, "xnat relay: public connection refused: mapping at max_connections");
@@ -704,7 +713,6 @@ impl Relay {
         inc(&stats.visitors_total);
         inc(&mstats.connections);
         inc(&stats.visitors_active);
-        inc(&mstats.active);
         // Decrements both "active" counters on every exit path.
         let _g = DecOnDrop(mstats.clone(), &stats.visitors_active);
         let mut conn = None;
