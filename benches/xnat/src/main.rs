@@ -278,7 +278,7 @@ fn nginx(dir: &Path) -> Option<(Proc, u16)> {
     let port = free_port();
     let d = dir.display();
     let conf = format!(
-        "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
          fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\

@@ -193,3 +193,94 @@ fn config_errors_name_the_file_the_key_and_the_expectation() {
         "{help}"
     );
 }
+
+fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn editing_the_config_files_adds_and_removes_mappings_of_running_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e2) = (echo_server(), echo_server());
+    let (control, p1, p2) = (free_port(), free_port(), free_port());
+    let relay_cfg = dir.path().join("relay.toml");
+    let relay_toml = |svcs: &[(&str, u16)]| {
+        let mut t = format!(
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"use_a_secret\"\n"
+        );
+        for (n, p) in svcs {
+            t += &format!("[server.services.{n}]\nbind_addr = \"127.0.0.1:{p}\"\n");
+        }
+        t
+    };
+    std::fs::write(&relay_cfg, relay_toml(&[("one", p1)])).unwrap();
+    let out = zs()
+        .args(["xnat", "fingerprint", "--config"])
+        .arg(&relay_cfg)
+        .output()
+        .unwrap();
+    let fp = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let _relay = Proc(
+        zs().args(["xnat", "server", "--config"])
+            .arg(&relay_cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let agent_cfg = dir.path().join("agent.toml");
+    let agent_toml = |svcs: &[(&str, SocketAddr)]| {
+        let mut t = format!(
+            "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"use_a_secret\"\n\
+             relay_fingerprint = \"{fp}\"\n"
+        );
+        for (n, a) in svcs {
+            t += &format!("[client.services.{n}]\nlocal_addr = \"{a}\"\n");
+        }
+        t
+    };
+    std::fs::write(&agent_cfg, agent_toml(&[("one", e1)])).unwrap();
+    let _agent = spawn_agent(&agent_cfg);
+    let (a1, a2): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{p1}").parse().unwrap(),
+        format!("127.0.0.1:{p2}").parse().unwrap(),
+    );
+    wait("`one` up", Duration::from_secs(15), || round_trip(a1, b"1"));
+    // A long-lived connection on `one` must survive every edit below.
+    let mut held = TcpStream::connect(a1).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut alive = |n: u8| {
+        let mut b = [0u8; 1];
+        held.write_all(&[n]).is_ok() && held.read_exact(&mut b).is_ok() && b[0] == n
+    };
+    assert!(alive(1));
+
+    // Add `two` on both sides (relay first).
+    std::fs::write(&relay_cfg, relay_toml(&[("one", p1), ("two", p2)])).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&agent_cfg, agent_toml(&[("one", e1), ("two", e2)])).unwrap();
+    wait("`two` up", Duration::from_secs(10), || round_trip(a2, b"2"));
+    assert!(alive(2));
+
+    // A relay config that does not parse changes nothing.
+    std::fs::write(&relay_cfg, "[server]\nbind_addr = \"nope\"\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(round_trip(a1, b"1") && round_trip(a2, b"2"));
+
+    // Remove `one` on both sides: its port closes, `two` carries on, and the
+    // connection already carried by `one` runs on.
+    std::fs::write(&relay_cfg, relay_toml(&[("two", p2)])).unwrap();
+    std::fs::write(&agent_cfg, agent_toml(&[("two", e2)])).unwrap();
+    wait("`one` closed", Duration::from_secs(10), || {
+        TcpStream::connect_timeout(&a1, Duration::from_millis(200)).is_err()
+    });
+    assert!(round_trip(a2, b"2"));
+    assert!(
+        alive(3),
+        "the connection carried before the removal was cut"
+    );
+}

@@ -4,22 +4,23 @@
 //! services. Lost sessions come back with jittered exponential backoff and
 //! re-register every mapping.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use zs_crypto::session::ClientConfig as CryptoClient;
 
 use crate::config::{ClientConfig, ClientService};
 use crate::proto::{self, Decoder, Msg};
 use crate::pump::{pump, End};
+use crate::relay::Reload;
 use crate::secure::SecureConn;
 use crate::stats::{inc, AgentStats};
 
@@ -37,38 +38,105 @@ pub struct Agent {
 }
 
 struct Inner {
+    /// The configuration the agent started with; its `services` are only the
+    /// first value of [`Inner::services`].
     cfg: ClientConfig,
     crypto: Arc<CryptoClient>,
     stats: AgentStats,
-    /// Per service: connections carried now (all relays).
-    load: HashMap<String, Arc<AtomicU32>>,
-    /// Per service: data connections open (pooled or carrying).
-    data: HashMap<String, Arc<AtomicU32>>,
+    /// The mappings served now (changed by [`Agent::reload`]). Held for map
+    /// operations only, never across an `.await`.
+    services: Mutex<Services>,
+    /// Bumped on every reload; each control session re-registers on a change.
+    changes: watch::Sender<u64>,
+}
+
+/// One mapping the agent serves.
+#[derive(Clone)]
+struct Served {
+    conf: ClientService,
+    /// Connections carried now (all relays).
+    load: Arc<AtomicU32>,
+    /// Data connections open (pooled or carrying).
+    data: Arc<AtomicU32>,
+}
+
+type Services = BTreeMap<String, Served>;
+
+fn served(conf: ClientService) -> Served {
+    Served {
+        conf,
+        load: Arc::default(),
+        data: Arc::default(),
+    }
 }
 
 impl Agent {
     /// An agent for `cfg` (nothing happens until [`Agent::run`]).
     pub fn new(cfg: ClientConfig) -> Agent {
         let crypto = Arc::new(CryptoClient::pinned(cfg.relay_fingerprint));
-        let load = cfg
+        let services = cfg
             .services
-            .keys()
-            .map(|k| (k.clone(), Arc::default()))
-            .collect();
-        let data = cfg
-            .services
-            .keys()
-            .map(|k| (k.clone(), Arc::default()))
+            .iter()
+            .map(|(k, c)| (k.clone(), served(c.clone())))
             .collect();
         Agent {
             inner: Arc::new(Inner {
                 cfg,
                 crypto,
                 stats: AgentStats::default(),
-                load,
-                data,
+                services: Mutex::new(services),
+                changes: watch::channel(0).0,
             }),
         }
+    }
+
+    /// Applies a new set of mappings (a reloaded `[client.services]`) on every
+    /// relay session without touching the others: new and changed ones are
+    /// registered (a changed token is proved afresh), removed ones are
+    /// unregistered. Connections already carried run to their end.
+    pub fn reload(&self, services: BTreeMap<String, ClientService>) -> Reload {
+        let mut report = Reload::default();
+        {
+            let mut cur = self.inner.services.lock().expect("agent services");
+            cur.retain(|name, _| {
+                let keep = services.contains_key(name);
+                if !keep {
+                    report.removed.push(name.clone());
+                }
+                keep
+            });
+            for (name, conf) in services {
+                match cur.get_mut(&name) {
+                    None => {
+                        cur.insert(name.clone(), served(conf));
+                        report.added.push(name);
+                    }
+                    Some(s) if s.conf != conf => {
+                        s.conf = conf;
+                        report.changed.push(name);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if !report.is_empty() {
+            self.inner.changes.send_modify(|v| *v += 1);
+        }
+        let n = inc(&self.inner.stats.reloads);
+        info!(reloads = n, added = ?report.added, removed = ?report.removed, changed = ?report.changed, "xnat agent: mappings reloaded");
+        report
+    }
+
+    /// The mappings served now, by name.
+    pub fn services(&self) -> BTreeMap<String, ClientService> {
+        let cur = self.inner.services.lock().expect("agent services");
+        cur.iter()
+            .map(|(k, s)| (k.clone(), s.conf.clone()))
+            .collect()
+    }
+
+    fn snapshot(&self) -> Services {
+        self.inner.services.lock().expect("agent services").clone()
     }
 
     /// Agent counters.
@@ -135,15 +203,16 @@ impl Agent {
             Err(_) => return (false, "no challenge from the relay".into()),
         };
         let binding = conn.channel_binding();
-        for (name, s) in &self.inner.cfg.services {
-            let m = Msg::Register {
-                service: name.clone(),
-                max_load: s.max_load,
-                proof: proto::proof(&s.token, &nonce, &binding, name),
-            };
-            if let Err(e) = conn.send(&m).await {
-                return (false, e.to_string());
-            }
+        let mut changes = self.inner.changes.subscribe();
+        changes.mark_unchanged();
+        // What this session has registered (name -> settings it proved).
+        let mut registered: BTreeMap<String, ClientService> = BTreeMap::new();
+        // Names the relay refused since they were last registered.
+        let mut refused: BTreeSet<String> = BTreeSet::new();
+        let mut out = Vec::new();
+        self.registrations(&mut registered, &mut refused, &nonce, &binding, &mut out);
+        if let Err(e) = conn.send_raw(&out).await {
+            return (false, e.to_string());
         }
         let n = inc(&self.inner.stats.sessions);
         info!(relay = %addr, sessions = n, "xnat agent: tunnel up");
@@ -193,6 +262,11 @@ impl Agent {
                     last_rx = tokio::time::Instant::now();
                     match m {
                         Some(Ok(m)) => {
+                            if let Msg::Refused { service, .. } = &m {
+                                // Not served on this relay: the next reload
+                                // that lists it registers it again.
+                                refused.insert(service.clone());
+                            }
                             if let Some(reply) = self.on_msg(addr, m) {
                                 if let Err(e) = wr.write(&reply.to_bytes()).await {
                                     break format!("write error: {e}");
@@ -203,16 +277,26 @@ impl Agent {
                         None => break "reader ended".into(),
                     }
                 }
+                Ok(()) = changes.changed() => {
+                    let mut out = Vec::new();
+                    self.registrations(&mut registered, &mut refused, &nonce, &binding, &mut out);
+                    sent_load.retain(|name, _| registered.contains_key(name));
+                    if !out.is_empty() {
+                        if let Err(e) = wr.write(&out).await {
+                            break format!("write error: {e}");
+                        }
+                    }
+                }
                 _ = tick.tick() => {
                     if last_rx.elapsed() > hb {
                         break format!("no message from the relay for {} s (heartbeat_timeout)", hb.as_secs());
                     }
                     let mut out = Vec::new();
-                    for (name, l) in &self.inner.load {
-                        let cur = l.load(Ordering::Relaxed);
-                        if sent_load.get(name) != Some(&cur) {
+                    for (name, s) in self.snapshot() {
+                        let cur = s.load.load(Ordering::Relaxed);
+                        if sent_load.get(&name) != Some(&cur) {
                             sent_load.insert(name.clone(), cur);
-                            Msg::Load { service: name.clone(), current: cur }.encode(&mut out);
+                            Msg::Load { service: name, current: cur }.encode(&mut out);
                         }
                     }
                     if !out.is_empty() {
@@ -224,6 +308,44 @@ impl Agent {
             }
         };
         (true, reason)
+    }
+
+    /// Appends to `out` what brings the relay from `registered` to the
+    /// mappings served now: `Register` for new, changed or `refused` ones (a
+    /// fresh proof over this session's nonce and binding), `Unregister` for
+    /// removed ones.
+    fn registrations(
+        &self,
+        registered: &mut BTreeMap<String, ClientService>,
+        refused: &mut BTreeSet<String>,
+        nonce: &[u8; proto::NONCE_LEN],
+        binding: &[u8; 32],
+        out: &mut Vec<u8>,
+    ) {
+        let now = self.snapshot();
+        registered.retain(|name, _| {
+            let keep = now.contains_key(name);
+            if !keep {
+                Msg::Unregister {
+                    service: name.clone(),
+                }
+                .encode(out);
+            }
+            keep
+        });
+        refused.retain(|name| now.contains_key(name));
+        for (name, s) in now {
+            if registered.get(&name) == Some(&s.conf) && !refused.remove(&name) {
+                continue;
+            }
+            Msg::Register {
+                service: name.clone(),
+                max_load: s.conf.max_load,
+                proof: proto::proof(&s.conf.token, nonce, binding, &name),
+            }
+            .encode(out);
+            registered.insert(name, s.conf);
+        }
     }
 
     fn on_msg(&self, addr: &str, m: Msg) -> Option<Msg> {
@@ -239,11 +361,19 @@ impl Agent {
                 None
             }
             Msg::OpenData { service, ticket } => {
-                let (Some(svc), Some(data), Some(load)) = (
-                    self.inner.cfg.services.get(&service),
-                    self.inner.data.get(&service),
-                    self.inner.load.get(&service),
-                ) else {
+                let found = self
+                    .inner
+                    .services
+                    .lock()
+                    .expect("agent services")
+                    .get(&service)
+                    .cloned();
+                let Some(Served {
+                    conf: svc,
+                    data,
+                    load,
+                }) = found
+                else {
                     warn!(relay = %addr, %service, "xnat agent: relay asked for a data connection of an unknown service");
                     return None;
                 };
@@ -253,8 +383,7 @@ impl Agent {
                 }
                 data.fetch_add(1, Ordering::Relaxed);
                 let me = self.clone();
-                let (svc, data, load, addr) =
-                    (svc.clone(), data.clone(), load.clone(), addr.to_string());
+                let addr = addr.to_string();
                 tokio::spawn(async move {
                     me.data_conn(&addr, &service, &svc, ticket, &load).await;
                     data.fetch_sub(1, Ordering::Relaxed);

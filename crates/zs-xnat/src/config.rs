@@ -36,7 +36,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Relay (`[server]`) settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// `bind_addr`: where agents connect.
     pub bind_addr: SocketAddr,
@@ -71,7 +71,7 @@ pub struct ServerService {
 }
 
 /// Agent (`[client]`) settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// `remote_addr`: the relay (ours: also `remote_addrs`, a list, one tunnel each).
     pub remote_addrs: Vec<String>,
@@ -229,6 +229,43 @@ fn check_name(p: &P<'_>, name: &str, path: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What every `[server.services.NAME]` and `[client.services.NAME]` table
+/// shares: a valid name, only known keys (`token`, `type`, `nodelay` and the
+/// side's own `keys`), a supported `type`, and a non-empty token that falls back
+/// to the side's `default_token`. Returns the table's path, the table and the token.
+fn service_table<'t>(
+    p: &P<'_>,
+    side: &str,
+    name: &str,
+    v: &'t Value,
+    keys: &[&str],
+    default_token: &Option<String>,
+) -> Result<(String, &'t Table, String), ConfigError> {
+    let path = format!("{side}.services.{name}");
+    check_name(p, name, &path)?;
+    let Value::Table(t) = v else {
+        return Err(p.e(&path, "expected a table"));
+    };
+    let mut known = vec!["token", "type", "nodelay"];
+    known.extend_from_slice(keys);
+    p.only(t, &path, &known)?;
+    p.service_type(t, &path)?;
+    p.bool(t, "nodelay", &format!("{path}.nodelay"))?;
+    let token = match p.str(t, "token", &format!("{path}.token"))? {
+        Some(t) => t.to_string(),
+        None => default_token.clone().ok_or_else(|| {
+            p.e(
+                &format!("{path}.token"),
+                format!("required when {side}.default_token is not set"),
+            )
+        })?,
+    };
+    if token.is_empty() {
+        return Err(p.e(&format!("{path}.token"), "expected a non-empty token"));
+    }
+    Ok((path, t, token))
+}
+
 impl Config {
     /// Reads and parses `path` (relative `identity_file` resolves against its directory).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -307,37 +344,14 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
     let mut services = BTreeMap::new();
     if let Some(svcs) = p.table(s, "services", "server.services")? {
         for (name, v) in svcs {
-            let path = format!("server.services.{name}");
-            check_name(p, name, &path)?;
-            let Value::Table(t) = v else {
-                return Err(p.e(&path, "expected a table"));
-            };
-            p.only(
-                t,
-                &path,
-                &[
-                    "token",
-                    "bind_addr",
-                    "type",
-                    "idle_timeout",
-                    "max_connections",
-                    "nodelay",
-                ],
+            let (path, t, token) = service_table(
+                p,
+                "server",
+                name,
+                v,
+                &["bind_addr", "idle_timeout", "max_connections"],
+                &default_token,
             )?;
-            p.service_type(t, &path)?;
-            p.bool(t, "nodelay", &format!("{path}.nodelay"))?;
-            let token = match p.str(t, "token", &format!("{path}.token"))? {
-                Some(t) => t.to_string(),
-                None => default_token.clone().ok_or_else(|| {
-                    p.e(
-                        &format!("{path}.token"),
-                        "required when server.default_token is not set",
-                    )
-                })?,
-            };
-            if token.is_empty() {
-                return Err(p.e(&format!("{path}.token"), "expected a non-empty token"));
-            }
             let bind_addr = p
                 .addr(t, "bind_addr", &format!("{path}.bind_addr"))?
                 .ok_or_else(|| {
@@ -459,34 +473,14 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
     let mut services = BTreeMap::new();
     if let Some(svcs) = p.table(c, "services", "client.services")? {
         for (name, v) in svcs {
-            let path = format!("client.services.{name}");
-            check_name(p, name, &path)?;
-            let Value::Table(t) = v else {
-                return Err(p.e(&path, "expected a table"));
-            };
-            p.only(
-                t,
-                &path,
-                &[
-                    "token",
-                    "local_addr",
-                    "type",
-                    "max_load",
-                    "nodelay",
-                    "retry_interval",
-                ],
+            let (path, t, token) = service_table(
+                p,
+                "client",
+                name,
+                v,
+                &["local_addr", "max_load", "retry_interval"],
+                &default_token,
             )?;
-            p.service_type(t, &path)?;
-            p.bool(t, "nodelay", &format!("{path}.nodelay"))?;
-            let token = match p.str(t, "token", &format!("{path}.token"))? {
-                Some(t) => t.to_string(),
-                None => default_token.clone().ok_or_else(|| {
-                    p.e(
-                        &format!("{path}.token"),
-                        "required when client.default_token is not set",
-                    )
-                })?,
-            };
             let local_addr = p
                 .str(t, "local_addr", &format!("{path}.local_addr"))?
                 .ok_or_else(|| {
@@ -619,5 +613,38 @@ max_load = 10
         let e =
             parse("[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"abc\"\n").unwrap_err();
         assert_eq!(e.key, "client.relay_fingerprint");
+    }
+
+    #[test]
+    fn service_tables_check_the_same_things_on_both_sides() {
+        for side in ["server", "client"] {
+            let head = if side == "server" {
+                "[server]\nbind_addr = \"0.0.0.0:1\"\n".to_string()
+            } else {
+                format!("[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"{FP}\"\n")
+            };
+            let addr = if side == "server" {
+                "bind_addr = \"0.0.0.0:2\""
+            } else {
+                "local_addr = \"127.0.0.1:2\""
+            };
+            let cases = [
+                ("token = \"\"", "token"),
+                ("token = \"t\"\nbogus = 1", "bogus"),
+                ("token = \"t\"\ntype = \"udp\"", "type"),
+                ("token = \"t\"\nnodelay = 3", "nodelay"),
+            ];
+            for (body, key) in cases {
+                let e = parse(&format!("{head}[{side}.services.s]\n{addr}\n{body}\n")).unwrap_err();
+                assert_eq!(e.key, format!("{side}.services.s.{key}"), "{side}: {body}");
+            }
+            let e = parse(&format!("{head}[{side}.services.s]\n{addr}\n")).unwrap_err();
+            assert_eq!(e.key, format!("{side}.services.s.token"));
+            assert!(
+                e.message.contains(&format!("{side}.default_token")),
+                "{}",
+                e.message
+            );
+        }
     }
 }

@@ -77,7 +77,7 @@ fn http_server(dir: &Path) -> Option<(Proc, SocketAddr, &'static str)> {
     if have("nginx") {
         let d = dir.display();
         let conf = format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 512; }}\n\
              http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
              fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
@@ -775,4 +775,118 @@ fn simultaneous_visitors_never_exceed_max_connections() {
         });
     }
     assert!(stat(&relay, "visitors_refused") >= 3 * 44);
+}
+
+/// One echo round trip on `s`.
+fn echo_once(s: &mut StdStream, msg: &[u8]) -> bool {
+    let mut got = vec![0u8; msg.len()];
+    s.write_all(msg).is_ok() && s.read_exact(&mut got).is_ok() && got == msg
+}
+
+/// A fresh connection to `pa` answers one echo.
+fn serves(pa: SocketAddr) -> bool {
+    let Ok(mut s) = StdStream::connect(pa) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    echo_once(&mut s, b"ping")
+}
+
+#[test]
+fn reload_adds_changes_and_removes_a_mapping_while_another_carries_traffic() {
+    let (ea, eb) = (echo_server(), echo_server());
+    let (_rs, relay) = start_relay(relay_cfg(0, &[("a", "ta", 0)]));
+    let (_as, agent) = start_agent(agent_cfg(&[relay.local_addr()], &[("a", "ta", ea, 10)]));
+    wait_until("a listens", Duration::from_secs(5), || {
+        relay.public_addr("a").is_some()
+    });
+    // One long-lived connection on `a` echoes without pause during all reloads.
+    let pa = relay.public_addr("a").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut s = StdStream::connect(pa).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let msg = rounds.to_le_bytes().repeat(64);
+                assert!(
+                    echo_once(&mut s, &msg),
+                    "traffic on `a` broke after {rounds} rounds"
+                );
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let both_relay = |tb: &str| {
+        let mut c = relay_cfg(0, &[("a", "ta", 0), ("b", tb, 0)]);
+        std::mem::take(&mut c.services)
+    };
+    let both_agent = |tb: &str, load: u32| {
+        let mut c = agent_cfg(&[], &[("a", "ta", ea, 10), ("b", tb, eb, load)]);
+        std::mem::take(&mut c.services)
+    };
+
+    // Add `b` (relay first, as the docs say), then serve it.
+    let r = relay.reload(both_relay("tb"));
+    assert_eq!(
+        (r.added.as_slice(), r.removed.len(), r.changed.len()),
+        (&["b".to_string()][..], 0, 0)
+    );
+    let r = agent.reload(both_agent("tb", 10));
+    assert_eq!(r.added, ["b"]);
+    wait_until("b listens", Duration::from_secs(5), || {
+        relay.public_addr("b").is_some()
+    });
+    assert!(serves(relay.public_addr("b").unwrap()));
+
+    // A new load figure re-registers `b`; it keeps serving.
+    assert_eq!(agent.reload(both_agent("tb", 20)).changed, ["b"]);
+    assert!(serves(relay.public_addr("b").unwrap()));
+
+    // A new token on the relay drops `b`'s registration; the agent's reload
+    // with the same token brings it back.
+    assert_eq!(relay.reload(both_relay("tb2")).changed, ["b"]);
+    assert_eq!(
+        relay.public_addr("b"),
+        None,
+        "b's port closes until re-proved"
+    );
+    assert_eq!(agent.reload(both_agent("tb2", 20)).changed, ["b"]);
+    wait_until("b listens again", Duration::from_secs(5), || {
+        relay.public_addr("b").is_some()
+    });
+    assert!(serves(relay.public_addr("b").unwrap()));
+
+    // The agent drops `b` (Unregister): its port closes though the relay still lists it.
+    let mut only_a = agent_cfg(&[], &[("a", "ta", ea, 10)]);
+    assert_eq!(
+        agent.reload(std::mem::take(&mut only_a.services)).removed,
+        ["b"]
+    );
+    wait_until("b closed by unregister", Duration::from_secs(5), || {
+        relay.public_addr("b").is_none()
+    });
+    assert!(relay.services().contains_key("b"));
+
+    // And the relay removes it.
+    let mut only_a = relay_cfg(0, &[("a", "ta", 0)]);
+    assert_eq!(
+        relay.reload(std::mem::take(&mut only_a.services)).removed,
+        ["b"]
+    );
+    assert!(!relay.services().contains_key("b"));
+
+    stop.store(true, Ordering::Relaxed);
+    let rounds = traffic.join().expect("traffic on `a` never broke");
+    assert!(rounds > 10, "only {rounds} round trips on `a`");
+    assert_eq!(
+        relay.mapping_stats()["a"]["connections"],
+        1,
+        "one connection on `a` all along"
+    );
+    assert_eq!(stat(&relay, "reloads"), 3);
+    assert_eq!(agent.stats().reloads.load(Ordering::Relaxed), 4);
 }

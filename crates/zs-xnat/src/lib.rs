@@ -40,6 +40,18 @@
 //!
 //! Errors name the file, the key and what is expected ([`config::ConfigError`]).
 //!
+//! ## Changing mappings at runtime
+//!
+//! `zs xnat server` and `zs xnat agent` re-read their config file when it
+//! changes (checked every second) and apply its `services` tables without
+//! touching the other mappings ([`Relay::reload`], [`Agent::reload`]): a new
+//! mapping is served, a removed one closes its public port, a changed token or
+//! public address is proved and bound afresh; connections already carried run
+//! to their end. A file that does not parse is logged and the running
+//! configuration stays. Other keys need a restart (logged). Change the relay
+//! first, then the agents: an agent that proves a token the relay does not
+//! know yet is refused and tries again at its next reload or reconnect.
+//!
 //! ## Example
 //!
 //! ```
@@ -128,8 +140,49 @@ pub fn run_relay_file(path: &std::path::Path) -> Result<(), String> {
             relay.local_addr(),
             relay.fingerprint()
         );
+        let watched = relay.clone();
+        let first = server.clone();
+        tokio::spawn(watch_file(path.to_path_buf(), move |cfg| {
+            let Some(new) = cfg.server else {
+                return Err("expected a [server] table".to_string());
+            };
+            let mut rest = new.clone();
+            rest.services = first.services.clone();
+            if rest != first {
+                tracing::warn!("xnat relay: only [server.services] are reloaded; restart the relay to apply the other changed keys");
+            }
+            watched.reload(new.services);
+            Ok(())
+        }));
         relay.run().await.map_err(|e| e.to_string())
     })
+}
+
+/// How often `zs xnat server|agent` look at their config file.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Polls `path` and calls `apply` with each new valid configuration (the
+/// content changed and parses). An invalid file is logged once per change and
+/// the running configuration stays.
+async fn watch_file(
+    path: std::path::PathBuf,
+    mut apply: impl FnMut(Config) -> Result<(), String> + Send + 'static,
+) {
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let now = std::fs::read(&path).ok();
+        if now.is_none() || now == last {
+            continue;
+        }
+        last = now;
+        let applied = Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(&mut apply);
+        if let Err(e) = applied {
+            tracing::error!(file = %path.display(), error = %e, "xnat: the changed config is not applied");
+        }
+    }
 }
 
 /// Runs the agent of config file `path` on a new tokio runtime until the
@@ -140,7 +193,21 @@ pub fn run_agent_file(path: &std::path::Path) -> Result<(), String> {
         .client
         .ok_or_else(|| format!("{}: expected a [client] table", path.display()))?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(Agent::new(client).run());
+    let agent = Agent::new(client.clone());
+    let watched = agent.clone();
+    rt.spawn(watch_file(path.to_path_buf(), move |cfg| {
+        let Some(new) = cfg.client else {
+            return Err("expected a [client] table".to_string());
+        };
+        let mut rest = new.clone();
+        rest.services = client.services.clone();
+        if rest != client {
+            tracing::warn!("xnat agent: only [client.services] are reloaded; restart the agent to apply the other changed keys");
+        }
+        watched.reload(new.services);
+        Ok(())
+    }));
+    rt.block_on(agent.run());
     Ok(())
 }
 

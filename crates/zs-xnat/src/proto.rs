@@ -111,6 +111,12 @@ pub enum Msg {
         /// The public peer's address.
         peer: SocketAddr,
     },
+    /// agent → relay: stop serving a mapping (the agent's configuration no
+    /// longer has it); connections already carried go on to their end.
+    Unregister {
+        /// Service name.
+        service: String,
+    },
 }
 
 impl Msg {
@@ -128,6 +134,7 @@ impl Msg {
             Msg::Pong(_) => 0x09,
             Msg::DataHello { .. } => 0x10,
             Msg::Start { .. } => 0x11,
+            Msg::Unregister { .. } => 0x12,
         }
     }
 
@@ -167,6 +174,7 @@ impl Msg {
             Msg::Ping(v) | Msg::Pong(v) => out.extend_from_slice(&v.to_le_bytes()),
             Msg::DataHello { ticket } => out.extend_from_slice(ticket),
             Msg::Start { peer } => put_addr(out, peer),
+            Msg::Unregister { service } => put_str(out, service),
         }
         let len = (out.len() - start - 5) as u32;
         out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
@@ -210,6 +218,7 @@ impl Msg {
             0x09 => Msg::Pong(r.u64()?),
             0x10 => Msg::DataHello { ticket: r.arr()? },
             0x11 => Msg::Start { peer: r.addr()? },
+            0x12 => Msg::Unregister { service: r.name()? },
             k => return Err(ProtoError::UnknownKind(k)),
         };
         if !r.0.is_empty() {
@@ -433,6 +442,9 @@ mod tests {
             Msg::Start {
                 peer: "[::1]:9".parse().unwrap(),
             },
+            Msg::Unregister {
+                service: "web".into(),
+            },
         ]
     }
 
@@ -454,7 +466,7 @@ mod tests {
         assert_eq!(d.buffered(), 0);
     }
 
-    /// The bytes documented in docs/PROTOCOL.md, Part 9 (XNat).
+    /// The bytes documented in docs/PROTOCOL.md, Part 5 (XNat).
     #[test]
     fn documented_bytes() {
         assert_eq!(
@@ -488,6 +500,13 @@ mod tests {
             }
             .to_bytes(),
             [0x01, 0x05, 0, 0, 0, 0x01, 0x00, 0x01, 0x00, b'a']
+        );
+        assert_eq!(
+            Msg::Unregister {
+                service: "web".into()
+            }
+            .to_bytes(),
+            [0x12, 0x05, 0, 0, 0, 0x03, 0x00, b'w', b'e', b'b']
         );
         // The proof of the PROTOCOL.md example.
         let p = proof("secret", &[0; 32], &[1; 32], "web");

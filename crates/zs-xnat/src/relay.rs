@@ -79,6 +79,24 @@ pub fn load_or_create_identity(path: &Path) -> io::Result<ServerIdentity> {
     }
 }
 
+/// What a reload changed, by mapping name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// Mappings that are new.
+    pub added: Vec<String>,
+    /// Mappings that are gone.
+    pub removed: Vec<String>,
+    /// Mappings whose settings changed.
+    pub changed: Vec<String>,
+}
+
+impl Reload {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
 /// A relay. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct Relay {
@@ -200,6 +218,98 @@ impl Relay {
     pub fn public_addr(&self, service: &str) -> Option<SocketAddr> {
         let st = self.inner.state.lock().expect("relay state");
         st.services.get(service)?.listener.as_ref().map(|l| l.1)
+    }
+
+    /// Applies a new set of mappings (a reloaded `[server.services]`) without
+    /// touching the others: a new name is accepted from now on; a removed one
+    /// closes its public port and tells its agents (`Refused`); one whose token
+    /// or public address changed drops its agents' registrations (they must
+    /// prove the new token) and closes its port; other changes (idle timeout,
+    /// `max_connections`) apply to connections accepted from now on.
+    /// Connections already carried run to their end in every case.
+    pub fn reload(&self, services: BTreeMap<String, ServerService>) -> Reload {
+        let mut report = Reload::default();
+        let mut st = self.inner.state.lock().expect("relay state");
+        let old: Vec<String> = st.services.keys().cloned().collect();
+        for name in old {
+            if !services.contains_key(&name) {
+                if let Some(mut svc) = st.services.remove(&name) {
+                    self.drop_registrations(
+                        &name,
+                        &mut svc,
+                        "removed from the relay's configuration",
+                    );
+                }
+                st.tickets.retain(|_, t| t.service != name);
+                report.removed.push(name);
+            }
+        }
+        for (name, conf) in services {
+            match st.services.get_mut(&name) {
+                None => {
+                    st.services.insert(
+                        name.clone(),
+                        Svc {
+                            conf,
+                            stats: Arc::default(),
+                            agents: Vec::new(),
+                            listener: None,
+                        },
+                    );
+                    report.added.push(name);
+                }
+                Some(svc) if svc.conf != conf => {
+                    let rebind =
+                        svc.conf.token != conf.token || svc.conf.bind_addr != conf.bind_addr;
+                    svc.conf = conf;
+                    if rebind {
+                        self.drop_registrations(
+                            &name,
+                            svc,
+                            "the mapping's token or public address changed: register again",
+                        );
+                        st.tickets.retain(|_, t| t.service != name);
+                    }
+                    report.changed.push(name);
+                }
+                Some(_) => {}
+            }
+        }
+        drop(st);
+        let n = inc(&self.inner.stats.reloads);
+        info!(reloads = n, added = ?report.added, removed = ?report.removed, changed = ?report.changed, "xnat relay: mappings reloaded");
+        report
+    }
+
+    /// The mappings now configured, by name.
+    pub fn services(&self) -> BTreeMap<String, ServerService> {
+        let st = self.inner.state.lock().expect("relay state");
+        st.services
+            .iter()
+            .map(|(k, s)| (k.clone(), s.conf.clone()))
+            .collect()
+    }
+
+    /// Forgets every agent of `svc` (telling each why) and closes its port.
+    fn drop_registrations(&self, name: &str, svc: &mut Svc, why: &str) {
+        for a in svc.agents.drain(..) {
+            // A full control queue means the agent is not reading: its session
+            // ends by itself, so the notice may be lost.
+            let _ = a.tx.try_send(Msg::Refused {
+                service: name.to_string(),
+                reason: why.to_string(),
+            });
+        }
+        svc.stats.agents.store(0, Ordering::Relaxed);
+        self.close_listener(name, svc, why);
+    }
+
+    fn close_listener(&self, name: &str, svc: &mut Svc, why: &str) {
+        if let Some((task, addr)) = svc.listener.take() {
+            task.abort();
+            let n = inc(&self.inner.stats.listeners_closed);
+            info!(service = %name, %addr, listeners_closed = n, "xnat relay: public port closed ({why})");
+        }
     }
 
     /// Serves until the task is dropped or aborted.
@@ -468,7 +578,7 @@ impl Relay {
                 }
             }
         };
-        self.remove_agent(id);
+        self.remove_agent(id, None);
         dec_agents(&self.inner.stats);
         let n = inc(&self.inner.stats.agents_lost);
         warn!(%peer, agent = %agent_name, id, agents_lost = n, %reason, "xnat relay: agent disconnected");
@@ -522,10 +632,13 @@ impl Relay {
                     warn!(%peer, agent = agent_name, %service, auth_failures = n, "xnat relay: wrong token for service");
                     return refuse(st, "wrong token".into(), refusals);
                 }
-                if svc.agents.iter().any(|a| a.id == id) {
-                    return Ok(());
-                }
                 let svc = st.services.get_mut(&service).expect("checked");
+                if let Some(a) = svc.agents.iter_mut().find(|a| a.id == id) {
+                    // Registered again (a reloaded agent): new load limit.
+                    a.max_load = max_load.max(1);
+                    drop(st);
+                    return send(Msg::Registered { service });
+                }
                 if svc.listener.is_none() {
                     // The public port listens only from now on.
                     let std_listener = std::net::TcpListener::bind(svc.conf.bind_addr)
@@ -577,6 +690,10 @@ impl Relay {
                     a.reported = current;
                 }
             }
+            Msg::Unregister { service } => {
+                info!(agent = agent_name, id, %service, "xnat relay: agent no longer serves the mapping");
+                self.remove_agent(id, Some(&service));
+            }
             Msg::Ping(v) => send(Msg::Pong(v))?,
             Msg::Pong(_) => {}
             other => {
@@ -590,10 +707,15 @@ impl Relay {
         Ok(())
     }
 
-    fn remove_agent(&self, id: u64) {
+    /// Removes agent `id` from `only` (one mapping) or from every mapping.
+    fn remove_agent(&self, id: u64, only: Option<&str>) {
         let mut st = self.inner.state.lock().expect("relay state");
-        st.tickets.retain(|_, t| t.agent != id);
+        st.tickets
+            .retain(|_, t| t.agent != id || only.is_some_and(|s| s != t.service));
         for (name, svc) in st.services.iter_mut() {
+            if only.is_some_and(|s| s != name) {
+                continue;
+            }
             let before = svc.agents.len();
             svc.agents.retain(|a| a.id != id);
             if svc.agents.len() != before {
@@ -601,11 +723,7 @@ impl Relay {
                     .agents
                     .store(svc.agents.len() as u64, Ordering::Relaxed);
                 if svc.agents.is_empty() {
-                    if let Some((task, addr)) = svc.listener.take() {
-                        task.abort();
-                        let n = inc(&self.inner.stats.listeners_closed);
-                        info!(service = %name, %addr, listeners_closed = n, "xnat relay: public port closed (no agent serves the mapping)");
-                    }
+                    self.close_listener(name, svc, "no agent serves the mapping");
                 }
             }
         }

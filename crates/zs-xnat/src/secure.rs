@@ -117,9 +117,15 @@ impl SecureConn {
 
     /// Sends one message.
     pub(crate) async fn send(&mut self, m: &Msg) -> io::Result<()> {
-        self.session
-            .send(&m.to_bytes(), Instant::now())
-            .map_err(err)?;
+        self.send_raw(&m.to_bytes()).await
+    }
+
+    /// Sends already encoded messages (nothing when `frames` is empty).
+    pub(crate) async fn send_raw(&mut self, frames: &[u8]) -> io::Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.session.send(frames, Instant::now()).map_err(err)?;
         self.flush().await
     }
 

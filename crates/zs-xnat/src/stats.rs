@@ -58,8 +58,11 @@ counters!(
         bytes_down,
         /// Public listeners opened (a mapping gained its first agent).
         listeners_opened,
-        /// Public listeners closed (a mapping lost its last agent).
+        /// Public listeners closed (a mapping lost its last agent, or was
+        /// removed or re-keyed by a reload).
         listeners_closed,
+        /// Configuration reloads applied.
+        reloads,
     }
 );
 
@@ -86,6 +89,8 @@ counters!(
         bytes_up,
         /// Bytes local -> public.
         bytes_down,
+        /// Configuration reloads applied.
+        reloads,
     }
 );
 
