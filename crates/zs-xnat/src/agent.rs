@@ -433,8 +433,11 @@ impl Agent {
         };
         load.fetch_add(1, Ordering::Relaxed);
         let _l = DecLoad(load);
-        let local = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&svc.local_addr))
-            .await
+        let mut local = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect(&svc.local_addr),
+        )
+        .await
         {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
@@ -448,6 +451,15 @@ impl Agent {
                 return;
             }
         };
+        if svc.proxy_protocol {
+            let dst = local.peer_addr().unwrap_or(peer);
+            let header = proto::proxy_v2_header(peer, dst);
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut local, &header).await {
+                let n = inc(&stats.local_failures);
+                warn!(%service, error = %e, local_failures = n, "xnat agent: cannot send the PROXY header to the local service");
+                return;
+            }
+        }
         inc(&stats.forwarded);
         debug!(%service, %peer, "xnat agent: carrying a public connection");
         let (sr, sw, rest) = conn.split();

@@ -98,6 +98,10 @@ pub struct ClientService {
     pub local_addr: String,
     /// Ours: `max_load`, connections this agent accepts (default 4096).
     pub max_load: u32,
+    /// Ours: `proxy_protocol = "v2"` sends a PROXY protocol v2 header with the
+    /// public client's address to the local service before any byte (off by
+    /// default; the service must expect it).
+    pub proxy_protocol: bool,
 }
 
 /// The whole file: a relay, an agent, or both.
@@ -478,7 +482,7 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
                 "client",
                 name,
                 v,
-                &["local_addr", "max_load", "retry_interval"],
+                &["local_addr", "max_load", "retry_interval", "proxy_protocol"],
                 &default_token,
             )?;
             let local_addr = p
@@ -490,6 +494,19 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
                     )
                 })?
                 .to_string();
+            let proxy_protocol =
+                match p.str(t, "proxy_protocol", &format!("{path}.proxy_protocol"))? {
+                    None => false,
+                    Some("v2") => true,
+                    Some(other) => {
+                        return Err(p.e(
+                            &format!("{path}.proxy_protocol"),
+                            format!(
+                            "expected \"v2\" (PROXY protocol v1 is not supported), got {other:?}"
+                        ),
+                        ))
+                    }
+                };
             let max_load = p
                 .uint(t, "max_load", &format!("{path}.max_load"), u32::MAX as u64)?
                 .unwrap_or(4096)
@@ -500,6 +517,7 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
                     token,
                     local_addr,
                     max_load,
+                    proxy_protocol,
                 },
             );
         }
@@ -573,6 +591,7 @@ max_load = 10
         assert_eq!(cl.remote_addrs, ["relay.example.com:2333"]);
         assert_eq!(cl.services["ssh"].token, "dt");
         assert_eq!(cl.services["ssh"].max_load, 10);
+        assert!(!cl.services["ssh"].proxy_protocol);
     }
 
     #[test]

@@ -214,6 +214,7 @@ fn agent_cfg(relays: &[SocketAddr], services: &[(&str, &str, SocketAddr, u32)]) 
                         token: t.to_string(),
                         local_addr: a.to_string(),
                         max_load: *m,
+                        proxy_protocol: false,
                     },
                 )
             })
@@ -889,4 +890,58 @@ fn reload_adds_changes_and_removes_a_mapping_while_another_carries_traffic() {
     );
     assert_eq!(stat(&relay, "reloads"), 3);
     assert_eq!(agent.stats().reloads.load(Ordering::Relaxed), 4);
+}
+
+#[test]
+fn proxy_protocol_v2_gives_a_real_nginx_the_public_client_address() {
+    let Some(()) = need("nginx") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let port = free_port();
+    let nginx_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    std::fs::write(
+        dir.path().join("nginx.conf"),
+        format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
+             fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
+             server {{ listen 127.0.0.1:{port} proxy_protocol;\n\
+             location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }} }} }}\n"
+        ),
+    )
+    .unwrap();
+    let _nginx = Proc(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(nginx_addr);
+    let (_rs, relay) = start_relay(relay_cfg(0, &[("web", "t", 0)]));
+    let mut cfg = agent_cfg(&[relay.local_addr()], &[("web", "t", nginx_addr, 10)]);
+    cfg.services.get_mut("web").unwrap().proxy_protocol = true;
+    let (_as, _agent) = start_agent(cfg);
+    wait_until("public port", Duration::from_secs(5), || {
+        relay.public_addr("web").is_some()
+    });
+    let pa = relay.public_addr("web").unwrap();
+    for _ in 0..3 {
+        let mut s = StdStream::connect(pa).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let me = s.local_addr().unwrap();
+        assert!(
+            resp.ends_with(&format!("\r\n\r\n{} {}\n", me.ip(), me.port())),
+            "nginx saw another client than {me}: {resp:?}"
+        );
+    }
 }

@@ -34,6 +34,7 @@
 //! | `[client] relay_fingerprint` | ours, **required**: `sha3-256:<64 hex>`, printed by the relay at start and by `zs xnat fingerprint` |
 //! | `[client] default_token`, `[client.services.NAME] token`, `local_addr` | rathole |
 //! | `[client.services.NAME] max_load` | ours: connections this agent takes (4096) |
+//! | `[client.services.NAME] proxy_protocol` | ours: `"v2"` sends the public client's address to the local service in a PROXY protocol v2 header before any byte (off) |
 //! | `[client] retry_interval`, `heartbeat_timeout` | rathole's names: longest reconnect backoff (2 s), relay silence before reconnecting (40 s) |
 //! | `agent_name` | ours: shown in the relay's logs |
 //! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); rathole's `tls`/`websocket` are refused with an error |

@@ -365,6 +365,39 @@ impl Decoder {
     }
 }
 
+/// The PROXY protocol v2 header (haproxy's spec, "PROXY" command over TCP)
+/// the agent sends to a local service with `proxy_protocol = "v2"`: the
+/// 12-byte signature, `0x21`, `0x11` (TCP over IPv4, 12 address bytes) or
+/// `0x21` (TCP over IPv6, 36 bytes; an IPv4 address among IPv6 ones is
+/// v4-mapped), the address length (u16 BE), then source address, destination
+/// address, source port, destination port (big endian).
+pub fn proxy_v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut h = Vec::with_capacity(16 + 36);
+    h.extend_from_slice(b"\r\n\r\n\0\r\nQUIT\n");
+    h.push(0x21);
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            h.push(0x11);
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+        }
+        (s, d) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(a) => a.to_ipv6_mapped(),
+                IpAddr::V6(a) => a,
+            };
+            h.push(0x21);
+            h.extend_from_slice(&36u16.to_be_bytes());
+            h.extend_from_slice(&v6(s).octets());
+            h.extend_from_slice(&v6(d).octets());
+        }
+    }
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
 /// The token proof of a [`Msg::Register`]: HMAC-SHA256 keyed by the service
 /// token over `"zs-xnat register v1" | nonce | channel binding | u16 LE name length | name`.
 /// The token itself never leaves the agent; the proof is bound to this
@@ -464,6 +497,33 @@ mod tests {
         }
         assert_eq!(got, all());
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn proxy_v2_headers_match_the_spec_layout() {
+        let h = proxy_v2_header(
+            "192.0.2.1:56324".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+        );
+        let mut want = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        want.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 192, 0, 2, 1, 10, 0, 0, 2, 0xDC, 0x04, 0x1F, 0x90,
+        ]);
+        assert_eq!(h, want);
+        let h = proxy_v2_header(
+            "[2001:db8::1]:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        assert_eq!(&h[12..16], &[0x21, 0x21, 0, 36]);
+        assert_eq!(h.len(), 16 + 36);
+        assert_eq!(
+            &h[32..48],
+            &"::ffff:127.0.0.1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        assert_eq!(&h[48..52], &[0, 1, 0, 2]);
     }
 
     /// The bytes documented in docs/PROTOCOL.md, Part 5 (XNat).
