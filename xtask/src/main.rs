@@ -33,6 +33,7 @@ fn usage() -> &'static str {
   check-targets
   test-windows [-p <pkg>…] [--timeout-mins N] [cargo test args] [-- <test args>]
   crash-db [--cycles N]
+  soak xnat [--requests N]   (not in CI; default 10,000,000 requests)
   list-benches | list-fuzz"
 }
 
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         "check-targets" => tasks::check_targets(),
         "test-windows" => windows::test_windows(rest),
         "crash-db" => crash_db_cmd(rest),
+        "soak" => tasks::soak(rest),
         "list-benches" => tasks::bench_suites().map(|s| println!("{}", s.join("\n"))),
         "list-fuzz" => tasks::fuzz_targets().map(|s| println!("{}", s.join("\n"))),
         "help" | "--help" | "-h" => {

@@ -273,6 +273,43 @@ pub fn bench(args: &[String]) -> Result {
     }
 }
 
+/// `soak xnat [--requests N]`: the long ApacheBench run through an XNat
+/// tunnel (not part of CI), with the xnat bench suite's tools plus `ab`.
+pub fn soak(args: &[String]) -> Result {
+    let usage = "usage: cargo xtask soak xnat [--requests N]";
+    let requests = match args {
+        [s] if s == "xnat" => 10_000_000u64,
+        [s, flag, n] if s == "xnat" && flag == "--requests" => n
+            .parse()
+            .map_err(|_| format!("--requests takes a whole number, not {n:?}"))?,
+        _ => return Err(usage.into()),
+    };
+    // nginx behind the tunnel (as in the xnat suite) and ApacheBench in front.
+    let mut tools: Vec<crate::tools::Tool> = crate::tools::BENCH_TOOLS
+        .iter()
+        .filter(|(suite, t)| *suite == "xnat" && t.program == "nginx")
+        .map(|(_, t)| *t)
+        .collect();
+    tools.push(crate::tools::Tool {
+        program: "ab",
+        source: crate::tools::Source::Apt(&["apache2-utils"]),
+        used_by: "soak xnat",
+    });
+    ensure_tools(&tools)?;
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "--locked",
+        "-p",
+        "zs-bench-xnat",
+        "--",
+    ]);
+    c.args(["__soak", &requests.to_string()]);
+    run(c)
+}
+
 // --------------------------------------------------------------------------- fuzz
 
 /// Target names: the `[[bin]]` names of `fuzz/Cargo.toml`.

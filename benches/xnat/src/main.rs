@@ -280,7 +280,7 @@ fn nginx(dir: &Path) -> Option<(Proc, u16)> {
     let conf = format!(
         "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
+         http {{ access_log off; keepalive_requests 100000000; client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
          fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
          server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n"
     );
@@ -307,6 +307,10 @@ fn main() {
     if args.len() == 3 && args[1] == "__agent" {
         zs_xnat::run_agent_file(Path::new(&args[2])).expect("agent");
         return;
+    }
+    if args.len() == 3 && args[1] == "__soak" {
+        let n: u64 = args[2].parse().expect("__soak takes a request count");
+        std::process::exit(soak(n));
     }
     let opts = Options::from_env();
     let secs = if opts.quick { 1 } else { 4 };
@@ -434,4 +438,92 @@ fn main() {
     suite.ratio("http_vs_direct", "xnat_http", "direct_http");
     suite.ratio("rss_vs_rathole", "xnat_rss", "rathole_rss");
     suite.finish();
+}
+
+/// `cargo xtask soak xnat`: ApacheBench keep-alive requests through our tunnel
+/// to nginx (the seed's test: 10 M requests in 15 minutes, 0 errors), printing
+/// relay + agent RSS every 10 s and the totals. Exit status 1 on any failed
+/// request or a dead tunnel process.
+fn soak(requests: u64) -> i32 {
+    assert!(
+        have("ab"),
+        "ab not installed (apt-get install apache2-utils)"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let ng_dir = root.path().join("nginx");
+    std::fs::create_dir_all(&ng_dir).unwrap();
+    let (_ng, http) = nginx(&ng_dir).expect("nginx not installed (apt-get install nginx-light)");
+    let our_dir = root.path().join("ours");
+    std::fs::create_dir_all(&our_dir).unwrap();
+    // The iperf mapping is unused here; its local port needs no listener.
+    let mut tunnel = ours(&our_dir, free_port(), Some(http));
+    let port = tunnel.http_port.unwrap();
+    wait_port(port, "zs-xnat http mapping");
+    println!(
+        "soak: {requests} keep-alive requests, 50 at once, ab -> xnat relay -> agent -> nginx"
+    );
+    let start = std::time::Instant::now();
+    let mut ab = Command::new("ab")
+        .args(["-k", "-r", "-q", "-c", "50", "-s", "30"])
+        .args(["-n", &requests.to_string()])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ab");
+    let mut peak = 0f64;
+    let mut next = std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = ab.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() >= next {
+            let rss: f64 = tunnel.procs.iter().map(|p| p.rss_kb()).sum();
+            peak = peak.max(rss);
+            println!(
+                "soak: {:>5.0} s  relay+agent RSS {rss:.0} KiB",
+                start.elapsed().as_secs_f64()
+            );
+            next += std::time::Duration::from_secs(10);
+        }
+        if tunnel
+            .procs
+            .iter_mut()
+            .any(|p| p.0.try_wait().ok().flatten().is_some())
+        {
+            let _ = ab.kill();
+            println!("soak: FAILED: a tunnel process died");
+            return 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let out = ab.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let (complete, failed) = (field("Complete requests"), field("Failed requests"));
+    let rss: f64 = tunnel.procs.iter().map(|p| p.rss_kb()).sum();
+    println!(
+        "soak: done in {:.0} s: complete {complete}, failed {failed}, non-2xx {}, {} req/s; relay+agent RSS now {rss:.0} KiB, peak sampled {:.0} KiB",
+        start.elapsed().as_secs_f64(),
+        field("Non-2xx responses").replace('?', "0"),
+        field("Requests per second").split_whitespace().next().unwrap_or("?"),
+        peak.max(rss),
+    );
+    let ok = status.success()
+        && failed == "0"
+        && complete == requests.to_string()
+        && !text.contains("Non-2xx responses");
+    if !ok {
+        println!(
+            "soak: FAILED\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    i32::from(!ok)
 }
