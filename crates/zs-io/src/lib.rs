@@ -225,24 +225,45 @@ pub trait Connection: Send + Sync + 'static {
 
 /// What a security layer learnt about a connection in its handshake (see
 /// [`Connection::security_info`]). Plain data, so the transport seam stays free of
-/// any cryptography crate.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// any cryptography crate. `Debug` never prints the channel binding.
+#[derive(Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct SecurityInfo {
     /// The security provider's name (e.g. `"zs-aead"`, `"tls13"`).
     pub provider: String,
     /// The negotiated cipher suite's name (e.g. `"AES-256-GCM"`).
     pub suite: String,
-    /// The pre-shared key identity the client proved (PSK handshakes only).
+    /// On a server, the pre-shared key identity the client proved (PSK
+    /// handshakes only).
     pub psk_identity: Option<Vec<u8>>,
     /// The fingerprint (SHA3-256) of the static server key that authenticated the
     /// server (key-pinning handshakes only): on a client the pinned key it verified,
     /// on a server its own.
     pub server_key: Option<[u8; 32]>,
+    /// A **secret** 32-byte value equal on both ends and unique to this session
+    /// (like a TLS exporter), for binding higher-layer proofs to the channel
+    /// (StableIO resume, the p2pvm token proof). Never send or log it.
+    pub channel_binding: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for SecurityInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecurityInfo")
+            .field("provider", &self.provider)
+            .field("suite", &self.suite)
+            .field("psk_identity", &self.psk_identity)
+            .field("server_key", &self.server_key)
+            .field(
+                "channel_binding",
+                &self.channel_binding.map(|_| "<secret>"),
+            )
+            .finish()
+    }
 }
 
 impl SecurityInfo {
-    /// A record of one handshake's outcome.
+    /// A record of one handshake's outcome (no channel binding; see
+    /// [`SecurityInfo::with_channel_binding`]).
     pub fn new(
         provider: impl Into<String>,
         suite: impl Into<String>,
@@ -254,7 +275,14 @@ impl SecurityInfo {
             suite: suite.into(),
             psk_identity,
             server_key,
+            channel_binding: None,
         }
+    }
+
+    /// The same, with the session's channel binding.
+    pub fn with_channel_binding(mut self, binding: Option<[u8; 32]>) -> SecurityInfo {
+        self.channel_binding = binding;
+        self
     }
 }
 

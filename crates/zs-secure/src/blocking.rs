@@ -137,12 +137,10 @@ impl<S: Read + Write> SecureStream<S> {
                     } else {
                         self.session.server_key()
                     };
-                    self.info = Some(Arc::new(SecurityInfo::new(
-                        self.provider.clone(),
-                        suite.name(),
-                        psk_identity,
-                        key,
-                    )));
+                    self.info = Some(Arc::new(
+                        SecurityInfo::new(self.provider.clone(), suite.name(), psk_identity, key)
+                            .with_channel_binding(self.session.channel_binding()),
+                    ));
                 }
                 Event::Data(d) => self.plain.extend_from_slice(&d),
                 Event::Closed => self.eof = true,

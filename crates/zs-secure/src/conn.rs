@@ -353,17 +353,22 @@ impl SecureHandler {
             return;
         };
         Counters::bump(&self.counters().handshakes);
-        let server_key = if psk_identity.is_some() {
-            None
-        } else {
-            lock(&sc.st).session.server_key()
+        let (server_key, binding) = {
+            let st = lock(&sc.st);
+            let key = if psk_identity.is_some() {
+                None
+            } else {
+                st.session.server_key()
+            };
+            (key, st.session.channel_binding())
         };
         let info = SecurityInfo::new(
             self.layer.provider.name(),
             suite.name(),
             psk_identity,
             server_key,
-        );
+        )
+        .with_channel_binding(binding);
         let _ = sc.info.set(Arc::new(info));
         if let Side::Server(factory) = &self.side {
             // A panicking factory unwinds to the raw backend, which drops this

@@ -31,8 +31,12 @@ fn security_info_reports_suite_and_psk_identity() {
     assert_eq!(info.suite, "AES-256-GCM");
     assert_eq!(info.psk_identity.as_deref(), Some(&b"alice"[..]));
     assert_eq!(info.server_key, None, "a PSK handshake uses no server key");
-    // The blocking client sees the same suite.
-    assert_eq!(c.security_info().unwrap().suite, "AES-256-GCM");
+    // The blocking client sees the same suite and the same channel binding.
+    let ci = c.security_info().unwrap();
+    assert_eq!(ci.suite, "AES-256-GCM");
+    assert!(info.channel_binding.is_some());
+    assert_eq!(ci.channel_binding, info.channel_binding);
+    assert!(!format!("{info:?}").contains(&format!("{:?}", info.channel_binding.unwrap())[1..8]));
 
     // A plain transport knows nothing.
     let raw = epoll();
