@@ -218,7 +218,10 @@ fn secure_sample(p: &SecurePair, payload: &Bytes, want: (u64, u64)) -> f64 {
     let t0 = Instant::now();
     *p.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((payload.clone(), 0));
     p.conn.set_timer(Duration::ZERO, 1).expect("kick");
-    let got = p.done.recv_timeout(Duration::from_secs(300)).expect("answer");
+    let got = p
+        .done
+        .recv_timeout(Duration::from_secs(300))
+        .expect("answer");
     let el = t0.elapsed();
     assert_eq!(got, want, "secure sink saw different bytes");
     gbps(payload.len(), el)
@@ -352,7 +355,10 @@ fn idle_server(kind: &str, n: usize) {
     if got < n {
         eprintln!("idle server: only {got} of {n} connections opened");
     }
-    println!("RESULT {}", after.saturating_sub(before) as f64 / got.max(1) as f64);
+    println!(
+        "RESULT {}",
+        after.saturating_sub(before) as f64 / got.max(1) as f64
+    );
     std::io::stdout().flush().ok();
     drop(child.stdin.take());
     let _ = child.wait();
@@ -444,18 +450,28 @@ fn main() {
     suite.case("zs-core-bigstream", "gb_per_s", Better::Higher, move || {
         zs_sample(&zs, &p, want)
     });
-    suite.case("secure-epoll-idle", "bytes_per_conn", Better::Lower, move || {
-        idle_sample("secure", idle_n)
-    });
-    suite.case("bare-epoll-idle", "bytes_per_conn", Better::Lower, move || {
-        idle_sample("bare", idle_n)
-    });
+    suite.case(
+        "secure-epoll-idle",
+        "bytes_per_conn",
+        Better::Lower,
+        move || idle_sample("secure", idle_n),
+    );
+    suite.case(
+        "bare-epoll-idle",
+        "bytes_per_conn",
+        Better::Lower,
+        move || idle_sample("bare", idle_n),
+    );
 
     suite.run();
     suite.ratio("secure_vs_raw", "secure-epoll", "raw-tcp-copy");
     suite.ratio("secure_vs_zs_core", "secure-epoll", "zs-core-bigstream");
     suite.ratio("zs_core_vs_raw", "zs-core-bigstream", "raw-tcp-copy");
-    suite.ratio("idle_bare_vs_secure", "secure-epoll-idle", "bare-epoll-idle");
+    suite.ratio(
+        "idle_bare_vs_secure",
+        "secure-epoll-idle",
+        "bare-epoll-idle",
+    );
     suite.note(format!(
         "{} MiB per sample, AES-256-GCM, 1 loop thread per side, same process, threads not pinned; \
          idle: {idle_n} connections, server RSS growth per connection (goal for the layer + kernel-side \

@@ -253,10 +253,7 @@ impl fmt::Debug for SecurityInfo {
             .field("suite", &self.suite)
             .field("psk_identity", &self.psk_identity)
             .field("server_key", &self.server_key)
-            .field(
-                "channel_binding",
-                &self.channel_binding.map(|_| "<secret>"),
-            )
+            .field("channel_binding", &self.channel_binding.map(|_| "<secret>"))
             .finish()
     }
 }

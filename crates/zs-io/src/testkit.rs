@@ -25,8 +25,8 @@
 //! process RSS growing by less than 64 MiB while the bytes flow.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::cell::RefCell;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use zs_crypto::{Event, SecureSession};
-use zs_io::{
-    CloseReason, Conn, ConnId, Connection, Error, Handler, HandlerFactory, SecurityInfo,
-};
+use zs_io::{CloseReason, Conn, ConnId, Connection, Error, Handler, HandlerFactory, SecurityInfo};
 
 use crate::{Counters, HandshakeError, Layer};
 
@@ -149,7 +147,11 @@ impl Connection for SecureConn {
             return Err(Error::Full(data));
         }
         if let Err(e) = st.session.send(&data, Instant::now()) {
-            tracing::warn!(conn = self.raw.id().0, "zs-secure: {}: cannot seal: {e}; resetting", self.raw.id());
+            tracing::warn!(
+                conn = self.raw.id().0,
+                "zs-secure: {}: cannot seal: {e}; resetting",
+                self.raw.id()
+            );
             drop(st);
             self.abort();
             return Err(Error::Closed);
@@ -465,7 +467,10 @@ impl Handler for SecureHandler {
             Ok(s) => s,
             Err(e) => {
                 Counters::bump(&self.counters().handshake_failures);
-                let why = format!("no session from provider {}: {e}", self.layer.provider.name());
+                let why = format!(
+                    "no session from provider {}: {e}",
+                    self.layer.provider.name()
+                );
                 self.fail(raw, &why, HandshakeError::Provider(e), false);
                 return;
             }
@@ -535,8 +540,10 @@ impl Handler for SecureHandler {
                         psk_identity,
                     } => established = Some((suite, psk_identity)),
                     Event::Data(d) => {
-                        self.segs
-                            .push(Seg::Side(self.side_buf.len(), self.side_buf.len() + d.len()));
+                        self.segs.push(Seg::Side(
+                            self.side_buf.len(),
+                            self.side_buf.len() + d.len(),
+                        ));
                         self.side_buf.extend_from_slice(&d);
                     }
                     Event::KeyUpdated { .. } | Event::Closed => {}
@@ -671,7 +678,12 @@ impl Handler for SecureHandler {
                 };
                 if let Err(e) = r {
                     Counters::bump(&self.counters().record_errors);
-                    self.fail(raw, &format!("rekey: {e}"), HandshakeError::Failed(e), false);
+                    self.fail(
+                        raw,
+                        &format!("rekey: {e}"),
+                        HandshakeError::Failed(e),
+                        false,
+                    );
                     return;
                 }
                 self.arm_rekey();

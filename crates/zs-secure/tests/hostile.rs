@@ -40,7 +40,8 @@ fn garbage_before_the_handshake_is_dropped() {
     roundtrip(&mut good, b"after garbage");
     // A hello-typed record whose body is garbage.
     let mut bad = tcp(srv.addr());
-    bad.write_all(&[0x16, 8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    bad.write_all(&[0x16, 8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+        .unwrap();
     assert_dropped(&mut bad, "garbage hello");
     wait_for("counted", || srv.secure.stats().handshake_failures == 2);
     roundtrip(&mut good, b"still fine");
@@ -58,9 +59,7 @@ fn oversize_records_are_refused_before_buffering() {
     // After the handshake: a 100 MiB data record header.
     let mut evil = good_client(srv.addr());
     roundtrip(&mut evil, b"ok so far");
-    evil.get_ref()
-        .write_all(&[0x17, 0, 0, 0x40, 0x06])
-        .unwrap();
+    evil.get_ref().write_all(&[0x17, 0, 0, 0x40, 0x06]).unwrap();
     assert_dropped(&mut evil, "oversize record");
     wait_for("counted", || srv.secure.stats().record_errors == 1);
     assert_eq!(srv.secure.stats().handshake_failures, 1);
@@ -134,7 +133,8 @@ fn unconsumed_plaintext_is_bounded() {
     impl Handler for Hoarder {
         fn on_data(&mut self, _conn: &Conn, _data: &mut BytesMut) {}
     }
-    let secure = zs_secure::SecureBackend::with_config(epoll(), psk_provider(b"alice", &KEY), short());
+    let secure =
+        zs_secure::SecureBackend::with_config(epoll(), psk_provider(b"alice", &KEY), short());
     let l = secure
         .listen(
             "127.0.0.1:0".parse().unwrap(),

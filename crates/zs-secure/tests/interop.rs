@@ -169,7 +169,11 @@ fn plaintext_client_behind_the_layer_calls_a_zs_core_server() {
     let want: Vec<(u64, String)> = (1..=20).map(|i| (i, format!("<call {i}>"))).collect();
     assert_eq!(got, want);
     let info = conn.security_info().unwrap();
-    assert_eq!(info.server_key, Some(fp), "the client reports the key it pinned");
+    assert_eq!(
+        info.server_key,
+        Some(fp),
+        "the client reports the key it pinned"
+    );
     assert_eq!(info.suite, "AES-256-GCM");
     conn.close();
     secure.shutdown();

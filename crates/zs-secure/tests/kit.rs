@@ -65,16 +65,30 @@ fn peers() -> Arc<dyn PeerWrap> {
 
 mod epoll {
     use super::*;
-    zs_io::conformance_tests!(|cfg: zs_io::Config| -> Box<dyn zs_io::Backend> {
-        let raw = Arc::new(zs_io_epoll::EpollBackend::new(cfg.clone()).unwrap());
-        Box::new(SecureBackend::with_config(raw, provider(), SecureConfig::for_io(&cfg)))
-    }, peers());
+    zs_io::conformance_tests!(
+        |cfg: zs_io::Config| -> Box<dyn zs_io::Backend> {
+            let raw = Arc::new(zs_io_epoll::EpollBackend::new(cfg.clone()).unwrap());
+            Box::new(SecureBackend::with_config(
+                raw,
+                provider(),
+                SecureConfig::for_io(&cfg),
+            ))
+        },
+        peers()
+    );
 }
 
 mod tokio {
     use super::*;
-    zs_io::conformance_tests!(|cfg: zs_io::Config| -> Box<dyn zs_io::Backend> {
-        let raw = Arc::new(zs_io_tokio::TokioBackend::new(cfg.clone()).unwrap());
-        Box::new(SecureBackend::with_config(raw, provider(), SecureConfig::for_io(&cfg)))
-    }, peers());
+    zs_io::conformance_tests!(
+        |cfg: zs_io::Config| -> Box<dyn zs_io::Backend> {
+            let raw = Arc::new(zs_io_tokio::TokioBackend::new(cfg.clone()).unwrap());
+            Box::new(SecureBackend::with_config(
+                raw,
+                provider(),
+                SecureConfig::for_io(&cfg),
+            ))
+        },
+        peers()
+    );
 }

@@ -145,10 +145,15 @@ fn sends_in_one_callback_share_one_record_on_the_wire() {
     let mut out = Vec::new();
     session.write_output(&mut out); // the client's Finished
     s.write_all(&out).unwrap();
-    let want: Vec<u8> = (0..100).flat_map(|i| format!("msg{i:04};").into_bytes()).collect();
+    let want: Vec<u8> = (0..100)
+        .flat_map(|i| format!("msg{i:04};").into_bytes())
+        .collect();
     let (plain, records) = read_records(&mut s, &mut *session, want.len());
     assert_eq!(plain, want);
-    assert_eq!(records, 1, "100 sends in one callback must share one record");
+    assert_eq!(
+        records, 1,
+        "100 sends in one callback must share one record"
+    );
 
     // Sends from another thread are sealed at once: one record each.
     let conn = rx.recv_timeout(WAIT).unwrap();
@@ -191,7 +196,7 @@ fn connect_reports_typed_handshake_errors() {
         .connect(silent.local_addr().unwrap(), WAIT, Box::new(Outcome(tx)))
         .unwrap();
     let (_held, _) = silent.accept().unwrap();
-    let e = rx.recv_timeout(WAIT).unwrap().err().expect("must fail");
+    let e = rx.recv_timeout(WAIT).unwrap().expect_err("must fail");
     assert!(t0.elapsed() >= Duration::from_millis(300));
     assert!(
         matches!(handshake_error(&e), Some(HandshakeError::TimedOut(_))),
@@ -206,7 +211,7 @@ fn connect_reports_typed_handshake_errors() {
         .unwrap();
     let (mut peer, _) = silent.accept().unwrap();
     peer.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").unwrap();
-    let e = rx.recv_timeout(WAIT).unwrap().err().expect("must fail");
+    let e = rx.recv_timeout(WAIT).unwrap().expect_err("must fail");
     assert!(
         matches!(handshake_error(&e), Some(HandshakeError::Failed(_))),
         "{e:?}"
@@ -217,7 +222,7 @@ fn connect_reports_typed_handshake_errors() {
         .connect(silent.local_addr().unwrap(), WAIT, Box::new(Outcome(tx)))
         .unwrap();
     drop(silent.accept().unwrap());
-    let e = rx.recv_timeout(WAIT).unwrap().err().expect("must fail");
+    let e = rx.recv_timeout(WAIT).unwrap().expect_err("must fail");
     assert!(
         matches!(handshake_error(&e), Some(HandshakeError::PeerClosed)),
         "{e:?}"
@@ -227,7 +232,7 @@ fn connect_reports_typed_handshake_errors() {
     drop(silent);
     let (tx, rx) = mpsc::channel();
     secure.connect(port, WAIT, Box::new(Outcome(tx))).unwrap();
-    let e = rx.recv_timeout(WAIT).unwrap().err().expect("must fail");
+    let e = rx.recv_timeout(WAIT).unwrap().expect_err("must fail");
     assert!(matches!(e, Error::Refused), "{e:?}");
     secure.shutdown();
 }
@@ -294,7 +299,10 @@ fn inner_timer_tokens_are_the_handlers_own_and_pause_holds_plaintext() {
     let mut fired: Vec<u64> = (0..6).map(|_| frx.recv_timeout(WAIT).unwrap()).collect();
     fired.sort();
     assert_eq!(fired, vec![0, 1, 2, 3, 16, u64::MAX]);
-    assert!(frx.recv_timeout(Duration::from_millis(100)).is_err(), "each fires once");
+    assert!(
+        frx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "each fires once"
+    );
 
     // While paused, plaintext waits in the layer and comes after the resume.
     let t0 = Instant::now();
@@ -306,6 +314,9 @@ fn inner_timer_tokens_are_the_handlers_own_and_pause_holds_plaintext() {
         got.extend(drx.recv_timeout(WAIT).unwrap());
     }
     assert_eq!(got, b"held");
-    assert!(t0.elapsed() >= Duration::from_millis(200), "delivered while paused");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "delivered while paused"
+    );
     secure.shutdown();
 }
