@@ -241,7 +241,8 @@ enum Seg {
 
 enum Side {
     Server(HandlerFactory),
-    Client,
+    /// Outgoing: the connect's deadline covers TCP and the handshake.
+    Client(Instant),
 }
 
 /// The raw connection's handler.
@@ -259,6 +260,8 @@ pub(crate) struct SecureHandler {
     failed: bool,
     /// The peer's FIN came while plaintext still waited (reading paused).
     eof_waiting: bool,
+    /// The handshake's time limit on this connection.
+    hs_timeout: Duration,
     pending: BytesMut,
     segs: Vec<Seg>,
     side_buf: BytesMut,
@@ -269,8 +272,12 @@ impl SecureHandler {
         SecureHandler::new(layer, Side::Server(factory), None)
     }
 
-    pub(crate) fn client(layer: Arc<Layer>, inner: Box<dyn Handler>) -> SecureHandler {
-        SecureHandler::new(layer, Side::Client, Some(inner))
+    pub(crate) fn client(
+        layer: Arc<Layer>,
+        inner: Box<dyn Handler>,
+        deadline: Instant,
+    ) -> SecureHandler {
+        SecureHandler::new(layer, Side::Client(deadline), Some(inner))
     }
 
     fn new(layer: Arc<Layer>, side: Side, inner: Option<Box<dyn Handler>>) -> SecureHandler {
@@ -284,6 +291,7 @@ impl SecureHandler {
             dead: false,
             failed: false,
             eof_waiting: false,
+            hs_timeout: Duration::ZERO,
             pending: BytesMut::new(),
             segs: Vec::new(),
             side_buf: BytesMut::new(),
@@ -340,7 +348,7 @@ impl SecureHandler {
     }
 
     fn connect_failed(&mut self, e: Error) {
-        if matches!(self.side, Side::Client) && !self.failed && !self.opened {
+        if matches!(self.side, Side::Client(_)) && !self.failed && !self.opened {
             self.failed = true;
             if let Some(inner) = &mut self.inner {
                 inner.on_connect_failed(e);
@@ -459,9 +467,15 @@ impl SecureHandler {
 impl Handler for SecureHandler {
     fn on_open(&mut self, raw: &Conn) {
         let now = Instant::now();
-        let made = match self.side {
-            Side::Server(_) => self.layer.provider.new_server(now),
-            Side::Client => self.layer.provider.new_client(now),
+        let (made, hs_timeout) = match self.side {
+            Side::Server(_) => (
+                self.layer.provider.new_server(now),
+                self.layer.cfg.handshake_timeout,
+            ),
+            Side::Client(deadline) => (
+                self.layer.provider.new_client(now),
+                deadline.saturating_duration_since(now),
+            ),
         };
         let session = match made {
             Ok(s) => s,
@@ -494,7 +508,8 @@ impl Handler for SecureHandler {
             paused: AtomicBool::new(false),
             info: OnceLock::new(),
         });
-        let _ = raw.set_timer(self.layer.cfg.handshake_timeout, T_HANDSHAKE);
+        self.hs_timeout = hs_timeout;
+        let _ = raw.set_timer(hs_timeout, T_HANDSHAKE);
         {
             let mut st = lock(&sc.st);
             sc.flush(&mut st); // the client's hello
@@ -653,7 +668,7 @@ impl Handler for SecureHandler {
             T_HANDSHAKE => {
                 if !self.opened && !self.dead {
                     Counters::bump(&self.counters().handshake_timeouts);
-                    let d = self.layer.cfg.handshake_timeout;
+                    let d = self.hs_timeout;
                     let why = format!("no handshake within {d:?}");
                     self.fail(raw, &why, HandshakeError::TimedOut(d), false);
                 }

@@ -106,8 +106,10 @@ use zs_io::{Backend, Handler, HandlerFactory, Listener, Prefer};
 /// The layer's bounds and timings.
 #[derive(Debug, Clone)]
 pub struct SecureConfig {
-    /// How long a connection may take from TCP open to established keys. A peer
-    /// that is slower (slowloris, garbage, silence) is disconnected. Default 10 s.
+    /// How long an accepted connection may take from TCP open to established
+    /// keys. A peer that is slower (slowloris, garbage, silence) is disconnected.
+    /// Default 10 s. (An outgoing connection's handshake is bounded by the
+    /// `timeout` given to `connect`, which covers TCP and the handshake.)
     pub handshake_timeout: Duration,
     /// Plaintext send queue bound (contract item 4): a send is accepted while the
     /// raw connection's queue plus the plaintext not yet sealed is below it. Use the
@@ -146,7 +148,8 @@ impl SecureConfig {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum HandshakeError {
-    /// No established keys within [`SecureConfig::handshake_timeout`].
+    /// No established keys within [`SecureConfig::handshake_timeout`] (accepted
+    /// connections) or the connect's timeout (outgoing ones).
     TimedOut(Duration),
     /// The peer's handshake was refused (bad key, bad record, unknown PSK, ...).
     Failed(zs_crypto::Error),
@@ -324,10 +327,16 @@ impl Backend for SecureBackend {
         timeout: Duration,
         handler: Box<dyn Handler>,
     ) -> Result<(), zs_io::Error> {
+        // The caller's timeout covers the TCP connect and the handshake.
+        let deadline = std::time::Instant::now() + timeout;
         self.inner.connect(
             addr,
             timeout,
-            Box::new(conn::SecureHandler::client(self.layer.clone(), handler)),
+            Box::new(conn::SecureHandler::client(
+                self.layer.clone(),
+                handler,
+                deadline,
+            )),
         )
     }
 

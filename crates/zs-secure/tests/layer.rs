@@ -183,17 +183,18 @@ impl Handler for Outcome {
 
 #[test]
 fn connect_reports_typed_handshake_errors() {
-    let cfg = SecureConfig {
-        handshake_timeout: Duration::from_millis(300),
-        ..SecureConfig::default()
-    };
-    let secure = SecureBackend::with_config(epoll(), psk_provider(b"alice", &KEY), cfg);
+    let secure = SecureBackend::new(epoll(), psk_provider(b"alice", &KEY));
     // A server that accepts and says nothing: a handshake timeout, not a close.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let (tx, rx) = mpsc::channel();
     let t0 = Instant::now();
+    // (An outgoing connection's handshake is bounded by the connect's timeout.)
     secure
-        .connect(silent.local_addr().unwrap(), WAIT, Box::new(Outcome(tx)))
+        .connect(
+            silent.local_addr().unwrap(),
+            Duration::from_millis(300),
+            Box::new(Outcome(tx)),
+        )
         .unwrap();
     let (_held, _) = silent.accept().unwrap();
     let e = rx.recv_timeout(WAIT).unwrap().expect_err("must fail");
