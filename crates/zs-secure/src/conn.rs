@@ -262,6 +262,8 @@ pub(crate) struct SecureHandler {
     eof_waiting: bool,
     /// The handshake's time limit on this connection.
     hs_timeout: Duration,
+    /// Counted in the layer's handshakes in progress.
+    counted: bool,
     pending: BytesMut,
     segs: Vec<Seg>,
     side_buf: BytesMut,
@@ -292,6 +294,7 @@ impl SecureHandler {
             failed: false,
             eof_waiting: false,
             hs_timeout: Duration::ZERO,
+            counted: false,
             pending: BytesMut::new(),
             segs: Vec::new(),
             side_buf: BytesMut::new(),
@@ -300,6 +303,13 @@ impl SecureHandler {
 
     fn counters(&self) -> &Counters {
         &self.layer.counters
+    }
+
+    /// This connection's handshake is over (done, failed or the connection ended).
+    fn uncount(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.layer.handshaking.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Runs `f` on the inner handler with sealing held: every send it makes goes
@@ -323,6 +333,7 @@ impl SecureHandler {
             return;
         }
         self.dead = true;
+        self.uncount();
         tracing::warn!(
             conn = raw.id().0,
             peer = %raw.peer_addr(),
@@ -363,6 +374,7 @@ impl SecureHandler {
             return;
         };
         Counters::bump(&self.counters().handshakes);
+        self.uncount();
         let (server_key, binding) = {
             let st = lock(&sc.st);
             let key = if psk_identity.is_some() {
@@ -466,6 +478,23 @@ impl SecureHandler {
 
 impl Handler for SecureHandler {
     fn on_open(&mut self, raw: &Conn) {
+        if matches!(self.side, Side::Server(_)) {
+            let max = self.layer.cfg.max_handshakes;
+            if self.layer.handshaking.fetch_add(1, Ordering::AcqRel) >= max {
+                self.layer.handshaking.fetch_sub(1, Ordering::AcqRel);
+                Counters::bump(&self.counters().handshakes_refused);
+                self.dead = true;
+                tracing::warn!(
+                    conn = raw.id().0,
+                    peer = %raw.peer_addr(),
+                    "zs-secure: {}: {max} handshakes already in progress; resetting",
+                    raw.id()
+                );
+                raw.abort();
+                return;
+            }
+            self.counted = true;
+        }
         let now = Instant::now();
         let (made, hs_timeout) = match self.side {
             Side::Server(_) => (
@@ -718,6 +747,7 @@ impl Handler for SecureHandler {
     }
 
     fn on_close(&mut self, _raw: &Conn, reason: CloseReason) {
+        self.uncount();
         if let Some(sc) = &self.sc {
             sc.closed.store(true, Ordering::Release);
             let mut st = lock(&sc.st);

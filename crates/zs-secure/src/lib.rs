@@ -121,6 +121,10 @@ pub struct SecureConfig {
     /// consumed (a partial frame, or data that arrived while reading was paused).
     /// Beyond it the connection is reset. Default 1 MiB.
     pub max_pending_plaintext: usize,
+    /// Most accepted connections of this layer (over all its listeners) that may
+    /// be in their handshake at once; a connection beyond it is reset at once
+    /// (a handshake flood costs one counter, not a session each). Default 4096.
+    pub max_handshakes: usize,
 }
 
 impl Default for SecureConfig {
@@ -129,6 +133,7 @@ impl Default for SecureConfig {
             handshake_timeout: Duration::from_secs(10),
             send_queue_limit: 256 * 1024,
             max_pending_plaintext: 1 << 20,
+            max_handshakes: 4096,
         }
     }
 }
@@ -216,6 +221,9 @@ pub struct SecureStats {
     /// Peers that sent FIN without the close record first (the stream may be
     /// truncated; the handler still gets `on_eof`).
     pub truncated_eofs: u64,
+    /// Accepted connections reset because [`SecureConfig::max_handshakes`]
+    /// handshakes were already in progress.
+    pub handshakes_refused: u64,
 }
 
 #[derive(Default)]
@@ -226,6 +234,7 @@ struct Counters {
     record_errors: AtomicU64,
     plaintext_overflows: AtomicU64,
     truncated_eofs: AtomicU64,
+    handshakes_refused: AtomicU64,
 }
 
 impl Counters {
@@ -241,6 +250,7 @@ impl Counters {
             record_errors: l(&self.record_errors),
             plaintext_overflows: l(&self.plaintext_overflows),
             truncated_eofs: l(&self.truncated_eofs),
+            handshakes_refused: l(&self.handshakes_refused),
         }
     }
 }
@@ -250,6 +260,8 @@ struct Layer {
     provider: Arc<dyn SecurityProvider>,
     cfg: SecureConfig,
     counters: Counters,
+    /// Accepted connections in their handshake now.
+    handshaking: std::sync::atomic::AtomicUsize,
 }
 
 /// A [`Backend`] whose connections carry plaintext over a secure session run on
@@ -280,6 +292,7 @@ impl SecureBackend {
                 provider,
                 cfg,
                 counters: Counters::default(),
+                handshaking: std::sync::atomic::AtomicUsize::new(0),
             }),
             name,
         }

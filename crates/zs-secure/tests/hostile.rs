@@ -168,3 +168,35 @@ fn wrong_key_fails_the_handshake_on_both_sides() {
     roundtrip(&mut good, b"right key");
     let _ = good.read(&mut [0u8; 0]);
 }
+
+#[test]
+fn handshakes_in_progress_are_bounded_per_layer() {
+    let srv = EchoServer::start(SecureConfig {
+        max_handshakes: 2,
+        ..short()
+    });
+    let mut good = good_client(srv.addr());
+    // Two silent connections hold both handshake slots...
+    let _a = tcp(srv.addr());
+    let _b = tcp(srv.addr());
+    wait_for("both accepted", || {
+        std::thread::sleep(Duration::from_millis(50));
+        true
+    });
+    // ...so a third is reset at once, long before the handshake timeout.
+    let t0 = Instant::now();
+    let mut c = tcp(srv.addr());
+    assert_dropped(&mut c, "over max_handshakes");
+    assert!(
+        t0.elapsed() < Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
+    wait_for("counted", || srv.secure.stats().handshakes_refused >= 1);
+    // Established connections do not hold a slot; once the silent ones time out
+    // the slots are free again.
+    roundtrip(&mut good, b"established ones are unaffected");
+    wait_for("timed out", || srv.secure.stats().handshake_timeouts == 2);
+    let mut again = good_client(srv.addr());
+    roundtrip(&mut again, b"slots are free again");
+}
