@@ -126,6 +126,7 @@ const CRATES: &[&str] = &[
     "zs-registry",
     "zs-web",
     "zs-db-service",
+    "zs-secure",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -162,6 +163,7 @@ fn protocol_logic_depends_on_no_transport_and_no_runtime() {
         "zs-expr",
         "zs-io",
         "zs-core",
+        "zs-secure",
     ] {
         let deps = g.closure(c);
         for f in forbidden {
@@ -186,6 +188,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         ("zs-io-kqueue", &["zs-io"][..]),
         ("zs-io-tokio", &["zs-io"][..]),
         ("zs-p2pvm", &["zs-io", "zs-crypto", "zs-wire"][..]),
+        ("zs-secure", &["zs-io", "zs-crypto"][..]),
         ("zs-db", &["zs-wire", "zs-expr"][..]),
         ("zs-core", &["zs-wire", "zs-crypto", "zs-io"][..]),
         (

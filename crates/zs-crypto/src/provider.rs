@@ -66,6 +66,12 @@ pub trait SecureSession: Send {
     fn channel_binding(&self) -> Option<[u8; 32]> {
         None
     }
+    /// The fingerprint of the static server key this session authenticates
+    /// with, once established (see [`Session::server_key`]). `None` (the
+    /// default) when the layer has none.
+    fn server_key(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// Makes sessions for one side or both. Object safe; the framework holds `Arc<dyn SecurityProvider>`.
@@ -130,6 +136,9 @@ impl SecureSession for Session {
     }
     fn channel_binding(&self) -> Option<[u8; 32]> {
         Session::channel_binding(self)
+    }
+    fn server_key(&self) -> Option<[u8; 32]> {
+        Session::server_key(self).map(|f| f.0)
     }
 }
 

@@ -666,6 +666,24 @@ impl Session {
         }
     }
 
+    /// Once established, the fingerprint of the static server key: on a
+    /// client the key it pinned (and verified) when it authenticates by key
+    /// pinning, on a server its own identity's. A PSK client has none; a
+    /// server with both an identity and PSKs returns its identity's even after
+    /// a PSK handshake (check [`Event::HandshakeComplete`]'s `psk_identity`).
+    pub fn server_key(&self) -> Option<Fingerprint> {
+        if !self.is_established() {
+            return None;
+        }
+        match self.role {
+            Role::Client => match &self.client.as_ref()?.auth {
+                ClientAuth::PinnedKey(fp) => Some(*fp),
+                ClientAuth::Psk { .. } => None,
+            },
+            Role::Server => Some(self.server.as_ref()?.identity.as_ref()?.fingerprint()),
+        }
+    }
+
     /// The negotiated suite, once known.
     pub fn suite(&self) -> Option<SuiteId> {
         self.sealer.as_ref().map(|s| s.suite())

@@ -23,7 +23,8 @@
 //!   handler (or any other thread) uses to act on a connection: `send(Bytes)` into a
 //!   **bounded** send queue, `shutdown_write` (half-close), `close` (graceful),
 //!   `abort` (reset), `set_timer`, `set_idle_timeout`, `set_read_paused`,
-//!   `peer_addr`, `local_addr`, `id`.
+//!   `peer_addr`, `local_addr`, `id`, and `security_info` (who the peer
+//!   authenticated as, when a security layer such as `zs-secure` runs underneath).
 //! * [`Config`]: the knobs every backend honours (loops, send queue limit, idle
 //!   timeout, read chunk, close linger, `TCP_NODELAY`).
 //! * Helpers for backend authors: [`SendQueue`] (the bounded queue with the
@@ -214,6 +215,72 @@ pub trait Connection: Send + Sync + 'static {
     fn set_read_paused(&self, paused: bool);
     /// Whether the connection has been closed or is closing (no more sends accepted).
     fn is_closed(&self) -> bool;
+    /// Who the peer authenticated as, for connections that run through a security
+    /// layer (e.g. `zs_secure::SecureBackend`) once its handshake completed.
+    /// Default `None`: a plain transport knows nothing about the peer's identity.
+    fn security_info(&self) -> Option<Arc<SecurityInfo>> {
+        None
+    }
+}
+
+/// What a security layer learnt about a connection in its handshake (see
+/// [`Connection::security_info`]). Plain data, so the transport seam stays free of
+/// any cryptography crate. `Debug` never prints the channel binding.
+#[derive(Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SecurityInfo {
+    /// The security provider's name (e.g. `"zs-aead"`, `"tls13"`).
+    pub provider: String,
+    /// The negotiated cipher suite's name (e.g. `"AES-256-GCM"`).
+    pub suite: String,
+    /// On a server, the pre-shared key identity the client proved (PSK
+    /// handshakes only).
+    pub psk_identity: Option<Vec<u8>>,
+    /// The fingerprint (SHA3-256) of the static server key that authenticated the
+    /// server (key-pinning handshakes only): on a client the pinned key it verified,
+    /// on a server its own.
+    pub server_key: Option<[u8; 32]>,
+    /// A **secret** 32-byte value equal on both ends and unique to this session
+    /// (like a TLS exporter), for binding higher-layer proofs to the channel
+    /// (StableIO resume, the p2pvm token proof). Never send or log it.
+    pub channel_binding: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for SecurityInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecurityInfo")
+            .field("provider", &self.provider)
+            .field("suite", &self.suite)
+            .field("psk_identity", &self.psk_identity)
+            .field("server_key", &self.server_key)
+            .field("channel_binding", &self.channel_binding.map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+impl SecurityInfo {
+    /// A record of one handshake's outcome (no channel binding; see
+    /// [`SecurityInfo::with_channel_binding`]).
+    pub fn new(
+        provider: impl Into<String>,
+        suite: impl Into<String>,
+        psk_identity: Option<Vec<u8>>,
+        server_key: Option<[u8; 32]>,
+    ) -> SecurityInfo {
+        SecurityInfo {
+            provider: provider.into(),
+            suite: suite.into(),
+            psk_identity,
+            server_key,
+            channel_binding: None,
+        }
+    }
+
+    /// The same, with the session's channel binding.
+    pub fn with_channel_binding(mut self, binding: Option<[u8; 32]>) -> SecurityInfo {
+        self.channel_binding = binding;
+        self
+    }
 }
 
 /// A shared connection handle.

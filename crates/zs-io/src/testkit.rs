@@ -25,9 +25,10 @@
 //! process RSS growing by less than 64 MiB while the bytes flow.
 #![allow(clippy::unwrap_used)]
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -227,14 +228,160 @@ impl Events {
     }
 }
 
-fn std_connect(addr: SocketAddr) -> TcpStream {
+/// One socket peer of the kit: a plain TCP stream, or (through a [`PeerWrap`]) a
+/// stream that speaks the protocol of a layered backend, e.g. a secure session.
+pub trait PeerStream: Read + Write + Send {
+    /// The TCP socket underneath (addresses, timeouts, linger).
+    fn tcp(&self) -> &TcpStream;
+    /// Ends this side's sending half (plain TCP: `shutdown(Write)`; a secure
+    /// stream first sends its close record). Reading continues.
+    fn shutdown_write(&mut self) -> std::io::Result<()>;
+}
+
+/// A kit peer.
+pub type Peer = Box<dyn PeerStream>;
+
+/// How the kit's socket peers speak to the backend under test. The default (no
+/// wrap) is plain TCP, which is what a transport backend carries. A backend that
+/// layers a protocol over its connections (e.g. `zs_secure::SecureBackend`) runs
+/// the same kit items with [`with_peers`] (or `conformance_tests!(make, peers)`),
+/// so the kit's own peers speak that protocol: every item is unchanged.
+pub trait PeerWrap: Send + Sync {
+    /// Wraps a stream the kit connected to the backend (client side); may run a
+    /// handshake. An error means the backend ended the connection during it.
+    fn client(&self, s: TcpStream) -> std::io::Result<Peer>;
+    /// Wraps a stream the kit accepted from the backend (server side).
+    fn server(&self, s: TcpStream) -> std::io::Result<Peer>;
+}
+
+struct PlainPeer(TcpStream);
+
+impl Read for PlainPeer {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for PlainPeer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl PeerStream for PlainPeer {
+    fn tcp(&self) -> &TcpStream {
+        &self.0
+    }
+    fn shutdown_write(&mut self) -> std::io::Result<()> {
+        self.0.shutdown(Shutdown::Write)
+    }
+}
+
+thread_local! {
+    static WRAP: RefCell<Option<Arc<dyn PeerWrap>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (kit items) with the kit's socket peers wrapped by `wrap` on this
+/// thread (see [`PeerWrap`]).
+pub fn with_peers<R>(wrap: Arc<dyn PeerWrap>, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<Arc<dyn PeerWrap>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let old = self.0.take();
+            WRAP.with(|w| *w.borrow_mut() = old);
+        }
+    }
+    let old = WRAP.with(|w| w.borrow_mut().replace(wrap));
+    let _reset = Reset(old);
+    f()
+}
+
+fn peer_wrap() -> Option<Arc<dyn PeerWrap>> {
+    WRAP.with(|w| w.borrow().clone())
+}
+
+fn std_connect(addr: SocketAddr) -> Peer {
     let s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.set_write_timeout(Some(WAIT)).unwrap();
-    s
+    match peer_wrap() {
+        Some(w) => w.client(s).unwrap(),
+        None => Box::new(PlainPeer(s)),
+    }
 }
 
-fn read_exact_timeout(s: &mut TcpStream, n: usize) -> Vec<u8> {
+/// A loopback listener for the kit's server-side peers. With a [`PeerWrap`] it
+/// accepts (and runs the wrap's handshake) on a thread of its own from the start,
+/// since a layered backend's connect completes only once that handshake did.
+struct PeerListener {
+    addr: SocketAddr,
+    plain: Option<TcpListener>,
+    ready: Option<Receiver<Peer>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeerListener {
+    fn bind() -> PeerListener {
+        let l = TcpListener::bind(v4()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let Some(wrap) = peer_wrap() else {
+            return PeerListener {
+                addr,
+                plain: Some(l),
+                ready: None,
+                stop,
+            };
+        };
+        l.set_nonblocking(true).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(WAIT)).unwrap();
+                        s.set_write_timeout(Some(WAIT)).unwrap();
+                        if let Ok(p) = wrap.server(s) {
+                            if tx.send(p).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        PeerListener {
+            addr,
+            plain: None,
+            ready: Some(rx),
+            stop,
+        }
+    }
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn accept(&self) -> Peer {
+        match (&self.plain, &self.ready) {
+            (Some(l), _) => Box::new(PlainPeer(l.accept().unwrap().0)),
+            (None, Some(rx)) => rx.recv_timeout(WAIT).unwrap(),
+            (None, None) => unreachable!("a PeerListener has one of both"),
+        }
+    }
+}
+
+impl Drop for PeerListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_exact_timeout(s: &mut impl Read, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     s.read_exact(&mut buf).unwrap();
     buf
@@ -276,7 +423,7 @@ pub fn echo(make: MakeBackend<'_>) {
         }
     }
     let c = sev.open();
-    assert_eq!(c.peer_addr(), s.local_addr().unwrap());
+    assert_eq!(c.peer_addr(), s.tcp().local_addr().unwrap());
     assert_eq!(c.local_addr(), addr);
     drop(s);
     assert_eq!(sev.close(), CloseReason::PeerClosed);
@@ -523,7 +670,7 @@ pub fn half_close(make: MakeBackend<'_>) {
         .unwrap();
     let mut s = std_connect(listener.local_addr());
     s.write_all(&pattern(12345, 1)).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
+    s.shutdown_write().unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, "got 12345");
@@ -531,12 +678,12 @@ pub fn half_close(make: MakeBackend<'_>) {
     assert_eq!(reason, CloseReason::PeerClosed);
 
     // The other way round: the backend half-closes.
-    let plain = TcpListener::bind(v4()).unwrap();
-    let paddr = plain.local_addr().unwrap();
+    let plain = PeerListener::bind();
+    let paddr = plain.local_addr();
     let (client, cev) = Recorder::new(false);
     let conn = connect_blocking(&*backend, paddr, WAIT, Box::new(client)).unwrap();
-    let (mut peer, _) = plain.accept().unwrap();
-    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let mut peer = plain.accept();
+    peer.tcp().set_read_timeout(Some(WAIT)).unwrap();
     conn.send(Bytes::from_static(b"request")).unwrap();
     conn.shutdown_write().unwrap();
     assert!(matches!(
@@ -571,7 +718,7 @@ pub fn peer_reset(make: MakeBackend<'_>) {
     s.write_all(b"hi").unwrap();
     let c = sev.open();
     assert_eq!(sev.data(2), b"hi");
-    socket2::SockRef::from(&s)
+    socket2::SockRef::from(s.tcp())
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(s); // RST
@@ -581,17 +728,11 @@ pub fn peer_reset(make: MakeBackend<'_>) {
         Err(Error::Closed)
     ));
 
-    let plain = TcpListener::bind(v4()).unwrap();
+    let plain = PeerListener::bind();
     let (client, cev) = Recorder::new(false);
-    let conn = connect_blocking(
-        &*backend,
-        plain.local_addr().unwrap(),
-        WAIT,
-        Box::new(client),
-    )
-    .unwrap();
-    let (mut peer, _) = plain.accept().unwrap();
-    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let conn = connect_blocking(&*backend, plain.local_addr(), WAIT, Box::new(client)).unwrap();
+    let mut peer = plain.accept();
+    peer.tcp().set_read_timeout(Some(WAIT)).unwrap();
     conn.abort();
     assert_eq!(cev.close(), CloseReason::Local);
     let mut b = [0u8; 4];
@@ -600,7 +741,7 @@ pub fn peer_reset(make: MakeBackend<'_>) {
     // fails with a reset after an RST and succeeds after a FIN, so a FIN still fails.
     let reset = match &r {
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-        Ok(0) if cfg!(windows) => socket2::SockRef::from(&peer)
+        Ok(0) if cfg!(windows) => socket2::SockRef::from(peer.tcp())
             .send(&[])
             .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         _ => false,
@@ -758,15 +899,9 @@ pub fn idle_timeout(make: MakeBackend<'_>) {
 /// another thread; arming on a closed connection is an error.
 pub fn timers(make: MakeBackend<'_>) {
     let backend = make(kit_config());
-    let plain = TcpListener::bind(v4()).unwrap();
+    let plain = PeerListener::bind();
     let (client, cev) = Recorder::new(false);
-    let conn = connect_blocking(
-        &*backend,
-        plain.local_addr().unwrap(),
-        WAIT,
-        Box::new(client),
-    )
-    .unwrap();
+    let conn = connect_blocking(&*backend, plain.local_addr(), WAIT, Box::new(client)).unwrap();
     cev.open();
     let t0 = Instant::now();
     conn.set_timer(Duration::from_millis(120), 2).unwrap();
@@ -1009,7 +1144,7 @@ pub fn listener_shutdown(make: MakeBackend<'_>) {
         )
         .unwrap();
     let addr = listener.local_addr();
-    let mut peers: Vec<TcpStream> = (0..20).map(|_| std_connect(addr)).collect();
+    let mut peers: Vec<Peer> = (0..20).map(|_| std_connect(addr)).collect();
     for _ in 0..20 {
         sev.open();
     }
@@ -1072,16 +1207,10 @@ pub fn listener_shutdown(make: MakeBackend<'_>) {
 /// `close`/`abort` twice; `send` from another thread while the peer goes away.
 pub fn send_after_close(make: MakeBackend<'_>) {
     let backend = make(kit_config());
-    let plain = TcpListener::bind(v4()).unwrap();
+    let plain = PeerListener::bind();
     let (client, cev) = Recorder::new(false);
-    let conn = connect_blocking(
-        &*backend,
-        plain.local_addr().unwrap(),
-        WAIT,
-        Box::new(client),
-    )
-    .unwrap();
-    let (peer, _) = plain.accept().unwrap();
+    let conn = connect_blocking(&*backend, plain.local_addr(), WAIT, Box::new(client)).unwrap();
+    let peer = plain.accept();
     conn.close();
     assert!(conn.is_closed());
     assert!(matches!(
@@ -1106,14 +1235,8 @@ pub fn send_after_close(make: MakeBackend<'_>) {
 
     // A sender thread hammering a connection whose peer resets.
     let (client, cev) = Recorder::new(false);
-    let conn = connect_blocking(
-        &*backend,
-        plain.local_addr().unwrap(),
-        WAIT,
-        Box::new(client),
-    )
-    .unwrap();
-    let (peer, _) = plain.accept().unwrap();
+    let conn = connect_blocking(&*backend, plain.local_addr(), WAIT, Box::new(client)).unwrap();
+    let peer = plain.accept();
     let c2 = conn.clone();
     let sender = std::thread::spawn(move || {
         let chunk = Bytes::from(vec![0u8; 4096]);
@@ -1130,7 +1253,7 @@ pub fn send_after_close(make: MakeBackend<'_>) {
         }
     });
     std::thread::sleep(Duration::from_millis(50));
-    socket2::SockRef::from(&peer)
+    socket2::SockRef::from(peer.tcp())
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(peer);
@@ -1257,13 +1380,13 @@ impl Handler for FailBomb {
 }
 
 /// Writes `msg` and expects it echoed back.
-fn roundtrip(s: &mut TcpStream, msg: &[u8]) {
+fn roundtrip(s: &mut Peer, msg: &[u8]) {
     s.write_all(msg).unwrap();
     assert_eq!(read_exact_timeout(s, msg.len()), msg, "echo mismatch");
 }
 
 /// The peer must see the connection end (FIN or reset), not data and not silence.
-fn assert_peer_closed(s: &mut TcpStream, what: &str) {
+fn assert_peer_closed(s: &mut impl Read, what: &str) {
     let mut b = [0u8; 64];
     match s.read(&mut b) {
         Ok(0) => {}
@@ -1287,7 +1410,15 @@ fn connect_expect_closed(addr: SocketAddr, what: &str) {
         Err(e) => panic!("{what}: connect: {e}"),
     };
     match s.set_read_timeout(Some(WAIT)) {
-        Ok(()) => assert_peer_closed(&mut s, what),
+        Ok(()) => match peer_wrap() {
+            None => assert_peer_closed(&mut s, what),
+            // The end may come during the wrap's handshake (that is seeing it).
+            Some(w) => {
+                if let Ok(mut p) = w.client(s) {
+                    assert_peer_closed(&mut p, what);
+                }
+            }
+        },
         Err(e) if reset(&e) => {}
         Err(e) => panic!("{what}: {e}"),
     }
@@ -1421,8 +1552,28 @@ pub fn run_all(make: MakeBackend<'_>) {
 
 /// Expands to one `#[test]` per conformance kit item, each building backends with
 /// the given `Fn(Config) -> Box<dyn Backend>` expression.
+///
+/// `conformance_tests!(make, peers)` runs the same items with the kit's socket
+/// peers wrapped by `peers` (an `Arc<dyn PeerWrap>` expression; see
+/// [`testkit::with_peers`](crate::testkit::with_peers)), for backends that layer a
+/// protocol over their connections.
 #[macro_export]
 macro_rules! conformance_tests {
+    ($make:expr, $peers:expr) => {
+        $crate::conformance_tests!(@wrapped $make; $peers;
+            echo, big_transfer_slow_reader, half_close, peer_reset, many_connections,
+            idle_timeout, timers, connect_refused, connect_timeout, ipv4_ipv6_loopback,
+            resolve_preference, listener_shutdown, send_after_close, panicking_handler);
+    };
+    (@wrapped $make:expr; $peers:expr; $($item:ident),*) => {
+        $(
+            #[test]
+            fn $item() {
+                let make = $make;
+                $crate::testkit::with_peers($peers, || $crate::testkit::$item(&make));
+            }
+        )*
+    };
     ($make:expr) => {
         $crate::conformance_tests!(@items $make;
             echo, big_transfer_slow_reader, half_close, peer_reset, many_connections,

@@ -108,6 +108,8 @@ pub use registry::{
 };
 #[cfg(feature = "db-service")]
 mod db_service;
+#[cfg(feature = "secure")]
+pub mod secure;
 #[cfg(feature = "web")]
 pub mod web;
 #[cfg(feature = "db-service")]

@@ -1,0 +1,773 @@
+//! One secure connection: [`SecureHandler`] is the raw connection's handler (it
+//! owns the inner handler and the undelivered plaintext, and runs only on the raw
+//! connection's loop), [`SecureConn`] is the plaintext [`Connection`] the inner
+//! handler (and any thread) acts through. The session lives in `SecureConn`'s
+//! mutex, because sends seal from any thread; the handler takes that lock to open
+//! records and never holds it while it calls the inner handler.
+//!
+//! Poll order of one raw callback: open records (in place) → react to session
+//! events (handshake done: make and open the inner handler) → hand the plaintext to
+//! the inner handler with sealing held → seal and send what it sent (one record
+//! for the whole callback) → re-arm the rekey timer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use zs_crypto::{Event, SecureSession};
+use zs_io::{CloseReason, Conn, ConnId, Connection, Error, Handler, HandlerFactory, SecurityInfo};
+
+use crate::{Counters, HandshakeError, Layer};
+
+// Raw timer tokens of the layer; the inner handler's tokens are mapped to
+// numbers from `FIRST_USER_TIMER` up (any u64 of theirs stays theirs).
+const T_HANDSHAKE: u64 = 0;
+const T_DRAIN: u64 = 1;
+const T_RESUME: u64 = 2;
+const T_REKEY: u64 = 3;
+const FIRST_USER_TIMER: u64 = 16;
+
+/// How often a connection whose inner handler waits for `on_writable` checks the
+/// raw queue when the raw backend will not signal it (its queue was never full).
+const DRAIN_POLL: Duration = Duration::from_millis(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The sealing half, shared by every thread that sends.
+struct St {
+    session: Box<dyn SecureSession>,
+    /// A callback of the inner handler runs: seal at its end, not per send.
+    holding: bool,
+    /// Plaintext accepted since the last seal.
+    held: usize,
+    /// Sealed bytes the raw queue refused (it signals `on_writable` for them).
+    stalled: Option<Bytes>,
+    /// A send of the inner handler was refused: it waits for `on_writable`.
+    want_writable: bool,
+    drain_armed: bool,
+    write_closed: bool,
+    timers: HashMap<u64, u64>,
+    next_timer: u64,
+    rekey_at: Option<Instant>,
+}
+
+/// The plaintext connection handed to the inner handler.
+pub(crate) struct SecureConn {
+    raw: Conn,
+    limit: usize,
+    st: Mutex<St>,
+    closed: AtomicBool,
+    paused: AtomicBool,
+    info: OnceLock<Arc<SecurityInfo>>,
+}
+
+impl SecureConn {
+    /// Seals what was sent since the last seal (and any handshake or alert bytes)
+    /// and hands it to the raw connection.
+    fn flush(&self, st: &mut St) {
+        let mut out = Vec::new();
+        st.session.write_output(&mut out);
+        st.held = 0;
+        if !out.is_empty() {
+            let ct = Bytes::from(out);
+            if let Some(prev) = st.stalled.take() {
+                // Keep the order: join behind the bytes already waiting.
+                let mut joined = BytesMut::with_capacity(prev.len() + ct.len());
+                joined.extend_from_slice(&prev);
+                joined.extend_from_slice(&ct);
+                st.stalled = Some(joined.freeze());
+            } else {
+                self.raw_send(st, ct);
+            }
+        }
+        if st.want_writable && st.stalled.is_none() && !st.drain_armed {
+            // The raw backend will not call `on_writable`: look again shortly.
+            st.drain_armed = self.raw.set_timer(DRAIN_POLL, T_DRAIN).is_ok();
+        }
+    }
+
+    fn raw_send(&self, st: &mut St, ct: Bytes) {
+        let mut ct = ct;
+        if st.want_writable {
+            // Fill the raw queue up to the bound so that the rest is refused: the
+            // raw backend then calls `on_writable` exactly when it drained.
+            let room = self.limit.saturating_sub(self.raw.queued_bytes());
+            if room > 0 && ct.len() > room {
+                let head = ct.split_to(room);
+                if let Err(Error::Full(b)) = self.raw.send(head) {
+                    let mut joined = BytesMut::with_capacity(b.len() + ct.len());
+                    joined.extend_from_slice(&b);
+                    joined.extend_from_slice(&ct);
+                    st.stalled = Some(joined.freeze());
+                    return;
+                }
+            }
+        }
+        if let Err(Error::Full(b)) = self.raw.send(ct) {
+            st.stalled = Some(b);
+        }
+        // `Closed`: the connection is ending; its `on_close` follows.
+    }
+
+    fn writable_now(&self, st: &St) -> bool {
+        st.stalled.is_none() && self.raw.queued_bytes() + st.held <= self.limit / 2
+    }
+}
+
+impl Connection for SecureConn {
+    fn id(&self) -> ConnId {
+        self.raw.id()
+    }
+    fn peer_addr(&self) -> std::net::SocketAddr {
+        self.raw.peer_addr()
+    }
+    fn local_addr(&self) -> std::net::SocketAddr {
+        self.raw.local_addr()
+    }
+    fn send(&self, data: Bytes) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let mut st = lock(&self.st);
+        if st.write_closed || self.raw.is_closed() {
+            return Err(Error::Closed);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if st.stalled.is_some() || self.raw.queued_bytes() + st.held >= self.limit {
+            st.want_writable = true;
+            if !st.holding && st.stalled.is_none() && !st.drain_armed {
+                st.drain_armed = self.raw.set_timer(DRAIN_POLL, T_DRAIN).is_ok();
+            }
+            return Err(Error::Full(data));
+        }
+        if let Err(e) = st.session.send(&data, Instant::now()) {
+            tracing::warn!(
+                conn = self.raw.id().0,
+                "zs-secure: {}: cannot seal: {e}; resetting",
+                self.raw.id()
+            );
+            drop(st);
+            self.abort();
+            return Err(Error::Closed);
+        }
+        st.held += data.len();
+        if !st.holding {
+            self.flush(&mut st);
+        }
+        Ok(())
+    }
+    fn queued_bytes(&self) -> usize {
+        let st = lock(&self.st);
+        self.raw.queued_bytes() + st.held + st.stalled.as_ref().map_or(0, |b| b.len())
+    }
+    fn shutdown_write(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let mut st = lock(&self.st);
+        if st.write_closed {
+            return Err(Error::Closed);
+        }
+        st.write_closed = true;
+        let _ = st.session.close(); // the close record: the peer sees a clean end
+        self.flush(&mut st);
+        drop(st);
+        self.raw.shutdown_write()
+    }
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut st = lock(&self.st);
+        if !st.write_closed {
+            st.write_closed = true;
+            let _ = st.session.close();
+        }
+        self.flush(&mut st);
+        drop(st);
+        self.raw.close();
+    }
+    fn abort(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.raw.abort();
+    }
+    fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let mut st = lock(&self.st);
+        let id = st.next_timer;
+        st.next_timer += 1;
+        st.timers.insert(id, token);
+        let r = self.raw.set_timer(after, id);
+        if r.is_err() {
+            st.timers.remove(&id);
+        }
+        r
+    }
+    fn set_idle_timeout(&self, idle: Option<Duration>) {
+        self.raw.set_idle_timeout(idle)
+    }
+    fn set_read_paused(&self, paused: bool) {
+        let was = self.paused.swap(paused, Ordering::AcqRel);
+        self.raw.set_read_paused(paused);
+        if was && !paused {
+            // Plaintext may wait undelivered: deliver it on the loop.
+            let _ = self.raw.set_timer(Duration::ZERO, T_RESUME);
+        }
+    }
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.raw.is_closed()
+    }
+    fn security_info(&self) -> Option<Arc<SecurityInfo>> {
+        self.info.get().cloned()
+    }
+}
+
+/// Where one opened record's plaintext lies.
+#[derive(Clone, Copy)]
+enum Seg {
+    /// In the raw read buffer (opened in place).
+    Raw(usize, usize),
+    /// In `side` (a record completed from the session's own buffer).
+    Side(usize, usize),
+}
+
+enum Side {
+    Server(HandlerFactory),
+    /// Outgoing: the connect's deadline covers TCP and the handshake.
+    Client(Instant),
+}
+
+/// The raw connection's handler.
+pub(crate) struct SecureHandler {
+    layer: Arc<Layer>,
+    side: Side,
+    inner: Option<Box<dyn Handler>>,
+    sc: Option<Arc<SecureConn>>,
+    conn: Option<Conn>,
+    /// The inner handler got `on_open` (so it gets `on_close`).
+    opened: bool,
+    /// The connection is being dropped by the layer: ignore further input.
+    dead: bool,
+    /// Outgoing: `on_connect_failed` was delivered.
+    failed: bool,
+    /// The peer's FIN came while plaintext still waited (reading paused).
+    eof_waiting: bool,
+    /// The handshake's time limit on this connection.
+    hs_timeout: Duration,
+    /// Counted in the layer's handshakes in progress.
+    counted: bool,
+    pending: BytesMut,
+    segs: Vec<Seg>,
+    side_buf: BytesMut,
+}
+
+impl SecureHandler {
+    pub(crate) fn server(layer: Arc<Layer>, factory: HandlerFactory) -> SecureHandler {
+        SecureHandler::new(layer, Side::Server(factory), None)
+    }
+
+    pub(crate) fn client(
+        layer: Arc<Layer>,
+        inner: Box<dyn Handler>,
+        deadline: Instant,
+    ) -> SecureHandler {
+        SecureHandler::new(layer, Side::Client(deadline), Some(inner))
+    }
+
+    fn new(layer: Arc<Layer>, side: Side, inner: Option<Box<dyn Handler>>) -> SecureHandler {
+        SecureHandler {
+            layer,
+            side,
+            inner,
+            sc: None,
+            conn: None,
+            opened: false,
+            dead: false,
+            failed: false,
+            eof_waiting: false,
+            hs_timeout: Duration::ZERO,
+            counted: false,
+            pending: BytesMut::new(),
+            segs: Vec::new(),
+            side_buf: BytesMut::new(),
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.layer.counters
+    }
+
+    /// This connection's handshake is over (done, failed or the connection ended).
+    fn uncount(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.layer.handshaking.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Runs `f` on the inner handler with sealing held: every send it makes goes
+    /// into one open record, sealed and sent when it returns.
+    fn call_inner(&mut self, f: impl FnOnce(&mut dyn Handler, &Conn)) {
+        let (Some(sc), Some(conn), Some(inner)) = (&self.sc, &self.conn, &mut self.inner) else {
+            return;
+        };
+        lock(&sc.st).holding = true;
+        f(&mut **inner, conn);
+        let mut st = lock(&sc.st);
+        st.holding = false;
+        sc.flush(&mut st);
+    }
+
+    /// Drops the connection for `why` (logged and counted by the caller's choice
+    /// of `counter`). Before the handshake completed an outgoing connection's
+    /// handler gets `on_connect_failed(hs)`.
+    fn fail(&mut self, raw: &Conn, why: &str, hs: HandshakeError, graceful: bool) {
+        if self.dead {
+            return;
+        }
+        self.dead = true;
+        self.uncount();
+        tracing::warn!(
+            conn = raw.id().0,
+            peer = %raw.peer_addr(),
+            "zs-secure: {}: {why}; disconnecting",
+            raw.id()
+        );
+        if let Some(sc) = &self.sc {
+            sc.closed.store(true, Ordering::Release);
+            if graceful {
+                // A handshake alert may be queued: let it go out first.
+                let mut st = lock(&sc.st);
+                sc.flush(&mut st);
+            }
+        }
+        if !self.opened {
+            self.connect_failed(hs.into_io());
+        }
+        if graceful {
+            raw.close();
+        } else {
+            raw.abort();
+        }
+    }
+
+    fn connect_failed(&mut self, e: Error) {
+        if matches!(self.side, Side::Client(_)) && !self.failed && !self.opened {
+            self.failed = true;
+            if let Some(inner) = &mut self.inner {
+                inner.on_connect_failed(e);
+            }
+        }
+    }
+
+    /// The handshake completed: record who the peer is, then make (listen side)
+    /// and open the inner handler.
+    fn established(&mut self, suite: zs_crypto::SuiteId, psk_identity: Option<Vec<u8>>) {
+        let Some(sc) = self.sc.clone() else {
+            return;
+        };
+        Counters::bump(&self.counters().handshakes);
+        self.uncount();
+        let (server_key, binding) = {
+            let st = lock(&sc.st);
+            let key = if psk_identity.is_some() {
+                None
+            } else {
+                st.session.server_key()
+            };
+            (key, st.session.channel_binding())
+        };
+        let info = SecurityInfo::new(
+            self.layer.provider.name(),
+            suite.name(),
+            psk_identity,
+            server_key,
+        )
+        .with_channel_binding(binding);
+        let _ = sc.info.set(Arc::new(info));
+        if let Side::Server(factory) = &self.side {
+            // A panicking factory unwinds to the raw backend, which drops this
+            // connection (contract item 8); no inner handler exists then.
+            self.inner = Some(factory());
+        }
+        self.opened = true;
+        self.call_inner(|h, c| h.on_open(c));
+    }
+
+    /// Gives the waiting plaintext to the inner handler (unless reading is
+    /// paused), then enforces the plaintext bound and delivers a waiting EOF.
+    fn deliver(&mut self, raw: &Conn) {
+        let Some(sc) = self.sc.clone() else {
+            return;
+        };
+        if !self.opened || self.dead || sc.paused.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.pending.is_empty() {
+            let mut pending = std::mem::take(&mut self.pending);
+            self.call_inner(|h, c| h.on_data(c, &mut pending));
+            self.pending = pending;
+        }
+        if self.pending.is_empty() {
+            // Release the read buffer the plaintext was a slice of.
+            self.pending = BytesMut::new();
+        } else if self.pending.len() > self.layer.cfg.max_pending_plaintext {
+            Counters::bump(&self.counters().plaintext_overflows);
+            let why = format!(
+                "{} bytes of plaintext left unconsumed (max_pending_plaintext {})",
+                self.pending.len(),
+                self.layer.cfg.max_pending_plaintext
+            );
+            self.fail(raw, &why, HandshakeError::PeerClosed, false);
+            return;
+        }
+        if self.eof_waiting && (self.pending.is_empty() || !sc.paused.load(Ordering::Acquire)) {
+            self.eof_waiting = false;
+            self.call_inner(|h, c| h.on_eof(c));
+        }
+    }
+
+    fn arm_rekey(&self) {
+        let Some(sc) = &self.sc else {
+            return;
+        };
+        let mut st = lock(&sc.st);
+        let next = st.session.poll_timeout();
+        if next != st.rekey_at {
+            st.rekey_at = next;
+            if let Some(at) = next {
+                let _ = sc
+                    .raw
+                    .set_timer(at.saturating_duration_since(Instant::now()), T_REKEY);
+            }
+        }
+    }
+
+    fn writable(&mut self) {
+        let Some(sc) = self.sc.clone() else {
+            return;
+        };
+        let mut st = lock(&sc.st);
+        if let Some(b) = st.stalled.take() {
+            if let Err(Error::Full(b)) = sc.raw.send(b) {
+                st.stalled = Some(b);
+                return;
+            }
+        }
+        if !st.want_writable {
+            return;
+        }
+        if sc.writable_now(&st) {
+            st.want_writable = false;
+            drop(st);
+            if self.opened && !self.dead {
+                self.call_inner(|h, c| h.on_writable(c));
+            }
+        } else if st.stalled.is_none() && !st.drain_armed {
+            st.drain_armed = sc.raw.set_timer(DRAIN_POLL, T_DRAIN).is_ok();
+        }
+    }
+}
+
+impl Handler for SecureHandler {
+    fn on_open(&mut self, raw: &Conn) {
+        if matches!(self.side, Side::Server(_)) {
+            let max = self.layer.cfg.max_handshakes;
+            if self.layer.handshaking.fetch_add(1, Ordering::AcqRel) >= max {
+                self.layer.handshaking.fetch_sub(1, Ordering::AcqRel);
+                Counters::bump(&self.counters().handshakes_refused);
+                self.dead = true;
+                tracing::warn!(
+                    conn = raw.id().0,
+                    peer = %raw.peer_addr(),
+                    "zs-secure: {}: {max} handshakes already in progress; resetting",
+                    raw.id()
+                );
+                raw.abort();
+                return;
+            }
+            self.counted = true;
+        }
+        let now = Instant::now();
+        let (made, hs_timeout) = match self.side {
+            Side::Server(_) => (
+                self.layer.provider.new_server(now),
+                self.layer.cfg.handshake_timeout,
+            ),
+            Side::Client(deadline) => (
+                self.layer.provider.new_client(now),
+                deadline.saturating_duration_since(now),
+            ),
+        };
+        let session = match made {
+            Ok(s) => s,
+            Err(e) => {
+                Counters::bump(&self.counters().handshake_failures);
+                let why = format!(
+                    "no session from provider {}: {e}",
+                    self.layer.provider.name()
+                );
+                self.fail(raw, &why, HandshakeError::Provider(e), false);
+                return;
+            }
+        };
+        let sc = Arc::new(SecureConn {
+            raw: raw.clone(),
+            limit: self.layer.cfg.send_queue_limit,
+            st: Mutex::new(St {
+                session,
+                holding: false,
+                held: 0,
+                stalled: None,
+                want_writable: false,
+                drain_armed: false,
+                write_closed: false,
+                timers: HashMap::new(),
+                next_timer: FIRST_USER_TIMER,
+                rekey_at: None,
+            }),
+            closed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            info: OnceLock::new(),
+        });
+        self.hs_timeout = hs_timeout;
+        let _ = raw.set_timer(hs_timeout, T_HANDSHAKE);
+        {
+            let mut st = lock(&sc.st);
+            sc.flush(&mut st); // the client's hello
+        }
+        self.conn = Some(sc.clone() as Conn);
+        self.sc = Some(sc);
+    }
+
+    fn on_data(&mut self, raw: &Conn, buf: &mut BytesMut) {
+        let Some(sc) = self.sc.clone() else {
+            buf.clear();
+            return;
+        };
+        if self.dead {
+            buf.clear();
+            return;
+        }
+        let now = Instant::now();
+        let base = buf.as_ptr() as usize;
+        let blen = buf.len();
+        let mut established = None;
+        let result = {
+            let mut st = lock(&sc.st);
+            let (segs, side_buf) = (&mut self.segs, &mut self.side_buf);
+            let r = st
+                .session
+                .handle_input_in_place(&mut buf[..], now, &mut |pt: &[u8]| {
+                    if pt.is_empty() {
+                        return;
+                    }
+                    let p = pt.as_ptr() as usize;
+                    if p >= base && p + pt.len() <= base + blen {
+                        segs.push(Seg::Raw(p - base, p - base + pt.len()));
+                    } else {
+                        segs.push(Seg::Side(side_buf.len(), side_buf.len() + pt.len()));
+                        side_buf.extend_from_slice(pt);
+                    }
+                });
+            while let Some(ev) = st.session.poll_event() {
+                match ev {
+                    Event::HandshakeComplete {
+                        suite,
+                        psk_identity,
+                    } => established = Some((suite, psk_identity)),
+                    Event::Data(d) => {
+                        self.segs.push(Seg::Side(
+                            self.side_buf.len(),
+                            self.side_buf.len() + d.len(),
+                        ));
+                        self.side_buf.extend_from_slice(&d);
+                    }
+                    Event::KeyUpdated { .. } | Event::Closed => {}
+                }
+            }
+            // Key updates or alerts the input produced.
+            sc.flush(&mut st);
+            r
+        };
+        // Gather the plaintext: in place when nothing waits before it.
+        if !self.segs.is_empty() {
+            let all_raw = self.segs.iter().all(|s| matches!(s, Seg::Raw(..)));
+            if self.pending.is_empty() && all_raw {
+                let Seg::Raw(start, mut w) = self.segs[0] else {
+                    unreachable!("checked: every segment is in the raw buffer")
+                };
+                for s in &self.segs[1..] {
+                    if let Seg::Raw(a, b) = *s {
+                        buf.copy_within(a..b, w);
+                        w += b - a;
+                    }
+                }
+                let mut plain = buf.split_to(w);
+                plain.advance(start);
+                self.pending = plain;
+            } else {
+                for s in &self.segs {
+                    match *s {
+                        Seg::Raw(a, b) => self.pending.extend_from_slice(&buf[a..b]),
+                        Seg::Side(a, b) => self.pending.extend_from_slice(&self.side_buf[a..b]),
+                    }
+                }
+            }
+            self.segs.clear();
+            self.side_buf = BytesMut::new();
+        }
+        buf.clear(); // the session keeps a trailing partial record itself
+        if let Err(e) = result {
+            let opened = self.opened || established.is_some();
+            let counter = if opened {
+                &self.counters().record_errors
+            } else {
+                &self.counters().handshake_failures
+            };
+            Counters::bump(counter);
+            let why = if opened {
+                format!("bad record: {e}")
+            } else {
+                format!("handshake refused: {e}")
+            };
+            // Deliver what opened before the bad record? No: a stream with a forged
+            // record in it is not trusted past the handshake's own data.
+            self.pending = BytesMut::new();
+            self.fail(raw, &why, HandshakeError::Failed(e), !opened);
+            return;
+        }
+        if let Some((suite, psk)) = established {
+            self.established(suite, psk);
+            if self.dead {
+                return;
+            }
+        }
+        self.deliver(raw);
+        if let Some(sc) = &self.sc {
+            lock(&sc.st).session.shrink();
+        }
+        self.arm_rekey();
+    }
+
+    fn on_eof(&mut self, raw: &Conn) {
+        if self.dead {
+            raw.close();
+            return;
+        }
+        let clean = match &self.sc {
+            Some(sc) => lock(&sc.st).session.handle_eof().is_ok(),
+            None => false,
+        };
+        if !self.opened {
+            Counters::bump(&self.counters().handshake_failures);
+            self.fail(
+                raw,
+                "peer closed during the handshake",
+                HandshakeError::PeerClosed,
+                true,
+            );
+            return;
+        }
+        if !clean {
+            Counters::bump(&self.counters().truncated_eofs);
+            tracing::debug!(
+                conn = raw.id().0,
+                "zs-secure: {}: FIN without a close record (stream may be truncated)",
+                raw.id()
+            );
+        }
+        self.eof_waiting = true;
+        self.deliver(raw);
+    }
+
+    fn on_writable(&mut self, _raw: &Conn) {
+        self.writable();
+    }
+
+    fn on_timer(&mut self, raw: &Conn, token: u64) {
+        match token {
+            T_HANDSHAKE => {
+                if !self.opened && !self.dead {
+                    Counters::bump(&self.counters().handshake_timeouts);
+                    let d = self.hs_timeout;
+                    let why = format!("no handshake within {d:?}");
+                    self.fail(raw, &why, HandshakeError::TimedOut(d), false);
+                }
+            }
+            T_DRAIN => {
+                if let Some(sc) = &self.sc {
+                    lock(&sc.st).drain_armed = false;
+                }
+                self.writable();
+            }
+            T_RESUME => self.deliver(raw),
+            T_REKEY => {
+                let Some(sc) = self.sc.clone() else {
+                    return;
+                };
+                let r = {
+                    let mut st = lock(&sc.st);
+                    st.rekey_at = None;
+                    let r = st.session.handle_timeout(Instant::now());
+                    sc.flush(&mut st);
+                    r
+                };
+                if let Err(e) = r {
+                    Counters::bump(&self.counters().record_errors);
+                    self.fail(
+                        raw,
+                        &format!("rekey: {e}"),
+                        HandshakeError::Failed(e),
+                        false,
+                    );
+                    return;
+                }
+                self.arm_rekey();
+            }
+            id => {
+                let user = self
+                    .sc
+                    .as_ref()
+                    .and_then(|sc| lock(&sc.st).timers.remove(&id));
+                if let Some(t) = user {
+                    if self.opened && !self.dead {
+                        self.call_inner(|h, c| h.on_timer(c, t));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_close(&mut self, _raw: &Conn, reason: CloseReason) {
+        self.uncount();
+        if let Some(sc) = &self.sc {
+            sc.closed.store(true, Ordering::Release);
+            let mut st = lock(&sc.st);
+            st.holding = false;
+            st.timers.clear();
+        }
+        if self.opened {
+            if let (Some(inner), Some(conn)) = (&mut self.inner, &self.conn) {
+                inner.on_close(conn, reason);
+            }
+        } else {
+            let e = match reason {
+                CloseReason::Shutdown => Error::ShutDown,
+                _ => HandshakeError::PeerClosed.into_io(),
+            };
+            self.connect_failed(e);
+        }
+    }
+
+    fn on_connect_failed(&mut self, error: Error) {
+        self.connect_failed(error);
+    }
+}
