@@ -44,6 +44,7 @@
 
 mod cipher;
 pub mod prim;
+mod quirks;
 
 use md5::Digest as _;
 
