@@ -271,6 +271,8 @@ fn main() {
 
     suite.note("seal+open: one record sealed in place then opened in place; GB/s of plaintext");
     suite.note("legacy ciphers: ECB encrypt+decrypt of 16 KiB (they are not record suites)");
-    suite.note("znet-*: ZNet frame cipher encrypt+decrypt of a 16 KiB payload (GB/s), frame hash (MB/s)");
+    suite.note(
+        "znet-*: ZNet frame cipher encrypt+decrypt of a 16 KiB payload (GB/s), frame hash (MB/s)",
+    );
     suite.finish();
 }

@@ -74,7 +74,11 @@ fn documented_hash_vectors_are_what_the_code_does() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let h = LegacyHash::from_u8(f[0].parse().unwrap()).unwrap();
         assert_eq!(f[1], h.name());
-        let want = if f[2] == "-" { String::new() } else { f[2].to_string() };
+        let want = if f[2] == "-" {
+            String::new()
+        } else {
+            f[2].to_string()
+        };
         assert_eq!(hex(&legacy_hash(h, &input)), want, "{h}");
         n += 1;
     }
@@ -84,9 +88,16 @@ fn documented_hash_vectors_are_what_the_code_does() {
 #[test]
 fn documented_pad_short_rule_and_sha3_quirk_are_what_the_code_does() {
     assert_eq!(hex(&prim::system_cbc()[..16]), after("First bytes:"));
-    assert_eq!(hex(&legacy_hash(LegacyHash::None, b"abc")), after("Frame hash of `abc` with id 0:"));
+    assert_eq!(
+        hex(&legacy_hash(LegacyHash::None, b"abc")),
+        after("Frame hash of `abc` with id 0:")
+    );
     let bytes: Vec<u8> = (0..135).collect();
     let znet = legacy_hash(LegacyHash::Sha3_256, &bytes);
     assert_eq!(hex(&znet), after("`00 01 .. 86` is"));
-    assert_ne!(znet, zs_crypto::hash::sha3_256(&bytes).to_vec(), "the quirk is real");
+    assert_ne!(
+        znet,
+        zs_crypto::hash::sha3_256(&bytes).to_vec(),
+        "the quirk is real"
+    );
 }

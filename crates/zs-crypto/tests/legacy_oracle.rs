@@ -170,7 +170,13 @@ fn every_hash_id_matches_the_oracle() {
             l.extend((0..5).map(|_| 18 + rng.below(283)));
             l
         } else {
-            vec![0, 1 + rng.below(5), 6, 7 + rng.below(10), 17 + rng.below(284)]
+            vec![
+                0,
+                1 + rng.below(5),
+                6,
+                7 + rng.below(10),
+                17 + rng.below(284),
+            ]
         };
         lens.push(rng.below(301));
         for n in lens {
@@ -229,7 +235,12 @@ fn cipher_cases(ciphers: &[LegacyCipher]) {
         let mut lens: Vec<usize> = if full() {
             vec![0, 1, 5, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65, 129, 300]
         } else {
-            vec![1 + rng.below(b - 1), b, b + 1 + rng.below(b - 1), 2 * b + rng.below(b)]
+            vec![
+                1 + rng.below(b - 1),
+                b,
+                b + 1 + rng.below(b - 1),
+                2 * b + rng.below(b),
+            ]
         };
         lens.push(rng.below(301));
         // The largest payload an argv can carry in hex (MAX_ARG_STRLEN is 128 KiB).
@@ -271,7 +282,12 @@ fn cipher_cases(ciphers: &[LegacyCipher]) {
         fc.decrypt(&mut enc);
         assert_eq!(&enc, d, "round trip {c}");
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -70,7 +70,10 @@ fn ordinals_round_trip_and_unknown_ones_are_none() {
                 assert!(v < 19);
                 assert_eq!(c as u8, v);
                 assert_eq!(LegacyCipher::from_name(c.name()), Some(c));
-                assert_eq!(LegacyCipher::from_name(&format!("cs{}", c.name().to_lowercase())), Some(c));
+                assert_eq!(
+                    LegacyCipher::from_name(&format!("cs{}", c.name().to_lowercase())),
+                    Some(c)
+                );
             }
             None => assert!(v >= 19),
         }
@@ -101,8 +104,13 @@ fn an_empty_key_buffer_is_refused_and_empty_payloads_are_untouched() {
 fn pools_are_the_libraries_pools() {
     // ZNet's default pool draws every cipher but the three no profile uses and None.
     for c in LegacyCipher::ALL {
-        let unused = matches!(c, LegacyCipher::None | LegacyCipher::Rng32 | LegacyCipher::Rng64 | LegacyCipher::Lsc);
+        let unused = matches!(
+            c,
+            LegacyCipher::None | LegacyCipher::Rng32 | LegacyCipher::Rng64 | LegacyCipher::Lsc
+        );
         assert_eq!(LegacyCipher::POOL_DEFAULT.contains(&c), !unused, "{c}");
     }
-    assert!(LegacyCipher::POOL_SECURITY.iter().all(|c| c.block_len() == 16));
+    assert!(LegacyCipher::POOL_SECURITY
+        .iter()
+        .all(|c| c.block_len() == 16));
 }

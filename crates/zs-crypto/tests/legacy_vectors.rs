@@ -24,7 +24,11 @@ fn every_hash_id_matches_the_recorded_oracle_outputs() {
     for &(id, n, want) in vectors::HASHES {
         let h = LegacyHash::from_u8(id).unwrap();
         seen[usize::from(id)] = true;
-        assert_eq!(legacy_hash(h, &pattern(n)), unhex(want), "hash {h} ({id}) over {n} bytes");
+        assert_eq!(
+            legacy_hash(h, &pattern(n)),
+            unhex(want),
+            "hash {h} ({id}) over {n} bytes"
+        );
     }
     assert!(seen.iter().all(|s| *s), "every hash id has vectors");
 }
@@ -52,5 +56,8 @@ fn every_cipher_id_matches_the_recorded_oracle_outputs() {
         fc.decrypt(&mut data);
         assert_eq!(data, plain, "dec {c} key {key} len {n}");
     }
-    assert!(seen.iter().all(|&n| n >= 3), "every cipher id has vectors: {seen:?}");
+    assert!(
+        seen.iter().all(|&n| n >= 3),
+        "every cipher id has vectors: {seen:?}"
+    );
 }

@@ -10,8 +10,8 @@
 //! LSC) XOR their key stream, restarted for every frame, then apply step 3.
 
 use super::prim::{self, Lbc, Lqc, Lsc};
-use super::{derive_key_buffer, LegacyCipher, LegacyError};
 use super::quirks::{mars_1998_key_schedule, ZnetBlowfish, ZnetRc6, ZnetSerpent};
+use super::{derive_key_buffer, LegacyCipher, LegacyError};
 use crate::block::{Algorithm, BlockCipher};
 
 /// A legacy frame cipher keyed from a handshake key buffer. Cheap to use for
@@ -26,10 +26,16 @@ enum Kind {
     /// A block cipher of this crate (DES, 3DES, Blowfish, XXTEA, RC6, Serpent,
     /// MARS, AES, Twofish) in CoreCipher's ECB-plus-pad mode.
     Block(Box<dyn BlockCipher>),
-    Lbc { enc: Box<Lbc>, dec: Box<Lbc> },
+    Lbc {
+        enc: Box<Lbc>,
+        dec: Box<Lbc>,
+    },
     Lqc(Lqc),
     Rng32(u32),
-    Rng64 { lo: u32, hi: u32 },
+    Rng64 {
+        lo: u32,
+        hi: u32,
+    },
     Lsc(Box<Lsc>),
 }
 
@@ -135,12 +141,16 @@ impl FrameCipher {
             }
             Kind::Lbc { enc, .. } => {
                 let full = whole_blocks(data.len(), 16);
-                data[..full].chunks_exact_mut(16).for_each(|b| enc.process_block(b));
+                data[..full]
+                    .chunks_exact_mut(16)
+                    .for_each(|b| enc.process_block(b));
                 prim::xor_pad(&mut data[full..]);
             }
             Kind::Lqc(q) => {
                 let full = whole_blocks(data.len(), 8);
-                data[..full].chunks_exact_mut(8).for_each(|b| q.process_block(b, true));
+                data[..full]
+                    .chunks_exact_mut(8)
+                    .for_each(|b| q.process_block(b, true));
                 prim::xor_pad(&mut data[full..]);
             }
             Kind::Rng32(k) => prim::rng32(*k, data),
@@ -168,12 +178,16 @@ impl FrameCipher {
             }
             Kind::Lbc { dec, .. } => {
                 let full = whole_blocks(data.len(), 16);
-                data[..full].chunks_exact_mut(16).for_each(|b| dec.process_block(b));
+                data[..full]
+                    .chunks_exact_mut(16)
+                    .for_each(|b| dec.process_block(b));
                 prim::xor_pad(&mut data[full..]);
             }
             Kind::Lqc(q) => {
                 let full = whole_blocks(data.len(), 8);
-                data[..full].chunks_exact_mut(8).for_each(|b| q.process_block(b, false));
+                data[..full]
+                    .chunks_exact_mut(8)
+                    .for_each(|b| q.process_block(b, false));
                 prim::xor_pad(&mut data[full..]);
             }
             Kind::Rng32(k) => prim::rng32(*k, data),
