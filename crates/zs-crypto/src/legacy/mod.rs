@@ -51,6 +51,7 @@
 mod cipher;
 pub mod prim;
 pub mod quirks;
+mod serpent_sbox;
 
 use md5::Digest as _;
 
