@@ -373,6 +373,20 @@ impl LegacyHash {
         }
     }
 
+    /// The hash named `name` (case-insensitive, optional `hs` prefix), or a
+    /// decimal ordinal, as `znet_serv --hash` accepts (`hs16` is LMD-16;
+    /// `16` alone is ordinal 16, ELF64).
+    pub fn from_name(name: &str) -> Option<Self> {
+        if let Ok(n) = name.parse::<u8>() {
+            return Self::from_u8(n);
+        }
+        let lower = name.to_ascii_lowercase();
+        let bare = lower.strip_prefix("hs").unwrap_or(&lower);
+        Self::ALL
+            .into_iter()
+            .find(|h| h.name().eq_ignore_ascii_case(bare))
+    }
+
     /// Digest bytes for a payload of 6 bytes or more (shorter non-empty
     /// payloads always get 16, empty ones 0: see [`legacy_hash`]).
     pub fn digest_len(self) -> usize {
