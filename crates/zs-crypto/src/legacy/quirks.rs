@@ -10,6 +10,9 @@
 //! - **RC6** (`TRC6.InitKey`): called with the key size in bytes where the
 //!   DCPcrypt original expects bits (`Size div 8`), so only the first 4 key
 //!   bytes are used. Rounds and block function are RC6-32/20.
+//! - **Serpent** (`TSerpent.InitKey`): the round keys are copied from `kp[0]`
+//!   instead of `kp[8]`, so rounds 0 and 1 use the raw key halves and rounds
+//!   2..=32 the standard subkeys K0..K30. S-boxes: Osvik's circuits.
 //! - **MARS** (`TMars.InitKey`): the 1998 (round 1) key schedule; the block
 //!   function is MARS's, shared with [`crate::mars`].
 
