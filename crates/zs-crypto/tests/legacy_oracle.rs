@@ -4,8 +4,8 @@
 //! hash id, over lengths 0..300 including the 1..=5-byte MD5 rule, a large
 //! payload, and fresh key buffers; plus `GenerateKey` for every cipher.
 //!
-//! The oracle is found at `$ZNET_PEERS/znet_cipher`, else
-//! `<workspace>/target/znet/znet_cipher`, which this test builds with the
+//! The oracle is found at `$ZNET_PEERS_BIN/znet_cipher`, else
+//! `<cargo target dir>/znet/znet_cipher`, which this test builds with the
 //! peers' `build.sh` when Free Pascal is installed. Without it the tests fail
 //! under `CI` and print `skipped: ...` otherwise.
 
@@ -17,51 +17,69 @@ use zs_crypto::legacy::{
     derive_key_buffer, generate_key_buffer, legacy_hash, FrameCipher, LegacyCipher, LegacyHash,
 };
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// `shared/peers/znet` in an ancestor of this crate, or `$ZNET_PEERS_SRC`.
+fn source_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ZNET_PEERS_SRC") {
+        return Some(PathBuf::from(p));
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/peers/znet"))
+        .find(|p| p.join("build.sh").is_file())
 }
 
-/// Finds `shared/peers/znet/build.sh` in an ancestor of the workspace.
-fn build_script() -> Option<PathBuf> {
-    let root = workspace_root().canonicalize().ok()?;
-    root.ancestors()
-        .map(|a| a.join("shared/peers/znet/build.sh"))
-        .find(|p| p.is_file())
+/// The cargo target directory of this test binary (`<target>/<profile>/deps/<bin>`).
+fn target_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.ancestors().nth(3).map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target"))
 }
 
+/// `$ZNET_PEERS_BIN/znet_cipher`, else `<target>/znet/znet_cipher` (the
+/// directory zs-legacy's tests use too), built there with the peers'
+/// `build.sh` (beside, then renamed, so concurrent test binaries never see
+/// half a build) when Free Pascal is installed.
 fn oracle_path() -> Result<PathBuf, String> {
     static P: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     P.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("ZNET_PEERS") {
-            let p = PathBuf::from(dir).join("znet_cipher");
-            return if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!(
-                    "znet_cipher not found in ZNET_PEERS={}",
-                    p.display()
-                ))
-            };
+        for var in ["ZNET_PEERS_BIN", "ZNET_PEERS"] {
+            if let Some(dir) = std::env::var_os(var) {
+                let p = PathBuf::from(dir).join("znet_cipher");
+                if p.is_file() {
+                    return Ok(p);
+                }
+            }
         }
-        let out = workspace_root().join("target/znet");
+        let out = target_dir().join("znet");
         let p = out.join("znet_cipher");
         if p.is_file() {
             return Ok(p);
         }
-        let fpc = Command::new("fpc").arg("-iV").output().is_ok();
-        if !fpc {
+        let src = source_dir().ok_or("shared/peers/znet not found")?;
+        if Command::new("fpc").arg("-iV").output().is_err() {
             return Err("fpc (Free Pascal) not installed".into());
         }
-        let script = build_script().ok_or("shared/peers/znet/build.sh not found")?;
+        let tmp = target_dir().join(format!("znet.build.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
         let st = Command::new("bash")
-            .arg(&script)
-            .arg(&out)
+            .arg(src.join("build.sh"))
+            .arg(&tmp)
             .status()
             .map_err(|e| format!("build.sh: {e}"))?;
-        if st.success() && p.is_file() {
+        if !st.success() || !tmp.join("znet_cipher").is_file() {
+            return Err(format!("build.sh {} failed", tmp.display()));
+        }
+        if std::fs::rename(&tmp, &out).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        if p.is_file() {
             Ok(p)
         } else {
-            Err(format!("build.sh {} failed", out.display()))
+            Err(format!("{} missing after the build", p.display()))
         }
     })
     .clone()
