@@ -188,13 +188,7 @@ fn every_hash_id_matches_the_oracle() {
             l.extend((0..5).map(|_| 18 + rng.below(283)));
             l
         } else {
-            vec![
-                0,
-                1 + rng.below(5),
-                6,
-                7 + rng.below(10),
-                17 + rng.below(284),
-            ]
+            vec![1 + rng.below(5), 6 + rng.below(12)]
         };
         lens.push(rng.below(301));
         for n in lens {
@@ -225,7 +219,7 @@ fn every_key_buffer_matches_the_oracle() {
     let mut rng = Rng::new();
     let mut cases = Vec::new();
     for c in LegacyCipher::ALL {
-        for _ in 0..2 {
+        for _ in 0..if full() { 3 } else { 1 } {
             let seed: [u8; 8] = rng.bytes(8).try_into().unwrap();
             cases.push((c, seed));
         }
