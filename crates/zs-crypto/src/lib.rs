@@ -48,6 +48,7 @@ pub mod block;
 pub mod error;
 pub mod handshake;
 pub mod hash;
+pub mod legacy;
 pub mod mars;
 pub mod password;
 pub mod provider;
