@@ -1,34 +1,41 @@
 //! The connection's ciphers and hashes: [`FrameCrypto`] over `zs_crypto::legacy`.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
-use zs_wire::legacy::{FrameCrypto, LegacyError, PlainCrypto};
+use zs_crypto::legacy::{
+    generate_key_buffer, legacy_hash, FrameCipher, LegacyCipher, LegacyHash,
+};
+use zs_wire::legacy::{FrameCrypto, LegacyError};
 
-/// Cipher ids of the originals' `TCipherSecurity` this build can use on the wire.
+/// Number of `TCipherSecurity` ids (0..=18).
+const CIPHERS: usize = 19;
+
+/// Whether cipher id `id` can be used on the wire by this build (zs-crypto has
+/// it).
 pub fn supported_cipher(id: u8) -> bool {
-    id == 0
+    LegacyCipher::from_u8(id).is_some_and(|c| FrameCipher::new(c, &[0]).is_ok())
 }
 
-/// Hash ids of `THashSecurity` this build can produce and check.
+/// Whether hash id `id` (`THashSecurity`) can be produced and checked.
 pub fn supported_hash(id: u8) -> bool {
-    id <= 2
+    LegacyHash::from_u8(id).is_some()
 }
 
-/// A new key buffer for cipher `cipher` from an 8-byte random seed (the originals'
-/// `TCipher.GenerateKey`).
-pub fn key_buffer(cipher: u8, _seed: &[u8; 8]) -> Result<Bytes, LegacyError> {
-    match cipher {
-        0 => Ok(Bytes::from_static(&[0])),
-        c => Err(LegacyError::UnknownCipher(c)),
-    }
+/// A new key buffer for cipher `cipher` from an 8-byte random seed (the
+/// originals' `TCipher.GenerateKey`; style byte first).
+pub fn key_buffer(cipher: u8, seed: &[u8; 8]) -> Result<Bytes, LegacyError> {
+    let c = LegacyCipher::from_u8(cipher).ok_or(LegacyError::UnknownCipher(cipher))?;
+    Ok(Bytes::from(generate_key_buffer(c, seed)))
 }
 
-/// One connection's key buffer, with the cipher objects made from it on first use
-/// (a peer may send with any cipher id using the one key buffer).
+/// One connection's key buffer, with the cipher objects made from it on first
+/// use: a peer may send with any cipher id using the one key buffer (the
+/// originals derive the real key from the whole buffer), and is answered with
+/// the cipher of its request.
 pub struct ConnCrypto {
     key: Bytes,
-    _cache: Mutex<()>,
+    ciphers: [OnceLock<Option<FrameCipher>>; CIPHERS],
 }
 
 impl std::fmt::Debug for ConnCrypto {
@@ -42,7 +49,7 @@ impl ConnCrypto {
     pub fn new(key: Bytes) -> ConnCrypto {
         ConnCrypto {
             key,
-            _cache: Mutex::new(()),
+            ciphers: std::array::from_fn(|_| OnceLock::new()),
         }
     }
 
@@ -50,16 +57,31 @@ impl ConnCrypto {
     pub fn key(&self) -> &Bytes {
         &self.key
     }
+
+    fn cipher(&self, id: u8) -> Result<&FrameCipher, LegacyError> {
+        let slot = self
+            .ciphers
+            .get(id as usize)
+            .ok_or(LegacyError::UnknownCipher(id))?;
+        slot.get_or_init(|| {
+            LegacyCipher::from_u8(id).and_then(|c| FrameCipher::new(c, &self.key).ok())
+        })
+        .as_ref()
+        .ok_or(LegacyError::UnknownCipher(id))
+    }
 }
 
 impl FrameCrypto for ConnCrypto {
     fn hash(&self, alg: u8, plain: &[u8]) -> Result<Vec<u8>, LegacyError> {
-        PlainCrypto.hash(alg, plain)
+        let h = LegacyHash::from_u8(alg).ok_or(LegacyError::UnknownHash(alg))?;
+        Ok(legacy_hash(h, plain))
     }
     fn encrypt(&self, cipher: u8, data: &mut [u8]) -> Result<(), LegacyError> {
-        PlainCrypto.encrypt(cipher, data)
+        self.cipher(cipher)?.encrypt(data);
+        Ok(())
     }
     fn decrypt(&self, cipher: u8, data: &mut [u8]) -> Result<(), LegacyError> {
-        PlainCrypto.decrypt(cipher, data)
+        self.cipher(cipher)?.decrypt(data);
+        Ok(())
     }
 }

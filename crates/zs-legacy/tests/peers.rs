@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use zs_core::Registry;
 use zs_legacy::{
@@ -98,7 +97,80 @@ fn original_client_full_script_plaintext() {
     let port = server.local_addr().port();
     let (code, out) = znet_cli(&dir, port, &["--profile", "maxperf", "--mode", "full", "--expect-cipher", "none"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("0 failed"), "{out}");
-    eprintln!("{out}");
+    assert!(out.contains("done, 0 failed"), "{out}");
+    assert!(out.contains("ok   echo_Stream [String 70000 bytes"), "{out}");
     assert!(server.stats().handshakes >= 1);
+}
+
+/// Every hash id on the client's frames (ours check them), and every hash id
+/// on ours (the original client checks them), still plaintext.
+#[test]
+fn original_client_every_hash_id() {
+    let Some(dir) = peers() else { return };
+    let mut r = Registry::new();
+    register_demo_commands(&mut r);
+    // Our frames carry hash 7 (SHA3-256 as ZNet computes it).
+    for (ours, theirs) in [(7u8, 0u8), (0, 0)] {
+        let config = LegacyConfig {
+            ciphers: CipherPool::Performance,
+            hash: ours,
+            ..Default::default()
+        };
+        let server =
+            LegacyServer::start(backend(), r.clone(), config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = server.local_addr().port();
+        let ids: Vec<u8> = if ours == 0 { (0..20).collect() } else { vec![theirs] };
+        for h in ids {
+            let (code, out) = znet_cli(&dir, port, &["--cipher", "none", "--hash", &h.to_string(), "--mode", "console"]);
+            assert_eq!(code, 0, "client hash {h}, server hash {ours}: {out}");
+        }
+    }
+}
+
+/// Console, stream and direct commands of our client against the original
+/// server, with the echo sizes that span several sequence packets.
+fn exercise(c: &LegacyClient) {
+    assert_eq!(
+        c.call_console("helloWorld_ConsoleResult", "abc").unwrap(),
+        "console result abc"
+    );
+    let r = c
+        .call_stream_dfe("helloWorld_Stream_Result", Dfe(vec![DfeValue::string("123456")]))
+        .unwrap();
+    assert_eq!(r.0[0].as_str(), Some("result 654321"));
+    c.send_direct_console("helloWorld_Console", "direct from zs").unwrap();
+    c.send_direct_stream("helloWorld_Stream", Dfe(vec![DfeValue::string("directstream zs")]))
+        .unwrap();
+    assert_eq!(
+        c.call_console("helloWorld_ConsoleResult", "after direct").unwrap(),
+        "console result after direct"
+    );
+    for n in [0usize, 1, 5, 6, 1513, 1514, 70_000] {
+        let text: String = (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        assert_eq!(c.call_console("echo_Console", &text).unwrap(), text, "{n} bytes");
+        let d = Dfe(vec![
+            DfeValue::string(&text),
+            DfeValue::Integer(n as i32),
+            DfeValue::Int64(n as i64 * 1_000_000_007),
+        ]);
+        assert_eq!(c.call_stream_dfe("echo_Stream", d.clone()).unwrap(), d, "{n} bytes");
+    }
+    c.wait().unwrap();
+}
+
+#[test]
+fn our_client_against_original_server_plaintext_and_hashes() {
+    let Some(dir) = peers() else { return };
+    for (serv_hash, our_hash) in [("none", 0u8), ("sha3_256", 5), ("crc32", 19)] {
+        let serv = znet_serv(&dir, &["--profile", "maxperf", "--hash", serv_hash]);
+        let config = ClientConfig {
+            hash: our_hash,
+            ..Default::default()
+        };
+        let addr = format!("127.0.0.1:{}", serv.port).parse().unwrap();
+        let c = LegacyClient::connect(backend(), addr, config).unwrap();
+        assert_eq!(c.handshake().cipher, 0);
+        assert_eq!(&c.handshake().key[..], &[0]);
+        exercise(&c);
+    }
 }
