@@ -126,6 +126,7 @@ const CRATES: &[&str] = &[
     "zs-registry",
     "zs-web",
     "zs-db-service",
+    "zs-legacy",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -212,6 +213,17 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         (
             "zs-db-service",
             &["zs-core", "zs-db", "zs-expr", "zs-wire"][..],
+        ),
+        (
+            "zs-legacy",
+            &[
+                "zs-core",
+                "zs-wire",
+                "zs-crypto",
+                "zs-io",
+                "zs-io-epoll",
+                "zs-io-tokio",
+            ][..],
         ),
     ]);
     for (c, ok) in allowed {
