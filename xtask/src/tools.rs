@@ -39,6 +39,11 @@ pub struct Tool {
 pub const TEST_TOOLS: &[Tool] = &[
     // one line per tool: Tool { program, source: Source::Apt(&[packages]), used_by }
     Tool {
+        program: "fpc",
+        source: Source::Apt(&["fp-compiler", "fp-units-fcl", "fp-units-base", "libc6-dev"]),
+        used_by: "zs-crypto legacy oracle tests (build ../shared/peers/znet: znet_cipher)",
+    },
+    Tool {
         program: "protoc",
         source: Source::Apt(&["protobuf-compiler"]),
         used_by: "etcd-client's build script (zs-registry)",

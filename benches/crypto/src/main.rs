@@ -167,6 +167,47 @@ fn main() {
             gbps(16384, n, el)
         },
     );
+    // ZNet/ZServer4D frame ciphers as a legacy peer runs them (ECB + fixed pad,
+    // zs_crypto::legacy): encrypt + decrypt of one 16 KiB frame payload.
+    for c in zs_crypto::legacy::LegacyCipher::ALL {
+        if c == zs_crypto::legacy::LegacyCipher::None {
+            continue;
+        }
+        let key = zs_crypto::legacy::generate_key_buffer(c, &[5; 8]);
+        let fc = zs_crypto::legacy::FrameCipher::new(c, &key).expect("key buffer");
+        let mut data = vec![1u8; 16384];
+        suite.case(
+            &format!("znet-{}-16KiB", c.name()),
+            "GB_per_s",
+            Better::Higher,
+            move || {
+                let (n, el) = time_loop(dwell, || {
+                    fc.encrypt(&mut data);
+                    fc.decrypt(&mut data);
+                });
+                gbps(16384, n, el)
+            },
+        );
+    }
+    // The frame hash a ZNet peer checks on every frame (MD5 is ZServer4D's default).
+    for h in [
+        zs_crypto::legacy::LegacyHash::Md5,
+        zs_crypto::legacy::LegacyHash::Sha3_256,
+        zs_crypto::legacy::LegacyHash::Lmd16,
+    ] {
+        let msg = vec![3u8; 16384];
+        suite.case(
+            &format!("znet-hash-{}-16KiB", h.name()),
+            "MB_per_s",
+            Better::Higher,
+            move || {
+                let (n, el) = time_loop(dwell, || {
+                    black_box(zs_crypto::legacy::legacy_hash(h, black_box(&msg)));
+                });
+                gbps(16384, n, el) * 1000.0
+            },
+        );
+    }
     let msg = vec![3u8; 16384];
     suite.case("sha3-256-16KiB", "MB_per_s", Better::Higher, move || {
         let (n, el) = time_loop(dwell, || {
@@ -217,7 +258,21 @@ fn main() {
         "zs-AES-256-CTR-HMAC-SHA3-256-16KiB",
     );
     suite.ratio("sha3_vs_sha256", "sha3-256-16KiB", "ring-sha256-16KiB");
+    suite.ratio(
+        "znet_aes256_vs_aesgcm",
+        "znet-AES256-16KiB",
+        "zs-AES-256-GCM-16KiB",
+    );
+    suite.ratio(
+        "znet_sha3_vs_fips_sha3",
+        "znet-hash-SHA3_256-16KiB",
+        "sha3-256-16KiB",
+    );
+
     suite.note("seal+open: one record sealed in place then opened in place; GB/s of plaintext");
     suite.note("legacy ciphers: ECB encrypt+decrypt of 16 KiB (they are not record suites)");
+    suite.note(
+        "znet-*: ZNet frame cipher encrypt+decrypt of a 16 KiB payload (GB/s), frame hash (MB/s)",
+    );
     suite.finish();
 }

@@ -274,6 +274,14 @@ fn store(w: [u32; 4], b: &mut [u8]) {
     }
 }
 
+impl Mars {
+    /// A cipher from an already expanded key (the 40 round words), for key
+    /// schedules other than [`Mars::new`]'s: ZNet's legacy MARS uses the 1998 one.
+    pub fn from_expanded_key(k: [u32; 40]) -> Mars {
+        Mars { k }
+    }
+}
+
 impl BlockCipher for Mars {
     fn algorithm(&self) -> Algorithm {
         Algorithm::Mars

@@ -14,7 +14,13 @@
 //!   default).
 //!
 //! **None of this is secure.** The key crosses the wire in clear, the "CBC"
-//! is ECB with a fixed public XOR pad, nothing is authenticated. It exists
+//! is ECB with a fixed public XOR pad, nothing is authenticated. Worse,
+//! measured against the original: for the block ciphers the tail pad and the
+//! whole-buffer pad are the same bytes, so a payload shorter than one block
+//! (8 bytes for DES/Blowfish/LQC, 16 for LBC and the NIST ciphers, 64 for
+//! XXTea512) is sent **in clear**; ZNet's Blowfish is a XOR with a 64-bit
+//! key-dependent constant, and its RC6 uses 4 bytes of its key (see
+//! [`quirks`]). It exists
 //! only for compatibility; the modern protocol is [`crate::session`].
 //!
 //! Notes for callers (legacy-wire): the API is the one agreed. Encryption
@@ -44,6 +50,7 @@
 
 mod cipher;
 pub mod prim;
+pub mod quirks;
 
 use md5::Digest as _;
 
