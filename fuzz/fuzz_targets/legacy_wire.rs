@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
             match dec.decode(&mut plain, expect, &PlainCrypto) {
                 Ok(Some(f)) => {
                     if let LegacyFrame::Request { kind, payload, .. } = &f {
-                        if let Ok((_, CmdBody::Dfe(d))) = legacy::decode_command(*kind, payload, &limits) {
+                        if let Ok((_, CmdBody::Dfe(d))) =
+                            legacy::decode_command(*kind, payload, &limits)
+                        {
                             if let Ok(df) = d.to_dataframe() {
                                 let _ = Dfe::from_dataframe(&df);
                             }
@@ -63,7 +65,15 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(rest).into_owned();
     let payload = frame::encode_command("cmd", &CmdBody::Text(text.clone()));
     let mut f = Vec::new();
-    frame::encode_request(legacy::CmdKind::Console, &payload, 1, 0, &PlainCrypto, &mut f).unwrap();
+    frame::encode_request(
+        legacy::CmdKind::Console,
+        &payload,
+        1,
+        0,
+        &PlainCrypto,
+        &mut f,
+    )
+    .unwrap();
     let mut tx = SeqLayer::new(LegacyLimits::default());
     let mut rx = SeqLayer::new(LegacyLimits::default());
     let mut wire = BytesMut::new();
@@ -71,7 +81,9 @@ fuzz_target!(|data: &[u8]| {
     let (mut plain, mut reply) = (BytesMut::new(), BytesMut::new());
     rx.receive(&mut wire, &mut plain, &mut reply).unwrap();
     let mut dec = FrameDecoder::new(LegacyLimits::default());
-    let Some(LegacyFrame::Request { kind, payload, .. }) = dec.decode(&mut plain, false, &PlainCrypto).unwrap() else {
+    let Some(LegacyFrame::Request { kind, payload, .. }) =
+        dec.decode(&mut plain, false, &PlainCrypto).unwrap()
+    else {
         panic!("the request did not come back")
     };
     let (cmd, body) = legacy::decode_command(kind, &payload, &LegacyLimits::default()).unwrap();

@@ -84,7 +84,16 @@ fn znet_cli_echo(dir: &PathBuf, port: u16, n: usize) -> f64 {
     let kids: Vec<Child> = (0..n)
         .map(|_| {
             Command::new(dir.join("znet_cli"))
-                .args(["127.0.0.1", &port.to_string(), "--mode", "echo", "--linger", "0", "--timeout", "30000"])
+                .args([
+                    "127.0.0.1",
+                    &port.to_string(),
+                    "--mode",
+                    "echo",
+                    "--linger",
+                    "0",
+                    "--timeout",
+                    "30000",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -157,44 +166,101 @@ fn main() {
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
-    let zs_client =
-        Client::connect(backend(), provider, Registry::new(), ZsOptions::client(), zs_server.local_addr())
-            .unwrap();
+    let zs_client = Client::connect(
+        backend(),
+        provider,
+        Registry::new(),
+        ZsOptions::client(),
+        zs_server.local_addr(),
+    )
+    .unwrap();
 
     let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let connect = |a: SocketAddr| LegacyClient::connect(backend(), a, ClientConfig::default()).unwrap();
+    let connect =
+        |a: SocketAddr| LegacyClient::connect(backend(), a, ClientConfig::default()).unwrap();
     let c_orig = connect(addr(plain.1));
     let c_ours = connect(ours.local_addr());
     let c_orig_bf = connect(addr(blow.1));
     let c_ours_bf = connect(ours_blow.local_addr());
-    assert_eq!((c_orig_bf.handshake().cipher, c_ours_bf.handshake().cipher), (4, 4));
+    assert_eq!(
+        (c_orig_bf.handshake().cipher, c_ours_bf.handshake().cipher),
+        (4, 4)
+    );
 
     let (d1, p1) = (dir.clone(), plain.1);
-    suite.case("znet_cli->znet_serv", "calls_per_s", Better::Higher, move || znet_cli_echo(&d1, p1, 1));
+    suite.case(
+        "znet_cli->znet_serv",
+        "calls_per_s",
+        Better::Higher,
+        move || znet_cli_echo(&d1, p1, 1),
+    );
     let (d2, p2) = (dir.clone(), ours.local_addr().port());
-    suite.case("znet_cli->zs-legacy", "calls_per_s", Better::Higher, move || znet_cli_echo(&d2, p2, 1));
+    suite.case(
+        "znet_cli->zs-legacy",
+        "calls_per_s",
+        Better::Higher,
+        move || znet_cli_echo(&d2, p2, 1),
+    );
     let (d3, p3) = (dir.clone(), plain.1);
-    suite.case("znet_cli->znet_serv_x8", "calls_per_s", Better::Higher, move || znet_cli_echo(&d3, p3, 8));
+    suite.case(
+        "znet_cli->znet_serv_x8",
+        "calls_per_s",
+        Better::Higher,
+        move || znet_cli_echo(&d3, p3, 8),
+    );
     let (d4, p4) = (dir.clone(), ours.local_addr().port());
-    suite.case("znet_cli->zs-legacy_x8", "calls_per_s", Better::Higher, move || znet_cli_echo(&d4, p4, 8));
-    suite.case("rust-legacy->znet_serv", "calls_per_s", Better::Higher, move || {
-        seq_calls(slice, |t| c_orig.call_console("echo_Console", t).unwrap())
-    });
-    suite.case("rust-legacy->zs-legacy", "calls_per_s", Better::Higher, move || {
-        seq_calls(slice, |t| c_ours.call_console("echo_Console", t).unwrap())
-    });
-    suite.case("rust-legacy->znet_serv-blowfish", "calls_per_s", Better::Higher, move || {
-        seq_calls(slice, |t| c_orig_bf.call_console("echo_Console", t).unwrap())
-    });
-    suite.case("rust-legacy->zs-legacy-blowfish", "calls_per_s", Better::Higher, move || {
-        seq_calls(slice, |t| c_ours_bf.call_console("echo_Console", t).unwrap())
-    });
+    suite.case(
+        "znet_cli->zs-legacy_x8",
+        "calls_per_s",
+        Better::Higher,
+        move || znet_cli_echo(&d4, p4, 8),
+    );
+    suite.case(
+        "rust-legacy->znet_serv",
+        "calls_per_s",
+        Better::Higher,
+        move || seq_calls(slice, |t| c_orig.call_console("echo_Console", t).unwrap()),
+    );
+    suite.case(
+        "rust-legacy->zs-legacy",
+        "calls_per_s",
+        Better::Higher,
+        move || seq_calls(slice, |t| c_ours.call_console("echo_Console", t).unwrap()),
+    );
+    suite.case(
+        "rust-legacy->znet_serv-blowfish",
+        "calls_per_s",
+        Better::Higher,
+        move || {
+            seq_calls(slice, |t| {
+                c_orig_bf.call_console("echo_Console", t).unwrap()
+            })
+        },
+    );
+    suite.case(
+        "rust-legacy->zs-legacy-blowfish",
+        "calls_per_s",
+        Better::Higher,
+        move || {
+            seq_calls(slice, |t| {
+                c_ours_bf.call_console("echo_Console", t).unwrap()
+            })
+        },
+    );
     suite.case("zs->zs", "calls_per_s", Better::Higher, move || {
         seq_calls(slice, |t| zs_client.call("echo_Console", t).wait().unwrap())
     });
     suite.run();
-    suite.ratio("legacy_server_vs_original", "znet_cli->zs-legacy", "znet_cli->znet_serv");
-    suite.ratio("legacy_server_vs_original_x8", "znet_cli->zs-legacy_x8", "znet_cli->znet_serv_x8");
+    suite.ratio(
+        "legacy_server_vs_original",
+        "znet_cli->zs-legacy",
+        "znet_cli->znet_serv",
+    );
+    suite.ratio(
+        "legacy_server_vs_original_x8",
+        "znet_cli->zs-legacy_x8",
+        "znet_cli->znet_serv_x8",
+    );
     suite.ratio(
         "legacy_server_vs_original_rust_client",
         "rust-legacy->zs-legacy",
@@ -207,7 +273,9 @@ fn main() {
     );
     suite.ratio("zs_protocol_vs_legacy", "zs->zs", "rust-legacy->zs-legacy");
     suite.note("znet_cli cases: the original client's echo script as a process (32 calls, 0-70000 B), wall time incl. start, connect, handshake");
-    suite.note("rust-legacy cases: our legacy client, sequential 64 B echo_Console on one open connection");
+    suite.note(
+        "rust-legacy cases: our legacy client, sequential 64 B echo_Console on one open connection",
+    );
     suite.note("zs->zs: our protocol (AES-256-GCM session) on the same registry");
     drop((plain, blow, ours, ours_blow, zs_server));
     suite.finish();

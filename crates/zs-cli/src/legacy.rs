@@ -134,7 +134,9 @@ pub fn call(
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let out = if a.legacy_stream {
         let d = Dfe(args.iter().map(|s| DfeValue::string(s)).collect());
-        let r = c.call_stream_dfe(cmd, d).map_err(|e| format!("{cmd}: {e}"))?;
+        let r = c
+            .call_stream_dfe(cmd, d)
+            .map_err(|e| format!("{cmd}: {e}"))?;
         r.0.iter().map(show).collect::<Vec<_>>().join("\n")
     } else if a.legacy_direct {
         c.send_direct_console(cmd, &args.join(" "))

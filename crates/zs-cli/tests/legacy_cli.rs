@@ -57,8 +57,16 @@ fn serve_legacy_addr_passes_the_original_client_and_zs_call_legacy() {
     let legacy = format!("127.0.0.1:{}", free_port());
     let mut child = zs()
         .args([
-            "serve", "--addr", &addr, "--loops", "1", "--no-services", "--legacy-addr", &legacy,
-            "--legacy-ciphers", "performance",
+            "serve",
+            "--addr",
+            &addr,
+            "--loops",
+            "1",
+            "--no-services",
+            "--legacy-addr",
+            &legacy,
+            "--legacy-ciphers",
+            "performance",
         ])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
@@ -79,17 +87,38 @@ fn serve_legacy_addr_passes_the_original_client_and_zs_call_legacy() {
     assert!(r.status.success(), "{text}");
     assert!(text.contains("done, 0 failed"), "{text}");
 
-    let (ok, text) = call(&["--legacy", "--addr", &legacy, "helloWorld_ConsoleResult", "abc"]);
+    let (ok, text) = call(&[
+        "--legacy",
+        "--addr",
+        &legacy,
+        "helloWorld_ConsoleResult",
+        "abc",
+    ]);
     assert!(ok, "{text}");
     assert_eq!(text.trim(), "console result abc");
     // The built-in `echo` of zs serve answers legacy clients too: one registry.
     let (ok, text) = call(&["--legacy", "--addr", &legacy, "echo", "same", "handler"]);
     assert!(ok, "{text}");
     assert_eq!(text.trim(), "same handler");
-    let (ok, text) = call(&["--legacy", "--legacy-stream", "--addr", &legacy, "echo_Stream", "a", "b"]);
+    let (ok, text) = call(&[
+        "--legacy",
+        "--legacy-stream",
+        "--addr",
+        &legacy,
+        "echo_Stream",
+        "a",
+        "b",
+    ]);
     assert!(ok, "{text}");
     assert_eq!(text.trim(), "a\nb");
-    let (ok, text) = call(&["--legacy", "--legacy-direct", "--addr", &legacy, "helloWorld_Console", "hi"]);
+    let (ok, text) = call(&[
+        "--legacy",
+        "--legacy-direct",
+        "--addr",
+        &legacy,
+        "helloWorld_Console",
+        "hi",
+    ]);
     assert!(ok, "{text}");
 }
 
@@ -107,16 +136,42 @@ fn zs_call_legacy_against_the_original_server() {
     let out = lines(child.stdout.take().unwrap());
     let _guard = Guard(child);
     let l = wait_for(&out, "listening on 127.0.0.1:");
-    let port = l.split("listening on 127.0.0.1:").nth(1).unwrap().split_whitespace().next().unwrap();
+    let port = l
+        .split("listening on 127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let (ok, text) = call(&["--legacy", "--addr", &addr, "helloWorld_ConsoleResult", "from zs"]);
+    let (ok, text) = call(&[
+        "--legacy",
+        "--addr",
+        &addr,
+        "helloWorld_ConsoleResult",
+        "from zs",
+    ]);
     assert!(ok, "{text}");
     assert_eq!(text.trim(), "console result from zs");
-    let (ok, text) = call(&["--legacy", "--legacy-stream", "--addr", &addr, "helloWorld_Stream_Result", "x"]);
+    let (ok, text) = call(&[
+        "--legacy",
+        "--legacy-stream",
+        "--addr",
+        &addr,
+        "helloWorld_Stream_Result",
+        "x",
+    ]);
     assert!(ok, "{text}");
     assert_eq!(text.trim(), "result 654321");
     // Nothing listens here: a clear error.
-    let (ok, text) = call(&["--legacy", "--addr", &format!("127.0.0.1:{}", free_port()), "--timeout", "2", "x"]);
+    let (ok, text) = call(&[
+        "--legacy",
+        "--addr",
+        &format!("127.0.0.1:{}", free_port()),
+        "--timeout",
+        "2",
+        "x",
+    ]);
     assert!(!ok);
     assert!(text.contains("cannot connect"), "{text}");
 }

@@ -138,7 +138,9 @@ fn fail(st: &mut State, reason: String) {
 /// Sends queued jobs until one waits for its answer.
 fn drain(st: &mut State) {
     while st.inflight.is_none() {
-        let Some(job) = st.queue.pop_front() else { return };
+        let Some(job) = st.queue.pop_front() else {
+            return;
+        };
         let mut out = BytesMut::new();
         if let Err(e) = st.seq.send(&job.bytes, &mut out) {
             fail(st, e.to_string());
@@ -289,7 +291,11 @@ pub struct LegacyClient {
 
 impl std::fmt::Debug for LegacyClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LegacyClient(id {} cipher {})", self.model.id, self.model.cipher)
+        write!(
+            f,
+            "LegacyClient(id {} cipher {})",
+            self.model.id, self.model.cipher
+        )
     }
 }
 
@@ -328,8 +334,15 @@ impl LegacyClient {
         {
             let mut st = link.lock();
             let mut bytes = Vec::new();
-            frame::encode_request(CmdKind::Stream, &payload, config.hash, 0, &st.crypto, &mut bytes)
-                .map_err(|e| Error::Protocol(e.to_string()))?;
+            frame::encode_request(
+                CmdKind::Stream,
+                &payload,
+                config.hash,
+                0,
+                &st.crypto,
+                &mut bytes,
+            )
+            .map_err(|e| Error::Protocol(e.to_string()))?;
             st.queue.push_back(Job {
                 kind: CmdKind::Stream,
                 bytes,
@@ -343,7 +356,8 @@ impl LegacyClient {
             Box::new(ClientHandler { link: link.clone() }),
         )?;
         let answer = wait(&rx, config.timeout.max(Duration::from_secs(5)))?;
-        let dfe = Dfe::decode(&answer, &config.limits).map_err(|e| Error::Protocol(e.to_string()))?;
+        let dfe =
+            Dfe::decode(&answer, &config.limits).map_err(|e| Error::Protocol(e.to_string()))?;
         let model = CipherModel::from_dfe(&dfe).map_err(|e| Error::Protocol(e.to_string()))?;
         let send_cipher = config.cipher.unwrap_or(model.cipher);
         {
@@ -370,15 +384,27 @@ impl LegacyClient {
         self.send_cipher
     }
 
-    fn enqueue(&self, kind: CmdKind, cmd: &str, body: &CmdBody) -> Result<Option<mpsc::Receiver<std::result::Result<Bytes, String>>>> {
+    fn enqueue(
+        &self,
+        kind: CmdKind,
+        cmd: &str,
+        body: &CmdBody,
+    ) -> Result<Option<mpsc::Receiver<std::result::Result<Bytes, String>>>> {
         let payload = frame::encode_command(cmd, body);
         let mut st = self.link.lock();
         if let Some(r) = &st.closed {
             return Err(Error::ConnectionLost(r.clone()));
         }
         let mut bytes = Vec::with_capacity(payload.len() + 32);
-        frame::encode_request(kind, &payload, self.config.hash, self.send_cipher, &st.crypto, &mut bytes)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+        frame::encode_request(
+            kind,
+            &payload,
+            self.config.hash,
+            self.send_cipher,
+            &st.crypto,
+            &mut bytes,
+        )
+        .map_err(|e| Error::Protocol(e.to_string()))?;
         let (tx, rx) = if kind.answered() {
             let (tx, rx) = mpsc::channel();
             (Some(tx), Some(rx))

@@ -3,9 +3,7 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use zs_crypto::legacy::{
-    generate_key_buffer, legacy_hash, FrameCipher, LegacyCipher, LegacyHash,
-};
+use zs_crypto::legacy::{generate_key_buffer, legacy_hash, FrameCipher, LegacyCipher, LegacyHash};
 use zs_wire::legacy::{FrameCrypto, LegacyError};
 
 /// Number of `TCipherSecurity` ids (0..=18).

@@ -32,7 +32,11 @@ pub fn register_demo_commands(r: &mut Registry) -> usize {
     }
     if !r.contains("direct-stream", "helloWorld_Stream") {
         r.direct_stream("helloWorld_Stream", |peer, data| {
-            let s = data.reader().read_text().map(|t| t.to_string()).unwrap_or_default();
+            let s = data
+                .reader()
+                .read_text()
+                .map(|t| t.to_string())
+                .unwrap_or_default();
             tracing::info!(peer = peer.id(), "helloWorld_Stream: {s}");
         });
         n += 1;

@@ -57,7 +57,9 @@ pub mod peers;
 mod server;
 
 pub use client::{ClientConfig, LegacyClient, Push};
-pub use demo::register_demo_commands;
 pub use crypto::{key_buffer, supported_cipher, supported_hash, ConnCrypto};
+pub use demo::register_demo_commands;
 pub use server::{CipherPool, LegacyConfig, LegacyServer, LegacyStats};
-pub use zs_wire::legacy::{CipherModel, CmdBody, CmdKind, Dfe, DfeValue, LegacyError, LegacyLimits};
+pub use zs_wire::legacy::{
+    CipherModel, CmdBody, CmdKind, Dfe, DfeValue, LegacyError, LegacyLimits,
+};

@@ -55,7 +55,11 @@ impl CipherPool {
             "security" | "maxsec" => CipherPool::Security,
             list => CipherPool::Custom(
                 list.split(',')
-                    .map(|x| x.trim().parse::<u8>().map_err(|e| format!("cipher id {x:?}: {e}")))
+                    .map(|x| {
+                        x.trim()
+                            .parse::<u8>()
+                            .map_err(|e| format!("cipher id {x:?}: {e}"))
+                    })
                     .collect::<Result<_, _>>()?,
             ),
         })
@@ -215,7 +219,11 @@ impl LegacyServer {
     /// The open connections as zs-core peers (push with `send_direct_console` /
     /// `send_direct_stream`).
     pub fn peers(&self) -> Vec<Peer> {
-        self.shared.peers.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.shared
+            .peers
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Counters.
@@ -363,7 +371,9 @@ impl Link {
     fn push(&self, kind: CmdKind, cmd: &str, body: CmdBody) -> zs_core::Result<()> {
         let mut st = self.lock();
         if st.closed || !st.handshaken {
-            return Err(zs_core::Error::ConnectionLost("legacy connection not ready".into()));
+            return Err(zs_core::Error::ConnectionLost(
+                "legacy connection not ready".into(),
+            ));
         }
         let payload = frame::encode_command(cmd, &body);
         let mut buf = Vec::with_capacity(payload.len() + 32);
@@ -386,7 +396,11 @@ impl Outbox for Link {
                 if st.inflight.as_ref().is_some_and(|f| f.id == id) {
                     // ZNet sends an empty text as one 00 byte (ZServer4D clients
                     // read either form).
-                    let b: &[u8] = if text.is_empty() { &[0] } else { text.as_bytes() };
+                    let b: &[u8] = if text.is_empty() {
+                        &[0]
+                    } else {
+                        text.as_bytes()
+                    };
                     self.answer(&mut st, b);
                 }
                 Ok(())
@@ -425,9 +439,11 @@ impl Outbox for Link {
                 Ok(())
             }
             Frame::BigStreamAck { .. } => Ok(()),
-            Frame::DirectConsole { cmd, text } => {
-                self.push(CmdKind::DirectConsole, &cmd, CmdBody::Text(text.as_str().to_owned()))
-            }
+            Frame::DirectConsole { cmd, text } => self.push(
+                CmdKind::DirectConsole,
+                &cmd,
+                CmdBody::Text(text.as_str().to_owned()),
+            ),
             Frame::DirectStream { cmd, data } => {
                 let d = Dfe::from_dataframe(&data)
                     .map_err(|e| zs_core::Error::Protocol(e.to_string()))?;
@@ -448,7 +464,10 @@ impl Outbox for Link {
         let mut st = self.lock();
         if !st.closed {
             st.closed = true;
-            tracing::info!(conn = self.id, "legacy connection closed by the application: {reason}");
+            tracing::info!(
+                conn = self.id,
+                "legacy connection closed by the application: {reason}"
+            );
             self.conn.close();
         }
     }
@@ -490,7 +509,13 @@ impl Handler for ConnHandler {
         self.link = Some((link.clone(), peer.clone()));
         if open > s.config.max_connections {
             let mut st = link.lock();
-            link.fail(&mut st, &format!("{open} legacy connections open, the limit is {}", s.config.max_connections));
+            link.fail(
+                &mut st,
+                &format!(
+                    "{open} legacy connections open, the limit is {}",
+                    s.config.max_connections
+                ),
+            );
             return;
         }
         if let Ok(mut m) = s.peers.lock() {
@@ -521,7 +546,10 @@ impl Handler for ConnHandler {
             let cap = link.limits.max_frame + (1 << 20);
             if st.plain.len() > cap {
                 let n = st.plain.len();
-                link.fail(&mut st, &format!("{n} bytes of unprocessed input (limit {cap})"));
+                link.fail(
+                    &mut st,
+                    &format!("{n} bytes of unprocessed input (limit {cap})"),
+                );
                 return;
             }
         }
@@ -543,7 +571,10 @@ impl Handler for ConnHandler {
                     let mut st = link.lock();
                     if !st.handshaken {
                         let t = self.shared.config.handshake_timeout;
-                        link.fail(&mut st, &format!("no __@CipherModel handshake within {t:?}"));
+                        link.fail(
+                            &mut st,
+                            &format!("no __@CipherModel handshake within {t:?}"),
+                        );
                     }
                 }
             }
@@ -573,7 +604,9 @@ enum Step {
 impl ConnHandler {
     /// Handles the buffered frames in order, stopping while a request is answered.
     fn pump(&mut self) {
-        let Some((link, peer)) = &self.link else { return };
+        let Some((link, peer)) = &self.link else {
+            return;
+        };
         let (link, peer) = (link.clone(), peer.clone());
         loop {
             let step = {
@@ -679,7 +712,9 @@ impl ConnHandler {
                 data,
             } => {
                 if !st.handshaken {
-                    return Err(LegacyError::BadCommand("BigStream before the handshake".into()));
+                    return Err(LegacyError::BadCommand(
+                        "BigStream before the handshake".into(),
+                    ));
                 }
                 let id = match st.big {
                     Some(id) if offset > 0 => id,
@@ -721,7 +756,11 @@ impl ConnHandler {
                 }))
             }
             LegacyFrame::Signal(s) => {
-                tracing::debug!(conn = link.id, ?s, "legacy BigStream signal ignored (we send none)");
+                tracing::debug!(
+                    conn = link.id,
+                    ?s,
+                    "legacy BigStream signal ignored (we send none)"
+                );
                 Ok(Step::Again)
             }
             LegacyFrame::Response { .. } => Err(LegacyError::BadCommand(

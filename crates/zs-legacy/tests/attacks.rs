@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use zs_core::Registry;
-use zs_legacy::{register_demo_commands, CipherPool, ClientConfig, LegacyClient, LegacyConfig, LegacyServer};
+use zs_legacy::{
+    register_demo_commands, CipherPool, ClientConfig, LegacyClient, LegacyConfig, LegacyServer,
+};
 use zs_wire::legacy::{
     self, control, frame, seq, CmdBody, CmdKind, Dfe, DfeValue, FrameDecoder, LegacyFrame,
     LegacyLimits, PlainCrypto, SeqLayer,
@@ -128,7 +130,9 @@ impl Raw {
             let n = self.s.read(&mut b).ok().filter(|n| *n > 0)?;
             self.inbuf.extend_from_slice(&b[..n]);
             let mut reply = BytesMut::new();
-            self.rx.receive(&mut self.inbuf, &mut self.plain, &mut reply).unwrap();
+            self.rx
+                .receive(&mut self.inbuf, &mut self.plain, &mut reply)
+                .unwrap();
         }
     }
     fn handshake(&mut self) {
@@ -139,7 +143,10 @@ impl Raw {
             0,
         );
         let p = self.response().expect("handshake answer");
-        let m = legacy::CipherModel::from_dfe(&Dfe::decode(&p.into(), &LegacyLimits::default()).unwrap()).unwrap();
+        let m = legacy::CipherModel::from_dfe(
+            &Dfe::decode(&p.into(), &LegacyLimits::default()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(m.cipher, 0);
     }
     /// Whether the server closes the connection within 5 s.
@@ -150,7 +157,12 @@ impl Raw {
             match self.s.read(&mut b) {
                 Ok(0) => return true,
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
                 Err(_) => return true,
             }
         }
@@ -168,7 +180,10 @@ fn good_client_works(server: &LegacyServer) {
         .unwrap(),
     );
     let c = LegacyClient::connect(backend, server.local_addr(), ClientConfig::default()).unwrap();
-    assert_eq!(c.call_console("echo_Console", "still here").unwrap(), "still here");
+    assert_eq!(
+        c.call_console("echo_Console", "still here").unwrap(),
+        "still here"
+    );
 }
 
 #[test]
@@ -211,7 +226,12 @@ fn unknown_cipher_ordinal() {
     let s = server(plain());
     let mut r = Raw::connect(s.local_addr());
     r.handshake();
-    r.request(CmdKind::Console, "echo_Console", CmdBody::Text("hello world".into()), 99);
+    r.request(
+        CmdKind::Console,
+        "echo_Console",
+        CmdBody::Text("hello world".into()),
+        99,
+    );
     assert!(r.closed());
     assert!(logged("unknown or unsupported cipher 99"));
     good_client_works(&s);
@@ -235,7 +255,9 @@ fn oversized_sizes() {
     f.extend_from_slice(&[0, 0, 0, 0]);
     r.frames(&f);
     assert!(r.closed());
-    assert!(logged("frame of 1073741824 bytes is over the limit of 1048576"));
+    assert!(logged(
+        "frame of 1073741824 bytes is over the limit of 1048576"
+    ));
     // A CompleteBuffer announcing 2 MiB, and a DFE with 2^31-1 values.
     let mut r = Raw::connect(s.local_addr());
     r.handshake();
@@ -266,7 +288,12 @@ fn protocol_violations() {
     });
     // A command before the handshake.
     let mut r = Raw::connect(s.local_addr());
-    r.request(CmdKind::Console, "echo_Console", CmdBody::Text("early bird".into()), 0);
+    r.request(
+        CmdKind::Console,
+        "echo_Console",
+        CmdBody::Text("early bird".into()),
+        0,
+    );
     assert!(r.closed());
     assert!(logged("before the __@CipherModel handshake"));
     // An unknown sequence record type; a bad frame head.

@@ -95,10 +95,24 @@ fn original_client_full_script_plaintext() {
     let Some(dir) = peers() else { return };
     let server = our_server(CipherPool::Performance);
     let port = server.local_addr().port();
-    let (code, out) = znet_cli(&dir, port, &["--profile", "maxperf", "--mode", "full", "--expect-cipher", "none"]);
+    let (code, out) = znet_cli(
+        &dir,
+        port,
+        &[
+            "--profile",
+            "maxperf",
+            "--mode",
+            "full",
+            "--expect-cipher",
+            "none",
+        ],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("done, 0 failed"), "{out}");
-    assert!(out.contains("ok   echo_Stream [String 70000 bytes"), "{out}");
+    assert!(
+        out.contains("ok   echo_Stream [String 70000 bytes"),
+        "{out}"
+    );
     assert!(server.stats().handshakes >= 1);
 }
 
@@ -117,11 +131,27 @@ fn original_client_every_hash_id() {
             ..Default::default()
         };
         let server =
-            LegacyServer::start(backend(), r.clone(), config, "127.0.0.1:0".parse().unwrap()).unwrap();
+            LegacyServer::start(backend(), r.clone(), config, "127.0.0.1:0".parse().unwrap())
+                .unwrap();
         let port = server.local_addr().port();
-        let ids: Vec<u8> = if ours == 0 { (0..20).collect() } else { vec![theirs] };
+        let ids: Vec<u8> = if ours == 0 {
+            (0..20).collect()
+        } else {
+            vec![theirs]
+        };
         for h in ids {
-            let (code, out) = znet_cli(&dir, port, &["--cipher", "none", "--hash", &h.to_string(), "--mode", "console"]);
+            let (code, out) = znet_cli(
+                &dir,
+                port,
+                &[
+                    "--cipher",
+                    "none",
+                    "--hash",
+                    &h.to_string(),
+                    "--mode",
+                    "console",
+                ],
+            );
             assert_eq!(code, 0, "client hash {h}, server hash {ours}: {out}");
         }
     }
@@ -135,25 +165,41 @@ fn exercise(c: &LegacyClient) {
         "console result abc"
     );
     let r = c
-        .call_stream_dfe("helloWorld_Stream_Result", Dfe(vec![DfeValue::string("123456")]))
+        .call_stream_dfe(
+            "helloWorld_Stream_Result",
+            Dfe(vec![DfeValue::string("123456")]),
+        )
         .unwrap();
     assert_eq!(r.0[0].as_str(), Some("result 654321"));
-    c.send_direct_console("helloWorld_Console", "direct from zs").unwrap();
-    c.send_direct_stream("helloWorld_Stream", Dfe(vec![DfeValue::string("directstream zs")]))
+    c.send_direct_console("helloWorld_Console", "direct from zs")
         .unwrap();
+    c.send_direct_stream(
+        "helloWorld_Stream",
+        Dfe(vec![DfeValue::string("directstream zs")]),
+    )
+    .unwrap();
     assert_eq!(
-        c.call_console("helloWorld_ConsoleResult", "after direct").unwrap(),
+        c.call_console("helloWorld_ConsoleResult", "after direct")
+            .unwrap(),
         "console result after direct"
     );
     for n in [0usize, 1, 5, 6, 1513, 1514, 70_000] {
         let text: String = (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-        assert_eq!(c.call_console("echo_Console", &text).unwrap(), text, "{n} bytes");
+        assert_eq!(
+            c.call_console("echo_Console", &text).unwrap(),
+            text,
+            "{n} bytes"
+        );
         let d = Dfe(vec![
             DfeValue::string(&text),
             DfeValue::Integer(n as i32),
             DfeValue::Int64(n as i64 * 1_000_000_007),
         ]);
-        assert_eq!(c.call_stream_dfe("echo_Stream", d.clone()).unwrap(), d, "{n} bytes");
+        assert_eq!(
+            c.call_stream_dfe("echo_Stream", d.clone()).unwrap(),
+            d,
+            "{n} bytes"
+        );
     }
     c.wait().unwrap();
 }
@@ -177,7 +223,8 @@ fn our_client_against_original_server_plaintext_and_hashes() {
 
 /// Cipher ids zs-crypto has in this build (the rest are reported as skipped).
 fn ciphers() -> Vec<u8> {
-    let (ok, missing): (Vec<u8>, Vec<u8>) = (0..19u8).partition(|c| zs_legacy::supported_cipher(*c));
+    let (ok, missing): (Vec<u8>, Vec<u8>) =
+        (0..19u8).partition(|c| zs_legacy::supported_cipher(*c));
     if !missing.is_empty() {
         eprintln!("skipped: cipher ids {missing:?} (not in zs_crypto::legacy yet)");
     }
@@ -213,7 +260,10 @@ fn original_client_every_cipher() {
     let ids = ciphers();
     let pool = our_server(CipherPool::Custom(ids.clone()));
     let port = pool.local_addr().port();
-    let servers: Vec<LegacyServer> = ids.iter().map(|c| our_server(CipherPool::Custom(vec![*c]))).collect();
+    let servers: Vec<LegacyServer> = ids
+        .iter()
+        .map(|c| our_server(CipherPool::Custom(vec![*c])))
+        .collect();
     let fails = parallel(ids.len() * 2, 3, |i| {
         let c = ids[i / 2].to_string();
         let (code, out) = if i % 2 == 0 {
@@ -222,7 +272,16 @@ fn original_client_every_cipher() {
             let p = servers[i / 2].local_addr().port();
             znet_cli(&dir, p, &["--expect-cipher", &c, "--mode", "all"])
         };
-        (code != 0).then(|| format!("cipher {c} ({}): exit {code}\n{out}", if i % 2 == 0 { "--cipher" } else { "--expect-cipher" }))
+        (code != 0).then(|| {
+            format!(
+                "cipher {c} ({}): exit {code}\n{out}",
+                if i % 2 == 0 {
+                    "--cipher"
+                } else {
+                    "--expect-cipher"
+                }
+            )
+        })
     });
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
@@ -237,7 +296,16 @@ fn fifty_concurrent_original_clients() {
     let children: Vec<_> = (0..50)
         .map(|_| {
             Command::new(dir.join("znet_cli"))
-                .args(["127.0.0.1", &port.to_string(), "--mode", "all", "--linger", "0", "--timeout", "20000"])
+                .args([
+                    "127.0.0.1",
+                    &port.to_string(),
+                    "--mode",
+                    "all",
+                    "--linger",
+                    "0",
+                    "--timeout",
+                    "20000",
+                ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -251,7 +319,12 @@ fn fifty_concurrent_original_clients() {
             fails.push(String::from_utf8_lossy(&out.stdout).into_owned());
         }
     }
-    assert!(fails.is_empty(), "{} of 50 failed:\n{}", fails.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{} of 50 failed:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
     assert_eq!(server.stats().handshakes, 50);
 }
 
@@ -262,7 +335,11 @@ fn fifty_concurrent_original_clients() {
 fn our_client_against_original_server_every_cipher() {
     let Some(dir) = peers() else { return };
     let ids = ciphers();
-    let list = ids.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+    let list = ids
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let serv = znet_serv(&dir, &["--cipher-cycle", &list]);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", serv.port).parse().unwrap();
     let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
@@ -273,13 +350,19 @@ fn our_client_against_original_server_every_cipher() {
         };
         seen.lock().unwrap().insert(c.handshake().cipher);
         let r = c.call_console("helloWorld_ConsoleResult", "abc");
-        let d = Dfe(vec![DfeValue::string(&"x".repeat(3000)), DfeValue::Integer(7)]);
+        let d = Dfe(vec![
+            DfeValue::string(&"x".repeat(3000)),
+            DfeValue::Integer(7),
+        ]);
         let e = c.call_stream_dfe("echo_Stream", d.clone());
         (r.as_deref().ok() != Some("console result abc") || e.as_ref().ok() != Some(&d))
             .then(|| format!("cipher {}: {r:?} {:?}", c.handshake().cipher, e.err()))
     });
     assert!(fails.is_empty(), "{}", fails.join("\n"));
-    assert_eq!(seen.into_inner().unwrap().into_iter().collect::<Vec<_>>(), ids);
+    assert_eq!(
+        seen.into_inner().unwrap().into_iter().collect::<Vec<_>>(),
+        ids
+    );
     // The default profile: random ciphers from ZNet's pool (which may hold ids
     // this build lacks: those connections are refused at the handshake).
     let serv = znet_serv(&dir, &[]);
@@ -303,7 +386,8 @@ fn exercise_short(c: &LegacyClient) {
         "cipher {}",
         c.handshake().cipher
     );
-    c.send_direct_console("helloWorld_Console", "direct").unwrap();
+    c.send_direct_console("helloWorld_Console", "direct")
+        .unwrap();
     let d = Dfe(vec![DfeValue::string("s"), DfeValue::Int64(-1)]);
     assert_eq!(c.call_stream_dfe("echo_Stream", d.clone()).unwrap(), d);
 }

@@ -17,15 +17,18 @@ use bytes::{Bytes, BytesMut};
 use zs_core::Registry;
 use zs_legacy::{register_demo_commands, CipherPool, LegacyConfig, LegacyServer};
 use zs_wire::legacy::{
-    self, control, frame, CipherModel, CmdBody, CmdKind, Dfe, DfeValue, FrameDecoder,
-    LegacyFrame, LegacyLimits, PlainCrypto, SeqLayer,
+    self, control, frame, CipherModel, CmdBody, CmdKind, Dfe, DfeValue, FrameDecoder, LegacyFrame,
+    LegacyLimits, PlainCrypto, SeqLayer,
 };
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 
 /// The bytes of a ```text <name> block (hex before each `|`).
 fn block(name: &str) -> Vec<u8> {
-    let part = DOC.split("# Part 11: Legacy ZNet wire").nth(1).expect("Part 11");
+    let part = DOC
+        .split("# Part 11: Legacy ZNet wire")
+        .nth(1)
+        .expect("Part 11");
     let fence = format!("```text {name}\n");
     let start = part.find(&fence).expect(name) + fence.len();
     let body = &part[start..start + part[start..].find("```").unwrap()];
@@ -79,16 +82,21 @@ fn our_encoders_write_the_documented_bytes() {
 
     // Server: decode the documented answer, then write it again.
     let mut rx = SeqLayer::new(LegacyLimits::default());
-    let (mut src, mut plain, mut reply) = (BytesMut::from(&s2c[..]), BytesMut::new(), BytesMut::new());
+    let (mut src, mut plain, mut reply) =
+        (BytesMut::from(&s2c[..]), BytesMut::new(), BytesMut::new());
     let st = rx.receive(&mut src, &mut plain, &mut reply).unwrap();
     assert_eq!((st.delivered, st.acks), (2, 2));
     let mut dec = FrameDecoder::new(LegacyLimits::default());
-    let Some(LegacyFrame::Response { payload, hash: 0, cipher: 0 }) =
-        dec.decode(&mut plain, true, &PlainCrypto).unwrap()
+    let Some(LegacyFrame::Response {
+        payload,
+        hash: 0,
+        cipher: 0,
+    }) = dec.decode(&mut plain, true, &PlainCrypto).unwrap()
     else {
         panic!("handshake answer")
     };
-    let model = CipherModel::from_dfe(&Dfe::decode(&payload, &LegacyLimits::default()).unwrap()).unwrap();
+    let model =
+        CipherModel::from_dfe(&Dfe::decode(&payload, &LegacyLimits::default()).unwrap()).unwrap();
     let expect = CipherModel::znet(1, 0, Bytes::from_static(&[0]), model.instance);
     assert_eq!(model, expect);
     assert_eq!(model.max_complete_buffer_size, 0x0400_0000);
@@ -155,10 +163,23 @@ fn capture(dir: &std::path::Path, port: u16) -> (Vec<u8>, Vec<u8>) {
         t.join().unwrap();
     });
     let out = Command::new(dir.join("znet_cli"))
-        .args(["127.0.0.1", &lp.to_string(), "--profile", "maxperf", "--mode", "console", "--linger", "0"])
+        .args([
+            "127.0.0.1",
+            &lp.to_string(),
+            "--profile",
+            "maxperf",
+            "--mode",
+            "console",
+            "--linger",
+            "0",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     relay.join().unwrap();
     let a = c2s.lock().unwrap().clone();
     let b = s2c.lock().unwrap().clone();
@@ -187,7 +208,9 @@ fn without_keepalives(b: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_originals_and_our_server_send_the_documented_bytes() {
-    let Some(dir) = zs_legacy::peers::znet_dir() else { return };
+    let Some(dir) = zs_legacy::peers::znet_dir() else {
+        return;
+    };
     let c2s = block("legacy-wire-c2s");
     let s2c = block("legacy-wire-s2c");
     let vary = varying(&s2c);
@@ -211,22 +234,37 @@ fn the_originals_and_our_server_send_the_documented_bytes() {
     let _ = serv.kill();
     let _ = serv.wait();
     assert_eq!(without_keepalives(&a), c2s, "original client");
-    assert_eq!(masked(&without_keepalives(&b), &vary), masked(&s2c, &vary), "original server");
+    assert_eq!(
+        masked(&without_keepalives(&b), &vary),
+        masked(&s2c, &vary),
+        "original server"
+    );
 
     // The original client and our server.
     let mut r = Registry::new();
     register_demo_commands(&mut r);
     let backend = Arc::new(
-        zs_io_epoll::EpollBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap(),
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            ..Default::default()
+        })
+        .unwrap(),
     );
     let ours = LegacyServer::start(
         backend,
         r,
-        LegacyConfig { ciphers: CipherPool::Performance, ..Default::default() },
+        LegacyConfig {
+            ciphers: CipherPool::Performance,
+            ..Default::default()
+        },
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
     let (a, b) = capture(&dir, ours.local_addr().port());
     assert_eq!(without_keepalives(&a), c2s, "original client to our server");
-    assert_eq!(masked(&without_keepalives(&b), &vary), masked(&s2c, &vary), "our server");
+    assert_eq!(
+        masked(&without_keepalives(&b), &vary),
+        masked(&s2c, &vary),
+        "our server"
+    );
 }

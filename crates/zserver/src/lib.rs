@@ -109,10 +109,10 @@ pub use registry::{
 };
 #[cfg(feature = "db-service")]
 mod db_service;
-#[cfg(feature = "web")]
-pub mod web;
 #[cfg(feature = "legacy")]
 pub mod legacy;
+#[cfg(feature = "web")]
+pub mod web;
 #[cfg(feature = "db-service")]
 pub use db_service::{connect_db, DbClient, DbService, ServiceConfig};
 

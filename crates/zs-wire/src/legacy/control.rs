@@ -131,7 +131,8 @@ impl CipherModel {
         m.enabled_atomic_lock_and_multi_thread = flag(7)?;
         m.timeout_keepalive = flag(8)?;
         m.quiet_mode = flag(9)?;
-        m.idle_timeout = u64::try_from(int(10, "idle timeout")?).map_err(|_| bad("idle timeout"))?;
+        m.idle_timeout =
+            u64::try_from(int(10, "idle timeout")?).map_err(|_| bad("idle timeout"))?;
         m.send_data_compressed = flag(11)?;
         m.complete_buffer_compressed = flag(12)?;
         m.max_complete_buffer_size =

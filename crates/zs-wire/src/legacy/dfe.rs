@@ -107,7 +107,10 @@ pub enum DfeVariant {
     Int64(i64),
     UInt64(u64),
     /// `varOleStr` (8), `varString` (0x100) or `varUString` (0x102): u32 length + UTF-8.
-    String { vt: u16, text: Bytes },
+    String {
+        vt: u16,
+        text: Bytes,
+    },
 }
 
 impl DfeValue {
@@ -598,9 +601,8 @@ fn to_value(v: &DfeValue) -> Result<Value, LegacyError> {
         D::ArrayInt64(a) => Value::Array(NumArray::from_slice(a)),
         D::ArrayInt128(a) => {
             let v: Option<Vec<i64>> = a.iter().map(|x| i64::try_from(*x).ok()).collect();
-            let v = v.ok_or_else(|| {
-                LegacyError::Convert("ArrayInt128 element beyond i64".into())
-            })?;
+            let v =
+                v.ok_or_else(|| LegacyError::Convert("ArrayInt128 element beyond i64".into()))?;
             Value::Array(NumArray::from_slice(&v))
         }
         D::Int128(x) => match i64::try_from(*x) {
@@ -668,14 +670,26 @@ fn from_value(v: &Value) -> Result<DfeValue, LegacyError> {
                 NumKind::U8 => D::ArrayByte(a.raw().clone()),
                 NumKind::I8 => D::ArrayShortInt(a.to_vec::<i8>().ok_or_else(bad)?),
                 NumKind::I16 => D::ArrayInteger(
-                    a.to_vec::<i16>().ok_or_else(bad)?.into_iter().map(i32::from).collect(),
+                    a.to_vec::<i16>()
+                        .ok_or_else(bad)?
+                        .into_iter()
+                        .map(i32::from)
+                        .collect(),
                 ),
                 NumKind::U16 => D::ArrayInteger(
-                    a.to_vec::<u16>().ok_or_else(bad)?.into_iter().map(i32::from).collect(),
+                    a.to_vec::<u16>()
+                        .ok_or_else(bad)?
+                        .into_iter()
+                        .map(i32::from)
+                        .collect(),
                 ),
                 NumKind::I32 => D::ArrayInteger(a.to_vec::<i32>().ok_or_else(bad)?),
                 NumKind::U32 => D::ArrayInt64(
-                    a.to_vec::<u32>().ok_or_else(bad)?.into_iter().map(i64::from).collect(),
+                    a.to_vec::<u32>()
+                        .ok_or_else(bad)?
+                        .into_iter()
+                        .map(i64::from)
+                        .collect(),
                 ),
                 NumKind::I64 => D::ArrayInt64(a.to_vec::<i64>().ok_or_else(bad)?),
                 NumKind::U64 => {
@@ -705,7 +719,10 @@ mod tests {
         want.extend_from_slice(&[0; 16]);
         want.extend_from_slice(&[0; 4]);
         assert_eq!(b, want);
-        assert_eq!(Dfe::decode(&b.into(), &LegacyLimits::default()).unwrap(), Dfe::new());
+        assert_eq!(
+            Dfe::decode(&b.into(), &LegacyLimits::default()).unwrap(),
+            Dfe::new()
+        );
     }
 
     #[test]
@@ -780,21 +797,33 @@ mod tests {
         let mut b = vec![0xff, 4, 0, 0, 0, 0];
         b.extend_from_slice(&[0; 16]);
         b.extend_from_slice(&i32::MAX.to_le_bytes());
-        assert!(matches!(Dfe::decode(&b.into(), &lim), Err(LegacyError::TooLarge { .. })));
+        assert!(matches!(
+            Dfe::decode(&b.into(), &lim),
+            Err(LegacyError::TooLarge { .. })
+        ));
         // a String of -1 bytes, and one longer than the body
         for len in [-1i32, 1000] {
             let d = Dfe(vec![DfeValue::string("x")]);
             let mut b = d.to_bytes();
             let at = 22 + 4 + 1;
             b[at..at + 4].copy_from_slice(&len.to_le_bytes());
-            assert!(matches!(Dfe::decode(&b.into(), &lim), Err(LegacyError::BadDfe(_))));
+            assert!(matches!(
+                Dfe::decode(&b.into(), &lim),
+                Err(LegacyError::BadDfe(_))
+            ));
         }
         // body size over the limit; a compressed DFE
         let mut b = Dfe::new().to_bytes();
         b[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Dfe::decode(&b.into(), &lim), Err(LegacyError::TooLarge { .. })));
+        assert!(matches!(
+            Dfe::decode(&b.into(), &lim),
+            Err(LegacyError::TooLarge { .. })
+        ));
         let mut b = Dfe::new().to_bytes();
         b[5] = 1;
-        assert_eq!(Dfe::decode(&b.into(), &lim), Err(LegacyError::CompressedDfe(1)));
+        assert_eq!(
+            Dfe::decode(&b.into(), &lim),
+            Err(LegacyError::CompressedDfe(1))
+        );
     }
 }

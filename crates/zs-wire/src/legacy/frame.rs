@@ -249,7 +249,11 @@ impl FrameDecoder {
                 *done += size;
                 let last = *done == *total;
                 let f = LegacyFrame::BigStreamChunk {
-                    cmd: if last { std::mem::take(cmd) } else { cmd.clone() },
+                    cmd: if last {
+                        std::mem::take(cmd)
+                    } else {
+                        cmd.clone()
+                    },
                     offset,
                     total: *total,
                     last,
@@ -566,7 +570,9 @@ pub fn decode_command(
         }
     };
     let body = match (kind.is_stream(), it.next()) {
-        (false, Some(DfeValue::String(b))) => CmdBody::Text(String::from_utf8_lossy(&b).into_owned()),
+        (false, Some(DfeValue::String(b))) => {
+            CmdBody::Text(String::from_utf8_lossy(&b).into_owned())
+        }
         (false, None) => CmdBody::Text(String::new()),
         (true, Some(DfeValue::Stream(b))) => CmdBody::Dfe(Dfe::decode(&b, limits)?),
         (true, None) => CmdBody::Dfe(Dfe::new()),
@@ -613,7 +619,15 @@ mod tests {
         let mut all = full.clone();
         let f = d.decode(&mut all, false, &PlainCrypto).unwrap().unwrap();
         assert!(all.is_empty());
-        let LegacyFrame::Request { kind, payload, hash, .. } = f else { panic!() };
+        let LegacyFrame::Request {
+            kind,
+            payload,
+            hash,
+            ..
+        } = f
+        else {
+            panic!()
+        };
         assert_eq!((kind, hash), (CmdKind::Console, 1));
         let (cmd, body) = decode_command(kind, &payload, &lim).unwrap();
         assert_eq!((cmd.as_str(), body), ("echo", CmdBody::Text("hi".into())));
@@ -625,7 +639,11 @@ mod tests {
         let f = d.decode(&mut b, true, &PlainCrypto).unwrap().unwrap();
         assert_eq!(
             f,
-            LegacyFrame::Response { hash: 0, cipher: 0, payload: Bytes::from_static(b"abc") }
+            LegacyFrame::Response {
+                hash: 0,
+                cipher: 0,
+                payload: Bytes::from_static(b"abc")
+            }
         );
     }
 
@@ -638,25 +656,46 @@ mod tests {
         let mut b = good.clone();
         let n = b.len();
         b[n - 1] = 0;
-        assert!(matches!(d.decode(&mut b, false, &PlainCrypto), Err(LegacyError::BadTail(_))));
+        assert!(matches!(
+            d.decode(&mut b, false, &PlainCrypto),
+            Err(LegacyError::BadTail(_))
+        ));
         let mut b = good.clone();
         b[30] ^= 0x40; // inside the payload: the MD5 no longer matches
-        assert_eq!(d.decode(&mut b, false, &PlainCrypto), Err(LegacyError::BadHash(1)));
+        assert_eq!(
+            d.decode(&mut b, false, &PlainCrypto),
+            Err(LegacyError::BadHash(1))
+        );
         let mut b = good.clone();
         b[9 + 3 + 16] = 77; // cipher byte
-        assert_eq!(d.decode(&mut b, false, &PlainCrypto), Err(LegacyError::UnknownCipher(77)));
+        assert_eq!(
+            d.decode(&mut b, false, &PlainCrypto),
+            Err(LegacyError::UnknownCipher(77))
+        );
         let mut b = good.clone();
         b[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(d.decode(&mut b, false, &PlainCrypto), Err(LegacyError::TooLarge { .. })));
+        assert!(matches!(
+            d.decode(&mut b, false, &PlainCrypto),
+            Err(LegacyError::TooLarge { .. })
+        ));
         let mut b = BytesMut::from(&[1u8, 2, 3, 4][..]);
-        assert!(matches!(d.decode(&mut b, false, &PlainCrypto), Err(LegacyError::BadHead(_))));
+        assert!(matches!(
+            d.decode(&mut b, false, &PlainCrypto),
+            Err(LegacyError::BadHead(_))
+        ));
         let mut b = BytesMut::from(&[0xf0u8, 0xf0, 0xf0, 0xf0, 0x99][..]);
-        assert_eq!(d.decode(&mut b, false, &PlainCrypto), Err(LegacyError::UnknownFrameType(0x99)));
+        assert_eq!(
+            d.decode(&mut b, false, &PlainCrypto),
+            Err(LegacyError::UnknownFrameType(0x99))
+        );
         let mut v = Vec::new();
         encode_complete_buffer("cb", &[0; 10], &mut v);
         v[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut b = BytesMut::from(&v[..]);
-        assert!(matches!(d.decode(&mut b, false, &PlainCrypto), Err(LegacyError::TooLarge { .. })));
+        assert!(matches!(
+            d.decode(&mut b, false, &PlainCrypto),
+            Err(LegacyError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -687,7 +726,10 @@ mod tests {
         );
         assert_eq!(
             got[2],
-            LegacyFrame::CompleteBuffer { cmd: "cb".into(), data: Bytes::from_static(b"xyz") }
+            LegacyFrame::CompleteBuffer {
+                cmd: "cb".into(),
+                data: Bytes::from_static(b"xyz")
+            }
         );
         assert_eq!(got[3], LegacyFrame::Signal(SignalKind::Fragment));
     }
