@@ -24,7 +24,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ fn backend() -> Arc<dyn zs_io::Backend> {
 
 /// `n` original clients at once running the echo script against `port`;
 /// calls per second of wall time.
-fn znet_cli_echo(dir: &PathBuf, port: u16, n: usize) -> f64 {
+fn znet_cli_echo(dir: &Path, port: u16, n: usize) -> f64 {
     let t = Instant::now();
     let kids: Vec<Child> = (0..n)
         .map(|_| {

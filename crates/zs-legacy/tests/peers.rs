@@ -39,7 +39,9 @@ fn znet_cli(dir: &Path, port: u16, args: &[&str]) -> (i32, String) {
     let out = Command::new(dir.join("znet_cli"))
         .arg("127.0.0.1")
         .arg(port.to_string())
-        .args(["--linger", "0"])
+        // A generous wait per call: the machine may be loaded (the original
+        // client's default is 5 s).
+        .args(["--linger", "0", "--timeout", "20000"])
         .args(args)
         .output()
         .unwrap();

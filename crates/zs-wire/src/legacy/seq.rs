@@ -152,8 +152,7 @@ impl SeqLayer {
         reply: &mut BytesMut,
     ) -> Result<SeqStats, LegacyError> {
         let mut st = SeqStats::default();
-        loop {
-            let Some(&t) = src.first() else { break };
+        while let Some(&t) = src.first() {
             match t {
                 QUIET_PACKET | PACKET => {
                     if src.len() < 1 + PACKET_HEAD {
