@@ -141,21 +141,13 @@ fn original_client_every_hash_id() {
         } else {
             vec![theirs]
         };
-        for h in ids {
-            let (code, out) = znet_cli(
-                &dir,
-                port,
-                &[
-                    "--cipher",
-                    "none",
-                    "--hash",
-                    &h.to_string(),
-                    "--mode",
-                    "console",
-                ],
-            );
-            assert_eq!(code, 0, "client hash {h}, server hash {ours}: {out}");
-        }
+        let fails = parallel(ids.len(), 3, |i| {
+            let h = ids[i].to_string();
+            let args = ["--cipher", "none", "--hash", &h, "--mode", "console"];
+            let (code, out) = znet_cli(&dir, port, &args);
+            (code != 0).then(|| format!("client hash {h}, server hash {ours}: {out}"))
+        });
+        assert!(fails.is_empty(), "{}", fails.join("\n"));
     }
 }
 
@@ -369,16 +361,24 @@ fn our_client_against_original_server_every_cipher() {
     // this build lacks: those connections are refused at the handshake).
     let serv = znet_serv(&dir, &[]);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", serv.port).parse().unwrap();
-    let mut met = std::collections::BTreeSet::new();
-    for _ in 0..30 {
-        if let Ok(c) = LegacyClient::connect(backend(), addr, ClientConfig::default()) {
-            if zs_legacy::supported_cipher(c.handshake().cipher) {
-                exercise_short(&c);
-                met.insert(c.handshake().cipher);
-            }
+    let met = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let fails = parallel(16, 3, |_| {
+        let c = LegacyClient::connect(backend(), addr, ClientConfig::default()).ok()?;
+        let id = c.handshake().cipher;
+        if !zs_legacy::supported_cipher(id) {
+            return Some(format!(
+                "the original server drew cipher {id}, which we lack"
+            ));
         }
-    }
+        exercise_short(&c);
+        met.lock().unwrap().insert(id);
+        None
+    });
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    let met = met.into_inner().unwrap();
     eprintln!("default profile: ciphers met {met:?}");
+    // 16 draws from ZNet's 15-cipher pool: several different ciphers met.
+    assert!(met.len() >= 6, "{met:?}");
 }
 
 fn exercise_short(c: &LegacyClient) {
