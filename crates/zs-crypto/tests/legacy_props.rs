@@ -83,6 +83,16 @@ fn ordinals_round_trip_and_unknown_ones_are_none() {
         }
     }
     assert_eq!(LegacyCipher::from_name("nope"), None);
+    assert_eq!(LegacyHash::from_name("hs16"), Some(LegacyHash::Lmd16));
+    assert_eq!(LegacyHash::from_name("16"), Some(LegacyHash::Elf64));
+    assert_eq!(LegacyHash::from_name("FastMD5"), Some(LegacyHash::FastMd5));
+    assert_eq!(
+        LegacyHash::from_name("hsSHA3_256"),
+        Some(LegacyHash::Sha3_256)
+    );
+    for h in LegacyHash::ALL {
+        assert_eq!(LegacyHash::from_name(&format!("hs{}", h.name())), Some(h));
+    }
 }
 
 #[test]
@@ -98,6 +108,13 @@ fn an_empty_key_buffer_is_refused_and_empty_payloads_are_untouched() {
         fc.decrypt(&mut empty);
         assert_eq!(fc.cipher(), c);
     }
+}
+
+#[test]
+fn frame_ciphers_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<FrameCipher>();
+    shared::<LegacyError>();
 }
 
 #[test]

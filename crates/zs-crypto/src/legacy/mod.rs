@@ -20,8 +20,14 @@
 //! (8 bytes for DES/Blowfish/LQC, 16 for LBC and the NIST ciphers, 64 for
 //! XXTea512) is sent **in clear**; ZNet's Blowfish is a XOR with a 64-bit
 //! key-dependent constant, and its RC6 uses 4 bytes of its key (see
-//! [`quirks`]). It exists
-//! only for compatibility; the modern protocol is [`crate::session`].
+//! [`quirks`]). It exists only for compatibility; the modern protocol is
+//! [`crate::session`]. ZNet's SHA-3 ids are not FIPS 202 for every length
+//! ([`prim::znet_sha3`]); the frame hash follows ZNet.
+//!
+//! The reference is ZNet (commit `974c237`, the `znet_cipher` oracle).
+//! ZServer4D's CoreCipher shares ids 0..=15; the peers' notes report a ZNet
+//! client and a ZServer4D server agreeing on all of them, but no ZServer4D
+//! oracle was run for this module.
 //!
 //! Notes for callers (legacy-wire): the API is the one agreed. Encryption
 //! never changes the length (`encrypt`/`decrypt` work in place on any
@@ -51,6 +57,7 @@
 mod cipher;
 pub mod prim;
 pub mod quirks;
+mod serpent_sbox;
 
 use md5::Digest as _;
 
@@ -370,6 +377,20 @@ impl LegacyHash {
             LegacyHash::Crc16 => "CRC16",
             LegacyHash::Crc32 => "CRC32",
         }
+    }
+
+    /// The hash named `name` (case-insensitive, optional `hs` prefix), or a
+    /// decimal ordinal, as `znet_serv --hash` accepts (`hs16` is LMD-16;
+    /// `16` alone is ordinal 16, ELF64).
+    pub fn from_name(name: &str) -> Option<Self> {
+        if let Ok(n) = name.parse::<u8>() {
+            return Self::from_u8(n);
+        }
+        let lower = name.to_ascii_lowercase();
+        let bare = lower.strip_prefix("hs").unwrap_or(&lower);
+        Self::ALL
+            .into_iter()
+            .find(|h| h.name().eq_ignore_ascii_case(bare))
     }
 
     /// Digest bytes for a payload of 6 bytes or more (shorter non-empty

@@ -10,9 +10,13 @@
 //! - **RC6** (`TRC6.InitKey`): called with the key size in bytes where the
 //!   DCPcrypt original expects bits (`Size div 8`), so only the first 4 key
 //!   bytes are used. Rounds and block function are RC6-32/20.
+//! - **Serpent** (`TSerpent.InitKey`): the round keys are copied from `kp[0]`
+//!   instead of `kp[8]`, so rounds 0 and 1 use the raw key halves and rounds
+//!   2..=32 the standard subkeys K0..K30. S-boxes: Osvik's circuits.
 //! - **MARS** (`TMars.InitKey`): the 1998 (round 1) key schedule; the block
 //!   function is MARS's, shared with [`crate::mars`].
 
+use super::serpent_sbox::{apply_s, apply_s_inv};
 use crate::block::{check_aligned, Algorithm, BlockCipher};
 use crate::error::Result;
 
@@ -449,43 +453,6 @@ pub(crate) fn mars_1998_key_schedule(key: &[u8]) -> [u32; 40] {
     k
 }
 
-/// Serpent's S-boxes (the AES submission's S0..S7).
-const SERPENT_S: [[u8; 16]; 8] = [
-    [3, 8, 15, 1, 10, 6, 5, 11, 14, 13, 4, 2, 7, 0, 9, 12],
-    [15, 12, 2, 7, 9, 0, 5, 10, 1, 11, 14, 8, 6, 13, 3, 4],
-    [8, 6, 7, 9, 3, 12, 10, 15, 13, 1, 14, 4, 0, 11, 5, 2],
-    [0, 15, 11, 8, 12, 9, 6, 3, 13, 1, 2, 4, 10, 7, 5, 14],
-    [1, 15, 8, 3, 12, 0, 11, 6, 2, 5, 4, 10, 9, 14, 7, 13],
-    [15, 5, 2, 11, 4, 10, 9, 12, 0, 3, 14, 8, 13, 6, 7, 1],
-    [7, 2, 12, 5, 8, 4, 6, 11, 14, 9, 1, 15, 13, 3, 10, 0],
-    [1, 13, 15, 0, 14, 8, 2, 11, 7, 4, 12, 10, 9, 3, 5, 6],
-];
-
-/// A 4-bit S-box applied to 32 nibbles at once (bit `j` of `x[0..4]` is
-/// nibble `j`, `x[0]` its low bit), as sums of minterms.
-fn sbox_bitsliced(table: &[u8; 16], x: [u32; 4]) -> [u32; 4] {
-    let n = [!x[0], !x[1], !x[2], !x[3]];
-    let mut out = [0u32; 4];
-    for (v, &s) in table.iter().enumerate() {
-        let pick = |bit: usize| if v >> bit & 1 == 1 { x[bit] } else { n[bit] };
-        let m = pick(0) & pick(1) & pick(2) & pick(3);
-        for (k, o) in out.iter_mut().enumerate() {
-            if s >> k & 1 == 1 {
-                *o |= m;
-            }
-        }
-    }
-    out
-}
-
-fn invert(table: &[u8; 16]) -> [u8; 16] {
-    let mut inv = [0u8; 16];
-    for (i, &s) in table.iter().enumerate() {
-        inv[usize::from(s)] = i as u8;
-    }
-    inv
-}
-
 fn serpent_lt(mut x: [u32; 4]) -> [u32; 4] {
     x[0] = x[0].rotate_left(13);
     x[2] = x[2].rotate_left(3);
@@ -521,7 +488,6 @@ fn serpent_inv_lt(mut x: [u32; 4]) -> [u32; 4] {
 /// is the published schedule, which the tests compare with the `serpent` crate.
 pub(crate) struct ZnetSerpent {
     k: [[u32; 4]; 33],
-    inv: [[u8; 16]; 8],
 }
 
 impl ZnetSerpent {
@@ -538,8 +504,10 @@ impl ZnetSerpent {
         }
         for r in 0..33 {
             let at = 8 + 4 * r;
-            let s = &SERPENT_S[(3 + 8 - r % 8) % 8];
-            let w = sbox_bitsliced(s, [kp[at], kp[at + 1], kp[at + 2], kp[at + 3]]);
+            let w = apply_s(
+                (3 + 8 - r % 8) % 8,
+                [kp[at], kp[at + 1], kp[at + 2], kp[at + 3]],
+            );
             kp[at..at + 4].copy_from_slice(&w);
         }
         kp
@@ -550,10 +518,7 @@ impl ZnetSerpent {
         for (r, rk) in k.iter_mut().enumerate() {
             rk.copy_from_slice(&words[4 * r..4 * r + 4]);
         }
-        ZnetSerpent {
-            k,
-            inv: std::array::from_fn(|i| invert(&SERPENT_S[i])),
-        }
+        ZnetSerpent { k }
     }
 
     /// ZNet's schedule (see the type notes).
@@ -569,37 +534,34 @@ impl ZnetSerpent {
 
     fn encrypt(&self, blk: &mut [u8]) {
         let mut x = load4(blk);
-        for r in 0..32 {
-            for j in 0..4 {
-                x[j] ^= self.k[r][j];
-            }
-            x = sbox_bitsliced(&SERPENT_S[r % 8], x);
+        for (r, k) in self.k[..32].iter().enumerate() {
+            x = xor4(x, k);
+            x = apply_s(r % 8, x);
             if r < 31 {
                 x = serpent_lt(x);
             }
         }
-        for j in 0..4 {
-            x[j] ^= self.k[32][j];
-        }
-        store4(x, blk);
+        store4(xor4(x, &self.k[32]), blk);
     }
 
     fn decrypt(&self, blk: &mut [u8]) {
-        let mut x = load4(blk);
-        for j in 0..4 {
-            x[j] ^= self.k[32][j];
-        }
-        for r in (0..32).rev() {
+        let mut x = xor4(load4(blk), &self.k[32]);
+        for (r, k) in self.k[..32].iter().enumerate().rev() {
             if r < 31 {
                 x = serpent_inv_lt(x);
             }
-            x = sbox_bitsliced(&self.inv[r % 8], x);
-            for j in 0..4 {
-                x[j] ^= self.k[r][j];
-            }
+            x = apply_s_inv(r % 8, x);
+            x = xor4(x, k);
         }
         store4(x, blk);
     }
+}
+
+fn xor4(mut x: [u32; 4], k: &[u32; 4]) -> [u32; 4] {
+    for (a, b) in x.iter_mut().zip(k) {
+        *a ^= b;
+    }
+    x
 }
 
 impl BlockCipher for ZnetSerpent {

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 # Regenerates tests/legacy/vectors.rs from the original library:
-#   ZNET_PEERS=DIR_WITH_znet_cipher python3 crates/zs-crypto/tests/legacy/gen_vectors.py crates/zs-crypto/tests/legacy/vectors.rs
+#   ZNET_PEERS_BIN=DIR_WITH_znet_cipher python3 crates/zs-crypto/tests/legacy/gen_vectors.py crates/zs-crypto/tests/legacy/vectors.rs
 import subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
 import os
-O=os.path.join(os.environ.get('ZNET_PEERS','target/znet'),'znet_cipher')
+O=os.path.join(os.environ.get('ZNET_PEERS_BIN','target/znet'),'znet_cipher')
 def run(args): return subprocess.run([O]+args,capture_output=True,text=True,check=True).stdout.strip()
 def pat(n, m=31, a=7): return bytes((i*m+a)&255 for i in range(n))
 HASH_LENS=[1,5,6,64,143,300]
