@@ -78,6 +78,11 @@ pub const TEST_TOOLS: &[Tool] = &[
         source: Source::Apt(&["chromium", "chromium-driver"]),
         used_by: "zs-web tests (browser)",
     },
+    Tool {
+        program: "fpc",
+        source: Source::Apt(&["fp-compiler", "fp-units-fcl", "fp-units-base", "libc6-dev"]),
+        used_by: "zs-legacy tests and bench: builds the ZNet reference peers (zs_legacy::peers)",
+    },
 ];
 
 /// Programs a bench suite starts: (suite, tool).

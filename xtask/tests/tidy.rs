@@ -127,6 +127,8 @@ const CRATES: &[&str] = &[
     "zs-web",
     "zs-db-service",
     "zs-secure",
+
+    "zs-legacy",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -215,6 +217,17 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         (
             "zs-db-service",
             &["zs-core", "zs-db", "zs-expr", "zs-wire"][..],
+        ),
+        (
+            "zs-legacy",
+            &[
+                "zs-core",
+                "zs-wire",
+                "zs-crypto",
+                "zs-io",
+                "zs-io-epoll",
+                "zs-io-tokio",
+            ][..],
         ),
     ]);
     for (c, ok) in allowed {

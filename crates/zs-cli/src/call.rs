@@ -37,6 +37,9 @@ pub struct CallArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    /// Legacy ZServer4D/ZNet servers.
+    #[command(flatten)]
+    pub legacy: crate::legacy::CallLegacy,
 }
 
 /// The server fingerprint to pin: `--fingerprint`, else `ZS_FINGERPRINT`, else the
@@ -66,6 +69,10 @@ pub(crate) fn resolve_fingerprint(
 }
 
 fn run_inner(a: CallArgs) -> Result<String, String> {
+    if a.legacy.legacy {
+        let t = Duration::from_secs(a.timeout.max(1));
+        return crate::legacy::call(&a.legacy, a.addr, &a.backend, t, &a.command, &a.args);
+    }
     let fp = resolve_fingerprint(a.fingerprint.as_deref(), a.key.as_deref())?;
     let timeout = Duration::from_secs(a.timeout.max(1));
     let mut options = zserver::Options::client();

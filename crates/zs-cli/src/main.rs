@@ -13,6 +13,7 @@ mod call;
 mod db;
 mod dbsvc;
 mod expr;
+mod legacy;
 mod registry;
 mod serve;
 mod services;

@@ -98,6 +98,9 @@ pub struct ServeArgs {
     /// The network DB service.
     #[command(flatten)]
     pub db_service: crate::dbsvc::DbServiceArgs,
+    /// The legacy ZServer4D/ZNet listener.
+    #[command(flatten)]
+    pub legacy: crate::legacy::ServeLegacy,
 }
 
 /// The TOML configuration file.
@@ -270,6 +273,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let mut commands = builtins(slot.clone());
     let mut cluster = crate::registry::Cluster::prepare(&a.cluster, &mut commands)?;
     let mut db_note = Ok(None);
+    let mut legacy = Ok(None);
     let server = ServerBuilder::new()
         .addr(addr)
         .backend_name(&backend)
@@ -286,10 +290,12 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
                 s.register(r)
             }
             db_note = crate::dbsvc::install(&a.db_service, &data, r);
+            legacy = crate::legacy::install(&a.legacy, &backend, r);
         })
         .start()
         .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
     let db_note = db_note?;
+    let _legacy = legacy?;
     let server = Arc::new(server);
     let _ = slot.set(Arc::downgrade(&server));
     cluster.join(&server)?;

@@ -62,6 +62,7 @@ mod dataframe;
 mod error;
 mod frame;
 pub mod json;
+pub mod legacy;
 mod value;
 mod varint;
 

@@ -10,7 +10,8 @@
 //! `core` (the framework and the builders), `expr`, `db`, `p2pvm`, and one per
 //! service crate: `tx` (transactions), `services` (accounts, files, messages
 //! and push; `ServerBuilder::service`, `ClientBuilder::connect_services`),
-//! `registry` (clusters), `db-service` (zs-db over the network), `web`
+//! `registry` (clusters), `db-service` (zs-db over the network), `legacy`
+//! (ZServer4D/ZNet clients and servers on the wire), `web`
 //! (WebSocket gateway, dashboard, `/metrics`), `xnat` (NAT traversal);
 //! `full` enables all.
 //! `default` = `core`, `io-epoll`, `io-tokio`.
@@ -110,6 +111,9 @@ pub use registry::{
 mod db_service;
 #[cfg(feature = "secure")]
 pub mod secure;
+
+#[cfg(feature = "legacy")]
+pub mod legacy;
 #[cfg(feature = "web")]
 pub mod web;
 #[cfg(feature = "db-service")]

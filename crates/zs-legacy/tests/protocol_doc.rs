@@ -1,0 +1,270 @@
+//! `docs/PROTOCOL.md` Part 11 ("Legacy ZNet wire") checked byte for byte:
+//!
+//! - our encoders produce the documented client bytes exactly, and the
+//!   documented server bytes exactly once the server's start-time MD5 is put in;
+//!   our decoders read every documented field;
+//! - a fresh capture of the original client and server (a relay in this test)
+//!   is the documented bytes (the start-time MD5 and its packet's MD5 aside);
+//! - a capture of the original client talking to **our** server is the
+//!   documented bytes too (same exceptions).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use zs_core::Registry;
+use zs_legacy::{register_demo_commands, CipherPool, LegacyConfig, LegacyServer};
+use zs_wire::legacy::{
+    self, control, frame, CipherModel, CmdBody, CmdKind, Dfe, DfeValue, FrameDecoder, LegacyFrame,
+    LegacyLimits, PlainCrypto, SeqLayer,
+};
+
+const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
+
+/// The bytes of a ```text <name> block (hex before each `|`).
+fn block(name: &str) -> Vec<u8> {
+    let part = DOC
+        .split("# Part 11: Legacy ZNet wire")
+        .nth(1)
+        .expect("Part 11");
+    let fence = format!("```text {name}\n");
+    let start = part.find(&fence).expect(name) + fence.len();
+    let body = &part[start..start + part[start..].find("```").unwrap()];
+    body.lines()
+        .flat_map(|l| l.split('|').next().unwrap().split_whitespace())
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect()
+}
+
+/// Offsets in the server bytes that change with every server start: the
+/// start-time MD5 (field [3]) and the MD5 of the packet carrying it.
+fn varying(s2c: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let field3 = s2c
+        .windows(5)
+        .position(|w| w == [0x10, 0x10, 0, 0, 0])
+        .expect("field [3]")
+        + 5;
+    vec![12..28, field3..field3 + 16]
+}
+
+fn masked(b: &[u8], ranges: &[std::ops::Range<usize>]) -> Vec<u8> {
+    let mut v = b.to_vec();
+    for r in ranges {
+        if r.end <= v.len() {
+            v[r.clone()].fill(0);
+        }
+    }
+    v
+}
+
+#[test]
+fn our_encoders_write_the_documented_bytes() {
+    let c2s = block("legacy-wire-c2s");
+    let s2c = block("legacy-wire-s2c");
+    // Client: the handshake (packet 0), the ack, the console call (packet 1).
+    let mut tx = SeqLayer::new(LegacyLimits::default());
+    let mut want = BytesMut::new();
+    let hs = frame::encode_command(
+        control::CIPHER_MODEL,
+        &CmdBody::Dfe(legacy::control::handshake_request(8)),
+    );
+    let mut f = Vec::new();
+    frame::encode_request(CmdKind::Stream, &hs, 0, 0, &PlainCrypto, &mut f).unwrap();
+    tx.send(&f, &mut want).unwrap();
+    want.extend_from_slice(&[0x03, 0, 0, 0, 0]);
+    let call = frame::encode_command("helloWorld_ConsoleResult", &CmdBody::Text("abc".into()));
+    let mut f = Vec::new();
+    frame::encode_request(CmdKind::Console, &call, 0, 0, &PlainCrypto, &mut f).unwrap();
+    tx.send(&f, &mut want).unwrap();
+    assert_eq!(want.to_vec(), c2s);
+
+    // Server: decode the documented answer, then write it again.
+    let mut rx = SeqLayer::new(LegacyLimits::default());
+    let (mut src, mut plain, mut reply) =
+        (BytesMut::from(&s2c[..]), BytesMut::new(), BytesMut::new());
+    let st = rx.receive(&mut src, &mut plain, &mut reply).unwrap();
+    assert_eq!((st.delivered, st.acks), (2, 2));
+    let mut dec = FrameDecoder::new(LegacyLimits::default());
+    let Some(LegacyFrame::Response {
+        payload,
+        hash: 0,
+        cipher: 0,
+    }) = dec.decode(&mut plain, true, &PlainCrypto).unwrap()
+    else {
+        panic!("handshake answer")
+    };
+    let model =
+        CipherModel::from_dfe(&Dfe::decode(&payload, &LegacyLimits::default()).unwrap()).unwrap();
+    let expect = CipherModel::znet(1, 0, Bytes::from_static(&[0]), model.instance);
+    assert_eq!(model, expect);
+    assert_eq!(model.max_complete_buffer_size, 0x0400_0000);
+    let Some(LegacyFrame::Response { payload: text, .. }) =
+        dec.decode(&mut plain, true, &PlainCrypto).unwrap()
+    else {
+        panic!("console answer")
+    };
+    assert_eq!(frame::console_text(&text), "console result abc");
+
+    let mut out = vec![0x03, 0, 0, 0, 0];
+    let mut f = Vec::new();
+    frame::encode_response(&expect.to_dfe().to_bytes(), 0, 0, &PlainCrypto, &mut f).unwrap();
+    let mut tx = SeqLayer::new(LegacyLimits::default());
+    let mut b = BytesMut::new();
+    tx.send(&f, &mut b).unwrap();
+    out.extend_from_slice(&b);
+    out.extend_from_slice(&[0x03, 1, 0, 0, 0]);
+    let mut f = Vec::new();
+    frame::encode_response(b"console result abc", 0, 0, &PlainCrypto, &mut f).unwrap();
+    let mut b = BytesMut::new();
+    tx.send(&f, &mut b).unwrap();
+    out.extend_from_slice(&b);
+    assert_eq!(out, s2c);
+    // The DFE inside the handshake request, value by value.
+    let d = Dfe::decode(&Bytes::from(hs), &LegacyLimits::default()).unwrap();
+    assert_eq!(d.0[0].as_str(), Some("__@CipherModel"));
+    let inner = Dfe::decode(d.0[1].as_bytes().unwrap(), &LegacyLimits::default()).unwrap();
+    assert_eq!(inner.0, vec![DfeValue::Integer(8)]);
+}
+
+fn pump(mut a: TcpStream, mut b: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 65536];
+    loop {
+        match a.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = b.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                log.lock().unwrap().extend_from_slice(&buf[..n]);
+                if b.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `znet_cli --profile maxperf --mode console` through a recording relay to
+/// `port`; returns (client→server, server→client) bytes.
+fn capture(dir: &std::path::Path, port: u16) -> (Vec<u8>, Vec<u8>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lp = l.local_addr().unwrap().port();
+    let c2s = Arc::new(Mutex::new(Vec::new()));
+    let s2c = Arc::new(Mutex::new(Vec::new()));
+    let (c2, s2) = (c2s.clone(), s2c.clone());
+    let relay = std::thread::spawn(move || {
+        let (c, _) = l.accept().unwrap();
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (c1, s1) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+        let t = std::thread::spawn(move || pump(c1, s1, c2));
+        pump(s, c, s2);
+        t.join().unwrap();
+    });
+    let out = Command::new(dir.join("znet_cli"))
+        .args([
+            "127.0.0.1",
+            &lp.to_string(),
+            "--profile",
+            "maxperf",
+            "--mode",
+            "console",
+            "--linger",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    relay.join().unwrap();
+    let a = c2s.lock().unwrap().clone();
+    let b = s2c.lock().unwrap().clone();
+    (a, b)
+}
+
+/// Keepalives (`04 00 00` / `05 00 00`) may fall anywhere on a slow machine;
+/// they are not part of the documented exchange.
+fn without_keepalives(b: &[u8]) -> Vec<u8> {
+    let mut src = BytesMut::from(b);
+    let mut out = Vec::new();
+    while !src.is_empty() {
+        let n = match src[0] {
+            0x04 | 0x05 => {
+                let len = u16::from_le_bytes([src[1], src[2]]) as usize;
+                let _ = src.split_to(3 + len);
+                continue;
+            }
+            0x03 | 0x06 => 5,
+            _ => 23 + u16::from_le_bytes([src[1], src[2]]) as usize,
+        };
+        out.extend_from_slice(&src.split_to(n.min(src.len())));
+    }
+    out
+}
+
+#[test]
+fn the_originals_and_our_server_send_the_documented_bytes() {
+    let Some(dir) = zs_legacy::peers::znet_dir() else {
+        return;
+    };
+    let c2s = block("legacy-wire-c2s");
+    let s2c = block("legacy-wire-s2c");
+    let vary = varying(&s2c);
+
+    // The original client and server.
+    let mut serv = Command::new(dir.join("znet_serv"))
+        // Not --quiet: it sets handshake field [9] (QuietMode) to 1.
+        .args(["0", "--profile", "maxperf"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serv.stdout.take().unwrap()).lines();
+    let port: u16 = loop {
+        let l = lines.next().unwrap().unwrap();
+        if let Some(r) = l.split("listening on 127.0.0.1:").nth(1) {
+            break r.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let (a, b) = capture(&dir, port);
+    let _ = serv.kill();
+    let _ = serv.wait();
+    assert_eq!(without_keepalives(&a), c2s, "original client");
+    assert_eq!(
+        masked(&without_keepalives(&b), &vary),
+        masked(&s2c, &vary),
+        "original server"
+    );
+
+    // The original client and our server.
+    let mut r = Registry::new();
+    register_demo_commands(&mut r);
+    let backend = Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let ours = LegacyServer::start(
+        backend,
+        r,
+        LegacyConfig {
+            ciphers: CipherPool::Performance,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let (a, b) = capture(&dir, ours.local_addr().port());
+    assert_eq!(without_keepalives(&a), c2s, "original client to our server");
+    assert_eq!(
+        masked(&without_keepalives(&b), &vary),
+        masked(&s2c, &vary),
+        "our server"
+    );
+}
