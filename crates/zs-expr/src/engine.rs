@@ -276,13 +276,16 @@ impl Engine {
 
     /// Parses, resolves, folds and compiles `text`.
     pub fn compile(&self, text: &str) -> Result<Program, Error> {
-        let resolved = resolve::resolve(self, text)?;
-        Ok(program::compile(
-            text,
-            resolved,
-            self.limits.max_steps,
-            self.limits.max_string,
-        ))
+        resolve::with_scratch(|s| {
+            let resolved = resolve::resolve(self, text, s)?;
+            Ok(program::compile(
+                text,
+                s,
+                resolved,
+                self.limits.max_steps,
+                self.limits.max_string,
+            ))
+        })
     }
 
     /// Like [`compile`](Self::compile) through a cache keyed by the text (least recently
@@ -362,18 +365,24 @@ impl Engine {
     /// Evaluates with the reference tree-walking interpreter: no constant folding, no
     /// compiled form. Slower; it exists to cross-check the compiler.
     pub fn interpret<X: Vars + ?Sized>(&self, text: &str, vars: &X) -> Result<Value, Error> {
-        let r = resolve::resolve(self, text)?;
-        let cx = Ctx {
-            vars,
-            names: &r.vars,
-            fns: &r.fns,
-            src: text,
-            max_str: self.limits.max_string,
-            max_steps: self.limits.max_steps,
-        };
-        let mut steps = self.limits.max_steps;
-        interp::eval(&r.tree, r.tree.root, &cx, &mut steps)
-            .map(V::into_value)
-            .map_err(|e| *e)
+        resolve::with_scratch(|s| {
+            let r = resolve::resolve(self, text, s)?;
+            let cx = Ctx {
+                vars,
+                names: resolve::Names {
+                    head: text,
+                    tail: &s.extra,
+                    ranges: &s.vars,
+                },
+                fns: &r.fns,
+                src: text,
+                max_str: self.limits.max_string,
+                max_steps: self.limits.max_steps,
+            };
+            let mut steps = self.limits.max_steps;
+            interp::eval(&s.tree, r.root, &cx, &mut steps)
+                .map(V::into_value)
+                .map_err(|e| *e)
+        })
     }
 }
