@@ -32,3 +32,26 @@ fn a_dot_not_followed_by_a_letter_is_not_part_of_a_name() {
     assert_eq!(e.eval("1.5 * 2", &NoVars).unwrap(), Value::Float(3.0));
     assert_eq!(e.eval(".5 + 1", &NoVars).unwrap(), Value::Float(1.5));
 }
+
+/// A registered function that compiles an expression itself while the outer compilation
+/// folds a call to it (the per-thread scratch memory is in use then): both work.
+#[test]
+fn compiling_inside_a_folded_function_call() {
+    use zs_expr::Arity;
+    let mut e = Engine::new();
+    e.register_pure("inner", Arity::Exact(1), |args| {
+        let p = Engine::new()
+            .compile("a.b * 10 + 1")
+            .map_err(|e| e.to_string())?;
+        let v = Value::Int(args.f64(0)? as i64);
+        p.eval(&[("a.b", v)][..]).map_err(|e| e.to_string())
+    });
+    let p = e.compile("inner(4) + y.z").unwrap();
+    assert!(p.node_count() <= 3, "the call was folded");
+    assert_eq!(p.var_names(), ["y.z"]);
+    assert_eq!(p.eval(&[("y.z", Value::Int(1))][..]).unwrap(), Value::Int(42));
+    // and the thread's scratch is clean for the next compilation
+    let q = e.compile("q + 1").unwrap();
+    assert_eq!(q.var_names(), ["q"]);
+    assert_eq!(q.eval(&[("q", Value::Int(1))][..]).unwrap(), Value::Int(2));
+}
