@@ -49,7 +49,10 @@ fn compiling_inside_a_folded_function_call() {
     let p = e.compile("inner(4) + y.z").unwrap();
     assert!(p.node_count() <= 3, "the call was folded");
     assert_eq!(p.var_names(), ["y.z"]);
-    assert_eq!(p.eval(&[("y.z", Value::Int(1))][..]).unwrap(), Value::Int(42));
+    assert_eq!(
+        p.eval(&[("y.z", Value::Int(1))][..]).unwrap(),
+        Value::Int(42)
+    );
     // and the thread's scratch is clean for the next compilation
     let q = e.compile("q + 1").unwrap();
     assert_eq!(q.var_names(), ["q"]);
