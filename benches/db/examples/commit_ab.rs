@@ -1,3 +1,7 @@
+//! Profiling aid: `commit_ab [blocks]` interleaves blocks of 50 durable single-record
+//! commits of zs-db, fjall (`persist(SyncAll)` per insert) and a raw `pwrite` +
+//! `fdatasync` loop into preallocated room, so that all three see the same moments of a
+//! shared disk whose latency swings between seconds, and prints the rates and ratios.
 #![forbid(unsafe_code)]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
