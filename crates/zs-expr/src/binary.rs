@@ -558,7 +558,7 @@ impl Engine {
             numeric: false,
             typed: crate::typed::Typed::default(),
         };
-        p.finish();
+        p.finish(true);
         Ok(p)
     }
 }

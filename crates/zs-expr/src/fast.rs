@@ -354,7 +354,11 @@ impl Program {
     /// Whether the fast path can possibly apply: no strings, vectors or calls it lacks, and
     /// a worst-case evaluation no longer than the step limit (so it needs no step counting;
     /// a loaded program may share subtrees, which this bound accounts for).
-    pub(crate) fn numeric_candidate(&self) -> bool {
+    ///
+    /// `shared`: nodes may be reachable from several parents (a loaded program); a
+    /// compiled program is a tree, where each node is evaluated at most once, so its
+    /// worst case is its node count.
+    pub(crate) fn numeric_candidate(&self, shared: bool) -> bool {
         let kinds_ok = self.nodes.iter().all(|n| match n {
             Node::Const(k) => F::of(&self.consts[*k as usize]).is_some(),
             Node::BinK(_, _, k) | Node::VarK(_, _, k) => F::of(&self.consts[*k as usize]).is_some(),
@@ -364,6 +368,9 @@ impl Program {
         });
         if !kinds_ok || self.nodes.is_empty() {
             return false;
+        }
+        if !shared {
+            return self.nodes.len() as u64 <= self.max_steps;
         }
         // Worst-case evaluation size of each node's tree (on the stack for small programs).
         let mut small = [0u64; 32];

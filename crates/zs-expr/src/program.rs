@@ -120,7 +120,7 @@ pub(crate) fn compile(
     };
     let root = b.fold(tree, root);
     b.emit(tree, root);
-    b.p.finish();
+    b.p.finish(false);
     b.p
 }
 
@@ -293,8 +293,9 @@ const INLINE_ARGS: usize = 4;
 
 impl Program {
     /// Computes the derived fast-path data.
-    pub(crate) fn finish(&mut self) {
-        self.numeric = self.numeric_candidate();
+    /// `shared`: see [`Program::numeric_candidate`] (true for a loaded program).
+    pub(crate) fn finish(&mut self, shared: bool) {
+        self.numeric = self.numeric_candidate(shared);
         if self.numeric {
             self.typed = Typed::translate(&self.nodes, &self.args, &self.consts);
         }
