@@ -1208,7 +1208,10 @@ impl Database {
         self.commit_with(batch, None)
     }
 
-    /// Commits a batch, overriding the durability for this commit.
+    /// Commits a batch, overriding the durability for this commit: `Immediate` returns
+    /// after an fsync on any database; `Periodic(d)` returns once buffered and is written
+    /// and fsynced within `d` (by the maintenance thread, on an `Immediate` database
+    /// too), or earlier by a later `Immediate` commit, a sync or a close.
     pub fn commit_with(&self, batch: &Batch, durability: Option<Durability>) -> Result<Vec<u64>> {
         let mut ops = Vec::with_capacity(batch.ops.len());
         for op in &batch.ops {
