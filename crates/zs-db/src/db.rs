@@ -357,18 +357,22 @@ struct Writer {
     /// Sequence number of the last commit written (see [`Order`]).
     seq: u64,
     last_sync: Instant,
+    /// When the buffered commits must be flushed and synced at the latest: set by a
+    /// commit with a `Periodic` durability (the database's own or a per-commit
+    /// override), cleared by every sync.
+    flush_due: Option<Instant>,
     /// Physical end of the file: `[buf_start, alloc_end)` is zero-filled room written
     /// ahead of the log end (see [`prealloc_step`]).
     alloc_end: u64,
 }
 
 /// Zero-filled room written ahead of the log end when a small write would grow the
-/// file: a quarter of the log size, between 4 KiB and 4 MiB. An fdatasync after an
+/// file: a quarter of the log size, between 64 KiB and 4 MiB. An fdatasync after an
 /// overwrite of already written blocks needs no file-size or extent update, which is
 /// what makes durable single-record commits cheap; the scan on open treats an all-zero
 /// tail as the end of the log (docs/STORAGE.md §4).
 fn prealloc_step(log_end: u64) -> u64 {
-    const MIN: u64 = 4 << 10;
+    const MIN: u64 = 64 << 10;
     const MAX: u64 = 4 << 20;
     (log_end / 4).clamp(MIN, MAX)
 }
@@ -426,8 +430,20 @@ struct Order {
 struct SyncState {
     end: u64,
     ckpt: u64,
+    /// When `ckpt` was last written.
+    ckpt_at: Instant,
     next_slot: usize,
 }
+
+/// The checkpoint slot is rewritten at an fsync once the synced end is this many bytes
+/// past the recorded checkpoint, or [`CHECKPOINT_AGE`] after the last slot write,
+/// instead of at every fsync: a slot write adds a second block (the header's, far from
+/// the log end) to the fdatasync of a single-record commit. Only damage-skipping on
+/// open depends on the checkpoint (docs/STORAGE.md §4): bytes after it that are
+/// damaged end the log instead of being skipped, so the lag bounds that window.
+const CHECKPOINT_STRIDE: u64 = 1 << 20;
+/// See [`CHECKPOINT_STRIDE`].
+const CHECKPOINT_AGE: Duration = Duration::from_secs(1);
 
 /// The cache warm-up queue: ids of records a bulk commit wrote without copying them
 /// into the cache. A background thread (one at a time) reads them back and caches them
@@ -1074,12 +1090,14 @@ impl Database {
                 next_id,
                 seq: 0,
                 last_sync: Instant::now(),
+                flush_due: None,
                 alloc_end: flen_kept,
             }),
             flushed_end: AtomicU64::new(end),
             synced: Mutex::new(SyncState {
                 end,
                 ckpt,
+                ckpt_at: Instant::now(),
                 next_slot,
             }),
             order: Mutex::new(Order::default()),
@@ -1118,7 +1136,9 @@ impl Database {
     }
 
     fn start_maintenance(&self) {
-        let (tx, rx) = crossbeam::channel::bounded::<()>(0);
+        // the channel wakes the thread early (a commit set an earlier flush deadline);
+        // dropping the sender stops it
+        let (tx, rx) = crossbeam::channel::bounded::<()>(1);
         *mlock(&self.inner.stop_tx) = Some(tx);
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let tick = match self.inner.opts.durability {
@@ -1128,23 +1148,15 @@ impl Database {
         .max(Duration::from_millis(1));
         let _ = std::thread::Builder::new()
             .name(format!("zs-db-{}", self.inner.name))
-            .spawn(move || loop {
-                match rx.recv_timeout(tick) {
-                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                if let Durability::Periodic(iv) = inner.opts.durability {
-                    let due = mlock(&inner.writer).last_sync.elapsed() >= iv;
-                    if due {
-                        let _ = inner.flush(true);
+            .spawn(move || {
+                let mut wait = tick;
+                loop {
+                    match rx.recv_timeout(wait) {
+                        Ok(()) | Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+                        Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
                     }
-                }
-                let idle_ms = inner
-                    .now_ms()
-                    .saturating_sub(inner.last_access_ms.load(Ordering::Relaxed));
-                if Duration::from_millis(idle_ms) >= inner.opts.idle_evict {
-                    inner.clear_cache();
+                    let Some(inner) = weak.upgrade() else { return };
+                    wait = inner.maintain(tick);
                 }
             });
     }
@@ -1196,7 +1208,10 @@ impl Database {
         self.commit_with(batch, None)
     }
 
-    /// Commits a batch, overriding the durability for this commit.
+    /// Commits a batch, overriding the durability for this commit: `Immediate` returns
+    /// after an fsync on any database; `Periodic(d)` returns once buffered and is written
+    /// and fsynced within `d` (by the maintenance thread, on an `Immediate` database
+    /// too), or earlier by a later `Immediate` commit, a sync or a close.
     pub fn commit_with(&self, batch: &Batch, durability: Option<Durability>) -> Result<Vec<u64>> {
         let mut ops = Vec::with_capacity(batch.ops.len());
         for op in &batch.ops {
@@ -1623,6 +1638,46 @@ impl Inner {
         }
     }
 
+    /// One round of the maintenance thread: flushes and syncs buffered commits whose
+    /// deadline passed, drops an idle cache. Returns how long to sleep until the next
+    /// round (at most `tick`, less when a flush deadline comes sooner).
+    fn maintain(&self, tick: Duration) -> Duration {
+        let now = Instant::now();
+        let due = {
+            let w = mlock(&self.writer);
+            let periodic = match self.opts.durability {
+                Durability::Periodic(iv) if !w.buf.is_empty() || self.unsynced() => {
+                    Some(w.last_sync + iv)
+                }
+                _ => None,
+            };
+            match (periodic, w.flush_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        let mut wait = tick;
+        if let Some(due) = due {
+            if due <= now {
+                let _ = self.flush(true);
+            } else {
+                wait = wait.min(due - now);
+            }
+        }
+        let idle_ms = self
+            .now_ms()
+            .saturating_sub(self.last_access_ms.load(Ordering::Relaxed));
+        if Duration::from_millis(idle_ms) >= self.opts.idle_evict {
+            self.clear_cache();
+        }
+        wait.max(Duration::from_millis(1))
+    }
+
+    /// True when bytes were written to the file but not yet synced.
+    fn unsynced(&self) -> bool {
+        mlock(&self.synced).end < self.flushed_end.load(Ordering::Acquire)
+    }
+
     /// Writes the buffer to the file (and fsyncs when `sync`). Caller holds the writer;
     /// the buffer holds whole commits only.
     fn flush_locked(&self, w: &mut Writer, sync: bool) -> Result<()> {
@@ -1632,6 +1687,7 @@ impl Inner {
         if sync {
             self.sync_to(w.buf_start)?;
             w.last_sync = Instant::now();
+            w.flush_due = None;
         }
         Ok(())
     }
@@ -1849,6 +1905,16 @@ impl Inner {
             }
         };
         w.next_id = first_new + ids.len() as u64;
+        if let Durability::Periodic(iv) = durability {
+            // this commit must be durable within `iv`, whatever the database's mode
+            let due = Instant::now() + iv;
+            if w.flush_due.is_none_or(|d| due < d) {
+                w.flush_due = Some(due);
+                if let Some(tx) = mlock(&self.stop_tx).as_ref() {
+                    let _ = tx.try_send(());
+                }
+            }
+        }
         w.seq += 1;
         let seq = w.seq;
         if !deletes.is_empty() {
@@ -2081,13 +2147,18 @@ impl Inner {
         self.check_poison()?;
         let target = self.flushed_end.load(Ordering::Acquire);
         let file = rlock(&self.state).file.clone();
-        let record = synced.end > synced.ckpt;
+        // the slot is rewritten only every CHECKPOINT_STRIDE bytes or CHECKPOINT_AGE:
+        // a slot write puts a second block (the header's) into this fdatasync
+        let record = synced.end > synced.ckpt
+            && (synced.end - synced.ckpt >= CHECKPOINT_STRIDE
+                || synced.ckpt_at.elapsed() >= CHECKPOINT_AGE);
         if record {
             self.write_checkpoint(&*file, &synced)?;
         }
         file.sync_data().map_err(self.poison("fsync"))?;
         if record {
             synced.ckpt = synced.end;
+            synced.ckpt_at = Instant::now();
             synced.next_slot ^= 1;
         }
         synced.end = synced.end.max(target);
@@ -2113,6 +2184,7 @@ impl Inner {
         self.write_checkpoint(&*file, &synced)?;
         file.sync_data().map_err(self.poison("fsync"))?;
         synced.ckpt = synced.end;
+        synced.ckpt_at = Instant::now();
         synced.next_slot ^= 1;
         Ok(())
     }

@@ -199,6 +199,27 @@ mod tests {
     }
 
     #[test]
+    fn filter_over_nested_json_fields() {
+        let f = compile_filter("address.city = 'Oslo' and stats.visits.total > 2").unwrap();
+        let rec = |data: &'static [u8]| RecordRef {
+            id: 1,
+            kind: Kind::Json,
+            data,
+        };
+        assert!(f(&rec(
+            br#"{"address":{"city":"Oslo"},"stats":{"visits":{"total":3}}}"#
+        )));
+        assert!(!f(&rec(
+            br#"{"address":{"city":"Bergen"},"stats":{"visits":{"total":3}}}"#
+        )));
+        assert!(!f(&rec(br#"{"address":{"city":"Oslo"}}"#)));
+        // and a nested field narrows the scan like a top-level one
+        let h = index_hints("address.city = 'Oslo'");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].field, "address.city");
+    }
+
+    #[test]
     fn hints_only_for_plain_conjunctions() {
         let h = index_hints("age > 30 and 'bob' = name");
         assert_eq!(h.len(), 2);

@@ -655,3 +655,40 @@ fn frame_with_its_padding_cut_is_a_torn_tail() {
     assert_eq!(db.open_report().truncated_bytes as usize, end - 2 - mid);
     assert_eq!(m.read_file("t.zdb").unwrap().len(), mid);
 }
+
+/// A per-commit `Periodic` override on an `Immediate` database is flushed and synced
+/// by its deadline, not only when a later Immediate commit or a close comes along.
+#[test]
+fn periodic_override_on_immediate_database_is_synced_by_its_deadline() {
+    let (m, vfs) = mem();
+    let db = Database::create(vfs.clone(), "t", DbOptions::default()).unwrap();
+    db.insert(Kind::Raw, b"first").unwrap();
+    let mut b = Batch::new();
+    b.insert(Kind::Raw, b"periodic-override-marker".to_vec());
+    let ids = db
+        .commit_with(&b, Some(Durability::Periodic(Duration::from_millis(30))))
+        .unwrap();
+    // the maintenance thread writes it out (nothing else writes to the file now)
+    let t = std::time::Instant::now();
+    let has = |m: &MemVfs| {
+        let f = m.read_file("t.zdb").unwrap();
+        f.windows(24).any(|w| w == b"periodic-override-marker")
+    };
+    while !has(&m) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the overridden commit was never written"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // the write and its fsync happen in one flush; leave it time to finish
+    std::thread::sleep(Duration::from_millis(200));
+    db.abandon(); // no final flush
+    m.crash(3);
+    let db = Database::open(vfs, "t").unwrap();
+    assert_eq!(db.len(), 2);
+    assert_eq!(
+        db.get(ids[0]).unwrap().unwrap().data,
+        b"periodic-override-marker"
+    );
+}

@@ -139,15 +139,16 @@ impl Program {
     /// length before checking it against the bytes present.
     pub fn save(&self) -> Vec<u8> {
         let mut w = W(Vec::with_capacity(
-            64 + self.source.len() + self.nodes.len() * 16,
+            64 + self.text.len() + self.nodes.len() * 16,
         ));
         w.0.extend_from_slice(MAGIC);
         w.u8(FORMAT_VERSION);
         w.u8(0);
         w.u32(0); // body length, patched below
-        w.str(&self.source);
-        w.u32(self.vars.len() as u32);
-        for v in &self.vars {
+        w.str(self.source());
+        let names = self.names();
+        w.u32(names.len() as u32);
+        for v in names.iter() {
             w.str(v);
         }
         w.u32(self.fns.len() as u32);
@@ -163,7 +164,7 @@ impl Program {
             w.u32(*a);
         }
         w.u32(self.nodes.len() as u32);
-        for (n, (s, e)) in self.nodes.iter().zip(&self.spans) {
+        for (n, (s, e)) in self.nodes.iter().zip(&self.spans[self.nvars as usize..]) {
             match *n {
                 Node::Const(k) => {
                     w.u8(0);
@@ -393,7 +394,16 @@ impl Engine {
             return Err(bad("no nodes"));
         }
         let mut nodes = Vec::with_capacity(nnodes);
-        let mut spans = Vec::with_capacity(nnodes);
+        // the names go after the source in the program's text
+        let mut text =
+            String::with_capacity(source.len() + vars.iter().map(String::len).sum::<usize>());
+        text.push_str(&source);
+        let mut spans = Vec::with_capacity(vars.len() + nnodes);
+        for v in &vars {
+            let a = text.len() as u32;
+            text.push_str(v);
+            spans.push((a, text.len() as u32));
+        }
         let mut depth: Vec<usize> = Vec::with_capacity(nnodes);
         for i in 0..nnodes {
             let child = |x: u32| -> Result<usize, Error> {
@@ -534,21 +544,22 @@ impl Engine {
         if r.i != data.len() {
             return Err(bad("trailing bytes after the nodes"));
         }
-        Ok(Program {
-            source: Arc::from(source.as_str()),
+        let mut p = Program {
+            text: Arc::from(text),
+            src_len: source.len() as u32,
             nodes,
             spans,
+            nvars: vars.len() as u32,
             args,
             consts,
-            vars,
             fns,
             max_steps: limits.max_steps,
             max_str: limits.max_string,
-            fconsts: Vec::new(),
             numeric: false,
             typed: crate::typed::Typed::default(),
-        }
-        .finish())
+        };
+        p.finish(true);
+        Ok(p)
     }
 }
 

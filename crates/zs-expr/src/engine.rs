@@ -78,9 +78,11 @@ pub enum Resolution {
 pub struct Limits {
     /// Longest source text in bytes (default 64 KiB).
     pub max_len: usize,
-    /// Deepest nesting of the expression tree, macros included (default 128: at
-    /// that depth parsing stays within 1 MiB of stack in debug builds, so a 2 MiB
-    /// thread survives any input; see `tests/stack.rs`).
+    /// Deepest nesting of the expression tree, macros included (default 255: at
+    /// that depth parsing, folding and evaluation use at most about 60% of a 2 MiB
+    /// thread's stack in debug builds (nested parentheses overflow it only past ~460
+    /// levels, nested calls past ~420), so a 2 MiB thread survives any input; see
+    /// `tests/stack.rs`).
     pub max_depth: usize,
     /// Most nodes evaluated in one evaluation (default 1,000,000).
     pub max_steps: u64,
@@ -96,7 +98,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_len: 64 * 1024,
-            max_depth: 128,
+            max_depth: 255,
             max_steps: 1_000_000,
             max_string: 1 << 20,
             max_macro_depth: 8,
@@ -276,13 +278,16 @@ impl Engine {
 
     /// Parses, resolves, folds and compiles `text`.
     pub fn compile(&self, text: &str) -> Result<Program, Error> {
-        let resolved = resolve::resolve(self, text)?;
-        Ok(program::compile(
-            text,
-            resolved,
-            self.limits.max_steps,
-            self.limits.max_string,
-        ))
+        resolve::with_scratch(|s| {
+            let resolved = resolve::resolve(self, text, s)?;
+            Ok(program::compile(
+                text,
+                s,
+                resolved,
+                self.limits.max_steps,
+                self.limits.max_string,
+            ))
+        })
     }
 
     /// Like [`compile`](Self::compile) through a cache keyed by the text (least recently
@@ -362,18 +367,24 @@ impl Engine {
     /// Evaluates with the reference tree-walking interpreter: no constant folding, no
     /// compiled form. Slower; it exists to cross-check the compiler.
     pub fn interpret<X: Vars + ?Sized>(&self, text: &str, vars: &X) -> Result<Value, Error> {
-        let r = resolve::resolve(self, text)?;
-        let cx = Ctx {
-            vars,
-            names: &r.vars,
-            fns: &r.fns,
-            src: text,
-            max_str: self.limits.max_string,
-            max_steps: self.limits.max_steps,
-        };
-        let mut steps = self.limits.max_steps;
-        interp::eval(&r.tree, r.tree.root, &cx, &mut steps)
-            .map(V::into_value)
-            .map_err(|e| *e)
+        resolve::with_scratch(|s| {
+            let r = resolve::resolve(self, text, s)?;
+            let cx = Ctx {
+                vars,
+                names: resolve::Names {
+                    head: text,
+                    tail: &s.extra,
+                    ranges: &s.vars,
+                },
+                fns: &r.fns,
+                src: text,
+                max_str: self.limits.max_string,
+                max_steps: self.limits.max_steps,
+            };
+            let mut steps = self.limits.max_steps;
+            interp::eval(&s.tree, r.root, &cx, &mut steps)
+                .map(V::into_value)
+                .map_err(|e| *e)
+        })
     }
 }

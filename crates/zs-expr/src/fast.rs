@@ -354,16 +354,23 @@ impl Program {
     /// Whether the fast path can possibly apply: no strings, vectors or calls it lacks, and
     /// a worst-case evaluation no longer than the step limit (so it needs no step counting;
     /// a loaded program may share subtrees, which this bound accounts for).
-    pub(crate) fn numeric_candidate(&self) -> bool {
+    ///
+    /// `shared`: nodes may be reachable from several parents (a loaded program); a
+    /// compiled program is a tree, where each node is evaluated at most once, so its
+    /// worst case is its node count.
+    pub(crate) fn numeric_candidate(&self, shared: bool) -> bool {
         let kinds_ok = self.nodes.iter().all(|n| match n {
-            Node::Const(k) => self.fconsts[*k as usize].is_some(),
-            Node::BinK(_, _, k) | Node::VarK(_, _, k) => self.fconsts[*k as usize].is_some(),
+            Node::Const(k) => F::of(&self.consts[*k as usize]).is_some(),
+            Node::BinK(_, _, k) | Node::VarK(_, _, k) => F::of(&self.consts[*k as usize]).is_some(),
             Node::Call(b, _, n) => *n as usize <= INLINE && call_supported(*b),
             Node::User(..) | Node::List(..) => false,
             _ => true,
         });
         if !kinds_ok || self.nodes.is_empty() {
             return false;
+        }
+        if !shared {
+            return self.nodes.len() as u64 <= self.max_steps;
         }
         // Worst-case evaluation size of each node's tree (on the stack for small programs).
         let mut small = [0u64; 32];
@@ -401,7 +408,7 @@ impl Program {
     #[inline]
     fn fvar<X: Vars + ?Sized>(&self, slot: u32, vars: &X) -> Option<F> {
         Some(
-            match vars.get_scalar(slot as usize, &self.vars[slot as usize])? {
+            match vars.get_scalar(slot as usize, self.names().get(slot as usize))? {
                 Scalar::Int(i) => F::I(i),
                 Scalar::Float(x) => F::F(x),
                 Scalar::Bool(b) => F::B(b),
@@ -413,7 +420,7 @@ impl Program {
     #[inline(always)]
     fn child<X: Vars + ?Sized>(&self, i: u32, vars: &X) -> Option<F> {
         match self.nodes.get(i as usize)? {
-            Node::Const(k) => self.fconsts[*k as usize],
+            Node::Const(k) => F::of(&self.consts[*k as usize]),
             Node::Var(s) => self.fvar(*s, vars),
             _ => self.fast(i, vars),
         }
@@ -442,10 +449,12 @@ impl Program {
         for (i, node) in nodes.iter().enumerate() {
             let g = |j: u32| r.get(j as usize).copied();
             let v = match *node {
-                Node::Const(k) => self.fconsts[k as usize]?,
+                Node::Const(k) => F::of(&self.consts[k as usize])?,
                 Node::Var(s) => self.fvar(s, vars)?,
-                Node::VarK(op, s, k) => binary(op, self.fvar(s, vars)?, self.fconsts[k as usize]?)?,
-                Node::BinK(op, a, k) => binary(op, g(a)?, self.fconsts[k as usize]?)?,
+                Node::VarK(op, s, k) => {
+                    binary(op, self.fvar(s, vars)?, F::of(&self.consts[k as usize])?)?
+                }
+                Node::BinK(op, a, k) => binary(op, g(a)?, F::of(&self.consts[k as usize])?)?,
                 Node::Bin(op, a, b) => binary(op, g(a)?, g(b)?)?,
                 Node::Unary(op, a) => {
                     let x = g(a)?;
@@ -527,10 +536,14 @@ impl Program {
 
     pub(crate) fn fast<X: Vars + ?Sized>(&self, i: u32, vars: &X) -> Option<F> {
         match self.nodes[i as usize] {
-            Node::Const(k) => self.fconsts[k as usize],
+            Node::Const(k) => F::of(&self.consts[k as usize]),
             Node::Var(s) => self.fvar(s, vars),
-            Node::VarK(op, s, k) => binary(op, self.fvar(s, vars)?, self.fconsts[k as usize]?),
-            Node::BinK(op, a, k) => binary(op, self.child(a, vars)?, self.fconsts[k as usize]?),
+            Node::VarK(op, s, k) => {
+                binary(op, self.fvar(s, vars)?, F::of(&self.consts[k as usize])?)
+            }
+            Node::BinK(op, a, k) => {
+                binary(op, self.child(a, vars)?, F::of(&self.consts[k as usize])?)
+            }
             Node::Bin(op, a, b) => {
                 let l = self.child(a, vars)?;
                 binary(op, l, self.child(b, vars)?)

@@ -7,13 +7,13 @@ use crate::builtins::{self, Builtin};
 use crate::error::{Error, OpErr, Pos};
 use crate::ops;
 use crate::parser::BinOp;
-use crate::resolve::{IrKind, IrTree};
+use crate::resolve::{IrKind, IrTree, Names};
 use crate::value::{Args, Vars, V};
 use crate::UserFn;
 
 pub(crate) struct Ctx<'a, X: Vars + ?Sized> {
     pub vars: &'a X,
-    pub names: &'a [String],
+    pub names: Names<'a>,
     pub fns: &'a [Arc<UserFn>],
     pub src: &'a str,
     pub max_str: usize,
@@ -71,7 +71,7 @@ pub(crate) fn eval<'a, X: Vars + ?Sized>(
     match &ir.kind {
         IrKind::Const(v) => Ok(V::borrow(v)),
         IrKind::Var(slot) => {
-            let name = cx.names.get(*slot as usize).map_or("?", String::as_str);
+            let name = cx.names.get(*slot as usize);
             match cx.vars.get(*slot as usize, name) {
                 Some(r) => Ok(V::from_ref(r)),
                 None => Err(unbound(cx.src, ir.start, ir.end, name)),

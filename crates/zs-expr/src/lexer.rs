@@ -199,8 +199,19 @@ impl<'s> Lexer<'s> {
                 self.c_string(b'"')?
             }
             b'a'..=b'z' | b'A'..=b'Z' | b'_' => {
-                while matches!(self.peek(0), b'a'..=b'z' | b'A'..=b'Z' | b'_' | b'0'..=b'9') {
-                    self.i += 1;
+                loop {
+                    while matches!(self.peek(0), b'a'..=b'z' | b'A'..=b'Z' | b'_' | b'0'..=b'9') {
+                        self.i += 1;
+                    }
+                    // a dotted path (`param.lo`, `address.city`): one name, for nested
+                    // fields; the dot must be followed by a letter or `_`
+                    if self.peek(0) == b'.'
+                        && matches!(self.peek(1), b'a'..=b'z' | b'A'..=b'Z' | b'_')
+                    {
+                        self.i += 1;
+                    } else {
+                        break;
+                    }
                 }
                 let word = &self.src[start..self.i];
                 // Keywords are 2 or 3 letters: lower-case into a tiny buffer and match.

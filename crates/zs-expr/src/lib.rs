@@ -107,6 +107,19 @@
 //! [`Engine::set_const`]; whatever the [`Engine::on_unknown_name`] callback answers
 //! (a constant or a macro); otherwise a variable read at evaluation time.
 //!
+//! A name may be a dotted path, `a.b.c` (each dot followed by a letter or `_`): it is one
+//! variable, so a host can hand nested fields to a filter (zs-db reads `address.city`
+//! from nested JSON).
+//!
+//! ```
+//! use zs_expr::{Engine, Value};
+//! let p = Engine::new().compile("address.city = 'Oslo' and stats.visits > 2")?;
+//! assert_eq!(p.var_names(), ["address.city", "stats.visits"]);
+//! let rec = [Value::from("Oslo"), Value::Int(3)];
+//! assert!(p.eval_bool(&rec[..])?);
+//! # Ok::<(), zs_expr::Error>(())
+//! ```
+//!
 //! ## Built-in functions
 //!
 //! Names and aliases are case-insensitive (`IntToStr`, `inttostr`, `INTTOSTR`), as in the

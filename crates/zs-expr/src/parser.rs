@@ -293,13 +293,7 @@ impl<'s, 't> Parser<'s, 't> {
 
     fn node(&mut self, kind: IrKind, start: usize, end: usize, depth: usize) -> Result<u32, Error> {
         if depth > self.max_depth {
-            return Err(Error::Limit {
-                pos: Pos::of(self.src, start, end),
-                message: format!(
-                    "expression nested too deeply ({depth} levels, limit {}; raise Limits::max_depth or split it)",
-                    self.max_depth
-                ),
-            });
+            return Err(self.err_depth(depth, start, end));
         }
         let nodes = &mut self.out.tree.nodes;
         nodes.push(Ir {
@@ -309,6 +303,18 @@ impl<'s, 't> Parser<'s, 't> {
             depth: depth as u32,
         });
         Ok((nodes.len() - 1) as u32)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn err_depth(&self, depth: usize, start: usize, end: usize) -> Error {
+        Error::Limit {
+            pos: Pos::of(self.src, start, end),
+            message: format!(
+                "expression nested too deeply ({depth} levels, limit {}; raise Limits::max_depth or split it)",
+                self.max_depth
+            ),
+        }
     }
 
     /// `a, b, c` at the top level or inside parentheses: a vector when there is a comma.
@@ -358,15 +364,18 @@ impl<'s, 't> Parser<'s, 't> {
         }
     }
 
+    // The parser recurses once per nesting level (expr -> expr_inner -> prefix -> paren
+    // -> list -> expr for parentheses), so these frames are kept small: error messages
+    // are built in separate cold functions, and each kind of operand has its own
+    // function, so that a parenthesis does not carry the locals of a call's arguments.
+    // That is what lets the default `Limits::max_depth` of 255 fit a 2 MiB thread with
+    // room to spare in debug builds (tests/stack.rs).
+
     fn expr_inner(&mut self, min_bp: u8) -> Result<u32, Error> {
         let mut lhs = self.prefix()?;
         while let Tok::Op(o) = &self.tok.tok {
-            let op = match binop(*o) {
-                Some(b) => b,
-                None => {
-                    return Err(self
-                        .err_here("`not` is a prefix operator; did you mean `<>` or `and not`?"))
-                }
+            let Some(op) = binop(*o) else {
+                return Err(self.err_not_infix());
             };
             let (l, r) = binding(self.prec, op);
             if l < min_bp {
@@ -374,116 +383,159 @@ impl<'s, 't> Parser<'s, 't> {
             }
             self.bump()?;
             if matches!(self.tok.tok, Tok::Eof) {
-                return Err(self.err_here(format!("`{}` needs a right operand", op.symbol())));
+                return Err(self.err_no_rhs(op));
             }
             let rhs = self.expr(r)?;
-            let (l, r) = (self.at(lhs), self.at(rhs));
-            let (start, end, depth) = (l.start, r.end, l.depth.max(r.depth) + 1);
-            lhs = self.node(
-                IrKind::Binary(op, lhs, rhs),
-                start as usize,
-                end as usize,
-                depth as usize,
-            )?;
+            lhs = self.binary(op, lhs, rhs)?;
         }
         Ok(lhs)
+    }
+
+    fn binary(&mut self, op: BinOp, lhs: u32, rhs: u32) -> Result<u32, Error> {
+        let (l, r) = (self.at(lhs), self.at(rhs));
+        let (start, end, depth) = (l.start, r.end, l.depth.max(r.depth) + 1);
+        self.node(
+            IrKind::Binary(op, lhs, rhs),
+            start as usize,
+            end as usize,
+            depth as usize,
+        )
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn err_not_infix(&self) -> Error {
+        self.err_here("`not` is a prefix operator; did you mean `<>` or `and not`?")
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn err_no_rhs(&self, op: BinOp) -> Error {
+        self.err_here(format!("`{}` needs a right operand", op.symbol()))
     }
 
     fn prefix(&mut self) -> Result<u32, Error> {
         let t = self.bump()?;
         match t.tok {
             Tok::Lit(v) => self.node(IrKind::Const(v), t.start, t.end, 1),
-            Tok::Op(o @ (OpTok::Minus | OpTok::Plus | OpTok::Not)) => {
-                let op = match o {
-                    OpTok::Minus => UnOp::Neg,
-                    OpTok::Plus => UnOp::Plus,
-                    _ => UnOp::Not,
-                };
-                let operand = self.expr(unary_bp(self.prec))?;
-                let (end, depth) = (self.at(operand).end, self.at(operand).depth + 1);
-                self.node(
-                    IrKind::Unary(op, operand),
-                    t.start,
-                    end as usize,
-                    depth as usize,
-                )
-            }
-            Tok::LParen => {
-                if matches!(self.tok.tok, Tok::RParen) {
-                    return Err(self.err_here("empty parentheses; put an expression inside"));
-                }
-                let inner = self.list()?;
-                if !matches!(self.tok.tok, Tok::RParen) {
-                    return Err(self.err_here(format!(
-                        "expected `)` to close the `(`, found {}",
-                        describe(&self.tok.tok)
-                    )));
-                }
-                let close = self.bump()?;
-                let e = &mut self.out.tree.nodes[inner as usize];
-                e.start = t.start as u32;
-                e.end = close.end as u32;
-                Ok(inner)
-            }
-            Tok::Ident(name) => {
-                if !matches!(self.tok.tok, Tok::LParen) {
-                    let id = self.node(IrKind::Const(Value::Null), t.start, t.end, 1)?;
-                    self.out.pending.push(Pending::Name {
-                        id,
-                        a: t.start as u32,
-                        z: t.end as u32,
-                    });
-                    return Ok(id);
-                }
-                self.bump()?;
-                let base = self.out.scratch.len();
-                let mut depth = 0;
-                if !matches!(self.tok.tok, Tok::RParen) {
-                    loop {
-                        let a = self.expr(0)?;
-                        depth = depth.max(self.at(a).depth as usize);
-                        self.out.scratch.push(a);
-                        match self.tok.tok {
-                            Tok::Comma => {
-                                self.bump()?;
-                            }
-                            Tok::RParen => break,
-                            _ => {
-                                return Err(self.err_here(format!(
-                                    "expected `,` or `)` in the arguments of `{name}`, found {}",
-                                    describe(&self.tok.tok)
-                                )))
-                            }
-                        }
+            Tok::Op(o @ (OpTok::Minus | OpTok::Plus | OpTok::Not)) => self.unary(o, t.start),
+            Tok::LParen => self.paren(t.start),
+            Tok::Ident(name) => self.ident(name, t.start, t.end),
+            other => Err(self.err_operand(other, t.start, t.end)),
+        }
+    }
+
+    #[inline(never)]
+    fn unary(&mut self, o: OpTok, start: usize) -> Result<u32, Error> {
+        let op = match o {
+            OpTok::Minus => UnOp::Neg,
+            OpTok::Plus => UnOp::Plus,
+            _ => UnOp::Not,
+        };
+        let operand = self.expr(unary_bp(self.prec))?;
+        let (end, depth) = (self.at(operand).end, self.at(operand).depth + 1);
+        self.node(
+            IrKind::Unary(op, operand),
+            start,
+            end as usize,
+            depth as usize,
+        )
+    }
+
+    #[inline(never)]
+    fn paren(&mut self, start: usize) -> Result<u32, Error> {
+        if matches!(self.tok.tok, Tok::RParen) {
+            return Err(self.err_empty_parens());
+        }
+        let inner = self.list()?;
+        if !matches!(self.tok.tok, Tok::RParen) {
+            return Err(self.err_no_close());
+        }
+        let close = self.bump()?;
+        let e = &mut self.out.tree.nodes[inner as usize];
+        e.start = start as u32;
+        e.end = close.end as u32;
+        Ok(inner)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn err_empty_parens(&self) -> Error {
+        self.err_here("empty parentheses; put an expression inside")
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn err_no_close(&self) -> Error {
+        self.err_here(format!(
+            "expected `)` to close the `(`, found {}",
+            describe(&self.tok.tok)
+        ))
+    }
+
+    #[inline(never)]
+    fn ident(&mut self, name: &'s str, start: usize, end: usize) -> Result<u32, Error> {
+        if !matches!(self.tok.tok, Tok::LParen) {
+            let id = self.node(IrKind::Const(Value::Null), start, end, 1)?;
+            self.out.pending.push(Pending::Name {
+                id,
+                a: start as u32,
+                z: end as u32,
+            });
+            return Ok(id);
+        }
+        self.bump()?;
+        let base = self.out.scratch.len();
+        let mut depth = 0;
+        if !matches!(self.tok.tok, Tok::RParen) {
+            loop {
+                let a = self.expr(0)?;
+                depth = depth.max(self.at(a).depth as usize);
+                self.out.scratch.push(a);
+                match self.tok.tok {
+                    Tok::Comma => {
+                        self.bump()?;
                     }
+                    Tok::RParen => break,
+                    _ => return Err(self.err_bad_args(name)),
                 }
-                let close = self.bump()?;
-                let (st, n) = self.take_items(base);
-                let id = self.node(IrKind::Const(Value::Null), t.start, close.end, depth + 1)?;
-                self.out.pending.push(Pending::Call {
-                    id,
-                    a: t.start as u32,
-                    z: t.end as u32,
-                    st,
-                    n,
-                });
-                Ok(id)
             }
-            other => {
-                let msg = match other {
-                    Tok::Eof => {
-                        "unexpected end of the expression; an operand is missing".to_string()
-                    }
-                    Tok::RParen => "unexpected `)`; an operand is missing".to_string(),
-                    Tok::Comma => "unexpected `,`; an operand is missing".to_string(),
-                    Tok::Op(_) => "an operator cannot start an operand".to_string(),
-                    o => format!("unexpected {}", describe(&o)),
-                };
-                Err(Error::Syntax {
-                    pos: Pos::of(self.src, t.start, t.end.max(t.start + 1)),
-                    message: msg,
-                })
-            }
+        }
+        let close = self.bump()?;
+        let (st, n) = self.take_items(base);
+        let id = self.node(IrKind::Const(Value::Null), start, close.end, depth + 1)?;
+        self.out.pending.push(Pending::Call {
+            id,
+            a: start as u32,
+            z: end as u32,
+            st,
+            n,
+        });
+        Ok(id)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn err_bad_args(&self, name: &str) -> Error {
+        self.err_here(format!(
+            "expected `,` or `)` in the arguments of `{name}`, found {}",
+            describe(&self.tok.tok)
+        ))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn err_operand(&self, other: Tok<'s>, start: usize, end: usize) -> Error {
+        let msg = match other {
+            Tok::Eof => "unexpected end of the expression; an operand is missing".to_string(),
+            Tok::RParen => "unexpected `)`; an operand is missing".to_string(),
+            Tok::Comma => "unexpected `,`; an operand is missing".to_string(),
+            Tok::Op(_) => "an operator cannot start an operand".to_string(),
+            o => format!("unexpected {}", describe(&o)),
+        };
+        Error::Syntax {
+            pos: Pos::of(self.src, start, end.max(start + 1)),
+            message: msg,
         }
     }
 }

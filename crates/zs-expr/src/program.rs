@@ -9,7 +9,7 @@ use crate::fast::{F, FV};
 use crate::interp::{self, Ctx};
 use crate::ops;
 use crate::parser::{BinOp, UnOp};
-use crate::resolve::{Ir, IrKind, IrTree, Resolved};
+use crate::resolve::{Ir, IrKind, IrTree, Names, Resolved, Scratch};
 use crate::typed::{Ty, Typed};
 use crate::value::{Binding, NoVars, Value, ValueRef, Vars, V};
 use crate::UserFn;
@@ -38,19 +38,24 @@ pub(crate) enum Node {
 
 /// A compiled expression: compile once with [`Engine::compile`](crate::Engine::compile),
 /// evaluate many times (also from several threads), save with [`Program::save`].
+///
+/// Its memory is a handful of allocations: the text, the nodes, one table of spans
+/// (variable names first, as ranges of the text, then each node's source span), and
+/// where present constants, argument lists and the tag-free numeric form.
 #[derive(Clone)]
 pub struct Program {
-    pub(crate) source: Arc<str>,
+    /// The source, followed by variable names that are not in it (from macros).
+    pub(crate) text: Arc<str>,
+    pub(crate) src_len: u32,
     pub(crate) nodes: Vec<Node>,
+    /// `nvars` name ranges of `text`, then one source span per node.
     pub(crate) spans: Vec<(u32, u32)>,
+    pub(crate) nvars: u32,
     pub(crate) args: Vec<u32>,
     pub(crate) consts: Vec<Value>,
-    pub(crate) vars: Vec<String>,
     pub(crate) fns: Vec<Arc<UserFn>>,
     pub(crate) max_steps: u64,
     pub(crate) max_str: usize,
-    /// `consts` as fast-path numbers (derived, not saved).
-    pub(crate) fconsts: Vec<Option<F>>,
     /// Whether to try the numeric fast path first (derived, not saved).
     pub(crate) numeric: bool,
     /// The tag-free numeric form, when type inference allows it (derived, not saved).
@@ -60,9 +65,9 @@ pub struct Program {
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Program")
-            .field("source", &self.source)
+            .field("source", &self.source())
             .field("nodes", &self.nodes.len())
-            .field("vars", &self.vars)
+            .field("vars", &self.var_names())
             .finish()
     }
 }
@@ -74,24 +79,38 @@ struct Builder {
 
 /// Folds constant subtrees (using the interpreter, so folding cannot change a result) in
 /// place in the arena, and flattens the tree into nodes.
-pub(crate) fn compile(source: &str, resolved: Resolved, max_steps: u64, max_str: usize) -> Program {
-    let Resolved {
-        mut tree,
-        vars,
-        fns,
-    } = resolved;
+pub(crate) fn compile(
+    source: &str,
+    s: &mut Scratch,
+    resolved: Resolved,
+    max_steps: u64,
+    max_str: usize,
+) -> Program {
+    let Resolved { root, fns } = resolved;
+    let tree = &mut s.tree;
     let n = tree.nodes.len();
+    let text: Arc<str> = if s.extra.is_empty() {
+        Arc::from(source)
+    } else {
+        let mut t = String::with_capacity(source.len() + s.extra.len());
+        t.push_str(source);
+        t.push_str(&s.extra);
+        Arc::from(t)
+    };
+    let nvars = s.vars.len();
+    let mut spans = Vec::with_capacity(nvars + n);
+    spans.extend_from_slice(&s.vars);
     let p = Program {
-        source: Arc::from(source),
+        text,
+        src_len: source.len() as u32,
         nodes: Vec::with_capacity(n),
-        spans: Vec::with_capacity(n),
+        spans,
+        nvars: nvars as u32,
         args: Vec::with_capacity(tree.items.len()),
         consts: Vec::new(),
-        vars,
         fns,
         max_steps,
         max_str,
-        fconsts: Vec::new(),
         numeric: false,
         typed: Typed::default(),
     };
@@ -99,11 +118,10 @@ pub(crate) fn compile(source: &str, resolved: Resolved, max_steps: u64, max_str:
         p,
         fold_steps: max_steps,
     };
-    let root = tree.root;
-    let root = b.fold(&mut tree, root);
-    b.emit(&tree, root);
-    crate::resolve::recycle_tree(tree);
-    b.p.finish()
+    let root = b.fold(tree, root);
+    b.emit(tree, root);
+    b.p.finish(false);
+    b.p
 }
 
 #[inline]
@@ -115,9 +133,9 @@ impl Builder {
     fn try_eval(&mut self, tree: &IrTree, id: u32) -> Option<Value> {
         let cx = Ctx {
             vars: &NoVars,
-            names: &self.p.vars,
+            names: self.p.names(),
             fns: &self.p.fns,
-            src: &self.p.source,
+            src: self.p.source(),
             max_str: self.p.max_str,
             max_steps: self.p.max_steps,
         };
@@ -201,6 +219,10 @@ impl Builder {
     }
 
     fn konst(&mut self, v: &Value) -> u32 {
+        if self.p.consts.capacity() == 0 {
+            // a direct allocation is cheaper than the first growth of an empty Vec
+            self.p.consts = Vec::with_capacity(4);
+        }
         self.p.consts.push(v.clone());
         (self.p.consts.len() - 1) as u32
     }
@@ -271,22 +293,21 @@ const INLINE_ARGS: usize = 4;
 
 impl Program {
     /// Computes the derived fast-path data.
-    pub(crate) fn finish(mut self) -> Program {
-        self.fconsts = self.consts.iter().map(F::of).collect();
-        self.numeric = self.numeric_candidate();
+    /// `shared`: see [`Program::numeric_candidate`] (true for a loaded program).
+    pub(crate) fn finish(&mut self, shared: bool) {
+        self.numeric = self.numeric_candidate(shared);
         if self.numeric {
             self.typed = Typed::translate(&self.nodes, &self.args, &self.consts);
         }
-        self
     }
 
     /// The tag-free form's result as a fast value, when its type is known statically.
     #[inline(always)]
     fn try_typed_value<X: Vars + ?Sized>(&self, vars: &X) -> Option<F> {
         match self.typed.ty()? {
-            Ty::F => Some(F::F(self.typed.run(vars, &self.vars)?)),
-            Ty::I => Some(F::I(self.typed.run(vars, &self.vars)? as i64)),
-            Ty::B => Some(F::B(self.typed.run(vars, &self.vars)? != 0.0)),
+            Ty::F => Some(F::F(self.typed.run(vars, self.names())?)),
+            Ty::I => Some(F::I(self.typed.run(vars, self.names())? as i64)),
+            Ty::B => Some(F::B(self.typed.run(vars, self.names())? != 0.0)),
             Ty::N => None,
         }
     }
@@ -305,9 +326,28 @@ impl Program {
         }
     }
 
+    /// The variable names.
+    #[inline]
+    pub(crate) fn names(&self) -> Names<'_> {
+        Names {
+            head: &self.text,
+            tail: "",
+            ranges: self.spans.get(..self.nvars as usize).unwrap_or(&[]),
+        }
+    }
+
+    /// Source span of node `i`.
+    #[inline]
+    pub(crate) fn span(&self, i: u32) -> (u32, u32) {
+        self.spans
+            .get(self.nvars as usize + i as usize)
+            .copied()
+            .unwrap_or((0, 0))
+    }
+
     fn pos(&self, i: u32) -> Pos {
-        let (s, e) = self.spans[i as usize];
-        Pos::of(&self.source, s as usize, e as usize)
+        let (s, e) = self.span(i);
+        Pos::of(self.source(), s as usize, e as usize)
     }
 
     #[cold]
@@ -322,12 +362,12 @@ impl Program {
         slot: u32,
         vars: &'a X,
     ) -> Result<V<'a>, Box<Error>> {
-        let name = &self.vars[slot as usize];
+        let name = self.names().get(slot as usize);
         match vars.get(slot as usize, name) {
             Some(r) => Ok(V::from_ref(r)),
             None => {
-                let (s, e) = self.spans[i as usize];
-                Err(interp::unbound(&self.source, s, e, name))
+                let (s, e) = self.span(i);
+                Err(interp::unbound(self.source(), s, e, name))
             }
         }
     }
@@ -339,8 +379,8 @@ impl Program {
         steps: &mut u64,
     ) -> Result<V<'a>, Box<Error>> {
         if *steps == 0 {
-            let (s, e) = self.spans[i as usize];
-            return Err(interp::steps_error(&self.source, s, e, self.max_steps));
+            let (s, e) = self.span(i);
+            return Err(interp::steps_error(self.source(), s, e, self.max_steps));
         }
         *steps -= 1;
         match self.nodes[i as usize] {
@@ -465,7 +505,7 @@ impl Program {
     pub fn eval_bool<X: Vars + ?Sized>(&self, vars: &X) -> Result<bool, Error> {
         // Bools are 0.0 / 1.0; numbers are true when non-zero (NaN included), as below.
         if self.typed.ty().is_some() {
-            if let Some(v) = self.typed.run(vars, &self.vars) {
+            if let Some(v) = self.typed.run(vars, self.names()) {
                 return Ok(v != 0.0);
             }
         }
@@ -484,7 +524,7 @@ impl Program {
     #[inline]
     pub fn eval_f64<X: Vars + ?Sized>(&self, vars: &X) -> Result<f64, Error> {
         if matches!(self.typed.ty(), Some(Ty::F | Ty::I | Ty::N)) {
-            if let Some(v) = self.typed.run(vars, &self.vars) {
+            if let Some(v) = self.typed.run(vars, self.names()) {
                 return Ok(v);
             }
         }
@@ -498,8 +538,14 @@ impl Program {
     }
 
     /// The variables the expression reads, in slot order (first appearance).
-    pub fn var_names(&self) -> &[String] {
-        &self.vars
+    /// (The names live in the program's text; this copies them out.)
+    pub fn var_names(&self) -> Vec<String> {
+        self.names().iter().map(String::from).collect()
+    }
+
+    /// Number of variables the expression reads (slots `0..var_count()`).
+    pub fn var_count(&self) -> usize {
+        self.nvars as usize
     }
 
     /// Resolves the program's variables against a record layout (`fields[i]` is the name of
@@ -523,17 +569,16 @@ impl Program {
     /// # Ok::<(), zs_expr::Error>(())
     /// ```
     pub fn bind(&self, fields: &[&str]) -> Binding {
-        let field_of_slot: Vec<Option<usize>> = self
-            .vars
+        let names = self.names();
+        let field_of_slot: Vec<Option<usize>> = names
             .iter()
-            .map(|v| fields.iter().position(|f| f == v))
+            .map(|v| fields.iter().position(|f| *f == v))
             .collect();
-        let missing = self
-            .vars
+        let missing = names
             .iter()
             .zip(&field_of_slot)
             .filter(|(_, f)| f.is_none())
-            .map(|(v, _)| v.clone())
+            .map(|(v, _)| v.to_string())
             .collect();
         Binding {
             field_of_slot,
@@ -543,12 +588,12 @@ impl Program {
 
     /// Slot of variable `name`, if the expression reads it.
     pub fn slot(&self, name: &str) -> Option<usize> {
-        self.vars.iter().position(|v| v == name)
+        self.names().position(name)
     }
 
     /// The source text it was compiled from.
     pub fn source(&self) -> &str {
-        &self.source
+        self.text.get(..self.src_len as usize).unwrap_or("")
     }
 
     /// Number of nodes after constant folding (1 for a fully constant expression).

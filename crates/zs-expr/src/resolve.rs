@@ -54,17 +54,60 @@ impl IrTree {
     }
 }
 
-/// The result of resolving one source text.
+/// The variable names of a text: ranges into `head ‖ tail` (a compiled program's names
+/// are all in its text; while resolving, names met inside macro text, which are not in
+/// the source, are in `tail`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Names<'a> {
+    pub head: &'a str,
+    pub tail: &'a str,
+    pub ranges: &'a [(u32, u32)],
+}
+
+impl<'a> Names<'a> {
+    /// Name of slot `i` ("" for a slot out of range).
+    #[inline]
+    pub fn get(&self, i: usize) -> &'a str {
+        let Some(&(a, b)) = self.ranges.get(i) else {
+            return "";
+        };
+        let (a, b) = (a as usize, b as usize);
+        let n = self.head.len();
+        if b <= n {
+            self.head.get(a..b).unwrap_or("")
+        } else {
+            self.tail.get(a.saturating_sub(n)..b - n).unwrap_or("")
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        (0..self.ranges.len()).map(|i| self.get(i))
+    }
+
+    /// Slot of `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        (0..self.ranges.len()).find(|&i| self.get(i) == name)
+    }
+}
+
+/// The result of resolving one source text; the tree, the variable names (`vars`,
+/// `extra`) are left in the [`Scratch`].
 pub(crate) struct Resolved {
-    pub tree: IrTree,
-    pub vars: Vec<String>,
+    pub root: u32,
     pub fns: Vec<Arc<UserFn>>,
 }
 
 struct Resolver<'e> {
     engine: &'e Engine,
     src: &'e str,
-    vars: Vec<String>,
+    /// Variable names: ranges into `src ‖ extra`.
+    vars: Vec<(u32, u32)>,
+    /// Names met in macro text.
+    extra: String,
     fns: Vec<Arc<UserFn>>,
     macros: Vec<String>,
     expanded: bool,
@@ -72,15 +115,18 @@ struct Resolver<'e> {
 
 pub(crate) const MAX_NODES: usize = 1 << 20;
 
-/// Working memory of parsing and resolving, kept per thread between compilations so that
-/// a warm compile allocates nothing for the tree (the way a reused slab does). Buffers
-/// that grew past [`KEEP_NODES`] are freed instead of kept, so one huge expression does
-/// not pin its memory.
+/// Working memory of parsing, resolving and compiling, kept per thread between
+/// compilations so that a warm compile allocates nothing but the program it returns
+/// (the way a reused slab does). Buffers that grew past [`KEEP_NODES`] are freed instead
+/// of kept, so one huge expression does not pin its memory.
 #[derive(Default)]
-struct Scratch {
-    tree: IrTree,
+pub(crate) struct Scratch {
+    pub tree: IrTree,
     pending: Vec<Pending>,
     stack: Vec<u32>,
+    /// Variable names of the text being compiled: ranges into `src ‖ extra`.
+    pub vars: Vec<(u32, u32)>,
+    pub extra: String,
 }
 
 const KEEP_NODES: usize = 1024;
@@ -89,40 +135,54 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-fn take_scratch() -> Scratch {
-    SCRATCH.with(|c| match c.try_borrow_mut() {
-        Ok(mut c) => std::mem::take(&mut *c),
-        Err(_) => Scratch::default(),
-    })
-}
-
-fn recycle(mut s: Scratch) {
-    if s.tree.nodes.capacity() <= KEEP_NODES
-        && s.tree.items.capacity() <= KEEP_NODES
-        && s.pending.capacity() <= KEEP_NODES
-        && s.stack.capacity() <= KEEP_NODES
-    {
-        s.tree.nodes.clear();
-        s.tree.items.clear();
-        s.tree.root = 0;
-        s.pending.clear();
-        s.stack.clear();
-        SCRATCH.with(|c| {
-            if let Ok(mut c) = c.try_borrow_mut() {
-                *c = s;
-            }
-        });
+impl Scratch {
+    fn clear(&mut self) {
+        let big = self.tree.nodes.capacity() > KEEP_NODES
+            || self.tree.items.capacity() > KEEP_NODES
+            || self.pending.capacity() > KEEP_NODES
+            || self.stack.capacity() > KEEP_NODES
+            || self.vars.capacity() > KEEP_NODES
+            || self.extra.capacity() > KEEP_NODES * 16;
+        if big {
+            *self = Scratch::default();
+        } else {
+            self.tree.nodes.clear();
+            self.tree.items.clear();
+            self.tree.root = 0;
+            self.pending.clear();
+            self.stack.clear();
+            self.vars.clear();
+            self.extra.clear();
+        }
     }
 }
 
-/// Gives a resolved tree's memory back for the next compilation on this thread.
-pub(crate) fn recycle_tree(tree: IrTree) {
-    let mut s = take_scratch();
-    s.tree = tree;
-    recycle(s);
+/// Runs `f` with this thread's scratch memory (borrowed in place for the whole
+/// compilation: nothing is moved in or out), or with fresh memory when it is in use
+/// (a registered function that compiles while a compilation folds constants).
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut f = Some(f);
+    let done = SCRATCH.try_with(|c| {
+        let mut s = c.try_borrow_mut().ok()?;
+        let f = f.take()?;
+        if !s.tree.nodes.is_empty() || !s.vars.is_empty() {
+            // left over by a compilation that panicked
+            s.clear();
+        }
+        let r = f(&mut s);
+        s.clear();
+        Some(r)
+    });
+    match (done, f.take()) {
+        (Ok(Some(r)), _) => r,
+        (_, Some(f)) => f(&mut Scratch::default()),
+        // `f` was taken only where it also produced the result
+        (_, None) => unreachable!("scratch closure ran without a result"),
+    }
 }
 
-pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
+/// Parses and resolves `src` into `s` (tree, variable names).
+pub(crate) fn resolve(engine: &Engine, src: &str, s: &mut Scratch) -> Result<Resolved, Error> {
     let limits = engine.limits();
     if src.len() > limits.max_len {
         return Err(Error::Limit {
@@ -134,7 +194,6 @@ pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
             ),
         });
     }
-    let mut s = take_scratch();
     let (root, _) = Parser::parse(
         src,
         engine.style(),
@@ -149,27 +208,24 @@ pub(crate) fn resolve(engine: &Engine, src: &str) -> Result<Resolved, Error> {
     let mut r = Resolver {
         engine,
         src,
-        vars: Vec::new(),
+        vars: std::mem::take(&mut s.vars),
+        extra: std::mem::take(&mut s.extra),
         fns: Vec::new(),
         macros: Vec::new(),
         expanded: false,
     };
     let pending = std::mem::take(&mut s.pending);
-    let res = r.all(&mut s.tree, src, &pending);
+    let mut res = r.all(&mut s.tree, src, &pending, true);
     s.pending = pending;
-    res?;
-    if r.expanded {
+    if res.is_ok() && r.expanded {
         // Macros make subtrees taller than the parser saw: check the depth again.
-        r.check_depth(&s.tree, root)?;
+        res = r.check_depth(&s.tree, root).map(|_| ());
     }
-    let mut tree = std::mem::take(&mut s.tree);
-    tree.root = root;
-    recycle(s);
-    Ok(Resolved {
-        tree,
-        vars: r.vars,
-        fns: r.fns,
-    })
+    s.vars = r.vars;
+    s.extra = r.extra;
+    res?;
+    s.tree.root = root;
+    Ok(Resolved { root, fns: r.fns })
 }
 
 impl Resolver<'_> {
@@ -178,10 +234,20 @@ impl Resolver<'_> {
     }
 
     /// Resolves the names and calls `pending` (met while parsing `text`), in order.
-    fn all(&mut self, tree: &mut IrTree, text: &str, pending: &[Pending]) -> Result<(), Error> {
+    /// `top`: `text` is the source (not a macro's text), so names are ranges of it.
+    fn all(
+        &mut self,
+        tree: &mut IrTree,
+        text: &str,
+        pending: &[Pending],
+        top: bool,
+    ) -> Result<(), Error> {
         for p in pending {
             match *p {
-                Pending::Name { id, a, z } => self.name(tree, id, &text[a as usize..z as usize])?,
+                Pending::Name { id, a, z } => {
+                    let at = top.then_some((a, z));
+                    self.name(tree, id, &text[a as usize..z as usize], at)?
+                }
                 Pending::Call { id, a, z, st, n } => {
                     let kind = self.call(tree, id, &text[a as usize..z as usize], st, n)?;
                     tree.nodes[id as usize].kind = kind;
@@ -245,7 +311,14 @@ impl Resolver<'_> {
         }
     }
 
-    fn name(&mut self, tree: &mut IrTree, id: u32, name: &str) -> Result<(), Error> {
+    /// `at`: where `name` is in the source, when it is.
+    fn name(
+        &mut self,
+        tree: &mut IrTree,
+        id: u32,
+        name: &str,
+        at: Option<(u32, u32)>,
+    ) -> Result<(), Error> {
         let is = |k: &str| name.eq_ignore_ascii_case(k);
         let kind = if is("true") {
             IrKind::Const(Value::Bool(true))
@@ -267,10 +340,24 @@ impl Resolver<'_> {
                 Some(Resolution::Const(v)) => IrKind::Const(v),
                 Some(Resolution::Macro(text)) => return self.expand(tree, id, name, &text),
                 None => {
-                    let slot = match self.vars.iter().position(|v| v == name) {
+                    let names = Names {
+                        head: self.src,
+                        tail: &self.extra,
+                        ranges: &self.vars,
+                    };
+                    let slot = match names.position(name) {
                         Some(i) => i,
                         None => {
-                            self.vars.push(name.to_string());
+                            let range = match at {
+                                Some(r) => r,
+                                None => {
+                                    // a name from a macro's text: kept after the source
+                                    let a = self.src.len() + self.extra.len();
+                                    self.extra.push_str(name);
+                                    (a as u32, (a + name.len()) as u32)
+                                }
+                            };
+                            self.vars.push(range);
                             self.vars.len() - 1
                         }
                     };
@@ -334,7 +421,7 @@ impl Resolver<'_> {
         }
         self.expanded = true;
         self.macros.push(name.to_string());
-        let r = self.all(tree, text, &pending);
+        let r = self.all(tree, text, &pending, false);
         self.macros.pop();
         r?;
         let kind = std::mem::replace(

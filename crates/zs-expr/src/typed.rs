@@ -25,6 +25,7 @@
 use crate::builtins::Builtin;
 use crate::parser::{BinOp, UnOp};
 use crate::program::Node;
+use crate::resolve::Names;
 use crate::value::{Scalar, Value, Vars};
 
 /// 2^53: integers strictly below this magnitude are exact in an `f64`.
@@ -497,7 +498,7 @@ impl Typed {
 
     /// Runs the code; `None` means "use the next evaluator".
     #[inline(never)]
-    pub(crate) fn run<X: Vars + ?Sized>(&self, vars: &X, names: &[String]) -> Option<f64> {
+    pub(crate) fn run<X: Vars + ?Sized>(&self, vars: &X, names: Names<'_>) -> Option<f64> {
         match self.code.len() {
             // An untranslated program has no code: nothing to run.
             0 => None,
@@ -509,7 +510,7 @@ impl Typed {
     }
 
     #[inline]
-    fn run_n<const N: usize, X: Vars + ?Sized>(&self, vars: &X, names: &[String]) -> Option<f64> {
+    fn run_n<const N: usize, X: Vars + ?Sized>(&self, vars: &X, names: Names<'_>) -> Option<f64> {
         // N is a power of two at least the number of registers, and operands refer to
         // registers written before, so masking an index never changes it; it only spares
         // bounds checks.
@@ -518,7 +519,7 @@ impl Typed {
         let (loads, code) = self.code.split_at(self.loads.min(self.code.len()));
         for (i, op) in loads.iter().enumerate() {
             let Op::Load(s) = *op else { return None };
-            r[i & (N - 1)] = match vars.get_scalar(s as usize, names.get(s as usize)?)? {
+            r[i & (N - 1)] = match vars.get_scalar(s as usize, names.get(s as usize))? {
                 Scalar::Float(v) => v,
                 Scalar::Int(v) if v.unsigned_abs() < 1 << 53 => v as f64,
                 Scalar::Int(_) | Scalar::Bool(_) => return None,
