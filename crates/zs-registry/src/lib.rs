@@ -65,10 +65,11 @@ mod embedded;
 mod etcd;
 mod model;
 pub mod proto;
+mod push;
 mod remote;
 pub mod service;
 
-pub use embedded::{Embedded, EmbeddedConfig};
+pub use embedded::{Embedded, EmbeddedConfig, PushSink};
 #[cfg(feature = "etcd")]
 pub use etcd::{Etcd, EtcdConfig};
 pub use model::{
@@ -92,6 +93,11 @@ pub enum Error {
     /// The registry could not be reached (or answered garbage); retry later.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The lease, or the instance or lock under it, belongs to another
+    /// connection of the registry service (see [`service`]: only the
+    /// connection that granted a lease, or an admin, may use it).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The lock is held by someone else after waiting.
     #[error("lock {name} held by {holder}")]
     Locked {
@@ -136,6 +142,18 @@ pub trait ServiceRegistry: Send + Sync {
     fn grant(&self, ttl: Duration) -> Result<LeaseId>;
     /// Renews the lease; answers its TTL, or [`Error::LeaseNotFound`] once it is gone.
     fn keepalive(&self, lease: LeaseId) -> Result<Duration>;
+    /// Renews many leases at once (one message on the embedded service; a
+    /// loop elsewhere): each lease's TTL in order, `None` for one that is gone.
+    fn keepalive_many(&self, leases: &[LeaseId]) -> Result<Vec<Option<Duration>>> {
+        leases
+            .iter()
+            .map(|l| match self.keepalive(*l) {
+                Ok(t) => Ok(Some(t)),
+                Err(Error::LeaseNotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
     /// Ends the lease now: its instances and locks disappear.
     fn revoke(&self, lease: LeaseId) -> Result<()>;
     /// Registers (or replaces: load updates) an instance under a live lease.
@@ -237,7 +255,7 @@ impl Keeper {
                 let cur = *l2.lock().unwrap_or_else(|p| p.into_inner());
                 match r2.keepalive(cur) {
                     Ok(_) => tick(&*r2, cur),
-                    Err(Error::LeaseNotFound(_)) => {
+                    Err(Error::LeaseNotFound(_) | Error::Forbidden(_)) => {
                         lost2.store(true, Ordering::Relaxed);
                         tracing::warn!(lease = cur, "registry lease lost; granting a new one");
                         if let Ok(new) = r2.grant(ttl) {
