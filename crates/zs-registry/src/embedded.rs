@@ -1220,7 +1220,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("record: "))
             .collect();
-        assert_eq!(recs.len(), 5);
+        assert_eq!(recs.len(), 6);
         for r in recs {
             let s: Stored = serde_json::from_str(r).unwrap_or_else(|e| panic!("{r}: {e}"));
             assert_eq!(super::json(&s), r.as_bytes());

@@ -315,3 +315,19 @@ fn an_admin_identity_may_revoke_any_lease() {
     admin.revoke(lease).unwrap();
     assert!(user2.list(Some("s")).unwrap().instances.is_empty());
 }
+
+#[test]
+fn a_lease_keeps_its_owner_identity_across_a_restart() {
+    let vfs = Arc::new(zs_db::MemVfs::new());
+    let reg = Embedded::open(vfs.clone(), "registry", EmbeddedConfig::default()).unwrap();
+    let mine = reg
+        .grant_for(Duration::from_secs(30), Some(b"user"))
+        .unwrap();
+    let anon = reg.grant(Duration::from_secs(30)).unwrap();
+    reg.close().unwrap();
+    drop(reg);
+    let again = Embedded::open(vfs, "registry", EmbeddedConfig::default()).unwrap();
+    assert_eq!(again.lease_owner(mine), Some(Some(b"user".to_vec())));
+    assert_eq!(again.lease_owner(anon), Some(None));
+    assert_eq!(again.lease_owner(12345), None);
+}
