@@ -81,13 +81,14 @@ fn wait_for(args: &[&str], want: impl Fn(&str) -> bool) -> String {
 /// the command runs under the lock, a second holder is refused while it
 /// runs, the exit status comes through, ids never repeat.
 fn lock_and_ids(target: &[&str], counter: &str) {
-    let cmd = |tail: &[&str]| -> Vec<String> {
+    let cmd_with = |flags: &[&str], tail: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["registry", "lock", "job"].map(String::from).to_vec();
-        v.extend(target.iter().map(|s| s.to_string()));
+        v.extend(flags.iter().chain(target).map(|s| s.to_string()));
         v.push("--".into());
         v.extend(tail.iter().map(|s| s.to_string()));
         v
     };
+    let cmd = |tail: &[&str]| cmd_with(&[], tail);
     let strs = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
     let (ok, out, err) = run(&cmd(&["echo", "inside"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
@@ -99,7 +100,8 @@ fn lock_and_ids(target: &[&str], counter: &str) {
         .code();
     assert_eq!(code, Some(3), "the command's status comes through");
     let mut holder = Guard(
-        zs().args(cmd(&["sleep", "3"]))
+        // it waits: the probes below hold the lock for a moment each
+        zs().args(cmd_with(&["--wait", "20"], &["sleep", "3"]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -21,7 +21,25 @@
 //! least-loaded instance of a type ([`ServiceRegistry::pick`]; full instances are
 //! skipped, ties are served in turn). Lease-based locks and leader election
 //! (held until unlocked or the lease ends) and id-range allocation (Zeze's
-//! AllocateId). [`Limits`] bound instances, leases, metadata size, waiters.
+//! AllocateId). [`Limits`] bound instances, leases, metadata size, watches.
+//!
+//! Watches of the embedded registry, in process or through [`Remote`], are
+//! **pushed**: each change is sent to its watchers as soon as it is on disk
+//! (over the watcher's open zs-core connection for [`Remote`]), in revision
+//! order, with flow control: a watcher has at most [`Limits::watch_window`]
+//! pushes unacknowledged (acknowledged as [`Watch::next`] takes them in); one
+//! that falls that far behind is sent nothing more, then gets every change it
+//! missed in one push (or a resync snapshot), and is dropped with a logged
+//! reason after [`Limits::max_stall`] (it then reopens from its revision). So a
+//! reader that stops costs the registry a few bytes, never a queue.
+//! [`ServiceRegistry::keepalive_many`] renews many leases in one message.
+//!
+//! **Trust** (the embedded service, [`service`]): a lease, and the instances
+//! and locks under it, may be renewed, revoked or changed only by the
+//! connection that granted it (after that connection closed or the registry
+//! restarted: by a connection with the same PSK identity), or by an admin
+//! identity; others get [`Error::Forbidden`]. Reads and id allocation are open
+//! to every accepted connection. In process, the caller is trusted.
 //!
 //! The API is blocking (`Send + Sync`, usable as `Arc<dyn ServiceRegistry>`); the
 //! etcd backend runs its own small tokio runtime, so call it from plain threads

@@ -39,6 +39,46 @@ fn recording_client(es: &EmbeddedServer) -> (Client, Arc<Mutex<Vec<Push>>>) {
     (c, got)
 }
 
+/// A registry server, a writer with a lease, and a raw client that opened a
+/// push watch with `watch` (a `reg.watch` request) and records its pushes.
+struct Setup {
+    es: EmbeddedServer,
+    writer: Remote,
+    lease: i64,
+    c: Client,
+    got: Arc<Mutex<Vec<Push>>>,
+}
+
+fn setup(cfg: EmbeddedConfig, watch: &str) -> Setup {
+    let es = EmbeddedServer::start(cfg, ServiceConfig::default());
+    let writer = es.client();
+    let lease = writer.grant(Duration::from_secs(30)).unwrap();
+    let (c, got) = recording_client(&es);
+    c.call(CMD_WATCH, watch).wait().unwrap();
+    wait_until("the snapshot", || got.lock().unwrap().len() == 1);
+    Setup {
+        es,
+        writer,
+        lease,
+        c,
+        got,
+    }
+}
+
+impl Setup {
+    /// Registers `k/0` … `k/{n-1}`.
+    fn register(&self, n: usize) {
+        for i in 0..n {
+            self.writer
+                .register(self.lease, &Instance::new("k", &i.to_string(), "h:1"))
+                .unwrap();
+        }
+    }
+    fn pushes(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+}
+
 fn events_in(p: &Push) -> Vec<i64> {
     match p {
         Push::Events { events, .. } => events.iter().map(|e| e.revision).collect(),
@@ -48,58 +88,39 @@ fn events_in(p: &Push) -> Vec<i64> {
 
 #[test]
 fn a_watcher_that_does_not_read_gets_its_window_then_one_coalesced_push() {
-    let es = EmbeddedServer::start(EmbeddedConfig::default(), ServiceConfig::default());
-    let writer = es.client();
-    let lease = writer.grant(Duration::from_secs(30)).unwrap();
-    let (c, got) = recording_client(&es);
-    c.call(CMD_WATCH, r#"{"wid":7,"kind":"k","window":4}"#)
-        .wait()
-        .unwrap();
-    wait_until("the snapshot", || got.lock().unwrap().len() == 1);
+    let s = setup(
+        EmbeddedConfig::default(),
+        r#"{"wid":7,"kind":"k","window":4}"#,
+    );
     // 1 snapshot + 3 events fill the window of 4; the rest is held back
-    for i in 0..40 {
-        writer
-            .register(lease, &Instance::new("k", &i.to_string(), "h:1"))
-            .unwrap();
-    }
-    wait_until("a full window", || got.lock().unwrap().len() == 4);
+    s.register(40);
+    wait_until("a full window", || s.pushes() == 4);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(got.lock().unwrap().len(), 4, "nothing beyond the window");
+    assert_eq!(s.pushes(), 4, "nothing beyond the window");
     // consuming them releases everything missed in one push, in order
-    c.send_direct_console(CMD_ACK, r#"{"wid":7,"n":4}"#).unwrap();
-    wait_until("the coalesced push", || got.lock().unwrap().len() == 5);
-    let all: Vec<i64> = got.lock().unwrap()[1..].iter().flat_map(events_in).collect();
+    s.c.send_direct_console(CMD_ACK, r#"{"wid":7,"n":4}"#).unwrap();
+    wait_until("the coalesced push", || s.pushes() == 5);
+    let all: Vec<i64> = s.got.lock().unwrap()[1..].iter().flat_map(events_in).collect();
     assert_eq!(all.len(), 40, "every change exactly once");
     assert!(all.windows(2).all(|w| w[0] < w[1]), "revision order: {all:?}");
-    assert_eq!(es.reg.as_ref().unwrap().watcher_count(), 1);
+    assert_eq!(s.es.reg.as_ref().unwrap().watcher_count(), 1);
 }
 
 #[test]
 fn a_stalled_watcher_behind_compaction_gets_a_resync() {
-    let es = EmbeddedServer::start(
+    let s = setup(
         EmbeddedConfig {
             history: 4,
             ..EmbeddedConfig::default()
         },
-        ServiceConfig::default(),
+        r#"{"wid":1,"kind":"k","window":1}"#,
     );
-    let writer = es.client();
-    let lease = writer.grant(Duration::from_secs(30)).unwrap();
-    let (c, got) = recording_client(&es);
-    c.call(CMD_WATCH, r#"{"wid":1,"kind":"k","window":1}"#)
-        .wait()
-        .unwrap();
-    wait_until("the snapshot", || got.lock().unwrap().len() == 1);
-    for i in 0..10 {
-        writer
-            .register(lease, &Instance::new("k", &i.to_string(), "h:1"))
-            .unwrap();
-    }
+    s.register(10);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(got.lock().unwrap().len(), 1);
-    c.send_direct_console(CMD_ACK, r#"{"wid":1,"n":1}"#).unwrap();
-    wait_until("the resync", || got.lock().unwrap().len() == 2);
-    let second = got.lock().unwrap()[1].clone();
+    assert_eq!(s.pushes(), 1);
+    s.c.send_direct_console(CMD_ACK, r#"{"wid":1,"n":1}"#).unwrap();
+    wait_until("the resync", || s.pushes() == 2);
+    let second = s.got.lock().unwrap()[1].clone();
     match second {
         Push::Snapshot {
             resync: true,
@@ -112,7 +133,7 @@ fn a_stalled_watcher_behind_compaction_gets_a_resync() {
 
 #[test]
 fn a_watcher_stalled_too_long_is_dropped_and_told() {
-    let es = EmbeddedServer::start(
+    let s = setup(
         EmbeddedConfig {
             limits: Limits {
                 max_stall: Duration::from_millis(300),
@@ -120,24 +141,17 @@ fn a_watcher_stalled_too_long_is_dropped_and_told() {
             },
             ..EmbeddedConfig::default()
         },
-        ServiceConfig::default(),
+        r#"{"wid":3,"window":2}"#,
     );
-    let writer = es.client();
-    let lease = writer.grant(Duration::from_secs(30)).unwrap();
-    let (c, got) = recording_client(&es);
-    c.call(CMD_WATCH, r#"{"wid":3,"window":2}"#).wait().unwrap();
-    for i in 0..5 {
-        writer
-            .register(lease, &Instance::new("k", &i.to_string(), "h:1"))
-            .unwrap();
-    }
-    let reg = es.reg.as_ref().unwrap().clone();
+    s.register(5);
+    let reg = s.es.reg.as_ref().unwrap().clone();
     wait_until("the drop", || reg.watcher_count() == 0);
     wait_until("the notice", || {
-        matches!(got.lock().unwrap().last(), Some(Push::Dropped { wid: 3, .. }))
+        matches!(s.got.lock().unwrap().last(), Some(Push::Dropped { wid: 3, .. }))
     });
+    assert_eq!(s.pushes(), 3, "the window (2), then the notice");
     // the connection itself carries on
-    assert!(c.call(CMD, r#"{"op":"list"}"#).wait().is_ok());
+    assert!(s.c.call(CMD, r#"{"op":"list"}"#).wait().is_ok());
 }
 
 #[test]
