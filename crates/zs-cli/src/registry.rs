@@ -20,9 +20,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use zserver::cluster::{
     self, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Instance, Keeper, Remote, ServiceRegistry,
@@ -231,9 +231,7 @@ fn run_inner(a: RegistryArgs) -> Result<u8, String> {
             return Ok(u8::try_from(code).unwrap_or(1));
         }
         Cmd::Ids { name, count } => {
-            let r = reg
-                .allocate_ids(&name, count)
-                .map_err(|e| e.to_string())?;
+            let r = reg.allocate_ids(&name, count).map_err(|e| e.to_string())?;
             println!("{}..{}", r.start, r.end);
         }
         Cmd::Ls { kind } => {

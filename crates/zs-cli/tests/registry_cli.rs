@@ -90,7 +90,10 @@ fn lock_and_ids(target: &[&str], counter: &str) {
     };
     let cmd = |tail: &[&str]| cmd_with(&[], tail);
     let strs = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
-    let (ok, out, err) = run(&cmd(&["echo", "inside"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, out, err) = run(&cmd(&["echo", "inside"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "inside");
     let code = zs()
@@ -109,20 +112,29 @@ fn lock_and_ids(target: &[&str], counter: &str) {
     );
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let (ok, _, err) = run(&cmd(&["true"]).iter().map(String::as_str).collect::<Vec<_>>());
+        let (ok, _, err) = run(&cmd(&["true"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
         if !ok {
             assert!(err.contains("held by"), "{err}");
             break;
         }
-        assert!(Instant::now() < end, "the lock was never seen held: {}", strs(&cmd(&[])));
+        assert!(
+            Instant::now() < end,
+            "the lock was never seen held: {}",
+            strs(&cmd(&[]))
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(holder.0.wait().unwrap().success());
-    let (ok, _, err) = run(&cmd(&["true"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, err) = run(&cmd(&["true"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
     assert!(ok, "free again after the holder ended: {err}");
     let ids = |n: &str| {
-        let (ok, out, err) =
-            run(&[&["registry", "ids", counter, n][..], target].concat());
+        let (ok, out, err) = run(&[&["registry", "ids", counter, n][..], target].concat());
         assert!(ok, "{err}");
         out.trim().to_owned()
     };

@@ -166,7 +166,8 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    (s.len() % 2 == 0)
+    s.len()
+        .is_multiple_of(2)
         .then(|| {
             (0..s.len())
                 .step_by(2)
@@ -804,7 +805,11 @@ fn deliver(st: &mut State, lim: &Limits) {
             Some(p) => {
                 let ok = send(w, p);
                 if !ok {
-                    tracing::warn!(owner, wid, "registry watch dropped: its connection refused a push");
+                    tracing::warn!(
+                        owner,
+                        wid,
+                        "registry watch dropped: its connection refused a push"
+                    );
                 }
                 ok
             }

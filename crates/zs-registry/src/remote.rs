@@ -162,12 +162,12 @@ impl WatchLink for RemoteInner {
             window,
         };
         let text = serde_json::to_string(&req).map_err(|e| Error::Invalid(e.to_string()));
-        let res = text.and_then(|t| self.raw(CMD_WATCH, &t, self.timeout)).and_then(|out| {
-            match serde_json::from_str(&out) {
+        let res = text
+            .and_then(|t| self.raw(CMD_WATCH, &t, self.timeout))
+            .and_then(|out| match serde_json::from_str(&out) {
                 Ok(WatchAnswer::Watching { window, .. }) => Ok(window),
                 Err(e) => Err(Error::Unavailable(format!("bad answer: {e}"))),
-            }
-        });
+            });
         match res {
             Ok(window) => Ok((wid, window)),
             Err(e) => {

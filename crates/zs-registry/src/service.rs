@@ -68,7 +68,10 @@ struct ConnState {
 }
 
 fn is_admin(peer: &Peer, cfg: &ServiceConfig) -> bool {
-    !cfg.admins.is_empty() && peer.psk_identity().is_some_and(|id| cfg.admins.contains(&id))
+    !cfg.admins.is_empty()
+        && peer
+            .psk_identity()
+            .is_some_and(|id| cfg.admins.contains(&id))
 }
 
 /// Which connection holds each lease granted (or claimed) through the service.
@@ -312,7 +315,9 @@ fn handle(
             name,
             lease,
             holder,
-        } => match check_lease(reg, owners, peer, cfg, lease).and_then(|_| reg.try_lock(&name, lease, &holder))? {
+        } => match check_lease(reg, owners, peer, cfg, lease)
+            .and_then(|_| reg.try_lock(&name, lease, &holder))?
+        {
             LockState::Acquired => Response::Lock {
                 acquired: true,
                 holder: Some(crate::Holder { lease, holder }),
@@ -354,10 +359,12 @@ pub fn install(commands: &mut Registry, reg: Embedded, cfg: ServiceConfig) {
     });
     let (r2, c2) = (reg.clone(), cfg.clone());
     commands.console(CMD_WATCH, move |peer, text| {
-        let req: WatchRequest = (text.len() <= c2.max_request_bytes)
-            .then(|| serde_json::from_str(text).map_err(|e| e.to_string()))
-            .unwrap_or_else(|| Err("request too large".into()))
-            .map_err(|e| bad(peer, &c2, format!("bad watch request: {e}")))?;
+        let req: Result<WatchRequest, String> = if text.len() <= c2.max_request_bytes {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        } else {
+            Err("request too large".into())
+        };
+        let req = req.map_err(|e| bad(peer, &c2, format!("bad watch request: {e}")))?;
         let sink = Arc::new(PeerSink(peer.clone()));
         let window = r2
             .subscribe(
@@ -377,9 +384,7 @@ pub fn install(commands: &mut Registry, reg: Embedded, cfg: ServiceConfig) {
     });
     let (r3, c3) = (reg.clone(), cfg.clone());
     commands.direct_console(CMD_ACK, move |peer, text| {
-        match (text.len() <= c3.max_request_bytes)
-            .then(|| serde_json::from_str::<Ack>(text))
-        {
+        match (text.len() <= c3.max_request_bytes).then(|| serde_json::from_str::<Ack>(text)) {
             Some(Ok(a)) => r3.ack(peer.id(), a.wid, a.n),
             _ => {
                 bad(peer, &c3, "bad watch ack".into());
@@ -388,9 +393,7 @@ pub fn install(commands: &mut Registry, reg: Embedded, cfg: ServiceConfig) {
     });
     let (r4, c4) = (reg.clone(), cfg.clone());
     commands.direct_console(CMD_UNWATCH, move |peer, text| {
-        match (text.len() <= c4.max_request_bytes)
-            .then(|| serde_json::from_str::<Unwatch>(text))
-        {
+        match (text.len() <= c4.max_request_bytes).then(|| serde_json::from_str::<Unwatch>(text)) {
             Some(Ok(u)) => {
                 r4.unsubscribe(peer.id(), u.wid);
             }

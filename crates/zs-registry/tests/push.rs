@@ -98,11 +98,18 @@ fn a_watcher_that_does_not_read_gets_its_window_then_one_coalesced_push() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(s.pushes(), 4, "nothing beyond the window");
     // consuming them releases everything missed in one push, in order
-    s.c.send_direct_console(CMD_ACK, r#"{"wid":7,"n":4}"#).unwrap();
+    s.c.send_direct_console(CMD_ACK, r#"{"wid":7,"n":4}"#)
+        .unwrap();
     wait_until("the coalesced push", || s.pushes() == 5);
-    let all: Vec<i64> = s.got.lock().unwrap()[1..].iter().flat_map(events_in).collect();
+    let all: Vec<i64> = s.got.lock().unwrap()[1..]
+        .iter()
+        .flat_map(events_in)
+        .collect();
     assert_eq!(all.len(), 40, "every change exactly once");
-    assert!(all.windows(2).all(|w| w[0] < w[1]), "revision order: {all:?}");
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "revision order: {all:?}"
+    );
     assert_eq!(s.es.reg.as_ref().unwrap().watcher_count(), 1);
 }
 
@@ -118,7 +125,8 @@ fn a_stalled_watcher_behind_compaction_gets_a_resync() {
     s.register(10);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.pushes(), 1);
-    s.c.send_direct_console(CMD_ACK, r#"{"wid":1,"n":1}"#).unwrap();
+    s.c.send_direct_console(CMD_ACK, r#"{"wid":1,"n":1}"#)
+        .unwrap();
     wait_until("the resync", || s.pushes() == 2);
     let second = s.got.lock().unwrap()[1].clone();
     match second {
@@ -147,7 +155,10 @@ fn a_watcher_stalled_too_long_is_dropped_and_told() {
     let reg = s.es.reg.as_ref().unwrap().clone();
     wait_until("the drop", || reg.watcher_count() == 0);
     wait_until("the notice", || {
-        matches!(s.got.lock().unwrap().last(), Some(Push::Dropped { wid: 3, .. }))
+        matches!(
+            s.got.lock().unwrap().last(),
+            Some(Push::Dropped { wid: 3, .. })
+        )
     });
     assert_eq!(s.pushes(), 3, "the window (2), then the notice");
     // the connection itself carries on
@@ -166,10 +177,7 @@ fn watchers_of_a_closed_connection_are_released() {
     let reg = es.reg.as_ref().unwrap().clone();
     assert_eq!(reg.watcher_count(), 3);
     // a second open of the same id is refused
-    assert!(c
-        .call(CMD_WATCH, r#"{"wid":1,"window":8}"#)
-        .wait()
-        .is_err());
+    assert!(c.call(CMD_WATCH, r#"{"wid":1,"window":8}"#).wait().is_err());
     c.close();
     wait_until("release", || reg.watcher_count() == 0);
 }
@@ -315,7 +323,8 @@ fn an_admin_identity_may_revoke_any_lease() {
         client("admin", admin_key),
     );
     let lease = user.grant(Duration::from_secs(30)).unwrap();
-    user.register(lease, &Instance::new("s", "1", "h:1")).unwrap();
+    user.register(lease, &Instance::new("s", "1", "h:1"))
+        .unwrap();
     // same identity, other connection: not its lease while the owner is connected
     assert!(matches!(user2.revoke(lease), Err(Error::Forbidden(_))));
     // the owner's connection ends: another identity may not claim the lease...

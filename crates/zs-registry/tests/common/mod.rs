@@ -211,13 +211,7 @@ impl EmbeddedServer {
         Remote::new(
             move |cmds| {
                 let addr = *a.lock().unwrap();
-                Client::connect(
-                    b.clone(),
-                    p.clone(),
-                    cmds,
-                    Options::client(),
-                    addr,
-                )
+                Client::connect(b.clone(), p.clone(), cmds, Options::client(), addr)
             },
             Duration::from_secs(5),
         )
