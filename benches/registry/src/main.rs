@@ -63,10 +63,10 @@ fn limits() -> Limits {
     }
 }
 
-fn epoll() -> Arc<dyn zs_io::Backend> {
+fn epoll(loops: usize) -> Arc<dyn zs_io::Backend> {
     Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
-            loops: 1,
+            loops,
             ..zs_io::Config::default()
         })
         .expect("epoll"),
@@ -93,7 +93,7 @@ fn serve(dir: &str, seed: &str) {
     let mut cmds = zs_core::Registry::new();
     install(&mut cmds, reg, ServiceConfig::default());
     let server = zs_core::Server::start(
-        epoll(),
+        epoll(1),
         provider,
         cmds,
         CoreOptions::default(),
@@ -193,8 +193,11 @@ fn start_ours(dir: &std::path::Path) -> (Proc, SocketAddr, Arc<dyn SecurityProvi
     (Proc(child), addr, provider)
 }
 
-fn remote(addr: SocketAddr, provider: Arc<dyn SecurityProvider>) -> Remote {
-    let backend = epoll();
+fn remote(
+    backend: Arc<dyn zs_io::Backend>,
+    addr: SocketAddr,
+    provider: Arc<dyn SecurityProvider>,
+) -> Remote {
     Remote::new(
         move |cmds| {
             Client::connect(
@@ -320,8 +323,11 @@ fn main() {
                 .expect("etcd connect"),
         );
     }
+    // our 64 clients share one epoll backend with 2 loops, as etcd's share a
+    // 2-thread tokio runtime (a backend per client was 64 more threads)
+    let client_io = epoll(2);
     let ours: Vec<Arc<Remote>> = (0..64)
-        .map(|_| Arc::new(remote(addr, provider.clone())))
+        .map(|_| Arc::new(remote(client_io.clone(), addr, provider.clone())))
         .collect();
     // a lease belongs to the connection that granted it: one per client
     let client_leases: Arc<Vec<i64>> = Arc::new(
