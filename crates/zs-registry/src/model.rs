@@ -159,9 +159,10 @@ pub struct Limits {
     pub max_counters: usize,
     /// Most ids handed out by one `allocate_ids` call.
     pub max_id_batch: u64,
-    /// Most long-poll watch requests waiting at once (embedded service).
+    /// Most watches open at once, push watches and waiting long-poll
+    /// requests together (embedded registry).
     pub max_waiters: usize,
-    /// Most long-poll watch requests waiting from one connection.
+    /// Most watches open from one connection (push and long-poll together).
     pub max_waiters_per_conn: usize,
     /// Most live leases granted through one connection.
     pub max_leases_per_conn: usize,
