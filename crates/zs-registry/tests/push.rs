@@ -354,3 +354,45 @@ fn a_lease_keeps_its_owner_identity_across_a_restart() {
     assert_eq!(again.lease_owner(anon), Some(None));
     assert_eq!(again.lease_owner(12345), None);
 }
+
+#[test]
+fn watch_floods_and_garbage_acks_are_bounded() {
+    let es = EmbeddedServer::start(
+        EmbeddedConfig {
+            limits: Limits {
+                max_waiters_per_conn: 3,
+                ..Limits::default()
+            },
+            ..EmbeddedConfig::default()
+        },
+        ServiceConfig {
+            max_bad_requests: 3,
+            ..ServiceConfig::default()
+        },
+    );
+    let (c, _got) = recording_client(&es);
+    for wid in 0..3 {
+        c.call(CMD_WATCH, &format!(r#"{{"wid":{wid},"window":1000000}}"#))
+            .wait()
+            .unwrap();
+    }
+    match c.call(CMD_WATCH, r#"{"wid":9,"window":1}"#).wait() {
+        Err(zs_core::Error::Remote { code: 429, .. }) => {}
+        other => panic!("a 4th watch on one connection: {other:?}"),
+    }
+    let reg = es.reg.as_ref().unwrap().clone();
+    assert_eq!(reg.watcher_count(), 3);
+    // another connection is not affected
+    let (other, _) = recording_client(&es);
+    other
+        .call(CMD_WATCH, r#"{"wid":0,"window":8}"#)
+        .wait()
+        .unwrap();
+    // garbage acks count as bad requests: the sender is closed, the others stay
+    for junk in ["", "{", r#"{"wid":"x","n":1}"#] {
+        let _ = c.send_direct_console(CMD_ACK, junk);
+    }
+    wait_until("the hostile connection closed", || !c.is_connected());
+    wait_until("its watches released", || reg.watcher_count() == 1);
+    assert!(other.is_connected());
+}
