@@ -1,17 +1,49 @@
 //! The registry's request decoder and state machine: arbitrary lines are
 //! decoded as `reg` requests (JSON, docs/PROTOCOL.md "zs-registry") or
-//! `reg.changes` requests and applied to an embedded registry on an in-memory
-//! store with small limits. Never a panic; limits hold; and what was
+//! `reg.changes` requests (`~` lines), push watch opens (`@` lines, a
+//! `reg.watch` request) and acks (`!` lines, a `reg.ack`), applied to an
+//! embedded registry on an in-memory store with small limits. Never a panic;
+//! limits hold; no watcher ever has more pushes unacknowledged than its
+//! window, and its events arrive in revision order; and what was
 //! acknowledged survives a close and reopen (the instances, locks and counters
 //! read back equal).
 #![no_main]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use zs_registry::proto::{decode_request, Changes, ChangesRequest, Request};
-use zs_registry::{Embedded, EmbeddedConfig, Limits, ServiceRegistry};
+use zs_registry::proto::{decode_request, Ack, Changes, ChangesRequest, Push, Request, WatchRequest};
+use zs_registry::{Embedded, EmbeddedConfig, Limits, PushSink, ServiceRegistry};
+
+/// Counts what a watcher was sent against what it acknowledged.
+#[derive(Default)]
+struct Counting {
+    st: Mutex<(u32, u32, i64)>, // unacked, window, last revision
+}
+
+impl PushSink for Counting {
+    fn push(&self, push: Push) -> bool {
+        let mut g = self.st.lock().unwrap();
+        g.0 += 1;
+        assert!(g.0 <= g.1 + 1, "{} pushes unacknowledged, window {}", g.0, g.1);
+        match push {
+            Push::Events { revision, events, .. } => {
+                for e in &events {
+                    assert!(e.revision > g.2 && e.revision <= revision, "order");
+                    g.2 = e.revision;
+                }
+                g.2 = g.2.max(revision);
+            }
+            Push::Snapshot { snapshot, .. } => g.2 = snapshot.revision,
+            Push::Dropped { .. } => {}
+        }
+        true
+    }
+    fn is_open(&self) -> bool {
+        true
+    }
+}
 
 fn apply(reg: &Embedded, req: Request) {
     let _ = match req {
@@ -19,6 +51,7 @@ fn apply(reg: &Embedded, req: Request) {
             .grant(Duration::from_millis(ttl_ms.max(600_000)))
             .map(|_| ()),
         Request::Keepalive { lease } => reg.keepalive(lease).map(|_| ()),
+        Request::KeepaliveMany { leases } => reg.keepalive_many(&leases).map(|_| ()),
         Request::Revoke { lease } => reg.revoke(lease),
         Request::Register { lease, instance } => reg.register(lease, &instance).map(|_| ()),
         Request::Deregister { kind, id } => reg.deregister(&kind, &id).map(|_| ()),
@@ -51,7 +84,32 @@ fuzz_target!(|data: &[u8]| {
     };
     let reg = Embedded::open(vfs.clone(), "r", cfg.clone()).expect("open");
     let mut leases = Vec::new();
+    let mut sinks: Vec<(u64, Arc<Counting>)> = Vec::new();
     for line in text.lines().take(64) {
+        if let Some(rest) = line.strip_prefix('@') {
+            if let Ok(w) = serde_json::from_str::<WatchRequest>(rest) {
+                let sink = Arc::new(Counting::default());
+                sink.st.lock().unwrap().1 = w.window.clamp(1, 64);
+                if reg
+                    .subscribe(1, w.wid, w.kind.as_deref(), w.from, w.window, sink.clone())
+                    .is_ok()
+                {
+                    sinks.push((w.wid, sink));
+                }
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('!') {
+            if let Ok(a) = serde_json::from_str::<Ack>(rest) {
+                if let Some((_, s)) = sinks.iter().find(|(w, _)| *w == a.wid) {
+                    let mut g = s.st.lock().unwrap();
+                    g.0 = g.0.saturating_sub(a.n);
+                    drop(g); // the ack may push to it
+                }
+                reg.ack(1, a.wid, a.n);
+            }
+            continue;
+        }
         if let Some(rest) = line.strip_prefix('~') {
             if let Ok(c) = serde_json::from_str::<ChangesRequest>(rest) {
                 let _ = reg.changes(c.kind.as_deref(), c.after, Duration::ZERO, 1, Box::new(|c: Changes| {

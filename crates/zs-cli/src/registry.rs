@@ -9,13 +9,20 @@
 //! - `zs registry watch [TYPE]`: a snapshot, then every change, until Ctrl-C;
 //! - `zs registry pick TYPE`: the least-loaded instance;
 //! - `zs registry call TYPE COMMAND [ARGS…]`: a console call on the
-//!   least-loaded instance (its address and fingerprint come from the registry).
+//!   least-loaded instance (its address and fingerprint come from the registry);
+//! - `zs registry lock NAME [--wait S] [--ttl S] -- CMD [ARGS…]`: runs `CMD`
+//!   holding the lease-based lock `NAME` (renewed while it runs; released when
+//!   it ends; if the lease is lost the command is killed, since the lock no
+//!   longer protects it); exits with the command's status;
+//! - `zs registry ids NAME COUNT`: allocates `COUNT` fresh ids from the counter
+//!   `NAME` (Zeze's AllocateId) and prints them as `START..END` (END excluded).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use zserver::cluster::{
     self, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Instance, Keeper, Remote, ServiceRegistry,
@@ -83,6 +90,85 @@ enum Cmd {
         /// Text (joined with spaces).
         args: Vec<String>,
     },
+    /// Run a command while holding a lock (`zs registry lock NAME -- CMD ARGS…`).
+    Lock {
+        /// Lock name.
+        name: String,
+        /// Seconds to wait for the lock when it is held.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// Lease TTL in seconds (the lock is freed this long after a crash).
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Allocate COUNT fresh ids from a counter; prints `START..END` (END excluded).
+    Ids {
+        /// Counter name.
+        name: String,
+        /// How many ids.
+        count: u64,
+    },
+}
+
+/// Runs `command` holding lock `name`: its exit code.
+fn run_locked(
+    reg: &dyn ServiceRegistry,
+    name: &str,
+    wait: Duration,
+    ttl: Duration,
+    command: &[String],
+) -> Result<i32, String> {
+    let lease = reg.grant(ttl).map_err(|e| e.to_string())?;
+    let holder = format!(
+        "zs registry lock (pid {} on {})",
+        std::process::id(),
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "this host".into())
+    );
+    if let Err(e) = reg.lock(name, lease, &holder, wait) {
+        let _ = reg.revoke(lease);
+        return Err(e.to_string());
+    }
+    eprintln!("zs registry: lock {name} held (lease {lease:x})");
+    let child = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = reg.revoke(lease);
+            return Err(format!("{}: {e}", command[0]));
+        }
+    };
+    let period = (ttl / 3).max(Duration::from_millis(100));
+    let mut next = Instant::now() + period;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if Instant::now() >= next {
+            next = Instant::now() + period;
+            match reg.keepalive(lease) {
+                Ok(_) => {}
+                Err(cluster::Error::Unavailable(e)) => {
+                    eprintln!("zs registry: renewing the lock's lease: {e}; retrying")
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("lock {name} lost ({e}): command killed"));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reg.unlock(name, lease);
+    let _ = reg.revoke(lease);
+    Ok(status.code().unwrap_or(1))
 }
 
 /// Connects to the registry named by `t`.
@@ -99,9 +185,10 @@ pub fn open(t: &Target) -> Result<Arc<dyn ServiceRegistry>, String> {
     let fp = resolve_fingerprint(t.fingerprint.as_deref(), t.key.as_deref())?;
     let addr = t.addr;
     Ok(Arc::new(Remote::new(
-        move || {
+        move |cmds| {
             ClientBuilder::new(addr)
                 .fingerprint(fp)
+                .registry(cmds)
                 .connect()
                 .map_err(|e| zserver::Error::ConnectionLost(e.to_string()))
         },
@@ -125,9 +212,28 @@ fn line(i: &Instance) -> String {
     s
 }
 
-fn run_inner(a: RegistryArgs) -> Result<(), String> {
+fn run_inner(a: RegistryArgs) -> Result<u8, String> {
     let reg = open(&a.target)?;
     match a.cmd {
+        Cmd::Lock {
+            name,
+            wait,
+            ttl,
+            command,
+        } => {
+            let code = run_locked(
+                &*reg,
+                &name,
+                Duration::from_secs(wait),
+                Duration::from_secs(ttl),
+                &command,
+            )?;
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
+        Cmd::Ids { name, count } => {
+            let r = reg.allocate_ids(&name, count).map_err(|e| e.to_string())?;
+            println!("{}..{}", r.start, r.end);
+        }
         Cmd::Ls { kind } => {
             let snap = reg.list(kind.as_deref()).map_err(|e| e.to_string())?;
             for i in &snap.instances {
@@ -190,13 +296,13 @@ fn run_inner(a: RegistryArgs) -> Result<(), String> {
             println!("{answer}");
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 /// Runs `zs registry`.
 pub fn run(a: RegistryArgs) -> ExitCode {
     match run_inner(a) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("zs registry: {e}");
             ExitCode::FAILURE

@@ -1,13 +1,25 @@
 //! The embedded backend: state in memory under one mutex, every change
 //! committed to a zs-db database (docs/STORAGE.md, "Registry records") before it
-//! is acknowledged or announced; a reaper thread expires leases and answers
-//! long-poll waits that timed out.
+//! is acknowledged or announced; a reaper thread expires leases, answers
+//! long-poll waits that timed out and drops push watchers that stayed behind.
+//!
+//! Push watches ([`Embedded::subscribe`]): each watcher has a sink (a zs-core
+//! connection, or a channel in-process), the revision it was last sent and a
+//! count of unacknowledged pushes. Every change, once durable, is pushed at
+//! once, under the state lock, so pushes of one watcher leave in revision
+//! order. A watcher with `window` pushes unacknowledged is sent nothing more;
+//! when it acknowledges them all it gets everything it missed in one push (or a
+//! resync snapshot when the history no longer covers it); after
+//! [`Limits::max_stall`] behind it is dropped with a logged reason. So a
+//! watcher that does not read costs the registry one small record, never a
+//! queue.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Range;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -15,9 +27,10 @@ use zs_db::{Batch, Database, DbOptions, Durability, Kind, Vfs};
 
 use crate::model::{
     check_name, choose_least_loaded, glob_match, Change, Event, Holder, Instance, LeaseId, Limits,
-    Revision, Snapshot, WatchItem,
+    Revision, Snapshot,
 };
-use crate::proto::Changes;
+use crate::proto::{Changes, Push};
+use crate::push::{ChannelSink, PushWatch, WatchLink};
 use crate::{Error, LockState, Result, ServiceRegistry, Watch};
 
 /// Settings of an [`Embedded`] registry.
@@ -56,6 +69,9 @@ pub(crate) enum Stored {
     Lease {
         id: LeaseId,
         ttl_ms: u64,
+        /// The PSK identity (hex) of the connection that granted it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     Inst {
         inst: Instance,
@@ -73,6 +89,7 @@ pub(crate) enum Stored {
 
 struct LeaseEntry {
     ttl: Duration,
+    owner: Option<Vec<u8>>,
     deadline: Instant,
     rec: u64,
     keys: BTreeSet<(String, String)>,
@@ -89,8 +106,30 @@ struct Waiter {
     reply: Reply,
 }
 
+/// Where a push watcher's messages go.
+pub trait PushSink: Send + Sync {
+    /// Sends one push; false when it cannot be delivered (the watcher is
+    /// then dropped).
+    fn push(&self, push: Push) -> bool;
+    /// Whether the receiver is still there (checked by the reaper).
+    fn is_open(&self) -> bool;
+}
+
+struct Watcher {
+    kind: Option<String>,
+    /// Up to date through this revision (pushed, or nothing matched).
+    sent: Revision,
+    unacked: u32,
+    window: u32,
+    stalled_since: Option<Instant>,
+    sink: Arc<dyn PushSink>,
+}
+
 struct State {
     rev: Revision,
+    /// Every change up to this revision is on disk (announced only then).
+    durable: Revision,
+    watchers: HashMap<(u64, u64), Watcher>,
     meta_rec: u64,
     leases: HashMap<LeaseId, LeaseEntry>,
     instances: BTreeMap<(String, String), (Instance, u64)>,
@@ -109,6 +148,7 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     db: Database,
     cfg: EmbeddedConfig,
+    next_wid: AtomicU64,
 }
 
 /// The embedded registry (cheap to clone; the last clone stops its reaper).
@@ -119,6 +159,22 @@ pub struct Embedded {
 
 fn store_err(e: impl std::fmt::Display) -> Error {
     Error::Store(e.to_string())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    s.len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
 }
 
 fn json(s: &Stored) -> Vec<u8> {
@@ -149,6 +205,8 @@ impl Embedded {
         let now = Instant::now();
         let mut st = State {
             rev: 0,
+            durable: 0,
+            watchers: HashMap::new(),
             meta_rec: 0,
             leases: HashMap::new(),
             instances: BTreeMap::new(),
@@ -179,12 +237,13 @@ impl Embedded {
                     st.rev = st.rev.max(rev);
                     st.meta_rec = rec.id;
                 }
-                Stored::Lease { id, ttl_ms } => {
+                Stored::Lease { id, ttl_ms, owner } => {
                     let ttl = Duration::from_millis(ttl_ms);
                     st.leases.insert(
                         id,
                         LeaseEntry {
                             ttl,
+                            owner: owner.as_deref().and_then(unhex),
                             deadline: now + ttl,
                             rec: rec.id,
                             keys: BTreeSet::new(),
@@ -235,10 +294,12 @@ impl Embedded {
             db.commit(&b).map_err(store_err)?;
         }
         st.floor = st.rev;
+        st.durable = st.rev;
         let inner = Arc::new(Inner {
             state: Mutex::new(st),
             db,
             cfg,
+            next_wid: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&inner);
         let tick = inner.cfg.tick;
@@ -289,28 +350,14 @@ impl Embedded {
             reply(Changes::Resync(snap));
             return Ok(());
         }
-        let events = events_after(&st, kind, after);
+        let events = events_between(&st, kind, after, st.durable);
         if !events.is_empty() || wait.is_zero() {
-            let revision = st.rev;
+            let revision = st.durable.max(after);
             drop(st);
             reply(Changes::Events { revision, events });
             return Ok(());
         }
-        if st.waiters.len() >= lim.max_waiters {
-            return Err(Error::Quota(format!(
-                "{} watches waiting (at most {})",
-                st.waiters.len(),
-                lim.max_waiters
-            )));
-        }
-        if owner != 0
-            && st.waiters.iter().filter(|w| w.owner == owner).count() >= lim.max_waiters_per_conn
-        {
-            return Err(Error::Quota(format!(
-                "{} watches waiting on this connection",
-                lim.max_waiters_per_conn
-            )));
-        }
+        watch_quota(&st, lim, owner)?;
         st.waiters.push(Waiter {
             kind: kind.map(str::to_owned),
             after,
@@ -319,6 +366,106 @@ impl Embedded {
             reply,
         });
         Ok(())
+    }
+
+    /// Opens push watch `wid` of `owner` (a connection id; 0 = in-process):
+    /// `sink` gets a snapshot first when `from` is `None`, else the changes
+    /// after `from` (a resync snapshot when they are gone), then every change
+    /// of `kind` as soon as it is durable, at most `window` pushes
+    /// unacknowledged ([`Embedded::ack`]). Answers the window applied.
+    pub fn subscribe(
+        &self,
+        owner: u64,
+        wid: u64,
+        kind: Option<&str>,
+        from: Option<Revision>,
+        window: u32,
+        sink: Arc<dyn PushSink>,
+    ) -> Result<u32> {
+        let lim = &self.inner.cfg.limits;
+        if let Some(k) = kind {
+            check_name("type", k)?;
+        }
+        let window = window.clamp(1, lim.watch_window.max(1));
+        let mut st = self.lock();
+        if self.inner.db.is_closed() {
+            return Err(Error::Unavailable("registry closed".into()));
+        }
+        if st.watchers.contains_key(&(owner, wid)) {
+            return Err(Error::Invalid(format!("watch {wid} is already open")));
+        }
+        watch_quota(&st, lim, owner)?;
+        let mut w = Watcher {
+            kind: kind.map(str::to_owned),
+            sent: 0,
+            unacked: 0,
+            window,
+            stalled_since: None,
+            sink,
+        };
+        let first = match from {
+            Some(r) if r >= st.floor && r <= st.rev => {
+                w.sent = r;
+                catch_up(&st, &mut w, wid, lim)
+            }
+            _ => {
+                let snapshot = snapshot(&st, kind, lim)?;
+                w.sent = snapshot.revision;
+                Some(Push::Snapshot {
+                    wid,
+                    resync: from.is_some(),
+                    snapshot,
+                })
+            }
+        };
+        if let Some(p) = first {
+            if !send(&mut w, p) {
+                return Err(Error::Unavailable("watcher gone".into()));
+            }
+        }
+        st.watchers.insert((owner, wid), w);
+        Ok(window)
+    }
+
+    /// The watcher consumed `n` more pushes; a paused one gets what it
+    /// missed, in one push.
+    pub fn ack(&self, owner: u64, wid: u64, n: u32) {
+        let lim = &self.inner.cfg.limits;
+        let mut st = self.lock();
+        let Some(mut w) = st.watchers.remove(&(owner, wid)) else {
+            return;
+        };
+        w.unacked = w.unacked.saturating_sub(n);
+        let mut keep = true;
+        if w.unacked <= w.window / 2 {
+            if w.stalled_since.take().is_some() {
+                tracing::debug!(owner, wid, "registry watch caught up: coalesced push");
+            }
+            if let Some(p) = catch_up(&st, &mut w, wid, lim) {
+                keep = send(&mut w, p);
+            }
+        }
+        if keep {
+            st.watchers.insert((owner, wid), w);
+        }
+    }
+
+    /// Ends push watch `wid` of `owner`; whether it was open.
+    pub fn unsubscribe(&self, owner: u64, wid: u64) -> bool {
+        self.lock().watchers.remove(&(owner, wid)).is_some()
+    }
+
+    /// Ends every push watch of `owner` (its connection went away).
+    pub fn unsubscribe_all(&self, owner: u64) -> usize {
+        let mut st = self.lock();
+        let before = st.watchers.len();
+        st.watchers.retain(|k, _| k.0 != owner);
+        before - st.watchers.len()
+    }
+
+    /// Open push watches.
+    pub fn watcher_count(&self) -> usize {
+        self.lock().watchers.len()
     }
 
     /// Answers (empty) every wait of a connection that went away.
@@ -345,6 +492,12 @@ impl Embedded {
         let mut st = self.lock();
         let rev = st.rev;
         let waiters = std::mem::take(&mut st.waiters);
+        for ((_, wid), w) in std::mem::take(&mut st.watchers) {
+            w.sink.push(Push::Dropped {
+                wid,
+                reason: "registry closed".into(),
+            });
+        }
         self.inner.db.close().map_err(store_err)?;
         drop(st);
         for w in waiters {
@@ -362,9 +515,70 @@ impl Embedded {
         self.inner.db.clone().abandon();
     }
 
+    /// Grants a lease on behalf of a client authenticated as `owner` (a PSK
+    /// identity, kept with the lease: after a restart only a connection with
+    /// the same identity may claim it; see [`service`](crate::service)).
+    pub fn grant_for(&self, ttl: Duration, owner: Option<&[u8]>) -> Result<LeaseId> {
+        let lim = &self.inner.cfg.limits;
+        let ttl = lim.grant_ttl(ttl)?;
+        let mut st = self.lock();
+        if st.leases.len() >= lim.max_leases {
+            return Err(Error::Quota(format!(
+                "{} live leases (at most {})",
+                st.leases.len(),
+                lim.max_leases
+            )));
+        }
+        let id = loop {
+            st.lease_seq += 1;
+            let id = (st.salt.hash_one(st.lease_seq) & (i64::MAX as u64)) as i64;
+            if id != 0 && !st.leases.contains_key(&id) {
+                break id;
+            }
+        };
+        let mut b = Batch::new();
+        b.insert(
+            Kind::Json,
+            json(&Stored::Lease {
+                id,
+                ttl_ms: ttl.as_millis() as u64,
+                owner: owner.map(hex),
+            }),
+        );
+        let (_, recs) = self.commit(&mut st, b, Vec::new())?;
+        st.leases.insert(
+            id,
+            LeaseEntry {
+                ttl,
+                owner: owner.map(<[u8]>::to_vec),
+                deadline: Instant::now() + ttl,
+                rec: recs[0],
+                keys: BTreeSet::new(),
+                locks: BTreeSet::new(),
+            },
+        );
+        drop(st);
+        self.durable()?;
+        Ok(id)
+    }
+
+    /// The identity a live lease was granted for (`Some(None)`: anonymous),
+    /// or `None` when the lease is gone.
+    pub fn lease_owner(&self, lease: LeaseId) -> Option<Option<Vec<u8>>> {
+        self.lock().leases.get(&lease).map(|l| l.owner.clone())
+    }
+
     /// Whether a lease is live.
     pub fn lease_alive(&self, lease: LeaseId) -> bool {
         self.lock().leases.contains_key(&lease)
+    }
+
+    /// The lease an instance is registered under.
+    pub fn instance_lease(&self, kind: &str, id: &str) -> Option<LeaseId> {
+        self.lock()
+            .instances
+            .get(&(kind.to_owned(), id.to_owned()))
+            .map(|(i, _)| i.lease)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -376,6 +590,13 @@ impl Embedded {
         if matches!(self.inner.cfg.durability, Durability::Immediate) {
             self.inner.db.sync().map_err(store_err)?;
         }
+        Ok(())
+    }
+
+    /// Makes the change committed at `rev` durable, then announces it.
+    fn durable_then_wake(&self, rev: Revision) -> Result<()> {
+        self.durable()?;
+        self.wake(self.lock(), rev);
         Ok(())
     }
 
@@ -394,6 +615,9 @@ impl Embedded {
         batch.update(st.meta_rec, Kind::Json, json(&Stored::Meta { rev }));
         let ids = self.inner.db.commit(&batch).map_err(store_err)?;
         st.rev = rev;
+        if !matches!(self.inner.cfg.durability, Durability::Immediate) {
+            st.durable = rev;
+        }
         for c in changes {
             st.history.push_back(Event {
                 revision: rev,
@@ -408,15 +632,19 @@ impl Embedded {
         Ok((rev, ids))
     }
 
-    /// Answers the waiters that have news (call after commit, with the guard).
-    fn wake(&self, mut st: MutexGuard<'_, State>) {
+    /// Everything up to `durable` is on disk: pushes it to the watchers and
+    /// answers the waiters that have news.
+    fn wake(&self, mut st: MutexGuard<'_, State>, durable: Revision) {
+        st.durable = st.durable.max(durable.min(st.rev));
+        deliver(&mut st, &self.inner.cfg.limits);
         if st.waiters.is_empty() {
             return;
         }
         let mut ready = Vec::new();
         let mut keep = Vec::new();
+        let upto = st.durable;
         for w in std::mem::take(&mut st.waiters) {
-            let ev = events_after(&st, w.kind.as_deref(), w.after);
+            let ev = events_between(&st, w.kind.as_deref(), w.after, upto);
             if ev.is_empty() {
                 keep.push(w);
             } else {
@@ -424,7 +652,7 @@ impl Embedded {
             }
         }
         st.waiters = keep;
-        let rev = st.rev;
+        let rev = st.durable;
         drop(st);
         for (r, events) in ready {
             r(Changes::Events {
@@ -478,11 +706,13 @@ impl Embedded {
     }
 }
 
-fn events_after(st: &State, kind: Option<&str>, after: Revision) -> Vec<Event> {
+/// The events of `kind` in revisions `after + 1 ..= upto`.
+fn events_between(st: &State, kind: Option<&str>, after: Revision, upto: Revision) -> Vec<Event> {
     // history is in revision order: skip to the first one after `after`
     let start = st.history.partition_point(|e| e.revision <= after);
     st.history
         .range(start..)
+        .take_while(|e| e.revision <= upto)
         .filter(|e| match (kind, &e.change) {
             (None, _) => true,
             (Some(k), Change::Put { instance }) => instance.kind == k,
@@ -490,6 +720,102 @@ fn events_after(st: &State, kind: Option<&str>, after: Revision) -> Vec<Event> {
         })
         .cloned()
         .collect()
+}
+
+/// Refuses a new watch (long-poll wait or push watcher) past the limits.
+fn watch_quota(st: &State, lim: &Limits, owner: u64) -> Result<()> {
+    let total = st.waiters.len() + st.watchers.len();
+    if total >= lim.max_waiters {
+        return Err(Error::Quota(format!(
+            "{total} watches open (at most {})",
+            lim.max_waiters
+        )));
+    }
+    if owner != 0 {
+        let mine = st.waiters.iter().filter(|w| w.owner == owner).count()
+            + st.watchers.keys().filter(|k| k.0 == owner).count();
+        if mine >= lim.max_waiters_per_conn {
+            return Err(Error::Quota(format!(
+                "{mine} watches open on this connection (at most {})",
+                lim.max_waiters_per_conn
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What watcher `w` is owed now, or `None`: the changes after `w.sent` up to
+/// the durable revision, or a resync snapshot when the history no longer
+/// has them. Advances `w.sent`.
+fn catch_up(st: &State, w: &mut Watcher, wid: u64, lim: &Limits) -> Option<Push> {
+    if w.sent < st.floor {
+        return match snapshot(st, w.kind.as_deref(), lim) {
+            Ok(snapshot) => {
+                w.sent = snapshot.revision;
+                Some(Push::Snapshot {
+                    wid,
+                    resync: true,
+                    snapshot,
+                })
+            }
+            Err(e) => Some(Push::Dropped {
+                wid,
+                reason: e.to_string(),
+            }),
+        };
+    }
+    if w.sent >= st.durable {
+        return None;
+    }
+    let events = events_between(st, w.kind.as_deref(), w.sent, st.durable);
+    w.sent = st.durable;
+    (!events.is_empty()).then_some(Push::Events {
+        wid,
+        revision: st.durable,
+        events,
+    })
+}
+
+/// Sends one push, counting it against the window; false: drop the watcher.
+fn send(w: &mut Watcher, push: Push) -> bool {
+    let dropped = matches!(push, Push::Dropped { .. });
+    w.unacked = w.unacked.saturating_add(1);
+    w.sink.push(push) && !dropped
+}
+
+/// Pushes what every watcher that is not a full window behind is owed.
+fn deliver(st: &mut State, lim: &Limits) {
+    if st.watchers.is_empty() {
+        return;
+    }
+    let mut watchers = std::mem::take(&mut st.watchers);
+    watchers.retain(|&(owner, wid), w| {
+        if w.stalled_since.is_some() {
+            return true;
+        }
+        if w.unacked >= w.window {
+            if w.sent < st.durable {
+                w.stalled_since = Some(Instant::now());
+                tracing::debug!(owner, wid, "registry watch a full window behind: paused");
+            }
+            return true;
+        }
+        match catch_up(st, w, wid, lim) {
+            None => true,
+            Some(p) => {
+                let ok = send(w, p);
+                if !ok {
+                    tracing::warn!(
+                        owner,
+                        wid,
+                        "registry watch dropped: its connection refused a push"
+                    );
+                }
+                ok
+            }
+        }
+    });
+    st.watchers = watchers;
 }
 
 fn snapshot(st: &State, kind: Option<&str>, lim: &Limits) -> Result<Snapshot> {
@@ -531,21 +857,51 @@ fn reaper(weak: Weak<Inner>, tick: Duration) {
             .filter(|(_, l)| l.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
+        let any_expired = !expired.is_empty();
         for id in expired {
             tracing::debug!(lease = id, "registry: lease expired");
             if let Err(e) = reg.end_lease(&mut st, id) {
                 tracing::warn!("registry: expiring lease {id:x}: {e}");
             }
         }
+        let max_stall = reg.inner.cfg.limits.max_stall;
+        st.watchers.retain(|&(owner, wid), w| {
+            if !w.sink.is_open() {
+                tracing::debug!(owner, wid, "registry watch ended: its connection is gone");
+                return false;
+            }
+            match w.stalled_since {
+                Some(t) if now.duration_since(t) >= max_stall => {
+                    tracing::warn!(
+                        owner,
+                        wid,
+                        "registry watch dropped: {} pushes unread for {max_stall:?}",
+                        w.unacked
+                    );
+                    w.sink.push(Push::Dropped {
+                        wid,
+                        reason: format!("{} pushes unread for {max_stall:?}", w.unacked),
+                    });
+                    false
+                }
+                _ => true,
+            }
+        });
         let rev = st.rev;
         let (late, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut st.waiters)
             .into_iter()
             .partition(|w| w.deadline <= now);
         st.waiters = keep;
-        reg.wake(st);
+        let durable = st.durable;
+        drop(st);
+        if any_expired {
+            if let Err(e) = reg.durable_then_wake(rev) {
+                tracing::warn!("registry: syncing expired leases: {e}");
+            }
+        }
         for w in late {
             (w.reply)(Changes::Events {
-                revision: rev,
+                revision: durable.max(w.after),
                 events: Vec::new(),
             });
         }
@@ -558,45 +914,7 @@ impl ServiceRegistry for Embedded {
     }
 
     fn grant(&self, ttl: Duration) -> Result<LeaseId> {
-        let lim = &self.inner.cfg.limits;
-        let ttl = lim.grant_ttl(ttl)?;
-        let mut st = self.lock();
-        if st.leases.len() >= lim.max_leases {
-            return Err(Error::Quota(format!(
-                "{} live leases (at most {})",
-                st.leases.len(),
-                lim.max_leases
-            )));
-        }
-        let id = loop {
-            st.lease_seq += 1;
-            let id = (st.salt.hash_one(st.lease_seq) & (i64::MAX as u64)) as i64;
-            if id != 0 && !st.leases.contains_key(&id) {
-                break id;
-            }
-        };
-        let mut b = Batch::new();
-        b.insert(
-            Kind::Json,
-            json(&Stored::Lease {
-                id,
-                ttl_ms: ttl.as_millis() as u64,
-            }),
-        );
-        let (_, recs) = self.commit(&mut st, b, Vec::new())?;
-        st.leases.insert(
-            id,
-            LeaseEntry {
-                ttl,
-                deadline: Instant::now() + ttl,
-                rec: recs[0],
-                keys: BTreeSet::new(),
-                locks: BTreeSet::new(),
-            },
-        );
-        drop(st);
-        self.durable()?;
-        Ok(id)
+        self.grant_for(ttl, None)
     }
 
     fn keepalive(&self, lease: LeaseId) -> Result<Duration> {
@@ -609,15 +927,28 @@ impl ServiceRegistry for Embedded {
         Ok(l.ttl)
     }
 
+    fn keepalive_many(&self, leases: &[LeaseId]) -> Result<Vec<Option<Duration>>> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        Ok(leases
+            .iter()
+            .map(|id| {
+                st.leases.get_mut(id).map(|l| {
+                    l.deadline = now + l.ttl;
+                    l.ttl
+                })
+            })
+            .collect())
+    }
+
     fn revoke(&self, lease: LeaseId) -> Result<()> {
         let mut st = self.lock();
         if !self.end_lease(&mut st, lease)? {
             return Err(Error::LeaseNotFound(lease));
         }
+        let rev = st.rev;
         drop(st);
-        self.durable()?;
-        self.wake(self.lock());
-        Ok(())
+        self.durable_then_wake(rev)
     }
 
     fn register(&self, lease: LeaseId, instance: &Instance) -> Result<Revision> {
@@ -670,8 +1001,7 @@ impl ServiceRegistry for Embedded {
         }
         st.instances.insert(key, (inst, rec));
         drop(st);
-        self.durable()?;
-        self.wake(self.lock());
+        self.durable_then_wake(rev)?;
         Ok(rev)
     }
 
@@ -697,9 +1027,9 @@ impl ServiceRegistry for Embedded {
         if let Some(l) = st.leases.get_mut(&inst.lease) {
             l.keys.remove(&key);
         }
+        let rev = st.rev;
         drop(st);
-        self.durable()?;
-        self.wake(self.lock());
+        self.durable_then_wake(rev)?;
         Ok(true)
     }
 
@@ -745,10 +1075,11 @@ impl ServiceRegistry for Embedded {
         if let Some(k) = kind {
             check_name("type", k)?;
         }
-        Ok(Box::new(PollWatch::new(
+        Ok(Box::new(PushWatch::new(
             Arc::new(self.clone()),
             kind.map(str::to_owned),
             from,
+            self.inner.cfg.limits.watch_window,
         )))
     }
 
@@ -858,107 +1189,27 @@ impl ServiceRegistry for Embedded {
     }
 }
 
-/// Where a [`PollWatch`] gets its data.
-pub(crate) trait ChangeSource: Send + Sync {
-    fn snapshot(&self, kind: Option<&str>) -> Result<Snapshot>;
-    fn changes(&self, kind: Option<&str>, after: Revision, wait: Duration) -> Result<Changes>;
-}
-
-impl ChangeSource for Embedded {
-    fn snapshot(&self, kind: Option<&str>) -> Result<Snapshot> {
-        self.list(kind)
-    }
-    fn changes(&self, kind: Option<&str>, after: Revision, wait: Duration) -> Result<Changes> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        Embedded::changes(
-            self,
-            kind,
-            after,
-            wait,
-            0,
-            Box::new(move |c| {
-                let _ = tx.send(c);
-            }),
-        )?;
-        rx.recv()
-            .map_err(|_| Error::Unavailable("registry closed".into()))
-    }
-}
-
-/// A watch over long-poll requests (embedded in-process and remote).
-pub(crate) struct PollWatch {
-    src: Arc<dyn ChangeSource>,
-    kind: Option<String>,
-    rev: Option<Revision>,
-    pending: VecDeque<WatchItem>,
-}
-
-impl PollWatch {
-    pub(crate) fn new(
-        src: Arc<dyn ChangeSource>,
-        kind: Option<String>,
+impl WatchLink for Embedded {
+    fn subscribe(
+        &self,
+        kind: Option<&str>,
         from: Option<Revision>,
-    ) -> PollWatch {
-        PollWatch {
-            src,
-            kind,
-            rev: from,
-            pending: VecDeque::new(),
-        }
+        window: u32,
+        sink: Arc<ChannelSink>,
+    ) -> Result<(u64, u32)> {
+        let wid = self.inner.next_wid.fetch_add(1, Ordering::Relaxed);
+        let window = Embedded::subscribe(self, 0, wid, kind, from, window, sink)?;
+        Ok((wid, window))
     }
-}
-
-impl Watch for PollWatch {
-    fn next(&mut self, timeout: Duration) -> Result<Option<WatchItem>> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(i) = self.pending.pop_front() {
-                return Ok(Some(i));
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            let got = match self.rev {
-                None => self.src.snapshot(self.kind.as_deref()).map(|s| {
-                    self.rev = Some(s.revision);
-                    self.pending.push_back(WatchItem::Snapshot {
-                        snapshot: s,
-                        resync: false,
-                    });
-                }),
-                Some(after) => {
-                    self.src
-                        .changes(self.kind.as_deref(), after, left)
-                        .map(|c| match c {
-                            Changes::Events { revision, events } => {
-                                self.rev = Some(revision.max(after));
-                                self.pending
-                                    .extend(events.into_iter().map(WatchItem::Change));
-                            }
-                            Changes::Resync(s) => {
-                                self.rev = Some(s.revision);
-                                self.pending.push_back(WatchItem::Snapshot {
-                                    snapshot: s,
-                                    resync: true,
-                                });
-                            }
-                        })
-                }
-            };
-            match got {
-                Ok(()) => {}
-                Err(Error::Unavailable(e)) => {
-                    tracing::debug!("watch: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(50).min(left));
-                }
-                Err(e) => return Err(e),
-            }
-            if self.pending.is_empty() && Instant::now() >= end {
-                return Ok(None);
-            }
-        }
+    fn ack(&self, wid: u64, n: u32) {
+        Embedded::ack(self, 0, wid, n)
     }
-
-    fn revision(&self) -> Revision {
-        self.rev.unwrap_or(0)
+    fn unsubscribe(&self, wid: u64) {
+        Embedded::unsubscribe(self, 0, wid);
+    }
+    fn alive(&self, _wid: u64) -> bool {
+        // a closed registry says so with a `Dropped` push
+        true
     }
 }
 
@@ -974,7 +1225,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("record: "))
             .collect();
-        assert_eq!(recs.len(), 5);
+        assert_eq!(recs.len(), 6);
         for r in recs {
             let s: Stored = serde_json::from_str(r).unwrap_or_else(|e| panic!("{r}: {e}"));
             assert_eq!(super::json(&s), r.as_bytes());

@@ -21,7 +21,25 @@
 //! least-loaded instance of a type ([`ServiceRegistry::pick`]; full instances are
 //! skipped, ties are served in turn). Lease-based locks and leader election
 //! (held until unlocked or the lease ends) and id-range allocation (Zeze's
-//! AllocateId). [`Limits`] bound instances, leases, metadata size, waiters.
+//! AllocateId). [`Limits`] bound instances, leases, metadata size, watches.
+//!
+//! Watches of the embedded registry, in process or through [`Remote`], are
+//! **pushed**: each change is sent to its watchers as soon as it is on disk
+//! (over the watcher's open zs-core connection for [`Remote`]), in revision
+//! order, with flow control: a watcher has at most [`Limits::watch_window`]
+//! pushes unacknowledged (acknowledged as [`Watch::next`] takes them in); one
+//! that falls that far behind is sent nothing more, then gets every change it
+//! missed in one push (or a resync snapshot), and is dropped with a logged
+//! reason after [`Limits::max_stall`] (it then reopens from its revision). So a
+//! reader that stops costs the registry a few bytes, never a queue.
+//! [`ServiceRegistry::keepalive_many`] renews many leases in one message.
+//!
+//! **Trust** (the embedded service, [`service`]): a lease, and the instances
+//! and locks under it, may be renewed, revoked or changed only by the
+//! connection that granted it (after that connection closed or the registry
+//! restarted: by a connection with the same PSK identity), or by an admin
+//! identity; others get [`Error::Forbidden`]. Reads and id allocation are open
+//! to every accepted connection. In process, the caller is trusted.
 //!
 //! The API is blocking (`Send + Sync`, usable as `Arc<dyn ServiceRegistry>`); the
 //! etcd backend runs its own small tokio runtime, so call it from plain threads
@@ -65,10 +83,11 @@ mod embedded;
 mod etcd;
 mod model;
 pub mod proto;
+mod push;
 mod remote;
 pub mod service;
 
-pub use embedded::{Embedded, EmbeddedConfig};
+pub use embedded::{Embedded, EmbeddedConfig, PushSink};
 #[cfg(feature = "etcd")]
 pub use etcd::{Etcd, EtcdConfig};
 pub use model::{
@@ -92,6 +111,11 @@ pub enum Error {
     /// The registry could not be reached (or answered garbage); retry later.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The lease, or the instance or lock under it, belongs to another
+    /// connection of the registry service (see [`service`]: only the
+    /// connection that granted a lease, or an admin, may use it).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The lock is held by someone else after waiting.
     #[error("lock {name} held by {holder}")]
     Locked {
@@ -136,6 +160,18 @@ pub trait ServiceRegistry: Send + Sync {
     fn grant(&self, ttl: Duration) -> Result<LeaseId>;
     /// Renews the lease; answers its TTL, or [`Error::LeaseNotFound`] once it is gone.
     fn keepalive(&self, lease: LeaseId) -> Result<Duration>;
+    /// Renews many leases at once (one message on the embedded service; a
+    /// loop elsewhere): each lease's TTL in order, `None` for one that is gone.
+    fn keepalive_many(&self, leases: &[LeaseId]) -> Result<Vec<Option<Duration>>> {
+        leases
+            .iter()
+            .map(|l| match self.keepalive(*l) {
+                Ok(t) => Ok(Some(t)),
+                Err(Error::LeaseNotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
     /// Ends the lease now: its instances and locks disappear.
     fn revoke(&self, lease: LeaseId) -> Result<()>;
     /// Registers (or replaces: load updates) an instance under a live lease.
@@ -237,7 +273,7 @@ impl Keeper {
                 let cur = *l2.lock().unwrap_or_else(|p| p.into_inner());
                 match r2.keepalive(cur) {
                     Ok(_) => tick(&*r2, cur),
-                    Err(Error::LeaseNotFound(_)) => {
+                    Err(Error::LeaseNotFound(_) | Error::Forbidden(_)) => {
                         lost2.store(true, Ordering::Relaxed);
                         tracing::warn!(lease = cur, "registry lease lost; granting a new one");
                         if let Ok(new) = r2.grant(ttl) {

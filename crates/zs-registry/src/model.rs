@@ -159,14 +159,22 @@ pub struct Limits {
     pub max_counters: usize,
     /// Most ids handed out by one `allocate_ids` call.
     pub max_id_batch: u64,
-    /// Most long-poll watch requests waiting at once (embedded service).
+    /// Most watches open at once, push watches and waiting long-poll
+    /// requests together (embedded registry).
     pub max_waiters: usize,
-    /// Most long-poll watch requests waiting from one connection.
+    /// Most watches open from one connection (push and long-poll together).
     pub max_waiters_per_conn: usize,
     /// Most live leases granted through one connection.
     pub max_leases_per_conn: usize,
     /// Longest long-poll wait a watch request may ask for.
     pub max_wait: Duration,
+    /// Most pushes one push watch may have unacknowledged; a watcher that
+    /// does not keep up stops receiving and later gets every change it missed
+    /// in one push (or a resync snapshot).
+    pub watch_window: u32,
+    /// How long a push watch may stay a full window behind before it is
+    /// dropped (with a logged reason; the client may reopen it).
+    pub max_stall: Duration,
     /// Most instances a query, list or snapshot returns (more is an error, not a
     /// silent cut).
     pub max_results: usize,
@@ -189,6 +197,8 @@ impl Default for Limits {
             max_waiters_per_conn: 16,
             max_leases_per_conn: 1024,
             max_wait: Duration::from_secs(30),
+            watch_window: 64,
+            max_stall: Duration::from_secs(30),
             max_results: 100_000,
         }
     }

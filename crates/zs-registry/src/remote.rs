@@ -1,18 +1,28 @@
 //! The client of the embedded registry service: the trait over zs-core calls.
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use zs_core::Client;
 
-use crate::embedded::{ChangeSource, PollWatch};
-use crate::proto::{codes, Changes, ChangesRequest, Request, Response, CMD, CMD_CHANGES};
+use crate::embedded::PushSink;
+use crate::proto::{
+    codes, Ack, Push, Request, Response, Unwatch, WatchAnswer, WatchRequest, CMD, CMD_ACK,
+    CMD_UNWATCH, CMD_WATCH, MAX_KEEPALIVE_BATCH, PUSH,
+};
+use crate::push::{ChannelSink, PushWatch, WatchLink};
 use crate::{
     Error, Holder, Instance, LeaseId, LockState, Result, Revision, ServiceRegistry, Snapshot, Watch,
 };
 
-type Connect = dyn Fn() -> zs_core::Result<Client> + Send + Sync;
+type Connect = dyn Fn(zs_core::Registry) -> zs_core::Result<Client> + Send + Sync;
+type Routes = Mutex<HashMap<u64, (Arc<ChannelSink>, Weak<Client>)>>;
+
+/// Largest push accepted from the registry (a snapshot of many instances).
+const MAX_PUSH_BYTES: usize = 256 << 20;
 
 /// A registry served by another process (`zs serve --registry`), over zs-core.
 ///
@@ -21,6 +31,16 @@ type Connect = dyn Fn() -> zs_core::Result<Client> + Send + Sync;
 /// connection dead answers [`Error::Unavailable`] and the next one reconnects.
 /// Calls are not retried by themselves (a grant or an id allocation might
 /// otherwise happen twice); [`Keeper`](crate::Keeper) and watches retry.
+///
+/// `connect` gets the zs-core command registry the client needs (the
+/// registry's watch pushes, `reg.push`) and makes the connection with it.
+/// Watches are pushed by the registry as changes commit, with flow control
+/// (docs/PROTOCOL.md Part 7); one opened on a connection that is lost is
+/// reopened on the next one from its last revision.
+///
+/// Leases belong to the connection that granted them: after a reconnect
+/// (without StableIO) the old leases are refused ([`Error::Forbidden`]);
+/// [`Keeper`](crate::Keeper) then grants a new lease and registers again.
 pub struct Remote {
     inner: Arc<RemoteInner>,
 }
@@ -29,13 +49,15 @@ struct RemoteInner {
     connect: Box<Connect>,
     client: Mutex<Option<Arc<Client>>>,
     timeout: Duration,
+    routes: Arc<Routes>,
+    next_wid: AtomicU64,
 }
 
 impl Remote {
     /// A remote registry reached through `connect` (called now and after every
     /// lost connection); calls time out after `timeout`.
     pub fn new(
-        connect: impl Fn() -> zs_core::Result<Client> + Send + Sync + 'static,
+        connect: impl Fn(zs_core::Registry) -> zs_core::Result<Client> + Send + Sync + 'static,
         timeout: Duration,
     ) -> Remote {
         Remote {
@@ -43,6 +65,8 @@ impl Remote {
                 connect: Box::new(connect),
                 client: Mutex::new(None),
                 timeout,
+                routes: Arc::new(Mutex::new(HashMap::new())),
+                next_wid: AtomicU64::new(1),
             }),
         }
     }
@@ -64,7 +88,10 @@ impl RemoteInner {
         if let Some(c) = g.as_ref().filter(|c| c.is_connected()) {
             return Ok(c.clone());
         }
-        let c = Arc::new((self.connect)().map_err(|e| Error::Unavailable(e.to_string()))?);
+        let c = Arc::new(
+            (self.connect)(push_commands(&self.routes))
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+        );
         *g = Some(c.clone());
         Ok(c)
     }
@@ -86,21 +113,107 @@ impl RemoteInner {
     }
 }
 
-fn from_code(code: u32, message: String) -> Error {
-    match code {
-        codes::LEASE_NOT_FOUND => Error::LeaseNotFound(message.parse().unwrap_or(0)),
-        codes::INVALID => Error::Invalid(message),
-        codes::QUOTA => Error::Quota(message),
-        codes::STORE => Error::Store(message),
-        _ => Error::Unavailable(format!("error {code}: {message}")),
+/// The client's commands: the registry's pushes, routed to their watches.
+fn push_commands(routes: &Arc<Routes>) -> zs_core::Registry {
+    let mut cmds = zs_core::Registry::new();
+    let routes = routes.clone();
+    cmds.direct_console(PUSH, move |_peer, text| {
+        if text.len() > MAX_PUSH_BYTES {
+            tracing::warn!("registry push of {} bytes ignored", text.len());
+            return;
+        }
+        let push: Push = match serde_json::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("registry push ignored: {e}");
+                return;
+            }
+        };
+        let wid = push.wid();
+        let mut r = routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((sink, _)) = r.get(&wid) {
+            if !sink.push(push) {
+                // beyond the window, or the watch is gone: it reopens
+                r.remove(&wid);
+            }
+        }
+    });
+    cmds
+}
+
+impl WatchLink for RemoteInner {
+    fn subscribe(
+        &self,
+        kind: Option<&str>,
+        from: Option<Revision>,
+        window: u32,
+        sink: Arc<ChannelSink>,
+    ) -> Result<(u64, u32)> {
+        let c = self.client()?;
+        let wid = self.next_wid.fetch_add(1, Ordering::Relaxed);
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wid, (sink, Arc::downgrade(&c)));
+        let req = WatchRequest {
+            wid,
+            kind: kind.map(str::to_owned),
+            from,
+            window,
+        };
+        let text = serde_json::to_string(&req).map_err(|e| Error::Invalid(e.to_string()));
+        let res = text
+            .and_then(|t| self.raw(CMD_WATCH, &t, self.timeout))
+            .and_then(|out| match serde_json::from_str(&out) {
+                Ok(WatchAnswer::Watching { window, .. }) => Ok(window),
+                Err(e) => Err(Error::Unavailable(format!("bad answer: {e}"))),
+            });
+        match res {
+            Ok(window) => Ok((wid, window)),
+            Err(e) => {
+                self.routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&wid);
+                Err(e)
+            }
+        }
+    }
+
+    fn ack(&self, wid: u64, n: u32) {
+        let c = self.route_client(wid);
+        if let (Some(c), Ok(t)) = (c, serde_json::to_string(&Ack { wid, n })) {
+            let _ = c.send_direct_console(CMD_ACK, &t);
+        }
+    }
+
+    fn unsubscribe(&self, wid: u64) {
+        let c = self.route_client(wid);
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&wid);
+        if let (Some(c), Ok(t)) = (c, serde_json::to_string(&Unwatch { wid })) {
+            if c.is_connected() {
+                let _ = c.send_direct_console(CMD_UNWATCH, &t);
+            }
+        }
+    }
+
+    fn alive(&self, wid: u64) -> bool {
+        self.route_client(wid).is_some_and(|c| c.is_connected())
     }
 }
 
-fn unexpected(r: Response) -> Error {
-    Error::Unavailable(format!("unexpected answer {r:?}"))
-}
+impl RemoteInner {
+    fn route_client(&self, wid: u64) -> Option<Arc<Client>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&wid)
+            .and_then(|(_, c)| c.upgrade())
+    }
 
-impl ChangeSource for RemoteInner {
     fn snapshot(&self, kind: Option<&str>) -> Result<Snapshot> {
         let text = serde_json::to_string(&Request::List {
             kind: kind.map(str::to_owned),
@@ -112,17 +225,21 @@ impl ChangeSource for RemoteInner {
             Err(e) => Err(Error::Unavailable(e.to_string())),
         }
     }
+}
 
-    fn changes(&self, kind: Option<&str>, after: Revision, wait: Duration) -> Result<Changes> {
-        let req = ChangesRequest {
-            kind: kind.map(str::to_owned),
-            after,
-            wait_ms: wait.as_millis() as u64,
-        };
-        let text = serde_json::to_string(&req).map_err(|e| Error::Invalid(e.to_string()))?;
-        let out = self.raw(CMD_CHANGES, &text, wait + self.timeout)?;
-        serde_json::from_str(&out).map_err(|e| Error::Unavailable(format!("bad answer: {e}")))
+fn from_code(code: u32, message: String) -> Error {
+    match code {
+        codes::LEASE_NOT_FOUND => Error::LeaseNotFound(message.parse().unwrap_or(0)),
+        codes::INVALID => Error::Invalid(message),
+        codes::QUOTA => Error::Quota(message),
+        codes::FORBIDDEN => Error::Forbidden(message),
+        codes::STORE => Error::Store(message),
+        _ => Error::Unavailable(format!("error {code}: {message}")),
     }
+}
+
+fn unexpected(r: Response) -> Error {
+    Error::Unavailable(format!("unexpected answer {r:?}"))
 }
 
 impl ServiceRegistry for Remote {
@@ -144,6 +261,23 @@ impl ServiceRegistry for Remote {
             Response::Lease { ttl_ms, .. } => Ok(Duration::from_millis(ttl_ms)),
             r => Err(unexpected(r)),
         }
+    }
+
+    fn keepalive_many(&self, leases: &[LeaseId]) -> Result<Vec<Option<Duration>>> {
+        let mut out = Vec::with_capacity(leases.len());
+        for chunk in leases.chunks(MAX_KEEPALIVE_BATCH) {
+            match self.call(&Request::KeepaliveMany {
+                leases: chunk.to_vec(),
+            })? {
+                Response::Renewed { ttl_ms } if ttl_ms.len() == chunk.len() => out.extend(
+                    ttl_ms
+                        .into_iter()
+                        .map(|t| (t > 0).then(|| Duration::from_millis(t))),
+                ),
+                r => return Err(unexpected(r)),
+            }
+        }
+        Ok(out)
     }
 
     fn revoke(&self, lease: LeaseId) -> Result<()> {
@@ -200,10 +334,11 @@ impl ServiceRegistry for Remote {
             crate::check_name("type", k)?;
         }
         self.client()?;
-        Ok(Box::new(PollWatch::new(
+        Ok(Box::new(PushWatch::new(
             self.inner.clone(),
             kind.map(str::to_owned),
             from,
+            crate::Limits::default().watch_window,
         )))
     }
 

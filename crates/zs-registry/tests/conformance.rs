@@ -153,6 +153,19 @@ fn late_renewal_loses_the_lease() {
             Err(Error::LeaseNotFound(_))
         ));
         assert!(reg.keepalive(kept).unwrap() >= ttl);
+        // a batch renews the live ones and names the lapsed one
+        let renewed = reg.keepalive_many(&[kept, late, kept]).unwrap();
+        assert_eq!(renewed.len(), 3);
+        assert!(renewed[0].is_some_and(|t| t >= ttl), "{}", reg.backend());
+        assert_eq!(renewed[1], None);
+        assert!(renewed[2].is_some());
+        // the keepalive loop kept `kept` alive through the batch path too
+        let t0 = Instant::now();
+        while t0.elapsed() < ttl + ttl / 2 {
+            assert!(reg.keepalive_many(&[kept]).unwrap()[0].is_some());
+            std::thread::sleep(ttl / 4);
+        }
+        assert_eq!(reg.list(Some("svc")).unwrap().instances.len(), 1);
         reg.revoke(kept).unwrap();
         assert!(matches!(reg.revoke(kept), Err(Error::LeaseNotFound(_))));
     });

@@ -61,8 +61,22 @@ fn embedded_registry_restart_keeps_state_and_resyncs_watches() {
         ids.end,
         "id counters survived"
     );
-    // the watch lost history across the restart: it says so with a snapshot
+    // the open watch was pushed `b` before the restart (or, if it had not
+    // taken it in, gets a resync): nothing is lost across the restart
     match w.next(Duration::from_secs(5)).unwrap() {
+        Some(WatchItem::Change(e)) => {
+            assert!(matches!(e.change, Change::Put { instance } if instance.id == "b"))
+        }
+        Some(WatchItem::Snapshot {
+            snapshot,
+            resync: true,
+        }) => assert_eq!(snapshot.instances.len(), 3),
+        other => panic!("expected b or a resync, got {other:?}"),
+    }
+    // a watch resuming from before the restart: the history is gone, so it
+    // says so with a snapshot
+    let mut old = reg.watch(Some("game"), Some(1)).unwrap();
+    match old.next(Duration::from_secs(5)).unwrap() {
         Some(WatchItem::Snapshot {
             snapshot,
             resync: true,

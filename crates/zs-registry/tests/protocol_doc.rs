@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use zs_registry::proto::{decode_request, Changes, ChangesRequest, Request, Response};
+use zs_registry::proto::{
+    decode_request, Ack, Changes, ChangesRequest, Push, Request, Response, Unwatch, WatchAnswer,
+    WatchRequest,
+};
 use zs_registry::{Change, Event, Instance, Load};
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
@@ -23,13 +26,13 @@ fn lines(tag: &str) -> Vec<&'static str> {
 #[test]
 fn every_documented_line_round_trips() {
     let reqs = lines("request: ");
-    assert_eq!(reqs.len(), 12);
+    assert_eq!(reqs.len(), 13);
     for l in reqs {
         let r = decode_request(l, 65536).unwrap_or_else(|e| panic!("{l}: {e}"));
         assert_eq!(serde_json::to_string(&r).unwrap(), l);
     }
     let answers = lines("answer: ");
-    assert_eq!(answers.len(), 12);
+    assert_eq!(answers.len(), 13);
     for l in answers {
         let r: Response = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
         assert_eq!(serde_json::to_string(&r).unwrap(), l);
@@ -44,6 +47,19 @@ fn every_documented_line_round_trips() {
         let r: Changes = serde_json::from_str(l).unwrap();
         assert_eq!(serde_json::to_string(&r).unwrap(), l);
     }
+    fn same<T: serde::de::DeserializeOwned + serde::Serialize>(tag: &str, n: usize) {
+        let ls = lines(tag);
+        assert_eq!(ls.len(), n, "{tag}");
+        for l in ls {
+            let v: T = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            assert_eq!(serde_json::to_string(&v).unwrap(), l);
+        }
+    }
+    same::<WatchRequest>("watch-request: ", 1);
+    same::<WatchAnswer>("watch-answer: ", 1);
+    same::<Push>("push: ", 3);
+    same::<Ack>("ack: ", 1);
+    same::<Unwatch>("unwatch: ", 1);
 }
 
 #[test]

@@ -29,9 +29,10 @@ fn members_report_load_and_clients_follow_the_least_loaded() {
         .unwrap();
     let (addr, fp) = (dispatcher.local_addr(), dispatcher.fingerprint().unwrap());
     let reg: Arc<dyn ServiceRegistry> = Arc::new(Remote::new(
-        move || {
+        move |cmds| {
             ClientBuilder::new(addr)
                 .fingerprint(fp)
+                .registry(cmds)
                 .connect()
                 .map_err(|e| zserver::Error::ConnectionLost(e.to_string()))
         },

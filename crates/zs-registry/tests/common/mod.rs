@@ -209,15 +209,9 @@ impl EmbeddedServer {
             self.addr.clone(),
         );
         Remote::new(
-            move || {
+            move |cmds| {
                 let addr = *a.lock().unwrap();
-                Client::connect(
-                    b.clone(),
-                    p.clone(),
-                    zs_core::Registry::new(),
-                    Options::client(),
-                    addr,
-                )
+                Client::connect(b.clone(), p.clone(), cmds, Options::client(), addr)
             },
             Duration::from_secs(5),
         )
@@ -225,10 +219,15 @@ impl EmbeddedServer {
 
     /// A raw zs-core client (for attack tests).
     pub fn raw_client(&self) -> Client {
+        self.raw_client_with(zs_core::Registry::new())
+    }
+
+    /// A raw zs-core client with its own commands (pushes).
+    pub fn raw_client_with(&self, cmds: zs_core::Registry) -> Client {
         Client::connect(
             self.backend.clone(),
             self.provider.clone(),
-            zs_core::Registry::new(),
+            cmds,
             Options::client(),
             *self.addr.lock().unwrap(),
         )
