@@ -430,8 +430,23 @@ impl Files {
         })
     }
 
-    /// Closes the `files` database.
+    /// Syncs every unfinished upload (so a restart resumes each where it
+    /// stands) and closes the `files` database.
     pub fn close(&self) -> Result<()> {
+        let mut st = lock(&self.inner.state);
+        while st.uploads.values().any(|u| u.busy) {
+            st = self
+                .inner
+                .idle
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        for u in st.uploads.values_mut() {
+            if let Err(e) = self.sync_upload(u) {
+                tracing::warn!(id = u.rec_id, error = %e, "files: cannot sync an upload at close");
+            }
+        }
+        drop(st);
         self.inner.db.close().map_err(ServiceError::storage)
     }
 

@@ -627,3 +627,119 @@ fn a_delta_upload_sends_only_the_changed_blocks() {
         file_code::OFFSET
     );
 }
+
+/// The offset a resume reports is a durable one: bytes written after the
+/// last sync (here: appended to the partial file behind the service's back,
+/// as a crash may leave them) are cut off at the next start, and the chunk
+/// answers say how far the upload is synced.
+#[test]
+fn resume_continues_from_the_synced_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(21, 300_000);
+    let hash = sha3(&body);
+    let part;
+    {
+        let rig = rig_in(dir.path(), |c| c.files.sync_every = 100_000);
+        let _ = rig.user("ann");
+        let c = login(&rig, "ann");
+        let st = c.upload_begin(Space::Private, "f", 300_000, &hash).unwrap();
+        let raw = |off: usize, len: usize| {
+            let crc = crc32fast::hash(&body[off..off + len]).to_le_bytes().to_vec();
+            let df = zs_wire::DataFrame::new()
+                .with(st.id)
+                .with(off as u64)
+                .with(body[off..off + len].to_vec())
+                .with(crc);
+            let r = c.client().call_stream("file.chunk", df).wait().unwrap();
+            let mut rd = r.reader();
+            (rd.read_u64().unwrap(), rd.read_u64().unwrap())
+        };
+        // Under sync_every: written, not synced.
+        assert_eq!(raw(0, 60_000), (60_000, 0));
+        // Past it: synced.
+        assert_eq!(raw(60_000, 60_000), (120_000, 120_000));
+        assert_eq!(raw(120_000, 30_000), (150_000, 120_000));
+        part = dir
+            .path()
+            .join("files/uploads")
+            .join(format!("{}.part", st.id));
+        rig.server.shutdown();
+        rig.services.close().unwrap();
+    }
+    // A clean close synced everything (150,000). Now pretend a crash left
+    // 7 bytes that were never synced.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&part).unwrap();
+        f.write_all(b"garbage").unwrap();
+    }
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), 150_007);
+    let rig = rig_in(dir.path(), |_| {});
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), 150_000);
+    let c = login(&rig, "ann");
+    let st = c.upload_begin(Space::Private, "f", 300_000, &hash).unwrap();
+    assert_eq!(st.offset, 150_000);
+    let end = c
+        .upload_window(
+            st.id,
+            st.offset,
+            300_000,
+            20_000,
+            4,
+            |at, buf| {
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(end, 300_000);
+    c.upload_finish(st.id).unwrap();
+    assert_eq!(c.read_range(Space::Private, "f", 0, 1 << 20).unwrap().0, body);
+}
+
+/// Several chunks in flight: written in order; a chunk that skips ahead of
+/// the upload, or whose CRC-32 is wrong, is refused and nothing is written.
+#[test]
+fn chunks_in_flight_land_in_order_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let _ = rig.user("ann");
+    let c = login(&rig, "ann");
+    let body = data(22, SIZE);
+    let st = c
+        .upload_begin(Space::Private, "w", SIZE as u64, &sha3(&body))
+        .unwrap();
+    let send = |off: usize, len: usize, crc: u32| {
+        let df = zs_wire::DataFrame::new()
+            .with(st.id)
+            .with(off as u64)
+            .with(body[off..off + len].to_vec())
+            .with(crc.to_le_bytes().to_vec());
+        c.client().call_stream("file.chunk", df)
+    };
+    // A wrong CRC-32: refused.
+    let e = zs_services::ServiceError::from(send(0, CHUNK, 1).wait().unwrap_err());
+    assert_eq!(e.code, file_code::HASH_MISMATCH, "{e}");
+    // A chunk ahead of where the upload stands: refused, with the offset.
+    let e = zs_services::ServiceError::from(
+        send(CHUNK, CHUNK, crc32fast::hash(&body[CHUNK..2 * CHUNK]))
+            .wait()
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, file_code::OFFSET, "{e}");
+    assert!(e.message.contains("offset 0"), "{e}");
+    // All chunks at once, then each answer in order.
+    let futs: Vec<_> = (0..SIZE / CHUNK)
+        .map(|i| {
+            let off = i * CHUNK;
+            send(off, CHUNK, crc32fast::hash(&body[off..off + CHUNK]))
+        })
+        .collect();
+    for (i, f) in futs.into_iter().enumerate() {
+        let r = f.wait().unwrap();
+        assert_eq!(r.reader().read_u64().unwrap(), ((i + 1) * CHUNK) as u64);
+    }
+    c.upload_finish(st.id).unwrap();
+    assert_eq!(c.read_range(Space::Private, "w", 0, 1 << 20).unwrap().0, body);
+}
