@@ -743,3 +743,58 @@ fn chunks_in_flight_land_in_order_and_bad_ones_are_refused() {
     c.upload_finish(st.id).unwrap();
     assert_eq!(c.read_range(Space::Private, "w", 0, 1 << 20).unwrap().0, body);
 }
+
+/// The delta figure: a 1 MiB edit of a 64 MiB file sends under 5% of
+/// it (with `ZS_FULL_TESTS=1`; otherwise the same proportions at 1 MiB).
+#[test]
+fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
+    let full = std::env::var_os("ZS_FULL_TESTS").is_some_and(|v| v == "1");
+    let (size, edit, block) = if full {
+        (64 << 20, 1 << 20, 8192)
+    } else {
+        (1 << 20, 16 << 10, 2048)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |c| {
+        c.files.max_file_size = 1 << 30;
+        c.files.quota_per_user = 1 << 30;
+    });
+    let _ = rig.user("ann");
+    let c = login(&rig, "ann");
+    let v1 = data(31, size);
+    let st = c
+        .upload_begin(Space::Private, "big", size as u64, &sha3(&v1))
+        .unwrap();
+    c.upload_window(
+        st.id,
+        0,
+        size as u64,
+        1 << 20,
+        4,
+        |at, buf| {
+            buf.copy_from_slice(&v1[at as usize..at as usize + buf.len()]);
+            Ok(())
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    c.upload_finish(st.id).unwrap();
+    let mut v2 = v1.clone();
+    let at = size / 2 + 123; // not on a block boundary
+    for b in &mut v2[at..at + edit] {
+        *b ^= 0x5a;
+    }
+    let rep = c
+        .upload_delta(Space::Private, &v2, "big-v2", Space::Private, "big", block)
+        .unwrap();
+    println!(
+        "{size} bytes, {edit} edited: {} bytes sent ({:.2}%), {} copied on the server",
+        rep.literal,
+        rep.literal as f64 * 100.0 / size as f64,
+        rep.copied
+    );
+    assert!(rep.literal < size as u64 / 20, "{rep:?}");
+    assert_eq!(rep.literal + rep.copied, size as u64);
+    let got = c.read_range(Space::Private, "big-v2", at as u64, 1 << 20).unwrap();
+    assert_eq!(got.2, zs_crypto::hash::to_hex(&sha3(&v2)));
+}
