@@ -359,6 +359,27 @@ impl ServicesClient {
             .map(drop)
     }
 
+    /// Joins unfinished uploads `parts` (each holding all its bytes) into
+    /// file `path` whose SHA3-256 is `hash` (tus concatenation; see
+    /// [`crate::Files::concat`]).
+    pub fn upload_concat(
+        &self,
+        space: Space,
+        path: &str,
+        hash: &[u8; 32],
+        parts: &[u64],
+    ) -> Result<()> {
+        let mut df = DataFrame::new()
+            .with(space.as_str())
+            .with(path)
+            .with(hash.to_vec())
+            .with(parts.len() as u64);
+        for id in parts {
+            df.push(*id);
+        }
+        self.call("file.concat", df).map(drop)
+    }
+
     /// Terminates an upload.
     pub fn upload_abort(&self, id: u64) -> Result<()> {
         self.call("file.abort", DataFrame::new().with(id)).map(drop)

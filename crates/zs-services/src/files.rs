@@ -1181,6 +1181,150 @@ impl Files {
         self.put_entry(&mut st, uid, rec.owner, &rec.path, rec.size, &rec.hash)
     }
 
+    /// Concatenates unfinished uploads `parts` of the caller (tus
+    /// concatenation: partial uploads sent in parallel, then joined) into
+    /// file `path`: every part must hold all its bytes (else
+    /// [`file_code::OFFSET`]) and match its own announced SHA3-256, and the
+    /// joined content must match `hash` (else [`file_code::HASH_MISMATCH`],
+    /// and the parts stay for a retry). The parts are then gone (their
+    /// reservations become the file's charge); the file is on disk when this
+    /// returns. At most 256 parts.
+    pub fn concat(
+        &self,
+        peer: &Peer,
+        uid: u64,
+        space: Space,
+        path: &str,
+        hash: &[u8],
+        parts: &[u64],
+    ) -> Result<()> {
+        let cfg = &self.inner.cfg;
+        if hash.len() != 32 {
+            return Err(ServiceError::bad("the hash is SHA3-256: 32 bytes"));
+        }
+        if parts.is_empty() || parts.len() > 256 {
+            return Err(ServiceError::bad("1 to 256 parts"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !parts.iter().all(|id| seen.insert(*id)) {
+            return Err(ServiceError::bad("a part is named twice"));
+        }
+        let path = self.norm(path)?;
+        if path.is_empty() {
+            return Err(ServiceError::new(code::INVALID, "a file needs a name"));
+        }
+        let owner = Self::owner(space, uid);
+        let mut st = lock(&self.inner.state);
+        for id in parts {
+            st = self.wait_idle(st, *id);
+        }
+        let mut total = 0u64;
+        for id in parts {
+            let u = Self::upload_of(&mut st, *id, uid)?;
+            Self::take_lease(u, peer, cfg.lease)?;
+            if u.offset != u.rec.size {
+                return Err(ServiceError::new(
+                    file_code::OFFSET,
+                    format!("part {id} holds {} of {} bytes", u.offset, u.rec.size),
+                ));
+            }
+            total += u.rec.size;
+        }
+        if total > cfg.max_file_size {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                format!("a file has at most {} bytes", cfg.max_file_size),
+            ));
+        }
+        Self::check_parent(&st, owner, &path)?;
+        if let Some((_, e)) = st.entries.get(&(owner, path.clone())) {
+            if e.dir {
+                return Err(ServiceError::new(
+                    file_code::EXISTS,
+                    format!("{path:?} is a directory"),
+                ));
+            }
+            self.may_change(uid, &e.clone())?;
+        }
+        // Each part against its own hash (kept running while the server ran).
+        for id in parts {
+            let u = st.uploads.get_mut(id).expect("checked");
+            let got = match u.hasher.take() {
+                Some(h) => hex(&h.finalize()),
+                None => hex(&hash_file(&self.part(*id), u.rec.size)
+                    .map_err(|e| io_err("hash partial file", e))?),
+            };
+            if got != u.rec.hash {
+                return Err(ServiceError::new(
+                    file_code::HASH_MISMATCH,
+                    format!("part {id}: its SHA3-256 is {got}, not the announced {}", u.rec.hash),
+                ));
+            }
+        }
+        // Join them, hashing the whole.
+        let tmp = self
+            .inner
+            .root
+            .join("uploads")
+            .join(format!("concat-{}.tmp", parts[0]));
+        let joined = (|| -> std::io::Result<[u8; 32]> {
+            let mut out = File::create(&tmp)?;
+            let mut h = Sha3_256::new();
+            let mut buf = vec![0u8; 256 << 10];
+            for id in parts {
+                let mut f = File::open(self.part(*id))?;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    out.write_all(&buf[..n])?;
+                }
+            }
+            out.sync_all()?;
+            Ok(h.finalize().into())
+        })();
+        let whole = match joined {
+            Ok(w) => hex(&w),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_err("join parts", e));
+            }
+        };
+        let hash = hex(hash);
+        if whole != hash {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ServiceError::new(
+                file_code::HASH_MISMATCH,
+                format!("the joined parts' SHA3-256 is {whole}, not {hash}: the parts are kept"),
+            ));
+        }
+        let blob = self.blob(&hash);
+        if blob.exists() {
+            let _ = std::fs::remove_file(&tmp);
+        } else {
+            std::fs::rename(&tmp, &blob).map_err(|e| io_err("store blob", e))?;
+            if let Ok(d) = File::open(self.inner.root.join("blobs")) {
+                let _ = d.sync_all();
+            }
+        }
+        let mut b = zs_db::Batch::new();
+        for id in parts {
+            b.delete(*id);
+        }
+        self.inner.db.commit(&b).map_err(ServiceError::storage)?;
+        for id in parts {
+            if let Some(u) = st.uploads.remove(id) {
+                if let Some(x) = st.usage.get_mut(&uid) {
+                    *x = x.saturating_sub(u.rec.size);
+                }
+            }
+            let _ = std::fs::remove_file(self.part(*id));
+        }
+        self.put_entry(&mut st, uid, owner, &path, total, &hash)
+    }
+
     /// Terminates upload `id` (tus termination): its partial data and
     /// reservation are dropped.
     pub fn abort(&self, uid: u64, id: u64) -> Result<()> {
@@ -1486,6 +1630,21 @@ impl Files {
         r.stream_hpc_svc("file.finish", move |peer, df| {
             let uid = f.inner.accounts.require_user(peer)?;
             f.finish(peer, uid, df.reader().read_u64()?)?;
+            Ok(DataFrame::new())
+        });
+        let f = self.clone();
+        r.stream_hpc_svc("file.concat", move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            let mut rd = df.reader();
+            let space = Space::parse(rd.read_str()?)?;
+            let path = rd.read_str()?;
+            let hash = rd.read_slice()?;
+            let n = rd.read_u64()?;
+            if n > 256 {
+                return Err(ServiceError::bad("1 to 256 parts"));
+            }
+            let ids = (0..n).map(|_| rd.read_u64()).collect::<std::result::Result<Vec<_>, _>>()?;
+            f.concat(peer, uid, space, path, hash, &ids)?;
             Ok(DataFrame::new())
         });
         let f = self.clone();

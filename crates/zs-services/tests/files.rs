@@ -798,3 +798,86 @@ fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
     let got = c.read_range(Space::Private, "big-v2", at as u64, 1 << 20).unwrap();
     assert_eq!(got.2, zs_crypto::hash::to_hex(&sha3(&v2)));
 }
+
+/// tus concatenation: three partial uploads sent at once over one connection
+/// (their chunks interleaved), then joined into one file; a part that is not
+/// complete, a wrong whole hash and someone else's part are refused and the
+/// parts kept.
+#[test]
+fn partial_uploads_sent_in_parallel_are_concatenated() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let _ = rig.user("ann");
+    let c = login(&rig, "ann");
+    let body = data(41, SIZE);
+    let cuts = [0, SIZE / 3, SIZE / 3 * 2 + 7, SIZE];
+    let ids: Vec<u64> = (0..3)
+        .map(|k| {
+            let part = &body[cuts[k]..cuts[k + 1]];
+            c.upload_begin(Space::Private, &format!("p{k}"), part.len() as u64, &sha3(part))
+                .unwrap()
+                .id
+        })
+        .collect();
+    // An incomplete part is refused.
+    let e = c
+        .upload_concat(Space::Private, "whole", &sha3(&body), &ids)
+        .unwrap_err();
+    assert_eq!(e.code, file_code::OFFSET, "{e}");
+    // All three at once: chunks of every part in flight together.
+    let mut futs = Vec::new();
+    let mut offs = [0usize; 3];
+    while (0..3).any(|k| cuts[k] + offs[k] < cuts[k + 1]) {
+        for k in 0..3 {
+            let (a, b) = (cuts[k] + offs[k], cuts[k + 1]);
+            if a < b {
+                let end = (a + CHUNK).min(b);
+                let df = zs_wire::DataFrame::new()
+                    .with(ids[k])
+                    .with(offs[k] as u64)
+                    .with(body[a..end].to_vec())
+                    .with(crc32fast::hash(&body[a..end]).to_le_bytes().to_vec());
+                futs.push(c.client().call_stream("file.chunk", df));
+                offs[k] += end - a;
+            }
+        }
+    }
+    for f in futs {
+        f.wait().unwrap();
+    }
+    // A wrong whole hash: refused, parts kept.
+    let e = c
+        .upload_concat(Space::Private, "whole", &sha3(b"other"), &ids)
+        .unwrap_err();
+    assert_eq!(e.code, file_code::HASH_MISMATCH, "{e}");
+    // Someone else cannot join ann's parts.
+    let bob = rig.user("bob");
+    let e = bob
+        .upload_concat(Space::Private, "stolen", &sha3(&body), &ids)
+        .unwrap_err();
+    assert_eq!(e.code, file_code::NO_UPLOAD, "{e}");
+    // Out of order is another file (and the hash says so).
+    let swapped = [ids[1], ids[0], ids[2]];
+    let e = c
+        .upload_concat(Space::Private, "whole", &sha3(&body), &swapped)
+        .unwrap_err();
+    assert_eq!(e.code, file_code::HASH_MISMATCH, "{e}");
+    c.upload_concat(Space::Private, "whole", &sha3(&body), &ids)
+        .unwrap();
+    assert_eq!(
+        c.read_range(Space::Private, "whole", 0, 1 << 20).unwrap().0,
+        body
+    );
+    let files = rig.services.files.as_ref().unwrap();
+    assert_eq!(files.uploads(), 0, "the parts are gone");
+    let uid = rig.services.accounts.resolve("ann").unwrap();
+    assert_eq!(files.usage(uid), SIZE as u64, "charged once, for the file");
+    // The parts never became files.
+    let names: Vec<String> = c
+        .list_files(Space::Private, "")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["whole"]);
+}
