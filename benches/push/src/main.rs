@@ -118,7 +118,10 @@ impl Ours {
         )
         .expect("server");
         let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
-        for name in names.iter().chain([&"offline".to_string(), &"sender".to_string()]) {
+        for name in names
+            .iter()
+            .chain([&"offline".to_string(), &"sender".to_string()])
+        {
             services
                 .accounts
                 .create_user(name, "push-bench-pw", false)
@@ -219,7 +222,10 @@ impl Ours {
             }
             let i = (k as usize) % n;
             let to = &self.names[(i + 1) % n];
-            let df = DataFrame::new().with(to.as_str()).with(0u64).with(body(epoch));
+            let df = DataFrame::new()
+                .with(to.as_str())
+                .with(0u64)
+                .with(body(epoch));
             pending.push_back(self.clients[i].client().call_stream("msg.send", df));
             while pending.len() > 256 {
                 pending.pop_front().expect("front").wait().expect("send");
@@ -534,9 +540,12 @@ fn main() {
         p99_ms(&l)
     });
     let o = ours.clone();
-    suite.case("zs-offline-enqueue", "msgs_per_s", Better::Higher, move || {
-        o.offline(epoch, offline)
-    });
+    suite.case(
+        "zs-offline-enqueue",
+        "msgs_per_s",
+        Better::Higher,
+        move || o.offline(epoch, offline),
+    );
     let t = theirs.clone();
     let mut round = 0;
     suite.case(

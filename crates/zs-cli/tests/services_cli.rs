@@ -122,6 +122,13 @@ fn run_ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// `zs <args> --as <user> --password <password> --addr <addr>`, which must succeed.
+fn run_as(dir: &Path, addr: &str, user: &str, password: &str, args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend(["--as", user, "--password", password, "--addr", addr]);
+    run_ok(dir, &all)
+}
+
 fn run_err(dir: &Path, args: &[&str]) -> String {
     let o = zs().args(args).current_dir(dir).output().unwrap();
     assert!(!o.status.success(), "zs {args:?} should fail");
@@ -183,51 +190,22 @@ fn user_and_msg_verbs_against_zs_serve() {
     );
 
     // ann writes to bob, who is offline.
-    let sent = run_ok(
+    let sent = run_as(
         d,
-        &[
-            "msg",
-            "send",
-            "bob",
-            "hello",
-            "bob",
-            "--as",
-            "ann",
-            "--password",
-            "ann-password",
-            "--addr",
-            &addr,
-        ],
+        &addr,
+        "ann",
+        "ann-password",
+        &["msg", "send", "bob", "hello", "bob"],
     );
     assert!(sent.contains("sent to bob"), "{sent}");
-    run_ok(
+    run_as(
         d,
-        &[
-            "msg",
-            "send",
-            "bob",
-            "second",
-            "--as",
-            "ann",
-            "--password",
-            "ann-password",
-            "--addr",
-            &addr,
-        ],
+        &addr,
+        "ann",
+        "ann-password",
+        &["msg", "send", "bob", "second"],
     );
-    let inbox = run_ok(
-        d,
-        &[
-            "msg",
-            "inbox",
-            "--as",
-            "bob",
-            "--password",
-            "bob-password",
-            "--addr",
-            &addr,
-        ],
-    );
+    let inbox = run_as(d, &addr, "bob", "bob-password", &["msg", "inbox"]);
     let lines: Vec<&str> = inbox.lines().collect();
     assert_eq!(lines.len(), 3, "{inbox}");
     assert!(
@@ -236,19 +214,7 @@ fn user_and_msg_verbs_against_zs_serve() {
     );
     assert_eq!(lines[2], "2 message(s)");
     // Acknowledged: gone.
-    let inbox = run_ok(
-        d,
-        &[
-            "msg",
-            "inbox",
-            "--as",
-            "bob",
-            "--password",
-            "bob-password",
-            "--addr",
-            &addr,
-        ],
-    );
+    let inbox = run_as(d, &addr, "bob", "bob-password", &["msg", "inbox"]);
     assert_eq!(inbox.trim(), "0 message(s)");
 
     // Password reset and disable.
@@ -294,19 +260,7 @@ fn user_and_msg_verbs_against_zs_serve() {
     );
     assert!(e.contains("disabled"), "{e}");
     run_ok(d, &["user", "disable", "bob", "--enable", "--addr", &addr]);
-    run_ok(
-        d,
-        &[
-            "msg",
-            "inbox",
-            "--as",
-            "bob",
-            "--password",
-            "new-password",
-            "--addr",
-            &addr,
-        ],
-    );
+    run_as(d, &addr, "bob", "new-password", &["msg", "inbox"]);
     // A plain user cannot run admin verbs.
     let e = run_err(
         d,
@@ -548,7 +502,10 @@ fn file_put_killed_at_random_points_resumes_to_the_right_file() {
         // Where this run started: nothing the server held when the run
         // before was killed is sent again.
         let start = resumed_at(&err).unwrap_or(0);
-        assert!(k == 0 || start >= last, "run {k} resumed at {start} < {last}: {err}");
+        assert!(
+            k == 0 || start >= last,
+            "run {k} resumed at {start} < {last}: {err}"
+        );
         let held_now = held();
         println!(
             "put killed ({k}): resumed at byte {start} (the server held {last} when the run before \
@@ -563,10 +520,7 @@ fn file_put_killed_at_random_points_resumes_to_the_right_file() {
     let out = run_ok(d, &put);
     println!("{out}");
     let resumed = resumed_at(&out).unwrap_or_else(|| panic!("the rerun resumes: {out}"));
-    assert!(
-        resumed >= last && resumed <= put_size as u64,
-        "{out}"
-    );
+    assert!(resumed >= last && resumed <= put_size as u64, "{out}");
     assert!(
         out.contains(&format!("({} bytes sent)", put_size as u64 - resumed)),
         "the rerun sends exactly what the server lacked: {out}"
@@ -656,5 +610,8 @@ fn resumed_at(out: &str) -> Option<u64> {
         .split("resumed at byte ")
         .nth(1)
         .or_else(|| out.split("resuming at byte ").nth(1))?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

@@ -435,11 +435,7 @@ impl Files {
     pub fn close(&self) -> Result<()> {
         let mut st = lock(&self.inner.state);
         while st.uploads.values().any(|u| u.busy) {
-            st = self
-                .inner
-                .idle
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.inner.idle.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         for u in st.uploads.values_mut() {
             if let Err(e) = self.sync_upload(u) {
@@ -558,6 +554,22 @@ impl Files {
             .map_err(ServiceError::storage)?;
         *st.counts.entry(uid).or_default() += 1;
         st.entries.insert((owner, path), (id, e));
+        Ok(())
+    }
+
+    /// Whether `uid` may put a file at `path`: its parent is a directory,
+    /// and what is there now is no directory and is theirs to replace.
+    fn check_target(&self, st: &State, uid: u64, owner: u64, path: &str) -> Result<()> {
+        Self::check_parent(st, owner, path)?;
+        if let Some((_, e)) = st.entries.get(&(owner, path.to_owned())) {
+            if e.dir {
+                return Err(ServiceError::new(
+                    file_code::EXISTS,
+                    format!("{path:?} is a directory"),
+                ));
+            }
+            self.may_change(uid, e)?;
+        }
         Ok(())
     }
 
@@ -855,16 +867,7 @@ impl Files {
         let owner = Self::owner(space, uid);
         let mut st = lock(&self.inner.state);
         self.sweep(&mut st);
-        Self::check_parent(&st, owner, &path)?;
-        if let Some((_, e)) = st.entries.get(&(owner, path.clone())) {
-            if e.dir {
-                return Err(ServiceError::new(
-                    file_code::EXISTS,
-                    format!("{path:?} is a directory"),
-                ));
-            }
-            self.may_change(uid, &e.clone())?;
-        }
+        self.check_target(&st, uid, owner, &path)?;
         let used = st.usage.get(&uid).copied().unwrap_or(0);
         // Instant upload: the content is here already.
         let may_claim = st.holders.contains_key(&(hash.clone(), 0))
@@ -996,11 +999,7 @@ impl Files {
     /// of the pool; bounded by that one write).
     fn wait_idle<'a>(&'a self, mut st: MutexGuard<'a, State>, id: u64) -> MutexGuard<'a, State> {
         while st.uploads.get(&id).is_some_and(|u| u.busy) {
-            st = self
-                .inner
-                .idle
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.inner.idle.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st
     }
@@ -1079,7 +1078,11 @@ impl Files {
                 .write(true)
                 .open(&part)
                 .map_err(|e| io_err("open partial file", e))?;
-            if f.metadata().map_err(|e| io_err("stat partial file", e))?.len() != offset {
+            if f.metadata()
+                .map_err(|e| io_err("stat partial file", e))?
+                .len()
+                != offset
+            {
                 f.set_len(offset)
                     .map_err(|e| io_err("trim partial file", e))?;
             }
@@ -1236,16 +1239,7 @@ impl Files {
                 format!("a file has at most {} bytes", cfg.max_file_size),
             ));
         }
-        Self::check_parent(&st, owner, &path)?;
-        if let Some((_, e)) = st.entries.get(&(owner, path.clone())) {
-            if e.dir {
-                return Err(ServiceError::new(
-                    file_code::EXISTS,
-                    format!("{path:?} is a directory"),
-                ));
-            }
-            self.may_change(uid, &e.clone())?;
-        }
+        self.check_target(&st, uid, owner, &path)?;
         // Each part against its own hash (kept running while the server ran).
         for id in parts {
             let u = st.uploads.get_mut(id).expect("checked");
@@ -1257,7 +1251,10 @@ impl Files {
             if got != u.rec.hash {
                 return Err(ServiceError::new(
                     file_code::HASH_MISMATCH,
-                    format!("part {id}: its SHA3-256 is {got}, not the announced {}", u.rec.hash),
+                    format!(
+                        "part {id}: its SHA3-256 is {got}, not the announced {}",
+                        u.rec.hash
+                    ),
                 ));
             }
         }
@@ -1488,9 +1485,8 @@ impl Files {
         let mut left = len;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
-            src.read_exact(&mut buf[..n]).map_err(|e| {
-                io_err("read base file (shorter than its entry?)", e)
-            })?;
+            src.read_exact(&mut buf[..n])
+                .map_err(|e| io_err("read base file (shorter than its entry?)", e))?;
             f.write_all(&buf[..n])
                 .map_err(|e| io_err("write partial file", e))?;
             if let Some(h) = hasher.as_mut() {
@@ -1571,12 +1567,27 @@ impl Files {
         Ok(DataFrame::new().with(offset).with(synced))
     }
 
+    /// Registers command `name`: the caller must be logged in; `run` gets
+    /// the service, the connection, the user id and a reader over the request.
+    fn command(
+        &self,
+        r: &mut Registry,
+        name: &str,
+        run: impl Fn(&Files, &Peer, u64, &mut zs_wire::Reader<'_>) -> Result<DataFrame>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        let f = self.clone();
+        r.stream_hpc_svc(name, move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            run(&f, peer, uid, &mut df.reader())
+        });
+    }
+
     /// Registers the `file.*` commands on `r`.
     pub fn register(&self, r: &mut Registry) {
-        let f = self.clone();
-        r.stream_hpc_svc("file.list", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.list", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let list = f.list(uid, space, rd.read_str()?)?;
             let mut out = DataFrame::new().with(list.len() as u64);
@@ -1589,35 +1600,23 @@ impl Files {
             }
             Ok(out)
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.mkdir", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.mkdir", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             f.mkdir(uid, space, rd.read_str()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.rename", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.rename", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let from = rd.read_str()?;
             f.rename(uid, space, from, rd.read_str()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.delete", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.delete", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             f.delete(uid, space, rd.read_str()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.begin", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.begin", |f, peer, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let size = rd.read_u64()?;
@@ -1626,16 +1625,11 @@ impl Files {
             Ok(DataFrame::new().with(s.id).with(s.offset).with(s.instant))
         });
         self.register_chunk(r);
-        let f = self.clone();
-        r.stream_hpc_svc("file.finish", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            f.finish(peer, uid, df.reader().read_u64()?)?;
+        self.command(r, "file.finish", |f, peer, uid, rd| {
+            f.finish(peer, uid, rd.read_u64()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.concat", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.concat", |f, peer, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let hash = rd.read_slice()?;
@@ -1643,20 +1637,17 @@ impl Files {
             if n > 256 {
                 return Err(ServiceError::bad("1 to 256 parts"));
             }
-            let ids = (0..n).map(|_| rd.read_u64()).collect::<std::result::Result<Vec<_>, _>>()?;
+            let ids = (0..n)
+                .map(|_| rd.read_u64())
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             f.concat(peer, uid, space, path, hash, &ids)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.abort", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            f.abort(uid, df.reader().read_u64()?)?;
+        self.command(r, "file.abort", |f, _, uid, rd| {
+            f.abort(uid, rd.read_u64()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.signature", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.signature", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let block = rd.read_u32()? as usize;
@@ -1672,10 +1663,7 @@ impl Files {
                 .with(weak)
                 .with(strong))
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.copy", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.copy", |f, peer, uid, rd| {
             let id = rd.read_u64()?;
             let offset = rd.read_u64()?;
             let space = Space::parse(rd.read_str()?)?;
@@ -1693,10 +1681,7 @@ impl Files {
                 len,
             )?))
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.read", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.read", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let offset = rd.read_u64()?;

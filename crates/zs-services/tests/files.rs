@@ -644,7 +644,9 @@ fn resume_continues_from_the_synced_offset() {
         let c = login(&rig, "ann");
         let st = c.upload_begin(Space::Private, "f", 300_000, &hash).unwrap();
         let raw = |off: usize, len: usize| {
-            let crc = crc32fast::hash(&body[off..off + len]).to_le_bytes().to_vec();
+            let crc = crc32fast::hash(&body[off..off + len])
+                .to_le_bytes()
+                .to_vec();
             let df = zs_wire::DataFrame::new()
                 .with(st.id)
                 .with(off as u64)
@@ -670,7 +672,10 @@ fn resume_continues_from_the_synced_offset() {
     // 7 bytes that were never synced.
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&part).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&part)
+            .unwrap();
         f.write_all(b"garbage").unwrap();
     }
     assert_eq!(std::fs::metadata(&part).unwrap().len(), 150_007);
@@ -695,7 +700,10 @@ fn resume_continues_from_the_synced_offset() {
         .unwrap();
     assert_eq!(end, 300_000);
     c.upload_finish(st.id).unwrap();
-    assert_eq!(c.read_range(Space::Private, "f", 0, 1 << 20).unwrap().0, body);
+    assert_eq!(
+        c.read_range(Space::Private, "f", 0, 1 << 20).unwrap().0,
+        body
+    );
 }
 
 /// Several chunks in flight: written in order; a chunk that skips ahead of
@@ -741,7 +749,10 @@ fn chunks_in_flight_land_in_order_and_bad_ones_are_refused() {
         assert_eq!(r.reader().read_u64().unwrap(), ((i + 1) * CHUNK) as u64);
     }
     c.upload_finish(st.id).unwrap();
-    assert_eq!(c.read_range(Space::Private, "w", 0, 1 << 20).unwrap().0, body);
+    assert_eq!(
+        c.read_range(Space::Private, "w", 0, 1 << 20).unwrap().0,
+        body
+    );
 }
 
 /// The delta figure: a 1 MiB edit of a 64 MiB file sends under 5% of
@@ -795,7 +806,9 @@ fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
     );
     assert!(rep.literal < size as u64 / 20, "{rep:?}");
     assert_eq!(rep.literal + rep.copied, size as u64);
-    let got = c.read_range(Space::Private, "big-v2", at as u64, 1 << 20).unwrap();
+    let got = c
+        .read_range(Space::Private, "big-v2", at as u64, 1 << 20)
+        .unwrap();
     assert_eq!(got.2, zs_crypto::hash::to_hex(&sha3(&v2)));
 }
 
@@ -814,9 +827,14 @@ fn partial_uploads_sent_in_parallel_are_concatenated() {
     let ids: Vec<u64> = (0..3)
         .map(|k| {
             let part = &body[cuts[k]..cuts[k + 1]];
-            c.upload_begin(Space::Private, &format!("p{k}"), part.len() as u64, &sha3(part))
-                .unwrap()
-                .id
+            c.upload_begin(
+                Space::Private,
+                &format!("p{k}"),
+                part.len() as u64,
+                &sha3(part),
+            )
+            .unwrap()
+            .id
         })
         .collect();
     // An incomplete part is refused.
