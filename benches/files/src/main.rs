@@ -279,10 +279,9 @@ fn main() {
     for (i, b) in edited[at..at + edit].iter_mut().enumerate() {
         *b = b.wrapping_add(1 + (i % 251) as u8);
     }
-    let rsync = Rsyncd::start(dir.path()).map(|d| {
+    let rsync = Rsyncd::start(dir.path()).inspect(|d| {
         std::fs::write(d.local.join("target"), &edited).expect("local copy");
         std::fs::write(d.local.join("base"), &base).expect("base copy");
-        d
     });
     if let Some(d) = rsync {
         let d = Arc::new(d);

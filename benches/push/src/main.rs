@@ -309,9 +309,10 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto");
+        let m = Mosquitto { child, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Mosquitto { child, port });
+                return Some(m);
             }
             std::thread::sleep(Duration::from_millis(50));
         }

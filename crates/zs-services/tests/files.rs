@@ -899,3 +899,87 @@ fn partial_uploads_sent_in_parallel_are_concatenated() {
         .collect();
     assert_eq!(names, ["whole"]);
 }
+
+/// The resume figure: a 256 MiB upload cut off at 20 random points
+/// (the writer's connection dropped with chunks in flight) and resumed each
+/// time, ending with the right SHA3-256; the bytes sent again after each
+/// resume are reported (with `ZS_FULL_TESTS=1`; otherwise 1 MiB cut 4 times).
+#[test]
+fn a_large_upload_cut_at_random_points_resumes_to_the_right_hash() {
+    let full = std::env::var_os("ZS_FULL_TESTS").is_some_and(|v| v == "1");
+    let (size, cuts, chunk) = if full {
+        (256usize << 20, 20, 1 << 20)
+    } else {
+        (1 << 20, 4, 64 << 10)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |c| {
+        c.files.max_file_size = 1 << 30;
+        c.files.quota_per_user = 1 << 30;
+    });
+    let _ = rig.user("ann");
+    let body = data(51, size);
+    let hash = sha3(&body);
+    let mut x = 0x2545_f491u64;
+    let (mut acked, mut sent_end) = (0u64, 0u64);
+    let mut resent = Vec::new();
+    for k in 0..=cuts {
+        let c = login(&rig, "ann");
+        let st = c
+            .upload_begin(Space::Private, "big", size as u64, &hash)
+            .unwrap();
+        assert!(
+            st.offset >= acked,
+            "cut {k}: resumed at {} < {acked} acknowledged",
+            st.offset
+        );
+        // Bytes the last writer sent that the server did not keep.
+        if k > 0 {
+            resent.push(sent_end.saturating_sub(st.offset));
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let chunks_left = (size as u64 - st.offset).div_ceil(chunk as u64);
+        let stop_after = if k == cuts {
+            u64::MAX
+        } else {
+            1 + x % (chunks_left / (cuts - k + 1) as u64).max(1)
+        };
+        let mut sent = 0u64;
+        let mut n = 0u64;
+        let r = c.upload_window(
+            st.id,
+            st.offset,
+            size as u64,
+            chunk,
+            zs_services::UPLOAD_WINDOW,
+            |at, buf| {
+                n += 1;
+                if n > stop_after {
+                    return Err(zs_services::ServiceError::new(code::CLIENT, "cut"));
+                }
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                sent += buf.len() as u64;
+                Ok(())
+            },
+            |done, _| acked = acked.max(done),
+        );
+        if k == cuts {
+            assert_eq!(r.unwrap(), size as u64);
+            c.upload_finish(st.id).unwrap();
+        } else {
+            assert!(r.is_err());
+            // The writer vanishes with its chunks in flight.
+            c.close();
+            sent_end = st.offset + sent;
+        }
+    }
+    println!("{size} bytes, cut {cuts} times; bytes sent again after each resume: {resent:?}");
+    let c = login(&rig, "ann");
+    let list = c.list_files(Space::Private, "").unwrap();
+    assert_eq!(
+        (list[0].size, list[0].hash.clone()),
+        (size as u64, zs_crypto::hash::to_hex(&hash))
+    );
+}
