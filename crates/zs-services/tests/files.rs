@@ -102,7 +102,7 @@ fn an_upload_cut_off_several_times_resumes_to_the_right_hash() {
 #[test]
 fn a_silent_writer_loses_its_lease_after_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let rig = rig_in(dir.path(), |c| c.files.lease = Duration::from_millis(300));
+    let rig = rig_in(dir.path(), |c| c.files.lease = Duration::from_millis(1500));
     let _ = rig.user("ann");
     let body = data(2, 200_000);
     let hash = sha3(&body);
@@ -143,7 +143,7 @@ fn a_silent_writer_loses_its_lease_after_the_timeout() {
         file_code::LOCKED
     );
     // A goes silent (connection open, nothing sent): after the lease, B takes over.
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1600));
     let st2 = files
         .begin(&peer_b, uid, Space::Private, "f", body.len() as u64, &hash)
         .unwrap();
