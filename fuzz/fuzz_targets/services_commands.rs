@@ -45,6 +45,18 @@ const COMMANDS: &[&str] = &[
     "msg.subscribe",
     "msg.broadcast",
     "msg.group",
+    "file.list",
+    "file.mkdir",
+    "file.rename",
+    "file.delete",
+    "file.begin",
+    "file.chunk",
+    "file.finish",
+    "file.concat",
+    "file.abort",
+    "file.signature",
+    "file.copy",
+    "file.read",
 ];
 
 fn cfg() -> ServicesConfig {
@@ -55,6 +67,10 @@ fn cfg() -> ServicesConfig {
     c.messages.max_queue_len = 16;
     c.messages.max_queue_bytes = 4096;
     c.messages.push_window = 4;
+    c.files.max_file_size = 1 << 16;
+    c.files.quota_per_user = 1 << 18;
+    c.files.max_uploads_per_user = 4;
+    c.files.sync_every = 1 << 12;
     c
 }
 
@@ -70,7 +86,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(!text.starts_with('/'));
     }
     let env = zs_db::Env::with_vfs(Arc::new(zs_db::MemVfs::new()));
-    let services = Services::open(&env, cfg()).unwrap();
+    // Files keep their blobs in a real directory.
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "zs-fuzz-files-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut c = cfg();
+    c.files.root = Some(dir.clone());
+    let services = Services::open(&env, c).unwrap();
     // Two known users so sends can land.
     services.accounts.create_user("a", "p", true).unwrap();
     services.accounts.create_user("b", "p", false).unwrap();
@@ -123,4 +148,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|u| services.messages.queued(u.id))
         .sum();
     assert_eq!(total, queued);
+    // Nothing written beyond the quota.
+    let files = services.files.as_ref().unwrap();
+    for u in services.accounts.list(0, usize::MAX) {
+        assert!(files.usage(u.id) <= 1 << 18);
+    }
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
 });

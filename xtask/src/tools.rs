@@ -158,4 +158,20 @@ pub const BENCH_TOOLS: &[(&str, Tool)] = &[
             used_by: "bench db-service (redis-benchmark)",
         },
     ),
+    (
+        "files",
+        Tool {
+            program: "rsync",
+            source: Source::Apt(&["rsync"]),
+            used_by: "bench files (rsync daemon, delta_vs_rsync)",
+        },
+    ),
+    (
+        "push",
+        Tool {
+            program: "mosquitto",
+            source: Source::Apt(&["mosquitto"]),
+            used_by: "bench push (mosquitto 2 baseline, QoS 1, persistence on)",
+        },
+    ),
 ];

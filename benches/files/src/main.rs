@@ -1,8 +1,12 @@
 //! `cargo xtask bench files`: one file of 256 MiB (32 MiB with `--quick`)
 //! uploaded and downloaded through the zs-services file service (AES-256-GCM
-//! session, epoll backend, 1 MiB chunks, each with its SHA3-256, each fsynced
-//! by the server before its answer; SHA3-256 of the whole file checked at the
-//! end), against a raw TCP copy of the same bytes over the same loopback.
+//! session, epoll backend, 1 MiB chunks with several in flight, each checked
+//! against its CRC-32, fsynced every few MiB and before the final answer;
+//! SHA3-256 of the whole file checked at the end), against a raw TCP copy of
+//! the same bytes over the same loopback and against one SHA3-256 pass over
+//! them (the floor of an upload that checks that hash); and a delta upload of
+//! an edited file against rsync in daemon mode (Debian's `rsync`, started
+//! here as a plain process with its own config in the temp dir).
 //!
 //! Upload samples use a new path and different content each time (the first
 //! 8 bytes carry the sample number), so dedup never turns one into an instant
@@ -21,6 +25,86 @@ use zs_crypto::{ClientConfig, ServerConfig, ServerIdentity, SuiteId, ZsSecurity}
 use zs_services::{Services, ServicesClient, ServicesConfig, Space};
 
 const CHUNK: usize = 1 << 20;
+/// Block of the delta case (rsync picks about sqrt(size): 4 to 8 KiB here).
+const DELTA_BLOCK: u32 = 8 << 10;
+
+/// An rsync daemon on 127.0.0.1 serving module `m` from a temp directory
+/// (a plain child process, killed on drop).
+struct Rsyncd {
+    child: std::process::Child,
+    port: u16,
+    module: std::path::PathBuf,
+    local: std::path::PathBuf,
+}
+
+impl Rsyncd {
+    fn start(dir: &std::path::Path) -> Option<Rsyncd> {
+        let found = std::process::Command::new("rsync")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return None;
+        }
+        let root = dir.join("rsync");
+        let (module, local) = (root.join("module"), root.join("local"));
+        std::fs::create_dir_all(&module).expect("module dir");
+        std::fs::create_dir_all(&local).expect("local dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let conf = root.join("rsyncd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "use chroot = no\nuid = 0\ngid = 0\npid file = {}\n[m]\npath = {}\nread only = false\n",
+                root.join("rsyncd.pid").display(),
+                module.display()
+            ),
+        )
+        .expect("rsyncd.conf");
+        let child = std::process::Command::new("rsync")
+            .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", conf.display()))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start rsync --daemon");
+        let d = Rsyncd {
+            child,
+            port,
+            module,
+            local,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(d);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("rsync --daemon did not listen on {port}");
+    }
+
+    /// `rsync -I` of local file `name` onto the module's copy (delta transfer
+    /// against it: -I skips the size/mtime shortcut).
+    fn push(&self, name: &str) {
+        let st = std::process::Command::new("rsync")
+            .args(["-I", "--no-whole-file"])
+            .arg(self.local.join(name))
+            .arg(format!("rsync://127.0.0.1:{}/m/{name}", self.port))
+            .status()
+            .expect("run rsync");
+        assert!(st.success(), "rsync failed: {st}");
+    }
+}
+
+impl Drop for Rsyncd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Pseudo-random bytes (xorshift64*), so compression or patterns cannot help.
 fn data(len: usize) -> Vec<u8> {
@@ -58,13 +142,21 @@ fn upload(c: &ServicesClient, path: &str, body: &[u8]) {
         .upload_begin(Space::Private, path, body.len() as u64, &hash)
         .expect("begin");
     assert!(!st.instant, "a sample must send its bytes");
-    let mut off = 0;
-    while off < body.len() {
-        let end = (off + CHUNK).min(body.len());
-        off = c
-            .upload_chunk(st.id, off as u64, &body[off..end])
-            .expect("chunk") as usize;
-    }
+    let end = c
+        .upload_window(
+            st.id,
+            0,
+            body.len() as u64,
+            CHUNK,
+            zs_services::UPLOAD_WINDOW,
+            |at, buf| {
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .expect("chunks");
+    assert_eq!(end, body.len() as u64);
     c.upload_finish(st.id).expect("finish");
 }
 
@@ -166,15 +258,85 @@ fn main() {
         mb_per_s(size, el)
     });
 
+    // The floor of any upload that checks a SHA3-256 of the whole file: one
+    // pass of the hash over the same bytes, on one core.
+    let body_h = body.clone();
+    suite.case("sha3-256-pass", "mb_per_s", Better::Higher, move || {
+        let t0 = Instant::now();
+        std::hint::black_box(zs_crypto::hash::sha3_256(&body_h));
+        mb_per_s(size, t0.elapsed().as_secs_f64())
+    });
+
+    // Delta: the same edit uploaded by rsync (daemon mode) and by us.
+    let (dsize, edit) = if opts.quick {
+        (16 << 20, 256 << 10)
+    } else {
+        (64 << 20, 1 << 20)
+    };
+    let base = data(dsize + 8)[8..].to_vec();
+    let mut edited = base.clone();
+    let at = dsize / 3;
+    for (i, b) in edited[at..at + edit].iter_mut().enumerate() {
+        *b = b.wrapping_add(1 + (i % 251) as u8);
+    }
+    let rsync = Rsyncd::start(dir.path()).inspect(|d| {
+        std::fs::write(d.local.join("target"), &edited).expect("local copy");
+        std::fs::write(d.local.join("base"), &base).expect("base copy");
+    });
+    if let Some(d) = rsync {
+        let d = Arc::new(d);
+        let dd = d.clone();
+        suite.case("rsync-delta", "ms", Better::Lower, move || {
+            std::fs::copy(dd.local.join("base"), dd.module.join("target")).expect("reset");
+            let t0 = Instant::now();
+            dd.push("target");
+            t0.elapsed().as_secs_f64() * 1e3
+        });
+        upload(&client, "delta-base", &base);
+        let dc = client.clone();
+        let mut n = 0u64;
+        let want_literal = edit as u64 + 4 * DELTA_BLOCK as u64;
+        suite.case("zs-delta", "ms", Better::Lower, move || {
+            n += 1;
+            let path = format!("delta-{n}");
+            let t0 = Instant::now();
+            let rep = dc
+                .upload_delta(
+                    Space::Private,
+                    &edited,
+                    &path,
+                    Space::Private,
+                    "delta-base",
+                    DELTA_BLOCK,
+                )
+                .expect("delta upload");
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            assert!(!rep.instant && rep.literal <= want_literal, "{rep:?}");
+            dc.delete(Space::Private, &path).expect("delete");
+            ms
+        });
+    } else {
+        eprintln!("skipped: rsync not installed (delta_vs_rsync not measured)");
+    }
+
     suite.run();
     suite.ratio("upload_vs_raw", "zs-upload", "raw-tcp-copy");
     suite.ratio("download_vs_raw", "zs-download", "raw-tcp-copy");
+    suite.ratio("upload_vs_sha3_pass", "zs-upload", "sha3-256-pass");
+    suite.ratio("delta_vs_rsync", "zs-delta", "rsync-delta");
     suite.note(format!(
-        "{} MiB per sample, 1 MiB chunks sent one at a time (each SHA3-256 checked and fsynced by the server), \
-         whole-file SHA3-256 on both ends inside the upload sample; download = file.read of 1 MiB in a loop, \
-         hash checked outside the timing; AES-256-GCM, epoll, 1 loop per side, one process; store on the \
-         temp dir's file system",
-        size >> 20
+        "{} MiB per sample, 1 MiB chunks, {} in flight, each CRC-32 checked by the server, fsynced every \
+         8 MiB and before file.finish answers; whole-file SHA3-256 on both ends inside the upload sample \
+         (sha3-256-pass: one such pass alone, the floor of any upload that checks it); download = file.read \
+         of 1 MiB in a loop, hash checked outside the timing; delta: {} MiB file, {} KiB edited in the middle, \
+         ours = upload_delta with {} B blocks (signature, scan, file.copy/file.chunk, whole SHA3 checked, \
+         fsynced) vs rsync -I to an rsync daemon holding the old version; AES-256-GCM, epoll, 1 loop per \
+         side, one process; store on the temp dir's file system",
+        size >> 20,
+        zs_services::UPLOAD_WINDOW,
+        dsize >> 20,
+        edit >> 10,
+        DELTA_BLOCK
     ));
     suite.finish();
     drop(server);

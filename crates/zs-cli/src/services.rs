@@ -483,8 +483,12 @@ fn run_file(a: FileArgs) -> Result<String, String> {
                     .unwrap_or_default()
             });
             let b = bar(a.quiet, &format!("put {remote}"));
+            let mut first = true;
             let rep = c
                 .upload_file(space, &local, &remote, chunk, |done, total| {
+                    if std::mem::take(&mut first) && done > 0 && done < total {
+                        b.suspend(|| eprintln!("{remote}: resuming at byte {done} of {total}"));
+                    }
                     b.set_length(total);
                     b.set_position(done);
                 })

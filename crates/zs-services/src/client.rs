@@ -313,10 +313,71 @@ impl ServicesClient {
         Ok(df.reader().read_u64()?)
     }
 
+    /// Sends bytes `offset..size` of upload `id` in chunks of `chunk` bytes
+    /// (each with its CRC-32), keeping up to `window` chunks in flight;
+    /// `read(at, buf)` fills `buf` with the bytes at `at`. `progress` gets
+    /// (bytes the server acknowledged, size) after each answer. Returns the
+    /// offset reached: everything below it is written on the server (durable
+    /// after [`ServicesClient::upload_finish`], or as far as a later
+    /// `file.begin` reports).
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_window(
+        &self,
+        id: u64,
+        offset: u64,
+        size: u64,
+        chunk: usize,
+        window: usize,
+        mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64> {
+        let chunk = chunk.max(1) as u64;
+        let mut inflight = std::collections::VecDeque::new();
+        let (mut next, mut acked) = (offset, offset);
+        loop {
+            while inflight.len() < window.max(1) && next < size {
+                let n = chunk.min(size - next) as usize;
+                let mut buf = vec![0u8; n];
+                read(next, &mut buf)?;
+                let crc = crc32fast::hash(&buf).to_le_bytes().to_vec();
+                let df = DataFrame::new().with(id).with(next).with(buf).with(crc);
+                inflight.push_back(self.client.call_stream("file.chunk", df));
+                next += n as u64;
+            }
+            let Some(f) = inflight.pop_front() else {
+                break;
+            };
+            acked = f.wait()?.reader().read_u64()?;
+            progress(acked, size);
+        }
+        Ok(acked)
+    }
+
     /// Completes an upload (the server checks the whole SHA3-256).
     pub fn upload_finish(&self, id: u64) -> Result<()> {
         self.call("file.finish", DataFrame::new().with(id))
             .map(drop)
+    }
+
+    /// Joins unfinished uploads `parts` (each holding all its bytes) into
+    /// file `path` whose SHA3-256 is `hash` (tus concatenation; see
+    /// [`crate::Files::concat`]).
+    pub fn upload_concat(
+        &self,
+        space: Space,
+        path: &str,
+        hash: &[u8; 32],
+        parts: &[u64],
+    ) -> Result<()> {
+        let mut df = DataFrame::new()
+            .with(space.as_str())
+            .with(path)
+            .with(hash.to_vec())
+            .with(parts.len() as u64);
+        for id in parts {
+            df.push(*id);
+        }
+        self.call("file.concat", df).map(drop)
     }
 
     /// Terminates an upload.
@@ -353,16 +414,22 @@ impl ServicesClient {
         }
         let mut f = std::fs::File::open(local).map_err(io)?;
         f.seek(SeekFrom::Start(st.offset)).map_err(io)?;
-        let mut offset = st.offset;
-        let mut buf = vec![0u8; chunk.max(1)];
-        progress(offset, size);
-        while offset < size {
-            let want = (size - offset).min(buf.len() as u64) as usize;
-            f.read_exact(&mut buf[..want]).map_err(io)?;
-            offset = self.upload_chunk(st.id, offset, &buf[..want])?;
-            report.sent += want as u64;
-            progress(offset, size);
-        }
+        progress(st.offset, size);
+        let mut sent = 0;
+        let res = self.upload_window(
+            st.id,
+            st.offset,
+            size,
+            chunk,
+            UPLOAD_WINDOW,
+            |_, buf| {
+                sent += buf.len() as u64;
+                f.read_exact(buf).map_err(io)
+            },
+            &mut progress,
+        );
+        report.sent = sent;
+        res?;
         self.upload_finish(st.id)?;
         Ok(report)
     }
@@ -611,6 +678,9 @@ impl ServicesClient {
         self.client.close()
     }
 }
+
+/// Chunks [`ServicesClient::upload_file`] keeps in flight.
+pub const UPLOAD_WINDOW: usize = 8;
 
 /// What [`ServicesClient::upload_file`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

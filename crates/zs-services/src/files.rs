@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -77,7 +77,18 @@ pub struct FilesConfig {
     pub max_path: usize,
     /// Deepest nesting of directories.
     pub max_depth: usize,
+    /// An upload's partial file is fsynced (and the synced offset recorded)
+    /// once this many bytes were written since the last sync, on a resume and
+    /// before `file.finish` answers; chunks in between are written without a
+    /// sync. 0: every chunk is synced.
+    pub sync_every: u64,
+    /// Chunks waiting per writer thread (see [`CHUNK_WRITERS`]).
+    pub chunk_queue: usize,
 }
+
+/// Threads writing `file.chunk`s (per registration), each taking the
+/// uploads whose id modulo this number is its index.
+pub const CHUNK_WRITERS: usize = 2;
 
 impl Default for FilesConfig {
     fn default() -> Self {
@@ -93,6 +104,8 @@ impl Default for FilesConfig {
             max_entries_per_user: 100_000,
             max_path: 1024,
             max_depth: 32,
+            sync_every: 8 << 20,
+            chunk_queue: 64,
         }
     }
 }
@@ -199,6 +212,10 @@ struct UploadRec {
     hash: String,
     by: u64,
     created_ms: u64,
+    /// Bytes of the partial file known to be on disk (fsynced): where the
+    /// upload stands after a restart.
+    #[serde(default)]
+    synced: u64,
 }
 
 /// One listed entry.
@@ -230,9 +247,16 @@ pub struct UploadState {
 struct Upload {
     rec_id: u64,
     rec: UploadRec,
+    /// Bytes written (all of them checked); `rec.synced` of them are durable.
     offset: u64,
     holder: Option<Peer>,
     touched: Instant,
+    /// SHA3-256 of bytes `0..offset`, kept while the server runs (after a
+    /// restart `file.finish` hashes the partial file instead).
+    hasher: Option<Sha3_256>,
+    /// A chunk is being written outside the state lock: others wait on
+    /// [`Inner::idle`].
+    busy: bool,
 }
 
 #[derive(Default)]
@@ -258,6 +282,8 @@ struct Inner {
     root: PathBuf,
     accounts: Accounts,
     state: Mutex<State>,
+    /// Signalled when an upload stops being busy.
+    idle: Condvar,
 }
 
 /// The file service (cheap to clone).
@@ -349,11 +375,18 @@ impl Files {
                         let _ = std::fs::remove_file(&part);
                         continue;
                     }
-                    let offset = std::fs::metadata(&part)
-                        .map(|m| m.len())
-                        .unwrap_or(0)
-                        .min(u.size);
+                    // Only the synced bytes count: what was written after
+                    // the last sync may not have reached the disk.
+                    let len = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+                    let offset = len.min(u.synced).min(u.size);
+                    if len > offset {
+                        if let Ok(f) = OpenOptions::new().write(true).open(&part) {
+                            let _ = f.set_len(offset);
+                        }
+                    }
                     *st.usage.entry(u.by).or_default() += u.size;
+                    let mut u = u;
+                    u.synced = offset;
                     st.uploads.insert(
                         r.id,
                         Upload {
@@ -362,6 +395,8 @@ impl Files {
                             offset,
                             holder: None,
                             touched: Instant::now(),
+                            hasher: (offset == 0).then(Sha3_256::new),
+                            busy: false,
                         },
                     );
                 }
@@ -390,12 +425,24 @@ impl Files {
                 root,
                 accounts,
                 state: Mutex::new(st),
+                idle: Condvar::new(),
             }),
         })
     }
 
-    /// Closes the `files` database.
+    /// Syncs every unfinished upload (so a restart resumes each where it
+    /// stands) and closes the `files` database.
     pub fn close(&self) -> Result<()> {
+        let mut st = lock(&self.inner.state);
+        while st.uploads.values().any(|u| u.busy) {
+            st = self.inner.idle.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        for u in st.uploads.values_mut() {
+            if let Err(e) = self.sync_upload(u) {
+                tracing::warn!(id = u.rec_id, error = %e, "files: cannot sync an upload at close");
+            }
+        }
+        drop(st);
         self.inner.db.close().map_err(ServiceError::storage)
     }
 
@@ -507,6 +554,22 @@ impl Files {
             .map_err(ServiceError::storage)?;
         *st.counts.entry(uid).or_default() += 1;
         st.entries.insert((owner, path), (id, e));
+        Ok(())
+    }
+
+    /// Whether `uid` may put a file at `path`: its parent is a directory,
+    /// and what is there now is no directory and is theirs to replace.
+    fn check_target(&self, st: &State, uid: u64, owner: u64, path: &str) -> Result<()> {
+        Self::check_parent(st, owner, path)?;
+        if let Some((_, e)) = st.entries.get(&(owner, path.to_owned())) {
+            if e.dir {
+                return Err(ServiceError::new(
+                    file_code::EXISTS,
+                    format!("{path:?} is a directory"),
+                ));
+            }
+            self.may_change(uid, e)?;
+        }
         Ok(())
     }
 
@@ -745,7 +808,7 @@ impl Files {
         let dead: Vec<u64> = st
             .uploads
             .iter()
-            .filter(|(_, u)| u.touched.elapsed() >= ttl)
+            .filter(|(_, u)| !u.busy && u.touched.elapsed() >= ttl)
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
@@ -804,16 +867,7 @@ impl Files {
         let owner = Self::owner(space, uid);
         let mut st = lock(&self.inner.state);
         self.sweep(&mut st);
-        Self::check_parent(&st, owner, &path)?;
-        if let Some((_, e)) = st.entries.get(&(owner, path.clone())) {
-            if e.dir {
-                return Err(ServiceError::new(
-                    file_code::EXISTS,
-                    format!("{path:?} is a directory"),
-                ));
-            }
-            self.may_change(uid, &e.clone())?;
-        }
+        self.check_target(&st, uid, owner, &path)?;
         let used = st.usage.get(&uid).copied().unwrap_or(0);
         // Instant upload: the content is here already.
         let may_claim = st.holders.contains_key(&(hash.clone(), 0))
@@ -836,10 +890,17 @@ impl Files {
             .iter()
             .find(|(_, u)| u.rec.owner == owner && u.rec.path == path && u.rec.by == uid)
             .map(|(id, u)| (*id, u.rec.size == size && u.rec.hash == hash));
+        if let Some((id, _)) = existing {
+            st = self.wait_idle(st, id);
+        }
+        // (Finished or dropped while we waited: a new upload.)
+        let existing = existing.filter(|(id, _)| st.uploads.contains_key(id));
         if let Some((id, same)) = existing {
             if same {
                 let u = st.uploads.get_mut(&id).expect("found");
                 Self::take_lease(u, peer, cfg.lease)?;
+                // The offset a resume continues from is a durable one.
+                self.sync_upload(u)?;
                 return Ok(UploadState {
                     id,
                     offset: u.offset,
@@ -871,6 +932,7 @@ impl Files {
             hash,
             by: uid,
             created_ms: now_ms(),
+            synced: 0,
         };
         let id = self
             .inner
@@ -887,6 +949,8 @@ impl Files {
                 offset: 0,
                 holder: Some(peer.clone()),
                 touched: Instant::now(),
+                hasher: Some(Sha3_256::new()),
+                busy: false,
             },
         );
         Ok(UploadState {
@@ -931,9 +995,44 @@ impl Files {
         }
     }
 
+    /// Waits while upload `id` has a chunk being written (by another worker
+    /// of the pool; bounded by that one write).
+    fn wait_idle<'a>(&'a self, mut st: MutexGuard<'a, State>, id: u64) -> MutexGuard<'a, State> {
+        while st.uploads.get(&id).is_some_and(|u| u.busy) {
+            st = self.inner.idle.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st
+    }
+
+    /// Makes everything written to `u` durable: fsync of the partial file,
+    /// then the synced offset recorded.
+    fn sync_upload(&self, u: &mut Upload) -> Result<()> {
+        if u.rec.synced >= u.offset {
+            return Ok(());
+        }
+        File::open(self.part(u.rec_id))
+            .and_then(|f| f.sync_data())
+            .map_err(|e| io_err("sync partial file", e))?;
+        let mut rec = u.rec.clone();
+        rec.synced = u.offset;
+        self.inner
+            .db
+            .update(u.rec_id, Kind::Json, &json(&rec)?)
+            .map_err(ServiceError::storage)?;
+        u.rec = rec;
+        Ok(())
+    }
+
     /// Appends `data` at `offset` of upload `id` (which must be where the
-    /// upload stands) after checking its SHA3-256; synced before this returns.
-    /// Returns the new offset.
+    /// upload stands) after checking it against `check`: its CRC-32 (4 bytes,
+    /// little endian) or its SHA3-256 (32 bytes), the tus checksum
+    /// extension's choice of algorithm. The bytes are written at once and
+    /// fsynced with others ([`FilesConfig::sync_every`]). Returns the new
+    /// offset and the synced one.
+    ///
+    /// A chunk may arrive while the one before it is still being written by
+    /// another worker (a client keeps several in flight): it waits for that
+    /// write, then its offset is checked.
     pub fn chunk(
         &self,
         peer: &Peer,
@@ -941,8 +1040,8 @@ impl Files {
         id: u64,
         offset: u64,
         data: &[u8],
-        chunk_hash: &[u8],
-    ) -> Result<u64> {
+        check: &[u8],
+    ) -> Result<(u64, u64)> {
         let cfg = &self.inner.cfg;
         if data.len() > cfg.max_chunk {
             return Err(ServiceError::new(
@@ -950,14 +1049,9 @@ impl Files {
                 format!("a chunk has at most {} bytes", cfg.max_chunk),
             ));
         }
-        if zs_crypto::hash::sha3_256(data)[..] != *chunk_hash {
-            return Err(ServiceError::new(
-                file_code::HASH_MISMATCH,
-                "the chunk does not match its SHA3-256: resend it",
-            ));
-        }
+        check_chunk(data, check)?;
         let part = self.part(id);
-        let mut st = lock(&self.inner.state);
+        let mut st = self.wait_idle(lock(&self.inner.state), id);
         let u = Self::upload_of(&mut st, id, uid)?;
         Self::take_lease(u, peer, cfg.lease)?;
         if offset != u.offset {
@@ -966,25 +1060,75 @@ impl Files {
                 format!("the upload stands at offset {}, not {offset}", u.offset),
             ));
         }
-        if offset + data.len() as u64 > u.rec.size {
+        let end = offset + data.len() as u64;
+        if end > u.rec.size {
             return Err(ServiceError::new(
                 zs_core::code::TOO_LARGE,
                 "the chunk goes past the announced size",
             ));
         }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(&part)
-            .map_err(|e| io_err("open partial file", e))?;
-        f.set_len(offset)
-            .map_err(|e| io_err("trim partial file", e))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| io_err("seek partial file", e))?;
-        f.write_all(data)
-            .map_err(|e| io_err("write partial file", e))?;
-        f.sync_data().map_err(|e| io_err("sync partial file", e))?;
-        u.offset += data.len() as u64;
-        Ok(u.offset)
+        // Written outside the lock: other uploads (and users) carry on.
+        u.busy = true;
+        let mut hasher = u.hasher.take();
+        let sync = end - u.rec.synced >= cfg.sync_every;
+        let (rec_id, mut rec) = (u.rec_id, u.rec.clone());
+        drop(st);
+        let res = (|| -> Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(&part)
+                .map_err(|e| io_err("open partial file", e))?;
+            if f.metadata()
+                .map_err(|e| io_err("stat partial file", e))?
+                .len()
+                != offset
+            {
+                f.set_len(offset)
+                    .map_err(|e| io_err("trim partial file", e))?;
+            }
+            f.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_err("seek partial file", e))?;
+            f.write_all(data)
+                .map_err(|e| io_err("write partial file", e))?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(data);
+            }
+            if sync {
+                f.sync_data().map_err(|e| io_err("sync partial file", e))?;
+                rec.synced = end;
+                self.inner
+                    .db
+                    .update(rec_id, Kind::Json, &json(&rec)?)
+                    .map_err(ServiceError::storage)?;
+            }
+            Ok(())
+        })();
+        let mut st = lock(&self.inner.state);
+        let mut out = Err(ServiceError::new(
+            file_code::NO_UPLOAD,
+            format!("upload {id} is gone"),
+        ));
+        if let Some(u) = st.uploads.get_mut(&id) {
+            u.busy = false;
+            out = match res {
+                Ok(()) => {
+                    u.offset = end;
+                    u.hasher = hasher;
+                    if sync {
+                        u.rec = rec;
+                    }
+                    Ok((u.offset, u.rec.synced))
+                }
+                Err(e) => {
+                    // The hash may hold bytes that did not count.
+                    u.hasher = None;
+                    Err(e)
+                }
+            };
+        }
+        drop(st);
+        self.inner.idle.notify_all();
+        out
     }
 
     /// Completes upload `id`: the whole SHA3-256 must match the announced
@@ -992,7 +1136,7 @@ impl Files {
     /// a retry or a `file.abort`); the content becomes a blob (or joins the
     /// existing identical one) and the file appears.
     pub fn finish(&self, peer: &Peer, uid: u64, id: u64) -> Result<()> {
-        let mut st = lock(&self.inner.state);
+        let mut st = self.wait_idle(lock(&self.inner.state), id);
         let u = Self::upload_of(&mut st, id, uid)?;
         Self::take_lease(u, peer, self.inner.cfg.lease)?;
         if u.offset != u.rec.size {
@@ -1002,7 +1146,15 @@ impl Files {
             ));
         }
         let part = self.part(id);
-        let got = hex(&hash_file(&part, u.rec.size).map_err(|e| io_err("hash partial file", e))?);
+        if u.rec.synced < u.offset {
+            File::open(&part)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| io_err("sync partial file", e))?;
+        }
+        let got = match u.hasher.take() {
+            Some(h) => hex(&h.finalize()),
+            None => hex(&hash_file(&part, u.rec.size).map_err(|e| io_err("hash partial file", e))?),
+        };
         if got != u.rec.hash {
             return Err(ServiceError::new(
                 file_code::HASH_MISMATCH,
@@ -1032,10 +1184,148 @@ impl Files {
         self.put_entry(&mut st, uid, rec.owner, &rec.path, rec.size, &rec.hash)
     }
 
+    /// Concatenates unfinished uploads `parts` of the caller (tus
+    /// concatenation: partial uploads sent in parallel, then joined) into
+    /// file `path`: every part must hold all its bytes (else
+    /// [`file_code::OFFSET`]) and match its own announced SHA3-256, and the
+    /// joined content must match `hash` (else [`file_code::HASH_MISMATCH`],
+    /// and the parts stay for a retry). The parts are then gone (their
+    /// reservations become the file's charge); the file is on disk when this
+    /// returns. At most 256 parts.
+    pub fn concat(
+        &self,
+        peer: &Peer,
+        uid: u64,
+        space: Space,
+        path: &str,
+        hash: &[u8],
+        parts: &[u64],
+    ) -> Result<()> {
+        let cfg = &self.inner.cfg;
+        if hash.len() != 32 {
+            return Err(ServiceError::bad("the hash is SHA3-256: 32 bytes"));
+        }
+        if parts.is_empty() || parts.len() > 256 {
+            return Err(ServiceError::bad("1 to 256 parts"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !parts.iter().all(|id| seen.insert(*id)) {
+            return Err(ServiceError::bad("a part is named twice"));
+        }
+        let path = self.norm(path)?;
+        if path.is_empty() {
+            return Err(ServiceError::new(code::INVALID, "a file needs a name"));
+        }
+        let owner = Self::owner(space, uid);
+        let mut st = lock(&self.inner.state);
+        for id in parts {
+            st = self.wait_idle(st, *id);
+        }
+        let mut total = 0u64;
+        for id in parts {
+            let u = Self::upload_of(&mut st, *id, uid)?;
+            Self::take_lease(u, peer, cfg.lease)?;
+            if u.offset != u.rec.size {
+                return Err(ServiceError::new(
+                    file_code::OFFSET,
+                    format!("part {id} holds {} of {} bytes", u.offset, u.rec.size),
+                ));
+            }
+            total += u.rec.size;
+        }
+        if total > cfg.max_file_size {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                format!("a file has at most {} bytes", cfg.max_file_size),
+            ));
+        }
+        self.check_target(&st, uid, owner, &path)?;
+        // Each part against its own hash (kept running while the server ran).
+        for id in parts {
+            let u = st.uploads.get_mut(id).expect("checked");
+            let got = match u.hasher.take() {
+                Some(h) => hex(&h.finalize()),
+                None => hex(&hash_file(&self.part(*id), u.rec.size)
+                    .map_err(|e| io_err("hash partial file", e))?),
+            };
+            if got != u.rec.hash {
+                return Err(ServiceError::new(
+                    file_code::HASH_MISMATCH,
+                    format!(
+                        "part {id}: its SHA3-256 is {got}, not the announced {}",
+                        u.rec.hash
+                    ),
+                ));
+            }
+        }
+        // Join them, hashing the whole.
+        let tmp = self
+            .inner
+            .root
+            .join("uploads")
+            .join(format!("concat-{}.tmp", parts[0]));
+        let joined = (|| -> std::io::Result<[u8; 32]> {
+            let mut out = File::create(&tmp)?;
+            let mut h = Sha3_256::new();
+            let mut buf = vec![0u8; 256 << 10];
+            for id in parts {
+                let mut f = File::open(self.part(*id))?;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    out.write_all(&buf[..n])?;
+                }
+            }
+            out.sync_all()?;
+            Ok(h.finalize().into())
+        })();
+        let whole = match joined {
+            Ok(w) => hex(&w),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_err("join parts", e));
+            }
+        };
+        let hash = hex(hash);
+        if whole != hash {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ServiceError::new(
+                file_code::HASH_MISMATCH,
+                format!("the joined parts' SHA3-256 is {whole}, not {hash}: the parts are kept"),
+            ));
+        }
+        let blob = self.blob(&hash);
+        if blob.exists() {
+            let _ = std::fs::remove_file(&tmp);
+        } else {
+            std::fs::rename(&tmp, &blob).map_err(|e| io_err("store blob", e))?;
+            if let Ok(d) = File::open(self.inner.root.join("blobs")) {
+                let _ = d.sync_all();
+            }
+        }
+        let mut b = zs_db::Batch::new();
+        for id in parts {
+            b.delete(*id);
+        }
+        self.inner.db.commit(&b).map_err(ServiceError::storage)?;
+        for id in parts {
+            if let Some(u) = st.uploads.remove(id) {
+                if let Some(x) = st.usage.get_mut(&uid) {
+                    *x = x.saturating_sub(u.rec.size);
+                }
+            }
+            let _ = std::fs::remove_file(self.part(*id));
+        }
+        self.put_entry(&mut st, uid, owner, &path, total, &hash)
+    }
+
     /// Terminates upload `id` (tus termination): its partial data and
     /// reservation are dropped.
     pub fn abort(&self, uid: u64, id: u64) -> Result<()> {
-        let mut st = lock(&self.inner.state);
+        let mut st = self.wait_idle(lock(&self.inner.state), id);
         Self::upload_of(&mut st, id, uid)?;
         self.drop_upload(&mut st, id)
     }
@@ -1164,7 +1454,7 @@ impl Files {
         }
         let cfg = &self.inner.cfg;
         let part = self.part(id);
-        let mut st = lock(&self.inner.state);
+        let mut st = self.wait_idle(lock(&self.inner.state), id);
         let u = Self::upload_of(&mut st, id, uid)?;
         Self::take_lease(u, peer, cfg.lease)?;
         if offset != u.offset {
@@ -1190,25 +1480,114 @@ impl Files {
             .map_err(|e| io_err("trim partial file", e))?;
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| io_err("seek partial file", e))?;
-        let copied =
-            std::io::copy(&mut (&mut src).take(len), &mut f).map_err(|e| io_err("copy", e))?;
-        if copied != len {
-            return Err(ServiceError::new(
-                code::STORAGE,
-                "the base file is shorter than its entry",
-            ));
+        let mut hasher = u.hasher.take();
+        let mut buf = vec![0u8; (256 << 10).min(len as usize)];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            src.read_exact(&mut buf[..n])
+                .map_err(|e| io_err("read base file (shorter than its entry?)", e))?;
+            f.write_all(&buf[..n])
+                .map_err(|e| io_err("write partial file", e))?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+            left -= n as u64;
         }
-        f.sync_data().map_err(|e| io_err("sync partial file", e))?;
         u.offset += len;
+        u.hasher = hasher;
+        if u.offset - u.rec.synced >= cfg.sync_every {
+            self.sync_upload(u)?;
+        }
         Ok(u.offset)
+    }
+
+    /// `file.chunk`: taken in arrival order on the connection's loop and
+    /// handed to one of [`CHUNK_WRITERS`] writer threads chosen by upload id,
+    /// so the chunks a client keeps in flight are written in order (a worker
+    /// pool could start chunk n+1 before chunk n). Each writer's queue holds
+    /// at most [`FilesConfig::chunk_queue`] chunks; past that the chunk is
+    /// answered `BUSY` (503) at once.
+    fn register_chunk(&self, r: &mut Registry) {
+        type Job = (Peer, DataFrame, zs_core::Responder);
+        let writers: Vec<std::sync::mpsc::SyncSender<Job>> = (0..CHUNK_WRITERS)
+            .filter_map(|i| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(self.inner.cfg.chunk_queue);
+                let f = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("zs-files-chunk-{i}"))
+                    .spawn(move || {
+                        for (peer, df, resp) in rx {
+                            let _ = resp.reply(
+                                f.chunk_request(&peer, &df)
+                                    .map(zs_core::Reply::Data)
+                                    .map_err(zs_core::HandlerError::from),
+                            );
+                        }
+                    });
+                match spawned {
+                    Ok(_) => Some(tx),
+                    Err(e) => {
+                        tracing::error!(error = %e, "files: cannot start a chunk writer");
+                        None
+                    }
+                }
+            })
+            .collect();
+        r.stream_delayed("file.chunk", move |peer, df, resp| {
+            if writers.is_empty() {
+                let _ = resp.reply_error(code::STORAGE, "no chunk writer");
+                return;
+            }
+            let id = df.reader().read_u64().unwrap_or(0);
+            let tx = &writers[(id % writers.len() as u64) as usize];
+            match tx.try_send((peer.clone(), df, resp)) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full((_, _, resp))) => {
+                    let _ = resp.reply_error(
+                        zs_core::code::BUSY,
+                        "too many chunks waiting to be written: send fewer at once",
+                    );
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected((_, _, resp))) => {
+                    let _ = resp.reply_error(code::STORAGE, "the chunk writer stopped");
+                }
+            }
+        });
+    }
+
+    fn chunk_request(&self, peer: &Peer, df: &DataFrame) -> Result<DataFrame> {
+        let uid = self.inner.accounts.require_user(peer)?;
+        let mut rd = df.reader();
+        let id = rd.read_u64()?;
+        let offset = rd.read_u64()?;
+        let data = rd.read_slice()?;
+        let check = rd.read_slice()?;
+        let (offset, synced) = self.chunk(peer, uid, id, offset, data, check)?;
+        Ok(DataFrame::new().with(offset).with(synced))
+    }
+
+    /// Registers command `name`: the caller must be logged in; `run` gets
+    /// the service, the connection, the user id and a reader over the request.
+    fn command(
+        &self,
+        r: &mut Registry,
+        name: &str,
+        run: impl Fn(&Files, &Peer, u64, &mut zs_wire::Reader<'_>) -> Result<DataFrame>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        let f = self.clone();
+        r.stream_hpc_svc(name, move |peer, df| {
+            let uid = f.inner.accounts.require_user(peer)?;
+            run(&f, peer, uid, &mut df.reader())
+        });
     }
 
     /// Registers the `file.*` commands on `r`.
     pub fn register(&self, r: &mut Registry) {
-        let f = self.clone();
-        r.stream_hpc_svc("file.list", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.list", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let list = f.list(uid, space, rd.read_str()?)?;
             let mut out = DataFrame::new().with(list.len() as u64);
@@ -1221,35 +1600,23 @@ impl Files {
             }
             Ok(out)
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.mkdir", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.mkdir", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             f.mkdir(uid, space, rd.read_str()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.rename", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.rename", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let from = rd.read_str()?;
             f.rename(uid, space, from, rd.read_str()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.delete", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.delete", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             f.delete(uid, space, rd.read_str()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.begin", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.begin", |f, peer, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let size = rd.read_u64()?;
@@ -1257,32 +1624,30 @@ impl Files {
             let s = f.begin(peer, uid, space, path, size, hash)?;
             Ok(DataFrame::new().with(s.id).with(s.offset).with(s.instant))
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.chunk", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
-            let id = rd.read_u64()?;
-            let offset = rd.read_u64()?;
-            let data = rd.read_slice()?;
+        self.register_chunk(r);
+        self.command(r, "file.finish", |f, peer, uid, rd| {
+            f.finish(peer, uid, rd.read_u64()?)?;
+            Ok(DataFrame::new())
+        });
+        self.command(r, "file.concat", |f, peer, uid, rd| {
+            let space = Space::parse(rd.read_str()?)?;
+            let path = rd.read_str()?;
             let hash = rd.read_slice()?;
-            Ok(DataFrame::new().with(f.chunk(peer, uid, id, offset, data, hash)?))
-        });
-        let f = self.clone();
-        r.stream_hpc_svc("file.finish", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            f.finish(peer, uid, df.reader().read_u64()?)?;
+            let n = rd.read_u64()?;
+            if n > 256 {
+                return Err(ServiceError::bad("1 to 256 parts"));
+            }
+            let ids = (0..n)
+                .map(|_| rd.read_u64())
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            f.concat(peer, uid, space, path, hash, &ids)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.abort", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            f.abort(uid, df.reader().read_u64()?)?;
+        self.command(r, "file.abort", |f, _, uid, rd| {
+            f.abort(uid, rd.read_u64()?)?;
             Ok(DataFrame::new())
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.signature", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.signature", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let block = rd.read_u32()? as usize;
@@ -1298,10 +1663,7 @@ impl Files {
                 .with(weak)
                 .with(strong))
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.copy", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.copy", |f, peer, uid, rd| {
             let id = rd.read_u64()?;
             let offset = rd.read_u64()?;
             let space = Space::parse(rd.read_str()?)?;
@@ -1319,10 +1681,7 @@ impl Files {
                 len,
             )?))
         });
-        let f = self.clone();
-        r.stream_hpc_svc("file.read", move |peer, df| {
-            let uid = f.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
+        self.command(r, "file.read", |f, _, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let offset = rd.read_u64()?;
@@ -1330,6 +1689,27 @@ impl Files {
             let (data, size, hash) = f.read(uid, space, path, offset, len)?;
             Ok(DataFrame::new().with(data).with(size).with(hash))
         });
+    }
+}
+
+/// Checks a chunk against its CRC-32 (4 bytes LE) or SHA3-256 (32 bytes).
+fn check_chunk(data: &[u8], check: &[u8]) -> Result<()> {
+    let ok = match check.len() {
+        4 => crc32fast::hash(data).to_le_bytes()[..] == *check,
+        32 => zs_crypto::hash::sha3_256(data)[..] == *check,
+        _ => {
+            return Err(ServiceError::bad(
+                "a chunk's checksum is its CRC-32 (4 bytes) or its SHA3-256 (32 bytes)",
+            ))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::new(
+            file_code::HASH_MISMATCH,
+            "the chunk does not match its checksum: resend it",
+        ))
     }
 }
 

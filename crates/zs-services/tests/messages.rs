@@ -12,6 +12,25 @@ use zs_services::{code, Services};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A new connection of bob (password `bob-password`) with an inbox, logged in
+/// and subscribed; with the number of messages queued for him.
+fn bob_subscribed(rig: &Rig) -> (zs_services::ServicesClient, zs_services::Inbox, u64) {
+    let (bob, inbox) = rig.client_inbox();
+    bob.login("bob", "bob-password").unwrap();
+    let queued = bob.subscribe().unwrap();
+    (bob, inbox, queued)
+}
+
+/// The next `n` pushes of `inbox` and their bodies as text.
+fn next(inbox: &zs_services::Inbox, n: usize) -> (Vec<zs_services::Message>, Vec<String>) {
+    let got: Vec<_> = (0..n).map(|_| inbox.recv_timeout(WAIT).unwrap()).collect();
+    let bodies = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into())
+        .collect();
+    (got, bodies)
+}
+
 #[test]
 fn offline_messages_wait_then_arrive_in_order_once() {
     let rig = Rig::mem(cheap());
@@ -27,14 +46,9 @@ fn offline_messages_wait_then_arrive_in_order_once() {
     }
     assert_eq!(rig.services.messages.queued(bob_id), 20);
     // First connection: takes 12, acknowledges 10, vanishes.
-    let (bob, inbox) = rig.client_inbox();
-    bob.login("bob", "bob-password").unwrap();
-    assert_eq!(bob.subscribe().unwrap(), 20);
-    let got: Vec<_> = (0..12).map(|_| inbox.recv_timeout(WAIT).unwrap()).collect();
-    let bodies: Vec<String> = got
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.body).into())
-        .collect();
+    let (bob, inbox, queued) = bob_subscribed(&rig);
+    assert_eq!(queued, 20);
+    let (got, bodies) = next(&inbox, 12);
     assert_eq!(
         bodies,
         (1..=12).map(|i| format!("m{i}")).collect::<Vec<_>>()
@@ -46,14 +60,9 @@ fn offline_messages_wait_then_arrive_in_order_once() {
     assert_eq!(bob.ack(&ids[..10]).unwrap(), 10);
     bob.close();
     // Second connection: the 10 unacknowledged ones, in order, then nothing more.
-    let (bob, inbox) = rig.client_inbox();
-    bob.login("bob", "bob-password").unwrap();
-    assert_eq!(bob.subscribe().unwrap(), 10);
-    let rest: Vec<_> = (0..10).map(|_| inbox.recv_timeout(WAIT).unwrap()).collect();
-    let bodies: Vec<String> = rest
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.body).into())
-        .collect();
+    let (bob, inbox, queued) = bob_subscribed(&rig);
+    assert_eq!(queued, 10);
+    let (rest, bodies) = next(&inbox, 10);
     assert_eq!(
         bodies,
         (11..=20).map(|i| format!("m{i}")).collect::<Vec<_>>()
@@ -80,10 +89,8 @@ fn the_push_window_bounds_unacknowledged_messages() {
     for i in 1..=10u64 {
         ann.send("bob", i, &[i as u8]).unwrap();
     }
-    let (bob, inbox) = rig.client_inbox();
-    bob.login("bob", "bob-password").unwrap();
-    bob.subscribe().unwrap();
-    let first: Vec<_> = (0..4).map(|_| inbox.recv_timeout(WAIT).unwrap()).collect();
+    let (bob, inbox, _) = bob_subscribed(&rig);
+    let (first, _) = next(&inbox, 4);
     assert!(
         inbox.recv_timeout(Duration::from_millis(300)).is_err(),
         "window exceeded"

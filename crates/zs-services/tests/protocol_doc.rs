@@ -48,6 +48,13 @@ fn expected(name: &str) -> Vec<u8> {
             .with(b"hi".to_vec())
             .to_bytes()
             .to_vec(),
+        "chunk-request" => DataFrame::new()
+            .with(5u64)
+            .with(0u64)
+            .with(b"abc".to_vec())
+            .with(crc32fast::hash(b"abc").to_le_bytes().to_vec())
+            .to_bytes()
+            .to_vec(),
         "message-record" => encode_message_record(2, 1, 7, 1000, 2000, b"hi"),
         "pair-record" => encode_pair_record(1, 2, 7),
         other => panic!("unknown example {other}"),
@@ -67,6 +74,7 @@ fn examples_match_the_encoders() {
         [
             "login-request",
             "send-request",
+            "chunk-request",
             "message-record",
             "pair-record"
         ]
