@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::{Backend, Write};
+use crate::backend::{Backend, Shared, SharedCommit, Write};
 use crate::codec::{Key, Value};
 use crate::engine::{self as eng, Cell, Clock, Val};
 use crate::tx::{Tx, TxState};
@@ -214,6 +214,114 @@ impl Inner {
         )))
     }
 
+    /// The record named `k`, created even beyond `max_records` (other engines'
+    /// commits must be applied whatever the cap).
+    fn cell_forced(&self, k: &RecKey) -> Arc<Cell> {
+        if let Some(c) = self.existing(k) {
+            return c;
+        }
+        let mut shard = self.shards[shard_of(k)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        shard
+            .entry(k.clone())
+            .or_insert_with(|| {
+                self.records.fetch_add(1, Ordering::AcqRel);
+                Arc::new(Cell::absent_since(self.absent_floor.load(Ordering::Acquire)))
+            })
+            .clone()
+    }
+
+    /// Installs another engine's commit `ts` (shared stores), in the commit section.
+    fn apply_remote(&self, ts: u64, writes: &[Write<'_>], listeners: &HashMap<u32, Vec<Listener>>) {
+        let keep = self.opts.versions;
+        for w in writes {
+            let rk = RecKey {
+                table: self.table_id(w.table),
+                key: w.key.into(),
+            };
+            let cell = self.cell_forced(&rk);
+            cell.install(ts, w.value.map(Arc::from), keep);
+            if let Some(ls) = listeners.get(&rk.table) {
+                for l in ls {
+                    l(ts, w.key, w.value);
+                }
+            }
+        }
+    }
+
+    /// Reloads every record from a shared store that pruned the commits this engine
+    /// still needed (in the commit section): records that differ get a version at
+    /// the loaded commit number, records gone from the store become absent.
+    fn reload(
+        &self,
+        sh: &dyn Shared,
+        next: &mut u64,
+        listeners: &HashMap<u32, Vec<Listener>>,
+    ) -> Result<()> {
+        let mut rows: HashMap<RecKey, Vec<u8>> = HashMap::new();
+        let n = sh.load_at(&mut |t, k, v| {
+            rows.insert(
+                RecKey {
+                    table: self.table_id(t),
+                    key: k.into(),
+                },
+                v.to_vec(),
+            );
+        })?;
+        if n <= *next {
+            return Ok(());
+        }
+        let keep = self.opts.versions;
+        let mut changed: Vec<(RecKey, Val)> = Vec::new();
+        for shard in &self.shards {
+            let m = shard.read().unwrap_or_else(|p| p.into_inner());
+            for (k, c) in m.iter() {
+                if !rows.contains_key(k) && c.read_latest().1.is_some() {
+                    changed.push((k.clone(), None));
+                }
+            }
+        }
+        for (k, v) in rows {
+            let cell = self.cell_forced(&k);
+            if cell.read_latest().1.as_deref() != Some(&v[..]) {
+                changed.push((k, Some(v.into())));
+            }
+        }
+        for (k, v) in changed {
+            self.cell_forced(&k).install(n, v.clone(), keep);
+            if let Some(ls) = listeners.get(&k.table) {
+                for l in ls {
+                    l(n, &k.key, v.as_deref());
+                }
+            }
+        }
+        *next = n;
+        Ok(())
+    }
+
+    /// Applies the commits other engines made since this one's position (shared
+    /// stores; a no-op otherwise).
+    fn catch_up(&self) -> Result<()> {
+        let Some(b) = self.backend.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(());
+        };
+        let Some(sh) = b.shared() else { return Ok(()) };
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        self.clock.advance(|next| {
+            let mut applied = *next;
+            let r = sh.changes(*next, &mut |ts, ws| {
+                self.apply_remote(ts, ws, &listeners);
+                applied = ts;
+            });
+            *next = applied;
+            match r? {
+                Some(_) => Ok(()),
+                None => self.reload(sh, next, &listeners),
+            }
+        })
+    }
+
     /// Forgets records that are absent, unlocked and held by no transaction. Records
     /// created afterwards are "absent since now", so an older snapshot that reads
     /// one redoes instead of missing a version that was forgotten.
@@ -294,6 +402,9 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        if let Some(b) = immediate.as_ref().filter(|b| b.shared().is_some()) {
+            return self.commit_shared(b.shared().expect("checked"), st, &writes);
+        }
         if let Some(b) = immediate {
             let names: Vec<Arc<str>> = writes
                 .iter()
@@ -344,6 +455,64 @@ impl Inner {
             }
         });
         Ok(())
+    }
+
+    /// The commit of a validated attempt on a shared store: in the commit section,
+    /// the store numbers it after every other engine's commit, the engine applies
+    /// those first, validates again and only then is it written and installed.
+    fn commit_shared(
+        &self,
+        sh: &dyn Shared,
+        st: &TxState,
+        writes: &[(&RecKey, &(Arc<Cell>, Val))],
+    ) -> Result<()> {
+        let names: Vec<Arc<str>> = writes
+            .iter()
+            .map(|(k, _)| self.table_name(k.table))
+            .collect();
+        let batch: Vec<Write<'_>> = writes
+            .iter()
+            .zip(&names)
+            .map(|((k, (_, v)), n)| Write {
+                table: n,
+                key: &k.key,
+                value: v.as_deref(),
+            })
+            .collect();
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        let keep = self.opts.versions;
+        self.clock.advance(|next| {
+            let mut applied = *next;
+            let r = sh.commit(
+                *next,
+                &batch,
+                &mut |ts, ws| {
+                    self.apply_remote(ts, ws, &listeners);
+                    applied = ts;
+                },
+                &mut || eng::validate(st.reads.values().map(|r| &r.0)),
+            );
+            *next = applied;
+            match r? {
+                SharedCommit::Committed(n) => {
+                    for (k, (cell, v)) in writes {
+                        cell.install(n, v.clone(), keep);
+                        if let Some(ls) = listeners.get(&k.table) {
+                            for l in ls {
+                                l(n, &k.key, v.as_deref());
+                            }
+                        }
+                    }
+                    *next = n;
+                    Ok(())
+                }
+                SharedCommit::Conflict => Err(Error::Conflict),
+                SharedCommit::Behind => {
+                    self.reload(sh, next, &listeners)?;
+                    Err(Error::Conflict)
+                }
+            }
+        })
     }
 
     pub(crate) fn finished(&self, ok: bool) {
@@ -448,27 +617,67 @@ impl Drop for Inner {
 impl Db {
     /// An engine without persistence (records live as long as the engine).
     pub fn in_memory(opts: Options) -> Db {
-        Db::build(opts, None, Vec::new())
+        Db::build(opts, None, Vec::new(), 0)
     }
 
     /// An engine over `backend`: loads every stored record, then persists commits as
     /// `opts.checkpoint` says.
+    ///
+    /// A shared backend ([`Backend::shared`], e.g. `PgBackend::connect_shared`)
+    /// requires [`Checkpoint::Immediate`] (a commit is known to the other engines
+    /// only once it is in the store): the engine loads the store as of one global
+    /// commit, applies the other engines' commits as they are announced (and polls
+    /// every 200 ms), and commits through the store's global order.
     pub fn open(backend: Arc<dyn Backend>, opts: Options) -> Result<Db> {
         let mut loaded: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
-        backend.load(&mut |t, k, v| loaded.push((t.to_string(), k.to_vec(), v.to_vec())))?;
-        Ok(Db::build(opts, Some(backend), loaded))
+        let mut sink = |t: &str, k: &[u8], v: &[u8]| loaded.push((t.to_string(), k.to_vec(), v.to_vec()));
+        let start = match backend.shared() {
+            Some(sh) => {
+                if opts.checkpoint != Checkpoint::Immediate {
+                    return Err(Error::Abort(
+                        "a shared backend needs Checkpoint::Immediate".into(),
+                    ));
+                }
+                sh.load_at(&mut sink)?
+            }
+            None => {
+                backend.load(&mut sink)?;
+                0
+            }
+        };
+        let shared = backend.shared().is_some();
+        let db = Db::build(opts, Some(backend), loaded, start);
+        if shared {
+            let weak = Arc::downgrade(&db.inner);
+            *db.ckpt.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+                std::thread::Builder::new()
+                    .name("zs-tx-follower".into())
+                    .spawn(move || follow_loop(weak))
+                    .map_err(|e| Error::Storage(format!("spawn follower: {e}")))?,
+            );
+        }
+        Ok(db)
+    }
+
+    /// Applies the commits other engines made on a shared backend up to now (they
+    /// arrive by themselves within milliseconds; this makes "now" exact, e.g.
+    /// before a read-only procedure that must see another server's commit). A no-op
+    /// for an unshared backend.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.catch_up()
     }
 
     fn build(
         opts: Options,
         backend: Option<Arc<dyn Backend>>,
         loaded: Vec<(String, Vec<u8>, Vec<u8>)>,
+        start: u64,
     ) -> Db {
         let periodic = backend.is_some() && !matches!(opts.checkpoint, Checkpoint::Immediate);
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             tables: Mutex::new(Vec::new()),
-            clock: Clock::new(0),
+            clock: Clock::new(start),
             next_tx: AtomicU64::new(1),
             opts,
             periodic,
@@ -598,6 +807,46 @@ impl Db {
     /// The engine's settings.
     pub fn options(&self) -> &Options {
         &self.inner.opts
+    }
+}
+
+/// Applies other engines' commits on a shared backend: on each announcement, and
+/// every 200 ms in case one was missed.
+fn follow_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if *inner.stop.lock().unwrap_or_else(|p| p.into_inner()) {
+            return;
+        }
+        let Some(b) = inner
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let Some(sh) = b.shared() else { return };
+        let news = match sh.wait(Duration::from_millis(200)) {
+            Ok(n) => n,
+            Err(e) => {
+                *inner
+                    .last_flush_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                std::thread::sleep(Duration::from_millis(200));
+                None
+            }
+        };
+        if matches!(news, Some(n) if n <= inner.clock.snapshot()) {
+            continue; // our own commit, already applied
+        }
+        if let Err(e) = inner.catch_up() {
+            *inner
+                .last_flush_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
     }
 }
 

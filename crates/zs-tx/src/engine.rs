@@ -168,6 +168,19 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Runs `f` on the last published timestamp inside the commit section (shared
+    /// stores: `f` applies other engines' commits and its own at the numbers the
+    /// store gave them, and moves the value), then publishes the new value.
+    #[allow(dead_code)]
+    pub(crate) fn advance<R>(&self, f: impl FnOnce(&mut u64) -> R) -> R {
+        let mut next = lock(&self.section);
+        let r = f(&mut next);
+        self.published.store(*next, Ordering::Release);
+        r
+    }
+}
+
 /// The read set entry the commit validates: the cell and the version timestamp read.
 pub(crate) struct ReadEntry {
     pub(crate) cell: Arc<Cell>,
