@@ -36,6 +36,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn load(&self, sink: &mut LoadSink<'_>) -> Result<()>;
     /// Writes `writes` atomically and durably.
     fn write(&self, writes: &[Write<'_>]) -> Result<()>;
+    /// Reads one stored record (for engines that cache a bounded number of records,
+    /// [`crate::Options::cache_records`]); `None` when it is not stored. Backends
+    /// that cannot read single records return an error (the default).
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let _ = (table, key);
+        Err(Error::Storage("this backend cannot read single records".into()))
+    }
     /// The shared-store interface when several engines (application servers) share
     /// this store ([`Shared`]); `None` (the default) when one engine owns it.
     fn shared(&self) -> Option<&dyn Shared> {
@@ -180,6 +187,26 @@ impl ZdbBackend {
 }
 
 impl Backend for ZdbBackend {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let id = {
+            let ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+            match ids.get(&(Box::<str>::from(table), Box::<[u8]>::from(key))) {
+                Some(&id) => id,
+                None => return Ok(None),
+            }
+        };
+        match self.db.get(id).map_err(storage)? {
+            Some(r) => {
+                let (t, k, v) = decode_record(&r.data)?;
+                if t != table || k != key {
+                    return Err(Error::Storage("zs-tx record id points elsewhere".into()));
+                }
+                Ok(Some(v.to_vec()))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn load(&self, sink: &mut LoadSink<'_>) -> Result<()> {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         ids.clear();

@@ -16,6 +16,14 @@ use crate::tx::{Tx, TxState};
 use crate::{Error, Result};
 
 const SHARDS: usize = 64;
+/// Buckets of eviction timestamps (`Inner::evict_ts`).
+const EVICT_BUCKETS: usize = 4096;
+
+fn bucket_of(k: &RecKey) -> usize {
+    let mut h = DefaultHasher::new();
+    (k, 0x5eed_u32).hash(&mut h);
+    (h.finish() as usize) % EVICT_BUCKETS
+}
 
 /// What a body sees when it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +85,17 @@ pub struct Options {
     /// Distinct records one attempt may read or write (default 1 million); beyond
     /// it the procedure fails with [`Error::Limit`].
     pub max_tx_records: usize,
+    /// A bound on the records the engine caches (default `None`: every stored
+    /// record is loaded at open and kept). With `Some(n)` and a backend that reads
+    /// single records ([`Backend::get`]; zs-db and unshared PostgreSQL do), records
+    /// are read from the backend on first use, and when `n` are cached a clock
+    /// sweep (second chance) evicts unlocked, clean (persisted, unreferenced by any
+    /// transaction) records down to 7/8 of `n`. Records that running transactions
+    /// hold or that wait for a checkpoint are not evicted, so the cache may exceed
+    /// `n` by those. A reloaded record's version is dated by the newest evicted
+    /// version of its hash bucket (4,096 buckets): a snapshot older than that
+    /// redoes. Not available with a shared backend.
+    pub cache_records: Option<u64>,
 }
 
 impl Default for Options {
@@ -89,6 +108,7 @@ impl Default for Options {
             checkpoint: Checkpoint::Immediate,
             max_records: 10_000_000,
             max_tx_records: 1_000_000,
+            cache_records: None,
         }
     }
 }
@@ -106,6 +126,8 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Records held in memory.
     pub records: u64,
+    /// Records evicted ([`Options::cache_records`]).
+    pub evicted: u64,
 }
 
 /// Names a record: the table id and the encoded key.
@@ -154,8 +176,19 @@ pub(crate) struct Inner {
     wake: Condvar,
     closed: AtomicBool,
     records: AtomicU64,
-    /// Timestamp from which forgotten absent records are known absent.
+    /// Timestamp from which forgotten absent records are known absent, and at
+    /// which evicted records are reloaded.
     absent_floor: AtomicU64,
+    /// `Options::cache_records` when records are loaded on demand and evicted.
+    cache_cap: Option<u64>,
+    /// Eviction sweeps that removed records (a load that raced one retries).
+    evictions: AtomicU64,
+    /// Per key hash bucket: the newest version timestamp of any record evicted
+    /// from it. A reloaded record gets its bucket's value as its version's
+    /// timestamp: never earlier than the commit that wrote the stored value.
+    evict_ts: Vec<AtomicU64>,
+    /// Records evicted so far.
+    evicted: AtomicU64,
     commits: AtomicU64,
     pub(crate) redos: AtomicU64,
     failures: AtomicU64,
@@ -189,6 +222,9 @@ impl Inner {
         if let Some(c) = self.existing(k) {
             return Ok(c);
         }
+        if let Some(cap) = self.cache_cap {
+            return self.load_cell(k, cap);
+        }
         for attempt in 0..2 {
             let mut shard = self.shards[shard_of(k)]
                 .write()
@@ -212,6 +248,80 @@ impl Inner {
             "the engine holds its maximum of {} records",
             self.opts.max_records
         )))
+    }
+
+    /// A record that is not cached, read from the backend (bounded cache).
+    fn load_cell(&self, k: &RecKey, cap: u64) -> Result<Arc<Cell>> {
+        let backend = self
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::Closed)?;
+        let name = self.table_name(k.table);
+        loop {
+            let epoch = self.evictions.load(Ordering::Acquire);
+            let v = backend.get(&name, &k.key)?;
+            if self.records.load(Ordering::Acquire) >= cap {
+                self.evict(cap);
+            }
+            let mut shard = self.shards[shard_of(k)]
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = shard.get(k) {
+                return Ok(c.clone());
+            }
+            if self.evictions.load(Ordering::Acquire) != epoch {
+                continue; // an eviction ran meanwhile: what we read may be stale
+            }
+            let ts = self.evict_ts[bucket_of(k)].load(Ordering::Acquire);
+            let c = Arc::new(Cell::loaded(ts, v.map(Arc::from)));
+            shard.insert(k.clone(), c.clone());
+            self.records.fetch_add(1, Ordering::AcqRel);
+            return Ok(c);
+        }
+    }
+
+    /// Evicts cached records down to 7/8 of `cap` (clock sweep, two passes):
+    /// only unlocked records no transaction holds, whose newest version is
+    /// persisted (not waiting for a checkpoint) and not newer than the floor.
+    fn evict(&self, cap: u64) {
+        // no checkpoint is between taking its changes and writing them
+        let _flush = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        if self.records.load(Ordering::Acquire) < cap {
+            return; // another thread evicted meanwhile
+        }
+        let dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let target = cap - cap / 8;
+        let floor = self.clock.snapshot();
+        for _pass in 0..2 {
+            for shard in &self.shards {
+                if self.records.load(Ordering::Acquire) <= target {
+                    return;
+                }
+                let mut m = shard.write().unwrap_or_else(|p| p.into_inner());
+                let before = m.len();
+                m.retain(|k, c| {
+                    if self.records.load(Ordering::Acquire) <= target
+                        || Arc::strong_count(c) > 1
+                        || dirty.values.contains_key(k)
+                    {
+                        return true;
+                    }
+                    let Some(ts) = c.sweep(floor) else {
+                        return true;
+                    };
+                    self.evict_ts[bucket_of(k)].fetch_max(ts, Ordering::AcqRel);
+                    self.records.fetch_sub(1, Ordering::AcqRel);
+                    false
+                });
+                let gone = (before - m.len()) as u64;
+                if gone > 0 {
+                    self.evicted.fetch_add(gone, Ordering::Relaxed);
+                    self.evictions.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
     }
 
     /// The record named `k`, created even beyond `max_records` (other engines'
@@ -516,6 +626,12 @@ impl Inner {
     }
 
     pub(crate) fn finished(&self, ok: bool) {
+        if let Some(cap) = self.cache_cap {
+            // records a finished transaction held may be evictable now
+            if self.records.load(Ordering::Acquire) > cap + cap / 16 {
+                self.evict(cap);
+            }
+        }
         if ok {
             self.commits.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -630,7 +746,12 @@ impl Db {
     /// every 200 ms), and commits through the store's global order.
     pub fn open(backend: Arc<dyn Backend>, opts: Options) -> Result<Db> {
         let mut loaded: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut sink = |t: &str, k: &[u8], v: &[u8]| loaded.push((t.to_string(), k.to_vec(), v.to_vec()));
+        let lazy = opts.cache_records.is_some();
+        let mut sink = |t: &str, k: &[u8], v: &[u8]| {
+            if !lazy {
+                loaded.push((t.to_string(), k.to_vec(), v.to_vec()))
+            }
+        };
         let start = match backend.shared() {
             Some(sh) => {
                 if opts.checkpoint != Checkpoint::Immediate {
@@ -646,6 +767,18 @@ impl Db {
             }
         };
         let shared = backend.shared().is_some();
+        if opts.cache_records.is_some() {
+            if shared {
+                return Err(Error::Abort(
+                    "a bounded cache (cache_records) is not available with a shared backend"
+                        .into(),
+                ));
+            }
+            // records are read on demand: drop what the load read (it also lets
+            // the backend index its rows)
+            loaded.clear();
+            loaded.shrink_to_fit();
+        }
         let db = Db::build(opts, Some(backend), loaded, start);
         if shared {
             let weak = Arc::downgrade(&db.inner);
@@ -674,6 +807,11 @@ impl Db {
         start: u64,
     ) -> Db {
         let periodic = backend.is_some() && !matches!(opts.checkpoint, Checkpoint::Immediate);
+        let cache_cap = if backend.is_some() {
+            opts.cache_records.map(|n| n.max(8))
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             tables: Mutex::new(Vec::new()),
@@ -690,6 +828,10 @@ impl Db {
             closed: AtomicBool::new(false),
             records: AtomicU64::new(0),
             absent_floor: AtomicU64::new(0),
+            cache_cap,
+            evictions: AtomicU64::new(0),
+            evict_ts: (0..EVICT_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            evicted: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             redos: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -801,6 +943,7 @@ impl Db {
             failures: self.inner.failures.load(Ordering::Relaxed),
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
             records,
+            evicted: self.inner.evicted.load(Ordering::Relaxed),
         }
     }
 
@@ -950,8 +1093,13 @@ impl<K: Key, V: Value> Table<K, V> {
     /// The newest committed value outside any transaction.
     pub fn peek(&self, key: &K) -> Result<Option<V>> {
         let rk = self.rec_key(key);
-        let Some(cell) = self.inner.existing(&rk) else {
-            return Ok(None);
+        let cell = if self.inner.cache_cap.is_some() {
+            self.inner.cell(&rk)?
+        } else {
+            match self.inner.existing(&rk) {
+                Some(c) => c,
+                None => return Ok(None),
+            }
         };
         match cell.read_latest().1 {
             None => Ok(None),

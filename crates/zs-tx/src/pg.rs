@@ -341,6 +341,15 @@ impl Shared for PgBackend {
 }
 
 impl Backend for PgBackend {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let sql = format!("SELECT v FROM {} WHERE tbl = $1 AND k = $2", self.table);
+        self.with_client(|c| {
+            let st = c.stmt(&sql)?;
+            let row = c.query_opt(&st, &[&table, &key]).map_err(pg)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })
+    }
+
     fn shared(&self) -> Option<&dyn Shared> {
         self.shared.as_ref().map(|_| self as &dyn Shared)
     }

@@ -363,7 +363,7 @@ fn postgres_shared_by_several_servers() {
     seeder.close().unwrap();
     drop(acc);
     let full = std::env::var_os("ZS_TX_BANK_FULL").is_some();
-    let (writers, transfers) = if full { ("4", "25000") } else { ("2", "60") };
+    let (writers, transfers) = if full { ("4", "500") } else { ("2", "60") };
     let t0 = std::time::Instant::now();
     let mut nodes: Vec<std::process::Child> = (0..2)
         .map(|i| {
