@@ -320,7 +320,11 @@ fn main() {
             Ok(sum)
         })
         .expect("sum");
-    assert_eq!(icheck, idb.stats().commits - 1, "immediate: every add-one committed once");
+    assert_eq!(
+        icheck,
+        idb.stats().commits - 1,
+        "immediate: every add-one committed once"
+    );
     idb.close().expect("close");
     db.close().expect("close");
     suite.finish();

@@ -41,7 +41,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// that cannot read single records return an error (the default).
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let _ = (table, key);
-        Err(Error::Storage("this backend cannot read single records".into()))
+        Err(Error::Storage(
+            "this backend cannot read single records".into(),
+        ))
     }
     /// The shared-store interface when several engines (application servers) share
     /// this store ([`Shared`]); `None` (the default) when one engine owns it.

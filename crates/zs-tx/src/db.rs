@@ -337,7 +337,9 @@ impl Inner {
             .entry(k.clone())
             .or_insert_with(|| {
                 self.records.fetch_add(1, Ordering::AcqRel);
-                Arc::new(Cell::absent_since(self.absent_floor.load(Ordering::Acquire)))
+                Arc::new(Cell::absent_since(
+                    self.absent_floor.load(Ordering::Acquire),
+                ))
             })
             .clone()
     }
@@ -413,7 +415,12 @@ impl Inner {
     /// Applies the commits other engines made since this one's position (shared
     /// stores; a no-op otherwise).
     fn catch_up(&self) -> Result<()> {
-        let Some(b) = self.backend.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+        let Some(b) = self
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
             return Ok(());
         };
         let Some(sh) = b.shared() else { return Ok(()) };
@@ -770,8 +777,7 @@ impl Db {
         if opts.cache_records.is_some() {
             if shared {
                 return Err(Error::Abort(
-                    "a bounded cache (cache_records) is not available with a shared backend"
-                        .into(),
+                    "a bounded cache (cache_records) is not available with a shared backend".into(),
                 ));
             }
             // records are read on demand: drop what the load read (it also lets

@@ -262,7 +262,11 @@ impl Shared for PgBackend {
         validate: &mut dyn FnMut() -> bool,
     ) -> Result<SharedCommit> {
         let t = &self.table;
-        let keep = self.shared.as_ref().map(|s| s.log_keep).unwrap_or(DEFAULT_LOG_KEEP);
+        let keep = self
+            .shared
+            .as_ref()
+            .map(|s| s.log_keep)
+            .unwrap_or(DEFAULT_LOG_KEEP);
         let clock_sql = format!("UPDATE {t}_clock SET ts = ts + 1 WHERE id = 0 RETURNING ts");
         let log_sql =
             format!("SELECT ts, tbl, k, v FROM {t}_log WHERE ts > $1 AND ts < $2 ORDER BY ts, i");
@@ -307,7 +311,7 @@ impl Shared for PgBackend {
             tx.query(&write, &[&(n as i64), &lt, &lk, &lv, &t.as_str()])
                 .map_err(pg)?;
             let every = keep.clamp(1, 1024) as u64;
-            if n % every == 0 {
+            if n.is_multiple_of(every) {
                 tx.execute(&prune, &[&(n as i64 - keep)]).map_err(pg)?;
             }
             tx.commit().map_err(pg)?;

@@ -87,7 +87,11 @@ fn cache_stays_bounded_over_a_larger_working_set() {
 #[test]
 fn periodic_checkpoints_keep_unwritten_records_cached() {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), Checkpoint::Periodic(Duration::from_secs(3600)), 50);
+    let db = open(
+        dir.path(),
+        Checkpoint::Periodic(Duration::from_secs(3600)),
+        50,
+    );
     let t = db.table::<u32, u64>("n");
     for i in 0..300u32 {
         db.run(|tx| t.put(tx, &i, &u64::from(i))).unwrap();
@@ -110,7 +114,11 @@ fn bank_on_a_bounded_cache() {
     let dir = tempfile::tempdir().unwrap();
     // 1,000 accounts, 300 cached: readers summing every account hold them all
     // while they run; transfers load and evict all the time
-    let db = open(dir.path(), Checkpoint::Periodic(Duration::from_millis(5)), 300);
+    let db = open(
+        dir.path(),
+        Checkpoint::Periodic(Duration::from_millis(5)),
+        300,
+    );
     let r = run_bank(
         &db,
         Bank {

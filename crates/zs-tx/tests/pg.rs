@@ -267,9 +267,19 @@ fn postgres_shared_by_several_servers() {
     tb.listen(move |ts, k, v| seen_tx.send((ts, k, v)).unwrap());
     a.run(|tx| ta.put(tx, &7, &70)).unwrap();
     b.sync().unwrap();
-    assert_eq!(tb.peek(&7).unwrap(), Some(70), "b sees a's commit after sync");
-    let (ts, k, v) = seen.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
-    assert_eq!((ts, k, v), (1, 7, Some(70)), "b's listener got a's commit, numbered");
+    assert_eq!(
+        tb.peek(&7).unwrap(),
+        Some(70),
+        "b sees a's commit after sync"
+    );
+    let (ts, k, v) = seen
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        (ts, k, v),
+        (1, 7, Some(70)),
+        "b's listener got a's commit, numbered"
+    );
     // b's cache is stale on purpose (no sync): its read-modify-write must not lose
     // a's second update
     a.run(|tx| {
@@ -283,7 +293,11 @@ fn postgres_shared_by_several_servers() {
     })
     .unwrap();
     a.sync().unwrap();
-    assert_eq!(ta.peek(&7).unwrap(), Some(81), "no lost update across servers");
+    assert_eq!(
+        ta.peek(&7).unwrap(),
+        Some(81),
+        "no lost update across servers"
+    );
     // concurrent increments from both engines on a hot record
     std::thread::scope(|s| {
         for (db, t) in [(&a, &ta), (&b, &tb)] {
@@ -368,7 +382,13 @@ fn postgres_shared_by_several_servers() {
     let mut nodes: Vec<std::process::Child> = (0..2)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_zs-tx-bank-node"))
-                .args([&c.params(), "bank_mp", writers, transfers, &(i + 1).to_string()])
+                .args([
+                    &c.params(),
+                    "bank_mp",
+                    writers,
+                    transfers,
+                    &(i + 1).to_string(),
+                ])
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .spawn()

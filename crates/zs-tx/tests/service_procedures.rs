@@ -10,7 +10,15 @@ use std::time::Duration;
 use zserver::tx::{Db, DbServiceTxExt, Options, ServiceError, TxError as Error};
 use zserver::{connect_db, ClientBuilder, DbClient, DbService, ServerBuilder, ServiceConfig};
 
-fn serve(db: &Db, cfg: ServiceConfig) -> (zserver::RunningServer, DbClient, DbService, tempfile::TempDir) {
+fn serve(
+    db: &Db,
+    cfg: ServiceConfig,
+) -> (
+    zserver::RunningServer,
+    DbClient,
+    DbService,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let service = DbService::open_dir(dir.path(), cfg).unwrap();
     let accounts = db.table::<u32, u64>("accounts");
@@ -140,8 +148,15 @@ fn remote_procedure_attacks() {
     });
     let (code, msg) = refused(client.call("always_conflicts", b""));
     assert_eq!(code, 503, "{msg}");
-    assert!(msg.contains("budget spent") && msg.contains("4 times"), "{msg}");
-    assert_eq!(hot.peek(&0).unwrap(), Some(4), "only the interfering writes committed");
+    assert!(
+        msg.contains("budget spent") && msg.contains("4 times"),
+        "{msg}"
+    );
+    assert_eq!(
+        hot.peek(&0).unwrap(),
+        Some(4),
+        "only the interfering writes committed"
+    );
 
     // more calls at once than allowed (1): the second is refused with 429
     let (entered_tx, entered) = mpsc::channel::<()>();

@@ -83,7 +83,7 @@ fn main() {
             .map(|w| {
                 let (db, t) = (&db, &t);
                 s.spawn(move || {
-                    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (w + 1) * 0x1234_5678;
+                    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((w + 1) * 0x1234_5678);
                     let mut next = move || {
                         x ^= x << 13;
                         x ^= x >> 7;
