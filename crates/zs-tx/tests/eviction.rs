@@ -123,8 +123,8 @@ fn bank_on_a_bounded_cache() {
         &db,
         Bank {
             readers: 1,
-            transfers: 300,
-            ..Bank::sized(300)
+            transfers: 150,
+            ..Bank::sized(150)
         },
     );
     assert_eq!(r.committed_violations + r.body_violations, 0, "{r:?}");
