@@ -9,9 +9,17 @@
 //!   (`CBasicSimpleAddConcurrent`).
 //!
 //! Each case reports transactions/s; the zs-tx conflict cases also report their redo
-//! rate (redos per committed transaction) in the case measured just before. redb
-//! commits with `Durability::None` (visible, not yet synced), the counterpart of a
-//! commit that waits for the next periodic checkpoint.
+//! rate (redos per committed transaction) in the case measured just before.
+//!
+//! Durability is matched pair by pair:
+//! - **immediate** (the headline ratios `seq_vs_redb`, `normal_conflict_vs_redb`):
+//!   zs-tx `Checkpoint::Immediate` (each commit synced before it returns; concurrent
+//!   commits share one fsync through zs-db's group commit) against redb
+//!   `Durability::Immediate` (each commit synced before it returns);
+//! - **periodic**: zs-tx `Checkpoint::Periodic(1 s)` against redb
+//!   `Durability::Eventual` (committed, synced by a later commit), the closest redb
+//!   has to a periodic flush;
+//! - **nosync** (context): the periodic zs-tx engine against redb `Durability::None`.
 #![forbid(unsafe_code)]
 
 use std::cell::Cell as StdCell;
@@ -67,9 +75,9 @@ fn ours_add(db: &Db, t: &zs_tx::Table<u64, u64>, key: u64) {
     .expect("add one");
 }
 
-fn redb_add(db: &redb::Database, key: u64) {
+fn redb_add(db: &redb::Database, d: redb::Durability, key: u64) {
     let mut tx = db.begin_write().expect("tx");
-    tx.set_durability(redb::Durability::None);
+    tx.set_durability(d);
     {
         let mut t = tx.open_table(T).expect("table");
         let v = t.get(key).expect("get").map(|g| g.value()).unwrap_or(0);
@@ -98,19 +106,52 @@ fn main() {
     )
     .expect("open");
     let table = db.table::<u64, u64>("counters");
+    let ibackend: Arc<dyn Backend> =
+        Arc::new(ZdbBackend::open_dir(root.path().join("zsi"), "bench").expect("zs-db"));
+    let idb = Db::open(ibackend, TxOptions::default()).expect("open immediate");
+    assert_eq!(idb.options().checkpoint, Checkpoint::Immediate);
+    let itable = idb.table::<u64, u64>("counters");
     std::fs::create_dir_all(root.path().join("redb")).expect("dir");
     let rdb = Arc::new(redb::Database::create(root.path().join("redb/r.redb")).expect("redb"));
 
+    use redb::Durability as D;
     // --- sequential --------------------------------------------------------------
     {
+        let (idb2, it) = (idb.clone(), itable.clone());
+        suite.case(
+            "zs-tx sequential immediate",
+            "tx_per_s",
+            Better::Higher,
+            move || threaded(1, time, |_, _| ours_add(&idb2, &it, 0)),
+        );
+        let rdb2 = rdb.clone();
+        suite.case(
+            "redb sequential immediate",
+            "tx_per_s",
+            Better::Higher,
+            move || threaded(1, time, |_, _| redb_add(&rdb2, D::Immediate, 0)),
+        );
         let (db, t) = (db.clone(), table.clone());
-        suite.case("zs-tx sequential", "tx_per_s", Better::Higher, move || {
-            threaded(1, time, |_, _| ours_add(&db, &t, 0))
-        });
-        let rdb = rdb.clone();
-        suite.case("redb sequential", "tx_per_s", Better::Higher, move || {
-            threaded(1, time, |_, _| redb_add(&rdb, 0))
-        });
+        suite.case(
+            "zs-tx sequential periodic",
+            "tx_per_s",
+            Better::Higher,
+            move || threaded(1, time, |_, _| ours_add(&db, &t, 0)),
+        );
+        let rdb2 = rdb.clone();
+        suite.case(
+            "redb sequential eventual",
+            "tx_per_s",
+            Better::Higher,
+            move || threaded(1, time, |_, _| redb_add(&rdb2, D::Eventual, 0)),
+        );
+        let rdb2 = rdb.clone();
+        suite.case(
+            "redb sequential nosync",
+            "tx_per_s",
+            Better::Higher,
+            move || threaded(1, time, |_, _| redb_add(&rdb2, D::None, 0)),
+        );
     }
 
     // --- heavy conflict ------------------------------------------------------------
@@ -144,16 +185,34 @@ fn main() {
             "redb heavy conflict x4",
             "tx_per_s",
             Better::Higher,
-            move || threaded(THREADS, time, |_, _| redb_add(&rdb, 1)),
+            move || threaded(THREADS, time, |_, _| redb_add(&rdb, D::None, 1)),
         );
     }
 
     // --- normal conflict -------------------------------------------------------------
     let normal_redo = Rc::new(StdCell::new(0.0));
     {
+        let (db2, t) = (idb.clone(), itable.clone());
+        suite.case(
+            "zs-tx normal conflict x4 immediate",
+            "tx_per_s",
+            Better::Higher,
+            move || threaded(THREADS, time, |k, i| ours_add(&db2, &t, 100 + key_of(k, i))),
+        );
+        let rdb2 = rdb.clone();
+        suite.case(
+            "redb normal conflict x4 immediate",
+            "tx_per_s",
+            Better::Higher,
+            move || {
+                threaded(THREADS, time, |k, i| {
+                    redb_add(&rdb2, D::Immediate, 100 + key_of(k, i))
+                })
+            },
+        );
         let (db2, t, r) = (db.clone(), table.clone(), normal_redo.clone());
         suite.case(
-            "zs-tx normal conflict x4",
+            "zs-tx normal conflict x4 periodic",
             "tx_per_s",
             Better::Higher,
             move || {
@@ -174,31 +233,58 @@ fn main() {
             Better::Lower,
             move || r.get(),
         );
-        let rdb = rdb.clone();
-        suite.case(
-            "redb normal conflict x4",
-            "tx_per_s",
-            Better::Higher,
-            move || threaded(THREADS, time, |k, i| redb_add(&rdb, 100 + key_of(k, i))),
-        );
+        for (name, d) in [
+            ("redb normal conflict x4 eventual", D::Eventual),
+            ("redb normal conflict x4 nosync", D::None),
+        ] {
+            let rdb2 = rdb.clone();
+            suite.case(name, "tx_per_s", Better::Higher, move || {
+                threaded(THREADS, time, |k, i| redb_add(&rdb2, d, 100 + key_of(k, i)))
+            });
+        }
     }
 
     suite.run();
-    suite.ratio("seq_vs_redb", "zs-tx sequential", "redb sequential");
+    // headline: durable commits on both sides
     suite.ratio(
-        "normal_conflict_vs_redb",
-        "zs-tx normal conflict x4",
-        "redb normal conflict x4",
+        "seq_vs_redb",
+        "zs-tx sequential immediate",
+        "redb sequential immediate",
     );
     suite.ratio(
-        "heavy_conflict_vs_redb",
+        "normal_conflict_vs_redb",
+        "zs-tx normal conflict x4 immediate",
+        "redb normal conflict x4 immediate",
+    );
+    suite.ratio(
+        "seq_periodic_vs_redb_eventual",
+        "zs-tx sequential periodic",
+        "redb sequential eventual",
+    );
+    suite.ratio(
+        "normal_conflict_periodic_vs_redb_eventual",
+        "zs-tx normal conflict x4 periodic",
+        "redb normal conflict x4 eventual",
+    );
+    suite.ratio(
+        "seq_periodic_vs_redb_nosync",
+        "zs-tx sequential periodic",
+        "redb sequential nosync",
+    );
+    suite.ratio(
+        "normal_conflict_periodic_vs_redb_nosync",
+        "zs-tx normal conflict x4 periodic",
+        "redb normal conflict x4 nosync",
+    );
+    suite.ratio(
+        "heavy_conflict_vs_redb_nosync",
         "zs-tx heavy conflict x4",
         "redb heavy conflict x4",
     );
     suite.ratio(
         "heavy_vs_normal_conflict",
         "zs-tx heavy conflict x4",
-        "zs-tx normal conflict x4",
+        "zs-tx normal conflict x4 periodic",
     );
     let check = db
         .run(|tx| {
@@ -216,7 +302,7 @@ fn main() {
         "every add-one committed exactly once"
     );
     suite.note(format!(
-        "zs-tx: opaque isolation, zs-db backend, periodic checkpoint every 1 s ({} checkpoints); redb: Durability::None commits; {THREADS} threads on {} vCPUs",
+        "zs-tx: opaque isolation, zs-db backend; immediate cases: Checkpoint::Immediate vs redb Durability::Immediate; periodic cases: checkpoint every 1 s ({} checkpoints) vs redb Durability::Eventual; nosync: vs redb Durability::None; heavy conflict: periodic vs nosync; {THREADS} threads on {} vCPUs",
         stats.checkpoints,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     ));
@@ -225,6 +311,21 @@ fn main() {
         stats.commits - 1
     ));
     suite.note("Zeze (Java, published, hardware not stated): sequential 1,495,740/s; heavy conflict 252,613/s; normal conflict 1,140,652/s");
+    let icheck = idb
+        .run(|tx| {
+            let mut sum = 0;
+            for k in 0..100 + RECORDS {
+                sum += itable.get(tx, &k)?.unwrap_or(0);
+            }
+            Ok(sum)
+        })
+        .expect("sum");
+    assert_eq!(
+        icheck,
+        idb.stats().commits - 1,
+        "immediate: every add-one committed once"
+    );
+    idb.close().expect("close");
     db.close().expect("close");
     suite.finish();
 }

@@ -196,6 +196,22 @@ impl DbClient {
         Ok(Answer::decode(&payload, &self.inner.limits)?)
     }
 
+    /// Calls procedure `name` registered on the server
+    /// ([`crate::DbService::register_procedure`]) with `args`; returns its result,
+    /// sent after it committed. Refusals: 404 no such procedure, 400 arguments over
+    /// the server's limit, 429 too many calls running, 503 the redo budget was spent
+    /// (nothing committed; retry later), 422 the body aborted, 500 storage.
+    pub fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>> {
+        let req = Request::Call {
+            name: name.into(),
+            args: Bytes::copy_from_slice(args),
+        };
+        match self.request(&req)? {
+            Answer::Bytes(b) => Ok(b.to_vec()),
+            a => Err(Error::Unexpected(Box::new(a))),
+        }
+    }
+
     fn ok(&self, req: Request) -> Result<()> {
         match self.request(&req)? {
             Answer::Ok => Ok(()),

@@ -21,6 +21,9 @@
 //! - **FastPost** ([`FastPost`]): pipelined inserts without replies, with
 //!   cumulative durable acknowledgements; a reconnect (StableIO) or a server
 //!   restart loses nothing acknowledged and stores nothing twice.
+//! - **Procedures** ([`DbService::register_procedure`], [`DbClient::call`]):
+//!   named server-side functions called with argument bytes; the facade plugs
+//!   zs-tx procedures in, answered after their commit.
 //!
 //! Payload formats: docs/PROTOCOL.md, Part 9.
 //!
@@ -72,4 +75,4 @@ pub use filter::{compile_expr, ExprFilter, FilterFunction, PARAM_PREFIX};
 pub use proto::{
     Answer, Change, Durability, EndStatus, Limits, Param, QueryProgress, QuerySpec, Range, Request,
 };
-pub use server::{check_client_name, DbService, ServiceConfig, MARKS_DB};
+pub use server::{check_client_name, DbService, Procedure, ServiceConfig, MARKS_DB};

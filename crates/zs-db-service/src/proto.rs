@@ -29,8 +29,13 @@ pub mod errcode {
     pub const EXISTS: u32 = 409;
     /// Over a configured limit (queries, sizes).
     pub const LIMIT: u32 = 429;
+    /// A procedure gave up (its body aborted; nothing was committed).
+    pub const ABORTED: u32 = 422;
     /// The store failed.
     pub const STORE: u32 = 500;
+    /// A procedure conflicted on every attempt of its redo budget (nothing was
+    /// committed; the caller may retry later).
+    pub const BUSY: u32 = 503;
 }
 
 /// Hard decoding limits (the service passes its configured ones).
@@ -44,6 +49,8 @@ pub struct Limits {
     pub max_filter: usize,
     /// Most query parameters.
     pub max_params: usize,
+    /// Largest procedure argument or result in bytes.
+    pub max_args: usize,
 }
 
 impl Default for Limits {
@@ -53,6 +60,7 @@ impl Default for Limits {
             max_records: 65_536,
             max_filter: 16 << 10,
             max_params: 64,
+            max_args: 1 << 20,
         }
     }
 }
@@ -296,6 +304,14 @@ pub enum Request {
         /// Watch id.
         wid: u64,
     },
+    /// Runs procedure `name` registered on the server with `args`; answered with
+    /// its result after it committed.
+    Call {
+        /// The procedure's name.
+        name: String,
+        /// Its argument bytes (the procedure decodes them).
+        args: Bytes,
+    },
     /// Creates a secondary index on `field` of `db`.
     CreateIndex {
         /// Database.
@@ -339,6 +355,8 @@ pub enum Answer {
     Record(Option<Record>),
     /// Query progress.
     Progress(QueryProgress),
+    /// A procedure's result.
+    Bytes(Bytes),
 }
 
 /// How a query ended.
@@ -603,6 +621,7 @@ const R_PROGRESS: u8 = 0x24;
 const R_FP_OPEN: u8 = 0x30;
 const R_WATCH: u8 = 0x40;
 const R_UNWATCH: u8 = 0x41;
+const R_CALL: u8 = 0x50;
 
 impl Request {
     /// Encodes the request.
@@ -732,6 +751,11 @@ impl Request {
                 b.put_u8(R_UNWATCH);
                 b.put_u64_le(*wid);
             }
+            Request::Call { name, args } => {
+                b.put_u8(R_CALL);
+                put_str(&mut b, name);
+                put_bytes(&mut b, args);
+            }
             Request::FastPostOpen { db, stream } => {
                 b.put_u8(R_FP_OPEN);
                 put_str(&mut b, db);
@@ -832,6 +856,10 @@ impl Request {
                 hi: r.u64()?,
             },
             R_UNWATCH => Request::Unwatch { wid: r.u64()? },
+            R_CALL => Request::Call {
+                name: r.str()?,
+                args: r.bytes(lim.max_args)?,
+            },
             R_FP_OPEN => Request::FastPostOpen {
                 db: r.str()?,
                 stream: r.u64()?,
@@ -899,6 +927,10 @@ impl Answer {
                 b.put_u8(p.paused as u8);
                 b.put_u8(p.done as u8);
             }
+            Answer::Bytes(v) => {
+                b.put_u8(8);
+                put_bytes(&mut b, v);
+            }
         }
         b.freeze()
     }
@@ -929,6 +961,7 @@ impl Answer {
                 paused: r.bool()?,
                 done: r.bool()?,
             }),
+            8 => Answer::Bytes(r.bytes(lim.max_args)?),
             _ => return bad("answer code"),
         };
         r.end()?;

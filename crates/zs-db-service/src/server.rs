@@ -20,6 +20,10 @@ use crate::proto::{
     Param, Push, QueryProgress, QuerySpec, Range, Request,
 };
 
+/// A procedure served by [`DbService::register_procedure`]: argument bytes in,
+/// result bytes (sent after it committed) or a refusal out.
+pub type Procedure = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync>;
+
 /// The reserved database holding FastPost stream marks (never listed or served).
 pub const MARKS_DB: &str = "__zs_fastpost";
 
@@ -60,6 +64,10 @@ pub struct ServiceConfig {
     /// posts to it later is disconnected, and [`crate::FastPost`] then
     /// reconnects, reopens the stream and resends. Default 60 s.
     pub fastpost_idle: Duration,
+    /// Most procedure calls ([`DbService::register_procedure`]) running at once in
+    /// the process (each holds a worker thread while it runs, waits for commit
+    /// locks or redoes); more are refused with 429. Default 64.
+    pub max_procedure_calls: usize,
 }
 
 impl Default for ServiceConfig {
@@ -78,6 +86,7 @@ impl Default for ServiceConfig {
             max_fastpost_active_per_conn: 16,
             max_fastpost_active: 1024,
             fastpost_idle: Duration::from_secs(60),
+            max_procedure_calls: 64,
         }
     }
 }
@@ -190,6 +199,8 @@ struct Svc {
     cfg: ServiceConfig,
     dbs: Mutex<HashMap<String, Arc<DbEntry>>>,
     functions: RwLock<HashMap<String, FilterFunction>>,
+    procedures: RwLock<HashMap<String, Procedure>>,
+    procedure_calls: AtomicU64,
     queries: Arc<QueryMap>,
     marks_db: Mutex<Option<Database>>,
     marks: Mutex<HashMap<(String, u64), Mark>>,
@@ -230,6 +241,8 @@ impl DbService {
             cfg,
             dbs: Mutex::new(HashMap::new()),
             functions: RwLock::new(HashMap::new()),
+            procedures: RwLock::new(HashMap::new()),
+            procedure_calls: AtomicU64::new(0),
             queries: Arc::new(Mutex::new(HashMap::new())),
             marks_db: Mutex::new(None),
             marks: Mutex::new(HashMap::new()),
@@ -268,6 +281,24 @@ impl DbService {
     ) {
         self.svc
             .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Arc::new(f));
+    }
+
+    /// Serves procedure `name` to clients ([`crate::DbClient::call`], request
+    /// 0x50): `f(args)` runs on the worker pool and its result is the answer, so a
+    /// transactional procedure (the facade's `DbServiceTxExt::tx_procedure` runs a
+    /// zs-tx procedure) answers only after its commit; a refusal's code and message
+    /// reach the client as [`crate::Error::Refused`]. Registering a name again
+    /// replaces it.
+    pub fn register_procedure(
+        &self,
+        name: &str,
+        f: impl Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+    ) {
+        self.svc
+            .procedures
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), Arc::new(f));
@@ -459,6 +490,44 @@ impl Svc {
         Ok(ids)
     }
 
+    /// Runs a registered procedure within the process-wide cap on calls.
+    fn call(&self, name: &str, args: &[u8]) -> Result<Answer, HandlerError> {
+        let f = self
+            .procedures
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| herr(errcode::NOT_FOUND, format!("no procedure {name:?}")))?;
+        let max = self.cfg.max_procedure_calls as u64;
+        if self.procedure_calls.fetch_add(1, Ordering::AcqRel) >= max {
+            self.procedure_calls.fetch_sub(1, Ordering::AcqRel);
+            return Err(herr(
+                errcode::LIMIT,
+                format!("{max} procedure calls are running already"),
+            ));
+        }
+        struct Release<'a>(&'a AtomicU64);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _release = Release(&self.procedure_calls);
+        let out = f(args)?;
+        if out.len() > self.cfg.limits.max_args {
+            return Err(herr(
+                errcode::LIMIT,
+                format!(
+                    "procedure {name:?} returned {} bytes (limit {}); it committed",
+                    out.len(),
+                    self.cfg.limits.max_args
+                ),
+            ));
+        }
+        Ok(Answer::Bytes(out.into()))
+    }
+
     fn execute(&self, peer: &Peer, req: Request) -> Result<Answer, HandlerError> {
         match req {
             Request::Open { name, create } => {
@@ -566,6 +635,7 @@ impl Svc {
                 Ok(Answer::Record(e.db.get(id).map_err(db_err)?))
             }
             Request::Query(spec) => self.start_query(peer, spec),
+            Request::Call { name, args } => self.call(&name, &args),
             Request::Pause { qid } | Request::Resume { qid } | Request::Stop { qid } => {
                 let q = self.query(peer, qid)?;
                 let mut st = lock(&q.st);

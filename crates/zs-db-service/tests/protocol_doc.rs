@@ -38,7 +38,7 @@ fn doc_examples() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn documented_bytes_match_the_encoders() {
     let ex = doc_examples();
-    assert_eq!(ex.len(), 4);
+    assert_eq!(ex.len(), 6);
     let lim = Limits::default();
     let get = Request::Get {
         db: "a".into(),
@@ -62,4 +62,25 @@ fn documented_bytes_match_the_encoders() {
         Push::decode(&Bytes::from(ex[3].1.clone()), &lim).unwrap(),
         ack
     );
+    let call = Request::Call {
+        name: "hit".into(),
+        args: Bytes::from_static(b"/a"),
+    };
+    assert_eq!(call.encode().as_ref(), &ex[4].1[..], "{}", ex[4].0);
+    assert_eq!(
+        Request::decode(&Bytes::from(ex[4].1.clone()), &lim).unwrap(),
+        call
+    );
+    let result = Answer::Bytes(Bytes::from_static(&[1, 2]));
+    assert_eq!(result.encode().as_ref(), &ex[5].1[..], "{}", ex[5].0);
+    assert_eq!(
+        Answer::decode(&Bytes::from(ex[5].1.clone()), &lim).unwrap(),
+        result
+    );
+    // arguments over the receiver's limit are refused by the decoder
+    let small = Limits {
+        max_args: 1,
+        ..Limits::default()
+    };
+    assert!(Request::decode(&Bytes::from(ex[4].1.clone()), &small).is_err());
 }

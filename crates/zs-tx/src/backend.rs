@@ -36,6 +36,68 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn load(&self, sink: &mut LoadSink<'_>) -> Result<()>;
     /// Writes `writes` atomically and durably.
     fn write(&self, writes: &[Write<'_>]) -> Result<()>;
+    /// Reads one stored record (for engines that cache a bounded number of records,
+    /// [`crate::Options::cache_records`]); `None` when it is not stored. Backends
+    /// that cannot read single records return an error (the default).
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let _ = (table, key);
+        Err(Error::Storage(
+            "this backend cannot read single records".into(),
+        ))
+    }
+    /// The shared-store interface when several engines (application servers) share
+    /// this store ([`Shared`]); `None` (the default) when one engine owns it.
+    fn shared(&self) -> Option<&dyn Shared> {
+        None
+    }
+}
+
+/// Receives committed changes of other engines, one commit at a time, in commit
+/// order: `(commit number, writes)`.
+pub type ChangeSink<'a> = dyn FnMut(u64, &[Write<'_>]) + 'a;
+
+/// What [`Shared::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedCommit {
+    /// Written and durable as global commit number `n`.
+    Committed(u64),
+    /// `validate` said no after catching up: nothing was written (redo).
+    Conflict,
+    /// The store's change log no longer holds the commits right after the engine's
+    /// position (it was pruned while the engine lagged): the engine must reload
+    /// ([`Shared::load_at`]); nothing was written.
+    Behind,
+}
+
+/// A store shared by several engines, each caching records in memory (Zeze's
+/// GlobalCacheManager role). Commits of all engines are numbered by one global
+/// counter and recorded in a change log; each engine applies the log in order, so
+/// its in-memory state is always a prefix of the global commit order (the basis of
+/// its snapshots), and it validates a commit after catching up to the commit just
+/// before its own, while the store holds the counter (so no other commit can come
+/// in between).
+pub trait Shared: Send + Sync {
+    /// Calls `sink` for every stored record as of one consistent commit number, and
+    /// returns that number.
+    fn load_at(&self, sink: &mut LoadSink<'_>) -> Result<u64>;
+    /// Feeds `sink` the commits after number `after`, in order; returns the last
+    /// number fed (`after` when there were none), or `None` when the log no longer
+    /// reaches back to `after + 1` (reload with [`Shared::load_at`]).
+    fn changes(&self, after: u64, sink: &mut ChangeSink<'_>) -> Result<Option<u64>>;
+    /// Commits `writes` (non-empty) as the next global commit: takes the next
+    /// number `n` (holding it, so commits of every engine are serialized), feeds
+    /// `sink` the commits between `after` and `n`, then writes only if `validate()`
+    /// returns true (the caller's reads are still current), atomically and durably.
+    fn commit(
+        &self,
+        after: u64,
+        writes: &[Write<'_>],
+        sink: &mut ChangeSink<'_>,
+        validate: &mut dyn FnMut() -> bool,
+    ) -> Result<SharedCommit>;
+    /// Waits up to `timeout` for news of a commit (by any engine); returns the
+    /// highest commit number announced, if any.
+    fn wait(&self, timeout: std::time::Duration) -> Result<Option<u64>>;
 }
 
 /// Format byte of a stored record (see docs/STORAGE.md, "zs-tx records").
@@ -127,6 +189,26 @@ impl ZdbBackend {
 }
 
 impl Backend for ZdbBackend {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let id = {
+            let ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+            match ids.get(&(Box::<str>::from(table), Box::<[u8]>::from(key))) {
+                Some(&id) => id,
+                None => return Ok(None),
+            }
+        };
+        match self.db.get(id).map_err(storage)? {
+            Some(r) => {
+                let (t, k, v) = decode_record(&r.data)?;
+                if t != table || k != key {
+                    return Err(Error::Storage("zs-tx record id points elsewhere".into()));
+                }
+                Ok(Some(v.to_vec()))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn load(&self, sink: &mut LoadSink<'_>) -> Result<()> {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         ids.clear();

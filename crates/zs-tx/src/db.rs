@@ -9,13 +9,21 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::{Backend, Write};
+use crate::backend::{Backend, Shared, SharedCommit, Write};
 use crate::codec::{Key, Value};
 use crate::engine::{self as eng, Cell, Clock, Val};
 use crate::tx::{Tx, TxState};
 use crate::{Error, Result};
 
 const SHARDS: usize = 64;
+/// Buckets of eviction timestamps (`Inner::evict_ts`).
+const EVICT_BUCKETS: usize = 4096;
+
+fn bucket_of(k: &RecKey) -> usize {
+    let mut h = DefaultHasher::new();
+    (k, 0x5eed_u32).hash(&mut h);
+    (h.finish() as usize) % EVICT_BUCKETS
+}
 
 /// What a body sees when it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +85,17 @@ pub struct Options {
     /// Distinct records one attempt may read or write (default 1 million); beyond
     /// it the procedure fails with [`Error::Limit`].
     pub max_tx_records: usize,
+    /// A bound on the records the engine caches (default `None`: every stored
+    /// record is loaded at open and kept). With `Some(n)` and a backend that reads
+    /// single records ([`Backend::get`]; zs-db and unshared PostgreSQL do), records
+    /// are read from the backend on first use, and when `n` are cached a clock
+    /// sweep (second chance) evicts unlocked, clean (persisted, unreferenced by any
+    /// transaction) records down to 7/8 of `n`. Records that running transactions
+    /// hold or that wait for a checkpoint are not evicted, so the cache may exceed
+    /// `n` by those. A reloaded record's version is dated by the newest evicted
+    /// version of its hash bucket (4,096 buckets): a snapshot older than that
+    /// redoes. Not available with a shared backend.
+    pub cache_records: Option<u64>,
 }
 
 impl Default for Options {
@@ -89,6 +108,7 @@ impl Default for Options {
             checkpoint: Checkpoint::Immediate,
             max_records: 10_000_000,
             max_tx_records: 1_000_000,
+            cache_records: None,
         }
     }
 }
@@ -106,6 +126,8 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Records held in memory.
     pub records: u64,
+    /// Records evicted ([`Options::cache_records`]).
+    pub evicted: u64,
 }
 
 /// Names a record: the table id and the encoded key.
@@ -154,8 +176,19 @@ pub(crate) struct Inner {
     wake: Condvar,
     closed: AtomicBool,
     records: AtomicU64,
-    /// Timestamp from which forgotten absent records are known absent.
+    /// Timestamp from which forgotten absent records are known absent, and at
+    /// which evicted records are reloaded.
     absent_floor: AtomicU64,
+    /// `Options::cache_records` when records are loaded on demand and evicted.
+    cache_cap: Option<u64>,
+    /// Eviction sweeps that removed records (a load that raced one retries).
+    evictions: AtomicU64,
+    /// Per key hash bucket: the newest version timestamp of any record evicted
+    /// from it. A reloaded record gets its bucket's value as its version's
+    /// timestamp: never earlier than the commit that wrote the stored value.
+    evict_ts: Vec<AtomicU64>,
+    /// Records evicted so far.
+    evicted: AtomicU64,
     commits: AtomicU64,
     pub(crate) redos: AtomicU64,
     failures: AtomicU64,
@@ -189,6 +222,9 @@ impl Inner {
         if let Some(c) = self.existing(k) {
             return Ok(c);
         }
+        if let Some(cap) = self.cache_cap {
+            return self.load_cell(k, cap);
+        }
         for attempt in 0..2 {
             let mut shard = self.shards[shard_of(k)]
                 .write()
@@ -212,6 +248,195 @@ impl Inner {
             "the engine holds its maximum of {} records",
             self.opts.max_records
         )))
+    }
+
+    /// A record that is not cached, read from the backend (bounded cache).
+    fn load_cell(&self, k: &RecKey, cap: u64) -> Result<Arc<Cell>> {
+        let backend = self
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::Closed)?;
+        let name = self.table_name(k.table);
+        loop {
+            let epoch = self.evictions.load(Ordering::Acquire);
+            let v = backend.get(&name, &k.key)?;
+            if self.records.load(Ordering::Acquire) >= cap {
+                self.evict(cap);
+            }
+            let mut shard = self.shards[shard_of(k)]
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = shard.get(k) {
+                return Ok(c.clone());
+            }
+            if self.evictions.load(Ordering::Acquire) != epoch {
+                continue; // an eviction ran meanwhile: what we read may be stale
+            }
+            let ts = self.evict_ts[bucket_of(k)].load(Ordering::Acquire);
+            let c = Arc::new(Cell::loaded(ts, v.map(Arc::from)));
+            shard.insert(k.clone(), c.clone());
+            self.records.fetch_add(1, Ordering::AcqRel);
+            return Ok(c);
+        }
+    }
+
+    /// Evicts cached records down to 7/8 of `cap` (clock sweep, two passes):
+    /// only unlocked records no transaction holds, whose newest version is
+    /// persisted (not waiting for a checkpoint) and not newer than the floor.
+    fn evict(&self, cap: u64) {
+        // no checkpoint is between taking its changes and writing them
+        let _flush = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        if self.records.load(Ordering::Acquire) < cap {
+            return; // another thread evicted meanwhile
+        }
+        let dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let target = cap - cap / 8;
+        let floor = self.clock.snapshot();
+        for _pass in 0..2 {
+            for shard in &self.shards {
+                if self.records.load(Ordering::Acquire) <= target {
+                    return;
+                }
+                let mut m = shard.write().unwrap_or_else(|p| p.into_inner());
+                let before = m.len();
+                m.retain(|k, c| {
+                    if self.records.load(Ordering::Acquire) <= target
+                        || Arc::strong_count(c) > 1
+                        || dirty.values.contains_key(k)
+                    {
+                        return true;
+                    }
+                    let Some(ts) = c.sweep(floor) else {
+                        return true;
+                    };
+                    self.evict_ts[bucket_of(k)].fetch_max(ts, Ordering::AcqRel);
+                    self.records.fetch_sub(1, Ordering::AcqRel);
+                    false
+                });
+                let gone = (before - m.len()) as u64;
+                if gone > 0 {
+                    self.evicted.fetch_add(gone, Ordering::Relaxed);
+                    self.evictions.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// The record named `k`, created even beyond `max_records` (other engines'
+    /// commits must be applied whatever the cap).
+    fn cell_forced(&self, k: &RecKey) -> Arc<Cell> {
+        if let Some(c) = self.existing(k) {
+            return c;
+        }
+        let mut shard = self.shards[shard_of(k)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        shard
+            .entry(k.clone())
+            .or_insert_with(|| {
+                self.records.fetch_add(1, Ordering::AcqRel);
+                Arc::new(Cell::absent_since(
+                    self.absent_floor.load(Ordering::Acquire),
+                ))
+            })
+            .clone()
+    }
+
+    /// Installs another engine's commit `ts` (shared stores), in the commit section.
+    fn apply_remote(&self, ts: u64, writes: &[Write<'_>], listeners: &HashMap<u32, Vec<Listener>>) {
+        let keep = self.opts.versions;
+        for w in writes {
+            let rk = RecKey {
+                table: self.table_id(w.table),
+                key: w.key.into(),
+            };
+            let cell = self.cell_forced(&rk);
+            cell.install(ts, w.value.map(Arc::from), keep);
+            if let Some(ls) = listeners.get(&rk.table) {
+                for l in ls {
+                    l(ts, w.key, w.value);
+                }
+            }
+        }
+    }
+
+    /// Reloads every record from a shared store that pruned the commits this engine
+    /// still needed (in the commit section): records that differ get a version at
+    /// the loaded commit number, records gone from the store become absent.
+    fn reload(
+        &self,
+        sh: &dyn Shared,
+        next: &mut u64,
+        listeners: &HashMap<u32, Vec<Listener>>,
+    ) -> Result<()> {
+        let mut rows: HashMap<RecKey, Vec<u8>> = HashMap::new();
+        let n = sh.load_at(&mut |t, k, v| {
+            rows.insert(
+                RecKey {
+                    table: self.table_id(t),
+                    key: k.into(),
+                },
+                v.to_vec(),
+            );
+        })?;
+        if n <= *next {
+            return Ok(());
+        }
+        let keep = self.opts.versions;
+        let mut changed: Vec<(RecKey, Val)> = Vec::new();
+        for shard in &self.shards {
+            let m = shard.read().unwrap_or_else(|p| p.into_inner());
+            for (k, c) in m.iter() {
+                if !rows.contains_key(k) && c.read_latest().1.is_some() {
+                    changed.push((k.clone(), None));
+                }
+            }
+        }
+        for (k, v) in rows {
+            let cell = self.cell_forced(&k);
+            if cell.read_latest().1.as_deref() != Some(&v[..]) {
+                changed.push((k, Some(v.into())));
+            }
+        }
+        for (k, v) in changed {
+            self.cell_forced(&k).install(n, v.clone(), keep);
+            if let Some(ls) = listeners.get(&k.table) {
+                for l in ls {
+                    l(n, &k.key, v.as_deref());
+                }
+            }
+        }
+        *next = n;
+        Ok(())
+    }
+
+    /// Applies the commits other engines made since this one's position (shared
+    /// stores; a no-op otherwise).
+    fn catch_up(&self) -> Result<()> {
+        let Some(b) = self
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let Some(sh) = b.shared() else { return Ok(()) };
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        self.clock.advance(|next| {
+            let mut applied = *next;
+            let r = sh.changes(*next, &mut |ts, ws| {
+                self.apply_remote(ts, ws, &listeners);
+                applied = ts;
+            });
+            *next = applied;
+            match r? {
+                Some(_) => Ok(()),
+                None => self.reload(sh, next, &listeners),
+            }
+        })
     }
 
     /// Forgets records that are absent, unlocked and held by no transaction. Records
@@ -294,6 +519,9 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        if let Some(b) = immediate.as_ref().filter(|b| b.shared().is_some()) {
+            return self.commit_shared(b.shared().expect("checked"), st, &writes);
+        }
         if let Some(b) = immediate {
             let names: Vec<Arc<str>> = writes
                 .iter()
@@ -346,7 +574,71 @@ impl Inner {
         Ok(())
     }
 
+    /// The commit of a validated attempt on a shared store: in the commit section,
+    /// the store numbers it after every other engine's commit, the engine applies
+    /// those first, validates again and only then is it written and installed.
+    fn commit_shared(
+        &self,
+        sh: &dyn Shared,
+        st: &TxState,
+        writes: &[(&RecKey, &(Arc<Cell>, Val))],
+    ) -> Result<()> {
+        let names: Vec<Arc<str>> = writes
+            .iter()
+            .map(|(k, _)| self.table_name(k.table))
+            .collect();
+        let batch: Vec<Write<'_>> = writes
+            .iter()
+            .zip(&names)
+            .map(|((k, (_, v)), n)| Write {
+                table: n,
+                key: &k.key,
+                value: v.as_deref(),
+            })
+            .collect();
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        let keep = self.opts.versions;
+        self.clock.advance(|next| {
+            let mut applied = *next;
+            let r = sh.commit(
+                *next,
+                &batch,
+                &mut |ts, ws| {
+                    self.apply_remote(ts, ws, &listeners);
+                    applied = ts;
+                },
+                &mut || eng::validate(st.reads.values().map(|r| &r.0)),
+            );
+            *next = applied;
+            match r? {
+                SharedCommit::Committed(n) => {
+                    for (k, (cell, v)) in writes {
+                        cell.install(n, v.clone(), keep);
+                        if let Some(ls) = listeners.get(&k.table) {
+                            for l in ls {
+                                l(n, &k.key, v.as_deref());
+                            }
+                        }
+                    }
+                    *next = n;
+                    Ok(())
+                }
+                SharedCommit::Conflict => Err(Error::Conflict),
+                SharedCommit::Behind => {
+                    self.reload(sh, next, &listeners)?;
+                    Err(Error::Conflict)
+                }
+            }
+        })
+    }
+
     pub(crate) fn finished(&self, ok: bool) {
+        if let Some(cap) = self.cache_cap {
+            // records a finished transaction held may be evictable now
+            if self.records.load(Ordering::Acquire) > cap + cap / 16 {
+                self.evict(cap);
+            }
+        }
         if ok {
             self.commits.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -448,27 +740,88 @@ impl Drop for Inner {
 impl Db {
     /// An engine without persistence (records live as long as the engine).
     pub fn in_memory(opts: Options) -> Db {
-        Db::build(opts, None, Vec::new())
+        Db::build(opts, None, Vec::new(), 0)
     }
 
     /// An engine over `backend`: loads every stored record, then persists commits as
     /// `opts.checkpoint` says.
+    ///
+    /// A shared backend ([`Backend::shared`], e.g. `PgBackend::connect_shared`)
+    /// requires [`Checkpoint::Immediate`] (a commit is known to the other engines
+    /// only once it is in the store): the engine loads the store as of one global
+    /// commit, applies the other engines' commits as they are announced (and polls
+    /// every 200 ms), and commits through the store's global order.
     pub fn open(backend: Arc<dyn Backend>, opts: Options) -> Result<Db> {
         let mut loaded: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
-        backend.load(&mut |t, k, v| loaded.push((t.to_string(), k.to_vec(), v.to_vec())))?;
-        Ok(Db::build(opts, Some(backend), loaded))
+        let lazy = opts.cache_records.is_some();
+        let mut sink = |t: &str, k: &[u8], v: &[u8]| {
+            if !lazy {
+                loaded.push((t.to_string(), k.to_vec(), v.to_vec()))
+            }
+        };
+        let start = match backend.shared() {
+            Some(sh) => {
+                if opts.checkpoint != Checkpoint::Immediate {
+                    return Err(Error::Abort(
+                        "a shared backend needs Checkpoint::Immediate".into(),
+                    ));
+                }
+                sh.load_at(&mut sink)?
+            }
+            None => {
+                backend.load(&mut sink)?;
+                0
+            }
+        };
+        let shared = backend.shared().is_some();
+        if opts.cache_records.is_some() {
+            if shared {
+                return Err(Error::Abort(
+                    "a bounded cache (cache_records) is not available with a shared backend".into(),
+                ));
+            }
+            // records are read on demand: drop what the load read (it also lets
+            // the backend index its rows)
+            loaded.clear();
+            loaded.shrink_to_fit();
+        }
+        let db = Db::build(opts, Some(backend), loaded, start);
+        if shared {
+            let weak = Arc::downgrade(&db.inner);
+            *db.ckpt.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+                std::thread::Builder::new()
+                    .name("zs-tx-follower".into())
+                    .spawn(move || follow_loop(weak))
+                    .map_err(|e| Error::Storage(format!("spawn follower: {e}")))?,
+            );
+        }
+        Ok(db)
+    }
+
+    /// Applies the commits other engines made on a shared backend up to now (they
+    /// arrive by themselves within milliseconds; this makes "now" exact, e.g.
+    /// before a read-only procedure that must see another server's commit). A no-op
+    /// for an unshared backend.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.catch_up()
     }
 
     fn build(
         opts: Options,
         backend: Option<Arc<dyn Backend>>,
         loaded: Vec<(String, Vec<u8>, Vec<u8>)>,
+        start: u64,
     ) -> Db {
         let periodic = backend.is_some() && !matches!(opts.checkpoint, Checkpoint::Immediate);
+        let cache_cap = if backend.is_some() {
+            opts.cache_records.map(|n| n.max(8))
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             tables: Mutex::new(Vec::new()),
-            clock: Clock::new(0),
+            clock: Clock::new(start),
             next_tx: AtomicU64::new(1),
             opts,
             periodic,
@@ -481,6 +834,10 @@ impl Db {
             closed: AtomicBool::new(false),
             records: AtomicU64::new(0),
             absent_floor: AtomicU64::new(0),
+            cache_cap,
+            evictions: AtomicU64::new(0),
+            evict_ts: (0..EVICT_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            evicted: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             redos: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -592,12 +949,53 @@ impl Db {
             failures: self.inner.failures.load(Ordering::Relaxed),
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
             records,
+            evicted: self.inner.evicted.load(Ordering::Relaxed),
         }
     }
 
     /// The engine's settings.
     pub fn options(&self) -> &Options {
         &self.inner.opts
+    }
+}
+
+/// Applies other engines' commits on a shared backend: on each announcement, and
+/// every 200 ms in case one was missed.
+fn follow_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if *inner.stop.lock().unwrap_or_else(|p| p.into_inner()) {
+            return;
+        }
+        let Some(b) = inner
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let Some(sh) = b.shared() else { return };
+        let news = match sh.wait(Duration::from_millis(200)) {
+            Ok(n) => n,
+            Err(e) => {
+                *inner
+                    .last_flush_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                std::thread::sleep(Duration::from_millis(200));
+                None
+            }
+        };
+        if matches!(news, Some(n) if n <= inner.clock.snapshot()) {
+            continue; // our own commit, already applied
+        }
+        if let Err(e) = inner.catch_up() {
+            *inner
+                .last_flush_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
     }
 }
 
@@ -701,8 +1099,13 @@ impl<K: Key, V: Value> Table<K, V> {
     /// The newest committed value outside any transaction.
     pub fn peek(&self, key: &K) -> Result<Option<V>> {
         let rk = self.rec_key(key);
-        let Some(cell) = self.inner.existing(&rk) else {
-            return Ok(None);
+        let cell = if self.inner.cache_cap.is_some() {
+            self.inner.cell(&rk)?
+        } else {
+            match self.inner.existing(&rk) {
+                Some(c) => c,
+                None => return Ok(None),
+            }
         };
         match cell.read_latest().1 {
             None => Ok(None),

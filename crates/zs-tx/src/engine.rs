@@ -20,6 +20,8 @@ pub(crate) struct CellState {
     pub(crate) owner: u64,
     /// Transactions waiting for the lock (so `unlock` only notifies when needed).
     waiters: u32,
+    /// Read since the last eviction sweep (the clock algorithm's reference bit).
+    referenced: bool,
 }
 
 /// One record of one table.
@@ -44,6 +46,7 @@ impl Cell {
                 versions: vec![(0, initial)],
                 owner: 0,
                 waiters: 0,
+                referenced: true,
             }),
             cv: Condvar::new(),
         }
@@ -57,6 +60,7 @@ impl Cell {
                 versions: vec![(ts, None)],
                 owner: 0,
                 waiters: 0,
+                referenced: true,
             }),
             cv: Condvar::new(),
         }
@@ -71,7 +75,8 @@ impl Cell {
     /// The newest version with timestamp `<= read_ts`, or `None` when it was pruned
     /// (the snapshot is too old: the caller redoes with a fresh one).
     pub(crate) fn read_at(&self, read_ts: u64) -> Option<Read> {
-        let st = lock(&self.st);
+        let mut st = lock(&self.st);
+        st.referenced = true;
         st.versions
             .iter()
             .rev()
@@ -81,7 +86,8 @@ impl Cell {
 
     /// The newest committed version (Zeze semantics: no snapshot).
     pub(crate) fn read_latest(&self) -> Read {
-        let st = lock(&self.st);
+        let mut st = lock(&self.st);
+        st.referenced = true;
         st.versions.last().cloned().expect("never empty")
     }
 
@@ -113,6 +119,33 @@ impl Cell {
                 self.cv.notify_all();
             }
         }
+    }
+
+    /// A record loaded from the store whose only version is `val` at `ts`.
+    #[allow(dead_code)]
+    pub(crate) fn loaded(ts: u64, val: Val) -> Cell {
+        let c = Cell::absent_since(ts);
+        lock(&c.st).versions[0].1 = val;
+        c
+    }
+
+    /// The clock sweep's test: the timestamp of the newest version when the record
+    /// is unlocked and was not read since the last sweep (it may be evicted);
+    /// otherwise `None`, clearing its reference bit.
+    #[allow(dead_code)]
+    /// Records with a version newer than `floor` are kept (a reload would date
+    /// their value too early).
+    pub(crate) fn sweep(&self, floor: u64) -> Option<u64> {
+        let mut st = lock(&self.st);
+        let ts = st.versions.last().map(|v| v.0)?;
+        if st.owner != 0 || ts > floor {
+            return None;
+        }
+        if st.referenced {
+            st.referenced = false;
+            return None;
+        }
+        Some(ts)
     }
 
     /// Who holds the lock (0 = nobody).
@@ -165,6 +198,19 @@ impl Clock {
         *next = ts;
         self.published.store(ts, Ordering::Release);
         (ts, r)
+    }
+}
+
+impl Clock {
+    /// Runs `f` on the last published timestamp inside the commit section (shared
+    /// stores: `f` applies other engines' commits and its own at the numbers the
+    /// store gave them, and moves the value), then publishes the new value.
+    #[allow(dead_code)]
+    pub(crate) fn advance<R>(&self, f: impl FnOnce(&mut u64) -> R) -> R {
+        let mut next = lock(&self.section);
+        let r = f(&mut next);
+        self.published.store(*next, Ordering::Release);
+        r
     }
 }
 

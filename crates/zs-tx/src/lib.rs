@@ -86,7 +86,8 @@ mod sync {
 }
 
 pub use backend::{
-    decode_record, encode_record, Backend, LoadSink, Write, ZdbBackend, RECORD_FORMAT,
+    decode_record, encode_record, Backend, ChangeSink, LoadSink, Shared, SharedCommit, Write,
+    ZdbBackend, RECORD_FORMAT,
 };
 pub use codec::{FixedKey, Key, Value};
 pub use db::{Checkpoint, Db, Isolation, Options, Stats, Table};

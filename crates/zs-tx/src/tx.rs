@@ -223,8 +223,10 @@ pub(crate) fn run<T>(
         match committed {
             Ok(v) => {
                 eng::unlock_all(id, &mut held);
+                let actions = std::mem::take(&mut tx.on_commit);
+                drop(tx); // its records may be evicted now
                 inner.finished(true);
-                for a in tx.on_commit {
+                for a in actions {
                     a();
                 }
                 return Ok(v);
@@ -243,8 +245,10 @@ pub(crate) fn run<T>(
                 }
                 if attempt == attempts {
                     eng::unlock_all(id, &mut held);
+                    let actions = std::mem::take(&mut tx.on_rollback);
+                    drop(tx);
                     inner.finished(false);
-                    for a in tx.on_rollback {
+                    for a in actions {
                         a();
                     }
                     return Err(Error::RetriesExhausted { attempts });
@@ -252,8 +256,10 @@ pub(crate) fn run<T>(
             }
             Err(e) => {
                 eng::unlock_all(id, &mut held);
+                let actions = std::mem::take(&mut tx.on_rollback);
+                drop(tx);
                 inner.finished(false);
-                for a in tx.on_rollback {
+                for a in actions {
                     a();
                 }
                 return Err(e);

@@ -245,3 +245,208 @@ fn postgres_backend_rejects_bad_table_names() {
         assert!(matches!(e, zs_tx::Error::Abort(_)), "{bad:?}: {e}");
     }
 }
+
+fn shared(c: &Cluster, table: &str, log_keep: Option<i64>) -> Db {
+    let b = Arc::new(PgBackend::connect_shared(&c.params(), table, 4, log_keep).unwrap());
+    Db::open(b as Arc<dyn Backend>, Options::default()).unwrap()
+}
+
+/// Several application servers on one database: two engines in this process, then
+/// two `zs-tx-bank-node` processes running the bank at once.
+#[test]
+fn postgres_shared_by_several_servers() {
+    let Some(c) = Cluster::start() else { return };
+    // --- two engines in one process: coherence, listeners, lost updates ---------
+    let a = shared(&c, "sh", None);
+    let b = shared(&c, "sh", None);
+    let (ta, tb) = (
+        a.table::<u32, u64>("counters"),
+        b.table::<u32, u64>("counters"),
+    );
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    tb.listen(move |ts, k, v| seen_tx.send((ts, k, v)).unwrap());
+    a.run(|tx| ta.put(tx, &7, &70)).unwrap();
+    b.sync().unwrap();
+    assert_eq!(
+        tb.peek(&7).unwrap(),
+        Some(70),
+        "b sees a's commit after sync"
+    );
+    let (ts, k, v) = seen
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        (ts, k, v),
+        (1, 7, Some(70)),
+        "b's listener got a's commit, numbered"
+    );
+    // b's cache is stale on purpose (no sync): its read-modify-write must not lose
+    // a's second update
+    a.run(|tx| {
+        let x = ta.get(tx, &7)?.unwrap();
+        ta.put(tx, &7, &(x + 1))
+    })
+    .unwrap();
+    b.run(|tx| {
+        let x = tb.get(tx, &7)?.unwrap();
+        tb.put(tx, &7, &(x + 10))
+    })
+    .unwrap();
+    a.sync().unwrap();
+    assert_eq!(
+        ta.peek(&7).unwrap(),
+        Some(81),
+        "no lost update across servers"
+    );
+    // concurrent increments from both engines on a hot record
+    std::thread::scope(|s| {
+        for (db, t) in [(&a, &ta), (&b, &tb)] {
+            s.spawn(move || {
+                for _ in 0..40 {
+                    db.run(|tx| {
+                        let x = t.get(tx, &1)?.unwrap_or(0);
+                        t.put(tx, &1, &(x + 1))
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    a.sync().unwrap();
+    b.sync().unwrap();
+    assert_eq!(ta.peek(&1).unwrap(), Some(80));
+    assert_eq!(tb.peek(&1).unwrap(), Some(80));
+    // removals travel too
+    a.run(|tx| ta.remove(tx, &7)).unwrap();
+    b.sync().unwrap();
+    assert_eq!(tb.peek(&7).unwrap(), None);
+    // a shared store only takes immediate commits
+    let pb = Arc::new(PgBackend::connect_shared(&c.params(), "sh", 1, None).unwrap());
+    let e = Db::open(
+        pb as Arc<dyn Backend>,
+        Options {
+            checkpoint: Checkpoint::Periodic(std::time::Duration::from_millis(10)),
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, zs_tx::Error::Abort(_)), "{e}");
+    b.close().unwrap();
+    a.close().unwrap();
+
+    // --- an engine that lags past the pruned log reloads -------------------------
+    let a = shared(&c, "lag", Some(1));
+    let b = shared(&c, "lag", Some(1));
+    let (ta, tb) = (
+        a.table::<u32, u64>("counters"),
+        b.table::<u32, u64>("counters"),
+    );
+    for i in 0..20u32 {
+        a.run(|tx| ta.put(tx, &(i % 10), &u64::from(i))).unwrap();
+    }
+    // the log keeps one commit: reading from the start finds the gap
+    let pb = PgBackend::connect_shared(&c.params(), "lag", 1, Some(1)).unwrap();
+    let mut fed = 0;
+    let r = zs_tx::Shared::changes(&pb, 0, &mut |_, _| fed += 1).unwrap();
+    assert_eq!((r, fed), (None, 0), "a gap is reported, nothing fed");
+    // b (following, or reloading when it fell behind the pruned log) converges,
+    // and its own commits still go through
+    b.sync().unwrap();
+    assert_eq!(tb.peek(&9).unwrap(), Some(19));
+    b.run(|tx| {
+        let x = tb.get(tx, &9)?.unwrap();
+        tb.put(tx, &9, &(x + 1))
+    })
+    .unwrap();
+    a.sync().unwrap();
+    assert_eq!(ta.peek(&9).unwrap(), Some(20));
+    a.close().unwrap();
+    b.close().unwrap();
+
+    // --- two processes, the bank on both at once -----------------------------------
+    let seeder = shared(&c, "bank_mp", None);
+    let acc = seeder.table::<u32, u64>("accounts");
+    seeder
+        .run(|tx| {
+            for i in 0..1000u32 {
+                acc.put(tx, &i, &100)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    seeder.close().unwrap();
+    drop(acc);
+    let full = std::env::var_os("ZS_TX_BANK_FULL").is_some();
+    let (writers, transfers) = if full { ("4", "500") } else { ("2", "40") };
+    let t0 = std::time::Instant::now();
+    let mut nodes: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_zs-tx-bank-node"))
+                .args([
+                    &c.params(),
+                    "bank_mp",
+                    writers,
+                    transfers,
+                    &(i + 1).to_string(),
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut outs: Vec<std::io::BufReader<std::process::ChildStdout>> = Vec::new();
+    for n in &mut nodes {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(n.stdout.take().unwrap());
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        assert_eq!(l.trim(), "ready");
+        outs.push(out);
+    }
+    for n in &mut nodes {
+        use std::io::Write;
+        writeln!(n.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    let mut deltas = vec![0i64; 1000];
+    let mut moved = 0u64;
+    for (n, out) in nodes.iter_mut().zip(outs) {
+        use std::io::BufRead;
+        let lines: Vec<String> = out.lines().map(|l| l.unwrap()).collect();
+        assert!(n.wait().unwrap().success(), "node failed: {lines:?}");
+        let r: Vec<u64> = lines[0]
+            .strip_prefix("report ")
+            .unwrap()
+            .split(' ')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        eprintln!(
+            "node: transfers {} body reads {} (bad {}) committed reads {} (bad {}) redos {}",
+            r[0], r[1], r[2], r[3], r[4], r[5]
+        );
+        assert_eq!(r[2], 0, "a body read saw a wrong total");
+        assert_eq!(r[4], 0, "a committed read saw a wrong total");
+        assert!(r[0] > 0 && r[3] >= 2);
+        moved += r[0];
+        for (d, x) in deltas
+            .iter_mut()
+            .zip(lines[1].strip_prefix("deltas ").unwrap().split(' '))
+        {
+            *d += x.parse::<i64>().unwrap();
+        }
+    }
+    eprintln!(
+        "two processes: {moved} transfers committed in {:?}",
+        t0.elapsed()
+    );
+    let check = shared(&c, "bank_mp", None);
+    let acc = check.table::<u32, u64>("accounts");
+    for (i, d) in deltas.iter().enumerate() {
+        assert_eq!(
+            acc.peek(&(i as u32)).unwrap().unwrap() as i64,
+            100 + d,
+            "account {i}: lost update"
+        );
+    }
+    check.close().unwrap();
+}

@@ -65,6 +65,80 @@ where
     });
 }
 
+/// The DB service refusal for a failed procedure: 503 when the redo budget was
+/// spent (nothing committed; retry later), 422 when the body aborted, 429 over a
+/// limit, 400 a codec error, 500 storage or a closed engine.
+#[cfg(feature = "db-service")]
+pub fn service_error(name: &str, e: &zs_tx::Error) -> HandlerError {
+    use zs_db_service::proto::errcode;
+    use zs_tx::Error as E;
+    let code = match e {
+        E::RetriesExhausted { .. } | E::Conflict => errcode::BUSY,
+        E::Abort(_) => errcode::ABORTED,
+        E::Limit(_) => errcode::LIMIT,
+        E::Codec(_) => errcode::BAD_REQUEST,
+        E::Closed | E::Storage(_) => errcode::STORE,
+    };
+    HandlerError::new(code, format!("procedure {name:?}: {e}"))
+}
+
+/// What `DbClient::call` fails with (a refusal carries the codes of
+/// [`service_error`]).
+#[cfg(feature = "db-service")]
+pub use zs_db_service::Error as ServiceError;
+
+/// Serving zs-tx procedures to remote clients of the DB service.
+///
+/// ```
+/// use std::sync::Arc;
+/// use zserver::tx::{Db, DbServiceTxExt, Options};
+/// use zserver::{connect_db, ClientBuilder, DbService, ServerBuilder, ServiceConfig};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let db = Db::in_memory(Options::default());
+/// let hits = db.table::<String, u64>("hits");
+/// let service = DbService::open_dir(dir.path(), ServiceConfig::default()).unwrap();
+/// service.tx_procedure("hit", db.clone(), move |tx, page| {
+///     let page = String::from_utf8_lossy(page).to_string();
+///     let n = hits.get(tx, &page)?.unwrap_or(0) + 1;
+///     hits.put(tx, &page, &n)?;
+///     Ok(n.to_le_bytes().to_vec())
+/// });
+/// let server = ServerBuilder::new()
+///     .addr("127.0.0.1:0".parse().unwrap())
+///     .db_service(&service)
+///     .start()
+///     .unwrap();
+/// let (addr, fp) = (server.local_addr(), server.fingerprint().unwrap());
+/// let client = connect_db(move || ClientBuilder::new(addr).fingerprint(fp)).unwrap();
+/// assert_eq!(client.call("hit", b"/home").unwrap(), 1u64.to_le_bytes());
+/// assert_eq!(client.call("hit", b"/home").unwrap(), 2u64.to_le_bytes());
+/// ```
+#[cfg(feature = "db-service")]
+pub trait DbServiceTxExt {
+    /// Serves `body(tx, args)` as procedure `name` of `db` to DB service clients
+    /// (`DbClient::call`): it runs on the worker pool, redone on conflict, and its
+    /// result is answered only after the commit; failures map to
+    /// [`service_error`].
+    fn tx_procedure<F>(&self, name: &str, db: Db, body: F)
+    where
+        F: Fn(&mut Tx<'_>, &[u8]) -> zs_tx::Result<Vec<u8>> + Send + Sync + 'static;
+}
+
+#[cfg(feature = "db-service")]
+impl DbServiceTxExt for zs_db_service::DbService {
+    fn tx_procedure<F>(&self, name: &str, db: Db, body: F)
+    where
+        F: Fn(&mut Tx<'_>, &[u8]) -> zs_tx::Result<Vec<u8>> + Send + Sync + 'static,
+    {
+        let n = name.to_string();
+        self.register_procedure(name, move |args| {
+            db.run(|tx| body(tx, args))
+                .map_err(|e| service_error(&n, &e))
+        });
+    }
+}
+
 /// Builder methods for transactions.
 pub trait ServerTxExt {
     /// Registers a procedure command (see [`register_procedure`]).
