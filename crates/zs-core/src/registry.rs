@@ -263,7 +263,8 @@ impl Responder {
             Ok(r) => (r.payload_len(), false),
             Err(e) => (e.message.len(), true),
         };
-        self.stats.record_out(len, err, self.started.elapsed());
+        self.stats
+            .record_out(len, err, crate::clock::now().saturating_duration_since(self.started));
         let id = self.id;
         let frame = match result {
             Ok(Reply::Text(text)) => Frame::ConsoleResponse { id, text },
@@ -991,7 +992,7 @@ impl Registry {
                     id,
                     peer: peer.clone(),
                     stats: entry.stats.clone(),
-                    started: Instant::now(),
+                    started: crate::clock::now(),
                     ordered,
                     done: false,
                 };
@@ -1018,9 +1019,13 @@ impl Registry {
                 }
             }
             (Run::OneWay(f), _) => {
-                let started = Instant::now();
+                let started = crate::clock::now();
                 f(peer, payload);
-                entry.stats.record_out(0, false, started.elapsed());
+                entry.stats.record_out(
+                    0,
+                    false,
+                    crate::clock::now().saturating_duration_since(started),
+                );
                 if ordered {
                     peer.out.request_done();
                 }

@@ -64,6 +64,7 @@ mod frame;
 pub mod json;
 mod value;
 mod varint;
+mod view;
 
 pub use codec::{Decoder, Encoder, FrameCodec};
 pub use config::{Config, Limits};
@@ -71,5 +72,6 @@ pub use dataframe::{DataFrame, Reader};
 pub use error::{DecodeError, WireError};
 pub use frame::{Frame, FrameKind, VERSION};
 pub use value::{NumArray, NumKind, Number, Text, Value, Variant};
+pub use view::FrameRef;
 
 pub use bytes;
