@@ -129,7 +129,12 @@ impl ChildServer {
             .expect("ADDR line")
             .parse()
             .expect("address");
-        ChildServer { child, tx, rx, addr }
+        ChildServer {
+            child,
+            tx,
+            rx,
+            addr,
+        }
     }
 
     fn count(&mut self) -> u64 {

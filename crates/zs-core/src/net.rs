@@ -50,6 +50,10 @@ const SHRINK_AFTER: Duration = Duration::from_millis(100);
 /// (a copy of a few hundred bytes costs less than an allocation); larger ones
 /// are handed to the transport as they are (no copy).
 const COPY_OUT_MAX: usize = 16 << 10;
+
+/// A transport read buffer up to this capacity goes back to the transport
+/// (its pool) for the next read; a larger one is released.
+const KEEP_READ_BUF: usize = 16 << 10;
 /// The first byte of every zs session: a handshake record (zs-crypto).
 const HANDSHAKE_RECORD: u8 = 0x16;
 /// Why a connection's reading is paused (bits of `LinkState::paused`).
@@ -1081,6 +1085,7 @@ impl ConnHandler {
             let r = {
                 let mut st = lock(&link.st);
                 if !st.is_current(conn) {
+                    self.spare = works;
                     return;
                 }
                 let over = link.requests(&st) >= self.shared.options.max_in_flight;
@@ -1090,6 +1095,7 @@ impl ConnHandler {
                 let blocked = st.session.input_blocked();
                 if !blocked || !st.backlog.is_empty() {
                     link.pause(&mut st, PAUSE_INPUT, blocked);
+                    self.spare = works;
                     return;
                 }
                 let now = Instant::now();
@@ -1520,11 +1526,13 @@ impl Handler for ConnHandler {
         };
         let link = link.clone();
         let _span = tracing::debug_span!("zs.conn", id = conn.id().0).entered();
-        let mut input = data.split();
+        // The records are opened in place in the transport's buffer (the
+        // session keeps a partial record itself), which then goes back to the
+        // transport empty, keeping its capacity: no split, no allocation.
         self.shared
             .stats
             .bytes_in
-            .fetch_add(input.len() as u64, Ordering::Relaxed);
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let mut works = std::mem::take(&mut self.spare);
         // One clock read for the whole batch (statistics and session timers).
         let now = Instant::now();
@@ -1532,9 +1540,16 @@ impl Handler for ConnHandler {
         let (r, dead, established) = {
             let mut st = lock(&link.st);
             if !st.is_current(conn) {
+                data.clear();
                 return; // a replaced connection's late bytes
             }
-            let r = st.session.handle_input_mut(&mut input, now);
+            let r = st.session.handle_input_mut(&mut data[..], now);
+            if data.capacity() > KEEP_READ_BUF {
+                // A large buffer (a bulk transfer) is released, not pooled.
+                *data = BytesMut::new();
+            } else {
+                data.clear();
+            }
             let established = st.session.is_established();
             link.drain(&mut st, &mut works);
             if works.is_empty() {

@@ -263,8 +263,11 @@ impl Responder {
             Ok(r) => (r.payload_len(), false),
             Err(e) => (e.message.len(), true),
         };
-        self.stats
-            .record_out(len, err, crate::clock::now().saturating_duration_since(self.started));
+        self.stats.record_out(
+            len,
+            err,
+            crate::clock::now().saturating_duration_since(self.started),
+        );
         let id = self.id;
         let frame = match result {
             Ok(Reply::Text(text)) => Frame::ConsoleResponse { id, text },

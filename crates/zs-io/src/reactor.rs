@@ -570,7 +570,8 @@ impl Loop {
             }
             if !self.woken.is_empty() {
                 // Swapped with a kept vector: no allocation per turn.
-                let mut woken = std::mem::replace(&mut self.woken, std::mem::take(&mut self.woken_spare));
+                let mut woken =
+                    std::mem::replace(&mut self.woken, std::mem::take(&mut self.woken_spare));
                 for &(slot, id, token) in &woken {
                     if self.conn_matches(slot, id) {
                         self.callback(slot, "on_timer", |h, c| h.on_timer(c, token));

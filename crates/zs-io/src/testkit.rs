@@ -824,7 +824,11 @@ pub fn wake(make: MakeBackend<'_>) {
             _ => None,
         }));
     }
-    assert_eq!(got, [7, 8, 7], "one on_timer per wake, in order, before the 10 s timer");
+    assert_eq!(
+        got,
+        [7, 8, 7],
+        "one on_timer per wake, in order, before the 10 s timer"
+    );
     conn.close();
     assert_eq!(cev.close(), CloseReason::Local);
     assert!(matches!(conn.wake(1), Err(Error::Closed)));

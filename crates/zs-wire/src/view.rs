@@ -172,7 +172,16 @@ fn head<'a>(
     kind: FrameKind,
     b: &'a [u8],
     config: &Config,
-) -> Result<(Option<u64>, Option<&'a str>, Option<&'a str>, Option<u32>, usize), WireError> {
+) -> Result<
+    (
+        Option<u64>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<u32>,
+        usize,
+    ),
+    WireError,
+> {
     let limits = &config.limits;
     let mut p = 0;
     let id = if kind.has_request_id() {

@@ -114,11 +114,18 @@ fn decode_each_reads_a_batch_in_place() {
     let mut seen = Vec::new();
     let n = dec
         .decode_each(&mut rx, |f| {
-            seen.push((f.id().unwrap(), f.name().unwrap().len(), f.text().unwrap().len()))
+            seen.push((
+                f.id().unwrap(),
+                f.name().unwrap().len(),
+                f.text().unwrap().len(),
+            ))
         })
         .unwrap();
     assert_eq!(n, 100);
-    assert_eq!(seen, (0..100u64).map(|i| (i, 4, i as usize)).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        (0..100u64).map(|i| (i, 4, i as usize)).collect::<Vec<_>>()
+    );
     assert_eq!(&rx[..], &tail[..1]);
 }
 
@@ -202,7 +209,10 @@ fn text_kinds_encode_the_documented_bytes() {
                     id,
                     text: Text::from(text.as_str()),
                 };
-                assert_eq!(f.to_bytes(&c).unwrap(), expect(&c, FrameKind::ConsoleResponse.code(), &body));
+                assert_eq!(
+                    f.to_bytes(&c).unwrap(),
+                    expect(&c, FrameKind::ConsoleResponse.code(), &body)
+                );
                 let mut body = Vec::new();
                 put(&mut body, 4);
                 body.extend_from_slice(b"ping");
@@ -211,7 +221,10 @@ fn text_kinds_encode_the_documented_bytes() {
                     cmd: Text::from("ping"),
                     text: Text::from(text.as_str()),
                 };
-                assert_eq!(f.to_bytes(&c).unwrap(), expect(&c, FrameKind::DirectConsole.code(), &body));
+                assert_eq!(
+                    f.to_bytes(&c).unwrap(),
+                    expect(&c, FrameKind::DirectConsole.code(), &body)
+                );
             }
         }
     }
@@ -222,14 +235,20 @@ fn text_kinds_encode_the_documented_bytes() {
         cmd: Text::from("n".repeat(c.limits.max_name + 1).as_str()),
         text: Text::new(),
     };
-    assert!(matches!(long.to_bytes(&c), Err(WireError::NameTooLong { .. })));
+    assert!(matches!(
+        long.to_bytes(&c),
+        Err(WireError::NameTooLong { .. })
+    ));
     let mut small = c;
     small.limits.max_string = 3;
     let big = Frame::ConsoleResponse {
         id: 1,
         text: Text::from("four"),
     };
-    assert!(matches!(big.to_bytes(&small), Err(WireError::ValueTooLarge { .. })));
+    assert!(matches!(
+        big.to_bytes(&small),
+        Err(WireError::ValueTooLarge { .. })
+    ));
 }
 
 fn put(v: &mut Vec<u8>, mut x: u64) {
