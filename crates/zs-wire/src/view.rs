@@ -166,22 +166,18 @@ fn has_name(kind: FrameKind) -> bool {
     )
 }
 
+/// The parsed head of a body: id, name, text, error code, and where the rest starts.
+type Head<'a> = (
+    Option<u64>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<u32>,
+    usize,
+);
+
 /// Parses the head of an uncompressed body (`b` is the body).
 #[inline]
-fn head<'a>(
-    kind: FrameKind,
-    b: &'a [u8],
-    config: &Config,
-) -> Result<
-    (
-        Option<u64>,
-        Option<&'a str>,
-        Option<&'a str>,
-        Option<u32>,
-        usize,
-    ),
-    WireError,
-> {
+fn head<'a>(kind: FrameKind, b: &'a [u8], config: &Config) -> Result<Head<'a>, WireError> {
     let limits = &config.limits;
     let mut p = 0;
     let id = if kind.has_request_id() {
