@@ -46,6 +46,11 @@ const TOKEN_SHRINK: u64 = OURS | 5;
 /// memory). Handshaking connections release theirs after every batch.
 const SHRINK_AFTER: Duration = Duration::from_millis(100);
 
+/// A link counts as busy (keeps its buffers) once this many batches in a row
+/// came within [`SHRINK_AFTER`] of each other; until then it releases them
+/// after every batch, as a handshaking or idle session does.
+const BUSY_BATCHES: u8 = 4;
+
 /// Outputs up to this size are copied into the link's reusable write buffer
 /// (a copy of a few hundred bytes costs less than an allocation); larger ones
 /// are handed to the transport as they are (no copy).
@@ -562,9 +567,10 @@ struct LinkState {
     active: bool,
     /// The shrink timer is armed.
     shrink_armed: bool,
-    /// A batch ended on the established session already (the first one
-    /// releases the handshake's buffers at once).
-    warm: bool,
+    /// When the last batch was read.
+    last_batch: Option<Instant>,
+    /// Batches in a row that came within [`SHRINK_AFTER`] of the previous one.
+    quick: u8,
     backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
     completions: IdMap<Completion>,
@@ -651,7 +657,8 @@ impl Link {
                 wbuf: BytesMut::new(),
                 active: false,
                 shrink_armed: false,
-                warm: false,
+                last_batch: None,
+                quick: 0,
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
                 completions: IdMap::default(),
@@ -788,13 +795,18 @@ impl Link {
         self.in_flight.load(Ordering::SeqCst) + st.queue.len()
     }
 
-    /// After a batch of work: a handshaking session releases its buffers at
-    /// once; an established one keeps them while it is busy and releases them
+    /// After a batch of work (read at `now`): a handshaking session, or one
+    /// whose batches are sparse, releases its buffers at once; a busy one
+    /// ([`BUSY_BATCHES`] quick batches in a row) keeps them and releases them
     /// once it has been idle for [`SHRINK_AFTER`] (see `TOKEN_SHRINK`). Call
     /// with the lock held.
-    fn after_batch(&self, st: &mut LinkState) {
-        if !st.session.is_established() || st.conn.is_none() || !st.warm {
-            st.warm = st.session.is_established();
+    fn after_batch(&self, st: &mut LinkState, now: Instant) {
+        let quick = st
+            .last_batch
+            .is_some_and(|t| now.saturating_duration_since(t) < SHRINK_AFTER);
+        st.last_batch = Some(now);
+        st.quick = if quick { st.quick.saturating_add(1) } else { 0 };
+        if !st.session.is_established() || st.conn.is_none() || st.quick < BUSY_BATCHES {
             Self::shrink(st);
             return;
         }
@@ -1018,7 +1030,8 @@ impl Drop for Held<'_> {
         st.hold = st.hold.saturating_sub(1);
         if st.hold == 0 {
             self.0.flush(&mut st);
-            self.0.after_batch(&mut st);
+            let at = st.held_at;
+            self.0.after_batch(&mut st, at);
         }
     }
 }
@@ -1537,12 +1550,13 @@ impl Handler for ConnHandler {
         // One clock read for the whole batch (statistics and session timers).
         let now = Instant::now();
         let _turn = crate::clock::Turn::begin(now);
-        let (r, dead, established) = {
+        let (r, dead, established, busy) = {
             let mut st = lock(&link.st);
             if !st.is_current(conn) {
                 data.clear();
                 return; // a replaced connection's late bytes
             }
+            let busy = st.quick >= BUSY_BATCHES;
             let r = st.session.handle_input_mut(&mut data[..], now);
             if data.capacity() > KEEP_READ_BUF {
                 // A large buffer (a bulk transfer) is released, not pooled.
@@ -1554,12 +1568,12 @@ impl Handler for ConnHandler {
             link.drain(&mut st, &mut works);
             if works.is_empty() {
                 link.flush(&mut st);
-                link.after_batch(&mut st);
+                link.after_batch(&mut st, now);
             } else {
                 st.hold += 1;
                 st.held_at = now;
             }
-            (r, st.session.is_dead(), established)
+            (r, st.session.is_dead(), established, busy)
         };
         if established {
             self.handshake_over();
@@ -1569,7 +1583,9 @@ impl Handler for ConnHandler {
             let _held = Held(&link);
             self.process(conn, &mut works);
         }
-        self.spare = works;
+        // A busy link keeps the (empty) work vector for its next batch; an
+        // idle one releases it with its other buffers.
+        self.spare = if busy { works } else { Vec::new() };
         if let Err(e) = r {
             self.fail(&link, &e.to_string());
         } else if !dead {
