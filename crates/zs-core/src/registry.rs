@@ -269,15 +269,7 @@ impl Responder {
             crate::clock::now().saturating_duration_since(self.started),
         );
         let id = self.id;
-        let frame = match result {
-            Ok(Reply::Text(text)) => Frame::ConsoleResponse { id, text },
-            Ok(Reply::Data(data)) => Frame::StreamResponse { id, data },
-            Err(e) => Frame::Error {
-                id,
-                code: e.code,
-                message: Text::from(e.message),
-            },
-        };
+        let frame = Reply::frame(id, result.map_err(|e| (e.code, Text::from(e.message))));
         // Fails with ConnectionLost when the connection is gone (one lock).
         let r = self.peer.send_frame(frame);
         self.peer.out.request_finished();
