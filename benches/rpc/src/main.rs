@@ -20,6 +20,13 @@
 //! documented bincode TCP transport; tonic a hand-written service with a prost
 //! message (no protoc), plaintext HTTP/2. Neither peer encrypts; zserver does.
 //!
+//! After the timed cases, heap allocations per call are counted for each end
+//! apart (see `alloc.rs`: a counting global allocator, the server in a child
+//! process) and printed as notes: the steady-state call path of zs-core
+//! allocates nothing (`echo-ref`: a handler answering with the request's own
+//! text, calls through `Client::call_to`); the handler of `echo` allocates its
+//! `String`, and `Client::call_with` boxes its closure.
+//!
 //! Thread placement: by default the whole process is pinned to one vCPU before
 //! any thread starts (threads inherit it), so both ends of every connection share
 //! that vCPU in every case (ping-pong latency on this VM differs ~5× between
@@ -38,6 +45,8 @@ use zs_core::{Call, Client, Registry, Reply, Server};
 use zs_crypto::session::{ClientConfig, SuitePolicy};
 use zs_crypto::{ServerConfig, ServerIdentity, SuiteId, ZsSecurity};
 use zs_wire::Text;
+
+mod alloc;
 
 const MSG: usize = 64;
 const PIPE: usize = 64;
@@ -497,6 +506,9 @@ fn pin_process() -> String {
 }
 
 fn main() {
+    if alloc::serve_if_child() {
+        return;
+    }
     let opts = Options::from_env();
     let placement = pin_process();
     let dur = if opts.quick {
@@ -605,5 +617,12 @@ fn main() {
          zs-*-seq chains each next call from the answer's callback, zs-epoll-seq-wait blocks a user thread on .wait()",
     );
     suite.note(format!("thread placement: {placement}"));
+    #[cfg(target_os = "linux")]
+    for m in alloc::measure(PIPE, dur) {
+        suite.note(format!(
+            "allocations per call, {}: server {:.3}, client {:.3} ({} calls)",
+            m.label, m.server, m.client, m.calls
+        ));
+    }
     suite.finish();
 }

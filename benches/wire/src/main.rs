@@ -5,7 +5,8 @@
 //! accessible as Rust values, as postcard's `from_bytes` leaves it:
 //! - 64-byte console request (`cmd` "echo" + 60 bytes of text, id ≥ 128): zs frame
 //!   encode and decode (through `Decoder` over a `BytesMut` holding a batch of frames,
-//!   then `cmd` and `text` read as `&str`) vs postcard on
+//!   then `cmd` and `text` read as `&str`; and read in place with
+//!   `Decoder::decode_ref`, the borrowed form) vs postcard on
 //!   `struct { id: u64, cmd: String, text: String }` (owned, and borrowed `&str` as
 //!   the zero-allocation extreme).
 //! - DataFrame of 10 mixed values (u32, i64, f64, bool, 2 strings, 16 bytes, i16,
@@ -21,6 +22,9 @@
 //! Headline ratios: `zs_vs_postcard` (10-value DataFrame decode + reading every
 //! value, vs postcard's owned decode), `frame_vs_postcard` (64-byte console frame
 //! decode, vs postcard's owned decode), `lazy_vs_postcard` (decode without reading).
+//! Borrowed against borrowed: `console_decode_zs_vs_postcard_borrowed` (zs
+//! `decode_ref` vs postcard into `&str` fields); the owned `Frame` against
+//! postcard's borrowed decode is `console_decode_owned_vs_postcard_borrowed`.
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
@@ -238,6 +242,33 @@ fn main() {
                     };
                     black_box((*id, cmd.as_str(), text.as_str()));
                     black_box(&f);
+                },
+            )
+        });
+        let mut state = (
+            Decoder::new(config),
+            BytesMut::with_capacity(wire_batch.len()),
+            0usize,
+        );
+        let src = wire_batch.clone();
+        suite.case("zs-console-decode-ref", NS, Better::Lower, move || {
+            // The same batch read in place (`Decoder::decode_ref`: id, name and
+            // text parsed and validated, borrowed from the buffer), then the
+            // buffer advanced past the frames read, as postcard's borrowed decode.
+            per_op_with(
+                min,
+                BATCH,
+                &mut state,
+                |(_, rx, pos)| {
+                    let _ = rx.split_to(*pos);
+                    rx.clear();
+                    rx.extend_from_slice(&src);
+                    *pos = 0;
+                },
+                |(dec, rx, pos)| {
+                    let f = dec.decode_ref(&rx[*pos..]).expect("valid").expect("whole");
+                    *pos += f.len();
+                    black_box((f.id(), f.name(), f.text()));
                 },
             )
         });
@@ -495,6 +526,11 @@ fn main() {
     );
     suite.ratio(
         "console_decode_zs_vs_postcard_borrowed",
+        "zs-console-decode-ref",
+        "postcard-borrowed-console-decode",
+    );
+    suite.ratio(
+        "console_decode_owned_vs_postcard_borrowed",
         "zs-console-decode",
         "postcard-borrowed-console-decode",
     );

@@ -96,6 +96,7 @@
 
 mod body;
 mod budget;
+mod clock;
 mod error;
 mod net;
 mod oneshot;
@@ -107,7 +108,7 @@ mod stats;
 
 pub use budget::{BatchFilter, Budgets};
 pub use error::{code, Error, Result};
-pub use net::{Client, Options, Reconnect, Server};
+pub use net::{Client, Options, Reconnect, ReplySink, Server};
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;
 pub use registry::{

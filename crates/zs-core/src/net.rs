@@ -39,6 +39,26 @@ const TOKEN_SESSION: u64 = OURS | 1;
 const TOKEN_KEEPALIVE: u64 = OURS | 2;
 const TOKEN_HANDSHAKE: u64 = OURS | 3;
 const TOKEN_NEXT: u64 = OURS | 4;
+const TOKEN_SHRINK: u64 = OURS | 5;
+
+/// A busy connection keeps its buffers (no allocation per call); once it has
+/// been idle for this long they are released (an idle session keeps little
+/// memory). Handshaking connections release theirs after every batch.
+const SHRINK_AFTER: Duration = Duration::from_millis(100);
+
+/// A link counts as busy (keeps its buffers) once this many batches in a row
+/// came within [`SHRINK_AFTER`] of each other; until then it releases them
+/// after every batch, as a handshaking or idle session does.
+const BUSY_BATCHES: u8 = 4;
+
+/// Outputs up to this size are copied into the link's reusable write buffer
+/// (a copy of a few hundred bytes costs less than an allocation); larger ones
+/// are handed to the transport as they are (no copy).
+const COPY_OUT_MAX: usize = 16 << 10;
+
+/// A transport read buffer up to this capacity goes back to the transport
+/// (its pool) for the next read; a larger one is released.
+const KEEP_READ_BUF: usize = 16 << 10;
 /// The first byte of every zs session: a handshake record (zs-crypto).
 const HANDSHAKE_RECORD: u8 = 0x16;
 /// Why a connection's reading is paused (bits of `LinkState::paused`).
@@ -198,7 +218,33 @@ impl Options {
     }
 }
 
-type Completion = Box<dyn FnOnce(Result<Reply>) + Send>;
+/// Receives the answers of calls made with [`Client::call_to`]. One shared sink
+/// serves any number of calls, told apart by the caller's `tag`, so a call
+/// allocates nothing for its completion (a [`Client::call_with`] closure is
+/// boxed per call).
+pub trait ReplySink: Send + Sync {
+    /// The outcome of the call made with `tag`. Runs on the client's event loop
+    /// thread (must not block), or on the calling thread when the call could not
+    /// start.
+    fn on_reply(&self, tag: u64, result: Result<Reply>);
+}
+
+/// What runs when a call's answer comes.
+enum Completion {
+    /// A closure (boxed per call).
+    Once(Box<dyn FnOnce(Result<Reply>) + Send>),
+    /// A shared sink and the caller's tag (no allocation).
+    Sink(Arc<dyn ReplySink>, u64),
+}
+
+impl Completion {
+    fn complete(self, r: Result<Reply>) {
+        match self {
+            Completion::Once(f) => f(r),
+            Completion::Sink(s, tag) => s.on_reply(tag, r),
+        }
+    }
+}
 type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// A StableIO session known to a server.
@@ -413,7 +459,7 @@ impl Shared {
             }
         }
         lock(&self.conns).remove(&e.peer.id());
-        process_works(self, &e.link, &e.peer, works);
+        process_works(self, &e.link, &e.peer, &mut works);
         self.registry.peer_closed(&e.peer);
     }
 
@@ -500,7 +546,7 @@ impl Shared {
                 let _ = st.session.handle_timeout(now);
                 link.drain(&mut st, &mut works);
             }
-            process_works(self, &link, &peer, works);
+            process_works(self, &link, &peer, &mut works);
         }
     }
 }
@@ -514,6 +560,17 @@ struct LinkState {
     /// The current connection (None: a StableIO session between connections).
     conn: Option<Conn>,
     out: Vec<u8>,
+    /// Small outputs are copied here and split off as `Bytes`: once the
+    /// transport has written them the space is reused (no allocation per flush).
+    wbuf: BytesMut,
+    /// Work was done since the shrink timer was armed.
+    active: bool,
+    /// The shrink timer is armed.
+    shrink_armed: bool,
+    /// When the last batch was read.
+    last_batch: Option<Instant>,
+    /// Batches in a row that came within [`SHRINK_AFTER`] of the previous one.
+    quick: u8,
     backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
     completions: IdMap<Completion>,
@@ -597,6 +654,11 @@ impl Link {
                 session,
                 conn: Some(conn),
                 out: Vec::new(),
+                wbuf: BytesMut::new(),
+                active: false,
+                shrink_armed: false,
+                last_batch: None,
+                quick: 0,
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
                 completions: IdMap::default(),
@@ -639,7 +701,15 @@ impl Link {
             return;
         }
         if !st.out.is_empty() {
-            let b = Bytes::from(std::mem::take(&mut st.out));
+            let b = if st.out.len() <= COPY_OUT_MAX {
+                // `out` keeps its capacity and goes back to the security layer
+                // as its next record buffer at the next `write_output`.
+                st.wbuf.extend_from_slice(&st.out);
+                st.out.clear();
+                st.wbuf.split().freeze()
+            } else {
+                Bytes::from(std::mem::take(&mut st.out))
+            };
             self.shared
                 .stats
                 .bytes_out
@@ -725,6 +795,55 @@ impl Link {
         self.in_flight.load(Ordering::SeqCst) + st.queue.len()
     }
 
+    /// After a batch of work (read at `now`): a handshaking session, or one
+    /// whose batches are sparse, releases its buffers at once; a busy one
+    /// ([`BUSY_BATCHES`] quick batches in a row) keeps them and releases them
+    /// once it has been idle for [`SHRINK_AFTER`] (see `TOKEN_SHRINK`). Call
+    /// with the lock held.
+    fn after_batch(&self, st: &mut LinkState, now: Instant) {
+        let quick = st
+            .last_batch
+            .is_some_and(|t| now.saturating_duration_since(t) < SHRINK_AFTER);
+        st.last_batch = Some(now);
+        st.quick = if quick { st.quick.saturating_add(1) } else { 0 };
+        if !st.session.is_established() || st.conn.is_none() || st.quick < BUSY_BATCHES {
+            Self::shrink(st);
+            return;
+        }
+        st.active = true;
+        if !st.shrink_armed {
+            if let Some(c) = &st.conn {
+                st.shrink_armed = c.set_timer(SHRINK_AFTER, TOKEN_SHRINK).is_ok();
+            }
+            if !st.shrink_armed {
+                Self::shrink(st);
+            }
+        }
+    }
+
+    /// The shrink timer fired: releases the buffers if the link stayed idle,
+    /// else waits another period. Call with the lock held.
+    fn shrink_due(&self, st: &mut LinkState) {
+        st.shrink_armed = false;
+        if std::mem::take(&mut st.active) {
+            if let Some(c) = &st.conn {
+                st.shrink_armed = c.set_timer(SHRINK_AFTER, TOKEN_SHRINK).is_ok();
+            }
+            if st.shrink_armed {
+                return;
+            }
+        }
+        Self::shrink(st);
+    }
+
+    fn shrink(st: &mut LinkState) {
+        st.session.shrink_buffers();
+        if st.out.is_empty() {
+            st.out = Vec::new();
+        }
+        st.wbuf = BytesMut::new();
+    }
+
     /// [`Self::flush`] unless the event loop holds the output (it flushes when
     /// it finishes its batch). Call with the lock held.
     fn flush_soon(&self, st: &mut LinkState) {
@@ -797,7 +916,7 @@ impl Link {
             }
             Err(e) => {
                 drop(st);
-                done(Err(e));
+                done.complete(Err(e));
             }
         }
     }
@@ -867,7 +986,7 @@ impl Outbox for Link {
         st.busy = false;
         if !st.in_dispatch && !st.queue.is_empty() {
             if let Some(c) = &st.conn {
-                let _ = c.set_timer(Duration::ZERO, TOKEN_NEXT);
+                let _ = c.wake(TOKEN_NEXT);
             }
         }
     }
@@ -911,7 +1030,8 @@ impl Drop for Held<'_> {
         st.hold = st.hold.saturating_sub(1);
         if st.hold == 0 {
             self.0.flush(&mut st);
-            st.session.shrink_buffers();
+            let at = st.held_at;
+            self.0.after_batch(&mut st, at);
         }
     }
 }
@@ -938,6 +1058,8 @@ struct ConnHandler {
     admitted: Option<IpAddr>,
     /// Server: the handshake still counts against the handshake caps.
     handshaking: bool,
+    /// The work list of the last batch, kept (empty) for the next one.
+    spare: Vec<Work>,
 }
 
 impl ConnHandler {
@@ -953,6 +1075,7 @@ impl ConnHandler {
             offer: None,
             admitted: None,
             handshaking: false,
+            spare: Vec::new(),
         }
     }
 
@@ -970,10 +1093,12 @@ impl ConnHandler {
     /// otherwise. Applies the in-flight cap.
     fn after_input(&mut self, conn: &Conn, link: &Arc<Link>) {
         loop {
-            let mut works = Vec::new();
+            let mut works = std::mem::take(&mut self.spare);
+            let turn;
             let r = {
                 let mut st = lock(&link.st);
                 if !st.is_current(conn) {
+                    self.spare = works;
                     return;
                 }
                 let over = link.requests(&st) >= self.shared.options.max_in_flight;
@@ -983,9 +1108,11 @@ impl ConnHandler {
                 let blocked = st.session.input_blocked();
                 if !blocked || !st.backlog.is_empty() {
                     link.pause(&mut st, PAUSE_INPUT, blocked);
+                    self.spare = works;
                     return;
                 }
                 let now = Instant::now();
+                turn = crate::clock::Turn::begin(now);
                 let r = st.session.resume_input(now);
                 link.drain(&mut st, &mut works);
                 st.hold += 1;
@@ -994,8 +1121,10 @@ impl ConnHandler {
             };
             {
                 let _held = Held(link);
-                self.process(conn, works);
+                self.process(conn, &mut works);
             }
+            self.spare = works;
+            drop(turn);
             if let Err(e) = r {
                 self.fail(link, &e.to_string());
                 return;
@@ -1003,7 +1132,7 @@ impl ConnHandler {
         }
     }
 
-    fn process(&mut self, conn: &Conn, works: Vec<Work>) {
+    fn process(&mut self, conn: &Conn, works: &mut Vec<Work>) {
         let Some((link, peer)) = self.link.clone() else {
             return;
         };
@@ -1015,7 +1144,7 @@ impl ConnHandler {
             return process_works(&self.shared, &link, &peer, works);
         }
         let mut rest = Vec::new();
-        for w in works {
+        for w in std::mem::take(works) {
             match w {
                 Work::StableReady(sid) if self.shared.server => {
                     if let Some((_, secret)) = self.offer.filter(|o| o.0 == sid) {
@@ -1038,14 +1167,14 @@ impl ConnHandler {
                 }
                 Work::Resume(sid, proof, delivered) => {
                     // Everything after the request belongs to the resumed session.
-                    process_works(&self.shared, &link, &peer, std::mem::take(&mut rest));
+                    process_works(&self.shared, &link, &peer, &mut rest);
                     self.resume(conn, sid, proof, delivered);
                     return;
                 }
                 other => rest.push(other),
             }
         }
-        process_works(&self.shared, &link, &peer, rest);
+        process_works(&self.shared, &link, &peer, &mut rest);
     }
 
     /// Server: a fresh connection asks to resume StableIO session `sid`.
@@ -1112,6 +1241,7 @@ impl ConnHandler {
             }
             st.conn = Some(conn.clone());
             st.armed = None;
+            st.shrink_armed = false;
             st.backlog.clear();
             st.backlog_bytes = 0;
             st.paused = 0;
@@ -1119,7 +1249,7 @@ impl ConnHandler {
             old.drain(&mut st, &mut works);
             old.flush(&mut st);
             if !st.queue.is_empty() && !st.busy {
-                let _ = conn.set_timer(Duration::ZERO, TOKEN_NEXT);
+                let _ = conn.wake(TOKEN_NEXT);
             }
             r
         };
@@ -1140,7 +1270,7 @@ impl ConnHandler {
             "StableIO session resumed"
         );
         self.link = Some((old.clone(), old_peer));
-        self.process(conn, works);
+        self.process(conn, &mut works);
         if let Err(e) = r {
             self.fail(&old, &e.to_string());
         }
@@ -1173,11 +1303,11 @@ impl ConnHandler {
     }
 }
 
-fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: Vec<Work>) {
-    for w in works {
+fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: &mut Vec<Work>) {
+    for w in works.drain(..) {
         match w {
             Work::Request(r) => dispatch(shared, link, peer, r),
-            Work::Complete(c, r) => c(r),
+            Work::Complete(c, r) => c.complete(r),
             Work::Ready(v) => v.into_iter().for_each(|c| c.complete(Ok(()))),
             Work::Signal(name, code) => shared.registry.signal_received(peer, &name, code),
             Work::Progress(f, acked, total) => f(acked, total),
@@ -1239,7 +1369,7 @@ fn dispatch(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, req: Request) {
     {
         let mut st = lock(&link.st);
         // Behind queued requests too: the queue may be non-empty while not
-        // busy (an answer came; its TOKEN_NEXT timer runs the queue).
+        // busy (an answer came; its TOKEN_NEXT wake runs the queue).
         if st.busy || !st.queue.is_empty() {
             st.queue.push_back(req);
             return;
@@ -1409,29 +1539,41 @@ impl Handler for ConnHandler {
         };
         let link = link.clone();
         let _span = tracing::debug_span!("zs.conn", id = conn.id().0).entered();
-        let mut input = data.split();
+        // The records are opened in place in the transport's buffer (the
+        // session keeps a partial record itself), which then goes back to the
+        // transport empty, keeping its capacity: no split, no allocation.
         self.shared
             .stats
             .bytes_in
-            .fetch_add(input.len() as u64, Ordering::Relaxed);
-        let mut works = Vec::new();
-        let (r, dead, established) = {
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut works = std::mem::take(&mut self.spare);
+        // One clock read for the whole batch (statistics and session timers).
+        let now = Instant::now();
+        let _turn = crate::clock::Turn::begin(now);
+        let (r, dead, established, busy) = {
             let mut st = lock(&link.st);
             if !st.is_current(conn) {
+                data.clear();
                 return; // a replaced connection's late bytes
             }
-            let now = Instant::now();
-            let r = st.session.handle_input_mut(&mut input, now);
+            let busy = st.quick >= BUSY_BATCHES;
+            let r = st.session.handle_input_mut(&mut data[..], now);
+            if data.capacity() > KEEP_READ_BUF {
+                // A large buffer (a bulk transfer) is released, not pooled.
+                *data = BytesMut::new();
+            } else {
+                data.clear();
+            }
             let established = st.session.is_established();
             link.drain(&mut st, &mut works);
             if works.is_empty() {
                 link.flush(&mut st);
-                st.session.shrink_buffers();
+                link.after_batch(&mut st, now);
             } else {
                 st.hold += 1;
                 st.held_at = now;
             }
-            (r, st.session.is_dead(), established)
+            (r, st.session.is_dead(), established, busy)
         };
         if established {
             self.handshake_over();
@@ -1439,8 +1581,11 @@ impl Handler for ConnHandler {
         if !works.is_empty() {
             // Answers and calls made while dispatching leave in one flush.
             let _held = Held(&link);
-            self.process(conn, works);
+            self.process(conn, &mut works);
         }
+        // A busy link keeps the (empty) work vector for its next batch; an
+        // idle one releases it with its other buffers.
+        self.spare = if busy { works } else { Vec::new() };
         if let Err(e) = r {
             self.fail(&link, &e.to_string());
         } else if !dead {
@@ -1522,7 +1667,7 @@ impl Handler for ConnHandler {
                     link.flush(&mut st);
                     r
                 };
-                self.process(conn, works);
+                self.process(conn, &mut works);
                 if let Err(e) = r {
                     self.fail(&link, &e.to_string());
                 }
@@ -1542,6 +1687,12 @@ impl Handler for ConnHandler {
                 }
             }
             TOKEN_NEXT => run_queue(&self.shared, &link, &peer),
+            TOKEN_SHRINK => {
+                let mut st = lock(&link.st);
+                if st.is_current(conn) {
+                    link.shrink_due(&mut st);
+                }
+            }
             _ => {}
         }
     }
@@ -1609,7 +1760,7 @@ impl Handler for ConnHandler {
             st.ready.clear();
             st.queue.clear();
         }
-        process_works(&self.shared, &link, &peer, works);
+        process_works(&self.shared, &link, &peer, &mut works);
         self.shared.registry.peer_closed(&peer);
         if self.shared.server {
             lock(&self.shared.conns).remove(&peer.id());
@@ -1942,7 +2093,63 @@ impl Client {
             return;
         }
         let t = timeout.or(self.shared.options.call_timeout);
-        self.link.start_call(call, t, Box::new(done));
+        self.link
+            .start_call(call, t, Completion::Once(Box::new(done)));
+    }
+
+    /// Starts `call` like [`call_with`](Client::call_with), reporting its outcome
+    /// to `sink` with `tag`: the allocation-free form for callers with many calls
+    /// in flight (the sink is shared, the tag tells the calls apart).
+    ///
+    /// ```
+    /// use std::sync::{mpsc, Arc, Mutex};
+    /// use zs_core::{Call, Client, Registry, Reply, ReplySink, Result, Server};
+    /// # let backend: Arc<dyn zs_io::Backend> = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config::default()).unwrap());
+    /// # let (identity, _) = zs_crypto::ServerIdentity::generate(&ring::rand::SystemRandom::new()).unwrap();
+    /// # let client_cfg = zs_crypto::session::ClientConfig::pinned(identity.fingerprint());
+    /// # let server_cfg = zs_crypto::ServerConfig::with_identity(Arc::new(identity));
+    /// # let security = Arc::new(zs_crypto::ZsSecurity::new(Some(Arc::new(client_cfg)), Some(Arc::new(server_cfg))));
+    /// let mut commands = Registry::new();
+    /// commands.console("shout", |_, text| Ok(text.to_uppercase()));
+    /// let server = Server::start(backend.clone(), security.clone(), commands,
+    ///     zs_core::Options::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    /// let client = Client::connect(backend, security, Registry::new(),
+    ///     zs_core::Options::client(), server.local_addr()).unwrap();
+    ///
+    /// struct Collect(Mutex<mpsc::Sender<(u64, String)>>);
+    /// impl ReplySink for Collect {
+    ///     fn on_reply(&self, tag: u64, r: Result<Reply>) {
+    ///         let Ok(Reply::Text(t)) = r else { panic!("{r:?}") };
+    ///         self.0.lock().unwrap().send((tag, t.as_str().to_owned())).unwrap();
+    ///     }
+    /// }
+    /// let (tx, rx) = mpsc::channel();
+    /// let sink: Arc<dyn ReplySink> = Arc::new(Collect(Mutex::new(tx)));
+    /// for (tag, word) in [(1, "a"), (2, "b")] {
+    ///     let call = Call::Console { cmd: "shout".into(), text: word.into() };
+    ///     client.call_to(call, None, &sink, tag);
+    /// }
+    /// let mut got = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+    /// got.sort();
+    /// assert_eq!(got, [(1, "A".to_string()), (2, "B".to_string())]);
+    /// ```
+    pub fn call_to(
+        &self,
+        call: Call,
+        timeout: Option<Duration>,
+        sink: &Arc<dyn ReplySink>,
+        tag: u64,
+    ) {
+        if !self.link.open.load(Ordering::Acquire) {
+            sink.on_reply(
+                tag,
+                Err(Error::ConnectionLost("the connection is closed".into())),
+            );
+            return;
+        }
+        let t = timeout.or(self.shared.options.call_timeout);
+        self.link
+            .start_call(call, t, Completion::Sink(sink.clone(), tag));
     }
 
     fn future<T: Send + 'static>(
@@ -2024,8 +2231,10 @@ impl Client {
             .big_stream(Text::from(cmd), data, resume_from, None, Instant::now())
         {
             Ok(id) => {
-                st.completions
-                    .insert(id, Box::new(move |r| c.complete(r.and_then(data_reply))));
+                st.completions.insert(
+                    id,
+                    Completion::Once(Box::new(move |r| c.complete(r.and_then(data_reply)))),
+                );
                 st.progress.insert(id, Arc::new(progress));
                 self.link.flush(&mut st);
             }
@@ -2112,7 +2321,7 @@ fn reconnect_loop(
             let _ = st.session.handle_timeout(Instant::now());
             link.drain(&mut st, &mut works);
         }
-        process_works(&shared, &link, &peer, works);
+        process_works(&shared, &link, &peer, &mut works);
     };
     let give_up = |since: Instant| {
         let why = format!(
@@ -2127,7 +2336,7 @@ fn reconnect_loop(
             st.session.end_stable(&why);
             link.drain(&mut st, &mut works);
         }
-        process_works(&shared, &link, &peer, works);
+        process_works(&shared, &link, &peer, &mut works);
     };
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {

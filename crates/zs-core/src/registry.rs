@@ -263,17 +263,13 @@ impl Responder {
             Ok(r) => (r.payload_len(), false),
             Err(e) => (e.message.len(), true),
         };
-        self.stats.record_out(len, err, self.started.elapsed());
+        self.stats.record_out(
+            len,
+            err,
+            crate::clock::now().saturating_duration_since(self.started),
+        );
         let id = self.id;
-        let frame = match result {
-            Ok(Reply::Text(text)) => Frame::ConsoleResponse { id, text },
-            Ok(Reply::Data(data)) => Frame::StreamResponse { id, data },
-            Err(e) => Frame::Error {
-                id,
-                code: e.code,
-                message: Text::from(e.message),
-            },
-        };
+        let frame = Reply::frame(id, result.map_err(|e| (e.code, Text::from(e.message))));
         // Fails with ConnectionLost when the connection is gone (one lock).
         let r = self.peer.send_frame(frame);
         self.peer.out.request_finished();
@@ -991,7 +987,7 @@ impl Registry {
                     id,
                     peer: peer.clone(),
                     stats: entry.stats.clone(),
-                    started: Instant::now(),
+                    started: crate::clock::now(),
                     ordered,
                     done: false,
                 };
@@ -1018,9 +1014,13 @@ impl Registry {
                 }
             }
             (Run::OneWay(f), _) => {
-                let started = Instant::now();
+                let started = crate::clock::now();
                 f(peer, payload);
-                entry.stats.record_out(0, false, started.elapsed());
+                entry.stats.record_out(
+                    0,
+                    false,
+                    crate::clock::now().saturating_duration_since(started),
+                );
                 if ordered {
                     peer.out.request_done();
                 }

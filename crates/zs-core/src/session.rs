@@ -216,6 +216,30 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The answer frame for request `id`: a successful answer, or an error
+    /// (code and message). The one reply-to-frame mapping (the session's
+    /// [`Session::respond`] and the registry's responders both use it).
+    ///
+    /// ```
+    /// use zs_core::Reply;
+    /// use zs_wire::{Frame, Text};
+    /// assert_eq!(
+    ///     Reply::frame(7, Ok(Reply::Text(Text::from("hi")))),
+    ///     Frame::ConsoleResponse { id: 7, text: Text::from("hi") }
+    /// );
+    /// assert_eq!(
+    ///     Reply::frame(7, Err((404, Text::from("no")))),
+    ///     Frame::Error { id: 7, code: 404, message: Text::from("no") }
+    /// );
+    /// ```
+    pub fn frame(id: u64, result: Result<Reply, (u32, Text)>) -> Frame {
+        match result {
+            Ok(Reply::Text(text)) => Frame::ConsoleResponse { id, text },
+            Ok(Reply::Data(data)) => Frame::StreamResponse { id, data },
+            Err((code, message)) => Frame::Error { id, code, message },
+        }
+    }
+
     /// Encoded size of the answer's payload.
     pub fn payload_len(&self) -> usize {
         match self {
@@ -1811,15 +1835,7 @@ impl Session {
         result: Result<Reply, (u32, String)>,
         now: Instant,
     ) -> Result<()> {
-        let frame = match result {
-            Ok(Reply::Text(text)) => Frame::ConsoleResponse { id, text },
-            Ok(Reply::Data(data)) => Frame::StreamResponse { id, data },
-            Err((code, message)) => Frame::Error {
-                id,
-                code,
-                message: Text::from(message),
-            },
-        };
+        let frame = Reply::frame(id, result.map_err(|(c, m)| (c, Text::from(m))));
         self.send_frame(&frame, now)
     }
 

@@ -116,7 +116,8 @@ impl DirectionKeys {
         self.seq = self
             .seq
             .checked_add(1)
-            .ok_or(Error::Config("sequence number exhausted".into()))?;
+            // Built only on failure: this runs for every record.
+            .ok_or_else(|| Error::Config("sequence number exhausted".into()))?;
         Ok(s)
     }
 }

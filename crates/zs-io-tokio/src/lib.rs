@@ -369,6 +369,8 @@ struct TState {
     paused: bool,
     idle: Option<Duration>,
     new_timers: Vec<(Instant, u64)>,
+    /// Tokens of [`Connection::wake`] calls not yet delivered.
+    wakes: Vec<u64>,
 }
 
 struct TConn {
@@ -448,6 +450,15 @@ impl Connection for TConn {
         self.poke(&st);
         Ok(())
     }
+    fn wake(&self, token: u64) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        st.wakes.push(token);
+        self.poke(&st);
+        Ok(())
+    }
     fn set_idle_timeout(&self, idle: Option<Duration>) {
         let mut st = lock(&self.state);
         st.idle = idle;
@@ -480,6 +491,8 @@ struct Plan {
     read: bool,
     write: bool,
     writable_cb: bool,
+    /// A [`Connection::wake`] token to deliver now.
+    wake: Option<u64>,
     end: Option<(CloseReason, bool)>,
 }
 
@@ -512,6 +525,7 @@ async fn run_conn(
             paused: false,
             idle: cfg.idle_timeout,
             new_timers: Vec::new(),
+            wakes: Vec::new(),
         }),
         notify: Notify::new(),
     });
@@ -554,8 +568,12 @@ async fn run_conn(
                     read: !st.paused && !eof && !st.closing,
                     write: false,
                     writable_cb: false,
+                    wake: None,
                     end: None,
                 };
+                if !st.wakes.is_empty() {
+                    plan.wake = Some(st.wakes.remove(0));
+                }
                 if st.abort {
                     plan.end = Some((CloseReason::Local, true));
                 } else {
@@ -620,6 +638,12 @@ async fn run_conn(
             }
             if plan.writable_cb {
                 if !callback!("on_writable", handler.on_writable(&conn)) {
+                    break 'conn PANICKED;
+                }
+                continue;
+            }
+            if let Some(token) = plan.wake {
+                if !callback!("on_timer", handler.on_timer(&conn, token)) {
                     break 'conn PANICKED;
                 }
                 continue;
@@ -728,6 +752,7 @@ async fn run_conn(
         st.closing = true;
         st.queue.clear();
         st.new_timers.clear();
+        st.wakes.clear();
     }
     if reset {
         let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));

@@ -215,6 +215,19 @@ pub trait Connection: Send + Sync + 'static {
     fn set_read_paused(&self, paused: bool);
     /// Whether the connection has been closed or is closing (no more sends accepted).
     fn is_closed(&self) -> bool;
+    /// Wakes the connection's event loop: `on_timer(conn, token)` runs on the
+    /// loop as soon as it gets to it, from any thread, without waiting for a
+    /// timer tick. The doorbell for cross-thread work (a delayed answer, the next
+    /// queued request, a resumed reader). Wakes are not coalesced: each call gives
+    /// one `on_timer`. [`Error::Closed`] if the connection is closed.
+    ///
+    /// The default arms a zero-length timer (`set_timer(Duration::ZERO, token)`),
+    /// which costs the backend's timer resolution (5 ms ticks on the reactor
+    /// backends); the reactor (epoll, kqueue) and tokio backends wake at once.
+    fn wake(&self, token: u64) -> Result<(), Error> {
+        self.set_timer(Duration::ZERO, token)
+    }
+
     /// Who the peer authenticated as, for connections that run through a security
     /// layer (e.g. `zs_secure::SecureBackend`) once its handshake completed.
     /// Default `None`: a plain transport knows nothing about the peer's identity.

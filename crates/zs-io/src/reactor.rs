@@ -230,6 +230,8 @@ struct ConnState {
     idle: Option<Duration>,
     idle_changed: bool,
     new_timers: Vec<(Instant, u64)>,
+    /// Tokens of [`Connection::wake`] calls not yet delivered.
+    wakes: Vec<u64>,
     last_activity: Instant,
     write_error: Option<io::Error>,
 }
@@ -383,6 +385,15 @@ impl Connection for ConnShared {
         self.kick(&mut st);
         Ok(())
     }
+    fn wake(&self, token: u64) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        st.wakes.push(token);
+        self.kick(&mut st);
+        Ok(())
+    }
     fn set_idle_timeout(&self, idle: Option<Duration>) {
         let mut st = lock(&self.state);
         st.idle = idle;
@@ -482,6 +493,10 @@ struct Loop {
     scratch: Box<[u8]>,
     pool: Vec<BytesMut>,
     again: Vec<usize>,
+    /// Connections woken by [`Connection::wake`]: `on_timer(token)` runs after
+    /// this turn's events and commands.
+    woken: Vec<(usize, ConnId, u64)>,
+    woken_spare: Vec<(usize, ConnId, u64)>,
     closed_listeners: HashSet<u64>,
     now: Instant,
 }
@@ -521,7 +536,10 @@ impl Loop {
         CURRENT_LOOP.with(|c| c.set(Arc::as_ptr(&self.handle) as usize));
         let mut expired = Vec::new();
         loop {
-            let timeout = if !self.again.is_empty() || !lock(&self.handle.mailbox).cmds.is_empty() {
+            let timeout = if !self.again.is_empty()
+                || !self.woken.is_empty()
+                || !lock(&self.handle.mailbox).cmds.is_empty()
+            {
                 Some(Duration::ZERO)
             } else {
                 self.wheel
@@ -549,6 +567,18 @@ impl Loop {
             }
             if self.drain_mailbox() {
                 return;
+            }
+            if !self.woken.is_empty() {
+                // Swapped with a kept vector: no allocation per turn.
+                let mut woken =
+                    std::mem::replace(&mut self.woken, std::mem::take(&mut self.woken_spare));
+                for &(slot, id, token) in &woken {
+                    if self.conn_matches(slot, id) {
+                        self.callback(slot, "on_timer", |h, c| h.on_timer(c, token));
+                    }
+                }
+                woken.clear();
+                self.woken_spare = woken;
             }
             expired.clear();
             self.wheel.poll(Instant::now(), &mut expired);
@@ -762,6 +792,7 @@ impl Loop {
             idle: self.common.cfg.idle_timeout,
             idle_changed: false,
             new_timers: Vec::new(),
+            wakes: Vec::new(),
             last_activity: self.now,
             write_error: None,
         }
@@ -1059,6 +1090,9 @@ impl Loop {
                 return;
             }
             let timers = std::mem::take(&mut st.new_timers);
+            for token in st.wakes.drain(..) {
+                self.woken.push((slot, id, token));
+            }
             let mut arm_idle = None;
             if st.idle_changed {
                 st.idle_changed = false;
@@ -1225,6 +1259,7 @@ impl Loop {
             st.closing = true;
             st.queue.clear();
             st.new_timers.clear();
+            st.wakes.clear();
             if let Some(stream) = st.stream.take() {
                 let _ = self.poller.deregister(fd);
                 if reset {
@@ -1352,6 +1387,8 @@ impl ReactorBackend {
                 scratch: vec![0u8; read_chunk].into_boxed_slice(),
                 pool: Vec::new(),
                 again: Vec::new(),
+                woken: Vec::new(),
+                woken_spare: Vec::new(),
                 closed_listeners: HashSet::new(),
                 now: Instant::now(),
             };

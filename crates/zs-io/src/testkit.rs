@@ -928,6 +928,48 @@ pub fn timers(make: MakeBackend<'_>) {
     backend.shutdown();
 }
 
+/// [`Connection::wake`] from another thread delivers `on_timer(token)` once per
+/// call, in order, without waiting for pending timers (here one armed for 10 s);
+/// waking a closed connection is an error.
+pub fn wake(make: MakeBackend<'_>) {
+    let backend = make(kit_config());
+    let plain = TcpListener::bind(v4()).unwrap();
+    let (client, cev) = Recorder::new(false);
+    let conn = connect_blocking(
+        &*backend,
+        plain.local_addr().unwrap(),
+        WAIT,
+        Box::new(client),
+    )
+    .unwrap();
+    cev.open();
+    conn.set_timer(Duration::from_secs(10), 99).unwrap();
+    let c2 = conn.clone();
+    std::thread::spawn(move || {
+        for t in [7, 8, 7] {
+            c2.wake(t).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(cev.until(WAIT, |e| match e {
+            Ev::Timer(t, _) => Some(t),
+            _ => None,
+        }));
+    }
+    assert_eq!(
+        got,
+        [7, 8, 7],
+        "one on_timer per wake, in order, before the 10 s timer"
+    );
+    conn.close();
+    assert_eq!(cev.close(), CloseReason::Local);
+    assert!(matches!(conn.wake(1), Err(Error::Closed)));
+    backend.shutdown();
+}
+
 /// Connecting to a loopback port where nothing listens fails with
 /// [`Error::Refused`] (quickly, through `on_connect_failed`).
 pub fn connect_refused(make: MakeBackend<'_>) {
@@ -1541,6 +1583,7 @@ pub fn run_all(make: MakeBackend<'_>) {
     many_connections(make);
     idle_timeout(make);
     timers(make);
+    wake(make);
     connect_refused(make);
     connect_timeout(make);
     ipv4_ipv6_loopback(make);
@@ -1577,7 +1620,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@items $make;
             echo, big_transfer_slow_reader, half_close, peer_reset, many_connections,
-            idle_timeout, timers, connect_refused, connect_timeout, ipv4_ipv6_loopback,
+            idle_timeout, timers, wake, connect_refused, connect_timeout, ipv4_ipv6_loopback,
             resolve_preference, listener_shutdown, send_after_close, panicking_handler);
     };
     (@items $make:expr; $($item:ident),*) => {

@@ -16,18 +16,18 @@ const RESERVE_STEP: usize = 64 << 10;
 
 /// Parsed frame header.
 #[derive(Debug, Clone, Copy)]
-struct Header {
-    kind: FrameKind,
-    compressed: bool,
-    header_len: usize,
-    body_len: usize,
+pub(crate) struct Header {
+    pub(crate) kind: FrameKind,
+    pub(crate) compressed: bool,
+    pub(crate) header_len: usize,
+    pub(crate) body_len: usize,
 }
 
 /// Parses the header at the start of `b`; `Ok(None)` while it is incomplete. Every
 /// check is made on the bytes present, so a bad version or token is reported as
 /// soon as its first byte arrives.
 #[inline]
-fn parse_header(b: &[u8], config: &Config) -> Result<Option<Header>, WireError> {
+pub(crate) fn parse_header(b: &[u8], config: &Config) -> Result<Option<Header>, WireError> {
     let Some(&v) = b.first() else { return Ok(None) };
     if v != VERSION {
         return Err(WireError::UnsupportedVersion(v));
@@ -261,6 +261,126 @@ impl Encoder {
     /// nothing, if the frame breaks the configured limits (body above `max_frame`,
     /// name above `max_name`, text above `max_string`) or has an inconsistent range.
     pub fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        // The text kinds (every console call and answer) take a direct path:
+        // the head is assembled in a small array and name and text are appended
+        // as they are; the same bytes as the general path.
+        // (With compression configured, every frame takes the general path.)
+        match frame {
+            _ if self.config.compress_threshold.is_some() => {}
+            Frame::Console { id, cmd, text } => {
+                return self.encode_text(FrameKind::Console, Some(*id), Some(cmd), text, dst)
+            }
+            Frame::ConsoleResponse { id, text } => {
+                return self.encode_text(FrameKind::ConsoleResponse, Some(*id), None, text, dst)
+            }
+            Frame::DirectConsole { cmd, text } => {
+                return self.encode_text(FrameKind::DirectConsole, None, Some(cmd), text, dst)
+            }
+            _ => {}
+        }
+        self.encode_general(frame, dst)
+    }
+
+    /// [`Encoder::encode`] of `Console`, `ConsoleResponse` and `DirectConsole`.
+    #[inline]
+    fn encode_text(
+        &mut self,
+        kind: FrameKind,
+        id: Option<u64>,
+        name: Option<&crate::Text>,
+        text: &crate::Text,
+        dst: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        let limits = &self.config.limits;
+        let name = name.map(|n| n.as_bytes());
+        let text = text.as_bytes();
+        if let Some(n) = name {
+            if n.len() > limits.max_name {
+                return Err(WireError::NameTooLong {
+                    len: n.len() as u64,
+                    max: limits.max_name,
+                });
+            }
+        }
+        if text.len() > limits.max_string {
+            return Err(WireError::ValueTooLarge {
+                len: text.len() as u64,
+                max: limits.max_string,
+            });
+        }
+        let body_len = id.map_or(0, varint_len)
+            + name.map_or(0, |n| varint_len(n.len() as u64) + n.len())
+            + text.len();
+        if body_len > limits.max_frame {
+            return Err(WireError::FrameTooLarge {
+                len: body_len as u64,
+                max: limits.max_frame,
+            });
+        }
+        // version, token, kind, length, id, name length: at most 1+4+1+10+10+10.
+        let mut head = [0u8; 36];
+        let mut n = 0;
+        head[0] = VERSION;
+        n += 1;
+        if let Some(t) = &self.config.token {
+            head[1..5].copy_from_slice(t);
+            n += 4;
+        }
+        head[n] = kind.code();
+        n += 1;
+        n += put_varint_at(&mut head[n..], body_len as u64);
+        if let Some(id) = id {
+            n += put_varint_at(&mut head[n..], id);
+        }
+        if let Some(name) = name {
+            n += put_varint_at(&mut head[n..], name.len() as u64);
+        }
+        dst.reserve(n + body_len);
+        dst.extend_from_slice(&head[..n]);
+        if let Some(name) = name {
+            dst.extend_from_slice(name);
+        }
+        dst.extend_from_slice(text);
+        Ok(())
+    }
+
+    /// Writes the header of a frame of `kind` whose (uncompressed) body is
+    /// `body_len` bytes: the header is encoded apart from the body, so a large
+    /// payload can follow from its own buffer (a vectored write) instead of
+    /// being copied behind the header. Fails if `body_len` is above `max_frame`.
+    ///
+    /// ```
+    /// use bytes::{Bytes, BytesMut};
+    /// use zs_wire::{Config, Encoder, Frame, FrameKind, Text};
+    /// let config = Config::default();
+    /// let frame = Frame::CompleteBuffer { cmd: Text::from("blob"), data: Bytes::from(vec![7u8; 300]) };
+    /// // The header and the name, then the payload bytes as they are.
+    /// let mut head = BytesMut::new();
+    /// Encoder::new(config).encode_header(FrameKind::CompleteBuffer, 1 + 4 + 300, &mut head).unwrap();
+    /// head.extend_from_slice(&[4, b'b', b'l', b'o', b'b']);
+    /// let mut wire = head.to_vec();
+    /// wire.extend_from_slice(&[7u8; 300]);
+    /// assert_eq!(wire, frame.to_bytes(&config).unwrap());
+    /// ```
+    pub fn encode_header(
+        &self,
+        kind: FrameKind,
+        body_len: usize,
+        dst: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        if body_len > self.config.limits.max_frame {
+            return Err(WireError::FrameTooLarge {
+                len: body_len as u64,
+                max: self.config.limits.max_frame,
+            });
+        }
+        dst.reserve(self.header_len(body_len));
+        self.put_header(dst, kind.code(), body_len);
+        Ok(())
+    }
+
+    /// The general path of [`Encoder::encode`].
+    fn encode_general(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
         let limits = &self.config.limits;
         frame.check(limits)?;
         let body_len = frame.body_len();
@@ -337,6 +457,19 @@ impl Encoder {
         dst.put_slice(&self.packed[..n]);
         true
     }
+}
+
+/// Writes `v` as a varint at the start of `dst` (room for 10 bytes); returns its length.
+#[inline]
+fn put_varint_at(dst: &mut [u8], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        dst[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    dst[i] = v as u8;
+    i + 1
 }
 
 /// An [`Encoder`] and a [`Decoder`] sharing one [`Config`]: the codec of one connection.

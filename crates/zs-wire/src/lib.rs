@@ -65,6 +65,7 @@ pub mod json;
 pub mod legacy;
 mod value;
 mod varint;
+mod view;
 
 pub use codec::{Decoder, Encoder, FrameCodec};
 pub use config::{Config, Limits};
@@ -72,5 +73,6 @@ pub use dataframe::{DataFrame, Reader};
 pub use error::{DecodeError, WireError};
 pub use frame::{Frame, FrameKind, VERSION};
 pub use value::{NumArray, NumKind, Number, Text, Value, Variant};
+pub use view::FrameRef;
 
 pub use bytes;

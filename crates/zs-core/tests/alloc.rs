@@ -1,0 +1,129 @@
+//! The steady-state call path allocates nothing (issue 13): after a warm-up,
+//! calls answered by a handler that replies with the request's own text, made
+//! through `Client::call_to`, cost no heap allocation on either end. Counted
+//! with a counting global allocator over this whole test binary (both ends and
+//! both event loops run in it); the bound leaves room for the few per-second
+//! housekeeping allocations (buffer-release timers) and none per call.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+use zs_core::{Call, Client, Options, Registry, Reply, ReplySink, Result, Server};
+use zs_wire::Text;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+fn allocations() -> u64 {
+    let s = GLOBAL.stats();
+    (s.allocations + s.reallocations) as u64
+}
+
+/// Runs `n` calls, `inflight` at a time, each next call started from the
+/// previous one's answer (on the client's loop thread).
+struct Chain {
+    client: Arc<Client>,
+    text: Text,
+    left: AtomicU64,
+    bad: AtomicU64,
+    done: Mutex<Option<mpsc::Sender<()>>>,
+    me: Mutex<Option<Arc<dyn ReplySink>>>,
+}
+
+impl Chain {
+    fn issue(&self) {
+        let sink = self.me.lock().unwrap().clone().expect("sink");
+        let call = Call::Console {
+            cmd: Text::from("echo"),
+            text: self.text.clone(),
+        };
+        self.client.call_to(call, None, &sink, 0);
+    }
+}
+
+struct Sink(std::sync::Weak<Chain>);
+
+impl ReplySink for Sink {
+    fn on_reply(&self, _tag: u64, r: Result<Reply>) {
+        let Some(c) = self.0.upgrade() else { return };
+        if !matches!(&r, Ok(Reply::Text(t)) if t.as_str() == c.text.as_str()) {
+            c.bad.fetch_add(1, Ordering::Relaxed);
+        }
+        match c.left.fetch_sub(1, Ordering::AcqRel) {
+            1 => {
+                if let Some(tx) = c.done.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+            n if n > 1 => c.issue(),
+            _ => {}
+        }
+    }
+}
+
+fn run(client: &Arc<Client>, n: u64, inflight: u64) {
+    let (tx, rx) = mpsc::channel();
+    let chain = Arc::new(Chain {
+        client: client.clone(),
+        text: Text::from("x".repeat(64).as_str()),
+        // The chains that find `left` at 1 or below stop issuing.
+        left: AtomicU64::new(n + inflight - 1),
+        bad: AtomicU64::new(0),
+        done: Mutex::new(Some(tx)),
+        me: Mutex::new(None),
+    });
+    let sink: Arc<dyn ReplySink> = Arc::new(Sink(Arc::downgrade(&chain)));
+    *chain.me.lock().unwrap() = Some(sink);
+    for _ in 0..inflight {
+        chain.issue();
+    }
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("calls finished");
+    assert_eq!(chain.bad.load(Ordering::Relaxed), 0, "every call answered");
+    chain.me.lock().unwrap().take();
+}
+
+#[test]
+fn steady_state_calls_allocate_nothing() {
+    let backend = common::epoll(1);
+    let security = common::provider();
+    let mut commands = Registry::new();
+    commands.console_delayed("echo", |_, text, r| {
+        let _ = r.reply_text(text);
+    });
+    let server = Server::start(
+        backend.clone(),
+        security.clone(),
+        commands,
+        Options::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let client = Arc::new(
+        Client::connect(
+            backend,
+            security,
+            Registry::new(),
+            Options::client(),
+            server.local_addr(),
+        )
+        .unwrap(),
+    );
+    for inflight in [1, 16] {
+        run(&client, 300, inflight); // warm-up: buffers, maps and slabs at size
+        let n = 3000;
+        let before = allocations();
+        run(&client, n, inflight);
+        let used = allocations() - before;
+        eprintln!("{inflight} in flight: {used} allocations for {n} calls");
+        // Before this work: about 10 per call (5 on each end).
+        assert!(
+            used < n / 10,
+            "{used} allocations for {n} calls ({inflight} in flight)"
+        );
+    }
+}
