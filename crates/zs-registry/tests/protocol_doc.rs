@@ -16,7 +16,10 @@ fn part() -> &'static str {
     let start = DOC
         .find("# Part 7: zs-registry")
         .expect("the registry part");
-    &DOC[start..]
+    let rest = &DOC[start..];
+    // Up to the next part: later parts have example lines of their own.
+    let end = rest[1..].find("\n# Part ").map_or(rest.len(), |i| i + 1);
+    &rest[..end]
 }
 
 fn lines(tag: &str) -> Vec<&'static str> {
