@@ -127,7 +127,6 @@ const CRATES: &[&str] = &[
     "zs-web",
     "zs-db-service",
     "zs-secure",
-
     "zs-legacy",
 ];
 

@@ -258,12 +258,18 @@ async fn pushes_to_a_client_that_does_not_read_disconnect_it() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let big = "z".repeat(60_000);
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // A generous bound: how many bytes it takes depends on the kernel's
+    // socket buffers, which grow under some loads.
+    let deadline = Instant::now() + Duration::from_secs(60);
     // Disconnected either by the gateway (its send queue for the client is
     // full) or, first, by the server (the bridge's backlog passed the
     // server's `max_backlog`, which then ends the WebSocket too).
     while rig.gateway.stats().open > 0 {
-        assert!(Instant::now() < deadline, "not disconnected");
+        assert!(
+            Instant::now() < deadline,
+            "not disconnected: gateway {:?}",
+            rig.gateway.stats()
+        );
         for _ in 0..50 {
             rig.server.broadcast(&zs_wire::Frame::DirectConsole {
                 cmd: "news".into(),
