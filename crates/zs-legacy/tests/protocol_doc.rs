@@ -206,6 +206,19 @@ fn without_keepalives(b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `got` without acknowledgement packets (`03` + u32) that follow the
+/// documented `want_len` bytes: whether a peer's last ack is on the wire before
+/// the capture ends is a matter of timing.
+fn without_trailing_acks(mut got: Vec<u8>, want_len: usize) -> Vec<u8> {
+    if got.len() > want_len {
+        let tail = &got[want_len..];
+        if tail.len() % 5 == 0 && tail.chunks(5).all(|p| p[0] == 0x03) {
+            got.truncate(want_len);
+        }
+    }
+    got
+}
+
 #[test]
 fn the_originals_and_our_server_send_the_documented_bytes() {
     let Some(dir) = zs_legacy::peers::znet_dir() else {
@@ -233,9 +246,16 @@ fn the_originals_and_our_server_send_the_documented_bytes() {
     let (a, b) = capture(&dir, port);
     let _ = serv.kill();
     let _ = serv.wait();
-    assert_eq!(without_keepalives(&a), c2s, "original client");
     assert_eq!(
-        masked(&without_keepalives(&b), &vary),
+        without_trailing_acks(without_keepalives(&a), c2s.len()),
+        c2s,
+        "original client"
+    );
+    assert_eq!(
+        masked(
+            &without_trailing_acks(without_keepalives(&b), s2c.len()),
+            &vary
+        ),
         masked(&s2c, &vary),
         "original server"
     );
@@ -261,9 +281,16 @@ fn the_originals_and_our_server_send_the_documented_bytes() {
     )
     .unwrap();
     let (a, b) = capture(&dir, ours.local_addr().port());
-    assert_eq!(without_keepalives(&a), c2s, "original client to our server");
     assert_eq!(
-        masked(&without_keepalives(&b), &vary),
+        without_trailing_acks(without_keepalives(&a), c2s.len()),
+        c2s,
+        "original client to our server"
+    );
+    assert_eq!(
+        masked(
+            &without_trailing_acks(without_keepalives(&b), s2c.len()),
+            &vary
+        ),
         masked(&s2c, &vary),
         "our server"
     );
