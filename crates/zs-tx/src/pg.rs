@@ -118,7 +118,7 @@ impl PgBackend {
     /// connection on channel `{table}`. Every commit of every engine takes the
     /// next number from the counter and appends its writes to the log; record
     /// versions (`ver`) are commit numbers. `log_keep` commits are kept in the log
-    /// (default [`DEFAULT_LOG_KEEP`] when `None`); an engine lagging further
+    /// (default 100,000 when `None`); an engine lagging further
     /// reloads every record.
     pub fn connect_shared(
         params: &str,

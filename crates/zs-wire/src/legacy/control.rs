@@ -21,35 +21,35 @@ pub const PLATFORM_LINUX64: i32 = 8;
 /// The server's answer to `__@CipherModel`, in wire order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CipherModel {
-    /// [0] Cardinal: the connection id on the server.
+    /// Field 0, Cardinal: the connection id on the server.
     pub id: u32,
-    /// [1] Byte: the cipher ordinal for this connection.
+    /// Field 1, Byte: the cipher ordinal for this connection.
     pub cipher: u8,
-    /// [2] ArrayByte: the key buffer (style byte first), in clear.
+    /// Field 2, ArrayByte: the key buffer (style byte first), in clear.
     pub key: Bytes,
-    /// [3] ArrayByte(16): MD5 of the server's start time (its instance fingerprint).
+    /// Field 3, ArrayByte(16): MD5 of the server's start time (its instance fingerprint).
     pub instance: [u8; 16],
-    /// [4] Byte bool.
+    /// Field 4, Byte bool.
     pub used_parallel_encrypt: bool,
-    /// [5] Byte bool.
+    /// Field 5, Byte bool.
     pub sync_on_result: bool,
-    /// [6] Byte bool.
+    /// Field 6, Byte bool.
     pub sync_on_complete_buffer: bool,
-    /// [7] Byte bool.
+    /// Field 7, Byte bool.
     pub enabled_atomic_lock_and_multi_thread: bool,
-    /// [8] Byte bool: the client should send keepalives.
+    /// Field 8, Byte bool: the client should send keepalives.
     pub timeout_keepalive: bool,
-    /// [9] Byte bool.
+    /// Field 9, Byte bool.
     pub quiet_mode: bool,
-    /// [10] UInt64: idle timeout in ms (0 = none).
+    /// Field 10, UInt64: idle timeout in ms (0 = none).
     pub idle_timeout: u64,
-    /// [11] Byte bool: stream payloads are zlib-compressed DFEs.
+    /// Field 11, Byte bool: stream payloads are zlib-compressed DFEs.
     pub send_data_compressed: bool,
-    /// [12] Byte bool.
+    /// Field 12, Byte bool.
     pub complete_buffer_compressed: bool,
-    /// [13] Cardinal: the largest CompleteBuffer the server takes.
+    /// Field 13, Cardinal: the largest CompleteBuffer the server takes.
     pub max_complete_buffer_size: u32,
-    /// [14] UInt64: ZNet 1000, ZServer4D 0 (older servers stop after [3]).
+    /// Field 14, UInt64: ZNet 1000, ZServer4D 0 (older servers stop after field 3).
     pub progress_max_delay: u64,
 }
 
