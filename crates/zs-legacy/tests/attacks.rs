@@ -1,6 +1,7 @@
 //! Bad input against our legacy server: every case ends that connection with a
 //! logged reason (checked in the captured log) and a counter, never a panic, while
 //! a well-behaved legacy client on the same server carries on.
+#![cfg(target_os = "linux")]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,6 +2,7 @@
 //! client against the original server (`znet_serv`), on loopback. The programs are
 //! built from `shared/peers/znet` (see `zs_legacy::peers`); without Free Pascal the
 //! tests print `skipped: ...` (and fail when `CI` is set).
+#![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@
 //!   is the documented bytes (the start-time MD5 and its packet's MD5 aside);
 //! - a capture of the original client talking to **our** server is the
 //!   documented bytes too (same exceptions).
+#![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
