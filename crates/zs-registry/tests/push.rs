@@ -3,6 +3,7 @@
 //! sent at most its window, then one coalesced push or a resync, or is dropped
 //! after `max_stall`), ordering, resume after a lost connection, and leases
 //! usable only by the connection that granted them (or an admin).
+#![cfg(target_os = "linux")]
 
 mod common;
 
