@@ -34,6 +34,8 @@ pub struct TimerWheel<T> {
     len: usize,
     /// Cached earliest due tick (None = must recompute).
     earliest: Option<u64>,
+    /// Reused buffer for the stable split of a bucket in [`poll`](TimerWheel::poll).
+    scratch: Vec<(u64, T)>,
 }
 
 impl<T> TimerWheel<T> {
@@ -48,6 +50,7 @@ impl<T> TimerWheel<T> {
             current: 0,
             len: 0,
             earliest: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -85,7 +88,9 @@ impl<T> TimerWheel<T> {
         }
     }
 
-    /// Moves every entry due at `now` into `out` (in bucket order).
+    /// Moves every entry due at `now` into `out`: bucket by bucket in tick order,
+    /// and entries of one bucket in the order they were inserted (so two timers
+    /// with the same deadline, e.g. two `wake`s, fire in the order they were set).
     pub fn poll(&mut self, now: Instant, out: &mut Vec<T>) {
         let now_tick = self.tick_floor(now);
         if now_tick < self.current || self.len == 0 {
@@ -98,13 +103,19 @@ impl<T> TimerWheel<T> {
         let steps = (now_tick - self.current + 1).min(n);
         for i in 0..steps {
             let slot = &mut self.slots[((self.current + i) % n) as usize];
-            let mut j = 0;
-            while j < slot.len() {
-                if slot[j].0 <= now_tick {
-                    out.push(slot.swap_remove(j).1);
+            if !slot.iter().any(|e| e.0 <= now_tick) {
+                continue;
+            }
+            // A stable split (no swap_remove): due entries leave in insertion
+            // order, the rest stay in theirs. The scratch buffer keeps its
+            // capacity, so a busy wheel does not allocate here.
+            std::mem::swap(slot, &mut self.scratch);
+            for e in self.scratch.drain(..) {
+                if e.0 <= now_tick {
+                    out.push(e.1);
                     self.len -= 1;
                 } else {
-                    j += 1;
+                    slot.push(e);
                 }
             }
         }
@@ -175,5 +186,27 @@ mod tests {
             }
             prop_assert!(w.is_empty());
         }
+    }
+
+    /// Entries due in the same tick come out in insertion order (the IOCP
+    /// backend's `wake` is a zero-delay timer and must keep its order), and so
+    /// do the entries left behind in the bucket.
+    #[test]
+    fn same_tick_fires_in_insertion_order() {
+        let start = Instant::now();
+        let mut w = TimerWheel::new(start, Duration::from_millis(1), 8);
+        let at = start + Duration::from_millis(3);
+        let later = start + Duration::from_millis(11); // same bucket, next round
+        for (i, t) in [7, 8, 7, 9, 8].into_iter().enumerate() {
+            w.insert(at, (t, i));
+            w.insert(later, (t + 100, i));
+        }
+        let mut out = Vec::new();
+        w.poll(at, &mut out);
+        assert_eq!(out, [(7, 0), (8, 1), (7, 2), (9, 3), (8, 4)]);
+        out.clear();
+        w.poll(later, &mut out);
+        assert_eq!(out, [(107, 0), (108, 1), (107, 2), (109, 3), (108, 4)]);
+        assert!(w.is_empty());
     }
 }
