@@ -1729,7 +1729,23 @@ impl Inner {
 
     pub(crate) fn flush(&self, sync: bool) -> Result<()> {
         let mut w = mlock(&self.writer);
-        self.flush_locked(&mut w, sync)
+        if !sync {
+            return self.flush_locked(&mut w, false);
+        }
+        // Write the buffer under the writer lock but fsync outside it, as a
+        // commit does: commits made during the fsync go on buffering (and share
+        // the next one) instead of queueing behind the disk.
+        self.flush_locked(&mut w, false)?;
+        let end = w.buf_start;
+        drop(w);
+        self.sync_to(end)?;
+        let mut w = mlock(&self.writer);
+        w.last_sync = Instant::now();
+        if w.buf.is_empty() && w.buf_start == end {
+            // nothing was committed meanwhile: no periodic deadline is pending
+            w.flush_due = None;
+        }
+        Ok(())
     }
 
     /// Makes sure bytes before `end` are in the file (not only in the write buffer).

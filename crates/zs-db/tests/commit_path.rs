@@ -389,3 +389,133 @@ fn checkpoint_follows_the_log_every_mebibyte() {
         "checkpoint {ckpt} lags {end} too far"
     );
 }
+
+/// A vfs whose files' `sync_data` waits at a gate the test opens.
+#[derive(Debug)]
+struct GatedVfs {
+    inner: Arc<dyn Vfs>,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    state: std::sync::Mutex<(bool, usize)>, // (closed, syncs waiting)
+    cv: std::sync::Condvar,
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: Arc<dyn FileBackend>,
+    gate: Arc<Gate>,
+}
+
+impl FileBackend for GatedFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, off)
+    }
+    fn write_all_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, off)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        let mut s = self.gate.state.lock().unwrap();
+        s.1 += 1;
+        self.gate.cv.notify_all();
+        while s.0 {
+            s = self.gate.cv.wait(s).unwrap();
+        }
+        s.1 -= 1;
+        drop(s);
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl Vfs for GatedVfs {
+    fn open(&self, name: &str, create: bool) -> std::io::Result<Arc<dyn FileBackend>> {
+        Ok(Arc::new(GatedFile {
+            inner: self.inner.open(name, create)?,
+            gate: self.gate.clone(),
+        }))
+    }
+    fn exists(&self, name: &str) -> std::io::Result<bool> {
+        self.inner.exists(name)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn rename_new(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename_new(from, to)
+    }
+    fn try_lock(&self, name: &str) -> std::io::Result<LockGuard> {
+        self.inner.try_lock(name)
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+/// `Database::sync` fsyncs outside the writer lock: a buffered commit made while
+/// the disk is busy with that fsync returns at once (it used to queue behind the
+/// fsync; a registry that syncs on one thread and commits on another stalled).
+#[test]
+fn a_commit_during_a_sync_does_not_wait_for_the_disk() {
+    let (_m, inner) = mem();
+    let gate = Arc::new(Gate::default());
+    let vfs: Arc<dyn Vfs> = Arc::new(GatedVfs {
+        inner,
+        gate: gate.clone(),
+    });
+    let opts = DbOptions {
+        durability: Durability::Periodic(std::time::Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    let db = Database::create(vfs, "gated", opts).unwrap();
+    db.commit(&batch(1, 3, 40)).unwrap();
+    gate.state.lock().unwrap().0 = true;
+    let syncer = {
+        let db = db.clone();
+        std::thread::spawn(move || db.sync())
+    };
+    {
+        // wait until the sync is inside sync_data
+        let mut s = gate.state.lock().unwrap();
+        while s.1 == 0 {
+            s = gate.cv.wait(s).unwrap();
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let committer = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let r = db.commit(&batch(2, 2, 40));
+            let _ = tx.send(());
+            r
+        })
+    };
+    let returned = rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok();
+    {
+        let mut s = gate.state.lock().unwrap();
+        s.0 = false;
+        gate.cv.notify_all();
+    }
+    syncer.join().unwrap().unwrap();
+    let ids = committer.join().unwrap().unwrap();
+    assert!(
+        returned,
+        "a buffered commit waited for another thread's fsync"
+    );
+    assert_eq!(ids.len(), 2);
+    db.sync().unwrap();
+    assert_eq!(db.len(), 5);
+}
