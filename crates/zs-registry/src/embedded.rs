@@ -14,6 +14,7 @@
 //! watcher that does not read costs the registry one small record, never a
 //! queue.
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -175,6 +176,11 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
                 .collect()
         })
         .flatten()
+}
+
+thread_local! {
+    /// Set while a service thread runs a request under [`Embedded::deferring`].
+    static DEFER_SYNC: Cell<bool> = const { Cell::new(false) };
 }
 
 fn json(s: &Stored) -> Vec<u8> {
@@ -585,17 +591,63 @@ impl Embedded {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until every change made so far is on disk (Immediate durability).
+    /// Waits until every change made so far is on disk (Immediate durability),
+    /// unless this thread defers that to [`Embedded::sync_and_announce`] (see
+    /// [`Embedded::deferring`]).
     fn durable(&self) -> Result<()> {
-        if matches!(self.inner.cfg.durability, Durability::Immediate) {
+        if self.syncs_now() {
             self.inner.db.sync().map_err(store_err)?;
         }
         Ok(())
     }
 
-    /// Makes the change committed at `rev` durable, then announces it.
+    /// Makes the change committed at `rev` durable, then announces it (both
+    /// left to [`Embedded::sync_and_announce`] on a deferring thread).
     fn durable_then_wake(&self, rev: Revision) -> Result<()> {
+        if self.defers() && DEFER_SYNC.with(Cell::get) {
+            return Ok(());
+        }
         self.durable()?;
+        self.wake(self.lock(), rev);
+        Ok(())
+    }
+
+    /// Whether changes wait for an fsync before they are acknowledged
+    /// (`Immediate` durability), so that a caller may batch those fsyncs.
+    pub(crate) fn defers(&self) -> bool {
+        matches!(self.inner.cfg.durability, Durability::Immediate)
+    }
+
+    fn syncs_now(&self) -> bool {
+        self.defers() && !DEFER_SYNC.with(Cell::get)
+    }
+
+    /// Runs `f` with this thread's fsyncs deferred: the changes `f` makes are
+    /// committed and visible to reads, but neither durable nor announced to
+    /// watchers when `f` returns. The caller must not acknowledge them before a
+    /// later [`Embedded::sync_and_announce`] returned `Ok` (the service's sync
+    /// thread does that for every request that arrived meanwhile: group commit
+    /// across connections with one fsync, not one per request).
+    pub(crate) fn deferring<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                DEFER_SYNC.with(|d| d.set(false));
+            }
+        }
+        DEFER_SYNC.with(|d| d.set(true));
+        let _reset = Reset;
+        f()
+    }
+
+    /// Makes every change committed so far durable (one fsync), then pushes
+    /// them to the watchers and answers the waiters that have news.
+    pub(crate) fn sync_and_announce(&self) -> Result<()> {
+        // every commit up to `rev` is in the store's buffer: the sync covers it
+        let rev = self.lock().rev;
+        if self.defers() {
+            self.inner.db.sync().map_err(store_err)?;
+        }
         self.wake(self.lock(), rev);
         Ok(())
     }

@@ -125,6 +125,28 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether the request may change stored state (so its answer waits for
+    /// the fsync that makes the change durable); keepalives and reads do not.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Request::Grant { .. }
+            | Request::Revoke { .. }
+            | Request::Register { .. }
+            | Request::Deregister { .. }
+            | Request::TryLock { .. }
+            | Request::Unlock { .. }
+            | Request::Ids { .. } => true,
+            Request::Keepalive { .. }
+            | Request::KeepaliveMany { .. }
+            | Request::List { .. }
+            | Request::Query { .. }
+            | Request::Pick { .. }
+            | Request::Holder { .. } => false,
+        }
+    }
+}
+
 /// One answer (the variant matches the request).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ok", rename_all = "snake_case")]

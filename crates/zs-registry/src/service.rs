@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use zs_core::{HandlerError, Peer, Registry};
+use zs_core::{HandlerError, Peer, Registry, Responder};
 
 use crate::embedded::PushSink;
 use crate::proto::{
@@ -347,15 +347,108 @@ fn handle(
     })
 }
 
+/// Answers a `reg` request.
+fn answer(responder: Responder, result: Result<Response, Error>) {
+    let reply = result.map_err(|e| to_handler_error(&e)).and_then(|resp| {
+        serde_json::to_string(&resp).map_err(|e| HandlerError::new(codes::STORE, e.to_string()))
+    });
+    let _ = match reply {
+        Ok(t) => responder.reply_text(t),
+        Err(e) => responder.reply_error(e.code, e.message),
+    };
+}
+
+/// Work to run once everything committed before it is durable (or the fsync
+/// failed).
+type AfterSync = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+/// The service's sync thread: batches the answers of state-changing requests
+/// behind one fsync ([`Embedded::sync_and_announce`]). It ends when the
+/// command registry holding it is dropped.
+struct Syncer {
+    /// `None` when the thread could not be started: every job then syncs inline.
+    tx: Option<std::sync::mpsc::Sender<AfterSync>>,
+    reg: Embedded,
+}
+
+impl Syncer {
+    fn start(reg: Embedded) -> Syncer {
+        let (tx, rx) = std::sync::mpsc::channel::<AfterSync>();
+        let r = reg.clone();
+        let spawned = std::thread::Builder::new()
+            .name("zs-registry-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // everything queued now was committed before this fsync starts
+                    let batch: Vec<AfterSync> =
+                        std::iter::once(first).chain(rx.try_iter()).collect();
+                    let synced = r.sync_and_announce();
+                    if let Err(e) = &synced {
+                        tracing::error!(
+                            "registry: fsync failed, {} changes unacknowledged: {e}",
+                            batch.len()
+                        );
+                    }
+                    for job in batch {
+                        job(synced.clone());
+                    }
+                }
+            });
+        let tx = match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!("registry: no sync thread ({e}); syncing per request");
+                None
+            }
+        };
+        Syncer { tx, reg }
+    }
+
+    /// Runs `job` after the next fsync.
+    fn after_sync(&self, job: AfterSync) {
+        let job = match &self.tx {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        job(self.reg.sync_and_announce());
+    }
+}
+
 /// Adds the registry commands to `commands`.
 pub fn install(commands: &mut Registry, reg: Embedded, cfg: ServiceConfig) {
     let (r1, c1) = (reg.clone(), cfg.clone());
     let owners = Arc::new(Owners::default());
-    // hpc: a commit waits for an fsync, which must not stall the event loop
-    commands.console_hpc(CMD, move |peer, text| {
-        let req = decode_request(text, c1.max_request_bytes).map_err(|e| bad(peer, &c1, e))?;
-        let resp = handle(&r1, &owners, peer, &c1, req).map_err(|e| to_handler_error(&e))?;
-        serde_json::to_string(&resp).map_err(|e| HandlerError::new(codes::STORE, e.to_string()))
+    let syncer = Syncer::start(reg.clone());
+    // Requests run on the connection's loop thread; a change is committed there
+    // (buffered, no fsync) and its answer handed to the sync thread, which
+    // fsyncs once for every change that arrived meanwhile and then answers them
+    // all: group commit across connections, and no loop thread ever waits for
+    // the disk. Reads answer at once.
+    commands.console_delayed(CMD, move |peer, text, responder| {
+        let req = match decode_request(&text, c1.max_request_bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = bad(peer, &c1, e);
+                let _ = responder.reply_error(e.code, e.message);
+                return;
+            }
+        };
+        let changes = r1.defers() && req.changes_state();
+        let result = if changes {
+            r1.deferring(|| handle(&r1, &owners, peer, &c1, req))
+        } else {
+            handle(&r1, &owners, peer, &c1, req)
+        };
+        if changes {
+            syncer.after_sync(Box::new(move |synced| {
+                answer(responder, synced.and(result));
+            }));
+        } else {
+            answer(responder, result);
+        }
     });
     let (r2, c2) = (reg.clone(), cfg.clone());
     commands.console(CMD_WATCH, move |peer, text| {

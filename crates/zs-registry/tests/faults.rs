@@ -405,3 +405,159 @@ fn per_connection_bounds() {
     let other = es.client();
     other.grant(Duration::from_secs(5)).unwrap();
 }
+
+/// Counts `sync_data` calls of the files it opens (over a `MemVfs`); each
+/// takes 2 ms, as a disk's flush does.
+#[derive(Debug)]
+struct CountingVfs {
+    inner: Arc<zs_db::MemVfs>,
+    syncs: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug)]
+struct CountingFile {
+    inner: Arc<dyn zs_db::FileBackend>,
+    syncs: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl zs_db::FileBackend for CountingFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, off)
+    }
+    fn write_all_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, off)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(2));
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl zs_db::Vfs for CountingVfs {
+    fn open(&self, name: &str, create: bool) -> std::io::Result<Arc<dyn zs_db::FileBackend>> {
+        Ok(Arc::new(CountingFile {
+            inner: self.inner.open(name, create)?,
+            syncs: self.syncs.clone(),
+        }))
+    }
+    fn exists(&self, name: &str) -> std::io::Result<bool> {
+        self.inner.exists(name)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn rename_new(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename_new(from, to)
+    }
+    fn try_lock(&self, name: &str) -> std::io::Result<zs_db::LockGuard> {
+        self.inner.try_lock(name)
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+/// Registrations from many connections at once share fsyncs (the service's
+/// sync thread: one fsync answers every change that arrived meanwhile), and
+/// every one that was acknowledged survives a power cut.
+#[test]
+fn the_service_group_commits_across_connections_and_loses_nothing_acknowledged() {
+    use zs_core::{Options, Server};
+    let mem = Arc::new(zs_db::MemVfs::new());
+    let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let vfs = Arc::new(CountingVfs {
+        inner: mem.clone(),
+        syncs: syncs.clone(),
+    });
+    let reg = zs_registry::Embedded::open(vfs, "r", EmbeddedConfig::default()).unwrap();
+    let mut cmds = zs_core::Registry::new();
+    zs_registry::service::install(&mut cmds, reg.clone(), ServiceConfig::default());
+    let (backend, provider) = (common::backend(), common::provider());
+    let server = Server::start(
+        backend.clone(),
+        provider.clone(),
+        cmds,
+        Options::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    const CLIENTS: usize = 16;
+    const EACH: usize = 25;
+    let clients: Vec<zs_registry::Remote> = (0..CLIENTS)
+        .map(|_| {
+            let (b, p) = (backend.clone(), provider.clone());
+            zs_registry::Remote::new(
+                move |cmds| {
+                    zs_core::Client::connect(b.clone(), p.clone(), cmds, Options::client(), addr)
+                },
+                Duration::from_secs(10),
+            )
+        })
+        .collect();
+    let leases: Vec<_> = clients
+        .iter()
+        .map(|c| c.grant(Duration::from_secs(60)).unwrap())
+        .collect();
+    let before = syncs.load(std::sync::atomic::Ordering::Relaxed);
+    let start = std::sync::Barrier::new(CLIENTS);
+    let acked = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for (c, (client, lease)) in clients.iter().zip(&leases).enumerate() {
+            let (start, acked) = (&start, &acked);
+            s.spawn(move || {
+                start.wait();
+                for i in 0..EACH {
+                    let id = format!("{c}-{i}");
+                    client
+                        .register(*lease, &Instance::new("g", &id, "h:1"))
+                        .unwrap();
+                    acked.lock().unwrap().push(id);
+                }
+            });
+        }
+    });
+    let used = syncs.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let acked = acked.into_inner().unwrap();
+    assert_eq!(acked.len(), CLIENTS * EACH);
+    eprintln!(
+        "{} registrations from {CLIENTS} connections: {used} fsyncs",
+        acked.len()
+    );
+    assert!(
+        used * 4 <= acked.len() as u64,
+        "{used} fsyncs for {} registrations: no group commit",
+        acked.len()
+    );
+    // power cut now: what was acknowledged is on disk
+    reg.abandon();
+    mem.crash(7);
+    server.shutdown();
+    drop(clients);
+    drop(reg);
+    let again = zs_registry::Embedded::open(mem, "r", EmbeddedConfig::default()).unwrap();
+    let have: std::collections::BTreeSet<String> = again
+        .list(Some("g"))
+        .unwrap()
+        .instances
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    for id in &acked {
+        assert!(have.contains(id), "acknowledged registration {id} lost");
+    }
+}
