@@ -112,8 +112,29 @@ pub trait PushSink: Send + Sync {
     /// Sends one push; false when it cannot be delivered (the watcher is
     /// then dropped).
     fn push(&self, push: Push) -> bool;
+    /// Sends `Push::Events { wid, revision, events }` whose JSON text
+    /// ([`events_push_json`]) is already made: the watchers owed the same
+    /// changes share one copy and one encoding of them. The default builds the
+    /// typed push and calls [`PushSink::push`].
+    fn push_events(&self, wid: u64, revision: Revision, events: &[Event], json: &str) -> bool {
+        let _ = json;
+        self.push(Push::Events {
+            wid,
+            revision,
+            events: events.to_vec(),
+        })
+    }
     /// Whether the receiver is still there (checked by the reaper).
     fn is_open(&self) -> bool;
+}
+
+/// The JSON text of `Push::Events { wid, revision, events }` given the
+/// encoded `events` array: byte for byte what `serde_json` makes of the
+/// typed push (tested), without encoding the events once per watcher.
+pub fn events_push_json(wid: u64, revision: Revision, events_json: &str) -> String {
+    format!(
+        "{{\"push\":\"events\",\"wid\":{wid},\"revision\":{revision},\"events\":{events_json}}}"
+    )
 }
 
 struct Watcher {
@@ -841,6 +862,9 @@ fn deliver(st: &mut State, lim: &Limits) {
         return;
     }
     let mut watchers = std::mem::take(&mut st.watchers);
+    // the changes owed to watchers of one kind up to date through one revision
+    // (the common case: every watcher of a type), copied and encoded once
+    let mut owed: HashMap<(Option<String>, Revision), (Vec<Event>, String)> = HashMap::new();
     watchers.retain(|&(owner, wid), w| {
         if w.stalled_since.is_some() {
             return true;
@@ -851,6 +875,28 @@ fn deliver(st: &mut State, lim: &Limits) {
                 tracing::debug!(owner, wid, "registry watch a full window behind: paused");
             }
             return true;
+        }
+        if w.sent >= st.floor && w.sent < st.durable {
+            let (events, json) = owed.entry((w.kind.clone(), w.sent)).or_insert_with(|| {
+                let events = events_between(st, w.kind.as_deref(), w.sent, st.durable);
+                let json = serde_json::to_string(&events).unwrap_or_default();
+                (events, json)
+            });
+            w.sent = st.durable;
+            if events.is_empty() {
+                return true;
+            }
+            w.unacked = w.unacked.saturating_add(1);
+            let text = events_push_json(wid, st.durable, json);
+            let ok = w.sink.push_events(wid, st.durable, events, &text);
+            if !ok {
+                tracing::warn!(
+                    owner,
+                    wid,
+                    "registry watch dropped: its connection refused a push"
+                );
+            }
+            return ok;
         }
         match catch_up(st, w, wid, lim) {
             None => true,
@@ -1268,6 +1314,39 @@ impl WatchLink for Embedded {
 #[cfg(test)]
 mod tests {
     use super::Stored;
+    use crate::proto::Push;
+    use crate::{Change, Event, Instance};
+
+    /// The shared encoding of a change push is what serde makes of the typed
+    /// push, so watchers cannot tell which path encoded it.
+    #[test]
+    fn shared_events_push_json_is_the_typed_encoding() {
+        let mut inst = Instance::new("game", "n\"1", "10.0.0.1:7000");
+        inst.meta.insert("zone".into(), "eu \u{e9}".into());
+        let events = vec![
+            Event {
+                revision: 41,
+                change: Change::Put { instance: inst },
+            },
+            Event {
+                revision: 42,
+                change: Change::Delete {
+                    kind: "game".into(),
+                    id: "n2".into(),
+                },
+            },
+        ];
+        for (wid, rev, ev) in [(7u64, 42i64, events.clone()), (u64::MAX, 0, Vec::new())] {
+            let typed = serde_json::to_string(&Push::Events {
+                wid,
+                revision: rev,
+                events: ev.clone(),
+            })
+            .unwrap();
+            let shared = super::events_push_json(wid, rev, &serde_json::to_string(&ev).unwrap());
+            assert_eq!(shared, typed);
+        }
+    }
 
     #[test]
     fn storage_doc_records_round_trip() {

@@ -87,7 +87,7 @@ mod push;
 mod remote;
 pub mod service;
 
-pub use embedded::{Embedded, EmbeddedConfig, PushSink};
+pub use embedded::{events_push_json, Embedded, EmbeddedConfig, PushSink};
 #[cfg(feature = "etcd")]
 pub use etcd::{Etcd, EtcdConfig};
 pub use model::{

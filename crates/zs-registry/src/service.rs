@@ -155,6 +155,15 @@ impl PushSink for PeerSink {
             Err(_) => false,
         }
     }
+    fn push_events(
+        &self,
+        _wid: u64,
+        _revision: crate::Revision,
+        _events: &[crate::Event],
+        json: &str,
+    ) -> bool {
+        self.0.send_direct_console(PUSH, json).is_ok()
+    }
     fn is_open(&self) -> bool {
         self.0.is_open()
     }
