@@ -92,8 +92,10 @@ fn serve(dir: &str, seed: &str) {
     .expect("open");
     let mut cmds = zs_core::Registry::new();
     install(&mut cmds, reg, ServiceConfig::default());
+    // the default of `zs serve`: one event loop per core (etcd runs with
+    // GOMAXPROCS = cores too)
     let server = zs_core::Server::start(
-        epoll(1),
+        epoll(0),
         provider,
         cmds,
         CoreOptions::default(),
@@ -727,7 +729,7 @@ fn main() {
         "zs-etcd-backend register c1",
         "etcd register c1",
     );
-    suite.note("both servers are separate processes on loopback; ours fsyncs before acknowledging (group commit), as etcd does");
+    suite.note("both servers are separate processes on loopback; ours fsyncs before acknowledging (group commit), as etcd does; ours runs one event loop per core (the `zs serve` default), etcd GOMAXPROCS = cores");
     suite.note("keepalives: ours one zs-core call renewing up to 2048 leases (KeepaliveMany); etcd one message on a keepalive stream per lease, streams opened beforehand");
     suite.note("watch: ours pushed on the watcher's open zs-core connection as the change is durable (window 64); etcd pushes on its gRPC watch stream");
     suite.finish();
