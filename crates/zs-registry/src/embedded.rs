@@ -27,8 +27,7 @@ use serde::{Deserialize, Serialize};
 use zs_db::{Batch, Database, DbOptions, Durability, Kind, Vfs};
 
 use crate::model::{
-    check_name, choose_least_loaded, glob_match, Change, Event, Holder, Instance, LeaseId, Limits,
-    Revision, Snapshot,
+    check_name, glob_match, Change, Event, Holder, Instance, LeaseId, Limits, Revision, Snapshot,
 };
 use crate::proto::{Changes, Push};
 use crate::push::{ChannelSink, PushWatch, WatchLink};
@@ -1159,14 +1158,13 @@ impl ServiceRegistry for Embedded {
     fn pick(&self, kind: &str) -> Result<Option<Instance>> {
         check_name("type", kind)?;
         let mut st = self.lock();
-        let cands: Vec<Instance> = st
+        st.turn = st.turn.wrapping_add(1);
+        let cands = st
             .instances
             .range((kind.to_owned(), String::new())..)
             .take_while(|((k, _), _)| k == kind)
-            .map(|(_, (i, _))| i.clone())
-            .collect();
-        st.turn = st.turn.wrapping_add(1);
-        Ok(choose_least_loaded(&cands, st.turn))
+            .map(|(_, (i, _))| i);
+        Ok(crate::model::choose_least_loaded_of(cands, st.turn).cloned())
     }
 
     fn watch(&self, kind: Option<&str>, from: Option<Revision>) -> Result<Box<dyn Watch>> {

@@ -91,8 +91,8 @@ pub use embedded::{events_push_json, Embedded, EmbeddedConfig, PushSink};
 #[cfg(feature = "etcd")]
 pub use etcd::{Etcd, EtcdConfig};
 pub use model::{
-    check_name, choose_least_loaded, glob_match, literal_prefix, Change, Event, Holder, Instance,
-    LeaseId, Limits, Load, Revision, Snapshot, WatchItem,
+    check_name, choose_least_loaded, choose_least_loaded_of, glob_match, literal_prefix, Change,
+    Event, Holder, Instance, LeaseId, Limits, Load, Revision, Snapshot, WatchItem,
 };
 pub use remote::Remote;
 

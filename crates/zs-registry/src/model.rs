@@ -330,8 +330,17 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// The least-loaded instance that is not full; ties (equal `current/max`) are
 /// served in turn: `turn` picks among them, sorted by `kind/id`.
 pub fn choose_least_loaded(instances: &[Instance], turn: u64) -> Option<Instance> {
+    choose_least_loaded_of(instances.iter(), turn).cloned()
+}
+
+/// [`choose_least_loaded`] over borrowed instances (no copy of the candidates:
+/// only the chosen one is cloned by the caller).
+pub fn choose_least_loaded_of<'a>(
+    instances: impl Iterator<Item = &'a Instance>,
+    turn: u64,
+) -> Option<&'a Instance> {
     let mut best: Vec<&Instance> = Vec::new();
-    for i in instances.iter().filter(|i| !i.load.is_full()) {
+    for i in instances.filter(|i| !i.load.is_full()) {
         match best.first().map(|b| i.load.cmp_ratio(&b.load)) {
             None | Some(std::cmp::Ordering::Equal) => best.push(i),
             Some(std::cmp::Ordering::Less) => {
@@ -345,7 +354,7 @@ pub fn choose_least_loaded(instances: &[Instance], turn: u64) -> Option<Instance
         return None;
     }
     best.sort_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
-    Some(best[(turn % best.len() as u64) as usize].clone())
+    Some(best[(turn % best.len() as u64) as usize])
 }
 
 /// The literal prefix of a pattern (up to its first wildcard).
