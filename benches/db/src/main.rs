@@ -6,7 +6,9 @@
 //! and after compaction.
 #![forbid(unsafe_code)]
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,37 @@ const T: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("t");
 const VALUE: usize = 100;
 /// Committer threads of the concurrent durable-commit case.
 const COMMIT_THREADS: u64 = 4;
+/// Durable commits per side per block of the interleaved single-thread commit case.
+const COMMIT_BLOCK: u64 = 8;
+/// Point reads per side per block of the interleaved read case.
+const READ_BLOCK: u64 = 5_000;
+
+/// Runs every side in blocks of `block` operations, rotating which side goes first
+/// (so no side always follows the same neighbour), block after block until `budget`
+/// has passed (at least three blocks each); returns each side's operations per second
+/// from its median block time. A stall of the shared disk or CPU (another process's
+/// flush or time slice) lands in whichever block runs at that moment; the median
+/// keeps such a block from deciding the figure, and every side gets the same
+/// treatment.
+fn interleaved(sides: &mut [&mut dyn FnMut(u64)], block: u64, budget: Duration) -> Vec<f64> {
+    let k = sides.len();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); k];
+    let start = Instant::now();
+    let mut round = 0usize;
+    while round < 3 || start.elapsed() < budget {
+        for j in 0..k {
+            let s = (j + round) % k;
+            let t = Instant::now();
+            (sides[s])(block);
+            times[s].push(t.elapsed().as_secs_f64());
+        }
+        round += 1;
+    }
+    times
+        .iter()
+        .map(|t| block as f64 / zs_bench_harness::median(t).max(1e-9))
+        .collect()
+}
 
 fn value(i: u64) -> Vec<u8> {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -36,9 +69,17 @@ fn matches(v: &[u8]) -> bool {
     v[0] < 16 && v[1] != 0
 }
 
+/// The record cache budget of every engine in the read and scan cases: redb's
+/// default (1 GiB); ours and fjall (defaults 64 MiB and 32 MiB) are set to the same.
+const READ_CACHE: usize = 1 << 30;
+
 fn ours_open(dir: &Path) -> Database {
+    ours_open_with(dir, DbOptions::default())
+}
+
+fn ours_open_with(dir: &Path, opts: DbOptions) -> Database {
     let vfs: Arc<dyn Vfs> = Arc::new(DirVfs::new(dir).expect("dir"));
-    Database::create(vfs, "bench", DbOptions::default()).expect("create")
+    Database::create(vfs, "bench", opts).expect("create")
 }
 
 fn ours_load(db: &Database, n: u64) {
@@ -61,7 +102,11 @@ fn redb_load(db: &redb::Database, n: u64) {
 }
 
 fn fjall_open(dir: &Path) -> (fjall::Keyspace, fjall::PartitionHandle) {
-    let ks = fjall::Config::new(dir).open().expect("fjall");
+    fjall_open_with(fjall::Config::new(dir))
+}
+
+fn fjall_open_with(config: fjall::Config) -> (fjall::Keyspace, fjall::PartitionHandle) {
+    let ks = config.open().expect("fjall");
     let p = ks
         .open_partition("t", fjall::PartitionCreateOptions::default())
         .expect("partition");
@@ -98,109 +143,104 @@ fn rate(n: u64, t: Instant) -> f64 {
 
 fn main() {
     let opts = Options::from_env();
-    let (batch_n, scan_n, reads_n, commit_time) = if opts.quick {
-        (
-            100_000u64,
-            500_000u64,
-            100_000u64,
-            Duration::from_millis(250),
-        )
+    let (batch_n, scan_n, commit_time) = if opts.quick {
+        (100_000u64, 500_000u64, Duration::from_millis(250))
     } else {
-        (1_000_000, 10_000_000, 1_000_000, Duration::from_secs(1))
+        (1_000_000, 10_000_000, Duration::from_secs(1))
+    };
+    // time of one round of the interleaved cases (all sides together)
+    let (commit_round, read_round) = if opts.quick {
+        (Duration::from_millis(1600), Duration::from_millis(900))
+    } else {
+        (Duration::from_secs(4), Duration::from_secs(3))
     };
     let mut suite = Suite::from_options("db", &opts, 3, 5);
     let root = tempfile::tempdir().expect("tempdir");
     let root = Arc::new(root);
 
     // --- durable single-record commits -------------------------------------------
+    // One driver runs every side in blocks of COMMIT_BLOCK commits, rotating which side
+    // goes first, until the round's time is up: all sides see the same moments of a
+    // shared disk whose flush latency swings by 5x within a second, so the ratio
+    // compares engines, not moments. Each side's rate is its commits over its own time.
+    // The same promise on every side: a commit returns only once its data is on disk
+    // through fdatasync (zs-db Durability::Immediate: pwrite + fdatasync; redb's default
+    // Durability::Immediate: its file backend's sync_data = fdatasync; fjall
+    // PersistMode::SyncData after each insert: journal write + fdatasync; the limit:
+    // pwrite + fdatasync of a frame-sized record into preallocated room).
     {
-        let d = root.path().join("c-ours");
-        let db = ours_open(&d);
-        let mut i = 0u64;
-        suite.case("zs-db commit", "commits_per_s", Better::Higher, move || {
-            let t = Instant::now();
-            let mut n = 0;
-            while t.elapsed() < commit_time {
-                db.insert(Kind::Raw, &value(i)).expect("insert");
-                i += 1;
-                n += 1;
-            }
-            rate(n, t)
-        });
+        let shared: Rc<RefCell<Vec<f64>>> = Rc::new(RefCell::new(vec![f64::NAN; 4]));
+        let db = ours_open(&root.path().join("c-ours"));
         let d = root.path().join("c-redb");
         std::fs::create_dir_all(&d).expect("dir");
-        let db = redb::Database::create(d.join("r.redb")).expect("redb");
-        let mut i = 0u64;
-        suite.case("redb commit", "commits_per_s", Better::Higher, move || {
-            let t = Instant::now();
-            let mut n = 0;
-            while t.elapsed() < commit_time {
-                let tx = db.begin_write().expect("tx");
-                tx.open_table(T)
-                    .expect("t")
-                    .insert(i, value(i).as_slice())
-                    .expect("insert");
-                tx.commit().expect("commit");
-                i += 1;
-                n += 1;
-            }
-            rate(n, t)
-        });
-        // the physical limit of a durable commit on this disk: one write of a
-        // frame-sized record into preallocated room, then fdatasync (what any engine
-        // that acknowledges after a flush must wait for at least)
-        let f = root.path().join("c-limit");
-        let f = std::fs::OpenOptions::new()
+        let rdb = redb::Database::create(d.join("r.redb")).expect("redb");
+        let (ks, p) = fjall_open(&root.path().join("c-fjall"));
+        let mut f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .read(true)
             .write(true)
-            .open(f)
+            .open(root.path().join("c-limit"))
             .expect("limit file");
-        let mut f = f;
-        let mut at = 0u64;
-        let mut room = 0u64;
-        suite.case(
-            "fdatasync limit",
-            "commits_per_s",
-            Better::Higher,
-            move || {
+        let (mut i_ours, mut i_redb, mut i_fjall) = (0u64, 0u64, 0u64);
+        let (mut at, mut room) = (0u64, 0u64);
+        let out = shared.clone();
+        suite.case("zs-db commit", "commits_per_s", Better::Higher, move || {
+            let mut ours = |n: u64| {
+                for _ in 0..n {
+                    db.insert(Kind::Raw, &value(i_ours)).expect("insert");
+                    i_ours += 1;
+                }
+            };
+            let mut redb = |n: u64| {
+                for _ in 0..n {
+                    let tx = rdb.begin_write().expect("tx");
+                    tx.open_table(T)
+                        .expect("t")
+                        .insert(i_redb, value(i_redb).as_slice())
+                        .expect("insert");
+                    tx.commit().expect("commit");
+                    i_redb += 1;
+                }
+            };
+            let mut limit = |n: u64| {
                 use std::io::{Seek, SeekFrom, Write};
                 let rec = [7u8; VALUE + 32 + 4];
-                let t = Instant::now();
-                let mut n = 0;
-                while t.elapsed() < commit_time {
+                for _ in 0..n {
                     if at + rec.len() as u64 > room {
                         f.seek(SeekFrom::Start(room)).expect("seek");
                         f.write_all(&vec![0u8; 4 << 20]).expect("prealloc");
+                        f.sync_data().expect("fdatasync");
                         room += 4 << 20;
                     }
                     f.seek(SeekFrom::Start(at)).expect("seek");
                     f.write_all(&rec).expect("write");
                     f.sync_data().expect("fdatasync");
                     at += rec.len() as u64;
-                    n += 1;
                 }
-                rate(n, t)
-            },
-        );
-        // the same promise on every side: a commit is acknowledged only once it is on
-        // disk (zs-db Durability::Immediate: write + fdatasync; redb's default
-        // Durability::Immediate: fsync; fjall PersistMode::SyncAll after each insert:
-        // journal write + fsync)
-        let (ks, p) = fjall_open(&root.path().join("c-fjall"));
-        let mut i = 0u64;
-        suite.case("fjall commit", "commits_per_s", Better::Higher, move || {
-            let t = Instant::now();
-            let mut n = 0;
-            while t.elapsed() < commit_time {
-                p.insert(i.to_be_bytes(), value(i)).expect("insert");
-                ks.persist(fjall::PersistMode::SyncAll).expect("persist");
-                i += 1;
-                n += 1;
-            }
-            rate(n, t)
+            };
+            let mut fjall = |n: u64| {
+                for _ in 0..n {
+                    p.insert(i_fjall.to_be_bytes(), value(i_fjall))
+                        .expect("insert");
+                    ks.persist(fjall::PersistMode::SyncData).expect("persist");
+                    i_fjall += 1;
+                }
+            };
+            let rates = interleaved(
+                &mut [&mut ours, &mut redb, &mut limit, &mut fjall],
+                COMMIT_BLOCK,
+                commit_round,
+            );
+            *out.borrow_mut() = rates.clone();
+            rates[0]
         });
+        for (k, name) in [(1, "redb commit"), (2, "fdatasync limit"), (3, "fjall commit")] {
+            let shared = shared.clone();
+            suite.case(name, "commits_per_s", Better::Higher, move || {
+                shared.borrow()[k]
+            });
+        }
     }
 
     // --- durable commits from several threads at once -------------------------------
@@ -318,14 +358,20 @@ fn main() {
 
     // --- the shared data set for reads and scans -----------------------------------
     let ours_dir = root.path().join("s-ours");
-    let ours = ours_open(&ours_dir);
+    let ours = ours_open_with(
+        &ours_dir,
+        DbOptions {
+            cache_bytes: READ_CACHE,
+            ..DbOptions::default()
+        },
+    );
     ours_load(&ours, scan_n);
     let redb_dir = root.path().join("s-redb");
     std::fs::create_dir_all(&redb_dir).expect("dir");
     let rdb = redb::Database::create(redb_dir.join("r.redb")).expect("redb");
     redb_load(&rdb, scan_n);
     let fjall_dir = root.path().join("s-fjall");
-    let (ks, part) = fjall_open(&fjall_dir);
+    let (ks, part) = fjall_open_with(fjall::Config::new(&fjall_dir).cache_size(READ_CACHE as u64));
     fjall_load(&ks, &part, scan_n);
 
     // file sizes after loading, then after deleting every other record and compacting
@@ -337,55 +383,54 @@ fn main() {
     let expected_matches = (0..scan_n).filter(|&i| matches(&value(i))).count();
 
     // --- random point reads --------------------------------------------------------
-    {
-        let db = ours.clone();
-        let mut seed = 1u64;
-        suite.case("zs-db read", "reads_per_s", Better::Higher, move || {
-            let t = Instant::now();
-            for _ in 0..reads_n {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let id = (seed >> 33) % scan_n + 1;
-                let r = db.get(id).expect("get").expect("present");
-                std::hint::black_box(r.data.len());
-            }
-            rate(reads_n, t)
-        });
-    }
-    // shared by the read and scan closures; taken back for compaction at the end
+    // Interleaved like the commits (blocks of READ_BLOCK reads per side, rotating), so
+    // that a moment when another process takes the CPU hits every side alike. Each
+    // side answers the same ids in the same order and hands back the value: ours an
+    // owned copy (`get`), redb a guard borrowing its page, fjall a shared slice.
     let rdb_read = Arc::new(rdb);
     {
-        let db = rdb_read.clone();
-        let mut seed = 1u64;
-        suite.case("redb read", "reads_per_s", Better::Higher, move || {
-            let t = Instant::now();
-            let tx = db.begin_read().expect("tx");
-            let table = tx.open_table(T).expect("t");
-            for _ in 0..reads_n {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let id = (seed >> 33) % scan_n + 1;
-                let v = table.get(id).expect("get").expect("present");
-                std::hint::black_box(v.value().len());
-            }
-            rate(reads_n, t)
-        });
+        let shared: Rc<RefCell<Vec<f64>>> = Rc::new(RefCell::new(vec![f64::NAN; 3]));
+        let db = ours.clone();
+        let rdb = rdb_read.clone();
         let p = part.clone();
-        let mut seed = 1u64;
-        suite.case("fjall read", "reads_per_s", Better::Higher, move || {
-            let t = Instant::now();
-            for _ in 0..reads_n {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let id = (seed >> 33) % scan_n + 1;
-                let v = p.get(id.to_be_bytes()).expect("get").expect("present");
-                std::hint::black_box(v.len());
-            }
-            rate(reads_n, t)
+        let mut seeds = [1u64; 3];
+        let next = move |seed: &mut u64| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (*seed >> 33) % scan_n + 1
+        };
+        let out = shared.clone();
+        suite.case("zs-db read", "reads_per_s", Better::Higher, move || {
+            let [s0, s1, s2] = &mut seeds;
+            let mut ours = |n: u64| {
+                for _ in 0..n {
+                    let r = db.get(next(s0)).expect("get").expect("present");
+                    std::hint::black_box(r.data.len());
+                }
+            };
+            let tx = rdb.begin_read().expect("tx");
+            let table = tx.open_table(T).expect("t");
+            let mut redb = |n: u64| {
+                for _ in 0..n {
+                    let v = table.get(next(s1)).expect("get").expect("present");
+                    std::hint::black_box(v.value().len());
+                }
+            };
+            let mut fjall = |n: u64| {
+                for _ in 0..n {
+                    let v = p.get(next(s2).to_be_bytes()).expect("get").expect("present");
+                    std::hint::black_box(v.len());
+                }
+            };
+            let rates = interleaved(&mut [&mut ours, &mut redb, &mut fjall], READ_BLOCK, read_round);
+            *out.borrow_mut() = rates.clone();
+            rates[0]
         });
+        for (k, name) in [(1, "redb read"), (2, "fjall read")] {
+            let shared = shared.clone();
+            suite.case(name, "reads_per_s", Better::Higher, move || shared.borrow()[k]);
+        }
     }
 
     // --- filtered scan -------------------------------------------------------------
@@ -514,6 +559,11 @@ fn main() {
         "size ratio redb/zs-db after load {:.2}, after compaction {:.2}",
         sizes_loaded.1 as f64 / sizes_loaded.0 as f64,
         sizes_compacted.1 as f64 / sizes_compacted.0 as f64
+    ));
+    suite.note("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; single-thread commits and reads run interleaved in blocks (8 commits / 5000 reads per side, rotating order), rate from each side's median block");
+    suite.note(format!(
+        "reads and scans: cache budget {} MiB on every side (redb's default; zs-db and fjall set to it)",
+        READ_CACHE >> 20
     ));
     suite.note(format!(
         "batch = one commit of {batch_n} records; scan = {scan_n} records, filter matches {expected_matches}; zs-db scan uses {} threads",

@@ -7,11 +7,11 @@
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use evalexpr::{ContextWithMutableVariables, DefaultNumericTypes, HashMapContext};
 use fasteval::{Compiler, Evaler};
-use zs_bench_harness::{ns_per_op, Better, Options, Suite};
+use zs_bench_harness::{Better, Options, Suite};
 use zs_expr::{Engine, Value};
 
 const X: f64 = 3.5;
@@ -28,6 +28,41 @@ const EXPRS: [(&str, &str, Option<&str>, &str, f64); 3] = [
     ),
     ("string", "name = 'bob'", None, "name == \"bob\"", 1.0),
 ];
+
+/// One batch of calls lasts about this long: well under a scheduler time slice, so
+/// that most batches run without another process taking the CPU in the middle.
+const BATCH: Duration = Duration::from_micros(50);
+
+/// Nanoseconds per call of `f`, robust on a shared machine: the batch size is
+/// calibrated to about [`BATCH`], batches run until `min_time` has passed, and the
+/// lower quartile of the batches' ns/call is returned. A batch that another process
+/// interrupted only gets slower, so the lower quartile is what the code costs when it
+/// has the CPU; the same estimator on every side keeps the ratios fair.
+fn ns_per_op(min_time: Duration, mut f: impl FnMut()) -> f64 {
+    // calibrate (also warms caches and the allocator)
+    let mut n = 1u64;
+    loop {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        if t.elapsed() >= BATCH || n >= 1 << 24 {
+            break;
+        }
+        n *= 2;
+    }
+    let mut per_op = Vec::new();
+    let start = Instant::now();
+    while per_op.len() < 16 || start.elapsed() < min_time {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        per_op.push(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    per_op.sort_by(|a, b| a.total_cmp(b));
+    per_op[per_op.len() / 4]
+}
 
 fn fasteval_ns(name: &str, _args: Vec<f64>) -> Option<f64> {
     match name {
@@ -338,6 +373,7 @@ fn main() {
     );
     suite.note("eval_vs_fasteval / compile_vs_fasteval: arith + nested (fasteval has no strings); eval_vs_evalexpr: all three");
     suite.note("variables: ours by slot (&[Value]); fasteval a closure namespace; evalexpr a HashMapContext");
+    suite.note("timing: each sample runs ~50 us batches for the sample's time and reports the lower quartile of the batches' ns/op (preemption only slows a batch), the same on every side");
     suite.note("compile: ours builds a self-contained Program each time (dropped after); fasteval parses and compiles into one reused Slab (cleared each time, no allocation once warm)");
     suite.note("results as typed scalars on every side: numeric cases ours eval_f64, fasteval f64, evalexpr eval_number; string case ours eval_bool, evalexpr eval_boolean");
     suite.finish();
