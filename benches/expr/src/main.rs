@@ -149,9 +149,23 @@ fn main() {
 
     // --- parse + compile ---
     for (i, (label, text, fe, ee, _)) in EXPRS.into_iter().enumerate() {
+        // like fasteval's reused slab: one program whose memory every compile reuses
         let engine = Engine::new();
+        let mut p = engine.compile("0").expect("compiles");
         suite.case(
             &format!("zs-compile-{label}"),
+            "ns_per_op",
+            Better::Lower,
+            move || {
+                ns_per_op(min_time, || {
+                    black_box(engine.compile_into(black_box(text), &mut p).is_ok());
+                })
+            },
+        );
+        // a new self-contained Program each time (dropped after)
+        let engine = Engine::new();
+        suite.case(
+            &format!("zs-compile-fresh-{label}"),
             "ns_per_op",
             Better::Lower,
             move || {
@@ -195,14 +209,15 @@ fn main() {
         let _ = i;
     }
     let engine = Engine::new();
+    let mut p = engine.compile("0").expect("compiles");
     suite.case(
         "zs-compile-numeric",
         "ns_per_op",
         Better::Lower,
         move || {
             ns_per_op(min_time, || {
-                black_box(engine.compile(black_box(EXPRS[0].1)).ok());
-                black_box(engine.compile(black_box(EXPRS[1].1)).ok());
+                black_box(engine.compile_into(black_box(EXPRS[0].1), &mut p).is_ok());
+                black_box(engine.compile_into(black_box(EXPRS[1].1), &mut p).is_ok());
             })
         },
     );
@@ -348,6 +363,11 @@ fn main() {
                 &format!("zs-compile-{label}"),
                 &format!("fasteval-compile-{label}"),
             );
+            suite.ratio(
+                &format!("compile_fresh_vs_fasteval_{label}"),
+                &format!("zs-compile-fresh-{label}"),
+                &format!("fasteval-compile-{label}"),
+            );
         }
         suite.ratio(
             &format!("eval_vs_evalexpr_{label}"),
@@ -374,7 +394,7 @@ fn main() {
     suite.note("eval_vs_fasteval / compile_vs_fasteval: arith + nested (fasteval has no strings); eval_vs_evalexpr: all three");
     suite.note("variables: ours by slot (&[Value]); fasteval a closure namespace; evalexpr a HashMapContext");
     suite.note("timing: each sample runs ~50 us batches for the sample's time and reports the lower quartile of the batches' ns/op (preemption only slows a batch), the same on every side");
-    suite.note("compile: ours builds a self-contained Program each time (dropped after); fasteval parses and compiles into one reused Slab (cleared each time, no allocation once warm)");
+    suite.note("compile: ours (zs-compile-*) parses and compiles into one reused Program (Engine::compile_into: no allocation once warm), fasteval into one reused Slab (cleared each time, no allocation once warm); zs-compile-fresh-* builds a new self-contained Program each time (Engine::compile, dropped after), ratios compile_fresh_vs_fasteval_*");
     suite.note("results as typed scalars on every side: numeric cases ours eval_f64, fasteval f64, evalexpr eval_number; string case ours eval_bool, evalexpr eval_boolean");
     suite.finish();
 }
