@@ -61,6 +61,30 @@ fn interleaved(sides: &mut [&mut dyn FnMut(u64)], block: u64, budget: Duration) 
         .collect()
 }
 
+/// [`interleaved`] for operations that time themselves (setup and teardown outside
+/// the returned duration): one operation per side per block; operations per second
+/// from the geometric mean of the returned durations.
+fn interleaved_timed(sides: &mut [&mut dyn FnMut() -> Duration], budget: Duration) -> Vec<f64> {
+    let k = sides.len();
+    for side in sides.iter_mut() {
+        side();
+    }
+    let mut log_sum = vec![0f64; k];
+    let start = Instant::now();
+    let mut round = 0usize;
+    while round < 3 || start.elapsed() < budget {
+        for j in 0..k {
+            let s = (j + round) % k;
+            log_sum[s] += (sides[s])().as_secs_f64().max(1e-9).ln();
+        }
+        round += 1;
+    }
+    log_sum
+        .iter()
+        .map(|l| 1.0 / (l / round as f64).exp())
+        .collect()
+}
+
 fn value(i: u64) -> Vec<u8> {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..VALUE)
@@ -158,15 +182,17 @@ fn main() {
         (1_000_000, 10_000_000, Duration::from_secs(1))
     };
     // time of one round of the interleaved cases (all sides together)
-    let (commit_round, read_round, scan_round) = if opts.quick {
+    let (commit_round, batch_round, read_round, scan_round) = if opts.quick {
         (
             Duration::from_millis(1600),
+            Duration::from_millis(1500),
             Duration::from_millis(900),
             Duration::from_millis(1500),
         )
     } else {
         (
             Duration::from_secs(4),
+            Duration::from_secs(10),
             Duration::from_secs(3),
             Duration::from_secs(20),
         )
@@ -330,47 +356,64 @@ fn main() {
     }
 
     // --- batched inserts into a fresh store ----------------------------------------
+    // One batch per side per block, interleaved and rotating like the commits (a
+    // batch's final sync meets the same shared disk on every side). Each batch goes
+    // into a fresh store, removed afterwards, outside the timed part.
     {
+        let shared: Rc<RefCell<Vec<f64>>> = Rc::new(RefCell::new(vec![f64::NAN; 3]));
         let r = root.clone();
-        let mut round = 0;
+        let out = shared.clone();
+        let k = std::cell::Cell::new(0u64);
         suite.case("zs-db batch", "records_per_s", Better::Higher, move || {
-            round += 1;
-            let d = r.path().join(format!("b-ours-{round}"));
-            let db = ours_open(&d);
-            let t = Instant::now();
-            ours_load(&db, batch_n);
-            let v = rate(batch_n, t);
-            drop(db);
-            let _ = std::fs::remove_dir_all(&d);
-            v
+            // each side opens a fresh store (untimed), loads it (timed), closes and
+            // removes it (untimed)
+            let fresh = |side: &str| {
+                k.set(k.get() + 1);
+                let d = r.path().join(format!("b-{side}-{}", k.get()));
+                std::fs::create_dir_all(&d).expect("dir");
+                d
+            };
+            let mut ours = || {
+                let d = fresh("ours");
+                let db = ours_open(&d);
+                let t = Instant::now();
+                ours_load(&db, batch_n);
+                let el = t.elapsed();
+                drop(db);
+                let _ = std::fs::remove_dir_all(&d);
+                el
+            };
+            let mut redb = || {
+                let d = fresh("redb");
+                let db = redb::Database::create(d.join("r.redb")).expect("redb");
+                let t = Instant::now();
+                redb_load(&db, batch_n);
+                let el = t.elapsed();
+                drop(db);
+                let _ = std::fs::remove_dir_all(&d);
+                el
+            };
+            let mut fjall = || {
+                let d = fresh("fjall");
+                let (ks, p) = fjall_open(&d);
+                let t = Instant::now();
+                fjall_load(&ks, &p, batch_n);
+                let el = t.elapsed();
+                drop((p, ks));
+                let _ = std::fs::remove_dir_all(&d);
+                el
+            };
+            let rates = interleaved_timed(&mut [&mut ours, &mut redb, &mut fjall], batch_round);
+            let rates: Vec<f64> = rates.iter().map(|x| x * batch_n as f64).collect();
+            *out.borrow_mut() = rates.clone();
+            rates[0]
         });
-        let r = root.clone();
-        let mut round = 0;
-        suite.case("redb batch", "records_per_s", Better::Higher, move || {
-            round += 1;
-            let d = r.path().join(format!("b-redb-{round}"));
-            std::fs::create_dir_all(&d).expect("dir");
-            let db = redb::Database::create(d.join("r.redb")).expect("redb");
-            let t = Instant::now();
-            redb_load(&db, batch_n);
-            let v = rate(batch_n, t);
-            drop(db);
-            let _ = std::fs::remove_dir_all(&d);
-            v
-        });
-        let r = root.clone();
-        let mut round = 0;
-        suite.case("fjall batch", "records_per_s", Better::Higher, move || {
-            round += 1;
-            let d = r.path().join(format!("b-fjall-{round}"));
-            let (ks, p) = fjall_open(&d);
-            let t = Instant::now();
-            fjall_load(&ks, &p, batch_n);
-            let v = rate(batch_n, t);
-            drop((p, ks));
-            let _ = std::fs::remove_dir_all(&d);
-            v
-        });
+        for (k, name) in [(1, "redb batch"), (2, "fjall batch")] {
+            let shared = shared.clone();
+            suite.case(name, "records_per_s", Better::Higher, move || {
+                shared.borrow()[k]
+            });
+        }
     }
 
     // --- the shared data set for reads and scans -----------------------------------
@@ -587,7 +630,7 @@ fn main() {
         sizes_loaded.1 as f64 / sizes_loaded.0 as f64,
         sizes_compacted.1 as f64 / sizes_compacted.0 as f64
     ));
-    suite.note("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; single-thread commits, reads and scans run interleaved in blocks (8 commits / 5000 reads / 1 scan per side, rotating order), rate from the geometric mean of each side's block times");
+    suite.note("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; single-thread commits, batches, reads and scans run interleaved in blocks (8 commits / 1 batch / 5000 reads / 1 scan per side, rotating order), rate from the geometric mean of each side's block times");
     suite.note(format!(
         "reads and scans: cache budget {} MiB on every side (redb's default; zs-db and fjall set to it), zs-db's idle eviction off (1 h) as the others have none",
         READ_CACHE >> 20
