@@ -17,7 +17,9 @@ fn main() {
     let db = Database::create(vfs, "probe", DbOptions::default()).expect("create");
     let mut b = Batch::new();
     for i in 0..n {
-        let v: Vec<u8> = (0..100u64).map(|k| (i.wrapping_mul(31) ^ k) as u8).collect();
+        let v: Vec<u8> = (0..100u64)
+            .map(|k| (i.wrapping_mul(31) ^ k) as u8)
+            .collect();
         b.insert(Kind::Raw, v);
     }
     db.commit(&b).expect("commit");

@@ -25,11 +25,37 @@ const COMMIT_BLOCK: u64 = 8;
 /// Point reads per side per block of the interleaved read case.
 const READ_BLOCK: u64 = 5_000;
 
+/// The block times of an interleaved case, over every round so far.
+struct Blocks {
+    /// Sum of ln(seconds) of each side's blocks.
+    log_sum: Vec<f64>,
+    /// Timed blocks per side.
+    n: usize,
+}
+
+impl Blocks {
+    fn new(sides: usize) -> Blocks {
+        Blocks {
+            log_sum: vec![0.0; sides],
+            n: 0,
+        }
+    }
+
+    /// Each side's operations per second (`ops` per block) from the geometric mean of
+    /// its block times over every round so far.
+    fn rates(&self, ops: f64) -> Vec<f64> {
+        self.log_sum
+            .iter()
+            .map(|l| ops / (l / self.n.max(1) as f64).exp())
+            .collect()
+    }
+}
+
 /// Runs every side in blocks of `block` operations, rotating which side goes first
-/// (so no side always follows the same neighbour), after one untimed block each,
-/// block after block until `budget` has passed (at least three timed blocks each);
-/// returns each side's operations per second from the geometric mean of its block
-/// times.
+/// (so no side always follows the same neighbour), after one untimed block each when
+/// `warm`, block after block until `budget` has passed (at least two timed blocks
+/// each), adding the block times to `acc`; returns each side's operations per second
+/// from the geometric mean of its block times in this round and every earlier one.
 ///
 /// Why the geometric mean: on a shared machine the disk's flush latency (and the CPU
 /// share) switch between phases seconds long that differ by up to 20x, so block times
@@ -37,52 +63,57 @@ const READ_BLOCK: u64 = 5_000;
 /// all sides alike; the ratio of two sides' geometric means is the geometric mean of
 /// their block-by-block ratios, in which the phases cancel. A median would pick a
 /// block from one phase for one side and from the other for the next, and an
-/// arithmetic mean lets the slow phase decide alone.
-fn interleaved(sides: &mut [&mut dyn FnMut(u64)], block: u64, budget: Duration) -> Vec<f64> {
+/// arithmetic mean lets the slow phase decide alone. Why over every round so far: the
+/// suite takes the median of each case's rounds separately, and with per-round
+/// figures one side's median could come from a fast round and the other's from a
+/// slow one; cumulative figures of all sides cover the same blocks.
+fn interleaved(
+    acc: &mut Blocks,
+    sides: &mut [&mut dyn FnMut(u64)],
+    block: u64,
+    budget: Duration,
+    warm: bool,
+) -> Vec<f64> {
     let k = sides.len();
-    for side in sides.iter_mut() {
-        side(block);
+    if warm {
+        for side in sides.iter_mut() {
+            side(block);
+        }
     }
-    let mut log_sum = vec![0f64; k];
     let start = Instant::now();
     let mut round = 0usize;
-    while round < 3 || start.elapsed() < budget {
+    while round < 2 || start.elapsed() < budget {
         for j in 0..k {
             let s = (j + round) % k;
             let t = Instant::now();
             (sides[s])(block);
-            log_sum[s] += t.elapsed().as_secs_f64().max(1e-9).ln();
+            acc.log_sum[s] += t.elapsed().as_secs_f64().max(1e-9).ln();
         }
         round += 1;
+        acc.n += 1;
     }
-    log_sum
-        .iter()
-        .map(|l| block as f64 / (l / round as f64).exp())
-        .collect()
+    acc.rates(block as f64)
 }
 
 /// [`interleaved`] for operations that time themselves (setup and teardown outside
-/// the returned duration): one operation per side per block; operations per second
-/// from the geometric mean of the returned durations.
-fn interleaved_timed(sides: &mut [&mut dyn FnMut() -> Duration], budget: Duration) -> Vec<f64> {
+/// the returned duration): one operation per side per block, no warm-up.
+fn interleaved_timed(
+    acc: &mut Blocks,
+    sides: &mut [&mut dyn FnMut() -> Duration],
+    budget: Duration,
+) -> Vec<f64> {
     let k = sides.len();
-    for side in sides.iter_mut() {
-        side();
-    }
-    let mut log_sum = vec![0f64; k];
     let start = Instant::now();
     let mut round = 0usize;
-    while round < 3 || start.elapsed() < budget {
+    while round < 2 || start.elapsed() < budget {
         for j in 0..k {
             let s = (j + round) % k;
-            log_sum[s] += (sides[s])().as_secs_f64().max(1e-9).ln();
+            acc.log_sum[s] += (sides[s])().as_secs_f64().max(1e-9).ln();
         }
         round += 1;
+        acc.n += 1;
     }
-    log_sum
-        .iter()
-        .map(|l| 1.0 / (l / round as f64).exp())
-        .collect()
+    acc.rates(1.0)
 }
 
 fn value(i: u64) -> Vec<u8> {
@@ -228,6 +259,7 @@ fn main() {
         let (mut i_ours, mut i_redb, mut i_fjall) = (0u64, 0u64, 0u64);
         let (mut at, mut room) = (0u64, 0u64);
         let out = shared.clone();
+        let mut acc = Blocks::new(4);
         suite.case("zs-db commit", "commits_per_s", Better::Higher, move || {
             let mut ours = |n: u64| {
                 for _ in 0..n {
@@ -271,14 +303,20 @@ fn main() {
                 }
             };
             let rates = interleaved(
+                &mut acc,
                 &mut [&mut ours, &mut redb, &mut limit, &mut fjall],
                 COMMIT_BLOCK,
                 commit_round,
+                true,
             );
             *out.borrow_mut() = rates.clone();
             rates[0]
         });
-        for (k, name) in [(1, "redb commit"), (2, "fdatasync limit"), (3, "fjall commit")] {
+        for (k, name) in [
+            (1, "redb commit"),
+            (2, "fdatasync limit"),
+            (3, "fjall commit"),
+        ] {
             let shared = shared.clone();
             suite.case(name, "commits_per_s", Better::Higher, move || {
                 shared.borrow()[k]
@@ -364,6 +402,7 @@ fn main() {
         let r = root.clone();
         let out = shared.clone();
         let k = std::cell::Cell::new(0u64);
+        let mut acc = Blocks::new(3);
         suite.case("zs-db batch", "records_per_s", Better::Higher, move || {
             // each side opens a fresh store (untimed), loads it (timed), closes and
             // removes it (untimed)
@@ -403,7 +442,11 @@ fn main() {
                 let _ = std::fs::remove_dir_all(&d);
                 el
             };
-            let rates = interleaved_timed(&mut [&mut ours, &mut redb, &mut fjall], batch_round);
+            let rates = interleaved_timed(
+                &mut acc,
+                &mut [&mut ours, &mut redb, &mut fjall],
+                batch_round,
+            );
             let rates: Vec<f64> = rates.iter().map(|x| x * batch_n as f64).collect();
             *out.borrow_mut() = rates.clone();
             rates[0]
@@ -464,6 +507,7 @@ fn main() {
             (*seed >> 33) % scan_n + 1
         };
         let out = shared.clone();
+        let mut acc = Blocks::new(3);
         suite.case("zs-db read", "reads_per_s", Better::Higher, move || {
             let [s0, s1, s2] = &mut seeds;
             let mut ours = |n: u64| {
@@ -482,17 +526,28 @@ fn main() {
             };
             let mut fjall = |n: u64| {
                 for _ in 0..n {
-                    let v = p.get(next(s2).to_be_bytes()).expect("get").expect("present");
+                    let v = p
+                        .get(next(s2).to_be_bytes())
+                        .expect("get")
+                        .expect("present");
                     std::hint::black_box(v.len());
                 }
             };
-            let rates = interleaved(&mut [&mut ours, &mut redb, &mut fjall], READ_BLOCK, read_round);
+            let rates = interleaved(
+                &mut acc,
+                &mut [&mut ours, &mut redb, &mut fjall],
+                READ_BLOCK,
+                read_round,
+                true,
+            );
             *out.borrow_mut() = rates.clone();
             rates[0]
         });
         for (k, name) in [(1, "redb read"), (2, "fjall read")] {
             let shared = shared.clone();
-            suite.case(name, "reads_per_s", Better::Higher, move || shared.borrow()[k]);
+            suite.case(name, "reads_per_s", Better::Higher, move || {
+                shared.borrow()[k]
+            });
         }
     }
 
@@ -505,6 +560,7 @@ fn main() {
         let rdb = rdb_read.clone();
         let p = part.clone();
         let out = shared.clone();
+        let mut acc = Blocks::new(3);
         suite.case(
             "zs-db scan (parallel)",
             "records_per_s",
@@ -548,7 +604,13 @@ fn main() {
                     }
                 };
                 // one scan per block: the rates are records per second
-                let rates = interleaved(&mut [&mut ours, &mut redb, &mut fjall], 1, scan_round);
+                let rates = interleaved(
+                    &mut acc,
+                    &mut [&mut ours, &mut redb, &mut fjall],
+                    1,
+                    scan_round,
+                    false,
+                );
                 let rates: Vec<f64> = rates.iter().map(|r| r * scan_n as f64).collect();
                 *out.borrow_mut() = rates.clone();
                 rates[0]
@@ -630,7 +692,7 @@ fn main() {
         sizes_loaded.1 as f64 / sizes_loaded.0 as f64,
         sizes_compacted.1 as f64 / sizes_compacted.0 as f64
     ));
-    suite.note("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; single-thread commits, batches, reads and scans run interleaved in blocks (8 commits / 1 batch / 5000 reads / 1 scan per side, rotating order), rate from the geometric mean of each side's block times");
+    suite.note("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; single-thread commits, batches, reads and scans run interleaved in blocks (8 commits / 1 batch / 5000 reads / 1 scan per side, rotating order), rate from the geometric mean of each side's block times over all rounds so far (every round's figure covers the same blocks on every side)");
     suite.note(format!(
         "reads and scans: cache budget {} MiB on every side (redb's default; zs-db and fjall set to it), zs-db's idle eviction off (1 h) as the others have none",
         READ_CACHE >> 20

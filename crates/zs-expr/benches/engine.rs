@@ -18,7 +18,10 @@ const TEXTS: [(&str, &str); 4] = [
     ("arith", "x * 2 + 1"),
     ("nested", "max(abs(x - 10), min(x, 3)) * 2"),
     ("string", "name = 'bob' and x > 3"),
-    ("calls", "IntToStr(Round(x * 100)) + ' of ' + UpperCase(name)"),
+    (
+        "calls",
+        "IntToStr(Round(x * 100)) + ' of ' + UpperCase(name)",
+    ),
 ];
 
 fn vars_for(p: &zs_expr::Program) -> Vec<Value> {
@@ -53,7 +56,9 @@ fn eval(c: &mut Criterion) {
         let p = engine.compile(text).expect("compiles");
         let v = vars_for(&p);
         assert!(p.eval(&v[..]).is_ok(), "{label} evaluates");
-        g.bench_function(label, |b| b.iter(|| black_box(p.eval(black_box(&v[..])).is_ok())));
+        g.bench_function(label, |b| {
+            b.iter(|| black_box(p.eval(black_box(&v[..])).is_ok()))
+        });
     }
     g.finish();
 }

@@ -15,7 +15,6 @@
 //! index (children come before their parent, the root is last), arities, nesting depth
 //! against the engine's limits, and resolves function names in the loading engine.
 
-
 use crate::builtins::Builtin;
 use crate::error::Error;
 use crate::parser::{BinOp, UnOp};
