@@ -4,6 +4,11 @@
 //! batched inserts/s of 100-byte records, random point reads/s, a filtered scan (ours
 //! parallel, redb single-threaded with the same closure), and file sizes after loading
 //! and after compaction.
+//!
+//! Single-thread commits, batches, reads and scans run interleaved: one driver runs
+//! every engine in short blocks, rotating the order, and rates come from geometric
+//! means of block times over all rounds so far (see [`interleaved`]), because the
+//! shared disk and CPU change speed by up to 20x from one second to the next.
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
@@ -74,6 +79,19 @@ fn interleaved(
     budget: Duration,
     warm: bool,
 ) -> Vec<f64> {
+    interleaved_min(acc, sides, block, budget, warm, 2)
+}
+
+/// [`interleaved`] with at least `min_blocks` timed blocks per side in this round (1
+/// for the long blocks of scans: the figures are cumulative over the rounds anyway).
+fn interleaved_min(
+    acc: &mut Blocks,
+    sides: &mut [&mut dyn FnMut(u64)],
+    block: u64,
+    budget: Duration,
+    warm: bool,
+    min_blocks: usize,
+) -> Vec<f64> {
     let k = sides.len();
     if warm {
         for side in sides.iter_mut() {
@@ -82,7 +100,7 @@ fn interleaved(
     }
     let start = Instant::now();
     let mut round = 0usize;
-    while round < 2 || start.elapsed() < budget {
+    while round < min_blocks || start.elapsed() < budget {
         for j in 0..k {
             let s = (j + round) % k;
             let t = Instant::now();
@@ -96,7 +114,8 @@ fn interleaved(
 }
 
 /// [`interleaved`] for operations that time themselves (setup and teardown outside
-/// the returned duration): one operation per side per block, no warm-up.
+/// the returned duration): one operation per side per block, no warm-up, at least one
+/// block per side per round.
 fn interleaved_timed(
     acc: &mut Blocks,
     sides: &mut [&mut dyn FnMut() -> Duration],
@@ -105,13 +124,16 @@ fn interleaved_timed(
     let k = sides.len();
     let start = Instant::now();
     let mut round = 0usize;
-    while round < 2 || start.elapsed() < budget {
+    loop {
         for j in 0..k {
             let s = (j + round) % k;
             acc.log_sum[s] += (sides[s])().as_secs_f64().max(1e-9).ln();
         }
         round += 1;
         acc.n += 1;
+        if start.elapsed() >= budget {
+            break;
+        }
     }
     acc.rates(1.0)
 }
@@ -604,12 +626,13 @@ fn main() {
                     }
                 };
                 // one scan per block: the rates are records per second
-                let rates = interleaved(
+                let rates = interleaved_min(
                     &mut acc,
                     &mut [&mut ours, &mut redb, &mut fjall],
                     1,
                     scan_round,
                     false,
+                    1,
                 );
                 let rates: Vec<f64> = rates.iter().map(|r| r * scan_n as f64).collect();
                 *out.borrow_mut() = rates.clone();
