@@ -7,7 +7,7 @@
 //!
 //! Single-thread commits, batches, reads and scans run interleaved: one driver runs
 //! every engine in short blocks, rotating the order, and rates come from geometric
-//! means of block times over all rounds so far (see [`interleaved`]), because the
+//! means of block times over all rounds so far (see `interleaved`), because the
 //! shared disk and CPU change speed by up to 20x from one second to the next.
 #![forbid(unsafe_code)]
 
