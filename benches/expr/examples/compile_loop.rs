@@ -1,4 +1,4 @@
-//! Profiling aid for the compile cases: `compile_loop <zs|fasteval> [n] [all|arith|nested]`
+//! Profiling aid for the compile cases: `compile_loop <zs|zs-reuse|fasteval> [n] [all|arith|nested]`
 //! compiles the numeric bench expressions `n` times. Run it under `valgrind --tool=callgrind` to compare
 //! instruction counts, which stay reproducible on a busy machine where wall-clock does not.
 #![forbid(unsafe_code)]
@@ -27,6 +27,15 @@ fn main() {
                 }
             }
         }
+        "zs-reuse" => {
+            let engine = zs_expr::Engine::new();
+            let mut p = engine.compile("0").expect("compiles");
+            for _ in 0..n {
+                for &t in texts {
+                    black_box(engine.compile_into(black_box(t), &mut p).is_ok());
+                }
+            }
+        }
         "fasteval" => {
             let mut slab = fasteval::Slab::new();
             let parser = fasteval::Parser::new();
@@ -41,7 +50,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("usage: compile_loop <zs|fasteval> [n] (got {other:?})");
+            eprintln!("usage: compile_loop <zs|zs-reuse|fasteval> [n] (got {other:?})");
             std::process::exit(2);
         }
     }

@@ -472,6 +472,16 @@ enum Fill {
 struct CacheShard {
     map: HashMap<u64, (Kind, Arc<[u8]>, u64), IdHash>,
     bytes: usize,
+    /// Recency clock of this shard (eviction compares entries of one shard only, so a
+    /// counter under the shard's lock replaces a process-wide atomic per read).
+    tick: u64,
+}
+
+impl CacheShard {
+    fn tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
 }
 
 pub(crate) struct Inner {
@@ -495,7 +505,9 @@ pub(crate) struct Inner {
     /// The single-writer lock (`<name>.zdb.lock`), released on close or abandon.
     lock: Mutex<Option<LockGuard>>,
     cache: Vec<Mutex<CacheShard>>,
-    clock: AtomicU64,
+    /// Set by every access, cleared by the maintenance thread, which then records the
+    /// time in `last_access_ms`: an access costs no clock read.
+    accessed: AtomicBool,
     opened: Instant,
     last_access_ms: AtomicU64,
     report: OpenReport,
@@ -1110,10 +1122,11 @@ impl Database {
                     Mutex::new(CacheShard {
                         map: HashMap::default(),
                         bytes: 0,
+                        tick: 0,
                     })
                 })
                 .collect(),
-            clock: AtomicU64::new(0),
+            accessed: AtomicBool::new(false),
             opened: Instant::now(),
             last_access_ms: AtomicU64::new(0),
             report: OpenReport::default(),
@@ -1597,8 +1610,13 @@ impl Inner {
         self.opened.elapsed().as_millis() as u64
     }
 
+    /// Marks an access (read only, unless the flag is clear: no cache-line write per
+    /// read once it is set).
+    #[inline]
     fn touch(&self) {
-        self.last_access_ms.store(self.now_ms(), Ordering::Relaxed);
+        if !self.accessed.load(Ordering::Relaxed) {
+            self.accessed.store(true, Ordering::Relaxed);
+        }
     }
 
     fn check_value(&self, len: u64) -> Result<()> {
@@ -1664,13 +1682,18 @@ impl Inner {
                 wait = wait.min(due - now);
             }
         }
-        let idle_ms = self
-            .now_ms()
-            .saturating_sub(self.last_access_ms.load(Ordering::Relaxed));
+        let now_ms = self.now_ms();
+        if self.accessed.swap(false, Ordering::Relaxed) {
+            self.last_access_ms.store(now_ms, Ordering::Relaxed);
+        }
+        let idle_ms = now_ms.saturating_sub(self.last_access_ms.load(Ordering::Relaxed));
         if Duration::from_millis(idle_ms) >= self.opts.idle_evict {
             self.clear_cache();
         }
-        wait.max(Duration::from_millis(1))
+        // an access is noticed at the next round: rounds come at least every half idle
+        // period, so the cache goes at most 1.5 idle periods after the last access
+        wait.min(self.opts.idle_evict / 2)
+            .max(Duration::from_millis(1))
     }
 
     /// True when bytes were written to the file but not yet synced.
@@ -1708,11 +1731,11 @@ impl Inner {
         let end = w.buf_start + len as u64;
         let step = prealloc_step(end);
         if room && end > w.alloc_end && (len as u64) < step {
-            // grow in one step: the commit plus zero-filled room after it, one write
-            w.buf.resize(len + step as usize, 0);
-            let res = file.write_all_at(&w.buf, w.buf_start);
-            w.buf.truncate(len);
-            res.map_err(self.poison("write"))?;
+            // grow in one step: the commit, then the file's length set past it, so
+            // the room after the log end reads as zeros (a hole, not written blocks)
+            file.write_all_at(&w.buf, w.buf_start)
+                .and_then(|_| file.set_len(end + step))
+                .map_err(self.poison("write"))?;
             w.alloc_end = end + step;
         } else {
             file.write_all_at(&w.buf, w.buf_start)
@@ -2051,7 +2074,7 @@ impl Inner {
         if s.bytes + cost > budget {
             return Fill::Full;
         }
-        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let tick = s.tick();
         s.map.insert(id, (kind, Arc::from(data), tick));
         s.bytes += cost;
         Fill::Inserted
@@ -2221,8 +2244,8 @@ impl Inner {
             return;
         }
         let budget = self.opts.cache_bytes / CACHE_SHARDS;
-        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
         let mut s = mlock(self.shard(id));
+        let tick = s.tick();
         let cost = data.len() + 64;
         if let Some(old) = s.map.insert(id, (kind, Arc::from(data), tick)) {
             s.bytes -= old.1.len() + 64;
@@ -2266,8 +2289,8 @@ impl Inner {
         self.check_open()?;
         self.touch();
         if self.opts.cache_bytes > 0 {
-            let tick = self.clock.fetch_add(1, Ordering::Relaxed);
             let mut s = mlock(self.shard(id));
+            let tick = s.tick();
             if let Some(e) = s.map.get_mut(&id) {
                 e.2 = tick;
                 return Ok(Some(Record {

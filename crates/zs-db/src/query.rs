@@ -314,6 +314,9 @@ impl Worker {
         }
         let _done = Done(&self.shared);
         let total = self.source.len();
+        // the read buffer, reused by every chunk of this worker (grown, never zeroed
+        // again: each read overwrites the part it uses)
+        let mut buf = Vec::new();
         loop {
             {
                 let mut p = mlock(&self.shared.paused);
@@ -342,14 +345,14 @@ impl Worker {
             if self.reverse {
                 ids.reverse();
             }
-            let res = self.scan_ids(&ids);
+            let res = self.scan_ids(&ids, &mut buf);
             if self.tx.send((k, res)).is_err() {
                 return;
             }
         }
     }
 
-    fn scan_ids(&self, ids: &[u64]) -> Result<Vec<Record>> {
+    fn scan_ids(&self, ids: &[u64], buf: &mut Vec<u8>) -> Result<Vec<Record>> {
         let (file, items) = {
             let st = rlock(&self.inner.state);
             let items: Vec<(u64, Loc)> = ids
@@ -360,7 +363,6 @@ impl Worker {
         };
         let max_value = self.inner.opts.max_value;
         let mut out = Vec::new();
-        let mut buf = Vec::new();
         let mut i = 0;
         let mut scanned = 0u64;
         while i < items.len() {
@@ -393,8 +395,12 @@ impl Worker {
                 j += 1;
             }
             self.inner.ensure_written(hi)?;
-            buf.resize((hi - lo) as usize, 0);
-            file.read_exact_at(&mut buf, lo)
+            let need = (hi - lo) as usize;
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            let buf = &mut buf[..need];
+            file.read_exact_at(buf, lo)
                 .map_err(Error::io("scan read"))?;
             for &(id, loc) in &items[i..j] {
                 let s = (loc.off - lo) as usize;

@@ -15,8 +15,6 @@
 //! index (children come before their parent, the root is last), arities, nesting depth
 //! against the engine's limits, and resolves function names in the loading engine.
 
-use std::sync::Arc;
-
 use crate::builtins::Builtin;
 use crate::error::Error;
 use crate::parser::{BinOp, UnOp};
@@ -545,7 +543,7 @@ impl Engine {
             return Err(bad("trailing bytes after the nodes"));
         }
         let mut p = Program {
-            text: Arc::from(text),
+            text,
             src_len: source.len() as u32,
             nodes,
             spans,

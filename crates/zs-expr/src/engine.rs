@@ -290,6 +290,40 @@ impl Engine {
         })
     }
 
+    /// Like [`compile`](Self::compile), into an existing [`Program`] whose memory is
+    /// reused (the way a parser reuses its slab): once `program` has held an
+    /// expression at least as large, a recompile allocates nothing. For programs that
+    /// compile an expression per request (filters received over the network,
+    /// templates), one program per thread serves them all. On an error `program` is
+    /// left as it was.
+    ///
+    /// ```
+    /// use zs_expr::{Engine, Value};
+    /// let engine = Engine::new();
+    /// let mut p = engine.compile("0")?;
+    /// for (text, want) in [("x * 2 + 1", 7.0), ("max(x, 10) - 1", 9.0)] {
+    ///     engine.compile_into(text, &mut p)?;
+    ///     assert_eq!(p.eval_f64(&[Value::Float(3.0)][..])?, want);
+    /// }
+    /// assert!(engine.compile_into("x +", &mut p).is_err());
+    /// assert_eq!(p.source(), "max(x, 10) - 1");
+    /// # Ok::<(), zs_expr::Error>(())
+    /// ```
+    pub fn compile_into(&self, text: &str, program: &mut Program) -> Result<(), Error> {
+        resolve::with_scratch(|s| {
+            let resolved = resolve::resolve(self, text, s)?;
+            program::compile_into(
+                text,
+                s,
+                resolved,
+                self.limits.max_steps,
+                self.limits.max_string,
+                program,
+            );
+            Ok(())
+        })
+    }
+
     /// Like [`compile`](Self::compile) through a cache keyed by the text (least recently
     /// used entries are evicted beyond the capacity; errors are not cached).
     pub fn compile_cached(&self, text: &str) -> Result<Arc<Program>, Error> {

@@ -45,7 +45,7 @@ pub(crate) enum Node {
 #[derive(Clone)]
 pub struct Program {
     /// The source, followed by variable names that are not in it (from macros).
-    pub(crate) text: Arc<str>,
+    pub(crate) text: String,
     pub(crate) src_len: u32,
     pub(crate) nodes: Vec<Node>,
     /// `nvars` name ranges of `text`, then one source span per node.
@@ -72,8 +72,8 @@ impl std::fmt::Debug for Program {
     }
 }
 
-struct Builder {
-    p: Program,
+struct Builder<'p> {
+    p: &'p mut Program,
     fold_steps: u64,
 }
 
@@ -86,34 +86,51 @@ pub(crate) fn compile(
     max_steps: u64,
     max_str: usize,
 ) -> Program {
-    let Resolved { root, fns } = resolved;
-    let tree = &mut s.tree;
-    let n = tree.nodes.len();
-    let text: Arc<str> = if s.extra.is_empty() {
-        Arc::from(source)
-    } else {
-        let mut t = String::with_capacity(source.len() + s.extra.len());
-        t.push_str(source);
-        t.push_str(&s.extra);
-        Arc::from(t)
-    };
-    let nvars = s.vars.len();
-    let mut spans = Vec::with_capacity(nvars + n);
-    spans.extend_from_slice(&s.vars);
-    let p = Program {
-        text,
-        src_len: source.len() as u32,
+    let n = s.tree.nodes.len();
+    let mut p = Program {
+        text: String::new(),
+        src_len: 0,
         nodes: Vec::with_capacity(n),
-        spans,
-        nvars: nvars as u32,
-        args: Vec::with_capacity(tree.items.len()),
+        spans: Vec::with_capacity(s.vars.len() + n),
+        nvars: 0,
+        args: Vec::with_capacity(s.tree.items.len()),
         consts: Vec::new(),
-        fns,
+        fns: Vec::new(),
         max_steps,
         max_str,
         numeric: false,
         typed: Typed::default(),
     };
+    compile_into(source, s, resolved, max_steps, max_str, &mut p);
+    p
+}
+
+/// [`compile`] into an existing program, whose memory is reused: a warm recompile
+/// allocates nothing unless the new program needs more room than the old one had.
+pub(crate) fn compile_into(
+    source: &str,
+    s: &mut Scratch,
+    resolved: Resolved,
+    max_steps: u64,
+    max_str: usize,
+    p: &mut Program,
+) {
+    let Resolved { root, fns } = resolved;
+    let tree = &mut s.tree;
+    p.text.clear();
+    p.text.push_str(source);
+    p.text.push_str(&s.extra);
+    p.src_len = source.len() as u32;
+    p.nodes.clear();
+    p.spans.clear();
+    p.spans.extend_from_slice(&s.vars);
+    p.nvars = s.vars.len() as u32;
+    p.args.clear();
+    p.consts.clear();
+    p.fns = fns;
+    p.max_steps = max_steps;
+    p.max_str = max_str;
+    p.numeric = false;
     let mut b = Builder {
         p,
         fold_steps: max_steps,
@@ -121,7 +138,6 @@ pub(crate) fn compile(
     let root = b.fold(tree, root);
     b.emit(tree, root);
     b.p.finish(false);
-    b.p
 }
 
 #[inline]
@@ -129,7 +145,7 @@ fn is_const(tree: &IrTree, id: u32) -> bool {
     matches!(tree.node(id).kind, IrKind::Const(_))
 }
 
-impl Builder {
+impl Builder<'_> {
     fn try_eval(&mut self, tree: &IrTree, id: u32) -> Option<Value> {
         let cx = Ctx {
             vars: &NoVars,
@@ -296,8 +312,10 @@ impl Program {
     /// `shared`: see [`Program::numeric_candidate`] (true for a loaded program).
     pub(crate) fn finish(&mut self, shared: bool) {
         self.numeric = self.numeric_candidate(shared);
+        self.typed.clear();
         if self.numeric {
-            self.typed = Typed::translate(&self.nodes, &self.args, &self.consts);
+            self.typed
+                .translate_into(&self.nodes, &self.args, &self.consts);
         }
     }
 

@@ -445,13 +445,26 @@ enum Rhs {
 }
 
 impl Typed {
-    /// Translates `nodes` (children first, root last); an empty form if anything is not
-    /// translatable. The caller has already checked the evaluation-size bound.
-    pub(crate) fn translate(nodes: &[Node], args: &[u32], consts: &[Value]) -> Typed {
+    /// Empties the form (keeping its memory).
+    pub(crate) fn clear(&mut self) {
+        self.code.clear();
+        self.loads = 0;
+        self.root = 0;
+        self.ty = None;
+    }
+
+    /// Translates `nodes` (children first, root last) into this form, reusing its
+    /// memory; the form is empty (cleared) if anything is not translatable. The caller
+    /// has already checked the evaluation-size bound.
+    pub(crate) fn translate_into(&mut self, nodes: &[Node], args: &[u32], consts: &[Value]) {
+        let mut code = std::mem::take(&mut self.code);
+        code.clear();
+        self.clear();
         if nodes.len() > MAX_REGS || nodes.is_empty() {
-            return Typed::default();
+            self.code = code;
+            return;
         }
-        let mut code = Vec::with_capacity(nodes.len() + 1);
+        code.reserve(nodes.len() + 1);
         for n in nodes {
             if let Node::Var(s) | Node::VarK(_, s, _) = *n {
                 if !code.iter().any(|op| matches!(*op, Op::Load(t) if t == s)) {
@@ -460,7 +473,9 @@ impl Typed {
             }
         }
         if code.len() >= MAX_REGS {
-            return Typed::default();
+            code.clear();
+            self.code = code;
+            return;
         }
         let mut tr = Tr {
             nodes,
@@ -476,17 +491,24 @@ impl Typed {
                 .and_then(|(r, t)| Some((u8::try_from(r).ok()?, t)))
             {
                 Some(rt) => tr.at[me] = rt,
-                None => return Typed::default(),
+                None => {
+                    tr.code.clear();
+                    self.code = tr.code;
+                    return;
+                }
             }
         }
         match tr.at.get(nodes.len() - 1) {
-            Some(&(root, ty)) => Typed {
-                root: u32::from(root),
-                loads: tr.loads,
-                code: tr.code,
-                ty: Some(ty),
-            },
-            None => Typed::default(),
+            Some(&(root, ty)) => {
+                self.root = u32::from(root);
+                self.loads = tr.loads;
+                self.code = tr.code;
+                self.ty = Some(ty);
+            }
+            None => {
+                tr.code.clear();
+                self.code = tr.code;
+            }
         }
     }
 
