@@ -567,15 +567,26 @@ fn main() {
     let opts = Options::from_env();
     let placement = pin_process();
     // Profiling aid (not part of the suite): `ZS_RPC_PROFILE=SECS` runs only
-    // the pipelined epoll case for SECS seconds, for `perf record` or `strace -c`.
+    // the pipelined epoll case (`ZS_RPC_INFLIGHT=N` calls in flight, default
+    // 64) for SECS seconds, for `perf record`, callgrind or `strace -c`.
     #[cfg(target_os = "linux")]
     if let Some(secs) = std::env::var("ZS_RPC_PROFILE")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
     {
+        let inflight = std::env::var("ZS_RPC_INFLIGHT")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(PIPE)
+            .max(1);
         let p = zs_pair("epoll");
-        let rate = zs_chained(&p.client, Api::Sink, PIPE, Duration::from_secs_f64(secs));
-        println!("zs-epoll-pipe64 {rate:.0} msgs/s ({placement})");
+        let rate = zs_chained(
+            &p.client,
+            Api::Sink,
+            inflight,
+            Duration::from_secs_f64(secs),
+        );
+        println!("zs-epoll, {inflight} in flight: {rate:.0} calls/s ({placement})");
         return;
     }
     let dur = if opts.quick {
