@@ -36,12 +36,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use zs_bench_harness::{raw, Better, Options, Suite};
-use zs_core::{Call, Client, Registry, Reply, Server};
+use zs_core::{Call, Client, Registry, Reply, ReplySink, Server};
 use zs_crypto::session::{ClientConfig, SuitePolicy};
 use zs_crypto::{ServerConfig, ServerIdentity, SuiteId, ZsSecurity};
 use zs_wire::Text;
@@ -88,6 +88,9 @@ fn zs_pair(kind: &str) -> ZsPair {
     let provider = Arc::new(ZsSecurity::new(Some(Arc::new(ccfg)), Some(Arc::new(scfg))));
     let mut commands = Registry::new();
     commands.console("echo", |_, text| Ok(text.to_owned()));
+    commands.console_delayed("echo-ref", |_, text, r| {
+        let _ = r.reply_text(text);
+    });
     let server = Server::start(
         backend(kind),
         provider.clone(),
@@ -113,62 +116,114 @@ fn zs_pair(kind: &str) -> ZsPair {
 }
 
 /// `inflight` chains of calls: each answer starts the next call from the
-/// completion callback until the deadline.
+/// completion callback until the measuring thread raises `stop`.
+///
+/// Two client APIs: [`Api::Sink`] (`Client::call_to` reporting to one shared
+/// [`ReplySink`], the allocation-free form) against the server's `echo-ref`
+/// (answers with the request's own text, as the raw echo answers with the
+/// bytes it read), and [`Api::Boxed`] (`Client::call_with`, one boxed closure
+/// per call) against `echo` (a handler returning a new `String`).
 struct Chains {
     client: Arc<Client>,
+    api: Api,
+    cmd: Text,
     text: Text,
-    deadline: Instant,
+    stop: AtomicBool,
     done: AtomicU64,
     errors: AtomicU64,
     live: AtomicUsize,
     finished: (Mutex<bool>, Condvar),
+    /// The sink handed to `call_to` (a weak link back to these chains).
+    sink: std::sync::OnceLock<Arc<dyn ReplySink>>,
 }
 
-impl Chains {
-    fn issue(self: Arc<Self>) {
-        let call = Call::Console {
-            cmd: Text::from("echo"),
-            text: self.text.clone(),
-        };
-        let me = self.clone();
-        self.client.call_with(call, None, move |r| {
-            let ok = matches!(&r, Ok(Reply::Text(t)) if t.as_str() == me.text.as_str());
-            if ok {
-                me.done.fetch_add(1, Ordering::Relaxed);
-            } else {
-                me.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            if ok && Instant::now() < me.deadline {
-                me.issue();
-            } else if me.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let (m, c) = &me.finished;
-                *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                c.notify_all();
-            }
-        });
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Sink,
+    Boxed,
+}
+
+struct SinkOf(std::sync::Weak<Chains>);
+
+impl ReplySink for SinkOf {
+    fn on_reply(&self, _tag: u64, r: zs_core::Result<Reply>) {
+        if let Some(c) = self.0.upgrade() {
+            c.answered(r);
+        }
     }
 }
 
-/// Calls per second with `inflight` chained calls for `dur`.
-fn zs_chained(client: &Arc<Client>, inflight: usize, dur: Duration) -> f64 {
-    let t0 = Instant::now();
+impl Chains {
+    fn issue(self: &Arc<Self>) {
+        let call = Call::Console {
+            cmd: self.cmd.clone(),
+            text: self.text.clone(),
+        };
+        match self.api {
+            Api::Sink => match self.sink.get() {
+                Some(sink) => self.client.call_to(call, None, sink, 0),
+                None => self.answered(Err(zs_core::Error::Config("no sink".into()))),
+            },
+            Api::Boxed => {
+                let me = self.clone();
+                self.client.call_with(call, None, move |r| me.answered(r));
+            }
+        }
+    }
+
+    fn answered(self: &Arc<Self>, r: zs_core::Result<Reply>) {
+        let ok = matches!(&r, Ok(Reply::Text(t)) if t.as_str() == self.text.as_str());
+        if ok {
+            self.done.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if ok && !self.stop.load(Ordering::Relaxed) {
+            self.issue();
+        } else if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let (m, c) = &self.finished;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            c.notify_all();
+        }
+    }
+}
+
+/// Calls per second with `inflight` chained calls for `dur`: the calls
+/// answered by the time the last chain stopped, over that time.
+fn zs_chained(client: &Arc<Client>, api: Api, inflight: usize, dur: Duration) -> f64 {
+    let (cmd, sink_api) = match api {
+        Api::Sink => ("echo-ref", true),
+        Api::Boxed => ("echo", false),
+    };
     let chains = Arc::new(Chains {
         client: client.clone(),
+        api,
+        cmd: Text::from(cmd),
         text: Text::from(payload().as_str()),
-        deadline: t0 + dur,
+        stop: AtomicBool::new(false),
         done: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         live: AtomicUsize::new(inflight),
         finished: (Mutex::new(false), Condvar::new()),
+        sink: std::sync::OnceLock::new(),
     });
-    for _ in 0..inflight {
-        chains.clone().issue();
+    if sink_api {
+        let sink: Arc<dyn ReplySink> = Arc::new(SinkOf(Arc::downgrade(&chains)));
+        let _ = chains.sink.set(sink);
     }
+    let t0 = Instant::now();
+    for _ in 0..inflight {
+        chains.issue();
+    }
+    // The chains read no clock per call: this thread stops them.
+    std::thread::sleep(dur);
+    chains.stop.store(true, Ordering::Relaxed);
     let (m, c) = &chains.finished;
     let mut fin = m.lock().unwrap_or_else(|p| p.into_inner());
     while !*fin {
         fin = c.wait(fin).unwrap_or_else(|p| p.into_inner());
     }
+    drop(fin);
     let el = t0.elapsed().as_secs_f64();
     let errors = chains.errors.load(Ordering::Relaxed);
     assert_eq!(errors, 0, "zserver calls failed");
@@ -511,12 +566,37 @@ fn main() {
     }
     let opts = Options::from_env();
     let placement = pin_process();
+    // Profiling aid (not part of the suite): `ZS_RPC_PROFILE=SECS` runs only
+    // the pipelined epoll case (`ZS_RPC_INFLIGHT=N` calls in flight, default
+    // 64) for SECS seconds, for `perf record`, callgrind or `strace -c`.
+    #[cfg(target_os = "linux")]
+    if let Some(secs) = std::env::var("ZS_RPC_PROFILE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        let inflight = std::env::var("ZS_RPC_INFLIGHT")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(PIPE)
+            .max(1);
+        let p = zs_pair("epoll");
+        let rate = zs_chained(
+            &p.client,
+            Api::Sink,
+            inflight,
+            Duration::from_secs_f64(secs),
+        );
+        println!("zs-epoll, {inflight} in flight: {rate:.0} calls/s ({placement})");
+        return;
+    }
     let dur = if opts.quick {
         Duration::from_millis(250)
     } else {
         Duration::from_millis(800)
     };
-    let mut suite = Suite::from_options("rpc", &opts, 3, 7);
+    // Nine quick rounds: the medians of the 1-in-flight cases swung 0.48-1.63
+    // (seq_vs_raw) over three rounds on this shared machine.
+    let mut suite = Suite::from_options("rpc", &opts, 9, 15);
 
     // Sequential: one call in flight.
     let pp = raw::pingpong_server(MSG);
@@ -529,7 +609,7 @@ fn main() {
     {
         let p = epoll.clone();
         suite.case("zs-epoll-seq", "calls_per_s", Better::Higher, move || {
-            zs_chained(&p.client, 1, dur)
+            zs_chained(&p.client, Api::Sink, 1, dur)
         });
         let p = epoll.clone();
         suite.case(
@@ -571,12 +651,19 @@ fn main() {
     {
         let p = epoll.clone();
         suite.case("zs-epoll-pipe64", "msgs_per_s", Better::Higher, move || {
-            zs_chained(&p.client, PIPE, dur)
+            zs_chained(&p.client, Api::Sink, PIPE, dur)
         });
+        let p = epoll.clone();
+        suite.case(
+            "zs-epoll-pipe64-boxed",
+            "msgs_per_s",
+            Better::Higher,
+            move || zs_chained(&p.client, Api::Boxed, PIPE, dur),
+        );
     }
     let tk = zs_pair("tokio");
     suite.case("zs-tokio-pipe64", "msgs_per_s", Better::Higher, move || {
-        zs_chained(&tk.client, PIPE, dur)
+        zs_chained(&tk.client, Api::Sink, PIPE, dur)
     });
     {
         let (rt, c, t) = (crt.clone(), tarpc_client, text);
@@ -615,6 +702,12 @@ fn main() {
     suite.note(
         "zs_vs_tarpc / zs_vs_tonic are measured with 64 calls in flight (the seq_* ratios are the 1-in-flight case); \
          zs-*-seq chains each next call from the answer's callback, zs-epoll-seq-wait blocks a user thread on .wait()",
+    );
+    suite.note(
+        "zs-epoll-seq, zs-*-pipe64: Client::call_to with one shared ReplySink against `echo-ref` (answers with the request's own text, \
+         as the raw echo answers with the bytes it read; no allocation per call on either end); zs-epoll-pipe64-boxed: \
+         Client::call_with (a boxed closure per call) against `echo` (a handler returning a new String). \
+         Every zs case: 64 B each way, AES-256-GCM records, the answer checked against the request; the raw cases: plaintext, unchecked",
     );
     suite.note(format!("thread placement: {placement}"));
     #[cfg(target_os = "linux")]

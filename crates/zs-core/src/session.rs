@@ -386,12 +386,32 @@ impl std::hash::Hasher for IdHasher {
 /// A map keyed by our own call ids.
 pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-/// Call deadlines: a min-heap with lazy removal. A call answered in time
-/// leaves its entry behind (dropped when it surfaces, or when stale entries
-/// outnumber live ones and the heap is rebuilt), so the hot path costs a push
-/// and nothing on completion.
+/// Whether `frame` belongs to the link layer (StableIO records and their
+/// control requests) rather than to the application.
+#[inline]
+fn is_link_frame(frame: &Frame) -> bool {
+    matches!(
+        frame,
+        Frame::SeqData { .. }
+            | Frame::SeqAck { .. }
+            | Frame::SeqResend { .. }
+            | Frame::SeqKeepalive { .. }
+            | Frame::SeqEcho { .. }
+            | Frame::SeqEchoReply { .. }
+    ) || matches!(frame, Frame::Control { id: 0, cmd, .. }
+        if cmd.as_str() == CTL_STABLE || cmd.as_str() == CTL_RESUME)
+}
+
+/// Call deadlines with lazy removal. Calls made with the same timeout get
+/// deadlines in the order they were made, so those go to a FIFO (`fifo`,
+/// nondecreasing): a call answered in order removes the front, O(1), no
+/// comparison walk. A deadline earlier than the FIFO's last (a shorter
+/// timeout) goes to a min-heap (`heap`). A call answered out of order leaves
+/// its entry behind (dropped when it surfaces, or when stale entries outnumber
+/// live ones and both are rebuilt), so the hot path costs a push and a pop.
 #[derive(Default)]
 struct Deadlines {
+    fifo: VecDeque<(Instant, u64)>,
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Entries whose call is still pending.
     live: usize,
@@ -399,34 +419,58 @@ struct Deadlines {
 
 impl Deadlines {
     fn insert(&mut self, d: Instant, id: u64) {
-        self.heap.push(Reverse((d, id)));
+        if self.fifo.back().is_none_or(|b| b.0 <= d) {
+            self.fifo.push_back((d, id));
+        } else {
+            self.heap.push(Reverse((d, id)));
+        }
         self.live += 1;
     }
 
     /// The call `id` (deadline `d`) completed; `pending` no longer holds it.
     fn remove(&mut self, d: Instant, id: u64, pending: &IdMap<Pending>) {
         self.live = self.live.saturating_sub(1);
-        if self.heap.peek() == Some(&Reverse((d, id))) {
+        if self.fifo.front() == Some(&(d, id)) {
+            self.fifo.pop_front();
+        } else if self.heap.peek() == Some(&Reverse((d, id))) {
             self.heap.pop();
-        } else if self.heap.len() > 2 * self.live + 32 {
-            self.heap
-                .retain(|Reverse((d, id))| pending.get(id).is_some_and(|p| p.deadline == Some(*d)));
+        } else if self.fifo.len() + self.heap.len() > 2 * self.live + 32 {
+            let keep =
+                |d: &Instant, id: &u64| pending.get(id).is_some_and(|p| p.deadline == Some(*d));
+            self.fifo.retain(|(d, id)| keep(d, id));
+            self.heap.retain(|Reverse((d, id))| keep(d, id));
         }
     }
 
     /// The earliest entry (possibly stale: then an early wake-up finds nothing).
     fn first(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((d, _))| *d)
+        let a = self.fifo.front().map(|e| e.0);
+        let b = self.heap.peek().map(|Reverse((d, _))| *d);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn pop_due(&mut self, now: Instant) -> Option<(Instant, u64)> {
-        match self.heap.peek() {
-            Some(Reverse((d, _))) if *d <= now => self.heap.pop().map(|Reverse(e)| e),
-            _ => None,
+        let a = self.fifo.front().copied();
+        let b = self.heap.peek().map(|Reverse(e)| *e);
+        match (a, b) {
+            (Some(a), Some(b)) if b < a => (b.0 <= now)
+                .then(|| self.heap.pop())
+                .flatten()
+                .map(|Reverse(e)| e),
+            (Some(a), _) => (a.0 <= now).then(|| self.fifo.pop_front()).flatten(),
+            (None, Some(b)) => (b.0 <= now)
+                .then(|| self.heap.pop())
+                .flatten()
+                .map(|Reverse(e)| e),
+            (None, None) => None,
         }
     }
 
     fn clear(&mut self) {
+        self.fifo = VecDeque::new();
         self.heap = BinaryHeap::new();
         self.live = 0;
     }
@@ -842,17 +886,7 @@ impl Session {
         wrapped: bool,
         now: Instant,
     ) -> Result<Option<Frame>> {
-        let is_link = matches!(
-            frame,
-            Frame::SeqData { .. }
-                | Frame::SeqAck { .. }
-                | Frame::SeqResend { .. }
-                | Frame::SeqKeepalive { .. }
-                | Frame::SeqEcho { .. }
-                | Frame::SeqEchoReply { .. }
-        ) || matches!(&frame, Frame::Control { id: 0, cmd, .. }
-            if cmd.as_str() == CTL_STABLE || cmd.as_str() == CTL_RESUME);
-        if !is_link {
+        if !is_link_frame(&frame) {
             return Ok(Some(frame));
         }
         if wrapped {
@@ -1123,8 +1157,15 @@ impl Session {
                 }
             }
         }
-        let Some(frame) = self.on_link_frame(frame, wrapped, now)? else {
-            return Ok(());
+        // Application frames (the common case) skip the link layer without
+        // moving through its `Option` (two copies of a 120-byte frame).
+        let frame = if is_link_frame(&frame) {
+            match self.on_link_frame(frame, wrapped, now)? {
+                Some(f) => f,
+                None => return Ok(()),
+            }
+        } else {
+            frame
         };
         self.got_frames = true;
         if !wrapped
@@ -2793,5 +2834,60 @@ mod deadline_tests {
         assert_eq!(s.events.capacity(), 0);
         assert_eq!(s.plain.capacity(), 0);
         assert_eq!(s.wrap.capacity(), 0);
+    }
+
+    /// Call deadlines expire in deadline order whatever mix of timeouts made
+    /// them (FIFO and heap together), completed calls never expire, and
+    /// entries left by out-of-order completions are dropped, not leaked.
+    #[test]
+    fn deadlines_expire_in_order_across_fifo_and_heap() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut pending: IdMap<Pending> = IdMap::default();
+        let mut dl = Deadlines::default();
+        // ids 1..=6 with deadlines 10, 20, 5 (heap), 30, 15 (heap), 30
+        for (id, d) in [(1, 10), (2, 20), (3, 5), (4, 30), (5, 15), (6, 30)] {
+            dl.insert(ms(d), id);
+            pending.insert(
+                id,
+                Pending {
+                    deadline: Some(ms(d)),
+                    batch: None,
+                },
+            );
+        }
+        assert_eq!(dl.first(), Some(ms(5)));
+        // 1 completes in order (FIFO front), 5 out of order (left behind).
+        for id in [1, 5] {
+            let p = pending.remove(&id).unwrap();
+            dl.remove(p.deadline.unwrap(), id, &pending);
+        }
+        let mut expired = Vec::new();
+        while let Some((d, id)) = dl.pop_due(ms(100)) {
+            if pending.get(&id).is_some_and(|p| p.deadline == Some(d)) {
+                pending.remove(&id);
+                dl.live -= 1; // as handle_timeout does
+                expired.push(id);
+            }
+        }
+        assert_eq!(expired, [3, 2, 4, 6]);
+        assert_eq!(dl.first(), None);
+        // Many out-of-order completions: the stale entries are rebuilt away.
+        for id in 100..400u64 {
+            dl.insert(ms(50), id);
+            pending.insert(
+                id,
+                Pending {
+                    deadline: Some(ms(50)),
+                    batch: None,
+                },
+            );
+        }
+        for id in (100..400u64).rev() {
+            let p = pending.remove(&id).unwrap();
+            dl.remove(p.deadline.unwrap(), id, &pending);
+        }
+        assert!(dl.fifo.len() + dl.heap.len() <= 40, "{}", dl.fifo.len());
+        assert_eq!(dl.live, 0);
     }
 }

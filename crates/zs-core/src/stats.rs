@@ -50,7 +50,11 @@ impl CommandStats {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         let us = latency.as_micros().min(u32::MAX as u128) as u32;
-        self.max_us.fetch_max(us as u64, Ordering::Relaxed);
+        // A plain load first: the maximum rarely moves, and `fetch_max` is a
+        // compare-and-swap loop (a locked instruction) on every call.
+        if us as u64 > self.max_us.load(Ordering::Relaxed) {
+            self.max_us.fetch_max(us as u64, Ordering::Relaxed);
+        }
         let slot = self.recorded.fetch_add(1, Ordering::Relaxed) as usize % LATENCY_SAMPLES;
         self.samples[slot].store(us, Ordering::Relaxed);
     }

@@ -99,6 +99,13 @@ impl<T> TimerWheel<T> {
             }
             return;
         }
+        if self.earliest.is_some_and(|e| e > now_tick) {
+            // Nothing is due (every entry is at or after the known earliest),
+            // and the earliest stays known: a busy loop's turns neither walk
+            // the buckets here nor rescan them in `next_deadline`.
+            self.current = now_tick + 1;
+            return;
+        }
         let n = self.slots.len() as u64;
         let steps = (now_tick - self.current + 1).min(n);
         for i in 0..steps {
@@ -182,6 +189,46 @@ mod tests {
                 }
                 for (i, d) in deadlines.iter().enumerate() {
                     if *d + 4 <= now { prop_assert!(fired[i], "late: {} at {}", d, now); }
+                }
+            }
+            prop_assert!(w.is_empty());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Inserts between polls (the loop's pattern: timers set while others
+        /// wait) keep the cached earliest deadline exact: nothing fires early
+        /// or more than a tick late, and a poll with nothing due keeps the
+        /// cache (no bucket rescan per loop turn).
+        #[test]
+        fn interleaved_inserts_keep_the_earliest(steps in proptest::collection::vec((1u64..60, proptest::option::of(0u64..400)), 1..80)) {
+            let start = Instant::now();
+            let tick = Duration::from_millis(4);
+            let mut w = TimerWheel::new(start, tick, 16);
+            let mut due: Vec<(u64, bool)> = Vec::new();
+            let mut now = 0u64;
+            let mut out = Vec::new();
+            for (advance, insert) in steps.iter().copied().chain(std::iter::once((2000, None))) {
+                if let Some(after) = insert {
+                    w.insert(start + Duration::from_millis(now + after), due.len());
+                    due.push((now + after, false));
+                }
+                let cached = w.next_deadline();
+                now += advance;
+                out.clear();
+                w.poll(start + Duration::from_millis(now), &mut out);
+                if out.is_empty() && !w.is_empty() {
+                    prop_assert!(w.earliest.is_some(), "a poll with nothing due dropped the cache");
+                    prop_assert_eq!(w.next_deadline(), cached);
+                }
+                for &i in &out {
+                    prop_assert!(!due[i].1);
+                    prop_assert!(due[i].0 <= now, "fired early");
+                    due[i].1 = true;
+                }
+                for (d, fired) in &due {
+                    if *d + 4 <= now { prop_assert!(*fired, "late: {} at {}", d, now); }
                 }
             }
             prop_assert!(w.is_empty());
