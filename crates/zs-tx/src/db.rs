@@ -523,20 +523,9 @@ impl Inner {
             return self.commit_shared(b.shared().expect("checked"), st, &writes);
         }
         if let Some(b) = immediate {
-            let names: Vec<Arc<str>> = writes
-                .iter()
-                .map(|(k, _)| self.table_name(k.table))
-                .collect();
-            let batch: Vec<Write<'_>> = writes
-                .iter()
-                .zip(&names)
-                .map(|((k, (_, v)), n)| Write {
-                    table: n,
-                    key: &k.key,
-                    value: v.as_deref(),
-                })
-                .collect();
-            b.write(&batch)?;
+            self.with_writes(writes.iter().map(|(k, (_, v))| (*k, v)), |batch| {
+                b.write(batch)
+            })?;
         }
         let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
         let keep = self.opts.versions;
@@ -583,26 +572,14 @@ impl Inner {
         st: &TxState,
         writes: &[(&RecKey, &(Arc<Cell>, Val))],
     ) -> Result<()> {
-        let names: Vec<Arc<str>> = writes
-            .iter()
-            .map(|(k, _)| self.table_name(k.table))
-            .collect();
-        let batch: Vec<Write<'_>> = writes
-            .iter()
-            .zip(&names)
-            .map(|((k, (_, v)), n)| Write {
-                table: n,
-                key: &k.key,
-                value: v.as_deref(),
-            })
-            .collect();
         let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
         let keep = self.opts.versions;
-        self.clock.advance(|next| {
+        let rows = writes.iter().map(|(k, (_, v))| (*k, v));
+        self.with_writes(rows, |batch| self.clock.advance(|next| {
             let mut applied = *next;
             let r = sh.commit(
                 *next,
-                &batch,
+                batch,
                 &mut |ts, ws| {
                     self.apply_remote(ts, ws, &listeners);
                     applied = ts;
@@ -629,7 +606,27 @@ impl Inner {
                     Err(Error::Conflict)
                 }
             }
-        })
+        }))
+    }
+
+    /// Runs `f` on the backend writes of `rows` (record, new value), in their order.
+    fn with_writes<'r, R>(
+        &self,
+        rows: impl Iterator<Item = (&'r RecKey, &'r Val)>,
+        f: impl FnOnce(&[Write<'_>]) -> R,
+    ) -> R {
+        let rows: Vec<(&RecKey, &Val)> = rows.collect();
+        let names: Vec<Arc<str>> = rows.iter().map(|(k, _)| self.table_name(k.table)).collect();
+        let batch: Vec<Write<'_>> = rows
+            .iter()
+            .zip(&names)
+            .map(|((k, v), n)| Write {
+                table: n,
+                key: &k.key,
+                value: v.as_deref(),
+            })
+            .collect();
+        f(&batch)
     }
 
     pub(crate) fn finished(&self, ok: bool) {
@@ -689,17 +686,9 @@ impl Inner {
                 failed.extend(g);
                 continue;
             }
-            let names: Vec<Arc<str>> = g.iter().map(|(k, _)| self.table_name(k.table)).collect();
-            let batch: Vec<Write<'_>> = g
-                .iter()
-                .zip(&names)
-                .map(|((k, v), n)| Write {
-                    table: n,
-                    key: &k.key,
-                    value: v.as_deref(),
-                })
-                .collect();
-            if let Err(e) = backend.write(&batch) {
+            if let Err(e) = self.with_writes(g.iter().map(|(k, v)| (k, v)), |batch| {
+                backend.write(batch)
+            }) {
                 result = Err(e);
                 failed.extend(g);
             }
