@@ -22,9 +22,11 @@
 //!   redb `Durability::Immediate`: every acknowledged commit is synced.
 //!
 //! Robustness on a shared machine: every case warms up once before the measured
-//! rounds, cases run interleaved (A B A B) for several rounds and the medians are
-//! compared, each window stops all threads at one instant (no straggler tail), and
-//! the immediate windows are twice as long (fsync latency is the noisiest cost).
+//! rounds; each sample measures both sides of a pair in 8 alternating slices
+//! (A B B A A B B A), so both see the same stretch of load and disk latency; the
+//! suite runs several rounds and compares medians; each slice stops all threads at
+//! one instant (no straggler tail); the immediate windows are twice as long (fsync
+//! latency is the noisiest cost).
 //! At the end both sides' counters are summed and checked against the number of
 //! add-one transactions each side acknowledged.
 #![forbid(unsafe_code)]
@@ -47,8 +49,8 @@ const RECORDS: u64 = 1000;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs `op(thread, i)` on `threads` threads until `time` has passed (every thread
-/// stops at the same instant); returns operations/s.
-fn threaded(threads: u64, time: Duration, op: &(dyn Fn(u64, u64) + Sync)) -> f64 {
+/// stops at the same instant); returns (operations, seconds).
+fn threaded(threads: u64, time: Duration, op: &(dyn Fn(u64, u64) + Sync)) -> (u64, f64) {
     let stop = AtomicBool::new(false);
     let t = Instant::now();
     let n: u64 = std::thread::scope(|s| {
@@ -69,7 +71,37 @@ fn threaded(threads: u64, time: Duration, op: &(dyn Fn(u64, u64) + Sync)) -> f64
         stop.store(true, Ordering::Relaxed);
         hs.into_iter().map(|h| h.join().expect("thread")).sum()
     });
-    n as f64 / t.elapsed().as_secs_f64().max(1e-9)
+    (n, t.elapsed().as_secs_f64())
+}
+
+/// Slices of one paired sample: each side runs `SLICES` slices of `window / SLICES`,
+/// alternating A B B A A B …, so both sides see the same stretch of machine load
+/// and disk latency (fsync latency here drifts over seconds).
+const SLICES: u32 = 8;
+
+/// One paired sample of `w` over `window` per side: (ours tx/s, redb tx/s). A side
+/// that is switched off (`ZS_TX_BENCH_ONLY`) reports 0.
+fn paired(w: Work, ours: Option<&Ours>, redb: Option<&Redb>, window: Duration) -> (f64, f64) {
+    let slice = window / SLICES;
+    let (mut a, mut b) = ((0u64, 0f64), (0u64, 0f64));
+    let mut side = |first: bool| {
+        if first {
+            if let Some(o) = ours {
+                let (n, t) = w.run(o, slice);
+                a = (a.0 + n, a.1 + t);
+            }
+        } else if let Some(r) = redb {
+            let (n, t) = w.run(r, slice);
+            b = (b.0 + n, b.1 + t);
+        }
+    };
+    for i in 0..SLICES {
+        let ours_first = (i + 1) % 4 < 2; // A B, B A, A B, B A …
+        side(ours_first);
+        side(!ours_first);
+    }
+    let rate = |(n, t): (u64, f64)| if t > 0.0 { n as f64 / t } else { 0.0 };
+    (rate(a), rate(b))
 }
 
 fn key_of(k: u64, i: u64) -> u64 {
@@ -222,7 +254,7 @@ enum Work {
 }
 
 impl Work {
-    fn run(self, store: &dyn Store, time: Duration) -> f64 {
+    fn run(self, store: &dyn Store, time: Duration) -> (u64, f64) {
         match self {
             Work::Sequential => threaded(1, time, &|_, _| store.add(0)),
             Work::Heavy => threaded(THREADS, time, &|_, _| store.add(1)),
@@ -268,12 +300,12 @@ fn main() {
     // allocator warm, records created) before anything is measured
     for (mode, _, ours, redb) in &pairs {
         for (wname, w) in works {
-            if ours_on(wname, mode) {
-                w.run(&**ours, Duration::from_millis(150));
-            }
-            if redb_on(wname, mode) {
-                w.run(&**redb, Duration::from_millis(150));
-            }
+            paired(
+                w,
+                ours_on(wname, mode).then_some(&**ours),
+                redb_on(wname, mode).then_some(&**redb),
+                Duration::from_millis(150),
+            );
         }
     }
     for (mode, window, ours, redb) in &pairs {
@@ -282,31 +314,33 @@ fn main() {
                 continue;
             }
             let redo = Rc::new(StdCell::new(0.0));
-            let (o, r, win, on) = (ours.clone(), redo.clone(), *window, ours_on(wname, mode));
+            let theirs = Rc::new(StdCell::new(0.0));
+            let (o, rd, win) = (ours.clone(), redb.clone(), *window);
+            let (on, ron) = (ours_on(wname, mode), redb_on(wname, mode));
+            let (r, th) = (redo.clone(), theirs.clone());
+            // one sampler measures both sides, interleaved in slices; the redb
+            // case reports the figure it measured
             suite.case(
                 &format!("zs-tx {wname} {mode}"),
                 "tx_per_s",
                 Better::Higher,
                 move || {
-                    if !on {
-                        return 0.0;
-                    }
                     let before = o.db.stats();
-                    let v = w.run(&*o, win);
+                    let (v, t) = paired(w, on.then_some(&*o), ron.then_some(&*rd), win);
                     let after = o.db.stats();
                     r.set(
                         (after.redos - before.redos) as f64
                             / (after.commits - before.commits).max(1) as f64,
                     );
+                    th.set(t);
                     v
                 },
             );
-            let (rd, win, on) = (redb.clone(), *window, redb_on(wname, mode));
             suite.case(
                 &format!("redb {wname} {mode}"),
                 "tx_per_s",
                 Better::Higher,
-                move || if on { w.run(&*rd, win) } else { 0.0 },
+                move || theirs.get(),
             );
             if !matches!(w, Work::Sequential) {
                 suite.case(
