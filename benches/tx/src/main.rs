@@ -390,7 +390,11 @@ fn main() {
         ("redb immediate", &*redb_i),
     ];
     for (name, s) in stores {
-        assert_eq!(s.sum(), s.acked(), "{name}: every acknowledged add-one counted once");
+        assert_eq!(
+            s.sum(),
+            s.acked(),
+            "{name}: every acknowledged add-one counted once"
+        );
     }
     suite.note(format!(
         "promises: periodic = zs-tx Checkpoint::Periodic(1 s) ({} checkpoints) vs redb Durability::None + a Durability::Immediate commit at least once per second ({} of them): on a crash each loses at most ~1 s of acknowledged commits, keeps a prefix, nothing torn; immediate = zs-tx Checkpoint::Immediate vs redb Durability::Immediate: every acknowledged commit synced",

@@ -575,38 +575,40 @@ impl Inner {
         let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
         let keep = self.opts.versions;
         let rows = writes.iter().map(|(k, (_, v))| (*k, v));
-        self.with_writes(rows, |batch| self.clock.advance(|next| {
-            let mut applied = *next;
-            let r = sh.commit(
-                *next,
-                batch,
-                &mut |ts, ws| {
-                    self.apply_remote(ts, ws, &listeners);
-                    applied = ts;
-                },
-                &mut || eng::validate(st.reads.values().map(|r| &r.0)),
-            );
-            *next = applied;
-            match r? {
-                SharedCommit::Committed(n) => {
-                    for (k, (cell, v)) in writes {
-                        cell.install(n, v.clone(), keep);
-                        if let Some(ls) = listeners.get(&k.table) {
-                            for l in ls {
-                                l(n, &k.key, v.as_deref());
+        self.with_writes(rows, |batch| {
+            self.clock.advance(|next| {
+                let mut applied = *next;
+                let r = sh.commit(
+                    *next,
+                    batch,
+                    &mut |ts, ws| {
+                        self.apply_remote(ts, ws, &listeners);
+                        applied = ts;
+                    },
+                    &mut || eng::validate(st.reads.values().map(|r| &r.0)),
+                );
+                *next = applied;
+                match r? {
+                    SharedCommit::Committed(n) => {
+                        for (k, (cell, v)) in writes {
+                            cell.install(n, v.clone(), keep);
+                            if let Some(ls) = listeners.get(&k.table) {
+                                for l in ls {
+                                    l(n, &k.key, v.as_deref());
+                                }
                             }
                         }
+                        *next = n;
+                        Ok(())
                     }
-                    *next = n;
-                    Ok(())
+                    SharedCommit::Conflict => Err(Error::Conflict),
+                    SharedCommit::Behind => {
+                        self.reload(sh, next, &listeners)?;
+                        Err(Error::Conflict)
+                    }
                 }
-                SharedCommit::Conflict => Err(Error::Conflict),
-                SharedCommit::Behind => {
-                    self.reload(sh, next, &listeners)?;
-                    Err(Error::Conflict)
-                }
-            }
-        }))
+            })
+        })
     }
 
     /// Runs `f` on the backend writes of `rows` (record, new value), in their order.
@@ -686,9 +688,9 @@ impl Inner {
                 failed.extend(g);
                 continue;
             }
-            if let Err(e) = self.with_writes(g.iter().map(|(k, v)| (k, v)), |batch| {
-                backend.write(batch)
-            }) {
+            if let Err(e) =
+                self.with_writes(g.iter().map(|(k, v)| (k, v)), |batch| backend.write(batch))
+            {
                 result = Err(e);
                 failed.extend(g);
             }

@@ -35,8 +35,7 @@ fn main() {
         seed: a[5].parse().expect("SEED"),
     };
     let backend: Arc<dyn Backend> = Arc::new(
-        PgBackend::connect_shared(&a[1], &a[2], bank.writers as usize + 1, None)
-            .expect("connect"),
+        PgBackend::connect_shared(&a[1], &a[2], bank.writers as usize + 1, None).expect("connect"),
     );
     let db = Db::open(
         backend,

@@ -157,10 +157,9 @@ pub fn run_transfers(db: &Db, b: Bank) -> (BankReport, Vec<i64>) {
             .map(|w| {
                 let (db, t) = (db.clone(), t.clone());
                 s.spawn(move || {
-                    let mut rng = Rng(
-                        b.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                            ^ ((w as u64 + 1) * 0x1234_5678),
-                    );
+                    let mut rng =
+                        Rng(b.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            ^ ((w as u64 + 1) * 0x1234_5678));
                     let mut deltas = vec![0i64; b.accounts as usize];
                     let mut committed = 0u64;
                     for _ in 0..b.transfers {
