@@ -204,8 +204,8 @@ fn postgres_backend_bank_and_durability() {
         let r = run_bank(
             &db,
             Bank {
-                transfers: 40,
-                ..Bank::sized(40)
+                transfers: 25,
+                ..Bank::sized(25)
             },
         );
         assert_eq!(r.committed_violations + r.body_violations, 0, "{r:?}");
@@ -319,7 +319,7 @@ fn postgres_shared_by_several_servers() {
     std::thread::scope(|s| {
         for (db, t) in [(&a, &ta), (&b, &tb)] {
             s.spawn(move || {
-                for _ in 0..40 {
+                for _ in 0..25 {
                     db.run(|tx| {
                         let x = t.get(tx, &1)?.unwrap_or(0);
                         t.put(tx, &1, &(x + 1))
@@ -331,8 +331,8 @@ fn postgres_shared_by_several_servers() {
     });
     a.sync().unwrap();
     b.sync().unwrap();
-    assert_eq!(ta.peek(&1).unwrap(), Some(80));
-    assert_eq!(tb.peek(&1).unwrap(), Some(80));
+    assert_eq!(ta.peek(&1).unwrap(), Some(50));
+    assert_eq!(tb.peek(&1).unwrap(), Some(50));
     // removals travel too
     a.run(|tx| ta.remove(tx, &7)).unwrap();
     b.sync().unwrap();
@@ -394,7 +394,7 @@ fn postgres_shared_by_several_servers() {
     seeder.close().unwrap();
     drop(acc);
     let full = std::env::var_os("ZS_TX_BANK_FULL").is_some();
-    let (writers, transfers) = if full { ("4", "500") } else { ("2", "40") };
+    let (writers, transfers) = if full { ("4", "500") } else { ("2", "25") };
     let t0 = std::time::Instant::now();
     let mut nodes: Vec<std::process::Child> = (0..2)
         .map(|i| {
