@@ -376,6 +376,12 @@ fn main() {
         "zs-tx heavy conflict x4 periodic",
         "zs-tx normal conflict x4 periodic",
     );
+    // the other no-conflict case: one committer, nobody to conflict with
+    suite.ratio(
+        "heavy_vs_sequential",
+        "zs-tx heavy conflict x4 periodic",
+        "zs-tx sequential periodic",
+    );
     suite.ratio(
         "heavy_vs_normal_conflict_immediate",
         "zs-tx heavy conflict x4 immediate",
