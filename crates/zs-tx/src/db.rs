@@ -149,6 +149,19 @@ struct Dirty {
 }
 
 impl Dirty {
+    /// Starts a new record set for `keys`, merged with the sets they are in already.
+    fn join<'k>(&mut self, keys: impl IntoIterator<Item = &'k RecKey>) {
+        let s = self.parent.len();
+        self.parent.push(s);
+        for k in keys {
+            if let Some(&o) = self.set_of.get(k) {
+                let r = self.find(o);
+                self.parent[r] = s;
+            }
+            self.set_of.insert(k.clone(), s);
+        }
+    }
+
     fn find(&mut self, mut s: usize) -> usize {
         while self.parent[s] != s {
             let p = self.parent[self.parent[s]];
@@ -216,6 +229,22 @@ fn shard_of(k: &RecKey) -> usize {
 }
 
 impl Inner {
+    /// The backend, until `Db::close` releases it.
+    fn backend(&self) -> Option<Arc<dyn Backend>> {
+        self.backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Remembers the error of a background checkpoint or follower round.
+    fn record_error(&self, e: &Error) {
+        *self
+            .last_flush_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+
     /// The record named `k`, created (as "absent") on first use, within
     /// `Options::max_records`.
     pub(crate) fn cell(&self, k: &RecKey) -> Result<Arc<Cell>> {
@@ -252,12 +281,7 @@ impl Inner {
 
     /// A record that is not cached, read from the backend (bounded cache).
     fn load_cell(&self, k: &RecKey, cap: u64) -> Result<Arc<Cell>> {
-        let backend = self
-            .backend
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(Error::Closed)?;
+        let backend = self.backend().ok_or(Error::Closed)?;
         let name = self.table_name(k.table);
         loop {
             let epoch = self.evictions.load(Ordering::Acquire);
@@ -415,12 +439,7 @@ impl Inner {
     /// Applies the commits other engines made since this one's position (shared
     /// stores; a no-op otherwise).
     fn catch_up(&self) -> Result<()> {
-        let Some(b) = self
-            .backend
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(b) = self.backend() else {
             return Ok(());
         };
         let Some(sh) = b.shared() else { return Ok(()) };
@@ -509,11 +528,7 @@ impl Inner {
         let mut writes: Vec<(&RecKey, &(Arc<Cell>, Val))> = st.writes.iter().collect();
         writes.sort_by(|a, b| a.0.cmp(b.0));
         let immediate = match self.opts.checkpoint {
-            Checkpoint::Immediate => self
-                .backend
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            Checkpoint::Immediate => self.backend(),
             _ => None,
         };
         if self.closed.load(Ordering::Acquire) {
@@ -523,20 +538,9 @@ impl Inner {
             return self.commit_shared(b.shared().expect("checked"), st, &writes);
         }
         if let Some(b) = immediate {
-            let names: Vec<Arc<str>> = writes
-                .iter()
-                .map(|(k, _)| self.table_name(k.table))
-                .collect();
-            let batch: Vec<Write<'_>> = writes
-                .iter()
-                .zip(&names)
-                .map(|((k, (_, v)), n)| Write {
-                    table: n,
-                    key: &k.key,
-                    value: v.as_deref(),
-                })
-                .collect();
-            b.write(&batch)?;
+            self.with_writes(writes.iter().map(|(k, (_, v))| (*k, v)), |batch| {
+                b.write(batch)
+            })?;
         }
         let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
         let keep = self.opts.versions;
@@ -552,15 +556,7 @@ impl Inner {
                     d.values.insert((*k).clone(), v.clone());
                 }
                 if sets {
-                    let s = d.parent.len();
-                    d.parent.push(s);
-                    for (k, _) in &want {
-                        if let Some(&o) = d.set_of.get(k) {
-                            let r = d.find(o);
-                            d.parent[r] = s;
-                        }
-                        d.set_of.insert(k.clone(), s);
-                    }
+                    d.join(want.iter().map(|(k, _)| k));
                 }
             }
             for (k, (_, v)) in &writes {
@@ -583,53 +579,63 @@ impl Inner {
         st: &TxState,
         writes: &[(&RecKey, &(Arc<Cell>, Val))],
     ) -> Result<()> {
-        let names: Vec<Arc<str>> = writes
-            .iter()
-            .map(|(k, _)| self.table_name(k.table))
-            .collect();
-        let batch: Vec<Write<'_>> = writes
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        let keep = self.opts.versions;
+        let rows = writes.iter().map(|(k, (_, v))| (*k, v));
+        self.with_writes(rows, |batch| {
+            self.clock.advance(|next| {
+                let mut applied = *next;
+                let r = sh.commit(
+                    *next,
+                    batch,
+                    &mut |ts, ws| {
+                        self.apply_remote(ts, ws, &listeners);
+                        applied = ts;
+                    },
+                    &mut || eng::validate(st.reads.values().map(|r| &r.0)),
+                );
+                *next = applied;
+                match r? {
+                    SharedCommit::Committed(n) => {
+                        for (k, (cell, v)) in writes {
+                            cell.install(n, v.clone(), keep);
+                            if let Some(ls) = listeners.get(&k.table) {
+                                for l in ls {
+                                    l(n, &k.key, v.as_deref());
+                                }
+                            }
+                        }
+                        *next = n;
+                        Ok(())
+                    }
+                    SharedCommit::Conflict => Err(Error::Conflict),
+                    SharedCommit::Behind => {
+                        self.reload(sh, next, &listeners)?;
+                        Err(Error::Conflict)
+                    }
+                }
+            })
+        })
+    }
+
+    /// Runs `f` on the backend writes of `rows` (record, new value), in their order.
+    fn with_writes<'r, R>(
+        &self,
+        rows: impl Iterator<Item = (&'r RecKey, &'r Val)>,
+        f: impl FnOnce(&[Write<'_>]) -> R,
+    ) -> R {
+        let rows: Vec<(&RecKey, &Val)> = rows.collect();
+        let names: Vec<Arc<str>> = rows.iter().map(|(k, _)| self.table_name(k.table)).collect();
+        let batch: Vec<Write<'_>> = rows
             .iter()
             .zip(&names)
-            .map(|((k, (_, v)), n)| Write {
+            .map(|((k, v), n)| Write {
                 table: n,
                 key: &k.key,
                 value: v.as_deref(),
             })
             .collect();
-        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
-        let keep = self.opts.versions;
-        self.clock.advance(|next| {
-            let mut applied = *next;
-            let r = sh.commit(
-                *next,
-                &batch,
-                &mut |ts, ws| {
-                    self.apply_remote(ts, ws, &listeners);
-                    applied = ts;
-                },
-                &mut || eng::validate(st.reads.values().map(|r| &r.0)),
-            );
-            *next = applied;
-            match r? {
-                SharedCommit::Committed(n) => {
-                    for (k, (cell, v)) in writes {
-                        cell.install(n, v.clone(), keep);
-                        if let Some(ls) = listeners.get(&k.table) {
-                            for l in ls {
-                                l(n, &k.key, v.as_deref());
-                            }
-                        }
-                    }
-                    *next = n;
-                    Ok(())
-                }
-                SharedCommit::Conflict => Err(Error::Conflict),
-                SharedCommit::Behind => {
-                    self.reload(sh, next, &listeners)?;
-                    Err(Error::Conflict)
-                }
-            }
-        })
+        f(&batch)
     }
 
     pub(crate) fn finished(&self, ok: bool) {
@@ -648,12 +654,7 @@ impl Inner {
 
     /// Writes everything changed since the last checkpoint (periodic modes).
     fn checkpoint(&self) -> Result<()> {
-        let Some(backend) = self
-            .backend
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(backend) = self.backend() else {
             return Ok(());
         };
         let _one = self.flush.lock().unwrap_or_else(|p| p.into_inner());
@@ -689,17 +690,9 @@ impl Inner {
                 failed.extend(g);
                 continue;
             }
-            let names: Vec<Arc<str>> = g.iter().map(|(k, _)| self.table_name(k.table)).collect();
-            let batch: Vec<Write<'_>> = g
-                .iter()
-                .zip(&names)
-                .map(|((k, v), n)| Write {
-                    table: n,
-                    key: &k.key,
-                    value: v.as_deref(),
-                })
-                .collect();
-            if let Err(e) = backend.write(&batch) {
+            if let Err(e) =
+                self.with_writes(g.iter().map(|(k, v)| (k, v)), |batch| backend.write(batch))
+            {
                 result = Err(e);
                 failed.extend(g);
             }
@@ -709,20 +702,11 @@ impl Inner {
             let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
             for (k, v) in failed {
                 if !d.values.contains_key(&k) {
-                    d.values.insert(k.clone(), v);
-                    let s = d.parent.len();
-                    d.parent.push(s);
-                    if let Some(&o) = d.set_of.get(&k) {
-                        let r = d.find(o);
-                        d.parent[r] = s;
-                    }
-                    d.set_of.insert(k, s);
+                    d.join([&k]);
+                    d.values.insert(k, v);
                 }
             }
-            *self
-                .last_flush_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            self.record_error(e);
         } else {
             self.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
@@ -967,22 +951,14 @@ fn follow_loop(weak: Weak<Inner>) {
         if *inner.stop.lock().unwrap_or_else(|p| p.into_inner()) {
             return;
         }
-        let Some(b) = inner
-            .backend
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(b) = inner.backend() else {
             return;
         };
         let Some(sh) = b.shared() else { return };
         let news = match sh.wait(Duration::from_millis(200)) {
             Ok(n) => n,
             Err(e) => {
-                *inner
-                    .last_flush_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                inner.record_error(&e);
                 std::thread::sleep(Duration::from_millis(200));
                 None
             }
@@ -991,10 +967,7 @@ fn follow_loop(weak: Weak<Inner>) {
             continue; // our own commit, already applied
         }
         if let Err(e) = inner.catch_up() {
-            *inner
-                .last_flush_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            inner.record_error(&e);
         }
     }
 }

@@ -203,6 +203,29 @@ impl<'a> Tx<'a> {
     }
 }
 
+/// Ends a procedure: releases its locks, counts it, then runs the actions bound to
+/// its outcome (`on_commit` after a commit, `on_rollback` after a final failure).
+fn finish<T>(
+    inner: &Inner,
+    id: u64,
+    held: &mut Vec<(RecKey, Arc<Cell>)>,
+    mut tx: Tx<'_>,
+    out: Result<T>,
+) -> Result<T> {
+    eng::unlock_all(id, held);
+    let actions = if out.is_ok() {
+        std::mem::take(&mut tx.on_commit)
+    } else {
+        std::mem::take(&mut tx.on_rollback)
+    };
+    drop(tx); // its records may be evicted now
+    inner.finished(out.is_ok());
+    for a in actions {
+        a();
+    }
+    out
+}
+
 pub(crate) fn run<T>(
     inner: &Inner,
     id: u64,
@@ -214,23 +237,10 @@ pub(crate) fn run<T>(
         let mut tx = Tx::new(inner, id);
         let out = body(&mut tx);
         let committed = match out {
-            Ok(v) => match inner.commit(&mut tx.st, &mut held) {
-                Ok(()) => Ok(v),
-                Err(e) => Err(e),
-            },
+            Ok(v) => inner.commit(&mut tx.st, &mut held).map(|()| v),
             Err(e) => Err(e),
         };
         match committed {
-            Ok(v) => {
-                eng::unlock_all(id, &mut held);
-                let actions = std::mem::take(&mut tx.on_commit);
-                drop(tx); // its records may be evicted now
-                inner.finished(true);
-                for a in actions {
-                    a();
-                }
-                return Ok(v);
-            }
             Err(Error::Conflict) => {
                 if attempt < attempts {
                     inner.redos.fetch_add(1, Ordering::Relaxed);
@@ -244,26 +254,16 @@ pub(crate) fn run<T>(
                     eng::lock_sorted(id, &tx.st.touched(), &mut held);
                 }
                 if attempt == attempts {
-                    eng::unlock_all(id, &mut held);
-                    let actions = std::mem::take(&mut tx.on_rollback);
-                    drop(tx);
-                    inner.finished(false);
-                    for a in actions {
-                        a();
-                    }
-                    return Err(Error::RetriesExhausted { attempts });
+                    return finish(
+                        inner,
+                        id,
+                        &mut held,
+                        tx,
+                        Err(Error::RetriesExhausted { attempts }),
+                    );
                 }
             }
-            Err(e) => {
-                eng::unlock_all(id, &mut held);
-                let actions = std::mem::take(&mut tx.on_rollback);
-                drop(tx);
-                inner.finished(false);
-                for a in actions {
-                    a();
-                }
-                return Err(e);
-            }
+            done => return finish(inner, id, &mut held, tx, done),
         }
     }
     unreachable!("the last attempt returns")

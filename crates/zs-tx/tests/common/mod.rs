@@ -1,4 +1,5 @@
-//! The bank workload shared by the backend tests.
+//! The bank workload shared by the backend tests and by the multi-server test's
+//! child process (`src/bin/zs-tx-bank-node.rs` includes this file).
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +29,8 @@ pub struct Bank {
     pub transfers: u32,
     pub readers: u32,
     pub initial: u64,
+    /// Seeds the writers' random transfers (nodes of one multi-server run differ).
+    pub seed: u64,
 }
 
 impl Bank {
@@ -41,6 +44,7 @@ impl Bank {
             transfers: if full { 100_000 } else { transfers },
             readers: 2,
             initial: 100,
+            seed: 1,
         }
     }
 }
@@ -81,6 +85,30 @@ pub fn seed(db: &Db, b: &Bank) {
 /// Returns what it saw; the caller asserts on body reads (mode-dependent).
 pub fn run_bank(db: &Db, b: Bank) -> BankReport {
     seed(db, &b);
+    let (report, deltas) = run_transfers(db, b);
+    let t = accounts(db);
+    // no lost update: the final balances are exactly the committed deltas applied
+    let finals: Vec<u64> = db
+        .run(|tx| {
+            (0..b.accounts)
+                .map(|i| Ok(t.get(tx, &i)?.unwrap_or(0)))
+                .collect()
+        })
+        .unwrap();
+    for (i, (f, d)) in finals.iter().zip(&deltas).enumerate() {
+        assert_eq!(*f as i64, b.initial as i64 + d, "account {i}: lost update");
+    }
+    assert_eq!(
+        finals.iter().sum::<u64>(),
+        b.initial * b.accounts as u64,
+        "final total"
+    );
+    report
+}
+
+/// The transfers and concurrent summing readers on seeded accounts, without the
+/// final check: what was observed, and the net committed change of each account.
+pub fn run_transfers(db: &Db, b: Bank) -> (BankReport, Vec<i64>) {
     let t = accounts(db);
     let total = b.initial * b.accounts as u64;
     let done = Arc::new(AtomicBool::new(false));
@@ -129,7 +157,9 @@ pub fn run_bank(db: &Db, b: Bank) -> BankReport {
             .map(|w| {
                 let (db, t) = (db.clone(), t.clone());
                 s.spawn(move || {
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x1234_5678));
+                    let mut rng =
+                        Rng(b.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            ^ ((w as u64 + 1) * 0x1234_5678));
                     let mut deltas = vec![0i64; b.accounts as usize];
                     let mut committed = 0u64;
                     for _ in 0..b.transfers {
@@ -173,24 +203,13 @@ pub fn run_bank(db: &Db, b: Bank) -> BankReport {
             r.join().unwrap();
         }
     });
-    // no lost update: the final balances are exactly the committed deltas applied
-    let finals: Vec<u64> = db
-        .run(|tx| {
-            (0..b.accounts)
-                .map(|i| Ok(t.get(tx, &i)?.unwrap_or(0)))
-                .collect()
-        })
-        .unwrap();
-    for (i, (f, d)) in finals.iter().zip(&deltas).enumerate() {
-        assert_eq!(*f as i64, b.initial as i64 + d, "account {i}: lost update");
-    }
-    assert_eq!(finals.iter().sum::<u64>(), total, "final total");
-    BankReport {
+    let report = BankReport {
         committed_reads: committed_reads.load(Ordering::Relaxed),
         body_reads: body_reads.load(Ordering::Relaxed),
         body_violations: body_violations.load(Ordering::Relaxed),
         committed_violations: committed_violations.load(Ordering::Relaxed),
         transfers_committed: committed,
         redos: db.stats().redos - before,
-    }
+    };
+    (report, deltas)
 }
