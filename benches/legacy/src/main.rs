@@ -71,6 +71,8 @@ fn backend() -> Arc<dyn zs_io::Backend> {
     Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
             loops: 1,
+            // As `zs serve --legacy-addr` sets it (zs_legacy::LegacyServer docs).
+            quickack: true,
             ..Default::default()
         })
         .unwrap(),
@@ -119,7 +121,32 @@ fn seq_calls(time: Duration, mut call: impl FnMut(&str) -> String) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// `ZS_LEGACY_SERVE=1 zs-bench-legacy`: only start our legacy server (plaintext,
+/// the bench's settings), print its port and serve until killed; for profiling
+/// the original client against it (`strace -f -tt znet_cli ...`).
+fn serve_only() {
+    let mut registry = Registry::new();
+    register_demo_commands(&mut registry);
+    let s = LegacyServer::start(
+        backend(),
+        registry,
+        LegacyConfig {
+            ciphers: CipherPool::Performance,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    println!("zs-legacy listening on {}", s.local_addr());
+    loop {
+        std::thread::park();
+    }
+}
+
 fn main() {
+    if std::env::var_os("ZS_LEGACY_SERVE").is_some() {
+        serve_only();
+    }
     let opts = Options::from_env();
     let Some(dir) = zs_legacy::peers::znet_dir() else {
         eprintln!("bench legacy: the ZNet peers cannot be built here (install fpc)");

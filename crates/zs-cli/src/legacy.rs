@@ -60,6 +60,10 @@ pub fn install(
         backend,
         zserver::io::Config {
             loops: 1,
+            // The originals' clients write an ack and then the next command
+            // without TCP_NODELAY: ack their segments at once (see
+            // zs_legacy::LegacyServer).
+            quickack: true,
             ..Default::default()
         },
     )
@@ -126,6 +130,10 @@ pub fn call(
         backend,
         zserver::io::Config {
             loops: 1,
+            // The originals' clients write an ack and then the next command
+            // without TCP_NODELAY: ack their segments at once (see
+            // zs_legacy::LegacyServer).
+            quickack: true,
             ..Default::default()
         },
     )
