@@ -42,6 +42,9 @@ fn default_backend() -> Result<Arc<dyn zs_io::Backend>> {
         "default",
         zs_io::Config {
             loops: 1,
+            // The original clients write twice in a row without TCP_NODELAY:
+            // acknowledge at once (see zs_legacy::LegacyServer).
+            quickack: true,
             ..Default::default()
         },
     )?))
