@@ -337,6 +337,9 @@ struct State {
     /// A BigStream chunk of ours is out: nothing else may be sent until the
     /// client's signal (the receiver reads raw chunk bytes in between).
     big_wait: Option<BigWait>,
+    /// A BigStream of ours is under way (first chunk sent, no `F7` yet): only its
+    /// next chunk may be sent, nothing else.
+    big_active: bool,
     /// The answer to the request in flight, held while `big_wait`.
     held_answer: Option<Vec<u8>>,
     /// Bytes the backend would not take yet.
@@ -440,7 +443,11 @@ impl Link {
             if st.closed || st.big_wait.is_some() {
                 return;
             }
-            if let Some(a) = st.held_answer.take() {
+            if st.big_active && !matches!(st.pushes.front(), Some(Out::Big { head: None, .. })) {
+                // Cannot happen: a BigStream's chunks are queued together.
+                return;
+            }
+            if let Some(a) = st.held_answer.take_if(|_| !st.big_active) {
                 st.inflight = None;
                 if let Err(e) = self.send_frames(st, &a) {
                     self.fail(st, &format!("cannot answer: {e}"));
@@ -448,7 +455,7 @@ impl Link {
                 }
                 let _ = self.conn.set_timer(Duration::ZERO, PUMP);
             }
-            if st.inflight.is_some() {
+            if st.inflight.is_some() && !st.big_active {
                 return;
             }
             let Some(o) = st.pushes.pop_front() else {
@@ -460,6 +467,7 @@ impl Link {
                 Out::Big { head, chunk, last } => {
                     let mut b = head.unwrap_or_default();
                     frame::encode_big_stream_chunk(&chunk, &mut b);
+                    st.big_active = true;
                     st.big_wait = Some(if last {
                         BigWait::Done
                     } else {
@@ -481,6 +489,7 @@ impl Link {
             (Some(BigWait::Fragment), SignalKind::Fragment) => st.big_wait = None,
             (Some(BigWait::Done), SignalKind::Done) => {
                 st.big_wait = None;
+                st.big_active = false;
                 if let Some(sh) = self.shared.upgrade() {
                     sh.big_pushed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -725,6 +734,7 @@ impl Handler for ConnHandler {
                 pushes: VecDeque::new(),
                 push_bytes: 0,
                 big_wait: None,
+                big_active: false,
                 held_answer: None,
                 backlog: VecDeque::new(),
                 closed: false,
