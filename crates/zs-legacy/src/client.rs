@@ -44,6 +44,11 @@ pub struct ClientConfig {
     /// [`LegacyClient::next_data`]); a server that pushes more is disconnected.
     /// Default 64 MiB.
     pub max_pending_push_bytes: usize,
+    /// Compress what we send as the originals' `maxsec` clients do
+    /// (`SendDataCompressed`): requests as zlib DFEs (the parallel container
+    /// over 1 MiB), BigStream chunks as zlib containers. Compressed answers are
+    /// read whatever this says. Default false.
+    pub compress: bool,
 }
 
 impl Default for ClientConfig {
@@ -57,6 +62,7 @@ impl Default for ClientConfig {
             platform: control::PLATFORM_LINUX64,
             keepalive: Some(Duration::from_secs(1)),
             max_pending_push_bytes: 64 << 20,
+            compress: false,
         }
     }
 }
@@ -150,6 +156,7 @@ struct State {
     max_pending: usize,
     big_out: Option<BigOut>,
     limits: LegacyLimits,
+    compress: bool,
 }
 
 struct Link {
@@ -214,7 +221,7 @@ fn drain(st: &mut State) {
         };
         if let Some((data, answer)) = job.big.take() {
             let end = data.len().min(crate::BIG_STREAM_CHUNK);
-            frame::encode_big_stream_chunk(&data[..end], &mut job.bytes);
+            chunk(st.compress, &data[..end], &mut job.bytes);
             st.big_out = Some(BigOut {
                 data,
                 pos: end,
@@ -233,6 +240,22 @@ fn drain(st: &mut State) {
     }
 }
 
+fn chunk(compress: bool, data: &[u8], out: &mut Vec<u8>) {
+    if compress {
+        frame::encode_big_stream_chunk_compressed(data, out);
+    } else {
+        frame::encode_big_stream_chunk(data, out);
+    }
+}
+
+fn command(compress: bool, cmd: &str, body: &CmdBody) -> Vec<u8> {
+    if compress {
+        frame::encode_command_compressed(cmd, body)
+    } else {
+        frame::encode_command(cmd, body)
+    }
+}
+
 /// The server's BigStream signal for our stream.
 fn big_signal(st: &mut State, s: SignalKind) -> std::result::Result<(), LegacyError> {
     let Some(b) = st.big_out.as_mut() else {
@@ -248,7 +271,7 @@ fn big_signal(st: &mut State, s: SignalKind) -> std::result::Result<(), LegacyEr
             let _ = b.answer.send(Ok(b.pos as u64));
             let end = (b.pos + crate::BIG_STREAM_CHUNK).min(b.data.len());
             let mut buf = Vec::with_capacity(end - b.pos + 5);
-            frame::encode_big_stream_chunk(&b.data[b.pos..end], &mut buf);
+            chunk(st.compress, &b.data[b.pos..end], &mut buf);
             b.pos = end;
             let mut out = BytesMut::new();
             st.seq.send(&buf, &mut out)?;
@@ -499,11 +522,13 @@ impl LegacyClient {
                 max_pending: config.max_pending_push_bytes,
                 big_out: None,
                 limits: config.limits,
+                compress: config.compress,
             }),
             keepalive: config.keepalive,
         });
         // The handshake is queued first: it goes out as soon as the socket opens.
-        let payload = frame::encode_command(
+        let payload = command(
+            config.compress,
             control::CIPHER_MODEL,
             &CmdBody::Dfe(control::handshake_request(config.platform)),
         );
@@ -570,7 +595,7 @@ impl LegacyClient {
         cmd: &str,
         body: &CmdBody,
     ) -> Result<Option<mpsc::Receiver<std::result::Result<Bytes, String>>>> {
-        let payload = frame::encode_command(cmd, body);
+        let payload = command(self.config.compress, cmd, body);
         let mut st = self.link.lock();
         if let Some(r) = &st.closed {
             return Err(Error::ConnectionLost(r.clone()));

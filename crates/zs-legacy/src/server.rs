@@ -91,6 +91,12 @@ pub struct LegacyConfig {
     /// answered or for the client's BigStream signals; a push over it fails with
     /// [`zs_core::Error::Full`] (nothing queued; retry later). Default 256 MiB.
     pub max_push_bytes: usize,
+    /// Compress what we send as the originals' `maxsec` profile does
+    /// (`SendDataCompressed`, announced in handshake field 11): stream answers
+    /// and pushed commands as zlib DFEs (the parallel container over 1 MiB),
+    /// BigStream chunks as zlib containers. Console answers stay plain text, as
+    /// theirs. We read compressed input whatever this says. Default false.
+    pub compress: bool,
 }
 
 impl Default for LegacyConfig {
@@ -104,6 +110,7 @@ impl Default for LegacyConfig {
             max_connections: 10_000,
             workers: 2,
             max_push_bytes: 256 << 20,
+            compress: false,
         }
     }
 }
@@ -354,6 +361,7 @@ pub(crate) struct Link {
     shared: Weak<Shared>,
     hash: u8,
     limits: LegacyLimits,
+    compress: bool,
     state: Mutex<State>,
 }
 
@@ -434,6 +442,15 @@ impl Link {
         self.flush_out(st);
     }
 
+    /// A DFE as this connection sends it (compressed or not).
+    fn dfe_bytes(&self, d: &Dfe) -> Vec<u8> {
+        if self.compress {
+            d.to_compressed_bytes()
+        } else {
+            d.to_bytes()
+        }
+    }
+
     /// Sends what may go now, in order: the held answer (which frees the next
     /// request), then pushes, until a request is in flight (its answer must
     /// come first: the client reads the next frame as that answer) or a
@@ -466,7 +483,11 @@ impl Link {
                 Out::Frames(b) => self.send_frames(st, &b),
                 Out::Big { head, chunk, last } => {
                     let mut b = head.unwrap_or_default();
-                    frame::encode_big_stream_chunk(&chunk, &mut b);
+                    if self.compress {
+                        frame::encode_big_stream_chunk_compressed(&chunk, &mut b);
+                    } else {
+                        frame::encode_big_stream_chunk(&chunk, &mut b);
+                    }
                     st.big_active = true;
                     st.big_wait = Some(if last {
                         BigWait::Done
@@ -543,7 +564,11 @@ impl Link {
     }
 
     fn push(&self, kind: CmdKind, cmd: &str, body: CmdBody) -> zs_core::Result<()> {
-        let payload = frame::encode_command(cmd, &body);
+        let payload = if self.compress {
+            frame::encode_command_compressed(cmd, &body)
+        } else {
+            frame::encode_command(cmd, &body)
+        };
         let mut st = self.lock();
         self.ready(&st)?;
         let mut buf = Vec::with_capacity(payload.len() + 32);
@@ -626,7 +651,7 @@ impl Outbox for Link {
                 let mut st = self.lock();
                 if st.inflight.as_ref().is_some_and(|f| f.id == id) {
                     match Dfe::from_dataframe(&data) {
-                        Ok(d) => self.answer(&mut st, &d.to_bytes()),
+                        Ok(d) => self.answer(&mut st, &self.dfe_bytes(&d)),
                         Err(e) => {
                             tracing::warn!(conn = self.id, "legacy answer has no DFE form: {e}");
                             self.answer(&mut st, &Dfe::new().to_bytes());
@@ -721,6 +746,7 @@ impl Handler for ConnHandler {
             shared: Arc::downgrade(s),
             hash: s.config.hash,
             limits: s.config.limits,
+            compress: s.config.compress,
             state: Mutex::new(State {
                 seq: SeqLayer::new(s.config.limits),
                 dec: FrameDecoder::new(s.config.limits),
@@ -918,7 +944,7 @@ impl ConnHandler {
                 if cmd == control::CIPHER_MODEL && kind == CmdKind::Stream {
                     let model = self.handshake(link, st)?;
                     self.shared.handshakes.fetch_add(1, Ordering::Relaxed);
-                    link.answer(st, &model.to_dfe().to_bytes());
+                    link.answer(st, &link.dfe_bytes(&model.to_dfe()));
                     return Ok(Step::Again);
                 }
                 if cmd.eq_ignore_ascii_case(control::WAIT) && kind == CmdKind::Console {
@@ -1030,6 +1056,7 @@ impl ConnHandler {
             s.instance,
         );
         m.max_complete_buffer_size = link.limits.max_complete_buffer.min(u32::MAX as usize) as u32;
+        m.send_data_compressed = link.compress;
         Ok(m)
     }
 }

@@ -238,7 +238,15 @@ fn our_client_sends_big_streams_and_complete_buffers_to_the_original_server() {
     let Some(dir) = zs_legacy::peers::znet_dir() else {
         return;
     };
-    for args in [&["--profile", "maxperf"][..], &["--cipher", "blowfish"][..]] {
+    for (args, compress) in [
+        (&["--profile", "maxperf"][..], false),
+        (&["--cipher", "blowfish"][..], false),
+        // Compressed chunks (the parallel zlib container, flag 1) to a server
+        // that is not compressing itself.
+        (&["--profile", "maxperf"][..], true),
+        // The maxsec profile: its own answers are compressed.
+        (&["--profile", "maxsec"][..], true),
+    ] {
         let mut child = Command::new(dir.join("znet_serv"))
             .args(["0", "--quiet"])
             .args(args)
@@ -256,6 +264,7 @@ fn our_client_sends_big_streams_and_complete_buffers_to_the_original_server() {
         std::thread::spawn(move || for _ in lines {});
         let config = ClientConfig {
             timeout: Duration::from_secs(20),
+            compress,
             ..Default::default()
         };
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -264,7 +273,10 @@ fn our_client_sends_big_streams_and_complete_buffers_to_the_original_server() {
         let mut signals = 0;
         c.send_big_stream("no_such_big_stream", pattern(big), |_, _| signals += 1)
             .unwrap();
-        assert_eq!(signals, 3, "F6, F6, F7 from the original server ({args:?})");
+        assert_eq!(
+            signals, 3,
+            "F6, F6, F7 from the original server ({args:?}, compress {compress})"
+        );
         c.send_complete_buffer("no_such_buffer", &pattern(100_000))
             .unwrap();
         assert_eq!(
@@ -293,25 +305,58 @@ fn our_server_pushes_big_streams_and_complete_buffers_to_the_original_client() {
             .map_err(|e| e.to_string())?;
         Ok(format!("console result {text}"))
     });
-    let server = LegacyServer::start(
-        backend(),
-        r,
-        LegacyConfig::default(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
-    let out = Command::new(dir.join("znet_cli"))
-        .args(["127.0.0.1", &server.local_addr().port().to_string()])
-        .args(["--mode", "console", "--verbose", "--linger", "3000"])
-        .args(["--timeout", "20000"])
-        .output()
+    for compress in [false, true] {
+        let config = LegacyConfig {
+            compress,
+            ..Default::default()
+        };
+        let server =
+            LegacyServer::start(backend(), r.clone(), config, "127.0.0.1:0".parse().unwrap())
+                .unwrap();
+        let out = Command::new(dir.join("znet_cli"))
+            .args(["127.0.0.1", &server.local_addr().port().to_string()])
+            .args(["--mode", "console", "--verbose", "--linger", "3000"])
+            .args(["--timeout", "20000"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "compress {compress}: {text}");
+        assert!(text.contains("execute complete buffer: cb"), "{text}");
+        assert!(text.contains("Big Stream complete: big"), "{text}");
+        until("our server counts the original client's F7", || {
+            server.stats().big_streams_pushed == 1
+        });
+        assert_eq!(server.stats().refused, 0);
+    }
+}
+
+/// Compressed both ways between our client and our server: requests, answers,
+/// BigStream chunks in both directions.
+#[test]
+fn our_client_and_server_compressed() {
+    let big = BIG_STREAM_CHUNK + 99;
+    let config = LegacyConfig {
+        compress: true,
+        ..Default::default()
+    };
+    let (server, up, _) = server(config, 1000, big);
+    let cc = ClientConfig {
+        compress: true,
+        ..Default::default()
+    };
+    let c = LegacyClient::connect(backend(), server.local_addr(), cc).unwrap();
+    assert!(c.handshake().send_data_compressed);
+    c.send_big_stream("upload", pattern(big), |_, _| {})
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("execute complete buffer: cb"), "{text}");
-    assert!(text.contains("Big Stream complete: big"), "{text}");
-    until("our server counts the original client's F7", || {
-        server.stats().big_streams_pushed == 1
-    });
-    assert_eq!(server.stats().refused, 0);
+    until("upload", || up.lock().unwrap().len() == big);
+    assert_eq!(&up.lock().unwrap()[..], &pattern(big)[..]);
+    let t = "c".repeat(100_000);
+    assert_eq!(c.call_console("echo_Console", &t).unwrap(), t);
+    assert_eq!(c.call_console("download", "").unwrap(), "ok");
+    assert!(matches!(
+        c.next_data(Duration::from_secs(20)),
+        Some(PushedData::CompleteBuffer { .. })
+    ));
+    let (_, all) = take_big(&c);
+    assert_eq!(&all[..], &pattern(big)[..]);
 }
