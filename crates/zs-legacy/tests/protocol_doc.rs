@@ -374,3 +374,26 @@ fn pushes_to_the_original_client_are_the_documented_bytes() {
     assert!(out.contains("execute complete buffer: cb"), "{out}");
     assert!(out.contains("Big Stream complete: big"), "{out}");
 }
+
+#[test]
+fn the_documented_compressed_dfe_decodes_and_ours_has_its_layout() {
+    let doc = Bytes::from(block("legacy-wire-zlib-dfe"));
+    let want = Dfe(vec![
+        DfeValue::string("__@CipherModel"),
+        DfeValue::dfe(&control::handshake_request(8)),
+    ]);
+    assert_eq!(Dfe::decode(&doc, &LegacyLimits::default()).unwrap(), want);
+    // Our encoder: the same header fields (the zlib stream itself depends on
+    // the compressor and its level), and it decodes to the same values.
+    let ours = want.to_compressed_bytes();
+    assert_eq!((ours[0], ours[5]), (0xff, 1));
+    assert_eq!(ours[6..26], doc[6..26], "raw size and zero MD5");
+    assert_eq!(
+        u32::from_le_bytes(ours[1..5].try_into().unwrap()) as usize,
+        ours.len() - 26
+    );
+    assert_eq!(
+        Dfe::decode(&Bytes::from(ours), &LegacyLimits::default()).unwrap(),
+        want
+    );
+}
