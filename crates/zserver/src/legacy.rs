@@ -30,9 +30,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use zs_legacy::{
-    peers, register_demo_commands, supported_cipher, supported_hash, CipherModel, CipherPool,
-    ClientConfig, CmdBody, CmdKind, Dfe, DfeValue, LegacyClient, LegacyConfig, LegacyError,
-    LegacyLimits, LegacyServer, LegacyStats, Push,
+    peers, push_big_stream, register_demo_commands, supported_cipher, supported_hash, CipherModel,
+    CipherPool, ClientConfig, CmdBody, CmdKind, Dfe, DfeValue, LegacyClient, LegacyConfig,
+    LegacyError, LegacyLimits, LegacyServer, LegacyStats, Push, PushedData, BIG_STREAM_CHUNK,
 };
 
 use crate::{backend_by_name, Error, Registry, Result};
