@@ -401,3 +401,61 @@ fn compressed_bombs_and_lies() {
     good_client_works(&s);
     assert!(s.stats().refused >= 5);
 }
+
+/// A client that never sends the BigStream signals: the pushes queued for it
+/// stop at `max_push_bytes` (further pushes fail with `Full`), its later
+/// requests wait behind the stalled stream, and other clients carry on.
+#[test]
+fn a_client_that_never_signals_holds_only_its_push_budget() {
+    log();
+    let backend = Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            quickack: true,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let mut r = Registry::new();
+    register_demo_commands(&mut r);
+    r.console("pushes", |peer, _| {
+        // 1.5 MiB each against a 2 MiB budget: the first is queued, the others
+        // do not fit.
+        let v: Vec<String> = (0..3)
+            .map(|_| {
+                let data = bytes::Bytes::from(vec![7u8; 3 << 19]);
+                zs_legacy::push_big_stream(peer, "big", data)
+                    .is_ok()
+                    .to_string()
+            })
+            .collect();
+        Ok(v.join(","))
+    });
+    let config = LegacyConfig {
+        max_push_bytes: 2 << 20,
+        ..plain()
+    };
+    let s = LegacyServer::start(backend, r, config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut raw = Raw::connect(s.local_addr());
+    raw.handshake();
+    raw.request(CmdKind::Console, "pushes", CmdBody::Text(String::new()), 0);
+    let answer = raw.response().expect("answer");
+    assert_eq!(frame::console_text(&answer), "true,false,false");
+    // It never answers the first chunk with F6; a request of its own now waits
+    // behind the stalled stream (the client would read the answer between two
+    // chunks otherwise).
+    raw.request(
+        CmdKind::Console,
+        "echo_Console",
+        CmdBody::Text("x".into()),
+        0,
+    );
+    good_client_works(&s);
+    assert_eq!(s.stats().big_streams_pushed, 0);
+    // The good client has left; the stalled one is still connected.
+    let t = Instant::now();
+    while s.connection_count() != 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", s.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
