@@ -2,7 +2,9 @@
 //! them: arbitrary bytes fed in arbitrary slices through the sequence layer
 //! (records, MD5, acks, keepalives, resends), the frame decoder (head/tail, sizes,
 //! hash, cipher byte, BigStream/CompleteBuffer bodies, with and without a
-//! response expected) and the command/DFE decoding and DataFrame mapping. Nothing
+//! response expected), the compressed forms (zlib DFEs, the parallel container
+//! of BigStream chunks and CompleteBuffers) and the command/DFE decoding and
+//! DataFrame mapping. Nothing
 //! may panic; every error ends the stream (as it ends the connection). A second
 //! pass checks that a valid request wrapped in sequence packets round-trips.
 #![no_main]
@@ -61,6 +63,20 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    // The compressed forms (maxsec): the container and a zlib DFE read from the
+    // raw input stay within their limit; the input compressed reads back.
+    if let Ok(v) = legacy::compress::parallel_decompress(rest, 1 << 16) {
+        assert!(v.len() <= 1 << 16);
+    }
+    if let Ok(v) = legacy::compress::zlib_decompress(rest, 4096, 1 << 16) {
+        assert_eq!(v.len(), 4096);
+    }
+    let mut c = Vec::new();
+    legacy::compress::parallel_compress(rest, 2, &mut c);
+    assert_eq!(
+        legacy::compress::parallel_decompress(&c, rest.len()).unwrap(),
+        rest
+    );
     // A console request carrying the input as text round-trips through both layers.
     let text = String::from_utf8_lossy(rest).into_owned();
     let payload = frame::encode_command("cmd", &CmdBody::Text(text.clone()));

@@ -67,10 +67,26 @@ fn znet_serv(dir: &Path, args: &[&str]) -> Serv {
     Serv(child, port)
 }
 
+/// One event loop, default settings: our zserver-protocol server and client,
+/// and our legacy clients (as `zs call`).
 fn backend() -> Arc<dyn zs_io::Backend> {
     Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
             loops: 1,
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+/// The legacy listener's own loop, with quick ACKs, as `zs serve --legacy-addr`
+/// and the facade start it (zs_legacy::LegacyServer docs): the original client
+/// writes without TCP_NODELAY.
+fn legacy_backend() -> Arc<dyn zs_io::Backend> {
+    Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            quickack: true,
             ..Default::default()
         })
         .unwrap(),
@@ -119,7 +135,32 @@ fn seq_calls(time: Duration, mut call: impl FnMut(&str) -> String) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// `ZS_LEGACY_SERVE=1 zs-bench-legacy`: only start our legacy server (plaintext,
+/// the bench's settings), print its port and serve until killed; for profiling
+/// the original client against it (`strace -f -tt znet_cli ...`).
+fn serve_only() {
+    let mut registry = Registry::new();
+    register_demo_commands(&mut registry);
+    let s = LegacyServer::start(
+        legacy_backend(),
+        registry,
+        LegacyConfig {
+            ciphers: CipherPool::Performance,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    println!("zs-legacy listening on {}", s.local_addr());
+    loop {
+        std::thread::park();
+    }
+}
+
 fn main() {
+    if std::env::var_os("ZS_LEGACY_SERVE").is_some() {
+        serve_only();
+    }
     let opts = Options::from_env();
     let Some(dir) = zs_legacy::peers::znet_dir() else {
         eprintln!("bench legacy: the ZNet peers cannot be built here (install fpc)");
@@ -140,7 +181,7 @@ fn main() {
     register_demo_commands(&mut registry);
     let start = |pool| {
         LegacyServer::start(
-            backend(),
+            legacy_backend(),
             registry.clone(),
             LegacyConfig {
                 ciphers: pool,
@@ -176,8 +217,13 @@ fn main() {
     .unwrap();
 
     let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let connect =
-        |a: SocketAddr| LegacyClient::connect(backend(), a, ClientConfig::default()).unwrap();
+    // The same 30 s per call the original client gets (`--timeout 30000`):
+    // one call to the original server once took over 5 s at load ~16.
+    let config = ClientConfig {
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let connect = |a: SocketAddr| LegacyClient::connect(backend(), a, config.clone()).unwrap();
     let c_orig = connect(addr(plain.1));
     let c_ours = connect(ours.local_addr());
     let c_orig_bf = connect(addr(blow.1));
@@ -276,7 +322,10 @@ fn main() {
     suite.note(
         "rust-legacy cases: our legacy client, sequential 64 B echo_Console on one open connection",
     );
-    suite.note("zs->zs: our protocol (AES-256-GCM session) on the same registry");
+    suite.note(
+        "zs->zs: our protocol (AES-256-GCM session) on the same registry, default zs-io settings",
+    );
+    suite.note("servers: znet_serv (one thread per connection, Synapse) / zs-legacy (one epoll loop, TCP_QUICKACK as zs serve --legacy-addr sets it); same client binary, same cipher and hash on both sides (plaintext: cipher 0, hash 0; blowfish: cipher 4, hash 0), no durability involved");
     drop((plain, blow, ours, ours_blow, zs_server));
     suite.finish();
 }

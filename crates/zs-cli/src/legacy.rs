@@ -1,6 +1,7 @@
 //! ZServer4D/ZNet compatibility on the command line:
 //!
-//! - `zs serve --legacy-addr ADDR [--legacy-ciphers POOL] [--legacy-hash ID]`:
+//! - `zs serve --legacy-addr ADDR [--legacy-ciphers POOL] [--legacy-hash ID]
+//!   [--legacy-compress]`:
 //!   a second listener for original Delphi/FreePascal clients, dispatching to the
 //!   same commands. Off by default; it warns at start that the legacy protocol
 //!   sends its key in clear.
@@ -32,6 +33,11 @@ pub struct ServeLegacy {
     /// Hash id of the legacy server's frames (0 none, 1 FastMD5, ...) [default: 0].
     #[arg(long, value_name = "ID", requires = "legacy_addr")]
     pub legacy_hash: Option<u8>,
+    /// Compress what the legacy server sends, as the originals' `maxsec`
+    /// profile does (zlib DFEs and BigStream chunks; compressed input is read
+    /// either way).
+    #[arg(long, requires = "legacy_addr")]
+    pub legacy_compress: bool,
 }
 
 /// Registers the original demo commands (always, where free) and, with
@@ -56,10 +62,15 @@ pub fn install(
         }
         config.hash = h;
     }
+    config.compress = a.legacy_compress;
     let b = zserver::backend_by_name(
         backend,
         zserver::io::Config {
             loops: 1,
+            // The originals' clients write an ack and then the next command
+            // without TCP_NODELAY: ack their segments at once (see
+            // zs_legacy::LegacyServer).
+            quickack: true,
             ..Default::default()
         },
     )
@@ -126,6 +137,10 @@ pub fn call(
         backend,
         zserver::io::Config {
             loops: 1,
+            // The originals' clients write an ack and then the next command
+            // without TCP_NODELAY: ack their segments at once (see
+            // zs_legacy::LegacyServer).
+            quickack: true,
             ..Default::default()
         },
     )

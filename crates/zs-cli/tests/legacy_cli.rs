@@ -67,6 +67,7 @@ fn serve_legacy_addr_passes_the_original_client_and_zs_call_legacy() {
             &legacy,
             "--legacy-ciphers",
             "performance",
+            "--legacy-compress",
         ])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
@@ -79,13 +80,18 @@ fn serve_legacy_addr_passes_the_original_client_and_zs_call_legacy() {
     wait_for(&out, "legacy: ZServer4D/ZNet clients on");
     wait_for(&err, "sends each connection's cipher key in clear");
     let port = legacy.rsplit(':').next().unwrap();
-    let r = Command::new(peers.join("znet_cli"))
-        .args(["127.0.0.1", port, "--mode", "full", "--linger", "0"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&r.stdout);
-    assert!(r.status.success(), "{text}");
-    assert!(text.contains("done, 0 failed"), "{text}");
+    // --legacy-compress: our answers are zlib DFEs, which the original client
+    // reads in its default profile; in maxsec it compresses its own requests.
+    for profile in ["default", "maxsec"] {
+        let r = Command::new(peers.join("znet_cli"))
+            .args(["127.0.0.1", port, "--mode", "full", "--linger", "0"])
+            .args(["--profile", profile])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.stdout);
+        assert!(r.status.success(), "{profile}: {text}");
+        assert!(text.contains("done, 0 failed"), "{text}");
+    }
 
     let (ok, text) = call(&[
         "--legacy",

@@ -697,6 +697,10 @@ async fn run_conn(
                     }
                     if got > 0 {
                         last_activity = Instant::now();
+                        #[cfg(any(target_os = "linux", target_os = "android"))]
+                        if cfg.quickack {
+                            let _ = SockRef::from(&stream).set_tcp_quickack(true);
+                        }
                         if !callback!("on_data", handler.on_data(&conn, &mut rbuf)) {
                             break 'conn PANICKED;
                         }

@@ -1038,6 +1038,10 @@ impl Loop {
                     }
                 }
             }
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            if got > 0 && self.common.cfg.quickack {
+                let _ = SockRef::from(stream).set_tcp_quickack(true);
+            }
             if got > 0 {
                 st.last_activity = self.now;
             }

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use zs_core::{Error, Result};
 use zs_io::{Backend, CloseReason, Conn, Handler};
 use zs_wire::legacy::{
     self, control, frame, CipherModel, CmdBody, CmdKind, Dfe, FrameDecoder, LegacyError,
-    LegacyFrame, LegacyLimits, SeqLayer,
+    LegacyFrame, LegacyLimits, SeqLayer, SignalKind,
 };
 use zs_wire::DataFrame;
 
@@ -38,6 +39,16 @@ pub struct ClientConfig {
     /// Send a keepalive after this long without sending. Default 1 s, as the
     /// originals.
     pub keepalive: Option<Duration>,
+    /// Bytes the server pushed (direct commands, CompleteBuffers, BigStream
+    /// chunks) that the application has not taken yet ([`LegacyClient::next_push`],
+    /// [`LegacyClient::next_data`]); a server that pushes more is disconnected.
+    /// Default 64 MiB.
+    pub max_pending_push_bytes: usize,
+    /// Compress what we send as the originals' `maxsec` clients do
+    /// (`SendDataCompressed`): requests as zlib DFEs (the parallel container
+    /// over 1 MiB), BigStream chunks as zlib containers. Compressed answers are
+    /// read whatever this says. Default false.
+    pub compress: bool,
 }
 
 impl Default for ClientConfig {
@@ -50,6 +61,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             platform: control::PLATFORM_LINUX64,
             keepalive: Some(Duration::from_secs(1)),
+            max_pending_push_bytes: 64 << 20,
+            compress: false,
         }
     }
 }
@@ -63,14 +76,66 @@ pub struct Push {
     pub cmd: String,
     /// Text or values.
     pub body: CmdBody,
+    /// Its encoded size (what it counts against
+    /// [`ClientConfig::max_pending_push_bytes`]).
+    pub size: usize,
+}
+
+/// Raw data the server pushed: a CompleteBuffer, or one chunk of a BigStream
+/// (chunks arrive in order; the client has already sent the server's flow
+/// signal for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushedData {
+    /// A whole CompleteBuffer.
+    CompleteBuffer {
+        /// Command name.
+        cmd: String,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// One BigStream chunk: `data` sits at `offset` of `total` bytes.
+    BigStream {
+        /// Command name.
+        cmd: String,
+        /// Offset of `data` in the stream.
+        offset: u64,
+        /// The stream's size.
+        total: u64,
+        /// The final chunk.
+        last: bool,
+        /// The chunk.
+        data: Bytes,
+    },
+}
+
+impl PushedData {
+    fn len(&self) -> usize {
+        match self {
+            PushedData::CompleteBuffer { data, .. } | PushedData::BigStream { data, .. } => {
+                data.len()
+            }
+        }
+    }
 }
 
 type Answer = mpsc::Sender<std::result::Result<Bytes, String>>;
+/// Progress of a BigStream we send: bytes the server confirmed (`F6`), the total
+/// on its `F7`.
+type BigAnswer = mpsc::Sender<std::result::Result<u64, String>>;
 
 struct Job {
     kind: CmdKind,
     bytes: Vec<u8>,
     answer: Option<Answer>,
+    /// A BigStream: `bytes` is its header, then these bytes in 1 MiB chunks.
+    big: Option<(Bytes, BigAnswer)>,
+}
+
+/// Our BigStream being sent: the next chunk goes on the server's `F6`.
+struct BigOut {
+    data: Bytes,
+    pos: usize,
+    answer: BigAnswer,
 }
 
 struct State {
@@ -85,7 +150,13 @@ struct State {
     backlog: VecDeque<Bytes>,
     last_send: Instant,
     pushes: mpsc::Sender<Push>,
+    data: mpsc::Sender<PushedData>,
+    /// Bytes pushed and not taken by the application.
+    pending: Arc<AtomicUsize>,
+    max_pending: usize,
+    big_out: Option<BigOut>,
     limits: LegacyLimits,
+    compress: bool,
 }
 
 struct Link {
@@ -124,8 +195,14 @@ fn fail(st: &mut State, reason: String) {
     if let Some(Some(a)) = st.inflight.take() {
         let _ = a.send(Err(reason.clone()));
     }
+    if let Some(b) = st.big_out.take() {
+        let _ = b.answer.send(Err(reason.clone()));
+    }
     for j in st.queue.drain(..) {
         if let Some(a) = j.answer {
+            let _ = a.send(Err(reason.clone()));
+        }
+        if let Some((_, a)) = j.big {
             let _ = a.send(Err(reason.clone()));
         }
     }
@@ -135,12 +212,22 @@ fn fail(st: &mut State, reason: String) {
     st.closed = Some(reason);
 }
 
-/// Sends queued jobs until one waits for its answer.
+/// Sends queued jobs until one waits for its answer (or a BigStream of ours for
+/// the server's signals: like the originals, nothing else goes until its `F7`).
 fn drain(st: &mut State) {
-    while st.inflight.is_none() {
-        let Some(job) = st.queue.pop_front() else {
+    while st.inflight.is_none() && st.big_out.is_none() {
+        let Some(mut job) = st.queue.pop_front() else {
             return;
         };
+        if let Some((data, answer)) = job.big.take() {
+            let end = data.len().min(crate::BIG_STREAM_CHUNK);
+            chunk(st.compress, &data[..end], &mut job.bytes);
+            st.big_out = Some(BigOut {
+                data,
+                pos: end,
+                answer,
+            });
+        }
         let mut out = BytesMut::new();
         if let Err(e) = st.seq.send(&job.bytes, &mut out) {
             fail(st, e.to_string());
@@ -151,6 +238,73 @@ fn drain(st: &mut State) {
             st.inflight = Some(job.answer);
         }
     }
+}
+
+fn chunk(compress: bool, data: &[u8], out: &mut Vec<u8>) {
+    if compress {
+        frame::encode_big_stream_chunk_compressed(data, out);
+    } else {
+        frame::encode_big_stream_chunk(data, out);
+    }
+}
+
+fn command(compress: bool, cmd: &str, body: &CmdBody) -> Vec<u8> {
+    if compress {
+        frame::encode_command_compressed(cmd, body)
+    } else {
+        frame::encode_command(cmd, body)
+    }
+}
+
+/// The server's BigStream signal for our stream.
+fn big_signal(st: &mut State, s: SignalKind) -> std::result::Result<(), LegacyError> {
+    let Some(b) = st.big_out.as_mut() else {
+        tracing::debug!(
+            ?s,
+            "legacy client: BigStream signal with none of ours out; ignored"
+        );
+        return Ok(());
+    };
+    let more = b.pos < b.data.len();
+    match (s, more) {
+        (SignalKind::Fragment, true) => {
+            let _ = b.answer.send(Ok(b.pos as u64));
+            let end = (b.pos + crate::BIG_STREAM_CHUNK).min(b.data.len());
+            let mut buf = Vec::with_capacity(end - b.pos + 5);
+            chunk(st.compress, &b.data[b.pos..end], &mut buf);
+            b.pos = end;
+            let mut out = BytesMut::new();
+            st.seq.send(&buf, &mut out)?;
+            write(st, out.freeze());
+        }
+        (SignalKind::Done, false) => {
+            if let Some(b) = st.big_out.take() {
+                let _ = b.answer.send(Ok(b.data.len() as u64));
+            }
+            drain(st);
+        }
+        (s, _) => {
+            return Err(LegacyError::BadCommand(format!(
+                "BigStream signal {s:?} with {} of {} bytes sent",
+                b.pos,
+                b.data.len()
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Counts pushed data the application has yet to take, within `max_pending`.
+fn deliver(st: &mut State, n: usize) -> std::result::Result<(), LegacyError> {
+    let now = st.pending.fetch_add(n, Ordering::Relaxed) + n;
+    if now > st.max_pending {
+        return Err(LegacyError::TooLarge {
+            what: "data pushed and not taken by the application",
+            size: now as u64,
+            limit: st.max_pending as u64,
+        });
+    }
+    Ok(())
 }
 
 struct ClientHandler {
@@ -270,11 +424,49 @@ fn handle(st: &mut State, f: LegacyFrame) -> std::result::Result<(), LegacyError
                 st.seq.send(&buf, &mut out)?;
                 write(st, out.freeze());
             }
-            let _ = st.pushes.send(Push { kind, cmd, body });
+            deliver(st, payload.len())?;
+            let _ = st.pushes.send(Push {
+                kind,
+                cmd,
+                body,
+                size: payload.len(),
+            });
         }
-        other => {
-            tracing::debug!(?other, "legacy client: frame ignored");
+        LegacyFrame::CompleteBuffer { cmd, data } => {
+            let d = PushedData::CompleteBuffer { cmd, data };
+            deliver(st, d.len())?;
+            let _ = st.data.send(d);
         }
+        LegacyFrame::BigStreamChunk {
+            cmd,
+            offset,
+            total,
+            last,
+            data,
+        } => {
+            let mut sig = Vec::with_capacity(9);
+            frame::encode_signal(
+                if last {
+                    SignalKind::Done
+                } else {
+                    SignalKind::Fragment
+                },
+                &mut sig,
+            );
+            let mut out = BytesMut::new();
+            st.seq.send(&sig, &mut out)?;
+            write(st, out.freeze());
+            let d = PushedData::BigStream {
+                cmd,
+                offset,
+                total,
+                last,
+                data,
+            };
+            deliver(st, d.len())?;
+            let _ = st.data.send(d);
+        }
+        LegacyFrame::Signal(s) => big_signal(st, s)?,
     }
     Ok(())
 }
@@ -286,6 +478,8 @@ pub struct LegacyClient {
     config: ClientConfig,
     send_cipher: u8,
     pushes: Mutex<mpsc::Receiver<Push>>,
+    data: Mutex<mpsc::Receiver<PushedData>>,
+    pending: Arc<AtomicUsize>,
     _backend: Arc<dyn Backend>,
 }
 
@@ -308,6 +502,8 @@ impl LegacyClient {
         config: ClientConfig,
     ) -> Result<LegacyClient> {
         let (ptx, prx) = mpsc::channel();
+        let (dtx, drx) = mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
         let link = Arc::new(Link {
             state: Mutex::new(State {
                 conn: None,
@@ -321,12 +517,18 @@ impl LegacyClient {
                 backlog: VecDeque::new(),
                 last_send: Instant::now(),
                 pushes: ptx,
+                data: dtx,
+                pending: pending.clone(),
+                max_pending: config.max_pending_push_bytes,
+                big_out: None,
                 limits: config.limits,
+                compress: config.compress,
             }),
             keepalive: config.keepalive,
         });
         // The handshake is queued first: it goes out as soon as the socket opens.
-        let payload = frame::encode_command(
+        let payload = command(
+            config.compress,
             control::CIPHER_MODEL,
             &CmdBody::Dfe(control::handshake_request(config.platform)),
         );
@@ -347,6 +549,7 @@ impl LegacyClient {
                 kind: CmdKind::Stream,
                 bytes,
                 answer: Some(tx),
+                big: None,
             });
         }
         zs_io::connect_blocking(
@@ -370,6 +573,8 @@ impl LegacyClient {
             send_cipher,
             config,
             pushes: Mutex::new(prx),
+            data: Mutex::new(drx),
+            pending,
             _backend: backend,
         })
     }
@@ -390,7 +595,7 @@ impl LegacyClient {
         cmd: &str,
         body: &CmdBody,
     ) -> Result<Option<mpsc::Receiver<std::result::Result<Bytes, String>>>> {
-        let payload = frame::encode_command(cmd, body);
+        let payload = command(self.config.compress, cmd, body);
         let mut st = self.link.lock();
         if let Some(r) = &st.closed {
             return Err(Error::ConnectionLost(r.clone()));
@@ -415,6 +620,7 @@ impl LegacyClient {
             kind,
             bytes,
             answer: tx,
+            big: None,
         });
         drain(&mut st);
         Ok(rx)
@@ -468,9 +674,70 @@ impl LegacyClient {
             kind: CmdKind::DirectStream,
             bytes,
             answer: None,
+            big: None,
         });
         drain(&mut st);
         Ok(())
+    }
+
+    /// Sends `data` as BigStream `cmd`, as the originals do: a header, then 1 MiB
+    /// chunks, each after the server's `F6`; returns on its `F7` (every byte
+    /// handed to its handler). `progress(done, total)` is called on each signal.
+    /// Nothing else is sent on this connection meanwhile. Fails with
+    /// [`Error::TimedOut`] when the server does not signal within
+    /// [`ClientConfig::timeout`].
+    pub fn send_big_stream(
+        &self,
+        cmd: &str,
+        data: Bytes,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<()> {
+        if data.is_empty() || cmd.is_empty() || cmd.len() > self.config.limits.max_name {
+            return Err(Error::Protocol(format!(
+                "a legacy BigStream needs bytes and a name of 1 to {} bytes",
+                self.config.limits.max_name
+            )));
+        }
+        let total = data.len() as u64;
+        let mut head = Vec::with_capacity(22 + cmd.len() + crate::BIG_STREAM_CHUNK.min(data.len()));
+        frame::encode_big_stream_head(cmd, total, &mut head);
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut st = self.link.lock();
+            if let Some(r) = &st.closed {
+                return Err(Error::ConnectionLost(r.clone()));
+            }
+            st.queue.push_back(Job {
+                kind: CmdKind::DirectStream,
+                bytes: head,
+                answer: None,
+                big: Some((data, tx)),
+            });
+            drain(&mut st);
+        }
+        loop {
+            match rx.recv_timeout(self.config.timeout) {
+                Ok(Ok(n)) => {
+                    progress(n, total);
+                    if n == total {
+                        return Ok(());
+                    }
+                }
+                Ok(Err(reason)) => return Err(Error::ConnectionLost(reason)),
+                Err(mpsc::RecvTimeoutError::Timeout) => return Err(Error::TimedOut),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::ConnectionLost("the connection ended".into()))
+                }
+            }
+        }
+    }
+
+    /// The next CompleteBuffer or BigStream chunk the server pushed, waiting up
+    /// to `timeout`.
+    pub fn next_data(&self, timeout: Duration) -> Option<PushedData> {
+        let d = self.data.lock().ok()?.recv_timeout(timeout).ok()?;
+        self.pending.fetch_sub(d.len(), Ordering::Relaxed);
+        Some(d)
     }
 
     /// `__@Wait`: returns once every earlier command has been handled.
@@ -480,7 +747,9 @@ impl LegacyClient {
 
     /// The next command the server pushed, waiting up to `timeout`.
     pub fn next_push(&self, timeout: Duration) -> Option<Push> {
-        self.pushes.lock().ok()?.recv_timeout(timeout).ok()
+        let p = self.pushes.lock().ok()?.recv_timeout(timeout).ok()?;
+        self.pending.fetch_sub(p.size, Ordering::Relaxed);
+        Some(p)
     }
 
     /// Whether the connection is open.

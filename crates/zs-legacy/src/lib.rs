@@ -30,7 +30,7 @@
 //! use zs_legacy::{ClientConfig, CipherPool, LegacyClient, LegacyConfig, LegacyServer};
 //!
 //! let backend: Arc<dyn zs_io::Backend> =
-//!     Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//!     Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, quickack: true, ..Default::default() }).unwrap());
 //! // The same registry a zs-core Server would use.
 //! let mut commands = Registry::new();
 //! commands.console("echo", |_peer, text| Ok(text.to_owned()));
@@ -56,10 +56,12 @@ mod demo;
 pub mod peers;
 mod server;
 
-pub use client::{ClientConfig, LegacyClient, Push};
+pub use client::{ClientConfig, LegacyClient, Push, PushedData};
 pub use crypto::{key_buffer, supported_cipher, supported_hash, ConnCrypto};
 pub use demo::register_demo_commands;
-pub use server::{CipherPool, LegacyConfig, LegacyServer, LegacyStats};
+pub use server::{
+    push_big_stream, CipherPool, LegacyConfig, LegacyServer, LegacyStats, BIG_STREAM_CHUNK,
+};
 pub use zs_wire::legacy::{
     CipherModel, CmdBody, CmdKind, Dfe, DfeValue, LegacyError, LegacyLimits,
 };

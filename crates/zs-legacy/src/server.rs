@@ -86,6 +86,17 @@ pub struct LegacyConfig {
     pub max_connections: usize,
     /// HPC handler threads (0: HPC handlers run on the event loop). Default 2.
     pub workers: usize,
+    /// Bytes of pushes (direct commands, CompleteBuffers, BigStreams) one
+    /// connection may hold while they wait for the request in flight to be
+    /// answered or for the client's BigStream signals; a push over it fails with
+    /// [`zs_core::Error::Full`] (nothing queued; retry later). Default 256 MiB.
+    pub max_push_bytes: usize,
+    /// Compress what we send as the originals' `maxsec` profile does
+    /// (`SendDataCompressed`, announced in handshake field 11): stream answers
+    /// and pushed commands as zlib DFEs (the parallel container over 1 MiB),
+    /// BigStream chunks as zlib containers. Console answers stay plain text, as
+    /// theirs. We read compressed input whatever this says. Default false.
+    pub compress: bool,
 }
 
 impl Default for LegacyConfig {
@@ -98,6 +109,8 @@ impl Default for LegacyConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             workers: 2,
+            max_push_bytes: 256 << 20,
+            compress: false,
         }
     }
 }
@@ -115,6 +128,10 @@ pub struct LegacyStats {
     pub refused: u64,
     /// Connections open now.
     pub open: usize,
+    /// BigStreams pushed to clients and completed (the client's `F7`).
+    pub big_streams_pushed: u64,
+    /// CompleteBuffers pushed to clients (handed to the sequence layer).
+    pub complete_buffers_pushed: u64,
 }
 
 struct Shared {
@@ -129,6 +146,8 @@ struct Shared {
     handshakes: AtomicU64,
     commands: AtomicU64,
     refused: AtomicU64,
+    big_pushed: AtomicU64,
+    cb_pushed: AtomicU64,
     peers: Mutex<HashMap<u64, Peer>>,
 }
 
@@ -149,6 +168,14 @@ impl std::fmt::Debug for LegacyServer {
 impl LegacyServer {
     /// Listens on `addr` with `backend`; every command of a legacy client goes to
     /// `registry` (the same handlers modern clients reach).
+    ///
+    /// Give it a backend with [`zs_io::Config::quickack`] set (as `zs serve
+    /// --legacy-addr` and the facade do): the original clients acknowledge our
+    /// answer and then write their next command without `TCP_NODELAY`, so
+    /// their Nagle holds that command until our kernel acknowledges the ack
+    /// segment, 40 ms later with delayed ACKs (measured with `strace -tt` on
+    /// `znet_cli`: 44 ms between its ack and its next command reaching us;
+    /// with quick acks, 1 ms).
     ///
     /// Logs at warn level that the legacy protocol sends its key in clear.
     pub fn start(
@@ -181,6 +208,8 @@ impl LegacyServer {
             handshakes: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            big_pushed: AtomicU64::new(0),
+            cb_pushed: AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
         });
         let s = shared.clone();
@@ -235,6 +264,8 @@ impl LegacyServer {
             commands: s.commands.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
             open: s.open.load(Ordering::Relaxed),
+            big_streams_pushed: s.big_pushed.load(Ordering::Relaxed),
+            complete_buffers_pushed: s.cb_pushed.load(Ordering::Relaxed),
         }
     }
 
@@ -258,6 +289,40 @@ struct InFlight {
     id: u64,
     kind: CmdKind,
     cipher: u8,
+    /// Its answer is encoded and waits in `State::held_answer`.
+    answered: bool,
+}
+
+/// The legacy BigStream chunk size (the originals' `ZNet_Def_BigStream_ChunkSize`).
+pub const BIG_STREAM_CHUNK: usize = 1 << 20;
+
+/// A push waiting for its turn.
+enum Out {
+    /// Frame bytes (a direct command, a CompleteBuffer).
+    Frames(Vec<u8>),
+    /// One BigStream chunk; the first carries the header. After it we wait for
+    /// the client's `F6` (more to come) or `F7` (`last`).
+    Big {
+        head: Option<Vec<u8>>,
+        chunk: Bytes,
+        last: bool,
+    },
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Frames(b) => b.len(),
+            Out::Big { head, chunk, .. } => head.as_ref().map_or(0, Vec::len) + chunk.len() + 5,
+        }
+    }
+}
+
+/// Which BigStream signal we wait for from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BigWait {
+    Fragment,
+    Done,
 }
 
 struct State {
@@ -272,8 +337,18 @@ struct State {
     /// Request id of the BigStream being received (its acks and answer have no
     /// legacy form).
     big: Option<u64>,
-    /// Direct commands pushed while a request is in flight: sent after its answer.
-    pushes: VecDeque<Vec<u8>>,
+    /// Pushes waiting for the answer in flight or for a BigStream signal, in order.
+    pushes: VecDeque<Out>,
+    /// Bytes in `pushes`.
+    push_bytes: usize,
+    /// A BigStream chunk of ours is out: nothing else may be sent until the
+    /// client's signal (the receiver reads raw chunk bytes in between).
+    big_wait: Option<BigWait>,
+    /// A BigStream of ours is under way (first chunk sent, no `F7` yet): only its
+    /// next chunk may be sent, nothing else.
+    big_active: bool,
+    /// The answer to the request in flight, held while `big_wait`.
+    held_answer: Option<Vec<u8>>,
     /// Bytes the backend would not take yet.
     backlog: VecDeque<Bytes>,
     closed: bool,
@@ -286,6 +361,7 @@ pub(crate) struct Link {
     shared: Weak<Shared>,
     hash: u8,
     limits: LegacyLimits,
+    compress: bool,
     state: Mutex<State>,
 }
 
@@ -349,43 +425,209 @@ impl Link {
         self.conn.close();
     }
 
-    /// Encodes and sends the answer to the request in flight.
+    /// Encodes and sends the answer to the request in flight (held while a
+    /// BigStream chunk of ours waits for its signal).
     fn answer(&self, st: &mut State, payload: &[u8]) {
-        let Some(f) = st.inflight.take() else { return };
+        let Some(f) = st.inflight.as_mut().filter(|f| !f.answered) else {
+            return;
+        };
+        f.answered = true;
+        let cipher = f.cipher;
         let mut buf = Vec::with_capacity(payload.len() + 32);
-        let r = frame::encode_response(payload, self.hash, f.cipher, &st.crypto, &mut buf)
-            .and_then(|()| self.send_frames(st, &buf));
-        if let Err(e) = r {
+        if let Err(e) = frame::encode_response(payload, self.hash, cipher, &st.crypto, &mut buf) {
             self.fail(st, &format!("cannot answer: {e}"));
             return;
         }
-        while let Some(p) = st.pushes.pop_front() {
-            if let Err(e) = self.send_frames(st, &p) {
+        st.held_answer = Some(buf);
+        self.flush_out(st);
+    }
+
+    /// A DFE as this connection sends it (compressed or not).
+    fn dfe_bytes(&self, d: &Dfe) -> Vec<u8> {
+        if self.compress {
+            d.to_compressed_bytes()
+        } else {
+            d.to_bytes()
+        }
+    }
+
+    /// Sends what may go now, in order: the held answer (which frees the next
+    /// request), then pushes, until a request is in flight (its answer must
+    /// come first: the client reads the next frame as that answer) or a
+    /// BigStream chunk of ours waits for the client's signal.
+    fn flush_out(&self, st: &mut State) {
+        loop {
+            if st.closed || st.big_wait.is_some() {
+                return;
+            }
+            if st.big_active && !matches!(st.pushes.front(), Some(Out::Big { head: None, .. })) {
+                // Cannot happen: a BigStream's chunks are queued together.
+                return;
+            }
+            if let Some(a) = st.held_answer.take_if(|_| !st.big_active) {
+                st.inflight = None;
+                if let Err(e) = self.send_frames(st, &a) {
+                    self.fail(st, &format!("cannot answer: {e}"));
+                    return;
+                }
+                let _ = self.conn.set_timer(Duration::ZERO, PUMP);
+            }
+            if st.inflight.is_some() && !st.big_active {
+                return;
+            }
+            let Some(o) = st.pushes.pop_front() else {
+                return;
+            };
+            st.push_bytes -= o.len();
+            let r = match o {
+                Out::Frames(b) => self.send_frames(st, &b),
+                Out::Big { head, chunk, last } => {
+                    let mut b = head.unwrap_or_default();
+                    if self.compress {
+                        frame::encode_big_stream_chunk_compressed(&chunk, &mut b);
+                    } else {
+                        frame::encode_big_stream_chunk(&chunk, &mut b);
+                    }
+                    st.big_active = true;
+                    st.big_wait = Some(if last {
+                        BigWait::Done
+                    } else {
+                        BigWait::Fragment
+                    });
+                    self.send_frames(st, &b)
+                }
+            };
+            if let Err(e) = r {
                 self.fail(st, &format!("cannot push: {e}"));
                 return;
             }
         }
-        let _ = self.conn.set_timer(Duration::ZERO, PUMP);
     }
 
-    fn push(&self, kind: CmdKind, cmd: &str, body: CmdBody) -> zs_core::Result<()> {
+    /// A BigStream signal from the client: the next chunk (or anything) may go.
+    fn signal(&self, st: &mut State, s: SignalKind) {
+        match (st.big_wait, s) {
+            (Some(BigWait::Fragment), SignalKind::Fragment) => st.big_wait = None,
+            (Some(BigWait::Done), SignalKind::Done) => {
+                st.big_wait = None;
+                st.big_active = false;
+                if let Some(sh) = self.shared.upgrade() {
+                    sh.big_pushed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (w, s) => {
+                // The originals ignore a stray signal too.
+                tracing::debug!(
+                    conn = self.id,
+                    ?w,
+                    ?s,
+                    "legacy BigStream signal not expected; ignored"
+                );
+                return;
+            }
+        }
+        self.flush_out(st);
+    }
+
+    /// Queues pushes (all or none) within `max_push_bytes`, then sends what may go.
+    fn enqueue(&self, items: Vec<Out>) -> zs_core::Result<()> {
         let mut st = self.lock();
+        self.ready(&st)?;
+        self.enqueue_locked(&mut st, items)
+    }
+
+    fn ready(&self, st: &State) -> zs_core::Result<()> {
         if st.closed || !st.handshaken {
             return Err(zs_core::Error::ConnectionLost(
                 "legacy connection not ready".into(),
             ));
         }
-        let payload = frame::encode_command(cmd, &body);
+        Ok(())
+    }
+
+    fn enqueue_locked(&self, st: &mut State, items: Vec<Out>) -> zs_core::Result<()> {
+        let n: usize = items.iter().map(Out::len).sum();
+        let max = self
+            .shared
+            .upgrade()
+            .map_or(usize::MAX, |s| s.config.max_push_bytes);
+        if st.push_bytes + n > max {
+            return Err(zs_core::Error::Full {
+                unacked: st.push_bytes,
+                limit: max,
+            });
+        }
+        st.push_bytes += n;
+        st.pushes.extend(items);
+        self.flush_out(st);
+        Ok(())
+    }
+
+    fn push(&self, kind: CmdKind, cmd: &str, body: CmdBody) -> zs_core::Result<()> {
+        let payload = if self.compress {
+            frame::encode_command_compressed(cmd, &body)
+        } else {
+            frame::encode_command(cmd, &body)
+        };
+        let mut st = self.lock();
+        self.ready(&st)?;
         let mut buf = Vec::with_capacity(payload.len() + 32);
         frame::encode_request(kind, &payload, self.hash, st.cipher, &st.crypto, &mut buf)
             .map_err(|e| zs_core::Error::Protocol(e.to_string()))?;
-        if st.inflight.is_some() {
-            st.pushes.push_back(buf);
-            return Ok(());
-        }
-        self.send_frames(&mut st, &buf)
-            .map_err(|e| zs_core::Error::Protocol(e.to_string()))
+        self.enqueue_locked(&mut st, vec![Out::Frames(buf)])
     }
+
+    fn push_complete_buffer(&self, cmd: &str, data: &[u8]) -> zs_core::Result<()> {
+        check_push_name(cmd, &self.limits)?;
+        if data.len() > u32::MAX as usize {
+            return Err(zs_core::Error::Protocol(format!(
+                "a legacy CompleteBuffer holds at most 4 GiB, not {} bytes",
+                data.len()
+            )));
+        }
+        let mut buf = Vec::with_capacity(data.len() + 21 + cmd.len());
+        frame::encode_complete_buffer(cmd, data, &mut buf);
+        self.enqueue(vec![Out::Frames(buf)])?;
+        if let Some(s) = self.shared.upgrade() {
+            s.cb_pushed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn push_big_stream(&self, cmd: &str, data: Bytes) -> zs_core::Result<()> {
+        check_push_name(cmd, &self.limits)?;
+        if data.is_empty() {
+            return Err(zs_core::Error::Protocol(
+                "an empty legacy BigStream has no chunk to send".into(),
+            ));
+        }
+        let mut head = Vec::with_capacity(17 + cmd.len());
+        frame::encode_big_stream_head(cmd, data.len() as u64, &mut head);
+        let mut head = Some(head);
+        let mut items = Vec::with_capacity(data.len().div_ceil(BIG_STREAM_CHUNK));
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + BIG_STREAM_CHUNK).min(data.len());
+            items.push(Out::Big {
+                head: head.take(),
+                chunk: data.slice(at..end),
+                last: end == data.len(),
+            });
+            at = end;
+        }
+        self.enqueue(items)
+    }
+}
+
+fn check_push_name(cmd: &str, limits: &LegacyLimits) -> zs_core::Result<()> {
+    if cmd.is_empty() || cmd.len() > limits.max_name {
+        return Err(zs_core::Error::Protocol(format!(
+            "command name of {} bytes (1 to {} allowed)",
+            cmd.len(),
+            limits.max_name
+        )));
+    }
+    Ok(())
 }
 
 impl Outbox for Link {
@@ -409,7 +651,7 @@ impl Outbox for Link {
                 let mut st = self.lock();
                 if st.inflight.as_ref().is_some_and(|f| f.id == id) {
                     match Dfe::from_dataframe(&data) {
-                        Ok(d) => self.answer(&mut st, &d.to_bytes()),
+                        Ok(d) => self.answer(&mut st, &self.dfe_bytes(&d)),
                         Err(e) => {
                             tracing::warn!(conn = self.id, "legacy answer has no DFE form: {e}");
                             self.answer(&mut st, &Dfe::new().to_bytes());
@@ -439,6 +681,20 @@ impl Outbox for Link {
                 Ok(())
             }
             Frame::BigStreamAck { .. } => Ok(()),
+            Frame::CompleteBuffer { cmd, data } => self.push_complete_buffer(&cmd, &data),
+            Frame::BigStream {
+                cmd,
+                offset: 0,
+                total,
+                last: true,
+                data,
+                ..
+            } if data.len() as u64 == total => self.push_big_stream(&cmd, data),
+            Frame::BigStream { .. } => Err(zs_core::Error::Protocol(
+                "a legacy BigStream push must be whole (offset 0, last, all bytes): \
+                 use zs_legacy::push_big_stream"
+                    .into(),
+            )),
             Frame::DirectConsole { cmd, text } => self.push(
                 CmdKind::DirectConsole,
                 &cmd,
@@ -490,6 +746,7 @@ impl Handler for ConnHandler {
             shared: Arc::downgrade(s),
             hash: s.config.hash,
             limits: s.config.limits,
+            compress: s.config.compress,
             state: Mutex::new(State {
                 seq: SeqLayer::new(s.config.limits),
                 dec: FrameDecoder::new(s.config.limits),
@@ -501,6 +758,10 @@ impl Handler for ConnHandler {
                 next_req: 1,
                 big: None,
                 pushes: VecDeque::new(),
+                push_bytes: 0,
+                big_wait: None,
+                big_active: false,
+                held_answer: None,
                 backlog: VecDeque::new(),
                 closed: false,
             }),
@@ -627,7 +888,12 @@ impl ConnHandler {
     }
 
     fn next(&self, link: &Link, st: &mut State) -> Step {
-        if st.closed || st.inflight.is_some() {
+        if st.closed {
+            return Step::Stop;
+        }
+        // While a request is handled, only BigStream signals are read on: the
+        // held answer may be waiting for one.
+        if st.inflight.is_some() && !(st.big_wait.is_some() && signal_next(st)) {
             return Step::Stop;
         }
         let State {
@@ -668,12 +934,17 @@ impl ConnHandler {
                 let id = st.next_req;
                 st.next_req += 1;
                 if kind.answered() {
-                    st.inflight = Some(InFlight { id, kind, cipher });
+                    st.inflight = Some(InFlight {
+                        id,
+                        kind,
+                        cipher,
+                        answered: false,
+                    });
                 }
                 if cmd == control::CIPHER_MODEL && kind == CmdKind::Stream {
                     let model = self.handshake(link, st)?;
                     self.shared.handshakes.fetch_add(1, Ordering::Relaxed);
-                    link.answer(st, &model.to_dfe().to_bytes());
+                    link.answer(st, &link.dfe_bytes(&model.to_dfe()));
                     return Ok(Step::Again);
                 }
                 if cmd.eq_ignore_ascii_case(control::WAIT) && kind == CmdKind::Console {
@@ -756,11 +1027,7 @@ impl ConnHandler {
                 }))
             }
             LegacyFrame::Signal(s) => {
-                tracing::debug!(
-                    conn = link.id,
-                    ?s,
-                    "legacy BigStream signal ignored (we send none)"
-                );
+                link.signal(st, s);
                 Ok(Step::Again)
             }
             LegacyFrame::Response { .. } => Err(LegacyError::BadCommand(
@@ -789,8 +1056,36 @@ impl ConnHandler {
             s.instance,
         );
         m.max_complete_buffer_size = link.limits.max_complete_buffer.min(u32::MAX as usize) as u32;
+        m.send_data_compressed = link.compress;
         Ok(m)
     }
+}
+
+/// Whether the next buffered frame is a whole BigStream signal.
+fn signal_next(st: &State) -> bool {
+    let p = &st.plain;
+    !st.dec.in_body()
+        && p.len() >= 9
+        && p[..4] == frame::HEAD.to_le_bytes()
+        && matches!(p[4], 0xF6 | 0xF7)
+}
+
+/// Pushes `data` to a legacy client as one BigStream `cmd`: 1 MiB chunks, the
+/// next sent on the client's `F6`, the transfer done on its `F7`
+/// ([`LegacyStats::big_streams_pushed`]). Like every push it waits for the
+/// answer to the client's request in flight; answers and pushes after it wait
+/// for its `F7`. Over [`LegacyConfig::max_push_bytes`] it fails with
+/// [`zs_core::Error::Full`] and queues nothing. Legacy peers only: a zs-core
+/// connection refuses a BigStream frame from the server.
+pub fn push_big_stream(peer: &Peer, cmd: &str, data: Bytes) -> zs_core::Result<()> {
+    peer.send_frame(Frame::BigStream {
+        id: 0,
+        cmd: Text::from(cmd),
+        offset: 0,
+        total: data.len() as u64,
+        last: true,
+        data,
+    })
 }
 
 fn started() -> Instant {

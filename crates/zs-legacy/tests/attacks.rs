@@ -336,3 +336,126 @@ fn connection_limit() {
     assert!(c.closed());
     assert!(logged("legacy connections open, the limit is 2"));
 }
+
+/// Compressed input (the `maxsec` forms) is bounded like plain input: a zlib
+/// bomb, a container that lies about its strips, a compressed BigStream chunk
+/// that inflates past the stream, a CoreCompress token; each closes only its
+/// connection, with a logged reason.
+#[test]
+fn compressed_bombs_and_lies() {
+    let s = server(LegacyConfig {
+        limits: LegacyLimits {
+            max_frame: 1 << 20,
+            ..LegacyLimits::default()
+        },
+        ..plain()
+    });
+    let send_dfe = |dfe: &[u8]| {
+        let mut r = Raw::connect(s.local_addr());
+        r.handshake();
+        let mut f = Vec::new();
+        frame::encode_request(CmdKind::Stream, dfe, 0, 0, &PlainCrypto, &mut f).unwrap();
+        r.frames(&f);
+        assert!(r.closed());
+    };
+    let zlib_dfe = |raw: u32, z: &[u8], token: u8| {
+        let mut d = vec![0xff];
+        d.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        d.push(token);
+        d.extend_from_slice(&raw.to_le_bytes());
+        d.extend_from_slice(&[0; 16]);
+        d.extend_from_slice(z);
+        d
+    };
+    // 64 MiB of zeros in ~64 KiB, announced as 64 MiB: over max_frame, refused
+    // before inflating.
+    let bomb = legacy::compress::zlib_compress(&vec![0u8; 64 << 20]);
+    send_dfe(&zlib_dfe(64 << 20, &bomb, 1));
+    assert!(logged(
+        "DFE body of 67108864 bytes is over the limit of 1048576"
+    ));
+    // The same bomb announced as 1000 bytes: inflating stops at 1000.
+    send_dfe(&zlib_dfe(1000, &bomb, 1));
+    assert!(logged("bad compressed data: zlib"));
+    // A container whose strip claims more bytes than are there.
+    let mut c = Vec::new();
+    legacy::compress::parallel_compress(&[1u8; 50_000], 2, &mut c);
+    c[4..12].copy_from_slice(&(1i64 << 40).to_le_bytes());
+    send_dfe(&zlib_dfe(50_000, &c, 4));
+    assert!(logged("container strip of 1099511627776 bytes"));
+    // CoreCompress (token 2): not read.
+    send_dfe(&zlib_dfe(10, &[0; 10], 2));
+    assert!(logged("compressed DFE (token 2) not supported"));
+    // A compressed BigStream chunk that inflates past the stream's total.
+    let mut r = Raw::connect(s.local_addr());
+    r.handshake();
+    let mut f = Vec::new();
+    frame::encode_big_stream_head("big", 1000, &mut f);
+    frame::encode_big_stream_chunk_compressed(&[9u8; 100_000], &mut f);
+    r.frames(&f);
+    assert!(r.closed());
+    // (its first 16,666-byte strip is already over)
+    assert!(logged(
+        "decompressed data of 16666 bytes is over the limit of 1000"
+    ));
+    good_client_works(&s);
+    assert!(s.stats().refused >= 5);
+}
+
+/// A client that never sends the BigStream signals: the pushes queued for it
+/// stop at `max_push_bytes` (further pushes fail with `Full`), its later
+/// requests wait behind the stalled stream, and other clients carry on.
+#[test]
+fn a_client_that_never_signals_holds_only_its_push_budget() {
+    log();
+    let backend = Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            quickack: true,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let mut r = Registry::new();
+    register_demo_commands(&mut r);
+    r.console("pushes", |peer, _| {
+        // 1.5 MiB each against a 2 MiB budget: the first is queued, the others
+        // do not fit.
+        let v: Vec<String> = (0..3)
+            .map(|_| {
+                let data = bytes::Bytes::from(vec![7u8; 3 << 19]);
+                zs_legacy::push_big_stream(peer, "big", data)
+                    .is_ok()
+                    .to_string()
+            })
+            .collect();
+        Ok(v.join(","))
+    });
+    let config = LegacyConfig {
+        max_push_bytes: 2 << 20,
+        ..plain()
+    };
+    let s = LegacyServer::start(backend, r, config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut raw = Raw::connect(s.local_addr());
+    raw.handshake();
+    raw.request(CmdKind::Console, "pushes", CmdBody::Text(String::new()), 0);
+    let answer = raw.response().expect("answer");
+    assert_eq!(frame::console_text(&answer), "true,false,false");
+    // It never answers the first chunk with F6; a request of its own now waits
+    // behind the stalled stream (the client would read the answer between two
+    // chunks otherwise).
+    raw.request(
+        CmdKind::Console,
+        "echo_Console",
+        CmdBody::Text("x".into()),
+        0,
+    );
+    good_client_works(&s);
+    assert_eq!(s.stats().big_streams_pushed, 0);
+    // The good client has left; the stalled one is still connected.
+    let t = Instant::now();
+    while s.connection_count() != 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", s.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -394,3 +394,89 @@ fn exercise_short(c: &LegacyClient) {
     let d = Dfe(vec![DfeValue::string("s"), DfeValue::Int64(-1)]);
     assert_eq!(c.call_stream_dfe("echo_Stream", d.clone()).unwrap(), d);
 }
+
+/// The `maxsec` profile: the original client compresses its requests (zlib
+/// DFEs, `SendDataCompressed`) and uses the security pool's ciphers; its
+/// whole script (texts and DFEs up to 70 000 bytes) passes against our server.
+#[test]
+fn original_client_maxsec_profile_sends_compressed_payloads() {
+    let Some(dir) = peers() else { return };
+    let server = our_server(CipherPool::Security);
+    let port = server.local_addr().port();
+    let (code, out) = znet_cli(&dir, port, &["--profile", "maxsec", "--mode", "full"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("done, 0 failed"), "{out}");
+    assert_eq!(server.stats().refused, 0);
+}
+
+/// Our client against the original server in `maxsec`: its answers (the
+/// handshake too) are zlib-compressed DFEs, with FastMD5 and the security
+/// pool's ciphers.
+#[test]
+fn our_client_against_original_server_maxsec_profile() {
+    let Some(dir) = peers() else { return };
+    let serv = znet_serv(&dir, &["--profile", "maxsec"]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", serv.port).parse().unwrap();
+    for _ in 0..3 {
+        let c = LegacyClient::connect(backend(), addr, ClientConfig::default()).unwrap();
+        assert!(
+            (11..=18).contains(&c.handshake().cipher),
+            "maxsec draws from RC6..AES256, got {}",
+            c.handshake().cipher
+        );
+        assert!(c.handshake().send_data_compressed, "{:?}", c.handshake());
+        exercise_short(&c);
+        for n in [0usize, 5, 70_000] {
+            let d = Dfe(vec![
+                DfeValue::string(&"q".repeat(n)),
+                DfeValue::Integer(n as i32),
+            ]);
+            assert_eq!(c.call_stream_dfe("echo_Stream", d.clone()).unwrap(), d);
+            let t = "z".repeat(n);
+            assert_eq!(c.call_console("echo_Console", &t).unwrap(), t);
+        }
+    }
+}
+
+/// Our server compressing as `maxsec` does (`LegacyConfig::compress`): the
+/// original client, in its plain and its `maxsec` profile, reads our zlib DFEs
+/// (handshake included) through its whole script.
+#[test]
+fn original_client_reads_our_compressed_answers() {
+    let Some(dir) = peers() else { return };
+    let mut r = Registry::new();
+    register_demo_commands(&mut r);
+    let config = LegacyConfig {
+        ciphers: CipherPool::Security,
+        compress: true,
+        ..Default::default()
+    };
+    let server = LegacyServer::start(backend(), r, config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = server.local_addr().port();
+    for profile in ["maxperf", "maxsec"] {
+        let (code, out) = znet_cli(&dir, port, &["--profile", profile, "--mode", "full"]);
+        assert_eq!(code, 0, "{profile}: {out}");
+        assert!(out.contains("done, 0 failed"), "{out}");
+    }
+    assert_eq!(server.stats().refused, 0);
+}
+
+/// Our client compressing its requests (`ClientConfig::compress`) against the
+/// original server in its plain profile: it reads them.
+#[test]
+fn original_server_reads_our_compressed_requests() {
+    let Some(dir) = peers() else { return };
+    let serv = znet_serv(&dir, &["--profile", "maxperf"]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", serv.port).parse().unwrap();
+    let config = ClientConfig {
+        compress: true,
+        ..Default::default()
+    };
+    let c = LegacyClient::connect(backend(), addr, config).unwrap();
+    assert!(!c.handshake().send_data_compressed);
+    exercise_short(&c);
+    let d = Dfe(vec![DfeValue::string(&"w".repeat(70_000))]);
+    assert_eq!(c.call_stream_dfe("echo_Stream", d.clone()).unwrap(), d);
+    let t = "v".repeat(70_000);
+    assert_eq!(c.call_console("echo_Console", &t).unwrap(), t);
+}

@@ -150,6 +150,13 @@ fn pump(mut a: TcpStream, mut b: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
 /// Runs `znet_cli --profile maxperf --mode console` through a recording relay to
 /// `port`; returns (client→server, server→client) bytes.
 fn capture(dir: &std::path::Path, port: u16) -> (Vec<u8>, Vec<u8>) {
+    let (a, b, _) = capture_with(dir, port, &["--mode", "console", "--linger", "0"]);
+    (a, b)
+}
+
+/// `znet_cli --profile maxperf ARGS` through a recording relay to `port`:
+/// (client→server bytes, server→client bytes, the client's output).
+fn capture_with(dir: &std::path::Path, port: u16, args: &[&str]) -> (Vec<u8>, Vec<u8>, String) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let lp = l.local_addr().unwrap().port();
     let c2s = Arc::new(Mutex::new(Vec::new()));
@@ -164,27 +171,16 @@ fn capture(dir: &std::path::Path, port: u16) -> (Vec<u8>, Vec<u8>) {
         t.join().unwrap();
     });
     let out = Command::new(dir.join("znet_cli"))
-        .args([
-            "127.0.0.1",
-            &lp.to_string(),
-            "--profile",
-            "maxperf",
-            "--mode",
-            "console",
-            "--linger",
-            "0",
-        ])
+        .args(["127.0.0.1", &lp.to_string(), "--profile", "maxperf"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
     relay.join().unwrap();
     let a = c2s.lock().unwrap().clone();
     let b = s2c.lock().unwrap().clone();
-    (a, b)
+    (a, b, text)
 }
 
 /// Keepalives (`04 00 00` / `05 00 00`) may fall anywhere on a slow machine;
@@ -294,5 +290,110 @@ fn the_originals_and_our_server_send_the_documented_bytes() {
         ),
         masked(&s2c, &vary),
         "our server"
+    );
+}
+
+/// The frame bytes inside a capture's sequence packets (acks and keepalives
+/// dropped).
+fn seq_payloads(b: &[u8]) -> Vec<u8> {
+    let mut rx = SeqLayer::new(LegacyLimits::default());
+    let (mut src, mut plain, mut reply) = (BytesMut::from(b), BytesMut::new(), BytesMut::new());
+    rx.receive(&mut src, &mut plain, &mut reply).unwrap();
+    plain.to_vec()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn pushes_to_the_original_client_are_the_documented_bytes() {
+    let push = block("legacy-wire-push");
+    let reply = block("legacy-wire-push-reply");
+    // Our encoders.
+    let mut want = Vec::new();
+    frame::encode_complete_buffer("cb", b"xyz", &mut want);
+    frame::encode_big_stream_head("big", 3, &mut want);
+    frame::encode_big_stream_chunk(b"abc", &mut want);
+    assert_eq!(want, push);
+    let mut sig = Vec::new();
+    frame::encode_signal(legacy::SignalKind::Done, &mut sig);
+    assert_eq!(sig, reply);
+    // Our decoder reads them back.
+    let mut dec = FrameDecoder::new(LegacyLimits::default());
+    let mut src = BytesMut::from(&push[..]);
+    let got: Vec<_> =
+        std::iter::from_fn(|| dec.decode(&mut src, false, &PlainCrypto).unwrap()).collect();
+    assert_eq!(got.len(), 2);
+    assert!(
+        matches!(&got[1], LegacyFrame::BigStreamChunk { cmd, total: 3, last: true, data, .. } if cmd == "big" && &data[..] == b"abc")
+    );
+
+    let Some(dir) = zs_legacy::peers::znet_dir() else {
+        return;
+    };
+    // Our server pushes both after answering the original client's console call.
+    let mut r = Registry::new();
+    r.console("helloWorld_ConsoleResult", |peer, text| {
+        peer.send_complete_buffer("cb", Bytes::from_static(b"xyz"))
+            .map_err(|e| e.to_string())?;
+        zs_legacy::push_big_stream(peer, "big", Bytes::from_static(b"abc"))
+            .map_err(|e| e.to_string())?;
+        Ok(format!("console result {text}"))
+    });
+    let backend = Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            quickack: true,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let ours = LegacyServer::start(
+        backend,
+        r,
+        LegacyConfig {
+            ciphers: CipherPool::Performance,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let (a, b, out) = capture_with(
+        &dir,
+        ours.local_addr().port(),
+        &["--mode", "console", "--linger", "1500", "--verbose"],
+    );
+    let (a, b) = (seq_payloads(&a), seq_payloads(&b));
+    assert!(contains(&b, &push), "our server's push bytes");
+    assert!(contains(&a, &reply), "the original client's F7");
+    assert_eq!(ours.stats().big_streams_pushed, 1);
+    assert_eq!(ours.stats().complete_buffers_pushed, 1);
+    // The original library logs what it handled (its verbose command log; it
+    // has no handler registered for either name).
+    assert!(out.contains("execute complete buffer: cb"), "{out}");
+    assert!(out.contains("Big Stream complete: big"), "{out}");
+}
+
+#[test]
+fn the_documented_compressed_dfe_decodes_and_ours_has_its_layout() {
+    let doc = Bytes::from(block("legacy-wire-zlib-dfe"));
+    let want = Dfe(vec![
+        DfeValue::string("__@CipherModel"),
+        DfeValue::dfe(&control::handshake_request(8)),
+    ]);
+    assert_eq!(Dfe::decode(&doc, &LegacyLimits::default()).unwrap(), want);
+    // Our encoder: the same header fields (the zlib stream itself depends on
+    // the compressor and its level), and it decodes to the same values.
+    let ours = want.to_compressed_bytes();
+    assert_eq!((ours[0], ours[5]), (0xff, 1));
+    assert_eq!(ours[6..26], doc[6..26], "raw size and zero MD5");
+    assert_eq!(
+        u32::from_le_bytes(ours[1..5].try_into().unwrap()) as usize,
+        ours.len() - 26
+    );
+    assert_eq!(
+        Dfe::decode(&Bytes::from(ours), &LegacyLimits::default()).unwrap(),
+        want
     );
 }

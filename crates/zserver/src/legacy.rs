@@ -30,9 +30,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use zs_legacy::{
-    peers, register_demo_commands, supported_cipher, supported_hash, CipherModel, CipherPool,
-    ClientConfig, CmdBody, CmdKind, Dfe, DfeValue, LegacyClient, LegacyConfig, LegacyError,
-    LegacyLimits, LegacyServer, LegacyStats, Push,
+    peers, push_big_stream, register_demo_commands, supported_cipher, supported_hash, CipherModel,
+    CipherPool, ClientConfig, CmdBody, CmdKind, Dfe, DfeValue, LegacyClient, LegacyConfig,
+    LegacyError, LegacyLimits, LegacyServer, LegacyStats, Push, PushedData, BIG_STREAM_CHUNK,
 };
 
 use crate::{backend_by_name, Error, Registry, Result};
@@ -42,6 +42,9 @@ fn default_backend() -> Result<Arc<dyn zs_io::Backend>> {
         "default",
         zs_io::Config {
             loops: 1,
+            // The original clients write twice in a row without TCP_NODELAY:
+            // acknowledge at once (see zs_legacy::LegacyServer).
+            quickack: true,
             ..Default::default()
         },
     )?))

@@ -439,7 +439,7 @@ impl Dfe {
         };
         let comp = c.u8()?;
         if comp != 0 {
-            return Err(LegacyError::CompressedDfe(comp));
+            return Dfe::decode_compressed(src, c, size, comp, limits);
         }
         c.take(16)?; // MD5: zero in fast mode; the originals do not check it on receive
         if size > limits.max_frame as u64 {
@@ -447,11 +447,106 @@ impl Dfe {
         }
         let body_len = c.len(size as i64, 1)?;
         let end = c.at + body_len;
-        let mut b = Cur {
-            buf: src,
-            at: c.at,
-            end,
+        let values = decode_body(src, c.at, end, limits)?;
+        Ok((Dfe(values), end))
+    }
+
+    /// The compressed forms (`SendDataCompressed`): edition, compressed size,
+    /// token, raw size (u32 for tokens 1 and 4, u64 for 11 and 44), MD5 of the
+    /// raw body (not checked, as the originals), then the compressed body:
+    /// a zlib stream (1, 11) or a parallel container (4, 44).
+    fn decode_compressed(
+        src: &Bytes,
+        mut c: Cur<'_>,
+        size: u64,
+        comp: u8,
+        limits: &LegacyLimits,
+    ) -> Result<(Dfe, usize), LegacyError> {
+        let raw = match comp {
+            1 | 4 => c.u32()? as u64,
+            11 | 44 => c.u64()?,
+            other => return Err(LegacyError::CompressedDfe(other)),
         };
+        c.take(16)?;
+        if size > limits.max_frame as u64 {
+            return Err(too_large("compressed DFE", size, limits.max_frame));
+        }
+        if raw > limits.max_frame as u64 {
+            return Err(too_large("DFE body", raw, limits.max_frame));
+        }
+        let n = c.len(size as i64, 1)?;
+        let data = &src[c.at..c.at + n];
+        let body = if comp % 10 == 1 {
+            super::compress::zlib_decompress(data, raw, limits.max_frame)?
+        } else {
+            let b = super::compress::parallel_decompress(data, limits.max_frame)?;
+            if b.len() as u64 != raw {
+                return Err(LegacyError::BadCompressed(format!(
+                    "container gave {} bytes, {raw} announced",
+                    b.len()
+                )));
+            }
+            b
+        };
+        let body = Bytes::from(body);
+        let values = decode_body(&body, 0, body.len(), limits)?;
+        Ok((Dfe(values), c.at + n))
+    }
+
+    /// The compressed form the originals send with `SendDataCompressed`: zlib
+    /// (token 1, [`Dfe::encode_zlib`]) up to 1 MiB of encoded values, the
+    /// parallel container (token 4, zlib strips marked `scmZLIB_Max`) above.
+    pub fn encode_compressed(&self, out: &mut Vec<u8>) {
+        if self.0.is_empty() || self.encoded_len() <= 1 << 20 {
+            return self.encode_zlib(out);
+        }
+        let mut body = Vec::with_capacity(self.encoded_len());
+        self.encode_body(&mut body);
+        let mut c = Vec::with_capacity(body.len() / 2);
+        super::compress::parallel_compress(&body, 3, &mut c);
+        out.put_u8(0xff);
+        out.put_u32_le(c.len() as u32);
+        out.put_u8(4);
+        out.put_u32_le(body.len() as u32);
+        out.put_slice(&[0u8; 16]);
+        out.put_slice(&c);
+    }
+
+    /// The compressed bytes as a new vector ([`Dfe::encode_compressed`]).
+    pub fn to_compressed_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64);
+        self.encode_compressed(&mut v);
+        v
+    }
+
+    /// The zlib form the originals send with `SendDataCompressed` (`EncodeAsZLib`
+    /// in fast mode: token 1, zero MD5); an empty DFE keeps its plain form, as
+    /// theirs.
+    pub fn encode_zlib(&self, out: &mut Vec<u8>) {
+        if self.0.is_empty() {
+            return self.encode(out);
+        }
+        let mut body = Vec::with_capacity(self.encoded_len());
+        self.encode_body(&mut body);
+        let z = super::compress::zlib_compress(&body);
+        out.put_u8(0xff);
+        out.put_u32_le(z.len() as u32);
+        out.put_u8(1);
+        out.put_u32_le(body.len() as u32);
+        out.put_slice(&[0u8; 16]);
+        out.put_slice(&z);
+    }
+}
+
+/// The values of a DFE body at `buf[at..end]`.
+fn decode_body(
+    buf: &Bytes,
+    at: usize,
+    end: usize,
+    limits: &LegacyLimits,
+) -> Result<Vec<DfeValue>, LegacyError> {
+    {
+        let mut b = Cur { buf, at, end };
         let raw = b.i32()? as i64;
         if raw > limits.max_values as i64 {
             return Err(too_large("DFE value count", raw as u64, limits.max_values));
@@ -467,9 +562,11 @@ impl Dfe {
                 end - b.at
             )));
         }
-        Ok((Dfe(values), end))
+        Ok(values)
     }
+}
 
+impl Dfe {
     /// Decodes a DFE that must fill `src` exactly.
     pub fn decode(src: &Bytes, limits: &LegacyLimits) -> Result<Dfe, LegacyError> {
         let (d, n) = Dfe::decode_prefix(src, limits)?;
@@ -820,10 +917,62 @@ mod tests {
             Err(LegacyError::TooLarge { .. })
         ));
         let mut b = Dfe::new().to_bytes();
-        b[5] = 1;
+        b[5] = 2; // CoreCompress Deflate: not read
         assert_eq!(
             Dfe::decode(&b.into(), &lim),
-            Err(LegacyError::CompressedDfe(1))
+            Err(LegacyError::CompressedDfe(2))
         );
+    }
+
+    #[test]
+    fn zlib_dfes_round_trip_and_are_bounded() {
+        let lim = LegacyLimits::default();
+        let d = Dfe(vec![
+            DfeValue::string(&"abc".repeat(10_000)),
+            DfeValue::Integer(30_000),
+            DfeValue::Int64(7),
+        ]);
+        let mut z = Vec::new();
+        d.encode_zlib(&mut z);
+        assert_eq!((z[0], z[5]), (0xff, 1));
+        assert!(z.len() < 1000, "compressed: {} bytes", z.len());
+        assert_eq!(Dfe::decode(&z.clone().into(), &lim).unwrap(), d);
+        // The raw size over max_frame is refused before inflating.
+        let small = LegacyLimits {
+            max_frame: 1000,
+            ..lim
+        };
+        assert!(matches!(
+            Dfe::decode(&z.clone().into(), &small),
+            Err(LegacyError::TooLarge { .. })
+        ));
+        // A raw size that lies, a cut stream.
+        let mut lie = z.clone();
+        lie[6..10].copy_from_slice(&100u32.to_le_bytes());
+        assert!(Dfe::decode(&lie.into(), &lim).is_err());
+        let cut = z[..z.len() - 3].to_vec();
+        assert!(Dfe::decode(&cut.into(), &lim).is_err());
+        // The parallel container form (token 4), as the originals send DFEs
+        // over 1 MiB.
+        let mut body = Vec::new();
+        d.encode_body(&mut body);
+        let mut c = Vec::new();
+        crate::legacy::compress::parallel_compress(&body, 3, &mut c);
+        let mut p = vec![0xff];
+        p.put_u32_le(c.len() as u32);
+        p.put_u8(4);
+        p.put_u32_le(body.len() as u32);
+        p.put_slice(&[0u8; 16]);
+        p.put_slice(&c);
+        assert_eq!(Dfe::decode(&p.into(), &lim).unwrap(), d);
+        // Over 1 MiB: the container form.
+        let big = Dfe(vec![DfeValue::string(&"xyz".repeat(400_000))]);
+        let b = big.to_compressed_bytes();
+        assert_eq!(b[5], 4);
+        assert_eq!(Dfe::decode(&b.into(), &lim).unwrap(), big);
+        // Empty stays plain.
+        let mut e = Vec::new();
+        Dfe::new().encode_zlib(&mut e);
+        assert_eq!(e, Dfe::new().to_bytes());
     }
 }

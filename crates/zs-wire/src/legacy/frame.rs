@@ -166,8 +166,18 @@ pub enum LegacyFrame {
 #[derive(Debug)]
 enum State {
     Frames,
-    Big { cmd: String, total: u64, done: u64 },
-    Complete { cmd: String, len: usize },
+    Big {
+        cmd: String,
+        total: u64,
+        done: u64,
+    },
+    /// `len` body bytes to come; `raw` is the decompressed size when the body is
+    /// a compressed container.
+    Complete {
+        cmd: String,
+        len: usize,
+        raw: Option<usize>,
+    },
 }
 
 /// The frame parser of one connection (sans-IO).
@@ -230,21 +240,42 @@ impl FrameDecoder {
                         self.limits.max_big_chunk,
                     ));
                 }
-                if src[4] != 0 {
-                    return Err(LegacyError::Compressed("BigStream chunk"));
-                }
-                let size = size as u64;
-                if size > *total - *done || size == 0 {
+                let compressed = match src[4] {
+                    0 => false,
+                    1 => true,
+                    b => {
+                        return Err(LegacyError::BadCommand(format!(
+                            "BigStream chunk compression flag {b}"
+                        )))
+                    }
+                };
+                let left = *total - *done;
+                if !compressed && (size as u64 > left || size == 0) {
                     return Err(LegacyError::BadCommand(format!(
-                        "BigStream chunk of {size} bytes with {} left",
-                        *total - *done
+                        "BigStream chunk of {size} bytes with {left} left"
                     )));
                 }
-                if (src.len() as u64) < 5 + size {
+                let size = size as usize;
+                if src.len() < 5 + size {
                     return Ok(None);
                 }
                 src.advance(5);
-                let data = src.split_to(size as usize).freeze();
+                let data = src.split_to(size).freeze();
+                let data = if compressed {
+                    // The parallel container (`SendDataCompressed`), at most
+                    // what is left of the stream and the chunk limit.
+                    let limit = (left.min(self.limits.max_big_chunk as u64)) as usize;
+                    let d = Bytes::from(super::compress::parallel_decompress(&data, limit)?);
+                    if d.is_empty() {
+                        return Err(LegacyError::BadCommand(
+                            "empty compressed BigStream chunk".into(),
+                        ));
+                    }
+                    d
+                } else {
+                    data
+                };
+                let size = data.len() as u64;
                 let offset = *done;
                 *done += size;
                 let last = *done == *total;
@@ -264,11 +295,21 @@ impl FrameDecoder {
                 }
                 return Ok(Some(f));
             }
-            State::Complete { cmd, len } => {
+            State::Complete { cmd, len, raw } => {
                 if src.len() < *len {
                     return Ok(None);
                 }
-                let data = src.split_to(*len).freeze();
+                let mut data = src.split_to(*len).freeze();
+                if let Some(raw) = *raw {
+                    let d = super::compress::parallel_decompress(&data, raw)?;
+                    if d.len() != raw {
+                        return Err(LegacyError::BadCompressed(format!(
+                            "CompleteBuffer container gave {} bytes, {raw} announced",
+                            d.len()
+                        )));
+                    }
+                    data = Bytes::from(d);
+                }
                 let f = LegacyFrame::CompleteBuffer {
                     cmd: std::mem::take(cmd),
                     data,
@@ -343,13 +384,29 @@ impl FrameDecoder {
                         self.limits.max_complete_buffer,
                     ));
                 }
-                if comp != 0 {
-                    return Err(LegacyError::Compressed("CompleteBuffer"));
+                if comp as usize > self.limits.max_complete_buffer {
+                    return Err(too_large(
+                        "compressed CompleteBuffer",
+                        comp as u64,
+                        self.limits.max_complete_buffer,
+                    ));
                 }
                 let Some(cmd) = self.name(src, 13)? else {
                     return Ok(None);
                 };
-                self.state = State::Complete { cmd, len: raw };
+                self.state = if comp == 0 {
+                    State::Complete {
+                        cmd,
+                        len: raw,
+                        raw: None,
+                    }
+                } else {
+                    State::Complete {
+                        cmd,
+                        len: comp as usize,
+                        raw: Some(raw),
+                    }
+                };
                 self.decode(src, false, crypto)
             }
             other => Err(LegacyError::UnknownFrameType(other)),
@@ -540,11 +597,32 @@ impl CmdBody {
 /// The plaintext payload of a request: DFE `[String cmd, String text]` or
 /// `[String cmd, Stream dfe]`.
 pub fn encode_command(cmd: &str, body: &CmdBody) -> Vec<u8> {
+    command_dfe(cmd, body).to_bytes()
+}
+
+/// [`encode_command`] in the compressed form a `SendDataCompressed` sender
+/// uses ([`Dfe::encode_compressed`]).
+pub fn encode_command_compressed(cmd: &str, body: &CmdBody) -> Vec<u8> {
+    command_dfe(cmd, body).to_compressed_bytes()
+}
+
+fn command_dfe(cmd: &str, body: &CmdBody) -> Dfe {
     let second = match body {
         CmdBody::Text(t) => DfeValue::string(t),
         CmdBody::Dfe(d) => DfeValue::dfe(d),
     };
-    Dfe(vec![DfeValue::string(cmd), second]).to_bytes()
+    Dfe(vec![DfeValue::string(cmd), second])
+}
+
+/// Appends one BigStream chunk compressed as the originals do with
+/// `SendDataCompressed`: flag 1, a parallel container of `scmZLIB_Fast` strips.
+pub fn encode_big_stream_chunk_compressed(data: &[u8], out: &mut Vec<u8>) {
+    let at = out.len();
+    out.put_i32_le(0);
+    out.put_u8(1);
+    super::compress::parallel_compress(data, super::compress::METHOD_ZLIB_FAST, out);
+    let n = (out.len() - at - 5) as i32;
+    out[at..at + 4].copy_from_slice(&n.to_le_bytes());
 }
 
 /// Splits a request payload into its command name and body.

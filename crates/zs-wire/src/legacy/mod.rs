@@ -52,6 +52,7 @@
 //! assert_eq!((cmd.as_str(), body.text()), ("echo", Some("hi")));
 //! ```
 
+pub mod compress;
 pub mod control;
 pub mod dfe;
 pub mod frame;
@@ -60,9 +61,10 @@ pub mod seq;
 pub use control::{CipherModel, CIPHER_MODEL, WAIT};
 pub use dfe::{Dfe, DfeValue, DfeVariant};
 pub use frame::{
-    decode_command, encode_big_stream_chunk, encode_big_stream_head, encode_command,
-    encode_complete_buffer, encode_request, encode_response, encode_signal, CmdBody, CmdKind,
-    FrameCrypto, FrameDecoder, LegacyFrame, PlainCrypto, SignalKind,
+    decode_command, encode_big_stream_chunk, encode_big_stream_chunk_compressed,
+    encode_big_stream_head, encode_command, encode_command_compressed, encode_complete_buffer,
+    encode_request, encode_response, encode_signal, CmdBody, CmdKind, FrameCrypto, FrameDecoder,
+    LegacyFrame, PlainCrypto, SignalKind,
 };
 pub use seq::{SeqLayer, SeqStats};
 
@@ -159,15 +161,21 @@ pub enum LegacyError {
     /// A DFE is malformed.
     #[error("bad DFE: {0}")]
     BadDfe(String),
-    /// A DFE is compressed (the `maxsec` profile's zlib): not supported.
+    /// A DFE compressed with the originals' own CoreCompress codecs (tokens 2,
+    /// 3, 22, 33; no profile sends them): not supported. zlib (1, 11) and the
+    /// parallel container (4, 44) are read.
     #[error("compressed DFE (token {0}) not supported")]
     CompressedDfe(u8),
     /// A command payload is not `[String name, String text]` / `[String name, Stream dfe]`.
     #[error("bad command payload: {0}")]
     BadCommand(String),
-    /// A compressed CompleteBuffer or BigStream chunk (not supported).
+    /// A compressed form we do not read (the originals' own CoreCompress
+    /// codecs).
     #[error("compressed {0} not supported")]
     Compressed(&'static str),
+    /// A compressed DFE, CompleteBuffer or BigStream chunk is malformed.
+    #[error("bad compressed data: {0}")]
+    BadCompressed(String),
     /// A value has no DFE form (e.g. JSON too large), or a value is out of range.
     #[error("cannot convert: {0}")]
     Convert(String),
