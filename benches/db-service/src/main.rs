@@ -9,7 +9,17 @@
 //! Each case runs with 50 connections (the redis-benchmark default), and the
 //! pipelined ones with 1 connection too. Our side is encrypted (AES-256-GCM
 //! session records), Redis's is not; Redis runs without persistence
-//! (`--save "" --appendonly no`).
+//! (`--save "" --appendonly no`), and a second Redis with an fsync per write
+//! batch (`--appendonly yes --appendfsync always`) is the durability-matched
+//! peer of FastPost.
+//!
+//! Every sample runs for a fixed time (0.5 s with `--quick`, 2 s otherwise; the
+//! request count of `redis-benchmark` follows the rate of its previous sample),
+//! and each pair runs side by side (ours, then theirs) in every round, so a
+//! change of machine load hits both sides of a ratio alike.
+//!
+//! `ZS_DBSVC_CASES=get_vs_redis_get_p1,scan_remote_vs_embedded` runs only the
+//! pairs with these ratio names (for profiling one pair).
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, TcpListener};
@@ -41,10 +51,13 @@ impl Drop for Redis {
     }
 }
 
-fn start_redis(dir: &std::path::Path, port: u16) -> Option<Redis> {
+/// Starts `redis-server` on `port` with `persistence` (`--appendonly ...`
+/// arguments), data in `dir`.
+fn start_redis(dir: &std::path::Path, port: u16, persistence: &[&str]) -> Option<Redis> {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--save", "", "--daemonize", "no"])
+        .args(persistence)
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -63,7 +76,7 @@ fn start_redis(dir: &std::path::Path, port: u16) -> Option<Redis> {
 }
 
 /// One `redis-benchmark` run; returns requests/s.
-fn redis_bench(port: u16, test: &str, n: u64, conns: usize, pipeline: usize) -> f64 {
+fn redis_bench_n(port: u16, test: &str, n: u64, conns: usize, pipeline: usize) -> f64 {
     let out = Command::new("redis-benchmark")
         .args(["-p", &port.to_string(), "-t", test, "-n", &n.to_string()])
         .args(["-c", &conns.to_string(), "-P", &pipeline.to_string()])
@@ -115,38 +128,84 @@ fn value(i: u64) -> Vec<u8> {
     v
 }
 
-/// Runs `f(connection index)` on `clients.len()` threads at once; returns the seconds.
-fn parallel(clients: &[DbClient], f: impl Fn(usize, &DbClient) + Sync) -> f64 {
+/// Runs `f(connection index)` on `clients.len()` threads at once; returns the
+/// sum of what they return and the seconds they took.
+fn parallel(clients: &[DbClient], f: impl Fn(usize, &DbClient) -> u64 + Sync) -> (u64, f64) {
     let t = Instant::now();
-    std::thread::scope(|s| {
-        for (i, c) in clients.iter().enumerate() {
-            let f = &f;
-            s.spawn(move || f(i, c));
-        }
+    let n = std::thread::scope(|s| {
+        let hs: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let f = &f;
+                s.spawn(move || f(i, c))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("loader")).sum()
     });
-    t.elapsed().as_secs_f64().max(1e-9)
+    (n, t.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// A `redis-benchmark` sampler that runs about `secs` seconds: its request
+/// count follows the rate of the previous sample.
+fn redis_sampler(
+    port: u16,
+    test: &'static str,
+    conns: usize,
+    pipeline: usize,
+    secs: f64,
+) -> impl FnMut() -> f64 {
+    let mut rate = 0.0f64;
+    move || {
+        let n = if rate == 0.0 {
+            // probe: a short run to learn the rate
+            let probe = (20_000 * pipeline as u64).min(100_000);
+            rate = redis_bench_n(port, test, probe, conns, pipeline);
+            ((rate * secs) as u64).max(2_000)
+        } else {
+            ((rate * secs) as u64).max(2_000)
+        };
+        rate = redis_bench_n(port, test, n, conns, pipeline);
+        rate
+    }
+}
+
+/// Whether pair `ratio` runs (see `ZS_DBSVC_CASES`).
+fn wanted(ratio: &str) -> bool {
+    match std::env::var("ZS_DBSVC_CASES") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').any(|w| ratio == w.trim()),
+        _ => true,
+    }
 }
 
 fn main() {
     let opts = Options::from_env();
-    let (n_write, n_get, n_get_p1, n_scan, n_kv) = if opts.quick {
-        (16_000u64, 16_000u64, 4_000u64, 100_000u64, 20_000u64)
+    let (secs, n_kv, n_scan) = if opts.quick {
+        (0.5f64, 20_000u64, 200_000u64)
     } else {
-        (400_000, 400_000, 100_000, 1_000_000, 100_000)
+        (2.0, 100_000, 1_000_000)
     };
+    let dur = Duration::from_secs_f64(secs);
     let mut suite = Suite::from_options("db-service", &opts, 3, 5);
     let dir = tempfile::tempdir().expect("tempdir");
 
     // --- Redis ------------------------------------------------------------------
-    let port = free_port();
     let have_redis = Command::new("redis-benchmark")
         .arg("--version")
         .output()
         .is_ok();
-    let redis = if have_redis {
-        start_redis(dir.path(), port)
+    let (port, port_aof) = (free_port(), free_port());
+    let (redis, redis_aof) = if have_redis {
+        let plain = dir.path().join("redis");
+        let aof = dir.path().join("redis-aof");
+        let _ = std::fs::create_dir_all(&plain);
+        let _ = std::fs::create_dir_all(&aof);
+        (
+            start_redis(&plain, port, &["--appendonly", "no"]),
+            start_redis(&aof, port_aof, &["--appendonly", "yes", "--appendfsync", "always"]),
+        )
     } else {
-        None
+        (None, None)
     };
     if redis.is_none() {
         eprintln!("redis-server / redis-benchmark not installed: Redis cases skipped");
@@ -175,27 +234,19 @@ fn main() {
     clients1[0].open("scan", true).expect("open");
 
     // preload records for GET and scan
-    {
+    for (db, n) in [("kv", n_kv), ("scan", n_scan)] {
         let mut fp = clients1[0]
-            .fastpost("kv", FastPostConfig::default())
+            .fastpost(db, FastPostConfig::default())
             .expect("fastpost");
-        for i in 0..n_kv {
-            fp.post(Kind::Raw, &value(i)).expect("post");
-        }
-        fp.flush().expect("flush");
-        let mut fp = clients1[0]
-            .fastpost("scan", FastPostConfig::default())
-            .expect("fastpost");
-        for i in 0..n_scan {
+        for i in 0..n {
             fp.post(Kind::Raw, &value(i)).expect("post");
         }
         fp.flush().expect("flush");
     }
 
-    let fastpost_case = |clients: Arc<Vec<DbClient>>, n: u64| {
+    let fastpost_case = |clients: Arc<Vec<DbClient>>| {
         move || {
-            let per = n / clients.len() as u64;
-            let secs = parallel(&clients, |_, c| {
+            let (n, secs) = parallel(&clients, |_, c| {
                 let mut fp = c
                     .fastpost(
                         "kv",
@@ -205,24 +256,30 @@ fn main() {
                         },
                     )
                     .expect("fastpost");
-                for i in 0..per {
-                    fp.post(Kind::Raw, &value(i)).expect("post");
+                let t = Instant::now();
+                let mut i = 0u64;
+                while t.elapsed() < dur {
+                    for _ in 0..16 {
+                        fp.post(Kind::Raw, &value(i)).expect("post");
+                        i += 1;
+                    }
                 }
                 fp.flush().expect("flush"); // every record durable
+                i
             });
-            (per * clients.len() as u64) as f64 / secs
+            n as f64 / secs
         }
     };
-    let get_case = |clients: Arc<Vec<DbClient>>, n: u64, pipeline: usize| {
+    let get_case = |clients: Arc<Vec<DbClient>>, pipeline: usize| {
         move || {
-            let per = n / clients.len() as u64;
-            let secs = parallel(&clients, |k, c| {
+            let (n, secs) = parallel(&clients, |k, c| {
                 let mut id = 1 + (k as u64 * 7919) % n_kv;
-                let mut done = 0;
-                while done < per {
-                    let ids: Vec<u64> = (0..pipeline as u64)
-                        .map(|j| 1 + (id + j * 31) % n_kv)
-                        .collect();
+                let mut done = 0u64;
+                let t = Instant::now();
+                let mut ids = Vec::with_capacity(pipeline);
+                while t.elapsed() < dur {
+                    ids.clear();
+                    ids.extend((0..pipeline as u64).map(|j| 1 + (id + j * 31) % n_kv));
                     if pipeline == 1 {
                         c.get("kv", ids[0]).expect("get").expect("present");
                     } else {
@@ -233,138 +290,160 @@ fn main() {
                     id = (id + 104_729) % n_kv;
                     done += pipeline as u64;
                 }
+                done
             });
-            (per * clients.len() as u64) as f64 / secs
+            n as f64 / secs
         }
     };
-
-    suite.case(
-        "zs fastpost P16 c50",
-        "records_per_s",
-        Better::Higher,
-        fastpost_case(clients50.clone(), n_write),
-    );
-    suite.case(
-        "zs fastpost P16 c1",
-        "records_per_s",
-        Better::Higher,
-        fastpost_case(clients1.clone(), n_write / 4),
-    );
-    suite.case(
-        "zs get P16 c50",
-        "gets_per_s",
-        Better::Higher,
-        get_case(clients50.clone(), n_get, 16),
-    );
-    suite.case(
-        "zs get P16 c1",
-        "gets_per_s",
-        Better::Higher,
-        get_case(clients1.clone(), n_get / 4, 16),
-    );
-    suite.case(
-        "zs get P1 c50",
-        "gets_per_s",
-        Better::Higher,
-        get_case(clients50.clone(), n_get_p1, 1),
-    );
-    let remote = clients1[0].clone();
-    suite.case(
-        "zs scan remote",
-        "records_per_s",
-        Better::Higher,
-        move || {
+    let have = redis.is_some();
+    let aof = redis_aof.is_some();
+    let mut pairs: Vec<(&str, &str, &str)> = Vec::new();
+    if wanted("fastpost_vs_redis_set_p16") || wanted("fastpost_vs_redis_set_p16_fsync_matched") {
+        suite.case(
+            "zs fastpost P16 c50",
+            "records_per_s",
+            Better::Higher,
+            fastpost_case(clients50.clone()),
+        );
+        if have {
+            suite.case(
+                "redis SET P16 c50",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "set", 50, 16, secs),
+            );
+            pairs.push(("fastpost_vs_redis_set_p16", "zs fastpost P16 c50", "redis SET P16 c50"));
+        }
+        if aof {
+            suite.case(
+                "redis-aof-always SET P16 c50",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port_aof, "set", 50, 16, secs),
+            );
+            pairs.push((
+                "fastpost_vs_redis_set_p16_fsync_matched",
+                "zs fastpost P16 c50",
+                "redis-aof-always SET P16 c50",
+            ));
+        }
+    }
+    if wanted("fastpost_vs_redis_set_p16_c1") {
+        suite.case(
+            "zs fastpost P16 c1",
+            "records_per_s",
+            Better::Higher,
+            fastpost_case(clients1.clone()),
+        );
+        if have {
+            suite.case(
+                "redis SET P16 c1",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "set", 1, 16, secs),
+            );
+            pairs.push(("fastpost_vs_redis_set_p16_c1", "zs fastpost P16 c1", "redis SET P16 c1"));
+        }
+    }
+    if wanted("get_vs_redis_get_p16") {
+        suite.case(
+            "zs get P16 c50",
+            "gets_per_s",
+            Better::Higher,
+            get_case(clients50.clone(), 16),
+        );
+        if have {
+            suite.case(
+                "redis GET P16 c50",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "get", 50, 16, secs),
+            );
+            pairs.push(("get_vs_redis_get_p16", "zs get P16 c50", "redis GET P16 c50"));
+        }
+    }
+    if wanted("get_vs_redis_get_p16_c1") {
+        suite.case(
+            "zs get P16 c1",
+            "gets_per_s",
+            Better::Higher,
+            get_case(clients1.clone(), 16),
+        );
+        if have {
+            suite.case(
+                "redis GET P16 c1",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "get", 1, 16, secs),
+            );
+            pairs.push(("get_vs_redis_get_p16_c1", "zs get P16 c1", "redis GET P16 c1"));
+        }
+    }
+    if wanted("get_vs_redis_get_p1") {
+        suite.case(
+            "zs get P1 c50",
+            "gets_per_s",
+            Better::Higher,
+            get_case(clients50.clone(), 1),
+        );
+        if have {
+            suite.case(
+                "redis GET P1 c50",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "get", 50, 1, secs),
+            );
+            pairs.push(("get_vs_redis_get_p1", "zs get P1 c50", "redis GET P1 c50"));
+        }
+    }
+    if wanted("scan_remote_vs_embedded") {
+        let remote = clients1[0].clone();
+        suite.case("zs scan remote", "records_per_s", Better::Higher, move || {
             let t = Instant::now();
-            let mut spec = QuerySpec::new("scan");
-            spec.batch_bytes = 256 << 10;
             let mut n = 0u64;
-            for b in remote.query(spec).expect("query") {
-                n += b.expect("batch").len() as u64;
+            while t.elapsed() < dur {
+                let mut spec = QuerySpec::new("scan");
+                spec.batch_bytes = 256 << 10;
+                for b in remote.query(spec).expect("query") {
+                    n += b.expect("batch").len() as u64;
+                }
             }
             n as f64 / t.elapsed().as_secs_f64()
-        },
-    );
-    let local = service.env().db("scan").expect("db");
-    suite.case(
-        "zs-db scan embedded",
-        "records_per_s",
-        Better::Higher,
-        move || {
-            let t = Instant::now();
-            let n = local
-                .query(Query::all())
-                .expect("query")
-                .collect_all()
-                .expect("scan")
-                .len();
-            n as f64 / t.elapsed().as_secs_f64()
-        },
-    );
-    if redis.is_some() {
+        });
+        let local = service.env().db("scan").expect("db");
         suite.case(
-            "redis SET P16 c50",
-            "requests_per_s",
+            "zs-db scan embedded",
+            "records_per_s",
             Better::Higher,
-            move || redis_bench(port, "set", n_write, 50, 16),
+            move || {
+                let t = Instant::now();
+                let mut n = 0u64;
+                while t.elapsed() < dur {
+                    n += local
+                        .query(Query::all())
+                        .expect("query")
+                        .collect_all()
+                        .expect("scan")
+                        .len() as u64;
+                }
+                n as f64 / t.elapsed().as_secs_f64()
+            },
         );
-        suite.case(
-            "redis SET P16 c1",
-            "requests_per_s",
-            Better::Higher,
-            move || redis_bench(port, "set", n_write / 4, 1, 16),
-        );
-        suite.case(
-            "redis GET P16 c50",
-            "requests_per_s",
-            Better::Higher,
-            move || redis_bench(port, "get", n_get, 50, 16),
-        );
-        suite.case(
-            "redis GET P16 c1",
-            "requests_per_s",
-            Better::Higher,
-            move || redis_bench(port, "get", n_get / 4, 1, 16),
-        );
-        suite.case(
-            "redis GET P1 c50",
-            "requests_per_s",
-            Better::Higher,
-            move || redis_bench(port, "get", n_get_p1, 50, 1),
-        );
+        pairs.push(("scan_remote_vs_embedded", "zs scan remote", "zs-db scan embedded"));
     }
     suite.run();
-    suite.ratio(
-        "fastpost_vs_redis_set_p16",
-        "zs fastpost P16 c50",
-        "redis SET P16 c50",
-    );
-    suite.ratio(
-        "fastpost_vs_redis_set_p16_c1",
-        "zs fastpost P16 c1",
-        "redis SET P16 c1",
-    );
-    suite.ratio(
-        "get_vs_redis_get_p16",
-        "zs get P16 c50",
-        "redis GET P16 c50",
-    );
-    suite.ratio(
-        "get_vs_redis_get_p16_c1",
-        "zs get P16 c1",
-        "redis GET P16 c1",
-    );
-    suite.ratio("get_vs_redis_get_p1", "zs get P1 c50", "redis GET P1 c50");
-    suite.ratio(
-        "scan_remote_vs_embedded",
-        "zs scan remote",
-        "zs-db scan embedded",
-    );
+    for (key, ours, theirs) in pairs {
+        suite.ratio(key, ours, theirs);
+    }
     suite.note(format!(
-        "values {VALUE} B on loopback; ours: AES-256-GCM session encryption, FastPost counted when acknowledged durable (fsync), GETs through the full service; \
-         Redis 7: no encryption, persistence off (--save \"\" --appendonly no), driven by redis-benchmark -d {VALUE} in the same run; \
+        "values {VALUE} B on loopback, {secs} s per sample, pairs side by side in every round; \
+         ours: AES-256-GCM session encryption and StableIO sessions; FastPost counted when every record is acknowledged durable (fsync), GETs through the full service; \
+         Redis 7: no encryption, driven by redis-benchmark -d {VALUE} in the same run; `redis` persistence off (--save \"\" --appendonly no: acknowledged before any write), \
+         `redis-aof-always` --appendonly yes --appendfsync always (fsync before the acknowledgement, the durability FastPost promises); \
          server and loaders share the machine's {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     ));
     drop(redis);
+    drop(redis_aof);
     suite.finish();
 }

@@ -873,6 +873,56 @@ impl Request {
 
 // ---- answers ----------------------------------------------------------------
 
+/// A [`Push::Batch`] encoded record by record straight into its send buffer
+/// (the same bytes as [`Push::encode`] of the batch, without the record list).
+#[derive(Debug)]
+pub struct BatchWriter {
+    b: BytesMut,
+    n: u32,
+}
+
+/// Offset of the record count in an encoded [`Push::Batch`].
+const BATCH_COUNT_AT: usize = 1 + 8 + 8;
+
+impl BatchWriter {
+    /// An empty batch `seq` of query `qid`, with room for about `capacity` bytes.
+    pub fn new(qid: u64, seq: u64, capacity: usize) -> BatchWriter {
+        let mut b = BytesMut::with_capacity(capacity + BATCH_COUNT_AT + 4);
+        b.put_u8(1);
+        b.put_u64_le(qid);
+        b.put_u64_le(seq);
+        b.put_u32_le(0);
+        BatchWriter { b, n: 0 }
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, rec: &Record) {
+        put_record(&mut self.b, rec);
+        self.n += 1;
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+
+    /// True if no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Encoded size so far.
+    pub fn bytes(&self) -> usize {
+        self.b.len()
+    }
+
+    /// The encoded push.
+    pub fn finish(mut self) -> Bytes {
+        self.b[BATCH_COUNT_AT..BATCH_COUNT_AT + 4].copy_from_slice(&self.n.to_le_bytes());
+        self.b.freeze()
+    }
+}
+
 fn put_record(b: &mut BytesMut, rec: &Record) {
     b.put_u64_le(rec.id);
     b.put_u8(rec.kind as u8);

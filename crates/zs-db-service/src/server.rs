@@ -16,7 +16,7 @@ use zs_wire::DataFrame;
 
 use crate::filter::{compile_expr, param_to_field, FilterFunction};
 use crate::proto::{
-    cmd, errcode, from_frame, to_frame, Answer, Change, Durability, EndStatus, Limits, Oneway,
+    cmd, errcode, from_frame, to_frame, Answer, BatchWriter, Change, Durability, EndStatus, Limits, Oneway,
     Param, Push, QueryProgress, QuerySpec, Range, Request,
 };
 
@@ -44,6 +44,14 @@ pub struct ServiceConfig {
     pub max_query_in_flight: u32,
     /// Longest batch delay a query may ask for. Default 5 s.
     pub max_batch_ms: u32,
+    /// Scan threads of one query (zs-db's parallel engine reads the file in
+    /// order and filters on these threads while the query's own thread sends).
+    /// A query that cannot send (no credit, paused) holds at most about
+    /// `window + 5 × scan_threads + 3` batches in memory: the window in flight,
+    /// the engine's queue of work units (each about one batch of records of the
+    /// database's average size) and the batches between engine and socket.
+    /// Default: the number of cores, at most 4.
+    pub scan_threads: usize,
     /// Writes acknowledged [`Durability::Written`] and FastPost records are
     /// synced (and FastPost acknowledged) this often. Default 10 ms.
     pub group_commit: Duration,
@@ -79,6 +87,9 @@ impl Default for ServiceConfig {
             max_batch_bytes: 1 << 20,
             max_query_in_flight: 4 << 20,
             max_batch_ms: 5000,
+            scan_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
             group_commit: Duration::from_millis(10),
             max_fastpost_streams: 4096,
             max_fastpost_queue: 32 << 20,
@@ -150,6 +161,8 @@ struct QueryCtl {
     peer: u64,
     st: Mutex<QState>,
     cv: Condvar,
+    /// The engine's scan (pause, resume, stop and progress reach its workers).
+    engine: Mutex<Option<zs_db::QueryControl>>,
 }
 
 #[derive(Default)]
@@ -159,7 +172,7 @@ struct QState {
     done: bool,
     credit: u32,
     window: u32,
-    scanned: u64,
+    /// Records sent.
     matched: u64,
     batches: u64,
 }
@@ -639,20 +652,38 @@ impl Svc {
             Request::Pause { qid } | Request::Resume { qid } | Request::Stop { qid } => {
                 let q = self.query(peer, qid)?;
                 let mut st = lock(&q.st);
+                let engine = lock(&q.engine).clone();
                 match req {
-                    Request::Pause { .. } => st.paused = true,
-                    Request::Resume { .. } => st.paused = false,
-                    _ => st.stop = true,
+                    Request::Pause { .. } => {
+                        st.paused = true;
+                        if let Some(c) = &engine {
+                            c.pause();
+                        }
+                    }
+                    Request::Resume { .. } => {
+                        st.paused = false;
+                        if let Some(c) = &engine {
+                            c.resume();
+                        }
+                    }
+                    _ => {
+                        st.stop = true;
+                        if let Some(c) = &engine {
+                            c.stop();
+                        }
+                    }
                 }
                 q.cv.notify_all();
                 Ok(Answer::Ok)
             }
             Request::Progress { qid } => {
                 let q = self.query(peer, qid)?;
+                let engine = lock(&q.engine).as_ref().map(|c| c.progress());
                 let st = lock(&q.st);
+                let (scanned, matched) = engine.map_or((0, 0), |p| (p.scanned, p.matched));
                 Ok(Answer::Progress(QueryProgress {
-                    scanned: st.scanned,
-                    matched: st.matched,
+                    scanned,
+                    matched: matched.max(st.matched),
                     batches: st.batches,
                     in_flight: st.window - st.credit,
                     paused: st.paused,
@@ -736,34 +767,55 @@ impl Svc {
                     })?,
             )
         };
-        let ids: Source = match &spec.range {
-            Range::All => Source::Ids {
-                lo: 1,
-                hi: u64::MAX,
-            },
-            Range::Ids { lo, hi } => Source::Ids {
-                lo: (*lo).max(1),
-                hi: *hi,
-            },
-            Range::Index { field, lo, hi } => {
-                let b = |p: &Option<Param>| match p {
-                    None => Bound::Unbounded,
-                    Some(p) => Bound::Included(param_to_field(p)),
-                };
-                let (lo, hi) = (b(lo), b(hi));
-                let list =
-                    e.db.index_lookup(field, lo.as_ref(), hi.as_ref())
-                        .ok_or_else(|| {
-                            herr(errcode::NOT_FOUND, format!("no index on field {field:?}"))
-                        })?;
-                Source::List(list)
-            }
-        };
         let batch_bytes = spec.batch_bytes.clamp(1024, self.cfg.max_batch_bytes);
         let window = spec
             .window
             .clamp(1, (self.cfg.max_query_in_flight / batch_bytes).max(1));
         let batch_ms = spec.batch_ms.clamp(1, self.cfg.max_batch_ms);
+        // The scan runs on zs-db's parallel engine (file-order reads, workers
+        // filtering in parallel). A work unit holds about one batch of records of
+        // the database's average size, so what the engine reads ahead is bounded
+        // in batches too (see ServiceConfig::scan_threads).
+        let stats = e.db.stats();
+        let avg = (stats.live_bytes / stats.records.max(1)).max(16);
+        let chunk = (batch_bytes as u64 / avg).clamp(16, 4096) as usize;
+        let mut q = if expr.is_some() || func.is_some() {
+            let params = spec.params.clone();
+            zs_db::Query::filter_fn(Arc::new(move |r: &RecordRef<'_>| {
+                expr.as_ref().is_none_or(|f| f.matches(r))
+                    && func.as_ref().is_none_or(|f| f(r, &params))
+            }))
+        } else {
+            zs_db::Query::all()
+        };
+        q = q
+            .threads(self.cfg.scan_threads.max(1))
+            .chunk_size(chunk)
+            .reverse(spec.reverse);
+        if spec.limit > 0 {
+            q = q.limit(spec.limit);
+        }
+        match &spec.range {
+            Range::All => {}
+            Range::Ids { lo, hi } => q = q.id_range((*lo).max(1), *hi),
+            Range::Index { field, lo, hi } => {
+                if !e.db.indexes().iter().any(|f| f == field) {
+                    return Err(herr(
+                        errcode::NOT_FOUND,
+                        format!("no index on field {field:?}"),
+                    ));
+                }
+                let b = |p: &Option<Param>| match p {
+                    None => Bound::Unbounded,
+                    Some(p) => Bound::Included(param_to_field(p)),
+                };
+                q = q.use_index(zs_db::IndexHint {
+                    field: field.clone(),
+                    lo: b(lo),
+                    hi: b(hi),
+                });
+            }
+        }
         let key = (peer.id(), spec.qid);
         let ctl = Arc::new(QueryCtl {
             peer: peer.id(),
@@ -773,6 +825,7 @@ impl Svc {
                 ..QState::default()
             }),
             cv: Condvar::new(),
+            engine: Mutex::new(None),
         });
         {
             let mut qs = lock(&self.queries);
@@ -794,17 +847,19 @@ impl Svc {
             }
             qs.insert(key, ctl.clone());
         }
+        let handle = match e.db.query(q) {
+            Ok(h) => h,
+            Err(err) => {
+                lock(&self.queries).remove(&key);
+                return Err(db_err(err));
+            }
+        };
+        *lock(&ctl.engine) = Some(handle.control());
         let run = QueryRun {
-            db: e.db.clone(),
             peer: peer.clone(),
             qid: key.1,
             ctl: ctl.clone(),
-            source: ids,
-            expr,
-            func,
-            params: spec.params,
             limit: spec.limit,
-            reverse: spec.reverse,
             batch_bytes: batch_bytes as usize,
             batch_ms: Duration::from_millis(batch_ms as u64),
         };
@@ -812,7 +867,7 @@ impl Svc {
         let spawned = std::thread::Builder::new()
             .name("zs-dbsvc-query".into())
             .spawn(move || {
-                run.run();
+                run.run(handle);
                 if let Some(q) = svc_queries.upgrade() {
                     lock(&q).remove(&key);
                 }
@@ -850,34 +905,58 @@ impl Svc {
     }
 }
 
-enum Source {
-    Ids { lo: u64, hi: u64 },
-    List(Vec<u64>),
-}
-
 struct QueryRun {
-    db: Database,
     peer: Peer,
     qid: u64,
     ctl: Arc<QueryCtl>,
-    source: Source,
-    expr: Option<crate::filter::ExprFilter>,
-    func: Option<FilterFunction>,
-    params: Vec<(String, Param)>,
     limit: u64,
-    reverse: bool,
     batch_bytes: usize,
     batch_ms: Duration,
 }
 
+/// What the feeder thread hands the sender: one engine batch, or the scan's end.
+enum Fed {
+    Records(Vec<Record>),
+    Failed(String),
+}
+
 impl QueryRun {
-    fn run(self) {
-        let res = self.scan();
+    /// Runs the scan: a feeder thread takes the engine's batches (so the scan
+    /// goes on while this thread waits for credit or sends), this thread packs
+    /// them into pushes closed by size or time and sends them.
+    fn run(self, handle: zs_db::QueryHandle) {
+        let (tx, rx) = crossbeam_channel::bounded::<Fed>(1);
+        let feeder = std::thread::Builder::new()
+            .name("zs-dbsvc-feed".into())
+            .spawn(move || {
+                for b in handle {
+                    let fed = match b {
+                        Ok(recs) => Fed::Records(recs),
+                        Err(e) => Fed::Failed(e.to_string()),
+                    };
+                    let failed = matches!(fed, Fed::Failed(_));
+                    if tx.send(fed).is_err() || failed {
+                        return; // dropping the handle stops and joins the workers
+                    }
+                }
+            });
+        let res = match feeder {
+            Ok(f) => {
+                let r = self.scan(&rx);
+                if let Some(c) = lock(&self.ctl.engine).as_ref() {
+                    c.stop();
+                }
+                drop(rx);
+                let _ = f.join();
+                r
+            }
+            Err(e) => Err(format!("cannot start the scan: {e}")),
+        };
         let (status, message) = match res {
             Ok(s) => (s, String::new()),
             Err(m) => (EndStatus::Failed, m),
         };
-        let matched = {
+        let sent = {
             let mut st = lock(&self.ctl.st);
             st.done = true;
             st.matched
@@ -887,7 +966,7 @@ impl QueryRun {
             Push::End {
                 qid: self.qid,
                 status,
-                matched,
+                matched: sent,
                 message,
             }
             .encode(),
@@ -921,109 +1000,78 @@ impl QueryRun {
         }
     }
 
-    fn send(&self, seq: &mut u64, batch: &mut Vec<Record>) -> Result<Option<EndStatus>, String> {
-        if batch.is_empty() {
+    fn send(&self, batch: &mut Option<BatchWriter>) -> Result<Option<EndStatus>, String> {
+        let Some(b) = batch.take() else {
             return Ok(None);
-        }
+        };
         if let Some(s) = self.gate(true) {
             return Ok(Some(s));
         }
-        let push = Push::Batch {
-            qid: self.qid,
-            seq: *seq,
-            records: std::mem::take(batch),
-        };
-        *seq += 1;
+        let n = b.len() as u64;
         self.peer
-            .send_complete_buffer(cmd::PUSH, push.encode())
+            .send_complete_buffer(cmd::PUSH, b.finish())
             .map_err(|e| format!("cannot send results: {e}"))?;
+        lock(&self.ctl.st).matched += n;
         Ok(None)
     }
 
-    fn accept(&self, r: &RecordRef<'_>) -> bool {
-        if let Some(f) = &self.expr {
-            if !f.matches(r) {
-                return false;
-            }
-        }
-        if let Some(f) = &self.func {
-            if !f(r, &self.params) {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn scan(&self) -> Result<EndStatus, String> {
-        let mut batch: Vec<Record> = Vec::new();
-        let mut bytes = 0usize;
-        let mut first_at = Instant::now();
+    fn scan(&self, rx: &crossbeam_channel::Receiver<Fed>) -> Result<EndStatus, String> {
+        let mut batch: Option<BatchWriter> = None;
         let mut seq = 0u64;
-        let mut matched = 0u64;
-        let mut visit = |rec: Record| -> Result<Option<EndStatus>, String> {
-            if let Some(s) = self.gate(false) {
-                return Ok(Some(s));
-            }
-            let ok = self.accept(&rec.as_ref());
-            {
-                let mut st = lock(&self.ctl.st);
-                st.scanned += 1;
-                if ok {
-                    st.matched += 1;
-                }
-            }
-            if ok {
-                if batch.is_empty() {
-                    first_at = Instant::now();
-                }
-                bytes += rec.data.len() + 13;
-                batch.push(rec);
-                matched += 1;
-                if self.limit > 0 && matched >= self.limit {
-                    return Ok(self.send(&mut seq, &mut batch)?.or(Some(EndStatus::Limit)));
-                }
-            }
-            if bytes >= self.batch_bytes
-                || (!batch.is_empty() && first_at.elapsed() >= self.batch_ms)
-            {
-                bytes = 0;
-                return self.send(&mut seq, &mut batch);
-            }
-            Ok(None)
-        };
-        match &self.source {
-            Source::Ids { lo, hi } => {
-                if lo > hi {
-                    return Ok(EndStatus::Done);
-                }
-                let from = if self.reverse { *hi } else { *lo };
-                for rec in self.db.cursor(from, self.reverse) {
-                    let rec = rec.map_err(|e| e.to_string())?;
-                    if rec.id < *lo || rec.id > *hi {
-                        break;
-                    }
-                    if let Some(s) = visit(rec)? {
-                        return Ok(s);
-                    }
-                }
-            }
-            Source::List(ids) => {
-                let mut it: Box<dyn Iterator<Item = &u64>> = if self.reverse {
-                    Box::new(ids.iter().rev())
-                } else {
-                    Box::new(ids.iter())
-                };
-                for &id in &mut it {
-                    let Some(rec) = self.db.get(id).map_err(|e| e.to_string())? else {
+        let mut first_at = Instant::now();
+        loop {
+            let fed = if batch.is_some() {
+                let left = self.batch_ms.saturating_sub(first_at.elapsed());
+                match rx.recv_timeout(left) {
+                    Ok(f) => Some(f),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        // the batch's time is up: send what it has
+                        if let Some(s) = self.send(&mut batch)? {
+                            return Ok(s);
+                        }
                         continue;
-                    };
-                    if let Some(s) = visit(rec)? {
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                }
+            } else {
+                rx.recv().ok()
+            };
+            let recs = match fed {
+                None => break,
+                Some(Fed::Failed(m)) => return Err(m),
+                Some(Fed::Records(r)) => r,
+            };
+            if let Some(s) = self.gate(false) {
+                return Ok(s);
+            }
+            for rec in &recs {
+                let b = batch.get_or_insert_with(|| {
+                    first_at = Instant::now();
+                    seq += 1;
+                    BatchWriter::new(self.qid, seq - 1, self.batch_bytes + 256)
+                });
+                b.push(rec);
+                if b.bytes() >= self.batch_bytes {
+                    if let Some(s) = self.send(&mut batch)? {
                         return Ok(s);
                     }
+                }
+            }
+            if batch.is_some() && first_at.elapsed() >= self.batch_ms {
+                if let Some(s) = self.send(&mut batch)? {
+                    return Ok(s);
                 }
             }
         }
-        Ok(self.send(&mut seq, &mut batch)?.unwrap_or(EndStatus::Done))
+        if let Some(s) = self.send(&mut batch)? {
+            return Ok(s);
+        }
+        let sent = lock(&self.ctl.st).matched;
+        Ok(if self.limit > 0 && sent >= self.limit {
+            EndStatus::Limit
+        } else {
+            EndStatus::Done
+        })
     }
 }
 
