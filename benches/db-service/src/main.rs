@@ -2,8 +2,12 @@
 //! 100-byte values, in one run:
 //! - FastPost (pipelined inserts, records per message 16, counted once every
 //!   record is acknowledged **durable**) vs `redis-benchmark -t set -P 16`;
-//! - pipelined GETs (16 in flight per connection) vs `redis-benchmark -t get -P 16`;
-//! - one GET at a time per connection vs `redis-benchmark -t get` (pipelining 1);
+//! - pipelined GETs (bursts of 16 per connection, the next burst sent when the
+//!   last answer of one arrives) vs `redis-benchmark -t get -P 16`;
+//! - one GET at a time per connection vs `redis-benchmark -t get` (pipelining 1).
+//!   Our loader is event-driven like redis-benchmark: the next request leaves
+//!   from the answer's callback on the client's event loop
+//!   ([`DbClient::get_then`]), no thread per connection;
 //! - a remote full scan vs zs-db's embedded parallel scan (records/s).
 //!
 //! Each case runs with 50 connections (the redis-benchmark default), and the
@@ -24,7 +28,8 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use zs_bench_harness::{Better, Options, Suite};
@@ -170,6 +175,77 @@ fn redis_sampler(
     }
 }
 
+/// An event-driven GET load, the way `redis-benchmark -P N` drives Redis: each
+/// connection sends a burst of `pipeline` GETs and, when the last answer of the
+/// burst arrives, sends the next burst from the answer's callback on the
+/// client's event loop (so a burst leaves in one write), until `dur` is over.
+/// Returns GETs per second.
+fn get_load(clients: &[DbClient], pipeline: usize, n_kv: u64, dur: Duration) -> f64 {
+    struct Load {
+        deadline: Instant,
+        pipeline: usize,
+        n_kv: u64,
+        gets: AtomicU64,
+        active: Mutex<usize>,
+        all_done: Condvar,
+        failed: Mutex<Option<String>>,
+    }
+    fn end(load: &Load) {
+        let mut a = load.active.lock().expect("lock");
+        *a -= 1;
+        if *a == 0 {
+            load.all_done.notify_all();
+        }
+    }
+    fn burst(load: Arc<Load>, c: DbClient, k: u64) {
+        let left = Arc::new(AtomicUsize::new(load.pipeline));
+        for j in 0..load.pipeline as u64 {
+            let id = 1 + (k + j * 31) % load.n_kv;
+            let (load, c2, left) = (load.clone(), c.clone(), left.clone());
+            c.get_then("kv", id, move |r| {
+                match r {
+                    Ok(Some(_)) => {
+                        load.gets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        *load.failed.lock().expect("lock") = Some(format!("{other:?}"));
+                    }
+                }
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let ok = load.failed.lock().expect("lock").is_none();
+                    if ok && Instant::now() < load.deadline {
+                        burst(load, c2, k + 104_729);
+                    } else {
+                        end(&load);
+                    }
+                }
+            });
+        }
+    }
+    let t = Instant::now();
+    let load = Arc::new(Load {
+        deadline: t + dur,
+        pipeline,
+        n_kv,
+        gets: AtomicU64::new(0),
+        active: Mutex::new(clients.len()),
+        all_done: Condvar::new(),
+        failed: Mutex::new(None),
+    });
+    for (k, c) in clients.iter().enumerate() {
+        burst(load.clone(), c.clone(), k as u64 * 7919);
+    }
+    let mut a = load.active.lock().expect("lock");
+    while *a > 0 {
+        a = load.all_done.wait(a).expect("wait");
+    }
+    drop(a);
+    if let Some(f) = load.failed.lock().expect("lock").take() {
+        panic!("GET failed: {f}");
+    }
+    load.gets.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+}
+
 /// Whether pair `ratio` runs (see `ZS_DBSVC_CASES`).
 fn wanted(ratio: &str) -> bool {
     match std::env::var("ZS_DBSVC_CASES") {
@@ -271,29 +347,7 @@ fn main() {
         }
     };
     let get_case = |clients: Arc<Vec<DbClient>>, pipeline: usize| {
-        move || {
-            let (n, secs) = parallel(&clients, |k, c| {
-                let mut id = 1 + (k as u64 * 7919) % n_kv;
-                let mut done = 0u64;
-                let t = Instant::now();
-                let mut ids = Vec::with_capacity(pipeline);
-                while t.elapsed() < dur {
-                    ids.clear();
-                    ids.extend((0..pipeline as u64).map(|j| 1 + (id + j * 31) % n_kv));
-                    if pipeline == 1 {
-                        c.get("kv", ids[0]).expect("get").expect("present");
-                    } else {
-                        for r in c.get_pipelined("kv", &ids).expect("get") {
-                            r.expect("present");
-                        }
-                    }
-                    id = (id + 104_729) % n_kv;
-                    done += pipeline as u64;
-                }
-                done
-            });
-            n as f64 / secs
-        }
+        move || get_load(&clients, pipeline, n_kv, dur)
     };
     let have = redis.is_some();
     let aof = redis_aof.is_some();

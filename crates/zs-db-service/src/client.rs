@@ -320,6 +320,38 @@ impl DbClient {
         }
     }
 
+    /// Reads record `id` without waiting: `done` gets the outcome, on the
+    /// connection's event loop (it must not block). Requests started inside
+    /// `done` (the next GET of a pipeline, say) leave together with the other
+    /// requests and answers of that loop turn, in one write; this is how an
+    /// event-driven caller keeps many reads in flight on one connection without
+    /// a thread per request.
+    pub fn get_then(
+        &self,
+        db: &str,
+        id: u64,
+        done: impl FnOnce(Result<Option<Record>>) + Send + 'static,
+    ) {
+        let limits = self.inner.limits;
+        let call = zs_core::Call::Stream {
+            cmd: cmd::REQUEST.into(),
+            data: to_frame(Request::Get { db: db.into(), id }.encode()),
+        };
+        self.connection().call_with(call, None, move |r| {
+            done(r.map_err(Error::from).and_then(|reply| match reply {
+                zs_core::Reply::Data(df) => {
+                    match Answer::decode(&from_frame(&df)?, &limits)? {
+                        Answer::Record(r) => Ok(r),
+                        a => Err(Error::Unexpected(Box::new(a))),
+                    }
+                }
+                zs_core::Reply::Text(_) => Err(Error::Net(zs_core::Error::UnexpectedReply {
+                    expected: "values",
+                })),
+            }))
+        });
+    }
+
     /// Reads several records with the requests pipelined (all sent, then all
     /// awaited): one round trip for the lot instead of one per record.
     pub fn get_pipelined(&self, db: &str, ids: &[u64]) -> Result<Vec<Option<Record>>> {

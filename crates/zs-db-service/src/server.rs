@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use zs_core::{HandlerError, Peer, Registry};
+use zs_core::{HandlerError, Peer, Registry, Reply, Responder, WorkerPool};
 use zs_db::{Batch, Database, DbOptions, Env, Kind, Record, RecordRef};
 use zs_wire::DataFrame;
 
@@ -72,6 +72,16 @@ pub struct ServiceConfig {
     /// posts to it later is disconnected, and [`crate::FastPost`] then
     /// reconnects, reopens the stream and resends. Default 60 s.
     pub fastpost_idle: Duration,
+    /// Worker threads for the requests that may block (file reads, commits,
+    /// fsyncs, procedures, database operations); a GET of a cached record is
+    /// answered on the connection's event loop instead. Durable writes of
+    /// different connections share an fsync only while they run at once, so
+    /// this is also the most durable writers that group. Default 8.
+    pub workers: usize,
+    /// Most requests waiting for a worker; beyond it a request is answered with
+    /// an error at once (the caller sees a refusal, nothing else is affected).
+    /// Default 4096.
+    pub worker_queue: usize,
     /// Most procedure calls ([`DbService::register_procedure`]) running at once in
     /// the process (each holds a worker thread while it runs, waits for commit
     /// locks or redoes); more are refused with 429. Default 64.
@@ -98,6 +108,8 @@ impl Default for ServiceConfig {
             max_fastpost_active: 1024,
             fastpost_idle: Duration::from_secs(60),
             max_procedure_calls: 64,
+            workers: 8,
+            worker_queue: 4096,
         }
     }
 }
@@ -214,6 +226,8 @@ struct Svc {
     functions: RwLock<HashMap<String, FilterFunction>>,
     procedures: RwLock<HashMap<String, Procedure>>,
     procedure_calls: AtomicU64,
+    /// Runs every request that may block (see [`ServiceConfig::workers`]).
+    pool: WorkerPool,
     queries: Arc<QueryMap>,
     marks_db: Mutex<Option<Database>>,
     marks: Mutex<HashMap<(String, u64), Mark>>,
@@ -249,6 +263,7 @@ impl DbService {
     /// A service over `env`. Starts the group-commit thread (it ends when the
     /// last clone of the service is dropped).
     pub fn with_env(env: Env, cfg: ServiceConfig) -> zs_db::Result<DbService> {
+        let (cfg_workers, cfg_queue) = (cfg.workers, cfg.worker_queue);
         let svc = Arc::new(Svc {
             env,
             cfg,
@@ -256,6 +271,7 @@ impl DbService {
             functions: RwLock::new(HashMap::new()),
             procedures: RwLock::new(HashMap::new()),
             procedure_calls: AtomicU64::new(0),
+            pool: WorkerPool::with_queue(cfg_workers, cfg_queue),
             queries: Arc::new(Mutex::new(HashMap::new())),
             marks_db: Mutex::new(None),
             marks: Mutex::new(HashMap::new()),
@@ -325,7 +341,7 @@ impl DbService {
     /// Adds the service's commands to `reg`.
     pub fn register(&self, reg: &mut Registry) {
         let s = self.svc.clone();
-        reg.stream_hpc(cmd::REQUEST, move |peer, df| s.request(peer, df));
+        reg.stream_delayed(cmd::REQUEST, move |peer, df, r| s.request(peer, &df, r));
         let s = self.svc.clone();
         reg.complete_buffer(cmd::ONEWAY, move |peer, data| s.oneway(peer, data));
     }
@@ -421,12 +437,41 @@ impl Svc {
         Ok(e)
     }
 
-    fn request(&self, peer: &Peer, df: &DataFrame) -> Result<DataFrame, HandlerError> {
-        let payload = from_frame(df).map_err(|e| herr(errcode::BAD_REQUEST, e.0))?;
-        let req = Request::decode(&payload, &self.cfg.limits)
-            .map_err(|e| herr(errcode::BAD_REQUEST, e.0))?;
-        let ans = self.execute(peer, req)?;
-        Ok(to_frame(ans.encode()))
+    /// Answers one request. Runs on the connection's event loop: a GET of a
+    /// record in the cache (or of one that does not exist) of an open database is
+    /// answered right here, so a pipelined burst of them leaves in one write;
+    /// everything else (file reads, commits, fsyncs, procedures) goes to the
+    /// service's worker pool.
+    fn request(self: &Arc<Self>, peer: &Peer, df: &DataFrame, r: Responder) {
+        let req = match from_frame(df)
+            .and_then(|payload| Request::decode(&payload, &self.cfg.limits))
+        {
+            Ok(req) => req,
+            Err(e) => {
+                let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
+                return;
+            }
+        };
+        if let Request::Get { db, id } = &req {
+            let e = lock(&self.dbs).get(db.as_str()).cloned();
+            if let Some(rec) = e.and_then(|e| e.db.get_cached(*id)) {
+                let _ = r.reply_data(to_frame(Answer::Record(rec).encode()));
+                return;
+            }
+        }
+        let svc = self.clone();
+        let p = peer.clone();
+        let spawned = self.pool.spawn(move || {
+            let _ = r.reply(
+                svc.execute(&p, req)
+                    .map(|ans| Reply::Data(to_frame(ans.encode()))),
+            );
+        });
+        // a refused job's responder was dropped with it, which answers the caller
+        // with an error; count and log it here
+        if !spawned {
+            tracing::debug!(peer = peer.id(), "db service: worker queue full");
+        }
     }
 
     /// Sends the changes of one commit to the watches of `e`; called with `e.write`
