@@ -80,12 +80,12 @@ fn start_redis(dir: &std::path::Path, port: u16, persistence: &[&str]) -> Option
     Some(r)
 }
 
-/// One `redis-benchmark` run; returns requests/s.
-fn redis_bench_n(port: u16, test: &str, n: u64, conns: usize, pipeline: usize) -> f64 {
+/// One `redis-benchmark` run over keys `key:0..keys` (`-r`); returns requests/s.
+fn redis_bench_n(port: u16, test: &str, n: u64, conns: usize, pipeline: usize, keys: u64) -> f64 {
     let out = Command::new("redis-benchmark")
         .args(["-p", &port.to_string(), "-t", test, "-n", &n.to_string()])
         .args(["-c", &conns.to_string(), "-P", &pipeline.to_string()])
-        .args(["-d", &VALUE.to_string(), "-r", "100000", "--csv"])
+        .args(["-d", &VALUE.to_string(), "-r", &keys.to_string(), "--csv"])
         .output()
         .expect("redis-benchmark");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -159,18 +159,19 @@ fn redis_sampler(
     conns: usize,
     pipeline: usize,
     secs: f64,
+    keys: u64,
 ) -> impl FnMut() -> f64 {
     let mut rate = 0.0f64;
     move || {
         let n = if rate == 0.0 {
             // probe: a short run to learn the rate
             let probe = (20_000 * pipeline as u64).min(100_000);
-            rate = redis_bench_n(port, test, probe, conns, pipeline);
+            rate = redis_bench_n(port, test, probe, conns, pipeline, keys);
             ((rate * secs) as u64).max(2_000)
         } else {
             ((rate * secs) as u64).max(2_000)
         };
-        rate = redis_bench_n(port, test, n, conns, pipeline);
+        rate = redis_bench_n(port, test, n, conns, pipeline, keys);
         rate
     }
 }
@@ -285,12 +286,16 @@ fn main() {
     };
     if redis.is_none() {
         eprintln!("redis-server / redis-benchmark not installed: Redis cases skipped");
+    } else {
+        // every key the GETs ask for exists, as every record ours read does
+        // (10 × n random SETs leave about e^-10 of the keys unset)
+        redis_bench_n(port, "set", 10 * n_kv, 50, 16, n_kv);
     }
 
     // --- ours ---------------------------------------------------------------------
     let service =
         DbService::open_dir(dir.path().join("zs"), ServiceConfig::default()).expect("service");
-    let server_be = backend(2);
+    let server_be = backend(env_loops("ZS_DBSVC_SERVER_LOOPS", 2));
     let mut reg = Registry::new();
     service.register(&mut reg);
     let server = Server::start(
@@ -302,7 +307,8 @@ fn main() {
     )
     .expect("server");
     let addr = server.local_addr();
-    let client_be = backend(2);
+    // one client loop, as redis-benchmark runs one thread
+    let client_be = backend(env_loops("ZS_DBSVC_CLIENT_LOOPS", 1));
     let clients50: Arc<Vec<DbClient>> =
         Arc::new((0..50).map(|_| connect(&client_be, addr)).collect());
     let clients1: Arc<Vec<DbClient>> = Arc::new(vec![connect(&client_be, addr)]);
@@ -364,7 +370,7 @@ fn main() {
                 "redis SET P16 c50",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "set", 50, 16, secs),
+                redis_sampler(port, "set", 50, 16, secs, n_kv),
             );
             pairs.push(("fastpost_vs_redis_set_p16", "zs fastpost P16 c50", "redis SET P16 c50"));
         }
@@ -373,7 +379,7 @@ fn main() {
                 "redis-aof-always SET P16 c50",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port_aof, "set", 50, 16, secs),
+                redis_sampler(port_aof, "set", 50, 16, secs, n_kv),
             );
             pairs.push((
                 "fastpost_vs_redis_set_p16_fsync_matched",
@@ -394,7 +400,7 @@ fn main() {
                 "redis SET P16 c1",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "set", 1, 16, secs),
+                redis_sampler(port, "set", 1, 16, secs, n_kv),
             );
             pairs.push(("fastpost_vs_redis_set_p16_c1", "zs fastpost P16 c1", "redis SET P16 c1"));
         }
@@ -411,7 +417,7 @@ fn main() {
                 "redis GET P16 c50",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "get", 50, 16, secs),
+                redis_sampler(port, "get", 50, 16, secs, n_kv),
             );
             pairs.push(("get_vs_redis_get_p16", "zs get P16 c50", "redis GET P16 c50"));
         }
@@ -428,7 +434,7 @@ fn main() {
                 "redis GET P16 c1",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "get", 1, 16, secs),
+                redis_sampler(port, "get", 1, 16, secs, n_kv),
             );
             pairs.push(("get_vs_redis_get_p16_c1", "zs get P16 c1", "redis GET P16 c1"));
         }
@@ -445,7 +451,7 @@ fn main() {
                 "redis GET P1 c50",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "get", 50, 1, secs),
+                redis_sampler(port, "get", 50, 1, secs, n_kv),
             );
             pairs.push(("get_vs_redis_get_p1", "zs get P1 c50", "redis GET P1 c50"));
         }
@@ -500,4 +506,13 @@ fn main() {
     drop(redis);
     drop(redis_aof);
     suite.finish();
+}
+
+/// Event loops from environment variable `var`, else `default`.
+fn env_loops(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
 }
