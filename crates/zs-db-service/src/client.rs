@@ -219,6 +219,16 @@ impl DbClient {
         }
     }
 
+    /// Sets the access `user` has to database `db` (`*` for either: every
+    /// database / every user); needs admin access to `db`.
+    pub fn grant(&self, db: &str, user: &str, access: crate::Access) -> Result<()> {
+        self.ok(Request::Grant {
+            db: db.into(),
+            user: user.into(),
+            access,
+        })
+    }
+
     /// Opens database `name` (creating it when `create`).
     pub fn open(&self, name: &str, create: bool) -> Result<()> {
         self.ok(Request::Open {

@@ -21,6 +21,8 @@ pub mod cmd {
 pub mod errcode {
     /// Malformed request.
     pub const BAD_REQUEST: u32 = 400;
+    /// Not logged in, and the service serves logged-in users only.
+    pub const UNAUTHORIZED: u32 = 401;
     /// The connection may not do that (or the name is reserved).
     pub const FORBIDDEN: u32 = 403;
     /// No such database, record or query.
@@ -318,6 +320,16 @@ pub enum Request {
         db: String,
         /// Field.
         field: String,
+    },
+    /// Sets the access `user` has to `db` (`*`: every database / every user);
+    /// needs [`crate::Access::Admin`] on `db`.
+    Grant {
+        /// Database name or `*`.
+        db: String,
+        /// User name or `*`.
+        user: String,
+        /// The level.
+        access: crate::Access,
     },
 }
 
@@ -622,6 +634,7 @@ const R_FP_OPEN: u8 = 0x30;
 const R_WATCH: u8 = 0x40;
 const R_UNWATCH: u8 = 0x41;
 const R_CALL: u8 = 0x50;
+const R_GRANT: u8 = 0x60;
 
 impl Request {
     /// Encodes the request.
@@ -761,6 +774,12 @@ impl Request {
                 put_str(&mut b, db);
                 b.put_u64_le(*stream);
             }
+            Request::Grant { db, user, access } => {
+                b.put_u8(R_GRANT);
+                put_str(&mut b, db);
+                put_str(&mut b, user);
+                b.put_u8(*access as u8);
+            }
         }
         b.freeze()
     }
@@ -863,6 +882,14 @@ impl Request {
             R_FP_OPEN => Request::FastPostOpen {
                 db: r.str()?,
                 stream: r.u64()?,
+            },
+            R_GRANT => Request::Grant {
+                db: r.str()?,
+                user: r.str()?,
+                access: match crate::Access::from_u8(r.u8()?) {
+                    Some(a) => a,
+                    None => return bad("access level"),
+                },
             },
             _ => return bad("request code"),
         };

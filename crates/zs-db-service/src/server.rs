@@ -14,6 +14,7 @@ use zs_core::{HandlerError, Peer, Registry, Reply, Responder, WorkerPool};
 use zs_db::{Batch, Database, DbOptions, Env, Kind, Record, RecordRef};
 use zs_wire::DataFrame;
 
+use crate::access::{Access, Identity, Rules, User, ACCESS_DB};
 use crate::filter::{compile_expr, param_to_field, FilterFunction};
 use crate::proto::{
     cmd, errcode, from_frame, to_frame, Answer, BatchWriter, Change, Durability, EndStatus, Limits, Oneway,
@@ -114,7 +115,7 @@ impl Default for ServiceConfig {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -228,6 +229,8 @@ struct Svc {
     procedure_calls: AtomicU64,
     /// Runs every request that may block (see [`ServiceConfig::workers`]).
     pool: WorkerPool,
+    /// Access rules (enforced once an identity is set).
+    rules: Rules,
     queries: Arc<QueryMap>,
     marks_db: Mutex<Option<Database>>,
     marks: Mutex<HashMap<(String, u64), Mark>>,
@@ -264,7 +267,14 @@ impl DbService {
     /// last clone of the service is dropped).
     pub fn with_env(env: Env, cfg: ServiceConfig) -> zs_db::Result<DbService> {
         let (cfg_workers, cfg_queue) = (cfg.workers, cfg.worker_queue);
+        let rules_db = match env.db(ACCESS_DB) {
+            Ok(db) => db,
+            Err(zs_db::Error::NoSuchDatabase(_)) => env.create_db(ACCESS_DB, DbOptions::default())?,
+            Err(e) => return Err(e),
+        };
+        let rules = Rules::load(rules_db)?;
         let svc = Arc::new(Svc {
+            rules,
             env,
             cfg,
             dbs: Mutex::new(HashMap::new()),
@@ -331,6 +341,31 @@ impl DbService {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), Arc::new(f));
+    }
+
+    /// Enforces access rules from now on: `identity` tells who is logged in on
+    /// a connection (the facade's `DbServiceAccountsExt` plugs in the accounts
+    /// service). Without one, every connection may do everything.
+    pub fn set_identity(&self, identity: Arc<dyn Identity>) {
+        *lock(&self.svc.rules.identity) = Some(identity);
+    }
+
+    /// Sets, durably, the access of `user` to database `db` (`*` for either
+    /// means every database / every user; the highest matching rule counts,
+    /// server administrators have every right). Takes effect at once, also for
+    /// running queries, watches and FastPost streams.
+    pub fn grant(&self, db: &str, user: &str, access: Access) -> zs_db::Result<()> {
+        self.svc.rules.set(db, user, access)
+    }
+
+    /// The rules naming `db` or `*`: (database, user, access), sorted.
+    pub fn rules(&self, db: &str) -> Vec<(String, String, Access)> {
+        self.svc.rules.list(db)
+    }
+
+    /// The access `user` has to `db` under the current rules.
+    pub fn access_of(&self, db: &str, user: &User) -> Access {
+        self.svc.rules.access(db, user)
     }
 
     /// Queries running now (all connections).
@@ -453,6 +488,10 @@ impl Svc {
             }
         };
         if let Request::Get { db, id } = &req {
+            if let Err((code, m)) = self.rules.check(peer, db, Access::Read) {
+                let _ = r.reply_error(code, m);
+                return;
+            }
             let e = lock(&self.dbs).get(db.as_str()).cloned();
             if let Some(rec) = e.and_then(|e| e.db.get_cached(*id)) {
                 let _ = r.reply_data(to_frame(Answer::Record(rec).encode()));
@@ -483,7 +522,13 @@ impl Svc {
         }
         let changes = describe();
         let mut gone = Vec::new();
+        let name = e.db.name().to_string();
         ws.retain_mut(|w| {
+            if let Err((_, why)) = self.rules.check(&w.peer, &name, Access::Read) {
+                tracing::info!(peer = w.peer.id(), wid = w.wid, %why, "db service: watch ended (no right)");
+                gone.push((w.peer.id(), w.wid));
+                return false;
+            }
             let mine: Vec<Change> = changes
                 .iter()
                 .filter(|c| {
@@ -586,8 +631,72 @@ impl Svc {
         Ok(Answer::Bytes(out.into()))
     }
 
-    fn execute(&self, peer: &Peer, req: Request) -> Result<Answer, HandlerError> {
+    /// Checks the rights `req` needs (see [`Access`]).
+    fn authorize(&self, peer: &Peer, req: &Request) -> Result<(), HandlerError> {
+        let chk = |db: &str, a: Access| {
+            self.rules
+                .check(peer, db, a)
+                .map_err(|(c, m)| herr(c, m))
+        };
         match req {
+            Request::Open { name, create } => {
+                let exists = lock(&self.dbs).contains_key(name)
+                    || self
+                        .env
+                        .list_dbs()
+                        .map_err(db_err)?
+                        .iter()
+                        .any(|n| n == name);
+                chk(
+                    name,
+                    if *create && !exists {
+                        Access::Admin
+                    } else {
+                        Access::Read
+                    },
+                )
+            }
+            Request::Close { name } | Request::Compact { name } | Request::Remove { name } => {
+                chk(name, Access::Admin)
+            }
+            Request::CreateIndex { db, .. } | Request::Grant { db, .. } => chk(db, Access::Admin),
+            Request::Copy { src, dst } => {
+                chk(src, Access::Read)?;
+                chk(dst, Access::Admin)
+            }
+            Request::Insert { db, .. }
+            | Request::Update { db, .. }
+            | Request::Delete { db, .. }
+            | Request::FastPostOpen { db, .. } => chk(db, Access::Write),
+            Request::Get { db, .. } | Request::Watch { db, .. } => chk(db, Access::Read),
+            Request::Query(spec) => chk(&spec.db, Access::Read),
+            Request::List | Request::Call { .. } => self
+                .rules
+                .check_logged_in(peer)
+                .map(drop)
+                .map_err(|(c, m)| herr(c, m)),
+            // objects of this connection (a query re-checks its rights itself)
+            Request::Pause { .. }
+            | Request::Resume { .. }
+            | Request::Stop { .. }
+            | Request::Progress { .. }
+            | Request::Unwatch { .. } => Ok(()),
+        }
+    }
+
+    fn execute(&self, peer: &Peer, req: Request) -> Result<Answer, HandlerError> {
+        self.authorize(peer, &req)?;
+        match req {
+            Request::Grant { db, user, access } => {
+                if db != "*" {
+                    check_client_name(&db)?;
+                }
+                if user.is_empty() || user.len() > 64 {
+                    return Err(herr(errcode::BAD_REQUEST, "a user name has 1 to 64 bytes"));
+                }
+                self.rules.set(&db, &user, access).map_err(db_err)?;
+                Ok(Answer::Ok)
+            }
             Request::Open { name, create } => {
                 self.entry(&name, create)?;
                 Ok(Answer::Ok)
@@ -608,6 +717,9 @@ impl Svc {
                     .into_iter()
                     .filter(|n| !n.starts_with("__"))
                     .collect();
+                if self.rules.identity().is_some() {
+                    names.retain(|n| self.rules.check(peer, n, Access::Read).is_ok());
+                }
                 names.sort();
                 Ok(Answer::Names(names))
             }
@@ -900,7 +1012,15 @@ impl Svc {
             }
         };
         *lock(&ctl.engine) = Some(handle.control());
+        let (weak, p, dbn) = (self.self_weak(), peer.clone(), spec.db.clone());
         let run = QueryRun {
+            allowed: Box::new(move || match weak.upgrade() {
+                Some(svc) => svc
+                    .rules
+                    .check(&p, &dbn, Access::Read)
+                    .map_err(|(c, m)| format!("{c}: {m}")),
+                None => Err("the service ended".into()),
+            }),
             peer: peer.clone(),
             qid: key.1,
             ctl: ctl.clone(),
@@ -951,6 +1071,9 @@ impl Svc {
 }
 
 struct QueryRun {
+    /// Whether the connection may still read the database (rights are checked
+    /// again before every batch, so a revoked right ends the query).
+    allowed: Box<dyn Fn() -> Result<(), String> + Send>,
     peer: Peer,
     qid: u64,
     ctl: Arc<QueryCtl>,
@@ -1052,6 +1175,7 @@ impl QueryRun {
         if let Some(s) = self.gate(true) {
             return Ok(Some(s));
         }
+        (self.allowed)()?;
         let n = b.len() as u64;
         self.peer
             .send_complete_buffer(cmd::PUSH, b.finish())
@@ -1427,6 +1551,10 @@ impl Svc {
         let last = expected - 1;
         if !batch.is_empty() {
             let res = (|| -> Result<(), HandlerError> {
+                let peer = lock(&s.peer).clone();
+                self.rules
+                    .check(&peer, &s.db, Access::Write)
+                    .map_err(|(c, m)| herr(c, format!("{c}: {m}")))?;
                 let e = self.entry(&s.db, false)?;
                 let _w = lock(&e.write);
                 // the mark claims every earlier group as applied: make them durable
