@@ -23,6 +23,11 @@ pub struct DbServiceArgs {
     /// ./zs-data/db].
     #[arg(long)]
     pub db_dir: Option<PathBuf>,
+    /// Serve the databases to logged-in users only (`user.login` of the
+    /// accounts service, on the same connection), each with the access the
+    /// rules give it (`DbService::grant`, request Grant; admins: everything).
+    #[arg(long)]
+    pub db_require_login: bool,
 }
 
 /// Adds the DB service to `reg` (unless disabled); its databases live in
@@ -30,6 +35,7 @@ pub struct DbServiceArgs {
 pub fn install(
     a: &DbServiceArgs,
     data: &std::path::Path,
+    accounts: Option<&zserver::services::Accounts>,
     reg: &mut zserver::Registry,
 ) -> Result<Option<String>, String> {
     if a.no_db_service {
@@ -38,6 +44,13 @@ pub fn install(
     let dir = a.db_dir.clone().unwrap_or_else(|| data.join("db"));
     let service = DbService::open_dir(&dir, ServiceConfig::default())
         .map_err(|e| format!("db service on {}: {e}", dir.display()))?;
+    if a.db_require_login {
+        use zserver::DbServiceAccountsExt;
+        let accounts = accounts.ok_or(
+            "--db-require-login needs the accounts service (drop --no-services)".to_string(),
+        )?;
+        service.require_accounts(accounts);
+    }
     service.register(reg);
     Ok(Some(format!(
         "db service: databases in {} (zs db --remote ADDR …)",
