@@ -164,6 +164,12 @@ pub struct QuerySpec {
     /// Batches sent and not yet consumed by the client; the scan pauses at this
     /// many (the client returns credit as it reads).
     pub window: u32,
+    /// A zs-expr sort key over record fields and parameters (empty: id order).
+    /// With one, the server keeps the `limit` first records by that key (ties
+    /// by id; `reverse`: highest key first) and sends them in that order, so a
+    /// sorted query needs a limit of at most the server's
+    /// `ServiceConfig::max_sorted`.
+    pub sort: String,
 }
 
 impl QuerySpec {
@@ -180,6 +186,7 @@ impl QuerySpec {
             reverse: false,
             batch_bytes: 64 << 10,
             batch_ms: 100,
+            sort: String::new(),
             window: 4,
         }
     }
@@ -736,6 +743,10 @@ impl Request {
                 b.put_u32_le(q.batch_bytes);
                 b.put_u32_le(q.batch_ms);
                 b.put_u32_le(q.window);
+                if !q.sort.is_empty() {
+                    // optional trailing field: requests without it stay as they were
+                    put_bytes(&mut b, q.sort.as_bytes());
+                }
             }
             Request::Pause { qid } => {
                 b.put_u8(R_PAUSE);
@@ -862,6 +873,16 @@ impl Request {
                     batch_bytes: r.u32()?,
                     batch_ms: r.u32()?,
                     window: r.u32()?,
+                    sort: if r.left() > 0 {
+                        let s = r.bytes(lim.max_filter)?;
+                        let s = String::from_utf8(s.to_vec()).or_else(|_| bad("utf-8"))?;
+                        if s.is_empty() {
+                            return bad("empty sort key");
+                        }
+                        s
+                    } else {
+                        String::new()
+                    },
                 })
             }
             R_PAUSE => Request::Pause { qid: r.u64()? },

@@ -73,6 +73,10 @@ pub struct ServiceConfig {
     /// posts to it later is disconnected, and [`crate::FastPost`] then
     /// reconnects, reopens the stream and resends. Default 60 s.
     pub fastpost_idle: Duration,
+    /// Largest limit of a sorted query ([`QuerySpec::sort`]): the server keeps
+    /// up to twice this many records of one sorted query in memory while it
+    /// picks the first ones by the key. Default 100,000.
+    pub max_sorted: u64,
     /// Worker threads for the requests that may block (file reads, commits,
     /// fsyncs, procedures, database operations); a GET of a cached record is
     /// answered on the connection's event loop instead. Durable writes of
@@ -111,6 +115,7 @@ impl Default for ServiceConfig {
             max_procedure_calls: 64,
             workers: 8,
             worker_queue: 4096,
+            max_sorted: 100_000,
         }
     }
 }
@@ -924,6 +929,23 @@ impl Svc {
                     })?,
             )
         };
+        let sort = if spec.sort.is_empty() {
+            None
+        } else {
+            if spec.limit == 0 || spec.limit > self.cfg.max_sorted {
+                return Err(herr(
+                    errcode::BAD_REQUEST,
+                    format!(
+                        "a sorted query needs a limit of 1 to {} (got {})",
+                        self.cfg.max_sorted, spec.limit
+                    ),
+                ));
+            }
+            Some(
+                compile_expr(&spec.sort, &spec.params)
+                    .map_err(|m| herr(errcode::BAD_REQUEST, format!("sort key: {m}")))?,
+            )
+        };
         let batch_bytes = spec.batch_bytes.clamp(1024, self.cfg.max_batch_bytes);
         let window = spec
             .window
@@ -948,8 +970,10 @@ impl Svc {
         q = q
             .threads(self.cfg.scan_threads.max(1))
             .chunk_size(chunk)
-            .reverse(spec.reverse);
-        if spec.limit > 0 {
+            // a sorted query sees every match (in id order) and picks its first
+            // `limit` by the key itself
+            .reverse(spec.reverse && sort.is_none());
+        if spec.limit > 0 && sort.is_none() {
             q = q.limit(spec.limit);
         }
         match &spec.range {
@@ -1024,6 +1048,7 @@ impl Svc {
             peer: peer.clone(),
             qid: key.1,
             ctl: ctl.clone(),
+            sort: sort.map(|f| (f, spec.reverse)),
             limit: spec.limit,
             batch_bytes: batch_bytes as usize,
             batch_ms: Duration::from_millis(batch_ms as u64),
@@ -1077,6 +1102,8 @@ struct QueryRun {
     peer: Peer,
     qid: u64,
     ctl: Arc<QueryCtl>,
+    /// The sort key and whether highest comes first.
+    sort: Option<(crate::filter::ExprFilter, bool)>,
     limit: u64,
     batch_bytes: usize,
     batch_ms: Duration,
@@ -1184,7 +1211,68 @@ impl QueryRun {
         Ok(None)
     }
 
+    /// A sorted query: every match is read, the first `limit` by the key kept
+    /// (at most 2 × limit records in memory), then sent in key order.
+    fn scan_sorted(
+        &self,
+        rx: &crossbeam_channel::Receiver<Fed>,
+        key: &crate::filter::ExprFilter,
+        desc: bool,
+    ) -> Result<EndStatus, String> {
+        use crate::filter::SortKey;
+        let limit = self.limit.max(1) as usize;
+        let order = |a: &(SortKey, Record), b: &(SortKey, Record)| {
+            let c = a.0.cmp(&b.0);
+            if desc { c.reverse() } else { c }.then(a.1.id.cmp(&b.1.id))
+        };
+        let mut top: Vec<(SortKey, Record)> = Vec::new();
+        while let Ok(fed) = rx.recv() {
+            let recs = match fed {
+                Fed::Failed(m) => return Err(m),
+                Fed::Records(r) => r,
+            };
+            if let Some(s) = self.gate(false) {
+                return Ok(s);
+            }
+            for rec in recs {
+                top.push((key.sort_key(&rec.as_ref()), rec));
+                if top.len() >= 2 * limit {
+                    top.sort_by(order);
+                    top.truncate(limit);
+                }
+            }
+        }
+        top.sort_by(order);
+        top.truncate(limit);
+        let mut batch: Option<BatchWriter> = None;
+        let mut seq = 0u64;
+        for (_, rec) in &top {
+            let b = batch.get_or_insert_with(|| {
+                seq += 1;
+                BatchWriter::new(self.qid, seq - 1, self.batch_bytes + 256)
+            });
+            b.push(rec);
+            if b.bytes() >= self.batch_bytes {
+                if let Some(s) = self.send(&mut batch)? {
+                    return Ok(s);
+                }
+            }
+        }
+        if let Some(s) = self.send(&mut batch)? {
+            return Ok(s);
+        }
+        let sent = lock(&self.ctl.st).matched;
+        Ok(if sent >= self.limit {
+            EndStatus::Limit
+        } else {
+            EndStatus::Done
+        })
+    }
+
     fn scan(&self, rx: &crossbeam_channel::Receiver<Fed>) -> Result<EndStatus, String> {
+        if let Some((key, desc)) = &self.sort {
+            return self.scan_sorted(rx, key, *desc);
+        }
         let mut batch: Option<BatchWriter> = None;
         let mut seq = 0u64;
         let mut first_at = Instant::now();
