@@ -463,7 +463,7 @@ fn main() {
             let mut n = 0u64;
             while t.elapsed() < dur {
                 let mut spec = QuerySpec::new("scan");
-                spec.batch_bytes = 256 << 10;
+                spec.batch_bytes = env_loops("ZS_DBSVC_SCAN_BATCH_KIB", 256) as u32 * 1024;
                 for b in remote.query(spec).expect("query") {
                     n += b.expect("batch").len() as u64;
                 }

@@ -65,6 +65,11 @@ pub struct RemoteArgs {
     /// query out over several servers).
     #[arg(long)]
     pub remote: Vec<SocketAddr>,
+    /// Remote `query` only: order the results by this zs-expr key (highest
+    /// first with `--reverse`) instead of by id; needs `--limit`. With several
+    /// `--remote`, the servers' sorted results are merged by the key.
+    #[arg(long)]
+    pub sort: Option<String>,
     /// The server's fingerprint (else `ZS_FINGERPRINT`, else the key file).
     #[arg(long)]
     pub fingerprint: Option<String>,
@@ -96,6 +101,7 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
         let mut spec = QuerySpec::new(name);
         spec.filter = expr.clone().unwrap_or_default();
         spec.reverse = *reverse;
+        spec.sort = r.sort.clone().unwrap_or_default();
         if r.remote.len() > 1 {
             let clients = r
                 .remote
@@ -135,6 +141,9 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
     }
     if r.remote.len() > 1 {
         return Err("several --remote are for `query` only".into());
+    }
+    if r.sort.is_some() {
+        return Err("--sort is for `query` only".into());
     }
     let db = connect(r.remote[0], &r)?;
     match cmd {
