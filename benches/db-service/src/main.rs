@@ -279,7 +279,11 @@ fn main() {
         let _ = std::fs::create_dir_all(&aof);
         (
             start_redis(&plain, port, &["--appendonly", "no"]),
-            start_redis(&aof, port_aof, &["--appendonly", "yes", "--appendfsync", "always"]),
+            start_redis(
+                &aof,
+                port_aof,
+                &["--appendonly", "yes", "--appendfsync", "always"],
+            ),
         )
     } else {
         (None, None)
@@ -372,7 +376,11 @@ fn main() {
                 Better::Higher,
                 redis_sampler(port, "set", 50, 16, secs, n_kv),
             );
-            pairs.push(("fastpost_vs_redis_set_p16", "zs fastpost P16 c50", "redis SET P16 c50"));
+            pairs.push((
+                "fastpost_vs_redis_set_p16",
+                "zs fastpost P16 c50",
+                "redis SET P16 c50",
+            ));
         }
         if aof {
             suite.case(
@@ -402,7 +410,11 @@ fn main() {
                 Better::Higher,
                 redis_sampler(port, "set", 1, 16, secs, n_kv),
             );
-            pairs.push(("fastpost_vs_redis_set_p16_c1", "zs fastpost P16 c1", "redis SET P16 c1"));
+            pairs.push((
+                "fastpost_vs_redis_set_p16_c1",
+                "zs fastpost P16 c1",
+                "redis SET P16 c1",
+            ));
         }
     }
     if wanted("get_vs_redis_get_p16") {
@@ -419,7 +431,11 @@ fn main() {
                 Better::Higher,
                 redis_sampler(port, "get", 50, 16, secs, n_kv),
             );
-            pairs.push(("get_vs_redis_get_p16", "zs get P16 c50", "redis GET P16 c50"));
+            pairs.push((
+                "get_vs_redis_get_p16",
+                "zs get P16 c50",
+                "redis GET P16 c50",
+            ));
         }
     }
     if wanted("get_vs_redis_get_p16_c1") {
@@ -436,7 +452,11 @@ fn main() {
                 Better::Higher,
                 redis_sampler(port, "get", 1, 16, secs, n_kv),
             );
-            pairs.push(("get_vs_redis_get_p16_c1", "zs get P16 c1", "redis GET P16 c1"));
+            pairs.push((
+                "get_vs_redis_get_p16_c1",
+                "zs get P16 c1",
+                "redis GET P16 c1",
+            ));
         }
     }
     if wanted("get_vs_redis_get_p1") {
@@ -458,18 +478,23 @@ fn main() {
     }
     if wanted("scan_remote_vs_embedded") {
         let remote = clients1[0].clone();
-        suite.case("zs scan remote", "records_per_s", Better::Higher, move || {
-            let t = Instant::now();
-            let mut n = 0u64;
-            while t.elapsed() < dur {
-                let mut spec = QuerySpec::new("scan");
-                spec.batch_bytes = env_loops("ZS_DBSVC_SCAN_BATCH_KIB", 256) as u32 * 1024;
-                for b in remote.query(spec).expect("query") {
-                    n += b.expect("batch").len() as u64;
+        suite.case(
+            "zs scan remote",
+            "records_per_s",
+            Better::Higher,
+            move || {
+                let t = Instant::now();
+                let mut n = 0u64;
+                while t.elapsed() < dur {
+                    let mut spec = QuerySpec::new("scan");
+                    spec.batch_bytes = env_loops("ZS_DBSVC_SCAN_BATCH_KIB", 256) as u32 * 1024;
+                    for b in remote.query(spec).expect("query") {
+                        n += b.expect("batch").len() as u64;
+                    }
                 }
-            }
-            n as f64 / t.elapsed().as_secs_f64()
-        });
+                n as f64 / t.elapsed().as_secs_f64()
+            },
+        );
         let local = service.env().db("scan").expect("db");
         suite.case(
             "zs-db scan embedded",
@@ -489,7 +514,11 @@ fn main() {
                 n as f64 / t.elapsed().as_secs_f64()
             },
         );
-        pairs.push(("scan_remote_vs_embedded", "zs scan remote", "zs-db scan embedded"));
+        pairs.push((
+            "scan_remote_vs_embedded",
+            "zs scan remote",
+            "zs-db scan embedded",
+        ));
     }
     suite.run();
     for (key, ours, theirs) in pairs {

@@ -128,7 +128,15 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
     // merged by a sort key instead, oldest first, with a global limit
     let (ok, merged, err) = zs_remote(
         &[&s1, &s2],
-        &["--sort", "age", "query", "people", "--reverse", "--limit", "2"],
+        &[
+            "--sort",
+            "age",
+            "query",
+            "people",
+            "--reverse",
+            "--limit",
+            "2",
+        ],
     );
     assert!(ok, "{err}");
     let names: Vec<String> = merged

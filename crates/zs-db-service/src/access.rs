@@ -238,7 +238,9 @@ mod tests {
     #[test]
     fn rules_are_stored_and_reloaded() {
         let env = zs_db::Env::with_vfs(Arc::new(zs_db::MemVfs::new()));
-        let db = env.create_db(ACCESS_DB, zs_db::DbOptions::default()).unwrap();
+        let db = env
+            .create_db(ACCESS_DB, zs_db::DbOptions::default())
+            .unwrap();
         let rules = Rules::load(db.clone()).unwrap();
         rules.set("notes", "Ann", Access::Read).unwrap();
         rules.set("*", "*", Access::Read).unwrap();

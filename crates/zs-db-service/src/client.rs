@@ -349,12 +349,10 @@ impl DbClient {
         };
         self.connection().call_with(call, None, move |r| {
             done(r.map_err(Error::from).and_then(|reply| match reply {
-                zs_core::Reply::Data(df) => {
-                    match Answer::decode(&from_frame(&df)?, &limits)? {
-                        Answer::Record(r) => Ok(r),
-                        a => Err(Error::Unexpected(Box::new(a))),
-                    }
-                }
+                zs_core::Reply::Data(df) => match Answer::decode(&from_frame(&df)?, &limits)? {
+                    Answer::Record(r) => Ok(r),
+                    a => Err(Error::Unexpected(Box::new(a))),
+                },
                 zs_core::Reply::Text(_) => Err(Error::Net(zs_core::Error::UnexpectedReply {
                     expected: "values",
                 })),

@@ -191,13 +191,15 @@ fn num_cmp(a: &SortKey, b: &SortKey) -> std::cmp::Ordering {
 impl Ord for SortKey {
     fn cmp(&self, other: &SortKey) -> std::cmp::Ordering {
         use SortKey::*;
-        self.rank().cmp(&other.rank()).then_with(|| match (self, other) {
-            (Bool(a), Bool(b)) => a.cmp(b),
-            (Str(a), Str(b)) => a.cmp(b),
-            (Vec(a), Vec(b)) => a.cmp(b),
-            (Null, Null) => std::cmp::Ordering::Equal,
-            _ => num_cmp(self, other),
-        })
+        self.rank()
+            .cmp(&other.rank())
+            .then_with(|| match (self, other) {
+                (Bool(a), Bool(b)) => a.cmp(b),
+                (Str(a), Str(b)) => a.cmp(b),
+                (Vec(a), Vec(b)) => a.cmp(b),
+                (Null, Null) => std::cmp::Ordering::Equal,
+                _ => num_cmp(self, other),
+            })
     }
 }
 

@@ -17,8 +17,8 @@ use zs_wire::DataFrame;
 use crate::access::{Access, Identity, Rules, User, ACCESS_DB};
 use crate::filter::{compile_expr, param_to_field, FilterFunction};
 use crate::proto::{
-    cmd, errcode, from_frame, to_frame, Answer, BatchWriter, Change, Durability, EndStatus, Limits, Oneway,
-    Param, Push, QueryProgress, QuerySpec, Range, Request,
+    cmd, errcode, from_frame, to_frame, Answer, BatchWriter, Change, Durability, EndStatus, Limits,
+    Oneway, Param, Push, QueryProgress, QuerySpec, Range, Request,
 };
 
 /// A procedure served by [`DbService::register_procedure`]: argument bytes in,
@@ -274,7 +274,9 @@ impl DbService {
         let (cfg_workers, cfg_queue) = (cfg.workers, cfg.worker_queue);
         let rules_db = match env.db(ACCESS_DB) {
             Ok(db) => db,
-            Err(zs_db::Error::NoSuchDatabase(_)) => env.create_db(ACCESS_DB, DbOptions::default())?,
+            Err(zs_db::Error::NoSuchDatabase(_)) => {
+                env.create_db(ACCESS_DB, DbOptions::default())?
+            }
             Err(e) => return Err(e),
         };
         let rules = Rules::load(rules_db)?;
@@ -483,15 +485,14 @@ impl Svc {
     /// everything else (file reads, commits, fsyncs, procedures) goes to the
     /// service's worker pool.
     fn request(self: &Arc<Self>, peer: &Peer, df: &DataFrame, r: Responder) {
-        let req = match from_frame(df)
-            .and_then(|payload| Request::decode(&payload, &self.cfg.limits))
-        {
-            Ok(req) => req,
-            Err(e) => {
-                let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
-                return;
-            }
-        };
+        let req =
+            match from_frame(df).and_then(|payload| Request::decode(&payload, &self.cfg.limits)) {
+                Ok(req) => req,
+                Err(e) => {
+                    let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
+                    return;
+                }
+            };
         if let Request::Get { db, id } = &req {
             if let Err((code, m)) = self.rules.check(peer, db, Access::Read) {
                 let _ = r.reply_error(code, m);
@@ -638,11 +639,7 @@ impl Svc {
 
     /// Checks the rights `req` needs (see [`Access`]).
     fn authorize(&self, peer: &Peer, req: &Request) -> Result<(), HandlerError> {
-        let chk = |db: &str, a: Access| {
-            self.rules
-                .check(peer, db, a)
-                .map_err(|(c, m)| herr(c, m))
-        };
+        let chk = |db: &str, a: Access| self.rules.check(peer, db, a).map_err(|(c, m)| herr(c, m));
         match req {
             Request::Open { name, create } => {
                 let exists = lock(&self.dbs).contains_key(name)

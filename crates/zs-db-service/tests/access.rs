@@ -130,7 +130,10 @@ fn who_may_do_what() {
         code(bob.grant("notes", "bob", Access::Admin)),
         errcode::FORBIDDEN
     );
-    assert_eq!(code(bob.grant("*", "bob", Access::Admin)), errcode::FORBIDDEN);
+    assert_eq!(
+        code(bob.grant("*", "bob", Access::Admin)),
+        errcode::FORBIDDEN
+    );
 
     // read access: read, but not write
     root.grant("notes", "ANN", Access::Read).unwrap(); // names are case-insensitive
@@ -156,7 +159,10 @@ fn who_may_do_what() {
         code(root.grant("../x", "ann", Access::Read)),
         errcode::BAD_REQUEST
     );
-    assert_eq!(code(root.grant("notes", "", Access::Read)), errcode::BAD_REQUEST);
+    assert_eq!(
+        code(root.grant("notes", "", Access::Read)),
+        errcode::BAD_REQUEST
+    );
 
     // logging out takes the rights away at once
     ann.connection()
@@ -224,7 +230,10 @@ fn a_right_revoked_while_a_query_a_fastpost_and_a_watch_run_stops_them() {
     // the watch sees no more changes
     root.insert("big", Kind::Raw, b"after", Durability::Durable)
         .unwrap();
-    assert!(w.next_timeout(Duration::from_millis(300)).unwrap().is_none());
+    assert!(w
+        .next_timeout(Duration::from_millis(300))
+        .unwrap()
+        .is_none());
     // and new requests are refused
     assert_eq!(code(ann.get("big", 1)), errcode::FORBIDDEN);
     assert_eq!(

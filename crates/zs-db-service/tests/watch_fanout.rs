@@ -226,8 +226,11 @@ fn three_scored_servers(n: u64) -> (Vec<common::Fixture>, Vec<DbClient>) {
         c.open("x", true).unwrap();
         let mut fp = c.fastpost("x", Default::default()).unwrap();
         for i in 1..=n {
-            fp.post(Kind::Json, format!(r#"{{"score":{}}}"#, score(s, i)).as_bytes())
-                .unwrap();
+            fp.post(
+                Kind::Json,
+                format!(r#"{{"score":{}}}"#, score(s, i)).as_bytes(),
+            )
+            .unwrap();
         }
         fp.flush().unwrap();
     }

@@ -31,7 +31,11 @@ fn get_cached_answers_from_the_cache_only() {
     assert_eq!(nocache.get(id).unwrap().unwrap().data, b"x");
     assert_eq!(nocache.get_cached(id + 1), Some(None));
     nocache.close().unwrap();
-    assert_eq!(nocache.get_cached(id), None, "closed: the caller takes the slow path");
+    assert_eq!(
+        nocache.get_cached(id),
+        None,
+        "closed: the caller takes the slow path"
+    );
 }
 
 #[test]
@@ -60,12 +64,13 @@ fn id_ranges_and_control_from_another_thread() {
     rev.reverse();
     assert_eq!(ids(Query::all().id_range(100, 200).reverse(true)), rev);
     assert!(ids(Query::all().id_range(300, 200)).is_empty());
-    assert_eq!(ids(Query::all().id_range(19_999, u64::MAX)), vec![19_999, 20_000]);
+    assert_eq!(
+        ids(Query::all().id_range(19_999, u64::MAX)),
+        vec![19_999, 20_000]
+    );
 
     // pause and stop through a control while the handle is read elsewhere
-    let mut h = d
-        .query(Query::all().chunk_size(64).threads(1))
-        .unwrap();
+    let mut h = d.query(Query::all().chunk_size(64).threads(1)).unwrap();
     let c = h.control();
     let first = h.next_batch().unwrap().unwrap();
     assert!(!first.is_empty());
