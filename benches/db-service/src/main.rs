@@ -23,7 +23,10 @@
 //! change of machine load hits both sides of a ratio alike.
 //!
 //! `ZS_DBSVC_CASES=get_vs_redis_get_p1,scan_remote_vs_embedded` runs only the
-//! pairs with these ratio names (for profiling one pair).
+//! pairs with these ratio names (for profiling one pair);
+//! `ZS_DBSVC_SERVER_LOOPS` (default 2) and `ZS_DBSVC_CLIENT_LOOPS` (default 1,
+//! as redis-benchmark runs one thread) set the event loops, and
+//! `ZS_DBSVC_SCAN_BATCH_KIB` (default 256) the remote scan's batch size.
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, TcpListener};
