@@ -74,7 +74,9 @@ type Connector = dyn Fn(Registry) -> zs_core::Result<Client> + Send + Sync;
 
 #[derive(Default)]
 struct Routes {
-    queries: Mutex<HashMap<u64, Sender<Push>>>,
+    /// Query pushes: result batches still encoded (the reader's thread decodes
+    /// them, so the event loop only opens records), the end decoded.
+    queries: Mutex<HashMap<u64, Sender<QueryMsg>>>,
     watches: Mutex<HashMap<u64, Sender<Push>>>,
     fastposts: Mutex<HashMap<u64, Arc<FpShared>>>,
 }
@@ -99,10 +101,26 @@ impl std::fmt::Debug for DbClient {
     }
 }
 
+/// What a running query receives.
+enum QueryMsg {
+    /// An encoded [`Push::Batch`].
+    Batch(Bytes),
+    /// Any other push for the query (its end).
+    Push(Push),
+}
+
 fn registry(routes: &Arc<Routes>, limits: Limits) -> Registry {
     let mut reg = Registry::new();
     let r = routes.clone();
     reg.complete_buffer(cmd::PUSH, move |peer, data| {
+        // a result batch goes to its query undecoded (tag 1, then the qid)
+        if data.len() >= 9 && data[0] == 1 {
+            let qid = u64::from_le_bytes(data[1..9].try_into().unwrap_or([0; 8]));
+            if let Some(tx) = lock(&r.queries).get(&qid) {
+                let _ = tx.send(QueryMsg::Batch(data));
+            }
+            return;
+        }
         let push = match Push::decode(&data, &limits) {
             Ok(p) => p,
             Err(e) => {
@@ -113,7 +131,7 @@ fn registry(routes: &Arc<Routes>, limits: Limits) -> Registry {
         match &push {
             Push::Batch { qid, .. } | Push::End { qid, .. } => {
                 if let Some(tx) = lock(&r.queries).get(qid) {
-                    let _ = tx.send(push);
+                    let _ = tx.send(QueryMsg::Push(push));
                 }
             }
             Push::Changes { wid, .. } => {
@@ -468,7 +486,7 @@ impl DbClient {
 pub struct RemoteQuery {
     client: DbClient,
     qid: u64,
-    rx: Receiver<Push>,
+    rx: Receiver<QueryMsg>,
     end: Option<(EndStatus, u64)>,
 }
 
@@ -503,7 +521,16 @@ impl RemoteQuery {
         let started = Instant::now();
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Push::Batch { records, .. }) => {
+                Ok(QueryMsg::Batch(data)) => {
+                    let records = match Push::decode(&data, &self.client.inner.limits) {
+                        Ok(Push::Batch { records, .. }) => records,
+                        Ok(_) => continue,
+                        Err(e) => {
+                            // a server that sends garbage ends the query here
+                            self.end = Some((EndStatus::Failed, 0));
+                            return Some(Err(Error::Decode(e)));
+                        }
+                    };
                     let credit = Oneway::Credit {
                         qid: self.qid,
                         batches: 1,
@@ -514,12 +541,12 @@ impl RemoteQuery {
                         .send_complete_buffer(cmd::ONEWAY, credit.encode());
                     return Some(Ok(records));
                 }
-                Ok(Push::End {
+                Ok(QueryMsg::Push(Push::End {
                     status,
                     matched,
                     message,
                     ..
-                }) => {
+                })) => {
                     self.end = Some((status, matched));
                     lock(&self.client.inner.routes.queries).remove(&self.qid);
                     if status == EndStatus::Failed {
