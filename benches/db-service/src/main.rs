@@ -2,19 +2,37 @@
 //! 100-byte values, in one run:
 //! - FastPost (pipelined inserts, records per message 16, counted once every
 //!   record is acknowledged **durable**) vs `redis-benchmark -t set -P 16`;
-//! - pipelined GETs (16 in flight per connection) vs `redis-benchmark -t get -P 16`;
-//! - one GET at a time per connection vs `redis-benchmark -t get` (pipelining 1);
+//! - pipelined GETs (bursts of 16 per connection, the next burst sent when the
+//!   last answer of one arrives) vs `redis-benchmark -t get -P 16`;
+//! - one GET at a time per connection vs `redis-benchmark -t get` (pipelining 1).
+//!   Our loader is event-driven like redis-benchmark: the next request leaves
+//!   from the answer's callback on the client's event loop
+//!   ([`DbClient::get_then`]), no thread per connection;
 //! - a remote full scan vs zs-db's embedded parallel scan (records/s).
 //!
 //! Each case runs with 50 connections (the redis-benchmark default), and the
 //! pipelined ones with 1 connection too. Our side is encrypted (AES-256-GCM
 //! session records), Redis's is not; Redis runs without persistence
-//! (`--save "" --appendonly no`).
+//! (`--save "" --appendonly no`), and a second Redis with an fsync per write
+//! batch (`--appendonly yes --appendfsync always`) is the durability-matched
+//! peer of FastPost.
+//!
+//! Every sample runs for a fixed time (0.5 s with `--quick`, 2 s otherwise; the
+//! request count of `redis-benchmark` follows the rate of its previous sample),
+//! and each pair runs side by side (ours, then theirs) in every round, so a
+//! change of machine load hits both sides of a ratio alike.
+//!
+//! `ZS_DBSVC_CASES=get_vs_redis_get_p1,scan_remote_vs_embedded` runs only the
+//! pairs with these ratio names (for profiling one pair);
+//! `ZS_DBSVC_SERVER_LOOPS` (default 2) and `ZS_DBSVC_CLIENT_LOOPS` (default 1,
+//! as redis-benchmark runs one thread) set the event loops, and
+//! `ZS_DBSVC_SCAN_BATCH_KIB` (default 256) the remote scan's batch size.
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use zs_bench_harness::{Better, Options, Suite};
@@ -41,10 +59,13 @@ impl Drop for Redis {
     }
 }
 
-fn start_redis(dir: &std::path::Path, port: u16) -> Option<Redis> {
+/// Starts `redis-server` on `port` with `persistence` (`--appendonly ...`
+/// arguments), data in `dir`.
+fn start_redis(dir: &std::path::Path, port: u16, persistence: &[&str]) -> Option<Redis> {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--save", "", "--daemonize", "no"])
+        .args(persistence)
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -62,12 +83,12 @@ fn start_redis(dir: &std::path::Path, port: u16) -> Option<Redis> {
     Some(r)
 }
 
-/// One `redis-benchmark` run; returns requests/s.
-fn redis_bench(port: u16, test: &str, n: u64, conns: usize, pipeline: usize) -> f64 {
+/// One `redis-benchmark` run over keys `key:0..keys` (`-r`); returns requests/s.
+fn redis_bench_n(port: u16, test: &str, n: u64, conns: usize, pipeline: usize, keys: u64) -> f64 {
     let out = Command::new("redis-benchmark")
         .args(["-p", &port.to_string(), "-t", test, "-n", &n.to_string()])
         .args(["-c", &conns.to_string(), "-P", &pipeline.to_string()])
-        .args(["-d", &VALUE.to_string(), "-r", "100000", "--csv"])
+        .args(["-d", &VALUE.to_string(), "-r", &keys.to_string(), "--csv"])
         .output()
         .expect("redis-benchmark");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -115,47 +136,173 @@ fn value(i: u64) -> Vec<u8> {
     v
 }
 
-/// Runs `f(connection index)` on `clients.len()` threads at once; returns the seconds.
-fn parallel(clients: &[DbClient], f: impl Fn(usize, &DbClient) + Sync) -> f64 {
+/// Runs `f(connection index)` on `clients.len()` threads at once; returns the
+/// sum of what they return and the seconds they took.
+fn parallel(clients: &[DbClient], f: impl Fn(usize, &DbClient) -> u64 + Sync) -> (u64, f64) {
     let t = Instant::now();
-    std::thread::scope(|s| {
-        for (i, c) in clients.iter().enumerate() {
-            let f = &f;
-            s.spawn(move || f(i, c));
-        }
+    let n = std::thread::scope(|s| {
+        let hs: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let f = &f;
+                s.spawn(move || f(i, c))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("loader")).sum()
     });
-    t.elapsed().as_secs_f64().max(1e-9)
+    (n, t.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// A `redis-benchmark` sampler that runs about `secs` seconds: its request
+/// count follows the rate of the previous sample.
+fn redis_sampler(
+    port: u16,
+    test: &'static str,
+    conns: usize,
+    pipeline: usize,
+    secs: f64,
+    keys: u64,
+) -> impl FnMut() -> f64 {
+    let mut rate = 0.0f64;
+    move || {
+        let n = if rate == 0.0 {
+            // probe: a short run to learn the rate
+            let probe = (20_000 * pipeline as u64).min(100_000);
+            rate = redis_bench_n(port, test, probe, conns, pipeline, keys);
+            ((rate * secs) as u64).max(2_000)
+        } else {
+            ((rate * secs) as u64).max(2_000)
+        };
+        rate = redis_bench_n(port, test, n, conns, pipeline, keys);
+        rate
+    }
+}
+
+/// An event-driven GET load, the way `redis-benchmark -P N` drives Redis: each
+/// connection sends a burst of `pipeline` GETs and, when the last answer of the
+/// burst arrives, sends the next burst from the answer's callback on the
+/// client's event loop (so a burst leaves in one write), until `dur` is over.
+/// Returns GETs per second.
+fn get_load(clients: &[DbClient], pipeline: usize, n_kv: u64, dur: Duration) -> f64 {
+    struct Load {
+        deadline: Instant,
+        pipeline: usize,
+        n_kv: u64,
+        gets: AtomicU64,
+        active: Mutex<usize>,
+        all_done: Condvar,
+        failed: Mutex<Option<String>>,
+    }
+    fn end(load: &Load) {
+        let mut a = load.active.lock().expect("lock");
+        *a -= 1;
+        if *a == 0 {
+            load.all_done.notify_all();
+        }
+    }
+    fn burst(load: Arc<Load>, c: DbClient, k: u64) {
+        let left = Arc::new(AtomicUsize::new(load.pipeline));
+        for j in 0..load.pipeline as u64 {
+            let id = 1 + (k + j * 31) % load.n_kv;
+            let (load, c2, left) = (load.clone(), c.clone(), left.clone());
+            c.get_then("kv", id, move |r| {
+                match r {
+                    Ok(Some(_)) => {
+                        load.gets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        *load.failed.lock().expect("lock") = Some(format!("{other:?}"));
+                    }
+                }
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let ok = load.failed.lock().expect("lock").is_none();
+                    if ok && Instant::now() < load.deadline {
+                        burst(load, c2, k + 104_729);
+                    } else {
+                        end(&load);
+                    }
+                }
+            });
+        }
+    }
+    let t = Instant::now();
+    let load = Arc::new(Load {
+        deadline: t + dur,
+        pipeline,
+        n_kv,
+        gets: AtomicU64::new(0),
+        active: Mutex::new(clients.len()),
+        all_done: Condvar::new(),
+        failed: Mutex::new(None),
+    });
+    for (k, c) in clients.iter().enumerate() {
+        burst(load.clone(), c.clone(), k as u64 * 7919);
+    }
+    let mut a = load.active.lock().expect("lock");
+    while *a > 0 {
+        a = load.all_done.wait(a).expect("wait");
+    }
+    drop(a);
+    if let Some(f) = load.failed.lock().expect("lock").take() {
+        panic!("GET failed: {f}");
+    }
+    load.gets.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Whether pair `ratio` runs (see `ZS_DBSVC_CASES`).
+fn wanted(ratio: &str) -> bool {
+    match std::env::var("ZS_DBSVC_CASES") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').any(|w| ratio == w.trim()),
+        _ => true,
+    }
 }
 
 fn main() {
     let opts = Options::from_env();
-    let (n_write, n_get, n_get_p1, n_scan, n_kv) = if opts.quick {
-        (16_000u64, 16_000u64, 4_000u64, 100_000u64, 20_000u64)
+    let (secs, n_kv, n_scan) = if opts.quick {
+        (0.5f64, 20_000u64, 200_000u64)
     } else {
-        (400_000, 400_000, 100_000, 1_000_000, 100_000)
+        (2.0, 100_000, 1_000_000)
     };
+    let dur = Duration::from_secs_f64(secs);
     let mut suite = Suite::from_options("db-service", &opts, 3, 5);
     let dir = tempfile::tempdir().expect("tempdir");
 
     // --- Redis ------------------------------------------------------------------
-    let port = free_port();
     let have_redis = Command::new("redis-benchmark")
         .arg("--version")
         .output()
         .is_ok();
-    let redis = if have_redis {
-        start_redis(dir.path(), port)
+    let (port, port_aof) = (free_port(), free_port());
+    let (redis, redis_aof) = if have_redis {
+        let plain = dir.path().join("redis");
+        let aof = dir.path().join("redis-aof");
+        let _ = std::fs::create_dir_all(&plain);
+        let _ = std::fs::create_dir_all(&aof);
+        (
+            start_redis(&plain, port, &["--appendonly", "no"]),
+            start_redis(
+                &aof,
+                port_aof,
+                &["--appendonly", "yes", "--appendfsync", "always"],
+            ),
+        )
     } else {
-        None
+        (None, None)
     };
     if redis.is_none() {
         eprintln!("redis-server / redis-benchmark not installed: Redis cases skipped");
+    } else {
+        // every key the GETs ask for exists, as every record ours read does
+        // (10 × n random SETs leave about e^-10 of the keys unset)
+        redis_bench_n(port, "set", 10 * n_kv, 50, 16, n_kv);
     }
 
     // --- ours ---------------------------------------------------------------------
     let service =
         DbService::open_dir(dir.path().join("zs"), ServiceConfig::default()).expect("service");
-    let server_be = backend(2);
+    let server_be = backend(env_loops("ZS_DBSVC_SERVER_LOOPS", 2));
     let mut reg = Registry::new();
     service.register(&mut reg);
     let server = Server::start(
@@ -167,7 +314,8 @@ fn main() {
     )
     .expect("server");
     let addr = server.local_addr();
-    let client_be = backend(2);
+    // one client loop, as redis-benchmark runs one thread
+    let client_be = backend(env_loops("ZS_DBSVC_CLIENT_LOOPS", 1));
     let clients50: Arc<Vec<DbClient>> =
         Arc::new((0..50).map(|_| connect(&client_be, addr)).collect());
     let clients1: Arc<Vec<DbClient>> = Arc::new(vec![connect(&client_be, addr)]);
@@ -175,27 +323,19 @@ fn main() {
     clients1[0].open("scan", true).expect("open");
 
     // preload records for GET and scan
-    {
+    for (db, n) in [("kv", n_kv), ("scan", n_scan)] {
         let mut fp = clients1[0]
-            .fastpost("kv", FastPostConfig::default())
+            .fastpost(db, FastPostConfig::default())
             .expect("fastpost");
-        for i in 0..n_kv {
-            fp.post(Kind::Raw, &value(i)).expect("post");
-        }
-        fp.flush().expect("flush");
-        let mut fp = clients1[0]
-            .fastpost("scan", FastPostConfig::default())
-            .expect("fastpost");
-        for i in 0..n_scan {
+        for i in 0..n {
             fp.post(Kind::Raw, &value(i)).expect("post");
         }
         fp.flush().expect("flush");
     }
 
-    let fastpost_case = |clients: Arc<Vec<DbClient>>, n: u64| {
+    let fastpost_case = |clients: Arc<Vec<DbClient>>| {
         move || {
-            let per = n / clients.len() as u64;
-            let secs = parallel(&clients, |_, c| {
+            let (n, secs) = parallel(&clients, |_, c| {
                 let mut fp = c
                     .fastpost(
                         "kv",
@@ -205,166 +345,206 @@ fn main() {
                         },
                     )
                     .expect("fastpost");
-                for i in 0..per {
-                    fp.post(Kind::Raw, &value(i)).expect("post");
+                let t = Instant::now();
+                let mut i = 0u64;
+                while t.elapsed() < dur {
+                    for _ in 0..16 {
+                        fp.post(Kind::Raw, &value(i)).expect("post");
+                        i += 1;
+                    }
                 }
                 fp.flush().expect("flush"); // every record durable
+                i
             });
-            (per * clients.len() as u64) as f64 / secs
+            n as f64 / secs
         }
     };
-    let get_case = |clients: Arc<Vec<DbClient>>, n: u64, pipeline: usize| {
-        move || {
-            let per = n / clients.len() as u64;
-            let secs = parallel(&clients, |k, c| {
-                let mut id = 1 + (k as u64 * 7919) % n_kv;
-                let mut done = 0;
-                while done < per {
-                    let ids: Vec<u64> = (0..pipeline as u64)
-                        .map(|j| 1 + (id + j * 31) % n_kv)
-                        .collect();
-                    if pipeline == 1 {
-                        c.get("kv", ids[0]).expect("get").expect("present");
-                    } else {
-                        for r in c.get_pipelined("kv", &ids).expect("get") {
-                            r.expect("present");
-                        }
+    let get_case = |clients: Arc<Vec<DbClient>>, pipeline: usize| {
+        move || get_load(&clients, pipeline, n_kv, dur)
+    };
+    let have = redis.is_some();
+    let aof = redis_aof.is_some();
+    let mut pairs: Vec<(&str, &str, &str)> = Vec::new();
+    if wanted("fastpost_vs_redis_set_p16") || wanted("fastpost_vs_redis_set_p16_fsync_matched") {
+        suite.case(
+            "zs fastpost P16 c50",
+            "records_per_s",
+            Better::Higher,
+            fastpost_case(clients50.clone()),
+        );
+        if have {
+            suite.case(
+                "redis SET P16 c50",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "set", 50, 16, secs, n_kv),
+            );
+            pairs.push((
+                "fastpost_vs_redis_set_p16",
+                "zs fastpost P16 c50",
+                "redis SET P16 c50",
+            ));
+        }
+        if aof {
+            suite.case(
+                "redis-aof-always SET P16 c50",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port_aof, "set", 50, 16, secs, n_kv),
+            );
+            pairs.push((
+                "fastpost_vs_redis_set_p16_fsync_matched",
+                "zs fastpost P16 c50",
+                "redis-aof-always SET P16 c50",
+            ));
+        }
+    }
+    if wanted("fastpost_vs_redis_set_p16_c1") {
+        suite.case(
+            "zs fastpost P16 c1",
+            "records_per_s",
+            Better::Higher,
+            fastpost_case(clients1.clone()),
+        );
+        if have {
+            suite.case(
+                "redis SET P16 c1",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "set", 1, 16, secs, n_kv),
+            );
+            pairs.push((
+                "fastpost_vs_redis_set_p16_c1",
+                "zs fastpost P16 c1",
+                "redis SET P16 c1",
+            ));
+        }
+    }
+    if wanted("get_vs_redis_get_p16") {
+        suite.case(
+            "zs get P16 c50",
+            "gets_per_s",
+            Better::Higher,
+            get_case(clients50.clone(), 16),
+        );
+        if have {
+            suite.case(
+                "redis GET P16 c50",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "get", 50, 16, secs, n_kv),
+            );
+            pairs.push((
+                "get_vs_redis_get_p16",
+                "zs get P16 c50",
+                "redis GET P16 c50",
+            ));
+        }
+    }
+    if wanted("get_vs_redis_get_p16_c1") {
+        suite.case(
+            "zs get P16 c1",
+            "gets_per_s",
+            Better::Higher,
+            get_case(clients1.clone(), 16),
+        );
+        if have {
+            suite.case(
+                "redis GET P16 c1",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "get", 1, 16, secs, n_kv),
+            );
+            pairs.push((
+                "get_vs_redis_get_p16_c1",
+                "zs get P16 c1",
+                "redis GET P16 c1",
+            ));
+        }
+    }
+    if wanted("get_vs_redis_get_p1") {
+        suite.case(
+            "zs get P1 c50",
+            "gets_per_s",
+            Better::Higher,
+            get_case(clients50.clone(), 1),
+        );
+        if have {
+            suite.case(
+                "redis GET P1 c50",
+                "requests_per_s",
+                Better::Higher,
+                redis_sampler(port, "get", 50, 1, secs, n_kv),
+            );
+            pairs.push(("get_vs_redis_get_p1", "zs get P1 c50", "redis GET P1 c50"));
+        }
+    }
+    if wanted("scan_remote_vs_embedded") {
+        let remote = clients1[0].clone();
+        suite.case(
+            "zs scan remote",
+            "records_per_s",
+            Better::Higher,
+            move || {
+                let t = Instant::now();
+                let mut n = 0u64;
+                while t.elapsed() < dur {
+                    let mut spec = QuerySpec::new("scan");
+                    spec.batch_bytes = env_loops("ZS_DBSVC_SCAN_BATCH_KIB", 256) as u32 * 1024;
+                    for b in remote.query(spec).expect("query") {
+                        n += b.expect("batch").len() as u64;
                     }
-                    id = (id + 104_729) % n_kv;
-                    done += pipeline as u64;
                 }
-            });
-            (per * clients.len() as u64) as f64 / secs
-        }
-    };
-
-    suite.case(
-        "zs fastpost P16 c50",
-        "records_per_s",
-        Better::Higher,
-        fastpost_case(clients50.clone(), n_write),
-    );
-    suite.case(
-        "zs fastpost P16 c1",
-        "records_per_s",
-        Better::Higher,
-        fastpost_case(clients1.clone(), n_write / 4),
-    );
-    suite.case(
-        "zs get P16 c50",
-        "gets_per_s",
-        Better::Higher,
-        get_case(clients50.clone(), n_get, 16),
-    );
-    suite.case(
-        "zs get P16 c1",
-        "gets_per_s",
-        Better::Higher,
-        get_case(clients1.clone(), n_get / 4, 16),
-    );
-    suite.case(
-        "zs get P1 c50",
-        "gets_per_s",
-        Better::Higher,
-        get_case(clients50.clone(), n_get_p1, 1),
-    );
-    let remote = clients1[0].clone();
-    suite.case(
-        "zs scan remote",
-        "records_per_s",
-        Better::Higher,
-        move || {
-            let t = Instant::now();
-            let mut spec = QuerySpec::new("scan");
-            spec.batch_bytes = 256 << 10;
-            let mut n = 0u64;
-            for b in remote.query(spec).expect("query") {
-                n += b.expect("batch").len() as u64;
-            }
-            n as f64 / t.elapsed().as_secs_f64()
-        },
-    );
-    let local = service.env().db("scan").expect("db");
-    suite.case(
-        "zs-db scan embedded",
-        "records_per_s",
-        Better::Higher,
-        move || {
-            let t = Instant::now();
-            let n = local
-                .query(Query::all())
-                .expect("query")
-                .collect_all()
-                .expect("scan")
-                .len();
-            n as f64 / t.elapsed().as_secs_f64()
-        },
-    );
-    if redis.is_some() {
-        suite.case(
-            "redis SET P16 c50",
-            "requests_per_s",
-            Better::Higher,
-            move || redis_bench(port, "set", n_write, 50, 16),
+                n as f64 / t.elapsed().as_secs_f64()
+            },
         );
+        let local = service.env().db("scan").expect("db");
         suite.case(
-            "redis SET P16 c1",
-            "requests_per_s",
+            "zs-db scan embedded",
+            "records_per_s",
             Better::Higher,
-            move || redis_bench(port, "set", n_write / 4, 1, 16),
+            move || {
+                let t = Instant::now();
+                let mut n = 0u64;
+                while t.elapsed() < dur {
+                    n += local
+                        .query(Query::all())
+                        .expect("query")
+                        .collect_all()
+                        .expect("scan")
+                        .len() as u64;
+                }
+                n as f64 / t.elapsed().as_secs_f64()
+            },
         );
-        suite.case(
-            "redis GET P16 c50",
-            "requests_per_s",
-            Better::Higher,
-            move || redis_bench(port, "get", n_get, 50, 16),
-        );
-        suite.case(
-            "redis GET P16 c1",
-            "requests_per_s",
-            Better::Higher,
-            move || redis_bench(port, "get", n_get / 4, 1, 16),
-        );
-        suite.case(
-            "redis GET P1 c50",
-            "requests_per_s",
-            Better::Higher,
-            move || redis_bench(port, "get", n_get_p1, 50, 1),
-        );
+        pairs.push((
+            "scan_remote_vs_embedded",
+            "zs scan remote",
+            "zs-db scan embedded",
+        ));
     }
     suite.run();
-    suite.ratio(
-        "fastpost_vs_redis_set_p16",
-        "zs fastpost P16 c50",
-        "redis SET P16 c50",
-    );
-    suite.ratio(
-        "fastpost_vs_redis_set_p16_c1",
-        "zs fastpost P16 c1",
-        "redis SET P16 c1",
-    );
-    suite.ratio(
-        "get_vs_redis_get_p16",
-        "zs get P16 c50",
-        "redis GET P16 c50",
-    );
-    suite.ratio(
-        "get_vs_redis_get_p16_c1",
-        "zs get P16 c1",
-        "redis GET P16 c1",
-    );
-    suite.ratio("get_vs_redis_get_p1", "zs get P1 c50", "redis GET P1 c50");
-    suite.ratio(
-        "scan_remote_vs_embedded",
-        "zs scan remote",
-        "zs-db scan embedded",
-    );
+    for (key, ours, theirs) in pairs {
+        suite.ratio(key, ours, theirs);
+    }
     suite.note(format!(
-        "values {VALUE} B on loopback; ours: AES-256-GCM session encryption, FastPost counted when acknowledged durable (fsync), GETs through the full service; \
-         Redis 7: no encryption, persistence off (--save \"\" --appendonly no), driven by redis-benchmark -d {VALUE} in the same run; \
+        "values {VALUE} B on loopback, {secs} s per sample, pairs side by side in every round; \
+         ours: AES-256-GCM session encryption and StableIO sessions; FastPost counted when every record is acknowledged durable (fsync), GETs through the full service; \
+         Redis 7: no encryption, driven by redis-benchmark -d {VALUE} in the same run; `redis` persistence off (--save \"\" --appendonly no: acknowledged before any write), \
+         `redis-aof-always` --appendonly yes --appendfsync always (fsync before the acknowledgement, the durability FastPost promises); \
          server and loaders share the machine's {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     ));
     drop(redis);
+    drop(redis_aof);
     suite.finish();
+}
+
+/// Event loops from environment variable `var`, else `default`.
+fn env_loops(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
 }

@@ -23,6 +23,11 @@ pub struct DbServiceArgs {
     /// ./zs-data/db].
     #[arg(long)]
     pub db_dir: Option<PathBuf>,
+    /// Serve the databases to logged-in users only (`user.login` of the
+    /// accounts service, on the same connection), each with the access the
+    /// rules give it (`DbService::grant`, request Grant; admins: everything).
+    #[arg(long)]
+    pub db_require_login: bool,
 }
 
 /// Adds the DB service to `reg` (unless disabled); its databases live in
@@ -30,6 +35,7 @@ pub struct DbServiceArgs {
 pub fn install(
     a: &DbServiceArgs,
     data: &std::path::Path,
+    accounts: Option<&zserver::services::Accounts>,
     reg: &mut zserver::Registry,
 ) -> Result<Option<String>, String> {
     if a.no_db_service {
@@ -38,6 +44,13 @@ pub fn install(
     let dir = a.db_dir.clone().unwrap_or_else(|| data.join("db"));
     let service = DbService::open_dir(&dir, ServiceConfig::default())
         .map_err(|e| format!("db service on {}: {e}", dir.display()))?;
+    if a.db_require_login {
+        use zserver::DbServiceAccountsExt;
+        let accounts = accounts.ok_or(
+            "--db-require-login needs the accounts service (drop --no-services)".to_string(),
+        )?;
+        service.require_accounts(accounts);
+    }
     service.register(reg);
     Ok(Some(format!(
         "db service: databases in {} (zs db --remote ADDR …)",
@@ -52,6 +65,11 @@ pub struct RemoteArgs {
     /// query out over several servers).
     #[arg(long)]
     pub remote: Vec<SocketAddr>,
+    /// Remote `query` only: order the results by this zs-expr key (highest
+    /// first with `--reverse`) instead of by id; needs `--limit`. With several
+    /// `--remote`, the servers' sorted results are merged by the key.
+    #[arg(long)]
+    pub sort: Option<String>,
     /// The server's fingerprint (else `ZS_FINGERPRINT`, else the key file).
     #[arg(long)]
     pub fingerprint: Option<String>,
@@ -83,6 +101,7 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
         let mut spec = QuerySpec::new(name);
         spec.filter = expr.clone().unwrap_or_default();
         spec.reverse = *reverse;
+        spec.sort = r.sort.clone().unwrap_or_default();
         if r.remote.len() > 1 {
             let clients = r
                 .remote
@@ -122,6 +141,9 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
     }
     if r.remote.len() > 1 {
         return Err("several --remote are for `query` only".into());
+    }
+    if r.sort.is_some() {
+        return Err("--sort is for `query` only".into());
     }
     let db = connect(r.remote[0], &r)?;
     match cmd {

@@ -289,7 +289,12 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
             if let Some(s) = &services {
                 s.register(r)
             }
-            db_note = crate::dbsvc::install(&a.db_service, &data, r);
+            db_note = crate::dbsvc::install(
+                &a.db_service,
+                &data,
+                services.as_ref().map(|s| &s.accounts),
+                r,
+            );
             legacy = crate::legacy::install(&a.legacy, &backend, r);
         })
         .start()

@@ -125,6 +125,35 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
         })
         .collect();
     assert_eq!(ids, vec![1, 1, 3], "merged by id");
+    // merged by a sort key instead, oldest first, with a global limit
+    let (ok, merged, err) = zs_remote(
+        &[&s1, &s2],
+        &[
+            "--sort",
+            "age",
+            "query",
+            "people",
+            "--reverse",
+            "--limit",
+            "2",
+        ],
+    );
+    assert!(ok, "{err}");
+    let names: Vec<String> = merged
+        .lines()
+        .map(|l| {
+            ["bob", "ann", "cy", "dee"]
+                .into_iter()
+                .find(|n| l.contains(&format!("\"{n}\"")))
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["dee", "cy"], "{merged}");
+    // a sorted query needs a limit
+    let (ok, _, err) = zs_remote(&[&s1], &["--sort", "age", "query", "people"]);
+    assert!(!ok);
+    assert!(err.contains("400"), "{err}");
     // refusals come back as errors
     let (ok, _, err) = zs_remote(&[&s1], &["get", "nope", "1"]);
     assert!(!ok);

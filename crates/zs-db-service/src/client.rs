@@ -74,7 +74,9 @@ type Connector = dyn Fn(Registry) -> zs_core::Result<Client> + Send + Sync;
 
 #[derive(Default)]
 struct Routes {
-    queries: Mutex<HashMap<u64, Sender<Push>>>,
+    /// Query pushes: result batches still encoded (the reader's thread decodes
+    /// them, so the event loop only opens records), the end decoded.
+    queries: Mutex<HashMap<u64, Sender<QueryMsg>>>,
     watches: Mutex<HashMap<u64, Sender<Push>>>,
     fastposts: Mutex<HashMap<u64, Arc<FpShared>>>,
 }
@@ -99,10 +101,26 @@ impl std::fmt::Debug for DbClient {
     }
 }
 
+/// What a running query receives.
+enum QueryMsg {
+    /// An encoded [`Push::Batch`].
+    Batch(Bytes),
+    /// Any other push for the query (its end).
+    Push(Push),
+}
+
 fn registry(routes: &Arc<Routes>, limits: Limits) -> Registry {
     let mut reg = Registry::new();
     let r = routes.clone();
     reg.complete_buffer(cmd::PUSH, move |peer, data| {
+        // a result batch goes to its query undecoded (tag 1, then the qid)
+        if data.len() >= 9 && data[0] == 1 {
+            let qid = u64::from_le_bytes(data[1..9].try_into().unwrap_or([0; 8]));
+            if let Some(tx) = lock(&r.queries).get(&qid) {
+                let _ = tx.send(QueryMsg::Batch(data));
+            }
+            return;
+        }
         let push = match Push::decode(&data, &limits) {
             Ok(p) => p,
             Err(e) => {
@@ -113,7 +131,7 @@ fn registry(routes: &Arc<Routes>, limits: Limits) -> Registry {
         match &push {
             Push::Batch { qid, .. } | Push::End { qid, .. } => {
                 if let Some(tx) = lock(&r.queries).get(qid) {
-                    let _ = tx.send(push);
+                    let _ = tx.send(QueryMsg::Push(push));
                 }
             }
             Push::Changes { wid, .. } => {
@@ -219,6 +237,16 @@ impl DbClient {
         }
     }
 
+    /// Sets the access `user` has to database `db` (`*` for either: every
+    /// database / every user); needs admin access to `db`.
+    pub fn grant(&self, db: &str, user: &str, access: crate::Access) -> Result<()> {
+        self.ok(Request::Grant {
+            db: db.into(),
+            user: user.into(),
+            access,
+        })
+    }
+
     /// Opens database `name` (creating it when `create`).
     pub fn open(&self, name: &str, create: bool) -> Result<()> {
         self.ok(Request::Open {
@@ -318,6 +346,36 @@ impl DbClient {
             Answer::Record(r) => Ok(r),
             a => Err(Error::Unexpected(Box::new(a))),
         }
+    }
+
+    /// Reads record `id` without waiting: `done` gets the outcome, on the
+    /// connection's event loop (it must not block). Requests started inside
+    /// `done` (the next GET of a pipeline, say) leave together with the other
+    /// requests and answers of that loop turn, in one write; this is how an
+    /// event-driven caller keeps many reads in flight on one connection without
+    /// a thread per request.
+    pub fn get_then(
+        &self,
+        db: &str,
+        id: u64,
+        done: impl FnOnce(Result<Option<Record>>) + Send + 'static,
+    ) {
+        let limits = self.inner.limits;
+        let call = zs_core::Call::Stream {
+            cmd: cmd::REQUEST.into(),
+            data: to_frame(Request::Get { db: db.into(), id }.encode()),
+        };
+        self.connection().call_with(call, None, move |r| {
+            done(r.map_err(Error::from).and_then(|reply| match reply {
+                zs_core::Reply::Data(df) => match Answer::decode(&from_frame(&df)?, &limits)? {
+                    Answer::Record(r) => Ok(r),
+                    a => Err(Error::Unexpected(Box::new(a))),
+                },
+                zs_core::Reply::Text(_) => Err(Error::Net(zs_core::Error::UnexpectedReply {
+                    expected: "values",
+                })),
+            }))
+        });
     }
 
     /// Reads several records with the requests pipelined (all sent, then all
@@ -428,7 +486,7 @@ impl DbClient {
 pub struct RemoteQuery {
     client: DbClient,
     qid: u64,
-    rx: Receiver<Push>,
+    rx: Receiver<QueryMsg>,
     end: Option<(EndStatus, u64)>,
 }
 
@@ -463,7 +521,16 @@ impl RemoteQuery {
         let started = Instant::now();
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Push::Batch { records, .. }) => {
+                Ok(QueryMsg::Batch(data)) => {
+                    let records = match Push::decode(&data, &self.client.inner.limits) {
+                        Ok(Push::Batch { records, .. }) => records,
+                        Ok(_) => continue,
+                        Err(e) => {
+                            // a server that sends garbage ends the query here
+                            self.end = Some((EndStatus::Failed, 0));
+                            return Some(Err(Error::Decode(e)));
+                        }
+                    };
                     let credit = Oneway::Credit {
                         qid: self.qid,
                         batches: 1,
@@ -474,12 +541,12 @@ impl RemoteQuery {
                         .send_complete_buffer(cmd::ONEWAY, credit.encode());
                     return Some(Ok(records));
                 }
-                Ok(Push::End {
+                Ok(QueryMsg::Push(Push::End {
                     status,
                     matched,
                     message,
                     ..
-                }) => {
+                })) => {
                     self.end = Some((status, matched));
                     lock(&self.client.inner.routes.queries).remove(&self.qid);
                     if status == EndStatus::Failed {

@@ -1,6 +1,7 @@
 //! Fan-out: one query sent to several servers in parallel, the results merged
-//! into one stream in key (id) order with a global limit; a server that fails or
-//! misses its deadline is dropped and the result flagged partial.
+//! into one stream in key (id) order, or by the spec's sort expression, with a
+//! global limit; a server that fails or misses its deadline is dropped and the
+//! result flagged partial.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -8,13 +9,18 @@ use std::time::Duration;
 use zs_db::Record;
 
 use crate::client::{DbClient, Error, RemoteQuery};
+use crate::filter::{compile_expr, ExprFilter, SortKey};
 use crate::proto::QuerySpec;
 
 /// The order of the merged stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeOrder {
     /// By record id (the ordered key), ascending; descending if the spec says
-    /// `reverse`. Ties (the same id on two servers) go by server index.
+    /// `reverse`. Ties (the same id on two servers) go by server index. When the
+    /// spec has a [`QuerySpec::sort`] expression, the merge is by that key
+    /// instead (highest first with `reverse`), then by id, then by server index:
+    /// each server sends its first `limit` records in that order and the merge
+    /// takes the first `limit` of all.
     Key,
 }
 
@@ -51,13 +57,15 @@ pub struct ServerFailure {
 
 struct Src {
     q: Option<RemoteQuery>,
-    buf: VecDeque<Record>,
+    /// Records with their sort key (when the merge is by an expression).
+    buf: VecDeque<(Option<SortKey>, Record)>,
 }
 
 /// A merged result stream: iterate it for `(server index, record)`.
 pub struct FanOut {
     srcs: Vec<Src>,
     reverse: bool,
+    sort: Option<ExprFilter>,
     limit: u64,
     emitted: u64,
     deadline: Duration,
@@ -75,11 +83,38 @@ impl std::fmt::Debug for FanOut {
 }
 
 /// Starts `spec` on every client in parallel and returns the merged stream.
+/// With a [`QuerySpec::sort`] expression the merge is by that key (see
+/// [`MergeOrder::Key`]); a sort expression that does not compile fails every
+/// server (the result is empty and partial).
 pub fn fan_out(clients: &[DbClient], spec: &QuerySpec, cfg: FanOutConfig) -> FanOut {
     let mut spec = spec.clone();
     if cfg.limit > 0 && (spec.limit == 0 || spec.limit > cfg.limit) {
         spec.limit = cfg.limit; // no server needs to send more than the global limit
     }
+    let sort = if spec.sort.is_empty() {
+        None
+    } else {
+        match compile_expr(&spec.sort, &spec.params) {
+            Ok(f) => Some(f),
+            Err(m) => {
+                let failures = (0..clients.len())
+                    .map(|server| ServerFailure {
+                        server,
+                        reason: format!("sort key: {m}"),
+                    })
+                    .collect();
+                return FanOut {
+                    srcs: Vec::new(),
+                    reverse: spec.reverse,
+                    sort: None,
+                    limit: cfg.limit,
+                    emitted: 0,
+                    deadline: cfg.server_deadline,
+                    failures,
+                };
+            }
+        }
+    };
     let started: Vec<Result<RemoteQuery, Error>> = std::thread::scope(|s| {
         let hs: Vec<_> = clients
             .iter()
@@ -119,6 +154,7 @@ pub fn fan_out(clients: &[DbClient], spec: &QuerySpec, cfg: FanOutConfig) -> Fan
     FanOut {
         srcs,
         reverse: spec.reverse,
+        sort,
         limit: cfg.limit,
         emitted: 0,
         deadline: cfg.server_deadline,
@@ -144,7 +180,13 @@ impl FanOut {
                 return;
             };
             match q.next_batch_timeout(Some(self.deadline)) {
-                Some(Ok(b)) => self.srcs[i].buf.extend(b),
+                Some(Ok(b)) => {
+                    let sort = &self.sort;
+                    self.srcs[i].buf.extend(
+                        b.into_iter()
+                            .map(|r| (sort.as_ref().map(|f| f.sort_key(&r.as_ref())), r)),
+                    )
+                }
                 None => {
                     self.srcs[i].q = None;
                     return;
@@ -174,6 +216,31 @@ impl FanOut {
     }
 }
 
+impl FanOut {
+    /// Whether `a` comes strictly before `b` in the merged order (ties keep
+    /// the lower server index first, as the scan goes by index).
+    fn before(&self, a: &(Option<SortKey>, Record), b: &(Option<SortKey>, Record)) -> bool {
+        use std::cmp::Ordering;
+        let by_key = match (&a.0, &b.0) {
+            (Some(x), Some(y)) => {
+                let c = x.cmp(y);
+                if self.reverse {
+                    c.reverse()
+                } else {
+                    c
+                }
+            }
+            _ => Ordering::Equal,
+        };
+        let by_id = if self.sort.is_none() && self.reverse {
+            b.1.id.cmp(&a.1.id)
+        } else {
+            a.1.id.cmp(&b.1.id)
+        };
+        by_key.then(by_id) == Ordering::Less
+    }
+}
+
 impl Iterator for FanOut {
     type Item = (usize, Record);
     fn next(&mut self) -> Option<(usize, Record)> {
@@ -186,21 +253,19 @@ impl Iterator for FanOut {
         for i in 0..self.srcs.len() {
             self.fill(i);
         }
-        let mut best: Option<(usize, u64)> = None;
+        let mut best: Option<usize> = None;
         for (i, s) in self.srcs.iter().enumerate() {
-            if let Some(r) = s.buf.front() {
-                let better = match best {
-                    None => true,
-                    Some((_, id)) if self.reverse => r.id > id,
-                    Some((_, id)) => r.id < id,
-                };
-                if better {
-                    best = Some((i, r.id));
-                }
+            let Some(cand) = s.buf.front() else { continue };
+            let better = match best.and_then(|b| self.srcs[b].buf.front()) {
+                None => true,
+                Some(cur) => self.before(cand, cur),
+            };
+            if better {
+                best = Some(i);
             }
         }
-        let (i, _) = best?;
-        let rec = self.srcs[i].buf.pop_front()?;
+        let i = best?;
+        let (_, rec) = self.srcs[i].buf.pop_front()?;
         self.emitted += 1;
         Some((i, rec))
     }

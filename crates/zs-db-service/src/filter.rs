@@ -101,3 +101,148 @@ impl ExprFilter {
         self.program.eval_bool(&vals[..]).unwrap_or(false)
     }
 }
+
+impl ExprFilter {
+    /// The expression's value for the record (an evaluation error gives
+    /// [`Value::Null`]).
+    pub fn value(&self, r: &RecordRef<'_>) -> Value {
+        let got = r.fields(&self.fields);
+        let vals: Vec<Value> = self
+            .vars
+            .iter()
+            .map(|v| match v {
+                Var::Param(p) => p.clone(),
+                Var::Field(i) => to_expr(got.get(*i).cloned().flatten()),
+            })
+            .collect();
+        self.program.eval(&vals[..]).unwrap_or(Value::Null)
+    }
+
+    /// The record's sort key.
+    pub fn sort_key(&self, r: &RecordRef<'_>) -> SortKey {
+        SortKey::from(self.value(r))
+    }
+}
+
+/// A sort expression's value, totally ordered: null < bools < numbers (integers
+/// and floats compared by value; NaN above every other number) < strings (by
+/// bytes) < vectors (element by element).
+#[derive(Debug, Clone)]
+pub enum SortKey {
+    /// No value (a missing field, an evaluation error).
+    Null,
+    /// A bool.
+    Bool(bool),
+    /// A signed integer.
+    Int(i64),
+    /// An integer above `i64::MAX`.
+    UInt(u64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// A vector.
+    Vec(Vec<SortKey>),
+}
+
+impl From<Value> for SortKey {
+    fn from(v: Value) -> SortKey {
+        match v {
+            Value::Null => SortKey::Null,
+            Value::Bool(b) => SortKey::Bool(b),
+            Value::Int(i) => SortKey::Int(i),
+            Value::UInt(u) => SortKey::UInt(u),
+            Value::Float(f) => SortKey::Float(f),
+            Value::Str(s) => SortKey::Str(s),
+            Value::Vec(v) => SortKey::Vec(v.into_iter().map(SortKey::from).collect()),
+        }
+    }
+}
+
+impl SortKey {
+    fn rank(&self) -> u8 {
+        match self {
+            SortKey::Null => 0,
+            SortKey::Bool(_) => 1,
+            SortKey::Int(_) | SortKey::UInt(_) | SortKey::Float(_) => 2,
+            SortKey::Str(_) => 3,
+            SortKey::Vec(_) => 4,
+        }
+    }
+}
+
+fn num_cmp(a: &SortKey, b: &SortKey) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    use SortKey::*;
+    match (a, b) {
+        (Int(x), Int(y)) => x.cmp(y),
+        (UInt(x), UInt(y)) => x.cmp(y),
+        (Int(_), UInt(_)) => Ordering::Less, // a UInt is above i64::MAX
+        (UInt(_), Int(_)) => Ordering::Greater,
+        (Float(x), Float(y)) => x.total_cmp(y),
+        (Int(x), Float(y)) => (*x as f64).total_cmp(y).then(Ordering::Less),
+        (Float(x), Int(y)) => x.total_cmp(&(*y as f64)).then(Ordering::Greater),
+        (UInt(x), Float(y)) => (*x as f64).total_cmp(y).then(Ordering::Less),
+        (Float(x), UInt(y)) => x.total_cmp(&(*y as f64)).then(Ordering::Greater),
+        _ => Ordering::Equal,
+    }
+}
+
+impl Ord for SortKey {
+    fn cmp(&self, other: &SortKey) -> std::cmp::Ordering {
+        use SortKey::*;
+        self.rank()
+            .cmp(&other.rank())
+            .then_with(|| match (self, other) {
+                (Bool(a), Bool(b)) => a.cmp(b),
+                (Str(a), Str(b)) => a.cmp(b),
+                (Vec(a), Vec(b)) => a.cmp(b),
+                (Null, Null) => std::cmp::Ordering::Equal,
+                _ => num_cmp(self, other),
+            })
+    }
+}
+
+impl PartialOrd for SortKey {
+    fn partial_cmp(&self, other: &SortKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for SortKey {
+    fn eq(&self, other: &SortKey) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for SortKey {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_keys_are_totally_ordered() {
+        let v = [
+            SortKey::Null,
+            SortKey::Bool(false),
+            SortKey::Bool(true),
+            SortKey::Int(-3),
+            SortKey::Float(-2.5),
+            SortKey::Int(2),
+            SortKey::Float(2.0),
+            SortKey::Float(2.5),
+            SortKey::Int(i64::MAX),
+            SortKey::UInt(u64::MAX),
+            SortKey::Float(f64::NAN),
+            SortKey::Str("a".into()),
+            SortKey::Str("b".into()),
+            SortKey::Vec(vec![SortKey::Int(1)]),
+        ];
+        for (i, a) in v.iter().enumerate() {
+            for (j, b) in v.iter().enumerate() {
+                assert_eq!(a.cmp(b), i.cmp(&j), "{a:?} vs {b:?}");
+            }
+        }
+    }
+}

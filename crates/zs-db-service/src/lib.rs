@@ -21,6 +21,12 @@
 //! - **FastPost** ([`FastPost`]): pipelined inserts without replies, with
 //!   cumulative durable acknowledgements; a reconnect (StableIO) or a server
 //!   restart loses nothing acknowledged and stores nothing twice.
+//! - **Access rules** ([`DbService::set_identity`], [`DbService::grant`],
+//!   [`DbClient::grant`]): with an [`Identity`] (the accounts service, through
+//!   the facade) every request needs a logged-in user with the right [`Access`]
+//!   to its database (401 not logged in, 403 not allowed); rules per database
+//!   and user (`*` for all) are stored durably and checked again while queries,
+//!   watches and FastPost streams run.
 //! - **Procedures** ([`DbService::register_procedure`], [`DbClient::call`]):
 //!   named server-side functions called with argument bytes; the facade plugs
 //!   zs-tx procedures in, answered after their commit.
@@ -63,12 +69,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod access;
 mod client;
 mod fanout;
 mod filter;
 pub mod proto;
 mod server;
 
+pub use access::{Access, Identity, User, ACCESS_DB};
 pub use client::{DbClient, Error, FastPost, FastPostConfig, RemoteQuery, Result, WatchStream};
 pub use fanout::{fan_out, FanOut, FanOutConfig, MergeOrder, ServerFailure};
 pub use filter::{compile_expr, ExprFilter, FilterFunction, PARAM_PREFIX};

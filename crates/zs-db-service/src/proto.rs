@@ -21,6 +21,8 @@ pub mod cmd {
 pub mod errcode {
     /// Malformed request.
     pub const BAD_REQUEST: u32 = 400;
+    /// Not logged in, and the service serves logged-in users only.
+    pub const UNAUTHORIZED: u32 = 401;
     /// The connection may not do that (or the name is reserved).
     pub const FORBIDDEN: u32 = 403;
     /// No such database, record or query.
@@ -162,6 +164,12 @@ pub struct QuerySpec {
     /// Batches sent and not yet consumed by the client; the scan pauses at this
     /// many (the client returns credit as it reads).
     pub window: u32,
+    /// A zs-expr sort key over record fields and parameters (empty: id order).
+    /// With one, the server keeps the `limit` first records by that key (ties
+    /// by id; `reverse`: highest key first) and sends them in that order, so a
+    /// sorted query needs a limit of at most the server's
+    /// `ServiceConfig::max_sorted`.
+    pub sort: String,
 }
 
 impl QuerySpec {
@@ -178,6 +186,7 @@ impl QuerySpec {
             reverse: false,
             batch_bytes: 64 << 10,
             batch_ms: 100,
+            sort: String::new(),
             window: 4,
         }
     }
@@ -318,6 +327,16 @@ pub enum Request {
         db: String,
         /// Field.
         field: String,
+    },
+    /// Sets the access `user` has to `db` (`*`: every database / every user);
+    /// needs [`crate::Access::Admin`] on `db`.
+    Grant {
+        /// Database name or `*`.
+        db: String,
+        /// User name or `*`.
+        user: String,
+        /// The level.
+        access: crate::Access,
     },
 }
 
@@ -622,6 +641,7 @@ const R_FP_OPEN: u8 = 0x30;
 const R_WATCH: u8 = 0x40;
 const R_UNWATCH: u8 = 0x41;
 const R_CALL: u8 = 0x50;
+const R_GRANT: u8 = 0x60;
 
 impl Request {
     /// Encodes the request.
@@ -723,6 +743,10 @@ impl Request {
                 b.put_u32_le(q.batch_bytes);
                 b.put_u32_le(q.batch_ms);
                 b.put_u32_le(q.window);
+                if !q.sort.is_empty() {
+                    // optional trailing field: requests without it stay as they were
+                    put_bytes(&mut b, q.sort.as_bytes());
+                }
             }
             Request::Pause { qid } => {
                 b.put_u8(R_PAUSE);
@@ -760,6 +784,12 @@ impl Request {
                 b.put_u8(R_FP_OPEN);
                 put_str(&mut b, db);
                 b.put_u64_le(*stream);
+            }
+            Request::Grant { db, user, access } => {
+                b.put_u8(R_GRANT);
+                put_str(&mut b, db);
+                put_str(&mut b, user);
+                b.put_u8(*access as u8);
             }
         }
         b.freeze()
@@ -843,6 +873,16 @@ impl Request {
                     batch_bytes: r.u32()?,
                     batch_ms: r.u32()?,
                     window: r.u32()?,
+                    sort: if r.left() > 0 {
+                        let s = r.bytes(lim.max_filter)?;
+                        let s = String::from_utf8(s.to_vec()).or_else(|_| bad("utf-8"))?;
+                        if s.is_empty() {
+                            return bad("empty sort key");
+                        }
+                        s
+                    } else {
+                        String::new()
+                    },
                 })
             }
             R_PAUSE => Request::Pause { qid: r.u64()? },
@@ -864,6 +904,14 @@ impl Request {
                 db: r.str()?,
                 stream: r.u64()?,
             },
+            R_GRANT => Request::Grant {
+                db: r.str()?,
+                user: r.str()?,
+                access: match crate::Access::from_u8(r.u8()?) {
+                    Some(a) => a,
+                    None => return bad("access level"),
+                },
+            },
             _ => return bad("request code"),
         };
         r.end()?;
@@ -872,6 +920,56 @@ impl Request {
 }
 
 // ---- answers ----------------------------------------------------------------
+
+/// A [`Push::Batch`] encoded record by record straight into its send buffer
+/// (the same bytes as [`Push::encode`] of the batch, without the record list).
+#[derive(Debug)]
+pub struct BatchWriter {
+    b: BytesMut,
+    n: u32,
+}
+
+/// Offset of the record count in an encoded [`Push::Batch`].
+const BATCH_COUNT_AT: usize = 1 + 8 + 8;
+
+impl BatchWriter {
+    /// An empty batch `seq` of query `qid`, with room for about `capacity` bytes.
+    pub fn new(qid: u64, seq: u64, capacity: usize) -> BatchWriter {
+        let mut b = BytesMut::with_capacity(capacity + BATCH_COUNT_AT + 4);
+        b.put_u8(1);
+        b.put_u64_le(qid);
+        b.put_u64_le(seq);
+        b.put_u32_le(0);
+        BatchWriter { b, n: 0 }
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, rec: &Record) {
+        put_record(&mut self.b, rec);
+        self.n += 1;
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+
+    /// True if no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Encoded size so far.
+    pub fn bytes(&self) -> usize {
+        self.b.len()
+    }
+
+    /// The encoded push.
+    pub fn finish(mut self) -> Bytes {
+        self.b[BATCH_COUNT_AT..BATCH_COUNT_AT + 4].copy_from_slice(&self.n.to_le_bytes());
+        self.b.freeze()
+    }
+}
 
 fn put_record(b: &mut BytesMut, rec: &Record) {
     b.put_u64_le(rec.id);

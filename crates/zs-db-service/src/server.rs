@@ -10,14 +10,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use zs_core::{HandlerError, Peer, Registry};
+use zs_core::{HandlerError, Peer, Registry, Reply, Responder, WorkerPool};
 use zs_db::{Batch, Database, DbOptions, Env, Kind, Record, RecordRef};
 use zs_wire::DataFrame;
 
+use crate::access::{Access, Identity, Rules, User, ACCESS_DB};
 use crate::filter::{compile_expr, param_to_field, FilterFunction};
 use crate::proto::{
-    cmd, errcode, from_frame, to_frame, Answer, Change, Durability, EndStatus, Limits, Oneway,
-    Param, Push, QueryProgress, QuerySpec, Range, Request,
+    cmd, errcode, from_frame, to_frame, Answer, BatchWriter, Change, Durability, EndStatus, Limits,
+    Oneway, Param, Push, QueryProgress, QuerySpec, Range, Request,
 };
 
 /// A procedure served by [`DbService::register_procedure`]: argument bytes in,
@@ -44,6 +45,14 @@ pub struct ServiceConfig {
     pub max_query_in_flight: u32,
     /// Longest batch delay a query may ask for. Default 5 s.
     pub max_batch_ms: u32,
+    /// Scan threads of one query (zs-db's parallel engine reads the file in
+    /// order and filters on these threads while the query's own thread sends).
+    /// A query that cannot send (no credit, paused) holds at most about
+    /// `window + 5 × scan_threads + 3` batches in memory: the window in flight,
+    /// the engine's queue of work units (each about one batch of records of the
+    /// database's average size) and the batches between engine and socket.
+    /// Default: the number of cores, at most 4.
+    pub scan_threads: usize,
     /// Writes acknowledged [`Durability::Written`] and FastPost records are
     /// synced (and FastPost acknowledged) this often. Default 10 ms.
     pub group_commit: Duration,
@@ -64,6 +73,20 @@ pub struct ServiceConfig {
     /// posts to it later is disconnected, and [`crate::FastPost`] then
     /// reconnects, reopens the stream and resends. Default 60 s.
     pub fastpost_idle: Duration,
+    /// Largest limit of a sorted query ([`QuerySpec::sort`]): the server keeps
+    /// up to twice this many records of one sorted query in memory while it
+    /// picks the first ones by the key. Default 100,000.
+    pub max_sorted: u64,
+    /// Worker threads for the requests that may block (file reads, commits,
+    /// fsyncs, procedures, database operations); a GET of a cached record is
+    /// answered on the connection's event loop instead. Durable writes of
+    /// different connections share an fsync only while they run at once, so
+    /// this is also the most durable writers that group. Default 8.
+    pub workers: usize,
+    /// Most requests waiting for a worker; beyond it a request is answered with
+    /// an error at once (the caller sees a refusal, nothing else is affected).
+    /// Default 4096.
+    pub worker_queue: usize,
     /// Most procedure calls ([`DbService::register_procedure`]) running at once in
     /// the process (each holds a worker thread while it runs, waits for commit
     /// locks or redoes); more are refused with 429. Default 64.
@@ -79,6 +102,9 @@ impl Default for ServiceConfig {
             max_batch_bytes: 1 << 20,
             max_query_in_flight: 4 << 20,
             max_batch_ms: 5000,
+            scan_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
             group_commit: Duration::from_millis(10),
             max_fastpost_streams: 4096,
             max_fastpost_queue: 32 << 20,
@@ -87,11 +113,14 @@ impl Default for ServiceConfig {
             max_fastpost_active: 1024,
             fastpost_idle: Duration::from_secs(60),
             max_procedure_calls: 64,
+            workers: 8,
+            worker_queue: 4096,
+            max_sorted: 100_000,
         }
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -150,6 +179,8 @@ struct QueryCtl {
     peer: u64,
     st: Mutex<QState>,
     cv: Condvar,
+    /// The engine's scan (pause, resume, stop and progress reach its workers).
+    engine: Mutex<Option<zs_db::QueryControl>>,
 }
 
 #[derive(Default)]
@@ -159,7 +190,7 @@ struct QState {
     done: bool,
     credit: u32,
     window: u32,
-    scanned: u64,
+    /// Records sent.
     matched: u64,
     batches: u64,
 }
@@ -201,6 +232,10 @@ struct Svc {
     functions: RwLock<HashMap<String, FilterFunction>>,
     procedures: RwLock<HashMap<String, Procedure>>,
     procedure_calls: AtomicU64,
+    /// Runs every request that may block (see [`ServiceConfig::workers`]).
+    pool: WorkerPool,
+    /// Access rules (enforced once an identity is set).
+    rules: Rules,
     queries: Arc<QueryMap>,
     marks_db: Mutex<Option<Database>>,
     marks: Mutex<HashMap<(String, u64), Mark>>,
@@ -236,13 +271,24 @@ impl DbService {
     /// A service over `env`. Starts the group-commit thread (it ends when the
     /// last clone of the service is dropped).
     pub fn with_env(env: Env, cfg: ServiceConfig) -> zs_db::Result<DbService> {
+        let (cfg_workers, cfg_queue) = (cfg.workers, cfg.worker_queue);
+        let rules_db = match env.db(ACCESS_DB) {
+            Ok(db) => db,
+            Err(zs_db::Error::NoSuchDatabase(_)) => {
+                env.create_db(ACCESS_DB, DbOptions::default())?
+            }
+            Err(e) => return Err(e),
+        };
+        let rules = Rules::load(rules_db)?;
         let svc = Arc::new(Svc {
+            rules,
             env,
             cfg,
             dbs: Mutex::new(HashMap::new()),
             functions: RwLock::new(HashMap::new()),
             procedures: RwLock::new(HashMap::new()),
             procedure_calls: AtomicU64::new(0),
+            pool: WorkerPool::with_queue(cfg_workers, cfg_queue),
             queries: Arc::new(Mutex::new(HashMap::new())),
             marks_db: Mutex::new(None),
             marks: Mutex::new(HashMap::new()),
@@ -304,6 +350,31 @@ impl DbService {
             .insert(name.to_string(), Arc::new(f));
     }
 
+    /// Enforces access rules from now on: `identity` tells who is logged in on
+    /// a connection (the facade's `DbServiceAccountsExt` plugs in the accounts
+    /// service). Without one, every connection may do everything.
+    pub fn set_identity(&self, identity: Arc<dyn Identity>) {
+        *lock(&self.svc.rules.identity) = Some(identity);
+    }
+
+    /// Sets, durably, the access of `user` to database `db` (`*` for either
+    /// means every database / every user; the highest matching rule counts,
+    /// server administrators have every right). Takes effect at once, also for
+    /// running queries, watches and FastPost streams.
+    pub fn grant(&self, db: &str, user: &str, access: Access) -> zs_db::Result<()> {
+        self.svc.rules.set(db, user, access)
+    }
+
+    /// The rules naming `db` or `*`: (database, user, access), sorted.
+    pub fn rules(&self, db: &str) -> Vec<(String, String, Access)> {
+        self.svc.rules.list(db)
+    }
+
+    /// The access `user` has to `db` under the current rules.
+    pub fn access_of(&self, db: &str, user: &User) -> Access {
+        self.svc.rules.access(db, user)
+    }
+
     /// Queries running now (all connections).
     pub fn running_queries(&self) -> usize {
         lock(&self.svc.queries).len()
@@ -312,7 +383,7 @@ impl DbService {
     /// Adds the service's commands to `reg`.
     pub fn register(&self, reg: &mut Registry) {
         let s = self.svc.clone();
-        reg.stream_hpc(cmd::REQUEST, move |peer, df| s.request(peer, df));
+        reg.stream_delayed(cmd::REQUEST, move |peer, df, r| s.request(peer, &df, r));
         let s = self.svc.clone();
         reg.complete_buffer(cmd::ONEWAY, move |peer, data| s.oneway(peer, data));
     }
@@ -408,12 +479,44 @@ impl Svc {
         Ok(e)
     }
 
-    fn request(&self, peer: &Peer, df: &DataFrame) -> Result<DataFrame, HandlerError> {
-        let payload = from_frame(df).map_err(|e| herr(errcode::BAD_REQUEST, e.0))?;
-        let req = Request::decode(&payload, &self.cfg.limits)
-            .map_err(|e| herr(errcode::BAD_REQUEST, e.0))?;
-        let ans = self.execute(peer, req)?;
-        Ok(to_frame(ans.encode()))
+    /// Answers one request. Runs on the connection's event loop: a GET of a
+    /// record in the cache (or of one that does not exist) of an open database is
+    /// answered right here, so a pipelined burst of them leaves in one write;
+    /// everything else (file reads, commits, fsyncs, procedures) goes to the
+    /// service's worker pool.
+    fn request(self: &Arc<Self>, peer: &Peer, df: &DataFrame, r: Responder) {
+        let req =
+            match from_frame(df).and_then(|payload| Request::decode(&payload, &self.cfg.limits)) {
+                Ok(req) => req,
+                Err(e) => {
+                    let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
+                    return;
+                }
+            };
+        if let Request::Get { db, id } = &req {
+            if let Err((code, m)) = self.rules.check(peer, db, Access::Read) {
+                let _ = r.reply_error(code, m);
+                return;
+            }
+            let e = lock(&self.dbs).get(db.as_str()).cloned();
+            if let Some(rec) = e.and_then(|e| e.db.get_cached(*id)) {
+                let _ = r.reply_data(to_frame(Answer::Record(rec).encode()));
+                return;
+            }
+        }
+        let svc = self.clone();
+        let p = peer.clone();
+        let spawned = self.pool.spawn(move || {
+            let _ = r.reply(
+                svc.execute(&p, req)
+                    .map(|ans| Reply::Data(to_frame(ans.encode()))),
+            );
+        });
+        // a refused job's responder was dropped with it, which answers the caller
+        // with an error; count and log it here
+        if !spawned {
+            tracing::debug!(peer = peer.id(), "db service: worker queue full");
+        }
     }
 
     /// Sends the changes of one commit to the watches of `e`; called with `e.write`
@@ -425,7 +528,13 @@ impl Svc {
         }
         let changes = describe();
         let mut gone = Vec::new();
+        let name = e.db.name().to_string();
         ws.retain_mut(|w| {
+            if let Err((_, why)) = self.rules.check(&w.peer, &name, Access::Read) {
+                tracing::info!(peer = w.peer.id(), wid = w.wid, %why, "db service: watch ended (no right)");
+                gone.push((w.peer.id(), w.wid));
+                return false;
+            }
             let mine: Vec<Change> = changes
                 .iter()
                 .filter(|c| {
@@ -528,8 +637,68 @@ impl Svc {
         Ok(Answer::Bytes(out.into()))
     }
 
-    fn execute(&self, peer: &Peer, req: Request) -> Result<Answer, HandlerError> {
+    /// Checks the rights `req` needs (see [`Access`]).
+    fn authorize(&self, peer: &Peer, req: &Request) -> Result<(), HandlerError> {
+        let chk = |db: &str, a: Access| self.rules.check(peer, db, a).map_err(|(c, m)| herr(c, m));
         match req {
+            Request::Open { name, create } => {
+                let exists = lock(&self.dbs).contains_key(name)
+                    || self
+                        .env
+                        .list_dbs()
+                        .map_err(db_err)?
+                        .iter()
+                        .any(|n| n == name);
+                chk(
+                    name,
+                    if *create && !exists {
+                        Access::Admin
+                    } else {
+                        Access::Read
+                    },
+                )
+            }
+            Request::Close { name } | Request::Compact { name } | Request::Remove { name } => {
+                chk(name, Access::Admin)
+            }
+            Request::CreateIndex { db, .. } | Request::Grant { db, .. } => chk(db, Access::Admin),
+            Request::Copy { src, dst } => {
+                chk(src, Access::Read)?;
+                chk(dst, Access::Admin)
+            }
+            Request::Insert { db, .. }
+            | Request::Update { db, .. }
+            | Request::Delete { db, .. }
+            | Request::FastPostOpen { db, .. } => chk(db, Access::Write),
+            Request::Get { db, .. } | Request::Watch { db, .. } => chk(db, Access::Read),
+            Request::Query(spec) => chk(&spec.db, Access::Read),
+            Request::List | Request::Call { .. } => self
+                .rules
+                .check_logged_in(peer)
+                .map(drop)
+                .map_err(|(c, m)| herr(c, m)),
+            // objects of this connection (a query re-checks its rights itself)
+            Request::Pause { .. }
+            | Request::Resume { .. }
+            | Request::Stop { .. }
+            | Request::Progress { .. }
+            | Request::Unwatch { .. } => Ok(()),
+        }
+    }
+
+    fn execute(&self, peer: &Peer, req: Request) -> Result<Answer, HandlerError> {
+        self.authorize(peer, &req)?;
+        match req {
+            Request::Grant { db, user, access } => {
+                if db != "*" {
+                    check_client_name(&db)?;
+                }
+                if user.is_empty() || user.len() > 64 {
+                    return Err(herr(errcode::BAD_REQUEST, "a user name has 1 to 64 bytes"));
+                }
+                self.rules.set(&db, &user, access).map_err(db_err)?;
+                Ok(Answer::Ok)
+            }
             Request::Open { name, create } => {
                 self.entry(&name, create)?;
                 Ok(Answer::Ok)
@@ -550,6 +719,9 @@ impl Svc {
                     .into_iter()
                     .filter(|n| !n.starts_with("__"))
                     .collect();
+                if self.rules.identity().is_some() {
+                    names.retain(|n| self.rules.check(peer, n, Access::Read).is_ok());
+                }
                 names.sort();
                 Ok(Answer::Names(names))
             }
@@ -639,20 +811,38 @@ impl Svc {
             Request::Pause { qid } | Request::Resume { qid } | Request::Stop { qid } => {
                 let q = self.query(peer, qid)?;
                 let mut st = lock(&q.st);
+                let engine = lock(&q.engine).clone();
                 match req {
-                    Request::Pause { .. } => st.paused = true,
-                    Request::Resume { .. } => st.paused = false,
-                    _ => st.stop = true,
+                    Request::Pause { .. } => {
+                        st.paused = true;
+                        if let Some(c) = &engine {
+                            c.pause();
+                        }
+                    }
+                    Request::Resume { .. } => {
+                        st.paused = false;
+                        if let Some(c) = &engine {
+                            c.resume();
+                        }
+                    }
+                    _ => {
+                        st.stop = true;
+                        if let Some(c) = &engine {
+                            c.stop();
+                        }
+                    }
                 }
                 q.cv.notify_all();
                 Ok(Answer::Ok)
             }
             Request::Progress { qid } => {
                 let q = self.query(peer, qid)?;
+                let engine = lock(&q.engine).as_ref().map(|c| c.progress());
                 let st = lock(&q.st);
+                let (scanned, matched) = engine.map_or((0, 0), |p| (p.scanned, p.matched));
                 Ok(Answer::Progress(QueryProgress {
-                    scanned: st.scanned,
-                    matched: st.matched,
+                    scanned,
+                    matched: matched.max(st.matched),
                     batches: st.batches,
                     in_flight: st.window - st.credit,
                     paused: st.paused,
@@ -736,34 +926,74 @@ impl Svc {
                     })?,
             )
         };
-        let ids: Source = match &spec.range {
-            Range::All => Source::Ids {
-                lo: 1,
-                hi: u64::MAX,
-            },
-            Range::Ids { lo, hi } => Source::Ids {
-                lo: (*lo).max(1),
-                hi: *hi,
-            },
-            Range::Index { field, lo, hi } => {
-                let b = |p: &Option<Param>| match p {
-                    None => Bound::Unbounded,
-                    Some(p) => Bound::Included(param_to_field(p)),
-                };
-                let (lo, hi) = (b(lo), b(hi));
-                let list =
-                    e.db.index_lookup(field, lo.as_ref(), hi.as_ref())
-                        .ok_or_else(|| {
-                            herr(errcode::NOT_FOUND, format!("no index on field {field:?}"))
-                        })?;
-                Source::List(list)
+        let sort = if spec.sort.is_empty() {
+            None
+        } else {
+            if spec.limit == 0 || spec.limit > self.cfg.max_sorted {
+                return Err(herr(
+                    errcode::BAD_REQUEST,
+                    format!(
+                        "a sorted query needs a limit of 1 to {} (got {})",
+                        self.cfg.max_sorted, spec.limit
+                    ),
+                ));
             }
+            Some(
+                compile_expr(&spec.sort, &spec.params)
+                    .map_err(|m| herr(errcode::BAD_REQUEST, format!("sort key: {m}")))?,
+            )
         };
         let batch_bytes = spec.batch_bytes.clamp(1024, self.cfg.max_batch_bytes);
         let window = spec
             .window
             .clamp(1, (self.cfg.max_query_in_flight / batch_bytes).max(1));
         let batch_ms = spec.batch_ms.clamp(1, self.cfg.max_batch_ms);
+        // The scan runs on zs-db's parallel engine (file-order reads, workers
+        // filtering in parallel). A work unit holds about one batch of records of
+        // the database's average size, so what the engine reads ahead is bounded
+        // in batches too (see ServiceConfig::scan_threads).
+        let stats = e.db.stats();
+        let avg = (stats.live_bytes / stats.records.max(1)).max(16);
+        let chunk = (batch_bytes as u64 / avg).clamp(16, 4096) as usize;
+        let mut q = if expr.is_some() || func.is_some() {
+            let params = spec.params.clone();
+            zs_db::Query::filter_fn(Arc::new(move |r: &RecordRef<'_>| {
+                expr.as_ref().is_none_or(|f| f.matches(r))
+                    && func.as_ref().is_none_or(|f| f(r, &params))
+            }))
+        } else {
+            zs_db::Query::all()
+        };
+        q = q
+            .threads(self.cfg.scan_threads.max(1))
+            .chunk_size(chunk)
+            // a sorted query sees every match (in id order) and picks its first
+            // `limit` by the key itself
+            .reverse(spec.reverse && sort.is_none());
+        if spec.limit > 0 && sort.is_none() {
+            q = q.limit(spec.limit);
+        }
+        match &spec.range {
+            Range::All => {}
+            Range::Ids { lo, hi } => q = q.id_range((*lo).max(1), *hi),
+            Range::Index { field, lo, hi } => {
+                if !e.db.indexes().iter().any(|f| f == field) {
+                    return Err(herr(
+                        errcode::NOT_FOUND,
+                        format!("no index on field {field:?}"),
+                    ));
+                }
+                let b = |p: &Option<Param>| match p {
+                    None => Bound::Unbounded,
+                    Some(p) => Bound::Included(param_to_field(p)),
+                };
+                q = q.use_index(zs_db::IndexHint {
+                    field: field.clone(),
+                    lo: b(lo),
+                    hi: b(hi),
+                });
+            }
+        }
         let key = (peer.id(), spec.qid);
         let ctl = Arc::new(QueryCtl {
             peer: peer.id(),
@@ -773,6 +1003,7 @@ impl Svc {
                 ..QState::default()
             }),
             cv: Condvar::new(),
+            engine: Mutex::new(None),
         });
         {
             let mut qs = lock(&self.queries);
@@ -794,17 +1025,28 @@ impl Svc {
             }
             qs.insert(key, ctl.clone());
         }
+        let handle = match e.db.query(q) {
+            Ok(h) => h,
+            Err(err) => {
+                lock(&self.queries).remove(&key);
+                return Err(db_err(err));
+            }
+        };
+        *lock(&ctl.engine) = Some(handle.control());
+        let (weak, p, dbn) = (self.self_weak(), peer.clone(), spec.db.clone());
         let run = QueryRun {
-            db: e.db.clone(),
+            allowed: Box::new(move || match weak.upgrade() {
+                Some(svc) => svc
+                    .rules
+                    .check(&p, &dbn, Access::Read)
+                    .map_err(|(c, m)| format!("{c}: {m}")),
+                None => Err("the service ended".into()),
+            }),
             peer: peer.clone(),
             qid: key.1,
             ctl: ctl.clone(),
-            source: ids,
-            expr,
-            func,
-            params: spec.params,
+            sort: sort.map(|f| (f, spec.reverse)),
             limit: spec.limit,
-            reverse: spec.reverse,
             batch_bytes: batch_bytes as usize,
             batch_ms: Duration::from_millis(batch_ms as u64),
         };
@@ -812,7 +1054,7 @@ impl Svc {
         let spawned = std::thread::Builder::new()
             .name("zs-dbsvc-query".into())
             .spawn(move || {
-                run.run();
+                run.run(handle);
                 if let Some(q) = svc_queries.upgrade() {
                     lock(&q).remove(&key);
                 }
@@ -850,34 +1092,63 @@ impl Svc {
     }
 }
 
-enum Source {
-    Ids { lo: u64, hi: u64 },
-    List(Vec<u64>),
-}
-
 struct QueryRun {
-    db: Database,
+    /// Whether the connection may still read the database (rights are checked
+    /// again before every batch, so a revoked right ends the query).
+    allowed: Box<dyn Fn() -> Result<(), String> + Send>,
     peer: Peer,
     qid: u64,
     ctl: Arc<QueryCtl>,
-    source: Source,
-    expr: Option<crate::filter::ExprFilter>,
-    func: Option<FilterFunction>,
-    params: Vec<(String, Param)>,
+    /// The sort key and whether highest comes first.
+    sort: Option<(crate::filter::ExprFilter, bool)>,
     limit: u64,
-    reverse: bool,
     batch_bytes: usize,
     batch_ms: Duration,
 }
 
+/// What the feeder thread hands the sender: one engine batch, or the scan's end.
+enum Fed {
+    Records(Vec<Record>),
+    Failed(String),
+}
+
 impl QueryRun {
-    fn run(self) {
-        let res = self.scan();
+    /// Runs the scan: a feeder thread takes the engine's batches (so the scan
+    /// goes on while this thread waits for credit or sends), this thread packs
+    /// them into pushes closed by size or time and sends them.
+    fn run(self, handle: zs_db::QueryHandle) {
+        let (tx, rx) = crossbeam_channel::bounded::<Fed>(1);
+        let feeder = std::thread::Builder::new()
+            .name("zs-dbsvc-feed".into())
+            .spawn(move || {
+                for b in handle {
+                    let fed = match b {
+                        Ok(recs) => Fed::Records(recs),
+                        Err(e) => Fed::Failed(e.to_string()),
+                    };
+                    let failed = matches!(fed, Fed::Failed(_));
+                    if tx.send(fed).is_err() || failed {
+                        return; // dropping the handle stops and joins the workers
+                    }
+                }
+            });
+        let res = match feeder {
+            Ok(f) => {
+                let r = self.scan(&rx);
+                if let Some(c) = lock(&self.ctl.engine).as_ref() {
+                    c.stop();
+                }
+                drop(rx);
+                let _ = f.join();
+                r
+            }
+            Err(e) => Err(format!("cannot start the scan: {e}")),
+        };
         let (status, message) = match res {
             Ok(s) => (s, String::new()),
             Err(m) => (EndStatus::Failed, m),
         };
-        let matched = {
+        let sent = {
             let mut st = lock(&self.ctl.st);
             st.done = true;
             st.matched
@@ -887,7 +1158,7 @@ impl QueryRun {
             Push::End {
                 qid: self.qid,
                 status,
-                matched,
+                matched: sent,
                 message,
             }
             .encode(),
@@ -921,109 +1192,140 @@ impl QueryRun {
         }
     }
 
-    fn send(&self, seq: &mut u64, batch: &mut Vec<Record>) -> Result<Option<EndStatus>, String> {
-        if batch.is_empty() {
+    fn send(&self, batch: &mut Option<BatchWriter>) -> Result<Option<EndStatus>, String> {
+        let Some(b) = batch.take() else {
             return Ok(None);
-        }
+        };
         if let Some(s) = self.gate(true) {
             return Ok(Some(s));
         }
-        let push = Push::Batch {
-            qid: self.qid,
-            seq: *seq,
-            records: std::mem::take(batch),
-        };
-        *seq += 1;
+        (self.allowed)()?;
+        let n = b.len() as u64;
         self.peer
-            .send_complete_buffer(cmd::PUSH, push.encode())
+            .send_complete_buffer(cmd::PUSH, b.finish())
             .map_err(|e| format!("cannot send results: {e}"))?;
+        lock(&self.ctl.st).matched += n;
         Ok(None)
     }
 
-    fn accept(&self, r: &RecordRef<'_>) -> bool {
-        if let Some(f) = &self.expr {
-            if !f.matches(r) {
-                return false;
+    /// A sorted query: every match is read, the first `limit` by the key kept
+    /// (at most 2 × limit records in memory), then sent in key order.
+    fn scan_sorted(
+        &self,
+        rx: &crossbeam_channel::Receiver<Fed>,
+        key: &crate::filter::ExprFilter,
+        desc: bool,
+    ) -> Result<EndStatus, String> {
+        use crate::filter::SortKey;
+        let limit = self.limit.max(1) as usize;
+        let order = |a: &(SortKey, Record), b: &(SortKey, Record)| {
+            let c = a.0.cmp(&b.0);
+            if desc { c.reverse() } else { c }.then(a.1.id.cmp(&b.1.id))
+        };
+        let mut top: Vec<(SortKey, Record)> = Vec::new();
+        while let Ok(fed) = rx.recv() {
+            let recs = match fed {
+                Fed::Failed(m) => return Err(m),
+                Fed::Records(r) => r,
+            };
+            if let Some(s) = self.gate(false) {
+                return Ok(s);
+            }
+            for rec in recs {
+                top.push((key.sort_key(&rec.as_ref()), rec));
+                if top.len() >= 2 * limit {
+                    top.sort_by(order);
+                    top.truncate(limit);
+                }
             }
         }
-        if let Some(f) = &self.func {
-            if !f(r, &self.params) {
-                return false;
+        top.sort_by(order);
+        top.truncate(limit);
+        let mut batch: Option<BatchWriter> = None;
+        let mut seq = 0u64;
+        for (_, rec) in &top {
+            let b = batch.get_or_insert_with(|| {
+                seq += 1;
+                BatchWriter::new(self.qid, seq - 1, self.batch_bytes + 256)
+            });
+            b.push(rec);
+            if b.bytes() >= self.batch_bytes {
+                if let Some(s) = self.send(&mut batch)? {
+                    return Ok(s);
+                }
             }
         }
-        true
+        if let Some(s) = self.send(&mut batch)? {
+            return Ok(s);
+        }
+        let sent = lock(&self.ctl.st).matched;
+        Ok(if sent >= self.limit {
+            EndStatus::Limit
+        } else {
+            EndStatus::Done
+        })
     }
 
-    fn scan(&self) -> Result<EndStatus, String> {
-        let mut batch: Vec<Record> = Vec::new();
-        let mut bytes = 0usize;
-        let mut first_at = Instant::now();
+    fn scan(&self, rx: &crossbeam_channel::Receiver<Fed>) -> Result<EndStatus, String> {
+        if let Some((key, desc)) = &self.sort {
+            return self.scan_sorted(rx, key, *desc);
+        }
+        let mut batch: Option<BatchWriter> = None;
         let mut seq = 0u64;
-        let mut matched = 0u64;
-        let mut visit = |rec: Record| -> Result<Option<EndStatus>, String> {
-            if let Some(s) = self.gate(false) {
-                return Ok(Some(s));
-            }
-            let ok = self.accept(&rec.as_ref());
-            {
-                let mut st = lock(&self.ctl.st);
-                st.scanned += 1;
-                if ok {
-                    st.matched += 1;
-                }
-            }
-            if ok {
-                if batch.is_empty() {
-                    first_at = Instant::now();
-                }
-                bytes += rec.data.len() + 13;
-                batch.push(rec);
-                matched += 1;
-                if self.limit > 0 && matched >= self.limit {
-                    return Ok(self.send(&mut seq, &mut batch)?.or(Some(EndStatus::Limit)));
-                }
-            }
-            if bytes >= self.batch_bytes
-                || (!batch.is_empty() && first_at.elapsed() >= self.batch_ms)
-            {
-                bytes = 0;
-                return self.send(&mut seq, &mut batch);
-            }
-            Ok(None)
-        };
-        match &self.source {
-            Source::Ids { lo, hi } => {
-                if lo > hi {
-                    return Ok(EndStatus::Done);
-                }
-                let from = if self.reverse { *hi } else { *lo };
-                for rec in self.db.cursor(from, self.reverse) {
-                    let rec = rec.map_err(|e| e.to_string())?;
-                    if rec.id < *lo || rec.id > *hi {
-                        break;
-                    }
-                    if let Some(s) = visit(rec)? {
-                        return Ok(s);
-                    }
-                }
-            }
-            Source::List(ids) => {
-                let mut it: Box<dyn Iterator<Item = &u64>> = if self.reverse {
-                    Box::new(ids.iter().rev())
-                } else {
-                    Box::new(ids.iter())
-                };
-                for &id in &mut it {
-                    let Some(rec) = self.db.get(id).map_err(|e| e.to_string())? else {
+        let mut first_at = Instant::now();
+        loop {
+            let fed = if batch.is_some() {
+                let left = self.batch_ms.saturating_sub(first_at.elapsed());
+                match rx.recv_timeout(left) {
+                    Ok(f) => Some(f),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        // the batch's time is up: send what it has
+                        if let Some(s) = self.send(&mut batch)? {
+                            return Ok(s);
+                        }
                         continue;
-                    };
-                    if let Some(s) = visit(rec)? {
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                }
+            } else {
+                rx.recv().ok()
+            };
+            let recs = match fed {
+                None => break,
+                Some(Fed::Failed(m)) => return Err(m),
+                Some(Fed::Records(r)) => r,
+            };
+            if let Some(s) = self.gate(false) {
+                return Ok(s);
+            }
+            for rec in &recs {
+                let b = batch.get_or_insert_with(|| {
+                    first_at = Instant::now();
+                    seq += 1;
+                    BatchWriter::new(self.qid, seq - 1, self.batch_bytes + 256)
+                });
+                b.push(rec);
+                if b.bytes() >= self.batch_bytes {
+                    if let Some(s) = self.send(&mut batch)? {
                         return Ok(s);
                     }
+                }
+            }
+            if batch.is_some() && first_at.elapsed() >= self.batch_ms {
+                if let Some(s) = self.send(&mut batch)? {
+                    return Ok(s);
                 }
             }
         }
-        Ok(self.send(&mut seq, &mut batch)?.unwrap_or(EndStatus::Done))
+        if let Some(s) = self.send(&mut batch)? {
+            return Ok(s);
+        }
+        let sent = lock(&self.ctl.st).matched;
+        Ok(if self.limit > 0 && sent >= self.limit {
+            EndStatus::Limit
+        } else {
+            EndStatus::Done
+        })
     }
 }
 
@@ -1334,6 +1636,10 @@ impl Svc {
         let last = expected - 1;
         if !batch.is_empty() {
             let res = (|| -> Result<(), HandlerError> {
+                let peer = lock(&s.peer).clone();
+                self.rules
+                    .check(&peer, &s.db, Access::Write)
+                    .map_err(|(c, m)| herr(c, format!("{c}: {m}")))?;
                 let e = self.entry(&s.db, false)?;
                 let _w = lock(&e.write);
                 // the mark claims every earlier group as applied: make them durable

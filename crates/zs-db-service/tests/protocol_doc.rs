@@ -38,7 +38,7 @@ fn doc_examples() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn documented_bytes_match_the_encoders() {
     let ex = doc_examples();
-    assert_eq!(ex.len(), 6);
+    assert_eq!(ex.len(), 7);
     let lim = Limits::default();
     let get = Request::Get {
         db: "a".into(),
@@ -77,6 +77,34 @@ fn documented_bytes_match_the_encoders() {
         Answer::decode(&Bytes::from(ex[5].1.clone()), &lim).unwrap(),
         result
     );
+    let grant = Request::Grant {
+        db: "a".into(),
+        user: "bo".into(),
+        access: zs_db_service::Access::Write,
+    };
+    assert_eq!(grant.encode().as_ref(), &ex[6].1[..], "{}", ex[6].0);
+    assert_eq!(
+        Request::decode(&Bytes::from(ex[6].1.clone()), &lim).unwrap(),
+        grant
+    );
+    let mut bad_level = ex[6].1.clone();
+    *bad_level.last_mut().unwrap() = 4;
+    assert!(Request::decode(&Bytes::from(bad_level), &lim).is_err());
+    // the sort key is an optional trailing field: a query without one encodes
+    // as before, one with it round-trips, an empty one is refused
+    let mut q = zs_db_service::QuerySpec::new("a");
+    let plain = Request::Query(q.clone()).encode();
+    q.sort = "score".into();
+    let sorted = Request::Query(q.clone()).encode();
+    assert_eq!(&sorted[..plain.len()], &plain[..]);
+    assert_eq!(&sorted[plain.len()..], b"\x05\x00\x00\x00score");
+    assert_eq!(
+        Request::decode(&sorted, &lim).unwrap(),
+        Request::Query(q.clone())
+    );
+    let mut empty = sorted[..plain.len()].to_vec();
+    empty.extend_from_slice(&[0, 0, 0, 0]);
+    assert!(Request::decode(&Bytes::from(empty), &lim).is_err());
     // arguments over the receiver's limit are refused by the decoder
     let small = Limits {
         max_args: 1,

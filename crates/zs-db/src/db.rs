@@ -1291,6 +1291,14 @@ impl Database {
         self.inner.get(id)
     }
 
+    /// Reads record `id` only if that needs no file read (for callers that must
+    /// not block, such as an event loop): `Some(Some(record))` from the cache,
+    /// `Some(None)` when there is no such record, `None` when the record must be
+    /// read from the file (call [`Database::get`]) or the database is closed.
+    pub fn get_cached(&self, id: u64) -> Option<Option<Record>> {
+        self.inner.get_cached(id)
+    }
+
     /// True if record `id` exists.
     pub fn contains(&self, id: u64) -> bool {
         rlock(&self.inner.state).loc(id).is_some()
@@ -2282,6 +2290,27 @@ impl Inner {
             s.map.clear();
             s.map.shrink_to_fit();
             s.bytes = 0;
+        }
+    }
+
+    pub(crate) fn get_cached(&self, id: u64) -> Option<Option<Record>> {
+        self.check_open().ok()?;
+        self.touch();
+        if self.opts.cache_bytes > 0 {
+            let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+            let mut s = mlock(self.shard(id));
+            if let Some(e) = s.map.get_mut(&id) {
+                e.2 = tick;
+                return Some(Some(Record {
+                    id,
+                    kind: e.0,
+                    data: e.1.to_vec(),
+                }));
+            }
+        }
+        match rlock(&self.state).loc(id) {
+            None => Some(None),
+            Some(_) => None,
         }
     }
 

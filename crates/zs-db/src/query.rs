@@ -39,6 +39,8 @@ pub struct Query {
     threads: usize,
     hint: Option<IndexHint>,
     candidates: Vec<IndexHint>,
+    /// Inclusive id bounds (`Query::id_range`).
+    ids: (u64, u64),
 }
 
 impl std::fmt::Debug for Query {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for Query {
             .field("chunk", &self.chunk)
             .field("threads", &self.threads)
             .field("hint", &self.hint)
+            .field("ids", &self.ids)
             .finish()
     }
 }
@@ -74,6 +77,7 @@ impl Query {
             threads,
             hint: None,
             candidates: Vec::new(),
+            ids: (1, u64::MAX),
         }
     }
 
@@ -120,6 +124,12 @@ impl Query {
     /// Ids per work unit (and the largest batch size); default 4096.
     pub fn chunk_size(mut self, n: usize) -> Query {
         self.chunk = n.max(1);
+        self
+    }
+
+    /// Only records with ids in `lo..=hi` (the scan visits no id outside).
+    pub fn id_range(mut self, lo: u64, hi: u64) -> Query {
+        self.ids = (lo, hi);
         self
     }
 
@@ -195,6 +205,68 @@ struct Shared {
     used_index: bool,
 }
 
+impl Shared {
+    fn progress(&self) -> Progress {
+        let scanned = self.scanned.load(Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        Progress {
+            scanned,
+            matched: self.matched.load(Ordering::Relaxed),
+            total: self.total,
+            elapsed,
+            records_per_s: scanned as f64 / elapsed.as_secs_f64().max(1e-9),
+            done: self.running.load(Ordering::Acquire) == 0,
+            used_index: self.used_index,
+        }
+    }
+
+    fn set_paused(&self, yes: bool) {
+        *mlock(&self.paused) = yes;
+        if !yes {
+            self.resume.notify_all();
+        }
+    }
+}
+
+/// Pauses, resumes or stops a running scan from any thread
+/// ([`QueryHandle::control`]).
+#[derive(Clone)]
+pub struct QueryControl {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for QueryControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryControl")
+            .field("progress", &self.progress())
+            .finish()
+    }
+}
+
+impl QueryControl {
+    /// Pauses the workers (they finish their current chunk).
+    pub fn pause(&self) {
+        self.shared.set_paused(true);
+    }
+
+    /// Resumes paused workers.
+    pub fn resume(&self) {
+        self.shared.set_paused(false);
+    }
+
+    /// Stops the workers after their current chunk; the handle then delivers
+    /// the chunks already finished and ends.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.set_paused(false);
+    }
+
+    /// Live progress.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress()
+    }
+}
+
 type ChunkResult = (u64, Result<Vec<Record>>);
 
 /// A running scan: iterate it for batches of matching records in order.
@@ -226,16 +298,20 @@ impl Database {
         let mut used_index = false;
         // ids are never reused, so the id range can be far larger than the live set:
         // then the scan visits the live ids instead of every id of the range
-        let mut source = if next_id.saturating_sub(1) > self.len().saturating_mul(4) + 65_536 {
-            Source::List(self.live_ids())
+        let (lo, hi) = q.ids;
+        let first = lo.max(1);
+        let end = next_id.min(hi.saturating_add(1)).max(first);
+        let in_range = |id: &u64| (lo..=hi).contains(id);
+        let mut source = if end - first > self.len().saturating_mul(4) + 65_536 {
+            let mut ids = self.live_ids();
+            ids.retain(in_range);
+            Source::List(ids)
         } else {
-            Source::Range {
-                first: 1,
-                end: next_id,
-            }
+            Source::Range { first, end }
         };
         for h in q.hint.iter().chain(&q.candidates) {
-            if let Some(ids) = self.index_lookup(&h.field, h.lo.as_ref(), h.hi.as_ref()) {
+            if let Some(mut ids) = self.index_lookup(&h.field, h.lo.as_ref(), h.hi.as_ref()) {
+                ids.retain(in_range);
                 source = Source::List(ids);
                 used_index = true;
                 break;
@@ -528,17 +604,14 @@ impl QueryHandle {
 
     /// Live progress.
     pub fn progress(&self) -> Progress {
-        let s = &self.shared;
-        let scanned = s.scanned.load(Ordering::Relaxed);
-        let elapsed = s.started.elapsed();
-        Progress {
-            scanned,
-            matched: s.matched.load(Ordering::Relaxed),
-            total: s.total,
-            elapsed,
-            records_per_s: scanned as f64 / elapsed.as_secs_f64().max(1e-9),
-            done: s.running.load(Ordering::Acquire) == 0,
-            used_index: s.used_index,
+        self.shared.progress()
+    }
+
+    /// A handle that pauses, resumes or stops this scan from any thread (while
+    /// another one waits in [`QueryHandle::next_batch`]).
+    pub fn control(&self) -> QueryControl {
+        QueryControl {
+            shared: self.shared.clone(),
         }
     }
 

@@ -13,7 +13,7 @@
 //! db.open("people", true).unwrap();
 //! ```
 
-pub use zs_db_service::{DbClient, DbService, ServiceConfig};
+pub use zs_db_service::{Access, DbClient, DbService, Identity as DbIdentity, ServiceConfig};
 
 use crate::builder::{ClientBuilder, ServerBuilder};
 
@@ -31,4 +31,55 @@ pub fn connect_db(
     make: impl Fn() -> ClientBuilder + Send + Sync + 'static,
 ) -> zs_db_service::Result<DbClient> {
     DbClient::connect_with(move |reg| make().registry(reg).connect())
+}
+
+/// The accounts service (`zs-services`) as the DB service's [`Identity`]: once
+/// plugged in, every DB request needs a logged-in user with the right
+/// [`Access`](zs_db_service::Access) to its database.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use zserver::{DbService, DbServiceAccountsExt, ServerBuilder, ServiceConfig};
+/// use zserver::services::{Services, ServicesConfig};
+/// use zserver::Access;
+///
+/// let services = Services::open_dir("./zs-data", ServicesConfig::default()).unwrap();
+/// let db = DbService::open_dir("./zs-data/db", ServiceConfig::default()).unwrap();
+/// db.require_accounts(&services.accounts);
+/// db.grant("notes", "ann", Access::Write).unwrap();
+/// let server = ServerBuilder::new()
+///     .service(Arc::new(services.clone()))
+///     .db_service(&db)
+///     .start()
+///     .unwrap();
+/// ```
+#[cfg(feature = "services")]
+#[derive(Clone, Debug)]
+pub struct AccountsIdentity(pub zs_services::Accounts);
+
+#[cfg(feature = "services")]
+impl DbIdentity for AccountsIdentity {
+    fn user(&self, peer: &crate::Peer) -> Option<zs_db_service::User> {
+        let uid = self.0.user_of(peer)?;
+        Some(zs_db_service::User {
+            name: self.0.name_of(uid)?,
+            admin: self.0.is_admin(uid),
+        })
+    }
+}
+
+/// Ties a [`DbService`]'s access rules to the accounts service.
+#[cfg(feature = "services")]
+pub trait DbServiceAccountsExt {
+    /// From now on only users logged in through `accounts` reach the
+    /// databases, each with the access its rules give
+    /// ([`DbService::grant`]); administrators have every right.
+    fn require_accounts(&self, accounts: &zs_services::Accounts);
+}
+
+#[cfg(feature = "services")]
+impl DbServiceAccountsExt for DbService {
+    fn require_accounts(&self, accounts: &zs_services::Accounts) {
+        self.set_identity(std::sync::Arc::new(AccountsIdentity(accounts.clone())));
+    }
 }

@@ -117,7 +117,9 @@ pub mod legacy;
 #[cfg(feature = "web")]
 pub mod web;
 #[cfg(feature = "db-service")]
-pub use db_service::{connect_db, DbClient, DbService, ServiceConfig};
+pub use db_service::{connect_db, Access, DbClient, DbIdentity, DbService, ServiceConfig};
+#[cfg(all(feature = "db-service", feature = "services"))]
+pub use db_service::{AccountsIdentity, DbServiceAccountsExt};
 
 #[cfg(feature = "core")]
 pub use builder::{
