@@ -2297,8 +2297,8 @@ impl Inner {
         self.check_open().ok()?;
         self.touch();
         if self.opts.cache_bytes > 0 {
-            let tick = self.clock.fetch_add(1, Ordering::Relaxed);
             let mut s = mlock(self.shard(id));
+            let tick = s.tick();
             if let Some(e) = s.map.get_mut(&id) {
                 e.2 = tick;
                 return Some(Some(Record {
