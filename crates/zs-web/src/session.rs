@@ -397,6 +397,10 @@ where
     F: Future<Output = Result<(), axum::Error>>,
 {
     tokio::pin!(f);
+    // Most writes only fill tungstenite's buffer: no timer for those.
+    if let Some(r) = f.as_mut().now_or_never() {
+        return r.map_err(|_| End::Io);
+    }
     let deadline = tokio::time::sleep(wt);
     tokio::pin!(deadline);
     loop {
