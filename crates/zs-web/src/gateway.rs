@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) bridging: Semaphore,
     /// `cfg.pushes`, lower-cased (command names are case-insensitive).
     pub(crate) pushes: Arc<[String]>,
+    /// `cfg.signals`, lower-cased.
+    pub(crate) signals: Arc<[String]>,
     started: Instant,
 }
 
@@ -64,6 +66,7 @@ impl Shared {
         Arc::new(Shared {
             bridging: Semaphore::new(cfg.max_bridging.max(1)),
             pushes: cfg.pushes.iter().map(|p| p.to_ascii_lowercase()).collect(),
+            signals: cfg.signals.iter().map(|p| p.to_ascii_lowercase()).collect(),
             cfg,
             upstream,
             stats,

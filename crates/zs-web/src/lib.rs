@@ -131,6 +131,10 @@ pub struct Config {
     /// (`{"push":name,...}`): the server calls `peer.send_direct_console(name, ..)`
     /// or broadcasts it. Default `["push"]`.
     pub pushes: Vec<String>,
+    /// Names of the server's signals (`peer.send_signal(name, code)`)
+    /// forwarded to clients as `{"signal":name,"code":N}`. Default
+    /// `["user.kicked"]` (the accounts service kicking an older login).
+    pub signals: Vec<String>,
     /// Serve HTTPS/WSS with this rustls configuration. Default none (plain HTTP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// DataFrame decoding limits for request data.
@@ -160,6 +164,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             pushes: vec!["push".into()],
+            signals: vec!["user.kicked".into()],
             tls: None,
             limits: zs_wire::Limits::default(),
             threads: 2,
@@ -180,6 +185,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("tls", &self.tls.is_some())
             .field("pushes", &self.pushes)
+            .field("signals", &self.signals)
             .field("ping_interval", &self.ping_interval)
             .field("pong_timeout", &self.pong_timeout)
             .finish_non_exhaustive()

@@ -42,6 +42,7 @@ const HIST_CACHE: usize = 64;
 pub(crate) struct Conn {
     stats: Arc<WebStats>,
     pushes: Arc<[String]>,
+    signals: Arc<[String]>,
     send_queue: usize,
     q: Mutex<Queue>,
     wake: Notify,
@@ -102,6 +103,7 @@ impl Conn {
         Conn {
             stats: s.stats.clone(),
             pushes: s.pushes.clone(),
+            signals: s.signals.clone(),
             send_queue: s.cfg.send_queue.max(1),
             q: Mutex::new(Queue::default()),
             wake: Notify::new(),
@@ -185,6 +187,14 @@ impl Conn {
         self.push(Message::Text(json::text_push(cmd, text).into()))
     }
 
+    fn push_signal(&self, name: &str, code: u64) -> zs_core::Result<()> {
+        if !self.signals.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+            tracing::debug!(name, "zs-web: signal not forwarded (not in signals)");
+            return Ok(());
+        }
+        self.push(Message::Text(json::signal_push(name, code).into()))
+    }
+
     fn push_data(&self, cmd: &str, data: &zs_wire::DataFrame) -> zs_core::Result<()> {
         if !self.is_push(cmd) {
             tracing::debug!(cmd, "zs-web: direct command not forwarded (not in pushes)");
@@ -210,6 +220,7 @@ impl LocalSink for Conn {
             }
             Frame::DirectConsole { cmd, text } => return self.push_text(&cmd, &text),
             Frame::DirectStream { cmd, data } => return self.push_data(&cmd, &data),
+            Frame::Signal { name, code } => return self.push_signal(&name, code),
             other => tracing::debug!(frame = ?other, "zs-web: frame for a WebSocket peer dropped"),
         }
         Ok(())
@@ -274,6 +285,12 @@ async fn open(s: &Arc<Shared>, conn: &Arc<Conn>, addr: SocketAddr) -> Result<Up,
                     if c2.push_data(&n2, data).is_err() {
                         peer.close("zs-web: the WebSocket client does not read");
                     }
+                });
+            }
+            for name in s.cfg.signals.iter() {
+                let (c, n) = (conn.clone(), name.clone());
+                reg.signal(name, move |_, code| {
+                    let _ = c.push_signal(&n, code);
                 });
             }
             let r = r.clone();
@@ -713,17 +730,36 @@ impl Task {
             End::ClientGone => {
                 // Answers already queued, and tungstenite's reply to a
                 // close, go out if the client still reads.
-                let _ = self.write_queued().await;
-                let _ = tokio::time::timeout(grace, self.ws.flush()).await;
+                let _ = tokio::time::timeout(grace, async {
+                    self.drain_plain().await?;
+                    self.ws.flush().await
+                })
+                .await;
             }
             End::Close(code, reason) => {
+                // What the server sent before closing (a `user.kicked`
+                // signal, say) goes first.
                 let close = Message::Close(Some(CloseFrame {
                     code,
                     reason: reason.into(),
                 }));
-                let _ = tokio::time::timeout(grace, self.ws.send(close)).await;
+                let _ = tokio::time::timeout(grace, async {
+                    self.drain_plain().await?;
+                    self.ws.send(close).await
+                })
+                .await;
             }
         }
+    }
+
+    /// Feeds what is queued, without the kill check (the session is ending).
+    async fn drain_plain(&mut self) -> Result<(), axum::Error> {
+        let out = std::mem::take(&mut lock(&self.conn.q).out);
+        for o in out {
+            let (Out::Answer(m) | Out::Push(m)) = o;
+            self.ws.feed(m).await?;
+        }
+        Ok(())
     }
 }
 

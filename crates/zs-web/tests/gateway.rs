@@ -255,3 +255,90 @@ async fn an_idle_websocket_keeps_its_server_session() {
         assert_eq!(rig.server.stats().connections_opened, 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_keep_a_quiet_client_and_its_session() {
+    for mode in MODES {
+        let rig = rig_in(
+            mode,
+            zs_web::Config {
+                ping_interval: Some(std::time::Duration::from_millis(100)),
+                pong_timeout: std::time::Duration::from_millis(150),
+                ..Default::default()
+            },
+        );
+        let mut ws = ws(&rig.ws_url()).await;
+        send(&mut ws, r#"{"id":1,"call":"count"}"#).await;
+        assert_eq!(recv(&mut ws).await["text"], "1");
+        // Quiet for 1.2 s, only reading (tungstenite answers the pings).
+        let mut pings = 0;
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1200);
+        while let Ok(m) = tokio::time::timeout_at(until, futures::StreamExt::next(&mut ws)).await {
+            match m.unwrap().unwrap() {
+                Message::Ping(p) => {
+                    assert_eq!(&p[..], b"zs");
+                    pings += 1;
+                }
+                other => panic!("{mode:?}: unexpected {other:?}"),
+            }
+        }
+        assert!(pings >= 3, "{mode:?}: {pings} pings");
+        send(&mut ws, r#"{"id":2,"call":"count"}"#).await;
+        assert_eq!(recv(&mut ws).await["text"], "2", "{mode:?}");
+        let st = rig.gateway.stats();
+        assert_eq!((st.dead_peers, st.open), (0, 1), "{mode:?}: {st:?}");
+        assert!(st.pings >= 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_see_the_browsers_address_in_process() {
+    let rig = rig(zs_web::Config::default());
+    let mut ws = ws(&rig.ws_url()).await;
+    let mine = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(t) => t.local_addr().unwrap(),
+        _ => unreachable!("plain ws://"),
+    };
+    send(&mut ws, r#"{"id":1,"call":"addr"}"#).await;
+    assert_eq!(recv(&mut ws).await["text"], mine.to_string());
+    // The server's connection map has it under that address too.
+    let peers = rig.server.peers();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].addr(), Some(mine));
+    assert!(peers[0].id() >= zs_core::LOCAL_ID_BASE);
+    let st = rig.server.stats();
+    assert_eq!((st.connections_opened, st.connections_open), (1, 1));
+    drop(ws);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while rig.server.connection_count() > 0 {
+        assert!(std::time::Instant::now() < deadline, "peer kept");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.server.stats().connections_open, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_side_close_sends_its_signal_then_closes() {
+    for mode in MODES {
+        let rig = rig_in(mode, zs_web::Config::default());
+        let mut ws = ws(&rig.ws_url()).await;
+        send(&mut ws, r#"{"id":1,"call":"kickme"}"#).await;
+        let mut got = Vec::new();
+        loop {
+            let m = recv(&mut ws).await;
+            let close = m.get("close").is_some();
+            got.push(m);
+            if close {
+                break;
+            }
+        }
+        assert!(
+            got.contains(&serde_json::json!({"signal":"user.kicked","code":7})),
+            "{mode:?}: {got:?}"
+        );
+        // In process the server's own close reaches the browser (1000);
+        // remote, the bridge reports the lost session (1012).
+        let code = got.last().unwrap()["close"].as_u64().unwrap();
+        assert!(code == 1000 || code == 1012, "{mode:?}: {got:?}");
+    }
+}

@@ -439,3 +439,48 @@ async fn in_flight_cap_pauses_reading_instead_of_queueing() {
     );
     assert!(rig.gateway.stats().slow_readers == 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_no_ping_is_dropped() {
+    for mode in MODES {
+        let rig = rig_in(
+            mode,
+            zs_web::Config {
+                ping_interval: Some(Duration::from_millis(150)),
+                pong_timeout: Duration::from_millis(250),
+                ..Default::default()
+            },
+        );
+        let addr = rig.http();
+        // A socket that completed the handshake and then went silent: it
+        // neither reads the ping nor sends a pong.
+        let mut s = tokio::task::spawn_blocking(move || raw_ws(addr))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rig.gateway.stats().dead_peers == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: not dropped: {:?}",
+                rig.gateway.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while rig.gateway.stats().open > 0 || rig.server.connection_count() > 0 {
+            assert!(Instant::now() < deadline, "{mode:?}: session kept");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What it was sent: a ping ("zs"), then nothing (no close frame to
+        // a dead peer); the socket is closed.
+        let got = tokio::task::spawn_blocking(move || {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+        .await
+        .unwrap();
+        assert_eq!(&got[..4], &[0x89, 0x02, b'z', b's'], "{mode:?}: {got:?}");
+        honest(&rig).await;
+    }
+}

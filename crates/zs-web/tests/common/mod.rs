@@ -32,6 +32,8 @@ impl Rig {
 /// many times this connection called it); `pushme` (pushes its text back as
 /// a `push` direct command, then answers "ok"); `bcast` (broadcasts its text
 /// as `news` to every connection); `fail` (handler error 500); `whoami` (peer id);
+/// `addr` (the peer address handlers see); `kickme` (signals `user.kicked` 7,
+/// then closes the connection);
 /// direct console `note` (pushes "noted:<text>" back).
 pub fn registry(server: Arc<OnceLock<Weak<Server>>>) -> Registry {
     let mut r = Registry::new();
@@ -61,6 +63,14 @@ pub fn registry(server: Arc<OnceLock<Weak<Server>>>) -> Registry {
         }))
     });
     r.console("whoami", |p, _| Ok(p.id().to_string()));
+    r.console("addr", |p, _| {
+        Ok(p.addr().map(|a| a.to_string()).unwrap_or_default())
+    });
+    r.console("kickme", |p, _| {
+        let _ = p.send_signal("user.kicked", 7);
+        p.close("kicked by the test");
+        Ok("bye".into())
+    });
     r.console("pushme", |p, t| {
         p.send_direct_console("push", t)
             .map_err(|e| zs_core::HandlerError::new(500, e.to_string()))?;
