@@ -324,6 +324,25 @@ pub(crate) async fn run(s: Arc<Shared>, mut ws: WebSocket, addr: SocketAddr, hel
     };
     s.stats.opened.fetch_add(1, Relaxed);
     s.stats.open.fetch_add(1, Relaxed);
+    if let Up::Remote(client, _) = &up {
+        // Remote: a lost bridge session ends the WebSocket session, even
+        // while its task is blocked writing to a client that does not read.
+        let (client, weak) = (client.clone(), Arc::downgrade(&conn));
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                let Some(conn) = weak.upgrade() else { return };
+                if conn.killed().is_some() {
+                    return;
+                }
+                if !client.is_connected() {
+                    conn.kill(End::Close(1012, "server session lost".into()));
+                    return;
+                }
+            }
+        });
+    }
     let max_in_flight = match &up {
         Up::Local(l) => s.cfg.max_in_flight.min(l.max_in_flight()),
         Up::Remote(..) => s.cfg.max_in_flight,
@@ -485,22 +504,14 @@ impl Task {
 
     fn tick_every(&self) -> Duration {
         let mut t = Duration::from_secs(3600);
-        if matches!(self.up, Up::Remote(..)) {
-            t = Duration::from_millis(250);
-        }
         if let Some(p) = self.ping {
             t = t.min(p / 4).min(self.pong_timeout / 4);
         }
         t.max(Duration::from_millis(5))
     }
 
-    /// Pings, dead-peer detection, and (remote) a lost server session.
+    /// Pings and dead-peer detection.
     fn on_tick(&mut self) -> Result<(), End> {
-        if let Up::Remote(c, _) = &self.up {
-            if !c.is_connected() {
-                return Err(End::Close(1012, "server session lost".into()));
-            }
-        }
         if let Some(every) = self.ping {
             let idle = self.last_seen.elapsed();
             if idle >= every + self.pong_timeout {

@@ -267,12 +267,16 @@ async fn pushes_to_a_client_that_does_not_read_disconnect_it() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let big = "z".repeat(60_000);
-        // A generous bound: how many bytes it takes depends on the kernel's
-        // socket buffers, which grow under some loads.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // Disconnected either by the gateway (its send queue for the client is
-        // full) or, first, by the server (the bridge's backlog passed the
-        // server's `max_backlog`, which then ends the WebSocket too).
+        // In process, the session's push queue fills once its task blocks
+        // writing to the socket the client does not read: one more push ends
+        // the session at once. Remote, either that or, first, the server
+        // drops the bridge (its backlog passed `max_backlog`) and the session
+        // ends within a watchdog tick plus a 2 s bounded close. Neither path
+        // waits for the 30 s write timeout any more (the cause of the old
+        // 15 s timeouts under load: the session waited for its stalled
+        // writer task for up to `write_timeout`).
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(20);
         while rig.gateway.stats().open > 0 {
             assert!(
                 Instant::now() < deadline,
@@ -286,6 +290,11 @@ async fn pushes_to_a_client_that_does_not_read_disconnect_it() {
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!("{mode:?}: disconnected after {:?}", t0.elapsed());
+        if mode == Mode::InProcess {
+            assert_eq!(rig.gateway.stats().slow_readers, 1);
+            assert_eq!(rig.server.connection_count(), 0);
         }
         drop(s);
         honest(&rig).await;
@@ -482,5 +491,36 @@ async fn a_client_that_answers_no_ping_is_dropped() {
         .unwrap();
         assert_eq!(&got[..4], &[0x89, 0x02, b'z', b's'], "{mode:?}: {got:?}");
         honest(&rig).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_keep_their_connection_slot() {
+    // The HTTP connection hands its admission slot to the WebSocket session
+    // it upgrades to: open WebSockets count against the caps.
+    let rig = rig(zs_web::Config {
+        max_connections_per_ip: 2,
+        ..Default::default()
+    });
+    let mut a = ws(&rig.ws_url()).await;
+    let b = ws(&rig.ws_url()).await;
+    send(&mut a, r#"{"id":1,"call":"echo","text":"a"}"#).await;
+    assert_eq!(recv(&mut a).await["text"], "a");
+    assert!(
+        tokio_tungstenite::connect_async(rig.ws_url())
+            .await
+            .is_err(),
+        "a third WebSocket from the same address was accepted"
+    );
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok((mut c, _)) = tokio_tungstenite::connect_async(rig.ws_url()).await {
+            send(&mut c, r#"{"id":1,"call":"echo","text":"c"}"#).await;
+            assert_eq!(recv(&mut c).await["text"], "c");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
