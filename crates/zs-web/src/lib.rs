@@ -219,7 +219,7 @@ pub enum Route {
     InProcess(ConnectFn),
     /// The server is elsewhere: each WebSocket is bridged to its own
     /// encrypted zs-core `Client` session against it.
-    Remote(Remote),
+    Remote(Box<Remote>),
 }
 
 /// A server reached over the network (see [`Route::Remote`]).
@@ -252,7 +252,7 @@ impl Upstream {
         let backend: Arc<dyn Backend> = Arc::new(zs_io_tokio::TokioBackend::new(io)?);
         let options = zs_core::Options::client();
         Ok(Upstream {
-            route: Route::Remote(Remote {
+            route: Route::Remote(Box::new(Remote {
                 addr,
                 security: Arc::new(ZsSecurity::new(
                     Some(Arc::new(ClientConfig::pinned(fingerprint))),
@@ -260,7 +260,7 @@ impl Upstream {
                 )),
                 backend,
                 options,
-            }),
+            })),
             stats: None,
         })
     }

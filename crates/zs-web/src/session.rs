@@ -293,7 +293,7 @@ async fn open(s: &Arc<Shared>, conn: &Arc<Conn>, addr: SocketAddr) -> Result<Up,
                     let _ = c.push_signal(&n, code);
                 });
             }
-            let r = r.clone();
+            let r = (**r).clone();
             let client = tokio::task::spawn_blocking(move || {
                 Client::connect(r.backend, r.security, reg, r.options, r.addr)
                     .map_err(|e| e.to_string())
