@@ -186,11 +186,40 @@ async fn metrics_handler(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The extra panels, cut to [`crate::PANEL_LIMITS`].
+fn panels(s: &Shared) -> Vec<crate::Panel> {
+    let (max_panels, max_rows, max_cell) = crate::PANEL_LIMITS;
+    let cut = |t: &mut String| {
+        if t.len() > max_cell {
+            let mut end = max_cell;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+        }
+    };
+    let mut v = s.upstream.panels.as_ref().map(|f| f()).unwrap_or_default();
+    v.truncate(max_panels);
+    for p in &mut v {
+        cut(&mut p.title);
+        p.columns.truncate(32);
+        p.columns.iter_mut().for_each(cut);
+        p.rows.truncate(max_rows);
+        for r in &mut p.rows {
+            r.truncate(32);
+            r.iter_mut().for_each(cut);
+        }
+    }
+    v
+}
+
 async fn stats_handler(State(s): State<Arc<Shared>>) -> Response {
     let server = s.upstream.stats.as_ref().and_then(|f| f());
+    let panels = panels(&s);
     let body = serde_json::json!({
         "uptime_ms": s.started.elapsed().as_millis() as u64,
         "web": s.stats.snapshot(),
+        "panels": panels,
         "server": server.map(|st| serde_json::json!({
             "connections_opened": st.connections_opened,
             "connections_open": st.connections_open,

@@ -192,6 +192,25 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// One extra table on the dashboard (and in `/api/stats` under `panels`):
+/// what other parts of the process want watched, such as a zs-xnat relay's
+/// mappings or a DB service's running queries (the facade builds those).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Panel {
+    /// Card title.
+    pub title: String,
+    /// Column headers.
+    pub columns: Vec<String>,
+    /// Rows, one cell per column.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// Most panels shown, rows per panel and bytes per cell (beyond: cut).
+pub const PANEL_LIMITS: (usize, usize, usize) = (16, 200, 200);
+
+/// Reads the extra dashboard panels (at each `/api/stats` request).
+pub type PanelsFn = Arc<dyn Fn() -> Vec<Panel> + Send + Sync>;
+
 /// Opens an in-process connection to the server for one WebSocket (see
 /// [`Route::InProcess`]): `zs_core::Server::connect_local` or a wrapper of it.
 pub type ConnectFn =
@@ -205,6 +224,8 @@ pub struct Upstream {
     pub route: Route,
     /// The server's statistics, for `/metrics` and the dashboard.
     pub stats: Option<StatsFn>,
+    /// Extra dashboard panels (XNat mappings, DB service queries, ...).
+    pub panels: Option<PanelsFn>,
 }
 
 /// How WebSocket sessions reach the server's handlers.
@@ -262,6 +283,7 @@ impl Upstream {
                 options,
             })),
             stats: None,
+            panels: None,
         })
     }
 
@@ -277,6 +299,7 @@ impl Upstream {
         Upstream {
             route: Route::InProcess(connect),
             stats: Some(Arc::new(move || w2.upgrade().map(|s| s.stats()))),
+            panels: None,
         }
     }
 
@@ -286,12 +309,19 @@ impl Upstream {
         Upstream {
             route: Route::InProcess(connect),
             stats: None,
+            panels: None,
         }
     }
 
     /// Sets where the server's statistics come from.
     pub fn with_stats(mut self, stats: StatsFn) -> Upstream {
         self.stats = Some(stats);
+        self
+    }
+
+    /// Adds extra dashboard panels.
+    pub fn with_panels(mut self, panels: PanelsFn) -> Upstream {
+        self.panels = Some(panels);
         self
     }
 

@@ -342,3 +342,42 @@ async fn a_server_side_close_sends_its_signal_then_closes() {
         assert!(code == 1000 || code == 1012, "{mode:?}: {got:?}");
     }
 }
+
+#[test]
+fn extra_panels_reach_the_dashboard_data_bounded() {
+    let rig = rig_with(
+        zs_web::Config::default(),
+        Default::default(),
+        Mode::InProcess,
+        |up| {
+            up.panels = Some(std::sync::Arc::new(|| {
+                let mut v = vec![zs_web::Panel {
+                    title: "XNat mappings".into(),
+                    columns: vec!["mapping".into(), "visitors".into()],
+                    rows: vec![vec!["web".into(), "3".into()]],
+                }];
+                // A runaway source is cut to the limits.
+                v.extend((0..40).map(|i| zs_web::Panel {
+                    title: format!("big {i}"),
+                    columns: vec!["x".into()],
+                    rows: (0..500).map(|_| vec!["y".repeat(1000)]).collect(),
+                }));
+                v
+            }));
+        },
+    );
+    let s: serde_json::Value = serde_json::from_str(&get(rig.http(), "/api/stats")).unwrap();
+    let p = s["panels"].as_array().unwrap();
+    let (max_panels, max_rows, max_cell) = zs_web::PANEL_LIMITS;
+    assert_eq!(p.len(), max_panels);
+    assert_eq!(
+        p[0],
+        serde_json::json!({"title":"XNat mappings","columns":["mapping","visitors"],"rows":[["web","3"]]})
+    );
+    assert_eq!(p[1]["rows"].as_array().unwrap().len(), max_rows);
+    assert_eq!(p[1]["rows"][0][0].as_str().unwrap().len(), max_cell);
+    // Without a source: an empty list.
+    let plain = common::rig(zs_web::Config::default());
+    let s: serde_json::Value = serde_json::from_str(&get(plain.http(), "/api/stats")).unwrap();
+    assert_eq!(s["panels"], serde_json::json!([]));
+}
