@@ -1,39 +1,6 @@
-//! In-process connections ("local peers"): a connection to a [`Server`] from
-//! code in the same process, with no transport and no security layer.
-//!
-//! A gateway that runs in the server's process (the zs-web WebSocket face,
-//! for one) needs what a client connection gets: the same [`Registry`]
-//! handlers, its own [`Peer`] with its own user state, pushes and broadcasts,
-//! the server's connection caps, statistics and HPC pool. Over a loopback TCP
-//! connection that costs an encryption, a decryption, two system calls and
-//! two thread hops per message, although nothing leaves the process.
-//! [`Server::connect_local`] gives the same connection without any of it:
-//! [`LocalConn::request`] runs the handler on the calling thread (an HPC
-//! handler on the pool), and every frame for the connection (answers,
-//! pushes, broadcasts) goes to the owner's [`LocalSink`].
-//!
-//! What is the same as for a network connection: the registry and its
-//! per-command statistics, the connection map ([`Server::peers`],
-//! [`Server::broadcast`], [`Server::connection_count`]), the admission caps
-//! ([`Options::max_connections`], [`Options::max_connections_per_ip`], under
-//! the address the owner gives), [`Options::ordered`], the HPC pool and its
-//! queue cap, `connections_opened` / `connections_open` /
-//! `unknown_commands` / `refused_connections` in [`StatsSnapshot`].
-//!
-//! What differs, on purpose: no bytes are counted in `bytes_in`/`bytes_out`
-//! (no transport bytes exist); no idle timeout and no keepalive (the owner
-//! knows when its client is gone); no StableIO (the owner's client
-//! reconnects to a new connection); [`Options::max_in_flight`] is reported by
-//! [`LocalConn::max_in_flight`] for the owner to enforce, since only the owner
-//! can stop reading its client; a handler that panics closes the connection
-//! (logged) instead of the transport's panic guard doing it.
-//!
-//! [`Registry`]: crate::Registry
-//! [`Options::max_connections`]: super::Options::max_connections
-//! [`Options::max_connections_per_ip`]: super::Options::max_connections_per_ip
-//! [`Options::ordered`]: super::Options::ordered
-//! [`Options::max_in_flight`]: super::Options::max_in_flight
-//! [`StatsSnapshot`]: crate::StatsSnapshot
+//! In-process connections: [`Server::connect_local`], [`LocalConn`] (whose docs
+//! say what they are for and how they differ from network connections),
+//! [`LocalSink`].
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -80,7 +47,8 @@ pub(crate) struct LocalHub {
 }
 
 impl Server {
-    /// Opens an in-process connection (see the [module docs](self)): a new
+    /// Opens an in-process connection (no transport, no security layer;
+    /// see [`LocalConn`] and [`LocalSink`]): a new
     /// [`Peer`] in the connection map, whose frames go to `sink`. `addr` is
     /// the address handlers see ([`Peer::addr`]) and the one the admission
     /// caps count it under (127.0.0.1 when `None`).
@@ -183,8 +151,45 @@ impl Server {
     }
 }
 
-/// One in-process connection (see [`Server::connect_local`]). Closing it
-/// (or dropping it) removes its peer from the server.
+/// In-process connections ("local peers"): a connection to a [`Server`] from
+/// code in the same process, with no transport and no security layer.
+///
+/// A gateway that runs in the server's process (the zs-web WebSocket face,
+/// for one) needs what a client connection gets: the same [`Registry`]
+/// handlers, its own [`Peer`] with its own user state, pushes and broadcasts,
+/// the server's connection caps, statistics and HPC pool. Over a loopback TCP
+/// connection that costs an encryption, a decryption, two system calls and
+/// two thread hops per message, although nothing leaves the process.
+/// [`Server::connect_local`] gives the same connection without any of it:
+/// [`LocalConn::request`] runs the handler on the calling thread (an HPC
+/// handler on the pool), and every frame for the connection (answers,
+/// pushes, broadcasts) goes to the owner's [`LocalSink`].
+///
+/// What is the same as for a network connection: the registry and its
+/// per-command statistics, the connection map ([`Server::peers`],
+/// [`Server::broadcast`], [`Server::connection_count`]), the admission caps
+/// ([`Options::max_connections`], [`Options::max_connections_per_ip`], under
+/// the address the owner gives), [`Options::ordered`], the HPC pool and its
+/// queue cap, `connections_opened` / `connections_open` /
+/// `unknown_commands` / `refused_connections` in [`StatsSnapshot`].
+///
+/// What differs, on purpose: no bytes are counted in `bytes_in`/`bytes_out`
+/// (no transport bytes exist); no idle timeout and no keepalive (the owner
+/// knows when its client is gone); no StableIO (the owner's client
+/// reconnects to a new connection); [`Options::max_in_flight`] is reported by
+/// [`LocalConn::max_in_flight`] for the owner to enforce, since only the owner
+/// can stop reading its client; a handler that panics closes the connection
+/// (logged) instead of the transport's panic guard doing it.
+///
+/// [`Registry`]: crate::Registry
+/// [`Options::max_connections`]: super::Options::max_connections
+/// [`Options::max_connections_per_ip`]: super::Options::max_connections_per_ip
+/// [`Options::ordered`]: super::Options::ordered
+/// [`Options::max_in_flight`]: super::Options::max_in_flight
+/// [`StatsSnapshot`]: crate::StatsSnapshot
+///
+/// One in-process connection is made by [`Server::connect_local`]. Closing
+/// it (or dropping it) removes its peer from the server.
 pub struct LocalConn {
     link: Arc<LocalLink>,
     peer: Peer,
