@@ -100,6 +100,25 @@ fn js_client_and_dashboard_in_chromium() {
     assert_eq!(v["again"], "after restart");
     assert!(v["reconnects"].as_u64().unwrap() >= 1);
 
+    // --- a signal, then a server-side close: on(name) hears it, the client
+    // reconnects ---
+    let v = b.run(
+        r##"
+        const kicked = [];
+        window.zs.on("user.kicked", (m) => kicked.push(m));
+        try { await window.zs.call("kickme", "", { timeout: 3000 }); } catch (e) {}
+        while (kicked.length < 1) await new Promise((r) => setTimeout(r, 10));
+        const back = await window.zs.call("echo", "back", { timeout: 15000 });
+        return { kicked, back };
+        "##,
+    );
+    assert_eq!(
+        v["kicked"],
+        json!([{"signal":"user.kicked","code":7}]),
+        "{v}"
+    );
+    assert_eq!(v["back"], "back");
+
     // --- the dashboard under load ---
     b.goto(&format!("{base}/"));
     let stop = Arc::new(AtomicBool::new(false));
