@@ -512,6 +512,13 @@ impl Task {
 
     /// Pings and dead-peer detection.
     fn on_tick(&mut self) -> Result<(), End> {
+        if self.outstanding >= self.max_in_flight {
+            // Reading is paused at the in-flight cap: the client's pongs sit
+            // unread, so its silence proves nothing until answers go out.
+            self.last_seen = Instant::now();
+            self.pinged = false;
+            return Ok(());
+        }
         if let Some(every) = self.ping {
             let idle = self.last_seen.elapsed();
             if idle >= every + self.pong_timeout {

@@ -381,3 +381,21 @@ fn extra_panels_reach_the_dashboard_data_bounded() {
     let s: serde_json::Value = serde_json::from_str(&get(plain.http(), "/api/stats")).unwrap();
     assert_eq!(s["panels"], serde_json::json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_paused_at_the_in_flight_cap_is_not_taken_for_dead() {
+    // Reading pauses at the cap, so the client's pongs wait unread: that
+    // silence must not count against it.
+    let rig = rig(zs_web::Config {
+        max_in_flight: 1,
+        ping_interval: Some(std::time::Duration::from_millis(100)),
+        pong_timeout: std::time::Duration::from_millis(100),
+        ..Default::default()
+    });
+    let mut ws = ws(&rig.ws_url()).await;
+    send(&mut ws, r#"{"id":1,"call":"slow","text":"700"}"#).await;
+    send(&mut ws, r#"{"id":2,"call":"echo","text":"after"}"#).await;
+    assert_eq!(recv(&mut ws).await["text"], "slept 700");
+    assert_eq!(recv(&mut ws).await["text"], "after");
+    assert_eq!(rig.gateway.stats().dead_peers, 0);
+}
