@@ -154,7 +154,8 @@ fuzz_target!(|s: Script| {
                 if open.is_empty() {
                     continue;
                 }
-                let o = &mut open[conn as usize % open.len()];
+                let n = open.len();
+                let o = &mut open[conn as usize % n];
                 let name = ["echo", "fail", "bye", "boom", "hold", "nope"][cmd as usize % 6];
                 let id = next_id;
                 next_id += 1;
@@ -167,7 +168,8 @@ fuzz_target!(|s: Script| {
                 if open.is_empty() {
                     continue;
                 }
-                let o = &mut open[conn as usize % open.len()];
+                let n = open.len();
+                let o = &mut open[conn as usize % n];
                 let id = next_id;
                 next_id += 1;
                 if o.conn.is_open() {

@@ -297,3 +297,40 @@ fn the_server_closing_tells_the_sink_and_refuses_new_connections() {
         .unwrap_err();
     assert!(e.to_string().contains("shut down"), "{e}");
 }
+
+#[test]
+fn ordered_mode_runs_the_next_request_without_holding_the_connection_map() {
+    // Found by the `core_local` fuzz target: the answer of a delayed request
+    // runs the next queued one; if that one closes its connection (or
+    // broadcasts) it takes the server's connection map, which the runner
+    // must not hold.
+    let gate: Arc<Mutex<Vec<zs_core::Responder>>> = Arc::default();
+    let g = gate.clone();
+    let mut reg = Registry::new();
+    reg.console_delayed("hold", move |_, _, r| g.lock().unwrap().push(r));
+    reg.console("bye", |p, _| {
+        p.close("bye");
+        Ok(String::new())
+    });
+    let (server, _) = server(
+        reg,
+        Options {
+            ordered: true,
+            ..Options::default()
+        },
+    );
+    let inbox = Arc::new(Inbox::default());
+    let conn = server.connect_local(None, inbox.clone()).unwrap();
+    conn.request(console(1, "hold", ""));
+    conn.request(console(2, "bye", ""));
+    let r = gate.lock().unwrap().pop().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        r.reply_text("done").unwrap();
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("deadlock: the answer did not return");
+    assert_eq!(inbox.closed.lock().unwrap().as_deref(), Some("bye"));
+    assert_eq!(server.connection_count(), 0);
+}

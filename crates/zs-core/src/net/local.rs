@@ -393,10 +393,12 @@ impl Outbox for LocalLink {
             }
         };
         if run {
-            if let Some(peer) = lock(&self.shared.conns).get(&self.id).cloned() {
-                self.run_queue(&peer);
-            } else {
-                lock(&self.queue).in_dispatch = false;
+            // The map's lock must be released before handlers run (they may
+            // close or broadcast): not held by an `if let` scrutinee.
+            let peer = lock(&self.shared.conns).get(&self.id).cloned();
+            match peer {
+                Some(peer) => self.run_queue(&peer),
+                None => lock(&self.queue).in_dispatch = false,
             }
         }
     }
