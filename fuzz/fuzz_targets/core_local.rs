@@ -55,7 +55,9 @@ fn server(ordered: bool, held: Held) -> Server {
     let id = zs_crypto::ServerIdentity::from_seed(&[7; 32]).unwrap();
     let sec = Arc::new(zs_crypto::ZsSecurity::new(
         None,
-        Some(Arc::new(zs_crypto::ServerConfig::with_identity(Arc::new(id)))),
+        Some(Arc::new(zs_crypto::ServerConfig::with_identity(Arc::new(
+            id,
+        )))),
     ));
     let mut r = Registry::new();
     r.console("echo", |_, t| Ok(t.to_owned()));
@@ -64,7 +66,9 @@ fn server(ordered: bool, held: Held) -> Server {
         p.close("bye");
         Ok("late".into())
     });
-    r.console("boom", |_, _| -> Result<String, zs_core::HandlerError> { panic!("fuzz: handler panic") });
+    r.console("boom", |_, _| -> Result<String, zs_core::HandlerError> {
+        panic!("fuzz: handler panic")
+    });
     r.console_delayed("hold", move |_, _, resp| held.lock().unwrap().push(resp));
     r.stream("len", |_, d| Ok(DataFrame::new().with(d.len() as u64)));
     r.direct_console("note", |p, t| {
@@ -77,7 +81,14 @@ fn server(ordered: bool, held: Held) -> Server {
         stable: false,
         ..Options::default()
     };
-    Server::start(Arc::new(NullBackend), sec, r, options, "127.0.0.1:0".parse().unwrap()).unwrap()
+    Server::start(
+        Arc::new(NullBackend),
+        sec,
+        r,
+        options,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap()
 }
 
 #[derive(Default)]
@@ -147,7 +158,11 @@ fuzz_target!(|s: Script| {
                 let addr: SocketAddr = format!("10.0.0.{}:1", ip % 3).parse().unwrap();
                 let sink = Arc::new(Sink::default());
                 if let Ok(conn) = server.connect_local(Some(addr), sink.clone()) {
-                    open.push(Open { conn, sink, sent: Vec::new() });
+                    open.push(Open {
+                        conn,
+                        sink,
+                        sent: Vec::new(),
+                    });
                 }
             }
             Op::Call { conn, cmd, text } => {
@@ -162,7 +177,11 @@ fuzz_target!(|s: Script| {
                 if o.conn.is_open() {
                     o.sent.push(id);
                 }
-                o.conn.request(Request::Console { id, cmd: name.into(), text: "t".repeat(text as usize % 8).as_str().into() });
+                o.conn.request(Request::Console {
+                    id,
+                    cmd: name.into(),
+                    text: "t".repeat(text as usize % 8).as_str().into(),
+                });
             }
             Op::Stream { conn, values } => {
                 if open.is_empty() {
@@ -179,7 +198,11 @@ fuzz_target!(|s: Script| {
                 for i in 0..values % 5 {
                     d = d.with(u32::from(i));
                 }
-                o.conn.request(Request::Stream { id, cmd: "len".into(), data: d });
+                o.conn.request(Request::Stream {
+                    id,
+                    cmd: "len".into(),
+                    data: d,
+                });
             }
             Op::Direct { conn, known } => {
                 if open.is_empty() {
@@ -187,7 +210,10 @@ fuzz_target!(|s: Script| {
                 }
                 let o = &open[conn as usize % open.len()];
                 let cmd = if known { "note" } else { "nothing" };
-                o.conn.request(Request::DirectConsole { cmd: cmd.into(), text: "n".into() });
+                o.conn.request(Request::DirectConsole {
+                    cmd: cmd.into(),
+                    text: "n".into(),
+                });
             }
             Op::Answer { index, drop } => {
                 let r = {
@@ -205,7 +231,10 @@ fuzz_target!(|s: Script| {
                 }
             }
             Op::Broadcast => {
-                server.broadcast(&Frame::DirectConsole { cmd: "news".into(), text: "b".into() });
+                server.broadcast(&Frame::DirectConsole {
+                    cmd: "news".into(),
+                    text: "b".into(),
+                });
             }
             Op::Close(i) => {
                 if !open.is_empty() {
@@ -236,7 +265,10 @@ fuzz_target!(|s: Script| {
         let frames = o.sink.frames.lock().unwrap();
         let mut answers: HashMap<u64, usize> = HashMap::new();
         for f in frames.iter() {
-            if let Frame::ConsoleResponse { id, .. } | Frame::StreamResponse { id, .. } | Frame::Error { id, .. } = f {
+            if let Frame::ConsoleResponse { id, .. }
+            | Frame::StreamResponse { id, .. }
+            | Frame::Error { id, .. } = f
+            {
                 *answers.entry(*id).or_default() += 1;
             }
         }
