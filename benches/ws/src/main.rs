@@ -2,16 +2,25 @@
 //!
 //! Cases (each a fresh connection per sample, one client thread):
 //! - `gateway-seq` / `gateway-pipe`: `{"id":N,"call":"echo","text":"…"}` (64 B)
-//!   through the zs-web gateway, which bridges it to a zs-core server (epoll,
-//!   one loop, AES-256-GCM session over loopback) and sends back
-//!   `{"id":N,"text":"…"}`; sequential (one at a time) and pipelined (64 in flight);
+//!   through the zs-web gateway in the server's process (the `zs serve --http`
+//!   and facade deployment): the WebSocket is an in-process connection of the
+//!   zs-core server (`Server::connect_local`), whose `echo` handler answers
+//!   `{"id":N,"text":"…"}`; sequential (one at a time) and pipelined (64 in
+//!   flight);
+//! - `remote-seq` / `remote-pipe`: the same through a gateway that bridges each
+//!   WebSocket to the server over the network (epoll, one loop, AES-256-GCM
+//!   session over loopback), the mode for a gateway in another process;
 //! - `tungstenite-seq` / `tungstenite-pipe`: the same bytes against a minimal
 //!   tokio-tungstenite echo server (one current-thread runtime): the cost of
 //!   WebSocket itself, the floor for any WebSocket gateway;
 //! - `binary-seq`: the same `echo` call with a zs-core `Client` on the binary
-//!   protocol, to measure what the gateway adds per call.
+//!   protocol, to measure what the gateway adds per call;
+//! - `tungstenite-batched-pipe`: that echo server answering every message
+//!   already read before one flush, as the gateway writes (a stronger
+//!   baseline than the issue's minimal echo, reported beside it);
 //!
 //! Ratios: `ws_vs_tungstenite` (pipelined msgs/s, ours / theirs),
+//! `ws_vs_tungstenite_batched`, `remote_vs_tungstenite`, `remote_vs_binary_seq`,
 //! `ws_vs_tungstenite_seq`, and `ws_vs_binary_seq` (sequential calls/s
 //! through the gateway / on the binary protocol); the note gives the
 //! gateway's added microseconds per sequential call.
@@ -21,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use zs_bench_harness::{Better, Options, Suite};
 
@@ -34,7 +43,10 @@ fn request(id: u64) -> String {
     format!("{head}{}\"}}", "x".repeat(pad))
 }
 
-fn tungstenite_echo() -> SocketAddr {
+/// A minimal tokio-tungstenite echo server. `batched`: answers every message
+/// that is already read before one flush (what the gateway does), instead of
+/// one `send` (a write) per message.
+fn tungstenite_echo(batched: bool) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -54,8 +66,25 @@ fn tungstenite_echo() -> SocketAddr {
                         return;
                     };
                     let (mut tx, mut rx) = ws.split();
+                    if !batched {
+                        while let Some(Ok(m)) = rx.next().await {
+                            if (m.is_text() || m.is_binary()) && tx.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
                     while let Some(Ok(m)) = rx.next().await {
-                        if (m.is_text() || m.is_binary()) && tx.send(m).await.is_err() {
+                        let mut next = Some(m);
+                        while let Some(m) = next.take() {
+                            if (m.is_text() || m.is_binary()) && tx.feed(m).await.is_err() {
+                                return;
+                            }
+                            if let Some(Some(Ok(m))) = rx.next().now_or_never() {
+                                next = Some(m);
+                            }
+                        }
+                        if tx.flush().await.is_err() {
                             return;
                         }
                     }
@@ -143,19 +172,20 @@ fn main() {
         )
         .expect("server"),
     );
-    let upstream = zs_web::Upstream::pinned(server.local_addr(), fp).expect("upstream");
-    let client_up = upstream.clone();
-    let gateway = zs_web::Gateway::start(
-        zs_web::Config {
-            addr: "127.0.0.1:0".parse().expect("addr"),
-            threads: 1,
-            ..Default::default()
-        },
-        upstream,
-    )
-    .expect("gateway");
+    let mut remote_up = zs_web::Upstream::pinned(server.local_addr(), fp).expect("upstream");
+    let client_up = remote_up.remote_mut().expect("remote").clone();
+    let gw_config = || zs_web::Config {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        threads: 1,
+        ..Default::default()
+    };
+    let gateway = zs_web::Gateway::start(gw_config(), zs_web::Upstream::in_process(&server))
+        .expect("gateway");
+    let remote = zs_web::Gateway::start(gw_config(), remote_up).expect("remote gateway");
     let gw_url = format!("ws://{}/ws", gateway.local_addr());
-    let tung_url = format!("ws://{}/", tungstenite_echo());
+    let remote_url = format!("ws://{}/ws", remote.local_addr());
+    let tung_url = format!("ws://{}/", tungstenite_echo(false));
+    let batched_url = format!("ws://{}/", tungstenite_echo(true));
 
     let rt = Arc::new(
         tokio::runtime::Builder::new_current_thread()
@@ -168,6 +198,9 @@ fn main() {
         ("tungstenite-seq", tung_url.clone(), 1),
         ("gateway-pipe", gw_url.clone(), WINDOW),
         ("tungstenite-pipe", tung_url.clone(), WINDOW),
+        ("tungstenite-batched-pipe", batched_url.clone(), WINDOW),
+        ("remote-seq", remote_url.clone(), 1),
+        ("remote-pipe", remote_url.clone(), WINDOW),
     ] {
         let rt = rt.clone();
         suite.case(name, "msgs_per_s", Better::Higher, move || {
@@ -199,14 +232,27 @@ fn main() {
     suite.ratio("ws_vs_tungstenite", "gateway-pipe", "tungstenite-pipe");
     suite.ratio("ws_vs_tungstenite_seq", "gateway-seq", "tungstenite-seq");
     suite.ratio("ws_vs_binary_seq", "gateway-seq", "binary-seq");
+    suite.ratio(
+        "ws_vs_tungstenite_batched",
+        "gateway-pipe",
+        "tungstenite-batched-pipe",
+    );
+    suite.ratio("remote_vs_tungstenite", "remote-pipe", "tungstenite-pipe");
+    suite.ratio("remote_vs_binary_seq", "remote-seq", "binary-seq");
     let us = |n: &str| suite.summary(n).map(|s| 1e6 / s.median).unwrap_or(f64::NAN);
     let added = us("gateway-seq") - us("binary-seq");
+    let added_remote = us("remote-seq") - us("binary-seq");
     suite.note(format!(
-        "64 B JSON text messages; pipelined = {WINDOW} in flight; gateway: 1 runtime thread + zs server on 1 epoll loop \
-         (AES-256-GCM bridge session over loopback); tungstenite: 1 current-thread runtime; client: 1 thread in the same \
-         process; 2 vCPUs, not pinned; {dur:?} per sample. Gateway added cost per sequential call over the binary \
-         protocol: {added:.1} µs"
+        "64 B JSON text messages; pipelined = {WINDOW} in flight; gateway: 1 runtime thread, the zs-core server in \
+         the same process (in-process connection: its echo handler runs on the WebSocket's task, plaintext since \
+         nothing leaves the process); remote: 1 runtime thread + the server's epoll loop, AES-256-GCM bridge session \
+         over loopback; tungstenite: 1 current-thread runtime echoing each message as it is read, one write each \
+         (tungstenite-batched: every message already read, then one flush, as the gateway writes); its promise: \
+         the same bytes back, nothing else; binary: a zs-core Client, AES-256-GCM over loopback; client: 1 thread in the \
+         same process; 2 vCPUs, not pinned; {dur:?} per sample. Added cost per sequential call over the binary \
+         protocol (µs, negative = cheaper): in process {added:.1}, remote {added_remote:.1}"
     ));
     suite.finish();
     drop(gateway);
+    drop(remote);
 }

@@ -108,7 +108,7 @@ mod stats;
 
 pub use budget::{BatchFilter, Budgets};
 pub use error::{code, Error, Result};
-pub use net::{Client, Options, Reconnect, ReplySink, Server};
+pub use net::{Client, LocalConn, LocalSink, Options, Reconnect, ReplySink, Server, LOCAL_ID_BASE};
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;
 pub use registry::{

@@ -33,6 +33,9 @@ use crate::session::{Call, Event, IdMap, Reply, Request, Session, SessionConfig}
 use crate::stable::SECRET_LEN;
 use crate::stats::{EndpointStats, StatsSnapshot};
 
+mod local;
+pub use local::{LocalConn, LocalSink, LOCAL_ID_BASE};
+
 // Our timer tokens have the high bit set; a raw handler's tokens never do.
 const OURS: u64 = 1 << 63;
 const TOKEN_SESSION: u64 = OURS | 1;
@@ -1792,6 +1795,7 @@ pub struct Server {
     listener: Box<dyn Listener>,
     backend: Arc<dyn Backend>,
     reaper: Mutex<Option<mpsc::Sender<()>>>,
+    local: local::LocalHub,
 }
 
 impl std::fmt::Debug for Server {
@@ -1862,6 +1866,7 @@ impl Server {
             listener,
             backend,
             reaper: Mutex::new(reaper),
+            local: local::LocalHub::default(),
         })
     }
 
@@ -1927,6 +1932,7 @@ impl Server {
     /// sessions end.
     pub fn shutdown(&self) {
         self.listener.shutdown();
+        self.close_local();
         lock(&self.reaper).take();
         let sids: Vec<u64> = lock(&self.shared.stable).keys().copied().collect();
         for sid in sids {

@@ -149,7 +149,46 @@ async function tick() {
     ["slow readers disconnected", w.slow_readers],
     ["HTTP connections refused", w.refused],
   ].map(([k, v]) => [k, fmt(v)]));
+  panels(s.panels || []);
   render();
+}
+
+// Extra panels (XNat mappings, DB service queries, ...): one card each.
+function panels(list) {
+  const root = document.getElementById("panels");
+  const key = list.map((p) => p.title + "\u0001" + p.columns.join("\u0000")).join("\u0002");
+  if (root.dataset.key !== key) {
+    root.dataset.key = key;
+    root.innerHTML = "";
+    list.forEach((p, i) => {
+      const card = document.createElement("div");
+      card.className = "card";
+      const h = document.createElement("h2");
+      h.textContent = p.title;
+      const wrap = document.createElement("div");
+      wrap.className = "scroll";
+      const t = document.createElement("table");
+      t.id = "panel-" + i;
+      const head = t.createTHead().insertRow();
+      for (const c of p.columns) {
+        const th = document.createElement("th");
+        th.textContent = c;
+        head.appendChild(th);
+      }
+      t.createTBody();
+      wrap.appendChild(t);
+      card.append(h, wrap);
+      root.appendChild(card);
+    });
+  }
+  list.forEach((p, i) => {
+    const body = document.querySelector(`#panel-${i} tbody`);
+    body.innerHTML = "";
+    for (const r of p.rows) {
+      const tr = body.insertRow();
+      for (const c of r) tr.insertCell().textContent = c;
+    }
+  });
 }
 
 window.addEventListener("resize", () => {

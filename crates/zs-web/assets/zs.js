@@ -143,6 +143,12 @@ export class ZsClient {
       if (hs) for (const f of hs) f(m);
       return;
     }
+    if (m.signal !== undefined) {
+      // A named signal ({signal, code}), e.g. "user.kicked".
+      const hs = this.handlers.get(m.signal.toLowerCase());
+      if (hs) for (const f of hs) f(m);
+      return;
+    }
     if (m.id === undefined) {
       // An error not tied to a request (e.g. a direct command that failed).
       const hs = this.handlers.get("error");
@@ -213,7 +219,8 @@ export class ZsClient {
   }
 
   /**
-   * on(pushName, fn): server pushes named `pushName` ({push, text} or {push, data});
+   * on(pushName, fn): server pushes named `pushName` ({push, text} or {push, data})
+   * and signals named so ({signal, code}, e.g. "user.kicked");
    * on("error", fn): errors not tied to a call; on("state", fn): "open"/"close".
    * Returns a function that unsubscribes.
    */

@@ -6,19 +6,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures::{SinkExt, StreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
-use zs_core::{Client, Registry};
+use tokio::sync::Semaphore;
 
-use crate::json::{self, op, WsError, WsRequest};
 use crate::metrics::{Metrics, WebStats};
 use crate::{assets, Config, Upstream};
 
@@ -30,12 +27,18 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     conns: Mutex<usize>,
-    bridging: Semaphore,
+    pub(crate) bridging: Semaphore,
+    /// `cfg.pushes`, lower-cased (command names are case-insensitive).
+    pub(crate) pushes: Arc<[String]>,
+    /// `cfg.signals`, lower-cased.
+    pub(crate) signals: Arc<[String]>,
     started: Instant,
 }
 
-/// One accepted TCP connection's admission slot; released on drop.
-struct Slot {
+/// One accepted TCP connection's admission slot; released when the last
+/// holder drops it (the HTTP connection task, and the WebSocket session an
+/// upgrade hands it to: the socket stays counted while the session lives).
+pub(crate) struct Slot {
     shared: Arc<Shared>,
     ip: IpAddr,
 }
@@ -62,6 +65,8 @@ impl Shared {
         });
         Arc::new(Shared {
             bridging: Semaphore::new(cfg.max_bridging.max(1)),
+            pushes: cfg.pushes.iter().map(|p| p.to_ascii_lowercase()).collect(),
+            signals: cfg.signals.iter().map(|p| p.to_ascii_lowercase()).collect(),
             cfg,
             upstream,
             stats,
@@ -181,11 +186,40 @@ async fn metrics_handler(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The extra panels, cut to [`crate::PANEL_LIMITS`].
+fn panels(s: &Shared) -> Vec<crate::Panel> {
+    let (max_panels, max_rows, max_cell) = crate::PANEL_LIMITS;
+    let cut = |t: &mut String| {
+        if t.len() > max_cell {
+            let mut end = max_cell;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+        }
+    };
+    let mut v = s.upstream.panels.as_ref().map(|f| f()).unwrap_or_default();
+    v.truncate(max_panels);
+    for p in &mut v {
+        cut(&mut p.title);
+        p.columns.truncate(32);
+        p.columns.iter_mut().for_each(cut);
+        p.rows.truncate(max_rows);
+        for r in &mut p.rows {
+            r.truncate(32);
+            r.iter_mut().for_each(cut);
+        }
+    }
+    v
+}
+
 async fn stats_handler(State(s): State<Arc<Shared>>) -> Response {
     let server = s.upstream.stats.as_ref().and_then(|f| f());
+    let panels = panels(&s);
     let body = serde_json::json!({
         "uptime_ms": s.started.elapsed().as_millis() as u64,
         "web": s.stats.snapshot(),
+        "panels": panels,
         "server": server.map(|st| serde_json::json!({
             "connections_opened": st.connections_opened,
             "connections_open": st.connections_open,
@@ -219,25 +253,23 @@ async fn stats_handler(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The admission slot of the TCP connection a request came on.
+#[derive(Clone)]
+pub(crate) struct Held {
+    _slot: Arc<Slot>,
+}
+
 async fn ws_handler(
     State(s): State<Arc<Shared>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    axum::Extension(held): axum::Extension<Held>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let max = s.cfg.max_message;
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!("zs-web: upgrade failed: {e}"))
-        .on_upgrade(move |socket| session(s, socket, addr))
-}
-
-/// Most queued messages written with one flush.
-const WRITE_BATCH: usize = 64;
-
-/// What the writer task sends.
-enum Out {
-    Msg(Message),
-    Close(u16, String),
+        .on_upgrade(move |socket| crate::session::run(s, socket, addr, held))
 }
 
 /// Runs the accept loop until `stop` fires.
@@ -271,12 +303,15 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         let header_timeout = shared.cfg.header_timeout;
         let mut stop = stop.clone();
+        let held = Held {
+            _slot: Arc::new(slot),
+        };
         tokio::spawn(async move {
-            let _slot = slot;
             let tower = hyper_util::service::TowerToHyperService::new(app);
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(addr));
+                    req.extensions_mut().insert(held.clone());
                     hyper::service::Service::call(&tower, req)
                 },
             );
@@ -319,295 +354,5 @@ pub(crate) async fn serve(
                 }
             }
         });
-    }
-}
-
-/// Opens the server session for one WebSocket (blocking handshake, on the
-/// blocking pool), with `pushes` forwarded to `tx`.
-async fn open_upstream(s: &Arc<Shared>, tx: mpsc::Sender<Out>) -> Result<Client, String> {
-    let _permit = s.bridging.acquire().await.map_err(|e| e.to_string())?;
-    let mut reg = Registry::new();
-    for name in &s.cfg.pushes {
-        let (t1, t2, st1, st2) = (tx.clone(), tx.clone(), s.stats.clone(), s.stats.clone());
-        let n1 = name.clone();
-        reg.direct_console(name, move |peer, text| {
-            forward_push(
-                &t1,
-                &st1,
-                peer,
-                Message::Text(json::text_push(&n1, text).into()),
-            )
-        });
-        let n2 = name.clone();
-        reg.direct_stream(name, move |peer, data| {
-            forward_push(
-                &t2,
-                &st2,
-                peer,
-                Message::Binary(json::binary_message(op::PUSH, 0, &n2, data)),
-            )
-        });
-    }
-    let up = s.upstream.clone();
-    tokio::task::spawn_blocking(move || {
-        Client::connect(up.backend, up.security, reg, up.options, up.addr)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-fn forward_push(tx: &mpsc::Sender<Out>, st: &WebStats, peer: &zs_core::Peer, m: Message) {
-    match tx.try_send(Out::Msg(m)) {
-        Ok(()) => {
-            st.pushes.fetch_add(1, Relaxed);
-        }
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            st.slow_readers.fetch_add(1, Relaxed);
-            tracing::warn!(
-                peer = peer.id(),
-                "zs-web: client does not read its pushes: closing"
-            );
-            let _ = tx.try_send(Out::Close(
-                1008,
-                "send queue full: the client does not read".into(),
-            ));
-            // The writer closes on the next free slot; close the upstream too.
-            peer.close("zs-web: WebSocket client does not read");
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
-    }
-}
-
-async fn session(s: Arc<Shared>, socket: WebSocket, addr: SocketAddr) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Out>(s.cfg.send_queue.max(2));
-    let client = match open_upstream(&s, tx.clone()).await {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            s.stats.upstream_failures.fetch_add(1, Relaxed);
-            tracing::warn!(%addr, "zs-web: cannot open the server session: {e}");
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1013,
-                    reason: "server unavailable".into(),
-                })))
-                .await;
-            return;
-        }
-    };
-    s.stats.opened.fetch_add(1, Relaxed);
-    s.stats.open.fetch_add(1, Relaxed);
-    tracing::debug!(%addr, peer = client.peer().id(), "zs-web: session open");
-
-    // Writer: everything to the client goes through the bounded queue; a write
-    // that does not complete within the write timeout closes the connection.
-    let ws = s.clone();
-    let writer = tokio::spawn(async move {
-        let wt = ws.cfg.write_timeout;
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
-        while let Some(first) = rx.recv().await {
-            // Whatever is queued goes out in one flush (one write syscall for
-            // a pipelining client instead of one per message).
-            batch.push(first);
-            while batch.len() < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(o) => batch.push(o),
-                    Err(_) => break,
-                }
-            }
-            let n = batch.len() as u64;
-            let mut last = false;
-            let write = async {
-                for out in batch.drain(..) {
-                    let msg = match out {
-                        Out::Msg(m) => m,
-                        Out::Close(code, reason) => {
-                            last = true;
-                            Message::Close(Some(CloseFrame {
-                                code,
-                                reason: reason.into(),
-                            }))
-                        }
-                    };
-                    sink.feed(msg).await?;
-                    if last {
-                        break;
-                    }
-                }
-                sink.flush().await
-            };
-            match tokio::time::timeout(wt, write).await {
-                Ok(Ok(())) => {
-                    ws.stats.messages_out.fetch_add(n, Relaxed);
-                }
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    ws.stats.slow_readers.fetch_add(1, Relaxed);
-                    tracing::warn!(%addr, "zs-web: write stalled for {wt:?}: the client does not read; closing");
-                    return;
-                }
-            }
-            if last {
-                return;
-            }
-        }
-    });
-
-    let wabort = writer.abort_handle();
-    let in_flight = Arc::new(Semaphore::new(s.cfg.max_in_flight.max(1)));
-    let limits = s.cfg.limits;
-    let mut watchdog = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        // Back-pressure: at the in-flight cap, stop reading until an answer goes out.
-        let permit = tokio::select! {
-            p = in_flight.clone().acquire_owned() => p.expect("never closed"),
-            _ = watchdog.tick() => {
-                if !client.is_connected() { close(&tx, &wabort, 1012, "server session lost"); break; }
-                continue;
-            }
-        };
-        let msg = tokio::select! {
-            m = stream.next() => m,
-            _ = watchdog.tick() => {
-                if !client.is_connected() { close(&tx, &wabort, 1012, "server session lost"); break; }
-                drop(permit);
-                continue;
-            }
-        };
-        let msg = match msg {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                // Oversized message, bad frame, bad UTF-8...: tungstenite
-                // refuses it before buffering beyond the limit.
-                s.stats.protocol_errors.fetch_add(1, Relaxed);
-                tracing::warn!(%addr, "zs-web: WebSocket error, closing: {e}");
-                let text = short(&e.to_string());
-                close(&tx, &wabort, close_code(e), &text);
-                break;
-            }
-            None => break,
-        };
-        s.stats.messages_in.fetch_add(1, Relaxed);
-        if writer.is_finished() {
-            break;
-        }
-        let req = match msg {
-            Message::Text(t) => json::parse_text(t.as_str(), &limits),
-            Message::Binary(b) => json::parse_binary(&b, &limits),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => break,
-        };
-        let req = match req {
-            Ok(r) => r,
-            Err((id, e)) => {
-                s.stats.bad_messages.fetch_add(1, Relaxed);
-                tracing::debug!(%addr, "zs-web: bad message: {}", e.message);
-                if enqueue(&tx, Message::Text(json::error_reply(id, &e).into()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                continue;
-            }
-        };
-        dispatch(&s, &client, &tx, req, permit);
-    }
-    drop(tx);
-    // Let queued answers go out (bounded by the write timeout), then end.
-    let _ = tokio::time::timeout(s.cfg.write_timeout, writer).await;
-    client.close();
-    s.stats.open.fetch_sub(1, Relaxed);
-    tracing::debug!(%addr, "zs-web: session closed");
-}
-
-/// The RFC 6455 close code for a receive error: 1009 (too big), 1007
-/// (invalid UTF-8 in a text message), else 1002 (protocol error).
-fn close_code(e: axum::Error) -> u16 {
-    use tokio_tungstenite::tungstenite::Error as T;
-    match e.into_inner().downcast_ref::<T>() {
-        Some(T::Capacity(_)) => 1009,
-        Some(T::Utf8(_)) => 1007,
-        _ => 1002,
-    }
-}
-
-fn short(s: &str) -> String {
-    // A close reason is at most 123 bytes.
-    let mut end = s.len().min(120);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
-
-/// Queues a close frame; if the queue is full the client is not reading, so
-/// the writer is aborted (the socket dropped) instead of waiting for it.
-fn close(tx: &mpsc::Sender<Out>, writer: &tokio::task::AbortHandle, code: u16, reason: &str) {
-    if tx.try_send(Out::Close(code, reason.to_owned())).is_err() {
-        writer.abort();
-    }
-}
-
-async fn enqueue(tx: &mpsc::Sender<Out>, m: Message) -> Result<(), ()> {
-    tx.send(Out::Msg(m)).await.map_err(|_| ())
-}
-
-fn dispatch(
-    s: &Arc<Shared>,
-    client: &Arc<Client>,
-    tx: &mpsc::Sender<Out>,
-    req: WsRequest,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let started = Instant::now();
-    let stats = s.stats.clone();
-    let tx = tx.clone();
-    match req {
-        WsRequest::Call { id, cmd, text } => {
-            let fut = client.call(&cmd, &text);
-            tokio::spawn(async move {
-                let out = match fut.await {
-                    Ok(t) => json::text_reply(id, &t),
-                    Err(e) => json::error_reply(Some(id), &WsError::from(e)),
-                };
-                stats.observe_call(&cmd, started.elapsed());
-                let _ = tx.send(Out::Msg(Message::Text(out.into()))).await;
-                drop(permit);
-            });
-        }
-        WsRequest::Stream {
-            id,
-            cmd,
-            data,
-            binary,
-        } => {
-            let fut = client.call_stream(&cmd, data);
-            tokio::spawn(async move {
-                let out = match fut.await {
-                    Ok(d) if binary => Message::Binary(json::binary_message(op::REPLY, id, "", &d)),
-                    Ok(d) => Message::Text(json::data_reply(id, &d).into()),
-                    Err(e) => Message::Text(json::error_reply(Some(id), &WsError::from(e)).into()),
-                };
-                stats.observe_call(&cmd, started.elapsed());
-                let _ = tx.send(Out::Msg(out)).await;
-                drop(permit);
-            });
-        }
-        WsRequest::SendText { cmd, text } => {
-            if let Err(e) = client.send_direct_console(&cmd, &text) {
-                let _ = tx.try_send(Out::Msg(Message::Text(
-                    json::error_reply(None, &WsError::from(e)).into(),
-                )));
-            }
-        }
-        WsRequest::SendData { cmd, data } => {
-            if let Err(e) = client.send_direct_stream(&cmd, data) {
-                let _ = tx.try_send(Out::Msg(Message::Text(
-                    json::error_reply(None, &WsError::from(e)).into(),
-                )));
-            }
-        }
     }
 }

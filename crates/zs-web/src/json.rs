@@ -372,6 +372,17 @@ pub fn text_push(name: &str, text: &str) -> String {
     })
 }
 
+/// `{"signal":"name","code":N}`: a named signal the server sent to the
+/// connection (e.g. `user.kicked` with the user id).
+pub fn signal_push(name: &str, code: u64) -> String {
+    #[derive(Serialize)]
+    struct Signal<'a> {
+        signal: &'a str,
+        code: u64,
+    }
+    serde_json::to_string(&Signal { signal: name, code }).expect("plain data")
+}
+
 /// `{"push":"name","data":[...]}`
 pub fn data_push(name: &str, data: &DataFrame) -> String {
     to_string(&Out {

@@ -66,12 +66,13 @@ mod assets;
 mod gateway;
 pub mod json;
 pub mod metrics;
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use zs_core::StatsSnapshot;
+use zs_core::{LocalConn, LocalSink, Server, StatsSnapshot};
 use zs_crypto::{ClientConfig, Fingerprint, SecurityProvider, ZsSecurity};
 use zs_io::Backend;
 
@@ -130,12 +131,24 @@ pub struct Config {
     /// (`{"push":name,...}`): the server calls `peer.send_direct_console(name, ..)`
     /// or broadcasts it. Default `["push"]`.
     pub pushes: Vec<String>,
+    /// Names of the server's signals (`peer.send_signal(name, code)`)
+    /// forwarded to clients as `{"signal":name,"code":N}`. Default
+    /// `["user.kicked"]` (the accounts service kicking an older login).
+    pub signals: Vec<String>,
     /// Serve HTTPS/WSS with this rustls configuration. Default none (plain HTTP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// DataFrame decoding limits for request data.
     pub limits: zs_wire::Limits,
     /// Gateway runtime threads. Default 2.
     pub threads: usize,
+    /// Send a WebSocket ping to a client from which nothing arrived for this
+    /// long (keeps NAT and proxy mappings alive, and probes the client).
+    /// `None`: no pings and no dead-peer detection. Default 20 s.
+    pub ping_interval: Option<Duration>,
+    /// A client from which nothing (not even the pong) arrived for
+    /// `ping_interval + pong_timeout` is dead: its session ends (counted in
+    /// `dead_peers`). Default 20 s.
+    pub pong_timeout: Duration,
 }
 
 impl Default for Config {
@@ -151,9 +164,12 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             pushes: vec!["push".into()],
+            signals: vec!["user.kicked".into()],
             tls: None,
             limits: zs_wire::Limits::default(),
             threads: 2,
+            ping_interval: Some(Duration::from_secs(20)),
+            pong_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -169,13 +185,67 @@ impl std::fmt::Debug for Config {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("tls", &self.tls.is_some())
             .field("pushes", &self.pushes)
+            .field("signals", &self.signals)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
             .finish_non_exhaustive()
     }
 }
 
-/// The server the gateway bridges WebSocket sessions to.
+/// One extra table on the dashboard (and in `/api/stats` under `panels`):
+/// what other parts of the process want watched, such as a zs-xnat relay's
+/// mappings or a DB service's running queries (the facade builds those).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Panel {
+    /// Card title.
+    pub title: String,
+    /// Column headers.
+    pub columns: Vec<String>,
+    /// Rows, one cell per column.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// Most panels shown, rows per panel and bytes per cell (beyond: cut).
+pub const PANEL_LIMITS: (usize, usize, usize) = (16, 200, 200);
+
+/// Reads the extra dashboard panels (at each `/api/stats` request).
+pub type PanelsFn = Arc<dyn Fn() -> Vec<Panel> + Send + Sync>;
+
+/// Opens an in-process connection to the server for one WebSocket (see
+/// [`Route::InProcess`]): `zs_core::Server::connect_local` or a wrapper of it.
+pub type ConnectFn =
+    Arc<dyn Fn(Option<SocketAddr>, Arc<dyn LocalSink>) -> zs_core::Result<LocalConn> + Send + Sync>;
+
+/// The server the gateway serves WebSocket sessions from, and where its
+/// statistics come from.
 #[derive(Clone)]
 pub struct Upstream {
+    /// How a WebSocket session reaches the server's handlers.
+    pub route: Route,
+    /// The server's statistics, for `/metrics` and the dashboard.
+    pub stats: Option<StatsFn>,
+    /// Extra dashboard panels (XNat mappings, DB service queries, ...).
+    pub panels: Option<PanelsFn>,
+}
+
+/// How WebSocket sessions reach the server's handlers.
+#[derive(Clone)]
+pub enum Route {
+    /// The server runs in this process (`zs serve --http`, the facade): each
+    /// WebSocket is an in-process connection of the server
+    /// (`zs_core::Server::connect_local`): its own `Peer` with the browser's
+    /// address, the same handlers, user state, caps, pushes and broadcasts,
+    /// and a request runs its handler on the WebSocket's task, without
+    /// transport or encryption (nothing leaves the process).
+    InProcess(ConnectFn),
+    /// The server is elsewhere: each WebSocket is bridged to its own
+    /// encrypted zs-core `Client` session against it.
+    Remote(Box<Remote>),
+}
+
+/// A server reached over the network (see [`Route::Remote`]).
+#[derive(Clone)]
+pub struct Remote {
     /// The zs server's address.
     pub addr: SocketAddr,
     /// Client-side security (pinning the server's identity).
@@ -184,8 +254,6 @@ pub struct Upstream {
     pub backend: Arc<dyn Backend>,
     /// Options of the bridged sessions (call timeout, in-flight cap, ...).
     pub options: zs_core::Options,
-    /// The server's statistics, for `/metrics` and the dashboard.
-    pub stats: Option<StatsFn>,
 }
 
 impl Upstream {
@@ -205,21 +273,64 @@ impl Upstream {
         let backend: Arc<dyn Backend> = Arc::new(zs_io_tokio::TokioBackend::new(io)?);
         let options = zs_core::Options::client();
         Ok(Upstream {
-            addr,
-            security: Arc::new(ZsSecurity::new(
-                Some(Arc::new(ClientConfig::pinned(fingerprint))),
-                None,
-            )),
-            backend,
-            options,
+            route: Route::Remote(Box::new(Remote {
+                addr,
+                security: Arc::new(ZsSecurity::new(
+                    Some(Arc::new(ClientConfig::pinned(fingerprint))),
+                    None,
+                )),
+                backend,
+                options,
+            })),
             stats: None,
+            panels: None,
         })
+    }
+
+    /// `server`, in this process ([`Route::InProcess`]), with its statistics.
+    /// The gateway holds it weakly: once the server is dropped, new
+    /// WebSockets are refused (1013) and `/metrics` shows the gateway alone.
+    pub fn in_process(server: &Arc<Server>) -> Upstream {
+        let (w1, w2) = (Arc::downgrade(server), Arc::downgrade(server));
+        let connect: ConnectFn = Arc::new(move |addr, sink| match w1.upgrade() {
+            Some(s) => s.connect_local(addr, sink),
+            None => Err(zs_core::Error::ConnectionLost("the server is gone".into())),
+        });
+        Upstream {
+            route: Route::InProcess(connect),
+            stats: Some(Arc::new(move || w2.upgrade().map(|s| s.stats()))),
+            panels: None,
+        }
+    }
+
+    /// An in-process route through `connect` (for servers held in another
+    /// wrapper, like the facade's); no statistics until [`Upstream::with_stats`].
+    pub fn in_process_with(connect: ConnectFn) -> Upstream {
+        Upstream {
+            route: Route::InProcess(connect),
+            stats: None,
+            panels: None,
+        }
     }
 
     /// Sets where the server's statistics come from.
     pub fn with_stats(mut self, stats: StatsFn) -> Upstream {
         self.stats = Some(stats);
         self
+    }
+
+    /// Adds extra dashboard panels.
+    pub fn with_panels(mut self, panels: PanelsFn) -> Upstream {
+        self.panels = Some(panels);
+        self
+    }
+
+    /// The remote settings, when the route is [`Route::Remote`].
+    pub fn remote_mut(&mut self) -> Option<&mut Remote> {
+        match &mut self.route {
+            Route::Remote(r) => Some(r),
+            Route::InProcess(_) => None,
+        }
     }
 }
 
@@ -251,7 +362,10 @@ impl Gateway {
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        let backend = upstream.backend.clone();
+        let backend = match &upstream.route {
+            Route::Remote(r) => Some(r.backend.clone()),
+            Route::InProcess(_) => None,
+        };
         let shared = gateway::Shared::new(config, upstream);
         let stats = shared.stats.clone();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -265,7 +379,7 @@ impl Gateway {
             addr,
             stop,
             runtime: Some(runtime),
-            backend: Some(backend),
+            backend,
             stats,
         })
     }

@@ -59,6 +59,11 @@ pub struct WebStats {
     pub pushes: AtomicU64,
     /// HTTP requests served (all paths).
     pub http_requests: AtomicU64,
+    /// WebSocket sessions closed because the client answered no ping in time
+    /// (nothing received for `ping_interval + pong_timeout`).
+    pub dead_peers: AtomicU64,
+    /// Pings sent to idle clients.
+    pub pings: AtomicU64,
     histograms: Mutex<HashMap<String, Arc<Histogram>>>,
 }
 
@@ -66,23 +71,26 @@ impl WebStats {
     /// Records one call through the gateway: `cmd`'s duration (lower-cased;
     /// beyond [`MAX_HISTOGRAM_COMMANDS`] names, under `other`).
     pub fn observe_call(&self, cmd: &str, took: Duration) {
-        let h = {
-            let mut m = self.histograms.lock().unwrap_or_else(|p| p.into_inner());
-            let key = cmd.to_ascii_lowercase();
-            if let Some(h) = m.get(&key) {
-                h.clone()
+        self.histogram(cmd).observe(took.as_secs_f64());
+    }
+
+    /// The call-duration histogram of `cmd` (lower-cased; beyond
+    /// [`MAX_HISTOGRAM_COMMANDS`] names, `other`'s), for callers that keep it.
+    pub(crate) fn histogram(&self, cmd: &str) -> Arc<Histogram> {
+        let mut m = self.histograms.lock().unwrap_or_else(|p| p.into_inner());
+        let key = cmd.to_ascii_lowercase();
+        if let Some(h) = m.get(&key) {
+            h.clone()
+        } else {
+            let key = if m.len() >= MAX_HISTOGRAM_COMMANDS {
+                "other".to_owned()
             } else {
-                let key = if m.len() >= MAX_HISTOGRAM_COMMANDS {
-                    "other".to_owned()
-                } else {
-                    key
-                };
-                m.entry(key)
-                    .or_insert_with(|| Arc::new(Histogram::new(duration_buckets())))
-                    .clone()
-            }
-        };
-        h.observe(took.as_secs_f64());
+                key
+            };
+            m.entry(key)
+                .or_insert_with(|| Arc::new(Histogram::new(duration_buckets())))
+                .clone()
+        }
     }
 
     fn histograms(&self) -> Vec<(String, Arc<Histogram>)> {
@@ -105,6 +113,8 @@ impl WebStats {
             messages_in: self.messages_in.load(Relaxed),
             messages_out: self.messages_out.load(Relaxed),
             pushes: self.pushes.load(Relaxed),
+            dead_peers: self.dead_peers.load(Relaxed),
+            pings: self.pings.load(Relaxed),
         }
     }
 }
@@ -123,6 +133,8 @@ pub struct WebSnapshot {
     pub messages_in: u64,
     pub messages_out: u64,
     pub pushes: u64,
+    pub dead_peers: u64,
+    pub pings: u64,
 }
 
 /// The collector behind `/metrics`.
@@ -370,6 +382,18 @@ impl Collector for Metrics {
             "zs_web_pushes",
             "Server pushes forwarded to WebSocket clients.",
             l(&w.pushes),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_dead_peers",
+            "Connections closed because the client answered no ping in time.",
+            l(&w.dead_peers),
+        )?;
+        counter(
+            &mut e,
+            "zs_web_pings",
+            "WebSocket pings sent to idle clients.",
+            l(&w.pings),
         )?;
         counter(
             &mut e,

@@ -80,7 +80,17 @@ fn js_client_and_dashboard_in_chromium() {
         "##,
     );
     assert_eq!(v["lost"], "timeout");
-    let rig2 = rig(cfg());
+    // The restarted server's dashboard has an extra panel (as the facade
+    // adds for an XNat relay or a DB service).
+    let rig2 = rig_with(cfg(), Default::default(), Mode::InProcess, |up| {
+        up.panels = Some(Arc::new(|| {
+            vec![zs_web::Panel {
+                title: "XNat mappings".into(),
+                columns: vec!["mapping".into(), "public address".into()],
+                rows: vec![vec!["web".into(), "127.0.0.1:9000".into()]],
+            }]
+        }));
+    });
     let v = b.run(
         r##"
         const again = await window.zs.call("echo", "after restart", { timeout: 15000 });
@@ -89,6 +99,25 @@ fn js_client_and_dashboard_in_chromium() {
     );
     assert_eq!(v["again"], "after restart");
     assert!(v["reconnects"].as_u64().unwrap() >= 1);
+
+    // --- a signal, then a server-side close: on(name) hears it, the client
+    // reconnects ---
+    let v = b.run(
+        r##"
+        const kicked = [];
+        window.zs.on("user.kicked", (m) => kicked.push(m));
+        try { await window.zs.call("kickme", "", { timeout: 3000 }); } catch (e) {}
+        while (kicked.length < 1) await new Promise((r) => setTimeout(r, 10));
+        const back = await window.zs.call("echo", "back", { timeout: 15000 });
+        return { kicked, back };
+        "##,
+    );
+    assert_eq!(
+        v["kicked"],
+        json!([{"signal":"user.kicked","code":7}]),
+        "{v}"
+    );
+    assert_eq!(v["back"], "back");
 
     // --- the dashboard under load ---
     b.goto(&format!("{base}/"));
@@ -148,7 +177,8 @@ fn js_client_and_dashboard_in_chromium() {
         }
         const rows = document.querySelectorAll("#latency tbody tr").length;
         const counters = document.querySelectorAll("#counters tbody tr").length;
-        return { calls0, calls1: d().calls, kpi0, kpi1: document.getElementById("kpi-calls").textContent,
+        const panel = [...document.querySelectorAll("#panels .card")].map((c) => c.textContent);
+        return { panel, calls0, calls1: d().calls, kpi0, kpi1: document.getElementById("kpi-calls").textContent,
                  rate: d().rate, drawn, rows, counters, ws: document.getElementById("kpi-ws").textContent };
         "##,
     );
@@ -166,6 +196,11 @@ fn js_client_and_dashboard_in_chromium() {
     }
     assert!(v["rows"].as_u64().unwrap() >= 2, "{v}");
     assert!(v["counters"].as_u64().unwrap() >= 10, "{v}");
+    assert_eq!(
+        v["panel"],
+        serde_json::json!(["XNat mappingsmappingpublic addressweb127.0.0.1:9000"]),
+        "{v}"
+    );
     let png = b.screenshot();
     assert_eq!(&png[1..4], b"PNG");
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

@@ -182,104 +182,123 @@ fn frame(text: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_that_never_reads_is_disconnected() {
-    let rig = rig(zs_web::Config {
-        send_queue: 8,
-        max_in_flight: 8,
-        write_timeout: Duration::from_millis(500),
-        ..Default::default()
-    });
-    let addr = rig.http();
-    let rss0 = rss_kib();
-    // Ask for ~60 KB answers, forever, and never read one.
-    let writer = std::thread::spawn(move || {
-        let mut s = raw_ws(addr);
-        s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
-        let req = frame(
-            format!(
-                r#"{{"id":1,"call":"echo","text":"{}"}}"#,
-                "y".repeat(60_000)
-            )
-            .as_bytes(),
+    for mode in MODES {
+        let rig = rig_in(
+            mode,
+            zs_web::Config {
+                send_queue: 8,
+                max_in_flight: 8,
+                write_timeout: Duration::from_millis(500),
+                ..Default::default()
+            },
         );
-        let start = Instant::now();
-        let mut sent = 0usize;
-        while start.elapsed() < Duration::from_secs(15) {
-            match s.write_all(&req) {
-                Ok(()) => sent += 1,
-                Err(_) => break, // the gateway stopped reading, then closed
+        let addr = rig.http();
+        let rss0 = rss_kib();
+        // Ask for ~60 KB answers, forever, and never read one.
+        let writer = std::thread::spawn(move || {
+            let mut s = raw_ws(addr);
+            s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+            let req = frame(
+                format!(
+                    r#"{{"id":1,"call":"echo","text":"{}"}}"#,
+                    "y".repeat(60_000)
+                )
+                .as_bytes(),
+            );
+            let start = Instant::now();
+            let mut sent = 0usize;
+            while start.elapsed() < Duration::from_secs(15) {
+                match s.write_all(&req) {
+                    Ok(()) => sent += 1,
+                    Err(_) => break, // the gateway stopped reading, then closed
+                }
             }
+            sent
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while rig.gateway.stats().slow_readers == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the non-reading client was not disconnected"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        sent
-    });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while rig.gateway.stats().slow_readers == 0 {
+        honest(&rig).await;
+        let sent = tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+        assert!(sent > 0);
+        // Memory stayed bounded: at most in-flight + queued answers (8 + 8 of
+        // 60 KB) and socket buffers.
+        let grew = rss_kib().saturating_sub(rss0);
         assert!(
-            Instant::now() < deadline,
-            "the non-reading client was not disconnected"
+            grew < 64 * 1024,
+            "RSS grew by {grew} KiB after {sent} requests of 60 KB"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    honest(&rig).await;
-    let sent = tokio::task::spawn_blocking(move || writer.join().unwrap())
-        .await
-        .unwrap();
-    assert!(sent > 0);
-    // Memory stayed bounded: at most in-flight + queued answers (8 + 8 of
-    // 60 KB) and socket buffers.
-    let grew = rss_kib().saturating_sub(rss0);
-    assert!(
-        grew < 64 * 1024,
-        "RSS grew by {grew} KiB after {sent} requests of 60 KB"
-    );
-    // Its server session is gone too.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.gateway.stats().open > 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Its server session is gone too.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rig.gateway.stats().open > 0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_to_a_client_that_does_not_read_disconnect_it() {
-    let rig = rig(zs_web::Config {
-        send_queue: 4,
-        write_timeout: Duration::from_secs(30),
-        ..Default::default()
-    });
-    let addr = rig.http();
-    let mut s = tokio::task::spawn_blocking(move || raw_ws(addr))
-        .await
-        .unwrap();
-    s.write_all(&frame(br#"{"id":1,"call":"echo"}"#)).unwrap();
-    // Wait until its server session exists, then flood it with broadcasts.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.gateway.stats().open < 1 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let big = "z".repeat(60_000);
-    // A generous bound: how many bytes it takes depends on the kernel's
-    // socket buffers, which grow under some loads.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Disconnected either by the gateway (its send queue for the client is
-    // full) or, first, by the server (the bridge's backlog passed the
-    // server's `max_backlog`, which then ends the WebSocket too).
-    while rig.gateway.stats().open > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "not disconnected: gateway {:?}",
-            rig.gateway.stats()
+    for mode in MODES {
+        let rig = rig_in(
+            mode,
+            zs_web::Config {
+                send_queue: 4,
+                write_timeout: Duration::from_secs(30),
+                ..Default::default()
+            },
         );
-        for _ in 0..50 {
-            rig.server.broadcast(&zs_wire::Frame::DirectConsole {
-                cmd: "news".into(),
-                text: big.as_str().into(),
-            });
+        let addr = rig.http();
+        let mut s = tokio::task::spawn_blocking(move || raw_ws(addr))
+            .await
+            .unwrap();
+        s.write_all(&frame(br#"{"id":1,"call":"echo"}"#)).unwrap();
+        // Wait until its server session exists, then flood it with broadcasts.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rig.gateway.stats().open < 1 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let big = "z".repeat(60_000);
+        // In process, the session's push queue fills once its task blocks
+        // writing to the socket the client does not read: one more push ends
+        // the session at once. Remote, either that or, first, the server
+        // drops the bridge (its backlog passed `max_backlog`) and the session
+        // ends within a watchdog tick plus a 2 s bounded close. Neither path
+        // waits for the 30 s write timeout any more (the cause of the old
+        // 15 s timeouts under load: the session waited for its stalled
+        // writer task for up to `write_timeout`).
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(20);
+        while rig.gateway.stats().open > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "not disconnected: gateway {:?}",
+                rig.gateway.stats()
+            );
+            for _ in 0..50 {
+                rig.server.broadcast(&zs_wire::Frame::DirectConsole {
+                    cmd: "news".into(),
+                    text: big.as_str().into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!("{mode:?}: disconnected after {:?}", t0.elapsed());
+        if mode == Mode::InProcess {
+            assert_eq!(rig.gateway.stats().slow_readers, 1);
+            assert_eq!(rig.server.connection_count(), 0);
+        }
+        drop(s);
+        honest(&rig).await;
     }
-    drop(s);
-    honest(&rig).await;
 }
 
 #[test]
@@ -428,4 +447,80 @@ async fn in_flight_cap_pauses_reading_instead_of_queueing() {
         t.elapsed()
     );
     assert!(rig.gateway.stats().slow_readers == 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_no_ping_is_dropped() {
+    for mode in MODES {
+        let rig = rig_in(
+            mode,
+            zs_web::Config {
+                ping_interval: Some(Duration::from_millis(150)),
+                pong_timeout: Duration::from_millis(250),
+                ..Default::default()
+            },
+        );
+        let addr = rig.http();
+        // A socket that completed the handshake and then went silent: it
+        // neither reads the ping nor sends a pong.
+        let mut s = tokio::task::spawn_blocking(move || raw_ws(addr))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rig.gateway.stats().dead_peers == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: not dropped: {:?}",
+                rig.gateway.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while rig.gateway.stats().open > 0 || rig.server.connection_count() > 0 {
+            assert!(Instant::now() < deadline, "{mode:?}: session kept");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What it was sent: a ping ("zs"), then nothing (no close frame to
+        // a dead peer); the socket is closed.
+        let got = tokio::task::spawn_blocking(move || {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+        .await
+        .unwrap();
+        assert_eq!(&got[..4], &[0x89, 0x02, b'z', b's'], "{mode:?}: {got:?}");
+        honest(&rig).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_keep_their_connection_slot() {
+    // The HTTP connection hands its admission slot to the WebSocket session
+    // it upgrades to: open WebSockets count against the caps.
+    let rig = rig(zs_web::Config {
+        max_connections_per_ip: 2,
+        ..Default::default()
+    });
+    let mut a = ws(&rig.ws_url()).await;
+    let b = ws(&rig.ws_url()).await;
+    send(&mut a, r#"{"id":1,"call":"echo","text":"a"}"#).await;
+    assert_eq!(recv(&mut a).await["text"], "a");
+    assert!(
+        tokio_tungstenite::connect_async(rig.ws_url())
+            .await
+            .is_err(),
+        "a third WebSocket from the same address was accepted"
+    );
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok((mut c, _)) = tokio_tungstenite::connect_async(rig.ws_url()).await {
+            send(&mut c, r#"{"id":1,"call":"echo","text":"c"}"#).await;
+            assert_eq!(recv(&mut c).await["text"], "c");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

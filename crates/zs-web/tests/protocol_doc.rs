@@ -52,7 +52,7 @@ async fn part5_examples_hold_byte_for_byte() {
     let rig = rig(zs_web::Config::default());
     let bl = blocks();
     let names: Vec<&str> = bl.iter().map(|b| b.0.as_str()).collect();
-    assert_eq!(names, ["call", "push", "errors", "binary"]);
+    assert_eq!(names, ["call", "push", "errors", "signal", "binary"]);
     for (name, lines) in bl {
         let mut ws = ws(&rig.ws_url()).await;
         for l in lines {
@@ -60,6 +60,20 @@ async fn part5_examples_hold_byte_for_byte() {
                 ws.send(Message::Binary(unhex(h).into())).await.unwrap();
             } else if let Some(t) = l.strip_prefix("> ") {
                 ws.send(Message::Text(t.into())).await.unwrap();
+            } else if let Some(c) = l.strip_prefix("<close ") {
+                let (code, reason) = c.split_once(' ').unwrap_or((c, ""));
+                let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                match m {
+                    Message::Close(Some(f)) => {
+                        assert_eq!(u16::from(f.code).to_string(), code, "block {name}");
+                        assert_eq!(f.reason.as_str(), reason, "block {name}");
+                    }
+                    other => panic!("block {name}: expected close {c}, got {other:?}"),
+                }
             } else if let Some(h) = l.strip_prefix("<hex ") {
                 let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
                     .await

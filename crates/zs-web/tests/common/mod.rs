@@ -32,6 +32,8 @@ impl Rig {
 /// many times this connection called it); `pushme` (pushes its text back as
 /// a `push` direct command, then answers "ok"); `bcast` (broadcasts its text
 /// as `news` to every connection); `fail` (handler error 500); `whoami` (peer id);
+/// `addr` (the peer address handlers see); `kickme` (signals `user.kicked` 7,
+/// then closes the connection);
 /// direct console `note` (pushes "noted:<text>" back).
 pub fn registry(server: Arc<OnceLock<Weak<Server>>>) -> Registry {
     let mut r = Registry::new();
@@ -61,6 +63,14 @@ pub fn registry(server: Arc<OnceLock<Weak<Server>>>) -> Registry {
         }))
     });
     r.console("whoami", |p, _| Ok(p.id().to_string()));
+    r.console("addr", |p, _| {
+        Ok(p.addr().map(|a| a.to_string()).unwrap_or_default())
+    });
+    r.console("kickme", |p, _| {
+        let _ = p.send_signal("user.kicked", 7);
+        p.close("kicked by the test");
+        Ok("bye".into())
+    });
     r.console("pushme", |p, t| {
         p.send_direct_console("push", t)
             .map_err(|e| zs_core::HandlerError::new(500, e.to_string()))?;
@@ -83,16 +93,34 @@ pub fn registry(server: Arc<OnceLock<Weak<Server>>>) -> Registry {
     r
 }
 
-/// Starts a server (tokio backend, 1 loop) and a gateway with `cfg` (addr
-/// forced to 127.0.0.1:0 unless set to a non-zero port).
-pub fn rig(cfg: zs_web::Config) -> Rig {
-    rig_with(cfg, Options::default(), |_| {})
+/// How the gateway reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In-process connections (`Server::connect_local`).
+    InProcess,
+    /// One bridged, encrypted client session per WebSocket.
+    Remote,
 }
 
-/// [`rig`] with the server's options and a last touch on the upstream.
+/// Both modes, for tests that must hold in each.
+pub const MODES: [Mode; 2] = [Mode::InProcess, Mode::Remote];
+
+/// Starts a server (epoll backend, 1 loop) and an in-process gateway with
+/// `cfg` (addr forced to 127.0.0.1:0 unless set to a non-zero port).
+pub fn rig(cfg: zs_web::Config) -> Rig {
+    rig_with(cfg, Options::default(), Mode::InProcess, |_| {})
+}
+
+/// [`rig`] reaching the server the `mode` way.
+pub fn rig_in(mode: Mode, cfg: zs_web::Config) -> Rig {
+    rig_with(cfg, Options::default(), mode, |_| {})
+}
+
+/// [`rig`] with the server's options, the mode and a last touch on the upstream.
 pub fn rig_with(
     mut cfg: zs_web::Config,
     server_options: Options,
+    mode: Mode,
     touch: impl FnOnce(&mut zs_web::Upstream),
 ) -> Rig {
     let rng = ring::rand::SystemRandom::new();
@@ -123,9 +151,12 @@ pub fn rig_with(
     );
     let _ = slot.set(Arc::downgrade(&server));
     let weak = Arc::downgrade(&server);
-    let mut up = zs_web::Upstream::pinned(server.local_addr(), fp)
-        .unwrap()
-        .with_stats(Arc::new(move || weak.upgrade().map(|s| s.stats())));
+    let mut up = match mode {
+        Mode::InProcess => zs_web::Upstream::in_process(&server),
+        Mode::Remote => zs_web::Upstream::pinned(server.local_addr(), fp)
+            .unwrap()
+            .with_stats(Arc::new(move || weak.upgrade().map(|s| s.stats()))),
+    };
     touch(&mut up);
     if cfg.addr.port() == 8080 {
         cfg.addr = "127.0.0.1:0".parse().unwrap();
