@@ -39,7 +39,9 @@ fuzz_target!(|data: &[u8]| {
         "m2" => Some(Resolution::Macro("m1 * m1, IntToStr(m1)".into())),
         "mloop" => Some(Resolution::Macro("mloop + 1".into())),
         "mbad" => Some(Resolution::Macro("1 +".into())),
-        "mdeep" => Some(Resolution::Macro("((((((((((((((((x))))))))))))))) + m2".into())),
+        "mdeep" => Some(Resolution::Macro(
+            "((((((((((((((((x))))))))))))))) + m2".into(),
+        )),
         "k" => Some(Resolution::Const(Value::from("K"))),
         _ => None,
     });

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use zs_registry::proto::{decode_request, Ack, Changes, ChangesRequest, Push, Request, WatchRequest};
+use zs_registry::proto::{
+    decode_request, Ack, Changes, ChangesRequest, Push, Request, WatchRequest,
+};
 use zs_registry::{Embedded, EmbeddedConfig, Limits, PushSink, ServiceRegistry};
 
 /// Counts what a watcher was sent against what it acknowledged.
@@ -26,9 +28,16 @@ impl PushSink for Counting {
     fn push(&self, push: Push) -> bool {
         let mut g = self.st.lock().unwrap();
         g.0 += 1;
-        assert!(g.0 <= g.1 + 1, "{} pushes unacknowledged, window {}", g.0, g.1);
+        assert!(
+            g.0 <= g.1 + 1,
+            "{} pushes unacknowledged, window {}",
+            g.0,
+            g.1
+        );
         match push {
-            Push::Events { revision, events, .. } => {
+            Push::Events {
+                revision, events, ..
+            } => {
                 for e in &events {
                     assert!(e.revision > g.2 && e.revision <= revision, "order");
                     g.2 = e.revision;
@@ -58,7 +67,11 @@ fn apply(reg: &Embedded, req: Request) {
         Request::List { kind } => reg.list(kind.as_deref()).map(|_| ()),
         Request::Query { pattern } => reg.query(&pattern).map(|_| ()),
         Request::Pick { kind } => reg.pick(&kind).map(|_| ()),
-        Request::TryLock { name, lease, holder } => reg.try_lock(&name, lease, &holder).map(|_| ()),
+        Request::TryLock {
+            name,
+            lease,
+            holder,
+        } => reg.try_lock(&name, lease, &holder).map(|_| ()),
         Request::Unlock { name, lease } => reg.unlock(&name, lease).map(|_| ()),
         Request::Holder { name } => reg.lock_holder(&name).map(|_| ()),
         Request::Ids { name, count } => reg.allocate_ids(&name, count).map(|_| ()),
@@ -112,18 +125,32 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Some(rest) = line.strip_prefix('~') {
             if let Ok(c) = serde_json::from_str::<ChangesRequest>(rest) {
-                let _ = reg.changes(c.kind.as_deref(), c.after, Duration::ZERO, 1, Box::new(|c: Changes| {
-                    let _ = serde_json::to_string(&c);
-                }));
+                let _ = reg.changes(
+                    c.kind.as_deref(),
+                    c.after,
+                    Duration::ZERO,
+                    1,
+                    Box::new(|c: Changes| {
+                        let _ = serde_json::to_string(&c);
+                    }),
+                );
             }
             continue;
         }
         // `#n`: use the n-th lease granted so far (valid leases reach deeper states)
         let line = match line.split_once('#') {
             Some((a, b)) => {
-                let n: usize = b.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0);
+                let n: usize = b
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .unwrap_or(0);
                 match leases.get(n) {
-                    Some(l) => format!("{a}{l}{}", &b[b.chars().take_while(char::is_ascii_digit).count()..]),
+                    Some(l) => format!(
+                        "{a}{l}{}",
+                        &b[b.chars().take_while(char::is_ascii_digit).count()..]
+                    ),
                     None => line.to_owned(),
                 }
             }
@@ -142,14 +169,20 @@ fuzz_target!(|data: &[u8]| {
     let (l, i) = reg.counts();
     assert!(l <= 4 && i <= 8, "limits: {l} leases, {i} instances");
     let before = reg.list(None).expect("list");
-    let holders: Vec<_> = ["a", "b", "lock"].iter().map(|n| reg.lock_holder(n).expect("holder")).collect();
+    let holders: Vec<_> = ["a", "b", "lock"]
+        .iter()
+        .map(|n| reg.lock_holder(n).expect("holder"))
+        .collect();
     let next = reg.allocate_ids("ctr", 1).ok();
     reg.close().expect("close");
     drop(reg);
     let again = Embedded::open(vfs, "r", cfg).expect("reopen");
     let after = again.list(None).expect("list");
     assert_eq!(before, after, "acknowledged state survives a reopen");
-    let holders2: Vec<_> = ["a", "b", "lock"].iter().map(|n| again.lock_holder(n).expect("holder")).collect();
+    let holders2: Vec<_> = ["a", "b", "lock"]
+        .iter()
+        .map(|n| again.lock_holder(n).expect("holder"))
+        .collect();
     assert_eq!(holders, holders2);
     if let Some(next) = next {
         assert_eq!(again.allocate_ids("ctr", 1).expect("ids").start, next.end);

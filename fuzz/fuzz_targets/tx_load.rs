@@ -46,9 +46,13 @@ fuzz_target!(|data: &[u8]| {
     }
     db.commit(&batch).unwrap();
     drop(db);
-    let Ok(backend) = ZdbBackend::open(vfs, "f") else { return };
+    let Ok(backend) = ZdbBackend::open(vfs, "f") else {
+        return;
+    };
     let backend: Arc<dyn Backend> = Arc::new(backend);
-    let Ok(txdb) = Db::open(backend, Options::default()) else { return };
+    let Ok(txdb) = Db::open(backend, Options::default()) else {
+        return;
+    };
     let mut names = Vec::new();
     for rec in data.split(|&b| b == 0xff).take(64) {
         if let Ok((t, k, _)) = decode_record(rec) {

@@ -14,7 +14,12 @@ fuzz_target!(|data: &[u8]| {
                 // The binary form of the same request parses to the same values.
                 let m = json::binary_message(op::CALL_STREAM, id, &cmd, &data);
                 match json::parse_binary(&m, &limits) {
-                    Ok(WsRequest::Stream { id: i2, cmd: c2, data: d2, .. }) => {
+                    Ok(WsRequest::Stream {
+                        id: i2,
+                        cmd: c2,
+                        data: d2,
+                        ..
+                    }) => {
                         assert_eq!((id, &cmd), (i2, &c2));
                         assert_eq!(data.to_json(), d2.to_json());
                     }
