@@ -1739,11 +1739,14 @@ impl Inner {
         let end = w.buf_start + len as u64;
         let step = prealloc_step(end);
         if room && end > w.alloc_end && (len as u64) < step {
-            // grow in one step: the commit, then the file's length set past it, so
-            // the room after the log end reads as zeros (a hole, not written blocks)
-            file.write_all_at(&w.buf, w.buf_start)
-                .and_then(|_| file.set_len(end + step))
-                .map_err(self.poison("write"))?;
+            // grow in one step: the commit plus zero-filled room after it, one
+            // write; later commits overwrite written blocks, so their fdatasync
+            // carries no block allocation (a hole here made the commit tail,
+            // STORAGE §4)
+            w.buf.resize(len + step as usize, 0);
+            let res = file.write_all_at(&w.buf, w.buf_start);
+            w.buf.truncate(len);
+            res.map_err(self.poison("write"))?;
             w.alloc_end = end + step;
         } else {
             file.write_all_at(&w.buf, w.buf_start)
