@@ -2296,20 +2296,27 @@ impl Inner {
         }
     }
 
+    /// The record from the cache (marking it recently used), if it is there.
+    fn cache_hit(&self, id: u64) -> Option<Record> {
+        if self.opts.cache_bytes == 0 {
+            return None;
+        }
+        let mut s = mlock(self.shard(id));
+        let tick = s.tick();
+        let e = s.map.get_mut(&id)?;
+        e.2 = tick;
+        Some(Record {
+            id,
+            kind: e.0,
+            data: e.1.to_vec(),
+        })
+    }
+
     pub(crate) fn get_cached(&self, id: u64) -> Option<Option<Record>> {
         self.check_open().ok()?;
         self.touch();
-        if self.opts.cache_bytes > 0 {
-            let mut s = mlock(self.shard(id));
-            let tick = s.tick();
-            if let Some(e) = s.map.get_mut(&id) {
-                e.2 = tick;
-                return Some(Some(Record {
-                    id,
-                    kind: e.0,
-                    data: e.1.to_vec(),
-                }));
-            }
+        if let Some(r) = self.cache_hit(id) {
+            return Some(Some(r));
         }
         match rlock(&self.state).loc(id) {
             None => Some(None),
@@ -2320,17 +2327,8 @@ impl Inner {
     pub(crate) fn get(&self, id: u64) -> Result<Option<Record>> {
         self.check_open()?;
         self.touch();
-        if self.opts.cache_bytes > 0 {
-            let mut s = mlock(self.shard(id));
-            let tick = s.tick();
-            if let Some(e) = s.map.get_mut(&id) {
-                e.2 = tick;
-                return Ok(Some(Record {
-                    id,
-                    kind: e.0,
-                    data: e.1.to_vec(),
-                }));
-            }
+        if let Some(r) = self.cache_hit(id) {
+            return Ok(Some(r));
         }
         let (file, loc) = {
             let st = rlock(&self.state);

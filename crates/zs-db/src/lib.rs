@@ -67,5 +67,5 @@ pub use expr::{compile_filter, index_hints};
 pub use query::{FilterFn, IndexHint, Progress, Query, QueryControl, QueryHandle};
 pub use record::{decode_kv, encode_kv, FieldValue, Kind, Record, RecordRef, MAX_KV_ENTRIES};
 pub use store::{check_name, Env, Store};
-pub use vfs::{DirVfs, Fault, FaultKind, FileBackend, LockGuard, MemVfs, Vfs};
+pub use vfs::{DirVfs, Fault, FaultKind, FileBackend, LockGuard, MemVfs, SyncHookVfs, Vfs};
 pub use zs_wire;

@@ -390,78 +390,22 @@ fn checkpoint_follows_the_log_every_mebibyte() {
     );
 }
 
-/// A vfs whose files' `sync_data` waits at a gate the test opens.
-#[derive(Debug)]
-struct GatedVfs {
-    inner: Arc<dyn Vfs>,
-    gate: Arc<Gate>,
-}
-
+/// A gate that `sync_data` waits at while the test holds it closed.
 #[derive(Debug, Default)]
 struct Gate {
     state: std::sync::Mutex<(bool, usize)>, // (closed, syncs waiting)
     cv: std::sync::Condvar,
 }
 
-#[derive(Debug)]
-struct GatedFile {
-    inner: Arc<dyn FileBackend>,
-    gate: Arc<Gate>,
-}
-
-impl FileBackend for GatedFile {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-        self.inner.read_exact_at(buf, off)
-    }
-    fn write_all_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, off)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        let mut s = self.gate.state.lock().unwrap();
+impl Gate {
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap();
         s.1 += 1;
-        self.gate.cv.notify_all();
+        self.cv.notify_all();
         while s.0 {
-            s = self.gate.cv.wait(s).unwrap();
+            s = self.cv.wait(s).unwrap();
         }
         s.1 -= 1;
-        drop(s);
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
-impl Vfs for GatedVfs {
-    fn open(&self, name: &str, create: bool) -> std::io::Result<Arc<dyn FileBackend>> {
-        Ok(Arc::new(GatedFile {
-            inner: self.inner.open(name, create)?,
-            gate: self.gate.clone(),
-        }))
-    }
-    fn exists(&self, name: &str) -> std::io::Result<bool> {
-        self.inner.exists(name)
-    }
-    fn remove(&self, name: &str) -> std::io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn rename_new(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.inner.rename_new(from, to)
-    }
-    fn try_lock(&self, name: &str) -> std::io::Result<LockGuard> {
-        self.inner.try_lock(name)
-    }
-    fn list(&self) -> std::io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn sync_dir(&self) -> std::io::Result<()> {
-        self.inner.sync_dir()
     }
 }
 
@@ -472,10 +416,8 @@ impl Vfs for GatedVfs {
 fn a_commit_during_a_sync_does_not_wait_for_the_disk() {
     let (_m, inner) = mem();
     let gate = Arc::new(Gate::default());
-    let vfs: Arc<dyn Vfs> = Arc::new(GatedVfs {
-        inner,
-        gate: gate.clone(),
-    });
+    let g = gate.clone();
+    let vfs: Arc<dyn Vfs> = Arc::new(SyncHookVfs::new(inner, move || g.pass()));
     let opts = DbOptions {
         durability: Durability::Periodic(std::time::Duration::from_secs(3600)),
         ..Default::default()

@@ -406,71 +406,6 @@ fn per_connection_bounds() {
     other.grant(Duration::from_secs(5)).unwrap();
 }
 
-/// Counts `sync_data` calls of the files it opens (over a `MemVfs`); each
-/// takes 2 ms, as a disk's flush does.
-#[derive(Debug)]
-struct CountingVfs {
-    inner: Arc<zs_db::MemVfs>,
-    syncs: Arc<std::sync::atomic::AtomicU64>,
-}
-
-#[derive(Debug)]
-struct CountingFile {
-    inner: Arc<dyn zs_db::FileBackend>,
-    syncs: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl zs_db::FileBackend for CountingFile {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-        self.inner.read_exact_at(buf, off)
-    }
-    fn write_all_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, off)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.syncs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(2));
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
-impl zs_db::Vfs for CountingVfs {
-    fn open(&self, name: &str, create: bool) -> std::io::Result<Arc<dyn zs_db::FileBackend>> {
-        Ok(Arc::new(CountingFile {
-            inner: self.inner.open(name, create)?,
-            syncs: self.syncs.clone(),
-        }))
-    }
-    fn exists(&self, name: &str) -> std::io::Result<bool> {
-        self.inner.exists(name)
-    }
-    fn remove(&self, name: &str) -> std::io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn rename_new(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.inner.rename_new(from, to)
-    }
-    fn try_lock(&self, name: &str) -> std::io::Result<zs_db::LockGuard> {
-        self.inner.try_lock(name)
-    }
-    fn list(&self) -> std::io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn sync_dir(&self) -> std::io::Result<()> {
-        self.inner.sync_dir()
-    }
-}
-
 /// Registrations from many connections at once share fsyncs (the service's
 /// sync thread: one fsync answers every change that arrived meanwhile), and
 /// every one that was acknowledged survives a power cut.
@@ -479,10 +414,12 @@ fn the_service_group_commits_across_connections_and_loses_nothing_acknowledged()
     use zs_core::{Options, Server};
     let mem = Arc::new(zs_db::MemVfs::new());
     let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let vfs = Arc::new(CountingVfs {
-        inner: mem.clone(),
-        syncs: syncs.clone(),
-    });
+    // every fsync counted, and as slow as a disk's flush (2 ms)
+    let n = syncs.clone();
+    let vfs = Arc::new(zs_db::SyncHookVfs::new(mem.clone(), move || {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(2));
+    }));
     let reg = zs_registry::Embedded::open(vfs, "r", EmbeddedConfig::default()).unwrap();
     let mut cmds = zs_core::Registry::new();
     zs_registry::service::install(&mut cmds, reg.clone(), ServiceConfig::default());
