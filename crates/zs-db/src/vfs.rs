@@ -501,101 +501,6 @@ pub fn mem_sizes(vfs: &MemVfs) -> HashMap<String, (usize, usize)> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mem_crash_drops_unsynced() {
-        let vfs = MemVfs::new();
-        let f = vfs.open("a", true).unwrap();
-        f.write_all_at(b"durable", 0).unwrap();
-        f.sync_data().unwrap();
-        f.write_all_at(b"XXXXXXX", 0).unwrap();
-        vfs.crash(1);
-        let mut buf = [0u8; 7];
-        f.read_exact_at(&mut buf, 0).unwrap();
-        // each byte is either the durable or the unsynced version (torn at a prefix)
-        for (i, b) in buf.iter().enumerate() {
-            assert!(*b == b"durable"[i] || *b == b'X');
-        }
-    }
-
-    #[test]
-    fn locks_are_exclusive_until_dropped() {
-        let vfs = MemVfs::new();
-        let g = vfs.try_lock("a.lock").unwrap();
-        assert_eq!(
-            vfs.try_lock("a.lock").unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        drop(g);
-        drop(vfs.try_lock("a.lock").unwrap());
-
-        let dir = std::env::temp_dir().join(format!("zs-db-lock-{}", std::process::id()));
-        let d = DirVfs::new(&dir).unwrap();
-        let g = d.try_lock("a.lock").unwrap();
-        // a second handle in the same process is refused too (flock is per open file)
-        assert_eq!(
-            d.try_lock("a.lock").unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        drop(g);
-        drop(d.try_lock("a.lock").unwrap());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn rename_new_never_replaces() {
-        let vfs = MemVfs::new();
-        vfs.write_file("a", b"1");
-        vfs.write_file("b", b"2");
-        assert_eq!(
-            vfs.rename_new("a", "b").unwrap_err().kind(),
-            io::ErrorKind::AlreadyExists
-        );
-        assert_eq!(vfs.read_file("b").unwrap(), b"2");
-        vfs.rename_new("a", "c").unwrap();
-        assert_eq!(vfs.read_file("c").unwrap(), b"1");
-
-        let dir = std::env::temp_dir().join(format!("zs-db-rn-{}", std::process::id()));
-        let d = DirVfs::new(&dir).unwrap();
-        std::fs::write(dir.join("x"), b"x").unwrap();
-        std::fs::write(dir.join("y"), b"y").unwrap();
-        assert_eq!(
-            d.rename_new("x", "y").unwrap_err().kind(),
-            io::ErrorKind::AlreadyExists
-        );
-        assert_eq!(std::fs::read(dir.join("y")).unwrap(), b"y");
-        d.rename_new("x", "z").unwrap();
-        assert!(!dir.join("x").exists());
-        assert_eq!(std::fs::read(dir.join("z")).unwrap(), b"x");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn faults_fire_at_their_op() {
-        let vfs = MemVfs::new();
-        let f = vfs.open("a", true).unwrap();
-        vfs.set_faults(vec![
-            Fault {
-                at_op: 1,
-                kind: FaultKind::ShortWrite(2),
-            },
-            Fault {
-                at_op: 2,
-                kind: FaultKind::SyncError,
-            },
-        ]);
-        f.write_all_at(b"abcd", 0).unwrap();
-        assert!(f.write_all_at(b"efgh", 4).is_err());
-        assert_eq!(f.len().unwrap(), 6);
-        assert!(f.sync_data().is_err());
-        f.sync_data().unwrap();
-        assert_eq!(vfs.faults_fired(), 2);
-    }
-}
-
 /// A [`Vfs`] over another that runs a hook before every `sync_data` of the
 /// files it opens: instrumentation and tests (count fsyncs, make them as slow as
 /// a given disk, hold one at a gate while another thread works).
@@ -699,5 +604,100 @@ impl Vfs for SyncHookVfs {
     }
     fn sync_dir(&self) -> io::Result<()> {
         self.inner.sync_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_crash_drops_unsynced() {
+        let vfs = MemVfs::new();
+        let f = vfs.open("a", true).unwrap();
+        f.write_all_at(b"durable", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"XXXXXXX", 0).unwrap();
+        vfs.crash(1);
+        let mut buf = [0u8; 7];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        // each byte is either the durable or the unsynced version (torn at a prefix)
+        for (i, b) in buf.iter().enumerate() {
+            assert!(*b == b"durable"[i] || *b == b'X');
+        }
+    }
+
+    #[test]
+    fn locks_are_exclusive_until_dropped() {
+        let vfs = MemVfs::new();
+        let g = vfs.try_lock("a.lock").unwrap();
+        assert_eq!(
+            vfs.try_lock("a.lock").unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(g);
+        drop(vfs.try_lock("a.lock").unwrap());
+
+        let dir = std::env::temp_dir().join(format!("zs-db-lock-{}", std::process::id()));
+        let d = DirVfs::new(&dir).unwrap();
+        let g = d.try_lock("a.lock").unwrap();
+        // a second handle in the same process is refused too (flock is per open file)
+        assert_eq!(
+            d.try_lock("a.lock").unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(g);
+        drop(d.try_lock("a.lock").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rename_new_never_replaces() {
+        let vfs = MemVfs::new();
+        vfs.write_file("a", b"1");
+        vfs.write_file("b", b"2");
+        assert_eq!(
+            vfs.rename_new("a", "b").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(vfs.read_file("b").unwrap(), b"2");
+        vfs.rename_new("a", "c").unwrap();
+        assert_eq!(vfs.read_file("c").unwrap(), b"1");
+
+        let dir = std::env::temp_dir().join(format!("zs-db-rn-{}", std::process::id()));
+        let d = DirVfs::new(&dir).unwrap();
+        std::fs::write(dir.join("x"), b"x").unwrap();
+        std::fs::write(dir.join("y"), b"y").unwrap();
+        assert_eq!(
+            d.rename_new("x", "y").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(std::fs::read(dir.join("y")).unwrap(), b"y");
+        d.rename_new("x", "z").unwrap();
+        assert!(!dir.join("x").exists());
+        assert_eq!(std::fs::read(dir.join("z")).unwrap(), b"x");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn faults_fire_at_their_op() {
+        let vfs = MemVfs::new();
+        let f = vfs.open("a", true).unwrap();
+        vfs.set_faults(vec![
+            Fault {
+                at_op: 1,
+                kind: FaultKind::ShortWrite(2),
+            },
+            Fault {
+                at_op: 2,
+                kind: FaultKind::SyncError,
+            },
+        ]);
+        f.write_all_at(b"abcd", 0).unwrap();
+        assert!(f.write_all_at(b"efgh", 4).is_err());
+        assert_eq!(f.len().unwrap(), 6);
+        assert!(f.sync_data().is_err());
+        f.sync_data().unwrap();
+        assert_eq!(vfs.faults_fired(), 2);
     }
 }
