@@ -31,13 +31,14 @@ pub struct DbServiceArgs {
 }
 
 /// Adds the DB service to `reg` (unless disabled); its databases live in
-/// `--db-dir`, else in `data/db`. Returns what to print.
+/// `--db-dir`, else in `data/db`. Returns what to print and the service (for
+/// the dashboard's panel).
 pub fn install(
     a: &DbServiceArgs,
     data: &std::path::Path,
     accounts: Option<&zserver::services::Accounts>,
     reg: &mut zserver::Registry,
-) -> Result<Option<String>, String> {
+) -> Result<Option<(String, DbService)>, String> {
     if a.no_db_service {
         return Ok(None);
     }
@@ -52,9 +53,12 @@ pub fn install(
         service.require_accounts(accounts);
     }
     service.register(reg);
-    Ok(Some(format!(
-        "db service: databases in {} (zs db --remote ADDR …)",
-        dir.display()
+    Ok(Some((
+        format!(
+            "db service: databases in {} (zs db --remote ADDR …)",
+            dir.display()
+        ),
+        service,
     )))
 }
 

@@ -326,8 +326,16 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
                 addr: http,
                 ..Default::default()
             };
-            let g = zserver::web::start(&server, config)
-                .map_err(|e| format!("cannot start the web face on {http}: {e}"))?;
+            // the dashboard shows the DB service's panel when it runs here
+            let g = match &db_note {
+                Some((_, svc)) => zserver::web::start_with_panels(
+                    &server,
+                    config,
+                    zserver::web::db_service_panel(svc),
+                ),
+                None => zserver::web::start(&server, config),
+            }
+            .map_err(|e| format!("cannot start the web face on {http}: {e}"))?;
             let at = g.local_addr();
             println!(
                 "web: dashboard http://{at}/  WebSocket ws://{at}/ws  metrics http://{at}/metrics"
@@ -336,7 +344,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
-    if let Some(note) = db_note {
+    if let Some((note, _)) = &db_note {
         println!("{note}");
     }
 

@@ -63,6 +63,10 @@ fn serve_with_http_serves_dashboard_metrics_and_websocket() {
     }
     let web = web.expect("zs serve prints the web address");
     assert!(get(web, "/").contains("zserver dashboard"));
+    // the DB service runs in `zs serve` by default: its panel is on the dashboard
+    let stats = get(web, "/api/stats");
+    assert!(stats.contains("DB service"), "{stats}");
+    assert!(stats.contains("queries running"), "{stats}");
 
     // A WebSocket echo through the gateway (hand-made frames).
     let mut s = TcpStream::connect(web).unwrap();

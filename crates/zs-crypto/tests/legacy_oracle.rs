@@ -177,6 +177,47 @@ impl Rng {
     }
 }
 
+/// ZNet's SHA3 finaliser writes past its block buffer when the input leaves
+/// exactly two bytes of the last block (`len % rate == rate - 2`): the
+/// original `znet_cipher` dies with an access violation there (found by a
+/// random CI seed: hash 8 over 206 bytes), so those lengths have no reference
+/// output. A real ZNet peer hashing such a frame crashes the same way.
+fn oracle_faults(h: LegacyHash, n: usize) -> bool {
+    let rate = match h {
+        LegacyHash::Sha3_224 => 144,
+        LegacyHash::Sha3_256 => 136,
+        LegacyHash::Sha3_384 => 104,
+        LegacyHash::Sha3_512 => 72,
+        _ => return false,
+    };
+    n % rate == rate - 2
+}
+
+/// The lengths `oracle_faults` names are exactly the ones the original
+/// cannot hash (every SHA3 id, two blocks' worth of lengths).
+#[test]
+fn the_original_sha3_faults_only_where_expected() {
+    let Some(o) = oracle() else { return };
+    for h in [
+        LegacyHash::Sha3_224,
+        LegacyHash::Sha3_256,
+        LegacyHash::Sha3_384,
+        LegacyHash::Sha3_512,
+    ] {
+        for n in [
+            0usize, 1, 70, 71, 72, 102, 103, 104, 134, 135, 142, 143, 206, 214, 270, 286,
+        ] {
+            let ok = std::process::Command::new(&o)
+                .args(["hash", &(h as u8).to_string(), &hex(&vec![0x5a; n])])
+                .output()
+                .expect("run znet_cipher")
+                .status
+                .success();
+            assert_eq!(!ok, oracle_faults(h, n), "hash {} over {n} bytes", h as u8);
+        }
+    }
+}
+
 #[test]
 fn every_hash_id_matches_the_oracle() {
     let Some(o) = oracle() else { return };
@@ -192,6 +233,8 @@ fn every_hash_id_matches_the_oracle() {
         };
         lens.push(rng.below(301));
         for n in lens {
+            // the original has no answer there: it faults (see `oracle_faults`)
+            let n = if oracle_faults(h, n) { n + 1 } else { n };
             cases.push((h, rng.bytes(n)));
         }
     }

@@ -470,7 +470,11 @@ impl Lsc {
 /// length: its finaliser pads with `0x81` instead of `0x86` when one byte of
 /// the block is left, and leaves the second-to-last byte of the block buffer
 /// as the previous block had it (it clears one byte too few). Inputs shorter
-/// than `rate - 1` bytes hash as FIPS SHA-3; longer ones may not. `out_len`
+/// than `rate - 1` bytes hash as FIPS SHA-3; longer ones may not. At
+/// `len % rate == rate - 2` the original's finaliser writes past its buffer and
+/// faults (`znet_cipher` dies with an access violation; a ZNet peer hashing such
+/// a frame would too): there is no reference output for those lengths, and this
+/// function answers what its port of the algorithm computes. `out_len`
 /// is 28, 32, 48 or 64.
 pub fn znet_sha3(data: &[u8], out_len: usize) -> Vec<u8> {
     let rate = 200 - 2 * out_len;
