@@ -158,6 +158,12 @@ fn answers_pushes_broadcasts_and_unknown_commands_reach_the_sink() {
         st.commands.iter().find(|c| c.name == "echo").unwrap().calls,
         1
     );
+    // a responder counts its request finished just after its answer reached the
+    // sink (on the HPC pool's thread for `sum`): wait for that, bounded
+    let t0 = std::time::Instant::now();
+    while conn.in_flight() != 0 && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(conn.in_flight(), 0);
     drop(conn);
     assert_eq!(server.connection_count(), 0);
