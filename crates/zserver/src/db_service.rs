@@ -33,7 +33,7 @@ pub fn connect_db(
     DbClient::connect_with(move |reg| make().registry(reg).connect())
 }
 
-/// The accounts service (`zs-services`) as the DB service's [`Identity`]: once
+/// The accounts service (`zs-services`) as the DB service's [`Identity`](zs_db_service::Identity): once
 /// plugged in, every DB request needs a logged-in user with the right
 /// [`Access`](zs_db_service::Access) to its database.
 ///

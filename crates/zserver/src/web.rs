@@ -69,7 +69,7 @@ pub fn start_remote(server: &Arc<RunningServer>, config: Config) -> Result<Gatew
     Gateway::start(config, upstream)
 }
 
-/// Like [`start`], with extra dashboard panels (see [`xnat_panel`],
+/// Like [`start`], with extra dashboard panels (see `xnat_panel` with feature `xnat`,
 /// [`db_service_panel`], [`panels`]).
 pub fn start_with_panels(
     server: &Arc<RunningServer>,
