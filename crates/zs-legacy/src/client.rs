@@ -444,15 +444,7 @@ fn handle(st: &mut State, f: LegacyFrame) -> std::result::Result<(), LegacyError
             last,
             data,
         } => {
-            let mut sig = Vec::with_capacity(9);
-            frame::encode_signal(
-                if last {
-                    SignalKind::Done
-                } else {
-                    SignalKind::Fragment
-                },
-                &mut sig,
-            );
+            let sig = crate::chunk_signal(last);
             let mut out = BytesMut::new();
             st.seq.send(&sig, &mut out)?;
             write(st, out.freeze());

@@ -56,6 +56,19 @@ mod demo;
 pub mod peers;
 mod server;
 
+/// The signal that acknowledges one received BigStream chunk, as both ends of
+/// ZNet's link send it: `Done` after the last chunk, `Fragment` otherwise.
+fn chunk_signal(last: bool) -> Vec<u8> {
+    let mut sig = Vec::with_capacity(9);
+    let kind = if last {
+        zs_wire::legacy::SignalKind::Done
+    } else {
+        zs_wire::legacy::SignalKind::Fragment
+    };
+    zs_wire::legacy::frame::encode_signal(kind, &mut sig);
+    sig
+}
+
 pub use client::{ClientConfig, LegacyClient, Push, PushedData};
 pub use crypto::{key_buffer, supported_cipher, supported_hash, ConnCrypto};
 pub use demo::register_demo_commands;

@@ -996,15 +996,7 @@ impl ConnHandler {
                         id
                     }
                 };
-                let mut sig = Vec::with_capacity(9);
-                frame::encode_signal(
-                    if last {
-                        SignalKind::Done
-                    } else {
-                        SignalKind::Fragment
-                    },
-                    &mut sig,
-                );
+                let sig = crate::chunk_signal(last);
                 link.send_frames(st, &sig)?;
                 Ok(Step::Dispatch(Request::BigChunk {
                     id,

@@ -260,23 +260,7 @@ fn the_originals_and_our_server_send_the_documented_bytes() {
     // The original client and our server.
     let mut r = Registry::new();
     register_demo_commands(&mut r);
-    let backend = Arc::new(
-        zs_io_epoll::EpollBackend::new(zs_io::Config {
-            loops: 1,
-            ..Default::default()
-        })
-        .unwrap(),
-    );
-    let ours = LegacyServer::start(
-        backend,
-        r,
-        LegacyConfig {
-            ciphers: CipherPool::Performance,
-            ..Default::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let ours = performance_server(r, false);
     let (a, b) = capture(&dir, ours.local_addr().port());
     assert_eq!(
         without_trailing_acks(without_keepalives(&a), c2s.len()),
@@ -341,24 +325,7 @@ fn pushes_to_the_original_client_are_the_documented_bytes() {
             .map_err(|e| e.to_string())?;
         Ok(format!("console result {text}"))
     });
-    let backend = Arc::new(
-        zs_io_epoll::EpollBackend::new(zs_io::Config {
-            loops: 1,
-            quickack: true,
-            ..Default::default()
-        })
-        .unwrap(),
-    );
-    let ours = LegacyServer::start(
-        backend,
-        r,
-        LegacyConfig {
-            ciphers: CipherPool::Performance,
-            ..Default::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let ours = performance_server(r, true);
     let (a, b, out) = capture_with(
         &dir,
         ours.local_addr().port(),
@@ -396,4 +363,27 @@ fn the_documented_compressed_dfe_decodes_and_ours_has_its_layout() {
         Dfe::decode(&Bytes::from(ours), &LegacyLimits::default()).unwrap(),
         want
     );
+}
+
+/// Our legacy server on one epoll loop with the Performance cipher pool, on a
+/// free loopback port, with or without quick ACKs.
+fn performance_server(r: Registry, quickack: bool) -> LegacyServer {
+    let backend = Arc::new(
+        zs_io_epoll::EpollBackend::new(zs_io::Config {
+            loops: 1,
+            quickack,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    LegacyServer::start(
+        backend,
+        r,
+        LegacyConfig {
+            ciphers: CipherPool::Performance,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap()
 }

@@ -128,22 +128,7 @@ fn acknowledged_changes_survive_power_loss() {
         let acked = acked.into_inner().unwrap();
         assert!(!acked.is_empty());
         drop(reg);
-        let again = zs_registry::Embedded::open(vfs, "r", EmbeddedConfig::default()).unwrap();
-        let have: std::collections::BTreeSet<String> = again
-            .list(Some("p"))
-            .unwrap()
-            .instances
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
-        for id in &acked {
-            assert!(
-                have.contains(id),
-                "seed {seed}: acknowledged {id} lost ({} acked, {} kept)",
-                acked.len(),
-                have.len()
-            );
-        }
+        let again = reopen_keeping(vfs, "p", &acked, &format!("seed {seed}"));
         assert!(again.keepalive(lease).is_ok(), "the lease survived");
         assert!(
             again.allocate_ids("n", 1).unwrap().start >= first_ids.end,
@@ -486,15 +471,32 @@ fn the_service_group_commits_across_connections_and_loses_nothing_acknowledged()
     server.shutdown();
     drop(clients);
     drop(reg);
-    let again = zs_registry::Embedded::open(mem, "r", EmbeddedConfig::default()).unwrap();
+    reopen_keeping(mem, "g", &acked, "group commit");
+}
+
+/// Reopens registry "r" on `vfs` after a simulated power cut and checks that
+/// every acknowledged instance id of `service` is still registered.
+fn reopen_keeping(
+    vfs: Arc<dyn zs_db::Vfs>,
+    service: &str,
+    acked: &[String],
+    case: &str,
+) -> zs_registry::Embedded {
+    let again = zs_registry::Embedded::open(vfs, "r", EmbeddedConfig::default()).unwrap();
     let have: std::collections::BTreeSet<String> = again
-        .list(Some("g"))
+        .list(Some(service))
         .unwrap()
         .instances
         .into_iter()
         .map(|i| i.id)
         .collect();
-    for id in &acked {
-        assert!(have.contains(id), "acknowledged registration {id} lost");
+    for id in acked {
+        assert!(
+            have.contains(id),
+            "{case}: acknowledged {id} lost ({} acked, {} kept)",
+            acked.len(),
+            have.len()
+        );
     }
+    again
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{recv, send, ws};
+use common::{recv, recv_until_close, send, ws};
 use zs_core::{Client, Options, Registry, Server};
 use zs_crypto::{ClientConfig, ServerConfig, ServerIdentity, ZsSecurity};
 use zs_services::{Services, ServicesClient, ServicesConfig};
@@ -116,15 +116,7 @@ async fn a_web_login_is_the_same_user_as_on_the_binary_protocol() {
     })
     .await
     .unwrap();
-    let mut got = Vec::new();
-    loop {
-        let m = recv(&mut ws).await;
-        let close = m.get("close").is_some();
-        got.push(m);
-        if close {
-            break;
-        }
-    }
+    let got = recv_until_close(&mut ws).await;
     assert!(
         got.contains(&serde_json::json!({"signal":"user.kicked","code":uid})),
         "{got:?}"

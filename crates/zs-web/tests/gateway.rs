@@ -323,15 +323,7 @@ async fn a_server_side_close_sends_its_signal_then_closes() {
         let rig = rig_in(mode, zs_web::Config::default());
         let mut ws = ws(&rig.ws_url()).await;
         send(&mut ws, r#"{"id":1,"call":"kickme"}"#).await;
-        let mut got = Vec::new();
-        loop {
-            let m = recv(&mut ws).await;
-            let close = m.get("close").is_some();
-            got.push(m);
-            if close {
-                break;
-            }
-        }
+        let got = recv_until_close(&mut ws).await;
         assert!(
             got.contains(&serde_json::json!({"signal":"user.kicked","code":7})),
             "{mode:?}: {got:?}"

@@ -199,6 +199,19 @@ pub async fn recv(ws: &mut Ws) -> serde_json::Value {
 }
 
 /// Sends raw bytes over TCP and reads until the peer closes (or 5 s).
+/// Every message up to and including the server's close message.
+pub async fn recv_until_close(ws: &mut Ws) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    loop {
+        let m = recv(ws).await;
+        let close = m.get("close").is_some();
+        got.push(m);
+        if close {
+            return got;
+        }
+    }
+}
+
 pub fn raw_http(addr: SocketAddr, req: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
