@@ -88,7 +88,8 @@ pub(crate) fn compile(
 ) -> Program {
     let n = s.tree.nodes.len();
     let mut p = Program {
-        text: String::new(),
+        // sized once: the source and the names macros added (no growth on push)
+        text: String::with_capacity(source.len() + s.extra.len()),
         src_len: 0,
         nodes: Vec::with_capacity(n),
         spans: Vec::with_capacity(s.vars.len() + n),
