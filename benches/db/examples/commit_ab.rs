@@ -103,13 +103,16 @@ fn main() {
     // turn, as the `db` suite does); a side's block = its BLOCK commits of a round
     let orders = permutations(k);
     let mut step = 0usize;
+    let mut each: Vec<Vec<f64>> = vec![Vec::new(); k];
     for _ in 0..blocks {
         let mut times = vec![0f64; k];
         for _ in 0..BLOCK {
             for &s in &orders[step % orders.len()] {
                 let t = Instant::now();
                 (sides[s].1)();
-                times[s] += t.elapsed().as_secs_f64();
+                let el = t.elapsed().as_secs_f64();
+                times[s] += el;
+                each[s].push(el);
             }
             step += 1;
         }
@@ -123,7 +126,19 @@ fn main() {
         .collect();
     let fj = want.iter().position(|n| n == "fjall");
     for (i, (name, _)) in sides.iter().enumerate() {
-        print!("{name} {:.0}/s", rates[i]);
+        let e = &mut each[i];
+        e.sort_by(f64::total_cmp);
+        let q = |p: f64| e[((e.len() - 1) as f64 * p) as usize] * 1e3;
+        print!(
+            "{name} {:.0}/s (ms p10 {:.3} p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}; mean {:.3})",
+            rates[i],
+            q(0.1),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0),
+            e.iter().sum::<f64>() / e.len() as f64 * 1e3
+        );
         if let Some(fj) = fj {
             print!(" ({:.3}x fjall)", rates[i] / rates[fj]);
         }
