@@ -38,7 +38,7 @@ fn main() {
             let t = Instant::now();
             for i in 0..n {
                 p.insert(i.to_be_bytes(), value.clone()).expect("insert");
-                ks.persist(fjall::PersistMode::SyncAll).expect("persist");
+                ks.persist(fjall::PersistMode::SyncData).expect("persist");
             }
             report("fjall", n, t);
         }

@@ -116,6 +116,74 @@ fn interleaved_min(
     acc.rates(block as f64)
 }
 
+/// Like [`interleaved`], but the sides' blocks overlap in time: a round runs one
+/// operation of every side in turn (each step in the next of all the sides' orders,
+/// see [`permutations`]), `block` times, and each side's block time is the sum of its own operations' times in that
+/// round. Every side's block then spans the same moments, so a change of the shared
+/// disk's phase within a round hits all sides alike instead of the blocks on one side
+/// of the change (with whole blocks of 8 commits one after another, a round of four
+/// sides takes 4 x 8 flushes, and a phase change inside it decided the ratio of the
+/// few dozen rounds a quick run has: `commits_vs_fjall` swung 0.83-1.46 between runs).
+fn interleaved_fine(
+    acc: &mut Blocks,
+    sides: &mut [&mut dyn FnMut(u64)],
+    block: u64,
+    budget: Duration,
+    warm: bool,
+) -> Vec<f64> {
+    let k = sides.len();
+    if warm {
+        for side in sides.iter_mut() {
+            side(block);
+        }
+    }
+    let orders = permutations(k);
+    let start = Instant::now();
+    let mut round = 0usize;
+    let mut step = 0usize;
+    let mut times = vec![Duration::ZERO; k];
+    while round < 2 || start.elapsed() < budget {
+        times.fill(Duration::ZERO);
+        for _ in 0..block {
+            for &s in &orders[step % orders.len()] {
+                let t = Instant::now();
+                (sides[s])(1);
+                times[s] += t.elapsed();
+            }
+            step += 1;
+        }
+        for (l, t) in acc.log_sum.iter_mut().zip(&times) {
+            *l += t.as_secs_f64().max(1e-9).ln();
+        }
+        round += 1;
+        acc.n += 1;
+    }
+    acc.rates(block as f64)
+}
+
+/// Every order of `0..k`, one after another such that over a whole cycle each side
+/// follows every other side equally often (a side whose flush leaves the shared disk
+/// busy slows whichever side comes next: with a fixed cyclic order, the same side
+/// always paid for it).
+fn permutations(k: usize) -> Vec<Vec<usize>> {
+    fn go(prefix: &mut Vec<usize>, k: usize, out: &mut Vec<Vec<usize>>) {
+        if prefix.len() == k {
+            out.push(prefix.clone());
+            return;
+        }
+        for s in 0..k {
+            if !prefix.contains(&s) {
+                prefix.push(s);
+                go(prefix, k, out);
+                prefix.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(&mut Vec::new(), k, &mut out);
+    out
+}
+
 /// [`interleaved`] for operations that time themselves (setup and teardown outside
 /// the returned duration): one operation per side per block, no warm-up, at least one
 /// block per side per round.
@@ -237,7 +305,10 @@ fn main() {
     } else {
         (1_000_000, 10_000_000, Duration::from_secs(1))
     };
-    // time of one round of the interleaved cases (all sides together)
+    // time of one round of the interleaved cases (all sides together). Quick commit
+    // rounds of 3.2 s instead of 1.6 s were tried: `commits_vs_fjall` spread as much
+    // (0.88-1.16 over ten runs against 0.92-1.13 over eight), so the spread is not
+    // sampling noise within a run, and the suite went past 60 s under load.
     let (commit_round, batch_round, read_round, scan_round) = if opts.quick {
         (
             Duration::from_millis(1600),
@@ -258,10 +329,11 @@ fn main() {
     let root = Arc::new(root);
 
     // --- durable single-record commits -------------------------------------------
-    // One driver runs every side in blocks of COMMIT_BLOCK commits, rotating which side
-    // goes first, until the round's time is up: all sides see the same moments of a
-    // shared disk whose flush latency swings by 5x within a second, so the ratio
-    // compares engines, not moments. Each side's rate is its commits over its own time.
+    // One driver runs the sides' commits in turn, one commit each, each step in another
+    // order of the sides (all orders in turn), COMMIT_BLOCK steps per round (each side's block time is the sum of its
+    // COMMIT_BLOCK commits in the round, see `interleaved_fine`), until the round's time
+    // is up: all sides see the same moments of a shared disk whose flush latency swings
+    // by 5x within a second, so the ratio compares engines, not moments.
     // The same promise on every side: a commit returns only once its data is on disk
     // through fdatasync (zs-db Durability::Immediate: pwrite + fdatasync; redb's default
     // Durability::Immediate: its file backend's sync_data = fdatasync; fjall
@@ -297,9 +369,10 @@ fn main() {
             // (file, write offset, end of the written zeros)
             limits.push((f, 0u64, 0u64));
         }
-        let (mut i_ours, mut i_redb, mut i_fjall, mut i_limit) = (0u64, 0u64, 0u64, 0usize);
+        let (mut i_ours, mut i_redb, mut i_fjall, mut i_limit) = (0u64, 0u64, 0u64, 0u64);
         let out = shared.clone();
         let mut acc = Blocks::new(4);
+        let mut warmed = false;
         suite.case("zs-db commit", "commits_per_s", Better::Higher, move || {
             let mut ours = |n: u64| {
                 let db = &dbs[(i_ours / COMMIT_BLOCK) as usize % COMMIT_STORES];
@@ -323,9 +396,10 @@ fn main() {
             let mut limit = |n: u64| {
                 use std::io::{Seek, SeekFrom, Write};
                 let rec = [7u8; VALUE + 32 + 4];
-                let (f, at, room) = &mut limits[i_limit % COMMIT_STORES];
-                i_limit += 1;
                 for _ in 0..n {
+                    let (f, at, room) =
+                        &mut limits[(i_limit / COMMIT_BLOCK) as usize % COMMIT_STORES];
+                    i_limit += 1;
                     if *at + rec.len() as u64 > *room {
                         f.seek(SeekFrom::Start(*room)).expect("seek");
                         f.write_all(&vec![0u8; 4 << 20]).expect("prealloc");
@@ -347,13 +421,18 @@ fn main() {
                     i_fjall += 1;
                 }
             };
-            let rates = interleaved(
-                &mut acc,
-                &mut [&mut ours, &mut redb, &mut limit, &mut fjall],
-                COMMIT_BLOCK,
-                commit_round,
-                true,
-            );
+            let sides: &mut [&mut dyn FnMut(u64)] =
+                &mut [&mut ours, &mut redb, &mut limit, &mut fjall];
+            if !warmed {
+                // untimed: one block into every store of every side, so no side's timed
+                // commits include a store's first write (our first commit writes 64 KiB
+                // of room, the limit loop's 4 MiB, fjall's and redb's their first pages)
+                for side in sides.iter_mut() {
+                    side(COMMIT_BLOCK * COMMIT_STORES as u64);
+                }
+                warmed = true;
+            }
+            let rates = interleaved_fine(&mut acc, sides, COMMIT_BLOCK, commit_round, false);
             *out.borrow_mut() = rates.clone();
             rates[0]
         });
@@ -738,7 +817,7 @@ fn main() {
         sizes_loaded.1 as f64 / sizes_loaded.0 as f64,
         sizes_compacted.1 as f64 / sizes_compacted.0 as f64
     ));
-    suite.note("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; each commit side writes to 4 stores in turn (one per block); single-thread commits, batches, reads and scans run interleaved in blocks (8 commits / 1 batch / 5000 reads / 1 scan per side, rotating order), rate from the geometric mean of each side's block times over all rounds so far (every round's figure covers the same blocks on every side)");
+    suite.note("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; each commit side writes to 4 stores in turn (8 commits each; one untimed block into every store first); single-thread commits alternate commit by commit between the sides (each step in the next of all 24 orders of the 4 sides, so each side follows each other side equally often; a side's block = its 8 commits of a round), batches, reads and scans run interleaved in blocks (1 batch / 5000 reads / 1 scan per side, rotating order), rate from the geometric mean of each side's block times over all rounds so far (every round's figure covers the same blocks on every side)");
     suite.note(format!(
         "reads and scans: cache budget {} MiB on every side (redb's default; zs-db and fjall set to it), zs-db's idle eviction off (1 h) as the others have none",
         READ_CACHE >> 20

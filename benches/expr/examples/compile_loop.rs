@@ -1,4 +1,4 @@
-//! Profiling aid for the compile cases: `compile_loop <zs|zs-reuse|fasteval> [n] [all|arith|nested]`
+//! Profiling aid for the compile cases: `compile_loop <zs|zs-reuse|zs-eval|fasteval|fasteval-fresh> [n] [all|arith|nested]`
 //! compiles the numeric bench expressions `n` times. Run it under `valgrind --tool=callgrind` to compare
 //! instruction counts, which stay reproducible on a busy machine where wall-clock does not.
 #![forbid(unsafe_code)]
@@ -49,8 +49,36 @@ fn main() {
                 }
             }
         }
+        "zs-eval" => {
+            // evaluation, for comparing a Program layout's eval cost (`n` evals per text)
+            let engine = zs_expr::Engine::new();
+            let progs: Vec<_> = texts
+                .iter()
+                .map(|t| engine.compile(t).expect("compiles"))
+                .collect();
+            let vars = [zs_expr::Value::Float(7.5)];
+            for _ in 0..n {
+                for p in &progs {
+                    black_box(p.eval_f64(black_box(&vars[..])).ok());
+                }
+            }
+        }
+        "fasteval-fresh" => {
+            let parser = fasteval::Parser::new();
+            for _ in 0..n {
+                for &t in texts {
+                    let mut slab = fasteval::Slab::new();
+                    let c = parser
+                        .parse(black_box(t), &mut slab.ps)
+                        .map(|e| e.from(&slab.ps).compile(&slab.ps, &mut slab.cs));
+                    black_box((c.is_ok(), &slab));
+                }
+            }
+        }
         other => {
-            eprintln!("usage: compile_loop <zs|zs-reuse|fasteval> [n] (got {other:?})");
+            eprintln!(
+                "usage: compile_loop <zs|zs-reuse|zs-eval|fasteval|fasteval-fresh> [n] (got {other:?})"
+            );
             std::process::exit(2);
         }
     }

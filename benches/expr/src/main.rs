@@ -194,6 +194,26 @@ fn main() {
                 },
             );
         }
+        if let Some(fe) = fe {
+            // fasteval's self-contained compiled expression: a compiled `Instruction`
+            // refers into its slab, so a new one per expression needs a new slab
+            // (`Slab::new()`, its documented constructor), dropped after with it
+            let parser = fasteval::Parser::new();
+            suite.case(
+                &format!("fasteval-compile-fresh-{label}"),
+                "ns_per_op",
+                Better::Lower,
+                move || {
+                    ns_per_op(min_time, || {
+                        let mut slab = fasteval::Slab::new();
+                        let c = parser
+                            .parse(black_box(fe), &mut slab.ps)
+                            .map(|e| e.from(&slab.ps).compile(&slab.ps, &mut slab.cs));
+                        black_box((c.is_ok(), &slab));
+                    })
+                },
+            );
+        }
         suite.case(
             &format!("evalexpr-compile-{label}"),
             "ns_per_op",
@@ -366,6 +386,11 @@ fn main() {
             suite.ratio(
                 &format!("compile_fresh_vs_fasteval_{label}"),
                 &format!("zs-compile-fresh-{label}"),
+                &format!("fasteval-compile-fresh-{label}"),
+            );
+            suite.ratio(
+                &format!("compile_fresh_vs_fasteval_reused_{label}"),
+                &format!("zs-compile-fresh-{label}"),
                 &format!("fasteval-compile-{label}"),
             );
         }
@@ -394,7 +419,7 @@ fn main() {
     suite.note("eval_vs_fasteval / compile_vs_fasteval: arith + nested (fasteval has no strings); eval_vs_evalexpr: all three");
     suite.note("variables: ours by slot (&[Value]); fasteval a closure namespace; evalexpr a HashMapContext");
     suite.note("timing: each sample runs ~50 us batches for the sample's time and reports the lower quartile of the batches' ns/op (preemption only slows a batch), the same on every side");
-    suite.note("compile: ours (zs-compile-*) parses and compiles into one reused Program (Engine::compile_into: no allocation once warm), fasteval into one reused Slab (cleared each time, no allocation once warm); zs-compile-fresh-* builds a new self-contained Program each time (Engine::compile, dropped after), ratios compile_fresh_vs_fasteval_*");
+    suite.note("compile: ours (zs-compile-*) parses and compiles into one reused Program (Engine::compile_into: no allocation once warm), fasteval into one reused Slab (cleared each time, no allocation once warm); zs-compile-fresh-* builds a new self-contained Program each time (Engine::compile, dropped after) and fasteval-compile-fresh-* a new self-contained compiled expression (a new Slab::new(), parse, compile, dropped after), ratios compile_fresh_vs_fasteval_*; compile_fresh_vs_fasteval_reused_* pairs our fresh Program with fasteval's reused slab (more work on our side)");
     suite.note("results as typed scalars on every side: numeric cases ours eval_f64, fasteval f64, evalexpr eval_number; string case ours eval_bool, evalexpr eval_boolean");
     suite.finish();
 }

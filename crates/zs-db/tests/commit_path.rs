@@ -414,14 +414,32 @@ impl Gate {
 /// fsync; a registry that syncs on one thread and commits on another stalled).
 #[test]
 fn a_commit_during_a_sync_does_not_wait_for_the_disk() {
+    commit_during_a_sync(None);
+}
+
+/// The same while the maintenance thread runs rounds every millisecond and the fsync
+/// lasts 100 ms: a round used to ask for the synced end (the sync's lock, held through
+/// the fsync) while holding the writer, so the commit waited for the disk after all.
+#[test]
+fn a_commit_during_a_sync_does_not_wait_behind_the_maintenance_thread() {
+    commit_during_a_sync(Some(std::time::Duration::from_millis(100)));
+}
+
+/// `pause`: also run the maintenance thread every millisecond, and let that long pass
+/// inside the fsync before committing.
+fn commit_during_a_sync(pause: Option<std::time::Duration>) {
     let (_m, inner) = mem();
     let gate = Arc::new(Gate::default());
     let g = gate.clone();
     let vfs: Arc<dyn Vfs> = Arc::new(SyncHookVfs::new(inner, move || g.pass()));
-    let opts = DbOptions {
+    let mut opts = DbOptions {
         durability: Durability::Periodic(std::time::Duration::from_secs(3600)),
         ..Default::default()
     };
+    if pause.is_some() {
+        // maintenance rounds come every idle_evict / 2 (at least 1 ms)
+        opts.idle_evict = std::time::Duration::from_millis(2);
+    }
     let db = Database::create(vfs, "gated", opts).unwrap();
     db.commit(&batch(1, 3, 40)).unwrap();
     gate.state.lock().unwrap().0 = true;
@@ -435,6 +453,9 @@ fn a_commit_during_a_sync_does_not_wait_for_the_disk() {
         while s.1 == 0 {
             s = gate.cv.wait(s).unwrap();
         }
+    }
+    if let Some(p) = pause {
+        std::thread::sleep(p);
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let committer = {

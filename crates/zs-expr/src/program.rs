@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::builtins::{self, Builtin};
 use crate::error::{Error, OpErr, Pos};
 use crate::fast::{F, FV};
@@ -36,6 +38,14 @@ pub(crate) enum Node {
     List(u32, u32),
 }
 
+/// Span table of a [`Program`]: inline up to 16 entries (a variable or two and a
+/// handful of nodes), so a small program's spans cost no allocation of their own.
+pub(crate) type Spans = SmallVec<[(u32, u32); 16]>;
+/// Argument lists of a [`Program`] (node ids), inline up to 8.
+pub(crate) type Args = SmallVec<[u32; 8]>;
+/// Constants of a [`Program`], inline up to 4.
+pub(crate) type Consts = SmallVec<[Value; 4]>;
+
 /// A compiled expression: compile once with [`Engine::compile`](crate::Engine::compile),
 /// evaluate many times (also from several threads), save with [`Program::save`].
 ///
@@ -49,10 +59,10 @@ pub struct Program {
     pub(crate) src_len: u32,
     pub(crate) nodes: Vec<Node>,
     /// `nvars` name ranges of `text`, then one source span per node.
-    pub(crate) spans: Vec<(u32, u32)>,
+    pub(crate) spans: Spans,
     pub(crate) nvars: u32,
-    pub(crate) args: Vec<u32>,
-    pub(crate) consts: Vec<Value>,
+    pub(crate) args: Args,
+    pub(crate) consts: Consts,
     pub(crate) fns: Vec<Arc<UserFn>>,
     pub(crate) max_steps: u64,
     pub(crate) max_str: usize,
@@ -88,13 +98,14 @@ pub(crate) fn compile(
 ) -> Program {
     let n = s.tree.nodes.len();
     let mut p = Program {
-        text: String::new(),
+        // sized once: the source and the names macros added (no growth on push)
+        text: String::with_capacity(source.len() + s.extra.len()),
         src_len: 0,
         nodes: Vec::with_capacity(n),
-        spans: Vec::with_capacity(s.vars.len() + n),
+        spans: SmallVec::with_capacity(s.vars.len() + n),
         nvars: 0,
-        args: Vec::with_capacity(s.tree.items.len()),
-        consts: Vec::new(),
+        args: SmallVec::with_capacity(s.tree.items.len()),
+        consts: SmallVec::new(),
         fns: Vec::new(),
         max_steps,
         max_str,
@@ -235,10 +246,6 @@ impl Builder<'_> {
     }
 
     fn konst(&mut self, v: &Value) -> u32 {
-        if self.p.consts.capacity() == 0 {
-            // a direct allocation is cheaper than the first growth of an empty Vec
-            self.p.consts = Vec::with_capacity(4);
-        }
         self.p.consts.push(v.clone());
         (self.p.consts.len() - 1) as u32
     }
