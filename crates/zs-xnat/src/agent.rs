@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use zs_crypto::session::ClientConfig as CryptoClient;
 
-use crate::config::{ClientConfig, ClientService};
+use crate::config::{ClientConfig, ClientService, Kind};
 use crate::proto::{self, Decoder, Msg};
 use crate::pump::{pump, End};
 use crate::relay::Reload;
@@ -423,16 +423,31 @@ impl Agent {
         }
         inc(&stats.data_conns);
         // Pooled: wait (without limit) for a public peer.
-        let peer: SocketAddr = match conn.recv().await {
-            Ok(Msg::Start { peer }) => peer,
+        let (peer, udp): (SocketAddr, bool) = match conn.recv().await {
+            Ok(Msg::Start { peer }) => (peer, false),
+            Ok(Msg::StartUdp { peer }) => (peer, true),
             Ok(m) => {
                 warn!(relay = %addr, kind = m.kind(), "xnat agent: unexpected message on a data connection");
                 return;
             }
             Err(_) => return,
         };
+        if udp != (svc.kind == Kind::Udp) {
+            let n = inc(&stats.kind_mismatch);
+            warn!(relay = %addr, %service, local_type = svc.kind.as_str(), relay_type = if udp { "udp" } else { "tcp" }, kind_mismatch = n, "xnat agent: the relay's mapping has another type than ours; fix `type` on one side");
+            return;
+        }
         load.fetch_add(1, Ordering::Relaxed);
         let _l = DecLoad(load);
+        if udp {
+            inc(&stats.forwarded);
+            debug!(%service, %peer, "xnat agent: carrying a UDP flow");
+            if let Err(e) = crate::udp::agent_flow(conn, &svc.local_addr, stats).await {
+                let n = inc(&stats.local_failures);
+                warn!(%service, %peer, error = %e, local_failures = n, "xnat agent: UDP flow ended with an error");
+            }
+            return;
+        }
         let mut local = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             TcpStream::connect(&svc.local_addr),

@@ -115,6 +115,7 @@ mod pump;
 pub mod relay;
 mod secure;
 pub mod stats;
+mod udp;
 
 #[cfg(test)]
 mod itest;

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use zs_crypto::session::{ServerConfig as CryptoServer, ServerIdentity};
 use zs_crypto::Fingerprint;
 
-use crate::config::{ServerConfig, ServerService};
+use crate::config::{Kind, ServerConfig, ServerService};
 use crate::proto::{self, Decoder, Msg, NONCE_LEN, TICKET_LEN};
 use crate::pump::{pump, End};
 use crate::secure::SecureConn;
@@ -203,6 +203,11 @@ impl Relay {
     /// Relay-wide counters.
     pub fn stats(&self) -> &RelayStats {
         &self.inner.stats
+    }
+
+    /// `[server] max_udp_flows`.
+    pub(crate) fn max_udp_flows(&self) -> usize {
+        self.inner.cfg.admin.max_udp_flows
     }
 
     /// Per-mapping counters.
@@ -639,6 +644,30 @@ impl Relay {
                     drop(st);
                     return send(Msg::Registered { service });
                 }
+                if svc.listener.is_none() && svc.conf.kind == Kind::Udp {
+                    let sock = std::net::UdpSocket::bind(svc.conf.bind_addr)
+                        .and_then(|s| s.set_nonblocking(true).map(|_| s))
+                        .and_then(tokio::net::UdpSocket::from_std);
+                    let sock = match sock {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(%service, bind_addr = %svc.conf.bind_addr, error = %e, "xnat relay: cannot open the public UDP port");
+                            let why = format!("relay cannot bind UDP {}: {e}", svc.conf.bind_addr);
+                            return refuse(st, why, refusals);
+                        }
+                    };
+                    let addr = sock.local_addr().unwrap_or(svc.conf.bind_addr);
+                    let task = tokio::spawn(crate::udp::relay_listen(
+                        self.clone(),
+                        service.clone(),
+                        sock,
+                        svc.stats.clone(),
+                        svc.conf.clone(),
+                    ));
+                    svc.listener = Some((task, addr));
+                    let n = inc(&self.inner.stats.listeners_opened);
+                    info!(%service, %addr, listeners_opened = n, "xnat relay: public UDP port open");
+                }
                 if svc.listener.is_none() {
                     // The public port listens only from now on.
                     let std_listener = std::net::TcpListener::bind(svc.conf.bind_addr)
@@ -746,7 +775,10 @@ impl Relay {
     }
 
     /// Picks the least-loaded agent and a data connection for a visitor.
-    async fn data_for(&self, service: &str) -> Result<(SecureConn, Arc<AtomicU64>), &'static str> {
+    pub(crate) async fn data_for(
+        &self,
+        service: &str,
+    ) -> Result<(SecureConn, Arc<AtomicU64>), &'static str> {
         for _attempt in 0..3 {
             let (pooled, rx, active) = {
                 let mut st = self.inner.state.lock().expect("relay state");
