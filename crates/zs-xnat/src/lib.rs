@@ -107,6 +107,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod node;
@@ -115,11 +116,13 @@ mod pump;
 pub mod relay;
 mod secure;
 pub mod stats;
+pub mod store;
 mod udp;
 
 #[cfg(test)]
 mod itest;
 
+pub use admin::AdminClient;
 pub use agent::Agent;
 pub use config::{Config, ConfigError};
 pub use node::Node;

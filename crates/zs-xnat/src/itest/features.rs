@@ -150,3 +150,218 @@ fn a_udp_mapping_served_as_tcp_by_the_agent_is_a_counted_mismatch() {
         mstat(&relay, "m", "errors") >= 1
     });
 }
+
+const ADMIN: &str = "admin-token-1234";
+
+fn admin_relay_cfg(port: u16, store: &Path, file: &[(&str, &str, u16)]) -> ServerConfig {
+    let mut c = relay_cfg(port, file);
+    c.admin.admin_token = Some(ADMIN.into());
+    c.admin.store_dir = store.to_path_buf();
+    c
+}
+
+/// Starts a relay on a store a relay being shut down may still hold (its
+/// runtime drops its tasks in the background): retries while it is locked.
+fn restart_relay(cfg: ServerConfig) -> (Side, Relay) {
+    let t = Instant::now();
+    loop {
+        let side = Side::new();
+        let r = side.rt().block_on(Relay::bind_with_identity(
+            cfg.clone(),
+            ServerIdentity::from_seed(&SEED).unwrap(),
+        ));
+        match r {
+            Ok(relay) => {
+                side.rt().spawn(relay.clone().run());
+                return (side, relay);
+            }
+            Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                assert!(
+                    e.to_string().contains("locked") || e.kind() == std::io::ErrorKind::AddrInUse,
+                    "{e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("relay does not restart: {e}"),
+        }
+    }
+}
+
+fn admin(side: &Side, relay: &Relay, token: &str) -> std::io::Result<crate::AdminClient> {
+    side.rt().block_on(crate::AdminClient::connect(
+        &relay.local_addr().to_string(),
+        relay.fingerprint(),
+        token,
+        Duration::from_secs(3),
+    ))
+}
+
+fn spec(name: &str, token: &str, udp: bool) -> proto::MappingSpec {
+    proto::MappingSpec {
+        service: name.into(),
+        token: token.into(),
+        bind_addr: "127.0.0.1:0".parse().unwrap(),
+        udp,
+        idle_timeout_s: 0,
+        max_connections: 0,
+    }
+}
+
+#[test]
+fn mappings_added_through_the_command_api_are_served_stored_and_back_after_a_restart() {
+    let echo = echo_server();
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (rs, relay) = start_relay(admin_relay_cfg(port, store.path(), &[("f", "tf", 0)]));
+    let mut api = admin(&rs, &relay, ADMIN).unwrap();
+    let msg = rs.rt().block_on(api.add(spec("rt", "trt", false))).unwrap();
+    assert!(msg.contains("added"), "{msg}");
+    // Same name again, and a file mapping's removal, are refused with a reason.
+    let e = rs
+        .rt()
+        .block_on(api.add(spec("rt", "x", false)))
+        .unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    let e = rs.rt().block_on(api.remove("f")).unwrap_err();
+    assert!(e.to_string().contains("config file"), "{e}");
+    let e = rs.rt().block_on(api.remove("nope")).unwrap_err();
+    assert!(e.to_string().contains("no mapping"), "{e}");
+
+    let (_as, agent) = start_agent(agent_cfg(
+        &[relay.local_addr()],
+        &[("rt", "trt", echo, 10), ("f", "tf", echo, 10)],
+    ));
+    wait_until("runtime mapping served", Duration::from_secs(5), || {
+        relay.public_addr("rt").is_some()
+    });
+    assert!(serves(relay.public_addr("rt").unwrap()));
+    let list = rs.rt().block_on(api.list()).unwrap();
+    let names: Vec<_> = list.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["f", "rt"]);
+    assert_eq!(list[1]["source"], "runtime");
+    assert_eq!(list[0]["source"], "file");
+    assert!(list[1]["public_addr"].is_string());
+    assert!(list[1].get("token").is_none(), "tokens are never listed");
+
+    // A file reload keeps the runtime mapping.
+    relay.reload(relay_cfg(port, &[("f", "tf", 0)]).services);
+    assert!(relay.services().contains_key("rt"));
+    assert!(serves(relay.public_addr("rt").unwrap()));
+
+    // The relay restarts on the same store: the runtime mapping is back and
+    // the agent (redialing) serves it again.
+    drop(api);
+    drop(relay);
+    drop(rs);
+    let (rs, relay) = restart_relay(admin_relay_cfg(port, store.path(), &[("f", "tf", 0)]));
+    assert!(
+        relay.services().contains_key("rt"),
+        "restored from the store"
+    );
+    wait_until(
+        "restored mapping served again",
+        Duration::from_secs(10),
+        || relay.public_addr("rt").is_some_and(serves),
+    );
+
+    // Removing it closes its port, tells the agent, and it stays removed.
+    let mut api = admin(&rs, &relay, ADMIN).unwrap();
+    rs.rt().block_on(api.remove("rt")).unwrap();
+    assert!(relay.public_addr("rt").is_none());
+    assert!(
+        serves(relay.public_addr("f").unwrap()),
+        "the other mapping carries on"
+    );
+    wait_until("agent told", Duration::from_secs(5), || {
+        agent.stats().snapshot()["refused"] >= 1
+    });
+    assert_eq!(stat(&relay, "admin_changes"), 1);
+    drop(api);
+    drop(relay);
+    drop(rs);
+    let (_rs, relay) = restart_relay(admin_relay_cfg(port, store.path(), &[("f", "tf", 0)]));
+    assert!(!relay.services().contains_key("rt"));
+}
+
+#[test]
+fn the_command_api_refuses_a_wrong_token_and_is_off_without_admin_token() {
+    let store = tempfile::tempdir().unwrap();
+    let (rs, relay) = start_relay(admin_relay_cfg(0, store.path(), &[]));
+    let e = admin(&rs, &relay, "wrong-token-000").err().unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("wrong admin token"), "{e}");
+    assert_eq!(stat(&relay, "admin_refused"), 1);
+    assert_eq!(stat(&relay, "admin_sessions"), 0);
+    // Nothing was added by the refused session.
+    assert!(relay.services().is_empty());
+    // A request before the proof ends the connection.
+    let mut c = rs
+        .rt()
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(relay.local_addr()).await?;
+            let crypto = std::sync::Arc::new(zs_crypto::session::ClientConfig::pinned(
+                relay.fingerprint(),
+            ));
+            SecureConn::connect(tcp, crypto, Duration::from_secs(2)).await
+        })
+        .unwrap();
+    rs.rt().block_on(async {
+        c.send(&Msg::AdminHello {
+            version: proto::VERSION,
+        })
+        .await
+        .unwrap();
+        assert!(matches!(c.recv().await.unwrap(), Msg::Challenge { .. }));
+        c.send(&Msg::AdminAdd {
+            mapping: spec("sneak", "t", false),
+        })
+        .await
+        .unwrap();
+        assert!(c.recv().await.is_err(), "closed");
+    });
+    assert!(relay.services().is_empty());
+    assert_eq!(stat(&relay, "admin_refused"), 2);
+
+    let (rs2, off) = start_relay(relay_cfg(0, &[]));
+    let e = admin(&rs2, &off, ADMIN).err().unwrap();
+    assert!(e.to_string().contains("command API is off"), "{e}");
+    assert_eq!(stat(&off, "admin_refused"), 1);
+}
+
+#[test]
+fn status_reports_per_mapping_statistics() {
+    let echo = echo_server();
+    let store = tempfile::tempdir().unwrap();
+    let (rs, relay) = start_relay(admin_relay_cfg(
+        0,
+        store.path(),
+        &[("a", "ta", 0), ("idle", "ti", 0)],
+    ));
+    let (_as, _agent) = start_agent(agent_cfg(&[relay.local_addr()], &[("a", "ta", echo, 10)]));
+    wait_until("served", Duration::from_secs(5), || {
+        relay.public_addr("a").is_some()
+    });
+    let pa = relay.public_addr("a").unwrap();
+    for _ in 0..3 {
+        assert!(serves(pa));
+    }
+    let mut api = admin(&rs, &relay, ADMIN).unwrap();
+    wait_until("connections closed", Duration::from_secs(5), || {
+        mstat(&relay, "a", "active") == 0
+    });
+    let st = rs.rt().block_on(api.stats()).unwrap();
+    let a = st.iter().find(|m| m["name"] == "a").unwrap();
+    assert_eq!(a["connections"], 3);
+    assert_eq!(a["active"], 0);
+    assert_eq!(a["bytes_up"], 12, "3 x \"ping\"");
+    assert_eq!(a["bytes_down"], 12);
+    assert_eq!(a["agents"], 1);
+    assert_eq!(a["errors"], 0);
+    assert_eq!(a["listening"], true);
+    let idle = st.iter().find(|m| m["name"] == "idle").unwrap();
+    assert_eq!(idle["agents"], 0);
+    assert_eq!(idle["listening"], false);
+    let r = &st.last().unwrap()["relay"];
+    assert_eq!(r["visitors_total"], 3);
+    assert_eq!(r["agents_connected"], 1);
+}
