@@ -227,3 +227,48 @@ pub fn relay_fingerprint_file(path: &std::path::Path) -> Result<zs_crypto::Finge
         .map(|id| id.fingerprint())
         .map_err(|e| e.to_string())
 }
+
+/// One command-API request (`zs xnat add|remove|list|status`).
+#[derive(Debug, Clone)]
+pub enum AdminCommand {
+    /// Add a mapping (stored by the relay).
+    Add(proto::MappingSpec),
+    /// Remove a mapping added at runtime.
+    Remove(String),
+    /// List the mappings.
+    List,
+    /// Per-mapping statistics and the relay's counters.
+    Stats,
+}
+
+/// Runs `cmd` against relay `addr` (key pinned by `fingerprint`, `admin_token`
+/// proved) on a small runtime of its own; returns the relay's message and the
+/// JSON items of a listing.
+pub fn admin_command(
+    addr: &str,
+    fingerprint: zs_crypto::Fingerprint,
+    admin_token: &str,
+    cmd: AdminCommand,
+) -> Result<(String, Vec<serde_json::Value>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut c = AdminClient::connect(
+            addr,
+            fingerprint,
+            admin_token,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| format!("relay {addr}: {e}"))?;
+        let r = match cmd {
+            AdminCommand::Add(m) => c.add(m).await.map(|s| (s, Vec::new())),
+            AdminCommand::Remove(n) => c.remove(&n).await.map(|s| (s, Vec::new())),
+            AdminCommand::List => c.list().await.map(|v| (String::new(), v)),
+            AdminCommand::Stats => c.stats().await.map(|v| (String::new(), v)),
+        };
+        r.map_err(|e| format!("relay {addr}: {e}"))
+    })
+}
