@@ -365,3 +365,70 @@ fn status_reports_per_mapping_statistics() {
     assert_eq!(r["visitors_total"], 3);
     assert_eq!(r["agents_connected"], 1);
 }
+
+#[test]
+fn an_agent_that_never_reads_is_dropped_as_slow_and_others_carry_on() {
+    let echo = echo_server();
+    let (_rs, relay) = start_relay(relay_cfg(0, &[("svc", "token", 0), ("ok", "tok", 0)]));
+    let (_as, _agent) = start_agent(agent_cfg(&[relay.local_addr()], &[("ok", "tok", echo, 10)]));
+    wait_until("good mapping served", Duration::from_secs(5), || {
+        relay.public_addr("ok").is_some()
+    });
+    let side = Side::new();
+    let fp = ServerIdentity::from_seed(&SEED).unwrap().fingerprint();
+    let cfg = std::sync::Arc::new(zs_crypto::ClientConfig::pinned(fp));
+    let addr = relay.local_addr();
+    let sent = side.rt().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = SecureConn::connect(tcp, cfg, Duration::from_secs(2))
+            .await
+            .unwrap();
+        c.send(&Msg::Hello {
+            version: proto::VERSION,
+            agent: "deaf".into(),
+        })
+        .await
+        .unwrap();
+        let Msg::Challenge { nonce } = c.recv().await.unwrap() else {
+            panic!()
+        };
+        let p = proto::proof("token", &nonce, &c.channel_binding(), "svc");
+        c.send(&Msg::Register {
+            service: "svc".into(),
+            max_load: 1,
+            proof: p,
+        })
+        .await
+        .unwrap();
+        // Ping without ever reading the answers: the relay's writes back up,
+        // its bounded control queue fills, and it must let go of us.
+        let mut batch = Vec::new();
+        for i in 0..2000u64 {
+            Msg::Ping(i).encode(&mut batch);
+        }
+        let mut sent = 0u64;
+        while sent < 4_000_000 {
+            let w = tokio::time::timeout(Duration::from_secs(2), c.send_raw(&batch)).await;
+            if !matches!(w, Ok(Ok(()))) {
+                break;
+            }
+            sent += 2000;
+        }
+        sent
+    });
+    wait_until("deaf agent dropped", Duration::from_secs(10), || {
+        stat(&relay, "slow_agents") == 1
+    });
+    assert!(
+        sent < 4_000_000,
+        "the relay never stopped reading a deaf agent"
+    );
+    wait_until("its port closed", Duration::from_secs(5), || {
+        relay.public_addr("svc").is_none()
+    });
+    assert!(
+        serves(relay.public_addr("ok").unwrap()),
+        "other mappings carry on"
+    );
+    assert_eq!(stat(&relay, "agents_connected"), 1);
+}
