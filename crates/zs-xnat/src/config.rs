@@ -726,6 +726,43 @@ max_load = 10
     }
 
     #[test]
+    fn udp_mappings_and_admin_keys_parse() {
+        let c = parse(&format!(
+            r#"
+[server]
+bind_addr = "0.0.0.0:2333"
+admin_token = "long_enough"
+store_dir = "state"
+max_udp_flows = 100
+[server.services.dns]
+type = "udp"
+token = "t"
+bind_addr = "0.0.0.0:53"
+[client]
+remote_addr = "r:1"
+relay_fingerprint = "{FP}"
+[client.services.dns]
+type = "udp"
+token = "t"
+local_addr = "127.0.0.1:53"
+"#
+        ))
+        .unwrap();
+        let s = c.server.unwrap();
+        assert_eq!(s.services["dns"].kind, Kind::Udp);
+        assert_eq!(s.services["dns"].idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.admin.admin_token.as_deref(), Some("long_enough"));
+        assert_eq!(s.admin.store_dir, Path::new("/etc/zs/state"));
+        assert_eq!(s.admin.max_udp_flows, 100);
+        assert_eq!(c.client.unwrap().services["dns"].kind, Kind::Udp);
+        let e = parse(&format!(
+            "[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"{FP}\"\n[client.services.d]\ntype = \"udp\"\ntoken = \"t\"\nlocal_addr = \"127.0.0.1:53\"\nproxy_protocol = \"v2\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "client.services.d.proxy_protocol");
+    }
+
+    #[test]
     fn service_tables_check_the_same_things_on_both_sides() {
         for side in ["server", "client"] {
             let head = if side == "server" {

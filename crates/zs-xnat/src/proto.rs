@@ -705,6 +705,47 @@ mod tests {
     /// The bytes documented in docs/PROTOCOL.md, Part 5 (XNat).
     #[test]
     fn documented_bytes() {
+        // 5.6 and 5.7 (UDP flows, command API).
+        assert_eq!(
+            Msg::StartUdp {
+                peer: "10.0.0.1:53".parse().unwrap()
+            }
+            .to_bytes(),
+            [0x13, 0x07, 0, 0, 0, 0x04, 10, 0, 0, 1, 0x35, 0x00]
+        );
+        let mut g = Vec::new();
+        encode_datagram(&mut g, b"hi");
+        assert_eq!(g, [0x02, 0x00, b'h', b'i']);
+        assert_eq!(
+            Msg::AdminAdd {
+                mapping: MappingSpec {
+                    service: "dns".into(),
+                    token: "t".into(),
+                    bind_addr: "0.0.0.0:5353".parse().unwrap(),
+                    udp: true,
+                    idle_timeout_s: 30,
+                    max_connections: 9,
+                }
+            }
+            .to_bytes(),
+            [
+                0x22, 0x18, 0, 0, 0, 0x03, 0x00, b'd', b'n', b's', 0x01, 0x00, b't', 0x04, 0, 0, 0,
+                0, 0xE9, 0x14, 0x01, 0x1E, 0, 0, 0, 0x09, 0, 0, 0
+            ]
+        );
+        assert_eq!(
+            Msg::AdminResult {
+                ok: true,
+                message: "added".into()
+            }
+            .to_bytes(),
+            [0x27, 0x08, 0, 0, 0, 0x01, 0x05, 0x00, b'a', b'd', b'd', b'e', b'd']
+        );
+        assert_eq!(Msg::AdminList.to_bytes(), [0x24, 0, 0, 0, 0]);
+        assert_eq!(
+            zs_crypto::hash::to_hex(&admin_proof("secret", &[0; 32], &[1; 32])),
+            "853f64d8172b6b5c67ebc6a1e671d8b4b52311909462e7c830beb1493eda0bc8"
+        );
         assert_eq!(
             Msg::Register {
                 service: "web".into(),
