@@ -118,6 +118,7 @@ mod secure;
 pub mod stats;
 pub mod store;
 mod udp;
+pub mod virt;
 
 #[cfg(test)]
 mod itest;
@@ -127,6 +128,7 @@ pub use agent::Agent;
 pub use config::{Config, ConfigError};
 pub use node::Node;
 pub use relay::Relay;
+pub use virt::VirtualBackend;
 
 /// Runs the relay of config file `path` on a new tokio runtime until the
 /// process ends (the `zs xnat server` verb). Prints the fingerprint agents pin.

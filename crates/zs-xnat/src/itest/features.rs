@@ -432,3 +432,123 @@ fn an_agent_that_never_reads_is_dropped_as_slow_and_others_carry_on() {
     );
     assert_eq!(stat(&relay, "agents_connected"), 1);
 }
+
+#[test]
+fn a_mapping_that_ends_in_an_in_process_zs_core_server_answers_a_real_client() {
+    use std::sync::Arc;
+    use zs_core::{Client, Options, Registry, Server};
+    use zs_crypto::{ClientConfig, ServerConfig, ZsSecurity};
+
+    let (_rs, relay) = start_relay(relay_cfg(0, &[("vs", "tv", 0), ("tcp", "tt", 0)]));
+    let echo = echo_server();
+    // The in-process server: a zs-core Server on the agent's virtual backend.
+    let rng = ring::rand::SystemRandom::new();
+    let (id, _) = zs_crypto::ServerIdentity::generate(&rng).unwrap();
+    let fp = id.fingerprint();
+    let server_side: Arc<dyn zs_crypto::SecurityProvider> = Arc::new(ZsSecurity::new(
+        None,
+        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
+    ));
+    let vb = crate::VirtualBackend::new();
+    let vaddr: SocketAddr = "10.255.0.1:7".parse().unwrap();
+    let mut reg = Registry::new();
+    reg.console("whoami", |peer, text| {
+        Ok(format!(
+            "{text} from {}",
+            peer.addr().map(|a| a.ip().to_string()).unwrap_or_default()
+        ))
+    });
+    reg.console("count", |peer, _| {
+        Ok(peer.with_state(|n: &mut u32| {
+            *n += 1;
+            n.to_string()
+        }))
+    });
+    let server = Server::start(
+        Arc::new(vb.clone()),
+        server_side,
+        reg,
+        Options::default(),
+        vaddr,
+    )
+    .unwrap();
+    assert_eq!(vb.listening(), [vaddr]);
+
+    let agent_side = Side::new();
+    let agent = Agent::new(agent_cfg(
+        &[relay.local_addr()],
+        &[
+            ("vs", "tv", "127.0.0.1:9".parse().unwrap(), 10),
+            ("tcp", "tt", echo, 10),
+        ],
+    ));
+    agent.serve_in_process("vs", vb.clone(), vaddr);
+    agent_side.rt().spawn(agent.clone().run());
+    wait_until("in-process mapping served", Duration::from_secs(5), || {
+        relay.public_addr("vs").is_some()
+    });
+    let pa = relay.public_addr("vs").unwrap();
+
+    // Real zs-core clients (their own tokio backend, the server key pinned)
+    // reach the in-process server through the relay.
+    let backend = Arc::new(
+        zs_io_tokio::TokioBackend::new(zs_io::Config {
+            loops: 1,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let client_side: Arc<dyn zs_crypto::SecurityProvider> = Arc::new(ZsSecurity::new(
+        Some(Arc::new(ClientConfig::pinned(fp))),
+        None,
+    ));
+    let c1 = Client::connect(
+        backend.clone(),
+        client_side.clone(),
+        Registry::new(),
+        Options::client(),
+        pa,
+    )
+    .unwrap();
+    let c2 = Client::connect(
+        backend.clone(),
+        client_side,
+        Registry::new(),
+        Options::client(),
+        pa,
+    )
+    .unwrap();
+    let rt = agent_side.rt();
+    assert_eq!(
+        rt.block_on(c1.call("whoami", "hi")).unwrap(),
+        "hi from 127.0.0.1"
+    );
+    for want in ["1", "2", "3"] {
+        assert_eq!(rt.block_on(c1.call("count", "")).unwrap(), want);
+    }
+    assert_eq!(
+        rt.block_on(c2.call("count", "")).unwrap(),
+        "1",
+        "its own connection state"
+    );
+    assert_eq!(server.connection_count(), 2);
+    // A big answer crosses in many records.
+    let big = "x".repeat(300_000);
+    assert_eq!(
+        rt.block_on(c2.call("whoami", &big)).unwrap().len(),
+        300_000 + 15
+    );
+    assert!(
+        serves(relay.public_addr("tcp").unwrap()),
+        "a TCP mapping beside it"
+    );
+    drop(c1);
+    wait_until(
+        "the server sees the client leave",
+        Duration::from_secs(5),
+        || server.connection_count() == 1,
+    );
+    assert_eq!(agent.stats().snapshot()["local_failures"], 0);
+    drop(c2);
+    server.shutdown();
+}
