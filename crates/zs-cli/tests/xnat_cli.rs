@@ -507,3 +507,113 @@ fn help_lists_every_config_key_and_verb() {
         );
     }
 }
+
+/// The ```toml blocks of README's "zs xnat" section, in order.
+fn readme_configs() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme
+        .find("## Expose an intranet service (zs xnat)")
+        .unwrap();
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b[..b.find("```").unwrap()].to_string())
+        .collect()
+}
+
+#[test]
+fn the_readme_example_configs_work_from_the_cli() {
+    let blocks = readme_configs();
+    assert_eq!(blocks.len(), 2, "relay.toml and agent.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let (echo, uecho) = (echo_server(), udp_echo());
+    let (control, web, dns) = (free_port(), free_port(), free_port());
+    let relay_cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &relay_cfg,
+        blocks[0]
+            .replace("0.0.0.0:2333", &format!("127.0.0.1:{control}"))
+            .replace("0.0.0.0:8080", &format!("127.0.0.1:{web}"))
+            .replace("0.0.0.0:5353", &format!("127.0.0.1:{dns}")),
+    )
+    .unwrap();
+    let fp = zs_ok(&[
+        "xnat",
+        "fingerprint",
+        "--config",
+        relay_cfg.to_str().unwrap(),
+    ])
+    .trim()
+    .to_string();
+    let _relay = Proc(
+        zs().args(["xnat", "server", "--config"])
+            .arg(&relay_cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        blocks[1]
+            .replace("relay.example.com:2333", &format!("127.0.0.1:{control}"))
+            .replace("sha3-256:...", &fp)
+            .replace("127.0.0.1:80\"", &format!("{echo}\""))
+            .replace("127.0.0.1:53\"", &format!("{uecho}\"")),
+    )
+    .unwrap();
+    let _agent = spawn_agent(&agent_cfg);
+    let (wa, da): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{web}").parse().unwrap(),
+        format!("127.0.0.1:{dns}").parse().unwrap(),
+    );
+    wait(
+        "web through the README configs",
+        Duration::from_secs(15),
+        || round_trip(wa, b"GET /"),
+    );
+    wait(
+        "dns through the README configs",
+        Duration::from_secs(15),
+        || udp_round_trip(da, b"query"),
+    );
+    // The README's add and status lines, with its admin token.
+    let ctl = format!("127.0.0.1:{control}");
+    let ssh = free_port();
+    zs_ok(&[
+        "xnat",
+        "add",
+        "--relay",
+        &ctl,
+        "--fingerprint",
+        &fp,
+        "--admin-token",
+        "another_long_secret",
+        "--name",
+        "ssh",
+        "--token",
+        "t2",
+        "--bind",
+        &format!("127.0.0.1:{ssh}"),
+    ]);
+    let status = zs_ok(&[
+        "xnat",
+        "status",
+        "--relay",
+        &ctl,
+        "--fingerprint",
+        &fp,
+        "--admin-token",
+        "another_long_secret",
+    ]);
+    for name in ["web", "dns", "ssh"] {
+        assert!(
+            status.lines().any(|l| l.starts_with(name)),
+            "{name} in {status}"
+        );
+    }
+}
