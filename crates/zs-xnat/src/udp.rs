@@ -86,8 +86,8 @@ pub(crate) async fn relay_listen(
                 // The flow ended meanwhile: this datagram starts a new one.
                 Err(mpsc::error::TrySendError::Closed(d)) => {
                     flows.remove(&src);
-                    if !admit(&rstats, &mstats, &relay, &conf) {
-                        refused(&service, src, &rstats, &mstats, &mut last_log);
+                    if !admit(rstats, &mstats, &relay, &conf) {
+                        refused(&service, src, rstats, &mstats, &mut last_log);
                         continue;
                     }
                     generation += 1;
@@ -100,8 +100,8 @@ pub(crate) async fn relay_listen(
                 }
             }
         }
-        if !admit(&rstats, &mstats, &relay, &conf) {
-            refused(&service, src, &rstats, &mstats, &mut last_log);
+        if !admit(rstats, &mstats, &relay, &conf) {
+            refused(&service, src, rstats, &mstats, &mut last_log);
             continue;
         }
         generation += 1;
