@@ -24,7 +24,8 @@ the public client's address to the local service, off); [server] identity_file \
 (256), heartbeat_interval (s, 10), handshake_timeout (s, 5), admin_token (turns on the \
 command API of add/remove/list/status; at least 8 bytes; proven, never sent), store_dir \
 (xnat-relay.store next to the config: the zs-db store of mappings added with `zs xnat add`), \
-max_udp_flows (16384, UDP flows over all mappings); [server.services.NAME] idle_timeout \
+max_udp_flows (16384, UDP flows over all mappings), max_runtime_mappings (1024, mappings \
+`zs xnat add` may create); [server.services.NAME] idle_timeout \
 (s, 600 for TCP, 60 for a UDP flow), max_connections (4096; UDP: flows, one per public \
 source address).\n\n\
 A public port listens only while at least one agent serves its mapping. The server and \

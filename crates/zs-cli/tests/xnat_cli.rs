@@ -486,6 +486,7 @@ fn help_lists_every_config_key_and_verb() {
         "admin_token",
         "store_dir",
         "max_udp_flows",
+        "max_runtime_mappings",
         "idle_timeout",
         "max_connections",
         "\"udp\"",

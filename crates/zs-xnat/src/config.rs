@@ -58,7 +58,7 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
 }
 
-/// Ours: `[server] admin_token`, `store_dir`, `max_udp_flows`.
+/// Ours: `[server] admin_token`, `store_dir`, `max_udp_flows`, `max_runtime_mappings`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// `admin_token`: enables the command API (`zs xnat add|remove|list|status`);
@@ -69,6 +69,8 @@ pub struct AdminConfig {
     pub store_dir: PathBuf,
     /// `max_udp_flows`: UDP flows at once over all mappings (default 16384).
     pub max_udp_flows: usize,
+    /// `max_runtime_mappings`: mappings the command API may add (default 1024).
+    pub max_runtime_mappings: usize,
 }
 
 impl AdminConfig {
@@ -78,6 +80,7 @@ impl AdminConfig {
             admin_token: None,
             store_dir: base.join("xnat-relay.store"),
             max_udp_flows: 16_384,
+            max_runtime_mappings: 1024,
         }
     }
 }
@@ -379,6 +382,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             "admin_token",
             "store_dir",
             "max_udp_flows",
+            "max_runtime_mappings",
         ],
     )?;
     let bind_addr = p.addr(s, "bind_addr", "server.bind_addr")?.ok_or_else(|| {
@@ -476,6 +480,14 @@ fn parse_admin(p: &P<'_>, s: &Table, base: &Path) -> Result<AdminConfig, ConfigE
     }
     if let Some(n) = p.uint(s, "max_udp_flows", "server.max_udp_flows", 1_000_000)? {
         a.max_udp_flows = n as usize;
+    }
+    if let Some(n) = p.uint(
+        s,
+        "max_runtime_mappings",
+        "server.max_runtime_mappings",
+        100_000,
+    )? {
+        a.max_runtime_mappings = n as usize;
     }
     Ok(a)
 }

@@ -31,6 +31,7 @@
 //! | `[server] admin_token` | ours: turns on the [command API](#the-command-api) (at least 8 bytes; proven by HMAC, never sent) |
 //! | `[server] store_dir` | ours: the zs-db store of mappings added through the command API (`xnat-relay.store` next to the config) |
 //! | `[server] max_udp_flows` | ours: UDP flows at once over all mappings (16384) |
+//! | `[server] max_runtime_mappings` | ours: mappings the command API may add (1024) |
 //! | `[server] identity_file` | ours: the relay's Ed25519 seed, created on first start (`xnat-relay.key` next to the config) |
 //! | `[server] pool_size` | ours: ready data connections per agent and mapping (8, like rathole) |
 //! | `[server] max_agents`, `heartbeat_interval`, `handshake_timeout` | ours / rathole: 256, 10 s, 5 s |

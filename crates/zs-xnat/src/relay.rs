@@ -1041,6 +1041,12 @@ impl Relay {
         {
             return Err(format!("a mapping named {name:?} exists"));
         }
+        let cap = self.inner.cfg.admin.max_runtime_mappings;
+        if self.inner.state.lock().expect("relay state").runtime.len() >= cap {
+            return Err(format!(
+                "the relay holds {cap} mappings added at runtime already (max_runtime_mappings); remove some first"
+            ));
+        }
         let (n, c) = (name.to_string(), conf.clone());
         tokio::task::spawn_blocking(move || store.put(&n, &c))
             .await

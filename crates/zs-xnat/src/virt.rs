@@ -35,6 +35,8 @@ use crate::secure::{SecureRead, SecureWrite};
 
 /// Bytes a virtual connection queues for the tunnel before `send` says `Full`.
 pub const SEND_QUEUE_LIMIT: usize = 4 << 20;
+/// Reads (each at most one tunnel read) waiting for the handler.
+const DATA_QUEUE: usize = 8;
 
 /// A zs-io backend whose connections are public connections carried by an
 /// agent. Cheap to clone.
@@ -111,6 +113,9 @@ impl VirtualBackend {
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        // Bytes from the tunnel wait here for the handler: bounded, so a client
+        // that sends faster than the server consumes is held back by TCP.
+        let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (pause_tx, pause_rx) = watch::channel(false);
         let conn = Arc::new(VConn {
@@ -132,9 +137,9 @@ impl VirtualBackend {
             .map_err(|_| "poisoned")?
             .insert(id, Arc::downgrade(&conn));
         let handler = (listener.factory)();
-        let reader = tokio::spawn(read_loop(sr, conn.ev.clone(), pause_rx, first));
+        let reader = tokio::spawn(read_loop(sr, data_tx, pause_rx, first));
         let writer = tokio::spawn(write_loop(sw, out_rx, conn.clone()));
-        let r = run_handler(handler, conn.clone(), ev_rx).await;
+        let r = run_handler(handler, conn.clone(), ev_rx, data_rx).await;
         reader.abort();
         writer.abort();
         if let Ok(mut m) = listener.conns.lock() {
@@ -262,11 +267,11 @@ impl Connection for VConn {
 
 async fn read_loop(
     mut sr: SecureRead,
-    ev: mpsc::UnboundedSender<Ev>,
+    ev: mpsc::Sender<Ev>,
     mut paused: watch::Receiver<bool>,
     first: Vec<u8>,
 ) {
-    if !first.is_empty() && ev.send(Ev::Data(Bytes::from(first))).is_err() {
+    if !first.is_empty() && ev.send(Ev::Data(Bytes::from(first))).await.is_err() {
         return;
     }
     let mut buf = Vec::new();
@@ -278,16 +283,20 @@ async fn read_loop(
         }
         match sr.read(&mut buf).await {
             Ok(true) => {
-                if ev.send(Ev::Data(Bytes::copy_from_slice(&buf))).is_err() {
+                if ev
+                    .send(Ev::Data(Bytes::copy_from_slice(&buf)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             Ok(false) => {
-                let _ = ev.send(Ev::Eof);
+                let _ = ev.send(Ev::Eof).await;
                 return;
             }
             Err(_) => {
-                let _ = ev.send(Ev::End(CloseReason::Reset));
+                let _ = ev.send(Ev::End(CloseReason::Reset)).await;
                 return;
             }
         }
@@ -324,6 +333,7 @@ async fn run_handler(
     mut h: Box<dyn Handler>,
     conn: Arc<VConn>,
     mut ev: mpsc::UnboundedReceiver<Ev>,
+    mut data: mpsc::Receiver<Ev>,
 ) -> Result<(), String> {
     let c: Conn = conn.clone();
     let id = Some(conn.id);
@@ -340,15 +350,23 @@ async fn run_handler(
             break CloseReason::HandlerPanicked;
         }
         let idle = conn.idle.lock().ok().and_then(|i| *i);
+        let recv = async {
+            tokio::select! {
+                biased;
+                e = ev.recv() => e,
+                // The reader gone (its end was sent): only control events remain.
+                Some(e) = data.recv() => Some(e),
+            }
+        };
         let next = match idle {
-            Some(d) => match tokio::time::timeout(d, ev.recv()).await {
+            Some(d) => match tokio::time::timeout(d, recv).await {
                 Ok(e) => e,
                 Err(_) => {
                     conn.end(CloseReason::IdleTimeout);
                     continue;
                 }
             },
-            None => ev.recv().await,
+            None => recv.await,
         };
         let Some(e) = next else {
             break CloseReason::Local;

@@ -322,10 +322,44 @@ fn the_command_api_refuses_a_wrong_token_and_is_off_without_admin_token() {
     assert!(relay.services().is_empty());
     assert_eq!(stat(&relay, "admin_refused"), 2);
 
+    // Bad requests of an authenticated session are answered, not obeyed.
+    let mut api = admin(&rs, &relay, ADMIN).unwrap();
+    let e = rs.rt().block_on(api.add(spec("x", "", false))).unwrap_err();
+    assert!(e.to_string().contains("non-empty token"), "{e}");
+    assert!(relay.services().is_empty());
+    drop(api);
+
     let (rs2, off) = start_relay(relay_cfg(0, &[]));
     let e = admin(&rs2, &off, ADMIN).err().unwrap();
     assert!(e.to_string().contains("command API is off"), "{e}");
     assert_eq!(stat(&off, "admin_refused"), 1);
+}
+
+#[test]
+fn runtime_mappings_and_admin_sessions_are_capped() {
+    let store = tempfile::tempdir().unwrap();
+    let mut cfg = admin_relay_cfg(0, store.path(), &[]);
+    cfg.admin.max_runtime_mappings = 2;
+    let (rs, relay) = start_relay(cfg);
+    let mut api = admin(&rs, &relay, ADMIN).unwrap();
+    for n in ["a", "b"] {
+        rs.rt().block_on(api.add(spec(n, "t", false))).unwrap();
+    }
+    let e = rs
+        .rt()
+        .block_on(api.add(spec("c", "t", false)))
+        .unwrap_err();
+    assert!(e.to_string().contains("max_runtime_mappings"), "{e}");
+    rs.rt().block_on(api.remove("a")).unwrap();
+    rs.rt().block_on(api.add(spec("c", "t", true))).unwrap();
+    // Four sessions at once are allowed; a fifth is refused and counted.
+    let _more: Vec<_> = (0..3).map(|_| admin(&rs, &relay, ADMIN).unwrap()).collect();
+    assert!(admin(&rs, &relay, ADMIN).is_err());
+    assert_eq!(stat(&relay, "admin_refused"), 1);
+    let list = rs.rt().block_on(api.list()).unwrap();
+    let names: Vec<_> = list.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["b", "c"]);
+    assert_eq!(list[1]["type"], "udp");
 }
 
 #[test]
