@@ -267,7 +267,7 @@ impl Relay {
     /// touching the others: a new name is accepted from now on; a removed one
     /// closes its public port and tells its agents (`Refused`); one whose token
     /// or public address changed drops its agents' registrations (they must
-    /// prove the new token) and closes its port; other changes (idle timeout,
+    /// prove the new token) and closes its port (so does a changed `type`); other changes (idle timeout,
     /// `max_connections`) apply to connections accepted from now on.
     /// Connections already carried run to their end in every case.
     ///
@@ -337,8 +337,9 @@ impl Relay {
                     report.added.push(name);
                 }
                 Some(svc) if svc.conf != conf => {
-                    let rebind =
-                        svc.conf.token != conf.token || svc.conf.bind_addr != conf.bind_addr;
+                    let rebind = svc.conf.token != conf.token
+                        || svc.conf.bind_addr != conf.bind_addr
+                        || svc.conf.kind != conf.kind;
                     svc.conf = conf;
                     if rebind {
                         self.drop_registrations(

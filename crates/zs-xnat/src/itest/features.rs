@@ -586,3 +586,44 @@ fn a_mapping_that_ends_in_an_in_process_zs_core_server_answers_a_real_client() {
     drop(c2);
     server.shutdown();
 }
+
+#[test]
+fn a_reload_that_turns_a_tcp_mapping_into_udp_rebinds_it() {
+    let (echo, uecho) = (echo_server(), udp_echo());
+    let (_rs, relay) = start_relay(relay_cfg(0, &[("m", "tm", 0), ("other", "to", 0)]));
+    let (_as, agent) = start_agent(agent_cfg(
+        &[relay.local_addr()],
+        &[("m", "tm", echo, 10), ("other", "to", echo, 10)],
+    ));
+    wait_until("tcp served", Duration::from_secs(5), || {
+        relay.public_addr("m").is_some_and(serves)
+    });
+    let other = relay.public_addr("other").unwrap();
+    let mut carried = StdStream::connect(other).unwrap();
+    carried
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert!(echo_once(&mut carried, b"before"));
+
+    let mut services = relay.services();
+    services.insert("m".into(), udp_service("tm", 8, Duration::from_secs(5)));
+    let r = relay.reload(services);
+    assert_eq!(r.changed, ["m"]);
+    let mut local = agent.services();
+    local.insert("m".into(), udp_local("tm", uecho, Kind::Udp));
+    agent.reload(local);
+    let s = client_udp();
+    wait_until(
+        "udp served after the reload",
+        Duration::from_secs(10),
+        || {
+            relay
+                .public_addr("m")
+                .is_some_and(|a| udp_round_trip(&s, a, b"now udp", 1))
+        },
+    );
+    assert!(
+        echo_once(&mut carried, b"after"),
+        "the other mapping's connection carried on"
+    );
+}
