@@ -56,8 +56,9 @@
 //! sources apart and its answers go back to the right one. Flows end after
 //! `idle_timeout` (60 s) without a datagram; `max_connections` flows per
 //! mapping and `max_udp_flows` per relay; a flow queues at most 64 datagrams
-//! towards its agent, so a flooding source loses its own excess and nobody
-//! else's (counters `udp_flows_refused`, `udp_datagrams_dropped`).
+//! towards its agent (and a relay 64 MiB over all flows), so a flooding
+//! source loses its own excess and nobody else's (counters
+//! `udp_flows_refused`, `udp_datagrams_dropped`, gauge `udp_queued_bytes`).
 //!
 //! ## The command API
 //!

@@ -67,8 +67,11 @@ counters!(
         udp_flows_active,
         /// Datagrams from a new source dropped: flow caps reached.
         udp_flows_refused,
-        /// Datagrams dropped because their flow's queue was full.
+        /// Datagrams dropped because their flow's queue or the relay's UDP
+        /// queue budget was full.
         udp_datagrams_dropped,
+        /// Bytes of datagrams queued towards agents now (gauge).
+        udp_queued_bytes,
         /// Command-API sessions authenticated.
         admin_sessions,
         /// Command-API connections refused (wrong proof, API off, bad request).

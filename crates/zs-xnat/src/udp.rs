@@ -16,7 +16,8 @@
 //! (a datagram from a new source beyond them is dropped and counted); each flow
 //! queues at most [`FLOW_QUEUE`] datagrams towards its agent (a source that
 //! sends faster than its data connection carries loses the excess, counted, and
-//! no other flow waits for it).
+//! no other flow waits for it), and all flows of a relay at most
+//! [`UDP_QUEUE_BUDGET`] bytes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +37,10 @@ use crate::stats::{dec, inc, AgentStats, MappingStats, RelayStats};
 
 /// Datagrams queued towards the agent per flow.
 pub const FLOW_QUEUE: usize = 64;
+/// Bytes of datagrams queued towards agents over all flows of a relay; beyond
+/// it datagrams are dropped (`udp_datagrams_dropped`), so memory stays bounded
+/// whatever `max_udp_flows` is.
+pub const UDP_QUEUE_BUDGET: u64 = 64 << 20;
 /// Receive buffer of a UDP socket (the largest datagram fits).
 const RECV_BUF: usize = 64 * 1024;
 /// At most one "refused" log line per mapping per this period (a flood of new
@@ -75,10 +80,20 @@ pub(crate) async fn relay_listen(
                 continue;
             }
         };
+        // Datagrams queued towards agents over all flows stay within the budget.
+        if rstats.udp_queued_bytes.load(Ordering::Acquire) + n as u64 > UDP_QUEUE_BUDGET {
+            inc(&rstats.udp_datagrams_dropped);
+            continue;
+        }
         let d = buf[..n].to_vec();
         if let Some((_, tx)) = flows.get(&src) {
             match tx.try_send(d) {
-                Ok(()) => continue,
+                Ok(()) => {
+                    rstats
+                        .udp_queued_bytes
+                        .fetch_add(n as u64, Ordering::AcqRel);
+                    continue;
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     inc(&rstats.udp_datagrams_dropped);
                     continue;
@@ -94,7 +109,11 @@ pub(crate) async fn relay_listen(
                     let tx = spawn_flow(
                         &relay, &service, src, &sock, &mstats, &conf, generation, &done_tx,
                     );
-                    let _ = tx.try_send(d);
+                    if tx.try_send(d).is_ok() {
+                        rstats
+                            .udp_queued_bytes
+                            .fetch_add(n as u64, Ordering::AcqRel);
+                    }
                     flows.insert(src, (generation, tx));
                     continue;
                 }
@@ -108,7 +127,11 @@ pub(crate) async fn relay_listen(
         let tx = spawn_flow(
             &relay, &service, src, &sock, &mstats, &conf, generation, &done_tx,
         );
-        let _ = tx.try_send(d);
+        if tx.try_send(d).is_ok() {
+            rstats
+                .udp_queued_bytes
+                .fetch_add(n as u64, Ordering::AcqRel);
+        }
         flows.insert(src, (generation, tx));
     }
 }
@@ -196,11 +219,15 @@ async fn relay_flow(
     service: &str,
     src: SocketAddr,
     sock: &UdpSocket,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Vec<u8>>,
     mstats: &MappingStats,
     idle: Duration,
 ) -> Result<&'static str, String> {
     let rstats = relay.stats();
+    let mut rx = FlowQueue {
+        rx,
+        gauge: &rstats.udp_queued_bytes,
+    };
     let mut conn = None;
     for _ in 0..3 {
         let (mut c, active) = relay.data_for(service).await.map_err(|why| {
@@ -228,7 +255,7 @@ async fn relay_flow(
             encode_datagram(&mut frames, &d);
             // Whatever queued meanwhile goes in the same record.
             while frames.len() < 256 * 1024 {
-                let Ok(d) = rx.try_recv() else { break };
+                let Some(d) = rx.try_recv() else { break };
                 bytes += d.len() as u64;
                 encode_datagram(&mut frames, &d);
             }
@@ -282,6 +309,34 @@ async fn idle_watchdog(idle: Duration, start: Instant, last: &AtomicU64) {
         if since >= idle.as_millis() as u64 {
             return;
         }
+    }
+}
+
+/// A flow's queue of datagrams towards its agent; keeps the relay-wide
+/// `udp_queued_bytes` gauge exact, also for what is left when the flow ends.
+struct FlowQueue<'a> {
+    rx: mpsc::Receiver<Vec<u8>>,
+    gauge: &'a AtomicU64,
+}
+
+impl FlowQueue<'_> {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        let d = self.rx.recv().await?;
+        self.gauge.fetch_sub(d.len() as u64, Ordering::AcqRel);
+        Some(d)
+    }
+
+    fn try_recv(&mut self) -> Option<Vec<u8>> {
+        let d = self.rx.try_recv().ok()?;
+        self.gauge.fetch_sub(d.len() as u64, Ordering::AcqRel);
+        Some(d)
+    }
+}
+
+impl Drop for FlowQueue<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        while self.try_recv().is_some() {}
     }
 }
 

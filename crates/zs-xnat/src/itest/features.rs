@@ -122,6 +122,11 @@ fn udp_echo_with_per_source_flows_caps_and_idle_timeout() {
         mstat(&relay, "u", "active") == 0
     });
     assert_eq!(stat(&relay, "udp_flows_active"), 0);
+    assert_eq!(
+        stat(&relay, "udp_queued_bytes"),
+        0,
+        "every queued byte accounted for"
+    );
     assert!(udp_round_trip(&c, pa, b"c again", 10));
     assert!(mstat(&relay, "u", "bytes_up") > 60_000);
     assert!(mstat(&relay, "u", "bytes_down") > 60_000);
