@@ -632,3 +632,42 @@ fn a_reload_that_turns_a_tcp_mapping_into_udp_rebinds_it() {
         "the other mapping's connection carried on"
     );
 }
+
+#[test]
+fn a_config_file_that_takes_over_a_runtime_name_wins_and_the_stored_one_goes() {
+    let store = tempfile::tempdir().unwrap();
+    let (rs, relay) = start_relay(admin_relay_cfg(0, store.path(), &[]));
+    let mut api = admin(&rs, &relay, ADMIN).unwrap();
+    rs.rt()
+        .block_on(api.add(spec("x", "runtime-token", false)))
+        .unwrap();
+    rs.rt().block_on(api.add(spec("y", "ty", false))).unwrap();
+    // The file now defines "x" too.
+    let r = relay.reload(relay_cfg(0, &[("x", "file-token", 0)]).services);
+    assert_eq!(r.changed, ["x"]);
+    assert_eq!(relay.services()["x"].token, "file-token");
+    let list = rs.rt().block_on(api.list()).unwrap();
+    let src: Vec<_> = list
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(src, [("x", "file"), ("y", "runtime")]);
+    drop(api);
+    drop(relay);
+    drop(rs);
+    let (_st, stored) = {
+        // Wait until the old relay let go of the store, then read it directly.
+        let t = Instant::now();
+        loop {
+            match crate::store::MappingStore::open(store.path()) {
+                Ok(x) => break x,
+                Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                    assert!(e.to_string().contains("locked"), "{e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(stored.keys().collect::<Vec<_>>(), ["y"]);
+}
