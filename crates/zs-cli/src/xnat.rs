@@ -107,16 +107,23 @@ enum Verb {
     },
 }
 
-/// Where the relay's command API is and how to prove the right to use it.
+/// Where the relay's command API is and how to prove the right to use it:
+/// `--relay`, `--fingerprint` and `--admin-token`, or on the relay's host
+/// `--config relay.toml` (its bind_addr, identity and admin_token).
 #[derive(Debug, clap::Args)]
 struct Api {
+    /// The relay's config file: takes the address (0.0.0.0 / :: become loopback),
+    /// the fingerprint and the admin token from it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The relay's agent address (its [server] bind_addr), like relay.example.com:2333.
-    #[arg(long)]
-    relay: String,
+    #[arg(long, required_unless_present = "config")]
+    relay: Option<String>,
     /// The relay's key fingerprint (sha3-256:<64 hex>), as agents pin it.
-    #[arg(long)]
-    fingerprint: String,
-    /// The relay's [server] admin_token (default: the ZS_XNAT_ADMIN_TOKEN environment variable).
+    #[arg(long, required_unless_present = "config")]
+    fingerprint: Option<String>,
+    /// The relay's [server] admin_token (default: the ZS_XNAT_ADMIN_TOKEN
+    /// environment variable, or the config's).
     #[arg(long)]
     admin_token: Option<String>,
 }
@@ -125,17 +132,40 @@ fn api_call(
     api: Api,
     cmd: zs_xnat::AdminCommand,
 ) -> Result<(String, Vec<serde_json::Value>), String> {
-    let fp = api.fingerprint.parse().map_err(|_| {
-        format!(
-            "--fingerprint: expected \"sha3-256:\" and 64 hex digits, got {:?}",
-            api.fingerprint
-        )
-    })?;
+    let (mut relay, mut fp, mut token) = (None, None, None);
+    if let Some(path) = &api.config {
+        let cfg = zs_xnat::Config::load(path).map_err(|e| e.to_string())?;
+        let server = cfg
+            .server
+            .ok_or_else(|| format!("{}: expected a [server] table", path.display()))?;
+        let mut addr = server.bind_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        relay = Some(addr.to_string());
+        fp = Some(zs_xnat::relay_fingerprint_file(path)?);
+        token = server.admin.admin_token;
+    }
+    let relay = api
+        .relay
+        .or(relay)
+        .ok_or("--relay (or --config) is required")?;
+    let fp = match api.fingerprint {
+        Some(text) => text.parse().map_err(|_| {
+            format!("--fingerprint: expected \"sha3-256:\" and 64 hex digits, got {text:?}")
+        })?,
+        None => fp.ok_or("--fingerprint (or --config) is required")?,
+    };
     let token = api
         .admin_token
         .or_else(|| std::env::var("ZS_XNAT_ADMIN_TOKEN").ok())
-        .ok_or("--admin-token (or ZS_XNAT_ADMIN_TOKEN) is required")?;
-    zs_xnat::admin_command(&api.relay, fp, &token, cmd)
+        .or(token)
+        .ok_or("--admin-token (or ZS_XNAT_ADMIN_TOKEN, or admin_token in --config) is required")?;
+    zs_xnat::admin_command(&relay, fp, &token, cmd)
 }
 
 fn print_items(items: &[serde_json::Value], json: bool, cols: &[&str]) {
