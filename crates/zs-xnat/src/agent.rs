@@ -478,7 +478,17 @@ impl Agent {
             inc(&stats.forwarded);
             debug!(%service, %peer, "xnat agent: carrying a public connection to the in-process server");
             let (sr, sw, rest) = conn.split();
-            if let Err(e) = backend.carry(vaddr, peer, sr, sw, rest).await {
+            let carried = backend
+                .carry(
+                    vaddr,
+                    peer,
+                    sr,
+                    sw,
+                    rest,
+                    (&stats.bytes_up, &stats.bytes_down),
+                )
+                .await;
+            if let Err(e) = carried {
                 let n = inc(&stats.local_failures);
                 warn!(%service, error = %e, local_failures = n, "xnat agent: in-process server connection failed");
             }

@@ -91,7 +91,8 @@ impl VirtualBackend {
 
     /// Runs one connection to the listener at `addr`: `peer` is the public
     /// client's address (the connection's `peer_addr`), `first` the bytes
-    /// already received. Returns when the connection ended.
+    /// already received; the connection's bytes are added to `(up, down)`
+    /// when it ends. Returns when the connection ended.
     pub(crate) async fn carry(
         &self,
         addr: SocketAddr,
@@ -99,6 +100,7 @@ impl VirtualBackend {
         sr: SecureRead,
         sw: SecureWrite,
         first: Vec<u8>,
+        (up, down): (&AtomicU64, &AtomicU64),
     ) -> Result<(), String> {
         let listener = self
             .inner
@@ -130,6 +132,8 @@ impl VirtualBackend {
             ended: AtomicBool::new(false),
             paused: pause_tx,
             idle: Mutex::new(None),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
         });
         listener
             .conns
@@ -137,7 +141,7 @@ impl VirtualBackend {
             .map_err(|_| "poisoned")?
             .insert(id, Arc::downgrade(&conn));
         let handler = (listener.factory)();
-        let reader = tokio::spawn(read_loop(sr, data_tx, pause_rx, first));
+        let reader = tokio::spawn(read_loop(sr, data_tx, pause_rx, first, conn.clone()));
         let writer = tokio::spawn(write_loop(sw, out_rx, conn.clone()));
         let r = run_handler(handler, conn.clone(), ev_rx, data_rx).await;
         reader.abort();
@@ -145,6 +149,8 @@ impl VirtualBackend {
         if let Ok(mut m) = listener.conns.lock() {
             m.remove(&id);
         }
+        up.fetch_add(conn.up.load(Ordering::Relaxed), Ordering::Relaxed);
+        down.fetch_add(conn.down.load(Ordering::Relaxed), Ordering::Relaxed);
         r
     }
 }
@@ -177,6 +183,9 @@ struct VConn {
     ended: AtomicBool,
     paused: watch::Sender<bool>,
     idle: Mutex<Option<Duration>>,
+    /// Bytes public client -> server, server -> public client.
+    up: AtomicU64,
+    down: AtomicU64,
 }
 
 impl VConn {
@@ -270,7 +279,9 @@ async fn read_loop(
     ev: mpsc::Sender<Ev>,
     mut paused: watch::Receiver<bool>,
     first: Vec<u8>,
+    conn: Arc<VConn>,
 ) {
+    conn.up.fetch_add(first.len() as u64, Ordering::Relaxed);
     if !first.is_empty() && ev.send(Ev::Data(Bytes::from(first))).await.is_err() {
         return;
     }
@@ -308,6 +319,7 @@ async fn write_loop(mut sw: SecureWrite, mut out: mpsc::UnboundedReceiver<Out>, 
         match o {
             Out::Data(b) => {
                 let r = sw.write(&b).await;
+                conn.down.fetch_add(b.len() as u64, Ordering::Relaxed);
                 let left = conn.queued.fetch_sub(b.len(), Ordering::AcqRel) - b.len();
                 if r.is_err() {
                     conn.end(CloseReason::Reset);

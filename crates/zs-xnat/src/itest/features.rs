@@ -588,7 +588,12 @@ fn a_mapping_that_ends_in_an_in_process_zs_core_server_answers_a_real_client() {
         || server.connection_count() == 1,
     );
     assert_eq!(agent.stats().snapshot()["local_failures"], 0);
+    // c1's bytes are counted once its connection ended.
+    assert!(agent.stats().snapshot()["bytes_down"] > 0);
     drop(c2);
+    wait_until("c2's bytes counted", Duration::from_secs(5), || {
+        agent.stats().snapshot()["bytes_down"] > 300_000
+    });
     server.shutdown();
 }
 
