@@ -194,7 +194,14 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         ("zs-core", &["zs-wire", "zs-crypto", "zs-io"][..]),
         (
             "zs-xnat",
-            &["zs-core", "zs-io", "zs-crypto", "zs-wire", "zs-p2pvm"][..],
+            &[
+                "zs-core",
+                "zs-io",
+                "zs-crypto",
+                "zs-wire",
+                "zs-p2pvm",
+                "zs-db",
+            ][..],
         ),
         ("zs-tx", &["zs-db"][..]),
         (

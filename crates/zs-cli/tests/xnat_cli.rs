@@ -284,3 +284,337 @@ fn editing_the_config_files_adds_and_removes_mappings_of_running_processes() {
         "the connection carried before the removal was cut"
     );
 }
+
+fn zs_ok(args: &[&str]) -> String {
+    let out = zs().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "zs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn udp_echo() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut b) {
+            let _ = s.send_to(&b[..n], from);
+        }
+    });
+    a
+}
+
+fn udp_round_trip(to: SocketAddr, msg: &[u8]) -> bool {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 2048];
+    for _ in 0..5 {
+        s.send_to(msg, to).unwrap();
+        if let Ok(n) = s.recv(&mut b) {
+            return &b[..n] == msg;
+        }
+    }
+    false
+}
+
+#[test]
+fn add_list_status_remove_through_the_cli_and_runtime_mappings_survive_a_relay_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (echo, uecho) = (echo_server(), udp_echo());
+    let (control, public, upublic) = (free_port(), free_port(), free_port());
+    let relay_cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &relay_cfg,
+        format!(
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\nadmin_token = \"an_admin_secret\"\n"
+        ),
+    )
+    .unwrap();
+    let fp = zs_ok(&[
+        "xnat",
+        "fingerprint",
+        "--config",
+        relay_cfg.to_str().unwrap(),
+    ])
+    .trim()
+    .to_string();
+    let spawn_relay = || {
+        Proc(
+            zs().args(["xnat", "server", "--config"])
+                .arg(&relay_cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let relay = spawn_relay();
+    let ctl = format!("127.0.0.1:{control}");
+    let api = |verb: &str| -> Vec<String> {
+        [
+            "xnat",
+            verb,
+            "--relay",
+            &ctl,
+            "--fingerprint",
+            &fp,
+            "--admin-token",
+            "an_admin_secret",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |args: Vec<String>| -> std::process::Output { zs().args(&args).output().unwrap() };
+    wait("relay up", Duration::from_secs(15), || {
+        TcpStream::connect(&ctl).is_ok()
+    });
+    let mut add = api("add");
+    add.extend(["--name", "web", "--token", "tw", "--bind"].map(String::from));
+    add.push(format!("127.0.0.1:{public}"));
+    let out = run(add);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut addu = api("add");
+    addu.extend(["--name", "dns", "--token", "td", "--type", "udp", "--bind"].map(String::from));
+    addu.push(format!("127.0.0.1:{upublic}"));
+    assert!(run(addu).status.success());
+    // A wrong admin token is refused with a message.
+    let mut bad = api("list");
+    bad[7] = "wrong_secret_x".into();
+    let out = run(bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong admin token"));
+
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "[client]\nremote_addr = \"{ctl}\"\nrelay_fingerprint = \"{fp}\"\n\
+             [client.services.web]\ntoken = \"tw\"\nlocal_addr = \"{echo}\"\n\
+             [client.services.dns]\ntype = \"udp\"\ntoken = \"td\"\nlocal_addr = \"{uecho}\"\n"
+        ),
+    )
+    .unwrap();
+    let _agent = spawn_agent(&agent_cfg);
+    let pa: SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
+    let ua: SocketAddr = format!("127.0.0.1:{upublic}").parse().unwrap();
+    wait("tcp mapping", Duration::from_secs(15), || {
+        round_trip(pa, b"hi")
+    });
+    wait("udp mapping", Duration::from_secs(15), || {
+        udp_round_trip(ua, b"dig")
+    });
+    assert!(round_trip(pa, b"again"));
+
+    let status = String::from_utf8(run(api("status")).stdout).unwrap();
+    assert!(status.starts_with("name"), "{status}");
+    let web = status.lines().find(|l| l.starts_with("web")).unwrap();
+    assert!(web.contains("tcp") && web.contains("true"), "{web}");
+    assert!(status.contains("relay: "), "{status}");
+    let mut sj = api("status");
+    sj.push("--json".into());
+    let lines = String::from_utf8(run(sj).stdout).unwrap();
+    let web: serde_json::Value = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["name"] == "web")
+        .unwrap();
+    assert!(web["connections"].as_u64().unwrap() >= 2);
+    assert!(web["bytes_up"].as_u64().unwrap() >= 7);
+    assert_eq!(web["agents"], 1);
+
+    // The relay process restarts: the mappings added at runtime are back.
+    drop(relay);
+    let _relay = spawn_relay();
+    wait(
+        "tcp mapping after the restart",
+        Duration::from_secs(20),
+        || round_trip(pa, b"back"),
+    );
+    let list = String::from_utf8(run(api("list")).stdout).unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("web") && l.contains("runtime")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("dns") && l.contains("udp")),
+        "{list}"
+    );
+
+    let mut rm = api("remove");
+    rm.extend(["--name", "web"].map(String::from));
+    assert!(run(rm).status.success());
+    wait("public port closed", Duration::from_secs(5), || {
+        TcpStream::connect_timeout(&pa, Duration::from_millis(200)).is_err()
+    });
+    assert!(udp_round_trip(ua, b"still"), "the other mapping carries on");
+}
+
+#[test]
+fn help_lists_every_config_key_and_verb() {
+    let help = zs_ok(&["xnat", "--help"]);
+    for key in [
+        "bind_addr",
+        "default_token",
+        "token",
+        "local_addr",
+        "remote_addr",
+        "remote_addrs",
+        "[*.transport]",
+        "nodelay",
+        "relay_fingerprint",
+        "agent_name",
+        "retry_interval",
+        "heartbeat_timeout",
+        "max_load",
+        "proxy_protocol",
+        "identity_file",
+        "pool_size",
+        "max_agents",
+        "heartbeat_interval",
+        "handshake_timeout",
+        "admin_token",
+        "store_dir",
+        "max_udp_flows",
+        "max_runtime_mappings",
+        "idle_timeout",
+        "max_connections",
+        "\"udp\"",
+    ] {
+        assert!(help.contains(key), "zs xnat --help does not name {key}");
+    }
+    for verb in [
+        "server",
+        "agent",
+        "fingerprint",
+        "add",
+        "remove",
+        "list",
+        "status",
+    ] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(verb)),
+            "verb {verb}"
+        );
+    }
+}
+
+/// The ```toml blocks of README's "zs xnat" section, in order.
+fn readme_configs() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme
+        .find("## Expose an intranet service (zs xnat)")
+        .unwrap();
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b[..b.find("```").unwrap()].to_string())
+        .collect()
+}
+
+#[test]
+fn the_readme_example_configs_work_from_the_cli() {
+    let blocks = readme_configs();
+    assert_eq!(blocks.len(), 2, "relay.toml and agent.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let (echo, uecho) = (echo_server(), udp_echo());
+    let (control, web, dns) = (free_port(), free_port(), free_port());
+    let relay_cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &relay_cfg,
+        blocks[0]
+            .replace("0.0.0.0:2333", &format!("127.0.0.1:{control}"))
+            .replace("0.0.0.0:8080", &format!("127.0.0.1:{web}"))
+            .replace("0.0.0.0:5353", &format!("127.0.0.1:{dns}")),
+    )
+    .unwrap();
+    let fp = zs_ok(&[
+        "xnat",
+        "fingerprint",
+        "--config",
+        relay_cfg.to_str().unwrap(),
+    ])
+    .trim()
+    .to_string();
+    let _relay = Proc(
+        zs().args(["xnat", "server", "--config"])
+            .arg(&relay_cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        blocks[1]
+            .replace("relay.example.com:2333", &format!("127.0.0.1:{control}"))
+            .replace("sha3-256:...", &fp)
+            .replace("127.0.0.1:80\"", &format!("{echo}\""))
+            .replace("127.0.0.1:53\"", &format!("{uecho}\"")),
+    )
+    .unwrap();
+    let _agent = spawn_agent(&agent_cfg);
+    let (wa, da): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{web}").parse().unwrap(),
+        format!("127.0.0.1:{dns}").parse().unwrap(),
+    );
+    wait(
+        "web through the README configs",
+        Duration::from_secs(15),
+        || round_trip(wa, b"GET /"),
+    );
+    wait(
+        "dns through the README configs",
+        Duration::from_secs(15),
+        || udp_round_trip(da, b"query"),
+    );
+    // The README's add and status lines, with its admin token.
+    let ctl = format!("127.0.0.1:{control}");
+    let ssh = free_port();
+    zs_ok(&[
+        "xnat",
+        "add",
+        "--relay",
+        &ctl,
+        "--fingerprint",
+        &fp,
+        "--admin-token",
+        "another_long_secret",
+        "--name",
+        "ssh",
+        "--token",
+        "t2",
+        "--bind",
+        &format!("127.0.0.1:{ssh}"),
+    ]);
+    let status = zs_ok(&[
+        "xnat",
+        "status",
+        "--relay",
+        &ctl,
+        "--fingerprint",
+        &fp,
+        "--admin-token",
+        "another_long_secret",
+    ]);
+    for name in ["web", "dns", "ssh"] {
+        assert!(
+            status.lines().any(|l| l.starts_with(name)),
+            "{name} in {status}"
+        );
+    }
+}

@@ -17,12 +17,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use zs_crypto::session::ClientConfig as CryptoClient;
 
-use crate::config::{ClientConfig, ClientService};
+use crate::config::{ClientConfig, ClientService, Kind};
 use crate::proto::{self, Decoder, Msg};
 use crate::pump::{pump, End};
 use crate::relay::Reload;
 use crate::secure::SecureConn;
 use crate::stats::{inc, AgentStats};
+use crate::virt::VirtualBackend;
 
 /// First reconnect delay (doubles up to `retry_interval`).
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -48,6 +49,9 @@ struct Inner {
     services: Mutex<Services>,
     /// Bumped on every reload; each control session re-registers on a change.
     changes: watch::Sender<u64>,
+    /// Mappings that end in an in-process server: name -> backend and the
+    /// virtual address its server listens on.
+    virtuals: Mutex<HashMap<String, (VirtualBackend, SocketAddr)>>,
 }
 
 /// One mapping the agent serves.
@@ -86,6 +90,7 @@ impl Agent {
                 stats: AgentStats::default(),
                 services: Mutex::new(services),
                 changes: watch::channel(0).0,
+                virtuals: Mutex::default(),
             }),
         }
     }
@@ -125,6 +130,20 @@ impl Agent {
         let n = inc(&self.inner.stats.reloads);
         info!(reloads = n, added = ?report.added, removed = ?report.removed, changed = ?report.changed, "xnat agent: mappings reloaded");
         report
+    }
+
+    /// Makes mapping `service` end in the in-process server listening on
+    /// `addr` of `backend` (a zs-core `Server` started on that
+    /// [`VirtualBackend`]) instead of connecting to its `local_addr`: each
+    /// public connection becomes a connection of that server, the public
+    /// client's bytes its bytes. The mapping itself (token, `max_load`) still
+    /// comes from `[client.services.NAME]`; its `local_addr` is not used.
+    pub fn serve_in_process(&self, service: &str, backend: VirtualBackend, addr: SocketAddr) {
+        self.inner
+            .virtuals
+            .lock()
+            .expect("agent virtuals")
+            .insert(service.to_string(), (backend, addr));
     }
 
     /// The mappings served now, by name.
@@ -423,16 +442,58 @@ impl Agent {
         }
         inc(&stats.data_conns);
         // Pooled: wait (without limit) for a public peer.
-        let peer: SocketAddr = match conn.recv().await {
-            Ok(Msg::Start { peer }) => peer,
+        let (peer, udp): (SocketAddr, bool) = match conn.recv().await {
+            Ok(Msg::Start { peer }) => (peer, false),
+            Ok(Msg::StartUdp { peer }) => (peer, true),
             Ok(m) => {
                 warn!(relay = %addr, kind = m.kind(), "xnat agent: unexpected message on a data connection");
                 return;
             }
             Err(_) => return,
         };
+        if udp != (svc.kind == Kind::Udp) {
+            let n = inc(&stats.kind_mismatch);
+            warn!(relay = %addr, %service, local_type = svc.kind.as_str(), relay_type = if udp { "udp" } else { "tcp" }, kind_mismatch = n, "xnat agent: the relay's mapping has another type than ours; fix `type` on one side");
+            return;
+        }
         load.fetch_add(1, Ordering::Relaxed);
         let _l = DecLoad(load);
+        if udp {
+            inc(&stats.forwarded);
+            debug!(%service, %peer, "xnat agent: carrying a UDP flow");
+            if let Err(e) = crate::udp::agent_flow(conn, &svc.local_addr, stats).await {
+                let n = inc(&stats.local_failures);
+                warn!(%service, %peer, error = %e, local_failures = n, "xnat agent: UDP flow ended with an error");
+            }
+            return;
+        }
+        let virt = self
+            .inner
+            .virtuals
+            .lock()
+            .expect("agent virtuals")
+            .get(service)
+            .cloned();
+        if let Some((backend, vaddr)) = virt {
+            inc(&stats.forwarded);
+            debug!(%service, %peer, "xnat agent: carrying a public connection to the in-process server");
+            let (sr, sw, rest) = conn.split();
+            let carried = backend
+                .carry(
+                    vaddr,
+                    peer,
+                    sr,
+                    sw,
+                    rest,
+                    (&stats.bytes_up, &stats.bytes_down),
+                )
+                .await;
+            if let Err(e) = carried {
+                let n = inc(&stats.local_failures);
+                warn!(%service, error = %e, local_failures = n, "xnat agent: in-process server connection failed");
+            }
+            return;
+        }
         let mut local = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             TcpStream::connect(&svc.local_addr),

@@ -54,6 +54,35 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Services by name.
     pub services: BTreeMap<String, ServerService>,
+    /// Ours: the command API and the store of mappings added through it.
+    pub admin: AdminConfig,
+}
+
+/// Ours: `[server] admin_token`, `store_dir`, `max_udp_flows`, `max_runtime_mappings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `admin_token`: enables the command API (`zs xnat add|remove|list|status`);
+    /// proven by HMAC over a fresh challenge, never sent. `None`: API off.
+    pub admin_token: Option<String>,
+    /// `store_dir`: the zs-db store of the mappings added at runtime (default
+    /// `xnat-relay.store` next to the config; used only with `admin_token`).
+    pub store_dir: PathBuf,
+    /// `max_udp_flows`: UDP flows at once over all mappings (default 16384).
+    pub max_udp_flows: usize,
+    /// `max_runtime_mappings`: mappings the command API may add (default 1024).
+    pub max_runtime_mappings: usize,
+}
+
+impl AdminConfig {
+    /// The defaults: no command API, `store_dir` under `base`.
+    pub fn defaults(base: &Path) -> AdminConfig {
+        AdminConfig {
+            admin_token: None,
+            store_dir: base.join("xnat-relay.store"),
+            max_udp_flows: 16_384,
+            max_runtime_mappings: 1024,
+        }
+    }
 }
 
 /// One `[server.services.NAME]`.
@@ -66,8 +95,32 @@ pub struct ServerService {
     /// Ours: `idle_timeout` seconds without a byte moved before a public
     /// connection is closed (default 600).
     pub idle_timeout: Duration,
-    /// Ours: `max_connections` public connections at once (default 4096).
+    /// Ours: `max_connections` public connections at once (default 4096); for
+    /// a UDP mapping, the most flows (public source addresses) at once.
     pub max_connections: usize,
+    /// `type`: TCP (default) or UDP (per-source flows).
+    pub kind: Kind,
+}
+
+/// A mapping's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// `type = "tcp"`: one public TCP connection per data connection.
+    #[default]
+    Tcp,
+    /// `type = "udp"`: each public source address is a flow carried on its own
+    /// data connection; datagrams keep their boundaries.
+    Udp,
+}
+
+impl Kind {
+    /// `"tcp"` or `"udp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Udp => "udp",
+        }
+    }
 }
 
 /// Agent (`[client]`) settings.
@@ -102,6 +155,8 @@ pub struct ClientService {
     /// public client's address to the local service before any byte (off by
     /// default; the service must expect it).
     pub proxy_protocol: bool,
+    /// `type`: must match the relay's mapping.
+    pub kind: Kind,
 }
 
 /// The whole file: a relay, an agent, or both.
@@ -209,12 +264,13 @@ impl P<'_> {
         }
     }
 
-    fn service_type(&self, s: &Table, path: &str) -> Result<(), ConfigError> {
+    fn service_type(&self, s: &Table, path: &str) -> Result<Kind, ConfigError> {
         match self.str(s, "type", &format!("{path}.type"))? {
-            None | Some("tcp") => Ok(()),
+            None | Some("tcp") => Ok(Kind::Tcp),
+            Some("udp") => Ok(Kind::Udp),
             Some(other) => Err(self.e(
                 &format!("{path}.type"),
-                format!("expected \"tcp\" (UDP mappings are not supported yet), got {other:?}"),
+                format!("expected \"tcp\" or \"udp\", got {other:?}"),
             )),
         }
     }
@@ -244,7 +300,7 @@ fn service_table<'t>(
     v: &'t Value,
     keys: &[&str],
     default_token: &Option<String>,
-) -> Result<(String, &'t Table, String), ConfigError> {
+) -> Result<(String, &'t Table, String, Kind), ConfigError> {
     let path = format!("{side}.services.{name}");
     check_name(p, name, &path)?;
     let Value::Table(t) = v else {
@@ -253,7 +309,7 @@ fn service_table<'t>(
     let mut known = vec!["token", "type", "nodelay"];
     known.extend_from_slice(keys);
     p.only(t, &path, &known)?;
-    p.service_type(t, &path)?;
+    let kind = p.service_type(t, &path)?;
     p.bool(t, "nodelay", &format!("{path}.nodelay"))?;
     let token = match p.str(t, "token", &format!("{path}.token"))? {
         Some(t) => t.to_string(),
@@ -267,7 +323,7 @@ fn service_table<'t>(
     if token.is_empty() {
         return Err(p.e(&format!("{path}.token"), "expected a non-empty token"));
     }
-    Ok((path, t, token))
+    Ok((path, t, token, kind))
 }
 
 impl Config {
@@ -323,6 +379,10 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             "pool_size",
             "max_agents",
             "handshake_timeout",
+            "admin_token",
+            "store_dir",
+            "max_udp_flows",
+            "max_runtime_mappings",
         ],
     )?;
     let bind_addr = p.addr(s, "bind_addr", "server.bind_addr")?.ok_or_else(|| {
@@ -348,7 +408,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
     let mut services = BTreeMap::new();
     if let Some(svcs) = p.table(s, "services", "server.services")? {
         for (name, v) in svcs {
-            let (path, t, token) = service_table(
+            let (path, t, token, kind) = service_table(
                 p,
                 "server",
                 name,
@@ -369,12 +429,14 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
                 ServerService {
                     token,
                     bind_addr,
+                    // rathole's UDP flows end after 60 s without a datagram.
                     idle_timeout: p.secs(
                         t,
                         "idle_timeout",
                         &format!("{path}.idle_timeout"),
-                        600,
+                        if kind == Kind::Udp { 60 } else { 600 },
                     )?,
+                    kind,
                     max_connections: p
                         .uint(
                             t,
@@ -387,6 +449,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             );
         }
     }
+    let admin = parse_admin(p, s, base)?;
     Ok(ServerConfig {
         bind_addr,
         default_token,
@@ -396,7 +459,37 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
         heartbeat_interval,
         handshake_timeout,
         services,
+        admin,
     })
+}
+
+/// `[server] admin_token`, `store_dir`, `max_udp_flows`.
+fn parse_admin(p: &P<'_>, s: &Table, base: &Path) -> Result<AdminConfig, ConfigError> {
+    let mut a = AdminConfig::defaults(base);
+    if let Some(t) = p.str(s, "admin_token", "server.admin_token")? {
+        if t.len() < 8 {
+            return Err(p.e(
+                "server.admin_token",
+                "expected a token of at least 8 bytes (it guards adding and removing mappings)",
+            ));
+        }
+        a.admin_token = Some(t.to_string());
+    }
+    if let Some(d) = p.str(s, "store_dir", "server.store_dir")? {
+        a.store_dir = base.join(d);
+    }
+    if let Some(n) = p.uint(s, "max_udp_flows", "server.max_udp_flows", 1_000_000)? {
+        a.max_udp_flows = n as usize;
+    }
+    if let Some(n) = p.uint(
+        s,
+        "max_runtime_mappings",
+        "server.max_runtime_mappings",
+        100_000,
+    )? {
+        a.max_runtime_mappings = n as usize;
+    }
+    Ok(a)
 }
 
 fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
@@ -477,7 +570,7 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
     let mut services = BTreeMap::new();
     if let Some(svcs) = p.table(c, "services", "client.services")? {
         for (name, v) in svcs {
-            let (path, t, token) = service_table(
+            let (path, t, token, kind) = service_table(
                 p,
                 "client",
                 name,
@@ -507,6 +600,12 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
                         ))
                     }
                 };
+            if proxy_protocol && kind == Kind::Udp {
+                return Err(p.e(
+                    &format!("{path}.proxy_protocol"),
+                    "expected no proxy_protocol on a UDP mapping (the header is sent on TCP connections only)",
+                ));
+            }
             let max_load = p
                 .uint(t, "max_load", &format!("{path}.max_load"), u32::MAX as u64)?
                 .unwrap_or(4096)
@@ -518,6 +617,7 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
                     local_addr,
                     max_load,
                     proxy_protocol,
+                    kind,
                 },
             );
         }
@@ -618,8 +718,11 @@ max_load = 10
         assert_eq!(e.key, "server.bogus");
         let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\npool_size = -1\n").unwrap_err();
         assert_eq!(e.key, "server.pool_size");
-        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\ndefault_token=\"x\"\n[server.services.u]\nbind_addr = \"0.0.0.0:2\"\ntype = \"udp\"\n").unwrap_err();
+        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\ndefault_token=\"x\"\n[server.services.u]\nbind_addr = \"0.0.0.0:2\"\ntype = \"quic\"\n").unwrap_err();
         assert_eq!(e.key, "server.services.u.type");
+        let e =
+            parse("[server]\nbind_addr = \"0.0.0.0:1\"\nadmin_token = \"short\"\n").unwrap_err();
+        assert_eq!(e.key, "server.admin_token");
         let e = parse("[[server]]\n").unwrap_err();
         assert_eq!(e.key, "server");
         let e = parse("= =").unwrap_err();
@@ -632,6 +735,43 @@ max_load = 10
         let e =
             parse("[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"abc\"\n").unwrap_err();
         assert_eq!(e.key, "client.relay_fingerprint");
+    }
+
+    #[test]
+    fn udp_mappings_and_admin_keys_parse() {
+        let c = parse(&format!(
+            r#"
+[server]
+bind_addr = "0.0.0.0:2333"
+admin_token = "long_enough"
+store_dir = "state"
+max_udp_flows = 100
+[server.services.dns]
+type = "udp"
+token = "t"
+bind_addr = "0.0.0.0:53"
+[client]
+remote_addr = "r:1"
+relay_fingerprint = "{FP}"
+[client.services.dns]
+type = "udp"
+token = "t"
+local_addr = "127.0.0.1:53"
+"#
+        ))
+        .unwrap();
+        let s = c.server.unwrap();
+        assert_eq!(s.services["dns"].kind, Kind::Udp);
+        assert_eq!(s.services["dns"].idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.admin.admin_token.as_deref(), Some("long_enough"));
+        assert_eq!(s.admin.store_dir, Path::new("/etc/zs/state"));
+        assert_eq!(s.admin.max_udp_flows, 100);
+        assert_eq!(c.client.unwrap().services["dns"].kind, Kind::Udp);
+        let e = parse(&format!(
+            "[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"{FP}\"\n[client.services.d]\ntype = \"udp\"\ntoken = \"t\"\nlocal_addr = \"127.0.0.1:53\"\nproxy_protocol = \"v2\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "client.services.d.proxy_protocol");
     }
 
     #[test]
@@ -650,7 +790,7 @@ max_load = 10
             let cases = [
                 ("token = \"\"", "token"),
                 ("token = \"t\"\nbogus = 1", "bogus"),
-                ("token = \"t\"\ntype = \"udp\"", "type"),
+                ("token = \"t\"\ntype = \"sctp\"", "type"),
                 ("token = \"t\"\nnodelay = 3", "nodelay"),
             ];
             for (body, key) in cases {

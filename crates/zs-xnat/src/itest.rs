@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 
 use zs_crypto::session::ServerIdentity;
 
-use crate::config::{ClientConfig, ClientService, ServerConfig, ServerService};
+use crate::config::{AdminConfig, ClientConfig, ClientService, Kind, ServerConfig, ServerService};
 use crate::proto::{self, Msg};
 use crate::secure::SecureConn;
 use crate::{Agent, Relay};
 
 const SEED: [u8; 32] = [42; 32];
+
+mod features;
 
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -167,6 +169,7 @@ fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConfig {
         max_agents: 16,
         heartbeat_interval: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(2),
+        admin: AdminConfig::defaults(Path::new("unused")),
         services: services
             .iter()
             .map(|(n, t, p)| {
@@ -177,6 +180,7 @@ fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConfig {
                         bind_addr: format!("127.0.0.1:{p}").parse().unwrap(),
                         idle_timeout: Duration::from_secs(30),
                         max_connections: 64,
+                        kind: Kind::Tcp,
                     },
                 )
             })
@@ -215,6 +219,7 @@ fn agent_cfg(relays: &[SocketAddr], services: &[(&str, &str, SocketAddr, u32)]) 
                         local_addr: a.to_string(),
                         max_load: *m,
                         proxy_protocol: false,
+                        kind: Kind::Tcp,
                     },
                 )
             })

@@ -1,4 +1,4 @@
-//! # zs-xnat: expose intranet TCP services through a public relay
+//! # zs-xnat: expose intranet TCP and UDP services through a public relay
 //!
 //! A **relay** (`zs xnat server --config relay.toml`) runs on a public host; an
 //! **agent** (`zs xnat agent --config agent.toml`) runs next to the intranet
@@ -24,9 +24,14 @@
 //! | `[server] bind_addr` | where agents connect (rathole) |
 //! | `[server] default_token` | token of services without one (rathole) |
 //! | `[server.services.NAME] token`, `bind_addr` | per mapping (rathole) |
-//! | `[server.services.NAME] type` | `"tcp"` (rathole; `"udp"` is refused: not supported yet) |
-//! | `[server.services.NAME] idle_timeout` | ours: seconds without a byte moved before a public connection is closed (600) |
-//! | `[server.services.NAME] max_connections` | ours: public connections at once (4096) |
+//! | `[server.services.NAME] type`, `[client.services.NAME] type` | `"tcp"` (default) or `"udp"` (rathole; both sides must agree): see [UDP mappings](#udp-mappings) |
+//! | `[*.services.NAME] nodelay` | rathole's; accepted (TCP_NODELAY is always on) |
+//! | `[server.services.NAME] idle_timeout` | ours: seconds without a byte moved before a public connection (UDP: flow) is closed (600; 60 for UDP) |
+//! | `[server.services.NAME] max_connections` | ours: public connections at once (4096); UDP: flows at once |
+//! | `[server] admin_token` | ours: turns on the [command API](#the-command-api) (at least 8 bytes; proven by HMAC, never sent) |
+//! | `[server] store_dir` | ours: the zs-db store of mappings added through the command API (`xnat-relay.store` next to the config) |
+//! | `[server] max_udp_flows` | ours: UDP flows at once over all mappings (16384) |
+//! | `[server] max_runtime_mappings` | ours: mappings the command API may add (1024) |
 //! | `[server] identity_file` | ours: the relay's Ed25519 seed, created on first start (`xnat-relay.key` next to the config) |
 //! | `[server] pool_size` | ours: ready data connections per agent and mapping (8, like rathole) |
 //! | `[server] max_agents`, `heartbeat_interval`, `handshake_timeout` | ours / rathole: 256, 10 s, 5 s |
@@ -40,6 +45,38 @@
 //! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); rathole's `tls`/`websocket` are refused with an error |
 //!
 //! Errors name the file, the key and what is expected ([`config::ConfigError`]).
+//!
+//! ## UDP mappings
+//!
+//! `type = "udp"` on both sides: the relay opens a public UDP socket while an
+//! agent serves the mapping; each public source address is a flow carried on
+//! its own data connection (same pool, tickets and least-load choice as TCP),
+//! datagrams framed inside the secure session so their boundaries survive; the
+//! agent sends them from one UDP socket per flow, so the local service tells
+//! sources apart and its answers go back to the right one. Flows end after
+//! `idle_timeout` (60 s) without a datagram; `max_connections` flows per
+//! mapping and `max_udp_flows` per relay; a flow queues at most 64 datagrams
+//! towards its agent (and a relay 64 MiB over all flows), so a flooding
+//! source loses its own excess and nobody else's (counters
+//! `udp_flows_refused`, `udp_datagrams_dropped`, gauge `udp_queued_bytes`).
+//!
+//! ## The command API
+//!
+//! With `[server] admin_token`, the relay's agent port also takes command-API
+//! sessions ([`admin`]; `zs xnat add|remove|list|status`, [`AdminClient`],
+//! [`admin_command`]): mappings added this way are stored (synced) in a zs-db
+//! database in `store_dir` ([`store`]) and served again after a restart; a
+//! config reload keeps them; the file's mapping wins a name clash. `status`
+//! reports per-mapping connections, active, bytes up/down, errors and agents,
+//! and every relay counter ([`Relay::stats_report`]).
+//!
+//! ## Mappings that end in an in-process server
+//!
+//! [`VirtualBackend`] is a zs-io backend without sockets: start a zs-core
+//! `Server` on it at any virtual address and call
+//! [`Agent::serve_in_process`]; each public connection of that mapping becomes
+//! a connection of that server (the public client runs the server's own
+//! handshake end to end), with no port on the agent's host.
 //!
 //! ## Changing mappings at runtime
 //!
@@ -107,6 +144,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod node;
@@ -115,14 +153,19 @@ mod pump;
 pub mod relay;
 mod secure;
 pub mod stats;
+pub mod store;
+mod udp;
+pub mod virt;
 
 #[cfg(test)]
 mod itest;
 
+pub use admin::AdminClient;
 pub use agent::Agent;
 pub use config::{Config, ConfigError};
 pub use node::Node;
 pub use relay::Relay;
+pub use virt::VirtualBackend;
 
 /// Runs the relay of config file `path` on a new tokio runtime until the
 /// process ends (the `zs xnat server` verb). Prints the fingerprint agents pin.
@@ -222,4 +265,49 @@ pub fn relay_fingerprint_file(path: &std::path::Path) -> Result<zs_crypto::Finge
     relay::load_or_create_identity(&server.identity_file)
         .map(|id| id.fingerprint())
         .map_err(|e| e.to_string())
+}
+
+/// One command-API request (`zs xnat add|remove|list|status`).
+#[derive(Debug, Clone)]
+pub enum AdminCommand {
+    /// Add a mapping (stored by the relay).
+    Add(proto::MappingSpec),
+    /// Remove a mapping added at runtime.
+    Remove(String),
+    /// List the mappings.
+    List,
+    /// Per-mapping statistics and the relay's counters.
+    Stats,
+}
+
+/// Runs `cmd` against relay `addr` (key pinned by `fingerprint`, `admin_token`
+/// proved) on a small runtime of its own; returns the relay's message and the
+/// JSON items of a listing.
+pub fn admin_command(
+    addr: &str,
+    fingerprint: zs_crypto::Fingerprint,
+    admin_token: &str,
+    cmd: AdminCommand,
+) -> Result<(String, Vec<serde_json::Value>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut c = AdminClient::connect(
+            addr,
+            fingerprint,
+            admin_token,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| format!("relay {addr}: {e}"))?;
+        let r = match cmd {
+            AdminCommand::Add(m) => c.add(m).await.map(|s| (s, Vec::new())),
+            AdminCommand::Remove(n) => c.remove(&n).await.map(|s| (s, Vec::new())),
+            AdminCommand::List => c.list().await.map(|v| (String::new(), v)),
+            AdminCommand::Stats => c.stats().await.map(|v| (String::new(), v)),
+        };
+        r.map_err(|e| format!("relay {addr}: {e}"))
+    })
 }

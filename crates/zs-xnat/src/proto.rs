@@ -117,6 +117,69 @@ pub enum Msg {
         /// Service name.
         service: String,
     },
+    /// relay → agent on a data connection of a UDP mapping: the data
+    /// connection carries the flow of public source `peer`; datagram frames
+    /// ([`encode_datagram`]) follow in both directions.
+    StartUdp {
+        /// The public source address of the flow.
+        peer: SocketAddr,
+    },
+    /// admin → relay, first message of a command-API connection.
+    AdminHello {
+        /// [`VERSION`].
+        version: u16,
+    },
+    /// admin → relay: proof of the relay's `admin_token` over the
+    /// [`Msg::Challenge`] nonce and the channel binding ([`admin_proof`]).
+    AdminAuth {
+        /// HMAC-SHA256 proof.
+        proof: [u8; PROOF_LEN],
+    },
+    /// admin → relay: add a mapping at runtime (persisted in the relay's store).
+    AdminAdd {
+        /// The mapping.
+        mapping: MappingSpec,
+    },
+    /// admin → relay: remove a mapping added at runtime.
+    AdminRemove {
+        /// Service name.
+        service: String,
+    },
+    /// admin → relay: list the mappings (one [`Msg::AdminItem`] each, then
+    /// [`Msg::AdminResult`]).
+    AdminList,
+    /// admin → relay: statistics (one [`Msg::AdminItem`] per mapping and one
+    /// for the relay, then [`Msg::AdminResult`]).
+    AdminStats,
+    /// relay → admin: one JSON object of a listing.
+    AdminItem {
+        /// JSON text.
+        json: String,
+    },
+    /// relay → admin: the end of an answer.
+    AdminResult {
+        /// Whether the request was carried out.
+        ok: bool,
+        /// What was done, or why not.
+        message: String,
+    },
+}
+
+/// A mapping as the command API carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingSpec {
+    /// Service name.
+    pub service: String,
+    /// The token agents prove.
+    pub token: String,
+    /// The public address.
+    pub bind_addr: SocketAddr,
+    /// UDP (`true`) or TCP.
+    pub udp: bool,
+    /// Idle timeout in seconds (0: the default of the type).
+    pub idle_timeout_s: u32,
+    /// Most public connections (UDP: flows) at once (0: the default, 4096).
+    pub max_connections: u32,
 }
 
 impl Msg {
@@ -135,6 +198,15 @@ impl Msg {
             Msg::DataHello { .. } => 0x10,
             Msg::Start { .. } => 0x11,
             Msg::Unregister { .. } => 0x12,
+            Msg::StartUdp { .. } => 0x13,
+            Msg::AdminHello { .. } => 0x20,
+            Msg::AdminAuth { .. } => 0x21,
+            Msg::AdminAdd { .. } => 0x22,
+            Msg::AdminRemove { .. } => 0x23,
+            Msg::AdminList => 0x24,
+            Msg::AdminStats => 0x25,
+            Msg::AdminItem { .. } => 0x26,
+            Msg::AdminResult { .. } => 0x27,
         }
     }
 
@@ -175,6 +247,24 @@ impl Msg {
             Msg::DataHello { ticket } => out.extend_from_slice(ticket),
             Msg::Start { peer } => put_addr(out, peer),
             Msg::Unregister { service } => put_str(out, service),
+            Msg::StartUdp { peer } => put_addr(out, peer),
+            Msg::AdminHello { version } => out.extend_from_slice(&version.to_le_bytes()),
+            Msg::AdminAuth { proof } => out.extend_from_slice(proof),
+            Msg::AdminAdd { mapping: m } => {
+                put_str(out, &m.service);
+                put_str(out, &m.token);
+                put_addr(out, &m.bind_addr);
+                out.push(m.udp as u8);
+                out.extend_from_slice(&m.idle_timeout_s.to_le_bytes());
+                out.extend_from_slice(&m.max_connections.to_le_bytes());
+            }
+            Msg::AdminRemove { service } => put_str(out, service),
+            Msg::AdminList | Msg::AdminStats => {}
+            Msg::AdminItem { json } => put_str(out, json),
+            Msg::AdminResult { ok, message } => {
+                out.push(*ok as u8);
+                put_str(out, message);
+            }
         }
         let len = (out.len() - start - 5) as u32;
         out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
@@ -219,6 +309,27 @@ impl Msg {
             0x10 => Msg::DataHello { ticket: r.arr()? },
             0x11 => Msg::Start { peer: r.addr()? },
             0x12 => Msg::Unregister { service: r.name()? },
+            0x13 => Msg::StartUdp { peer: r.addr()? },
+            0x20 => Msg::AdminHello { version: r.u16()? },
+            0x21 => Msg::AdminAuth { proof: r.arr()? },
+            0x22 => Msg::AdminAdd {
+                mapping: MappingSpec {
+                    service: r.name()?,
+                    token: r.str()?,
+                    bind_addr: r.addr()?,
+                    udp: r.flag()?,
+                    idle_timeout_s: r.u32()?,
+                    max_connections: r.u32()?,
+                },
+            },
+            0x23 => Msg::AdminRemove { service: r.name()? },
+            0x24 => Msg::AdminList,
+            0x25 => Msg::AdminStats,
+            0x26 => Msg::AdminItem { json: r.str()? },
+            0x27 => Msg::AdminResult {
+                ok: r.flag()?,
+                message: r.str()?,
+            },
             k => return Err(ProtoError::UnknownKind(k)),
         };
         if !r.0.is_empty() {
@@ -271,6 +382,13 @@ impl Reader<'_> {
     }
     fn u16(&mut self) -> Result<u16, ProtoError> {
         Ok(u16::from_le_bytes(self.arr()?))
+    }
+    fn flag(&mut self) -> Result<bool, ProtoError> {
+        match self.arr::<1>()?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(ProtoError::Malformed("flag is neither 0 nor 1")),
+        }
     }
     fn u32(&mut self) -> Result<u32, ProtoError> {
         Ok(u32::from_le_bytes(self.arr()?))
@@ -478,7 +596,65 @@ mod tests {
             Msg::Unregister {
                 service: "web".into(),
             },
+            Msg::StartUdp {
+                peer: "10.0.0.1:53".parse().unwrap(),
+            },
+            Msg::AdminHello { version: VERSION },
+            Msg::AdminAuth { proof: [5; 32] },
+            Msg::AdminAdd {
+                mapping: MappingSpec {
+                    service: "dns".into(),
+                    token: "t".into(),
+                    bind_addr: "0.0.0.0:5353".parse().unwrap(),
+                    udp: true,
+                    idle_timeout_s: 30,
+                    max_connections: 9,
+                },
+            },
+            Msg::AdminRemove {
+                service: "dns".into(),
+            },
+            Msg::AdminList,
+            Msg::AdminStats,
+            Msg::AdminItem { json: "{}".into() },
+            Msg::AdminResult {
+                ok: true,
+                message: "added".into(),
+            },
         ]
+    }
+
+    #[test]
+    fn datagram_frames_keep_boundaries_and_refuse_oversize() {
+        let mut wire = Vec::new();
+        let grams: Vec<Vec<u8>> = vec![vec![], vec![1], vec![7; 1400], vec![9; MAX_DATAGRAM]];
+        for g in &grams {
+            encode_datagram(&mut wire, g);
+        }
+        assert_eq!(&wire[..4], &[0, 0, 1, 0], "u16 LE length, then the payload");
+        let mut d = DatagramDecoder::new();
+        let mut got = Vec::new();
+        for chunk in wire.chunks(1000) {
+            d.push(chunk);
+            while let Some(g) = d.next_datagram().unwrap() {
+                got.push(g.to_vec());
+            }
+        }
+        assert_eq!(got, grams);
+        assert_eq!(d.buffered(), 0);
+        let mut d = DatagramDecoder::new();
+        d.push(&[0xff, 0xff, 1]);
+        assert_eq!(d.next_datagram(), Err(ProtoError::TooLarge(65_535)));
+    }
+
+    #[test]
+    fn admin_proofs_are_not_service_proofs() {
+        let (n, b) = ([1; 32], [2; 32]);
+        let a = admin_proof("tok", &n, &b);
+        assert!(verify_admin_proof("tok", &n, &b, &a));
+        assert!(!verify_admin_proof("tok2", &n, &b, &a));
+        assert!(!verify_admin_proof("tok", &n, &[3; 32], &a));
+        assert!(!verify_proof("tok", &n, &b, "zs-xnat admin v1", &a));
     }
 
     #[test]
@@ -529,6 +705,47 @@ mod tests {
     /// The bytes documented in docs/PROTOCOL.md, Part 5 (XNat).
     #[test]
     fn documented_bytes() {
+        // 5.6 and 5.7 (UDP flows, command API).
+        assert_eq!(
+            Msg::StartUdp {
+                peer: "10.0.0.1:53".parse().unwrap()
+            }
+            .to_bytes(),
+            [0x13, 0x07, 0, 0, 0, 0x04, 10, 0, 0, 1, 0x35, 0x00]
+        );
+        let mut g = Vec::new();
+        encode_datagram(&mut g, b"hi");
+        assert_eq!(g, [0x02, 0x00, b'h', b'i']);
+        assert_eq!(
+            Msg::AdminAdd {
+                mapping: MappingSpec {
+                    service: "dns".into(),
+                    token: "t".into(),
+                    bind_addr: "0.0.0.0:5353".parse().unwrap(),
+                    udp: true,
+                    idle_timeout_s: 30,
+                    max_connections: 9,
+                }
+            }
+            .to_bytes(),
+            [
+                0x22, 0x18, 0, 0, 0, 0x03, 0x00, b'd', b'n', b's', 0x01, 0x00, b't', 0x04, 0, 0, 0,
+                0, 0xE9, 0x14, 0x01, 0x1E, 0, 0, 0, 0x09, 0, 0, 0
+            ]
+        );
+        assert_eq!(
+            Msg::AdminResult {
+                ok: true,
+                message: "added".into()
+            }
+            .to_bytes(),
+            [0x27, 0x08, 0, 0, 0, 0x01, 0x05, 0x00, b'a', b'd', b'd', b'e', b'd']
+        );
+        assert_eq!(Msg::AdminList.to_bytes(), [0x24, 0, 0, 0, 0]);
+        assert_eq!(
+            zs_crypto::hash::to_hex(&admin_proof("secret", &[0; 32], &[1; 32])),
+            "853f64d8172b6b5c67ebc6a1e671d8b4b52311909462e7c830beb1493eda0bc8"
+        );
         assert_eq!(
             Msg::Register {
                 service: "web".into(),
@@ -610,4 +827,90 @@ mod tests {
         q[0] ^= 1;
         assert!(!verify_proof("t", &[3; 32], &[4; 32], "svc", &q));
     }
+}
+
+/// Largest datagram a UDP flow carries (the largest UDP payload over IPv4).
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Appends one datagram frame of a UDP flow's data connection:
+/// `u16 LE length | payload`. Longer payloads than [`MAX_DATAGRAM`] are the
+/// caller's error (a UDP socket never returns one).
+pub fn encode_datagram(out: &mut Vec<u8>, payload: &[u8]) {
+    debug_assert!(payload.len() <= MAX_DATAGRAM);
+    let n = payload.len().min(MAX_DATAGRAM);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(&payload[..n]);
+}
+
+/// Incremental decoder of datagram frames ([`encode_datagram`]); buffers at
+/// most one frame plus what one read brought.
+#[derive(Debug, Default)]
+pub struct DatagramDecoder {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl DatagramDecoder {
+    /// An empty decoder.
+    pub fn new() -> DatagramDecoder {
+        DatagramDecoder::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole datagram, `Ok(None)` when more bytes are needed; an
+    /// error for a frame longer than [`MAX_DATAGRAM`] (drop the connection).
+    pub fn next_datagram(&mut self) -> Result<Option<&[u8]>, ProtoError> {
+        let avail = &self.buf[self.pos..];
+        if avail.len() < 2 {
+            return Ok(None);
+        }
+        let n = u16::from_le_bytes([avail[0], avail[1]]) as usize;
+        if n > MAX_DATAGRAM {
+            return Err(ProtoError::TooLarge(n));
+        }
+        if avail.len() < 2 + n {
+            return Ok(None);
+        }
+        let start = self.pos + 2;
+        self.pos += 2 + n;
+        Ok(Some(&self.buf[start..start + n]))
+    }
+
+    /// Bytes buffered and not yet returned.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+}
+
+/// The command API's proof of the relay's `admin_token`:
+/// HMAC-SHA256(token, "zs-xnat admin v1" ‖ nonce ‖ channel binding), a label
+/// of its own so an admin proof is never a service proof or the reverse.
+pub fn admin_proof(token: &str, nonce: &[u8; NONCE_LEN], binding: &[u8; 32]) -> [u8; PROOF_LEN] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(b"zs-xnat admin v1");
+    ctx.update(nonce);
+    ctx.update(binding);
+    let mut out = [0u8; PROOF_LEN];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// Checks an admin proof in constant time.
+pub fn verify_admin_proof(
+    token: &str,
+    nonce: &[u8; NONCE_LEN],
+    binding: &[u8; 32],
+    got: &[u8; PROOF_LEN],
+) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(admin_proof(token, nonce, binding).ct_eq(got))
 }

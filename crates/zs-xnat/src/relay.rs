@@ -24,11 +24,12 @@ use tracing::{debug, info, warn};
 use zs_crypto::session::{ServerConfig as CryptoServer, ServerIdentity};
 use zs_crypto::Fingerprint;
 
-use crate::config::{ServerConfig, ServerService};
+use crate::config::{Kind, ServerConfig, ServerService};
 use crate::proto::{self, Decoder, Msg, NONCE_LEN, TICKET_LEN};
 use crate::pump::{pump, End};
 use crate::secure::SecureConn;
 use crate::stats::{dec, inc, MappingStats, RelayStats};
+use crate::store::MappingStore;
 
 /// Control messages queued to one agent before it counts as not reading.
 const CONTROL_QUEUE: usize = 256;
@@ -40,6 +41,8 @@ const DATA_WAIT: Duration = Duration::from_secs(5);
 const TICKET_TTL: Duration = Duration::from_secs(10);
 /// Wrong proofs on one control session before it is dropped.
 const MAX_REFUSALS: u32 = 16;
+/// Command-API sessions at once.
+const ADMIN_SESSIONS: usize = 4;
 
 /// Loads the relay identity seed from `path` (64 hex digits), creating it
 /// (mode 0600) when the file does not exist.
@@ -114,6 +117,12 @@ struct Inner {
     agent_slots: Arc<Semaphore>,
     pending: Arc<Semaphore>,
     rng: SystemRandom,
+    /// The store of mappings added through the command API (with `admin_token`).
+    store: Option<Arc<MappingStore>>,
+    /// Command-API sessions at once.
+    admin_slots: Arc<Semaphore>,
+    /// One command-API change at a time (check, store, apply).
+    admin_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -121,6 +130,10 @@ struct State {
     next_agent: u64,
     services: HashMap<String, Svc>,
     tickets: HashMap<[u8; TICKET_LEN], Ticket>,
+    /// Mappings added through the command API (also in the store).
+    runtime: BTreeMap<String, ServerService>,
+    /// Names the config file defines now.
+    file: std::collections::BTreeSet<String>,
 }
 
 struct Svc {
@@ -163,7 +176,29 @@ impl Relay {
         let addr = listener.local_addr()?;
         let fingerprint = identity.fingerprint();
         let mut state = State::default();
-        for (name, conf) in &cfg.services {
+        let mut store = None;
+        let mut all = cfg.services.clone();
+        if cfg.admin.admin_token.is_some() {
+            let (st, stored) = MappingStore::open(&cfg.admin.store_dir).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("store_dir {}: {e}", cfg.admin.store_dir.display()),
+                )
+            })?;
+            for (name, conf) in stored {
+                if cfg.services.contains_key(&name) {
+                    warn!(service = %name, "xnat relay: the config file defines a mapping also added at runtime; the file's wins and the stored one is deleted");
+                    st.delete(&name)?;
+                    continue;
+                }
+                info!(service = %name, bind_addr = %conf.bind_addr, "xnat relay: mapping added at runtime restored from the store");
+                state.runtime.insert(name.clone(), conf.clone());
+                all.insert(name, conf);
+            }
+            store = Some(st);
+        }
+        state.file = cfg.services.keys().cloned().collect();
+        for (name, conf) in &all {
             state.services.insert(
                 name.clone(),
                 Svc {
@@ -185,6 +220,9 @@ impl Relay {
                 agent_slots: Arc::new(Semaphore::new(cfg.max_agents)),
                 pending: Arc::new(Semaphore::new(MAX_PENDING)),
                 rng: SystemRandom::new(),
+                store,
+                admin_slots: Arc::new(Semaphore::new(ADMIN_SESSIONS)),
+                admin_lock: tokio::sync::Mutex::new(()),
                 cfg,
             }),
         })
@@ -203,6 +241,11 @@ impl Relay {
     /// Relay-wide counters.
     pub fn stats(&self) -> &RelayStats {
         &self.inner.stats
+    }
+
+    /// `[server] max_udp_flows`.
+    pub(crate) fn max_udp_flows(&self) -> usize {
+        self.inner.cfg.admin.max_udp_flows
     }
 
     /// Per-mapping counters.
@@ -224,10 +267,45 @@ impl Relay {
     /// touching the others: a new name is accepted from now on; a removed one
     /// closes its public port and tells its agents (`Refused`); one whose token
     /// or public address changed drops its agents' registrations (they must
-    /// prove the new token) and closes its port; other changes (idle timeout,
+    /// prove the new token) and closes its port (so does a changed `type`); other changes (idle timeout,
     /// `max_connections`) apply to connections accepted from now on.
     /// Connections already carried run to their end in every case.
+    ///
+    /// `services` are the config file's; mappings added through the command
+    /// API stay unless the file now defines the same name (the file wins and
+    /// the stored one is deleted).
     pub fn reload(&self, services: BTreeMap<String, ServerService>) -> Reload {
+        let mut services = services;
+        let shadowed: Vec<String> = {
+            let mut st = self.inner.state.lock().expect("relay state");
+            st.file = services.keys().cloned().collect();
+            let shadowed: Vec<String> = st
+                .runtime
+                .keys()
+                .filter(|n| services.contains_key(*n))
+                .cloned()
+                .collect();
+            for n in &shadowed {
+                st.runtime.remove(n);
+            }
+            for (n, c) in &st.runtime {
+                services.insert(n.clone(), c.clone());
+            }
+            shadowed
+        };
+        for n in shadowed {
+            warn!(service = %n, "xnat relay: the config file now defines a mapping added at runtime; the file's wins and the stored one is deleted");
+            if let Some(store) = &self.inner.store {
+                if let Err(e) = store.delete(&n) {
+                    warn!(service = %n, error = %e, "xnat relay: cannot delete the stored mapping");
+                }
+            }
+        }
+        self.apply(services)
+    }
+
+    /// Makes `services` the whole set of mappings.
+    fn apply(&self, services: BTreeMap<String, ServerService>) -> Reload {
         let mut report = Reload::default();
         let mut st = self.inner.state.lock().expect("relay state");
         let old: Vec<String> = st.services.keys().cloned().collect();
@@ -259,8 +337,9 @@ impl Relay {
                     report.added.push(name);
                 }
                 Some(svc) if svc.conf != conf => {
-                    let rebind =
-                        svc.conf.token != conf.token || svc.conf.bind_addr != conf.bind_addr;
+                    let rebind = svc.conf.token != conf.token
+                        || svc.conf.bind_addr != conf.bind_addr
+                        || svc.conf.kind != conf.kind;
                     svc.conf = conf;
                     if rebind {
                         self.drop_registrations(
@@ -429,6 +508,14 @@ impl Relay {
                 drop(slot);
             }
             Msg::DataHello { ticket } => self.data_conn(conn, peer, ticket),
+            Msg::AdminHello { version } => {
+                let Ok(_slot) = self.inner.admin_slots.clone().try_acquire_owned() else {
+                    let n = inc(&self.inner.stats.admin_refused);
+                    warn!(%peer, admin_refused = n, "xnat relay: too many command-API sessions, closing");
+                    return;
+                };
+                crate::admin::serve(&self, conn, peer, version).await;
+            }
             other => {
                 let n = inc(&self.inner.stats.protocol_errors);
                 warn!(%peer, kind = other.kind(), protocol_errors = n, "xnat relay: unexpected first message");
@@ -639,6 +726,30 @@ impl Relay {
                     drop(st);
                     return send(Msg::Registered { service });
                 }
+                if svc.listener.is_none() && svc.conf.kind == Kind::Udp {
+                    let sock = std::net::UdpSocket::bind(svc.conf.bind_addr)
+                        .and_then(|s| s.set_nonblocking(true).map(|_| s))
+                        .and_then(tokio::net::UdpSocket::from_std);
+                    let sock = match sock {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(%service, bind_addr = %svc.conf.bind_addr, error = %e, "xnat relay: cannot open the public UDP port");
+                            let why = format!("relay cannot bind UDP {}: {e}", svc.conf.bind_addr);
+                            return refuse(st, why, refusals);
+                        }
+                    };
+                    let addr = sock.local_addr().unwrap_or(svc.conf.bind_addr);
+                    let task = tokio::spawn(crate::udp::relay_listen(
+                        self.clone(),
+                        service.clone(),
+                        sock,
+                        svc.stats.clone(),
+                        svc.conf.clone(),
+                    ));
+                    svc.listener = Some((task, addr));
+                    let n = inc(&self.inner.stats.listeners_opened);
+                    info!(%service, %addr, listeners_opened = n, "xnat relay: public UDP port open");
+                }
                 if svc.listener.is_none() {
                     // The public port listens only from now on.
                     let std_listener = std::net::TcpListener::bind(svc.conf.bind_addr)
@@ -746,7 +857,10 @@ impl Relay {
     }
 
     /// Picks the least-loaded agent and a data connection for a visitor.
-    async fn data_for(&self, service: &str) -> Result<(SecureConn, Arc<AtomicU64>), &'static str> {
+    pub(crate) async fn data_for(
+        &self,
+        service: &str,
+    ) -> Result<(SecureConn, Arc<AtomicU64>), &'static str> {
         for _attempt in 0..3 {
             let (pooled, rx, active) = {
                 let mut st = self.inner.state.lock().expect("relay state");
@@ -878,6 +992,177 @@ impl Relay {
                 debug!(%service, %peer, error = %e, "xnat relay: public connection ended with an error");
             }
         }
+    }
+}
+
+/// Runtime changes and listings: what the command API (`zs xnat
+/// add|remove|list|status`) calls.
+impl Relay {
+    /// `[server] admin_token`, when the command API is on.
+    pub(crate) fn admin_token(&self) -> Option<&str> {
+        self.inner.cfg.admin.admin_token.as_deref()
+    }
+
+    /// The secure-handshake timeout (also bounds each command-API step).
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.inner.cfg.handshake_timeout
+    }
+
+    /// A fresh random nonce.
+    pub(crate) fn nonce(&self) -> Option<[u8; NONCE_LEN]> {
+        let mut n = [0u8; NONCE_LEN];
+        self.inner.rng.fill(&mut n).ok()?;
+        Some(n)
+    }
+
+    /// Adds mapping `name` at runtime: stored (synced) in the relay's store,
+    /// then served like a mapping of the config file (its public port opens
+    /// when an agent registers it). Fails when the name exists, is invalid, or
+    /// the relay has no store (no `admin_token`).
+    pub async fn add_mapping(&self, name: &str, conf: ServerService) -> Result<(), String> {
+        let store = self
+            .inner
+            .store
+            .clone()
+            .ok_or("the relay has no store: set [server] admin_token")?;
+        if name.is_empty() || name.len() > proto::MAX_NAME {
+            return Err("expected a service name of 1 to 128 bytes".into());
+        }
+        if conf.token.is_empty() {
+            return Err("expected a non-empty token".into());
+        }
+        let _one = self.inner.admin_lock.lock().await;
+        if self
+            .inner
+            .state
+            .lock()
+            .expect("relay state")
+            .services
+            .contains_key(name)
+        {
+            return Err(format!("a mapping named {name:?} exists"));
+        }
+        let cap = self.inner.cfg.admin.max_runtime_mappings;
+        if self.inner.state.lock().expect("relay state").runtime.len() >= cap {
+            return Err(format!(
+                "the relay holds {cap} mappings added at runtime already (max_runtime_mappings); remove some first"
+            ));
+        }
+        let (n, c) = (name.to_string(), conf.clone());
+        tokio::task::spawn_blocking(move || store.put(&n, &c))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot store the mapping: {e}"))?;
+        let mut st = self.inner.state.lock().expect("relay state");
+        st.runtime.insert(name.to_string(), conf.clone());
+        st.services.insert(
+            name.to_string(),
+            Svc {
+                conf,
+                stats: Arc::default(),
+                agents: Vec::new(),
+                listener: None,
+            },
+        );
+        drop(st);
+        let n = inc(&self.inner.stats.admin_changes);
+        info!(service = %name, admin_changes = n, "xnat relay: mapping added through the command API (stored)");
+        Ok(())
+    }
+
+    /// Removes mapping `name` added at runtime: deleted from the store
+    /// (synced), its public port closed, its agents told. Connections already
+    /// carried run to their end. A mapping of the config file is refused
+    /// (edit the file: it is reloaded).
+    pub async fn remove_mapping(&self, name: &str) -> Result<(), String> {
+        let store = self
+            .inner
+            .store
+            .clone()
+            .ok_or("the relay has no store: set [server] admin_token")?;
+        let _one = self.inner.admin_lock.lock().await;
+        {
+            let st = self.inner.state.lock().expect("relay state");
+            if st.file.contains(name) {
+                return Err(format!(
+                    "{name:?} is defined in the relay's config file: remove it there (the file is reloaded)"
+                ));
+            }
+            if !st.runtime.contains_key(name) {
+                return Err(format!("no mapping named {name:?}"));
+            }
+        }
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || store.delete(&n))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot delete the stored mapping: {e}"))?;
+        let mut st = self.inner.state.lock().expect("relay state");
+        st.runtime.remove(name);
+        if let Some(mut svc) = st.services.remove(name) {
+            self.drop_registrations(name, &mut svc, "removed through the command API");
+        }
+        st.tickets.retain(|_, t| t.service != name);
+        drop(st);
+        let n = inc(&self.inner.stats.admin_changes);
+        info!(service = %name, admin_changes = n, "xnat relay: mapping removed through the command API");
+        Ok(())
+    }
+
+    /// Every mapping as a JSON object: name, type, bind_addr, public_addr
+    /// (null while no agent serves it), source ("file" or "runtime"),
+    /// idle_timeout_s, max_connections. Tokens are not shown.
+    pub fn mapping_list(&self) -> Vec<serde_json::Value> {
+        let st = self.inner.state.lock().expect("relay state");
+        let mut v: Vec<_> = st
+            .services
+            .iter()
+            .map(|(name, s)| {
+                serde_json::json!({
+                    "name": name,
+                    "type": s.conf.kind.as_str(),
+                    "bind_addr": s.conf.bind_addr.to_string(),
+                    "public_addr": s.listener.as_ref().map(|l| l.1.to_string()),
+                    "source": if st.runtime.contains_key(name) { "runtime" } else { "file" },
+                    "idle_timeout_s": s.conf.idle_timeout.as_secs(),
+                    "max_connections": s.conf.max_connections,
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        v
+    }
+
+    /// Statistics: one JSON object per mapping (name, type, listening and the
+    /// [`MappingStats`] counters: connections, active, bytes_up, bytes_down,
+    /// errors, agents), then `{"relay": {every RelayStats counter}}`.
+    pub fn stats_report(&self) -> Vec<serde_json::Value> {
+        let st = self.inner.state.lock().expect("relay state");
+        let mut v: Vec<_> = st
+            .services
+            .iter()
+            .map(|(name, s)| {
+                let mut o = serde_json::Map::new();
+                o.insert("name".into(), name.clone().into());
+                o.insert("type".into(), s.conf.kind.as_str().into());
+                o.insert("listening".into(), s.listener.is_some().into());
+                for (k, n) in s.stats.snapshot() {
+                    o.insert(k.into(), n.into());
+                }
+                serde_json::Value::Object(o)
+            })
+            .collect();
+        drop(st);
+        v.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        let relay: serde_json::Map<String, serde_json::Value> = self
+            .inner
+            .stats
+            .snapshot()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n.into()))
+            .collect();
+        v.push(serde_json::json!({ "relay": relay }));
+        v
     }
 }
 

@@ -63,6 +63,21 @@ counters!(
         listeners_closed,
         /// Configuration reloads applied.
         reloads,
+        /// UDP flows open now (all mappings).
+        udp_flows_active,
+        /// Datagrams from a new source dropped: flow caps reached.
+        udp_flows_refused,
+        /// Datagrams dropped because their flow's queue or the relay's UDP
+        /// queue budget was full.
+        udp_datagrams_dropped,
+        /// Bytes of datagrams queued towards agents now (gauge).
+        udp_queued_bytes,
+        /// Command-API sessions authenticated.
+        admin_sessions,
+        /// Command-API connections refused (wrong proof, API off, bad request).
+        admin_refused,
+        /// Mappings added or removed through the command API.
+        admin_changes,
     }
 );
 
@@ -85,6 +100,8 @@ counters!(
         forwarded,
         /// Local service connection failures.
         local_failures,
+        /// Data connections whose type (TCP/UDP) differs from the local mapping's.
+        kind_mismatch,
         /// Bytes public -> local.
         bytes_up,
         /// Bytes local -> public.

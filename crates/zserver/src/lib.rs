@@ -83,9 +83,12 @@ pub use zs_p2pvm as p2pvm;
 #[cfg(feature = "xnat")]
 mod xnat;
 #[cfg(feature = "xnat")]
-pub use xnat::{xnat_from_toml, XnatNode};
+pub use xnat::{xnat_agent_in_process, xnat_from_toml, XnatNode};
 #[cfg(feature = "xnat")]
-pub use zs_xnat::{Agent as XnatAgent, Config as XnatConfig, Relay as XnatRelay};
+pub use zs_xnat::{
+    Agent as XnatAgent, Config as XnatConfig, Relay as XnatRelay,
+    VirtualBackend as XnatVirtualBackend,
+};
 
 #[cfg(feature = "core")]
 mod builder;

@@ -39,6 +39,9 @@ pub trait XnatNode: Send + Sync {
     fn public_addr(&self, service: &str) -> Option<SocketAddr>;
     /// A relay's key fingerprint (what agents pin).
     fn fingerprint(&self) -> Option<zs_crypto::Fingerprint>;
+    /// A relay's per-mapping counters (connections, active, bytes_up,
+    /// bytes_down, errors, agents); empty for an agent.
+    fn mapping_stats(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>>;
 }
 
 impl XnatNode for Node {
@@ -63,6 +66,62 @@ impl XnatNode for Node {
             Role::Agent(_) => None,
         }
     }
+    fn mapping_stats(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        match Node::role(self) {
+            Role::Relay(r) => r.mapping_stats(),
+            Role::Agent(_) => BTreeMap::new(),
+        }
+    }
+}
+
+/// Starts an agent from the `[client]` of a rathole-format TOML text whose
+/// mappings named in `in_process` end in an in-process server instead of
+/// their `local_addr`: each entry is the mapping's name, the
+/// [`zs_xnat::VirtualBackend`] a zs-core `Server` was started on (as its
+/// `Arc<dyn zs_io::Backend>`), and the virtual address it listens on.
+///
+/// ```no_run
+/// use std::path::Path;
+/// let backend = zserver::XnatVirtualBackend::new();
+/// let at: std::net::SocketAddr = "10.255.0.1:7".parse().unwrap();
+/// // With feature `core`: zs_core::Server::start(Arc::new(backend.clone()), security,
+/// //     registry, options, at) puts the application's commands behind "app".
+/// let agent = zserver::xnat_agent_in_process(
+///     r#"
+///     [client]
+///     remote_addr = "relay.example.com:2333"
+///     relay_fingerprint = "sha3-256:0000000000000000000000000000000000000000000000000000000000000000"
+///     [client.services.app]
+///     token = "use_a_secret"
+///     local_addr = "in-process"
+///     "#,
+///     Path::new("."),
+///     &[("app", backend, at)],
+/// )
+/// .unwrap();
+/// assert_eq!(agent.role(), "agent");
+/// ```
+pub fn xnat_agent_in_process(
+    text: &str,
+    base: &Path,
+    in_process: &[(&str, zs_xnat::VirtualBackend, SocketAddr)],
+) -> Result<Box<dyn XnatNode>, String> {
+    let cfg = zs_xnat::Config::parse(text, "<inline>", base).map_err(|e| e.to_string())?;
+    let client = cfg.client.ok_or("<inline>: expected a [client] table")?;
+    for (name, _, _) in in_process {
+        if !client.services.contains_key(*name) {
+            return Err(format!(
+                "<inline>: key client.services.{name}: required for an in-process mapping (token, max_load)"
+            ));
+        }
+    }
+    let node = Node::start_agent(client).map_err(|e| e.to_string())?;
+    if let Role::Agent(a) = Node::role(&node) {
+        for (name, backend, addr) in in_process {
+            a.serve_in_process(name, backend.clone(), *addr);
+        }
+    }
+    Ok(Box::new(node))
 }
 
 /// Starts what a rathole-format TOML text describes: a relay for `[server]`,
