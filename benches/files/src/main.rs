@@ -12,7 +12,7 @@
 //! 8 bytes carry the sample number), so dedup never turns one into an instant
 //! upload; the client's hashing of the whole file is part of the sample, as
 //! for a real client. Download samples fetch the file with `file.read` calls
-//! of 1 MiB into memory and check its SHA3-256 at the end.
+//! of 1 MiB (several in flight) into memory and check its SHA3-256 at the end.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -160,15 +160,40 @@ fn upload(c: &ServicesClient, path: &str, body: &[u8]) {
     c.upload_finish(st.id).expect("finish");
 }
 
+/// The client hashes while it sends (`upload_hashing`): begin without a
+/// hash, finish announcing it.
+fn upload_hashing(c: &ServicesClient, path: &str, body: &[u8]) {
+    let rep = c
+        .upload_hashing(
+            Space::Private,
+            path,
+            body.len() as u64,
+            CHUNK,
+            |at, buf| {
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .expect("upload");
+    assert_eq!(rep.sent, body.len() as u64);
+}
+
 fn download(c: &ServicesClient, path: &str, size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(size);
-    while out.len() < size {
-        let (d, _, _) = c
-            .read_range(Space::Private, path, out.len() as u64, CHUNK as u32)
-            .expect("read");
-        assert!(!d.is_empty(), "short file");
-        out.extend_from_slice(&d);
-    }
+    c.read_window(
+        Space::Private,
+        path,
+        0,
+        size as u64,
+        CHUNK as u32,
+        None,
+        |_, d| {
+            out.extend_from_slice(d);
+            Ok(())
+        },
+    )
+    .expect("read");
     out
 }
 
@@ -229,9 +254,22 @@ fn main() {
         mb_per_s(size, t0.elapsed().as_secs_f64())
     });
 
-    let up = client.clone();
     let mut body_up = body.clone();
     let mut n = 0u64;
+    let up = client.clone();
+    let mut body_h = body.clone();
+    let mut m = 1u64 << 32;
+    suite.case("zs-upload-hashing", "mb_per_s", Better::Higher, move || {
+        m += 1;
+        body_h[..8].copy_from_slice(&m.to_le_bytes());
+        let t0 = Instant::now();
+        upload_hashing(&up, &format!("uh-{m}"), &body_h);
+        let el = t0.elapsed().as_secs_f64();
+        up.delete(Space::Private, &format!("uh-{m}"))
+            .expect("delete");
+        mb_per_s(size, el)
+    });
+    let up = client.clone();
     suite.case("zs-upload", "mb_per_s", Better::Higher, move || {
         n += 1;
         body_up[..8].copy_from_slice(&n.to_le_bytes());
@@ -320,20 +358,23 @@ fn main() {
     }
 
     suite.run();
-    suite.ratio("upload_vs_raw", "zs-upload", "raw-tcp-copy");
+    suite.ratio("upload_vs_raw", "zs-upload-hashing", "raw-tcp-copy");
+    suite.ratio("upload_dedup_vs_raw", "zs-upload", "raw-tcp-copy");
     suite.ratio("download_vs_raw", "zs-download", "raw-tcp-copy");
-    suite.ratio("upload_vs_sha3_pass", "zs-upload", "sha3-256-pass");
+    suite.ratio("upload_vs_sha3_pass", "zs-upload-hashing", "sha3-256-pass");
     suite.ratio("delta_vs_rsync", "zs-delta", "rsync-delta");
     suite.note(format!(
         "{} MiB per sample, 1 MiB chunks, {} in flight, each CRC-32 checked by the server, fsynced every \
          8 MiB and before file.finish answers; whole-file SHA3-256 on both ends inside the upload sample \
-         (sha3-256-pass: one such pass alone, the floor of any upload that checks it); download = file.read \
-         of 1 MiB in a loop, hash checked outside the timing; delta: {} MiB file, {} KiB edited in the middle, \
+         (zs-upload-hashing: the client hashes on another thread while it sends and announces the hash at \
+         file.finish; zs-upload: it hashes first, to ask for an instant upload; sha3-256-pass: one such pass alone, the floor of any upload that checks it); download = file.read \
+         of 1 MiB, {} in flight, hash checked outside the timing; delta: {} MiB file, {} KiB edited in the middle, \
          ours = upload_delta with {} B blocks (signature, scan, file.copy/file.chunk, whole SHA3 checked, \
          fsynced) vs rsync -I to an rsync daemon holding the old version; AES-256-GCM, epoll, 1 loop per \
          side, one process; store on the temp dir's file system",
         size >> 20,
         zs_services::UPLOAD_WINDOW,
+        zs_services::DOWNLOAD_WINDOW,
         dsize >> 20,
         edit >> 10,
         DELTA_BLOCK
