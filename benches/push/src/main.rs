@@ -274,6 +274,15 @@ impl Ours {
     }
 }
 
+/// The uid and gid of system user `name` (from /etc/passwd).
+fn system_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
 /// mosquitto as a child process with its own config and persistence
 /// directory; killed on drop.
 struct Mosquitto {
@@ -292,6 +301,13 @@ impl Mosquitto {
             .port();
         let data = dir.join("mosquitto");
         std::fs::create_dir_all(&data).expect("mosquitto dir");
+        // Started as root, mosquitto drops to its `mosquitto` user: its
+        // persistence directory must be that user's, or it cannot save.
+        if let Some((uid, gid)) = system_user("mosquitto") {
+            for d in [dir, data.as_path()] {
+                let _ = std::os::unix::fs::chown(d, Some(uid), Some(gid));
+            }
+        }
         let conf = data.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -577,7 +593,8 @@ fn main() {
          (ours: a named group, live; theirs: one topic, QoS 1); latency = send to receipt in this process, \
          p99 per sample; offline enqueue: {offline} messages, 64 in flight, to an offline user (ours: \
          fsynced before each answer) / a persistent MQTT session (mosquitto: PUBACK before persistence, \
-         which writes on its autosave interval); zs: AES-256-GCM, epoll, 1 loop per side; mosquitto 2 \
+         which writes its whole database every autosave_interval, default 1800 s, and at shutdown, never per \
+         message: a weaker promise than ours); zs: AES-256-GCM, epoll, 1 loop per side; mosquitto 2 \
          with persistence true, max_queued_messages 0"
     ));
     suite.finish();

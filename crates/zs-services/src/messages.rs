@@ -240,6 +240,8 @@ struct Meta {
 struct Queue {
     msgs: BTreeMap<u64, Meta>,
     bytes: u64,
+    /// No message expires before this (a lower bound: 0 = look).
+    min_expires: u64,
 }
 
 struct Sub {
@@ -260,6 +262,10 @@ struct State {
     pairs: HashMap<(u64, u64), (u64, u64)>,
     /// Subscribed connections by connection id.
     subs: HashMap<u64, Sub>,
+    /// User id -> its subscribed connection ids (an index of `subs`).
+    subs_of: HashMap<u64, HashSet<u64>>,
+    /// `subs` size at which `subscribe` drops every stale entry (amortized).
+    subs_sweep_at: usize,
     /// Group name -> member connection ids.
     groups: HashMap<String, HashSet<u64>>,
     /// Connection id -> groups joined.
@@ -485,12 +491,22 @@ impl Messages {
         let Some(q) = st.queues.get_mut(&uid) else {
             return Ok(());
         };
+        if q.min_expires > now {
+            return Ok(());
+        }
         let dead: Vec<(u64, u64)> = q
             .msgs
             .iter()
             .filter(|(_, m)| m.expires_ms <= now)
             .map(|(id, m)| (*id, m.len))
             .collect();
+        q.min_expires = q
+            .msgs
+            .values()
+            .map(|m| m.expires_ms)
+            .filter(|e| *e > now)
+            .min()
+            .unwrap_or(u64::MAX);
         if dead.is_empty() {
             return Ok(());
         }
@@ -746,6 +762,7 @@ impl Messages {
                         },
                     );
                     q.bytes += len;
+                    q.min_expires = q.min_expires.min(expires_ms);
                     st.total_len += 1;
                     st.total_bytes += len;
                     self.pump(&mut st, to, Some((id, &body)));
@@ -780,9 +797,15 @@ impl Messages {
                     if st.queues.get(&uid).is_some_and(|q| q.msgs.is_empty()) {
                         st.queues.remove(&uid);
                     }
-                    for s in st.subs.values_mut().filter(|s| s.user == uid) {
-                        for id in &ids {
-                            s.inflight.remove(id);
+                    let keys: Vec<u64> = st
+                        .subs_of
+                        .get(&uid)
+                        .map_or(Vec::new(), |k| k.iter().copied().collect());
+                    for k in keys {
+                        if let Some(s) = st.subs.get_mut(&k) {
+                            for id in &ids {
+                                s.inflight.remove(id);
+                            }
                         }
                     }
                     self.pump(&mut st, uid, None);
@@ -797,17 +820,21 @@ impl Messages {
     fn pump(&self, st: &mut State, uid: u64, fresh: Option<(u64, &[u8])>) {
         let window = self.inner.cfg.push_window;
         let subs: Vec<u64> = st
-            .subs
-            .iter()
-            .filter(|(_, s)| s.user == uid)
-            .map(|(k, _)| *k)
-            .collect();
+            .subs_of
+            .get(&uid)
+            .map_or(Vec::new(), |k| k.iter().copied().collect());
         for key in subs {
             let Some(sub) = st.subs.get(&key) else {
                 continue;
             };
             if !sub.peer.is_open() || self.inner.accounts.user_of(&sub.peer) != Some(uid) {
                 st.subs.remove(&key);
+                if let Some(k) = st.subs_of.get_mut(&uid) {
+                    k.remove(&key);
+                    if k.is_empty() {
+                        st.subs_of.remove(&uid);
+                    }
+                }
                 continue;
             }
             let Some(q) = st.queues.get(&uid) else {
@@ -917,9 +944,31 @@ impl Messages {
         let mut st = lock(&self.inner.state);
         self.sweep(&mut st, uid)?;
         // Forget subscriptions of closed connections and of other users.
+        // (Those of this user, and this connection's: O(their number);
+        // the others are dropped when a pump meets them.)
         let accounts = &self.inner.accounts;
-        st.subs
-            .retain(|_, s| s.peer.is_open() && accounts.user_of(&s.peer) == Some(s.user));
+        let mut look: Vec<u64> = st
+            .subs_of
+            .get(&uid)
+            .map_or(Vec::new(), |k| k.iter().copied().collect());
+        look.push(peer.id());
+        for key in look {
+            let stale = st.subs.get(&key).map(|s| {
+                (
+                    s.user,
+                    key == peer.id() || !s.peer.is_open() || accounts.user_of(&s.peer) != Some(s.user),
+                )
+            });
+            if let Some((user, true)) = stale {
+                st.subs.remove(&key);
+                if let Some(k) = st.subs_of.get_mut(&user) {
+                    k.remove(&key);
+                    if k.is_empty() {
+                        st.subs_of.remove(&user);
+                    }
+                }
+            }
+        }
         st.subs.insert(
             peer.id(),
             Sub {
@@ -929,6 +978,17 @@ impl Messages {
                 inflight: HashSet::new(),
             },
         );
+        st.subs_of.entry(uid).or_default().insert(peer.id());
+        if st.subs.len() >= st.subs_sweep_at {
+            st.subs
+                .retain(|_, s| s.peer.is_open() && accounts.user_of(&s.peer) == Some(s.user));
+            let mut index: HashMap<u64, HashSet<u64>> = HashMap::new();
+            for (k, s) in &st.subs {
+                index.entry(s.user).or_default().insert(*k);
+            }
+            st.subs_of = index;
+            st.subs_sweep_at = (2 * st.subs.len()).max(1024);
+        }
         let n = st.queues.get(&uid).map_or(0, |q| q.msgs.len());
         self.pump(&mut st, uid, None);
         Ok(n)
