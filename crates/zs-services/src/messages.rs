@@ -546,6 +546,12 @@ impl Messages {
             .unwrap_or_else(|_| Err(ServiceError::new(code::STORAGE, "the committer stopped")))
     }
 
+    /// Returns once every send and acknowledgement queued before this call
+    /// has been committed and answered (the committer takes jobs in order).
+    pub fn settle(&self) {
+        let _ = self.ack(0, &[]);
+    }
+
     /// Queues a send for the committer; `reply` gets its outcome after the
     /// commit (at once when the queue is full: `503`).
     pub fn submit_send(&self, from: u64, to: u64, nonce: u64, body: Bytes, reply: Reply<Sent>) {
@@ -956,7 +962,9 @@ impl Messages {
             let stale = st.subs.get(&key).map(|s| {
                 (
                     s.user,
-                    key == peer.id() || !s.peer.is_open() || accounts.user_of(&s.peer) != Some(s.user),
+                    key == peer.id()
+                        || !s.peer.is_open()
+                        || accounts.user_of(&s.peer) != Some(s.user),
                 )
             });
             if let Some((user, true)) = stale {
