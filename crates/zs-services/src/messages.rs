@@ -71,6 +71,13 @@ pub struct MessagesConfig {
     /// Most sends and acknowledgements waiting for the committer (past it
     /// they are answered `503` at once).
     pub max_pending: usize,
+    /// When a send or an acknowledgement is answered: `Immediate` (the
+    /// default) after its commit is fsynced, so a crash loses nothing
+    /// answered; `Periodic(d)` once buffered, written and fsynced within `d`
+    /// (a crash of the process or the machine loses the last `d` of sends
+    /// and acknowledgements: mosquitto's `autosave_interval` promise, with
+    /// `d` instead of its 1,800 s default).
+    pub durability: zs_db::Durability,
 }
 
 impl Default for MessagesConfig {
@@ -88,6 +95,7 @@ impl Default for MessagesConfig {
             max_groups: 10_000,
             broadcast_admin_only: true,
             max_pending: 8192,
+            durability: zs_db::Durability::Immediate,
         }
     }
 }
@@ -715,11 +723,14 @@ impl Messages {
                 }
             }
         }
-        // Durability::Immediate: fsynced when commit returns.
+        // Durability::Immediate (the default): fsynced when commit returns.
         let ids = if b.is_empty() {
             Ok(Vec::new())
         } else {
-            self.inner.db.commit(&b).map_err(ServiceError::storage)
+            self.inner
+                .db
+                .commit_with(&b, Some(cfg.durability))
+                .map_err(ServiceError::storage)
         };
         let ids = match ids {
             Ok(ids) if ids.len() == inserts => ids,

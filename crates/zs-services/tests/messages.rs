@@ -368,3 +368,43 @@ fn concurrent_sends_share_commits_and_keep_their_order() {
     let bob_id = rig.services.accounts.resolve("bob").unwrap();
     assert_eq!(rig.services.messages.queued(bob_id), 0);
 }
+
+#[test]
+fn periodic_durability_answers_before_the_fsync_immediate_after() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    for (durability, periodic) in [
+        (zs_db::Durability::Periodic(Duration::from_secs(3600)), true),
+        (zs_db::Durability::Immediate, false),
+    ] {
+        let syncs = Arc::new(AtomicU64::new(0));
+        let n = syncs.clone();
+        let vfs = zs_db::SyncHookVfs::new(Arc::new(zs_db::MemVfs::new()), move || {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        let env = zs_db::Env::with_vfs(Arc::new(vfs));
+        let mut cfg = cheap();
+        cfg.messages.durability = durability;
+        let rig = Rig::with(Services::open(&env, cfg).unwrap());
+        let ann = rig.user("ann");
+        let bob = rig
+            .services
+            .accounts
+            .create_user("bob", "bob-password", false)
+            .unwrap();
+        let before = syncs.load(Ordering::Relaxed);
+        for k in 1..=20u64 {
+            ann.send("bob", k, b"x").unwrap();
+        }
+        let used = syncs.load(Ordering::Relaxed) - before;
+        if periodic {
+            assert_eq!(used, 0, "periodic: answered before any fsync");
+        } else {
+            assert!(
+                used >= 20,
+                "immediate: one fsync per sequential send, got {used}"
+            );
+        }
+        assert_eq!(rig.services.messages.queued(bob), 20);
+    }
+}
