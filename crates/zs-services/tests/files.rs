@@ -771,7 +771,11 @@ fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
         c.files.quota_per_user = 1 << 30;
     });
     let _ = rig.user("ann");
-    let c = login(&rig, "ann");
+    let c = rig.client_timeout(
+        zs_core::Registry::new(),
+        Duration::from_secs(if full { 600 } else { 20 }),
+    );
+    c.login("ann", "ann-password").unwrap();
     let v1 = data(31, size);
     let st = c
         .upload_begin(Space::Private, "big", size as u64, &sha3(&v1))
