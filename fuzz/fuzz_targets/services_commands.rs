@@ -39,6 +39,8 @@ const COMMANDS: &[&str] = &[
     "user.alias",
     "user.online",
     "user.list",
+    "user.ticket",
+    "user.attach",
     "msg.send",
     "msg.fetch",
     "msg.ack",
@@ -139,7 +141,9 @@ fuzz_target!(|data: &[u8]| {
             false,
         );
     }
-    // Bookkeeping matches what is stored.
+    // Bookkeeping matches what is stored (once the committer has answered
+    // every send and ack dispatched above).
+    services.messages.settle();
     let (total, _) = services.messages.totals();
     let queued: usize = services
         .accounts

@@ -168,7 +168,7 @@ impl Conn {
         ))
     }
 
-    fn connect(&self) -> Result<ServicesClient, String> {
+    fn open(&self) -> Result<ServicesClient, String> {
         let fp = resolve_fingerprint(self.fingerprint.as_deref(), self.key.as_deref())?;
         let mut options = zserver::Options::client();
         options.call_timeout = Some(Duration::from_secs(30));
@@ -177,10 +177,32 @@ impl Conn {
             .options(options)
             .connect()
             .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
-        let c = ServicesClient::new(client);
+        Ok(ServicesClient::new(client))
+    }
+
+    fn connect(&self) -> Result<ServicesClient, String> {
+        let c = self.open()?;
         c.login(&self.user, &self.password()?)
             .map_err(|e| format!("login as {:?}: {}", self.user, e.message))?;
         Ok(c)
+    }
+
+    /// `n` more connections attached to the session of `main` (its ticket).
+    fn attach(&self, main: &ServicesClient, n: usize) -> Result<Vec<ServicesClient>, String> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ticket = main
+            .ticket()
+            .map_err(|e| format!("ticket: {}", e.message))?;
+        (0..n)
+            .map(|_| {
+                let c = self.open()?;
+                c.attach(&self.user, &ticket)
+                    .map_err(|e| format!("attach a connection: {}", e.message))?;
+                Ok(c)
+            })
+            .collect()
     }
 }
 
@@ -403,6 +425,10 @@ enum FileVerb {
         remote: String,
         /// Where to write it [default: its file name, here].
         local: Option<PathBuf>,
+        /// Connections fetching shares of the file at once (the extra ones
+        /// attach to this login's session).
+        #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=8))]
+        connections: u16,
     },
     /// List a directory.
     Ls {
@@ -505,18 +531,37 @@ fn run_file(a: FileArgs) -> Result<String, String> {
                 format!("{remote}: uploaded ({} bytes sent)", rep.sent)
             }
         }
-        FileVerb::Get { remote, local } => {
+        FileVerb::Get {
+            remote,
+            local,
+            connections,
+        } => {
             let local = local
                 .unwrap_or_else(|| PathBuf::from(remote.rsplit('/').next().unwrap_or("download")));
+            let more = a.conn.attach(&c, connections as usize - 1)?;
             let b = bar(a.quiet, &format!("get {remote}"));
             let n = c
-                .download_file(space, &remote, &local, chunk as u32, |done, total| {
-                    b.set_length(total);
-                    b.set_position(done);
-                })
+                .download_parallel(
+                    &more,
+                    space,
+                    &remote,
+                    &local,
+                    chunk as u32,
+                    |done, total| {
+                        b.set_length(total);
+                        b.set_position(done);
+                    },
+                )
                 .map_err(|e| e.message)?;
             b.finish_and_clear();
-            format!("{}: {n} bytes fetched, hash checked", local.display())
+            for m in more {
+                m.close();
+            }
+            format!(
+                "{}: {n} bytes fetched over {connections} connection{}, hash checked",
+                local.display(),
+                if connections == 1 { "" } else { "s" }
+            )
         }
         FileVerb::Ls { path } => {
             let list = c.list_files(space, &path).map_err(|e| e.message)?;

@@ -532,20 +532,49 @@ fn file_put_killed_at_random_points_resumes_to_the_right_file() {
     let ls = run_ok(d, &["file", "ls", "stuff", "--addr", &addr]);
     let hash = zserver::crypto::hash::to_hex(&zserver::crypto::hash::sha3_256(&body));
     assert!(ls.contains(&format!("big.bin\t{put_size}\t{hash}")), "{ls}");
-    // Download, then put again: instant.
-    run_ok(
+    // Download over 4 connections (the default: three attach to the
+    // login's session), then over 3 and over 1; then put again: instant.
+    for (j, local, says) in [
+        (None, "copy.bin", "over 4 connections"),
+        (Some("3"), "copy3.bin", "over 3 connections"),
+        (Some("1"), "copy1.bin", "over 1 connection,"),
+    ] {
+        let mut args = vec![
+            "file",
+            "get",
+            "stuff/big.bin",
+            local,
+            "--chunk-kib",
+            "16",
+            "--quiet",
+            "--addr",
+            &addr,
+        ];
+        if let Some(j) = j {
+            args.extend(["-j", j]);
+        }
+        let out = run_ok(d, &args);
+        assert!(
+            out.contains(&format!("{put_size} bytes fetched {says}")),
+            "{out}"
+        );
+        assert_eq!(std::fs::read(d.join(local)).unwrap(), body);
+        assert!(!d.join(format!("{local}.part.state")).exists());
+    }
+    let e = run_err(
         d,
         &[
             "file",
             "get",
             "stuff/big.bin",
-            "copy.bin",
-            "--quiet",
+            "x.bin",
+            "-j",
+            "9",
             "--addr",
             &addr,
         ],
     );
-    assert_eq!(std::fs::read(d.join("copy.bin")).unwrap(), body);
+    assert!(e.contains("9"), "{e}");
     let again = run_ok(
         d,
         &[

@@ -68,6 +68,11 @@ pub struct AccountsConfig {
     /// Most users plus addresses tracked for throttling; past it, logins of
     /// untracked ones are refused until entries expire (fail closed).
     pub max_tracked: usize,
+    /// Extra connections a session may attach with its ticket
+    /// (`user.ticket`, `user.attach`: parallel transfers of one user).
+    pub max_attached: usize,
+    /// How long a ticket from `user.ticket` may be used to attach.
+    pub ticket_ttl: Duration,
 }
 
 impl Default for AccountsConfig {
@@ -87,6 +92,8 @@ impl Default for AccountsConfig {
             registrations_per_addr: 10,
             registration_window: Duration::from_secs(3600),
             max_tracked: 100_000,
+            max_attached: 8,
+            ticket_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -134,6 +141,43 @@ struct Users {
 struct Sessions {
     by_user: HashMap<u64, Peer>,
     by_peer: HashMap<u64, u64>,
+    /// Attached connection id to (user, the session's connection id, the
+    /// attached connection): valid while that session is the user's current
+    /// one and open.
+    attached: HashMap<u64, (u64, u64, Peer)>,
+    /// Session connection id to (its ticket, user, issued at).
+    tickets: HashMap<u64, ([u8; 32], u64, Instant)>,
+}
+
+/// `a == b` without an early exit on the first difference.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+impl Sessions {
+    /// The user of connection `id` when it is that user's open session.
+    fn session_user(&self, id: u64) -> Option<u64> {
+        let uid = *self.by_peer.get(&id)?;
+        let p = self.by_user.get(&uid)?;
+        (p.id() == id && p.is_open()).then_some(uid)
+    }
+
+    /// Drops attached connections and tickets whose session is over.
+    fn sweep_attached(&mut self) {
+        let live: Vec<u64> = self
+            .attached
+            .iter()
+            .filter(|(_, (uid, sid, p))| p.is_open() && self.session_user(*sid) == Some(*uid))
+            .map(|(k, _)| *k)
+            .collect();
+        self.attached.retain(|k, _| live.contains(k));
+        let ids: Vec<u64> = self.tickets.keys().copied().collect();
+        for id in ids {
+            if self.session_user(id).is_none() {
+                self.tickets.remove(&id);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -271,9 +315,100 @@ impl Accounts {
     /// any service, and user code, reads it here.
     pub fn user_of(&self, peer: &Peer) -> Option<u64> {
         let s = lock(&self.inner.sessions);
-        let uid = *s.by_peer.get(&peer.id())?;
-        let current = s.by_user.get(&uid)?;
-        (current.id() == peer.id() && current.is_open()).then_some(uid)
+        if let Some(uid) = s.session_user(peer.id()) {
+            return Some(uid);
+        }
+        // An attached connection: as long as its session lasts.
+        let (uid, sid, _) = s.attached.get(&peer.id())?;
+        (peer.is_open() && s.session_user(*sid) == Some(*uid)).then_some(*uid)
+    }
+
+    /// A new ticket for the session on `peer` (replacing its previous one):
+    /// other connections of the same client present it to
+    /// [`Accounts::attach`] and act as this user while the session lasts,
+    /// without being a second login. Valid for
+    /// [`AccountsConfig::ticket_ttl`].
+    pub fn ticket(&self, peer: &Peer) -> Result<[u8; 32]> {
+        let mut s = lock(&self.inner.sessions);
+        let uid = s.session_user(peer.id()).ok_or_else(|| {
+            ServiceError::new(
+                code::NOT_LOGGED_IN,
+                "log in first (user.login); attached connections get no tickets",
+            )
+        })?;
+        let mut t = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut t)
+            .map_err(|_| ServiceError::new(code::STORAGE, "no randomness"))?;
+        s.sweep_attached();
+        s.tickets.insert(peer.id(), (t, uid, Instant::now()));
+        Ok(t)
+    }
+
+    /// Attaches connection `peer` to the session of user `name` that issued
+    /// `ticket` ([`Accounts::ticket`]): `peer` then acts as that user until
+    /// the session ends (logout, kick, close). At most
+    /// [`AccountsConfig::max_attached`] per session; a wrong ticket counts as
+    /// a failed login of the source address (throttled alike).
+    pub fn attach(&self, peer: &Peer, name: &str, ticket: &[u8]) -> Result<u64> {
+        let cfg = &self.inner.cfg;
+        let addr = peer.addr().map(|a| a.ip());
+        let now = Instant::now();
+        if let Some(a) = addr {
+            let mut t = lock(&self.inner.throttle);
+            if let Some(q) = t.addrs.get_mut(&a) {
+                if recent(q, cfg.window, now) >= cfg.addr_failures {
+                    let s = retry_in(q, cfg.window, now);
+                    return Err(ServiceError::new(
+                        code::THROTTLED,
+                        format!("too many failed logins from {a}: retry in {s} s"),
+                    ));
+                }
+            }
+        }
+        let uid = self.resolve(name);
+        let mut s = lock(&self.inner.sessions);
+        s.sweep_attached();
+        let found = uid.and_then(|uid| {
+            let sid = s.by_user.get(&uid)?.id();
+            let (t, tuid, at) = s.tickets.get(&sid)?;
+            let ok = *tuid == uid && at.elapsed() < cfg.ticket_ttl && same_bytes(t, ticket);
+            ok.then_some((uid, sid))
+        });
+        let Some((uid, sid)) = found else {
+            drop(s);
+            if let Some(a) = addr {
+                let mut t = lock(&self.inner.throttle);
+                if t.addrs.contains_key(&a) || t.users.len() + t.addrs.len() < cfg.max_tracked {
+                    t.addrs.entry(a).or_default().push_back(now);
+                }
+            }
+            return Err(ServiceError::new(
+                code::BAD_CREDENTIALS,
+                "wrong name or ticket (or its session is over)",
+            ));
+        };
+        if s.session_user(peer.id()).is_some() {
+            return Err(ServiceError::new(
+                code::INVALID,
+                "this connection is a session: log out before attaching it",
+            ));
+        }
+        let n = s
+            .attached
+            .iter()
+            .filter(|(k, (_, x, _))| *x == sid && **k != peer.id())
+            .count();
+        if n >= cfg.max_attached {
+            return Err(ServiceError::new(
+                zs_core::code::TOO_LARGE,
+                format!(
+                    "a session attaches at most {} connections",
+                    cfg.max_attached
+                ),
+            ));
+        }
+        s.attached.insert(peer.id(), (uid, sid, peer.clone()));
+        Ok(uid)
     }
 
     /// Like [`Accounts::user_of`], or [`code::NOT_LOGGED_IN`].
@@ -523,6 +658,7 @@ impl Accounts {
             }
         }
         // This connection may have been logged in as someone else.
+        s.attached.remove(&peer.id());
         if let Some(prev) = s.by_peer.remove(&peer.id()) {
             if s.by_user.get(&prev).is_some_and(|p| p.id() == peer.id()) {
                 s.by_user.remove(&prev);
@@ -550,6 +686,7 @@ impl Accounts {
     /// Logs `peer` out (nothing if it was not logged in).
     pub fn logout(&self, peer: &Peer) {
         let mut s = lock(&self.inner.sessions);
+        s.attached.remove(&peer.id());
         if let Some(uid) = s.by_peer.remove(&peer.id()) {
             if s.by_user.get(&uid).is_some_and(|p| p.id() == peer.id()) {
                 s.by_user.remove(&uid);
@@ -730,6 +867,18 @@ impl Accounts {
                 .with(name)
                 .with(kicked)
                 .with(a.is_admin(uid)))
+        });
+        let a = self.clone();
+        r.stream_hpc_svc("user.ticket", move |peer, _| {
+            Ok(DataFrame::new().with(a.ticket(peer)?.to_vec()))
+        });
+        let a = self.clone();
+        r.stream_hpc_svc("user.attach", move |peer, df| {
+            let mut rd = df.reader();
+            let name = rd.read_str()?;
+            let ticket = rd.read_slice()?;
+            let uid = a.attach(peer, name, ticket)?;
+            Ok(DataFrame::new().with(uid))
         });
         let a = self.clone();
         r.stream_hpc_svc("user.logout", move |peer, _| {

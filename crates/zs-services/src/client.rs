@@ -75,6 +75,24 @@ impl ServicesClient {
         })
     }
 
+    /// A ticket of this session for [`ServicesClient::attach`] (see
+    /// [`crate::Accounts::ticket`]).
+    pub fn ticket(&self) -> Result<Vec<u8>> {
+        let df = self.call("user.ticket", DataFrame::new())?;
+        Ok(df.reader().read_slice()?.to_vec())
+    }
+
+    /// Attaches this connection to the session of user `name` that issued
+    /// `ticket`: it then acts as that user (files, reads) while the session
+    /// lasts, without kicking it. Returns the user id.
+    pub fn attach(&self, name: &str, ticket: &[u8]) -> Result<u64> {
+        let df = self.call(
+            "user.attach",
+            DataFrame::new().with(name).with(ticket.to_vec()),
+        )?;
+        Ok(df.reader().read_u64()?)
+    }
+
     /// Logs this connection out.
     pub fn logout(&self) -> Result<()> {
         self.call("user.logout", DataFrame::new()).map(drop)
@@ -328,8 +346,24 @@ impl ServicesClient {
         size: u64,
         chunk: usize,
         window: usize,
+        read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<u64> {
+        self.send_window(id, offset, size, chunk, window, read, progress, None)
+    }
+
+    /// [`ServicesClient::upload_window`], each chunk also handed to `tee`.
+    #[allow(clippy::too_many_arguments)]
+    fn send_window(
+        &self,
+        id: u64,
+        offset: u64,
+        size: u64,
+        chunk: usize,
+        window: usize,
         mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
         mut progress: impl FnMut(u64, u64),
+        tee: Option<&std::sync::mpsc::SyncSender<bytes::Bytes>>,
     ) -> Result<u64> {
         let chunk = chunk.max(1) as u64;
         let mut inflight = std::collections::VecDeque::new();
@@ -340,6 +374,12 @@ impl ServicesClient {
                 let mut buf = vec![0u8; n];
                 read(next, &mut buf)?;
                 let crc = crc32fast::hash(&buf).to_le_bytes().to_vec();
+                let buf = bytes::Bytes::from(buf);
+                if let Some(t) = tee {
+                    t.send(buf.clone()).map_err(|_| {
+                        ServiceError::new(code::CLIENT, "the hashing thread stopped")
+                    })?;
+                }
                 let df = DataFrame::new().with(id).with(next).with(buf).with(crc);
                 inflight.push_back(self.client.call_stream("file.chunk", df));
                 next += n as u64;
@@ -351,6 +391,87 @@ impl ServicesClient {
             progress(acked, size);
         }
         Ok(acked)
+    }
+
+    /// Uploads `size` bytes to `path`, hashing them on another thread while
+    /// they are sent (not before): `file.begin` announces no hash (so no
+    /// instant upload) and `file.finish` announces it, the server checking
+    /// it against its own running hash. An unfinished upload of the same
+    /// path and size that began this way is resumed (the bytes the server
+    /// holds are read again to hash them, not sent). `read(at, buf)` fills
+    /// `buf` with the bytes at `at`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_hashing(
+        &self,
+        space: Space,
+        path: &str,
+        size: u64,
+        chunk: usize,
+        mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<UploadReport> {
+        let df = self.call(
+            "file.begin",
+            DataFrame::new()
+                .with(space.as_str())
+                .with(path)
+                .with(size)
+                .with(Vec::new()),
+        )?;
+        let mut r = df.reader();
+        let (id, offset) = (r.read_u64()?, r.read_u64()?);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(2 * UPLOAD_WINDOW);
+        let hasher = std::thread::spawn(move || {
+            use sha3::Digest;
+            let mut h = sha3::Sha3_256::new();
+            for b in rx {
+                h.update(&b);
+            }
+            <[u8; 32]>::from(h.finalize())
+        });
+        let chunk = chunk.max(1);
+        let sent = (|| -> Result<u64> {
+            let mut at = 0;
+            while at < offset {
+                let mut buf = vec![0u8; chunk.min((offset - at) as usize)];
+                read(at, &mut buf)?;
+                at += buf.len() as u64;
+                tx.send(buf.into())
+                    .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread stopped"))?;
+            }
+            let mut sent = 0;
+            let end = self.send_window(
+                id,
+                offset,
+                size,
+                chunk,
+                UPLOAD_WINDOW,
+                |at, buf| {
+                    sent += buf.len() as u64;
+                    read(at, buf)
+                },
+                progress,
+                Some(&tx),
+            )?;
+            if end != size {
+                return Err(ServiceError::new(
+                    code::CLIENT,
+                    "the server holds fewer bytes",
+                ));
+            }
+            Ok(sent)
+        })();
+        drop(tx);
+        let hash = hasher
+            .join()
+            .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread panicked"))?;
+        let sent = sent?;
+        self.call("file.finish", DataFrame::new().with(id).with(hash.to_vec()))?;
+        Ok(UploadReport {
+            instant: false,
+            resumed_from: offset,
+            sent,
+        })
     }
 
     /// Completes an upload (the server checks the whole SHA3-256).
@@ -612,71 +733,265 @@ impl ServicesClient {
         ))
     }
 
-    /// Downloads `path` to local file `local`, resuming from `<local>.part`
-    /// when it exists; the SHA3-256 is checked before the file takes its name.
-    /// Returns the bytes fetched.
+    /// Reads bytes `from..to` of `path` in ranges of `chunk` bytes with
+    /// [`DOWNLOAD_WINDOW`] reads in flight, handing each to `sink(offset,
+    /// bytes)` in order. With `expect` = (size, SHA3-256 hex), a file that
+    /// changes under the reads is an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_window(
+        &self,
+        space: Space,
+        path: &str,
+        from: u64,
+        to: u64,
+        chunk: u32,
+        expect: Option<(u64, &str)>,
+        mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let chunk = chunk.max(1) as u64;
+        let (mut at, mut next) = (from, from);
+        let mut inflight = std::collections::VecDeque::new();
+        while at < to {
+            while inflight.len() < DOWNLOAD_WINDOW && next < to {
+                let n = (to - next).min(chunk);
+                let df = DataFrame::new()
+                    .with(space.as_str())
+                    .with(path)
+                    .with(next)
+                    .with(n as u32);
+                inflight.push_back((next, n, self.client.call_stream("file.read", df)));
+                next += n;
+            }
+            let (off, n, call) = inflight.pop_front().expect("a read in flight");
+            let df = call.wait()?;
+            let mut r = df.reader();
+            let data = r.read_slice()?;
+            let (total, h) = (r.read_u64()?, r.read_str()?);
+            if expect.is_some_and(|(size, hash)| total != size || h != hash) {
+                return Err(ServiceError::new(
+                    code::CLIENT,
+                    "the file changed during the download",
+                ));
+            }
+            if data.len() as u64 != n {
+                return Err(ServiceError::new(
+                    code::CLIENT,
+                    "the server sent a short range",
+                ));
+            }
+            sink(off, data)?;
+            at = off + n;
+        }
+        Ok(())
+    }
+
+    /// Downloads `path` to local file `local` on this connection, resuming
+    /// from `<local>.part`; the SHA3-256 is checked before the file takes
+    /// its name. Returns the bytes fetched. The same as
+    /// [`ServicesClient::download_parallel`] with no other connection.
     pub fn download_file(
         &self,
         space: Space,
         path: &str,
         local: &std::path::Path,
         chunk: u32,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<u64> {
+        self.download_parallel(&[], space, path, local, chunk, progress)
+    }
+
+    /// Downloads `path` to `local` over this connection and the `more`
+    /// connections (each logged in or attached as the same user:
+    /// [`ServicesClient::attach`]), each fetching its own share of the file
+    /// with [`DOWNLOAD_WINDOW`] ranged reads of `chunk` bytes in flight, into
+    /// `<local>.part`; `<local>.part.state` records how far each share got,
+    /// so running it again (with any number of connections) resumes. The
+    /// file's SHA3-256 is checked before it takes its name (a mismatch
+    /// removes the partial file). `progress` gets (bytes held, size).
+    /// Returns the bytes fetched by this call.
+    pub fn download_parallel(
+        &self,
+        more: &[ServicesClient],
+        space: Space,
+        path: &str,
+        local: &std::path::Path,
+        chunk: u32,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64> {
-        use std::io::Write;
+        use std::os::unix::fs::FileExt;
         let io = |e: std::io::Error| {
             ServiceError::new(code::CLIENT, format!("{}: {e}", local.display()))
         };
-        let mut part = local.as_os_str().to_owned();
-        part.push(".part");
-        let part = std::path::PathBuf::from(part);
-        let mut f = std::fs::OpenOptions::new()
+        let chunk = chunk.max(1);
+        let with_ext = |ext: &str| {
+            let mut p = local.as_os_str().to_owned();
+            p.push(ext);
+            std::path::PathBuf::from(p)
+        };
+        let (part, state_path) = (with_ext(".part"), with_ext(".part.state"));
+        let (_, size, hash) = self.read_range(space, path, 0, 0)?;
+        // Where a previous run stopped: its state file, or (none) a partial
+        // file written front to back.
+        let mut ranges = std::fs::read_to_string(&state_path)
+            .ok()
+            .and_then(|t| parse_state(&t, size, &hash))
+            .unwrap_or_else(|| {
+                let held = std::fs::metadata(&part).map_or(0, |m| m.len().min(size));
+                vec![(held, size)]
+            });
+        // Reshare what is left among the connections (each share a whole
+        // number of chunks).
+        let conns: Vec<&ServicesClient> = std::iter::once(self).chain(more).collect();
+        {
+            let mut left: Vec<(u64, u64)> = ranges.drain(..).filter(|(a, b)| a < b).collect();
+            left.sort_unstable();
+            let total: u64 = left.iter().map(|(a, b)| b - a).sum();
+            let share = total.div_ceil(conns.len() as u64).div_ceil(chunk as u64) * chunk as u64;
+            for (a, b) in left {
+                let mut at = a;
+                while at < b {
+                    let end = b.min(at + share.max(1));
+                    ranges.push((at, end));
+                    at = end;
+                }
+            }
+        }
+        let f = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .write(true)
             .open(&part)
             .map_err(io)?;
-        let mut offset = f.metadata().map_err(io)?.len();
-        let mut fetched = 0;
-        let (mut size, mut hash) = (u64::MAX, String::new());
-        while offset < size {
-            let (data, total, h) = self.read_range(space, path, offset, chunk.max(1))?;
-            if !hash.is_empty() && h != hash {
-                return Err(ServiceError::new(
-                    code::CLIENT,
-                    "the file changed during the download",
-                ));
-            }
-            (size, hash) = (total, h);
-            if offset > size {
-                break;
-            }
-            if data.is_empty() && offset < size {
-                return Err(ServiceError::new(code::CLIENT, "the server sent no bytes"));
-            }
-            f.write_all(&data).map_err(io)?;
-            offset += data.len() as u64;
-            fetched += data.len() as u64;
-            progress(offset, size);
+        let state = std::sync::Mutex::new(ranges.clone());
+        write_state(&state_path, size, &hash, &ranges).map_err(io)?;
+        if f.metadata().map_err(io)?.len() != size {
+            f.set_len(size).map_err(io)?;
         }
+        let held = |rs: &[(u64, u64)]| size - rs.iter().map(|(a, b)| b - a).sum::<u64>();
+        progress(held(&ranges), size);
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        // Pieces dealt round-robin to the connections.
+        let mut work: Vec<Vec<usize>> = vec![Vec::new(); conns.len()];
+        for i in 0..ranges.len() {
+            work[i % conns.len()].push(i);
+        }
+        let fetched = std::sync::atomic::AtomicU64::new(0);
+        let res: Vec<Result<()>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = conns
+                .iter()
+                .zip(work)
+                .map(|(c, pieces)| {
+                    let (tx, f, state, fetched) = (tx.clone(), &f, &state, &fetched);
+                    let (state_path, hash) = (&state_path, &hash);
+                    sc.spawn(move || -> Result<()> {
+                        for i in pieces {
+                            let (at, end) = lock_state(state)[i];
+                            c.read_window(
+                                space,
+                                path,
+                                at,
+                                end,
+                                chunk,
+                                Some((size, hash)),
+                                |off, data| {
+                                    f.write_all_at(data, off).map_err(io)?;
+                                    fetched.fetch_add(
+                                        data.len() as u64,
+                                        std::sync::atomic::Ordering::Relaxed,
+                                    );
+                                    let mut st = lock_state(state);
+                                    st[i].0 = off + data.len() as u64;
+                                    // The state follows the bytes (a torn or
+                                    // early one only costs a re-download: the
+                                    // hash is checked at the end).
+                                    write_state(state_path, size, hash, &st).map_err(io)?;
+                                    let _ = tx.send(held(&st));
+                                    Ok(())
+                                },
+                            )?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            drop(tx);
+            for h in rx {
+                progress(h, size);
+            }
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ServiceError::new(
+                            code::CLIENT,
+                            "a download thread panicked",
+                        ))
+                    })
+                })
+                .collect()
+        });
+        res.into_iter().collect::<Result<Vec<()>>>()?;
         f.sync_all().map_err(io)?;
         drop(f);
         let (len, got) = hash_local(&part).map_err(io)?;
         let got: String = got.iter().map(|b| format!("{b:02x}")).collect();
         if len != size || got != hash {
             let _ = std::fs::remove_file(&part);
+            let _ = std::fs::remove_file(&state_path);
             return Err(ServiceError::new(
                 code::CLIENT,
                 "the downloaded bytes do not match the file's SHA3-256 (partial file removed)",
             ));
         }
         std::fs::rename(&part, local).map_err(io)?;
-        Ok(fetched)
+        let _ = std::fs::remove_file(&state_path);
+        progress(size, size);
+        Ok(fetched.into_inner())
     }
 
     /// Closes the connection.
     pub fn close(&self) {
         self.client.close()
     }
+}
+
+/// Ranged reads each connection of [`ServicesClient::download_parallel`]
+/// keeps in flight.
+pub const DOWNLOAD_WINDOW: usize = 4;
+
+fn lock_state(m: &std::sync::Mutex<Vec<(u64, u64)>>) -> std::sync::MutexGuard<'_, Vec<(u64, u64)>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The state file of a parallel download: `zs-download <size> <hash>`, then
+/// one `<next> <end>` line per share (bytes `next..end` still to fetch).
+fn write_state(
+    path: &std::path::Path,
+    size: u64,
+    hash: &str,
+    ranges: &[(u64, u64)],
+) -> std::io::Result<()> {
+    let mut t = format!("zs-download {size} {hash}\n");
+    for (a, b) in ranges {
+        t.push_str(&format!("{a} {b}\n"));
+    }
+    std::fs::write(path, t)
+}
+
+fn parse_state(t: &str, size: u64, hash: &str) -> Option<Vec<(u64, u64)>> {
+    let mut lines = t.lines();
+    if lines.next()? != format!("zs-download {size} {hash}") {
+        return None;
+    }
+    let mut out = Vec::new();
+    for l in lines {
+        let (a, b) = l.split_once(' ')?;
+        let (a, b) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+        if a > b || b > size || out.len() >= 4096 {
+            return None;
+        }
+        out.push((a, b));
+    }
+    Some(out)
 }
 
 /// Chunks [`ServicesClient::upload_file`] keeps in flight.

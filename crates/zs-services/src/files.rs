@@ -854,8 +854,10 @@ impl Files {
         if path.is_empty() {
             return Err(ServiceError::new(code::INVALID, "a file needs a name"));
         }
-        if hash.len() != 32 {
-            return Err(ServiceError::bad("the hash is SHA3-256: 32 bytes"));
+        if hash.len() != 32 && !hash.is_empty() {
+            return Err(ServiceError::bad(
+                "the hash is SHA3-256: 32 bytes (or none: announced at file.finish)",
+            ));
         }
         if size > cfg.max_file_size {
             return Err(ServiceError::new(
@@ -863,6 +865,7 @@ impl Files {
                 format!("a file has at most {} bytes", cfg.max_file_size),
             ));
         }
+        let deferred = hash.is_empty();
         let hash = hex(hash);
         let owner = Self::owner(space, uid);
         let mut st = lock(&self.inner.state);
@@ -870,8 +873,9 @@ impl Files {
         self.check_target(&st, uid, owner, &path)?;
         let used = st.usage.get(&uid).copied().unwrap_or(0);
         // Instant upload: the content is here already.
-        let may_claim = st.holders.contains_key(&(hash.clone(), 0))
-            || st.holders.contains_key(&(hash.clone(), uid));
+        let may_claim = !deferred
+            && (st.holders.contains_key(&(hash.clone(), 0))
+                || st.holders.contains_key(&(hash.clone(), uid)));
         if may_claim && self.blob(&hash).exists() {
             if used + size > cfg.quota_per_user {
                 return Err(self.quota_err(used, size));
@@ -1136,6 +1140,16 @@ impl Files {
     /// a retry or a `file.abort`); the content becomes a blob (or joins the
     /// existing identical one) and the file appears.
     pub fn finish(&self, peer: &Peer, uid: u64, id: u64) -> Result<()> {
+        self.finish_with(peer, uid, id, None)
+    }
+
+    /// [`Files::finish`] with the whole SHA3-256 announced now: required
+    /// when [`Files::begin`] got none (a client that hashes while it sends;
+    /// no instant upload then), else it must equal the one given there.
+    pub fn finish_with(&self, peer: &Peer, uid: u64, id: u64, hash: Option<&[u8]>) -> Result<()> {
+        if hash.is_some_and(|h| h.len() != 32) {
+            return Err(ServiceError::bad("the hash is SHA3-256: 32 bytes"));
+        }
         let mut st = self.wait_idle(lock(&self.inner.state), id);
         let u = Self::upload_of(&mut st, id, uid)?;
         Self::take_lease(u, peer, self.inner.cfg.lease)?;
@@ -1145,6 +1159,24 @@ impl Files {
                 format!("the upload holds {} of {} bytes", u.offset, u.rec.size),
             ));
         }
+        let announced = match (u.rec.hash.is_empty(), hash.map(hex)) {
+            (true, None) => {
+                return Err(ServiceError::bad(
+                    "this upload began without a hash: file.finish must announce it",
+                ))
+            }
+            (true, Some(h)) => h,
+            (false, Some(h)) if h != u.rec.hash => {
+                return Err(ServiceError::new(
+                    file_code::HASH_MISMATCH,
+                    format!(
+                        "the hash {h} is not the one announced at file.begin ({})",
+                        u.rec.hash
+                    ),
+                ))
+            }
+            (false, _) => u.rec.hash.clone(),
+        };
         let part = self.part(id);
         if u.rec.synced < u.offset {
             File::open(&part)
@@ -1155,16 +1187,17 @@ impl Files {
             Some(h) => hex(&h.finalize()),
             None => hex(&hash_file(&part, u.rec.size).map_err(|e| io_err("hash partial file", e))?),
         };
-        if got != u.rec.hash {
+        if got != announced {
+            // The running hash is spent: a retry re-reads the partial file.
             return Err(ServiceError::new(
                 file_code::HASH_MISMATCH,
                 format!(
-                    "the file's SHA3-256 is {got}, not the announced {}: kept for a retry",
-                    u.rec.hash
+                    "the file's SHA3-256 is {got}, not the announced {announced}: kept for a retry"
                 ),
             ));
         }
-        let rec = u.rec.clone();
+        let mut rec = u.rec.clone();
+        rec.hash = announced;
         Self::check_parent(&st, rec.owner, &rec.path)?;
         let blob = self.blob(&rec.hash);
         if blob.exists() {
@@ -1243,6 +1276,10 @@ impl Files {
         // Each part against its own hash (kept running while the server ran).
         for id in parts {
             let u = st.uploads.get_mut(id).expect("checked");
+            if u.rec.hash.is_empty() {
+                // Began without a hash: the joined hash below covers it.
+                continue;
+            }
             let got = match u.hasher.take() {
                 Some(h) => hex(&h.finalize()),
                 None => hex(&hash_file(&self.part(*id), u.rec.size)
@@ -1626,7 +1663,13 @@ impl Files {
         });
         self.register_chunk(r);
         self.command(r, "file.finish", |f, peer, uid, rd| {
-            f.finish(peer, uid, rd.read_u64()?)?;
+            let id = rd.read_u64()?;
+            let hash = if rd.remaining() > 0 {
+                Some(rd.read_slice()?)
+            } else {
+                None
+            };
+            f.finish_with(peer, uid, id, hash)?;
             Ok(DataFrame::new())
         });
         self.command(r, "file.concat", |f, peer, uid, rd| {

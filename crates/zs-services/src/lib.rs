@@ -91,7 +91,9 @@ use zs_db::{Database, DbOptions, Durability, Env};
 use zs_wire::DataFrame;
 
 pub use accounts::{check_name, Accounts, AccountsConfig, SecondLogin, UserInfo};
-pub use client::{DeltaReport, Inbox, LoginInfo, ServicesClient, UploadReport, UPLOAD_WINDOW};
+pub use client::{
+    DeltaReport, Inbox, LoginInfo, ServicesClient, UploadReport, DOWNLOAD_WINDOW, UPLOAD_WINDOW,
+};
 pub use error::{code, Result, ServiceError};
 pub use files::{check_path, FileInfo, Files, FilesConfig, Space, UploadState};
 pub use messages::{Message, Messages, MessagesConfig, Sent};

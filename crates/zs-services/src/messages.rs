@@ -11,9 +11,13 @@
 //! that resends after a lost acknowledgement (same nonce) is told
 //! "duplicate" instead of queueing the message twice.
 //!
-//! One lock guards the queues; a send holds it across its commit, so the
-//! message ids (record ids) of one recipient grow in acceptance order and the
-//! pushes leave in that order.
+//! Sends and acknowledgements go through one committer thread (group
+//! commit): it takes every job queued meanwhile, checks each in order against
+//! the queues (and the jobs before it), writes them in one atomic commit (one
+//! fsync), then updates the queues, pushes and answers in that order. So the
+//! message ids (record ids) of one recipient grow in acceptance order, the
+//! pushes leave in that order, and nothing is answered before it is on disk;
+//! a thousand senders cost one fsync per batch rather than one each.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -64,6 +68,16 @@ pub struct MessagesConfig {
     pub max_groups: usize,
     /// Only admins may broadcast to every online user.
     pub broadcast_admin_only: bool,
+    /// Most sends and acknowledgements waiting for the committer (past it
+    /// they are answered `503` at once).
+    pub max_pending: usize,
+    /// When a send or an acknowledgement is answered: `Immediate` (the
+    /// default) after its commit is fsynced, so a crash loses nothing
+    /// answered; `Periodic(d)` once buffered, written and fsynced within `d`
+    /// (a crash of the process or the machine loses the last `d` of sends
+    /// and acknowledgements: mosquitto's `autosave_interval` promise, with
+    /// `d` instead of its 1,800 s default).
+    pub durability: zs_db::Durability,
 }
 
 impl Default for MessagesConfig {
@@ -80,6 +94,8 @@ impl Default for MessagesConfig {
             max_groups_per_peer: 32,
             max_groups: 10_000,
             broadcast_admin_only: true,
+            max_pending: 8192,
+            durability: zs_db::Durability::Immediate,
         }
     }
 }
@@ -232,6 +248,8 @@ struct Meta {
 struct Queue {
     msgs: BTreeMap<u64, Meta>,
     bytes: u64,
+    /// No message expires before this (a lower bound: 0 = look).
+    min_expires: u64,
 }
 
 struct Sub {
@@ -252,6 +270,10 @@ struct State {
     pairs: HashMap<(u64, u64), (u64, u64)>,
     /// Subscribed connections by connection id.
     subs: HashMap<u64, Sub>,
+    /// User id -> its subscribed connection ids (an index of `subs`).
+    subs_of: HashMap<u64, HashSet<u64>>,
+    /// `subs` size at which `subscribe` drops every stale entry (amortized).
+    subs_sweep_at: usize,
     /// Group name -> member connection ids.
     groups: HashMap<String, HashSet<u64>>,
     /// Connection id -> groups joined.
@@ -264,6 +286,68 @@ struct Inner {
     cfg: MessagesConfig,
     accounts: Accounts,
     state: Mutex<State>,
+    /// The committer's queue (see [`Messages::run_batch`]).
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+/// How a job's outcome is told: a responder, or a channel of the
+/// synchronous API.
+type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// A send or an acknowledgement waiting for the committer.
+enum Job {
+    Send {
+        from: u64,
+        to: u64,
+        nonce: u64,
+        body: Bytes,
+        reply: Reply<Sent>,
+    },
+    Ack {
+        uid: u64,
+        ids: Vec<u64>,
+        reply: Reply<usize>,
+    },
+}
+
+impl Job {
+    fn fail(self, e: ServiceError) {
+        match self {
+            Job::Send { reply, .. } => reply(Err(e)),
+            Job::Ack { reply, .. } => reply(Err(e)),
+        }
+    }
+}
+
+impl Planned {
+    fn fail(self, e: ServiceError) {
+        match self {
+            Planned::Send { reply, .. } | Planned::Dup(reply) => reply(Err(e)),
+            Planned::SendErr(e0, reply) => reply(Err(e0)),
+            Planned::Ack { reply, .. } => reply(Err(e)),
+        }
+    }
+}
+
+/// What one job of a batch becomes once the batch is committed.
+enum Planned {
+    Send {
+        from: u64,
+        to: u64,
+        body: Bytes,
+        sent_ms: u64,
+        expires_ms: u64,
+        insert: usize,
+        reply: Reply<Sent>,
+    },
+    Dup(Reply<Sent>),
+    SendErr(ServiceError, Reply<Sent>),
+    Ack {
+        uid: u64,
+        ids: Vec<u64>,
+        mine: Vec<(u64, u64)>,
+        reply: Reply<usize>,
+    },
 }
 
 /// What a send did.
@@ -339,14 +423,45 @@ impl Messages {
         if !dead.is_empty() {
             db.commit(&dead).map_err(ServiceError::storage)?;
         }
-        Ok(Messages {
-            inner: Arc::new(Inner {
-                db,
-                cfg,
-                accounts,
-                state: Mutex::new(st),
-            }),
-        })
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.max_pending.max(1));
+        let inner = Arc::new(Inner {
+            db,
+            cfg,
+            accounts,
+            state: Mutex::new(st),
+            jobs,
+        });
+        // The committer: one thread, one commit (one fsync) per batch of
+        // whatever queued meanwhile. It holds the service weakly and stops
+        // when the service is dropped (its queue's sender goes with it).
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("zs-msg-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 4096 {
+                        match rx.try_recv() {
+                            Ok(j) => batch.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let Some(inner) = weak.upgrade() else {
+                        for j in batch {
+                            j.fail(ServiceError::new(
+                                code::STORAGE,
+                                "the message service stopped",
+                            ));
+                        }
+                        return;
+                    };
+                    Messages { inner }.run_batch(batch);
+                }
+            })
+            .map_err(|e| {
+                ServiceError::new(code::STORAGE, format!("cannot start the committer: {e}"))
+            })?;
+        Ok(Messages { inner })
     }
 
     /// Closes the `messages` database (see [`crate::Services::close`]).
@@ -384,12 +499,22 @@ impl Messages {
         let Some(q) = st.queues.get_mut(&uid) else {
             return Ok(());
         };
+        if q.min_expires > now {
+            return Ok(());
+        }
         let dead: Vec<(u64, u64)> = q
             .msgs
             .iter()
             .filter(|(_, m)| m.expires_ms <= now)
             .map(|(id, m)| (*id, m.len))
             .collect();
+        q.min_expires = q
+            .msgs
+            .values()
+            .map(|m| m.expires_ms)
+            .filter(|e| *e > now)
+            .min()
+            .unwrap_or(u64::MAX);
         if dead.is_empty() {
             return Ok(());
         }
@@ -412,92 +537,299 @@ impl Messages {
     /// pushes it if the recipient subscribed. `nonce` > 0 must grow per
     /// sender-recipient pair: a nonce at or below the last accepted one is a
     /// duplicate (answered as such, queued nothing); 0 turns that check off.
+    /// Concurrent sends and acknowledgements share one commit (group commit
+    /// on the committer thread).
     pub fn send(&self, from: u64, to: u64, nonce: u64, body: &[u8]) -> Result<Sent> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit_send(
+            from,
+            to,
+            nonce,
+            Bytes::copy_from_slice(body),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(ServiceError::new(code::STORAGE, "the committer stopped")))
+    }
+
+    /// Returns once every send and acknowledgement queued before this call
+    /// has been committed and answered (the committer takes jobs in order).
+    pub fn settle(&self) {
+        let _ = self.ack(0, &[]);
+    }
+
+    /// Queues a send for the committer; `reply` gets its outcome after the
+    /// commit (at once when the queue is full: `503`).
+    pub fn submit_send(&self, from: u64, to: u64, nonce: u64, body: Bytes, reply: Reply<Sent>) {
         let cfg = &self.inner.cfg;
         if body.len() > cfg.max_body {
-            return Err(ServiceError::new(
+            return reply(Err(ServiceError::new(
                 zs_core::code::TOO_LARGE,
                 format!(
                     "a message body has at most {} bytes (got {})",
                     cfg.max_body,
                     body.len()
                 ),
-            ));
+            )));
         }
-        if self.inner.accounts.name_of(to).is_none() {
-            return Err(ServiceError::new(code::NO_SUCH_USER, "no such recipient"));
+        self.submit(Job::Send {
+            from,
+            to,
+            nonce,
+            body,
+            reply,
+        });
+    }
+
+    fn submit(&self, job: Job) {
+        match self.inner.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(j)) => j.fail(ServiceError::new(
+                zs_core::code::BUSY,
+                "too many messages waiting to be stored: retry",
+            )),
+            Err(std::sync::mpsc::TrySendError::Disconnected(j)) => {
+                j.fail(ServiceError::new(code::STORAGE, "the committer stopped"))
+            }
         }
+    }
+
+    /// One batch: every job checked in order against the state (and the
+    /// jobs before it), one atomic commit, then the state updated, pushes
+    /// sent and answers given, in order.
+    fn run_batch(&self, jobs: Vec<Job>) {
+        let cfg = &self.inner.cfg;
         let mut st = lock(&self.inner.state);
-        self.sweep(&mut st, to)?;
-        let pair = st.pairs.get(&(from, to)).copied();
-        if nonce > 0 && pair.is_some_and(|(_, last)| nonce <= last) {
-            return Ok(Sent {
-                id: 0,
-                duplicate: true,
-            });
-        }
-        let len = body.len() as u64;
-        let (qlen, qbytes) = st
-            .queues
-            .get(&to)
-            .map_or((0, 0), |q| (q.msgs.len(), q.bytes));
-        if qlen >= cfg.max_queue_len || qbytes + len > cfg.max_queue_bytes {
-            return Err(ServiceError::new(
-                code::QUEUE_FULL,
-                format!(
-                    "the recipient's queue is full ({qlen} messages, {qbytes} bytes; limits {} and {})",
-                    cfg.max_queue_len, cfg.max_queue_bytes
-                ),
-            ));
-        }
-        if st.total_len >= cfg.max_total_len || st.total_bytes + len > cfg.max_total_bytes {
-            return Err(ServiceError::new(
-                code::QUEUE_FULL,
-                "the server's message store is full: retry later",
-            ));
-        }
-        let sent_ms = now_ms();
-        let expires_ms = sent_ms.saturating_add(cfg.ttl.as_millis() as u64);
         let mut b = Batch::new();
-        b.insert(
-            Kind::Raw,
-            encode_message_record(to, from, nonce, sent_ms, expires_ms, body),
-        );
-        if nonce > 0 {
-            let rec = encode_pair_record(from, to, nonce);
-            match pair {
-                Some((rid, _)) => b.update(rid, Kind::Raw, rec),
-                None => b.insert(Kind::Raw, rec),
-            };
+        let mut inserts = 0usize;
+        let mut plan = Vec::with_capacity(jobs.len());
+        // What the jobs before this one add: per recipient (messages,
+        // bytes), in all, and the last nonce per pair.
+        let mut q_add: HashMap<u64, (usize, u64)> = HashMap::new();
+        let (mut len_add, mut bytes_add) = (0usize, 0u64);
+        let mut nonces: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+        let mut acked: HashSet<u64> = HashSet::new();
+        for job in jobs {
+            match job {
+                Job::Send {
+                    from,
+                    to,
+                    nonce,
+                    body,
+                    reply,
+                } => {
+                    let checked = (|| -> Result<bool> {
+                        if self.inner.accounts.name_of(to).is_none() {
+                            return Err(ServiceError::new(code::NO_SUCH_USER, "no such recipient"));
+                        }
+                        self.sweep(&mut st, to)?;
+                        let last = nonces
+                            .get(&(from, to))
+                            .copied()
+                            .or_else(|| st.pairs.get(&(from, to)).map(|p| p.1));
+                        if nonce > 0 && last.is_some_and(|last| nonce <= last) {
+                            return Ok(false);
+                        }
+                        let len = body.len() as u64;
+                        let (ql, qb) = st
+                            .queues
+                            .get(&to)
+                            .map_or((0, 0), |q| (q.msgs.len(), q.bytes));
+                        let (al, ab) = q_add.get(&to).copied().unwrap_or_default();
+                        let (qlen, qbytes) = (ql + al, qb + ab);
+                        if qlen >= cfg.max_queue_len || qbytes + len > cfg.max_queue_bytes {
+                            return Err(ServiceError::new(
+                                code::QUEUE_FULL,
+                                format!(
+                                    "the recipient's queue is full ({qlen} messages, {qbytes} bytes; limits {} and {})",
+                                    cfg.max_queue_len, cfg.max_queue_bytes
+                                ),
+                            ));
+                        }
+                        if st.total_len + len_add >= cfg.max_total_len
+                            || st.total_bytes + bytes_add + len > cfg.max_total_bytes
+                        {
+                            return Err(ServiceError::new(
+                                code::QUEUE_FULL,
+                                "the server's message store is full: retry later",
+                            ));
+                        }
+                        Ok(true)
+                    })();
+                    match checked {
+                        Ok(true) => {
+                            let sent_ms = now_ms();
+                            let expires_ms = sent_ms.saturating_add(cfg.ttl.as_millis() as u64);
+                            b.insert(
+                                Kind::Raw,
+                                encode_message_record(to, from, nonce, sent_ms, expires_ms, &body),
+                            );
+                            let e = q_add.entry(to).or_default();
+                            e.0 += 1;
+                            e.1 += body.len() as u64;
+                            len_add += 1;
+                            bytes_add += body.len() as u64;
+                            if nonce > 0 {
+                                nonces.insert((from, to), nonce);
+                            }
+                            plan.push(Planned::Send {
+                                from,
+                                to,
+                                body,
+                                sent_ms,
+                                expires_ms,
+                                insert: inserts,
+                                reply,
+                            });
+                            inserts += 1;
+                        }
+                        Ok(false) => plan.push(Planned::Dup(reply)),
+                        Err(e) => plan.push(Planned::SendErr(e, reply)),
+                    }
+                }
+                Job::Ack { uid, ids, reply } => {
+                    let mine: Vec<(u64, u64)> = st.queues.get(&uid).map_or(Vec::new(), |q| {
+                        ids.iter()
+                            .filter_map(|id| q.msgs.get(id).map(|m| (*id, m.len)))
+                            .filter(|(id, _)| acked.insert(*id))
+                            .collect()
+                    });
+                    for (id, _) in &mine {
+                        b.delete(*id);
+                    }
+                    plan.push(Planned::Ack {
+                        uid,
+                        ids,
+                        mine,
+                        reply,
+                    });
+                }
+            }
         }
-        // Durability::Immediate: fsynced when commit returns.
-        let ids = self.inner.db.commit(&b).map_err(ServiceError::storage)?;
-        let id = ids[0];
-        if nonce > 0 {
-            let rid = match pair {
-                Some((rid, _)) => rid,
-                None => ids[1],
-            };
-            st.pairs.insert((from, to), (rid, nonce));
+        // Each pair's last nonce, once per batch.
+        let mut new_pairs = Vec::new();
+        for (pair, nonce) in &nonces {
+            let rec = encode_pair_record(pair.0, pair.1, *nonce);
+            match st.pairs.get(pair) {
+                Some((rid, _)) => {
+                    b.update(*rid, Kind::Raw, rec);
+                }
+                None => {
+                    b.insert(Kind::Raw, rec);
+                    new_pairs.push((*pair, inserts));
+                    inserts += 1;
+                }
+            }
         }
-        let q = st.queues.entry(to).or_default();
-        q.msgs.insert(
-            id,
-            Meta {
-                from,
-                sent_ms,
-                expires_ms,
-                len,
-            },
-        );
-        q.bytes += len;
-        st.total_len += 1;
-        st.total_bytes += len;
-        self.pump(&mut st, to, Some((id, body)));
-        Ok(Sent {
-            id,
-            duplicate: false,
-        })
+        // Durability::Immediate (the default): fsynced when commit returns.
+        let ids = if b.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.inner
+                .db
+                .commit_with(&b, Some(cfg.durability))
+                .map_err(ServiceError::storage)
+        };
+        let ids = match ids {
+            Ok(ids) if ids.len() == inserts => ids,
+            other => {
+                let e = other.err().unwrap_or_else(|| {
+                    ServiceError::new(code::STORAGE, "the store answered a short commit")
+                });
+                drop(st);
+                for p in plan {
+                    p.fail(e.clone());
+                }
+                return;
+            }
+        };
+        for (pair, nonce) in &nonces {
+            let rid = match st.pairs.get(pair) {
+                Some((rid, _)) => *rid,
+                None => new_pairs
+                    .iter()
+                    .find(|(p, _)| p == pair)
+                    .map_or(0, |(_, i)| ids[*i]),
+            };
+            st.pairs.insert(*pair, (rid, *nonce));
+        }
+        for p in plan {
+            match p {
+                Planned::Send {
+                    from,
+                    to,
+                    body,
+                    sent_ms,
+                    expires_ms,
+                    insert,
+                    reply,
+                } => {
+                    let id = ids[insert];
+                    let len = body.len() as u64;
+                    let q = st.queues.entry(to).or_default();
+                    q.msgs.insert(
+                        id,
+                        Meta {
+                            from,
+                            sent_ms,
+                            expires_ms,
+                            len,
+                        },
+                    );
+                    q.bytes += len;
+                    q.min_expires = q.min_expires.min(expires_ms);
+                    st.total_len += 1;
+                    st.total_bytes += len;
+                    self.pump(&mut st, to, Some((id, &body)));
+                    reply(Ok(Sent {
+                        id,
+                        duplicate: false,
+                    }));
+                }
+                Planned::Dup(reply) => reply(Ok(Sent {
+                    id: 0,
+                    duplicate: true,
+                })),
+                Planned::SendErr(e, reply) => reply(Err(e)),
+                Planned::Ack {
+                    uid,
+                    ids,
+                    mine,
+                    reply,
+                } => {
+                    let (mut n, mut bytes) = (0usize, 0u64);
+                    if let Some(q) = st.queues.get_mut(&uid) {
+                        for (id, len) in &mine {
+                            if q.msgs.remove(id).is_some() {
+                                q.bytes -= len;
+                                n += 1;
+                                bytes += len;
+                            }
+                        }
+                    }
+                    st.total_len -= n;
+                    st.total_bytes -= bytes;
+                    if st.queues.get(&uid).is_some_and(|q| q.msgs.is_empty()) {
+                        st.queues.remove(&uid);
+                    }
+                    let keys: Vec<u64> = st
+                        .subs_of
+                        .get(&uid)
+                        .map_or(Vec::new(), |k| k.iter().copied().collect());
+                    for k in keys {
+                        if let Some(s) = st.subs.get_mut(&k) {
+                            for id in &ids {
+                                s.inflight.remove(id);
+                            }
+                        }
+                    }
+                    self.pump(&mut st, uid, None);
+                    reply(Ok(mine.len()));
+                }
+            }
+        }
     }
 
     /// Pushes queued messages of `uid` to its subscribed connections, up to
@@ -505,17 +837,21 @@ impl Messages {
     fn pump(&self, st: &mut State, uid: u64, fresh: Option<(u64, &[u8])>) {
         let window = self.inner.cfg.push_window;
         let subs: Vec<u64> = st
-            .subs
-            .iter()
-            .filter(|(_, s)| s.user == uid)
-            .map(|(k, _)| *k)
-            .collect();
+            .subs_of
+            .get(&uid)
+            .map_or(Vec::new(), |k| k.iter().copied().collect());
         for key in subs {
             let Some(sub) = st.subs.get(&key) else {
                 continue;
             };
             if !sub.peer.is_open() || self.inner.accounts.user_of(&sub.peer) != Some(uid) {
                 st.subs.remove(&key);
+                if let Some(k) = st.subs_of.get_mut(&uid) {
+                    k.remove(&key);
+                    if k.is_empty() {
+                        st.subs_of.remove(&uid);
+                    }
+                }
                 continue;
             }
             let Some(q) = st.queues.get(&uid) else {
@@ -606,38 +942,16 @@ impl Messages {
     /// Acknowledges (removes, fsynced) messages of `uid` by id; ids not in its
     /// queue are ignored. Returns how many were removed.
     pub fn ack(&self, uid: u64, ids: &[u64]) -> Result<usize> {
-        let mut st = lock(&self.inner.state);
-        let Some(q) = st.queues.get(&uid) else {
-            return Ok(0);
-        };
-        let mine: Vec<(u64, u64)> = ids
-            .iter()
-            .filter_map(|id| q.msgs.get(id).map(|m| (*id, m.len)))
-            .collect();
-        if !mine.is_empty() {
-            let mut b = Batch::new();
-            for (id, _) in &mine {
-                b.delete(*id);
-            }
-            self.inner.db.commit(&b).map_err(ServiceError::storage)?;
-        }
-        let q = st.queues.get_mut(&uid).expect("checked above");
-        for (id, len) in &mine {
-            q.msgs.remove(id);
-            q.bytes -= len;
-        }
-        if q.msgs.is_empty() {
-            st.queues.remove(&uid);
-        }
-        st.total_len -= mine.len();
-        st.total_bytes -= mine.iter().map(|(_, l)| l).sum::<u64>();
-        for s in st.subs.values_mut().filter(|s| s.user == uid) {
-            for id in ids {
-                s.inflight.remove(id);
-            }
-        }
-        self.pump(&mut st, uid, None);
-        Ok(mine.len())
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(Job::Ack {
+            uid,
+            ids: ids.to_vec(),
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(ServiceError::new(code::STORAGE, "the committer stopped")))
     }
 
     /// Subscribes `peer` (logged in as `uid`) to pushes: every queued message
@@ -647,9 +961,33 @@ impl Messages {
         let mut st = lock(&self.inner.state);
         self.sweep(&mut st, uid)?;
         // Forget subscriptions of closed connections and of other users.
+        // (Those of this user, and this connection's: O(their number);
+        // the others are dropped when a pump meets them.)
         let accounts = &self.inner.accounts;
-        st.subs
-            .retain(|_, s| s.peer.is_open() && accounts.user_of(&s.peer) == Some(s.user));
+        let mut look: Vec<u64> = st
+            .subs_of
+            .get(&uid)
+            .map_or(Vec::new(), |k| k.iter().copied().collect());
+        look.push(peer.id());
+        for key in look {
+            let stale = st.subs.get(&key).map(|s| {
+                (
+                    s.user,
+                    key == peer.id()
+                        || !s.peer.is_open()
+                        || accounts.user_of(&s.peer) != Some(s.user),
+                )
+            });
+            if let Some((user, true)) = stale {
+                st.subs.remove(&key);
+                if let Some(k) = st.subs_of.get_mut(&user) {
+                    k.remove(&key);
+                    if k.is_empty() {
+                        st.subs_of.remove(&user);
+                    }
+                }
+            }
+        }
         st.subs.insert(
             peer.id(),
             Sub {
@@ -659,6 +997,17 @@ impl Messages {
                 inflight: HashSet::new(),
             },
         );
+        st.subs_of.entry(uid).or_default().insert(peer.id());
+        if st.subs.len() >= st.subs_sweep_at {
+            st.subs
+                .retain(|_, s| s.peer.is_open() && accounts.user_of(&s.peer) == Some(s.user));
+            let mut index: HashMap<u64, HashSet<u64>> = HashMap::new();
+            for (k, s) in &st.subs {
+                index.entry(s.user).or_default().insert(*k);
+            }
+            st.subs_of = index;
+            st.subs_sweep_at = (2 * st.subs.len()).max(1024);
+        }
         let n = st.queues.get(&uid).map_or(0, |q| q.msgs.len());
         self.pump(&mut st, uid, None);
         Ok(n)
@@ -795,17 +1144,37 @@ impl Messages {
     /// Registers the `msg.*` commands on `r` (HPC pool: they fsync).
     pub fn register(&self, r: &mut Registry) {
         let m = self.clone();
-        r.stream_hpc_svc("msg.send", move |peer, df| {
-            let from = m.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
-            let to_name = rd.read_str()?;
-            let nonce = rd.read_u64()?;
-            let body = rd.read_slice()?;
-            let to = m.inner.accounts.resolve(to_name).ok_or_else(|| {
-                ServiceError::new(code::NO_SUCH_USER, format!("no user {to_name:?}"))
-            })?;
-            let s = m.send(from, to, nonce, body)?;
-            Ok(DataFrame::new().with(s.id).with(s.duplicate))
+        // Answered by the committer once the message is on disk (taken in
+        // arrival order on the connection's loop: nothing blocks there).
+        r.stream_delayed("msg.send", move |peer, df, resp| {
+            let parsed = (|| -> Result<(u64, u64, u64, Bytes)> {
+                let from = m.inner.accounts.require_user(peer)?;
+                let mut rd = df.reader();
+                let to_name = rd.read_str()?;
+                let nonce = rd.read_u64()?;
+                let body = rd.read_bytes()?;
+                let to = m.inner.accounts.resolve(to_name).ok_or_else(|| {
+                    ServiceError::new(code::NO_SUCH_USER, format!("no user {to_name:?}"))
+                })?;
+                Ok((from, to, nonce, body))
+            })();
+            match parsed {
+                Ok((from, to, nonce, body)) => m.submit_send(
+                    from,
+                    to,
+                    nonce,
+                    body,
+                    Box::new(move |r| {
+                        let _ = match r {
+                            Ok(s) => resp.reply_data(DataFrame::new().with(s.id).with(s.duplicate)),
+                            Err(e) => resp.reply_error(e.code, e.message),
+                        };
+                    }),
+                ),
+                Err(e) => {
+                    let _ = resp.reply_error(e.code, e.message);
+                }
+            }
         });
         let m = self.clone();
         r.stream_hpc_svc("msg.fetch", move |peer, df| {
@@ -821,18 +1190,35 @@ impl Messages {
             Ok(out)
         });
         let m = self.clone();
-        r.stream_hpc_svc("msg.ack", move |peer, df| {
-            let uid = m.inner.accounts.require_user(peer)?;
-            let mut rd = df.reader();
-            let n = rd.read_u64()? as usize;
-            if n > 10_000 {
-                return Err(ServiceError::bad("at most 10000 ids per msg.ack"));
+        r.stream_delayed("msg.ack", move |peer, df, resp| {
+            let parsed = (|| -> Result<(u64, Vec<u64>)> {
+                let uid = m.inner.accounts.require_user(peer)?;
+                let mut rd = df.reader();
+                let n = rd.read_u64()? as usize;
+                if n > 10_000 {
+                    return Err(ServiceError::bad("at most 10000 ids per msg.ack"));
+                }
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push(rd.read_u64()?);
+                }
+                Ok((uid, ids))
+            })();
+            match parsed {
+                Ok((uid, ids)) => m.submit(Job::Ack {
+                    uid,
+                    ids,
+                    reply: Box::new(move |r| {
+                        let _ = match r {
+                            Ok(n) => resp.reply_data(DataFrame::new().with(n as u64)),
+                            Err(e) => resp.reply_error(e.code, e.message),
+                        };
+                    }),
+                }),
+                Err(e) => {
+                    let _ = resp.reply_error(e.code, e.message);
+                }
             }
-            let mut ids = Vec::with_capacity(n);
-            for _ in 0..n {
-                ids.push(rd.read_u64()?);
-            }
-            Ok(DataFrame::new().with(m.ack(uid, &ids)? as u64))
         });
         let m = self.clone();
         r.stream_hpc_svc("msg.subscribe", move |peer, _| {

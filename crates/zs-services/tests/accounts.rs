@@ -308,3 +308,87 @@ fn registrations_are_throttled_per_address_but_not_for_admins() {
     admin.register("u3", "password1").unwrap();
     admin.register("u4", "password1").unwrap();
 }
+
+#[test]
+fn attached_connections_act_as_the_user_while_the_session_lasts() {
+    let mut cfg = cheap();
+    cfg.accounts.max_attached = 2;
+    let rig = Rig::mem(cfg);
+    let ann = rig.user("ann");
+    let uid = ann.whoami().unwrap().0;
+    let ticket = ann.ticket().unwrap();
+    assert_eq!(ticket.len(), 32);
+    // A wrong ticket, another user's name, or no session: refused.
+    let x = rig.client();
+    let mut wrong = ticket.clone();
+    wrong[0] ^= 1;
+    assert_eq!(code_of(x.attach("ann", &wrong)), code::BAD_CREDENTIALS);
+    rig.services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    assert_eq!(code_of(x.attach("bob", &ticket)), code::BAD_CREDENTIALS);
+    assert_eq!(code_of(x.whoami()), code::NOT_LOGGED_IN);
+    // Attached: acts as ann, without kicking her session.
+    assert_eq!(x.attach("ANN", &ticket).unwrap(), uid);
+    assert_eq!(x.whoami().unwrap(), (uid, "ann".to_owned()));
+    assert_eq!(ann.whoami().unwrap().0, uid, "the session stays");
+    // An attached connection issues no tickets; a session attaches at most
+    // `max_attached`.
+    assert_eq!(code_of(x.ticket()), code::NOT_LOGGED_IN);
+    let y = rig.client();
+    y.attach("ann", &ticket).unwrap();
+    let z = rig.client();
+    assert_eq!(code_of(z.attach("ann", &ticket)), zs_core::code::TOO_LARGE);
+    // A new ticket replaces the old one.
+    let t2 = ann.ticket().unwrap();
+    assert_eq!(code_of(z.attach("ann", &ticket)), code::BAD_CREDENTIALS);
+    // The session ends (logout): every attached connection loses the user.
+    ann.logout().unwrap();
+    assert_eq!(code_of(x.whoami()), code::NOT_LOGGED_IN);
+    assert_eq!(code_of(y.whoami()), code::NOT_LOGGED_IN);
+    assert_eq!(code_of(z.attach("ann", &t2)), code::BAD_CREDENTIALS);
+    // A new session of ann: the old attachments stay dead.
+    ann.login("ann", "ann-password").unwrap();
+    assert_eq!(code_of(x.whoami()), code::NOT_LOGGED_IN);
+    // Kicked by a second login: attached connections of the old session too.
+    let t3 = ann.ticket().unwrap();
+    z.attach("ann", &t3).unwrap();
+    assert_eq!(z.whoami().unwrap().0, uid);
+    let ann2 = rig.client();
+    ann2.login("ann", "ann-password").unwrap();
+    eventually("the kick", || z.whoami().is_err());
+    assert_eq!(code_of(z.whoami()), code::NOT_LOGGED_IN);
+}
+
+#[test]
+fn wrong_tickets_are_throttled_per_address() {
+    let mut cfg = cheap();
+    cfg.accounts.addr_failures = 3;
+    let rig = Rig::mem(cfg);
+    let ann = rig.user("ann");
+    let ticket = ann.ticket().unwrap();
+    let x = rig.client();
+    for _ in 0..3 {
+        assert_eq!(code_of(x.attach("ann", &[0u8; 32])), code::BAD_CREDENTIALS);
+    }
+    // Even the right ticket waits out the window now.
+    assert_eq!(code_of(x.attach("ann", &ticket)), code::THROTTLED);
+    // Oversized tickets are refused like wrong ones.
+    let big = vec![7u8; 100_000];
+    assert!(x.attach("ann", &big).is_err());
+}
+
+#[test]
+fn tickets_expire() {
+    let mut cfg = cheap();
+    cfg.accounts.ticket_ttl = std::time::Duration::from_millis(200);
+    let rig = Rig::mem(cfg);
+    let ann = rig.user("ann");
+    let ticket = ann.ticket().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(
+        code_of(rig.client().attach("ann", &ticket)),
+        code::BAD_CREDENTIALS
+    );
+}

@@ -771,7 +771,11 @@ fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
         c.files.quota_per_user = 1 << 30;
     });
     let _ = rig.user("ann");
-    let c = login(&rig, "ann");
+    let c = rig.client_timeout(
+        zs_core::Registry::new(),
+        Duration::from_secs(if full { 600 } else { 20 }),
+    );
+    c.login("ann", "ann-password").unwrap();
     let v1 = data(31, size);
     let st = c
         .upload_begin(Space::Private, "big", size as u64, &sha3(&v1))
@@ -982,4 +986,264 @@ fn a_large_upload_cut_at_random_points_resumes_to_the_right_hash() {
         (list[0].size, list[0].hash.clone()),
         (size as u64, zs_crypto::hash::to_hex(&hash))
     );
+}
+
+/// `n` connections attached to `main`'s session.
+fn attached(rig: &Rig, main: &ServicesClient, name: &str, n: usize) -> Vec<ServicesClient> {
+    let t = main.ticket().unwrap();
+    (0..n)
+        .map(|_| {
+            let c = rig.client();
+            c.attach(name, &t).unwrap();
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn a_download_over_several_connections_resumes_with_any_number_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let ann = rig.user("ann");
+    let body = data(11, SIZE + 1234);
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, &body).unwrap();
+    ann.upload_file(Space::Private, &src, "big", CHUNK, |_, _| {})
+        .unwrap();
+    // Four connections of one user (three attached), each its own share.
+    let more = attached(&rig, &ann, "ann", 3);
+    let out = dir.path().join("out.bin");
+    let mut seen = Vec::new();
+    let n = ann
+        .download_parallel(&more, Space::Private, "big", &out, CHUNK as u32, |d, t| {
+            seen.push((d, t))
+        })
+        .unwrap();
+    assert_eq!(n, body.len() as u64);
+    assert_eq!(std::fs::read(&out).unwrap(), body);
+    assert_eq!(seen.last(), Some(&(body.len() as u64, body.len() as u64)));
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "progress grows");
+    assert!(!dir.path().join("out.bin.part.state").exists());
+    // Every connection given takes a share: one not logged in fails the
+    // download (and its share stays to fetch).
+    let stranger = rig.client();
+    let out1 = dir.path().join("out1.bin");
+    let e = ann
+        .download_parallel(
+            &[more[0].clone(), stranger],
+            Space::Private,
+            "big",
+            &out1,
+            CHUNK as u32,
+            |_, _| {},
+        )
+        .unwrap_err();
+    assert_eq!(e.code, code::NOT_LOGGED_IN);
+    assert!(!out1.exists() && dir.path().join("out1.bin.part.state").exists());
+    // The two good shares were fetched: the rerun fetches only the third.
+    let n = ann
+        .download_parallel(&more, Space::Private, "big", &out1, CHUNK as u32, |_, _| {})
+        .unwrap();
+    assert!(n > 0 && n < body.len() as u64 / 2, "fetched {n} again");
+    assert_eq!(std::fs::read(&out1).unwrap(), body);
+    // A run stopped part way: shares half done (the state file says so;
+    // the bytes not yet fetched are garbage), resumed with two connections:
+    // only the missing bytes are fetched, and the file is right.
+    let out2 = dir.path().join("out2.bin");
+    let len = body.len() as u64;
+    let q = len / 4;
+    let mut part = vec![0xEEu8; body.len()];
+    let mut state = format!("zs-download {len} {}\n", hex(&sha3(&body)));
+    let mut missing = 0;
+    for k in 0..4u64 {
+        let (a, b) = (k * q, if k == 3 { len } else { (k + 1) * q });
+        let done = a + (b - a) / 2;
+        part[a as usize..done as usize].copy_from_slice(&body[a as usize..done as usize]);
+        state.push_str(&format!("{done} {b}\n"));
+        missing += b - done;
+    }
+    std::fs::write(dir.path().join("out2.bin.part"), &part).unwrap();
+    std::fs::write(dir.path().join("out2.bin.part.state"), state).unwrap();
+    let n = ann
+        .download_parallel(&more[..1], Space::Private, "big", &out2, 5000, |_, _| {})
+        .unwrap();
+    assert_eq!(n, missing);
+    assert_eq!(std::fs::read(&out2).unwrap(), body);
+    // A partial file whose "done" bytes are wrong: the hash check catches
+    // it and the partial file is removed (the next run starts over).
+    let out3 = dir.path().join("out3.bin");
+    let mut state = format!("zs-download {len} {}\n", hex(&sha3(&body)));
+    state.push_str(&format!("{} {len}\n", len / 2));
+    std::fs::write(dir.path().join("out3.bin.part"), vec![0u8; body.len()]).unwrap();
+    std::fs::write(dir.path().join("out3.bin.part.state"), state).unwrap();
+    let e = ann
+        .download_parallel(&[], Space::Private, "big", &out3, CHUNK as u32, |_, _| {})
+        .unwrap_err();
+    assert!(e.message.contains("SHA3-256"), "{e:?}");
+    assert!(!dir.path().join("out3.bin.part").exists() && !out3.exists());
+    assert_eq!(
+        ann.download_file(Space::Private, "big", &out3, CHUNK as u32, |_, _| {})
+            .unwrap(),
+        len
+    );
+    assert_eq!(std::fs::read(&out3).unwrap(), body);
+    // A state file for other content (another hash) is ignored: a fresh start.
+    let out4 = dir.path().join("out4.bin");
+    std::fs::write(
+        dir.path().join("out4.bin.part.state"),
+        format!("zs-download {len} {}\n0 1\n", "00".repeat(32)),
+    )
+    .unwrap();
+    assert_eq!(
+        ann.download_parallel(&more, Space::Private, "big", &out4, CHUNK as u32, |_, _| {})
+            .unwrap(),
+        len
+    );
+    assert_eq!(std::fs::read(&out4).unwrap(), body);
+    // Attached connections lose the user with the session: a download over
+    // them fails cleanly.
+    ann.logout().unwrap();
+    assert_eq!(
+        more[0]
+            .read_range(Space::Private, "big", 0, 10)
+            .unwrap_err()
+            .code,
+        code::NOT_LOGGED_IN
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn an_upload_hashed_while_sent_is_checked_at_finish_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let ann = rig.user("ann");
+    let body = data(21, SIZE);
+    let len = body.len() as u64;
+    // Cut off: the reader fails past a third of the file.
+    let e = ann
+        .upload_hashing(
+            Space::Private,
+            "h",
+            len,
+            CHUNK,
+            |at, buf| {
+                if at > len / 3 {
+                    return Err(zs_services::ServiceError::new(code::CLIENT, "cut"));
+                }
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .unwrap_err();
+    assert_eq!(e.message, "cut");
+    assert_eq!(rig.services.files.as_ref().unwrap().uploads(), 1);
+    // Run again: resumed where the server stands, only the rest sent.
+    let rep = ann
+        .upload_hashing(
+            Space::Private,
+            "h",
+            len,
+            CHUNK,
+            |at, buf| {
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .unwrap();
+    assert!(!rep.instant && rep.resumed_from > 0, "{rep:?}");
+    assert_eq!(rep.resumed_from + rep.sent, len);
+    let out = dir.path().join("h.out");
+    ann.download_file(Space::Private, "h", &out, CHUNK as u32, |_, _| {})
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), body);
+    let listed = ann.list_files(Space::Private, "").unwrap();
+    assert_eq!(listed[0].hash, hex(&sha3(&body)));
+
+    // By hand: no hash at begin (never an instant upload, although the
+    // server holds this content), so finish must bring the right one.
+    let begin = |path: &str| {
+        let df = ann
+            .client()
+            .call_stream(
+                "file.begin",
+                zs_wire::DataFrame::new()
+                    .with("private")
+                    .with(path)
+                    .with(len)
+                    .with(Vec::new()),
+            )
+            .wait()
+            .unwrap();
+        let mut r = df.reader();
+        (
+            r.read_u64().unwrap(),
+            r.read_u64().unwrap(),
+            r.read_bool().unwrap(),
+        )
+    };
+    let (id, off, instant) = begin("h2");
+    assert_eq!((off, instant), (0, false));
+    let mut at = 0;
+    while at < len {
+        at = ann
+            .upload_chunk(
+                id,
+                at,
+                &body[at as usize..(at as usize + CHUNK).min(body.len())],
+            )
+            .unwrap();
+    }
+    let finish = |h: Option<Vec<u8>>| {
+        let mut df = zs_wire::DataFrame::new().with(id);
+        if let Some(h) = h {
+            df.push(h);
+        }
+        ann.client()
+            .call_stream("file.finish", df)
+            .wait()
+            .map_err(zs_services::ServiceError::from)
+    };
+    assert_eq!(
+        finish(None).unwrap_err().code,
+        zs_core::code::BAD_REQUEST,
+        "the hash must come at finish"
+    );
+    let mut wrong = sha3(&body);
+    wrong[5] ^= 1;
+    assert_eq!(
+        finish(Some(wrong.to_vec())).unwrap_err().code,
+        file_code::HASH_MISMATCH
+    );
+    assert_eq!(
+        finish(Some(vec![1, 2, 3])).unwrap_err().code,
+        zs_core::code::BAD_REQUEST
+    );
+    // Kept for a retry: the right hash completes it.
+    finish(Some(sha3(&body).to_vec())).unwrap();
+    assert_eq!(rig.services.files.as_ref().unwrap().uploads(), 0);
+    // An upload that announced its hash at begin: finish may repeat it, not change it.
+    let st = ann
+        .upload_begin(Space::Private, "h3", 5, &sha3(b"hello"))
+        .unwrap();
+    ann.upload_chunk(st.id, 0, b"hello").unwrap();
+    let df = zs_wire::DataFrame::new().with(st.id).with(wrong.to_vec());
+    assert_eq!(
+        ann.client()
+            .call_stream("file.finish", df)
+            .wait()
+            .map_err(zs_services::ServiceError::from)
+            .unwrap_err()
+            .code,
+        file_code::HASH_MISMATCH
+    );
+    let df = zs_wire::DataFrame::new()
+        .with(st.id)
+        .with(sha3(b"hello").to_vec());
+    ann.client().call_stream("file.finish", df).wait().unwrap();
 }

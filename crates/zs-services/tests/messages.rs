@@ -292,3 +292,119 @@ fn group_limits_hold() {
     }
     assert_eq!(code_of(ann.join("g3")), code::QUEUE_FULL);
 }
+
+#[test]
+fn concurrent_sends_share_commits_and_keep_their_order() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    // A store whose every fsync takes 5 ms (a slow disk), counted.
+    let syncs = Arc::new(AtomicU64::new(0));
+    let n = syncs.clone();
+    let vfs = zs_db::SyncHookVfs::new(Arc::new(zs_db::MemVfs::new()), move || {
+        n.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+    });
+    let env = zs_db::Env::with_vfs(Arc::new(vfs));
+    let rig = Rig::with(Services::open(&env, cheap()).unwrap());
+    let ann = rig.user("ann");
+    let cy = rig.user("cy");
+    rig.services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    // 200 sends in flight from ann (nonces 1..=200) and 200 from cy at once.
+    let before = syncs.load(Ordering::Relaxed);
+    let calls: Vec<_> = (1..=200u64)
+        .flat_map(|k| {
+            [&ann, &cy].map(|c| {
+                c.client().call_stream(
+                    "msg.send",
+                    zs_wire::DataFrame::new()
+                        .with("bob")
+                        .with(k)
+                        .with(format!("{k}").into_bytes()),
+                )
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for c in calls {
+        let df = c.wait().unwrap();
+        let mut r = df.reader();
+        let (id, dup) = (r.read_u64().unwrap(), r.read_bool().unwrap());
+        assert!(!dup);
+        ids.push(id);
+    }
+    let used = syncs.load(Ordering::Relaxed) - before;
+    // One fsync each would be 400 (2 s of sleeping); batches share them.
+    assert!(used < 200, "{used} fsyncs for 400 sends: no group commit");
+    // Each sender's messages got growing ids, in the order it sent them.
+    let (a, c): (Vec<_>, Vec<_>) = ids.chunks(2).map(|p| (p[0], p[1])).unzip();
+    assert!(a.windows(2).all(|w| w[0] < w[1]) && c.windows(2).all(|w| w[0] < w[1]));
+    // A resend of a nonce in the same burst as its first send: a duplicate.
+    let s = ann.send("bob", 200, b"again").unwrap();
+    assert!(s.duplicate);
+    // bob gets the 400 in id order; each sender's in its order; acks
+    // (also batched) empty the queue.
+    let (bob, inbox, queued) = bob_subscribed(&rig);
+    assert_eq!(queued, 400);
+    let (got, _) = next(&inbox, 256);
+    let mut got = got;
+    let ids256: Vec<u64> = got.iter().map(|m| m.id).collect();
+    bob.ack(&ids256).unwrap();
+    let (more, _) = next(&inbox, 144);
+    got.extend(more);
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+    for who in ["ann", "cy"] {
+        let bodies: Vec<u64> = got
+            .iter()
+            .filter(|m| m.from_name == who)
+            .map(|m| String::from_utf8_lossy(&m.body).parse().unwrap())
+            .collect();
+        assert_eq!(bodies, (1..=200).collect::<Vec<_>>(), "{who}");
+    }
+    let rest: Vec<u64> = got[256..].iter().map(|m| m.id).collect();
+    assert_eq!(bob.ack(&rest).unwrap(), 144);
+    let bob_id = rig.services.accounts.resolve("bob").unwrap();
+    assert_eq!(rig.services.messages.queued(bob_id), 0);
+}
+
+#[test]
+fn periodic_durability_answers_before_the_fsync_immediate_after() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    for (durability, periodic) in [
+        (zs_db::Durability::Periodic(Duration::from_secs(3600)), true),
+        (zs_db::Durability::Immediate, false),
+    ] {
+        let syncs = Arc::new(AtomicU64::new(0));
+        let n = syncs.clone();
+        let vfs = zs_db::SyncHookVfs::new(Arc::new(zs_db::MemVfs::new()), move || {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        let env = zs_db::Env::with_vfs(Arc::new(vfs));
+        let mut cfg = cheap();
+        cfg.messages.durability = durability;
+        let rig = Rig::with(Services::open(&env, cfg).unwrap());
+        let ann = rig.user("ann");
+        let bob = rig
+            .services
+            .accounts
+            .create_user("bob", "bob-password", false)
+            .unwrap();
+        let before = syncs.load(Ordering::Relaxed);
+        for k in 1..=20u64 {
+            ann.send("bob", k, b"x").unwrap();
+        }
+        let used = syncs.load(Ordering::Relaxed) - before;
+        if periodic {
+            assert_eq!(used, 0, "periodic: answered before any fsync");
+        } else {
+            assert!(
+                used >= 20,
+                "immediate: one fsync per sequential send, got {used}"
+            );
+        }
+        assert_eq!(rig.services.messages.queued(bob), 20);
+    }
+}

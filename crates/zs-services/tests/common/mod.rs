@@ -80,8 +80,14 @@ impl Rig {
     }
 
     pub fn client_with(&self, r: Registry) -> ServicesClient {
+        self.client_timeout(r, Duration::from_secs(20))
+    }
+
+    /// A client whose calls wait up to `timeout` (full-size runs on a
+    /// debug build: one call may hash or copy 64 MiB).
+    pub fn client_timeout(&self, r: Registry, timeout: Duration) -> ServicesClient {
         let mut o = Options::client();
-        o.call_timeout = Some(Duration::from_secs(20));
+        o.call_timeout = Some(timeout);
         ServicesClient::new(
             Client::connect(self.backend.clone(), self.provider.clone(), r, o, self.addr).unwrap(),
         )
