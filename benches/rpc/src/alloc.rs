@@ -266,12 +266,11 @@ pub struct PerCall {
     pub calls: u64,
 }
 
-/// Measures allocations per call for `echo` / `echo-ref`, both client APIs, 1
-/// and `pipe` calls in flight.
-pub fn measure(pipe: usize, dur: Duration) -> Vec<PerCall> {
+/// A server child and a client connected to it.
+fn pair() -> (ChildServer, Arc<Client>) {
     let (identity, seed) =
         ServerIdentity::generate(&ring::rand::SystemRandom::new()).expect("identity");
-    let mut srv = ChildServer::start(&seed);
+    let srv = ChildServer::start(&seed);
     let client = Arc::new(
         Client::connect(
             crate::backend("epoll"),
@@ -282,6 +281,47 @@ pub fn measure(pipe: usize, dur: Duration) -> Vec<PerCall> {
         )
         .expect("client"),
     );
+    (srv, client)
+}
+
+/// The headline configuration measured as suite cases, once per round like
+/// every other case: `echo-ref` through `Client::call_to` (the allocation-free
+/// API on both ends), `pipe` calls in flight.
+pub struct Meter {
+    srv: ChildServer,
+    client: Arc<Client>,
+    pipe: usize,
+    dur: Duration,
+}
+
+impl Meter {
+    /// Starts the server child and the client, and warms them up (buffers,
+    /// maps and slabs at their steady size).
+    pub fn new(pipe: usize, dur: Duration) -> Meter {
+        let (srv, client) = pair();
+        run(&client, "echo-ref", Api::Sink, pipe, dur);
+        Meter {
+            srv,
+            client,
+            pipe,
+            dur,
+        }
+    }
+
+    /// One measured run: (server, client) allocations per call.
+    pub fn sample(&mut self) -> (f64, f64) {
+        let (s0, c0) = (self.srv.count(), count());
+        let calls = run(&self.client, "echo-ref", Api::Sink, self.pipe, self.dur);
+        let (c1, s1) = (count(), self.srv.count());
+        let n = calls.max(1) as f64;
+        ((s1 - s0) as f64 / n, (c1 - c0) as f64 / n)
+    }
+}
+
+/// Measures allocations per call for `echo` / `echo-ref`, both client APIs, 1
+/// and `pipe` calls in flight.
+pub fn measure(pipe: usize, dur: Duration) -> Vec<PerCall> {
+    let (mut srv, client) = pair();
     let mut out = Vec::new();
     for (cmd, api) in [
         ("echo", Api::Boxed),
