@@ -733,11 +733,13 @@ mod tests {
 
     #[test]
     fn text_kind_errors_are_the_general_parsers() {
-        let mut config = Config::default();
-        config.limits = Limits {
-            max_name: 4,
-            max_string: 8,
-            ..Limits::default()
+        let config = Config {
+            limits: Limits {
+                max_name: 4,
+                max_string: 8,
+                ..Limits::default()
+            },
+            ..Config::default()
         };
         let cases: [&[u8]; 9] = [
             &[],                                                           // no id
@@ -768,8 +770,10 @@ mod tests {
             max_name in 0usize..8,
             max_string in 0usize..40,
         ) {
-            let mut config = Config::default();
-            config.limits = Limits { max_name, max_string, ..Limits::default() };
+            let config = Config {
+                limits: Limits { max_name, max_string, ..Limits::default() },
+                ..Config::default()
+            };
             let h = header(TEXT_KINDS[k], &body);
             let want = general(h, Bytes::from(body.clone()), &config);
             let got = finish(h, Bytes::from(body), &config);
