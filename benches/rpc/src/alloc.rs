@@ -93,10 +93,19 @@ pub fn serve_if_child() -> bool {
     let mut out = std::io::stdout().lock();
     writeln!(out, "ADDR {}", server.local_addr()).expect("stdout");
     out.flush().expect("stdout");
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
+    // One line buffer for every request, so reading a `count` line allocates
+    // nothing (the count would otherwise include its own line).
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::with_capacity(64);
+    loop {
+        line.clear();
+        match stdin.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
         if line.trim() == "count" {
-            writeln!(out, "COUNT {}", count()).expect("stdout");
+            let n = count();
+            writeln!(out, "COUNT {n}").expect("stdout");
             out.flush().expect("stdout");
         }
     }
@@ -227,6 +236,19 @@ impl ReplySink for SinkOf {
 
 /// Runs `inflight` chains for `dur`; returns the calls answered.
 fn run(client: &Arc<Client>, cmd: &str, api: Api, inflight: usize, dur: Duration) -> u64 {
+    run_from(client, cmd, api, inflight, dur, || {})
+}
+
+/// [`run`], calling `started` once the chains are set up, just before the
+/// first call (where a measurement of the calls alone starts).
+fn run_from(
+    client: &Arc<Client>,
+    cmd: &str,
+    api: Api,
+    inflight: usize,
+    dur: Duration,
+    started: impl FnOnce(),
+) -> u64 {
     let chains = Arc::new(Chains {
         client: client.clone(),
         cmd: Text::from(cmd),
@@ -241,6 +263,7 @@ fn run(client: &Arc<Client>, cmd: &str, api: Api, inflight: usize, dur: Duration
     });
     let sink: Arc<dyn ReplySink> = Arc::new(SinkOf(Arc::downgrade(&chains)));
     *chains.me.lock().expect("sink") = Some(sink);
+    started();
     for _ in 0..inflight {
         chains.issue();
     }
@@ -266,12 +289,11 @@ pub struct PerCall {
     pub calls: u64,
 }
 
-/// Measures allocations per call for `echo` / `echo-ref`, both client APIs, 1
-/// and `pipe` calls in flight.
-pub fn measure(pipe: usize, dur: Duration) -> Vec<PerCall> {
+/// A server child and a client connected to it.
+fn pair() -> (ChildServer, Arc<Client>) {
     let (identity, seed) =
         ServerIdentity::generate(&ring::rand::SystemRandom::new()).expect("identity");
-    let mut srv = ChildServer::start(&seed);
+    let srv = ChildServer::start(&seed);
     let client = Arc::new(
         Client::connect(
             crate::backend("epoll"),
@@ -282,6 +304,59 @@ pub fn measure(pipe: usize, dur: Duration) -> Vec<PerCall> {
         )
         .expect("client"),
     );
+    (srv, client)
+}
+
+/// The headline configuration measured as suite cases, once per round like
+/// every other case: `echo-ref` through `Client::call_to` (the allocation-free
+/// API on both ends), `pipe` calls in flight.
+pub struct Meter {
+    srv: ChildServer,
+    client: Arc<Client>,
+    pipe: usize,
+    dur: Duration,
+}
+
+impl Meter {
+    /// Starts the server child and the client, and warms them up (buffers,
+    /// maps and slabs at their steady size).
+    pub fn new(pipe: usize, dur: Duration) -> Meter {
+        let (srv, client) = pair();
+        run(&client, "echo-ref", Api::Sink, pipe, dur);
+        Meter {
+            srv,
+            client,
+            pipe,
+            dur,
+        }
+    }
+
+    /// One measured run: (server, client) allocations per call.
+    pub fn sample(&mut self) -> (f64, f64) {
+        // The other cases ran meanwhile and this connection went idle, so
+        // both ends released their buffers (idle shrink): refill them first,
+        // the steady state is what is measured.
+        run(&self.client, "echo-ref", Api::Sink, self.pipe, self.dur / 5);
+        let s0 = self.srv.count();
+        let mut c0 = 0;
+        let calls = run_from(
+            &self.client,
+            "echo-ref",
+            Api::Sink,
+            self.pipe,
+            self.dur,
+            || c0 = count(),
+        );
+        let (c1, s1) = (count(), self.srv.count());
+        let n = calls.max(1) as f64;
+        ((s1 - s0) as f64 / n, (c1 - c0) as f64 / n)
+    }
+}
+
+/// Measures allocations per call for `echo` / `echo-ref`, both client APIs, 1
+/// and `pipe` calls in flight.
+pub fn measure(pipe: usize, dur: Duration) -> Vec<PerCall> {
+    let (mut srv, client) = pair();
     let mut out = Vec::new();
     for (cmd, api) in [
         ("echo", Api::Boxed),

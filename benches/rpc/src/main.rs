@@ -20,6 +20,12 @@
 //! documented bincode TCP transport; tonic a hand-written service with a prost
 //! message (no protoc), plaintext HTTP/2. Neither peer encrypts; zserver does.
 //!
+//! Allocations per call are cases too (`zs-epoll-pipe64-allocs-client` and
+//! `-server`, metric `allocs_per_call`, in the JSON line): each round runs the
+//! allocation-free configuration below (`echo-ref`, `Client::call_to`, 64 in
+//! flight) against a server in a child process and divides each end's count by
+//! the calls answered.
+//!
 //! After the timed cases, heap allocations per call are counted for each end
 //! apart (see `alloc.rs`: a counting global allocator, the server in a child
 //! process) and printed as notes: the steady-state call path of zs-core
@@ -680,6 +686,33 @@ fn main() {
                 peer_tonic::call(c.clone(), b.clone())
             })
         });
+    }
+
+    // Heap allocations per call of the pipelined zs case, each end apart, one
+    // sample per round like the timed cases (server: a child process; see
+    // alloc.rs). The call path's goal is 0 on both ends.
+    #[cfg(target_os = "linux")]
+    {
+        let meter = Arc::new(Mutex::new(alloc::Meter::new(PIPE, dur)));
+        let last_server = Arc::new(Mutex::new(f64::NAN));
+        let (m, s) = (meter.clone(), last_server.clone());
+        suite.case(
+            "zs-epoll-pipe64-allocs-client",
+            "allocs_per_call",
+            Better::Lower,
+            move || {
+                let (server, client) = m.lock().expect("meter").sample();
+                *s.lock().expect("server") = server;
+                client
+            },
+        );
+        // The server's count of the same run (cases run in order in a round).
+        suite.case(
+            "zs-epoll-pipe64-allocs-server",
+            "allocs_per_call",
+            Better::Lower,
+            move || *last_server.lock().expect("server"),
+        );
     }
 
     suite.run();

@@ -147,6 +147,24 @@ fn per_op(min: Duration, batch: usize, mut op: impl FnMut()) -> f64 {
 
 const NS: &str = "ns_per_op";
 
+/// Adds a case, unless `ZS_WIRE_ONLY` is set and does not name it (a
+/// profiling aid: `ZS_WIRE_ONLY=zs-df10-decode-index valgrind --tool=callgrind
+/// zs-bench-wire --quick --rounds 1` counts the instructions of one case).
+fn case(
+    suite: &mut Suite,
+    name: &str,
+    metric: &str,
+    better: Better,
+    sampler: impl FnMut() -> f64 + 'static,
+) {
+    if let Ok(only) = std::env::var("ZS_WIRE_ONLY") {
+        if !only.split(',').any(|o| o == name) {
+            return;
+        }
+    }
+    suite.case(name, metric, better, sampler);
+}
+
 fn main() {
     let opts = Options::from_env();
     let mut suite = Suite::from_options("wire", &opts, 9, 15);
@@ -194,30 +212,42 @@ fn main() {
         let f = console.clone();
         let mut enc = Encoder::new(config);
         let mut out = BytesMut::with_capacity(one.len() * BATCH);
-        suite.case("zs-console-encode", NS, Better::Lower, move || {
-            per_op_with(
-                min,
-                BATCH,
-                &mut out,
-                |o| o.clear(),
-                |o| enc.encode(black_box(&f), o).expect("encodes"),
-            )
-        });
+        case(
+            &mut suite,
+            "zs-console-encode",
+            NS,
+            Better::Lower,
+            move || {
+                per_op_with(
+                    min,
+                    BATCH,
+                    &mut out,
+                    |o| o.clear(),
+                    |o| enc.encode(black_box(&f), o).expect("encodes"),
+                )
+            },
+        );
         let msg = ConsoleMsg {
             id: 1000,
             cmd: "echo".into(),
             text: text.clone(),
         };
         let mut out = vec![0u8; 256];
-        suite.case("postcard-console-encode", NS, Better::Lower, move || {
-            per_op(min, BATCH, || {
-                black_box(
-                    postcard::to_slice(black_box(&msg), &mut out)
-                        .expect("postcard")
-                        .len(),
-                );
-            })
-        });
+        case(
+            &mut suite,
+            "postcard-console-encode",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, BATCH, || {
+                    black_box(
+                        postcard::to_slice(black_box(&msg), &mut out)
+                            .expect("postcard")
+                            .len(),
+                    );
+                })
+            },
+        );
     }
     {
         let mut state = (
@@ -225,71 +255,90 @@ fn main() {
             BytesMut::with_capacity(wire_batch.len()),
         );
         let src = wire_batch.clone();
-        suite.case("zs-console-decode", NS, Better::Lower, move || {
-            // A read buffer holding a batch of received frames; decode them all.
-            per_op_with(
-                min,
-                BATCH,
-                &mut state,
-                |(_, rx)| {
-                    rx.clear();
-                    rx.extend_from_slice(&src);
-                },
-                |(dec, rx)| {
-                    let f = dec.decode(rx).expect("valid").expect("whole");
-                    let Frame::Console { id, cmd, text } = &f else {
-                        unreachable!("a console frame")
-                    };
-                    black_box((*id, cmd.as_str(), text.as_str()));
-                    black_box(&f);
-                },
-            )
-        });
+        case(
+            &mut suite,
+            "zs-console-decode",
+            NS,
+            Better::Lower,
+            move || {
+                // A read buffer holding a batch of received frames; decode them all.
+                per_op_with(
+                    min,
+                    BATCH,
+                    &mut state,
+                    |(_, rx)| {
+                        rx.clear();
+                        rx.extend_from_slice(&src);
+                    },
+                    |(dec, rx)| {
+                        let f = dec.decode(rx).expect("valid").expect("whole");
+                        let Frame::Console { id, cmd, text } = &f else {
+                            unreachable!("a console frame")
+                        };
+                        black_box((*id, cmd.as_str(), text.as_str()));
+                        black_box(&f);
+                    },
+                )
+            },
+        );
         let mut state = (
             Decoder::new(config),
             BytesMut::with_capacity(wire_batch.len()),
             0usize,
         );
         let src = wire_batch.clone();
-        suite.case("zs-console-decode-ref", NS, Better::Lower, move || {
-            // The same batch read in place (`Decoder::decode_ref`: id, name and
-            // text parsed and validated, borrowed from the buffer), then the
-            // buffer advanced past the frames read, as postcard's borrowed decode.
-            per_op_with(
-                min,
-                BATCH,
-                &mut state,
-                |(_, rx, pos)| {
-                    let _ = rx.split_to(*pos);
-                    rx.clear();
-                    rx.extend_from_slice(&src);
-                    *pos = 0;
-                },
-                |(dec, rx, pos)| {
-                    let f = dec.decode_ref(&rx[*pos..]).expect("valid").expect("whole");
-                    *pos += f.len();
-                    black_box((f.id(), f.name(), f.text()));
-                },
-            )
-        });
+        case(
+            &mut suite,
+            "zs-console-decode-ref",
+            NS,
+            Better::Lower,
+            move || {
+                // The same batch read in place (`Decoder::decode_ref`: id, name and
+                // text parsed and validated, borrowed from the buffer), then the
+                // buffer advanced past the frames read, as postcard's borrowed decode.
+                per_op_with(
+                    min,
+                    BATCH,
+                    &mut state,
+                    |(_, rx, pos)| {
+                        let _ = rx.split_to(*pos);
+                        rx.clear();
+                        rx.extend_from_slice(&src);
+                        *pos = 0;
+                    },
+                    |(dec, rx, pos)| {
+                        let f = dec.decode_ref(&rx[*pos..]).expect("valid").expect("whole");
+                        *pos += f.len();
+                        black_box((f.id(), f.name(), f.text()));
+                    },
+                )
+            },
+        );
         let src = pc_batch.clone();
-        suite.case("postcard-console-decode", NS, Better::Lower, move || {
-            per_op_with(
-                min,
-                BATCH,
-                &mut 0usize,
-                |pos| *pos = 0,
-                |pos| {
-                    let (m, rest) =
-                        postcard::take_from_bytes::<ConsoleMsg>(&src[*pos..]).expect("postcard");
-                    *pos = src.len() - rest.len();
-                    black_box((m.id, m.cmd.as_str(), m.text.as_str()));
-                    black_box(m);
-                },
-            )
-        });
+        case(
+            &mut suite,
+            "postcard-console-decode",
+            NS,
+            Better::Lower,
+            move || {
+                per_op_with(
+                    min,
+                    BATCH,
+                    &mut 0usize,
+                    |pos| *pos = 0,
+                    |pos| {
+                        let (m, rest) = postcard::take_from_bytes::<ConsoleMsg>(&src[*pos..])
+                            .expect("postcard");
+                        *pos = src.len() - rest.len();
+                        black_box((m.id, m.cmd.as_str(), m.text.as_str()));
+                        black_box(m);
+                    },
+                )
+            },
+        );
         let src = pc_batch.clone();
-        suite.case(
+        case(
+            &mut suite,
             "postcard-borrowed-console-decode",
             NS,
             Better::Lower,
@@ -325,66 +374,91 @@ fn main() {
     ));
     {
         let b = df_bytes.clone();
-        suite.case("zs-df10-decode", NS, Better::Lower, move || {
+        case(&mut suite, "zs-df10-decode", NS, Better::Lower, move || {
             per_op(min, BATCH, || {
                 black_box(DataFrame::decode(black_box(&b), &limits).expect("valid"));
             })
         });
         let b = df_bytes.clone();
-        suite.case("zs-df10-decode-read", NS, Better::Lower, move || {
-            // Decode, then read every value out as its Rust type (what postcard's
-            // decode yields): strings and bytes borrowed from the decoded DataFrame,
-            // which owns its bytes like postcard's struct owns its fields.
-            per_op(min, BATCH, || {
-                let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
-                let mut r = d.reader();
-                black_box(r.read_u32().expect("u32"));
-                black_box(r.read_i64().expect("i64"));
-                black_box(r.read_f64().expect("f64"));
-                black_box(r.read_bool().expect("bool"));
-                black_box(r.read_str().expect("str"));
-                black_box(r.read_str().expect("str"));
-                black_box(r.read_slice().expect("bytes"));
-                black_box(r.read_i16().expect("i16"));
-                black_box(r.read_u8().expect("u8"));
-                black_box(r.read_f32().expect("f32"));
-            })
-        });
+        case(
+            &mut suite,
+            "zs-df10-decode-read",
+            NS,
+            Better::Lower,
+            move || {
+                // Decode, then read every value out as its Rust type (what postcard's
+                // decode yields): strings and bytes borrowed from the decoded DataFrame,
+                // which owns its bytes like postcard's struct owns its fields.
+                per_op(min, BATCH, || {
+                    let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
+                    let mut r = d.reader();
+                    black_box(r.read_u32().expect("u32"));
+                    black_box(r.read_i64().expect("i64"));
+                    black_box(r.read_f64().expect("f64"));
+                    black_box(r.read_bool().expect("bool"));
+                    black_box(r.read_str().expect("str"));
+                    black_box(r.read_str().expect("str"));
+                    black_box(r.read_slice().expect("bytes"));
+                    black_box(r.read_i16().expect("i16"));
+                    black_box(r.read_u8().expect("u8"));
+                    black_box(r.read_f32().expect("f32"));
+                })
+            },
+        );
         let b = df_bytes.clone();
-        suite.case("zs-df10-decode-read-owned", NS, Better::Lower, move || {
-            // The same, strings and bytes taken out as owned `Text` / `Bytes` values
-            // that outlive the DataFrame.
-            per_op(min, BATCH, || {
-                let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
-                let mut r = d.reader();
-                black_box(r.read_u32().expect("u32"));
-                black_box(r.read_i64().expect("i64"));
-                black_box(r.read_f64().expect("f64"));
-                black_box(r.read_bool().expect("bool"));
-                black_box(r.read_text().expect("str"));
-                black_box(r.read_text().expect("str"));
-                black_box(r.read_bytes().expect("bytes"));
-                black_box(r.read_i16().expect("i16"));
-                black_box(r.read_u8().expect("u8"));
-                black_box(r.read_f32().expect("f32"));
-            })
-        });
+        case(
+            &mut suite,
+            "zs-df10-decode-read-owned",
+            NS,
+            Better::Lower,
+            move || {
+                // The same, strings and bytes taken out as owned `Text` / `Bytes` values
+                // that outlive the DataFrame.
+                per_op(min, BATCH, || {
+                    let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
+                    let mut r = d.reader();
+                    black_box(r.read_u32().expect("u32"));
+                    black_box(r.read_i64().expect("i64"));
+                    black_box(r.read_f64().expect("f64"));
+                    black_box(r.read_bool().expect("bool"));
+                    black_box(r.read_text().expect("str"));
+                    black_box(r.read_text().expect("str"));
+                    black_box(r.read_bytes().expect("bytes"));
+                    black_box(r.read_i16().expect("i16"));
+                    black_box(r.read_u8().expect("u8"));
+                    black_box(r.read_f32().expect("f32"));
+                })
+            },
+        );
         let b = df_bytes.clone();
-        suite.case("zs-df10-decode-index", NS, Better::Lower, move || {
-            // Decode, then random access: builds the vector of values.
-            per_op(min, BATCH, || {
-                let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
-                black_box(d.get(9));
-            })
-        });
+        case(
+            &mut suite,
+            "zs-df10-decode-index",
+            NS,
+            Better::Lower,
+            move || {
+                // Decode, then random access: builds the vector of values.
+                per_op(min, BATCH, || {
+                    let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
+                    black_box(d.get(9));
+                })
+            },
+        );
         let b = pc_bytes.clone();
-        suite.case("postcard-df10-decode", NS, Better::Lower, move || {
-            per_op(min, BATCH, || {
-                black_box(postcard::from_bytes::<Mixed>(black_box(&b)).expect("valid"));
-            })
-        });
+        case(
+            &mut suite,
+            "postcard-df10-decode",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, BATCH, || {
+                    black_box(postcard::from_bytes::<Mixed>(black_box(&b)).expect("valid"));
+                })
+            },
+        );
         let b = pc_bytes.clone();
-        suite.case(
+        case(
+            &mut suite,
             "postcard-borrowed-df10-decode",
             NS,
             Better::Lower,
@@ -395,50 +469,80 @@ fn main() {
             },
         );
         let b = rk_bytes.clone();
-        suite.case("rkyv-df10-access", NS, Better::Lower, move || {
-            per_op(min, BATCH, || {
-                black_box(
-                    rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(black_box(&b))
-                        .expect("valid"),
-                );
-            })
-        });
+        case(
+            &mut suite,
+            "rkyv-df10-access",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, BATCH, || {
+                    black_box(
+                        rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(black_box(&b))
+                            .expect("valid"),
+                    );
+                })
+            },
+        );
         let b = rk_bytes.clone();
-        suite.case("rkyv-df10-deserialize", NS, Better::Lower, move || {
-            per_op(min, BATCH, || {
-                let a = rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(black_box(&b))
-                    .expect("valid");
-                black_box(rkyv::deserialize::<Mixed, rkyv::rancor::Error>(a).expect("valid"));
-            })
-        });
+        case(
+            &mut suite,
+            "rkyv-df10-deserialize",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, BATCH, || {
+                    let a = rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(black_box(&b))
+                        .expect("valid");
+                    black_box(rkyv::deserialize::<Mixed, rkyv::rancor::Error>(a).expect("valid"));
+                })
+            },
+        );
         let d = df.clone();
         let mut out = BytesMut::with_capacity(256);
-        suite.case("zs-df10-roundtrip", NS, Better::Lower, move || {
-            per_op(min, BATCH, || {
-                out.clear();
-                black_box(&d).encode(&mut out);
-                let b = out.split().freeze();
-                black_box(DataFrame::decode(&b, &limits).expect("valid"));
-            })
-        });
+        case(
+            &mut suite,
+            "zs-df10-roundtrip",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, BATCH, || {
+                    out.clear();
+                    black_box(&d).encode(&mut out);
+                    let b = out.split().freeze();
+                    black_box(DataFrame::decode(&b, &limits).expect("valid"));
+                })
+            },
+        );
         let mm = mixed();
         let mut out = vec![0u8; 256];
-        suite.case("postcard-df10-roundtrip", NS, Better::Lower, move || {
-            per_op(min, BATCH, || {
-                let n = postcard::to_slice(black_box(&mm), &mut out)
-                    .expect("postcard")
-                    .len();
-                black_box(postcard::from_bytes::<Mixed>(&out[..n]).expect("valid"));
-            })
-        });
+        case(
+            &mut suite,
+            "postcard-df10-roundtrip",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, BATCH, || {
+                    let n = postcard::to_slice(black_box(&mm), &mut out)
+                        .expect("postcard")
+                        .len();
+                    black_box(postcard::from_bytes::<Mixed>(&out[..n]).expect("valid"));
+                })
+            },
+        );
         let mm = mixed();
-        suite.case("rkyv-df10-roundtrip", NS, Better::Lower, move || {
-            per_op(min, BATCH, || {
-                let b = rkyv::to_bytes::<rkyv::rancor::Error>(black_box(&mm)).expect("rkyv");
-                let a = rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(&b).expect("valid");
-                black_box(rkyv::deserialize::<Mixed, rkyv::rancor::Error>(a).expect("valid"));
-            })
-        });
+        case(
+            &mut suite,
+            "rkyv-df10-roundtrip",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, BATCH, || {
+                    let b = rkyv::to_bytes::<rkyv::rancor::Error>(black_box(&mm)).expect("rkyv");
+                    let a = rkyv::access::<ArchivedMixed, rkyv::rancor::Error>(&b).expect("valid");
+                    black_box(rkyv::deserialize::<Mixed, rkyv::rancor::Error>(a).expect("valid"));
+                })
+            },
+        );
     }
 
     // ---- 1 MiB bytes value --------------------------------------------------------
@@ -457,14 +561,14 @@ fn main() {
     let rk_large = rkyv::to_bytes::<rkyv::rancor::Error>(&large).expect("rkyv");
     {
         let w = big_wire.clone();
-        suite.case("zs-1MiB-decode", NS, Better::Lower, move || {
+        case(&mut suite, "zs-1MiB-decode", NS, Better::Lower, move || {
             per_op(min, 16, || {
                 black_box(Frame::decode(black_box(&w), &config).expect("valid"));
             })
         });
         let src = big.clone();
         let mut dst = vec![0u8; MIB];
-        suite.case("memcpy-1MiB", NS, Better::Lower, move || {
+        case(&mut suite, "memcpy-1MiB", NS, Better::Lower, move || {
             per_op(min, 16, || {
                 dst.copy_from_slice(black_box(&src));
                 black_box(&dst);
@@ -473,7 +577,7 @@ fn main() {
         let f = big_frame.clone();
         let mut enc = Encoder::new(config);
         let mut out = BytesMut::with_capacity(MIB + 64);
-        suite.case("zs-1MiB-encode", NS, Better::Lower, move || {
+        case(&mut suite, "zs-1MiB-encode", NS, Better::Lower, move || {
             per_op(min, 16, || {
                 out.clear();
                 enc.encode(black_box(&f), &mut out).expect("encodes");
@@ -481,20 +585,32 @@ fn main() {
             })
         });
         let b = pc_large.clone();
-        suite.case("postcard-1MiB-decode", NS, Better::Lower, move || {
-            per_op(min, 16, || {
-                black_box(postcard::from_bytes::<Large>(black_box(&b)).expect("valid"));
-            })
-        });
+        case(
+            &mut suite,
+            "postcard-1MiB-decode",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, 16, || {
+                    black_box(postcard::from_bytes::<Large>(black_box(&b)).expect("valid"));
+                })
+            },
+        );
         let b = rk_large.clone();
-        suite.case("rkyv-1MiB-access", NS, Better::Lower, move || {
-            per_op(min, 16, || {
-                black_box(
-                    rkyv::access::<ArchivedLarge, rkyv::rancor::Error>(black_box(&b))
-                        .expect("valid"),
-                );
-            })
-        });
+        case(
+            &mut suite,
+            "rkyv-1MiB-access",
+            NS,
+            Better::Lower,
+            move || {
+                per_op(min, 16, || {
+                    black_box(
+                        rkyv::access::<ArchivedLarge, rkyv::rancor::Error>(black_box(&b))
+                            .expect("valid"),
+                    );
+                })
+            },
+        );
     }
 
     suite.run();

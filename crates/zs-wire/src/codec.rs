@@ -111,9 +111,103 @@ fn finish(h: Header, body: Bytes, config: &Config) -> Result<Frame, DecodeError>
     } else {
         body
     };
+    // The text kinds (every console call and its answer) are built straight
+    // into the frame returned; anything unusual takes the general parser below,
+    // which reports the exact error.
+    let body = match text_frame(h, body, &config.limits) {
+        Ok(Ok(f)) => return Ok(f),
+        Ok(Err((id, e))) => return Err(bad(id, e)),
+        Err(body) => body,
+    };
     // Read before `body` moves into the parser (no reference-count update).
     let id = leading_id(h.kind, &body);
     Frame::decode_body(h.kind, body, &config.limits).map_err(|e| bad(id, e))
+}
+
+/// Reads a varint at `*p` of `b` (any error: `None`).
+#[inline(always)]
+fn varint_at(b: &[u8], p: &mut usize) -> Option<u64> {
+    let rest = b.get(*p..)?;
+    let (v, n) = match varint_fast(rest) {
+        Some(vn) => vn,
+        None => match get_varint(rest) {
+            Ok(Varint::Done(v, n)) => (v, n),
+            _ => return None,
+        },
+    };
+    *p += n;
+    Some(v)
+}
+
+/// The fast path of the text kinds (`Console`, `ConsoleResponse`,
+/// `DirectConsole`): the fields parsed from the body and the frame built once,
+/// in place (`Ok(Ok(frame))`), or the one error this path reports itself
+/// (`Ok(Err((id, error)))`: invalid UTF-8 in the text, after every other field
+/// read).
+/// Gives the body back (for the general parser, which finds and reports the
+/// error) for any other kind, a compressed body, or any other error.
+#[inline(always)]
+fn text_frame(
+    h: Header,
+    body: Bytes,
+    limits: &crate::Limits,
+) -> Result<Result<Frame, (Option<u64>, WireError)>, Bytes> {
+    if h.compressed
+        || !matches!(
+            h.kind,
+            FrameKind::Console | FrameKind::ConsoleResponse | FrameKind::DirectConsole
+        )
+    {
+        return Err(body);
+    }
+    let b: &[u8] = &body;
+    let mut p = 0;
+    let id = if h.kind == FrameKind::DirectConsole {
+        0
+    } else {
+        match varint_at(b, &mut p) {
+            Some(id) => id,
+            None => return Err(body),
+        }
+    };
+    let cmd = if h.kind == FrameKind::ConsoleResponse {
+        None
+    } else {
+        let Some(n) = varint_at(b, &mut p) else {
+            return Err(body);
+        };
+        if n > limits.max_name as u64 || n as usize > b.len() - p {
+            return Err(body);
+        }
+        let (s, e) = (p, p + n as usize);
+        match crate::Text::from_utf8_slice(&b[s..e], || body.slice(s..e)) {
+            Ok(t) => {
+                p = e;
+                Some(t)
+            }
+            Err(_) => return Err(body),
+        }
+    };
+    if b.len() - p > limits.max_string {
+        return Err(body);
+    }
+    // The text is the rest of the body: the body's own handle, moved (no
+    // reference-count update). Invalid UTF-8 there is the one error left, and
+    // it is exactly the general parser's.
+    let mut body = body;
+    body.advance(p);
+    let text = match crate::Text::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => {
+            let id = (h.kind != FrameKind::DirectConsole).then_some(id);
+            return Ok(Err((id, e)));
+        }
+    };
+    Ok(Ok(match (h.kind, cmd) {
+        (FrameKind::Console, Some(cmd)) => Frame::Console { id, cmd, text },
+        (FrameKind::DirectConsole, Some(cmd)) => Frame::DirectConsole { cmd, text },
+        _ => Frame::ConsoleResponse { id, text },
+    }))
 }
 
 fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {
@@ -185,8 +279,7 @@ impl Decoder {
     /// may go on; after any other error it must not.
     #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        self.decode_recoverable(buf)
-            .map_err(DecodeError::into_error)
+        self.decode_as(buf)
     }
 
     /// Like [`decode`](Decoder::decode), but says whether the decoder is still in
@@ -217,8 +310,18 @@ impl Decoder {
     /// assert_eq!(dec.decode_recoverable(&mut buf), Ok(Some(Frame::Keepalive)));
     /// ```
     pub fn decode_recoverable(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-        let Some(h) = parse_header(buf, &self.config).map_err(DecodeError::Fatal)? else {
-            return Ok(None);
+        self.decode_as(buf)
+    }
+
+    /// [`decode_recoverable`](Decoder::decode_recoverable) with the error
+    /// converted where it is made, so the frame is returned without being
+    /// moved from one `Result` into another.
+    #[inline(always)]
+    fn decode_as<E: From<DecodeError>>(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, E> {
+        let h = match parse_header(buf, &self.config) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(E::from(DecodeError::Fatal(e))),
         };
         let total = h.header_len + h.body_len;
         if buf.len() < total {
@@ -229,7 +332,10 @@ impl Decoder {
         // the header of the frozen `Bytes` is pointer arithmetic.
         let mut body = buf.split_to(total).freeze();
         body.advance(h.header_len);
-        finish(h, body, &self.config).map(Some)
+        match finish(h, body, &self.config) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => Err(E::from(e)),
+        }
     }
 }
 
@@ -555,5 +661,123 @@ impl Frame {
         let mut out = BytesMut::new();
         Encoder::new(*config).encode(self, &mut out)?;
         Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Limits;
+    use proptest::prelude::*;
+
+    /// What the general parser makes of a body (the reference for the fast
+    /// path of the text kinds).
+    fn general(h: Header, body: Bytes, config: &Config) -> Result<Frame, DecodeError> {
+        let id = leading_id(h.kind, &body);
+        Frame::decode_body(h.kind, body, &config.limits).map_err(|error| DecodeError::BadBody {
+            kind: h.kind,
+            id,
+            frame_len: h.header_len + h.body_len,
+            error,
+        })
+    }
+
+    fn header(kind: FrameKind, body: &[u8]) -> Header {
+        Header {
+            kind,
+            compressed: false,
+            header_len: 3,
+            body_len: body.len(),
+        }
+    }
+
+    const TEXT_KINDS: [FrameKind; 3] = [
+        FrameKind::Console,
+        FrameKind::ConsoleResponse,
+        FrameKind::DirectConsole,
+    ];
+
+    #[test]
+    fn text_kinds_take_the_fast_path_and_build_the_same_frames() {
+        let config = Config::default();
+        let long = "y".repeat(100);
+        for (name, text) in [("echo", "hi"), ("", ""), ("é名", long.as_str())] {
+            for f in [
+                Frame::Console {
+                    id: 300,
+                    cmd: crate::Text::from(name),
+                    text: crate::Text::from(text),
+                },
+                Frame::ConsoleResponse {
+                    id: 1 << 40,
+                    text: crate::Text::from(text),
+                },
+                Frame::DirectConsole {
+                    cmd: crate::Text::from(name),
+                    text: crate::Text::from(text),
+                },
+            ] {
+                let mut wire = BytesMut::from(&f.to_bytes(&config).unwrap()[..]);
+                let h = parse_header(&wire, &config).unwrap().unwrap();
+                let body = Bytes::copy_from_slice(&wire[h.header_len..]);
+                // The fast path answers by itself (it does not fall back)...
+                assert!(matches!(
+                    text_frame(h, body.clone(), &config.limits),
+                    Ok(Ok(ref g)) if *g == f
+                ));
+                // ...and the decoder returns the frame.
+                assert_eq!(Decoder::new(config).decode(&mut wire).unwrap(), Some(f));
+            }
+        }
+    }
+
+    #[test]
+    fn text_kind_errors_are_the_general_parsers() {
+        let config = Config {
+            limits: Limits {
+                max_name: 4,
+                max_string: 8,
+                ..Limits::default()
+            },
+            ..Config::default()
+        };
+        let cases: [&[u8]; 9] = [
+            &[],                                                           // no id
+            &[0x80],                                                       // truncated id
+            &[0x80, 0x00],                                                 // non-canonical id
+            &[7, 5, b'a', b'b', b'c', b'd', b'e'],                         // name too long
+            &[7, 3, b'a'],                                                 // truncated name
+            &[7, 1, 0xff, b'x'],                                           // name not UTF-8
+            &[7, 1, b'a', 0xc3],                                           // text not UTF-8
+            &[7, 0, b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'8'], // text too long
+            &[7, 2, 0xc3, 0xa9, b'o', b'k'],                               // valid
+        ];
+        for kind in TEXT_KINDS {
+            for body in cases {
+                let h = header(kind, body);
+                let want = general(h, Bytes::copy_from_slice(body), &config);
+                let got = finish(h, Bytes::copy_from_slice(body), &config);
+                assert_eq!(got, want, "{kind:?} {body:?}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_agrees_with_the_general_parser(
+            k in 0usize..3,
+            body in proptest::collection::vec(any::<u8>(), 0..40),
+            max_name in 0usize..8,
+            max_string in 0usize..40,
+        ) {
+            let config = Config {
+                limits: Limits { max_name, max_string, ..Limits::default() },
+                ..Config::default()
+            };
+            let h = header(TEXT_KINDS[k], &body);
+            let want = general(h, Bytes::from(body.clone()), &config);
+            let got = finish(h, Bytes::from(body), &config);
+            prop_assert_eq!(got, want);
+        }
     }
 }

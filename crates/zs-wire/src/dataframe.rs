@@ -631,8 +631,11 @@ fn build_values(bytes: &Bytes) -> Vec<Value> {
     values
 }
 
-/// Builds the value at the cursor (validated bytes).
-#[inline]
+/// Builds the value at the cursor (validated bytes). Inlined into the loop
+/// that pushes it: built apart and then copied into the vector, the value's
+/// narrow stores are read back by wide loads that cannot be forwarded (a
+/// store-forwarding stall per value, most of `build_values`' time by `perf`).
+#[inline(always)]
 fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
     let l = &UNLIMITED;
     let t = cur.u8("value tag")?;
