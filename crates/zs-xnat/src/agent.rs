@@ -19,7 +19,7 @@ use zs_crypto::session::ClientConfig as CryptoClient;
 
 use crate::config::{ClientConfig, ClientService};
 use crate::proto::{self, Decoder, Msg};
-use crate::pump::{pump, End};
+use crate::pump::{carry, End, Side};
 use crate::relay::Reload;
 use crate::secure::SecureConn;
 use crate::stats::{inc, AgentStats};
@@ -74,6 +74,7 @@ impl Agent {
     /// An agent for `cfg` (nothing happens until [`Agent::run`]).
     pub fn new(cfg: ClientConfig) -> Agent {
         let crypto = Arc::new(CryptoClient::pinned(cfg.relay_fingerprint));
+        crate::pump::warn_if_plaintext("agent", cfg.data_encryption);
         let services = cfg
             .services
             .iter()
@@ -462,12 +463,12 @@ impl Agent {
         }
         inc(&stats.forwarded);
         debug!(%service, %peer, "xnat agent: carrying a public connection");
-        let (sr, sw, rest) = conn.split();
-        match pump(
+        match carry(
+            Side::Agent,
+            self.inner.cfg.data_encryption,
             local,
-            sr,
-            sw,
-            rest,
+            conn,
+            CONNECT_TIMEOUT,
             None,
             &[&stats.bytes_down],
             &[&stats.bytes_up],
