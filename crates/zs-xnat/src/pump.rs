@@ -456,9 +456,10 @@ mod tests {
             let mid = async {
                 if buffered {
                     let touch = || {};
+                    let (u, d) = ([&up], [&down]);
                     tokio::try_join!(
-                        plain::buffered_copy(&x, &y, &[&up], &touch),
-                        plain::buffered_copy(&y, &x, &[&down], &touch)
+                        plain::buffered_copy(&x, &y, &u, &touch),
+                        plain::buffered_copy(&y, &x, &d, &touch)
                     )
                     .map(|_| End::Done)
                     .unwrap_or_else(End::Error)
