@@ -317,8 +317,20 @@ fn nginx(dir: &Path) -> Option<(Proc, u16)> {
 /// counts each request from its scheduled start (no coordinated omission).
 fn oha(bin: &Path, port: u16, rate: u32, secs: u32, pids: &[u32]) -> (f64, f64, f64, u64) {
     let child = Command::new(bin)
-        .args(["--no-tui", "--output-format", "json", "--latency-correction"])
-        .args(["-c", "50", "-q", &rate.to_string(), "-z", &format!("{secs}s")])
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "--latency-correction",
+        ])
+        .args([
+            "-c",
+            "50",
+            "-q",
+            &rate.to_string(),
+            "-z",
+            &format!("{secs}s"),
+        ])
         .arg(format!("http://127.0.0.1:{port}/"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -525,12 +537,9 @@ fn main() {
                             move || c3.get().0,
                         );
                         if rate == 1000 && t.tunnel.is_some() {
-                            suite.case(
-                                &format!("{name}_rss"),
-                                "kib",
-                                Better::Lower,
-                                move || cell.get().1,
-                            );
+                            suite.case(&format!("{name}_rss"), "kib", Better::Lower, move || {
+                                cell.get().1
+                            });
                         }
                     }
                 }
@@ -555,7 +564,11 @@ fn main() {
     suite.ratio("xnat_vs_direct_8", "xnat_8", "direct_8");
     suite.ratio("http_vs_rathole", "xnat_http", "rathole_noise_http");
     suite.ratio("p99_vs_rathole", "xnat_p99_4000", "rathole_noise_p99_4000");
-    suite.ratio("p99_vs_rathole_1000", "xnat_p99_1000", "rathole_noise_p99_1000");
+    suite.ratio(
+        "p99_vs_rathole_1000",
+        "xnat_p99_1000",
+        "rathole_noise_p99_1000",
+    );
     suite.ratio("rss_vs_rathole", "xnat_rss", "rathole_noise_rss");
     // Plaintext against plaintext.
     suite.ratio("plain_vs_rathole", "xnat_plain_1", "rathole_1");
@@ -564,7 +577,11 @@ fn main() {
     suite.ratio("plain_vs_direct_8", "xnat_plain_8", "direct_8");
     suite.ratio("plain_vs_bore", "xnat_plain_1", "bore_1");
     suite.ratio("http_plain_vs_rathole", "xnat_plain_http", "rathole_http");
-    suite.ratio("p99_plain_vs_rathole", "xnat_plain_p99_4000", "rathole_p99_4000");
+    suite.ratio(
+        "p99_plain_vs_rathole",
+        "xnat_plain_p99_4000",
+        "rathole_p99_4000",
+    );
     suite.ratio("rss_plain_vs_rathole", "xnat_plain_rss", "rathole_rss");
     suite.finish();
 }

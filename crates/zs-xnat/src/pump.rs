@@ -296,10 +296,10 @@ mod plain {
         socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
     }
 
-    #[cfg(target_os = "linux")]
-    pub(super) use splice_copy as copy;
     #[cfg(not(target_os = "linux"))]
     pub(super) use buffered_copy as copy;
+    #[cfg(target_os = "linux")]
+    pub(super) use splice_copy as copy;
 
     /// Linux: socket -> pipe -> socket, the pages never enter user space.
     #[cfg(target_os = "linux")]
@@ -481,11 +481,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn vectored_writes_deliver_every_slice_in_order() {
         let data = pattern(200_000);
-        let cuts = [0usize, 1, 2, 700, 701, 5000, 65_536, 65_537, 100_000, 199_999];
-        let mut slices: Vec<&[u8]> = cuts
-            .windows(2)
-            .map(|w| &data[w[0]..w[1]])
-            .collect();
+        let cuts = [
+            0usize, 1, 2, 700, 701, 5000, 65_536, 65_537, 100_000, 199_999,
+        ];
+        let mut slices: Vec<&[u8]> = cuts.windows(2).map(|w| &data[w[0]..w[1]]).collect();
         slices.push(&data[199_999..]);
         for _ in 0..20 {
             slices.push(&[]);
@@ -500,7 +499,9 @@ mod tests {
             b.read_to_end(&mut got).await.unwrap();
             got
         });
-        write_all_vectored(&mut a, slices.iter().copied()).await.unwrap();
+        write_all_vectored(&mut a, slices.iter().copied())
+            .await
+            .unwrap();
         drop(a);
         assert!(reader.await.unwrap() == expect);
         let (mut x, mut y) = pair().await;
@@ -511,7 +512,9 @@ mod tests {
         });
         // Many small slices: more than one writev of 16.
         let many: Vec<&[u8]> = data.chunks(999).collect();
-        write_all_vectored(&mut x, many.iter().copied()).await.unwrap();
+        write_all_vectored(&mut x, many.iter().copied())
+            .await
+            .unwrap();
         x.shutdown().await.unwrap();
         drop(x);
         assert!(reader.await.unwrap() == data);
@@ -714,9 +717,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.unwrap().data_encryption, DataEncryption::Session);
         let agent = "[client]\nremote_addr = \"127.0.0.1:1\"\nrelay_fingerprint = \"sha3-256:0000000000000000000000000000000000000000000000000000000000000000\"\n";
-        let c = parse(&format!("{agent}[client.transport]\nencryption = \"none\"\n")).unwrap();
+        let c = parse(&format!(
+            "{agent}[client.transport]\nencryption = \"none\"\n"
+        ))
+        .unwrap();
         assert_eq!(c.client.unwrap().data_encryption, DataEncryption::None);
-        let e = parse(&format!("{agent}[client.transport]\nencryption = \"off\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{agent}[client.transport]\nencryption = \"off\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "client.transport.encryption");
         assert!(e.message.contains("\"none\""), "{}", e.message);
         let e = parse(&format!("{relay}[server.transport]\nencryption = 0\n")).unwrap_err();
