@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::secure::{SecureRead, SecureWrite, READ_BUF};
+use crate::secure::{grow, SecureRead, SecureWrite, READ_MIN};
 
 /// How a pump ended.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub(crate) async fn pump(
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let (mut pr, mut pw) = plain.into_split();
     let a = async {
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = vec![0u8; READ_MIN];
         loop {
             let n = pr.read(&mut buf).await?;
             if n == 0 {
@@ -47,6 +47,7 @@ pub(crate) async fn pump(
                 return Ok::<(), io::Error>(());
             }
             sw.write(&buf[..n]).await?;
+            grow(&mut buf, n);
             touch();
             for c in up {
                 c.fetch_add(n as u64, Ordering::Relaxed);
