@@ -149,6 +149,12 @@ struct Tunnel {
 /// (plaintext data connections; the default runs every byte through the
 /// relay-pinned session).
 fn ours(dir: &Path, iperf: u16, http: Option<u16>, plain: bool) -> Tunnel {
+    ours_with(dir, iperf, http, plain, false)
+}
+
+/// [`ours`]; `buffered`: plaintext moved by read/write instead of splice(2)
+/// (`ZS_XNAT_PLAIN_COPY=buffered`, to measure what splice buys).
+fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: bool) -> Tunnel {
     let exe = std::env::current_exe().unwrap();
     let control = free_port();
     let (pi, ph) = (free_port(), free_port());
@@ -177,14 +183,17 @@ fn ours(dir: &Path, iperf: u16, http: Option<u16>, plain: bool) -> Tunnel {
         agent += &format!("[client.services.http]\nlocal_addr = \"127.0.0.1:{h}\"\n");
     }
     std::fs::write(dir.join("agent.toml"), agent).unwrap();
+    let copy = if buffered { "buffered" } else { "splice" };
     let r = spawn(
         Command::new(&exe)
+            .env("ZS_XNAT_PLAIN_COPY", copy)
             .arg("__relay")
             .arg(dir.join("relay.toml")),
     );
     wait_port(control, "zs-xnat relay");
     let a = spawn(
         Command::new(&exe)
+            .env("ZS_XNAT_PLAIN_COPY", copy)
             .arg("__agent")
             .arg(dir.join("agent.toml")),
     );
@@ -375,10 +384,11 @@ fn rss_kb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// A tunnel under test: its case-name prefix and what it promises.
+/// A tunnel under test: its case-name prefix; `bulk_only`: iperf3 cases only.
 struct Entry {
     name: &'static str,
     tunnel: Option<std::rc::Rc<Tunnel>>,
+    bulk_only: bool,
 }
 
 fn main() {
@@ -427,24 +437,40 @@ fn main() {
         Entry {
             name: "direct",
             tunnel: None,
+            bulk_only: false,
         },
         Entry {
             name: "xnat",
             tunnel: Some(rc(ours(&sub("ours"), iperf_port, http, false))),
+            bulk_only: false,
         },
         Entry {
             name: "xnat_plain",
             tunnel: Some(rc(ours(&sub("ours-plain"), iperf_port, http, true))),
+            bulk_only: false,
+        },
+        Entry {
+            name: "xnat_plain_rw",
+            tunnel: Some(rc(ours_with(
+                &sub("ours-plain-rw"),
+                iperf_port,
+                None,
+                true,
+                true,
+            ))),
+            bulk_only: true,
         },
     ];
     if let Some(b) = &rh_bin {
         tunnels.push(Entry {
             name: "rathole_noise",
             tunnel: Some(rc(rathole(b, &sub("rh-noise"), iperf_port, http, true))),
+            bulk_only: false,
         });
         tunnels.push(Entry {
             name: "rathole",
             tunnel: Some(rc(rathole(b, &sub("rh-tcp"), iperf_port, http, false))),
+            bulk_only: false,
         });
     } else {
         suite.note("rathole not in target/peers/bin: run `cargo xtask bench xnat` (installs it)");
@@ -453,6 +479,7 @@ fn main() {
         tunnels.push(Entry {
             name: "bore",
             tunnel: Some(rc(bore(&b, iperf_port))),
+            bulk_only: false,
         });
     } else {
         suite.note("bore not in target/peers/bin");
@@ -487,7 +514,7 @@ fn main() {
     let oha_bin = peers_bin("oha");
     let mut failed_notes: Vec<std::rc::Rc<std::cell::Cell<u64>>> = Vec::new();
     if let Some(h) = http {
-        for t in &tunnels {
+        for t in tunnels.iter().filter(|t| !t.bulk_only) {
             let Some(p) = t.tunnel.as_ref().map_or(Some(h), |t| t.http_port) else {
                 continue;
             };
@@ -501,7 +528,7 @@ fn main() {
         match &oha_bin {
             Some(ob) => {
                 for rate in [1000u32, 4000] {
-                    for t in &tunnels {
+                    for t in tunnels.iter().filter(|t| !t.bulk_only) {
                         let Some(p) = t.tunnel.as_ref().map_or(Some(h), |t| t.http_port) else {
                             continue;
                         };
@@ -576,6 +603,8 @@ fn main() {
     suite.ratio("plain_vs_direct", "xnat_plain_1", "direct_1");
     suite.ratio("plain_vs_direct_8", "xnat_plain_8", "direct_8");
     suite.ratio("plain_vs_bore", "xnat_plain_1", "bore_1");
+    suite.ratio("splice_vs_rw", "xnat_plain_1", "xnat_plain_rw_1");
+    suite.ratio("splice_vs_rw_8", "xnat_plain_8", "xnat_plain_rw_8");
     suite.ratio("http_plain_vs_rathole", "xnat_plain_http", "rathole_http");
     suite.ratio(
         "p99_plain_vs_rathole",

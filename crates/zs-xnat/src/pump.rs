@@ -297,10 +297,28 @@ mod plain {
         socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
     }
 
-    #[cfg(not(target_os = "linux"))]
-    pub(super) use buffered_copy as copy;
+    /// `ZS_XNAT_PLAIN_COPY=buffered` in the environment makes Linux use
+    /// the portable copy too: a diagnostic switch, read once, so the bench
+    /// can measure what `splice(2)` buys (`xnat_plain_rw` cases).
     #[cfg(target_os = "linux")]
-    pub(super) use splice_copy as copy;
+    fn force_buffered() -> bool {
+        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *F.get_or_init(|| std::env::var("ZS_XNAT_PLAIN_COPY").is_ok_and(|v| v == "buffered"))
+    }
+
+    /// One direction: `splice(2)` on Linux, the buffered copy elsewhere.
+    pub(super) async fn copy(
+        from: &TcpStream,
+        to: &TcpStream,
+        counters: &[&AtomicU64],
+        touch: &impl Fn(),
+    ) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if !force_buffered() {
+            return splice_copy(from, to, counters, touch).await;
+        }
+        buffered_copy(from, to, counters, touch).await
+    }
 
     /// Linux: socket -> pipe -> socket, the pages never enter user space.
     #[cfg(target_os = "linux")]
@@ -348,15 +366,14 @@ mod plain {
         }
     }
 
-    /// Other systems (and a test on Linux): one reused buffer.
-    #[cfg_attr(target_os = "linux", allow(dead_code))]
+    /// Other systems (and `ZS_XNAT_PLAIN_COPY=buffered`): one reused buffer.
     pub(super) async fn buffered_copy(
         from: &TcpStream,
         to: &TcpStream,
         counters: &[&AtomicU64],
         touch: &impl Fn(),
     ) -> io::Result<()> {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; crate::secure::READ_MIN];
         loop {
             let n = loop {
                 from.readable().await?;
@@ -370,6 +387,7 @@ mod plain {
                 return shutdown_write(to);
             }
             let mut at = 0;
+            let full = n == buf.len();
             while at < n {
                 to.writable().await?;
                 match to.try_write(&buf[at..n]) {
@@ -382,6 +400,9 @@ mod plain {
             touch();
             for c in counters {
                 c.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if full {
+                crate::secure::grow(&mut buf, n);
             }
         }
     }
