@@ -1,7 +1,16 @@
-//! `cargo xtask bench xnat`: bulk throughput (iperf3, 1 and 8 streams) and
-//! closed-loop HTTP (wrk against nginx) through zs-xnat, rathole (plain `tcp`
-//! and encrypted `noise` transports) and bore,
-//! next to direct loopback, in alternating rounds; then relay + agent RSS.
+//! `cargo xtask bench xnat`: zs-xnat against direct loopback, rathole and
+//! bore, in alternating rounds (after one warm-up pass through every tunnel):
+//! bulk throughput (iperf3, 1 and 8 streams), closed-loop HTTP (wrk, 10
+//! connections, against nginx `return 200`), open-loop HTTP latency (oha at
+//! 1000 and 4000 req/s, 50 connections, `--latency-correction`, p50/p99), and
+//! relay + agent RSS sampled halfway through the 1000 req/s run.
+//!
+//! Like with like, named in the output: our default (every byte inside the
+//! relay-pinned zs-crypto session) against rathole `noise` (encrypted, server
+//! key pinned): `xnat_vs_rathole`, `http_vs_rathole`, `p99_vs_rathole`,
+//! `rss_vs_rathole`; our plaintext opt-out (`encryption = "none"`, splice)
+//! against rathole `tcp` and bore (both plaintext): `plain_vs_*`. `xnat_plain_rw`
+//! is the plaintext path with read/write instead of splice (`splice_vs_rw`).
 //!
 //! Every tunnel runs as its own processes (ours: this binary re-executed
 //! with `__relay CONFIG` / `__agent CONFIG`, so no `zs` build is needed).
@@ -653,10 +662,11 @@ fn soak(requests: u64) -> i32 {
             break st;
         }
         if start.elapsed() >= next {
-            let rss: f64 = tunnel.procs.iter().map(|p| p.rss_kb()).sum();
+            let (relay, agent) = (tunnel.procs[0].rss_kb(), tunnel.procs[1].rss_kb());
+            let rss = relay + agent;
             peak = peak.max(rss);
             println!(
-                "soak: {:>5.0} s  relay+agent RSS {rss:.0} KiB",
+                "soak: {:>5.0} s  RSS relay {relay:.0} KiB + agent {agent:.0} KiB = {rss:.0} KiB",
                 start.elapsed().as_secs_f64()
             );
             next += std::time::Duration::from_secs(10);
