@@ -285,10 +285,12 @@ mod plain {
     use std::io;
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    #[cfg(target_os = "linux")]
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    /// Bytes moved per splice call / read (and the pipe's capacity on Linux).
+    /// Bytes moved per splice call (the pipe's capacity).
+    #[cfg(target_os = "linux")]
     pub(super) const CHUNK: usize = 256 * 1024;
 
     fn shutdown_write(s: &TcpStream) -> io::Result<()> {
