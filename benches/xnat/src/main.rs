@@ -365,9 +365,16 @@ fn oha(bin: &Path, port: u16, rate: u32, secs: u32, pids: &[u32]) -> (f64, f64, 
             .unwrap_or(f64::NAN)
     };
     let ok: u64 = v["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    // Requests still in flight when `-z` ends are "aborted due to deadline":
+    // not failures of the tunnel.
     let failed: u64 = v["errorDistribution"]
         .as_object()
-        .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.contains("deadline"))
+                .filter_map(|(_, x)| x.as_u64())
+                .sum()
+        })
         .unwrap_or(0)
         + v["statusCodeDistribution"]
             .as_object()
@@ -521,7 +528,7 @@ fn main() {
         }
     }
     let oha_bin = peers_bin("oha");
-    let mut failed_notes: Vec<std::rc::Rc<std::cell::Cell<u64>>> = Vec::new();
+    let mut failed_notes: Vec<(String, std::rc::Rc<std::cell::Cell<u64>>)> = Vec::new();
     if let Some(h) = http {
         for t in tunnels.iter().filter(|t| !t.bulk_only) {
             let Some(p) = t.tunnel.as_ref().map_or(Some(h), |t| t.http_port) else {
@@ -548,7 +555,7 @@ fn main() {
                             .unwrap_or_default();
                         let cell = std::rc::Rc::new(std::cell::Cell::new((f64::NAN, f64::NAN)));
                         let failed = std::rc::Rc::new(std::cell::Cell::new(0u64));
-                        failed_notes.push(failed.clone());
+                        failed_notes.push((format!("{}@{rate}", t.name), failed.clone()));
                         let (c2, ob) = (cell.clone(), ob.clone());
                         let name = t.name;
                         // The p99 case runs oha; the p50 (and, at 1000 req/s,
@@ -586,9 +593,13 @@ fn main() {
         suite.note("wrk or nginx missing: HTTP cases skipped");
     }
     suite.run();
-    let failed: u64 = failed_notes.iter().map(|c| c.get()).sum();
+    let failed: Vec<String> = failed_notes
+        .iter()
+        .map(|(n, c)| format!("{n} {}", c.get()))
+        .collect();
     suite.note(format!(
-        "oha: {failed} failed or non-200 requests over all open-loop runs"
+        "oha: failed or non-200 requests (not counting those in flight at the end of a run): {}",
+        failed.join(", ")
     ));
     suite.note(
         "rss: relay + agent (or server + client) VmRSS sampled halfway through the 1000 req/s oha run",
