@@ -509,7 +509,8 @@ fn main() {
     );
     // Warm-up: one short transfer and a few requests through each tunnel
     // (pools filled, pages touched) before anything is measured.
-    for t in &tunnels {
+    // (`--quick` skips it to stay under a minute.)
+    for t in tunnels.iter().filter(|_| !opts.quick) {
         let p = t.tunnel.as_ref().map_or(iperf_port, |t| t.iperf_port);
         let _ = iperf(p, 2, 1);
         if let (Some(h), Some(_)) = (t.tunnel.as_ref().map_or(http, |t| t.http_port), &ng) {
