@@ -135,6 +135,17 @@ pub const BENCH_TOOLS: &[(&str, Tool)] = &[
         },
     ),
     (
+        "xnat",
+        Tool {
+            program: "oha",
+            source: Source::Cargo {
+                krate: "oha",
+                locked: true,
+            },
+            used_by: "bench xnat (open-loop latency at 1000 and 4000 req/s)",
+        },
+    ),
+    (
         "registry",
         Tool {
             program: "etcd",

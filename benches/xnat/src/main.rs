@@ -1,7 +1,16 @@
-//! `cargo xtask bench xnat`: bulk throughput (iperf3, 1 and 8 streams) and
-//! closed-loop HTTP (wrk against nginx) through zs-xnat, rathole (plain `tcp`
-//! and encrypted `noise` transports) and bore,
-//! next to direct loopback, in alternating rounds; then relay + agent RSS.
+//! `cargo xtask bench xnat`: zs-xnat against direct loopback, rathole and
+//! bore, in alternating rounds (after one warm-up pass through every tunnel):
+//! bulk throughput (iperf3, 1 and 8 streams), closed-loop HTTP (wrk, 10
+//! connections, against nginx `return 200`), open-loop HTTP latency (oha at
+//! 1000 and 4000 req/s, 50 connections, `--latency-correction`, p50/p99), and
+//! relay + agent RSS sampled halfway through the 1000 req/s run.
+//!
+//! Like with like, named in the output: our default (every byte inside the
+//! relay-pinned zs-crypto session) against rathole `noise` (encrypted, server
+//! key pinned): `xnat_vs_rathole`, `http_vs_rathole`, `p99_vs_rathole`,
+//! `rss_vs_rathole`; our plaintext opt-out (`encryption = "none"`, splice)
+//! against rathole `tcp` and bore (both plaintext): `plain_vs_*`. `xnat_plain_rw`
+//! is the plaintext path with read/write instead of splice (`splice_vs_rw`).
 //!
 //! Every tunnel runs as its own processes (ours: this binary re-executed
 //! with `__relay CONFIG` / `__agent CONFIG`, so no `zs` build is needed).
@@ -145,12 +154,29 @@ struct Tunnel {
     http_port: Option<u16>,
 }
 
-fn ours(dir: &Path, iperf: u16, http: Option<u16>) -> Tunnel {
+/// Our relay + agent. `plain`: `[*.transport] encryption = "none"` on both
+/// (plaintext data connections; the default runs every byte through the
+/// relay-pinned session).
+fn ours(dir: &Path, iperf: u16, http: Option<u16>, plain: bool) -> Tunnel {
+    ours_with(dir, iperf, http, plain, false)
+}
+
+/// [`ours`]; `buffered`: plaintext moved by read/write instead of splice(2)
+/// (`ZS_XNAT_PLAIN_COPY=buffered`, to measure what splice buys).
+fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: bool) -> Tunnel {
     let exe = std::env::current_exe().unwrap();
     let control = free_port();
     let (pi, ph) = (free_port(), free_port());
+    let (st, ct) = if plain {
+        (
+            "[server.transport]\nencryption = \"none\"\n",
+            "[client.transport]\nencryption = \"none\"\n",
+        )
+    } else {
+        ("", "")
+    };
     let mut relay = format!(
-        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nidentity_file = \"relay.key\"\n\
+        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nidentity_file = \"relay.key\"\n{st}\
          [server.services.iperf]\nbind_addr = \"127.0.0.1:{pi}\"\n"
     );
     if http.is_some() {
@@ -159,25 +185,31 @@ fn ours(dir: &Path, iperf: u16, http: Option<u16>) -> Tunnel {
     std::fs::write(dir.join("relay.toml"), relay).unwrap();
     let fp = zs_xnat::relay_fingerprint_file(&dir.join("relay.toml")).unwrap();
     let mut agent = format!(
-        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nrelay_fingerprint = \"{fp}\"\n\
+        "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nrelay_fingerprint = \"{fp}\"\n{ct}\
          [client.services.iperf]\nlocal_addr = \"127.0.0.1:{iperf}\"\n"
     );
     if let Some(h) = http {
         agent += &format!("[client.services.http]\nlocal_addr = \"127.0.0.1:{h}\"\n");
     }
     std::fs::write(dir.join("agent.toml"), agent).unwrap();
+    let copy = if buffered { "buffered" } else { "splice" };
     let r = spawn(
         Command::new(&exe)
+            .env("ZS_XNAT_PLAIN_COPY", copy)
             .arg("__relay")
             .arg(dir.join("relay.toml")),
     );
     wait_port(control, "zs-xnat relay");
     let a = spawn(
         Command::new(&exe)
+            .env("ZS_XNAT_PLAIN_COPY", copy)
             .arg("__agent")
             .arg(dir.join("agent.toml")),
     );
     wait_port(pi, "zs-xnat public port");
+    if http.is_some() {
+        wait_port(ph, "zs-xnat public http port");
+    }
     Tunnel {
         procs: vec![r, a],
         iperf_port: pi,
@@ -298,6 +330,83 @@ fn nginx(dir: &Path) -> Option<(Proc, u16)> {
     Some((p, port))
 }
 
+/// One open-loop `oha` run at `rate` requests/s: (p50 ms, p99 ms, relay+agent
+/// RSS in KiB sampled halfway through, failed requests). `--latency-correction`
+/// counts each request from its scheduled start (no coordinated omission).
+fn oha(bin: &Path, port: u16, rate: u32, secs: u32, pids: &[u32]) -> (f64, f64, f64, u64) {
+    let child = Command::new(bin)
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "--latency-correction",
+        ])
+        .args([
+            "-c",
+            "50",
+            "-q",
+            &rate.to_string(),
+            "-z",
+            &format!("{secs}s"),
+        ])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("oha");
+    std::thread::sleep(Duration::from_millis(u64::from(secs) * 500));
+    let rss = pids.iter().map(|&p| rss_kb(p)).sum::<f64>();
+    let out = child.wait_with_output().expect("oha");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let pct = |k: &str| {
+        v["latencyPercentiles"][k]
+            .as_f64()
+            .map(|s| s * 1e3)
+            .unwrap_or(f64::NAN)
+    };
+    let ok: u64 = v["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    // Requests still in flight when `-z` ends are "aborted due to deadline":
+    // not failures of the tunnel.
+    let failed: u64 = v["errorDistribution"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.contains("deadline"))
+                .filter_map(|(_, x)| x.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+        + v["statusCodeDistribution"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| k.as_str() != "200")
+                    .filter_map(|(_, x)| x.as_u64())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+    if ok == 0 {
+        return (f64::NAN, f64::NAN, rss, failed);
+    }
+    (pct("p50"), pct("p99"), rss, failed)
+}
+
+fn rss_kb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A tunnel under test: its case-name prefix; `bulk_only`: iperf3 cases only.
+struct Entry {
+    name: &'static str,
+    tunnel: Option<std::rc::Rc<Tunnel>>,
+    bulk_only: bool,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 3 && args[1] == "__relay" {
@@ -314,7 +423,7 @@ fn main() {
     }
     let opts = Options::from_env();
     let secs = if opts.quick { 1 } else { 4 };
-    let mut suite = Suite::from_options("xnat", &opts, 2, 3);
+    let mut suite = Suite::from_options("xnat", &opts, 1, 3);
     assert!(
         have("iperf3"),
         "iperf3 not installed (apt-get install iperf3)"
@@ -333,110 +442,197 @@ fn main() {
     std::fs::create_dir_all(&ng_dir).unwrap();
     let ng = if have("wrk") { nginx(&ng_dir) } else { None };
     let http = ng.as_ref().map(|n| n.1);
-
-    let our_dir = root.path().join("ours");
-    std::fs::create_dir_all(&our_dir).unwrap();
-    let our = std::rc::Rc::new(ours(&our_dir, iperf_port, http));
-    let rh = peers_bin("rathole").map(|b| {
-        let d = root.path().join("rathole");
+    let sub = |name: &str| {
+        let d = root.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
-        std::rc::Rc::new(rathole(&b, &d, iperf_port, http, false))
-    });
-    let rhn = peers_bin("rathole").map(|b| {
-        let d = root.path().join("rathole-noise");
-        std::fs::create_dir_all(&d).unwrap();
-        std::rc::Rc::new(rathole(&b, &d, iperf_port, None, true))
-    });
-    let bo = peers_bin("bore").map(|b| std::rc::Rc::new(bore(&b, iperf_port)));
-    if rh.is_none() {
+        d
+    };
+    let rc = std::rc::Rc::new;
+    let rh_bin = peers_bin("rathole");
+    let mut tunnels = vec![
+        Entry {
+            name: "direct",
+            tunnel: None,
+            bulk_only: false,
+        },
+        Entry {
+            name: "xnat",
+            tunnel: Some(rc(ours(&sub("ours"), iperf_port, http, false))),
+            bulk_only: false,
+        },
+        Entry {
+            name: "xnat_plain",
+            tunnel: Some(rc(ours(&sub("ours-plain"), iperf_port, http, true))),
+            bulk_only: false,
+        },
+        Entry {
+            name: "xnat_plain_rw",
+            tunnel: Some(rc(ours_with(
+                &sub("ours-plain-rw"),
+                iperf_port,
+                None,
+                true,
+                true,
+            ))),
+            bulk_only: true,
+        },
+    ];
+    if let Some(b) = &rh_bin {
+        tunnels.push(Entry {
+            name: "rathole_noise",
+            tunnel: Some(rc(rathole(b, &sub("rh-noise"), iperf_port, http, true))),
+            bulk_only: false,
+        });
+        tunnels.push(Entry {
+            name: "rathole",
+            tunnel: Some(rc(rathole(b, &sub("rh-tcp"), iperf_port, http, false))),
+            bulk_only: false,
+        });
+    } else {
         suite.note("rathole not in target/peers/bin: run `cargo xtask bench xnat` (installs it)");
     }
-    if bo.is_none() {
+    if let Some(b) = peers_bin("bore") {
+        tunnels.push(Entry {
+            name: "bore",
+            tunnel: Some(rc(bore(&b, iperf_port))),
+            bulk_only: false,
+        });
+    } else {
         suite.note("bore not in target/peers/bin");
     }
+    suite.note(
+        "pairings: xnat (default: every byte in the relay-pinned zs-crypto session, AES-256-GCM) \
+         vs rathole_noise (Noise_NK_25519_ChaChaPoly_BLAKE2s, server key pinned); \
+         xnat_plain ([*.transport] encryption = \"none\": ticket proved inside the encrypted \
+         control session, data connections in clear, splice(2)) vs rathole (type = \"tcp\", \
+         plaintext, token sent in clear) and bore (plaintext); direct = no tunnel",
+    );
+    // Warm-up: one short transfer and a few requests through each tunnel
+    // (pools filled, pages touched) before anything is measured.
+    // (`--quick` skips it to stay under a minute.)
+    for t in tunnels.iter().filter(|_| !opts.quick) {
+        let p = t.tunnel.as_ref().map_or(iperf_port, |t| t.iperf_port);
+        let _ = iperf(p, 2, 1);
+        if let (Some(h), Some(_)) = (t.tunnel.as_ref().map_or(http, |t| t.http_port), &ng) {
+            let _ = wrk(h, 1);
+        }
+    }
     for streams in [1u32, 8] {
-        suite.case(
-            &format!("direct_{streams}"),
-            "gbit_per_s",
-            Better::Higher,
-            move || iperf(iperf_port, streams, secs),
-        );
-        let p = our.iperf_port;
-        suite.case(
-            &format!("xnat_{streams}"),
-            "gbit_per_s",
-            Better::Higher,
-            move || iperf(p, streams, secs),
-        );
-        if let Some(rh) = &rh {
-            let p = rh.iperf_port;
+        for t in &tunnels {
+            let p = t.tunnel.as_ref().map_or(iperf_port, |t| t.iperf_port);
             suite.case(
-                &format!("rathole_{streams}"),
-                "gbit_per_s",
-                Better::Higher,
-                move || iperf(p, streams, secs),
-            );
-        }
-        if let Some(rn) = &rhn {
-            let p = rn.iperf_port;
-            suite.case(
-                &format!("rathole_noise_{streams}"),
-                "gbit_per_s",
-                Better::Higher,
-                move || iperf(p, streams, secs),
-            );
-        }
-        if let Some(bo) = &bo {
-            let p = bo.iperf_port;
-            suite.case(
-                &format!("bore_{streams}"),
+                &format!("{}_{streams}", t.name),
                 "gbit_per_s",
                 Better::Higher,
                 move || iperf(p, streams, secs),
             );
         }
     }
+    let oha_bin = peers_bin("oha");
+    let mut failed_notes: Vec<(String, std::rc::Rc<std::cell::Cell<u64>>)> = Vec::new();
     if let Some(h) = http {
-        suite.case("direct_http", "req_per_s", Better::Higher, move || {
-            wrk(h, secs)
-        });
-        let p = our.http_port.unwrap();
-        suite.case("xnat_http", "req_per_s", Better::Higher, move || {
-            wrk(p, secs)
-        });
-        if let Some(rh) = &rh {
-            let p = rh.http_port.unwrap();
-            suite.case("rathole_http", "req_per_s", Better::Higher, move || {
-                wrk(p, secs)
-            });
+        for t in tunnels.iter().filter(|t| !t.bulk_only) {
+            let Some(p) = t.tunnel.as_ref().map_or(Some(h), |t| t.http_port) else {
+                continue;
+            };
+            suite.case(
+                &format!("{}_http", t.name),
+                "req_per_s",
+                Better::Higher,
+                move || wrk(p, secs),
+            );
+        }
+        match &oha_bin {
+            Some(ob) => {
+                for rate in [1000u32, 4000] {
+                    for t in tunnels.iter().filter(|t| !t.bulk_only) {
+                        let Some(p) = t.tunnel.as_ref().map_or(Some(h), |t| t.http_port) else {
+                            continue;
+                        };
+                        let pids: Vec<u32> = t
+                            .tunnel
+                            .as_ref()
+                            .map(|t| t.procs.iter().map(|p| p.0.id()).collect())
+                            .unwrap_or_default();
+                        let cell = std::rc::Rc::new(std::cell::Cell::new((f64::NAN, f64::NAN)));
+                        let failed = std::rc::Rc::new(std::cell::Cell::new(0u64));
+                        failed_notes.push((format!("{}@{rate}", t.name), failed.clone()));
+                        let (c2, ob) = (cell.clone(), ob.clone());
+                        let name = t.name;
+                        // The p99 case runs oha; the p50 (and, at 1000 req/s,
+                        // the RSS) cases that follow it in the same round
+                        // report the same run.
+                        suite.case(
+                            &format!("{name}_p99_{rate}"),
+                            "ms",
+                            Better::Lower,
+                            move || {
+                                let (p50, p99, rss, f) = oha(&ob, p, rate, secs.max(2), &pids);
+                                c2.set((p50, rss));
+                                failed.set(failed.get() + f);
+                                p99
+                            },
+                        );
+                        let c3 = cell.clone();
+                        suite.case(
+                            &format!("{name}_p50_{rate}"),
+                            "ms",
+                            Better::Lower,
+                            move || c3.get().0,
+                        );
+                        if rate == 1000 && t.tunnel.is_some() {
+                            suite.case(&format!("{name}_rss"), "kib", Better::Lower, move || {
+                                cell.get().1
+                            });
+                        }
+                    }
+                }
+            }
+            None => suite.note("oha not in target/peers/bin: latency and RSS cases skipped"),
         }
     } else {
         suite.note("wrk or nginx missing: HTTP cases skipped");
     }
     suite.run();
-    // RSS of relay + agent after the load above (one sample each).
-    let rss = |t: &Tunnel| t.procs.iter().map(|p| p.rss_kb()).sum::<f64>();
-    let (our_rss, rh_rss) = (rss(&our), rh.as_ref().map(|r| rss(r)));
-    let mut rss_suite_note = format!("relay+agent RSS after the runs: xnat {our_rss:.0} KiB");
-    if let Some(r) = rh_rss {
-        rss_suite_note += &format!(", rathole {r:.0} KiB");
-    }
-    suite.note(rss_suite_note);
-    suite.case("xnat_rss", "kib", Better::Lower, move || our_rss);
-    if let Some(r) = rh_rss {
-        suite.case("rathole_rss", "kib", Better::Lower, move || r);
-    }
-    suite.run();
+    let failed: Vec<String> = failed_notes
+        .iter()
+        .map(|(n, c)| format!("{n} {}", c.get()))
+        .collect();
+    suite.note(format!(
+        "oha: failed or non-200 requests (not counting those in flight at the end of a run): {}",
+        failed.join(", ")
+    ));
+    suite.note(
+        "rss: relay + agent (or server + client) VmRSS sampled halfway through the 1000 req/s oha run",
+    );
+    // The goals of issue 14: encrypted against encrypted.
+    suite.ratio("xnat_vs_rathole", "xnat_1", "rathole_noise_1");
+    suite.ratio("xnat_vs_rathole_8", "xnat_8", "rathole_noise_8");
     suite.ratio("xnat_vs_direct", "xnat_1", "direct_1");
     suite.ratio("xnat_vs_direct_8", "xnat_8", "direct_8");
-    suite.ratio("xnat_vs_rathole", "xnat_1", "rathole_1");
-    suite.ratio("xnat_vs_rathole_8", "xnat_8", "rathole_8");
-    suite.ratio("xnat_vs_rathole_noise", "xnat_1", "rathole_noise_1");
-    suite.ratio("xnat_vs_rathole_noise_8", "xnat_8", "rathole_noise_8");
-    suite.ratio("xnat_vs_bore", "xnat_1", "bore_1");
-    suite.ratio("http_vs_rathole", "xnat_http", "rathole_http");
-    suite.ratio("http_vs_direct", "xnat_http", "direct_http");
-    suite.ratio("rss_vs_rathole", "xnat_rss", "rathole_rss");
+    suite.ratio("http_vs_rathole", "xnat_http", "rathole_noise_http");
+    suite.ratio("p99_vs_rathole", "xnat_p99_4000", "rathole_noise_p99_4000");
+    suite.ratio(
+        "p99_vs_rathole_1000",
+        "xnat_p99_1000",
+        "rathole_noise_p99_1000",
+    );
+    suite.ratio("rss_vs_rathole", "xnat_rss", "rathole_noise_rss");
+    // Plaintext against plaintext.
+    suite.ratio("plain_vs_rathole", "xnat_plain_1", "rathole_1");
+    suite.ratio("plain_vs_rathole_8", "xnat_plain_8", "rathole_8");
+    suite.ratio("plain_vs_direct", "xnat_plain_1", "direct_1");
+    suite.ratio("plain_vs_direct_8", "xnat_plain_8", "direct_8");
+    suite.ratio("plain_vs_bore", "xnat_plain_1", "bore_1");
+    suite.ratio("splice_vs_rw", "xnat_plain_1", "xnat_plain_rw_1");
+    suite.ratio("splice_vs_rw_8", "xnat_plain_8", "xnat_plain_rw_8");
+    suite.ratio("http_plain_vs_rathole", "xnat_plain_http", "rathole_http");
+    suite.ratio(
+        "p99_plain_vs_rathole",
+        "xnat_plain_p99_4000",
+        "rathole_p99_4000",
+    );
+    suite.ratio("rss_plain_vs_rathole", "xnat_plain_rss", "rathole_rss");
     suite.finish();
 }
 
@@ -456,7 +652,7 @@ fn soak(requests: u64) -> i32 {
     let our_dir = root.path().join("ours");
     std::fs::create_dir_all(&our_dir).unwrap();
     // The iperf mapping is unused here; its local port needs no listener.
-    let mut tunnel = ours(&our_dir, free_port(), Some(http));
+    let mut tunnel = ours(&our_dir, free_port(), Some(http), false);
     let port = tunnel.http_port.unwrap();
     wait_port(port, "zs-xnat http mapping");
     println!(
@@ -478,10 +674,11 @@ fn soak(requests: u64) -> i32 {
             break st;
         }
         if start.elapsed() >= next {
-            let rss: f64 = tunnel.procs.iter().map(|p| p.rss_kb()).sum();
+            let (relay, agent) = (tunnel.procs[0].rss_kb(), tunnel.procs[1].rss_kb());
+            let rss = relay + agent;
             peak = peak.max(rss);
             println!(
-                "soak: {:>5.0} s  relay+agent RSS {rss:.0} KiB",
+                "soak: {:>5.0} s  RSS relay {relay:.0} KiB + agent {agent:.0} KiB = {rss:.0} KiB",
                 start.elapsed().as_secs_f64()
             );
             next += std::time::Duration::from_secs(10);

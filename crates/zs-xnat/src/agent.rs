@@ -19,7 +19,7 @@ use zs_crypto::session::ClientConfig as CryptoClient;
 
 use crate::config::{ClientConfig, ClientService, Kind};
 use crate::proto::{self, Decoder, Msg};
-use crate::pump::{pump, End};
+use crate::pump::{carry, End, Side};
 use crate::relay::Reload;
 use crate::secure::SecureConn;
 use crate::stats::{inc, AgentStats};
@@ -78,6 +78,7 @@ impl Agent {
     /// An agent for `cfg` (nothing happens until [`Agent::run`]).
     pub fn new(cfg: ClientConfig) -> Agent {
         let crypto = Arc::new(CryptoClient::pinned(cfg.relay_fingerprint));
+        crate::pump::warn_if_plaintext("agent", cfg.data_encryption);
         let services = cfg
             .services
             .iter()
@@ -138,6 +139,9 @@ impl Agent {
     /// public connection becomes a connection of that server, the public
     /// client's bytes its bytes. The mapping itself (token, `max_load`) still
     /// comes from `[client.services.NAME]`; its `local_addr` is not used.
+    /// The public connections reach the server through the data connection's
+    /// session, so with `[client.transport] encryption = "none"` each one is
+    /// refused, logged and counted in `local_failures`.
     pub fn serve_in_process(&self, service: &str, backend: VirtualBackend, addr: SocketAddr) {
         self.inner
             .virtuals
@@ -475,6 +479,13 @@ impl Agent {
             .get(service)
             .cloned();
         if let Some((backend, vaddr)) = virt {
+            if self.inner.cfg.data_encryption == crate::config::DataEncryption::None {
+                // The in-process server is reached through the data
+                // connection's session; a plaintext data connection has none.
+                let n = inc(&stats.local_failures);
+                warn!(%service, local_failures = n, "xnat agent: in-process mappings need encrypted data connections ([client.transport] encryption = \"session\"); connection refused");
+                return;
+            }
             inc(&stats.forwarded);
             debug!(%service, %peer, "xnat agent: carrying a public connection to the in-process server");
             let (sr, sw, rest) = conn.split();
@@ -523,12 +534,12 @@ impl Agent {
         }
         inc(&stats.forwarded);
         debug!(%service, %peer, "xnat agent: carrying a public connection");
-        let (sr, sw, rest) = conn.split();
-        match pump(
+        match carry(
+            Side::Agent,
+            self.inner.cfg.data_encryption,
             local,
-            sr,
-            sw,
-            rest,
+            conn,
+            CONNECT_TIMEOUT,
             None,
             &[&stats.bytes_down],
             &[&stats.bytes_up],

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub services: BTreeMap<String, ServerService>,
     /// Ours: the command API and the store of mappings added through it.
     pub admin: AdminConfig,
+    /// Ours: `[server.transport] encryption` (see [`DataEncryption`]).
+    pub data_encryption: DataEncryption,
 }
 
 /// Ours: `[server] admin_token`, `store_dir`, `max_udp_flows`, `max_runtime_mappings`.
@@ -140,6 +142,8 @@ pub struct ClientConfig {
     pub agent_name: String,
     /// Services by name.
     pub services: BTreeMap<String, ClientService>,
+    /// Ours: `[client.transport] encryption` (see [`DataEncryption`]).
+    pub data_encryption: DataEncryption,
 }
 
 /// One `[client.services.NAME]`.
@@ -252,7 +256,7 @@ impl P<'_> {
             return Ok(());
         };
         let p = format!("{prefix}.transport");
-        self.only(tr, &p, &["type", "tcp", "noise"])?;
+        self.only(tr, &p, &["type", "tcp", "noise", "encryption"])?;
         match self.str(tr, "type", &format!("{p}.type"))? {
             None | Some("tcp") | Some("noise") => Ok(()),
             Some(other) => Err(self.e(
@@ -395,6 +399,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
         .str(s, "default_token", "server.default_token")?
         .map(String::from);
     p.transport(s, "server")?;
+    let data_encryption = p.data_encryption(s, "server")?;
     let identity_file = base.join(
         p.str(s, "identity_file", "server.identity_file")?
             .unwrap_or("xnat-relay.key"),
@@ -460,6 +465,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
         handshake_timeout,
         services,
         admin,
+        data_encryption,
     })
 }
 
@@ -544,6 +550,7 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
         }
     }
     p.transport(c, "client")?;
+    let data_encryption = p.data_encryption(c, "client")?;
     let fp_text = p.str(c, "relay_fingerprint", "client.relay_fingerprint")?.ok_or_else(|| {
         p.e(
             "client.relay_fingerprint",
@@ -630,7 +637,46 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
         heartbeat_timeout,
         agent_name,
         services,
+        data_encryption,
     })
+}
+
+// --- [*.transport] encryption (the data path's plaintext opt-out) -----------
+
+/// `[*.transport] encryption`: what protects the **data** connections (the
+/// control connection and the ticket that claims each data connection always
+/// run inside the relay-pinned session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataEncryption {
+    /// `"session"` (default): every byte inside the relay-pinned zs-crypto
+    /// session (AES-256-GCM).
+    #[default]
+    Session,
+    /// `"none"`: after the encrypted ticket exchange, a data connection
+    /// carries the public connection's bytes in clear (Linux: `splice(2)`,
+    /// no copy through user space). For trusted networks only; relay and
+    /// agent must both set it (a mismatch fails each connection with an
+    /// error naming this key); logged as a warning at start.
+    None,
+}
+
+impl P<'_> {
+    fn data_encryption(&self, t: &Table, prefix: &str) -> Result<DataEncryption, ConfigError> {
+        let Some(tr) = self.table(t, "transport", &format!("{prefix}.transport"))? else {
+            return Ok(DataEncryption::Session);
+        };
+        let key = format!("{prefix}.transport.encryption");
+        match self.str(tr, "encryption", &key)? {
+            None | Some("session") => Ok(DataEncryption::Session),
+            Some("none") => Ok(DataEncryption::None),
+            Some(other) => Err(self.e(
+                &key,
+                format!(
+                    "expected \"session\" (default: data inside the relay-pinned session) or \"none\" (plaintext data connections, trusted networks only), got {other:?}"
+                ),
+            )),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -185,6 +185,7 @@ fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConfig {
                 )
             })
             .collect(),
+        data_encryption: Default::default(),
     }
 }
 
@@ -224,6 +225,7 @@ fn agent_cfg(relays: &[SocketAddr], services: &[(&str, &str, SocketAddr, u32)]) 
                 )
             })
             .collect::<BTreeMap<_, _>>(),
+        data_encryption: Default::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::secure::{SecureRead, SecureWrite, READ_BUF};
+use crate::secure::{grow, SecureRead, SecureWrite, READ_MIN};
 
 /// How a pump ended.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub(crate) async fn pump(
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let (mut pr, mut pw) = plain.into_split();
     let a = async {
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = vec![0u8; READ_MIN];
         loop {
             let n = pr.read(&mut buf).await?;
             if n == 0 {
@@ -47,6 +47,7 @@ pub(crate) async fn pump(
                 return Ok::<(), io::Error>(());
             }
             sw.write(&buf[..n]).await?;
+            grow(&mut buf, n);
             touch();
             for c in up {
                 c.fetch_add(n as u64, Ordering::Relaxed);
@@ -60,12 +61,12 @@ pub(crate) async fn pump(
                 c.fetch_add(first.len() as u64, Ordering::Relaxed);
             }
         }
-        let mut buf = Vec::with_capacity(READ_BUF);
-        while sr.read(&mut buf).await? {
-            pw.write_all(&buf).await?;
+        while let Some(parts) = sr.read_parts().await? {
+            let n = parts.len();
+            write_all_vectored(&mut pw, parts.slices()).await?;
             touch();
             for c in down {
-                c.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                c.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
         pw.shutdown().await?;
@@ -90,5 +91,750 @@ pub(crate) async fn pump(
             Err(e) => End::Error(e),
         },
         _ = watchdog => End::Idle,
+    }
+}
+
+/// Writes every slice of `slices` in order with as few `writev` calls as the
+/// socket allows (up to 16 slices per call; no allocation).
+async fn write_all_vectored<'a, W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    slices: impl Iterator<Item = &'a [u8]>,
+) -> io::Result<()> {
+    const MAX: usize = 16;
+    let mut pending: [&[u8]; MAX] = [&[]; MAX];
+    let (mut head, mut len) = (0usize, 0usize);
+    let mut it = slices.filter(|s| !s.is_empty());
+    loop {
+        if head > 0 {
+            pending.copy_within(head..head + len, 0);
+            head = 0;
+        }
+        while len < MAX {
+            match it.next() {
+                Some(s) => {
+                    pending[len] = s;
+                    len += 1;
+                }
+                None => break,
+            }
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let mut iov = [io::IoSlice::new(&[]); MAX];
+        for (v, s) in iov.iter_mut().zip(&pending[..len]) {
+            *v = io::IoSlice::new(s);
+        }
+        let mut n = w.write_vectored(&iov[..len]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let first = pending[head];
+            if n >= first.len() {
+                n -= first.len();
+                head += 1;
+                len -= 1;
+            } else {
+                pending[head] = &first[n..];
+                n = 0;
+            }
+        }
+    }
+}
+
+/// Logs, loudly, that `role` runs plaintext data connections.
+pub(crate) fn warn_if_plaintext(role: &str, e: crate::config::DataEncryption) {
+    if e == crate::config::DataEncryption::None {
+        tracing::warn!(
+            role,
+            "xnat {role}: [*.transport] encryption = \"none\": DATA CONNECTIONS CARRY PLAINTEXT \
+             (control and tickets stay encrypted); use only on a trusted network"
+        );
+    }
+}
+
+/// Which end of a data connection runs [`carry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The relay: it sent `Start` and waits for the agent's confirmation.
+    Relay,
+    /// The agent: it received `Start` and confirms first.
+    Agent,
+}
+
+/// The 8 bytes each side sends in clear after `Start` on a plaintext data
+/// connection (`encryption = "none"`; PROTOCOL.md Part 5): the agent first,
+/// then the relay once it has read the agent's. Neither forwards a byte before
+/// reading the other's, so a side whose peer still runs the encrypted data
+/// path fails with a clear error instead of passing records to a service.
+pub(crate) const PLAIN_CONFIRM: [u8; 8] = *b"ZSXPLAIN";
+
+/// Carries one public (or local) connection over the data connection `conn`
+/// (after `Start`): through the secure session by default, or, with
+/// `encryption = "none"`, in plaintext after the [`PLAIN_CONFIRM`] exchange
+/// (Linux: `splice(2)` through a pipe, no copy through user space).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn carry(
+    side: Side,
+    encryption: crate::config::DataEncryption,
+    plain: TcpStream,
+    conn: crate::secure::SecureConn,
+    confirm_timeout: Duration,
+    idle: Option<Duration>,
+    up: &[&AtomicU64],
+    down: &[&AtomicU64],
+) -> End {
+    if encryption == crate::config::DataEncryption::Session {
+        let (sr, sw, rest) = conn.split();
+        return pump(plain, sr, sw, rest, idle, up, down).await;
+    }
+    let (mut tunnel, rest) = conn.into_plain();
+    if !rest.is_empty() {
+        return End::Error(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bytes after Start on a plaintext data connection",
+        ));
+    }
+    let _ = tunnel.set_nodelay(true);
+    let confirm = async {
+        let mut got = [0u8; PLAIN_CONFIRM.len()];
+        if side == Side::Agent {
+            tunnel.write_all(&PLAIN_CONFIRM).await?;
+        }
+        tunnel.read_exact(&mut got).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                "the peer closed before confirming a plaintext data connection: \
+                 it runs encrypted data connections (set [*.transport] encryption \
+                 the same on relay and agent)",
+            )
+        })?;
+        if got != PLAIN_CONFIRM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer sent encrypted records where a plaintext confirmation was \
+                 expected: set [*.transport] encryption the same on relay and agent",
+            ));
+        }
+        if side == Side::Relay {
+            tunnel.write_all(&PLAIN_CONFIRM).await?;
+        }
+        Ok::<(), io::Error>(())
+    };
+    match tokio::time::timeout(confirm_timeout, confirm).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return End::Error(e),
+        Err(_) => {
+            return End::Error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no plaintext confirmation from the peer in time: does it run \
+                 [*.transport] encryption = \"none\" too?",
+            ))
+        }
+    }
+    plain_pump(plain, tunnel, idle, up, down).await
+}
+
+/// Plaintext both ways between two TCP streams, with half-close, the idle
+/// timeout and the byte counters (`up`: `a` -> `b`).
+pub(crate) async fn plain_pump(
+    a: TcpStream,
+    b: TcpStream,
+    idle: Option<Duration>,
+    up: &[&AtomicU64],
+    down: &[&AtomicU64],
+) -> End {
+    let _ = a.set_nodelay(true);
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let watchdog = async {
+        let Some(idle) = idle else {
+            return std::future::pending::<()>().await;
+        };
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(tick).await;
+            let since = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+            if since >= idle.as_millis() as u64 {
+                return;
+            }
+        }
+    };
+    let both = async {
+        tokio::try_join!(
+            plain::copy(&a, &b, up, &touch),
+            plain::copy(&b, &a, down, &touch)
+        )
+    };
+    tokio::select! {
+        r = both => match r {
+            Ok(_) => End::Done,
+            Err(e) => End::Error(e),
+        },
+        _ = watchdog => End::Idle,
+    }
+}
+
+/// One direction of the plaintext path: Linux moves pages socket -> pipe ->
+/// socket with `splice(2)` (rustix's safe wrapper); elsewhere a user-space
+/// copy through one reused buffer. Both use tokio's readiness (`try_io`), so
+/// neither blocks a runtime thread.
+mod plain {
+    use std::io;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[cfg(target_os = "linux")]
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    /// Bytes moved per splice call (the pipe's capacity).
+    #[cfg(target_os = "linux")]
+    pub(super) const CHUNK: usize = 256 * 1024;
+
+    fn shutdown_write(s: &TcpStream) -> io::Result<()> {
+        // tokio's `shutdown` needs `&mut`; the socket itself is shared by the
+        // two directions, so go through the std socket API on a borrowed fd.
+        socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
+    }
+
+    /// `ZS_XNAT_PLAIN_COPY=buffered` in the environment makes Linux use
+    /// the portable copy too: a diagnostic switch, read once, so the bench
+    /// can measure what `splice(2)` buys (`xnat_plain_rw` cases).
+    #[cfg(target_os = "linux")]
+    fn force_buffered() -> bool {
+        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *F.get_or_init(|| std::env::var("ZS_XNAT_PLAIN_COPY").is_ok_and(|v| v == "buffered"))
+    }
+
+    /// One direction: `splice(2)` on Linux, the buffered copy elsewhere.
+    pub(super) async fn copy(
+        from: &TcpStream,
+        to: &TcpStream,
+        counters: &[&AtomicU64],
+        touch: &impl Fn(),
+    ) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if !force_buffered() {
+            return splice_copy(from, to, counters, touch).await;
+        }
+        buffered_copy(from, to, counters, touch).await
+    }
+
+    /// Linux: socket -> pipe -> socket, the pages never enter user space.
+    #[cfg(target_os = "linux")]
+    pub(super) async fn splice_copy(
+        from: &TcpStream,
+        to: &TcpStream,
+        counters: &[&AtomicU64],
+        touch: &impl Fn(),
+    ) -> io::Result<()> {
+        use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+        let (pr, pw) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // A larger pipe moves more per call; the default (64 KiB) still works.
+        let cap = rustix::pipe::fcntl_setpipe_size(&pw, CHUNK).unwrap_or(64 * 1024);
+        let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+        loop {
+            let n = loop {
+                from.readable().await?;
+                match from.try_io(Interest::READABLE, || {
+                    splice(from, None, &pw, None, cap, flags).map_err(io::Error::from)
+                }) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                return shutdown_write(to);
+            }
+            let mut left = n;
+            while left > 0 {
+                to.writable().await?;
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(&pr, None, to, None, left, flags).map_err(io::Error::from)
+                }) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            touch();
+            for c in counters {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Other systems (and `ZS_XNAT_PLAIN_COPY=buffered`): one reused buffer.
+    pub(super) async fn buffered_copy(
+        from: &TcpStream,
+        to: &TcpStream,
+        counters: &[&AtomicU64],
+        touch: &impl Fn(),
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; crate::secure::READ_MIN];
+        loop {
+            let n = loop {
+                from.readable().await?;
+                match from.try_read(&mut buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                return shutdown_write(to);
+            }
+            let mut at = 0;
+            let full = n == buf.len();
+            while at < n {
+                to.writable().await?;
+                match to.try_write(&buf[at..n]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(m) => at += m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            touch();
+            for c in counters {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if full {
+                crate::secure::grow(&mut buf, n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The plaintext data path (`encryption = "none"`): splice and buffered
+    //! copies byte-exact with half-close, the idle timeout, the confirmation
+    //! exchange (a mismatched relay/agent pair fails every connection and
+    //! forwards nothing), the config key, and relay + agent end to end.
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use zs_crypto::session::ServerIdentity;
+
+    use super::*;
+    use crate::config::{
+        ClientConfig, ClientService, Config, DataEncryption, ServerConfig, ServerService,
+    };
+    use crate::{Agent, Relay};
+
+    /// A connected pair of tokio TCP streams on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n as u32).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// client <-> [x | y] <-> server, where [x|y] is `plain_pump` (or one
+    /// direction of `buffered_copy` each way): what the client writes comes
+    /// out at the server byte for byte, and back, with half-close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_pump_moves_exact_bytes_both_ways_with_half_close() {
+        for buffered in [false, true] {
+            let (mut client, x) = pair().await;
+            let (y, mut server) = pair().await;
+            let up = AtomicU64::new(0);
+            let down = AtomicU64::new(0);
+            let data = pattern(3_000_000);
+            let d2 = data.clone();
+            let far = async move {
+                // The server echoes everything, then closes its side.
+                let mut got = Vec::new();
+                server.read_to_end(&mut got).await.unwrap();
+                server.write_all(&got).await.unwrap();
+                server.shutdown().await.unwrap();
+                got
+            };
+            let near = async move {
+                let (mut r, mut w) = client.split();
+                let send = async {
+                    w.write_all(&d2).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let mut back = Vec::new();
+                let recv = r.read_to_end(&mut back);
+                let (_, n) = tokio::join!(send, recv);
+                n.unwrap();
+                back
+            };
+            let mid = async {
+                if buffered {
+                    let touch = || {};
+                    let (u, d) = ([&up], [&down]);
+                    tokio::try_join!(
+                        plain::buffered_copy(&x, &y, &u, &touch),
+                        plain::buffered_copy(&y, &x, &d, &touch)
+                    )
+                    .map(|_| End::Done)
+                    .unwrap_or_else(End::Error)
+                } else {
+                    plain_pump(x, y, Some(Duration::from_secs(30)), &[&up], &[&down]).await
+                }
+            };
+            let (at_server, back, end) = tokio::join!(far, near, mid);
+            assert!(matches!(end, End::Done), "{end:?} (buffered: {buffered})");
+            assert!(at_server == data, "bytes differ at the server");
+            assert!(back == data, "bytes differ on the way back");
+            assert_eq!(up.load(Ordering::Relaxed), data.len() as u64);
+            assert_eq!(down.load(Ordering::Relaxed), data.len() as u64);
+        }
+    }
+
+    /// Sealed records of every size (1 B to 200 KB writes, so records both
+    /// fit in one read and straddle reads while the read buffer grows from
+    /// 16 to 256 KiB) come out of `read_parts` byte-exact and in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_opened_in_place_reassemble_exactly() {
+        use crate::secure::SecureConn;
+        let id = ServerIdentity::from_seed(&[9; 32]).unwrap();
+        let ccfg = Arc::new(zs_crypto::ClientConfig::pinned(id.fingerprint()));
+        let scfg = Arc::new(zs_crypto::session::ServerConfig::with_identity(Arc::new(
+            id,
+        )));
+        let (a, b) = pair().await;
+        let t = Duration::from_secs(5);
+        let (c, s) = tokio::join!(
+            SecureConn::connect(a, ccfg, t),
+            SecureConn::accept(b, scfg, t)
+        );
+        let (_cr, mut cw, _) = c.unwrap().split();
+        let (mut sr, _sw, rest) = s.unwrap().split();
+        assert!(rest.is_empty());
+        // xorshift: sizes 1..=200_000, skewed small.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut sizes = Vec::new();
+        let mut total = 0usize;
+        while total < 6_000_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = match x % 4 {
+                0 => 1 + (x >> 8) as usize % 100,
+                1 => 1 + (x >> 8) as usize % 5_000,
+                _ => 1 + (x >> 8) as usize % 200_000,
+            };
+            sizes.push(n);
+            total += n;
+        }
+        let data = pattern(total);
+        let d2 = data.clone();
+        let writer = tokio::spawn(async move {
+            let mut at = 0;
+            for n in sizes {
+                cw.write(&d2[at..at + n]).await.unwrap();
+                at += n;
+            }
+            cw.shutdown().await.unwrap();
+        });
+        let mut got = Vec::with_capacity(total);
+        while let Some(parts) = sr.read_parts().await.unwrap() {
+            assert!(parts.len() > 0, "an empty read before the end");
+            for sl in parts.slices() {
+                got.extend_from_slice(sl);
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "reassembled plaintext differs");
+    }
+
+    /// Partial writes (a 5-byte pipe and a TCP socket) resume inside a slice
+    /// and across slices, more than 16 slices included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vectored_writes_deliver_every_slice_in_order() {
+        let data = pattern(200_000);
+        let cuts = [
+            0usize, 1, 2, 700, 701, 5000, 65_536, 65_537, 100_000, 199_999,
+        ];
+        let mut slices: Vec<&[u8]> = cuts.windows(2).map(|w| &data[w[0]..w[1]]).collect();
+        slices.push(&data[199_999..]);
+        for _ in 0..20 {
+            slices.push(&[]);
+        }
+        let mut expect = Vec::new();
+        for s in &slices {
+            expect.extend_from_slice(s);
+        }
+        let (mut a, mut b) = tokio::io::duplex(5);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        write_all_vectored(&mut a, slices.iter().copied())
+            .await
+            .unwrap();
+        drop(a);
+        assert!(reader.await.unwrap() == expect);
+        let (mut x, mut y) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            y.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // Many small slices: more than one writev of 16.
+        let many: Vec<&[u8]> = data.chunks(999).collect();
+        write_all_vectored(&mut x, many.iter().copied())
+            .await
+            .unwrap();
+        x.shutdown().await.unwrap();
+        drop(x);
+        assert!(reader.await.unwrap() == data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_pump_ends_a_silent_connection_at_the_idle_timeout() {
+        let (_client, x) = pair().await;
+        let (y, _server) = pair().await;
+        let t = Instant::now();
+        let end = plain_pump(x, y, Some(Duration::from_millis(200)), &[], &[]).await;
+        assert!(matches!(end, End::Idle), "{end:?}");
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    fn relay_cfg(e: DataEncryption) -> ServerConfig {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "echo".to_string(),
+            ServerService {
+                token: "t".into(),
+                bind_addr: "127.0.0.1:0".parse().unwrap(),
+                idle_timeout: Duration::from_secs(30),
+                max_connections: 16,
+            },
+        );
+        ServerConfig {
+            bind_addr: "127.0.0.1:0".parse().unwrap(),
+            default_token: None,
+            identity_file: "unused".into(),
+            pool_size: 2,
+            max_agents: 4,
+            heartbeat_interval: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(2),
+            services,
+            data_encryption: e,
+        }
+    }
+
+    fn agent_cfg(relay: SocketAddr, local: SocketAddr, e: DataEncryption) -> ClientConfig {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "echo".to_string(),
+            ClientService {
+                token: "t".into(),
+                local_addr: local.to_string(),
+                max_load: 16,
+                proxy_protocol: false,
+            },
+        );
+        ClientConfig {
+            remote_addrs: vec![relay.to_string()],
+            relay_fingerprint: ServerIdentity::from_seed(&[7; 32]).unwrap().fingerprint(),
+            default_token: None,
+            retry_max: Duration::from_millis(300),
+            heartbeat_timeout: Duration::from_secs(5),
+            agent_name: "perf-test".into(),
+            services,
+            data_encryption: e,
+        }
+    }
+
+    /// Relay and agent on one runtime (dropped at the end of the test).
+    fn tunnel(
+        rt: &tokio::runtime::Runtime,
+        relay_e: DataEncryption,
+        agent_e: DataEncryption,
+        local: SocketAddr,
+    ) -> (Relay, Agent, SocketAddr) {
+        let relay = rt
+            .block_on(Relay::bind_with_identity(
+                relay_cfg(relay_e),
+                ServerIdentity::from_seed(&[7; 32]).unwrap(),
+            ))
+            .unwrap();
+        rt.spawn(relay.clone().run());
+        let agent = Agent::new(agent_cfg(relay.local_addr(), local, agent_e));
+        rt.spawn(agent.clone().run());
+        let t = Instant::now();
+        let public = loop {
+            if let Some(a) = relay.public_addr("echo") {
+                break a;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "no public port");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (relay, agent, public)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A local service that echoes and records how many bytes it received.
+    fn echo_server(received: Arc<AtomicU64>) -> SocketAddr {
+        let l = StdListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let received = received.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => {
+                                let _ = s.shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                            Ok(n) => {
+                                received.fetch_add(n as u64, Ordering::Relaxed);
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        a
+    }
+
+    #[test]
+    fn plaintext_data_connections_carry_exact_bytes_through_relay_and_agent() {
+        let rt = runtime();
+        let received = Arc::new(AtomicU64::new(0));
+        let local = echo_server(received.clone());
+        let (relay, _agent, public) =
+            tunnel(&rt, DataEncryption::None, DataEncryption::None, local);
+        for round in 0..3 {
+            let data = pattern(1_000_000 + round * 12_345);
+            let mut s = StdStream::connect(public).unwrap();
+            let mut r = s.try_clone().unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).unwrap();
+                got
+            });
+            s.write_all(&data).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let got = reader.join().unwrap();
+            assert!(got == data, "round {round}: echoed bytes differ");
+        }
+        let m = &relay.mapping_stats()["echo"];
+        assert_eq!(m["connections"], 3);
+        assert_eq!(m["bytes_up"], m["bytes_down"]);
+        assert_eq!(m["bytes_up"], 3_000_000 + 12_345 * 3);
+        drop(rt);
+    }
+
+    /// One side plaintext, the other encrypted: the public client gets its
+    /// connection closed, and the local service never sees a byte (neither
+    /// sealed records nor the client's plaintext).
+    #[test]
+    fn mismatched_encryption_fails_each_connection_and_forwards_nothing() {
+        for (relay_e, agent_e) in [
+            (DataEncryption::None, DataEncryption::Session),
+            (DataEncryption::Session, DataEncryption::None),
+        ] {
+            let rt = runtime();
+            let received = Arc::new(AtomicU64::new(0));
+            let local = echo_server(received.clone());
+            let (_relay, _agent, public) = tunnel(&rt, relay_e, agent_e, local);
+            let mut s = StdStream::connect(public).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            assert_eq!(n, 0, "{relay_e:?}/{agent_e:?}: got bytes back");
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                received.load(Ordering::Relaxed),
+                0,
+                "{relay_e:?}/{agent_e:?}: the local service received bytes"
+            );
+            drop(rt);
+        }
+    }
+
+    #[test]
+    fn transport_encryption_key_parses_and_names_the_key_on_error() {
+        let parse = |t: &str| Config::parse(t, "x.toml", std::path::Path::new("."));
+        let relay = "[server]\nbind_addr = \"127.0.0.1:1\"\n";
+        let c = parse(relay).unwrap();
+        assert_eq!(c.server.unwrap().data_encryption, DataEncryption::Session);
+        let c = parse(&format!(
+            "{relay}[server.transport]\ntype = \"tcp\"\nencryption = \"none\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.server.unwrap().data_encryption, DataEncryption::None);
+        let c = parse(&format!(
+            "{relay}[server.transport]\nencryption = \"session\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.server.unwrap().data_encryption, DataEncryption::Session);
+        let agent = "[client]\nremote_addr = \"127.0.0.1:1\"\nrelay_fingerprint = \"sha3-256:0000000000000000000000000000000000000000000000000000000000000000\"\n";
+        let c = parse(&format!(
+            "{agent}[client.transport]\nencryption = \"none\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.client.unwrap().data_encryption, DataEncryption::None);
+        let e = parse(&format!(
+            "{agent}[client.transport]\nencryption = \"off\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "client.transport.encryption");
+        assert!(e.message.contains("\"none\""), "{}", e.message);
+        let e = parse(&format!("{relay}[server.transport]\nencryption = 0\n")).unwrap_err();
+        assert_eq!(e.key, "server.transport.encryption");
+    }
+}
+
+#[cfg(test)]
+mod doc_tests {
+    #[test]
+    fn protocol_doc_plain_confirm_bytes() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/PROTOCOL.md"
+        ))
+        .unwrap();
+        let part = &doc[doc
+            .find("# Part 12: XNat plaintext data connections")
+            .expect("PROTOCOL.md Part 12")..];
+        let hex: Vec<String> = super::PLAIN_CONFIRM
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(part.contains(&format!("`{}`", hex.join(" "))));
+        assert!(part.contains(&format!(
+            "(`\"{}\"`)",
+            std::str::from_utf8(&super::PLAIN_CONFIRM).unwrap()
+        )));
     }
 }

@@ -26,7 +26,7 @@ use zs_crypto::Fingerprint;
 
 use crate::config::{Kind, ServerConfig, ServerService};
 use crate::proto::{self, Decoder, Msg, NONCE_LEN, TICKET_LEN};
-use crate::pump::{pump, End};
+use crate::pump::{carry, End, Side};
 use crate::secure::SecureConn;
 use crate::stats::{dec, inc, MappingStats, RelayStats};
 use crate::store::MappingStore;
@@ -175,6 +175,7 @@ impl Relay {
         let listener = TcpListener::bind(cfg.bind_addr).await?;
         let addr = listener.local_addr()?;
         let fingerprint = identity.fingerprint();
+        crate::pump::warn_if_plaintext("relay", cfg.data_encryption);
         let mut state = State::default();
         let mut store = None;
         let mut all = cfg.services.clone();
@@ -969,12 +970,12 @@ impl Relay {
             return;
         };
         active.fetch_add(1, Ordering::Relaxed);
-        let (sr, sw, rest) = c.split();
-        let end = pump(
+        let end = carry(
+            Side::Relay,
+            self.inner.cfg.data_encryption,
             tcp,
-            sr,
-            sw,
-            rest,
+            c,
+            self.inner.cfg.handshake_timeout,
             Some(conf.idle_timeout),
             &[&stats.bytes_up, &mstats.bytes_up],
             &[&stats.bytes_down, &mstats.bytes_down],
