@@ -1,0 +1,6 @@
+//! zs-punch (docs to come)
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "netlab")]
+pub mod netlab;
+pub mod stun;
