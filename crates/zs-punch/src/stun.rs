@@ -708,8 +708,6 @@ pub struct NatReport {
     pub mapping: Mapping,
     /// Port pattern of the new mappings.
     pub ports: PortPattern,
-    /// Filtering, when `ClassifyOptions::filtering` was set.
-    pub filtering: Option<Filtering>,
 }
 
 impl NatReport {
@@ -724,8 +722,6 @@ impl NatReport {
 pub struct ClassifyOptions {
     /// Per-request timing.
     pub timing: ClientTiming,
-    /// Also probe filtering with CHANGE-REQUEST (costs up to two timeouts when filtered).
-    pub filtering: bool,
 }
 
 /// Classification failure.
@@ -767,22 +763,6 @@ pub async fn classify(
         .ok_or(ClassifyError::NoAnswer(server))?;
     let other = first.other.ok_or(ClassifyError::NoOtherAddress(server))?;
     let local = sock.local_addr()?;
-    // Filtering first: later probes open conntrack entries towards every server address.
-    let filtering = if opts.filtering {
-        let short = ClientTiming {
-            rto: t.rto,
-            tries: t.tries.min(2),
-        };
-        if binding(sock, server, true, true, short).await?.is_some() {
-            Some(Filtering::EndpointIndependent)
-        } else if binding(sock, server, false, true, short).await?.is_some() {
-            Some(Filtering::AddressDependent)
-        } else {
-            Some(Filtering::AddressAndPortDependent)
-        }
-    } else {
-        None
-    };
     let dests = [
         SocketAddr::new(server.ip(), other.port()),
         SocketAddr::new(other.ip(), server.port()),
@@ -809,13 +789,34 @@ pub async fn classify(
         Mapping::AddressAndPortDependent
     };
     let ports = port_pattern(&samples.iter().map(|s| s.1).collect::<Vec<_>>());
-    let filtering = if public { None } else { filtering };
     Ok(NatReport {
         local,
         samples,
         mapping,
         ports,
-        filtering,
+    })
+}
+
+/// Filtering behaviour (RFC 5780 §4.4) with CHANGE-REQUEST; costs up to two timeouts
+/// (`timing.rto` × `timing.tries`) when filtered.
+///
+/// Use a **fresh** socket that has sent nothing yet: the unsolicited answers this test
+/// provokes create conntrack entries on Linux NATs, and a later mapping towards those
+/// server addresses then gets a different port (seen in the test bed).
+pub async fn filtering(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    timing: ClientTiming,
+) -> Result<Filtering, ClassifyError> {
+    binding(sock, server, false, false, timing)
+        .await?
+        .ok_or(ClassifyError::NoAnswer(server))?;
+    Ok(if binding(sock, server, true, true, timing).await?.is_some() {
+        Filtering::EndpointIndependent
+    } else if binding(sock, server, false, true, timing).await?.is_some() {
+        Filtering::AddressDependent
+    } else {
+        Filtering::AddressAndPortDependent
     })
 }
 

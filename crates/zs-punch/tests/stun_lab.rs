@@ -36,10 +36,7 @@ async fn classifies_both_nftables_nat_kinds_and_a_public_host() {
     let hard = lab.add_site(Nat::RandomPorts).unwrap();
     let _srv = start_stun(&lab, (3478, 3479));
     let server = SocketAddr::new(PUBLIC_IP.into(), 3478);
-    let opts = ClassifyOptions {
-        filtering: true,
-        ..Default::default()
-    };
+    let opts = ClassifyOptions::default();
 
     let s = udp_in(&lab, &public.ns, public.ip);
     let r = stun::classify(&s, server, opts).await.unwrap();
@@ -50,8 +47,19 @@ async fn classifies_both_nftables_nat_kinds_and_a_public_host() {
     assert_eq!(r.mapping, Mapping::EndpointIndependent, "{r:?}");
     assert_eq!(r.ports, PortPattern::Stable);
     assert_eq!(r.mapped().ip(), easy.public_ip);
-    // Linux conntrack filters by address and port.
-    assert_eq!(r.filtering, Some(Filtering::AddressAndPortDependent));
+    // Linux conntrack filters by address and port (a fresh socket: see `stun::filtering`).
+    let f = udp_in(&lab, &easy.ns, easy.ip);
+    let short = stun::ClientTiming {
+        rto: Duration::from_millis(150),
+        tries: 2,
+    };
+    let got = stun::filtering(&f, server, short).await.unwrap();
+    assert_eq!(got, Filtering::AddressAndPortDependent);
+    let p = udp_in(&lab, &public.ns, public.ip);
+    assert_eq!(
+        stun::filtering(&p, server, short).await.unwrap(),
+        Filtering::EndpointIndependent
+    );
 
     let s = udp_in(&lab, &hard.ns, hard.ip);
     let r = stun::classify(&s, server, opts).await.unwrap();
