@@ -3,4 +3,7 @@
 
 #[cfg(feature = "netlab")]
 pub mod netlab;
+pub mod peer;
+pub mod punch;
+pub mod rendezvous;
 pub mod stun;
