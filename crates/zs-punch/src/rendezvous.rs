@@ -907,17 +907,19 @@ mod tests {
             ok: true,
             elapsed_ms: 250,
         });
-        for (label, m) in [("HELLO example", hello), ("RESULT example", result)] {
+        for (label, m) in [("punch-hello", hello), ("punch-result", result)] {
             let mut frame = (m.encode().len() as u16).to_be_bytes().to_vec();
             frame.extend(m.encode());
             let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
-            let at = part.find(label).unwrap_or_else(|| panic!("{label} missing"));
-            let block = &part[at..];
-            let start = block.find("```text\n").expect("code block") + 8;
-            let end = start + block[start..].find("```").expect("end");
-            let doc_hex: String = block[start..end]
-                .split_whitespace()
-                .filter(|w| w.chars().all(|c| c.is_ascii_hexdigit()) && w.len() % 2 == 0)
+            let fence = format!("```text {label}\n");
+            let at = part.find(&fence).unwrap_or_else(|| panic!("{label} missing"));
+            let block = &part[at + fence.len()..];
+            let block = &block[..block.find("```").expect("end of block")];
+            // Each line: hex bytes, then `|` and a comment.
+            let doc_hex: String = block
+                .lines()
+                .map(|l| l.split('|').next().unwrap_or(""))
+                .flat_map(|l| l.split_whitespace())
                 .collect();
             assert_eq!(doc_hex, hex, "{label}");
         }
