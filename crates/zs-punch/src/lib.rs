@@ -5,5 +5,6 @@
 pub mod netlab;
 pub mod peer;
 pub mod punch;
+pub mod quic;
 pub mod rendezvous;
 pub mod stun;

@@ -58,6 +58,16 @@ async fn side(
     side: Side,
     cfg: PunchConfig,
 ) -> Result<AttemptResult, PunchError> {
+    side_with(bed, site, side, cfg, [side as u8 + 1; 32]).await
+}
+
+async fn side_with(
+    bed: &Bed,
+    site: &Site,
+    side: Side,
+    cfg: PunchConfig,
+    fingerprint: [u8; 32],
+) -> Result<AttemptResult, PunchError> {
     let (ns, ip, hub) = (site.ns.clone(), site.ip, bed.hub);
     let (udp, tcp) = bed
         .lab
@@ -76,7 +86,7 @@ async fn side(
     let a = Attempt {
         side,
         pair_key: pair_key("web", "secret"),
-        fingerprint: [side as u8 + 1; 32],
+        fingerprint,
         stun: SocketAddr::new(PUBLIC_IP.into(), 3478),
         punch: cfg,
         classify: Default::default(),
@@ -194,4 +204,117 @@ async fn hard_hard_random_falls_back_within_bounds() {
             other => panic!("hard/hard birthday should fail: {other:?}"),
         }
     }
+}
+
+/// Step 4 end to end: a visitor's local TCP port (in the visitor's namespace, behind a
+/// random-port NAT) reaches the agent's TCP service (in the agent's namespace, behind an
+/// endpoint-independent NAT) over QUIC on the punched socket, keys pinned both ways;
+/// three concurrent connections, every byte checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitor_reaches_the_agent_service_over_punched_quic() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use zs_punch::quic::{self, Identity, QuicLimits};
+    let Some(mut lab) = lab_or_skip() else { return };
+    let a = lab.add_site(Nat::EndpointIndependent).unwrap();
+    let v = lab.add_site(Nat::RandomPorts).unwrap();
+    let bed = make_bed(lab, HubConfig::default());
+    let (ai, vi) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (ra, rv) = tokio::join!(
+        side_with(&bed, &a, Side::Agent, PunchConfig::default(), ai.fingerprint()),
+        side_with(&bed, &v, Side::Visitor, PunchConfig::default(), vi.fingerprint())
+    );
+    let (ra, rv) = (ra.unwrap(), rv.unwrap());
+    assert_eq!(ra.plan.peer_fingerprint, vi.fingerprint());
+    let pa = ra.path.unwrap();
+    let pv = rv.path.unwrap();
+
+    // The agent's service: in its namespace, answers each byte + 1.
+    let aip = a.ip;
+    let svc = bed
+        .lab
+        .run_in(&a.ns, move || std::net::TcpListener::bind((aip, 0)))
+        .unwrap()
+        .unwrap();
+    let svc_addr = svc.local_addr().unwrap();
+    svc.set_nonblocking(true).unwrap();
+    let svc = tokio::net::TcpListener::from_std(svc).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = svc.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    for b in &mut buf[..n] {
+                        *b = b.wrapping_add(1);
+                    }
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let ans = a.ns.clone();
+    let connector: quic::Connector = Arc::new(move || {
+        let ns = ans.clone();
+        Box::pin(async move {
+            let s = enter_and_run(&ns, move || std::net::TcpStream::connect(svc_addr))
+                .map_err(std::io::Error::other)??;
+            s.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(s)
+        })
+    });
+    let l = QuicLimits::default();
+    let vf = vi.fingerprint();
+    let af = ai.fingerprint();
+    let agent = tokio::spawn(async move {
+        let (ep, conn) = quic::accept(pa.socket, &ai, vf, l).await.unwrap();
+        quic::serve_agent(conn, connector).await;
+        drop(ep);
+    });
+    let (_vep, vconn) = quic::connect(pv.socket, pv.peer, &vi, af, l).await.unwrap();
+    let local = bed
+        .lab
+        .run_in(&v.ns, || std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    let laddr = local.local_addr().unwrap();
+    local.set_nonblocking(true).unwrap();
+    tokio::spawn(quic::serve_visitor(
+        tokio::net::TcpListener::from_std(local).unwrap(),
+        vconn.clone(),
+    ));
+    let mut clients = Vec::new();
+    for c in 0..3u32 {
+        let vns = v.ns.clone();
+        clients.push(tokio::spawn(async move {
+            let s = enter_and_run(&vns, move || std::net::TcpStream::connect(laddr))
+                .unwrap()
+                .unwrap();
+            s.set_nonblocking(true).unwrap();
+            let mut s = tokio::net::TcpStream::from_std(s).unwrap();
+            let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 + c) as u8).collect();
+            let (mut r, mut w) = s.split();
+            let send = async {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let (_, got) = tokio::join!(send, r.read_to_end(&mut back));
+            got.unwrap();
+            let want: Vec<u8> = data.iter().map(|b| b.wrapping_add(1)).collect();
+            assert!(back == want, "connection {c}: {} bytes back", back.len());
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    vconn.close(0u32.into(), b"done");
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("agent ends when the visitor closes")
+        .unwrap();
 }
