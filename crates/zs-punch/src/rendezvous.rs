@@ -30,6 +30,8 @@ use crate::stun::{Mapping, PortPattern};
 
 /// Largest frame body.
 pub const MAX_FRAME: usize = 512;
+/// Longest ERROR reason (bytes).
+pub const MAX_REASON: usize = 200;
 /// Protocol version in HELLO.
 pub const VERSION: u8 = 1;
 
@@ -185,10 +187,10 @@ impl<'a> Rd<'a> {
         };
         let p = self.u8()?;
         let d = self.u8()? as i8;
-        let ports = match p {
-            0 => PortPattern::Stable,
-            1 if d != 0 => PortPattern::Regular(i32::from(d)),
-            2 => PortPattern::Random,
+        let ports = match (p, d) {
+            (0, 0) => PortPattern::Stable,
+            (1, d) if d != 0 && d != i8::MIN => PortPattern::Regular(i32::from(d)),
+            (2, 0) => PortPattern::Random,
             _ => return Err(DecodeError("port pattern")),
         };
         Ok(NatInfo {
@@ -238,7 +240,11 @@ impl Msg {
             Msg::Error { code, reason } => {
                 o.push(T_ERROR);
                 o.push(*code);
-                let r = &reason.as_bytes()[..reason.len().min(200)];
+                let mut end = reason.len().min(MAX_REASON);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let r = &reason.as_bytes()[..end];
                 o.push(r.len() as u8);
                 o.extend_from_slice(r);
             }
@@ -298,6 +304,9 @@ impl Msg {
             T_ERROR => {
                 let code = r.u8()?;
                 let n = usize::from(r.u8()?);
+                if n > MAX_REASON {
+                    return Err(DecodeError("reason too long"));
+                }
                 let reason = String::from_utf8(r.take(n)?.to_vec())
                     .map_err(|_| DecodeError("reason utf-8"))?;
                 Msg::Error { code, reason }
