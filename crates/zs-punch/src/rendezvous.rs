@@ -355,6 +355,8 @@ pub struct HubConfig {
     pub wait_timeout: Duration,
     /// Peers waiting at once (process-wide).
     pub max_waiting: usize,
+    /// Rendezvous connections open at once ([`Hub::serve`]).
+    pub max_conns: usize,
     /// Pairs remembered (mode history).
     pub max_pairs: usize,
     /// Go time given in plans (covers the hub → peer delay difference).
@@ -376,6 +378,7 @@ impl Default for HubConfig {
             hello_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(30),
             max_waiting: 1024,
+            max_conns: 4096,
             max_pairs: 4096,
             go_in: Duration::from_millis(100),
             sockets: 256,
@@ -686,10 +689,18 @@ impl Hub {
         }
     }
 
-    /// Accept rendezvous connections on `listener` until the task is dropped.
+    /// Accept rendezvous connections on `listener` until the task is dropped; at most
+    /// [`HubConfig::max_conns`] at once (more are closed at once, with a log line).
     pub async fn serve(self: Arc<Hub>, listener: tokio::net::TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.cfg.max_conns));
         loop {
             let Ok((s, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::info!("rendezvous {peer}: refused, {} connections open", self.cfg.max_conns);
+                drop(s);
                 continue;
             };
             let hub = Arc::clone(&self);
@@ -697,6 +708,7 @@ impl Hub {
                 if let Err(e) = hub.serve_conn(s).await {
                     tracing::info!("rendezvous {peer}: {e}");
                 }
+                drop(permit);
             });
         }
     }
