@@ -172,14 +172,7 @@ fn main() {
                 times2.borrow_mut().clear();
                 for i in 0..trials_per_round {
                     let key = format!("{name}-{i}-{:?}", Instant::now());
-                    let (r, t) = rt2.block_on(trial(
-                        &bed2,
-                        a,
-                        v,
-                        [1; 32],
-                        [2; 32],
-                        &key,
-                    ));
+                    let (r, t) = rt2.block_on(trial(&bed2, a, v, [1; 32], [2; 32], &key));
                     if r.is_some() {
                         ok += 1;
                     }
@@ -201,12 +194,9 @@ fn main() {
         } else {
             format!("time-to-direct-{name}")
         };
-        suite.case(
-            &tname,
-            "ms_median",
-            Better::Lower,
-            move || median(&times3.borrow()),
-        );
+        suite.case(&tname, "ms_median", Better::Lower, move || {
+            median(&times3.borrow())
+        });
     }
 
     // Throughput over the same punched mappings (easy/hard: the harder pair).
@@ -217,7 +207,14 @@ fn main() {
     let ai = Identity::generate().unwrap();
     let vi = Identity::generate().unwrap();
     let (qa, qv) = rt
-        .block_on(trial(&bed, 0, 2, ai.fingerprint(), vi.fingerprint(), "quic"))
+        .block_on(trial(
+            &bed,
+            0,
+            2,
+            ai.fingerprint(),
+            vi.fingerprint(),
+            "quic",
+        ))
         .0
         .expect("punch for the QUIC case");
     let (vf, af) = (vi.fingerprint(), ai.fingerprint());
@@ -263,7 +260,8 @@ fn main() {
         rt3.block_on(async move {
             let rs = ra.socket.try_clone().unwrap();
             rs.set_nonblocking(false).unwrap();
-            rs.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            rs.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             let reader = std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
                 let mut n = 0u64;

@@ -392,7 +392,10 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
     r.read_exact(&mut l).await?;
     let n = usize::from(u16::from_be_bytes(l));
     if n > MAX_DATA + 11 {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
     }
     let mut b = vec![0u8; n];
     r.read_exact(&mut b).await?;
@@ -647,7 +650,9 @@ mod tests {
     }
 
     fn data(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     /// Relay → direct in the middle of a transfer while the relay still holds frames
@@ -679,7 +684,10 @@ mod tests {
         assert_eq!(r.got, payload);
         assert!(r.b.is_read_closed());
         assert!(r.a.is_write_done());
-        assert!(r.b.duplicate_bytes > 0, "the late path delivered duplicates");
+        assert!(
+            r.b.duplicate_bytes > 0,
+            "the late path delivered duplicates"
+        );
     }
 
     /// The direct path dies with frames in flight: back on the relay, the unacked bytes
@@ -851,7 +859,12 @@ mod tests {
         let (back, _a, _b, _p) = writer.await.unwrap();
         let sa = ta.await.unwrap().unwrap();
         let _ = tb.await.unwrap().unwrap();
-        assert!(back == echo_back, "B -> A: {} of {}", back.len(), echo_back.len());
+        assert!(
+            back == echo_back,
+            "B -> A: {} of {}",
+            back.len(),
+            echo_back.len()
+        );
         (got, payload, sa)
     }
 

@@ -109,9 +109,9 @@ fn run_stdin(args: &[&str], input: &str) -> Result<(), String> {
 }
 
 fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join(program).is_file())
-    }) || std::path::Path::new("/usr/sbin").join(program).is_file()
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        || std::path::Path::new("/usr/sbin").join(program).is_file()
         || std::path::Path::new("/sbin").join(program).is_file()
 }
 
@@ -180,7 +180,13 @@ impl Lab {
         run(&["ip", "-n", p, "addr", "add", "198.19.0.2/32", "dev", "lo"])?;
         run(&["ip", "-n", p, "addr", "add", "198.19.0.3/32", "dev", "lo"])?;
         run(&[
-            "ip", "netns", "exec", p, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+            "ip",
+            "netns",
+            "exec",
+            p,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
         ])?;
         Ok(lab)
     }
@@ -208,28 +214,73 @@ impl Lab {
         let ro = format!("r{i}o");
         let pi = format!("p{i}");
         run(&[
-            "ip", "link", "add", "h0", "netns", h, "type", "veth", "peer", "name", &ri, "netns",
-            r,
+            "ip", "link", "add", "h0", "netns", h, "type", "veth", "peer", "name", &ri, "netns", r,
         ])?;
         run(&[
-            "ip", "link", "add", &ro, "netns", r, "type", "veth", "peer", "name", &pi, "netns",
-            &p,
+            "ip", "link", "add", &ro, "netns", r, "type", "veth", "peer", "name", &pi, "netns", &p,
         ])?;
         let hip = format!("198.18.{i}.2");
         let rin = format!("198.18.{i}.1");
         let rout = format!("198.19.{i}.1");
         let pside = format!("198.19.{i}.2");
-        run(&["ip", "-n", h, "addr", "add", &format!("{hip}/24"), "dev", "h0"])?;
-        run(&["ip", "-n", r, "addr", "add", &format!("{rin}/24"), "dev", &ri])?;
-        run(&["ip", "-n", r, "addr", "add", &format!("{rout}/24"), "dev", &ro])?;
-        run(&["ip", "-n", &p, "addr", "add", &format!("{pside}/24"), "dev", &pi])?;
-        for (ns, dev) in [(h, "h0"), (r, ri.as_str()), (r, ro.as_str()), (p.as_str(), pi.as_str())] {
+        run(&[
+            "ip",
+            "-n",
+            h,
+            "addr",
+            "add",
+            &format!("{hip}/24"),
+            "dev",
+            "h0",
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{rin}/24"),
+            "dev",
+            &ri,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{rout}/24"),
+            "dev",
+            &ro,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &p,
+            "addr",
+            "add",
+            &format!("{pside}/24"),
+            "dev",
+            &pi,
+        ])?;
+        for (ns, dev) in [
+            (h, "h0"),
+            (r, ri.as_str()),
+            (r, ro.as_str()),
+            (p.as_str(), pi.as_str()),
+        ] {
             run(&["ip", "-n", ns, "link", "set", dev, "up"])?;
         }
         run(&["ip", "-n", h, "route", "add", "default", "via", &rin])?;
         run(&["ip", "-n", r, "route", "add", "default", "via", &pside])?;
         run(&[
-            "ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+            "ip",
+            "netns",
+            "exec",
+            r,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
         ])?;
         let flags = match nat {
             Nat::None => None,

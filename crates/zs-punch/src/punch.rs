@@ -394,7 +394,10 @@ pub async fn execute(
         (Mode::Predict, _) => {
             let d = peer.regular().unwrap_or(1);
             let ports = predicted_ports(peer.last.port(), d, cfg.predict_range);
-            (vec![], ports.into_iter().map(|p| SocketAddr::new(ip, p)).collect())
+            (
+                vec![],
+                ports.into_iter().map(|p| SocketAddr::new(ip, p)).collect(),
+            )
         }
         (Mode::Birthday, _) => {
             let n = usize::from(plan.probes.min(cfg.max_probes));

@@ -59,7 +59,11 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Identity({})", zs_crypto::hash::to_hex(&self.fingerprint))
+        write!(
+            f,
+            "Identity({})",
+            zs_crypto::hash::to_hex(&self.fingerprint)
+        )
     }
 }
 
@@ -161,7 +165,8 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity).map(|_| ServerCertVerified::assertion())
+        self.check(end_entity)
+            .map(|_| ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -196,7 +201,8 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity).map(|_| ClientCertVerified::assertion())
+        self.check(end_entity)
+            .map(|_| ClientCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -345,9 +351,8 @@ pub async fn connect(
 
 /// Opens the agent's TCP connection to its service (lets the caller choose the
 /// namespace, the address, a Unix-socket bridge…).
-pub type Connector = Arc<
-    dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>> + Send + Sync,
->;
+pub type Connector =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>> + Send + Sync>;
 
 /// A connector to a fixed TCP address.
 pub fn tcp_connector(addr: SocketAddr) -> Connector {
@@ -492,7 +497,10 @@ mod tests {
         if let Ok((_ep, c)) = r {
             // TLS 1.3: the client may finish before the server rejects its certificate.
             let e = c.closed().await;
-            assert!(matches!(e, quinn::ConnectionError::ConnectionClosed(_)), "{e:?}");
+            assert!(
+                matches!(e, quinn::ConnectionError::ConnectionClosed(_)),
+                "{e:?}"
+            );
         }
         assert!(acc.await.unwrap().is_err());
 

@@ -618,7 +618,9 @@ impl Hub {
                     let mut st = self.lock();
                     st.attempt += 1;
                     let cands = candidate_modes(&agent.nat, &visitor.nat);
-                    let m = cfg.force_mode.unwrap_or_else(|| self.choose(&st, &id, &cands));
+                    let m = cfg
+                        .force_mode
+                        .unwrap_or_else(|| self.choose(&st, &id, &cands));
                     (m, st.attempt)
                 };
                 let nonce = random16();
@@ -699,7 +701,10 @@ impl Hub {
                 continue;
             };
             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::info!("rendezvous {peer}: refused, {} connections open", self.cfg.max_conns);
+                tracing::info!(
+                    "rendezvous {peer}: refused, {} connections open",
+                    self.cfg.max_conns
+                );
                 drop(s);
                 continue;
             };
@@ -756,7 +761,11 @@ mod tests {
             side: Side::Visitor,
             pair_key: [1; 32],
             fingerprint: [2; 32],
-            nat: nat(Mapping::AddressAndPortDependent, PortPattern::Regular(-2), 5000),
+            nat: nat(
+                Mapping::AddressAndPortDependent,
+                PortPattern::Regular(-2),
+                5000,
+            ),
         });
         let p = Msg::Plan(Plan {
             attempt: 7,
@@ -820,7 +829,11 @@ mod tests {
     async fn pairs_and_remembers_what_worked() {
         let hub = Hub::new(HubConfig::default());
         let easy = nat(Mapping::EndpointIndependent, PortPattern::Stable, 40000);
-        let reg = nat(Mapping::AddressAndPortDependent, PortPattern::Regular(1), 5000);
+        let reg = nat(
+            Mapping::AddressAndPortDependent,
+            PortPattern::Regular(1),
+            5000,
+        );
         let mut modes = Vec::new();
         for (round, ok) in [(0, false), (1, true), (2, true)] {
             let h2 = Arc::clone(&hub);
@@ -911,7 +924,9 @@ mod tests {
     #[test]
     fn documented_bytes() {
         let doc = include_str!("../../../docs/PROTOCOL.md");
-        let part = &doc[doc.find("zs-punch rendezvous").expect("part in PROTOCOL.md")..];
+        let part = &doc[doc
+            .find("zs-punch rendezvous")
+            .expect("part in PROTOCOL.md")..];
         let hello = Msg::Hello(Hello {
             side: Side::Visitor,
             pair_key: [0x11; 32],
@@ -933,7 +948,9 @@ mod tests {
             frame.extend(m.encode());
             let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
             let fence = format!("```text {label}\n");
-            let at = part.find(&fence).unwrap_or_else(|| panic!("{label} missing"));
+            let at = part
+                .find(&fence)
+                .unwrap_or_else(|| panic!("{label} missing"));
             let block = &part[at + fence.len()..];
             let block = &block[..block.find("```").expect("end of block")];
             // Each line: hex bytes, then `|` and a comment.

@@ -379,9 +379,9 @@ fn parse_attr(at: u16, v: &[u8], txid: &[u8; 12]) -> Result<Attr, StunError> {
                 port: f & 2 != 0,
             }
         }
-        ATTR_SOFTWARE => Attr::Software(
-            String::from_utf8(v.to_vec()).map_err(|_| StunError::BadAttribute(at))?,
-        ),
+        ATTR_SOFTWARE => {
+            Attr::Software(String::from_utf8(v.to_vec()).map_err(|_| StunError::BadAttribute(at))?)
+        }
         ATTR_ERROR_CODE => {
             if v.len() < 4 {
                 return Err(StunError::BadAttribute(at));
@@ -811,13 +811,15 @@ pub async fn filtering(
     binding(sock, server, false, false, timing)
         .await?
         .ok_or(ClassifyError::NoAnswer(server))?;
-    Ok(if binding(sock, server, true, true, timing).await?.is_some() {
-        Filtering::EndpointIndependent
-    } else if binding(sock, server, false, true, timing).await?.is_some() {
-        Filtering::AddressDependent
-    } else {
-        Filtering::AddressAndPortDependent
-    })
+    Ok(
+        if binding(sock, server, true, true, timing).await?.is_some() {
+            Filtering::EndpointIndependent
+        } else if binding(sock, server, false, true, timing).await?.is_some() {
+            Filtering::AddressDependent
+        } else {
+            Filtering::AddressAndPortDependent
+        },
+    )
 }
 
 /// The pattern of the distinct mappings in `mapped`, in order.
@@ -900,10 +902,7 @@ mod tests {
         assert_eq!(port_pattern(&[a(5), a(5), a(5)]), PortPattern::Stable);
         assert_eq!(port_pattern(&[a(5), a(6), a(7)]), PortPattern::Regular(1));
         assert_eq!(port_pattern(&[a(9), a(7), a(5)]), PortPattern::Regular(-2));
-        assert_eq!(
-            port_pattern(&[a(5), a(6), a(9)]),
-            PortPattern::Random
-        );
+        assert_eq!(port_pattern(&[a(5), a(6), a(9)]), PortPattern::Random);
         assert_eq!(
             port_pattern(&[a(5), a(5000), a(10000)]),
             PortPattern::Random
@@ -919,15 +918,23 @@ mod tests {
         let _h = srv.spawn();
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let t = ClientTiming::default();
-        let b = binding(&c, addrs[0], false, false, t).await.unwrap().unwrap();
+        let b = binding(&c, addrs[0], false, false, t)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.mapped, c.local_addr().unwrap());
         assert_eq!(b.origin, addrs[0]);
         assert_eq!(b.other, Some(addrs[3]));
         let b = binding(&c, addrs[0], true, true, t).await.unwrap().unwrap();
         assert_eq!(b.origin, addrs[3]);
-        let b = binding(&c, addrs[0], false, true, t).await.unwrap().unwrap();
+        let b = binding(&c, addrs[0], false, true, t)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.origin, addrs[1]);
-        let r = classify(&c, addrs[0], ClassifyOptions::default()).await.unwrap();
+        let r = classify(&c, addrs[0], ClassifyOptions::default())
+            .await
+            .unwrap();
         assert_eq!(r.mapping, Mapping::Public);
         assert_eq!(r.ports, PortPattern::Stable);
     }
@@ -948,8 +955,12 @@ mod tests {
             arb_addr().prop_map(Attr::OtherAddress),
             (any::<bool>(), any::<bool>()).prop_map(|(ip, port)| Attr::ChangeRequest { ip, port }),
             "[a-z ]{0,40}".prop_map(Attr::Software),
-            (300u16..700, "[a-z ]{0,20}").prop_map(|(code, reason)| Attr::ErrorCode { code, reason }),
-            (0x8030u16..0x8100, proptest::collection::vec(any::<u8>(), 0..40))
+            (300u16..700, "[a-z ]{0,20}")
+                .prop_map(|(code, reason)| Attr::ErrorCode { code, reason }),
+            (
+                0x8030u16..0x8100,
+                proptest::collection::vec(any::<u8>(), 0..40)
+            )
                 .prop_map(|(typ, value)| Attr::Unknown { typ, value }),
         ]
     }

@@ -89,7 +89,9 @@ async fn relay_to_direct_and_back_without_loss() {
     let _stun = StunServer::from_std(stun.unwrap()).unwrap().spawn();
     let hub_l = hub_l.unwrap();
     hub_l.set_nonblocking(true).unwrap();
-    tokio::spawn(Hub::new(HubConfig::default()).serve(tokio::net::TcpListener::from_std(hub_l).unwrap()));
+    tokio::spawn(
+        Hub::new(HubConfig::default()).serve(tokio::net::TcpListener::from_std(hub_l).unwrap()),
+    );
     // The stand-in relay: pairs connections two by two and forwards bytes.
     let relay_l = relay_l.unwrap();
     relay_l.set_nonblocking(true).unwrap();
@@ -195,4 +197,3 @@ async fn relay_to_direct_and_back_without_loss() {
     assert_eq!(sa.paths, 3);
     assert_eq!(sv.app_bytes_out, total as u64);
 }
-

@@ -220,8 +220,20 @@ async fn visitor_reaches_the_agent_service_over_punched_quic() {
     let bed = make_bed(lab, HubConfig::default());
     let (ai, vi) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let (ra, rv) = tokio::join!(
-        side_with(&bed, &a, Side::Agent, PunchConfig::default(), ai.fingerprint()),
-        side_with(&bed, &v, Side::Visitor, PunchConfig::default(), vi.fingerprint())
+        side_with(
+            &bed,
+            &a,
+            Side::Agent,
+            PunchConfig::default(),
+            ai.fingerprint()
+        ),
+        side_with(
+            &bed,
+            &v,
+            Side::Visitor,
+            PunchConfig::default(),
+            vi.fingerprint()
+        )
     );
     let (ra, rv) = (ra.unwrap(), rv.unwrap());
     assert_eq!(ra.plan.peer_fingerprint, vi.fingerprint());
