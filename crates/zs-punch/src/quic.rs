@@ -420,20 +420,37 @@ pub async fn serve_visitor(listener: TcpListener, conn: quinn::Connection) {
     tasks.shutdown().await;
 }
 
+/// Copy buffer per direction: fewer, larger stream writes than tokio's 8 KiB `copy`
+/// (each write into quinn takes its connection lock and wakes its driver).
+const PUMP_BUF: usize = 64 * 1024;
+
 /// Copy TCP ⇄ QUIC stream until both directions end.
 async fn pump(tcp: TcpStream, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    use tokio::io::AsyncReadExt;
     let (mut tr, mut tw) = tcp.into_split();
     let up = async {
-        let r = tokio::io::copy(&mut tr, &mut send).await;
+        let mut buf = vec![0u8; PUMP_BUF];
+        loop {
+            match tr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if send.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = send.finish();
-        r
     };
     let down = async {
-        let r = tokio::io::copy(&mut recv, &mut tw).await;
+        while let Ok(Some(chunk)) = recv.read_chunk(PUMP_BUF, true).await {
+            if tw.write_all(&chunk.bytes).await.is_err() {
+                break;
+            }
+        }
         let _ = tw.shutdown().await;
-        r
     };
-    let _ = tokio::join!(up, down);
+    tokio::join!(up, down);
     // Let the peer read everything we finished before the stream is dropped.
     let _ = send.stopped().await;
 }

@@ -939,6 +939,43 @@ mod tests {
         assert_eq!(r.ports, PortPattern::Stable);
     }
 
+    /// Attack: garbage, truncated, oversized, responses and non-binding requests get no
+    /// answer; a CHANGE-REQUEST to a one-address server gets a 420 error, not a reply
+    /// from a socket it does not have; answers stay small (no amplification beyond
+    /// the fixed attribute set).
+    #[tokio::test]
+    async fn hostile_datagrams_get_no_answer() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let one = StunServer::bind(lo, None, (0, 0)).unwrap();
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(one.respond(0, 0, from, b"").is_none());
+        assert!(one.respond(0, 0, from, &[0xff; 300]).is_none());
+        assert!(one
+            .respond(0, 0, from, &vec![0u8; MAX_MESSAGE + 1])
+            .is_none());
+        let mut resp = Message::binding_request([1; 12], false, false);
+        resp.typ = BINDING_SUCCESS;
+        assert!(one.respond(0, 0, from, &resp.encode()).is_none());
+        let mut other = Message::binding_request([1; 12], false, false);
+        other.typ = 0x0003; // Allocate (TURN): not served
+        assert!(one.respond(0, 0, from, &other.encode()).is_none());
+        let req = Message::binding_request([2; 12], true, true).encode();
+        let (i, p, bytes) = one.respond(0, 0, from, &req).unwrap();
+        assert_eq!((i, p), (0, 0));
+        let m = Message::decode(&bytes).unwrap();
+        assert_eq!(m.typ, BINDING_ERROR);
+        assert!(matches!(m.attrs[0], Attr::ErrorCode { code: 420, .. }));
+        let ok = one
+            .respond(
+                0,
+                0,
+                from,
+                &Message::binding_request([3; 12], false, false).encode(),
+            )
+            .unwrap();
+        assert!(ok.2.len() <= 100, "{} bytes", ok.2.len());
+    }
+
     fn arb_addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
             (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
