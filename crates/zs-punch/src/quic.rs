@@ -443,8 +443,10 @@ async fn pump(tcp: TcpStream, mut send: quinn::SendStream, mut recv: quinn::Recv
         let _ = send.finish();
     };
     let down = async {
-        while let Ok(Some(chunk)) = recv.read_chunk(PUMP_BUF, true).await {
-            if tw.write_all(&chunk.bytes).await.is_err() {
+        // `read` gathers several received chunks (one per ~1.2 KB packet) per TCP write.
+        let mut buf = vec![0u8; PUMP_BUF];
+        while let Ok(Some(n)) = recv.read(&mut buf).await {
+            if tw.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }
