@@ -83,6 +83,21 @@ pub const TEST_TOOLS: &[Tool] = &[
         source: Source::Apt(&["fp-compiler", "fp-units-fcl", "fp-units-base", "libc6-dev"]),
         used_by: "zs-legacy tests and bench: builds the ZNet reference peers (zs_legacy::peers)",
     },
+    Tool {
+        program: "ip",
+        source: Source::Apt(&["iproute2"]),
+        used_by: "zs-punch netlab (network namespaces)",
+    },
+    Tool {
+        program: "nft",
+        source: Source::Apt(&["nftables"]),
+        used_by: "zs-punch netlab (NAT routers)",
+    },
+    Tool {
+        program: "turnserver",
+        source: Source::Apt(&["coturn"]),
+        used_by: "zs-punch STUN tests (second, independent RFC 5780 server)",
+    },
 ];
 
 /// Programs a bench suite starts: (suite, tool).

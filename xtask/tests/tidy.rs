@@ -128,6 +128,7 @@ const CRATES: &[&str] = &[
     "zs-db-service",
     "zs-secure",
     "zs-legacy",
+    "zs-punch",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -224,6 +225,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
             "zs-db-service",
             &["zs-core", "zs-db", "zs-expr", "zs-wire"][..],
         ),
+        ("zs-punch", &["zs-crypto"][..]),
         (
             "zs-legacy",
             &[

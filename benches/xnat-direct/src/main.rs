@@ -1,0 +1,421 @@
+//! `cargo xtask bench xnat-direct`: direct paths in a network-namespace test bed (root,
+//! `ip`, `nft`): two endpoint-independent NATs (`masquerade`) and two random-port NATs
+//! (`masquerade fully-random`) behind one "public" namespace with the STUN server and
+//! the rendezvous hub.
+//!
+//! - **Punch success and time-to-direct per NAT pair** (easy/easy, easy/hard,
+//!   hard/hard): each trial is a full attempt on fresh sockets (STUN classification,
+//!   rendezvous, punching); time-to-direct runs from the start of classification to the
+//!   first packet from the peer. Hard/hard is declined by the hub (relay only), so its
+//!   success rate is 0 by design and its "time" is the time to learn that.
+//! - **Direct QUIC throughput vs raw UDP** between the same two namespaces over the same
+//!   punched NAT mappings: QUIC (quinn, TLS 1.3 with pinned keys, congestion control,
+//!   reliable and ordered) sends one stream; raw UDP blasts 1,200-byte datagrams with no
+//!   reliability, no encryption and no congestion control, and we count what the
+//!   receiver got. Ratio `quic_vs_raw_udp` = QUIC goodput / raw UDP goodput.
+#![forbid(unsafe_code)]
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zs_bench_harness::{median, Better, Options, Suite};
+use zs_punch::netlab::{enter_and_run, Lab, Nat, Site, PUBLIC_IP, PUBLIC_IP2};
+use zs_punch::peer::{run_attempt, Attempt};
+use zs_punch::punch::{PunchConfig, Punched, SocketFactory};
+use zs_punch::quic::{self, Identity, QuicLimits};
+use zs_punch::rendezvous::{pair_key, Hub, HubConfig, Side};
+use zs_punch::stun::StunServer;
+
+struct Bed {
+    _lab: Lab,
+    hub: SocketAddr,
+    sites: Vec<Site>,
+}
+
+fn udp(ns: &str, ip: IpAddr) -> tokio::net::UdpSocket {
+    let s = enter_and_run(ns, move || std::net::UdpSocket::bind((ip, 0)))
+        .expect("enter namespace")
+        .expect("bind");
+    s.set_nonblocking(true).unwrap();
+    tokio::net::UdpSocket::from_std(s).unwrap()
+}
+
+fn factory(ns: String, ip: IpAddr) -> Arc<SocketFactory> {
+    Arc::new(move |n: usize| {
+        enter_and_run(&ns, move || {
+            (0..n)
+                .map(|_| std::net::UdpSocket::bind((ip, 0)))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .map_err(std::io::Error::other)?
+    })
+}
+
+/// One side's attempt; returns the punched path (if any) and the time to it.
+async fn side(
+    bed: &Bed,
+    site: &Site,
+    who: Side,
+    fp: [u8; 32],
+    key: &str,
+) -> (Option<Punched>, Duration) {
+    let t = Instant::now();
+    let (ns, ip, hub) = (site.ns.clone(), site.ip, bed.hub);
+    let tcp = enter_and_run(&ns, move || std::net::TcpStream::connect(hub))
+        .unwrap()
+        .expect("connect to the hub");
+    tcp.set_nonblocking(true).unwrap();
+    let mut tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+    let a = Attempt {
+        side: who,
+        pair_key: pair_key(key, "bench"),
+        fingerprint: fp,
+        stun: SocketAddr::new(PUBLIC_IP.into(), 3478),
+        punch: PunchConfig::default(),
+        classify: Default::default(),
+    };
+    let f = factory(ns.clone(), ip);
+    match run_attempt(&a, udp(&ns, ip), &mut tcp, &*f).await {
+        Ok(r) => match r.path {
+            Ok(p) => (Some(p), t.elapsed()),
+            Err(_) => (None, t.elapsed()),
+        },
+        Err(_) => (None, t.elapsed()),
+    }
+}
+
+/// Both sides; success when both got a path.
+async fn trial(
+    bed: &Bed,
+    a: usize,
+    v: usize,
+    fa: [u8; 32],
+    fv: [u8; 32],
+    key: &str,
+) -> (Option<(Punched, Punched)>, Duration) {
+    let (ra, rv) = tokio::join!(
+        side(bed, &bed.sites[a], Side::Agent, fa, key),
+        side(bed, &bed.sites[v], Side::Visitor, fv, key)
+    );
+    let t = ra.1.max(rv.1);
+    match (ra.0, rv.0) {
+        (Some(x), Some(y)) => (Some((x, y)), t),
+        _ => (None, t),
+    }
+}
+
+fn main() {
+    let opts = Options::from_env();
+    if let Some(why) = Lab::unavailable() {
+        panic!("bench xnat-direct needs network namespaces: {why}");
+    }
+    let trials_per_round = if opts.quick { 10 } else { 25 };
+    let mut suite = Suite::from_options("xnat-direct", &opts, 2, 4);
+    let secs = if opts.quick { 1.0 } else { 2.0 };
+    let rt = Rc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    );
+    let mut lab = Lab::new().expect("lab");
+    let sites = vec![
+        lab.add_site(Nat::EndpointIndependent).unwrap(),
+        lab.add_site(Nat::EndpointIndependent).unwrap(),
+        lab.add_site(Nat::RandomPorts).unwrap(),
+        lab.add_site(Nat::RandomPorts).unwrap(),
+    ];
+    let pubns = lab.public_ns.clone();
+    let (stun, tcp) = enter_and_run(&pubns, || {
+        (
+            StunServer::bind_std(PUBLIC_IP.into(), Some(PUBLIC_IP2.into()), (3478, 3479)),
+            std::net::TcpListener::bind((PUBLIC_IP, 7000)),
+        )
+    })
+    .unwrap();
+    {
+        let _g = rt.enter();
+        StunServer::from_std(stun.unwrap()).unwrap().spawn();
+        let tcp = tcp.unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
+        rt.spawn(Hub::new(HubConfig::default()).serve(tcp));
+    }
+    let bed = Rc::new(Bed {
+        _lab: lab,
+        hub: SocketAddr::new(PUBLIC_IP.into(), 7000),
+        sites,
+    });
+
+    // Punch trials per NAT pair: success rate, then the median time of that round.
+    let mut totals = Vec::new();
+    for (name, a, v) in [
+        ("easy-easy", 0usize, 1usize),
+        ("easy-hard", 0, 2),
+        ("hard-easy", 2, 1),
+        ("hard-hard", 2, 3),
+    ] {
+        let times = Rc::new(RefCell::new(Vec::<f64>::new()));
+        let all = Rc::new(RefCell::new((0u32, 0u32)));
+        totals.push((name, all.clone()));
+        let (rt2, bed2, times2, all2) = (rt.clone(), bed.clone(), times.clone(), all.clone());
+        suite.case(
+            &format!("punch-{name}"),
+            "success_pct",
+            Better::Higher,
+            move || {
+                let mut ok = 0;
+                times2.borrow_mut().clear();
+                for i in 0..trials_per_round {
+                    let key = format!("{name}-{i}-{:?}", Instant::now());
+                    let (r, t) = rt2.block_on(trial(&bed2, a, v, [1; 32], [2; 32], &key));
+                    if r.is_some() {
+                        ok += 1;
+                    }
+                    // Time to direct for pairs that punch; for hard-hard (declined),
+                    // the time until both sides know they stay on the relay.
+                    if r.is_some() || name == "hard-hard" {
+                        times2.borrow_mut().push(t.as_secs_f64() * 1000.0);
+                    }
+                }
+                let mut g = all2.borrow_mut();
+                g.0 += ok;
+                g.1 += trials_per_round;
+                100.0 * f64::from(ok) / f64::from(trials_per_round)
+            },
+        );
+        let times3 = times.clone();
+        let tname = if name == "hard-hard" {
+            format!("time-to-relay-decision-{name}")
+        } else {
+            format!("time-to-direct-{name}")
+        };
+        suite.case(&tname, "ms_median", Better::Lower, move || {
+            median(&times3.borrow())
+        });
+    }
+
+    // Throughput over the same punched mappings (easy/hard: the harder pair).
+    let raw_path = rt
+        .block_on(trial(&bed, 0, 2, [1; 32], [2; 32], "raw"))
+        .0
+        .expect("punch for the raw UDP case");
+    let ai = Identity::generate().unwrap();
+    let vi = Identity::generate().unwrap();
+    let (qa, qv) = rt
+        .block_on(trial(
+            &bed,
+            0,
+            2,
+            ai.fingerprint(),
+            vi.fingerprint(),
+            "quic",
+        ))
+        .0
+        .expect("punch for the QUIC case");
+    let (vf, af) = (vi.fingerprint(), ai.fingerprint());
+    let l = QuicLimits::default();
+    let (aconn, vconn, _eps) = rt.block_on(async move {
+        let acc = tokio::spawn(async move { quic::accept(qa.socket, &ai, vf, l).await });
+        let (vep, vconn) = quic::connect(qv.socket, qv.peer, &vi, af, l).await.unwrap();
+        let (aep, aconn) = acc.await.unwrap().unwrap();
+        (aconn, vconn, (aep, vep))
+    });
+    // QUIC: the visitor writes one stream for `secs`; the agent counts what it reads.
+    let (rt2, secs2) = (rt.clone(), secs);
+    suite.case("direct-quic", "MB_per_s", Better::Higher, move || {
+        let (a, v) = (aconn.clone(), vconn.clone());
+        rt2.block_on(async move {
+            let reader = tokio::spawn(async move {
+                let (_s, mut r) = a.accept_bi().await.unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut n = 0u64;
+                let t = Instant::now();
+                while let Ok(Some(k)) = r.read(&mut buf).await {
+                    n += k as u64;
+                }
+                n as f64 / t.elapsed().as_secs_f64() / 1e6
+            });
+            let (mut s, _r) = v.open_bi().await.unwrap();
+            let chunk = vec![0x5au8; 64 * 1024];
+            let end = Instant::now() + Duration::from_secs_f64(secs2);
+            while Instant::now() < end {
+                s.write_all(&chunk).await.unwrap();
+            }
+            s.finish().unwrap();
+            reader.await.unwrap()
+        })
+    });
+    // The visitor path as a user sees it: TCP into the visitor's local port, a QUIC
+    // stream over the punched path, TCP from the agent to a sink service.
+    let ai2 = Identity::generate().unwrap();
+    let vi2 = Identity::generate().unwrap();
+    let (fa2, fv2) = (ai2.fingerprint(), vi2.fingerprint());
+    let (ta, tv) = rt
+        .block_on(trial(&bed, 0, 2, fa2, fv2, "tcp"))
+        .0
+        .expect("punch for the TCP-over-QUIC case");
+    let (asite, vsite) = (bed.sites[0].clone(), bed.sites[2].clone());
+    let laddr = rt.block_on(async move {
+        let aip = asite.ip;
+        let sink = enter_and_run(&asite.ns, move || std::net::TcpListener::bind((aip, 0)))
+            .unwrap()
+            .unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        sink.set_nonblocking(true).unwrap();
+        let sink = tokio::net::TcpListener::from_std(sink).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = sink.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut n = 0u64;
+                    while let Ok(k) = s.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        n += k as u64;
+                    }
+                    let _ = s.write_all(&n.to_be_bytes()).await;
+                });
+            }
+        });
+        let ans = asite.ns.clone();
+        let connector: quic::Connector = Arc::new(move || {
+            let ns = ans.clone();
+            Box::pin(async move {
+                let s = enter_and_run(&ns, move || std::net::TcpStream::connect(sink_addr))
+                    .map_err(std::io::Error::other)??;
+                s.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(s)
+            })
+        });
+        let acc = tokio::spawn(async move {
+            let (ep, c) = quic::accept(ta.socket, &ai2, fv2, l).await.unwrap();
+            quic::serve_agent(c, connector).await;
+            drop(ep);
+        });
+        let (vep, vc) = quic::connect(tv.socket, tv.peer, &vi2, fa2, l)
+            .await
+            .unwrap();
+        let local = enter_and_run(&vsite.ns, || std::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
+        let laddr = local.local_addr().unwrap();
+        local.set_nonblocking(true).unwrap();
+        tokio::spawn(async move {
+            quic::serve_visitor(tokio::net::TcpListener::from_std(local).unwrap(), vc).await;
+            drop(vep);
+            drop(acc);
+        });
+        laddr
+    });
+    let (rt4, secs4, vns) = (rt.clone(), secs, bed.sites[2].ns.clone());
+    suite.case(
+        "visitor-tcp-over-quic",
+        "MB_per_s",
+        Better::Higher,
+        move || {
+            let vns = vns.clone();
+            rt4.block_on(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let s = enter_and_run(&vns, move || std::net::TcpStream::connect(laddr))
+                    .unwrap()
+                    .unwrap();
+                s.set_nonblocking(true).unwrap();
+                let mut s = tokio::net::TcpStream::from_std(s).unwrap();
+                let chunk = vec![0x3cu8; 64 * 1024];
+                let t = Instant::now();
+                let end = t + Duration::from_secs_f64(secs4);
+                while Instant::now() < end {
+                    s.write_all(&chunk).await.unwrap();
+                }
+                s.shutdown().await.unwrap();
+                let mut n = [0u8; 8];
+                s.read_exact(&mut n).await.unwrap();
+                u64::from_be_bytes(n) as f64 / t.elapsed().as_secs_f64() / 1e6
+            })
+        },
+    );
+
+    // Raw UDP: blast for `secs`; receiver goodput (and, next case, what was sent).
+    let (ra, rv) = raw_path;
+    let ra = Arc::new(ra);
+    let rv = Arc::new(rv);
+    let (rt3, secs3) = (rt.clone(), secs);
+    let sent_rate = Rc::new(std::cell::Cell::new(0.0f64));
+    let sent_rate2 = sent_rate.clone();
+    suite.case("direct-raw-udp", "MB_per_s", Better::Higher, move || {
+        let sent_rate = sent_rate2.clone();
+        let (ra, rv) = (ra.clone(), rv.clone());
+        rt3.block_on(async move {
+            let rs = ra.socket.try_clone().unwrap();
+            rs.set_nonblocking(false).unwrap();
+            rs.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let mut n = 0u64;
+                let mut first: Option<Instant> = None;
+                let mut last = Instant::now();
+                while let Ok((k, _)) = rs.recv_from(&mut buf) {
+                    first.get_or_insert_with(Instant::now);
+                    last = Instant::now();
+                    n += k as u64;
+                }
+                let span = first.map(|f| (last - f).as_secs_f64()).unwrap_or(1.0);
+                n as f64 / span.max(1e-3) / 1e6
+            });
+            let ss = rv.socket.try_clone().unwrap();
+            ss.set_nonblocking(false).unwrap();
+            let to = rv.peer;
+            let sender = std::thread::spawn(move || {
+                let d = [0xa5u8; 1200];
+                let t = Instant::now();
+                let end = t + Duration::from_secs_f64(secs3);
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    for _ in 0..64 {
+                        if ss.send_to(&d, to).is_ok() {
+                            n += 1200;
+                        }
+                    }
+                }
+                n as f64 / t.elapsed().as_secs_f64() / 1e6
+            });
+            sent_rate.set(sender.join().unwrap());
+            reader.join().unwrap()
+        })
+    });
+    suite.case(
+        "direct-raw-udp-sent",
+        "MB_per_s",
+        Better::Higher,
+        move || sent_rate.get(),
+    );
+    suite.note(
+        "punch trials: fresh sockets each, STUN + rendezvous + punching; hard-hard is declined (relay only) by design",
+    );
+    suite.note(
+        "direct-quic: TLS 1.3, pinned Ed25519 keys, reliable ordered stream, congestion control; direct-raw-udp: 1,200 B datagrams blasted from one thread, no reliability, no encryption, no congestion control, receiver goodput (direct-raw-udp-sent: what the sender put out; the gap is loss at the receiver); visitor-tcp-over-quic: TCP client -> visitor port -> QUIC stream -> agent -> TCP sink, the sink's count over the client's time",
+    );
+    suite.run();
+    suite.ratio("quic_vs_raw_udp", "direct-quic", "direct-raw-udp");
+    suite.ratio(
+        "visitor_tcp_vs_direct_quic",
+        "visitor-tcp-over-quic",
+        "direct-quic",
+    );
+    for (name, all) in totals {
+        let (ok, n) = *all.borrow();
+        suite.note(format!(
+            "{name}: {ok}/{n} trials punched ({:.1} %)",
+            100.0 * f64::from(ok) / f64::from(n.max(1))
+        ));
+    }
+    suite.finish();
+}

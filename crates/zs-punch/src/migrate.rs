@@ -1,0 +1,904 @@
+//! Moving a live byte stream between paths (relay ⇄ direct) without loss or duplication.
+//!
+//! A sans-IO [`Stream`] per side: the bytes the application writes get stream offsets
+//! (like TCP sequence numbers); they stay in a bounded send buffer until the peer's
+//! cumulative ACK covers them. Frames go out on whichever path is current; on a switch
+//! ([`Stream::rewind`]) everything not yet acknowledged is sent again on the new path.
+//! The receiver accepts frames from any path and keeps exactly the bytes at its next
+//! offset: a retransmitted or late duplicate is trimmed, a gap is a protocol error (a
+//! path is ordered, and a sender never skips ahead of what was acknowledged).
+//!
+//! Frame (inside whatever framing the path has):
+//! `type:u8` (1 DATA, 2 ACK, 3 FIN), `offset:u64be`, and for DATA `len:u16be` + bytes
+//! (≤ [`MAX_DATA`]). ACK's offset is the next byte expected, followed by
+//! `limit:u64be` (flow control: send only below it); FIN's offset is the stream's end.
+
+use std::collections::VecDeque;
+
+/// Largest DATA payload.
+pub const MAX_DATA: usize = 16 * 1024;
+/// What a sender may send before the first ACK: receivers must buffer at least this.
+pub const INITIAL_WINDOW: u64 = MAX_DATA as u64;
+
+/// A frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Bytes at `offset`.
+    Data {
+        /// Stream offset of the first byte.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Everything below `next` arrived; the sender may send up to `limit` (exclusive).
+    Ack {
+        /// The next offset expected.
+        next: u64,
+        /// Flow control: the receiver has room for bytes below this offset.
+        limit: u64,
+    },
+    /// The stream ends at `end`.
+    Fin {
+        /// Total length.
+        end: u64,
+    },
+}
+
+/// Protocol violation by the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrateError {
+    /// Malformed frame.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    /// DATA beyond the next expected offset (a gap).
+    #[error("gap: data at {offset}, expected {expected}")]
+    Gap {
+        /// Offset received.
+        offset: u64,
+        /// Offset expected.
+        expected: u64,
+    },
+    /// ACK for bytes never sent.
+    #[error("ack {0} beyond what was sent")]
+    AckBeyond(u64),
+    /// The receive buffer is full (the application does not read).
+    #[error("receive buffer full")]
+    RecvFull,
+    /// FIN disagrees with data already seen.
+    #[error("bad fin")]
+    BadFin,
+}
+
+impl Frame {
+    /// Encode.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::new();
+        match self {
+            Frame::Data { offset, bytes } => {
+                o.push(1);
+                o.extend_from_slice(&offset.to_be_bytes());
+                o.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                o.extend_from_slice(bytes);
+            }
+            Frame::Ack { next, limit } => {
+                o.push(2);
+                o.extend_from_slice(&next.to_be_bytes());
+                o.extend_from_slice(&limit.to_be_bytes());
+            }
+            Frame::Fin { end } => {
+                o.push(3);
+                o.extend_from_slice(&end.to_be_bytes());
+            }
+        }
+        o
+    }
+
+    /// Decode one whole frame.
+    pub fn decode(b: &[u8]) -> Result<Frame, MigrateError> {
+        if b.len() < 9 {
+            return Err(MigrateError::Malformed("short"));
+        }
+        let mut off = [0u8; 8];
+        off.copy_from_slice(&b[1..9]);
+        let offset = u64::from_be_bytes(off);
+        match b[0] {
+            1 => {
+                if b.len() < 11 {
+                    return Err(MigrateError::Malformed("short data"));
+                }
+                let n = usize::from(u16::from_be_bytes([b[9], b[10]]));
+                if n > MAX_DATA || b.len() != 11 + n {
+                    return Err(MigrateError::Malformed("data length"));
+                }
+                Ok(Frame::Data {
+                    offset,
+                    bytes: b[11..].to_vec(),
+                })
+            }
+            2 if b.len() == 17 => {
+                let mut l = [0u8; 8];
+                l.copy_from_slice(&b[9..17]);
+                Ok(Frame::Ack {
+                    next: offset,
+                    limit: u64::from_be_bytes(l),
+                })
+            }
+            3 if b.len() == 9 => Ok(Frame::Fin { end: offset }),
+            _ => Err(MigrateError::Malformed("type")),
+        }
+    }
+}
+
+/// One side of a migratable stream.
+#[derive(Debug)]
+pub struct Stream {
+    // Send side.
+    unacked: VecDeque<u8>,
+    /// Offset of `unacked[0]` (everything below is acknowledged).
+    acked: u64,
+    /// Next offset to put on the current path.
+    next_send: u64,
+    max_unacked: usize,
+    fin_requested: bool,
+    fin_sent: bool,
+    // Receive side.
+    recv: VecDeque<u8>,
+    /// Next offset expected.
+    next_recv: u64,
+    /// Last ACK we sent (next, limit).
+    ack_sent: (u64, u64),
+    /// The peer lets us send below this offset.
+    peer_limit: u64,
+    max_recv: usize,
+    fin_at: Option<u64>,
+    /// Bytes received more than once (trimmed): visible for tests and stats.
+    pub duplicate_bytes: u64,
+}
+
+impl Stream {
+    /// A stream holding at most `max_unacked` unacknowledged bytes and `max_recv`
+    /// unread bytes.
+    pub fn new(max_unacked: usize, max_recv: usize) -> Stream {
+        Stream {
+            unacked: VecDeque::new(),
+            acked: 0,
+            next_send: 0,
+            max_unacked,
+            fin_requested: false,
+            fin_sent: false,
+            recv: VecDeque::new(),
+            next_recv: 0,
+            ack_sent: (0, max_recv as u64),
+            peer_limit: INITIAL_WINDOW,
+            max_recv,
+            fin_at: None,
+            duplicate_bytes: 0,
+        }
+    }
+
+    /// Queue bytes; returns how many fit (0 when the window is full: wait for ACKs).
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        if self.fin_requested {
+            return 0;
+        }
+        let n = data.len().min(self.max_unacked - self.unacked.len());
+        self.unacked.extend(&data[..n]);
+        n
+    }
+
+    /// No more bytes will be written.
+    pub fn finish(&mut self) {
+        self.fin_requested = true;
+    }
+
+    /// Take unread bytes.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.recv.len());
+        for (o, b) in out.iter_mut().zip(self.recv.drain(..n)) {
+            *o = b;
+        }
+        n
+    }
+
+    /// All bytes of the peer's stream were read.
+    pub fn is_read_closed(&self) -> bool {
+        self.fin_at == Some(self.next_recv) && self.recv.is_empty()
+    }
+
+    /// All our bytes (and FIN) were acknowledged.
+    pub fn is_write_done(&self) -> bool {
+        self.fin_requested && self.unacked.is_empty() && self.fin_sent
+    }
+
+    /// Bytes written but not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// (next offset expected, window limit) as an ACK would carry them now. The limit
+    /// moves in steps of a quarter of the buffer so that reads do not each cause an ACK.
+    fn ack_now(&self) -> (u64, u64) {
+        let room = (self.max_recv - self.recv.len()) as u64;
+        let limit = self.next_recv + room;
+        let step = (self.max_recv as u64 / 4).max(1);
+        let last = self.ack_sent.1;
+        let limit = if last != u64::MAX && limit < last.saturating_add(step) && limit >= last {
+            last
+        } else {
+            limit
+        };
+        (self.next_recv, limit)
+    }
+
+    /// Bytes received and not yet read.
+    pub fn buffered(&self) -> usize {
+        self.recv.len()
+    }
+
+    /// Whether [`Stream::poll_transmit`] has a frame now.
+    pub fn wants_transmit(&self) -> bool {
+        self.ack_sent != self.ack_now()
+            || self.next_send < (self.acked + self.unacked.len() as u64).min(self.peer_limit)
+            || (self.fin_requested && !self.fin_sent)
+    }
+
+    /// The path changed: send everything unacknowledged again (and re-announce our
+    /// ACK and FIN) on the new one.
+    pub fn rewind(&mut self) {
+        self.next_send = self.acked;
+        self.ack_sent = (u64::MAX, u64::MAX); // force an ACK
+        self.fin_sent = false;
+    }
+
+    /// The next frame to send on the current path, if any.
+    pub fn poll_transmit(&mut self) -> Option<Frame> {
+        let ack = self.ack_now();
+        if self.ack_sent != ack {
+            self.ack_sent = ack;
+            return Some(Frame::Ack {
+                next: ack.0,
+                limit: ack.1,
+            });
+        }
+        let end = self.acked + self.unacked.len() as u64;
+        let end_ok = end.min(self.peer_limit);
+        if self.next_send < end_ok {
+            let start = (self.next_send - self.acked) as usize;
+            let n = (end_ok - self.next_send).min(MAX_DATA as u64) as usize;
+            let bytes: Vec<u8> = self.unacked.range(start..start + n).copied().collect();
+            let f = Frame::Data {
+                offset: self.next_send,
+                bytes,
+            };
+            self.next_send += n as u64;
+            return Some(f);
+        }
+        if self.fin_requested && !self.fin_sent {
+            self.fin_sent = true;
+            return Some(Frame::Fin { end });
+        }
+        None
+    }
+
+    /// A frame arrived (from any path).
+    pub fn on_frame(&mut self, f: Frame) -> Result<(), MigrateError> {
+        match f {
+            Frame::Data { offset, bytes } => {
+                let len = bytes.len() as u64;
+                if offset > self.next_recv {
+                    return Err(MigrateError::Gap {
+                        offset,
+                        expected: self.next_recv,
+                    });
+                }
+                let skip = (self.next_recv - offset).min(len);
+                self.duplicate_bytes += skip;
+                let fresh = &bytes[skip as usize..];
+                if self.recv.len() + fresh.len() > self.max_recv {
+                    return Err(MigrateError::RecvFull);
+                }
+                if let Some(end) = self.fin_at {
+                    if self.next_recv + fresh.len() as u64 > end {
+                        return Err(MigrateError::BadFin);
+                    }
+                }
+                self.recv.extend(fresh);
+                self.next_recv += fresh.len() as u64;
+            }
+            Frame::Ack { next, limit } => {
+                if limit > self.peer_limit {
+                    self.peer_limit = limit;
+                }
+                let sent_end = self.acked + self.unacked.len() as u64;
+                if next > sent_end {
+                    return Err(MigrateError::AckBeyond(next));
+                }
+                if next > self.acked {
+                    self.unacked.drain(..(next - self.acked) as usize);
+                    self.acked = next;
+                    if self.next_send < next {
+                        self.next_send = next;
+                    }
+                }
+            }
+            Frame::Fin { end } => {
+                if end < self.next_recv || self.fin_at.is_some_and(|e| e != end) {
+                    return Err(MigrateError::BadFin);
+                }
+                self.fin_at = Some(end);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Async driver: one application byte stream over whichever path is current.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// A path: any ordered byte stream (a relay data connection, a QUIC stream, TCP).
+pub trait PathIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> PathIo for T {}
+
+/// Driver limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnConfig {
+    /// Unacknowledged bytes kept for resending (the memory a connection may hold).
+    pub max_unacked: usize,
+    /// How long the connection may have no path before it fails.
+    pub pathless_timeout: std::time::Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            max_unacked: 256 * 1024,
+            pathless_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// What [`run`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Paths used (the first one included).
+    pub paths: u32,
+    /// Bytes from the application sent (once each, resends not counted).
+    pub app_bytes_out: u64,
+    /// Bytes delivered to the application.
+    pub app_bytes_in: u64,
+    /// Duplicate bytes received and trimmed.
+    pub duplicate_bytes: u64,
+}
+
+/// Why [`run`] ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The peer broke the protocol.
+    #[error("{0}")]
+    Protocol(#[from] MigrateError),
+    /// The application side failed.
+    #[error("application: {0}")]
+    App(std::io::Error),
+    /// No path for longer than `pathless_timeout`.
+    #[error("no path for too long")]
+    NoPath,
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
+    let mut l = [0u8; 2];
+    r.read_exact(&mut l).await?;
+    let n = usize::from(u16::from_be_bytes(l));
+    if n > MAX_DATA + 11 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut b = vec![0u8; n];
+    r.read_exact(&mut b).await?;
+    Frame::decode(&b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+struct Attached {
+    frames_out: mpsc::Sender<Frame>,
+    tasks: tokio::task::JoinSet<()>,
+    id: u32,
+}
+
+fn attach<P: PathIo>(path: P, id: u32, frames_in: mpsc::Sender<(u32, Option<Frame>)>) -> Attached {
+    let (mut r, mut w) = tokio::io::split(path);
+    let (tx, mut rx) = mpsc::channel::<Frame>(64);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        loop {
+            match read_frame(&mut r).await {
+                Ok(f) => {
+                    if frames_in.send((id, Some(f))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = frames_in.send((id, None)).await;
+                    return;
+                }
+            }
+        }
+    });
+    tasks.spawn(async move {
+        while let Some(f) = rx.recv().await {
+            let b = f.encode();
+            let mut out = Vec::with_capacity(b.len() + 2);
+            out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+            out.extend_from_slice(&b);
+            if w.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    Attached {
+        frames_out: tx,
+        tasks,
+        id,
+    }
+}
+
+/// Carry `app` (the local end: a TCP connection, a duplex) over the paths that arrive
+/// on `paths`: the first one starts the connection; each later one replaces the current
+/// path at once (everything unacknowledged is resent on it); a path that fails leaves
+/// the connection waiting (bounded by `pathless_timeout`) for the next. Ends when both
+/// directions are finished and acknowledged.
+pub async fn run<A, P>(
+    app: A,
+    mut paths: mpsc::Receiver<P>,
+    cfg: ConnConfig,
+) -> Result<ConnStats, ConnError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    P: PathIo,
+{
+    let (mut ar, mut aw) = tokio::io::split(app);
+    let mut st = Stream::new(cfg.max_unacked, MAX_DATA * 4);
+    let (fin_tx, mut fin_rx) = mpsc::channel::<(u32, Option<Frame>)>(64);
+    let mut cur: Option<Attached> = None;
+    let mut next_id = 0u32;
+    let mut stats = ConnStats::default();
+    let mut app_eof = false;
+    let mut app_closed_write = false;
+    let mut buf = vec![0u8; MAX_DATA];
+    // Bytes on their way to the application (written without blocking the loop).
+    let mut out: Vec<u8> = Vec::new();
+    let mut out_pos = 0usize;
+    let mut pathless_since = Some(tokio::time::Instant::now());
+    let mut paths_open = true;
+    loop {
+        // Hand frames to the current path's writer while its queue has room; the rest
+        // waits in the stream (no await here: both ends may be full at once).
+        if let Some(c) = &cur {
+            while st.wants_transmit() {
+                let Ok(permit) = c.frames_out.try_reserve() else {
+                    break;
+                };
+                match st.poll_transmit() {
+                    Some(f) => permit.send(f),
+                    None => break,
+                }
+            }
+        }
+        if out_pos == out.len() {
+            out.clear();
+            out_pos = 0;
+            let n = st.read(&mut buf);
+            if n > 0 {
+                stats.app_bytes_in += n as u64;
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+        if out.is_empty() && st.is_read_closed() && !app_closed_write {
+            app_closed_write = true;
+            let _ = aw.shutdown().await;
+        }
+        if st.is_write_done() && st.is_read_closed() && out.is_empty() && !st.wants_transmit() {
+            // Let the last frames go out before the path is dropped.
+            if let Some(c) = cur.take() {
+                drop(c.frames_out);
+                let mut t = c.tasks;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    while t.join_next().await.is_some() {}
+                })
+                .await;
+            }
+            stats.duplicate_bytes = st.duplicate_bytes;
+            return Ok(stats);
+        }
+        let room = cfg.max_unacked - st.unacked();
+        let can_read_app = !app_eof && room > 0;
+        // Stop taking frames while the application is behind (backpressure to the path).
+        // Flow control (ACK limits) keeps the peer within our buffer: always take frames.
+        let can_take_frames = true;
+        let deadline = pathless_since.map(|t| t + cfg.pathless_timeout);
+        let tx = cur.as_ref().map(|c| c.frames_out.clone());
+        let wants = tx.is_some() && st.wants_transmit();
+        let mut rbuf = [0u8; MAX_DATA];
+        let rlen = room.clamp(1, MAX_DATA);
+        tokio::select! {
+            r = aw.write(&out[out_pos..]), if out_pos < out.len() => {
+                out_pos += r.map_err(ConnError::App)?;
+            }
+            r = ar.read(&mut rbuf[..rlen]), if can_read_app => {
+                match r {
+                    Ok(0) => { app_eof = true; st.finish(); }
+                    Ok(n) => {
+                        let k = st.write(&rbuf[..n]);
+                        debug_assert_eq!(k, n);
+                        stats.app_bytes_out += k as u64;
+                    }
+                    Err(e) => return Err(ConnError::App(e)),
+                }
+            }
+            permit = async { tx.as_ref().expect("checked").reserve().await }, if wants => {
+                if let (Ok(p), Some(f)) = (permit, st.poll_transmit()) {
+                    p.send(f);
+                }
+            }
+            got = fin_rx.recv(), if can_take_frames => {
+                if let Some((id, f)) = got {
+                    match f {
+                        Some(f) => st.on_frame(f)?,
+                        None => {
+                            if cur.as_ref().is_some_and(|c| c.id == id) {
+                                cur = None;
+                                pathless_since = Some(tokio::time::Instant::now());
+                            }
+                        }
+                    }
+                }
+            }
+            p = paths.recv(), if paths_open => {
+                match p {
+                    Some(p) => {
+                        next_id += 1;
+                        stats.paths += 1;
+                        cur = Some(attach(p, next_id, fin_tx.clone()));
+                        pathless_since = None;
+                        st.rewind();
+                    }
+                    None => paths_open = false,
+                }
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => return Err(ConnError::NoPath),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An in-memory path: frames in flight, in order; it can die (drop what is in
+    /// flight) or linger (deliver its backlog late, after the switch).
+    #[derive(Default)]
+    struct Path {
+        a_to_b: VecDeque<Vec<u8>>,
+        b_to_a: VecDeque<Vec<u8>>,
+    }
+
+    struct Run {
+        a: Stream,
+        b: Stream,
+        paths: [Path; 2],
+        cur: usize,
+        sent: Vec<u8>,
+        got: Vec<u8>,
+    }
+
+    impl Run {
+        fn new(window: usize) -> Run {
+            Run {
+                a: Stream::new(window, 1 << 20),
+                b: Stream::new(window, 1 << 20),
+                paths: [Path::default(), Path::default()],
+                cur: 0,
+                sent: Vec::new(),
+                got: Vec::new(),
+            }
+        }
+        fn transmit(&mut self) {
+            while let Some(f) = self.a.poll_transmit() {
+                self.paths[self.cur].a_to_b.push_back(f.encode());
+            }
+            while let Some(f) = self.b.poll_transmit() {
+                self.paths[self.cur].b_to_a.push_back(f.encode());
+            }
+        }
+        /// Deliver up to `n` frames each way on path `p`.
+        fn deliver(&mut self, p: usize, n: usize) {
+            for _ in 0..n {
+                if let Some(f) = self.paths[p].a_to_b.pop_front() {
+                    self.b.on_frame(Frame::decode(&f).unwrap()).unwrap();
+                }
+                if let Some(f) = self.paths[p].b_to_a.pop_front() {
+                    self.a.on_frame(Frame::decode(&f).unwrap()).unwrap();
+                }
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = self.b.read(&mut buf);
+                if n == 0 {
+                    break;
+                }
+                self.got.extend_from_slice(&buf[..n]);
+            }
+        }
+        fn switch(&mut self, kill_old: bool) {
+            if kill_old {
+                self.paths[self.cur] = Path::default();
+            }
+            self.cur = 1 - self.cur;
+            self.a.rewind();
+            self.b.rewind();
+        }
+    }
+
+    fn data(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Relay → direct in the middle of a transfer while the relay still holds frames
+    /// in flight (delivered late): every byte arrives once, in order.
+    #[test]
+    fn upgrade_mid_transfer_no_loss_no_duplication() {
+        let mut r = Run::new(64 * 1024);
+        let payload = data(300_000, 1);
+        let mut pos = 0;
+        let mut switched = false;
+        while r.got.len() < payload.len() {
+            pos += r.a.write(&payload[pos..]);
+            r.sent = payload[..pos].to_vec();
+            r.transmit();
+            if !switched && r.got.len() > 100_000 {
+                r.switch(false); // the old path lingers
+                switched = true;
+            }
+            r.deliver(r.cur, 3);
+            r.deliver(1 - r.cur, 1); // late frames from the other path
+        }
+        r.a.finish();
+        for _ in 0..10 {
+            r.transmit();
+            r.deliver(r.cur, 10);
+            r.deliver(1 - r.cur, 10);
+        }
+        assert!(switched);
+        assert_eq!(r.got, payload);
+        assert!(r.b.is_read_closed());
+        assert!(r.a.is_write_done());
+        assert!(
+            r.b.duplicate_bytes > 0,
+            "the late path delivered duplicates"
+        );
+    }
+
+    /// The direct path dies with frames in flight: back on the relay, the unacked bytes
+    /// are sent again and nothing is lost.
+    #[test]
+    fn direct_path_dies_connection_survives_on_the_relay() {
+        let mut r = Run::new(32 * 1024);
+        let payload = data(200_000, 7);
+        let mut pos = 0;
+        let mut died = false;
+        while r.got.len() < payload.len() {
+            pos += r.a.write(&payload[pos..]);
+            r.transmit();
+            if !died && r.got.len() > 50_000 {
+                r.switch(true);
+                died = true;
+            }
+            r.deliver(r.cur, 2);
+        }
+        assert_eq!(r.got, payload);
+    }
+
+    /// The window bounds memory: a writer cannot queue more than `max_unacked`.
+    #[test]
+    fn window_bounds_unacked_bytes() {
+        let mut s = Stream::new(1000, 1000);
+        assert_eq!(s.write(&[0; 5000]), 1000);
+        assert_eq!(s.write(&[0; 10]), 0);
+        assert_eq!(s.unacked(), 1000);
+    }
+
+    /// Hostile peer: a gap, an ack for unsent bytes, an overflowing sender, a bad FIN.
+    #[test]
+    fn hostile_frames_are_errors() {
+        let mut s = Stream::new(100, 10);
+        assert!(matches!(
+            s.on_frame(Frame::Data {
+                offset: 5,
+                bytes: vec![1]
+            }),
+            Err(MigrateError::Gap { .. })
+        ));
+        assert_eq!(
+            s.on_frame(Frame::Ack { next: 1, limit: 1 }),
+            Err(MigrateError::AckBeyond(1))
+        );
+        assert_eq!(
+            s.on_frame(Frame::Data {
+                offset: 0,
+                bytes: vec![0; 11]
+            }),
+            Err(MigrateError::RecvFull)
+        );
+        s.on_frame(Frame::Data {
+            offset: 0,
+            bytes: vec![0; 4],
+        })
+        .unwrap();
+        assert_eq!(s.on_frame(Frame::Fin { end: 2 }), Err(MigrateError::BadFin));
+        assert!(Frame::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]).is_err());
+    }
+
+    proptest! {
+        /// Any schedule of switches, path deaths and interleavings delivers the stream
+        /// exactly once, in order.
+        #[test]
+        fn any_schedule_delivers_exactly_once(
+            len in 1usize..60_000,
+            steps in proptest::collection::vec((0u8..6, 1usize..5), 1..200),
+        ) {
+            let mut r = Run::new(8 * 1024);
+            let payload = data(len, 3);
+            let mut pos = 0;
+            for (op, n) in steps {
+                pos += r.a.write(&payload[pos..]);
+                r.transmit();
+                match op {
+                    0 => r.switch(false),
+                    1 => r.switch(true),
+                    2 => r.deliver(1 - r.cur, n),
+                    _ => r.deliver(r.cur, n),
+                }
+            }
+            // Settle on the current path.
+            for _ in 0..1000 {
+                if r.got.len() == payload.len() { break; }
+                pos += r.a.write(&payload[pos..]);
+                r.transmit();
+                r.deliver(r.cur, 8);
+            }
+            prop_assert_eq!(r.got, payload);
+        }
+
+        #[test]
+        fn frames_round_trip(offset in any::<u64>(), bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+            for f in [Frame::Data { offset, bytes: bytes.clone() }, Frame::Ack { next: offset, limit: offset ^ 7 }, Frame::Fin { end: offset }] {
+                prop_assert_eq!(Frame::decode(&f.encode()).unwrap(), f);
+            }
+        }
+    }
+
+    /// A path through a proxy task that can be killed (bytes in flight are lost).
+    fn path() -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (a, pa) = tokio::io::duplex(16 * 1024);
+        let (b, pb) = tokio::io::duplex(16 * 1024);
+        let h = tokio::spawn(async move {
+            let (mut pa, mut pb) = (pa, pb);
+            let _ = tokio::io::copy_bidirectional(&mut pa, &mut pb).await;
+        });
+        (a, b, h)
+    }
+
+    /// `events`: (bytes written by A, kill the current path first?) → a new path then.
+    async fn exchange(events: &[(usize, bool)]) -> (Vec<u8>, Vec<u8>, ConnStats) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a_app, mut a_user) = tokio::io::duplex(64 * 1024);
+        let (b_app, b_user) = tokio::io::duplex(64 * 1024);
+        let (atx, arx) = mpsc::channel(4);
+        let (btx, brx) = mpsc::channel(4);
+        let (x, y, mut proxy) = path();
+        atx.send(x).await.unwrap();
+        btx.send(y).await.unwrap();
+        let cfg = ConnConfig::default();
+        let ta = tokio::spawn(run(a_app, arx, cfg));
+        let tb = tokio::spawn(run(b_app, brx, cfg));
+        let payload = data(1_000_000, 9);
+        let echo_back = data(300_000, 4);
+        let (p, e) = (payload.clone(), echo_back.clone());
+        let events = events.to_vec();
+        let writer = tokio::spawn(async move {
+            let mut sent = 0;
+            for chunk in p.chunks(10_000) {
+                a_user.write_all(chunk).await.unwrap();
+                sent += chunk.len();
+                for (at, kill) in &events {
+                    if *at == sent {
+                        if *kill {
+                            proxy.abort();
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                        let (x, y, h) = path();
+                        proxy = h;
+                        atx.send(x).await.unwrap();
+                        btx.send(y).await.unwrap();
+                    }
+                }
+            }
+            a_user.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            a_user.read_to_end(&mut back).await.unwrap();
+            (back, atx, btx, proxy)
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let (mut r, mut w) = tokio::io::split(b_user);
+            let w = async {
+                w.write_all(&e).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let (_, n) = tokio::join!(w, r.read_to_end(&mut got));
+            n.unwrap();
+            got
+        });
+        let got = reader.await.unwrap();
+        let (back, _a, _b, _p) = writer.await.unwrap();
+        let sa = ta.await.unwrap().unwrap();
+        let _ = tb.await.unwrap().unwrap();
+        assert!(
+            back == echo_back,
+            "B -> A: {} of {}",
+            back.len(),
+            echo_back.len()
+        );
+        (got, payload, sa)
+    }
+
+    /// Relay-only connection upgraded to a new path mid-transfer (the old one left
+    /// alive): both directions arrive complete, in order, once.
+    #[tokio::test]
+    async fn driver_upgrades_mid_transfer() {
+        let (got, want, stats) = exchange(&[(400_000, false)]).await;
+        assert!(got == want, "got {} bytes of {}", got.len(), want.len());
+        assert_eq!(stats.paths, 2);
+        assert_eq!(stats.app_bytes_out, 1_000_000);
+    }
+
+    /// The direct path dies mid-transfer with bytes in flight; the connection carries on
+    /// over the relay (a new path), then upgrades again: nothing lost or duplicated.
+    #[tokio::test]
+    async fn driver_survives_a_dead_path_and_moves_back() {
+        let (got, want, stats) =
+            exchange(&[(200_000, false), (500_000, true), (800_000, false)]).await;
+        assert!(got == want, "got {} bytes of {}", got.len(), want.len());
+        assert_eq!(stats.paths, 4);
+    }
+
+    /// Without a new path the connection gives up after `pathless_timeout`, with an error.
+    #[tokio::test]
+    async fn driver_without_path_fails_in_time() {
+        let (app, _user) = tokio::io::duplex(1024);
+        let (tx, rx) = mpsc::channel::<tokio::io::DuplexStream>(1);
+        let cfg = ConnConfig {
+            pathless_timeout: std::time::Duration::from_millis(100),
+            ..Default::default()
+        };
+        let r = run(app, rx, cfg).await;
+        drop(tx);
+        assert!(matches!(r, Err(ConnError::NoPath)), "{r:?}");
+    }
+}

@@ -1,0 +1,385 @@
+//! A NAT test bed in Linux network namespaces (feature `netlab`; needs root, `ip` and `nft`).
+//!
+//! Topology (all addresses from 198.18.0.0/15, the benchmarking range):
+//!
+//! ```text
+//!  host i (198.18.i.2) ── router i (198.18.i.1 | 198.19.i.1, nftables NAT) ── public
+//!                                                  public: 198.19.i.2 per site, and
+//!                                                  198.19.0.2 + 198.19.0.3 (servers)
+//! ```
+//!
+//! The public namespace routes between sites (it plays the Internet). Each namespace name
+//! is unique per lab (`zp-<pid>-<n>-…`), so tests run in parallel; [`Lab`]'s `Drop` kills
+//! the processes it started and deletes its namespaces, also on panic; a new lab first
+//! deletes namespaces left by dead processes.
+//!
+//! Code runs "inside" a namespace through [`Lab::run_in`]: a fresh thread enters the
+//! namespace (`setns`) and runs the closure there; sockets created by it stay in that
+//! namespace wherever they are used afterwards (a tokio runtime elsewhere can drive them).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The NAT a site's router applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// No NAT: the host's address is routed as is (a public host).
+    None,
+    /// `masquerade`: endpoint-independent mapping, the source port kept when free.
+    EndpointIndependent,
+    /// `masquerade fully-random`: a new random port per destination.
+    RandomPorts,
+}
+
+/// The first server address in the public namespace (STUN primary, relay).
+pub const PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+/// The second server address in the public namespace (STUN alternate).
+pub const PUBLIC_IP2: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
+
+/// A site: a host behind a router.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The host's namespace.
+    pub ns: String,
+    /// The router's namespace.
+    pub router_ns: String,
+    /// The host's address.
+    pub ip: IpAddr,
+    /// The router's public address (what a NAT maps to).
+    pub public_ip: IpAddr,
+    /// Its NAT.
+    pub nat: Nat,
+}
+
+/// A running test bed.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    /// The public namespace.
+    pub public_ns: String,
+    namespaces: Vec<String>,
+    sites: u8,
+    children: Vec<Child>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn run_stdin(args: &[&str], input: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut c = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
+    c.stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(input.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = c.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        || std::path::Path::new("/usr/sbin").join(program).is_file()
+        || std::path::Path::new("/sbin").join(program).is_file()
+}
+
+/// Delete `zp-<pid>-…` namespaces whose process is gone (a killed test run).
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix("zp-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+impl Lab {
+    /// Why a lab cannot be built here, or `None` when it can (root, `ip`, `nft`).
+    pub fn unavailable() -> Option<String> {
+        if !have("ip") {
+            return Some("`ip` (iproute2) not installed".into());
+        }
+        if !have("nft") {
+            return Some("`nft` (nftables) not installed".into());
+        }
+        if !std::path::Path::new("/proc/self/ns/net").exists() {
+            return Some("no network namespaces".into());
+        }
+        if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+            let uid0 = s
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                == Some("0");
+            if !uid0 {
+                return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
+            }
+        }
+        None
+    }
+
+    /// A lab with only the public namespace (servers on [`PUBLIC_IP`] and [`PUBLIC_IP2`]).
+    pub fn new() -> Result<Lab, String> {
+        if let Some(why) = Lab::unavailable() {
+            return Err(why);
+        }
+        sweep_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("zp-{}-{n}", std::process::id());
+        let public_ns = format!("{prefix}-pub");
+        let mut lab = Lab {
+            prefix,
+            public_ns: public_ns.clone(),
+            namespaces: Vec::new(),
+            sites: 0,
+            children: Vec::new(),
+        };
+        lab.add_ns(&public_ns)?;
+        let p = public_ns.as_str();
+        run(&["ip", "-n", p, "addr", "add", "198.19.0.2/32", "dev", "lo"])?;
+        run(&["ip", "-n", p, "addr", "add", "198.19.0.3/32", "dev", "lo"])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            p,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<(), String> {
+        run(&["ip", "netns", "add", name])?;
+        self.namespaces.push(name.to_string());
+        run(&["ip", "-n", name, "link", "set", "lo", "up"])
+    }
+
+    /// Add a site (host + router with `nat`); sites are numbered 1, 2, … (at most 200).
+    pub fn add_site(&mut self, nat: Nat) -> Result<Site, String> {
+        if self.sites >= 200 {
+            return Err("too many sites".into());
+        }
+        self.sites += 1;
+        let i = self.sites;
+        let host = format!("{}-h{i}", self.prefix);
+        let router = format!("{}-r{i}", self.prefix);
+        self.add_ns(&host)?;
+        self.add_ns(&router)?;
+        let p = self.public_ns.clone();
+        let (h, r) = (host.as_str(), router.as_str());
+        let ri = format!("r{i}i");
+        let ro = format!("r{i}o");
+        let pi = format!("p{i}");
+        run(&[
+            "ip", "link", "add", "h0", "netns", h, "type", "veth", "peer", "name", &ri, "netns", r,
+        ])?;
+        run(&[
+            "ip", "link", "add", &ro, "netns", r, "type", "veth", "peer", "name", &pi, "netns", &p,
+        ])?;
+        let hip = format!("198.18.{i}.2");
+        let rin = format!("198.18.{i}.1");
+        let rout = format!("198.19.{i}.1");
+        let pside = format!("198.19.{i}.2");
+        run(&[
+            "ip",
+            "-n",
+            h,
+            "addr",
+            "add",
+            &format!("{hip}/24"),
+            "dev",
+            "h0",
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{rin}/24"),
+            "dev",
+            &ri,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{rout}/24"),
+            "dev",
+            &ro,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &p,
+            "addr",
+            "add",
+            &format!("{pside}/24"),
+            "dev",
+            &pi,
+        ])?;
+        for (ns, dev) in [
+            (h, "h0"),
+            (r, ri.as_str()),
+            (r, ro.as_str()),
+            (p.as_str(), pi.as_str()),
+        ] {
+            run(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+        }
+        run(&["ip", "-n", h, "route", "add", "default", "via", &rin])?;
+        run(&["ip", "-n", r, "route", "add", "default", "via", &pside])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            r,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        let flags = match nat {
+            Nat::None => None,
+            Nat::EndpointIndependent => Some(""),
+            Nat::RandomPorts => Some("fully-random"),
+        };
+        match flags {
+            Some(f) => run_stdin(
+                &["ip", "netns", "exec", r, "nft", "-f", "-"],
+                &format!(
+                    "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  oifname \"{ro}\" masquerade {f}\n }}\n}}\n"
+                ),
+            )?,
+            None => run(&[
+                "ip", "-n", &p, "route", "add", &format!("198.18.{i}.0/24"), "via", &rout,
+            ])?,
+        }
+        Ok(Site {
+            ns: host,
+            router_ns: router,
+            ip: hip.parse().map_err(|e| format!("{e}"))?,
+            public_ip: match nat {
+                Nat::None => hip.parse().map_err(|e| format!("{e}"))?,
+                _ => rout.parse().map_err(|e| format!("{e}"))?,
+            },
+            nat,
+        })
+    }
+
+    /// Run `f` on a new thread inside namespace `ns`; returns its result.
+    pub fn run_in<T, F>(&self, ns: &str, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        enter_and_run(ns, f)
+    }
+
+    /// Start `cmd args…` inside `ns` (through `ip netns exec`); killed when the lab drops.
+    pub fn spawn(&mut self, ns: &str, cmd: &str, args: &[&str]) -> Result<u32, String> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, cmd])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start {cmd}: {e}"))?;
+        let id = child.id();
+        self.children.push(child);
+        Ok(id)
+    }
+
+    /// The namespaces of this lab.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+}
+
+/// Run `f` on a new thread that first enters the named network namespace.
+pub fn enter_and_run<T, F>(ns: &str, f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| "closure panicked inside the namespace".to_string())?
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// In a test: build a lab or, when namespaces are unavailable, fail under `CI` and print
+/// `skipped: <reason>` otherwise (`None`: return from the test).
+pub fn lab_or_skip() -> Option<Lab> {
+    match Lab::new() {
+        Ok(l) => Some(l),
+        Err(why) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("netlab unavailable under CI: {why}");
+            }
+            println!("skipped: {why}");
+            None
+        }
+    }
+}
