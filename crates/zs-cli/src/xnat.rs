@@ -14,7 +14,9 @@ The config file is rathole's TOML: [server] bind_addr, default_token, \
 [server.services.NAME] token, bind_addr, type (\"tcp\" | \"udp\"); [client] remote_addr, \
 default_token, [client.services.NAME] token, local_addr, type; [*.transport] type = \
 \"tcp\" | \"noise\" (both: our encrypted session over TCP with the relay key pinned); \
-nodelay is accepted.\n\n\
+nodelay is accepted; [*.transport] encryption = \"session\" (default) | \"none\" \
+(ours: plaintext data connections, moved with splice(2) on Linux, for trusted networks; \
+relay and agent must agree; control, token proof and tickets stay encrypted).\n\n\
 Our keys: [client] relay_fingerprint (REQUIRED, \"sha3-256:<64 hex>\", printed by \
 `zs xnat server` and `zs xnat fingerprint`), remote_addrs = [..] (one tunnel to each \
 relay), agent_name, retry_interval (s, longest reconnect backoff, 2), heartbeat_timeout \

@@ -622,6 +622,7 @@ mod tests {
                 bind_addr: "127.0.0.1:0".parse().unwrap(),
                 idle_timeout: Duration::from_secs(30),
                 max_connections: 16,
+                kind: crate::config::Kind::Tcp,
             },
         );
         ServerConfig {
@@ -633,6 +634,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(2),
             services,
+            admin: crate::config::AdminConfig::defaults(std::path::Path::new("unused")),
             data_encryption: e,
         }
     }
@@ -646,6 +648,7 @@ mod tests {
                 local_addr: local.to_string(),
                 max_load: 16,
                 proxy_protocol: false,
+                kind: crate::config::Kind::Tcp,
             },
         );
         ClientConfig {
