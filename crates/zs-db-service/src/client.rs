@@ -363,7 +363,7 @@ impl DbClient {
         let limits = self.inner.limits;
         let call = zs_core::Call::Stream {
             cmd: cmd::REQUEST.into(),
-            data: to_frame(Request::Get { db: db.into(), id }.encode()),
+            data: to_frame(crate::proto::encode_get(db, id)),
         };
         self.connection().call_with(call, None, move |r| {
             done(r.map_err(Error::from).and_then(|reply| match reply {
@@ -384,10 +384,7 @@ impl DbClient {
         let conn = self.connection();
         let calls: Vec<_> = ids
             .iter()
-            .map(|&id| {
-                let req = Request::Get { db: db.into(), id };
-                conn.call_stream(cmd::REQUEST, to_frame(req.encode()))
-            })
+            .map(|&id| conn.call_stream(cmd::REQUEST, to_frame(crate::proto::encode_get(db, id))))
             .collect();
         calls
             .into_iter()
@@ -884,19 +881,21 @@ impl FastPost {
             let first;
             {
                 let m = lock(&self.shared.m);
-                let start = m
-                    .unacked
-                    .iter()
-                    .position(|r| r.0 > self.sent_upto)
-                    .unwrap_or(m.unacked.len());
+                // sequence numbers in the queue are consecutive: the first one
+                // not sent yet is found by subtraction, not by a walk of the queue
+                let start = match m.unacked.front() {
+                    None => 0,
+                    Some(f) => (self.sent_upto + 1)
+                        .saturating_sub(f.0)
+                        .min(m.unacked.len() as u64) as usize,
+                };
                 if start == m.unacked.len() {
                     return Ok(());
                 }
                 first = m.unacked[start].0;
                 chunk = m
                     .unacked
-                    .iter()
-                    .skip(start)
+                    .range(start..)
                     .take(self.cfg.records_per_message.max(1))
                     .map(|r| (r.1, r.2.clone()))
                     .collect();

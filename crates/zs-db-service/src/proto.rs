@@ -643,6 +643,47 @@ const R_UNWATCH: u8 = 0x41;
 const R_CALL: u8 = 0x50;
 const R_GRANT: u8 = 0x60;
 
+/// Encodes `Request::Get { db, id }` (the same bytes as [`Request::encode`])
+/// in one allocation of the exact size, without an owned name.
+pub fn encode_get(db: &str, id: u64) -> Bytes {
+    let name = &db.as_bytes()[..db.len().min(u16::MAX as usize)];
+    let mut b = BytesMut::with_capacity(1 + 2 + name.len() + 8);
+    b.put_u8(R_GET);
+    b.put_u16_le(name.len() as u16);
+    b.put_slice(name);
+    b.put_u64_le(id);
+    b.freeze()
+}
+
+/// Reads a GET request in place: `(db, id)` borrowed from `src`, or `None`
+/// when `src` is not a well-formed GET (the full [`Request::decode`] then
+/// answers it, with its error for a malformed one).
+pub fn peek_get(src: &[u8]) -> Option<(&str, u64)> {
+    let (&tag, rest) = src.split_first()?;
+    if tag != R_GET || rest.len() < 2 {
+        return None;
+    }
+    let n = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+    let rest = &rest[2..];
+    if rest.len() != n + 8 {
+        return None;
+    }
+    let db = std::str::from_utf8(&rest[..n]).ok()?;
+    let id = u64::from_le_bytes(rest[n..].try_into().ok()?);
+    Some((db, id))
+}
+
+/// Encodes `Answer::Record(Some(record))` from borrowed parts (the same bytes
+/// as [`Answer::encode`]) in one allocation of the exact size.
+pub fn encode_record_answer(id: u64, kind: Kind, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + 8 + 1 + 4 + data.len());
+    b.put_u8(6);
+    b.put_u64_le(id);
+    b.put_u8(kind as u8);
+    put_bytes(&mut b, data);
+    b.freeze()
+}
+
 impl Request {
     /// Encodes the request.
     pub fn encode(&self) -> Bytes {
@@ -988,7 +1029,12 @@ fn get_record(r: &mut Rd<'_>, lim: &Limits) -> Result<Record, DecodeError> {
 impl Answer {
     /// Encodes the answer.
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(32);
+        let cap = match self {
+            Answer::Record(Some(r)) => 14 + r.data.len(),
+            Answer::Bytes(v) => 5 + v.len(),
+            _ => 32,
+        };
+        let mut b = BytesMut::with_capacity(cap);
         match self {
             Answer::Ok => b.put_u8(0),
             Answer::Id(v) => {
@@ -1259,4 +1305,44 @@ pub fn from_frame(df: &zs_wire::DataFrame) -> Result<Bytes, DecodeError> {
     }
     let mut r = df.reader();
     r.read_bytes().map_err(|e| DecodeError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_fast_path_bytes_match_the_general_codec() {
+        for (db, id) in [("kv", 1u64), ("", 0), ("ünï", u64::MAX)] {
+            let general = Request::Get { db: db.into(), id }.encode();
+            assert_eq!(encode_get(db, id), general);
+            assert_eq!(peek_get(&general), Some((db, id)));
+        }
+        let rec = Record {
+            id: 42,
+            kind: Kind::Json,
+            data: br#"{"a":1}"#.to_vec(),
+        };
+        let general = Answer::Record(Some(rec.clone())).encode();
+        assert_eq!(encode_record_answer(rec.id, rec.kind, &rec.data), general);
+        let back = Answer::decode(&general, &Limits::default()).unwrap();
+        assert!(matches!(back, Answer::Record(Some(r)) if r == rec));
+    }
+
+    #[test]
+    fn peek_get_refuses_what_is_not_exactly_a_get() {
+        let good = encode_get("kv", 7);
+        // truncated, trailing bytes, another request, bad UTF-8, empty
+        assert_eq!(peek_get(&good[..good.len() - 1]), None);
+        let mut long = good.to_vec();
+        long.push(0);
+        assert_eq!(peek_get(&long), None);
+        let list = Request::List.encode();
+        assert_eq!(peek_get(&list), None);
+        let mut bad = good.to_vec();
+        bad[3] = 0xff;
+        assert_eq!(peek_get(&bad), None);
+        assert_eq!(peek_get(&[]), None);
+        assert_eq!(peek_get(&[R_GET, 5]), None);
+    }
 }

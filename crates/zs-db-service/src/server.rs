@@ -17,8 +17,9 @@ use zs_wire::DataFrame;
 use crate::access::{Access, Identity, Rules, User, ACCESS_DB};
 use crate::filter::{compile_expr, param_to_field, FilterFunction};
 use crate::proto::{
-    cmd, errcode, from_frame, to_frame, Answer, BatchWriter, Change, Durability, EndStatus, Limits,
-    Oneway, Param, Push, QueryProgress, QuerySpec, Range, Request,
+    cmd, encode_record_answer, errcode, from_frame, peek_get, to_frame, Answer, BatchWriter,
+    Change, Durability, EndStatus, Limits, Oneway, Param, Push, QueryProgress, QuerySpec, Range,
+    Request,
 };
 
 /// A procedure served by [`DbService::register_procedure`]: argument bytes in,
@@ -225,10 +226,32 @@ struct StreamQueue {
     closed: bool,
 }
 
+/// Source of [`Svc::uid`].
+static NEXT_SVC_UID: AtomicU64 = AtomicU64::new(1);
+
+/// Most databases in one loop thread's entry table (cleared beyond).
+const ENTRY_CACHE_MAX: usize = 64;
+
+/// One thread's table of open databases (see [`Svc::cached_entry`]).
+#[derive(Default)]
+struct EntryCache {
+    svc: u64,
+    gen: u64,
+    entries: Vec<(Box<str>, Weak<DbEntry>)>,
+}
+
+thread_local! {
+    static ENTRY_CACHE: std::cell::RefCell<EntryCache> = std::cell::RefCell::default();
+}
+
 struct Svc {
     env: Env,
     cfg: ServiceConfig,
     dbs: Mutex<HashMap<String, Arc<DbEntry>>>,
+    /// Bumped on every change of `dbs` (see [`Svc::cached_entry`]).
+    dbs_gen: AtomicU64,
+    /// This service's process-unique id (keys the loops' entry tables).
+    uid: u64,
     functions: RwLock<HashMap<String, FilterFunction>>,
     procedures: RwLock<HashMap<String, Procedure>>,
     procedure_calls: AtomicU64,
@@ -285,6 +308,8 @@ impl DbService {
             env,
             cfg,
             dbs: Mutex::new(HashMap::new()),
+            dbs_gen: AtomicU64::new(0),
+            uid: NEXT_SVC_UID.fetch_add(1, Ordering::Relaxed),
             functions: RwLock::new(HashMap::new()),
             procedures: RwLock::new(HashMap::new()),
             procedure_calls: AtomicU64::new(0),
@@ -476,7 +501,38 @@ impl Svc {
             watchers: Mutex::new(Vec::new()),
         });
         dbs.insert(name.to_string(), e.clone());
+        drop(dbs);
+        self.dbs_changed();
         Ok(e)
+    }
+
+    /// The open database `name` as this thread last saw it: a thread-local
+    /// table of weak entries, valid while [`Svc::dbs_gen`] has not moved, so a
+    /// GET on an event loop takes no lock on the shared map (one atomic load).
+    fn cached_entry(&self, name: &str) -> Option<Arc<DbEntry>> {
+        ENTRY_CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let gen = self.dbs_gen.load(Ordering::Acquire);
+            if c.svc != self.uid || c.gen != gen || c.entries.len() >= ENTRY_CACHE_MAX {
+                c.svc = self.uid;
+                c.gen = gen;
+                c.entries.clear();
+            }
+            if let Some((_, w)) = c.entries.iter().find(|(n, _)| &**n == name) {
+                return w.upgrade();
+            }
+            let e = lock(&self.dbs).get(name).cloned();
+            // only a live entry is remembered (a later open bumps the generation)
+            if let Some(e) = &e {
+                c.entries.push((name.into(), Arc::downgrade(e)));
+            }
+            e
+        })
+    }
+
+    /// Marks the database map changed (the loops' entry tables are stale).
+    fn dbs_changed(&self) {
+        self.dbs_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Answers one request. Runs on the connection's event loop: a GET of a
@@ -485,25 +541,42 @@ impl Svc {
     /// everything else (file reads, commits, fsyncs, procedures) goes to the
     /// service's worker pool.
     fn request(self: &Arc<Self>, peer: &Peer, df: &DataFrame, r: Responder) {
-        let req =
-            match from_frame(df).and_then(|payload| Request::decode(&payload, &self.cfg.limits)) {
-                Ok(req) => req,
-                Err(e) => {
-                    let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
-                    return;
-                }
-            };
-        if let Request::Get { db, id } = &req {
+        let payload = match from_frame(df) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
+                return;
+            }
+        };
+        // A GET read in place: no decoded request, no lock on the database map,
+        // the answer encoded straight from the cache (one allocation).
+        if let Some((db, id)) = peek_get(&payload) {
             if let Err((code, m)) = self.rules.check(peer, db, Access::Read) {
                 let _ = r.reply_error(code, m);
                 return;
             }
-            let e = lock(&self.dbs).get(db.as_str()).cloned();
-            if let Some(rec) = e.and_then(|e| e.db.get_cached(*id)) {
-                let _ = r.reply_data(to_frame(Answer::Record(rec).encode()));
-                return;
+            let answer = self.cached_entry(db).and_then(|e| {
+                e.db.get_cached_with(id, |kind, data| encode_record_answer(id, kind, data))
+            });
+            match answer {
+                Some(Some(bytes)) => {
+                    let _ = r.reply_data(to_frame(bytes));
+                    return;
+                }
+                Some(None) => {
+                    let _ = r.reply_data(to_frame(Answer::Record(None).encode()));
+                    return;
+                }
+                None => {} // a file read: the worker pool below
             }
         }
+        let req = match Request::decode(&payload, &self.cfg.limits) {
+            Ok(req) => req,
+            Err(e) => {
+                let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
+                return;
+            }
+        };
         let svc = self.clone();
         let p = peer.clone();
         let spawned = self.pool.spawn(move || {
@@ -705,7 +778,9 @@ impl Svc {
             }
             Request::Close { name } => {
                 check_client_name(&name)?;
-                if let Some(e) = lock(&self.dbs).remove(&name) {
+                let gone = lock(&self.dbs).remove(&name);
+                self.dbs_changed();
+                if let Some(e) = gone {
                     e.db.sync().map_err(db_err)?;
                 }
                 self.env.close(&name);
@@ -742,6 +817,7 @@ impl Svc {
             Request::Remove { name } => {
                 check_client_name(&name)?;
                 lock(&self.dbs).remove(&name);
+                self.dbs_changed();
                 self.env.remove_db(&name).map_err(db_err)?;
                 self.forget_marks(&name);
                 Ok(Answer::Ok)
