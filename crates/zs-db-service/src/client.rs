@@ -14,7 +14,7 @@ use zs_db::{Kind, Record};
 
 use crate::proto::{
     cmd, from_frame, to_frame, Answer, Change, DecodeError, Durability, EndStatus, Limits, Oneway,
-    Push, QueryProgress, QuerySpec, Request,
+    Push, QueryProgress, QuerySpec, RecordBatch, Request,
 };
 
 /// What can go wrong on the client side.
@@ -512,6 +512,19 @@ impl RemoteQuery {
     /// Like [`RemoteQuery::next_batch`], giving up after `limit` with
     /// [`Error::TimedOut`] (the query goes on).
     pub fn next_batch_timeout(&mut self, limit: Option<Duration>) -> Option<Result<Vec<Record>>> {
+        self.next_records_timeout(limit)
+            .map(|b| b.map(|b| b.to_records()))
+    }
+
+    /// The next batch read in place (no copy or allocation per record: iterate
+    /// it for borrowed records); `None` once the query ended.
+    pub fn next_records(&mut self) -> Option<Result<RecordBatch>> {
+        self.next_records_timeout(None)
+    }
+
+    /// Like [`RemoteQuery::next_records`], giving up after `limit` with
+    /// [`Error::TimedOut`] (the query goes on).
+    pub fn next_records_timeout(&mut self, limit: Option<Duration>) -> Option<Result<RecordBatch>> {
         if self.end.is_some() {
             return None;
         }
@@ -519,9 +532,8 @@ impl RemoteQuery {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(QueryMsg::Batch(data)) => {
-                    let records = match Push::decode(&data, &self.client.inner.limits) {
-                        Ok(Push::Batch { records, .. }) => records,
-                        Ok(_) => continue,
+                    let records = match RecordBatch::parse(data, &self.client.inner.limits) {
+                        Ok(b) => b,
                         Err(e) => {
                             // a server that sends garbage ends the query here
                             self.end = Some((EndStatus::Failed, 0));

@@ -81,6 +81,7 @@ pub use client::{DbClient, Error, FastPost, FastPostConfig, RemoteQuery, Result,
 pub use fanout::{fan_out, FanOut, FanOutConfig, MergeOrder, ServerFailure};
 pub use filter::{compile_expr, ExprFilter, FilterFunction, PARAM_PREFIX};
 pub use proto::{
-    Answer, Change, Durability, EndStatus, Limits, Param, QueryProgress, QuerySpec, Range, Request,
+    Answer, Change, Durability, EndStatus, Limits, Param, QueryProgress, QuerySpec, Range,
+    RecordBatch, RecordBatchIter, Request,
 };
 pub use server::{check_client_name, DbService, Procedure, ServiceConfig, MARKS_DB};

@@ -5,7 +5,7 @@
 //! and rejects trailing bytes.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use zs_db::{Kind, Record};
+use zs_db::{Kind, Record, RecordRef};
 
 /// Command names registered on the zs-core registry.
 pub mod cmd {
@@ -1005,10 +1005,127 @@ impl BatchWriter {
         self.b.len()
     }
 
+    /// Renumbers the batch (the sender numbers batches in the order it sends).
+    pub fn set_seq(&mut self, seq: u64) {
+        self.b[9..17].copy_from_slice(&seq.to_le_bytes());
+    }
+
+    /// Appends the records of `other` (one copy of their encoded bytes).
+    pub fn append(&mut self, other: &BatchWriter) {
+        self.b.put_slice(&other.b[BATCH_RECORDS_AT..]);
+        self.n += other.n;
+    }
+
     /// The encoded push.
     pub fn finish(mut self) -> Bytes {
         self.b[BATCH_COUNT_AT..BATCH_COUNT_AT + 4].copy_from_slice(&self.n.to_le_bytes());
         self.b.freeze()
+    }
+}
+
+/// One result batch as received, records read in place: the encoded
+/// [`Push::Batch`] checked once ([`RecordBatch::parse`]), then iterated as
+/// borrowed [`RecordRef`]s without a copy or an allocation per record.
+#[derive(Debug, Clone)]
+pub struct RecordBatch {
+    data: Bytes,
+    qid: u64,
+    seq: u64,
+    n: usize,
+}
+
+/// Offset of the first record in an encoded [`Push::Batch`].
+const BATCH_RECORDS_AT: usize = BATCH_COUNT_AT + 4;
+
+impl RecordBatch {
+    /// Checks an encoded [`Push::Batch`] (every record's bounds, kind and the
+    /// `lim.max_value`/`lim.max_records` limits, no trailing bytes).
+    pub fn parse(data: Bytes, lim: &Limits) -> Result<RecordBatch, DecodeError> {
+        let mut r = Rd::new(&data);
+        if r.u8()? != 1 {
+            return bad("not a result batch");
+        }
+        let qid = r.u64()?;
+        let seq = r.u64()?;
+        let n = r.count(lim.max_records, 13)?;
+        for _ in 0..n {
+            r.u64()?;
+            r.kind()?;
+            let len = r.u32()? as usize;
+            if len > lim.max_value {
+                return bad("value too large");
+            }
+            r.take(len)?;
+        }
+        r.end()?;
+        Ok(RecordBatch { data, qid, seq, n })
+    }
+
+    /// The query it belongs to.
+    pub fn qid(&self) -> u64 {
+        self.qid
+    }
+
+    /// Its number within the query (from 0).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The records, borrowed from the received bytes.
+    pub fn iter(&self) -> RecordBatchIter<'_> {
+        RecordBatchIter {
+            rest: self.data.get(BATCH_RECORDS_AT..).unwrap_or_default(),
+            left: self.n,
+        }
+    }
+
+    /// The records, copied out.
+    pub fn to_records(&self) -> Vec<Record> {
+        let mut v = Vec::with_capacity(self.n);
+        v.extend(self.iter().map(|r| Record {
+            id: r.id,
+            kind: r.kind,
+            data: r.data.to_vec(),
+        }));
+        v
+    }
+}
+
+/// The records of a [`RecordBatch`].
+#[derive(Debug, Clone)]
+pub struct RecordBatchIter<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Iterator for RecordBatchIter<'a> {
+    type Item = RecordRef<'a>;
+    fn next(&mut self) -> Option<RecordRef<'a>> {
+        if self.left == 0 || self.rest.len() < 13 {
+            return None;
+        }
+        // bounds and kinds were checked by RecordBatch::parse
+        let (head, tail) = self.rest.split_at(13);
+        let id = u64::from_le_bytes(head[..8].try_into().ok()?);
+        let kind = Kind::from_tag(head[8])?;
+        let len = u32::from_le_bytes(head[9..13].try_into().ok()?) as usize;
+        let data = tail.get(..len)?;
+        self.rest = &tail[len..];
+        self.left -= 1;
+        Some(RecordRef { id, kind, data })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left))
     }
 }
 
@@ -1327,6 +1444,68 @@ mod tests {
         assert_eq!(encode_record_answer(rec.id, rec.kind, &rec.data), general);
         let back = Answer::decode(&general, &Limits::default()).unwrap();
         assert!(matches!(back, Answer::Record(Some(r)) if r == rec));
+    }
+
+    #[test]
+    fn record_batch_reads_in_place_what_the_writer_wrote() {
+        let recs: Vec<Record> = (1..=5u64)
+            .map(|i| Record {
+                id: i * 3,
+                kind: if i % 2 == 0 { Kind::Json } else { Kind::Raw },
+                data: vec![i as u8; i as usize * 7],
+            })
+            .collect();
+        let mut w = BatchWriter::new(9, 4, 256);
+        for r in &recs {
+            w.push(r);
+        }
+        let bytes = w.finish();
+        let lim = Limits::default();
+        let b = RecordBatch::parse(bytes.clone(), &lim).unwrap();
+        assert_eq!((b.qid(), b.seq(), b.len()), (9, 4, 5));
+        assert_eq!(b.to_records(), recs);
+        let ids: Vec<u64> = b.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [3, 6, 9, 12, 15]);
+        // appending and renumbering give the batch a single writer would
+        let mut a = BatchWriter::new(9, 0, 16);
+        let mut b2 = BatchWriter::new(9, 0, 16);
+        for (i, r) in recs.iter().enumerate() {
+            if i < 2 {
+                a.push(r)
+            } else {
+                b2.push(r)
+            }
+        }
+        a.append(&b2);
+        a.set_seq(4);
+        assert_eq!(a.len(), 5);
+        assert_eq!(a.finish(), bytes);
+        // the general decoder agrees
+        match Push::decode(&bytes, &lim).unwrap() {
+            Push::Batch { records, .. } => assert_eq!(records, recs),
+            other => panic!("{other:?}"),
+        }
+        // every truncation and a trailing byte are refused
+        for cut in 0..bytes.len() {
+            assert!(
+                RecordBatch::parse(bytes.slice(..cut), &lim).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut long = bytes.to_vec();
+        long.push(0);
+        assert!(RecordBatch::parse(Bytes::from(long), &lim).is_err());
+        // a bad kind tag in the third record
+        let mut bad_kind = bytes.to_vec();
+        let third = BATCH_RECORDS_AT + (13 + 7) + (13 + 14) + 8;
+        bad_kind[third] = 0xee;
+        assert!(RecordBatch::parse(Bytes::from(bad_kind), &lim).is_err());
+        // over the value limit
+        let tight = Limits {
+            max_value: 20,
+            ..Limits::default()
+        };
+        assert!(RecordBatch::parse(bytes, &tight).is_err());
     }
 
     #[test]

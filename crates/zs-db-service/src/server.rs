@@ -217,7 +217,26 @@ struct Stream {
     peer: Mutex<Peer>,
     queue: Mutex<StreamQueue>,
     cv: Condvar,
+    /// The groups this stream's writer committed since its mark's base was
+    /// last known durable (only its writer thread touches it).
+    groups: Mutex<WriterGroups>,
 }
+
+/// A FastPost writer's view of its mark: `base` (every record up to it is
+/// durable in the database) and the groups committed after it, each
+/// `(first seq, last seq, first id)`, none of them known durable yet. The mark
+/// stores both, so a group needs no sync of the database before the next mark
+/// (one fsync per group: the mark's); the syncer's sync moves `base` on.
+#[derive(Default)]
+struct WriterGroups {
+    /// False until the writer knows its base (a new writer syncs once).
+    known: bool,
+    base: u64,
+    list: Vec<(u64, u64, u64)>,
+}
+
+/// Most groups a mark lists; beyond, the writer syncs the database itself.
+const MAX_MARK_GROUPS: usize = 32;
 
 #[derive(Default)]
 struct StreamQueue {
@@ -1182,23 +1201,43 @@ struct QueryRun {
     batch_ms: Duration,
 }
 
-/// What the feeder thread hands the sender: one engine batch, or the scan's end.
+/// Most records in one result batch (well under the client's default
+/// [`Limits::max_records`], whatever the batch size).
+const MAX_BATCH_RECORDS: usize = 16_384;
+
+/// Bytes of a result batch before its records (tag, qid, seq, count).
+const BATCH_HEADER: usize = 1 + 8 + 8 + 4;
+
+/// What the feeder thread hands the sender: one engine batch (as records for a
+/// sorted query, already encoded for the others), or the scan's failure.
 enum Fed {
     Records(Vec<Record>),
+    Packed(BatchWriter),
     Failed(String),
 }
 
 impl QueryRun {
-    /// Runs the scan: a feeder thread takes the engine's batches (so the scan
-    /// goes on while this thread waits for credit or sends), this thread packs
-    /// them into pushes closed by size or time and sends them.
+    /// Runs the scan in three stages on their own threads: the engine's workers
+    /// read and filter, a feeder thread encodes each engine batch into a result
+    /// batch, and this thread joins them into pushes closed by size or time,
+    /// waits for credit and seals and sends them. The engine batch is about one
+    /// result batch (see `start_query`), so encoding and sealing overlap.
     fn run(self, handle: zs_db::QueryHandle) {
         let (tx, rx) = crossbeam_channel::bounded::<Fed>(1);
+        let (qid, pack) = (self.qid, self.sort.is_none());
         let feeder = std::thread::Builder::new()
             .name("zs-dbsvc-feed".into())
             .spawn(move || {
                 for b in handle {
                     let fed = match b {
+                        Ok(recs) if pack => {
+                            let bytes: usize = recs.iter().map(|r| r.data.len() + 13).sum();
+                            let mut w = BatchWriter::new(qid, 0, bytes);
+                            for r in &recs {
+                                w.push(r);
+                            }
+                            Fed::Packed(w)
+                        }
                         Ok(recs) => Fed::Records(recs),
                         Err(e) => Fed::Failed(e.to_string()),
                     };
@@ -1303,6 +1342,7 @@ impl QueryRun {
             let recs = match fed {
                 Fed::Failed(m) => return Err(m),
                 Fed::Records(r) => r,
+                Fed::Packed(_) => return Err("internal: an encoded batch in a sorted query".into()),
             };
             if let Some(s) = self.gate(false) {
                 return Ok(s);
@@ -1325,7 +1365,7 @@ impl QueryRun {
                 BatchWriter::new(self.qid, seq - 1, self.batch_bytes + 256)
             });
             b.push(rec);
-            if b.bytes() >= self.batch_bytes {
+            if b.bytes() >= self.batch_bytes || b.len() >= MAX_BATCH_RECORDS {
                 if let Some(s) = self.send(&mut batch)? {
                     return Ok(s);
                 }
@@ -1370,6 +1410,43 @@ impl QueryRun {
                 None => break,
                 Some(Fed::Failed(m)) => return Err(m),
                 Some(Fed::Records(r)) => r,
+                Some(Fed::Packed(w)) => {
+                    if let Some(s) = self.gate(false) {
+                        return Ok(s);
+                    }
+                    if w.is_empty() {
+                        continue;
+                    }
+                    // joined only while the push stays within its size
+                    let over = batch.as_ref().is_some_and(|b| {
+                        b.bytes() + w.bytes() > self.batch_bytes + BATCH_HEADER
+                            || b.len() + w.len() > MAX_BATCH_RECORDS
+                    });
+                    if over {
+                        if let Some(s) = self.send(&mut batch)? {
+                            return Ok(s);
+                        }
+                    }
+                    match &mut batch {
+                        Some(b) => b.append(&w),
+                        None => {
+                            let mut w = w;
+                            w.set_seq(seq);
+                            seq += 1;
+                            first_at = Instant::now();
+                            batch = Some(w);
+                        }
+                    }
+                    let full = batch.as_ref().is_some_and(|b| {
+                        b.bytes() >= self.batch_bytes || b.len() >= MAX_BATCH_RECORDS
+                    });
+                    if full || first_at.elapsed() >= self.batch_ms {
+                        if let Some(s) = self.send(&mut batch)? {
+                            return Ok(s);
+                        }
+                    }
+                    continue;
+                }
             };
             if let Some(s) = self.gate(false) {
                 return Ok(s);
@@ -1381,7 +1458,7 @@ impl QueryRun {
                     BatchWriter::new(self.qid, seq - 1, self.batch_bytes + 256)
                 });
                 b.push(rec);
-                if b.bytes() >= self.batch_bytes {
+                if b.bytes() >= self.batch_bytes || b.len() >= MAX_BATCH_RECORDS {
                     if let Some(s) = self.send(&mut batch)? {
                         return Ok(s);
                     }
@@ -1407,37 +1484,54 @@ impl QueryRun {
 
 // ---- FastPost ---------------------------------------------------------------
 
-/// A stream's mark as stored in [`MARKS_DB`]: `u16 len, db, u64 stream, u64 applied,
-/// u64 pending_first, u64 pending_last, u64 pending_first_id` (pending_first 0: none).
-fn encode_mark(db: &str, stream: u64, applied: u64, pending: Option<(u64, u64, u64)>) -> Vec<u8> {
-    let mut b = BytesMut::with_capacity(48 + db.len());
+/// A stream's mark as stored in [`MARKS_DB`]: `u16 len, db, u64 stream, u64 applied,`
+/// then one or more groups `u64 first_seq, u64 last_seq, u64 first_id` in commit
+/// order (a group with first_seq 0 is none; one such is written when there is
+/// no group, so a mark without groups keeps the 40-byte shape of one group).
+fn encode_mark(db: &str, stream: u64, applied: u64, groups: &[(u64, u64, u64)]) -> Vec<u8> {
+    let mut b = BytesMut::with_capacity(48 + db.len() + 24 * groups.len());
     b.put_u16_le(db.len() as u16);
     b.put_slice(db.as_bytes());
     b.put_u64_le(stream);
     b.put_u64_le(applied);
-    let (a, z, n) = pending.unwrap_or((0, 0, 0));
-    b.put_u64_le(a);
-    b.put_u64_le(z);
-    b.put_u64_le(n);
+    let none = [(0, 0, 0)];
+    for &(a, z, n) in if groups.is_empty() { &none[..] } else { groups } {
+        b.put_u64_le(a);
+        b.put_u64_le(z);
+        b.put_u64_le(n);
+    }
     b.to_vec()
 }
 
 /// A mark read at start-up, resolved when its database is first opened:
-/// (mark record id, applied, pending (first seq, last seq, first id)).
-type PendingMark = (u64, u64, Option<(u64, u64, u64)>);
+/// (mark record id, applied, pending groups (first seq, last seq, first id)).
+type PendingMark = (u64, u64, Vec<(u64, u64, u64)>);
 
-type MarkRow = (String, u64, u64, Option<(u64, u64, u64)>);
+type MarkRow = (String, u64, u64, Vec<(u64, u64, u64)>);
+
+/// The last sequence number applied, from a mark's base and groups and the
+/// database's next id after a restart: a group was committed iff the database
+/// allocated its first id (groups commit in order, so those are a prefix).
+fn resolve_applied(base: u64, groups: &[(u64, u64, u64)], next_id: u64) -> u64 {
+    groups
+        .iter()
+        .filter(|&&(_, _, first_id)| next_id > first_id)
+        .fold(base, |acc, &(_, z, _)| acc.max(z))
+}
 
 fn decode_mark(d: &[u8]) -> Option<MarkRow> {
     let n = u16::from_le_bytes(d.get(..2)?.try_into().ok()?) as usize;
     let db = std::str::from_utf8(d.get(2..2 + n)?).ok()?.to_string();
     let rest = d.get(2 + n..)?;
-    if rest.len() != 40 {
+    if rest.len() < 40 || (rest.len() - 16) % 24 != 0 || rest.len() > 16 + 24 * MAX_MARK_GROUPS {
         return None;
     }
     let u = |i: usize| u64::from_le_bytes(rest[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-    let pending = (u(2) != 0).then(|| (u(2), u(3), u(4)));
-    Some((db, u(0), u(1), pending))
+    let groups = (0..(rest.len() - 16) / 24)
+        .map(|g| (u(2 + 3 * g), u(3 + 3 * g), u(4 + 3 * g)))
+        .filter(|g| g.0 != 0)
+        .collect();
+    Some((db, u(0), u(1), groups))
 }
 
 impl Svc {
@@ -1478,11 +1572,7 @@ impl Svc {
             let Some((rec, applied, p)) = pending.remove(&k) else {
                 continue;
             };
-            let applied = match p {
-                Some((a, z, first_id)) if next_id > first_id => z.max(a),
-                Some((a, _, _)) => a.saturating_sub(1).max(applied),
-                None => applied,
-            };
+            let applied = resolve_applied(applied, &p, next_id);
             marks.insert(
                 k,
                 Mark {
@@ -1507,11 +1597,7 @@ impl Svc {
         lock(&self.pending_marks).retain(|k, _| k.0 != name);
     }
 
-    fn write_mark(
-        &self,
-        key: &(String, u64),
-        pending: Option<(u64, u64, u64)>,
-    ) -> zs_db::Result<()> {
+    fn write_mark(&self, key: &(String, u64), groups: &[(u64, u64, u64)]) -> zs_db::Result<()> {
         let md = lock(&self.marks_db)
             .clone()
             .ok_or_else(|| zs_db::Error::NoSuchDatabase(MARKS_DB.into()))?;
@@ -1520,7 +1606,9 @@ impl Svc {
             let m = m.get(key).copied().unwrap_or_default();
             (m.rec, m.applied)
         };
-        let data = encode_mark(&key.0, key.1, applied, pending);
+        // the base: what precedes the listed groups (durable by the caller)
+        let base = groups.first().map_or(applied, |g| g.0.saturating_sub(1));
+        let data = encode_mark(&key.0, key.1, base, groups);
         if rec == 0 {
             let id = md.insert(Kind::Raw, &data)?;
             if let Some(m) = lock(&self.marks).get_mut(key) {
@@ -1588,6 +1676,7 @@ impl Svc {
                     peer: Mutex::new(peer.clone()),
                     queue: Mutex::new(StreamQueue::default()),
                     cv: Condvar::new(),
+                    groups: Mutex::new(WriterGroups::default()),
                 });
                 let weak = self.self_weak();
                 let s2 = s.clone();
@@ -1718,23 +1807,45 @@ impl Svc {
                     .map_err(|(c, m)| herr(c, format!("{c}: {m}")))?;
                 let e = self.entry(&s.db, false)?;
                 let _w = lock(&e.write);
-                // the mark claims every earlier group as applied: make them durable
-                // first (a crash could otherwise lose a buffered group the mark counts)
-                let unsynced = lock(&self.marks)
-                    .get(&key)
-                    .is_some_and(|m| m.applied > m.durable);
-                if unsynced {
-                    e.db.sync().map_err(db_err)?;
+                // The mark lists the groups committed since a durable base, this
+                // one last; after a crash, a listed group counts as committed iff
+                // the database allocated its first id. Its base must be durable:
+                // the syncer's last sync covers `durable`; a writer that does not
+                // know its groups (new), or lists too many, syncs here first.
+                let mut g = lock(&s.groups);
+                let durable = lock(&self.marks).get(&key).map_or(0, |m| m.durable);
+                if durable > g.base {
+                    g.base = durable;
+                }
+                let base = g.base;
+                g.list.retain(|x| x.1 > base);
+                if !g.known || g.list.len() + 1 > MAX_MARK_GROUPS {
+                    if applied > durable {
+                        e.db.sync().map_err(db_err)?;
+                    }
+                    g.known = true;
+                    g.base = applied;
+                    g.list.clear();
                 }
                 let first_id = e.db.stats().next_id;
-                self.write_mark(&key, Some((applied + 1, last, first_id)))
-                    .map_err(db_err)?;
-                let ids =
-                    e.db.commit_with(
-                        &batch,
-                        Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
-                    )
-                    .map_err(db_err)?;
+                g.list.push((applied + 1, last, first_id));
+                if let Err(err) = self.write_mark(&key, &g.list) {
+                    g.list.pop();
+                    return Err(db_err(err));
+                }
+                drop(g);
+                let ids = match e.db.commit_with(
+                    &batch,
+                    Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
+                ) {
+                    Ok(ids) => ids,
+                    Err(err) => {
+                        // not committed: the next mark must not list it (the
+                        // next group may get the same first id)
+                        lock(&s.groups).list.pop();
+                        return Err(db_err(err));
+                    }
+                };
                 self.notify(&e, &|| {
                     ids.iter()
                         .zip(&kept)
@@ -1769,5 +1880,48 @@ impl Svc {
                 .encode(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_with_any_number_of_groups() {
+        for groups in [
+            vec![],
+            vec![(11, 20, 101)],
+            vec![(11, 20, 101), (21, 21, 111), (22, 40, 112)],
+        ] {
+            let b = encode_mark("kv", 7, 10, &groups);
+            assert_eq!(b.len(), 2 + 2 + 16 + 24 * groups.len().max(1));
+            assert_eq!(decode_mark(&b), Some(("kv".to_string(), 7, 10, groups)));
+        }
+        // the 40-byte shape of earlier versions (one pending group or none)
+        let mut old = vec![2, 0, b'k', b'v'];
+        for v in [7u64, 10, 11, 20, 101] {
+            old.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(
+            decode_mark(&old),
+            Some(("kv".to_string(), 7, 10, vec![(11, 20, 101)]))
+        );
+        // garbage is refused: short, ragged, too many groups
+        assert_eq!(decode_mark(&old[..old.len() - 1]), None);
+        assert_eq!(decode_mark(&old[..30]), None);
+        let many = vec![(1, 1, 1); MAX_MARK_GROUPS + 1];
+        assert_eq!(decode_mark(&encode_mark("kv", 1, 0, &many)), None);
+    }
+
+    #[test]
+    fn a_group_counts_as_applied_iff_its_first_id_was_allocated() {
+        let groups = [(11, 20, 101), (21, 25, 111), (26, 30, 116)];
+        assert_eq!(resolve_applied(10, &groups, 101), 10); // none committed
+        assert_eq!(resolve_applied(10, &groups, 102), 20);
+        assert_eq!(resolve_applied(10, &groups, 111), 20);
+        assert_eq!(resolve_applied(10, &groups, 112), 25);
+        assert_eq!(resolve_applied(10, &groups, 500), 30);
+        assert_eq!(resolve_applied(10, &[], 500), 10);
     }
 }
