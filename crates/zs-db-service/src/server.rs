@@ -1597,29 +1597,6 @@ impl Svc {
         lock(&self.pending_marks).retain(|k, _| k.0 != name);
     }
 
-    fn write_mark(&self, key: &(String, u64), groups: &[(u64, u64, u64)]) -> zs_db::Result<()> {
-        let md = lock(&self.marks_db)
-            .clone()
-            .ok_or_else(|| zs_db::Error::NoSuchDatabase(MARKS_DB.into()))?;
-        let (rec, applied) = {
-            let m = lock(&self.marks);
-            let m = m.get(key).copied().unwrap_or_default();
-            (m.rec, m.applied)
-        };
-        // the base: what precedes the listed groups (durable by the caller)
-        let base = groups.first().map_or(applied, |g| g.0.saturating_sub(1));
-        let data = encode_mark(&key.0, key.1, base, groups);
-        if rec == 0 {
-            let id = md.insert(Kind::Raw, &data)?;
-            if let Some(m) = lock(&self.marks).get_mut(key) {
-                m.rec = id;
-            }
-        } else {
-            md.update(rec, Kind::Raw, &data)?;
-        }
-        Ok(())
-    }
-
     fn fastpost_open(&self, peer: &Peer, db: &str, stream: u64) -> Result<Answer, HandlerError> {
         self.entry(db, false)?;
         let key = (db.to_string(), stream);
@@ -1730,12 +1707,13 @@ impl Svc {
     }
 }
 
-/// Applies one stream's records in order, exactly once: each group is preceded by
-/// a durable mark naming its sequence numbers and the id its first record gets.
+/// A stream's writer: waits for records, then applies a round (see
+/// [`Svc::apply_round`]); it ends after `idle` without records or once its
+/// connection is gone and its queue empty.
 fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>, idle: Duration) {
     let mut last = Instant::now();
     loop {
-        let items = {
+        {
             let mut q = lock(&s.queue);
             while q.items.is_empty() && !q.closed {
                 if last.elapsed() >= idle {
@@ -1762,13 +1740,26 @@ fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>, idle: Duration)
                 }
                 return;
             }
-            q.bytes = 0;
             last = Instant::now();
-            std::mem::take(&mut q.items)
-        };
+        }
         let Some(svc) = weak.upgrade() else { return };
-        svc.apply_group(stream, &s, items);
+        svc.apply_round(stream, &s);
     }
+}
+
+/// One stream's share of a FastPost round.
+struct Part {
+    stream: u64,
+    s: Arc<Stream>,
+    key: (String, u64),
+    /// Last sequence number applied before the round.
+    applied: u64,
+    /// Last sequence number this round applies.
+    last: u64,
+    kept: Vec<(Kind, Bytes)>,
+    /// The writer's mark groups start over (after a sync of the database).
+    reset: bool,
+    error: Option<(u64, String)>,
 }
 
 impl Svc {
@@ -1776,110 +1767,227 @@ impl Svc {
         lock(&self.me).clone()
     }
 
-    fn apply_group(&self, stream: u64, s: &Stream, items: Vec<(u64, Vec<(Kind, Bytes)>)>) {
-        let key = (s.db.clone(), stream);
-        let applied = lock(&self.marks).get(&key).map_or(0, |m| m.applied);
-        let mut expected = applied + 1;
-        let mut batch = Batch::new();
-        let mut kept: Vec<(Kind, Bytes)> = Vec::new();
-        let mut error: Option<(u64, String)> = None;
-        'outer: for (first, recs) in items {
-            for (i, (kind, data)) in recs.into_iter().enumerate() {
-                let seq = first.saturating_add(i as u64);
-                if seq < expected {
-                    continue; // already applied: a resend
-                }
-                if seq > expected {
-                    error = Some((expected, format!("gap: got {seq}, expected {expected}")));
-                    break 'outer;
-                }
-                batch.insert(kind, data.to_vec());
-                kept.push((kind, data));
-                expected += 1;
-            }
-        }
-        let last = expected - 1;
-        if !batch.is_empty() {
-            let res = (|| -> Result<(), HandlerError> {
-                let peer = lock(&s.peer).clone();
-                self.rules
-                    .check(&peer, &s.db, Access::Write)
-                    .map_err(|(c, m)| herr(c, format!("{c}: {m}")))?;
-                let e = self.entry(&s.db, false)?;
-                let _w = lock(&e.write);
-                // The mark lists the groups committed since a durable base, this
-                // one last; after a crash, a listed group counts as committed iff
-                // the database allocated its first id. Its base must be durable:
-                // the syncer's last sync covers `durable`; a writer that does not
-                // know its groups (new), or lists too many, syncs here first.
-                let mut g = lock(&s.groups);
-                let durable = lock(&self.marks).get(&key).map_or(0, |m| m.durable);
-                if durable > g.base {
-                    g.base = durable;
-                }
-                let base = g.base;
-                g.list.retain(|x| x.1 > base);
-                if !g.known || g.list.len() + 1 > MAX_MARK_GROUPS {
-                    if applied > durable {
-                        e.db.sync().map_err(db_err)?;
-                    }
-                    g.known = true;
-                    g.base = applied;
-                    g.list.clear();
-                }
-                let first_id = e.db.stats().next_id;
-                g.list.push((applied + 1, last, first_id));
-                if let Err(err) = self.write_mark(&key, &g.list) {
-                    g.list.pop();
-                    return Err(db_err(err));
-                }
-                drop(g);
-                let ids = match e.db.commit_with(
-                    &batch,
-                    Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
-                ) {
-                    Ok(ids) => ids,
-                    Err(err) => {
-                        // not committed: the next mark must not list it (the
-                        // next group may get the same first id)
-                        lock(&s.groups).list.pop();
-                        return Err(db_err(err));
-                    }
+    /// Applies, exactly once and in order, the queued records of every FastPost
+    /// stream of `own`'s database in one round: under the database's write lock
+    /// (so every queue is drained only here and first ids are exact) the round
+    /// writes the marks of all its streams in one commit of [`MARKS_DB`] (one
+    /// fsync for the round, whatever the number of streams), then their records
+    /// in one commit of the database (synced by the syncer, which acknowledges).
+    /// A writer that finds its queue drained by another's round has nothing to do.
+    fn apply_round(&self, stream: u64, own: &Arc<Stream>) {
+        let e = match self.entry(&own.db, false) {
+            Ok(e) => e,
+            Err(h) => {
+                let items = {
+                    let mut q = lock(&own.queue);
+                    q.bytes = 0;
+                    std::mem::take(&mut q.items)
                 };
-                self.notify(&e, &|| {
-                    ids.iter()
-                        .zip(&kept)
-                        .map(|(id, (kind, data))| {
-                            Change::Put(Record {
-                                id: *id,
-                                kind: *kind,
-                                data: data.to_vec(),
-                            })
-                        })
-                        .collect()
-                });
-                if let Some(m) = lock(&self.marks).get_mut(&key) {
-                    m.applied = last;
+                if let Some((first, _)) = items.first() {
+                    self.refuse(stream, own, *first, h.message);
                 }
-                e.dirty.store(true, Ordering::Release);
-                Ok(())
-            })();
-            if let Err(h) = res {
-                error = Some((applied + 1, h.message));
+                return;
+            }
+        };
+        let _w = lock(&e.write);
+        let mut streams: Vec<(u64, Arc<Stream>)> = vec![(stream, own.clone())];
+        streams.extend(
+            lock(&self.streams)
+                .iter()
+                .filter(|(id, x)| x.db == own.db && **id != stream)
+                .map(|(id, x)| (*id, x.clone())),
+        );
+        let mut parts: Vec<Part> = Vec::new();
+        for (id, s) in streams {
+            let items = {
+                let mut q = lock(&s.queue);
+                q.bytes = 0;
+                std::mem::take(&mut q.items)
+            };
+            if items.is_empty() {
+                continue;
+            }
+            let key = (s.db.clone(), id);
+            let applied = lock(&self.marks).get(&key).map_or(0, |m| m.applied);
+            let mut part = Part {
+                stream: id,
+                s: s.clone(),
+                key,
+                applied,
+                last: applied,
+                kept: Vec::new(),
+                reset: false,
+                error: None,
+            };
+            let peer = lock(&s.peer).clone();
+            if let Err((c, m)) = self.rules.check(&peer, &s.db, Access::Write) {
+                part.error = Some((applied + 1, format!("{c}: {m}")));
+                parts.push(part);
+                continue;
+            }
+            let mut expected = applied + 1;
+            'outer: for (first, recs) in items {
+                for (i, rec) in recs.into_iter().enumerate() {
+                    let seq = first.saturating_add(i as u64);
+                    if seq < expected {
+                        continue; // already applied: a resend
+                    }
+                    if seq > expected {
+                        part.error =
+                            Some((expected, format!("gap: got {seq}, expected {expected}")));
+                        break 'outer;
+                    }
+                    part.kept.push(rec);
+                    expected += 1;
+                }
+            }
+            part.last = expected - 1;
+            parts.push(part);
+        }
+        if let Err(m) = self.commit_round(&e, &mut parts) {
+            for p in parts.iter_mut().filter(|p| !p.kept.is_empty()) {
+                p.error.get_or_insert((p.applied + 1, m.clone()));
             }
         }
-        if let Some((seq, message)) = error {
-            tracing::warn!(stream, seq, %message, "db service: FastPost refused");
-            let _ = lock(&s.peer).send_complete_buffer(
-                cmd::PUSH,
-                Push::FastPostError {
-                    stream,
-                    seq,
-                    message,
-                }
-                .encode(),
-            );
+        for p in parts {
+            if let Some((seq, message)) = p.error {
+                self.refuse(p.stream, &p.s, seq, message);
+            }
         }
+    }
+
+    /// Marks, then records, of one round (`e.write` held). The mark of each
+    /// stream lists the groups committed since a durable base, this one last;
+    /// after a crash a listed group counts as committed iff the database
+    /// allocated its first id. A base must be durable: the syncer's last sync
+    /// covers `durable`; a writer that does not know its groups (new), or lists
+    /// too many, has the database synced first (once for the round).
+    fn commit_round(&self, e: &DbEntry, parts: &mut [Part]) -> Result<(), String> {
+        let live: Vec<usize> = (0..parts.len())
+            .filter(|&i| !parts[i].kept.is_empty())
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let md = lock(&self.marks_db)
+            .clone()
+            .ok_or_else(|| format!("no database {MARKS_DB}"))?;
+        let mut sync = false;
+        for &i in &live {
+            let p = &mut parts[i];
+            let durable = lock(&self.marks).get(&p.key).map_or(0, |m| m.durable);
+            let mut g = lock(&p.s.groups);
+            if durable > g.base {
+                g.base = durable;
+            }
+            let base = g.base;
+            g.list.retain(|x| x.1 > base);
+            if !g.known || g.list.len() + 1 > MAX_MARK_GROUPS {
+                p.reset = true;
+                sync |= p.applied > durable;
+            }
+        }
+        if sync {
+            e.db.sync().map_err(|err| err.to_string())?;
+        }
+        let mut next_id = e.db.stats().next_id;
+        let mut marks_batch = Batch::new();
+        let mut inserted: Vec<usize> = Vec::new();
+        for &i in &live {
+            let p = &parts[i];
+            let mut g = lock(&p.s.groups);
+            if p.reset {
+                g.known = true;
+                g.base = p.applied;
+                g.list.clear();
+            }
+            g.list.push((p.applied + 1, p.last, next_id));
+            next_id += p.kept.len() as u64;
+            let rec = lock(&self.marks).get(&p.key).map_or(0, |m| m.rec);
+            let base = g.list[0].0.saturating_sub(1);
+            let data = encode_mark(&p.key.0, p.key.1, base, &g.list);
+            if rec == 0 {
+                marks_batch.insert(Kind::Raw, data);
+                inserted.push(i);
+            } else {
+                marks_batch.update(rec, Kind::Raw, data);
+            }
+        }
+        // not committed: the next marks must not list these groups (the next
+        // round may get the same first ids)
+        let undo = |parts: &[Part]| {
+            for &i in &live {
+                lock(&parts[i].s.groups).list.pop();
+            }
+        };
+        let ids = match md.commit(&marks_batch) {
+            Ok(ids) => ids,
+            Err(err) => {
+                undo(parts);
+                return Err(err.to_string());
+            }
+        };
+        {
+            let mut marks = lock(&self.marks);
+            for (&i, id) in inserted.iter().zip(ids) {
+                if let Some(m) = marks.get_mut(&parts[i].key) {
+                    m.rec = id;
+                }
+            }
+        }
+        let mut batch = Batch::new();
+        for &i in &live {
+            for (kind, data) in &parts[i].kept {
+                batch.insert(*kind, data.to_vec());
+            }
+        }
+        let ids = match e.db.commit_with(
+            &batch,
+            Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
+        ) {
+            Ok(ids) => ids,
+            Err(err) => {
+                undo(parts);
+                return Err(err.to_string());
+            }
+        };
+        self.notify(e, &|| {
+            let recs = live.iter().flat_map(|&i| parts[i].kept.iter());
+            ids.iter()
+                .zip(recs)
+                .map(|(id, (kind, data))| {
+                    Change::Put(Record {
+                        id: *id,
+                        kind: *kind,
+                        data: data.to_vec(),
+                    })
+                })
+                .collect()
+        });
+        {
+            let mut marks = lock(&self.marks);
+            for &i in &live {
+                if let Some(m) = marks.get_mut(&parts[i].key) {
+                    m.applied = parts[i].last;
+                }
+            }
+        }
+        e.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Tells the client of `stream` that its records from `seq` were refused.
+    fn refuse(&self, stream: u64, s: &Stream, seq: u64, message: String) {
+        tracing::warn!(stream, seq, %message, "db service: FastPost refused");
+        let _ = lock(&s.peer).send_complete_buffer(
+            cmd::PUSH,
+            Push::FastPostError {
+                stream,
+                seq,
+                message,
+            }
+            .encode(),
+        );
     }
 }
 
