@@ -561,7 +561,7 @@ fn main() {
     }
     suite.note(format!(
         "values {VALUE} B on loopback, {secs} s per sample, pairs side by side in every round, each figure the geometric mean of its samples up to that round (ratios = geometric means of the round-by-round ratios); \
-         ours: AES-256-GCM session encryption and StableIO sessions; FastPost counted when every record is acknowledged durable (after an fsync of the database; one fsync of the stream's mark per group, the database synced every 10 ms for all streams), GETs through the full service; scans: both sides hand every record to the caller (remote: read in place from the received batch, embedded: owned records); \
+         ours: AES-256-GCM session encryption and StableIO sessions; FastPost counted when every record is acknowledged durable (after an fsync of the database; per round of all streams' queued records one fsync of their marks, the database synced every 10 ms), GETs through the full service; scans: both sides hand every record to the caller (remote: read in place from the received batch, embedded: owned records); \
          Redis 7: no encryption, driven by redis-benchmark -d {VALUE} in the same run; `redis` persistence off (--save \"\" --appendonly no: acknowledged before any write), \
          `redis-aof-always` --appendonly yes --appendfsync always (fsync before the acknowledgement, the durability FastPost promises); \
          server and loaders share the machine's {} cores",
