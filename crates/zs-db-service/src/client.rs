@@ -409,6 +409,7 @@ impl DbClient {
                 qid: spec.qid,
                 rx,
                 end: None,
+                stop_asked: std::sync::atomic::AtomicBool::new(false),
             }),
             other => {
                 lock(&self.inner.routes.queries).remove(&spec.qid);
@@ -485,6 +486,8 @@ pub struct RemoteQuery {
     qid: u64,
     rx: Receiver<QueryMsg>,
     end: Option<(EndStatus, u64)>,
+    /// This client asked the server to stop the query ([`RemoteQuery::stop`]).
+    stop_asked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RemoteQuery {
@@ -561,6 +564,15 @@ impl RemoteQuery {
                     if status == EndStatus::Failed {
                         return Some(Err(Error::QueryFailed(message)));
                     }
+                    // stopped without being asked: the server went away (shut
+                    // down, its connection closing), so the results are cut short
+                    if status == EndStatus::Stopped
+                        && !self.stop_asked.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return Some(Err(Error::QueryFailed(
+                            "the server stopped the query (shutting down?)".into(),
+                        )));
+                    }
                     return None;
                 }
                 Ok(_) => continue,
@@ -605,6 +617,8 @@ impl RemoteQuery {
 
     /// Stops the scan; batches already sent still arrive, then the end.
     pub fn stop(&self) -> Result<()> {
+        self.stop_asked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.control(Request::Stop { qid: self.qid })
     }
 
