@@ -287,6 +287,9 @@ struct Svc {
     me: Mutex<Weak<Svc>>,
     tick: AtomicU64,
     stop: AtomicBool,
+    /// FastPost rounds committed, and the most streams one round applied.
+    fp_rounds: AtomicU64,
+    fp_most_streams: AtomicU64,
 }
 
 /// The DB service: register it on a zs-core [`Registry`] with
@@ -342,6 +345,8 @@ impl DbService {
             me: Mutex::new(Weak::new()),
             tick: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            fp_rounds: AtomicU64::new(0),
+            fp_most_streams: AtomicU64::new(0),
         });
         *lock(&svc.me) = Arc::downgrade(&svc);
         svc.load_marks()?;
@@ -422,6 +427,16 @@ impl DbService {
     /// Queries running now (all connections).
     pub fn running_queries(&self) -> usize {
         lock(&self.svc.queries).len()
+    }
+
+    /// FastPost rounds committed so far and the most streams one of them
+    /// applied (the streams of a database share a round, its marks commit and
+    /// its fsync; see the crate docs).
+    pub fn fastpost_rounds(&self) -> (u64, u64) {
+        (
+            self.svc.fp_rounds.load(Ordering::Relaxed),
+            self.svc.fp_most_streams.load(Ordering::Relaxed),
+        )
     }
 
     /// Adds the service's commands to `reg`.
@@ -1927,6 +1942,9 @@ impl Svc {
                 return Err(err.to_string());
             }
         };
+        self.fp_rounds.fetch_add(1, Ordering::Relaxed);
+        self.fp_most_streams
+            .fetch_max(live.len() as u64, Ordering::Relaxed);
         {
             let mut marks = lock(&self.marks);
             for (&i, id) in inserted.iter().zip(ids) {

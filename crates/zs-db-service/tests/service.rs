@@ -475,6 +475,74 @@ fn concurrent_fastpost_streams_share_rounds_and_store_each_record_once() {
 }
 
 #[test]
+fn fastpost_streams_of_one_database_share_a_round_and_its_fsync() {
+    // Every fsync waits at a gate while it is closed: the first round stalls
+    // in its marks commit, the other streams' messages queue meanwhile, and
+    // the next round must apply them together (one marks commit, one fsync);
+    // a writer per stream would apply one stream per round.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let gate = closed.clone();
+    let vfs = zs_db::SyncHookVfs::new(
+        Arc::new(zs_db::DirVfs::new(dir.path()).unwrap()),
+        move || {
+            let t = Instant::now();
+            while gate.load(Ordering::Acquire) && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        },
+    );
+    let service = zs_db_service::DbService::with_env(
+        zs_db::Env::with_vfs(Arc::new(vfs)),
+        ServiceConfig::default(),
+    )
+    .unwrap();
+    let backend = common::backend();
+    let server = common::serve(&service, &backend, "127.0.0.1:0".parse().unwrap());
+    let addr = Arc::new(std::sync::Mutex::new(server.local_addr()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| common::connect(backend.clone(), addr.clone()))
+        .collect();
+    clients[0].open("g", true).unwrap();
+    let cfg = zs_db_service::FastPostConfig {
+        records_per_message: 16,
+        ..Default::default()
+    };
+    let mut streams: Vec<_> = clients
+        .iter()
+        .map(|c| c.fastpost("g", cfg).unwrap())
+        .collect();
+    closed.store(true, Ordering::Release);
+    std::thread::scope(|sc| {
+        for (w, fp) in streams.iter_mut().enumerate() {
+            sc.spawn(move || {
+                for i in 0..16u64 {
+                    fp.post(Kind::Raw, format!("{w}:{i}").as_bytes()).unwrap();
+                }
+                fp.flush().unwrap();
+            });
+        }
+        // let every stream's message reach its queue while the gate holds
+        std::thread::sleep(Duration::from_millis(1500));
+        closed.store(false, Ordering::Release);
+    });
+    let (rounds, most) = service.fastpost_rounds();
+    assert!(
+        most >= 2,
+        "one round applied {most} streams at most ({rounds} rounds)"
+    );
+    assert!(rounds <= 3, "{rounds} rounds for 4 streams");
+    let all = clients[0]
+        .query(QuerySpec::new("g"))
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    assert_eq!(all.len(), 64);
+}
+
+#[test]
 fn fastpost_streams_are_capped_per_connection() {
     let cfg = ServiceConfig {
         max_fastpost_active_per_conn: 2,
