@@ -1,9 +1,11 @@
 //! zs-db-service payload decoders: requests, answers, pushes, one-way messages.
-//! Whatever decodes re-encodes to the same bytes.
+//! Whatever decodes re-encodes to the same bytes. The fast paths agree with the
+//! general decoders: `peek_get` (the server's GET read in place) and
+//! `RecordBatch::parse` (the client's batch read in place).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zs_db_service::proto::{Answer, Limits, Oneway, Push, Request};
+use zs_db_service::proto::{peek_get, Answer, Limits, Oneway, Push, RecordBatch, Request};
 
 fuzz_target!(|data: &[u8]| {
     let b = bytes::Bytes::copy_from_slice(data);
@@ -18,6 +20,24 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(p) = Push::decode(&b, &lim) {
         assert_eq!(p.encode(), b);
+    }
+    if let Some((db, id)) = peek_get(&b) {
+        match Request::decode(&b, &lim) {
+            Ok(Request::Get { db: d2, id: i2 }) => assert_eq!((db, id), (d2.as_str(), i2)),
+            other => panic!("peek_get accepted what decodes as {other:?}"),
+        }
+    }
+    let general = match Push::decode(&b, &lim) {
+        Ok(Push::Batch { qid, seq, records }) => Some((qid, seq, records)),
+        _ => None,
+    };
+    match (RecordBatch::parse(b.clone(), &lim), general) {
+        (Ok(rb), Some((qid, seq, records))) => {
+            assert_eq!((rb.qid(), rb.seq()), (qid, seq));
+            assert_eq!(rb.to_records(), records);
+        }
+        (Err(_), None) => {}
+        (rb, g) => panic!("RecordBatch::parse {:?} vs Push::decode {:?}", rb.is_ok(), g.is_some()),
     }
     if let Ok(m) = Oneway::decode(&b, &lim) {
         assert_eq!(m.encode(), b);

@@ -250,6 +250,23 @@ fn get_load(clients: &[DbClient], pipeline: usize, n_kv: u64, dur: Duration) -> 
     load.gets.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Wraps a sampler so each sample is the geometric mean of every sample so far.
+/// The paired cases of a ratio run back to back in every round, so on this
+/// shared machine a phase of load or slow flushes (seconds long) hits both
+/// sides of a pair alike; the ratio of two cumulative geometric means is the
+/// geometric mean of the round-by-round ratios, in which such phases cancel,
+/// where per-case medians could pair one side's fast round with the other's
+/// slow one (the approach of `benches/db`).
+fn cumulative(mut f: impl FnMut() -> f64) -> impl FnMut() -> f64 {
+    let (mut log_sum, mut n) = (0.0f64, 0u32);
+    move || {
+        let v = f().max(1e-9);
+        log_sum += v.ln();
+        n += 1;
+        (log_sum / f64::from(n)).exp()
+    }
+}
+
 /// Whether pair `ratio` runs (see `ZS_DBSVC_CASES`).
 fn wanted(ratio: &str) -> bool {
     match std::env::var("ZS_DBSVC_CASES") {
@@ -347,9 +364,13 @@ fn main() {
                     .expect("fastpost");
                 let t = Instant::now();
                 let mut i = 0u64;
+                // like redis-benchmark's fixed value: 100 B, the record number
+                // in its first bytes (no formatting in the timed loop)
+                let mut v = value(0);
                 while t.elapsed() < dur {
                     for _ in 0..16 {
-                        fp.post(Kind::Raw, &value(i)).expect("post");
+                        v[..8].copy_from_slice(&i.to_le_bytes());
+                        fp.post(Kind::Raw, &v).expect("post");
                         i += 1;
                     }
                 }
@@ -370,14 +391,14 @@ fn main() {
             "zs fastpost P16 c50",
             "records_per_s",
             Better::Higher,
-            fastpost_case(clients50.clone()),
+            cumulative(fastpost_case(clients50.clone())),
         );
         if have {
             suite.case(
                 "redis SET P16 c50",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "set", 50, 16, secs, n_kv),
+                cumulative(redis_sampler(port, "set", 50, 16, secs, n_kv)),
             );
             pairs.push((
                 "fastpost_vs_redis_set_p16",
@@ -390,7 +411,7 @@ fn main() {
                 "redis-aof-always SET P16 c50",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port_aof, "set", 50, 16, secs, n_kv),
+                cumulative(redis_sampler(port_aof, "set", 50, 16, secs, n_kv)),
             );
             pairs.push((
                 "fastpost_vs_redis_set_p16_fsync_matched",
@@ -404,14 +425,14 @@ fn main() {
             "zs fastpost P16 c1",
             "records_per_s",
             Better::Higher,
-            fastpost_case(clients1.clone()),
+            cumulative(fastpost_case(clients1.clone())),
         );
         if have {
             suite.case(
                 "redis SET P16 c1",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "set", 1, 16, secs, n_kv),
+                cumulative(redis_sampler(port, "set", 1, 16, secs, n_kv)),
             );
             pairs.push((
                 "fastpost_vs_redis_set_p16_c1",
@@ -425,14 +446,14 @@ fn main() {
             "zs get P16 c50",
             "gets_per_s",
             Better::Higher,
-            get_case(clients50.clone(), 16),
+            cumulative(get_case(clients50.clone(), 16)),
         );
         if have {
             suite.case(
                 "redis GET P16 c50",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "get", 50, 16, secs, n_kv),
+                cumulative(redis_sampler(port, "get", 50, 16, secs, n_kv)),
             );
             pairs.push((
                 "get_vs_redis_get_p16",
@@ -446,14 +467,14 @@ fn main() {
             "zs get P16 c1",
             "gets_per_s",
             Better::Higher,
-            get_case(clients1.clone(), 16),
+            cumulative(get_case(clients1.clone(), 16)),
         );
         if have {
             suite.case(
                 "redis GET P16 c1",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "get", 1, 16, secs, n_kv),
+                cumulative(redis_sampler(port, "get", 1, 16, secs, n_kv)),
             );
             pairs.push((
                 "get_vs_redis_get_p16_c1",
@@ -467,14 +488,14 @@ fn main() {
             "zs get P1 c50",
             "gets_per_s",
             Better::Higher,
-            get_case(clients50.clone(), 1),
+            cumulative(get_case(clients50.clone(), 1)),
         );
         if have {
             suite.case(
                 "redis GET P1 c50",
                 "requests_per_s",
                 Better::Higher,
-                redis_sampler(port, "get", 50, 1, secs, n_kv),
+                cumulative(redis_sampler(port, "get", 50, 1, secs, n_kv)),
             );
             pairs.push(("get_vs_redis_get_p1", "zs get P1 c50", "redis GET P1 c50"));
         }
@@ -485,37 +506,48 @@ fn main() {
             "zs scan remote",
             "records_per_s",
             Better::Higher,
-            move || {
+            cumulative(move || {
                 let t = Instant::now();
-                let mut n = 0u64;
+                let (mut n, mut bytes) = (0u64, 0u64);
                 while t.elapsed() < dur {
                     let mut spec = QuerySpec::new("scan");
                     spec.batch_bytes = env_loops("ZS_DBSVC_SCAN_BATCH_KIB", 256) as u32 * 1024;
-                    for b in remote.query(spec).expect("query") {
-                        n += b.expect("batch").len() as u64;
+                    let mut q = remote.query(spec).expect("query");
+                    // every record read (in place, as the embedded side reads
+                    // its owned records)
+                    while let Some(b) = q.next_records() {
+                        for r in b.expect("batch").iter() {
+                            n += 1;
+                            bytes += r.data.len() as u64;
+                        }
                     }
                 }
+                assert_eq!(bytes, n * VALUE as u64);
                 n as f64 / t.elapsed().as_secs_f64()
-            },
+            }),
         );
         let local = service.env().db("scan").expect("db");
         suite.case(
             "zs-db scan embedded",
             "records_per_s",
             Better::Higher,
-            move || {
+            cumulative(move || {
                 let t = Instant::now();
-                let mut n = 0u64;
+                let (mut n, mut bytes) = (0u64, 0u64);
                 while t.elapsed() < dur {
-                    n += local
+                    let recs = local
                         .query(Query::all())
                         .expect("query")
                         .collect_all()
-                        .expect("scan")
-                        .len() as u64;
+                        .expect("scan");
+                    for r in &recs {
+                        n += 1;
+                        bytes += r.data.len() as u64;
+                    }
                 }
+                assert_eq!(bytes, n * VALUE as u64);
                 n as f64 / t.elapsed().as_secs_f64()
-            },
+            }),
         );
         pairs.push((
             "scan_remote_vs_embedded",
@@ -528,8 +560,8 @@ fn main() {
         suite.ratio(key, ours, theirs);
     }
     suite.note(format!(
-        "values {VALUE} B on loopback, {secs} s per sample, pairs side by side in every round; \
-         ours: AES-256-GCM session encryption and StableIO sessions; FastPost counted when every record is acknowledged durable (fsync), GETs through the full service; \
+        "values {VALUE} B on loopback, {secs} s per sample, pairs side by side in every round, each figure the geometric mean of its samples up to that round (ratios = geometric means of the round-by-round ratios); \
+         ours: AES-256-GCM session encryption and StableIO sessions; FastPost counted when every record is acknowledged durable (after an fsync of the database; per round of all streams' queued records one fsync of their marks, the database synced every 10 ms), GETs through the full service; scans: both sides hand every record to the caller (remote: read in place from the received batch, embedded: owned records); \
          Redis 7: no encryption, driven by redis-benchmark -d {VALUE} in the same run; `redis` persistence off (--save \"\" --appendonly no: acknowledged before any write), \
          `redis-aof-always` --appendonly yes --appendfsync always (fsync before the acknowledgement, the durability FastPost promises); \
          server and loaders share the machine's {} cores",

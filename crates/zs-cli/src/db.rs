@@ -113,6 +113,18 @@ pub(crate) enum DbCmd {
         /// Database name.
         name: String,
     },
+    /// Give USER (`*`: every logged-in user) ACCESS to database NAME (`*`: every
+    /// database): none, read, write or admin. Remote: as a user with admin
+    /// access to NAME (--user); local (no --remote, the server stopped): in the
+    /// rules stored in --dir (the served directory, e.g. ./zs-data/db).
+    Grant {
+        /// Database name, or `*`.
+        name: String,
+        /// User name, or `*`.
+        user: String,
+        /// none, read, write or admin.
+        access: String,
+    },
     /// Print the changes of records FROM..=TO as JSON lines (needs --remote).
     Watch {
         /// Database name.
@@ -287,6 +299,17 @@ fn exec(args: DbArgs) -> Result<(), String> {
             println!("compacted {name}: {before} -> {after} bytes");
         }
         DbCmd::Watch { .. } => return Err("`watch` needs --remote ADDR".into()),
+        DbCmd::Grant { name, user, access } => {
+            drop(env);
+            let access = crate::dbsvc::parse_access(&access)?;
+            let svc = zs_db_service::DbService::open_dir(
+                &args.dir,
+                zs_db_service::ServiceConfig::default(),
+            )
+            .map_err(|e| format!("the rules in {}: {e}", args.dir.display()))?;
+            svc.grant(&name, &user, access).map_err(|e| e.to_string())?;
+            println!("{user} has {access:?} access to {name}");
+        }
         DbCmd::Stats { name } => {
             let s = open(&env, &name)?.stats();
             println!(

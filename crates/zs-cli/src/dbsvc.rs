@@ -80,16 +80,64 @@ pub struct RemoteArgs {
     /// The server's key file, to read the fingerprint of a local server.
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// Log in as this user (the server's accounts service, as `zs user` does)
+    /// before the verb: needed by a server started with `--db-require-login`.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The file whose first line is the password of `--user` (else the
+    /// `ZS_PASSWORD` environment variable).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// The password of `--user`: the first line of `--password-file`, else
+/// `ZS_PASSWORD`.
+fn password(r: &RemoteArgs) -> Result<String, String> {
+    if let Some(f) = &r.password_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| format!("password file {}: {e}", f.display()))?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        if line.is_empty() {
+            return Err(format!("password file {} is empty", f.display()));
+        }
+        return Ok(line);
+    }
+    std::env::var("ZS_PASSWORD")
+        .map_err(|_| "--user needs --password-file FILE or ZS_PASSWORD".to_string())
+}
+
+/// Parses an access level for `zs db grant`.
+pub fn parse_access(s: &str) -> Result<zs_db_service::Access, String> {
+    zs_db_service::Access::parse(s)
+        .ok_or_else(|| format!("access {s:?}: expected none, read, write or admin"))
 }
 
 fn connect(addr: SocketAddr, r: &RemoteArgs) -> Result<DbClient, String> {
     let fp = crate::call::resolve_fingerprint(r.fingerprint.as_deref(), r.key.as_deref())?;
-    zserver::connect_db(move || {
+    if r.password_file.is_some() && r.user.is_none() {
+        return Err("--password-file needs --user".into());
+    }
+    let db = zserver::connect_db(move || {
         zserver::ClientBuilder::new(addr)
             .fingerprint(fp)
             .stable(zserver::Reconnect::default())
     })
-    .map_err(|e| format!("cannot connect to {addr}: {e}"))
+    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    if let Some(user) = &r.user {
+        // on this connection (the DB service asks the accounts service who the
+        // connection's user is)
+        let pw = password(r)?;
+        db.connection()
+            .call_stream(
+                "user.login",
+                zserver::DataFrame::new()
+                    .with(user.as_str())
+                    .with(pw.as_str()),
+            )
+            .wait()
+            .map_err(|e| format!("login as {user:?} on {addr}: {e}"))?;
+    }
+    Ok(db)
 }
 
 /// Runs a `zs db` verb remotely.
@@ -193,6 +241,11 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
             println!("compacted {name}: {before} -> {after} bytes");
         }
         DbCmd::Stats { .. } => return Err("`stats` is local only".into()),
+        DbCmd::Grant { name, user, access } => {
+            let access = parse_access(&access)?;
+            db.grant(&name, &user, access).map_err(e)?;
+            println!("{user} has {access:?} access to {name}");
+        }
         DbCmd::Watch {
             name,
             from,

@@ -18,8 +18,13 @@ impl Drop for Serve {
 }
 
 fn serve(dir: &std::path::Path) -> Serve {
+    serve_with(dir, &[])
+}
+
+fn serve_with(dir: &std::path::Path, extra: &[&str]) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_zs"))
         .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(extra)
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -158,4 +163,139 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
     let (ok, _, err) = zs_remote(&[&s1], &["get", "nope", "1"]);
     assert!(!ok);
     assert!(err.contains("404"), "{err}");
+}
+
+/// `zs db` in `dir` against `s` with `args` (after the remote flags).
+fn zs_in(dir: &std::path::Path, s: &Serve, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zs"))
+        .args(["db", "--remote", &s.addr, "--fingerprint", &s.fingerprint])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ZS_PASSWORD")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn login_and_rules_from_the_cli() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let s = serve_with(dir, &["--db-require-login"]);
+    let admin = [
+        "--user",
+        "admin",
+        "--password-file",
+        "zs-data/admin.password",
+    ];
+    // no login: refused
+    let (ok, _, err) = zs_in(dir, &s, &["create", "people"]);
+    assert!(!ok);
+    assert!(err.contains("401"), "{err}");
+    // the admin may do everything
+    let (ok, _, err) = zs_in(dir, &s, &[&admin[..], &["create", "people"]].concat());
+    assert!(ok, "{err}");
+    let (ok, id, err) = zs_in(
+        dir,
+        &s,
+        &[&admin[..], &["put", "people", r#"{"n":1}"#]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(id.trim(), "1");
+    // a second user, made with `zs user add`
+    let out = Command::new(env!("CARGO_BIN_EXE_zs"))
+        .args(["user", "--addr", &s.addr, "--fingerprint", &s.fingerprint])
+        .args(["add", "ann", "--new-password", "ann-password"])
+        .current_dir(dir)
+        .env_remove("ZS_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.join("ann.pw"), "ann-password\n").unwrap();
+    let ann = ["--user", "ann", "--password-file", "ann.pw"];
+    // wrong password, and a password file without --user
+    std::fs::write(dir.join("bad.pw"), "wrong-password\n").unwrap();
+    let (ok, _, err) = zs_in(
+        dir,
+        &s,
+        &["--user", "ann", "--password-file", "bad.pw", "list"],
+    );
+    assert!(!ok);
+    assert!(err.contains("login as \"ann\""), "{err}");
+    let (ok, _, err) = zs_in(dir, &s, &["--password-file", "ann.pw", "list"]);
+    assert!(!ok);
+    assert!(err.contains("needs --user"), "{err}");
+    // no rule for ann yet
+    let (ok, _, err) = zs_in(dir, &s, &[&ann[..], &["get", "people", "1"]].concat());
+    assert!(!ok);
+    assert!(err.contains("403"), "{err}");
+    // the admin grants read
+    let (ok, out, err) = zs_in(
+        dir,
+        &s,
+        &[&admin[..], &["grant", "people", "ann", "read"]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("ann has Read access to people"), "{out}");
+    let (ok, got, err) = zs_in(dir, &s, &[&ann[..], &["get", "people", "1"]].concat());
+    assert!(ok, "{err}");
+    assert!(got.contains(r#""n":1"#), "{got}");
+    // read is not write, and only an admin of the database edits its rules
+    let (ok, _, err) = zs_in(
+        dir,
+        &s,
+        &[&ann[..], &["put", "people", r#"{"n":2}"#]].concat(),
+    );
+    assert!(!ok);
+    assert!(err.contains("403"), "{err}");
+    let (ok, _, err) = zs_in(
+        dir,
+        &s,
+        &[&ann[..], &["grant", "people", "ann", "admin"]].concat(),
+    );
+    assert!(!ok);
+    assert!(err.contains("403"), "{err}");
+    let (ok, _, err) = zs_in(
+        dir,
+        &s,
+        &[&admin[..], &["grant", "people", "ann", "sudo"]].concat(),
+    );
+    assert!(!ok);
+    assert!(err.contains("expected none, read, write or admin"), "{err}");
+    // with the server stopped, a local grant edits the served directory's rules
+    drop(s);
+    let out = Command::new(env!("CARGO_BIN_EXE_zs"))
+        .args([
+            "db",
+            "--dir",
+            "zs-data/db",
+            "grant",
+            "people",
+            "ann",
+            "write",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = serve_with(dir, &["--db-require-login"]);
+    let (ok, id, err) = zs_in(
+        dir,
+        &s,
+        &[&ann[..], &["put", "people", r#"{"n":2}"#]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(id.trim(), "2");
 }

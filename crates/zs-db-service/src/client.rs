@@ -14,7 +14,7 @@ use zs_db::{Kind, Record};
 
 use crate::proto::{
     cmd, from_frame, to_frame, Answer, Change, DecodeError, Durability, EndStatus, Limits, Oneway,
-    Push, QueryProgress, QuerySpec, Request,
+    Push, QueryProgress, QuerySpec, RecordBatch, Request,
 };
 
 /// What can go wrong on the client side.
@@ -363,7 +363,7 @@ impl DbClient {
         let limits = self.inner.limits;
         let call = zs_core::Call::Stream {
             cmd: cmd::REQUEST.into(),
-            data: to_frame(Request::Get { db: db.into(), id }.encode()),
+            data: to_frame(crate::proto::encode_get(db, id)),
         };
         self.connection().call_with(call, None, move |r| {
             done(r.map_err(Error::from).and_then(|reply| match reply {
@@ -384,10 +384,7 @@ impl DbClient {
         let conn = self.connection();
         let calls: Vec<_> = ids
             .iter()
-            .map(|&id| {
-                let req = Request::Get { db: db.into(), id };
-                conn.call_stream(cmd::REQUEST, to_frame(req.encode()))
-            })
+            .map(|&id| conn.call_stream(cmd::REQUEST, to_frame(crate::proto::encode_get(db, id))))
             .collect();
         calls
             .into_iter()
@@ -412,6 +409,7 @@ impl DbClient {
                 qid: spec.qid,
                 rx,
                 end: None,
+                stop_asked: std::sync::atomic::AtomicBool::new(false),
             }),
             other => {
                 lock(&self.inner.routes.queries).remove(&spec.qid);
@@ -488,6 +486,8 @@ pub struct RemoteQuery {
     qid: u64,
     rx: Receiver<QueryMsg>,
     end: Option<(EndStatus, u64)>,
+    /// This client asked the server to stop the query ([`RemoteQuery::stop`]).
+    stop_asked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RemoteQuery {
@@ -515,6 +515,19 @@ impl RemoteQuery {
     /// Like [`RemoteQuery::next_batch`], giving up after `limit` with
     /// [`Error::TimedOut`] (the query goes on).
     pub fn next_batch_timeout(&mut self, limit: Option<Duration>) -> Option<Result<Vec<Record>>> {
+        self.next_records_timeout(limit)
+            .map(|b| b.map(|b| b.to_records()))
+    }
+
+    /// The next batch read in place (no copy or allocation per record: iterate
+    /// it for borrowed records); `None` once the query ended.
+    pub fn next_records(&mut self) -> Option<Result<RecordBatch>> {
+        self.next_records_timeout(None)
+    }
+
+    /// Like [`RemoteQuery::next_records`], giving up after `limit` with
+    /// [`Error::TimedOut`] (the query goes on).
+    pub fn next_records_timeout(&mut self, limit: Option<Duration>) -> Option<Result<RecordBatch>> {
         if self.end.is_some() {
             return None;
         }
@@ -522,9 +535,8 @@ impl RemoteQuery {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(QueryMsg::Batch(data)) => {
-                    let records = match Push::decode(&data, &self.client.inner.limits) {
-                        Ok(Push::Batch { records, .. }) => records,
-                        Ok(_) => continue,
+                    let records = match RecordBatch::parse(data, &self.client.inner.limits) {
+                        Ok(b) => b,
                         Err(e) => {
                             // a server that sends garbage ends the query here
                             self.end = Some((EndStatus::Failed, 0));
@@ -551,6 +563,15 @@ impl RemoteQuery {
                     lock(&self.client.inner.routes.queries).remove(&self.qid);
                     if status == EndStatus::Failed {
                         return Some(Err(Error::QueryFailed(message)));
+                    }
+                    // stopped without being asked: the server went away (shut
+                    // down, its connection closing), so the results are cut short
+                    if status == EndStatus::Stopped
+                        && !self.stop_asked.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return Some(Err(Error::QueryFailed(
+                            "the server stopped the query (shutting down?)".into(),
+                        )));
                     }
                     return None;
                 }
@@ -596,6 +617,8 @@ impl RemoteQuery {
 
     /// Stops the scan; batches already sent still arrive, then the end.
     pub fn stop(&self) -> Result<()> {
+        self.stop_asked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.control(Request::Stop { qid: self.qid })
     }
 
@@ -884,19 +907,21 @@ impl FastPost {
             let first;
             {
                 let m = lock(&self.shared.m);
-                let start = m
-                    .unacked
-                    .iter()
-                    .position(|r| r.0 > self.sent_upto)
-                    .unwrap_or(m.unacked.len());
+                // sequence numbers in the queue are consecutive: the first one
+                // not sent yet is found by subtraction, not by a walk of the queue
+                let start = match m.unacked.front() {
+                    None => 0,
+                    Some(f) => (self.sent_upto + 1)
+                        .saturating_sub(f.0)
+                        .min(m.unacked.len() as u64) as usize,
+                };
                 if start == m.unacked.len() {
                     return Ok(());
                 }
                 first = m.unacked[start].0;
                 chunk = m
                     .unacked
-                    .iter()
-                    .skip(start)
+                    .range(start..)
                     .take(self.cfg.records_per_message.max(1))
                     .map(|r| (r.1, r.2.clone()))
                     .collect();

@@ -17,7 +17,9 @@
 //!   reverse. Results stream back in batches closed by size or time; the client
 //!   returns credit as it reads, so a reader that does not read stops the scan
 //!   (memory per query ≤ window × batch size). Pause, resume, stop and progress
-//!   of a running query; many queries at once on one connection.
+//!   of a running query; many queries at once on one connection. A batch can be
+//!   read in place ([`RemoteQuery::next_records`], [`RecordBatch`]): one check of
+//!   the received bytes, then borrowed records, no allocation per record.
 //! - **FastPost** ([`FastPost`]): pipelined inserts without replies, with
 //!   cumulative durable acknowledgements; a reconnect (StableIO) or a server
 //!   restart loses nothing acknowledged and stores nothing twice.
@@ -81,6 +83,7 @@ pub use client::{DbClient, Error, FastPost, FastPostConfig, RemoteQuery, Result,
 pub use fanout::{fan_out, FanOut, FanOutConfig, MergeOrder, ServerFailure};
 pub use filter::{compile_expr, ExprFilter, FilterFunction, PARAM_PREFIX};
 pub use proto::{
-    Answer, Change, Durability, EndStatus, Limits, Param, QueryProgress, QuerySpec, Range, Request,
+    Answer, Change, Durability, EndStatus, Limits, Param, QueryProgress, QuerySpec, Range,
+    RecordBatch, RecordBatchIter, Request,
 };
 pub use server::{check_client_name, DbService, Procedure, ServiceConfig, MARKS_DB};

@@ -5,7 +5,7 @@
 //! and rejects trailing bytes.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use zs_db::{Kind, Record};
+use zs_db::{Kind, Record, RecordRef};
 
 /// Command names registered on the zs-core registry.
 pub mod cmd {
@@ -643,6 +643,47 @@ const R_UNWATCH: u8 = 0x41;
 const R_CALL: u8 = 0x50;
 const R_GRANT: u8 = 0x60;
 
+/// Encodes `Request::Get { db, id }` (the same bytes as [`Request::encode`])
+/// in one allocation of the exact size, without an owned name.
+pub fn encode_get(db: &str, id: u64) -> Bytes {
+    let name = &db.as_bytes()[..db.len().min(u16::MAX as usize)];
+    let mut b = BytesMut::with_capacity(1 + 2 + name.len() + 8);
+    b.put_u8(R_GET);
+    b.put_u16_le(name.len() as u16);
+    b.put_slice(name);
+    b.put_u64_le(id);
+    b.freeze()
+}
+
+/// Reads a GET request in place: `(db, id)` borrowed from `src`, or `None`
+/// when `src` is not a well-formed GET (the full [`Request::decode`] then
+/// answers it, with its error for a malformed one).
+pub fn peek_get(src: &[u8]) -> Option<(&str, u64)> {
+    let (&tag, rest) = src.split_first()?;
+    if tag != R_GET || rest.len() < 2 {
+        return None;
+    }
+    let n = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+    let rest = &rest[2..];
+    if rest.len() != n + 8 {
+        return None;
+    }
+    let db = std::str::from_utf8(&rest[..n]).ok()?;
+    let id = u64::from_le_bytes(rest[n..].try_into().ok()?);
+    Some((db, id))
+}
+
+/// Encodes `Answer::Record(Some(record))` from borrowed parts (the same bytes
+/// as [`Answer::encode`]) in one allocation of the exact size.
+pub fn encode_record_answer(id: u64, kind: Kind, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + 8 + 1 + 4 + data.len());
+    b.put_u8(6);
+    b.put_u64_le(id);
+    b.put_u8(kind as u8);
+    put_bytes(&mut b, data);
+    b.freeze()
+}
+
 impl Request {
     /// Encodes the request.
     pub fn encode(&self) -> Bytes {
@@ -964,10 +1005,127 @@ impl BatchWriter {
         self.b.len()
     }
 
+    /// Renumbers the batch (the sender numbers batches in the order it sends).
+    pub fn set_seq(&mut self, seq: u64) {
+        self.b[9..17].copy_from_slice(&seq.to_le_bytes());
+    }
+
+    /// Appends the records of `other` (one copy of their encoded bytes).
+    pub fn append(&mut self, other: &BatchWriter) {
+        self.b.put_slice(&other.b[BATCH_RECORDS_AT..]);
+        self.n += other.n;
+    }
+
     /// The encoded push.
     pub fn finish(mut self) -> Bytes {
         self.b[BATCH_COUNT_AT..BATCH_COUNT_AT + 4].copy_from_slice(&self.n.to_le_bytes());
         self.b.freeze()
+    }
+}
+
+/// One result batch as received, records read in place: the encoded
+/// [`Push::Batch`] checked once ([`RecordBatch::parse`]), then iterated as
+/// borrowed [`RecordRef`]s without a copy or an allocation per record.
+#[derive(Debug, Clone)]
+pub struct RecordBatch {
+    data: Bytes,
+    qid: u64,
+    seq: u64,
+    n: usize,
+}
+
+/// Offset of the first record in an encoded [`Push::Batch`].
+const BATCH_RECORDS_AT: usize = BATCH_COUNT_AT + 4;
+
+impl RecordBatch {
+    /// Checks an encoded [`Push::Batch`] (every record's bounds, kind and the
+    /// `lim.max_value`/`lim.max_records` limits, no trailing bytes).
+    pub fn parse(data: Bytes, lim: &Limits) -> Result<RecordBatch, DecodeError> {
+        let mut r = Rd::new(&data);
+        if r.u8()? != 1 {
+            return bad("not a result batch");
+        }
+        let qid = r.u64()?;
+        let seq = r.u64()?;
+        let n = r.count(lim.max_records, 13)?;
+        for _ in 0..n {
+            r.u64()?;
+            r.kind()?;
+            let len = r.u32()? as usize;
+            if len > lim.max_value {
+                return bad("value too large");
+            }
+            r.take(len)?;
+        }
+        r.end()?;
+        Ok(RecordBatch { data, qid, seq, n })
+    }
+
+    /// The query it belongs to.
+    pub fn qid(&self) -> u64 {
+        self.qid
+    }
+
+    /// Its number within the query (from 0).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True if it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The records, borrowed from the received bytes.
+    pub fn iter(&self) -> RecordBatchIter<'_> {
+        RecordBatchIter {
+            rest: self.data.get(BATCH_RECORDS_AT..).unwrap_or_default(),
+            left: self.n,
+        }
+    }
+
+    /// The records, copied out.
+    pub fn to_records(&self) -> Vec<Record> {
+        let mut v = Vec::with_capacity(self.n);
+        v.extend(self.iter().map(|r| Record {
+            id: r.id,
+            kind: r.kind,
+            data: r.data.to_vec(),
+        }));
+        v
+    }
+}
+
+/// The records of a [`RecordBatch`].
+#[derive(Debug, Clone)]
+pub struct RecordBatchIter<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Iterator for RecordBatchIter<'a> {
+    type Item = RecordRef<'a>;
+    fn next(&mut self) -> Option<RecordRef<'a>> {
+        if self.left == 0 || self.rest.len() < 13 {
+            return None;
+        }
+        // bounds and kinds were checked by RecordBatch::parse
+        let (head, tail) = self.rest.split_at(13);
+        let id = u64::from_le_bytes(head[..8].try_into().ok()?);
+        let kind = Kind::from_tag(head[8])?;
+        let len = u32::from_le_bytes(head[9..13].try_into().ok()?) as usize;
+        let data = tail.get(..len)?;
+        self.rest = &tail[len..];
+        self.left -= 1;
+        Some(RecordRef { id, kind, data })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left))
     }
 }
 
@@ -988,7 +1146,12 @@ fn get_record(r: &mut Rd<'_>, lim: &Limits) -> Result<Record, DecodeError> {
 impl Answer {
     /// Encodes the answer.
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(32);
+        let cap = match self {
+            Answer::Record(Some(r)) => 14 + r.data.len(),
+            Answer::Bytes(v) => 5 + v.len(),
+            _ => 32,
+        };
+        let mut b = BytesMut::with_capacity(cap);
         match self {
             Answer::Ok => b.put_u8(0),
             Answer::Id(v) => {
@@ -1259,4 +1422,106 @@ pub fn from_frame(df: &zs_wire::DataFrame) -> Result<Bytes, DecodeError> {
     }
     let mut r = df.reader();
     r.read_bytes().map_err(|e| DecodeError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_fast_path_bytes_match_the_general_codec() {
+        for (db, id) in [("kv", 1u64), ("", 0), ("ünï", u64::MAX)] {
+            let general = Request::Get { db: db.into(), id }.encode();
+            assert_eq!(encode_get(db, id), general);
+            assert_eq!(peek_get(&general), Some((db, id)));
+        }
+        let rec = Record {
+            id: 42,
+            kind: Kind::Json,
+            data: br#"{"a":1}"#.to_vec(),
+        };
+        let general = Answer::Record(Some(rec.clone())).encode();
+        assert_eq!(encode_record_answer(rec.id, rec.kind, &rec.data), general);
+        let back = Answer::decode(&general, &Limits::default()).unwrap();
+        assert!(matches!(back, Answer::Record(Some(r)) if r == rec));
+    }
+
+    #[test]
+    fn record_batch_reads_in_place_what_the_writer_wrote() {
+        let recs: Vec<Record> = (1..=5u64)
+            .map(|i| Record {
+                id: i * 3,
+                kind: if i % 2 == 0 { Kind::Json } else { Kind::Raw },
+                data: vec![i as u8; i as usize * 7],
+            })
+            .collect();
+        let mut w = BatchWriter::new(9, 4, 256);
+        for r in &recs {
+            w.push(r);
+        }
+        let bytes = w.finish();
+        let lim = Limits::default();
+        let b = RecordBatch::parse(bytes.clone(), &lim).unwrap();
+        assert_eq!((b.qid(), b.seq(), b.len()), (9, 4, 5));
+        assert_eq!(b.to_records(), recs);
+        let ids: Vec<u64> = b.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [3, 6, 9, 12, 15]);
+        // appending and renumbering give the batch a single writer would
+        let mut a = BatchWriter::new(9, 0, 16);
+        let mut b2 = BatchWriter::new(9, 0, 16);
+        for (i, r) in recs.iter().enumerate() {
+            if i < 2 {
+                a.push(r)
+            } else {
+                b2.push(r)
+            }
+        }
+        a.append(&b2);
+        a.set_seq(4);
+        assert_eq!(a.len(), 5);
+        assert_eq!(a.finish(), bytes);
+        // the general decoder agrees
+        match Push::decode(&bytes, &lim).unwrap() {
+            Push::Batch { records, .. } => assert_eq!(records, recs),
+            other => panic!("{other:?}"),
+        }
+        // every truncation and a trailing byte are refused
+        for cut in 0..bytes.len() {
+            assert!(
+                RecordBatch::parse(bytes.slice(..cut), &lim).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut long = bytes.to_vec();
+        long.push(0);
+        assert!(RecordBatch::parse(Bytes::from(long), &lim).is_err());
+        // a bad kind tag in the third record
+        let mut bad_kind = bytes.to_vec();
+        let third = BATCH_RECORDS_AT + (13 + 7) + (13 + 14) + 8;
+        bad_kind[third] = 0xee;
+        assert!(RecordBatch::parse(Bytes::from(bad_kind), &lim).is_err());
+        // over the value limit
+        let tight = Limits {
+            max_value: 20,
+            ..Limits::default()
+        };
+        assert!(RecordBatch::parse(bytes, &tight).is_err());
+    }
+
+    #[test]
+    fn peek_get_refuses_what_is_not_exactly_a_get() {
+        let good = encode_get("kv", 7);
+        // truncated, trailing bytes, another request, bad UTF-8, empty
+        assert_eq!(peek_get(&good[..good.len() - 1]), None);
+        let mut long = good.to_vec();
+        long.push(0);
+        assert_eq!(peek_get(&long), None);
+        let list = Request::List.encode();
+        assert_eq!(peek_get(&list), None);
+        let mut bad = good.to_vec();
+        bad[3] = 0xff;
+        assert_eq!(peek_get(&bad), None);
+        assert_eq!(peek_get(&[]), None);
+        assert_eq!(peek_get(&[R_GET, 5]), None);
+    }
 }

@@ -17,8 +17,9 @@ use zs_wire::DataFrame;
 use crate::access::{Access, Identity, Rules, User, ACCESS_DB};
 use crate::filter::{compile_expr, param_to_field, FilterFunction};
 use crate::proto::{
-    cmd, errcode, from_frame, to_frame, Answer, BatchWriter, Change, Durability, EndStatus, Limits,
-    Oneway, Param, Push, QueryProgress, QuerySpec, Range, Request,
+    cmd, encode_record_answer, errcode, from_frame, peek_get, to_frame, Answer, BatchWriter,
+    Change, Durability, EndStatus, Limits, Oneway, Param, Push, QueryProgress, QuerySpec, Range,
+    Request,
 };
 
 /// A procedure served by [`DbService::register_procedure`]: argument bytes in,
@@ -216,7 +217,26 @@ struct Stream {
     peer: Mutex<Peer>,
     queue: Mutex<StreamQueue>,
     cv: Condvar,
+    /// The groups this stream's writer committed since its mark's base was
+    /// last known durable (only its writer thread touches it).
+    groups: Mutex<WriterGroups>,
 }
+
+/// A FastPost writer's view of its mark: `base` (every record up to it is
+/// durable in the database) and the groups committed after it, each
+/// `(first seq, last seq, first id)`, none of them known durable yet. The mark
+/// stores both, so a group needs no sync of the database before the next mark
+/// (one fsync per group: the mark's); the syncer's sync moves `base` on.
+#[derive(Default)]
+struct WriterGroups {
+    /// False until the writer knows its base (a new writer syncs once).
+    known: bool,
+    base: u64,
+    list: Vec<(u64, u64, u64)>,
+}
+
+/// Most groups a mark lists; beyond, the writer syncs the database itself.
+const MAX_MARK_GROUPS: usize = 32;
 
 #[derive(Default)]
 struct StreamQueue {
@@ -225,10 +245,32 @@ struct StreamQueue {
     closed: bool,
 }
 
+/// Source of [`Svc::uid`].
+static NEXT_SVC_UID: AtomicU64 = AtomicU64::new(1);
+
+/// Most databases in one loop thread's entry table (cleared beyond).
+const ENTRY_CACHE_MAX: usize = 64;
+
+/// One thread's table of open databases (see [`Svc::cached_entry`]).
+#[derive(Default)]
+struct EntryCache {
+    svc: u64,
+    gen: u64,
+    entries: Vec<(Box<str>, Weak<DbEntry>)>,
+}
+
+thread_local! {
+    static ENTRY_CACHE: std::cell::RefCell<EntryCache> = std::cell::RefCell::default();
+}
+
 struct Svc {
     env: Env,
     cfg: ServiceConfig,
     dbs: Mutex<HashMap<String, Arc<DbEntry>>>,
+    /// Bumped on every change of `dbs` (see [`Svc::cached_entry`]).
+    dbs_gen: AtomicU64,
+    /// This service's process-unique id (keys the loops' entry tables).
+    uid: u64,
     functions: RwLock<HashMap<String, FilterFunction>>,
     procedures: RwLock<HashMap<String, Procedure>>,
     procedure_calls: AtomicU64,
@@ -245,6 +287,9 @@ struct Svc {
     me: Mutex<Weak<Svc>>,
     tick: AtomicU64,
     stop: AtomicBool,
+    /// FastPost rounds committed, and the most streams one round applied.
+    fp_rounds: AtomicU64,
+    fp_most_streams: AtomicU64,
 }
 
 /// The DB service: register it on a zs-core [`Registry`] with
@@ -285,6 +330,8 @@ impl DbService {
             env,
             cfg,
             dbs: Mutex::new(HashMap::new()),
+            dbs_gen: AtomicU64::new(0),
+            uid: NEXT_SVC_UID.fetch_add(1, Ordering::Relaxed),
             functions: RwLock::new(HashMap::new()),
             procedures: RwLock::new(HashMap::new()),
             procedure_calls: AtomicU64::new(0),
@@ -298,6 +345,8 @@ impl DbService {
             me: Mutex::new(Weak::new()),
             tick: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            fp_rounds: AtomicU64::new(0),
+            fp_most_streams: AtomicU64::new(0),
         });
         *lock(&svc.me) = Arc::downgrade(&svc);
         svc.load_marks()?;
@@ -378,6 +427,16 @@ impl DbService {
     /// Queries running now (all connections).
     pub fn running_queries(&self) -> usize {
         lock(&self.svc.queries).len()
+    }
+
+    /// FastPost rounds committed so far and the most streams one of them
+    /// applied (the streams of a database share a round, its marks commit and
+    /// its fsync; see the crate docs).
+    pub fn fastpost_rounds(&self) -> (u64, u64) {
+        (
+            self.svc.fp_rounds.load(Ordering::Relaxed),
+            self.svc.fp_most_streams.load(Ordering::Relaxed),
+        )
     }
 
     /// Adds the service's commands to `reg`.
@@ -476,7 +535,38 @@ impl Svc {
             watchers: Mutex::new(Vec::new()),
         });
         dbs.insert(name.to_string(), e.clone());
+        drop(dbs);
+        self.dbs_changed();
         Ok(e)
+    }
+
+    /// The open database `name` as this thread last saw it: a thread-local
+    /// table of weak entries, valid while [`Svc::dbs_gen`] has not moved, so a
+    /// GET on an event loop takes no lock on the shared map (one atomic load).
+    fn cached_entry(&self, name: &str) -> Option<Arc<DbEntry>> {
+        ENTRY_CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let gen = self.dbs_gen.load(Ordering::Acquire);
+            if c.svc != self.uid || c.gen != gen || c.entries.len() >= ENTRY_CACHE_MAX {
+                c.svc = self.uid;
+                c.gen = gen;
+                c.entries.clear();
+            }
+            if let Some((_, w)) = c.entries.iter().find(|(n, _)| &**n == name) {
+                return w.upgrade();
+            }
+            let e = lock(&self.dbs).get(name).cloned();
+            // only a live entry is remembered (a later open bumps the generation)
+            if let Some(e) = &e {
+                c.entries.push((name.into(), Arc::downgrade(e)));
+            }
+            e
+        })
+    }
+
+    /// Marks the database map changed (the loops' entry tables are stale).
+    fn dbs_changed(&self) {
+        self.dbs_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Answers one request. Runs on the connection's event loop: a GET of a
@@ -485,25 +575,42 @@ impl Svc {
     /// everything else (file reads, commits, fsyncs, procedures) goes to the
     /// service's worker pool.
     fn request(self: &Arc<Self>, peer: &Peer, df: &DataFrame, r: Responder) {
-        let req =
-            match from_frame(df).and_then(|payload| Request::decode(&payload, &self.cfg.limits)) {
-                Ok(req) => req,
-                Err(e) => {
-                    let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
-                    return;
-                }
-            };
-        if let Request::Get { db, id } = &req {
+        let payload = match from_frame(df) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
+                return;
+            }
+        };
+        // A GET read in place: no decoded request, no lock on the database map,
+        // the answer encoded straight from the cache (one allocation).
+        if let Some((db, id)) = peek_get(&payload) {
             if let Err((code, m)) = self.rules.check(peer, db, Access::Read) {
                 let _ = r.reply_error(code, m);
                 return;
             }
-            let e = lock(&self.dbs).get(db.as_str()).cloned();
-            if let Some(rec) = e.and_then(|e| e.db.get_cached(*id)) {
-                let _ = r.reply_data(to_frame(Answer::Record(rec).encode()));
-                return;
+            let answer = self.cached_entry(db).and_then(|e| {
+                e.db.get_cached_with(id, |kind, data| encode_record_answer(id, kind, data))
+            });
+            match answer {
+                Some(Some(bytes)) => {
+                    let _ = r.reply_data(to_frame(bytes));
+                    return;
+                }
+                Some(None) => {
+                    let _ = r.reply_data(to_frame(Answer::Record(None).encode()));
+                    return;
+                }
+                None => {} // a file read: the worker pool below
             }
         }
+        let req = match Request::decode(&payload, &self.cfg.limits) {
+            Ok(req) => req,
+            Err(e) => {
+                let _ = r.reply_error(errcode::BAD_REQUEST, e.0);
+                return;
+            }
+        };
         let svc = self.clone();
         let p = peer.clone();
         let spawned = self.pool.spawn(move || {
@@ -705,7 +812,9 @@ impl Svc {
             }
             Request::Close { name } => {
                 check_client_name(&name)?;
-                if let Some(e) = lock(&self.dbs).remove(&name) {
+                let gone = lock(&self.dbs).remove(&name);
+                self.dbs_changed();
+                if let Some(e) = gone {
                     e.db.sync().map_err(db_err)?;
                 }
                 self.env.close(&name);
@@ -742,6 +851,7 @@ impl Svc {
             Request::Remove { name } => {
                 check_client_name(&name)?;
                 lock(&self.dbs).remove(&name);
+                self.dbs_changed();
                 self.env.remove_db(&name).map_err(db_err)?;
                 self.forget_marks(&name);
                 Ok(Answer::Ok)
@@ -1106,23 +1216,43 @@ struct QueryRun {
     batch_ms: Duration,
 }
 
-/// What the feeder thread hands the sender: one engine batch, or the scan's end.
+/// Most records in one result batch (well under the client's default
+/// [`Limits::max_records`], whatever the batch size).
+const MAX_BATCH_RECORDS: usize = 16_384;
+
+/// Bytes of a result batch before its records (tag, qid, seq, count).
+const BATCH_HEADER: usize = 1 + 8 + 8 + 4;
+
+/// What the feeder thread hands the sender: one engine batch (as records for a
+/// sorted query, already encoded for the others), or the scan's failure.
 enum Fed {
     Records(Vec<Record>),
+    Packed(BatchWriter),
     Failed(String),
 }
 
 impl QueryRun {
-    /// Runs the scan: a feeder thread takes the engine's batches (so the scan
-    /// goes on while this thread waits for credit or sends), this thread packs
-    /// them into pushes closed by size or time and sends them.
+    /// Runs the scan in three stages on their own threads: the engine's workers
+    /// read and filter, a feeder thread encodes each engine batch into a result
+    /// batch, and this thread joins them into pushes closed by size or time,
+    /// waits for credit and seals and sends them. The engine batch is about one
+    /// result batch (see `start_query`), so encoding and sealing overlap.
     fn run(self, handle: zs_db::QueryHandle) {
         let (tx, rx) = crossbeam_channel::bounded::<Fed>(1);
+        let (qid, pack) = (self.qid, self.sort.is_none());
         let feeder = std::thread::Builder::new()
             .name("zs-dbsvc-feed".into())
             .spawn(move || {
                 for b in handle {
                     let fed = match b {
+                        Ok(recs) if pack => {
+                            let bytes: usize = recs.iter().map(|r| r.data.len() + 13).sum();
+                            let mut w = BatchWriter::new(qid, 0, bytes);
+                            for r in &recs {
+                                w.push(r);
+                            }
+                            Fed::Packed(w)
+                        }
                         Ok(recs) => Fed::Records(recs),
                         Err(e) => Fed::Failed(e.to_string()),
                     };
@@ -1227,6 +1357,7 @@ impl QueryRun {
             let recs = match fed {
                 Fed::Failed(m) => return Err(m),
                 Fed::Records(r) => r,
+                Fed::Packed(_) => return Err("internal: an encoded batch in a sorted query".into()),
             };
             if let Some(s) = self.gate(false) {
                 return Ok(s);
@@ -1249,7 +1380,7 @@ impl QueryRun {
                 BatchWriter::new(self.qid, seq - 1, self.batch_bytes + 256)
             });
             b.push(rec);
-            if b.bytes() >= self.batch_bytes {
+            if b.bytes() >= self.batch_bytes || b.len() >= MAX_BATCH_RECORDS {
                 if let Some(s) = self.send(&mut batch)? {
                     return Ok(s);
                 }
@@ -1294,6 +1425,43 @@ impl QueryRun {
                 None => break,
                 Some(Fed::Failed(m)) => return Err(m),
                 Some(Fed::Records(r)) => r,
+                Some(Fed::Packed(w)) => {
+                    if let Some(s) = self.gate(false) {
+                        return Ok(s);
+                    }
+                    if w.is_empty() {
+                        continue;
+                    }
+                    // joined only while the push stays within its size
+                    let over = batch.as_ref().is_some_and(|b| {
+                        b.bytes() + w.bytes() > self.batch_bytes + BATCH_HEADER
+                            || b.len() + w.len() > MAX_BATCH_RECORDS
+                    });
+                    if over {
+                        if let Some(s) = self.send(&mut batch)? {
+                            return Ok(s);
+                        }
+                    }
+                    match &mut batch {
+                        Some(b) => b.append(&w),
+                        None => {
+                            let mut w = w;
+                            w.set_seq(seq);
+                            seq += 1;
+                            first_at = Instant::now();
+                            batch = Some(w);
+                        }
+                    }
+                    let full = batch.as_ref().is_some_and(|b| {
+                        b.bytes() >= self.batch_bytes || b.len() >= MAX_BATCH_RECORDS
+                    });
+                    if full || first_at.elapsed() >= self.batch_ms {
+                        if let Some(s) = self.send(&mut batch)? {
+                            return Ok(s);
+                        }
+                    }
+                    continue;
+                }
             };
             if let Some(s) = self.gate(false) {
                 return Ok(s);
@@ -1305,7 +1473,7 @@ impl QueryRun {
                     BatchWriter::new(self.qid, seq - 1, self.batch_bytes + 256)
                 });
                 b.push(rec);
-                if b.bytes() >= self.batch_bytes {
+                if b.bytes() >= self.batch_bytes || b.len() >= MAX_BATCH_RECORDS {
                     if let Some(s) = self.send(&mut batch)? {
                         return Ok(s);
                     }
@@ -1331,37 +1499,54 @@ impl QueryRun {
 
 // ---- FastPost ---------------------------------------------------------------
 
-/// A stream's mark as stored in [`MARKS_DB`]: `u16 len, db, u64 stream, u64 applied,
-/// u64 pending_first, u64 pending_last, u64 pending_first_id` (pending_first 0: none).
-fn encode_mark(db: &str, stream: u64, applied: u64, pending: Option<(u64, u64, u64)>) -> Vec<u8> {
-    let mut b = BytesMut::with_capacity(48 + db.len());
+/// A stream's mark as stored in [`MARKS_DB`]: `u16 len, db, u64 stream, u64 applied,`
+/// then one or more groups `u64 first_seq, u64 last_seq, u64 first_id` in commit
+/// order (a group with first_seq 0 is none; one such is written when there is
+/// no group, so a mark without groups keeps the 40-byte shape of one group).
+fn encode_mark(db: &str, stream: u64, applied: u64, groups: &[(u64, u64, u64)]) -> Vec<u8> {
+    let mut b = BytesMut::with_capacity(48 + db.len() + 24 * groups.len());
     b.put_u16_le(db.len() as u16);
     b.put_slice(db.as_bytes());
     b.put_u64_le(stream);
     b.put_u64_le(applied);
-    let (a, z, n) = pending.unwrap_or((0, 0, 0));
-    b.put_u64_le(a);
-    b.put_u64_le(z);
-    b.put_u64_le(n);
+    let none = [(0, 0, 0)];
+    for &(a, z, n) in if groups.is_empty() { &none[..] } else { groups } {
+        b.put_u64_le(a);
+        b.put_u64_le(z);
+        b.put_u64_le(n);
+    }
     b.to_vec()
 }
 
 /// A mark read at start-up, resolved when its database is first opened:
-/// (mark record id, applied, pending (first seq, last seq, first id)).
-type PendingMark = (u64, u64, Option<(u64, u64, u64)>);
+/// (mark record id, applied, pending groups (first seq, last seq, first id)).
+type PendingMark = (u64, u64, Vec<(u64, u64, u64)>);
 
-type MarkRow = (String, u64, u64, Option<(u64, u64, u64)>);
+type MarkRow = (String, u64, u64, Vec<(u64, u64, u64)>);
+
+/// The last sequence number applied, from a mark's base and groups and the
+/// database's next id after a restart: a group was committed iff the database
+/// allocated its first id (groups commit in order, so those are a prefix).
+fn resolve_applied(base: u64, groups: &[(u64, u64, u64)], next_id: u64) -> u64 {
+    groups
+        .iter()
+        .filter(|&&(_, _, first_id)| next_id > first_id)
+        .fold(base, |acc, &(_, z, _)| acc.max(z))
+}
 
 fn decode_mark(d: &[u8]) -> Option<MarkRow> {
     let n = u16::from_le_bytes(d.get(..2)?.try_into().ok()?) as usize;
     let db = std::str::from_utf8(d.get(2..2 + n)?).ok()?.to_string();
     let rest = d.get(2 + n..)?;
-    if rest.len() != 40 {
+    if rest.len() < 40 || (rest.len() - 16) % 24 != 0 || rest.len() > 16 + 24 * MAX_MARK_GROUPS {
         return None;
     }
     let u = |i: usize| u64::from_le_bytes(rest[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-    let pending = (u(2) != 0).then(|| (u(2), u(3), u(4)));
-    Some((db, u(0), u(1), pending))
+    let groups = (0..(rest.len() - 16) / 24)
+        .map(|g| (u(2 + 3 * g), u(3 + 3 * g), u(4 + 3 * g)))
+        .filter(|g| g.0 != 0)
+        .collect();
+    Some((db, u(0), u(1), groups))
 }
 
 impl Svc {
@@ -1402,11 +1587,7 @@ impl Svc {
             let Some((rec, applied, p)) = pending.remove(&k) else {
                 continue;
             };
-            let applied = match p {
-                Some((a, z, first_id)) if next_id > first_id => z.max(a),
-                Some((a, _, _)) => a.saturating_sub(1).max(applied),
-                None => applied,
-            };
+            let applied = resolve_applied(applied, &p, next_id);
             marks.insert(
                 k,
                 Mark {
@@ -1429,31 +1610,6 @@ impl Svc {
             }
         }
         lock(&self.pending_marks).retain(|k, _| k.0 != name);
-    }
-
-    fn write_mark(
-        &self,
-        key: &(String, u64),
-        pending: Option<(u64, u64, u64)>,
-    ) -> zs_db::Result<()> {
-        let md = lock(&self.marks_db)
-            .clone()
-            .ok_or_else(|| zs_db::Error::NoSuchDatabase(MARKS_DB.into()))?;
-        let (rec, applied) = {
-            let m = lock(&self.marks);
-            let m = m.get(key).copied().unwrap_or_default();
-            (m.rec, m.applied)
-        };
-        let data = encode_mark(&key.0, key.1, applied, pending);
-        if rec == 0 {
-            let id = md.insert(Kind::Raw, &data)?;
-            if let Some(m) = lock(&self.marks).get_mut(key) {
-                m.rec = id;
-            }
-        } else {
-            md.update(rec, Kind::Raw, &data)?;
-        }
-        Ok(())
     }
 
     fn fastpost_open(&self, peer: &Peer, db: &str, stream: u64) -> Result<Answer, HandlerError> {
@@ -1512,6 +1668,7 @@ impl Svc {
                     peer: Mutex::new(peer.clone()),
                     queue: Mutex::new(StreamQueue::default()),
                     cv: Condvar::new(),
+                    groups: Mutex::new(WriterGroups::default()),
                 });
                 let weak = self.self_weak();
                 let s2 = s.clone();
@@ -1565,12 +1722,13 @@ impl Svc {
     }
 }
 
-/// Applies one stream's records in order, exactly once: each group is preceded by
-/// a durable mark naming its sequence numbers and the id its first record gets.
+/// A stream's writer: waits for records, then applies a round (see
+/// [`Svc::apply_round`]); it ends after `idle` without records or once its
+/// connection is gone and its queue empty.
 fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>, idle: Duration) {
     let mut last = Instant::now();
     loop {
-        let items = {
+        {
             let mut q = lock(&s.queue);
             while q.items.is_empty() && !q.closed {
                 if last.elapsed() >= idle {
@@ -1597,13 +1755,26 @@ fn fastpost_writer(weak: Weak<Svc>, stream: u64, s: Arc<Stream>, idle: Duration)
                 }
                 return;
             }
-            q.bytes = 0;
             last = Instant::now();
-            std::mem::take(&mut q.items)
-        };
+        }
         let Some(svc) = weak.upgrade() else { return };
-        svc.apply_group(stream, &s, items);
+        svc.apply_round(stream, &s);
     }
+}
+
+/// One stream's share of a FastPost round.
+struct Part {
+    stream: u64,
+    s: Arc<Stream>,
+    key: (String, u64),
+    /// Last sequence number applied before the round.
+    applied: u64,
+    /// Last sequence number this round applies.
+    last: u64,
+    kept: Vec<(Kind, Bytes)>,
+    /// The writer's mark groups start over (after a sync of the database).
+    reset: bool,
+    error: Option<(u64, String)>,
 }
 
 impl Svc {
@@ -1611,87 +1782,272 @@ impl Svc {
         lock(&self.me).clone()
     }
 
-    fn apply_group(&self, stream: u64, s: &Stream, items: Vec<(u64, Vec<(Kind, Bytes)>)>) {
-        let key = (s.db.clone(), stream);
-        let applied = lock(&self.marks).get(&key).map_or(0, |m| m.applied);
-        let mut expected = applied + 1;
+    /// Applies, exactly once and in order, the queued records of every FastPost
+    /// stream of `own`'s database in one round: under the database's write lock
+    /// (so every queue is drained only here and first ids are exact) the round
+    /// writes the marks of all its streams in one commit of [`MARKS_DB`] (one
+    /// fsync for the round, whatever the number of streams), then their records
+    /// in one commit of the database (synced by the syncer, which acknowledges).
+    /// A writer that finds its queue drained by another's round has nothing to do.
+    fn apply_round(&self, stream: u64, own: &Arc<Stream>) {
+        let e = match self.entry(&own.db, false) {
+            Ok(e) => e,
+            Err(h) => {
+                let items = {
+                    let mut q = lock(&own.queue);
+                    q.bytes = 0;
+                    std::mem::take(&mut q.items)
+                };
+                if let Some((first, _)) = items.first() {
+                    self.refuse(stream, own, *first, h.message);
+                }
+                return;
+            }
+        };
+        let _w = lock(&e.write);
+        let mut streams: Vec<(u64, Arc<Stream>)> = vec![(stream, own.clone())];
+        streams.extend(
+            lock(&self.streams)
+                .iter()
+                .filter(|(id, x)| x.db == own.db && **id != stream)
+                .map(|(id, x)| (*id, x.clone())),
+        );
+        let mut parts: Vec<Part> = Vec::new();
+        for (id, s) in streams {
+            let items = {
+                let mut q = lock(&s.queue);
+                q.bytes = 0;
+                std::mem::take(&mut q.items)
+            };
+            if items.is_empty() {
+                continue;
+            }
+            let key = (s.db.clone(), id);
+            let applied = lock(&self.marks).get(&key).map_or(0, |m| m.applied);
+            let mut part = Part {
+                stream: id,
+                s: s.clone(),
+                key,
+                applied,
+                last: applied,
+                kept: Vec::new(),
+                reset: false,
+                error: None,
+            };
+            let peer = lock(&s.peer).clone();
+            if let Err((c, m)) = self.rules.check(&peer, &s.db, Access::Write) {
+                part.error = Some((applied + 1, format!("{c}: {m}")));
+                parts.push(part);
+                continue;
+            }
+            let mut expected = applied + 1;
+            'outer: for (first, recs) in items {
+                for (i, rec) in recs.into_iter().enumerate() {
+                    let seq = first.saturating_add(i as u64);
+                    if seq < expected {
+                        continue; // already applied: a resend
+                    }
+                    if seq > expected {
+                        part.error =
+                            Some((expected, format!("gap: got {seq}, expected {expected}")));
+                        break 'outer;
+                    }
+                    part.kept.push(rec);
+                    expected += 1;
+                }
+            }
+            part.last = expected - 1;
+            parts.push(part);
+        }
+        if let Err(m) = self.commit_round(&e, &mut parts) {
+            for p in parts.iter_mut().filter(|p| !p.kept.is_empty()) {
+                p.error.get_or_insert((p.applied + 1, m.clone()));
+            }
+        }
+        for p in parts {
+            if let Some((seq, message)) = p.error {
+                self.refuse(p.stream, &p.s, seq, message);
+            }
+        }
+    }
+
+    /// Marks, then records, of one round (`e.write` held). The mark of each
+    /// stream lists the groups committed since a durable base, this one last;
+    /// after a crash a listed group counts as committed iff the database
+    /// allocated its first id. A base must be durable: the syncer's last sync
+    /// covers `durable`; a writer that does not know its groups (new), or lists
+    /// too many, has the database synced first (once for the round).
+    fn commit_round(&self, e: &DbEntry, parts: &mut [Part]) -> Result<(), String> {
+        let live: Vec<usize> = (0..parts.len())
+            .filter(|&i| !parts[i].kept.is_empty())
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let md = lock(&self.marks_db)
+            .clone()
+            .ok_or_else(|| format!("no database {MARKS_DB}"))?;
+        let mut sync = false;
+        for &i in &live {
+            let p = &mut parts[i];
+            let durable = lock(&self.marks).get(&p.key).map_or(0, |m| m.durable);
+            let mut g = lock(&p.s.groups);
+            if durable > g.base {
+                g.base = durable;
+            }
+            let base = g.base;
+            g.list.retain(|x| x.1 > base);
+            if !g.known || g.list.len() + 1 > MAX_MARK_GROUPS {
+                p.reset = true;
+                sync |= p.applied > durable;
+            }
+        }
+        if sync {
+            e.db.sync().map_err(|err| err.to_string())?;
+        }
+        let mut next_id = e.db.stats().next_id;
+        let mut marks_batch = Batch::new();
+        let mut inserted: Vec<usize> = Vec::new();
+        for &i in &live {
+            let p = &parts[i];
+            let mut g = lock(&p.s.groups);
+            if p.reset {
+                g.known = true;
+                g.base = p.applied;
+                g.list.clear();
+            }
+            g.list.push((p.applied + 1, p.last, next_id));
+            next_id += p.kept.len() as u64;
+            let rec = lock(&self.marks).get(&p.key).map_or(0, |m| m.rec);
+            let base = g.list[0].0.saturating_sub(1);
+            let data = encode_mark(&p.key.0, p.key.1, base, &g.list);
+            if rec == 0 {
+                marks_batch.insert(Kind::Raw, data);
+                inserted.push(i);
+            } else {
+                marks_batch.update(rec, Kind::Raw, data);
+            }
+        }
+        // not committed: the next marks must not list these groups (the next
+        // round may get the same first ids)
+        let undo = |parts: &[Part]| {
+            for &i in &live {
+                lock(&parts[i].s.groups).list.pop();
+            }
+        };
+        let ids = match md.commit(&marks_batch) {
+            Ok(ids) => ids,
+            Err(err) => {
+                undo(parts);
+                return Err(err.to_string());
+            }
+        };
+        self.fp_rounds.fetch_add(1, Ordering::Relaxed);
+        self.fp_most_streams
+            .fetch_max(live.len() as u64, Ordering::Relaxed);
+        {
+            let mut marks = lock(&self.marks);
+            for (&i, id) in inserted.iter().zip(ids) {
+                if let Some(m) = marks.get_mut(&parts[i].key) {
+                    m.rec = id;
+                }
+            }
+        }
         let mut batch = Batch::new();
-        let mut kept: Vec<(Kind, Bytes)> = Vec::new();
-        let mut error: Option<(u64, String)> = None;
-        'outer: for (first, recs) in items {
-            for (i, (kind, data)) in recs.into_iter().enumerate() {
-                let seq = first.saturating_add(i as u64);
-                if seq < expected {
-                    continue; // already applied: a resend
-                }
-                if seq > expected {
-                    error = Some((expected, format!("gap: got {seq}, expected {expected}")));
-                    break 'outer;
-                }
-                batch.insert(kind, data.to_vec());
-                kept.push((kind, data));
-                expected += 1;
+        for &i in &live {
+            for (kind, data) in &parts[i].kept {
+                batch.insert(*kind, data.to_vec());
             }
         }
-        let last = expected - 1;
-        if !batch.is_empty() {
-            let res = (|| -> Result<(), HandlerError> {
-                let peer = lock(&s.peer).clone();
-                self.rules
-                    .check(&peer, &s.db, Access::Write)
-                    .map_err(|(c, m)| herr(c, format!("{c}: {m}")))?;
-                let e = self.entry(&s.db, false)?;
-                let _w = lock(&e.write);
-                // the mark claims every earlier group as applied: make them durable
-                // first (a crash could otherwise lose a buffered group the mark counts)
-                let unsynced = lock(&self.marks)
-                    .get(&key)
-                    .is_some_and(|m| m.applied > m.durable);
-                if unsynced {
-                    e.db.sync().map_err(db_err)?;
+        let ids = match e.db.commit_with(
+            &batch,
+            Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
+        ) {
+            Ok(ids) => ids,
+            Err(err) => {
+                undo(parts);
+                return Err(err.to_string());
+            }
+        };
+        self.notify(e, &|| {
+            let recs = live.iter().flat_map(|&i| parts[i].kept.iter());
+            ids.iter()
+                .zip(recs)
+                .map(|(id, (kind, data))| {
+                    Change::Put(Record {
+                        id: *id,
+                        kind: *kind,
+                        data: data.to_vec(),
+                    })
+                })
+                .collect()
+        });
+        {
+            let mut marks = lock(&self.marks);
+            for &i in &live {
+                if let Some(m) = marks.get_mut(&parts[i].key) {
+                    m.applied = parts[i].last;
                 }
-                let first_id = e.db.stats().next_id;
-                self.write_mark(&key, Some((applied + 1, last, first_id)))
-                    .map_err(db_err)?;
-                let ids =
-                    e.db.commit_with(
-                        &batch,
-                        Some(zs_db::Durability::Periodic(self.cfg.group_commit)),
-                    )
-                    .map_err(db_err)?;
-                self.notify(&e, &|| {
-                    ids.iter()
-                        .zip(&kept)
-                        .map(|(id, (kind, data))| {
-                            Change::Put(Record {
-                                id: *id,
-                                kind: *kind,
-                                data: data.to_vec(),
-                            })
-                        })
-                        .collect()
-                });
-                if let Some(m) = lock(&self.marks).get_mut(&key) {
-                    m.applied = last;
-                }
-                e.dirty.store(true, Ordering::Release);
-                Ok(())
-            })();
-            if let Err(h) = res {
-                error = Some((applied + 1, h.message));
             }
         }
-        if let Some((seq, message)) = error {
-            tracing::warn!(stream, seq, %message, "db service: FastPost refused");
-            let _ = lock(&s.peer).send_complete_buffer(
-                cmd::PUSH,
-                Push::FastPostError {
-                    stream,
-                    seq,
-                    message,
-                }
-                .encode(),
-            );
+        e.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Tells the client of `stream` that its records from `seq` were refused.
+    fn refuse(&self, stream: u64, s: &Stream, seq: u64, message: String) {
+        tracing::warn!(stream, seq, %message, "db service: FastPost refused");
+        let _ = lock(&s.peer).send_complete_buffer(
+            cmd::PUSH,
+            Push::FastPostError {
+                stream,
+                seq,
+                message,
+            }
+            .encode(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_with_any_number_of_groups() {
+        for groups in [
+            vec![],
+            vec![(11, 20, 101)],
+            vec![(11, 20, 101), (21, 21, 111), (22, 40, 112)],
+        ] {
+            let b = encode_mark("kv", 7, 10, &groups);
+            assert_eq!(b.len(), 2 + 2 + 16 + 24 * groups.len().max(1));
+            assert_eq!(decode_mark(&b), Some(("kv".to_string(), 7, 10, groups)));
         }
+        // the 40-byte shape of earlier versions (one pending group or none)
+        let mut old = vec![2, 0, b'k', b'v'];
+        for v in [7u64, 10, 11, 20, 101] {
+            old.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(
+            decode_mark(&old),
+            Some(("kv".to_string(), 7, 10, vec![(11, 20, 101)]))
+        );
+        // garbage is refused: short, ragged, too many groups
+        assert_eq!(decode_mark(&old[..old.len() - 1]), None);
+        assert_eq!(decode_mark(&old[..30]), None);
+        let many = vec![(1, 1, 1); MAX_MARK_GROUPS + 1];
+        assert_eq!(decode_mark(&encode_mark("kv", 1, 0, &many)), None);
+    }
+
+    #[test]
+    fn a_group_counts_as_applied_iff_its_first_id_was_allocated() {
+        let groups = [(11, 20, 101), (21, 25, 111), (26, 30, 116)];
+        assert_eq!(resolve_applied(10, &groups, 101), 10); // none committed
+        assert_eq!(resolve_applied(10, &groups, 102), 20);
+        assert_eq!(resolve_applied(10, &groups, 111), 20);
+        assert_eq!(resolve_applied(10, &groups, 112), 25);
+        assert_eq!(resolve_applied(10, &groups, 500), 30);
+        assert_eq!(resolve_applied(10, &[], 500), 10);
     }
 }

@@ -389,7 +389,18 @@ fn fastpost_across_repeated_link_cuts_stores_each_record_once() {
         let v = format!("{i:0100}");
         assert_eq!(fp.post(Kind::Raw, v.as_bytes()).unwrap(), i);
         if i % 2_000 == 0 {
+            let before = db.connection().resumes();
             db.connection().drop_link();
+            // every other cut: wait for the resume (the others post on while the
+            // link is down; cuts close together can merge into one resume)
+            if i % 4_000 == 0 {
+                let t = std::time::Instant::now();
+                while db.connection().resumes() == before
+                    && t.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
         }
     }
     fp.flush().unwrap();
@@ -407,6 +418,128 @@ fn fastpost_across_repeated_link_cuts_stores_each_record_once() {
     seen.sort();
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
     assert!(db.connection().resumes() >= 5);
+}
+
+#[test]
+fn concurrent_fastpost_streams_share_rounds_and_store_each_record_once() {
+    // four streams on one database at once, each on its own connection, one
+    // connection cut on the way: the server applies their queues in shared
+    // rounds (one marks commit per round) and every record lands exactly once
+    let f = common::start(ServiceConfig::default());
+    f.client().open("many", true).unwrap();
+    let per = 3_000u64;
+    std::thread::scope(|sc| {
+        for w in 0..4u64 {
+            let db = f.client();
+            sc.spawn(move || {
+                let mut fp = db
+                    .fastpost(
+                        "many",
+                        zs_db_service::FastPostConfig {
+                            records_per_message: 16,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                for i in 1..=per {
+                    let v = format!("{w}:{i:08}");
+                    fp.post(Kind::Raw, v.as_bytes()).unwrap();
+                    if w == 1 && i == per / 2 {
+                        db.connection().drop_link();
+                    }
+                }
+                fp.flush().unwrap();
+                assert_eq!(fp.acked(), per);
+            });
+        }
+    });
+    let db = f.client();
+    let all = db
+        .query(QuerySpec::new("many"))
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    assert_eq!(all.len() as u64, 4 * per, "exactly once");
+    // each stream's records in its order (ids follow commit order)
+    for w in 0..4u64 {
+        let mine: Vec<u64> = all
+            .iter()
+            .filter_map(|r| {
+                let t = std::str::from_utf8(&r.data).unwrap();
+                let (who, i) = t.split_once(':').unwrap();
+                (who.parse::<u64>().unwrap() == w).then(|| i.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(mine, (1..=per).collect::<Vec<_>>(), "stream {w}");
+    }
+}
+
+#[test]
+fn fastpost_streams_of_one_database_share_a_round_and_its_fsync() {
+    // Every fsync waits at a gate while it is closed: the first round stalls
+    // in its marks commit, the other streams' messages queue meanwhile, and
+    // the next round must apply them together (one marks commit, one fsync);
+    // a writer per stream would apply one stream per round.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let gate = closed.clone();
+    let vfs = zs_db::SyncHookVfs::new(
+        Arc::new(zs_db::DirVfs::new(dir.path()).unwrap()),
+        move || {
+            let t = Instant::now();
+            while gate.load(Ordering::Acquire) && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        },
+    );
+    let service = zs_db_service::DbService::with_env(
+        zs_db::Env::with_vfs(Arc::new(vfs)),
+        ServiceConfig::default(),
+    )
+    .unwrap();
+    let backend = common::backend();
+    let server = common::serve(&service, &backend, "127.0.0.1:0".parse().unwrap());
+    let addr = Arc::new(std::sync::Mutex::new(server.local_addr()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| common::connect(backend.clone(), addr.clone()))
+        .collect();
+    clients[0].open("g", true).unwrap();
+    let cfg = zs_db_service::FastPostConfig {
+        records_per_message: 16,
+        ..Default::default()
+    };
+    let mut streams: Vec<_> = clients
+        .iter()
+        .map(|c| c.fastpost("g", cfg).unwrap())
+        .collect();
+    closed.store(true, Ordering::Release);
+    std::thread::scope(|sc| {
+        for (w, fp) in streams.iter_mut().enumerate() {
+            sc.spawn(move || {
+                for i in 0..16u64 {
+                    fp.post(Kind::Raw, format!("{w}:{i}").as_bytes()).unwrap();
+                }
+                fp.flush().unwrap();
+            });
+        }
+        // let every stream's message reach its queue while the gate holds
+        std::thread::sleep(Duration::from_millis(1500));
+        closed.store(false, Ordering::Release);
+    });
+    let (rounds, most) = service.fastpost_rounds();
+    assert!(
+        most >= 2,
+        "one round applied {most} streams at most ({rounds} rounds)"
+    );
+    assert!(rounds <= 3, "{rounds} rounds for 4 streams");
+    let all = clients[0]
+        .query(QuerySpec::new("g"))
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    assert_eq!(all.len(), 64);
 }
 
 #[test]

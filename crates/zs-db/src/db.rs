@@ -1299,6 +1299,31 @@ impl Database {
         self.inner.get_cached(id)
     }
 
+    /// [`Database::get_cached`] without copying the value out of the cache:
+    /// `Some(Some(f(kind, value)))` for a cached record (`f` runs under the
+    /// cache shard's lock: keep it short), `Some(None)` when there is no such
+    /// record, `None` when it must be read from the file.
+    pub fn get_cached_with<R>(
+        &self,
+        id: u64,
+        f: impl FnOnce(Kind, &[u8]) -> R,
+    ) -> Option<Option<R>> {
+        self.inner.check_open().ok()?;
+        self.inner.touch();
+        if self.inner.opts.cache_bytes > 0 {
+            let mut s = mlock(self.inner.shard(id));
+            let tick = s.tick();
+            if let Some(e) = s.map.get_mut(&id) {
+                e.2 = tick;
+                return Some(Some(f(e.0, &e.1)));
+            }
+        }
+        match rlock(&self.inner.state).loc(id) {
+            None => Some(None),
+            Some(_) => None,
+        }
+    }
+
     /// True if record `id` exists.
     pub fn contains(&self, id: u64) -> bool {
         rlock(&self.inner.state).loc(id).is_some()
