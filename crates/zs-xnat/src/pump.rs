@@ -756,6 +756,45 @@ mod tests {
         drop(rt);
     }
 
+    /// An in-process mapping is reached through the data connection's
+    /// session: with plaintext data connections each public connection is
+    /// refused and counted, and never reaches the in-process backend.
+    #[test]
+    fn in_process_mappings_refuse_plaintext_data_connections() {
+        let rt = runtime();
+        let received = Arc::new(AtomicU64::new(0));
+        let local = echo_server(received.clone());
+        let (_relay, agent, public) =
+            tunnel(&rt, DataEncryption::None, DataEncryption::None, local);
+        agent.serve_in_process(
+            "echo",
+            crate::VirtualBackend::new(),
+            "10.255.0.1:7".parse().unwrap(),
+        );
+        let mut s = StdStream::connect(public).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(b"hello");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(got.is_empty(), "bytes came back: {got:?}");
+        let t = Instant::now();
+        while agent.stats().local_failures.load(Ordering::Relaxed) == 0 {
+            assert!(t.elapsed() < Duration::from_secs(10), "refusal not counted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            received.load(Ordering::Relaxed),
+            0,
+            "reached the local service"
+        );
+        assert_eq!(
+            agent.stats().forwarded.load(Ordering::Relaxed),
+            0,
+            "carried to the in-process backend"
+        );
+        drop(rt);
+    }
+
     /// One side plaintext, the other encrypted: the public client gets its
     /// connection closed, and the local service never sees a byte (neither
     /// sealed records nor the client's plaintext).
