@@ -118,13 +118,13 @@ struct Api {
     /// the fingerprint and the admin token from it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The relay's agent address (its [server] bind_addr), like relay.example.com:2333.
+    /// The relay's agent address (bind_addr of its server table), like relay.example.com:2333.
     #[arg(long, required_unless_present = "config")]
     relay: Option<String>,
     /// The relay's key fingerprint (sha3-256:<64 hex>), as agents pin it.
     #[arg(long, required_unless_present = "config")]
     fingerprint: Option<String>,
-    /// The relay's [server] admin_token (default: the ZS_XNAT_ADMIN_TOKEN
+    /// The relay's admin_token (server table; default: the ZS_XNAT_ADMIN_TOKEN
     /// environment variable, or the config's).
     #[arg(long)]
     admin_token: Option<String>,
