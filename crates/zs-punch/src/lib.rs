@@ -66,7 +66,7 @@
 #![forbid(unsafe_code)]
 
 pub mod migrate;
-#[cfg(feature = "netlab")]
+#[cfg(all(feature = "netlab", target_os = "linux"))]
 pub mod netlab;
 pub mod peer;
 pub mod punch;

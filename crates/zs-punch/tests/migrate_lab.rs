@@ -3,6 +3,7 @@
 //! connection), moves to QUIC on a punched path mid-transfer, loses that path (the QUIC
 //! connection is closed with bytes in flight) and carries on over the relay again.
 //! The application sees one unbroken byte stream each way: every byte once, in order.
+#![cfg(target_os = "linux")] // the test bed is Linux network namespaces
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Punching in the namespace test bed: easy/easy and easy/hard succeed; hard/hard with
 //! random ports is declined at once (relay only), and a forced birthday attempt on it
 //! fails within its bounds.
+#![cfg(target_os = "linux")] // the test bed is Linux network namespaces
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -1,4 +1,5 @@
 //! STUN classification in the namespace test bed, against our server and coturn.
+#![cfg(target_os = "linux")] // the test bed is Linux network namespaces
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -818,7 +818,6 @@ impl ServicesClient {
         chunk: u32,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64> {
-        use std::os::unix::fs::FileExt;
         let io = |e: std::io::Error| {
             ServiceError::new(code::CLIENT, format!("{}: {e}", local.display()))
         };
@@ -894,7 +893,7 @@ impl ServicesClient {
                                 chunk,
                                 Some((size, hash)),
                                 |off, data| {
-                                    f.write_all_at(data, off).map_err(io)?;
+                                    write_all_at(f, data, off).map_err(io)?;
                                     fetched.fetch_add(
                                         data.len() as u64,
                                         std::sync::atomic::Ordering::Relaxed,
@@ -1107,5 +1106,30 @@ impl Inbox {
     /// The server said this session was kicked (another login, or disabled).
     pub fn was_kicked(&self) -> bool {
         *lock(&self.kicked)
+    }
+}
+
+/// Writes all of `data` at `off` of `f` without moving a shared cursor (the
+/// download threads write their shares of one file at once).
+fn write_all_at(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(f, data, off)
+    }
+    #[cfg(windows)]
+    {
+        let (mut data, mut off) = (data, off);
+        while !data.is_empty() {
+            match std::os::windows::fs::FileExt::seek_write(f, data, off) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    data = &data[n..];
+                    off += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
