@@ -368,28 +368,39 @@ impl ServicesClient {
         let chunk = chunk.max(1) as u64;
         let mut inflight = std::collections::VecDeque::new();
         let (mut next, mut acked) = (offset, offset);
-        loop {
-            while inflight.len() < window.max(1) && next < size {
-                let n = chunk.min(size - next) as usize;
-                let mut buf = vec![0u8; n];
-                read(next, &mut buf)?;
-                let crc = crc32fast::hash(&buf).to_le_bytes().to_vec();
-                let buf = bytes::Bytes::from(buf);
-                if let Some(t) = tee {
-                    t.send(buf.clone()).map_err(|_| {
-                        ServiceError::new(code::CLIENT, "the hashing thread stopped")
-                    })?;
+        let run = (|| -> Result<()> {
+            loop {
+                while inflight.len() < window.max(1) && next < size {
+                    let n = chunk.min(size - next) as usize;
+                    let mut buf = vec![0u8; n];
+                    read(next, &mut buf)?;
+                    let crc = crc32fast::hash(&buf).to_le_bytes().to_vec();
+                    let buf = bytes::Bytes::from(buf);
+                    if let Some(t) = tee {
+                        t.send(buf.clone()).map_err(|_| {
+                            ServiceError::new(code::CLIENT, "the hashing thread stopped")
+                        })?;
+                    }
+                    let df = DataFrame::new().with(id).with(next).with(buf).with(crc);
+                    inflight.push_back(self.client.call_stream("file.chunk", df));
+                    next += n as u64;
                 }
-                let df = DataFrame::new().with(id).with(next).with(buf).with(crc);
-                inflight.push_back(self.client.call_stream("file.chunk", df));
-                next += n as u64;
+                let Some(f) = inflight.pop_front() else {
+                    return Ok(());
+                };
+                acked = f.wait()?.reader().read_u64()?;
+                progress(acked, size);
             }
-            let Some(f) = inflight.pop_front() else {
-                break;
-            };
-            acked = f.wait()?.reader().read_u64()?;
-            progress(acked, size);
+        })();
+        if run.is_err() {
+            // Chunks already sent still land on the server: wait for their
+            // answers, so that a retry on this connection asks where the
+            // upload stands only after they did.
+            for f in inflight.drain(..) {
+                let _ = f.wait();
+            }
         }
+        run?;
         Ok(acked)
     }
 
