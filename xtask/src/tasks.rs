@@ -143,6 +143,7 @@ fn value<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>>
 /// Everything CI checks.
 pub fn ci(args: &[String]) -> Result {
     let t = Instant::now();
+    lean_builds();
     // First, so build scripts and tests find what they need.
     ensure_tools(crate::tools::TEST_TOOLS)?;
     let mut fmt = cargo();
@@ -192,6 +193,26 @@ pub fn ci(args: &[String]) -> Result {
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// CI builds every test binary of the workspace, two dozen fuzz targets and three
+/// cross targets on one disk. Full debug info and incremental caches make that tens
+/// of gigabytes, and one CI machine ran out of disk while linking a fuzz target
+/// (`ld terminated with signal 7 [Bus error]`). Line tables keep file:line in
+/// backtraces at a fraction of the size; incremental caches are never reused by a
+/// fresh clone. A developer's own settings of either variable win.
+fn lean_builds() {
+    for (key, value) in [
+        ("CARGO_INCREMENTAL", "0"),
+        ("CARGO_PROFILE_DEV_DEBUG", "line-tables-only"),
+        ("CARGO_PROFILE_TEST_DEBUG", "line-tables-only"),
+    ] {
+        if std::env::var_os(key).is_none() {
+            println!("xtask ci: {key}={value}");
+            // Edition 2021, and xtask has started no threads yet.
+            std::env::set_var(key, value);
+        }
+    }
 }
 
 // -------------------------------------------------------------------------- bench
