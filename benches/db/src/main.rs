@@ -38,15 +38,21 @@ struct Blocks {
     /// Sum of ln(seconds) of each side's blocks.
     log_sum: Vec<f64>,
     /// Timed blocks per side.
-    n: usize,
+    n: Vec<usize>,
 }
 
 impl Blocks {
     fn new(sides: usize) -> Blocks {
         Blocks {
             log_sum: vec![0.0; sides],
-            n: 0,
+            n: vec![0; sides],
         }
+    }
+
+    /// Adds one timed block of side `s`.
+    fn add(&mut self, s: usize, t: Duration) {
+        self.log_sum[s] += t.as_secs_f64().max(1e-9).ln();
+        self.n[s] += 1;
     }
 
     /// Each side's operations per second (`ops` per block) from the geometric mean of
@@ -54,7 +60,8 @@ impl Blocks {
     fn rates(&self, ops: f64) -> Vec<f64> {
         self.log_sum
             .iter()
-            .map(|l| ops / (l / self.n.max(1) as f64).exp())
+            .zip(&self.n)
+            .map(|(l, &n)| ops / (l / n.max(1) as f64).exp())
             .collect()
     }
 }
@@ -108,10 +115,9 @@ fn interleaved_min(
             let s = (j + round) % k;
             let t = Instant::now();
             (sides[s])(block);
-            acc.log_sum[s] += t.elapsed().as_secs_f64().max(1e-9).ln();
+            acc.add(s, t.elapsed());
         }
         round += 1;
-        acc.n += 1;
     }
     acc.rates(block as f64)
 }
@@ -152,11 +158,10 @@ fn interleaved_fine(
             }
             step += 1;
         }
-        for (l, t) in acc.log_sum.iter_mut().zip(&times) {
-            *l += t.as_secs_f64().max(1e-9).ln();
+        for (s, &t) in times.iter().enumerate() {
+            acc.add(s, t);
         }
         round += 1;
-        acc.n += 1;
     }
     acc.rates(block as f64)
 }
@@ -185,23 +190,39 @@ fn permutations(k: usize) -> Vec<Vec<usize>> {
 }
 
 /// [`interleaved`] for operations that time themselves (setup and teardown outside
-/// the returned duration): one operation per side per block, no warm-up, at least one
-/// block per side per round.
+/// the returned duration), no warm-up. A round runs a schedule of steps: step `r`
+/// runs one operation of every side `s` with `reps[s] > r`, in an order that rotates
+/// from step to step and round to round; rounds follow each other until `budget`
+/// has passed (at least one). The orders are all the orders of the sides in turn
+/// ([`permutations`]), so each side goes before each other side equally often.
+///
+/// Why `reps`: an operation here (a whole bulk load) takes a large part of a second,
+/// so a round of one operation per side gave each side 3 blocks in a quick run, and
+/// a phase of the shared disk that covered one side's block and not the other's
+/// decided the ratio (`batch_vs_fjall` 0.278 in one run, 1.08-2.32 in the others).
+/// With `reps` 3 for the two sides of the closest ratio, their blocks come in
+/// adjacent pairs, three per round, and a phase change swings one pair of nine.
 fn interleaved_timed(
     acc: &mut Blocks,
     sides: &mut [&mut dyn FnMut() -> Duration],
+    reps: &[usize],
     budget: Duration,
 ) -> Vec<f64> {
     let k = sides.len();
+    let steps = reps.iter().copied().max().unwrap_or(0);
+    let orders = permutations(k);
     let start = Instant::now();
-    let mut round = 0usize;
+    let mut turn = 0usize;
     loop {
-        for j in 0..k {
-            let s = (j + round) % k;
-            acc.log_sum[s] += (sides[s])().as_secs_f64().max(1e-9).ln();
+        for r in 0..steps {
+            for &s in &orders[turn % orders.len()] {
+                if reps[s] > r {
+                    let t = (sides[s])();
+                    acc.add(s, t);
+                }
+            }
+            turn += 1;
         }
-        round += 1;
-        acc.n += 1;
         if start.elapsed() >= budget {
             break;
         }
@@ -324,6 +345,8 @@ fn main() {
             Duration::from_secs(20),
         )
     };
+    // bulk loads per side per round (ours, redb, fjall): see `interleaved_timed`
+    let batch_reps = if opts.quick { [3, 1, 3] } else { [2, 1, 2] };
     let mut suite = Suite::from_options("db", &opts, 3, 5);
     let root = tempfile::tempdir().expect("tempdir");
     let root = Arc::new(root);
@@ -517,6 +540,43 @@ fn main() {
         );
     }
 
+    // --- the same with fjall: each thread inserts and persists (SyncData) ----------
+    // fjall's journal holds its writer lock through the fdatasync of a persist and
+    // syncs at every persist call, so concurrent committers queue for the disk one
+    // fdatasync each; ours share one (group commit). The promise is the same on both
+    // sides: every commit is on disk (fdatasync) before its call returns.
+    {
+        let (ks, p) = fjall_open(&root.path().join("cc-fjall"));
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        suite.case(
+            "fjall commit x4 threads",
+            "commits_per_s",
+            Better::Higher,
+            move || {
+                let t = Instant::now();
+                let n: u64 = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..COMMIT_THREADS)
+                        .map(|_| {
+                            let (ks, p, next) = (&ks, &p, next.clone());
+                            s.spawn(move || {
+                                let mut n = 0u64;
+                                while t.elapsed() < commit_time {
+                                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    p.insert(i.to_be_bytes(), value(i)).expect("insert");
+                                    ks.persist(fjall::PersistMode::SyncData).expect("persist");
+                                    n += 1;
+                                }
+                                n
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().expect("thread")).sum()
+                });
+                rate(n, t)
+            },
+        );
+    }
+
     // --- batched inserts into a fresh store ----------------------------------------
     // One batch per side per block, interleaved and rotating like the commits (a
     // batch's final sync meets the same shared disk on every side). Each batch goes
@@ -569,6 +629,7 @@ fn main() {
             let rates = interleaved_timed(
                 &mut acc,
                 &mut [&mut ours, &mut redb, &mut fjall],
+                &batch_reps,
                 batch_round,
             );
             let rates: Vec<f64> = rates.iter().map(|x| x * batch_n as f64).collect();
@@ -757,6 +818,11 @@ fn main() {
         "zs-db commit x4 threads",
         "redb commit x4 threads",
     );
+    suite.ratio(
+        "commits_x4_vs_fjall",
+        "zs-db commit x4 threads",
+        "fjall commit x4 threads",
+    );
     suite.ratio("batch_vs_redb", "zs-db batch", "redb batch");
     suite.ratio("reads_vs_redb", "zs-db read", "redb read");
     suite.ratio(
@@ -817,7 +883,12 @@ fn main() {
         sizes_loaded.1 as f64 / sizes_loaded.0 as f64,
         sizes_compacted.1 as f64 / sizes_compacted.0 as f64
     ));
-    suite.note("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; each commit side writes to 4 stores in turn (8 commits each; one untimed block into every store first); single-thread commits alternate commit by commit between the sides (each step in the next of all 24 orders of the 4 sides, so each side follows each other side equally often; a side's block = its 8 commits of a round), batches, reads and scans run interleaved in blocks (1 batch / 5000 reads / 1 scan per side, rotating order), rate from the geometric mean of each side's block times over all rounds so far (every round's figure covers the same blocks on every side)");
+    suite.note(format!("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; each commit side writes to 4 stores in turn (8 commits each; one untimed block into every store first); single-thread commits alternate commit by commit between the sides (each step in the next of all 24 orders of the 4 sides, so each side follows each other side equally often; a side's block = its 8 commits of a round), reads and scans run interleaved in blocks (5000 reads / 1 scan per side, rotating order), batches in rounds of {} bulk loads each for zs-db / redb / fjall (each step in the next of the 6 orders of the sides); rate from the geometric mean of each side's block times over all rounds so far (every round's figure covers the same blocks on every side)", batch_reps.map(|r| r.to_string()).join(" / ")));
+    suite.note(format!(
+        "x4 threads: {COMMIT_THREADS} threads commit one record each at a time for {} ms per round, every commit on disk (fdatasync) before it returns; zs-db shares one fdatasync among the commits waiting (group commit), redb serializes write transactions (one fdatasync each), fjall syncs its journal at every persist under its writer lock (one fdatasync each)",
+        commit_time.as_millis()
+    ));
+    suite.note("batch durability: zs-db commit of the batch (fdatasync), redb Durability::Immediate commit, fjall batch commit + persist(SyncAll) (fsync: the stricter call, on fjall's side)");
     suite.note(format!(
         "reads and scans: cache budget {} MiB on every side (redb's default; zs-db and fjall set to it), zs-db's idle eviction off (1 h) as the others have none",
         READ_CACHE >> 20
