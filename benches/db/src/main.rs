@@ -89,19 +89,6 @@ fn interleaved(
     budget: Duration,
     warm: bool,
 ) -> Vec<f64> {
-    interleaved_min(acc, sides, block, budget, warm, 2)
-}
-
-/// [`interleaved`] with at least `min_blocks` timed blocks per side in this round (1
-/// for the long blocks of scans: the figures are cumulative over the rounds anyway).
-fn interleaved_min(
-    acc: &mut Blocks,
-    sides: &mut [&mut dyn FnMut(u64)],
-    block: u64,
-    budget: Duration,
-    warm: bool,
-    min_blocks: usize,
-) -> Vec<f64> {
     let k = sides.len();
     if warm {
         for side in sides.iter_mut() {
@@ -110,7 +97,7 @@ fn interleaved_min(
     }
     let start = Instant::now();
     let mut round = 0usize;
-    while round < min_blocks || start.elapsed() < budget {
+    while round < 2 || start.elapsed() < budget {
         for j in 0..k {
             let s = (j + round) % k;
             let t = Instant::now();
@@ -737,8 +724,12 @@ fn main() {
     }
 
     // --- filtered scan -------------------------------------------------------------
-    // Whole scans interleaved like the reads (one scan per side per block, rotating),
-    // so that the CPU share another process leaves us hits every side alike.
+    // Whole scans interleaved (one scan per block), 3 / 3 / 1 per round for zs-db /
+    // redb / fjall, each step in the next order of the sides (see
+    // `interleaved_timed`): the closest ratio (`scan_vs_redb`, goal 1.5) gets nine
+    // adjacent pairs per quick run, where one scan per side per block gave it about six
+    // blocks, few enough for a busy moment of the CPU to swing it (1.46-1.82); fjall's
+    // scan, the slowest and far behind, runs once per round.
     {
         let shared: Rc<RefCell<Vec<f64>>> = Rc::new(RefCell::new(vec![f64::NAN; 3]));
         let db = ours.clone();
@@ -751,51 +742,51 @@ fn main() {
             "records_per_s",
             Better::Higher,
             move || {
-                let mut ours = |n: u64| {
-                    for _ in 0..n {
-                        let found = db
-                            .query(Query::filter(|r| matches(r.data)))
-                            .expect("query")
-                            .collect_all()
-                            .expect("scan")
-                            .len();
-                        assert_eq!(found, expected_matches);
-                    }
+                let mut ours = || {
+                    let t = Instant::now();
+                    let found = db
+                        .query(Query::filter(|r| matches(r.data)))
+                        .expect("query")
+                        .collect_all()
+                        .expect("scan")
+                        .len();
+                    let el = t.elapsed();
+                    assert_eq!(found, expected_matches);
+                    el
                 };
-                let mut redb = |n: u64| {
-                    for _ in 0..n {
-                        let tx = rdb.begin_read().expect("tx");
-                        let table = tx.open_table(T).expect("t");
-                        let mut found = 0;
-                        for e in table.range(0u64..).expect("range") {
-                            let (_, v) = e.expect("entry");
-                            if matches(v.value()) {
-                                found += 1;
-                            }
+                let mut redb = || {
+                    let t = Instant::now();
+                    let tx = rdb.begin_read().expect("tx");
+                    let table = tx.open_table(T).expect("t");
+                    let mut found = 0;
+                    for e in table.range(0u64..).expect("range") {
+                        let (_, v) = e.expect("entry");
+                        if matches(v.value()) {
+                            found += 1;
                         }
-                        assert_eq!(found, expected_matches);
                     }
+                    let el = t.elapsed();
+                    assert_eq!(found, expected_matches);
+                    el
                 };
-                let mut fjall = |n: u64| {
-                    for _ in 0..n {
-                        let mut found = 0;
-                        for e in p.iter() {
-                            let (_, v) = e.expect("entry");
-                            if matches(&v) {
-                                found += 1;
-                            }
+                let mut fjall = || {
+                    let t = Instant::now();
+                    let mut found = 0;
+                    for e in p.iter() {
+                        let (_, v) = e.expect("entry");
+                        if matches(&v) {
+                            found += 1;
                         }
-                        assert_eq!(found, expected_matches);
                     }
+                    let el = t.elapsed();
+                    assert_eq!(found, expected_matches);
+                    el
                 };
-                // one scan per block: the rates are records per second
-                let rates = interleaved_min(
+                let rates = interleaved_timed(
                     &mut acc,
                     &mut [&mut ours, &mut redb, &mut fjall],
-                    1,
+                    &[3, 3, 1],
                     scan_round,
-                    false,
-                    1,
                 );
                 let rates: Vec<f64> = rates.iter().map(|r| r * scan_n as f64).collect();
                 *out.borrow_mut() = rates.clone();
@@ -883,7 +874,7 @@ fn main() {
         sizes_loaded.1 as f64 / sizes_loaded.0 as f64,
         sizes_compacted.1 as f64 / sizes_compacted.0 as f64
     ));
-    suite.note(format!("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; each commit side writes to 4 stores in turn (8 commits each; one untimed block into every store first); single-thread commits alternate commit by commit between the sides (each step in the next of all 24 orders of the 4 sides, so each side follows each other side equally often; a side's block = its 8 commits of a round), reads and scans run interleaved in blocks (5000 reads / 1 scan per side, rotating order), batches in rounds of {} bulk loads each for zs-db / redb / fjall (each step in the next of the 6 orders of the sides); rate from the geometric mean of each side's block times over all rounds so far (every round's figure covers the same blocks on every side)", batch_reps.map(|r| r.to_string()).join(" / ")));
+    suite.note(format!("durable commits, same promise on every side (data on disk through fdatasync before the call returns): zs-db Durability::Immediate (pwrite + fdatasync), redb Durability::Immediate (default; fdatasync), fjall insert + persist(PersistMode::SyncData), limit = pwrite + fdatasync into preallocated room; each commit side writes to 4 stores in turn (8 commits each; one untimed block into every store first); single-thread commits alternate commit by commit between the sides (each step in the next of all 24 orders of the 4 sides, so each side follows each other side equally often; a side's block = its 8 commits of a round), reads run interleaved in blocks (5000 reads per side, rotating order), batches in rounds of {} bulk loads and scans in rounds of 3 / 3 / 1 scans for zs-db / redb / fjall (each step in the next of the 6 orders of the sides); rate from the geometric mean of each side's block times over all rounds so far (every round's figure covers the same blocks on every side)", batch_reps.map(|r| r.to_string()).join(" / ")));
     suite.note(format!(
         "x4 threads: {COMMIT_THREADS} threads commit one record each at a time for {} ms per round, every commit on disk (fdatasync) before it returns; zs-db shares one fdatasync among the commits waiting (group commit), redb serializes write transactions (one fdatasync each), fjall syncs its journal at every persist under its writer lock (one fdatasync each)",
         commit_time.as_millis()
