@@ -1368,3 +1368,32 @@ fn a_failed_upload_returns_only_after_its_chunks_in_flight_are_answered() {
     assert_eq!(std::fs::read(&out).unwrap(), *body);
     drop(write);
 }
+
+#[test]
+fn block_signatures_are_kept_for_the_next_delta_within_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for the signature of 96 blocks of 2 KiB (96 * 20 + 64 bytes) or
+    // of 48 blocks of 4 KiB, not both.
+    let rig = rig_in(dir.path(), |c| c.files.signature_cache_bytes = 3000);
+    let c = rig.user("ann");
+    let uid = rig.services.accounts.resolve("ann").unwrap();
+    let files = rig.services.files.as_ref().unwrap();
+    let local = dir.path().join("a");
+    std::fs::write(&local, data(31, SIZE)).unwrap();
+    c.upload_file(Space::Private, &local, "a", 64 << 10, |_, _| {})
+        .unwrap();
+    let sig = |name: &str, block| files.signature(uid, Space::Private, name, block).unwrap();
+    let a1 = sig("a", 2048);
+    assert_eq!(a1.len(), SIZE / 2048);
+    // The same content and block size: served from memory, nothing re-read.
+    assert!(std::sync::Arc::ptr_eq(&a1, &sig("a", 2048)));
+    // Another block size is another signature; the bound holds: it pushes
+    // out the oldest, so the 2 KiB one is computed again (and equal).
+    let a4 = sig("a", 4096);
+    assert_eq!(a4.len(), SIZE / 4096);
+    let a1_again = sig("a", 2048);
+    assert!(!std::sync::Arc::ptr_eq(&a1, &a1_again));
+    assert_eq!(a1, a1_again);
+    // What the client sees through file.signature is the same list.
+    assert_eq!(c.signature(Space::Private, "a", 2048).unwrap(), *a1);
+}
