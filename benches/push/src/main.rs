@@ -533,8 +533,7 @@ impl Theirs {
                 senders.push(tokio::spawn(async move {
                     let mut acked = 0;
                     while acked < per {
-                        if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.expect("poll")
-                        {
+                        if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.expect("poll") {
                             acked += 1;
                         }
                     }

@@ -658,7 +658,10 @@ impl ServicesClient {
         let mut pos = st.offset as usize; // scan position in `data`
         let mut lit = pos; // start of pending literal bytes
         let mut pending: Option<(u64, u64)> = None; // coalesced copy (base offset, len)
-        let flush_copy = |p: &mut Option<(u64, u64)>, ops: &mut DeltaOps<'_>, rep: &mut DeltaReport| -> Result<()> {
+        let flush_copy = |p: &mut Option<(u64, u64)>,
+                          ops: &mut DeltaOps<'_>,
+                          rep: &mut DeltaReport|
+         -> Result<()> {
             if let Some((bo, len)) = p.take() {
                 let df = DataFrame::new()
                     .with(ops.id)
@@ -672,23 +675,24 @@ impl ServicesClient {
             }
             Ok(())
         };
-        let flush_lit = |from: usize, to: usize, ops: &mut DeltaOps<'_>, rep: &mut DeltaReport| -> Result<()> {
-            let mut a = from;
-            while a < to {
-                let b = (a + (256 << 10)).min(to);
-                let piece = &data[a..b];
-                let crc = crc32fast::hash(piece).to_le_bytes().to_vec();
-                let df = DataFrame::new()
-                    .with(ops.id)
-                    .with(ops.at)
-                    .with(bytes::Bytes::copy_from_slice(piece))
-                    .with(crc);
-                ops.send("file.chunk", df, (b - a) as u64)?;
-                rep.literal += (b - a) as u64;
-                a = b;
-            }
-            Ok(())
-        };
+        let flush_lit =
+            |from: usize, to: usize, ops: &mut DeltaOps<'_>, rep: &mut DeltaReport| -> Result<()> {
+                let mut a = from;
+                while a < to {
+                    let b = (a + (256 << 10)).min(to);
+                    let piece = &data[a..b];
+                    let crc = crc32fast::hash(piece).to_le_bytes().to_vec();
+                    let df = DataFrame::new()
+                        .with(ops.id)
+                        .with(ops.at)
+                        .with(bytes::Bytes::copy_from_slice(piece))
+                        .with(crc);
+                    ops.send("file.chunk", df, (b - a) as u64)?;
+                    rep.literal += (b - a) as u64;
+                    a = b;
+                }
+                Ok(())
+            };
         let block_len = block as usize;
         let found = crate::files::DeltaIndex::new(&sig);
         let mut sum = (data.len() >= pos + block_len)

@@ -1456,13 +1456,7 @@ impl Files {
     /// (`block` bytes each, the last one shorter): per block the rolling
     /// checksum ([`rolling`]) and the first 16 bytes of its SHA3-256. At most
     /// 65,536 blocks.
-    pub fn signature(
-        &self,
-        uid: u64,
-        space: Space,
-        path: &str,
-        block: usize,
-    ) -> Result<Signature> {
+    pub fn signature(&self, uid: u64, space: Space, path: &str, block: usize) -> Result<Signature> {
         if !(512..=(1 << 20)).contains(&block) {
             return Err(ServiceError::bad("a block has 512 bytes to 1 MiB"));
         }

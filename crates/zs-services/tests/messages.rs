@@ -454,7 +454,9 @@ fn sends_are_buffered_during_an_fsync_and_answered_and_pushed_only_after_their_o
             s
         })
     };
-    entered_rx.recv_timeout(WAIT).expect("the first fsync began");
+    entered_rx
+        .recv_timeout(WAIT)
+        .expect("the first fsync began");
     let before = syncs.load(Ordering::SeqCst);
     // Sends 2..=11 while it is held: they are checked and written to the
     // store's buffer (the queue counts them), not answered, not pushed.
@@ -491,8 +493,15 @@ fn sends_are_buffered_during_an_fsync_and_answered_and_pushed_only_after_their_o
         None,
         "a send answered before its fsync"
     );
-    assert!(inbox.try_recv().is_none(), "a message pushed before its fsync");
-    assert_eq!(syncs.load(Ordering::SeqCst), before, "no fsync began meanwhile");
+    assert!(
+        inbox.try_recv().is_none(),
+        "a message pushed before its fsync"
+    );
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        before,
+        "no fsync began meanwhile"
+    );
 
     // Open the gate: 1 is answered, then 2..=11 after one more fsync.
     hold.store(false, Ordering::SeqCst);
@@ -501,7 +510,7 @@ fn sends_are_buffered_during_an_fsync_and_answered_and_pushed_only_after_their_o
         *open.lock().unwrap() = true;
         cv.notify_all();
     }
-    assert_eq!(first.join().unwrap().duplicate, false);
+    assert!(!first.join().unwrap().duplicate);
     rest.join().unwrap();
     let order: Vec<u64> = answered_rx.try_iter().collect();
     assert_eq!(order.len(), 11);
