@@ -13,7 +13,7 @@
 //!   deliveries per second; p99 latency.
 //! - **offline enqueue**: messages to a user who is offline (for MQTT a
 //!   persistent session, `clean_session = false`, subscribed at QoS 1 and
-//!   disconnected), 64 in flight, counted when the sender's acknowledgement
+//!   disconnected), from 8 senders with 64 in flight each, counted when the sender's acknowledgement
 //!   arrives (our `msg.send` answer comes after the fsync; mosquitto's PUBACK
 //!   before anything reaches the disk: persistence writes its database on
 //!   its autosave interval). Messages per second.
@@ -43,6 +43,9 @@ use zs_services::{Message, Services, ServicesClient, ServicesConfig};
 use zs_wire::DataFrame;
 
 const BODY: usize = 64;
+/// Offline enqueue: senders on each side, each with this many in flight.
+const SENDERS: usize = 8;
+const IN_FLIGHT: usize = 64;
 
 /// Latencies in microseconds, shared by every receiver.
 type Lat = Arc<Mutex<Vec<u64>>>;
@@ -84,7 +87,7 @@ struct Ours {
     _server: Server,
     clients: Vec<ServicesClient>,
     names: Vec<String>,
-    offline_sender: ServicesClient,
+    offline_senders: Vec<ServicesClient>,
     _acker: std::thread::JoinHandle<()>,
 }
 
@@ -131,9 +134,11 @@ impl Ours {
         )
         .expect("server");
         let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        let senders: Vec<String> = (0..SENDERS).map(|i| format!("sender{i}")).collect();
         for name in names
             .iter()
-            .chain([&"offline".to_string(), &"sender".to_string()])
+            .chain(senders.iter())
+            .chain([&"offline".to_string()])
         {
             services
                 .accounts
@@ -200,24 +205,28 @@ impl Ours {
                 let _ = c.wait();
             }
         });
-        let offline_sender = ServicesClient::new(
-            Client::connect(
-                cb,
-                provider,
-                Registry::new(),
-                zs_core::Options::client(),
-                server.local_addr(),
-            )
-            .expect("connect"),
-        );
-        offline_sender
-            .login("sender", "push-bench-pw")
-            .expect("login");
+        let offline_senders = senders
+            .iter()
+            .map(|name| {
+                let c = ServicesClient::new(
+                    Client::connect(
+                        cb.clone(),
+                        provider.clone(),
+                        Registry::new(),
+                        zs_core::Options::client(),
+                        server.local_addr(),
+                    )
+                    .expect("connect"),
+                );
+                c.login(name, "push-bench-pw").expect("login");
+                c
+            })
+            .collect();
         Ours {
             _server: server,
             clients,
             names,
-            offline_sender,
+            offline_senders,
             _acker: acker,
         }
     }
@@ -266,24 +275,31 @@ impl Ours {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    /// `count` messages to the offline user, 64 in flight; messages per second.
+    /// `count` messages to the offline user from [`SENDERS`] senders, each
+    /// with [`IN_FLIGHT`] in flight; messages per second.
     fn offline(&self, epoch: Instant, count: usize) -> f64 {
         let t0 = Instant::now();
-        let mut pending = std::collections::VecDeque::new();
-        for _ in 0..count {
-            let df = DataFrame::new()
-                .with("offline")
-                .with(0u64)
-                .with(body(epoch));
-            pending.push_back(self.offline_sender.client().call_stream("msg.send", df));
-            if pending.len() >= 64 {
-                pending.pop_front().expect("front").wait().expect("send");
+        std::thread::scope(|s| {
+            for sender in &self.offline_senders {
+                s.spawn(move || {
+                    let mut pending = std::collections::VecDeque::new();
+                    for _ in 0..count / SENDERS {
+                        let df = DataFrame::new()
+                            .with("offline")
+                            .with(0u64)
+                            .with(body(epoch));
+                        pending.push_back(sender.client().call_stream("msg.send", df));
+                        if pending.len() >= IN_FLIGHT {
+                            pending.pop_front().expect("front").wait().expect("send");
+                        }
+                    }
+                    for p in pending {
+                        p.wait().expect("send");
+                    }
+                });
             }
-        }
-        for p in pending {
-            p.wait().expect("send");
-        }
-        count as f64 / t0.elapsed().as_secs_f64()
+        });
+        (count / SENDERS * SENDERS) as f64 / t0.elapsed().as_secs_f64()
     }
 }
 
@@ -488,29 +504,47 @@ impl Theirs {
                     Ok(_) => {}
                 }
             }
-            let mut o = MqttOptions::new(format!("sender-{round}"), "127.0.0.1", port);
-            o.set_inflight(64);
-            let (c, mut ev) = AsyncClient::new(o, 128);
-            let t0 = Instant::now();
-            let topic = format!("off/{round}");
-            let producer = tokio::spawn(async move {
-                for _ in 0..count {
-                    c.publish(topic.as_str(), QoS::AtLeastOnce, false, body(epoch))
-                        .await
-                        .expect("publish");
+            let per = count / SENDERS;
+            // Every sender connected before the clock starts (ours are too).
+            let mut conns = Vec::new();
+            for k in 0..SENDERS {
+                let mut o = MqttOptions::new(format!("sender-{round}-{k}"), "127.0.0.1", port);
+                o.set_inflight(IN_FLIGHT as u16);
+                let (c, mut ev) = AsyncClient::new(o, 2 * IN_FLIGHT);
+                loop {
+                    if let Event::Incoming(Packet::ConnAck(_)) = ev.poll().await.expect("poll") {
+                        break;
+                    }
                 }
-                c
-            });
-            let mut acked = 0;
-            while acked < count {
-                if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.expect("poll") {
-                    acked += 1;
-                }
+                conns.push((c, ev));
             }
-            let rate = count as f64 / t0.elapsed().as_secs_f64();
-            let c = producer.await.expect("producer");
-            let _ = c.disconnect().await;
-            rate
+            let t0 = Instant::now();
+            let mut senders = Vec::new();
+            for (c, mut ev) in conns {
+                let topic = format!("off/{round}");
+                let producer = tokio::spawn(async move {
+                    for _ in 0..per {
+                        c.publish(topic.as_str(), QoS::AtLeastOnce, false, body(epoch))
+                            .await
+                            .expect("publish");
+                    }
+                    c
+                });
+                senders.push(tokio::spawn(async move {
+                    let mut acked = 0;
+                    while acked < per {
+                        if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.expect("poll") {
+                            acked += 1;
+                        }
+                    }
+                    let c = producer.await.expect("producer");
+                    let _ = c.disconnect().await;
+                }));
+            }
+            for s in senders {
+                s.await.expect("sender");
+            }
+            (per * SENDERS) as f64 / t0.elapsed().as_secs_f64()
         })
     }
 }
@@ -631,7 +665,7 @@ fn main() {
          (ours: msg.send, queued and fsynced, pushed at once, acknowledged in batches every 50 ms; \
          theirs: QoS 1 publish to the next user's topic); fan-out: 1 msg/s to all {users} for {secs} s \
          (ours: a named group, live; theirs: one topic, QoS 1); latency = send to receipt in this process, \
-         p99 per sample; offline enqueue: {offline} messages, 64 in flight, to an offline user (ours: \
+         p99 per sample; offline enqueue: {offline} messages from {SENDERS} senders, {IN_FLIGHT} in flight each, to an offline user (ours: \
          fsynced before each answer; zs-offline-enqueue-periodic: messages durability Periodic(1 s), answered \
          once buffered, fsynced within 1 s) / a persistent MQTT session (mosquitto: PUBACK before persistence, \
          which writes its whole database every autosave_interval, default 1800 s, and at shutdown, never per \

@@ -616,6 +616,12 @@ impl ServicesClient {
     /// copy of `base_path` (fetched as block signatures); the rest is copied
     /// on the server. The whole SHA3-256 is checked as for any upload, and an
     /// interrupted delta upload resumes like any other.
+    ///
+    /// The whole-file SHA3-256 is computed on a second thread while the
+    /// scan runs; each copy or literal range is sent as soon as the scan
+    /// has it (copies coalesced up to [`DELTA_COPY_RUN`] bytes), one
+    /// request in flight, so the server copies and hashes while the client
+    /// scans on.
     pub fn upload_delta(
         &self,
         space: Space,
@@ -625,14 +631,15 @@ impl ServicesClient {
         base_path: &str,
         block: u32,
     ) -> Result<DeltaReport> {
-        use std::collections::HashMap;
-        let block_len = block as usize;
-        let sig = self.signature(base_space, base_path, block)?;
-        let mut by_weak: HashMap<u32, Vec<usize>> = HashMap::new();
-        for (i, (w, _)) in sig.iter().enumerate() {
-            by_weak.entry(*w).or_default().push(i);
-        }
-        let hash = zs_crypto::hash::sha3_256(data);
+        let (hash, sig) = std::thread::scope(|s| {
+            let hasher = s.spawn(|| zs_crypto::hash::sha3_256(data));
+            let sig = self.signature(base_space, base_path, block);
+            let hash = hasher
+                .join()
+                .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread panicked"));
+            (hash, sig)
+        });
+        let (hash, sig) = (hash?, sig?);
         let st = self.upload_begin(space, path, data.len() as u64, &hash)?;
         let mut rep = DeltaReport {
             instant: st.instant,
@@ -642,55 +649,69 @@ impl ServicesClient {
         if st.instant {
             return Ok(rep);
         }
-        let mut off = st.offset; // where the upload stands
-        let mut pos = off as usize; // scan position in `data`
+        let mut ops = DeltaOps {
+            client: self,
+            id: st.id,
+            at: st.offset,
+            inflight: None,
+        };
+        let mut pos = st.offset as usize; // scan position in `data`
         let mut lit = pos; // start of pending literal bytes
         let mut pending: Option<(u64, u64)> = None; // coalesced copy (base offset, len)
+        let flush_copy = |p: &mut Option<(u64, u64)>,
+                          ops: &mut DeltaOps<'_>,
+                          rep: &mut DeltaReport|
+         -> Result<()> {
+            if let Some((bo, len)) = p.take() {
+                let df = DataFrame::new()
+                    .with(ops.id)
+                    .with(ops.at)
+                    .with(base_space.as_str())
+                    .with(base_path)
+                    .with(bo)
+                    .with(len);
+                ops.send("file.copy", df, len)?;
+                rep.copied += len;
+            }
+            Ok(())
+        };
         let flush_lit =
-            |from: usize, to: usize, off: &mut u64, rep: &mut DeltaReport| -> Result<()> {
+            |from: usize, to: usize, ops: &mut DeltaOps<'_>, rep: &mut DeltaReport| -> Result<()> {
                 let mut a = from;
                 while a < to {
                     let b = (a + (256 << 10)).min(to);
-                    *off = self.upload_chunk(st.id, *off, &data[a..b])?;
+                    let piece = &data[a..b];
+                    let crc = crc32fast::hash(piece).to_le_bytes().to_vec();
+                    let df = DataFrame::new()
+                        .with(ops.id)
+                        .with(ops.at)
+                        .with(bytes::Bytes::copy_from_slice(piece))
+                        .with(crc);
+                    ops.send("file.chunk", df, (b - a) as u64)?;
                     rep.literal += (b - a) as u64;
                     a = b;
                 }
                 Ok(())
             };
-        let flush_copy =
-            |p: &mut Option<(u64, u64)>, off: &mut u64, rep: &mut DeltaReport| -> Result<()> {
-                if let Some((bo, len)) = p.take() {
-                    *off = self.upload_copy(st.id, *off, base_space, base_path, bo, len)?;
-                    rep.copied += len;
-                }
-                Ok(())
-            };
-        let mut sum = if data.len() >= pos + block_len {
-            Some(crate::files::rolling(&data[pos..pos + block_len]))
-        } else {
-            None
-        };
+        let block_len = block as usize;
+        let found = crate::files::DeltaIndex::new(&sig);
+        let mut sum = (data.len() >= pos + block_len)
+            .then(|| crate::files::rolling(&data[pos..pos + block_len]));
         while let Some(w) = sum {
-            let found = by_weak.get(&w).and_then(|cands| {
-                let window = &data[pos..pos + block_len];
-                let strong = zs_crypto::hash::sha3_256(window);
-                cands
-                    .iter()
-                    .copied()
-                    .find(|&j| sig[j].1[..] == strong[..16])
-            });
-            match found {
+            match found.find(w, &data[pos..pos + block_len]) {
                 Some(j) => {
                     if lit < pos {
-                        flush_copy(&mut pending, &mut off, &mut rep)?;
-                        flush_lit(lit, pos, &mut off, &mut rep)?;
+                        flush_copy(&mut pending, &mut ops, &mut rep)?;
+                        flush_lit(lit, pos, &mut ops, &mut rep)?;
                     }
                     let bo = (j * block_len) as u64;
                     pending = match pending {
-                        Some((po, pl)) if po + pl == bo => Some((po, pl + block_len as u64)),
+                        Some((po, pl)) if po + pl == bo && pl < DELTA_COPY_RUN => {
+                            Some((po, pl + block_len as u64))
+                        }
                         other => {
                             let mut o = other;
-                            flush_copy(&mut o, &mut off, &mut rep)?;
+                            flush_copy(&mut o, &mut ops, &mut rep)?;
                             Some((bo, block_len as u64))
                         }
                     };
@@ -714,8 +735,9 @@ impl ServicesClient {
                 }
             }
         }
-        flush_copy(&mut pending, &mut off, &mut rep)?;
-        flush_lit(lit, data.len(), &mut off, &mut rep)?;
+        flush_copy(&mut pending, &mut ops, &mut rep)?;
+        flush_lit(lit, data.len(), &mut ops, &mut rep)?;
+        ops.wait()?;
         self.upload_finish(st.id)?;
         Ok(rep)
     }
@@ -1016,6 +1038,55 @@ pub struct UploadReport {
     pub resumed_from: u64,
     /// Bytes sent by this call.
     pub sent: u64,
+}
+
+/// Copies a delta upload coalesces into one `file.copy` at most (so the
+/// server starts copying and hashing while the scan goes on).
+pub const DELTA_COPY_RUN: u64 = 1 << 20;
+
+/// The requests of a delta upload, one in flight: each is sent once the one
+/// before it is answered (they must land in order), and the scan goes on
+/// meanwhile.
+struct DeltaOps<'a> {
+    client: &'a ServicesClient,
+    id: u64,
+    /// Where the upload stands once the request in flight lands.
+    at: u64,
+    inflight: Option<(zs_core::CallFuture<DataFrame>, u64)>,
+}
+
+impl Drop for DeltaOps<'_> {
+    /// A delta upload that fails still waits for its request in flight, so
+    /// a retry asks where the upload stands only after it landed.
+    fn drop(&mut self) {
+        if let Some((call, _)) = self.inflight.take() {
+            let _ = call.wait();
+        }
+    }
+}
+
+impl DeltaOps<'_> {
+    /// Waits for the request in flight; checks where it left the upload.
+    fn wait(&mut self) -> Result<()> {
+        if let Some((call, end)) = self.inflight.take() {
+            let got = call.wait()?.reader().read_u64()?;
+            if got != end {
+                return Err(ServiceError::new(
+                    code::CLIENT,
+                    format!("the upload stands at {got}, not {end}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `cmd` (which appends `len` bytes at `self.at`) after the one in flight.
+    fn send(&mut self, cmd: &str, df: DataFrame, len: u64) -> Result<()> {
+        self.wait()?;
+        self.at += len;
+        self.inflight = Some((self.client.client.call_stream(cmd, df), self.at));
+        Ok(())
+    }
 }
 
 /// What [`ServicesClient::upload_delta`] sent.

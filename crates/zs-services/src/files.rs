@@ -84,6 +84,10 @@ pub struct FilesConfig {
     pub sync_every: u64,
     /// Chunks waiting per writer thread (see [`CHUNK_WRITERS`]).
     pub chunk_queue: usize,
+    /// Bytes of block signatures ([`Files::signature`]) kept in memory, so
+    /// the next delta upload against the same content (blobs never change)
+    /// reads and hashes nothing; oldest dropped first. 0: none kept.
+    pub signature_cache_bytes: usize,
 }
 
 /// Threads writing `file.chunk`s (per registration), each taking the
@@ -106,6 +110,7 @@ impl Default for FilesConfig {
             max_depth: 32,
             sync_every: 8 << 20,
             chunk_queue: 64,
+            signature_cache_bytes: 16 << 20,
         }
     }
 }
@@ -284,6 +289,40 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled when an upload stops being busy.
     idle: Condvar,
+    /// Block signatures by (content hash, block size), bounded by
+    /// [`FilesConfig::signature_cache_bytes`].
+    sigs: Mutex<SigCache>,
+}
+
+/// A block signature list: per block its rolling checksum and the first 16
+/// bytes of its SHA3-256.
+pub type Signature = Arc<Vec<(u32, [u8; 16])>>;
+
+#[derive(Default)]
+struct SigCache {
+    map: HashMap<(String, usize), Signature>,
+    order: std::collections::VecDeque<(String, usize)>,
+    bytes: usize,
+}
+
+impl SigCache {
+    fn put(&mut self, key: (String, usize), sig: Signature, cap: usize) {
+        let size = sig.len() * 20 + 64;
+        if size > cap || self.map.contains_key(&key) {
+            return;
+        }
+        while self.bytes + size > cap {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.map.remove(&old) {
+                self.bytes -= s.len() * 20 + 64;
+            }
+        }
+        self.bytes += size;
+        self.order.push_back(key.clone());
+        self.map.insert(key, sig);
+    }
 }
 
 /// The file service (cheap to clone).
@@ -426,6 +465,7 @@ impl Files {
                 accounts,
                 state: Mutex::new(st),
                 idle: Condvar::new(),
+                sigs: Mutex::default(),
             }),
         })
     }
@@ -1416,13 +1456,7 @@ impl Files {
     /// (`block` bytes each, the last one shorter): per block the rolling
     /// checksum ([`rolling`]) and the first 16 bytes of its SHA3-256. At most
     /// 65,536 blocks.
-    pub fn signature(
-        &self,
-        uid: u64,
-        space: Space,
-        path: &str,
-        block: usize,
-    ) -> Result<Vec<(u32, [u8; 16])>> {
+    pub fn signature(&self, uid: u64, space: Space, path: &str, block: usize) -> Result<Signature> {
         if !(512..=(1 << 20)).contains(&block) {
             return Err(ServiceError::bad("a block has 512 bytes to 1 MiB"));
         }
@@ -1434,8 +1468,12 @@ impl Files {
                 "more than 65536 blocks: use larger blocks",
             ));
         }
-        let mut f = File::open(self.blob(&hash)).map_err(|e| io_err("open blob", e))?;
-        let mut out = Vec::new();
+        let key = (hash, block);
+        if let Some(sig) = lock(&self.inner.sigs).map.get(&key) {
+            return Ok(sig.clone());
+        }
+        let mut f = File::open(self.blob(&key.0)).map_err(|e| io_err("open blob", e))?;
+        let mut out = Vec::with_capacity(size.div_ceil(block as u64) as usize);
         let mut buf = vec![0u8; block];
         let mut left = size;
         while left > 0 {
@@ -1448,7 +1486,9 @@ impl Files {
             out.push((rolling(&buf[..n]), s16));
             left -= n as u64;
         }
-        Ok(out)
+        let sig = Arc::new(out);
+        lock(&self.inner.sigs).put(key, sig.clone(), self.inner.cfg.signature_cache_bytes);
+        Ok(sig)
     }
 
     fn file_of(&self, uid: u64, space: Space, path: &str) -> Result<(u64, String)> {
@@ -1697,7 +1737,7 @@ impl Files {
             let sig = f.signature(uid, space, path, block)?;
             let mut weak = Vec::with_capacity(sig.len() * 4);
             let mut strong = Vec::with_capacity(sig.len() * 16);
-            for (w, s16) in &sig {
+            for (w, s16) in sig.iter() {
                 weak.extend_from_slice(&w.to_le_bytes());
                 strong.extend_from_slice(s16);
             }
@@ -1753,6 +1793,37 @@ fn check_chunk(data: &[u8], check: &[u8]) -> Result<()> {
             file_code::HASH_MISMATCH,
             "the chunk does not match its checksum: resend it",
         ))
+    }
+}
+
+/// A delta upload's lookup of block signatures: by rolling checksum, then
+/// the first 16 bytes of the SHA3-256 (computed only when the rolling one
+/// matches a block).
+#[derive(Debug)]
+pub struct DeltaIndex<'a> {
+    sig: &'a [(u32, [u8; 16])],
+    by_weak: std::collections::HashMap<u32, Vec<usize>>,
+}
+
+impl<'a> DeltaIndex<'a> {
+    /// Indexes `sig` (from [`Files::signature`]).
+    pub fn new(sig: &'a [(u32, [u8; 16])]) -> DeltaIndex<'a> {
+        let mut by_weak: std::collections::HashMap<u32, Vec<usize>> =
+            std::collections::HashMap::with_capacity(sig.len());
+        for (i, (w, _)) in sig.iter().enumerate() {
+            by_weak.entry(*w).or_default().push(i);
+        }
+        DeltaIndex { sig, by_weak }
+    }
+
+    /// The block `window` (whose rolling checksum is `weak`) equals, if any.
+    pub fn find(&self, weak: u32, window: &[u8]) -> Option<usize> {
+        let cands = self.by_weak.get(&weak)?;
+        let strong = zs_crypto::hash::sha3_256(window);
+        cands
+            .iter()
+            .copied()
+            .find(|&j| self.sig[j].1[..] == strong[..16])
     }
 }
 

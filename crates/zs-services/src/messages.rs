@@ -279,6 +279,15 @@ struct State {
     /// Connection id -> groups joined.
     joined: HashMap<u64, HashSet<String>>,
     expired: u64,
+    /// Messages with ids up to this are on disk (fsynced, or buffered under
+    /// `Periodic` durability): only those are pushed or fetched. A batch's
+    /// messages enter the queues when it is written to the store's buffer
+    /// (so the next batch is checked against them) and become visible when
+    /// its fsync returns.
+    durable: u64,
+    /// Set when an fsync failed: the store is poisoned, every later send and
+    /// acknowledgement is refused with this error.
+    broken: Option<ServiceError>,
 }
 
 struct Inner {
@@ -349,6 +358,58 @@ enum Planned {
         reply: Reply<usize>,
     },
 }
+
+/// What one job of a batch came to, answered once the batch is durable.
+enum Outcome {
+    Sent {
+        to: u64,
+        id: u64,
+        body: Bytes,
+        reply: Reply<Sent>,
+    },
+    Dup(Reply<Sent>),
+    Err(ServiceError, Reply<Sent>),
+    Acked {
+        uid: u64,
+        n: usize,
+        reply: Reply<usize>,
+    },
+}
+
+impl Outcome {
+    fn fail(self, e: ServiceError) {
+        match self {
+            Outcome::Sent { reply, .. } | Outcome::Dup(reply) => reply(Err(e)),
+            Outcome::Err(e0, reply) => reply(Err(e0)),
+            Outcome::Acked { reply, .. } => reply(Err(e)),
+        }
+    }
+}
+
+/// A batch buffered in the store, waiting for the syncer's fsync.
+struct Done {
+    out: Vec<Outcome>,
+    /// The highest id it inserted (0: none).
+    upto: u64,
+    /// It wrote something (an fsync is due).
+    wrote: bool,
+}
+
+impl Done {
+    fn fail(self, e: ServiceError) {
+        for o in self.out {
+            o.fail(e.clone());
+        }
+    }
+}
+
+/// Most jobs the planner takes into one batch.
+const MAX_BATCH: usize = 4096;
+/// Batches buffered ahead of the syncer (the planner waits past that).
+const PIPELINE_DEPTH: usize = 64;
+/// The durability a batch is buffered with under `Immediate`: the syncer
+/// fsyncs it long before (this only bounds a syncer that stalled).
+const BUFFERED_FOR: Duration = Duration::from_secs(1);
 
 /// What a send did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,7 +484,9 @@ impl Messages {
         if !dead.is_empty() {
             db.commit(&dead).map_err(ServiceError::storage)?;
         }
+        st.durable = db.stats().next_id.saturating_sub(1);
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.max_pending.max(1));
+        let immediate = cfg.durability == zs_db::Durability::Immediate;
         let inner = Arc::new(Inner {
             db,
             cfg,
@@ -431,16 +494,45 @@ impl Messages {
             state: Mutex::new(st),
             jobs,
         });
-        // The committer: one thread, one commit (one fsync) per batch of
-        // whatever queued meanwhile. It holds the service weakly and stops
-        // when the service is dropped (its queue's sender goes with it).
+        let stopped = || ServiceError::new(code::STORAGE, "the message service stopped");
+        // Two threads, a pipeline: the planner takes every job queued
+        // meanwhile, checks it and writes the batch into the store's buffer;
+        // the syncer fsyncs whatever batches are buffered (one fsync for all
+        // of them), then pushes and answers them in order. So batch n+1 is
+        // planned and buffered while batch n is fsynced, and nothing is
+        // answered before its own fsync. Both hold the service weakly and
+        // stop when it is dropped (their queues' senders go with it).
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Done>(PIPELINE_DEPTH);
+        if immediate {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("zs-msg-sync".into())
+                .spawn(move || {
+                    while let Ok(first) = done_rx.recv() {
+                        let mut dones = vec![first];
+                        while let Ok(d) = done_rx.try_recv() {
+                            dones.push(d);
+                        }
+                        let Some(inner) = weak.upgrade() else {
+                            for d in dones {
+                                d.fail(stopped());
+                            }
+                            return;
+                        };
+                        Messages { inner }.sync_and_deliver(dones);
+                    }
+                })
+                .map_err(|e| {
+                    ServiceError::new(code::STORAGE, format!("cannot start the syncer: {e}"))
+                })?;
+        }
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("zs-msg-commit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
-                    while batch.len() < 4096 {
+                    while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(j) => batch.push(j),
                             Err(_) => break,
@@ -448,14 +540,16 @@ impl Messages {
                     }
                     let Some(inner) = weak.upgrade() else {
                         for j in batch {
-                            j.fail(ServiceError::new(
-                                code::STORAGE,
-                                "the message service stopped",
-                            ));
+                            j.fail(stopped());
                         }
                         return;
                     };
-                    Messages { inner }.run_batch(batch);
+                    let m = Messages { inner };
+                    if let Some(done) = m.run_batch(batch) {
+                        if let Err(std::sync::mpsc::SendError(d)) = done_tx.send(done) {
+                            d.fail(ServiceError::new(code::STORAGE, "the syncer stopped"));
+                        }
+                    }
                 }
             })
             .map_err(|e| {
@@ -599,9 +693,16 @@ impl Messages {
     /// One batch: every job checked in order against the state (and the
     /// jobs before it), one atomic commit, then the state updated, pushes
     /// sent and answers given, in order.
-    fn run_batch(&self, jobs: Vec<Job>) {
+    fn run_batch(&self, jobs: Vec<Job>) -> Option<Done> {
         let cfg = &self.inner.cfg;
         let mut st = lock(&self.inner.state);
+        if let Some(e) = st.broken.clone() {
+            drop(st);
+            for j in jobs {
+                j.fail(e.clone());
+            }
+            return None;
+        }
         let mut b = Batch::new();
         let mut inserts = 0usize;
         let mut plan = Vec::with_capacity(jobs.len());
@@ -690,8 +791,11 @@ impl Messages {
                     }
                 }
                 Job::Ack { uid, ids, reply } => {
+                    // Only messages that could have been handed over (durable).
+                    let durable = st.durable;
                     let mine: Vec<(u64, u64)> = st.queues.get(&uid).map_or(Vec::new(), |q| {
                         ids.iter()
+                            .filter(|id| **id <= durable)
                             .filter_map(|id| q.msgs.get(id).map(|m| (*id, m.len)))
                             .filter(|(id, _)| acked.insert(*id))
                             .collect()
@@ -723,13 +827,21 @@ impl Messages {
                 }
             }
         }
-        // Durability::Immediate (the default): fsynced when commit returns.
+        // Written into the store's buffer only: under Immediate durability
+        // the syncer fsyncs it (with any batch buffered after it) before
+        // anything of it is answered or pushed.
+        let immediate = cfg.durability == zs_db::Durability::Immediate;
         let ids = if b.is_empty() {
             Ok(Vec::new())
         } else {
+            let d = if immediate {
+                zs_db::Durability::Periodic(BUFFERED_FOR)
+            } else {
+                cfg.durability
+            };
             self.inner
                 .db
-                .commit_with(&b, Some(cfg.durability))
+                .commit_with(&b, Some(d))
                 .map_err(ServiceError::storage)
         };
         let ids = match ids {
@@ -742,7 +854,7 @@ impl Messages {
                 for p in plan {
                     p.fail(e.clone());
                 }
-                return;
+                return None;
             }
         };
         for (pair, nonce) in &nonces {
@@ -755,8 +867,10 @@ impl Messages {
             };
             st.pairs.insert(*pair, (rid, *nonce));
         }
+        // The queues take the batch now (hidden until `durable` reaches it).
+        let mut out = Vec::with_capacity(plan.len());
         for p in plan {
-            match p {
+            out.push(match p {
                 Planned::Send {
                     from,
                     to,
@@ -782,17 +896,15 @@ impl Messages {
                     q.min_expires = q.min_expires.min(expires_ms);
                     st.total_len += 1;
                     st.total_bytes += len;
-                    self.pump(&mut st, to, Some((id, &body)));
-                    reply(Ok(Sent {
+                    Outcome::Sent {
+                        to,
                         id,
-                        duplicate: false,
-                    }));
+                        body,
+                        reply,
+                    }
                 }
-                Planned::Dup(reply) => reply(Ok(Sent {
-                    id: 0,
-                    duplicate: true,
-                })),
-                Planned::SendErr(e, reply) => reply(Err(e)),
+                Planned::Dup(reply) => Outcome::Dup(reply),
+                Planned::SendErr(e, reply) => Outcome::Err(e, reply),
                 Planned::Ack {
                     uid,
                     ids,
@@ -825,8 +937,76 @@ impl Messages {
                             }
                         }
                     }
-                    self.pump(&mut st, uid, None);
-                    reply(Ok(mine.len()));
+                    Outcome::Acked {
+                        uid,
+                        n: mine.len(),
+                        reply,
+                    }
+                }
+            });
+        }
+        let done = Done {
+            out,
+            upto: ids.iter().copied().max().unwrap_or(0),
+            wrote: !b.is_empty(),
+        };
+        if immediate {
+            return Some(done);
+        }
+        // Periodic: answered once buffered.
+        st.durable = st.durable.max(done.upto);
+        self.deliver(&mut st, done.out);
+        None
+    }
+
+    /// The syncer's step: one fsync for every batch buffered so far, then
+    /// their pushes and answers, in order.
+    fn sync_and_deliver(&self, dones: Vec<Done>) {
+        let synced = if dones.iter().any(|d| d.wrote) {
+            self.inner.db.sync().map_err(ServiceError::storage)
+        } else {
+            Ok(())
+        };
+        let mut st = lock(&self.inner.state);
+        if let Err(e) = synced {
+            tracing::error!(error = %e, "messages: fsync failed; refusing sends until restart");
+            st.broken = Some(e.clone());
+            drop(st);
+            for d in dones {
+                d.fail(e.clone());
+            }
+            return;
+        }
+        for d in dones {
+            st.durable = st.durable.max(d.upto);
+            self.deliver(&mut st, d.out);
+        }
+    }
+
+    /// Pushes and answers the outcomes of a batch that is durable.
+    fn deliver(&self, st: &mut State, out: Vec<Outcome>) {
+        for o in out {
+            match o {
+                Outcome::Sent {
+                    to,
+                    id,
+                    body,
+                    reply,
+                } => {
+                    self.pump(st, to, Some((id, &body)));
+                    reply(Ok(Sent {
+                        id,
+                        duplicate: false,
+                    }));
+                }
+                Outcome::Dup(reply) => reply(Ok(Sent {
+                    id: 0,
+                    duplicate: true,
+                })),
+                Outcome::Err(e, reply) => reply(Err(e)),
+                Outcome::Acked { uid, n, reply } => {
+                    self.pump(st, uid, None);
+                    reply(Ok(n));
                 }
             }
         }
@@ -858,9 +1038,13 @@ impl Messages {
                 continue;
             };
             let room = window.saturating_sub(sub.inflight.len());
+            let from = sub.sent_upto.saturating_add(1);
+            if from > st.durable {
+                continue;
+            }
             let next: Vec<(u64, Meta)> = q
                 .msgs
-                .range(sub.sent_upto.saturating_add(1)..)
+                .range(from..=st.durable)
                 .take(room)
                 .map(|(id, m)| (*id, *m))
                 .collect();
@@ -924,7 +1108,11 @@ impl Messages {
         };
         let max = max.min(self.inner.cfg.max_fetch);
         let mut out = Vec::new();
-        for (id, m) in q.msgs.range(after.saturating_add(1)..).take(max) {
+        let from = after.saturating_add(1);
+        if from > st.durable {
+            return Ok(Vec::new());
+        }
+        for (id, m) in q.msgs.range(from..=st.durable).take(max) {
             let Some(body) = self.body(*id) else { continue };
             out.push(Message {
                 kind: push_kind::DIRECT,

@@ -1247,3 +1247,153 @@ fn an_upload_hashed_while_sent_is_checked_at_finish_and_resumes() {
         .with(sha3(b"hello").to_vec());
     ann.client().call_stream("file.finish", df).wait().unwrap();
 }
+
+/// A chunk whose answer the server holds back: the test releases it.
+type Held = (zs_core::Peer, zs_wire::DataFrame, zs_core::Responder);
+
+#[test]
+fn a_failed_upload_returns_only_after_its_chunks_in_flight_are_answered() {
+    use std::sync::{mpsc, Arc, Mutex};
+    // The last chunk the client sends before its reader fails (at 64 KiB:
+    // the read of the chunk after it fails) is held at the server, unwritten
+    // and unanswered, until the test releases it.
+    const HOLD_AT: u64 = 4 * CHUNK as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let services = Services::open_dir(dir.path(), cheap()).unwrap();
+    let files = services.files.clone().unwrap();
+    let accounts = services.accounts.clone();
+    let held: Arc<Mutex<Option<Held>>> = Arc::default();
+    let (held_tx, held_rx) = mpsc::channel::<()>();
+    let write = {
+        let (files, accounts) = (files.clone(), accounts.clone());
+        move |peer: &zs_core::Peer, df: &zs_wire::DataFrame| -> zs_services::Result<_> {
+            let uid = accounts.require_user(peer)?;
+            let mut r = df.reader();
+            let (id, offset) = (r.read_u64()?, r.read_u64()?);
+            let (data, check) = (r.read_slice()?, r.read_slice()?);
+            let (at, synced) = files.chunk(peer, uid, id, offset, data, check)?;
+            Ok(zs_wire::DataFrame::new().with(at).with(synced))
+        }
+    };
+    let answer = {
+        let write = write.clone();
+        move |peer: &zs_core::Peer, df: &zs_wire::DataFrame, resp: zs_core::Responder| {
+            let _ = resp.reply(
+                write(peer, df)
+                    .map(zs_core::Reply::Data)
+                    .map_err(zs_core::HandlerError::from),
+            );
+        }
+    };
+    let rig = {
+        let (held, answer) = (held.clone(), answer.clone());
+        let held_tx = Mutex::new(held_tx);
+        Rig::with_registry(services, move |r| {
+            // Replaces the service's `file.chunk`: chunks are written in
+            // arrival order on the loop, the one at HOLD_AT is kept.
+            r.stream_delayed("file.chunk", move |peer, df, resp| {
+                let mut rd = df.reader();
+                let offset = rd.read_u64().and_then(|_| rd.read_u64()).unwrap_or(0);
+                let mut h = held.lock().unwrap();
+                if offset == HOLD_AT && h.is_none() {
+                    *h = Some((peer.clone(), df, resp));
+                    let _ = held_tx.lock().unwrap().send(());
+                } else {
+                    drop(h);
+                    answer(peer, &df, resp);
+                }
+            });
+        })
+    };
+    let ann = Arc::new(rig.user("ann"));
+    let body = Arc::new(data(23, SIZE));
+    let len = body.len() as u64;
+    let (done_tx, done_rx) = mpsc::channel();
+    let first = {
+        let (ann, body) = (ann.clone(), body.clone());
+        std::thread::spawn(move || {
+            let r = ann.upload_hashing(
+                Space::Private,
+                "held",
+                len,
+                CHUNK,
+                |at, buf| {
+                    if at > HOLD_AT {
+                        return Err(zs_services::ServiceError::new(code::CLIENT, "cut"));
+                    }
+                    buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                    Ok(())
+                },
+                |_, _| {},
+            );
+            let _ = done_tx.send(());
+            r
+        })
+    };
+    held_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the chunk at HOLD_AT reached the server");
+    // While that chunk is unanswered the failed upload must not return (a
+    // retry would ask where the upload stands before the chunk landed). The
+    // hold lasts until the upload returns or one second passes: a client
+    // that does not wait returns within microseconds of its reader failing.
+    let returned_while_held = done_rx.recv_timeout(Duration::from_secs(1)).is_ok();
+    let (peer, df, resp) = held.lock().unwrap().take().unwrap();
+    answer(&peer, &df, resp);
+    let e = first.join().unwrap().unwrap_err();
+    assert_eq!(e.message, "cut");
+    assert!(
+        !returned_while_held,
+        "the failed upload returned while one of its chunks was unanswered"
+    );
+    // The retry on the same connection resumes after the held chunk.
+    let rep = ann
+        .upload_hashing(
+            Space::Private,
+            "held",
+            len,
+            CHUNK,
+            |at, buf| {
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(rep.resumed_from, HOLD_AT + CHUNK as u64, "{rep:?}");
+    assert_eq!(rep.resumed_from + rep.sent, len);
+    let out = dir.path().join("held.out");
+    ann.download_file(Space::Private, "held", &out, CHUNK as u32, |_, _| {})
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), *body);
+    drop(write);
+}
+
+#[test]
+fn block_signatures_are_kept_for_the_next_delta_within_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for the signature of 96 blocks of 2 KiB (96 * 20 + 64 bytes) or
+    // of 48 blocks of 4 KiB, not both.
+    let rig = rig_in(dir.path(), |c| c.files.signature_cache_bytes = 3000);
+    let c = rig.user("ann");
+    let uid = rig.services.accounts.resolve("ann").unwrap();
+    let files = rig.services.files.as_ref().unwrap();
+    let local = dir.path().join("a");
+    std::fs::write(&local, data(31, SIZE)).unwrap();
+    c.upload_file(Space::Private, &local, "a", 64 << 10, |_, _| {})
+        .unwrap();
+    let sig = |name: &str, block| files.signature(uid, Space::Private, name, block).unwrap();
+    let a1 = sig("a", 2048);
+    assert_eq!(a1.len(), SIZE / 2048);
+    // The same content and block size: served from memory, nothing re-read.
+    assert!(std::sync::Arc::ptr_eq(&a1, &sig("a", 2048)));
+    // Another block size is another signature; the bound holds: it pushes
+    // out the oldest, so the 2 KiB one is computed again (and equal).
+    let a4 = sig("a", 4096);
+    assert_eq!(a4.len(), SIZE / 4096);
+    let a1_again = sig("a", 2048);
+    assert!(!std::sync::Arc::ptr_eq(&a1, &a1_again));
+    assert_eq!(a1, a1_again);
+    // What the client sees through file.signature is the same list.
+    assert_eq!(c.signature(Space::Private, "a", 2048).unwrap(), *a1);
+}

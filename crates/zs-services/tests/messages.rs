@@ -408,3 +408,118 @@ fn periodic_durability_answers_before_the_fsync_immediate_after() {
         assert_eq!(rig.services.messages.queued(bob), 20);
     }
 }
+
+#[test]
+fn sends_are_buffered_during_an_fsync_and_answered_and_pushed_only_after_their_own() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{mpsc, Arc, Condvar, Mutex};
+    // Every fsync of the store can be held until the test opens the gate.
+    let hold = Arc::new(AtomicBool::new(false));
+    let syncs = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let vfs = {
+        let (hold, syncs, gate) = (hold.clone(), syncs.clone(), gate.clone());
+        let entered = Mutex::new(entered_tx);
+        zs_db::SyncHookVfs::new(Arc::new(zs_db::MemVfs::new()), move || {
+            syncs.fetch_add(1, Ordering::SeqCst);
+            if hold.load(Ordering::SeqCst) {
+                let _ = entered.lock().unwrap().send(());
+                let (open, cv) = &*gate;
+                let mut g = open.lock().unwrap();
+                while !*g {
+                    g = cv.wait(g).unwrap();
+                }
+            }
+        })
+    };
+    let env = zs_db::Env::with_vfs(Arc::new(vfs));
+    let rig = Rig::with(Services::open(&env, cheap()).unwrap());
+    let ann = Arc::new(rig.user("ann"));
+    let bob_id = rig
+        .services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    let (_bob, inbox, _) = bob_subscribed(&rig);
+
+    // Send 1: its fsync is held.
+    hold.store(true, Ordering::SeqCst);
+    let (answered_tx, answered_rx) = mpsc::channel::<u64>();
+    let first = {
+        let (ann, answered) = (ann.clone(), answered_tx.clone());
+        std::thread::spawn(move || {
+            let s = ann.send("bob", 1, b"m1").unwrap();
+            answered.send(1).unwrap();
+            s
+        })
+    };
+    entered_rx
+        .recv_timeout(WAIT)
+        .expect("the first fsync began");
+    let before = syncs.load(Ordering::SeqCst);
+    // Sends 2..=11 while it is held: they are checked and written to the
+    // store's buffer (the queue counts them), not answered, not pushed.
+    let rest = {
+        let (ann, answered) = (ann.clone(), answered_tx);
+        std::thread::spawn(move || {
+            let calls: Vec<_> = (2..=11u64)
+                .map(|k| {
+                    let df = zs_wire::DataFrame::new()
+                        .with("bob")
+                        .with(k)
+                        .with(format!("m{k}").into_bytes());
+                    (k, ann.client().call_stream("msg.send", df))
+                })
+                .collect();
+            for (k, c) in calls {
+                c.wait().unwrap();
+                answered.send(k).unwrap();
+            }
+        })
+    };
+    let (tx, rx) = mpsc::channel();
+    let svc = rig.services.messages.clone();
+    std::thread::spawn(move || {
+        while svc.queued(bob_id) < 11 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(WAIT)
+        .expect("the next batch is planned and buffered while the first is fsynced");
+    assert_eq!(
+        answered_rx.try_recv().ok(),
+        None,
+        "a send answered before its fsync"
+    );
+    assert!(
+        inbox.try_recv().is_none(),
+        "a message pushed before its fsync"
+    );
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        before,
+        "no fsync began meanwhile"
+    );
+
+    // Open the gate: 1 is answered, then 2..=11 after one more fsync.
+    hold.store(false, Ordering::SeqCst);
+    {
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    assert!(!first.join().unwrap().duplicate);
+    rest.join().unwrap();
+    let order: Vec<u64> = answered_rx.try_iter().collect();
+    assert_eq!(order.len(), 11);
+    let used = syncs.load(Ordering::SeqCst) - before;
+    assert!(
+        used <= 3,
+        "sends buffered during one fsync share the next: {used} fsyncs"
+    );
+    let (_, bodies) = next(&inbox, 11);
+    let want: Vec<String> = (1..=11).map(|k| format!("m{k}")).collect();
+    assert_eq!(bodies, want, "pushed once each, in order");
+}

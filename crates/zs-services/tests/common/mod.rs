@@ -38,10 +38,17 @@ pub fn backend() -> Arc<dyn zs_io::Backend> {
 impl Rig {
     /// A server with the services over `services`.
     pub fn with(services: Services) -> Rig {
+        Rig::with_registry(services, |_| {})
+    }
+
+    /// [`Rig::with`], `more` changing the registry after the services
+    /// registered (a test may wrap one of their commands).
+    pub fn with_registry(services: Services, more: impl FnOnce(&mut Registry)) -> Rig {
         let backend = backend();
         let provider = provider();
         let mut r = Registry::new();
         services.register(&mut r);
+        more(&mut r);
         // A handler that stores its own per-connection state (must not log anyone out).
         r.console("scratch", |peer, t| {
             peer.set_state(t.to_owned());
