@@ -357,6 +357,28 @@ where
     .map_err(|_| "closure panicked inside the namespace".to_string())?
 }
 
+/// Like [`enter_and_run`], without waiting: the thread runs `f` inside `ns` in the
+/// background (e.g. a current-thread tokio runtime whose tasks then all live there).
+pub fn spawn_in<F>(ns: &str, f: F) -> Result<std::thread::JoinHandle<()>, String>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"));
+        let ok = entered.is_ok();
+        let _ = tx.send(entered);
+        if ok {
+            f();
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())??;
+    Ok(t)
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for c in &mut self.children {

@@ -157,6 +157,7 @@ pub mod stats;
 pub mod store;
 mod udp;
 pub mod virt;
+pub mod visit;
 
 #[cfg(test)]
 mod itest;
@@ -167,6 +168,7 @@ pub use config::{Config, ConfigError, DataEncryption};
 pub use node::Node;
 pub use relay::Relay;
 pub use virt::VirtualBackend;
+pub use visit::{Visitor, VisitorConfig};
 
 /// Runs the relay of config file `path` on a new tokio runtime until the
 /// process ends (the `zs xnat server` verb). Prints the fingerprint agents pin.
@@ -185,6 +187,10 @@ pub fn run_relay_file(path: &std::path::Path) -> Result<(), String> {
             relay.local_addr(),
             relay.fingerprint()
         );
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        if let Some(d) = visit::parse_direct(&text, &path.display().to_string()).map_err(|e| e.to_string())? {
+            relay.enable_direct(&d).map_err(|e| format!("[server.direct]: {e}"))?;
+        }
         let watched = relay.clone();
         let first = server.clone();
         tokio::spawn(watch_file(path.to_path_buf(), move |cfg| {
