@@ -45,7 +45,19 @@
 //! | `[*.transport] encryption` | ours: `"session"` (default) or `"none"`: plaintext **data** connections for trusted networks (control session, token proof and tickets stay encrypted; Linux moves the bytes with `splice(2)`); relay and agent must agree; warned at start ([`DataEncryption`], PROTOCOL.md Part 12) |
 //! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); rathole's `tls`/`websocket` are refused with an error |
 //!
+//! | `[server.direct] stun_bind_addr`, `stun_alt_ip`, `stun_addr` | ours: the relay hosts the punch rendezvous for visitors and answers STUN on two addresses (or names another RFC 5780 server): see [Visitors](#visitors-and-direct-paths) |
+//! | `[visitor] remote_addr`, `relay_fingerprint`, `service`, `token`, `bind_addr` | ours (`zs xnat visit`): a local port for one mapping; `direct` (true), `direct_retry` (30 s), `max_connections` (1024) |
+//!
 //! Errors name the file, the key and what is expected ([`config::ConfigError`]).
+//!
+//! ## Visitors and direct paths
+//!
+//! `zs xnat visit --config visitor.toml` ([`Visitor`], [`visit`]) opens a local port
+//! for one mapping: each connection goes through the relay at once, and when the
+//! visitor and an agent punch a direct UDP path (zs-punch; rendezvous and STUN on the
+//! relay, `[server.direct]`), live connections move to QUIC on it without being
+//! closed, and back to the relay when it dies. When only the relay works (both NATs
+//! pick random ports, UDP blocked), the log says why and connections stay relayed.
 //!
 //! ## UDP mappings
 //!

@@ -1645,6 +1645,29 @@ mod tests {
         assert!(VisitMsg::decode(&[99]).is_err(), "unknown type");
     }
 
+    /// The documented bytes of docs/PROTOCOL.md (Part 14).
+    #[test]
+    fn documented_bytes() {
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let part = &doc[doc.find("# Part 14: XNat visitors").expect("Part 14")..];
+        let m = VisitMsg::Hello {
+            purpose: Purpose::Open,
+            service: "web".into(),
+            conn: [7; 16],
+            proof: [9; 32],
+        };
+        let hex: String = m.to_msg().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let fence = "```text visit-hello\n";
+        let block = &part[part.find(fence).expect("block") + fence.len()..];
+        let block = &block[..block.find("```").expect("end")];
+        let doc_hex: String = block
+            .lines()
+            .map(|l| l.split('|').next().unwrap_or(""))
+            .flat_map(|l| l.split_whitespace())
+            .collect();
+        assert_eq!(doc_hex, hex);
+    }
+
     /// A proof binds the token, the session, the purpose, the connection and the name.
     #[test]
     fn proofs_bind_everything() {

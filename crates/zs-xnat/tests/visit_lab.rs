@@ -11,59 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::runtime::Handle;
-use zs_punch::netlab::{enter_and_run, lab_or_skip, spawn_in, Lab, Nat, Site, PUBLIC_IP};
+use zs_punch::netlab::{enter_and_run, lab_or_skip, Lab, Nat, NsRuntime as NsRt, Site, PUBLIC_IP};
 use zs_xnat::visit::{DirectServerConfig, Visitor, VisitorConfig};
 use zs_xnat::{Agent, Config, Relay};
-
-/// A current-thread runtime on a thread inside a namespace; stopped on drop.
-struct NsRt {
-    handle: Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NsRt {
-    fn new(ns: &str) -> NsRt {
-        let (htx, hrx) = std::sync::mpsc::channel();
-        let (stx, srx) = tokio::sync::oneshot::channel::<()>();
-        let thread = spawn_in(ns, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            htx.send(rt.handle().clone()).unwrap();
-            rt.block_on(async {
-                let _ = srx.await;
-            });
-        })
-        .unwrap();
-        NsRt {
-            handle: hrx.recv().unwrap(),
-            stop: Some(stx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Runs `f` on this namespace's runtime and waits for it.
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> T {
-        self.handle.spawn(f).await.unwrap()
-    }
-}
-
-impl Drop for NsRt {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 struct Bed {
     // Field order: runtimes stop before the lab deletes their namespaces.
@@ -85,9 +35,9 @@ async fn bed(agent_nat: Nat, visitor_nat: Nat) -> Option<Bed> {
     let a = lab.add_site(agent_nat).unwrap();
     let v = lab.add_site(visitor_nat).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let relay_rt = NsRt::new(&lab.public_ns);
-    let agent_rt = NsRt::new(&a.ns);
-    let visitor_rt = NsRt::new(&v.ns);
+    let relay_rt = NsRt::new(&lab.public_ns).unwrap();
+    let agent_rt = NsRt::new(&a.ns).unwrap();
+    let visitor_rt = NsRt::new(&v.ns).unwrap();
     let relay_addr = SocketAddr::new(PUBLIC_IP.into(), 7000);
     let rcfg = Config::parse(
         &format!(
@@ -155,7 +105,7 @@ async fn bed(agent_nat: Nat, visitor_nat: Nat) -> Option<Bed> {
     .unwrap();
     let agent = Agent::new(acfg);
     let ag = agent.clone();
-    agent_rt.handle.spawn(ag.run());
+    agent_rt.handle().spawn(ag.run());
     let vcfg = VisitorConfig::parse(
         &format!(
             "[visitor]\nremote_addr = \"{relay_addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"echo\"\ntoken = \"s3cret\"\nbind_addr = \"127.0.0.1:0\"\ndirect = false\n"
