@@ -393,6 +393,26 @@ fn main() {
             reader.join().unwrap()
         })
     });
+    // Raw UDP with the batching quinn itself uses (quinn-udp: GSO on send, GRO on
+    // receive), over the same punched mappings: the fair raw baseline.
+    let (ga, gv) = rt
+        .block_on(trial(&bed, 0, 2, [3; 32], [4; 32], "raw-gso"))
+        .0
+        .expect("punch for the raw GSO case");
+    let (ga, gv) = (Arc::new(ga), Arc::new(gv));
+    let secs6 = secs;
+    let gso_segs = Rc::new(std::cell::Cell::new(0usize));
+    let gso_segs2 = gso_segs.clone();
+    suite.case(
+        "direct-raw-udp-gso",
+        "MB_per_s",
+        Better::Higher,
+        move || {
+            let (rate, segs) = raw_gso(&ga, &gv, secs6);
+            gso_segs2.set(segs);
+            rate
+        },
+    );
     suite.case(
         "direct-raw-udp-sent",
         "MB_per_s",
@@ -419,12 +439,18 @@ fn main() {
             relay_share
         },
     );
-    suite.case("visitor-over-direct", "MB_per_s", Better::Higher, move || {
-        vrate.get()
-    });
-    suite.case("visitor-time-to-direct", "ms_median", Better::Lower, move || {
-        median(&vttd.borrow())
-    });
+    suite.case(
+        "visitor-over-direct",
+        "MB_per_s",
+        Better::Higher,
+        move || vrate.get(),
+    );
+    suite.case(
+        "visitor-time-to-direct",
+        "ms_median",
+        Better::Lower,
+        move || median(&vttd.borrow()),
+    );
     suite.note(format!(
         "visitor: zs xnat visit end to end (relay with the hub, agent and visitor behind easy NATs); per round a connection starts on the relay, the visitor punches (visitor-time-to-direct: classification, rendezvous, punch and QUIC handshake), then {} MiB go over the direct path to a sink; visitor-relay-bytes-per-GiB-after-upgrade: what the relay carried on visitor relay paths meanwhile (goal < 1 % = 10,737,418 bytes per GiB); visitor-over-direct: that phase's rate (migrate frames in one QUIC stream; compare with direct-quic)",
         visit_bytes >> 20
@@ -437,6 +463,11 @@ fn main() {
     );
     suite.run();
     suite.ratio("quic_vs_raw_udp", "direct-quic", "direct-raw-udp");
+    suite.ratio("quic_vs_raw_udp_gso", "direct-quic", "direct-raw-udp-gso");
+    suite.note(format!(
+        "direct-raw-udp-gso: 1,200 B datagrams sent {} per sendmsg with UDP GSO and received with GRO (quinn-udp, the batching quinn uses), no reliability, no encryption, no congestion control, receiver goodput: the fair raw baseline for quic_vs_raw_udp_gso (goal >= 0.8); quic_vs_raw_udp compares with one send_to per datagram, which is syscall-bound",
+        gso_segs.get()
+    ));
     suite.ratio(
         "visitor_migrate_vs_direct_quic",
         "visitor-over-direct",
@@ -543,7 +574,10 @@ fn visitor_bed(bed: &Bed) -> VisitorBed {
     });
     let t = Instant::now();
     while relay.public_addr("sink").is_none() {
-        assert!(t.elapsed() < Duration::from_secs(10), "agent never registered");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "agent never registered"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     VisitorBed {
@@ -608,7 +642,11 @@ async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
         .expect("visitor punch (easy/easy)");
     let ttd = t.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = vx.relay.visit_stats().relay_path_bytes.load(Ordering::Relaxed);
+    let before = vx
+        .relay
+        .visit_stats()
+        .relay_path_bytes
+        .load(Ordering::Relaxed);
     let t = Instant::now();
     let mut sent = 0;
     while sent < bytes {
@@ -619,8 +657,64 @@ async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
     let mut n = [0u8; 8];
     s.read_exact(&mut n).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(u64::from_be_bytes(n), (bytes + (1 << 20)) as u64, "sink count");
-    let after = vx.relay.visit_stats().relay_path_bytes.load(Ordering::Relaxed);
+    assert_eq!(
+        u64::from_be_bytes(n),
+        (bytes + (1 << 20)) as u64,
+        "sink count"
+    );
+    let after = vx
+        .relay
+        .visit_stats()
+        .relay_path_bytes
+        .load(Ordering::Relaxed);
     let per_gib = (after - before) as f64 * (1u64 << 30) as f64 / bytes as f64;
     (per_gib, bytes as f64 / secs / 1e6, ttd)
+}
+
+/// Raw UDP over a punched path with GSO/GRO for `secs`: (receiver MB/s, segments per send).
+fn raw_gso(a: &Punched, v: &Punched, secs: f64) -> (f64, usize) {
+    use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+    let rs = a.socket.try_clone().unwrap();
+    rs.set_nonblocking(false).unwrap();
+    rs.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let state = UdpSocketState::new((&rs).into()).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0u64;
+        let mut first: Option<Instant> = None;
+        let mut last = Instant::now();
+        loop {
+            let mut meta = [RecvMeta::default()];
+            let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+            match state.recv((&rs).into(), &mut bufs, &mut meta) {
+                Ok(k) if k > 0 => {
+                    first.get_or_insert_with(Instant::now);
+                    last = Instant::now();
+                    n += meta[0].len as u64;
+                }
+                _ => break,
+            }
+        }
+        let span = first.map(|f| (last - f).as_secs_f64()).unwrap_or(1.0);
+        n as f64 / span.max(1e-3) / 1e6
+    });
+    let ss = v.socket.try_clone().unwrap();
+    ss.set_nonblocking(false).unwrap();
+    let to = v.peer;
+    let state = UdpSocketState::new((&ss).into()).unwrap();
+    let segs = state.max_gso_segments().clamp(1, 40);
+    let d = vec![0xa5u8; 1200 * segs];
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &d,
+            segment_size: (segs > 1).then_some(1200),
+            src_ip: None,
+        };
+        let _ = state.send((&ss).into(), &t);
+    }
+    (reader.join().unwrap(), segs)
 }

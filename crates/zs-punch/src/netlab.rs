@@ -406,7 +406,9 @@ impl NsRuntime {
                 let _ = srx.await;
             });
         })?;
-        let handle = hrx.recv().map_err(|_| "runtime did not start".to_string())?;
+        let handle = hrx
+            .recv()
+            .map_err(|_| "runtime did not start".to_string())?;
         Ok(NsRuntime {
             handle,
             stop: Some(stx),

@@ -484,7 +484,8 @@ pub fn parse_direct(text: &str, file: &str) -> Result<Option<DirectServerConfig>
     if stun_bind_addr.is_some() != stun_alt_ip.is_some() {
         return Err(e(
             "server.direct.stun_alt_ip",
-            "stun_bind_addr and stun_alt_ip go together (NAT classification needs two addresses)".into(),
+            "stun_bind_addr and stun_alt_ip go together (NAT classification needs two addresses)"
+                .into(),
         ));
     }
     let stun_addr = addr("stun_addr")?.or(stun_bind_addr).ok_or_else(|| {
@@ -572,7 +573,12 @@ impl Drop for DirectOn {
 }
 
 /// A relay connection whose first message is [`Msg::Visit`].
-pub(crate) async fn relay_conn(relay: &Relay, mut conn: SecureConn, peer: SocketAddr, body: Vec<u8>) {
+pub(crate) async fn relay_conn(
+    relay: &Relay,
+    mut conn: SecureConn,
+    peer: SocketAddr,
+    body: Vec<u8>,
+) {
     let vs = relay.visit_side();
     let refuse = |why: &str| {
         let n = inc(&vs.stats.refused);
@@ -609,7 +615,9 @@ pub(crate) async fn relay_conn(relay: &Relay, mut conn: SecureConn, peer: Socket
                 let on = vs.direct.lock().expect("visit").clone();
                 let Some(on) = on else {
                     let _ = conn
-                        .send(&refuse("direct paths are off on this relay ([server.direct])"))
+                        .send(&refuse(
+                            "direct paths are off on this relay ([server.direct])",
+                        ))
                         .await;
                     return;
                 };
@@ -638,7 +646,11 @@ pub(crate) async fn relay_conn(relay: &Relay, mut conn: SecureConn, peer: Socket
                     let _ = conn.send(&refuse("no agent serves the mapping")).await;
                     return;
                 }
-                if conn.send(&VisitMsg::Ok { stun: on.stun }.to_msg()).await.is_err() {
+                if conn
+                    .send(&VisitMsg::Ok { stun: on.stun }.to_msg())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 inc(&vs.stats.rendezvous);
@@ -656,7 +668,9 @@ pub(crate) async fn relay_conn(relay: &Relay, mut conn: SecureConn, peer: Socket
                 })
                 .is_err()
             {
-                let _ = conn.send(&refuse("the mapping is at max_connections")).await;
+                let _ = conn
+                    .send(&refuse("the mapping is at max_connections"))
+                    .await;
                 return;
             }
             let _active = Dec(&mstats.active);
@@ -673,7 +687,9 @@ pub(crate) async fn relay_conn(relay: &Relay, mut conn: SecureConn, peer: Socket
                 peer,
             };
             if agent.send(&start.to_msg()).await.is_err() {
-                let _ = conn.send(&refuse("the agent's data connection failed")).await;
+                let _ = conn
+                    .send(&refuse("the agent's data connection failed"))
+                    .await;
                 return;
             }
             if conn
@@ -909,7 +925,9 @@ pub(crate) async fn agent_data(
     body: Vec<u8>,
 ) {
     match VisitMsg::decode(&body) {
-        Ok(VisitMsg::Start { conn: id, attach, .. }) => {
+        Ok(VisitMsg::Start {
+            conn: id, attach, ..
+        }) => {
             let path: BoxPath = Box::new(secure_stream(conn));
             agent_path(agent, id, attach, path, PRIO_RELAY, local_addr.to_string()).await;
         }
@@ -934,10 +952,8 @@ pub(crate) fn agent_control(agent: &crate::Agent, relay_addr: &str, body: Vec<u8
         return;
     };
     let vs = agent.visit_side();
-    let (Some(id), Ok(permit)) = (
-        vs.identity.clone(),
-        vs.punching.clone().try_acquire_owned(),
-    ) else {
+    let (Some(id), Ok(permit)) = (vs.identity.clone(), vs.punching.clone().try_acquire_owned())
+    else {
         info!(%service, "xnat agent: punch request ignored (attempts in progress)");
         return;
     };
@@ -1033,8 +1049,7 @@ type Factory = Arc<zs_punch::punch::SocketFactory>;
 /// A UDP socket for punching (on the address that routes towards `stun`) and a
 /// factory of more like it (birthday mode).
 fn punch_socket(stun: SocketAddr) -> Result<(tokio::net::UdpSocket, Factory), String> {
-    let ip = zs_punch::stun::local_ip_towards(stun)
-        .unwrap_or_else(|| IpAddr::from([0, 0, 0, 0]));
+    let ip = zs_punch::stun::local_ip_towards(stun).unwrap_or_else(|| IpAddr::from([0, 0, 0, 0]));
     let s = std::net::UdpSocket::bind((ip, 0)).map_err(|e| e.to_string())?;
     s.set_nonblocking(true).map_err(|e| e.to_string())?;
     let s = tokio::net::UdpSocket::from_std(s).map_err(|e| e.to_string())?;
@@ -1166,7 +1181,10 @@ impl VisitorConfig {
             }
         };
         Ok(VisitorConfig {
-            remote_addr: s("remote_addr", "the relay's address like \"relay.example:2333\"")?,
+            remote_addr: s(
+                "remote_addr",
+                "the relay's address like \"relay.example:2333\"",
+            )?,
             relay_fingerprint,
             service,
             token: s("token", "the mapping's token")?,
@@ -1402,9 +1420,9 @@ impl Visitor {
         };
         match VisitMsg::decode(&body).map_err(io::Error::other)? {
             VisitMsg::Ok { stun } => Ok((conn, stun)),
-            VisitMsg::Refused { reason } => Err(io::Error::other(format!(
-                "the relay refused: {reason}"
-            ))),
+            VisitMsg::Refused { reason } => {
+                Err(io::Error::other(format!("the relay refused: {reason}")))
+            }
             _ => Err(io::Error::other("unexpected answer from the relay")),
         }
     }
@@ -1448,10 +1466,10 @@ impl Visitor {
     /// background): on success live connections move to the direct path, new ones
     /// start on it, and when it dies they continue on the relay.
     pub async fn punch(&self) -> Result<(), PunchFailed> {
-        let qc = self.punch_once().await.map_err(|(reason, relay_only)| PunchFailed {
-            reason,
-            relay_only,
-        })?;
+        let qc = self
+            .punch_once()
+            .await
+            .map_err(|(reason, relay_only)| PunchFailed { reason, relay_only })?;
         let me = self.clone();
         tokio::spawn(async move {
             let reason = qc.closed().await;
@@ -1656,7 +1674,12 @@ mod tests {
             conn: [7; 16],
             proof: [9; 32],
         };
-        let hex: String = m.to_msg().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = m
+            .to_msg()
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let fence = "```text visit-hello\n";
         let block = &part[part.find(fence).expect("block") + fence.len()..];
         let block = &block[..block.find("```").expect("end")];
@@ -1672,11 +1695,26 @@ mod tests {
     #[test]
     fn proofs_bind_everything() {
         let p = visit_proof("t", &[1; 32], Purpose::Open, &[2; 16], "web");
-        assert_ne!(p, visit_proof("u", &[1; 32], Purpose::Open, &[2; 16], "web"));
-        assert_ne!(p, visit_proof("t", &[3; 32], Purpose::Open, &[2; 16], "web"));
-        assert_ne!(p, visit_proof("t", &[1; 32], Purpose::Attach, &[2; 16], "web"));
-        assert_ne!(p, visit_proof("t", &[1; 32], Purpose::Open, &[4; 16], "web"));
-        assert_ne!(p, visit_proof("t", &[1; 32], Purpose::Open, &[2; 16], "wex"));
+        assert_ne!(
+            p,
+            visit_proof("u", &[1; 32], Purpose::Open, &[2; 16], "web")
+        );
+        assert_ne!(
+            p,
+            visit_proof("t", &[3; 32], Purpose::Open, &[2; 16], "web")
+        );
+        assert_ne!(
+            p,
+            visit_proof("t", &[1; 32], Purpose::Attach, &[2; 16], "web")
+        );
+        assert_ne!(
+            p,
+            visit_proof("t", &[1; 32], Purpose::Open, &[4; 16], "web")
+        );
+        assert_ne!(
+            p,
+            visit_proof("t", &[1; 32], Purpose::Open, &[2; 16], "wex")
+        );
     }
 
     /// `[visitor]` parses with defaults; errors name the file and the key.
@@ -1690,9 +1728,11 @@ mod tests {
         assert!(c.direct);
         assert_eq!(c.direct_retry, Duration::from_secs(30));
         assert_eq!(c.max_connections, 1024);
-        let e = VisitorConfig::parse(&ok.replace("service = \"web\"\n", ""), "v.toml")
-            .unwrap_err();
-        assert_eq!((e.file.as_str(), e.key.as_str()), ("v.toml", "visitor.service"));
+        let e = VisitorConfig::parse(&ok.replace("service = \"web\"\n", ""), "v.toml").unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("v.toml", "visitor.service")
+        );
         let e = VisitorConfig::parse(&format!("{ok}bogus = 1\n"), "v.toml").unwrap_err();
         assert_eq!(e.key, "visitor.bogus");
         let e = VisitorConfig::parse(&ok.replace("127.0.0.1:0", "nope"), "v.toml").unwrap_err();
