@@ -86,12 +86,12 @@ pub const TEST_TOOLS: &[Tool] = &[
     Tool {
         program: "ip",
         source: Source::Apt(&["iproute2"]),
-        used_by: "zs-punch netlab (network namespaces)",
+        used_by: "zs-punch netlab (network namespaces): zs-punch and zs-xnat visitor tests",
     },
     Tool {
         program: "nft",
         source: Source::Apt(&["nftables"]),
-        used_by: "zs-punch netlab (NAT routers)",
+        used_by: "zs-punch netlab (NAT routers): zs-punch and zs-xnat visitor tests",
     },
     Tool {
         program: "turnserver",

@@ -202,6 +202,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
                 "zs-wire",
                 "zs-p2pvm",
                 "zs-db",
+                "zs-punch",
             ][..],
         ),
         ("zs-tx", &["zs-db"][..]),

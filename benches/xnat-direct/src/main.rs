@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zs_bench_harness::{median, Better, Options, Suite};
-use zs_punch::netlab::{enter_and_run, Lab, Nat, Site, PUBLIC_IP, PUBLIC_IP2};
+use zs_punch::netlab::{enter_and_run, Lab, Nat, NsRuntime, Site, PUBLIC_IP, PUBLIC_IP2};
 use zs_punch::peer::{run_attempt, Attempt};
 use zs_punch::punch::{PunchConfig, Punched, SocketFactory};
 use zs_punch::quic::{self, Identity, QuicLimits};
@@ -31,6 +31,7 @@ use zs_punch::stun::StunServer;
 
 struct Bed {
     _lab: Lab,
+    public_ns: String,
     hub: SocketAddr,
     sites: Vec<Site>,
 }
@@ -147,6 +148,7 @@ fn main() {
     }
     let bed = Rc::new(Bed {
         _lab: lab,
+        public_ns: pubns.clone(),
         hub: SocketAddr::new(PUBLIC_IP.into(), 7000),
         sites,
     });
@@ -391,12 +393,68 @@ fn main() {
             reader.join().unwrap()
         })
     });
+    // Raw UDP with the batching quinn itself uses (quinn-udp: GSO on send, GRO on
+    // receive), over the same punched mappings: the fair raw baseline.
+    let (ga, gv) = rt
+        .block_on(trial(&bed, 0, 2, [3; 32], [4; 32], "raw-gso"))
+        .0
+        .expect("punch for the raw GSO case");
+    let (ga, gv) = (Arc::new(ga), Arc::new(gv));
+    let secs6 = secs;
+    let gso_segs = Rc::new(std::cell::Cell::new(0usize));
+    let gso_segs2 = gso_segs.clone();
+    suite.case(
+        "direct-raw-udp-gso",
+        "MB_per_s",
+        Better::Higher,
+        move || {
+            let (rate, segs) = raw_gso(&ga, &gv, secs6);
+            gso_segs2.set(segs);
+            rate
+        },
+    );
     suite.case(
         "direct-raw-udp-sent",
         "MB_per_s",
         Better::Higher,
         move || sent_rate.get(),
     );
+    // The zs-xnat visitor end to end: relay (hosting the hub) in public, agent behind
+    // an easy NAT, visitor behind the other easy NAT. Each round: a connection starts
+    // on the relay, the visitor punches, then `visit_bytes` move over the direct path;
+    // the relay's count of bytes on visitor relay paths during that phase, per GiB.
+    let visit_bytes: usize = if opts.quick { 64 << 20 } else { 256 << 20 };
+    let vx = Rc::new(visitor_bed(&bed));
+    let vrate = Rc::new(std::cell::Cell::new(0.0f64));
+    let vttd = Rc::new(RefCell::new(Vec::<f64>::new()));
+    let (rt5, vx5, vrate5, vttd5) = (rt.clone(), vx.clone(), vrate.clone(), vttd.clone());
+    suite.case(
+        "visitor-relay-bytes-per-gib-after-upgrade",
+        "bytes_per_GiB",
+        Better::Lower,
+        move || {
+            let (relay_share, rate, ttd) = rt5.block_on(visitor_round(&vx5, visit_bytes));
+            vrate5.set(rate);
+            vttd5.borrow_mut().push(ttd);
+            relay_share
+        },
+    );
+    suite.case(
+        "visitor-over-direct",
+        "MB_per_s",
+        Better::Higher,
+        move || vrate.get(),
+    );
+    suite.case(
+        "visitor-time-to-direct",
+        "ms_median",
+        Better::Lower,
+        move || median(&vttd.borrow()),
+    );
+    suite.note(format!(
+        "visitor: zs xnat visit end to end (relay with the hub, agent and visitor behind easy NATs); per round a connection starts on the relay, the visitor punches (visitor-time-to-direct: classification, rendezvous, punch and QUIC handshake), then {} MiB go over the direct path to a sink; visitor-relay-bytes-per-GiB-after-upgrade: what the relay carried on visitor relay paths meanwhile (goal < 1 % = 10,737,418 bytes per GiB); visitor-over-direct: that phase's rate (migrate frames in one QUIC stream; compare with direct-quic)",
+        visit_bytes >> 20
+    ));
     suite.note(
         "punch trials: fresh sockets each, STUN + rendezvous + punching; hard-hard is declined (relay only) by design",
     );
@@ -405,6 +463,16 @@ fn main() {
     );
     suite.run();
     suite.ratio("quic_vs_raw_udp", "direct-quic", "direct-raw-udp");
+    suite.ratio("quic_vs_raw_udp_gso", "direct-quic", "direct-raw-udp-gso");
+    suite.note(format!(
+        "direct-raw-udp-gso: 1,200 B datagrams sent {} per sendmsg with UDP GSO and received with GRO (quinn-udp, the batching quinn uses), no reliability, no encryption, no congestion control, receiver goodput: the fair raw baseline for quic_vs_raw_udp_gso (goal >= 0.8); quic_vs_raw_udp compares with one send_to per datagram, which is syscall-bound",
+        gso_segs.get()
+    ));
+    suite.ratio(
+        "visitor_migrate_vs_direct_quic",
+        "visitor-over-direct",
+        "direct-quic",
+    );
     suite.ratio(
         "visitor_tcp_vs_direct_quic",
         "visitor-tcp-over-quic",
@@ -418,4 +486,235 @@ fn main() {
         ));
     }
     suite.finish();
+}
+
+/// The zs-xnat side of the bench: runtimes in the namespaces, the three roles, a sink.
+struct VisitorBed {
+    _rts: Vec<NsRuntime>,
+    visitor_rt: NsRuntime,
+    relay: zs_xnat::Relay,
+    visitor: zs_xnat::Visitor,
+    visitor_ns: String,
+    _dir: tempfile::TempDir,
+}
+
+fn visitor_bed(bed: &Bed) -> VisitorBed {
+    let (asite, vsite) = (bed.sites[0].clone(), bed.sites[1].clone());
+    let dir = tempfile::tempdir().unwrap();
+    let relay_rt = NsRuntime::new(&bed.public_ns).unwrap();
+    let agent_rt = NsRuntime::new(&asite.ns).unwrap();
+    let visitor_rt = NsRuntime::new(&vsite.ns).unwrap();
+    let relay_addr = SocketAddr::new(PUBLIC_IP.into(), 7100);
+    let rcfg = zs_xnat::Config::parse(
+        &format!(
+            "[server]\nbind_addr = \"{relay_addr}\"\n[server.services.sink]\ntoken = \"bench\"\nbind_addr = \"{PUBLIC_IP}:0\"\n"
+        ),
+        "relay.toml",
+        dir.path(),
+    )
+    .unwrap()
+    .server
+    .unwrap();
+    let stun = SocketAddr::new(PUBLIC_IP.into(), 3478);
+    let relay = relay_rt.handle().block_on_spawned(async move {
+        let r = zs_xnat::Relay::bind(rcfg).await.unwrap();
+        r.enable_direct(&zs_xnat::visit::DirectServerConfig {
+            stun_bind_addr: None,
+            stun_alt_ip: None,
+            stun_addr: stun,
+        })
+        .unwrap();
+        tokio::spawn(r.clone().run());
+        r
+    });
+    let sink = agent_rt.handle().block_on_spawned(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut n = 0u64;
+                    while let Ok(k) = s.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        n += k as u64;
+                    }
+                    let _ = s.write_all(&n.to_be_bytes()).await;
+                });
+            }
+        });
+        a
+    });
+    let fp = relay.fingerprint();
+    let acfg = zs_xnat::Config::parse(
+        &format!(
+            "[client]\nremote_addr = \"{relay_addr}\"\nrelay_fingerprint = \"{fp}\"\n[client.services.sink]\ntoken = \"bench\"\nlocal_addr = \"{sink}\"\n"
+        ),
+        "agent.toml",
+        dir.path(),
+    )
+    .unwrap()
+    .client
+    .unwrap();
+    agent_rt.handle().spawn(zs_xnat::Agent::new(acfg).run());
+    let vcfg = zs_xnat::VisitorConfig::parse(
+        &format!(
+            "[visitor]\nremote_addr = \"{relay_addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"sink\"\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:0\"\ndirect = false\n"
+        ),
+        "visitor.toml",
+    )
+    .unwrap();
+    let visitor = visitor_rt.handle().block_on_spawned(async move {
+        let v = zs_xnat::Visitor::bind(vcfg).await.unwrap();
+        tokio::spawn(v.clone().run());
+        v
+    });
+    let t = Instant::now();
+    while relay.public_addr("sink").is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "agent never registered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    VisitorBed {
+        _rts: vec![relay_rt, agent_rt],
+        visitor_rt,
+        relay,
+        visitor,
+        visitor_ns: vsite.ns,
+        _dir: dir,
+    }
+}
+
+/// Blocks on a future spawned on a runtime's handle (from outside any runtime).
+trait BlockOnSpawned {
+    fn block_on_spawned<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T;
+}
+
+impl BlockOnSpawned for tokio::runtime::Handle {
+    fn block_on_spawned<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().expect("task finished")
+    }
+}
+
+/// One visitor round: (relay bytes per GiB after the upgrade, MB/s over the direct
+/// path, time to direct in ms).
+async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Start without a direct path.
+    let v = vx.visitor.clone();
+    vx.visitor_rt
+        .run(async move {
+            v.drop_direct();
+            v.direct_lost().await;
+        })
+        .await;
+    let to = vx.visitor.local_addr();
+    let s = enter_and_run(&vx.visitor_ns, move || std::net::TcpStream::connect(to))
+        .unwrap()
+        .unwrap();
+    s.set_nonblocking(true).unwrap();
+    let mut s = tokio::net::TcpStream::from_std(s).unwrap();
+    let chunk = vec![0x77u8; 64 * 1024];
+    for _ in 0..16 {
+        s.write_all(&chunk).await.unwrap(); // 1 MiB on the relay
+    }
+    let v = vx.visitor.clone();
+    let t = Instant::now();
+    vx.visitor_rt
+        .run(async move { v.punch().await })
+        .await
+        .expect("visitor punch (easy/easy)");
+    let ttd = t.elapsed().as_secs_f64() * 1000.0;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = vx
+        .relay
+        .visit_stats()
+        .relay_path_bytes
+        .load(Ordering::Relaxed);
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        s.write_all(&chunk).await.unwrap();
+        sent += chunk.len();
+    }
+    s.shutdown().await.unwrap();
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(
+        u64::from_be_bytes(n),
+        (bytes + (1 << 20)) as u64,
+        "sink count"
+    );
+    let after = vx
+        .relay
+        .visit_stats()
+        .relay_path_bytes
+        .load(Ordering::Relaxed);
+    let per_gib = (after - before) as f64 * (1u64 << 30) as f64 / bytes as f64;
+    (per_gib, bytes as f64 / secs / 1e6, ttd)
+}
+
+/// Raw UDP over a punched path with GSO/GRO for `secs`: (receiver MB/s, segments per send).
+fn raw_gso(a: &Punched, v: &Punched, secs: f64) -> (f64, usize) {
+    use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+    let rs = a.socket.try_clone().unwrap();
+    rs.set_nonblocking(false).unwrap();
+    rs.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let state = UdpSocketState::new((&rs).into()).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0u64;
+        let mut first: Option<Instant> = None;
+        let mut last = Instant::now();
+        loop {
+            let mut meta = [RecvMeta::default()];
+            let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+            match state.recv((&rs).into(), &mut bufs, &mut meta) {
+                Ok(k) if k > 0 => {
+                    first.get_or_insert_with(Instant::now);
+                    last = Instant::now();
+                    n += meta[0].len as u64;
+                }
+                _ => break,
+            }
+        }
+        let span = first.map(|f| (last - f).as_secs_f64()).unwrap_or(1.0);
+        n as f64 / span.max(1e-3) / 1e6
+    });
+    let ss = v.socket.try_clone().unwrap();
+    ss.set_nonblocking(false).unwrap();
+    let to = v.peer;
+    let state = UdpSocketState::new((&ss).into()).unwrap();
+    let segs = state.max_gso_segments().clamp(1, 40);
+    let d = vec![0xa5u8; 1200 * segs];
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &d,
+            segment_size: (segs > 1).then_some(1200),
+            src_ip: None,
+        };
+        let _ = state.send((&ss).into(), &t);
+    }
+    (reader.join().unwrap(), segs)
 }

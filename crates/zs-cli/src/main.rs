@@ -17,6 +17,7 @@ mod legacy;
 mod registry;
 mod serve;
 mod services;
+mod visit;
 mod xnat;
 
 /// The zserver command line.

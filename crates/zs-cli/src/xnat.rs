@@ -30,6 +30,13 @@ max_udp_flows (16384, UDP flows over all mappings), max_runtime_mappings (1024, 
 `zs xnat add` may create); [server.services.NAME] idle_timeout \
 (s, 600 for TCP, 60 for a UDP flow), max_connections (4096; UDP: flows, one per public \
 source address).\n\n\
+Visitors (`zs xnat visit`): [visitor] remote_addr (the relay), relay_fingerprint, service, \
+token (proved, never sent), bind_addr (the local port), direct (true: punch a direct UDP/QUIC \
+path in the background; connections start on the relay at once and move to it and back \
+without being closed), direct_retry (s, 30; 300 after a \"relay only\" answer), \
+max_connections (1024). The relay hosts the punch rendezvous with [server.direct] \
+stun_bind_addr + stun_alt_ip (it answers STUN on two addresses) or stun_addr (another RFC \
+5780 server); without [server.direct] visitors work through the relay only.\n\n\
 A public port listens only while at least one agent serves its mapping. The server and \
 agent re-read their config file when it changes (services tables only). \
 Logs go to stderr (RUST_LOG overrides the default `info`)."
@@ -49,6 +56,13 @@ enum Verb {
     },
     /// Run the intranet agent (`[client]` table); it dials out to the relay(s).
     Agent {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a visitor (`[visitor]` table): a local port for one mapping, through
+    /// the relay at once, moved to a punched direct path when one comes up.
+    Visit {
         /// The TOML config file.
         #[arg(long)]
         config: PathBuf,
@@ -230,6 +244,7 @@ pub fn run(a: XnatArgs) -> ExitCode {
     let r = match a.verb {
         Verb::Server { config } => zs_xnat::run_relay_file(&config),
         Verb::Agent { config } => zs_xnat::run_agent_file(&config),
+        Verb::Visit { config } => crate::visit::run(&config),
         Verb::Fingerprint { config } => {
             zs_xnat::relay_fingerprint_file(&config).map(|fp| println!("{fp}"))
         }

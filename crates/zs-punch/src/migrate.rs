@@ -230,6 +230,13 @@ impl Stream {
         (self.next_recv, limit)
     }
 
+    /// An ACK with what this side has received and its window now (does not count as
+    /// the ACK sent on the current path: a keep-alive for a standby path).
+    pub fn ack_frame(&self) -> Frame {
+        let (next, limit) = self.ack_now();
+        Frame::Ack { next, limit }
+    }
+
     /// Bytes received and not yet read.
     pub fn buffered(&self) -> usize {
         self.recv.len()
@@ -349,6 +356,9 @@ pub struct ConnConfig {
     pub max_unacked: usize,
     /// How long the connection may have no path before it fails.
     pub pathless_timeout: std::time::Duration,
+    /// A standby path (attached, not current) gets an ACK frame this often, so that
+    /// a relay's idle timeout and NAT mappings keep it open (about 19 bytes each).
+    pub standby_keepalive: std::time::Duration,
 }
 
 impl Default for ConnConfig {
@@ -356,6 +366,7 @@ impl Default for ConnConfig {
         ConnConfig {
             max_unacked: 256 * 1024,
             pathless_timeout: std::time::Duration::from_secs(30),
+            standby_keepalive: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -365,6 +376,8 @@ impl Default for ConnConfig {
 pub struct ConnStats {
     /// Paths used (the first one included).
     pub paths: u32,
+    /// Times the current path failed and a standby path took over.
+    pub fallbacks: u32,
     /// Bytes from the application sent (once each, resends not counted).
     pub app_bytes_out: u64,
     /// Bytes delivered to the application.
@@ -406,9 +419,15 @@ struct Attached {
     frames_out: mpsc::Sender<Frame>,
     tasks: tokio::task::JoinSet<()>,
     id: u32,
+    prio: u8,
 }
 
-fn attach<P: PathIo>(path: P, id: u32, frames_in: mpsc::Sender<(u32, Option<Frame>)>) -> Attached {
+fn attach<P: PathIo>(
+    path: P,
+    id: u32,
+    prio: u8,
+    frames_in: mpsc::Sender<(u32, Option<Frame>)>,
+) -> Attached {
     let (mut r, mut w) = tokio::io::split(path);
     let (tx, mut rx) = mpsc::channel::<Frame>(64);
     let mut tasks = tokio::task::JoinSet::new();
@@ -443,14 +462,37 @@ fn attach<P: PathIo>(path: P, id: u32, frames_in: mpsc::Sender<(u32, Option<Fram
         frames_out: tx,
         tasks,
         id,
+        prio,
+    }
+}
+
+/// The attached paths of one connection: the current one is the live path with the
+/// highest priority (the most recent among equals); the others stand by.
+struct Paths {
+    list: Vec<Attached>,
+    cur: Option<usize>,
+}
+
+impl Paths {
+    fn best(&self) -> Option<usize> {
+        // max_by_key keeps the last maximum: the most recent among equals.
+        self.list
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, a)| a.prio)
+            .map(|(i, _)| i)
+    }
+    fn current(&self) -> Option<&Attached> {
+        self.cur.map(|i| &self.list[i])
     }
 }
 
 /// Carry `app` (the local end: a TCP connection, a duplex) over the paths that arrive
 /// on `paths`: the first one starts the connection; each later one replaces the current
-/// path at once (everything unacknowledged is resent on it); a path that fails leaves
-/// the connection waiting (bounded by `pathless_timeout`) for the next. Ends when both
-/// directions are finished and acknowledged.
+/// path at once (everything unacknowledged is resent on it) and the old one stands by;
+/// when the current path fails, the most recent standby path takes over; with no path
+/// at all the connection waits (bounded by `pathless_timeout`) for the next. Ends when
+/// both directions are finished and acknowledged.
 pub async fn run<A, P>(
     app: A,
     mut paths: mpsc::Receiver<P>,
@@ -460,10 +502,39 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     P: PathIo,
 {
+    let (tx, rx) = mpsc::channel(1);
+    let fwd = tokio::spawn(async move {
+        while let Some(p) = paths.recv().await {
+            if tx.send((p, 0u8)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let r = run_prio(app, rx, cfg).await;
+    fwd.abort();
+    r
+}
+
+/// [`run`] with a priority per path: the current path is the live one with the highest
+/// priority (the most recent among equals), so a direct path (high) stays current when
+/// a relay path (low) arrives after it, and a relay path that arrives first stands by
+/// once the direct one is up.
+pub async fn run_prio<A, P>(
+    app: A,
+    mut paths: mpsc::Receiver<(P, u8)>,
+    cfg: ConnConfig,
+) -> Result<ConnStats, ConnError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    P: PathIo,
+{
     let (mut ar, mut aw) = tokio::io::split(app);
     let mut st = Stream::new(cfg.max_unacked, MAX_DATA * 4);
     let (fin_tx, mut fin_rx) = mpsc::channel::<(u32, Option<Frame>)>(64);
-    let mut cur: Option<Attached> = None;
+    let mut pl = Paths {
+        list: Vec::new(),
+        cur: None,
+    };
     let mut next_id = 0u32;
     let mut stats = ConnStats::default();
     let mut app_eof = false;
@@ -474,10 +545,13 @@ where
     let mut out_pos = 0usize;
     let mut pathless_since = Some(tokio::time::Instant::now());
     let mut paths_open = true;
+    let mut keepalive = tokio::time::interval(cfg.standby_keepalive);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.reset();
     loop {
         // Hand frames to the current path's writer while its queue has room; the rest
         // waits in the stream (no await here: both ends may be full at once).
-        if let Some(c) = &cur {
+        if let Some(c) = pl.current() {
             while st.wants_transmit() {
                 let Ok(permit) = c.frames_out.try_reserve() else {
                     break;
@@ -502,8 +576,9 @@ where
             let _ = aw.shutdown().await;
         }
         if st.is_write_done() && st.is_read_closed() && out.is_empty() && !st.wants_transmit() {
-            // Let the last frames go out before the path is dropped.
-            if let Some(c) = cur.take() {
+            // Let the last frames go out before the paths are dropped.
+            if let Some(i) = pl.cur.take() {
+                let c = pl.list.remove(i);
                 drop(c.frames_out);
                 let mut t = c.tasks;
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
@@ -516,14 +591,12 @@ where
         }
         let room = cfg.max_unacked - st.unacked();
         let can_read_app = !app_eof && room > 0;
-        // Stop taking frames while the application is behind (backpressure to the path).
-        // Flow control (ACK limits) keeps the peer within our buffer: always take frames.
-        let can_take_frames = true;
         let deadline = pathless_since.map(|t| t + cfg.pathless_timeout);
-        let tx = cur.as_ref().map(|c| c.frames_out.clone());
+        let tx = pl.current().map(|c| c.frames_out.clone());
         let wants = tx.is_some() && st.wants_transmit();
         let mut rbuf = [0u8; MAX_DATA];
         let rlen = room.clamp(1, MAX_DATA);
+        let standby = pl.list.len() > 1;
         tokio::select! {
             r = aw.write(&out[out_pos..]), if out_pos < out.len() => {
                 out_pos += r.map_err(ConnError::App)?;
@@ -544,14 +617,31 @@ where
                     p.send(f);
                 }
             }
-            got = fin_rx.recv(), if can_take_frames => {
+            got = fin_rx.recv() => {
                 if let Some((id, f)) = got {
                     match f {
+                        // Frames count from every path: late ones from an old path
+                        // are trimmed, the standby's keep-alives are plain ACKs.
                         Some(f) => st.on_frame(f)?,
                         None => {
-                            if cur.as_ref().is_some_and(|c| c.id == id) {
-                                cur = None;
-                                pathless_since = Some(tokio::time::Instant::now());
+                            let Some(i) = pl.list.iter().position(|a| a.id == id) else {
+                                continue;
+                            };
+                            let was_cur = pl.cur == Some(i);
+                            let cur_id = pl.current().map(|c| c.id);
+                            pl.list.remove(i);
+                            pl.cur = if was_cur {
+                                pl.best()
+                            } else {
+                                cur_id.and_then(|c| pl.list.iter().position(|a| a.id == c))
+                            };
+                            if was_cur {
+                                if pl.cur.is_some() {
+                                    stats.fallbacks += 1;
+                                    st.rewind();
+                                } else {
+                                    pathless_since = Some(tokio::time::Instant::now());
+                                }
                             }
                         }
                     }
@@ -559,14 +649,26 @@ where
             }
             p = paths.recv(), if paths_open => {
                 match p {
-                    Some(p) => {
+                    Some((p, prio)) => {
                         next_id += 1;
                         stats.paths += 1;
-                        cur = Some(attach(p, next_id, fin_tx.clone()));
+                        pl.list.push(attach(p, next_id, prio, fin_tx.clone()));
                         pathless_since = None;
-                        st.rewind();
+                        let best = pl.best();
+                        if best != pl.cur {
+                            pl.cur = best;
+                            st.rewind();
+                        }
                     }
                     None => paths_open = false,
+                }
+            }
+            _ = keepalive.tick(), if standby => {
+                let ack = st.ack_frame();
+                for (i, a) in pl.list.iter().enumerate() {
+                    if Some(i) != pl.cur {
+                        let _ = a.frames_out.try_send(ack.clone());
+                    }
                 }
             }
             _ = async {
@@ -886,6 +988,95 @@ mod tests {
             exchange(&[(200_000, false), (500_000, true), (800_000, false)]).await;
         assert!(got == want, "got {} bytes of {}", got.len(), want.len());
         assert_eq!(stats.paths, 4);
+    }
+
+    /// A path through a proxy task that counts the bytes it carries (both ways).
+    fn counted_path() -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let (a, pa) = tokio::io::duplex(16 * 1024);
+        let (b, pb) = tokio::io::duplex(16 * 1024);
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let n2 = n.clone();
+        let h = tokio::spawn(async move {
+            let (mut ar, mut aw) = tokio::io::split(pa);
+            let (mut br, mut bw) = tokio::io::split(pb);
+            let c1 = n2.clone();
+            let up = async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(k) = ar.read(&mut buf).await {
+                    if k == 0 || bw.write_all(&buf[..k]).await.is_err() {
+                        break;
+                    }
+                    c1.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            };
+            let down = async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(k) = br.read(&mut buf).await {
+                    if k == 0 || aw.write_all(&buf[..k]).await.is_err() {
+                        break;
+                    }
+                    n2.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            };
+            tokio::join!(up, down);
+        });
+        (a, b, h, n)
+    }
+
+    /// A direct path (priority 1) stays current when a relay path (priority 0) arrives
+    /// after it: the relay carries nothing meanwhile. When the direct path dies with
+    /// bytes in flight, the standby relay path takes over at once (no new path needed):
+    /// every byte arrives once, in order.
+    #[tokio::test]
+    async fn priority_keeps_direct_current_and_the_standby_takes_over() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a_app, mut a_user) = tokio::io::duplex(64 * 1024);
+        let (b_app, mut b_user) = tokio::io::duplex(64 * 1024);
+        let (atx, arx) = mpsc::channel(4);
+        let (btx, brx) = mpsc::channel(4);
+        let (d1, d2, direct, _dn) = counted_path();
+        let (r1, r2, _relay, relayed) = counted_path();
+        atx.send((d1, 1u8)).await.unwrap();
+        btx.send((d2, 1u8)).await.unwrap();
+        atx.send((r1, 0u8)).await.unwrap();
+        btx.send((r2, 0u8)).await.unwrap();
+        let cfg = ConnConfig::default();
+        let ta = tokio::spawn(run_prio(a_app, arx, cfg));
+        let tb = tokio::spawn(run_prio(b_app, brx, cfg));
+        let payload = data(600_000, 5);
+        let p = payload.clone();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            b_user.read_to_end(&mut got).await.unwrap();
+            b_user.shutdown().await.unwrap();
+            got
+        });
+        a_user.write_all(&p[..200_000]).await.unwrap();
+        // Wait until the peer acknowledged most of it over the direct path.
+        let t = tokio::time::Instant::now();
+        while _dn.load(std::sync::atomic::Ordering::Relaxed) < 200_000 {
+            assert!(t.elapsed() < std::time::Duration::from_secs(10));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(relayed.load(std::sync::atomic::Ordering::Relaxed), 0);
+        a_user.write_all(&p[200_000..300_000]).await.unwrap();
+        direct.abort();
+        a_user.write_all(&p[300_000..]).await.unwrap();
+        a_user.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        a_user.read_to_end(&mut back).await.unwrap();
+        let got = reader.await.unwrap();
+        assert!(got == payload, "got {} of {}", got.len(), payload.len());
+        let sa = ta.await.unwrap().unwrap();
+        let sb = tb.await.unwrap().unwrap();
+        assert_eq!((sa.fallbacks, sb.fallbacks), (1, 1));
+        assert!(relayed.load(std::sync::atomic::Ordering::Relaxed) >= 300_000);
+        drop((atx, btx));
     }
 
     /// Without a new path the connection gives up after `pathless_timeout`, with an error.

@@ -357,6 +357,93 @@ where
     .map_err(|_| "closure panicked inside the namespace".to_string())?
 }
 
+/// Like [`enter_and_run`], without waiting: the thread runs `f` inside `ns` in the
+/// background (e.g. a current-thread tokio runtime whose tasks then all live there).
+pub fn spawn_in<F>(ns: &str, f: F) -> Result<std::thread::JoinHandle<()>, String>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"));
+        let ok = entered.is_ok();
+        let _ = tx.send(entered);
+        if ok {
+            f();
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())??;
+    Ok(t)
+}
+
+/// A current-thread tokio runtime on a thread inside a namespace: every task spawned on
+/// it (through [`NsRuntime::handle`] or [`NsRuntime::run`]) runs on that thread, so every
+/// socket it opens lives in the namespace. Stopped (tasks dropped) on drop.
+#[derive(Debug)]
+pub struct NsRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsRuntime {
+    /// Starts the runtime inside `ns`.
+    pub fn new(ns: &str) -> Result<NsRuntime, String> {
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let (stx, srx) = tokio::sync::oneshot::channel::<()>();
+        let thread = spawn_in(ns, move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let _ = htx.send(rt.handle().clone());
+            rt.block_on(async {
+                let _ = srx.await;
+            });
+        })?;
+        let handle = hrx
+            .recv()
+            .map_err(|_| "runtime did not start".to_string())?;
+        Ok(NsRuntime {
+            handle,
+            stop: Some(stx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The runtime's handle (spawn tasks that live in the namespace).
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    /// Runs `f` on the runtime and waits for its output (from any async context).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        match self.handle.spawn(f).await {
+            Ok(t) => t,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for c in &mut self.children {

@@ -147,13 +147,37 @@ impl Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(&self.provider, message, cert, dss)
     }
+}
+
+// What both verifiers (server certificate, client certificate) share.
+
+/// QUIC is TLS 1.3 only: a TLS 1.2 signature is refused.
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
+}
+
+/// The TLS 1.3 handshake signature, checked with the provider's algorithms.
+fn verify_tls13(
+    provider: &rustls::crypto::CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+/// Our keys are Ed25519 only.
+fn schemes() -> Vec<SignatureScheme> {
+    vec![SignatureScheme::ED25519]
 }
 
 impl ServerCertVerifier for Pinned {
@@ -174,9 +198,7 @@ impl ServerCertVerifier for Pinned {
         _c: &CertificateDer<'_>,
         _d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        refuse_tls12()
     }
     fn verify_tls13_signature(
         &self,
@@ -187,7 +209,7 @@ impl ServerCertVerifier for Pinned {
         self.tls13(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        schemes()
     }
 }
 
@@ -210,9 +232,7 @@ impl ClientCertVerifier for Pinned {
         _c: &CertificateDer<'_>,
         _d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        refuse_tls12()
     }
     fn verify_tls13_signature(
         &self,
@@ -223,7 +243,7 @@ impl ClientCertVerifier for Pinned {
         self.tls13(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        schemes()
     }
 }
 

@@ -52,6 +52,8 @@ struct Inner {
     /// Mappings that end in an in-process server: name -> backend and the
     /// virtual address its server listens on.
     virtuals: Mutex<HashMap<String, (VirtualBackend, SocketAddr)>>,
+    /// Visitor connections and direct paths (`crate::visit`).
+    visit: crate::visit::AgentVisit,
 }
 
 /// One mapping the agent serves.
@@ -92,6 +94,7 @@ impl Agent {
                 services: Mutex::new(services),
                 changes: watch::channel(0).0,
                 virtuals: Mutex::default(),
+                visit: Default::default(),
             }),
         }
     }
@@ -199,7 +202,11 @@ impl Agent {
         }
     }
 
-    async fn connect(&self, addr: &str) -> io::Result<SecureConn> {
+    pub(crate) fn visit_side(&self) -> &crate::visit::AgentVisit {
+        &self.inner.visit
+    }
+
+    pub(crate) async fn connect(&self, addr: &str) -> io::Result<SecureConn> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -415,6 +422,10 @@ impl Agent {
             }
             Msg::Ping(v) => Some(Msg::Pong(v)),
             Msg::Pong(_) => None,
+            Msg::Visit { body } => {
+                crate::visit::agent_control(self, addr, body);
+                None
+            }
             other => {
                 debug!(
                     kind = other.kind(),
@@ -449,6 +460,9 @@ impl Agent {
         let (peer, udp): (SocketAddr, bool) = match conn.recv().await {
             Ok(Msg::Start { peer }) => (peer, false),
             Ok(Msg::StartUdp { peer }) => (peer, true),
+            Ok(Msg::Visit { body }) => {
+                return crate::visit::agent_data(self, conn, service, &svc.local_addr, body).await
+            }
             Ok(m) => {
                 warn!(relay = %addr, kind = m.kind(), "xnat agent: unexpected message on a data connection");
                 return;

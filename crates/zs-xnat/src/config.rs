@@ -387,6 +387,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             "store_dir",
             "max_udp_flows",
             "max_runtime_mappings",
+            "direct",
         ],
     )?;
     let bind_addr = p.addr(s, "bind_addr", "server.bind_addr")?.ok_or_else(|| {

@@ -45,7 +45,19 @@
 //! | `[*.transport] encryption` | ours: `"session"` (default) or `"none"`: plaintext **data** connections for trusted networks (control session, token proof and tickets stay encrypted; Linux moves the bytes with `splice(2)`); relay and agent must agree; warned at start ([`DataEncryption`], PROTOCOL.md Part 12) |
 //! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); rathole's `tls`/`websocket` are refused with an error |
 //!
+//! | `[server.direct] stun_bind_addr`, `stun_alt_ip`, `stun_addr` | ours: the relay hosts the punch rendezvous for visitors and answers STUN on two addresses (or names another RFC 5780 server): see [Visitors](#visitors-and-direct-paths) |
+//! | `[visitor] remote_addr`, `relay_fingerprint`, `service`, `token`, `bind_addr` | ours (`zs xnat visit`): a local port for one mapping; `direct` (true), `direct_retry` (30 s), `max_connections` (1024) |
+//!
 //! Errors name the file, the key and what is expected ([`config::ConfigError`]).
+//!
+//! ## Visitors and direct paths
+//!
+//! `zs xnat visit --config visitor.toml` ([`Visitor`], [`visit`]) opens a local port
+//! for one mapping: each connection goes through the relay at once, and when the
+//! visitor and an agent punch a direct UDP path (zs-punch; rendezvous and STUN on the
+//! relay, `[server.direct]`), live connections move to QUIC on it without being
+//! closed, and back to the relay when it dies. When only the relay works (both NATs
+//! pick random ports, UDP blocked), the log says why and connections stay relayed.
 //!
 //! ## UDP mappings
 //!
@@ -157,6 +169,7 @@ pub mod stats;
 pub mod store;
 mod udp;
 pub mod virt;
+pub mod visit;
 
 #[cfg(test)]
 mod itest;
@@ -167,6 +180,7 @@ pub use config::{Config, ConfigError, DataEncryption};
 pub use node::Node;
 pub use relay::Relay;
 pub use virt::VirtualBackend;
+pub use visit::{Visitor, VisitorConfig};
 
 /// Runs the relay of config file `path` on a new tokio runtime until the
 /// process ends (the `zs xnat server` verb). Prints the fingerprint agents pin.
@@ -185,6 +199,10 @@ pub fn run_relay_file(path: &std::path::Path) -> Result<(), String> {
             relay.local_addr(),
             relay.fingerprint()
         );
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        if let Some(d) = visit::parse_direct(&text, &path.display().to_string()).map_err(|e| e.to_string())? {
+            relay.enable_direct(&d).map_err(|e| format!("[server.direct]: {e}"))?;
+        }
         let watched = relay.clone();
         let first = server.clone();
         tokio::spawn(watch_file(path.to_path_buf(), move |cfg| {

@@ -163,6 +163,12 @@ pub enum Msg {
         /// What was done, or why not.
         message: String,
     },
+    /// Visitors and direct paths: the body is a `crate::visit::VisitMsg`
+    /// (PROTOCOL.md Part 14).
+    Visit {
+        /// The visitor message's bytes.
+        body: Vec<u8>,
+    },
 }
 
 /// A mapping as the command API carries it.
@@ -207,6 +213,7 @@ impl Msg {
             Msg::AdminStats => 0x25,
             Msg::AdminItem { .. } => 0x26,
             Msg::AdminResult { .. } => 0x27,
+            Msg::Visit { .. } => 0x30,
         }
     }
 
@@ -265,6 +272,7 @@ impl Msg {
                 out.push(*ok as u8);
                 put_str(out, message);
             }
+            Msg::Visit { body } => out.extend_from_slice(body),
         }
         let len = (out.len() - start - 5) as u32;
         out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
@@ -329,6 +337,9 @@ impl Msg {
             0x27 => Msg::AdminResult {
                 ok: r.flag()?,
                 message: r.str()?,
+            },
+            0x30 => Msg::Visit {
+                body: r.take(r.0.len())?.to_vec(),
             },
             k => return Err(ProtoError::UnknownKind(k)),
         };

@@ -123,6 +123,8 @@ struct Inner {
     admin_slots: Arc<Semaphore>,
     /// One command-API change at a time (check, store, apply).
     admin_lock: tokio::sync::Mutex<()>,
+    /// Visitors and direct paths (`crate::visit`).
+    visit: crate::visit::RelayVisit,
 }
 
 #[derive(Default)]
@@ -224,6 +226,7 @@ impl Relay {
                 store,
                 admin_slots: Arc::new(Semaphore::new(ADMIN_SESSIONS)),
                 admin_lock: tokio::sync::Mutex::new(()),
+                visit: Default::default(),
                 cfg,
             }),
         })
@@ -509,6 +512,7 @@ impl Relay {
                 drop(slot);
             }
             Msg::DataHello { ticket } => self.data_conn(conn, peer, ticket),
+            Msg::Visit { body } => crate::visit::relay_conn(&self, conn, peer, body).await,
             Msg::AdminHello { version } => {
                 let Ok(_slot) = self.inner.admin_slots.clone().try_acquire_owned() else {
                     let n = inc(&self.inner.stats.admin_refused);
@@ -993,6 +997,34 @@ impl Relay {
                 debug!(%service, %peer, error = %e, "xnat relay: public connection ended with an error");
             }
         }
+    }
+}
+
+/// What `crate::visit` needs of the relay.
+impl Relay {
+    pub(crate) fn visit_side(&self) -> &crate::visit::RelayVisit {
+        &self.inner.visit
+    }
+
+    /// A mapping's settings and counters.
+    pub(crate) fn mapping(&self, service: &str) -> Option<(ServerService, Arc<MappingStats>)> {
+        let st = self.inner.state.lock().expect("relay state");
+        st.services
+            .get(service)
+            .map(|s| (s.conf.clone(), s.stats.clone()))
+    }
+
+    /// Sends `m` on the control session of the least-loaded agent of `service`.
+    pub(crate) fn notify_agent(&self, service: &str, m: Msg) -> bool {
+        let st = self.inner.state.lock().expect("relay state");
+        st.services
+            .get(service)
+            .and_then(|s| {
+                s.agents
+                    .iter()
+                    .min_by_key(|a| a.active.load(Ordering::Relaxed))
+            })
+            .is_some_and(|a| a.tx.try_send(m).is_ok())
     }
 }
 

@@ -1,0 +1,1766 @@
+//! Visitors and direct paths (`zs xnat visit`): a local port whose connections reach
+//! an agent's service through the relay at once, and move to a punched QUIC path
+//! (zs-punch) when one comes up, without being closed; back to the relay when it dies.
+//!
+//! ## Shape
+//! - Every visitor connection is a [`zs_punch::migrate`] stream between the visitor and
+//!   the agent, identified by a random 128-bit id. Its paths: a **relay path** (a
+//!   secure connection to the relay, bridged there to one of the agent's pooled data
+//!   connections) and, while a direct path exists, a **QUIC stream** on the punched
+//!   socket. The direct path has the higher priority; the relay path stands by
+//!   (an ACK every 20 s keeps it open) and takes over at once when the direct one dies.
+//! - A connection accepted while no direct path exists opens its relay path at once
+//!   (no wait). One accepted while the direct path is up starts on QUIC; if the direct
+//!   path dies, it gets a relay path then.
+//! - In the background the visitor asks the relay to punch (`Punch`): the relay tells
+//!   one agent of the mapping over its control session (`PunchRequest` with a
+//!   single-use ticket), both meet at the relay's [`zs_punch::rendezvous::Hub`] inside
+//!   their secure sessions, classify their NATs against the relay's STUN server,
+//!   punch, and the visitor connects QUIC with both keys pinned (fingerprints
+//!   exchanged through the hub). A failed attempt is retried after `direct_retry`
+//!   (a "relay only" answer after ten times that).
+//! - The relay learns nothing new: it checks the visitor's token proof (HMAC over the
+//!   session's channel binding, never the token) exactly as it checks agents'.
+//!
+//! Wire: every message rides inside the relay's secure session as [`Msg::Visit`]
+//! (kind `0x30`), whose body is a [`VisitMsg`] (`docs/PROTOCOL.md`, Part 14).
+//!
+//! ## Limits
+//! - A connection moves to the direct path only if the agent that holds it is the one
+//!   that punched: with several agents on one mapping, connections the relay gave to
+//!   another agent stay relayed (the agent refuses the unknown id and the visitor keeps
+//!   the relay path). One punch per mapping at a time (the hub pairs by mapping).
+//! - A direct path that dies is noticed by QUIC's idle timeout (3 s by default):
+//!   bytes stall that long, then continue on the relay, none lost.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use zs_crypto::session::ClientConfig as CryptoClient;
+use zs_crypto::Fingerprint;
+use zs_punch::migrate::{self, ConnConfig};
+use zs_punch::quic::{self, Identity, QuicLimits};
+use zs_punch::rendezvous::{pair_key, Hub, HubConfig, Side as PunchSide};
+
+use crate::config::ConfigError;
+use crate::proto::{Msg, MAX_NAME, PROOF_LEN};
+use crate::relay::Relay;
+use crate::secure::SecureConn;
+use crate::stats::inc;
+
+/// Length of a connection id.
+pub const CONN_ID_LEN: usize = 16;
+/// First bytes of a visitor's QUIC stream: magic, connection id, attach flag.
+pub const STREAM_MAGIC: &[u8; 4] = b"ZSV1";
+/// Priority of a relay path in the migrate driver.
+const PRIO_RELAY: u8 = 0;
+/// Priority of a direct (QUIC) path.
+const PRIO_DIRECT: u8 = 1;
+/// How long a ticket for the agent's rendezvous connection stays valid.
+const TICKET_TTL: Duration = Duration::from_secs(10);
+/// Tickets outstanding at once on a relay.
+const MAX_TICKETS: usize = 1024;
+/// Punch attempts an agent runs at once.
+const AGENT_PUNCHES: usize = 2;
+/// Live QUIC (direct) sessions an agent keeps at once.
+const AGENT_DIRECT: usize = 64;
+/// How long an agent waits for a connection id it does not know yet (a QUIC stream
+/// that overtook the relay path that opens the connection).
+const ATTACH_WAIT: Duration = Duration::from_secs(2);
+/// Timeout of each step of a visitor's relay session.
+const STEP: Duration = Duration::from_secs(5);
+
+/// What a visitor connection to the relay is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A relay path that opens a new connection at the agent.
+    Open,
+    /// A relay path for a connection the agent already holds.
+    Attach,
+    /// A rendezvous (punch) session.
+    Punch,
+}
+
+impl Purpose {
+    fn code(self) -> u8 {
+        match self {
+            Purpose::Open => 1,
+            Purpose::Attach => 2,
+            Purpose::Punch => 3,
+        }
+    }
+    fn from_code(c: u8) -> Option<Purpose> {
+        Some(match c {
+            1 => Purpose::Open,
+            2 => Purpose::Attach,
+            3 => Purpose::Punch,
+            _ => return None,
+        })
+    }
+}
+
+/// The visitor sub-protocol (the body of [`Msg::Visit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VisitMsg {
+    /// visitor → relay, first message: what for, which mapping, the token proof.
+    Hello {
+        /// What for.
+        purpose: Purpose,
+        /// The mapping.
+        service: String,
+        /// The connection (zero for `Punch`).
+        conn: [u8; CONN_ID_LEN],
+        /// [`visit_proof`].
+        proof: [u8; PROOF_LEN],
+    },
+    /// relay → visitor: accepted; `stun` is the STUN server peers classify against
+    /// (punch only; unspecified otherwise).
+    Ok {
+        /// The STUN server (RFC 5780).
+        stun: SocketAddr,
+    },
+    /// relay → visitor: refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// relay → agent on a pooled data connection: migrate frames of visitor
+    /// connection `conn` follow.
+    Start {
+        /// The connection.
+        conn: [u8; CONN_ID_LEN],
+        /// Whether the agent already holds it (else it opens the service).
+        attach: bool,
+        /// The visitor's address as the relay sees it.
+        peer: SocketAddr,
+    },
+    /// relay → agent on the control session: a visitor wants to punch.
+    PunchRequest {
+        /// The mapping.
+        service: String,
+        /// Single-use ticket for [`VisitMsg::Join`].
+        ticket: [u8; 16],
+        /// The STUN server.
+        stun: SocketAddr,
+    },
+    /// agent → relay, first message of its rendezvous connection.
+    Join {
+        /// From [`VisitMsg::PunchRequest`].
+        ticket: [u8; 16],
+    },
+}
+
+/// A malformed visitor message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad visitor message: {0}")]
+pub struct VisitError(pub &'static str);
+
+fn put_str(o: &mut Vec<u8>, s: &str) {
+    let mut n = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    o.extend_from_slice(&(n as u16).to_le_bytes());
+    o.extend_from_slice(&s.as_bytes()[..n]);
+}
+
+fn put_addr(o: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            o.push(4);
+            o.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            o.push(6);
+            o.extend_from_slice(&ip.octets());
+        }
+    }
+    o.extend_from_slice(&a.port().to_le_bytes());
+}
+
+struct Rd<'a>(&'a [u8]);
+
+impl Rd<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], VisitError> {
+        if self.0.len() < n {
+            return Err(VisitError("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], VisitError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, VisitError> {
+        Ok(self.arr::<1>()?[0])
+    }
+    fn str(&mut self, max: usize) -> Result<String, VisitError> {
+        let n = u16::from_le_bytes(self.arr()?) as usize;
+        if n > max {
+            return Err(VisitError("string too long"));
+        }
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| VisitError("string is not UTF-8"))
+    }
+    fn name(&mut self) -> Result<String, VisitError> {
+        let s = self.str(MAX_NAME)?;
+        if s.is_empty() {
+            return Err(VisitError("empty service name"));
+        }
+        Ok(s)
+    }
+    fn addr(&mut self) -> Result<SocketAddr, VisitError> {
+        let ip: IpAddr = match self.u8()? {
+            4 => std::net::Ipv4Addr::from(self.arr::<4>()?).into(),
+            6 => std::net::Ipv6Addr::from(self.arr::<16>()?).into(),
+            _ => return Err(VisitError("address family")),
+        };
+        Ok(SocketAddr::new(ip, u16::from_le_bytes(self.arr()?)))
+    }
+}
+
+/// Longest reason in [`VisitMsg::Refused`].
+pub const MAX_REASON: usize = 512;
+
+impl VisitMsg {
+    /// The body bytes (type byte first).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::with_capacity(64);
+        match self {
+            VisitMsg::Hello {
+                purpose,
+                service,
+                conn,
+                proof,
+            } => {
+                o.push(1);
+                o.push(purpose.code());
+                put_str(&mut o, service);
+                o.extend_from_slice(conn);
+                o.extend_from_slice(proof);
+            }
+            VisitMsg::Ok { stun } => {
+                o.push(2);
+                put_addr(&mut o, stun);
+            }
+            VisitMsg::Refused { reason } => {
+                o.push(3);
+                let mut n = reason.len().min(MAX_REASON);
+                while !reason.is_char_boundary(n) {
+                    n -= 1;
+                }
+                put_str(&mut o, &reason[..n]);
+            }
+            VisitMsg::Start { conn, attach, peer } => {
+                o.push(4);
+                o.extend_from_slice(conn);
+                o.push(u8::from(*attach));
+                put_addr(&mut o, peer);
+            }
+            VisitMsg::PunchRequest {
+                service,
+                ticket,
+                stun,
+            } => {
+                o.push(5);
+                put_str(&mut o, service);
+                o.extend_from_slice(ticket);
+                put_addr(&mut o, stun);
+            }
+            VisitMsg::Join { ticket } => {
+                o.push(6);
+                o.extend_from_slice(ticket);
+            }
+        }
+        o
+    }
+
+    /// Decodes a whole body; trailing bytes are an error.
+    pub fn decode(b: &[u8]) -> Result<VisitMsg, VisitError> {
+        let mut r = Rd(b);
+        let m = match r.u8()? {
+            1 => VisitMsg::Hello {
+                purpose: Purpose::from_code(r.u8()?).ok_or(VisitError("purpose"))?,
+                service: r.name()?,
+                conn: r.arr()?,
+                proof: r.arr()?,
+            },
+            2 => VisitMsg::Ok { stun: r.addr()? },
+            3 => VisitMsg::Refused {
+                reason: r.str(MAX_REASON)?,
+            },
+            4 => VisitMsg::Start {
+                conn: r.arr()?,
+                attach: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(VisitError("attach flag")),
+                },
+                peer: r.addr()?,
+            },
+            5 => VisitMsg::PunchRequest {
+                service: r.name()?,
+                ticket: r.arr()?,
+                stun: r.addr()?,
+            },
+            6 => VisitMsg::Join { ticket: r.arr()? },
+            _ => return Err(VisitError("type")),
+        };
+        if !r.0.is_empty() {
+            return Err(VisitError("trailing bytes"));
+        }
+        Ok(m)
+    }
+
+    /// As a control message.
+    pub fn to_msg(&self) -> Msg {
+        Msg::Visit {
+            body: self.encode(),
+        }
+    }
+}
+
+/// The visitor's token proof: HMAC-SHA256 keyed by the service token over
+/// `"zs-xnat visit v1" | channel binding | purpose | conn id | u16 LE name length | name`.
+/// The channel binding is fresh per session (both sides' ephemeral keys), so a proof
+/// cannot be replayed elsewhere and no challenge round trip is needed.
+pub fn visit_proof(
+    token: &str,
+    binding: &[u8; 32],
+    purpose: Purpose,
+    conn: &[u8; CONN_ID_LEN],
+    service: &str,
+) -> [u8; PROOF_LEN] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(b"zs-xnat visit v1");
+    ctx.update(binding);
+    ctx.update(&[purpose.code()]);
+    ctx.update(conn);
+    ctx.update(&(service.len() as u16).to_le_bytes());
+    ctx.update(service.as_bytes());
+    let mut out = [0u8; PROOF_LEN];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// A secure connection as a byte stream (for the hub and the migrate driver): two
+/// tasks move bytes between the session and the returned end. Either side ending
+/// (or failing) ends the stream.
+fn secure_stream(conn: SecureConn) -> DuplexStream {
+    let (mine, theirs) = tokio::io::duplex(128 * 1024);
+    let (mut sr, mut sw, rest) = conn.split();
+    let (mut r, mut w) = tokio::io::split(theirs);
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let ok = rest.is_empty() || w.write_all(&rest).await.is_ok();
+        if ok {
+            while let Ok(true) = sr.read(&mut buf).await {
+                if w.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sw.write(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sw.shutdown().await;
+    });
+    mine
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    let _ = SystemRandom::new().fill(&mut b);
+    b
+}
+
+/// A path of a migrate connection.
+type BoxPath = Box<dyn PathObj>;
+trait PathObj: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PathObj for T {}
+type PathTx = mpsc::Sender<(BoxPath, u8)>;
+
+// ---------------------------------------------------------------------------------
+// Relay side
+
+/// `[server.direct]`: the relay hosts the rendezvous hub and (optionally) answers STUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectServerConfig {
+    /// `stun_bind_addr`: the relay answers STUN here, on the next port, and on
+    /// `stun_alt_ip` with both ports (RFC 5780 needs two addresses).
+    pub stun_bind_addr: Option<SocketAddr>,
+    /// `stun_alt_ip`: the second address of the relay's STUN server.
+    pub stun_alt_ip: Option<IpAddr>,
+    /// `stun_addr`: the STUN server peers classify against (default `stun_bind_addr`;
+    /// any RFC 5780 server, e.g. coturn).
+    pub stun_addr: SocketAddr,
+}
+
+/// Parses `[server.direct]` of `text` (`None` without the table).
+pub fn parse_direct(text: &str, file: &str) -> Result<Option<DirectServerConfig>, ConfigError> {
+    let e = |key: &str, m: String| ConfigError {
+        file: file.to_string(),
+        key: key.to_string(),
+        message: m,
+    };
+    let root: toml::Table = text
+        .parse()
+        .map_err(|x: toml::de::Error| e("", format!("not valid TOML: {}", x.message())))?;
+    let Some(d) = root
+        .get("server")
+        .and_then(|s| s.as_table())
+        .and_then(|s| s.get("direct"))
+    else {
+        return Ok(None);
+    };
+    let Some(d) = d.as_table() else {
+        return Err(e("server.direct", "expected a table".into()));
+    };
+    for k in d.keys() {
+        if !["stun_bind_addr", "stun_alt_ip", "stun_addr"].contains(&k.as_str()) {
+            return Err(e(
+                &format!("server.direct.{k}"),
+                "unknown key; expected one of stun_bind_addr, stun_alt_ip, stun_addr".into(),
+            ));
+        }
+    }
+    let get = |k: &str| -> Result<Option<String>, ConfigError> {
+        match d.get(k) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(e(
+                &format!("server.direct.{k}"),
+                format!("expected a string, got {}", v.type_str()),
+            )),
+        }
+    };
+    let addr = |k: &str| -> Result<Option<SocketAddr>, ConfigError> {
+        get(k)?
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    e(
+                        &format!("server.direct.{k}"),
+                        format!("expected a socket address like \"203.0.113.7:3478\", got {s:?}"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let stun_bind_addr = addr("stun_bind_addr")?;
+    let stun_alt_ip = get("stun_alt_ip")?
+        .map(|s| {
+            s.parse().map_err(|_| {
+                e(
+                    "server.direct.stun_alt_ip",
+                    format!("expected an IP address, got {s:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    if stun_bind_addr.is_some() != stun_alt_ip.is_some() {
+        return Err(e(
+            "server.direct.stun_alt_ip",
+            "stun_bind_addr and stun_alt_ip go together (NAT classification needs two addresses)"
+                .into(),
+        ));
+    }
+    let stun_addr = addr("stun_addr")?.or(stun_bind_addr).ok_or_else(|| {
+        e(
+            "server.direct.stun_addr",
+            "required without stun_bind_addr: an RFC 5780 STUN server peers classify against"
+                .into(),
+        )
+    })?;
+    Ok(Some(DirectServerConfig {
+        stun_bind_addr,
+        stun_alt_ip,
+        stun_addr,
+    }))
+}
+
+/// Relay counters of visitors and direct paths.
+#[derive(Debug, Default)]
+pub struct RelayVisitStats {
+    /// Relay paths of visitor connections bridged.
+    pub relay_paths: AtomicU64,
+    /// Relay paths open now.
+    pub relay_paths_active: AtomicU64,
+    /// Bytes carried on relay paths (both directions, migrate frames).
+    pub relay_path_bytes: AtomicU64,
+    /// Punch sessions handed to the hub (visitor and agent sides).
+    pub rendezvous: AtomicU64,
+    /// Visitor sessions refused (token, unknown mapping, limits, direct off).
+    pub refused: AtomicU64,
+}
+
+struct DirectOn {
+    hub: Arc<Hub>,
+    stun: SocketAddr,
+    _stun_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The relay's visitor state (one per relay).
+#[derive(Default)]
+pub(crate) struct RelayVisit {
+    direct: Mutex<Option<Arc<DirectOn>>>,
+    tickets: Mutex<HashMap<[u8; 16], (String, Instant)>>,
+    pub(crate) stats: RelayVisitStats,
+}
+
+impl Relay {
+    /// Hosts the rendezvous hub (and the STUN server of `cfg`, when it has one) so
+    /// that visitors and agents can punch direct paths. Without this, visitors work
+    /// through the relay only (their punch requests are refused with a reason).
+    /// Needs a tokio runtime.
+    pub fn enable_direct(&self, cfg: &DirectServerConfig) -> io::Result<()> {
+        let stun_task = match (cfg.stun_bind_addr, cfg.stun_alt_ip) {
+            (Some(a), Some(alt)) => {
+                let s = zs_punch::stun::StunServer::bind(
+                    a.ip(),
+                    Some(alt),
+                    (a.port(), a.port().wrapping_add(1)),
+                )?;
+                info!(addrs = ?s.local_addrs(), "xnat relay: answering STUN");
+                Some(s.spawn())
+            }
+            _ => None,
+        };
+        let on = DirectOn {
+            hub: Hub::new(HubConfig::default()),
+            stun: cfg.stun_addr,
+            _stun_task: stun_task,
+        };
+        *self.visit_side().direct.lock().expect("visit") = Some(Arc::new(on));
+        Ok(())
+    }
+
+    /// Counters of visitor connections and rendezvous.
+    pub fn visit_stats(&self) -> &RelayVisitStats {
+        &self.visit_side().stats
+    }
+}
+
+impl Drop for DirectOn {
+    fn drop(&mut self) {
+        if let Some(t) = &self._stun_task {
+            t.abort();
+        }
+    }
+}
+
+/// A relay connection whose first message is [`Msg::Visit`].
+pub(crate) async fn relay_conn(
+    relay: &Relay,
+    mut conn: SecureConn,
+    peer: SocketAddr,
+    body: Vec<u8>,
+) {
+    let vs = relay.visit_side();
+    let refuse = |why: &str| {
+        let n = inc(&vs.stats.refused);
+        warn!(%peer, reason = why, visitors_refused = n, "xnat relay: visitor refused");
+        VisitMsg::Refused { reason: why.into() }.to_msg()
+    };
+    let m = match VisitMsg::decode(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            inc(&relay.stats().protocol_errors);
+            warn!(%peer, error = %e, "xnat relay: bad visitor message");
+            return;
+        }
+    };
+    match m {
+        VisitMsg::Hello {
+            purpose,
+            service,
+            conn: id,
+            proof,
+        } => {
+            let Some((conf, mstats)) = relay.mapping(&service) else {
+                let _ = conn.send(&refuse("unknown service")).await;
+                return;
+            };
+            let want = visit_proof(&conf.token, &conn.channel_binding(), purpose, &id, &service);
+            use subtle::ConstantTimeEq;
+            if !bool::from(want.ct_eq(&proof)) {
+                inc(&relay.stats().auth_failures);
+                let _ = conn.send(&refuse("wrong token")).await;
+                return;
+            }
+            if purpose == Purpose::Punch {
+                let on = vs.direct.lock().expect("visit").clone();
+                let Some(on) = on else {
+                    let _ = conn
+                        .send(&refuse(
+                            "direct paths are off on this relay ([server.direct])",
+                        ))
+                        .await;
+                    return;
+                };
+                let ticket: [u8; 16] = random();
+                let full = {
+                    let mut t = vs.tickets.lock().expect("visit");
+                    let now = Instant::now();
+                    t.retain(|_, (_, exp)| *exp > now);
+                    let full = t.len() >= MAX_TICKETS;
+                    if !full {
+                        t.insert(ticket, (service.clone(), now + TICKET_TTL));
+                    }
+                    full
+                };
+                if full {
+                    let _ = conn.send(&refuse("too many punches in progress")).await;
+                    return;
+                }
+                let req = VisitMsg::PunchRequest {
+                    service: service.clone(),
+                    ticket,
+                    stun: on.stun,
+                };
+                if !relay.notify_agent(&service, req.to_msg()) {
+                    vs.tickets.lock().expect("visit").remove(&ticket);
+                    let _ = conn.send(&refuse("no agent serves the mapping")).await;
+                    return;
+                }
+                if conn
+                    .send(&VisitMsg::Ok { stun: on.stun }.to_msg())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                inc(&vs.stats.rendezvous);
+                if let Err(e) = on.hub.serve_conn(secure_stream(conn)).await {
+                    debug!(%peer, error = %e, "xnat relay: visitor rendezvous ended");
+                }
+                return;
+            }
+            // A relay path: admitted against the mapping's max_connections.
+            let cap = conf.max_connections as u64;
+            if mstats
+                .active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < cap).then_some(n + 1)
+                })
+                .is_err()
+            {
+                let _ = conn
+                    .send(&refuse("the mapping is at max_connections"))
+                    .await;
+                return;
+            }
+            let _active = Dec(&mstats.active);
+            let (mut agent, load) = match relay.data_for(&service).await {
+                Ok(x) => x,
+                Err(why) => {
+                    let _ = conn.send(&refuse(why)).await;
+                    return;
+                }
+            };
+            let start = VisitMsg::Start {
+                conn: id,
+                attach: purpose == Purpose::Attach,
+                peer,
+            };
+            if agent.send(&start.to_msg()).await.is_err() {
+                let _ = conn
+                    .send(&refuse("the agent's data connection failed"))
+                    .await;
+                return;
+            }
+            if conn
+                .send(
+                    &VisitMsg::Ok {
+                        stun: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    }
+                    .to_msg(),
+                )
+                .await
+                .is_err()
+            {
+                return;
+            }
+            inc(&mstats.connections);
+            inc(&vs.stats.relay_paths);
+            inc(&vs.stats.relay_paths_active);
+            let _a = Dec(&vs.stats.relay_paths_active);
+            load.fetch_add(1, Ordering::Relaxed);
+            let r = bridge(
+                conn,
+                agent,
+                conf.idle_timeout,
+                &[&mstats.bytes_up, &vs.stats.relay_path_bytes],
+                &[&mstats.bytes_down, &vs.stats.relay_path_bytes],
+            )
+            .await;
+            load.fetch_sub(1, Ordering::Relaxed);
+            debug!(%service, %peer, result = ?r, "xnat relay: visitor relay path ended");
+        }
+        VisitMsg::Join { ticket } => {
+            let found = vs.tickets.lock().expect("visit").remove(&ticket);
+            let on = vs.direct.lock().expect("visit").clone();
+            match (found, on) {
+                (Some((_, exp)), Some(on)) if exp > Instant::now() => {
+                    inc(&vs.stats.rendezvous);
+                    if let Err(e) = on.hub.serve_conn(secure_stream(conn)).await {
+                        debug!(%peer, error = %e, "xnat relay: agent rendezvous ended");
+                    }
+                }
+                _ => {
+                    let n = inc(&relay.stats().bad_tickets);
+                    warn!(%peer, bad_tickets = n, "xnat relay: rendezvous with an unknown or expired ticket");
+                }
+            }
+        }
+        other => {
+            inc(&relay.stats().protocol_errors);
+            warn!(%peer, msg = ?other, "xnat relay: unexpected visitor message");
+        }
+    }
+}
+
+struct Dec<'a>(&'a AtomicU64);
+
+impl Drop for Dec<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
+/// Bytes both ways between two secure connections (each direction's end is passed
+/// on as a close), until both end, one fails, or nothing moves for `idle`.
+async fn bridge(
+    a: SecureConn,
+    b: SecureConn,
+    idle: Duration,
+    up: &[&AtomicU64],
+    down: &[&AtomicU64],
+) -> io::Result<()> {
+    let (mut ar, mut aw, arest) = a.split();
+    let (mut br, mut bw, brest) = b.split();
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let count = |cs: &[&AtomicU64], n: usize| {
+        for c in cs {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    };
+    let ab = async {
+        if !arest.is_empty() {
+            bw.write(&arest).await?;
+            count(up, arest.len());
+        }
+        let mut buf = Vec::new();
+        while ar.read(&mut buf).await? {
+            bw.write(&buf).await?;
+            count(up, buf.len());
+            touch();
+        }
+        bw.shutdown().await
+    };
+    let ba = async {
+        if !brest.is_empty() {
+            aw.write(&brest).await?;
+            count(down, brest.len());
+        }
+        let mut buf = Vec::new();
+        while br.read(&mut buf).await? {
+            aw.write(&buf).await?;
+            count(down, buf.len());
+            touch();
+        }
+        aw.shutdown().await
+    };
+    let watchdog = async {
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(tick).await;
+            let since = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+            if since >= idle.as_millis() as u64 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(ab, ba) } => r.map(|_| ()),
+        _ = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Agent side
+
+/// Agent counters of visitor connections and direct paths.
+#[derive(Debug, Default)]
+pub struct AgentVisitStats {
+    /// Visitor connections opened to the local service.
+    pub connections: AtomicU64,
+    /// Paths attached to a connection the agent holds (upgrades and fallbacks).
+    pub attached: AtomicU64,
+    /// Paths for a connection id the agent does not hold (refused).
+    pub unknown: AtomicU64,
+    /// Punch attempts (requests from the relay).
+    pub punches: AtomicU64,
+    /// Direct (QUIC) sessions established.
+    pub direct_up: AtomicU64,
+}
+
+/// The agent's visitor state (one per agent).
+pub(crate) struct AgentVisit {
+    conns: Mutex<HashMap<[u8; CONN_ID_LEN], PathTx>>,
+    identity: Option<Arc<Identity>>,
+    punching: Arc<tokio::sync::Semaphore>,
+    direct: Arc<tokio::sync::Semaphore>,
+    pub(crate) stats: AgentVisitStats,
+}
+
+impl Default for AgentVisit {
+    fn default() -> Self {
+        AgentVisit {
+            conns: Mutex::default(),
+            identity: Identity::generate().ok().map(Arc::new),
+            punching: Arc::new(tokio::sync::Semaphore::new(AGENT_PUNCHES)),
+            direct: Arc::new(tokio::sync::Semaphore::new(AGENT_DIRECT)),
+            stats: AgentVisitStats::default(),
+        }
+    }
+}
+
+impl crate::Agent {
+    /// Counters of visitor connections and direct paths.
+    pub fn visit_stats(&self) -> &AgentVisitStats {
+        &self.visit_side().stats
+    }
+}
+
+/// A visitor path reached the agent: attach it to the connection it belongs to, or
+/// (`attach == false`) open the service for a new connection.
+async fn agent_path(
+    agent: &crate::Agent,
+    id: [u8; CONN_ID_LEN],
+    attach: bool,
+    path: BoxPath,
+    prio: u8,
+    local_addr: String,
+) {
+    let vs = agent.visit_side();
+    let deadline = Instant::now() + ATTACH_WAIT;
+    let mut path = Some(path);
+    loop {
+        let tx = vs.conns.lock().expect("visit").get(&id).cloned();
+        if let Some(tx) = tx {
+            inc(&vs.stats.attached);
+            let _ = tx.send((path.take().expect("once"), prio)).await;
+            return;
+        }
+        if !attach {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let n = inc(&vs.stats.unknown);
+            info!(unknown = n, "xnat agent: a visitor path for a connection this agent does not hold (another agent, or it ended)");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let local = match tokio::time::timeout(STEP, TcpStream::connect(&local_addr)).await {
+        Ok(Ok(t)) => t,
+        other => {
+            let n = inc(&agent.stats().local_failures);
+            warn!(local_addr = %local_addr, result = ?other.map(|r| r.map(|_| ())), local_failures = n, "xnat agent: local service unreachable for a visitor");
+            return;
+        }
+    };
+    let _ = local.set_nodelay(true);
+    let (tx, rx) = mpsc::channel(4);
+    {
+        let mut c = vs.conns.lock().expect("visit");
+        if c.contains_key(&id) {
+            return; // a duplicate open
+        }
+        c.insert(id, tx.clone());
+    }
+    inc(&vs.stats.connections);
+    inc(&agent.stats().forwarded);
+    let _ = tx.send((path.take().expect("once"), prio)).await;
+    drop(tx);
+    let r = migrate::run_prio(local, rx, ConnConfig::default()).await;
+    vs.conns.lock().expect("visit").remove(&id);
+    debug!(result = ?r, "xnat agent: visitor connection ended");
+}
+
+/// The agent's hook for a data connection whose `Start` is a visitor's.
+pub(crate) async fn agent_data(
+    agent: &crate::Agent,
+    conn: SecureConn,
+    service: &str,
+    local_addr: &str,
+    body: Vec<u8>,
+) {
+    match VisitMsg::decode(&body) {
+        Ok(VisitMsg::Start {
+            conn: id, attach, ..
+        }) => {
+            let path: BoxPath = Box::new(secure_stream(conn));
+            agent_path(agent, id, attach, path, PRIO_RELAY, local_addr.to_string()).await;
+        }
+        other => {
+            warn!(%service, msg = ?other, "xnat agent: unexpected visitor message on a data connection");
+        }
+    }
+}
+
+/// The agent's hook for a visitor message on its control session.
+pub(crate) fn agent_control(agent: &crate::Agent, relay_addr: &str, body: Vec<u8>) {
+    let Ok(VisitMsg::PunchRequest {
+        service,
+        ticket,
+        stun,
+    }) = VisitMsg::decode(&body)
+    else {
+        warn!(relay = %relay_addr, "xnat agent: unexpected visitor message on the control session");
+        return;
+    };
+    let Some(svc) = agent.services().get(&service).cloned() else {
+        return;
+    };
+    let vs = agent.visit_side();
+    let (Some(id), Ok(permit)) = (vs.identity.clone(), vs.punching.clone().try_acquire_owned())
+    else {
+        info!(%service, "xnat agent: punch request ignored (attempts in progress)");
+        return;
+    };
+    inc(&vs.stats.punches);
+    let agent = agent.clone();
+    let addr = relay_addr.to_string();
+    tokio::spawn(async move {
+        let r = agent_punch(&agent, &addr, &service, &svc, ticket, stun, &id, permit).await;
+        if let Err(e) = r {
+            info!(%service, error = %e, "xnat agent: no direct path");
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn agent_punch(
+    agent: &crate::Agent,
+    relay_addr: &str,
+    service: &str,
+    svc: &crate::config::ClientService,
+    ticket: [u8; 16],
+    stun: SocketAddr,
+    id: &Identity,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let vs = agent.visit_side();
+    let mut conn = agent.connect(relay_addr).await.map_err(|e| e.to_string())?;
+    conn.send(&VisitMsg::Join { ticket }.to_msg())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = secure_stream(conn);
+    let (sock, factory) = punch_socket(stun)?;
+    let a = zs_punch::peer::Attempt {
+        side: PunchSide::Agent,
+        pair_key: pair_key(service, &svc.token),
+        fingerprint: id.fingerprint(),
+        stun,
+        punch: Default::default(),
+        classify: Default::default(),
+    };
+    let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(permit);
+    let punched = res.path.map_err(|e| e.to_string())?;
+    let slot = vs
+        .direct
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| "too many direct sessions".to_string())?;
+    let (ep, qc) = quic::accept(punched.socket, id, res.plan.peer_fingerprint, limits())
+        .await
+        .map_err(|e| e.to_string())?;
+    inc(&vs.stats.direct_up);
+    info!(%service, mode = ?punched.mode, peer = %punched.peer, "xnat agent: direct path up");
+    let local_addr = svc.local_addr.clone();
+    while let Ok((send, mut recv)) = qc.accept_bi().await {
+        let agent = agent.clone();
+        let local_addr = local_addr.clone();
+        tokio::spawn(async move {
+            let mut head = [0u8; 4 + CONN_ID_LEN + 1];
+            let ok = tokio::time::timeout(STEP, recv.read_exact(&mut head))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !ok || &head[..4] != STREAM_MAGIC || head[20] > 1 {
+                let mut send = send;
+                let _ = send.reset(quinn::VarInt::from_u32(1));
+                return;
+            }
+            let mut cid = [0u8; CONN_ID_LEN];
+            cid.copy_from_slice(&head[4..20]);
+            let path: BoxPath = Box::new(tokio::io::join(recv, send));
+            agent_path(&agent, cid, head[20] == 1, path, PRIO_DIRECT, local_addr).await;
+        });
+    }
+    drop((ep, slot));
+    info!(%service, "xnat agent: direct path closed");
+    Ok(())
+}
+
+/// QUIC limits of direct paths: a short idle timeout so that a dead path is left for
+/// the relay within seconds.
+fn limits() -> QuicLimits {
+    QuicLimits {
+        idle_timeout: Duration::from_secs(3),
+        keep_alive: Duration::from_millis(700),
+        ..Default::default()
+    }
+}
+
+type Factory = Arc<zs_punch::punch::SocketFactory>;
+
+/// A UDP socket for punching (on the address that routes towards `stun`) and a
+/// factory of more like it (birthday mode).
+fn punch_socket(stun: SocketAddr) -> Result<(tokio::net::UdpSocket, Factory), String> {
+    let ip = zs_punch::stun::local_ip_towards(stun).unwrap_or_else(|| IpAddr::from([0, 0, 0, 0]));
+    let s = std::net::UdpSocket::bind((ip, 0)).map_err(|e| e.to_string())?;
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let s = tokio::net::UdpSocket::from_std(s).map_err(|e| e.to_string())?;
+    let f: Factory = Arc::new(move |n: usize| {
+        (0..n)
+            .map(|_| std::net::UdpSocket::bind((ip, 0)))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    Ok((s, f))
+}
+
+// ---------------------------------------------------------------------------------
+// Visitor
+
+/// `[visitor]`: a local port for one mapping of a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisitorConfig {
+    /// `remote_addr`: the relay (its agent port).
+    pub remote_addr: String,
+    /// `relay_fingerprint`: the pinned relay key.
+    pub relay_fingerprint: Fingerprint,
+    /// `service`: the mapping's name.
+    pub service: String,
+    /// `token`: the mapping's token (proved, never sent).
+    pub token: String,
+    /// `bind_addr`: the local port.
+    pub bind_addr: SocketAddr,
+    /// `direct`: punch direct paths (default true).
+    pub direct: bool,
+    /// `direct_retry`: seconds between punch attempts after a failure (default 30;
+    /// ten times that after a "relay only" answer).
+    pub direct_retry: Duration,
+    /// `max_connections`: local connections at once (default 1024).
+    pub max_connections: usize,
+}
+
+impl VisitorConfig {
+    /// Reads `[visitor]` of `path`.
+    pub fn load(path: &Path) -> Result<VisitorConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        VisitorConfig::parse(&text, &file)
+    }
+
+    /// Parses `[visitor]` of `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<VisitorConfig, ConfigError> {
+        let e = |key: &str, m: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            message: m,
+        };
+        let root: toml::Table = text
+            .parse()
+            .map_err(|x: toml::de::Error| e("", format!("not valid TOML: {}", x.message())))?;
+        let Some(v) = root.get("visitor").and_then(|v| v.as_table()) else {
+            return Err(e("visitor", "expected a [visitor] table".into()));
+        };
+        const KNOWN: &[&str] = &[
+            "remote_addr",
+            "relay_fingerprint",
+            "service",
+            "token",
+            "bind_addr",
+            "direct",
+            "direct_retry",
+            "max_connections",
+        ];
+        for k in v.keys() {
+            if !KNOWN.contains(&k.as_str()) {
+                return Err(e(
+                    &format!("visitor.{k}"),
+                    format!("unknown key; expected one of {}", KNOWN.join(", ")),
+                ));
+            }
+        }
+        let s = |k: &str, what: &str| -> Result<String, ConfigError> {
+            match v.get(k) {
+                Some(toml::Value::String(x)) if !x.is_empty() => Ok(x.clone()),
+                Some(x) => Err(e(
+                    &format!("visitor.{k}"),
+                    format!("expected {what}, got {x}"),
+                )),
+                None => Err(e(&format!("visitor.{k}"), format!("required: {what}"))),
+            }
+        };
+        let n = |k: &str, default: u64, max: u64| -> Result<u64, ConfigError> {
+            match v.get(k) {
+                None => Ok(default),
+                Some(toml::Value::Integer(i)) if *i >= 1 && (*i as u64) <= max => Ok(*i as u64),
+                Some(x) => Err(e(
+                    &format!("visitor.{k}"),
+                    format!("expected an integer from 1 to {max}, got {x}"),
+                )),
+            }
+        };
+        let fp = s("relay_fingerprint", "the relay's \"sha3-256:<64 hex>\"")?;
+        let relay_fingerprint = fp.parse::<Fingerprint>().map_err(|_| {
+            e(
+                "visitor.relay_fingerprint",
+                format!("expected \"sha3-256:<64 hex>\" (printed by the relay), got {fp:?}"),
+            )
+        })?;
+        let service = s("service", "the mapping's name")?;
+        if service.len() > MAX_NAME {
+            return Err(e(
+                "visitor.service",
+                "expected a service name of 1 to 128 bytes".into(),
+            ));
+        }
+        let bind = s("bind_addr", "a local address like \"127.0.0.1:8080\"")?;
+        let bind_addr = bind.parse().map_err(|_| {
+            e(
+                "visitor.bind_addr",
+                format!("expected a socket address like \"127.0.0.1:8080\", got {bind:?}"),
+            )
+        })?;
+        let direct = match v.get("direct") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(x) => {
+                return Err(e(
+                    "visitor.direct",
+                    format!("expected true or false, got {x}"),
+                ))
+            }
+        };
+        Ok(VisitorConfig {
+            remote_addr: s(
+                "remote_addr",
+                "the relay's address like \"relay.example:2333\"",
+            )?,
+            relay_fingerprint,
+            service,
+            token: s("token", "the mapping's token")?,
+            bind_addr,
+            direct,
+            direct_retry: Duration::from_secs(n("direct_retry", 30, 86_400)?),
+            max_connections: n("max_connections", 1024, 1_000_000)? as usize,
+        })
+    }
+}
+
+/// Visitor counters.
+#[derive(Debug, Default)]
+pub struct VisitorStats {
+    /// Local connections accepted.
+    pub connections: AtomicU64,
+    /// Local connections refused (max_connections).
+    pub refused: AtomicU64,
+    /// Connections started on the direct path.
+    pub started_direct: AtomicU64,
+    /// Connections started on the relay.
+    pub started_relayed: AtomicU64,
+    /// Live connections moved to a new direct path.
+    pub upgraded: AtomicU64,
+    /// Relay paths opened for live connections after the direct path died.
+    pub fell_back: AtomicU64,
+    /// Punch attempts.
+    pub punch_attempts: AtomicU64,
+    /// Direct paths established.
+    pub direct_up: AtomicU64,
+    /// Direct paths lost.
+    pub direct_lost: AtomicU64,
+    /// Relay paths that could not be opened.
+    pub relay_failures: AtomicU64,
+}
+
+struct Live {
+    paths: PathTx,
+    has_relay: bool,
+}
+
+struct VInner {
+    cfg: VisitorConfig,
+    crypto: Arc<CryptoClient>,
+    identity: Identity,
+    listener: Mutex<Option<TcpListener>>,
+    addr: SocketAddr,
+    conns: Mutex<HashMap<[u8; CONN_ID_LEN], Live>>,
+    direct: Mutex<Option<quinn::Connection>>,
+    stats: VisitorStats,
+    slots: Arc<tokio::sync::Semaphore>,
+    lost: tokio::sync::Notify,
+}
+
+/// Why [`Visitor::punch`] found no direct path.
+#[derive(Debug, Clone)]
+pub struct PunchFailed {
+    /// What happened.
+    pub reason: String,
+    /// The rendezvous expects no direct path for this NAT pair (both hard).
+    pub relay_only: bool,
+}
+
+impl std::fmt::Display for PunchFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// A visitor (`zs xnat visit`). Cheap to clone.
+#[derive(Clone)]
+pub struct Visitor {
+    inner: Arc<VInner>,
+}
+
+impl Visitor {
+    /// Binds the local port of `cfg`.
+    pub async fn bind(cfg: VisitorConfig) -> io::Result<Visitor> {
+        let listener = TcpListener::bind(cfg.bind_addr).await?;
+        let addr = listener.local_addr()?;
+        let identity = Identity::generate().map_err(io::Error::other)?;
+        Ok(Visitor {
+            inner: Arc::new(VInner {
+                crypto: Arc::new(CryptoClient::pinned(cfg.relay_fingerprint)),
+                identity,
+                listener: Mutex::new(Some(listener)),
+                addr,
+                conns: Mutex::default(),
+                direct: Mutex::default(),
+                stats: VisitorStats::default(),
+                slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+                lost: tokio::sync::Notify::new(),
+                cfg,
+            }),
+        })
+    }
+
+    /// The local port.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &VisitorStats {
+        &self.inner.stats
+    }
+
+    /// Whether a direct path is up now.
+    pub fn is_direct(&self) -> bool {
+        self.inner
+            .direct
+            .lock()
+            .expect("visitor")
+            .as_ref()
+            .is_some_and(|c| c.close_reason().is_none())
+    }
+
+    /// Closes the direct path now (as if it died): live connections continue on
+    /// the relay. For tests and operators; punching resumes after `direct_retry`.
+    pub fn drop_direct(&self) {
+        if let Some(c) = self.inner.direct.lock().expect("visitor").take() {
+            c.close(0u32.into(), b"dropped");
+        }
+    }
+
+    /// Serves the local port (and punches in the background) until dropped.
+    pub async fn run(self) -> io::Result<()> {
+        let listener = self
+            .inner
+            .listener
+            .lock()
+            .expect("visitor")
+            .take()
+            .ok_or_else(|| io::Error::other("visitor already running"))?;
+        let mut tasks = tokio::task::JoinSet::new();
+        if self.inner.cfg.direct {
+            tasks.spawn(self.clone().direct_loop());
+        }
+        info!(addr = %self.inner.addr, relay = %self.inner.cfg.remote_addr, service = %self.inner.cfg.service, "xnat visitor: listening");
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "xnat visitor: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = self.inner.slots.clone().try_acquire_owned() else {
+                let n = inc(&self.inner.stats.refused);
+                warn!(%peer, refused = n, max_connections = self.inner.cfg.max_connections, "xnat visitor: local connection refused (max_connections)");
+                continue;
+            };
+            inc(&self.inner.stats.connections);
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.conn(tcp).await;
+                drop(slot);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+    }
+
+    async fn conn(&self, tcp: TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        let id: [u8; CONN_ID_LEN] = random();
+        let (tx, rx) = mpsc::channel(4);
+        let direct = self.inner.direct.lock().expect("visitor").clone();
+        let mut on_direct = false;
+        if let Some(qc) = direct {
+            if let Ok(p) = open_stream(&qc, &id, false).await {
+                let _ = tx.send((p, PRIO_DIRECT)).await;
+                on_direct = true;
+                inc(&self.inner.stats.started_direct);
+            }
+        }
+        self.inner.conns.lock().expect("visitor").insert(
+            id,
+            Live {
+                paths: tx.clone(),
+                has_relay: !on_direct,
+            },
+        );
+        if !on_direct {
+            inc(&self.inner.stats.started_relayed);
+            let me = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move { me.relay_path(id, Purpose::Open, tx).await });
+        }
+        drop(tx);
+        let r = migrate::run_prio(tcp, rx, ConnConfig::default()).await;
+        self.inner.conns.lock().expect("visitor").remove(&id);
+        debug!(result = ?r, "xnat visitor: connection ended");
+    }
+
+    /// Opens a relay path for connection `id` and hands it to its driver.
+    async fn relay_path(&self, id: [u8; CONN_ID_LEN], purpose: Purpose, tx: PathTx) {
+        match self.session(purpose, id).await {
+            Ok((conn, _)) => {
+                let _ = tx.send((Box::new(secure_stream(conn)), PRIO_RELAY)).await;
+            }
+            Err(e) => {
+                let n = inc(&self.inner.stats.relay_failures);
+                warn!(error = %e, relay_failures = n, "xnat visitor: no relay path");
+            }
+        }
+    }
+
+    /// A secure session to the relay that passed `Hello` (returns the `Ok`'s STUN).
+    async fn session(
+        &self,
+        purpose: Purpose,
+        id: [u8; CONN_ID_LEN],
+    ) -> io::Result<(SecureConn, SocketAddr)> {
+        let c = &self.inner.cfg;
+        let tcp = tokio::time::timeout(STEP, TcpStream::connect(&c.remote_addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let mut conn = SecureConn::connect(tcp, self.inner.crypto.clone(), STEP).await?;
+        let proof = visit_proof(&c.token, &conn.channel_binding(), purpose, &id, &c.service);
+        let hello = VisitMsg::Hello {
+            purpose,
+            service: c.service.clone(),
+            conn: id,
+            proof,
+        };
+        conn.send(&hello.to_msg()).await?;
+        let m = tokio::time::timeout(STEP, conn.recv())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the relay"))??;
+        let Msg::Visit { body } = m else {
+            return Err(io::Error::other("unexpected answer from the relay"));
+        };
+        match VisitMsg::decode(&body).map_err(io::Error::other)? {
+            VisitMsg::Ok { stun } => Ok((conn, stun)),
+            VisitMsg::Refused { reason } => {
+                Err(io::Error::other(format!("the relay refused: {reason}")))
+            }
+            _ => Err(io::Error::other("unexpected answer from the relay")),
+        }
+    }
+
+    /// Punches, moves live connections to the direct path, waits for it to die
+    /// (they continue on the relay); again after `direct_retry`.
+    async fn direct_loop(self) {
+        let retry = self.inner.cfg.direct_retry;
+        loop {
+            let wait = match self.punch().await {
+                Ok(()) => {
+                    self.direct_lost().await;
+                    Duration::from_millis(500)
+                }
+                Err(e) => {
+                    info!(error = %e.reason, retry_in_s = retry.as_secs(), "xnat visitor: no direct path; connections go through the relay");
+                    if e.relay_only {
+                        retry * 10
+                    } else {
+                        retry
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Resolves once no direct path is up.
+    pub async fn direct_lost(&self) {
+        let qc = self.inner.direct.lock().expect("visitor").clone();
+        if let Some(qc) = qc {
+            qc.closed().await;
+        }
+        // The watcher of `punch` clears the slot and moves connections back.
+        while self.inner.direct.lock().expect("visitor").is_some() {
+            self.inner.lost.notified().await;
+        }
+    }
+
+    /// One punch attempt now (with `direct = true`, [`Visitor::run`] does this in the
+    /// background): on success live connections move to the direct path, new ones
+    /// start on it, and when it dies they continue on the relay.
+    pub async fn punch(&self) -> Result<(), PunchFailed> {
+        let qc = self
+            .punch_once()
+            .await
+            .map_err(|(reason, relay_only)| PunchFailed { reason, relay_only })?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let reason = qc.closed().await;
+            {
+                let mut d = me.inner.direct.lock().expect("visitor");
+                if d.as_ref().is_some_and(|c| c.stable_id() == qc.stable_id()) {
+                    d.take();
+                }
+            }
+            let n = inc(&me.inner.stats.direct_lost);
+            warn!(%reason, direct_lost = n, "xnat visitor: direct path lost; connections continue on the relay");
+            me.fall_back().await;
+            me.inner.lost.notify_waiters();
+        });
+        Ok(())
+    }
+
+    async fn punch_once(&self) -> Result<quinn::Connection, (String, bool)> {
+        inc(&self.inner.stats.punch_attempts);
+        let c = &self.inner.cfg;
+        let (conn, stun) = self
+            .session(Purpose::Punch, [0; CONN_ID_LEN])
+            .await
+            .map_err(|e| (e.to_string(), false))?;
+        let mut stream = secure_stream(conn);
+        let (sock, factory) = punch_socket(stun).map_err(|e| (e, false))?;
+        let a = zs_punch::peer::Attempt {
+            side: PunchSide::Visitor,
+            pair_key: pair_key(&c.service, &c.token),
+            fingerprint: self.inner.identity.fingerprint(),
+            stun,
+            punch: Default::default(),
+            classify: Default::default(),
+        };
+        let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory)
+            .await
+            .map_err(|e| (e.to_string(), false))?;
+        let punched = match res.path {
+            Ok(p) => p,
+            Err(e) => {
+                let relay_only = matches!(e, zs_punch::punch::PunchError::RelayOnly);
+                return Err((e.to_string(), relay_only));
+            }
+        };
+        let (ep, qc) = quic::connect(
+            punched.socket,
+            punched.peer,
+            &self.inner.identity,
+            res.plan.peer_fingerprint,
+            limits(),
+        )
+        .await
+        .map_err(|e| (e.to_string(), false))?;
+        // The endpoint lives as long as the connection.
+        let qc2 = qc.clone();
+        tokio::spawn(async move {
+            qc2.closed().await;
+            drop(ep);
+        });
+        let n = inc(&self.inner.stats.direct_up);
+        info!(mode = ?punched.mode, peer = %punched.peer, direct_up = n, "xnat visitor: direct path up");
+        *self.inner.direct.lock().expect("visitor") = Some(qc.clone());
+        // Move the live connections.
+        let live: Vec<_> = self
+            .inner
+            .conns
+            .lock()
+            .expect("visitor")
+            .iter()
+            .map(|(k, v)| (*k, v.paths.clone()))
+            .collect();
+        for (id, tx) in live {
+            if let Ok(p) = open_stream(&qc, &id, true).await {
+                if tx.send((p, PRIO_DIRECT)).await.is_ok() {
+                    inc(&self.inner.stats.upgraded);
+                }
+            }
+        }
+        Ok(qc)
+    }
+
+    /// The direct path died: connections without a relay path get one.
+    async fn fall_back(&self) {
+        let need: Vec<_> = {
+            let mut c = self.inner.conns.lock().expect("visitor");
+            c.iter_mut()
+                .filter(|(_, v)| !v.has_relay)
+                .map(|(k, v)| {
+                    v.has_relay = true;
+                    (*k, v.paths.clone())
+                })
+                .collect()
+        };
+        for (id, tx) in need {
+            inc(&self.inner.stats.fell_back);
+            let me = self.clone();
+            tokio::spawn(async move { me.relay_path(id, Purpose::Attach, tx).await });
+        }
+    }
+}
+
+async fn open_stream(
+    qc: &quinn::Connection,
+    id: &[u8; CONN_ID_LEN],
+    attach: bool,
+) -> io::Result<BoxPath> {
+    let (mut send, recv) = qc.open_bi().await.map_err(io::Error::other)?;
+    let mut head = Vec::with_capacity(21);
+    head.extend_from_slice(STREAM_MAGIC);
+    head.extend_from_slice(id);
+    head.push(u8::from(attach));
+    send.write_all(&head).await.map_err(io::Error::other)?;
+    Ok(Box::new(tokio::io::join(recv, send)))
+}
+
+/// Runs the visitor of config file `path` on a new tokio runtime until the process
+/// ends (the `zs xnat visit` verb).
+pub fn run_visitor_file(path: &Path) -> Result<(), String> {
+    let cfg = VisitorConfig::load(path).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let v = Visitor::bind(cfg.clone())
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind_addr))?;
+        println!(
+            "zs xnat visit: {} -> service {:?} through {}{}",
+            v.local_addr(),
+            cfg.service,
+            cfg.remote_addr,
+            if cfg.direct {
+                " (direct paths when they can be punched)"
+            } else {
+                " (relay only)"
+            }
+        );
+        v.run().await.map_err(|e| e.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<VisitMsg> {
+        vec![
+            VisitMsg::Hello {
+                purpose: Purpose::Attach,
+                service: "web".into(),
+                conn: [7; 16],
+                proof: [9; 32],
+            },
+            VisitMsg::Ok {
+                stun: "198.19.0.2:3478".parse().unwrap(),
+            },
+            VisitMsg::Refused {
+                reason: "wrong token".into(),
+            },
+            VisitMsg::Start {
+                conn: [1; 16],
+                attach: true,
+                peer: "[2001:db8::1]:5000".parse().unwrap(),
+            },
+            VisitMsg::PunchRequest {
+                service: "web".into(),
+                ticket: [3; 16],
+                stun: "198.19.0.2:3478".parse().unwrap(),
+            },
+            VisitMsg::Join { ticket: [4; 16] },
+        ]
+    }
+
+    /// Every message round-trips; every truncation and any trailing byte is an error.
+    #[test]
+    fn messages_round_trip_and_reject_damage() {
+        for m in all() {
+            let b = m.encode();
+            assert_eq!(VisitMsg::decode(&b).unwrap(), m);
+            for cut in 0..b.len() {
+                assert!(VisitMsg::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+            let mut long = b.clone();
+            long.push(0);
+            assert!(VisitMsg::decode(&long).is_err());
+            // Through the control framing too.
+            let frame = m.to_msg().to_bytes();
+            let mut d = crate::proto::Decoder::new();
+            d.push(&frame);
+            assert_eq!(d.next_msg().unwrap(), Some(m.to_msg()));
+        }
+        assert!(VisitMsg::decode(&[1, 9]).is_err(), "unknown purpose");
+        assert!(VisitMsg::decode(&[99]).is_err(), "unknown type");
+    }
+
+    /// The documented bytes of docs/PROTOCOL.md (Part 14).
+    #[test]
+    fn documented_bytes() {
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let part = &doc[doc.find("# Part 14: XNat visitors").expect("Part 14")..];
+        let m = VisitMsg::Hello {
+            purpose: Purpose::Open,
+            service: "web".into(),
+            conn: [7; 16],
+            proof: [9; 32],
+        };
+        let hex: String = m
+            .to_msg()
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let fence = "```text visit-hello\n";
+        let block = &part[part.find(fence).expect("block") + fence.len()..];
+        let block = &block[..block.find("```").expect("end")];
+        let doc_hex: String = block
+            .lines()
+            .map(|l| l.split('|').next().unwrap_or(""))
+            .flat_map(|l| l.split_whitespace())
+            .collect();
+        assert_eq!(doc_hex, hex);
+    }
+
+    /// A proof binds the token, the session, the purpose, the connection and the name.
+    #[test]
+    fn proofs_bind_everything() {
+        let p = visit_proof("t", &[1; 32], Purpose::Open, &[2; 16], "web");
+        assert_ne!(
+            p,
+            visit_proof("u", &[1; 32], Purpose::Open, &[2; 16], "web")
+        );
+        assert_ne!(
+            p,
+            visit_proof("t", &[3; 32], Purpose::Open, &[2; 16], "web")
+        );
+        assert_ne!(
+            p,
+            visit_proof("t", &[1; 32], Purpose::Attach, &[2; 16], "web")
+        );
+        assert_ne!(
+            p,
+            visit_proof("t", &[1; 32], Purpose::Open, &[4; 16], "web")
+        );
+        assert_ne!(
+            p,
+            visit_proof("t", &[1; 32], Purpose::Open, &[2; 16], "wex")
+        );
+    }
+
+    /// `[visitor]` parses with defaults; errors name the file and the key.
+    #[test]
+    fn visitor_config_parses_and_names_keys() {
+        let fp = format!("sha3-256:{}", "ab".repeat(32));
+        let ok = format!(
+            "[visitor]\nremote_addr = \"relay:2333\"\nrelay_fingerprint = \"{fp}\"\nservice = \"web\"\ntoken = \"t\"\nbind_addr = \"127.0.0.1:0\"\n"
+        );
+        let c = VisitorConfig::parse(&ok, "v.toml").unwrap();
+        assert!(c.direct);
+        assert_eq!(c.direct_retry, Duration::from_secs(30));
+        assert_eq!(c.max_connections, 1024);
+        let e = VisitorConfig::parse(&ok.replace("service = \"web\"\n", ""), "v.toml").unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("v.toml", "visitor.service")
+        );
+        let e = VisitorConfig::parse(&format!("{ok}bogus = 1\n"), "v.toml").unwrap_err();
+        assert_eq!(e.key, "visitor.bogus");
+        let e = VisitorConfig::parse(&ok.replace("127.0.0.1:0", "nope"), "v.toml").unwrap_err();
+        assert_eq!(e.key, "visitor.bind_addr");
+        let e = VisitorConfig::parse(&format!("{ok}direct = \"yes\"\n"), "v.toml").unwrap_err();
+        assert_eq!(e.key, "visitor.direct");
+    }
+
+    /// `[server.direct]`: STUN on the relay needs both addresses; without it,
+    /// `stun_addr` is required.
+    #[test]
+    fn direct_config_parses() {
+        let base = "[server]\nbind_addr = \"0.0.0.0:2333\"\n";
+        assert_eq!(parse_direct(base, "r.toml").unwrap(), None);
+        let d = parse_direct(
+            &format!("{base}[server.direct]\nstun_bind_addr = \"198.19.0.2:3478\"\nstun_alt_ip = \"198.19.0.3\"\n"),
+            "r.toml",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(d.stun_addr, "198.19.0.2:3478".parse().unwrap());
+        let e = parse_direct(
+            &format!("{base}[server.direct]\nstun_bind_addr = \"198.19.0.2:3478\"\n"),
+            "r.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server.direct.stun_alt_ip");
+        let e = parse_direct(&format!("{base}[server.direct]\n"), "r.toml").unwrap_err();
+        assert_eq!(e.key, "server.direct.stun_addr");
+    }
+}
