@@ -242,7 +242,7 @@ pub(crate) enum Completion {
 }
 
 impl Completion {
-    fn complete(self, r: Result<Reply>) {
+    pub(crate) fn complete(self, r: Result<Reply>) {
         match self {
             Completion::Once(f) => f(r),
             Completion::Sink(s, tag) => s.on_reply(tag, r),

@@ -1658,7 +1658,13 @@ impl Session {
     pub(crate) fn take_waiter(&mut self, id: u64) -> Option<Waiter> {
         match self.waiters.front() {
             Some((i, _)) if *i == id => self.waiters.pop_front().map(|(_, w)| w),
-            _ => None,
+            None => None,
+            // Not reached through the runtime (it takes every waiter as its
+            // event comes); a search keeps a waiter from being stranded.
+            Some(_) => {
+                let at = self.waiters.iter().position(|(i, _)| *i == id)?;
+                self.waiters.remove(at).map(|(_, w)| w)
+            }
         }
     }
 
@@ -2662,6 +2668,100 @@ mod tests {
             }
             assert_eq!(self.replies.len(), self.calls.len());
         }
+    }
+
+    /// The runtime's waiters come back with their own call's outcome, in the
+    /// order of the events: timeouts, answers out of order, a call made
+    /// without a waiter in between, and the calls a lost connection fails.
+    #[test]
+    fn waiters_come_back_with_their_own_calls() {
+        use std::sync::Mutex;
+        let p = provider();
+        let now = Instant::now();
+        let cfg = SessionConfig::default();
+        let mut c = Session::new(p.new_client(now).unwrap(), cfg);
+        let mut s = Session::new(p.new_server(now).unwrap(), cfg);
+        let seen: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+        let waiter = |tag: u64| {
+            let seen = seen.clone();
+            Some(Waiter::Once(Box::new(move |r: Result<Reply>| {
+                let what = match r {
+                    Ok(Reply::Text(t)) => t.as_str().to_owned(),
+                    Ok(Reply::Data(_)) => "data".into(),
+                    Err(e) => format!("{e:?}"),
+                };
+                seen.lock().unwrap().push((tag, what));
+            })))
+        };
+        let console = |t: &str| Call::Console {
+            cmd: Text::from("c"),
+            text: Text::from(t),
+        };
+        let ms = Duration::from_millis;
+        let a = c
+            .call_waiting(console("a"), Some(ms(50)), now, &mut waiter(1))
+            .unwrap();
+        let b = c
+            .call_waiting(console("b"), None, now, &mut waiter(2))
+            .unwrap();
+        let bare = c.call(console("bare"), None, now).unwrap();
+        let d = c
+            .call_waiting(console("d"), None, now, &mut waiter(4))
+            .unwrap();
+        let e = c
+            .call_waiting(console("e"), None, now, &mut waiter(5))
+            .unwrap();
+        // Handshake and requests; the server answers d, bare, b (not a, not e).
+        let mut requests = Vec::new();
+        for _ in 0..6 {
+            let mut out = Vec::new();
+            c.write_output(&mut out);
+            s.handle_input(&out, now).unwrap();
+            while let Some(ev) = s.poll_event() {
+                if let Event::Request(r) = ev {
+                    requests.push(r);
+                }
+            }
+            let mut back = Vec::new();
+            s.write_output(&mut back);
+            c.handle_input(&back, now).unwrap();
+            if requests.len() == 5 {
+                break;
+            }
+        }
+        assert_eq!(requests.len(), 5);
+        for id in [d, bare, b] {
+            let text = requests.iter().find(|r| r.id() == Some(id)).unwrap();
+            let Request::Console { text, .. } = text else {
+                panic!("console")
+            };
+            s.respond(id, Ok(Reply::Text(text.clone())), now).unwrap();
+        }
+        let mut back = Vec::new();
+        s.write_output(&mut back);
+        c.handle_input(&back, now).unwrap();
+        c.handle_timeout(now + ms(60)).unwrap();
+        c.connection_lost("gone");
+        let mut replies = Vec::new();
+        while let Some(ev) = c.poll_event() {
+            if let Event::Reply { id, result } = ev {
+                replies.push(id);
+                if let Some(w) = c.take_waiter(id) {
+                    w.complete(result);
+                }
+            }
+        }
+        assert_eq!(replies, [d, bare, b, a, e]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (4, "d".to_owned()),
+                (2, "b".to_owned()),
+                (1, "TimedOut".to_owned()),
+                (5, "ConnectionLost(\"gone\")".to_owned()),
+            ]
+        );
+        assert!(c.waiters.is_empty());
     }
 
     #[test]
