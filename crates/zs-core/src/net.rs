@@ -232,8 +232,9 @@ pub trait ReplySink: Send + Sync {
     fn on_reply(&self, tag: u64, result: Result<Reply>);
 }
 
-/// What runs when a call's answer comes.
-enum Completion {
+/// What runs when a call's answer comes (kept with the call in the
+/// session's map of pending calls).
+pub(crate) enum Completion {
     /// A closure (boxed per call).
     Once(Box<dyn FnOnce(Result<Reply>) + Send>),
     /// A shared sink and the caller's tag (no allocation).
@@ -241,7 +242,7 @@ enum Completion {
 }
 
 impl Completion {
-    fn complete(self, r: Result<Reply>) {
+    pub(crate) fn complete(self, r: Result<Reply>) {
         match self {
             Completion::Once(f) => f(r),
             Completion::Sink(s, tag) => s.on_reply(tag, r),
@@ -576,7 +577,6 @@ struct LinkState {
     quick: u8,
     backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
-    completions: IdMap<Completion>,
     progress: IdMap<ProgressFn>,
     ready: Vec<Completer<()>>,
     armed: Option<Instant>,
@@ -616,20 +616,19 @@ impl LinkState {
     }
 }
 
-/// What the loop does after releasing the session lock.
+/// What the loop does after releasing the session lock: the session's own
+/// event, as it came (a request goes to its handler in the shape the session
+/// built from the decoded frame), or what the runtime attached to an event
+/// while it held the lock.
 enum Work {
-    Request(Request),
+    /// A session event handled as it is.
+    Event(Event),
+    /// A call completed: its waiter and its outcome.
     Complete(Completion, Result<Reply>),
+    /// The session is ready: these `ready()` futures complete.
     Ready(Vec<Completer<()>>),
-    Signal(Text, u64),
+    /// A BigStream we send progressed.
     Progress(ProgressFn, u64, u64),
-    PeerError(u32, String),
-    Closed,
-    StableReady(u64),
-    StableRefused(String),
-    Resumed(usize),
-    Resume(u64, [u8; 32], u64),
-    BigAborted(u64, Text),
 }
 
 /// One logical session: the session and its current connection.
@@ -664,7 +663,6 @@ impl Link {
                 quick: 0,
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
-                completions: IdMap::default(),
                 progress: IdMap::default(),
                 ready: Vec::new(),
                 armed: None,
@@ -873,38 +871,30 @@ impl Link {
                         works.push(Work::Ready(std::mem::take(&mut st.ready)));
                     }
                 }
-                Event::Request(r) => works.push(Work::Request(r)),
-                Event::BigAborted { id, cmd } => works.push(Work::BigAborted(id, cmd)),
                 Event::Reply { id, result } => {
-                    st.progress.remove(&id);
-                    if let Some(c) = st.completions.remove(&id) {
+                    if !st.progress.is_empty() {
+                        st.progress.remove(&id);
+                    }
+                    if let Some(c) = st.session.take_waiter(id) {
                         works.push(Work::Complete(c, result));
                     }
                 }
-                Event::Signal { name, code } => works.push(Work::Signal(name, code)),
                 Event::Progress { id, acked, total } => {
                     if let Some(p) = st.progress.get(&id) {
                         works.push(Work::Progress(p.clone(), acked, total));
                     }
                 }
-                Event::PeerError { code, message } => works.push(Work::PeerError(code, message)),
-                Event::Closed => works.push(Work::Closed),
                 Event::StableReady { session } => {
-                    works.push(Work::StableReady(session));
+                    works.push(Work::Event(Event::StableReady { session }));
                     if self.shared.client_stable {
                         works.push(Work::Ready(std::mem::take(&mut st.ready)));
                     }
                 }
                 Event::StableRefused { message } => {
                     st.refused = Some(message.clone());
-                    works.push(Work::StableRefused(message));
+                    works.push(Work::Event(Event::StableRefused { message }));
                 }
-                Event::Resumed { resent } => works.push(Work::Resumed(resent)),
-                Event::ResumeRequest {
-                    session,
-                    proof,
-                    delivered,
-                } => works.push(Work::Resume(session, proof, delivered)),
+                ev => works.push(Work::Event(ev)),
             }
         }
     }
@@ -912,14 +902,14 @@ impl Link {
     fn start_call(&self, call: Call, timeout: Option<Duration>, done: Completion) {
         let mut st = lock(&self.st);
         let now = st.now();
-        match st.session.call(call, timeout, now) {
-            Ok(id) => {
-                st.completions.insert(id, done);
-                self.flush_soon(&mut st);
-            }
+        let mut waiter = Some(done);
+        match st.session.call_waiting(call, timeout, now, &mut waiter) {
+            Ok(_) => self.flush_soon(&mut st),
             Err(e) => {
                 drop(st);
-                done.complete(Err(e));
+                if let Some(done) = waiter {
+                    done.complete(Err(e));
+                }
             }
         }
     }
@@ -1139,17 +1129,19 @@ impl ConnHandler {
         let Some((link, peer)) = self.link.clone() else {
             return;
         };
-        if !works
-            .iter()
-            .any(|w| matches!(w, Work::StableReady(_) | Work::Resume(..)))
-        {
+        if !works.iter().any(|w| {
+            matches!(
+                w,
+                Work::Event(Event::StableReady { .. } | Event::ResumeRequest { .. })
+            )
+        }) {
             // The common case: nothing for the connection handler itself.
             return process_works(&self.shared, &link, &peer, works);
         }
         let mut rest = Vec::new();
         for w in std::mem::take(works) {
             match w {
-                Work::StableReady(sid) if self.shared.server => {
+                Work::Event(Event::StableReady { session: sid }) if self.shared.server => {
                     if let Some((_, secret)) = self.offer.filter(|o| o.0 == sid) {
                         lock(&self.shared.stable).insert(
                             sid,
@@ -1168,7 +1160,11 @@ impl ConnHandler {
                         tracing::debug!(session = sid, peer = peer.id(), "StableIO session");
                     }
                 }
-                Work::Resume(sid, proof, delivered) => {
+                Work::Event(Event::ResumeRequest {
+                    session: sid,
+                    proof,
+                    delivered,
+                }) => {
                     // Everything after the request belongs to the resumed session.
                     process_works(&self.shared, &link, &peer, &mut rest);
                     self.resume(conn, sid, proof, delivered);
@@ -1309,16 +1305,18 @@ impl ConnHandler {
 fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: &mut Vec<Work>) {
     for w in works.drain(..) {
         match w {
-            Work::Request(r) => dispatch(shared, link, peer, r),
+            Work::Event(Event::Request(r)) => dispatch(shared, link, peer, r),
             Work::Complete(c, r) => c.complete(r),
             Work::Ready(v) => v.into_iter().for_each(|c| c.complete(Ok(()))),
-            Work::Signal(name, code) => shared.registry.signal_received(peer, &name, code),
+            Work::Event(Event::Signal { name, code }) => {
+                shared.registry.signal_received(peer, &name, code)
+            }
             Work::Progress(f, acked, total) => f(acked, total),
-            Work::PeerError(code, message) => {
+            Work::Event(Event::PeerError { code, message }) => {
                 tracing::warn!(conn = peer.id(), code, %message, "peer reported an error");
                 shared.registry.peer_error(peer, code, &message);
             }
-            Work::Closed => {
+            Work::Event(Event::Closed) => {
                 link.open.store(false, Ordering::Release);
                 let conn = {
                     let mut st = lock(&link.st);
@@ -1329,7 +1327,7 @@ fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: &mu
                     c.close();
                 }
             }
-            Work::StableRefused(message) => {
+            Work::Event(Event::StableRefused { message }) => {
                 tracing::warn!(%message, "the server refused StableIO");
                 let ready = std::mem::take(&mut lock(&link.st).ready);
                 for c in ready {
@@ -1338,12 +1336,12 @@ fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: &mu
                     ))));
                 }
             }
-            Work::Resumed(resent) => {
+            Work::Event(Event::Resumed { resent }) => {
                 tracing::debug!(resent, "StableIO session resumed");
                 link.resumes.fetch_add(1, Ordering::Relaxed);
                 shared.notify(Reconn::Up);
             }
-            Work::BigAborted(id, cmd) => {
+            Work::Event(Event::BigAborted { id, cmd }) => {
                 if shared.options.ordered {
                     // Chunks of the refused transfer still waiting in the
                     // ordered queue must not start it again.
@@ -1353,7 +1351,9 @@ fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: &mu
                 }
                 shared.registry.big_stream_aborted(peer, id, cmd.as_str())
             }
-            Work::StableReady(_) | Work::Resume(..) => {}
+            // Handled by the connection handler (StableReady, ResumeRequest),
+            // or by `drain` with the lock held (Established, Reply, Progress).
+            Work::Event(_) => {}
         }
     }
 }
@@ -2232,21 +2232,26 @@ impl Client {
         // No whole-transfer timeout: a large transfer may take long; a dead peer
         // is detected by keepalive / idle timeout and fails the call.
         let mut st = lock(&self.link.st);
-        match st
-            .session
-            .big_stream(Text::from(cmd), data, resume_from, None, Instant::now())
-        {
+        let mut waiter = Some(Completion::Once(Box::new(move |r| {
+            c.complete(r.and_then(data_reply))
+        })));
+        match st.session.big_stream_waiting(
+            Text::from(cmd),
+            data,
+            resume_from,
+            None,
+            Instant::now(),
+            &mut waiter,
+        ) {
             Ok(id) => {
-                st.completions.insert(
-                    id,
-                    Completion::Once(Box::new(move |r| c.complete(r.and_then(data_reply)))),
-                );
                 st.progress.insert(id, Arc::new(progress));
                 self.link.flush(&mut st);
             }
             Err(e) => {
                 drop(st);
-                c.complete(Err(e));
+                if let Some(w) = waiter {
+                    w.complete(Err(e));
+                }
             }
         }
         f

@@ -291,15 +291,28 @@ impl Drop for Responder {
     }
 }
 
-type Answering = Arc<dyn Fn(&Peer, Payload, Responder) + Send + Sync>;
-type OneWay = Arc<dyn Fn(&Peer, Payload) + Send + Sync>;
+/// The internal handler wrappers get the [`Request`] the session built from
+/// the decoded frame, moved (no other shape of it exists on the way) and
+/// take its payload out.
+type Answering = Arc<dyn Fn(&Peer, Request, Responder) + Send + Sync>;
+type OneWay = Arc<dyn Fn(&Peer, Request) + Send + Sync>;
 
-/// A request's payload as handed to the internal handler wrappers.
-enum Payload {
-    Text(Text),
-    Data(DataFrame),
-    Bytes(Bytes),
-    Frames(Vec<DataFrame>),
+/// The text of a console request or message.
+#[inline(always)]
+fn text_of(req: Request) -> Option<Text> {
+    match req {
+        Request::Console { text, .. } | Request::DirectConsole { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
+/// The values of a stream request or message.
+#[inline(always)]
+fn data_of(req: Request) -> Option<DataFrame> {
+    match req {
+        Request::Stream { data, .. } | Request::DirectStream { data, .. } => Some(data),
+        _ => None,
+    }
 }
 
 type Chunks = Arc<
@@ -614,7 +627,7 @@ impl Registry {
 
     fn answering<F>(&mut self, kind: usize, name: &str, hpc: bool, f: F) -> &mut Registry
     where
-        F: Fn(&Peer, Payload, Responder) + Send + Sync + 'static,
+        F: Fn(&Peer, Request, Responder) + Send + Sync + 'static,
     {
         self.insert(kind, name, Run::Answering(Arc::new(f)), hpc)
     }
@@ -625,7 +638,7 @@ impl Registry {
         F: Fn(&Peer, &str) -> std::result::Result<String, HandlerError> + Send + Sync + 'static,
     {
         self.answering(CONSOLE, name, false, move |p, pl, r| {
-            if let Payload::Text(t) = pl {
+            if let Some(t) = text_of(pl) {
                 let _ = r.reply(f(p, t.as_str()).map(|s| Reply::Text(Text::from(s))));
             }
         })
@@ -649,7 +662,7 @@ impl Registry {
         F: Fn(&Peer, Text, Responder) + Send + Sync + 'static,
     {
         self.answering(CONSOLE, name, false, move |p, pl, r| {
-            if let Payload::Text(t) = pl {
+            if let Some(t) = text_of(pl) {
                 f(p, t, r)
             }
         })
@@ -667,7 +680,7 @@ impl Registry {
             + 'static,
     {
         self.answering(CONSOLE, name, true, move |p, pl, r| {
-            if let Payload::Text(t) = pl {
+            if let Some(t) = text_of(pl) {
                 let fut = f(p.clone(), t.as_str().to_owned());
                 crate::pool::spawn_on_current(async move {
                     let _ = r.reply(fut.await.map(|s| Reply::Text(Text::from(s))));
@@ -685,7 +698,7 @@ impl Registry {
             + 'static,
     {
         self.answering(STREAM, name, true, move |p, pl, r| {
-            if let Payload::Data(d) = pl {
+            if let Some(d) = data_of(pl) {
                 let fut = f(p.clone(), d);
                 crate::pool::spawn_on_current(async move {
                     let _ = r.reply(fut.await.map(Reply::Data));
@@ -703,7 +716,7 @@ impl Registry {
             + 'static,
     {
         self.answering(STREAM, name, false, move |p, pl, r| {
-            if let Payload::Data(d) = pl {
+            if let Some(d) = data_of(pl) {
                 let _ = r.reply(f(p, &d).map(Reply::Data));
             }
         })
@@ -730,7 +743,7 @@ impl Registry {
         F: Fn(&Peer, DataFrame, Responder) + Send + Sync + 'static,
     {
         self.answering(STREAM, name, false, move |p, pl, r| {
-            if let Payload::Data(d) = pl {
+            if let Some(d) = data_of(pl) {
                 f(p, d, r)
             }
         })
@@ -742,7 +755,7 @@ impl Registry {
         F: Fn(&Peer, &str) + Send + Sync + 'static,
     {
         let run: OneWay = Arc::new(move |p, pl| {
-            if let Payload::Text(t) = pl {
+            if let Some(t) = text_of(pl) {
                 f(p, t.as_str())
             }
         });
@@ -755,7 +768,7 @@ impl Registry {
         F: Fn(&Peer, &DataFrame) + Send + Sync + 'static,
     {
         let run: OneWay = Arc::new(move |p, pl| {
-            if let Payload::Data(d) = pl {
+            if let Some(d) = data_of(pl) {
                 f(p, &d)
             }
         });
@@ -769,7 +782,7 @@ impl Registry {
         F: Fn(&Peer, Bytes) + Send + Sync + 'static,
     {
         let run: OneWay = Arc::new(move |p, pl| {
-            if let Payload::Bytes(b) = pl {
+            if let Request::CompleteBuffer { data: b, .. } = pl {
                 f(p, b)
             }
         });
@@ -839,7 +852,7 @@ impl Registry {
             + 'static,
     {
         self.answering(BATCH, name, false, move |p, pl, r| {
-            if let Payload::Frames(v) = pl {
+            if let Request::Batch { frames: v, .. } = pl {
                 let _ = r.reply(f(p, &v).map(Reply::Data));
             }
         })
@@ -941,17 +954,13 @@ impl Registry {
             };
             return self.big_chunk(peer, id, &cmd, chunk, ordered);
         }
-        let (kind, id, cmd, payload) = match req {
-            Request::Console { id, cmd, text } => (CONSOLE, Some(id), cmd, Payload::Text(text)),
-            Request::Stream { id, cmd, data } => (STREAM, Some(id), cmd, Payload::Data(data)),
-            Request::DirectConsole { cmd, text } => {
-                (DIRECT_CONSOLE, None, cmd, Payload::Text(text))
-            }
-            Request::DirectStream { cmd, data } => (DIRECT_STREAM, None, cmd, Payload::Data(data)),
-            Request::CompleteBuffer { cmd, data } => {
-                (COMPLETE_BUFFER, None, cmd, Payload::Bytes(data))
-            }
-            Request::Batch { id, cmd, frames } => (BATCH, Some(id), cmd, Payload::Frames(frames)),
+        let (kind, id, cmd) = match &req {
+            Request::Console { id, cmd, .. } => (CONSOLE, Some(*id), cmd),
+            Request::Stream { id, cmd, .. } => (STREAM, Some(*id), cmd),
+            Request::DirectConsole { cmd, .. } => (DIRECT_CONSOLE, None, cmd),
+            Request::DirectStream { cmd, .. } => (DIRECT_STREAM, None, cmd),
+            Request::CompleteBuffer { cmd, .. } => (COMPLETE_BUFFER, None, cmd),
+            Request::Batch { id, cmd, .. } => (BATCH, Some(*id), cmd),
             Request::BigChunk { .. } => return false,
         };
         let name = cmd.as_str();
@@ -995,12 +1004,11 @@ impl Registry {
                     Some(pool) if pool.is_full() => {
                         tracing::debug!(peer = peer.id(), cmd = name, "HPC queue full");
                         self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let _ = responder.reply_error(
-                            code::BUSY,
-                            format!(
-                                "the server is busy: {name:?} waits for a worker (HPC queue full)"
-                            ),
+                        let m = format!(
+                            "the server is busy: {name:?} waits for a worker (HPC queue full)"
                         );
+                        drop(req);
+                        let _ = responder.reply_error(code::BUSY, m);
                     }
                     Some(pool) => {
                         let f = f.clone();
@@ -1008,14 +1016,14 @@ impl Registry {
                         // If the pool is shut down (or filled up meanwhile) the job
                         // and its responder are dropped, which answers the caller
                         // with an error.
-                        pool.spawn(move || f(&p, payload, responder));
+                        pool.spawn(move || f(&p, req, responder));
                     }
-                    None => f(peer, payload, responder),
+                    None => f(peer, req, responder),
                 }
             }
             (Run::OneWay(f), _) => {
                 let started = crate::clock::now();
-                f(peer, payload);
+                f(peer, req);
                 entry.stats.record_out(
                     0,
                     false,
