@@ -205,7 +205,12 @@ fn geomean(v: &[f64]) -> f64 {
 /// every entry's two runs sit at the same mean time in the block: a load
 /// phase that rises or falls across the block weighs on every entry alike.
 /// Returns each entry's runs.
-fn block<T>(n: usize, round: usize, mirrored: bool, mut measure: impl FnMut(usize) -> T) -> Vec<Vec<T>> {
+fn block<T>(
+    n: usize,
+    round: usize,
+    mirrored: bool,
+    mut measure: impl FnMut(usize) -> T,
+) -> Vec<Vec<T>> {
     let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
     let mut runs: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
     for &i in &order {
@@ -637,7 +642,7 @@ fn main() {
         let round = std::rc::Rc::new(std::cell::Cell::new(0usize));
         let mirrored = streams == 1;
         for (i, (name, _, pids)) in bulk.iter().enumerate() {
-            let (results, round) = (results.clone(), round.clone());
+            let (res, round) = (results.clone(), round.clone());
             let all: Vec<(u16, Vec<u32>)> = bulk.iter().map(|(_, p, d)| (*p, d.clone())).collect();
             suite.case(
                 &format!("{name}_{streams}"),
@@ -649,11 +654,10 @@ fn main() {
                             iperf(all[j].0, streams, secs, &all[j].1)
                         });
                         round.set(round.get() + 1);
-                        let mut r = results.borrow_mut();
+                        let mut r = res.borrow_mut();
                         for (j, v) in runs.iter().enumerate() {
-                            let g = |f: fn(&Bulk) -> f64| {
-                                geomean(&v.iter().map(f).collect::<Vec<_>>())
-                            };
+                            let g =
+                                |f: fn(&Bulk) -> f64| geomean(&v.iter().map(f).collect::<Vec<_>>());
                             r[j] = Bulk {
                                 gbit: g(|b| b.gbit),
                                 endpoints_cpu: g(|b| b.endpoints_cpu),
@@ -665,7 +669,7 @@ fn main() {
                             };
                         }
                     }
-                    results.borrow()[i].gbit
+                    res.borrow()[i].gbit
                 },
             );
             if streams == 1 && !pids.is_empty() {
@@ -682,20 +686,31 @@ fn main() {
                 // agent and both iperf3 ends kept every core busy at the CPU
                 // cost per byte measured in its own runs.
                 let r2 = results.clone();
-                suite.case("xnat_cpu_bound_1", "gbit_per_s", Better::Higher, move || {
-                    let b = r2.borrow()[i];
-                    cores / (b.endpoints_cpu + b.tunnel_cpu) * gib_gbit
-                });
+                suite.case(
+                    "xnat_cpu_bound_1",
+                    "gbit_per_s",
+                    Better::Higher,
+                    move || {
+                        let b = r2.borrow()[i];
+                        cores / (b.endpoints_cpu + b.tunnel_cpu) * gib_gbit
+                    },
+                );
                 let r2 = results.clone();
-                suite.case("xnat_endpoints_cpu_1", "cpu_s_per_gib", Better::Lower, move || {
-                    r2.borrow()[i].endpoints_cpu
-                });
+                suite.case(
+                    "xnat_endpoints_cpu_1",
+                    "cpu_s_per_gib",
+                    Better::Lower,
+                    move || r2.borrow()[i].endpoints_cpu,
+                );
             }
             if streams == 1 && *name == "direct" {
                 let r2 = results.clone();
-                suite.case("direct_endpoints_cpu_1", "cpu_s_per_gib", Better::Lower, move || {
-                    r2.borrow()[i].endpoints_cpu
-                });
+                suite.case(
+                    "direct_endpoints_cpu_1",
+                    "cpu_s_per_gib",
+                    Better::Lower,
+                    move || r2.borrow()[i].endpoints_cpu,
+                );
             }
         }
     }
@@ -703,12 +718,18 @@ fn main() {
     // zs-crypto's default record size: what a byte of the encrypted tunnel
     // costs twice (sealed at one end, opened at the other).
     let aead_secs = if opts.quick { 0.2 } else { 0.5 };
-    suite.case("aes256gcm_seal_64k", "gbit_per_s", Better::Higher, move || {
-        aead_gbit(&ring::aead::AES_256_GCM, aead_secs)
-    });
-    suite.case("chacha20poly1305_seal_64k", "gbit_per_s", Better::Higher, move || {
-        aead_gbit(&ring::aead::CHACHA20_POLY1305, aead_secs)
-    });
+    suite.case(
+        "aes256gcm_seal_64k",
+        "gbit_per_s",
+        Better::Higher,
+        move || aead_gbit(&ring::aead::AES_256_GCM, aead_secs),
+    );
+    suite.case(
+        "chacha20poly1305_seal_64k",
+        "gbit_per_s",
+        Better::Higher,
+        move || aead_gbit(&ring::aead::CHACHA20_POLY1305, aead_secs),
+    );
     let oha_bin = peers_bin("oha");
     let mut failed_notes: Vec<(String, std::rc::Rc<std::cell::Cell<u64>>)> = Vec::new();
     if let Some(h) = http {
@@ -723,17 +744,22 @@ fn main() {
         for (i, (name, _)) in web.iter().enumerate() {
             let (results, round) = (results.clone(), round.clone());
             let ports: Vec<u16> = web.iter().map(|w| w.1).collect();
-            suite.case(&format!("{name}_http"), "req_per_s", Better::Higher, move || {
-                if i == 0 {
-                    let runs = block(ports.len(), round.get(), true, |j| wrk(ports[j], secs));
-                    round.set(round.get() + 1);
-                    let mut r = results.borrow_mut();
-                    for (j, v) in runs.iter().enumerate() {
-                        r[j] = geomean(v);
+            suite.case(
+                &format!("{name}_http"),
+                "req_per_s",
+                Better::Higher,
+                move || {
+                    if i == 0 {
+                        let runs = block(ports.len(), round.get(), true, |j| wrk(ports[j], secs));
+                        round.set(round.get() + 1);
+                        let mut r = results.borrow_mut();
+                        for (j, v) in runs.iter().enumerate() {
+                            r[j] = geomean(v);
+                        }
                     }
-                }
-                results.borrow()[i]
-            });
+                    results.borrow()[i]
+                },
+            );
         }
         match &oha_bin {
             Some(ob) => {
@@ -838,7 +864,11 @@ fn main() {
     );
     suite.ratio("rss_vs_rathole", "xnat_rss", "rathole_noise_rss");
     suite.ratio("cpu_vs_rathole", "xnat_cpu_1", "rathole_noise_cpu_1");
-    suite.ratio("aes_vs_chacha", "aes256gcm_seal_64k", "chacha20poly1305_seal_64k");
+    suite.ratio(
+        "aes_vs_chacha",
+        "aes256gcm_seal_64k",
+        "chacha20poly1305_seal_64k",
+    );
     // Plaintext against plaintext (and against direct).
     suite.ratio("xnat_plain_vs_direct", "xnat_plain_1", "direct_1");
     suite.ratio("xnat_plain_vs_direct_8", "xnat_plain_8", "direct_8");
@@ -871,9 +901,13 @@ fn aead_gbit(alg: &'static ring::aead::Algorithm, secs: f64) -> f64 {
         n[4..].copy_from_slice(&seq.to_be_bytes());
         seq += 1;
         let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from([0u8; 5]), &mut buf)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(n),
+                Aad::from([0u8; 5]),
+                &mut buf,
+            )
             .expect("seal");
-        std::hint::black_box(tag);
+        let _ = std::hint::black_box(tag);
         bytes += buf.len() as u64;
     }
     bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9

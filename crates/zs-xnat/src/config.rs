@@ -260,7 +260,11 @@ impl P<'_> {
             return Ok(());
         };
         let p = format!("{prefix}.transport");
-        self.only(tr, &p, &["type", "tcp", "noise", "encryption", "plain_copy"])?;
+        self.only(
+            tr,
+            &p,
+            &["type", "tcp", "noise", "encryption", "plain_copy"],
+        )?;
         match self.str(tr, "type", &format!("{p}.type"))? {
             None | Some("tcp") | Some("noise") => Ok(()),
             Some(other) => Err(self.e(

@@ -203,7 +203,10 @@ pub(crate) fn start_relay(cfg: ServerConfig) -> (Side, Relay) {
     (side, relay)
 }
 
-pub(crate) fn agent_cfg(relays: &[SocketAddr], services: &[(&str, &str, SocketAddr, u32)]) -> ClientConfig {
+pub(crate) fn agent_cfg(
+    relays: &[SocketAddr],
+    services: &[(&str, &str, SocketAddr, u32)],
+) -> ClientConfig {
     ClientConfig {
         remote_addrs: relays.iter().map(|a| a.to_string()).collect(),
         relay_fingerprint: ServerIdentity::from_seed(&SEED).unwrap().fingerprint(),
@@ -848,7 +851,10 @@ fn reload_adds_changes_and_removes_a_mapping_while_another_carries_traffic() {
             Duration::from_secs(10),
             || rounds.load(Ordering::Relaxed) > n || traffic.is_finished(),
         );
-        assert!(!traffic.is_finished(), "traffic on `a` stopped after {step}");
+        assert!(
+            !traffic.is_finished(),
+            "traffic on `a` stopped after {step}"
+        );
     };
     a_carries("start");
     let both_relay = |tb: &str| {

@@ -745,7 +745,10 @@ mod tests {
         let e = parse(&format!("{relay}[server.transport]\nencryption = 0\n")).unwrap_err();
         assert_eq!(e.key, "server.transport.encryption");
         // plain_copy: splice by default, "buffered" on request, anything else named.
-        assert_eq!(parse(relay).unwrap().server.unwrap().plain_copy, PlainCopy::Splice);
+        assert_eq!(
+            parse(relay).unwrap().server.unwrap().plain_copy,
+            PlainCopy::Splice
+        );
         let c = parse(&format!(
             "{agent}[client.transport]\nencryption = \"none\"\nplain_copy = \"buffered\"\n"
         ))
