@@ -135,6 +135,7 @@ fn cpu_secs(pid: u32) -> f64 {
 /// iperf3 through `port` (retried when the iperf3 server is still busy with
 /// the previous test).
 fn iperf(port: u16, streams: u32, secs: u32, pids: &[u32]) -> Bulk {
+    let _t = Trace::new(format!("iperf3 port {port} x{streams}"));
     for _ in 0..5 {
         let before: f64 = pids.iter().map(|&p| cpu_secs(p)).sum();
         let v = iperf_once(port, streams, secs);
@@ -155,19 +156,42 @@ fn iperf(port: u16, streams: u32, secs: u32, pids: &[u32]) -> Bulk {
     Bulk::NAN
 }
 
-fn iperf_once(port: u16, streams: u32, secs: u32) -> Bulk {
-    let out = Command::new("iperf3")
-        .args([
-            "-c",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            &secs.to_string(),
-        ])
-        .args(["-P", &streams.to_string(), "-J"])
-        .output()
+/// Runs an iperf3 client with `args`, killed if it outlives `limit` (a test
+/// that stalls in a tunnel must not stall the bench); its stdout.
+fn iperf_client(port: u16, args: &[&str], limit: Duration) -> Vec<u8> {
+    let mut child = Command::new("iperf3")
+        .args(["-c", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--connect-timeout", "3000"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .expect("iperf3");
+    let t = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if t.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Vec::new();
+            }
+        }
+    }
+    child
+        .wait_with_output()
+        .map(|o| o.stdout)
+        .unwrap_or_default()
+}
+
+fn iperf_once(port: u16, streams: u32, secs: u32) -> Bulk {
+    let stdout = iperf_client(
+        port,
+        &["-t", &secs.to_string(), "-P", &streams.to_string(), "-J"],
+        Duration::from_secs(u64::from(secs) + 8),
+    );
+    let out = Out { stdout };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let end = &v["end"];
     let Some(bps) = end["sum_received"]["bits_per_second"].as_f64() else {
@@ -185,11 +209,42 @@ fn iperf_once(port: u16, streams: u32, secs: u32) -> Bulk {
     }
 }
 
+struct Out {
+    stdout: Vec<u8>,
+}
+
+/// `ZS_XNAT_BENCH_TRACE=1`: prints how long each client run took (stderr).
+struct Trace(String, Instant);
+
+impl Trace {
+    fn new(what: String) -> Trace {
+        Trace(what, Instant::now())
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if std::env::var_os("ZS_XNAT_BENCH_TRACE").is_some() {
+            eprintln!(
+                "trace: {} took {:.2} s",
+                self.0,
+                self.1.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
 /// A short untimed transfer (64 MiB) through `port`.
 fn warm(port: u16) {
-    let _ = Command::new("iperf3")
-        .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-n", "64M"])
-        .output();
+    let _t = Trace::new(format!("warm-up port {port}"));
+    for _ in 0..5 {
+        let out = iperf_client(port, &["-n", "64M", "-J"], Duration::from_secs(10));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        if v["end"]["sum_received"]["bytes"].as_f64().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// Geometric mean (NaN when any sample is not a positive number).
@@ -226,6 +281,7 @@ fn block<T>(
 
 /// wrk through `port`: requests/s.
 fn wrk(port: u16, secs: u32) -> f64 {
+    let _t = Trace::new(format!("wrk port {port}"));
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -259,6 +315,7 @@ fn ours(dir: &Path, iperf: u16, http: Option<u16>, plain: bool) -> Tunnel {
 /// [`ours`]; `buffered`: plaintext moved by read/write instead of splice(2)
 /// (`[*.transport] plain_copy = "buffered"`, to measure what splice buys).
 fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: bool) -> Tunnel {
+    let _t = Trace::new(format!("start xnat (plain {plain})"));
     let exe = std::env::current_exe().unwrap();
     let control = free_port();
     let (pi, ph) = (free_port(), free_port());
@@ -335,6 +392,7 @@ fn rathole_keys(bin: &Path) -> (String, String) {
 /// rathole with `type = "tcp"` (plaintext) or, with `noise`, its encrypted
 /// transport (Noise_NK_25519_ChaChaPoly_BLAKE2s), the fair peer of ours.
 fn rathole(bin: &Path, dir: &Path, iperf: u16, http: Option<u16>, noise: bool) -> Tunnel {
+    let _t = Trace::new(format!("start rathole (noise {noise})"));
     let control = free_port();
     let (pi, ph) = (free_port(), free_port());
     let (st, ct) = if noise {
@@ -523,12 +581,17 @@ fn main() {
     );
     let root = tempfile::tempdir().unwrap();
     let iperf_port = free_port();
+    // `--idle-timeout`: a server left in a test that stalled restarts.
     let _iperf = spawn(Command::new("iperf3").args([
         "-s",
         "-B",
         "127.0.0.1",
         "-p",
         &iperf_port.to_string(),
+        "--idle-timeout",
+        "3",
+        "--rcv-timeout",
+        "3000",
     ]));
     wait_port(iperf_port, "iperf3");
     let ng_dir = root.path().join("nginx");
@@ -841,7 +904,7 @@ fn main() {
          at ring's one-core rate ({aes:.1} Gbit/s) take at least 2 x {aes_s_per_gib:.3} = {:.3}; \
          the iperf3 ends spend {e_cpu:.3} s/GiB (direct: {e_direct:.3}). With every core busy the \
          tunnel carries at most {cores} / ({e_cpu:.3} + {t_cpu:.3}) GiB/s = {:.2} Gbit/s \
-         (xnat_cpu_bound_1), {:.2} of direct_1; even with free encryption and zero-copy relaying \
+         (xnat_cpu_bound_1), {:.2} of direct_1; if relay and agent cost nothing but the two AEAD passes \
          it would be below {cores} / ({e_cpu:.3} + {:.3}) = {:.2} Gbit/s",
         2.0 * aes_s_per_gib,
         cores / (e_cpu + t_cpu) * gib_gbit,
