@@ -96,41 +96,192 @@ fn spawn(cmd: &mut Command) -> Proc {
     )
 }
 
-/// iperf3 through `port`: Gbit/s received (retried when the iperf3 server
-/// is still busy with the previous test).
-fn iperf(port: u16, streams: u32, secs: u32) -> f64 {
+/// One iperf3 run: Gbit/s received, and the CPU seconds per GiB carried of
+/// the two iperf3 endpoints (iperf3's own `cpu_utilization_percent`, host and
+/// remote, over the run) and of `pids` (the tunnel's processes, from
+/// `/proc/PID/stat` before and after).
+#[derive(Clone, Copy, Debug)]
+struct Bulk {
+    gbit: f64,
+    endpoints_cpu: f64,
+    tunnel_cpu: f64,
+}
+
+impl Bulk {
+    const NAN: Bulk = Bulk {
+        gbit: f64::NAN,
+        endpoints_cpu: f64::NAN,
+        tunnel_cpu: f64::NAN,
+    };
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state.
+    let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after ')'.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        // USER_HZ is 100 on every Linux this runs on.
+        (Some(u), Some(k)) => (u + k) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// iperf3 through `port` (retried when the iperf3 server is still busy with
+/// the previous test).
+fn iperf(port: u16, streams: u32, secs: u32, pids: &[u32]) -> Bulk {
+    let _t = Trace::new(format!("iperf3 port {port} x{streams}"));
     for _ in 0..5 {
+        let before: f64 = pids.iter().map(|&p| cpu_secs(p)).sum();
         let v = iperf_once(port, streams, secs);
-        if v.is_finite() {
-            return v;
+        let after: f64 = pids.iter().map(|&p| cpu_secs(p)).sum();
+        if v.gbit.is_finite() {
+            let gib = v.gbit * 1e9 / 8.0 * f64::from(secs) / f64::from(1u32 << 30);
+            return Bulk {
+                tunnel_cpu: if pids.is_empty() {
+                    0.0
+                } else {
+                    (after - before) / gib
+                },
+                ..v
+            };
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    f64::NAN
+    Bulk::NAN
 }
 
-fn iperf_once(port: u16, streams: u32, secs: u32) -> f64 {
-    let out = Command::new("iperf3")
-        .args([
-            "-c",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            &secs.to_string(),
-        ])
-        .args(["-P", &streams.to_string(), "-J"])
-        .output()
+/// Runs an iperf3 client with `args`, killed if it outlives `limit` (a test
+/// that stalls in a tunnel must not stall the bench); its stdout.
+fn iperf_client(port: u16, args: &[&str], limit: Duration) -> Vec<u8> {
+    let mut child = Command::new("iperf3")
+        .args(["-c", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--connect-timeout", "3000"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .expect("iperf3");
+    let t = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if t.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Vec::new();
+            }
+        }
+    }
+    child
+        .wait_with_output()
+        .map(|o| o.stdout)
+        .unwrap_or_default()
+}
+
+fn iperf_once(port: u16, streams: u32, secs: u32) -> Bulk {
+    let stdout = iperf_client(
+        port,
+        &["-t", &secs.to_string(), "-P", &streams.to_string(), "-J"],
+        Duration::from_secs(u64::from(secs) + 8),
+    );
+    let out = Out { stdout };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e9)
-        .unwrap_or(f64::NAN)
+    let end = &v["end"];
+    let Some(bps) = end["sum_received"]["bits_per_second"].as_f64() else {
+        return Bulk::NAN;
+    };
+    let bytes = end["sum_received"]["bytes"].as_f64().unwrap_or(f64::NAN);
+    let wall = end["sum_received"]["seconds"].as_f64().unwrap_or(f64::NAN);
+    let cpu = &end["cpu_utilization_percent"];
+    let pct = cpu["host_total"].as_f64().unwrap_or(f64::NAN)
+        + cpu["remote_total"].as_f64().unwrap_or(f64::NAN);
+    Bulk {
+        gbit: bps / 1e9,
+        endpoints_cpu: pct / 100.0 * wall / (bytes / f64::from(1u32 << 30)),
+        tunnel_cpu: f64::NAN,
+    }
+}
+
+struct Out {
+    stdout: Vec<u8>,
+}
+
+/// `ZS_XNAT_BENCH_TRACE=1`: prints how long each client run took (stderr).
+struct Trace(String, Instant);
+
+impl Trace {
+    fn new(what: String) -> Trace {
+        Trace(what, Instant::now())
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if std::env::var_os("ZS_XNAT_BENCH_TRACE").is_some() {
+            eprintln!(
+                "trace: {} took {:.2} s",
+                self.0,
+                self.1.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// A short untimed transfer (64 MiB) through `port`.
+fn warm(port: u16) {
+    let _t = Trace::new(format!("warm-up port {port}"));
+    for _ in 0..5 {
+        let out = iperf_client(port, &["-n", "64M", "-J"], Duration::from_secs(10));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        if v["end"]["sum_received"]["bytes"].as_f64().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Geometric mean (NaN when any sample is not a positive number).
+fn geomean(v: &[f64]) -> f64 {
+    if v.is_empty() || v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+        return f64::NAN;
+    }
+    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
+}
+
+/// One block of a round: `measure(i)` for every entry `i < n`, in an order
+/// rotated by `round`, then (with `mirrored`) again in the reverse order, so
+/// every entry's two runs sit at the same mean time in the block: a load
+/// phase that rises or falls across the block weighs on every entry alike.
+/// Returns each entry's runs.
+fn block<T>(
+    n: usize,
+    round: usize,
+    mirrored: bool,
+    mut measure: impl FnMut(usize) -> T,
+) -> Vec<Vec<T>> {
+    let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
+    let mut runs: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for &i in &order {
+        runs[i].push(measure(i));
+    }
+    if mirrored {
+        for &i in order.iter().rev() {
+            runs[i].push(measure(i));
+        }
+    }
+    runs
 }
 
 /// wrk through `port`: requests/s.
 fn wrk(port: u16, secs: u32) -> f64 {
+    let _t = Trace::new(format!("wrk port {port}"));
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -162,18 +313,20 @@ fn ours(dir: &Path, iperf: u16, http: Option<u16>, plain: bool) -> Tunnel {
 }
 
 /// [`ours`]; `buffered`: plaintext moved by read/write instead of splice(2)
-/// (`ZS_XNAT_PLAIN_COPY=buffered`, to measure what splice buys).
+/// (`[*.transport] plain_copy = "buffered"`, to measure what splice buys).
 fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: bool) -> Tunnel {
+    let _t = Trace::new(format!("start xnat (plain {plain})"));
     let exe = std::env::current_exe().unwrap();
     let control = free_port();
     let (pi, ph) = (free_port(), free_port());
+    let copy = if buffered { "buffered" } else { "splice" };
     let (st, ct) = if plain {
         (
-            "[server.transport]\nencryption = \"none\"\n",
-            "[client.transport]\nencryption = \"none\"\n",
+            format!("[server.transport]\nencryption = \"none\"\nplain_copy = \"{copy}\"\n"),
+            format!("[client.transport]\nencryption = \"none\"\nplain_copy = \"{copy}\"\n"),
         )
     } else {
-        ("", "")
+        (String::new(), String::new())
     };
     let mut relay = format!(
         "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nidentity_file = \"relay.key\"\n{st}\
@@ -192,17 +345,14 @@ fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: b
         agent += &format!("[client.services.http]\nlocal_addr = \"127.0.0.1:{h}\"\n");
     }
     std::fs::write(dir.join("agent.toml"), agent).unwrap();
-    let copy = if buffered { "buffered" } else { "splice" };
     let r = spawn(
         Command::new(&exe)
-            .env("ZS_XNAT_PLAIN_COPY", copy)
             .arg("__relay")
             .arg(dir.join("relay.toml")),
     );
     wait_port(control, "zs-xnat relay");
     let a = spawn(
         Command::new(&exe)
-            .env("ZS_XNAT_PLAIN_COPY", copy)
             .arg("__agent")
             .arg(dir.join("agent.toml")),
     );
@@ -242,6 +392,7 @@ fn rathole_keys(bin: &Path) -> (String, String) {
 /// rathole with `type = "tcp"` (plaintext) or, with `noise`, its encrypted
 /// transport (Noise_NK_25519_ChaChaPoly_BLAKE2s), the fair peer of ours.
 fn rathole(bin: &Path, dir: &Path, iperf: u16, http: Option<u16>, noise: bool) -> Tunnel {
+    let _t = Trace::new(format!("start rathole (noise {noise})"));
     let control = free_port();
     let (pi, ph) = (free_port(), free_port());
     let (st, ct) = if noise {
@@ -422,7 +573,7 @@ fn main() {
         std::process::exit(soak(n));
     }
     let opts = Options::from_env();
-    let secs = if opts.quick { 1 } else { 4 };
+    let secs = if opts.quick { 1 } else { 3 };
     let mut suite = Suite::from_options("xnat", &opts, 1, 3);
     assert!(
         have("iperf3"),
@@ -430,12 +581,17 @@ fn main() {
     );
     let root = tempfile::tempdir().unwrap();
     let iperf_port = free_port();
+    // `--idle-timeout`: a server left in a test that stalled restarts.
     let _iperf = spawn(Command::new("iperf3").args([
         "-s",
         "-B",
         "127.0.0.1",
         "-p",
         &iperf_port.to_string(),
+        "--idle-timeout",
+        "3",
+        "--rcv-timeout",
+        "3000",
     ]));
     wait_port(iperf_port, "iperf3");
     let ng_dir = root.path().join("nginx");
@@ -465,7 +621,10 @@ fn main() {
             tunnel: Some(rc(ours(&sub("ours-plain"), iperf_port, http, true))),
             bulk_only: false,
         },
-        Entry {
+    ];
+    // read/write instead of splice: a diagnostic pair, full runs only.
+    if !opts.quick {
+        tunnels.push(Entry {
             name: "xnat_plain_rw",
             tunnel: Some(rc(ours_with(
                 &sub("ours-plain-rw"),
@@ -475,8 +634,8 @@ fn main() {
                 true,
             ))),
             bulk_only: true,
-        },
-    ];
+        });
+    }
     if let Some(b) = &rh_bin {
         tunnels.push(Entry {
             name: "rathole_noise",
@@ -501,45 +660,168 @@ fn main() {
         suite.note("bore not in target/peers/bin");
     }
     suite.note(
-        "pairings: xnat (default: every byte in the relay-pinned zs-crypto session, AES-256-GCM) \
-         vs rathole_noise (Noise_NK_25519_ChaChaPoly_BLAKE2s, server key pinned); \
-         xnat_plain ([*.transport] encryption = \"none\": ticket proved inside the encrypted \
-         control session, data connections in clear, splice(2)) vs rathole (type = \"tcp\", \
-         plaintext, token sent in clear) and bore (plaintext); direct = no tunnel",
+        "pairings (what each side promises): xnat = our default, every byte inside the relay-pinned \
+         zs-crypto session (AES-256-GCM, ring), against rathole_noise (Noise_NK_25519_ChaChaPoly_BLAKE2s, \
+         server key pinned): xnat_vs_rathole, http_vs_rathole, p99_vs_rathole, rss_vs_rathole, \
+         cpu_vs_rathole. xnat_plain = [*.transport] encryption = \"none\" (ticket proved inside the \
+         encrypted control session, data connections in clear, splice(2)) against rathole \
+         (type = \"tcp\", plaintext, token sent in clear) and bore (plaintext): plain_vs_*. \
+         direct = iperf3/nginx without a tunnel, the baseline of xnat_vs_direct (encrypted) and \
+         xnat_plain_vs_direct (plaintext), both from the same direct runs",
     );
-    // Warm-up: one short transfer and a few requests through each tunnel
-    // (pools filled, pages touched) before anything is measured.
-    // (`--quick` skips it to stay under a minute.)
-    for t in tunnels.iter().filter(|_| !opts.quick) {
+    let pids_of = |t: &Entry| -> Vec<u32> {
+        t.tunnel
+            .as_ref()
+            .map(|t| t.procs.iter().map(|p| p.0.id()).collect())
+            .unwrap_or_default()
+    };
+    // Warm-up: one transfer and a few requests through each tunnel (pools
+    // filled, pages touched, the CPU frequency up) before anything is measured.
+    for t in &tunnels {
         let p = t.tunnel.as_ref().map_or(iperf_port, |t| t.iperf_port);
-        let _ = iperf(p, 2, 1);
-        if let (Some(h), Some(_)) = (t.tunnel.as_ref().map_or(http, |t| t.http_port), &ng) {
-            let _ = wrk(h, 1);
+        warm(p);
+        if !opts.quick {
+            if let (Some(h), Some(_)) = (t.tunnel.as_ref().map_or(http, |t| t.http_port), &ng) {
+                let _ = wrk(h, 1);
+            }
         }
     }
+    // Bulk: in every round one block per stream count runs each tunnel in a
+    // rotated order and then (1 stream, the goals) in the reverse order; a
+    // tunnel's figure in the round is the geometric mean of its runs. The
+    // first case of the block runs it; the others report its figures.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let gib_gbit = f64::from(1u32 << 30) * 8.0 / 1e9;
     for streams in [1u32, 8] {
-        for t in &tunnels {
-            let p = t.tunnel.as_ref().map_or(iperf_port, |t| t.iperf_port);
+        let bulk: Vec<(&'static str, u16, Vec<u32>)> = tunnels
+            .iter()
+            .filter(|t| streams == 1 || !t.bulk_only)
+            .map(|t| {
+                let p = t.tunnel.as_ref().map_or(iperf_port, |t| t.iperf_port);
+                (t.name, p, pids_of(t))
+            })
+            .collect();
+        let results = std::rc::Rc::new(std::cell::RefCell::new(vec![Bulk::NAN; bulk.len()]));
+        let round = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        let mirrored = streams == 1;
+        for (i, (name, _, pids)) in bulk.iter().enumerate() {
+            let (res, round) = (results.clone(), round.clone());
+            let all: Vec<(u16, Vec<u32>)> = bulk.iter().map(|(_, p, d)| (*p, d.clone())).collect();
             suite.case(
-                &format!("{}_{streams}", t.name),
+                &format!("{name}_{streams}"),
                 "gbit_per_s",
                 Better::Higher,
-                move || iperf(p, streams, secs),
+                move || {
+                    if i == 0 {
+                        let runs = block(all.len(), round.get(), mirrored, |j| {
+                            iperf(all[j].0, streams, secs, &all[j].1)
+                        });
+                        round.set(round.get() + 1);
+                        let mut r = res.borrow_mut();
+                        for (j, v) in runs.iter().enumerate() {
+                            let g =
+                                |f: fn(&Bulk) -> f64| geomean(&v.iter().map(f).collect::<Vec<_>>());
+                            r[j] = Bulk {
+                                gbit: g(|b| b.gbit),
+                                endpoints_cpu: g(|b| b.endpoints_cpu),
+                                tunnel_cpu: if all[j].1.is_empty() {
+                                    0.0
+                                } else {
+                                    g(|b| b.tunnel_cpu)
+                                },
+                            };
+                        }
+                    }
+                    res.borrow()[i].gbit
+                },
             );
+            if streams == 1 && !pids.is_empty() {
+                let r2 = results.clone();
+                suite.case(
+                    &format!("{name}_cpu_1"),
+                    "cpu_s_per_gib",
+                    Better::Lower,
+                    move || r2.borrow()[i].tunnel_cpu,
+                );
+            }
+            if streams == 1 && *name == "xnat" {
+                // What the encrypted tunnel could carry at most if relay,
+                // agent and both iperf3 ends kept every core busy at the CPU
+                // cost per byte measured in its own runs.
+                let r2 = results.clone();
+                suite.case(
+                    "xnat_cpu_bound_1",
+                    "gbit_per_s",
+                    Better::Higher,
+                    move || {
+                        let b = r2.borrow()[i];
+                        cores / (b.endpoints_cpu + b.tunnel_cpu) * gib_gbit
+                    },
+                );
+                let r2 = results.clone();
+                suite.case(
+                    "xnat_endpoints_cpu_1",
+                    "cpu_s_per_gib",
+                    Better::Lower,
+                    move || r2.borrow()[i].endpoints_cpu,
+                );
+            }
+            if streams == 1 && *name == "direct" {
+                let r2 = results.clone();
+                suite.case(
+                    "direct_endpoints_cpu_1",
+                    "cpu_s_per_gib",
+                    Better::Lower,
+                    move || r2.borrow()[i].endpoints_cpu,
+                );
+            }
         }
     }
+    // The AEAD the data records use (ring, sealed in place), one core, at
+    // zs-crypto's default record size: what a byte of the encrypted tunnel
+    // costs twice (sealed at one end, opened at the other).
+    let aead_secs = if opts.quick { 0.2 } else { 0.5 };
+    suite.case(
+        "aes256gcm_seal_64k",
+        "gbit_per_s",
+        Better::Higher,
+        move || aead_gbit(&ring::aead::AES_256_GCM, aead_secs),
+    );
+    suite.case(
+        "chacha20poly1305_seal_64k",
+        "gbit_per_s",
+        Better::Higher,
+        move || aead_gbit(&ring::aead::CHACHA20_POLY1305, aead_secs),
+    );
     let oha_bin = peers_bin("oha");
     let mut failed_notes: Vec<(String, std::rc::Rc<std::cell::Cell<u64>>)> = Vec::new();
     if let Some(h) = http {
-        for t in tunnels.iter().filter(|t| !t.bulk_only) {
-            let Some(p) = t.tunnel.as_ref().map_or(Some(h), |t| t.http_port) else {
-                continue;
-            };
+        // Closed loop (wrk): the same mirrored block as the bulk cases.
+        let web: Vec<(&'static str, u16)> = tunnels
+            .iter()
+            .filter(|t| !t.bulk_only)
+            .filter_map(|t| Some((t.name, t.tunnel.as_ref().map_or(Some(h), |t| t.http_port)?)))
+            .collect();
+        let results = std::rc::Rc::new(std::cell::RefCell::new(vec![f64::NAN; web.len()]));
+        let round = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        for (i, (name, _)) in web.iter().enumerate() {
+            let (results, round) = (results.clone(), round.clone());
+            let ports: Vec<u16> = web.iter().map(|w| w.1).collect();
             suite.case(
-                &format!("{}_http", t.name),
+                &format!("{name}_http"),
                 "req_per_s",
                 Better::Higher,
-                move || wrk(p, secs),
+                move || {
+                    if i == 0 {
+                        let runs = block(ports.len(), round.get(), true, |j| wrk(ports[j], secs));
+                        round.set(round.get() + 1);
+                        let mut r = results.borrow_mut();
+                        for (j, v) in runs.iter().enumerate() {
+                            r[j] = geomean(v);
+                        }
+                    }
+                    results.borrow()[i]
+                },
             );
         }
         match &oha_bin {
@@ -549,11 +831,7 @@ fn main() {
                         let Some(p) = t.tunnel.as_ref().map_or(Some(h), |t| t.http_port) else {
                             continue;
                         };
-                        let pids: Vec<u32> = t
-                            .tunnel
-                            .as_ref()
-                            .map(|t| t.procs.iter().map(|p| p.0.id()).collect())
-                            .unwrap_or_default();
+                        let pids = pids_of(t);
                         let cell = std::rc::Rc::new(std::cell::Cell::new((f64::NAN, f64::NAN)));
                         let failed = std::rc::Rc::new(std::cell::Cell::new(0u64));
                         failed_notes.push((format!("{}@{rate}", t.name), failed.clone()));
@@ -605,11 +883,41 @@ fn main() {
     suite.note(
         "rss: relay + agent (or server + client) VmRSS sampled halfway through the 1000 req/s oha run",
     );
+    suite.note(format!(
+        "bulk: iperf3 {secs} s per run; per round each tunnel runs in a rotated order, then (1 stream) \
+         in the reverse order, and its round figure is the geometric mean of its runs; wrk likewise. \
+         *_cpu_1: relay + agent (server + client) CPU seconds per GiB carried (/proc/PID/stat over \
+         the 1-stream runs); *_endpoints_cpu_1: the two iperf3 ends' (iperf3's own figure)"
+    ));
+    // The CPU bound of the encrypted tunnel on this machine, from this run.
+    let med = |n: &str| suite.summary(n).map_or(f64::NAN, |s| s.median);
+    let (aes, t_cpu, e_cpu, e_direct) = (
+        med("aes256gcm_seal_64k"),
+        med("xnat_cpu_1"),
+        med("xnat_endpoints_cpu_1"),
+        med("direct_endpoints_cpu_1"),
+    );
+    let aes_s_per_gib = gib_gbit / aes;
+    suite.note(format!(
+        "bound of the encrypted tunnel ({cores} cores shared by iperf3 client, relay, agent and \
+         iperf3 server): relay + agent spend {t_cpu:.3} CPU s/GiB, of which sealing and opening \
+         at ring's one-core rate ({aes:.1} Gbit/s) take at least 2 x {aes_s_per_gib:.3} = {:.3}; \
+         the iperf3 ends spend {e_cpu:.3} s/GiB (direct: {e_direct:.3}). With every core busy the \
+         tunnel carries at most {cores} / ({e_cpu:.3} + {t_cpu:.3}) GiB/s = {:.2} Gbit/s \
+         (xnat_cpu_bound_1), {:.2} of direct_1; if relay and agent cost nothing but the two AEAD passes \
+         it would be below {cores} / ({e_cpu:.3} + {:.3}) = {:.2} Gbit/s",
+        2.0 * aes_s_per_gib,
+        cores / (e_cpu + t_cpu) * gib_gbit,
+        cores / (e_cpu + t_cpu) * gib_gbit / med("direct_1"),
+        2.0 * aes_s_per_gib,
+        cores / (e_cpu + 2.0 * aes_s_per_gib) * gib_gbit,
+    ));
     // The goals of issue 14: encrypted against encrypted.
     suite.ratio("xnat_vs_rathole", "xnat_1", "rathole_noise_1");
     suite.ratio("xnat_vs_rathole_8", "xnat_8", "rathole_noise_8");
     suite.ratio("xnat_vs_direct", "xnat_1", "direct_1");
     suite.ratio("xnat_vs_direct_8", "xnat_8", "direct_8");
+    suite.ratio("xnat_cpu_bound_vs_direct", "xnat_cpu_bound_1", "direct_1");
     suite.ratio("http_vs_rathole", "xnat_http", "rathole_noise_http");
     suite.ratio("p99_vs_rathole", "xnat_p99_4000", "rathole_noise_p99_4000");
     suite.ratio(
@@ -618,12 +926,19 @@ fn main() {
         "rathole_noise_p99_1000",
     );
     suite.ratio("rss_vs_rathole", "xnat_rss", "rathole_noise_rss");
-    // Plaintext against plaintext.
+    suite.ratio("cpu_vs_rathole", "xnat_cpu_1", "rathole_noise_cpu_1");
+    suite.ratio(
+        "aes_vs_chacha",
+        "aes256gcm_seal_64k",
+        "chacha20poly1305_seal_64k",
+    );
+    // Plaintext against plaintext (and against direct).
+    suite.ratio("xnat_plain_vs_direct", "xnat_plain_1", "direct_1");
+    suite.ratio("xnat_plain_vs_direct_8", "xnat_plain_8", "direct_8");
     suite.ratio("plain_vs_rathole", "xnat_plain_1", "rathole_1");
     suite.ratio("plain_vs_rathole_8", "xnat_plain_8", "rathole_8");
-    suite.ratio("plain_vs_direct", "xnat_plain_1", "direct_1");
-    suite.ratio("plain_vs_direct_8", "xnat_plain_8", "direct_8");
     suite.ratio("plain_vs_bore", "xnat_plain_1", "bore_1");
+    suite.ratio("cpu_plain_vs_rathole", "xnat_plain_cpu_1", "rathole_cpu_1");
     suite.ratio("splice_vs_rw", "xnat_plain_1", "xnat_plain_rw_1");
     suite.ratio("splice_vs_rw_8", "xnat_plain_8", "xnat_plain_rw_8");
     suite.ratio("http_plain_vs_rathole", "xnat_plain_http", "rathole_http");
@@ -634,6 +949,31 @@ fn main() {
     );
     suite.ratio("rss_plain_vs_rathole", "xnat_plain_rss", "rathole_rss");
     suite.finish();
+}
+
+/// One core sealing 64 KiB records in place with `alg` (ring) for `secs`:
+/// Gbit/s of plaintext.
+fn aead_gbit(alg: &'static ring::aead::Algorithm, secs: f64) -> f64 {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+    let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32]).expect("key"));
+    let mut buf = vec![0x5au8; 64 * 1024];
+    let start = Instant::now();
+    let (mut bytes, mut seq) = (0u64, 0u64);
+    while start.elapsed().as_secs_f64() < secs {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&seq.to_be_bytes());
+        seq += 1;
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(n),
+                Aad::from([0u8; 5]),
+                &mut buf,
+            )
+            .expect("seal");
+        let _ = std::hint::black_box(tag);
+        bytes += buf.len() as u64;
+    }
+    bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// `cargo xtask soak xnat`: ApacheBench keep-alive requests through our tunnel

@@ -56,15 +56,31 @@ fn round_trip(addr: SocketAddr, msg: &[u8]) -> bool {
     s.read_exact(&mut b).is_ok() && b == msg
 }
 
-fn spawn_agent(cfg: &Path) -> Proc {
+/// `zs xnat ROLE --config CFG` (`server` or `agent`) as a process, killed on drop.
+fn spawn_xnat(role: &str, cfg: &Path) -> Proc {
     Proc(
-        zs().args(["xnat", "agent", "--config"])
+        zs().args(["xnat", role, "--config"])
             .arg(cfg)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     )
+}
+
+fn spawn_agent(cfg: &Path) -> Proc {
+    spawn_xnat("agent", cfg)
+}
+
+/// `zs xnat fingerprint --config RELAY` (creates the relay's key when missing).
+fn fingerprint(relay_cfg: &Path) -> String {
+    let out = zs()
+        .args(["xnat", "fingerprint", "--config"])
+        .arg(relay_cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 #[test]
@@ -83,23 +99,10 @@ fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kil
     )
     .unwrap();
     // The fingerprint verb creates the identity the server then uses.
-    let out = zs()
-        .args(["xnat", "fingerprint", "--config"])
-        .arg(&relay_cfg)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let fp = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let fp = fingerprint(&relay_cfg);
     assert!(fp.starts_with("sha3-256:") && fp.len() == 9 + 64, "{fp}");
     assert!(dir.path().join("xnat-relay.key").exists());
-    let _relay = Proc(
-        zs().args(["xnat", "server", "--config"])
-            .arg(&relay_cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _relay = spawn_xnat("server", &relay_cfg);
     let agent_cfg = dir.path().join("agent.toml");
     std::fs::write(
         &agent_cfg,
@@ -218,20 +221,8 @@ fn editing_the_config_files_adds_and_removes_mappings_of_running_processes() {
         t
     };
     std::fs::write(&relay_cfg, relay_toml(&[("one", p1)])).unwrap();
-    let out = zs()
-        .args(["xnat", "fingerprint", "--config"])
-        .arg(&relay_cfg)
-        .output()
-        .unwrap();
-    let fp = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let _relay = Proc(
-        zs().args(["xnat", "server", "--config"])
-            .arg(&relay_cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let fp = fingerprint(&relay_cfg);
+    let _relay = spawn_xnat("server", &relay_cfg);
     let agent_cfg = dir.path().join("agent.toml");
     let agent_toml = |svcs: &[(&str, SocketAddr)]| {
         let mut t = format!(
@@ -334,24 +325,8 @@ fn add_list_status_remove_through_the_cli_and_runtime_mappings_survive_a_relay_r
         ),
     )
     .unwrap();
-    let fp = zs_ok(&[
-        "xnat",
-        "fingerprint",
-        "--config",
-        relay_cfg.to_str().unwrap(),
-    ])
-    .trim()
-    .to_string();
-    let spawn_relay = || {
-        Proc(
-            zs().args(["xnat", "server", "--config"])
-                .arg(&relay_cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let fp = fingerprint(&relay_cfg);
+    let spawn_relay = || spawn_xnat("server", &relay_cfg);
     let relay = spawn_relay();
     let ctl = format!("127.0.0.1:{control}");
     let api = |verb: &str| -> Vec<String> {
@@ -544,22 +519,8 @@ fn the_readme_example_configs_work_from_the_cli() {
             .replace("0.0.0.0:5353", &format!("127.0.0.1:{dns}")),
     )
     .unwrap();
-    let fp = zs_ok(&[
-        "xnat",
-        "fingerprint",
-        "--config",
-        relay_cfg.to_str().unwrap(),
-    ])
-    .trim()
-    .to_string();
-    let _relay = Proc(
-        zs().args(["xnat", "server", "--config"])
-            .arg(&relay_cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let fp = fingerprint(&relay_cfg);
+    let _relay = spawn_xnat("server", &relay_cfg);
     let agent_cfg = dir.path().join("agent.toml");
     std::fs::write(
         &agent_cfg,

@@ -551,6 +551,7 @@ impl Agent {
         match carry(
             Side::Agent,
             self.inner.cfg.data_encryption,
+            self.inner.cfg.plain_copy,
             local,
             conn,
             CONNECT_TIMEOUT,

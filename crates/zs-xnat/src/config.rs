@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     /// Ours: `[server.transport] encryption` (see [`DataEncryption`]).
     pub data_encryption: DataEncryption,
+    /// Ours: `[server.transport] plain_copy` (see [`PlainCopy`]).
+    pub plain_copy: PlainCopy,
 }
 
 /// Ours: `[server] admin_token`, `store_dir`, `max_udp_flows`, `max_runtime_mappings`.
@@ -144,6 +146,8 @@ pub struct ClientConfig {
     pub services: BTreeMap<String, ClientService>,
     /// Ours: `[client.transport] encryption` (see [`DataEncryption`]).
     pub data_encryption: DataEncryption,
+    /// Ours: `[client.transport] plain_copy` (see [`PlainCopy`]).
+    pub plain_copy: PlainCopy,
 }
 
 /// One `[client.services.NAME]`.
@@ -256,7 +260,11 @@ impl P<'_> {
             return Ok(());
         };
         let p = format!("{prefix}.transport");
-        self.only(tr, &p, &["type", "tcp", "noise", "encryption"])?;
+        self.only(
+            tr,
+            &p,
+            &["type", "tcp", "noise", "encryption", "plain_copy"],
+        )?;
         match self.str(tr, "type", &format!("{p}.type"))? {
             None | Some("tcp") | Some("noise") => Ok(()),
             Some(other) => Err(self.e(
@@ -401,6 +409,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
         .map(String::from);
     p.transport(s, "server")?;
     let data_encryption = p.data_encryption(s, "server")?;
+    let plain_copy = p.plain_copy(s, "server")?;
     let identity_file = base.join(
         p.str(s, "identity_file", "server.identity_file")?
             .unwrap_or("xnat-relay.key"),
@@ -467,6 +476,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
         services,
         admin,
         data_encryption,
+        plain_copy,
     })
 }
 
@@ -552,6 +562,7 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
     }
     p.transport(c, "client")?;
     let data_encryption = p.data_encryption(c, "client")?;
+    let plain_copy = p.plain_copy(c, "client")?;
     let fp_text = p.str(c, "relay_fingerprint", "client.relay_fingerprint")?.ok_or_else(|| {
         p.e(
             "client.relay_fingerprint",
@@ -639,6 +650,7 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
         agent_name,
         services,
         data_encryption,
+        plain_copy,
     })
 }
 
@@ -661,7 +673,42 @@ pub enum DataEncryption {
     None,
 }
 
+/// `[*.transport] plain_copy`: how a **plaintext** data connection
+/// (`encryption = "none"`) moves bytes between its two sockets. Each side
+/// chooses for itself (nothing of it crosses the wire); without
+/// `encryption = "none"` it has no effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlainCopy {
+    /// `"splice"` (default): on Linux the pages go socket -> pipe -> socket
+    /// with `splice(2)` and never enter user space; elsewhere the same as
+    /// `"buffered"`.
+    #[default]
+    Splice,
+    /// `"buffered"`: `read`/`write` through one reused buffer (16 KiB growing
+    /// to 256 KiB) on every system: for kernels or filters where splice
+    /// misbehaves, and to measure what splice buys (`bench xnat`,
+    /// `splice_vs_rw`).
+    Buffered,
+}
+
 impl P<'_> {
+    fn plain_copy(&self, t: &Table, prefix: &str) -> Result<PlainCopy, ConfigError> {
+        let Some(tr) = self.table(t, "transport", &format!("{prefix}.transport"))? else {
+            return Ok(PlainCopy::Splice);
+        };
+        let key = format!("{prefix}.transport.plain_copy");
+        match self.str(tr, "plain_copy", &key)? {
+            None | Some("splice") => Ok(PlainCopy::Splice),
+            Some("buffered") => Ok(PlainCopy::Buffered),
+            Some(other) => Err(self.e(
+                &key,
+                format!(
+                    "expected \"splice\" (default: splice(2) on Linux) or \"buffered\" (read/write through a user-space buffer), got {other:?}"
+                ),
+            )),
+        }
+    }
+
     fn data_encryption(&self, t: &Table, prefix: &str) -> Result<DataEncryption, ConfigError> {
         let Some(tr) = self.table(t, "transport", &format!("{prefix}.transport"))? else {
             return Ok(DataEncryption::Session);

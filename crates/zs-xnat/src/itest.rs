@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use zs_crypto::session::ServerIdentity;
@@ -132,7 +132,7 @@ fn curl(addr: SocketAddr) -> Option<String> {
 }
 
 /// A side (relay or agent) on its own runtime; dropping it kills every task and socket.
-struct Side(Option<tokio::runtime::Runtime>);
+pub(crate) struct Side(Option<tokio::runtime::Runtime>);
 
 impl Side {
     fn new() -> Side {
@@ -160,7 +160,7 @@ impl Drop for Side {
     }
 }
 
-fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConfig {
+pub(crate) fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConfig {
     ServerConfig {
         bind_addr: format!("127.0.0.1:{port}").parse().unwrap(),
         default_token: None,
@@ -186,10 +186,11 @@ fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConfig {
             })
             .collect(),
         data_encryption: Default::default(),
+        plain_copy: Default::default(),
     }
 }
 
-fn start_relay(cfg: ServerConfig) -> (Side, Relay) {
+pub(crate) fn start_relay(cfg: ServerConfig) -> (Side, Relay) {
     let side = Side::new();
     let relay = side
         .rt()
@@ -202,7 +203,10 @@ fn start_relay(cfg: ServerConfig) -> (Side, Relay) {
     (side, relay)
 }
 
-fn agent_cfg(relays: &[SocketAddr], services: &[(&str, &str, SocketAddr, u32)]) -> ClientConfig {
+pub(crate) fn agent_cfg(
+    relays: &[SocketAddr],
+    services: &[(&str, &str, SocketAddr, u32)],
+) -> ClientConfig {
     ClientConfig {
         remote_addrs: relays.iter().map(|a| a.to_string()).collect(),
         relay_fingerprint: ServerIdentity::from_seed(&SEED).unwrap().fingerprint(),
@@ -226,17 +230,18 @@ fn agent_cfg(relays: &[SocketAddr], services: &[(&str, &str, SocketAddr, u32)]) 
             })
             .collect::<BTreeMap<_, _>>(),
         data_encryption: Default::default(),
+        plain_copy: Default::default(),
     }
 }
 
-fn start_agent(cfg: ClientConfig) -> (Side, Agent) {
+pub(crate) fn start_agent(cfg: ClientConfig) -> (Side, Agent) {
     let side = Side::new();
     let agent = Agent::new(cfg);
     side.rt().spawn(agent.clone().run());
     (side, agent)
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
     while !f() {
         assert!(t.elapsed() < limit, "timed out waiting for: {what}");
@@ -251,18 +256,91 @@ fn stat(r: &Relay, name: &str) -> u64 {
 
 /// A tiny echo service (threads) for byte-exact tests.
 fn echo_server() -> SocketAddr {
+    counting_echo_server(std::sync::Arc::new(AtomicU64::new(0)))
+}
+
+/// An echo service that adds every byte it receives to `received`, and
+/// half-closes when its client does.
+pub(crate) fn counting_echo_server(received: std::sync::Arc<AtomicU64>) -> SocketAddr {
     let l = StdListener::bind("127.0.0.1:0").unwrap();
     let a = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
+            let received = received.clone();
             std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = s.shutdown(std::net::Shutdown::Write);
+                            return;
+                        }
+                        Ok(n) => {
+                            received.fetch_add(n as u64, Ordering::Relaxed);
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
             });
         }
     });
     a
+}
+
+/// Sends `data` to an echo behind `public`, half-closes, and returns all
+/// that comes back until the far end closes.
+pub(crate) fn echo_exact(public: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = StdStream::connect(public).unwrap();
+    let mut r = s.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        got
+    });
+    s.write_all(data).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    reader.join().unwrap()
+}
+
+/// A hand-driven agent: a secure connection to the relay at `addr` (pinned
+/// to the test key) that said `Hello` as `name`; returns it and the relay's
+/// challenge nonce.
+async fn hand_agent(addr: SocketAddr, name: &str) -> (SecureConn, [u8; proto::NONCE_LEN]) {
+    let mut c = dial(addr).await;
+    c.send(&Msg::Hello {
+        version: proto::VERSION,
+        agent: name.into(),
+    })
+    .await
+    .unwrap();
+    let Msg::Challenge { nonce } = c.recv().await.unwrap() else {
+        panic!("no challenge")
+    };
+    (c, nonce)
+}
+
+/// A secure connection to the relay at `addr`, pinned to the test key.
+async fn dial(addr: SocketAddr) -> SecureConn {
+    let fp = ServerIdentity::from_seed(&SEED).unwrap().fingerprint();
+    let cfg = std::sync::Arc::new(zs_crypto::ClientConfig::pinned(fp));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    SecureConn::connect(tcp, cfg, Duration::from_secs(2))
+        .await
+        .unwrap()
+}
+
+/// Registers `service` on a hand-driven agent with `proof`.
+async fn hand_register(c: &mut SecureConn, service: &str, proof: [u8; proto::PROOF_LEN]) {
+    c.send(&Msg::Register {
+        service: service.into(),
+        max_load: 1,
+        proof,
+    })
+    .await
+    .unwrap();
 }
 
 #[test]
@@ -302,16 +380,7 @@ fn bytes_are_exact_both_ways_with_half_close() {
     });
     let pa = relay.public_addr("echo").unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-    let mut s = StdStream::connect(pa).unwrap();
-    let mut r = s.try_clone().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).unwrap();
-        got
-    });
-    s.write_all(&data).unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let got = reader.join().unwrap();
+    let got = echo_exact(pa, &data);
     assert_eq!(got.len(), data.len());
     assert!(got == data, "echoed bytes differ");
 }
@@ -371,49 +440,19 @@ fn a_replayed_proof_from_another_session_is_refused() {
     // A proof is bound to its session's nonce and channel binding.
     let (_rs, relay) = start_relay(relay_cfg(0, &[("svc", "token", 0)]));
     let side = Side::new();
-    let fp = ServerIdentity::from_seed(&SEED).unwrap().fingerprint();
-    let cfg = std::sync::Arc::new(zs_crypto::ClientConfig::pinned(fp));
     let addr = relay.local_addr();
     side.rt().block_on(async {
-        let connect = || async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut c = SecureConn::connect(tcp, cfg.clone(), Duration::from_secs(2))
-                .await
-                .unwrap();
-            c.send(&Msg::Hello {
-                version: proto::VERSION,
-                agent: "x".into(),
-            })
-            .await
-            .unwrap();
-            let Msg::Challenge { nonce } = c.recv().await.unwrap() else {
-                panic!()
-            };
-            (c, nonce)
-        };
-        let (mut a, na) = connect().await;
+        let (mut a, na) = hand_agent(addr, "x").await;
         let p = proto::proof("token", &na, &a.channel_binding(), "svc");
-        a.send(&Msg::Register {
-            service: "svc".into(),
-            max_load: 1,
-            proof: p,
-        })
-        .await
-        .unwrap();
+        hand_register(&mut a, "svc", p).await;
         assert_eq!(
             a.recv().await.unwrap(),
             Msg::Registered {
                 service: "svc".into()
             }
         );
-        let (mut b, _) = connect().await;
-        b.send(&Msg::Register {
-            service: "svc".into(),
-            max_load: 1,
-            proof: p,
-        })
-        .await
-        .unwrap();
+        let (mut b, _) = hand_agent(addr, "x").await;
+        hand_register(&mut b, "svc", p).await;
         let m = loop {
             match b.recv().await.unwrap() {
                 Msg::Ping(_) => continue,
@@ -533,31 +572,11 @@ fn a_service_that_never_reads_holds_bounded_memory_and_times_out() {
 fn a_silent_agent_is_dropped_by_the_heartbeat_and_its_port_closes() {
     let (_rs, relay) = start_relay(relay_cfg(0, &[("svc", "token", 0)]));
     let side = Side::new();
-    let fp = ServerIdentity::from_seed(&SEED).unwrap().fingerprint();
-    let cfg = std::sync::Arc::new(zs_crypto::ClientConfig::pinned(fp));
     let addr = relay.local_addr();
     let _conn = side.rt().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut c = SecureConn::connect(tcp, cfg, Duration::from_secs(2))
-            .await
-            .unwrap();
-        c.send(&Msg::Hello {
-            version: proto::VERSION,
-            agent: "mute".into(),
-        })
-        .await
-        .unwrap();
-        let Msg::Challenge { nonce } = c.recv().await.unwrap() else {
-            panic!()
-        };
+        let (mut c, nonce) = hand_agent(addr, "mute").await;
         let p = proto::proof("token", &nonce, &c.channel_binding(), "svc");
-        c.send(&Msg::Register {
-            service: "svc".into(),
-            max_load: 1,
-            proof: p,
-        })
-        .await
-        .unwrap();
+        hand_register(&mut c, "svc", p).await;
         c // then never reads nor writes again
     });
     wait_until("registered", Duration::from_secs(3), || {
@@ -584,14 +603,9 @@ fn garbage_and_bad_tickets_are_counted_and_closed() {
     });
     // A data connection with a made-up ticket.
     let side = Side::new();
-    let fp = ServerIdentity::from_seed(&SEED).unwrap().fingerprint();
-    let cfg = std::sync::Arc::new(zs_crypto::ClientConfig::pinned(fp));
     let addr = relay.local_addr();
     side.rt().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut c = SecureConn::connect(tcp, cfg, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let mut c = dial(addr).await;
         c.send(&Msg::DataHello { ticket: [7; 16] }).await.unwrap();
         assert!(c.recv().await.is_err(), "closed");
     });
@@ -808,26 +822,41 @@ fn reload_adds_changes_and_removes_a_mapping_while_another_carries_traffic() {
     wait_until("a listens", Duration::from_secs(5), || {
         relay.public_addr("a").is_some()
     });
-    // One long-lived connection on `a` echoes without pause during all reloads.
+    // One long-lived connection on `a` echoes without pause during all
+    // reloads; after each step the test waits for its next round trip (an
+    // event, not a count reached in time).
     let pa = relay.public_addr("a").unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rounds = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let traffic = {
-        let stop = stop.clone();
+        let (stop, rounds) = (stop.clone(), rounds.clone());
         std::thread::spawn(move || {
             let mut s = StdStream::connect(pa).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            let mut rounds = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let msg = rounds.to_le_bytes().repeat(64);
+                let n = rounds.load(Ordering::Relaxed);
+                let msg = n.to_le_bytes().repeat(64);
                 assert!(
                     echo_once(&mut s, &msg),
-                    "traffic on `a` broke after {rounds} rounds"
+                    "traffic on `a` broke after {n} rounds"
                 );
-                rounds += 1;
+                rounds.fetch_add(1, Ordering::Relaxed);
             }
-            rounds
         })
     };
+    let a_carries = |step: &str| {
+        let n = rounds.load(Ordering::Relaxed);
+        wait_until(
+            &format!("a round trip on `a` after {step}"),
+            Duration::from_secs(10),
+            || rounds.load(Ordering::Relaxed) > n || traffic.is_finished(),
+        );
+        assert!(
+            !traffic.is_finished(),
+            "traffic on `a` stopped after {step}"
+        );
+    };
+    a_carries("start");
     let both_relay = |tb: &str| {
         let mut c = relay_cfg(0, &[("a", "ta", 0), ("b", tb, 0)]);
         std::mem::take(&mut c.services)
@@ -849,10 +878,12 @@ fn reload_adds_changes_and_removes_a_mapping_while_another_carries_traffic() {
         relay.public_addr("b").is_some()
     });
     assert!(serves(relay.public_addr("b").unwrap()));
+    a_carries("adding b");
 
     // A new load figure re-registers `b`; it keeps serving.
     assert_eq!(agent.reload(both_agent("tb", 20)).changed, ["b"]);
     assert!(serves(relay.public_addr("b").unwrap()));
+    a_carries("a new load for b");
 
     // A new token on the relay drops `b`'s registration; the agent's reload
     // with the same token brings it back.
@@ -867,6 +898,7 @@ fn reload_adds_changes_and_removes_a_mapping_while_another_carries_traffic() {
         relay.public_addr("b").is_some()
     });
     assert!(serves(relay.public_addr("b").unwrap()));
+    a_carries("a new token for b");
 
     // The agent drops `b` (Unregister): its port closes though the relay still lists it.
     let mut only_a = agent_cfg(&[], &[("a", "ta", ea, 10)]);
@@ -878,6 +910,7 @@ fn reload_adds_changes_and_removes_a_mapping_while_another_carries_traffic() {
         relay.public_addr("b").is_none()
     });
     assert!(relay.services().contains_key("b"));
+    a_carries("the agent dropping b");
 
     // And the relay removes it.
     let mut only_a = relay_cfg(0, &[("a", "ta", 0)]);
@@ -886,10 +919,10 @@ fn reload_adds_changes_and_removes_a_mapping_while_another_carries_traffic() {
         ["b"]
     );
     assert!(!relay.services().contains_key("b"));
+    a_carries("the relay removing b");
 
     stop.store(true, Ordering::Relaxed);
-    let rounds = traffic.join().expect("traffic on `a` never broke");
-    assert!(rounds > 10, "only {rounds} round trips on `a`");
+    traffic.join().expect("traffic on `a` never broke");
     assert_eq!(
         relay.mapping_stats()["a"]["connections"],
         1,

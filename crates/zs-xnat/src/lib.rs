@@ -43,6 +43,7 @@
 //! | `[client] retry_interval`, `heartbeat_timeout` | rathole's names: longest reconnect backoff (2 s), relay silence before reconnecting (40 s) |
 //! | `agent_name` | ours: shown in the relay's logs |
 //! | `[*.transport] encryption` | ours: `"session"` (default) or `"none"`: plaintext **data** connections for trusted networks (control session, token proof and tickets stay encrypted; Linux moves the bytes with `splice(2)`); relay and agent must agree; warned at start ([`DataEncryption`], PROTOCOL.md Part 12) |
+//! | `[*.transport] plain_copy` | ours: how plaintext data connections move bytes: `"splice"` (default; `splice(2)` on Linux, a buffered copy elsewhere) or `"buffered"` (`read`/`write` through one user-space buffer everywhere); each side chooses for itself ([`PlainCopy`]) |
 //! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); rathole's `tls`/`websocket` are refused with an error |
 //!
 //! | `[server.direct] stun_bind_addr`, `stun_alt_ip`, `stun_addr` | ours: the relay hosts the punch rendezvous for visitors and answers STUN on two addresses (or names another RFC 5780 server): see [Visitors](#visitors-and-direct-paths) |
@@ -176,7 +177,7 @@ mod itest;
 
 pub use admin::AdminClient;
 pub use agent::Agent;
-pub use config::{Config, ConfigError, DataEncryption};
+pub use config::{Config, ConfigError, DataEncryption, PlainCopy};
 pub use node::Node;
 pub use relay::Relay;
 pub use virt::VirtualBackend;

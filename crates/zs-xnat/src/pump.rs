@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::config::PlainCopy;
 use crate::secure::{grow, SecureRead, SecureWrite, READ_MIN};
 
 /// How a pump ended.
@@ -19,6 +20,63 @@ pub(crate) enum End {
     Idle,
     /// An I/O error.
     Error(io::Error),
+}
+
+/// The activity of one carried connection, shared by its two directions: the
+/// last time a byte moved (for the idle timeout) and the byte counters.
+pub(crate) struct Activity {
+    start: Instant,
+    /// Milliseconds after `start` of the last move.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// `n` bytes moved one way: the idle clock restarts and `counters` grow.
+    fn moved(&self, n: usize, counters: &[&AtomicU64]) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        for c in counters {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves once nothing moved for `idle` (never with `None`).
+    async fn idle(&self, idle: Option<Duration>) {
+        let Some(idle) = idle else {
+            return std::future::pending::<()>().await;
+        };
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.start.elapsed().as_millis() as u64;
+            if now.saturating_sub(self.last.load(Ordering::Relaxed)) >= idle.as_millis() as u64 {
+                return;
+            }
+        }
+    }
+
+    /// Runs both directions (`both`: they each half-close their far side when
+    /// their source ends) against the idle timeout.
+    async fn supervise(
+        &self,
+        both: impl std::future::Future<Output = io::Result<()>>,
+        idle: Option<Duration>,
+    ) -> End {
+        tokio::select! {
+            r = both => match r {
+                Ok(()) => End::Done,
+                Err(e) => End::Error(e),
+            },
+            _ = self.idle(idle) => End::Idle,
+        }
+    }
 }
 
 /// Moves bytes until both directions end. `first` is plaintext already
@@ -34,64 +92,34 @@ pub(crate) async fn pump(
     down: &[&AtomicU64],
 ) -> End {
     let _ = plain.set_nodelay(true);
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let act = Activity::new();
     let (mut pr, mut pw) = plain.into_split();
     let a = async {
         let mut buf = vec![0u8; READ_MIN];
         loop {
             let n = pr.read(&mut buf).await?;
             if n == 0 {
-                sw.shutdown().await?;
-                return Ok::<(), io::Error>(());
+                return sw.shutdown().await;
             }
             sw.write(&buf[..n]).await?;
             grow(&mut buf, n);
-            touch();
-            for c in up {
-                c.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            act.moved(n, up);
         }
     };
     let b = async {
         if !first.is_empty() {
             pw.write_all(&first).await?;
-            for c in down {
-                c.fetch_add(first.len() as u64, Ordering::Relaxed);
-            }
+            act.moved(first.len(), down);
         }
         while let Some(parts) = sr.read_parts().await? {
             let n = parts.len();
             write_all_vectored(&mut pw, parts.slices()).await?;
-            touch();
-            for c in down {
-                c.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            act.moved(n, down);
         }
-        pw.shutdown().await?;
-        Ok::<(), io::Error>(())
+        pw.shutdown().await
     };
-    let watchdog = async {
-        let Some(idle) = idle else {
-            return std::future::pending::<()>().await;
-        };
-        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
-            tokio::time::sleep(tick).await;
-            let since = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-            if since >= idle.as_millis() as u64 {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        r = async { tokio::try_join!(a, b) } => match r {
-            Ok(_) => End::Done,
-            Err(e) => End::Error(e),
-        },
-        _ = watchdog => End::Idle,
-    }
+    act.supervise(async { tokio::try_join!(a, b).map(|_| ()) }, idle)
+        .await
 }
 
 /// Writes every slice of `slices` in order with as few `writev` calls as the
@@ -178,6 +206,7 @@ pub(crate) const PLAIN_CONFIRM: [u8; 8] = *b"ZSXPLAIN";
 pub(crate) async fn carry(
     side: Side,
     encryption: crate::config::DataEncryption,
+    copy: PlainCopy,
     plain: TcpStream,
     conn: crate::secure::SecureConn,
     confirm_timeout: Duration,
@@ -233,48 +262,29 @@ pub(crate) async fn carry(
             ))
         }
     }
-    plain_pump(plain, tunnel, idle, up, down).await
+    plain_pump(plain, tunnel, copy, idle, up, down).await
 }
 
 /// Plaintext both ways between two TCP streams, with half-close, the idle
-/// timeout and the byte counters (`up`: `a` -> `b`).
+/// timeout and the byte counters (`up`: `a` -> `b`), moved as `copy` says.
 pub(crate) async fn plain_pump(
     a: TcpStream,
     b: TcpStream,
+    copy: PlainCopy,
     idle: Option<Duration>,
     up: &[&AtomicU64],
     down: &[&AtomicU64],
 ) -> End {
     let _ = a.set_nodelay(true);
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let watchdog = async {
-        let Some(idle) = idle else {
-            return std::future::pending::<()>().await;
-        };
-        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
-            tokio::time::sleep(tick).await;
-            let since = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-            if since >= idle.as_millis() as u64 {
-                return;
-            }
-        }
-    };
+    let act = Activity::new();
     let both = async {
         tokio::try_join!(
-            plain::copy(&a, &b, up, &touch),
-            plain::copy(&b, &a, down, &touch)
+            plain::copy(&a, &b, copy, up, &act),
+            plain::copy(&b, &a, copy, down, &act)
         )
+        .map(|_| ())
     };
-    tokio::select! {
-        r = both => match r {
-            Ok(_) => End::Done,
-            Err(e) => End::Error(e),
-        },
-        _ = watchdog => End::Idle,
-    }
+    act.supervise(both, idle).await
 }
 
 /// One direction of the plaintext path: Linux moves pages socket -> pipe ->
@@ -283,11 +293,13 @@ pub(crate) async fn plain_pump(
 /// neither blocks a runtime thread.
 mod plain {
     use std::io;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     #[cfg(target_os = "linux")]
     use tokio::io::Interest;
     use tokio::net::TcpStream;
+
+    use super::{Activity, PlainCopy};
 
     /// Bytes moved per splice call (the pipe's capacity).
     #[cfg(target_os = "linux")]
@@ -299,36 +311,33 @@ mod plain {
         socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
     }
 
-    /// `ZS_XNAT_PLAIN_COPY=buffered` in the environment makes Linux use
-    /// the portable copy too: a diagnostic switch, read once, so the bench
-    /// can measure what `splice(2)` buys (`xnat_plain_rw` cases).
-    #[cfg(target_os = "linux")]
-    fn force_buffered() -> bool {
-        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *F.get_or_init(|| std::env::var("ZS_XNAT_PLAIN_COPY").is_ok_and(|v| v == "buffered"))
-    }
-
-    /// One direction: `splice(2)` on Linux, the buffered copy elsewhere.
+    /// One direction, as `mode` says: `splice(2)` on Linux unless
+    /// `"buffered"`, the buffered copy otherwise. Half-closes `to` when
+    /// `from` ends.
     pub(super) async fn copy(
         from: &TcpStream,
         to: &TcpStream,
+        mode: PlainCopy,
         counters: &[&AtomicU64],
-        touch: &impl Fn(),
+        act: &Activity,
     ) -> io::Result<()> {
         #[cfg(target_os = "linux")]
-        if !force_buffered() {
-            return splice_copy(from, to, counters, touch).await;
+        if mode == PlainCopy::Splice {
+            splice_copy(from, to, counters, act).await?;
+            return shutdown_write(to);
         }
-        buffered_copy(from, to, counters, touch).await
+        let _ = mode;
+        buffered_copy(from, to, counters, act).await?;
+        shutdown_write(to)
     }
 
     /// Linux: socket -> pipe -> socket, the pages never enter user space.
     #[cfg(target_os = "linux")]
-    pub(super) async fn splice_copy(
+    async fn splice_copy(
         from: &TcpStream,
         to: &TcpStream,
         counters: &[&AtomicU64],
-        touch: &impl Fn(),
+        act: &Activity,
     ) -> io::Result<()> {
         use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
         let (pr, pw) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
@@ -347,7 +356,7 @@ mod plain {
                 }
             };
             if n == 0 {
-                return shutdown_write(to);
+                return Ok(());
             }
             let mut left = n;
             while left > 0 {
@@ -361,19 +370,16 @@ mod plain {
                     Err(e) => return Err(e),
                 }
             }
-            touch();
-            for c in counters {
-                c.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            act.moved(n, counters);
         }
     }
 
-    /// Other systems (and `ZS_XNAT_PLAIN_COPY=buffered`): one reused buffer.
-    pub(super) async fn buffered_copy(
+    /// Other systems (and `plain_copy = "buffered"`): one reused buffer.
+    async fn buffered_copy(
         from: &TcpStream,
         to: &TcpStream,
         counters: &[&AtomicU64],
-        touch: &impl Fn(),
+        act: &Activity,
     ) -> io::Result<()> {
         let mut buf = vec![0u8; crate::secure::READ_MIN];
         loop {
@@ -386,7 +392,7 @@ mod plain {
                 }
             };
             if n == 0 {
-                return shutdown_write(to);
+                return Ok(());
             }
             let mut at = 0;
             let full = n == buf.len();
@@ -399,10 +405,7 @@ mod plain {
                     Err(e) => return Err(e),
                 }
             }
-            touch();
-            for c in counters {
-                c.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            act.moved(n, counters);
             if full {
                 crate::secure::grow(&mut buf, n);
             }
@@ -416,9 +419,8 @@ mod tests {
     //! copies byte-exact with half-close, the idle timeout, the confirmation
     //! exchange (a mismatched relay/agent pair fails every connection and
     //! forwards nothing), the config key, and relay + agent end to end.
-    use std::collections::BTreeMap;
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+    use std::net::{SocketAddr, TcpStream as StdStream};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -428,8 +430,10 @@ mod tests {
     use zs_crypto::session::ServerIdentity;
 
     use super::*;
-    use crate::config::{
-        ClientConfig, ClientService, Config, DataEncryption, ServerConfig, ServerService,
+    use crate::config::{Config, DataEncryption};
+    use crate::itest::{
+        agent_cfg, counting_echo_server, echo_exact, relay_cfg, start_agent, start_relay,
+        wait_until, Side,
     };
     use crate::{Agent, Relay};
 
@@ -445,12 +449,12 @@ mod tests {
         (0..n as u32).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    /// client <-> [x | y] <-> server, where [x|y] is `plain_pump` (or one
-    /// direction of `buffered_copy` each way): what the client writes comes
-    /// out at the server byte for byte, and back, with half-close.
+    /// client <-> [x | y] <-> server, where [x|y] is `plain_pump` with
+    /// splice and with the buffered copy: what the client writes comes out at
+    /// the server byte for byte, and back, with half-close.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn plain_pump_moves_exact_bytes_both_ways_with_half_close() {
-        for buffered in [false, true] {
+        for copy in [PlainCopy::Splice, PlainCopy::Buffered] {
             let (mut client, x) = pair().await;
             let (y, mut server) = pair().await;
             let up = AtomicU64::new(0);
@@ -477,22 +481,10 @@ mod tests {
                 n.unwrap();
                 back
             };
-            let mid = async {
-                if buffered {
-                    let touch = || {};
-                    let (u, d) = ([&up], [&down]);
-                    tokio::try_join!(
-                        plain::buffered_copy(&x, &y, &u, &touch),
-                        plain::buffered_copy(&y, &x, &d, &touch)
-                    )
-                    .map(|_| End::Done)
-                    .unwrap_or_else(End::Error)
-                } else {
-                    plain_pump(x, y, Some(Duration::from_secs(30)), &[&up], &[&down]).await
-                }
-            };
+            let (u, d) = ([&up], [&down]);
+            let mid = plain_pump(x, y, copy, Some(Duration::from_secs(30)), &u, &d);
             let (at_server, back, end) = tokio::join!(far, near, mid);
-            assert!(matches!(end, End::Done), "{end:?} (buffered: {buffered})");
+            assert!(matches!(end, End::Done), "{end:?} ({copy:?})");
             assert!(at_server == data, "bytes differ at the server");
             assert!(back == data, "bytes differ on the way back");
             assert_eq!(up.load(Ordering::Relaxed), data.len() as u64);
@@ -607,153 +599,55 @@ mod tests {
         let (_client, x) = pair().await;
         let (y, _server) = pair().await;
         let t = Instant::now();
-        let end = plain_pump(x, y, Some(Duration::from_millis(200)), &[], &[]).await;
+        let end = plain_pump(
+            x,
+            y,
+            PlainCopy::Splice,
+            Some(Duration::from_millis(200)),
+            &[],
+            &[],
+        )
+        .await;
         assert!(matches!(end, End::Idle), "{end:?}");
         assert!(t.elapsed() >= Duration::from_millis(200));
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 
-    fn relay_cfg(e: DataEncryption) -> ServerConfig {
-        let mut services = BTreeMap::new();
-        services.insert(
-            "echo".to_string(),
-            ServerService {
-                token: "t".into(),
-                bind_addr: "127.0.0.1:0".parse().unwrap(),
-                idle_timeout: Duration::from_secs(30),
-                max_connections: 16,
-                kind: crate::config::Kind::Tcp,
-            },
-        );
-        ServerConfig {
-            bind_addr: "127.0.0.1:0".parse().unwrap(),
-            default_token: None,
-            identity_file: "unused".into(),
-            pool_size: 2,
-            max_agents: 4,
-            heartbeat_interval: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(2),
-            services,
-            admin: crate::config::AdminConfig::defaults(std::path::Path::new("unused")),
-            data_encryption: e,
-        }
-    }
-
-    fn agent_cfg(relay: SocketAddr, local: SocketAddr, e: DataEncryption) -> ClientConfig {
-        let mut services = BTreeMap::new();
-        services.insert(
-            "echo".to_string(),
-            ClientService {
-                token: "t".into(),
-                local_addr: local.to_string(),
-                max_load: 16,
-                proxy_protocol: false,
-                kind: crate::config::Kind::Tcp,
-            },
-        );
-        ClientConfig {
-            remote_addrs: vec![relay.to_string()],
-            relay_fingerprint: ServerIdentity::from_seed(&[7; 32]).unwrap().fingerprint(),
-            default_token: None,
-            retry_max: Duration::from_millis(300),
-            heartbeat_timeout: Duration::from_secs(5),
-            agent_name: "perf-test".into(),
-            services,
-            data_encryption: e,
-        }
-    }
-
-    /// Relay and agent on one runtime (dropped at the end of the test).
+    /// Relay and agent (each on its own runtime, stopped when the returned
+    /// sides drop) serving `echo` -> `local` with the given data encryption.
     fn tunnel(
-        rt: &tokio::runtime::Runtime,
         relay_e: DataEncryption,
         agent_e: DataEncryption,
         local: SocketAddr,
-    ) -> (Relay, Agent, SocketAddr) {
-        let relay = rt
-            .block_on(Relay::bind_with_identity(
-                relay_cfg(relay_e),
-                ServerIdentity::from_seed(&[7; 32]).unwrap(),
-            ))
-            .unwrap();
-        rt.spawn(relay.clone().run());
-        let agent = Agent::new(agent_cfg(relay.local_addr(), local, agent_e));
-        rt.spawn(agent.clone().run());
-        let t = Instant::now();
-        let public = loop {
-            if let Some(a) = relay.public_addr("echo") {
-                break a;
-            }
-            assert!(t.elapsed() < Duration::from_secs(10), "no public port");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        (relay, agent, public)
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
-    /// A local service that echoes and records how many bytes it received.
-    fn echo_server(received: Arc<AtomicU64>) -> SocketAddr {
-        let l = StdListener::bind("127.0.0.1:0").unwrap();
-        let a = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                let received = received.clone();
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => {
-                                let _ = s.shutdown(std::net::Shutdown::Write);
-                                return;
-                            }
-                            Ok(n) => {
-                                received.fetch_add(n as u64, Ordering::Relaxed);
-                                if s.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
+    ) -> ((Side, Relay), (Side, Agent), SocketAddr) {
+        let mut rc = relay_cfg(0, &[("echo", "t", 0)]);
+        rc.data_encryption = relay_e;
+        let (rs, relay) = start_relay(rc);
+        let mut ac = agent_cfg(&[relay.local_addr()], &[("echo", "t", local, 16)]);
+        ac.data_encryption = agent_e;
+        let (sa, agent) = start_agent(ac);
+        wait_until("public port", Duration::from_secs(10), || {
+            relay.public_addr("echo").is_some()
         });
-        a
+        let public = relay.public_addr("echo").unwrap();
+        ((rs, relay), (sa, agent), public)
     }
 
     #[test]
     fn plaintext_data_connections_carry_exact_bytes_through_relay_and_agent() {
-        let rt = runtime();
         let received = Arc::new(AtomicU64::new(0));
-        let local = echo_server(received.clone());
-        let (relay, _agent, public) =
-            tunnel(&rt, DataEncryption::None, DataEncryption::None, local);
+        let local = counting_echo_server(received.clone());
+        let ((_rs, relay), _agent, public) =
+            tunnel(DataEncryption::None, DataEncryption::None, local);
         for round in 0..3 {
             let data = pattern(1_000_000 + round * 12_345);
-            let mut s = StdStream::connect(public).unwrap();
-            let mut r = s.try_clone().unwrap();
-            let reader = std::thread::spawn(move || {
-                let mut got = Vec::new();
-                r.read_to_end(&mut got).unwrap();
-                got
-            });
-            s.write_all(&data).unwrap();
-            s.shutdown(std::net::Shutdown::Write).unwrap();
-            let got = reader.join().unwrap();
+            let got = echo_exact(public, &data);
             assert!(got == data, "round {round}: echoed bytes differ");
         }
         let m = &relay.mapping_stats()["echo"];
         assert_eq!(m["connections"], 3);
         assert_eq!(m["bytes_up"], m["bytes_down"]);
         assert_eq!(m["bytes_up"], 3_000_000 + 12_345 * 3);
-        drop(rt);
     }
 
     /// An in-process mapping is reached through the data connection's
@@ -761,11 +655,10 @@ mod tests {
     /// refused and counted, and never reaches the in-process backend.
     #[test]
     fn in_process_mappings_refuse_plaintext_data_connections() {
-        let rt = runtime();
         let received = Arc::new(AtomicU64::new(0));
-        let local = echo_server(received.clone());
-        let (_relay, agent, public) =
-            tunnel(&rt, DataEncryption::None, DataEncryption::None, local);
+        let local = counting_echo_server(received.clone());
+        let (_relay, (_sa, agent), public) =
+            tunnel(DataEncryption::None, DataEncryption::None, local);
         agent.serve_in_process(
             "echo",
             crate::VirtualBackend::new(),
@@ -792,7 +685,6 @@ mod tests {
             0,
             "carried to the in-process backend"
         );
-        drop(rt);
     }
 
     /// One side plaintext, the other encrypted: the public client gets its
@@ -804,10 +696,9 @@ mod tests {
             (DataEncryption::None, DataEncryption::Session),
             (DataEncryption::Session, DataEncryption::None),
         ] {
-            let rt = runtime();
             let received = Arc::new(AtomicU64::new(0));
-            let local = echo_server(received.clone());
-            let (_relay, _agent, public) = tunnel(&rt, relay_e, agent_e, local);
+            let local = counting_echo_server(received.clone());
+            let (_relay, _agent, public) = tunnel(relay_e, agent_e, local);
             let mut s = StdStream::connect(public).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
             let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -820,7 +711,6 @@ mod tests {
                 0,
                 "{relay_e:?}/{agent_e:?}: the local service received bytes"
             );
-            drop(rt);
         }
     }
 
@@ -854,6 +744,22 @@ mod tests {
         assert!(e.message.contains("\"none\""), "{}", e.message);
         let e = parse(&format!("{relay}[server.transport]\nencryption = 0\n")).unwrap_err();
         assert_eq!(e.key, "server.transport.encryption");
+        // plain_copy: splice by default, "buffered" on request, anything else named.
+        assert_eq!(
+            parse(relay).unwrap().server.unwrap().plain_copy,
+            PlainCopy::Splice
+        );
+        let c = parse(&format!(
+            "{agent}[client.transport]\nencryption = \"none\"\nplain_copy = \"buffered\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.client.unwrap().plain_copy, PlainCopy::Buffered);
+        let e = parse(&format!(
+            "{relay}[server.transport]\nplain_copy = \"sendfile\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "server.transport.plain_copy");
+        assert!(e.message.contains("\"buffered\""), "{}", e.message);
     }
 }
 

@@ -977,6 +977,7 @@ impl Relay {
         let end = carry(
             Side::Relay,
             self.inner.cfg.data_encryption,
+            self.inner.cfg.plain_copy,
             tcp,
             c,
             self.inner.cfg.handshake_timeout,

@@ -414,31 +414,11 @@ fn an_agent_that_never_reads_is_dropped_as_slow_and_others_carry_on() {
         relay.public_addr("ok").is_some()
     });
     let side = Side::new();
-    let fp = ServerIdentity::from_seed(&SEED).unwrap().fingerprint();
-    let cfg = std::sync::Arc::new(zs_crypto::ClientConfig::pinned(fp));
     let addr = relay.local_addr();
     let sent = side.rt().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut c = SecureConn::connect(tcp, cfg, Duration::from_secs(2))
-            .await
-            .unwrap();
-        c.send(&Msg::Hello {
-            version: proto::VERSION,
-            agent: "deaf".into(),
-        })
-        .await
-        .unwrap();
-        let Msg::Challenge { nonce } = c.recv().await.unwrap() else {
-            panic!()
-        };
+        let (mut c, nonce) = hand_agent(addr, "deaf").await;
         let p = proto::proof("token", &nonce, &c.channel_binding(), "svc");
-        c.send(&Msg::Register {
-            service: "svc".into(),
-            max_load: 1,
-            proof: p,
-        })
-        .await
-        .unwrap();
+        hand_register(&mut c, "svc", p).await;
         // Ping without ever reading the answers: the relay's writes back up,
         // its bounded control queue fills, and it must let go of us.
         let mut batch = Vec::new();
