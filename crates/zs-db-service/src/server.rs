@@ -728,15 +728,14 @@ impl Svc {
         }
         let budget = self.cfg.loop_cache_bytes;
         let seq = e.db.change_seq();
-        let quiet = budget > 0 && seq % 2 == 0;
+        let quiet = budget > 0 && seq.is_multiple_of(2);
         if quiet {
             if let Some(a) = LOOP_CACHE.with(|c| c.borrow_mut().get(e.uid, id, seq)) {
                 return Some(Some(a));
             }
         }
-        let answer = e
-            .db
-            .get_cached_with(id, |kind, data| encode_record_answer(id, kind, data))?;
+        let answer =
+            e.db.get_cached_with(id, |kind, data| encode_record_answer(id, kind, data))?;
         if let Some(a) = &answer {
             // current at `seq` only if no commit started since (see change_seq)
             if quiet && a.len() <= LOOP_CACHE_INLINE && e.db.change_seq() == seq {
@@ -2162,7 +2161,11 @@ mod tests {
         assert_eq!(first, encode_record_answer(id, Kind::Raw, b"one"));
         let hits = loop_hits();
         let second = svc.get_on_loop(&e, id).unwrap().unwrap();
-        assert_eq!(loop_hits(), hits + 1, "the second GET comes from the loop cache");
+        assert_eq!(
+            loop_hits(),
+            hits + 1,
+            "the second GET comes from the loop cache"
+        );
         assert_eq!(second, first);
         // written straight into the engine (as zs-tx procedures and embedded
         // users do), not through the service: the loop cache must see it
