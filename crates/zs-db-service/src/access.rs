@@ -11,6 +11,7 @@
 //! revoked right stops them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
@@ -104,7 +105,9 @@ pub(crate) struct Rules {
     db: Database,
     /// (database or `*`, user or `*`) → (record id, access).
     map: Mutex<HashMap<(String, String), (u64, Access)>>,
-    pub(crate) identity: Mutex<Option<Arc<dyn Identity>>>,
+    identity: Mutex<Option<Arc<dyn Identity>>>,
+    /// Set once an identity is: until then no request takes `identity`'s lock.
+    enforcing: AtomicBool,
 }
 
 impl Rules {
@@ -126,11 +129,21 @@ impl Rules {
             db,
             map: Mutex::new(map),
             identity: Mutex::new(None),
+            enforcing: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn identity(&self) -> Option<Arc<dyn Identity>> {
+        if !self.enforcing.load(Ordering::Acquire) {
+            return None;
+        }
         crate::server::lock(&self.identity).clone()
+    }
+
+    /// Enforces the rules from now on, with `identity` telling who is logged in.
+    pub(crate) fn set_identity(&self, identity: Arc<dyn Identity>) {
+        *crate::server::lock(&self.identity) = Some(identity);
+        self.enforcing.store(true, Ordering::Release);
     }
 
     /// Sets (durably) the access of `user` to `db` (`*` for either: all).

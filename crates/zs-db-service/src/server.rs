@@ -92,6 +92,14 @@ pub struct ServiceConfig {
     /// the process (each holds a worker thread while it runs, waits for commit
     /// locks or redoes); more are refused with 429. Default 64.
     pub max_procedure_calls: usize,
+    /// Bytes of GET answers each event-loop thread keeps (a direct-mapped
+    /// table of about `loop_cache_bytes / 264` slots, allocated at the loop's
+    /// first GET, for values up to 218 bytes): a GET of a record in it takes
+    /// no lock at all; an answer counts only while its database's
+    /// [`Database::change_seq`] has not moved since it was read. 0 turns it
+    /// off (every GET then takes zs-db's cache shard lock). Default 16 MiB
+    /// per loop thread.
+    pub loop_cache_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -117,6 +125,7 @@ impl Default for ServiceConfig {
             workers: 8,
             worker_queue: 4096,
             max_sorted: 100_000,
+            loop_cache_bytes: 16 << 20,
         }
     }
 }
@@ -158,6 +167,8 @@ pub fn check_client_name(name: &str) -> Result<(), HandlerError> {
 /// One open database as the service holds it.
 struct DbEntry {
     db: Database,
+    /// Process-unique (keys the loops' answer caches, [`LoopCache`]).
+    uid: u64,
     /// Serializes the service's writes to this database (FastPost predicts the ids
     /// of its next commit, so no other write may come between).
     write: Mutex<()>,
@@ -259,8 +270,90 @@ struct EntryCache {
     entries: Vec<(Box<str>, Weak<DbEntry>)>,
 }
 
+/// Source of [`DbEntry::uid`].
+static NEXT_ENTRY_UID: AtomicU64 = AtomicU64::new(1);
+
+/// Largest GET answer a [`LoopCache`] slot holds (values up to 218 bytes;
+/// larger records are answered from zs-db's cache).
+const LOOP_CACHE_INLINE: usize = 232;
+
+/// Encoded GET answers kept by one event-loop thread: a direct-mapped table
+/// (one slot per `(database, id)` hash, a new answer replaces the slot's) of
+/// [`ServiceConfig::loop_cache_bytes`] `/ size_of::<LoopSlot>()` slots, each
+/// holding its answer inline, so a hit reads one slot (a few adjacent cache
+/// lines). Only the thread that owns it touches it, so a hit takes no lock: it
+/// checks the slot against the database's [`Database::change_seq`] (one atomic
+/// load).
+#[derive(Default)]
+struct LoopCache {
+    slots: Vec<LoopSlot>,
+    hits: u64,
+}
+
+#[derive(Clone)]
+struct LoopSlot {
+    /// [`DbEntry::uid`] (0: empty).
+    entry: u64,
+    id: u64,
+    /// The database's change sequence the answer was read at.
+    seq: u64,
+    len: u16,
+    answer: [u8; LOOP_CACHE_INLINE],
+}
+
+impl LoopSlot {
+    const EMPTY: LoopSlot = LoopSlot {
+        entry: 0,
+        id: 0,
+        seq: 0,
+        len: 0,
+        answer: [0; LOOP_CACHE_INLINE],
+    };
+}
+
+impl LoopCache {
+    fn index(&self, entry: u64, id: u64) -> usize {
+        let h = (id ^ entry.rotate_left(40)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // a multiply-shift reduction to `0..slots.len()`
+        ((u128::from(h) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The answer for `id` of database `entry` if it was read at `seq`.
+    fn get(&mut self, entry: u64, id: u64, seq: u64) -> Option<Bytes> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let s = &self.slots[self.index(entry, id)];
+        if s.entry == entry && s.id == id && s.seq == seq {
+            self.hits += 1;
+            Some(Bytes::copy_from_slice(&s.answer[..usize::from(s.len)]))
+        } else {
+            None
+        }
+    }
+
+    /// Keeps `answer` (read at `seq`) in a table of `budget` bytes.
+    fn put(&mut self, budget: usize, entry: u64, id: u64, seq: u64, answer: &[u8]) {
+        let want = budget / std::mem::size_of::<LoopSlot>();
+        if want == 0 || answer.len() > LOOP_CACHE_INLINE {
+            return;
+        }
+        if self.slots.len() != want {
+            self.slots = vec![LoopSlot::EMPTY; want];
+        }
+        let i = self.index(entry, id);
+        let s = &mut self.slots[i];
+        s.entry = entry;
+        s.id = id;
+        s.seq = seq;
+        s.len = answer.len() as u16;
+        s.answer[..answer.len()].copy_from_slice(answer);
+    }
+}
+
 thread_local! {
     static ENTRY_CACHE: std::cell::RefCell<EntryCache> = std::cell::RefCell::default();
+    static LOOP_CACHE: std::cell::RefCell<LoopCache> = std::cell::RefCell::default();
 }
 
 struct Svc {
@@ -403,7 +496,7 @@ impl DbService {
     /// a connection (the facade's `DbServiceAccountsExt` plugs in the accounts
     /// service). Without one, every connection may do everything.
     pub fn set_identity(&self, identity: Arc<dyn Identity>) {
-        *lock(&self.svc.rules.identity) = Some(identity);
+        self.svc.rules.set_identity(identity);
     }
 
     /// Sets, durably, the access of `user` to database `db` (`*` for either
@@ -530,6 +623,7 @@ impl Svc {
         self.resolve_marks(name, &db);
         let e = Arc::new(DbEntry {
             db,
+            uid: NEXT_ENTRY_UID.fetch_add(1, Ordering::Relaxed),
             write: Mutex::new(()),
             dirty: AtomicBool::new(false),
             watchers: Mutex::new(Vec::new()),
@@ -589,9 +683,7 @@ impl Svc {
                 let _ = r.reply_error(code, m);
                 return;
             }
-            let answer = self.cached_entry(db).and_then(|e| {
-                e.db.get_cached_with(id, |kind, data| encode_record_answer(id, kind, data))
-            });
+            let answer = self.cached_entry(db).and_then(|e| self.get_on_loop(&e, id));
             match answer {
                 Some(Some(bytes)) => {
                     let _ = r.reply_data(to_frame(bytes));
@@ -624,6 +716,33 @@ impl Svc {
         if !spawned {
             tracing::debug!(peer = peer.id(), "db service: worker queue full");
         }
+    }
+
+    /// A GET answered without leaving the event loop: from this thread's
+    /// [`LoopCache`] (no lock), else from zs-db's cache (its shard lock), the
+    /// answer then kept in the loop cache if no commit ran meanwhile.
+    /// `Some(None)`: no such record; `None`: it must be read from the file.
+    fn get_on_loop(&self, e: &DbEntry, id: u64) -> Option<Option<Bytes>> {
+        if e.db.is_closed() {
+            return None;
+        }
+        let budget = self.cfg.loop_cache_bytes;
+        let seq = e.db.change_seq();
+        let quiet = budget > 0 && seq.is_multiple_of(2);
+        if quiet {
+            if let Some(a) = LOOP_CACHE.with(|c| c.borrow_mut().get(e.uid, id, seq)) {
+                return Some(Some(a));
+            }
+        }
+        let answer =
+            e.db.get_cached_with(id, |kind, data| encode_record_answer(id, kind, data))?;
+        if let Some(a) = &answer {
+            // current at `seq` only if no commit started since (see change_seq)
+            if quiet && a.len() <= LOOP_CACHE_INLINE && e.db.change_seq() == seq {
+                LOOP_CACHE.with(|c| c.borrow_mut().put(budget, e.uid, id, seq, a));
+            }
+        }
+        Some(answer)
     }
 
     /// Sends the changes of one commit to the watches of `e`; called with `e.write`
@@ -2012,6 +2131,124 @@ impl Svc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mem_service(loop_cache_bytes: usize) -> DbService {
+        let env = Env::with_vfs(Arc::new(zs_db::MemVfs::new()));
+        let cfg = ServiceConfig {
+            loop_cache_bytes,
+            ..ServiceConfig::default()
+        };
+        DbService::with_env(env, cfg).unwrap()
+    }
+
+    fn loop_hits() -> u64 {
+        LOOP_CACHE.with(|c| c.borrow().hits)
+    }
+
+    fn value_of(answer: &Bytes) -> Option<Vec<u8>> {
+        match Answer::decode(answer, &Limits::default()).unwrap() {
+            Answer::Record(r) => r.map(|r| r.data),
+            a => panic!("not a record: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn a_loop_cache_hit_answers_like_the_engine_and_a_commit_outdates_it() {
+        let svc = mem_service(1 << 20).svc;
+        let e = svc.entry("kv", true).unwrap();
+        let id = e.db.insert(Kind::Raw, b"one").unwrap();
+        let first = svc.get_on_loop(&e, id).unwrap().unwrap();
+        assert_eq!(first, encode_record_answer(id, Kind::Raw, b"one"));
+        let hits = loop_hits();
+        let second = svc.get_on_loop(&e, id).unwrap().unwrap();
+        assert_eq!(
+            loop_hits(),
+            hits + 1,
+            "the second GET comes from the loop cache"
+        );
+        assert_eq!(second, first);
+        // written straight into the engine (as zs-tx procedures and embedded
+        // users do), not through the service: the loop cache must see it
+        e.db.update(id, Kind::Json, b"{\"n\":2}").unwrap();
+        let third = svc.get_on_loop(&e, id).unwrap().unwrap();
+        assert_eq!(third, encode_record_answer(id, Kind::Json, b"{\"n\":2}"));
+        assert_eq!(svc.get_on_loop(&e, id).unwrap().unwrap(), third);
+        e.db.delete(id).unwrap();
+        assert_eq!(svc.get_on_loop(&e, id), Some(None));
+        // a value too large for a slot is answered, just not kept
+        let big = vec![7u8; LOOP_CACHE_INLINE];
+        let bid = e.db.insert(Kind::Raw, &big).unwrap();
+        let hits = loop_hits();
+        for _ in 0..3 {
+            let a = svc.get_on_loop(&e, bid).unwrap().unwrap();
+            assert_eq!(value_of(&a).unwrap(), big);
+        }
+        assert_eq!(loop_hits(), hits);
+        // a closed database is not answered from the loop
+        let cid = e.db.insert(Kind::Raw, b"c").unwrap();
+        let _ = svc.get_on_loop(&e, cid);
+        e.db.close().unwrap();
+        assert_eq!(svc.get_on_loop(&e, cid), None);
+    }
+
+    #[test]
+    fn a_loop_cache_of_zero_bytes_keeps_nothing() {
+        let svc = mem_service(0).svc;
+        let e = svc.entry("kv", true).unwrap();
+        let id = e.db.insert(Kind::Raw, b"one").unwrap();
+        let hits = loop_hits();
+        for _ in 0..3 {
+            let a = svc.get_on_loop(&e, id).unwrap().unwrap();
+            assert_eq!(value_of(&a).unwrap(), b"one");
+        }
+        assert_eq!(loop_hits(), hits);
+    }
+
+    /// A GET that starts after an update returned never sees an older value,
+    /// while another thread commits updates as fast as it can.
+    #[test]
+    fn loop_cache_reads_never_go_back_behind_a_returned_commit() {
+        let svc = mem_service(1 << 20).svc;
+        let e = svc.entry("kv", true).unwrap();
+        let ids: Vec<u64> = (0..4)
+            .map(|_| e.db.insert(Kind::Raw, &0u64.to_le_bytes()).unwrap())
+            .collect();
+        let committed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (e, ids, committed, stop) =
+                (e.clone(), ids.clone(), committed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Acquire) && n < 20_000 {
+                    n += 1;
+                    for &id in &ids {
+                        e.db.update(id, Kind::Raw, &n.to_le_bytes()).unwrap();
+                    }
+                    committed.store(n, Ordering::Release);
+                }
+            })
+        };
+        let (mut reads, mut hits0) = (0u64, loop_hits());
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(400) {
+            let floor = committed.load(Ordering::Acquire);
+            for &id in &ids {
+                let a = svc.get_on_loop(&e, id).unwrap().unwrap();
+                let v = u64::from_le_bytes(value_of(&a).unwrap().try_into().unwrap());
+                assert!(v >= floor, "read {v} after {floor} was committed");
+                reads += 1;
+            }
+        }
+        stop.store(true, Ordering::Release);
+        writer.join().unwrap();
+        assert!(reads > 0);
+        // once the writer stopped, reads come from the loop again
+        let _ = svc.get_on_loop(&e, ids[0]);
+        hits0 = hits0.max(loop_hits());
+        let _ = svc.get_on_loop(&e, ids[0]);
+        assert_eq!(loop_hits(), hits0 + 1);
+    }
 
     #[test]
     fn marks_round_trip_with_any_number_of_groups() {

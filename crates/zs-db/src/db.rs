@@ -515,6 +515,9 @@ pub(crate) struct Inner {
     stop_tx: Mutex<Option<crossbeam::channel::Sender<()>>>,
     /// Records written by bulk commits without entering the cache, for the warm-up.
     warm: Mutex<Warm>,
+    /// Odd while a commit applies its changes, moved on by two per commit (see
+    /// [`Database::change_seq`]).
+    changes: AtomicU64,
 }
 
 /// A handle to an open database (cheap to clone; all clones share one engine). The
@@ -1133,6 +1136,7 @@ impl Database {
             compacting: Mutex::new(()),
             stop_tx: Mutex::new(None),
             warm: Mutex::new(Warm::default()),
+            changes: AtomicU64::new(0),
         };
         for f in index_fields {
             inner.build_index(&f)?;
@@ -1322,6 +1326,15 @@ impl Database {
             None => Some(None),
             Some(_) => None,
         }
+    }
+
+    /// A sequence number of the database's changes, for caches kept outside
+    /// it: odd while a commit is applying its changes, and two more after each
+    /// commit applied (before the commit returns). A copy of a record read
+    /// while the number was even and the same before and after the read is
+    /// current for as long as the number stays the same; no lock is taken.
+    pub fn change_seq(&self) -> u64 {
+        self.inner.changes.load(Ordering::Acquire)
     }
 
     /// True if record `id` exists.
@@ -2050,6 +2063,8 @@ impl Inner {
             value_bytes > shard_budget
         });
         let mut st = wlock(&self.state);
+        // odd while the changes apply (see `Database::change_seq`)
+        self.changes.fetch_add(1, Ordering::AcqRel);
         let mut new_ids = ids.iter().copied();
         for (op, &loc) in ops.iter().zip(locs) {
             let (id, val) = match *op {
@@ -2078,6 +2093,7 @@ impl Inner {
                 _ => self.cache_remove(id),
             }
         }
+        self.changes.fetch_add(1, Ordering::AcqRel);
         drop(st);
         // (a single value above a shard's budget is above the cacheable size too)
         if bulk && ops.len() > 1 && self.opts.cache_bytes > 0 {
