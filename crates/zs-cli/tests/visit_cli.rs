@@ -5,30 +5,13 @@
 #![cfg(target_os = "linux")] // 127.0.0.2 as the STUN server's second address
 
 use std::io::{BufRead, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::zs;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{echo_server, free_port, xnat_fingerprint, zs, Guard};
 
 fn free_udp_pair() -> u16 {
     // Two consecutive free UDP ports on both STUN addresses.
@@ -43,21 +26,6 @@ fn free_udp_pair() -> u16 {
             return p;
         }
     }
-}
-
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-            });
-        }
-    });
-    a
 }
 
 /// `data` through `addr` and back (echo), with a writer thread.
@@ -77,7 +45,7 @@ fn echo_through(addr: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Runs `zs xnat VERB --config cfg`, collecting stderr lines.
-fn spawn(verb: &str, cfg: &std::path::Path) -> (Proc, Arc<Mutex<String>>) {
+fn spawn(verb: &str, cfg: &std::path::Path) -> (Guard, Arc<Mutex<String>>) {
     let mut c = zs()
         .args(["xnat", verb, "--config"])
         .arg(cfg)
@@ -95,7 +63,7 @@ fn spawn(verb: &str, cfg: &std::path::Path) -> (Proc, Arc<Mutex<String>>) {
             l.lock().unwrap().push('\n');
         }
     });
-    (Proc(c), log)
+    (Guard(c), log)
 }
 
 #[test]
@@ -114,13 +82,7 @@ fn visit_goes_through_the_relay_at_once_then_direct() {
         ),
     )
     .unwrap();
-    let fp = zs()
-        .args(["xnat", "fingerprint", "--config"])
-        .arg(&relay_cfg)
-        .output()
-        .unwrap();
-    assert!(fp.status.success());
-    let fp = String::from_utf8(fp.stdout).unwrap().trim().to_string();
+    let fp = xnat_fingerprint(&relay_cfg);
     let agent_cfg = dir.path().join("agent.toml");
     std::fs::write(
         &agent_cfg,

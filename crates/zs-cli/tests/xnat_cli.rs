@@ -3,45 +3,13 @@
 //! process killed and restarted during a request loop, and config errors.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::zs;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-            });
-        }
-    });
-    a
-}
+use common::{echo_server, free_port, xnat_fingerprint, zs, Guard};
 
 /// One round trip through `addr`; true when the bytes came back.
 fn round_trip(addr: SocketAddr, msg: &[u8]) -> bool {
@@ -57,8 +25,8 @@ fn round_trip(addr: SocketAddr, msg: &[u8]) -> bool {
 }
 
 /// `zs xnat ROLE --config CFG` (`server` or `agent`) as a process, killed on drop.
-fn spawn_xnat(role: &str, cfg: &Path) -> Proc {
-    Proc(
+fn spawn_xnat(role: &str, cfg: &Path) -> Guard {
+    Guard(
         zs().args(["xnat", role, "--config"])
             .arg(cfg)
             .stdout(Stdio::null())
@@ -68,21 +36,11 @@ fn spawn_xnat(role: &str, cfg: &Path) -> Proc {
     )
 }
 
-fn spawn_agent(cfg: &Path) -> Proc {
+fn spawn_agent(cfg: &Path) -> Guard {
     spawn_xnat("agent", cfg)
 }
 
 /// `zs xnat fingerprint --config RELAY` (creates the relay's key when missing).
-fn fingerprint(relay_cfg: &Path) -> String {
-    let out = zs()
-        .args(["xnat", "fingerprint", "--config"])
-        .arg(relay_cfg)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 #[test]
 fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kill() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,7 +57,7 @@ fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kil
     )
     .unwrap();
     // The fingerprint verb creates the identity the server then uses.
-    let fp = fingerprint(&relay_cfg);
+    let fp = xnat_fingerprint(&relay_cfg);
     assert!(fp.starts_with("sha3-256:") && fp.len() == 9 + 64, "{fp}");
     assert!(dir.path().join("xnat-relay.key").exists());
     let _relay = spawn_xnat("server", &relay_cfg);
@@ -221,7 +179,7 @@ fn editing_the_config_files_adds_and_removes_mappings_of_running_processes() {
         t
     };
     std::fs::write(&relay_cfg, relay_toml(&[("one", p1)])).unwrap();
-    let fp = fingerprint(&relay_cfg);
+    let fp = xnat_fingerprint(&relay_cfg);
     let _relay = spawn_xnat("server", &relay_cfg);
     let agent_cfg = dir.path().join("agent.toml");
     let agent_toml = |svcs: &[(&str, SocketAddr)]| {
@@ -325,7 +283,7 @@ fn add_list_status_remove_through_the_cli_and_runtime_mappings_survive_a_relay_r
         ),
     )
     .unwrap();
-    let fp = fingerprint(&relay_cfg);
+    let fp = xnat_fingerprint(&relay_cfg);
     let spawn_relay = || spawn_xnat("server", &relay_cfg);
     let relay = spawn_relay();
     let ctl = format!("127.0.0.1:{control}");
@@ -519,7 +477,7 @@ fn the_readme_example_configs_work_from_the_cli() {
             .replace("0.0.0.0:5353", &format!("127.0.0.1:{dns}")),
     )
     .unwrap();
-    let fp = fingerprint(&relay_cfg);
+    let fp = xnat_fingerprint(&relay_cfg);
     let _relay = spawn_xnat("server", &relay_cfg);
     let agent_cfg = dir.path().join("agent.toml");
     std::fs::write(

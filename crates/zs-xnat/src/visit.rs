@@ -753,6 +753,33 @@ impl Drop for Dec<'_> {
     }
 }
 
+/// One direction of [`bridge`]: what the handshake read ahead first, then every
+/// record, then the end passed on as a close; each byte counted in `counters`.
+async fn one_way(
+    rest: Vec<u8>,
+    r: &mut crate::secure::SecureRead,
+    w: &mut crate::secure::SecureWrite,
+    counters: &[&AtomicU64],
+    touch: &impl Fn(),
+) -> io::Result<()> {
+    let count = |n: usize| {
+        for c in counters {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    };
+    if !rest.is_empty() {
+        w.write(&rest).await?;
+        count(rest.len());
+    }
+    let mut buf = Vec::new();
+    while r.read(&mut buf).await? {
+        w.write(&buf).await?;
+        count(buf.len());
+        touch();
+    }
+    w.shutdown().await
+}
+
 /// Bytes both ways between two secure connections (each direction's end is passed
 /// on as a close), until both end, one fails, or nothing moves for `idle`.
 async fn bridge(
@@ -767,37 +794,8 @@ async fn bridge(
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let count = |cs: &[&AtomicU64], n: usize| {
-        for c in cs {
-            c.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    };
-    let ab = async {
-        if !arest.is_empty() {
-            bw.write(&arest).await?;
-            count(up, arest.len());
-        }
-        let mut buf = Vec::new();
-        while ar.read(&mut buf).await? {
-            bw.write(&buf).await?;
-            count(up, buf.len());
-            touch();
-        }
-        bw.shutdown().await
-    };
-    let ba = async {
-        if !brest.is_empty() {
-            aw.write(&brest).await?;
-            count(down, brest.len());
-        }
-        let mut buf = Vec::new();
-        while br.read(&mut buf).await? {
-            aw.write(&buf).await?;
-            count(down, buf.len());
-            touch();
-        }
-        aw.shutdown().await
-    };
+    let ab = one_way(arest, &mut ar, &mut bw, up, &touch);
+    let ba = one_way(brest, &mut br, &mut aw, down, &touch);
     let watchdog = async {
         let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         loop {

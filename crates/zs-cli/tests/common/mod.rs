@@ -1,7 +1,9 @@
 //! Helpers shared by the `zs` CLI tests: the binary, a child that is killed when
-//! the test ends, a free loopback port.
+//! the test ends, a free loopback port, a TCP echo service, a relay's fingerprint.
 #![allow(dead_code)] // each test file uses the part it needs
 
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::process::{Child, Command};
 
 /// The `zs` binary under test.
@@ -26,4 +28,31 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A TCP echo service on a loopback port, one thread per connection.
+pub fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    a
+}
+
+/// `zs xnat fingerprint --config RELAY_CFG`: the key an agent or visitor pins.
+pub fn xnat_fingerprint(relay_cfg: &Path) -> String {
+    let out = zs()
+        .args(["xnat", "fingerprint", "--config"])
+        .arg(relay_cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
