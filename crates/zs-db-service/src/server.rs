@@ -1263,6 +1263,7 @@ impl Svc {
         };
         *lock(&ctl.engine) = Some(handle.control());
         let (weak, p, dbn) = (self.self_weak(), peer.clone(), spec.db.clone());
+        let svc_queries = Arc::downgrade(&self.queries);
         let run = QueryRun {
             allowed: Box::new(move || match weak.upgrade() {
                 Some(svc) => svc
@@ -1278,16 +1279,15 @@ impl Svc {
             limit: spec.limit,
             batch_bytes: batch_bytes as usize,
             batch_ms: Duration::from_millis(batch_ms as u64),
-        };
-        let svc_queries = Arc::downgrade(&self.queries);
-        let spawned = std::thread::Builder::new()
-            .name("zs-dbsvc-query".into())
-            .spawn(move || {
-                run.run(handle);
+            forget: Box::new(move || {
                 if let Some(q) = svc_queries.upgrade() {
                     lock(&q).remove(&key);
                 }
-            });
+            }),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("zs-dbsvc-query".into())
+            .spawn(move || run.run(handle));
         if let Err(err) = spawned {
             lock(&self.queries).remove(&key);
             return Err(herr(errcode::STORE, format!("cannot start query: {err}")));
@@ -1333,6 +1333,9 @@ struct QueryRun {
     limit: u64,
     batch_bytes: usize,
     batch_ms: Duration,
+    /// Takes the query out of the server's table. Called before its end is sent, so
+    /// a client that has seen the end never finds the query still listed.
+    forget: Box<dyn FnOnce() + Send>,
 }
 
 /// Most records in one result batch (well under the client's default
@@ -1402,6 +1405,7 @@ impl QueryRun {
             st.done = true;
             st.matched
         };
+        (self.forget)();
         let _ = self.peer.send_complete_buffer(
             cmd::PUSH,
             Push::End {
