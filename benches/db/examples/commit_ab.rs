@@ -17,6 +17,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use zs_db::{Database, DbOptions, DirVfs, Kind, Vfs};
 
+#[path = "../src/orders.rs"]
+mod orders;
+use orders::permutations;
+
 const BLOCK: u64 = 20;
 const REC: usize = 136;
 
@@ -144,23 +148,4 @@ fn main() {
         }
         println!();
     }
-}
-
-fn permutations(k: usize) -> Vec<Vec<usize>> {
-    fn go(prefix: &mut Vec<usize>, k: usize, out: &mut Vec<Vec<usize>>) {
-        if prefix.len() == k {
-            out.push(prefix.clone());
-            return;
-        }
-        for s in 0..k {
-            if !prefix.contains(&s) {
-                prefix.push(s);
-                go(prefix, k, out);
-                prefix.pop();
-            }
-        }
-    }
-    let mut out = Vec::new();
-    go(&mut Vec::new(), k, &mut out);
-    out
 }

@@ -21,6 +21,9 @@ use redb::TableDefinition;
 use zs_bench_harness::{Better, Options, Suite};
 use zs_db::{Batch, Database, DbOptions, DirVfs, Kind, Query, Vfs};
 
+mod orders;
+use orders::permutations;
+
 const T: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("t");
 const VALUE: usize = 100;
 /// Committer threads of the concurrent durable-commit case.
@@ -66,6 +69,30 @@ impl Blocks {
     }
 }
 
+/// Registers the cases of the sides other than ours, whose figures the first side's
+/// case measured in the same interleaved run and left in `shared` (index per side).
+fn other_sides(
+    suite: &mut Suite,
+    shared: &Rc<RefCell<Vec<f64>>>,
+    metric: &str,
+    sides: &[(usize, &str)],
+) {
+    for &(k, name) in sides {
+        let shared = shared.clone();
+        suite.case(name, metric, Better::Higher, move || shared.borrow()[k]);
+    }
+}
+
+/// One untimed block of every side when `warm`; returns the number of sides.
+fn warm_up(sides: &mut [&mut dyn FnMut(u64)], block: u64, warm: bool) -> usize {
+    if warm {
+        for side in sides.iter_mut() {
+            side(block);
+        }
+    }
+    sides.len()
+}
+
 /// Runs every side in blocks of `block` operations, rotating which side goes first
 /// (so no side always follows the same neighbour), after one untimed block each when
 /// `warm`, block after block until `budget` has passed (at least two timed blocks
@@ -89,12 +116,7 @@ fn interleaved(
     budget: Duration,
     warm: bool,
 ) -> Vec<f64> {
-    let k = sides.len();
-    if warm {
-        for side in sides.iter_mut() {
-            side(block);
-        }
-    }
+    let k = warm_up(sides, block, warm);
     let start = Instant::now();
     let mut round = 0usize;
     while round < 2 || start.elapsed() < budget {
@@ -124,12 +146,7 @@ fn interleaved_fine(
     budget: Duration,
     warm: bool,
 ) -> Vec<f64> {
-    let k = sides.len();
-    if warm {
-        for side in sides.iter_mut() {
-            side(block);
-        }
-    }
+    let k = warm_up(sides, block, warm);
     let orders = permutations(k);
     let start = Instant::now();
     let mut round = 0usize;
@@ -151,29 +168,6 @@ fn interleaved_fine(
         round += 1;
     }
     acc.rates(block as f64)
-}
-
-/// Every order of `0..k`, one after another such that over a whole cycle each side
-/// follows every other side equally often (a side whose flush leaves the shared disk
-/// busy slows whichever side comes next: with a fixed cyclic order, the same side
-/// always paid for it).
-fn permutations(k: usize) -> Vec<Vec<usize>> {
-    fn go(prefix: &mut Vec<usize>, k: usize, out: &mut Vec<Vec<usize>>) {
-        if prefix.len() == k {
-            out.push(prefix.clone());
-            return;
-        }
-        for s in 0..k {
-            if !prefix.contains(&s) {
-                prefix.push(s);
-                go(prefix, k, out);
-                prefix.pop();
-            }
-        }
-    }
-    let mut out = Vec::new();
-    go(&mut Vec::new(), k, &mut out);
-    out
 }
 
 /// [`interleaved`] for operations that time themselves (setup and teardown outside
@@ -446,16 +440,16 @@ fn main() {
             *out.borrow_mut() = rates.clone();
             rates[0]
         });
-        for (k, name) in [
-            (1, "redb commit"),
-            (2, "fdatasync limit"),
-            (3, "fjall commit"),
-        ] {
-            let shared = shared.clone();
-            suite.case(name, "commits_per_s", Better::Higher, move || {
-                shared.borrow()[k]
-            });
-        }
+        other_sides(
+            &mut suite,
+            &shared,
+            "commits_per_s",
+            &[
+                (1, "redb commit"),
+                (2, "fdatasync limit"),
+                (3, "fjall commit"),
+            ],
+        );
     }
 
     // --- durable commits from several threads at once -------------------------------
@@ -623,12 +617,12 @@ fn main() {
             *out.borrow_mut() = rates.clone();
             rates[0]
         });
-        for (k, name) in [(1, "redb batch"), (2, "fjall batch")] {
-            let shared = shared.clone();
-            suite.case(name, "records_per_s", Better::Higher, move || {
-                shared.borrow()[k]
-            });
-        }
+        other_sides(
+            &mut suite,
+            &shared,
+            "records_per_s",
+            &[(1, "redb batch"), (2, "fjall batch")],
+        );
     }
 
     // --- the shared data set for reads and scans -----------------------------------
@@ -715,12 +709,12 @@ fn main() {
             *out.borrow_mut() = rates.clone();
             rates[0]
         });
-        for (k, name) in [(1, "redb read"), (2, "fjall read")] {
-            let shared = shared.clone();
-            suite.case(name, "reads_per_s", Better::Higher, move || {
-                shared.borrow()[k]
-            });
-        }
+        other_sides(
+            &mut suite,
+            &shared,
+            "reads_per_s",
+            &[(1, "redb read"), (2, "fjall read")],
+        );
     }
 
     // --- filtered scan -------------------------------------------------------------
@@ -793,42 +787,46 @@ fn main() {
                 rates[0]
             },
         );
-        for (k, name) in [(1, "redb scan (1 thread)"), (2, "fjall scan (1 thread)")] {
-            let shared = shared.clone();
-            suite.case(name, "records_per_s", Better::Higher, move || {
-                shared.borrow()[k]
-            });
-        }
+        other_sides(
+            &mut suite,
+            &shared,
+            "records_per_s",
+            &[(1, "redb scan (1 thread)"), (2, "fjall scan (1 thread)")],
+        );
     }
 
     suite.run();
-    suite.ratio("commits_vs_limit", "zs-db commit", "fdatasync limit");
-    suite.ratio("commits_vs_redb", "zs-db commit", "redb commit");
-    suite.ratio(
-        "commits_x4_vs_redb",
-        "zs-db commit x4 threads",
-        "redb commit x4 threads",
-    );
-    suite.ratio(
-        "commits_x4_vs_fjall",
-        "zs-db commit x4 threads",
-        "fjall commit x4 threads",
-    );
-    suite.ratio("batch_vs_redb", "zs-db batch", "redb batch");
-    suite.ratio("reads_vs_redb", "zs-db read", "redb read");
-    suite.ratio(
-        "scan_vs_redb",
-        "zs-db scan (parallel)",
-        "redb scan (1 thread)",
-    );
-    suite.ratio("commits_vs_fjall", "zs-db commit", "fjall commit");
-    suite.ratio("batch_vs_fjall", "zs-db batch", "fjall batch");
-    suite.ratio("reads_vs_fjall", "zs-db read", "fjall read");
-    suite.ratio(
-        "scan_vs_fjall",
-        "zs-db scan (parallel)",
-        "fjall scan (1 thread)",
-    );
+    for (name, ours, theirs) in [
+        ("commits_vs_limit", "zs-db commit", "fdatasync limit"),
+        ("commits_vs_redb", "zs-db commit", "redb commit"),
+        (
+            "commits_x4_vs_redb",
+            "zs-db commit x4 threads",
+            "redb commit x4 threads",
+        ),
+        (
+            "commits_x4_vs_fjall",
+            "zs-db commit x4 threads",
+            "fjall commit x4 threads",
+        ),
+        ("batch_vs_redb", "zs-db batch", "redb batch"),
+        ("reads_vs_redb", "zs-db read", "redb read"),
+        (
+            "scan_vs_redb",
+            "zs-db scan (parallel)",
+            "redb scan (1 thread)",
+        ),
+        ("commits_vs_fjall", "zs-db commit", "fjall commit"),
+        ("batch_vs_fjall", "zs-db batch", "fjall batch"),
+        ("reads_vs_fjall", "zs-db read", "fjall read"),
+        (
+            "scan_vs_fjall",
+            "zs-db scan (parallel)",
+            "fjall scan (1 thread)",
+        ),
+    ] {
+        suite.ratio(name, ours, theirs);
+    }
 
     // --- sizes: delete every other record, compact ----------------------------------
     let mut b = Batch::new();
