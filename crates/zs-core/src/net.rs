@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -641,8 +641,10 @@ struct Link {
     links: AtomicU64,
     /// Successful resumes.
     resumes: AtomicU64,
-    /// Requests executing (a responder exists), counted without the lock.
-    in_flight: AtomicUsize,
+    /// Requests executing (a kept responder exists), counted without the
+    /// lock. Signed: a responder answered on another thread before its
+    /// handler returned is counted down before it is counted up.
+    in_flight: AtomicIsize,
     /// Reading is paused for too many requests in flight (mirrors the
     /// `PAUSE_IN_FLIGHT` bit, readable without the lock).
     in_flight_paused: AtomicBool,
@@ -678,13 +680,33 @@ impl Link {
             open: AtomicBool::new(true),
             links: AtomicU64::new(1),
             resumes: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
+            in_flight: AtomicIsize::new(0),
             in_flight_paused: AtomicBool::new(false),
         }
     }
 
+    /// This link's key in the loop-local answer buffer
+    /// ([`registry::inline`](crate::registry::inline)).
+    fn key(&self) -> usize {
+        self as *const Link as *const () as usize
+    }
+
+    /// Encodes the answers this thread's handlers gave inline and buffered
+    /// (see [`registry::inline`](crate::registry::inline)), before anything
+    /// else this link sends. Call with the lock held.
+    fn take_local(&self, st: &mut LinkState) {
+        let now = st.now();
+        let session = &mut st.session;
+        crate::registry::inline::take(self.key(), |frames| {
+            if let Err(e) = session.send_encoded(frames, now) {
+                tracing::debug!(error = %e, "inline answers were not sent");
+            }
+        });
+    }
+
     /// Sends what the session produced and arms its next timer. Call with the lock held.
     fn flush(&self, st: &mut LinkState) {
+        self.take_local(st);
         st.session.write_output(&mut st.out);
         let Some(conn) = st.conn.clone() else {
             st.out.clear();
@@ -793,7 +815,7 @@ impl Link {
 
     /// Requests executing or waiting in the ordered queue. Call with the lock held.
     fn requests(&self, st: &LinkState) -> usize {
-        self.in_flight.load(Ordering::SeqCst) + st.queue.len()
+        self.in_flight.load(Ordering::SeqCst).max(0) as usize + st.queue.len()
     }
 
     /// After a batch of work (read at `now`): a handshaking session, or one
@@ -901,6 +923,7 @@ impl Link {
 
     fn start_call(&self, call: Call, timeout: Option<Duration>, done: Completion) {
         let mut st = lock(&self.st);
+        self.take_local(&mut st);
         let now = st.now();
         let mut waiter = Some(done);
         match st.session.call_waiting(call, timeout, now, &mut waiter) {
@@ -946,6 +969,7 @@ impl Outbox for Link {
             return Err(Error::ConnectionLost("the connection is closed".into()));
         }
         let mut st = lock(&self.st);
+        self.take_local(&mut st);
         let now = st.now();
         st.session.send_frame(&frame, now)?;
         self.flush_soon(&mut st);
@@ -999,11 +1023,7 @@ impl Outbox for Link {
     }
 
     fn request_finished(&self) {
-        let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if before == 0 {
-            // Unbalanced (cannot happen through the registry): stay at 0.
-            self.in_flight.store(0, Ordering::SeqCst);
-        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         // SeqCst on both sides (Dekker): either the loop sees the lower count
         // after it paused, or this sees its pause and resumes reading.
         if self.in_flight_paused.load(Ordering::SeqCst) {
@@ -1014,12 +1034,27 @@ impl Outbox for Link {
 }
 
 /// Releases a [`LinkState::hold`] when dropped (also if a handler panics):
-/// flushes what was sent meanwhile and trims idle buffers.
-struct Held<'a>(&'a Link);
+/// flushes what was sent meanwhile (answers given inline first) and trims
+/// idle buffers. While it lives, this thread holds the link's batch: inline
+/// answers wait in the loop-local buffer
+/// ([`registry::inline`](crate::registry::inline)).
+struct Held<'a>(&'a Link, usize);
+
+impl<'a> Held<'a> {
+    /// `local`: answers given inline may wait in the loop-local buffer (not
+    /// in a StableIO session, whose answers are numbered records one by one).
+    fn new(link: &'a Link, local: bool) -> Held<'a> {
+        let key = if local { link.key() } else { 0 };
+        let wire = &link.shared.session_cfg.wire;
+        Held(link, crate::registry::inline::hold(key, wire))
+    }
+}
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
+        crate::registry::inline::release(self.1);
         let mut st = lock(&self.0.st);
+        self.0.take_local(&mut st);
         st.hold = st.hold.saturating_sub(1);
         if st.hold == 0 {
             self.0.flush(&mut st);
@@ -1088,6 +1123,7 @@ impl ConnHandler {
         loop {
             let mut works = std::mem::take(&mut self.spare);
             let turn;
+            let local;
             let r = {
                 let mut st = lock(&link.st);
                 if !st.is_current(conn) {
@@ -1110,10 +1146,11 @@ impl ConnHandler {
                 link.drain(&mut st, &mut works);
                 st.hold += 1;
                 st.held_at = now;
+                local = !st.session.is_stable();
                 r
             };
             {
-                let _held = Held(link);
+                let _held = Held::new(link, local);
                 self.process(conn, &mut works);
             }
             self.spare = works;
@@ -1361,7 +1398,8 @@ fn process_works(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, works: &mu
 fn dispatch(shared: &Arc<Shared>, link: &Arc<Link>, peer: &Peer, req: Request) {
     let pool = shared.pool.as_ref();
     if !shared.options.ordered {
-        if !shared.registry.dispatch(peer, req, pool, false) {
+        let local = crate::registry::inline::held(link.key());
+        if !shared.registry.dispatch_in(peer, req, pool, false, local) {
             shared
                 .stats
                 .unknown_commands
@@ -1553,7 +1591,7 @@ impl Handler for ConnHandler {
         // One clock read for the whole batch (statistics and session timers).
         let now = Instant::now();
         let _turn = crate::clock::Turn::begin(now);
-        let (r, dead, established, busy) = {
+        let (r, dead, established, busy, local) = {
             let mut st = lock(&link.st);
             if !st.is_current(conn) {
                 data.clear();
@@ -1576,14 +1614,15 @@ impl Handler for ConnHandler {
                 st.hold += 1;
                 st.held_at = now;
             }
-            (r, st.session.is_dead(), established, busy)
+            let local = !st.session.is_stable();
+            (r, st.session.is_dead(), established, busy, local)
         };
         if established {
             self.handshake_over();
         }
         if !works.is_empty() {
             // Answers and calls made while dispatching leave in one flush.
-            let _held = Held(&link);
+            let _held = Held::new(&link, local);
             self.process(conn, &mut works);
         }
         // A busy link keeps the (empty) work vector for its next batch; an

@@ -48,17 +48,24 @@ pub trait Outbox: Send + Sync {
 
 /// A connection as seen by handlers and the server's connection map: its id, its
 /// address, its user state, and sending to it (pushes) from any thread.
+///
+/// A clone is one reference count (the id, address, outbox and user state
+/// share one allocation): every request's [`Responder`] holds one.
 #[derive(Clone)]
 pub struct Peer {
+    inner: Arc<PeerInner>,
+}
+
+struct PeerInner {
     id: u64,
     addr: Option<SocketAddr>,
     out: Arc<dyn Outbox>,
-    state: Arc<Mutex<Option<Box<dyn Any + Send>>>>,
+    state: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Peer(#{} {:?})", self.id, self.addr)
+        write!(f, "Peer(#{} {:?})", self.inner.id, self.inner.addr)
     }
 }
 
@@ -66,52 +73,59 @@ impl Peer {
     /// A peer handle over `out`.
     pub fn new(id: u64, addr: Option<SocketAddr>, out: Arc<dyn Outbox>) -> Peer {
         Peer {
-            id,
-            addr,
-            out,
-            state: Arc::new(Mutex::new(None)),
+            inner: Arc::new(PeerInner {
+                id,
+                addr,
+                out,
+                state: Mutex::new(None),
+            }),
         }
     }
 
     /// The connection id (unique per backend).
     pub fn id(&self) -> u64 {
-        self.id
+        self.inner.id
     }
 
     /// The remote address, when the transport has one.
     pub fn addr(&self) -> Option<SocketAddr> {
-        self.addr
+        self.inner.addr
+    }
+
+    /// The connection's outbox.
+    fn out(&self) -> &Arc<dyn Outbox> {
+        &self.inner.out
     }
 
     /// Server in PSK mode: the identity the client proved it holds the key
     /// of, for per-identity authorization (`None` in server-key mode, or
     /// before the handshake completed).
     pub fn psk_identity(&self) -> Option<Vec<u8>> {
-        self.out.psk_identity()
+        self.out().psk_identity()
     }
 
     /// Whether the connection is open. A StableIO session between two
     /// connections counts as open: what is sent to it is queued and delivered
     /// on resume.
     pub fn is_open(&self) -> bool {
-        self.out.is_open()
+        self.out().is_open()
     }
 
     /// Closes the connection (a StableIO session ends).
     pub fn close(&self, reason: &str) {
-        self.out.close(reason)
+        self.out().close(reason)
     }
 
     /// Aborts the current connection without ending a StableIO session (the
     /// client reconnects and resumes it; a test hook too). For other sessions
     /// this ends the connection.
     pub fn drop_link(&self) {
-        self.out.drop_link()
+        self.out().drop_link()
     }
 
     /// Sends any frame (advanced; prefer the typed methods).
     pub fn send_frame(&self, frame: Frame) -> Result<()> {
-        self.out.send_frame(frame)
+        self.out().send_frame(frame)
     }
 
     /// Pushes a direct console message (no answer).
@@ -148,13 +162,13 @@ impl Peer {
 
     /// Replaces this connection's user state.
     pub fn set_state<T: Any + Send>(&self, value: T) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(value));
+        *self.inner.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(value));
     }
 
     /// Runs `f` on this connection's user state of type `T`, creating it with
     /// `T::default()` when absent (or of another type).
     pub fn with_state<T: Any + Send + Default, R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         if !g.as_ref().is_some_and(|b| b.is::<T>()) {
             *g = Some(Box::new(T::default()));
         }
@@ -167,7 +181,7 @@ impl Peer {
 
     /// A copy of this connection's user state of type `T`, if set.
     pub fn state<T: Any + Send + Clone>(&self) -> Option<T> {
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         g.as_ref().and_then(|b| b.downcast_ref::<T>()).cloned()
     }
 }
@@ -205,13 +219,158 @@ impl From<String> for HandlerError {
 
 /// Answers one request, now or later, from any thread. Dropping it unanswered
 /// answers [`code::HANDLER_FAILED`] so the caller never hangs.
+///
+/// Answered while its handler runs on the event loop (the common case), it
+/// is a loop-local responder: the answer joins the batch's output without
+/// a lock or an in-flight count (`registry::inline`). Kept by the handler for later,
+/// it takes the shared path: counted in flight, sent under the connection's
+/// lock from whatever thread answers.
 pub struct Responder {
     id: u64,
     peer: Peer,
     stats: Arc<CommandStats>,
     started: Instant,
+    /// Non-zero while the handler that got it may still be running inline
+    /// (see `inline`).
+    ticket: u64,
+    /// The runtime holds this connection's batch: an inline answer may wait
+    /// in the loop's local buffer.
+    local: bool,
     ordered: bool,
     done: bool,
+}
+
+/// Loop-local answers: what lets a handler that answers before it returns
+/// skip the shared path (no in-flight count, no lock per answer).
+///
+/// The dispatcher gives each responder it hands to an inline handler a
+/// ticket unique in the process and marks it current on its thread while
+/// the handler runs. A responder finished while its ticket is current was
+/// answered inline: it is not counted in flight, and when the runtime holds
+/// the connection's batch ([`hold`]) its answer is encoded at once into this
+/// thread's local buffer, which the runtime hands to the session as one
+/// piece under the lock it takes anyway at the end of the batch (and before
+/// anything else it sends on that connection, so the order of frames is
+/// kept). A responder finished after its handler returned (kept, moved to
+/// another thread) was counted in flight when the handler returned and
+/// answers through [`Outbox::send_frame`]; one answered on another thread
+/// before its handler even returned is counted down first and up after (the
+/// count is signed, so the order does not matter).
+pub(crate) mod inline {
+    use std::cell::{Cell, RefCell};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use bytes::BytesMut;
+    use zs_wire::{Encoder, Frame};
+
+    /// Threads that issued tickets (the high half of a ticket).
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+
+    struct Local {
+        /// The encoder of the held connection (its endpoint's wire settings).
+        encoder: Option<Encoder>,
+        /// Answers encoded, waiting for the end of the batch.
+        buf: BytesMut,
+    }
+
+    thread_local! {
+        /// The ticket of the handler running inline on this thread (0: none),
+        /// and whether its responder answered.
+        static CURRENT: Cell<(u64, bool)> = const { Cell::new((0, false)) };
+        /// The last ticket issued on this thread.
+        static LAST: Cell<u64> = const { Cell::new(0) };
+        /// The connection whose batch this thread holds with local answers
+        /// allowed (0: none).
+        static HELD: Cell<usize> = const { Cell::new(0) };
+        /// The connection whose answers wait in [`LOCAL`] (0: none).
+        static WAITING: Cell<usize> = const { Cell::new(0) };
+        static LOCAL: RefCell<Local> = RefCell::new(Local { encoder: None, buf: BytesMut::new() });
+    }
+
+    /// A fresh ticket, made current; returns it and the ticket it replaced
+    /// (to give back to [`end`]).
+    pub(crate) fn begin() -> (u64, (u64, bool)) {
+        let mut t = LAST.get();
+        if t & 0xFFFF_FFFF == 0xFFFF_FFFF || t == 0 {
+            t = (THREADS.fetch_add(1, Ordering::Relaxed) + 1) << 32;
+        }
+        t += 1;
+        LAST.set(t);
+        (t, CURRENT.replace((t, false)))
+    }
+
+    /// The inline run of `ticket` ended: whether its responder answered.
+    pub(crate) fn end(ticket: u64, previous: (u64, bool)) -> bool {
+        let (t, answered) = CURRENT.replace(previous);
+        t == ticket && answered
+    }
+
+    /// Called as a responder finishes: whether it answers inline (its
+    /// ticket is current on this thread); marks it answered.
+    pub(crate) fn answering(ticket: u64) -> bool {
+        let (t, _) = CURRENT.get();
+        if ticket != 0 && t == ticket {
+            CURRENT.set((t, true));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Encodes `frame` for connection `key` into the local buffer. `None`
+    /// when this thread does not hold that connection's batch (or holds
+    /// another connection's answers): the caller sends it the shared way.
+    pub(crate) fn encode(key: usize, frame: &Frame) -> Option<Result<(), zs_wire::WireError>> {
+        if HELD.get() != key || (WAITING.get() != key && WAITING.get() != 0) {
+            return None;
+        }
+        LOCAL.with_borrow_mut(|l| {
+            let Local { encoder, buf } = l;
+            let r = encoder.as_mut()?.encode(frame, buf);
+            if !buf.is_empty() {
+                WAITING.set(key);
+            }
+            Some(r)
+        })
+    }
+
+    /// Hands the answers encoded for connection `key` (whole frames, in
+    /// order) to `send`, once.
+    pub(crate) fn take(key: usize, send: impl FnOnce(&mut BytesMut)) {
+        if WAITING.get() != key {
+            return;
+        }
+        WAITING.set(0);
+        LOCAL.with_borrow_mut(|l| {
+            send(&mut l.buf);
+            l.buf.clear();
+        })
+    }
+
+    /// Whether this thread holds the batch of connection `key` with local
+    /// answers allowed.
+    pub(crate) fn held(key: usize) -> bool {
+        key != 0 && HELD.get() == key
+    }
+
+    /// This thread holds the batch of connection `key` from now on (0: none,
+    /// or local answers not allowed), whose frames are encoded with
+    /// `wire`; returns what it held before (to give back to [`release`]).
+    pub(crate) fn hold(key: usize, wire: &zs_wire::Config) -> usize {
+        if key != 0 {
+            LOCAL.with_borrow_mut(|l| {
+                if l.encoder.as_ref().is_none_or(|e| e.config() != wire) {
+                    l.encoder = Some(Encoder::new(*wire));
+                }
+            });
+        }
+        HELD.replace(key)
+    }
+
+    /// Gives back what [`hold`] returned.
+    pub(crate) fn release(previous: usize) {
+        HELD.set(previous);
+    }
 }
 
 impl std::fmt::Debug for Responder {
@@ -270,11 +429,23 @@ impl Responder {
         );
         let id = self.id;
         let frame = Reply::frame(id, result.map_err(|e| (e.code, Text::from(e.message))));
-        // Fails with ConnectionLost when the connection is gone (one lock).
-        let r = self.peer.send_frame(frame);
-        self.peer.out.request_finished();
+        let inline = inline::answering(self.ticket);
+        let local = match inline && self.local {
+            // Encoded now; the batch's end hands it to the session, under
+            // the lock taken then anyway.
+            true => inline::encode(conn_key(&self.peer), &frame),
+            false => None,
+        };
+        let r = match local {
+            Some(r) => r.map_err(crate::Error::from),
+            // Fails with ConnectionLost when the connection is gone (one lock).
+            None => self.peer.send_frame(frame),
+        };
+        if !inline {
+            self.peer.out().request_finished();
+        }
         if self.ordered {
-            self.peer.out.request_done();
+            self.peer.out().request_done();
         }
         r
     }
@@ -357,7 +528,7 @@ type ConnKey = usize;
 type Key = (ConnKey, u64);
 
 fn conn_key(peer: &Peer) -> ConnKey {
-    Arc::as_ptr(&peer.out) as *const () as usize
+    Arc::as_ptr(peer.out()) as *const () as usize
 }
 
 #[derive(Default)]
@@ -936,6 +1107,20 @@ impl Registry {
         pool: Option<&WorkerPool>,
         ordered: bool,
     ) -> bool {
+        self.dispatch_in(peer, req, pool, ordered, false)
+    }
+
+    /// [`Registry::dispatch`]; `local`: the runtime holds this connection's
+    /// batch on this thread and hands the answers encoded by
+    /// [`inline::encode`] to the session at its end.
+    pub(crate) fn dispatch_in(
+        &self,
+        peer: &Peer,
+        req: Request,
+        pool: Option<&WorkerPool>,
+        ordered: bool,
+        local: bool,
+    ) -> bool {
         let len = req.payload_len();
         if let Request::BigChunk {
             id,
@@ -984,23 +1169,39 @@ impl Registry {
                 });
             }
             if ordered {
-                peer.out.request_done();
+                peer.out().request_done();
             }
             return false;
         };
         entry.stats.record_in(len);
         match (&entry.run, id) {
             (Run::Answering(f), Some(id)) => {
-                peer.out.request_started();
-                let responder = Responder {
+                let mut responder = Responder {
                     id,
                     peer: peer.clone(),
                     stats: entry.stats.clone(),
                     started: crate::clock::now(),
+                    ticket: 0,
+                    // Batch answers carry their checksums first (the
+                    // session adds them): the shared path.
+                    local: local && !ordered && kind != BATCH,
                     ordered,
                     done: false,
                 };
-                match pool.filter(|_| entry.hpc) {
+                let pool = pool.filter(|_| entry.hpc);
+                if pool.is_some() {
+                    peer.out().request_started();
+                }
+                match pool {
+                    None => {
+                        let (ticket, previous) = inline::begin();
+                        responder.ticket = ticket;
+                        f(peer, req, responder);
+                        if !inline::end(ticket, previous) {
+                            // Kept for later: in flight until it answers.
+                            peer.out().request_started();
+                        }
+                    }
                     Some(pool) if pool.is_full() => {
                         tracing::debug!(peer = peer.id(), cmd = name, "HPC queue full");
                         self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1018,7 +1219,6 @@ impl Registry {
                         // with an error.
                         pool.spawn(move || f(&p, req, responder));
                     }
-                    None => f(peer, req, responder),
                 }
             }
             (Run::OneWay(f), _) => {
@@ -1030,7 +1230,7 @@ impl Registry {
                     crate::clock::now().saturating_duration_since(started),
                 );
                 if ordered {
-                    peer.out.request_done();
+                    peer.out().request_done();
                 }
             }
             (Run::Answering(_), None) | (Run::Chunks(_), _) | (Run::Collect(_), _) => {}
@@ -1100,7 +1300,7 @@ impl Registry {
                 message: Text::from(format!("no big-stream command {name:?}")),
             });
             if ordered {
-                peer.out.request_done();
+                peer.out().request_done();
             }
             return false;
         };
@@ -1141,7 +1341,7 @@ impl Registry {
             }
         }
         if ordered {
-            peer.out.request_done();
+            peer.out().request_done();
         }
         true
     }

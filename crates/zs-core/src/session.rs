@@ -1867,6 +1867,29 @@ impl Session {
         Ok(())
     }
 
+    /// Sends frames the runtime encoded itself (answers given inline, see
+    /// `registry::inline`): whole frames, in order, handed to the security
+    /// layer as one piece. The runtime encodes them only for sessions that
+    /// are not StableIO; should one be, each frame takes the numbered path.
+    pub(crate) fn send_encoded(&mut self, frames: &mut BytesMut, now: Instant) -> Result<()> {
+        if let Some(why) = &self.dead {
+            return Err(Error::ConnectionLost(why.clone()));
+        }
+        if frames.is_empty() || !self.link_up {
+            return Ok(());
+        }
+        if self.stable.is_some() {
+            while let Some(frame) = self.codec.decode(frames)? {
+                self.send_frame(&frame, now)?;
+            }
+            return Ok(());
+        }
+        self.bytes_out += frames.len() as u64;
+        self.out_pending += frames.len();
+        self.secure.send(frames, now)?;
+        Ok(())
+    }
+
     /// Whether `n` more bytes of records fit in the StableIO resend buffer.
     fn stable_room(&self, n: usize) -> bool {
         self.stable.as_ref().is_none_or(|st| {
@@ -2411,6 +2434,17 @@ mod tests {
 
     const SECRET: [u8; SECRET_LEN] = [7; SECRET_LEN];
 
+    /// A client and a server session of `p` (not yet handshaken).
+    pub(super) fn session_pair(
+        p: &Arc<dyn SecurityProvider>,
+        now: Instant,
+        cfg: SessionConfig,
+    ) -> (Session, Session) {
+        let c = Session::new(p.new_client(now).unwrap(), cfg);
+        let s = Session::new(p.new_server(now).unwrap(), cfg);
+        (c, s)
+    }
+
     struct Pair {
         p: Arc<dyn SecurityProvider>,
         now: Instant,
@@ -2442,8 +2476,7 @@ mod tests {
 
         fn with_provider(cfg: SessionConfig, p: Arc<dyn SecurityProvider>) -> Pair {
             let now = Instant::now();
-            let mut c = Session::new(p.new_client(now).unwrap(), cfg);
-            let mut s = Session::new(p.new_server(now).unwrap(), cfg);
+            let (mut c, mut s) = session_pair(&p, now, cfg);
             s.serve_stable(Some((42, SECRET)));
             c.request_stable(now).unwrap();
             let mut pair = Pair {
@@ -2626,22 +2659,25 @@ mod tests {
             if self.fresh.is_some() {
                 return self.drop_link();
             }
-            self.c2s.clear();
-            self.s2c.clear();
-            assert!(self.c.link_lost("test drop"));
-            self.c.attach(self.p.new_client(self.now).unwrap()).unwrap();
-            let mut fresh = Session::new(self.p.new_server(self.now).unwrap(), *self.s.config());
-            fresh.serve_stable(None);
-            self.fresh = Some(fresh);
+            self.relink(false);
         }
 
         /// The link dies: bytes in flight are lost; a new epoch starts.
         fn drop_link(&mut self) {
+            self.relink(true);
+        }
+
+        /// The client's link dies (and the server's when `server_notices`):
+        /// bytes in flight are lost, the client attaches a new link and a
+        /// fresh server session answers it.
+        fn relink(&mut self, server_notices: bool) {
             self.c2s.clear();
             self.s2c.clear();
-            self.fresh = None;
             assert!(self.c.link_lost("test drop"));
-            assert!(self.s.link_lost("test drop"));
+            if server_notices {
+                self.fresh = None;
+                assert!(self.s.link_lost("test drop"));
+            }
             self.c.attach(self.p.new_client(self.now).unwrap()).unwrap();
             let mut fresh = Session::new(self.p.new_server(self.now).unwrap(), *self.s.config());
             fresh.serve_stable(None);
@@ -2676,11 +2712,8 @@ mod tests {
     #[test]
     fn waiters_come_back_with_their_own_calls() {
         use std::sync::Mutex;
-        let p = provider();
         let now = Instant::now();
-        let cfg = SessionConfig::default();
-        let mut c = Session::new(p.new_client(now).unwrap(), cfg);
-        let mut s = Session::new(p.new_server(now).unwrap(), cfg);
+        let (mut c, mut s) = session_pair(&provider(), now, SessionConfig::default());
         let seen: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
         let waiter = |tag: u64| {
             let seen = seen.clone();
@@ -2861,11 +2894,8 @@ mod tests {
 
     #[test]
     fn batch_checksums_are_verified() {
-        let p = provider();
         let now = Instant::now();
-        let cfg = SessionConfig::default();
-        let mut c = Session::new(p.new_client(now).unwrap(), cfg);
-        let mut s = Session::new(p.new_server(now).unwrap(), cfg);
+        let (mut c, mut s) = session_pair(&provider(), now, SessionConfig::default());
         let frames = vec![DataFrame::new().with(1u32), DataFrame::new().with("two")];
         let call = Call::Batch {
             cmd: Text::from("b"),
@@ -2949,26 +2979,33 @@ mod deadline_tests {
 
     use super::*;
 
+    /// A pending call `id` with deadline `d`, in both structures.
+    fn track(dl: &mut Deadlines, pending: &mut IdMap<Pending>, id: u64, d: Instant) {
+        dl.insert(d, id);
+        let p = Pending {
+            deadline: Some(d),
+            batch: None,
+            waiter: None,
+        };
+        pending.insert(id, p);
+    }
+
+    /// Call `id` completes (as `Session::complete` does).
+    fn answer(dl: &mut Deadlines, pending: &mut IdMap<Pending>, id: u64) {
+        let p = pending.remove(&id).unwrap();
+        dl.remove(p.deadline.unwrap(), id, pending);
+    }
+
     #[test]
     fn lazy_deadlines_expire_only_pending_calls_and_stay_bounded() {
         let t0 = Instant::now();
         let mut pending: IdMap<Pending> = IdMap::default();
         let mut dl = Deadlines::default();
         for id in 1..=1000u64 {
-            let d = t0 + Duration::from_millis(id);
-            dl.insert(d, id);
-            pending.insert(
-                id,
-                Pending {
-                    deadline: Some(d),
-                    batch: None,
-                    waiter: None,
-                },
-            );
+            track(&mut dl, &mut pending, id, t0 + Duration::from_millis(id));
             // Every call but each 100th completes at once (in any order).
             if id % 100 != 0 {
-                let p = pending.remove(&id).unwrap();
-                dl.remove(p.deadline.unwrap(), id, &pending);
+                answer(&mut dl, &mut pending, id);
             }
             assert!(dl.heap.len() <= 2 * dl.live + 33, "{}", dl.heap.len());
         }
@@ -2990,9 +3027,7 @@ mod deadline_tests {
             Some(Arc::new(ClientConfig::psk(b"id", &[7; 32]).unwrap())),
             Some(Arc::new(ServerConfig::with_psk(b"id", &[7; 32]).unwrap())),
         ));
-        let cfg = SessionConfig::default();
-        let mut c = Session::new(p.new_client(now).unwrap(), cfg);
-        let mut s = Session::new(p.new_server(now).unwrap(), cfg);
+        let (mut c, mut s) = super::tests::session_pair(&p, now, SessionConfig::default());
         let pump = |from: &mut Session, to: &mut Session| {
             let mut b = Vec::new();
             from.write_output(&mut b);
@@ -3044,21 +3079,12 @@ mod deadline_tests {
         let mut dl = Deadlines::default();
         // ids 1..=6 with deadlines 10, 20, 5 (heap), 30, 15 (heap), 30
         for (id, d) in [(1, 10), (2, 20), (3, 5), (4, 30), (5, 15), (6, 30)] {
-            dl.insert(ms(d), id);
-            pending.insert(
-                id,
-                Pending {
-                    deadline: Some(ms(d)),
-                    batch: None,
-                    waiter: None,
-                },
-            );
+            track(&mut dl, &mut pending, id, ms(d));
         }
         assert_eq!(dl.first(), Some(ms(5)));
         // 1 completes in order (FIFO front), 5 out of order (left behind).
         for id in [1, 5] {
-            let p = pending.remove(&id).unwrap();
-            dl.remove(p.deadline.unwrap(), id, &pending);
+            answer(&mut dl, &mut pending, id);
         }
         let mut expired = Vec::new();
         while let Some((d, id)) = dl.pop_due(ms(100)) {
@@ -3072,19 +3098,10 @@ mod deadline_tests {
         assert_eq!(dl.first(), None);
         // Many out-of-order completions: the stale entries are rebuilt away.
         for id in 100..400u64 {
-            dl.insert(ms(50), id);
-            pending.insert(
-                id,
-                Pending {
-                    deadline: Some(ms(50)),
-                    batch: None,
-                    waiter: None,
-                },
-            );
+            track(&mut dl, &mut pending, id, ms(50));
         }
         for id in (100..400u64).rev() {
-            let p = pending.remove(&id).unwrap();
-            dl.remove(p.deadline.unwrap(), id, &pending);
+            answer(&mut dl, &mut pending, id);
         }
         assert!(dl.fifo.len() + dl.heap.len() <= 40, "{}", dl.fifo.len());
         assert_eq!(dl.live, 0);

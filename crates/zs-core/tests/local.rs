@@ -66,6 +66,15 @@ fn server(reg: Registry, options: Options) -> (Server, Arc<ZsSecurity>) {
     (s, security)
 }
 
+/// A console command `name` whose handler keeps every responder (the test
+/// answers them later).
+fn keeper(reg: &mut Registry, name: &str) -> Arc<Mutex<Vec<zs_core::Responder>>> {
+    let kept: Arc<Mutex<Vec<zs_core::Responder>>> = Arc::default();
+    let k = kept.clone();
+    reg.console_delayed(name, move |_, _, r| k.lock().unwrap().push(r));
+    kept
+}
+
 fn console(id: u64, cmd: &str, text: &str) -> Request {
     Request::Console {
         id,
@@ -201,10 +210,8 @@ fn admission_caps_count_local_connections_under_their_address() {
 #[test]
 fn ordered_mode_runs_one_request_at_a_time() {
     // `hold` answers only when the test releases it, from another thread.
-    let gate: Arc<Mutex<Vec<zs_core::Responder>>> = Arc::default();
-    let g = gate.clone();
     let mut reg = Registry::new();
-    reg.console_delayed("hold", move |_, _, r| g.lock().unwrap().push(r));
+    let gate = keeper(&mut reg, "hold");
     reg.console("echo", |_, t| Ok(t.to_owned()));
     let (server, _) = server(
         reg,
@@ -339,4 +346,35 @@ fn ordered_mode_runs_the_next_request_without_holding_the_connection_map() {
         .expect("deadlock: the answer did not return");
     assert_eq!(inbox.closed.lock().unwrap().as_deref(), Some("bye"));
     assert_eq!(server.connection_count(), 0);
+}
+
+/// A responder is counted in flight only when its handler keeps it: one
+/// answered inline is never counted, one kept stays counted until it
+/// answers, and one answered on another thread before its handler returned
+/// (counted down before it is counted up) leaves the count at zero.
+#[test]
+fn only_kept_responders_count_in_flight() {
+    let mut reg = Registry::new();
+    let kept = keeper(&mut reg, "keep");
+    reg.console_delayed("inline", |_, t, r| r.reply_text(t).unwrap());
+    reg.console_delayed("elsewhere", |_, t, r| {
+        std::thread::spawn(move || r.reply_text(t).unwrap())
+            .join()
+            .unwrap();
+    });
+    let (server, _) = server(reg, Options::default());
+    let inbox = Arc::new(Inbox::default());
+    let conn = server.connect_local(None, inbox.clone()).unwrap();
+    conn.request(console(1, "inline", "a"));
+    inbox.wait(1);
+    assert_eq!(conn.in_flight(), 0);
+    conn.request(console(2, "keep", ""));
+    assert_eq!(conn.in_flight(), 1);
+    conn.request(console(3, "elsewhere", "c"));
+    inbox.wait(2);
+    assert_eq!(conn.in_flight(), 1);
+    let r = kept.lock().unwrap().pop().unwrap();
+    r.reply_text("later").unwrap();
+    inbox.wait(3);
+    assert_eq!(conn.in_flight(), 0);
 }

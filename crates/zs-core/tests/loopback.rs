@@ -571,6 +571,65 @@ fn psk_identity_reaches_handlers(backend: Arc<dyn Backend>) {
     }
 }
 
+/// Answers given while their handler runs on the event loop wait in the
+/// loop's local buffer until the batch ends (no lock per answer): they must
+/// still leave before anything a later handler of the same batch sends. `a`
+/// answers inline through its responder, `b` pushes a note, then answers;
+/// the client sees every `a` answer before the note `b` sent after it.
+fn inline_answers_keep_their_order_with_pushes(backend: Arc<dyn Backend>) {
+    let mut r = Registry::new();
+    r.console_delayed("a", |_, t, r| {
+        let _ = r.reply_text(t);
+    });
+    r.console("b", |p, t| {
+        p.send_direct_console("note", t)
+            .map_err(|e| e.to_string())?;
+        Ok(t.to_owned())
+    });
+    let s = Setup::new(backend, r, Options::default());
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut cr = Registry::new();
+    let l = log.clone();
+    cr.direct_console("note", move |_, t| {
+        l.lock().unwrap().push(format!("note {t}"))
+    });
+    let c = s.client_with(cr, Options::client());
+    assert_eq!(c.call("a", "warm").wait().unwrap(), "warm");
+    const N: usize = 200;
+    for i in 0..N {
+        for cmd in ["a", "b"] {
+            let l = log.clone();
+            let text = format!("{cmd}{i}");
+            let call = zs_core::Call::Console {
+                cmd: cmd.into(),
+                text: text.as_str().into(),
+            };
+            c.call_with(call, None, move |r| {
+                assert!(r.is_ok(), "{r:?}");
+                l.lock().unwrap().push(format!("reply {text}"));
+            });
+        }
+    }
+    assert!(wait_until(Duration::from_secs(20), || log
+        .lock()
+        .unwrap()
+        .len()
+        == 3 * N));
+    let log = log.lock().unwrap().clone();
+    let at = |e: String| log.iter().position(|x| *x == e).unwrap();
+    for i in 0..N {
+        let (a, note, b) = (
+            at(format!("reply a{i}")),
+            at(format!("note b{i}")),
+            at(format!("reply b{i}")),
+        );
+        assert!(
+            a < note && note < b,
+            "{i}: a at {a}, note at {note}, b at {b}"
+        );
+    }
+}
+
 macro_rules! on_backends {
     ($($name:ident),* $(,)?) => {
         #[cfg(target_os = "linux")]
@@ -609,4 +668,5 @@ on_backends!(
     custom_protocol_beside_commands,
     async_handler_awaits_another_server,
     psk_identity_reaches_handlers,
+    inline_answers_keep_their_order_with_pushes,
 );

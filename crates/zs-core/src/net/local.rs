@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use zs_wire::Frame;
@@ -121,7 +121,7 @@ impl Server {
             id,
             ip,
             open: AtomicBool::new(true),
-            in_flight: AtomicUsize::new(0),
+            in_flight: AtomicIsize::new(0),
             queue: Mutex::new(Queue::default()),
         });
         let peer = Peer::new(id, addr, link.clone());
@@ -215,7 +215,8 @@ impl LocalConn {
     /// Requests of this connection being executed (a handler holds their
     /// responder) or waiting in the ordered-mode queue.
     pub fn in_flight(&self) -> usize {
-        self.link.in_flight.load(Ordering::Acquire) + lock(&self.link.queue).waiting.len()
+        self.link.in_flight.load(Ordering::Acquire).max(0) as usize
+            + lock(&self.link.queue).waiting.len()
     }
 
     /// The server's [`Options::max_in_flight`](super::Options::max_in_flight):
@@ -289,7 +290,10 @@ struct LocalLink {
     /// The address the admission caps count it under.
     ip: IpAddr,
     open: AtomicBool,
-    in_flight: AtomicUsize,
+    /// Requests whose handler kept its responder. Signed: one answered on
+    /// another thread before its handler returned is counted down first
+    /// (see `registry::inline`).
+    in_flight: AtomicIsize,
     queue: Mutex<Queue>,
 }
 
@@ -408,8 +412,6 @@ impl Outbox for LocalLink {
     }
 
     fn request_finished(&self) {
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
