@@ -16,6 +16,33 @@ use crate::{Auth, Error, MuxConfig, MuxEvent, Role, StreamId};
 
 /// Bytes one stream may put on the link in one round-robin turn.
 pub const QUANTUM: usize = 16 * 1024;
+
+/// DATA payloads at least this large are queued as slices of the link's read
+/// buffer by [`Mux::handle_input_buf`]; smaller ones are copied.
+pub const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// A received DATA payload: borrowed from the input (copied when queued), or
+/// already an owned slice of the link's buffer (queued as it is).
+enum Payload<'a> {
+    Slice(&'a [u8]),
+    Owned(BytesMut),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Slice(s) => s.len(),
+            Payload::Owned(b) => b.len(),
+        }
+    }
+
+    fn into_buf(self) -> BytesMut {
+        match self {
+            Payload::Slice(s) => BytesMut::from(s),
+            Payload::Owned(b) => b,
+        }
+    }
+}
 /// [`Mux::write_output`] stops adding data frames once it appended this many bytes
 /// (control frames are always appended in full).
 pub const OUTPUT_LIMIT: usize = 256 * 1024;
@@ -73,7 +100,7 @@ impl SendBuf {
 #[derive(Default)]
 struct Bufs {
     send: SendBuf,
-    recv: VecDeque<Bytes>,
+    recv: VecDeque<BytesMut>,
 }
 
 /// One stream. Kept small: an idle stream is only this plus its table slot.
@@ -393,7 +420,13 @@ impl Mux {
         if !data.is_empty() {
             self.last_recv = now;
         }
-        match self.input(data) {
+        let r = self.input(data);
+        self.input_result(r)
+    }
+
+    /// An input error is fatal: GOAWAY, `TunnelClosed`, and the error kept.
+    fn input_result(&mut self, r: Result<(), Error>) -> Result<(), Error> {
+        match r {
             Ok(()) => Ok(()),
             Err(e) => {
                 let reason = match &e {
@@ -405,6 +438,69 @@ impl Mux {
                 Err(e)
             }
         }
+    }
+
+    /// [`handle_input`](Self::handle_input) over the link's own read buffer, the
+    /// `zs_io` convention: `BytesMut` in, frames as slices of it. Every complete
+    /// frame at the front of `data` is handled and taken out; a DATA payload of
+    /// at least [`ZERO_COPY_MIN`] bytes is queued for its stream as a slice of
+    /// `data` (split off, not copied: [`read_buf`](Self::read_buf) hands it on
+    /// as it is). An incomplete frame at the end **stays in `data`** for the
+    /// caller to complete with the next bytes (what a `zs_io` handler does by
+    /// leaving it); input held because the control output is at its cap
+    /// ([`input_blocked`](Self::input_blocked)) moves into the Mux as with
+    /// `handle_input`. Errors as for `handle_input`.
+    ///
+    /// Smaller payloads are copied, so a queued slice never pins a read buffer
+    /// more than `capacity / ZERO_COPY_MIN` times its own size in the worst case,
+    /// and the session budget still bounds what the peer can make us hold.
+    pub fn handle_input_buf(&mut self, data: &mut BytesMut, now: Instant) -> Result<(), Error> {
+        if self.closed {
+            return Err(Error::TunnelClosed);
+        }
+        if !self.inbuf.is_empty() {
+            // Held or partial input first, in order: the copying path.
+            let r = self.handle_input(data, now);
+            data.clear();
+            return r;
+        }
+        self.now = now;
+        if !data.is_empty() {
+            self.last_recv = now;
+        }
+        let r = self.input_buf(data);
+        self.input_result(r)
+    }
+
+    fn input_buf(&mut self, data: &mut BytesMut) -> Result<(), Error> {
+        let max = self.cfg.max_frame_payload;
+        while !self.closed {
+            if self.input_blocked() {
+                self.inbuf.extend_from_slice(data);
+                data.clear();
+                return Ok(());
+            }
+            // The same parsing and checks as `process`, one frame at a time.
+            let (id, payload_len, total) = match frame::decode(data, max)? {
+                None => return Ok(()),
+                Some((Frame::Data { id, payload }, n)) if self.authed => (id, payload.len(), n),
+                Some((f, n)) => {
+                    self.on_frame(f)?;
+                    data.advance(n);
+                    continue;
+                }
+            };
+            let header = total - payload_len;
+            if payload_len >= ZERO_COPY_MIN {
+                let mut f = data.split_to(total);
+                f.advance(header);
+                self.on_data(id, Payload::Owned(f))?;
+            } else {
+                self.on_data(id, Payload::Slice(&data[header..total]))?;
+                data.advance(total);
+            }
+        }
+        Ok(())
     }
 
     fn input(&mut self, mut data: &[u8]) -> Result<(), Error> {
@@ -494,7 +590,7 @@ impl Mux {
             Frame::Open { id, window, addr } => self.on_open(id, window, addr),
             Frame::Accept { id, window } => self.on_accept(id, window),
             Frame::Refuse { id, code } => self.on_refuse(id, code),
-            Frame::Data { id, payload } => self.on_data(id, payload),
+            Frame::Data { id, payload } => self.on_data(id, Payload::Slice(payload)),
             Frame::Window { id, increment } => self.on_window(id, increment),
             Frame::Fin { id } => self.on_fin(id),
             Frame::Reset { id } => {
@@ -813,7 +909,7 @@ impl Mux {
         Ok(())
     }
 
-    fn on_data(&mut self, id: u32, payload: &[u8]) -> Result<(), Error> {
+    fn on_data(&mut self, id: u32, payload: Payload<'_>) -> Result<(), Error> {
         self.check_known(id)?;
         let len = payload.len();
         // Every DATA byte uses session credit, whatever happens to it.
@@ -857,7 +953,7 @@ impl Mux {
         }
         s.buffered += len as u32;
         self.buffered_total += len;
-        s.bufs().recv.push_back(Bytes::copy_from_slice(payload));
+        s.bufs().recv.push_back(payload.into_buf());
         if !s.has(F_READ_NOTIFIED) {
             s.flags |= F_READ_NOTIFIED;
             self.events
@@ -1293,6 +1389,13 @@ impl Mux {
     /// `None` means nothing to read now (after [`MuxEvent::Finished`]: nothing ever).
     /// Reading returns credit to the peer.
     pub fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, Error> {
+        Ok(self.read_buf(id, max)?.map(BytesMut::freeze))
+    }
+
+    /// [`read`](Self::read) as a `BytesMut`: a DATA payload that arrived through
+    /// [`handle_input_buf`](Self::handle_input_buf) is the very slice of the
+    /// link's read buffer (no copy), ready to be handed to a `zs_io` handler.
+    pub fn read_buf(&mut self, id: StreamId, max: usize) -> Result<Option<BytesMut>, Error> {
         if self.closed {
             return Err(Error::TunnelClosed);
         }

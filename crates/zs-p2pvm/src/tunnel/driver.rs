@@ -997,24 +997,19 @@ impl State {
         let chunk = inner.read_chunk;
         let mut added = 0;
         while added < chunk {
-            match self.mux.read(sid, chunk - added) {
+            match self.mux.read_buf(sid, chunk - added) {
                 Ok(Some(b)) => {
                     added += b.len();
                     self.touch(sid);
                     let bufs = self.bufs_mut(sid);
                     if bufs.rbuf.is_empty() {
-                        // Zero-copy when the Mux hands out a buffer of its own; then
-                        // deliver it as it is rather than copy more behind it.
-                        match b.try_into_mut() {
-                            Ok(m) => {
-                                bufs.rbuf = m;
-                                break;
-                            }
-                            Err(b) => bufs.rbuf.extend_from_slice(&b),
-                        }
-                    } else {
-                        bufs.rbuf.extend_from_slice(&b);
+                        // Zero-copy: the Mux's buffer (a slice of the link's read
+                        // buffer for large payloads) is delivered as it is rather
+                        // than copied behind more.
+                        bufs.rbuf = b;
+                        break;
                     }
+                    bufs.rbuf.extend_from_slice(&b);
                 }
                 Ok(None) | Err(_) => break,
             }
@@ -1312,12 +1307,17 @@ impl Handler for LinkDriver {
             if st.closed.is_none() {
                 let now = Instant::now();
                 let st = &mut *st;
-                if let Err(e) = st.mux.handle_input(data, now) {
+                // Frames as slices of the read buffer: large DATA payloads go to
+                // their streams uncopied; a partial frame stays in `data` (the
+                // backend appends the next bytes behind it).
+                if let Err(e) = st.mux.handle_input_buf(data, now) {
                     st.mux_failed(e);
                 }
                 st.pause_if_blocked();
             }
-            data.clear();
+            if st.closed.is_some() {
+                data.clear();
+            }
         }
         drive(&self.inner);
     }
