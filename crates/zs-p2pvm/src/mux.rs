@@ -445,11 +445,13 @@ impl Mux {
     /// frame at the front of `data` is handled and taken out; a DATA payload of
     /// at least [`ZERO_COPY_MIN`] bytes is queued for its stream as a slice of
     /// `data` (split off, not copied: [`read_buf`](Self::read_buf) hands it on
-    /// as it is). An incomplete frame at the end **stays in `data`** for the
-    /// caller to complete with the next bytes (what a `zs_io` handler does by
-    /// leaving it); input held because the control output is at its cap
-    /// ([`input_blocked`](Self::input_blocked)) moves into the Mux as with
-    /// `handle_input`. Errors as for `handle_input`.
+    /// as it is). An incomplete frame of at least `ZERO_COPY_MIN` bytes at the end
+    /// **stays in `data`** for the caller to complete with the next bytes (what a
+    /// `zs_io` handler does by leaving it), so its payload arrives whole; a
+    /// smaller one, and input held because the control output is at its cap
+    /// ([`input_blocked`](Self::input_blocked)), move into the Mux as with
+    /// `handle_input` (the next call completes it first, copying only the bytes
+    /// it needs). Errors as for `handle_input`.
     ///
     /// Smaller payloads are copied, so a queued slice never pins a read buffer
     /// more than `capacity / ZERO_COPY_MIN` times its own size in the worst case,
@@ -457,12 +459,6 @@ impl Mux {
     pub fn handle_input_buf(&mut self, data: &mut BytesMut, now: Instant) -> Result<(), Error> {
         if self.closed {
             return Err(Error::TunnelClosed);
-        }
-        if !self.inbuf.is_empty() {
-            // Held or partial input first, in order: the copying path.
-            let r = self.handle_input(data, now);
-            data.clear();
-            return r;
         }
         self.now = now;
         if !data.is_empty() {
@@ -474,6 +470,17 @@ impl Mux {
 
     fn input_buf(&mut self, data: &mut BytesMut) -> Result<(), Error> {
         let max = self.cfg.max_frame_payload;
+        let mut rest: &[u8] = data;
+        let drained = self.drain_held(&mut rest)?;
+        let used = data.len() - rest.len();
+        if !drained {
+            if !self.closed && self.input_blocked() {
+                self.inbuf.extend_from_slice(rest);
+            }
+            data.clear();
+            return Ok(());
+        }
+        data.advance(used);
         while !self.closed {
             if self.input_blocked() {
                 self.inbuf.extend_from_slice(data);
@@ -482,7 +489,16 @@ impl Mux {
             }
             // The same parsing and checks as `process`, one frame at a time.
             let (id, payload_len, total) = match frame::decode(data, max)? {
-                None => return Ok(()),
+                None => {
+                    if data.len() < ZERO_COPY_MIN {
+                        // A small partial frame waits in the Mux, so the link's
+                        // buffer is handed back empty and reused for the next read;
+                        // a large one (a big DATA frame) stays in it to arrive whole.
+                        self.inbuf.extend_from_slice(data);
+                        data.clear();
+                    }
+                    return Ok(());
+                }
                 Some((Frame::Data { id, payload }, n)) if self.authed => (id, payload.len(), n),
                 Some((f, n)) => {
                     self.on_frame(f)?;
@@ -504,42 +520,11 @@ impl Mux {
     }
 
     fn input(&mut self, mut data: &[u8]) -> Result<(), Error> {
-        let max = self.cfg.max_frame_payload;
-        // First the bytes left from earlier calls: held frames, then a partial frame,
-        // which is completed by copying only the bytes it needs from `data`.
-        while !self.inbuf.is_empty() {
-            if self.closed {
-                return Ok(());
-            }
-            if self.input_blocked() {
+        if !self.drain_held(&mut data)? {
+            if !self.closed && self.input_blocked() {
                 self.inbuf.extend_from_slice(data);
-                return Ok(());
             }
-            let need = match frame::decode_header(&self.inbuf, max)? {
-                None => HEADER_LEN - self.inbuf.len(),
-                Some(h) => (HEADER_LEN + h.len as usize).saturating_sub(self.inbuf.len()),
-            };
-            if need == 0 {
-                // At least one complete frame: handle what can be handled now.
-                let mut buf = std::mem::take(&mut self.inbuf);
-                let used = self.process(&buf)?;
-                if self.closed {
-                    return Ok(());
-                }
-                if used == buf.len() {
-                    buf.clear();
-                } else {
-                    buf.advance(used);
-                }
-                self.inbuf = buf;
-                continue;
-            }
-            if data.is_empty() {
-                return Ok(());
-            }
-            let take = need.min(data.len());
-            self.inbuf.extend_from_slice(&data[..take]);
-            data = &data[take..];
+            return Ok(());
         }
         if self.inbuf.capacity() > 4 * self.cfg.max_frame_payload as usize {
             // Give back the memory of input held during a burst.
@@ -550,6 +535,46 @@ impl Mux {
             self.inbuf.extend_from_slice(&data[used..]);
         }
         Ok(())
+    }
+
+    /// The bytes left from earlier calls first: held frames, then a partial
+    /// frame, which is completed by copying only the bytes it needs from the
+    /// front of `data` (advanced past them). `Ok(true)` when nothing is held any
+    /// more; `Ok(false)` when the tunnel closed, input is blocked at the control
+    /// cap (the caller keeps the rest of `data`) or `data` ran out.
+    fn drain_held(&mut self, data: &mut &[u8]) -> Result<bool, Error> {
+        let max = self.cfg.max_frame_payload;
+        while !self.inbuf.is_empty() {
+            if self.closed || self.input_blocked() {
+                return Ok(false);
+            }
+            let need = match frame::decode_header(&self.inbuf, max)? {
+                None => HEADER_LEN - self.inbuf.len(),
+                Some(h) => (HEADER_LEN + h.len as usize).saturating_sub(self.inbuf.len()),
+            };
+            if need == 0 {
+                // At least one complete frame: handle what can be handled now.
+                let mut buf = std::mem::take(&mut self.inbuf);
+                let used = self.process(&buf)?;
+                if self.closed {
+                    return Ok(false);
+                }
+                if used == buf.len() {
+                    buf.clear();
+                } else {
+                    buf.advance(used);
+                }
+                self.inbuf = buf;
+                continue;
+            }
+            if data.is_empty() {
+                return Ok(false);
+            }
+            let take = need.min(data.len());
+            self.inbuf.extend_from_slice(&data[..take]);
+            *data = &data[take..];
+        }
+        Ok(true)
     }
 
     /// Handles every complete frame at the start of `buf`; returns the bytes used.

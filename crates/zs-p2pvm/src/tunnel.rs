@@ -489,7 +489,7 @@ impl Handler for TunnelDriver {
         self.h.on_timer(conn, token)
     }
     fn on_close(&mut self, conn: &Conn, reason: zs_io::CloseReason) {
-        self.h.on_close(conn, reason.clone());
+        self.h.on_close(conn, reason);
         if let Some(inner) = &self.secured {
             // The secure layer ended the link before the tunnel opened inside it
             // (a failed or timed-out handshake): the tunnel end was never told.

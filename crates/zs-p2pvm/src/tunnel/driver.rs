@@ -472,9 +472,9 @@ impl State {
                     .bind_channel(b)
                     .err()
                     .map(|e| format!("channel binding: {e}")),
-                None if token => Some(
-                    "the secure session offers no channel binding for token auth".to_string(),
-                ),
+                None if token => {
+                    Some("the secure session offers no channel binding for token auth".to_string())
+                }
                 None => None,
             },
         };
@@ -765,10 +765,8 @@ impl State {
                     }
                 }
             }
-            if self.closed.is_none() {
-                if self.mux.poll_timeout().is_some_and(|t| t <= now) {
-                    self.mux.handle_timeout(now);
-                }
+            if self.closed.is_none() && self.mux.poll_timeout().is_some_and(|t| t <= now) {
+                self.mux.handle_timeout(now);
             }
             if self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
                 if let Some(Reverse(t)) = self.timers.pop() {
