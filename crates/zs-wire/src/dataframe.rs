@@ -264,7 +264,9 @@ impl DataFrame {
         // Every value takes at least two bytes: a lying count cannot reserve more.
         let mut values = Vec::with_capacity(count.min(cur.remaining() / 2));
         for _ in 0..count {
-            build_value_in(&mut cur, limits, 1, &mut budget, true, &mut |v| values.push(v))?;
+            build_value_in(&mut cur, limits, 1, &mut budget, true, &mut |v| {
+                values.push(v)
+            })?;
         }
         cur.finish()?;
         Ok(DataFrame {
@@ -1279,8 +1281,12 @@ mod tests {
                     general.len() > SMALL
                         || values.len() >= 0x80
                         || values.iter().any(|v| matches!(v, Value::Variant(_)))
-                        || values.iter().any(|v| v.as_text().is_some_and(|t| t.len() >= 0x80))
-                        || values.iter().any(|v| matches!(v, Value::Bytes(b) if b.len() >= 0x80)),
+                        || values
+                            .iter()
+                            .any(|v| v.as_text().is_some_and(|t| t.len() >= 0x80))
+                        || values
+                            .iter()
+                            .any(|v| matches!(v, Value::Bytes(b) if b.len() >= 0x80)),
                     "the fast path refused {values:?}"
                 );
             }

@@ -541,7 +541,15 @@ impl State {
         if let Some(n) = next {
             if self.armed.is_none_or(|a| n < a) {
                 self.armed = Some(n);
-                let _ = phys.set_timer(n.saturating_duration_since(now), TOKEN_TICK);
+                if n <= now {
+                    // Due now (a virtual connection's `wake`, work caused off the
+                    // loop): ring the physical loop's doorbell rather than arm a
+                    // zero timer, which waits for the backend's tick (5 ms on
+                    // epoll: a zs-core call inside a tunnel waited that long).
+                    let _ = phys.wake(TOKEN_TICK);
+                } else {
+                    let _ = phys.set_timer(n.saturating_duration_since(now), TOKEN_TICK);
+                }
             }
         }
     }
