@@ -228,7 +228,9 @@ fn core_security() -> Arc<dyn zs_crypto::SecurityProvider> {
     let key = [0x5au8; 32];
     Arc::new(ZsSecurity::new(
         Some(Arc::new(ClientConfig::psk(b"bench", &key).expect("psk"))),
-        Some(Arc::new(ServerConfig::with_psk(b"bench", &key).expect("psk"))),
+        Some(Arc::new(
+            ServerConfig::with_psk(b"bench", &key).expect("psk"),
+        )),
     ))
 }
 
