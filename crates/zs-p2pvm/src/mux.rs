@@ -413,15 +413,21 @@ impl Mux {
     /// [`MuxEvent::TunnelClosed`] is reported. After the tunnel closed this returns
     /// [`Error::TunnelClosed`].
     pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<(), Error> {
+        self.begin_input(!data.is_empty(), now)?;
+        let r = self.input(data);
+        self.input_result(r)
+    }
+
+    /// The clock and the idle timer of one input call; `TunnelClosed` once closed.
+    fn begin_input(&mut self, some: bool, now: Instant) -> Result<(), Error> {
         if self.closed {
             return Err(Error::TunnelClosed);
         }
         self.now = now;
-        if !data.is_empty() {
+        if some {
             self.last_recv = now;
         }
-        let r = self.input(data);
-        self.input_result(r)
+        Ok(())
     }
 
     /// An input error is fatal: GOAWAY, `TunnelClosed`, and the error kept.
@@ -457,13 +463,7 @@ impl Mux {
     /// more than `capacity / ZERO_COPY_MIN` times its own size in the worst case,
     /// and the session budget still bounds what the peer can make us hold.
     pub fn handle_input_buf(&mut self, data: &mut BytesMut, now: Instant) -> Result<(), Error> {
-        if self.closed {
-            return Err(Error::TunnelClosed);
-        }
-        self.now = now;
-        if !data.is_empty() {
-            self.last_recv = now;
-        }
+        self.begin_input(!data.is_empty(), now)?;
         let r = self.input_buf(data);
         self.input_result(r)
     }
