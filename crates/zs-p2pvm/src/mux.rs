@@ -451,10 +451,10 @@ impl Mux {
     /// frame at the front of `data` is handled and taken out; a DATA payload of
     /// at least [`ZERO_COPY_MIN`] bytes is queued for its stream as a slice of
     /// `data` (split off, not copied: [`read_buf`](Self::read_buf) hands it on
-    /// as it is). An incomplete frame of at least `ZERO_COPY_MIN` bytes at the end
+    /// as it is). An incomplete DATA frame with such a payload at the end
     /// **stays in `data`** for the caller to complete with the next bytes (what a
-    /// `zs_io` handler does by leaving it), so its payload arrives whole; a
-    /// smaller one, and input held because the control output is at its cap
+    /// `zs_io` handler does by leaving it), so its payload arrives whole; any
+    /// other incomplete frame, and input held because the control output is at its cap
     /// ([`input_blocked`](Self::input_blocked)), move into the Mux as with
     /// `handle_input` (the next call completes it first, copying only the bytes
     /// it needs). Errors as for `handle_input`.
@@ -490,10 +490,13 @@ impl Mux {
             // The same parsing and checks as `process`, one frame at a time.
             let (id, payload_len, total) = match frame::decode(data, max)? {
                 None => {
-                    if data.len() < ZERO_COPY_MIN {
-                        // A small partial frame waits in the Mux, so the link's
-                        // buffer is handed back empty and reused for the next read;
-                        // a large one (a big DATA frame) stays in it to arrive whole.
+                    // A partial DATA frame that will be sliced stays in the link's
+                    // buffer to arrive whole; any other partial frame waits in the
+                    // Mux, so the buffer is handed back empty and reused.
+                    let big = frame::decode_header(data, max)?.is_some_and(|h| {
+                        h.ty == frame::ty::DATA && h.len as usize >= ZERO_COPY_MIN
+                    });
+                    if !big {
                         self.inbuf.extend_from_slice(data);
                         data.clear();
                     }
