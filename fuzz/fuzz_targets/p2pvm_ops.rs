@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use arbitrary::{Arbitrary, Unstructured};
+use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use zs_p2pvm::frame::{AuthMode, Frame};
 use zs_p2pvm::testkit::ops::{run, script_config, Op};
@@ -58,8 +59,45 @@ fn raw(data: &[u8]) {
         let _ = fresh.handle_input(data, now);
         poke(&mut fresh, 10_000);
     }
-    // A ready mux (valid None-auth prefix), then the bytes, split in two.
+    // A ready mux (valid None-auth prefix), then the bytes, split in two; fed as
+    // slices (`handle_input`) and as the link's buffer (`handle_input_buf`,
+    // which keeps a partial frame in it): the same outcome and the same bytes.
     for role in [Role::Acceptor, Role::Initiator] {
+        let mut m = ready(role, &cfg, now);
+        let mut b = ready(role, &cfg, now);
+        let cut = data.first().map_or(0, |b| *b as usize % (data.len() + 1));
+        let ra = [
+            m.handle_input(&data[..cut], now),
+            m.handle_input(&data[cut..], now),
+        ];
+        let mut link = BytesMut::from(&data[..cut]);
+        let first = b.handle_input_buf(&mut link, now);
+        link.extend_from_slice(&data[cut..]);
+        let rb = [first, b.handle_input_buf(&mut link, now)];
+        let err = |r: &[Result<(), zs_p2pvm::Error>; 2]| {
+            r.iter().find_map(|x| x.as_ref().err()).map(|e| format!("{e:?}"))
+        };
+        assert_eq!(err(&ra), err(&rb), "handle_input_buf decided otherwise");
+        for id in 0..8 {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            while let Ok(Some(c)) = m.read(StreamId(id), usize::MAX) {
+                x.extend_from_slice(&c);
+            }
+            while let Ok(Some(c)) = b.read_buf(StreamId(id), usize::MAX) {
+                y.extend_from_slice(&c);
+            }
+            assert_eq!(x, y, "stream {id} got other bytes");
+        }
+        poke(&mut m, 10_000);
+        m.handle_timeout(now + std::time::Duration::from_secs(1));
+        poke(&mut m, 10_000);
+        poke(&mut b, 10_000);
+    }
+}
+
+/// A mux made ready by a valid None-auth prefix, listening on one address.
+fn ready(role: Role, cfg: &MuxConfig, now: Instant) -> Mux {
+    {
         let mut m = Mux::new(role, cfg.clone(), now).expect("valid configuration");
         m.listen("10.0.0.1:1".parse().unwrap()).unwrap();
         let mut prefix = Vec::new();
@@ -81,12 +119,7 @@ fn raw(data: &[u8]) {
         .encode(&mut prefix);
         m.handle_input(&prefix, now).unwrap();
         assert!(m.is_ready());
-        let cut = data.first().map_or(0, |b| *b as usize % (data.len() + 1));
-        let _ = m.handle_input(&data[..cut], now);
-        let _ = m.handle_input(&data[cut..], now);
-        poke(&mut m, 10_000);
-        m.handle_timeout(now + std::time::Duration::from_secs(1));
-        poke(&mut m, 10_000);
+        m
     }
 }
 

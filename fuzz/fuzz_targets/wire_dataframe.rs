@@ -31,7 +31,19 @@ fuzz_target!(|data: &[u8]| {
         max_json: 1024,
     };
     let input = Bytes::copy_from_slice(input);
-    let Ok(df) = DataFrame::decode(&input, &limits) else {
+    // The one-pass decode for index access accepts and refuses exactly what the
+    // validating decode does, with the same error and the same values.
+    let indexed = DataFrame::decode_indexed(&input, &limits);
+    let lazy = DataFrame::decode(&input, &limits);
+    match (&indexed, &lazy) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.to_bytes(), b.to_bytes(), "decode_indexed: other bytes");
+            assert_eq!(canon(a).to_bytes(), canon(b).to_bytes(), "decode_indexed: other values");
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "decode_indexed: another error"),
+        _ => panic!("decode_indexed {indexed:?} vs decode {lazy:?}"),
+    }
+    let Ok(df) = lazy else {
         return;
     };
     // An unmodified decoded DataFrame forwards its validated bytes verbatim.

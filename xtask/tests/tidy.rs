@@ -189,7 +189,10 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         ("zs-io-iocp", &["zs-io"][..]),
         ("zs-io-kqueue", &["zs-io"][..]),
         ("zs-io-tokio", &["zs-io"][..]),
-        ("zs-p2pvm", &["zs-io", "zs-crypto", "zs-wire"][..]),
+        (
+            "zs-p2pvm",
+            &["zs-io", "zs-crypto", "zs-secure", "zs-wire"][..],
+        ),
         ("zs-secure", &["zs-io", "zs-crypto"][..]),
         ("zs-db", &["zs-wire", "zs-expr"][..]),
         ("zs-core", &["zs-wire", "zs-crypto", "zs-io"][..]),

@@ -23,6 +23,14 @@
 //!   message, all streams at once; timed until the far end counted every byte.
 //!   Ratio `msgs_vs_yamux`.
 //!
+//! * **A zs-core server inside a tunnel vs outside it** (`calls_per_s`): one
+//!   zs-core `Client` makes sequential 64-byte `echo` calls (each waits for its
+//!   answer) to a zs-core `Server`, both with the same zs-crypto session (PSK,
+//!   AES-256-GCM by default), once over epoll directly and once over the two ends
+//!   of the plaintext tunnel above (`Arc<dyn Backend>` = the `TunnelHandle`): the
+//!   same work and the same security promise, plus the tunnel. Ratio
+//!   `core_in_tunnel_vs_outside`.
+//!
 //! Diagnostics (not part of the suite): `--child stream N` prints N 256 MiB
 //! transfers through the driver, `--child msgs M` one messages sample of each
 //! kind with M messages per stream.
@@ -205,6 +213,67 @@ fn raw_throughput(sink: SocketAddr, data: &[u8]) -> f64 {
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(n, data.len() as u64);
     n as f64 / secs / 1e9
+}
+
+// ------------------------------------------------------------------ zs-core inside
+
+/// A zs-core server and client on two backends (both ends' `Arc<dyn Backend>`).
+struct CorePair {
+    client: zs_core::Client,
+    _server: zs_core::Server,
+}
+
+fn core_security() -> Arc<dyn zs_crypto::SecurityProvider> {
+    use zs_crypto::{ClientConfig, ServerConfig, ZsSecurity};
+    let key = [0x5au8; 32];
+    Arc::new(ZsSecurity::new(
+        Some(Arc::new(ClientConfig::psk(b"bench", &key).expect("psk"))),
+        Some(Arc::new(
+            ServerConfig::with_psk(b"bench", &key).expect("psk"),
+        )),
+    ))
+}
+
+impl CorePair {
+    fn new(server_io: Arc<dyn Backend>, client_io: Arc<dyn Backend>, addr: SocketAddr) -> CorePair {
+        let mut commands = zs_core::Registry::new();
+        commands.console("echo", |_, text| Ok(text.to_owned()));
+        let server = zs_core::Server::start(
+            server_io,
+            core_security(),
+            commands,
+            zs_core::Options::default(),
+            addr,
+        )
+        .expect("server");
+        let client = zs_core::Client::connect(
+            client_io,
+            core_security(),
+            zs_core::Registry::new(),
+            zs_core::Options::client(),
+            server.local_addr(),
+        )
+        .expect("client");
+        CorePair {
+            client,
+            _server: server,
+        }
+    }
+
+    /// Sequential calls for about `min`; calls per second.
+    fn seq_calls(&self, min: Duration) -> f64 {
+        let text = "x".repeat(MSG);
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed() < min {
+            for _ in 0..64 {
+                let got = self.client.call("echo", &text).wait().expect("echo");
+                assert_eq!(got.len(), MSG);
+            }
+            n += 64;
+        }
+        n as f64 / t0.elapsed().as_secs_f64()
+    }
 }
 
 // ------------------------------------------------------------------ messages
@@ -455,6 +524,18 @@ fn main() {
     let data: Arc<Vec<u8>> = Arc::new((0..bytes as usize).map(|i| (i % 251) as u8).collect());
     let chunk = Bytes::from(data[..CHUNK].to_vec());
     let raw_sink = zs_bench_harness::raw::sink_server();
+    let core_min = Duration::from_millis(if opts.quick { 300 } else { 1000 });
+    let core_in = Arc::new(CorePair::new(
+        Arc::new(pair.a.clone()),
+        Arc::new(pair.b.clone()),
+        "10.0.0.1:11".parse().expect("vaddr"),
+    ));
+    let core_io = epoll_one_loop();
+    let core_out = Arc::new(CorePair::new(
+        core_io.clone(),
+        core_io.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+    ));
     let yamux = Arc::new(ymx::Bench::new());
 
     let (p, t, c) = (pair.clone(), sink_l.local_addr(), chunk.clone());
@@ -479,6 +560,21 @@ fn main() {
             add_open_cases(&mut suite, "yamux", n);
         }
     }
+
+    let c = core_in.clone();
+    suite.case(
+        "zs-core-in-tunnel-seq",
+        "calls_per_s",
+        Better::Higher,
+        move || c.seq_calls(core_min),
+    );
+    let c = core_out.clone();
+    suite.case(
+        "zs-core-outside-seq",
+        "calls_per_s",
+        Better::Higher,
+        move || c.seq_calls(core_min),
+    );
 
     let (p, t, cn) = (pair.clone(), count_l.local_addr(), counter.clone());
     suite.case("p2pvm-1000x64B", "msgs_per_s", Better::Higher, move || {
@@ -508,6 +604,15 @@ fn main() {
         }
     }
     suite.ratio("msgs_vs_yamux", "p2pvm-1000x64B", "yamux-1000x64B");
+    suite.ratio(
+        "core_in_tunnel_vs_outside",
+        "zs-core-in-tunnel-seq",
+        "zs-core-outside-seq",
+    );
+    suite.note(
+        "zs-core-*-seq: sequential 64 B echo calls, zs-core client and server with the same PSK zs-crypto session; \
+         in-tunnel: over the plaintext tunnel's two ends (the tunnel's own epoll loops), outside: over one epoll backend with one loop",
+    );
     let biggest = label(*sizes.last().expect("sizes"));
     if let Some(s) = suite.summary(&format!("p2pvm-idle-{biggest}")) {
         let note = format!(
@@ -521,5 +626,8 @@ fn main() {
     );
     drop(sink_l);
     drop(count_l);
+    drop(core_in);
+    drop(core_out);
+    core_io.shutdown();
     suite.finish();
 }

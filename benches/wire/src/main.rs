@@ -12,8 +12,11 @@
 //! - DataFrame of 10 mixed values (u32, i64, f64, bool, 2 strings, 16 bytes, i16,
 //!   u8, f32): decode + read every value with the typed reader (strings as `&str`,
 //!   bytes as `&[u8]` borrowed from the decoded DataFrame; and as owned `Text` /
-//!   `Bytes`), decode alone (validated, values not read: the "lazy" figure), decode +
-//!   index access (builds all values), and encode+decode, vs postcard (serde struct
+//!   `Bytes`), decode alone (validated, values not read: the "lazy" figure), decode
+//!   for index access (`DataFrame::decode_indexed`: one pass validates and builds
+//!   all values, then `get`; `df10_decode_index_zs_vs_postcard`), the lazy decode
+//!   followed by a first index access (two passes; `df10_lazy_index_vs_postcard`),
+//!   and encode+decode, vs postcard (serde struct
 //!   with owned fields, and with borrowed fields) and rkyv (validated access, and
 //!   full deserialize).
 //! - A 1 MiB bytes value in a stream response: decode (`Frame::decode`) and encode vs
@@ -437,7 +440,23 @@ fn main() {
             NS,
             Better::Lower,
             move || {
-                // Decode, then random access: builds the vector of values.
+                // Decode for index access (`DataFrame::decode_indexed`: one pass
+                // validates and builds the vector of values), then random access.
+                per_op(min, BATCH, || {
+                    let d = DataFrame::decode_indexed(black_box(&b), &limits).expect("valid");
+                    black_box(d.get(9));
+                })
+            },
+        );
+        let b = df_bytes.clone();
+        case(
+            &mut suite,
+            "zs-df10-lazy-index",
+            NS,
+            Better::Lower,
+            move || {
+                // The lazy decode (validate now), then a first index access, which
+                // builds the values in a second pass over the validated bytes.
                 per_op(min, BATCH, || {
                     let d = DataFrame::decode(black_box(&b), &limits).expect("valid");
                     black_box(d.get(9));
@@ -638,6 +657,11 @@ fn main() {
     suite.ratio(
         "df10_decode_index_zs_vs_postcard",
         "zs-df10-decode-index",
+        "postcard-df10-decode",
+    );
+    suite.ratio(
+        "df10_lazy_index_vs_postcard",
+        "zs-df10-lazy-index",
         "postcard-df10-decode",
     );
     suite.ratio(

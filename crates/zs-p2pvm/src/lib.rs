@@ -7,7 +7,9 @@
 //! optional challenge-response authentication with a pre-shared token.
 //!
 //! The crate is **sans-IO**: a [`Mux`] takes bytes from the link
-//! ([`Mux::handle_input`]), produces bytes for the link ([`Mux::write_output`]),
+//! ([`Mux::handle_input`], or [`Mux::handle_input_buf`]: the link's `BytesMut` in,
+//! frames as slices of it, large DATA payloads handed on uncopied), produces bytes
+//! for the link ([`Mux::write_output`]),
 //! reports what happened ([`Mux::poll_event`]) and tells when it wants to be woken
 //! ([`Mux::poll_timeout`]). Time is passed in. It never owns a socket, a thread or a
 //! clock, so tests run two of them over a simulated link with virtual time (feature
@@ -32,12 +34,15 @@
 //! * **PROOF** = HMAC-SHA256(token, `"zs-p2pvm/1 proof"` ‖ prover role ‖ both HELLOs
 //!   ‖ channel binding). The HELLOs carry both random nonces (no replay), the role
 //!   byte stops reflection, and inside a secure session the session's 32-byte channel
-//!   binding (`zs_crypto::SecureSession::channel_binding`; [`Mux::bind_channel`], done
-//!   by the tunnel driver) ties the proof to that session, so a handshake relayed
+//!   binding (`zs_crypto::SecureSession::channel_binding`, reported by zs-secure's
+//!   layer as `SecurityInfo::channel_binding`; [`Mux::bind_channel`], done by the
+//!   tunnel driver) ties the proof to that session, so a handshake relayed
 //!   between two secure sessions fails. Over a plain
 //!   link there is no binding: token auth is access control only and does not
 //!   protect the integrity of the tunnel; the tunnel driver therefore requires a
-//!   secure session unless [`TunnelConfig::allow_plaintext`] is set.
+//!   secure session ([`TunnelConfig::security`], run by zs-secure's layer, or a
+//!   secure physical backend, [`TunnelConfig::secure_link`]) unless
+//!   [`TunnelConfig::allow_plaintext`] is set.
 //! * **Limits** (defaults): [`MuxConfig::max_streams`] 4,096 open streams;
 //!   [`MuxConfig::max_control_bytes`] 64 KiB of queued control frames, beyond which
 //!   input is held (and the driver pauses reading the link) until the output drains;
@@ -107,7 +112,7 @@ use std::time::Duration;
 
 pub use auth::{Auth, Token};
 pub use error::Error;
-pub use mux::{Mux, MAX_PEER_LISTENS, OUTPUT_LIMIT, QUANTUM};
+pub use mux::{Mux, MAX_PEER_LISTENS, OUTPUT_LIMIT, QUANTUM, ZERO_COPY_MIN};
 /// Virtual addresses are socket addresses (IPv4 or IPv6 and a port), like the seed's.
 pub use std::net::SocketAddr;
 

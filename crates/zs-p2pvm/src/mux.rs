@@ -16,6 +16,33 @@ use crate::{Auth, Error, MuxConfig, MuxEvent, Role, StreamId};
 
 /// Bytes one stream may put on the link in one round-robin turn.
 pub const QUANTUM: usize = 16 * 1024;
+
+/// DATA payloads at least this large are queued as slices of the link's read
+/// buffer by [`Mux::handle_input_buf`]; smaller ones are copied.
+pub const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// A received DATA payload: borrowed from the input (copied when queued), or
+/// already an owned slice of the link's buffer (queued as it is).
+enum Payload<'a> {
+    Slice(&'a [u8]),
+    Owned(BytesMut),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Slice(s) => s.len(),
+            Payload::Owned(b) => b.len(),
+        }
+    }
+
+    fn into_buf(self) -> BytesMut {
+        match self {
+            Payload::Slice(s) => BytesMut::from(s),
+            Payload::Owned(b) => b,
+        }
+    }
+}
 /// [`Mux::write_output`] stops adding data frames once it appended this many bytes
 /// (control frames are always appended in full).
 pub const OUTPUT_LIMIT: usize = 256 * 1024;
@@ -73,7 +100,7 @@ impl SendBuf {
 #[derive(Default)]
 struct Bufs {
     send: SendBuf,
-    recv: VecDeque<Bytes>,
+    recv: VecDeque<BytesMut>,
 }
 
 /// One stream. Kept small: an idle stream is only this plus its table slot.
@@ -386,14 +413,26 @@ impl Mux {
     /// [`MuxEvent::TunnelClosed`] is reported. After the tunnel closed this returns
     /// [`Error::TunnelClosed`].
     pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<(), Error> {
+        self.begin_input(!data.is_empty(), now)?;
+        let r = self.input(data);
+        self.input_result(r)
+    }
+
+    /// The clock and the idle timer of one input call; `TunnelClosed` once closed.
+    fn begin_input(&mut self, some: bool, now: Instant) -> Result<(), Error> {
         if self.closed {
             return Err(Error::TunnelClosed);
         }
         self.now = now;
-        if !data.is_empty() {
+        if some {
             self.last_recv = now;
         }
-        match self.input(data) {
+        Ok(())
+    }
+
+    /// An input error is fatal: GOAWAY, `TunnelClosed`, and the error kept.
+    fn input_result(&mut self, r: Result<(), Error>) -> Result<(), Error> {
+        match r {
             Ok(()) => Ok(()),
             Err(e) => {
                 let reason = match &e {
@@ -407,43 +446,88 @@ impl Mux {
         }
     }
 
-    fn input(&mut self, mut data: &[u8]) -> Result<(), Error> {
+    /// [`handle_input`](Self::handle_input) over the link's own read buffer, the
+    /// `zs_io` convention: `BytesMut` in, frames as slices of it. Every complete
+    /// frame at the front of `data` is handled and taken out; a DATA payload of
+    /// at least [`ZERO_COPY_MIN`] bytes is queued for its stream as a slice of
+    /// `data` (split off, not copied: [`read_buf`](Self::read_buf) hands it on
+    /// as it is). An incomplete DATA frame with such a payload at the end
+    /// **stays in `data`** for the caller to complete with the next bytes (what a
+    /// `zs_io` handler does by leaving it), so its payload arrives whole; any
+    /// other incomplete frame, and input held because the control output is at its cap
+    /// ([`input_blocked`](Self::input_blocked)), move into the Mux as with
+    /// `handle_input` (the next call completes it first, copying only the bytes
+    /// it needs). Errors as for `handle_input`.
+    ///
+    /// Smaller payloads are copied, so a queued slice never pins a read buffer
+    /// more than `capacity / ZERO_COPY_MIN` times its own size in the worst case,
+    /// and the session budget still bounds what the peer can make us hold.
+    pub fn handle_input_buf(&mut self, data: &mut BytesMut, now: Instant) -> Result<(), Error> {
+        self.begin_input(!data.is_empty(), now)?;
+        let r = self.input_buf(data);
+        self.input_result(r)
+    }
+
+    fn input_buf(&mut self, data: &mut BytesMut) -> Result<(), Error> {
         let max = self.cfg.max_frame_payload;
-        // First the bytes left from earlier calls: held frames, then a partial frame,
-        // which is completed by copying only the bytes it needs from `data`.
-        while !self.inbuf.is_empty() {
-            if self.closed {
-                return Ok(());
+        let mut rest: &[u8] = data;
+        let drained = self.drain_held(&mut rest)?;
+        let used = data.len() - rest.len();
+        if !drained {
+            if !self.closed && self.input_blocked() {
+                self.inbuf.extend_from_slice(rest);
             }
+            data.clear();
+            return Ok(());
+        }
+        data.advance(used);
+        while !self.closed {
             if self.input_blocked() {
                 self.inbuf.extend_from_slice(data);
+                data.clear();
                 return Ok(());
             }
-            let need = match frame::decode_header(&self.inbuf, max)? {
-                None => HEADER_LEN - self.inbuf.len(),
-                Some(h) => (HEADER_LEN + h.len as usize).saturating_sub(self.inbuf.len()),
-            };
-            if need == 0 {
-                // At least one complete frame: handle what can be handled now.
-                let mut buf = std::mem::take(&mut self.inbuf);
-                let used = self.process(&buf)?;
-                if self.closed {
+            // The same parsing and checks as `process`, one frame at a time.
+            let (id, payload_len, total) = match frame::decode(data, max)? {
+                None => {
+                    // A partial DATA frame that will be sliced stays in the link's
+                    // buffer to arrive whole; any other partial frame waits in the
+                    // Mux, so the buffer is handed back empty and reused.
+                    let big = frame::decode_header(data, max)?.is_some_and(|h| {
+                        h.ty == frame::ty::DATA && h.len as usize >= ZERO_COPY_MIN
+                    });
+                    if !big {
+                        self.inbuf.extend_from_slice(data);
+                        data.clear();
+                    }
                     return Ok(());
                 }
-                if used == buf.len() {
-                    buf.clear();
-                } else {
-                    buf.advance(used);
+                Some((Frame::Data { id, payload }, n)) if self.authed => (id, payload.len(), n),
+                Some((f, n)) => {
+                    self.on_frame(f)?;
+                    data.advance(n);
+                    continue;
                 }
-                self.inbuf = buf;
-                continue;
+            };
+            let header = total - payload_len;
+            if payload_len >= ZERO_COPY_MIN {
+                let mut f = data.split_to(total);
+                f.advance(header);
+                self.on_data(id, Payload::Owned(f))?;
+            } else {
+                self.on_data(id, Payload::Slice(&data[header..total]))?;
+                data.advance(total);
             }
-            if data.is_empty() {
-                return Ok(());
+        }
+        Ok(())
+    }
+
+    fn input(&mut self, mut data: &[u8]) -> Result<(), Error> {
+        if !self.drain_held(&mut data)? {
+            if !self.closed && self.input_blocked() {
+                self.inbuf.extend_from_slice(data);
             }
-            let take = need.min(data.len());
-            self.inbuf.extend_from_slice(&data[..take]);
-            data = &data[take..];
+            return Ok(());
         }
         if self.inbuf.capacity() > 4 * self.cfg.max_frame_payload as usize {
             // Give back the memory of input held during a burst.
@@ -454,6 +538,46 @@ impl Mux {
             self.inbuf.extend_from_slice(&data[used..]);
         }
         Ok(())
+    }
+
+    /// The bytes left from earlier calls first: held frames, then a partial
+    /// frame, which is completed by copying only the bytes it needs from the
+    /// front of `data` (advanced past them). `Ok(true)` when nothing is held any
+    /// more; `Ok(false)` when the tunnel closed, input is blocked at the control
+    /// cap (the caller keeps the rest of `data`) or `data` ran out.
+    fn drain_held(&mut self, data: &mut &[u8]) -> Result<bool, Error> {
+        let max = self.cfg.max_frame_payload;
+        while !self.inbuf.is_empty() {
+            if self.closed || self.input_blocked() {
+                return Ok(false);
+            }
+            let need = match frame::decode_header(&self.inbuf, max)? {
+                None => HEADER_LEN - self.inbuf.len(),
+                Some(h) => (HEADER_LEN + h.len as usize).saturating_sub(self.inbuf.len()),
+            };
+            if need == 0 {
+                // At least one complete frame: handle what can be handled now.
+                let mut buf = std::mem::take(&mut self.inbuf);
+                let used = self.process(&buf)?;
+                if self.closed {
+                    return Ok(false);
+                }
+                if used == buf.len() {
+                    buf.clear();
+                } else {
+                    buf.advance(used);
+                }
+                self.inbuf = buf;
+                continue;
+            }
+            if data.is_empty() {
+                return Ok(false);
+            }
+            let take = need.min(data.len());
+            self.inbuf.extend_from_slice(&data[..take]);
+            *data = &data[take..];
+        }
+        Ok(true)
     }
 
     /// Handles every complete frame at the start of `buf`; returns the bytes used.
@@ -494,7 +618,7 @@ impl Mux {
             Frame::Open { id, window, addr } => self.on_open(id, window, addr),
             Frame::Accept { id, window } => self.on_accept(id, window),
             Frame::Refuse { id, code } => self.on_refuse(id, code),
-            Frame::Data { id, payload } => self.on_data(id, payload),
+            Frame::Data { id, payload } => self.on_data(id, Payload::Slice(payload)),
             Frame::Window { id, increment } => self.on_window(id, increment),
             Frame::Fin { id } => self.on_fin(id),
             Frame::Reset { id } => {
@@ -813,7 +937,7 @@ impl Mux {
         Ok(())
     }
 
-    fn on_data(&mut self, id: u32, payload: &[u8]) -> Result<(), Error> {
+    fn on_data(&mut self, id: u32, payload: Payload<'_>) -> Result<(), Error> {
         self.check_known(id)?;
         let len = payload.len();
         // Every DATA byte uses session credit, whatever happens to it.
@@ -857,7 +981,7 @@ impl Mux {
         }
         s.buffered += len as u32;
         self.buffered_total += len;
-        s.bufs().recv.push_back(Bytes::copy_from_slice(payload));
+        s.bufs().recv.push_back(payload.into_buf());
         if !s.has(F_READ_NOTIFIED) {
             s.flags |= F_READ_NOTIFIED;
             self.events
@@ -1293,6 +1417,13 @@ impl Mux {
     /// `None` means nothing to read now (after [`MuxEvent::Finished`]: nothing ever).
     /// Reading returns credit to the peer.
     pub fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, Error> {
+        Ok(self.read_buf(id, max)?.map(BytesMut::freeze))
+    }
+
+    /// [`read`](Self::read) as a `BytesMut`: a DATA payload that arrived through
+    /// [`handle_input_buf`](Self::handle_input_buf) is the very slice of the
+    /// link's read buffer (no copy), ready to be handed to a `zs_io` handler.
+    pub fn read_buf(&mut self, id: StreamId, max: usize) -> Result<Option<BytesMut>, Error> {
         if self.closed {
             return Err(Error::TunnelClosed);
         }

@@ -62,12 +62,20 @@
 //! ## Security and hostile peers
 //!
 //! A [`TunnelConfig`] must choose the Mux's authentication and the link's
-//! protection explicitly ([`TunnelConfig::secure`] or [`TunnelConfig::plaintext`]);
-//! otherwise [`Tunnel::handler`] returns [`Error::Config`]. Inside a secure session
-//! the driver binds the Mux's token PROOF to the session
-//! ([`Mux::bind_channel`] with the session's channel binding, as soon as its
-//! handshake completes). The Mux's ready deadline ([`MuxConfig::ready_timeout`])
-//! counts from when the physical connection opens and covers the secure handshake.
+//! protection explicitly ([`TunnelConfig::secure`], [`TunnelConfig::over_secure_link`]
+//! or [`TunnelConfig::plaintext`]); otherwise [`Tunnel::handler`] returns
+//! [`Error::Config`]. The tunnel has **no secure-session code of its own**: the
+//! record layer is zs-secure's. With [`TunnelConfig::secure`] the driver is wrapped
+//! in a [`zs_secure::SecureLayer`] handler (the same code as a
+//! [`zs_secure::SecureBackend`]); with [`TunnelConfig::over_secure_link`] the
+//! physical backend is itself secure (`SecureBackend(epoll)`), so
+//! `SecureBackend(TunnelHandle over SecureBackend(epoll))` composes from trait
+//! objects. Either way the driver sees plaintext, and when the physical connection
+//! opens (keys exist by then) it binds the Mux's token PROOF to the session's
+//! channel binding from `Connection::security_info` ([`Mux::bind_channel`]). The
+//! handshake is bounded by the secure layer (`SecureConfig::handshake_timeout`
+//! accepted, the connect timeout outgoing); the Mux's ready deadline
+//! ([`MuxConfig::ready_timeout`]) counts from when the plaintext connection opens.
 //! When the Mux's control output reaches [`MuxConfig::max_control_bytes`] (the peer
 //! asks for answers it does not read), the driver pauses reading the physical
 //! connection (`set_read_paused`) until that output has drained to it, so such a
@@ -92,12 +100,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use zs_crypto::SecurityProvider;
-use zs_io::{Backend, Conn, HandlerFactory, Listener};
+use zs_io::{Backend, Conn, Handler, HandlerFactory, Listener};
+use zs_secure::{SecureConfig, SecureLayer};
 
 use crate::{Auth, Error, Mux, MuxConfig, Role};
 
-use driver::State;
-pub use driver::TunnelDriver;
+use driver::{LinkDriver, State};
 
 /// Settings of one tunnel end.
 ///
@@ -116,8 +124,15 @@ pub struct TunnelConfig {
     /// TLS), the Mux's frames travel as its application data, and token PROOFs
     /// cover the session's channel binding (`SecureSession::channel_binding`; with
     /// token auth, a session without one ends the tunnel when its handshake
-    /// completes). Default `None`, which is refused unless `allow_plaintext` is set.
+    /// completes). Default `None`, which is refused unless `allow_plaintext` or
+    /// `secure_link` is set. The sessions run in zs-secure's layer
+    /// ([`zs_secure::SecureLayer`] with [`SecureConfig::default`]).
     pub security: Option<Arc<dyn SecurityProvider>>,
+    /// The physical backend is itself secure (e.g. a [`zs_secure::SecureBackend`]):
+    /// the tunnel runs no session of its own, requires the physical connection
+    /// to report one (`Connection::security_info`; a link without one ends the
+    /// tunnel) and binds token PROOFs to its channel binding. Default `false`.
+    pub secure_link: bool,
     /// Accept running without `security`: the Mux's frames go on the link as they
     /// are. Token auth still decides who may open the tunnel, but an on-path attacker
     /// can read, relay and alter the tunnel after it (no integrity, no
@@ -145,6 +160,7 @@ impl Default for TunnelConfig {
         TunnelConfig {
             mux: MuxConfig::default(),
             security: None,
+            secure_link: false,
             allow_plaintext: false,
             send_queue_limit: 256 * 1024,
             idle_timeout: None,
@@ -166,6 +182,17 @@ impl TunnelConfig {
         }
     }
 
+    /// A tunnel over a physical backend that is secure itself (`secure_link`:
+    /// `Tunnel::connect(&SecureBackend(epoll), ..)`, a `SecureBackend`'s
+    /// listener with [`Tunnel::acceptor`]'s factory), with the Mux's `auth`.
+    pub fn over_secure_link(auth: Auth) -> TunnelConfig {
+        TunnelConfig {
+            mux: MuxConfig::new(auth),
+            secure_link: true,
+            ..TunnelConfig::default()
+        }
+    }
+
     /// A tunnel over the plain link (`allow_plaintext`), with the Mux's `auth`:
     /// no integrity or confidentiality, see [`TunnelConfig::allow_plaintext`].
     pub fn plaintext(auth: Auth) -> TunnelConfig {
@@ -180,10 +207,17 @@ impl TunnelConfig {
     /// authentication chosen, or no secure session without `allow_plaintext`.
     pub fn validate(&self) -> Result<(), Error> {
         self.mux.validate()?;
-        if self.security.is_none() && !self.allow_plaintext {
+        if self.security.is_none() && !self.secure_link && !self.allow_plaintext {
             return Err(Error::Config(
-                "no secure session for the tunnel: set `security`, or set \
-                 `allow_plaintext` to run without integrity on purpose"
+                "no secure session for the tunnel: set `security` or `secure_link`, \
+                 or set `allow_plaintext` to run without integrity on purpose"
+                    .into(),
+            ));
+        }
+        if self.security.is_some() && self.secure_link {
+            return Err(Error::Config(
+                "`security` and `secure_link` both set: a session inside a secure \
+                 link is a second tunnel layer, not a tunnel setting"
                     .into(),
             ));
         }
@@ -199,6 +233,7 @@ impl std::fmt::Debug for TunnelConfig {
                 "security",
                 &self.security.as_ref().map(|s| s.name().to_string()),
             )
+            .field("secure_link", &self.secure_link)
             .field("allow_plaintext", &self.allow_plaintext)
             .field("send_queue_limit", &self.send_queue_limit)
             .field("idle_timeout", &self.idle_timeout)
@@ -293,13 +328,24 @@ impl Tunnel {
     /// `security` nor `allow_plaintext` ([`TunnelConfig::validate`]);
     /// [`Error::Rng`] if the OS random generator fails.
     pub fn handler(role: Role, cfg: TunnelConfig) -> Result<(TunnelHandle, TunnelDriver), Error> {
+        let ready = cfg.mux.ready_timeout;
+        let layer = cfg
+            .security
+            .clone()
+            .map(|p| SecureLayer::new(p, tunnel_secure_config(ready)));
+        let (handle, link) = Tunnel::link(role, cfg)?;
+        Ok((handle, TunnelDriver::new(link, layer.as_ref(), ready)))
+    }
+
+    /// The handle and the plaintext driver of one tunnel end.
+    fn link(role: Role, cfg: TunnelConfig) -> Result<(TunnelHandle, LinkDriver), Error> {
         cfg.validate()?;
         let inner = Arc::new(Inner::new(role, cfg)?);
         Ok((
             TunnelHandle {
                 inner: inner.clone(),
             },
-            TunnelDriver::new(inner),
+            LinkDriver::new(inner),
         ))
     }
 
@@ -333,18 +379,149 @@ impl Tunnel {
         cfg.validate()?;
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
+        // One layer for the listener: its handshake bound counts all of them.
+        let ready = cfg.mux.ready_timeout;
+        let layer = cfg
+            .security
+            .clone()
+            .map(|p| SecureLayer::new(p, tunnel_secure_config(ready)));
         let factory: HandlerFactory =
-            Arc::new(move || match Tunnel::handler(Role::Acceptor, cfg.clone()) {
-                Ok((handle, mut driver)) => {
+            Arc::new(move || match Tunnel::link(Role::Acceptor, cfg.clone()) {
+                Ok((handle, link)) => {
                     let tx = lock_or_recover(&tx).clone();
-                    driver.on_open_hook = Some(Box::new(move || {
+                    let mut d = TunnelDriver::new(link, layer.as_ref(), ready);
+                    d.on_open_hook = Some(Box::new(move || {
                         let _ = tx.send(handle);
                     }));
-                    Box::new(driver) as Box<dyn zs_io::Handler>
+                    Box::new(d) as Box<dyn Handler>
                 }
-                Err(e) => Box::new(driver::Refuse(e.to_string())) as Box<dyn zs_io::Handler>,
+                Err(e) => Box::new(driver::Refuse(e.to_string())) as Box<dyn Handler>,
             });
         Ok((factory, rx))
+    }
+}
+
+/// The secure layer's bounds for a tunnel's link: the default ones, with the
+/// handshake bounded by the Mux's ready deadline (which covers it).
+fn tunnel_secure_config(ready: Duration) -> SecureConfig {
+    SecureConfig {
+        handshake_timeout: ready,
+        ..SecureConfig::default()
+    }
+}
+
+/// The `zs_io::Handler` to give to one tunnel end's physical connection (from
+/// [`Tunnel::handler`]). Over a plain link (or a link that is secure itself) it
+/// is the tunnel driver; with [`TunnelConfig::security`] it is zs-secure's
+/// layer (handshake, records opened in place, sends of one callback sealed as
+/// one record) with the driver inside, made and opened once keys exist.
+pub struct TunnelDriver {
+    h: Box<dyn Handler>,
+    role: Role,
+    /// With a secure layer inside: this tunnel end, so that the raw link's open
+    /// and end reach it even when the handshake never completes.
+    secured: Option<Arc<Inner>>,
+    /// Runs once the raw link opened (the acceptor hands its handle out).
+    on_open_hook: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for TunnelDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelDriver")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl TunnelDriver {
+    /// `link` alone, or inside `layer`'s handler for `link`'s role. An outgoing
+    /// handshake must complete within `handshake` of now.
+    fn new(mut link: LinkDriver, layer: Option<&SecureLayer>, handshake: Duration) -> TunnelDriver {
+        let role = link.role();
+        let secured = layer.map(|_| link.inner.clone());
+        if layer.is_some() {
+            // The timers restart at the raw open (below): the ready deadline
+            // covers the handshake.
+            link.restart_timers = false;
+        }
+        let h: Box<dyn Handler> = match (layer, role) {
+            (None, _) => Box::new(link),
+            (Some(l), Role::Initiator) => l.client_handler(Box::new(link), handshake),
+            (Some(l), Role::Acceptor) => {
+                // The layer makes the inner handler once keys exist: hand it this
+                // end's driver, once.
+                let once = Mutex::new(Some(link));
+                l.server_handler(Arc::new(move || match lock_or_recover(&once).take() {
+                    Some(link) => Box::new(link) as Box<dyn Handler>,
+                    None => Box::new(driver::Refuse("tunnel end already opened".into())),
+                }))
+            }
+        };
+        TunnelDriver {
+            h,
+            role,
+            secured,
+            on_open_hook: None,
+        }
+    }
+}
+
+impl Handler for TunnelDriver {
+    fn on_open(&mut self, conn: &Conn) {
+        if let Some(inner) = &self.secured {
+            inner.lock().mux.restart_timers(Instant::now());
+        }
+        self.h.on_open(conn);
+        if let Some(hook) = self.on_open_hook.take() {
+            hook();
+        }
+    }
+    fn on_data(&mut self, conn: &Conn, data: &mut zs_io::BytesMut) {
+        self.h.on_data(conn, data)
+    }
+    fn on_eof(&mut self, conn: &Conn) {
+        self.h.on_eof(conn)
+    }
+    fn on_writable(&mut self, conn: &Conn) {
+        self.h.on_writable(conn)
+    }
+    fn on_timer(&mut self, conn: &Conn, token: u64) {
+        self.h.on_timer(conn, token)
+    }
+    fn on_close(&mut self, conn: &Conn, reason: zs_io::CloseReason) {
+        self.h.on_close(conn, reason);
+        if let Some(inner) = &self.secured {
+            // The secure layer ended the link before the tunnel opened inside it
+            // (a failed or timed-out handshake): the tunnel end was never told.
+            let mut st = inner.lock();
+            if st.closed.is_none() {
+                st.tunnel_dead(format!(
+                    "not ready: the secure link ended before the tunnel opened ({reason:?})"
+                ));
+            }
+            drop(st);
+            inner.cond.notify_all();
+            // Pending virtual connects get their `on_connect_failed` now.
+            driver::drive(inner);
+        }
+    }
+    fn on_connect_failed(&mut self, error: zs_io::Error) {
+        self.h.on_connect_failed(error)
+    }
+}
+
+impl Drop for TunnelDriver {
+    fn drop(&mut self) {
+        // A raw connection that never opened (refused at accept) or a secure
+        // link that ended: the tunnel end must not wait for a link forever.
+        if let Some(inner) = &self.secured {
+            let mut st = inner.lock();
+            if st.closed.is_none() && st.phys.is_none() {
+                st.tunnel_dead("not ready: the secure link ended before the tunnel opened".into());
+            }
+            drop(st);
+            inner.cond.notify_all();
+        }
     }
 }
 
@@ -377,7 +554,7 @@ impl Inner {
         Ok(Inner {
             state: Mutex::new(State::new(
                 Mux::new(role, cfg.mux.clone(), now)?,
-                cfg.security.clone(),
+                cfg.security.is_some() || cfg.secure_link,
             )),
             cond: Condvar::new(),
             role,

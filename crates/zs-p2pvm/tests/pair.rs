@@ -1052,3 +1052,75 @@ fn readable_and_writable_are_edges() {
         off
     );
 }
+
+/// `handle_input_buf` (the link's buffer in, frames as slices of it) delivers
+/// exactly the bytes of `handle_input` whatever the read boundaries, leaves only
+/// an incomplete frame in the buffer, and queues a large DATA payload as a slice
+/// of the very buffer it arrived in (no copy); small payloads are copied.
+#[test]
+fn input_buffer_path_slices_large_payloads_and_keeps_partial_frames() {
+    use bytes::BytesMut;
+    let now = std::time::Instant::now();
+    let mut client = Mux::new(Role::Initiator, cfg(), now).unwrap();
+    let mut server = Mux::new(Role::Acceptor, cfg(), now).unwrap();
+    server.listen(addr(SRV)).unwrap();
+    // The server's link buffer, as a zs-io backend keeps it between reads.
+    let mut link = BytesMut::new();
+    let pump = |c: &mut Mux, s: &mut Mux, link: &mut BytesMut, step: usize| loop {
+        let (mut cs, mut sc) = (Vec::new(), Vec::new());
+        c.write_output(&mut cs);
+        s.write_output(&mut sc);
+        if cs.is_empty() && sc.is_empty() {
+            break;
+        }
+        c.handle_input(&sc, now).unwrap();
+        for piece in cs.chunks(step.max(1)) {
+            link.extend_from_slice(piece);
+            s.handle_input_buf(link, now).unwrap();
+            // Whatever is left is one incomplete frame.
+            assert!(frame::decode(link, 1 << 20).unwrap().is_none());
+        }
+    };
+    pump(&mut client, &mut server, &mut link, 7);
+    let cid = client.connect(addr(SRV)).unwrap();
+    pump(&mut client, &mut server, &mut link, 3);
+    let sid = loop {
+        match server.poll_event() {
+            Some(MuxEvent::Incoming { id, .. }) => break id,
+            Some(_) => continue,
+            None => panic!("no Incoming"),
+        }
+    };
+    let want = pattern(200_000, 9);
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let mut steps = [1000usize, 70_000, 4096, 100_000, 17].into_iter().cycle();
+    while got.len() < want.len() {
+        sent += client.send(cid, &want[sent..]).unwrap();
+        pump(&mut client, &mut server, &mut link, steps.next().unwrap());
+        while let Some(b) = server.read_buf(sid, usize::MAX).unwrap() {
+            got.extend_from_slice(&b);
+        }
+        pump(&mut client, &mut server, &mut link, 64 * 1024);
+    }
+    same(&got, &want, "through handle_input_buf");
+
+    // One whole large DATA frame in one buffer: queued as a slice of it.
+    let big = pattern(40_000, 3);
+    assert_eq!(client.send(cid, &big).unwrap(), big.len());
+    let mut out = Vec::new();
+    client.write_output(&mut out);
+    let mut one = BytesMut::from(&out[..]);
+    let (base, end) = (one.as_ptr() as usize, one.as_ptr() as usize + one.len());
+    server.handle_input_buf(&mut one, now).unwrap();
+    assert!(one.is_empty(), "whole frames are taken out");
+    let mut seen = Vec::new();
+    let mut sliced = false;
+    while let Some(b) = server.read_buf(sid, usize::MAX).unwrap() {
+        let p = b.as_ptr() as usize;
+        sliced |= b.len() >= zs_p2pvm::ZERO_COPY_MIN && p >= base && p < end;
+        seen.extend_from_slice(&b);
+    }
+    same(&seen, &big, "the large payload");
+    assert!(sliced, "a large payload was copied");
+}

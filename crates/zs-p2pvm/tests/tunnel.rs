@@ -782,3 +782,75 @@ fn handler_panic_closes_only_its_stream() {
         drop(l);
     }
 }
+
+/// secure(tunnel(secure(epoll))) composes from trait objects with no code of its
+/// own: the physical backend is a `SecureBackend` (the tunnel runs no session
+/// and binds its token PROOFs to the link's session), and a second
+/// `SecureBackend` over the tunnel handles carries an end-to-end session inside
+/// a virtual connection. A relay on the physical link sees neither plaintext.
+#[test]
+fn secure_tunnel_secure_composes_from_trait_objects() {
+    for io in ios() {
+        let raw = tunnel_util::io_backend(io, zs_io::Config::default());
+        let link: Arc<dyn Backend> = Arc::new(zs_secure::SecureBackend::new(
+            raw.clone(),
+            psk_security(b"link"),
+        ));
+        let cfg = TunnelConfig::over_secure_link(Auth::token(b"a token of 16+ bytes").unwrap());
+        let (factory, rx) = Tunnel::acceptor(cfg.clone()).unwrap();
+        let phys = link.listen(vaddr("127.0.0.1:0"), factory).unwrap();
+        let (relay, seen) = recording_relay(phys.local_addr());
+        let b = Tunnel::connect(&*link, relay, cfg, WAIT).unwrap();
+        let a = rx.recv_timeout(WAIT).unwrap();
+        a.wait_ready(WAIT).unwrap();
+        let e2e = |h: &zs_p2pvm::TunnelHandle| -> Arc<dyn Backend> {
+            Arc::new(zs_secure::SecureBackend::new(
+                Arc::new(h.clone()),
+                psk_security(b"end-to-end"),
+            ))
+        };
+        let (inner_a, inner_b) = (e2e(&a), e2e(&b));
+        assert!(inner_b.name().starts_with("secure("), "{}", inner_b.name());
+        let (f, _ev) = echo_factory();
+        let l = inner_a.listen(vaddr("10.0.0.9:1"), f).unwrap();
+        assert!(b.wait_peer_listen(l.local_addr(), WAIT));
+        let secret = b"TOP-SECRET-END-TO-END-0123456789";
+        echo_once(&*inner_b, l.local_addr(), secret);
+        // The same tunnel also carries plain virtual connections.
+        let (f, _ev2) = echo_factory();
+        let l2 = a.listen(vaddr("10.0.0.9:2"), f).unwrap();
+        assert!(b.wait_peer_listen(l2.local_addr(), WAIT));
+        let inside = b"INSIDE-THE-LINK-SESSION-ONLY-42";
+        echo_once(&b, l2.local_addr(), inside);
+        let s = seen.lock().unwrap().clone();
+        for p in [&secret[..], &inside[..]] {
+            assert!(!s.windows(p.len()).any(|w| w == p), "plaintext on the link");
+        }
+        a.close("done");
+        b.close("done");
+        raw.shutdown();
+    }
+}
+
+/// A tunnel that requires a secure link ends (never ready) on a plain one, and
+/// token auth over a secure link fails closed when the PROOF would be unbound.
+#[test]
+fn secure_link_tunnel_refuses_a_plain_link() {
+    let raw = tunnel_util::io_backend(ios()[0], zs_io::Config::default());
+    let cfg = TunnelConfig::over_secure_link(Auth::None);
+    let (factory, rx) = Tunnel::acceptor(cfg.clone()).unwrap();
+    let phys = raw.listen(vaddr("127.0.0.1:0"), factory).unwrap();
+    let b = Tunnel::connect(&*raw, phys.local_addr(), cfg, WAIT);
+    assert!(b.is_err(), "a plain link was accepted");
+    let a = rx.recv_timeout(WAIT).unwrap();
+    let info = a.wait_closed(WAIT).expect("the acceptor end closes");
+    assert!(info.reason.contains("no secure session"), "{info:?}");
+    // Both choices at once are a configuration error.
+    let mut both = TunnelConfig::secure(psk_security(b"x"), Auth::None);
+    both.secure_link = true;
+    assert!(matches!(
+        Tunnel::handler(zs_p2pvm::Role::Initiator, both),
+        Err(zs_p2pvm::Error::Config(_))
+    ));
+    raw.shutdown();
+}

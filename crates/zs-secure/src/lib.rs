@@ -91,8 +91,10 @@
 
 pub mod blocking;
 mod conn;
+mod layer;
 
 pub use blocking::SecureStream;
+pub use layer::SecureLayer;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -311,6 +313,14 @@ impl SecureBackend {
     /// The counters of this layer.
     pub fn stats(&self) -> SecureStats {
         self.layer.counters.snapshot()
+    }
+
+    /// This backend's layer as handler wrappers ([`SecureLayer`]), sharing its
+    /// counters and handshake bound.
+    pub fn layer(&self) -> SecureLayer {
+        SecureLayer {
+            layer: self.layer.clone(),
+        }
     }
 }
 

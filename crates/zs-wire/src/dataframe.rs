@@ -185,18 +185,18 @@ impl DataFrame {
     /// Appends the binary form (see `docs/PROTOCOL.md`, "DataFrame") to `dst`,
     /// reserving the exact size first.
     pub fn encode(&self, dst: &mut BytesMut) {
-        const SMALL: usize = 128;
-        let len = self.encoded_len();
-        dst.reserve(len);
-        if len <= SMALL && matches!(self.repr, Repr::Owned(_)) {
-            // Assembled on the stack, appended with one copy.
+        if let Repr::Owned(values) = &self.repr {
+            // A small DataFrame of plain values (the common case) is assembled
+            // on the stack in one pass (no separate sizing pass) and appended
+            // with one copy.
             let mut buf = [0u8; SMALL];
-            let mut w: &mut [u8] = &mut buf[..len];
-            self.encode_into(&mut w);
-            dst.put_slice(&buf[..len]);
-        } else {
-            self.encode_into(dst);
+            if let Some(n) = encode_small(values, &mut buf) {
+                dst.extend_from_slice(&buf[..n]);
+                return;
+            }
         }
+        dst.reserve(self.encoded_len());
+        self.encode_into(dst);
     }
 
     /// The binary form as a new buffer.
@@ -226,6 +226,56 @@ impl DataFrame {
     pub fn decode(src: &Bytes, limits: &Limits) -> Result<DataFrame, WireError> {
         let mut cur = Cursor::new(src.clone());
         DataFrame::decode_rest(&mut cur, limits)
+    }
+
+    /// Decodes one DataFrame that fills `src` exactly, for index access: one pass
+    /// checks every byte against `limits` (the same checks and errors as
+    /// [`decode`](DataFrame::decode)) **and** builds the values, so each value is
+    /// read once and each string UTF-8-checked once. [`get`](DataFrame::get) and
+    /// [`values`](DataFrame::values) are then look-ups; re-encoding still copies
+    /// the received bytes. Choose it when the values will be accessed by index
+    /// (or as [`Value`]s); [`decode`](DataFrame::decode) (validate now, build on
+    /// first access) is faster for reading in order with a [`Reader`] or for
+    /// forwarding. Nested DataFrames stay lazy (validated, built when accessed).
+    ///
+    /// ```
+    /// use zs_wire::{DataFrame, Limits, Value};
+    /// let bytes = DataFrame::new().with(7u32).with("seven").to_bytes();
+    /// let df = DataFrame::decode_indexed(&bytes, &Limits::default()).unwrap();
+    /// assert_eq!(df.get(1).and_then(Value::as_text).map(|t| t.as_str()), Some("seven"));
+    /// assert_eq!(df.to_bytes(), bytes);
+    /// ```
+    pub fn decode_indexed(src: &Bytes, limits: &Limits) -> Result<DataFrame, WireError> {
+        let mut cur = Cursor::new(src.clone());
+        if limits.max_depth < 1 {
+            return Err(WireError::DepthExceeded {
+                max: limits.max_depth,
+            });
+        }
+        let count = cur.varint("value count")?;
+        if count > limits.max_values as u64 {
+            return Err(WireError::TooManyValues {
+                count,
+                max: limits.max_values,
+            });
+        }
+        let count = count as usize;
+        let mut budget = limits.max_values - count;
+        // Every value takes at least two bytes: a lying count cannot reserve more.
+        let mut values = Vec::with_capacity(count.min(cur.remaining() / 2));
+        for _ in 0..count {
+            build_value_in(&mut cur, limits, 1, &mut budget, true, &mut |v| {
+                values.push(v)
+            })?;
+        }
+        cur.finish()?;
+        Ok(DataFrame {
+            repr: Repr::Wire {
+                bytes: cur.rest_from(0),
+                count,
+                cache: OnceLock::from(values),
+            },
+        })
     }
 
     /// Decodes a DataFrame that must fill the rest of the cursor's body.
@@ -416,6 +466,58 @@ fn encode_value(v: &Value, dst: &mut impl BufMut) {
             }
         }
     }
+}
+
+/// Size of the stack buffer of [`encode_small`].
+const SMALL: usize = 128;
+
+/// One fixed-size or length-prefixed value at `*p` of `buf`: tag `t`, then (when
+/// `lp`) a one-byte length, then `b`. `None` (nothing written that counts) if it
+/// does not fit or the length needs more than one varint byte.
+#[inline(always)]
+fn put_small(buf: &mut [u8; SMALL], p: &mut usize, t: u8, lp: bool, b: &[u8]) -> Option<()> {
+    let head = 1 + lp as usize;
+    let end = *p + head + b.len();
+    if end > SMALL || b.len() >= 0x80 {
+        return None;
+    }
+    buf[*p] = t;
+    buf[*p + 1] = b.len() as u8; // overwritten by `b` when not length-prefixed
+    buf[*p + head..end].copy_from_slice(b);
+    *p = end;
+    Some(())
+}
+
+/// The binary form of `values` in one pass over them, when it fits in `SMALL`
+/// bytes and holds only numbers, bools, strings and bytes below 128 bytes (so
+/// every varint is one byte): the same bytes as `encode_into`. `None` otherwise.
+#[inline]
+fn encode_small(values: &[Value], buf: &mut [u8; SMALL]) -> Option<usize> {
+    if values.len() >= 0x80 {
+        return None;
+    }
+    buf[0] = values.len() as u8;
+    let mut p = 1;
+    for v in values {
+        let b = &mut *buf;
+        match v {
+            Value::Str(s) => put_small(b, &mut p, tag::STR, true, s.as_bytes())?,
+            Value::Bytes(x) => put_small(b, &mut p, tag::BYTES, true, x)?,
+            Value::Bool(x) => put_small(b, &mut p, tag::BOOL, false, &[*x as u8])?,
+            Value::I8(x) => put_small(b, &mut p, tag::I8, false, &x.to_le_bytes())?,
+            Value::I16(x) => put_small(b, &mut p, tag::I16, false, &x.to_le_bytes())?,
+            Value::I32(x) => put_small(b, &mut p, tag::I32, false, &x.to_le_bytes())?,
+            Value::I64(x) => put_small(b, &mut p, tag::I64, false, &x.to_le_bytes())?,
+            Value::U8(x) => put_small(b, &mut p, tag::U8, false, &[*x])?,
+            Value::U16(x) => put_small(b, &mut p, tag::U16, false, &x.to_le_bytes())?,
+            Value::U32(x) => put_small(b, &mut p, tag::U32, false, &x.to_le_bytes())?,
+            Value::U64(x) => put_small(b, &mut p, tag::U64, false, &x.to_le_bytes())?,
+            Value::F32(x) => put_small(b, &mut p, tag::F32, false, &x.to_le_bytes())?,
+            Value::F64(x) => put_small(b, &mut p, tag::F64, false, &x.to_le_bytes())?,
+            _ => return None,
+        }
+    }
+    Some(p)
 }
 
 /// Limits used when building values from bytes that were already validated.
@@ -620,65 +722,103 @@ fn build_values(bytes: &Bytes) -> Vec<Value> {
         return Vec::new();
     };
     let mut values = Vec::with_capacity((count as usize).min(cur.remaining()));
+    let mut unbounded = usize::MAX;
     for _ in 0..count {
         // The bytes were validated when decoded, so this cannot fail; if it did,
         // the values built so far are kept rather than panicking.
-        match build_value(&mut cur) {
-            Ok(v) => values.push(v),
-            Err(_) => break,
+        let built = build_value_in(&mut cur, &UNLIMITED, 1, &mut unbounded, false, &mut |v| {
+            values.push(v)
+        });
+        if built.is_err() {
+            break;
         }
     }
     values
 }
 
-/// Builds the value at the cursor (validated bytes). Inlined into the loop
-/// that pushes it: built apart and then copied into the vector, the value's
-/// narrow stores are read back by wide loads that cannot be forwarded (a
-/// store-forwarding stall per value, most of `build_values`' time by `perf`).
+/// Builds the value at the cursor (validated bytes), for one value read on its
+/// own (the loops that fill a vector use [`build_value_in`] directly).
 #[inline(always)]
 fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
-    let l = &UNLIMITED;
+    let mut unbounded = usize::MAX;
+    let mut out = None;
+    build_value_in(cur, &UNLIMITED, 1, &mut unbounded, false, &mut |v| {
+        out = Some(v)
+    })?;
+    // `build_value_in` emits exactly one value when it returns `Ok`.
+    out.ok_or(WireError::Truncated { field: "value" })
+}
+
+/// Builds the value at the cursor and hands it to `emit`. `fresh`: the bytes
+/// were not validated before, so this is the validating pass too (`limits`,
+/// `depth` and the value `budget` apply; nested DataFrames are validated with
+/// their content, JSON is parsed, which checks it); otherwise nested DataFrames
+/// are only measured. Every check of the validating pass is made here exactly
+/// once per value (strings: limit and UTF-8 in `read_text`), so a one-pass
+/// decode reports the same errors as [`validate_frame`].
+///
+/// Each kind is emitted where it is made: with `emit` pushing into a vector, the
+/// value is stored straight into its slot. (Built apart and then copied, its
+/// narrow stores are read back by wide loads that cannot be forwarded: a
+/// store-forwarding stall per value, 42% of the one-pass decode by `perf`.)
+#[inline(always)]
+fn build_value_in(
+    cur: &mut Cursor,
+    l: &Limits,
+    depth: usize,
+    budget: &mut usize,
+    fresh: bool,
+    emit: &mut impl FnMut(Value),
+) -> Result<(), WireError> {
     let t = cur.u8("value tag")?;
-    Ok(match t {
-        tag::STR => Value::Str(read_text(cur, l)?),
-        tag::BOOL => Value::Bool(read_bool(cur)?),
-        tag::I8 => Value::I8(cur.u8("i8")? as i8),
-        tag::I16 => Value::I16(i16::from_le_bytes(cur.array("i16")?)),
-        tag::I32 => Value::I32(i32::from_le_bytes(cur.array("i32")?)),
-        tag::I64 => Value::I64(i64::from_le_bytes(cur.array("i64")?)),
-        tag::U8 => Value::U8(cur.u8("u8")?),
-        tag::U16 => Value::U16(u16::from_le_bytes(cur.array("u16")?)),
-        tag::U32 => Value::U32(u32::from_le_bytes(cur.array("u32")?)),
-        tag::U64 => Value::U64(u64::from_le_bytes(cur.array("u64")?)),
-        tag::F32 => Value::F32(f32::from_le_bytes(cur.array("f32")?)),
-        tag::F64 => Value::F64(f64::from_le_bytes(cur.array("f64")?)),
+    match t {
+        tag::STR => emit(Value::Str(read_text(cur, l)?)),
+        tag::BOOL => emit(Value::Bool(read_bool(cur)?)),
+        tag::I8 => emit(Value::I8(cur.u8("i8")? as i8)),
+        tag::I16 => emit(Value::I16(i16::from_le_bytes(cur.array("i16")?))),
+        tag::I32 => emit(Value::I32(i32::from_le_bytes(cur.array("i32")?))),
+        tag::I64 => emit(Value::I64(i64::from_le_bytes(cur.array("i64")?))),
+        tag::U8 => emit(Value::U8(cur.u8("u8")?)),
+        tag::U16 => emit(Value::U16(u16::from_le_bytes(cur.array("u16")?))),
+        tag::U32 => emit(Value::U32(u32::from_le_bytes(cur.array("u32")?))),
+        tag::U64 => emit(Value::U64(u64::from_le_bytes(cur.array("u64")?))),
+        tag::F32 => emit(Value::F32(f32::from_le_bytes(cur.array("f32")?))),
+        tag::F64 => emit(Value::F64(f64::from_le_bytes(cur.array("f64")?))),
         tag::BYTES => {
             let n = value_len_prefix(cur, l, "bytes")?;
-            Value::Bytes(cur.bytes(n, "bytes")?)
+            emit(Value::Bytes(cur.bytes(n, "bytes")?))
         }
         tag::ARRAY => {
             let (kind, n) = array_header(cur, l)?;
             let data = cur.bytes(n, "array")?;
-            Value::Array(
-                NumArray::from_raw(kind, data).ok_or(WireError::ArrayLength {
+            emit(Value::Array(NumArray::from_raw(kind, data).ok_or(
+                WireError::ArrayLength {
                     len: n as u64,
                     elem: kind.size(),
-                })?,
-            )
+                },
+            )?))
         }
         tag::FRAME => {
             let start = cur.pos();
-            // Validated when decoded: only find its end and count (texts and JSON
-            // are not checked again, nested JSON is not parsed).
-            let mut budget = usize::MAX;
-            let count = validate_frame(cur, l, 1, &mut budget, false)?;
-            Value::Frame(Box::new(DataFrame::from_validated(cur.since(start), count)))
+            // A nested DataFrame stays lazy. Validated bytes: only find its end
+            // and count (texts and JSON are not checked again, nested JSON is not
+            // parsed); fresh bytes: validated here, content included.
+            let count = if fresh {
+                validate_frame(cur, l, depth + 1, budget, true)?
+            } else {
+                let mut unbounded = usize::MAX;
+                validate_frame(cur, l, 1, &mut unbounded, false)?
+            };
+            emit(Value::Frame(Box::new(DataFrame::from_validated(
+                cur.since(start),
+                count,
+            ))))
         }
         tag::JSON => {
             let n = json_len_prefix(cur, l)?;
-            Value::Json(Box::new(parse_json(cur.slice(n, "json")?)?))
+            emit(Value::Json(Box::new(parse_json(cur.slice(n, "json")?)?)))
         }
-        tag::VARIANT => Value::Variant(match cur.u8("variant tag")? {
+        tag::VARIANT => emit(Value::Variant(match cur.u8("variant tag")? {
             vtag::NULL => Variant::Null,
             vtag::BOOL => Variant::Bool(read_bool(cur)?),
             vtag::INT => Variant::Int(i64::from_le_bytes(cur.array("variant")?)),
@@ -686,9 +826,10 @@ fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
             vtag::FLOAT => Variant::Float(f64::from_le_bytes(cur.array("variant")?)),
             vtag::TEXT => Variant::Text(read_text(cur, l)?),
             other => return Err(WireError::UnknownVariantTag(other)),
-        }),
+        })),
         other => return Err(WireError::UnknownValueTag(other)),
-    })
+    }
+    Ok(())
 }
 
 /// A plain number (or bool) read straight from validated bytes by the reader's
@@ -1098,6 +1239,62 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pass_small_encode_writes_the_general_bytes() {
+        // Every plain kind, lengths on both sides of the one-byte varint and
+        // totals on both sides of the stack buffer.
+        let mut sets: Vec<Vec<Value>> = vec![
+            vec![],
+            vec![
+                Value::I8(-1),
+                Value::I16(-2),
+                Value::I32(-3),
+                Value::I64(-4),
+                Value::U8(5),
+                Value::U16(6),
+                Value::U32(7),
+                Value::U64(8),
+                Value::F32(9.5),
+                Value::F64(-10.25),
+                Value::Bool(true),
+                Value::Bool(false),
+                Value::Str(Text::from("héllo")),
+                Value::Bytes(Bytes::from_static(b"\x00\x01")),
+            ],
+        ];
+        for n in [0usize, 1, 100, 120, 124, 125, 126, 127, 128, 200] {
+            sets.push(vec![Value::Str(Text::from("s".repeat(n).as_str()))]);
+            sets.push(vec![Value::U8(1), Value::Bytes(Bytes::from(vec![7u8; n]))]);
+            sets.push(vec![Value::F64(1.0); n.min(130)]);
+        }
+        sets.push(vec![Value::Variant(Variant::Null)]);
+        for values in sets {
+            let mut general = BytesMut::new();
+            DataFrame::from_iter(values.clone()).encode_into(&mut general);
+            let mut small = [0u8; SMALL];
+            let fast = encode_small(&values, &mut small);
+            if let Some(n) = fast {
+                assert_eq!(&small[..n], &general[..], "{values:?}");
+            } else {
+                assert!(
+                    general.len() > SMALL
+                        || values.len() >= 0x80
+                        || values.iter().any(|v| matches!(v, Value::Variant(_)))
+                        || values
+                            .iter()
+                            .any(|v| v.as_text().is_some_and(|t| t.len() >= 0x80))
+                        || values
+                            .iter()
+                            .any(|v| matches!(v, Value::Bytes(b) if b.len() >= 0x80)),
+                    "the fast path refused {values:?}"
+                );
+            }
+            let mut via_encode = BytesMut::new();
+            DataFrame::from_iter(values.clone()).encode(&mut via_encode);
+            assert_eq!(via_encode, general);
+        }
+    }
 
     #[test]
     fn reader_leniency_and_errors() {

@@ -48,6 +48,26 @@ proptest! {
     }
 
     #[test]
+    fn one_pass_decode_agrees_with_decode_then_values(df in dataframe()) {
+        // `decode_indexed` (validate and build in one pass) gives what `decode` +
+        // `values` give, and refuses what `decode` refuses with the same error.
+        let bytes = df.to_bytes();
+        let indexed = DataFrame::decode_indexed(&bytes, &Limits::default()).unwrap();
+        let lazy = DataFrame::decode(&bytes, &Limits::default()).unwrap();
+        prop_assert_eq!(indexed.values(), lazy.values());
+        prop_assert_eq!(indexed.to_bytes(), bytes.clone());
+        for cut in [1usize, 2, 5] {
+            if bytes.len() > cut {
+                let short = bytes.slice(..bytes.len() - cut);
+                prop_assert_eq!(
+                    DataFrame::decode_indexed(&short, &Limits::default()).err(),
+                    DataFrame::decode(&short, &Limits::default()).err()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn reader_on_bytes_agrees_with_reader_on_values(df in dataframe()) {
         let decoded = DataFrame::decode(&df.to_bytes(), &Limits::default()).unwrap();
         for i in 0..df.len() {

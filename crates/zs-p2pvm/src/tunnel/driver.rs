@@ -11,7 +11,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use zs_crypto::{SecureSession, SecurityProvider};
 use zs_io::{
     catch_handler_panic, drop_guarded, CloseReason, Conn, ConnId, Handler, HandlerFactory, Listener,
 };
@@ -19,7 +18,7 @@ use zs_io::{
 use super::vconn::VConn;
 use super::{CloseInfo, Inner};
 use crate::addr::{anonymous, AddrTable};
-use crate::{MuxEvent, Role, StreamId};
+use crate::{MuxEvent, StreamId};
 
 /// The one token the driver uses for timers on the physical connection.
 const TOKEN_TICK: u64 = 0x7032_7076_6d00_0001;
@@ -238,12 +237,11 @@ enum Outcome {
 pub(crate) struct State {
     pub(crate) mux: crate::Mux,
     pub(crate) phys: Option<Conn>,
-    security: Option<Arc<dyn SecurityProvider>>,
-    secure: Option<Box<dyn SecureSession>>,
-    handshaking: bool,
+    /// The physical connection must report a secure session
+    /// (`Connection::security_info`): the tunnel runs inside the secure layer.
+    secure_link: bool,
     /// Reading the link is paused: the Mux's control output is at its cap.
     pub(crate) read_paused: bool,
-    plain: Vec<u8>,
     blocked: Option<Bytes>,
     out_pool: OutPool,
     pub(crate) slots: HashMap<StreamId, Slot>,
@@ -273,15 +271,12 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(mux: crate::Mux, security: Option<Arc<dyn SecurityProvider>>) -> State {
+    pub(crate) fn new(mux: crate::Mux, secure_link: bool) -> State {
         State {
             mux,
             phys: None,
-            security,
-            secure: None,
-            handshaking: false,
+            secure_link,
             read_paused: false,
-            plain: Vec::new(),
             blocked: None,
             out_pool: OutPool::default(),
             slots: HashMap::new(),
@@ -458,8 +453,38 @@ impl State {
         true
     }
 
-    /// Moves the Mux's pending bytes (through the secure session, if any) to the
-    /// physical connection, as far as its send queue takes them.
+    /// The physical connection opened: when a secure layer runs it (its
+    /// `security_info` reports the session), token PROOFs are bound to the
+    /// session's channel binding before any tunnel byte is handled. A tunnel
+    /// that requires a secure link ends if the link reports none; token auth
+    /// fails closed on a session without a channel binding (an unbound PROOF
+    /// could be relayed into another secure session).
+    fn bind_link(&mut self, conn: &Conn) {
+        let token = matches!(self.mux.config().auth, Some(crate::Auth::Token(_)));
+        let failure = match conn.security_info() {
+            None if self.secure_link => {
+                Some("the physical link reports no secure session".to_string())
+            }
+            None => None,
+            Some(info) => match info.channel_binding {
+                Some(b) => self
+                    .mux
+                    .bind_channel(b)
+                    .err()
+                    .map(|e| format!("channel binding: {e}")),
+                None if token => {
+                    Some("the secure session offers no channel binding for token auth".to_string())
+                }
+                None => None,
+            },
+        };
+        if let Some(f) = failure {
+            self.tunnel_dead(f);
+        }
+    }
+
+    /// Moves the Mux's pending bytes to the physical connection (plaintext: a
+    /// secure layer underneath seals them), as far as its send queue takes them.
     pub(crate) fn flush(&mut self) {
         let Some(phys) = self.phys.clone() else {
             return;
@@ -481,27 +506,7 @@ impl State {
             // Sized for one `write_output_limit(.., OUT_DATA)` so the Mux
             // never reallocates (and copies) while filling it.
             let mut out = self.out_pool.take();
-            let mut failure = None;
-            match &mut self.secure {
-                Some(s) => {
-                    if !self.handshaking {
-                        self.plain.clear();
-                        self.mux.write_output_limit(&mut self.plain, OUT_DATA);
-                        if !self.plain.is_empty() {
-                            if let Err(e) = s.send(&self.plain, Instant::now()) {
-                                failure = Some(format!("secure session: {e}"));
-                            }
-                        }
-                    }
-                    s.write_output(&mut out);
-                }
-                None => {
-                    self.mux.write_output_limit(&mut out, OUT_DATA);
-                }
-            }
-            if let Some(f) = failure {
-                self.tunnel_dead(f);
-            }
+            self.mux.write_output_limit(&mut out, OUT_DATA);
             if out.is_empty() {
                 self.out_pool.wrap(out); // back to the pool
                 break;
@@ -527,9 +532,6 @@ impl State {
         }
         let now = Instant::now();
         let mut next = self.mux.poll_timeout();
-        if let Some(s) = &self.secure {
-            next = min_opt(next, s.poll_timeout());
-        }
         if let Some(Reverse(t)) = self.timers.peek() {
             next = min_opt(next, Some(t.at));
         }
@@ -539,7 +541,15 @@ impl State {
         if let Some(n) = next {
             if self.armed.is_none_or(|a| n < a) {
                 self.armed = Some(n);
-                let _ = phys.set_timer(n.saturating_duration_since(now), TOKEN_TICK);
+                if n <= now {
+                    // Due now (a virtual connection's `wake`, work caused off the
+                    // loop): ring the physical loop's doorbell rather than arm a
+                    // zero timer, which waits for the backend's tick (5 ms on
+                    // epoll: a zs-core call inside a tunnel waited that long).
+                    let _ = phys.wake(TOKEN_TICK);
+                } else {
+                    let _ = phys.set_timer(n.saturating_duration_since(now), TOKEN_TICK);
+                }
             }
         }
     }
@@ -763,18 +773,8 @@ impl State {
                     }
                 }
             }
-            if self.closed.is_none() {
-                if let Some(s) = self.secure.as_mut() {
-                    if s.poll_timeout().is_some_and(|t| t <= now) {
-                        if let Err(e) = s.handle_timeout(now) {
-                            self.tunnel_dead(format!("secure session: {e}"));
-                            continue;
-                        }
-                    }
-                }
-                if self.mux.poll_timeout().is_some_and(|t| t <= now) {
-                    self.mux.handle_timeout(now);
-                }
+            if self.closed.is_none() && self.mux.poll_timeout().is_some_and(|t| t <= now) {
+                self.mux.handle_timeout(now);
             }
             if self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
                 if let Some(Reverse(t)) = self.timers.pop() {
@@ -1003,24 +1003,19 @@ impl State {
         let chunk = inner.read_chunk;
         let mut added = 0;
         while added < chunk {
-            match self.mux.read(sid, chunk - added) {
+            match self.mux.read_buf(sid, chunk - added) {
                 Ok(Some(b)) => {
                     added += b.len();
                     self.touch(sid);
                     let bufs = self.bufs_mut(sid);
                     if bufs.rbuf.is_empty() {
-                        // Zero-copy when the Mux hands out a buffer of its own; then
-                        // deliver it as it is rather than copy more behind it.
-                        match b.try_into_mut() {
-                            Ok(m) => {
-                                bufs.rbuf = m;
-                                break;
-                            }
-                            Err(b) => bufs.rbuf.extend_from_slice(&b),
-                        }
-                    } else {
-                        bufs.rbuf.extend_from_slice(&b);
+                        // Zero-copy: the Mux's buffer (a slice of the link's read
+                        // buffer for large payloads) is delivered as it is rather
+                        // than copied behind more.
+                        bufs.rbuf = b;
+                        break;
                     }
+                    bufs.rbuf.extend_from_slice(&b);
                 }
                 Ok(None) | Err(_) => break,
             }
@@ -1264,33 +1259,33 @@ fn exec(action: Action) -> Outcome {
     }
 }
 
-/// The physical connection's handler: feeds the link's bytes to the Mux (through
-/// the secure session, if configured), pushes the Mux's output back, drives the
-/// Mux's and the virtual connections' timers with the connection's timer, and runs
-/// the virtual connections' callbacks on this connection's event loop.
-pub struct TunnelDriver {
-    inner: Arc<Inner>,
-    pub(crate) on_open_hook: Option<Box<dyn FnOnce() + Send>>,
+/// The physical connection's handler on plaintext: feeds the link's bytes to the
+/// Mux, pushes the Mux's output back, drives the Mux's and the virtual
+/// connections' timers with the connection's timer, and runs the virtual
+/// connections' callbacks on this connection's event loop. A secure link is the
+/// zs-secure layer underneath (see [`super::TunnelDriver`]).
+pub(crate) struct LinkDriver {
+    pub(crate) inner: Arc<Inner>,
+    /// Restart the Mux's ready and idle timers when this plaintext connection
+    /// opens (off when a secure layer around it restarted them at the raw open,
+    /// so the ready deadline covers the handshake).
+    pub(crate) restart_timers: bool,
 }
 
-impl std::fmt::Debug for TunnelDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelDriver")
-            .field("role", &self.inner.role)
-            .finish()
-    }
-}
-
-impl TunnelDriver {
-    pub(crate) fn new(inner: Arc<Inner>) -> TunnelDriver {
-        TunnelDriver {
+impl LinkDriver {
+    pub(crate) fn new(inner: Arc<Inner>) -> LinkDriver {
+        LinkDriver {
             inner,
-            on_open_hook: None,
+            restart_timers: true,
         }
     }
+
+    pub(crate) fn role(&self) -> crate::Role {
+        self.inner.role
+    }
 }
 
-impl Handler for TunnelDriver {
+impl Handler for LinkDriver {
     fn on_open(&mut self, conn: &Conn) {
         {
             let mut st = self.inner.lock();
@@ -1298,27 +1293,16 @@ impl Handler for TunnelDriver {
             let now = Instant::now();
             // The ready deadline (which covers the secure handshake) and the idle
             // timer count from now, not from when the tunnel end was made.
-            st.mux.restart_timers(now);
+            if self.restart_timers {
+                st.mux.restart_timers(now);
+            }
             if st.closed.is_some() {
                 // Closed (shut down) before the link opened.
                 conn.close();
-            } else if let Some(p) = st.security.clone() {
-                let made = match self.inner.role {
-                    Role::Initiator => p.new_client(now),
-                    Role::Acceptor => p.new_server(now),
-                };
-                match made {
-                    Ok(s) => {
-                        st.secure = Some(s);
-                        st.handshaking = true;
-                    }
-                    Err(e) => st.tunnel_dead(format!("secure session: {e}")),
-                }
+            } else {
+                st.bind_link(conn);
             }
             st.flush();
-        }
-        if let Some(hook) = self.on_open_hook.take() {
-            hook();
         }
         drive(&self.inner);
     }
@@ -1329,66 +1313,17 @@ impl Handler for TunnelDriver {
             if st.closed.is_none() {
                 let now = Instant::now();
                 let st = &mut *st;
-                match st.secure.as_mut() {
-                    Some(s) => {
-                        let mut failure = s
-                            .handle_input(data, now)
-                            .err()
-                            .map(|e| format!("secure session: {e}"));
-                        let mut mux_error = None;
-                        while failure.is_none() {
-                            let Some(ev) = s.poll_event() else { break };
-                            match ev {
-                                zs_crypto::Event::HandshakeComplete { .. } => {
-                                    st.handshaking = false;
-                                    // Token PROOFs cover this session (before any
-                                    // tunnel byte is handled: data events follow).
-                                    let token =
-                                        matches!(st.mux.config().auth, Some(crate::Auth::Token(_)));
-                                    failure = match s.channel_binding() {
-                                        Some(b) => st
-                                            .mux
-                                            .bind_channel(b)
-                                            .err()
-                                            .map(|e| format!("channel binding: {e}")),
-                                        // Fail closed: an unbound token proof could be
-                                        // relayed into another secure session.
-                                        None if token => Some(
-                                            "the secure session offers no channel binding \
-                                             for token auth"
-                                                .into(),
-                                        ),
-                                        None => None,
-                                    };
-                                }
-                                zs_crypto::Event::Data(v) => {
-                                    if let Err(e) = st.mux.handle_input(&v, now) {
-                                        mux_error = Some(e);
-                                        break;
-                                    }
-                                }
-                                zs_crypto::Event::Closed => {
-                                    failure = Some("the peer closed the secure session".into())
-                                }
-                                _ => {}
-                            }
-                        }
-                        if let Some(e) = mux_error {
-                            st.mux_failed(e);
-                        } else if let Some(f) = failure {
-                            st.pump_events();
-                            st.tunnel_dead(f);
-                        }
-                    }
-                    None => {
-                        if let Err(e) = st.mux.handle_input(data, now) {
-                            st.mux_failed(e);
-                        }
-                    }
+                // Frames as slices of the read buffer: large DATA payloads go to
+                // their streams uncopied; a partial frame stays in `data` (the
+                // backend appends the next bytes behind it).
+                if let Err(e) = st.mux.handle_input_buf(data, now) {
+                    st.mux_failed(e);
                 }
                 st.pause_if_blocked();
             }
-            data.clear();
+            if st.closed.is_some() {
+                data.clear();
+            }
         }
         drive(&self.inner);
     }
