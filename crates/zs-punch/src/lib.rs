@@ -65,10 +65,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod migrate;
 #[cfg(all(feature = "netlab", target_os = "linux"))]
 pub mod netlab;
 pub mod peer;
+pub mod portmap;
 pub mod punch;
 pub mod quic;
 pub mod rendezvous;

@@ -58,6 +58,7 @@ async fn attempt(lab: &Lab, site: &Site, side: Side, fp: [u8; 32]) -> zs_punch::
         stun: SocketAddr::new(PUBLIC_IP.into(), 3478),
         punch: PunchConfig::default(),
         classify: Default::default(),
+        port_mapping: None,
     };
     let f = factory(site.ns.clone(), ip);
     run_attempt(

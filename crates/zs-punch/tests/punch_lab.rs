@@ -91,6 +91,7 @@ async fn side_with(
         stun: SocketAddr::new(PUBLIC_IP.into(), 3478),
         punch: cfg,
         classify: Default::default(),
+        port_mapping: None,
     };
     let f = factory(ns, ip);
     run_attempt(
