@@ -33,7 +33,7 @@ pub struct Attempt {
     /// STUN client options.
     pub classify: ClassifyOptions,
     /// Ask the default gateway for a public port (PCP, then NAT-PMP) before punching;
-    /// `None`: do not.
+    /// `None`: do not (nor when the STUN server is on loopback: peers on this host).
     pub port_mapping: Option<PortMapConfig>,
 }
 
@@ -64,7 +64,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let port = sock.local_addr().map_err(PunchError::Io)?.port();
-    let mapping = a.port_mapping.map(|cfg| {
+    // A STUN server on loopback means peers on this host: no router to ask.
+    let port_mapping = a.port_mapping.filter(|_| !a.stun.ip().is_loopback());
+    let mapping = port_mapping.map(|cfg| {
         (
             cfg,
             tokio::spawn(async move { crate::portmap::map_udp(port, &cfg).await }),
