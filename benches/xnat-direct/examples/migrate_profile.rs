@@ -105,6 +105,9 @@ fn main() {
         println!("bare quic stream: {:.1} MB/s", rt.block_on(bare(mib)));
     }
     if only.as_deref() != Some("bare") {
-        println!("migrate over quic: {:.1} MB/s", rt.block_on(over_migrate(mib)));
+        println!(
+            "migrate over quic: {:.1} MB/s",
+            rt.block_on(over_migrate(mib))
+        );
     }
 }

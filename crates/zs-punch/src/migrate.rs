@@ -540,9 +540,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if self.buf.len() >= 2 + n {
                     let _ = self.buf.split_to(2);
                     let b = self.buf.split_to(n).freeze();
-                    return Frame::decode_bytes(b).map_err(|e| {
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
-                    });
+                    return Frame::decode_bytes(b)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                 }
                 self.buf.reserve((2 + n).max(READ_BLOCK) - self.buf.len());
             } else {

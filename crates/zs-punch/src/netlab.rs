@@ -461,7 +461,9 @@ impl MappingRouter {
     /// The router's nftables rules that miniupnpd manages (its DNAT rules).
     pub fn mapping_rules(&self) -> Result<String, String> {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "nft", "list", "table", "inet", "zsupnp"])
+            .args([
+                "netns", "exec", &self.ns, "nft", "list", "table", "inet", "zsupnp",
+            ])
             .output()
             .map_err(|e| format!("nft: {e}"))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -487,7 +489,16 @@ impl Lab {
         let (ri, ro) = (format!("r{i}i"), format!("r{i}o"));
         let gateway = Ipv4Addr::new(198, 18, i, 1);
         let public_ip = Ipv4Addr::new(198, 20, i, 1);
-        run(&["ip", "-n", &r, "addr", "add", &format!("{public_ip}/32"), "dev", &ro])?;
+        run(&[
+            "ip",
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &format!("{public_ip}/32"),
+            "dev",
+            &ro,
+        ])?;
         run(&[
             "ip",
             "-n",

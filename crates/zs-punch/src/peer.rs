@@ -77,24 +77,22 @@ where
         .map_err(|e| PunchError::Io(std::io::Error::other(e.to_string())));
     let lease = match mapping {
         None => None,
-        Some((cfg, mut task)) => {
-            match tokio::time::timeout(PORT_MAPPING_GRACE, &mut task).await {
-                Ok(Ok(Ok(m))) => {
-                    tracing::info!(protocol = %m.protocol, external = %m.external, "port mapping: the router mapped a public port; this side is public");
-                    Some(Lease::keep(m, cfg.lifetime, cfg.tries))
-                }
-                Ok(Ok(Err(e))) => {
-                    tracing::info!(error = %e, "port mapping: none; punching");
-                    None
-                }
-                Ok(Err(_)) => None,
-                Err(_) => {
-                    task.abort();
-                    tracing::info!("port mapping: no answer in time; punching");
-                    None
-                }
+        Some((cfg, mut task)) => match tokio::time::timeout(PORT_MAPPING_GRACE, &mut task).await {
+            Ok(Ok(Ok(m))) => {
+                tracing::info!(protocol = %m.protocol, external = %m.external, "port mapping: the router mapped a public port; this side is public");
+                Some(Lease::keep(m, cfg.lifetime, cfg.tries))
             }
-        }
+            Ok(Ok(Err(e))) => {
+                tracing::info!(error = %e, "port mapping: none; punching");
+                None
+            }
+            Ok(Err(_)) => None,
+            Err(_) => {
+                task.abort();
+                tracing::info!("port mapping: no answer in time; punching");
+                None
+            }
+        },
     };
     let nat = nat?;
     let mut info = NatInfo::from_report(&nat);

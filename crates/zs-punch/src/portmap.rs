@@ -429,7 +429,11 @@ pub mod pcp {
                     return Err("length");
                 }
                 return Ok(MapResponse {
-                    result: if b[0] != VERSION { UNSUPP_VERSION } else { result },
+                    result: if b[0] != VERSION {
+                        UNSUPP_VERSION
+                    } else {
+                        result
+                    },
                     lifetime,
                     epoch,
                     nonce: [0; 12],
@@ -502,9 +506,13 @@ pub struct Mapping {
     pub nonce: [u8; 12],
 }
 
-/// The default route's gateway (Linux `/proc/net/route`).
+/// The default route's gateway (Linux: the routing table of the calling thread's
+/// network namespace, `/proc/thread-self/net/route`; `/proc/net` would show the main
+/// thread's namespace).
 pub fn default_gateway() -> Option<Ipv4Addr> {
-    let t = std::fs::read_to_string("/proc/net/route").ok()?;
+    let t = std::fs::read_to_string("/proc/thread-self/net/route")
+        .or_else(|_| std::fs::read_to_string("/proc/net/route"))
+        .ok()?;
     for line in t.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() > 2 && f[1] == "00000000" {
@@ -534,9 +542,7 @@ async fn exchange<T>(
             match tokio::time::timeout_at(end, sock.recv(&mut buf)).await {
                 Err(_) => break,
                 // ICMP port unreachable: nothing listens there.
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Ok(None)
-                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(n)) => {
                     if let Some(t) = accept(&buf[..n]) {
@@ -586,18 +592,23 @@ async fn pcp_map(
         external_ip: suggested.map_or(pcp::any_like(me), |a| a.ip()),
     };
     let mut bad: Option<&'static str> = None;
-    let got = exchange(&s, &req.encode(), tries, |b| match pcp::MapResponse::decode(b) {
-        Ok(r) if r.result != 0 => Some(r),
-        Ok(r) if r.nonce != nonce || r.protocol != 17 || r.internal != internal_port => {
-            bad = Some("the answer names another mapping");
-            None
-        }
-        Ok(r) => Some(r),
-        Err(why) => {
-            bad = Some(why);
-            None
-        }
-    })
+    let got = exchange(
+        &s,
+        &req.encode(),
+        tries,
+        |b| match pcp::MapResponse::decode(b) {
+            Ok(r) if r.result != 0 => Some(r),
+            Ok(r) if r.nonce != nonce || r.protocol != 17 || r.internal != internal_port => {
+                bad = Some("the answer names another mapping");
+                None
+            }
+            Ok(r) => Some(r),
+            Err(why) => {
+                bad = Some(why);
+                None
+            }
+        },
+    )
     .await?;
     Ok(match got {
         None => Answer::Next(bad.map(|why| PortMapError::Garbage {
@@ -955,9 +966,15 @@ mod tests {
         assert!(natpmp::Response::decode(&[0, 7, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]).is_err());
         assert!(pcp::MapResponse::decode(&[2, 0x81, 0, 0]).is_err());
         assert!(pcp::MapResponse::decode(&[0u8; 60]).is_err());
-        assert!(pcp::MapResponse::decode(&[2, 0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+        assert!(pcp::MapResponse::decode(&[
+            2, 0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
+        ])
+        .is_err());
         // A NAT-PMP router answering a PCP request: version 0, "unsupported version".
-        let r = pcp::MapResponse::decode(&[0, 0x81, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+        let r = pcp::MapResponse::decode(&[
+            0, 0x81, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ])
+        .unwrap();
         assert_eq!(r.result, pcp::UNSUPP_VERSION);
     }
 

@@ -48,7 +48,9 @@ fn traffic_through(lab: &Lab, host: &std::net::UdpSocket, to: SocketAddr, tag: &
     let outside = udp_in(&lab.public_ns, PUBLIC_IP2.into());
     outside.send_to(tag, to).unwrap();
     let mut buf = [0u8; 64];
-    let (n, from) = host.recv_from(&mut buf).expect("datagram through the mapping");
+    let (n, from) = host
+        .recv_from(&mut buf)
+        .expect("datagram through the mapping");
     assert_eq!(&buf[..n], tag);
     host.send_to(b"back", from).unwrap();
     let (n, back_from) = outside.recv_from(&mut buf).expect("the answer");
@@ -81,7 +83,10 @@ fn mapping_carries_traffic_renews_and_is_deleted(proto: Protocol) {
         .block_on(rt.run(async move { portmap::map_udp(port, &cfg).await }))
         .unwrap_or_else(|e| panic!("{proto} mapping: {e}"));
     assert_eq!(m.protocol, proto);
-    assert_eq!(m.external, SocketAddr::new(router.public_ip.into(), m.external.port()));
+    assert_eq!(
+        m.external,
+        SocketAddr::new(router.public_ip.into(), m.external.port())
+    );
     assert_eq!(m.internal, SocketAddr::new(site.ip, port));
     assert!(router.mapping_rules().unwrap().contains(&rule_for(&m)));
     traffic_through(&lab, &host, m.external, b"first");
@@ -189,16 +194,23 @@ fn a_mapped_side_is_public_so_two_random_port_nats_get_a_direct_path() {
         StunServer::from_std(stun.unwrap()).unwrap().spawn();
         let tcp = tcp.unwrap();
         tcp.set_nonblocking(true).unwrap();
-        tokio::spawn(Hub::new(HubConfig::default()).serve(tokio::net::TcpListener::from_std(tcp).unwrap()));
+        tokio::spawn(
+            Hub::new(HubConfig::default()).serve(tokio::net::TcpListener::from_std(tcp).unwrap()),
+        );
     });
-    let run = |site: &Site, side: Side, key: &'static str, port_mapping: Option<portmap::PortMapConfig>| {
+    let run = |site: &Site,
+               side: Side,
+               key: &'static str,
+               port_mapping: Option<portmap::PortMapConfig>| {
         let (ns, ip) = (site.ns.clone(), site.ip);
         let rt_ns = NsRuntime::new(&ns).unwrap();
         let f = factory(ns.clone(), ip);
         async move {
             rt_ns
                 .run(async move {
-                    let mut tcp = tokio::net::TcpStream::connect((PUBLIC_IP, 7000)).await.unwrap();
+                    let mut tcp = tokio::net::TcpStream::connect((PUBLIC_IP, 7000))
+                        .await
+                        .unwrap();
                     let udp = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
                     let a = Attempt {
                         side,
@@ -227,11 +239,8 @@ fn a_mapped_side_is_public_so_two_random_port_nats_get_a_direct_path() {
         )
     });
     assert!(a.0.is_err() && v.0.is_err(), "{a:?} {v:?}");
-    // With one: direct.
-    let cfg = PortMapConfig {
-        gateway: Some(router.gateway),
-        ..Default::default()
-    };
+    // With one: direct. The gateway is found from the namespace's routing table.
+    let cfg = PortMapConfig::default();
     let (a, v) = rt.block_on(async {
         tokio::join!(
             run(&mapped_site, Side::Agent, "mapped", Some(cfg)),
@@ -241,5 +250,9 @@ fn a_mapped_side_is_public_so_two_random_port_nats_get_a_direct_path() {
     let mapped = a.1.expect("the agent's router mapped a port");
     assert_eq!(mapped.external.ip(), IpAddr::from(router.public_ip));
     assert!(a.0.is_ok(), "{a:?}");
-    assert_eq!(v.0.unwrap(), mapped.external, "the visitor reached the mapped address");
+    assert_eq!(
+        v.0.unwrap(),
+        mapped.external,
+        "the visitor reached the mapped address"
+    );
 }
