@@ -45,14 +45,7 @@ fn udp(ns: &str, ip: IpAddr) -> tokio::net::UdpSocket {
 }
 
 fn factory(ns: String, ip: IpAddr) -> Arc<SocketFactory> {
-    Arc::new(move |n: usize| {
-        enter_and_run(&ns, move || {
-            (0..n)
-                .map(|_| std::net::UdpSocket::bind((ip, 0)))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .map_err(std::io::Error::other)?
-    })
+    zs_punch::netlab::socket_factory(ns, ip)
 }
 
 /// One side's attempt; returns the punched path (if any) and the time to it.

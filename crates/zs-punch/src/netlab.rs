@@ -359,6 +359,19 @@ where
     .map_err(|_| "closure panicked inside the namespace".to_string())?
 }
 
+/// A [`crate::punch::SocketFactory`] whose sockets are bound to `ip` inside namespace
+/// `ns` (the extra sockets of a birthday listener in the bed).
+pub fn socket_factory(ns: String, ip: IpAddr) -> std::sync::Arc<crate::punch::SocketFactory> {
+    std::sync::Arc::new(move |n: usize| {
+        enter_and_run(&ns, move || {
+            (0..n)
+                .map(|_| std::net::UdpSocket::bind((ip, 0)))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .map_err(std::io::Error::other)?
+    })
+}
+
 /// Like [`enter_and_run`], without waiting: the thread runs `f` inside `ns` in the
 /// background (e.g. a current-thread tokio runtime whose tasks then all live there).
 pub fn spawn_in<F>(ns: &str, f: F) -> Result<std::thread::JoinHandle<()>, String>

@@ -159,14 +159,7 @@ fn pcp_is_tried_first() {
 }
 
 fn factory(ns: String, ip: IpAddr) -> Arc<SocketFactory> {
-    Arc::new(move |n: usize| {
-        enter_and_run(&ns, move || {
-            (0..n)
-                .map(|_| std::net::UdpSocket::bind((ip, 0)))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .map_err(std::io::Error::other)?
-    })
+    zs_punch::netlab::socket_factory(ns, ip)
 }
 
 /// Two random-port NATs never punch (the hub declines: relay only). When one side's

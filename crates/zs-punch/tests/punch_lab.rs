@@ -43,14 +43,7 @@ fn make_bed(lab: Lab, hub_cfg: HubConfig) -> Bed {
 }
 
 fn factory(ns: String, ip: IpAddr) -> Arc<SocketFactory> {
-    Arc::new(move |n: usize| {
-        enter_and_run(&ns, move || {
-            (0..n)
-                .map(|_| std::net::UdpSocket::bind((ip, 0)))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .map_err(std::io::Error::other)?
-    })
+    zs_punch::netlab::socket_factory(ns, ip)
 }
 
 async fn side(
