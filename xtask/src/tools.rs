@@ -98,6 +98,11 @@ pub const TEST_TOOLS: &[Tool] = &[
         source: Source::Apt(&["coturn"]),
         used_by: "zs-punch STUN tests (second, independent RFC 5780 server)",
     },
+    Tool {
+        program: "miniupnpd",
+        source: Source::Apt(&["miniupnpd-nftables"]),
+        used_by: "zs-punch port mapping tests (PCP / NAT-PMP router in the netlab)",
+    },
 ];
 
 /// Programs a bench suite starts: (suite, tool).

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{echo_server, free_port, xnat_fingerprint, zs, Guard};
+use common::{config_error, echo_server, free_port, xnat_fingerprint, zs, Guard};
 
 fn free_udp_pair() -> u16 {
     // Two consecutive free UDP ports on both STUN addresses.
@@ -138,16 +138,11 @@ fn visit_goes_through_the_relay_at_once_then_direct() {
 
 #[test]
 fn visit_config_errors_name_the_file_and_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("v.toml");
-    std::fs::write(&cfg, "[visitor]\nremote_addr = \"127.0.0.1:1\"\n").unwrap();
-    let out = zs()
-        .args(["xnat", "visit", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = config_error(
+        &["xnat", "visit"],
+        "v.toml",
+        "[visitor]\nremote_addr = \"127.0.0.1:1\"\n",
+    );
     assert!(
         err.contains("v.toml") && err.contains("visitor.relay_fingerprint"),
         "{err}"

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{echo_server, free_port, xnat_fingerprint, zs, Guard};
+use common::{config_error, echo_server, free_port, xnat_fingerprint, zs, Guard};
 
 /// One round trip through `addr`; true when the bytes came back.
 fn round_trip(addr: SocketAddr, msg: &[u8]) -> bool {
@@ -117,32 +117,20 @@ fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kil
 
 #[test]
 fn config_errors_name_the_file_the_key_and_the_expectation() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
+    let err = config_error(
+        &["xnat", "agent"],
+        "bad.toml",
         "[client]\nremote_addr = \"relay:2333\"\ndefault_token = \"x\"\n",
-    )
-    .unwrap();
-    let out = zs()
-        .args(["xnat", "agent", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         err.contains("bad.toml: key client.relay_fingerprint: required"),
         "{err}"
     );
-    std::fs::write(&cfg, "[server]\nbind_addr = \"0.0.0.0\"\n").unwrap();
-    let out = zs()
-        .args(["xnat", "server", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = config_error(
+        &["xnat", "server"],
+        "bad.toml",
+        "[server]\nbind_addr = \"0.0.0.0\"\n",
+    );
     assert!(
         err.contains("bad.toml: key server.bind_addr: expected a socket address like \"0.0.0.0:8080\", got \"0.0.0.0\""),
         "{err}"

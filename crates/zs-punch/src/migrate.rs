@@ -15,10 +15,16 @@
 
 use std::collections::VecDeque;
 
+use bytes::{BufMut, Bytes, BytesMut};
+
 /// Largest DATA payload.
 pub const MAX_DATA: usize = 16 * 1024;
 /// What a sender may send before the first ACK: receivers must buffer at least this.
 pub const INITIAL_WINDOW: u64 = MAX_DATA as u64;
+/// Bytes of a DATA frame before its payload (type, offset, length).
+pub const DATA_HEADER: usize = 11;
+/// Largest encoded frame (a full DATA frame).
+pub const MAX_FRAME: usize = DATA_HEADER + MAX_DATA;
 
 /// A frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +33,8 @@ pub enum Frame {
     Data {
         /// Stream offset of the first byte.
         offset: u64,
-        /// The bytes.
-        bytes: Vec<u8>,
+        /// The bytes (a view of the sender's buffer or of the receive buffer: no copy).
+        bytes: Bytes,
     },
     /// Everything below `next` arrived; the sender may send up to `limit` (exclusive).
     Ack {
@@ -70,31 +76,50 @@ pub enum MigrateError {
 }
 
 impl Frame {
-    /// Encode.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut o = Vec::new();
+    /// Encoded length.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Frame::Data { bytes, .. } => DATA_HEADER + bytes.len(),
+            Frame::Ack { .. } => 17,
+            Frame::Fin { .. } => 9,
+        }
+    }
+
+    /// Appends the encoding to `o`.
+    pub fn encode_into<B: BufMut>(&self, o: &mut B) {
         match self {
             Frame::Data { offset, bytes } => {
-                o.push(1);
-                o.extend_from_slice(&offset.to_be_bytes());
-                o.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-                o.extend_from_slice(bytes);
+                o.put_u8(1);
+                o.put_u64(*offset);
+                o.put_u16(bytes.len() as u16);
+                o.put_slice(bytes);
             }
             Frame::Ack { next, limit } => {
-                o.push(2);
-                o.extend_from_slice(&next.to_be_bytes());
-                o.extend_from_slice(&limit.to_be_bytes());
+                o.put_u8(2);
+                o.put_u64(*next);
+                o.put_u64(*limit);
             }
             Frame::Fin { end } => {
-                o.push(3);
-                o.extend_from_slice(&end.to_be_bytes());
+                o.put_u8(3);
+                o.put_u64(*end);
             }
         }
+    }
+
+    /// Encode.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut o);
         o
     }
 
-    /// Decode one whole frame.
+    /// Decode one whole frame (copies a DATA payload; see [`Frame::decode_bytes`]).
     pub fn decode(b: &[u8]) -> Result<Frame, MigrateError> {
+        Frame::decode_bytes(Bytes::copy_from_slice(b))
+    }
+
+    /// Decode one whole frame; a DATA payload is a view of `b` (no copy).
+    pub fn decode_bytes(b: Bytes) -> Result<Frame, MigrateError> {
         if b.len() < 9 {
             return Err(MigrateError::Malformed("short"));
         }
@@ -103,16 +128,16 @@ impl Frame {
         let offset = u64::from_be_bytes(off);
         match b[0] {
             1 => {
-                if b.len() < 11 {
+                if b.len() < DATA_HEADER {
                     return Err(MigrateError::Malformed("short data"));
                 }
                 let n = usize::from(u16::from_be_bytes([b[9], b[10]]));
-                if n > MAX_DATA || b.len() != 11 + n {
+                if n > MAX_DATA || b.len() != DATA_HEADER + n {
                     return Err(MigrateError::Malformed("data length"));
                 }
                 Ok(Frame::Data {
                     offset,
-                    bytes: b[11..].to_vec(),
+                    bytes: b.slice(DATA_HEADER..),
                 })
             }
             2 if b.len() == 17 => {
@@ -130,11 +155,17 @@ impl Frame {
 }
 
 /// One side of a migratable stream.
+///
+/// Buffers are queues of [`Bytes`] chunks: what the application wrote stays in the
+/// chunks it arrived in until acknowledged, a DATA frame is a view of one chunk, and a
+/// received payload is queued as the view it arrived as; bytes are copied only where
+/// they enter or leave (and never one by one).
 #[derive(Debug)]
 pub struct Stream {
     // Send side.
-    unacked: VecDeque<u8>,
-    /// Offset of `unacked[0]` (everything below is acknowledged).
+    unacked: VecDeque<Bytes>,
+    unacked_len: usize,
+    /// Offset of `unacked[0][0]` (everything below is acknowledged).
     acked: u64,
     /// Next offset to put on the current path.
     next_send: u64,
@@ -142,7 +173,8 @@ pub struct Stream {
     fin_requested: bool,
     fin_sent: bool,
     // Receive side.
-    recv: VecDeque<u8>,
+    recv: VecDeque<Bytes>,
+    recv_len: usize,
     /// Next offset expected.
     next_recv: u64,
     /// Last ACK we sent (next, limit).
@@ -161,12 +193,14 @@ impl Stream {
     pub fn new(max_unacked: usize, max_recv: usize) -> Stream {
         Stream {
             unacked: VecDeque::new(),
+            unacked_len: 0,
             acked: 0,
             next_send: 0,
             max_unacked,
             fin_requested: false,
             fin_sent: false,
             recv: VecDeque::new(),
+            recv_len: 0,
             next_recv: 0,
             ack_sent: (0, max_recv as u64),
             peer_limit: INITIAL_WINDOW,
@@ -176,14 +210,40 @@ impl Stream {
         }
     }
 
-    /// Queue bytes; returns how many fit (0 when the window is full: wait for ACKs).
-    pub fn write(&mut self, data: &[u8]) -> usize {
+    /// Room left in the send buffer.
+    pub fn send_room(&self) -> usize {
         if self.fin_requested {
-            return 0;
+            0
+        } else {
+            self.max_unacked - self.unacked_len
         }
-        let n = data.len().min(self.max_unacked - self.unacked.len());
-        self.unacked.extend(&data[..n]);
+    }
+
+    /// Queue bytes (copied); returns how many fit (0 when the window is full: wait for
+    /// ACKs).
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.send_room());
+        for c in data[..n].chunks(MAX_DATA) {
+            self.push_chunk(Bytes::copy_from_slice(c));
+        }
         n
+    }
+
+    /// Queue a chunk without copying it; returns false (and queues nothing) when it
+    /// does not fit whole.
+    pub fn write_bytes(&mut self, chunk: Bytes) -> bool {
+        if chunk.len() > self.send_room() {
+            return false;
+        }
+        if !chunk.is_empty() {
+            self.push_chunk(chunk);
+        }
+        true
+    }
+
+    fn push_chunk(&mut self, c: Bytes) {
+        self.unacked_len += c.len();
+        self.unacked.push_back(c);
     }
 
     /// No more bytes will be written.
@@ -191,34 +251,50 @@ impl Stream {
         self.fin_requested = true;
     }
 
-    /// Take unread bytes.
+    /// Take unread bytes (copied into `out`).
     pub fn read(&mut self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.recv.len());
-        for (o, b) in out.iter_mut().zip(self.recv.drain(..n)) {
-            *o = b;
+        let mut n = 0;
+        while n < out.len() {
+            let Some(c) = self.read_chunk(out.len() - n) else {
+                break;
+            };
+            out[n..n + c.len()].copy_from_slice(&c);
+            n += c.len();
         }
         n
     }
 
+    /// Take the next unread chunk, at most `max` bytes (no copy).
+    pub fn read_chunk(&mut self, max: usize) -> Option<Bytes> {
+        let front = self.recv.front_mut()?;
+        let c = if front.len() <= max {
+            self.recv.pop_front()?
+        } else {
+            front.split_to(max)
+        };
+        self.recv_len -= c.len();
+        Some(c)
+    }
+
     /// All bytes of the peer's stream were read.
     pub fn is_read_closed(&self) -> bool {
-        self.fin_at == Some(self.next_recv) && self.recv.is_empty()
+        self.fin_at == Some(self.next_recv) && self.recv_len == 0
     }
 
     /// All our bytes (and FIN) were acknowledged.
     pub fn is_write_done(&self) -> bool {
-        self.fin_requested && self.unacked.is_empty() && self.fin_sent
+        self.fin_requested && self.unacked_len == 0 && self.fin_sent
     }
 
     /// Bytes written but not yet acknowledged.
     pub fn unacked(&self) -> usize {
-        self.unacked.len()
+        self.unacked_len
     }
 
     /// (next offset expected, window limit) as an ACK would carry them now. The limit
     /// moves in steps of a quarter of the buffer so that reads do not each cause an ACK.
     fn ack_now(&self) -> (u64, u64) {
-        let room = (self.max_recv - self.recv.len()) as u64;
+        let room = (self.max_recv - self.recv_len) as u64;
         let limit = self.next_recv + room;
         let step = (self.max_recv as u64 / 4).max(1);
         let last = self.ack_sent.1;
@@ -239,13 +315,13 @@ impl Stream {
 
     /// Bytes received and not yet read.
     pub fn buffered(&self) -> usize {
-        self.recv.len()
+        self.recv_len
     }
 
     /// Whether [`Stream::poll_transmit`] has a frame now.
     pub fn wants_transmit(&self) -> bool {
         self.ack_sent != self.ack_now()
-            || self.next_send < (self.acked + self.unacked.len() as u64).min(self.peer_limit)
+            || self.next_send < (self.acked + self.unacked_len as u64).min(self.peer_limit)
             || (self.fin_requested && !self.fin_sent)
     }
 
@@ -267,15 +343,26 @@ impl Stream {
                 limit: ack.1,
             });
         }
-        let end = self.acked + self.unacked.len() as u64;
+        let end = self.acked + self.unacked_len as u64;
         let end_ok = end.min(self.peer_limit);
         if self.next_send < end_ok {
-            let start = (self.next_send - self.acked) as usize;
-            let n = (end_ok - self.next_send).min(MAX_DATA as u64) as usize;
-            let bytes: Vec<u8> = self.unacked.range(start..start + n).copied().collect();
+            // The chunk holding `next_send` (chunks are few: the window over their size).
+            let mut at = (self.next_send - self.acked) as usize;
+            let mut chunk = None;
+            for c in &self.unacked {
+                if at < c.len() {
+                    chunk = Some(c);
+                    break;
+                }
+                at -= c.len();
+            }
+            let c = chunk.expect("next_send below the end of the send buffer");
+            let n = (c.len() - at)
+                .min(MAX_DATA)
+                .min((end_ok - self.next_send) as usize);
             let f = Frame::Data {
                 offset: self.next_send,
-                bytes,
+                bytes: c.slice(at..at + n),
             };
             self.next_send += n as u64;
             return Some(f);
@@ -290,7 +377,7 @@ impl Stream {
     /// A frame arrived (from any path).
     pub fn on_frame(&mut self, f: Frame) -> Result<(), MigrateError> {
         match f {
-            Frame::Data { offset, bytes } => {
+            Frame::Data { offset, mut bytes } => {
                 let len = bytes.len() as u64;
                 if offset > self.next_recv {
                     return Err(MigrateError::Gap {
@@ -300,28 +387,42 @@ impl Stream {
                 }
                 let skip = (self.next_recv - offset).min(len);
                 self.duplicate_bytes += skip;
-                let fresh = &bytes[skip as usize..];
-                if self.recv.len() + fresh.len() > self.max_recv {
+                let _ = bytes.split_to(skip as usize);
+                if self.recv_len + bytes.len() > self.max_recv {
                     return Err(MigrateError::RecvFull);
                 }
                 if let Some(end) = self.fin_at {
-                    if self.next_recv + fresh.len() as u64 > end {
+                    if self.next_recv + bytes.len() as u64 > end {
                         return Err(MigrateError::BadFin);
                     }
                 }
-                self.recv.extend(fresh);
-                self.next_recv += fresh.len() as u64;
+                if !bytes.is_empty() {
+                    self.next_recv += bytes.len() as u64;
+                    self.recv_len += bytes.len();
+                    self.recv.push_back(bytes);
+                }
             }
             Frame::Ack { next, limit } => {
                 if limit > self.peer_limit {
                     self.peer_limit = limit;
                 }
-                let sent_end = self.acked + self.unacked.len() as u64;
+                let sent_end = self.acked + self.unacked_len as u64;
                 if next > sent_end {
                     return Err(MigrateError::AckBeyond(next));
                 }
                 if next > self.acked {
-                    self.unacked.drain(..(next - self.acked) as usize);
+                    let mut k = (next - self.acked) as usize;
+                    self.unacked_len -= k;
+                    while k > 0 {
+                        let front = self.unacked.front_mut().expect("acked bytes are queued");
+                        if front.len() <= k {
+                            k -= front.len();
+                            self.unacked.pop_front();
+                        } else {
+                            let _ = front.split_to(k);
+                            k = 0;
+                        }
+                    }
                     self.acked = next;
                     if self.next_send < next {
                         self.next_send = next;
@@ -354,6 +455,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> PathIo for T {}
 pub struct ConnConfig {
     /// Unacknowledged bytes kept for resending (the memory a connection may hold).
     pub max_unacked: usize,
+    /// Received bytes not yet taken by the application (the window offered to the
+    /// peer; at least [`INITIAL_WINDOW`]).
+    pub max_recv: usize,
     /// How long the connection may have no path before it fails.
     pub pathless_timeout: std::time::Duration,
     /// A standby path (attached, not current) gets an ACK frame this often, so that
@@ -365,6 +469,7 @@ impl Default for ConnConfig {
     fn default() -> Self {
         ConnConfig {
             max_unacked: 256 * 1024,
+            max_recv: 256 * 1024,
             pathless_timeout: std::time::Duration::from_secs(30),
             standby_keepalive: std::time::Duration::from_secs(20),
         }
@@ -395,24 +500,58 @@ pub enum ConnError {
     /// The application side failed.
     #[error("application: {0}")]
     App(std::io::Error),
-    /// No path for longer than `pathless_timeout`.
-    #[error("no path for too long")]
+    /// No path for longer than `pathless_timeout`, or none left and the path
+    /// channel closed (no more can come).
+    #[error("no path")]
     NoPath,
 }
 
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
-    let mut l = [0u8; 2];
-    r.read_exact(&mut l).await?;
-    let n = usize::from(u16::from_be_bytes(l));
-    if n > MAX_DATA + 11 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "frame too large",
-        ));
+/// Reads `len:u16be frame` records from a path into one buffer; a DATA payload is a
+/// view of that buffer (no copy, no allocation per frame: a new 64 KiB block only when
+/// the old one is used up).
+struct FrameReader<R> {
+    r: R,
+    buf: BytesMut,
+}
+
+/// Read-buffer block size of a path.
+const READ_BLOCK: usize = 64 * 1024;
+/// A path's writer gathers queued frames up to this many bytes per write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    fn new(r: R) -> Self {
+        FrameReader {
+            r,
+            buf: BytesMut::with_capacity(READ_BLOCK),
+        }
     }
-    let mut b = vec![0u8; n];
-    r.read_exact(&mut b).await?;
-    Frame::decode(&b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+
+    async fn next(&mut self) -> std::io::Result<Frame> {
+        loop {
+            if self.buf.len() >= 2 {
+                let n = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
+                if n > MAX_FRAME {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "frame too large",
+                    ));
+                }
+                if self.buf.len() >= 2 + n {
+                    let _ = self.buf.split_to(2);
+                    let b = self.buf.split_to(n).freeze();
+                    return Frame::decode_bytes(b)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                }
+                self.buf.reserve((2 + n).max(READ_BLOCK) - self.buf.len());
+            } else {
+                self.buf.reserve(READ_BLOCK);
+            }
+            if self.r.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
 }
 
 struct Attached {
@@ -428,12 +567,13 @@ fn attach<P: PathIo>(
     prio: u8,
     frames_in: mpsc::Sender<(u32, Option<Frame>)>,
 ) -> Attached {
-    let (mut r, mut w) = tokio::io::split(path);
+    let (r, mut w) = tokio::io::split(path);
     let (tx, mut rx) = mpsc::channel::<Frame>(64);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move {
+        let mut r = FrameReader::new(r);
         loop {
-            match read_frame(&mut r).await {
+            match r.next().await {
                 Ok(f) => {
                     if frames_in.send((id, Some(f))).await.is_err() {
                         return;
@@ -447,14 +587,22 @@ fn attach<P: PathIo>(
         }
     });
     tasks.spawn(async move {
+        // Everything queued goes out in one write (up to WRITE_BATCH): one copy per
+        // byte into the batch, one write per batch.
+        let mut out = BytesMut::with_capacity(WRITE_BATCH + MAX_FRAME + 2);
         while let Some(f) = rx.recv().await {
-            let b = f.encode();
-            let mut out = Vec::with_capacity(b.len() + 2);
-            out.extend_from_slice(&(b.len() as u16).to_be_bytes());
-            out.extend_from_slice(&b);
+            let mut f = Some(f);
+            while let Some(x) = f.take() {
+                out.put_u16(x.encoded_len() as u16);
+                x.encode_into(&mut out);
+                if out.len() < WRITE_BATCH {
+                    f = rx.try_recv().ok();
+                }
+            }
             if w.write_all(&out).await.is_err() {
                 return;
             }
+            out.clear();
         }
         let _ = w.shutdown().await;
     });
@@ -529,7 +677,7 @@ where
     P: PathIo,
 {
     let (mut ar, mut aw) = tokio::io::split(app);
-    let mut st = Stream::new(cfg.max_unacked, MAX_DATA * 4);
+    let mut st = Stream::new(cfg.max_unacked, cfg.max_recv.max(INITIAL_WINDOW as usize));
     let (fin_tx, mut fin_rx) = mpsc::channel::<(u32, Option<Frame>)>(64);
     let mut pl = Paths {
         list: Vec::new(),
@@ -539,10 +687,11 @@ where
     let mut stats = ConnStats::default();
     let mut app_eof = false;
     let mut app_closed_write = false;
-    let mut buf = vec![0u8; MAX_DATA];
-    // Bytes on their way to the application (written without blocking the loop).
-    let mut out: Vec<u8> = Vec::new();
-    let mut out_pos = 0usize;
+    // What the application writes is read into blocks of this buffer and queued as
+    // views of them (no copy until a path's writer batches it).
+    let mut inbuf = BytesMut::with_capacity(READ_BLOCK);
+    // The chunk on its way to the application (written without blocking the loop).
+    let mut out = Bytes::new();
     let mut pathless_since = Some(tokio::time::Instant::now());
     let mut paths_open = true;
     let mut keepalive = tokio::time::interval(cfg.standby_keepalive);
@@ -562,13 +711,10 @@ where
                 }
             }
         }
-        if out_pos == out.len() {
-            out.clear();
-            out_pos = 0;
-            let n = st.read(&mut buf);
-            if n > 0 {
-                stats.app_bytes_in += n as u64;
-                out.extend_from_slice(&buf[..n]);
+        if out.is_empty() {
+            if let Some(c) = st.read_chunk(usize::MAX) {
+                stats.app_bytes_in += c.len() as u64;
+                out = c;
             }
         }
         if out.is_empty() && st.is_read_closed() && !app_closed_write {
@@ -589,25 +735,28 @@ where
             stats.duplicate_bytes = st.duplicate_bytes;
             return Ok(stats);
         }
-        let room = cfg.max_unacked - st.unacked();
+        let room = st.send_room();
         let can_read_app = !app_eof && room > 0;
         let deadline = pathless_since.map(|t| t + cfg.pathless_timeout);
         let tx = pl.current().map(|c| c.frames_out.clone());
         let wants = tx.is_some() && st.wants_transmit();
-        let mut rbuf = [0u8; MAX_DATA];
         let rlen = room.clamp(1, MAX_DATA);
+        if inbuf.capacity() < rlen {
+            inbuf.reserve(READ_BLOCK);
+        }
         let standby = pl.list.len() > 1;
         tokio::select! {
-            r = aw.write(&out[out_pos..]), if out_pos < out.len() => {
-                out_pos += r.map_err(ConnError::App)?;
+            r = aw.write(&out), if !out.is_empty() => {
+                let n = r.map_err(ConnError::App)?;
+                let _ = out.split_to(n);
             }
-            r = ar.read(&mut rbuf[..rlen]), if can_read_app => {
+            r = async { ar.read_buf(&mut (&mut inbuf).limit(rlen)).await }, if can_read_app => {
                 match r {
                     Ok(0) => { app_eof = true; st.finish(); }
                     Ok(n) => {
-                        let k = st.write(&rbuf[..n]);
-                        debug_assert_eq!(k, n);
-                        stats.app_bytes_out += k as u64;
+                        let ok = st.write_bytes(inbuf.split().freeze());
+                        debug_assert!(ok);
+                        stats.app_bytes_out += n as u64;
                     }
                     Err(e) => return Err(ConnError::App(e)),
                 }
@@ -639,6 +788,9 @@ where
                                 if pl.cur.is_some() {
                                     stats.fallbacks += 1;
                                     st.rewind();
+                                } else if !paths_open {
+                                    // No path left and none can come.
+                                    return Err(ConnError::NoPath);
                                 } else {
                                     pathless_since = Some(tokio::time::Instant::now());
                                 }
@@ -660,7 +812,14 @@ where
                             st.rewind();
                         }
                     }
-                    None => paths_open = false,
+                    None => {
+                        // The caller will send no more paths: without one now, give up
+                        // at once (e.g. the relay could not be reached).
+                        paths_open = false;
+                        if pl.list.is_empty() {
+                            return Err(ConnError::NoPath);
+                        }
+                    }
                 }
             }
             _ = keepalive.tick(), if standby => {
@@ -828,7 +987,7 @@ mod tests {
         assert!(matches!(
             s.on_frame(Frame::Data {
                 offset: 5,
-                bytes: vec![1]
+                bytes: Bytes::from(vec![1])
             }),
             Err(MigrateError::Gap { .. })
         ));
@@ -839,13 +998,13 @@ mod tests {
         assert_eq!(
             s.on_frame(Frame::Data {
                 offset: 0,
-                bytes: vec![0; 11]
+                bytes: Bytes::from(vec![0; 11])
             }),
             Err(MigrateError::RecvFull)
         );
         s.on_frame(Frame::Data {
             offset: 0,
-            bytes: vec![0; 4],
+            bytes: Bytes::from(vec![0; 4]),
         })
         .unwrap();
         assert_eq!(s.on_frame(Frame::Fin { end: 2 }), Err(MigrateError::BadFin));
@@ -885,7 +1044,7 @@ mod tests {
 
         #[test]
         fn frames_round_trip(offset in any::<u64>(), bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
-            for f in [Frame::Data { offset, bytes: bytes.clone() }, Frame::Ack { next: offset, limit: offset ^ 7 }, Frame::Fin { end: offset }] {
+            for f in [Frame::Data { offset, bytes: Bytes::from(bytes.clone()) }, Frame::Ack { next: offset, limit: offset ^ 7 }, Frame::Fin { end: offset }] {
                 prop_assert_eq!(Frame::decode(&f.encode()).unwrap(), f);
             }
         }
@@ -1090,6 +1249,45 @@ mod tests {
         };
         let r = run(app, rx, cfg).await;
         drop(tx);
+        assert!(matches!(r, Err(ConnError::NoPath)), "{r:?}");
+    }
+
+    /// No path and the path channel closed (the relay could not be reached): the
+    /// connection fails at once, not after `pathless_timeout` (an hour here).
+    #[tokio::test]
+    async fn driver_fails_at_once_when_no_path_can_come() {
+        let (app, _user) = tokio::io::duplex(1024);
+        let (tx, rx) = mpsc::channel::<tokio::io::DuplexStream>(1);
+        let cfg = ConnConfig {
+            pathless_timeout: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        };
+        drop(tx);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), run(app, rx, cfg))
+            .await
+            .expect("failed at once, not after pathless_timeout");
+        assert!(matches!(r, Err(ConnError::NoPath)), "{r:?}");
+    }
+
+    /// The only path dies after the path channel closed: no wait either.
+    #[tokio::test]
+    async fn driver_fails_at_once_when_the_last_path_dies_and_none_can_come() {
+        let (app, _user) = tokio::io::duplex(1024);
+        let (tx, rx) = mpsc::channel(1);
+        let (x, _y, proxy) = path();
+        tx.send(x).await.unwrap();
+        drop(tx);
+        let cfg = ConnConfig {
+            pathless_timeout: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let t = tokio::spawn(run(app, rx, cfg));
+        proxy.abort();
+        drop(_y);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), t)
+            .await
+            .expect("failed at once")
+            .unwrap();
         assert!(matches!(r, Err(ConnError::NoPath)), "{r:?}");
     }
 }

@@ -61,6 +61,7 @@ pub struct Lab {
     namespaces: Vec<String>,
     sites: u8,
     children: Vec<Child>,
+    dirs: Vec<std::path::PathBuf>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -174,6 +175,7 @@ impl Lab {
             namespaces: Vec::new(),
             sites: 0,
             children: Vec::new(),
+            dirs: Vec::new(),
         };
         lab.add_ns(&public_ns)?;
         let p = public_ns.as_str();
@@ -357,6 +359,19 @@ where
     .map_err(|_| "closure panicked inside the namespace".to_string())?
 }
 
+/// A [`crate::punch::SocketFactory`] whose sockets are bound to `ip` inside namespace
+/// `ns` (the extra sockets of a birthday listener in the bed).
+pub fn socket_factory(ns: String, ip: IpAddr) -> std::sync::Arc<crate::punch::SocketFactory> {
+    std::sync::Arc::new(move |n: usize| {
+        enter_and_run(&ns, move || {
+            (0..n)
+                .map(|_| std::net::UdpSocket::bind((ip, 0)))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .map_err(std::io::Error::other)?
+    })
+}
+
 /// Like [`enter_and_run`], without waiting: the thread runs `f` inside `ns` in the
 /// background (e.g. a current-thread tokio runtime whose tasks then all live there).
 pub fn spawn_in<F>(ns: &str, f: F) -> Result<std::thread::JoinHandle<()>, String>
@@ -444,6 +459,123 @@ impl Drop for NsRuntime {
     }
 }
 
+/// A router of the lab running Debian's `miniupnpd` ([`Lab::start_miniupnpd`]).
+#[derive(Debug, Clone)]
+pub struct MappingRouter {
+    /// The router's namespace.
+    pub ns: String,
+    /// Its inner address: the hosts' default gateway, where PCP / NAT-PMP listen.
+    pub gateway: Ipv4Addr,
+    /// The public address mappings are made on (198.20.i.1).
+    pub public_ip: Ipv4Addr,
+}
+
+impl MappingRouter {
+    /// The router's nftables rules that miniupnpd manages (its DNAT rules).
+    pub fn mapping_rules(&self) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "list", "table", "inet", "zsupnp",
+            ])
+            .output()
+            .map_err(|e| format!("nft: {e}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Lab {
+    /// Starts `miniupnpd` (Debian's `miniupnpd-nftables`) on `site`'s router: PCP and
+    /// NAT-PMP on the router's inner address, mappings as DNAT rules in table
+    /// `inet zsupnp`. miniupnpd refuses reserved external addresses (198.18.0.0/15
+    /// among them; 2.3.1 has no switch for that), so the router also gets 198.20.i.1,
+    /// routed from the public namespace, as the address it maps on: the traffic still
+    /// never leaves the lab. Returns once the router answers on port 5351.
+    pub fn start_miniupnpd(&mut self, site: &Site) -> Result<MappingRouter, String> {
+        if !have("miniupnpd") {
+            return Err("`miniupnpd` (miniupnpd-nftables) not installed".into());
+        }
+        let IpAddr::V4(hip) = site.ip else {
+            return Err("IPv4 sites only".into());
+        };
+        let i = hip.octets()[2];
+        let r = site.router_ns.clone();
+        let (ri, ro) = (format!("r{i}i"), format!("r{i}o"));
+        let gateway = Ipv4Addr::new(198, 18, i, 1);
+        let public_ip = Ipv4Addr::new(198, 20, i, 1);
+        run(&[
+            "ip",
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &format!("{public_ip}/32"),
+            "dev",
+            &ro,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &self.public_ns,
+            "route",
+            "add",
+            &format!("{public_ip}/32"),
+            "via",
+            &format!("198.19.{i}.1"),
+        ])?;
+        run_stdin(
+            &["ip", "netns", "exec", &r, "nft", "-f", "-"],
+            "table inet zsupnp {\n\
+             chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n\
+             chain miniupnpd { }\n\
+             chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }\n\
+             chain prerouting_miniupnpd { }\n\
+             chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }\n\
+             chain postrouting_miniupnpd { }\n\
+             }\n",
+        )?;
+        let dir = std::env::temp_dir().join(format!("{}-upnp{i}", self.prefix));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        self.dirs.push(dir.clone());
+        let conf = dir.join("miniupnpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname={ro}\nlistening_ip={ri}\next_ip={public_ip}\nhttp_port=0\n\
+                 enable_natpmp=yes\nenable_upnp=no\nsecure_mode=yes\nsystem_uptime=no\n\
+                 min_lifetime=1\nmax_lifetime=86400\n\
+                 upnp_table_name=zsupnp\nupnp_nat_table_name=zsupnp\n\
+                 upnp_forward_chain=miniupnpd\nupnp_nat_chain=prerouting_miniupnpd\n\
+                 upnp_nat_postrouting_chain=postrouting_miniupnpd\n\
+                 uuid=3d3cec3a-8cf0-11e0-98ee-00000000{i:04x}\n\
+                 allow 1024-65535 198.18.{i}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", conf.display()))?;
+        let pid = dir.join("miniupnpd.pid");
+        let (c, p) = (conf.display().to_string(), pid.display().to_string());
+        self.spawn(&r, "miniupnpd", &["-d", "-f", &c, "-P", &p])?;
+        // Ready when port 5351 on the gateway address is taken.
+        let t = std::time::Instant::now();
+        loop {
+            let busy = enter_and_run(&r, move || {
+                std::net::UdpSocket::bind((gateway, 5351)).is_err()
+            })?;
+            if busy {
+                break;
+            }
+            if t.elapsed() > std::time::Duration::from_secs(20) {
+                return Err("miniupnpd did not open port 5351 in 20 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(MappingRouter {
+            ns: r,
+            gateway,
+            public_ip,
+        })
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for c in &mut self.children {
@@ -452,6 +584,9 @@ impl Drop for Lab {
         }
         for ns in self.namespaces.iter().rev() {
             let _ = run(&["ip", "netns", "del", ns]);
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }

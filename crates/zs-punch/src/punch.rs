@@ -132,12 +132,19 @@ pub fn candidate_modes(a: &NatInfo, b: &NatInfo) -> Vec<Mode> {
     match (a.mapping.is_easy(), b.mapping.is_easy()) {
         (true, true) => vec![Mode::Simultaneous],
         (true, false) | (false, true) => {
-            let hard = if a.mapping.is_easy() { b } else { a };
-            if hard.regular().is_some() {
-                vec![Mode::Predict, Mode::Birthday]
+            let (easy, hard) = if a.mapping.is_easy() { (a, b) } else { (b, a) };
+            // A public side (no NAT, or a port mapped by its router) is reached at its
+            // address from any port: the hard side just probes it.
+            let mut m = if easy.mapping == Mapping::Public {
+                vec![Mode::Simultaneous]
             } else {
-                vec![Mode::Birthday]
+                vec![]
+            };
+            if hard.regular().is_some() {
+                m.push(Mode::Predict);
             }
+            m.push(Mode::Birthday);
+            m
         }
         (false, false) => {
             if a.regular().is_some() && b.regular().is_some() {
@@ -536,6 +543,12 @@ mod tests {
         );
         assert_eq!(candidate_modes(&reg, &reg), vec![Mode::PredictBoth]);
         assert_eq!(candidate_modes(&hard, &reg), vec![Mode::RelayOnly]);
+        // A public side (e.g. a port mapped by its router) with a random-port NAT:
+        // the hard side probes the public address first.
+        assert_eq!(
+            candidate_modes(&hard, &public),
+            vec![Mode::Simultaneous, Mode::Birthday]
+        );
         assert_eq!(role_for(Mode::Birthday, &easy, &hard), Role::Spray);
         assert_eq!(role_for(Mode::Birthday, &hard, &easy), Role::Listen);
         assert_eq!(role_for(Mode::Simultaneous, &easy, &easy), Role::Both);

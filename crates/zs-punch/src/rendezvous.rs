@@ -18,7 +18,7 @@
 //! [`HubConfig::max_pairs`] pairs (oldest forgotten first).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,17 +106,7 @@ pub enum Msg {
 pub struct DecodeError(pub &'static str);
 
 fn put_addr(o: &mut Vec<u8>, a: SocketAddr) {
-    match a.ip() {
-        IpAddr::V4(ip) => {
-            o.push(4);
-            o.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            o.push(6);
-            o.extend_from_slice(&ip.octets());
-        }
-    }
-    o.extend_from_slice(&a.port().to_be_bytes());
+    crate::addr::put(o, &a);
 }
 
 fn put_nat(o: &mut Vec<u8>, n: &NatInfo) {
@@ -170,12 +160,7 @@ impl<'a> Rd<'a> {
         Ok(a)
     }
     fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
-        let ip: IpAddr = match self.u8()? {
-            4 => Ipv4Addr::from(self.arr::<4>()?).into(),
-            6 => Ipv6Addr::from(self.arr::<16>()?).into(),
-            _ => return Err(DecodeError("address family")),
-        };
-        Ok(SocketAddr::new(ip, self.u16()?))
+        crate::addr::take(&mut self.0).map_err(DecodeError)
     }
     fn nat(&mut self) -> Result<NatInfo, DecodeError> {
         let mapping = match self.u8()? {

@@ -32,14 +32,7 @@ fn tcp_from(ns: &str, to: SocketAddr) -> tokio::net::TcpStream {
 }
 
 fn factory(ns: String, ip: IpAddr) -> Arc<SocketFactory> {
-    Arc::new(move |n: usize| {
-        enter_and_run(&ns, move || {
-            (0..n)
-                .map(|_| std::net::UdpSocket::bind((ip, 0)))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .map_err(std::io::Error::other)?
-    })
+    zs_punch::netlab::socket_factory(ns, ip)
 }
 
 async fn attempt(lab: &Lab, site: &Site, side: Side, fp: [u8; 32]) -> zs_punch::punch::Punched {
@@ -58,6 +51,7 @@ async fn attempt(lab: &Lab, site: &Site, side: Side, fp: [u8; 32]) -> zs_punch::
         stun: SocketAddr::new(PUBLIC_IP.into(), 3478),
         punch: PunchConfig::default(),
         classify: Default::default(),
+        port_mapping: None,
     };
     let f = factory(site.ns.clone(), ip);
     run_attempt(

@@ -43,14 +43,7 @@ fn make_bed(lab: Lab, hub_cfg: HubConfig) -> Bed {
 }
 
 fn factory(ns: String, ip: IpAddr) -> Arc<SocketFactory> {
-    Arc::new(move |n: usize| {
-        enter_and_run(&ns, move || {
-            (0..n)
-                .map(|_| std::net::UdpSocket::bind((ip, 0)))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .map_err(std::io::Error::other)?
-    })
+    zs_punch::netlab::socket_factory(ns, ip)
 }
 
 async fn side(
@@ -91,6 +84,7 @@ async fn side_with(
         stun: SocketAddr::new(PUBLIC_IP.into(), 3478),
         punch: cfg,
         classify: Default::default(),
+        port_mapping: None,
     };
     let f = factory(ns, ip);
     run_attempt(

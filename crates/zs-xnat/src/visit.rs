@@ -175,17 +175,7 @@ fn put_str(o: &mut Vec<u8>, s: &str) {
 }
 
 fn put_addr(o: &mut Vec<u8>, a: &SocketAddr) {
-    match a.ip() {
-        IpAddr::V4(ip) => {
-            o.push(4);
-            o.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            o.push(6);
-            o.extend_from_slice(&ip.octets());
-        }
-    }
-    o.extend_from_slice(&a.port().to_le_bytes());
+    zs_punch::addr::put(o, a);
 }
 
 struct Rd<'a>(&'a [u8]);
@@ -222,12 +212,7 @@ impl Rd<'_> {
         Ok(s)
     }
     fn addr(&mut self) -> Result<SocketAddr, VisitError> {
-        let ip: IpAddr = match self.u8()? {
-            4 => std::net::Ipv4Addr::from(self.arr::<4>()?).into(),
-            6 => std::net::Ipv6Addr::from(self.arr::<16>()?).into(),
-            _ => return Err(VisitError("address family")),
-        };
-        Ok(SocketAddr::new(ip, u16::from_le_bytes(self.arr()?)))
+        zs_punch::addr::take(&mut self.0).map_err(VisitError)
     }
 }
 
@@ -991,11 +976,14 @@ async fn agent_punch(
         stun,
         punch: Default::default(),
         classify: Default::default(),
+        port_mapping: Some(Default::default()),
     };
     let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory)
         .await
         .map_err(|e| e.to_string())?;
     drop(permit);
+    // The router's port mapping (if any) lives as long as the direct path.
+    let lease = res.mapping;
     let punched = res.path.map_err(|e| e.to_string())?;
     let slot = vs
         .direct
@@ -1028,6 +1016,9 @@ async fn agent_punch(
         });
     }
     drop((ep, slot));
+    if let Some(l) = lease {
+        let _ = l.release().await;
+    }
     info!(%service, "xnat agent: direct path closed");
     Ok(())
 }
@@ -1077,6 +1068,9 @@ pub struct VisitorConfig {
     pub bind_addr: SocketAddr,
     /// `direct`: punch direct paths (default true).
     pub direct: bool,
+    /// `port_mapping`: ask the local router for a public port (PCP, then NAT-PMP)
+    /// before punching (default true; zs-punch `portmap`).
+    pub port_mapping: bool,
     /// `direct_retry`: seconds between punch attempts after a failure (default 30;
     /// ten times that after a "relay only" answer).
     pub direct_retry: Duration,
@@ -1118,6 +1112,7 @@ impl VisitorConfig {
             "direct",
             "direct_retry",
             "max_connections",
+            "port_mapping",
         ];
         for k in v.keys() {
             if !KNOWN.contains(&k.as_str()) {
@@ -1168,6 +1163,16 @@ impl VisitorConfig {
                 format!("expected a socket address like \"127.0.0.1:8080\", got {bind:?}"),
             )
         })?;
+        let port_mapping = match v.get("port_mapping") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(x) => {
+                return Err(e(
+                    "visitor.port_mapping",
+                    format!("expected true or false, got {x}"),
+                ))
+            }
+        };
         let direct = match v.get("direct") {
             None => true,
             Some(toml::Value::Boolean(b)) => *b,
@@ -1188,6 +1193,7 @@ impl VisitorConfig {
             token: s("token", "the mapping's token")?,
             bind_addr,
             direct,
+            port_mapping,
             direct_retry: Duration::from_secs(n("direct_retry", 30, 86_400)?),
             max_connections: n("max_connections", 1024, 1_000_000)? as usize,
         })
@@ -1235,6 +1241,43 @@ struct VInner {
     stats: VisitorStats,
     slots: Arc<tokio::sync::Semaphore>,
     lost: tokio::sync::Notify,
+}
+
+/// A visitor on a runtime of its own (for programs without tokio, e.g. through the
+/// `zserver` facade): dropping it stops it.
+pub struct RunningVisitor {
+    rt: Option<tokio::runtime::Runtime>,
+    visitor: Visitor,
+}
+
+impl RunningVisitor {
+    /// Binds the local port of `cfg` and serves it (and punches) on two worker threads.
+    pub fn start(cfg: VisitorConfig) -> io::Result<RunningVisitor> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("zs-xnat-visit")
+            .enable_all()
+            .build()?;
+        let visitor = rt.block_on(Visitor::bind(cfg))?;
+        rt.spawn(visitor.clone().run());
+        Ok(RunningVisitor {
+            rt: Some(rt),
+            visitor,
+        })
+    }
+
+    /// The visitor.
+    pub fn visitor(&self) -> &Visitor {
+        &self.visitor
+    }
+}
+
+impl Drop for RunningVisitor {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Why [`Visitor::punch`] found no direct path.
@@ -1386,7 +1429,11 @@ impl Visitor {
             }
             Err(e) => {
                 let n = inc(&self.inner.stats.relay_failures);
-                warn!(error = %e, relay_failures = n, "xnat visitor: no relay path");
+                warn!(error = %e, relay_failures = n, "xnat visitor: no relay path; a connection without a direct path is closed now");
+                // Dropping the connection's path sender (with ours) tells its driver
+                // no path is coming: without one it fails at once (not after
+                // `pathless_timeout`); with a direct path it carries on.
+                self.inner.conns.lock().expect("visitor").remove(&id);
             }
         }
     }
@@ -1501,10 +1548,12 @@ impl Visitor {
             stun,
             punch: Default::default(),
             classify: Default::default(),
+            port_mapping: c.port_mapping.then(Default::default),
         };
         let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory)
             .await
             .map_err(|e| (e.to_string(), false))?;
+        let lease = res.mapping;
         let punched = match res.path {
             Ok(p) => p,
             Err(e) => {
@@ -1526,6 +1575,9 @@ impl Visitor {
         tokio::spawn(async move {
             qc2.closed().await;
             drop(ep);
+            if let Some(l) = lease {
+                let _ = l.release().await;
+            }
         });
         let n = inc(&self.inner.stats.direct_up);
         info!(mode = ?punched.mode, peer = %punched.peer, direct_up = n, "xnat visitor: direct path up");
@@ -1737,6 +1789,38 @@ mod tests {
         assert_eq!(e.key, "visitor.bind_addr");
         let e = VisitorConfig::parse(&format!("{ok}direct = \"yes\"\n"), "v.toml").unwrap_err();
         assert_eq!(e.key, "visitor.direct");
+        assert!(c.port_mapping);
+        let e = VisitorConfig::parse(&format!("{ok}port_mapping = 1\n"), "v.toml").unwrap_err();
+        assert_eq!(e.key, "visitor.port_mapping");
+        let c = VisitorConfig::parse(&format!("{ok}port_mapping = false\n"), "v.toml").unwrap();
+        assert!(!c.port_mapping);
+    }
+
+    /// The relay cannot be reached and no direct path is up: a local connection is
+    /// closed at once (the driver's `pathless_timeout` is 30 s; this waits at most 15).
+    #[tokio::test]
+    async fn an_unreachable_relay_closes_a_pathless_connection_at_once() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay = dead.local_addr().unwrap();
+        drop(dead); // nothing listens there now: connect is refused
+        let fp = format!("sha3-256:{}", "ab".repeat(32));
+        let cfg = VisitorConfig::parse(
+            &format!("[visitor]\nremote_addr = \"{relay}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"web\"\ntoken = \"t\"\nbind_addr = \"127.0.0.1:0\"\ndirect = false\n"),
+            "v.toml",
+        )
+        .unwrap();
+        let v = Visitor::bind(cfg).await.unwrap();
+        tokio::spawn(v.clone().run());
+        let mut s = TcpStream::connect(v.local_addr()).await.unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+            .await
+            .expect("closed before the 30 s pathless timeout");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        assert_eq!(v.stats().relay_failures.load(Ordering::Relaxed), 1);
+        assert!(t.elapsed() < Duration::from_secs(15));
     }
 
     /// `[server.direct]`: STUN on the relay needs both addresses; without it,

@@ -85,6 +85,8 @@ mod xnat;
 #[cfg(feature = "xnat")]
 pub use xnat::{xnat_agent_in_process, xnat_from_toml, XnatNode};
 #[cfg(feature = "xnat")]
+pub use xnat::{xnat_visitor_from_toml, XnatVisitor};
+#[cfg(feature = "xnat")]
 pub use zs_xnat::{
     Agent as XnatAgent, Config as XnatConfig, Relay as XnatRelay,
     VirtualBackend as XnatVirtualBackend,

@@ -138,3 +138,84 @@ pub fn xnat_from_toml(text: &str, base: &Path) -> Result<Vec<Box<dyn XnatNode>>,
     }
     Ok(out)
 }
+
+/// A running visitor (`zs xnat visit`): a local port whose connections reach an
+/// agent's service through the relay at once, and over a punched direct path when
+/// one comes up (moving live connections without closing them). Dropping it stops it.
+pub trait XnatVisitor: Send + Sync {
+    /// The local port.
+    fn local_addr(&self) -> SocketAddr;
+    /// Whether a direct path is up now.
+    fn is_direct(&self) -> bool;
+    /// Visitor counters: `connections`, `refused`, `started_direct`,
+    /// `started_relayed`, `upgraded`, `fell_back`, `punch_attempts`, `direct_up`,
+    /// `direct_lost`, `relay_failures`.
+    fn counters(&self) -> BTreeMap<&'static str, u64>;
+    /// Closes the direct path now, as if it died (live connections continue on
+    /// the relay; punching resumes after `direct_retry`).
+    fn drop_direct(&self);
+}
+
+struct VisitorNode {
+    v: zs_xnat::visit::RunningVisitor,
+}
+
+impl XnatVisitor for VisitorNode {
+    fn local_addr(&self) -> SocketAddr {
+        self.v.visitor().local_addr()
+    }
+    fn is_direct(&self) -> bool {
+        self.v.visitor().is_direct()
+    }
+    fn counters(&self) -> BTreeMap<&'static str, u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.v.visitor().stats();
+        BTreeMap::from([
+            ("connections", s.connections.load(Relaxed)),
+            ("refused", s.refused.load(Relaxed)),
+            ("started_direct", s.started_direct.load(Relaxed)),
+            ("started_relayed", s.started_relayed.load(Relaxed)),
+            ("upgraded", s.upgraded.load(Relaxed)),
+            ("fell_back", s.fell_back.load(Relaxed)),
+            ("punch_attempts", s.punch_attempts.load(Relaxed)),
+            ("direct_up", s.direct_up.load(Relaxed)),
+            ("direct_lost", s.direct_lost.load(Relaxed)),
+            ("relay_failures", s.relay_failures.load(Relaxed)),
+        ])
+    }
+    fn drop_direct(&self) {
+        self.v.visitor().drop_direct();
+    }
+}
+
+/// Starts the visitor a `[visitor]` TOML text describes, on its own runtime.
+///
+/// A connection to its port goes through the relay at once; when the relay cannot
+/// be reached and no direct path is up, it is closed at once (not after a timeout):
+///
+/// ```
+/// use std::io::Read;
+/// let v = zserver::xnat_visitor_from_toml(
+///     r#"
+///     [visitor]
+///     remote_addr = "127.0.0.1:9"   # nothing listens there
+///     relay_fingerprint = "sha3-256:0000000000000000000000000000000000000000000000000000000000000000"
+///     service = "web"
+///     token = "use_a_secret"
+///     bind_addr = "127.0.0.1:0"
+///     direct = false
+///     "#,
+/// )
+/// .unwrap();
+/// assert!(!v.is_direct());
+/// let mut s = std::net::TcpStream::connect(v.local_addr()).unwrap();
+/// let mut buf = [0u8; 16];
+/// assert_eq!(s.read(&mut buf).unwrap_or(0), 0); // closed: no path to the service
+/// assert_eq!(v.counters()["relay_failures"], 1);
+/// ```
+pub fn xnat_visitor_from_toml(text: &str) -> Result<Box<dyn XnatVisitor>, String> {
+    let cfg = zs_xnat::VisitorConfig::parse(text, "<inline>").map_err(|e| e.to_string())?;
+    let v = zs_xnat::visit::RunningVisitor::start(cfg)
+        .map_err(|e| format!("<inline>: key visitor.bind_addr: {e}"))?;
+    Ok(Box::new(VisitorNode { v }))
+}

@@ -56,3 +56,15 @@ pub fn xnat_fingerprint(relay_cfg: &Path) -> String {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// Runs `zs ARGS --config FILE` where FILE (named `name`, in a temp dir) holds
+/// `text`; asserts that the command fails and returns its stderr (a config error
+/// names the file and the key).
+pub fn config_error(args: &[&str], name: &str, text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join(name);
+    std::fs::write(&cfg, text).unwrap();
+    let out = zs().args(args).arg("--config").arg(&cfg).output().unwrap();
+    assert!(!out.status.success(), "{args:?} accepted {text:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
