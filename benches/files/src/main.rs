@@ -197,16 +197,28 @@ fn download(c: &ServicesClient, path: &str, size: usize) -> Vec<u8> {
     out
 }
 
-fn main() {
-    let opts = Options::from_env();
-    let size = if opts.quick { 32 << 20 } else { 256 << 20 };
-    let mut suite = Suite::from_options("files", &opts, 3, 5);
+/// Adds a case to `suite`, unless `ZS_FILES_ONLY` (a comma-separated list of
+/// case names, for profiling one case) leaves it out.
+fn case(
+    suite: &mut Suite,
+    name: &str,
+    metric: &str,
+    better: Better,
+    sampler: impl FnMut() -> f64 + 'static,
+) {
+    let only = std::env::var("ZS_FILES_ONLY").unwrap_or_default();
+    if only.is_empty() || only.split(',').any(|n| n == name) {
+        suite.case(name, metric, better, sampler);
+    }
+}
 
-    let dir = tempfile::tempdir().expect("temp dir");
+/// The file service on `dir` behind a server on loopback, and a client
+/// logged in as `bench`.
+fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient) {
     let mut cfg = ServicesConfig::default();
     cfg.files.quota_per_user = u64::MAX;
     cfg.files.max_file_size = 1 << 40;
-    let services = Services::open_dir(dir.path(), cfg).expect("services");
+    let services = Services::open_dir(dir, cfg).expect("services");
     services
         .accounts
         .create_user("bench", "bench-password", false)
@@ -240,6 +252,20 @@ fn main() {
         .expect("client"),
     );
     client.login("bench", "bench-password").expect("login");
+    (services, server, client)
+}
+
+fn main() {
+    let opts = Options::from_env();
+    let size = if opts.quick { 32 << 20 } else { 256 << 20 };
+    let mut suite = Suite::from_options("files", &opts, 3, 5);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_services, server, client) = serve(dir.path());
+    // The same service with its store on tmpfs (fsync costs nothing there):
+    // what the upload costs in CPU alone, against one SHA3-256 pass.
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let on_shm = shm.as_ref().map(|d| serve(d.path()));
 
     let body = data(size);
     let mut sum = Checksum::new();
@@ -252,7 +278,7 @@ fn main() {
     // at least 128 MiB (the file several times over).
     let raw_reps = ((256usize << 20) / size).max(1);
     let down_reps = ((128usize << 20) / size).max(1);
-    suite.case("raw-tcp-copy", "mb_per_s", Better::Higher, move || {
+    case(&mut suite, "raw-tcp-copy", "mb_per_s", Better::Higher, move || {
         let t0 = Instant::now();
         for _ in 0..raw_reps {
             let got = raw::copy_to(sink, &payload).expect("raw copy");
@@ -266,7 +292,7 @@ fn main() {
     let up = client.clone();
     let mut body_h = body.clone();
     let mut m = 1u64 << 32;
-    suite.case("zs-upload-hashing", "mb_per_s", Better::Higher, move || {
+    case(&mut suite, "zs-upload-hashing", "mb_per_s", Better::Higher, move || {
         m += 1;
         body_h[..8].copy_from_slice(&m.to_le_bytes());
         let t0 = Instant::now();
@@ -276,8 +302,44 @@ fn main() {
             .expect("delete");
         mb_per_s(size, el)
     });
+    if let Some((_, _, shm_client)) = &on_shm {
+        let up = shm_client.clone();
+        let mut body_t = body.clone();
+        let mut k = 2u64 << 32;
+        case(&mut suite, 
+            "zs-upload-hashing-tmpfs",
+            "mb_per_s",
+            Better::Higher,
+            move || {
+                k += 1;
+                body_t[..8].copy_from_slice(&k.to_le_bytes());
+                let t0 = Instant::now();
+                upload_hashing(&up, &format!("ut-{k}"), &body_t);
+                let el = t0.elapsed().as_secs_f64();
+                up.delete(Space::Private, &format!("ut-{k}"))
+                    .expect("delete");
+                mb_per_s(size, el)
+            },
+        );
+    }
+    // The floor of any upload that is on disk when it is acknowledged: the
+    // same bytes written to a new file on the same file system, fdatasync'd.
+    let body_w = body.clone();
+    let wdir = dir.path().to_path_buf();
+    case(&mut suite, "durable-write", "mb_per_s", Better::Higher, move || {
+        use std::io::Write;
+        let p = wdir.join("durable-write.tmp");
+        let t0 = Instant::now();
+        let mut f = std::fs::File::create(&p).expect("create");
+        f.write_all(&body_w).expect("write");
+        f.sync_data().expect("fdatasync");
+        let el = t0.elapsed().as_secs_f64();
+        drop(f);
+        std::fs::remove_file(&p).expect("remove");
+        mb_per_s(size, el)
+    });
     let up = client.clone();
-    suite.case("zs-upload", "mb_per_s", Better::Higher, move || {
+    case(&mut suite, "zs-upload", "mb_per_s", Better::Higher, move || {
         n += 1;
         body_up[..8].copy_from_slice(&n.to_le_bytes());
         let t0 = Instant::now();
@@ -291,7 +353,7 @@ fn main() {
     upload(&client, "down", &body);
     let want_hash = zs_crypto::hash::sha3_256(&body);
     let down = client.clone();
-    suite.case("zs-download", "mb_per_s", Better::Higher, move || {
+    case(&mut suite, "zs-download", "mb_per_s", Better::Higher, move || {
         let mut el = 0.0;
         for _ in 0..down_reps {
             let t0 = Instant::now();
@@ -309,7 +371,7 @@ fn main() {
     // The floor of any upload that checks a SHA3-256 of the whole file: one
     // pass of the hash over the same bytes, on one core.
     let body_h = body.clone();
-    suite.case("sha3-256-pass", "mb_per_s", Better::Higher, move || {
+    case(&mut suite, "sha3-256-pass", "mb_per_s", Better::Higher, move || {
         let t0 = Instant::now();
         std::hint::black_box(zs_crypto::hash::sha3_256(&body_h));
         mb_per_s(size, t0.elapsed().as_secs_f64())
@@ -334,7 +396,7 @@ fn main() {
     if let Some(d) = rsync {
         let d = Arc::new(d);
         let dd = d.clone();
-        suite.case("rsync-delta", "ms", Better::Lower, move || {
+        case(&mut suite, "rsync-delta", "ms", Better::Lower, move || {
             std::fs::copy(dd.local.join("base"), dd.module.join("target")).expect("reset");
             let t0 = Instant::now();
             dd.push("target");
@@ -344,7 +406,7 @@ fn main() {
         let dc = client.clone();
         let mut n = 0u64;
         let want_literal = edit as u64 + 4 * DELTA_BLOCK as u64;
-        suite.case("zs-delta", "ms", Better::Lower, move || {
+        case(&mut suite, "zs-delta", "ms", Better::Lower, move || {
             n += 1;
             let path = format!("delta-{n}");
             let t0 = Instant::now();
@@ -372,12 +434,21 @@ fn main() {
     suite.ratio("upload_dedup_vs_raw", "zs-upload", "raw-tcp-copy");
     suite.ratio("download_vs_raw", "zs-download", "raw-tcp-copy");
     suite.ratio("upload_vs_sha3_pass", "zs-upload-hashing", "sha3-256-pass");
+    suite.ratio("upload_vs_durable_write", "zs-upload-hashing", "durable-write");
+    suite.ratio(
+        "upload_tmpfs_vs_sha3_pass",
+        "zs-upload-hashing-tmpfs",
+        "sha3-256-pass",
+    );
     suite.ratio("delta_vs_rsync", "zs-delta", "rsync-delta");
     suite.note(format!(
         "{} MiB per sample, 1 MiB chunks, {} in flight, each CRC-32 checked by the server, fsynced every \
          8 MiB and before file.finish answers; whole-file SHA3-256 on both ends inside the upload sample \
-         (zs-upload-hashing: the client hashes on another thread while it sends and announces the hash at \
-         file.finish; zs-upload: it hashes first, to ask for an instant upload; sha3-256-pass: one such pass alone, the floor of any upload that checks it); download = file.read \
+         (zs-upload-hashing: the client sends at once while another thread reads and hashes the file and \
+         announces the hash with file.hash (late dedup); zs-upload: it hashes first, to ask for an instant upload; \
+         sha3-256-pass: one such pass alone on one core; durable-write: the same bytes written to a file on the \
+         store's file system and fdatasync'd, the floor of any upload acknowledged on disk; \
+         zs-upload-hashing-tmpfs: the same upload with the store on /dev/shm, where fsync is free: its CPU cost); download = file.read \
          of 1 MiB, {} in flight, hash checked outside the timing; delta: {} MiB file, {} KiB edited in the middle, \
          ours = upload_delta with {} B blocks (signature, scan, file.copy/file.chunk, whole SHA3 checked, \
          fsynced) vs rsync -I to an rsync daemon holding the old version; AES-256-GCM, epoll, 1 loop per \
@@ -394,4 +465,5 @@ fn main() {
     ));
     suite.finish();
     drop(server);
+    drop(on_shm);
 }

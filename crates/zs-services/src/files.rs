@@ -79,9 +79,11 @@ pub struct FilesConfig {
     /// Deepest nesting of directories.
     pub max_depth: usize,
     /// An upload's partial file is fsynced (and the synced offset recorded)
-    /// once this many bytes were written since the last sync, on a resume and
-    /// before `file.finish` answers; chunks in between are written without a
-    /// sync. 0: every chunk is synced.
+    /// once this many bytes were written since the last sync, in the
+    /// background (on the upload's hash lane, while the next chunks are
+    /// written), and on a resume and before `file.finish` answers; chunks in
+    /// between are written without a sync. 0: every chunk is synced before
+    /// its answer.
     pub sync_every: u64,
     /// Chunks waiting per writer thread (see [`CHUNK_WRITERS`]).
     pub chunk_queue: usize,
@@ -260,6 +262,8 @@ struct Upload {
     /// A chunk is being written (or the upload finished) outside the state
     /// lock: others wait on [`Inner::idle`].
     busy: bool,
+    /// The highest offset a background sync was asked for.
+    sync_asked: u64,
 }
 
 #[derive(Default)]
@@ -313,6 +317,9 @@ enum HashJob {
     },
     /// The upload is gone.
     Forget { id: u64 },
+    /// Fsync upload `id`'s partial file, whose bytes below `upto` were
+    /// written before this was sent, and record that offset as synced.
+    Sync { id: u64, upto: u64 },
 }
 
 /// The hash lanes of a [`Files`]: running hashes live on the lane threads
@@ -323,10 +330,11 @@ struct HashLanes {
 }
 
 impl HashLanes {
-    fn start(queue: usize) -> HashLanes {
+    fn start(queue: usize, files: std::sync::Weak<Inner>) -> HashLanes {
         let lanes = (0..HASH_LANES)
             .filter_map(|i| {
                 let (tx, rx) = mpsc::sync_channel::<HashJob>(queue.max(1));
+                let files = files.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("zs-files-hash-{i}"))
                     .spawn(move || {
@@ -360,6 +368,11 @@ impl HashLanes {
                                 HashJob::Forget { id } => {
                                     run.remove(&id);
                                 }
+                                HashJob::Sync { id, upto } => {
+                                    if let Some(inner) = files.upgrade() {
+                                        Files { inner }.synced_to(id, upto);
+                                    }
+                                }
                             }
                         }
                     });
@@ -391,6 +404,11 @@ impl HashLanes {
 
     fn forget(&self, id: u64) {
         self.send(id, HashJob::Forget { id });
+    }
+
+    /// Asks the lane to sync upload `id` up to `upto` (false: no lane).
+    fn sync(&self, id: u64, upto: u64) -> bool {
+        self.send(id, HashJob::Sync { id, upto })
     }
 
     /// The running hash of bytes `0..len` of upload `id`, if a lane has it.
@@ -544,6 +562,7 @@ impl Files {
                             holder: None,
                             touched: Instant::now(),
                             busy: false,
+                            sync_asked: offset,
                         },
                     );
                 }
@@ -567,7 +586,7 @@ impl Files {
         }
         let cfg_queue = cfg.chunk_queue;
         Ok(Files {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 db,
                 cfg,
                 root,
@@ -575,7 +594,7 @@ impl Files {
                 state: Mutex::new(st),
                 idle: Condvar::new(),
                 sigs: Mutex::default(),
-                lanes: HashLanes::start(cfg_queue),
+                lanes: HashLanes::start(cfg_queue, weak.clone()),
             }),
         })
     }
@@ -1115,6 +1134,7 @@ impl Files {
                 holder: Some(peer.clone()),
                 touched: Instant::now(),
                 busy: false,
+                sync_asked: 0,
             },
         );
         Ok(UploadState {
@@ -1166,6 +1186,42 @@ impl Files {
             st = self.inner.idle.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st
+    }
+
+    /// The lane's background sync of upload `id`: fsync of its partial
+    /// file (every byte below `upto` was written before it was asked), then
+    /// `upto` recorded as its synced offset. A failure only leaves the
+    /// offset where it was (the next sync, a resume or `file.finish` syncs
+    /// again).
+    fn synced_to(&self, id: u64, upto: u64) {
+        if let Err(e) = File::open(self.part(id)).and_then(|f| f.sync_data()) {
+            tracing::debug!(id, error = %e, "files: background sync of a partial file");
+            return;
+        }
+        let mut st = lock(&self.inner.state);
+        let Some(u) = st.uploads.get_mut(&id) else {
+            return;
+        };
+        if u.rec.synced >= upto {
+            return;
+        }
+        let mut rec = u.rec.clone();
+        rec.synced = upto;
+        let stored = json(&rec).and_then(|j| {
+            self.inner
+                .db
+                .update(u.rec_id, Kind::Json, &j)
+                .map_err(ServiceError::storage)
+        });
+        match stored {
+            Ok(_) => u.rec.synced = upto,
+            Err(e) => tracing::warn!(id, error = %e, "files: cannot record a synced offset"),
+        }
+    }
+
+    /// Bytes of upload `id` known to be on disk (its synced offset).
+    pub fn synced(&self, id: u64) -> Option<u64> {
+        lock(&self.inner.state).uploads.get(&id).map(|u| u.rec.synced)
     }
 
     /// Makes everything written to `u` durable: fsync of the partial file,
@@ -1247,10 +1303,15 @@ impl Files {
         }
         // Written outside the lock: other uploads (and users) carry on.
         u.busy = true;
-        let sync = end - u.rec.synced >= cfg.sync_every;
+        // Every `sync_every` bytes a sync: in the background on the hash
+        // lane (after the bytes before it are hashed), so the writer goes on
+        // writing meanwhile; inline with `sync_every` 0 (every chunk).
+        let inline = cfg.sync_every == 0;
+        let sync = !inline && end - u.sync_asked.max(u.rec.synced) >= cfg.sync_every;
         let (rec_id, mut rec) = (u.rec_id, u.rec.clone());
         drop(st);
-        let res = (|| -> Result<()> {
+        // Ok(true): synced here.
+        let res = (|| -> Result<bool> {
             let mut f = OpenOptions::new()
                 .write(true)
                 .open(&part)
@@ -1271,15 +1332,19 @@ impl Files {
             // the upload stops being busy, so a `file.finish` (which waits
             // for that) asks the lane after these bytes.
             self.inner.lanes.feed(id, offset, data.clone());
-            if sync {
-                f.sync_data().map_err(|e| io_err("sync partial file", e))?;
-                rec.synced = end;
-                self.inner
-                    .db
-                    .update(rec_id, Kind::Json, &json(&rec)?)
-                    .map_err(ServiceError::storage)?;
+            if sync && self.inner.lanes.sync(id, end) {
+                return Ok(false);
             }
-            Ok(())
+            if !(sync || inline) {
+                return Ok(false);
+            }
+            f.sync_data().map_err(|e| io_err("sync partial file", e))?;
+            rec.synced = end;
+            self.inner
+                .db
+                .update(rec_id, Kind::Json, &json(&rec)?)
+                .map_err(ServiceError::storage)?;
+            Ok(true)
         })();
         let mut st = lock(&self.inner.state);
         let mut out = Err(ServiceError::new(
@@ -1289,11 +1354,13 @@ impl Files {
         if let Some(u) = st.uploads.get_mut(&id) {
             u.busy = false;
             out = match res {
-                Ok(()) => {
+                Ok(synced_here) => {
                     u.offset = end;
                     if sync {
-                        // (Keeps a hash announced meanwhile.)
-                        u.rec.synced = rec.synced;
+                        u.sync_asked = end;
+                    }
+                    if synced_here {
+                        u.rec.synced = u.rec.synced.max(end);
                     }
                     Ok((u.offset, u.rec.synced))
                 }

@@ -656,10 +656,13 @@ fn resume_continues_from_the_synced_offset() {
             let mut rd = r.reader();
             (rd.read_u64().unwrap(), rd.read_u64().unwrap())
         };
+        let files = rig.services.files.clone().unwrap();
         // Under sync_every: written, not synced.
         assert_eq!(raw(0, 60_000), (60_000, 0));
-        // Past it: synced.
-        assert_eq!(raw(60_000, 60_000), (120_000, 120_000));
+        assert_eq!(files.synced(st.id), Some(0));
+        // Past it: synced in the background, and recorded.
+        assert_eq!(raw(60_000, 60_000).0, 120_000);
+        eventually("the background sync", || files.synced(st.id) == Some(120_000));
         assert_eq!(raw(120_000, 30_000), (150_000, 120_000));
         part = dir
             .path()
