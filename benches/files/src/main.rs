@@ -179,6 +179,27 @@ fn upload_hashing(c: &ServicesClient, path: &str, body: &[u8]) {
     assert_eq!(rep.sent, body.len() as u64);
 }
 
+/// One `upload_hashing` sample: a new path and new content each time (the
+/// first 8 bytes carry the sample number, from `first`), deleted after.
+fn upload_sampler(
+    c: ServicesClient,
+    prefix: &'static str,
+    first: u64,
+    mut body: Vec<u8>,
+) -> impl FnMut() -> f64 {
+    let mut n = first;
+    move || {
+        n += 1;
+        body[..8].copy_from_slice(&n.to_le_bytes());
+        let path = format!("{prefix}-{n}");
+        let t0 = Instant::now();
+        upload_hashing(&c, &path, &body);
+        let el = t0.elapsed().as_secs_f64();
+        c.delete(Space::Private, &path).expect("delete");
+        mb_per_s(body.len(), el)
+    }
+}
+
 fn download(c: &ServicesClient, path: &str, size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(size);
     c.read_window(
@@ -197,20 +218,8 @@ fn download(c: &ServicesClient, path: &str, size: usize) -> Vec<u8> {
     out
 }
 
-/// Adds a case to `suite`, unless `ZS_FILES_ONLY` (a comma-separated list of
-/// case names, for profiling one case) leaves it out.
-fn case(
-    suite: &mut Suite,
-    name: &str,
-    metric: &str,
-    better: Better,
-    sampler: impl FnMut() -> f64 + 'static,
-) {
-    let only = std::env::var("ZS_FILES_ONLY").unwrap_or_default();
-    if only.is_empty() || only.split(',').any(|n| n == name) {
-        suite.case(name, metric, better, sampler);
-    }
-}
+/// Names the only cases to run (comma-separated), for a profile.
+const ONLY: &str = "ZS_FILES_ONLY";
 
 /// The file service on `dir` behind a server on loopback, and a client
 /// logged in as `bench`.
@@ -278,68 +287,64 @@ fn main() {
     // at least 128 MiB (the file several times over).
     let raw_reps = ((256usize << 20) / size).max(1);
     let down_reps = ((128usize << 20) / size).max(1);
-    case(&mut suite, "raw-tcp-copy", "mb_per_s", Better::Higher, move || {
-        let t0 = Instant::now();
-        for _ in 0..raw_reps {
-            let got = raw::copy_to(sink, &payload).expect("raw copy");
-            assert_eq!(got, want, "raw sink saw different bytes");
-        }
-        mb_per_s(size * raw_reps, t0.elapsed().as_secs_f64())
-    });
+    suite.case_selected(
+        ONLY,
+        "raw-tcp-copy",
+        "mb_per_s",
+        Better::Higher,
+        move || {
+            let t0 = Instant::now();
+            for _ in 0..raw_reps {
+                let got = raw::copy_to(sink, &payload).expect("raw copy");
+                assert_eq!(got, want, "raw sink saw different bytes");
+            }
+            mb_per_s(size * raw_reps, t0.elapsed().as_secs_f64())
+        },
+    );
 
     let mut body_up = body.clone();
     let mut n = 0u64;
     let up = client.clone();
-    let mut body_h = body.clone();
-    let mut m = 1u64 << 32;
-    case(&mut suite, "zs-upload-hashing", "mb_per_s", Better::Higher, move || {
-        m += 1;
-        body_h[..8].copy_from_slice(&m.to_le_bytes());
-        let t0 = Instant::now();
-        upload_hashing(&up, &format!("uh-{m}"), &body_h);
-        let el = t0.elapsed().as_secs_f64();
-        up.delete(Space::Private, &format!("uh-{m}"))
-            .expect("delete");
-        mb_per_s(size, el)
-    });
+    suite.case_selected(
+        ONLY,
+        "zs-upload-hashing",
+        "mb_per_s",
+        Better::Higher,
+        upload_sampler(client.clone(), "uh", 1 << 32, body.clone()),
+    );
     if let Some((_, _, shm_client)) = &on_shm {
-        let up = shm_client.clone();
-        let mut body_t = body.clone();
-        let mut k = 2u64 << 32;
-        case(&mut suite, 
+        suite.case_selected(
+            ONLY,
             "zs-upload-hashing-tmpfs",
             "mb_per_s",
             Better::Higher,
-            move || {
-                k += 1;
-                body_t[..8].copy_from_slice(&k.to_le_bytes());
-                let t0 = Instant::now();
-                upload_hashing(&up, &format!("ut-{k}"), &body_t);
-                let el = t0.elapsed().as_secs_f64();
-                up.delete(Space::Private, &format!("ut-{k}"))
-                    .expect("delete");
-                mb_per_s(size, el)
-            },
+            upload_sampler(shm_client.clone(), "ut", 2 << 32, body.clone()),
         );
     }
     // The floor of any upload that is on disk when it is acknowledged: the
     // same bytes written to a new file on the same file system, fdatasync'd.
     let body_w = body.clone();
     let wdir = dir.path().to_path_buf();
-    case(&mut suite, "durable-write", "mb_per_s", Better::Higher, move || {
-        use std::io::Write;
-        let p = wdir.join("durable-write.tmp");
-        let t0 = Instant::now();
-        let mut f = std::fs::File::create(&p).expect("create");
-        f.write_all(&body_w).expect("write");
-        f.sync_data().expect("fdatasync");
-        let el = t0.elapsed().as_secs_f64();
-        drop(f);
-        std::fs::remove_file(&p).expect("remove");
-        mb_per_s(size, el)
-    });
+    suite.case_selected(
+        ONLY,
+        "durable-write",
+        "mb_per_s",
+        Better::Higher,
+        move || {
+            use std::io::Write;
+            let p = wdir.join("durable-write.tmp");
+            let t0 = Instant::now();
+            let mut f = std::fs::File::create(&p).expect("create");
+            f.write_all(&body_w).expect("write");
+            f.sync_data().expect("fdatasync");
+            let el = t0.elapsed().as_secs_f64();
+            drop(f);
+            std::fs::remove_file(&p).expect("remove");
+            mb_per_s(size, el)
+        },
+    );
     let up = client.clone();
-    case(&mut suite, "zs-upload", "mb_per_s", Better::Higher, move || {
+    suite.case_selected(ONLY, "zs-upload", "mb_per_s", Better::Higher, move || {
         n += 1;
         body_up[..8].copy_from_slice(&n.to_le_bytes());
         let t0 = Instant::now();
@@ -353,7 +358,7 @@ fn main() {
     upload(&client, "down", &body);
     let want_hash = zs_crypto::hash::sha3_256(&body);
     let down = client.clone();
-    case(&mut suite, "zs-download", "mb_per_s", Better::Higher, move || {
+    suite.case_selected(ONLY, "zs-download", "mb_per_s", Better::Higher, move || {
         let mut el = 0.0;
         for _ in 0..down_reps {
             let t0 = Instant::now();
@@ -371,11 +376,17 @@ fn main() {
     // The floor of any upload that checks a SHA3-256 of the whole file: one
     // pass of the hash over the same bytes, on one core.
     let body_h = body.clone();
-    case(&mut suite, "sha3-256-pass", "mb_per_s", Better::Higher, move || {
-        let t0 = Instant::now();
-        std::hint::black_box(zs_crypto::hash::sha3_256(&body_h));
-        mb_per_s(size, t0.elapsed().as_secs_f64())
-    });
+    suite.case_selected(
+        ONLY,
+        "sha3-256-pass",
+        "mb_per_s",
+        Better::Higher,
+        move || {
+            let t0 = Instant::now();
+            std::hint::black_box(zs_crypto::hash::sha3_256(&body_h));
+            mb_per_s(size, t0.elapsed().as_secs_f64())
+        },
+    );
 
     // Delta: the same edit uploaded by rsync (daemon mode) and by us.
     let (dsize, edit) = if opts.quick {
@@ -396,7 +407,7 @@ fn main() {
     if let Some(d) = rsync {
         let d = Arc::new(d);
         let dd = d.clone();
-        case(&mut suite, "rsync-delta", "ms", Better::Lower, move || {
+        suite.case_selected(ONLY, "rsync-delta", "ms", Better::Lower, move || {
             std::fs::copy(dd.local.join("base"), dd.module.join("target")).expect("reset");
             let t0 = Instant::now();
             dd.push("target");
@@ -406,7 +417,7 @@ fn main() {
         let dc = client.clone();
         let mut n = 0u64;
         let want_literal = edit as u64 + 4 * DELTA_BLOCK as u64;
-        case(&mut suite, "zs-delta", "ms", Better::Lower, move || {
+        suite.case_selected(ONLY, "zs-delta", "ms", Better::Lower, move || {
             n += 1;
             let path = format!("delta-{n}");
             let t0 = Instant::now();
@@ -434,7 +445,11 @@ fn main() {
     suite.ratio("upload_dedup_vs_raw", "zs-upload", "raw-tcp-copy");
     suite.ratio("download_vs_raw", "zs-download", "raw-tcp-copy");
     suite.ratio("upload_vs_sha3_pass", "zs-upload-hashing", "sha3-256-pass");
-    suite.ratio("upload_vs_durable_write", "zs-upload-hashing", "durable-write");
+    suite.ratio(
+        "upload_vs_durable_write",
+        "zs-upload-hashing",
+        "durable-write",
+    );
     suite.ratio(
         "upload_tmpfs_vs_sha3_pass",
         "zs-upload-hashing-tmpfs",

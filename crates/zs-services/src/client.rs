@@ -477,7 +477,10 @@ impl ServicesClient {
         };
         match self.upload_once(space, path, size, chunk, hash, &read, &mut progress) {
             Err((e, Some(id))) if e.code == file_code::HASH_MISMATCH => {
-                tracing::info!(path, "upload: the bytes held were another content's; sending again");
+                tracing::info!(
+                    path,
+                    "upload: the bytes held were another content's; sending again"
+                );
                 self.upload_abort(id)?;
                 self.upload_once(space, path, size, chunk, hash, &read, &mut progress)
                     .map_err(|(e, _)| e)
@@ -550,7 +553,10 @@ impl ServicesClient {
                 if outcome.is_none() && handle.as_ref().is_some_and(|h| wait || h.is_finished()) {
                     outcome = handle.take().map(|h| {
                         h.join().unwrap_or_else(|_| {
-                            Err(ServiceError::new(code::CLIENT, "the hashing thread panicked"))
+                            Err(ServiceError::new(
+                                code::CLIENT,
+                                "the hashing thread panicked",
+                            ))
                         })
                     });
                 }

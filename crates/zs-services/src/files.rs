@@ -1,7 +1,9 @@
 //! Files: a private space per user and a public area; resumable uploads
-//! (ask where an upload stands, continue from there: the tus core), a SHA3-256
-//! per chunk and of the whole file checked at the end (a mismatch is refused
-//! and the partial data kept), content-addressed dedup with instant upload,
+//! (ask where an upload stands, continue from there: the tus core), a CRC-32
+//! (or SHA3-256) per chunk and the SHA3-256 of the whole file checked at the
+//! end (a mismatch is refused and the partial data kept; the server's running
+//! hash lives on hash-lane threads beside the chunk writers),
+//! content-addressed dedup with instant upload (also late: [`Files::announce`]),
 //! ranged download, list/mkdir/rename/delete, quotas, one writer per upload
 //! with a lease, expiry of abandoned uploads (tus expiration) and their
 //! termination.
@@ -1221,7 +1223,10 @@ impl Files {
 
     /// Bytes of upload `id` known to be on disk (its synced offset).
     pub fn synced(&self, id: u64) -> Option<u64> {
-        lock(&self.inner.state).uploads.get(&id).map(|u| u.rec.synced)
+        lock(&self.inner.state)
+            .uploads
+            .get(&id)
+            .map(|u| u.rec.synced)
     }
 
     /// Makes everything written to `u` durable: fsync of the partial file,
