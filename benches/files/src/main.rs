@@ -304,7 +304,6 @@ fn main() {
 
     let mut body_up = body.clone();
     let mut n = 0u64;
-    let up = client.clone();
     suite.case_selected(
         ONLY,
         "zs-upload-hashing",
