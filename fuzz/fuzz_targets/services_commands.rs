@@ -54,6 +54,7 @@ const COMMANDS: &[&str] = &[
     "file.begin",
     "file.chunk",
     "file.finish",
+    "file.hash",
     "file.concat",
     "file.abort",
     "file.signature",

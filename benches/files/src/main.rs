@@ -179,6 +179,27 @@ fn upload_hashing(c: &ServicesClient, path: &str, body: &[u8]) {
     assert_eq!(rep.sent, body.len() as u64);
 }
 
+/// One `upload_hashing` sample: a new path and new content each time (the
+/// first 8 bytes carry the sample number, from `first`), deleted after.
+fn upload_sampler(
+    c: ServicesClient,
+    prefix: &'static str,
+    first: u64,
+    mut body: Vec<u8>,
+) -> impl FnMut() -> f64 {
+    let mut n = first;
+    move || {
+        n += 1;
+        body[..8].copy_from_slice(&n.to_le_bytes());
+        let path = format!("{prefix}-{n}");
+        let t0 = Instant::now();
+        upload_hashing(&c, &path, &body);
+        let el = t0.elapsed().as_secs_f64();
+        c.delete(Space::Private, &path).expect("delete");
+        mb_per_s(body.len(), el)
+    }
+}
+
 fn download(c: &ServicesClient, path: &str, size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(size);
     c.read_window(
@@ -197,16 +218,16 @@ fn download(c: &ServicesClient, path: &str, size: usize) -> Vec<u8> {
     out
 }
 
-fn main() {
-    let opts = Options::from_env();
-    let size = if opts.quick { 32 << 20 } else { 256 << 20 };
-    let mut suite = Suite::from_options("files", &opts, 3, 5);
+/// Names the only cases to run (comma-separated), for a profile.
+const ONLY: &str = "ZS_FILES_ONLY";
 
-    let dir = tempfile::tempdir().expect("temp dir");
+/// The file service on `dir` behind a server on loopback, and a client
+/// logged in as `bench`.
+fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient) {
     let mut cfg = ServicesConfig::default();
     cfg.files.quota_per_user = u64::MAX;
     cfg.files.max_file_size = 1 << 40;
-    let services = Services::open_dir(dir.path(), cfg).expect("services");
+    let services = Services::open_dir(dir, cfg).expect("services");
     services
         .accounts
         .create_user("bench", "bench-password", false)
@@ -240,6 +261,20 @@ fn main() {
         .expect("client"),
     );
     client.login("bench", "bench-password").expect("login");
+    (services, server, client)
+}
+
+fn main() {
+    let opts = Options::from_env();
+    let size = if opts.quick { 32 << 20 } else { 256 << 20 };
+    let mut suite = Suite::from_options("files", &opts, 3, 5);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_services, server, client) = serve(dir.path());
+    // The same service with its store on tmpfs (fsync costs nothing there):
+    // what the upload costs in CPU alone, against one SHA3-256 pass.
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let on_shm = shm.as_ref().map(|d| serve(d.path()));
 
     let body = data(size);
     let mut sum = Checksum::new();
@@ -252,32 +287,63 @@ fn main() {
     // at least 128 MiB (the file several times over).
     let raw_reps = ((256usize << 20) / size).max(1);
     let down_reps = ((128usize << 20) / size).max(1);
-    suite.case("raw-tcp-copy", "mb_per_s", Better::Higher, move || {
-        let t0 = Instant::now();
-        for _ in 0..raw_reps {
-            let got = raw::copy_to(sink, &payload).expect("raw copy");
-            assert_eq!(got, want, "raw sink saw different bytes");
-        }
-        mb_per_s(size * raw_reps, t0.elapsed().as_secs_f64())
-    });
+    suite.case_selected(
+        ONLY,
+        "raw-tcp-copy",
+        "mb_per_s",
+        Better::Higher,
+        move || {
+            let t0 = Instant::now();
+            for _ in 0..raw_reps {
+                let got = raw::copy_to(sink, &payload).expect("raw copy");
+                assert_eq!(got, want, "raw sink saw different bytes");
+            }
+            mb_per_s(size * raw_reps, t0.elapsed().as_secs_f64())
+        },
+    );
 
     let mut body_up = body.clone();
     let mut n = 0u64;
+    suite.case_selected(
+        ONLY,
+        "zs-upload-hashing",
+        "mb_per_s",
+        Better::Higher,
+        upload_sampler(client.clone(), "uh", 1 << 32, body.clone()),
+    );
+    if let Some((_, _, shm_client)) = &on_shm {
+        suite.case_selected(
+            ONLY,
+            "zs-upload-hashing-tmpfs",
+            "mb_per_s",
+            Better::Higher,
+            upload_sampler(shm_client.clone(), "ut", 2 << 32, body.clone()),
+        );
+    }
+    // The floor of any upload that is on disk when it is acknowledged: the
+    // same bytes written to a new file on the same file system, fdatasync'd.
+    let body_w = body.clone();
+    let wdir = dir.path().to_path_buf();
+    suite.case_selected(
+        ONLY,
+        "durable-write",
+        "mb_per_s",
+        Better::Higher,
+        move || {
+            use std::io::Write;
+            let p = wdir.join("durable-write.tmp");
+            let t0 = Instant::now();
+            let mut f = std::fs::File::create(&p).expect("create");
+            f.write_all(&body_w).expect("write");
+            f.sync_data().expect("fdatasync");
+            let el = t0.elapsed().as_secs_f64();
+            drop(f);
+            std::fs::remove_file(&p).expect("remove");
+            mb_per_s(size, el)
+        },
+    );
     let up = client.clone();
-    let mut body_h = body.clone();
-    let mut m = 1u64 << 32;
-    suite.case("zs-upload-hashing", "mb_per_s", Better::Higher, move || {
-        m += 1;
-        body_h[..8].copy_from_slice(&m.to_le_bytes());
-        let t0 = Instant::now();
-        upload_hashing(&up, &format!("uh-{m}"), &body_h);
-        let el = t0.elapsed().as_secs_f64();
-        up.delete(Space::Private, &format!("uh-{m}"))
-            .expect("delete");
-        mb_per_s(size, el)
-    });
-    let up = client.clone();
-    suite.case("zs-upload", "mb_per_s", Better::Higher, move || {
+    suite.case_selected(ONLY, "zs-upload", "mb_per_s", Better::Higher, move || {
         n += 1;
         body_up[..8].copy_from_slice(&n.to_le_bytes());
         let t0 = Instant::now();
@@ -291,7 +357,7 @@ fn main() {
     upload(&client, "down", &body);
     let want_hash = zs_crypto::hash::sha3_256(&body);
     let down = client.clone();
-    suite.case("zs-download", "mb_per_s", Better::Higher, move || {
+    suite.case_selected(ONLY, "zs-download", "mb_per_s", Better::Higher, move || {
         let mut el = 0.0;
         for _ in 0..down_reps {
             let t0 = Instant::now();
@@ -309,11 +375,17 @@ fn main() {
     // The floor of any upload that checks a SHA3-256 of the whole file: one
     // pass of the hash over the same bytes, on one core.
     let body_h = body.clone();
-    suite.case("sha3-256-pass", "mb_per_s", Better::Higher, move || {
-        let t0 = Instant::now();
-        std::hint::black_box(zs_crypto::hash::sha3_256(&body_h));
-        mb_per_s(size, t0.elapsed().as_secs_f64())
-    });
+    suite.case_selected(
+        ONLY,
+        "sha3-256-pass",
+        "mb_per_s",
+        Better::Higher,
+        move || {
+            let t0 = Instant::now();
+            std::hint::black_box(zs_crypto::hash::sha3_256(&body_h));
+            mb_per_s(size, t0.elapsed().as_secs_f64())
+        },
+    );
 
     // Delta: the same edit uploaded by rsync (daemon mode) and by us.
     let (dsize, edit) = if opts.quick {
@@ -334,7 +406,7 @@ fn main() {
     if let Some(d) = rsync {
         let d = Arc::new(d);
         let dd = d.clone();
-        suite.case("rsync-delta", "ms", Better::Lower, move || {
+        suite.case_selected(ONLY, "rsync-delta", "ms", Better::Lower, move || {
             std::fs::copy(dd.local.join("base"), dd.module.join("target")).expect("reset");
             let t0 = Instant::now();
             dd.push("target");
@@ -344,7 +416,7 @@ fn main() {
         let dc = client.clone();
         let mut n = 0u64;
         let want_literal = edit as u64 + 4 * DELTA_BLOCK as u64;
-        suite.case("zs-delta", "ms", Better::Lower, move || {
+        suite.case_selected(ONLY, "zs-delta", "ms", Better::Lower, move || {
             n += 1;
             let path = format!("delta-{n}");
             let t0 = Instant::now();
@@ -372,12 +444,25 @@ fn main() {
     suite.ratio("upload_dedup_vs_raw", "zs-upload", "raw-tcp-copy");
     suite.ratio("download_vs_raw", "zs-download", "raw-tcp-copy");
     suite.ratio("upload_vs_sha3_pass", "zs-upload-hashing", "sha3-256-pass");
+    suite.ratio(
+        "upload_vs_durable_write",
+        "zs-upload-hashing",
+        "durable-write",
+    );
+    suite.ratio(
+        "upload_tmpfs_vs_sha3_pass",
+        "zs-upload-hashing-tmpfs",
+        "sha3-256-pass",
+    );
     suite.ratio("delta_vs_rsync", "zs-delta", "rsync-delta");
     suite.note(format!(
         "{} MiB per sample, 1 MiB chunks, {} in flight, each CRC-32 checked by the server, fsynced every \
          8 MiB and before file.finish answers; whole-file SHA3-256 on both ends inside the upload sample \
-         (zs-upload-hashing: the client hashes on another thread while it sends and announces the hash at \
-         file.finish; zs-upload: it hashes first, to ask for an instant upload; sha3-256-pass: one such pass alone, the floor of any upload that checks it); download = file.read \
+         (zs-upload-hashing: the client sends at once while another thread reads and hashes the file and \
+         announces the hash with file.hash (late dedup); zs-upload: it hashes first, to ask for an instant upload; \
+         sha3-256-pass: one such pass alone on one core; durable-write: the same bytes written to a file on the \
+         store's file system and fdatasync'd, the floor of any upload acknowledged on disk; \
+         zs-upload-hashing-tmpfs: the same upload with the store on /dev/shm, where fsync is free: its CPU cost); download = file.read \
          of 1 MiB, {} in flight, hash checked outside the timing; delta: {} MiB file, {} KiB edited in the middle, \
          ours = upload_delta with {} B blocks (signature, scan, file.copy/file.chunk, whole SHA3 checked, \
          fsynced) vs rsync -I to an rsync daemon holding the old version; AES-256-GCM, epoll, 1 loop per \
@@ -394,4 +479,5 @@ fn main() {
     ));
     suite.finish();
     drop(server);
+    drop(on_shm);
 }

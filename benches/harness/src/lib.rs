@@ -201,6 +201,25 @@ impl Suite {
         });
     }
 
+    /// [`Suite::case`], unless environment variable `only_var` holds a
+    /// comma-separated list of case names without `name` (a profiling aid:
+    /// `ZS_FILES_ONLY=zs-download perf record … zs-bench-files --quick`).
+    pub fn case_selected(
+        &mut self,
+        only_var: &str,
+        name: &str,
+        metric: &str,
+        better: Better,
+        sampler: impl FnMut() -> f64 + 'static,
+    ) {
+        if let Ok(only) = std::env::var(only_var) {
+            if !only.is_empty() && !only.split(',').any(|o| o == name) {
+                return;
+            }
+        }
+        self.case(name, metric, better, sampler);
+    }
+
     /// Runs every pending case for the configured rounds, interleaved: round 1 runs
     /// A, B, C…, round 2 runs them again, and so on. Results are kept for the table.
     pub fn run(&mut self) {

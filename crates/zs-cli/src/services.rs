@@ -520,7 +520,12 @@ fn run_file(a: FileArgs) -> Result<String, String> {
                 })
                 .map_err(|e| e.message)?;
             b.finish_and_clear();
-            if rep.instant {
+            if rep.instant && rep.sent > 0 {
+                format!(
+                    "{remote}: instant upload (the server had this content; found once hashed, after {} bytes were sent)",
+                    rep.sent
+                )
+            } else if rep.instant {
                 format!("{remote}: instant upload (the server had this content)")
             } else if rep.resumed_from > 0 {
                 format!(

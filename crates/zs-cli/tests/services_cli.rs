@@ -440,7 +440,9 @@ fn put_size_and_kills() -> (usize, u64) {
     if full() {
         (256 << 20, 20)
     } else {
-        (256 << 10, 3)
+        // Large enough that the upload (sent at once, hashed beside it)
+        // is still running when the 2 ms poll below sees the kill point.
+        (2 << 20, 3)
     }
 }
 

@@ -11,7 +11,7 @@ use zs_wire::DataFrame;
 
 use crate::accounts::{lock, UserInfo};
 use crate::error::{code, Result, ServiceError};
-use crate::files::{FileInfo, Space, UploadState};
+use crate::files::{file_code, FileInfo, Space, UploadState};
 use crate::messages::{push_kind, Message, Sent};
 
 /// What a login answered.
@@ -350,9 +350,15 @@ impl ServicesClient {
         progress: impl FnMut(u64, u64),
     ) -> Result<u64> {
         self.send_window(id, offset, size, chunk, window, read, progress, None)
+            .map(|(acked, _)| acked)
     }
 
-    /// [`ServicesClient::upload_window`], each chunk also handed to `tee`.
+    /// [`ServicesClient::upload_window`] of an upload whose hash may be
+    /// announced while it is sent: `late(wait)` says whether the server
+    /// completed the file by reference (a late instant upload; with `wait`,
+    /// after waiting for the announcement). Then no more chunks are sent, the
+    /// ones in flight (answered [`file_code::NO_UPLOAD`]) are waited for, and
+    /// the second value is `true`.
     #[allow(clippy::too_many_arguments)]
     fn send_window(
         &self,
@@ -363,33 +369,51 @@ impl ServicesClient {
         window: usize,
         mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
         mut progress: impl FnMut(u64, u64),
-        tee: Option<&std::sync::mpsc::SyncSender<bytes::Bytes>>,
-    ) -> Result<u64> {
+        mut late: Option<&mut dyn FnMut(bool) -> bool>,
+    ) -> Result<(u64, bool)> {
         let chunk = chunk.max(1) as u64;
         let mut inflight = std::collections::VecDeque::new();
         let (mut next, mut acked) = (offset, offset);
+        let mut by_reference = false;
         let run = (|| -> Result<()> {
             loop {
-                while inflight.len() < window.max(1) && next < size {
+                while !by_reference && inflight.len() < window.max(1) && next < size {
+                    if let Some(l) = late.as_mut() {
+                        if l(false) {
+                            by_reference = true;
+                            break;
+                        }
+                    }
                     let n = chunk.min(size - next) as usize;
                     let mut buf = vec![0u8; n];
                     read(next, &mut buf)?;
                     let crc = crc32fast::hash(&buf).to_le_bytes().to_vec();
-                    let buf = bytes::Bytes::from(buf);
-                    if let Some(t) = tee {
-                        t.send(buf.clone()).map_err(|_| {
-                            ServiceError::new(code::CLIENT, "the hashing thread stopped")
-                        })?;
-                    }
-                    let df = DataFrame::new().with(id).with(next).with(buf).with(crc);
+                    let df = DataFrame::new()
+                        .with(id)
+                        .with(next)
+                        .with(bytes::Bytes::from(buf))
+                        .with(crc);
                     inflight.push_back(self.client.call_stream("file.chunk", df));
                     next += n as u64;
                 }
                 let Some(f) = inflight.pop_front() else {
                     return Ok(());
                 };
-                acked = f.wait()?.reader().read_u64()?;
-                progress(acked, size);
+                match f.wait().map_err(ServiceError::from) {
+                    Ok(df) => {
+                        acked = df.reader().read_u64()?;
+                        progress(acked, size);
+                    }
+                    // The upload is gone: completed by reference meanwhile?
+                    Err(e) if by_reference => drop(e),
+                    Err(e) if e.code == file_code::NO_UPLOAD => {
+                        if !late.as_mut().is_some_and(|l| l(true)) {
+                            return Err(e);
+                        }
+                        by_reference = true;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         })();
         if run.is_err() {
@@ -401,16 +425,39 @@ impl ServicesClient {
             }
         }
         run?;
-        Ok(acked)
+        Ok((acked, by_reference))
     }
 
-    /// Uploads `size` bytes to `path`, hashing them on another thread while
-    /// they are sent (not before): `file.begin` announces no hash (so no
-    /// instant upload) and `file.finish` announces it, the server checking
-    /// it against its own running hash. An unfinished upload of the same
-    /// path and size that began this way is resumed (the bytes the server
-    /// holds are read again to hash them, not sent). `read(at, buf)` fills
-    /// `buf` with the bytes at `at`.
+    /// Announces the SHA3-256 of upload `id` (begun without one) while it is
+    /// sent (`file.hash`, see [`crate::Files::announce`]): `true` when the
+    /// server completed the file by reference (stop sending).
+    pub fn announce_hash(&self, id: u64, hash: &[u8; 32]) -> Result<bool> {
+        Ok(self
+            .call("file.hash", file_hash_request(id, hash))?
+            .reader()
+            .read_bool()?)
+    }
+
+    /// Uploads `size` bytes to `path`, read by `read(at, buf)` (which fills
+    /// `buf` with the bytes at `at`; it is called from two threads). Nothing
+    /// waits for a hash pass before the transfer:
+    /// - a file that fits in one window of chunks (`chunk` ×
+    ///   [`UPLOAD_WINDOW`]) is hashed first (a pass shorter than the
+    ///   transfer's round trips) and announced at `file.begin`, so content
+    ///   the server holds is an instant upload that sends nothing;
+    /// - a larger one is sent at once while another thread reads and hashes
+    ///   it on its own (at SHA3 speed, ahead of the sender) and announces the
+    ///   hash with `file.hash` as soon as it is known: when the server holds
+    ///   that content the file is completed by reference and the sending
+    ///   stops (a late instant upload: `instant`, after `sent` bytes);
+    ///   otherwise `file.finish` checks it against the server's own running
+    ///   hash.
+    ///
+    /// The caller's unfinished upload of the same path and size is resumed
+    /// (only the bytes past where the server stands are sent); when the bytes
+    /// it holds turn out to be another content's (the hash differs), that
+    /// upload is aborted and sent again from the start, once. `progress`
+    /// gets (bytes the server holds, size).
     #[allow(clippy::too_many_arguments)]
     pub fn upload_hashing(
         &self,
@@ -418,71 +465,146 @@ impl ServicesClient {
         path: &str,
         size: u64,
         chunk: usize,
-        mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
-        progress: impl FnMut(u64, u64),
+        read: impl Fn(u64, &mut [u8]) -> Result<()> + Sync,
+        mut progress: impl FnMut(u64, u64),
     ) -> Result<UploadReport> {
-        let df = self.call(
-            "file.begin",
-            DataFrame::new()
-                .with(space.as_str())
-                .with(path)
-                .with(size)
-                .with(Vec::new()),
-        )?;
-        let mut r = df.reader();
-        let (id, offset) = (r.read_u64()?, r.read_u64()?);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(2 * UPLOAD_WINDOW);
-        let hasher = std::thread::spawn(move || {
-            use sha3::Digest;
-            let mut h = sha3::Sha3_256::new();
-            for b in rx {
-                h.update(&b);
-            }
-            <[u8; 32]>::from(h.finalize())
-        });
         let chunk = chunk.max(1);
-        let sent = (|| -> Result<u64> {
-            let mut at = 0;
-            while at < offset {
-                let mut buf = vec![0u8; chunk.min((offset - at) as usize)];
-                read(at, &mut buf)?;
-                at += buf.len() as u64;
-                tx.send(buf.into())
-                    .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread stopped"))?;
+        let small = size <= (chunk as u64).saturating_mul(UPLOAD_WINDOW as u64);
+        let hash = if small {
+            Some(hash_source(&read, size, chunk, None)?)
+        } else {
+            None
+        };
+        match self.upload_once(space, path, size, chunk, hash, &read, &mut progress) {
+            Err((e, Some(id))) if e.code == file_code::HASH_MISMATCH => {
+                tracing::info!(
+                    path,
+                    "upload: the bytes held were another content's; sending again"
+                );
+                self.upload_abort(id)?;
+                self.upload_once(space, path, size, chunk, hash, &read, &mut progress)
+                    .map_err(|(e, _)| e)
             }
-            let mut sent = 0;
-            let end = self.send_window(
+            r => r.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One try of [`ServicesClient::upload_hashing`]; an error carries the
+    /// upload id when the upload was a resumed one whose held bytes may be
+    /// another content's.
+    #[allow(clippy::too_many_arguments)]
+    fn upload_once(
+        &self,
+        space: Space,
+        path: &str,
+        size: u64,
+        chunk: usize,
+        hash: Option<[u8; 32]>,
+        read: &(impl Fn(u64, &mut [u8]) -> Result<()> + Sync),
+        progress: &mut impl FnMut(u64, u64),
+    ) -> std::result::Result<UploadReport, (ServiceError, Option<u64>)> {
+        let df = self
+            .call(
+                "file.begin",
+                DataFrame::new()
+                    .with(space.as_str())
+                    .with(path)
+                    .with(size)
+                    .with(hash.map_or(Vec::new(), |h| h.to_vec())),
+            )
+            .map_err(|e| (e, None))?;
+        let mut r = df.reader();
+        let begun = (|| -> Result<(u64, u64, bool)> {
+            Ok((r.read_u64()?, r.read_u64()?, r.read_bool()?))
+        })();
+        let (id, offset, instant) = begun.map_err(|e| (e, None))?;
+        let resumed = (offset > 0).then_some(id);
+        let mut report = UploadReport {
+            instant,
+            resumed_from: offset,
+            sent: 0,
+        };
+        if instant {
+            progress(size, size);
+            return Ok(report);
+        }
+        progress(offset, size);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let res = std::thread::scope(|sc| -> Result<bool> {
+            // The hash: known already, or read and announced on a thread of
+            // its own while the chunks go.
+            let hasher = match hash {
+                Some(_) => None,
+                None => Some(
+                    std::thread::Builder::new()
+                        .name("zs-upload-hash".into())
+                        .spawn_scoped(sc, || -> Result<([u8; 32], bool)> {
+                            let h = hash_source(read, size, chunk, Some(&stop))?;
+                            Ok((h, self.announce_hash(id, &h)?))
+                        })
+                        .map_err(|e| {
+                            ServiceError::new(code::CLIENT, format!("no hashing thread: {e}"))
+                        })?,
+                ),
+            };
+            let mut handle = hasher;
+            let mut outcome: Option<Result<([u8; 32], bool)>> = hash.map(|h| Ok((h, false)));
+            let mut settle = |wait: bool| -> bool {
+                if outcome.is_none() && handle.as_ref().is_some_and(|h| wait || h.is_finished()) {
+                    outcome = handle.take().map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ServiceError::new(
+                                code::CLIENT,
+                                "the hashing thread panicked",
+                            ))
+                        })
+                    });
+                }
+                matches!(outcome, Some(Ok((_, true))))
+            };
+            let sent = std::cell::Cell::new(0u64);
+            let sending = self.send_window(
                 id,
                 offset,
                 size,
                 chunk,
                 UPLOAD_WINDOW,
                 |at, buf| {
-                    sent += buf.len() as u64;
+                    sent.set(sent.get() + buf.len() as u64);
                     read(at, buf)
                 },
-                progress,
-                Some(&tx),
-            )?;
+                &mut *progress,
+                Some(&mut settle),
+            );
+            report.sent = sent.get();
+            let (end, by_reference) = match sending {
+                Ok(x) => x,
+                Err(e) => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            if by_reference || settle(true) {
+                return Ok(true);
+            }
+            let (hash, _) = outcome.take().expect("settled")?;
             if end != size {
                 return Err(ServiceError::new(
                     code::CLIENT,
                     "the server holds fewer bytes",
                 ));
             }
-            Ok(sent)
-        })();
-        drop(tx);
-        let hash = hasher
-            .join()
-            .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread panicked"))?;
-        let sent = sent?;
-        self.call("file.finish", DataFrame::new().with(id).with(hash.to_vec()))?;
-        Ok(UploadReport {
-            instant: false,
-            resumed_from: offset,
-            sent,
-        })
+            self.call("file.finish", DataFrame::new().with(id).with(hash.to_vec()))?;
+            Ok(false)
+        });
+        match res {
+            Ok(instant) => {
+                report.instant = instant;
+                progress(size, size);
+                Ok(report)
+            }
+            Err(e) => Err((e, resumed)),
+        }
     }
 
     /// Completes an upload (the server checks the whole SHA3-256).
@@ -517,53 +639,33 @@ impl ServicesClient {
         self.call("file.abort", DataFrame::new().with(id)).map(drop)
     }
 
-    /// Uploads local file `local` to `path`, resuming an unfinished upload of
-    /// the same content, or instantly when the server holds it. `progress`
-    /// gets (bytes the server holds, total) after each chunk. Returns what
-    /// happened.
+    /// Uploads local file `local` to `path` ([`ServicesClient::upload_hashing`]
+    /// over positioned reads of the file): resumes an unfinished upload of
+    /// it, completes instantly (or, for a file larger than one window, as
+    /// soon as its hash is known) when the server holds the content.
+    /// `progress` gets (bytes the server holds, total) after each chunk.
+    /// Returns what happened.
     pub fn upload_file(
         &self,
         space: Space,
         local: &std::path::Path,
         path: &str,
         chunk: usize,
-        mut progress: impl FnMut(u64, u64),
+        progress: impl FnMut(u64, u64),
     ) -> Result<UploadReport> {
-        use std::io::{Read, Seek, SeekFrom};
         let io = |e: std::io::Error| {
             ServiceError::new(code::CLIENT, format!("{}: {e}", local.display()))
         };
-        let (size, hash) = hash_local(local).map_err(io)?;
-        let st = self.upload_begin(space, path, size, &hash)?;
-        let mut report = UploadReport {
-            instant: st.instant,
-            resumed_from: st.offset,
-            sent: 0,
-        };
-        if st.instant {
-            progress(size, size);
-            return Ok(report);
-        }
-        let mut f = std::fs::File::open(local).map_err(io)?;
-        f.seek(SeekFrom::Start(st.offset)).map_err(io)?;
-        progress(st.offset, size);
-        let mut sent = 0;
-        let res = self.upload_window(
-            st.id,
-            st.offset,
+        let f = std::fs::File::open(local).map_err(io)?;
+        let size = f.metadata().map_err(io)?.len();
+        self.upload_hashing(
+            space,
+            path,
             size,
             chunk,
-            UPLOAD_WINDOW,
-            |_, buf| {
-                sent += buf.len() as u64;
-                f.read_exact(buf).map_err(io)
-            },
-            &mut progress,
-        );
-        report.sent = sent;
-        res?;
-        self.upload_finish(st.id)?;
-        Ok(report)
+            |at, buf| read_exact_at(&f, buf, at).map_err(io),
+            progress,
+        )
     }
 
     /// The block signatures of a file (see [`crate::Files::signature`]).
@@ -1032,7 +1134,9 @@ pub const UPLOAD_WINDOW: usize = 8;
 /// What [`ServicesClient::upload_file`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadReport {
-    /// The server had the content: nothing was sent.
+    /// The server had the content: the file was completed by reference
+    /// (before anything was sent, or, for a late instant upload, once the
+    /// hash was known: after `sent` bytes).
     pub instant: bool,
     /// The upload continued from this offset.
     pub resumed_from: u64,
@@ -1188,6 +1292,60 @@ impl Inbox {
     /// The server said this session was kicked (another login, or disabled).
     pub fn was_kicked(&self) -> bool {
         *lock(&self.kicked)
+    }
+}
+
+/// The request of `file.hash` (PROTOCOL Part 6): upload id, SHA3-256.
+pub fn file_hash_request(id: u64, hash: &[u8; 32]) -> DataFrame {
+    DataFrame::new().with(id).with(hash.to_vec())
+}
+
+/// SHA3-256 of bytes `0..size` of a source read by `read(at, buf)`, in
+/// pieces of at least 256 KiB; `stop` ends it early (an error).
+fn hash_source(
+    read: &(impl Fn(u64, &mut [u8]) -> Result<()> + Sync),
+    size: u64,
+    chunk: usize,
+    stop: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<[u8; 32]> {
+    use sha3::Digest;
+    let mut h = sha3::Sha3_256::new();
+    let mut buf = vec![0u8; (chunk.max(256 << 10) as u64).min(size) as usize];
+    let mut at = 0;
+    while at < size {
+        if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(ServiceError::new(code::CLIENT, "the upload stopped"));
+        }
+        let n = (buf.len() as u64).min(size - at) as usize;
+        read(at, &mut buf[..n])?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finalize().into())
+}
+
+/// Fills `buf` from `off` of `f` without moving a shared cursor (the sender
+/// and the hashing thread read one file at once).
+fn read_exact_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut off) = (buf, off);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(f, buf, off) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    off += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,9 @@
 //! Files: a private space per user and a public area; resumable uploads
-//! (ask where an upload stands, continue from there: the tus core), a SHA3-256
-//! per chunk and of the whole file checked at the end (a mismatch is refused
-//! and the partial data kept), content-addressed dedup with instant upload,
+//! (ask where an upload stands, continue from there: the tus core), a CRC-32
+//! (or SHA3-256) per chunk and the SHA3-256 of the whole file checked at the
+//! end (a mismatch is refused and the partial data kept; the server's running
+//! hash lives on hash-lane threads beside the chunk writers),
+//! content-addressed dedup with instant upload (also late: [`Files::announce`]),
 //! ranged download, list/mkdir/rename/delete, quotas, one writer per upload
 //! with a lease, expiry of abandoned uploads (tus expiration) and their
 //! termination.
@@ -17,9 +19,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha3::{Digest, Sha3_256};
 use zs_core::{Peer, Registry};
@@ -78,9 +81,11 @@ pub struct FilesConfig {
     /// Deepest nesting of directories.
     pub max_depth: usize,
     /// An upload's partial file is fsynced (and the synced offset recorded)
-    /// once this many bytes were written since the last sync, on a resume and
-    /// before `file.finish` answers; chunks in between are written without a
-    /// sync. 0: every chunk is synced.
+    /// once this many bytes were written since the last sync, in the
+    /// background (on the upload's hash lane, while the next chunks are
+    /// written), and on a resume and before `file.finish` answers; chunks in
+    /// between are written without a sync. 0: every chunk is synced before
+    /// its answer.
     pub sync_every: u64,
     /// Chunks waiting per writer thread (see [`CHUNK_WRITERS`]).
     pub chunk_queue: usize,
@@ -256,12 +261,11 @@ struct Upload {
     offset: u64,
     holder: Option<Peer>,
     touched: Instant,
-    /// SHA3-256 of bytes `0..offset`, kept while the server runs (after a
-    /// restart `file.finish` hashes the partial file instead).
-    hasher: Option<Sha3_256>,
-    /// A chunk is being written outside the state lock: others wait on
-    /// [`Inner::idle`].
+    /// A chunk is being written (or the upload finished) outside the state
+    /// lock: others wait on [`Inner::idle`].
     busy: bool,
+    /// The highest offset a background sync was asked for.
+    sync_asked: u64,
 }
 
 #[derive(Default)]
@@ -292,6 +296,131 @@ struct Inner {
     /// Block signatures by (content hash, block size), bounded by
     /// [`FilesConfig::signature_cache_bytes`].
     sigs: Mutex<SigCache>,
+    /// The running SHA3-256 of each upload, on threads of their own.
+    lanes: HashLanes,
+}
+
+/// Threads keeping the running SHA3-256 of uploads (each takes the uploads
+/// whose id modulo this number is its index), beside the chunk writers: a
+/// chunk is hashed while the next one is written, and neither waits for the
+/// other unless a lane falls [`FilesConfig::chunk_queue`] chunks behind.
+pub const HASH_LANES: usize = 2;
+
+enum HashJob {
+    /// Bytes `at..at + data.len()` of upload `id`, as written.
+    Feed { id: u64, at: u64, data: Bytes },
+    /// The SHA3-256 of bytes `0..len` of upload `id` when the lane holds
+    /// exactly those (else `None`: hash the partial file); the lane forgets
+    /// the upload.
+    Take {
+        id: u64,
+        len: u64,
+        reply: mpsc::SyncSender<Option<[u8; 32]>>,
+    },
+    /// The upload is gone.
+    Forget { id: u64 },
+    /// Fsync upload `id`'s partial file, whose bytes below `upto` were
+    /// written before this was sent, and record that offset as synced.
+    Sync { id: u64, upto: u64 },
+}
+
+/// The hash lanes of a [`Files`]: running hashes live on the lane threads
+/// (one `Sha3_256` per unfinished upload that has been fed from offset 0
+/// while the server ran); the threads end when the service is dropped.
+struct HashLanes {
+    lanes: Vec<mpsc::SyncSender<HashJob>>,
+}
+
+impl HashLanes {
+    fn start(queue: usize, files: std::sync::Weak<Inner>) -> HashLanes {
+        let lanes = (0..HASH_LANES)
+            .filter_map(|i| {
+                let (tx, rx) = mpsc::sync_channel::<HashJob>(queue.max(1));
+                let files = files.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("zs-files-hash-{i}"))
+                    .spawn(move || {
+                        let mut run: HashMap<u64, (Sha3_256, u64)> = HashMap::new();
+                        for job in rx {
+                            match job {
+                                HashJob::Feed { id, at, data } => {
+                                    if at == 0 {
+                                        run.insert(id, (Sha3_256::new(), 0));
+                                    }
+                                    match run.get_mut(&id) {
+                                        Some((h, n)) if *n == at => {
+                                            h.update(&data);
+                                            *n += data.len() as u64;
+                                        }
+                                        // Bytes out of sequence: the running
+                                        // hash is void (read back at the end).
+                                        Some(_) => {
+                                            run.remove(&id);
+                                        }
+                                        None => {}
+                                    }
+                                }
+                                HashJob::Take { id, len, reply } => {
+                                    let got = run
+                                        .remove(&id)
+                                        .filter(|(_, n)| *n == len)
+                                        .map(|(h, _)| h.finalize().into());
+                                    let _ = reply.send(got);
+                                }
+                                HashJob::Forget { id } => {
+                                    run.remove(&id);
+                                }
+                                HashJob::Sync { id, upto } => {
+                                    if let Some(inner) = files.upgrade() {
+                                        Files { inner }.synced_to(id, upto);
+                                    }
+                                }
+                            }
+                        }
+                    });
+                match spawned {
+                    Ok(_) => Some(tx),
+                    Err(e) => {
+                        tracing::error!(error = %e, "files: cannot start a hash lane");
+                        None
+                    }
+                }
+            })
+            .collect();
+        HashLanes { lanes }
+    }
+
+    fn send(&self, id: u64, job: HashJob) -> bool {
+        if self.lanes.is_empty() {
+            return false;
+        }
+        // A stopped lane only costs a read-back of the partial file.
+        self.lanes[(id % self.lanes.len() as u64) as usize]
+            .send(job)
+            .is_ok()
+    }
+
+    fn feed(&self, id: u64, at: u64, data: Bytes) {
+        self.send(id, HashJob::Feed { id, at, data });
+    }
+
+    fn forget(&self, id: u64) {
+        self.send(id, HashJob::Forget { id });
+    }
+
+    /// Asks the lane to sync upload `id` up to `upto` (false: no lane).
+    fn sync(&self, id: u64, upto: u64) -> bool {
+        self.send(id, HashJob::Sync { id, upto })
+    }
+
+    /// The running hash of bytes `0..len` of upload `id`, if a lane has it.
+    fn take(&self, id: u64, len: u64) -> Option<[u8; 32]> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if !self.send(id, HashJob::Take { id, len, reply: tx }) {
+            return None;
+        }
+        rx.recv().ok().flatten()
+    }
 }
 
 /// A block signature list: per block its rolling checksum and the first 16
@@ -434,8 +563,8 @@ impl Files {
                             offset,
                             holder: None,
                             touched: Instant::now(),
-                            hasher: (offset == 0).then(Sha3_256::new),
                             busy: false,
+                            sync_asked: offset,
                         },
                     );
                 }
@@ -457,8 +586,9 @@ impl Files {
                 }
             }
         }
+        let cfg_queue = cfg.chunk_queue;
         Ok(Files {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 db,
                 cfg,
                 root,
@@ -466,6 +596,7 @@ impl Files {
                 state: Mutex::new(st),
                 idle: Condvar::new(),
                 sigs: Mutex::default(),
+                lanes: HashLanes::start(cfg_queue, weak.clone()),
             }),
         })
     }
@@ -871,15 +1002,20 @@ impl Files {
             *x = x.saturating_sub(u.rec.size);
         }
         let _ = std::fs::remove_file(self.part(id));
+        self.inner.lanes.forget(id);
         Ok(())
     }
 
     /// Starts or resumes an upload of `size` bytes with SHA3-256 `hash` to
     /// `path` for connection `peer`: an instant upload when the server holds
     /// that content already in the public area or in this user's files (not
-    /// someone else's private file: a hash is no proof of holding it); otherwise the upload (an unfinished one of the
-    /// same path, size and hash is resumed) and where it stands. Takes the
-    /// upload's lease.
+    /// someone else's private file: a hash is no proof of holding it);
+    /// otherwise the upload and where it stands. The caller's unfinished
+    /// upload of the same path and size is resumed when its hash is the same,
+    /// or when either side announced none yet (an empty `hash`: it comes
+    /// with [`Files::announce`] or [`Files::finish_with`], and a different
+    /// one is refused there); another one is replaced. Takes the upload's
+    /// lease.
     pub fn begin(
         &self,
         peer: &Peer,
@@ -933,7 +1069,10 @@ impl Files {
             .uploads
             .iter()
             .find(|(_, u)| u.rec.owner == owner && u.rec.path == path && u.rec.by == uid)
-            .map(|(id, u)| (*id, u.rec.size == size && u.rec.hash == hash));
+            .map(|(id, u)| {
+                let hash_fits = deferred || u.rec.hash.is_empty() || u.rec.hash == hash;
+                (*id, u.rec.size == size && hash_fits)
+            });
         if let Some((id, _)) = existing {
             st = self.wait_idle(st, id);
         }
@@ -943,6 +1082,9 @@ impl Files {
             if same {
                 let u = st.uploads.get_mut(&id).expect("found");
                 Self::take_lease(u, peer, cfg.lease)?;
+                if !deferred {
+                    u.rec.hash = hash;
+                }
                 // The offset a resume continues from is a durable one.
                 self.sync_upload(u)?;
                 return Ok(UploadState {
@@ -993,8 +1135,8 @@ impl Files {
                 offset: 0,
                 holder: Some(peer.clone()),
                 touched: Instant::now(),
-                hasher: Some(Sha3_256::new()),
                 busy: false,
+                sync_asked: 0,
             },
         );
         Ok(UploadState {
@@ -1048,6 +1190,45 @@ impl Files {
         st
     }
 
+    /// The lane's background sync of upload `id`: fsync of its partial
+    /// file (every byte below `upto` was written before it was asked), then
+    /// `upto` recorded as its synced offset. A failure only leaves the
+    /// offset where it was (the next sync, a resume or `file.finish` syncs
+    /// again).
+    fn synced_to(&self, id: u64, upto: u64) {
+        if let Err(e) = File::open(self.part(id)).and_then(|f| f.sync_data()) {
+            tracing::debug!(id, error = %e, "files: background sync of a partial file");
+            return;
+        }
+        let mut st = lock(&self.inner.state);
+        let Some(u) = st.uploads.get_mut(&id) else {
+            return;
+        };
+        if u.rec.synced >= upto {
+            return;
+        }
+        let mut rec = u.rec.clone();
+        rec.synced = upto;
+        let stored = json(&rec).and_then(|j| {
+            self.inner
+                .db
+                .update(u.rec_id, Kind::Json, &j)
+                .map_err(ServiceError::storage)
+        });
+        match stored {
+            Ok(_) => u.rec.synced = upto,
+            Err(e) => tracing::warn!(id, error = %e, "files: cannot record a synced offset"),
+        }
+    }
+
+    /// Bytes of upload `id` known to be on disk (its synced offset).
+    pub fn synced(&self, id: u64) -> Option<u64> {
+        lock(&self.inner.state)
+            .uploads
+            .get(&id)
+            .map(|u| u.rec.synced)
+    }
+
     /// Makes everything written to `u` durable: fsync of the partial file,
     /// then the synced offset recorded.
     fn sync_upload(&self, u: &mut Upload) -> Result<()> {
@@ -1086,6 +1267,20 @@ impl Files {
         data: &[u8],
         check: &[u8],
     ) -> Result<(u64, u64)> {
+        self.chunk_bytes(peer, uid, id, offset, Bytes::copy_from_slice(data), check)
+    }
+
+    /// [`Files::chunk`] of bytes the server keeps (a request's, no copy): the
+    /// hash lane gets them after the write.
+    fn chunk_bytes(
+        &self,
+        peer: &Peer,
+        uid: u64,
+        id: u64,
+        offset: u64,
+        data: Bytes,
+        check: &[u8],
+    ) -> Result<(u64, u64)> {
         let cfg = &self.inner.cfg;
         if data.len() > cfg.max_chunk {
             return Err(ServiceError::new(
@@ -1093,7 +1288,7 @@ impl Files {
                 format!("a chunk has at most {} bytes", cfg.max_chunk),
             ));
         }
-        check_chunk(data, check)?;
+        check_chunk(&data, check)?;
         let part = self.part(id);
         let mut st = self.wait_idle(lock(&self.inner.state), id);
         let u = Self::upload_of(&mut st, id, uid)?;
@@ -1113,11 +1308,15 @@ impl Files {
         }
         // Written outside the lock: other uploads (and users) carry on.
         u.busy = true;
-        let mut hasher = u.hasher.take();
-        let sync = end - u.rec.synced >= cfg.sync_every;
+        // Every `sync_every` bytes a sync: in the background on the hash
+        // lane (after the bytes before it are hashed), so the writer goes on
+        // writing meanwhile; inline with `sync_every` 0 (every chunk).
+        let inline = cfg.sync_every == 0;
+        let sync = !inline && end - u.sync_asked.max(u.rec.synced) >= cfg.sync_every;
         let (rec_id, mut rec) = (u.rec_id, u.rec.clone());
         drop(st);
-        let res = (|| -> Result<()> {
+        // Ok(true): synced here.
+        let res = (|| -> Result<bool> {
             let mut f = OpenOptions::new()
                 .write(true)
                 .open(&part)
@@ -1132,20 +1331,25 @@ impl Files {
             }
             f.seek(SeekFrom::Start(offset))
                 .map_err(|e| io_err("seek partial file", e))?;
-            f.write_all(data)
+            f.write_all(&data)
                 .map_err(|e| io_err("write partial file", e))?;
-            if let Some(h) = hasher.as_mut() {
-                h.update(data);
+            // Hashed on a lane while the next chunk is written; sent before
+            // the upload stops being busy, so a `file.finish` (which waits
+            // for that) asks the lane after these bytes.
+            self.inner.lanes.feed(id, offset, data.clone());
+            if sync && self.inner.lanes.sync(id, end) {
+                return Ok(false);
             }
-            if sync {
-                f.sync_data().map_err(|e| io_err("sync partial file", e))?;
-                rec.synced = end;
-                self.inner
-                    .db
-                    .update(rec_id, Kind::Json, &json(&rec)?)
-                    .map_err(ServiceError::storage)?;
+            if !(sync || inline) {
+                return Ok(false);
             }
-            Ok(())
+            f.sync_data().map_err(|e| io_err("sync partial file", e))?;
+            rec.synced = end;
+            self.inner
+                .db
+                .update(rec_id, Kind::Json, &json(&rec)?)
+                .map_err(ServiceError::storage)?;
+            Ok(true)
         })();
         let mut st = lock(&self.inner.state);
         let mut out = Err(ServiceError::new(
@@ -1155,19 +1359,19 @@ impl Files {
         if let Some(u) = st.uploads.get_mut(&id) {
             u.busy = false;
             out = match res {
-                Ok(()) => {
+                Ok(synced_here) => {
                     u.offset = end;
-                    u.hasher = hasher;
                     if sync {
-                        u.rec = rec;
+                        u.sync_asked = end;
+                    }
+                    if synced_here {
+                        u.rec.synced = u.rec.synced.max(end);
                     }
                     Ok((u.offset, u.rec.synced))
                 }
-                Err(e) => {
-                    // The hash may hold bytes that did not count.
-                    u.hasher = None;
-                    Err(e)
-                }
+                // The lane may hold bytes that did not count: it voids its
+                // hash when the retry comes at the same offset again.
+                Err(e) => Err(e),
             };
         }
         drop(st);
@@ -1210,22 +1414,57 @@ impl Files {
                 return Err(ServiceError::new(
                     file_code::HASH_MISMATCH,
                     format!(
-                        "the hash {h} is not the one announced at file.begin ({})",
+                        "the hash {h} is not the one announced before ({})",
                         u.rec.hash
                     ),
                 ))
             }
             (false, _) => u.rec.hash.clone(),
         };
+        // The sync and the hash (the lane's, or a read-back of the partial
+        // file after a restart: seconds for a large file) run outside the
+        // state lock; the upload is busy meanwhile.
+        let (size, unsynced) = (u.rec.size, u.rec.synced < u.offset);
+        u.busy = true;
+        drop(st);
         let part = self.part(id);
-        if u.rec.synced < u.offset {
-            File::open(&part)
-                .and_then(|f| f.sync_data())
-                .map_err(|e| io_err("sync partial file", e))?;
+        let got = (|| -> Result<String> {
+            if unsynced {
+                File::open(&part)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| io_err("sync partial file", e))?;
+            }
+            Ok(hex(&match self.inner.lanes.take(id, size) {
+                Some(h) => h,
+                None => hash_file(&part, size).map_err(|e| io_err("hash partial file", e))?,
+            }))
+        })();
+        let mut st = lock(&self.inner.state);
+        let out = self.finish_locked(&mut st, uid, id, got, announced);
+        if let Some(u) = st.uploads.get_mut(&id) {
+            u.busy = false;
         }
-        let got = match u.hasher.take() {
-            Some(h) => hex(&h.finalize()),
-            None => hex(&hash_file(&part, u.rec.size).map_err(|e| io_err("hash partial file", e))?),
+        drop(st);
+        self.inner.idle.notify_all();
+        out
+    }
+
+    /// The end of [`Files::finish_with`], under the state lock again: `got`
+    /// is the hash of the bytes received.
+    fn finish_locked(
+        &self,
+        st: &mut State,
+        uid: u64,
+        id: u64,
+        got: Result<String>,
+        announced: String,
+    ) -> Result<()> {
+        let got = got?;
+        let Some(u) = st.uploads.get(&id) else {
+            return Err(ServiceError::new(
+                file_code::NO_UPLOAD,
+                format!("upload {id} is gone"),
+            ));
         };
         if got != announced {
             // The running hash is spent: a retry re-reads the partial file.
@@ -1238,7 +1477,8 @@ impl Files {
         }
         let mut rec = u.rec.clone();
         rec.hash = announced;
-        Self::check_parent(&st, rec.owner, &rec.path)?;
+        Self::check_parent(st, rec.owner, &rec.path)?;
+        let part = self.part(id);
         let blob = self.blob(&rec.hash);
         if blob.exists() {
             let _ = std::fs::remove_file(&part);
@@ -1254,7 +1494,49 @@ impl Files {
         if let Some(x) = st.usage.get_mut(&uid) {
             *x = x.saturating_sub(rec.size);
         }
-        self.put_entry(&mut st, uid, rec.owner, &rec.path, rec.size, &rec.hash)
+        self.put_entry(st, uid, rec.owner, &rec.path, rec.size, &rec.hash)
+    }
+
+    /// Announces the SHA3-256 of upload `id` (begun without one) once the
+    /// client knows it, while its chunks are still being sent: when the
+    /// server holds that content where the caller may claim it (as for an
+    /// instant upload at [`Files::begin`]) the file is completed by
+    /// reference at once, the upload and its bytes dropped, and the answer
+    /// is `true` (a "late instant upload": the client stops sending; chunks
+    /// still in flight are answered [`file_code::NO_UPLOAD`]). Otherwise the
+    /// hash is kept for [`Files::finish`] and the answer is `false`. A hash
+    /// other than one announced before is [`file_code::HASH_MISMATCH`] (the
+    /// bytes held are another content's: abort and start again).
+    pub fn announce(&self, peer: &Peer, uid: u64, id: u64, hash: &[u8]) -> Result<bool> {
+        if hash.len() != 32 {
+            return Err(ServiceError::bad("the hash is SHA3-256: 32 bytes"));
+        }
+        let h = hex(hash);
+        let mut st = self.wait_idle(lock(&self.inner.state), id);
+        let u = Self::upload_of(&mut st, id, uid)?;
+        Self::take_lease(u, peer, self.inner.cfg.lease)?;
+        if !u.rec.hash.is_empty() && u.rec.hash != h {
+            return Err(ServiceError::new(
+                file_code::HASH_MISMATCH,
+                format!(
+                    "upload {id} holds content announced as {}, not {h}: abort it and start again",
+                    u.rec.hash
+                ),
+            ));
+        }
+        let (owner, path, size) = (u.rec.owner, u.rec.path.clone(), u.rec.size);
+        let may_claim = (st.holders.contains_key(&(h.clone(), 0))
+            || st.holders.contains_key(&(h.clone(), uid)))
+            && self.blob(&h).exists();
+        if !may_claim {
+            Self::upload_of(&mut st, id, uid)?.rec.hash = h;
+            return Ok(false);
+        }
+        self.check_target(&st, uid, owner, &path)?;
+        self.check_count(&st, uid)?;
+        self.drop_upload(&mut st, id)?;
+        self.put_entry(&mut st, uid, owner, &path, size, &h)?;
+        Ok(true)
     }
 
     /// Concatenates unfinished uploads `parts` of the caller (tus
@@ -1320,8 +1602,8 @@ impl Files {
                 // Began without a hash: the joined hash below covers it.
                 continue;
             }
-            let got = match u.hasher.take() {
-                Some(h) => hex(&h.finalize()),
+            let got = match self.inner.lanes.take(*id, u.rec.size) {
+                Some(h) => hex(&h),
                 None => hex(&hash_file(&self.part(*id), u.rec.size)
                     .map_err(|e| io_err("hash partial file", e))?),
             };
@@ -1557,22 +1839,20 @@ impl Files {
             .map_err(|e| io_err("trim partial file", e))?;
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| io_err("seek partial file", e))?;
-        let mut hasher = u.hasher.take();
-        let mut buf = vec![0u8; (256 << 10).min(len as usize)];
         let mut left = len;
         while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            src.read_exact(&mut buf[..n])
+            let n = left.min(256 << 10) as usize;
+            let mut buf = vec![0u8; n];
+            src.read_exact(&mut buf)
                 .map_err(|e| io_err("read base file (shorter than its entry?)", e))?;
-            f.write_all(&buf[..n])
+            f.write_all(&buf)
                 .map_err(|e| io_err("write partial file", e))?;
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf[..n]);
-            }
+            self.inner
+                .lanes
+                .feed(id, offset + (len - left), Bytes::from(buf));
             left -= n as u64;
         }
         u.offset += len;
-        u.hasher = hasher;
         if u.offset - u.rec.synced >= cfg.sync_every {
             self.sync_upload(u)?;
         }
@@ -1638,9 +1918,9 @@ impl Files {
         let mut rd = df.reader();
         let id = rd.read_u64()?;
         let offset = rd.read_u64()?;
-        let data = rd.read_slice()?;
+        let data = rd.read_bytes()?;
         let check = rd.read_slice()?;
-        let (offset, synced) = self.chunk(peer, uid, id, offset, data, check)?;
+        let (offset, synced) = self.chunk_bytes(peer, uid, id, offset, data, check)?;
         Ok(DataFrame::new().with(offset).with(synced))
     }
 
@@ -1711,6 +1991,11 @@ impl Files {
             };
             f.finish_with(peer, uid, id, hash)?;
             Ok(DataFrame::new())
+        });
+        self.command(r, "file.hash", |f, peer, uid, rd| {
+            let id = rd.read_u64()?;
+            let instant = f.announce(peer, uid, id, rd.read_slice()?)?;
+            Ok(DataFrame::new().with(instant))
         });
         self.command(r, "file.concat", |f, peer, uid, rd| {
             let space = Space::parse(rd.read_str()?)?;

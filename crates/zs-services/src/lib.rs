@@ -23,8 +23,11 @@
 //! - **Files** ([`Files`], when a root directory is given: [`Services::open_dir`]
 //!   uses `<dir>/files`): a private space per user and a public area;
 //!   resumable uploads (ask where an upload stands, continue from there) with a
-//!   SHA3-256 per chunk and of the whole file, content-addressed dedup with
-//!   instant upload, ranged download, list/mkdir/rename/delete, quotas, one
+//!   CRC-32 (or SHA3-256) per chunk and the SHA3-256 of the whole file, sent at
+//!   once while the client hashes beside the transfer and announces the hash
+//!   when known (`file.hash`), content-addressed dedup with instant upload (at
+//!   `file.begin`, or late: completed by reference once the hash is known),
+//!   ranged download, list/mkdir/rename/delete, quotas, one
 //!   writer per upload with a lease, expiry of abandoned uploads, delta upload
 //!   of a changed file (rsync's rolling checksums against the server's copy);
 //!   user paths are checked and never reach the file system.

@@ -319,7 +319,52 @@ enum Job {
     },
 }
 
-impl Job {
+/// Work a pipeline thread takes in batches: answered with an error when the
+/// service is gone.
+trait Fail {
+    fn fail(self, e: ServiceError);
+}
+
+/// Starts thread `name`: it takes whatever `rx` holds when an item arrives
+/// (at most `max`) as one batch and runs `step` on it with the service,
+/// which it holds weakly: once the service is dropped, the batch is failed
+/// and the thread ends (so does it when `rx`'s senders are gone).
+fn spawn_batches<T: Fail + Send + 'static>(
+    name: &str,
+    inner: &Arc<Inner>,
+    rx: std::sync::mpsc::Receiver<T>,
+    max: usize,
+    step: impl Fn(Messages, Vec<T>) + Send + 'static,
+) -> Result<()> {
+    let weak = Arc::downgrade(inner);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < max {
+                    match rx.try_recv() {
+                        Ok(x) => batch.push(x),
+                        Err(_) => break,
+                    }
+                }
+                let Some(inner) = weak.upgrade() else {
+                    for x in batch {
+                        x.fail(ServiceError::new(
+                            code::STORAGE,
+                            "the message service stopped",
+                        ));
+                    }
+                    return;
+                };
+                step(Messages { inner }, batch);
+            }
+        })
+        .map(drop)
+        .map_err(|e| ServiceError::new(code::STORAGE, format!("cannot start {name}: {e}")))
+}
+
+impl Fail for Job {
     fn fail(self, e: ServiceError) {
         match self {
             Job::Send { reply, .. } => reply(Err(e)),
@@ -395,7 +440,7 @@ struct Done {
     wrote: bool,
 }
 
-impl Done {
+impl Fail for Done {
     fn fail(self, e: ServiceError) {
         for o in self.out {
             o.fail(e.clone());
@@ -494,7 +539,6 @@ impl Messages {
             state: Mutex::new(st),
             jobs,
         });
-        let stopped = || ServiceError::new(code::STORAGE, "the message service stopped");
         // Two threads, a pipeline: the planner takes every job queued
         // meanwhile, checks it and writes the batch into the store's buffer;
         // the syncer fsyncs whatever batches are buffered (one fsync for all
@@ -504,57 +548,17 @@ impl Messages {
         // stop when it is dropped (their queues' senders go with it).
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Done>(PIPELINE_DEPTH);
         if immediate {
-            let weak = Arc::downgrade(&inner);
-            std::thread::Builder::new()
-                .name("zs-msg-sync".into())
-                .spawn(move || {
-                    while let Ok(first) = done_rx.recv() {
-                        let mut dones = vec![first];
-                        while let Ok(d) = done_rx.try_recv() {
-                            dones.push(d);
-                        }
-                        let Some(inner) = weak.upgrade() else {
-                            for d in dones {
-                                d.fail(stopped());
-                            }
-                            return;
-                        };
-                        Messages { inner }.sync_and_deliver(dones);
-                    }
-                })
-                .map_err(|e| {
-                    ServiceError::new(code::STORAGE, format!("cannot start the syncer: {e}"))
-                })?;
-        }
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("zs-msg-commit".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(j) => batch.push(j),
-                            Err(_) => break,
-                        }
-                    }
-                    let Some(inner) = weak.upgrade() else {
-                        for j in batch {
-                            j.fail(stopped());
-                        }
-                        return;
-                    };
-                    let m = Messages { inner };
-                    if let Some(done) = m.run_batch(batch) {
-                        if let Err(std::sync::mpsc::SendError(d)) = done_tx.send(done) {
-                            d.fail(ServiceError::new(code::STORAGE, "the syncer stopped"));
-                        }
-                    }
-                }
-            })
-            .map_err(|e| {
-                ServiceError::new(code::STORAGE, format!("cannot start the committer: {e}"))
+            spawn_batches("zs-msg-sync", &inner, done_rx, usize::MAX, |m, dones| {
+                m.sync_and_deliver(dones)
             })?;
+        }
+        spawn_batches("zs-msg-commit", &inner, rx, MAX_BATCH, move |m, batch| {
+            if let Some(done) = m.run_batch(batch) {
+                if let Err(std::sync::mpsc::SendError(d)) = done_tx.send(done) {
+                    d.fail(ServiceError::new(code::STORAGE, "the syncer stopped"));
+                }
+            }
+        })?;
         Ok(Messages { inner })
     }
 

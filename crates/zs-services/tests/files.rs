@@ -656,10 +656,15 @@ fn resume_continues_from_the_synced_offset() {
             let mut rd = r.reader();
             (rd.read_u64().unwrap(), rd.read_u64().unwrap())
         };
+        let files = rig.services.files.clone().unwrap();
         // Under sync_every: written, not synced.
         assert_eq!(raw(0, 60_000), (60_000, 0));
-        // Past it: synced.
-        assert_eq!(raw(60_000, 60_000), (120_000, 120_000));
+        assert_eq!(files.synced(st.id), Some(0));
+        // Past it: synced in the background, and recorded.
+        assert_eq!(raw(60_000, 60_000).0, 120_000);
+        eventually("the background sync", || {
+            files.synced(st.id) == Some(120_000)
+        });
         assert_eq!(raw(120_000, 30_000), (150_000, 120_000));
         part = dir
             .path()
@@ -1116,6 +1121,42 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// `upload_hashing` of bytes in memory to a private path.
+trait UploadCut {
+    /// Uploads `body` to `path` in chunks of [`CHUNK`], the reader failing
+    /// ("cut") from offset `cut_from` on.
+    fn upload_cut(
+        &self,
+        path: &str,
+        body: &[u8],
+        cut_from: u64,
+    ) -> zs_services::Result<zs_services::UploadReport>;
+}
+
+impl UploadCut for ServicesClient {
+    fn upload_cut(
+        &self,
+        path: &str,
+        body: &[u8],
+        cut_from: u64,
+    ) -> zs_services::Result<zs_services::UploadReport> {
+        self.upload_hashing(
+            Space::Private,
+            path,
+            body.len() as u64,
+            CHUNK,
+            |at, buf| {
+                if at >= cut_from {
+                    return Err(zs_services::ServiceError::new(code::CLIENT, "cut"));
+                }
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+            |_, _| {},
+        )
+    }
+}
+
 #[test]
 fn an_upload_hashed_while_sent_is_checked_at_finish_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -1124,38 +1165,11 @@ fn an_upload_hashed_while_sent_is_checked_at_finish_and_resumes() {
     let body = data(21, SIZE);
     let len = body.len() as u64;
     // Cut off: the reader fails past a third of the file.
-    let e = ann
-        .upload_hashing(
-            Space::Private,
-            "h",
-            len,
-            CHUNK,
-            |at, buf| {
-                if at > len / 3 {
-                    return Err(zs_services::ServiceError::new(code::CLIENT, "cut"));
-                }
-                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
-                Ok(())
-            },
-            |_, _| {},
-        )
-        .unwrap_err();
+    let e = ann.upload_cut("h", &body[..], len / 3 + 1).unwrap_err();
     assert_eq!(e.message, "cut");
     assert_eq!(rig.services.files.as_ref().unwrap().uploads(), 1);
     // Run again: resumed where the server stands, only the rest sent.
-    let rep = ann
-        .upload_hashing(
-            Space::Private,
-            "h",
-            len,
-            CHUNK,
-            |at, buf| {
-                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
-                Ok(())
-            },
-            |_, _| {},
-        )
-        .unwrap();
+    let rep = ann.upload_cut("h", &body[..], u64::MAX).unwrap();
     assert!(!rep.instant && rep.resumed_from > 0, "{rep:?}");
     assert_eq!(rep.resumed_from + rep.sent, len);
     let out = dir.path().join("h.out");
@@ -1167,27 +1181,7 @@ fn an_upload_hashed_while_sent_is_checked_at_finish_and_resumes() {
 
     // By hand: no hash at begin (never an instant upload, although the
     // server holds this content), so finish must bring the right one.
-    let begin = |path: &str| {
-        let df = ann
-            .client()
-            .call_stream(
-                "file.begin",
-                zs_wire::DataFrame::new()
-                    .with("private")
-                    .with(path)
-                    .with(len)
-                    .with(Vec::new()),
-            )
-            .wait()
-            .unwrap();
-        let mut r = df.reader();
-        (
-            r.read_u64().unwrap(),
-            r.read_u64().unwrap(),
-            r.read_bool().unwrap(),
-        )
-    };
-    let (id, off, instant) = begin("h2");
+    let (id, off, instant) = begin_deferred(&ann, "h2", len);
     assert_eq!((off, instant), (0, false));
     let mut at = 0;
     while at < len {
@@ -1312,20 +1306,7 @@ fn a_failed_upload_returns_only_after_its_chunks_in_flight_are_answered() {
     let first = {
         let (ann, body) = (ann.clone(), body.clone());
         std::thread::spawn(move || {
-            let r = ann.upload_hashing(
-                Space::Private,
-                "held",
-                len,
-                CHUNK,
-                |at, buf| {
-                    if at > HOLD_AT {
-                        return Err(zs_services::ServiceError::new(code::CLIENT, "cut"));
-                    }
-                    buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
-                    Ok(())
-                },
-                |_, _| {},
-            );
+            let r = ann.upload_cut("held", &body[..], HOLD_AT + 1);
             let _ = done_tx.send(());
             r
         })
@@ -1347,19 +1328,7 @@ fn a_failed_upload_returns_only_after_its_chunks_in_flight_are_answered() {
         "the failed upload returned while one of its chunks was unanswered"
     );
     // The retry on the same connection resumes after the held chunk.
-    let rep = ann
-        .upload_hashing(
-            Space::Private,
-            "held",
-            len,
-            CHUNK,
-            |at, buf| {
-                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
-                Ok(())
-            },
-            |_, _| {},
-        )
-        .unwrap();
+    let rep = ann.upload_cut("held", &body[..], u64::MAX).unwrap();
     assert_eq!(rep.resumed_from, HOLD_AT + CHUNK as u64, "{rep:?}");
     assert_eq!(rep.resumed_from + rep.sent, len);
     let out = dir.path().join("held.out");
@@ -1396,4 +1365,173 @@ fn block_signatures_are_kept_for_the_next_delta_within_their_bound() {
     assert_eq!(a1, a1_again);
     // What the client sees through file.signature is the same list.
     assert_eq!(c.signature(Space::Private, "a", 2048).unwrap(), *a1);
+}
+
+/// Begins an upload of `len` bytes to `path` without a hash (by hand):
+/// (id, offset, instant).
+fn begin_deferred(c: &ServicesClient, path: &str, len: u64) -> (u64, u64, bool) {
+    let df = c
+        .client()
+        .call_stream(
+            "file.begin",
+            zs_wire::DataFrame::new()
+                .with("private")
+                .with(path)
+                .with(len)
+                .with(Vec::new()),
+        )
+        .wait()
+        .unwrap();
+    let mut r = df.reader();
+    (
+        r.read_u64().unwrap(),
+        r.read_u64().unwrap(),
+        r.read_bool().unwrap(),
+    )
+}
+
+#[test]
+fn a_hash_announced_while_sending_completes_known_content_by_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let files = rig.services.files.clone().unwrap();
+    let ann = rig.user("ann");
+    let bob = rig.user("bob");
+    let ann_id = rig.services.accounts.resolve("ann").unwrap();
+    let body = data(31, SIZE);
+    let (len, hash) = (body.len() as u64, sha3(&body));
+    let piece = |at: u64| &body[at as usize..(at as usize + CHUNK).min(body.len())];
+    let local = dir.path().join("known");
+    std::fs::write(&local, &body).unwrap();
+    ann.upload_file(Space::Private, &local, "a", CHUNK, |_, _| {})
+        .unwrap();
+    assert_eq!(files.usage(ann_id), len);
+
+    // Two chunks sent, then the hash is known: the server holds it.
+    let (id, _, _) = begin_deferred(&ann, "b", len);
+    let mut at = 0;
+    for _ in 0..2 {
+        at = ann.upload_chunk(id, at, piece(at)).unwrap();
+    }
+    assert!(
+        ann.announce_hash(id, &hash).unwrap(),
+        "completed by reference"
+    );
+    assert_eq!(
+        code_of(ann.upload_chunk(id, at, piece(at))),
+        file_code::NO_UPLOAD,
+        "a chunk after that finds no upload"
+    );
+    assert_eq!(files.uploads(), 0);
+    assert_eq!(files.partial_bytes(), 0);
+    let b = ann.list_files(Space::Private, "b").unwrap();
+    assert_eq!((b[0].size, b[0].hash.clone()), (len, hex(&hash)));
+    assert_eq!(
+        files.usage(ann_id),
+        2 * len,
+        "the reservation became the file's charge"
+    );
+    let blobs = std::fs::read_dir(dir.path().join("files/blobs"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 1, "one blob for both");
+
+    // bob knows the hash, not the bytes: he must send them all.
+    let (id, _, _) = begin_deferred(&bob, "mine", len);
+    let at = bob.upload_chunk(id, 0, piece(0)).unwrap();
+    assert!(!bob.announce_hash(id, &hash).unwrap());
+    let mut wrong = hash;
+    wrong[0] ^= 1;
+    assert_eq!(
+        code_of(bob.announce_hash(id, &wrong)),
+        file_code::HASH_MISMATCH,
+        "a second, different hash is refused"
+    );
+    assert_eq!(
+        code_of(bob.announce_hash(id + 1000, &hash)),
+        file_code::NO_UPLOAD
+    );
+    let mut at = at;
+    while at < len {
+        at = bob.upload_chunk(id, at, piece(at)).unwrap();
+    }
+    bob.upload_finish(id).unwrap();
+    assert_eq!(
+        bob.list_files(Space::Private, "mine").unwrap()[0].hash,
+        hex(&hash)
+    );
+}
+
+#[test]
+fn a_late_instant_upload_stops_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let files = rig.services.files.clone().unwrap();
+    let ann = rig.user("ann");
+    let ann_id = rig.services.accounts.resolve("ann").unwrap();
+    // Larger than one window of chunks: sent at once, hashed alongside.
+    let body = data(33, 2 * SIZE);
+    let len = body.len() as u64;
+    let window = zs_services::UPLOAD_WINDOW as u64;
+    assert!(len > (3 + window) * CHUNK as u64);
+    let local = dir.path().join("known");
+    std::fs::write(&local, &body).unwrap();
+    let first = ann
+        .upload_file(Space::Private, &local, "a", CHUNK, |_, _| {})
+        .unwrap();
+    assert!(!first.instant && first.sent == len);
+    // The sender (not the hashing thread) is held at its third chunk until
+    // the server has completed the file by reference.
+    let rep = ann
+        .upload_hashing(
+            Space::Private,
+            "c",
+            len,
+            CHUNK,
+            |at, buf| {
+                if std::thread::current().name() != Some("zs-upload-hash") && at >= 2 * CHUNK as u64
+                {
+                    eventually("the file completed by reference", || {
+                        files.stat(ann_id, Space::Private, "c").is_ok()
+                    });
+                }
+                buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .unwrap();
+    assert!(rep.instant, "{rep:?}");
+    // Chunk 2 is answered "no upload"; by then at most a window more went.
+    assert!(
+        rep.sent <= (3 + window) * CHUNK as u64 && rep.sent < len,
+        "the sender stopped: {rep:?}"
+    );
+    assert_eq!(files.uploads(), 0);
+    let out = dir.path().join("c.out");
+    ann.download_file(Space::Private, "c", &out, CHUNK as u32, |_, _| {})
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), body);
+}
+
+#[test]
+fn a_resumed_upload_of_changed_content_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let ann = rig.user("ann");
+    let old = data(35, SIZE);
+    let new = data(36, SIZE);
+    let len = old.len() as u64;
+    // The old content is cut off half way.
+    let e = ann.upload_cut("f", &old[..], len / 2).unwrap_err();
+    assert_eq!(e.message, "cut");
+    // The same path and size with other bytes: the first try resumes and
+    // finds the held bytes are another content's; the second sends it all.
+    let rep = ann.upload_cut("f", &new[..], u64::MAX).unwrap();
+    assert_eq!((rep.instant, rep.resumed_from, rep.sent), (false, 0, len));
+    let out = dir.path().join("f.out");
+    ann.download_file(Space::Private, "f", &out, CHUNK as u32, |_, _| {})
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), new);
+    assert_eq!(rig.services.files.as_ref().unwrap().uploads(), 0);
 }

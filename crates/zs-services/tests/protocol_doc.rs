@@ -55,6 +55,11 @@ fn expected(name: &str) -> Vec<u8> {
             .with(crc32fast::hash(b"abc").to_le_bytes().to_vec())
             .to_bytes()
             .to_vec(),
+        "hash-request" => {
+            zs_services::client::file_hash_request(5, &zs_crypto::hash::sha3_256(b"abc"))
+                .to_bytes()
+                .to_vec()
+        }
         "message-record" => encode_message_record(2, 1, 7, 1000, 2000, b"hi"),
         "pair-record" => encode_pair_record(1, 2, 7),
         other => panic!("unknown example {other}"),
@@ -74,6 +79,7 @@ fn examples_match_the_encoders() {
         [
             "login-request",
             "send-request",
+            "hash-request",
             "chunk-request",
             "message-record",
             "pair-record"
