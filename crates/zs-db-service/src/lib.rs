@@ -79,7 +79,9 @@ pub mod proto;
 mod server;
 
 pub use access::{Access, Identity, User, ACCESS_DB};
-pub use client::{DbClient, Error, FastPost, FastPostConfig, RemoteQuery, Result, WatchStream};
+pub use client::{
+    DbClient, Error, FastPost, FastPostConfig, GetSink, RemoteQuery, Result, WatchStream,
+};
 pub use fanout::{fan_out, FanOut, FanOutConfig, MergeOrder, ServerFailure};
 pub use filter::{compile_expr, ExprFilter, FilterFunction, PARAM_PREFIX};
 pub use proto::{

@@ -33,6 +33,9 @@ pub mod errcode {
     pub const LIMIT: u32 = 429;
     /// A procedure gave up (its body aborted; nothing was committed).
     pub const ABORTED: u32 = 422;
+    /// The service has ended (its last [`DbService`](crate::DbService) handle
+    /// was dropped while a connection still had its commands).
+    pub const GONE: u32 = 410;
     /// The store failed.
     pub const STORE: u32 = 500;
     /// A procedure conflicted on every attempt of its redo budget (nothing was
@@ -338,6 +341,12 @@ pub enum Request {
         /// The level.
         access: crate::Access,
     },
+    /// The access rules naming `db` or `*` (`*`: every rule); needs
+    /// [`crate::Access::Admin`] on `db`. Answered with [`Answer::Rules`].
+    Rules {
+        /// Database name or `*`.
+        db: String,
+    },
 }
 
 /// State of a query as reported by [`Answer::Progress`].
@@ -376,6 +385,8 @@ pub enum Answer {
     Progress(QueryProgress),
     /// A procedure's result.
     Bytes(Bytes),
+    /// Access rules: (database or `*`, user or `*`, access), sorted.
+    Rules(Vec<(String, String, crate::Access)>),
 }
 
 /// How a query ended.
@@ -642,6 +653,7 @@ const R_WATCH: u8 = 0x40;
 const R_UNWATCH: u8 = 0x41;
 const R_CALL: u8 = 0x50;
 const R_GRANT: u8 = 0x60;
+const R_RULES: u8 = 0x61;
 
 /// Encodes `Request::Get { db, id }` (the same bytes as [`Request::encode`])
 /// in one allocation of the exact size, without an owned name.
@@ -682,6 +694,36 @@ pub fn encode_record_answer(id: u64, kind: Kind, data: &[u8]) -> Bytes {
     b.put_u8(kind as u8);
     put_bytes(&mut b, data);
     b.freeze()
+}
+
+/// Reads the answer to a GET in place: the record borrowed from `src`
+/// (`Ok(None)`: no such record). Accepts exactly what [`Answer::decode`]
+/// accepts as an [`Answer::Record`] (bounds, kind, `lim.max_value`, no
+/// trailing bytes), without copying the value.
+pub fn record_answer<'a>(src: &'a [u8], lim: &Limits) -> Result<Option<RecordRef<'a>>, DecodeError> {
+    match src.split_first() {
+        Some((5, [])) => Ok(None),
+        Some((6, rest)) if rest.len() >= 13 => {
+            let id = u64::from_le_bytes(rest[..8].try_into().unwrap_or_default());
+            let Some(kind) = Kind::from_tag(rest[8]) else {
+                return bad("kind");
+            };
+            let len = u32::from_le_bytes(rest[9..13].try_into().unwrap_or_default()) as usize;
+            if len > lim.max_value {
+                return bad("value too large");
+            }
+            if rest.len() - 13 != len {
+                return bad("record length");
+            }
+            Ok(Some(RecordRef {
+                id,
+                kind,
+                data: &rest[13..],
+            }))
+        }
+        Some((5 | 6, _)) => bad("record answer"),
+        _ => bad("not a record answer"),
+    }
 }
 
 impl Request {
@@ -832,6 +874,10 @@ impl Request {
                 put_str(&mut b, user);
                 b.put_u8(*access as u8);
             }
+            Request::Rules { db } => {
+                b.put_u8(R_RULES);
+                put_str(&mut b, db);
+            }
         }
         b.freeze()
     }
@@ -953,6 +999,7 @@ impl Request {
                     None => return bad("access level"),
                 },
             },
+            R_RULES => Request::Rules { db: r.str()? },
             _ => return bad("request code"),
         };
         r.end()?;
@@ -1192,6 +1239,15 @@ impl Answer {
                 b.put_u8(8);
                 put_bytes(&mut b, v);
             }
+            Answer::Rules(v) => {
+                b.put_u8(9);
+                b.put_u32_le(v.len() as u32);
+                for (db, user, access) in v {
+                    put_str(&mut b, db);
+                    put_str(&mut b, user);
+                    b.put_u8(*access as u8);
+                }
+            }
         }
         b.freeze()
     }
@@ -1223,6 +1279,19 @@ impl Answer {
                 done: r.bool()?,
             }),
             8 => Answer::Bytes(r.bytes(lim.max_args)?),
+            9 => {
+                // each rule takes at least 5 bytes (two empty names and a level)
+                let n = r.count(1 << 20, 5)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (db, user) = (r.str()?, r.str()?);
+                    match crate::Access::from_u8(r.u8()?) {
+                        Some(a) => v.push((db, user, a)),
+                        None => return bad("access level"),
+                    }
+                }
+                Answer::Rules(v)
+            }
             _ => return bad("answer code"),
         };
         r.end()?;
@@ -1427,6 +1496,56 @@ pub fn from_frame(df: &zs_wire::DataFrame) -> Result<Bytes, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_borrowed_record_answer_agrees_with_the_general_decoder() {
+        let lim = Limits {
+            max_value: 8,
+            ..Limits::default()
+        };
+        let rec = Record {
+            id: 9,
+            kind: Kind::Json,
+            data: b"{}".to_vec(),
+        };
+        let mut cases = vec![
+            Answer::Record(None).encode().to_vec(),
+            Answer::Record(Some(rec.clone())).encode().to_vec(),
+            encode_record_answer(1, Kind::Raw, &[7; 9]).to_vec(), // over max_value
+            Answer::Id(3).encode().to_vec(),
+            vec![5, 0],
+            vec![],
+        ];
+        let good = cases[1].clone();
+        for cut in 0..good.len() {
+            cases.push(good[..cut].to_vec());
+        }
+        let mut bad_kind = good.clone();
+        bad_kind[9] = 200;
+        cases.push(bad_kind);
+        let mut long = good.clone();
+        long.push(0);
+        cases.push(long);
+        for c in &cases {
+            let general = Answer::decode(&Bytes::from(c.clone()), &lim);
+            let borrowed = record_answer(c, &lim);
+            match (&general, &borrowed) {
+                (Ok(Answer::Record(a)), Ok(b)) => assert_eq!(
+                    a.as_ref().map(|r| (r.id, r.kind, &r.data[..])),
+                    b.map(|r| (r.id, r.kind, r.data)),
+                    "{c:?}"
+                ),
+                (Ok(Answer::Record(_)), Err(_)) => panic!("{c:?}: refused in place"),
+                (_, Ok(_)) => panic!("{c:?}: accepted in place only"),
+                (_, Err(_)) => {}
+            }
+        }
+        assert_eq!(
+            record_answer(&good, &lim).unwrap().unwrap().data,
+            b"{}",
+            "read in place"
+        );
+    }
 
     #[test]
     fn get_fast_path_bytes_match_the_general_codec() {

@@ -507,7 +507,8 @@ impl DbService {
         self.svc.rules.set(db, user, access)
     }
 
-    /// The rules naming `db` or `*`: (database, user, access), sorted.
+    /// The rules naming `db` or `*` (every rule for `db` = `*`):
+    /// (database, user, access), sorted.
     pub fn rules(&self, db: &str) -> Vec<(String, String, Access)> {
         self.svc.rules.list(db)
     }
@@ -533,11 +534,29 @@ impl DbService {
     }
 
     /// Adds the service's commands to `reg`.
+    ///
+    /// The registry holds the service weakly: it serves while a [`DbService`]
+    /// handle lives (keep one for as long as the server runs); after the last
+    /// handle is dropped a request is refused with
+    /// [`errcode::GONE`](crate::proto::errcode::GONE). A session
+    /// reaches its registry, and sessions outlive a server in whatever holds
+    /// their [`Peer`]s (the accounts service keeps the logged-in ones, a
+    /// FastPost stream or a watch its own): a strong reference here would make
+    /// a cycle that kept the service, its files and their locks alive forever.
     pub fn register(&self, reg: &mut Registry) {
-        let s = self.svc.clone();
-        reg.stream_delayed(cmd::REQUEST, move |peer, df, r| s.request(peer, &df, r));
-        let s = self.svc.clone();
-        reg.complete_buffer(cmd::ONEWAY, move |peer, data| s.oneway(peer, data));
+        let s = Arc::downgrade(&self.svc);
+        reg.stream_delayed(cmd::REQUEST, move |peer, df, r| match s.upgrade() {
+            Some(svc) => svc.request(peer, &df, r),
+            None => {
+                let _ = r.reply_error(errcode::GONE, "the DB service has ended");
+            }
+        });
+        let s = Arc::downgrade(&self.svc);
+        reg.complete_buffer(cmd::ONEWAY, move |peer, data| {
+            if let Some(svc) = s.upgrade() {
+                svc.oneway(peer, data)
+            }
+        });
     }
 }
 
@@ -887,7 +906,9 @@ impl Svc {
             Request::Close { name } | Request::Compact { name } | Request::Remove { name } => {
                 chk(name, Access::Admin)
             }
-            Request::CreateIndex { db, .. } | Request::Grant { db, .. } => chk(db, Access::Admin),
+            Request::CreateIndex { db, .. }
+            | Request::Grant { db, .. }
+            | Request::Rules { db } => chk(db, Access::Admin),
             Request::Copy { src, dst } => {
                 chk(src, Access::Read)?;
                 chk(dst, Access::Admin)
@@ -924,6 +945,12 @@ impl Svc {
                 }
                 self.rules.set(&db, &user, access).map_err(db_err)?;
                 Ok(Answer::Ok)
+            }
+            Request::Rules { db } => {
+                if db != "*" {
+                    check_client_name(&db)?;
+                }
+                Ok(Answer::Rules(self.rules.list(&db)))
             }
             Request::Open { name, create } => {
                 self.entry(&name, create)?;
