@@ -696,6 +696,37 @@ pub fn encode_record_answer(id: u64, kind: Kind, data: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// Limits that never refuse (for bytes already checked).
+const NO_LIMITS: Limits = Limits {
+    max_value: usize::MAX,
+    max_records: usize::MAX,
+    max_filter: usize::MAX,
+    max_params: usize::MAX,
+    max_args: usize::MAX,
+};
+
+/// The head of an encoded record at the start of `src` (`u64 id, kind,
+/// u32 len`): its id, kind and value length, checked against `lim.max_value`
+/// and against the bytes there (the value is `src[13..13 + len]`).
+#[inline]
+fn record_head(src: &[u8], lim: &Limits) -> Result<(u64, Kind, usize), DecodeError> {
+    let Some(head) = src.get(..13) else {
+        return bad("truncated");
+    };
+    let id = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+    let Some(kind) = Kind::from_tag(head[8]) else {
+        return bad("kind");
+    };
+    let len = u32::from_le_bytes(head[9..13].try_into().unwrap_or_default()) as usize;
+    if len > lim.max_value {
+        return bad("value too large");
+    }
+    if src.len() - 13 < len {
+        return bad("truncated");
+    }
+    Ok((id, kind, len))
+}
+
 /// Reads the answer to a GET in place: the record borrowed from `src`
 /// (`Ok(None)`: no such record). Accepts exactly what [`Answer::decode`]
 /// accepts as an [`Answer::Record`] (bounds, kind, `lim.max_value`, no
@@ -703,17 +734,10 @@ pub fn encode_record_answer(id: u64, kind: Kind, data: &[u8]) -> Bytes {
 pub fn record_answer<'a>(src: &'a [u8], lim: &Limits) -> Result<Option<RecordRef<'a>>, DecodeError> {
     match src.split_first() {
         Some((5, [])) => Ok(None),
-        Some((6, rest)) if rest.len() >= 13 => {
-            let id = u64::from_le_bytes(rest[..8].try_into().unwrap_or_default());
-            let Some(kind) = Kind::from_tag(rest[8]) else {
-                return bad("kind");
-            };
-            let len = u32::from_le_bytes(rest[9..13].try_into().unwrap_or_default()) as usize;
-            if len > lim.max_value {
-                return bad("value too large");
-            }
+        Some((6, rest)) => {
+            let (id, kind, len) = record_head(rest, lim)?;
             if rest.len() - 13 != len {
-                return bad("record length");
+                return bad("trailing bytes");
             }
             Ok(Some(RecordRef {
                 id,
@@ -721,7 +745,7 @@ pub fn record_answer<'a>(src: &'a [u8], lim: &Limits) -> Result<Option<RecordRef
                 data: &rest[13..],
             }))
         }
-        Some((5 | 6, _)) => bad("record answer"),
+        Some((5, _)) => bad("trailing bytes"),
         _ => bad("not a record answer"),
     }
 }
@@ -1031,6 +1055,33 @@ impl BatchWriter {
         BatchWriter { b, n: 0 }
     }
 
+    /// Appends `rec` to a batch of query `qid` being built in `buf`, starting
+    /// it (with room for about `capacity` bytes) when `buf` is empty: the
+    /// encoding a packed zs-db scan ([`zs_db::Query::packed`]) runs on its
+    /// worker threads. [`BatchWriter::from_packed`] takes the bytes over.
+    pub fn pack(buf: &mut Vec<u8>, qid: u64, capacity: usize, rec: &RecordRef<'_>) {
+        if buf.is_empty() {
+            buf.reserve(capacity + BATCH_RECORDS_AT);
+            buf.put_u8(1);
+            buf.put_u64_le(qid);
+            buf.put_u64_le(0);
+            buf.put_u32_le(0);
+        }
+        buf.put_u64_le(rec.id);
+        buf.put_u8(rec.kind as u8);
+        buf.put_u32_le(rec.data.len() as u32);
+        buf.put_slice(rec.data);
+    }
+
+    /// The batch of `n` records packed into `buf` by [`BatchWriter::pack`]
+    /// (no copy).
+    pub fn from_packed(buf: Vec<u8>, n: u32) -> BatchWriter {
+        BatchWriter {
+            b: BytesMut::from(Bytes::from(buf)),
+            n,
+        }
+    }
+
     /// Appends one record.
     pub fn push(&mut self, rec: &Record) {
         put_record(&mut self.b, rec);
@@ -1095,16 +1146,16 @@ impl RecordBatch {
         let qid = r.u64()?;
         let seq = r.u64()?;
         let n = r.count(lim.max_records, 13)?;
+        // one pass over the records' heads (a tight loop: this check is most
+        // of what a reader pays per record)
+        let mut rest = data.get(BATCH_RECORDS_AT..).unwrap_or_default();
         for _ in 0..n {
-            r.u64()?;
-            r.kind()?;
-            let len = r.u32()? as usize;
-            if len > lim.max_value {
-                return bad("value too large");
-            }
-            r.take(len)?;
+            let (_, _, len) = record_head(rest, lim)?;
+            rest = &rest[13 + len..];
         }
-        r.end()?;
+        if !rest.is_empty() {
+            return bad("trailing bytes");
+        }
         Ok(RecordBatch { data, qid, seq, n })
     }
 
@@ -1158,16 +1209,13 @@ pub struct RecordBatchIter<'a> {
 impl<'a> Iterator for RecordBatchIter<'a> {
     type Item = RecordRef<'a>;
     fn next(&mut self) -> Option<RecordRef<'a>> {
-        if self.left == 0 || self.rest.len() < 13 {
+        if self.left == 0 {
             return None;
         }
-        // bounds and kinds were checked by RecordBatch::parse
-        let (head, tail) = self.rest.split_at(13);
-        let id = u64::from_le_bytes(head[..8].try_into().ok()?);
-        let kind = Kind::from_tag(head[8])?;
-        let len = u32::from_le_bytes(head[9..13].try_into().ok()?) as usize;
-        let data = tail.get(..len)?;
-        self.rest = &tail[len..];
+        // checked by RecordBatch::parse (so no limit applies here)
+        let (id, kind, len) = record_head(self.rest, &NO_LIMITS).ok()?;
+        let data = &self.rest[13..13 + len];
+        self.rest = &self.rest[13 + len..];
         self.left -= 1;
         Some(RecordRef { id, kind, data })
     }
@@ -1496,6 +1544,28 @@ pub fn from_frame(df: &zs_wire::DataFrame) -> Result<Bytes, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_batches_are_the_bytes_of_pushed_ones() {
+        let recs: Vec<Record> = (1..=3u64)
+            .map(|i| Record {
+                id: i * 10,
+                kind: Kind::Json,
+                data: vec![b'x'; i as usize],
+            })
+            .collect();
+        let mut w = BatchWriter::new(4, 0, 8);
+        let mut buf = Vec::new();
+        for r in &recs {
+            w.push(r);
+            BatchWriter::pack(&mut buf, 4, 64, &r.as_ref());
+        }
+        let mut p = BatchWriter::from_packed(buf, 3);
+        p.set_seq(2);
+        w.set_seq(2);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.finish(), w.finish());
+    }
 
     #[test]
     fn the_borrowed_record_answer_agrees_with_the_general_decoder() {
