@@ -27,7 +27,7 @@
 //! pairs with these ratio names (for profiling one pair);
 //! `ZS_DBSVC_SERVER_LOOPS` (default 2) and `ZS_DBSVC_CLIENT_LOOPS` (default 1,
 //! as redis-benchmark runs one thread) set the event loops, and
-//! `ZS_DBSVC_SCAN_BATCH_KIB` (default 256) the remote scan's batch size.
+//! `ZS_DBSVC_SCAN_BATCH_KIB` (default 512) the remote scan's batch size.
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, TcpListener};
@@ -559,7 +559,7 @@ fn main() {
                 let (mut n, mut bytes) = (0u64, 0u64);
                 while t.elapsed() < dur {
                     let mut spec = QuerySpec::new("scan");
-                    spec.batch_bytes = env_loops("ZS_DBSVC_SCAN_BATCH_KIB", 256) as u32 * 1024;
+                    spec.batch_bytes = env_loops("ZS_DBSVC_SCAN_BATCH_KIB", 512) as u32 * 1024;
                     // the most a query may keep in flight by default (4 MiB)
                     spec.window = (4 << 20) / spec.batch_bytes;
                     let mut q = remote.query(spec).expect("query");
