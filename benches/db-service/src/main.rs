@@ -7,8 +7,9 @@
 //!   last answer of one arrives) vs `redis-benchmark -t get -P 16`;
 //! - one GET at a time per connection vs `redis-benchmark -t get` (pipelining 1).
 //!   Our loader is event-driven like redis-benchmark: the next request leaves
-//!   from the answer's callback on the client's event loop
-//!   ([`DbClient::get_then`]), no thread per connection;
+//!   from the answer's callback on the client's event loop, no thread per
+//!   connection; answers go to one shared sink that reads each record in place
+//!   ([`DbClient::get_to`]), as redis-benchmark's hiredis parses each reply;
 //! - a remote full scan vs zs-db's embedded parallel scan (records/s).
 //!
 //! Each case runs with 50 connections (the redis-benchmark default), and, without
@@ -611,11 +612,12 @@ fn main() {
     }
     suite.note(format!(
         "values {VALUE} B on loopback, {secs} s per sample, pairs side by side in every round, each figure the geometric mean of its samples up to that round (ratios = geometric means of the round-by-round ratios); \
-         ours: AES-256-GCM session encryption and StableIO sessions; server {srv_loops} epoll loops, clients: one epoll client loop for all connections (decrypts, decodes each answer, runs its callback) plus, for FastPost, one loader thread per connection (FastPost's post blocks on a full window); FastPost rate = records acknowledged durable during the sample, streams open across samples (after an fsync of the database; per round of all streams' queued records one fsync of their marks, the database synced every 10 ms), GETs through the full service (small cached records from the loop's lock-free answer cache); scans: both sides hand every record to the caller (remote: read in place from the received batch, embedded: owned records); \
+         ours: AES-256-GCM session encryption and StableIO sessions; server {srv_loops} epoll loops, clients: one epoll client loop for all connections (decrypts, decodes each answer, runs its callback) plus, for FastPost, one loader thread per connection (FastPost's post blocks on a full window); FastPost rate = records acknowledged durable during the sample, streams open across samples (after an fsync of the database; per round of all streams' queued records one fsync of their marks, the database synced every 10 ms), GETs through the full service (small cached records from the loop's lock-free answer cache), each answer handed to one shared sink that reads the record in place and checks its value's length (DbClient::get_to: no allocation or copy of the answer on our side of the API; redis-benchmark parses every reply with hiredis into a malloc'd reply object holding a copy of the value, then frees it); scans: both sides hand every record to the caller (remote: {scan_kib} KiB batches, up to 4 MiB in flight (the service's default cap), records read in place from the received batch after one check of its bytes, embedded: zs-db's parallel scan, owned records); \
          Redis 7: no encryption, driven by redis-benchmark -d {VALUE} (one thread, one process per sample, run length set from its previous rate) in the same run; `redis` persistence off (--save \"\" --appendonly no: acknowledged before any write), \
          `redis-aof-always` --appendonly yes --appendfsync always (fsync before the acknowledgement, the durability FastPost promises); \
          server and loaders share the machine's {} cores",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        scan_kib = env_loops("ZS_DBSVC_SCAN_BATCH_KIB", 512),
     ));
     drop(redis);
     drop(redis_aof);
