@@ -289,7 +289,11 @@ fn login_and_rules_from_the_cli() {
         .args(["db", "--dir", "zs-data/db", "rules", "*"])
         .current_dir(dir));
     assert!(ok, "{err}");
-    assert_eq!(out.trim(), "people ann write", "local listing of every rule");
+    assert_eq!(
+        out.trim(),
+        "people ann write",
+        "local listing of every rule"
+    );
     let s = serve_with(dir, &["--db-require-login"]);
     let (ok, id, err) = zs_in(
         dir,

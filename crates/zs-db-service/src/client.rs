@@ -383,7 +383,9 @@ impl DbClient {
     ) {
         let limits = self.inner.limits;
         self.connection()
-            .call_with(get_call(db, id), None, move |r| with_record(r, &limits, done));
+            .call_with(get_call(db, id), None, move |r| {
+                with_record(r, &limits, done)
+            });
     }
 
     /// A callback for [`DbClient::get_to`], made once and shared by any number

@@ -731,7 +731,10 @@ fn record_head(src: &[u8], lim: &Limits) -> Result<(u64, Kind, usize), DecodeErr
 /// (`Ok(None)`: no such record). Accepts exactly what [`Answer::decode`]
 /// accepts as an [`Answer::Record`] (bounds, kind, `lim.max_value`, no
 /// trailing bytes), without copying the value.
-pub fn record_answer<'a>(src: &'a [u8], lim: &Limits) -> Result<Option<RecordRef<'a>>, DecodeError> {
+pub fn record_answer<'a>(
+    src: &'a [u8],
+    lim: &Limits,
+) -> Result<Option<RecordRef<'a>>, DecodeError> {
     match src.split_first() {
         Some((5, [])) => Ok(None),
         Some((6, rest)) => {

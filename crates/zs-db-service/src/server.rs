@@ -906,9 +906,9 @@ impl Svc {
             Request::Close { name } | Request::Compact { name } | Request::Remove { name } => {
                 chk(name, Access::Admin)
             }
-            Request::CreateIndex { db, .. }
-            | Request::Grant { db, .. }
-            | Request::Rules { db } => chk(db, Access::Admin),
+            Request::CreateIndex { db, .. } | Request::Grant { db, .. } | Request::Rules { db } => {
+                chk(db, Access::Admin)
+            }
             Request::Copy { src, dst } => {
                 chk(src, Access::Read)?;
                 chk(dst, Access::Admin)

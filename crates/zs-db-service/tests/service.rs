@@ -125,7 +125,10 @@ fn event_loop_gets_owned_borrowed_and_through_a_shared_sink() {
     let mut ids = Vec::new();
     for i in 0..40u64 {
         let data = format!("value-{i}").into_bytes();
-        ids.push(db.insert("kv", Kind::Raw, &data, Durability::Written).unwrap());
+        ids.push(
+            db.insert("kv", Kind::Raw, &data, Durability::Written)
+                .unwrap(),
+        );
     }
     type Got = (u64, Result<Option<(u64, Vec<u8>)>, u32>);
     fn seen(tag: u64, r: zs_db_service::Result<Option<zs_db::RecordRef<'_>>>) -> Got {
@@ -140,7 +143,9 @@ fn event_loop_gets_owned_borrowed_and_through_a_shared_sink() {
         if tag == 0 {
             return (0, Err(errcode::NOT_FOUND)); // the unknown database
         }
-        let found = ids.contains(&tag).then(|| (tag, format!("value-{}", tag - ids[0]).into_bytes()));
+        let found = ids
+            .contains(&tag)
+            .then(|| (tag, format!("value-{}", tag - ids[0]).into_bytes()));
         (tag, Ok(found))
     };
     // every GET in flight at once through one sink; the ids of the last ten
@@ -157,7 +162,10 @@ fn event_loop_gets_owned_borrowed_and_through_a_shared_sink() {
         .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap())
         .collect();
     got.sort_by_key(|g| g.0);
-    let expected: Vec<Got> = std::iter::once(0).chain(asked.iter().copied()).map(want).collect();
+    let expected: Vec<Got> = std::iter::once(0)
+        .chain(asked.iter().copied())
+        .map(want)
+        .collect();
     assert_eq!(got, expected);
     // one at a time, borrowed and owned
     let (tx, rx) = mpsc::channel::<Got>();
@@ -167,10 +175,12 @@ fn event_loop_gets_owned_borrowed_and_through_a_shared_sink() {
         assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), want(id));
         let tx = tx.clone();
         db.get_then("kv", id, move |r| {
-            let r = r.map(|o| o.map(|rec| (rec.id, rec.data))).map_err(|e| match e {
-                zs_db_service::Error::Refused { code, .. } => code,
-                e => panic!("{e}"),
-            });
+            let r = r
+                .map(|o| o.map(|rec| (rec.id, rec.data)))
+                .map_err(|e| match e {
+                    zs_db_service::Error::Refused { code, .. } => code,
+                    e => panic!("{e}"),
+                });
             tx.send((id, r)).unwrap()
         });
         assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), want(id));

@@ -16,6 +16,18 @@ fn json(i: u64) -> Vec<u8> {
     format!(r#"{{"name":"user{i}","age":{}}}"#, i % 50).into_bytes()
 }
 
+/// A database in memory holding `n` JSON records (`json(0..n)`, ids 1..=n).
+fn json_db(name: &str, n: u64) -> Database {
+    let (_m, vfs) = mem();
+    let db = Database::create(vfs, name, DbOptions::default()).unwrap();
+    let mut b = Batch::new();
+    for i in 0..n {
+        b.insert(Kind::Json, json(i));
+    }
+    db.commit(&b).unwrap();
+    db
+}
+
 #[test]
 fn crud_and_reopen() {
     let (_m, vfs) = mem();
@@ -370,13 +382,7 @@ fn secondary_index_narrows_queries_and_survives_reopen() {
 
 #[test]
 fn query_order_limit_reverse_pause_stop() {
-    let (_m, vfs) = mem();
-    let db = Database::create(vfs, "q", DbOptions::default()).unwrap();
-    let mut b = Batch::new();
-    for i in 0..10_000 {
-        b.insert(Kind::Json, json(i));
-    }
-    db.commit(&b).unwrap();
+    let db = json_db("q", 10_000);
     let q = |r: &RecordRef<'_>| r.field("age") == Some(FieldValue::Int(3));
     let all = db
         .query(Query::filter(q).chunk_size(100).threads(4))
@@ -413,13 +419,7 @@ fn query_order_limit_reverse_pause_stop() {
 /// work unit, in the same order as the owned records of the same query.
 #[test]
 fn packed_queries_hold_the_same_records_in_the_same_order() {
-    let (_m, vfs) = mem();
-    let db = Database::create(vfs, "p", DbOptions::default()).unwrap();
-    let mut b = Batch::new();
-    for i in 0..3_000 {
-        b.insert(Kind::Json, json(i));
-    }
-    db.commit(&b).unwrap();
+    let db = json_db("p", 3_000);
     db.delete(7).unwrap();
     let pack: PackFn = Arc::new(|r: &RecordRef<'_>, out: &mut Vec<u8>| {
         out.extend_from_slice(&r.id.to_le_bytes());
