@@ -1,11 +1,14 @@
 //! zs-db-service payload decoders: requests, answers, pushes, one-way messages.
 //! Whatever decodes re-encodes to the same bytes. The fast paths agree with the
-//! general decoders: `peek_get` (the server's GET read in place) and
-//! `RecordBatch::parse` (the client's batch read in place).
+//! general decoders: `peek_get` (the server's GET read in place),
+//! `RecordBatch::parse` (the client's batch read in place) and `record_answer`
+//! (the client's GET answer read in place).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zs_db_service::proto::{peek_get, Answer, Limits, Oneway, Push, RecordBatch, Request};
+use zs_db_service::proto::{
+    peek_get, record_answer, Answer, Limits, Oneway, Push, RecordBatch, Request,
+};
 
 fuzz_target!(|data: &[u8]| {
     let b = bytes::Bytes::copy_from_slice(data);
@@ -38,6 +41,15 @@ fuzz_target!(|data: &[u8]| {
         }
         (Err(_), None) => {}
         (rb, g) => panic!("RecordBatch::parse {:?} vs Push::decode {:?}", rb.is_ok(), g.is_some()),
+    }
+    match (record_answer(&b, &lim), Answer::decode(&b, &lim)) {
+        (Ok(r), Ok(Answer::Record(g))) => assert_eq!(
+            r.map(|r| (r.id, r.kind, r.data.to_vec())),
+            g.map(|g| (g.id, g.kind, g.data))
+        ),
+        (Err(_), Ok(Answer::Record(_))) => panic!("record_answer refused a record answer"),
+        (Ok(_), other) => panic!("record_answer accepted what decodes as {other:?}"),
+        (Err(_), _) => {}
     }
     if let Ok(m) = Oneway::decode(&b, &lim) {
         assert_eq!(m.encode(), b);

@@ -125,6 +125,13 @@ pub(crate) enum DbCmd {
         /// none, read, write or admin.
         access: String,
     },
+    /// Print the access rules naming database NAME or `*` (`*`: every rule),
+    /// one `database user access` line each. Remote: as a user with admin
+    /// access to NAME (--user); local: the rules stored in --dir.
+    Rules {
+        /// Database name, or `*`.
+        name: String,
+    },
     /// Print the changes of records FROM..=TO as JSON lines (needs --remote).
     Watch {
         /// Database name.
@@ -302,13 +309,17 @@ fn exec(args: DbArgs) -> Result<(), String> {
         DbCmd::Grant { name, user, access } => {
             drop(env);
             let access = crate::dbsvc::parse_access(&access)?;
-            let svc = zs_db_service::DbService::open_dir(
-                &args.dir,
-                zs_db_service::ServiceConfig::default(),
-            )
-            .map_err(|e| format!("the rules in {}: {e}", args.dir.display()))?;
+            let svc = rules_service(&args.dir)?;
             svc.grant(&name, &user, access).map_err(|e| e.to_string())?;
             println!("{user} has {access:?} access to {name}");
+        }
+        DbCmd::Rules { name } => {
+            drop(env);
+            if name != "*" {
+                zs_db_service::check_client_name(&name)
+                    .map_err(|e| format!("database {name:?}: {}", e.message))?;
+            }
+            crate::dbsvc::print_rules(&rules_service(&args.dir)?.rules(&name));
         }
         DbCmd::Stats { name } => {
             let s = open(&env, &name)?.stats();
@@ -330,4 +341,10 @@ pub fn run(args: DbArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The DB service over directory `dir`, for its stored access rules.
+fn rules_service(dir: &std::path::Path) -> Result<zs_db_service::DbService, String> {
+    zs_db_service::DbService::open_dir(dir, zs_db_service::ServiceConfig::default())
+        .map_err(|e| format!("the rules in {}: {e}", dir.display()))
 }

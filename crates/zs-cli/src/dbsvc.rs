@@ -106,6 +106,13 @@ fn password(r: &RemoteArgs) -> Result<String, String> {
         .map_err(|_| "--user needs --password-file FILE or ZS_PASSWORD".to_string())
 }
 
+/// Prints access rules for `zs db rules`: `database user access` per line.
+pub fn print_rules(rules: &[(String, String, zs_db_service::Access)]) {
+    for (db, user, access) in rules {
+        println!("{db} {user} {}", format!("{access:?}").to_ascii_lowercase());
+    }
+}
+
 /// Parses an access level for `zs db grant`.
 pub fn parse_access(s: &str) -> Result<zs_db_service::Access, String> {
     zs_db_service::Access::parse(s)
@@ -246,6 +253,7 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
             db.grant(&name, &user, access).map_err(e)?;
             println!("{user} has {access:?} access to {name}");
         }
+        DbCmd::Rules { name } => print_rules(&db.rules(&name).map_err(e)?),
         DbCmd::Watch {
             name,
             from,

@@ -1,20 +1,9 @@
 //! `zs db` end to end: create, put, get, query with an expression, compact.
 
-use std::process::Command;
+mod common;
 
 fn zs(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zs"))
-        .arg("db")
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run(common::zs().arg("db").arg("--dir").arg(dir).args(args))
 }
 
 #[test]

@@ -1,28 +1,27 @@
 //! `zs serve` serves the DB service on ./zs-data/db; `zs db --remote` runs the verbs
 //! against it, `zs db watch` prints changes, and two `--remote` fan a query out.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{run, zs, Guard};
+
+/// A `zs serve` child (killed when dropped) and what it printed.
 struct Serve {
-    child: Child,
+    _child: Guard,
     addr: String,
     fingerprint: String,
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &std::path::Path) -> Serve {
+fn serve(dir: &Path) -> Serve {
     serve_with(dir, &[])
 }
 
-fn serve_with(dir: &std::path::Path, extra: &[&str]) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zs"))
+fn serve_with(dir: &Path, extra: &[&str]) -> Serve {
+    let mut child = zs()
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(extra)
         .current_dir(dir)
@@ -31,6 +30,7 @@ fn serve_with(dir: &std::path::Path, extra: &[&str]) -> Serve {
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();
+    let child = Guard(child);
     let mut lines = BufReader::new(out).lines();
     let (mut addr, mut fingerprint) = (String::new(), String::new());
     let mut db_line = false;
@@ -46,32 +46,31 @@ fn serve_with(dir: &std::path::Path, extra: &[&str]) -> Serve {
     }
     std::thread::spawn(move || for _ in lines {});
     Serve {
-        child,
+        _child: child,
         addr,
         fingerprint,
     }
 }
 
-fn zs_remote(s: &[&Serve], args: &[&str]) -> (bool, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_zs"));
+/// `zs db --remote A [--remote B ...] --fingerprint F` (the first server's)
+/// with `args`, run in `dir` (no `ZS_PASSWORD` from the environment).
+fn zs_db(dir: &Path, s: &[&Serve], args: &[&str]) -> (bool, String, String) {
+    let mut c = zs();
     c.arg("db");
     for x in s {
         c.args(["--remote", &x.addr]);
     }
-    let out = c
+    run(c
         .args(["--fingerprint", &s[0].fingerprint])
         .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .current_dir(dir)
+        .env_remove("ZS_PASSWORD"))
 }
 
 #[test]
 fn remote_verbs_watch_and_fan_out_against_zs_serve() {
+    let here = tempfile::tempdir().unwrap();
+    let zs_remote = |s: &[&Serve], args: &[&str]| zs_db(here.path(), s, args);
     let d1 = tempfile::tempdir().unwrap();
     let s1 = serve(d1.path());
     assert!(zs_remote(&[&s1], &["create", "people"]).0);
@@ -94,7 +93,7 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
         "served from ./zs-data/db"
     );
     // watch: a change made by another command shows up
-    let w = Command::new(env!("CARGO_BIN_EXE_zs"))
+    let w = zs()
         .args(["db", "--remote", &s1.addr, "--fingerprint", &s1.fingerprint])
         .args(["watch", "people", "--count", "1"])
         .stdout(Stdio::piped())
@@ -166,19 +165,8 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
 }
 
 /// `zs db` in `dir` against `s` with `args` (after the remote flags).
-fn zs_in(dir: &std::path::Path, s: &Serve, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zs"))
-        .args(["db", "--remote", &s.addr, "--fingerprint", &s.fingerprint])
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ZS_PASSWORD")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn zs_in(dir: &Path, s: &Serve, args: &[&str]) -> (bool, String, String) {
+    zs_db(dir, &[s], args)
 }
 
 #[test]
@@ -207,7 +195,7 @@ fn login_and_rules_from_the_cli() {
     assert!(ok, "{err}");
     assert_eq!(id.trim(), "1");
     // a second user, made with `zs user add`
-    let out = Command::new(env!("CARGO_BIN_EXE_zs"))
+    let out = zs()
         .args(["user", "--addr", &s.addr, "--fingerprint", &s.fingerprint])
         .args(["add", "ann", "--new-password", "ann-password"])
         .current_dir(dir)
@@ -245,6 +233,13 @@ fn login_and_rules_from_the_cli() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("ann has Read access to people"), "{out}");
+    // the rules of the database, listed to its admin only
+    let (ok, out, err) = zs_in(dir, &s, &[&admin[..], &["rules", "people"]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "people ann read");
+    let (ok, _, err) = zs_in(dir, &s, &[&ann[..], &["rules", "people"]].concat());
+    assert!(!ok);
+    assert!(err.contains("403"), "{err}");
     let (ok, got, err) = zs_in(dir, &s, &[&ann[..], &["get", "people", "1"]].concat());
     assert!(ok, "{err}");
     assert!(got.contains(r#""n":1"#), "{got}");
@@ -272,7 +267,7 @@ fn login_and_rules_from_the_cli() {
     assert!(err.contains("expected none, read, write or admin"), "{err}");
     // with the server stopped, a local grant edits the served directory's rules
     drop(s);
-    let out = Command::new(env!("CARGO_BIN_EXE_zs"))
+    let out = zs()
         .args([
             "db",
             "--dir",
@@ -289,6 +284,15 @@ fn login_and_rules_from_the_cli() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, out, err) = run(zs()
+        .args(["db", "--dir", "zs-data/db", "rules", "*"])
+        .current_dir(dir));
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "people ann write",
+        "local listing of every rule"
     );
     let s = serve_with(dir, &["--db-require-login"]);
     let (ok, id, err) = zs_in(

@@ -177,7 +177,7 @@ impl Rules {
         let map = crate::server::lock(&self.map);
         let mut v: Vec<(String, String, Access)> = map
             .iter()
-            .filter(|((d, _), _)| d == db || d == "*")
+            .filter(|((d, _), _)| db == "*" || d == db || d == "*")
             .map(|((d, u), (_, a))| (d.clone(), u.clone(), *a))
             .collect();
         v.sort();

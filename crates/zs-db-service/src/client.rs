@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use zs_core::{Client, Registry};
-use zs_db::{Kind, Record};
+use zs_db::{Kind, Record, RecordRef};
 
 use crate::proto::{
-    cmd, from_frame, to_frame, Answer, Change, DecodeError, Durability, EndStatus, Limits, Oneway,
-    Push, QueryProgress, QuerySpec, RecordBatch, Request,
+    cmd, from_frame, record_answer, to_frame, Answer, Change, DecodeError, Durability, EndStatus,
+    Limits, Oneway, Push, QueryProgress, QuerySpec, RecordBatch, Request,
 };
 
 /// What can go wrong on the client side.
@@ -247,6 +247,15 @@ impl DbClient {
         })
     }
 
+    /// The access rules naming database `db` or `*` (`*`: every rule), as
+    /// (database, user, access), sorted; needs admin access to `db`.
+    pub fn rules(&self, db: &str) -> Result<Vec<(String, String, crate::Access)>> {
+        match self.request(&Request::Rules { db: db.into() })? {
+            Answer::Rules(v) => Ok(v),
+            a => Err(Error::Unexpected(Box::new(a))),
+        }
+    }
+
     /// Opens database `name` (creating it when `create`).
     pub fn open(&self, name: &str, create: bool) -> Result<()> {
         self.ok(Request::Open {
@@ -353,29 +362,71 @@ impl DbClient {
     /// `done` (the next GET of a pipeline, say) leave together with the other
     /// requests and answers of that loop turn, in one write; this is how an
     /// event-driven caller keeps many reads in flight on one connection without
-    /// a thread per request.
+    /// a thread per request. [`DbClient::get_with`] lends the record instead of
+    /// copying it out.
     pub fn get_then(
         &self,
         db: &str,
         id: u64,
         done: impl FnOnce(Result<Option<Record>>) + Send + 'static,
     ) {
+        self.get_with(db, id, move |r| done(r.map(|r| r.map(|r| r.to_owned()))));
+    }
+
+    /// Like [`DbClient::get_then`], but `done` borrows the record from the
+    /// received bytes: no copy of the value and no allocation for the answer.
+    pub fn get_with(
+        &self,
+        db: &str,
+        id: u64,
+        done: impl FnOnce(Result<Option<RecordRef<'_>>>) + Send + 'static,
+    ) {
         let limits = self.inner.limits;
-        let call = zs_core::Call::Stream {
-            cmd: cmd::REQUEST.into(),
-            data: to_frame(crate::proto::encode_get(db, id)),
-        };
-        self.connection().call_with(call, None, move |r| {
-            done(r.map_err(Error::from).and_then(|reply| match reply {
-                zs_core::Reply::Data(df) => match Answer::decode(&from_frame(&df)?, &limits)? {
-                    Answer::Record(r) => Ok(r),
-                    a => Err(Error::Unexpected(Box::new(a))),
-                },
-                zs_core::Reply::Text(_) => Err(Error::Net(zs_core::Error::UnexpectedReply {
-                    expected: "values",
-                })),
-            }))
-        });
+        self.connection()
+            .call_with(get_call(db, id), None, move |r| {
+                with_record(r, &limits, done)
+            });
+    }
+
+    /// A callback for [`DbClient::get_to`], made once and shared by any number
+    /// of GETs in flight (the `tag` of each tells them apart).
+    pub fn get_sink(
+        &self,
+        on_record: impl Fn(u64, Result<Option<RecordRef<'_>>>) + Send + Sync + 'static,
+    ) -> GetSink {
+        GetSink {
+            sink: Arc::new(GetSinkFn {
+                f: on_record,
+                limits: self.inner.limits,
+            }),
+        }
+    }
+
+    /// Reads record `id` without waiting and hands the record, borrowed from
+    /// the received bytes, to `sink` with `tag` on the connection's event loop:
+    /// the allocation-free GET (no callback box, no owned record). Requests
+    /// made from the sink leave with that loop turn's write, as with
+    /// [`DbClient::get_then`].
+    ///
+    /// ```no_run
+    /// # fn f(db: zs_db_service::DbClient) {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// let bytes = Arc::new(AtomicU64::new(0));
+    /// let b = bytes.clone();
+    /// let sink = db.get_sink(move |_tag, r| {
+    ///     if let Ok(Some(rec)) = r {
+    ///         b.fetch_add(rec.data.len() as u64, Ordering::Relaxed);
+    ///     }
+    /// });
+    /// for id in 1..=16 {
+    ///     db.get_to("kv", id, &sink, id);
+    /// }
+    /// # }
+    /// ```
+    pub fn get_to(&self, db: &str, id: u64, sink: &GetSink, tag: u64) {
+        self.connection()
+            .call_to(get_call(db, id), None, &sink.sink, tag);
     }
 
     /// Reads several records with the requests pipelined (all sent, then all
@@ -475,6 +526,64 @@ impl DbClient {
         let durable = fp.open_stream()?;
         lock(&fp.shared.m).acked = durable;
         Ok(fp)
+    }
+}
+
+/// Where [`DbClient::get_to`] delivers GET answers ([`DbClient::get_sink`]).
+#[derive(Clone)]
+pub struct GetSink {
+    sink: Arc<dyn zs_core::ReplySink>,
+}
+
+impl std::fmt::Debug for GetSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GetSink")
+    }
+}
+
+struct GetSinkFn<F> {
+    f: F,
+    limits: Limits,
+}
+
+impl<F> zs_core::ReplySink for GetSinkFn<F>
+where
+    F: Fn(u64, Result<Option<RecordRef<'_>>>) + Send + Sync,
+{
+    fn on_reply(&self, tag: u64, r: zs_core::Result<zs_core::Reply>) {
+        with_record(r, &self.limits, |rec| (self.f)(tag, rec))
+    }
+}
+
+/// The call of a GET of record `id` of `db`.
+fn get_call(db: &str, id: u64) -> zs_core::Call {
+    zs_core::Call::Stream {
+        cmd: cmd::REQUEST.into(),
+        data: to_frame(crate::proto::encode_get(db, id)),
+    }
+}
+
+/// Runs `f` with the record of a GET's reply, read in place.
+fn with_record<R>(
+    r: zs_core::Result<zs_core::Reply>,
+    lim: &Limits,
+    f: impl FnOnce(Result<Option<RecordRef<'_>>>) -> R,
+) -> R {
+    let df = match r {
+        Ok(zs_core::Reply::Data(df)) => df,
+        Ok(zs_core::Reply::Text(_)) => {
+            return f(Err(Error::Net(zs_core::Error::UnexpectedReply {
+                expected: "values",
+            })))
+        }
+        Err(e) => return f(Err(e.into())),
+    };
+    match from_frame(&df) {
+        Ok(bytes) => match record_answer(&bytes, lim) {
+            Ok(rec) => f(Ok(rec)),
+            Err(e) => f(Err(Error::Decode(e))),
+        },
+        Err(e) => f(Err(Error::Decode(e))),
     }
 }
 

@@ -19,7 +19,12 @@
 //!   (memory per query ≤ window × batch size). Pause, resume, stop and progress
 //!   of a running query; many queries at once on one connection. A batch can be
 //!   read in place ([`RemoteQuery::next_records`], [`RecordBatch`]): one check of
-//!   the received bytes, then borrowed records, no allocation per record.
+//!   the received bytes, then borrowed records, no allocation per record. An
+//!   unsorted query without a limit is encoded by zs-db's scan workers
+//!   themselves ([`zs_db::Query::packed`]), in parallel.
+//! - **GETs on the event loop** ([`DbClient::get_then`], [`DbClient::get_with`],
+//!   [`DbClient::get_to`] with a shared [`GetSink`]): the last two lend the
+//!   record from the received bytes, so a GET allocates nothing for its answer.
 //! - **FastPost** ([`FastPost`]): pipelined inserts without replies, with
 //!   cumulative durable acknowledgements; a reconnect (StableIO) or a server
 //!   restart loses nothing acknowledged and stores nothing twice.
@@ -28,7 +33,10 @@
 //!   the facade) every request needs a logged-in user with the right [`Access`]
 //!   to its database (401 not logged in, 403 not allowed); rules per database
 //!   and user (`*` for all) are stored durably and checked again while queries,
-//!   watches and FastPost streams run.
+//!   watches and FastPost streams run; [`DbClient::rules`] lists them.
+//! - **Lifetime**: the registry holds the service weakly; it serves while a
+//!   [`DbService`] handle lives, and is freed with its last handle even if
+//!   sessions (kept by the accounts service, say) outlive the server.
 //! - **Procedures** ([`DbService::register_procedure`], [`DbClient::call`]):
 //!   named server-side functions called with argument bytes; the facade plugs
 //!   zs-tx procedures in, answered after their commit.
@@ -79,7 +87,9 @@ pub mod proto;
 mod server;
 
 pub use access::{Access, Identity, User, ACCESS_DB};
-pub use client::{DbClient, Error, FastPost, FastPostConfig, RemoteQuery, Result, WatchStream};
+pub use client::{
+    DbClient, Error, FastPost, FastPostConfig, GetSink, RemoteQuery, Result, WatchStream,
+};
 pub use fanout::{fan_out, FanOut, FanOutConfig, MergeOrder, ServerFailure};
 pub use filter::{compile_expr, ExprFilter, FilterFunction, PARAM_PREFIX};
 pub use proto::{

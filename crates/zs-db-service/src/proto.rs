@@ -33,6 +33,9 @@ pub mod errcode {
     pub const LIMIT: u32 = 429;
     /// A procedure gave up (its body aborted; nothing was committed).
     pub const ABORTED: u32 = 422;
+    /// The service has ended (its last [`DbService`](crate::DbService) handle
+    /// was dropped while a connection still had its commands).
+    pub const GONE: u32 = 410;
     /// The store failed.
     pub const STORE: u32 = 500;
     /// A procedure conflicted on every attempt of its redo budget (nothing was
@@ -338,6 +341,12 @@ pub enum Request {
         /// The level.
         access: crate::Access,
     },
+    /// The access rules naming `db` or `*` (`*`: every rule); needs
+    /// [`crate::Access::Admin`] on `db`. Answered with [`Answer::Rules`].
+    Rules {
+        /// Database name or `*`.
+        db: String,
+    },
 }
 
 /// State of a query as reported by [`Answer::Progress`].
@@ -376,6 +385,8 @@ pub enum Answer {
     Progress(QueryProgress),
     /// A procedure's result.
     Bytes(Bytes),
+    /// Access rules: (database or `*`, user or `*`, access), sorted.
+    Rules(Vec<(String, String, crate::Access)>),
 }
 
 /// How a query ended.
@@ -642,6 +653,7 @@ const R_WATCH: u8 = 0x40;
 const R_UNWATCH: u8 = 0x41;
 const R_CALL: u8 = 0x50;
 const R_GRANT: u8 = 0x60;
+const R_RULES: u8 = 0x61;
 
 /// Encodes `Request::Get { db, id }` (the same bytes as [`Request::encode`])
 /// in one allocation of the exact size, without an owned name.
@@ -682,6 +694,63 @@ pub fn encode_record_answer(id: u64, kind: Kind, data: &[u8]) -> Bytes {
     b.put_u8(kind as u8);
     put_bytes(&mut b, data);
     b.freeze()
+}
+
+/// Limits that never refuse (for bytes already checked).
+const NO_LIMITS: Limits = Limits {
+    max_value: usize::MAX,
+    max_records: usize::MAX,
+    max_filter: usize::MAX,
+    max_params: usize::MAX,
+    max_args: usize::MAX,
+};
+
+/// The head of an encoded record at the start of `src` (`u64 id, kind,
+/// u32 len`): its id, kind and value length, checked against `lim.max_value`
+/// and against the bytes there (the value is `src[13..13 + len]`).
+#[inline]
+fn record_head(src: &[u8], lim: &Limits) -> Result<(u64, Kind, usize), DecodeError> {
+    let Some(head) = src.get(..13) else {
+        return bad("truncated");
+    };
+    let id = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+    let Some(kind) = Kind::from_tag(head[8]) else {
+        return bad("kind");
+    };
+    let len = u32::from_le_bytes(head[9..13].try_into().unwrap_or_default()) as usize;
+    if len > lim.max_value {
+        return bad("value too large");
+    }
+    if src.len() - 13 < len {
+        return bad("truncated");
+    }
+    Ok((id, kind, len))
+}
+
+/// Reads the answer to a GET in place: the record borrowed from `src`
+/// (`Ok(None)`: no such record). Accepts exactly what [`Answer::decode`]
+/// accepts as an [`Answer::Record`] (bounds, kind, `lim.max_value`, no
+/// trailing bytes), without copying the value.
+pub fn record_answer<'a>(
+    src: &'a [u8],
+    lim: &Limits,
+) -> Result<Option<RecordRef<'a>>, DecodeError> {
+    match src.split_first() {
+        Some((5, [])) => Ok(None),
+        Some((6, rest)) => {
+            let (id, kind, len) = record_head(rest, lim)?;
+            if rest.len() - 13 != len {
+                return bad("trailing bytes");
+            }
+            Ok(Some(RecordRef {
+                id,
+                kind,
+                data: &rest[13..],
+            }))
+        }
+        Some((5, _)) => bad("trailing bytes"),
+        _ => bad("not a record answer"),
+    }
 }
 
 impl Request {
@@ -832,6 +901,10 @@ impl Request {
                 put_str(&mut b, user);
                 b.put_u8(*access as u8);
             }
+            Request::Rules { db } => {
+                b.put_u8(R_RULES);
+                put_str(&mut b, db);
+            }
         }
         b.freeze()
     }
@@ -953,6 +1026,7 @@ impl Request {
                     None => return bad("access level"),
                 },
             },
+            R_RULES => Request::Rules { db: r.str()? },
             _ => return bad("request code"),
         };
         r.end()?;
@@ -982,6 +1056,33 @@ impl BatchWriter {
         b.put_u64_le(seq);
         b.put_u32_le(0);
         BatchWriter { b, n: 0 }
+    }
+
+    /// Appends `rec` to a batch of query `qid` being built in `buf`, starting
+    /// it (with room for about `capacity` bytes) when `buf` is empty: the
+    /// encoding a packed zs-db scan ([`zs_db::Query::packed`]) runs on its
+    /// worker threads. [`BatchWriter::from_packed`] takes the bytes over.
+    pub fn pack(buf: &mut Vec<u8>, qid: u64, capacity: usize, rec: &RecordRef<'_>) {
+        if buf.is_empty() {
+            buf.reserve(capacity + BATCH_RECORDS_AT);
+            buf.put_u8(1);
+            buf.put_u64_le(qid);
+            buf.put_u64_le(0);
+            buf.put_u32_le(0);
+        }
+        buf.put_u64_le(rec.id);
+        buf.put_u8(rec.kind as u8);
+        buf.put_u32_le(rec.data.len() as u32);
+        buf.put_slice(rec.data);
+    }
+
+    /// The batch of `n` records packed into `buf` by [`BatchWriter::pack`]
+    /// (no copy).
+    pub fn from_packed(buf: Vec<u8>, n: u32) -> BatchWriter {
+        BatchWriter {
+            b: BytesMut::from(Bytes::from(buf)),
+            n,
+        }
     }
 
     /// Appends one record.
@@ -1048,16 +1149,16 @@ impl RecordBatch {
         let qid = r.u64()?;
         let seq = r.u64()?;
         let n = r.count(lim.max_records, 13)?;
+        // one pass over the records' heads (a tight loop: this check is most
+        // of what a reader pays per record)
+        let mut rest = data.get(BATCH_RECORDS_AT..).unwrap_or_default();
         for _ in 0..n {
-            r.u64()?;
-            r.kind()?;
-            let len = r.u32()? as usize;
-            if len > lim.max_value {
-                return bad("value too large");
-            }
-            r.take(len)?;
+            let (_, _, len) = record_head(rest, lim)?;
+            rest = &rest[13 + len..];
         }
-        r.end()?;
+        if !rest.is_empty() {
+            return bad("trailing bytes");
+        }
         Ok(RecordBatch { data, qid, seq, n })
     }
 
@@ -1111,16 +1212,13 @@ pub struct RecordBatchIter<'a> {
 impl<'a> Iterator for RecordBatchIter<'a> {
     type Item = RecordRef<'a>;
     fn next(&mut self) -> Option<RecordRef<'a>> {
-        if self.left == 0 || self.rest.len() < 13 {
+        if self.left == 0 {
             return None;
         }
-        // bounds and kinds were checked by RecordBatch::parse
-        let (head, tail) = self.rest.split_at(13);
-        let id = u64::from_le_bytes(head[..8].try_into().ok()?);
-        let kind = Kind::from_tag(head[8])?;
-        let len = u32::from_le_bytes(head[9..13].try_into().ok()?) as usize;
-        let data = tail.get(..len)?;
-        self.rest = &tail[len..];
+        // checked by RecordBatch::parse (so no limit applies here)
+        let (id, kind, len) = record_head(self.rest, &NO_LIMITS).ok()?;
+        let data = &self.rest[13..13 + len];
+        self.rest = &self.rest[13 + len..];
         self.left -= 1;
         Some(RecordRef { id, kind, data })
     }
@@ -1192,6 +1290,15 @@ impl Answer {
                 b.put_u8(8);
                 put_bytes(&mut b, v);
             }
+            Answer::Rules(v) => {
+                b.put_u8(9);
+                b.put_u32_le(v.len() as u32);
+                for (db, user, access) in v {
+                    put_str(&mut b, db);
+                    put_str(&mut b, user);
+                    b.put_u8(*access as u8);
+                }
+            }
         }
         b.freeze()
     }
@@ -1223,6 +1330,19 @@ impl Answer {
                 done: r.bool()?,
             }),
             8 => Answer::Bytes(r.bytes(lim.max_args)?),
+            9 => {
+                // each rule takes at least 5 bytes (two empty names and a level)
+                let n = r.count(1 << 20, 5)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (db, user) = (r.str()?, r.str()?);
+                    match crate::Access::from_u8(r.u8()?) {
+                        Some(a) => v.push((db, user, a)),
+                        None => return bad("access level"),
+                    }
+                }
+                Answer::Rules(v)
+            }
             _ => return bad("answer code"),
         };
         r.end()?;
@@ -1427,6 +1547,78 @@ pub fn from_frame(df: &zs_wire::DataFrame) -> Result<Bytes, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_batches_are_the_bytes_of_pushed_ones() {
+        let recs: Vec<Record> = (1..=3u64)
+            .map(|i| Record {
+                id: i * 10,
+                kind: Kind::Json,
+                data: vec![b'x'; i as usize],
+            })
+            .collect();
+        let mut w = BatchWriter::new(4, 0, 8);
+        let mut buf = Vec::new();
+        for r in &recs {
+            w.push(r);
+            BatchWriter::pack(&mut buf, 4, 64, &r.as_ref());
+        }
+        let mut p = BatchWriter::from_packed(buf, 3);
+        p.set_seq(2);
+        w.set_seq(2);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.finish(), w.finish());
+    }
+
+    #[test]
+    fn the_borrowed_record_answer_agrees_with_the_general_decoder() {
+        let lim = Limits {
+            max_value: 8,
+            ..Limits::default()
+        };
+        let rec = Record {
+            id: 9,
+            kind: Kind::Json,
+            data: b"{}".to_vec(),
+        };
+        let mut cases = vec![
+            Answer::Record(None).encode().to_vec(),
+            Answer::Record(Some(rec.clone())).encode().to_vec(),
+            encode_record_answer(1, Kind::Raw, &[7; 9]).to_vec(), // over max_value
+            Answer::Id(3).encode().to_vec(),
+            vec![5, 0],
+            vec![],
+        ];
+        let good = cases[1].clone();
+        for cut in 0..good.len() {
+            cases.push(good[..cut].to_vec());
+        }
+        let mut bad_kind = good.clone();
+        bad_kind[9] = 200;
+        cases.push(bad_kind);
+        let mut long = good.clone();
+        long.push(0);
+        cases.push(long);
+        for c in &cases {
+            let general = Answer::decode(&Bytes::from(c.clone()), &lim);
+            let borrowed = record_answer(c, &lim);
+            match (&general, &borrowed) {
+                (Ok(Answer::Record(a)), Ok(b)) => assert_eq!(
+                    a.as_ref().map(|r| (r.id, r.kind, &r.data[..])),
+                    b.map(|r| (r.id, r.kind, r.data)),
+                    "{c:?}"
+                ),
+                (Ok(Answer::Record(_)), Err(_)) => panic!("{c:?}: refused in place"),
+                (_, Ok(_)) => panic!("{c:?}: accepted in place only"),
+                (_, Err(_)) => {}
+            }
+        }
+        assert_eq!(
+            record_answer(&good, &lim).unwrap().unwrap().data,
+            b"{}",
+            "read in place"
+        );
+    }
 
     #[test]
     fn get_fast_path_bytes_match_the_general_codec() {

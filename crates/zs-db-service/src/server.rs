@@ -507,7 +507,8 @@ impl DbService {
         self.svc.rules.set(db, user, access)
     }
 
-    /// The rules naming `db` or `*`: (database, user, access), sorted.
+    /// The rules naming `db` or `*` (every rule for `db` = `*`):
+    /// (database, user, access), sorted.
     pub fn rules(&self, db: &str) -> Vec<(String, String, Access)> {
         self.svc.rules.list(db)
     }
@@ -533,11 +534,29 @@ impl DbService {
     }
 
     /// Adds the service's commands to `reg`.
+    ///
+    /// The registry holds the service weakly: it serves while a [`DbService`]
+    /// handle lives (keep one for as long as the server runs); after the last
+    /// handle is dropped a request is refused with
+    /// [`errcode::GONE`](crate::proto::errcode::GONE). A session
+    /// reaches its registry, and sessions outlive a server in whatever holds
+    /// their [`Peer`]s (the accounts service keeps the logged-in ones, a
+    /// FastPost stream or a watch its own): a strong reference here would make
+    /// a cycle that kept the service, its files and their locks alive forever.
     pub fn register(&self, reg: &mut Registry) {
-        let s = self.svc.clone();
-        reg.stream_delayed(cmd::REQUEST, move |peer, df, r| s.request(peer, &df, r));
-        let s = self.svc.clone();
-        reg.complete_buffer(cmd::ONEWAY, move |peer, data| s.oneway(peer, data));
+        let s = Arc::downgrade(&self.svc);
+        reg.stream_delayed(cmd::REQUEST, move |peer, df, r| match s.upgrade() {
+            Some(svc) => svc.request(peer, &df, r),
+            None => {
+                let _ = r.reply_error(errcode::GONE, "the DB service has ended");
+            }
+        });
+        let s = Arc::downgrade(&self.svc);
+        reg.complete_buffer(cmd::ONEWAY, move |peer, data| {
+            if let Some(svc) = s.upgrade() {
+                svc.oneway(peer, data)
+            }
+        });
     }
 }
 
@@ -887,7 +906,9 @@ impl Svc {
             Request::Close { name } | Request::Compact { name } | Request::Remove { name } => {
                 chk(name, Access::Admin)
             }
-            Request::CreateIndex { db, .. } | Request::Grant { db, .. } => chk(db, Access::Admin),
+            Request::CreateIndex { db, .. } | Request::Grant { db, .. } | Request::Rules { db } => {
+                chk(db, Access::Admin)
+            }
             Request::Copy { src, dst } => {
                 chk(src, Access::Read)?;
                 chk(dst, Access::Admin)
@@ -924,6 +945,12 @@ impl Svc {
                 }
                 self.rules.set(&db, &user, access).map_err(db_err)?;
                 Ok(Answer::Ok)
+            }
+            Request::Rules { db } => {
+                if db != "*" {
+                    check_client_name(&db)?;
+                }
+                Ok(Answer::Rules(self.rules.list(&db)))
             }
             Request::Open { name, create } => {
                 self.entry(&name, create)?;
@@ -1184,6 +1211,10 @@ impl Svc {
         let stats = e.db.stats();
         let avg = (stats.live_bytes / stats.records.max(1)).max(16);
         let chunk = (batch_bytes as u64 / avg).clamp(16, 4096) as usize;
+        // Without a sort or a limit the engine's workers encode the matches
+        // straight into result batches (one per work unit, in parallel): no
+        // owned record per match, no encoding stage after the engine.
+        let packed = sort.is_none() && spec.limit == 0;
         let mut q = if expr.is_some() || func.is_some() {
             let params = spec.params.clone();
             zs_db::Query::filter_fn(Arc::new(move |r: &RecordRef<'_>| {
@@ -1201,6 +1232,12 @@ impl Svc {
             .reverse(spec.reverse && sort.is_none());
         if spec.limit > 0 && sort.is_none() {
             q = q.limit(spec.limit);
+        }
+        if packed {
+            let (qid, room) = (spec.qid, batch_bytes as usize + 256);
+            q = q.packed(Arc::new(move |r: &RecordRef<'_>, buf: &mut Vec<u8>| {
+                BatchWriter::pack(buf, qid, room, r)
+            }));
         }
         match &spec.range {
             Range::All => {}
@@ -1287,7 +1324,7 @@ impl Svc {
         };
         let spawned = std::thread::Builder::new()
             .name("zs-dbsvc-query".into())
-            .spawn(move || run.run(handle));
+            .spawn(move || run.run(handle, packed));
         if let Err(err) = spawned {
             lock(&self.queries).remove(&key);
             return Err(herr(errcode::STORE, format!("cannot start query: {err}")));
@@ -1354,12 +1391,14 @@ enum Fed {
 }
 
 impl QueryRun {
-    /// Runs the scan in three stages on their own threads: the engine's workers
-    /// read and filter, a feeder thread encodes each engine batch into a result
-    /// batch, and this thread joins them into pushes closed by size or time,
-    /// waits for credit and seals and sends them. The engine batch is about one
-    /// result batch (see `start_query`), so encoding and sealing overlap.
-    fn run(self, handle: zs_db::QueryHandle) {
+    /// Runs the scan in stages on their own threads: the engine's workers read
+    /// and filter (and, `packed`, encode each work unit into a result batch, in
+    /// parallel), a feeder thread takes the engine's batches in order (encoding
+    /// them when the workers did not), and this thread joins them into pushes
+    /// closed by size or time, waits for credit and seals and sends them. A
+    /// work unit is about one result batch (see `start_query`), so encoding and
+    /// sealing overlap.
+    fn run(self, handle: zs_db::QueryHandle, packed: bool) {
         let (tx, rx) = crossbeam_channel::bounded::<Fed>(1);
         let (qid, pack) = (self.qid, self.sort.is_none());
         let feeder = std::thread::Builder::new()
@@ -1367,6 +1406,14 @@ impl QueryRun {
             .spawn(move || {
                 for b in handle {
                     let fed = match b {
+                        // packed by the engine's workers: one unit, its id the count
+                        Ok(mut units) if packed => match units.pop() {
+                            Some(u) if units.is_empty() => {
+                                Fed::Packed(BatchWriter::from_packed(u.data, u.id as u32))
+                            }
+                            Some(_) => Fed::Failed("internal: several packed units".into()),
+                            None => continue,
+                        },
                         Ok(recs) if pack => {
                             let bytes: usize = recs.iter().map(|r| r.data.len() + 13).sum();
                             let mut w = BatchWriter::new(qid, 0, bytes);

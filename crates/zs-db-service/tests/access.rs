@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::code;
 use zs_core::{Peer, Registry, Server};
@@ -36,6 +36,7 @@ struct Fx {
     service: DbService,
     server: Server,
     backend: Arc<dyn zs_io::Backend>,
+    accounts: Accounts,
 }
 
 fn start() -> Fx {
@@ -67,6 +68,7 @@ fn start() -> Fx {
         service,
         server,
         backend,
+        accounts: services.accounts.clone(),
     }
 }
 
@@ -178,6 +180,15 @@ fn who_may_do_what() {
         ("notes".to_string(), "bob".to_string(), Access::Admin),
     ];
     assert_eq!(f.service.rules("notes"), expected);
+    // and lists them over the network to an admin of the database only
+    assert_eq!(root.rules("notes").unwrap(), expected);
+    assert_eq!(bob.rules("notes").unwrap(), expected);
+    assert_eq!(code(ann.rules("notes")), errcode::UNAUTHORIZED); // logged out
+    let ann = f.as_user("ann");
+    assert_eq!(code(ann.rules("notes")), errcode::FORBIDDEN);
+    assert_eq!(code(bob.rules("*")), errcode::FORBIDDEN);
+    assert_eq!(root.rules("*").unwrap(), expected);
+    assert_eq!(code(root.rules("../x")), errcode::BAD_REQUEST);
 }
 
 #[test]
@@ -241,4 +252,50 @@ fn a_right_revoked_while_a_query_a_fastpost_and_a_watch_run_stops_them() {
         Some(b"after".to_vec()),
         "the refused record was not stored"
     );
+}
+
+/// The accounts service keeps the `Peer` of every logged-in session, a peer
+/// reaches its connection's registry, and the registry the DB service's
+/// commands: with a strong reference there, a service with an identity was
+/// never freed, and its directory stayed locked ("`__zs_access` is locked")
+/// after the server shut down. FastPost streams and watches hold peers too.
+#[test]
+fn a_service_is_freed_after_shutdown_although_sessions_outlive_it_and_its_directory_reopens() {
+    let f = start();
+    let root = f.as_user("root");
+    root.open("notes", true).unwrap();
+    root.insert("notes", Kind::Raw, b"kept", Durability::Durable)
+        .unwrap();
+    let _watch = root.watch("notes", 1, u64::MAX).unwrap();
+    let mut fp = root.fastpost("notes", Default::default()).unwrap();
+    fp.post(Kind::Raw, b"posted").unwrap();
+    fp.flush().unwrap();
+    let Fx {
+        _dir: dir,
+        service,
+        server,
+        accounts,
+        ..
+    } = f;
+    // what the accounts service keeps of the logged-in session (held here too,
+    // in case a shutdown logs sessions out)
+    let held = accounts.online_peers();
+    assert!(!held.is_empty());
+    server.shutdown();
+    drop(service);
+    // a query thread or a FastPost writer may hold the service a moment longer
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        match DbService::open_dir(dir.path(), ServiceConfig::default()) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the directory did not reopen: {e}"),
+        }
+    };
+    let db = again.env().db("notes").unwrap();
+    assert_eq!(db.len(), 2, "both acknowledged records are there");
+    drop((held, accounts));
 }

@@ -38,7 +38,7 @@ fn doc_examples() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn documented_bytes_match_the_encoders() {
     let ex = doc_examples();
-    assert_eq!(ex.len(), 7);
+    assert_eq!(ex.len(), 9);
     let lim = Limits::default();
     let get = Request::Get {
         db: "a".into(),
@@ -87,6 +87,25 @@ fn documented_bytes_match_the_encoders() {
         Request::decode(&Bytes::from(ex[6].1.clone()), &lim).unwrap(),
         grant
     );
+    let rules = Request::Rules { db: "a".into() };
+    assert_eq!(rules.encode().as_ref(), &ex[7].1[..], "{}", ex[7].0);
+    assert_eq!(
+        Request::decode(&Bytes::from(ex[7].1.clone()), &lim).unwrap(),
+        rules
+    );
+    let listed = Answer::Rules(vec![(
+        "a".into(),
+        "bo".into(),
+        zs_db_service::Access::Write,
+    )]);
+    assert_eq!(listed.encode().as_ref(), &ex[8].1[..], "{}", ex[8].0);
+    assert_eq!(
+        Answer::decode(&Bytes::from(ex[8].1.clone()), &lim).unwrap(),
+        listed
+    );
+    let mut bad_rule = ex[8].1.clone();
+    *bad_rule.last_mut().unwrap() = 7;
+    assert!(Answer::decode(&Bytes::from(bad_rule), &lim).is_err());
     let mut bad_level = ex[6].1.clone();
     *bad_level.last_mut().unwrap() = 4;
     assert!(Request::decode(&Bytes::from(bad_level), &lim).is_err());

@@ -114,6 +114,79 @@ fn records_of_every_kind_with_both_durabilities() {
     assert_eq!(d.len(), 3);
 }
 
+/// The event-loop GETs: `get_then` (an owned record), `get_with` and `get_to`
+/// (the record lent from the received bytes), hits, misses and refusals alike.
+#[test]
+fn event_loop_gets_owned_borrowed_and_through_a_shared_sink() {
+    use std::sync::mpsc;
+    let f = common::start(ServiceConfig::default());
+    let db = f.client();
+    db.open("kv", true).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40u64 {
+        let data = format!("value-{i}").into_bytes();
+        ids.push(
+            db.insert("kv", Kind::Raw, &data, Durability::Written)
+                .unwrap(),
+        );
+    }
+    type Got = (u64, Result<Option<(u64, Vec<u8>)>, u32>);
+    fn seen(tag: u64, r: zs_db_service::Result<Option<zs_db::RecordRef<'_>>>) -> Got {
+        let r = match r {
+            Ok(rec) => Ok(rec.map(|r| (r.id, r.data.to_vec()))),
+            Err(zs_db_service::Error::Refused { code, .. }) => Err(code),
+            Err(e) => panic!("{e}"),
+        };
+        (tag, r)
+    }
+    let want = |tag: u64| -> Got {
+        if tag == 0 {
+            return (0, Err(errcode::NOT_FOUND)); // the unknown database
+        }
+        let found = ids
+            .contains(&tag)
+            .then(|| (tag, format!("value-{}", tag - ids[0]).into_bytes()));
+        (tag, Ok(found))
+    };
+    // every GET in flight at once through one sink; the ids of the last ten
+    // do not exist
+    let (tx, rx) = mpsc::channel::<Got>();
+    let tx = std::sync::Mutex::new(tx);
+    let sink = db.get_sink(move |tag, r| tx.lock().unwrap().send(seen(tag, r)).unwrap());
+    let asked: Vec<u64> = (ids[0]..ids[0] + 50).collect();
+    for &id in &asked {
+        db.get_to("kv", id, &sink, id);
+    }
+    db.get_to("nope", 1, &sink, 0);
+    let mut got: Vec<Got> = (0..=asked.len())
+        .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap())
+        .collect();
+    got.sort_by_key(|g| g.0);
+    let expected: Vec<Got> = std::iter::once(0)
+        .chain(asked.iter().copied())
+        .map(want)
+        .collect();
+    assert_eq!(got, expected);
+    // one at a time, borrowed and owned
+    let (tx, rx) = mpsc::channel::<Got>();
+    for id in [ids[3], ids[39] + 1] {
+        let tx1 = tx.clone();
+        db.get_with("kv", id, move |r| tx1.send(seen(id, r)).unwrap());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), want(id));
+        let tx = tx.clone();
+        db.get_then("kv", id, move |r| {
+            let r = r
+                .map(|o| o.map(|rec| (rec.id, rec.data)))
+                .map_err(|e| match e {
+                    zs_db_service::Error::Refused { code, .. } => code,
+                    e => panic!("{e}"),
+                });
+            tx.send((id, r)).unwrap()
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), want(id));
+    }
+}
+
 fn ids_of(db: &zs_db_service::DbClient, spec: QuerySpec) -> Vec<u64> {
     db.query(spec)
         .unwrap()

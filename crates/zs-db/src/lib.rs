@@ -64,7 +64,7 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use expr::{compile_filter, index_hints};
-pub use query::{FilterFn, IndexHint, Progress, Query, QueryControl, QueryHandle};
+pub use query::{FilterFn, IndexHint, PackFn, Progress, Query, QueryControl, QueryHandle};
 pub use record::{decode_kv, encode_kv, FieldValue, Kind, Record, RecordRef, MAX_KV_ENTRIES};
 pub use store::{check_name, Env, Store};
 pub use vfs::{DirVfs, Fault, FaultKind, FileBackend, LockGuard, MemVfs, SyncHookVfs, Vfs};

@@ -18,6 +18,9 @@ use crate::record::{FieldValue, Kind, Record, RecordRef};
 /// A record predicate usable from many threads.
 pub type FilterFn = Arc<dyn Fn(&RecordRef<'_>) -> bool + Send + Sync>;
 
+/// Encodes one matching record onto a work unit's bytes ([`Query::packed`]).
+pub type PackFn = Arc<dyn Fn(&RecordRef<'_>, &mut Vec<u8>) + Send + Sync>;
+
 /// Which ids an index narrows the scan to.
 #[derive(Debug, Clone)]
 pub struct IndexHint {
@@ -33,6 +36,7 @@ pub struct IndexHint {
 #[derive(Clone)]
 pub struct Query {
     filter: Option<FilterFn>,
+    pack: Option<PackFn>,
     limit: Option<u64>,
     reverse: bool,
     chunk: usize,
@@ -71,6 +75,7 @@ impl Query {
             .unwrap_or(1);
         Query {
             filter: None,
+            pack: None,
             limit: None,
             reverse: false,
             chunk: 4096,
@@ -118,6 +123,18 @@ impl Query {
     /// Highest ids first.
     pub fn reverse(mut self, yes: bool) -> Query {
         self.reverse = yes;
+        self
+    }
+
+    /// The workers encode each match with `f` (on their threads, in parallel)
+    /// instead of copying it into an owned [`Record`]: each batch then holds one
+    /// `Record` per work unit, its `id` the number of records packed and its
+    /// `data` the bytes `f` appended for them, in scan order (`f` gets the
+    /// unit's buffer, empty at its first record). For a caller that would only
+    /// encode the records again (a network service): no allocation and no copy
+    /// per record. A packed query takes no [`Query::limit`] (refused).
+    pub fn packed(mut self, f: PackFn) -> Query {
+        self.pack = Some(f);
         self
     }
 
@@ -294,6 +311,9 @@ impl Database {
     /// Starts a parallel scan; results arrive in id order (descending with `reverse`).
     pub fn query(&self, q: Query) -> Result<QueryHandle> {
         self.inner.check_open()?;
+        if q.pack.is_some() && q.limit.is_some() {
+            return Err(Error::Query("a packed query takes no limit".into()));
+        }
         let next_id = self.next_id();
         let mut used_index = false;
         // ids are never reused, so the id range can be far larger than the live set:
@@ -343,6 +363,7 @@ impl Database {
                 shared: shared.clone(),
                 source: source.clone(),
                 filter: q.filter.clone(),
+                pack: q.pack.clone(),
                 tx: tx.clone(),
                 chunk,
                 reverse: q.reverse,
@@ -375,6 +396,7 @@ struct Worker {
     shared: Arc<Shared>,
     source: Arc<Source>,
     filter: Option<FilterFn>,
+    pack: Option<PackFn>,
     tx: Sender<ChunkResult>,
     chunk: u64,
     reverse: bool,
@@ -438,7 +460,12 @@ impl Worker {
             (st.file.clone(), items)
         };
         let max_value = self.inner.opts.max_value;
-        let mut out = Vec::new();
+        let mut out = Out {
+            records: Vec::new(),
+            packed: Vec::new(),
+            n: 0,
+            pack: self.pack.as_deref(),
+        };
         let mut i = 0;
         let mut scanned = 0u64;
         while i < items.len() {
@@ -449,7 +476,7 @@ impl Worker {
                 if let Some(rec) = self.inner.get(id)? {
                     scanned += 1;
                     if self.accept(&rec.as_ref()) {
-                        out.push(rec);
+                        out.push(&rec.as_ref());
                     }
                 }
                 let _ = loc;
@@ -502,7 +529,7 @@ impl Worker {
                         data: &data,
                     };
                     if self.accept(&r) {
-                        out.push(r.to_owned());
+                        out.push(&r);
                     }
                 } else {
                     let r = RecordRef {
@@ -511,17 +538,15 @@ impl Worker {
                         data: payload,
                     };
                     if self.accept(&r) {
-                        out.push(r.to_owned());
+                        out.push(&r);
                     }
                 }
             }
             i = j;
         }
         self.shared.scanned.fetch_add(scanned, Ordering::Relaxed);
-        self.shared
-            .matched
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        Ok(out)
+        self.shared.matched.fetch_add(out.n, Ordering::Relaxed);
+        Ok(out.finish())
     }
 
     fn accept(&self, r: &RecordRef<'_>) -> bool {
@@ -529,6 +554,39 @@ impl Worker {
             Some(f) => f(r),
             None => true,
         }
+    }
+}
+
+/// What one work unit produced: owned records, or with [`Query::packed`] the
+/// packed bytes of its matches.
+struct Out<'a> {
+    records: Vec<Record>,
+    packed: Vec<u8>,
+    n: u64,
+    pack: Option<&'a (dyn Fn(&RecordRef<'_>, &mut Vec<u8>) + Send + Sync)>,
+}
+
+impl Out<'_> {
+    fn push(&mut self, r: &RecordRef<'_>) {
+        self.n += 1;
+        match self.pack {
+            Some(f) => f(r, &mut self.packed),
+            None => self.records.push(r.to_owned()),
+        }
+    }
+
+    fn finish(self) -> Vec<Record> {
+        if self.pack.is_none() {
+            return self.records;
+        }
+        if self.n == 0 {
+            return Vec::new();
+        }
+        vec![Record {
+            id: self.n,
+            kind: Kind::Raw,
+            data: self.packed,
+        }]
     }
 }
 

@@ -16,6 +16,18 @@ fn json(i: u64) -> Vec<u8> {
     format!(r#"{{"name":"user{i}","age":{}}}"#, i % 50).into_bytes()
 }
 
+/// A database in memory holding `n` JSON records (`json(0..n)`, ids 1..=n).
+fn json_db(name: &str, n: u64) -> Database {
+    let (_m, vfs) = mem();
+    let db = Database::create(vfs, name, DbOptions::default()).unwrap();
+    let mut b = Batch::new();
+    for i in 0..n {
+        b.insert(Kind::Json, json(i));
+    }
+    db.commit(&b).unwrap();
+    db
+}
+
 #[test]
 fn crud_and_reopen() {
     let (_m, vfs) = mem();
@@ -370,13 +382,7 @@ fn secondary_index_narrows_queries_and_survives_reopen() {
 
 #[test]
 fn query_order_limit_reverse_pause_stop() {
-    let (_m, vfs) = mem();
-    let db = Database::create(vfs, "q", DbOptions::default()).unwrap();
-    let mut b = Batch::new();
-    for i in 0..10_000 {
-        b.insert(Kind::Json, json(i));
-    }
-    db.commit(&b).unwrap();
+    let db = json_db("q", 10_000);
     let q = |r: &RecordRef<'_>| r.field("age") == Some(FieldValue::Int(3));
     let all = db
         .query(Query::filter(q).chunk_size(100).threads(4))
@@ -407,6 +413,60 @@ fn query_order_limit_reverse_pause_stop() {
     assert_eq!(second[0].id, 11);
     h.stop();
     assert!(h.next_batch().is_none());
+}
+
+/// `Query::packed`: the workers encode the matches themselves, one buffer per
+/// work unit, in the same order as the owned records of the same query.
+#[test]
+fn packed_queries_hold_the_same_records_in_the_same_order() {
+    let db = json_db("p", 3_000);
+    db.delete(7).unwrap();
+    let pack: PackFn = Arc::new(|r: &RecordRef<'_>, out: &mut Vec<u8>| {
+        out.extend_from_slice(&r.id.to_le_bytes());
+        out.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(r.data);
+    });
+    let unpack = |batches: Vec<Record>| {
+        let mut v = Vec::new();
+        for unit in batches {
+            let (mut rest, mut n) = (&unit.data[..], 0u64);
+            while !rest.is_empty() {
+                let id = u64::from_le_bytes(rest[..8].try_into().unwrap());
+                let len = u32::from_le_bytes(rest[8..12].try_into().unwrap()) as usize;
+                v.push((id, rest[12..12 + len].to_vec()));
+                rest = &rest[12 + len..];
+                n += 1;
+            }
+            assert_eq!(unit.id, n, "a unit's id counts its records");
+        }
+        v
+    };
+    let q = |r: &RecordRef<'_>| r.field("age") != Some(FieldValue::Int(3));
+    for reverse in [false, true] {
+        let owned: Vec<(u64, Vec<u8>)> = db
+            .query(Query::filter(q).reverse(reverse).chunk_size(97).threads(3))
+            .unwrap()
+            .collect_all()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.data))
+            .collect();
+        assert_eq!(owned.len(), 3_000 - 1 - 60);
+        let packed = db
+            .query(
+                Query::filter(q)
+                    .reverse(reverse)
+                    .chunk_size(97)
+                    .threads(3)
+                    .packed(pack.clone()),
+            )
+            .unwrap()
+            .collect_all()
+            .unwrap();
+        assert!(packed.len() <= 3_000 / 97 + 1, "one record per work unit");
+        assert_eq!(unpack(packed), owned, "reverse {reverse}");
+    }
+    assert!(db.query(Query::all().packed(pack).limit(3)).is_err());
 }
 
 #[test]

@@ -11,6 +11,16 @@ pub fn zs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zs"))
 }
 
+/// Runs `c` to its end: (succeeded, stdout, stderr).
+pub fn run(c: &mut Command) -> (bool, String, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Kills the child when the test ends (pass or fail).
 pub struct Guard(pub Child);
 
