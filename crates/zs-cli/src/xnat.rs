@@ -22,7 +22,8 @@ exporter; a relay with tls also takes our pinned session on the same port, for t
 command API and visitors); nodelay is accepted; [*.transport] encryption = \"session\" (default) | \"none\" \
 (ours: plaintext data connections, moved with splice(2) on Linux, for trusted networks; \
 relay and agent must agree; control, token proof and tickets stay encrypted).\n\n\
-Our keys: [client] relay_fingerprint (REQUIRED unless type = \"tls\", \"sha3-256:<64 hex>\", printed by \
+Our keys: [server] threads, [client] threads (1, the default: one thread runs every \
+connection; N: N worker threads; 0: one per core); [client] relay_fingerprint (REQUIRED unless type = \"tls\", \"sha3-256:<64 hex>\", printed by \
 `zs xnat server` and `zs xnat fingerprint`), remote_addrs = [..] (one tunnel to each \
 relay), agent_name, retry_interval (s, longest reconnect backoff, 2), heartbeat_timeout \
 (s, 40); [client.services.NAME] max_load (4096), proxy_protocol = \"v2\" (TCP only: \

@@ -63,6 +63,41 @@ pub struct ServerConfig {
     /// `[server.transport] type = "tls"`: agents connect with TLS 1.3 and
     /// this certificate (see [`ServerTls`]); `None`: our session only.
     pub tls: Option<ServerTls>,
+    /// Ours: `threads`, the tokio worker threads of `zs xnat server` (see
+    /// [`Threads`]).
+    pub threads: Threads,
+}
+
+/// `[server] threads` / `[client] threads` (ours): how many threads run the
+/// relay's or agent's connections in `zs xnat server|agent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// Absent or `1` (default): one thread runs every connection (tokio's
+    /// current-thread runtime): a request crossing the tunnel wakes no
+    /// other thread, which is what decided the default (see
+    /// docs/ARCHITECTURE.md, zs-xnat).
+    #[default]
+    One,
+    /// `N` > 1: N worker threads with work stealing; `0`: one per core.
+    Many(usize),
+}
+
+impl Threads {
+    /// The tokio runtime for this setting.
+    pub fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Threads::One => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Threads::Many(n) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if n > 0 {
+                    b.worker_threads(n);
+                }
+                b.enable_all().build()
+            }
+        }
+    }
 }
 
 /// `[server.transport.tls]` (with `type = "tls"`): the relay's certificate.
@@ -178,6 +213,9 @@ pub struct ClientConfig {
     pub plain_copy: PlainCopy,
     /// `[client.transport] type = "tls"`: TLS 1.3 to the relay (see [`ClientTls`]).
     pub tls: Option<ClientTls>,
+    /// Ours: `threads`, the tokio worker threads of `zs xnat agent` (see
+    /// [`Threads`]).
+    pub threads: Threads,
 }
 
 /// One `[client.services.NAME]`.
@@ -497,6 +535,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             "max_udp_flows",
             "max_runtime_mappings",
             "direct",
+            "threads",
         ],
     )?;
     let bind_addr = p.addr(s, "bind_addr", "server.bind_addr")?.ok_or_else(|| {
@@ -582,6 +621,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
         data_encryption,
         plain_copy,
         tls,
+        threads: p.threads(s, "server")?,
     })
 }
 
@@ -628,6 +668,7 @@ fn parse_client(p: &P<'_>, c: &Table, base: &Path) -> Result<ClientConfig, Confi
             "heartbeat_timeout",
             "relay_fingerprint",
             "agent_name",
+            "threads",
         ],
     )?;
     let mut remote_addrs = Vec::new();
@@ -770,6 +811,7 @@ fn parse_client(p: &P<'_>, c: &Table, base: &Path) -> Result<ClientConfig, Confi
         data_encryption,
         plain_copy,
         tls,
+        threads: p.threads(c, "client")?,
     })
 }
 
@@ -811,6 +853,13 @@ pub enum PlainCopy {
 }
 
 impl P<'_> {
+    fn threads(&self, t: &Table, prefix: &str) -> Result<Threads, ConfigError> {
+        Ok(match self.uint(t, "threads", &format!("{prefix}.threads"), 1024)? {
+            None | Some(1) => Threads::One,
+            Some(n) => Threads::Many(n as usize),
+        })
+    }
+
     fn plain_copy(&self, t: &Table, prefix: &str) -> Result<PlainCopy, ConfigError> {
         let Some(tr) = self.table(t, "transport", &format!("{prefix}.transport"))? else {
             return Ok(PlainCopy::Splice);
@@ -880,6 +929,25 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.client.unwrap().tls, None);
+    }
+
+    #[test]
+    fn threads_default_to_one_and_parse() {
+        let c = parse("[server]\nbind_addr = \"0.0.0.0:1\"\n").unwrap();
+        assert_eq!(c.server.unwrap().threads, Threads::One);
+        let c = parse("[server]\nbind_addr = \"0.0.0.0:1\"\nthreads = 0\n").unwrap();
+        assert_eq!(c.server.unwrap().threads, Threads::Many(0));
+        let c = parse(&format!(
+            "[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"{FP}\"\nthreads = 4\n"
+        ))
+        .unwrap();
+        assert_eq!(c.client.unwrap().threads, Threads::Many(4));
+        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\nthreads = -2\n").unwrap_err();
+        assert_eq!(e.key, "server.threads");
+        // Both kinds of runtime run a task.
+        for t in [Threads::One, Threads::Many(2)] {
+            assert_eq!(t.runtime().unwrap().block_on(async { 7 }), 7);
+        }
     }
 
     #[test]

@@ -189,6 +189,7 @@ pub(crate) fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConf
         data_encryption: Default::default(),
         plain_copy: Default::default(),
         tls: None,
+        threads: Default::default(),
     }
 }
 
@@ -234,6 +235,7 @@ pub(crate) fn agent_cfg(
         data_encryption: Default::default(),
         plain_copy: Default::default(),
         tls: None,
+        threads: Default::default(),
     }
 }
 

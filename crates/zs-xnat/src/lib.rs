@@ -42,6 +42,7 @@
 //! | `[client.services.NAME] proxy_protocol` | ours: `"v2"` sends the public client's address to the local service in a PROXY protocol v2 header before any byte (off) |
 //! | `[client] retry_interval`, `heartbeat_timeout` | rathole's names: longest reconnect backoff (2 s), relay silence before reconnecting (40 s) |
 //! | `agent_name` | ours: shown in the relay's logs |
+//! | `[server] threads`, `[client] threads` | ours: threads running `zs xnat server` / `agent`: `1` (default) one thread, no cross-thread wakeups per request; `N` worker threads; `0` one per core ([`Threads`]) |
 //! | `[*.transport] encryption` | ours: `"session"` (default) or `"none"`: plaintext **data** connections for trusted networks (control session, token proof and tickets stay encrypted; Linux moves the bytes with `splice(2)`); relay and agent must agree; warned at start ([`DataEncryption`], PROTOCOL.md Part 12) |
 //! | `[*.transport] plain_copy` | ours: how plaintext data connections move bytes: `"splice"` (default; `splice(2)` on Linux, a buffered copy elsewhere) or `"buffered"` (`read`/`write` through one user-space buffer everywhere); each side chooses for itself ([`PlainCopy`]) |
 //! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); `"tls"`: TLS 1.3 through rustls, see [TLS](#tls-transport); rathole's `websocket` is refused with an error |
@@ -223,7 +224,7 @@ mod itest;
 
 pub use admin::AdminClient;
 pub use agent::Agent;
-pub use config::{Config, ConfigError, DataEncryption, PlainCopy};
+pub use config::{Config, ConfigError, DataEncryption, PlainCopy, Threads};
 pub use node::Node;
 pub use relay::Relay;
 pub use virt::VirtualBackend;
@@ -236,7 +237,7 @@ pub fn run_relay_file(path: &std::path::Path) -> Result<(), String> {
     let server = cfg
         .server
         .ok_or_else(|| format!("{}: expected a [server] table", path.display()))?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let rt = server.threads.runtime().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let relay = Relay::bind(server.clone())
             .await
@@ -303,7 +304,7 @@ pub fn run_agent_file(path: &std::path::Path) -> Result<(), String> {
         .client
         .ok_or_else(|| format!("{}: expected a [client] table", path.display()))?;
     let agent = Agent::try_new(client.clone()).map_err(|e| format!("{}: {e}", path.display()))?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let rt = client.threads.runtime().map_err(|e| e.to_string())?;
     let watched = agent.clone();
     rt.spawn(watch_file(path.to_path_buf(), move |cfg| {
         let Some(new) = cfg.client else {
