@@ -322,8 +322,7 @@ fn open_latency_us(port: u16, n: usize) -> f64 {
         };
         let _ = s.set_nodelay(true);
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        if s
-            .write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        if s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
             .is_err()
         {
             continue;
@@ -358,28 +357,41 @@ fn ours_mux(iperf: u16, http: Option<u16>) -> Tunnel {
         publics.push(format!("127.0.0.1:{ph}"));
         locals.push(format!("127.0.0.1:{h}"));
     }
-    let r = spawn(
+    relay_then_agent(
         Command::new(&exe)
             .arg("__mux_relay")
             .arg(format!("127.0.0.1:{control}"))
             .args(&publics),
-    );
-    wait_port(control, "mux relay");
-    let a = spawn(
         Command::new(&exe)
             .arg("__mux_agent")
             .arg(format!("127.0.0.1:{control}"))
             .arg(mux::fingerprint())
             .args(&locals),
-    );
-    wait_port(pi, "mux public port");
-    if http.is_some() {
-        wait_port(ph, "mux public http port");
+        (control, pi, http.map(|_| ph)),
+        "mux",
+    )
+}
+
+/// Starts `relay`, waits for its agent port `ports.0`, starts `agent`, waits
+/// for the public ports (`ports.1` for iperf3, `ports.2` for HTTP).
+fn relay_then_agent(
+    relay: &mut Command,
+    agent: &mut Command,
+    ports: (u16, u16, Option<u16>),
+    what: &str,
+) -> Tunnel {
+    let (control, pi, ph) = ports;
+    let r = spawn(relay);
+    wait_port(control, &format!("{what} relay"));
+    let a = spawn(agent);
+    wait_port(pi, &format!("{what} public port"));
+    if let Some(ph) = ph {
+        wait_port(ph, &format!("{what} public http port"));
     }
     Tunnel {
         procs: vec![r, a],
         iperf_port: pi,
-        http_port: http.map(|_| ph),
+        http_port: ph,
     }
 }
 
@@ -429,26 +441,16 @@ fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: b
         agent += &format!("[client.services.http]\nlocal_addr = \"127.0.0.1:{h}\"\n");
     }
     std::fs::write(dir.join("agent.toml"), agent).unwrap();
-    let r = spawn(
+    relay_then_agent(
         Command::new(&exe)
             .arg("__relay")
             .arg(dir.join("relay.toml")),
-    );
-    wait_port(control, "zs-xnat relay");
-    let a = spawn(
         Command::new(&exe)
             .arg("__agent")
             .arg(dir.join("agent.toml")),
-    );
-    wait_port(pi, "zs-xnat public port");
-    if http.is_some() {
-        wait_port(ph, "zs-xnat public http port");
-    }
-    Tunnel {
-        procs: vec![r, a],
-        iperf_port: pi,
-        http_port: http.map(|_| ph),
-    }
+        (control, pi, http.map(|_| ph)),
+        "zs-xnat",
+    )
 }
 
 /// rathole's `--genkey` output: (private, public), base64.
@@ -937,7 +939,10 @@ fn main() {
             .filter(|w| ["direct", "xnat", "xnat_mux", "rathole_noise"].contains(&w.0))
             .copied()
             .collect();
-        let results = std::rc::Rc::new(std::cell::RefCell::new(vec![(f64::NAN, f64::NAN); short.len()]));
+        let results = std::rc::Rc::new(std::cell::RefCell::new(vec![
+            (f64::NAN, f64::NAN);
+            short.len()
+        ]));
         let round = std::rc::Rc::new(std::cell::Cell::new(0usize));
         let opens = if opts.quick { 200 } else { 1000 };
         for (i, (name, _)) in short.iter().enumerate() {
@@ -950,7 +955,10 @@ fn main() {
                 move || {
                     if i == 0 {
                         let runs = block(ports.len(), round.get(), true, |j| {
-                            (wrk_with(ports[j], secs, true), open_latency_us(ports[j], opens))
+                            (
+                                wrk_with(ports[j], secs, true),
+                                open_latency_us(ports[j], opens),
+                            )
                         });
                         round.set(round.get() + 1);
                         let mut r = r2.borrow_mut();
@@ -1098,10 +1106,18 @@ fn main() {
     suite.ratio("mux_vs_pool", "xnat_mux_1", "xnat_1");
     suite.ratio("mux_vs_pool_8", "xnat_mux_8", "xnat_8");
     suite.ratio("mux_vs_pool_http", "xnat_mux_http", "xnat_http");
-    suite.ratio("mux_vs_pool_http_close", "xnat_mux_http_close", "xnat_http_close");
+    suite.ratio(
+        "mux_vs_pool_http_close",
+        "xnat_mux_http_close",
+        "xnat_http_close",
+    );
     suite.ratio("mux_vs_pool_open", "xnat_mux_open_us", "xnat_open_us");
     suite.ratio("mux_vs_pool_cpu", "xnat_mux_cpu_1", "xnat_cpu_1");
-    suite.ratio("http_close_vs_rathole", "xnat_http_close", "rathole_noise_http_close");
+    suite.ratio(
+        "http_close_vs_rathole",
+        "xnat_http_close",
+        "rathole_noise_http_close",
+    );
     suite.ratio("open_vs_rathole", "xnat_open_us", "rathole_noise_open_us");
     suite.finish();
 }

@@ -125,7 +125,9 @@ impl Handler for Half {
                 me: 1 - self.me,
                 connect: None,
             };
-            if b.connect(local, Duration::from_secs(5), Box::new(other)).is_err() {
+            if b.connect(local, Duration::from_secs(5), Box::new(other))
+                .is_err()
+            {
                 conn.abort();
             }
         }
@@ -184,7 +186,10 @@ impl Handler for Half {
 /// then serves public port `PUBLIC[i]` through virtual address `vaddr(i)`.
 pub fn relay(args: &[String]) {
     let control: SocketAddr = args[0].parse().expect("control address");
-    let publics: Vec<SocketAddr> = args[1..].iter().map(|a| a.parse().expect("public")).collect();
+    let publics: Vec<SocketAddr> = args[1..]
+        .iter()
+        .map(|a| a.parse().expect("public"))
+        .collect();
     let be = backend();
     let server = ServerConfig::with_identity(Arc::new(identity()));
     let cfg = tunnel_config(ZsSecurity::new(None, Some(Arc::new(server))));
@@ -203,7 +208,8 @@ pub fn relay(args: &[String]) {
         }
         if current.is_none() {
             for (i, p) in publics.iter().enumerate() {
-                let shared: Arc<Mutex<Option<TunnelHandle>>> = Arc::new(Mutex::new(Some(t.clone())));
+                let shared: Arc<Mutex<Option<TunnelHandle>>> =
+                    Arc::new(Mutex::new(Some(t.clone())));
                 let f: HandlerFactory = Arc::new(move || {
                     let pair = Arc::new(Mutex::new(Pair::default()));
                     let t = shared.lock().unwrap().clone();
@@ -233,10 +239,17 @@ pub fn relay(args: &[String]) {
 pub fn agent(args: &[String]) {
     let relay: SocketAddr = args[0].parse().expect("relay address");
     let fp = args[1].parse().expect("fingerprint");
-    let locals: Vec<SocketAddr> = args[2..].iter().map(|a| a.parse().expect("local")).collect();
+    let locals: Vec<SocketAddr> = args[2..]
+        .iter()
+        .map(|a| a.parse().expect("local"))
+        .collect();
     let be = backend();
-    let cfg = tunnel_config(ZsSecurity::new(Some(Arc::new(ClientConfig::pinned(fp))), None));
-    let t = Tunnel::connect(&*be, relay, cfg, Duration::from_secs(10)).expect("tunnel to the relay");
+    let cfg = tunnel_config(ZsSecurity::new(
+        Some(Arc::new(ClientConfig::pinned(fp))),
+        None,
+    ));
+    let t =
+        Tunnel::connect(&*be, relay, cfg, Duration::from_secs(10)).expect("tunnel to the relay");
     let mut listeners = Vec::new();
     for (i, local) in locals.iter().enumerate() {
         let local = *local;

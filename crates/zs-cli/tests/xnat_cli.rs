@@ -158,11 +158,15 @@ fn tls_transport_from_the_cli_and_a_wrong_root_is_logged() {
             .spawn()
             .unwrap(),
     );
-    wait("the refusal in the agent's log", Duration::from_secs(15), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("not signed by [client.transport.tls] trusted_root")
-    });
+    wait(
+        "the refusal in the agent's log",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("not signed by [client.transport.tls] trusted_root")
+        },
+    );
     let pa: SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
     assert!(!round_trip(pa, b"x"), "served through a refused agent");
     let agent_cfg = dir.path().join("agent.toml");

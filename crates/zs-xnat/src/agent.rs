@@ -61,7 +61,9 @@ impl Dial {
 /// relay's TLS certificate must carry when `hostname` is not set.
 fn host_of(addr: &str) -> String {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']').to_string()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// An agent. Cheap to clone.
@@ -257,7 +259,9 @@ impl Agent {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         let dialer = match &self.inner.dial {
             Ok(Dial::Session(c)) => Dialer::Session(c.clone()),
-            Ok(Dial::Tls(c, name)) => Dialer::Tls(c.clone(), name.clone().unwrap_or_else(|| host_of(addr))),
+            Ok(Dial::Tls(c, name)) => {
+                Dialer::Tls(c.clone(), name.clone().unwrap_or_else(|| host_of(addr)))
+            }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidInput, e.clone())),
         };
         SecureConn::dial(tcp, &dialer, CONNECT_TIMEOUT).await

@@ -380,7 +380,10 @@ impl P<'_> {
                 .ok_or_else(|| self.e(&format!("{p}.{k}"), format!("required: {what}")))
         };
         Ok(ServerTls {
-            cert: path("cert", "the PEM file of the relay's certificate chain, leaf first")?,
+            cert: path(
+                "cert",
+                "the PEM file of the relay's certificate chain, leaf first",
+            )?,
             key: path("key", "the PEM file of the relay's private key")?,
         })
     }
@@ -854,10 +857,12 @@ pub enum PlainCopy {
 
 impl P<'_> {
     fn threads(&self, t: &Table, prefix: &str) -> Result<Threads, ConfigError> {
-        Ok(match self.uint(t, "threads", &format!("{prefix}.threads"), 1024)? {
-            None | Some(1) => Threads::One,
-            Some(n) => Threads::Many(n as usize),
-        })
+        Ok(
+            match self.uint(t, "threads", &format!("{prefix}.threads"), 1024)? {
+                None | Some(1) => Threads::One,
+                Some(n) => Threads::Many(n as usize),
+            },
+        )
     }
 
     fn plain_copy(&self, t: &Table, prefix: &str) -> Result<PlainCopy, ConfigError> {
@@ -994,7 +999,11 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.key, "client.relay_fingerprint");
-        assert!(e.message.contains("trusted_root and hostname"), "{}", e.message);
+        assert!(
+            e.message.contains("trusted_root and hostname"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -612,37 +612,43 @@ fn pem_err(file: &std::path::Path, key: &str, e: impl std::fmt::Display) -> io::
     )
 }
 
+/// Every certificate of PEM file `file` (`key` names the config key in errors).
+fn pem_certs(
+    file: &std::path::Path,
+    key: &str,
+) -> io::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
+        .map_err(|e| pem_err(file, key, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(file, key, e))?;
+    if certs.is_empty() {
+        return Err(pem_err(file, key, "expected at least one PEM CERTIFICATE"));
+    }
+    Ok(certs)
+}
+
 /// The relay's TLS 1.3 configuration from `[server.transport.tls]` `cert`
 /// and `key` (PEM).
-pub(crate) fn load_server_tls(t: &crate::config::ServerTls) -> io::Result<Arc<rustls::ServerConfig>> {
+pub(crate) fn load_server_tls(
+    t: &crate::config::ServerTls,
+) -> io::Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let ck = "[server.transport.tls] cert";
-    let chain = CertificateDer::pem_file_iter(&t.cert)
-        .map_err(|e| pem_err(&t.cert, ck, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(&t.cert, ck, e))?;
-    if chain.is_empty() {
-        return Err(pem_err(&t.cert, ck, "expected at least one PEM CERTIFICATE"));
-    }
+    let chain = pem_certs(&t.cert, "[server.transport.tls] cert")?;
     let kk = "[server.transport.tls] key";
-    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| pem_err(&t.key, kk, e))?;
-    zs_crypto::tls::server_config(chain, key).map_err(|e| pem_err(&t.cert, "[server.transport.tls]", e))
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| pem_err(&t.key, kk, e))?;
+    zs_crypto::tls::server_config(chain, key)
+        .map_err(|e| pem_err(&t.cert, "[server.transport.tls]", e))
 }
 
 /// The agent's TLS 1.3 configuration from `[client.transport.tls]`
 /// `trusted_root` (PEM: the only roots trusted).
-pub(crate) fn load_client_tls(t: &crate::config::ClientTls) -> io::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
+pub(crate) fn load_client_tls(
+    t: &crate::config::ClientTls,
+) -> io::Result<Arc<rustls::ClientConfig>> {
     let k = "[client.transport.tls] trusted_root";
-    let roots = CertificateDer::pem_file_iter(&t.trusted_root)
-        .map_err(|e| pem_err(&t.trusted_root, k, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(&t.trusted_root, k, e))?;
-    if roots.is_empty() {
-        return Err(pem_err(&t.trusted_root, k, "expected at least one PEM CERTIFICATE"));
-    }
+    let roots = pem_certs(&t.trusted_root, k)?;
     zs_crypto::tls::client_config(&roots).map_err(|e| pem_err(&t.trusted_root, k, e))
 }
 
@@ -664,7 +670,10 @@ mod tests {
         let first: [u8; 3] = ours[..3].try_into().unwrap();
         // PROTOCOL.md 5.1: `16 | length 39..=165 (u32 LE)`.
         assert_eq!(first[0], 0x16, "our handshake record type");
-        assert!((39..=165).contains(&first[1]) && first[2] == 0, "{first:02x?}");
+        assert!(
+            (39..=165).contains(&first[1]) && first[2] == 0,
+            "{first:02x?}"
+        );
         assert!(!looks_like_tls(&first), "{first:02x?}");
         // Every possible ClientHello length of ours (38..=255: a u32 LE
         // length whose low byte comes second) is told apart.

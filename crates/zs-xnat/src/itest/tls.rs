@@ -49,17 +49,21 @@ fn tls_transport_carries_exact_bytes_and_the_relay_still_takes_pinned_sessions()
     // data connections (TLS too) carry bytes exactly, both ways.
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let got = echo_exact(relay.public_addr("echo").unwrap(), &data);
-    assert!(got == data, "{} of {} bytes came back", got.len(), data.len());
+    assert!(
+        got == data,
+        "{} of {} bytes came back",
+        got.len(),
+        data.len()
+    );
     assert_eq!(agent.stats().sessions.load(Ordering::Relaxed), 1);
     // Our pinned session still works on the same port (command API,
     // visitors, agents that keep type = "tcp"): a second agent uses it.
-    let (_as2, agent2) = start_agent(agent_cfg(
-        &[relay.local_addr()],
-        &[("echo", "t", echo, 10)],
-    ));
-    wait_until("session agent on the TLS relay", Duration::from_secs(10), || {
-        agent2.stats().sessions.load(Ordering::Relaxed) == 1
-    });
+    let (_as2, agent2) = start_agent(agent_cfg(&[relay.local_addr()], &[("echo", "t", echo, 10)]));
+    wait_until(
+        "session agent on the TLS relay",
+        Duration::from_secs(10),
+        || agent2.stats().sessions.load(Ordering::Relaxed) == 1,
+    );
     let got = echo_exact(relay.public_addr("echo").unwrap(), b"both transports");
     assert_eq!(got, b"both transports");
     assert_eq!(stat(&relay, "handshake_failures"), 0);
@@ -100,7 +104,10 @@ fn tls_with_a_wrong_root_or_hostname_is_refused_and_says_which() {
     let mut cfg = tls_agent(&relay, echo, &root, "x");
     cfg.tls.as_mut().unwrap().hostname = None;
     let e = connect_error(&relay, cfg);
-    assert!(e.contains("does not name") && e.contains("127.0.0.1"), "{e}");
+    assert!(
+        e.contains("does not name") && e.contains("127.0.0.1"),
+        "{e}"
+    );
     // A running agent with a wrong root never registers; the relay counts
     // the failed handshakes and keeps serving others.
     let (_as, agent) = start_agent(tls_agent(&relay, echo, &other, "relay.test"));
@@ -150,7 +157,8 @@ fn an_unreadable_trusted_root_is_an_error_naming_the_key_and_file() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("[server.transport.tls] cert") && e.contains("expected at least one PEM CERTIFICATE"),
+        e.contains("[server.transport.tls] cert")
+            && e.contains("expected at least one PEM CERTIFICATE"),
         "{e}"
     );
 }
