@@ -162,3 +162,54 @@ fn an_unreadable_trusted_root_is_an_error_naming_the_key_and_file() {
         "{e}"
     );
 }
+
+/// Attack: on a relay with TLS on, a peer that sends two bytes of a TLS
+/// record header and stalls, one that sends garbage, and one that sends a TLS
+/// record header followed by garbage are each closed and counted, and an
+/// honest agent is served meanwhile.
+#[test]
+fn a_tls_relay_counts_stalled_and_garbage_peers_and_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = echo_server();
+    let (_rs, relay) = tls_relay(dir.path());
+    let mut stalled = StdStream::connect(relay.local_addr()).unwrap();
+    stalled.write_all(&[0x16, 0x03]).unwrap();
+    let mut garbage = StdStream::connect(relay.local_addr()).unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut fake = StdStream::connect(relay.local_addr()).unwrap();
+    fake.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3])
+        .unwrap();
+    let root = dir.path().join("relay.crt");
+    let (_as, _agent) = start_agent(tls_agent(&relay, echo, &root, "relay.test"));
+    wait_until("honest agent", Duration::from_secs(10), || {
+        relay.public_addr("echo").is_some()
+    });
+    assert_eq!(
+        echo_exact(relay.public_addr("echo").unwrap(), b"still"),
+        b"still"
+    );
+    wait_until("three failed handshakes", Duration::from_secs(15), || {
+        stat(&relay, "handshake_failures") >= 3
+    });
+    // Each of them was closed: a read sees the end (or a reset), not a hang.
+    for mut s in [stalled, garbage, fake] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 64];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => break,
+                Err(e) => {
+                    assert!(
+                        !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ),
+                        "a hostile peer's connection is still open"
+                    );
+                    break; // reset
+                }
+                Ok(_) => {} // an alert or a handshake answer, then the end
+            }
+        }
+    }
+}
