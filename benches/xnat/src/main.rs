@@ -17,6 +17,8 @@
 //! Peers come from `target/peers/bin` (installed by xtask from BENCH_TOOLS).
 #![forbid(unsafe_code)]
 
+mod mux;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -281,14 +283,20 @@ fn block<T>(
 
 /// wrk through `port`: requests/s.
 fn wrk(port: u16, secs: u32) -> f64 {
-    let _t = Trace::new(format!("wrk port {port}"));
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            "-c10",
-            &format!("-d{secs}s"),
-            &format!("http://127.0.0.1:{port}/"),
-        ])
+    wrk_with(port, secs, false)
+}
+
+/// wrk through `port`; `close`: a new connection for every request
+/// (`Connection: close`), the short-connection load.
+fn wrk_with(port: u16, secs: u32, close: bool) -> f64 {
+    let _t = Trace::new(format!("wrk port {port} close {close}"));
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c10", &format!("-d{secs}s")]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .expect("wrk");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -297,6 +305,94 @@ fn wrk(port: u16, secs: u32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// Median microseconds from `connect` to the end of the answer of one
+/// `Connection: close` GET on a fresh connection through `port`, `n` in a
+/// row: what opening a connection through the tunnel costs.
+fn open_latency_us(port: u16, n: usize) -> f64 {
+    use std::io::{Read, Write};
+    let _t = Trace::new(format!("open latency port {port}"));
+    let mut v = Vec::with_capacity(n);
+    let mut buf = [0u8; 1024];
+    for _ in 0..n {
+        let t = Instant::now();
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            continue;
+        }
+        let mut got = 0;
+        while let Ok(k) = s.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            got += k;
+        }
+        if got > 0 {
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The p2pvm-mux data path (`mux.rs`): relay and agent processes of this binary.
+fn ours_mux(iperf: u16, http: Option<u16>) -> Tunnel {
+    let _t = Trace::new("start xnat mux".to_string());
+    let exe = std::env::current_exe().unwrap();
+    let control = free_port();
+    let (pi, ph) = (free_port(), free_port());
+    let mut publics = vec![format!("127.0.0.1:{pi}")];
+    let mut locals = vec![format!("127.0.0.1:{iperf}")];
+    if let Some(h) = http {
+        publics.push(format!("127.0.0.1:{ph}"));
+        locals.push(format!("127.0.0.1:{h}"));
+    }
+    relay_then_agent(
+        Command::new(&exe)
+            .arg("__mux_relay")
+            .arg(format!("127.0.0.1:{control}"))
+            .args(&publics),
+        Command::new(&exe)
+            .arg("__mux_agent")
+            .arg(format!("127.0.0.1:{control}"))
+            .arg(mux::fingerprint())
+            .args(&locals),
+        (control, pi, http.map(|_| ph)),
+        "mux",
+    )
+}
+
+/// Starts `relay`, waits for its agent port `ports.0`, starts `agent`, waits
+/// for the public ports (`ports.1` for iperf3, `ports.2` for HTTP).
+fn relay_then_agent(
+    relay: &mut Command,
+    agent: &mut Command,
+    ports: (u16, u16, Option<u16>),
+    what: &str,
+) -> Tunnel {
+    let (control, pi, ph) = ports;
+    let r = spawn(relay);
+    wait_port(control, &format!("{what} relay"));
+    let a = spawn(agent);
+    wait_port(pi, &format!("{what} public port"));
+    if let Some(ph) = ph {
+        wait_port(ph, &format!("{what} public http port"));
+    }
+    Tunnel {
+        procs: vec![r, a],
+        iperf_port: pi,
+        http_port: ph,
+    }
 }
 
 struct Tunnel {
@@ -345,26 +441,16 @@ fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: b
         agent += &format!("[client.services.http]\nlocal_addr = \"127.0.0.1:{h}\"\n");
     }
     std::fs::write(dir.join("agent.toml"), agent).unwrap();
-    let r = spawn(
+    relay_then_agent(
         Command::new(&exe)
             .arg("__relay")
             .arg(dir.join("relay.toml")),
-    );
-    wait_port(control, "zs-xnat relay");
-    let a = spawn(
         Command::new(&exe)
             .arg("__agent")
             .arg(dir.join("agent.toml")),
-    );
-    wait_port(pi, "zs-xnat public port");
-    if http.is_some() {
-        wait_port(ph, "zs-xnat public http port");
-    }
-    Tunnel {
-        procs: vec![r, a],
-        iperf_port: pi,
-        http_port: http.map(|_| ph),
-    }
+        (control, pi, http.map(|_| ph)),
+        "zs-xnat",
+    )
 }
 
 /// rathole's `--genkey` output: (private, public), base64.
@@ -568,6 +654,14 @@ fn main() {
         zs_xnat::run_agent_file(Path::new(&args[2])).expect("agent");
         return;
     }
+    if args.len() >= 3 && args[1] == "__mux_relay" {
+        mux::relay(&args[2..]);
+        return;
+    }
+    if args.len() >= 4 && args[1] == "__mux_agent" {
+        mux::agent(&args[2..]);
+        return;
+    }
     if args.len() == 3 && args[1] == "__soak" {
         let n: u64 = args[2].parse().expect("__soak takes a request count");
         std::process::exit(soak(n));
@@ -621,6 +715,12 @@ fn main() {
             tunnel: Some(rc(ours(&sub("ours-plain"), iperf_port, http, true))),
             bulk_only: false,
         },
+        // The data path the pool was chosen over: one p2pvm mux per agent.
+        Entry {
+            name: "xnat_mux",
+            tunnel: Some(rc(ours_mux(iperf_port, http))),
+            bulk_only: false,
+        },
     ];
     // read/write instead of splice: a diagnostic pair, full runs only.
     if !opts.quick {
@@ -668,6 +768,14 @@ fn main() {
          (type = \"tcp\", plaintext, token sent in clear) and bore (plaintext): plain_vs_*. \
          direct = iperf3/nginx without a tunnel, the baseline of xnat_vs_direct (encrypted) and \
          xnat_plain_vs_direct (plaintext), both from the same direct runs",
+    );
+    suite.note(
+        "xnat_mux = the other data path of issue 14: one zs-p2pvm mux per agent (Tunnel over one \
+         zs-crypto session, AES-256-GCM, relay key pinned; one virtual stream per public \
+         connection, opened with one OPEN frame) against xnat's pool of pre-opened data \
+         connections (one session per public connection): mux_vs_pool* (above 1.0: the mux is \
+         ahead). *_http_close: wrk with a new connection per request; *_open_us: median time \
+         from connect to the end of one answer on a fresh connection, sequential",
     );
     let pids_of = |t: &Entry| -> Vec<u32> {
         t.tunnel
@@ -824,6 +932,51 @@ fn main() {
                 },
             );
         }
+        // Short connections (the data-path decision): wrk with a new
+        // connection per request, and the latency of one fresh connection.
+        let short: Vec<(&'static str, u16)> = web
+            .iter()
+            .filter(|w| ["direct", "xnat", "xnat_mux", "rathole_noise"].contains(&w.0))
+            .copied()
+            .collect();
+        let results = std::rc::Rc::new(std::cell::RefCell::new(vec![
+            (f64::NAN, f64::NAN);
+            short.len()
+        ]));
+        let round = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        let opens = if opts.quick { 200 } else { 1000 };
+        for (i, (name, _)) in short.iter().enumerate() {
+            let (r2, round) = (results.clone(), round.clone());
+            let ports: Vec<u16> = short.iter().map(|w| w.1).collect();
+            suite.case(
+                &format!("{name}_http_close"),
+                "req_per_s",
+                Better::Higher,
+                move || {
+                    if i == 0 {
+                        let runs = block(ports.len(), round.get(), true, |j| {
+                            (
+                                wrk_with(ports[j], secs, true),
+                                open_latency_us(ports[j], opens),
+                            )
+                        });
+                        round.set(round.get() + 1);
+                        let mut r = r2.borrow_mut();
+                        for (j, v) in runs.iter().enumerate() {
+                            r[j] = (
+                                geomean(&v.iter().map(|x| x.0).collect::<Vec<_>>()),
+                                geomean(&v.iter().map(|x| x.1).collect::<Vec<_>>()),
+                            );
+                        }
+                    }
+                    r2.borrow()[i].0
+                },
+            );
+            let r3 = results.clone();
+            suite.case(&format!("{name}_open_us"), "us", Better::Lower, move || {
+                r3.borrow()[i].1
+            });
+        }
         match &oha_bin {
             Some(ob) => {
                 for rate in [1000u32, 4000] {
@@ -912,42 +1065,65 @@ fn main() {
         2.0 * aes_s_per_gib,
         cores / (e_cpu + 2.0 * aes_s_per_gib) * gib_gbit,
     ));
-    // The goals of issue 14: encrypted against encrypted.
-    suite.ratio("xnat_vs_rathole", "xnat_1", "rathole_noise_1");
-    suite.ratio("xnat_vs_rathole_8", "xnat_8", "rathole_noise_8");
-    suite.ratio("xnat_vs_direct", "xnat_1", "direct_1");
-    suite.ratio("xnat_vs_direct_8", "xnat_8", "direct_8");
-    suite.ratio("xnat_cpu_bound_vs_direct", "xnat_cpu_bound_1", "direct_1");
-    suite.ratio("http_vs_rathole", "xnat_http", "rathole_noise_http");
-    suite.ratio("p99_vs_rathole", "xnat_p99_4000", "rathole_noise_p99_4000");
-    suite.ratio(
-        "p99_vs_rathole_1000",
-        "xnat_p99_1000",
-        "rathole_noise_p99_1000",
-    );
-    suite.ratio("rss_vs_rathole", "xnat_rss", "rathole_noise_rss");
-    suite.ratio("cpu_vs_rathole", "xnat_cpu_1", "rathole_noise_cpu_1");
-    suite.ratio(
-        "aes_vs_chacha",
-        "aes256gcm_seal_64k",
-        "chacha20poly1305_seal_64k",
-    );
-    // Plaintext against plaintext (and against direct).
-    suite.ratio("xnat_plain_vs_direct", "xnat_plain_1", "direct_1");
-    suite.ratio("xnat_plain_vs_direct_8", "xnat_plain_8", "direct_8");
-    suite.ratio("plain_vs_rathole", "xnat_plain_1", "rathole_1");
-    suite.ratio("plain_vs_rathole_8", "xnat_plain_8", "rathole_8");
-    suite.ratio("plain_vs_bore", "xnat_plain_1", "bore_1");
-    suite.ratio("cpu_plain_vs_rathole", "xnat_plain_cpu_1", "rathole_cpu_1");
-    suite.ratio("splice_vs_rw", "xnat_plain_1", "xnat_plain_rw_1");
-    suite.ratio("splice_vs_rw_8", "xnat_plain_8", "xnat_plain_rw_8");
-    suite.ratio("http_plain_vs_rathole", "xnat_plain_http", "rathole_http");
-    suite.ratio(
-        "p99_plain_vs_rathole",
-        "xnat_plain_p99_4000",
-        "rathole_p99_4000",
-    );
-    suite.ratio("rss_plain_vs_rathole", "xnat_plain_rss", "rathole_rss");
+    // (ratio, ours, theirs)
+    for (key, ours, theirs) in [
+        // The goals of issue 14: encrypted against encrypted.
+        ("xnat_vs_rathole", "xnat_1", "rathole_noise_1"),
+        ("xnat_vs_rathole_8", "xnat_8", "rathole_noise_8"),
+        ("xnat_vs_direct", "xnat_1", "direct_1"),
+        ("xnat_vs_direct_8", "xnat_8", "direct_8"),
+        ("xnat_cpu_bound_vs_direct", "xnat_cpu_bound_1", "direct_1"),
+        ("http_vs_rathole", "xnat_http", "rathole_noise_http"),
+        ("p99_vs_rathole", "xnat_p99_4000", "rathole_noise_p99_4000"),
+        (
+            "p99_vs_rathole_1000",
+            "xnat_p99_1000",
+            "rathole_noise_p99_1000",
+        ),
+        ("rss_vs_rathole", "xnat_rss", "rathole_noise_rss"),
+        ("cpu_vs_rathole", "xnat_cpu_1", "rathole_noise_cpu_1"),
+        (
+            "aes_vs_chacha",
+            "aes256gcm_seal_64k",
+            "chacha20poly1305_seal_64k",
+        ),
+        // Plaintext against plaintext (and against direct).
+        ("xnat_plain_vs_direct", "xnat_plain_1", "direct_1"),
+        ("xnat_plain_vs_direct_8", "xnat_plain_8", "direct_8"),
+        ("plain_vs_rathole", "xnat_plain_1", "rathole_1"),
+        ("plain_vs_rathole_8", "xnat_plain_8", "rathole_8"),
+        ("plain_vs_bore", "xnat_plain_1", "bore_1"),
+        ("cpu_plain_vs_rathole", "xnat_plain_cpu_1", "rathole_cpu_1"),
+        ("splice_vs_rw", "xnat_plain_1", "xnat_plain_rw_1"),
+        ("splice_vs_rw_8", "xnat_plain_8", "xnat_plain_rw_8"),
+        ("http_plain_vs_rathole", "xnat_plain_http", "rathole_http"),
+        (
+            "p99_plain_vs_rathole",
+            "xnat_plain_p99_4000",
+            "rathole_p99_4000",
+        ),
+        ("rss_plain_vs_rathole", "xnat_plain_rss", "rathole_rss"),
+        // The data path decision: one p2pvm mux per agent against the
+        // pool (above 1.0: the mux is ahead).
+        ("mux_vs_pool", "xnat_mux_1", "xnat_1"),
+        ("mux_vs_pool_8", "xnat_mux_8", "xnat_8"),
+        ("mux_vs_pool_http", "xnat_mux_http", "xnat_http"),
+        (
+            "mux_vs_pool_http_close",
+            "xnat_mux_http_close",
+            "xnat_http_close",
+        ),
+        ("mux_vs_pool_open", "xnat_mux_open_us", "xnat_open_us"),
+        ("mux_vs_pool_cpu", "xnat_mux_cpu_1", "xnat_cpu_1"),
+        (
+            "http_close_vs_rathole",
+            "xnat_http_close",
+            "rathole_noise_http_close",
+        ),
+        ("open_vs_rathole", "xnat_open_us", "rathole_noise_open_us"),
+    ] {
+        suite.ratio(key, ours, theirs);
+    }
     suite.finish();
 }
 

@@ -13,11 +13,17 @@ use std::process::ExitCode;
 The config file is rathole's TOML: [server] bind_addr, default_token, \
 [server.services.NAME] token, bind_addr, type (\"tcp\" | \"udp\"); [client] remote_addr, \
 default_token, [client.services.NAME] token, local_addr, type; [*.transport] type = \
-\"tcp\" | \"noise\" (both: our encrypted session over TCP with the relay key pinned); \
-nodelay is accepted; [*.transport] encryption = \"session\" (default) | \"none\" \
+\"tcp\" | \"noise\" (both: our encrypted session over TCP with the relay key pinned, \
+the default) | \"tls\" (TLS 1.3 through rustls: [server.transport.tls] cert, key = PEM \
+files (rathole's pkcs12 is refused with the openssl command that converts it); \
+[client.transport.tls] trusted_root = the CA's PEM (REQUIRED), hostname (default: the \
+host of remote_addr); no relay_fingerprint then; the token proof is bound to the TLS \
+exporter; a relay with tls also takes our pinned session on the same port, for the \
+command API and visitors); nodelay is accepted; [*.transport] encryption = \"session\" (default) | \"none\" \
 (ours: plaintext data connections, moved with splice(2) on Linux, for trusted networks; \
 relay and agent must agree; control, token proof and tickets stay encrypted).\n\n\
-Our keys: [client] relay_fingerprint (REQUIRED, \"sha3-256:<64 hex>\", printed by \
+Our keys: [server] threads, [client] threads (1, the default: one thread runs every \
+connection; N: N worker threads; 0: one per core); [client] relay_fingerprint (REQUIRED unless type = \"tls\", \"sha3-256:<64 hex>\", printed by \
 `zs xnat server` and `zs xnat fingerprint`), remote_addrs = [..] (one tunnel to each \
 relay), agent_name, retry_interval (s, longest reconnect backoff, 2), heartbeat_timeout \
 (s, 40); [client.services.NAME] max_load (4096), proxy_protocol = \"v2\" (TCP only: \

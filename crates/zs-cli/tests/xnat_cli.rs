@@ -115,6 +115,71 @@ fn server_and_agent_processes_carry_traffic_and_the_agent_comes_back_after_a_kil
     }
 }
 
+/// `[*.transport] type = "tls"` from the CLI: a certificate made in the test
+/// (rcgen), an agent that trusts it carries traffic; one that trusts another
+/// root is refused and its log says so.
+#[test]
+fn tls_transport_from_the_cli_and_a_wrong_root_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = echo_server();
+    let (control, public) = (free_port(), free_port());
+    let ck = rcgen::generate_simple_self_signed(vec!["relay.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("relay.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("relay.key"), ck.signing_key.serialize_pem()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["relay.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("other.crt"), other.cert.pem()).unwrap();
+    let relay_cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &relay_cfg,
+        format!(
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"use_a_secret\"\n\
+             [server.transport]\ntype = \"tls\"\n[server.transport.tls]\ncert = \"relay.crt\"\nkey = \"relay.key\"\n\
+             [server.services.echo]\nbind_addr = \"127.0.0.1:{public}\"\n"
+        ),
+    )
+    .unwrap();
+    let _relay = spawn_xnat("server", &relay_cfg);
+    let agent_toml = |root: &str| {
+        format!(
+            "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"use_a_secret\"\n\
+             [client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"{root}\"\nhostname = \"relay.test\"\n\
+             [client.services.echo]\nlocal_addr = \"{echo}\"\n"
+        )
+    };
+    // The wrong root first: refused, with the reason in the log.
+    let bad_cfg = dir.path().join("bad-agent.toml");
+    std::fs::write(&bad_cfg, agent_toml("other.crt")).unwrap();
+    let log = dir.path().join("bad-agent.log");
+    let _bad = Guard(
+        zs().args(["xnat", "agent", "--config"])
+            .arg(&bad_cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait(
+        "the refusal in the agent's log",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("not signed by [client.transport.tls] trusted_root")
+        },
+    );
+    let pa: SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
+    assert!(!round_trip(pa, b"x"), "served through a refused agent");
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(&agent_cfg, agent_toml("relay.crt")).unwrap();
+    let _agent = spawn_agent(&agent_cfg);
+    wait("the tunnel over TLS", Duration::from_secs(15), || {
+        round_trip(pa, b"hello")
+    });
+    for i in 0..20u32 {
+        assert!(round_trip(pa, &i.to_le_bytes()), "request {i} failed");
+    }
+}
+
 #[test]
 fn config_errors_name_the_file_the_key_and_the_expectation() {
     let err = config_error(
@@ -412,6 +477,11 @@ fn help_lists_every_config_key_and_verb() {
         "idle_timeout",
         "max_connections",
         "\"udp\"",
+        "\"tls\"",
+        "trusted_root",
+        "hostname",
+        "cert, key",
+        "threads",
     ] {
         assert!(help.contains(key), "zs xnat --help does not name {key}");
     }

@@ -21,7 +21,7 @@ use crate::config::{ClientConfig, ClientService, Kind};
 use crate::proto::{self, Decoder, Msg};
 use crate::pump::{carry, End, Side};
 use crate::relay::Reload;
-use crate::secure::SecureConn;
+use crate::secure::{Dialer, SecureConn};
 use crate::stats::{inc, AgentStats};
 use crate::virt::VirtualBackend;
 
@@ -31,6 +31,40 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Data connections (pooled + carrying) per service beyond `max_load`.
 const DATA_SLACK: u32 = 64;
+
+/// How an agent authenticates its relays (from `[client]`).
+enum Dial {
+    /// `relay_fingerprint` pinned in our session.
+    Session(Arc<CryptoClient>),
+    /// TLS 1.3: roots from `trusted_root`, the `hostname` to check (default:
+    /// each relay's host).
+    Tls(Arc<rustls::ClientConfig>, Option<String>),
+}
+
+impl Dial {
+    fn of(cfg: &ClientConfig) -> io::Result<Dial> {
+        match (&cfg.tls, cfg.relay_fingerprint) {
+            (Some(t), _) => Ok(Dial::Tls(
+                crate::secure::load_client_tls(t)?,
+                t.hostname.clone(),
+            )),
+            (None, Some(fp)) => Ok(Dial::Session(Arc::new(CryptoClient::pinned(fp)))),
+            (None, None) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "[client] needs relay_fingerprint (or [client.transport] type = \"tls\")",
+            )),
+        }
+    }
+}
+
+/// The host of `host:port` (brackets of an IPv6 literal removed): the name a
+/// relay's TLS certificate must carry when `hostname` is not set.
+fn host_of(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
+}
 
 /// An agent. Cheap to clone.
 #[derive(Clone)]
@@ -42,7 +76,9 @@ struct Inner {
     /// The configuration the agent started with; its `services` are only the
     /// first value of [`Inner::services`].
     cfg: ClientConfig,
-    crypto: Arc<CryptoClient>,
+    /// How each relay is dialled: our pinned session, or TLS (its client
+    /// configuration, or why it could not be loaded: each connect fails with it).
+    dial: Result<Dial, String>,
     stats: AgentStats,
     /// The mappings served now (changed by [`Agent::reload`]). Held for map
     /// operations only, never across an `.await`.
@@ -78,8 +114,12 @@ fn served(conf: ClientService) -> Served {
 
 impl Agent {
     /// An agent for `cfg` (nothing happens until [`Agent::run`]).
+    ///
+    /// With `[client.transport] type = "tls"`, a `trusted_root` that cannot be
+    /// read makes every connect fail with that error (logged at each retry);
+    /// [`Agent::try_new`] reports it at once instead.
     pub fn new(cfg: ClientConfig) -> Agent {
-        let crypto = Arc::new(CryptoClient::pinned(cfg.relay_fingerprint));
+        let dial = Dial::of(&cfg).map_err(|e| e.to_string());
         crate::pump::warn_if_plaintext("agent", cfg.data_encryption);
         let services = cfg
             .services
@@ -89,7 +129,7 @@ impl Agent {
         Agent {
             inner: Arc::new(Inner {
                 cfg,
-                crypto,
+                dial,
                 stats: AgentStats::default(),
                 services: Mutex::new(services),
                 changes: watch::channel(0).0,
@@ -97,6 +137,13 @@ impl Agent {
                 visit: Default::default(),
             }),
         }
+    }
+
+    /// Like [`Agent::new`], but a TLS `trusted_root` that cannot be read or
+    /// holds no certificate is an error here.
+    pub fn try_new(cfg: ClientConfig) -> io::Result<Agent> {
+        Dial::of(&cfg)?;
+        Ok(Agent::new(cfg))
     }
 
     /// Applies a new set of mappings (a reloaded `[client.services]`) on every
@@ -210,7 +257,14 @@ impl Agent {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        SecureConn::connect(tcp, self.inner.crypto.clone(), CONNECT_TIMEOUT).await
+        let dialer = match &self.inner.dial {
+            Ok(Dial::Session(c)) => Dialer::Session(c.clone()),
+            Ok(Dial::Tls(c, name)) => {
+                Dialer::Tls(c.clone(), name.clone().unwrap_or_else(|| host_of(addr)))
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidInput, e.clone())),
+        };
+        SecureConn::dial(tcp, &dialer, CONNECT_TIMEOUT).await
     }
 
     /// One control session; returns whether it was established and why it ended.

@@ -60,6 +60,67 @@ pub struct ServerConfig {
     pub data_encryption: DataEncryption,
     /// Ours: `[server.transport] plain_copy` (see [`PlainCopy`]).
     pub plain_copy: PlainCopy,
+    /// `[server.transport] type = "tls"`: agents connect with TLS 1.3 and
+    /// this certificate (see [`ServerTls`]); `None`: our session only.
+    pub tls: Option<ServerTls>,
+    /// Ours: `threads`, the tokio worker threads of `zs xnat server` (see
+    /// [`Threads`]).
+    pub threads: Threads,
+}
+
+/// `[server] threads` / `[client] threads` (ours): how many threads run the
+/// relay's or agent's connections in `zs xnat server|agent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// Absent or `1` (default): one thread runs every connection (tokio's
+    /// current-thread runtime): a request crossing the tunnel wakes no
+    /// other thread, which is what decided the default (see
+    /// docs/ARCHITECTURE.md, zs-xnat).
+    #[default]
+    One,
+    /// `N` > 1: N worker threads with work stealing; `0`: one per core.
+    Many(usize),
+}
+
+impl Threads {
+    /// The tokio runtime for this setting.
+    pub fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Threads::One => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Threads::Many(n) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if n > 0 {
+                    b.worker_threads(n);
+                }
+                b.enable_all().build()
+            }
+        }
+    }
+}
+
+/// `[server.transport.tls]` (with `type = "tls"`): the relay's certificate.
+/// rathole takes a PKCS#12 file here (`pkcs12`, `pkcs12_password`); we take
+/// PEM files, the form rustls and Let's Encrypt use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// `cert`: PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// `key`: PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[client.transport.tls]` (with `type = "tls"`; rathole's keys): how the
+/// agent checks the relay's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// `trusted_root`: PEM file of the CA certificate(s) (or the relay's
+    /// self-signed certificate) the relay's certificate must chain to.
+    pub trusted_root: PathBuf,
+    /// `hostname`: the name the relay's certificate must carry (default: the
+    /// host part of each `remote_addr`).
+    pub hostname: Option<String>,
 }
 
 /// Ours: `[server] admin_token`, `store_dir`, `max_udp_flows`, `max_runtime_mappings`.
@@ -132,8 +193,10 @@ impl Kind {
 pub struct ClientConfig {
     /// `remote_addr`: the relay (ours: also `remote_addrs`, a list, one tunnel each).
     pub remote_addrs: Vec<String>,
-    /// Ours: `relay_fingerprint`, the pinned relay key (`sha3-256:` + 64 hex).
-    pub relay_fingerprint: Fingerprint,
+    /// Ours: `relay_fingerprint`, the pinned relay key (`sha3-256:` + 64
+    /// hex); required with our session, refused with `type = "tls"` (then
+    /// [`ClientConfig::tls`] says how the relay is checked).
+    pub relay_fingerprint: Option<Fingerprint>,
     /// `default_token`.
     pub default_token: Option<String>,
     /// `retry_interval` seconds: the longest reconnect backoff (default 2).
@@ -148,6 +211,11 @@ pub struct ClientConfig {
     pub data_encryption: DataEncryption,
     /// Ours: `[client.transport] plain_copy` (see [`PlainCopy`]).
     pub plain_copy: PlainCopy,
+    /// `[client.transport] type = "tls"`: TLS 1.3 to the relay (see [`ClientTls`]).
+    pub tls: Option<ClientTls>,
+    /// Ours: `threads`, the tokio worker threads of `zs xnat agent` (see
+    /// [`Threads`]).
+    pub threads: Threads,
 }
 
 /// One `[client.services.NAME]`.
@@ -254,26 +322,100 @@ impl P<'_> {
     }
 
     /// `[X.transport]`: `type` is "tcp" or "noise" (both: our encrypted
-    /// session over TCP); rathole's `tcp`/`noise` option tables are accepted.
-    fn transport(&self, t: &Table, prefix: &str) -> Result<(), ConfigError> {
+    /// session over TCP) or "tls" (TLS 1.3 through rustls; returns the
+    /// `[X.transport.tls]` table); rathole's `tcp`/`noise` option tables are
+    /// accepted.
+    fn transport<'t>(&self, t: &'t Table, prefix: &str) -> Result<Option<&'t Table>, ConfigError> {
         let Some(tr) = self.table(t, "transport", &format!("{prefix}.transport"))? else {
-            return Ok(());
+            return Ok(None);
         };
         let p = format!("{prefix}.transport");
         self.only(
             tr,
             &p,
-            &["type", "tcp", "noise", "encryption", "plain_copy"],
+            &["type", "tcp", "noise", "tls", "encryption", "plain_copy"],
         )?;
         match self.str(tr, "type", &format!("{p}.type"))? {
-            None | Some("tcp") | Some("noise") => Ok(()),
+            None | Some("tcp") | Some("noise") => Ok(None),
+            Some("tls") => {
+                if self.str(tr, "encryption", &format!("{p}.encryption"))? == Some("none") {
+                    return Err(self.e(
+                        &format!("{p}.encryption"),
+                        "expected \"session\" with type = \"tls\" (a TLS data connection stays inside TLS; plaintext data connections need type = \"tcp\")",
+                    ));
+                }
+                self.table(tr, "tls", &format!("{p}.tls"))?.map(Some).ok_or_else(|| {
+                    self.e(
+                        &format!("{p}.tls"),
+                        if prefix == "server" {
+                            "required with type = \"tls\": a table with cert and key (PEM files)"
+                        } else {
+                            "required with type = \"tls\": a table with trusted_root (PEM file) and optionally hostname"
+                        },
+                    )
+                })
+            }
             Some(other) => Err(self.e(
                 &format!("{p}.type"),
                 format!(
-                    "expected \"tcp\" or \"noise\" (both run our encrypted, relay-pinned session over TCP); {other:?} is not supported"
+                    "expected \"tcp\" or \"noise\" (both run our encrypted, relay-pinned session over TCP) or \"tls\" (TLS 1.3 through rustls); {other:?} is not supported"
                 ),
             )),
         }
+    }
+
+    /// `[server.transport.tls]`: `cert` and `key` PEM files.
+    fn server_tls(&self, t: &Table, base: &Path) -> Result<ServerTls, ConfigError> {
+        let p = "server.transport.tls";
+        if t.contains_key("pkcs12") || t.contains_key("pkcs12_password") {
+            return Err(self.e(
+                &format!("{p}.pkcs12"),
+                "expected cert and key PEM files instead of a PKCS#12 file; convert it with `openssl pkcs12 -in identity.p12 -nokeys -out cert.pem` and `openssl pkcs12 -in identity.p12 -nocerts -nodes -out key.pem`",
+            ));
+        }
+        self.only(t, p, &["cert", "key"])?;
+        let path = |k: &str, what: &str| -> Result<PathBuf, ConfigError> {
+            self.str(t, k, &format!("{p}.{k}"))?
+                .map(|f| base.join(f))
+                .ok_or_else(|| self.e(&format!("{p}.{k}"), format!("required: {what}")))
+        };
+        Ok(ServerTls {
+            cert: path(
+                "cert",
+                "the PEM file of the relay's certificate chain, leaf first",
+            )?,
+            key: path("key", "the PEM file of the relay's private key")?,
+        })
+    }
+
+    /// `[client.transport.tls]`: `trusted_root` and `hostname`.
+    fn client_tls(&self, t: &Table, base: &Path) -> Result<ClientTls, ConfigError> {
+        let p = "client.transport.tls";
+        self.only(t, p, &["trusted_root", "hostname"])?;
+        let trusted_root = self
+            .str(t, "trusted_root", &format!("{p}.trusted_root"))?
+            .map(|f| base.join(f))
+            .ok_or_else(|| {
+                self.e(
+                    &format!("{p}.trusted_root"),
+                    "required: the PEM file of the CA (or the relay's self-signed certificate) that signed the relay's certificate",
+                )
+            })?;
+        let hostname = self
+            .str(t, "hostname", &format!("{p}.hostname"))?
+            .map(String::from);
+        if let Some(h) = &hostname {
+            if rustls::pki_types::ServerName::try_from(h.as_str()).is_err() {
+                return Err(self.e(
+                    &format!("{p}.hostname"),
+                    format!("expected a DNS name or an IP address, got {h:?}"),
+                ));
+            }
+        }
+        Ok(ClientTls {
+            trusted_root,
+            hostname,
+        })
     }
 
     fn service_type(&self, s: &Table, path: &str) -> Result<Kind, ConfigError> {
@@ -368,7 +510,7 @@ impl Config {
         };
         let client = match p.table(&root, "client", "client")? {
             None => None,
-            Some(c) => Some(parse_client(&p, c)?),
+            Some(c) => Some(parse_client(&p, c, base)?),
         };
         if server.is_none() && client.is_none() {
             return Err(p.e("", "expected a [server] or a [client] table"));
@@ -396,6 +538,7 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             "max_udp_flows",
             "max_runtime_mappings",
             "direct",
+            "threads",
         ],
     )?;
     let bind_addr = p.addr(s, "bind_addr", "server.bind_addr")?.ok_or_else(|| {
@@ -407,7 +550,10 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
     let default_token = p
         .str(s, "default_token", "server.default_token")?
         .map(String::from);
-    p.transport(s, "server")?;
+    let tls = match p.transport(s, "server")? {
+        Some(t) => Some(p.server_tls(t, base)?),
+        None => None,
+    };
     let data_encryption = p.data_encryption(s, "server")?;
     let plain_copy = p.plain_copy(s, "server")?;
     let identity_file = base.join(
@@ -477,6 +623,8 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
         admin,
         data_encryption,
         plain_copy,
+        tls,
+        threads: p.threads(s, "server")?,
     })
 }
 
@@ -509,7 +657,7 @@ fn parse_admin(p: &P<'_>, s: &Table, base: &Path) -> Result<AdminConfig, ConfigE
     Ok(a)
 }
 
-fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
+fn parse_client(p: &P<'_>, c: &Table, base: &Path) -> Result<ClientConfig, ConfigError> {
     p.only(
         c,
         "client",
@@ -523,6 +671,7 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
             "heartbeat_timeout",
             "relay_fingerprint",
             "agent_name",
+            "threads",
         ],
     )?;
     let mut remote_addrs = Vec::new();
@@ -560,21 +709,34 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
             ));
         }
     }
-    p.transport(c, "client")?;
+    let tls = match p.transport(c, "client")? {
+        Some(t) => Some(p.client_tls(t, base)?),
+        None => None,
+    };
     let data_encryption = p.data_encryption(c, "client")?;
     let plain_copy = p.plain_copy(c, "client")?;
-    let fp_text = p.str(c, "relay_fingerprint", "client.relay_fingerprint")?.ok_or_else(|| {
-        p.e(
-            "client.relay_fingerprint",
-            "required: the relay key fingerprint (\"sha3-256:<64 hex>\"), printed by `zs xnat server` at start and by `zs xnat fingerprint --config RELAY.toml`",
-        )
-    })?;
-    let relay_fingerprint: Fingerprint = fp_text.parse().map_err(|_| {
-        p.e(
-            "client.relay_fingerprint",
-            format!("expected \"sha3-256:\" and 64 hex digits, got {fp_text:?}"),
-        )
-    })?;
+    let fp_text = p.str(c, "relay_fingerprint", "client.relay_fingerprint")?;
+    let relay_fingerprint = match (fp_text, &tls) {
+        (None, None) => {
+            return Err(p.e(
+                "client.relay_fingerprint",
+                "required: the relay key fingerprint (\"sha3-256:<64 hex>\"), printed by `zs xnat server` at start and by `zs xnat fingerprint --config RELAY.toml`",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(p.e(
+                "client.relay_fingerprint",
+                "expected no relay_fingerprint with [client.transport] type = \"tls\": the relay is checked by [client.transport.tls] trusted_root and hostname (remove one of the two)",
+            ))
+        }
+        (None, Some(_)) => None,
+        (Some(fp_text), None) => Some(fp_text.parse::<Fingerprint>().map_err(|_| {
+            p.e(
+                "client.relay_fingerprint",
+                format!("expected \"sha3-256:\" and 64 hex digits, got {fp_text:?}"),
+            )
+        })?),
+    };
     let default_token = p
         .str(c, "default_token", "client.default_token")?
         .map(String::from);
@@ -651,6 +813,8 @@ fn parse_client(p: &P<'_>, c: &Table) -> Result<ClientConfig, ConfigError> {
         services,
         data_encryption,
         plain_copy,
+        tls,
+        threads: p.threads(c, "client")?,
     })
 }
 
@@ -692,6 +856,15 @@ pub enum PlainCopy {
 }
 
 impl P<'_> {
+    fn threads(&self, t: &Table, prefix: &str) -> Result<Threads, ConfigError> {
+        Ok(
+            match self.uint(t, "threads", &format!("{prefix}.threads"), 1024)? {
+                None | Some(1) => Threads::One,
+                Some(n) => Threads::Many(n as usize),
+            },
+        )
+    }
+
     fn plain_copy(&self, t: &Table, prefix: &str) -> Result<PlainCopy, ConfigError> {
         let Some(tr) = self.table(t, "transport", &format!("{prefix}.transport"))? else {
             return Ok(PlainCopy::Splice);
@@ -736,6 +909,102 @@ mod tests {
     }
 
     const FP: &str = "sha3-256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn rathole_tls_transport_parses_with_paths_next_to_the_config() {
+        let c = parse(
+            "[server]\nbind_addr = \"0.0.0.0:2333\"\n[server.transport]\ntype = \"tls\"\n[server.transport.tls]\ncert = \"relay.crt\"\nkey = \"/k/relay.key\"\n",
+        )
+        .unwrap();
+        let tls = c.server.unwrap().tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/zs/relay.crt"));
+        assert_eq!(tls.key, Path::new("/k/relay.key"));
+        let c = parse(
+            "[client]\nremote_addr = \"relay.example.com:2333\"\n[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"ca.pem\"\nhostname = \"relay.example.com\"\n",
+        )
+        .unwrap();
+        let c = c.client.unwrap();
+        assert_eq!(c.relay_fingerprint, None);
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.trusted_root, Path::new("/etc/zs/ca.pem"));
+        assert_eq!(tls.hostname.as_deref(), Some("relay.example.com"));
+        // Without type = "tls", a tls table is rathole's leftover: no TLS.
+        let c = parse(&format!(
+            "[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"{FP}\"\n[client.transport]\ntype = \"noise\"\n[client.transport.tls]\ntrusted_root = \"ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.client.unwrap().tls, None);
+    }
+
+    #[test]
+    fn threads_default_to_one_and_parse() {
+        let c = parse("[server]\nbind_addr = \"0.0.0.0:1\"\n").unwrap();
+        assert_eq!(c.server.unwrap().threads, Threads::One);
+        let c = parse("[server]\nbind_addr = \"0.0.0.0:1\"\nthreads = 0\n").unwrap();
+        assert_eq!(c.server.unwrap().threads, Threads::Many(0));
+        let c = parse(&format!(
+            "[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"{FP}\"\nthreads = 4\n"
+        ))
+        .unwrap();
+        assert_eq!(c.client.unwrap().threads, Threads::Many(4));
+        let e = parse("[server]\nbind_addr = \"0.0.0.0:1\"\nthreads = -2\n").unwrap_err();
+        assert_eq!(e.key, "server.threads");
+        // Both kinds of runtime run a task.
+        for t in [Threads::One, Threads::Many(2)] {
+            assert_eq!(t.runtime().unwrap().block_on(async { 7 }), 7);
+        }
+    }
+
+    #[test]
+    fn tls_transport_errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.transport]\ntype = \"tls\"\n",
+                "server.transport.tls",
+                "cert and key",
+            ),
+            (
+                "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.transport]\ntype = \"tls\"\n[server.transport.tls]\npkcs12 = \"id.p12\"\npkcs12_password = \"x\"\n",
+                "server.transport.tls.pkcs12",
+                "openssl pkcs12",
+            ),
+            (
+                "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.transport]\ntype = \"tls\"\n[server.transport.tls]\ncert = \"c\"\n",
+                "server.transport.tls.key",
+                "required",
+            ),
+            (
+                "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.transport]\ntype = \"tls\"\nencryption = \"none\"\n[server.transport.tls]\ncert = \"c\"\nkey = \"k\"\n",
+                "server.transport.encryption",
+                "stays inside TLS",
+            ),
+            (
+                "[client]\nremote_addr = \"r:1\"\n[client.transport]\ntype = \"tls\"\n[client.transport.tls]\nhostname = \"r\"\n",
+                "client.transport.tls.trusted_root",
+                "required",
+            ),
+            (
+                "[client]\nremote_addr = \"r:1\"\n[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"ca.pem\"\nhostname = \"not a name!\"\n",
+                "client.transport.tls.hostname",
+                "DNS name",
+            ),
+        ];
+        for (text, key, needle) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key, *key, "{text}");
+            assert!(e.message.contains(needle), "{}: {}", key, e.message);
+        }
+        let e = parse(&format!(
+            "[client]\nremote_addr = \"r:1\"\nrelay_fingerprint = \"{FP}\"\n[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"ca.pem\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "client.relay_fingerprint");
+        assert!(
+            e.message.contains("trusted_root and hostname"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn rathole_server_config_parses() {

@@ -21,6 +21,7 @@ use crate::{Agent, Relay};
 const SEED: [u8; 32] = [42; 32];
 
 mod features;
+mod tls;
 
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -187,6 +188,8 @@ pub(crate) fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConf
             .collect(),
         data_encryption: Default::default(),
         plain_copy: Default::default(),
+        tls: None,
+        threads: Default::default(),
     }
 }
 
@@ -209,7 +212,7 @@ pub(crate) fn agent_cfg(
 ) -> ClientConfig {
     ClientConfig {
         remote_addrs: relays.iter().map(|a| a.to_string()).collect(),
-        relay_fingerprint: ServerIdentity::from_seed(&SEED).unwrap().fingerprint(),
+        relay_fingerprint: Some(ServerIdentity::from_seed(&SEED).unwrap().fingerprint()),
         default_token: None,
         retry_max: Duration::from_millis(500),
         heartbeat_timeout: Duration::from_secs(5),
@@ -231,6 +234,8 @@ pub(crate) fn agent_cfg(
             .collect::<BTreeMap<_, _>>(),
         data_encryption: Default::default(),
         plain_copy: Default::default(),
+        tls: None,
+        threads: Default::default(),
     }
 }
 
@@ -472,7 +477,7 @@ fn an_agent_with_the_wrong_relay_key_never_connects() {
     let echo = echo_server();
     let (_rs, relay) = start_relay(relay_cfg(0, &[("echo", "t", 0)]));
     let mut cfg = agent_cfg(&[relay.local_addr()], &[("echo", "t", echo, 10)]);
-    cfg.relay_fingerprint = ServerIdentity::from_seed(&[1; 32]).unwrap().fingerprint();
+    cfg.relay_fingerprint = Some(ServerIdentity::from_seed(&[1; 32]).unwrap().fingerprint());
     let (_as, agent) = start_agent(cfg);
     wait_until("failures", Duration::from_secs(5), || {
         agent.stats().connect_failures.load(Ordering::Relaxed) >= 2

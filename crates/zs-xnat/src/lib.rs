@@ -36,20 +36,67 @@
 //! | `[server] pool_size` | ours: ready data connections per agent and mapping (8, like rathole) |
 //! | `[server] max_agents`, `heartbeat_interval`, `handshake_timeout` | ours / rathole: 256, 10 s, 5 s |
 //! | `[client] remote_addr` | the relay (rathole); ours: `remote_addrs = [..]` keeps one tunnel to **each** relay |
-//! | `[client] relay_fingerprint` | ours, **required**: `sha3-256:<64 hex>`, printed by the relay at start and by `zs xnat fingerprint` |
+//! | `[client] relay_fingerprint` | ours, **required** with our session (not with `type = "tls"`): `sha3-256:<64 hex>`, printed by the relay at start and by `zs xnat fingerprint` |
 //! | `[client] default_token`, `[client.services.NAME] token`, `local_addr` | rathole |
 //! | `[client.services.NAME] max_load` | ours: connections this agent takes (4096) |
 //! | `[client.services.NAME] proxy_protocol` | ours: `"v2"` sends the public client's address to the local service in a PROXY protocol v2 header before any byte (off) |
 //! | `[client] retry_interval`, `heartbeat_timeout` | rathole's names: longest reconnect backoff (2 s), relay silence before reconnecting (40 s) |
 //! | `agent_name` | ours: shown in the relay's logs |
+//! | `[server] threads`, `[client] threads` | ours: threads running `zs xnat server` / `agent`: `1` (default) one thread, no cross-thread wakeups per request; `N` worker threads; `0` one per core ([`Threads`]) |
 //! | `[*.transport] encryption` | ours: `"session"` (default) or `"none"`: plaintext **data** connections for trusted networks (control session, token proof and tickets stay encrypted; Linux moves the bytes with `splice(2)`); relay and agent must agree; warned at start ([`DataEncryption`], PROTOCOL.md Part 12) |
 //! | `[*.transport] plain_copy` | ours: how plaintext data connections move bytes: `"splice"` (default; `splice(2)` on Linux, a buffered copy elsewhere) or `"buffered"` (`read`/`write` through one user-space buffer everywhere); each side chooses for itself ([`PlainCopy`]) |
-//! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); rathole's `tls`/`websocket` are refused with an error |
+//! | `[*.transport] type` | `"tcp"` or `"noise"`: **both** mean our encrypted, relay-pinned session over TCP (rathole's `noise` is Noise_NK: an ephemeral X25519 exchange with a pinned server key, which is what our handshake already does); `"tls"`: TLS 1.3 through rustls, see [TLS](#tls-transport); rathole's `websocket` is refused with an error |
+//! | `[server.transport.tls] cert`, `key` | with `type = "tls"`: PEM files of the relay's certificate chain and private key (rathole's `pkcs12`/`pkcs12_password` are refused with the `openssl` commands that convert them) |
+//! | `[client.transport.tls] trusted_root`, `hostname` | rathole's, with `type = "tls"`: the CA (or self-signed certificate) PEM the relay's certificate must chain to (required), and the name it must carry (default: the host of `remote_addr`) |
 //!
 //! | `[server.direct] stun_bind_addr`, `stun_alt_ip`, `stun_addr` | ours: the relay hosts the punch rendezvous for visitors and answers STUN on two addresses (or names another RFC 5780 server): see [Visitors](#visitors-and-direct-paths) |
 //! | `[visitor] remote_addr`, `relay_fingerprint`, `service`, `token`, `bind_addr` | ours (`zs xnat visit`): a local port for one mapping; `direct` (true), `direct_retry` (30 s), `max_connections` (1024) |
 //!
 //! Errors name the file, the key and what is expected ([`config::ConfigError`]).
+//!
+//! ## TLS transport
+//!
+//! `[*.transport] type = "tls"` runs control and data connections inside TLS
+//! 1.3 (rustls, ring provider) instead of our session: the agent checks the
+//! relay's certificate against `trusted_root` and `hostname`; a certificate
+//! that does not chain to the root, or does not name the host, is refused
+//! and logged in those words (`xnat agent: cannot reach the relay ... reason="the
+//! relay's TLS certificate is not signed by [client.transport.tls]
+//! trusted_root ..."`). The token proof is bound to the TLS exporter (RFC
+//! 8446 7.5, label `zs1 exporter`) as it is to our session's channel binding,
+//! so a proof seen on one connection is worthless on another. The data path
+//! is the same code over either layer (zs-crypto's sans-IO TLS session).
+//! A relay with TLS still accepts our pinned session on the same port (the
+//! first three bytes tell them apart: PROTOCOL.md Part 5.1), so the command
+//! API, visitors and agents that keep `type = "tcp"` go on working.
+//! `encryption = "none"` needs `type = "tcp"`. Our session stays the default:
+//! it needs no certificate authority, and one key pin replaces the PKI.
+//!
+//! ```toml
+//! # relay.toml
+//! [server]
+//! bind_addr = "0.0.0.0:2333"
+//! [server.transport]
+//! type = "tls"
+//! [server.transport.tls]
+//! cert = "relay.crt"   # PEM chain, leaf first
+//! key = "relay.key"    # PEM private key
+//! [server.services.web]
+//! token = "s3cret"
+//! bind_addr = "0.0.0.0:8080"
+//!
+//! # agent.toml
+//! [client]
+//! remote_addr = "relay.example.com:2333"
+//! [client.transport]
+//! type = "tls"
+//! [client.transport.tls]
+//! trusted_root = "ca.crt"
+//! hostname = "relay.example.com"   # default: the host of remote_addr
+//! [client.services.web]
+//! token = "s3cret"
+//! local_addr = "127.0.0.1:80"
+//! ```
 //!
 //! ## Visitors and direct paths
 //!
@@ -177,7 +224,7 @@ mod itest;
 
 pub use admin::AdminClient;
 pub use agent::Agent;
-pub use config::{Config, ConfigError, DataEncryption, PlainCopy};
+pub use config::{Config, ConfigError, DataEncryption, PlainCopy, Threads};
 pub use node::Node;
 pub use relay::Relay;
 pub use virt::VirtualBackend;
@@ -190,7 +237,7 @@ pub fn run_relay_file(path: &std::path::Path) -> Result<(), String> {
     let server = cfg
         .server
         .ok_or_else(|| format!("{}: expected a [server] table", path.display()))?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let rt = server.threads.runtime().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let relay = Relay::bind(server.clone())
             .await
@@ -256,8 +303,8 @@ pub fn run_agent_file(path: &std::path::Path) -> Result<(), String> {
     let client = cfg
         .client
         .ok_or_else(|| format!("{}: expected a [client] table", path.display()))?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let agent = Agent::new(client.clone());
+    let agent = Agent::try_new(client.clone()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let rt = client.threads.runtime().map_err(|e| e.to_string())?;
     let watched = agent.clone();
     rt.spawn(watch_file(path.to_path_buf(), move |cfg| {
         let Some(new) = cfg.client else {

@@ -218,7 +218,10 @@ pub(crate) async fn carry(
         let (sr, sw, rest) = conn.split();
         return pump(plain, sr, sw, rest, idle, up, down).await;
     }
-    let (mut tunnel, rest) = conn.into_plain();
+    let (mut tunnel, rest) = match conn.into_plain() {
+        Ok(x) => x,
+        Err(e) => return End::Error(e),
+    };
     if !rest.is_empty() {
         return End::Error(io::Error::new(
             io::ErrorKind::InvalidData,

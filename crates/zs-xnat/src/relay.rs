@@ -108,7 +108,8 @@ pub struct Relay {
 
 struct Inner {
     cfg: ServerConfig,
-    crypto: Arc<CryptoServer>,
+    /// Our session, and TLS when `[server.transport] type = "tls"`.
+    acceptor: crate::secure::Acceptor,
     fingerprint: Fingerprint,
     listener: Mutex<Option<TcpListener>>,
     addr: SocketAddr,
@@ -174,6 +175,10 @@ impl Relay {
         cfg: ServerConfig,
         identity: ServerIdentity,
     ) -> io::Result<Relay> {
+        let tls = match &cfg.tls {
+            Some(t) => Some(crate::secure::load_server_tls(t)?),
+            None => None,
+        };
         let listener = TcpListener::bind(cfg.bind_addr).await?;
         let addr = listener.local_addr()?;
         let fingerprint = identity.fingerprint();
@@ -214,7 +219,10 @@ impl Relay {
         }
         Ok(Relay {
             inner: Arc::new(Inner {
-                crypto: Arc::new(CryptoServer::with_identity(Arc::new(identity))),
+                acceptor: crate::secure::Acceptor {
+                    session: Arc::new(CryptoServer::with_identity(Arc::new(identity))),
+                    tls,
+                },
                 fingerprint,
                 listener: Mutex::new(Some(listener)),
                 addr,
@@ -474,7 +482,7 @@ impl Relay {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let hs = self.inner.cfg.handshake_timeout;
-        let mut conn = match SecureConn::accept(tcp, self.inner.crypto.clone(), hs).await {
+        let mut conn = match SecureConn::accept_any(tcp, &self.inner.acceptor, hs).await {
             Ok(c) => c,
             Err(e) => {
                 let n = inc(&self.inner.stats.handshake_failures);

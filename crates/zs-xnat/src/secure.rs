@@ -1,5 +1,8 @@
-//! A zs-crypto session over a tokio TCP stream: handshake, framed control
-//! messages, and the split halves the data path pumps through.
+//! A secure layer over a tokio TCP stream: handshake, framed control
+//! messages, and the split halves the data path pumps through. The layer is
+//! our relay-pinned zs-crypto session (the default) or TLS 1.3 through rustls
+//! (`[*.transport] type = "tls"`; zs-crypto's sans-IO [`TlsSession`]), both
+//! driven by the same code: one secure byte stream with a channel binding.
 
 use std::io;
 use std::sync::Arc;
@@ -10,6 +13,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex as AsyncMutex;
 use zs_crypto::session::{ClientConfig, Event, ServerConfig, Session};
+use zs_crypto::tls::TlsSession;
+use zs_crypto::SecureSession;
 
 use crate::proto::{Decoder, Msg};
 
@@ -36,10 +41,94 @@ fn err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Names why a TLS handshake with the relay failed, for the log line: a
+/// certificate `trusted_root` does not vouch for, or one that does not name
+/// `hostname`, is said in those words (rustls's own error follows).
+fn tls_refusal(e: io::Error, name: &str) -> io::Error {
+    let text = e.to_string();
+    let why = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        "the relay's TLS certificate is not signed by [client.transport.tls] trusted_root"
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        "the relay's TLS certificate does not name [client.transport.tls] hostname"
+    } else if text.contains("certificate") || text.contains("Certificate") {
+        "the relay's TLS certificate is refused"
+    } else {
+        "TLS handshake with the relay failed"
+    };
+    io::Error::new(e.kind(), format!("{why} ({name:?}): {text}"))
+}
+
+/// The secure layer of one connection.
+pub(crate) enum Layer {
+    /// Our session (relay key pinned by fingerprint).
+    Zs(Box<Session>),
+    /// TLS 1.3 (rustls, ring provider): the relay's certificate checked
+    /// against `trusted_root` and `hostname`.
+    Tls(Box<TlsSession>),
+}
+
+impl Layer {
+    fn s(&mut self) -> &mut dyn SecureSession {
+        match self {
+            Layer::Zs(s) => &mut **s,
+            Layer::Tls(s) => &mut **s,
+        }
+    }
+
+    fn is_handshaking(&self) -> bool {
+        match self {
+            Layer::Zs(s) => s.is_handshaking(),
+            Layer::Tls(s) => SecureSession::is_handshaking(&**s),
+        }
+    }
+
+    /// Whether sealed output may be waiting (TLS: always asked, since
+    /// rustls's `wants_write` is not exposed through the session).
+    fn has_output(&self) -> bool {
+        match self {
+            Layer::Zs(s) => s.has_output(),
+            Layer::Tls(_) => true,
+        }
+    }
+
+    fn channel_binding(&self) -> Option<[u8; 32]> {
+        match self {
+            Layer::Zs(s) => s.channel_binding(),
+            Layer::Tls(s) => SecureSession::channel_binding(&**s),
+        }
+    }
+}
+
+/// How a side dials the relay.
+#[derive(Clone)]
+pub(crate) enum Dialer {
+    /// Our session with the relay key pinned.
+    Session(Arc<ClientConfig>),
+    /// TLS 1.3: the roots to trust and the name the certificate must carry.
+    Tls(Arc<rustls::ClientConfig>, String),
+}
+
+/// What a relay accepts.
+#[derive(Clone)]
+pub(crate) struct Acceptor {
+    /// Our session (always accepted: the command API and visitors use it).
+    pub(crate) session: Arc<ServerConfig>,
+    /// TLS 1.3 with the relay's certificate (`[server.transport] type = "tls"`).
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Whether the first three bytes of a connection are a TLS record header
+/// (`0x16 0x03 0x0N`: a handshake record of TLS 1.0-1.3's record layer). Our
+/// session's first record is also type `0x16`, but its next byte is the low
+/// byte of a ClientHello length of 39 to 165 (PROTOCOL.md 2.1-2.2), never 3.
+pub(crate) fn looks_like_tls(first: &[u8; 3]) -> bool {
+    first[0] == 0x16 && first[1] == 0x03 && first[2] <= 0x04
+}
+
 /// An established secure connection.
 pub(crate) struct SecureConn {
     tcp: TcpStream,
-    session: Box<Session>,
+    session: Layer,
     dec: Decoder,
     buf: Vec<u8>,
     out: Vec<u8>,
@@ -56,7 +145,50 @@ impl SecureConn {
     ) -> io::Result<SecureConn> {
         let rng = ring::rand::SystemRandom::new();
         let session = Session::client(cfg, &rng, Instant::now()).map_err(err)?;
-        Self::handshake(tcp, session, timeout).await
+        Self::handshake(tcp, Layer::Zs(Box::new(session)), timeout, &[]).await
+    }
+
+    /// Client handshake through `dialer` (our session or TLS). A TLS
+    /// certificate that `trusted_root` does not vouch for, or that does not
+    /// name `hostname`, fails with an error saying which.
+    pub(crate) async fn dial(
+        tcp: TcpStream,
+        dialer: &Dialer,
+        timeout: Duration,
+    ) -> io::Result<SecureConn> {
+        match dialer {
+            Dialer::Session(cfg) => Self::connect(tcp, cfg.clone(), timeout).await,
+            Dialer::Tls(cfg, name) => {
+                let s = TlsSession::client(cfg.clone(), name).map_err(err)?;
+                Self::handshake(tcp, Layer::Tls(Box::new(s)), timeout, &[])
+                    .await
+                    .map_err(|e| tls_refusal(e, name))
+            }
+        }
+    }
+
+    /// Server handshake through `acceptor`: with TLS configured, the first
+    /// three bytes (read within `timeout`) choose TLS or our session.
+    pub(crate) async fn accept_any(
+        mut tcp: TcpStream,
+        acceptor: &Acceptor,
+        timeout: Duration,
+    ) -> io::Result<SecureConn> {
+        let Some(tls) = &acceptor.tls else {
+            return Self::accept(tcp, acceptor.session.clone(), timeout).await;
+        };
+        let mut first = [0u8; 3];
+        tokio::time::timeout(timeout, tcp.read_exact(&mut first))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
+        let layer = if looks_like_tls(&first) {
+            Layer::Tls(Box::new(TlsSession::server(tls.clone()).map_err(err)?))
+        } else {
+            let rng = ring::rand::SystemRandom::new();
+            let s = Session::server(acceptor.session.clone(), &rng, Instant::now()).map_err(err)?;
+            Layer::Zs(Box::new(s))
+        };
+        Self::handshake(tcp, layer, timeout, &first).await
     }
 
     /// Server handshake.
@@ -67,14 +199,21 @@ impl SecureConn {
     ) -> io::Result<SecureConn> {
         let rng = ring::rand::SystemRandom::new();
         let session = Session::server(cfg, &rng, Instant::now()).map_err(err)?;
-        Self::handshake(tcp, session, timeout).await
+        Self::handshake(tcp, Layer::Zs(Box::new(session)), timeout, &[]).await
     }
 
-    async fn handshake(tcp: TcpStream, session: Session, timeout: Duration) -> io::Result<Self> {
+    /// Runs the handshake of `session` over `tcp`; `prefix` holds bytes
+    /// already read from `tcp` (fed first).
+    async fn handshake(
+        tcp: TcpStream,
+        session: Layer,
+        timeout: Duration,
+        prefix: &[u8],
+    ) -> io::Result<Self> {
         let _ = tcp.set_nodelay(true);
         let mut c = SecureConn {
             tcp,
-            session: Box::new(session),
+            session,
             dec: Decoder::new(),
             // Small until the connection carries data (pooled ones stay small).
             buf: vec![0; 4096],
@@ -82,6 +221,10 @@ impl SecureConn {
             eof: false,
         };
         tokio::time::timeout(timeout, async {
+            if !prefix.is_empty() {
+                c.buf[..prefix.len()].copy_from_slice(prefix);
+                c.feed(prefix.len())?;
+            }
             c.flush().await?;
             while c.session.is_handshaking() {
                 c.read_some().await?;
@@ -91,7 +234,7 @@ impl SecureConn {
         })
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
-        c.session.shrink();
+        c.session.s().shrink();
         Ok(c)
     }
 
@@ -102,9 +245,26 @@ impl SecureConn {
 
     async fn flush(&mut self) -> io::Result<()> {
         self.out.clear();
-        self.session.write_output(&mut self.out);
+        self.session.s().write_output(&mut self.out);
         if !self.out.is_empty() {
             self.tcp.write_all(&self.out).await?;
+        }
+        Ok(())
+    }
+
+    /// Feeds the first `n` bytes of `buf` to the session (plaintext goes to
+    /// the decoder).
+    fn feed(&mut self, n: usize) -> io::Result<()> {
+        let dec = &mut self.dec;
+        let s = self.session.s();
+        s.handle_input_in_place(&mut self.buf[..n], Instant::now(), &mut |d| dec.push(d))
+            .map_err(err)?;
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::Data(d) => self.dec.push(&d),
+                Event::Closed => self.eof = true,
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -114,21 +274,10 @@ impl SecureConn {
         let n = self.tcp.read(&mut self.buf).await?;
         if n == 0 {
             self.eof = true;
-            self.session.handle_eof().map_err(err)?;
+            self.session.s().handle_eof().map_err(err)?;
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let dec = &mut self.dec;
-        self.session
-            .handle_input_in_place(&mut self.buf[..n], Instant::now(), &mut |d| dec.push(d))
-            .map_err(err)?;
-        while let Some(ev) = self.session.poll_event() {
-            match ev {
-                Event::Data(d) => self.dec.push(&d),
-                Event::Closed => self.eof = true,
-                _ => {}
-            }
-        }
-        Ok(())
+        self.feed(n)
     }
 
     /// Sends one message.
@@ -141,7 +290,7 @@ impl SecureConn {
         if frames.is_empty() {
             return Ok(());
         }
-        self.session.send(frames, Instant::now()).map_err(err)?;
+        self.session.s().send(frames, Instant::now()).map_err(err)?;
         self.flush().await
     }
 
@@ -167,9 +316,21 @@ impl SecureConn {
     /// "none"`): the TCP stream and the plaintext already received after the
     /// last message. The protocol sends nothing after `Start` until both sides
     /// confirm plaintext (see `pump::carry`), so no record is left half read.
-    pub(crate) fn into_plain(self) -> (TcpStream, Vec<u8>) {
-        let SecureConn { tcp, mut dec, .. } = self;
-        (tcp, dec.take_rest())
+    /// A TLS connection cannot leave its layer (the configuration refuses
+    /// `type = "tls"` with `encryption = "none"`): an error.
+    pub(crate) fn into_plain(self) -> io::Result<(TcpStream, Vec<u8>)> {
+        let SecureConn {
+            tcp,
+            mut dec,
+            session,
+            ..
+        } = self;
+        if let Layer::Tls(_) = session {
+            return Err(err(
+                "a TLS data connection cannot carry plaintext (encryption = \"none\" needs type = \"tcp\")",
+            ));
+        }
+        Ok((tcp, dec.take_rest()))
     }
 
     /// Splits for the data path; returns the raw bytes already received after
@@ -207,7 +368,7 @@ impl SecureConn {
 }
 
 struct Shared {
-    session: std::sync::Mutex<Box<Session>>,
+    session: std::sync::Mutex<Layer>,
     /// Held while sealed output is taken from the session and written, so
     /// records reach the wire in sequence order.
     w: AsyncMutex<OwnedWriteHalf>,
@@ -220,6 +381,7 @@ impl Shared {
         self.session
             .lock()
             .map_err(|_| err("poisoned"))?
+            .s()
             .write_output(&mut out);
         if !out.is_empty() {
             w.write_all(&out).await?;
@@ -290,7 +452,8 @@ impl SecureRead {
             let full = n == self.buf.len();
             let mut closed = false;
             {
-                let mut s = self.s.session.lock().map_err(|_| err("poisoned"))?;
+                let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
+                let s = g.s();
                 if n == 0 {
                     s.handle_eof().map_err(err)?;
                     return Ok(None);
@@ -364,7 +527,8 @@ impl SecureRead {
             let n = self.r.read(&mut self.buf).await?;
             let mut closed = false;
             {
-                let mut s = self.s.session.lock().map_err(|_| err("poisoned"))?;
+                let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
+                let s = g.s();
                 if n == 0 {
                     s.handle_eof().map_err(err)?;
                     return Ok(false);
@@ -417,7 +581,8 @@ impl SecureWrite {
         let mut out = std::mem::take(&mut self.spare);
         out.clear();
         {
-            let mut s = self.s.session.lock().map_err(|_| err("poisoned"))?;
+            let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
+            let s = g.s();
             s.send(data, Instant::now()).map_err(err)?;
             // `out` is empty: the session's buffer (the sealed records) is
             // swapped into it and ours, with its capacity, becomes the
@@ -432,10 +597,97 @@ impl SecureWrite {
     /// Orderly close of the sending direction.
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         {
-            let mut s = self.s.session.lock().map_err(|_| err("poisoned"))?;
-            let _ = s.close();
+            let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
+            let _ = g.s().close();
         }
         self.s.flush().await?;
         self.s.w.lock().await.shutdown().await
+    }
+}
+
+fn pem_err(file: &std::path::Path, key: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{key} {}: {e}", file.display()),
+    )
+}
+
+/// Every certificate of PEM file `file` (`key` names the config key in errors).
+fn pem_certs(
+    file: &std::path::Path,
+    key: &str,
+) -> io::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
+        .map_err(|e| pem_err(file, key, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(file, key, e))?;
+    if certs.is_empty() {
+        return Err(pem_err(file, key, "expected at least one PEM CERTIFICATE"));
+    }
+    Ok(certs)
+}
+
+/// The relay's TLS 1.3 configuration from `[server.transport.tls]` `cert`
+/// and `key` (PEM).
+pub(crate) fn load_server_tls(
+    t: &crate::config::ServerTls,
+) -> io::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = pem_certs(&t.cert, "[server.transport.tls] cert")?;
+    let kk = "[server.transport.tls] key";
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| pem_err(&t.key, kk, e))?;
+    zs_crypto::tls::server_config(chain, key)
+        .map_err(|e| pem_err(&t.cert, "[server.transport.tls]", e))
+}
+
+/// The agent's TLS 1.3 configuration from `[client.transport.tls]`
+/// `trusted_root` (PEM: the only roots trusted).
+pub(crate) fn load_client_tls(
+    t: &crate::config::ClientTls,
+) -> io::Result<Arc<rustls::ClientConfig>> {
+    let k = "[client.transport.tls] trusted_root";
+    let roots = pem_certs(&t.trusted_root, k)?;
+    zs_crypto::tls::client_config(&roots).map_err(|e| pem_err(&t.trusted_root, k, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our session's first bytes (every identity length and suite list a
+    /// client may send) never look like TLS, and a rustls ClientHello does:
+    /// the relay's choice between the two cannot go wrong.
+    #[test]
+    fn the_first_three_bytes_tell_tls_from_our_session() {
+        let id = zs_crypto::session::ServerIdentity::from_seed(&[9; 32]).unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let mut ours = Vec::new();
+        let cfg = Arc::new(ClientConfig::pinned(id.fingerprint()));
+        let mut s = Session::client(cfg, &rng, Instant::now()).unwrap();
+        s.write_output(&mut ours);
+        let first: [u8; 3] = ours[..3].try_into().unwrap();
+        // PROTOCOL.md 5.1: `16 | length 39..=165 (u32 LE)`.
+        assert_eq!(first[0], 0x16, "our handshake record type");
+        assert!(
+            (39..=165).contains(&first[1]) && first[2] == 0,
+            "{first:02x?}"
+        );
+        assert!(!looks_like_tls(&first), "{first:02x?}");
+        // Every possible ClientHello length of ours (38..=255: a u32 LE
+        // length whose low byte comes second) is told apart.
+        for len in 38u32..=255 {
+            let b = len.to_le_bytes();
+            assert!(!looks_like_tls(&[0x16, b[0], b[1]]), "length {len}");
+        }
+        let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).unwrap();
+        let c = zs_crypto::tls::client_config(&[ck.cert.der().clone()]).unwrap();
+        let mut t = TlsSession::client(c, "relay.test").unwrap();
+        let mut hello = Vec::new();
+        SecureSession::write_output(&mut t, &mut hello);
+        let first: [u8; 3] = hello[..3].try_into().unwrap();
+        assert_eq!(first, [0x16, 0x03, 0x01], "PROTOCOL.md 5.1's example");
+        assert!(looks_like_tls(&first), "{first:02x?}");
     }
 }
