@@ -464,7 +464,7 @@ impl Worker {
             records: Vec::new(),
             packed: Vec::new(),
             n: 0,
-            pack: self.pack.as_deref(),
+            pack: self.pack.as_ref(),
         };
         let mut i = 0;
         let mut scanned = 0u64;
@@ -563,7 +563,7 @@ struct Out<'a> {
     records: Vec<Record>,
     packed: Vec<u8>,
     n: u64,
-    pack: Option<&'a (dyn Fn(&RecordRef<'_>, &mut Vec<u8>) + Send + Sync)>,
+    pack: Option<&'a PackFn>,
 }
 
 impl Out<'_> {
