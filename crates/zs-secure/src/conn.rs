@@ -116,6 +116,27 @@ impl SecureConn {
     fn writable_now(&self, st: &St) -> bool {
         st.stalled.is_none() && self.raw.queued_bytes() + st.held <= self.limit / 2
     }
+
+    /// Maps a fresh raw timer id to the inner handler's `token` and arms it with
+    /// `start` (a timer or a wake on the raw connection).
+    fn arm(
+        &self,
+        token: u64,
+        start: impl FnOnce(&Conn, u64) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let mut st = lock(&self.st);
+        let id = st.next_timer;
+        st.next_timer += 1;
+        st.timers.insert(id, token);
+        let r = start(&self.raw, id);
+        if r.is_err() {
+            st.timers.remove(&id);
+        }
+        r
+    }
 }
 
 impl Connection for SecureConn {
@@ -198,18 +219,13 @@ impl Connection for SecureConn {
         self.raw.abort();
     }
     fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let mut st = lock(&self.st);
-        let id = st.next_timer;
-        st.next_timer += 1;
-        st.timers.insert(id, token);
-        let r = self.raw.set_timer(after, id);
-        if r.is_err() {
-            st.timers.remove(&id);
-        }
-        r
+        self.arm(token, |raw, id| raw.set_timer(after, id))
+    }
+    /// The raw connection's doorbell under a fresh id (mapped back to `token` in
+    /// `on_timer`, as timers are): the default would arm a zero timer, which waits
+    /// for the reactor's 5 ms tick.
+    fn wake(&self, token: u64) -> Result<(), Error> {
+        self.arm(token, |raw, id| raw.wake(id))
     }
     fn set_idle_timeout(&self, idle: Option<Duration>) {
         self.raw.set_idle_timeout(idle)

@@ -321,3 +321,112 @@ fn inner_timer_tokens_are_the_handlers_own_and_pause_holds_plaintext() {
     );
     secure.shutdown();
 }
+
+/// A raw connection that records what the layer asks of it; bytes are moved by
+/// the test.
+#[derive(Default)]
+struct Recorder {
+    sent: std::sync::Mutex<Vec<Bytes>>,
+    timers: std::sync::Mutex<Vec<(Duration, u64)>>,
+    wakes: std::sync::Mutex<Vec<u64>>,
+}
+
+impl zs_io::Connection for Recorder {
+    fn id(&self) -> zs_io::ConnId {
+        zs_io::ConnId(1)
+    }
+    fn peer_addr(&self) -> std::net::SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+    fn local_addr(&self) -> std::net::SocketAddr {
+        "127.0.0.1:2".parse().unwrap()
+    }
+    fn send(&self, data: Bytes) -> Result<(), Error> {
+        self.sent.lock().unwrap().push(data);
+        Ok(())
+    }
+    fn queued_bytes(&self) -> usize {
+        0
+    }
+    fn shutdown_write(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn close(&self) {}
+    fn abort(&self) {}
+    fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
+        self.timers.lock().unwrap().push((after, token));
+        Ok(())
+    }
+    fn set_idle_timeout(&self, _idle: Option<Duration>) {}
+    fn set_read_paused(&self, _paused: bool) {}
+    fn is_closed(&self) -> bool {
+        false
+    }
+    fn wake(&self, token: u64) -> Result<(), Error> {
+        self.wakes.lock().unwrap().push(token);
+        Ok(())
+    }
+}
+
+/// Wakes itself once it is open and reports the tokens of its `on_timer`s.
+struct WakeOnOpen(mpsc::Sender<u64>);
+
+impl Handler for WakeOnOpen {
+    fn on_open(&mut self, conn: &Conn) {
+        conn.wake(42).unwrap();
+    }
+    fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
+        data.clear();
+    }
+    fn on_timer(&mut self, _conn: &Conn, token: u64) {
+        let _ = self.0.send(token);
+    }
+}
+
+#[test]
+fn wake_rings_the_raw_connections_doorbell_not_a_zero_timer() {
+    let layer = zs_secure::SecureLayer::new(psk_provider(b"alice", &KEY), SecureConfig::default());
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let mut server = layer.server_handler(Arc::new(move || {
+        Box::new(WakeOnOpen(tx.lock().unwrap().clone())) as Box<dyn Handler>
+    }));
+    let (ctx, _crx) = mpsc::channel();
+    let mut client = layer.client_handler(Box::new(WakeOnOpen(ctx)), WAIT);
+    let (s_raw, c_raw) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let (s_conn, c_conn): (Conn, Conn) = (s_raw.clone(), c_raw.clone());
+    server.on_open(&s_conn);
+    client.on_open(&c_conn);
+    // Move the handshake's bytes both ways until the server's inner handler is open.
+    for _ in 0..20 {
+        let to_server: Vec<Bytes> = std::mem::take(&mut *c_raw.sent.lock().unwrap());
+        for b in to_server {
+            server.on_data(&s_conn, &mut BytesMut::from(&b[..]));
+        }
+        let to_client: Vec<Bytes> = std::mem::take(&mut *s_raw.sent.lock().unwrap());
+        for b in to_client {
+            client.on_data(&c_conn, &mut BytesMut::from(&b[..]));
+        }
+        if !s_raw.wakes.lock().unwrap().is_empty() {
+            break;
+        }
+    }
+    let wakes = s_raw.wakes.lock().unwrap().clone();
+    assert_eq!(
+        wakes.len(),
+        1,
+        "one wake of the raw connection, not a timer"
+    );
+    assert!(
+        !s_raw
+            .timers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|&(after, _)| after.is_zero()),
+        "no zero timer stands in for the wake"
+    );
+    // The raw loop answers the doorbell: the inner handler gets its own token.
+    server.on_timer(&s_conn, wakes[0]);
+    assert_eq!(rx.try_recv(), Ok(42));
+}
