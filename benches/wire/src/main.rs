@@ -160,12 +160,7 @@ fn case(
     better: Better,
     sampler: impl FnMut() -> f64 + 'static,
 ) {
-    if let Ok(only) = std::env::var("ZS_WIRE_ONLY") {
-        if !only.split(',').any(|o| o == name) {
-            return;
-        }
-    }
-    suite.case(name, metric, better, sampler);
+    suite.case_selected("ZS_WIRE_ONLY", name, metric, better, sampler);
 }
 
 fn main() {
