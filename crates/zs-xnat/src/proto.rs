@@ -252,15 +252,15 @@ impl Msg {
             }
             Msg::Ping(v) | Msg::Pong(v) => out.extend_from_slice(&v.to_le_bytes()),
             Msg::DataHello { ticket } => out.extend_from_slice(ticket),
-            Msg::Start { peer } => put_addr(out, peer),
+            Msg::Start { peer } => zs_punch::addr::put(out, peer),
             Msg::Unregister { service } => put_str(out, service),
-            Msg::StartUdp { peer } => put_addr(out, peer),
+            Msg::StartUdp { peer } => zs_punch::addr::put(out, peer),
             Msg::AdminHello { version } => out.extend_from_slice(&version.to_le_bytes()),
             Msg::AdminAuth { proof } => out.extend_from_slice(proof),
             Msg::AdminAdd { mapping: m } => {
                 put_str(out, &m.service);
                 put_str(out, &m.token);
-                put_addr(out, &m.bind_addr);
+                zs_punch::addr::put(out, &m.bind_addr);
                 out.push(m.udp as u8);
                 out.extend_from_slice(&m.idle_timeout_s.to_le_bytes());
                 out.extend_from_slice(&m.max_connections.to_le_bytes());
@@ -359,20 +359,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&(n as u16).to_le_bytes());
     out.extend_from_slice(&s.as_bytes()[..n]);
-}
-
-fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
-    match a.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&a.port().to_le_bytes());
 }
 
 struct Reader<'a>(&'a [u8]);
