@@ -51,7 +51,13 @@
 //!   does not read is disconnected past [`Options::max_backlog`]), and a
 //!   custom-protocol mode ([`Server::start_with_raw`]: connections that do not
 //!   start with a zs handshake go to a raw-bytes `zs_io::Handler` on the same
-//!   port). Client calls
+//!   port). Over a backend whose connections already carry plaintext (the
+//!   security layer `zs_secure::SecureBackend` underneath, issue 13):
+//!   [`Server::start_plain`], [`Client::connect_plain`] and
+//!   [`Client::connect_stable_plain`] run the same frames with a pass-through
+//!   session; who the peer is and the StableIO channel binding come from
+//!   `zs_io::Connection::security_info` (a connection without it is refused).
+//!   Client calls
 //!   return a [`CallFuture`] (runtime-agnostic: `.await` it anywhere or `wait()`),
 //!   or take a callback.
 //!
@@ -100,6 +106,7 @@ mod clock;
 mod error;
 mod net;
 mod oneshot;
+mod plain;
 mod pool;
 mod registry;
 mod session;

@@ -278,7 +278,10 @@ enum Reconn {
 /// Endpoint-wide state shared by every connection of a server or client.
 struct Shared {
     registry: Arc<Registry>,
-    provider: Arc<dyn SecurityProvider>,
+    /// The built-in secure session's provider; `None`: the backend's
+    /// connections already carry plaintext (a security layer under us, see
+    /// [`Server::start_plain`]) and sessions are pass-through.
+    provider: Option<Arc<dyn SecurityProvider>>,
     options: Options,
     pool: Option<WorkerPool>,
     stats: EndpointStats,
@@ -311,7 +314,7 @@ struct Admission {
 impl Shared {
     fn new(
         registry: Registry,
-        provider: Arc<dyn SecurityProvider>,
+        provider: Option<Arc<dyn SecurityProvider>>,
         options: Options,
         server: bool,
     ) -> Arc<Shared> {
@@ -320,7 +323,7 @@ impl Shared {
 
     fn with(
         registry: Registry,
-        provider: Arc<dyn SecurityProvider>,
+        provider: Option<Arc<dyn SecurityProvider>>,
         options: Options,
         server: bool,
         client_stable: bool,
@@ -1477,17 +1480,21 @@ impl Handler for ConnHandler {
             self.handshaking = true;
         }
         let now = Instant::now();
-        let secure = if self.shared.server {
-            self.shared.provider.new_server(now)
-        } else {
-            self.shared.provider.new_client(now)
+        let secure: Result<Box<dyn zs_crypto::SecureSession>> = match &self.shared.provider {
+            Some(p) if self.shared.server => p.new_server(now).map_err(Into::into),
+            Some(p) => p.new_client(now).map_err(Into::into),
+            // Plaintext links: the layer under us did the handshake and tells
+            // who the peer is; a link without one is refused (fail closed).
+            None => crate::plain::Verified::from_info(conn.security_info().as_deref())
+                .map(|v| Box::new(crate::plain::Passthrough::new(v)) as _)
+                .map_err(Error::Config),
         };
         let secure = match secure {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot create a secure session");
+                tracing::warn!(peer = %conn.peer_addr(), error = %e, "cannot create a secure session");
                 if let Some(tx) = self.connected.take() {
-                    let _ = tx.send(Err(e.into()));
+                    let _ = tx.send(Err(e));
                 }
                 if self.attach.take().is_some() {
                     self.shared.notify(Reconn::Down);
@@ -1497,8 +1504,12 @@ impl Handler for ConnHandler {
             }
         };
         let o = &self.shared.options;
+        let plain = self.shared.provider.is_none();
         conn.set_idle_timeout(o.idle_timeout);
-        let _ = conn.set_timer(o.handshake_timeout, TOKEN_HANDSHAKE);
+        if !plain {
+            // (Plaintext links: the layer under us bounded the handshake.)
+            let _ = conn.set_timer(o.handshake_timeout, TOKEN_HANDSHAKE);
+        }
         if let Some(k) = o.keepalive {
             let _ = conn.set_timer(k, TOKEN_KEEPALIVE);
         }
@@ -1506,7 +1517,15 @@ impl Handler for ConnHandler {
         if let Some((link, peer)) = self.attach.take() {
             // StableIO client: a new connection for the existing session.
             let mut st = lock(&link.st);
-            if let Err(e) = st.session.attach(secure) {
+            let attached = st.session.attach(secure).and_then(|()| {
+                if plain {
+                    // Keys exist already: the resume request goes out now.
+                    st.session.handle_input(&[], now)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = attached {
                 drop(st);
                 tracing::debug!(error = %e, "reconnected, but the session is over");
                 conn.abort();
@@ -1538,6 +1557,18 @@ impl Handler for ConnHandler {
             session.serve_stable(self.offer);
         } else if self.shared.client_stable {
             let _ = session.request_stable(now);
+        }
+        if plain {
+            // The pass-through "handshake" completes at once (no byte sent).
+            if let Err(e) = session.handle_input(&[], now) {
+                tracing::warn!(peer = %conn.peer_addr(), error = %e, "cannot start a session");
+                if let Some(tx) = self.connected.take() {
+                    let _ = tx.send(Err(e));
+                }
+                conn.abort();
+                return;
+            }
+            self.handshake_over();
         }
         let link = Arc::new(Link::new(conn.clone(), session, self.shared.clone()));
         let peer = Peer::new(conn.id().0, Some(conn.peer_addr()), link.clone());
@@ -1861,6 +1892,29 @@ impl Server {
         Server::start_with_raw(backend, provider, registry, options, addr, None)
     }
 
+    /// Listens on `addr` with a `backend` whose connections already carry
+    /// plaintext: a security layer such as `zs_secure::SecureBackend` did the
+    /// handshake, seals and opens the records, and reports who the peer is
+    /// ([`zs_io::Connection::security_info`]: the suite and PSK identity in
+    /// [`Event::Established`], the channel binding for StableIO resume
+    /// proofs). Frames are the same as with [`Server::start`]; a connection
+    /// without security info is refused with a logged reason (fail closed),
+    /// so a raw backend given by mistake serves nothing in the clear.
+    ///
+    /// The handshake's deadline and caps are the layer's
+    /// (`SecureConfig::handshake_timeout`, `max_handshakes`); the `zserver`
+    /// facade maps [`Options::handshake_timeout`] onto it. Custom-protocol
+    /// sniffing ([`Server::start_with_raw`]) is not offered here: the layer
+    /// consumes the first bytes.
+    pub fn start_plain(
+        backend: Arc<dyn Backend>,
+        registry: Registry,
+        options: Options,
+        addr: SocketAddr,
+    ) -> Result<Server> {
+        Server::launch(backend, None, registry, options, addr, None)
+    }
+
     /// Like [`Server::start`], plus custom-protocol mode: a connection whose
     /// first byte is not a zs handshake record (`0x16`) is handed to a plain
     /// [`zs_io::Handler`] made by `raw` (raw bytes beside the command protocol,
@@ -1873,16 +1927,27 @@ impl Server {
         addr: SocketAddr,
         raw: Option<zs_io::HandlerFactory>,
     ) -> Result<Server> {
+        Server::launch(backend, Some(provider), registry, options, addr, raw)
+    }
+
+    fn launch(
+        backend: Arc<dyn Backend>,
+        provider: Option<Arc<dyn SecurityProvider>>,
+        registry: Registry,
+        options: Options,
+        addr: SocketAddr,
+        raw: Option<zs_io::HandlerFactory>,
+    ) -> Result<Server> {
         let shared = Shared::new(registry, provider, options, true);
         let s2 = shared.clone();
         let factory: zs_io::HandlerFactory = Arc::new(move || {
             let mut h = ConnHandler::new(s2.clone());
+            h.sniffed = raw.is_none();
             h.raw_factory = raw.clone();
-            h.sniffed = false;
             Box::new(h) as Box<dyn Handler>
         });
         let listener = backend.listen(addr, factory)?;
-        tracing::info!(addr = %listener.local_addr(), backend = backend.name(), security = shared.provider.name(), "server listening");
+        tracing::info!(addr = %listener.local_addr(), backend = backend.name(), security = shared.provider.as_ref().map_or("layer", |p| p.name()), "server listening");
         let reaper = if shared.options.stable {
             let (tx, rx) = mpsc::channel::<()>();
             let s3 = shared.clone();
@@ -2016,7 +2081,32 @@ impl Client {
         options: Options,
         addr: SocketAddr,
     ) -> Result<Client> {
-        Client::open(backend, provider, registry, options, addr, false)
+        Client::open(backend, Some(provider), registry, options, addr, false)
+    }
+
+    /// Like [`Client::connect`] over a `backend` whose connections carry
+    /// plaintext (a security layer such as `zs_secure::SecureBackend`
+    /// under it; see [`Server::start_plain`]). The backend's connect
+    /// covers TCP and the layer's handshake (`options.connect_timeout`).
+    pub fn connect_plain(
+        backend: Arc<dyn Backend>,
+        registry: Registry,
+        options: Options,
+        addr: SocketAddr,
+    ) -> Result<Client> {
+        Client::open(backend, None, registry, options, addr, false)
+    }
+
+    /// [`Client::connect_stable`] over a plaintext `backend` (see
+    /// [`Client::connect_plain`]): the resume proof is bound to the
+    /// layer's channel binding of each new connection.
+    pub fn connect_stable_plain(
+        backend: Arc<dyn Backend>,
+        registry: Registry,
+        options: Options,
+        addr: SocketAddr,
+    ) -> Result<Client> {
+        Client::open_stable(backend, None, registry, options, addr)
     }
 
     /// Like [`Client::connect`], with a **StableIO** session that survives its
@@ -2032,6 +2122,16 @@ impl Client {
     pub fn connect_stable(
         backend: Arc<dyn Backend>,
         provider: Arc<dyn SecurityProvider>,
+        registry: Registry,
+        options: Options,
+        addr: SocketAddr,
+    ) -> Result<Client> {
+        Client::open_stable(backend, Some(provider), registry, options, addr)
+    }
+
+    fn open_stable(
+        backend: Arc<dyn Backend>,
+        provider: Option<Arc<dyn SecurityProvider>>,
         registry: Registry,
         options: Options,
         addr: SocketAddr,
@@ -2053,7 +2153,7 @@ impl Client {
 
     fn open(
         backend: Arc<dyn Backend>,
-        provider: Arc<dyn SecurityProvider>,
+        provider: Option<Arc<dyn SecurityProvider>>,
         registry: Registry,
         options: Options,
         addr: SocketAddr,

@@ -181,7 +181,31 @@ fn hostile(kind: Kind, addr: SocketAddr, provider: Arc<dyn SecurityProvider>) ->
     }
 }
 
-fn run(backend: Arc<dyn Backend>) {
+/// Where the security lives in [`run`]: zs-core's built-in secure session
+/// (`Server::start` / `Client::connect`), or a `zs_secure::SecureBackend`
+/// under plaintext sessions (`Server::start_plain` / `Client::connect_plain`).
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Builtin,
+    Layer,
+}
+
+/// `backend` with the security layer on top (the handshake deadline of `run`).
+fn secured(
+    backend: Arc<dyn Backend>,
+    p: &Arc<dyn SecurityProvider>,
+) -> Arc<zs_secure::SecureBackend> {
+    Arc::new(zs_secure::SecureBackend::with_config(
+        backend,
+        p.clone(),
+        zs_secure::SecureConfig {
+            handshake_timeout: Duration::from_secs(3),
+            ..zs_secure::SecureConfig::for_io(&zs_io::Config::default())
+        },
+    ))
+}
+
+fn run(backend: Arc<dyn Backend>, path: Path) {
     let provider = provider();
     let mut r = Registry::new();
     r.console("echo", |_, t| Ok(t.to_owned()));
@@ -196,13 +220,17 @@ fn run(backend: Arc<dyn Backend>) {
         max_handshakes_per_ip: 1_000,
         ..Options::default()
     };
-    let server = Server::start(
-        backend.clone(),
-        provider.clone(),
-        r,
-        opts,
-        "127.0.0.1:0".parse().unwrap(),
-    )
+    let layer = (path == Path::Layer).then(|| secured(backend.clone(), &provider));
+    let server = match &layer {
+        None => Server::start(
+            backend.clone(),
+            provider.clone(),
+            r,
+            opts,
+            "127.0.0.1:0".parse().unwrap(),
+        ),
+        Some(l) => Server::start_plain(l.clone(), r, opts, "127.0.0.1:0".parse().unwrap()),
+    }
     .unwrap();
     let addr = server.local_addr();
 
@@ -228,19 +256,29 @@ fn run(backend: Arc<dyn Backend>) {
     // 50 honest clients on their own backend, calling while the hostiles attack.
     // (on their own backend, as separate client machines would be).
     let client_backend = client_backend();
+    let client_layer = secured(client_backend.clone(), &provider);
+    // Keepalives well inside the server's 5 s idle timeout.
+    let client_opts = Options {
+        keepalive: Some(Duration::from_millis(500)),
+        ..Options::client()
+    };
     let clients: Vec<Client> = (0..50)
         .map(|_| {
-            Client::connect(
-                client_backend.clone(),
-                provider.clone(),
-                Registry::new(),
-                // Keepalives well inside the server's 5 s idle timeout.
-                Options {
-                    keepalive: Some(Duration::from_millis(500)),
-                    ..Options::client()
-                },
-                addr,
-            )
+            match path {
+                Path::Builtin => Client::connect(
+                    client_backend.clone(),
+                    provider.clone(),
+                    Registry::new(),
+                    client_opts.clone(),
+                    addr,
+                ),
+                Path::Layer => Client::connect_plain(
+                    client_layer.clone(),
+                    Registry::new(),
+                    client_opts.clone(),
+                    addr,
+                ),
+            }
             .unwrap()
         })
         .collect();
@@ -276,7 +314,18 @@ fn run(backend: Arc<dyn Backend>) {
     let stats = server.stats();
     // Garbage, oversized and slow-loris peers (140) are protocol failures (a
     // flood peer may hit the idle timeout first on an overloaded machine).
-    assert!(stats.protocol_errors >= 140, "{stats}");
+    match &layer {
+        None => assert!(stats.protocol_errors >= 140, "{stats}"),
+        Some(l) => {
+            // Over the layer they never reach zs-core: the layer counts them.
+            let ls = l.stats();
+            assert!(
+                ls.handshake_failures + ls.handshake_timeouts + ls.record_errors >= 140,
+                "{ls:?}"
+            );
+            assert_eq!(stats.protocol_errors, 0, "{stats}");
+        }
+    }
     let echo = &stats.commands[0];
     assert!(echo.calls >= 50 * 21, "{stats}");
 }
@@ -296,19 +345,38 @@ fn client_backend() -> Arc<dyn Backend> {
 #[test]
 fn hostile_peers_epoll() {
     let _g = shared();
-    run(epoll(2));
+    run(epoll(2), Path::Builtin);
 }
 
-#[test]
-fn hostile_peers_tokio() {
-    let _g = shared();
-    run(Arc::new(
+fn tokio2() -> Arc<dyn Backend> {
+    Arc::new(
         zs_io_tokio::TokioBackend::new(zs_io::Config {
             loops: 2,
             ..zs_io::Config::default()
         })
         .unwrap(),
-    ));
+    )
+}
+
+#[test]
+fn hostile_peers_tokio() {
+    let _g = shared();
+    run(tokio2(), Path::Builtin);
+}
+
+/// The same crowd against plaintext sessions over `SecureBackend(epoll)`.
+#[cfg(target_os = "linux")]
+#[test]
+fn hostile_peers_secure_layer_epoll() {
+    let _g = shared();
+    run(epoll(2), Path::Layer);
+}
+
+/// The same crowd against plaintext sessions over `SecureBackend(tokio)`.
+#[test]
+fn hostile_peers_secure_layer_tokio() {
+    let _g = shared();
+    run(tokio2(), Path::Layer);
 }
 
 // ---- attacks of the December 2026 reviews -------------------------------------------
