@@ -280,6 +280,8 @@ pub(crate) struct SecureHandler {
     hs_timeout: Duration,
     /// Counted in the layer's handshakes in progress.
     counted: bool,
+    /// Counted in the layer's handshakes in progress from this address.
+    counted_ip: Option<std::net::IpAddr>,
     pending: BytesMut,
     segs: Vec<Seg>,
     side_buf: BytesMut,
@@ -311,6 +313,7 @@ impl SecureHandler {
             eof_waiting: false,
             hs_timeout: Duration::ZERO,
             counted: false,
+            counted_ip: None,
             pending: BytesMut::new(),
             segs: Vec::new(),
             side_buf: BytesMut::new(),
@@ -325,6 +328,9 @@ impl SecureHandler {
     fn uncount(&mut self) {
         if std::mem::take(&mut self.counted) {
             self.layer.handshaking.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(ip) = self.counted_ip.take() {
+            self.layer.per_ip.leave(ip);
         }
     }
 
@@ -510,6 +516,24 @@ impl Handler for SecureHandler {
                 return;
             }
             self.counted = true;
+            let ip = raw.peer_addr().ip();
+            match self.layer.per_ip.enter(ip) {
+                Ok(true) => self.counted_ip = Some(ip),
+                Ok(false) => {}
+                Err(max) => {
+                    self.uncount();
+                    Counters::bump(&self.counters().handshakes_refused);
+                    self.dead = true;
+                    tracing::warn!(
+                        conn = raw.id().0,
+                        peer = %raw.peer_addr(),
+                        "zs-secure: {}: {max} handshakes already in progress from {ip}; resetting",
+                        raw.id()
+                    );
+                    raw.abort();
+                    return;
+                }
+            }
         }
         let now = Instant::now();
         let (made, hs_timeout) = match self.side {

@@ -74,6 +74,7 @@ impl SecureLayer {
                 cfg,
                 counters: Counters::default(),
                 handshaking: AtomicUsize::new(0),
+                per_ip: Default::default(),
             }),
         }
     }

@@ -264,6 +264,46 @@ struct Layer {
     counters: Counters,
     /// Accepted connections in their handshake now.
     handshaking: std::sync::atomic::AtomicUsize,
+    /// Accepted connections in their handshake now, per source address (only
+    /// kept when [`SecureBackend::with_max_handshakes_per_ip`] set a bound).
+    per_ip: PerIp,
+}
+
+/// The per-source-address bound on handshakes in progress.
+#[derive(Default)]
+struct PerIp {
+    /// The bound (`0`: none, the default).
+    max: std::sync::atomic::AtomicUsize,
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// Counts one more handshake from `ip`: `Ok(true)` counted, `Ok(false)`
+    /// no bound set (nothing counted), `Err(max)` `ip` is at the bound.
+    fn enter(&self, ip: std::net::IpAddr) -> Result<bool, usize> {
+        let max = self.max.load(Ordering::Relaxed);
+        if max == 0 {
+            return Ok(false);
+        }
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return Err(max); // (*n >= max > 0: the entry stays)
+        }
+        *n += 1;
+        Ok(true)
+    }
+
+    /// One handshake from `ip` is over.
+    fn leave(&self, ip: std::net::IpAddr) {
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
 }
 
 /// A [`Backend`] whose connections carry plaintext over a secure session run on
@@ -295,9 +335,21 @@ impl SecureBackend {
                 cfg,
                 counters: Counters::default(),
                 handshaking: std::sync::atomic::AtomicUsize::new(0),
+                per_ip: PerIp::default(),
             }),
             name,
         }
+    }
+
+    /// Also bounds the accepted connections in their handshake **per source
+    /// address** (`0`: no bound, the default): one more from that address is
+    /// reset at accept and counted in `handshakes_refused`, so one host cannot
+    /// take every handshake slot of [`SecureConfig::max_handshakes`]. (A method
+    /// rather than a `SecureConfig` field, so configurations written as struct
+    /// literals stay valid.)
+    pub fn with_max_handshakes_per_ip(self, max: usize) -> SecureBackend {
+        self.layer.per_ip.max.store(max, Ordering::Relaxed);
+        self
     }
 
     /// The configuration in force.

@@ -170,6 +170,57 @@ fn wrong_key_fails_the_handshake_on_both_sides() {
 }
 
 #[test]
+fn handshakes_in_progress_are_bounded_per_source_address() {
+    let secure = zs_secure::SecureBackend::with_config(
+        common::epoll(),
+        common::psk_provider(b"alice", &common::KEY),
+        SecureConfig {
+            handshake_timeout: Duration::from_secs(3),
+            ..short()
+        },
+    )
+    .with_max_handshakes_per_ip(2);
+    let srv = EchoServer::over(secure);
+    // Two silent connections from 127.0.0.1 hold that address's slots...
+    let _a = tcp(srv.addr());
+    let _b = tcp(srv.addr());
+    std::thread::sleep(Duration::from_millis(50));
+    // ...so a third from it is reset at once, by the cap, not by a timeout...
+    match std::net::TcpStream::connect_timeout(&srv.addr(), Duration::from_secs(10)) {
+        Ok(mut c) => {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert_dropped(&mut c, "over max_handshakes_per_ip");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    wait_for("counted", || srv.secure.stats().handshakes_refused >= 1);
+    assert_eq!(srv.secure.stats().handshake_timeouts, 0);
+    // ...while another address still gets in.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other
+        .bind(
+            &"127.0.0.2:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    other.connect(&srv.addr().into()).unwrap();
+    let other: std::net::TcpStream = other.into();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut c =
+        zs_secure::SecureStream::connect(other, &*common::psk_provider(b"alice", &common::KEY))
+            .unwrap();
+    roundtrip(&mut c, b"another address is not capped");
+    // Once the silent ones time out, 127.0.0.1 gets in again.
+    wait_for("timed out", || srv.secure.stats().handshake_timeouts == 2);
+    let mut again = good_client(srv.addr());
+    roundtrip(&mut again, b"slots are free again");
+}
+
+#[test]
 fn handshakes_in_progress_are_bounded_per_layer() {
     // A handshake timeout far above any scheduling delay, so the silent
     // connections below surely hold their slots while the third one arrives.

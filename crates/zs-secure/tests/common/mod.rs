@@ -64,7 +64,14 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(cfg: SecureConfig) -> EchoServer {
-        let secure = SecureBackend::with_config(epoll(), psk_provider(b"alice", &KEY), cfg);
+        EchoServer::over(SecureBackend::with_config(
+            epoll(),
+            psk_provider(b"alice", &KEY),
+            cfg,
+        ))
+    }
+    /// An echo server on `secure` (made with `psk_provider(b"alice", &KEY)`).
+    pub fn over(secure: SecureBackend) -> EchoServer {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let listener = secure
