@@ -1,6 +1,9 @@
 //! Builders that assemble a server or a client from trait objects with sensible
 //! defaults: the epoll backend on Linux (tokio elsewhere), our X25519 + AEAD
-//! sessions with AES-256-GCM, a pinned Ed25519 server identity.
+//! sessions with AES-256-GCM, a pinned Ed25519 server identity. The security
+//! runs as a transport layer: both builders wrap the backend in
+//! `zs_secure::SecureBackend` and start zs-core on its plaintext connections
+//! (`Server::start_plain` / `Client::connect_plain`).
 
 use std::fs;
 use std::io::Write;
@@ -223,7 +226,7 @@ impl ServerBuilder {
     pub fn start(self) -> Result<RunningServer> {
         let backend: Arc<dyn Backend> = match self.backend {
             Some(b) => Arc::from(b),
-            None => Arc::from(backend_by_name(&self.backend_name, self.io)?),
+            None => Arc::from(backend_by_name(&self.backend_name, self.io.clone())?),
         };
         let (provider, fingerprint): (Arc<dyn SecurityProvider>, Option<Fingerprint>) =
             match self.security {
@@ -248,7 +251,10 @@ impl ServerBuilder {
                     )
                 }
             };
-        let server = Server::start(backend, provider, self.registry, self.options, self.addr)?;
+        // Security as a transport layer (issue 13): the handshake and the
+        // records run in `SecureBackend`, zs-core sees plaintext connections.
+        let secure = layer_over(backend, provider, &self.io, &self.options);
+        let server = Server::start_plain(secure, self.registry, self.options, self.addr)?;
         Ok(RunningServer {
             server,
             fingerprint,
@@ -405,14 +411,41 @@ impl ClientBuilder {
         };
         let backend: Arc<dyn Backend> = match self.backend {
             Some(b) => Arc::from(b),
-            None => Arc::from(backend_by_name(&self.backend_name, self.io)?),
+            None => Arc::from(backend_by_name(&self.backend_name, self.io.clone())?),
         };
+        let secure = layer_over(backend, provider, &self.io, &self.options);
         if self.stable {
-            Client::connect_stable(backend, provider, self.registry, self.options, self.addr)
+            Client::connect_stable_plain(secure, self.registry, self.options, self.addr)
         } else {
-            Client::connect(backend, provider, self.registry, self.options, self.addr)
+            Client::connect_plain(secure, self.registry, self.options, self.addr)
         }
     }
+}
+
+/// `SecureBackend(backend)` with zs-core's handshake settings: the handshake
+/// deadline ([`Options::handshake_timeout`]) and the cap on handshakes in
+/// progress ([`Options::max_handshakes`]) move down to the layer; the send
+/// queue bound is the raw backend's (`io`), so back-pressure needs no polling;
+/// [`Options::max_handshakes_per_ip`] becomes the layer's per-address bound
+/// (the connection caps stay zs-core's, checked once the handshake is done).
+fn layer_over(
+    backend: Arc<dyn Backend>,
+    provider: Arc<dyn SecurityProvider>,
+    io: &zs_io::Config,
+    options: &Options,
+) -> Arc<dyn Backend> {
+    Arc::new(
+        zs_secure::SecureBackend::with_config(
+            backend,
+            provider,
+            zs_secure::SecureConfig {
+                handshake_timeout: options.handshake_timeout,
+                max_handshakes: options.max_handshakes,
+                ..zs_secure::SecureConfig::for_io(io)
+            },
+        )
+        .with_max_handshakes_per_ip(options.max_handshakes_per_ip),
+    )
 }
 
 #[cfg(test)]
@@ -452,15 +485,29 @@ mod tests {
             })
             .start()
             .unwrap();
+        // The security runs as a transport layer under zs-core.
+        assert!(
+            server.backend_name().starts_with("secure("),
+            "{}",
+            server.backend_name()
+        );
         let wrong = Fingerprint([9; 32]);
         let err = ClientBuilder::new(server.local_addr())
             .fingerprint(wrong)
             .connect()
             .unwrap_err();
-        assert!(
-            matches!(err, Error::ConnectionLost(_) | Error::Crypto(_)),
-            "{err}"
-        );
+        // The layer refuses the server's key during the handshake: a typed
+        // handshake failure, not a lost connection.
+        match &err {
+            Error::Io(e) => assert!(
+                matches!(
+                    zs_secure::handshake_error(e),
+                    Some(zs_secure::HandshakeError::Failed(_))
+                ),
+                "{err}"
+            ),
+            other => panic!("{other}"),
+        }
         for name in backend_names() {
             let c = ClientBuilder::new(server.local_addr())
                 .backend_name(name)
