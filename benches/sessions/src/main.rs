@@ -72,14 +72,26 @@ fn clients(addr: SocketAddr, n: usize, fp: &str) {
         drop(conns);
         k
     } else {
+        // `layer:<fingerprint>`: the server runs over the secure layer, and so
+        // do the clients (`Client::connect_plain` over `SecureBackend`).
+        let (layer, fp) = match fp.strip_prefix("layer:") {
+            Some(fp) => (true, fp),
+            None => (false, fp),
+        };
         let fp: Fingerprint = fp.parse().expect("fingerprint");
         let mut ccfg = ClientConfig::pinned(fp);
         ccfg.suites = vec![SuiteId::Aes256Gcm];
-        let provider = Arc::new(ZsSecurity::new(Some(Arc::new(ccfg)), None));
+        let provider: Arc<dyn zs_crypto::SecurityProvider> =
+            Arc::new(ZsSecurity::new(Some(Arc::new(ccfg)), None));
         #[cfg(target_os = "linux")]
         let b = backend("epoll", 1);
         #[cfg(not(target_os = "linux"))]
         let b = backend("tokio", 1);
+        let secure: Arc<dyn zs_io::Backend> = Arc::new(zs_secure::SecureBackend::with_config(
+            b.clone(),
+            provider.clone(),
+            zs_secure::SecureConfig::for_io(&zs_io::Config::default()),
+        ));
         let all: Mutex<Vec<Client>> = Mutex::new(Vec::with_capacity(n));
         let next = AtomicUsize::new(0);
         std::thread::scope(|s| {
@@ -88,8 +100,12 @@ fn clients(addr: SocketAddr, n: usize, fp: &str) {
                     while next.fetch_add(1, Ordering::Relaxed) < n {
                         let mut o = zs_core::Options::client();
                         o.keepalive = None;
-                        match Client::connect(b.clone(), provider.clone(), Registry::new(), o, addr)
-                        {
+                        let c = if layer {
+                            Client::connect_plain(secure.clone(), Registry::new(), o, addr)
+                        } else {
+                            Client::connect(b.clone(), provider.clone(), Registry::new(), o, addr)
+                        };
+                        match c {
                             Ok(c) => {
                                 if c.peer().send_signal("ready", 0).is_err() {
                                     failures.fetch_add(1, Ordering::Relaxed);
@@ -161,28 +177,46 @@ fn server(kind: &str, n: usize) {
             allowed: vec![SuiteId::Aes256Gcm],
             ..SuitePolicy::default()
         };
-        let provider = Arc::new(ZsSecurity::new(None, Some(Arc::new(scfg))));
+        let provider: Arc<dyn zs_crypto::SecurityProvider> =
+            Arc::new(ZsSecurity::new(None, Some(Arc::new(scfg))));
         let mut commands = Registry::new();
         let r = ready.clone();
         commands.signal("ready", move |_, _| {
             r.fetch_add(1, Ordering::Relaxed);
         });
-        let s = Server::start(
-            backend(kind, 2),
-            provider,
-            commands,
-            // Every session comes from 127.0.0.1: lift the admission caps
-            // (this bench measures memory per session, not admission).
-            zs_core::Options {
-                max_connections: usize::MAX,
-                max_connections_per_ip: usize::MAX,
-                max_handshakes: usize::MAX,
-                max_handshakes_per_ip: usize::MAX,
-                ..zs_core::Options::default()
-            },
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .expect("server");
+        // Every session comes from 127.0.0.1: lift the admission caps
+        // (this bench measures memory per session, not admission).
+        let options = zs_core::Options {
+            max_connections: usize::MAX,
+            max_connections_per_ip: usize::MAX,
+            max_handshakes: usize::MAX,
+            max_handshakes_per_ip: usize::MAX,
+            ..zs_core::Options::default()
+        };
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        // `<kind>-layer`: zs_secure::SecureBackend(kind) under plaintext
+        // sessions (issue 13's new path); `<kind>`: the built-in session.
+        let (s, fp) = match kind.strip_suffix("-layer") {
+            Some(raw) => {
+                let secure = Arc::new(zs_secure::SecureBackend::with_config(
+                    backend(raw, 2),
+                    provider,
+                    zs_secure::SecureConfig {
+                        max_handshakes: usize::MAX,
+                        ..zs_secure::SecureConfig::for_io(&zs_io::Config::default())
+                    },
+                ));
+                (
+                    Server::start_plain(secure, commands, options, addr),
+                    format!("layer:{fp}"),
+                )
+            }
+            None => (
+                Server::start(backend(kind, 2), provider, commands, options, addr),
+                fp,
+            ),
+        };
+        let s = s.expect("server");
         let addr = s.local_addr();
         keep_server = Some(s);
         (addr, fp)
@@ -260,13 +294,15 @@ fn main() {
     let mut kinds = vec!["bare"];
     if cfg!(target_os = "linux") {
         kinds.push("epoll");
+        kinds.push("epoll-layer");
     }
     kinds.push("tokio");
+    kinds.push("tokio-layer");
     open_and_rss_cases(&mut suite, &kinds, "rss_per_session_bytes", move |kind| {
         sample(kind, n)
     });
     suite.run();
-    for kind in ["epoll", "tokio"] {
+    for kind in ["epoll", "tokio", "epoll-layer", "tokio-layer"] {
         suite.ratio(
             &format!("{kind}_open_vs_bare"),
             &format!("{kind}-open"),
@@ -280,6 +316,28 @@ fn main() {
             suite.note(format!(
                 "{kind}: {o:.0} B of server user RSS per idle AES-256-GCM session ({:.0} B above a bare accepted socket; goal ≤ 3072, issue 13)",
                 o - b
+            ));
+        }
+    }
+    // Issue 13, part 2: bytes per idle session, new path (secure layer) / old
+    // path (built-in session); below 1 is fewer bytes.
+    for kind in ["epoll", "tokio"] {
+        // Time to open every session: old time / new time (above 1: faster).
+        suite.ratio(
+            &format!("layer_vs_builtin_{kind}_open"),
+            &format!("{kind}-layer-open"),
+            &format!("{kind}-open"),
+        );
+        let (new, old) = (
+            suite
+                .summary(&format!("{kind}-layer-rss"))
+                .map(|s| s.median),
+            suite.summary(&format!("{kind}-rss")).map(|s| s.median),
+        );
+        if let (Some(new), Some(old)) = (new, old) {
+            suite.note(format!(
+                "layer_vs_builtin_{kind}_idle_bytes: {:.3} ({new:.0} B over the secure layer / {old:.0} B built in)",
+                new / old
             ));
         }
     }
