@@ -324,6 +324,23 @@ impl SecureHandler {
         &self.layer.counters
     }
 
+    /// Counts an accepted connection in the handshakes in progress, overall
+    /// and per source address; why not when either is at its bound.
+    fn admit(&mut self, raw: &Conn) -> Result<(), String> {
+        let max = self.layer.cfg.max_handshakes;
+        self.counted = true;
+        if self.layer.handshaking.fetch_add(1, Ordering::AcqRel) >= max {
+            return Err(format!("{max} handshakes already in progress"));
+        }
+        let ip = raw.peer_addr().ip();
+        match self.layer.per_ip.enter(ip) {
+            Ok(true) => self.counted_ip = Some(ip),
+            Ok(false) => {}
+            Err(max) => return Err(format!("{max} handshakes already in progress from {ip}")),
+        }
+        Ok(())
+    }
+
     /// This connection's handshake is over (done, failed or the connection ended).
     fn uncount(&mut self) {
         if std::mem::take(&mut self.counted) {
@@ -501,38 +518,18 @@ impl SecureHandler {
 impl Handler for SecureHandler {
     fn on_open(&mut self, raw: &Conn) {
         if matches!(self.side, Side::Server(_)) {
-            let max = self.layer.cfg.max_handshakes;
-            if self.layer.handshaking.fetch_add(1, Ordering::AcqRel) >= max {
-                self.layer.handshaking.fetch_sub(1, Ordering::AcqRel);
+            if let Err(why) = self.admit(raw) {
+                self.uncount();
                 Counters::bump(&self.counters().handshakes_refused);
                 self.dead = true;
                 tracing::warn!(
                     conn = raw.id().0,
                     peer = %raw.peer_addr(),
-                    "zs-secure: {}: {max} handshakes already in progress; resetting",
+                    "zs-secure: {}: {why}; resetting",
                     raw.id()
                 );
                 raw.abort();
                 return;
-            }
-            self.counted = true;
-            let ip = raw.peer_addr().ip();
-            match self.layer.per_ip.enter(ip) {
-                Ok(true) => self.counted_ip = Some(ip),
-                Ok(false) => {}
-                Err(max) => {
-                    self.uncount();
-                    Counters::bump(&self.counters().handshakes_refused);
-                    self.dead = true;
-                    tracing::warn!(
-                        conn = raw.id().0,
-                        peer = %raw.peer_addr(),
-                        "zs-secure: {}: {max} handshakes already in progress from {ip}; resetting",
-                        raw.id()
-                    );
-                    raw.abort();
-                    return;
-                }
             }
         }
         let now = Instant::now();
