@@ -424,8 +424,16 @@ fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: b
     } else {
         (String::new(), String::new())
     };
+    // `ZS_XNAT_BENCH_DATA_REUSE=N`: the relay's `data_reuse` (1: a data
+    // connection per public connection, as before session 10), to measure
+    // reuse against no reuse with the same binary.
+    let reuse = std::env::var("ZS_XNAT_BENCH_DATA_REUSE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(|n| format!("data_reuse = {n}\n"))
+        .unwrap_or_default();
     let mut relay = format!(
-        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nidentity_file = \"relay.key\"\n{st}\
+        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nidentity_file = \"relay.key\"\n{reuse}{st}\
          [server.services.iperf]\nbind_addr = \"127.0.0.1:{pi}\"\n"
     );
     if http.is_some() {
