@@ -724,6 +724,43 @@ mod tests {
         assert_eq!(&h[48..52], &[0, 1, 0, 2]);
     }
 
+    /// The bytes of PROTOCOL.md 5.4.1 (reused data connections), checked
+    /// against the document's own text.
+    #[test]
+    fn documented_reuse_bytes() {
+        let hex = |b: &[u8]| -> String { b.iter().map(|x| format!("{x:02x}")).collect() };
+        let start = Msg::StartFramed {
+            peer: "192.0.2.7:40000".parse().unwrap(),
+        }
+        .to_bytes();
+        assert_eq!(start, [0x14, 7, 0, 0, 0, 4, 192, 0, 2, 7, 0x40, 0x9c]);
+        assert_eq!(Msg::DataDone.to_bytes(), [0x15, 0, 0, 0, 0]);
+        let mut framed = chunk_header(2).to_vec();
+        framed.extend_from_slice(b"hi");
+        framed.extend_from_slice(&chunk_header(0));
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/PROTOCOL.md"
+        ))
+        .unwrap();
+        let part = &doc[doc.find("### 5.4.1").expect("PROTOCOL.md 5.4.1")..];
+        let part = &part[..part.find("## 5.5").unwrap()];
+        let flat: String = part.split_whitespace().collect();
+        for (what, bytes) in [
+            ("StartFramed", &start[..]),
+            ("DataDone", &Msg::DataDone.to_bytes()[..]),
+            ("chunks", &framed[..]),
+        ] {
+            assert!(
+                flat.contains(&hex(bytes)),
+                "{what}: {} not in 5.4.1",
+                hex(bytes)
+            );
+        }
+        assert_eq!(MAX_CHUNK, 1_048_576);
+        assert!(part.contains("1 to 1,048,576 bytes, `MAX_CHUNK`"));
+    }
+
     /// The bytes documented in docs/PROTOCOL.md, Part 5 (XNat).
     #[test]
     fn documented_bytes() {
