@@ -251,3 +251,32 @@ fn an_agent_may_decline_reuse_by_closing() {
     assert_eq!(stat(&relay, "data_reuse_errors"), 0);
     assert_eq!(stat(&relay, "data_reused"), 0);
 }
+
+#[test]
+fn data_reuse_keys_parse_and_name_the_key_on_error() {
+    let parse = |t: &str| crate::config::Config::parse(t, "x.toml", Path::new("."));
+    let base = "[server]\nbind_addr = \"127.0.0.1:1\"\n";
+    let s = parse(base).unwrap().server.unwrap();
+    assert_eq!(
+        (s.data_reuse, s.data_reuse_age),
+        (100, Duration::from_secs(300))
+    );
+    let s = parse(&format!("{base}data_reuse = 1\ndata_reuse_age = 9\n"))
+        .unwrap()
+        .server
+        .unwrap();
+    assert_eq!(
+        (s.data_reuse, s.data_reuse_age),
+        (1, Duration::from_secs(9))
+    );
+    // 0 means the same as 1: no reuse.
+    let s = parse(&format!("{base}data_reuse = 0\n"))
+        .unwrap()
+        .server
+        .unwrap();
+    assert_eq!(s.data_reuse, 1);
+    let e = parse(&format!("{base}data_reuse = -3\n")).unwrap_err();
+    assert_eq!(e.key, "server.data_reuse");
+    let e = parse(&format!("{base}data_reuse_age = \"long\"\n")).unwrap_err();
+    assert_eq!(e.key, "server.data_reuse_age");
+}
