@@ -143,8 +143,10 @@ async fn framed_data(
         let _ = s.read_to_end(&mut got);
         got
     });
-    // The relay may have picked the data connection it asked for; it has one.
-    let m = tokio::time::timeout(Duration::from_secs(5), data.recv())
+    // When the client comes before the relay pooled our data connection,
+    // the relay asks for another one (never opened), gives up on it after
+    // DATA_WAIT (5 s) and takes ours.
+    let m = tokio::time::timeout(Duration::from_secs(20), data.recv())
         .await
         .expect("a start in time")
         .expect("the relay sends a start on the data connection");
