@@ -282,3 +282,79 @@ fn data_reuse_keys_parse_and_name_the_key_on_error() {
     let e = parse(&format!("{base}data_reuse_age = \"long\"\n")).unwrap_err();
     assert_eq!(e.key, "server.data_reuse_age");
 }
+
+/// A relay (hand-driven) that reuses wrongly: after a clean framed
+/// exchange and the agent's `DataDone` it sends chunk bytes where a start
+/// message belongs. The agent drops that data connection (it never reaches
+/// the local service again) and keeps its control session.
+#[test]
+fn an_agent_drops_a_data_connection_a_relay_reuses_wrongly() {
+    let received = Arc::new(AtomicU64::new(0));
+    let echo = counting_echo_server(received.clone());
+    let side = Side::new();
+    let l = side
+        .rt()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let relay_addr = l.local_addr().unwrap();
+    let (_sa, agent) = start_agent(agent_cfg(&[relay_addr], &[("svc", "t", echo, 4)]));
+    side.rt().block_on(async {
+        let id = Arc::new(ServerIdentity::from_seed(&SEED).unwrap());
+        let scfg = Arc::new(zs_crypto::session::ServerConfig::with_identity(id));
+        let t = Duration::from_secs(10);
+        let accept = || async {
+            let (tcp, _) = l.accept().await.unwrap();
+            SecureConn::accept(tcp, scfg.clone(), t).await.unwrap()
+        };
+        let mut ctl = accept().await;
+        assert!(matches!(ctl.recv().await.unwrap(), Msg::Hello { .. }));
+        ctl.send(&Msg::Challenge { nonce: [3; 32] }).await.unwrap();
+        assert!(matches!(ctl.recv().await.unwrap(), Msg::Register { .. }));
+        ctl.send(&Msg::OpenData {
+            service: "svc".into(),
+            ticket: [5; 16],
+        })
+        .await
+        .unwrap();
+        let mut data = accept().await;
+        assert_eq!(
+            data.recv().await.unwrap(),
+            Msg::DataHello { ticket: [5; 16] }
+        );
+        data.send(&Msg::StartFramed {
+            peer: "192.0.2.9:1000".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+        let (mut sr, mut sw) = data.split_framed();
+        sw.write(b"hi").await.unwrap();
+        sw.shutdown().await.unwrap();
+        let (mut got, mut buf) = (Vec::new(), Vec::new());
+        while sr.read(&mut buf).await.unwrap() {
+            got.extend_from_slice(&buf);
+        }
+        assert_eq!(got, b"hi", "echoed through the agent");
+        let mut data = SecureConn::rejoin(sr, sw).expect("clean");
+        assert_eq!(data.recv().await.unwrap(), Msg::DataDone);
+        // Wrong: a chunk where a start message belongs.
+        let mut late = chunk_header(2).to_vec();
+        late.extend_from_slice(b"hi");
+        data.send_raw(&late).await.unwrap();
+        let r = tokio::time::timeout(t, data.recv()).await;
+        assert!(matches!(r, Ok(Err(_))), "the agent keeps it: {r:?}");
+        // The control session is still there: it answers a ping.
+        ctl.send(&Msg::Ping(7)).await.unwrap();
+        loop {
+            match tokio::time::timeout(t, ctl.recv()).await.unwrap().unwrap() {
+                Msg::Pong(7) => break,
+                _ => continue,
+            }
+        }
+    });
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        2,
+        "only the first exchange"
+    );
+    assert_eq!(agent_stat(&agent, |s| &s.data_reused), 1);
+}
