@@ -515,11 +515,7 @@ impl SecureRead {
             std::mem::swap(&mut self.copied, &mut self.pending);
             self.parts.push(Part::Copied(0..self.copied.len()));
             if self.unframe()? {
-                return Ok(Some(Parts {
-                    buf: &self.buf,
-                    copied: &self.copied,
-                    parts: &self.parts,
-                }));
+                return Ok(Some(self.view()));
             }
             if self.done {
                 return Ok(None);
@@ -583,21 +579,13 @@ impl SecureRead {
                 Part::Buf(r) | Part::Copied(r) => !r.is_empty(),
             });
             if self.framed.is_some() && self.unframe()? {
-                return Ok(Some(Parts {
-                    buf: &self.buf,
-                    copied: &self.copied,
-                    parts: &self.parts,
-                }));
+                return Ok(Some(self.view()));
             }
             if self.done {
                 return Ok(None);
             }
             if self.framed.is_none() && !self.parts.is_empty() {
-                return Ok(Some(Parts {
-                    buf: &self.buf,
-                    copied: &self.copied,
-                    parts: &self.parts,
-                }));
+                return Ok(Some(self.view()));
             }
             if closed {
                 return Ok(None);
@@ -606,6 +594,15 @@ impl SecureRead {
                 let n = self.buf.len();
                 grow(&mut self.buf, n);
             }
+        }
+    }
+
+    /// The plaintext of the last read, as [`Parts`].
+    fn view(&self) -> Parts<'_> {
+        Parts {
+            buf: &self.buf,
+            copied: &self.copied,
+            parts: &self.parts,
         }
     }
 

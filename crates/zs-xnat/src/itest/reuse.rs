@@ -258,25 +258,14 @@ fn an_agent_may_decline_reuse_by_closing() {
 fn data_reuse_keys_parse_and_name_the_key_on_error() {
     let parse = |t: &str| crate::config::Config::parse(t, "x.toml", Path::new("."));
     let base = "[server]\nbind_addr = \"127.0.0.1:1\"\n";
-    let s = parse(base).unwrap().server.unwrap();
-    assert_eq!(
-        (s.data_reuse, s.data_reuse_age),
-        (100, Duration::from_secs(300))
-    );
-    let s = parse(&format!("{base}data_reuse = 1\ndata_reuse_age = 9\n"))
-        .unwrap()
-        .server
-        .unwrap();
-    assert_eq!(
-        (s.data_reuse, s.data_reuse_age),
-        (1, Duration::from_secs(9))
-    );
+    let keys = |extra: &str| {
+        let s = parse(&format!("{base}{extra}")).unwrap().server.unwrap();
+        (s.data_reuse, s.data_reuse_age.as_secs())
+    };
+    assert_eq!(keys(""), (100, 300));
+    assert_eq!(keys("data_reuse = 1\ndata_reuse_age = 9\n"), (1, 9));
     // 0 means the same as 1: no reuse.
-    let s = parse(&format!("{base}data_reuse = 0\n"))
-        .unwrap()
-        .server
-        .unwrap();
-    assert_eq!(s.data_reuse, 1);
+    assert_eq!(keys("data_reuse = 0\n"), (1, 300));
     let e = parse(&format!("{base}data_reuse = -3\n")).unwrap_err();
     assert_eq!(e.key, "server.data_reuse");
     let e = parse(&format!("{base}data_reuse_age = \"long\"\n")).unwrap_err();
