@@ -405,12 +405,21 @@ struct Tunnel {
 /// (plaintext data connections; the default runs every byte through the
 /// relay-pinned session).
 fn ours(dir: &Path, iperf: u16, http: Option<u16>, plain: bool) -> Tunnel {
-    ours_with(dir, iperf, http, plain, false)
+    ours_with(dir, iperf, http, plain, false, None)
 }
 
 /// [`ours`]; `buffered`: plaintext moved by read/write instead of splice(2)
 /// (`[*.transport] plain_copy = "buffered"`, to measure what splice buys).
-fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: bool) -> Tunnel {
+/// `reuse`: the relay's `data_reuse` (`Some(1)`: one data connection per
+/// public connection, as before session 10; `None`: the default).
+fn ours_with(
+    dir: &Path,
+    iperf: u16,
+    http: Option<u16>,
+    plain: bool,
+    buffered: bool,
+    reuse: Option<u32>,
+) -> Tunnel {
     let _t = Trace::new(format!("start xnat (plain {plain})"));
     let exe = std::env::current_exe().unwrap();
     let control = free_port();
@@ -424,8 +433,11 @@ fn ours_with(dir: &Path, iperf: u16, http: Option<u16>, plain: bool, buffered: b
     } else {
         (String::new(), String::new())
     };
+    let reuse = reuse
+        .map(|n| format!("data_reuse = {n}\n"))
+        .unwrap_or_default();
     let mut relay = format!(
-        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nidentity_file = \"relay.key\"\n{st}\
+        "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\nidentity_file = \"relay.key\"\n{reuse}{st}\
          [server.services.iperf]\nbind_addr = \"127.0.0.1:{pi}\"\n"
     );
     if http.is_some() {
@@ -637,11 +649,13 @@ fn rss_kb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// A tunnel under test: its case-name prefix; `bulk_only`: iperf3 cases only.
+/// A tunnel under test: its case-name prefix; `bulk_only`: iperf3 cases
+/// only; `web_only`: wrk cases only (no iperf3, no oha).
 struct Entry {
     name: &'static str,
     tunnel: Option<std::rc::Rc<Tunnel>>,
     bulk_only: bool,
+    web_only: bool,
 }
 
 fn main() {
@@ -704,22 +718,41 @@ fn main() {
             name: "direct",
             tunnel: None,
             bulk_only: false,
+            web_only: false,
         },
         Entry {
             name: "xnat",
             tunnel: Some(rc(ours(&sub("ours"), iperf_port, http, false))),
             bulk_only: false,
+            web_only: false,
+        },
+        // Data connections not reused (`data_reuse = 1`): what session 10's
+        // reuse changed, measured in the same run (wrk cases only).
+        Entry {
+            name: "xnat_noreuse",
+            tunnel: Some(rc(ours_with(
+                &sub("ours-noreuse"),
+                iperf_port,
+                http,
+                false,
+                false,
+                Some(1),
+            ))),
+            bulk_only: false,
+            web_only: true,
         },
         Entry {
             name: "xnat_plain",
             tunnel: Some(rc(ours(&sub("ours-plain"), iperf_port, http, true))),
             bulk_only: false,
+            web_only: false,
         },
         // The data path the pool was chosen over: one p2pvm mux per agent.
         Entry {
             name: "xnat_mux",
             tunnel: Some(rc(ours_mux(iperf_port, http))),
             bulk_only: false,
+            web_only: false,
         },
     ];
     // read/write instead of splice: a diagnostic pair, full runs only.
@@ -732,8 +765,10 @@ fn main() {
                 None,
                 true,
                 true,
+                None,
             ))),
             bulk_only: true,
+            web_only: false,
         });
     }
     if let Some(b) = &rh_bin {
@@ -741,11 +776,13 @@ fn main() {
             name: "rathole_noise",
             tunnel: Some(rc(rathole(b, &sub("rh-noise"), iperf_port, http, true))),
             bulk_only: false,
+            web_only: false,
         });
         tunnels.push(Entry {
             name: "rathole",
             tunnel: Some(rc(rathole(b, &sub("rh-tcp"), iperf_port, http, false))),
             bulk_only: false,
+            web_only: false,
         });
     } else {
         suite.note("rathole not in target/peers/bin: run `cargo xtask bench xnat` (installs it)");
@@ -755,6 +792,7 @@ fn main() {
             name: "bore",
             tunnel: Some(rc(bore(&b, iperf_port))),
             bulk_only: false,
+            web_only: false,
         });
     } else {
         suite.note("bore not in target/peers/bin");
@@ -787,7 +825,9 @@ fn main() {
     // filled, pages touched, the CPU frequency up) before anything is measured.
     for t in &tunnels {
         let p = t.tunnel.as_ref().map_or(iperf_port, |t| t.iperf_port);
-        warm(p);
+        if !t.web_only {
+            warm(p);
+        }
         if !opts.quick {
             if let (Some(h), Some(_)) = (t.tunnel.as_ref().map_or(http, |t| t.http_port), &ng) {
                 let _ = wrk(h, 1);
@@ -803,7 +843,7 @@ fn main() {
     for streams in [1u32, 8] {
         let bulk: Vec<(&'static str, u16, Vec<u32>)> = tunnels
             .iter()
-            .filter(|t| streams == 1 || !t.bulk_only)
+            .filter(|t| (streams == 1 || !t.bulk_only) && !t.web_only)
             .map(|t| {
                 let p = t.tunnel.as_ref().map_or(iperf_port, |t| t.iperf_port);
                 (t.name, p, pids_of(t))
@@ -936,7 +976,16 @@ fn main() {
         // connection per request, and the latency of one fresh connection.
         let short: Vec<(&'static str, u16)> = web
             .iter()
-            .filter(|w| ["direct", "xnat", "xnat_mux", "rathole_noise"].contains(&w.0))
+            .filter(|w| {
+                [
+                    "direct",
+                    "xnat",
+                    "xnat_noreuse",
+                    "xnat_mux",
+                    "rathole_noise",
+                ]
+                .contains(&w.0)
+            })
             .copied()
             .collect();
         let results = std::rc::Rc::new(std::cell::RefCell::new(vec![
@@ -980,7 +1029,7 @@ fn main() {
         match &oha_bin {
             Some(ob) => {
                 for rate in [1000u32, 4000] {
-                    for t in tunnels.iter().filter(|t| !t.bulk_only) {
+                    for t in tunnels.iter().filter(|t| !t.bulk_only && !t.web_only) {
                         let Some(p) = t.tunnel.as_ref().map_or(Some(h), |t| t.http_port) else {
                             continue;
                         };
@@ -1121,6 +1170,19 @@ fn main() {
             "rathole_noise_http_close",
         ),
         ("open_vs_rathole", "xnat_open_us", "rathole_noise_open_us"),
+        // Session 10: data connections back to the pool, against one data
+        // connection per public connection (same binary, same run).
+        (
+            "reuse_vs_noreuse_http_close",
+            "xnat_http_close",
+            "xnat_noreuse_http_close",
+        ),
+        ("reuse_vs_noreuse_http", "xnat_http", "xnat_noreuse_http"),
+        (
+            "reuse_vs_noreuse_open",
+            "xnat_open_us",
+            "xnat_noreuse_open_us",
+        ),
     ] {
         suite.ratio(key, ours, theirs);
     }

@@ -19,7 +19,7 @@ use zs_crypto::session::ClientConfig as CryptoClient;
 
 use crate::config::{ClientConfig, ClientService, Kind};
 use crate::proto::{self, Decoder, Msg};
-use crate::pump::{carry, End, Side};
+use crate::pump::{carry, End, Mode, Side};
 use crate::relay::Reload;
 use crate::secure::{Dialer, SecureConn};
 use crate::stats::{inc, AgentStats};
@@ -510,23 +510,60 @@ impl Agent {
             return;
         }
         inc(&stats.data_conns);
-        // Pooled: wait (without limit) for a public peer.
-        let (peer, udp): (SocketAddr, bool) = match conn.recv().await {
-            Ok(Msg::Start { peer }) => (peer, false),
-            Ok(Msg::StartUdp { peer }) => (peer, true),
+        let mut conn = conn;
+        let mut carried = 0u64;
+        // A framed public connection that ended cleanly gives the data
+        // connection back: it waits for the next start, as a fresh one does.
+        while let Some(back) = self.data_start(addr, service, svc, conn, load).await {
+            conn = back;
+            carried += 1;
+            if conn.send(&Msg::DataDone).await.is_err() {
+                return;
+            }
+            inc(&stats.data_reused);
+        }
+        debug!(relay = %addr, %service, carried, "xnat agent: data connection closed");
+    }
+
+    /// Waits (pooled, without limit) for the relay to attach a public peer
+    /// to `conn` and carries it; returns the connection when it was framed
+    /// and both directions ended cleanly.
+    async fn data_start(
+        &self,
+        addr: &str,
+        service: &str,
+        svc: &ClientService,
+        mut conn: SecureConn,
+        load: &AtomicU32,
+    ) -> Option<SecureConn> {
+        let stats = &self.inner.stats;
+        let (peer, udp, mode): (SocketAddr, bool, Mode) = match conn.recv().await {
+            Ok(Msg::Start { peer }) => (peer, false, Mode::Raw),
+            Ok(Msg::StartFramed { peer }) => (peer, false, Mode::Framed),
+            Ok(Msg::StartUdp { peer }) => (peer, true, Mode::Raw),
             Ok(Msg::Visit { body }) => {
-                return crate::visit::agent_data(self, conn, service, &svc.local_addr, body).await
+                crate::visit::agent_data(self, conn, service, &svc.local_addr, body).await;
+                return None;
             }
             Ok(m) => {
                 warn!(relay = %addr, kind = m.kind(), "xnat agent: unexpected message on a data connection");
-                return;
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
         };
+        if mode == Mode::Framed
+            && self.inner.cfg.data_encryption == crate::config::DataEncryption::None
+        {
+            // Framed connections stay inside the session; this agent was told
+            // to carry plaintext: the relay's settings differ from ours.
+            let n = inc(&stats.local_failures);
+            warn!(relay = %addr, %service, local_failures = n, "xnat agent: the relay sends encrypted (framed) data connections but [client.transport] encryption = \"none\": set it the same on relay and agent");
+            return None;
+        }
         if udp != (svc.kind == Kind::Udp) {
             let n = inc(&stats.kind_mismatch);
             warn!(relay = %addr, %service, local_type = svc.kind.as_str(), relay_type = if udp { "udp" } else { "tcp" }, kind_mismatch = n, "xnat agent: the relay's mapping has another type than ours; fix `type` on one side");
-            return;
+            return None;
         }
         load.fetch_add(1, Ordering::Relaxed);
         let _l = DecLoad(load);
@@ -537,7 +574,7 @@ impl Agent {
                 let n = inc(&stats.local_failures);
                 warn!(%service, %peer, error = %e, local_failures = n, "xnat agent: UDP flow ended with an error");
             }
-            return;
+            return None;
         }
         let virt = self
             .inner
@@ -552,11 +589,19 @@ impl Agent {
                 // connection's session; a plaintext data connection has none.
                 let n = inc(&stats.local_failures);
                 warn!(%service, local_failures = n, "xnat agent: in-process mappings need encrypted data connections ([client.transport] encryption = \"session\"); connection refused");
-                return;
+                return None;
             }
             inc(&stats.forwarded);
             debug!(%service, %peer, "xnat agent: carrying a public connection to the in-process server");
-            let (sr, sw, rest) = conn.split();
+            // In-process connections are not handed back (framed or not):
+            // the relay sees no DataDone and drops the data connection.
+            let (sr, sw, rest) = match mode {
+                Mode::Raw => conn.split(),
+                Mode::Framed => {
+                    let (sr, sw) = conn.split_framed();
+                    (sr, sw, Vec::new())
+                }
+            };
             let carried = backend
                 .carry(
                     vaddr,
@@ -571,7 +616,7 @@ impl Agent {
                 let n = inc(&stats.local_failures);
                 warn!(%service, error = %e, local_failures = n, "xnat agent: in-process server connection failed");
             }
-            return;
+            return None;
         }
         let mut local = match tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -583,12 +628,12 @@ impl Agent {
             Ok(Err(e)) => {
                 let n = inc(&stats.local_failures);
                 warn!(%service, local_addr = %svc.local_addr, error = %e, local_failures = n, "xnat agent: local service unreachable");
-                return;
+                return None;
             }
             Err(_) => {
                 let n = inc(&stats.local_failures);
                 warn!(%service, local_addr = %svc.local_addr, local_failures = n, "xnat agent: local service connect timed out");
-                return;
+                return None;
             }
         };
         if svc.proxy_protocol {
@@ -597,13 +642,14 @@ impl Agent {
             if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut local, &header).await {
                 let n = inc(&stats.local_failures);
                 warn!(%service, error = %e, local_failures = n, "xnat agent: cannot send the PROXY header to the local service");
-                return;
+                return None;
             }
         }
         inc(&stats.forwarded);
         debug!(%service, %peer, "xnat agent: carrying a public connection");
-        match carry(
+        let (end, back) = carry(
             Side::Agent,
+            mode,
             self.inner.cfg.data_encryption,
             self.inner.cfg.plain_copy,
             local,
@@ -613,13 +659,11 @@ impl Agent {
             &[&stats.bytes_down],
             &[&stats.bytes_up],
         )
-        .await
-        {
-            End::Done | End::Idle => {}
-            End::Error(e) => {
-                debug!(%service, %peer, error = %e, "xnat agent: connection ended with an error")
-            }
+        .await;
+        if let End::Error(e) = end {
+            debug!(%service, %peer, error = %e, "xnat agent: connection ended with an error");
         }
+        back
     }
 }
 

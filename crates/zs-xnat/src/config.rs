@@ -46,6 +46,13 @@ pub struct ServerConfig {
     pub identity_file: PathBuf,
     /// Ours: `pool_size`, data connections kept ready per agent and service (default 8).
     pub pool_size: usize,
+    /// Ours: `data_reuse`, public connections one data connection may carry
+    /// in turn (default 100; 1: one each, the connection closes with its
+    /// public connection). Only encrypted data connections are reused.
+    pub data_reuse: u32,
+    /// Ours: `data_reuse_age` seconds: a data connection older than this is
+    /// not pooled again after a public connection (default 300).
+    pub data_reuse_age: Duration,
     /// Ours: `max_agents`, control connections at once (default 256).
     pub max_agents: usize,
     /// Ours: `heartbeat_interval` seconds (rathole's key, default 10).
@@ -531,6 +538,8 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             "heartbeat_interval",
             "identity_file",
             "pool_size",
+            "data_reuse",
+            "data_reuse_age",
             "max_agents",
             "handshake_timeout",
             "admin_token",
@@ -561,6 +570,11 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
             .unwrap_or("xnat-relay.key"),
     );
     let pool_size = p.uint(s, "pool_size", "server.pool_size", 64)?.unwrap_or(8) as usize;
+    let data_reuse = p
+        .uint(s, "data_reuse", "server.data_reuse", 1_000_000)?
+        .unwrap_or(100)
+        .max(1) as u32;
+    let data_reuse_age = p.secs(s, "data_reuse_age", "server.data_reuse_age", 300)?;
     let max_agents = p
         .uint(s, "max_agents", "server.max_agents", 100_000)?
         .unwrap_or(256) as usize;
@@ -616,6 +630,8 @@ fn parse_server(p: &P<'_>, s: &Table, base: &Path) -> Result<ServerConfig, Confi
         default_token,
         identity_file,
         pool_size,
+        data_reuse,
+        data_reuse_age,
         max_agents,
         heartbeat_interval,
         handshake_timeout,

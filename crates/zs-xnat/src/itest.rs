@@ -21,6 +21,7 @@ use crate::{Agent, Relay};
 const SEED: [u8; 32] = [42; 32];
 
 mod features;
+mod reuse;
 mod tls;
 
 fn free_port() -> u16 {
@@ -167,6 +168,8 @@ pub(crate) fn relay_cfg(port: u16, services: &[(&str, &str, u16)]) -> ServerConf
         default_token: None,
         identity_file: "unused".into(),
         pool_size: 2,
+        data_reuse: 100,
+        data_reuse_age: Duration::from_secs(300),
         max_agents: 16,
         heartbeat_interval: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(2),

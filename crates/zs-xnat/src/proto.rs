@@ -117,6 +117,21 @@ pub enum Msg {
         /// Service name.
         service: String,
     },
+    /// relay → agent on a data connection: a public peer is attached, like
+    /// [`Msg::Start`], but the bytes that follow in each direction are
+    /// chunks (`u32 LE length | bytes`, [`ChunkDecoder`]) ended by a
+    /// zero-length chunk, so the data connection outlives the public
+    /// connection: once both directions ended, the agent sends
+    /// [`Msg::DataDone`] and the connection waits for the next start.
+    StartFramed {
+        /// The public peer's address.
+        peer: SocketAddr,
+    },
+    /// agent → relay on a data connection after a [`Msg::StartFramed`]
+    /// exchange: both directions ended cleanly (each side's end chunk sent
+    /// and received, the local connection closed without error); the data
+    /// connection may carry the next public connection.
+    DataDone,
     /// relay → agent on a data connection of a UDP mapping: the data
     /// connection carries the flow of public source `peer`; datagram frames
     /// ([`encode_datagram`]) follow in both directions.
@@ -205,6 +220,8 @@ impl Msg {
             Msg::Start { .. } => 0x11,
             Msg::Unregister { .. } => 0x12,
             Msg::StartUdp { .. } => 0x13,
+            Msg::StartFramed { .. } => 0x14,
+            Msg::DataDone => 0x15,
             Msg::AdminHello { .. } => 0x20,
             Msg::AdminAuth { .. } => 0x21,
             Msg::AdminAdd { .. } => 0x22,
@@ -255,6 +272,8 @@ impl Msg {
             Msg::Start { peer } => zs_punch::addr::put(out, peer),
             Msg::Unregister { service } => put_str(out, service),
             Msg::StartUdp { peer } => zs_punch::addr::put(out, peer),
+            Msg::StartFramed { peer } => zs_punch::addr::put(out, peer),
+            Msg::DataDone => {}
             Msg::AdminHello { version } => out.extend_from_slice(&version.to_le_bytes()),
             Msg::AdminAuth { proof } => out.extend_from_slice(proof),
             Msg::AdminAdd { mapping: m } => {
@@ -318,6 +337,8 @@ impl Msg {
             0x11 => Msg::Start { peer: r.addr()? },
             0x12 => Msg::Unregister { service: r.name()? },
             0x13 => Msg::StartUdp { peer: r.addr()? },
+            0x14 => Msg::StartFramed { peer: r.addr()? },
+            0x15 => Msg::DataDone,
             0x20 => Msg::AdminHello { version: r.u16()? },
             0x21 => Msg::AdminAuth { proof: r.arr()? },
             0x22 => Msg::AdminAdd {
@@ -596,6 +617,10 @@ mod tests {
             Msg::StartUdp {
                 peer: "10.0.0.1:53".parse().unwrap(),
             },
+            Msg::StartFramed {
+                peer: "192.0.2.7:40000".parse().unwrap(),
+            },
+            Msg::DataDone,
             Msg::AdminHello { version: VERSION },
             Msg::AdminAuth { proof: [5; 32] },
             Msg::AdminAdd {
@@ -697,6 +722,43 @@ mod tests {
                 .octets()
         );
         assert_eq!(&h[48..52], &[0, 1, 0, 2]);
+    }
+
+    /// The bytes of PROTOCOL.md 5.4.1 (reused data connections), checked
+    /// against the document's own text.
+    #[test]
+    fn documented_reuse_bytes() {
+        let hex = |b: &[u8]| -> String { b.iter().map(|x| format!("{x:02x}")).collect() };
+        let start = Msg::StartFramed {
+            peer: "192.0.2.7:40000".parse().unwrap(),
+        }
+        .to_bytes();
+        assert_eq!(start, [0x14, 7, 0, 0, 0, 4, 192, 0, 2, 7, 0x40, 0x9c]);
+        assert_eq!(Msg::DataDone.to_bytes(), [0x15, 0, 0, 0, 0]);
+        let mut framed = chunk_header(2).to_vec();
+        framed.extend_from_slice(b"hi");
+        framed.extend_from_slice(&chunk_header(0));
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/PROTOCOL.md"
+        ))
+        .unwrap();
+        let part = &doc[doc.find("### 5.4.1").expect("PROTOCOL.md 5.4.1")..];
+        let part = &part[..part.find("## 5.5").unwrap()];
+        let flat: String = part.split_whitespace().collect();
+        for (what, bytes) in [
+            ("StartFramed", &start[..]),
+            ("DataDone", &Msg::DataDone.to_bytes()[..]),
+            ("chunks", &framed[..]),
+        ] {
+            assert!(
+                flat.contains(&hex(bytes)),
+                "{what}: {} not in 5.4.1",
+                hex(bytes)
+            );
+        }
+        assert_eq!(MAX_CHUNK, 1_048_576);
+        assert!(part.contains("1 to 1,048,576 bytes, `MAX_CHUNK`"));
     }
 
     /// The bytes documented in docs/PROTOCOL.md, Part 5 (XNat).
@@ -910,4 +972,146 @@ pub fn verify_admin_proof(
 ) -> bool {
     use subtle::ConstantTimeEq;
     bool::from(admin_proof(token, nonce, binding).ct_eq(got))
+}
+
+/// Largest chunk of a framed data connection ([`Msg::StartFramed`]); a
+/// longer length is a protocol error (the sender splits its writes).
+pub const MAX_CHUNK: usize = 1 << 20;
+
+/// The header of one chunk of a framed data connection: `u32 LE length`
+/// (0: the end of this direction).
+pub fn chunk_header(len: usize) -> [u8; 4] {
+    debug_assert!(len <= MAX_CHUNK);
+    (len as u32).to_le_bytes()
+}
+
+/// Splits one direction of a framed data connection into its payload,
+/// sans-IO: fed the plaintext as it arrives (in any pieces), it names the
+/// payload ranges of each piece, skips the 4-byte headers (which may straddle
+/// pieces) and stops at the end chunk. Buffers nothing but a partial header.
+#[derive(Debug, Default, Clone)]
+pub struct ChunkDecoder {
+    header: [u8; 4],
+    have: u8,
+    /// Payload bytes left in the current chunk.
+    left: usize,
+    ended: bool,
+}
+
+impl ChunkDecoder {
+    /// A decoder at the start of a direction.
+    pub fn new() -> ChunkDecoder {
+        ChunkDecoder::default()
+    }
+
+    /// Walks `input`, calling `data` with each payload range of it in order.
+    /// `Ok(Some(n))`: the end chunk finished at offset `n` (the bytes from
+    /// `n` on do not belong to this direction; so does any later input).
+    /// `Ok(None)`: all of `input` consumed. An error for a chunk longer than
+    /// [`MAX_CHUNK`] (drop the connection).
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        data: &mut impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Option<usize>, ProtoError> {
+        if self.ended {
+            return Ok(Some(0));
+        }
+        let mut at = 0;
+        while at < input.len() {
+            if self.left > 0 {
+                let n = self.left.min(input.len() - at);
+                data(at..at + n);
+                at += n;
+                self.left -= n;
+                continue;
+            }
+            let n = (4 - self.have as usize).min(input.len() - at);
+            self.header[self.have as usize..self.have as usize + n]
+                .copy_from_slice(&input[at..at + n]);
+            self.have += n as u8;
+            at += n;
+            if self.have < 4 {
+                break;
+            }
+            self.have = 0;
+            let len = u32::from_le_bytes(self.header) as usize;
+            if len > MAX_CHUNK {
+                return Err(ProtoError::TooLarge(len));
+            }
+            if len == 0 {
+                self.ended = true;
+                return Ok(Some(at));
+            }
+            self.left = len;
+        }
+        Ok(None)
+    }
+
+    /// Whether the end chunk was read.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    fn framed(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut w = Vec::new();
+        for c in chunks {
+            w.extend_from_slice(&chunk_header(c.len()));
+            w.extend_from_slice(c);
+        }
+        w.extend_from_slice(&chunk_header(0));
+        w
+    }
+
+    /// Every way of cutting the stream into pieces gives the same payload,
+    /// and the bytes after the end chunk are left alone.
+    #[test]
+    fn chunks_decode_the_same_in_any_pieces_and_stop_at_the_end() {
+        let big = vec![7u8; 70_000];
+        let mut wire = framed(&[b"GET / HTTP/1.1\r\n\r\n", b"x", &big]);
+        let want: Vec<u8> = [&b"GET / HTTP/1.1\r\n\r\n"[..], b"x", &big].concat();
+        wire.extend_from_slice(b"after");
+        for piece in [1usize, 2, 3, 5, 7, 4096, wire.len()] {
+            let mut d = ChunkDecoder::new();
+            let (mut got, mut rest) = (Vec::new(), Vec::new());
+            for p in wire.chunks(piece) {
+                if d.ended() {
+                    rest.extend_from_slice(p);
+                    continue;
+                }
+                let end = d.feed(p, &mut |r| got.extend_from_slice(&p[r])).unwrap();
+                if let Some(n) = end {
+                    rest.extend_from_slice(&p[n..]);
+                }
+            }
+            assert!(d.ended(), "piece {piece}");
+            assert!(got == want, "piece {piece}: payload differs");
+            assert_eq!(rest, b"after", "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn oversized_chunks_are_refused_and_input_after_the_end_is_not_read() {
+        let mut d = ChunkDecoder::new();
+        let h = ((MAX_CHUNK + 1) as u32).to_le_bytes();
+        assert_eq!(
+            d.feed(&h, &mut |_| {}),
+            Err(ProtoError::TooLarge(MAX_CHUNK + 1))
+        );
+        let mut d = ChunkDecoder::new();
+        let mut n = 0;
+        assert_eq!(d.feed(&[0, 0, 0, 0, 1, 2], &mut |_| n += 1), Ok(Some(4)));
+        assert_eq!(d.feed(&[9, 9], &mut |_| n += 1), Ok(Some(0)));
+        assert_eq!(n, 0);
+        // A header split across pieces, then a partial chunk: not ended.
+        let mut d = ChunkDecoder::new();
+        assert_eq!(d.feed(&[3, 0], &mut |_| {}), Ok(None));
+        assert_eq!(d.feed(&[0, 0, b'a'], &mut |_| {}), Ok(None));
+        assert!(!d.ended());
+    }
 }

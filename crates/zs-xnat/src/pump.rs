@@ -84,8 +84,8 @@ impl Activity {
 /// secure->plain bytes.
 pub(crate) async fn pump(
     plain: TcpStream,
-    mut sr: SecureRead,
-    mut sw: SecureWrite,
+    sr: &mut SecureRead,
+    sw: &mut SecureWrite,
     first: Vec<u8>,
     idle: Option<Duration>,
     up: &[&AtomicU64],
@@ -198,13 +198,27 @@ pub(crate) enum Side {
 /// path fails with a clear error instead of passing records to a service.
 pub(crate) const PLAIN_CONFIRM: [u8; 8] = *b"ZSXPLAIN";
 
+/// How a data connection carries one public connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// After `Start`: raw bytes through the session (or in plaintext with
+    /// `encryption = "none"`); the connection ends with the public one.
+    Raw,
+    /// After `StartFramed`: chunks through the session, each direction ended
+    /// by its end chunk; the connection can carry the next public one.
+    Framed,
+}
+
 /// Carries one public (or local) connection over the data connection `conn`
 /// (after `Start`): through the secure session by default, or, with
 /// `encryption = "none"`, in plaintext after the [`PLAIN_CONFIRM`] exchange
 /// (Linux: `splice(2)` through a pipe, no copy through user space).
+/// [`Mode::Framed`] (after `StartFramed`, encrypted only): the data
+/// connection is returned when both directions ended with their end chunks.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn carry(
     side: Side,
+    mode: Mode,
     encryption: crate::config::DataEncryption,
     copy: PlainCopy,
     plain: TcpStream,
@@ -213,11 +227,41 @@ pub(crate) async fn carry(
     idle: Option<Duration>,
     up: &[&AtomicU64],
     down: &[&AtomicU64],
-) -> End {
-    if encryption == crate::config::DataEncryption::Session {
-        let (sr, sw, rest) = conn.split();
-        return pump(plain, sr, sw, rest, idle, up, down).await;
+) -> (End, Option<crate::secure::SecureConn>) {
+    if mode == Mode::Framed {
+        let (mut sr, mut sw) = conn.split_framed();
+        let end = pump(plain, &mut sr, &mut sw, Vec::new(), idle, up, down).await;
+        let back = match end {
+            End::Done => crate::secure::SecureConn::rejoin(sr, sw),
+            _ => None,
+        };
+        return (end, back);
     }
+    if encryption == crate::config::DataEncryption::Session {
+        let (mut sr, mut sw, rest) = conn.split();
+        return (
+            pump(plain, &mut sr, &mut sw, rest, idle, up, down).await,
+            None,
+        );
+    }
+    (
+        carry_plain(side, plain, conn, copy, confirm_timeout, idle, up, down).await,
+        None,
+    )
+}
+
+/// [`carry`] with `encryption = "none"`.
+#[allow(clippy::too_many_arguments)]
+async fn carry_plain(
+    side: Side,
+    plain: TcpStream,
+    conn: crate::secure::SecureConn,
+    copy: PlainCopy,
+    confirm_timeout: Duration,
+    idle: Option<Duration>,
+    up: &[&AtomicU64],
+    down: &[&AtomicU64],
+) -> End {
     let (mut tunnel, rest) = match conn.into_plain() {
         Ok(x) => x,
         Err(e) => return End::Error(e),

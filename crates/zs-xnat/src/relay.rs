@@ -26,7 +26,7 @@ use zs_crypto::Fingerprint;
 
 use crate::config::{Kind, ServerConfig, ServerService};
 use crate::proto::{self, Decoder, Msg, NONCE_LEN, TICKET_LEN};
-use crate::pump::{carry, End, Side};
+use crate::pump::{carry, End, Mode, Side};
 use crate::secure::SecureConn;
 use crate::stats::{dec, inc, MappingStats, RelayStats};
 use crate::store::MappingStore;
@@ -152,8 +152,39 @@ struct AgentEntry {
     max_load: u32,
     reported: u32,
     active: Arc<AtomicU64>,
-    pool: VecDeque<SecureConn>,
+    pool: VecDeque<Pooled>,
     requested: usize,
+    /// Framed data connections carrying a public connection now: they come
+    /// back to `pool` when it ends cleanly, so they count as ready when
+    /// deciding whether to ask for a replacement.
+    returning: usize,
+}
+
+/// A ready data connection.
+pub(crate) struct Pooled {
+    pub(crate) conn: SecureConn,
+    /// Public connections it carried before.
+    uses: u32,
+    /// When the agent opened it.
+    born: Instant,
+}
+
+impl Pooled {
+    fn new(conn: SecureConn) -> Pooled {
+        Pooled {
+            conn,
+            uses: 0,
+            born: Instant::now(),
+        }
+    }
+}
+
+/// A data connection claimed for one public connection.
+pub(crate) struct Claimed {
+    pub(crate) data: Pooled,
+    /// The agent's count of connections carried through this relay.
+    pub(crate) active: Arc<AtomicU64>,
+    agent: u64,
 }
 
 struct Ticket {
@@ -559,7 +590,73 @@ impl Relay {
             },
             None => conn,
         };
-        a.pool.push_back(conn);
+        a.pool.push_back(Pooled::new(conn));
+    }
+
+    /// Whether public connections are carried framed (`StartFramed`), so
+    /// their data connections can come back to the pool.
+    fn reuse(&self) -> bool {
+        self.inner.cfg.data_reuse > 1
+            && self.inner.cfg.data_encryption == crate::config::DataEncryption::Session
+    }
+
+    /// A framed data connection whose public connection ended: waits for the
+    /// agent's `DataDone` and pools the connection again unless it reached
+    /// `data_reuse` uses or `data_reuse_age`, or the pool is full (twice
+    /// `pool_size`). A connection the agent ended wrongly is dropped and
+    /// counted.
+    async fn give_back(&self, service: &str, agent: u64, back: Option<Pooled>) {
+        let back = match back {
+            Some(mut p) => {
+                let hs = self.inner.cfg.handshake_timeout;
+                match tokio::time::timeout(hs, p.conn.recv()).await {
+                    Ok(Ok(Msg::DataDone)) => Some(p),
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        // The agent declines to reuse it (an in-process
+                        // mapping, its own limits): closed, not an error.
+                        debug!(%service, agent, "xnat relay: the agent closed a framed data connection after its public connection");
+                        None
+                    }
+                    other => {
+                        let n = inc(&self.inner.stats.data_reuse_errors);
+                        let why = match other {
+                            Ok(Ok(m)) => {
+                                format!("message kind 0x{:02x} instead of DataDone", m.kind())
+                            }
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "no DataDone within the handshake timeout".into(),
+                        };
+                        warn!(%service, agent, data_reuse_errors = n, reason = %why, "xnat relay: data connection ended wrongly, dropped");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut st = self.inner.state.lock().expect("relay state");
+        let Some(a) = st
+            .services
+            .get_mut(service)
+            .and_then(|s| s.agents.iter_mut().find(|a| a.id == agent))
+        else {
+            return; // the agent or the mapping is gone: the connection closes
+        };
+        a.returning = a.returning.saturating_sub(1);
+        let cfg = &self.inner.cfg;
+        if let Some(p) = back {
+            if p.uses < cfg.data_reuse
+                && p.born.elapsed() < cfg.data_reuse_age
+                && a.pool.len() < cfg.pool_size.max(1) * 2
+            {
+                // Most recently used first: warm, and the oldest age out.
+                a.pool.push_front(p);
+                return;
+            }
+        }
+        // Dropped: keep the pool at its size.
+        if a.pool.len() + a.requested + a.returning < cfg.pool_size {
+            self.request_data(&mut st, service, agent, None);
+        }
     }
 
     /// Issues a ticket to agent `agent` of `service` and asks it for a data connection.
@@ -790,6 +887,7 @@ impl Relay {
                     active: Arc::default(),
                     pool: VecDeque::new(),
                     requested: 0,
+                    returning: 0,
                 });
                 svc.stats
                     .agents
@@ -874,8 +972,17 @@ impl Relay {
         &self,
         service: &str,
     ) -> Result<(SecureConn, Arc<AtomicU64>), &'static str> {
+        self.claim(service, false)
+            .await
+            .map(|c| (c.data.conn, c.active))
+    }
+
+    /// Picks the least-loaded agent and a data connection for a visitor;
+    /// `returns`: the connection will come back through
+    /// [`Relay::give_back`] (framed), so it still counts as ready.
+    async fn claim(&self, service: &str, returns: bool) -> Result<Claimed, &'static str> {
         for _attempt in 0..3 {
-            let (pooled, rx, active) = {
+            let (pooled, rx, agent) = {
                 let mut st = self.inner.state.lock().expect("relay state");
                 let Some(svc) = st.services.get_mut(service) else {
                     return Err("unknown service");
@@ -903,30 +1010,50 @@ impl Relay {
                     return Err("every agent is at its max_load");
                 }
                 let active = a.active.clone();
+                if returns {
+                    a.returning += 1;
+                }
+                let ready = a.pool.len() + a.requested + a.returning;
                 match a.pool.pop_front() {
                     Some(c) => {
-                        // Keep the pool full.
-                        self.request_data(&mut st, service, agent, None);
-                        (Some(c), None, active)
+                        // Keep the pool full (a framed connection carrying a
+                        // public one counts: it comes back).
+                        if ready <= self.inner.cfg.pool_size {
+                            self.request_data(&mut st, service, agent, None);
+                        }
+                        (Some(c), None, (active, agent))
                     }
                     None => {
                         let (wtx, wrx) = oneshot::channel();
                         if !self.request_data(&mut st, service, agent, Some(wtx)) {
+                            if returns {
+                                a_unreturn(&mut st, service, agent);
+                            }
                             return Err("agent's control channel is full");
                         }
-                        (None, Some(wrx), active)
+                        (None, Some(wrx), (active, agent))
                     }
                 }
             };
-            let conn = match (pooled, rx) {
+            let data = match (pooled, rx) {
                 (Some(c), _) => c,
                 (None, Some(rx)) => match tokio::time::timeout(DATA_WAIT, rx).await {
-                    Ok(Ok(c)) => c,
-                    _ => continue,
+                    Ok(Ok(c)) => Pooled::new(c),
+                    _ => {
+                        if returns {
+                            let mut st = self.inner.state.lock().expect("relay state");
+                            a_unreturn(&mut st, service, agent.1);
+                        }
+                        continue;
+                    }
                 },
                 _ => continue,
             };
-            return Ok((conn, active));
+            return Ok(Claimed {
+                data,
+                active: agent.0,
+                agent: agent.1,
+            });
         }
         Err("no data connection from the agent in time")
     }
@@ -960,9 +1087,15 @@ impl Relay {
         inc(&stats.visitors_active);
         // Decrements both "active" counters on every exit path.
         let _g = DecOnDrop(mstats.clone(), &stats.visitors_active);
+        let reuse = self.reuse();
+        let (mode, start) = if reuse {
+            (Mode::Framed, Msg::StartFramed { peer })
+        } else {
+            (Mode::Raw, Msg::Start { peer })
+        };
         let mut conn = None;
         for _ in 0..3 {
-            let (mut c, active) = match self.data_for(&service).await {
+            let mut c = match self.claim(&service, reuse).await {
                 Ok(x) => x,
                 Err(why) => {
                     let n = inc(&stats.visitors_refused);
@@ -972,22 +1105,35 @@ impl Relay {
                 }
             };
             // A pooled connection may have died meanwhile: try the next one.
-            if c.send(&Msg::Start { peer }).await.is_ok() {
-                conn = Some((c, active));
+            if c.data.conn.send(&start).await.is_ok() {
+                conn = Some(c);
                 break;
             }
+            if reuse {
+                self.give_back(&service, c.agent, None).await;
+            }
         }
-        let Some((c, active)) = conn else {
+        let Some(Claimed {
+            data,
+            active,
+            agent,
+        }) = conn
+        else {
             inc(&mstats.errors);
             return;
         };
+        if data.uses > 0 {
+            inc(&stats.data_reused);
+        }
+        let (uses, born) = (data.uses + 1, data.born);
         active.fetch_add(1, Ordering::Relaxed);
-        let end = carry(
+        let (end, back) = carry(
             Side::Relay,
+            mode,
             self.inner.cfg.data_encryption,
             self.inner.cfg.plain_copy,
             tcp,
-            c,
+            data.conn,
             self.inner.cfg.handshake_timeout,
             Some(conf.idle_timeout),
             &[&stats.bytes_up, &mstats.bytes_up],
@@ -995,6 +1141,10 @@ impl Relay {
         )
         .await;
         active.fetch_sub(1, Ordering::Relaxed);
+        if reuse {
+            let back = back.map(|conn| Pooled { conn, uses, born });
+            self.give_back(&service, agent, back).await;
+        }
         match end {
             End::Done => debug!(%service, %peer, "xnat relay: public connection done"),
             End::Idle => {
@@ -1205,6 +1355,17 @@ impl Relay {
             .collect();
         v.push(serde_json::json!({ "relay": relay }));
         v
+    }
+}
+
+/// Undoes a claim's `returning` count (the connection will not come back).
+fn a_unreturn(st: &mut State, service: &str, agent: u64) {
+    if let Some(a) = st
+        .services
+        .get_mut(service)
+        .and_then(|s| s.agents.iter_mut().find(|a| a.id == agent))
+    {
+        a.returning = a.returning.saturating_sub(1);
     }
 }
 

@@ -16,7 +16,7 @@ use zs_crypto::session::{ClientConfig, Event, ServerConfig, Session};
 use zs_crypto::tls::TlsSession;
 use zs_crypto::SecureSession;
 
-use crate::proto::{Decoder, Msg};
+use crate::proto::{chunk_header, ChunkDecoder, Decoder, Msg, MAX_CHUNK};
 
 /// Largest read buffer of a tunnel socket: one read takes up to this much (a
 /// record carries up to 64 KiB of plaintext, zs-crypto's default, so a full
@@ -336,6 +336,21 @@ impl SecureConn {
     /// Splits for the data path; returns the raw bytes already received after
     /// the last message.
     pub(crate) fn split(self) -> (SecureRead, SecureWrite, Vec<u8>) {
+        self.split_as(false)
+    }
+
+    /// Splits for a framed data path ([`Msg::StartFramed`]): both halves
+    /// carry chunks, [`SecureWrite::shutdown`] sends the end chunk instead of
+    /// closing, and [`SecureConn::rejoin`] gives the connection back once
+    /// both directions ended. The plaintext already received after the last
+    /// message is fed to the read half's chunk decoder (nothing is returned).
+    pub(crate) fn split_framed(self) -> (SecureRead, SecureWrite) {
+        let (mut r, w, rest) = self.split_as(true);
+        r.pending = rest;
+        (r, w)
+    }
+
+    fn split_as(self, framed: bool) -> (SecureRead, SecureWrite, Vec<u8>) {
         let SecureConn {
             tcp,
             session,
@@ -357,13 +372,48 @@ impl SecureConn {
                 parts: Vec::new(),
                 copied: Vec::new(),
                 grow_next: false,
+                framed: framed.then(ChunkDecoder::new),
+                pending: Vec::new(),
+                rest: Vec::new(),
+                done: false,
+                scratch: Vec::new(),
             },
             SecureWrite {
                 s: shared,
                 spare: Vec::new(),
+                framed,
+                ended: false,
             },
             dec.take_rest(),
         )
+    }
+
+    /// The connection again, from the two halves of a framed data path
+    /// whose directions both ended with their end chunks (the read half saw
+    /// the peer's, the write half sent ours): the plaintext the read half
+    /// received after the peer's end chunk is the start of the next message.
+    /// `None` when either direction did not end cleanly (drop the halves).
+    pub(crate) fn rejoin(r: SecureRead, w: SecureWrite) -> Option<SecureConn> {
+        if !w.framed || !w.ended || !r.framed.as_ref().is_some_and(ChunkDecoder::ended) {
+            return None;
+        }
+        let SecureRead { r: rd, s, rest, .. } = r;
+        drop(w.s);
+        let shared = Arc::into_inner(s)?;
+        let tcp = rd.reunite(shared.w.into_inner()).ok()?;
+        let mut session = shared.session.into_inner().ok()?;
+        session.s().shrink();
+        let mut dec = Decoder::new();
+        dec.push(&rest);
+        Some(SecureConn {
+            tcp,
+            session,
+            dec,
+            // Back to a pooled connection's size.
+            buf: vec![0; 4096],
+            out: Vec::new(),
+            eof: false,
+        })
     }
 }
 
@@ -402,6 +452,16 @@ pub(crate) struct SecureRead {
     copied: Vec<u8>,
     /// The last read filled `buf`: double it before the next read.
     grow_next: bool,
+    /// A framed data path: the chunks' decoder.
+    framed: Option<ChunkDecoder>,
+    /// Framed: plaintext received before the split, decoded first.
+    pending: Vec<u8>,
+    /// Framed: plaintext after the peer's end chunk (the next message).
+    rest: Vec<u8>,
+    /// Framed: the end chunk was returned; every later read is the end.
+    done: bool,
+    /// Framed: the parts of a read before the headers are taken out.
+    scratch: Vec<Part>,
 }
 
 /// Where one piece of opened plaintext lies.
@@ -443,9 +503,24 @@ impl SecureRead {
     pub(crate) async fn read_parts(&mut self) -> io::Result<Option<Parts<'_>>> {
         self.parts.clear();
         self.copied.clear();
+        if self.done {
+            return Ok(None);
+        }
         if std::mem::take(&mut self.grow_next) {
             let n = self.buf.len();
             grow(&mut self.buf, n);
+        }
+        if !self.pending.is_empty() {
+            // Framed: plaintext that came with the start message.
+            std::mem::swap(&mut self.copied, &mut self.pending);
+            self.parts.push(Part::Copied(0..self.copied.len()));
+            if self.unframe()? {
+                return Ok(Some(self.view()));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            self.copied.clear();
         }
         loop {
             let n = self.r.read(&mut self.buf).await?;
@@ -503,12 +578,14 @@ impl SecureRead {
             self.parts.retain(|p| match p {
                 Part::Buf(r) | Part::Copied(r) => !r.is_empty(),
             });
-            if !self.parts.is_empty() {
-                return Ok(Some(Parts {
-                    buf: &self.buf,
-                    copied: &self.copied,
-                    parts: &self.parts,
-                }));
+            if self.framed.is_some() && self.unframe()? {
+                return Ok(Some(self.view()));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if self.framed.is_none() && !self.parts.is_empty() {
+                return Ok(Some(self.view()));
             }
             if closed {
                 return Ok(None);
@@ -520,47 +597,64 @@ impl SecureRead {
         }
     }
 
+    /// The plaintext of the last read, as [`Parts`].
+    fn view(&self) -> Parts<'_> {
+        Parts {
+            buf: &self.buf,
+            copied: &self.copied,
+            parts: &self.parts,
+        }
+    }
+
+    /// Framed: takes the chunk headers out of `parts` (what is left names
+    /// payload only) and keeps what follows the peer's end chunk in `rest`.
+    /// Whether payload is left; `done` is set at the end chunk.
+    fn unframe(&mut self) -> io::Result<bool> {
+        let Some(dec) = self.framed.as_mut() else {
+            return Ok(!self.parts.is_empty());
+        };
+        std::mem::swap(&mut self.parts, &mut self.scratch);
+        self.parts.clear();
+        for p in self.scratch.drain(..) {
+            let (from, range) = match &p {
+                Part::Buf(r) => (&self.buf[..], r.clone()),
+                Part::Copied(r) => (&self.copied[..], r.clone()),
+            };
+            let piece = &from[range.clone()];
+            if dec.ended() {
+                self.rest.extend_from_slice(piece);
+                continue;
+            }
+            let parts = &mut self.parts;
+            let at = range.start;
+            let end = dec
+                .feed(piece, &mut |r| {
+                    let r = at + r.start..at + r.end;
+                    parts.push(match p {
+                        Part::Buf(_) => Part::Buf(r),
+                        Part::Copied(_) => Part::Copied(r),
+                    })
+                })
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Some(n) = end {
+                self.rest.extend_from_slice(&piece[n..]);
+            }
+        }
+        self.done = dec.ended();
+        Ok(!self.parts.is_empty())
+    }
+
     /// Reads plaintext into `out` (cleared first); `Ok(false)` at end of stream.
     pub(crate) async fn read(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
         out.clear();
-        loop {
-            let n = self.r.read(&mut self.buf).await?;
-            let mut closed = false;
-            {
-                let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
-                let s = g.s();
-                if n == 0 {
-                    s.handle_eof().map_err(err)?;
-                    return Ok(false);
+        match self.read_parts().await? {
+            Some(parts) => {
+                for s in parts.slices() {
+                    out.extend_from_slice(s);
                 }
-                s.handle_input_in_place(&mut self.buf[..n], Instant::now(), &mut |d| {
-                    out.extend_from_slice(d)
-                })
-                .map_err(err)?;
-                while let Some(ev) = s.poll_event() {
-                    match ev {
-                        Event::Data(d) => out.extend_from_slice(&d),
-                        Event::Closed => closed = true,
-                        _ => {}
-                    }
-                }
+                Ok(true)
             }
-            // Key updates or close acknowledgements may need an answer.
-            let pending = self
-                .s
-                .session
-                .lock()
-                .map_err(|_| err("poisoned"))?
-                .has_output();
-            if pending {
-                self.s.flush().await?;
-            }
-            if !out.is_empty() {
-                return Ok(true);
-            }
-            if closed {
-                return Ok(false);
-            }
+            None => Ok(false),
         }
     }
 }
@@ -572,18 +666,33 @@ pub(crate) struct SecureWrite {
     /// appends plaintext into it (one copy), seals the records in place, and
     /// `write_output` swaps it out again, so the steady state allocates nothing.
     spare: Vec<u8>,
+    /// A framed data path: each write is a chunk, the end is a chunk.
+    framed: bool,
+    /// Framed: the end chunk was sent.
+    ended: bool,
 }
 
 impl SecureWrite {
     /// Seals and writes `data`.
     pub(crate) async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.framed && data.is_empty() {
+            return Ok(()); // an empty chunk would be the end
+        }
         let mut w = self.s.w.lock().await;
         let mut out = std::mem::take(&mut self.spare);
         out.clear();
         {
             let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
             let s = g.s();
-            s.send(data, Instant::now()).map_err(err)?;
+            if self.framed {
+                let now = Instant::now();
+                for c in data.chunks(MAX_CHUNK) {
+                    s.send(&chunk_header(c.len()), now).map_err(err)?;
+                    s.send(c, now).map_err(err)?;
+                }
+            } else {
+                s.send(data, Instant::now()).map_err(err)?;
+            }
             // `out` is empty: the session's buffer (the sealed records) is
             // swapped into it and ours, with its capacity, becomes the
             // session's: two buffers take turns.
@@ -594,8 +703,36 @@ impl SecureWrite {
         r
     }
 
-    /// Orderly close of the sending direction.
+    /// Seals `bytes` as they are, without a chunk header (tests of peers
+    /// that break the framing).
+    #[cfg(test)]
+    pub(crate) async fn write_raw_for_test(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.s
+            .session
+            .lock()
+            .map_err(|_| err("poisoned"))?
+            .s()
+            .send(bytes, Instant::now())
+            .map_err(err)?;
+        self.s.flush().await
+    }
+
+    /// Orderly close of the sending direction (framed: the end chunk; the
+    /// connection stays open for [`SecureConn::rejoin`]).
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        if self.framed {
+            if !self.ended {
+                self.s
+                    .session
+                    .lock()
+                    .map_err(|_| err("poisoned"))?
+                    .s()
+                    .send(&chunk_header(0), Instant::now())
+                    .map_err(err)?;
+                self.ended = true;
+            }
+            return self.s.flush().await;
+        }
         {
             let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
             let _ = g.s().close();

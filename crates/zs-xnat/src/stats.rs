@@ -78,6 +78,13 @@ counters!(
         admin_refused,
         /// Mappings added or removed through the command API.
         admin_changes,
+        /// Public connections carried on a data connection that had carried
+        /// one before (`data_reuse`).
+        data_reused,
+        /// Framed data connections dropped because the agent ended one
+        /// wrongly (no `DataDone` in time, another message, bytes after its
+        /// end chunk).
+        data_reuse_errors,
     }
 );
 
@@ -108,6 +115,9 @@ counters!(
         bytes_down,
         /// Configuration reloads applied.
         reloads,
+        /// Public connections carried on a data connection that had carried
+        /// one before.
+        data_reused,
     }
 );
 
