@@ -319,24 +319,60 @@ enum HashJob {
     },
     /// The upload is gone.
     Forget { id: u64 },
-    /// Fsync upload `id`'s partial file, whose bytes below `upto` were
-    /// written before this was sent, and record that offset as synced.
-    Sync { id: u64, upto: u64 },
 }
 
 /// The hash lanes of a [`Files`]: running hashes live on the lane threads
 /// (one `Sha3_256` per unfinished upload that has been fed from offset 0
 /// while the server ran); the threads end when the service is dropped.
+/// The periodic syncs of partial files go to a thread of their own
+/// (`zs-files-sync`): on a lane, each fsync stopped that lane's hashing
+/// for as long as the disk took.
 struct HashLanes {
     lanes: Vec<mpsc::SyncSender<HashJob>>,
+    /// (upload id, offset): fsync the partial file, whose bytes below the
+    /// offset were written before this was sent, and record that offset.
+    syncer: Option<mpsc::SyncSender<(u64, u64)>>,
+}
+
+/// The sync thread: takes every sync asked meanwhile, one fsync per upload
+/// for the highest offset asked.
+fn start_syncer(
+    queue: usize,
+    files: std::sync::Weak<Inner>,
+) -> Option<mpsc::SyncSender<(u64, u64)>> {
+    let (tx, rx) = mpsc::sync_channel::<(u64, u64)>(queue.max(1));
+    let spawned = std::thread::Builder::new()
+        .name("zs-files-sync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut asked = vec![first];
+                asked.extend(rx.try_iter());
+                // Highest offset per upload first, then one sync each.
+                asked.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                asked.dedup_by_key(|j| j.0);
+                for (id, upto) in asked {
+                    let Some(inner) = files.upgrade() else {
+                        return;
+                    };
+                    Files { inner }.synced_to(id, upto);
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::error!(error = %e, "files: cannot start the sync thread");
+            None
+        }
+    }
 }
 
 impl HashLanes {
     fn start(queue: usize, files: std::sync::Weak<Inner>) -> HashLanes {
+        let syncer = start_syncer(queue, files);
         let lanes = (0..HASH_LANES)
             .filter_map(|i| {
                 let (tx, rx) = mpsc::sync_channel::<HashJob>(queue.max(1));
-                let files = files.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("zs-files-hash-{i}"))
                     .spawn(move || {
@@ -370,11 +406,6 @@ impl HashLanes {
                                 HashJob::Forget { id } => {
                                     run.remove(&id);
                                 }
-                                HashJob::Sync { id, upto } => {
-                                    if let Some(inner) = files.upgrade() {
-                                        Files { inner }.synced_to(id, upto);
-                                    }
-                                }
                             }
                         }
                     });
@@ -387,7 +418,7 @@ impl HashLanes {
                 }
             })
             .collect();
-        HashLanes { lanes }
+        HashLanes { lanes, syncer }
     }
 
     fn send(&self, id: u64, job: HashJob) -> bool {
@@ -408,9 +439,14 @@ impl HashLanes {
         self.send(id, HashJob::Forget { id });
     }
 
-    /// Asks the lane to sync upload `id` up to `upto` (false: no lane).
+    /// Asks the sync thread to sync upload `id` up to `upto` (false: no
+    /// such thread).
     fn sync(&self, id: u64, upto: u64) -> bool {
-        self.send(id, HashJob::Sync { id, upto })
+        // Never blocks (a caller may hold the state lock, which the sync
+        // thread takes): a full queue means the caller syncs itself.
+        self.syncer
+            .as_ref()
+            .is_some_and(|tx| tx.try_send((id, upto)).is_ok())
     }
 
     /// The running hash of bytes `0..len` of upload `id`, if a lane has it.
@@ -1726,11 +1762,24 @@ impl Files {
             ));
         }
         let want = (size - offset).min(len as u64) as usize;
-        let mut buf = vec![0u8; want];
+        // Read into spare capacity (`read_to_end` through `take` does not
+        // zero the buffer first, and stops at `want` without another read).
+        let mut buf = Vec::with_capacity(want);
         let mut f = File::open(self.blob(&hash)).map_err(|e| io_err("open blob", e))?;
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| io_err("seek blob", e))?;
-        f.read_exact(&mut buf).map_err(|e| io_err("read blob", e))?;
+        f.take(want as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| io_err("read blob", e))?;
+        if buf.len() != want {
+            return Err(io_err(
+                "read blob",
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the blob is shorter than its entry",
+                ),
+            ));
+        }
         Ok((buf, size, hash))
     }
 
@@ -1790,7 +1839,8 @@ impl Files {
 
     /// Delta upload, step 2: appends `len` bytes taken at `base_offset` of an
     /// existing file (the caller may read it) to upload `id` at `offset`,
-    /// which must be where the upload stands. Synced before this returns.
+    /// which must be where the upload stands. Synced like chunks (every
+    /// `sync_every` bytes, and by `file.finish`).
     #[allow(clippy::too_many_arguments)]
     pub fn copy_range(
         &self,
@@ -1853,8 +1903,14 @@ impl Files {
             left -= n as u64;
         }
         u.offset += len;
-        if u.offset - u.rec.synced >= cfg.sync_every {
-            self.sync_upload(u)?;
+        // Synced as chunks are: on the sync thread every `sync_every` bytes
+        // (inline when it cannot take it, or with `sync_every` 0).
+        if u.offset - u.sync_asked.max(u.rec.synced) >= cfg.sync_every {
+            if cfg.sync_every > 0 && self.inner.lanes.sync(id, u.offset) {
+                u.sync_asked = u.offset;
+            } else {
+                self.sync_upload(u)?;
+            }
         }
         Ok(u.offset)
     }
