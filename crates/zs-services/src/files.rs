@@ -459,19 +459,59 @@ impl HashLanes {
     }
 }
 
-/// A block signature list: per block its rolling checksum and the first 16
-/// bytes of its SHA3-256.
+/// A block signature list: per block its rolling checksum and its 16-byte
+/// strong sum ([`BlockSum`]).
 pub type Signature = Arc<Vec<(u32, [u8; 16])>>;
+
+/// The per-block strong sum of a `file.signature` (its version byte on the
+/// wire). It only picks which blocks to copy: the whole-file SHA3-256 checked
+/// by `file.finish` is what the result rests on, so a block-sum collision
+/// makes a delta upload fail (`624`), never store wrong bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockSum {
+    /// 1: the first 16 bytes of the block's SHA3-256 (the first version,
+    /// what a request without the field gets).
+    Sha3 = 1,
+    /// 2: the block's XXH3-128 (seed 0), the `u128` little endian: about
+    /// 30 times cheaper than SHA3-256 (rsync uses XXH3-128 or MD5).
+    Xxh3 = 2,
+}
+
+impl BlockSum {
+    /// From its byte on the wire.
+    pub fn from_u8(v: u8) -> Result<BlockSum> {
+        match v {
+            1 => Ok(BlockSum::Sha3),
+            2 => Ok(BlockSum::Xxh3),
+            _ => Err(ServiceError::bad(format!(
+                "unknown block sum {v} (1 = SHA3-256/16, 2 = XXH3-128)"
+            ))),
+        }
+    }
+
+    /// The strong sum of `block`.
+    pub fn of(self, block: &[u8]) -> [u8; 16] {
+        match self {
+            BlockSum::Sha3 => {
+                let h = zs_crypto::hash::sha3_256(block);
+                let mut s = [0u8; 16];
+                s.copy_from_slice(&h[..16]);
+                s
+            }
+            BlockSum::Xxh3 => xxhash_rust::xxh3::xxh3_128(block).to_le_bytes(),
+        }
+    }
+}
 
 #[derive(Default)]
 struct SigCache {
-    map: HashMap<(String, usize), Signature>,
-    order: std::collections::VecDeque<(String, usize)>,
+    map: HashMap<(String, usize, BlockSum), Signature>,
+    order: std::collections::VecDeque<(String, usize, BlockSum)>,
     bytes: usize,
 }
 
 impl SigCache {
-    fn put(&mut self, key: (String, usize), sig: Signature, cap: usize) {
+    fn put(&mut self, key: (String, usize, BlockSum), sig: Signature, cap: usize) {
         let size = sig.len() * 20 + 64;
         if size > cap || self.map.contains_key(&key) {
             return;
@@ -1788,6 +1828,18 @@ impl Files {
     /// checksum ([`rolling`]) and the first 16 bytes of its SHA3-256. At most
     /// 65,536 blocks.
     pub fn signature(&self, uid: u64, space: Space, path: &str, block: usize) -> Result<Signature> {
+        self.signature_with(uid, space, path, block, BlockSum::Sha3)
+    }
+
+    /// [`Files::signature`] with the strong sum `sum` per block.
+    pub fn signature_with(
+        &self,
+        uid: u64,
+        space: Space,
+        path: &str,
+        block: usize,
+        sum: BlockSum,
+    ) -> Result<Signature> {
         if !(512..=(1 << 20)).contains(&block) {
             return Err(ServiceError::bad("a block has 512 bytes to 1 MiB"));
         }
@@ -1799,7 +1851,7 @@ impl Files {
                 "more than 65536 blocks: use larger blocks",
             ));
         }
-        let key = (hash, block);
+        let key = (hash, block, sum);
         if let Some(sig) = lock(&self.inner.sigs).map.get(&key) {
             return Ok(sig.clone());
         }
@@ -1811,10 +1863,7 @@ impl Files {
             let n = left.min(block as u64) as usize;
             f.read_exact(&mut buf[..n])
                 .map_err(|e| io_err("read blob", e))?;
-            let strong = zs_crypto::hash::sha3_256(&buf[..n]);
-            let mut s16 = [0u8; 16];
-            s16.copy_from_slice(&strong[..16]);
-            out.push((rolling(&buf[..n]), s16));
+            out.push((rolling(&buf[..n]), sum.of(&buf[..n])));
             left -= n as u64;
         }
         let sig = Arc::new(out);
@@ -2075,17 +2124,15 @@ impl Files {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let block = rd.read_u32()? as usize;
-            let sig = f.signature(uid, space, path, block)?;
-            let mut weak = Vec::with_capacity(sig.len() * 4);
-            let mut strong = Vec::with_capacity(sig.len() * 16);
-            for (w, s16) in sig.iter() {
-                weak.extend_from_slice(&w.to_le_bytes());
-                strong.extend_from_slice(s16);
-            }
-            Ok(DataFrame::new()
-                .with(sig.len() as u64)
-                .with(weak)
-                .with(strong))
+            // Version 2 of the request names the block sum; without it,
+            // version 1's SHA3-256/16.
+            let sum = if rd.remaining() > 0 {
+                BlockSum::from_u8(rd.read_u8()?)?
+            } else {
+                BlockSum::Sha3
+            };
+            let sig = f.signature_with(uid, space, path, block, sum)?;
+            Ok(signature_answer(&sig, sum))
         });
         self.command(r, "file.copy", |f, peer, uid, rd| {
             let id = rd.read_u64()?;
@@ -2116,6 +2163,23 @@ impl Files {
     }
 }
 
+/// The answer of `file.signature` (version 2): count `u64`, rolling sums
+/// `bytes` (count × `u32` LE), strong sums `bytes` (count × 16), block sum
+/// `u8` (docs/PROTOCOL.md).
+pub fn signature_answer(sig: &[(u32, [u8; 16])], sum: BlockSum) -> DataFrame {
+    let mut weak = Vec::with_capacity(sig.len() * 4);
+    let mut strong = Vec::with_capacity(sig.len() * 16);
+    for (w, s16) in sig {
+        weak.extend_from_slice(&w.to_le_bytes());
+        strong.extend_from_slice(s16);
+    }
+    DataFrame::new()
+        .with(sig.len() as u64)
+        .with(weak)
+        .with(strong)
+        .with(sum as u8)
+}
+
 /// Checks a chunk against its CRC-32 (4 bytes LE) or SHA3-256 (32 bytes).
 fn check_chunk(data: &[u8], check: &[u8]) -> Result<()> {
     let ok = match check.len() {
@@ -2138,33 +2202,30 @@ fn check_chunk(data: &[u8], check: &[u8]) -> Result<()> {
 }
 
 /// A delta upload's lookup of block signatures: by rolling checksum, then
-/// the first 16 bytes of the SHA3-256 (computed only when the rolling one
-/// matches a block).
+/// the strong sum (computed only when the rolling one matches a block).
 #[derive(Debug)]
 pub struct DeltaIndex<'a> {
     sig: &'a [(u32, [u8; 16])],
+    sum: BlockSum,
     by_weak: std::collections::HashMap<u32, Vec<usize>>,
 }
 
 impl<'a> DeltaIndex<'a> {
-    /// Indexes `sig` (from [`Files::signature`]).
-    pub fn new(sig: &'a [(u32, [u8; 16])]) -> DeltaIndex<'a> {
+    /// Indexes `sig` (from [`Files::signature_with`] with `sum`).
+    pub fn new(sig: &'a [(u32, [u8; 16])], sum: BlockSum) -> DeltaIndex<'a> {
         let mut by_weak: std::collections::HashMap<u32, Vec<usize>> =
             std::collections::HashMap::with_capacity(sig.len());
         for (i, (w, _)) in sig.iter().enumerate() {
             by_weak.entry(*w).or_default().push(i);
         }
-        DeltaIndex { sig, by_weak }
+        DeltaIndex { sig, sum, by_weak }
     }
 
     /// The block `window` (whose rolling checksum is `weak`) equals, if any.
     pub fn find(&self, weak: u32, window: &[u8]) -> Option<usize> {
         let cands = self.by_weak.get(&weak)?;
-        let strong = zs_crypto::hash::sha3_256(window);
-        cands
-            .iter()
-            .copied()
-            .find(|&j| self.sig[j].1[..] == strong[..16])
+        let strong = self.sum.of(window);
+        cands.iter().copied().find(|&j| self.sig[j].1 == strong)
     }
 }
 
