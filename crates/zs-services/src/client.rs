@@ -317,6 +317,27 @@ impl ServicesClient {
         })
     }
 
+    /// `file.begin` with the SHA3-256 or without one (announced later):
+    /// (upload id, offset, instant).
+    fn begin_maybe_hashed(
+        &self,
+        space: Space,
+        path: &str,
+        size: u64,
+        hash: Option<[u8; 32]>,
+    ) -> Result<(u64, u64, bool)> {
+        let df = self.call(
+            "file.begin",
+            DataFrame::new()
+                .with(space.as_str())
+                .with(path)
+                .with(size)
+                .with(hash.map_or(Vec::new(), |h| h.to_vec())),
+        )?;
+        let mut r = df.reader();
+        Ok((r.read_u64()?, r.read_u64()?, r.read_bool()?))
+    }
+
     /// Sends one chunk at `offset` (with its SHA3-256). Returns the new offset.
     pub fn upload_chunk(&self, id: u64, offset: u64, data: &[u8]) -> Result<u64> {
         let h = zs_crypto::hash::sha3_256(data);
@@ -503,21 +524,9 @@ impl ServicesClient {
         read: &(impl Fn(u64, &mut [u8]) -> Result<()> + Sync),
         progress: &mut impl FnMut(u64, u64),
     ) -> std::result::Result<UploadReport, (ServiceError, Option<u64>)> {
-        let df = self
-            .call(
-                "file.begin",
-                DataFrame::new()
-                    .with(space.as_str())
-                    .with(path)
-                    .with(size)
-                    .with(hash.map_or(Vec::new(), |h| h.to_vec())),
-            )
+        let (id, offset, instant) = self
+            .begin_maybe_hashed(space, path, size, hash)
             .map_err(|e| (e, None))?;
-        let mut r = df.reader();
-        let begun = (|| -> Result<(u64, u64, bool)> {
-            Ok((r.read_u64()?, r.read_u64()?, r.read_bool()?))
-        })();
-        let (id, offset, instant) = begun.map_err(|e| (e, None))?;
         let resumed = (offset > 0).then_some(id);
         let mut report = UploadReport {
             instant,
@@ -796,21 +805,9 @@ impl ServicesClient {
                 Err(hasher)
             };
             let early = hash.as_ref().ok().copied();
-            let df = self
-                .call(
-                    "file.begin",
-                    DataFrame::new()
-                        .with(space.as_str())
-                        .with(path)
-                        .with(data.len() as u64)
-                        .with(early.map_or(Vec::new(), |h| h.to_vec())),
-                )
+            let (id, offset, instant) = self
+                .begin_maybe_hashed(space, path, data.len() as u64, early)
                 .map_err(|e| (e, None))?;
-            let mut r = df.reader();
-            let begun = (|| -> Result<(u64, u64, bool)> {
-                Ok((r.read_u64()?, r.read_u64()?, r.read_bool()?))
-            })();
-            let (id, offset, instant) = begun.map_err(|e| (e, None))?;
             if instant {
                 return Ok(DeltaReport {
                     instant,

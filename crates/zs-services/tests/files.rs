@@ -1536,6 +1536,20 @@ fn a_resumed_upload_of_changed_content_starts_again() {
     assert_eq!(rig.services.files.as_ref().unwrap().uploads(), 0);
 }
 
+/// A service with user `ann` holding `doc` ([`SIZE`] bytes of `data(seed)`):
+/// (its directory, the rig, ann's client, the bytes).
+fn ann_with_doc(seed: u8) -> (tempfile::TempDir, Rig, ServicesClient, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let c = rig.user("ann");
+    let body = data(seed, SIZE);
+    let local = dir.path().join("v1");
+    std::fs::write(&local, &body).unwrap();
+    c.upload_file(Space::Private, &local, "doc", 64 << 10, |_, _| {})
+        .unwrap();
+    (dir, rig, c, body)
+}
+
 /// `file.signature` version 2: the block sum the client names (XXH3-128
 /// here) against the version 1 request (no sum byte: SHA3-256/16), an
 /// unknown sum refused with `400`; and the client's delta upload matches
@@ -1544,14 +1558,7 @@ fn a_resumed_upload_of_changed_content_starts_again() {
 fn signature_versions_give_their_block_sums_and_unknown_ones_are_refused() {
     use zs_services::client::parse_signature_answer;
     use zs_services::BlockSum;
-    let dir = tempfile::tempdir().unwrap();
-    let rig = rig_in(dir.path(), |_| {});
-    let c = rig.user("ann");
-    let body = data(41, SIZE);
-    let local = dir.path().join("v1");
-    std::fs::write(&local, &body).unwrap();
-    c.upload_file(Space::Private, &local, "doc", 64 << 10, |_, _| {})
-        .unwrap();
+    let (_dir, _rig, c, body) = ann_with_doc(41);
     let v1 = c
         .client()
         .call_stream(
@@ -1624,14 +1631,7 @@ fn signature_versions_give_their_block_sums_and_unknown_ones_are_refused() {
 /// SHA3 sums, and the file ends right.
 #[test]
 fn a_delta_whose_whole_hash_differs_is_done_again_from_the_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let rig = rig_in(dir.path(), |_| {});
-    let c = rig.user("ann");
-    let base = data(43, SIZE);
-    let local = dir.path().join("v1");
-    std::fs::write(&local, &base).unwrap();
-    c.upload_file(Space::Private, &local, "doc", 64 << 10, |_, _| {})
-        .unwrap();
+    let (_dir, rig, c, base) = ann_with_doc(43);
     let mut v2 = base.clone();
     v2[100..200].fill(7);
     // Someone began "doc-v2" with the same size and other bytes (no hash).
