@@ -472,8 +472,9 @@ pub enum BlockSum {
     /// 1: the first 16 bytes of the block's SHA3-256 (the first version,
     /// what a request without the field gets).
     Sha3 = 1,
-    /// 2: the block's XXH3-128 (seed 0), the `u128` little endian: about
-    /// 30 times cheaper than SHA3-256 (rsync uses XXH3-128 or MD5).
+    /// 2: the block's XXH3-128 (seed 0), the `u128` little endian: a
+    /// non-cryptographic hash, many times cheaper than SHA3-256 (rsync uses
+    /// XXH3-128 or MD5).
     Xxh3 = 2,
 }
 
