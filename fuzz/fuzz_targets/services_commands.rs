@@ -2,7 +2,8 @@
 //! chosen by a byte, payload an arbitrary DataFrame) from three connections
 //! against accounts and messages on an in-memory store. Nothing may panic, and
 //! the queues' bookkeeping must match what a fetch sees. Also the stored-record
-//! decoder and the file path checker on raw bytes.
+//! decoder, the file path checker and the client's reader of `file.signature`
+//! answers (versions 1 and 2) on raw bytes.
 #![no_main]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +88,20 @@ fuzz_target!(|data: &[u8]| {
             assert!(!p.contains('/') && !p.contains('\\') && !p.contains('\0'));
         }
         assert!(!text.starts_with('/'));
+    }
+    // A file.signature answer from a server the client need not trust:
+    // whatever it accepts is consistent (one entry per block, a known sum).
+    if let Ok(df) = DataFrame::decode(
+        &Bytes::copy_from_slice(data),
+        &Limits {
+            max_frame: 1 << 16,
+            ..Limits::default()
+        },
+    ) {
+        if let Ok((sig, _sum)) = zs_services::client::parse_signature_answer(&df) {
+            let n = df.reader().read_u64().unwrap_or(u64::MAX);
+            assert_eq!(sig.len() as u64, n);
+        }
     }
     let env = zs_db::Env::with_vfs(Arc::new(zs_db::MemVfs::new()));
     // Files keep their blobs in a real directory.

@@ -11,7 +11,7 @@ use zs_wire::DataFrame;
 
 use crate::accounts::{lock, UserInfo};
 use crate::error::{code, Result, ServiceError};
-use crate::files::{file_code, FileInfo, Space, UploadState};
+use crate::files::{file_code, BlockSum, FileInfo, Space, UploadState};
 use crate::messages::{push_kind, Message, Sent};
 
 /// What a login answered.
@@ -317,6 +317,27 @@ impl ServicesClient {
         })
     }
 
+    /// `file.begin` with the SHA3-256 or without one (announced later):
+    /// (upload id, offset, instant).
+    fn begin_maybe_hashed(
+        &self,
+        space: Space,
+        path: &str,
+        size: u64,
+        hash: Option<[u8; 32]>,
+    ) -> Result<(u64, u64, bool)> {
+        let df = self.call(
+            "file.begin",
+            DataFrame::new()
+                .with(space.as_str())
+                .with(path)
+                .with(size)
+                .with(hash.map_or(Vec::new(), |h| h.to_vec())),
+        )?;
+        let mut r = df.reader();
+        Ok((r.read_u64()?, r.read_u64()?, r.read_bool()?))
+    }
+
     /// Sends one chunk at `offset` (with its SHA3-256). Returns the new offset.
     pub fn upload_chunk(&self, id: u64, offset: u64, data: &[u8]) -> Result<u64> {
         let h = zs_crypto::hash::sha3_256(data);
@@ -503,21 +524,9 @@ impl ServicesClient {
         read: &(impl Fn(u64, &mut [u8]) -> Result<()> + Sync),
         progress: &mut impl FnMut(u64, u64),
     ) -> std::result::Result<UploadReport, (ServiceError, Option<u64>)> {
-        let df = self
-            .call(
-                "file.begin",
-                DataFrame::new()
-                    .with(space.as_str())
-                    .with(path)
-                    .with(size)
-                    .with(hash.map_or(Vec::new(), |h| h.to_vec())),
-            )
+        let (id, offset, instant) = self
+            .begin_maybe_hashed(space, path, size, hash)
             .map_err(|e| (e, None))?;
-        let mut r = df.reader();
-        let begun = (|| -> Result<(u64, u64, bool)> {
-            Ok((r.read_u64()?, r.read_u64()?, r.read_bool()?))
-        })();
-        let (id, offset, instant) = begun.map_err(|e| (e, None))?;
         let resumed = (offset > 0).then_some(id);
         let mut report = UploadReport {
             instant,
@@ -668,28 +677,34 @@ impl ServicesClient {
         )
     }
 
-    /// The block signatures of a file (see [`crate::Files::signature`]).
+    /// The block signatures of a file with SHA3-256/16 block sums (see
+    /// [`crate::Files::signature`]).
     pub fn signature(&self, space: Space, path: &str, block: u32) -> Result<Vec<(u32, [u8; 16])>> {
+        let (sig, sum) = self.signature_with(space, path, block, BlockSum::Sha3)?;
+        if sum != BlockSum::Sha3 {
+            return Err(ServiceError::new(
+                code::CLIENT,
+                "the server sent other block sums",
+            ));
+        }
+        Ok(sig)
+    }
+
+    /// The block signatures of a file with `sum` as the strong sum per block
+    /// (version 2 of `file.signature`); also which sum the server used (a
+    /// server of version 1 answers SHA3-256/16 whatever was asked).
+    pub fn signature_with(
+        &self,
+        space: Space,
+        path: &str,
+        block: u32,
+        sum: BlockSum,
+    ) -> Result<(BlockList, BlockSum)> {
         let df = self.call(
             "file.signature",
-            DataFrame::new().with(space.as_str()).with(path).with(block),
+            file_signature_request(space, path, block, sum),
         )?;
-        let mut r = df.reader();
-        let n = r.read_u64()? as usize;
-        let weak = r.read_slice()?;
-        let strong = r.read_slice()?;
-        if weak.len() != n * 4 || strong.len() != n * 16 {
-            return Err(ServiceError::new(code::CLIENT, "malformed signature"));
-        }
-        Ok((0..n)
-            .map(|i| {
-                let mut w = [0u8; 4];
-                w.copy_from_slice(&weak[i * 4..i * 4 + 4]);
-                let mut s = [0u8; 16];
-                s.copy_from_slice(&strong[i * 16..i * 16 + 16]);
-                (u32::from_le_bytes(w), s)
-            })
-            .collect())
+        parse_signature_answer(&df)
     }
 
     /// Appends a range of an existing file to an upload, server side.
@@ -719,11 +734,16 @@ impl ServicesClient {
     /// on the server. The whole SHA3-256 is checked as for any upload, and an
     /// interrupted delta upload resumes like any other.
     ///
-    /// The whole-file SHA3-256 is computed on a second thread while the
-    /// scan runs; each copy or literal range is sent as soon as the scan
-    /// has it (copies coalesced up to [`DELTA_COPY_RUN`] bytes), one
+    /// Blocks are matched by XXH3-128 ([`BlockSum::Xxh3`]); the upload
+    /// begins without a hash and the whole-file SHA3-256, computed on a
+    /// second thread while the signature is fetched and the scan runs, is
+    /// announced by `file.finish`, which checks it against the bytes the
+    /// server assembled. Each copy or literal range is sent as soon as the
+    /// scan has it (copies coalesced up to [`DELTA_COPY_RUN`] bytes), one
     /// request in flight, so the server copies and hashes while the client
-    /// scans on.
+    /// scans on. When `file.finish` finds another hash (a block-sum
+    /// collision, or a resumed upload holding other bytes) the upload is
+    /// aborted and done again from the start with SHA3-256 block sums, once.
     pub fn upload_delta(
         &self,
         space: Space,
@@ -733,31 +753,107 @@ impl ServicesClient {
         base_path: &str,
         block: u32,
     ) -> Result<DeltaReport> {
-        let (hash, sig) = std::thread::scope(|s| {
-            let hasher = s.spawn(|| zs_crypto::hash::sha3_256(data));
-            let sig = self.signature(base_space, base_path, block);
-            let hash = hasher
-                .join()
-                .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread panicked"));
-            (hash, sig)
-        });
-        let (hash, sig) = (hash?, sig?);
-        let st = self.upload_begin(space, path, data.len() as u64, &hash)?;
+        let once = |sum| self.delta_once(space, data, path, base_space, base_path, block, sum);
+        match once(BlockSum::Xxh3) {
+            Err((e, Some(id))) if e.code == file_code::HASH_MISMATCH => {
+                tracing::info!(
+                    path,
+                    "delta upload: whole hash differs; again with SHA3 block sums"
+                );
+                self.upload_abort(id)?;
+                once(BlockSum::Sha3).map_err(|(e, _)| e)
+            }
+            r => r.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One try of [`ServicesClient::upload_delta`] with block sum `sum`; an
+    /// error after `file.begin` carries the upload id.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_once(
+        &self,
+        space: Space,
+        data: &[u8],
+        path: &str,
+        base_space: Space,
+        base_path: &str,
+        block: u32,
+        sum: BlockSum,
+    ) -> std::result::Result<DeltaReport, (ServiceError, Option<u64>)> {
+        std::thread::scope(|s| {
+            let hasher = std::thread::Builder::new()
+                .name("zs-delta-hash".into())
+                .spawn_scoped(s, || zs_crypto::hash::sha3_256(data))
+                .map_err(|e| {
+                    let e = ServiceError::new(code::CLIENT, format!("no hashing thread: {e}"));
+                    (e, None)
+                })?;
+            let (sig, sum) = self
+                .signature_with(base_space, base_path, block, sum)
+                .map_err(|e| (e, None))?;
+            let joined = |h: std::thread::ScopedJoinHandle<'_, [u8; 32]>| {
+                h.join()
+                    .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread panicked"))
+            };
+            // Hashed already (a small file, done during the signature's
+            // round trip): announced at `file.begin`, so content the server
+            // holds is an instant upload. Else announced at `file.finish`.
+            // Ok: the hash; Err: the thread still computing it.
+            let hash = if hasher.is_finished() {
+                Ok(joined(hasher).map_err(|e| (e, None))?)
+            } else {
+                Err(hasher)
+            };
+            let early = hash.as_ref().ok().copied();
+            let (id, offset, instant) = self
+                .begin_maybe_hashed(space, path, data.len() as u64, early)
+                .map_err(|e| (e, None))?;
+            if instant {
+                return Ok(DeltaReport {
+                    instant,
+                    literal: 0,
+                    copied: 0,
+                });
+            }
+            let rep = self
+                .delta_send(id, offset, data, base_space, base_path, block, &sig, sum)
+                .map_err(|e| (e, Some(id)))?;
+            let hash = match hash {
+                Ok(h) => h,
+                Err(pending) => joined(pending).map_err(|e| (e, Some(id)))?,
+            };
+            self.call("file.finish", DataFrame::new().with(id).with(hash.to_vec()))
+                .map_err(|e| (e, Some(id)))?;
+            Ok(rep)
+        })
+    }
+
+    /// The scan of a delta upload: sends `data[offset..]` to upload `id` as
+    /// `file.copy` of the blocks found in `sig` and `file.chunk` of the rest.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_send(
+        &self,
+        id: u64,
+        offset: u64,
+        data: &[u8],
+        base_space: Space,
+        base_path: &str,
+        block: u32,
+        sig: &[(u32, [u8; 16])],
+        sum: BlockSum,
+    ) -> Result<DeltaReport> {
         let mut rep = DeltaReport {
-            instant: st.instant,
+            instant: false,
             literal: 0,
             copied: 0,
         };
-        if st.instant {
-            return Ok(rep);
-        }
         let mut ops = DeltaOps {
             client: self,
-            id: st.id,
-            at: st.offset,
+            id,
+            at: offset,
             inflight: None,
         };
-        let mut pos = st.offset as usize; // scan position in `data`
+        let mut pos = offset as usize; // scan position in `data`
         let mut lit = pos; // start of pending literal bytes
         let mut pending: Option<(u64, u64)> = None; // coalesced copy (base offset, len)
         let flush_copy = |p: &mut Option<(u64, u64)>,
@@ -796,7 +892,7 @@ impl ServicesClient {
                 Ok(())
             };
         let block_len = block as usize;
-        let found = crate::files::DeltaIndex::new(&sig);
+        let found = crate::files::DeltaIndex::new(sig, sum);
         let mut sum = (data.len() >= pos + block_len)
             .then(|| crate::files::rolling(&data[pos..pos + block_len]));
         while let Some(w) = sum {
@@ -840,7 +936,6 @@ impl ServicesClient {
         flush_copy(&mut pending, &mut ops, &mut rep)?;
         flush_lit(lit, data.len(), &mut ops, &mut rep)?;
         ops.wait()?;
-        self.upload_finish(st.id)?;
         Ok(rep)
     }
 
@@ -1196,7 +1291,9 @@ impl DeltaOps<'_> {
 /// What [`ServicesClient::upload_delta`] sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeltaReport {
-    /// The server had the whole content: nothing was sent.
+    /// The server had the whole content: nothing was sent (known only when
+    /// the content was hashed before the upload began: a file hashed while
+    /// the signature was fetched).
     pub instant: bool,
     /// Bytes sent over the wire.
     pub literal: u64,
@@ -1293,6 +1390,48 @@ impl Inbox {
     pub fn was_kicked(&self) -> bool {
         *lock(&self.kicked)
     }
+}
+
+/// The request of `file.signature`, version 2 (with the block sum; version 1
+/// ends after `block`): space `str`, path `str`, block `u32`, sum `u8`.
+pub fn file_signature_request(space: Space, path: &str, block: u32, sum: BlockSum) -> DataFrame {
+    DataFrame::new()
+        .with(space.as_str())
+        .with(path)
+        .with(block)
+        .with(sum as u8)
+}
+
+/// A file's block signatures as received: per block its rolling checksum and
+/// its 16-byte strong sum.
+pub type BlockList = Vec<(u32, [u8; 16])>;
+
+/// Reads a `file.signature` answer (version 1 or 2, from a server the client
+/// need not trust): the block list and the block sum it carries.
+pub fn parse_signature_answer(df: &DataFrame) -> Result<(BlockList, BlockSum)> {
+    let mut r = df.reader();
+    let n = r.read_u64()?;
+    let weak = r.read_slice()?;
+    let strong = r.read_slice()?;
+    let used = if r.remaining() > 0 {
+        BlockSum::from_u8(r.read_u8()?)?
+    } else {
+        BlockSum::Sha3
+    };
+    if Some(weak.len() as u64) != n.checked_mul(4) || Some(strong.len() as u64) != n.checked_mul(16)
+    {
+        return Err(ServiceError::new(code::CLIENT, "malformed signature"));
+    }
+    let sig = weak
+        .chunks_exact(4)
+        .zip(strong.chunks_exact(16))
+        .map(|(w, st)| {
+            let mut s = [0u8; 16];
+            s.copy_from_slice(st);
+            (u32::from_le_bytes([w[0], w[1], w[2], w[3]]), s)
+        })
+        .collect();
+    Ok((sig, used))
 }
 
 /// The request of `file.hash` (PROTOCOL Part 6): upload id, SHA3-256.

@@ -319,24 +319,60 @@ enum HashJob {
     },
     /// The upload is gone.
     Forget { id: u64 },
-    /// Fsync upload `id`'s partial file, whose bytes below `upto` were
-    /// written before this was sent, and record that offset as synced.
-    Sync { id: u64, upto: u64 },
 }
 
 /// The hash lanes of a [`Files`]: running hashes live on the lane threads
 /// (one `Sha3_256` per unfinished upload that has been fed from offset 0
 /// while the server ran); the threads end when the service is dropped.
+/// The periodic syncs of partial files go to a thread of their own
+/// (`zs-files-sync`): on a lane, each fsync stopped that lane's hashing
+/// for as long as the disk took.
 struct HashLanes {
     lanes: Vec<mpsc::SyncSender<HashJob>>,
+    /// (upload id, offset): fsync the partial file, whose bytes below the
+    /// offset were written before this was sent, and record that offset.
+    syncer: Option<mpsc::SyncSender<(u64, u64)>>,
+}
+
+/// The sync thread: takes every sync asked meanwhile, one fsync per upload
+/// for the highest offset asked.
+fn start_syncer(
+    queue: usize,
+    files: std::sync::Weak<Inner>,
+) -> Option<mpsc::SyncSender<(u64, u64)>> {
+    let (tx, rx) = mpsc::sync_channel::<(u64, u64)>(queue.max(1));
+    let spawned = std::thread::Builder::new()
+        .name("zs-files-sync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut asked = vec![first];
+                asked.extend(rx.try_iter());
+                // Highest offset per upload first, then one sync each.
+                asked.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                asked.dedup_by_key(|j| j.0);
+                for (id, upto) in asked {
+                    let Some(inner) = files.upgrade() else {
+                        return;
+                    };
+                    Files { inner }.synced_to(id, upto);
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::error!(error = %e, "files: cannot start the sync thread");
+            None
+        }
+    }
 }
 
 impl HashLanes {
     fn start(queue: usize, files: std::sync::Weak<Inner>) -> HashLanes {
+        let syncer = start_syncer(queue, files);
         let lanes = (0..HASH_LANES)
             .filter_map(|i| {
                 let (tx, rx) = mpsc::sync_channel::<HashJob>(queue.max(1));
-                let files = files.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("zs-files-hash-{i}"))
                     .spawn(move || {
@@ -370,11 +406,6 @@ impl HashLanes {
                                 HashJob::Forget { id } => {
                                     run.remove(&id);
                                 }
-                                HashJob::Sync { id, upto } => {
-                                    if let Some(inner) = files.upgrade() {
-                                        Files { inner }.synced_to(id, upto);
-                                    }
-                                }
                             }
                         }
                     });
@@ -387,7 +418,7 @@ impl HashLanes {
                 }
             })
             .collect();
-        HashLanes { lanes }
+        HashLanes { lanes, syncer }
     }
 
     fn send(&self, id: u64, job: HashJob) -> bool {
@@ -408,9 +439,14 @@ impl HashLanes {
         self.send(id, HashJob::Forget { id });
     }
 
-    /// Asks the lane to sync upload `id` up to `upto` (false: no lane).
+    /// Asks the sync thread to sync upload `id` up to `upto` (false: no
+    /// such thread).
     fn sync(&self, id: u64, upto: u64) -> bool {
-        self.send(id, HashJob::Sync { id, upto })
+        // Never blocks (a caller may hold the state lock, which the sync
+        // thread takes): a full queue means the caller syncs itself.
+        self.syncer
+            .as_ref()
+            .is_some_and(|tx| tx.try_send((id, upto)).is_ok())
     }
 
     /// The running hash of bytes `0..len` of upload `id`, if a lane has it.
@@ -423,19 +459,60 @@ impl HashLanes {
     }
 }
 
-/// A block signature list: per block its rolling checksum and the first 16
-/// bytes of its SHA3-256.
+/// A block signature list: per block its rolling checksum and its 16-byte
+/// strong sum ([`BlockSum`]).
 pub type Signature = Arc<Vec<(u32, [u8; 16])>>;
+
+/// The per-block strong sum of a `file.signature` (its version byte on the
+/// wire). It only picks which blocks to copy: the whole-file SHA3-256 checked
+/// by `file.finish` is what the result rests on, so a block-sum collision
+/// makes a delta upload fail (`624`), never store wrong bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockSum {
+    /// 1: the first 16 bytes of the block's SHA3-256 (the first version,
+    /// what a request without the field gets).
+    Sha3 = 1,
+    /// 2: the block's XXH3-128 (seed 0), the `u128` little endian: a
+    /// non-cryptographic hash, many times cheaper than SHA3-256 (rsync uses
+    /// XXH3-128 or MD5).
+    Xxh3 = 2,
+}
+
+impl BlockSum {
+    /// From its byte on the wire.
+    pub fn from_u8(v: u8) -> Result<BlockSum> {
+        match v {
+            1 => Ok(BlockSum::Sha3),
+            2 => Ok(BlockSum::Xxh3),
+            _ => Err(ServiceError::bad(format!(
+                "unknown block sum {v} (1 = SHA3-256/16, 2 = XXH3-128)"
+            ))),
+        }
+    }
+
+    /// The strong sum of `block`.
+    pub fn of(self, block: &[u8]) -> [u8; 16] {
+        match self {
+            BlockSum::Sha3 => {
+                let h = zs_crypto::hash::sha3_256(block);
+                let mut s = [0u8; 16];
+                s.copy_from_slice(&h[..16]);
+                s
+            }
+            BlockSum::Xxh3 => xxhash_rust::xxh3::xxh3_128(block).to_le_bytes(),
+        }
+    }
+}
 
 #[derive(Default)]
 struct SigCache {
-    map: HashMap<(String, usize), Signature>,
-    order: std::collections::VecDeque<(String, usize)>,
+    map: HashMap<(String, usize, BlockSum), Signature>,
+    order: std::collections::VecDeque<(String, usize, BlockSum)>,
     bytes: usize,
 }
 
 impl SigCache {
-    fn put(&mut self, key: (String, usize), sig: Signature, cap: usize) {
+    fn put(&mut self, key: (String, usize, BlockSum), sig: Signature, cap: usize) {
         let size = sig.len() * 20 + 64;
         if size > cap || self.map.contains_key(&key) {
             return;
@@ -1726,11 +1803,24 @@ impl Files {
             ));
         }
         let want = (size - offset).min(len as u64) as usize;
-        let mut buf = vec![0u8; want];
+        // Read into spare capacity (`read_to_end` through `take` does not
+        // zero the buffer first, and stops at `want` without another read).
+        let mut buf = Vec::with_capacity(want);
         let mut f = File::open(self.blob(&hash)).map_err(|e| io_err("open blob", e))?;
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| io_err("seek blob", e))?;
-        f.read_exact(&mut buf).map_err(|e| io_err("read blob", e))?;
+        f.take(want as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| io_err("read blob", e))?;
+        if buf.len() != want {
+            return Err(io_err(
+                "read blob",
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the blob is shorter than its entry",
+                ),
+            ));
+        }
         Ok((buf, size, hash))
     }
 
@@ -1739,6 +1829,18 @@ impl Files {
     /// checksum ([`rolling`]) and the first 16 bytes of its SHA3-256. At most
     /// 65,536 blocks.
     pub fn signature(&self, uid: u64, space: Space, path: &str, block: usize) -> Result<Signature> {
+        self.signature_with(uid, space, path, block, BlockSum::Sha3)
+    }
+
+    /// [`Files::signature`] with the strong sum `sum` per block.
+    pub fn signature_with(
+        &self,
+        uid: u64,
+        space: Space,
+        path: &str,
+        block: usize,
+        sum: BlockSum,
+    ) -> Result<Signature> {
         if !(512..=(1 << 20)).contains(&block) {
             return Err(ServiceError::bad("a block has 512 bytes to 1 MiB"));
         }
@@ -1750,7 +1852,7 @@ impl Files {
                 "more than 65536 blocks: use larger blocks",
             ));
         }
-        let key = (hash, block);
+        let key = (hash, block, sum);
         if let Some(sig) = lock(&self.inner.sigs).map.get(&key) {
             return Ok(sig.clone());
         }
@@ -1762,10 +1864,7 @@ impl Files {
             let n = left.min(block as u64) as usize;
             f.read_exact(&mut buf[..n])
                 .map_err(|e| io_err("read blob", e))?;
-            let strong = zs_crypto::hash::sha3_256(&buf[..n]);
-            let mut s16 = [0u8; 16];
-            s16.copy_from_slice(&strong[..16]);
-            out.push((rolling(&buf[..n]), s16));
+            out.push((rolling(&buf[..n]), sum.of(&buf[..n])));
             left -= n as u64;
         }
         let sig = Arc::new(out);
@@ -1790,7 +1889,8 @@ impl Files {
 
     /// Delta upload, step 2: appends `len` bytes taken at `base_offset` of an
     /// existing file (the caller may read it) to upload `id` at `offset`,
-    /// which must be where the upload stands. Synced before this returns.
+    /// which must be where the upload stands. Synced like chunks (every
+    /// `sync_every` bytes, and by `file.finish`).
     #[allow(clippy::too_many_arguments)]
     pub fn copy_range(
         &self,
@@ -1853,8 +1953,14 @@ impl Files {
             left -= n as u64;
         }
         u.offset += len;
-        if u.offset - u.rec.synced >= cfg.sync_every {
-            self.sync_upload(u)?;
+        // Synced as chunks are: on the sync thread every `sync_every` bytes
+        // (inline when it cannot take it, or with `sync_every` 0).
+        if u.offset - u.sync_asked.max(u.rec.synced) >= cfg.sync_every {
+            if cfg.sync_every > 0 && self.inner.lanes.sync(id, u.offset) {
+                u.sync_asked = u.offset;
+            } else {
+                self.sync_upload(u)?;
+            }
         }
         Ok(u.offset)
     }
@@ -2019,17 +2125,15 @@ impl Files {
             let space = Space::parse(rd.read_str()?)?;
             let path = rd.read_str()?;
             let block = rd.read_u32()? as usize;
-            let sig = f.signature(uid, space, path, block)?;
-            let mut weak = Vec::with_capacity(sig.len() * 4);
-            let mut strong = Vec::with_capacity(sig.len() * 16);
-            for (w, s16) in sig.iter() {
-                weak.extend_from_slice(&w.to_le_bytes());
-                strong.extend_from_slice(s16);
-            }
-            Ok(DataFrame::new()
-                .with(sig.len() as u64)
-                .with(weak)
-                .with(strong))
+            // Version 2 of the request names the block sum; without it,
+            // version 1's SHA3-256/16.
+            let sum = if rd.remaining() > 0 {
+                BlockSum::from_u8(rd.read_u8()?)?
+            } else {
+                BlockSum::Sha3
+            };
+            let sig = f.signature_with(uid, space, path, block, sum)?;
+            Ok(signature_answer(&sig, sum))
         });
         self.command(r, "file.copy", |f, peer, uid, rd| {
             let id = rd.read_u64()?;
@@ -2060,6 +2164,23 @@ impl Files {
     }
 }
 
+/// The answer of `file.signature` (version 2): count `u64`, rolling sums
+/// `bytes` (count × `u32` LE), strong sums `bytes` (count × 16), block sum
+/// `u8` (docs/PROTOCOL.md).
+pub fn signature_answer(sig: &[(u32, [u8; 16])], sum: BlockSum) -> DataFrame {
+    let mut weak = Vec::with_capacity(sig.len() * 4);
+    let mut strong = Vec::with_capacity(sig.len() * 16);
+    for (w, s16) in sig {
+        weak.extend_from_slice(&w.to_le_bytes());
+        strong.extend_from_slice(s16);
+    }
+    DataFrame::new()
+        .with(sig.len() as u64)
+        .with(weak)
+        .with(strong)
+        .with(sum as u8)
+}
+
 /// Checks a chunk against its CRC-32 (4 bytes LE) or SHA3-256 (32 bytes).
 fn check_chunk(data: &[u8], check: &[u8]) -> Result<()> {
     let ok = match check.len() {
@@ -2082,33 +2203,30 @@ fn check_chunk(data: &[u8], check: &[u8]) -> Result<()> {
 }
 
 /// A delta upload's lookup of block signatures: by rolling checksum, then
-/// the first 16 bytes of the SHA3-256 (computed only when the rolling one
-/// matches a block).
+/// the strong sum (computed only when the rolling one matches a block).
 #[derive(Debug)]
 pub struct DeltaIndex<'a> {
     sig: &'a [(u32, [u8; 16])],
+    sum: BlockSum,
     by_weak: std::collections::HashMap<u32, Vec<usize>>,
 }
 
 impl<'a> DeltaIndex<'a> {
-    /// Indexes `sig` (from [`Files::signature`]).
-    pub fn new(sig: &'a [(u32, [u8; 16])]) -> DeltaIndex<'a> {
+    /// Indexes `sig` (from [`Files::signature_with`] with `sum`).
+    pub fn new(sig: &'a [(u32, [u8; 16])], sum: BlockSum) -> DeltaIndex<'a> {
         let mut by_weak: std::collections::HashMap<u32, Vec<usize>> =
             std::collections::HashMap::with_capacity(sig.len());
         for (i, (w, _)) in sig.iter().enumerate() {
             by_weak.entry(*w).or_default().push(i);
         }
-        DeltaIndex { sig, by_weak }
+        DeltaIndex { sig, sum, by_weak }
     }
 
     /// The block `window` (whose rolling checksum is `weak`) equals, if any.
     pub fn find(&self, weak: u32, window: &[u8]) -> Option<usize> {
         let cands = self.by_weak.get(&weak)?;
-        let strong = zs_crypto::hash::sha3_256(window);
-        cands
-            .iter()
-            .copied()
-            .find(|&j| self.sig[j].1[..] == strong[..16])
+        let strong = self.sum.of(window);
+        cands.iter().copied().find(|&j| self.sig[j].1 == strong)
     }
 }
 

@@ -98,7 +98,7 @@ pub use client::{
     DeltaReport, Inbox, LoginInfo, ServicesClient, UploadReport, DOWNLOAD_WINDOW, UPLOAD_WINDOW,
 };
 pub use error::{code, Result, ServiceError};
-pub use files::{check_path, FileInfo, Files, FilesConfig, Space, UploadState};
+pub use files::{check_path, BlockSum, FileInfo, Files, FilesConfig, Space, UploadState};
 pub use messages::{Message, Messages, MessagesConfig, Sent};
 
 /// Settings of every service.

@@ -431,6 +431,22 @@ impl Outcome {
     }
 }
 
+/// An answer of a durable batch, given once the state lock is released.
+enum Answer {
+    Sent(Reply<Sent>, Result<Sent>),
+    Acked(Reply<usize>, Result<usize>),
+}
+
+/// Gives the answers collected by [`Messages::deliver`], in order.
+fn answer_all(answers: Vec<Answer>) {
+    for a in answers {
+        match a {
+            Answer::Sent(reply, r) => reply(r),
+            Answer::Acked(reply, r) => reply(r),
+        }
+    }
+}
+
 /// A batch buffered in the store, waiting for the syncer's fsync.
 struct Done {
     out: Vec<Outcome>,
@@ -959,7 +975,10 @@ impl Messages {
         }
         // Periodic: answered once buffered.
         st.durable = st.durable.max(done.upto);
-        self.deliver(&mut st, done.out);
+        let mut answers = Vec::with_capacity(done.out.len());
+        self.deliver(&mut st, done.out, &mut answers);
+        drop(st);
+        answer_all(answers);
         None
     }
 
@@ -981,16 +1000,24 @@ impl Messages {
             }
             return;
         }
+        let mut answers = Vec::with_capacity(dones.iter().map(|d| d.out.len()).sum());
         for d in dones {
             st.durable = st.durable.max(d.upto);
-            self.deliver(&mut st, d.out);
+            self.deliver(&mut st, d.out, &mut answers);
         }
+        // Answered after the state lock is released: each answer is a
+        // sealed record and a send of its own, and the planner (which needs
+        // the lock to check the next batch) used to wait behind all of them.
+        drop(st);
+        answer_all(answers);
     }
 
-    /// Pushes and answers the outcomes of a batch that is durable.
-    fn deliver(&self, st: &mut State, out: Vec<Outcome>) {
+    /// Pushes the outcomes of a batch that is durable (under the state
+    /// lock) and collects their answers, to be given once it is released
+    /// ([`answer_all`]): pushes still go before the answers.
+    fn deliver(&self, st: &mut State, out: Vec<Outcome>, answers: &mut Vec<Answer>) {
         for o in out {
-            match o {
+            answers.push(match o {
                 Outcome::Sent {
                     to,
                     id,
@@ -998,21 +1025,27 @@ impl Messages {
                     reply,
                 } => {
                     self.pump(st, to, Some((id, &body)));
-                    reply(Ok(Sent {
-                        id,
-                        duplicate: false,
-                    }));
+                    Answer::Sent(
+                        reply,
+                        Ok(Sent {
+                            id,
+                            duplicate: false,
+                        }),
+                    )
                 }
-                Outcome::Dup(reply) => reply(Ok(Sent {
-                    id: 0,
-                    duplicate: true,
-                })),
-                Outcome::Err(e, reply) => reply(Err(e)),
+                Outcome::Dup(reply) => Answer::Sent(
+                    reply,
+                    Ok(Sent {
+                        id: 0,
+                        duplicate: true,
+                    }),
+                ),
+                Outcome::Err(e, reply) => Answer::Sent(reply, Err(e)),
                 Outcome::Acked { uid, n, reply } => {
                     self.pump(st, uid, None);
-                    reply(Ok(n));
+                    Answer::Acked(reply, Ok(n))
                 }
-            }
+            });
         }
     }
 

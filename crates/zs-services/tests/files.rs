@@ -1535,3 +1535,135 @@ fn a_resumed_upload_of_changed_content_starts_again() {
     assert_eq!(std::fs::read(&out).unwrap(), new);
     assert_eq!(rig.services.files.as_ref().unwrap().uploads(), 0);
 }
+
+/// A service with user `ann` holding `doc` ([`SIZE`] bytes of `data(seed)`):
+/// (its directory, the rig, ann's client, the bytes).
+fn ann_with_doc(seed: u8) -> (tempfile::TempDir, Rig, ServicesClient, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |_| {});
+    let c = rig.user("ann");
+    let body = data(seed, SIZE);
+    let local = dir.path().join("v1");
+    std::fs::write(&local, &body).unwrap();
+    c.upload_file(Space::Private, &local, "doc", 64 << 10, |_, _| {})
+        .unwrap();
+    (dir, rig, c, body)
+}
+
+/// `file.signature` version 2: the block sum the client names (XXH3-128
+/// here) against the version 1 request (no sum byte: SHA3-256/16), an
+/// unknown sum refused with `400`; and the client's delta upload matches
+/// blocks with XXH3-128 and still sends only the changed ones.
+#[test]
+fn signature_versions_give_their_block_sums_and_unknown_ones_are_refused() {
+    use zs_services::client::parse_signature_answer;
+    use zs_services::BlockSum;
+    let (_dir, _rig, c, body) = ann_with_doc(41);
+    let v1 = c
+        .client()
+        .call_stream(
+            "file.signature",
+            zs_wire::DataFrame::new()
+                .with("private")
+                .with("doc")
+                .with(2048u32),
+        )
+        .wait()
+        .unwrap();
+    let (s1, sum1) = parse_signature_answer(&v1).unwrap();
+    assert_eq!(sum1, BlockSum::Sha3);
+    assert_eq!(s1[0].1, BlockSum::Sha3.of(&body[..2048]));
+    let (s2, sum2) = c
+        .signature_with(Space::Private, "doc", 2048, BlockSum::Xxh3)
+        .unwrap();
+    assert_eq!(sum2, BlockSum::Xxh3);
+    assert_eq!(s2.len(), SIZE / 2048);
+    for (i, (w, s)) in s2.iter().enumerate() {
+        let b = &body[i * 2048..(i + 1) * 2048];
+        assert_eq!((*w, *s), (s1[i].0, BlockSum::Xxh3.of(b)), "block {i}");
+    }
+    let bad = c
+        .client()
+        .call_stream(
+            "file.signature",
+            zs_services::client::file_signature_request(
+                Space::Private,
+                "doc",
+                2048,
+                BlockSum::Xxh3,
+            )
+            .with(0u8),
+        )
+        .wait();
+    assert!(bad.is_ok(), "a trailing byte after the sum is ignored");
+    let mut req = zs_wire::DataFrame::new()
+        .with("private")
+        .with("doc")
+        .with(2048u32);
+    req.push(9u8);
+    let err = c
+        .client()
+        .call_stream("file.signature", req)
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(err, zs_core::Error::Remote { code: 400, .. }),
+        "{err}"
+    );
+    // The delta upload itself (XXH3 sums): 1 KiB edited, little sent.
+    let mut v2 = body.clone();
+    v2[SIZE / 2..SIZE / 2 + 1024].fill(0x5A);
+    let rep = c
+        .upload_delta(Space::Private, &v2, "doc-v2", Space::Private, "doc", 2048)
+        .unwrap();
+    assert!(rep.literal <= 4096, "{rep:?}");
+    assert_eq!(
+        c.read_range(Space::Private, "doc-v2", 0, 1 << 20)
+            .unwrap()
+            .0,
+        v2
+    );
+}
+
+/// A delta upload that resumes an unfinished upload of the same path and size
+/// holding other bytes: `file.finish` answers `624` (the path a block-sum
+/// collision takes too), the client aborts and does it again from 0 with
+/// SHA3 sums, and the file ends right.
+#[test]
+fn a_delta_whose_whole_hash_differs_is_done_again_from_the_start() {
+    let (_dir, rig, c, base) = ann_with_doc(43);
+    let mut v2 = base.clone();
+    v2[100..200].fill(7);
+    // Someone began "doc-v2" with the same size and other bytes (no hash).
+    let other = data(44, SIZE);
+    let (id, at, instant) = begin_deferred(&c, "doc-v2", SIZE as u64);
+    assert_eq!((at, instant), (0, false));
+    c.upload_window(
+        id,
+        0,
+        64 << 10,
+        64 << 10,
+        1,
+        |a, buf| {
+            buf.copy_from_slice(&other[a as usize..a as usize + buf.len()]);
+            Ok(())
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let rep = c
+        .upload_delta(Space::Private, &v2, "doc-v2", Space::Private, "doc", 2048)
+        .unwrap();
+    assert_eq!(
+        rep.literal + rep.copied,
+        SIZE as u64,
+        "{rep:?}: sent again from 0"
+    );
+    assert_eq!(
+        c.read_range(Space::Private, "doc-v2", 0, 1 << 20)
+            .unwrap()
+            .0,
+        v2
+    );
+    assert_eq!(rig.services.files.as_ref().unwrap().uploads(), 0);
+}

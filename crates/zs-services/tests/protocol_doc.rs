@@ -1,9 +1,11 @@
 //! The hex examples of docs/PROTOCOL.md Part "Application services" are
 //! exactly what zs-services produces and reads.
 
+use zs_services::files::{rolling, signature_answer};
 use zs_services::messages::{
     decode_record, encode_message_record, encode_pair_record, StoredRecord,
 };
+use zs_services::{BlockSum, Space};
 use zs_wire::DataFrame;
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
@@ -60,6 +62,15 @@ fn expected(name: &str) -> Vec<u8> {
                 .to_bytes()
                 .to_vec()
         }
+        "signature-request" => {
+            zs_services::client::file_signature_request(Space::Private, "a", 2048, BlockSum::Xxh3)
+                .to_bytes()
+                .to_vec()
+        }
+        "signature-answer" => {
+            let sig = [(rolling(b"abc"), BlockSum::Xxh3.of(b"abc"))];
+            signature_answer(&sig, BlockSum::Xxh3).to_bytes().to_vec()
+        }
         "message-record" => encode_message_record(2, 1, 7, 1000, 2000, b"hi"),
         "pair-record" => encode_pair_record(1, 2, 7),
         other => panic!("unknown example {other}"),
@@ -80,6 +91,8 @@ fn examples_match_the_encoders() {
             "login-request",
             "send-request",
             "hash-request",
+            "signature-request",
+            "signature-answer",
             "chunk-request",
             "message-record",
             "pair-record"
@@ -116,4 +129,23 @@ fn records_decode_back() {
     assert_eq!(decode_record(b"M123"), None);
     assert_eq!(decode_record(&encode_pair_record(1, 2, 7)[..24]), None);
     assert_eq!(decode_record(b"X0000000000000000000000000"), None);
+}
+
+/// The two block sums of `file.signature` on known inputs: SHA3-256/16 of
+/// `abc` (FIPS 202's test vector, cut) and XXH3-128 of the empty input
+/// (the reference implementation's value), so the sum's byte order is fixed.
+#[test]
+fn block_sums_are_the_documented_functions() {
+    assert_eq!(
+        hex(&BlockSum::Sha3.of(b"abc")),
+        "3a 98 5d a7 4f e2 25 b2 04 5c 17 2d 6b d3 90 bd "
+    );
+    // XXH3_128bits("") = 0x99aa06d3014798d86001c324468d497f (high, low).
+    assert_eq!(
+        BlockSum::Xxh3.of(b""),
+        0x99aa_06d3_0147_98d8_6001_c324_468d_497f_u128.to_le_bytes()
+    );
+    assert_eq!(BlockSum::from_u8(1).unwrap(), BlockSum::Sha3);
+    assert_eq!(BlockSum::from_u8(2).unwrap(), BlockSum::Xxh3);
+    assert!(BlockSum::from_u8(3).is_err());
 }
