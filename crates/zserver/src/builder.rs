@@ -1,9 +1,11 @@
 //! Builders that assemble a server or a client from trait objects with sensible
 //! defaults: the epoll backend on Linux (tokio elsewhere), our X25519 + AEAD
-//! sessions with AES-256-GCM, a pinned Ed25519 server identity. The security
-//! runs as a transport layer: both builders wrap the backend in
-//! `zs_secure::SecureBackend` and start zs-core on its plaintext connections
-//! (`Server::start_plain` / `Client::connect_plain`).
+//! sessions with AES-256-GCM, a pinned Ed25519 server identity. With
+//! `security_layer(true)` the security runs as a transport layer instead: the
+//! builder wraps the backend in `zs_secure::SecureBackend` and starts zs-core on
+//! its plaintext connections (`Server::start_plain` / `Client::connect_plain`).
+//! It is opt-in until it moves a BigStream as fast as zs-core's built-in
+//! session (docs/ARCHITECTURE.md, "Session 10: step 1").
 
 use std::fs;
 use std::io::Write;
@@ -123,6 +125,7 @@ pub struct ServerBuilder {
     suites: Vec<SuiteId>,
     options: Options,
     registry: Registry,
+    layer: bool,
 }
 
 impl Default for ServerBuilder {
@@ -150,7 +153,16 @@ impl ServerBuilder {
             suites: vec![SuiteId::Aes256Gcm],
             options: Options::default(),
             registry: Registry::new(),
+            layer: false,
         }
+    }
+
+    /// Runs the security as a transport layer (`zs_secure::SecureBackend` under
+    /// `Server::start_plain`) instead of zs-core's built-in session; the wire
+    /// bytes are the same. Off by default: see the module docs.
+    pub fn security_layer(mut self, on: bool) -> Self {
+        self.layer = on;
+        self
     }
 
     /// Listen address.
@@ -251,10 +263,14 @@ impl ServerBuilder {
                     )
                 }
             };
-        // Security as a transport layer (issue 13): the handshake and the
-        // records run in `SecureBackend`, zs-core sees plaintext connections.
-        let secure = layer_over(backend, provider, &self.io, &self.options);
-        let server = Server::start_plain(secure, self.registry, self.options, self.addr)?;
+        let server = if self.layer {
+            // Security as a transport layer (issue 13): the handshake and the
+            // records run in `SecureBackend`, zs-core sees plaintext connections.
+            let secure = layer_over(backend, provider, &self.io, &self.options);
+            Server::start_plain(secure, self.registry, self.options, self.addr)?
+        } else {
+            Server::start(backend, provider, self.registry, self.options, self.addr)?
+        };
         Ok(RunningServer {
             server,
             fingerprint,
@@ -303,6 +319,7 @@ pub struct ClientBuilder {
     options: Options,
     registry: Registry,
     stable: bool,
+    layer: bool,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -328,7 +345,15 @@ impl ClientBuilder {
             options: Options::client(),
             registry: Registry::new(),
             stable: false,
+            layer: false,
         }
+    }
+
+    /// Runs the security as a transport layer, as
+    /// [`ServerBuilder::security_layer`] (either side works with either).
+    pub fn security_layer(mut self, on: bool) -> Self {
+        self.layer = on;
+        self
     }
 
     /// StableIO: the session survives its connection dying. The client
@@ -413,11 +438,21 @@ impl ClientBuilder {
             Some(b) => Arc::from(b),
             None => Arc::from(backend_by_name(&self.backend_name, self.io.clone())?),
         };
-        let secure = layer_over(backend, provider, &self.io, &self.options);
-        if self.stable {
-            Client::connect_stable_plain(secure, self.registry, self.options, self.addr)
-        } else {
-            Client::connect_plain(secure, self.registry, self.options, self.addr)
+        match (self.layer, self.stable) {
+            (true, stable) => {
+                let secure = layer_over(backend, provider, &self.io, &self.options);
+                if stable {
+                    Client::connect_stable_plain(secure, self.registry, self.options, self.addr)
+                } else {
+                    Client::connect_plain(secure, self.registry, self.options, self.addr)
+                }
+            }
+            (false, true) => {
+                Client::connect_stable(backend, provider, self.registry, self.options, self.addr)
+            }
+            (false, false) => {
+                Client::connect(backend, provider, self.registry, self.options, self.addr)
+            }
         }
     }
 }
@@ -474,47 +509,63 @@ mod tests {
 
     #[test]
     fn wrong_fingerprint_is_refused_and_backends_by_name() {
-        let server = ServerBuilder::new()
-            .addr("127.0.0.1:0".parse().unwrap())
-            .io_config(zs_io::Config {
-                loops: 1,
-                ..Default::default()
-            })
-            .commands(|r| {
-                r.console("echo", |_, t| Ok(t.to_owned()));
-            })
-            .start()
-            .unwrap();
-        // The security runs as a transport layer under zs-core.
-        assert!(
-            server.backend_name().starts_with("secure("),
-            "{}",
-            server.backend_name()
-        );
-        let wrong = Fingerprint([9; 32]);
-        let err = ClientBuilder::new(server.local_addr())
-            .fingerprint(wrong)
-            .connect()
-            .unwrap_err();
-        // The layer refuses the server's key during the handshake: a typed
-        // handshake failure, not a lost connection.
-        match &err {
-            Error::Io(e) => assert!(
-                matches!(
-                    zs_secure::handshake_error(e),
-                    Some(zs_secure::HandshakeError::Failed(_))
-                ),
-                "{err}"
-            ),
-            other => panic!("{other}"),
-        }
-        for name in backend_names() {
-            let c = ClientBuilder::new(server.local_addr())
-                .backend_name(name)
-                .fingerprint(server.fingerprint().unwrap())
-                .connect()
+        for layer in [false, true] {
+            let server = ServerBuilder::new()
+                .addr("127.0.0.1:0".parse().unwrap())
+                .io_config(zs_io::Config {
+                    loops: 1,
+                    ..Default::default()
+                })
+                .security_layer(layer)
+                .commands(|r| {
+                    r.console("echo", |_, t| Ok(t.to_owned()));
+                })
+                .start()
                 .unwrap();
-            assert_eq!(c.call("echo", name).wait().unwrap(), name);
+            // With the layer the security runs as a transport under zs-core.
+            assert_eq!(
+                server.backend_name().starts_with("secure("),
+                layer,
+                "{}",
+                server.backend_name()
+            );
+            let wrong = Fingerprint([9; 32]);
+            let err = ClientBuilder::new(server.local_addr())
+                .fingerprint(wrong)
+                .security_layer(layer)
+                .connect()
+                .unwrap_err();
+            if layer {
+                // The layer refuses the server's key during the handshake: a
+                // typed handshake failure, not a lost connection.
+                match &err {
+                    Error::Io(e) => assert!(
+                        matches!(
+                            zs_secure::handshake_error(e),
+                            Some(zs_secure::HandshakeError::Failed(_))
+                        ),
+                        "{err}"
+                    ),
+                    other => panic!("{other}"),
+                }
+            } else {
+                assert!(
+                    matches!(err, Error::ConnectionLost(_) | Error::Crypto(_)),
+                    "{err}"
+                );
+            }
+            // Clients of either kind reach servers of either kind (same bytes).
+            for name in backend_names() {
+                for client_layer in [false, true] {
+                    let c = ClientBuilder::new(server.local_addr())
+                        .backend_name(name)
+                        .fingerprint(server.fingerprint().unwrap())
+                        .security_layer(client_layer)
+                        .connect()
+                        .unwrap();
+                    assert_eq!(c.call("echo", name).wait().unwrap(), name);
+                }
+            }
         }
         assert!(backend_by_name("carrier-pigeon", zs_io::Config::default()).is_err());
     }
