@@ -738,7 +738,7 @@ impl Mux {
         let mut batch: Vec<ListenChange> = Vec::new();
         let mut size = 0;
         for c in changes {
-            let n = 1 + frame::addr_len(&c.addr);
+            let n = 1 + zs_wire::addr::len(&c.addr);
             if size + n > limit {
                 Frame::Listen {
                     done: false,

@@ -159,3 +159,71 @@ fn kind_table_matches_the_code() {
         assert!(DOC.contains(&row), "PROTOCOL.md lacks the row {row:?}");
     }
 }
+
+/// `(name, bytes)` of every "Address example `name`" hex block of 1.10.
+fn address_examples() -> Vec<(String, Vec<u8>)> {
+    let sec = DOC
+        .split("## 1.10 Socket addresses")
+        .nth(1)
+        .expect("1.10 in docs/PROTOCOL.md");
+    let sec = sec.split("\n# Part 2").next().unwrap_or(sec);
+    let mut out = Vec::new();
+    let mut lines = sec.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix("Address example `") else {
+            continue;
+        };
+        let name = rest
+            .split('`')
+            .next()
+            .expect("closing backtick")
+            .to_string();
+        for l in lines.by_ref() {
+            if l.trim() == "```hex" {
+                break;
+            }
+        }
+        let mut bytes = Vec::new();
+        for l in lines.by_ref() {
+            if l.trim() == "```" {
+                break;
+            }
+            bytes.extend(
+                l.split_whitespace()
+                    .map(|b| u8::from_str_radix(b, 16).expect("hex byte")),
+            );
+        }
+        out.push((name, bytes));
+    }
+    out
+}
+
+#[test]
+fn socket_address_examples_are_what_the_codec_writes() {
+    let ex = address_examples();
+    let names: Vec<&str> = ex.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["v4", "v6"]);
+    for (name, bytes) in ex {
+        let addr: std::net::SocketAddr = match name.as_str() {
+            "v4" => "198.19.1.1:40000".parse().unwrap(),
+            "v6" => "[fd00::1]:443".parse().unwrap(),
+            other => panic!("unexpected address example {other}"),
+        };
+        let mut o = Vec::new();
+        zs_wire::addr::put(&mut o, &addr);
+        assert_eq!(o, bytes, "{name}");
+        assert_eq!(zs_wire::addr::len(&addr), bytes.len(), "{name}");
+        assert_eq!(
+            zs_wire::addr::decode(&bytes),
+            Ok((addr, bytes.len())),
+            "{name}"
+        );
+        // Every strict prefix is an error, never a shorter address.
+        for cut in 0..bytes.len() {
+            assert!(
+                zs_wire::addr::decode(&bytes[..cut]).is_err(),
+                "{name} cut at {cut}"
+            );
+        }
+    }
+}
