@@ -346,6 +346,44 @@ impl Connection for ConnShared {
         }
         Ok(())
     }
+    fn send_vectored(&self, parts: &mut std::collections::VecDeque<Bytes>) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        if st.closed || st.closing || st.write_shut {
+            return Err(Error::Closed);
+        }
+        let was_empty = st.queue.is_empty();
+        let mut full = false;
+        while let Some(p) = parts.pop_front() {
+            if let Err(e) = st.queue.push(p) {
+                if let Error::Full(p) = e {
+                    parts.push_front(p);
+                }
+                full = true;
+                break;
+            }
+        }
+        // As `send`: in a callback the loop flushes after it; otherwise the
+        // first bytes into an empty queue are written now, all parts in one
+        // `writev`.
+        if !st.in_callback && was_empty && !st.queue.is_empty() {
+            match st.flush() {
+                FlushResult::Done | FlushResult::Blocked => {
+                    if st.queue.writable_due() {
+                        self.kick(&mut st);
+                    }
+                }
+                FlushResult::Failed(e) => {
+                    st.write_error = Some(e);
+                    self.kick(&mut st);
+                }
+            }
+        }
+        if full {
+            Err(Error::Full(Bytes::new()))
+        } else {
+            Ok(())
+        }
+    }
     fn queued_bytes(&self) -> usize {
         lock(&self.state).queue.len()
     }

@@ -417,10 +417,17 @@ pub fn proof(token: &[u8], message: &[u8]) -> [u8; PROOF_LEN] {
 
 /// Appends a header.
 pub fn encode_header(out: &mut Vec<u8>, ty: u8, flags: u8, stream: u32, len: u32) {
-    out.push(ty);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&header(ty, flags, stream, len));
+}
+
+/// A header on its own (for output that keeps headers apart from payloads).
+pub fn header(ty: u8, flags: u8, stream: u32, len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = ty;
+    h[1] = flags;
+    h[2..6].copy_from_slice(&stream.to_le_bytes());
+    h[6..10].copy_from_slice(&len.to_le_bytes());
+    h
 }
 
 impl Frame<'_> {
