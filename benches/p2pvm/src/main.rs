@@ -238,7 +238,15 @@ fn core_security() -> Arc<dyn zs_crypto::SecurityProvider> {
 }
 
 impl CorePair {
-    fn new(server_io: Arc<dyn Backend>, client_io: Arc<dyn Backend>, addr: SocketAddr) -> CorePair {
+    /// `listening(addr)` runs between the server's start and the client's
+    /// connect: a tunnel end learns of a virtual listener from the peer's LISTEN
+    /// frame, and a connect before it arrived is refused at once.
+    fn new(
+        server_io: Arc<dyn Backend>,
+        client_io: Arc<dyn Backend>,
+        addr: SocketAddr,
+        listening: impl Fn(SocketAddr),
+    ) -> CorePair {
         let mut commands = zs_core::Registry::new();
         commands.console("echo", |_, text| Ok(text.to_owned()));
         let server = zs_core::Server::start(
@@ -249,6 +257,7 @@ impl CorePair {
             addr,
         )
         .expect("server");
+        listening(server.local_addr());
         let client = zs_core::Client::connect(
             client_io,
             core_security(),
@@ -534,12 +543,19 @@ fn main() {
         Arc::new(pair.a.clone()),
         Arc::new(pair.b.clone()),
         "10.0.0.1:11".parse().expect("vaddr"),
+        |a| {
+            assert!(
+                pair.b.wait_peer_listen(a, WAIT),
+                "virtual listener announced"
+            )
+        },
     ));
     let core_io = epoll_one_loop();
     let core_out = Arc::new(CorePair::new(
         core_io.clone(),
         core_io.clone(),
         "127.0.0.1:0".parse().expect("addr"),
+        |_| {},
     ));
     // The same outside, but client and server on two backends of one loop each,
     // like the tunnel's two ends: the same number of thread hand-offs per call
@@ -550,6 +566,7 @@ fn main() {
         core_io_s.clone(),
         core_io_c.clone(),
         "127.0.0.1:0".parse().expect("addr"),
+        |_| {},
     ));
     let yamux = Arc::new(ymx::Bench::new());
 
