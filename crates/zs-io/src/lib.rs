@@ -208,13 +208,16 @@ pub trait Connection: Send + Sync + 'static {
     /// with one `writev`, where consecutive `send`s would make one write each.
     fn send_vectored(&self, parts: &mut std::collections::VecDeque<Bytes>) -> Result<(), Error> {
         while let Some(p) = parts.pop_front() {
-            match self.send(p) {
+            match self.send(p.clone()) {
                 Ok(()) => {}
-                Err(Error::Full(p)) => {
+                Err(Error::Full(_)) => {
                     parts.push_front(p);
                     return Err(Error::Full(Bytes::new()));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    parts.push_front(p);
+                    return Err(e);
+                }
             }
         }
         Ok(())
