@@ -6,13 +6,13 @@ use zs_wire::{Config, DataFrame, Frame, Limits, NumArray, Variant};
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 
-/// `(name, bytes)` of every `Example \`name\`` followed by a ```hex block in Part 1.
-fn examples() -> Vec<(String, Vec<u8>)> {
-    let part1 = DOC.split("# Part 2").next().expect("part 1");
+/// `(name, bytes)` of every line starting with `marker` (then `` name` ``) followed
+/// by a ```hex block in `text`.
+fn hex_examples(text: &str, marker: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut lines = part1.lines();
+    let mut lines = text.lines();
     while let Some(line) = lines.next() {
-        let Some(rest) = line.strip_prefix("Example `") else {
+        let Some(rest) = line.strip_prefix(marker) else {
             continue;
         };
         let name = rest
@@ -38,6 +38,12 @@ fn examples() -> Vec<(String, Vec<u8>)> {
         out.push((name, bytes));
     }
     out
+}
+
+/// `(name, bytes)` of every `Example \`name\`` followed by a ```hex block in Part 1.
+fn examples() -> Vec<(String, Vec<u8>)> {
+    let part1 = DOC.split("# Part 2").next().expect("part 1");
+    hex_examples(part1, "Example `")
 }
 
 enum Expected {
@@ -167,35 +173,7 @@ fn address_examples() -> Vec<(String, Vec<u8>)> {
         .nth(1)
         .expect("1.10 in docs/PROTOCOL.md");
     let sec = sec.split("\n# Part 2").next().unwrap_or(sec);
-    let mut out = Vec::new();
-    let mut lines = sec.lines();
-    while let Some(line) = lines.next() {
-        let Some(rest) = line.strip_prefix("Address example `") else {
-            continue;
-        };
-        let name = rest
-            .split('`')
-            .next()
-            .expect("closing backtick")
-            .to_string();
-        for l in lines.by_ref() {
-            if l.trim() == "```hex" {
-                break;
-            }
-        }
-        let mut bytes = Vec::new();
-        for l in lines.by_ref() {
-            if l.trim() == "```" {
-                break;
-            }
-            bytes.extend(
-                l.split_whitespace()
-                    .map(|b| u8::from_str_radix(b, 16).expect("hex byte")),
-            );
-        }
-        out.push((name, bytes));
-    }
-    out
+    hex_examples(sec, "Address example `")
 }
 
 #[test]
