@@ -42,6 +42,59 @@ use crate::{
 /// Builds a backend from a configuration.
 pub type MakeBackend<'a> = &'a dyn Fn(Config) -> Box<dyn Backend>;
 
+/// A connection without a backend that records what its handler asks of it:
+/// every `send`, `set_timer` and `wake`, for tests that drive a layered handler
+/// (a tunnel driver, a security layer) by hand: the test moves the bytes and
+/// decides which timers and wakes to deliver.
+#[derive(Default)]
+pub struct RecordingConn {
+    /// The id it reports.
+    pub id: u64,
+    /// Bytes handed to `send`, in order.
+    pub sent: Mutex<Vec<Bytes>>,
+    /// `set_timer` calls: (delay, token).
+    pub timers: Mutex<Vec<(Duration, u64)>>,
+    /// `wake` tokens.
+    pub wakes: Mutex<Vec<u64>>,
+}
+
+impl crate::Connection for RecordingConn {
+    fn id(&self) -> crate::ConnId {
+        crate::ConnId(self.id)
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+    fn local_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 2))
+    }
+    fn send(&self, data: Bytes) -> Result<(), Error> {
+        self.sent.lock().unwrap().push(data);
+        Ok(())
+    }
+    fn queued_bytes(&self) -> usize {
+        0
+    }
+    fn shutdown_write(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn close(&self) {}
+    fn abort(&self) {}
+    fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
+        self.timers.lock().unwrap().push((after, token));
+        Ok(())
+    }
+    fn set_idle_timeout(&self, _idle: Option<Duration>) {}
+    fn set_read_paused(&self, _paused: bool) {}
+    fn is_closed(&self) -> bool {
+        false
+    }
+    fn wake(&self, token: u64) -> Result<(), Error> {
+        self.wakes.lock().unwrap().push(token);
+        Ok(())
+    }
+}
+
 /// The longest any single wait in the kit lasts.
 pub const WAIT: Duration = Duration::from_secs(30);
 

@@ -15,54 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use zs_io::{Backend, Conn, ConnId, Connection, Error, Handler};
+use zs_io::testkit::RecordingConn as Link;
+use zs_io::{Backend, Conn, Handler};
 use zs_p2pvm::{Auth, Role, Tunnel, TunnelConfig, TunnelDriver};
-
-/// A physical connection that records what the driver asks of it.
-#[derive(Default)]
-struct Link {
-    id: u64,
-    sent: Mutex<Vec<Bytes>>,
-    timers: Mutex<Vec<(Duration, u64)>>,
-    wakes: Mutex<Vec<u64>>,
-}
-
-impl Connection for Link {
-    fn id(&self) -> ConnId {
-        ConnId(self.id)
-    }
-    fn peer_addr(&self) -> std::net::SocketAddr {
-        "127.0.0.1:1".parse().unwrap()
-    }
-    fn local_addr(&self) -> std::net::SocketAddr {
-        "127.0.0.1:2".parse().unwrap()
-    }
-    fn send(&self, data: Bytes) -> Result<(), Error> {
-        self.sent.lock().unwrap().push(data);
-        Ok(())
-    }
-    fn queued_bytes(&self) -> usize {
-        0
-    }
-    fn shutdown_write(&self) -> Result<(), Error> {
-        Ok(())
-    }
-    fn close(&self) {}
-    fn abort(&self) {}
-    fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
-        self.timers.lock().unwrap().push((after, token));
-        Ok(())
-    }
-    fn set_idle_timeout(&self, _idle: Option<Duration>) {}
-    fn set_read_paused(&self, _paused: bool) {}
-    fn is_closed(&self) -> bool {
-        false
-    }
-    fn wake(&self, token: u64) -> Result<(), Error> {
-        self.wakes.lock().unwrap().push(token);
-        Ok(())
-    }
-}
 
 /// One tunnel end: its driver and its recording link.
 struct End {
