@@ -229,7 +229,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
             "zs-db-service",
             &["zs-core", "zs-db", "zs-expr", "zs-wire"][..],
         ),
-        ("zs-punch", &["zs-crypto"][..]),
+        ("zs-punch", &["zs-crypto", "zs-wire"][..]),
         (
             "zs-legacy",
             &[

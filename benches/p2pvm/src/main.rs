@@ -47,6 +47,9 @@ use zs_p2pvm::{Auth, Tunnel, TunnelConfig, TunnelHandle};
 
 mod ymx;
 
+/// Case filter (a profiling aid): `ZS_P2PVM_ONLY=zs-core-in-tunnel-seq` runs only
+/// the cases named (comma-separated), see `Suite::case_selected`.
+const ONLY: &str = "ZS_P2PVM_ONLY";
 const WAIT: Duration = Duration::from_secs(120);
 const CHUNK: usize = 256 * 1024;
 const STREAMS: usize = 1000;
@@ -235,7 +238,15 @@ fn core_security() -> Arc<dyn zs_crypto::SecurityProvider> {
 }
 
 impl CorePair {
-    fn new(server_io: Arc<dyn Backend>, client_io: Arc<dyn Backend>, addr: SocketAddr) -> CorePair {
+    /// `listening(addr)` runs between the server's start and the client's
+    /// connect: a tunnel end learns of a virtual listener from the peer's LISTEN
+    /// frame, and a connect before it arrived is refused at once.
+    fn new(
+        server_io: Arc<dyn Backend>,
+        client_io: Arc<dyn Backend>,
+        addr: SocketAddr,
+        listening: impl Fn(SocketAddr),
+    ) -> CorePair {
         let mut commands = zs_core::Registry::new();
         commands.console("echo", |_, text| Ok(text.to_owned()));
         let server = zs_core::Server::start(
@@ -246,6 +257,7 @@ impl CorePair {
             addr,
         )
         .expect("server");
+        listening(server.local_addr());
         let client = zs_core::Client::connect(
             client_io,
             core_security(),
@@ -442,7 +454,8 @@ fn label(n: usize) -> String {
 fn add_open_cases(suite: &mut Suite, kind: &'static str, n: usize) {
     let last = Arc::new(Mutex::new(None::<f64>));
     let l2 = last.clone();
-    suite.case(
+    suite.case_selected(
+        ONLY,
         &format!("{kind}-open-{}", label(n)),
         "open_s",
         Better::Lower,
@@ -452,7 +465,8 @@ fn add_open_cases(suite: &mut Suite, kind: &'static str, n: usize) {
             secs
         },
     );
-    suite.case(
+    suite.case_selected(
+        ONLY,
         &format!("{kind}-idle-{}", label(n)),
         "bytes_per_idle_vconn",
         Better::Lower,
@@ -529,30 +543,57 @@ fn main() {
         Arc::new(pair.a.clone()),
         Arc::new(pair.b.clone()),
         "10.0.0.1:11".parse().expect("vaddr"),
+        |a| {
+            assert!(
+                pair.b.wait_peer_listen(a, WAIT),
+                "virtual listener announced"
+            )
+        },
     ));
     let core_io = epoll_one_loop();
     let core_out = Arc::new(CorePair::new(
         core_io.clone(),
         core_io.clone(),
         "127.0.0.1:0".parse().expect("addr"),
+        |_| {},
+    ));
+    // The same outside, but client and server on two backends of one loop each,
+    // like the tunnel's two ends: the same number of thread hand-offs per call
+    // (client thread -> server loop -> client loop -> client thread) as in the
+    // tunnel, so this ratio isolates the tunnel's own cost.
+    let (core_io_s, core_io_c) = (epoll_one_loop(), epoll_one_loop());
+    let core_out2 = Arc::new(CorePair::new(
+        core_io_s.clone(),
+        core_io_c.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        |_| {},
     ));
     let yamux = Arc::new(ymx::Bench::new());
 
     let (p, t, c) = (pair.clone(), sink_l.local_addr(), chunk.clone());
-    suite.case(
+    suite.case_selected(
+        ONLY,
         "p2pvm-epoll-1stream",
         "GB_per_s",
         Better::Higher,
         move || p2pvm_throughput(&p, t, bytes, &c),
     );
     let d = data.clone();
-    suite.case("raw-tcp-1stream", "GB_per_s", Better::Higher, move || {
-        raw_throughput(raw_sink, &d)
-    });
+    suite.case_selected(
+        ONLY,
+        "raw-tcp-1stream",
+        "GB_per_s",
+        Better::Higher,
+        move || raw_throughput(raw_sink, &d),
+    );
     let (y, d) = (yamux.clone(), data.clone());
-    suite.case("yamux-1stream", "GB_per_s", Better::Higher, move || {
-        y.throughput(&d)
-    });
+    suite.case_selected(
+        ONLY,
+        "yamux-1stream",
+        "GB_per_s",
+        Better::Higher,
+        move || y.throughput(&d),
+    );
 
     for &n in &sizes {
         add_open_cases(&mut suite, "p2pvm", n);
@@ -562,28 +603,46 @@ fn main() {
     }
 
     let c = core_in.clone();
-    suite.case(
+    suite.case_selected(
+        ONLY,
         "zs-core-in-tunnel-seq",
         "calls_per_s",
         Better::Higher,
         move || c.seq_calls(core_min),
     );
     let c = core_out.clone();
-    suite.case(
+    suite.case_selected(
+        ONLY,
         "zs-core-outside-seq",
+        "calls_per_s",
+        Better::Higher,
+        move || c.seq_calls(core_min),
+    );
+    let c = core_out2.clone();
+    suite.case_selected(
+        ONLY,
+        "zs-core-outside-2loops-seq",
         "calls_per_s",
         Better::Higher,
         move || c.seq_calls(core_min),
     );
 
     let (p, t, cn) = (pair.clone(), count_l.local_addr(), counter.clone());
-    suite.case("p2pvm-1000x64B", "msgs_per_s", Better::Higher, move || {
-        p2pvm_msgs(&p, t, &cn, per_stream)
-    });
+    suite.case_selected(
+        ONLY,
+        "p2pvm-1000x64B",
+        "msgs_per_s",
+        Better::Higher,
+        move || p2pvm_msgs(&p, t, &cn, per_stream),
+    );
     let y = yamux.clone();
-    suite.case("yamux-1000x64B", "msgs_per_s", Better::Higher, move || {
-        y.msgs(STREAMS, per_stream, MSG)
-    });
+    suite.case_selected(
+        ONLY,
+        "yamux-1000x64B",
+        "msgs_per_s",
+        Better::Higher,
+        move || y.msgs(STREAMS, per_stream, MSG),
+    );
 
     suite.run();
     suite.ratio("stream_vs_raw", "p2pvm-epoll-1stream", "raw-tcp-1stream");
@@ -609,9 +668,15 @@ fn main() {
         "zs-core-in-tunnel-seq",
         "zs-core-outside-seq",
     );
+    suite.ratio(
+        "core_in_tunnel_vs_outside_2loops",
+        "zs-core-in-tunnel-seq",
+        "zs-core-outside-2loops-seq",
+    );
     suite.note(
         "zs-core-*-seq: sequential 64 B echo calls, zs-core client and server with the same PSK zs-crypto session; \
-         in-tunnel: over the plaintext tunnel's two ends (the tunnel's own epoll loops), outside: over one epoll backend with one loop",
+         in-tunnel: over the plaintext tunnel's two ends (the tunnel's own epoll loops), outside: over one epoll backend with one loop; outside-2loops: client and server on two one-loop epoll backends \
+         (the tunnel's thread hand-offs without the tunnel)",
     );
     let biggest = label(*sizes.last().expect("sizes"));
     if let Some(s) = suite.summary(&format!("p2pvm-idle-{biggest}")) {
@@ -628,6 +693,9 @@ fn main() {
     drop(count_l);
     drop(core_in);
     drop(core_out);
+    drop(core_out2);
     core_io.shutdown();
+    core_io_s.shutdown();
+    core_io_c.shutdown();
     suite.finish();
 }

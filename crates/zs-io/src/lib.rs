@@ -196,6 +196,32 @@ pub trait Connection: Send + Sync + 'static {
     /// `shutdown_write` or the end of the connection. Empty `data` is accepted and
     /// ignored.
     fn send(&self, data: Bytes) -> Result<(), Error>;
+    /// Queues the front of `parts` in order, as consecutive [`send`](Self::send)s
+    /// would (the same bound and errors), removing each part it accepted: `Ok`
+    /// when `parts` is empty, [`Error::Full`] (with empty bytes: the parts not
+    /// taken stay in `parts`; `on_writable` follows) when the queue filled,
+    /// [`Error::Closed`] as for `send`. For output kept as pieces (frame headers
+    /// apart from payload slices) that should leave in one vectored write.
+    ///
+    /// The default calls `send` per part. The reactor backends (epoll, kqueue)
+    /// take the connection's lock once and, outside callbacks, write the parts
+    /// with one `writev`, where consecutive `send`s would make one write each.
+    fn send_vectored(&self, parts: &mut std::collections::VecDeque<Bytes>) -> Result<(), Error> {
+        while let Some(p) = parts.pop_front() {
+            match self.send(p.clone()) {
+                Ok(()) => {}
+                Err(Error::Full(_)) => {
+                    parts.push_front(p);
+                    return Err(Error::Full(Bytes::new()));
+                }
+                Err(e) => {
+                    parts.push_front(p);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
     /// Bytes accepted by `send` and not yet handed to the kernel.
     fn queued_bytes(&self) -> usize;
     /// Half-close: once the queue is flushed, send FIN; reading continues.

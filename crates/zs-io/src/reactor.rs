@@ -312,6 +312,29 @@ impl ConnShared {
     }
 }
 
+impl ConnShared {
+    /// After bytes were queued: outside callbacks, bytes queued into an empty
+    /// queue are written now from the calling thread (what the kernel does not
+    /// take waits for the writable edge); in a callback the loop flushes after
+    /// it. Called with the state locked.
+    fn write_now(&self, st: &mut ConnState, was_empty: bool) {
+        if st.in_callback || !was_empty || st.queue.is_empty() {
+            return;
+        }
+        match st.flush() {
+            FlushResult::Done | FlushResult::Blocked => {
+                if st.queue.writable_due() {
+                    self.kick(st);
+                }
+            }
+            FlushResult::Failed(e) => {
+                st.write_error = Some(e);
+                self.kick(st);
+            }
+        }
+    }
+}
+
 impl Connection for ConnShared {
     fn id(&self) -> ConnId {
         self.id
@@ -329,22 +352,32 @@ impl Connection for ConnShared {
         }
         let was_empty = st.queue.is_empty();
         st.queue.push(data)?;
-        if st.in_callback || !was_empty {
-            // The loop flushes after the callback / on the next writable edge.
-            return Ok(());
-        }
-        match st.flush() {
-            FlushResult::Done | FlushResult::Blocked => {
-                if st.queue.writable_due() {
-                    self.kick(&mut st);
-                }
-            }
-            FlushResult::Failed(e) => {
-                st.write_error = Some(e);
-                self.kick(&mut st);
-            }
-        }
+        self.write_now(&mut st, was_empty);
         Ok(())
+    }
+    fn send_vectored(&self, parts: &mut std::collections::VecDeque<Bytes>) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        if st.closed || st.closing || st.write_shut {
+            return Err(Error::Closed);
+        }
+        let was_empty = st.queue.is_empty();
+        let mut full = false;
+        while let Some(p) = parts.pop_front() {
+            if let Err(e) = st.queue.push(p) {
+                if let Error::Full(p) = e {
+                    parts.push_front(p);
+                }
+                full = true;
+                break;
+            }
+        }
+        // All parts in one `writev` (outside callbacks).
+        self.write_now(&mut st, was_empty);
+        if full {
+            Err(Error::Full(Bytes::new()))
+        } else {
+            Ok(())
+        }
     }
     fn queued_bytes(&self) -> usize {
         lock(&self.state).queue.len()

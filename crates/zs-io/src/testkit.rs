@@ -42,6 +42,59 @@ use crate::{
 /// Builds a backend from a configuration.
 pub type MakeBackend<'a> = &'a dyn Fn(Config) -> Box<dyn Backend>;
 
+/// A connection without a backend that records what its handler asks of it:
+/// every `send`, `set_timer` and `wake`, for tests that drive a layered handler
+/// (a tunnel driver, a security layer) by hand: the test moves the bytes and
+/// decides which timers and wakes to deliver.
+#[derive(Default)]
+pub struct RecordingConn {
+    /// The id it reports.
+    pub id: u64,
+    /// Bytes handed to `send`, in order.
+    pub sent: Mutex<Vec<Bytes>>,
+    /// `set_timer` calls: (delay, token).
+    pub timers: Mutex<Vec<(Duration, u64)>>,
+    /// `wake` tokens.
+    pub wakes: Mutex<Vec<u64>>,
+}
+
+impl crate::Connection for RecordingConn {
+    fn id(&self) -> crate::ConnId {
+        crate::ConnId(self.id)
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+    fn local_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 2))
+    }
+    fn send(&self, data: Bytes) -> Result<(), Error> {
+        self.sent.lock().unwrap().push(data);
+        Ok(())
+    }
+    fn queued_bytes(&self) -> usize {
+        0
+    }
+    fn shutdown_write(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn close(&self) {}
+    fn abort(&self) {}
+    fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
+        self.timers.lock().unwrap().push((after, token));
+        Ok(())
+    }
+    fn set_idle_timeout(&self, _idle: Option<Duration>) {}
+    fn set_read_paused(&self, _paused: bool) {}
+    fn is_closed(&self) -> bool {
+        false
+    }
+    fn wake(&self, token: u64) -> Result<(), Error> {
+        self.wakes.lock().unwrap().push(token);
+        Ok(())
+    }
+}
+
 /// The longest any single wait in the kit lasts.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -970,6 +1023,47 @@ pub fn wake(make: MakeBackend<'_>) {
     backend.shutdown();
 }
 
+/// `send_vectored` from another thread and from a callback: the parts arrive
+/// in order as one byte stream, every accepted part is taken out of the deque,
+/// and a closed connection answers [`Error::Closed`] with the parts left in it.
+pub fn send_vectored(make: MakeBackend<'_>) {
+    use std::collections::VecDeque;
+    let backend = make(kit_config());
+    let plain = PeerListener::bind();
+    let (client, cev) = Recorder::new(false);
+    let conn = connect_blocking(&*backend, plain.local_addr(), WAIT, Box::new(client)).unwrap();
+    let mut peer = plain.accept();
+    peer.tcp().set_read_timeout(Some(WAIT)).unwrap();
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut parts: VecDeque<Bytes> = VecDeque::from([
+        Bytes::from_static(b"head"),
+        Bytes::from(big.clone()),
+        Bytes::new(),
+        Bytes::from_static(b"tail"),
+    ]);
+    let c2 = conn.clone();
+    let left = std::thread::spawn(move || {
+        c2.send_vectored(&mut parts).unwrap();
+        parts.len()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(left, 0, "every accepted part is taken out");
+    let mut want = b"head".to_vec();
+    want.extend_from_slice(&big);
+    want.extend_from_slice(b"tail");
+    let mut got = vec![0u8; want.len()];
+    peer.read_exact(&mut got).unwrap();
+    assert!(got == want, "the parts arrive in order, whole");
+    conn.close();
+    assert_eq!(cev.close(), CloseReason::Local);
+    let mut parts = VecDeque::from([Bytes::from_static(b"x"), Bytes::from_static(b"y")]);
+    assert!(matches!(conn.send_vectored(&mut parts), Err(Error::Closed)));
+    assert_eq!(parts.len(), 2, "a refused part stays in the deque");
+    drop(peer);
+    backend.shutdown();
+}
+
 /// Connecting to a loopback port where nothing listens fails with
 /// [`Error::Refused`] (quickly, through `on_connect_failed`).
 pub fn connect_refused(make: MakeBackend<'_>) {
@@ -1584,6 +1678,7 @@ pub fn run_all(make: MakeBackend<'_>) {
     idle_timeout(make);
     timers(make);
     wake(make);
+    send_vectored(make);
     connect_refused(make);
     connect_timeout(make);
     ipv4_ipv6_loopback(make);
@@ -1605,8 +1700,9 @@ macro_rules! conformance_tests {
     ($make:expr, $peers:expr) => {
         $crate::conformance_tests!(@wrapped $make; $peers;
             echo, big_transfer_slow_reader, half_close, peer_reset, many_connections,
-            idle_timeout, timers, connect_refused, connect_timeout, ipv4_ipv6_loopback,
-            resolve_preference, listener_shutdown, send_after_close, panicking_handler);
+            idle_timeout, timers, send_vectored, connect_refused, connect_timeout,
+            ipv4_ipv6_loopback, resolve_preference, listener_shutdown, send_after_close,
+            panicking_handler);
     };
     (@wrapped $make:expr; $peers:expr; $($item:ident),*) => {
         $(
@@ -1620,8 +1716,9 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@items $make;
             echo, big_transfer_slow_reader, half_close, peer_reset, many_connections,
-            idle_timeout, timers, wake, connect_refused, connect_timeout, ipv4_ipv6_loopback,
-            resolve_preference, listener_shutdown, send_after_close, panicking_handler);
+            idle_timeout, timers, wake, send_vectored, connect_refused, connect_timeout,
+            ipv4_ipv6_loopback, resolve_preference, listener_shutdown, send_after_close,
+            panicking_handler);
     };
     (@items $make:expr; $($item:ident),*) => {
         $(

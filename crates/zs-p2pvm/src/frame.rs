@@ -16,7 +16,7 @@
 //! id, length against the type's rule and against the configured maximum) before it
 //! waits for the payload, so an untrusted length never causes an allocation.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use crate::{Error, Role};
 
@@ -258,50 +258,10 @@ fn u32_at(p: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// Decodes an address (family byte, IP, port LE) at the start of `p`; returns it and
-/// the bytes used.
+/// Decodes an address (PROTOCOL "Socket addresses": `zs_wire::addr`) at the start
+/// of `p`; returns it and the bytes used.
 fn decode_addr(p: &[u8]) -> Result<(SocketAddr, usize), Error> {
-    match p.first() {
-        Some(4) if p.len() >= 7 => {
-            let ip = Ipv4Addr::new(p[1], p[2], p[3], p[4]);
-            let port = u16::from_le_bytes([p[5], p[6]]);
-            Ok((SocketAddr::new(IpAddr::V4(ip), port), 7))
-        }
-        Some(6) if p.len() >= 19 => {
-            let mut o = [0u8; 16];
-            o.copy_from_slice(&p[1..17]);
-            let port = u16::from_le_bytes([p[17], p[18]]);
-            Ok((SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port), 19))
-        }
-        Some(4) | Some(6) => Err(proto("truncated address")),
-        Some(f) => Err(proto(format!("bad address family {f}"))),
-        None => Err(proto("missing address")),
-    }
-}
-
-/// Appends the encoded address (7 bytes for IPv4, 19 for IPv6; the IPv6 flow info
-/// and scope id are not carried).
-pub fn encode_addr(addr: &SocketAddr, out: &mut Vec<u8>) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&addr.port().to_le_bytes());
-}
-
-/// Encoded size of an address.
-pub fn addr_len(addr: &SocketAddr) -> usize {
-    if addr.is_ipv4() {
-        7
-    } else {
-        19
-    }
+    zs_wire::addr::decode(p).map_err(|e| proto(e.to_string()))
 }
 
 /// Decodes one frame from the start of `buf`.
@@ -457,10 +417,17 @@ pub fn proof(token: &[u8], message: &[u8]) -> [u8; PROOF_LEN] {
 
 /// Appends a header.
 pub fn encode_header(out: &mut Vec<u8>, ty: u8, flags: u8, stream: u32, len: u32) {
-    out.push(ty);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&header(ty, flags, stream, len));
+}
+
+/// A header on its own (for output that keeps headers apart from payloads).
+pub fn header(ty: u8, flags: u8, stream: u32, len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = ty;
+    h[1] = flags;
+    h[2..6].copy_from_slice(&stream.to_le_bytes());
+    h[6..10].copy_from_slice(&len.to_le_bytes());
+    h
 }
 
 impl Frame<'_> {
@@ -486,18 +453,21 @@ impl Frame<'_> {
                 out.extend_from_slice(mac);
             }
             Frame::Listen { done, changes } => {
-                let len: usize = changes.iter().map(|c| 1 + addr_len(&c.addr)).sum();
+                let len: usize = changes
+                    .iter()
+                    .map(|c| 1 + zs_wire::addr::len(&c.addr))
+                    .sum();
                 let flags = if *done { FLAG_TABLE_DONE } else { 0 };
                 encode_header(out, ty::LISTEN, flags, 0, len as u32);
                 for c in changes {
                     out.push(if c.add { 1 } else { 2 });
-                    encode_addr(&c.addr, out);
+                    zs_wire::addr::put(out, &c.addr);
                 }
             }
             Frame::Open { id, window, addr } => {
-                encode_header(out, ty::OPEN, 0, *id, 4 + addr_len(addr) as u32);
+                encode_header(out, ty::OPEN, 0, *id, 4 + zs_wire::addr::len(addr) as u32);
                 out.extend_from_slice(&window.to_le_bytes());
-                encode_addr(addr, out);
+                zs_wire::addr::put(out, addr);
             }
             Frame::Accept { id, window } => {
                 encode_header(out, ty::ACCEPT, 0, *id, 4);

@@ -112,7 +112,7 @@ use std::time::Duration;
 
 pub use auth::{Auth, Token};
 pub use error::Error;
-pub use mux::{Mux, MAX_PEER_LISTENS, OUTPUT_LIMIT, QUANTUM, ZERO_COPY_MIN};
+pub use mux::{Mux, COPY_BELOW, MAX_PEER_LISTENS, OUTPUT_LIMIT, QUANTUM, ZERO_COPY_MIN};
 /// Virtual addresses are socket addresses (IPv4 or IPv6 and a port), like the seed's.
 pub use std::net::SocketAddr;
 

@@ -96,6 +96,103 @@ impl SendBuf {
     }
 }
 
+impl SendBuf {
+    /// Moves the next `n` queued bytes (n <= len) to `out` without copying them:
+    /// slices of the queued `Bytes`, and the copied-in tail split off and frozen.
+    /// Pieces shorter than [`COPY_BELOW`] are copied into the head instead.
+    fn take_out(&mut self, mut n: usize, out: &mut Parts<'_>) {
+        self.len -= n;
+        while n > 0 {
+            let piece = if let Some(front) = self.chunks.front_mut() {
+                let k = n.min(front.len());
+                let piece = if k == front.len() {
+                    self.chunks.pop_front().unwrap_or_default()
+                } else {
+                    front.split_to(k)
+                };
+                n -= k;
+                piece
+            } else {
+                let k = n.min(self.tail.len());
+                n -= k;
+                self.tail.split_to(k).freeze()
+            };
+            out.payload(piece);
+        }
+    }
+}
+
+/// Payload pieces shorter than this are copied next to their frame header by
+/// [`Mux::write_output_parts`] (a separate buffer costs more than the copy).
+pub const COPY_BELOW: usize = 2048;
+
+/// Where [`Mux::write_output_parts`] puts its output: headers, control frames and
+/// short payloads are appended to `head`, which is cut off into `parts` before
+/// each long payload slice.
+struct Parts<'a> {
+    head: &'a mut BytesMut,
+    parts: &'a mut VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Parts<'_> {
+    fn put(&mut self, b: &[u8]) {
+        self.head.extend_from_slice(b);
+        self.len += b.len();
+    }
+    fn payload(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        if piece.len() < COPY_BELOW {
+            self.head.extend_from_slice(&piece);
+            return;
+        }
+        if !self.head.is_empty() {
+            self.parts.push_back(self.head.split().freeze());
+        }
+        self.parts.push_back(piece);
+    }
+    fn finish(&mut self) {
+        if !self.head.is_empty() {
+            self.parts.push_back(self.head.split().freeze());
+        }
+    }
+}
+
+/// The output of one [`Mux`] turn: a contiguous buffer ([`Mux::write_output`]) or
+/// header and payload pieces ([`Mux::write_output_parts`]).
+trait Sink {
+    /// Bytes appended so far.
+    fn written(&self) -> usize;
+    /// Appends bytes (headers, control frames).
+    fn put(&mut self, b: &[u8]);
+    /// Appends the next `n` queued bytes of `send`.
+    fn data(&mut self, send: &mut SendBuf, n: usize);
+}
+
+impl Sink for Vec<u8> {
+    fn written(&self) -> usize {
+        self.len()
+    }
+    fn put(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+    fn data(&mut self, send: &mut SendBuf, n: usize) {
+        send.copy_out(n, self);
+    }
+}
+
+impl Sink for Parts<'_> {
+    fn written(&self) -> usize {
+        self.len
+    }
+    fn put(&mut self, b: &[u8]) {
+        Parts::put(self, b);
+    }
+    fn data(&mut self, send: &mut SendBuf, n: usize) {
+        send.take_out(n, self);
+    }
+}
+
 /// The buffers of a stream that has data queued in either direction.
 #[derive(Default)]
 struct Bufs {
@@ -738,7 +835,7 @@ impl Mux {
         let mut batch: Vec<ListenChange> = Vec::new();
         let mut size = 0;
         for c in changes {
-            let n = 1 + frame::addr_len(&c.addr);
+            let n = 1 + zs_wire::addr::len(&c.addr);
             if size + n > limit {
                 Frame::Listen {
                     done: false,
@@ -1109,17 +1206,47 @@ impl Mux {
     /// one data frame is written if any stream can send).
     pub fn write_output_limit(&mut self, out: &mut Vec<u8>, limit: usize) -> usize {
         let start = out.len();
-        out.extend_from_slice(&self.ctrl);
+        self.write_to(out, limit);
+        out.len() - start
+    }
+
+    /// Like [`write_output_limit`](Self::write_output_limit), but DATA payloads are
+    /// not copied: the output is appended to `parts` as pieces for a vectored send
+    /// (`zs_io::Connection::send_vectored`). Frame headers, control frames and
+    /// payload pieces shorter than [`COPY_BELOW`] are written into `head` (kept by
+    /// the caller for reuse; cut off into `parts` before each long payload); a
+    /// long payload is the very `Bytes` given to [`send_bytes`](Self::send_bytes),
+    /// sliced, or the bytes copied in by [`send`](Self::send), split off. The
+    /// concatenated pieces are exactly what `write_output_limit` would have
+    /// written. Returns the number of bytes appended.
+    pub fn write_output_parts(
+        &mut self,
+        head: &mut BytesMut,
+        parts: &mut VecDeque<Bytes>,
+        limit: usize,
+    ) -> usize {
+        let mut sink = Parts {
+            head,
+            parts,
+            len: 0,
+        };
+        self.write_to(&mut sink, limit);
+        sink.finish();
+        sink.len
+    }
+
+    fn write_to(&mut self, out: &mut impl Sink, limit: usize) {
+        out.put(&self.ctrl);
         self.ctrl.clear();
         if self.ctrl.capacity() > 64 * 1024 {
             self.ctrl.shrink_to(1024);
         }
         if self.closed {
-            return out.len() - start;
+            return;
         }
         let max_frame = (self.peer_max_payload as usize).min(QUANTUM);
-        let data_start = out.len();
-        while out.len() - data_start < limit.max(1) {
+        let data_start = out.written();
+        while out.written() - data_start < limit.max(1) {
             let Some(id) = self.sched.pop_front() else {
                 break;
             };
@@ -1142,9 +1269,9 @@ impl Mux {
                 .min(max_frame)
                 .min(self.session_send.min(usize::MAX as u64) as usize);
             if n > 0 {
-                frame::encode_header(out, frame::ty::DATA, 0, id, n as u32);
+                out.put(&frame::header(frame::ty::DATA, 0, id, n as u32));
                 if let Some(b) = s.bufs.as_mut() {
-                    b.send.copy_out(n, out);
+                    out.data(&mut b.send, n);
                     if b.send.len == 0 {
                         b.send = SendBuf::default();
                         s.trim(); // free the buffers when drained
@@ -1160,7 +1287,7 @@ impl Mux {
             }
             if s.queued() == 0 && s.has(F_FIN_QUEUED) && !s.has(F_FIN_SENT) {
                 s.flags |= F_FIN_SENT;
-                frame::encode_header(out, frame::ty::FIN, 0, id, 0);
+                out.put(&frame::header(frame::ty::FIN, 0, id, 0));
                 self.maybe_free(id);
                 continue;
             }
@@ -1169,7 +1296,6 @@ impl Mux {
                 self.sched.push_back(id);
             }
         }
-        out.len() - start
     }
 
     /// True if [`write_output`](Self::write_output) has something to append.

@@ -176,13 +176,24 @@ impl Pair {
             return false;
         }
         let mut buf = Vec::new();
-        match bw {
-            None => {
-                tx.mux.write_output(&mut buf);
+        let limit = match bw {
+            None => crate::OUTPUT_LIMIT,
+            Some(_) => burst,
+        };
+        // Both output paths, alternating: the contiguous copy and the pieces
+        // for a vectored send (headers apart from uncopied payload slices).
+        if tx.bytes_sent % 2 == 0 {
+            tx.mux.write_output_limit(&mut buf, limit);
+        } else {
+            let mut head = bytes::BytesMut::new();
+            let mut parts = std::collections::VecDeque::new();
+            let n = tx.mux.write_output_parts(&mut head, &mut parts, limit);
+            for p in &parts {
+                assert!(!p.is_empty(), "write_output_parts: an empty piece");
+                buf.extend_from_slice(p);
             }
-            Some(_) => {
-                tx.mux.write_output_limit(&mut buf, burst);
-            }
+            assert_eq!(n, buf.len(), "write_output_parts: its count is its bytes");
+            assert!(head.is_empty(), "write_output_parts: head left behind");
         }
         if tx.mux.pending_input() > 0 && !tx.mux.input_blocked() {
             // The output drained: handle the input held meanwhile.

@@ -29,11 +29,17 @@
 //! Mux, and push the Mux's output to the physical connection at once (outside a
 //! drive) or at the end of the drive (inside one, so many small sends leave in one
 //! physical write). Work that needs a callback and was caused off the loop thread
-//! (an `abort` from another thread, a listener shutdown, a resumed reader) wakes the
-//! loop with a zero-delay timer on the physical connection.
+//! (an `abort` from another thread, a listener shutdown, a resumed reader, a
+//! virtual connection's `wake`) rings the physical connection's doorbell
+//! (`Connection::wake`), which the reactor and tokio backends answer at once,
+//! not after a timer tick (tested by `tests/wake.rs`); data sent from other
+//! threads needs no wake at all.
 //!
-//! Such a wake costs the backend's timer resolution (5 ms ticks on epoll); data
-//! sent from other threads does not need one.
+//! Output leaves without copying DATA payloads: the Mux writes frame headers,
+//! control frames and short payloads into one head buffer and hands long
+//! payloads on as slices of the `Bytes` given to `send`
+//! ([`crate::Mux::write_output_parts`]); the driver passes the pieces to
+//! `Connection::send_vectored` (one `writev` on the reactor backends).
 //!
 //! ## Panicking handlers
 //!

@@ -56,6 +56,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod addr;
 mod codec;
 mod config;
 mod dataframe;

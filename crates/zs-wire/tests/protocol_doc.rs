@@ -6,13 +6,13 @@ use zs_wire::{Config, DataFrame, Frame, Limits, NumArray, Variant};
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 
-/// `(name, bytes)` of every `Example \`name\`` followed by a ```hex block in Part 1.
-fn examples() -> Vec<(String, Vec<u8>)> {
-    let part1 = DOC.split("# Part 2").next().expect("part 1");
+/// `(name, bytes)` of every line starting with `marker` (then `` name` ``) followed
+/// by a ```hex block in `text`.
+fn hex_examples(text: &str, marker: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut lines = part1.lines();
+    let mut lines = text.lines();
     while let Some(line) = lines.next() {
-        let Some(rest) = line.strip_prefix("Example `") else {
+        let Some(rest) = line.strip_prefix(marker) else {
             continue;
         };
         let name = rest
@@ -38,6 +38,12 @@ fn examples() -> Vec<(String, Vec<u8>)> {
         out.push((name, bytes));
     }
     out
+}
+
+/// `(name, bytes)` of every `Example \`name\`` followed by a ```hex block in Part 1.
+fn examples() -> Vec<(String, Vec<u8>)> {
+    let part1 = DOC.split("# Part 2").next().expect("part 1");
+    hex_examples(part1, "Example `")
 }
 
 enum Expected {
@@ -157,5 +163,45 @@ fn kind_table_matches_the_code() {
     for k in zs_wire::FrameKind::ALL {
         let row = format!("| `{:02x}` | {:?}", k.code(), k);
         assert!(DOC.contains(&row), "PROTOCOL.md lacks the row {row:?}");
+    }
+}
+
+/// `(name, bytes)` of every "Address example `name`" hex block of 1.10.
+fn address_examples() -> Vec<(String, Vec<u8>)> {
+    let sec = DOC
+        .split("## 1.10 Socket addresses")
+        .nth(1)
+        .expect("1.10 in docs/PROTOCOL.md");
+    let sec = sec.split("\n# Part 2").next().unwrap_or(sec);
+    hex_examples(sec, "Address example `")
+}
+
+#[test]
+fn socket_address_examples_are_what_the_codec_writes() {
+    let ex = address_examples();
+    let names: Vec<&str> = ex.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["v4", "v6"]);
+    for (name, bytes) in ex {
+        let addr: std::net::SocketAddr = match name.as_str() {
+            "v4" => "198.19.1.1:40000".parse().unwrap(),
+            "v6" => "[fd00::1]:443".parse().unwrap(),
+            other => panic!("unexpected address example {other}"),
+        };
+        let mut o = Vec::new();
+        zs_wire::addr::put(&mut o, &addr);
+        assert_eq!(o, bytes, "{name}");
+        assert_eq!(zs_wire::addr::len(&addr), bytes.len(), "{name}");
+        assert_eq!(
+            zs_wire::addr::decode(&bytes),
+            Ok((addr, bytes.len())),
+            "{name}"
+        );
+        // Every strict prefix is an error, never a shorter address.
+        for cut in 0..bytes.len() {
+            assert!(
+                zs_wire::addr::decode(&bytes[..cut]).is_err(),
+                "{name} cut at {cut}"
+            );
+        }
     }
 }

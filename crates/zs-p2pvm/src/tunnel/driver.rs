@@ -24,14 +24,12 @@ use crate::{MuxEvent, StreamId};
 const TOKEN_TICK: u64 = 0x7032_7076_6d00_0001;
 /// How many handler calls between two pushes of output to the link during a drive.
 const FLUSH_EVERY: u32 = 64;
-/// Data bytes taken from the Mux per buffer of link output. 64 KiB buffers come
-/// from the heap (below malloc's mmap threshold: no page faults per buffer) and
-/// the backend gathers several into one vectored write.
+/// Data bytes taken from the Mux per turn of link output (its pieces go to the
+/// backend in one `send_vectored`, which writes them with one `writev`).
 const OUT_DATA: usize = 64 * 1024;
-/// Capacity of one buffer of link output: the data plus room for frame headers,
-/// control frames and the record layer, so the Mux never reallocates (and
-/// copies) while filling it.
-const OUT_CAPACITY: usize = OUT_DATA + 8 * 1024;
+/// Room reserved in the head buffer (frame headers, control frames, short
+/// payloads) before each turn, so the Mux rarely grows it while filling it.
+const HEAD_RESERVE: usize = 8 * 1024;
 /// First virtual port tried when a listener asks for port 0.
 const EPHEMERAL_FIRST: u16 = 49152;
 
@@ -86,54 +84,6 @@ pub(crate) struct Slot {
 impl Slot {
     pub(crate) fn has(&self, f: u16) -> bool {
         self.flags & f != 0
-    }
-}
-
-/// Recycled buffers of link output: a buffer handed to the physical connection
-/// comes back here when the backend has written it, so a steady transfer
-/// allocates (and page-faults) nothing per buffer.
-#[derive(Clone, Default)]
-struct OutPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
-
-/// Buffers kept for reuse per tunnel end.
-const OUT_POOL_MAX: usize = 16;
-
-impl OutPool {
-    fn take(&self) -> Vec<u8> {
-        super::lock_or_recover(&self.0)
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(OUT_CAPACITY))
-    }
-    fn wrap(&self, v: Vec<u8>) -> Bytes {
-        Bytes::from_owner(OutBuf {
-            v,
-            pool: self.clone(),
-        })
-    }
-}
-
-/// One buffer of link output on its way through the backend.
-struct OutBuf {
-    v: Vec<u8>,
-    pool: OutPool,
-}
-
-impl AsRef<[u8]> for OutBuf {
-    fn as_ref(&self) -> &[u8] {
-        &self.v
-    }
-}
-
-impl Drop for OutBuf {
-    fn drop(&mut self) {
-        let mut v = std::mem::take(&mut self.v);
-        if v.capacity() == OUT_CAPACITY {
-            v.clear();
-            let mut pool = super::lock_or_recover(&self.pool.0);
-            if pool.len() < OUT_POOL_MAX {
-                pool.push(v);
-            }
-        }
     }
 }
 
@@ -242,8 +192,14 @@ pub(crate) struct State {
     secure_link: bool,
     /// Reading the link is paused: the Mux's control output is at its cap.
     pub(crate) read_paused: bool,
-    blocked: Option<Bytes>,
-    out_pool: OutPool,
+    /// Link output the physical connection refused (`Full`), in order.
+    blocked: VecDeque<Bytes>,
+    /// Frame headers, control frames and short payloads of the next output
+    /// (cut into pieces by `Mux::write_output_parts`; long payloads go as they
+    /// are, uncopied).
+    head: BytesMut,
+    /// The pieces of one turn of output (kept for its capacity).
+    parts: VecDeque<Bytes>,
     pub(crate) slots: HashMap<StreamId, Slot>,
     /// Buffers of the virtual connections that have any (see [`Bufs`]).
     pub(crate) bufs: HashMap<StreamId, Box<Bufs>>,
@@ -277,8 +233,9 @@ impl State {
             phys: None,
             secure_link,
             read_paused: false,
-            blocked: None,
-            out_pool: OutPool::default(),
+            blocked: VecDeque::new(),
+            head: BytesMut::new(),
+            parts: VecDeque::new(),
             slots: HashMap::new(),
             bufs: HashMap::new(),
             pending: HashMap::new(),
@@ -492,32 +449,41 @@ impl State {
         if self.phys_closed {
             return;
         }
-        if let Some(b) = self.blocked.take() {
-            match phys.send(b) {
+        if !self.blocked.is_empty() {
+            match phys.send_vectored(&mut self.blocked) {
                 Ok(()) => {}
-                Err(zs_io::Error::Full(b)) => {
-                    self.blocked = Some(b);
+                Err(zs_io::Error::Full(_)) => return,
+                Err(_) => {
+                    self.blocked.clear();
                     return;
                 }
-                Err(_) => return,
             }
         }
         loop {
-            // Sized for one `write_output_limit(.., OUT_DATA)` so the Mux
-            // never reallocates (and copies) while filling it.
-            let mut out = self.out_pool.take();
-            self.mux.write_output_limit(&mut out, OUT_DATA);
-            if out.is_empty() {
-                self.out_pool.wrap(out); // back to the pool
+            // Headers apart from payloads: a DATA payload handed to `send` as
+            // `Bytes` reaches the backend as a slice of those very bytes.
+            self.head.reserve(HEAD_RESERVE);
+            let mut parts = std::mem::take(&mut self.parts);
+            if self
+                .mux
+                .write_output_parts(&mut self.head, &mut parts, OUT_DATA)
+                == 0
+            {
+                self.parts = parts;
                 break;
             }
-            match phys.send(self.out_pool.wrap(out)) {
-                Ok(()) => {}
-                Err(zs_io::Error::Full(b)) => {
-                    self.blocked = Some(b);
+            let r = phys.send_vectored(&mut parts);
+            match r {
+                Ok(()) => self.parts = parts,
+                Err(zs_io::Error::Full(_)) => {
+                    self.blocked = parts;
                     break;
                 }
-                Err(_) => break,
+                Err(_) => {
+                    parts.clear();
+                    self.parts = parts;
+                    break;
+                }
             }
         }
     }
