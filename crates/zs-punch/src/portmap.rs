@@ -1110,6 +1110,9 @@ mod tests {
             lifetime: Duration::from_secs(60),
             tries: 2,
             only: None,
+            upnp_wait: Duration::from_millis(200),
+            // No multicast out of a test: the SSDP search goes to a closed port.
+            ssdp: SocketAddr::from(([127, 0, 0, 3], 1900)),
         };
         let e = map_udp(40000, &cfg).await.unwrap_err();
         assert!(matches!(e, PortMapError::Garbage { .. }), "{e}");

@@ -159,7 +159,19 @@ fn a_upnp_only_router_maps_through_upnp() {
         .enable_all()
         .build()
         .unwrap();
-    let (m, only_pcp) = tokio_rt.block_on(rt.run(async move {
+    let [a, b, c, _] = router.gateway.octets();
+    let impostor = std::net::Ipv4Addr::new(a, b, c, 99);
+    let (m, only_pcp, wrong_gw) = tokio_rt.block_on(rt.run(async move {
+        // The IGD that answers SSDP is not the (configured) gateway: refused.
+        let wrong_gw = portmap::map_udp(
+            port,
+            &PortMapConfig {
+                gateway: Some(impostor),
+                only: Some(Protocol::Upnp),
+                ..Default::default()
+            },
+        )
+        .await;
         let only_pcp = portmap::map_udp(
             port,
             &PortMapConfig {
@@ -171,9 +183,20 @@ fn a_upnp_only_router_maps_through_upnp() {
         (
             portmap::map_udp(port, &PortMapConfig::default()).await,
             only_pcp,
+            wrong_gw,
         )
     }));
     assert!(only_pcp.is_err(), "PCP is off: {only_pcp:?}");
+    assert!(
+        matches!(
+            wrong_gw,
+            Err(portmap::PortMapError::Garbage {
+                protocol: Protocol::Upnp,
+                ..
+            })
+        ),
+        "{wrong_gw:?}"
+    );
     let m = m.unwrap_or_else(|e| panic!("UPnP-IGD fallback: {e}"));
     assert_eq!(m.protocol, Protocol::Upnp);
     assert_eq!(m.external.ip(), IpAddr::from(router.public_ip));

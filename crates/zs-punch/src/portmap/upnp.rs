@@ -175,3 +175,114 @@ pub async fn delete(igd: &Igd, external: u16) -> Result<(), PortMapError> {
     .await?
     .map_err(|e| err("DeletePortMapping", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What the fake router's HTTP server does with the description request.
+    #[derive(Clone, Copy)]
+    enum Http {
+        Garbage,
+        Huge,
+        Silent,
+        NotXml,
+    }
+
+    /// An SSDP responder on loopback whose LOCATION points at an HTTP server that
+    /// misbehaves as told. Returns where to send the M-SEARCH.
+    async fn hostile_router(how: Http) -> SocketAddr {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hport = http.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = http.accept().await {
+                tokio::spawn(async move {
+                    let mut req = [0u8; 2048];
+                    let _ = c.read(&mut req).await;
+                    match how {
+                        Http::Garbage => {
+                            let _ = c.write_all(b"\x00\xff garbage \r\n\r\n\x01").await;
+                        }
+                        Http::Huge => {
+                            let _ = c
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n\r\n<root>",
+                                )
+                                .await;
+                            let chunk = vec![b'a'; 64 * 1024];
+                            // 16 MiB unless the reader stops first (it must).
+                            for _ in 0..256 {
+                                if c.write_all(&chunk).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Http::Silent => {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        }
+                        Http::NotXml => {
+                            let body = "<root><device><serviceList><service>";
+                            let _ = c
+                                .write_all(
+                                    format!(
+                                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    )
+                                    .as_bytes(),
+                                )
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        let ssdp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = ssdp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, from)) = ssdp.recv_from(&mut buf).await {
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\n\
+                     ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\
+                     USN: uuid:x::urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\
+                     LOCATION: http://127.0.0.1:{hport}/rootDesc.xml\r\n\r\n"
+                );
+                let _ = ssdp.send_to(answer.as_bytes(), from).await;
+            }
+        });
+        addr
+    }
+
+    /// A router whose description is garbage, endless, never sent or broken XML:
+    /// an error within the search wait plus one request deadline, never a panic or a
+    /// hang (and the endless body is not read to its end).
+    #[tokio::test]
+    async fn a_hostile_igd_is_an_error_in_bounded_time() {
+        for how in [Http::Garbage, Http::Huge, Http::Silent, Http::NotXml] {
+            let ssdp = hostile_router(how).await;
+            let wait = Duration::from_millis(300);
+            let t = std::time::Instant::now();
+            let r = discover(Ipv4Addr::LOCALHOST, ssdp, wait).await;
+            assert!(r.is_err(), "{r:?}");
+            assert!(
+                t.elapsed() < wait + REQUEST_TIMEOUT + Duration::from_secs(2),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+    }
+
+    /// Nobody answers the M-SEARCH: an error after the wait.
+    #[tokio::test]
+    async fn no_igd_is_an_error_after_the_wait() {
+        let quiet = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let r = discover(
+            Ipv4Addr::LOCALHOST,
+            quiet.local_addr().unwrap(),
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(matches!(r, Err(PortMapError::Upnp(_))), "{r:?}");
+    }
+}
