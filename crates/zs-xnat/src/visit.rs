@@ -1068,7 +1068,7 @@ pub struct VisitorConfig {
     pub bind_addr: SocketAddr,
     /// `direct`: punch direct paths (default true).
     pub direct: bool,
-    /// `port_mapping`: ask the local router for a public port (PCP, then NAT-PMP)
+    /// `port_mapping`: ask the local router for a public port (PCP, NAT-PMP, UPnP-IGD)
     /// before punching (default true; zs-punch `portmap`).
     pub port_mapping: bool,
     /// `direct_retry`: seconds between punch attempts after a failure (default 30;

@@ -193,6 +193,14 @@ mod tests {
     /// An SSDP responder on loopback whose LOCATION points at an HTTP server that
     /// misbehaves as told. Returns where to send the M-SEARCH.
     async fn hostile_router(how: Http) -> SocketAddr {
+        hostile_router_seeing(how, None).await
+    }
+
+    /// [`hostile_router`], passing on every M-SEARCH it receives.
+    async fn hostile_router_seeing(
+        how: Http,
+        seen: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+    ) -> SocketAddr {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let hport = http.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -241,7 +249,10 @@ mod tests {
         let addr = ssdp.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            while let Ok((_, from)) = ssdp.recv_from(&mut buf).await {
+            while let Ok((n, from)) = ssdp.recv_from(&mut buf).await {
+                if let Some(s) = &seen {
+                    let _ = s.send(buf[..n].to_vec());
+                }
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\n\
                      ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\
@@ -271,6 +282,32 @@ mod tests {
                 t.elapsed()
             );
         }
+    }
+
+    /// The first M-SEARCH is PROTOCOL.md Part 15's block `ssdp-m-search` (lines
+    /// joined by CR LF, an empty line at the end), with the Host line naming where
+    /// the search went.
+    #[tokio::test]
+    async fn ssdp_search_is_as_documented() {
+        let doc = include_str!("../../../../docs/PROTOCOL.md");
+        let fence = "```text ssdp-m-search\n";
+        let at = doc.find(fence).expect("ssdp-m-search block") + fence.len();
+        let block = &doc[at..];
+        let block = &block[..block.find("```").expect("end of block")];
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let ssdp = hostile_router_seeing(Http::Garbage, Some(tx)).await;
+        let _ = discover(Ipv4Addr::LOCALHOST, ssdp, Duration::from_millis(300)).await;
+        let mut want = String::new();
+        for line in block.lines() {
+            want.push_str(&line.replace("239.255.255.250:1900", &ssdp.to_string()));
+            want.push_str("\r\n");
+        }
+        want.push_str("\r\n");
+        let mut got = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            got.push(String::from_utf8(d).unwrap());
+        }
+        assert!(got.contains(&want), "{want:?} not among {got:?}");
     }
 
     /// Nobody answers the M-SEARCH: an error after the wait.
