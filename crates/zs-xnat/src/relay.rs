@@ -874,23 +874,37 @@ impl Relay {
         &self,
         service: &str,
     ) -> Result<(SecureConn, Arc<AtomicU64>), &'static str> {
+        self.data_for_agent(service, 0)
+            .await
+            .map(|(c, a, _)| (c, a))
+    }
+
+    /// [`Relay::data_for`] from agent `want` when it serves the mapping (0: any);
+    /// also returns the agent's id.
+    pub(crate) async fn data_for_agent(
+        &self,
+        service: &str,
+        want: u64,
+    ) -> Result<(SecureConn, Arc<AtomicU64>, u64), &'static str> {
         for _attempt in 0..3 {
-            let (pooled, rx, active) = {
+            let (pooled, rx, active, agent) = {
                 let mut st = self.inner.state.lock().expect("relay state");
                 let Some(svc) = st.services.get_mut(service) else {
                     return Err("unknown service");
                 };
-                let best = svc
-                    .agents
-                    .iter()
-                    .min_by(|a, b| {
-                        let la = a.active.load(Ordering::Relaxed).max(a.reported as u64) as f64
-                            / a.max_load as f64;
-                        let lb = b.active.load(Ordering::Relaxed).max(b.reported as u64) as f64
-                            / b.max_load as f64;
-                        la.total_cmp(&lb)
-                    })
-                    .map(|a| a.id);
+                let wanted = svc.agents.iter().find(|a| a.id == want).map(|a| a.id);
+                let best = wanted.or_else(|| {
+                    svc.agents
+                        .iter()
+                        .min_by(|a, b| {
+                            let la = a.active.load(Ordering::Relaxed).max(a.reported as u64) as f64
+                                / a.max_load as f64;
+                            let lb = b.active.load(Ordering::Relaxed).max(b.reported as u64) as f64
+                                / b.max_load as f64;
+                            la.total_cmp(&lb)
+                        })
+                        .map(|a| a.id)
+                });
                 let Some(agent) = best else {
                     return Err("no agent serves the mapping");
                 };
@@ -907,14 +921,14 @@ impl Relay {
                     Some(c) => {
                         // Keep the pool full.
                         self.request_data(&mut st, service, agent, None);
-                        (Some(c), None, active)
+                        (Some(c), None, active, agent)
                     }
                     None => {
                         let (wtx, wrx) = oneshot::channel();
                         if !self.request_data(&mut st, service, agent, Some(wtx)) {
                             return Err("agent's control channel is full");
                         }
-                        (None, Some(wrx), active)
+                        (None, Some(wrx), active, agent)
                     }
                 }
             };
@@ -926,7 +940,7 @@ impl Relay {
                 },
                 _ => continue,
             };
-            return Ok((conn, active));
+            return Ok((conn, active, agent));
         }
         Err("no data connection from the agent in time")
     }
@@ -1023,17 +1037,21 @@ impl Relay {
             .map(|s| (s.conf.clone(), s.stats.clone()))
     }
 
-    /// Sends `m` on the control session of the least-loaded agent of `service`.
-    pub(crate) fn notify_agent(&self, service: &str, m: Msg) -> bool {
+    /// Sends `m` on the control session of agent `want` of `service` when it serves
+    /// it, else of the least-loaded one; returns the agent's id (None: not sent).
+    pub(crate) fn notify_agent(&self, service: &str, want: u64, m: Msg) -> Option<u64> {
         let st = self.inner.state.lock().expect("relay state");
         st.services
             .get(service)
             .and_then(|s| {
-                s.agents
-                    .iter()
-                    .min_by_key(|a| a.active.load(Ordering::Relaxed))
+                s.agents.iter().find(|a| a.id == want).or_else(|| {
+                    s.agents
+                        .iter()
+                        .min_by_key(|a| a.active.load(Ordering::Relaxed))
+                })
             })
-            .is_some_and(|a| a.tx.try_send(m).is_ok())
+            .filter(|a| a.tx.try_send(m).is_ok())
+            .map(|a| a.id)
     }
 }
 
