@@ -13,8 +13,8 @@
 //!   (no wait). One accepted while the direct path is up starts on QUIC; if the direct
 //!   path dies, it gets a relay path then.
 //! - In the background the visitor asks the relay to punch (`Punch`): the relay tells
-//!   one agent of the mapping over its control session (`PunchRequest` with a
-//!   single-use ticket), both meet at the relay's [`zs_punch::rendezvous::Hub`] inside
+//!   the agent the visitor names (else the least-loaded one) over its control session
+//!   (`PunchRequest` with a single-use ticket), both meet at the relay's [`zs_punch::rendezvous::Hub`] inside
 //!   their secure sessions, classify their NATs against the relay's STUN server,
 //!   punch, and the visitor connects QUIC with both keys pinned (fingerprints
 //!   exchanged through the hub). A failed attempt is retried after `direct_retry`
@@ -25,11 +25,19 @@
 //! Wire: every message rides inside the relay's secure session as [`Msg::Visit`]
 //! (kind `0x30`), whose body is a [`VisitMsg`] (`docs/PROTOCOL.md`, Part 14).
 //!
+//! - **Several agents on one mapping.** The relay's `Ok` names the agent (its id) that
+//!   got a relay path; a connection born on a direct path belongs to that path's agent.
+//!   The visitor keeps one direct path per agent and punches, one at a time, with each
+//!   agent that holds a live connection without one (`Hello` names it); a new direct
+//!   path carries only its agent's connections, and a relay path for a connection
+//!   whose direct path died goes to the agent that holds it.
+//!
 //! ## Limits
-//! - A connection moves to the direct path only if the agent that holds it is the one
-//!   that punched: with several agents on one mapping, connections the relay gave to
-//!   another agent stay relayed (the agent refuses the unknown id and the visitor keeps
-//!   the relay path). One punch per mapping at a time (the hub pairs by mapping).
+//! - One punch per mapping at a time (the hub pairs by mapping): a visitor punches its
+//!   agents one after the other, and two visitors punching the same mapping at the
+//!   same instant with different agents can be paired crosswise (each still gets a
+//!   working direct path for new connections, but its live connections, held by the
+//!   agent it named, stay relayed).
 //! - A direct path that dies is noticed by QUIC's idle timeout (3 s by default):
 //!   bytes stall that long, then continue on the relay, none lost.
 
