@@ -485,12 +485,23 @@ impl MappingRouter {
 
 impl Lab {
     /// Starts `miniupnpd` (Debian's `miniupnpd-nftables`) on `site`'s router: PCP and
-    /// NAT-PMP on the router's inner address, mappings as DNAT rules in table
+    /// NAT-PMP on the router's inner address, UPnP-IGD (SSDP on the inner interface,
+    /// HTTP on a port of miniupnpd's choice), mappings as DNAT rules in table
     /// `inet zsupnp`. miniupnpd refuses reserved external addresses (198.18.0.0/15
     /// among them; 2.3.1 has no switch for that), so the router also gets 198.20.i.1,
     /// routed from the public namespace, as the address it maps on: the traffic still
     /// never leaves the lab. Returns once the router answers on port 5351.
     pub fn start_miniupnpd(&mut self, site: &Site) -> Result<MappingRouter, String> {
+        self.start_miniupnpd_with(site, true)
+    }
+
+    /// [`Lab::start_miniupnpd`] with PCP and NAT-PMP off (`pcp_natpmp` false): a
+    /// router that speaks only UPnP-IGD. Returns once its SSDP port (1900) is taken.
+    pub fn start_miniupnpd_with(
+        &mut self,
+        site: &Site,
+        pcp_natpmp: bool,
+    ) -> Result<MappingRouter, String> {
         if !have("miniupnpd") {
             return Err("`miniupnpd` (miniupnpd-nftables) not installed".into());
         }
@@ -541,30 +552,32 @@ impl Lab {
             &conf,
             format!(
                 "ext_ifname={ro}\nlistening_ip={ri}\next_ip={public_ip}\nhttp_port=0\n\
-                 enable_natpmp=yes\nenable_upnp=no\nsecure_mode=yes\nsystem_uptime=no\n\
+                 enable_natpmp={}\nenable_upnp=yes\nsecure_mode=yes\nsystem_uptime=no\n\
                  min_lifetime=1\nmax_lifetime=86400\n\
                  upnp_table_name=zsupnp\nupnp_nat_table_name=zsupnp\n\
                  upnp_forward_chain=miniupnpd\nupnp_nat_chain=prerouting_miniupnpd\n\
                  upnp_nat_postrouting_chain=postrouting_miniupnpd\n\
                  uuid=3d3cec3a-8cf0-11e0-98ee-00000000{i:04x}\n\
-                 allow 1024-65535 198.18.{i}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+                 allow 1024-65535 198.18.{i}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+                if pcp_natpmp { "yes" } else { "no" }
             ),
         )
         .map_err(|e| format!("{}: {e}", conf.display()))?;
         let pid = dir.join("miniupnpd.pid");
         let (c, p) = (conf.display().to_string(), pid.display().to_string());
         self.spawn(&r, "miniupnpd", &["-d", "-f", &c, "-P", &p])?;
-        // Ready when port 5351 on the gateway address is taken.
+        // Ready when port 5351 (PCP, NAT-PMP) or 1900 (SSDP) is taken.
+        let port = if pcp_natpmp { 5351 } else { 1900 };
         let t = std::time::Instant::now();
         loop {
             let busy = enter_and_run(&r, move || {
-                std::net::UdpSocket::bind((gateway, 5351)).is_err()
+                std::net::UdpSocket::bind((gateway, port)).is_err()
             })?;
             if busy {
                 break;
             }
             if t.elapsed() > std::time::Duration::from_secs(20) {
-                return Err("miniupnpd did not open port 5351 in 20 s".into());
+                return Err(format!("miniupnpd did not open port {port} in 20 s"));
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

@@ -7,7 +7,15 @@
 //!
 //! 1. **PCP** (RFC 6887) `MAP`: version 2, a random 96-bit nonce per mapping;
 //! 2. **NAT-PMP** (RFC 6886), when the router answers PCP with
-//!    `UNSUPP_VERSION` or not at all (version 0; PCP servers answer it too).
+//!    `UNSUPP_VERSION` or not at all (version 0; PCP servers answer it too);
+//! 3. **UPnP-IGD** ([`upnp`]: SSDP + SOAP over HTTP, through `igd-next`), when neither
+//!    maps. Its SSDP search starts with PCP, so a router that speaks only UPnP costs
+//!    no more than the other two's silence; a mapping is asked for only after both
+//!    failed, so a router that speaks all three gets exactly one mapping.
+//!
+//! This order: PCP and NAT-PMP are one datagram each way with a fixed binary layout;
+//! UPnP needs a multicast search, TCP connections and XML, and many routers ship it
+//! disabled for security, so it is the last resort.
 //!
 //! Each request is sent up to [`PortMapConfig::tries`] times, 250 ms then twice as
 //! long each time (RFC 6886 §3.1, shortened: a punch should not wait 64 s). A router
@@ -22,14 +30,14 @@
 //! attempt goes on with plain punching after at most the tries' total (1.75 s by
 //! default, overlapped with STUN classification).
 //!
-//! UPnP-IGD is not spoken (yet): its SSDP + SOAP exchange needs an HTTP and XML stack.
-//!
 //! Byte layouts: `docs/PROTOCOL.md`, Part 15 (test `documented_bytes`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+
+pub mod upnp;
 
 /// The port of PCP and NAT-PMP servers.
 pub const SERVER_PORT: u16 = 5351;
@@ -41,6 +49,8 @@ pub enum Protocol {
     Pcp,
     /// NAT Port Mapping Protocol (RFC 6886).
     NatPmp,
+    /// UPnP Internet Gateway Device (WANIPConnection's `AddPortMapping`).
+    Upnp,
 }
 
 impl std::fmt::Display for Protocol {
@@ -48,6 +58,7 @@ impl std::fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Pcp => "PCP",
             Protocol::NatPmp => "NAT-PMP",
+            Protocol::Upnp => "UPnP-IGD",
         })
     }
 }
@@ -59,7 +70,7 @@ pub enum PortMapError {
     #[error("no default gateway")]
     NoGateway,
     /// The router did not answer any protocol.
-    #[error("no answer from {0} (no PCP or NAT-PMP router)")]
+    #[error("no answer from {0} (no PCP, NAT-PMP or UPnP-IGD router)")]
     NoAnswer(IpAddr),
     /// The router refused.
     #[error("{protocol} refused: result {code} ({meaning})")]
@@ -79,6 +90,9 @@ pub enum PortMapError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A UPnP-IGD exchange failed (no IGD, HTTP or SOAP error, deadline).
+    #[error("UPnP-IGD: {0}")]
+    Upnp(String),
     /// Socket error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -474,8 +488,13 @@ pub struct PortMapConfig {
     pub lifetime: Duration,
     /// Sends per request and protocol (250 ms, then twice as long each time).
     pub tries: u32,
-    /// Speak only this protocol (a router known to misbehave with the other; tests).
+    /// Speak only this protocol (a router known to misbehave with the others; tests).
     pub only: Option<Protocol>,
+    /// How long the UPnP-IGD SSDP search waits for the router (it runs beside PCP
+    /// and NAT-PMP).
+    pub upnp_wait: Duration,
+    /// Where the SSDP `M-SEARCH` goes ([`upnp::SSDP`]; tests point it elsewhere).
+    pub ssdp: SocketAddr,
 }
 
 impl Default for PortMapConfig {
@@ -485,12 +504,14 @@ impl Default for PortMapConfig {
             lifetime: Duration::from_secs(3600),
             tries: 3,
             only: None,
+            upnp_wait: Duration::from_secs(1),
+            ssdp: upnp::SSDP,
         }
     }
 }
 
 /// A mapping the router granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     /// Which protocol.
     pub protocol: Protocol,
@@ -502,8 +523,10 @@ pub struct Mapping {
     pub external: SocketAddr,
     /// Granted lifetime.
     pub lifetime: Duration,
-    /// PCP nonce (zero for NAT-PMP).
+    /// PCP nonce (zero for the others).
     pub nonce: [u8; 12],
+    /// The router's IGD (UPnP-IGD mappings only).
+    pub igd: Option<upnp::Igd>,
 }
 
 /// The default route's gateway (Linux: the routing table of the calling thread's
@@ -635,6 +658,7 @@ async fn pcp_map(
                 external: SocketAddr::new(r.external_ip, r.external),
                 lifetime: Duration::from_secs(u64::from(r.lifetime)),
                 nonce,
+                igd: None,
             })
         }
     })
@@ -729,6 +753,7 @@ async fn natpmp_map(
                 external: SocketAddr::new(ip.into(), external),
                 lifetime: Duration::from_secs(u64::from(granted)),
                 nonce: [0; 12],
+                igd: None,
             })
         }
         Some(_) => unreachable!("filtered"),
@@ -739,13 +764,12 @@ fn lifetime_secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
 }
 
-/// Asks the router to map a public UDP port to local port `internal_port` (the
-/// punched socket's): PCP first, then NAT-PMP.
-pub async fn map_udp(internal_port: u16, cfg: &PortMapConfig) -> Result<Mapping, PortMapError> {
-    let gateway = cfg
-        .gateway
-        .or_else(default_gateway)
-        .ok_or(PortMapError::NoGateway)?;
+/// PCP, then NAT-PMP (as configured): the first mapping, or why none.
+async fn map_pcp_natpmp(
+    gateway: Ipv4Addr,
+    internal_port: u16,
+    cfg: &PortMapConfig,
+) -> Result<Mapping, PortMapError> {
     let mut nonce = [0u8; 12];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
         .map_err(|_| std::io::Error::other("no randomness"))?;
@@ -772,6 +796,75 @@ pub async fn map_udp(internal_port: u16, cfg: &PortMapConfig) -> Result<Mapping,
     }
 }
 
+/// Asks the router to map a public UDP port to local port `internal_port` (the
+/// punched socket's): PCP first, then NAT-PMP, then UPnP-IGD (whose SSDP search runs
+/// beside the first two; see the module text).
+pub async fn map_udp(internal_port: u16, cfg: &PortMapConfig) -> Result<Mapping, PortMapError> {
+    let gateway = cfg
+        .gateway
+        .or_else(default_gateway)
+        .ok_or(PortMapError::NoGateway)?;
+    let want_upnp = matches!(cfg.only, None | Some(Protocol::Upnp));
+    let search = async {
+        if want_upnp {
+            upnp::discover(gateway, cfg.ssdp, cfg.upnp_wait).await
+        } else {
+            Err(PortMapError::NoAnswer(gateway.into()))
+        }
+    };
+    let first = async {
+        if cfg.only == Some(Protocol::Upnp) {
+            Err(PortMapError::NoAnswer(gateway.into()))
+        } else {
+            map_pcp_natpmp(gateway, internal_port, cfg).await
+        }
+    };
+    tokio::pin!(search, first);
+    let mut found = None;
+    let first = loop {
+        tokio::select! {
+            r = &mut first => break r,
+            s = &mut search, if found.is_none() => found = Some(s),
+        }
+    };
+    let first_err = match first {
+        Ok(m) => return Ok(m),
+        Err(e) => e,
+    };
+    if !want_upnp {
+        return Err(first_err);
+    }
+    let igd = match found {
+        Some(s) => s,
+        None => search.await,
+    };
+    let igd = match igd {
+        Ok(igd) => igd,
+        // Nothing answered anything: say so; a PCP / NAT-PMP refusal or garbage
+        // says more than "no IGD".
+        Err(e) => {
+            return Err(match first_err {
+                PortMapError::NoAnswer(_)
+                    if cfg.only == Some(Protocol::Upnp) || !matches!(e, PortMapError::Upnp(_)) =>
+                {
+                    e
+                }
+                f => f,
+            })
+        }
+    };
+    let (_, me) = router_socket(gateway).await?;
+    let life = lifetime_secs(cfg.lifetime);
+    upnp::map(
+        &igd,
+        gateway,
+        SocketAddr::new(me, internal_port),
+        internal_port,
+        life,
+    )
+    .await
+}
+
 /// Renews `m` (same external port and, for PCP, the same nonce) for `lifetime`, or
 /// deletes it with `Duration::ZERO`.
 pub async fn renew(m: &Mapping, lifetime: Duration, tries: u32) -> Result<Mapping, PortMapError> {
@@ -781,12 +874,26 @@ pub async fn renew(m: &Mapping, lifetime: Duration, tries: u32) -> Result<Mappin
         lifetime_secs(lifetime)
     };
     let port = m.internal.port();
-    let a = match m.protocol {
-        Protocol::Pcp => pcp_map(m.gateway, port, Some(m.external), life, m.nonce, tries).await?,
-        Protocol::NatPmp => {
+    let a = match (m.protocol, &m.igd) {
+        (Protocol::Pcp, _) => {
+            pcp_map(m.gateway, port, Some(m.external), life, m.nonce, tries).await?
+        }
+        (Protocol::NatPmp, _) => {
             // RFC 6886 §3.4: a delete names the internal port; the suggestion is 0.
             let sugg = if life == 0 { 0 } else { m.external.port() };
             natpmp_map(m.gateway, port, sugg, life, tries).await?
+        }
+        (Protocol::Upnp, Some(igd)) => {
+            if life == 0 {
+                upnp::delete(igd, m.external.port()).await?;
+                return Ok(m.clone());
+            }
+            // AddPortMapping again for the same client and port extends the lease.
+            let n = upnp::map(igd, m.gateway, m.internal, m.external.port(), life).await?;
+            Answer::Ok(n)
+        }
+        (Protocol::Upnp, None) => {
+            return Err(PortMapError::Upnp("a UPnP mapping without its IGD".into()))
         }
     };
     match a {
@@ -828,7 +935,7 @@ impl Lease {
                 let granted = cur.lock().expect("lease").lifetime;
                 let wait = (granted / 2).max(Duration::from_secs(1));
                 tokio::time::sleep(wait).await;
-                let m = *cur.lock().expect("lease");
+                let m = cur.lock().expect("lease").clone();
                 match renew(&m, lifetime, tries).await {
                     Ok(n) => {
                         if n.external != m.external {
@@ -859,7 +966,7 @@ impl Lease {
 
     /// The mapping as last granted.
     pub fn mapping(&self) -> Mapping {
-        *self.current.lock().expect("lease")
+        self.current.lock().expect("lease").clone()
     }
 
     /// Stops renewing and deletes the mapping at the router.
@@ -1003,6 +1110,9 @@ mod tests {
             lifetime: Duration::from_secs(60),
             tries: 2,
             only: None,
+            upnp_wait: Duration::from_millis(200),
+            // No multicast out of a test: the SSDP search goes to a closed port.
+            ssdp: SocketAddr::from(([127, 0, 0, 3], 1900)),
         };
         let e = map_udp(40000, &cfg).await.unwrap_err();
         assert!(matches!(e, PortMapError::Garbage { .. }), "{e}");

@@ -1,5 +1,5 @@
 //! Port mapping against a real router: Debian's `miniupnpd` (nftables backend) on a
-//! netlab site's router, speaking PCP and NAT-PMP. For each protocol: a mapping is
+//! netlab site's router, speaking PCP, NAT-PMP and UPnP-IGD. For each protocol: a mapping is
 //! obtained, unsolicited traffic from the public side reaches the host through it
 //! (a plain masquerade NAT would drop it), it is renewed before it expires, and it is
 //! deleted at the router on release. Then the integration: a side with a mapping is
@@ -20,9 +20,14 @@ use zs_punch::stun::StunServer;
 
 /// A lab with one masquerading site whose router runs miniupnpd (None: skipped).
 fn bed(nat: Nat) -> Option<(Lab, Site, MappingRouter)> {
+    bed_with(nat, true)
+}
+
+/// [`bed`]; `pcp_natpmp` false: the router speaks only UPnP-IGD.
+fn bed_with(nat: Nat, pcp_natpmp: bool) -> Option<(Lab, Site, MappingRouter)> {
     let mut lab = lab_or_skip()?;
     let site = lab.add_site(nat).unwrap();
-    match lab.start_miniupnpd(&site) {
+    match lab.start_miniupnpd_with(&site, pcp_natpmp) {
         Ok(r) => Some((lab, site, r)),
         Err(why) => {
             if std::env::var_os("CI").is_some() {
@@ -74,6 +79,7 @@ fn mapping_carries_traffic_renews_and_is_deleted(proto: Protocol) {
         lifetime: Duration::from_secs(3),
         tries: 3,
         only: Some(proto),
+        ..Default::default()
     };
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,6 +89,7 @@ fn mapping_carries_traffic_renews_and_is_deleted(proto: Protocol) {
         .block_on(rt.run(async move { portmap::map_udp(port, &cfg).await }))
         .unwrap_or_else(|e| panic!("{proto} mapping: {e}"));
     assert_eq!(m.protocol, proto);
+    assert_eq!(m.igd.is_some(), proto == Protocol::Upnp);
     assert_eq!(
         m.external,
         SocketAddr::new(router.public_ip.into(), m.external.port())
@@ -94,9 +101,10 @@ fn mapping_carries_traffic_renews_and_is_deleted(proto: Protocol) {
     // Renewal: the lease renews at half the lifetime; after two renewals (past the
     // first grant's end) the mapping still carries traffic.
     let lease: Arc<std::sync::Mutex<Option<Lease>>> = Arc::default();
+    let m2 = m.clone();
     let l2 = lease.clone();
     tokio_rt.block_on(rt.run(async move {
-        *l2.lock().unwrap() = Some(Lease::keep(m, Duration::from_secs(3), 3));
+        *l2.lock().unwrap() = Some(Lease::keep(m2, Duration::from_secs(3), 3));
     }));
     let t = Instant::now();
     while lease.lock().unwrap().as_ref().unwrap().renewals() < 2 {
@@ -129,6 +137,78 @@ fn natpmp_mapping_carries_traffic_renews_and_is_deleted() {
     mapping_carries_traffic_renews_and_is_deleted(Protocol::NatPmp);
 }
 
+/// UPnP-IGD: SSDP multicast from the host finds miniupnpd's IGD on the gateway,
+/// SOAP maps, renews (AddPortMapping again) and deletes.
+#[test]
+fn upnp_mapping_carries_traffic_renews_and_is_deleted() {
+    mapping_carries_traffic_renews_and_is_deleted(Protocol::Upnp);
+}
+
+/// A router that speaks only UPnP-IGD: PCP and NAT-PMP get no answer (port
+/// unreachable), the default configuration falls through to UPnP-IGD, and the
+/// mapping carries traffic from the public side.
+#[test]
+fn a_upnp_only_router_maps_through_upnp() {
+    let Some((lab, site, router)) = bed_with(Nat::EndpointIndependent, false) else {
+        return;
+    };
+    let host = udp_in(&site.ns, site.ip);
+    let port = host.local_addr().unwrap().port();
+    let rt = NsRuntime::new(&site.ns).unwrap();
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let [a, b, c, _] = router.gateway.octets();
+    let impostor = std::net::Ipv4Addr::new(a, b, c, 99);
+    let (m, only_pcp, wrong_gw) = tokio_rt.block_on(rt.run(async move {
+        // The IGD that answers SSDP is not the (configured) gateway: refused.
+        let wrong_gw = portmap::map_udp(
+            port,
+            &PortMapConfig {
+                gateway: Some(impostor),
+                only: Some(Protocol::Upnp),
+                ..Default::default()
+            },
+        )
+        .await;
+        let only_pcp = portmap::map_udp(
+            port,
+            &PortMapConfig {
+                only: Some(Protocol::Pcp),
+                ..Default::default()
+            },
+        )
+        .await;
+        (
+            portmap::map_udp(port, &PortMapConfig::default()).await,
+            only_pcp,
+            wrong_gw,
+        )
+    }));
+    assert!(only_pcp.is_err(), "PCP is off: {only_pcp:?}");
+    assert!(
+        matches!(
+            wrong_gw,
+            Err(portmap::PortMapError::Garbage {
+                protocol: Protocol::Upnp,
+                ..
+            })
+        ),
+        "{wrong_gw:?}"
+    );
+    let m = m.unwrap_or_else(|e| panic!("UPnP-IGD fallback: {e}"));
+    assert_eq!(m.protocol, Protocol::Upnp);
+    assert_eq!(m.external.ip(), IpAddr::from(router.public_ip));
+    assert!(router.mapping_rules().unwrap().contains(&rule_for(&m)));
+    traffic_through(&lab, &host, m.external, b"upnp only");
+    let m2 = m.clone();
+    tokio_rt
+        .block_on(rt.run(async move { portmap::renew(&m2, Duration::ZERO, 1).await }))
+        .unwrap();
+    assert!(!router.mapping_rules().unwrap().contains(&rule_for(&m)));
+}
+
 /// Without a preference the client speaks PCP (miniupnpd answers it).
 #[test]
 fn pcp_is_tried_first() {
@@ -149,6 +229,8 @@ fn pcp_is_tried_first() {
                 ..Default::default()
             };
             let m = portmap::map_udp(port, &cfg).await;
+            // The router speaks UPnP-IGD too, and its SSDP search ran beside PCP:
+            // it made no mapping (checked below), since PCP answered.
             if let Ok(m) = &m {
                 let _ = portmap::renew(m, Duration::ZERO, 3).await;
             }
@@ -156,6 +238,11 @@ fn pcp_is_tried_first() {
         }))
         .unwrap();
     assert_eq!(m.protocol, Protocol::Pcp);
+    let rules = router.mapping_rules().unwrap();
+    assert!(
+        !rules.contains("dnat"),
+        "one mapping only, deleted: {rules}"
+    );
 }
 
 fn factory(ns: String, ip: IpAddr) -> Arc<SocketFactory> {
@@ -240,7 +327,7 @@ fn a_mapped_side_is_public_so_two_random_port_nats_get_a_direct_path() {
             run(&other, Side::Visitor, "mapped", None)
         )
     });
-    let mapped = a.1.expect("the agent's router mapped a port");
+    let mapped = a.1.clone().expect("the agent's router mapped a port");
     assert_eq!(mapped.external.ip(), IpAddr::from(router.public_ip));
     assert!(a.0.is_ok(), "{a:?}");
     assert_eq!(

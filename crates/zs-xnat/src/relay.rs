@@ -972,32 +972,51 @@ impl Relay {
         &self,
         service: &str,
     ) -> Result<(SecureConn, Arc<AtomicU64>), &'static str> {
-        self.claim(service, false)
+        self.claim(service, false, 0)
             .await
             .map(|c| (c.data.conn, c.active))
     }
 
-    /// Picks the least-loaded agent and a data connection for a visitor;
-    /// `returns`: the connection will come back through
-    /// [`Relay::give_back`] (framed), so it still counts as ready.
-    async fn claim(&self, service: &str, returns: bool) -> Result<Claimed, &'static str> {
+    /// [`Relay::data_for`] from agent `want` when it serves the mapping (0: any);
+    /// also returns the agent's id.
+    pub(crate) async fn data_for_agent(
+        &self,
+        service: &str,
+        want: u64,
+    ) -> Result<(SecureConn, Arc<AtomicU64>, u64), &'static str> {
+        self.claim(service, false, want)
+            .await
+            .map(|c| (c.data.conn, c.active, c.agent))
+    }
+
+    /// Picks agent `want` when it serves the mapping (0: the least-loaded one)
+    /// and a data connection from it; `returns`: the connection will come back
+    /// through [`Relay::give_back`] (framed), so it still counts as ready.
+    async fn claim(
+        &self,
+        service: &str,
+        returns: bool,
+        want: u64,
+    ) -> Result<Claimed, &'static str> {
         for _attempt in 0..3 {
             let (pooled, rx, agent) = {
                 let mut st = self.inner.state.lock().expect("relay state");
                 let Some(svc) = st.services.get_mut(service) else {
                     return Err("unknown service");
                 };
-                let best = svc
-                    .agents
-                    .iter()
-                    .min_by(|a, b| {
-                        let la = a.active.load(Ordering::Relaxed).max(a.reported as u64) as f64
-                            / a.max_load as f64;
-                        let lb = b.active.load(Ordering::Relaxed).max(b.reported as u64) as f64
-                            / b.max_load as f64;
-                        la.total_cmp(&lb)
-                    })
-                    .map(|a| a.id);
+                let wanted = svc.agents.iter().find(|a| a.id == want).map(|a| a.id);
+                let best = wanted.or_else(|| {
+                    svc.agents
+                        .iter()
+                        .min_by(|a, b| {
+                            let la = a.active.load(Ordering::Relaxed).max(a.reported as u64) as f64
+                                / a.max_load as f64;
+                            let lb = b.active.load(Ordering::Relaxed).max(b.reported as u64) as f64
+                                / b.max_load as f64;
+                            la.total_cmp(&lb)
+                        })
+                        .map(|a| a.id)
+                });
                 let Some(agent) = best else {
                     return Err("no agent serves the mapping");
                 };
@@ -1095,7 +1114,7 @@ impl Relay {
         };
         let mut conn = None;
         for _ in 0..3 {
-            let mut c = match self.claim(&service, reuse).await {
+            let mut c = match self.claim(&service, reuse, 0).await {
                 Ok(x) => x,
                 Err(why) => {
                     let n = inc(&stats.visitors_refused);
@@ -1173,17 +1192,21 @@ impl Relay {
             .map(|s| (s.conf.clone(), s.stats.clone()))
     }
 
-    /// Sends `m` on the control session of the least-loaded agent of `service`.
-    pub(crate) fn notify_agent(&self, service: &str, m: Msg) -> bool {
+    /// Sends `m` on the control session of agent `want` of `service` when it serves
+    /// it, else of the least-loaded one; returns the agent's id (None: not sent).
+    pub(crate) fn notify_agent(&self, service: &str, want: u64, m: Msg) -> Option<u64> {
         let st = self.inner.state.lock().expect("relay state");
         st.services
             .get(service)
             .and_then(|s| {
-                s.agents
-                    .iter()
-                    .min_by_key(|a| a.active.load(Ordering::Relaxed))
+                s.agents.iter().find(|a| a.id == want).or_else(|| {
+                    s.agents
+                        .iter()
+                        .min_by_key(|a| a.active.load(Ordering::Relaxed))
+                })
             })
-            .is_some_and(|a| a.tx.try_send(m).is_ok())
+            .filter(|a| a.tx.try_send(m).is_ok())
+            .map(|a| a.id)
     }
 }
 

@@ -13,8 +13,8 @@
 //!   (no wait). One accepted while the direct path is up starts on QUIC; if the direct
 //!   path dies, it gets a relay path then.
 //! - In the background the visitor asks the relay to punch (`Punch`): the relay tells
-//!   one agent of the mapping over its control session (`PunchRequest` with a
-//!   single-use ticket), both meet at the relay's [`zs_punch::rendezvous::Hub`] inside
+//!   the agent the visitor names (else the least-loaded one) over its control session
+//!   (`PunchRequest` with a single-use ticket), both meet at the relay's [`zs_punch::rendezvous::Hub`] inside
 //!   their secure sessions, classify their NATs against the relay's STUN server,
 //!   punch, and the visitor connects QUIC with both keys pinned (fingerprints
 //!   exchanged through the hub). A failed attempt is retried after `direct_retry`
@@ -25,11 +25,19 @@
 //! Wire: every message rides inside the relay's secure session as [`Msg::Visit`]
 //! (kind `0x30`), whose body is a [`VisitMsg`] (`docs/PROTOCOL.md`, Part 14).
 //!
+//! - **Several agents on one mapping.** The relay's `Ok` names the agent (its id) that
+//!   got a relay path; a connection born on a direct path belongs to that path's agent.
+//!   The visitor keeps one direct path per agent and punches, one at a time, with each
+//!   agent that holds a live connection without one (`Hello` names it); a new direct
+//!   path carries only its agent's connections, and a relay path for a connection
+//!   whose direct path died goes to the agent that holds it.
+//!
 //! ## Limits
-//! - A connection moves to the direct path only if the agent that holds it is the one
-//!   that punched: with several agents on one mapping, connections the relay gave to
-//!   another agent stay relayed (the agent refuses the unknown id and the visitor keeps
-//!   the relay path). One punch per mapping at a time (the hub pairs by mapping).
+//! - One punch per mapping at a time (the hub pairs by mapping): a visitor punches its
+//!   agents one after the other, and two visitors punching the same mapping at the
+//!   same instant with different agents can be paired crosswise (each still gets a
+//!   working direct path for new connections, but its live connections, held by the
+//!   agent it named, stay relayed).
 //! - A direct path that dies is noticed by QUIC's idle timeout (3 s by default):
 //!   bytes stall that long, then continue on the relay, none lost.
 
@@ -122,12 +130,17 @@ pub enum VisitMsg {
         conn: [u8; CONN_ID_LEN],
         /// [`visit_proof`].
         proof: [u8; PROOF_LEN],
+        /// The agent wanted (the relay's id from an earlier [`VisitMsg::Ok`]): the one
+        /// that holds the connection (`Attach`) or to punch with (`Punch`); 0 any.
+        agent: u64,
     },
     /// relay → visitor: accepted; `stun` is the STUN server peers classify against
     /// (punch only; unspecified otherwise).
     Ok {
         /// The STUN server (RFC 5780).
         stun: SocketAddr,
+        /// The relay's id of the agent that got the path or the punch request.
+        agent: u64,
     },
     /// relay → visitor: refused.
     Refused {
@@ -229,16 +242,19 @@ impl VisitMsg {
                 service,
                 conn,
                 proof,
+                agent,
             } => {
                 o.push(1);
                 o.push(purpose.code());
                 put_str(&mut o, service);
                 o.extend_from_slice(conn);
                 o.extend_from_slice(proof);
+                o.extend_from_slice(&agent.to_le_bytes());
             }
-            VisitMsg::Ok { stun } => {
+            VisitMsg::Ok { stun, agent } => {
                 o.push(2);
                 put_addr(&mut o, stun);
+                o.extend_from_slice(&agent.to_le_bytes());
             }
             VisitMsg::Refused { reason } => {
                 o.push(3);
@@ -281,8 +297,12 @@ impl VisitMsg {
                 service: r.name()?,
                 conn: r.arr()?,
                 proof: r.arr()?,
+                agent: u64::from_le_bytes(r.arr()?),
             },
-            2 => VisitMsg::Ok { stun: r.addr()? },
+            2 => VisitMsg::Ok {
+                stun: r.addr()?,
+                agent: u64::from_le_bytes(r.arr()?),
+            },
             3 => VisitMsg::Refused {
                 reason: r.str(MAX_REASON)?,
             },
@@ -584,6 +604,7 @@ pub(crate) async fn relay_conn(
             service,
             conn: id,
             proof,
+            agent: want_agent,
         } => {
             let Some((conf, mstats)) = relay.mapping(&service) else {
                 let _ = conn.send(&refuse("unknown service")).await;
@@ -626,16 +647,16 @@ pub(crate) async fn relay_conn(
                     ticket,
                     stun: on.stun,
                 };
-                if !relay.notify_agent(&service, req.to_msg()) {
+                let Some(chosen) = relay.notify_agent(&service, want_agent, req.to_msg()) else {
                     vs.tickets.lock().expect("visit").remove(&ticket);
                     let _ = conn.send(&refuse("no agent serves the mapping")).await;
                     return;
-                }
-                if conn
-                    .send(&VisitMsg::Ok { stun: on.stun }.to_msg())
-                    .await
-                    .is_err()
-                {
+                };
+                let ok = VisitMsg::Ok {
+                    stun: on.stun,
+                    agent: chosen,
+                };
+                if conn.send(&ok.to_msg()).await.is_err() {
                     return;
                 }
                 inc(&vs.stats.rendezvous);
@@ -659,7 +680,7 @@ pub(crate) async fn relay_conn(
                 return;
             }
             let _active = Dec(&mstats.active);
-            let (mut agent, load) = match relay.data_for(&service).await {
+            let (mut agent, load, chosen) = match relay.data_for_agent(&service, want_agent).await {
                 Ok(x) => x,
                 Err(why) => {
                     let _ = conn.send(&refuse(why)).await;
@@ -681,6 +702,7 @@ pub(crate) async fn relay_conn(
                 .send(
                     &VisitMsg::Ok {
                         stun: SocketAddr::from(([0, 0, 0, 0], 0)),
+                        agent: chosen,
                     }
                     .to_msg(),
                 )
@@ -1068,7 +1090,7 @@ pub struct VisitorConfig {
     pub bind_addr: SocketAddr,
     /// `direct`: punch direct paths (default true).
     pub direct: bool,
-    /// `port_mapping`: ask the local router for a public port (PCP, then NAT-PMP)
+    /// `port_mapping`: ask the local router for a public port (PCP, NAT-PMP, UPnP-IGD)
     /// before punching (default true; zs-punch `portmap`).
     pub port_mapping: bool,
     /// `direct_retry`: seconds between punch attempts after a failure (default 30;
@@ -1228,6 +1250,8 @@ pub struct VisitorStats {
 struct Live {
     paths: PathTx,
     has_relay: bool,
+    /// The relay's id of the agent that holds it (0 until known).
+    agent: u64,
 }
 
 struct VInner {
@@ -1237,7 +1261,8 @@ struct VInner {
     listener: Mutex<Option<TcpListener>>,
     addr: SocketAddr,
     conns: Mutex<HashMap<[u8; CONN_ID_LEN], Live>>,
-    direct: Mutex<Option<quinn::Connection>>,
+    /// Direct paths by the relay's id of the agent at their other end.
+    direct: Mutex<HashMap<u64, quinn::Connection>>,
     stats: VisitorStats,
     slots: Arc<tokio::sync::Semaphore>,
     lost: tokio::sync::Notify,
@@ -1333,20 +1358,26 @@ impl Visitor {
         &self.inner.stats
     }
 
-    /// Whether a direct path is up now.
+    /// Whether a direct path (to any agent) is up now.
     pub fn is_direct(&self) -> bool {
+        self.direct_paths() > 0
+    }
+
+    /// Direct paths up now (one per agent at most).
+    pub fn direct_paths(&self) -> usize {
         self.inner
             .direct
             .lock()
             .expect("visitor")
-            .as_ref()
-            .is_some_and(|c| c.close_reason().is_none())
+            .values()
+            .filter(|c| c.close_reason().is_none())
+            .count()
     }
 
-    /// Closes the direct path now (as if it died): live connections continue on
+    /// Closes the direct paths now (as if they died): live connections continue on
     /// the relay. For tests and operators; punching resumes after `direct_retry`.
     pub fn drop_direct(&self) {
-        if let Some(c) = self.inner.direct.lock().expect("visitor").take() {
+        for (_, c) in self.inner.direct.lock().expect("visitor").drain() {
             c.close(0u32.into(), b"dropped");
         }
     }
@@ -1393,12 +1424,20 @@ impl Visitor {
         let _ = tcp.set_nodelay(true);
         let id: [u8; CONN_ID_LEN] = random();
         let (tx, rx) = mpsc::channel(4);
-        let direct = self.inner.direct.lock().expect("visitor").clone();
-        let mut on_direct = false;
-        if let Some(qc) = direct {
+        // Any live direct path: the agent at its end opens the service.
+        let direct = self
+            .inner
+            .direct
+            .lock()
+            .expect("visitor")
+            .iter()
+            .find(|(_, c)| c.close_reason().is_none())
+            .map(|(a, c)| (*a, c.clone()));
+        let mut on_direct = None;
+        if let Some((agent, qc)) = direct {
             if let Ok(p) = open_stream(&qc, &id, false).await {
                 let _ = tx.send((p, PRIO_DIRECT)).await;
-                on_direct = true;
+                on_direct = Some(agent);
                 inc(&self.inner.stats.started_direct);
             }
         }
@@ -1406,14 +1445,15 @@ impl Visitor {
             id,
             Live {
                 paths: tx.clone(),
-                has_relay: !on_direct,
+                has_relay: on_direct.is_none(),
+                agent: on_direct.unwrap_or(0),
             },
         );
-        if !on_direct {
+        if on_direct.is_none() {
             inc(&self.inner.stats.started_relayed);
             let me = self.clone();
             let tx = tx.clone();
-            tokio::spawn(async move { me.relay_path(id, Purpose::Open, tx).await });
+            tokio::spawn(async move { me.relay_path(id, Purpose::Open, 0, tx).await });
         }
         drop(tx);
         let r = migrate::run_prio(tcp, rx, ConnConfig::default()).await;
@@ -1421,11 +1461,36 @@ impl Visitor {
         debug!(result = ?r, "xnat visitor: connection ended");
     }
 
-    /// Opens a relay path for connection `id` and hands it to its driver.
-    async fn relay_path(&self, id: [u8; CONN_ID_LEN], purpose: Purpose, tx: PathTx) {
-        match self.session(purpose, id).await {
-            Ok((conn, _)) => {
+    /// Opens a relay path for connection `id` (to agent `want` when not 0) and hands
+    /// it to its driver. An open path learns which agent holds the connection; if a
+    /// direct path to that agent is up already, the connection gets a stream on it.
+    async fn relay_path(&self, id: [u8; CONN_ID_LEN], purpose: Purpose, want: u64, tx: PathTx) {
+        match self.session(purpose, id, want).await {
+            Ok((conn, _, agent)) => {
                 let _ = tx.send((Box::new(secure_stream(conn)), PRIO_RELAY)).await;
+                if purpose == Purpose::Open {
+                    if let Some(l) = self.inner.conns.lock().expect("visitor").get_mut(&id) {
+                        l.agent = agent;
+                    }
+                    let qc = self
+                        .inner
+                        .direct
+                        .lock()
+                        .expect("visitor")
+                        .get(&agent)
+                        .cloned();
+                    match qc.filter(|c| c.close_reason().is_none()) {
+                        Some(qc) => {
+                            if let Ok(p) = open_stream(&qc, &id, true).await {
+                                if tx.send((p, PRIO_DIRECT)).await.is_ok() {
+                                    inc(&self.inner.stats.upgraded);
+                                }
+                            }
+                        }
+                        // An agent without a direct path: the punch loop looks now.
+                        None => self.inner.lost.notify_waiters(),
+                    }
+                }
             }
             Err(e) => {
                 let n = inc(&self.inner.stats.relay_failures);
@@ -1438,12 +1503,14 @@ impl Visitor {
         }
     }
 
-    /// A secure session to the relay that passed `Hello` (returns the `Ok`'s STUN).
+    /// A secure session to the relay that passed `Hello` (returns the `Ok`'s STUN
+    /// and agent).
     async fn session(
         &self,
         purpose: Purpose,
         id: [u8; CONN_ID_LEN],
-    ) -> io::Result<(SecureConn, SocketAddr)> {
+        want: u64,
+    ) -> io::Result<(SecureConn, SocketAddr, u64)> {
         let c = &self.inner.cfg;
         let tcp = tokio::time::timeout(STEP, TcpStream::connect(&c.remote_addr))
             .await
@@ -1455,6 +1522,7 @@ impl Visitor {
             service: c.service.clone(),
             conn: id,
             proof,
+            agent: want,
         };
         conn.send(&hello.to_msg()).await?;
         let m = tokio::time::timeout(STEP, conn.recv())
@@ -1464,7 +1532,7 @@ impl Visitor {
             return Err(io::Error::other("unexpected answer from the relay"));
         };
         match VisitMsg::decode(&body).map_err(io::Error::other)? {
-            VisitMsg::Ok { stun } => Ok((conn, stun)),
+            VisitMsg::Ok { stun, agent } => Ok((conn, stun, agent)),
             VisitMsg::Refused { reason } => {
                 Err(io::Error::other(format!("the relay refused: {reason}")))
             }
@@ -1472,47 +1540,108 @@ impl Visitor {
         }
     }
 
-    /// Punches, moves live connections to the direct path, waits for it to die
-    /// (they continue on the relay); again after `direct_retry`.
+    /// Keeps a direct path to every agent that holds a live connection (and, with
+    /// none, to any agent so that new connections start direct): punches each one
+    /// missing, one at a time (the hub pairs by mapping), again after `direct_retry`
+    /// when it failed (ten times that after a "relay only" answer).
     async fn direct_loop(self) {
         let retry = self.inner.cfg.direct_retry;
+        let mut next: HashMap<u64, Instant> = HashMap::new();
         loop {
-            let wait = match self.punch().await {
-                Ok(()) => {
-                    self.direct_lost().await;
-                    Duration::from_millis(500)
+            let now = Instant::now();
+            next.retain(|_, t| *t > now);
+            for want in self.punch_targets() {
+                if next.contains_key(&want) {
+                    continue;
                 }
-                Err(e) => {
-                    info!(error = %e.reason, retry_in_s = retry.as_secs(), "xnat visitor: no direct path; connections go through the relay");
-                    if e.relay_only {
-                        retry * 10
-                    } else {
-                        retry
-                    }
+                if let Err(e) = self.punch_agent(want).await {
+                    let wait = if e.relay_only { retry * 10 } else { retry };
+                    info!(error = %e.reason, agent = want, retry_in_s = wait.as_secs(), "xnat visitor: no direct path; connections go through the relay");
+                    next.insert(want, Instant::now() + wait);
                 }
-            };
-            tokio::time::sleep(wait).await;
+            }
+            // New connections (of another agent) or a lost path wake us early.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), self.inner.lost.notified()).await;
         }
+    }
+
+    /// Agents to punch with now: those holding a live connection without a live
+    /// direct path to them; with no direct path at all and none known, "any" (0).
+    fn punch_targets(&self) -> Vec<u64> {
+        let direct: Vec<u64> = self
+            .inner
+            .direct
+            .lock()
+            .expect("visitor")
+            .iter()
+            .filter(|(_, c)| c.close_reason().is_none())
+            .map(|(a, _)| *a)
+            .collect();
+        let mut want: Vec<u64> = self
+            .inner
+            .conns
+            .lock()
+            .expect("visitor")
+            .values()
+            .map(|l| l.agent)
+            .filter(|a| *a != 0 && !direct.contains(a))
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        if want.is_empty() && direct.is_empty() {
+            want.push(0);
+        }
+        want
     }
 
     /// Resolves once no direct path is up.
     pub async fn direct_lost(&self) {
-        let qc = self.inner.direct.lock().expect("visitor").clone();
-        if let Some(qc) = qc {
-            qc.closed().await;
-        }
-        // The watcher of `punch` clears the slot and moves connections back.
-        while self.inner.direct.lock().expect("visitor").is_some() {
-            self.inner.lost.notified().await;
+        loop {
+            let up: Vec<quinn::Connection> = self
+                .inner
+                .direct
+                .lock()
+                .expect("visitor")
+                .values()
+                .cloned()
+                .collect();
+            if up.is_empty() {
+                return;
+            }
+            for qc in up {
+                qc.closed().await;
+            }
+            // The watchers of `punch_agent` clear the slots and move connections back.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), self.inner.lost.notified()).await;
         }
     }
 
-    /// One punch attempt now (with `direct = true`, [`Visitor::run`] does this in the
-    /// background): on success live connections move to the direct path, new ones
-    /// start on it, and when it dies they continue on the relay.
+    /// One punch attempt now with any agent of the mapping (with `direct = true`,
+    /// [`Visitor::run`] does this in the background): on success the live
+    /// connections that agent holds move to the direct path, new ones start on it,
+    /// and when it dies they continue on the relay.
     pub async fn punch(&self) -> Result<(), PunchFailed> {
-        let qc = self
-            .punch_once()
+        self.punch_agent(0).await.map(|_| ())
+    }
+
+    /// One punch attempt for each agent that holds a live connection without a
+    /// direct path to it (what the background loop does); the count made.
+    pub async fn punch_held(&self) -> Result<usize, PunchFailed> {
+        let mut n = 0;
+        for want in self.punch_targets().into_iter().filter(|a| *a != 0) {
+            self.punch_agent(want).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// One punch attempt with agent `want` (the relay's id; 0 any): returns the
+    /// agent's id.
+    pub async fn punch_agent(&self, want: u64) -> Result<u64, PunchFailed> {
+        let (qc, agent) = self
+            .punch_once(want)
             .await
             .map_err(|(reason, relay_only)| PunchFailed { reason, relay_only })?;
         let me = self.clone();
@@ -1520,23 +1649,25 @@ impl Visitor {
             let reason = qc.closed().await;
             {
                 let mut d = me.inner.direct.lock().expect("visitor");
-                if d.as_ref().is_some_and(|c| c.stable_id() == qc.stable_id()) {
-                    d.take();
+                if d.get(&agent)
+                    .is_some_and(|c| c.stable_id() == qc.stable_id())
+                {
+                    d.remove(&agent);
                 }
             }
             let n = inc(&me.inner.stats.direct_lost);
-            warn!(%reason, direct_lost = n, "xnat visitor: direct path lost; connections continue on the relay");
-            me.fall_back().await;
+            warn!(%reason, agent, direct_lost = n, "xnat visitor: direct path lost; connections continue on the relay");
+            me.fall_back(agent).await;
             me.inner.lost.notify_waiters();
         });
-        Ok(())
+        Ok(agent)
     }
 
-    async fn punch_once(&self) -> Result<quinn::Connection, (String, bool)> {
+    async fn punch_once(&self, want: u64) -> Result<(quinn::Connection, u64), (String, bool)> {
         inc(&self.inner.stats.punch_attempts);
         let c = &self.inner.cfg;
-        let (conn, stun) = self
-            .session(Purpose::Punch, [0; CONN_ID_LEN])
+        let (conn, stun, agent) = self
+            .session(Purpose::Punch, [0; CONN_ID_LEN], want)
             .await
             .map_err(|e| (e.to_string(), false))?;
         let mut stream = secure_stream(conn);
@@ -1580,15 +1711,24 @@ impl Visitor {
             }
         });
         let n = inc(&self.inner.stats.direct_up);
-        info!(mode = ?punched.mode, peer = %punched.peer, direct_up = n, "xnat visitor: direct path up");
-        *self.inner.direct.lock().expect("visitor") = Some(qc.clone());
-        // Move the live connections.
+        info!(mode = ?punched.mode, peer = %punched.peer, agent, direct_up = n, "xnat visitor: direct path up");
+        if let Some(old) = self
+            .inner
+            .direct
+            .lock()
+            .expect("visitor")
+            .insert(agent, qc.clone())
+        {
+            old.close(0u32.into(), b"replaced");
+        }
+        // Move the live connections this agent holds.
         let live: Vec<_> = self
             .inner
             .conns
             .lock()
             .expect("visitor")
             .iter()
+            .filter(|(_, v)| v.agent == agent)
             .map(|(k, v)| (*k, v.paths.clone()))
             .collect();
         for (id, tx) in live {
@@ -1598,15 +1738,16 @@ impl Visitor {
                 }
             }
         }
-        Ok(qc)
+        Ok((qc, agent))
     }
 
-    /// The direct path died: connections without a relay path get one.
-    async fn fall_back(&self) {
+    /// The direct path to `agent` died: its connections without a relay path get
+    /// one (to that agent, which holds them).
+    async fn fall_back(&self, agent: u64) {
         let need: Vec<_> = {
             let mut c = self.inner.conns.lock().expect("visitor");
             c.iter_mut()
-                .filter(|(_, v)| !v.has_relay)
+                .filter(|(_, v)| !v.has_relay && v.agent == agent)
                 .map(|(k, v)| {
                     v.has_relay = true;
                     (*k, v.paths.clone())
@@ -1616,7 +1757,7 @@ impl Visitor {
         for (id, tx) in need {
             inc(&self.inner.stats.fell_back);
             let me = self.clone();
-            tokio::spawn(async move { me.relay_path(id, Purpose::Attach, tx).await });
+            tokio::spawn(async move { me.relay_path(id, Purpose::Attach, agent, tx).await });
         }
     }
 }
@@ -1670,9 +1811,11 @@ mod tests {
                 service: "web".into(),
                 conn: [7; 16],
                 proof: [9; 32],
+                agent: 0x0102,
             },
             VisitMsg::Ok {
                 stun: "198.19.0.2:3478".parse().unwrap(),
+                agent: 2,
             },
             VisitMsg::Refused {
                 reason: "wrong token".into(),
@@ -1723,6 +1866,7 @@ mod tests {
             service: "web".into(),
             conn: [7; 16],
             proof: [9; 32],
+            agent: 0,
         };
         let hex: String = m
             .to_msg()

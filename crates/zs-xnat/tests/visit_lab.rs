@@ -24,6 +24,8 @@ struct Bed {
     agent: Agent,
     visitor: Visitor,
     visitor_site: Site,
+    /// Further agents of the same mapping (same site), with their runtimes.
+    more: Vec<(NsRt, Agent)>,
     _lab: Lab,
     _dir: tempfile::TempDir,
 }
@@ -31,6 +33,11 @@ struct Bed {
 /// Relay + STUN in public, agent (with a service answering every byte + 1) behind
 /// `agent_nat`, visitor (not punching by itself) behind `visitor_nat`.
 async fn bed(agent_nat: Nat, visitor_nat: Nat) -> Option<Bed> {
+    bed_agents(agent_nat, visitor_nat, 1).await
+}
+
+/// [`bed`] with `agents` agents of the mapping (all behind `agent_nat`, one site).
+async fn bed_agents(agent_nat: Nat, visitor_nat: Nat, agents: usize) -> Option<Bed> {
     let mut lab = lab_or_skip()?;
     let a = lab.add_site(agent_nat).unwrap();
     let v = lab.add_site(visitor_nat).unwrap();
@@ -103,9 +110,17 @@ async fn bed(agent_nat: Nat, visitor_nat: Nat) -> Option<Bed> {
     .unwrap()
     .client
     .unwrap();
-    let agent = Agent::new(acfg);
+    let agent = Agent::new(acfg.clone());
     let ag = agent.clone();
     agent_rt.handle().spawn(ag.run());
+    let more: Vec<(NsRt, Agent)> = (1..agents)
+        .map(|_| {
+            let rt = NsRt::new(&a.ns).unwrap();
+            let ag = Agent::new(acfg.clone());
+            rt.handle().spawn(ag.clone().run());
+            (rt, ag)
+        })
+        .collect();
     let vcfg = VisitorConfig::parse(
         &format!(
             "[visitor]\nremote_addr = \"{relay_addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"echo\"\ntoken = \"s3cret\"\nbind_addr = \"127.0.0.1:0\"\ndirect = false\n"
@@ -137,6 +152,7 @@ async fn bed(agent_nat: Nat, visitor_nat: Nat) -> Option<Bed> {
         agent,
         visitor,
         visitor_site: v,
+        more,
         _lab: lab,
         _dir: dir,
     })
@@ -328,4 +344,96 @@ async fn direct_path_killed_mid_transfer_connections_continue_on_the_relay() {
         "the direct-born connection got a relay path"
     );
     assert!(!bed.visitor.is_direct());
+}
+
+/// Two agents on one mapping: the relay gives the visitor's first connection to one
+/// and the second to the other (least loaded). Punching per agent that holds a
+/// connection (what the visitor's background loop does) gives each agent its own
+/// direct path, and both live connections move to the path of the agent that holds
+/// them, mid-transfer, bytes exact; the relay carries almost nothing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_each_connection_moves_to_its_agents_direct_path() {
+    let Some(bed) = bed_agents(Nat::EndpointIndependent, Nat::EndpointIndependent, 2).await else {
+        return;
+    };
+    let agents = [&bed.agent, &bed.more[0].1];
+    // Both agents registered (the second one too).
+    let t = std::time::Instant::now();
+    while bed.more[0].1.stats().registered.load(Ordering::Relaxed) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "second agent idle");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two connections, each echoing once so that its relay path is live (and counted
+    // as the agent's load) before the next one is placed.
+    let mut conns = Vec::new();
+    for i in 0..2u8 {
+        let (mut r, mut w) = bed.client().into_split();
+        w.write_all(&[i]).await.unwrap();
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], i + 1);
+        conns.push((reader(r), w));
+    }
+    for a in agents {
+        assert_eq!(
+            a.visit_stats().connections.load(Ordering::Relaxed),
+            1,
+            "the relay spread the connections"
+        );
+    }
+    let data = pattern(2 << 20, 5);
+    let mut at_upgrade = None;
+    for (i, chunk) in data.chunks(CHUNK).enumerate() {
+        for (_, w) in &mut conns {
+            w.write_all(chunk).await.unwrap();
+        }
+        if i == 4 {
+            let v = bed.visitor.clone();
+            let made = bed
+                .visitor_rt
+                .run(async move { v.punch_held().await })
+                .await
+                .expect("easy/easy punches with both agents");
+            assert_eq!(made, 2, "one direct path per agent");
+            assert_eq!(bed.visitor.direct_paths(), 2);
+            assert_eq!(bed.visitor.stats().upgraded.load(Ordering::Relaxed), 2);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            at_upgrade = Some(bed.relay_path_bytes());
+        }
+    }
+    let mut backs = Vec::new();
+    for (back, mut w) in conns {
+        w.shutdown().await.unwrap();
+        backs.push(back);
+    }
+    for (i, back) in backs.into_iter().enumerate() {
+        let got = back.await.unwrap();
+        let want = plus_one(&data);
+        assert!(
+            got == want,
+            "connection {i}: {} bytes of {}",
+            got.len(),
+            want.len()
+        );
+    }
+    for a in agents {
+        let s = a.visit_stats();
+        assert_eq!(s.direct_up.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            s.attached.load(Ordering::Relaxed),
+            1,
+            "its own connection moved"
+        );
+        assert_eq!(
+            s.unknown.load(Ordering::Relaxed),
+            0,
+            "no stream for another agent's"
+        );
+    }
+    let after = bed.relay_path_bytes() - at_upgrade.expect("upgraded");
+    let moved_after = (data.len() - 5 * CHUNK) as u64 * 2 * 2;
+    assert!(
+        after * 100 < moved_after,
+        "relay carried {after} bytes of {moved_after} after the upgrade"
+    );
 }
