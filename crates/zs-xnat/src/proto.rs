@@ -8,7 +8,7 @@
 //! decoder buffer more than `MAX_FRAME + 5` bytes.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 /// Protocol version carried in [`Msg::Hello`].
 pub const VERSION: u16 = 1;
@@ -427,12 +427,7 @@ impl Reader<'_> {
         Ok(s)
     }
     fn addr(&mut self) -> Result<SocketAddr, ProtoError> {
-        let ip = match self.arr::<1>()?[0] {
-            4 => IpAddr::V4(Ipv4Addr::from(self.arr::<4>()?)),
-            6 => IpAddr::V6(Ipv6Addr::from(self.arr::<16>()?)),
-            _ => return Err(ProtoError::Malformed("address family")),
-        };
-        Ok(SocketAddr::new(ip, self.u16()?))
+        zs_punch::addr::take(&mut self.0).map_err(ProtoError::Malformed)
     }
 }
 
