@@ -10,7 +10,7 @@
 //!
 //! - only the default gateway (or the configured one) is believed: an answer from any
 //!   other host of the LAN is an error, since a mapping there maps nothing of ours;
-//! - every exchange has our own deadline ([`PortMapConfig::upnp_wait`] for the
+//! - every exchange has our own deadline ([`PortMapConfig::upnp_wait`](super::PortMapConfig::upnp_wait) for the
 //!   search, [`REQUEST_TIMEOUT`] per SOAP call), whatever the router does;
 //! - the granted lease is taken to be the requested one (IGD v1 has no way to read
 //!   it back in the answer); the lease renews at half of it, as for PCP.
