@@ -27,6 +27,7 @@ const T_HANDSHAKE: u64 = 0;
 const T_DRAIN: u64 = 1;
 const T_RESUME: u64 = 2;
 const T_REKEY: u64 = 3;
+const T_LINGER: u64 = 4;
 const FIRST_USER_TIMER: u64 = 16;
 
 /// How often a connection whose inner handler waits for `on_writable` checks the
@@ -50,15 +51,27 @@ struct St {
     want_writable: bool,
     drain_armed: bool,
     write_closed: bool,
+    /// The inner handler closed (or half-closed) while sealed bytes were
+    /// stalled: the raw connection is closed once they went out, not before
+    /// (they would be lost), or reset after `close_linger`.
+    close_after_stall: Option<CloseAfter>,
     timers: HashMap<u64, u64>,
     next_timer: u64,
     rekey_at: Option<Instant>,
+}
+
+/// What to do with the raw connection once the stalled bytes went out.
+#[derive(Clone, Copy, Debug)]
+enum CloseAfter {
+    ShutdownWrite,
+    Close,
 }
 
 /// The plaintext connection handed to the inner handler.
 pub(crate) struct SecureConn {
     raw: Conn,
     limit: usize,
+    linger: Duration,
     st: Mutex<St>,
     closed: AtomicBool,
     paused: AtomicBool,
@@ -111,6 +124,24 @@ impl SecureConn {
             st.stalled = Some(b);
         }
         // `Closed`: the connection is ending; its `on_close` follows.
+    }
+
+    /// When sealed bytes are stalled, defers the raw `what` until they went out
+    /// (`SecureHandler::writable` performs it) and bounds the wait by the
+    /// linger; `true` when deferred. A close overrides a pending half-close.
+    fn close_after_stall(&self, st: &mut St, what: CloseAfter) -> bool {
+        if st.stalled.is_none() {
+            return false;
+        }
+        let first = st.close_after_stall.is_none();
+        match (st.close_after_stall, what) {
+            (Some(CloseAfter::Close), _) => {}
+            _ => st.close_after_stall = Some(what),
+        }
+        if first {
+            let _ = self.raw.set_timer(self.linger, T_LINGER);
+        }
+        true
     }
 
     fn writable_now(&self, st: &St) -> bool {
@@ -198,6 +229,9 @@ impl Connection for SecureConn {
         st.write_closed = true;
         let _ = st.session.close(); // the close record: the peer sees a clean end
         self.flush(&mut st);
+        if self.close_after_stall(&mut st, CloseAfter::ShutdownWrite) {
+            return Ok(());
+        }
         drop(st);
         self.raw.shutdown_write()
     }
@@ -211,6 +245,9 @@ impl Connection for SecureConn {
             let _ = st.session.close();
         }
         self.flush(&mut st);
+        if self.close_after_stall(&mut st, CloseAfter::Close) {
+            return;
+        }
         drop(st);
         self.raw.close();
     }
@@ -500,6 +537,17 @@ impl SecureHandler {
                 return;
             }
         }
+        if let Some(after) = st.close_after_stall.take() {
+            // Everything sealed is in the raw queue now: close behind it.
+            drop(st);
+            match after {
+                CloseAfter::ShutdownWrite => {
+                    let _ = sc.raw.shutdown_write();
+                }
+                CloseAfter::Close => sc.raw.close(),
+            }
+            return;
+        }
         if !st.want_writable {
             return;
         }
@@ -558,6 +606,7 @@ impl Handler for SecureHandler {
         let sc = Arc::new(SecureConn {
             raw: raw.clone(),
             limit: self.layer.cfg.send_queue_limit,
+            linger: self.layer.cfg.close_linger,
             st: Mutex::new(St {
                 session,
                 holding: false,
@@ -566,6 +615,7 @@ impl Handler for SecureHandler {
                 want_writable: false,
                 drain_armed: false,
                 write_closed: false,
+                close_after_stall: None,
                 timers: HashMap::new(),
                 next_timer: FIRST_USER_TIMER,
                 rekey_at: None,
@@ -746,6 +796,25 @@ impl Handler for SecureHandler {
                 self.writable();
             }
             T_RESUME => self.deliver(raw),
+            T_LINGER => {
+                let Some(sc) = &self.sc else {
+                    return;
+                };
+                let mut st = lock(&sc.st);
+                if st.stalled.is_some() && st.close_after_stall.is_some() {
+                    let n = st.stalled.take().map_or(0, |b| b.len());
+                    st.close_after_stall = None;
+                    drop(st);
+                    tracing::warn!(
+                        conn = raw.id().0,
+                        peer = %raw.peer_addr(),
+                        "zs-secure: {}: {n} sealed bytes not drained within the close linger ({:?}); resetting",
+                        raw.id(),
+                        sc.linger
+                    );
+                    raw.abort();
+                }
+            }
             T_REKEY => {
                 let Some(sc) = self.sc.clone() else {
                     return;
