@@ -126,6 +126,48 @@ impl SecureConn {
         // `Closed`: the connection is ending; its `on_close` follows.
     }
 
+    /// `send` of the concatenation of `parts`: they go into the open record
+    /// (sealed now off a callback, at its end inside one). `Full` carries no
+    /// bytes (the caller hands its own back).
+    fn seal(&self, parts: &[Bytes]) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let mut st = lock(&self.st);
+        if st.write_closed || self.raw.is_closed() {
+            return Err(Error::Closed);
+        }
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        if len == 0 {
+            return Ok(());
+        }
+        if st.stalled.is_some() || self.raw.queued_bytes() + st.held >= self.limit {
+            st.want_writable = true;
+            if !st.holding && st.stalled.is_none() && !st.drain_armed {
+                st.drain_armed = self.raw.set_timer(DRAIN_POLL, T_DRAIN).is_ok();
+            }
+            return Err(Error::Full(Bytes::new()));
+        }
+        let now = Instant::now();
+        for p in parts.iter().filter(|p| !p.is_empty()) {
+            if let Err(e) = st.session.send(p, now) {
+                tracing::warn!(
+                    conn = self.raw.id().0,
+                    "zs-secure: {}: cannot seal: {e}; resetting",
+                    self.raw.id()
+                );
+                drop(st);
+                self.abort();
+                return Err(Error::Closed);
+            }
+        }
+        st.held += len;
+        if !st.holding {
+            self.flush(&mut st);
+        }
+        Ok(())
+    }
+
     /// When sealed bytes are stalled, defers the raw `what` until they went out
     /// (`SecureHandler::writable` performs it) and bounds the wait by the
     /// linger; `true` when deferred. A close overrides a pending half-close.
@@ -181,37 +223,18 @@ impl Connection for SecureConn {
         self.raw.local_addr()
     }
     fn send(&self, data: Bytes) -> Result<(), Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+        match self.seal(std::slice::from_ref(&data)) {
+            Err(Error::Full(_)) => Err(Error::Full(data)),
+            r => r,
         }
-        let mut st = lock(&self.st);
-        if st.write_closed || self.raw.is_closed() {
-            return Err(Error::Closed);
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
-        if st.stalled.is_some() || self.raw.queued_bytes() + st.held >= self.limit {
-            st.want_writable = true;
-            if !st.holding && st.stalled.is_none() && !st.drain_armed {
-                st.drain_armed = self.raw.set_timer(DRAIN_POLL, T_DRAIN).is_ok();
-            }
-            return Err(Error::Full(data));
-        }
-        if let Err(e) = st.session.send(&data, Instant::now()) {
-            tracing::warn!(
-                conn = self.raw.id().0,
-                "zs-secure: {}: cannot seal: {e}; resetting",
-                self.raw.id()
-            );
-            drop(st);
-            self.abort();
-            return Err(Error::Closed);
-        }
-        st.held += data.len();
-        if !st.holding {
-            self.flush(&mut st);
-        }
+    }
+    /// All parts of one call go into one record (one raw send off the loop),
+    /// where the default's `send` per part would seal each part on its own: a
+    /// frame header and its payload would leave as two records. Taken whole or
+    /// not at all, by the bound a `send` of their concatenation meets.
+    fn send_vectored(&self, parts: &mut std::collections::VecDeque<Bytes>) -> Result<(), Error> {
+        self.seal(parts.make_contiguous())?;
+        parts.clear();
         Ok(())
     }
     fn queued_bytes(&self) -> usize {

@@ -1,11 +1,12 @@
 //! The send side of the layer, driven by hand over a scripted raw connection:
 //! sealed bytes the raw queue refused ("stalled") still go out before the close
-//! record's FIN.
+//! record's FIN, and a vectored send is one record.
 #![cfg(target_os = "linux")] // (the shared helpers use the epoll backend)
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -255,4 +256,35 @@ fn close_with_bytes_that_never_drain_is_bounded_by_the_linger() {
         Some(&Ev::Abort),
         "a peer that never drains is reset after the linger"
     );
+}
+
+#[test]
+fn send_vectored_seals_all_parts_as_one_record() {
+    let (_layer, server, mut client) = pair();
+    let s = server.conn.recv_timeout(WAIT).unwrap();
+    let _ = server.raw.take_sent();
+    let mut parts: VecDeque<Bytes> = [&b"header"[..], &[9u8; 5000][..], b"trailer"]
+        .iter()
+        .map(|p| Bytes::copy_from_slice(p))
+        .collect();
+    s.send_vectored(&mut parts).unwrap();
+    assert!(parts.is_empty(), "every part taken");
+    let sent = server.raw.take_sent();
+    assert_eq!(sent.len(), 1, "one raw send for one vectored send");
+    for b in sent {
+        client
+            .handler
+            .on_data(&client.raw_conn, &mut BytesMut::from(&b[..]));
+    }
+    let mut want = b"header".to_vec();
+    want.extend_from_slice(&[9u8; 5000]);
+    want.extend_from_slice(b"trailer");
+    assert_eq!(client.received(), want);
+    // Refused as a whole when the queue is full: nothing taken, `Full`.
+    server.raw.refuse.store(true, Ordering::Release);
+    s.send(Bytes::from_static(b"x")).unwrap(); // stalls
+    let mut parts: VecDeque<Bytes> =
+        VecDeque::from([Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+    assert!(matches!(s.send_vectored(&mut parts), Err(Error::Full(_))));
+    assert_eq!(parts.len(), 2, "no part taken when refused");
 }
