@@ -127,6 +127,11 @@ pub struct SecureConfig {
     /// be in their handshake at once; a connection beyond it is reset at once
     /// (a handshake flood costs one counter, not a session each). Default 4096.
     pub max_handshakes: usize,
+    /// How long a graceful `close` whose sealed bytes the raw queue refused
+    /// waits for them to go out before it resets the connection (the close
+    /// record and FIN go out only after those bytes). Use the raw backend's
+    /// [`zs_io::Config::close_linger`] (see [`SecureConfig::for_io`]). Default 10 s.
+    pub close_linger: Duration,
 }
 
 impl Default for SecureConfig {
@@ -136,15 +141,18 @@ impl Default for SecureConfig {
             send_queue_limit: 256 * 1024,
             max_pending_plaintext: 1 << 20,
             max_handshakes: 4096,
+            close_linger: Duration::from_secs(10),
         }
     }
 }
 
 impl SecureConfig {
-    /// The defaults, with the send queue bound of the raw backend's configuration.
+    /// The defaults, with the send queue bound and close linger of the raw
+    /// backend's configuration.
     pub fn for_io(cfg: &zs_io::Config) -> SecureConfig {
         SecureConfig {
             send_queue_limit: cfg.send_queue_limit,
+            close_linger: cfg.close_linger,
             ..SecureConfig::default()
         }
     }

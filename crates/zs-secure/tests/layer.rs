@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::*;
+use zs_io::testkit::RecordingConn;
 use zs_io::{Backend, Conn, Error, Handler};
 use zs_secure::{handshake_error, HandshakeError, SecureBackend, SecureConfig};
 
@@ -322,52 +323,6 @@ fn inner_timer_tokens_are_the_handlers_own_and_pause_holds_plaintext() {
     secure.shutdown();
 }
 
-/// A raw connection that records what the layer asks of it; bytes are moved by
-/// the test.
-#[derive(Default)]
-struct Recorder {
-    sent: std::sync::Mutex<Vec<Bytes>>,
-    timers: std::sync::Mutex<Vec<(Duration, u64)>>,
-    wakes: std::sync::Mutex<Vec<u64>>,
-}
-
-impl zs_io::Connection for Recorder {
-    fn id(&self) -> zs_io::ConnId {
-        zs_io::ConnId(1)
-    }
-    fn peer_addr(&self) -> std::net::SocketAddr {
-        "127.0.0.1:1".parse().unwrap()
-    }
-    fn local_addr(&self) -> std::net::SocketAddr {
-        "127.0.0.1:2".parse().unwrap()
-    }
-    fn send(&self, data: Bytes) -> Result<(), Error> {
-        self.sent.lock().unwrap().push(data);
-        Ok(())
-    }
-    fn queued_bytes(&self) -> usize {
-        0
-    }
-    fn shutdown_write(&self) -> Result<(), Error> {
-        Ok(())
-    }
-    fn close(&self) {}
-    fn abort(&self) {}
-    fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
-        self.timers.lock().unwrap().push((after, token));
-        Ok(())
-    }
-    fn set_idle_timeout(&self, _idle: Option<Duration>) {}
-    fn set_read_paused(&self, _paused: bool) {}
-    fn is_closed(&self) -> bool {
-        false
-    }
-    fn wake(&self, token: u64) -> Result<(), Error> {
-        self.wakes.lock().unwrap().push(token);
-        Ok(())
-    }
-}
-
 /// Wakes itself once it is open and reports the tokens of its `on_timer`s.
 struct WakeOnOpen(mpsc::Sender<u64>);
 
@@ -393,7 +348,10 @@ fn wake_rings_the_raw_connections_doorbell_not_a_zero_timer() {
     }));
     let (ctx, _crx) = mpsc::channel();
     let mut client = layer.client_handler(Box::new(WakeOnOpen(ctx)), WAIT);
-    let (s_raw, c_raw) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let (s_raw, c_raw) = (
+        Arc::new(RecordingConn::default()),
+        Arc::new(RecordingConn::default()),
+    );
     let (s_conn, c_conn): (Conn, Conn) = (s_raw.clone(), c_raw.clone());
     server.on_open(&s_conn);
     client.on_open(&c_conn);
