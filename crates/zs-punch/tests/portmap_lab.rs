@@ -209,6 +209,56 @@ fn a_upnp_only_router_maps_through_upnp() {
     assert!(!router.mapping_rules().unwrap().contains(&rule_for(&m)));
 }
 
+/// A punch attempt's port mapping (`map_udp_now`) does not wait for the SSDP search
+/// once PCP and NAT-PMP failed; the search goes on, and the IGD it finds is
+/// remembered, so the next attempt maps through UPnP-IGD at once (the upgrade).
+#[test]
+fn an_igd_found_after_an_attempt_maps_the_next_one() {
+    let Some((lab, site, router)) = bed_with(Nat::EndpointIndependent, false) else {
+        return;
+    };
+    let host = udp_in(&site.ns, site.ip);
+    let port = host.local_addr().unwrap().port();
+    let rt = NsRuntime::new(&site.ns).unwrap();
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (first, known, next) = tokio_rt.block_on(rt.run(async move {
+        let cfg = PortMapConfig::default();
+        // Mapped only if the IGD answered before PCP and NAT-PMP failed (a race).
+        let first = portmap::map_udp_now(port, &cfg).await;
+        let gw = portmap::default_gateway().expect("the site has a default route");
+        // The background search records the IGD (guard only, the search takes ~1 s).
+        let t = Instant::now();
+        while portmap::igd_known(gw, cfg.ssdp).is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the search never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let known = portmap::igd_known(gw, cfg.ssdp);
+        (first, known, portmap::map_udp_now(port, &cfg).await)
+    }));
+    assert_eq!(known, Some(true), "the IGD is remembered");
+    if let Err(e) = &first {
+        assert!(
+            matches!(e, portmap::PortMapError::NoAnswer(_)),
+            "PCP / NAT-PMP are off: {e}"
+        );
+    }
+    let m = next.unwrap_or_else(|e| panic!("the next attempt maps through the known IGD: {e}"));
+    assert_eq!(m.protocol, Protocol::Upnp);
+    assert_eq!(m.external.ip(), IpAddr::from(router.public_ip));
+    traffic_through(&lab, &host, m.external, b"upgrade");
+    let m2 = m.clone();
+    tokio_rt
+        .block_on(rt.run(async move { portmap::renew(&m2, Duration::ZERO, 1).await }))
+        .unwrap();
+    assert!(!router.mapping_rules().unwrap().contains(&rule_for(&m)));
+}
+
 /// Without a preference the client speaks PCP (miniupnpd answers it).
 #[test]
 fn pcp_is_tried_first() {
