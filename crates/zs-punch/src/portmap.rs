@@ -13,6 +13,12 @@
 //!    no more than the other two's silence; a mapping is asked for only after both
 //!    failed, so a router that speaks all three gets exactly one mapping.
 //!
+//! A punch attempt uses [`map_udp_now`], which does not wait for an SSDP search still
+//! running once PCP and NAT-PMP failed (on most networks nothing answers it, and
+//! multicast gets no ICMP error, so it would run its full wait): the search ends in
+//! the background and its result is remembered per gateway, so an IGD found serves
+//! the next attempt and a silent network is not searched again for [`NO_IGD_MEMORY`].
+//!
 //! This order: PCP and NAT-PMP are one datagram each way with a fixed binary layout;
 //! UPnP needs a multicast search, TCP connections and XML, and many routers ship it
 //! disabled for security, so it is the last resort.
