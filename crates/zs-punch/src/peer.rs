@@ -174,6 +174,22 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
+    /// A "router" address on loopback with nothing on 5351 (ICMP port unreachable:
+    /// PCP and NAT-PMP fail at once) and an SSDP listener that never answers.
+    async fn silent_router(last: u8, upnp_wait: Duration) -> (Ipv4Addr, UdpSocket, PortMapConfig) {
+        let gateway = Ipv4Addr::new(127, 0, 0, last);
+        let ssdp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let cfg = PortMapConfig {
+            gateway: Some(gateway),
+            lifetime: Duration::from_secs(60),
+            tries: 1,
+            only: None,
+            upnp_wait,
+            ssdp: ssdp.local_addr().unwrap(),
+        };
+        (gateway, ssdp, cfg)
+    }
+
     /// Where no router answers SSDP (multicast gets no ICMP error), the mapping step
     /// ends as soon as PCP and NAT-PMP failed (port unreachable): it does not wait
     /// for the search. The search's wait and the step's grace are set far longer
@@ -182,18 +198,7 @@ mod tests {
     /// for the search and ended `Late`.
     #[tokio::test]
     async fn a_silent_ssdp_search_does_not_hold_the_attempt() {
-        // A "router" address with nothing on 5351 (ICMP port unreachable), and an
-        // SSDP listener on loopback that never answers.
-        let gateway = Ipv4Addr::new(127, 0, 0, 7);
-        let ssdp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let cfg = PortMapConfig {
-            gateway: Some(gateway),
-            lifetime: Duration::from_secs(60),
-            tries: 1,
-            only: None,
-            upnp_wait: Duration::from_secs(120),
-            ssdp: ssdp.local_addr().unwrap(),
-        };
+        let (gateway, ssdp, cfg) = silent_router(7, Duration::from_secs(120)).await;
         let task = tokio::spawn(async move { map_udp_now(40000, &cfg).await });
         let step = mapping_step(&cfg, task, Duration::from_secs(60)).await;
         assert!(
@@ -214,16 +219,7 @@ mod tests {
     /// attempt sends none for `NO_IGD_MEMORY`.
     #[tokio::test]
     async fn no_igd_is_remembered_and_not_searched_again() {
-        let gateway = Ipv4Addr::new(127, 0, 0, 8);
-        let ssdp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let cfg = PortMapConfig {
-            gateway: Some(gateway),
-            lifetime: Duration::from_secs(60),
-            tries: 1,
-            only: None,
-            upnp_wait: Duration::from_millis(100),
-            ssdp: ssdp.local_addr().unwrap(),
-        };
+        let (gateway, ssdp, cfg) = silent_router(8, Duration::from_millis(100)).await;
         let e = map_udp_now(40000, &cfg).await.unwrap_err();
         assert!(matches!(e, PortMapError::NoAnswer(_)), "{e}");
         let mut buf = [0u8; 1500];
