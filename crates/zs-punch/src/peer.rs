@@ -1,5 +1,6 @@
 //! One side of a direct-path attempt, end to end: ask the router for a port mapping
-//! (PCP / NAT-PMP, [`crate::portmap`]) while classifying the NAT with STUN, meet the
+//! (PCP / NAT-PMP / UPnP-IGD, [`crate::portmap::map_udp_now`]: never waiting for
+//! a silent SSDP search) while classifying the NAT with STUN, meet the
 //! peer at the rendezvous (as a public side when a port was mapped), punch, report.
 
 use std::net::SocketAddr;
@@ -16,6 +17,47 @@ use crate::stun::{classify, ClassifyOptions, Mapping, NatReport, PortPattern};
 /// How long an attempt waits for the router's port mapping once STUN classification
 /// is done (the mapping runs alongside it); a later answer is not waited for.
 pub const PORT_MAPPING_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// How an attempt's port-mapping step ended.
+#[derive(Debug)]
+pub enum MapStep {
+    /// The router mapped a public port (renewed until dropped or released).
+    Mapped(Lease),
+    /// No mapping, and the mapping task said why (PCP / NAT-PMP failed; a UPnP-IGD
+    /// search still running is not waited for: [`crate::portmap::map_udp_now`]).
+    Failed(crate::portmap::PortMapError),
+    /// The task did not end within the grace (a silent router); it was stopped.
+    Late,
+}
+
+/// Waits up to `grace` for `task` (a [`crate::portmap::map_udp_now`] of the punch
+/// socket's port, started beside STUN classification).
+pub async fn mapping_step(
+    cfg: &PortMapConfig,
+    mut task: tokio::task::JoinHandle<
+        Result<crate::portmap::Mapping, crate::portmap::PortMapError>,
+    >,
+    grace: std::time::Duration,
+) -> MapStep {
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(Ok(Ok(m))) => {
+            tracing::info!(protocol = %m.protocol, external = %m.external, "port mapping: the router mapped a public port; this side is public");
+            MapStep::Mapped(Lease::keep(m, cfg.lifetime, cfg.tries))
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::info!(error = %e, "port mapping: none; punching");
+            MapStep::Failed(e)
+        }
+        Ok(Err(e)) => MapStep::Failed(crate::portmap::PortMapError::Io(std::io::Error::other(
+            e.to_string(),
+        ))),
+        Err(_) => {
+            task.abort();
+            tracing::info!("port mapping: no answer in time; punching");
+            MapStep::Late
+        }
+    }
+}
 
 /// What a side needs for an attempt.
 #[derive(Debug, Clone)]
@@ -69,7 +111,7 @@ where
     let mapping = port_mapping.map(|cfg| {
         (
             cfg,
-            tokio::spawn(async move { crate::portmap::map_udp(port, &cfg).await }),
+            tokio::spawn(async move { crate::portmap::map_udp_now(port, &cfg).await }),
         )
     });
     let nat = classify(&sock, a.stun, a.classify)
@@ -77,21 +119,9 @@ where
         .map_err(|e| PunchError::Io(std::io::Error::other(e.to_string())));
     let lease = match mapping {
         None => None,
-        Some((cfg, mut task)) => match tokio::time::timeout(PORT_MAPPING_GRACE, &mut task).await {
-            Ok(Ok(Ok(m))) => {
-                tracing::info!(protocol = %m.protocol, external = %m.external, "port mapping: the router mapped a public port; this side is public");
-                Some(Lease::keep(m, cfg.lifetime, cfg.tries))
-            }
-            Ok(Ok(Err(e))) => {
-                tracing::info!(error = %e, "port mapping: none; punching");
-                None
-            }
-            Ok(Err(_)) => None,
-            Err(_) => {
-                task.abort();
-                tracing::info!("port mapping: no answer in time; punching");
-                None
-            }
+        Some((cfg, task)) => match mapping_step(&cfg, task, PORT_MAPPING_GRACE).await {
+            MapStep::Mapped(l) => Some(l),
+            MapStep::Failed(_) | MapStep::Late => None,
         },
     };
     let nat = nat?;
@@ -135,4 +165,79 @@ where
         path,
         mapping: lease,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::portmap::{igd_known, map_udp_now, PortMapError};
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    /// A "router" address on loopback with nothing on 5351 (ICMP port unreachable:
+    /// PCP and NAT-PMP fail at once) and an SSDP listener that never answers.
+    async fn silent_router(last: u8, upnp_wait: Duration) -> (Ipv4Addr, UdpSocket, PortMapConfig) {
+        let gateway = Ipv4Addr::new(127, 0, 0, last);
+        let ssdp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let cfg = PortMapConfig {
+            gateway: Some(gateway),
+            lifetime: Duration::from_secs(60),
+            tries: 1,
+            only: None,
+            upnp_wait,
+            ssdp: ssdp.local_addr().unwrap(),
+        };
+        (gateway, ssdp, cfg)
+    }
+
+    /// Where no router answers SSDP (multicast gets no ICMP error), the mapping step
+    /// ends as soon as PCP and NAT-PMP failed (port unreachable): it does not wait
+    /// for the search. The search's wait and the step's grace are set far longer
+    /// than anything here takes, so the outcome (`Failed`, and the search not over
+    /// yet) does not depend on the machine's speed; before the fix the step waited
+    /// for the search and ended `Late`.
+    #[tokio::test]
+    async fn a_silent_ssdp_search_does_not_hold_the_attempt() {
+        let (gateway, ssdp, cfg) = silent_router(7, Duration::from_secs(120)).await;
+        let task = tokio::spawn(async move { map_udp_now(40000, &cfg).await });
+        let step = mapping_step(&cfg, task, Duration::from_secs(60)).await;
+        assert!(
+            matches!(step, MapStep::Failed(PortMapError::NoAnswer(_))),
+            "{step:?}"
+        );
+        // The search was sent, and is still waiting: nothing is recorded yet.
+        let mut buf = [0u8; 1500];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(30), ssdp.recv_from(&mut buf))
+            .await
+            .expect("the M-SEARCH was sent")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"M-SEARCH"));
+        assert_eq!(igd_known(gateway, cfg.ssdp), None);
+    }
+
+    /// A search that ended without an answer is remembered per gateway: the next
+    /// attempt sends none for `NO_IGD_MEMORY`.
+    #[tokio::test]
+    async fn no_igd_is_remembered_and_not_searched_again() {
+        let (gateway, ssdp, cfg) = silent_router(8, Duration::from_millis(100)).await;
+        let e = map_udp_now(40000, &cfg).await.unwrap_err();
+        assert!(matches!(e, PortMapError::NoAnswer(_)), "{e}");
+        let mut buf = [0u8; 1500];
+        ssdp.recv_from(&mut buf).await.unwrap();
+        // The background search records its end (guard only: 100 ms wait + 2 s).
+        let t = std::time::Instant::now();
+        while igd_known(gateway, cfg.ssdp).is_none() {
+            assert!(t.elapsed() < Duration::from_secs(30), "search never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(igd_known(gateway, cfg.ssdp), Some(false));
+        assert_eq!(crate::portmap::searches(gateway, cfg.ssdp), 1);
+        let e = map_udp_now(40000, &cfg).await.unwrap_err();
+        assert!(matches!(e, PortMapError::NoAnswer(_)), "{e}");
+        assert_eq!(
+            crate::portmap::searches(gateway, cfg.ssdp),
+            1,
+            "a search was sent although no IGD answered a moment ago"
+        );
+    }
 }

@@ -13,6 +13,12 @@
 //!    no more than the other two's silence; a mapping is asked for only after both
 //!    failed, so a router that speaks all three gets exactly one mapping.
 //!
+//! A punch attempt uses [`map_udp_now`], which does not wait for an SSDP search still
+//! running once PCP and NAT-PMP failed (on most networks nothing answers it, and
+//! multicast gets no ICMP error, so it would run its full wait): the search ends in
+//! the background and its result is remembered per gateway, so an IGD found serves
+//! the next attempt and a silent network is not searched again for [`NO_IGD_MEMORY`].
+//!
 //! This order: PCP and NAT-PMP are one datagram each way with a fixed binary layout;
 //! UPnP needs a multicast search, TCP connections and XML, and many routers ship it
 //! disabled for security, so it is the last resort.
@@ -834,11 +840,23 @@ pub async fn map_udp(internal_port: u16, cfg: &PortMapConfig) -> Result<Mapping,
     if !want_upnp {
         return Err(first_err);
     }
-    let igd = match found {
+    let found = match found {
         Some(s) => s,
         None => search.await,
     };
-    let igd = match igd {
+    map_upnp(found, first_err, gateway, internal_port, cfg).await
+}
+
+/// After PCP / NAT-PMP failed with `first_err`: map through the IGD `found`, or say
+/// why there is no mapping.
+async fn map_upnp(
+    found: Result<upnp::Igd, PortMapError>,
+    first_err: PortMapError,
+    gateway: Ipv4Addr,
+    internal_port: u16,
+    cfg: &PortMapConfig,
+) -> Result<Mapping, PortMapError> {
+    let igd = match found {
         Ok(igd) => igd,
         // Nothing answered anything: say so; a PCP / NAT-PMP refusal or garbage
         // says more than "no IGD".
@@ -863,6 +881,165 @@ pub async fn map_udp(internal_port: u16, cfg: &PortMapConfig) -> Result<Mapping,
         life,
     )
     .await
+}
+
+/// How long "no IGD answered the SSDP search" is remembered per gateway: no search
+/// is sent to it meanwhile by [`map_udp_now`].
+pub const NO_IGD_MEMORY: Duration = Duration::from_secs(300);
+
+/// What an earlier SSDP search found for a gateway.
+#[derive(Clone)]
+enum Known {
+    Igd(upnp::Igd),
+    Absent(std::time::Instant),
+}
+
+/// Key: the calling thread's network namespace, the gateway, where the search went.
+type IgdKey = (String, Ipv4Addr, SocketAddr);
+
+fn igd_memory() -> std::sync::MutexGuard<'static, std::collections::HashMap<IgdKey, Known>> {
+    static M: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<IgdKey, Known>>> =
+        std::sync::OnceLock::new();
+    M.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn igd_key(gateway: Ipv4Addr, ssdp: SocketAddr) -> IgdKey {
+    // Namespaces may reuse gateway addresses (the test beds do).
+    let ns = std::fs::read_link("/proc/thread-self/ns/net")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    (ns, gateway, ssdp)
+}
+
+/// Searches [`map_udp_now`] started, per key (tests).
+#[cfg(test)]
+pub(crate) fn search_counts(
+) -> std::sync::MutexGuard<'static, std::collections::HashMap<IgdKey, u32>> {
+    static M: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<IgdKey, u32>>> =
+        std::sync::OnceLock::new();
+    M.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Searches [`map_udp_now`] started for `gateway` / `ssdp` from this thread's
+/// namespace (tests).
+#[cfg(test)]
+pub(crate) fn searches(gateway: Ipv4Addr, ssdp: SocketAddr) -> u32 {
+    search_counts()
+        .get(&igd_key(gateway, ssdp))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// What [`map_udp_now`]'s searches learned about `gateway`'s IGD (searched at
+/// `ssdp`) from the calling thread's network namespace: `Some(true)` an IGD is known
+/// (the next call maps through it without a search), `Some(false)` none answered
+/// within the last [`NO_IGD_MEMORY`], `None` nothing known (no search yet, or one
+/// still running).
+pub fn igd_known(gateway: Ipv4Addr, ssdp: SocketAddr) -> Option<bool> {
+    match igd_memory().get(&igd_key(gateway, ssdp)) {
+        Some(Known::Igd(_)) => Some(true),
+        Some(Known::Absent(t)) if t.elapsed() < NO_IGD_MEMORY => Some(false),
+        _ => None,
+    }
+}
+
+/// [`map_udp`] for a punch attempt, which must not wait for a silent SSDP search
+/// (no router answers it on most networks, and multicast gets no ICMP error, so it
+/// runs its full [`PortMapConfig::upnp_wait`]). PCP then NAT-PMP as in [`map_udp`];
+/// when both failed, UPnP-IGD maps only through an IGD already known for this
+/// gateway or one whose search answered by then. A search still running is left to
+/// finish in the background and its result is remembered per gateway (and network
+/// namespace): an IGD found is used by the next call (the next attempt is the
+/// upgrade), and "no IGD" stops searches for [`NO_IGD_MEMORY`]. An IGD that fails
+/// to map is forgotten.
+pub async fn map_udp_now(internal_port: u16, cfg: &PortMapConfig) -> Result<Mapping, PortMapError> {
+    let gateway = cfg
+        .gateway
+        .or_else(default_gateway)
+        .ok_or(PortMapError::NoGateway)?;
+    let want_upnp = matches!(cfg.only, None | Some(Protocol::Upnp));
+    let key = igd_key(gateway, cfg.ssdp);
+    let known = if want_upnp {
+        igd_memory().get(&key).cloned()
+    } else {
+        None
+    };
+    let mut search = match known {
+        Some(Known::Igd(_)) => None,
+        Some(Known::Absent(t)) if t.elapsed() < NO_IGD_MEMORY => None,
+        _ if !want_upnp => None,
+        _ => {
+            #[cfg(test)]
+            {
+                *search_counts().entry(key.clone()).or_default() += 1;
+            }
+            let (key, ssdp, wait) = (key.clone(), cfg.ssdp, cfg.upnp_wait);
+            Some(tokio::spawn(async move {
+                let r = upnp::discover(gateway, ssdp, wait).await;
+                let k = match &r {
+                    Ok(igd) => Known::Igd(igd.clone()),
+                    Err(_) => Known::Absent(std::time::Instant::now()),
+                };
+                igd_memory().insert(key, k);
+                r
+            }))
+        }
+    };
+    let first = async {
+        if cfg.only == Some(Protocol::Upnp) {
+            Err(PortMapError::NoAnswer(gateway.into()))
+        } else {
+            map_pcp_natpmp(gateway, internal_port, cfg).await
+        }
+    };
+    let (first, found) = {
+        let waiting = async {
+            match search.as_mut() {
+                Some(h) => h
+                    .await
+                    .unwrap_or_else(|e| Err(PortMapError::Upnp(format!("SSDP search: {e}")))),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(first, waiting);
+        let mut found = None;
+        let first = loop {
+            tokio::select! {
+                r = &mut first => break r,
+                s = &mut waiting, if found.is_none() => found = Some(s),
+            }
+        };
+        (first, found)
+    };
+    let first_err = match first {
+        Ok(m) => return Ok(m),
+        Err(e) => e,
+    };
+    if !want_upnp {
+        return Err(first_err);
+    }
+    if let Some(Known::Igd(igd)) = known {
+        let r = map_upnp(Ok(igd), first_err, gateway, internal_port, cfg).await;
+        if r.is_err() {
+            igd_memory().remove(&key);
+        }
+        return r;
+    }
+    match found {
+        Some(found) => map_upnp(found, first_err, gateway, internal_port, cfg).await,
+        // No IGD known, or the search is still waiting: do not wait for it (dropping
+        // the handle leaves it running; it records what it finds).
+        None => {
+            if search.is_some() {
+                tracing::info!(%gateway, "port mapping: SSDP search still running; an IGD it finds serves the next attempt");
+            }
+            Err(first_err)
+        }
+    }
 }
 
 /// Renews `m` (same external port and, for PCP, the same nonce) for `lifetime`, or

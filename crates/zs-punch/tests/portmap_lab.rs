@@ -147,11 +147,19 @@ fn upnp_mapping_carries_traffic_renews_and_is_deleted() {
 /// A router that speaks only UPnP-IGD: PCP and NAT-PMP get no answer (port
 /// unreachable), the default configuration falls through to UPnP-IGD, and the
 /// mapping carries traffic from the public side.
-#[test]
-fn a_upnp_only_router_maps_through_upnp() {
-    let Some((lab, site, router)) = bed_with(Nat::EndpointIndependent, false) else {
-        return;
-    };
+/// A site behind a router that speaks only UPnP-IGD, a host socket there, and
+/// runtimes in its namespace.
+struct UpnpOnly {
+    lab: Lab,
+    router: MappingRouter,
+    host: std::net::UdpSocket,
+    port: u16,
+    rt: NsRuntime,
+    tokio_rt: tokio::runtime::Runtime,
+}
+
+fn upnp_only() -> Option<UpnpOnly> {
+    let (lab, site, router) = bed_with(Nat::EndpointIndependent, false)?;
     let host = udp_in(&site.ns, site.ip);
     let port = host.local_addr().unwrap().port();
     let rt = NsRuntime::new(&site.ns).unwrap();
@@ -159,7 +167,38 @@ fn a_upnp_only_router_maps_through_upnp() {
         .enable_all()
         .build()
         .unwrap();
-    let [a, b, c, _] = router.gateway.octets();
+    Some(UpnpOnly {
+        lab,
+        router,
+        host,
+        port,
+        rt,
+        tokio_rt,
+    })
+}
+
+/// `m` is a UPnP-IGD mapping at `router`: it carries traffic from the public side to
+/// `host`, and deleting it removes the router's rule.
+fn upnp_works_then_delete(u: &UpnpOnly, m: Mapping, tag: &[u8]) {
+    let (router, rt) = (&u.router, &u.rt);
+    assert_eq!(m.protocol, Protocol::Upnp);
+    assert_eq!(m.external.ip(), IpAddr::from(router.public_ip));
+    assert!(router.mapping_rules().unwrap().contains(&rule_for(&m)));
+    traffic_through(&u.lab, &u.host, m.external, tag);
+    let m2 = m.clone();
+    u.tokio_rt
+        .block_on(rt.run(async move { portmap::renew(&m2, Duration::ZERO, 1).await }))
+        .unwrap();
+    assert!(!router.mapping_rules().unwrap().contains(&rule_for(&m)));
+}
+
+#[test]
+fn a_upnp_only_router_maps_through_upnp() {
+    let Some(u) = upnp_only() else {
+        return;
+    };
+    let (port, rt, tokio_rt) = (u.port, &u.rt, &u.tokio_rt);
+    let [a, b, c, _] = u.router.gateway.octets();
     let impostor = std::net::Ipv4Addr::new(a, b, c, 99);
     let (m, only_pcp, wrong_gw) = tokio_rt.block_on(rt.run(async move {
         // The IGD that answers SSDP is not the (configured) gateway: refused.
@@ -198,15 +237,44 @@ fn a_upnp_only_router_maps_through_upnp() {
         "{wrong_gw:?}"
     );
     let m = m.unwrap_or_else(|e| panic!("UPnP-IGD fallback: {e}"));
-    assert_eq!(m.protocol, Protocol::Upnp);
-    assert_eq!(m.external.ip(), IpAddr::from(router.public_ip));
-    assert!(router.mapping_rules().unwrap().contains(&rule_for(&m)));
-    traffic_through(&lab, &host, m.external, b"upnp only");
-    let m2 = m.clone();
-    tokio_rt
-        .block_on(rt.run(async move { portmap::renew(&m2, Duration::ZERO, 1).await }))
-        .unwrap();
-    assert!(!router.mapping_rules().unwrap().contains(&rule_for(&m)));
+    upnp_works_then_delete(&u, m, b"upnp only");
+}
+
+/// A punch attempt's port mapping (`map_udp_now`) does not wait for the SSDP search
+/// once PCP and NAT-PMP failed; the search goes on, and the IGD it finds is
+/// remembered, so the next attempt maps through UPnP-IGD at once (the upgrade).
+#[test]
+fn an_igd_found_after_an_attempt_maps_the_next_one() {
+    let Some(u) = upnp_only() else {
+        return;
+    };
+    let (port, rt, tokio_rt) = (u.port, &u.rt, &u.tokio_rt);
+    let (first, known, next) = tokio_rt.block_on(rt.run(async move {
+        let cfg = PortMapConfig::default();
+        // Mapped only if the IGD answered before PCP and NAT-PMP failed (a race).
+        let first = portmap::map_udp_now(port, &cfg).await;
+        let gw = portmap::default_gateway().expect("the site has a default route");
+        // The background search records the IGD (guard only, the search takes ~1 s).
+        let t = Instant::now();
+        while portmap::igd_known(gw, cfg.ssdp).is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the search never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let known = portmap::igd_known(gw, cfg.ssdp);
+        (first, known, portmap::map_udp_now(port, &cfg).await)
+    }));
+    assert_eq!(known, Some(true), "the IGD is remembered");
+    if let Err(e) = &first {
+        assert!(
+            matches!(e, portmap::PortMapError::NoAnswer(_)),
+            "PCP / NAT-PMP are off: {e}"
+        );
+    }
+    let m = next.unwrap_or_else(|e| panic!("the next attempt maps through the known IGD: {e}"));
+    upnp_works_then_delete(&u, m, b"upgrade");
 }
 
 /// Without a preference the client speaks PCP (miniupnpd answers it).

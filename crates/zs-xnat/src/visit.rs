@@ -1057,6 +1057,14 @@ fn limits() -> QuicLimits {
 
 type Factory = Arc<zs_punch::punch::SocketFactory>;
 
+/// Whether a port-mapping search of an earlier attempt found the default gateway's
+/// UPnP-IGD (then the next attempt maps through it at once).
+fn igd_known() -> bool {
+    zs_punch::portmap::default_gateway().is_some_and(|g| {
+        zs_punch::portmap::igd_known(g, zs_punch::portmap::upnp::SSDP) == Some(true)
+    })
+}
+
 /// A UDP socket for punching (on the address that routes towards `stun`) and a
 /// factory of more like it (birthday mode).
 fn punch_socket(stun: SocketAddr) -> Result<(tokio::net::UdpSocket, Factory), String> {
@@ -1546,10 +1554,20 @@ impl Visitor {
     /// when it failed (ten times that after a "relay only" answer).
     async fn direct_loop(self) {
         let retry = self.inner.cfg.direct_retry;
-        let mut next: HashMap<u64, Instant> = HashMap::new();
+        // Agent -> (when to try again, whether our router's IGD was known then).
+        let mut next: HashMap<u64, (Instant, bool)> = HashMap::new();
         loop {
             let now = Instant::now();
-            next.retain(|_, t| *t > now);
+            // An attempt does not wait for the UPnP-IGD search; an IGD it found
+            // afterwards makes this side public, so try again at once (the upgrade).
+            let igd = self.inner.cfg.port_mapping && igd_known();
+            next.retain(|agent, (t, had)| {
+                let upgrade = igd && !*had;
+                if upgrade {
+                    info!(agent, "xnat visitor: the router's UPnP-IGD answered after the attempt; punching again with a mapped port");
+                }
+                *t > now && !upgrade
+            });
             for want in self.punch_targets() {
                 if next.contains_key(&want) {
                     continue;
@@ -1557,7 +1575,8 @@ impl Visitor {
                 if let Err(e) = self.punch_agent(want).await {
                     let wait = if e.relay_only { retry * 10 } else { retry };
                     info!(error = %e.reason, agent = want, retry_in_s = wait.as_secs(), "xnat visitor: no direct path; connections go through the relay");
-                    next.insert(want, Instant::now() + wait);
+                    let had = self.inner.cfg.port_mapping && igd_known();
+                    next.insert(want, (Instant::now() + wait, had));
                 }
             }
             // New connections (of another agent) or a lost path wake us early.

@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zs_punch::netlab::{enter_and_run, lab_or_skip, Lab, Nat, NsRuntime as NsRt, Site, PUBLIC_IP};
+use zs_punch::netlab::{
+    enter_and_run, lab_or_skip, Lab, MappingRouter, Nat, NsRuntime as NsRt, Site, PUBLIC_IP,
+};
 use zs_xnat::visit::{DirectServerConfig, Visitor, VisitorConfig};
 use zs_xnat::{Agent, Config, Relay};
 
@@ -26,6 +28,8 @@ struct Bed {
     visitor_site: Site,
     /// Further agents of the same mapping (same site), with their runtimes.
     more: Vec<(NsRt, Agent)>,
+    /// miniupnpd on the visitor's router, when asked for.
+    _upnp: Option<MappingRouter>,
     _lab: Lab,
     _dir: tempfile::TempDir,
 }
@@ -38,9 +42,34 @@ async fn bed(agent_nat: Nat, visitor_nat: Nat) -> Option<Bed> {
 
 /// [`bed`] with `agents` agents of the mapping (all behind `agent_nat`, one site).
 async fn bed_agents(agent_nat: Nat, visitor_nat: Nat, agents: usize) -> Option<Bed> {
+    bed_opts(agent_nat, visitor_nat, agents, false).await
+}
+
+/// [`bed_agents`]; `visitor_upnp`: the visitor's router speaks UPnP-IGD only
+/// (miniupnpd) and the visitor punches by itself (`direct = true`).
+async fn bed_opts(
+    agent_nat: Nat,
+    visitor_nat: Nat,
+    agents: usize,
+    visitor_upnp: bool,
+) -> Option<Bed> {
     let mut lab = lab_or_skip()?;
     let a = lab.add_site(agent_nat).unwrap();
     let v = lab.add_site(visitor_nat).unwrap();
+    let upnp = if visitor_upnp {
+        match lab.start_miniupnpd_with(&v, false) {
+            Ok(r) => Some(r),
+            Err(why) => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("miniupnpd unavailable under CI: {why}");
+                }
+                println!("skipped: {why}");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
     let dir = tempfile::tempdir().unwrap();
     let relay_rt = NsRt::new(&lab.public_ns).unwrap();
     let agent_rt = NsRt::new(&a.ns).unwrap();
@@ -123,7 +152,7 @@ async fn bed_agents(agent_nat: Nat, visitor_nat: Nat, agents: usize) -> Option<B
         .collect();
     let vcfg = VisitorConfig::parse(
         &format!(
-            "[visitor]\nremote_addr = \"{relay_addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"echo\"\ntoken = \"s3cret\"\nbind_addr = \"127.0.0.1:0\"\ndirect = false\n"
+            "[visitor]\nremote_addr = \"{relay_addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"echo\"\ntoken = \"s3cret\"\nbind_addr = \"127.0.0.1:0\"\ndirect = {visitor_upnp}\n"
         ),
         "visitor.toml",
     )
@@ -153,6 +182,7 @@ async fn bed_agents(agent_nat: Nat, visitor_nat: Nat, agents: usize) -> Option<B
         visitor,
         visitor_site: v,
         more,
+        _upnp: upnp,
         _lab: lab,
         _dir: dir,
     })
@@ -293,6 +323,35 @@ async fn hard_hard_stays_relayed_and_works() {
     assert!(back.await.unwrap() == plus_one(&data));
     assert!(bed.relay_path_bytes() >= 2 * data.len() as u64);
     assert_eq!(bed.visitor.stats().upgraded.load(Ordering::Relaxed), 0);
+}
+
+/// hard/hard, but the visitor's router speaks UPnP-IGD only. The first attempt does
+/// not wait for the SSDP search (so it is usually declined "relay only", unless the
+/// IGD answered before PCP and NAT-PMP failed); the IGD the search finds is
+/// remembered, and the visitor's loop punches again at once with a mapped, public
+/// port instead of after `direct_retry` x 10 (300 s): direct well within the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_hard_gets_direct_once_the_visitors_igd_answers() {
+    let Some(bed) = bed_opts(Nat::RandomPorts, Nat::RandomPorts, 1, true).await else {
+        return;
+    };
+    let t = std::time::Instant::now();
+    while !bed.visitor.is_direct() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no direct path: {:?}",
+            bed.visitor.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = bed.visitor.stats().punch_attempts.load(Ordering::Relaxed);
+    println!("direct after {attempts} attempt(s), {:?}", t.elapsed());
+    let data = pattern(1 << 18, 5);
+    let (r, mut w) = bed.client().into_split();
+    let back = reader(r);
+    w.write_all(&data).await.unwrap();
+    w.shutdown().await.unwrap();
+    assert!(back.await.unwrap() == plus_one(&data));
 }
 
 /// The direct path dies mid-transfer (the visitor's router starts dropping UDP): a
