@@ -1,12 +1,16 @@
 //! `SecureBackend` driven by a scripted peer over an in-memory backend: a real
 //! client session (NullCipher suite, so the fuzzer reaches established states)
 //! whose bytes the script delivers whole, split, corrupted or mixed with raw
-//! garbage; timers fire, reading pauses and resumes, the peer half-closes. The
-//! layer must never panic and its output must stay bounded.
+//! garbage; timers fire, reading pauses and resumes, the peer half-closes, the
+//! raw queue stops draining (sends are refused, sealed bytes are held back), and
+//! the inner handler answers through `send` or `send_vectored` and may half-close
+//! or close right after. The layer must never panic and its output must stay
+//! bounded.
 #![no_main]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,11 @@ enum Op {
     Eof(bool),
     /// The inner handler pauses or resumes reading.
     Pause(bool),
+    /// How the inner handler answers: 0 `send`, 1 `send_vectored` in pieces,
+    /// 2 answer then `shutdown_write`, 3 answer then `close` (modulo 4).
+    Answer(u8),
+    /// The raw queue stops (true) or goes on (false) draining to the peer.
+    Hold(bool),
 }
 
 struct MemConn {
@@ -126,6 +135,7 @@ impl Backend for MemBackend {
 /// The plaintext handler: echoes, pauses on command, bounded.
 struct Inner {
     pause: Arc<AtomicBool>,
+    answer: Arc<AtomicU8>,
 }
 
 impl Handler for Inner {
@@ -133,7 +143,29 @@ impl Handler for Inner {
         if self.pause.load(Ordering::Relaxed) {
             conn.set_read_paused(true);
         }
-        let _ = conn.send(data.split().freeze());
+        let d = data.split().freeze();
+        let mode = self.answer.load(Ordering::Relaxed) % 4;
+        if mode == 1 {
+            // Pieces of 1, 2, 3, .. bytes: one record however many there are.
+            let mut parts = VecDeque::new();
+            let (mut at, mut n) = (0, 1);
+            while at < d.len() {
+                let end = (at + n).min(d.len());
+                parts.push_back(d.slice(at..end));
+                at = end;
+                n += 1;
+            }
+            let _ = conn.send_vectored(&mut parts);
+        } else {
+            let _ = conn.send(d);
+        }
+        match mode {
+            2 => {
+                let _ = conn.shutdown_write();
+            }
+            3 => conn.close(),
+            _ => {}
+        }
     }
     fn on_timer(&mut self, conn: &Conn, _token: u64) {
         conn.set_read_paused(false);
@@ -150,10 +182,18 @@ fuzz_target!(|ops: Vec<Op>| {
     let secure = SecureBackend::with_config(mem.clone(), provider.clone(), cfg);
     let pause = Arc::new(AtomicBool::new(false));
     let p2 = pause.clone();
+    let answer = Arc::new(AtomicU8::new(0));
+    let a2 = answer.clone();
+    let mut hold = false;
     let _l = secure
         .listen(
             SocketAddr::from(([127, 0, 0, 1], 1)),
-            Arc::new(move || Box::new(Inner { pause: p2.clone() }) as Box<dyn Handler>),
+            Arc::new(move || {
+                Box::new(Inner {
+                    pause: p2.clone(),
+                    answer: a2.clone(),
+                }) as Box<dyn Handler>
+            }),
         )
         .unwrap();
     let factory = mem.0.lock().unwrap().clone().unwrap();
@@ -168,7 +208,7 @@ fuzz_target!(|ops: Vec<Op>| {
     h.on_open(&conn);
     let mut peer = provider.new_client(Instant::now()).unwrap();
     let mut peer_ok = true;
-    let mut deliver = |h: &mut Box<dyn Handler>, b: &[u8]| {
+    let deliver = |h: &mut Box<dyn Handler>, b: &[u8]| {
         if !b.is_empty() && !mc.closed.load(Ordering::Relaxed) {
             let mut buf = BytesMut::from(b);
             h.on_data(&conn, &mut buf);
@@ -228,6 +268,12 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Pause(p) => pause.store(p, Ordering::Relaxed),
+            Op::Answer(m) => answer.store(m, Ordering::Relaxed),
+            Op::Hold(on) => hold = on,
+        }
+        if hold {
+            // The raw queue keeps what it has: sends past 64 KiB are refused.
+            continue;
         }
         // The layer's output goes back to the peer (the raw queue drains).
         let out = std::mem::take(&mut *mc.out.lock().unwrap());
