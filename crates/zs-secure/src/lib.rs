@@ -90,6 +90,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocking;
+pub mod compose;
 mod conn;
 mod layer;
 
