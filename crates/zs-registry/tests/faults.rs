@@ -408,10 +408,9 @@ fn the_service_group_commits_across_connections_and_loses_nothing_acknowledged()
     let reg = zs_registry::Embedded::open(vfs, "r", EmbeddedConfig::default()).unwrap();
     let mut cmds = zs_core::Registry::new();
     zs_registry::service::install(&mut cmds, reg.clone(), ServiceConfig::default());
-    let (backend, provider) = (common::backend(), common::provider());
-    let server = Server::start(
+    let backend = common::backend();
+    let server = Server::start_plain(
         backend.clone(),
-        provider.clone(),
         cmds,
         Options::default(),
         "127.0.0.1:0".parse().unwrap(),
@@ -422,11 +421,9 @@ fn the_service_group_commits_across_connections_and_loses_nothing_acknowledged()
     const EACH: usize = 25;
     let clients: Vec<zs_registry::Remote> = (0..CLIENTS)
         .map(|_| {
-            let (b, p) = (backend.clone(), provider.clone());
+            let b = backend.clone();
             zs_registry::Remote::new(
-                move |cmds| {
-                    zs_core::Client::connect(b.clone(), p.clone(), cmds, Options::client(), addr)
-                },
+                move |cmds| zs_core::Client::connect_plain(b.clone(), cmds, Options::client(), addr),
                 Duration::from_secs(10),
             )
         })

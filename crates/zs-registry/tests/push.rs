@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{backend, EmbeddedServer};
+use common::{raw_backend, EmbeddedServer};
 use zs_core::{Client, Options, Server};
 use zs_crypto::{ClientConfig, SecurityProvider, ServerConfig, ZsSecurity};
 use zs_registry::proto::{Push, CMD, CMD_ACK, CMD_WATCH, PUSH};
@@ -294,10 +294,9 @@ fn an_admin_identity_may_revoke_any_lease() {
             ..ServiceConfig::default()
         },
     );
-    let be = backend();
-    let server = Server::start(
-        be.clone(),
-        server_p,
+    let be = raw_backend();
+    let server = Server::start_plain(
+        zs_secure::compose::secure(be.clone(), server_p),
         cmds,
         Options::default(),
         "127.0.0.1:0".parse().unwrap(),
@@ -305,15 +304,13 @@ fn an_admin_identity_may_revoke_any_lease() {
     .unwrap();
     let addr = server.local_addr();
     let client = |who: &'static str, key: [u8; 32]| {
-        let be = be.clone();
+        let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+            Some(Arc::new(ClientConfig::psk(who.as_bytes(), &key).unwrap())),
+            None,
+        ));
+        let be = zs_secure::compose::secure(be.clone(), p);
         Remote::new(
-            move |cmds| {
-                let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
-                    Some(Arc::new(ClientConfig::psk(who.as_bytes(), &key).unwrap())),
-                    None,
-                ));
-                Client::connect(be.clone(), p, cmds, Options::client(), addr)
-            },
+            move |cmds| Client::connect_plain(be.clone(), cmds, Options::client(), addr),
             Duration::from_secs(5),
         )
     };

@@ -46,17 +46,19 @@
 //!     Some(Arc::new(ClientConfig::pinned(identity.fingerprint()))),
 //!     Some(Arc::new(ServerConfig::with_identity(Arc::new(identity)))),
 //! ));
-//! let backend = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//! let raw = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//! // The security runs as a transport layer: secure(tokio), plaintext connections.
+//! let backend = zs_secure::compose::secure(raw, provider);
 //!
 //! // The services on an in-memory store (Services::open_dir for a directory).
 //! let env = zs_db::Env::with_vfs(Arc::new(zs_db::MemVfs::new()));
 //! let services = Services::open(&env, ServicesConfig::cheap_for_tests()).unwrap();
 //! let mut commands = Registry::new();
 //! services.register(&mut commands);
-//! let server = Server::start(backend.clone(), provider.clone(), commands, Options::default(),
+//! let server = Server::start_plain(backend.clone(), commands, Options::default(),
 //!     "127.0.0.1:0".parse().unwrap()).unwrap();
 //!
-//! let connect = |registry| ServicesClient::new(Client::connect(backend.clone(), provider.clone(),
+//! let connect = |registry| ServicesClient::new(Client::connect_plain(backend.clone(),
 //!     registry, Options::client(), server.local_addr()).unwrap());
 //! let ann = connect(Registry::new());
 //! ann.register("ann", "correct horse").unwrap();

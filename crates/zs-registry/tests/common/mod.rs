@@ -130,7 +130,8 @@ pub fn provider() -> Arc<dyn SecurityProvider> {
     ))
 }
 
-pub fn backend() -> Arc<dyn zs_io::Backend> {
+/// A raw epoll backend with one loop.
+pub fn raw_backend() -> Arc<dyn zs_io::Backend> {
     Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
             loops: 1,
@@ -138,6 +139,11 @@ pub fn backend() -> Arc<dyn zs_io::Backend> {
         })
         .unwrap(),
     )
+}
+
+/// `secure(epoll)` with a fresh server identity (its clients pin it).
+pub fn backend() -> Arc<dyn zs_io::Backend> {
+    zs_secure::compose::secure(raw_backend(), provider())
 }
 
 /// The embedded registry in a zs-core server, on a DirVfs in a temp dir.
@@ -148,8 +154,8 @@ pub struct EmbeddedServer {
     pub addr: Arc<Mutex<SocketAddr>>,
     pub cfg: EmbeddedConfig,
     pub svc: ServiceConfig,
+    /// `secure(epoll)`: the server's and its clients' backend.
     backend: Arc<dyn zs_io::Backend>,
-    provider: Arc<dyn SecurityProvider>,
 }
 
 impl EmbeddedServer {
@@ -162,7 +168,6 @@ impl EmbeddedServer {
             cfg,
             svc,
             backend: backend(),
-            provider: provider(),
         };
         s.spawn();
         s
@@ -173,9 +178,8 @@ impl EmbeddedServer {
         let reg = Embedded::open(vfs, "registry", self.cfg.clone()).unwrap();
         let mut cmds = zs_core::Registry::new();
         install(&mut cmds, reg.clone(), self.svc.clone());
-        let server = Server::start(
+        let server = Server::start_plain(
             self.backend.clone(),
-            self.provider.clone(),
             cmds,
             Options::default(),
             "127.0.0.1:0".parse().unwrap(),
@@ -203,15 +207,11 @@ impl EmbeddedServer {
 
     /// A client of the service (reconnects to wherever the server is now).
     pub fn client(&self) -> Remote {
-        let (b, p, a) = (
-            self.backend.clone(),
-            self.provider.clone(),
-            self.addr.clone(),
-        );
+        let (b, a) = (self.backend.clone(), self.addr.clone());
         Remote::new(
             move |cmds| {
                 let addr = *a.lock().unwrap();
-                Client::connect(b.clone(), p.clone(), cmds, Options::client(), addr)
+                Client::connect_plain(b.clone(), cmds, Options::client(), addr)
             },
             Duration::from_secs(5),
         )
@@ -224,9 +224,8 @@ impl EmbeddedServer {
 
     /// A raw zs-core client with its own commands (pushes).
     pub fn raw_client_with(&self, cmds: zs_core::Registry) -> Client {
-        Client::connect(
+        Client::connect_plain(
             self.backend.clone(),
-            self.provider.clone(),
             cmds,
             Options::client(),
             *self.addr.lock().unwrap(),

@@ -12,8 +12,8 @@ use zs_services::{Inbox, Services, ServicesClient, ServicesConfig};
 pub struct Rig {
     pub services: Services,
     pub server: Server,
+    /// `secure(tokio)`: the server's and its clients' backend.
     pub backend: Arc<dyn zs_io::Backend>,
-    pub provider: Arc<dyn SecurityProvider>,
     pub addr: SocketAddr,
 }
 
@@ -25,14 +25,16 @@ pub fn provider() -> Arc<dyn SecurityProvider> {
     ))
 }
 
+/// `secure(tokio)` with a fresh server identity its clients pin.
 pub fn backend() -> Arc<dyn zs_io::Backend> {
-    Arc::new(
+    let raw = Arc::new(
         zs_io_tokio::TokioBackend::new(zs_io::Config {
             loops: 1,
             ..Default::default()
         })
         .unwrap(),
-    )
+    );
+    zs_secure::compose::secure(raw, provider())
 }
 
 impl Rig {
@@ -45,7 +47,6 @@ impl Rig {
     /// registered (a test may wrap one of their commands).
     pub fn with_registry(services: Services, more: impl FnOnce(&mut Registry)) -> Rig {
         let backend = backend();
-        let provider = provider();
         let mut r = Registry::new();
         services.register(&mut r);
         more(&mut r);
@@ -58,9 +59,8 @@ impl Rig {
             hpc_threads: 2,
             ..Options::default()
         };
-        let server = Server::start(
+        let server = Server::start_plain(
             backend.clone(),
-            provider.clone(),
             r,
             options,
             "127.0.0.1:0".parse().unwrap(),
@@ -71,7 +71,6 @@ impl Rig {
             services,
             server,
             backend,
-            provider,
             addr,
         }
     }
@@ -96,7 +95,7 @@ impl Rig {
         let mut o = Options::client();
         o.call_timeout = Some(timeout);
         ServicesClient::new(
-            Client::connect(self.backend.clone(), self.provider.clone(), r, o, self.addr).unwrap(),
+            Client::connect_plain(self.backend.clone(), r, o, self.addr).unwrap(),
         )
     }
 
