@@ -218,6 +218,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
             "zs-web",
             &[
                 "zs-core",
+                "zs-secure",
                 "zs-io",
                 "zs-io-epoll",
                 "zs-io-tokio",

@@ -19,8 +19,8 @@
 //!
 //! **How a WebSocket reaches the handlers.** Each WebSocket session is bridged
 //! to its own zs-core [`Client`](zs_core::Client) session against the server
-//! (the [`Upstream`]: its address, a security provider pinning its identity, a
-//! zs-io backend). The server therefore runs *the same handlers with the same
+//! (the [`Upstream`]: its address and a backend: a security layer pinning its
+//! identity over a zs-io backend). The server therefore runs *the same handlers with the same
 //! per-connection user state and the same limits* for a browser as for a
 //! binary client, because to the server it *is* one more client: one
 //! WebSocket = one `Peer`. Server pushes to that peer (direct commands named in
@@ -42,10 +42,11 @@
 //! let (identity, _) = ServerIdentity::generate(&ring::rand::SystemRandom::new()).unwrap();
 //! let fingerprint = identity.fingerprint();
 //! let provider = Arc::new(ZsSecurity::new(None, Some(Arc::new(ServerConfig::with_identity(Arc::new(identity))))));
-//! let backend = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//! let raw = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//! let backend = zs_secure::compose::secure(raw, provider); // security as a transport layer
 //! let mut commands = Registry::new();
 //! commands.console("echo", |_peer, text| Ok(text.to_owned()));
-//! let server = Arc::new(Server::start(backend, provider, commands, Options::default(),
+//! let server = Arc::new(Server::start_plain(backend, commands, Options::default(),
 //!     "127.0.0.1:0".parse().unwrap()).unwrap());
 //!
 //! // ...and its web face on another port.
@@ -248,9 +249,9 @@ pub enum Route {
 pub struct Remote {
     /// The zs server's address.
     pub addr: SocketAddr,
-    /// Client-side security (pinning the server's identity).
-    pub security: Arc<dyn SecurityProvider>,
-    /// The zs-io backend the bridged sessions run on.
+    /// The backend the bridged sessions run on: a security layer
+    /// (`zs_secure::SecureBackend`, pinning the server's identity) over a raw
+    /// zs-io backend, so its connections carry plaintext.
     pub backend: Arc<dyn Backend>,
     /// Options of the bridged sessions (call timeout, in-flight cap, ...).
     pub options: zs_core::Options,
@@ -268,18 +269,23 @@ impl Upstream {
             ..Default::default()
         };
         #[cfg(target_os = "linux")]
-        let backend: Arc<dyn Backend> = Arc::new(zs_io_epoll::EpollBackend::new(io)?);
+        let raw: Arc<dyn Backend> = Arc::new(zs_io_epoll::EpollBackend::new(io.clone())?);
         #[cfg(not(target_os = "linux"))]
-        let backend: Arc<dyn Backend> = Arc::new(zs_io_tokio::TokioBackend::new(io)?);
+        let raw: Arc<dyn Backend> = Arc::new(zs_io_tokio::TokioBackend::new(io.clone())?);
+        let security: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+            Some(Arc::new(ClientConfig::pinned(fingerprint))),
+            None,
+        ));
         let options = zs_core::Options::client();
         Ok(Upstream {
             route: Route::Remote(Box::new(Remote {
                 addr,
-                security: Arc::new(ZsSecurity::new(
-                    Some(Arc::new(ClientConfig::pinned(fingerprint))),
-                    None,
-                )),
-                backend,
+                backend: zs_secure::compose::secure_with(
+                    raw,
+                    security,
+                    &io,
+                    zs_secure::compose::Handshakes::default(),
+                ),
                 options,
             })),
             stats: None,

@@ -23,12 +23,15 @@ async fn a_web_login_is_the_same_user_as_on_the_binary_protocol() {
         Some(Arc::new(ClientConfig::pinned(fp))),
         Some(Arc::new(ServerConfig::with_identity(Arc::new(identity)))),
     ));
-    let backend = Arc::new(
-        zs_io_epoll::EpollBackend::new(zs_io::Config {
-            loops: 1,
-            ..Default::default()
-        })
-        .unwrap(),
+    let backend = zs_secure::compose::secure(
+        Arc::new(
+            zs_io_epoll::EpollBackend::new(zs_io::Config {
+                loops: 1,
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+        provider,
     );
     let env = zs_db::Env::with_vfs(Arc::new(zs_db::MemVfs::new()));
     let services = Services::open(&env, ServicesConfig::cheap_for_tests()).unwrap();
@@ -42,9 +45,8 @@ async fn a_web_login_is_the_same_user_as_on_the_binary_protocol() {
             .map_or("nobody".to_string(), |u| u.to_string()))
     });
     let server = Arc::new(
-        Server::start(
+        Server::start_plain(
             backend.clone(),
-            provider.clone(),
             commands,
             Options::default(),
             "127.0.0.1:0".parse().unwrap(),
@@ -61,10 +63,10 @@ async fn a_web_login_is_the_same_user_as_on_the_binary_protocol() {
     .unwrap();
 
     // ann registers on the binary protocol.
-    let (b, p, a) = (backend.clone(), provider.clone(), server.local_addr());
+    let (b, a) = (backend.clone(), server.local_addr());
     let binary = tokio::task::spawn_blocking(move || {
         let c = ServicesClient::new(
-            Client::connect(b, p, Registry::new(), Options::client(), a).unwrap(),
+            Client::connect_plain(b, Registry::new(), Options::client(), a).unwrap(),
         );
         let uid = c.register("ann", "correct horse").unwrap();
         (c, uid)

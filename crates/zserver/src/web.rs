@@ -7,8 +7,8 @@
 //! in-process connection per WebSocket (`Server::connect_local`: the same
 //! handlers, user state, caps, pushes and broadcasts as a network client,
 //! with no transport and no encryption, since nothing leaves the process);
-//! or over the network ([`Route::Remote`]: an `Arc<dyn SecurityProvider>`
-//! pinning the server's identity and an `Arc<dyn Backend>` for one bridged
+//! or over the network ([`Route::Remote`]: an `Arc<dyn Backend>`, a security
+//! layer pinning the server's identity over a raw backend, for one bridged
 //! session per WebSocket). A [`StatsFn`] reads the server's statistics.
 //!
 //! ```

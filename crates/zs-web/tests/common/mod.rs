@@ -131,7 +131,7 @@ pub fn rig_with(
         Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
     ));
     // epoll: its threads may be stopped from anywhere (a test's async context too).
-    let backend = Arc::new(
+    let raw = Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
             loops: 1,
             ..Default::default()
@@ -140,9 +140,8 @@ pub fn rig_with(
     );
     let slot = Arc::new(OnceLock::new());
     let server = Arc::new(
-        Server::start(
-            backend,
-            provider,
+        Server::start_plain(
+            zs_secure::compose::secure(raw, provider),
             registry(slot.clone()),
             server_options,
             "127.0.0.1:0".parse().unwrap(),
