@@ -55,18 +55,19 @@
 //!     Some(Arc::new(ClientConfig::pinned(identity.fingerprint()))),
 //!     Some(Arc::new(ServerConfig::with_identity(Arc::new(identity)))),
 //! ));
-//! let backend = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//! let raw = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//! let backend = zs_secure::compose::secure(raw, provider); // security as a transport layer
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let service = DbService::open_dir(dir.path(), ServiceConfig::default()).unwrap();
 //! let mut reg = Registry::new();
 //! service.register(&mut reg);
-//! let server = Server::start(backend.clone(), provider.clone(), reg, Options::default(),
+//! let server = Server::start_plain(backend.clone(), reg, Options::default(),
 //!     "127.0.0.1:0".parse().unwrap()).unwrap();
 //!
 //! let addr = server.local_addr();
 //! let db = DbClient::connect_with(move |reg| {
-//!     Client::connect_stable(backend.clone(), provider.clone(), reg, Options::client(), addr)
+//!     Client::connect_stable_plain(backend.clone(), reg, Options::client(), addr)
 //! }).unwrap();
 //! db.open("people", true).unwrap();
 //! let id = db.insert("people", Kind::Json, br#"{"age":31}"#, Durability::Durable).unwrap();

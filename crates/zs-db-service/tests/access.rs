@@ -55,9 +55,8 @@ fn start() -> Fx {
     service.register(&mut reg);
     services.register(&mut reg);
     let backend = common::backend();
-    let server = Server::start(
+    let server = Server::start_plain(
         backend.clone(),
-        common::provider(),
         reg,
         zs_core::Options::default(),
         "127.0.0.1:0".parse().unwrap(),

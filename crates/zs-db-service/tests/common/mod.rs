@@ -1,5 +1,5 @@
-//! Setup shared by the service tests: security from a fixed seed, an epoll
-//! backend, a service on a temp dir served on loopback, and clients.
+//! Setup shared by the service tests: security from a fixed seed, the
+//! security layer over an epoll backend, a service on a temp dir served on loopback, and clients.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -22,14 +22,17 @@ pub fn provider() -> Arc<dyn SecurityProvider> {
     ))
 }
 
+/// `secure(epoll)` with the fixed test identity: the server's and its
+/// clients' backend (connections carry plaintext).
 pub fn backend() -> Arc<dyn zs_io::Backend> {
-    Arc::new(
+    let raw = Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
             loops: 1,
             ..zs_io::Config::default()
         })
         .unwrap(),
-    )
+    );
+    zs_secure::compose::secure(raw, provider())
 }
 
 pub fn client_options() -> Options {
@@ -66,7 +69,7 @@ pub fn start(cfg: ServiceConfig) -> Fixture {
 pub fn serve(service: &DbService, backend: &Arc<dyn zs_io::Backend>, addr: SocketAddr) -> Server {
     let mut reg = Registry::new();
     service.register(&mut reg);
-    Server::start(backend.clone(), provider(), reg, Options::default(), addr).unwrap()
+    Server::start_plain(backend.clone(), reg, Options::default(), addr).unwrap()
 }
 
 impl Fixture {
@@ -82,7 +85,7 @@ impl Fixture {
 pub fn connect(backend: Arc<dyn zs_io::Backend>, addr: Arc<Mutex<SocketAddr>>) -> DbClient {
     DbClient::connect_with(move |reg| {
         let a = *addr.lock().unwrap();
-        Client::connect_stable(backend.clone(), provider(), reg, client_options(), a)
+        Client::connect_stable_plain(backend.clone(), reg, client_options(), a)
     })
     .unwrap()
 }
