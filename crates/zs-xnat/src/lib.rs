@@ -135,10 +135,11 @@
 //! ## Mappings that end in an in-process server
 //!
 //! [`VirtualBackend`] is a zs-io backend without sockets: start a zs-core
-//! `Server` on it at any virtual address and call
-//! [`Agent::serve_in_process`]; each public connection of that mapping becomes
-//! a connection of that server (the public client runs the server's own
-//! handshake end to end), with no port on the agent's host.
+//! `Server` on it (through the security layer, `zs_secure::SecureBackend`
+//! over it) at any virtual address and call [`Agent::serve_in_process`]; each
+//! public connection of that mapping becomes a connection of that server (the
+//! public client runs the server's own handshake end to end), with no port on
+//! the agent's host.
 //!
 //! ## Changing mappings at runtime
 //!

@@ -2,7 +2,8 @@
 //! MappingOnVirtualService).
 //!
 //! [`VirtualBackend`] is a zs-io [`Backend`] without sockets: a zs-core
-//! `Server` started on it (`Server::start(backend, …, addr)`) listens on a
+//! `Server` started on the security layer over it
+//! (`Server::start_plain(SecureBackend(backend), …, addr)`) listens on a
 //! virtual address, and an [`Agent`](crate::Agent) told to
 //! [`serve_in_process`](crate::Agent::serve_in_process) a mapping hands each
 //! public connection of that mapping to the server as a connection of this

@@ -483,14 +483,19 @@ fn a_mapping_that_ends_in_an_in_process_zs_core_server_answers_a_real_client() {
             n.to_string()
         }))
     });
-    let server = Server::start(
+    // zs-core on the security layer over the virtual backend (the layer's
+    // send bound is the virtual connections' own).
+    let io = zs_io::Config {
+        send_queue_limit: crate::virt::SEND_QUEUE_LIMIT,
+        ..Default::default()
+    };
+    let secure_vb = zs_secure::compose::secure_with(
         Arc::new(vb.clone()),
         server_side,
-        reg,
-        Options::default(),
-        vaddr,
-    )
-    .unwrap();
+        &io,
+        zs_secure::compose::Handshakes::default(),
+    );
+    let server = Server::start_plain(secure_vb, reg, Options::default(), vaddr).unwrap();
     assert_eq!(vb.listening(), [vaddr]);
 
     let agent_side = Side::new();
@@ -510,33 +515,22 @@ fn a_mapping_that_ends_in_an_in_process_zs_core_server_answers_a_real_client() {
 
     // Real zs-core clients (their own tokio backend, the server key pinned)
     // reach the in-process server through the relay.
-    let backend = Arc::new(
-        zs_io_tokio::TokioBackend::new(zs_io::Config {
-            loops: 1,
-            ..Default::default()
-        })
-        .unwrap(),
-    );
     let client_side: Arc<dyn zs_crypto::SecurityProvider> = Arc::new(ZsSecurity::new(
         Some(Arc::new(ClientConfig::pinned(fp))),
         None,
     ));
-    let c1 = Client::connect(
-        backend.clone(),
-        client_side.clone(),
-        Registry::new(),
-        Options::client(),
-        pa,
-    )
-    .unwrap();
-    let c2 = Client::connect(
-        backend.clone(),
+    let backend = zs_secure::compose::secure(
+        Arc::new(
+            zs_io_tokio::TokioBackend::new(zs_io::Config {
+                loops: 1,
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
         client_side,
-        Registry::new(),
-        Options::client(),
-        pa,
-    )
-    .unwrap();
+    );
+    let c1 = Client::connect_plain(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
+    let c2 = Client::connect_plain(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
     let rt = agent_side.rt();
     assert_eq!(
         rt.block_on(c1.call("whoami", "hi")).unwrap(),
