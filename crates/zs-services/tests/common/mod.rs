@@ -59,13 +59,9 @@ impl Rig {
             hpc_threads: 2,
             ..Options::default()
         };
-        let server = Server::start_plain(
-            backend.clone(),
-            r,
-            options,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
+        let server =
+            Server::start_plain(backend.clone(), r, options, "127.0.0.1:0".parse().unwrap())
+                .unwrap();
         let addr = server.local_addr();
         Rig {
             services,
@@ -94,9 +90,7 @@ impl Rig {
     pub fn client_timeout(&self, r: Registry, timeout: Duration) -> ServicesClient {
         let mut o = Options::client();
         o.call_timeout = Some(timeout);
-        ServicesClient::new(
-            Client::connect_plain(self.backend.clone(), r, o, self.addr).unwrap(),
-        )
+        ServicesClient::new(Client::connect_plain(self.backend.clone(), r, o, self.addr).unwrap())
     }
 
     pub fn client_inbox(&self) -> (ServicesClient, Inbox) {
