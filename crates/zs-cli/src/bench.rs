@@ -126,21 +126,19 @@ impl Target {
             self.key.as_deref(),
         )?);
         cfg.suites = vec![SuiteId::Aes256Gcm, SuiteId::ChaCha20Poly1305];
-        let backend = zserver::backend_by_name(
-            &self.backend,
-            zserver::io::Config {
-                loops,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let io = zserver::io::Config {
+            loops,
+            ..Default::default()
+        };
+        let raw = zserver::backend_by_name(&self.backend, io.clone()).map_err(|e| e.to_string())?;
         let timeout = Duration::from_secs(self.timeout.max(1));
         let mut options = zserver::Options::client();
         options.call_timeout = Some(timeout);
         options.connect_timeout = timeout;
+        let provider = Arc::new(ZsSecurity::new(Some(Arc::new(cfg)), None));
         Ok(Endpoint {
-            backend: Arc::from(backend),
-            provider: Arc::new(ZsSecurity::new(Some(Arc::new(cfg)), None)),
+            // The security layer over the named backend.
+            backend: zserver::secure::secure_over(&io, Arc::from(raw), provider),
             options,
             addr: self.addr,
         })
@@ -148,17 +146,16 @@ impl Target {
 }
 
 struct Endpoint {
+    /// `secure(backend)`: its connections carry plaintext.
     backend: Arc<dyn zserver::Backend>,
-    provider: Arc<ZsSecurity>,
     options: zserver::Options,
     addr: SocketAddr,
 }
 
 impl Endpoint {
     fn connect(&self) -> Result<Client, String> {
-        Client::connect(
+        Client::connect_plain(
             self.backend.clone(),
-            self.provider.clone(),
             Registry::new(),
             self.options.clone(),
             self.addr,

@@ -239,6 +239,9 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
         options.max_connections_per_ip = n;
     }
     if let Some(n) = a.max_handshakes_per_ip.or(file.max_handshakes_per_ip) {
+        // With `security_layer(true)` the builder gives this bound to the
+        // layer (`SecureBackend::with_max_handshakes_per_ip`), checked at
+        // accept as before.
         options.max_handshakes_per_ip = n;
     }
 
@@ -275,6 +278,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let mut db_note = Ok(None);
     let mut legacy = Ok(None);
     let server = ServerBuilder::new()
+        .security_layer(true)
         .addr(addr)
         .backend_name(&backend)
         .io_config(zserver::io::Config {
