@@ -1,6 +1,7 @@
 //! A zs-core server listening *inside* a zs-p2pvm tunnel and zs-core clients
 //! connecting through it: the framework runs unchanged over virtual connections
-//! (the tunnel handle is the `Arc<dyn Backend>`). Console calls, stream calls,
+//! (the tunnel handle is the `Arc<dyn Backend>`, under the security layer:
+//! secure(tunnel(epoll))). Console calls, stream calls,
 //! a BigStream, a second client on the same virtual address ("connection clone"),
 //! and a StableIO client whose virtual connection is dropped repeatedly.
 #![cfg(target_os = "linux")]
@@ -105,6 +106,11 @@ fn registry() -> Registry {
     r
 }
 
+/// `secure(end)`: zs-core's security as a layer over a tunnel end.
+fn secure(end: &TunnelHandle, provider: &Arc<dyn SecurityProvider>) -> Arc<dyn Backend> {
+    zs_secure::compose::secure(Arc::new(end.clone()), provider.clone())
+}
+
 fn vaddr() -> SocketAddr {
     "10.77.0.1:7777".parse().unwrap()
 }
@@ -113,21 +119,20 @@ fn vaddr() -> SocketAddr {
 fn server_and_client_inside_the_tunnel() {
     let t = Tunnels::new();
     let provider = provider();
-    let server = Server::start(
-        Arc::new(t.server_end.clone()),
-        provider.clone(),
+    let server = Server::start_plain(
+        secure(&t.server_end, &provider),
         registry(),
         Options::default(),
         vaddr(),
     )
     .unwrap();
     assert_eq!(server.local_addr(), vaddr());
-    assert_eq!(server.backend_name(), "p2pvm");
+    assert_eq!(server.backend_name(), "secure(p2pvm)");
     assert!(t.client_end.wait_peer_listen(vaddr(), WAIT));
 
-    let client = Client::connect(
-        Arc::new(t.client_end.clone()),
-        provider.clone(),
+    let client_backend = secure(&t.client_end, &provider);
+    let client = Client::connect_plain(
+        client_backend.clone(),
         Registry::new(),
         Options::client(),
         vaddr(),
@@ -161,14 +166,8 @@ fn server_and_client_inside_the_tunnel() {
     assert_eq!(rd.read_u64().unwrap(), fnv(&data));
 
     // Connection clone: a second client to the same virtual server, both live.
-    let clone = Client::connect(
-        Arc::new(t.client_end.clone()),
-        provider,
-        Registry::new(),
-        Options::client(),
-        vaddr(),
-    )
-    .unwrap();
+    let clone =
+        Client::connect_plain(client_backend, Registry::new(), Options::client(), vaddr()).unwrap();
     assert_eq!(clone.call("echo", "clone").wait().unwrap(), "clone");
     assert_eq!(client.call("echo", "first").wait().unwrap(), "first");
     assert_eq!(server.connection_count(), 2);
@@ -203,18 +202,16 @@ fn stable_io_survives_dropped_virtual_connections() {
         }
         Ok(text.to_owned())
     });
-    let server = Server::start(
-        Arc::new(t.server_end.clone()),
-        provider.clone(),
+    let server = Server::start_plain(
+        secure(&t.server_end, &provider),
         r,
         Options::default(),
         vaddr(),
     )
     .unwrap();
     assert!(t.client_end.wait_peer_listen(vaddr(), WAIT));
-    let client = Client::connect_stable(
-        Arc::new(t.client_end.clone()),
-        provider,
+    let client = Client::connect_stable_plain(
+        secure(&t.client_end, &provider),
         Registry::new(),
         Options::client(),
         vaddr(),
