@@ -114,20 +114,23 @@ fn provider() -> Arc<dyn SecurityProvider> {
     ))
 }
 
+/// `secure(epoll)` with `loops` event loops (the security runs as a layer
+/// under zs-core).
 fn backend(loops: usize) -> Arc<dyn zs_io::Backend> {
-    Arc::new(
+    let raw = Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
             loops,
             ..zs_io::Config::default()
         })
         .expect("epoll"),
-    )
+    );
+    zs_secure::compose::secure(raw, provider())
 }
 
 fn connect(be: &Arc<dyn zs_io::Backend>, addr: SocketAddr) -> DbClient {
     let be = be.clone();
     DbClient::connect_with(move |reg| {
-        Client::connect_stable(be.clone(), provider(), reg, CoreOptions::client(), addr)
+        Client::connect_stable_plain(be.clone(), reg, CoreOptions::client(), addr)
     })
     .expect("connect")
 }
@@ -333,9 +336,8 @@ fn main() {
     let server_be = backend(srv_loops);
     let mut reg = Registry::new();
     service.register(&mut reg);
-    let server = Server::start(
+    let server = Server::start_plain(
         server_be,
-        provider(),
         reg,
         CoreOptions::default(),
         "127.0.0.1:0".parse().expect("addr"),

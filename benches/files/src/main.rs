@@ -1,6 +1,6 @@
 //! `cargo xtask bench files`: one file of 256 MiB (32 MiB with `--quick`)
 //! uploaded and downloaded through the zs-services file service (AES-256-GCM
-//! session, epoll backend, 1 MiB chunks with several in flight, each checked
+//! session in the security layer over the epoll backend, 1 MiB chunks with several in flight, each checked
 //! against its CRC-32, fsynced every few MiB and before the final answer;
 //! SHA3-256 of the whole file checked at the end), against a raw TCP copy of
 //! the same bytes over the same loopback and against one SHA3-256 pass over
@@ -246,18 +246,16 @@ fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient) {
     ));
     let mut r = Registry::new();
     services.register(&mut r);
-    let server = Server::start(
-        backend(),
-        provider.clone(),
+    let server = Server::start_plain(
+        zs_secure::compose::secure(backend(), provider.clone()),
         r,
         zs_core::Options::default(),
         "127.0.0.1:0".parse().expect("addr"),
     )
     .expect("server");
     let client = ServicesClient::new(
-        Client::connect(
-            backend(),
-            provider,
+        Client::connect_plain(
+            zs_secure::compose::secure(backend(), provider),
             Registry::new(),
             zs_core::Options::client(),
             server.local_addr(),

@@ -249,18 +249,16 @@ impl CorePair {
     ) -> CorePair {
         let mut commands = zs_core::Registry::new();
         commands.console("echo", |_, text| Ok(text.to_owned()));
-        let server = zs_core::Server::start(
-            server_io,
-            core_security(),
+        let server = zs_core::Server::start_plain(
+            zs_secure::compose::secure(server_io, core_security()),
             commands,
             zs_core::Options::default(),
             addr,
         )
         .expect("server");
         listening(server.local_addr());
-        let client = zs_core::Client::connect(
-            client_io,
-            core_security(),
+        let client = zs_core::Client::connect_plain(
+            zs_secure::compose::secure(client_io, core_security()),
             zs_core::Registry::new(),
             zs_core::Options::client(),
             server.local_addr(),

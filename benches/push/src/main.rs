@@ -117,17 +117,25 @@ impl Ours {
         ));
         let mut r = Registry::new();
         services.register(&mut r);
-        // Every connection comes from 127.0.0.1: raise the per-address caps.
+        // Every connection comes from 127.0.0.1: raise the per-address caps
+        // (the handshake one is the security layer's).
         let opts = zs_core::Options {
             max_connections_per_ip: 10 * n + 100,
-            max_handshakes_per_ip: 1_000,
             max_connections: 10 * n + 100,
             idle_timeout: None,
             ..zs_core::Options::default()
         };
-        let server = Server::start(
-            backend(),
-            provider.clone(),
+        let handshakes = zs_secure::compose::Handshakes {
+            max_per_ip: 1_000,
+            ..Default::default()
+        };
+        let server = Server::start_plain(
+            zs_secure::compose::secure_with(
+                backend(),
+                provider.clone(),
+                &zs_io::Config::default(),
+                handshakes,
+            ),
             r,
             opts,
             "127.0.0.1:0".parse().expect("addr"),
@@ -145,7 +153,7 @@ impl Ours {
                 .create_user(name, "push-bench-pw", false)
                 .expect("user");
         }
-        let cb = backend();
+        let cb = zs_secure::compose::secure(backend(), provider);
         let (ack_tx, ack_rx) = std::sync::mpsc::channel::<(usize, u64)>();
         let mut clients = Vec::with_capacity(n);
         for (i, name) in names.iter().enumerate() {
@@ -164,9 +172,8 @@ impl Ours {
                 }
             });
             let c = ServicesClient::new(
-                Client::connect(
+                Client::connect_plain(
                     cb.clone(),
-                    provider.clone(),
                     reg,
                     zs_core::Options::client(),
                     server.local_addr(),
@@ -209,9 +216,8 @@ impl Ours {
             .iter()
             .map(|name| {
                 let c = ServicesClient::new(
-                    Client::connect(
+                    Client::connect_plain(
                         cb.clone(),
-                        provider.clone(),
                         Registry::new(),
                         zs_core::Options::client(),
                         server.local_addr(),

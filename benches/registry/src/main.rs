@@ -94,9 +94,8 @@ fn serve(dir: &str, seed: &str) {
     install(&mut cmds, reg, ServiceConfig::default());
     // the default of `zs serve`: one event loop per core (etcd runs with
     // GOMAXPROCS = cores too)
-    let server = zs_core::Server::start(
-        epoll(0),
-        provider,
+    let server = zs_core::Server::start_plain(
+        zs_secure::compose::secure(epoll(0), provider),
         cmds,
         CoreOptions::default(),
         "127.0.0.1:0".parse().expect("addr"),
@@ -195,21 +194,10 @@ fn start_ours(dir: &std::path::Path) -> (Proc, SocketAddr, Arc<dyn SecurityProvi
     (Proc(child), addr, provider)
 }
 
-fn remote(
-    backend: Arc<dyn zs_io::Backend>,
-    addr: SocketAddr,
-    provider: Arc<dyn SecurityProvider>,
-) -> Remote {
+/// A client of the registry at `addr` over `backend` (a security layer).
+fn remote(backend: Arc<dyn zs_io::Backend>, addr: SocketAddr) -> Remote {
     Remote::new(
-        move |cmds| {
-            Client::connect(
-                backend.clone(),
-                provider.clone(),
-                cmds,
-                CoreOptions::client(),
-                addr,
-            )
-        },
+        move |cmds| Client::connect_plain(backend.clone(), cmds, CoreOptions::client(), addr),
         Duration::from_secs(10),
     )
 }
@@ -327,9 +315,9 @@ fn main() {
     }
     // our 64 clients share one epoll backend with 2 loops, as etcd's share a
     // 2-thread tokio runtime (a backend per client was 64 more threads)
-    let client_io = epoll(2);
+    let client_io = zs_secure::compose::secure(epoll(2), provider);
     let ours: Vec<Arc<Remote>> = (0..64)
-        .map(|_| Arc::new(remote(client_io.clone(), addr, provider.clone())))
+        .map(|_| Arc::new(remote(client_io.clone(), addr)))
         .collect();
     // a lease belongs to the connection that granted it: one per client
     let client_leases: Arc<Vec<i64>> = Arc::new(

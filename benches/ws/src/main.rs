@@ -140,7 +140,7 @@ fn main() {
     };
     let mut suite = Suite::from_options("ws", &opts, 3, 7);
 
-    // The zs server: epoll (tokio elsewhere), one loop, pinned identity.
+    // The zs server: secure(epoll) (tokio elsewhere), one loop, pinned identity.
     let rng = ring::rand::SystemRandom::new();
     let (id, _) = zs_crypto::ServerIdentity::generate(&rng).expect("identity");
     let fp = id.fingerprint();
@@ -155,17 +155,21 @@ fn main() {
         ..Default::default()
     };
     #[cfg(target_os = "linux")]
-    let backend: Arc<dyn zs_io::Backend> =
+    let raw: Arc<dyn zs_io::Backend> =
         Arc::new(zs_io_epoll::EpollBackend::new(one.clone()).expect("epoll"));
     #[cfg(not(target_os = "linux"))]
-    let backend: Arc<dyn zs_io::Backend> =
+    let raw: Arc<dyn zs_io::Backend> =
         Arc::new(zs_io_tokio::TokioBackend::new(one.clone()).expect("tokio"));
     let mut reg = zs_core::Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
     let server = Arc::new(
-        zs_core::Server::start(
-            backend,
-            provider,
+        zs_core::Server::start_plain(
+            zs_secure::compose::secure_with(
+                raw,
+                provider,
+                &one,
+                zs_secure::compose::Handshakes::default(),
+            ),
             reg,
             zs_core::Options::default(),
             "127.0.0.1:0".parse().expect("addr"),
@@ -211,9 +215,8 @@ fn main() {
     let srv = server.clone();
     suite.case("binary-seq", "msgs_per_s", Better::Higher, move || {
         let _keep = &srv;
-        let c = zs_core::Client::connect(
+        let c = zs_core::Client::connect_plain(
             client_up.backend.clone(),
-            client_up.security.clone(),
             zs_core::Registry::new(),
             client_up.options.clone(),
             client_up.addr,
