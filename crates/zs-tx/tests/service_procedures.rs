@@ -42,12 +42,18 @@ fn serve(
         Ok(out)
     });
     let server = ServerBuilder::new()
+        .security_layer(true)
         .addr("127.0.0.1:0".parse().unwrap())
         .db_service(&service)
         .start()
         .unwrap();
     let (addr, fp) = (server.local_addr(), server.fingerprint().unwrap());
-    let client = connect_db(move || ClientBuilder::new(addr).fingerprint(fp)).unwrap();
+    let client = connect_db(move || {
+        ClientBuilder::new(addr)
+            .security_layer(true)
+            .fingerprint(fp)
+    })
+    .unwrap();
     (server, client, service, dir)
 }
 
