@@ -92,6 +92,7 @@
 pub mod blocking;
 mod conn;
 mod layer;
+mod sniff;
 
 pub use blocking::SecureStream;
 pub use layer::SecureLayer;
