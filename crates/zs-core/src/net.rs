@@ -1203,7 +1203,9 @@ impl ConnHandler {
             st.backlog.clear();
             st.backlog_bytes = 0;
             st.paused = 0;
-            let r = st.session.resume_link(input, &security, delivered, next, now);
+            let r = st
+                .session
+                .resume_link(input, &security, delivered, next, now);
             old.drain(&mut st, &mut works);
             old.flush(&mut st);
             if !st.queue.is_empty() && !st.busy {
@@ -1766,7 +1768,9 @@ impl Server {
         backend: Arc<dyn Backend>,
         registry: Registry,
         options: Options,
-        listen: impl FnOnce(zs_io::HandlerFactory) -> std::result::Result<Box<dyn Listener>, zs_io::Error>,
+        listen: impl FnOnce(
+            zs_io::HandlerFactory,
+        ) -> std::result::Result<Box<dyn Listener>, zs_io::Error>,
     ) -> Result<Server> {
         let shared = Shared::new(registry, options, true);
         let s2 = shared.clone();

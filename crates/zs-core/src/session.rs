@@ -3011,7 +3011,10 @@ mod deadline_tests {
         // Fed in two pieces: the partial frame stays in the caller's buffer.
         let mut input = b.split_to(b.len() - 3);
         s.handle_input(&mut input, now).unwrap();
-        assert!(!input.is_empty() && input.len() < 64, "the partial frame stays");
+        assert!(
+            !input.is_empty() && input.len() < 64,
+            "the partial frame stays"
+        );
         input.extend_from_slice(&b);
         s.handle_input(&mut input, now).unwrap();
         assert!(input.is_empty());

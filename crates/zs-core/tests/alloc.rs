@@ -106,10 +106,23 @@ fn steady_state_calls_allocate_nothing() {
     commands.console_delayed("echo", |_, text, r| {
         let _ = r.reply_text(text);
     });
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), security.clone())), commands, Options::default(), "127.0.0.1:0".parse().unwrap())
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            security.clone(),
+        )),
+        commands,
+        Options::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
     .unwrap();
     let client = Arc::new(
-        Client::connect(Arc::new(zs_secure::SecureBackend::new(backend, security)), Registry::new(), Options::client(), server.local_addr())
+        Client::connect(
+            Arc::new(zs_secure::SecureBackend::new(backend, security)),
+            Registry::new(),
+            Options::client(),
+            server.local_addr(),
+        )
         .unwrap(),
     );
     for inflight in [1, 16] {

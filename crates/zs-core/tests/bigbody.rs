@@ -86,7 +86,13 @@ fn setup(
     );
     let p = provider();
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), p.clone())), reg, Options::default(), addr).unwrap();
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(backend.clone(), p.clone())),
+        reg,
+        Options::default(),
+        addr,
+    )
+    .unwrap();
     (server, backend, p, seen)
 }
 
@@ -106,7 +112,12 @@ fn plain_client(
     backend: Arc<dyn Backend>,
     p: Arc<dyn SecurityProvider>,
 ) -> Client {
-    Client::connect(Arc::new(zs_secure::SecureBackend::new(backend, p)), Registry::new(), Options::client(), server.local_addr())
+    Client::connect(
+        Arc::new(zs_secure::SecureBackend::new(backend, p)),
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
     .unwrap()
 }
 
@@ -183,7 +194,13 @@ fn a_spilled_transfer_resumes_across_reconnects() {
         ..Options::client()
     };
     let c = Arc::new(
-        Client::connect_stable(Arc::new(zs_secure::SecureBackend::new(backend, p)), Registry::new(), opts, server.local_addr()).unwrap(),
+        Client::connect_stable(
+            Arc::new(zs_secure::SecureBackend::new(backend, p)),
+            Registry::new(),
+            opts,
+            server.local_addr(),
+        )
+        .unwrap(),
     );
     let big = data(6 << 20);
     let next_drop = Arc::new(AtomicU64::new(1 << 20));
@@ -544,7 +561,12 @@ fn ordered_queue_drops_chunks_of_a_refused_transfer() {
         ordered: true,
         ..Options::default()
     };
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend, p.clone())), reg, options, "127.0.0.1:0".parse().unwrap())
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(backend, p.clone())),
+        reg,
+        options,
+        "127.0.0.1:0".parse().unwrap(),
+    )
     .unwrap();
     let before = CollectLimits::memory_in_use();
     let mut raw = Raw::connect(server.local_addr(), &p);

@@ -33,7 +33,12 @@ fn server(p: &Arc<dyn SecurityProvider>) -> Server {
         ..zs_io::Config::default()
     };
     let b: Arc<dyn zs_io::Backend> = Arc::new(zs_io_tokio::TokioBackend::new(cfg).unwrap());
-    Server::start(Arc::new(zs_secure::SecureBackend::new(b, p.clone())), reg, Options::default(), "127.0.0.1:0".parse().unwrap())
+    Server::start(
+        Arc::new(zs_secure::SecureBackend::new(b, p.clone())),
+        reg,
+        Options::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
     .unwrap()
 }
 

@@ -337,13 +337,7 @@ fn hostile_peers_tokio() {
 
 #[cfg(target_os = "linux")]
 fn start(p: &Arc<dyn SecurityProvider>, r: Registry, o: Options, loops: usize) -> Server {
-    Server::start(
-        sec(epoll(loops), p),
-        r,
-        o,
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap()
+    Server::start(sec(epoll(loops), p), r, o, "127.0.0.1:0".parse().unwrap()).unwrap()
 }
 
 /// `backend` under the security layer of `p` (default bounds).

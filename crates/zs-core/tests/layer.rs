@@ -215,8 +215,7 @@ fn a_stable_session_closed_by_its_client_ends_on_the_server_at_once() {
 #[test]
 fn no_plaintext_service_without_a_security_layer() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let server =
-        Server::start(raw1(), registry(&calls), Options::default(), addr0()).unwrap();
+    let server = Server::start(raw1(), registry(&calls), Options::default(), addr0()).unwrap();
     // A well-formed Console frame in the clear.
     let mut frame = bytes::BytesMut::new();
     zs_wire::FrameCodec::new(zs_wire::Config::default())

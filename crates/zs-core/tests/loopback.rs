@@ -50,7 +50,15 @@ struct Setup {
 impl Setup {
     fn new(backend: Arc<dyn Backend>, registry: Registry, options: Options) -> Setup {
         let provider = provider();
-        let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), registry, options, addr0())
+        let server = Server::start(
+            Arc::new(zs_secure::SecureBackend::new(
+                backend.clone(),
+                provider.clone(),
+            )),
+            registry,
+            options,
+            addr0(),
+        )
         .unwrap();
         Setup {
             server,
@@ -60,7 +68,15 @@ impl Setup {
     }
 
     fn client_with(&self, registry: Registry, options: Options) -> Client {
-        Client::connect(Arc::new(zs_secure::SecureBackend::new(self.backend.clone(), self.provider.clone())), registry, options, self.server.local_addr())
+        Client::connect(
+            Arc::new(zs_secure::SecureBackend::new(
+                self.backend.clone(),
+                self.provider.clone(),
+            )),
+            registry,
+            options,
+            self.server.local_addr(),
+        )
         .unwrap()
     }
 
@@ -460,9 +476,12 @@ fn custom_protocol_beside_commands(backend: Arc<dyn Backend>) {
     // server gives it its connection handler factory.
     let secure = Arc::new(zs_secure::SecureBackend::new(backend, provider()));
     let sb = secure.clone();
-    let server = Server::start_with(secure.clone(), base_registry(), Options::default(), move |f| {
-        sb.listen_with_raw(addr0(), f, zs_io::handler_factory(|| Upper))
-    })
+    let server = Server::start_with(
+        secure.clone(),
+        base_registry(),
+        Options::default(),
+        move |f| sb.listen_with_raw(addr0(), f, zs_io::handler_factory(|| Upper)),
+    )
     .unwrap();
     let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
     std::io::Write::write_all(&mut raw, b"hello raw").unwrap();
@@ -470,7 +489,13 @@ fn custom_protocol_beside_commands(backend: Arc<dyn Backend>) {
     let mut buf = [0u8; 9];
     raw.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HELLO RAW");
-    let c = Client::connect(secure, Registry::new(), Options::client(), server.local_addr()).unwrap();
+    let c = Client::connect(
+        secure,
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
+    .unwrap();
     assert_eq!(c.call("echo", "zs").wait().unwrap(), "zs");
     assert_eq!(server.connection_count(), 1);
 }
@@ -522,14 +547,24 @@ fn psk_identity_reaches_handlers(backend: Arc<dyn Backend>) {
     reg.console("whoami", |peer, _| {
         Ok(String::from_utf8_lossy(&peer.psk_identity().unwrap_or_default()).into_owned())
     });
-    let server =
-        Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), server_p)), reg, Options::default(), addr0()).unwrap();
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(backend.clone(), server_p)),
+        reg,
+        Options::default(),
+        addr0(),
+    )
+    .unwrap();
     for (who, k) in [("alice", key), ("bob", [0x77; 32])] {
         let client_p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
             Some(Arc::new(ClientConfig::psk(who.as_bytes(), &k).unwrap())),
             None,
         ));
-        let c = Client::connect(Arc::new(zs_secure::SecureBackend::new(backend.clone(), client_p)), Registry::new(), Options::client(), server.local_addr())
+        let c = Client::connect(
+            Arc::new(zs_secure::SecureBackend::new(backend.clone(), client_p)),
+            Registry::new(),
+            Options::client(),
+            server.local_addr(),
+        )
         .unwrap();
         assert_eq!(block_on(c.call("whoami", "")).unwrap(), who);
     }

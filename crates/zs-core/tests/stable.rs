@@ -78,8 +78,16 @@ fn ten_thousand_commands_through_a_hundred_link_drops() {
         idle_timeout: None,
         ..Options::default()
     };
-    let server =
-        Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), reg, server_opts, addr0()).unwrap();
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        reg,
+        server_opts,
+        addr0(),
+    )
+    .unwrap();
 
     let pushes = Arc::new(Mutex::new(Vec::<u64>::new()));
     let mut creg = Registry::new();
@@ -87,7 +95,12 @@ fn ten_thousand_commands_through_a_hundred_link_drops() {
     creg.direct_console("push", move |_, text| {
         p.lock().unwrap().push(text.parse().unwrap())
     });
-    let client = Client::connect_stable(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider)), creg, fast_reconnect(), server.local_addr())
+    let client = Client::connect_stable(
+        Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider)),
+        creg,
+        fast_reconnect(),
+        server.local_addr(),
+    )
     .unwrap();
     assert!(client.stable_id().is_some());
     let server_peer = server.peers()[0].clone();
@@ -246,7 +259,16 @@ fn offline_sessions_expire_and_late_resumes_fail_pending_calls() {
         stable_offline_timeout: Duration::from_millis(200),
         ..Options::default()
     };
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), reg, opts, addr0()).unwrap();
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        reg,
+        opts,
+        addr0(),
+    )
+    .unwrap();
     let copts = Options {
         reconnect: Reconnect {
             initial: Duration::from_millis(800),
@@ -255,7 +277,12 @@ fn offline_sessions_expire_and_late_resumes_fail_pending_calls() {
         },
         ..Options::client()
     };
-    let client = Client::connect_stable(Arc::new(zs_secure::SecureBackend::new(backend, provider)), Registry::new(), copts, server.local_addr())
+    let client = Client::connect_stable(
+        Arc::new(zs_secure::SecureBackend::new(backend, provider)),
+        Registry::new(),
+        copts,
+        server.local_addr(),
+    )
     .unwrap();
     assert_eq!(client.call("echo", "a").wait().unwrap(), "a");
     client.drop_link();
@@ -296,7 +323,15 @@ fn memory_is_bounded_per_session_and_for_offline_sessions() {
         stable_max_offline: 1,
         ..Options::default()
     };
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), Registry::new(), opts, addr0())
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        Registry::new(),
+        opts,
+        addr0(),
+    )
     .unwrap();
     let slow = Options {
         session: SessionConfig {
@@ -311,7 +346,15 @@ fn memory_is_bounded_per_session_and_for_offline_sessions() {
         ..Options::client()
     };
     let connect = || {
-        Client::connect_stable(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), Registry::new(), slow.clone(), server.local_addr())
+        Client::connect_stable(
+            Arc::new(zs_secure::SecureBackend::new(
+                backend.clone(),
+                provider.clone(),
+            )),
+            Registry::new(),
+            slow.clone(),
+            server.local_addr(),
+        )
         .unwrap()
     };
     let (a, b) = (connect(), connect());
@@ -384,9 +427,22 @@ fn a_wrong_resume_secret_is_rejected() {
     let provider = provider();
     let mut reg = Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), reg, Options::default(), addr0())
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        reg,
+        Options::default(),
+        addr0(),
+    )
     .unwrap();
-    let client = Client::connect_stable(Arc::new(zs_secure::SecureBackend::new(backend, provider.clone())), Registry::new(), fast_reconnect(), server.local_addr())
+    let client = Client::connect_stable(
+        Arc::new(zs_secure::SecureBackend::new(backend, provider.clone())),
+        Registry::new(),
+        fast_reconnect(),
+        server.local_addr(),
+    )
     .unwrap();
     let sid = client.stable_id().unwrap();
 
@@ -447,9 +503,25 @@ fn non_stable_sessions_are_unaffected() {
             }
         });
     });
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), reg, Options::default(), addr0())
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        reg,
+        Options::default(),
+        addr0(),
+    )
     .unwrap();
-    let client = Client::connect(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), Registry::new(), Options::client(), server.local_addr())
+    let client = Client::connect(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
     .unwrap();
     assert_eq!(client.stable_id(), None);
     let pending = client.call("hold", "x");
@@ -467,12 +539,25 @@ fn non_stable_sessions_are_unaffected() {
         .load(Ordering::SeqCst)
         == 1));
 
-    let off = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), Registry::new(), Options {
+    let off = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        Registry::new(),
+        Options {
             stable: false,
             ..Options::default()
-        }, addr0())
+        },
+        addr0(),
+    )
     .unwrap();
-    match Client::connect_stable(Arc::new(zs_secure::SecureBackend::new(backend, provider)), Registry::new(), Options::client(), off.local_addr()) {
+    match Client::connect_stable(
+        Arc::new(zs_secure::SecureBackend::new(backend, provider)),
+        Registry::new(),
+        Options::client(),
+        off.local_addr(),
+    ) {
         Err(Error::Config(m)) => assert!(m.contains("refused StableIO"), "{m}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -486,7 +571,15 @@ fn the_client_gives_up_after_its_deadline() {
     let provider = provider();
     let mut reg = Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider.clone())), reg, Options::default(), addr0())
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        reg,
+        Options::default(),
+        addr0(),
+    )
     .unwrap();
     let opts = Options {
         reconnect: Reconnect {
@@ -496,7 +589,12 @@ fn the_client_gives_up_after_its_deadline() {
         },
         ..Options::client()
     };
-    let client = Client::connect_stable(Arc::new(zs_secure::SecureBackend::new(backend, provider)), Registry::new(), opts, server.local_addr())
+    let client = Client::connect_stable(
+        Arc::new(zs_secure::SecureBackend::new(backend, provider)),
+        Registry::new(),
+        opts,
+        server.local_addr(),
+    )
     .unwrap();
     assert_eq!(client.call("echo", "up").wait().unwrap(), "up");
     drop(server);

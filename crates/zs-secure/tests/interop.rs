@@ -84,7 +84,12 @@ fn zs_core_client_calls_a_plaintext_handler_behind_the_layer() {
         )
         .unwrap();
     // The client side is zs-core with its own built-in secure session.
-    let client = Client::connect(Arc::new(zs_secure::SecureBackend::new(epoll(), provider)), Registry::new(), Options::client(), listener.local_addr())
+    let client = Client::connect(
+        Arc::new(zs_secure::SecureBackend::new(epoll(), provider)),
+        Registry::new(),
+        Options::client(),
+        listener.local_addr(),
+    )
     .unwrap();
     for i in 0..50 {
         let text = format!("hello {i} {}", "x".repeat(i * 97));
@@ -138,7 +143,12 @@ fn plaintext_client_behind_the_layer_calls_a_zs_core_server() {
     let raw = epoll();
     let mut commands = Registry::new();
     commands.console("echo", |_peer, text| Ok(format!("<{text}>")));
-    let server = Server::start(Arc::new(zs_secure::SecureBackend::new(raw.clone(), provider.clone())), commands, Options::default(), "127.0.0.1:0".parse().unwrap())
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(raw.clone(), provider.clone())),
+        commands,
+        Options::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
     .unwrap();
     let secure = SecureBackend::new(raw, provider);
     let (tx, rx) = mpsc::channel();

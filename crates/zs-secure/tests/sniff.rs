@@ -13,9 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{
-    assert_dropped, epoll, good_client, psk_provider, roundtrip, tcp, Echo, KEY, WAIT,
-};
+use common::{assert_dropped, epoll, good_client, psk_provider, roundtrip, tcp, Echo, KEY, WAIT};
 use zs_io::{Conn, Handler, HandlerFactory, Listener};
 use zs_secure::{SecureBackend, SecureConfig};
 

@@ -114,20 +114,24 @@ fn server_and_client_inside_the_tunnel() {
     let t = Tunnels::new();
     let provider = provider();
     let server = Server::start(
-        Arc::new(t.server_end.clone()),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            Arc::new(t.server_end.clone()),
+            provider.clone(),
+        )),
         registry(),
         Options::default(),
         vaddr(),
     )
     .unwrap();
     assert_eq!(server.local_addr(), vaddr());
-    assert_eq!(server.backend_name(), "p2pvm");
+    assert_eq!(server.backend_name(), "secure(p2pvm)");
     assert!(t.client_end.wait_peer_listen(vaddr(), WAIT));
 
     let client = Client::connect(
-        Arc::new(t.client_end.clone()),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            Arc::new(t.client_end.clone()),
+            provider.clone(),
+        )),
         Registry::new(),
         Options::client(),
         vaddr(),
@@ -162,8 +166,10 @@ fn server_and_client_inside_the_tunnel() {
 
     // Connection clone: a second client to the same virtual server, both live.
     let clone = Client::connect(
-        Arc::new(t.client_end.clone()),
-        provider,
+        Arc::new(zs_secure::SecureBackend::new(
+            Arc::new(t.client_end.clone()),
+            provider,
+        )),
         Registry::new(),
         Options::client(),
         vaddr(),
@@ -204,8 +210,10 @@ fn stable_io_survives_dropped_virtual_connections() {
         Ok(text.to_owned())
     });
     let server = Server::start(
-        Arc::new(t.server_end.clone()),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            Arc::new(t.server_end.clone()),
+            provider.clone(),
+        )),
         r,
         Options::default(),
         vaddr(),
@@ -213,8 +221,10 @@ fn stable_io_survives_dropped_virtual_connections() {
     .unwrap();
     assert!(t.client_end.wait_peer_listen(vaddr(), WAIT));
     let client = Client::connect_stable(
-        Arc::new(t.client_end.clone()),
-        provider,
+        Arc::new(zs_secure::SecureBackend::new(
+            Arc::new(t.client_end.clone()),
+            provider,
+        )),
         Registry::new(),
         Options::client(),
         vaddr(),
