@@ -52,13 +52,6 @@ impl zs_io::Backend for NullBackend {
 type Held = Arc<Mutex<Vec<Responder>>>;
 
 fn server(ordered: bool, held: Held) -> Server {
-    let id = zs_crypto::ServerIdentity::from_seed(&[7; 32]).unwrap();
-    let sec = Arc::new(zs_crypto::ZsSecurity::new(
-        None,
-        Some(Arc::new(zs_crypto::ServerConfig::with_identity(Arc::new(
-            id,
-        )))),
-    ));
     let mut r = Registry::new();
     r.console("echo", |_, t| Ok(t.to_owned()));
     r.console("fail", |_, _| Err("no".into()));
@@ -83,7 +76,6 @@ fn server(ordered: bool, held: Held) -> Server {
     };
     Server::start(
         Arc::new(NullBackend),
-        sec,
         r,
         options,
         "127.0.0.1:0".parse().unwrap(),

@@ -126,21 +126,20 @@ impl Target {
             self.key.as_deref(),
         )?);
         cfg.suites = vec![SuiteId::Aes256Gcm, SuiteId::ChaCha20Poly1305];
-        let backend = zserver::backend_by_name(
-            &self.backend,
-            zserver::io::Config {
-                loops,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let io = zserver::io::Config {
+            loops,
+            ..Default::default()
+        };
+        let backend =
+            zserver::backend_by_name(&self.backend, io.clone()).map_err(|e| e.to_string())?;
         let timeout = Duration::from_secs(self.timeout.max(1));
         let mut options = zserver::Options::client();
         options.call_timeout = Some(timeout);
         options.connect_timeout = timeout;
+        // zs-core over the security layer (its only path since session 11).
+        let provider = Arc::new(ZsSecurity::new(Some(Arc::new(cfg)), None));
         Ok(Endpoint {
-            backend: Arc::from(backend),
-            provider: Arc::new(ZsSecurity::new(Some(Arc::new(cfg)), None)),
+            backend: zserver::secure::secure_over(&io, Arc::from(backend), provider),
             options,
             addr: self.addr,
         })
@@ -149,7 +148,6 @@ impl Target {
 
 struct Endpoint {
     backend: Arc<dyn zserver::Backend>,
-    provider: Arc<ZsSecurity>,
     options: zserver::Options,
     addr: SocketAddr,
 }
@@ -158,7 +156,6 @@ impl Endpoint {
     fn connect(&self) -> Result<Client, String> {
         Client::connect(
             self.backend.clone(),
-            self.provider.clone(),
             Registry::new(),
             self.options.clone(),
             self.addr,
