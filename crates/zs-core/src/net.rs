@@ -2061,11 +2061,12 @@ impl Client {
     /// # let client_cfg = zs_crypto::session::ClientConfig::pinned(identity.fingerprint());
     /// # let server_cfg = zs_crypto::ServerConfig::with_identity(Arc::new(identity));
     /// # let security = Arc::new(zs_crypto::ZsSecurity::new(Some(Arc::new(client_cfg)), Some(Arc::new(server_cfg))));
+    /// # let backend: Arc<dyn zs_io::Backend> = Arc::new(zs_secure::SecureBackend::new(backend, security));
     /// let mut commands = Registry::new();
     /// commands.console("shout", |_, text| Ok(text.to_uppercase()));
-    /// let server = Server::start(backend.clone(), security.clone(), commands,
+    /// let server = Server::start(backend.clone(), commands,
     ///     zs_core::Options::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
-    /// let client = Client::connect(backend, security, Registry::new(),
+    /// let client = Client::connect(backend, Registry::new(),
     ///     zs_core::Options::client(), server.local_addr()).unwrap();
     ///
     /// struct Collect(Mutex<mpsc::Sender<(u64, String)>>);

@@ -335,7 +335,8 @@ pub enum Event {
         /// Message.
         message: String,
     },
-    /// The peer closed the session in an orderly way.
+    /// The peer ended the session in an orderly way (`__@close`: a StableIO
+    /// session then ends with its link instead of waiting offline).
     Closed,
     /// StableIO: the session now survives its connection (client: the server
     /// accepted and gave its credentials; server: it accepted the request).
@@ -357,7 +358,7 @@ pub enum Event {
     /// StableIO (server, on a fresh session): the peer asks to resume session
     /// `session`. Input processing is paused: the runtime checks `proof`
     /// against the session's secret with [`Session::verify_resume`], then
-    /// moves this link into the old session ([`Session::take_link`],
+    /// moves this link into the old session ([`Session::take_input`],
     /// [`Session::resume_link`]) or refuses ([`Session::refuse_resume`]).
     ResumeRequest {
         /// The session id claimed.
@@ -702,16 +703,20 @@ impl Session {
             data.clear();
             return Ok(()); // bytes of a link already given up: ignored
         }
-        self.bytes_in += data.len() as u64;
         let r = if self.plain.is_empty() {
+            let before = data.len();
             let r = self.decode(data, now);
             if self.blocked || self.paused {
                 self.plain = data.split();
             }
+            // (A partial frame left with the caller is counted when it is
+            // consumed.)
+            self.bytes_in += (before - data.len()) as u64;
             r
         } else {
             // Input held back earlier comes first (rare: reading is paused
             // while input is blocked).
+            self.bytes_in += data.len() as u64;
             self.plain.extend_from_slice(data);
             data.clear();
             self.decode_plain(now)
@@ -3009,6 +3014,7 @@ mod deadline_tests {
         c.write_output(&mut b);
         assert_eq!(b.as_ptr(), ptr, "swapped, not copied");
         // Fed in two pieces: the partial frame stays in the caller's buffer.
+        let total = b.len() as u64;
         let mut input = b.split_to(b.len() - 3);
         s.handle_input(&mut input, now).unwrap();
         assert!(
@@ -3018,6 +3024,7 @@ mod deadline_tests {
         input.extend_from_slice(&b);
         s.handle_input(&mut input, now).unwrap();
         assert!(input.is_empty());
+        assert_eq!(s.byte_counts().0, total, "each byte counted once");
         let mut n = 0;
         while let Some(ev) = s.poll_event() {
             assert!(matches!(ev, Event::Request(Request::Console { .. })));

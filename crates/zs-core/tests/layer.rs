@@ -129,6 +129,17 @@ fn handlers_see_the_psk_identity_the_layer_verified() {
     assert_eq!(client.call("who", "").wait().unwrap(), "alice");
 }
 
+/// A StableIO client of `server` over its own secure(raw) backend.
+fn stable_client(p: &Arc<dyn SecurityProvider>, server: &Server) -> Client {
+    Client::connect_stable(
+        secure(raw1(), p),
+        Registry::new(),
+        fast_reconnect(),
+        server.local_addr(),
+    )
+    .unwrap()
+}
+
 /// StableIO over the layer: the link dies, the client reconnects through a
 /// new handshake and proves the resume over the new connection's channel
 /// binding; the call made before the drop completes once.
@@ -141,13 +152,7 @@ fn stable_sessions_resume_over_the_layer() {
         ..Options::default()
     };
     let server = Server::start(secure(raw1(), &p), registry(&calls), opts, addr0()).unwrap();
-    let client = Client::connect_stable(
-        secure(raw1(), &p),
-        Registry::new(),
-        fast_reconnect(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let client = stable_client(&p, &server);
     assert!(client.stable_id().is_some_and(|id| id != 0));
     assert_eq!(client.call("echo", "before").wait().unwrap(), "before");
     for round in 0..3 {
@@ -178,20 +183,8 @@ fn a_stable_session_closed_by_its_client_ends_on_the_server_at_once() {
         ..Options::default()
     };
     let server = Server::start(secure(raw1(), &p), registry(&calls), opts, addr0()).unwrap();
-    let dropped = Client::connect_stable(
-        secure(raw1(), &p),
-        Registry::new(),
-        fast_reconnect(),
-        server.local_addr(),
-    )
-    .unwrap();
-    let closed = Client::connect_stable(
-        secure(raw1(), &p),
-        Registry::new(),
-        fast_reconnect(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let dropped = stable_client(&p, &server);
+    let closed = stable_client(&p, &server);
     assert_eq!(closed.call("echo", "x").wait().unwrap(), "x");
     assert_eq!(dropped.call("echo", "y").wait().unwrap(), "y");
     assert_eq!(server.stable_sessions(), 2);
