@@ -154,6 +154,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(s.pending_calls() == 0, "the server never called");
     }
     if closed {
-        assert!(!s.link_lost("EOF after __@close"), "ended, not kept offline");
+        assert!(
+            !s.link_lost("EOF after __@close"),
+            "ended, not kept offline"
+        );
     }
 });
