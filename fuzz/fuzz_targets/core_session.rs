@@ -1,17 +1,20 @@
-//! A zs-core server `Session` fed arbitrary bytes, over the NullCipher suite so
-//! the input reaches the frame layer: (a) raw bytes from the first byte on
-//! (handshake parser), (b) after a valid handshake, arbitrary plaintext cut in
-//! arbitrary pieces (every frame kind, Control commands, BigStream, batches),
-//! (c) the same after a valid `__@stable` request, so StableIO records, acks,
-//! resends and resume requests are reached too. No panic; memory stays bounded
-//! (resend buffer, staged batches and transfers are capped by the config).
+//! A zs-core server `Session` fed arbitrary plaintext (what the security
+//! layer under it hands on), cut in arbitrary pieces with the zs-io
+//! convention (a partial frame stays in the caller's buffer and the next
+//! bytes are appended to it): (a) from the first byte on, (b) after a valid
+//! `__@stable` request, so StableIO records, acks, resends and resume requests
+//! are reached too, (c) as (b) with the client's orderly end `__@close` sent
+//! at an arbitrary point: once the session reported `Closed`, the end of its
+//! link ends it (it is not kept offline). Every frame kind, Control command,
+//! BigStream and batch is reachable. No panic; memory stays bounded (resend
+//! buffer, staged batches and transfers are capped by the config), and the
+//! server's output is whole, valid frames.
 #![no_main]
 
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use zs_core::{Event, Reply, Request, Session, SessionConfig};
-use zs_crypto::{SecureSession, SecurityProvider, ZsSecurity};
 use zs_wire::bytes::BytesMut;
 use zs_wire::{DataFrame, Frame, FrameCodec, Text};
 
@@ -32,22 +35,27 @@ fn config() -> SessionConfig {
     cfg
 }
 
-fn pump(c: &mut dyn SecureSession, s: &mut Session, now: Instant) -> bool {
-    let mut b = Vec::new();
-    c.write_output(&mut b);
-    if s.handle_input(&b, now).is_err() {
-        return false;
-    }
-    let mut b = Vec::new();
-    s.write_output(&mut b);
-    // The server's output must stay valid for a real client.
-    c.handle_input(&b, now)
-        .expect("server output is valid for the client");
-    while c.poll_event().is_some() {}
-    true
+/// What the security layer reports for the link.
+fn link() -> zs_io::SecurityInfo {
+    zs_io::SecurityInfo::new("fuzz", "AES-256-GCM", Some(b"id".to_vec()), None)
+        .with_channel_binding(Some([5; 32]))
 }
 
-fn serve_events(s: &mut Session, now: Instant) {
+/// The server's output must be whole, valid frames for a real client.
+fn check_output(s: &mut Session, codec: &mut FrameCodec) {
+    let mut b = BytesMut::new();
+    s.write_output(&mut b);
+    while !b.is_empty() {
+        match codec.decode(&mut b) {
+            Ok(Some(_)) => {}
+            other => panic!("server output is not whole valid frames: {other:?}"),
+        }
+    }
+}
+
+/// Handles the server's events like a runtime; true once it reported `Closed`.
+fn serve_events(s: &mut Session, now: Instant) -> bool {
+    let mut closed = false;
     while let Some(ev) = s.poll_event() {
         match ev {
             Event::Request(r) => {
@@ -64,9 +72,19 @@ fn serve_events(s: &mut Session, now: Instant) {
             Event::ResumeRequest { .. } => {
                 s.refuse_resume("unknown", now);
             }
+            Event::Closed => closed = true,
             _ => {}
         }
     }
+    closed
+}
+
+fn encode(f: &Frame) -> BytesMut {
+    let mut b = BytesMut::new();
+    FrameCodec::new(config().wire)
+        .encode(f, &mut b)
+        .expect("encode");
+    b
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -74,57 +92,71 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let now = Instant::now();
-    let p = ZsSecurity::null_cipher(b"key");
-    let mut s = Session::new(p.new_server(now).expect("server"), config());
+    let mut s = Session::new(config());
     s.serve_stable(Some((7, [3; 32])));
+    s.open_link(&link(), now).expect("link");
+    let mut out_codec = FrameCodec::new(config().wire);
+    let mut input = BytesMut::new();
     let mut t = now;
-    if mode % 3 == 0 {
-        let mut rest = rest;
-        while !rest.is_empty() {
-            let n = (rest[0] as usize % 97 + 1).min(rest.len());
-            let (piece, tail) = rest.split_at(n);
-            rest = tail;
-            t += Duration::from_millis(30);
-            if s.handle_input(piece, t).is_err() {
-                return;
-            }
-            let _ = s.handle_timeout(t);
-            serve_events(&mut s, t);
-        }
-        return;
-    }
-    let mut c = p.new_client(now).expect("client");
-    for _ in 0..3 {
-        assert!(pump(c.as_mut(), &mut s, now), "handshake");
-    }
-    assert!(s.is_established());
-    if mode % 3 == 2 {
-        let mut b = BytesMut::new();
+    let mode = mode % 3;
+    if mode != 0 {
         let hello = Frame::Control {
             id: 0,
             cmd: Text::from("__@stable"),
             data: DataFrame::new(),
         };
-        FrameCodec::new(config().wire)
-            .encode(&hello, &mut b)
-            .expect("encode");
-        c.send(&b, now).expect("send");
-        assert!(pump(c.as_mut(), &mut s, now));
+        input.extend_from_slice(&encode(&hello));
+        s.handle_input(&mut input, now).expect("stable request");
+        assert!(input.is_empty());
         assert!(s.is_stable());
+        serve_events(&mut s, now);
+        check_output(&mut s, &mut out_codec);
     }
-    // Arbitrary plaintext in arbitrary pieces, each sealed into valid records.
+    // Mode 2: the orderly end goes after the piece the first byte picks.
+    let mut close_after = if mode == 2 {
+        rest.first().map(|b| *b as usize % 8)
+    } else {
+        None
+    };
+    let mut closed = false;
     let mut rest = rest;
     while !rest.is_empty() {
         let n = (rest[0] as usize * 7 % 512 + 1).min(rest.len());
         let (piece, tail) = rest.split_at(n);
         rest = tail;
         t += Duration::from_millis(7);
-        if c.send(piece, t).is_err() || !pump(c.as_mut(), &mut s, t) {
+        input.extend_from_slice(piece);
+        if close_after == Some(0) {
+            let bye = Frame::Control {
+                id: 0,
+                cmd: Text::from("__@close"),
+                data: DataFrame::new(),
+            };
+            input.extend_from_slice(&encode(&bye));
+        }
+        close_after = close_after.and_then(|n| n.checked_sub(1));
+        if s.handle_input(&mut input, t).is_err() {
             return;
         }
+        // Only a partial frame may stay with the caller.
+        assert!(input.len() < 256 * 1024 + 16 || s.input_blocked());
         let _ = s.handle_timeout(t);
-        serve_events(&mut s, t);
+        closed |= serve_events(&mut s, t);
+        check_output(&mut s, &mut out_codec);
+        while s.input_blocked() {
+            if s.resume_input(t).is_err() {
+                return;
+            }
+            closed |= serve_events(&mut s, t);
+            check_output(&mut s, &mut out_codec);
+        }
         assert!(s.stable_unacked_bytes() <= UNACKED + 300 * 1024);
         assert!(s.pending_calls() == 0, "the server never called");
+    }
+    if closed {
+        assert!(
+            !s.link_lost("EOF after __@close"),
+            "ended, not kept offline"
+        );
     }
 });

@@ -195,7 +195,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         ),
         ("zs-secure", &["zs-io", "zs-crypto"][..]),
         ("zs-db", &["zs-wire", "zs-expr"][..]),
-        ("zs-core", &["zs-wire", "zs-crypto", "zs-io"][..]),
+        ("zs-core", &["zs-wire", "zs-io"][..]),
         (
             "zs-xnat",
             &[

@@ -83,8 +83,7 @@ pub fn serve_if_child() -> bool {
         let _ = r.reply_text(text);
     });
     let server = Server::start(
-        crate::backend("epoll"),
-        provider(Some(identity), None),
+        crate::secured("epoll", provider(Some(identity), None)),
         commands,
         zs_core::Options::default(),
         "127.0.0.1:0".parse().expect("addr"),
@@ -296,8 +295,7 @@ fn pair() -> (ChildServer, Arc<Client>) {
     let srv = ChildServer::start(&seed);
     let client = Arc::new(
         Client::connect(
-            crate::backend("epoll"),
-            provider(None, Some(&identity)),
+            crate::secured("epoll", provider(None, Some(&identity))),
             Registry::new(),
             zs_core::Options::client(),
             srv.addr,

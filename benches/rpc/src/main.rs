@@ -81,17 +81,9 @@ fn backend(kind: &str) -> Arc<dyn zs_io::Backend> {
     Arc::from(zserver::backend_by_name(kind, cfg).expect("backend"))
 }
 
-/// Where the security runs: zs-core's built-in secure session
-/// (`Server::start` / `Client::connect`, the old path) or the
-/// `zs_secure::SecureBackend` layer under plaintext sessions
-/// (`Server::start_plain` / `Client::connect_plain`, issue 13's new path).
-#[derive(Clone, Copy, PartialEq)]
-enum Path {
-    Builtin,
-    Layer,
-}
-
-fn zs_pair(kind: &str, path: Path) -> ZsPair {
+/// A zs-core server and client over `zs_secure::SecureBackend(kind)` (the
+/// security is a transport layer under zs-core's plaintext sessions).
+fn zs_pair(kind: &str) -> ZsPair {
     let (identity, _seed) =
         ServerIdentity::generate(&ring::rand::SystemRandom::new()).expect("identity");
     let mut ccfg = ClientConfig::pinned(identity.fingerprint());
@@ -108,37 +100,19 @@ fn zs_pair(kind: &str, path: Path) -> ZsPair {
         let _ = r.reply_text(text);
     });
     let addr = "127.0.0.1:0".parse().expect("addr");
-    let server = match path {
-        Path::Builtin => Server::start(
-            backend(kind),
-            provider.clone(),
-            commands,
-            zs_core::Options::default(),
-            addr,
-        ),
-        Path::Layer => Server::start_plain(
-            secured(kind, provider.clone()),
-            commands,
-            zs_core::Options::default(),
-            addr,
-        ),
-    }
+    let server = Server::start(
+        secured(kind, provider.clone()),
+        commands,
+        zs_core::Options::default(),
+        addr,
+    )
     .expect("server");
-    let client = match path {
-        Path::Builtin => Client::connect(
-            backend(kind),
-            provider,
-            Registry::new(),
-            zs_core::Options::client(),
-            server.local_addr(),
-        ),
-        Path::Layer => Client::connect_plain(
-            secured(kind, provider),
-            Registry::new(),
-            zs_core::Options::client(),
-            server.local_addr(),
-        ),
-    }
+    let client = Client::connect(
+        secured(kind, provider),
+        Registry::new(),
+        zs_core::Options::client(),
+        server.local_addr(),
+    )
     .expect("client");
     let text = payload();
     assert_eq!(client.call("echo", &text).wait().expect("echo"), text);
@@ -621,24 +595,14 @@ fn main() {
             .and_then(|s| s.parse::<usize>().ok())
             .unwrap_or(PIPE)
             .max(1);
-        let path = if std::env::var_os("ZS_RPC_LAYER").is_some() {
-            Path::Layer
-        } else {
-            Path::Builtin
-        };
-        let p = zs_pair("epoll", path);
+        let p = zs_pair("epoll");
         let rate = zs_chained(
             &p.client,
             Api::Sink,
             inflight,
             Duration::from_secs_f64(secs),
         );
-        let which = if path == Path::Layer {
-            "secure layer"
-        } else {
-            "built-in session"
-        };
-        println!("zs-epoll ({which}), {inflight} in flight: {rate:.0} calls/s ({placement})");
+        println!("zs-epoll, {inflight} in flight: {rate:.0} calls/s ({placement})");
         return;
     }
     let dur = if opts.quick {
@@ -656,22 +620,13 @@ fn main() {
         raw::pingpong_client(pp, MSG, dur)
     });
     #[cfg(target_os = "linux")]
-    let epoll = Arc::new(zs_pair("epoll", Path::Builtin));
-    #[cfg(target_os = "linux")]
-    let epoll_layer = Arc::new(zs_pair("epoll", Path::Layer));
+    let epoll = Arc::new(zs_pair("epoll"));
     #[cfg(target_os = "linux")]
     {
         let p = epoll.clone();
         suite.case("zs-epoll-seq", "calls_per_s", Better::Higher, move || {
             zs_chained(&p.client, Api::Sink, 1, dur)
         });
-        let p = epoll_layer.clone();
-        suite.case(
-            "zs-epoll-layer-seq",
-            "calls_per_s",
-            Better::Higher,
-            move || zs_chained(&p.client, Api::Sink, 1, dur),
-        );
         let p = epoll.clone();
         suite.case(
             "zs-epoll-seq-wait",
@@ -714,13 +669,6 @@ fn main() {
         suite.case("zs-epoll-pipe64", "msgs_per_s", Better::Higher, move || {
             zs_chained(&p.client, Api::Sink, PIPE, dur)
         });
-        let p = epoll_layer.clone();
-        suite.case(
-            "zs-epoll-layer-pipe64",
-            "msgs_per_s",
-            Better::Higher,
-            move || zs_chained(&p.client, Api::Sink, PIPE, dur),
-        );
         let p = epoll.clone();
         suite.case(
             "zs-epoll-pipe64-boxed",
@@ -729,17 +677,10 @@ fn main() {
             move || zs_chained(&p.client, Api::Boxed, PIPE, dur),
         );
     }
-    let tk = zs_pair("tokio", Path::Builtin);
+    let tk = zs_pair("tokio");
     suite.case("zs-tokio-pipe64", "msgs_per_s", Better::Higher, move || {
         zs_chained(&tk.client, Api::Sink, PIPE, dur)
     });
-    let tkl = zs_pair("tokio", Path::Layer);
-    suite.case(
-        "zs-tokio-layer-pipe64",
-        "msgs_per_s",
-        Better::Higher,
-        move || zs_chained(&tkl.client, Api::Sink, PIPE, dur),
-    );
     {
         let (rt, c, t) = (crt.clone(), tarpc_client, text);
         suite.case("tarpc-pipe64", "msgs_per_s", Better::Higher, move || {
@@ -797,27 +738,8 @@ fn main() {
     suite.ratio("zs_vs_tonic", "zs-epoll-pipe64", "tonic-pipe64");
     suite.ratio("seq_zs_vs_tarpc", "zs-epoll-seq", "tarpc-seq");
     suite.ratio("seq_zs_vs_tonic", "zs-epoll-seq", "tonic-seq");
-    // Issue 13, part 2: the secure layer under plaintext sessions (new) against
-    // zs-core's built-in secure session (old), same run; parity is the gate.
-    suite.ratio(
-        "layer_vs_builtin_pipelined",
-        "zs-epoll-layer-pipe64",
-        "zs-epoll-pipe64",
-    );
-    suite.ratio("layer_vs_builtin_seq", "zs-epoll-layer-seq", "zs-epoll-seq");
-    suite.ratio(
-        "layer_vs_builtin_tokio_pipelined",
-        "zs-tokio-layer-pipe64",
-        "zs-tokio-pipe64",
-    );
-    suite.ratio(
-        "layer_pipelined_vs_raw",
-        "zs-epoll-layer-pipe64",
-        "raw-echo-pipe64",
-    );
-    suite.ratio("layer_seq_vs_raw", "zs-epoll-layer-seq", "raw-pingpong");
     suite.note(format!(
-        "64 B payload each way; zserver: AES-256-GCM sessions, epoll backend unless named tokio, 1 server loop + 1 client loop thread; \
+        "64 B payload each way; zserver: AES-256-GCM records in zs_secure::SecureBackend under zs-core, epoll backend unless named tokio, 1 server loop + 1 client loop thread; \
          tarpc (bincode/TCP) and tonic (HTTP/2, prost) plaintext, 1-worker tokio runtime per side; {dur:?} per sample"
     ));
     suite.note(
@@ -829,10 +751,6 @@ fn main() {
          as the raw echo answers with the bytes it read; no allocation per call on either end); zs-epoll-pipe64-boxed: \
          Client::call_with (a boxed closure per call) against `echo` (a handler returning a new String). \
          Every zs case: 64 B each way, AES-256-GCM records, the answer checked against the request; the raw cases: plaintext, unchecked",
-    );
-    suite.note(
-        "zs-*-layer-*: the same calls over zs_secure::SecureBackend (handshake and AES-256-GCM records in the layer) with \
-         Server::start_plain / Client::connect_plain; the others: zs-core's built-in secure session; layer_vs_builtin_* = new/old",
     );
     suite.note(format!("thread placement: {placement}"));
     #[cfg(target_os = "linux")]

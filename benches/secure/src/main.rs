@@ -254,17 +254,23 @@ fn zs_pair() -> ZsPair {
     let p = provider();
     let mut commands = Registry::new();
     commands.big_stream("sink", big_sink);
+    // zs-core over the layer (its only path since session 11).
+    let layered = |p: Arc<dyn zs_crypto::SecurityProvider>| -> Arc<dyn zs_io::Backend> {
+        Arc::new(zs_secure::SecureBackend::with_config(
+            epoll(),
+            p,
+            zs_secure::SecureConfig::for_io(&zs_io::Config::default()),
+        ))
+    };
     let server = Server::start(
-        epoll(),
-        p.clone(),
+        layered(p.clone()),
         commands,
         zs_core::Options::default(),
         "127.0.0.1:0".parse().expect("addr"),
     )
     .expect("server");
     let client = Client::connect(
-        epoll(),
-        p,
+        layered(p),
         Registry::new(),
         zs_core::Options::client(),
         server.local_addr(),

@@ -72,12 +72,8 @@ fn clients(addr: SocketAddr, n: usize, fp: &str) {
         drop(conns);
         k
     } else {
-        // `layer:<fingerprint>`: the server runs over the secure layer, and so
-        // do the clients (`Client::connect_plain` over `SecureBackend`).
-        let (layer, fp) = match fp.strip_prefix("layer:") {
-            Some(fp) => (true, fp),
-            None => (false, fp),
-        };
+        // The clients run over the secure layer (`SecureBackend`), as the
+        // server does.
         let fp: Fingerprint = fp.parse().expect("fingerprint");
         let mut ccfg = ClientConfig::pinned(fp);
         ccfg.suites = vec![SuiteId::Aes256Gcm];
@@ -100,12 +96,7 @@ fn clients(addr: SocketAddr, n: usize, fp: &str) {
                     while next.fetch_add(1, Ordering::Relaxed) < n {
                         let mut o = zs_core::Options::client();
                         o.keepalive = None;
-                        let c = if layer {
-                            Client::connect_plain(secure.clone(), Registry::new(), o, addr)
-                        } else {
-                            Client::connect(b.clone(), provider.clone(), Registry::new(), o, addr)
-                        };
-                        match c {
+                        match Client::connect(secure.clone(), Registry::new(), o, addr) {
                             Ok(c) => {
                                 if c.peer().send_signal("ready", 0).is_err() {
                                     failures.fetch_add(1, Ordering::Relaxed);
@@ -189,34 +180,20 @@ fn server(kind: &str, n: usize) {
         let options = zs_core::Options {
             max_connections: usize::MAX,
             max_connections_per_ip: usize::MAX,
-            max_handshakes: usize::MAX,
-            max_handshakes_per_ip: usize::MAX,
             ..zs_core::Options::default()
         };
         let addr = "127.0.0.1:0".parse().expect("addr");
-        // `<kind>-layer`: zs_secure::SecureBackend(kind) under plaintext
-        // sessions (issue 13's new path); `<kind>`: the built-in session.
-        let (s, fp) = match kind.strip_suffix("-layer") {
-            Some(raw) => {
-                let secure = Arc::new(zs_secure::SecureBackend::with_config(
-                    backend(raw, 2),
-                    provider,
-                    zs_secure::SecureConfig {
-                        max_handshakes: usize::MAX,
-                        ..zs_secure::SecureConfig::for_io(&zs_io::Config::default())
-                    },
-                ));
-                (
-                    Server::start_plain(secure, commands, options, addr),
-                    format!("layer:{fp}"),
-                )
-            }
-            None => (
-                Server::start(backend(kind, 2), provider, commands, options, addr),
-                fp,
-            ),
-        };
-        let s = s.expect("server");
+        // zs_secure::SecureBackend(kind) under zs-core's plaintext sessions
+        // (its handshake cap lifted too).
+        let secure = Arc::new(zs_secure::SecureBackend::with_config(
+            backend(kind, 2),
+            provider,
+            zs_secure::SecureConfig {
+                max_handshakes: usize::MAX,
+                ..zs_secure::SecureConfig::for_io(&zs_io::Config::default())
+            },
+        ));
+        let s = Server::start(secure, commands, options, addr).expect("server");
         let addr = s.local_addr();
         keep_server = Some(s);
         (addr, fp)
@@ -294,15 +271,13 @@ fn main() {
     let mut kinds = vec!["bare"];
     if cfg!(target_os = "linux") {
         kinds.push("epoll");
-        kinds.push("epoll-layer");
     }
     kinds.push("tokio");
-    kinds.push("tokio-layer");
     open_and_rss_cases(&mut suite, &kinds, "rss_per_session_bytes", move |kind| {
         sample(kind, n)
     });
     suite.run();
-    for kind in ["epoll", "tokio", "epoll-layer", "tokio-layer"] {
+    for kind in ["epoll", "tokio"] {
         suite.ratio(
             &format!("{kind}_open_vs_bare"),
             &format!("{kind}-open"),
@@ -319,30 +294,8 @@ fn main() {
             ));
         }
     }
-    // Issue 13, part 2: bytes per idle session, new path (secure layer) / old
-    // path (built-in session); below 1 is fewer bytes.
-    for kind in ["epoll", "tokio"] {
-        // Time to open every session: old time / new time (above 1: faster).
-        suite.ratio(
-            &format!("layer_vs_builtin_{kind}_open"),
-            &format!("{kind}-layer-open"),
-            &format!("{kind}-open"),
-        );
-        let (new, old) = (
-            suite
-                .summary(&format!("{kind}-layer-rss"))
-                .map(|s| s.median),
-            suite.summary(&format!("{kind}-rss")).map(|s| s.median),
-        );
-        if let (Some(new), Some(old)) = (new, old) {
-            suite.note(format!(
-                "layer_vs_builtin_{kind}_idle_bytes: {:.3} ({new:.0} B over the secure layer / {old:.0} B built in)",
-                new / old
-            ));
-        }
-    }
     suite.note(format!(
-        "{n} sessions per sample (zs kinds: handshake done on both ends, proven by a signal the server decrypted; \
+        "{n} sessions per sample (zs kinds: zs-core over zs_secure::SecureBackend, handshake done on both ends, proven by a signal the server decrypted; \
          bare: accepted sockets); server 2 event loops, clients in a separate process (1 loop, {CONNECT_THREADS} \
          connecting threads), fresh server process per sample; RSS from /proc/self/statm; threads not pinned"
     ));

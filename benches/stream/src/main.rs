@@ -80,15 +80,6 @@ fn backend(kind: &str) -> Arc<dyn zs_io::Backend> {
     Arc::from(zserver::backend_by_name(kind, cfg).expect("backend"))
 }
 
-/// Where the security runs: zs-core's built-in secure session (old path) or
-/// `zs_secure::SecureBackend` under plaintext sessions (`Server::start_plain`
-/// / `Client::connect_plain`, issue 13's new path).
-#[derive(Clone, Copy, PartialEq)]
-enum Path {
-    Builtin,
-    Layer,
-}
-
 /// `SecureBackend(backend(kind))` with the raw backend's send queue bound.
 fn secured(kind: &str, provider: Arc<dyn zs_crypto::SecurityProvider>) -> Arc<dyn zs_io::Backend> {
     Arc::new(zs_secure::SecureBackend::with_config(
@@ -98,7 +89,8 @@ fn secured(kind: &str, provider: Arc<dyn zs_crypto::SecurityProvider>) -> Arc<dy
     ))
 }
 
-fn zs_pair(kind: &str, path: Path) -> ZsPair {
+/// A zs-core server and client over `SecureBackend(backend(kind))`.
+fn zs_pair(kind: &str) -> ZsPair {
     let (identity, _seed) =
         ServerIdentity::generate(&ring::rand::SystemRandom::new()).expect("identity");
     let mut ccfg = ClientConfig::pinned(identity.fingerprint());
@@ -112,37 +104,19 @@ fn zs_pair(kind: &str, path: Path) -> ZsPair {
     let mut commands = Registry::new();
     commands.big_stream("sink", sink);
     let addr = "127.0.0.1:0".parse().expect("addr");
-    let server = match path {
-        Path::Builtin => Server::start(
-            backend(kind),
-            provider.clone(),
-            commands,
-            zs_core::Options::default(),
-            addr,
-        ),
-        Path::Layer => Server::start_plain(
-            secured(kind, provider.clone()),
-            commands,
-            zs_core::Options::default(),
-            addr,
-        ),
-    }
+    let server = Server::start(
+        secured(kind, provider.clone()),
+        commands,
+        zs_core::Options::default(),
+        addr,
+    )
     .expect("server");
-    let client = match path {
-        Path::Builtin => Client::connect(
-            backend(kind),
-            provider,
-            Registry::new(),
-            zs_core::Options::client(),
-            server.local_addr(),
-        ),
-        Path::Layer => Client::connect_plain(
-            secured(kind, provider),
-            Registry::new(),
-            zs_core::Options::client(),
-            server.local_addr(),
-        ),
-    }
+    let client = Client::connect(
+        secured(kind, provider),
+        Registry::new(),
+        zs_core::Options::client(),
+        server.local_addr(),
+    )
     .expect("client");
     ZsPair {
         client,
@@ -173,7 +147,7 @@ fn zs_sample(p: &ZsPair, payload: &zs_io::Bytes, want: (u64, u64)) -> f64 {
 }
 
 fn main() {
-    // Profiling aid: `ZS_STREAM_ONLY=zs-epoll-layer-bigstream` runs only the
+    // Profiling aid: `ZS_STREAM_ONLY=zs-epoll-bigstream` runs only the
     // named cases (comma-separated).
     let opts = Options::from_env();
     let size = if opts.quick { 128 << 20 } else { 1 << 30 };
@@ -202,7 +176,7 @@ fn main() {
     );
     #[cfg(target_os = "linux")]
     {
-        let pair = zs_pair("epoll", Path::Builtin);
+        let pair = zs_pair("epoll");
         let p = payload.clone();
         suite.case_selected(
             "ZS_STREAM_ONLY",
@@ -211,30 +185,12 @@ fn main() {
             Better::Higher,
             move || zs_sample(&pair, &p, want),
         );
-        let pair = zs_pair("epoll", Path::Layer);
-        let p = payload.clone();
-        suite.case_selected(
-            "ZS_STREAM_ONLY",
-            "zs-epoll-layer-bigstream",
-            "gb_per_s",
-            Better::Higher,
-            move || zs_sample(&pair, &p, want),
-        );
     }
-    let pair = zs_pair("tokio", Path::Builtin);
+    let pair = zs_pair("tokio");
     let p = payload.clone();
     suite.case_selected(
         "ZS_STREAM_ONLY",
         "zs-tokio-bigstream",
-        "gb_per_s",
-        Better::Higher,
-        move || zs_sample(&pair, &p, want),
-    );
-    let pair = zs_pair("tokio", Path::Layer);
-    let p = payload.clone();
-    suite.case_selected(
-        "ZS_STREAM_ONLY",
-        "zs-tokio-layer-bigstream",
         "gb_per_s",
         Better::Higher,
         move || zs_sample(&pair, &p, want),
@@ -243,27 +199,11 @@ fn main() {
     suite.run();
     suite.ratio("stream_vs_raw", "zs-epoll-bigstream", "raw-tcp-copy");
     suite.ratio("tokio_stream_vs_raw", "zs-tokio-bigstream", "raw-tcp-copy");
-    // Issue 13, part 2: new path (secure layer) / old path (built-in session).
-    suite.ratio(
-        "layer_vs_builtin_stream",
-        "zs-epoll-layer-bigstream",
-        "zs-epoll-bigstream",
-    );
-    suite.ratio(
-        "layer_vs_builtin_tokio_stream",
-        "zs-tokio-layer-bigstream",
-        "zs-tokio-bigstream",
-    );
-    suite.ratio(
-        "layer_stream_vs_raw",
-        "zs-epoll-layer-bigstream",
-        "raw-tcp-copy",
-    );
     let cfg = zs_core::SessionConfig::default();
     suite.note(format!(
         "{} MiB per sample, AES-256-GCM, BigStream chunk {} KiB, window {} MiB (defaults); receiver checks order, \
          count and checksum of every byte (raw sink too); server and client 1 loop thread each, same process, \
-         threads not pinned (2 vCPUs); zs-*-layer-*: over zs_secure::SecureBackend with start_plain/connect_plain",
+         threads not pinned (2 vCPUs); the AES-256-GCM records in zs_secure::SecureBackend under zs-core",
         size >> 20,
         cfg.big_chunk >> 10,
         cfg.big_window >> 20

@@ -29,9 +29,6 @@ pub mod code {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The security layer failed (handshake, record authentication, ...).
-    #[error("security: {0}")]
-    Crypto(#[from] zs_crypto::Error),
     /// The peer sent bytes that are not a valid frame, or a frame we may not send.
     #[error("framing: {0}")]
     Wire(#[from] zs_wire::WireError),

@@ -2,12 +2,14 @@
 //!
 //! Why it exists: this is what a ZServer4D user did with `RegisterConsole` /
 //! `SendStreamCmd`, in Rust, on any transport. It joins the other crates:
-//! `zs-wire` frames travel inside `zs-crypto` records over a `zs-io` backend, and
-//! named command handlers answer them.
+//! `zs-wire` frames travel over a `zs-io` backend whose connections already
+//! carry plaintext because a security layer sits under them (`zs-secure`'s
+//! `SecureBackend`: handshake, records, who the peer is), and named command
+//! handlers answer them. zs-core itself knows no cryptography.
 //!
 //! Layers:
-//! - [`Session`] (sans-IO): one end of a connection. Handshake first, then frames
-//!   inside encrypted records; request ids so **many calls are in flight** on one
+//! - [`Session`] (sans-IO): one end of a connection. Frames over the plaintext
+//!   link (`BytesMut` in, frames as slices of it); request ids so **many calls are in flight** on one
 //!   connection and answers may come in any order; per-call timeouts on virtual
 //!   time; [`Session::connection_lost`] completes every pending call with an error.
 //!   CompleteBuffer has a receiver size limit answered with a clear
@@ -30,7 +32,9 @@
 //!   within count and memory limits, then drops it with a logged reason (and a
 //!   counter in [`StatsSnapshot`]); the client's pending calls then fail with
 //!   [`Error::SessionLost`]. [`Client::drop_link`] / [`Peer::drop_link`] cut
-//!   the current connection on purpose.
+//!   the current connection on purpose; [`Client::close`] ends the session on
+//!   the server at once (an in-band `__@close`: over the layer a FIN is only a
+//!   lost link).
 //! - [`Registry`]: handlers by kind and name. **Names are case-insensitive
 //!   (ASCII)**, as in the seed. Plain closures run on the connection's event loop;
 //!   `*_delayed` handlers keep a [`Responder`] and answer later from any thread
@@ -46,17 +50,16 @@
 //! - [`Server`] / [`Client`] (on any `zs_io::Backend`): connection map by id,
 //!   per-connection user state ([`Peer::with_state`]), broadcast to all or a
 //!   filter, statistics per server and per command ([`StatsSnapshot`]: counts,
-//!   bytes, errors, p50/p90/p99/max latency), keepalive, idle and handshake
-//!   timeouts, an ordered mode ([`Options::ordered`]), back-pressure (a peer that
-//!   does not read is disconnected past [`Options::max_backlog`]), and a
-//!   custom-protocol mode ([`Server::start_with_raw`]: connections that do not
-//!   start with a zs handshake go to a raw-bytes `zs_io::Handler` on the same
-//!   port). Over a backend whose connections already carry plaintext (the
-//!   security layer `zs_secure::SecureBackend` underneath, issue 13):
-//!   [`Server::start_plain`], [`Client::connect_plain`] and
-//!   [`Client::connect_stable_plain`] run the same frames with a pass-through
-//!   session; who the peer is and the StableIO channel binding come from
-//!   `zs_io::Connection::security_info` (a connection without it is refused).
+//!   bytes, errors, p50/p90/p99/max latency), keepalive and idle timeouts, an
+//!   ordered mode ([`Options::ordered`]), back-pressure (a peer that does not
+//!   read is disconnected past [`Options::max_backlog`]). Who the peer is
+//!   (suite, PSK identity) and the StableIO channel binding come from
+//!   `zs_io::Connection::security_info`; a connection without it is refused,
+//!   so a raw backend given by mistake serves nothing in the clear. The
+//!   handshake's deadline and caps are the layer's. Custom-protocol mode
+//!   (connections that do not start with a zs handshake go to a raw-bytes
+//!   `zs_io::Handler` on the same port) is the layer's too:
+//!   `zs_secure::SecureBackend::listen_with_raw` with [`Server::start_with`].
 //!   Client calls
 //!   return a [`CallFuture`] (runtime-agnostic: `.await` it anywhere or `wait()`),
 //!   or take a callback.
@@ -76,21 +79,22 @@
 //!     Some(Arc::new(ClientConfig::pinned(identity.fingerprint()))),
 //!     Some(Arc::new(ServerConfig::with_identity(Arc::new(identity)))),
 //! ));
-//! // Any zs-io backend; tokio here.
-//! let backend = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//! // Any zs-io backend (tokio here) under the security layer.
+//! let io = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
+//! let backend = Arc::new(zs_secure::SecureBackend::new(io, provider));
 //!
 //! let mut commands = Registry::new();
 //! commands.console("echo", |_peer, text| Ok(text.to_owned()));
-//! let server = Server::start(backend.clone(), provider.clone(), commands, Options::default(),
+//! let server = Server::start(backend.clone(), commands, Options::default(),
 //!     "127.0.0.1:0".parse().unwrap()).unwrap();
 //!
-//! let client = Client::connect(backend.clone(), provider.clone(), Registry::new(),
+//! let client = Client::connect(backend.clone(), Registry::new(),
 //!     Options::client(), server.local_addr()).unwrap();
 //! assert_eq!(client.call("Echo", "hello").wait().unwrap(), "hello");
 //! assert_eq!(server.stats().commands[0].calls, 1);
 //!
 //! // StableIO: the session outlives its connection.
-//! let stable = Client::connect_stable(backend, provider, Registry::new(),
+//! let stable = Client::connect_stable(backend, Registry::new(),
 //!     Options::client(), server.local_addr()).unwrap();
 //! let call = stable.call("echo", "survives");
 //! stable.drop_link();                              // the TCP connection dies...
@@ -106,7 +110,6 @@ mod clock;
 mod error;
 mod net;
 mod oneshot;
-mod plain;
 mod pool;
 mod registry;
 mod session;
@@ -121,6 +124,6 @@ pub use pool::WorkerPool;
 pub use registry::{
     BigBody, BigChunk, CollectLimits, HandlerError, Outbox, Peer, Registry, Responder,
 };
-pub use session::{Call, Event, LinkParts, Reply, Request, Session, SessionConfig};
+pub use session::{Call, Event, Reply, Request, Session, SessionConfig};
 pub use stable::{batch_checksum, SECRET_LEN};
 pub use stats::{CommandSnapshot, CommandStats, EndpointStats, StatsSnapshot, LATENCY_SAMPLES};

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use ring::rand::SecureRandom;
 
 use bytes::{Bytes, BytesMut};
-use zs_crypto::SecurityProvider;
 use zs_io::{Backend, CloseReason, Conn, Handler, Listener};
 use zs_wire::{DataFrame, Frame, Text};
 
@@ -36,34 +35,26 @@ use crate::stats::{EndpointStats, StatsSnapshot};
 mod local;
 pub use local::{LocalConn, LocalSink, LOCAL_ID_BASE};
 
-// Our timer tokens have the high bit set; a raw handler's tokens never do.
+// Our timer tokens.
 const OURS: u64 = 1 << 63;
 const TOKEN_SESSION: u64 = OURS | 1;
 const TOKEN_KEEPALIVE: u64 = OURS | 2;
-const TOKEN_HANDSHAKE: u64 = OURS | 3;
 const TOKEN_NEXT: u64 = OURS | 4;
 const TOKEN_SHRINK: u64 = OURS | 5;
 
 /// A busy connection keeps its buffers (no allocation per call); once it has
 /// been idle for this long they are released (an idle session keeps little
-/// memory). Handshaking connections release theirs after every batch.
+/// memory).
 const SHRINK_AFTER: Duration = Duration::from_millis(100);
 
 /// A link counts as busy (keeps its buffers) once this many batches in a row
 /// came within [`SHRINK_AFTER`] of each other; until then it releases them
-/// after every batch, as a handshaking or idle session does.
+/// after every batch, as an idle session does.
 const BUSY_BATCHES: u8 = 4;
-
-/// Outputs up to this size are copied into the link's reusable write buffer
-/// (a copy of a few hundred bytes costs less than an allocation); larger ones
-/// are handed to the transport as they are (no copy).
-const COPY_OUT_MAX: usize = 16 << 10;
 
 /// A transport read buffer up to this capacity goes back to the transport
 /// (its pool) for the next read; a larger one is released.
 const KEEP_READ_BUF: usize = 16 << 10;
-/// The first byte of every zs session: a handshake record (zs-crypto).
-const HANDSHAKE_RECORD: u8 = 0x16;
 /// Why a connection's reading is paused (bits of `LinkState::paused`).
 const PAUSE_BACKLOG: u8 = 1;
 const PAUSE_IN_FLIGHT: u8 = 2;
@@ -74,9 +65,6 @@ const PAUSE_INPUT: u8 = 4;
 pub struct Options {
     /// Session settings (wire limits and token, CompleteBuffer limit, batches).
     pub session: SessionConfig,
-    /// A connection whose secure handshake has not completed by then is dropped
-    /// (handshake floods, slow-loris). Default 10 s.
-    pub handshake_timeout: Duration,
     /// Send a keepalive frame this often. Default: none on servers, 15 s on clients
     /// (see [`Options::client`]).
     pub keepalive: Option<Duration>,
@@ -91,11 +79,12 @@ pub struct Options {
     /// HPC worker threads (created only when the registry has HPC handlers);
     /// 0 = one per core. Default 0.
     pub hpc_threads: usize,
-    /// Most encrypted bytes kept for a connection beyond the transport's own send
+    /// Most bytes kept for a connection beyond the transport's own send
     /// queue; a peer that lets more pile up (it never reads) is disconnected
     /// (checked before anything more is queued). Default 8 MiB.
     pub max_backlog: usize,
-    /// Client connect timeout. Default 10 s.
+    /// Client connect timeout (TCP and the security layer's handshake: a
+    /// connect over a secure backend completes once keys exist). Default 10 s.
     pub connect_timeout: Duration,
     /// Server: accept StableIO sessions (clients made with
     /// [`Client::connect_stable`]). Default true (bounded by the limits below).
@@ -130,12 +119,6 @@ pub struct Options {
     /// Server: most connections open at once from one source IP address.
     /// Default 1,000.
     pub max_connections_per_ip: usize,
-    /// Server: most connections whose secure handshake is in progress (each
-    /// costs a key agreement and a signature). Default 1,000.
-    pub max_handshakes: usize,
-    /// Server: most handshakes in progress from one source IP address.
-    /// Default 64.
-    pub max_handshakes_per_ip: usize,
     /// Most StableIO record bytes (unacknowledged or parked) kept by all
     /// sessions of this endpoint together, online or offline; a send beyond it
     /// is refused like one beyond [`SessionConfig::stable_max_unacked`].
@@ -185,7 +168,6 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             session: SessionConfig::default(),
-            handshake_timeout: Duration::from_secs(10),
             keepalive: None,
             idle_timeout: Some(Duration::from_secs(60)),
             call_timeout: Some(Duration::from_secs(30)),
@@ -202,8 +184,6 @@ impl Default for Options {
             hpc_queue: 4096,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
-            max_handshakes: 1_000,
-            max_handshakes_per_ip: 64,
             stable_max_unacked_total: 256 << 20,
             max_batch_bytes_total: 256 << 20,
         }
@@ -278,10 +258,6 @@ enum Reconn {
 /// Endpoint-wide state shared by every connection of a server or client.
 struct Shared {
     registry: Arc<Registry>,
-    /// The built-in secure session's provider; `None`: the backend's
-    /// connections already carry plaintext (a security layer under us, see
-    /// [`Server::start_plain`]) and sessions are pass-through.
-    provider: Option<Arc<dyn SecurityProvider>>,
     options: Options,
     pool: Option<WorkerPool>,
     stats: EndpointStats,
@@ -298,7 +274,7 @@ struct Shared {
     budgets: Arc<Budgets>,
     /// `options.session`, shared by every session.
     session_cfg: Arc<SessionConfig>,
-    /// Server: connections and handshakes in progress, per source address.
+    /// Server: connections open, per source address.
     admission: Mutex<Admission>,
 }
 
@@ -306,24 +282,17 @@ struct Shared {
 #[derive(Default)]
 struct Admission {
     conns: usize,
-    handshakes: usize,
-    /// (connections, handshakes) per source address.
-    per_ip: HashMap<IpAddr, (usize, usize)>,
+    /// Connections per source address.
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 impl Shared {
-    fn new(
-        registry: Registry,
-        provider: Option<Arc<dyn SecurityProvider>>,
-        options: Options,
-        server: bool,
-    ) -> Arc<Shared> {
-        Shared::with(registry, provider, options, server, false)
+    fn new(registry: Registry, options: Options, server: bool) -> Arc<Shared> {
+        Shared::with(registry, options, server, false)
     }
 
     fn with(
         registry: Registry,
-        provider: Option<Arc<dyn SecurityProvider>>,
         options: Options,
         server: bool,
         client_stable: bool,
@@ -349,7 +318,6 @@ impl Shared {
         );
         Arc::new(Shared {
             registry,
-            provider,
             options,
             pool,
             stats: EndpointStats::default(),
@@ -373,48 +341,24 @@ impl Shared {
         )
     }
 
-    /// Server: counts a new connection (and its handshake) from `ip`, or
-    /// says which cap refuses it.
+    /// Server: counts a new connection from `ip`, or says which cap refuses
+    /// it. (Handshakes in progress are the security layer's to bound:
+    /// `SecureConfig::max_handshakes`, `SecureBackend::with_max_handshakes_per_ip`.)
     fn admit(&self, ip: IpAddr) -> std::result::Result<(), String> {
         let o = &self.options;
         let mut a = lock(&self.admission);
-        let (conns, handshakes) = a.per_ip.get(&ip).copied().unwrap_or((0, 0));
-        let why = if a.conns >= o.max_connections {
-            Some(format!("{} connections open (max_connections)", a.conns))
-        } else if conns >= o.max_connections_per_ip {
-            Some(format!(
+        let conns = a.per_ip.get(&ip).copied().unwrap_or(0);
+        if a.conns >= o.max_connections {
+            return Err(format!("{} connections open (max_connections)", a.conns));
+        }
+        if conns >= o.max_connections_per_ip {
+            return Err(format!(
                 "{conns} connections open from {ip} (max_connections_per_ip)"
-            ))
-        } else if a.handshakes >= o.max_handshakes {
-            Some(format!(
-                "{} handshakes in progress (max_handshakes)",
-                a.handshakes
-            ))
-        } else if handshakes >= o.max_handshakes_per_ip {
-            Some(format!(
-                "{handshakes} handshakes in progress from {ip} (max_handshakes_per_ip)"
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(why);
+            ));
         }
         a.conns += 1;
-        a.handshakes += 1;
-        let e = a.per_ip.entry(ip).or_default();
-        e.0 += 1;
-        e.1 += 1;
+        *a.per_ip.entry(ip).or_default() += 1;
         Ok(())
-    }
-
-    /// Server: the handshake of a connection from `ip` ended.
-    fn handshake_over(&self, ip: IpAddr) {
-        let mut a = lock(&self.admission);
-        a.handshakes = a.handshakes.saturating_sub(1);
-        if let Some(e) = a.per_ip.get_mut(&ip) {
-            e.1 = e.1.saturating_sub(1);
-        }
     }
 
     /// Server: a connection from `ip` closed.
@@ -422,8 +366,8 @@ impl Shared {
         let mut a = lock(&self.admission);
         a.conns = a.conns.saturating_sub(1);
         if let Some(e) = a.per_ip.get_mut(&ip) {
-            e.0 = e.0.saturating_sub(1);
-            if *e == (0, 0) {
+            *e = e.saturating_sub(1);
+            if *e == 0 {
                 a.per_ip.remove(&ip);
             }
         }
@@ -566,10 +510,11 @@ struct LinkState {
     session: Session,
     /// The current connection (None: a StableIO session between connections).
     conn: Option<Conn>,
-    out: Vec<u8>,
-    /// Small outputs are copied here and split off as `Bytes`: once the
-    /// transport has written them the space is reused (no allocation per flush).
-    wbuf: BytesMut,
+    /// The session's output, split off as `Bytes` for the transport; the
+    /// buffer alternates with the session's (see [`Session::write_output`])
+    /// and its space is reused once the transport wrote it (no allocation
+    /// per flush).
+    out: BytesMut,
     /// Work was done since the shrink timer was armed.
     active: bool,
     /// The shrink timer is armed.
@@ -660,8 +605,7 @@ impl Link {
             st: Mutex::new(LinkState {
                 session,
                 conn: Some(conn),
-                out: Vec::new(),
-                wbuf: BytesMut::new(),
+                out: BytesMut::new(),
                 active: false,
                 shrink_armed: false,
                 last_batch: None,
@@ -727,15 +671,7 @@ impl Link {
             return;
         }
         if !st.out.is_empty() {
-            let b = if st.out.len() <= COPY_OUT_MAX {
-                // `out` keeps its capacity and goes back to the security layer
-                // as its next record buffer at the next `write_output`.
-                st.wbuf.extend_from_slice(&st.out);
-                st.out.clear();
-                st.wbuf.split().freeze()
-            } else {
-                Bytes::from(std::mem::take(&mut st.out))
-            };
+            let b = st.out.split().freeze();
             self.shared
                 .stats
                 .bytes_out
@@ -832,7 +768,7 @@ impl Link {
             .is_some_and(|t| now.saturating_duration_since(t) < SHRINK_AFTER);
         st.last_batch = Some(now);
         st.quick = if quick { st.quick.saturating_add(1) } else { 0 };
-        if !st.session.is_established() || st.conn.is_none() || st.quick < BUSY_BATCHES {
+        if st.conn.is_none() || st.quick < BUSY_BATCHES {
             Self::shrink(st);
             return;
         }
@@ -865,9 +801,8 @@ impl Link {
     fn shrink(st: &mut LinkState) {
         st.session.shrink_buffers();
         if st.out.is_empty() {
-            st.out = Vec::new();
+            st.out = BytesMut::new();
         }
-        st.wbuf = BytesMut::new();
     }
 
     /// [`Self::flush`] unless the event loop holds the output (it flushes when
@@ -948,11 +883,11 @@ impl Link {
             ))));
         }
         let stable_pending = self.shared.client_stable && st.session.stable_id() == Some(0);
-        if st.session.is_established() && !stable_pending {
+        if st.session.is_online() && !st.session.is_dead() && !stable_pending {
             CallFuture::ready(Ok(()))
         } else if st.session.is_dead() || !self.open.load(Ordering::Acquire) {
             CallFuture::ready(Err(Error::ConnectionLost(
-                "the connection closed during the handshake".into(),
+                "the connection closed before the session was ready".into(),
             )))
         } else {
             let (c, f) = channel();
@@ -991,7 +926,8 @@ impl Outbox for Link {
     fn close(&self, reason: &str) {
         tracing::debug!(reason, "closing connection");
         let mut st = lock(&self.st);
-        st.session.close();
+        let now = st.now();
+        st.session.close(now);
         self.flush(&mut st);
         self.open.store(false, Ordering::Release);
         let conn = st.conn.clone();
@@ -1077,18 +1013,11 @@ struct ConnHandler {
     connected: Option<mpsc::Sender<Connected>>,
     /// StableIO client reconnect: the logical session this connection joins.
     attach: Option<(Arc<Link>, Peer)>,
-    /// Custom-protocol mode: makes the handler for connections that do not
-    /// start with a zs handshake.
-    raw_factory: Option<zs_io::HandlerFactory>,
-    raw: Option<Box<dyn Handler>>,
-    sniffed: bool,
     /// Server: the StableIO credentials offered on this connection.
     offer: Option<(u64, [u8; SECRET_LEN])>,
     /// Server: the source address this connection is counted under by the
     /// admission caps (None: not counted).
     admitted: Option<IpAddr>,
-    /// Server: the handshake still counts against the handshake caps.
-    handshaking: bool,
     /// The work list of the last batch, kept (empty) for the next one.
     spare: Vec<Work>,
 }
@@ -1100,22 +1029,9 @@ impl ConnHandler {
             link: None,
             connected: None,
             attach: None,
-            raw_factory: None,
-            raw: None,
-            sniffed: true,
             offer: None,
             admitted: None,
-            handshaking: false,
             spare: Vec::new(),
-        }
-    }
-
-    /// Server: this connection's handshake no longer counts against the caps.
-    fn handshake_over(&mut self) {
-        if std::mem::take(&mut self.handshaking) {
-            if let Some(ip) = self.admitted {
-                self.shared.handshake_over(ip);
-            }
         }
     }
 
@@ -1266,8 +1182,11 @@ impl ConnHandler {
                 return;
             }
         };
-        // Move this connection into the old session.
-        let parts = lock(&fresh.st).session.take_link();
+        // Move this connection (and the input after the request) into the old session.
+        let input = lock(&fresh.st).session.take_input();
+        let Some(security) = conn.security_info() else {
+            return; // (on_open refused connections without it)
+        };
         fresh.open.store(false, Ordering::Release);
         lock(&self.shared.conns).remove(&fresh_peer.id());
         let mut works = Vec::new();
@@ -1284,7 +1203,9 @@ impl ConnHandler {
             st.backlog.clear();
             st.backlog_bytes = 0;
             st.paused = 0;
-            let r = st.session.resume_link(parts, delivered, next, now);
+            let r = st
+                .session
+                .resume_link(input, &security, delivered, next, now);
             old.drain(&mut st, &mut works);
             old.flush(&mut st);
             if !st.queue.is_empty() && !st.busy {
@@ -1330,9 +1251,9 @@ impl ConnHandler {
             let mut st = lock(&link.st);
             if !st.session.is_stable() || st.session.is_dead() {
                 link.open.store(false, Ordering::Release);
-                // Tell the peer it was dropped (a Close record), so the end
-                // does not look like a truncation.
-                st.session.close();
+                // (A StableIO session tells its peer it ended: `__@close`.)
+                let now = st.now();
+                st.session.close(now);
                 link.flush(&mut st);
             }
         }
@@ -1477,54 +1398,37 @@ impl Handler for ConnHandler {
                 return;
             }
             self.admitted = Some(ip);
-            self.handshaking = true;
         }
         let now = Instant::now();
-        let secure: Result<Box<dyn zs_crypto::SecureSession>> = match &self.shared.provider {
-            Some(p) if self.shared.server => p.new_server(now).map_err(Into::into),
-            Some(p) => p.new_client(now).map_err(Into::into),
-            // Plaintext links: the layer under us did the handshake and tells
-            // who the peer is; a link without one is refused (fail closed).
-            None => crate::plain::Verified::from_info(conn.security_info().as_deref())
-                .map(|v| Box::new(crate::plain::Passthrough::new(v)) as _)
-                .map_err(Error::Config),
-        };
-        let secure = match secure {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(peer = %conn.peer_addr(), error = %e, "cannot create a secure session");
-                if let Some(tx) = self.connected.take() {
-                    let _ = tx.send(Err(e));
-                }
-                if self.attach.take().is_some() {
-                    self.shared.notify(Reconn::Down);
-                }
-                conn.abort();
-                return;
+        // The layer under us did the handshake and tells who the peer is; a
+        // connection without it is refused (fail closed: a raw backend given
+        // by mistake serves nothing in the clear).
+        let Some(security) = conn.security_info() else {
+            let e = Error::Config("the connection has no security layer (zs-core needs a secure backend such as zs_secure::SecureBackend)".into());
+            tracing::warn!(peer = %conn.peer_addr(), error = %e, "connection refused");
+            if let Some(tx) = self.connected.take() {
+                let _ = tx.send(Err(e));
             }
+            if self.attach.take().is_some() {
+                self.shared.notify(Reconn::Down);
+            }
+            conn.abort();
+            return;
         };
         let o = &self.shared.options;
-        let plain = self.shared.provider.is_none();
         conn.set_idle_timeout(o.idle_timeout);
-        if !plain {
-            // (Plaintext links: the layer under us bounded the handshake.)
-            let _ = conn.set_timer(o.handshake_timeout, TOKEN_HANDSHAKE);
-        }
         if let Some(k) = o.keepalive {
             let _ = conn.set_timer(k, TOKEN_KEEPALIVE);
         }
         self.shared.stats.opened.fetch_add(1, Ordering::Relaxed);
         if let Some((link, peer)) = self.attach.take() {
-            // StableIO client: a new connection for the existing session.
+            // StableIO client: a new connection for the existing session; the
+            // resume request goes out at once (keys exist already).
             let mut st = lock(&link.st);
-            let attached = st.session.attach(secure).and_then(|()| {
-                if plain {
-                    // Keys exist already: the resume request goes out now.
-                    st.session.handle_input(&[], now)
-                } else {
-                    Ok(())
-                }
-            });
+            let attached = st
+                .session
+                .attach()
+                .and_then(|()| st.session.open_link(&security, now));
             if let Err(e) = attached {
                 drop(st);
                 tracing::debug!(error = %e, "reconnected, but the session is over");
@@ -1546,7 +1450,7 @@ impl Handler for ConnHandler {
             self.link = Some((link, peer));
             return;
         }
-        let mut session = Session::with_config(secure, self.shared.session_cfg.clone());
+        let mut session = Session::with_config(self.shared.session_cfg.clone());
         session.set_budgets(self.shared.budgets.clone());
         if self.shared.server {
             self.offer = if o.stable {
@@ -1558,17 +1462,13 @@ impl Handler for ConnHandler {
         } else if self.shared.client_stable {
             let _ = session.request_stable(now);
         }
-        if plain {
-            // The pass-through "handshake" completes at once (no byte sent).
-            if let Err(e) = session.handle_input(&[], now) {
-                tracing::warn!(peer = %conn.peer_addr(), error = %e, "cannot start a session");
-                if let Some(tx) = self.connected.take() {
-                    let _ = tx.send(Err(e));
-                }
-                conn.abort();
-                return;
+        if let Err(e) = session.open_link(&security, now) {
+            tracing::warn!(peer = %conn.peer_addr(), error = %e, "cannot start a session");
+            if let Some(tx) = self.connected.take() {
+                let _ = tx.send(Err(e));
             }
-            self.handshake_over();
+            conn.abort();
+            return;
         }
         let link = Arc::new(Link::new(conn.clone(), session, self.shared.clone()));
         let peer = Peer::new(conn.id().0, Some(conn.peer_addr()), link.clone());
@@ -1584,36 +1484,15 @@ impl Handler for ConnHandler {
     }
 
     fn on_data(&mut self, conn: &Conn, data: &mut BytesMut) {
-        if let Some(raw) = &mut self.raw {
-            return raw.on_data(conn, data);
-        }
-        if !self.sniffed && !data.is_empty() {
-            self.sniffed = true;
-            if data[0] != HANDSHAKE_RECORD {
-                if let Some(make) = self.raw_factory.clone() {
-                    tracing::debug!(conn = conn.id().0, "custom protocol connection");
-                    self.handshake_over();
-                    if let Some((link, peer)) = self.link.take() {
-                        link.open.store(false, Ordering::Release);
-                        lock(&self.shared.conns).remove(&peer.id());
-                    }
-                    let mut raw = make();
-                    raw.on_open(conn);
-                    raw.on_data(conn, data);
-                    self.raw = Some(raw);
-                    return;
-                }
-            }
-        }
         let Some((link, _)) = &self.link else {
             data.clear();
             return;
         };
         let link = link.clone();
         let _span = tracing::debug_span!("zs.conn", id = conn.id().0).entered();
-        // The records are opened in place in the transport's buffer (the
-        // session keeps a partial record itself), which then goes back to the
-        // transport empty, keeping its capacity: no split, no allocation.
+        // Frames are decoded as slices of the transport's buffer (the layer
+        // opened the records in place in it); a partial frame stays there for
+        // the next bytes to be appended to.
         self.shared
             .stats
             .bytes_in
@@ -1622,21 +1501,18 @@ impl Handler for ConnHandler {
         // One clock read for the whole batch (statistics and session timers).
         let now = Instant::now();
         let _turn = crate::clock::Turn::begin(now);
-        let (r, dead, established, busy, local) = {
+        let (r, dead, busy, local) = {
             let mut st = lock(&link.st);
             if !st.is_current(conn) {
                 data.clear();
                 return; // a replaced connection's late bytes
             }
             let busy = st.quick >= BUSY_BATCHES;
-            let r = st.session.handle_input_mut(&mut data[..], now);
-            if data.capacity() > KEEP_READ_BUF {
+            let r = st.session.handle_input(data, now);
+            if data.is_empty() && data.capacity() > KEEP_READ_BUF {
                 // A large buffer (a bulk transfer) is released, not pooled.
                 *data = BytesMut::new();
-            } else {
-                data.clear();
             }
-            let established = st.session.is_established();
             link.drain(&mut st, &mut works);
             if works.is_empty() {
                 link.flush(&mut st);
@@ -1646,11 +1522,8 @@ impl Handler for ConnHandler {
                 st.held_at = now;
             }
             let local = !st.session.is_stable();
-            (r, st.session.is_dead(), established, busy, local)
+            (r, st.session.is_dead(), busy, local)
         };
-        if established {
-            self.handshake_over();
-        }
         if !works.is_empty() {
             // Answers and calls made while dispatching leave in one flush.
             let _held = Held::new(&link, local);
@@ -1674,16 +1547,12 @@ impl Handler for ConnHandler {
     }
 
     fn on_eof(&mut self, conn: &Conn) {
-        match &mut self.raw {
-            Some(raw) => raw.on_eof(conn),
-            None => conn.close(),
-        }
+        // (A StableIO session survives an EOF unless its peer sent `__@close`
+        // first: over a security layer a FIN is only a lost link.)
+        conn.close();
     }
 
     fn on_writable(&mut self, conn: &Conn) {
-        if let Some(raw) = &mut self.raw {
-            return raw.on_writable(conn);
-        }
         let Some((link, _)) = &self.link else {
             return;
         };
@@ -1716,12 +1585,6 @@ impl Handler for ConnHandler {
     }
 
     fn on_timer(&mut self, conn: &Conn, token: u64) {
-        if let Some(raw) = &mut self.raw {
-            if token & OURS == 0 {
-                raw.on_timer(conn, token);
-            }
-            return;
-        }
         let Some((link, peer)) = &self.link else {
             return;
         };
@@ -1745,14 +1608,10 @@ impl Handler for ConnHandler {
                     self.fail(&link, &e.to_string());
                 }
             }
-            TOKEN_HANDSHAKE if !lock(&link.st).session.is_established() => {
-                let t = self.shared.options.handshake_timeout;
-                self.fail(&link, &format!("handshake not completed within {t:?}"));
-            }
             TOKEN_KEEPALIVE => {
                 if let Some(k) = self.shared.options.keepalive {
                     let mut st = lock(&link.st);
-                    if st.session.is_established() {
+                    if st.session.is_online() {
                         let _ = st.session.send_keepalive(Instant::now());
                         link.flush(&mut st);
                     }
@@ -1771,14 +1630,8 @@ impl Handler for ConnHandler {
     }
 
     fn on_close(&mut self, conn: &Conn, reason: CloseReason) {
-        self.handshake_over();
         if let Some(ip) = self.admitted.take() {
             self.shared.release(ip);
-        }
-        if let Some(raw) = &mut self.raw {
-            raw.on_close(conn, reason);
-            self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
-            return;
         }
         let Some((link, peer)) = self.link.take() else {
             return;
@@ -1880,74 +1733,51 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Listens on `addr` with `backend`; sessions come from `provider`, commands
-    /// from `registry`.
-    pub fn start(
-        backend: Arc<dyn Backend>,
-        provider: Arc<dyn SecurityProvider>,
-        registry: Registry,
-        options: Options,
-        addr: SocketAddr,
-    ) -> Result<Server> {
-        Server::start_with_raw(backend, provider, registry, options, addr, None)
-    }
-
-    /// Listens on `addr` with a `backend` whose connections already carry
-    /// plaintext: a security layer such as `zs_secure::SecureBackend` did the
-    /// handshake, seals and opens the records, and reports who the peer is
+    /// Listens on `addr` with a `backend` whose connections carry plaintext:
+    /// a security layer such as `zs_secure::SecureBackend` did the handshake
+    /// (its deadline and caps: `SecureConfig::handshake_timeout`,
+    /// `max_handshakes`, `SecureBackend::with_max_handshakes_per_ip`), seals
+    /// and opens the records, and reports who the peer is
     /// ([`zs_io::Connection::security_info`]: the suite and PSK identity in
     /// [`Event::Established`], the channel binding for StableIO resume
-    /// proofs). Frames are the same as with [`Server::start`]; a connection
-    /// without security info is refused with a logged reason (fail closed),
-    /// so a raw backend given by mistake serves nothing in the clear.
-    ///
-    /// The handshake's deadline and caps are the layer's
-    /// (`SecureConfig::handshake_timeout`, `max_handshakes`); the `zserver`
-    /// facade maps [`Options::handshake_timeout`] onto it. Custom-protocol
-    /// sniffing ([`Server::start_with_raw`]) is not offered here: the layer
-    /// consumes the first bytes.
-    pub fn start_plain(
+    /// proofs); commands come from `registry`. A connection without security
+    /// info is refused with a logged reason (fail closed), so a raw backend
+    /// given by mistake serves nothing in the clear. Custom protocols beside
+    /// ours on the same port (first-byte sniffing) are the layer's:
+    /// `zs_secure::SecureBackend::listen_with_raw`, with
+    /// [`Server::start_with`].
+    pub fn start(
         backend: Arc<dyn Backend>,
         registry: Registry,
         options: Options,
         addr: SocketAddr,
     ) -> Result<Server> {
-        Server::launch(backend, None, registry, options, addr, None)
+        let b = backend.clone();
+        Server::start_with(backend, registry, options, move |factory| {
+            b.listen(addr, factory)
+        })
     }
 
-    /// Like [`Server::start`], plus custom-protocol mode: a connection whose
-    /// first byte is not a zs handshake record (`0x16`) is handed to a plain
-    /// [`zs_io::Handler`] made by `raw` (raw bytes beside the command protocol,
-    /// on the same port). Raw connections are not in the connection map.
-    pub fn start_with_raw(
+    /// [`Server::start`] with the listener made by `listen` from the
+    /// server's connection handler factory (e.g.
+    /// `secure.listen_with_raw(addr, factory, raw)`: custom-protocol
+    /// connections go to `raw`, ours to the server). `backend` is the one
+    /// whose connections the factory's handlers get (it names the server's
+    /// backend).
+    pub fn start_with(
         backend: Arc<dyn Backend>,
-        provider: Arc<dyn SecurityProvider>,
         registry: Registry,
         options: Options,
-        addr: SocketAddr,
-        raw: Option<zs_io::HandlerFactory>,
+        listen: impl FnOnce(
+            zs_io::HandlerFactory,
+        ) -> std::result::Result<Box<dyn Listener>, zs_io::Error>,
     ) -> Result<Server> {
-        Server::launch(backend, Some(provider), registry, options, addr, raw)
-    }
-
-    fn launch(
-        backend: Arc<dyn Backend>,
-        provider: Option<Arc<dyn SecurityProvider>>,
-        registry: Registry,
-        options: Options,
-        addr: SocketAddr,
-        raw: Option<zs_io::HandlerFactory>,
-    ) -> Result<Server> {
-        let shared = Shared::new(registry, provider, options, true);
+        let shared = Shared::new(registry, options, true);
         let s2 = shared.clone();
-        let factory: zs_io::HandlerFactory = Arc::new(move || {
-            let mut h = ConnHandler::new(s2.clone());
-            h.sniffed = raw.is_none();
-            h.raw_factory = raw.clone();
-            Box::new(h) as Box<dyn Handler>
-        });
-        let listener = backend.listen(addr, factory)?;
-        tracing::info!(addr = %listener.local_addr(), backend = backend.name(), security = shared.provider.as_ref().map_or("layer", |p| p.name()), "server listening");
+        let factory: zs_io::HandlerFactory =
+            Arc::new(move || Box::new(ConnHandler::new(s2.clone())) as Box<dyn Handler>);
+        let listener = listen(factory)?;
+        tracing::info!(addr = %listener.local_addr(), backend = backend.name(), "server listening");
         let reaper = if shared.options.stable {
             let (tx, rx) = mpsc::channel::<()>();
             let s3 = shared.clone();
@@ -2072,71 +1902,49 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `addr` and completes the secure handshake (blocking; don't call
-    /// from a handler). `registry` serves what the server pushes.
+    /// Connects to `addr` over a `backend` whose connections carry plaintext
+    /// (a security layer such as `zs_secure::SecureBackend` under it; see
+    /// [`Server::start`]); blocking, don't call from a handler. The
+    /// backend's connect covers TCP and the layer's handshake
+    /// (`options.connect_timeout`). `registry` serves what the server pushes.
     pub fn connect(
         backend: Arc<dyn Backend>,
-        provider: Arc<dyn SecurityProvider>,
         registry: Registry,
         options: Options,
         addr: SocketAddr,
     ) -> Result<Client> {
-        Client::open(backend, Some(provider), registry, options, addr, false)
-    }
-
-    /// Like [`Client::connect`] over a `backend` whose connections carry
-    /// plaintext (a security layer such as `zs_secure::SecureBackend`
-    /// under it; see [`Server::start_plain`]). The backend's connect
-    /// covers TCP and the layer's handshake (`options.connect_timeout`).
-    pub fn connect_plain(
-        backend: Arc<dyn Backend>,
-        registry: Registry,
-        options: Options,
-        addr: SocketAddr,
-    ) -> Result<Client> {
-        Client::open(backend, None, registry, options, addr, false)
-    }
-
-    /// [`Client::connect_stable`] over a plaintext `backend` (see
-    /// [`Client::connect_plain`]): the resume proof is bound to the
-    /// layer's channel binding of each new connection.
-    pub fn connect_stable_plain(
-        backend: Arc<dyn Backend>,
-        registry: Registry,
-        options: Options,
-        addr: SocketAddr,
-    ) -> Result<Client> {
-        Client::open_stable(backend, None, registry, options, addr)
+        Client::open(backend, registry, options, addr, false)
     }
 
     /// Like [`Client::connect`], with a **StableIO** session that survives its
     /// connection: when the connection dies the client reconnects by itself
-    /// (backoff and jitter per [`Options::reconnect`]) and resumes the session;
-    /// records the server had not acknowledged are sent again, nothing is lost
-    /// or duplicated, order is kept. Calls and sends made while offline are
-    /// queued (up to [`SessionConfig::stable_max_unacked`] bytes, then
-    /// [`Error::Full`]); pending calls survive reconnects and complete exactly
-    /// once. If the server no longer knows the session (expired, evicted) or
-    /// the client gives up, pending calls fail with [`Error::SessionLost`].
-    /// Fails with [`Error::Config`] if the server refuses StableIO.
+    /// (backoff and jitter per [`Options::reconnect`]) and resumes the session
+    /// (the resume proof is bound to the layer's channel binding of each new
+    /// connection); records the server had not acknowledged are sent again,
+    /// nothing is lost or duplicated, order is kept. Calls and sends made
+    /// while offline are queued (up to [`SessionConfig::stable_max_unacked`]
+    /// bytes, then [`Error::Full`]); pending calls survive reconnects and
+    /// complete exactly once. If the server no longer knows the session
+    /// (expired, evicted) or the client gives up, pending calls fail with
+    /// [`Error::SessionLost`]. Fails with [`Error::Config`] if the server
+    /// refuses StableIO. [`Client::close`] ends the session on the server at
+    /// once (`__@close`).
     pub fn connect_stable(
         backend: Arc<dyn Backend>,
-        provider: Arc<dyn SecurityProvider>,
         registry: Registry,
         options: Options,
         addr: SocketAddr,
     ) -> Result<Client> {
-        Client::open_stable(backend, Some(provider), registry, options, addr)
+        Client::open_stable(backend, registry, options, addr)
     }
 
     fn open_stable(
         backend: Arc<dyn Backend>,
-        provider: Option<Arc<dyn SecurityProvider>>,
         registry: Registry,
         options: Options,
         addr: SocketAddr,
     ) -> Result<Client> {
-        let client = Client::open(backend.clone(), provider, registry, options, addr, true)?;
+        let client = Client::open(backend.clone(), registry, options, addr, true)?;
         let (tx, rx) = mpsc::channel();
         *lock(&client.shared.reconnect) = Some(tx.clone());
         let (shared, link, peer) = (
@@ -2153,13 +1961,12 @@ impl Client {
 
     fn open(
         backend: Arc<dyn Backend>,
-        provider: Option<Arc<dyn SecurityProvider>>,
         registry: Registry,
         options: Options,
         addr: SocketAddr,
         stable: bool,
     ) -> Result<Client> {
-        let shared = Shared::with(registry, provider, options, false, stable);
+        let shared = Shared::with(registry, options, false, stable);
         let (tx, rx) = mpsc::channel();
         let o = &shared.options;
         let mut h = ConnHandler::new(shared.clone());
@@ -2177,7 +1984,7 @@ impl Client {
         client
             .link
             .ready()
-            .wait_timeout(client.shared.options.handshake_timeout)?;
+            .wait_timeout(client.shared.options.connect_timeout)?;
         Ok(client)
     }
 
@@ -2254,11 +2061,12 @@ impl Client {
     /// # let client_cfg = zs_crypto::session::ClientConfig::pinned(identity.fingerprint());
     /// # let server_cfg = zs_crypto::ServerConfig::with_identity(Arc::new(identity));
     /// # let security = Arc::new(zs_crypto::ZsSecurity::new(Some(Arc::new(client_cfg)), Some(Arc::new(server_cfg))));
+    /// # let backend: Arc<dyn zs_io::Backend> = Arc::new(zs_secure::SecureBackend::new(backend, security));
     /// let mut commands = Registry::new();
     /// commands.console("shout", |_, text| Ok(text.to_uppercase()));
-    /// let server = Server::start(backend.clone(), security.clone(), commands,
+    /// let server = Server::start(backend.clone(), commands,
     ///     zs_core::Options::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
-    /// let client = Client::connect(backend, security, Registry::new(),
+    /// let client = Client::connect(backend, Registry::new(),
     ///     zs_core::Options::client(), server.local_addr()).unwrap();
     ///
     /// struct Collect(Mutex<mpsc::Sender<(u64, String)>>);

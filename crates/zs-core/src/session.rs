@@ -1,7 +1,12 @@
-//! The sans-IO session: zs-wire frames carried inside zs-crypto records.
+//! The sans-IO session: zs-wire frames over a connection that already
+//! carries plaintext (the security layer, e.g. `zs_secure::SecureBackend`,
+//! sits under it and reports who the peer is).
 //!
-//! A [`Session`] is one end of one connection. Feed it received bytes with
-//! [`Session::handle_input`], take the bytes to send with [`Session::write_output`],
+//! A [`Session`] is one end of one connection. Tell it the link is up with
+//! [`Session::open_link`] (what the layer reported: [`zs_io::SecurityInfo`]),
+//! feed it received bytes with [`Session::handle_input`] (`BytesMut` in, frames
+//! decoded as slices of it; a partial frame stays in the caller's buffer), take
+//! the bytes to send with [`Session::write_output`],
 //! read [`Event`]s with [`Session::poll_event`], and drive time with
 //! [`Session::poll_timeout`] / [`Session::handle_timeout`]. It owns no socket,
 //! thread or clock; `now` is always passed in.
@@ -10,10 +15,12 @@
 //! a server [`Session::serve_stable`] with fresh credentials. Application frames
 //! then travel as numbered records kept until acknowledged. When the transport
 //! dies, [`Session::link_lost`] keeps the session; the client gives it a new
-//! secure layer with [`Session::attach`], the server moves the new connection's
-//! link into it with [`Session::take_link`] + [`Session::resume_link`] after
-//! checking the [`Event::ResumeRequest`]. Both sides then send again what the
-//! other has not handled.
+//! link with [`Session::attach`] + [`Session::open_link`], the server moves the
+//! new connection's undecoded input into it with [`Session::take_input`] +
+//! [`Session::resume_link`] after checking the [`Event::ResumeRequest`]. Both
+//! sides then send again what the other has not handled. An orderly end of a
+//! StableIO session travels in-band as a `__@close` control frame
+//! ([`Session::close`]): a FIN alone is a lost link.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -21,13 +28,12 @@ use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use zs_crypto::{SecureSession, SuiteId};
 use zs_wire::{DataFrame, DecodeError, Frame, FrameCodec, Text};
 
 use crate::budget::{Budgets, Charge};
 use crate::error::{code, Error, Result};
 use crate::stable::{
-    batch_checksum, Phase, Stable, CTL_BATCHSUM, CTL_RESUME, CTL_STABLE, SECRET_LEN,
+    batch_checksum, Phase, Stable, CTL_BATCHSUM, CTL_CLOSE, CTL_RESUME, CTL_STABLE, SECRET_LEN,
 };
 
 /// Session settings (both sides).
@@ -278,10 +284,11 @@ pub enum Call {
 /// What a session reports.
 #[derive(Debug)]
 pub enum Event {
-    /// The secure handshake completed; `suite` is the negotiated suite when known.
+    /// The link is up ([`Session::open_link`]): what the security layer
+    /// under the connection negotiated.
     Established {
-        /// Negotiated suite.
-        suite: SuiteId,
+        /// Negotiated suite's name (e.g. `"AES-256-GCM"`).
+        suite: String,
         /// Server, PSK mode: the identity the client authenticated with (so
         /// handlers can authorize per identity; see [`Peer::psk_identity`](crate::Peer::psk_identity)).
         psk_identity: Option<Vec<u8>>,
@@ -328,7 +335,8 @@ pub enum Event {
         /// Message.
         message: String,
     },
-    /// The peer closed the session in an orderly way.
+    /// The peer ended the session in an orderly way (`__@close`: a StableIO
+    /// session then ends with its link instead of waiting offline).
     Closed,
     /// StableIO: the session now survives its connection (client: the server
     /// accepted and gave its credentials; server: it accepted the request).
@@ -350,7 +358,7 @@ pub enum Event {
     /// StableIO (server, on a fresh session): the peer asks to resume session
     /// `session`. Input processing is paused: the runtime checks `proof`
     /// against the session's secret with [`Session::verify_resume`], then
-    /// moves this link into the old session ([`Session::take_link`],
+    /// moves this link into the old session ([`Session::take_input`],
     /// [`Session::resume_link`]) or refuses ([`Session::refuse_resume`]).
     ResumeRequest {
         /// The session id claimed.
@@ -407,7 +415,7 @@ fn is_link_frame(frame: &Frame) -> bool {
             | Frame::SeqEcho { .. }
             | Frame::SeqEchoReply { .. }
     ) || matches!(frame, Frame::Control { id: 0, cmd, .. }
-        if cmd.as_str() == CTL_STABLE || cmd.as_str() == CTL_RESUME)
+        if cmd.as_str() == CTL_STABLE || cmd.as_str() == CTL_RESUME || cmd.as_str() == CTL_CLOSE)
 }
 
 /// Call deadlines with lazy removal. Calls made with the same timeout get
@@ -498,12 +506,6 @@ struct Pending {
 /// What the runtime runs when a call completes (see [`Pending::waiter`]).
 pub(crate) type Waiter = crate::net::Completion;
 
-/// Received bytes, borrowed or handed over for in-place decryption.
-enum Input<'a> {
-    Shared(&'a [u8]),
-    Owned(&'a mut [u8]),
-}
-
 /// Checksums of a batch's staged frames.
 type Sums = Vec<[u8; 16]>;
 
@@ -514,19 +516,6 @@ struct Staged {
     bytes: usize,
     /// When its last stage arrived.
     touched: Instant,
-}
-
-/// The link-specific part of a session (its secure layer and undecoded
-/// plaintext), moved from a fresh session into a resumed one.
-pub struct LinkParts {
-    secure: Box<dyn SecureSession>,
-    plain: BytesMut,
-}
-
-impl std::fmt::Debug for LinkParts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LinkParts({} bytes pending)", self.plain.len())
-    }
 }
 
 /// A BigStream we send.
@@ -543,14 +532,20 @@ struct Incoming {
     total: u64,
 }
 
-/// One end of a connection: framing inside the secure record layer, request ids,
+/// One end of a connection: framing over a plaintext link, request ids,
 /// timeouts. See the module docs.
 pub struct Session {
-    secure: Box<dyn SecureSession>,
     codec: FrameCodec,
     /// Shared by every session of an endpoint (one pointer per session).
     cfg: std::sync::Arc<SessionConfig>,
+    /// Input held back undecoded (output waiting, or a resume request
+    /// paused decoding); empty otherwise: input is decoded in the caller's
+    /// buffer.
     plain: BytesMut,
+    /// Encoded frames waiting for [`Session::write_output`].
+    out: BytesMut,
+    /// The current link's channel binding (StableIO resume proofs).
+    binding: Option<[u8; 32]>,
     scratch: BytesMut,
     events: VecDeque<Event>,
     next_id: u64,
@@ -560,7 +555,7 @@ pub struct Session {
     /// What this session holds of the endpoint's budgets (bytes staged in
     /// `batches` included), and the endpoint's batch filter.
     charge: Charge,
-    /// Output bytes sent into the security layer since the last `write_output`.
+    /// Output bytes queued since the last `write_output`.
     out_pending: usize,
     /// Decoding stopped with input left because output is waiting.
     blocked: bool,
@@ -571,7 +566,6 @@ pub struct Session {
     link_fault: bool,
     sending: IdMap<Outgoing>,
     receiving: HashMap<u64, Incoming>,
-    established: bool,
     dead: Option<String>,
     bytes_in: u64,
     bytes_out: u64,
@@ -590,7 +584,6 @@ pub struct Session {
     paused: bool,
     /// Server: checksums of completed batches, sent with their answer.
     batch_sums: HashMap<u64, Vec<[u8; 16]>>,
-    wrap: BytesMut,
     /// The waiters of completed calls, in the order of their
     /// [`Event::Reply`] events (see [`Session::take_waiter`]).
     waiters: VecDeque<(u64, Waiter)>,
@@ -599,7 +592,7 @@ pub struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("established", &self.established)
+            .field("online", &self.link_up)
             .field("pending", &self.pending.len())
             .field("dead", &self.dead)
             .finish()
@@ -607,22 +600,20 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A session over `secure` (from a [`zs_crypto::SecurityProvider`]).
-    pub fn new(secure: Box<dyn SecureSession>, cfg: SessionConfig) -> Session {
-        Session::with_config(secure, std::sync::Arc::new(cfg))
+    /// A session; call [`Session::open_link`] once its connection is up.
+    pub fn new(cfg: SessionConfig) -> Session {
+        Session::with_config(std::sync::Arc::new(cfg))
     }
 
     /// [`Session::new`] with a configuration shared by many sessions (the
     /// runtime gives each of its sessions the same one).
-    pub fn with_config(
-        secure: Box<dyn SecureSession>,
-        cfg: std::sync::Arc<SessionConfig>,
-    ) -> Session {
+    pub fn with_config(cfg: std::sync::Arc<SessionConfig>) -> Session {
         Session {
-            secure,
             codec: FrameCodec::new(cfg.wire),
             cfg,
             plain: BytesMut::new(),
+            out: BytesMut::new(),
+            binding: None,
             scratch: BytesMut::new(),
             events: VecDeque::new(),
             next_id: 1,
@@ -636,7 +627,6 @@ impl Session {
             link_fault: false,
             sending: IdMap::default(),
             receiving: HashMap::new(),
-            established: false,
             dead: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -647,7 +637,6 @@ impl Session {
             peer_closed: false,
             paused: false,
             batch_sums: HashMap::new(),
-            wrap: BytesMut::new(),
             waiters: VecDeque::new(),
         }
     }
@@ -655,11 +644,6 @@ impl Session {
     /// The configuration.
     pub fn config(&self) -> &SessionConfig {
         &self.cfg
-    }
-
-    /// True once the secure handshake completed.
-    pub fn is_established(&self) -> bool {
-        self.established
     }
 
     /// True after a fatal error, close or [`Session::connection_lost`].
@@ -677,21 +661,66 @@ impl Session {
         (self.bytes_in, self.bytes_out)
     }
 
-    /// Feeds bytes received from the transport. An error is fatal: the session is
-    /// dead, every pending call has completed with [`Error::ConnectionLost`], and
-    /// the caller should close the connection (after sending what
-    /// [`Session::write_output`] still yields, e.g. an alert).
-    ///
-    /// In a negotiated StableIO session an error of the record layer (a record
-    /// that fails authentication, e.g. injected by an on-path attacker) is a
-    /// lost link, as a reset would be: the session survives
-    /// ([`Session::link_lost`]) and the error is still returned so the caller
-    /// drops the connection.
-    pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<()> {
+    /// The connection under this session is up, secured by the layer under
+    /// it: `security` is what that layer reported
+    /// ([`zs_io::Connection::security_info`]). Reports [`Event::Established`];
+    /// a resuming StableIO client presents its credentials, bound to this
+    /// link's channel binding.
+    pub fn open_link(&mut self, security: &zs_io::SecurityInfo, now: Instant) -> Result<()> {
         if let Some(why) = &self.dead {
             return Err(Error::ConnectionLost(why.clone()));
         }
-        let r = self.input(Input::Shared(data), now);
+        self.binding = security.channel_binding;
+        self.events.push_back(Event::Established {
+            suite: security.suite.clone(),
+            psk_identity: security.psk_identity.clone(),
+        });
+        let r = self.on_link_established(now);
+        if let Err(e) = &r {
+            self.connection_lost(&e.to_string());
+        }
+        r
+    }
+
+    /// Feeds plaintext received from the transport: whole frames are taken
+    /// from the front of `data` and decoded as slices of it (no copy); a
+    /// partial frame stays in `data` for the caller to append the next bytes
+    /// to (the zs-io convention). When decoding stops with input left (too
+    /// much output pending, or a resume request), the session takes the rest
+    /// of `data` (a split, no copy) and goes on with it at
+    /// [`Session::resume_input`].
+    ///
+    /// An error is fatal: the session is dead, every pending call has
+    /// completed with [`Error::ConnectionLost`], and the caller should close
+    /// the connection (after sending what [`Session::write_output`] still
+    /// yields).
+    pub fn handle_input(&mut self, data: &mut BytesMut, now: Instant) -> Result<()> {
+        if let Some(why) = &self.dead {
+            data.clear();
+            return Err(Error::ConnectionLost(why.clone()));
+        }
+        if !self.link_up {
+            data.clear();
+            return Ok(()); // bytes of a link already given up: ignored
+        }
+        let r = if self.plain.is_empty() {
+            let before = data.len();
+            let r = self.decode(data, now);
+            if self.blocked || self.paused {
+                self.plain = data.split();
+            }
+            // (A partial frame left with the caller is counted when it is
+            // consumed.)
+            self.bytes_in += (before - data.len()) as u64;
+            r
+        } else {
+            // Input held back earlier comes first (rare: reading is paused
+            // while input is blocked).
+            self.bytes_in += data.len() as u64;
+            self.plain.extend_from_slice(data);
+            data.clear();
+            self.decode_plain(now)
+        };
         if let Err(e) = &r {
             self.input_failed(e);
         }
@@ -765,78 +794,38 @@ impl Session {
     /// Server: whether `proof` (from [`Event::ResumeRequest`]) was made with
     /// `secret` over this link's channel binding (constant time).
     pub fn verify_resume(&self, secret: &[u8; SECRET_LEN], proof: &[u8; 32]) -> bool {
-        match self.secure.channel_binding() {
+        match self.binding {
             Some(b) => crate::stable::verify_proof(secret, &b, proof),
             None => false,
         }
     }
 
-    /// [`Session::handle_input`] for a buffer the caller gives up: the
-    /// security layer may decrypt in place (`data` is overwritten), one copy
-    /// fewer. The runtime uses this with the bytes it read.
-    pub fn handle_input_mut(&mut self, data: &mut [u8], now: Instant) -> Result<()> {
-        if let Some(why) = &self.dead {
-            return Err(Error::ConnectionLost(why.clone()));
+    /// Decodes the input held back in `plain`.
+    fn decode_plain(&mut self, now: Instant) -> Result<()> {
+        let mut plain = std::mem::take(&mut self.plain);
+        let r = self.decode(&mut plain, now);
+        if self.plain.is_empty() {
+            self.plain = plain;
+        } else {
+            // (A resume moved other input in meanwhile: ours came first.)
+            plain.extend_from_slice(&self.plain);
+            self.plain = plain;
         }
-        let r = self.input(Input::Owned(data), now);
-        if let Err(e) = &r {
-            self.input_failed(e);
+        if self.plain.is_empty() {
+            self.plain = BytesMut::new();
         }
         r
     }
 
-    fn input(&mut self, data: Input<'_>, now: Instant) -> Result<()> {
-        if !self.link_up {
-            return Ok(()); // bytes of a link already given up: ignored
-        }
-        let (plain, bytes_in) = (&mut self.plain, &mut self.bytes_in);
-        let mut on_data = |d: &[u8]| {
-            *bytes_in += d.len() as u64;
-            plain.extend_from_slice(d);
-        };
-        let r = match data {
-            Input::Shared(d) => self.secure.handle_input_with(d, now, &mut on_data),
-            Input::Owned(d) => self.secure.handle_input_in_place(d, now, &mut on_data),
-        };
-        if let Err(e) = r {
-            self.link_fault = true;
-            return Err(e.into());
-        }
-        while let Some(ev) = self.secure.poll_event() {
-            match ev {
-                zs_crypto::Event::HandshakeComplete {
-                    suite,
-                    psk_identity,
-                } => {
-                    self.established = true;
-                    self.events.push_back(Event::Established {
-                        suite,
-                        psk_identity,
-                    });
-                    self.on_link_established(now)?;
-                }
-                zs_crypto::Event::Data(d) => {
-                    self.bytes_in += d.len() as u64;
-                    self.plain.extend_from_slice(&d);
-                }
-                zs_crypto::Event::KeyUpdated { .. } => {}
-                zs_crypto::Event::Closed => {
-                    self.peer_closed = true;
-                    self.events.push_back(Event::Closed);
-                }
-            }
-        }
-        self.decode_plain(now)
-    }
-
-    fn decode_plain(&mut self, now: Instant) -> Result<()> {
+    /// Decodes and handles the whole frames at the front of `buf`.
+    fn decode(&mut self, buf: &mut BytesMut, now: Instant) -> Result<()> {
         self.blocked = false;
         while !self.paused {
             if self.out_pending > self.cfg.max_pending_output {
-                self.blocked = !self.plain.is_empty();
+                self.blocked = !buf.is_empty();
                 break;
             }
-            let frame = match self.codec.decode_recoverable(&mut self.plain) {
+            let frame = match self.codec.decode_recoverable(buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 // Outside StableIO a malformed body costs only that request
@@ -877,7 +866,7 @@ impl Session {
     /// A (new) link finished its handshake: a resuming client presents its
     /// credentials.
     fn on_link_established(&mut self, now: Instant) -> Result<()> {
-        let binding = self.secure.channel_binding();
+        let binding = self.binding;
         let Some(st) = &mut self.stable else {
             return Ok(());
         };
@@ -925,6 +914,7 @@ impl Session {
             Frame::Control { cmd, data, .. } if cmd.as_str() == CTL_STABLE => {
                 self.on_ctl_stable(data, now)?
             }
+            Frame::Control { cmd, .. } if cmd.as_str() == CTL_CLOSE => self.on_ctl_close(),
             Frame::Control { data, .. } => self.on_ctl_resume(data, now)?,
             _ => {}
         }
@@ -1855,15 +1845,18 @@ impl Session {
     }
 
     /// Sends an unnumbered frame on the current link (dropped when there is none).
-    fn send_link(&mut self, frame: &Frame, now: Instant) -> Result<()> {
+    fn send_link(&mut self, frame: &Frame, _now: Instant) -> Result<()> {
         if !self.link_up {
             return Ok(());
         }
-        self.wrap.clear();
-        self.codec.encode(frame, &mut self.wrap)?;
-        self.bytes_out += self.wrap.len() as u64;
-        self.out_pending += self.wrap.len();
-        self.secure.send(&self.wrap, now)?;
+        let before = self.out.len();
+        if let Err(e) = self.codec.encode(frame, &mut self.out) {
+            self.out.truncate(before);
+            return Err(e.into());
+        }
+        let n = self.out.len() - before;
+        self.bytes_out += n as u64;
+        self.out_pending += n;
         Ok(())
     }
 
@@ -1886,7 +1879,14 @@ impl Session {
         }
         self.bytes_out += frames.len() as u64;
         self.out_pending += frames.len();
-        self.secure.send(frames, now)?;
+        if self.out.is_empty() {
+            // The frames move over without a copy; the caller's buffer gets
+            // our empty one (with its capacity) back.
+            std::mem::swap(&mut self.out, frames);
+        } else {
+            self.out.extend_from_slice(frames);
+            frames.clear();
+        }
         Ok(())
     }
 
@@ -1985,11 +1985,18 @@ impl Session {
     }
 
     /// Appends the bytes to send on the transport to `out` (nothing while a
-    /// stable session has no link).
-    pub fn write_output(&mut self, out: &mut Vec<u8>) {
+    /// stable session has no link). When `out` is empty the buffers are
+    /// swapped: the frames move out without a copy and `out`'s capacity
+    /// becomes the session's next output buffer.
+    pub fn write_output(&mut self, out: &mut BytesMut) {
         self.out_pending = 0;
-        if self.link_up {
-            self.secure.write_output(out);
+        if !self.link_up {
+            self.out.clear();
+        } else if out.is_empty() {
+            std::mem::swap(out, &mut self.out);
+        } else {
+            out.extend_from_slice(&self.out);
+            self.out.clear();
         }
     }
 
@@ -2012,9 +2019,8 @@ impl Session {
             self.plain = BytesMut::new();
         }
         self.scratch = BytesMut::new();
-        self.wrap = BytesMut::new();
-        if self.link_up {
-            self.secure.shrink();
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
         }
     }
 
@@ -2027,7 +2033,6 @@ impl Session {
             }
         };
         if self.link_up {
-            add(self.secure.poll_timeout());
             add(self.stable.as_ref().and_then(|s| s.ack_due));
         }
         let idle = self.cfg.batch_idle_timeout;
@@ -2035,8 +2040,7 @@ impl Session {
         t
     }
 
-    /// Expires calls whose timeout passed, sends a delayed StableIO ack, and
-    /// drives the security layer's timers.
+    /// Expires calls whose timeout passed and sends a delayed StableIO ack.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
         while let Some((d, id)) = self.deadlines.pop_due(now) {
             if self.pending.get(&id).is_none_or(|p| p.deadline != Some(d)) {
@@ -2059,21 +2063,32 @@ impl Session {
                     self.send_link(&Frame::SeqAck { seq }, now)?;
                 }
             }
-            if let Err(e) = self.secure.handle_timeout(now) {
-                self.connection_lost(&e.to_string());
-                return Err(e.into());
-            }
         }
         Ok(())
     }
 
-    /// Orderly close (a close record is queued for the peer); a StableIO
-    /// session ends for good.
-    pub fn close(&mut self) {
-        if self.link_up {
-            let _ = self.secure.close();
+    /// Orderly close; a StableIO session ends for good. A negotiated
+    /// StableIO session tells its peer in-band (a `__@close` control frame,
+    /// docs/PROTOCOL.md §3.5), since over a security layer the peer sees an
+    /// EOF only as a lost link; the runtime sends it before the FIN.
+    pub fn close(&mut self, now: Instant) {
+        let negotiated = self
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.phase != Phase::Negotiating);
+        if self.dead.is_none() && self.link_up && negotiated {
+            let _ = self.send_link(&control(CTL_CLOSE, DataFrame::new()), now);
         }
         self.connection_lost("closed locally");
+    }
+
+    /// The peer ended the session in an orderly way (`__@close`): a StableIO
+    /// session no longer survives the end of its link.
+    fn on_ctl_close(&mut self) {
+        if !self.peer_closed {
+            self.peer_closed = true;
+            self.events.push_back(Event::Closed);
+        }
     }
 
     /// The transport ended (or failed): the session is dead and every pending call
@@ -2183,17 +2198,19 @@ impl Session {
             st.ack_due = None;
         }
         self.link_up = false;
-        self.established = false;
         self.paused = false;
-        self.plain.clear();
+        self.blocked = false;
+        self.plain = BytesMut::new();
+        self.out = BytesMut::new();
+        self.binding = None;
         true
     }
 
-    /// Client: a new connection for a stable session that lost its link. After
-    /// the new handshake the session sends `__@resume`; [`Event::Resumed`]
-    /// follows (or the session ends with [`Error::SessionLost`] if the server
-    /// no longer knows it).
-    pub fn attach(&mut self, secure: Box<dyn SecureSession>) -> Result<()> {
+    /// Client: a new connection for a stable session that lost its link.
+    /// At [`Session::open_link`] the session sends `__@resume`;
+    /// [`Event::Resumed`] follows (or the session ends with
+    /// [`Error::SessionLost`] if the server no longer knows it).
+    pub fn attach(&mut self) -> Result<()> {
         if let Some(why) = &self.dead {
             return Err(Error::SessionLost(why.clone()));
         }
@@ -2205,22 +2222,21 @@ impl Session {
                 ))
             }
         }
-        self.secure = secure;
         self.link_up = true;
-        self.established = false;
         self.peer_closed = false;
-        self.plain.clear();
+        self.plain = BytesMut::new();
         Ok(())
     }
 
-    /// Server: takes the link (secure layer and undecoded input) out of a fresh
-    /// session that reported [`Event::ResumeRequest`]; this session is then dead.
-    pub fn take_link(&mut self) -> LinkParts {
-        let secure = std::mem::replace(&mut self.secure, Box::new(Detached));
+    /// Server: takes the undecoded input (what followed the request) out of
+    /// a fresh session that reported [`Event::ResumeRequest`], for
+    /// [`Session::resume_link`]; this session is then dead.
+    pub fn take_input(&mut self) -> BytesMut {
         let plain = std::mem::take(&mut self.plain);
+        self.out.clear();
         self.link_up = false;
         self.connection_lost("the connection resumed another session");
-        LinkParts { secure, plain }
+        plain
     }
 
     /// Sends a keepalive: in a StableIO session a `SeqKeepalive` carrying our
@@ -2236,14 +2252,16 @@ impl Session {
         }
     }
 
-    /// Server: re-attaches a lost stable session to `link` (from
-    /// [`Session::take_link`]) after the runtime verified the request. Answers
+    /// Server: re-attaches a lost stable session to a new connection whose
+    /// undecoded `input` came from [`Session::take_input`] (and whose
+    /// `security` the layer reported) after the runtime verified the request. Answers
     /// `__@resume` with the last record received, sends again every record
     /// after `peer_delivered`, then continues with the input that followed the
     /// request. An error is fatal for the session.
     pub fn resume_link(
         &mut self,
-        link: LinkParts,
+        input: BytesMut,
+        security: &zs_io::SecurityInfo,
         peer_delivered: u64,
         new_secret: [u8; SECRET_LEN],
         now: Instant,
@@ -2263,10 +2281,9 @@ impl Session {
                 ))
             }
         };
-        self.secure = link.secure;
-        self.plain = link.plain;
+        self.plain = input;
+        self.binding = security.channel_binding;
         self.link_up = true;
-        self.established = true;
         self.peer_closed = false;
         self.paused = false;
         let answer = DataFrame::new()
@@ -2322,40 +2339,6 @@ fn answer_id(frame: &Frame) -> Option<u64> {
     }
 }
 
-/// The secure layer of a session whose link moved elsewhere.
-struct Detached;
-
-impl SecureSession for Detached {
-    fn handle_input(&mut self, _: &[u8], _: Instant) -> zs_crypto::Result<()> {
-        Err(zs_crypto::Error::Closed)
-    }
-    fn write_output(&mut self, _: &mut Vec<u8>) {}
-    fn poll_event(&mut self) -> Option<zs_crypto::Event> {
-        None
-    }
-    fn send(&mut self, _: &[u8], _: Instant) -> zs_crypto::Result<()> {
-        Err(zs_crypto::Error::Closed)
-    }
-    fn is_handshaking(&self) -> bool {
-        false
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-    fn handle_timeout(&mut self, _: Instant) -> zs_crypto::Result<()> {
-        Ok(())
-    }
-    fn rekey(&mut self, _: Instant) -> zs_crypto::Result<()> {
-        Err(zs_crypto::Error::Closed)
-    }
-    fn close(&mut self) -> zs_crypto::Result<()> {
-        Ok(())
-    }
-    fn handle_eof(&mut self) -> zs_crypto::Result<()> {
-        Ok(())
-    }
-}
-
 /// Most finished batches whose checksums wait for the handler's answer.
 const MAX_BATCH_SUMS: usize = 4096;
 
@@ -2394,66 +2377,56 @@ mod tests {
     //! Sans-IO StableIO tests: a client and a server session joined by two
     //! in-memory pipes per connection epoch. A "drop" loses every byte in flight
     //! (and possibly a prefix was delivered), then a new epoch starts with a
-    //! fresh handshake and a resume.
+    //! new link (its own channel binding, as the security layer would report)
+    //! and a resume.
     use std::collections::HashMap;
     use std::sync::Arc;
 
     use proptest::prelude::*;
-    use zs_crypto::{ClientConfig, SecurityProvider, ServerConfig, ServerIdentity, ZsSecurity};
 
     use super::*;
 
-    /// The provider of the StableIO tests: a pre-shared key with the
-    /// default AEAD suites and an ephemeral key exchange per connection, as a
-    /// pinned server key has, minus the Ed25519 signature per handshake (ring's
-    /// C code runs unoptimised in test builds: the proptest below makes about
-    /// 2,000 handshakes). What these tests check, records kept and resent
-    /// over new connections and the resume proof over each link's channel
-    /// binding, is the same in both modes; [`pinned_provider`] keeps one test
-    /// on a pinned server key.
-    fn provider() -> Arc<dyn SecurityProvider> {
-        let key = [0x5a; 32];
-        Arc::new(ZsSecurity::new(
-            Some(Arc::new(ClientConfig::psk(b"stable", &key).expect("psk"))),
-            Some(Arc::new(
-                ServerConfig::with_psk(b"stable", &key).expect("psk"),
-            )),
-        ))
-    }
-
-    /// A provider with a generated server identity pinned by the client.
-    fn pinned_provider() -> Arc<dyn SecurityProvider> {
-        let rng = ring::rand::SystemRandom::new();
-        let (id, _) = ServerIdentity::generate(&rng).expect("identity");
-        let fp = id.fingerprint();
-        Arc::new(ZsSecurity::new(
-            Some(Arc::new(ClientConfig::pinned(fp))),
-            Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
-        ))
-    }
-
     const SECRET: [u8; SECRET_LEN] = [7; SECRET_LEN];
 
-    /// A client and a server session of `p` (not yet handshaken).
-    pub(super) fn session_pair(
-        p: &Arc<dyn SecurityProvider>,
-        now: Instant,
-        cfg: SessionConfig,
-    ) -> (Session, Session) {
-        let c = Session::new(p.new_client(now).unwrap(), cfg);
-        let s = Session::new(p.new_server(now).unwrap(), cfg);
+    /// What the security layer reports for link `epoch`: each link has its
+    /// own channel binding.
+    pub(super) fn link(epoch: u8) -> zs_io::SecurityInfo {
+        zs_io::SecurityInfo::new("test", "AES-256-GCM", Some(b"alice".to_vec()), None)
+            .with_channel_binding(Some([epoch; 32]))
+    }
+
+    /// A client and a server session whose link is up.
+    pub(super) fn session_pair(now: Instant, cfg: SessionConfig) -> (Session, Session) {
+        let mut c = Session::new(cfg);
+        let mut s = Session::new(cfg);
+        c.open_link(&link(1), now).unwrap();
+        s.open_link(&link(1), now).unwrap();
         (c, s)
     }
 
+    /// Moves `from`'s output into `to` (whole), returns its length.
+    pub(super) fn pump(from: &mut Session, to: &mut Session, now: Instant) -> usize {
+        let mut b = BytesMut::new();
+        from.write_output(&mut b);
+        let n = b.len();
+        to.handle_input(&mut b, now).unwrap();
+        assert!(b.is_empty(), "whole frames");
+        n
+    }
+
     struct Pair {
-        p: Arc<dyn SecurityProvider>,
         now: Instant,
+        /// The current link's number (its channel binding).
+        epoch: u8,
         c: Session,
         s: Session,
         /// Server side of the current epoch until it resumed `s`.
         fresh: Option<Session>,
-        c2s: Vec<u8>,
-        s2c: Vec<u8>,
+        c2s: BytesMut,
+        s2c: BytesMut,
+        /// What each side received and has not decoded (a partial frame).
+        c_in: BytesMut,
+        s_in: BytesMut,
         c_got: Vec<u64>,
         s_got: Vec<u64>,
         replies: HashMap<u64, usize>,
@@ -2471,24 +2444,24 @@ mod tests {
 
     impl Pair {
         fn new(cfg: SessionConfig) -> Pair {
-            Pair::with_provider(cfg, provider())
-        }
-
-        fn with_provider(cfg: SessionConfig, p: Arc<dyn SecurityProvider>) -> Pair {
             let now = Instant::now();
-            let (mut c, mut s) = session_pair(&p, now, cfg);
+            let (mut c, mut s) = (Session::new(cfg), Session::new(cfg));
             s.serve_stable(Some((42, SECRET)));
             c.request_stable(now).unwrap();
+            c.open_link(&link(1), now).unwrap();
+            s.open_link(&link(1), now).unwrap();
             let mut pair = Pair {
-                p,
                 now,
+                epoch: 1,
                 c,
                 s,
                 fresh: None,
                 secret: SECRET,
                 previous: None,
-                c2s: Vec::new(),
-                s2c: Vec::new(),
+                c2s: BytesMut::new(),
+                s2c: BytesMut::new(),
+                c_in: BytesMut::new(),
+                s_in: BytesMut::new(),
                 c_got: Vec::new(),
                 s_got: Vec::new(),
                 replies: HashMap::new(),
@@ -2511,23 +2484,29 @@ mod tests {
         fn step(&mut self, budget: Option<usize>) -> bool {
             let mut moved = false;
             self.c.write_output(&mut self.c2s);
-            let mut out = Vec::new();
+            let mut out = BytesMut::new();
             self.server().write_output(&mut out);
             self.s2c.extend_from_slice(&out);
             let n = budget.unwrap_or(usize::MAX).min(self.c2s.len());
             if n > 0 {
                 moved = true;
-                let chunk: Vec<u8> = self.c2s.drain(..n).collect();
+                let chunk = self.c2s.split_to(n);
+                let mut input = std::mem::take(&mut self.s_in);
+                input.extend_from_slice(&chunk);
                 let now = self.now;
                 self.server()
-                    .handle_input(&chunk, now)
+                    .handle_input(&mut input, now)
                     .expect("server input");
+                self.s_in = input;
             }
             let n = budget.unwrap_or(usize::MAX).min(self.s2c.len());
             if n > 0 {
                 moved = true;
-                let chunk: Vec<u8> = self.s2c.drain(..n).collect();
-                self.c.handle_input(&chunk, self.now).expect("client input");
+                let chunk = self.s2c.split_to(n);
+                self.c_in.extend_from_slice(&chunk);
+                self.c
+                    .handle_input(&mut self.c_in, self.now)
+                    .expect("client input");
             }
             self.events();
             moved
@@ -2557,11 +2536,11 @@ mod tests {
                                 // connection die; the resume replaces it.
                                 assert!(self.s.link_lost("replaced"));
                             }
-                            let parts = f.take_link();
+                            let input = f.take_input();
                             self.secret = [self.secret[0].wrapping_add(1); SECRET_LEN];
                             let next = self.secret;
                             self.s
-                                .resume_link(parts, delivered, next, now)
+                                .resume_link(input, &link(self.epoch), delivered, next, now)
                                 .expect("resume");
                             resumed = true;
                         } else {
@@ -2673,14 +2652,19 @@ mod tests {
         fn relink(&mut self, server_notices: bool) {
             self.c2s.clear();
             self.s2c.clear();
+            self.c_in.clear();
+            self.s_in.clear();
             assert!(self.c.link_lost("test drop"));
             if server_notices {
                 self.fresh = None;
                 assert!(self.s.link_lost("test drop"));
             }
-            self.c.attach(self.p.new_client(self.now).unwrap()).unwrap();
-            let mut fresh = Session::new(self.p.new_server(self.now).unwrap(), *self.s.config());
+            self.epoch = self.epoch.wrapping_add(1);
+            self.c.attach().unwrap();
+            self.c.open_link(&link(self.epoch), self.now).unwrap();
+            let mut fresh = Session::new(*self.s.config());
             fresh.serve_stable(None);
+            fresh.open_link(&link(self.epoch), self.now).unwrap();
             self.fresh = Some(fresh);
         }
 
@@ -2713,7 +2697,7 @@ mod tests {
     fn waiters_come_back_with_their_own_calls() {
         use std::sync::Mutex;
         let now = Instant::now();
-        let (mut c, mut s) = session_pair(&provider(), now, SessionConfig::default());
+        let (mut c, mut s) = session_pair(now, SessionConfig::default());
         let seen: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
         let waiter = |tag: u64| {
             let seen = seen.clone();
@@ -2747,17 +2731,13 @@ mod tests {
         // Handshake and requests; the server answers d, bare, b (not a, not e).
         let mut requests = Vec::new();
         for _ in 0..6 {
-            let mut out = Vec::new();
-            c.write_output(&mut out);
-            s.handle_input(&out, now).unwrap();
+            pump(&mut c, &mut s, now);
             while let Some(ev) = s.poll_event() {
                 if let Event::Request(r) = ev {
                     requests.push(r);
                 }
             }
-            let mut back = Vec::new();
-            s.write_output(&mut back);
-            c.handle_input(&back, now).unwrap();
+            pump(&mut s, &mut c, now);
             if requests.len() == 5 {
                 break;
             }
@@ -2770,9 +2750,7 @@ mod tests {
             };
             s.respond(id, Ok(Reply::Text(text.clone())), now).unwrap();
         }
-        let mut back = Vec::new();
-        s.write_output(&mut back);
-        c.handle_input(&back, now).unwrap();
+        pump(&mut s, &mut c, now);
         c.handle_timeout(now + ms(60)).unwrap();
         c.connection_lost("gone");
         let mut replies = Vec::new();
@@ -2800,7 +2778,7 @@ mod tests {
     #[test]
     fn records_survive_drops_exactly_once() {
         // A pinned server key: the same guarantees as with the test PSK.
-        let mut p = Pair::with_provider(SessionConfig::default(), pinned_provider());
+        let mut p = Pair::new(SessionConfig::default());
         for round in 0..5 {
             for i in 0..20 {
                 p.client_send(i % 3 == 0);
@@ -2895,7 +2873,7 @@ mod tests {
     #[test]
     fn batch_checksums_are_verified() {
         let now = Instant::now();
-        let (mut c, mut s) = session_pair(&provider(), now, SessionConfig::default());
+        let (mut c, mut s) = session_pair(now, SessionConfig::default());
         let frames = vec![DataFrame::new().with(1u32), DataFrame::new().with("two")];
         let call = Call::Batch {
             cmd: Text::from("b"),
@@ -2907,9 +2885,7 @@ mod tests {
         }
         let mut results = HashMap::new();
         for round in 0..20 {
-            let mut b = Vec::new();
-            c.write_output(&mut b);
-            s.handle_input(&b, now).unwrap();
+            pump(&mut c, &mut s, now);
             while let Some(ev) = s.poll_event() {
                 if let Event::Request(Request::Batch { id, .. }) = ev {
                     if id == ids[1] {
@@ -2921,9 +2897,7 @@ mod tests {
                         .unwrap();
                 }
             }
-            let mut b = Vec::new();
-            s.write_output(&mut b);
-            c.handle_input(&b, now).unwrap();
+            pump(&mut s, &mut c, now);
             while let Some(ev) = c.poll_event() {
                 if let Event::Reply { id, result } = ev {
                     results.insert(id, result);
@@ -2973,10 +2947,6 @@ mod tests {
 
 #[cfg(test)]
 mod deadline_tests {
-    use std::sync::Arc;
-
-    use zs_crypto::{ClientConfig, SecurityProvider, ServerConfig, ZsSecurity};
-
     use super::*;
 
     /// A pending call `id` with deadline `d`, in both structures.
@@ -3021,28 +2991,17 @@ mod deadline_tests {
     }
 
     #[test]
-    fn idle_sessions_release_their_buffers_and_pack_frames_into_records() {
+    fn idle_sessions_release_their_buffers_and_frames_leave_together() {
+        use super::tests::{pump, session_pair};
         let now = Instant::now();
-        let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
-            Some(Arc::new(ClientConfig::psk(b"id", &[7; 32]).unwrap())),
-            Some(Arc::new(ServerConfig::with_psk(b"id", &[7; 32]).unwrap())),
+        let (mut c, mut s) = session_pair(now, SessionConfig::default());
+        assert!(matches!(
+            c.poll_event(),
+            Some(Event::Established { suite, psk_identity: Some(id) }) if suite == "AES-256-GCM" && id == b"alice"
         ));
-        let (mut c, mut s) = super::tests::session_pair(&p, now, SessionConfig::default());
-        let pump = |from: &mut Session, to: &mut Session| {
-            let mut b = Vec::new();
-            from.write_output(&mut b);
-            let n = b.len();
-            to.handle_input_mut(&mut b, now).unwrap();
-            n
-        };
-        for _ in 0..3 {
-            pump(&mut c, &mut s);
-            pump(&mut s, &mut c);
-        }
-        assert!(c.is_established() && s.is_established());
-        while c.poll_event().is_some() {}
         while s.poll_event().is_some() {}
-        // 50 calls queued before one flush travel in one record.
+        // 50 calls queued before one flush leave in one buffer, moved out
+        // without a copy (the caller's empty buffer is swapped in).
         for i in 0..50 {
             let call = Call::Console {
                 cmd: Text::from("echo"),
@@ -3050,22 +3009,33 @@ mod deadline_tests {
             };
             c.call(call, Some(Duration::from_secs(5)), now).unwrap();
         }
-        let mut b = Vec::new();
+        let ptr = c.out.as_ptr();
+        let mut b = BytesMut::new();
         c.write_output(&mut b);
-        assert_eq!(b[0], 0x17);
-        let body = u32::from_le_bytes([b[1], b[2], b[3], b[4]]) as usize;
-        assert_eq!(b.len(), 5 + body, "one record");
-        s.handle_input(&b, now).unwrap();
+        assert_eq!(b.as_ptr(), ptr, "swapped, not copied");
+        // Fed in two pieces: the partial frame stays in the caller's buffer.
+        let total = b.len() as u64;
+        let mut input = b.split_to(b.len() - 3);
+        s.handle_input(&mut input, now).unwrap();
+        assert!(
+            !input.is_empty() && input.len() < 64,
+            "the partial frame stays"
+        );
+        input.extend_from_slice(&b);
+        s.handle_input(&mut input, now).unwrap();
+        assert!(input.is_empty());
+        assert_eq!(s.byte_counts().0, total, "each byte counted once");
         let mut n = 0;
         while let Some(ev) = s.poll_event() {
             assert!(matches!(ev, Event::Request(Request::Console { .. })));
             n += 1;
         }
         assert_eq!(n, 50);
+        pump(&mut s, &mut c, now);
         s.shrink_buffers();
         assert_eq!(s.events.capacity(), 0);
         assert_eq!(s.plain.capacity(), 0);
-        assert_eq!(s.wrap.capacity(), 0);
+        assert_eq!(s.out.capacity(), 0);
     }
 
     /// Call deadlines expire in deadline order whatever mix of timeouts made

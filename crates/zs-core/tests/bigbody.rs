@@ -86,7 +86,13 @@ fn setup(
     );
     let p = provider();
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = Server::start(backend.clone(), p.clone(), reg, Options::default(), addr).unwrap();
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(backend.clone(), p.clone())),
+        reg,
+        Options::default(),
+        addr,
+    )
+    .unwrap();
     (server, backend, p, seen)
 }
 
@@ -107,8 +113,7 @@ fn plain_client(
     p: Arc<dyn SecurityProvider>,
 ) -> Client {
     Client::connect(
-        backend,
-        p,
+        Arc::new(zs_secure::SecureBackend::new(backend, p)),
         Registry::new(),
         Options::client(),
         server.local_addr(),
@@ -189,7 +194,13 @@ fn a_spilled_transfer_resumes_across_reconnects() {
         ..Options::client()
     };
     let c = Arc::new(
-        Client::connect_stable(backend, p, Registry::new(), opts, server.local_addr()).unwrap(),
+        Client::connect_stable(
+            Arc::new(zs_secure::SecureBackend::new(backend, p)),
+            Registry::new(),
+            opts,
+            server.local_addr(),
+        )
+        .unwrap(),
     );
     let big = data(6 << 20);
     let next_drop = Arc::new(AtomicU64::new(1 << 20));
@@ -551,8 +562,7 @@ fn ordered_queue_drops_chunks_of_a_refused_transfer() {
         ..Options::default()
     };
     let server = Server::start(
-        backend,
-        p.clone(),
+        Arc::new(zs_secure::SecureBackend::new(backend, p.clone())),
         reg,
         options,
         "127.0.0.1:0".parse().unwrap(),

@@ -34,8 +34,7 @@ fn server(p: &Arc<dyn SecurityProvider>) -> Server {
     };
     let b: Arc<dyn zs_io::Backend> = Arc::new(zs_io_tokio::TokioBackend::new(cfg).unwrap());
     Server::start(
-        b,
-        p.clone(),
+        Arc::new(zs_secure::SecureBackend::new(b, p.clone())),
         reg,
         Options::default(),
         "127.0.0.1:0".parse().unwrap(),

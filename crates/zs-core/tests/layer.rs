@@ -1,9 +1,8 @@
 //! zs-core's frames over plaintext connections of a security layer
-//! (`Server::start_plain` / `Client::connect_plain` over
-//! `zs_secure::SecureBackend`), beside the built-in secure sessions: the same
-//! calls, the peer's identity from the layer, StableIO resume proved over the
-//! layer's channel binding, both paths talking to each other (same record
-//! bytes), and no plaintext service over a backend without security.
+//! (`Server::start` / `Client::connect` over `zs_secure::SecureBackend`): calls,
+//! the peer's identity from the layer, StableIO resume proved over the layer's
+//! channel binding, the orderly end of a StableIO session in-band
+//! (`__@close`), and no plaintext service over a backend without security.
 
 mod common;
 
@@ -67,14 +66,14 @@ fn registry(calls: &Arc<AtomicUsize>) -> Registry {
 fn calls_over(raw_server: Arc<dyn Backend>, raw_client: Arc<dyn Backend>) {
     let p = provider();
     let calls = Arc::new(AtomicUsize::new(0));
-    let server = Server::start_plain(
+    let server = Server::start(
         secure(raw_server, &p),
         registry(&calls),
         Options::default(),
         addr0(),
     )
     .unwrap();
-    let client = Client::connect_plain(
+    let client = Client::connect(
         secure(raw_client, &p),
         Registry::new(),
         Options::client(),
@@ -113,14 +112,14 @@ fn handlers_see_the_psk_identity_the_layer_verified() {
         Some(Arc::new(ServerConfig::with_psk(b"alice", &key).unwrap())),
     ));
     let calls = Arc::new(AtomicUsize::new(0));
-    let server = Server::start_plain(
+    let server = Server::start(
         secure(raw1(), &p),
         registry(&calls),
         Options::default(),
         addr0(),
     )
     .unwrap();
-    let client = Client::connect_plain(
+    let client = Client::connect(
         secure(raw1(), &p),
         Registry::new(),
         Options::client(),
@@ -130,46 +129,15 @@ fn handlers_see_the_psk_identity_the_layer_verified() {
     assert_eq!(client.call("who", "").wait().unwrap(), "alice");
 }
 
-/// The record bytes are the same: a built-in client calls a server over the
-/// layer, and a client over the layer calls a built-in server.
-#[test]
-fn both_paths_talk_to_each_other() {
-    let p = provider();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let new_server = Server::start_plain(
-        secure(raw1(), &p),
-        registry(&calls),
-        Options::default(),
-        addr0(),
-    )
-    .unwrap();
-    let old_client = Client::connect(
-        raw1(),
-        p.clone(),
+/// A StableIO client of `server` over its own secure(raw) backend.
+fn stable_client(p: &Arc<dyn SecurityProvider>, server: &Server) -> Client {
+    Client::connect_stable(
+        secure(raw1(), p),
         Registry::new(),
-        Options::client(),
-        new_server.local_addr(),
+        fast_reconnect(),
+        server.local_addr(),
     )
-    .unwrap();
-    assert_eq!(old_client.call("echo", "a").wait().unwrap(), "a");
-
-    let old_server = Server::start(
-        raw1(),
-        p.clone(),
-        registry(&calls),
-        Options::default(),
-        addr0(),
-    )
-    .unwrap();
-    let new_client = Client::connect_plain(
-        secure(raw1(), &p),
-        Registry::new(),
-        Options::client(),
-        old_server.local_addr(),
-    )
-    .unwrap();
-    assert_eq!(new_client.call("echo", "b").wait().unwrap(), "b");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    .unwrap()
 }
 
 /// StableIO over the layer: the link dies, the client reconnects through a
@@ -183,14 +151,8 @@ fn stable_sessions_resume_over_the_layer() {
         stable: true,
         ..Options::default()
     };
-    let server = Server::start_plain(secure(raw1(), &p), registry(&calls), opts, addr0()).unwrap();
-    let client = Client::connect_stable_plain(
-        secure(raw1(), &p),
-        Registry::new(),
-        fast_reconnect(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let server = Server::start(secure(raw1(), &p), registry(&calls), opts, addr0()).unwrap();
+    let client = stable_client(&p, &server);
     assert!(client.stable_id().is_some_and(|id| id != 0));
     assert_eq!(client.call("echo", "before").wait().unwrap(), "before");
     for round in 0..3 {
@@ -207,14 +169,46 @@ fn stable_sessions_resume_over_the_layer() {
     assert_eq!(server.stats().stable_rejected, 0);
 }
 
-/// `start_plain` over a backend without security serves nobody: a peer that
+/// StableIO's orderly end travels in-band: over the layer a FIN is only a lost
+/// link (anyone on the path can forge one), so without `__@close` the server
+/// would keep the session offline until `stable_offline_timeout` (60 s here).
+/// `Client::close` sends it: the session ends on the server at once; a link
+/// that merely drops keeps it.
+#[test]
+fn a_stable_session_closed_by_its_client_ends_on_the_server_at_once() {
+    let p = provider();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let opts = Options {
+        stable_offline_timeout: Duration::from_secs(60),
+        ..Options::default()
+    };
+    let server = Server::start(secure(raw1(), &p), registry(&calls), opts, addr0()).unwrap();
+    let dropped = stable_client(&p, &server);
+    let closed = stable_client(&p, &server);
+    assert_eq!(closed.call("echo", "x").wait().unwrap(), "x");
+    assert_eq!(dropped.call("echo", "y").wait().unwrap(), "y");
+    assert_eq!(server.stable_sessions(), 2);
+    closed.close();
+    assert!(
+        wait_until(Duration::from_secs(10), || server.stable_sessions() == 1),
+        "the closed session is still kept: {} sessions, {} offline",
+        server.stable_sessions(),
+        server.stable_offline()
+    );
+    assert_eq!(server.stable_offline(), 0);
+    // The other session survives a dropped link (and resumes).
+    dropped.drop_link();
+    assert_eq!(dropped.call("echo", "z").wait().unwrap(), "z");
+    assert_eq!(server.stable_sessions(), 1);
+}
+
+/// `start` over a backend without security serves nobody: a peer that
 /// sends plaintext frames is disconnected before any handler runs, and
-/// `connect_plain` over a raw backend fails instead of calling in the clear.
+/// `connect` over a raw backend fails instead of calling in the clear.
 #[test]
 fn no_plaintext_service_without_a_security_layer() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let server =
-        Server::start_plain(raw1(), registry(&calls), Options::default(), addr0()).unwrap();
+    let server = Server::start(raw1(), registry(&calls), Options::default(), addr0()).unwrap();
     // A well-formed Console frame in the clear.
     let mut frame = bytes::BytesMut::new();
     zs_wire::FrameCodec::new(zs_wire::Config::default())
@@ -239,7 +233,7 @@ fn no_plaintext_service_without_a_security_layer() {
     assert!(Instant::now() < end, "not disconnected");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
-    let err = Client::connect_plain(
+    let err = Client::connect(
         raw1(),
         Registry::new(),
         Options::client(),

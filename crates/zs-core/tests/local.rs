@@ -56,8 +56,7 @@ fn server(reg: Registry, options: Options) -> (Server, Arc<ZsSecurity>) {
         .unwrap(),
     );
     let s = Server::start(
-        backend,
-        security.clone(),
+        Arc::new(zs_secure::SecureBackend::new(backend, security.clone())),
         reg,
         options,
         "127.0.0.1:0".parse().unwrap(),
@@ -289,8 +288,7 @@ fn the_server_closing_tells_the_sink_and_refuses_new_connections() {
     // A network client of the same server is unaffected, and counted beside.
     let backend = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config::default()).unwrap());
     let client = Client::connect(
-        backend,
-        security,
+        Arc::new(zs_secure::SecureBackend::new(backend, security)),
         Registry::new(),
         Options::client(),
         server.local_addr(),

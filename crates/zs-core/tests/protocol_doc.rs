@@ -1,70 +1,36 @@
 //! The hex examples of docs/PROTOCOL.md Part 3 are exactly the plaintext frames
-//! zs-core sessions produce (a pass-through security layer stands in for
-//! zs-crypto, whose records Part 2 specifies).
+//! zs-core sessions produce (the security layer under them, whose records
+//! Part 2 specifies, is not part of zs-core).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use zs_core::{Call, Event, Reply, Session, SessionConfig};
-use zs_crypto::{SecureSession, SuiteId};
 use zs_wire::{DataFrame, Text};
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 
-/// A security layer that adds nothing: the session's plaintext frames become
-/// visible.
-#[derive(Default)]
-struct Plain {
-    out: Vec<u8>,
-    events: VecDeque<zs_crypto::Event>,
-    announced: bool,
+/// What the security layer reports for a link: the channel binding is fixed,
+/// so the examples are reproducible (a real layer's is secret and different
+/// on every connection).
+fn link() -> zs_io::SecurityInfo {
+    zs_io::SecurityInfo::new("test", "AES-256-GCM", None, None)
+        .with_channel_binding(Some([0x42; 32]))
 }
 
-impl SecureSession for Plain {
-    fn handle_input(&mut self, data: &[u8], _: Instant) -> zs_crypto::Result<()> {
-        self.events.push_back(zs_crypto::Event::Data(data.to_vec()));
-        Ok(())
-    }
-    fn write_output(&mut self, out: &mut Vec<u8>) {
-        out.append(&mut self.out);
-    }
-    fn poll_event(&mut self) -> Option<zs_crypto::Event> {
-        if !self.announced {
-            self.announced = true;
-            return Some(zs_crypto::Event::HandshakeComplete {
-                suite: SuiteId::Aes256Gcm,
-                psk_identity: None,
-            });
-        }
-        self.events.pop_front()
-    }
-    fn send(&mut self, data: &[u8], _: Instant) -> zs_crypto::Result<()> {
-        self.out.extend_from_slice(data);
-        Ok(())
-    }
-    fn is_handshaking(&self) -> bool {
-        false
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-    fn handle_timeout(&mut self, _: Instant) -> zs_crypto::Result<()> {
-        Ok(())
-    }
-    fn rekey(&mut self, _: Instant) -> zs_crypto::Result<()> {
-        Ok(())
-    }
-    fn close(&mut self) -> zs_crypto::Result<()> {
-        Ok(())
-    }
-    fn channel_binding(&self) -> Option<[u8; 32]> {
-        // Fixed, so the examples are reproducible (a real layer's is secret
-        // and different on every connection).
-        Some([0x42; 32])
-    }
-    fn handle_eof(&mut self) -> zs_crypto::Result<()> {
-        Ok(())
-    }
+/// A session whose link is up.
+fn session(cfg: SessionConfig, now: Instant) -> Session {
+    let mut s = Session::new(cfg);
+    s.open_link(&link(), now).unwrap();
+    s
+}
+
+/// Feeds `b` (whole frames) to `s`.
+fn feed(s: &mut Session, b: &[u8], now: Instant) {
+    let mut b = BytesMut::from(b);
+    s.handle_input(&mut b, now).unwrap();
+    assert!(b.is_empty());
 }
 
 /// Every ```` ```hex session-<name> ```` block of Part 3 (`#` comments ignored).
@@ -99,9 +65,9 @@ fn examples() -> HashMap<String, Vec<u8>> {
 }
 
 fn take(s: &mut Session) -> Vec<u8> {
-    let mut b = Vec::new();
+    let mut b = BytesMut::new();
     s.write_output(&mut b);
-    b
+    b.to_vec()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -116,20 +82,21 @@ fn exchange() -> Vec<(&'static str, Vec<u8>)> {
     let now = Instant::now();
     let cfg = SessionConfig::default();
     let mut out = Vec::new();
-    let mut c = Session::new(Box::new(Plain::default()), cfg);
-    let mut s = Session::new(Box::new(Plain::default()), cfg);
+    let mut c = Session::new(cfg);
+    let mut s = Session::new(cfg);
     let sid = 0x0102_0304_0506_0708;
     let secret = [0xab; 32];
     s.serve_stable(Some((sid, secret)));
+    s.open_link(&link(), now).unwrap();
 
     c.request_stable(now).unwrap();
-    c.handle_input(&[], now).unwrap();
+    c.open_link(&link(), now).unwrap();
     let b = take(&mut c);
     out.push(("session-stable-request", b.clone()));
-    s.handle_input(&b, now).unwrap();
+    feed(&mut s, &b, now);
     let b = take(&mut s);
     out.push(("session-stable-grant", b.clone()));
-    c.handle_input(&b, now).unwrap();
+    feed(&mut c, &b, now);
     assert_eq!(c.stable_id(), Some(sid));
 
     let id = c
@@ -145,27 +112,28 @@ fn exchange() -> Vec<(&'static str, Vec<u8>)> {
     assert_eq!(id, 1);
     let b = take(&mut c);
     out.push(("session-stable-call", b.clone()));
-    s.handle_input(&b, now).unwrap();
+    feed(&mut s, &b, now);
     s.respond(1, Ok(Reply::Text(Text::from("hi"))), now)
         .unwrap();
     let b = take(&mut s);
     out.push(("session-stable-answer", b.clone()));
-    c.handle_input(&b, now).unwrap();
+    feed(&mut c, &b, now);
     let later = now + Duration::from_millis(50);
     s.handle_timeout(later).unwrap();
     let b = take(&mut s);
     out.push(("session-stable-ack", b.clone()));
-    c.handle_input(&b, later).unwrap();
+    feed(&mut c, &b, later);
 
     // The link dies; a new one (fresh handshake) resumes the session.
     assert!(c.link_lost("test") && s.link_lost("test"));
-    c.attach(Box::new(Plain::default())).unwrap();
-    c.handle_input(&[], later).unwrap();
+    c.attach().unwrap();
+    c.open_link(&link(), later).unwrap();
     let b = take(&mut c);
     out.push(("session-resume-request", b.clone()));
-    let mut fresh = Session::new(Box::new(Plain::default()), cfg);
+    let mut fresh = Session::new(cfg);
     fresh.serve_stable(None);
-    fresh.handle_input(&b, later).unwrap();
+    fresh.open_link(&link(), later).unwrap();
+    feed(&mut fresh, &b, later);
     let mut req = None;
     while let Some(ev) = fresh.poll_event() {
         if let Event::ResumeRequest {
@@ -179,25 +147,35 @@ fn exchange() -> Vec<(&'static str, Vec<u8>)> {
             req = Some(delivered);
         }
     }
-    let link = fresh.take_link();
+    let input = fresh.take_input();
     let next = [0x17; 32];
-    s.resume_link(link, req.expect("resume request"), next, later)
+    s.resume_link(input, &link(), req.expect("resume request"), next, later)
         .unwrap();
     let b = take(&mut s);
     out.push(("session-resume-answer", b.clone()));
-    c.handle_input(&b, later).unwrap();
+    feed(&mut c, &b, later);
+
+    // The client ends the session in an orderly way: `__@close` before the
+    // FIN, so the server ends it at once instead of keeping it offline.
+    c.close(later);
+    let b = take(&mut c);
+    out.push(("session-stable-close", b.clone()));
+    while s.poll_event().is_some() {}
+    feed(&mut s, &b, later);
+    assert!(matches!(s.poll_event(), Some(Event::Closed)));
+    assert!(!s.link_lost("EOF"), "the session ended with its link");
 
     // A refused resume (fresh server, unknown session).
-    let mut other = Session::new(Box::new(Plain::default()), cfg);
+    let mut other = Session::new(cfg);
     other.serve_stable(None);
-    other.handle_input(&out[5].1, later).unwrap();
+    other.open_link(&link(), later).unwrap();
+    feed(&mut other, &out[5].1, later);
     other.refuse_resume("unknown or expired StableIO session", later);
     out.push(("session-resume-refused", take(&mut other)));
 
     // A batch of one frame and its checksum answer (no StableIO).
-    let mut c = Session::new(Box::new(Plain::default()), cfg);
-    let mut s = Session::new(Box::new(Plain::default()), cfg);
-    c.handle_input(&[], now).unwrap();
+    let mut c = session(cfg, now);
+    let mut s = session(cfg, now);
     let frames = vec![DataFrame::new().with(1u32)];
     c.call(
         Call::Batch {
@@ -210,12 +188,12 @@ fn exchange() -> Vec<(&'static str, Vec<u8>)> {
     .unwrap();
     let b = take(&mut c);
     out.push(("session-batch-request", b.clone()));
-    s.handle_input(&b, now).unwrap();
+    feed(&mut s, &b, now);
     s.respond(1, Ok(Reply::Data(DataFrame::new().with(1u32))), now)
         .unwrap();
     let b = take(&mut s);
     out.push(("session-batch-answer", b.clone()));
-    c.handle_input(&b, now).unwrap();
+    feed(&mut c, &b, now);
     let mut ok = false;
     while let Some(ev) = c.poll_event() {
         if let Event::Reply { result, .. } = ev {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::{epoll, fast_reconnect, provider, wait_until};
 use zs_core::{
     code, Client, Error, Event, Options, Reconnect, Registry, Server, Session, SessionConfig,
@@ -78,8 +78,16 @@ fn ten_thousand_commands_through_a_hundred_link_drops() {
         idle_timeout: None,
         ..Options::default()
     };
-    let server =
-        Server::start(backend.clone(), provider.clone(), reg, server_opts, addr0()).unwrap();
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        reg,
+        server_opts,
+        addr0(),
+    )
+    .unwrap();
 
     let pushes = Arc::new(Mutex::new(Vec::<u64>::new()));
     let mut creg = Registry::new();
@@ -88,8 +96,7 @@ fn ten_thousand_commands_through_a_hundred_link_drops() {
         p.lock().unwrap().push(text.parse().unwrap())
     });
     let client = Client::connect_stable(
-        backend.clone(),
-        provider,
+        Arc::new(zs_secure::SecureBackend::new(backend.clone(), provider)),
         creg,
         fast_reconnect(),
         server.local_addr(),
@@ -252,7 +259,16 @@ fn offline_sessions_expire_and_late_resumes_fail_pending_calls() {
         stable_offline_timeout: Duration::from_millis(200),
         ..Options::default()
     };
-    let server = Server::start(backend.clone(), provider.clone(), reg, opts, addr0()).unwrap();
+    let server = Server::start(
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
+        reg,
+        opts,
+        addr0(),
+    )
+    .unwrap();
     let copts = Options {
         reconnect: Reconnect {
             initial: Duration::from_millis(800),
@@ -262,8 +278,7 @@ fn offline_sessions_expire_and_late_resumes_fail_pending_calls() {
         ..Options::client()
     };
     let client = Client::connect_stable(
-        backend,
-        provider,
+        Arc::new(zs_secure::SecureBackend::new(backend, provider)),
         Registry::new(),
         copts,
         server.local_addr(),
@@ -309,8 +324,10 @@ fn memory_is_bounded_per_session_and_for_offline_sessions() {
         ..Options::default()
     };
     let server = Server::start(
-        backend.clone(),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
         Registry::new(),
         opts,
         addr0(),
@@ -330,8 +347,10 @@ fn memory_is_bounded_per_session_and_for_offline_sessions() {
     };
     let connect = || {
         Client::connect_stable(
-            backend.clone(),
-            provider.clone(),
+            Arc::new(zs_secure::SecureBackend::new(
+                backend.clone(),
+                provider.clone(),
+            )),
             Registry::new(),
             slow.clone(),
             server.local_addr(),
@@ -366,19 +385,29 @@ fn memory_is_bounded_per_session_and_for_offline_sessions() {
     assert_eq!(server.stable_offline(), 1);
 }
 
-/// Drives a sans-IO client session over a blocking socket until `until` says stop.
-fn drive(sock: &mut TcpStream, s: &mut Session, mut until: impl FnMut(&Event) -> bool) -> bool {
-    sock.set_read_timeout(Some(Duration::from_millis(50)))
+/// Drives a sans-IO client session over a blocking secure stream until
+/// `until` says stop.
+fn drive(
+    sock: &mut zs_secure::SecureStream<TcpStream>,
+    s: &mut Session,
+    mut until: impl FnMut(&Event) -> bool,
+) -> bool {
+    sock.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let end = Instant::now() + Duration::from_secs(5);
     let mut buf = [0u8; 4096];
+    let mut input = BytesMut::new();
     while Instant::now() < end {
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         s.write_output(&mut out);
         sock.write_all(&out).unwrap();
         match sock.read(&mut buf) {
             Ok(0) => return false,
-            Ok(n) => s.handle_input(&buf[..n], Instant::now()).unwrap(),
+            Ok(n) => {
+                input.extend_from_slice(&buf[..n]);
+                s.handle_input(&mut input, Instant::now()).unwrap()
+            }
             Err(_) => {}
         }
         while let Some(ev) = s.poll_event() {
@@ -399,16 +428,17 @@ fn a_wrong_resume_secret_is_rejected() {
     let mut reg = Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
     let server = Server::start(
-        backend.clone(),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
         reg,
         Options::default(),
         addr0(),
     )
     .unwrap();
     let client = Client::connect_stable(
-        backend,
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(backend, provider.clone())),
         Registry::new(),
         fast_reconnect(),
         server.local_addr(),
@@ -416,11 +446,11 @@ fn a_wrong_resume_secret_is_rejected() {
     .unwrap();
     let sid = client.stable_id().unwrap();
 
-    let mut sock = TcpStream::connect(server.local_addr()).unwrap();
-    let mut s = Session::new(
-        provider.new_client(Instant::now()).unwrap(),
-        SessionConfig::default(),
-    );
+    let tcp = TcpStream::connect(server.local_addr()).unwrap();
+    let mut sock = zs_secure::SecureStream::connect(tcp, &*provider).unwrap();
+    let mut s = Session::new(SessionConfig::default());
+    s.open_link(&sock.security_info().unwrap(), Instant::now())
+        .unwrap();
     assert!(drive(&mut sock, &mut s, |e| matches!(
         e,
         Event::Established { .. }
@@ -474,16 +504,20 @@ fn non_stable_sessions_are_unaffected() {
         });
     });
     let server = Server::start(
-        backend.clone(),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
         reg,
         Options::default(),
         addr0(),
     )
     .unwrap();
     let client = Client::connect(
-        backend.clone(),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
         Registry::new(),
         Options::client(),
         server.local_addr(),
@@ -506,8 +540,10 @@ fn non_stable_sessions_are_unaffected() {
         == 1));
 
     let off = Server::start(
-        backend.clone(),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
         Registry::new(),
         Options {
             stable: false,
@@ -517,8 +553,7 @@ fn non_stable_sessions_are_unaffected() {
     )
     .unwrap();
     match Client::connect_stable(
-        backend,
-        provider,
+        Arc::new(zs_secure::SecureBackend::new(backend, provider)),
         Registry::new(),
         Options::client(),
         off.local_addr(),
@@ -537,8 +572,10 @@ fn the_client_gives_up_after_its_deadline() {
     let mut reg = Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
     let server = Server::start(
-        backend.clone(),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(
+            backend.clone(),
+            provider.clone(),
+        )),
         reg,
         Options::default(),
         addr0(),
@@ -553,8 +590,7 @@ fn the_client_gives_up_after_its_deadline() {
         ..Options::client()
     };
     let client = Client::connect_stable(
-        backend,
-        provider,
+        Arc::new(zs_secure::SecureBackend::new(backend, provider)),
         Registry::new(),
         opts,
         server.local_addr(),

@@ -93,6 +93,7 @@ pub mod blocking;
 pub mod compose;
 mod conn;
 mod layer;
+mod sniff;
 
 pub use blocking::SecureStream;
 pub use layer::SecureLayer;

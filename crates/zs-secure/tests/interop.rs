@@ -1,7 +1,7 @@
-//! Same record bytes as zs-core's built-in secure links: a zs-core `Client` and
-//! `Server` (which run zs-crypto sessions themselves) talk to plaintext zs-wire
-//! handlers behind a `SecureBackend`, both ways. The handlers below never see a
-//! record: only frames.
+//! zs-core over the layer talks to hand-written plaintext zs-wire handlers
+//! behind a `SecureBackend`, both ways: a zs-core `Client` calls a plain frame
+//! handler, and a plain frame client calls a zs-core `Server`. The handlers
+//! below never see a record: only frames.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
@@ -85,8 +85,7 @@ fn zs_core_client_calls_a_plaintext_handler_behind_the_layer() {
         .unwrap();
     // The client side is zs-core with its own built-in secure session.
     let client = Client::connect(
-        epoll(),
-        provider,
+        Arc::new(zs_secure::SecureBackend::new(epoll(), provider)),
         Registry::new(),
         Options::client(),
         listener.local_addr(),
@@ -145,8 +144,7 @@ fn plaintext_client_behind_the_layer_calls_a_zs_core_server() {
     let mut commands = Registry::new();
     commands.console("echo", |_peer, text| Ok(format!("<{text}>")));
     let server = Server::start(
-        raw.clone(),
-        provider.clone(),
+        Arc::new(zs_secure::SecureBackend::new(raw.clone(), provider.clone())),
         commands,
         Options::default(),
         "127.0.0.1:0".parse().unwrap(),

@@ -1,11 +1,11 @@
 //! Builders that assemble a server or a client from trait objects with sensible
 //! defaults: the epoll backend on Linux (tokio elsewhere), our X25519 + AEAD
-//! sessions with AES-256-GCM, a pinned Ed25519 server identity. With
-//! `security_layer(true)` the security runs as a transport layer instead: the
-//! builder wraps the backend in `zs_secure::SecureBackend` and starts zs-core on
-//! its plaintext connections (`Server::start_plain` / `Client::connect_plain`).
-//! It is opt-in until it moves a BigStream as fast as zs-core's built-in
-//! session (docs/ARCHITECTURE.md, "Session 10: step 1").
+//! sessions with AES-256-GCM, a pinned Ed25519 server identity. The security
+//! is a transport layer: the builders always wrap the backend in
+//! `zs_secure::SecureBackend` and start zs-core on its plaintext connections
+//! (`Server::start` / `Client::connect`); the handshake's deadline and caps are
+//! the layer's ([`ServerBuilder::handshake_timeout`],
+//! [`ServerBuilder::max_handshakes`]).
 
 use std::fs;
 use std::io::Write;
@@ -66,7 +66,7 @@ pub fn load_or_create_identity(path: &Path) -> Result<(ServerIdentity, bool)> {
         Ok(text) => Ok((read_identity(&text, path)?, false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let rng = ring::rand::SystemRandom::new();
-            let (id, seed) = ServerIdentity::generate(&rng)?;
+            let (id, seed) = ServerIdentity::generate(&rng).map_err(crypto)?;
             let mut opts = fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
@@ -105,7 +105,13 @@ fn read_identity(text: &str, path: &Path) -> Result<ServerIdentity> {
     };
     let bytes = zs_crypto::hash::from_hex(text.trim()).ok_or_else(bad)?;
     let seed: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
-    Ok(ServerIdentity::from_seed(&seed)?)
+    ServerIdentity::from_seed(&seed).map_err(crypto)
+}
+
+/// A zs-crypto error as zs-core's (zs-core knows no cryptography since the
+/// security became a transport layer).
+fn crypto(e: zs_crypto::Error) -> Error {
+    Error::Config(format!("security: {e}"))
 }
 
 fn io_config_default() -> zs_io::Config {
@@ -125,7 +131,9 @@ pub struct ServerBuilder {
     suites: Vec<SuiteId>,
     options: Options,
     registry: Registry,
-    layer: bool,
+    handshake_timeout: Duration,
+    max_handshakes: usize,
+    max_handshakes_per_ip: usize,
 }
 
 impl Default for ServerBuilder {
@@ -153,15 +161,28 @@ impl ServerBuilder {
             suites: vec![SuiteId::Aes256Gcm],
             options: Options::default(),
             registry: Registry::new(),
-            layer: false,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 1_000,
+            max_handshakes_per_ip: 64,
         }
     }
 
-    /// Runs the security as a transport layer (`zs_secure::SecureBackend` under
-    /// `Server::start_plain`) instead of zs-core's built-in session; the wire
-    /// bytes are the same. Off by default: see the module docs.
-    pub fn security_layer(mut self, on: bool) -> Self {
-        self.layer = on;
+    /// A connection whose secure handshake has not completed by then is
+    /// dropped by the layer (handshake floods, slow-loris;
+    /// `zs_secure::SecureConfig::handshake_timeout`). Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Most accepted connections in their handshake at once, in all and from
+    /// one source address (each costs a key agreement and a signature); one
+    /// more is reset at accept, before a key is made
+    /// (`zs_secure::SecureConfig::max_handshakes`,
+    /// `SecureBackend::with_max_handshakes_per_ip`). Default 1,000 and 64.
+    pub fn max_handshakes(mut self, total: usize, per_ip: usize) -> Self {
+        self.max_handshakes = total;
+        self.max_handshakes_per_ip = per_ip;
         self
     }
 
@@ -249,7 +270,11 @@ impl ServerBuilder {
                     }
                     let identity = match self.identity {
                         Some(i) => i,
-                        None => ServerIdentity::generate(&ring::rand::SystemRandom::new())?.0,
+                        None => {
+                            ServerIdentity::generate(&ring::rand::SystemRandom::new())
+                                .map_err(crypto)?
+                                .0
+                        }
                     };
                     let fp = identity.fingerprint();
                     let mut cfg = ServerConfig::with_identity(Arc::new(identity));
@@ -263,14 +288,19 @@ impl ServerBuilder {
                     )
                 }
             };
-        let server = if self.layer {
-            // Security as a transport layer (issue 13): the handshake and the
-            // records run in `SecureBackend`, zs-core sees plaintext connections.
-            let secure = layer_over(backend, provider, &self.io, &self.options);
-            Server::start_plain(secure, self.registry, self.options, self.addr)?
-        } else {
-            Server::start(backend, provider, self.registry, self.options, self.addr)?
-        };
+        // Security as a transport layer (issue 13): the handshake and the
+        // records run in `SecureBackend`, zs-core sees plaintext connections.
+        let secure = zs_secure::SecureBackend::with_config(
+            backend,
+            provider,
+            zs_secure::SecureConfig {
+                handshake_timeout: self.handshake_timeout,
+                max_handshakes: self.max_handshakes,
+                ..zs_secure::SecureConfig::for_io(&self.io)
+            },
+        )
+        .with_max_handshakes_per_ip(self.max_handshakes_per_ip);
+        let server = Server::start(Arc::new(secure), self.registry, self.options, self.addr)?;
         Ok(RunningServer {
             server,
             fingerprint,
@@ -319,7 +349,6 @@ pub struct ClientBuilder {
     options: Options,
     registry: Registry,
     stable: bool,
-    layer: bool,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -345,15 +374,7 @@ impl ClientBuilder {
             options: Options::client(),
             registry: Registry::new(),
             stable: false,
-            layer: false,
         }
-    }
-
-    /// Runs the security as a transport layer, as
-    /// [`ServerBuilder::security_layer`] (either side works with either).
-    pub fn security_layer(mut self, on: bool) -> Self {
-        self.layer = on;
-        self
     }
 
     /// StableIO: the session survives its connection dying. The client
@@ -438,49 +459,19 @@ impl ClientBuilder {
             Some(b) => Arc::from(b),
             None => Arc::from(backend_by_name(&self.backend_name, self.io.clone())?),
         };
-        match (self.layer, self.stable) {
-            (true, stable) => {
-                let secure = layer_over(backend, provider, &self.io, &self.options);
-                if stable {
-                    Client::connect_stable_plain(secure, self.registry, self.options, self.addr)
-                } else {
-                    Client::connect_plain(secure, self.registry, self.options, self.addr)
-                }
-            }
-            (false, true) => {
-                Client::connect_stable(backend, provider, self.registry, self.options, self.addr)
-            }
-            (false, false) => {
-                Client::connect(backend, provider, self.registry, self.options, self.addr)
-            }
-        }
-    }
-}
-
-/// `SecureBackend(backend)` with zs-core's handshake settings: the handshake
-/// deadline ([`Options::handshake_timeout`]) and the cap on handshakes in
-/// progress ([`Options::max_handshakes`]) move down to the layer; the send
-/// queue bound is the raw backend's (`io`), so back-pressure needs no polling;
-/// [`Options::max_handshakes_per_ip`] becomes the layer's per-address bound
-/// (the connection caps stay zs-core's, checked once the handshake is done).
-fn layer_over(
-    backend: Arc<dyn Backend>,
-    provider: Arc<dyn SecurityProvider>,
-    io: &zs_io::Config,
-    options: &Options,
-) -> Arc<dyn Backend> {
-    Arc::new(
-        zs_secure::SecureBackend::with_config(
+        // The send queue bound is the raw backend's (`io`), so back-pressure
+        // needs no polling; the connect timeout covers the handshake.
+        let secure: Arc<dyn Backend> = Arc::new(zs_secure::SecureBackend::with_config(
             backend,
             provider,
-            zs_secure::SecureConfig {
-                handshake_timeout: options.handshake_timeout,
-                max_handshakes: options.max_handshakes,
-                ..zs_secure::SecureConfig::for_io(io)
-            },
-        )
-        .with_max_handshakes_per_ip(options.max_handshakes_per_ip),
-    )
+            zs_secure::SecureConfig::for_io(&self.io),
+        ));
+        if self.stable {
+            Client::connect_stable(secure, self.registry, self.options, self.addr)
+        } else {
+            Client::connect(secure, self.registry, self.options, self.addr)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -509,63 +500,47 @@ mod tests {
 
     #[test]
     fn wrong_fingerprint_is_refused_and_backends_by_name() {
-        for layer in [false, true] {
-            let server = ServerBuilder::new()
-                .addr("127.0.0.1:0".parse().unwrap())
-                .io_config(zs_io::Config {
-                    loops: 1,
-                    ..Default::default()
-                })
-                .security_layer(layer)
-                .commands(|r| {
-                    r.console("echo", |_, t| Ok(t.to_owned()));
-                })
-                .start()
-                .unwrap();
-            // With the layer the security runs as a transport under zs-core.
-            assert_eq!(
-                server.backend_name().starts_with("secure("),
-                layer,
-                "{}",
-                server.backend_name()
-            );
-            let wrong = Fingerprint([9; 32]);
-            let err = ClientBuilder::new(server.local_addr())
-                .fingerprint(wrong)
-                .security_layer(layer)
+        let server = ServerBuilder::new()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .io_config(zs_io::Config {
+                loops: 1,
+                ..Default::default()
+            })
+            .commands(|r| {
+                r.console("echo", |_, t| Ok(t.to_owned()));
+            })
+            .start()
+            .unwrap();
+        // The security runs as a transport under zs-core.
+        assert!(
+            server.backend_name().starts_with("secure("),
+            "{}",
+            server.backend_name()
+        );
+        let wrong = Fingerprint([9; 32]);
+        let err = ClientBuilder::new(server.local_addr())
+            .fingerprint(wrong)
+            .connect()
+            .unwrap_err();
+        // The layer refuses the server's key during the handshake: a typed
+        // handshake failure, not a lost connection.
+        match &err {
+            Error::Io(e) => assert!(
+                matches!(
+                    zs_secure::handshake_error(e),
+                    Some(zs_secure::HandshakeError::Failed(_))
+                ),
+                "{err}"
+            ),
+            other => panic!("{other}"),
+        }
+        for name in backend_names() {
+            let c = ClientBuilder::new(server.local_addr())
+                .backend_name(name)
+                .fingerprint(server.fingerprint().unwrap())
                 .connect()
-                .unwrap_err();
-            if layer {
-                // The layer refuses the server's key during the handshake: a
-                // typed handshake failure, not a lost connection.
-                match &err {
-                    Error::Io(e) => assert!(
-                        matches!(
-                            zs_secure::handshake_error(e),
-                            Some(zs_secure::HandshakeError::Failed(_))
-                        ),
-                        "{err}"
-                    ),
-                    other => panic!("{other}"),
-                }
-            } else {
-                assert!(
-                    matches!(err, Error::ConnectionLost(_) | Error::Crypto(_)),
-                    "{err}"
-                );
-            }
-            // Clients of either kind reach servers of either kind (same bytes).
-            for name in backend_names() {
-                for client_layer in [false, true] {
-                    let c = ClientBuilder::new(server.local_addr())
-                        .backend_name(name)
-                        .fingerprint(server.fingerprint().unwrap())
-                        .security_layer(client_layer)
-                        .connect()
-                        .unwrap();
-                    assert_eq!(c.call("echo", name).wait().unwrap(), name);
-                }
-            }
+                .unwrap();
+            assert_eq!(c.call("echo", name).wait().unwrap(), name);
         }
         assert!(backend_by_name("carrier-pigeon", zs_io::Config::default()).is_err());
     }

@@ -114,7 +114,8 @@ pub use registry::{
 };
 #[cfg(feature = "db-service")]
 mod db_service;
-#[cfg(feature = "secure")]
+// (`core` runs zs-core over the layer, so it brings the layer too.)
+#[cfg(any(feature = "secure", feature = "core"))]
 pub mod secure;
 
 #[cfg(feature = "legacy")]

@@ -65,9 +65,10 @@ impl Server {
     /// # let backend = Arc::new(zs_io_tokio::TokioBackend::new(zs_io::Config { loops: 1, ..Default::default() }).unwrap());
     /// # let (identity, _) = zs_crypto::ServerIdentity::generate(&ring::rand::SystemRandom::new()).unwrap();
     /// # let security = Arc::new(zs_crypto::ZsSecurity::new(None, Some(Arc::new(zs_crypto::ServerConfig::with_identity(Arc::new(identity))))));
+    /// # let backend = Arc::new(zs_secure::SecureBackend::new(backend, security));
     /// let mut commands = Registry::new();
     /// commands.console("count", |peer, _| Ok(peer.with_state(|n: &mut u32| { *n += 1; n.to_string() })));
-    /// let server = Server::start(backend, security, commands, Options::default(),
+    /// let server = Server::start(backend, commands, Options::default(),
     ///     "127.0.0.1:0".parse().unwrap()).unwrap();
     ///
     /// #[derive(Default)]
@@ -112,8 +113,6 @@ impl Server {
             }
             return Err(Error::ConnectionLost(format!("refused: {why}")));
         }
-        // No handshake: it is over at once.
-        shared.handshake_over(ip);
         let id = LOCAL_ID_BASE + self.local.next.fetch_add(1, Ordering::Relaxed);
         let link = Arc::new(LocalLink {
             shared: shared.clone(),
