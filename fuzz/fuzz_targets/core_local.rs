@@ -75,8 +75,8 @@ fn server(ordered: bool, held: Held) -> Server {
         ..Options::default()
     };
     // In-process peers only: no transport, so no security layer either
-    // (`start_plain` over a backend that never delivers a connection).
-    Server::start_plain(
+    // (`start` over a backend that never delivers a connection).
+    Server::start(
         Arc::new(NullBackend),
         r,
         options,

@@ -130,7 +130,7 @@ fn backend(loops: usize) -> Arc<dyn zs_io::Backend> {
 fn connect(be: &Arc<dyn zs_io::Backend>, addr: SocketAddr) -> DbClient {
     let be = be.clone();
     DbClient::connect_with(move |reg| {
-        Client::connect_stable_plain(be.clone(), reg, CoreOptions::client(), addr)
+        Client::connect_stable(be.clone(), reg, CoreOptions::client(), addr)
     })
     .expect("connect")
 }
@@ -336,7 +336,7 @@ fn main() {
     let server_be = backend(srv_loops);
     let mut reg = Registry::new();
     service.register(&mut reg);
-    let server = Server::start_plain(
+    let server = Server::start(
         server_be,
         reg,
         CoreOptions::default(),

@@ -246,7 +246,7 @@ fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient) {
     ));
     let mut r = Registry::new();
     services.register(&mut r);
-    let server = Server::start_plain(
+    let server = Server::start(
         zs_secure::compose::secure(backend(), provider.clone()),
         r,
         zs_core::Options::default(),
@@ -254,7 +254,7 @@ fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient) {
     )
     .expect("server");
     let client = ServicesClient::new(
-        Client::connect_plain(
+        Client::connect(
             zs_secure::compose::secure(backend(), provider),
             Registry::new(),
             zs_core::Options::client(),

@@ -199,14 +199,14 @@ fn main() {
         Some(Arc::new(ZsClientConfig::pinned(fp))),
         Some(Arc::new(ServerConfig::with_identity(Arc::new(identity)))),
     ));
-    let zs_server = Server::start_plain(
+    let zs_server = Server::start(
         zs_secure::compose::secure(backend(), provider.clone()),
         registry.clone(),
         ZsOptions::default(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
-    let zs_client = Client::connect_plain(
+    let zs_client = Client::connect(
         zs_secure::compose::secure(backend(), provider),
         Registry::new(),
         ZsOptions::client(),

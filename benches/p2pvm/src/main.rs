@@ -249,7 +249,7 @@ impl CorePair {
     ) -> CorePair {
         let mut commands = zs_core::Registry::new();
         commands.console("echo", |_, text| Ok(text.to_owned()));
-        let server = zs_core::Server::start_plain(
+        let server = zs_core::Server::start(
             zs_secure::compose::secure(server_io, core_security()),
             commands,
             zs_core::Options::default(),
@@ -257,7 +257,7 @@ impl CorePair {
         )
         .expect("server");
         listening(server.local_addr());
-        let client = zs_core::Client::connect_plain(
+        let client = zs_core::Client::connect(
             zs_secure::compose::secure(client_io, core_security()),
             zs_core::Registry::new(),
             zs_core::Options::client(),

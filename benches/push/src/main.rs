@@ -129,7 +129,7 @@ impl Ours {
             max_per_ip: 1_000,
             ..Default::default()
         };
-        let server = Server::start_plain(
+        let server = Server::start(
             zs_secure::compose::secure_with(
                 backend(),
                 provider.clone(),
@@ -172,7 +172,7 @@ impl Ours {
                 }
             });
             let c = ServicesClient::new(
-                Client::connect_plain(
+                Client::connect(
                     cb.clone(),
                     reg,
                     zs_core::Options::client(),
@@ -216,7 +216,7 @@ impl Ours {
             .iter()
             .map(|name| {
                 let c = ServicesClient::new(
-                    Client::connect_plain(
+                    Client::connect(
                         cb.clone(),
                         Registry::new(),
                         zs_core::Options::client(),

@@ -94,7 +94,7 @@ fn serve(dir: &str, seed: &str) {
     install(&mut cmds, reg, ServiceConfig::default());
     // the default of `zs serve`: one event loop per core (etcd runs with
     // GOMAXPROCS = cores too)
-    let server = zs_core::Server::start_plain(
+    let server = zs_core::Server::start(
         zs_secure::compose::secure(epoll(0), provider),
         cmds,
         CoreOptions::default(),
@@ -197,7 +197,7 @@ fn start_ours(dir: &std::path::Path) -> (Proc, SocketAddr, Arc<dyn SecurityProvi
 /// A client of the registry at `addr` over `backend` (a security layer).
 fn remote(backend: Arc<dyn zs_io::Backend>, addr: SocketAddr) -> Remote {
     Remote::new(
-        move |cmds| Client::connect_plain(backend.clone(), cmds, CoreOptions::client(), addr),
+        move |cmds| Client::connect(backend.clone(), cmds, CoreOptions::client(), addr),
         Duration::from_secs(10),
     )
 }

@@ -163,7 +163,7 @@ fn main() {
     let mut reg = zs_core::Registry::new();
     reg.console("echo", |_, t| Ok(t.to_owned()));
     let server = Arc::new(
-        zs_core::Server::start_plain(
+        zs_core::Server::start(
             zs_secure::compose::secure_with(
                 raw,
                 provider,
@@ -215,7 +215,7 @@ fn main() {
     let srv = server.clone();
     suite.case("binary-seq", "msgs_per_s", Better::Higher, move || {
         let _keep = &srv;
-        let c = zs_core::Client::connect_plain(
+        let c = zs_core::Client::connect(
             client_up.backend.clone(),
             zs_core::Registry::new(),
             client_up.options.clone(),

@@ -154,7 +154,7 @@ struct Endpoint {
 
 impl Endpoint {
     fn connect(&self) -> Result<Client, String> {
-        Client::connect_plain(
+        Client::connect(
             self.backend.clone(),
             Registry::new(),
             self.options.clone(),

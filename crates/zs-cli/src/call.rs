@@ -79,7 +79,6 @@ fn run_inner(a: CallArgs) -> Result<String, String> {
     options.call_timeout = Some(timeout);
     options.connect_timeout = timeout;
     let client = ClientBuilder::new(a.addr)
-        .security_layer(true)
         .backend_name(&a.backend)
         .fingerprint(fp)
         .options(options)

@@ -126,7 +126,6 @@ fn connect(addr: SocketAddr, r: &RemoteArgs) -> Result<DbClient, String> {
     }
     let db = zserver::connect_db(move || {
         zserver::ClientBuilder::new(addr)
-            .security_layer(true)
             .fingerprint(fp)
             .stable(zserver::Reconnect::default())
     })

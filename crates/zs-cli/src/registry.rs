@@ -187,7 +187,6 @@ pub fn open(t: &Target) -> Result<Arc<dyn ServiceRegistry>, String> {
     Ok(Arc::new(Remote::new(
         move |cmds| {
             ClientBuilder::new(addr)
-                .security_layer(true)
                 .fingerprint(fp)
                 .registry(cmds)
                 .connect()

@@ -278,7 +278,6 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let mut db_note = Ok(None);
     let mut legacy = Ok(None);
     let server = ServerBuilder::new()
-        .security_layer(true)
         .addr(addr)
         .backend_name(&backend)
         .io_config(zserver::io::Config {

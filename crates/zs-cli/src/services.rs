@@ -173,7 +173,6 @@ impl Conn {
         let mut options = zserver::Options::client();
         options.call_timeout = Some(Duration::from_secs(30));
         let client = ClientBuilder::new(self.addr)
-            .security_layer(true)
             .fingerprint(fp)
             .options(options)
             .connect()

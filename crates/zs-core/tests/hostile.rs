@@ -346,7 +346,7 @@ fn sec(backend: Arc<dyn Backend>, p: &Arc<dyn SecurityProvider>) -> Arc<dyn Back
 }
 
 /// Connects a plain client (no StableIO) of the server at `addr` on `backend`.
-fn connect_plain(
+fn connect(
     backend: Arc<dyn Backend>,
     p: &Arc<dyn SecurityProvider>,
     addr: SocketAddr,
@@ -356,7 +356,7 @@ fn connect_plain(
 
 /// A plain client of `server` on `backend` (a separate client machine).
 fn honest(backend: &Arc<dyn Backend>, p: &Arc<dyn SecurityProvider>, server: &Server) -> Client {
-    connect_plain(backend.clone(), p, server.local_addr()).expect("an honest client connects")
+    connect(backend.clone(), p, server.local_addr()).expect("an honest client connects")
 }
 
 /// A StableIO client of the server at `addr` on `backend` that reconnects
@@ -394,7 +394,7 @@ fn honest_after(caller: Honest, what: &str, p: &Arc<dyn SecurityProvider>, serve
 
 /// A new honest client connects and its `echo` works.
 fn fresh_echo(what: &str, p: &Arc<dyn SecurityProvider>, server: &Server) {
-    let c = connect_plain(client_backend(), p, server.local_addr())
+    let c = connect(client_backend(), p, server.local_addr())
         .unwrap_or_else(|e| panic!("{what}: a new client cannot connect after the attack: {e}"));
     assert_echo_after(&c, &format!("{what}: a new client's call after the attack"));
 }
@@ -1386,7 +1386,7 @@ fn admission_caps() {
         // (Its connect may complete: the layer's handshake is over before
         // zs-core refuses the connection; its first call fails then.)
         let cb = client_backend();
-        let full = connect_plain(cb.clone(), &p, server.local_addr())
+        let full = connect(cb.clone(), &p, server.local_addr())
             .and_then(|c| c.call("echo", "over the cap").wait());
         assert!(
             full.is_err(),
@@ -1395,7 +1395,7 @@ fn admission_caps() {
         drop(open);
         let mut last = None;
         let ok = wait_until(Duration::from_secs(5), || {
-            match connect_plain(cb.clone(), &p, server.local_addr()) {
+            match connect(cb.clone(), &p, server.local_addr()) {
                 Ok(c) => {
                     last = Some(c.call("echo", "in").wait());
                     matches!(last, Some(Ok(_)))

@@ -164,7 +164,7 @@ impl DbClient {
     /// Connects with `connect`, which gets the registry the client needs (the
     /// pushes of the service) and makes a zs-core [`Client`] with it; it is called
     /// again to reconnect when the session is lost (use
-    /// [`Client::connect_stable_plain`] over a security layer so short outages
+    /// [`Client::connect_stable`] over a security layer so short outages
     /// lose nothing).
     pub fn connect_with(
         connect: impl Fn(Registry) -> zs_core::Result<Client> + Send + Sync + 'static,

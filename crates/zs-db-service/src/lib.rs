@@ -62,12 +62,12 @@
 //! let service = DbService::open_dir(dir.path(), ServiceConfig::default()).unwrap();
 //! let mut reg = Registry::new();
 //! service.register(&mut reg);
-//! let server = Server::start_plain(backend.clone(), reg, Options::default(),
+//! let server = Server::start(backend.clone(), reg, Options::default(),
 //!     "127.0.0.1:0".parse().unwrap()).unwrap();
 //!
 //! let addr = server.local_addr();
 //! let db = DbClient::connect_with(move |reg| {
-//!     Client::connect_stable_plain(backend.clone(), reg, Options::client(), addr)
+//!     Client::connect_stable(backend.clone(), reg, Options::client(), addr)
 //! }).unwrap();
 //! db.open("people", true).unwrap();
 //! let id = db.insert("people", Kind::Json, br#"{"age":31}"#, Durability::Durable).unwrap();

@@ -55,7 +55,7 @@ fn start() -> Fx {
     service.register(&mut reg);
     services.register(&mut reg);
     let backend = common::backend();
-    let server = Server::start_plain(
+    let server = Server::start(
         backend.clone(),
         reg,
         zs_core::Options::default(),

@@ -409,7 +409,7 @@ fn the_service_group_commits_across_connections_and_loses_nothing_acknowledged()
     let mut cmds = zs_core::Registry::new();
     zs_registry::service::install(&mut cmds, reg.clone(), ServiceConfig::default());
     let backend = common::backend();
-    let server = Server::start_plain(
+    let server = Server::start(
         backend.clone(),
         cmds,
         Options::default(),
@@ -424,7 +424,7 @@ fn the_service_group_commits_across_connections_and_loses_nothing_acknowledged()
             let b = backend.clone();
             zs_registry::Remote::new(
                 move |cmds| {
-                    zs_core::Client::connect_plain(b.clone(), cmds, Options::client(), addr)
+                    zs_core::Client::connect(b.clone(), cmds, Options::client(), addr)
                 },
                 Duration::from_secs(10),
             )

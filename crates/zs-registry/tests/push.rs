@@ -295,7 +295,7 @@ fn an_admin_identity_may_revoke_any_lease() {
         },
     );
     let be = raw_backend();
-    let server = Server::start_plain(
+    let server = Server::start(
         zs_secure::compose::secure(be.clone(), server_p),
         cmds,
         Options::default(),
@@ -310,7 +310,7 @@ fn an_admin_identity_may_revoke_any_lease() {
         ));
         let be = zs_secure::compose::secure(be.clone(), p);
         Remote::new(
-            move |cmds| Client::connect_plain(be.clone(), cmds, Options::client(), addr),
+            move |cmds| Client::connect(be.clone(), cmds, Options::client(), addr),
             Duration::from_secs(5),
         )
     };

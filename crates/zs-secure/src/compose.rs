@@ -6,7 +6,7 @@
 //! `max_handshakes_per_ip` (64). On the layer they belong to the layer:
 //! [`Handshakes`] carries them with the same meanings and defaults, and
 //! [`secure`] / [`secure_with`] build the [`SecureBackend`] a zs-core
-//! `Server::start_plain` / `Client::connect_plain` runs on, with the raw
+//! `Server::start` / `Client::connect` runs on, with the raw
 //! backend's send queue bound and close linger ([`SecureConfig::for_io`]) so
 //! back-pressure needs no polling.
 //!

@@ -55,10 +55,10 @@
 //! let services = Services::open(&env, ServicesConfig::cheap_for_tests()).unwrap();
 //! let mut commands = Registry::new();
 //! services.register(&mut commands);
-//! let server = Server::start_plain(backend.clone(), commands, Options::default(),
+//! let server = Server::start(backend.clone(), commands, Options::default(),
 //!     "127.0.0.1:0".parse().unwrap()).unwrap();
 //!
-//! let connect = |registry| ServicesClient::new(Client::connect_plain(backend.clone(),
+//! let connect = |registry| ServicesClient::new(Client::connect(backend.clone(),
 //!     registry, Options::client(), server.local_addr()).unwrap());
 //! let ann = connect(Registry::new());
 //! ann.register("ann", "correct horse").unwrap();

@@ -14,7 +14,6 @@ fn replies_come_after_commit_and_once_per_request() {
     let counter = db.table::<u32, u64>("counter");
     let (c1, c2, db2) = (counter.clone(), counter.clone(), db.clone());
     let server = ServerBuilder::new()
-        .security_layer(true)
         .addr("127.0.0.1:0".parse().unwrap())
         .procedure("incr", db.clone(), move |tx, _| {
             let v = c1.get(tx, &0)?.unwrap_or(0) + 1;
@@ -32,7 +31,6 @@ fn replies_come_after_commit_and_once_per_request() {
         .start()
         .unwrap();
     let client = ClientBuilder::new(server.local_addr())
-        .security_layer(true)
         .fingerprint(server.fingerprint().unwrap())
         .connect()
         .unwrap();
@@ -72,7 +70,6 @@ fn attack_record_flood_is_bounded() {
     let counter = db.table::<u32, u64>("counter");
     let c1 = counter.clone();
     let server = ServerBuilder::new()
-        .security_layer(true)
         .addr("127.0.0.1:0".parse().unwrap())
         // looks a name up (a hostile peer sends a new one each time)
         .procedure("lookup", db.clone(), move |tx, text| {
@@ -98,7 +95,6 @@ fn attack_record_flood_is_bounded() {
         .unwrap();
     let connect = || {
         ClientBuilder::new(server.local_addr())
-            .security_layer(true)
             .fingerprint(server.fingerprint().unwrap())
             .connect()
             .unwrap()

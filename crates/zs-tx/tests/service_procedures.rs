@@ -42,7 +42,6 @@ fn serve(
         Ok(out)
     });
     let server = ServerBuilder::new()
-        .security_layer(true)
         .addr("127.0.0.1:0".parse().unwrap())
         .db_service(&service)
         .start()
@@ -50,7 +49,6 @@ fn serve(
     let (addr, fp) = (server.local_addr(), server.fingerprint().unwrap());
     let client = connect_db(move || {
         ClientBuilder::new(addr)
-            .security_layer(true)
             .fingerprint(fp)
     })
     .unwrap();

@@ -46,7 +46,7 @@
 //! let backend = zs_secure::compose::secure(raw, provider); // security as a transport layer
 //! let mut commands = Registry::new();
 //! commands.console("echo", |_peer, text| Ok(text.to_owned()));
-//! let server = Arc::new(Server::start_plain(backend, commands, Options::default(),
+//! let server = Arc::new(Server::start(backend, commands, Options::default(),
 //!     "127.0.0.1:0".parse().unwrap()).unwrap());
 //!
 //! // ...and its web face on another port.

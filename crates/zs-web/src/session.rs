@@ -295,7 +295,7 @@ async fn open(s: &Arc<Shared>, conn: &Arc<Conn>, addr: SocketAddr) -> Result<Up,
             }
             let r = (**r).clone();
             let client = tokio::task::spawn_blocking(move || {
-                Client::connect_plain(r.backend, reg, r.options, r.addr).map_err(|e| e.to_string())
+                Client::connect(r.backend, reg, r.options, r.addr).map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| e.to_string())??;

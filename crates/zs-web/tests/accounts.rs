@@ -45,7 +45,7 @@ async fn a_web_login_is_the_same_user_as_on_the_binary_protocol() {
             .map_or("nobody".to_string(), |u| u.to_string()))
     });
     let server = Arc::new(
-        Server::start_plain(
+        Server::start(
             backend.clone(),
             commands,
             Options::default(),
@@ -66,7 +66,7 @@ async fn a_web_login_is_the_same_user_as_on_the_binary_protocol() {
     let (b, a) = (backend.clone(), server.local_addr());
     let binary = tokio::task::spawn_blocking(move || {
         let c = ServicesClient::new(
-            Client::connect_plain(b, Registry::new(), Options::client(), a).unwrap(),
+            Client::connect(b, Registry::new(), Options::client(), a).unwrap(),
         );
         let uid = c.register("ann", "correct horse").unwrap();
         (c, uid)

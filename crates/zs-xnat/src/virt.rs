@@ -3,7 +3,7 @@
 //!
 //! [`VirtualBackend`] is a zs-io [`Backend`] without sockets: a zs-core
 //! `Server` started on the security layer over it
-//! (`Server::start_plain(SecureBackend(backend), …, addr)`) listens on a
+//! (`Server::start(SecureBackend(backend), …, addr)`) listens on a
 //! virtual address, and an [`Agent`](crate::Agent) told to
 //! [`serve_in_process`](crate::Agent::serve_in_process) a mapping hands each
 //! public connection of that mapping to the server as a connection of this

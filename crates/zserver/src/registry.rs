@@ -18,7 +18,6 @@
 //! let mut members = Vec::new();
 //! for name in ["a", "b"] {
 //!     let server = Arc::new(ServerBuilder::new()
-//!         .security_layer(true)
 //!         .addr("127.0.0.1:0".parse().unwrap())
 //!         .commands(move |r| { r.console("whoami", move |_, _| Ok(name.to_owned())); })
 //!         .start().unwrap());
@@ -197,7 +196,6 @@ pub fn connect_instance(inst: &Instance) -> Result<zs_core::Client, String> {
         .parse()
         .map_err(|e| format!("{}: bad fingerprint: {e}", inst.name()))?;
     ClientBuilder::new(addr)
-        .security_layer(true)
         .fingerprint(fp)
         .connect()
         .map_err(|e| format!("{}: {e}", inst.name()))

@@ -84,7 +84,7 @@ impl XnatNode for Node {
 /// use std::path::Path;
 /// let backend = zserver::XnatVirtualBackend::new();
 /// let at: std::net::SocketAddr = "10.255.0.1:7".parse().unwrap();
-/// // With feature `core`: zs_core::Server::start_plain(
+/// // With feature `core`: zs_core::Server::start(
 /// //     zs_secure::compose::secure(Arc::new(backend.clone()), security),
 /// //     registry, options, at) puts the application's commands behind "app".
 /// let agent = zserver::xnat_agent_in_process(

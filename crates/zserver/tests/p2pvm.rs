@@ -119,7 +119,7 @@ fn vaddr() -> SocketAddr {
 fn server_and_client_inside_the_tunnel() {
     let t = Tunnels::new();
     let provider = provider();
-    let server = Server::start_plain(
+    let server = Server::start(
         secure(&t.server_end, &provider),
         registry(),
         Options::default(),
@@ -131,7 +131,7 @@ fn server_and_client_inside_the_tunnel() {
     assert!(t.client_end.wait_peer_listen(vaddr(), WAIT));
 
     let client_backend = secure(&t.client_end, &provider);
-    let client = Client::connect_plain(
+    let client = Client::connect(
         client_backend.clone(),
         Registry::new(),
         Options::client(),
@@ -167,7 +167,7 @@ fn server_and_client_inside_the_tunnel() {
 
     // Connection clone: a second client to the same virtual server, both live.
     let clone =
-        Client::connect_plain(client_backend, Registry::new(), Options::client(), vaddr()).unwrap();
+        Client::connect(client_backend, Registry::new(), Options::client(), vaddr()).unwrap();
     assert_eq!(clone.call("echo", "clone").wait().unwrap(), "clone");
     assert_eq!(client.call("echo", "first").wait().unwrap(), "first");
     assert_eq!(server.connection_count(), 2);
@@ -202,7 +202,7 @@ fn stable_io_survives_dropped_virtual_connections() {
         }
         Ok(text.to_owned())
     });
-    let server = Server::start_plain(
+    let server = Server::start(
         secure(&t.server_end, &provider),
         r,
         Options::default(),
@@ -210,7 +210,7 @@ fn stable_io_survives_dropped_virtual_connections() {
     )
     .unwrap();
     assert!(t.client_end.wait_peer_listen(vaddr(), WAIT));
-    let client = Client::connect_stable_plain(
+    let client = Client::connect_stable(
         secure(&t.client_end, &provider),
         Registry::new(),
         Options::client(),

@@ -23,7 +23,6 @@ fn members_report_load_and_clients_follow_the_least_loaded() {
     let vfs = Arc::new(zserver::db::DirVfs::new(dir.path()).unwrap());
     let embedded = Embedded::open(vfs, "registry", EmbeddedConfig::default()).unwrap();
     let dispatcher = ServerBuilder::new()
-        .security_layer(true)
         .addr("127.0.0.1:0".parse().unwrap())
         .registry_service(embedded)
         .start()
@@ -32,7 +31,6 @@ fn members_report_load_and_clients_follow_the_least_loaded() {
     let reg: Arc<dyn ServiceRegistry> = Arc::new(Remote::new(
         move |cmds| {
             ClientBuilder::new(addr)
-                .security_layer(true)
                 .fingerprint(fp)
                 .registry(cmds)
                 .connect()
@@ -45,7 +43,6 @@ fn members_report_load_and_clients_follow_the_least_loaded() {
     for name in ["a", "b"] {
         let server = Arc::new(
             ServerBuilder::new()
-                .security_layer(true)
                 .addr("127.0.0.1:0".parse().unwrap())
                 .commands(move |r| {
                     r.console("whoami", move |_, _| Ok(name.to_owned()));
@@ -66,7 +63,6 @@ fn members_report_load_and_clients_follow_the_least_loaded() {
     let held: Vec<_> = (0..3)
         .map(|_| {
             ClientBuilder::new(a.local_addr())
-                .security_layer(true)
                 .fingerprint(a.fingerprint().unwrap())
                 .connect()
                 .unwrap()

@@ -37,7 +37,6 @@ fn an_in_process_server_behind_an_agent_answers_through_the_relay() {
     let backend = zserver::XnatVirtualBackend::new();
     let at: SocketAddr = "10.255.0.1:7".parse().unwrap();
     let server = ServerBuilder::new()
-        .security_layer(true)
         .addr(at)
         .backend(Box::new(backend.clone()))
         .commands(|r| {
@@ -70,7 +69,6 @@ fn an_in_process_server_behind_an_agent_answers_through_the_relay() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let client = ClientBuilder::new(public)
-        .security_layer(true)
         .fingerprint(server.fingerprint().unwrap())
         .connect()
         .unwrap();

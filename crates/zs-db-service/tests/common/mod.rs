@@ -69,7 +69,7 @@ pub fn start(cfg: ServiceConfig) -> Fixture {
 pub fn serve(service: &DbService, backend: &Arc<dyn zs_io::Backend>, addr: SocketAddr) -> Server {
     let mut reg = Registry::new();
     service.register(&mut reg);
-    Server::start_plain(backend.clone(), reg, Options::default(), addr).unwrap()
+    Server::start(backend.clone(), reg, Options::default(), addr).unwrap()
 }
 
 impl Fixture {
@@ -85,7 +85,7 @@ impl Fixture {
 pub fn connect(backend: Arc<dyn zs_io::Backend>, addr: Arc<Mutex<SocketAddr>>) -> DbClient {
     DbClient::connect_with(move |reg| {
         let a = *addr.lock().unwrap();
-        Client::connect_stable_plain(backend.clone(), reg, client_options(), a)
+        Client::connect_stable(backend.clone(), reg, client_options(), a)
     })
     .unwrap()
 }

@@ -178,7 +178,7 @@ impl EmbeddedServer {
         let reg = Embedded::open(vfs, "registry", self.cfg.clone()).unwrap();
         let mut cmds = zs_core::Registry::new();
         install(&mut cmds, reg.clone(), self.svc.clone());
-        let server = Server::start_plain(
+        let server = Server::start(
             self.backend.clone(),
             cmds,
             Options::default(),
@@ -211,7 +211,7 @@ impl EmbeddedServer {
         Remote::new(
             move |cmds| {
                 let addr = *a.lock().unwrap();
-                Client::connect_plain(b.clone(), cmds, Options::client(), addr)
+                Client::connect(b.clone(), cmds, Options::client(), addr)
             },
             Duration::from_secs(5),
         )
@@ -224,7 +224,7 @@ impl EmbeddedServer {
 
     /// A raw zs-core client with its own commands (pushes).
     pub fn raw_client_with(&self, cmds: zs_core::Registry) -> Client {
-        Client::connect_plain(
+        Client::connect(
             self.backend.clone(),
             cmds,
             Options::client(),

@@ -60,7 +60,7 @@ impl Rig {
             ..Options::default()
         };
         let server =
-            Server::start_plain(backend.clone(), r, options, "127.0.0.1:0".parse().unwrap())
+            Server::start(backend.clone(), r, options, "127.0.0.1:0".parse().unwrap())
                 .unwrap();
         let addr = server.local_addr();
         Rig {
@@ -90,7 +90,7 @@ impl Rig {
     pub fn client_timeout(&self, r: Registry, timeout: Duration) -> ServicesClient {
         let mut o = Options::client();
         o.call_timeout = Some(timeout);
-        ServicesClient::new(Client::connect_plain(self.backend.clone(), r, o, self.addr).unwrap())
+        ServicesClient::new(Client::connect(self.backend.clone(), r, o, self.addr).unwrap())
     }
 
     pub fn client_inbox(&self) -> (ServicesClient, Inbox) {

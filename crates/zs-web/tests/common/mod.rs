@@ -140,7 +140,7 @@ pub fn rig_with(
     );
     let slot = Arc::new(OnceLock::new());
     let server = Arc::new(
-        Server::start_plain(
+        Server::start(
             zs_secure::compose::secure(raw, provider),
             registry(slot.clone()),
             server_options,

@@ -495,7 +495,7 @@ fn a_mapping_that_ends_in_an_in_process_zs_core_server_answers_a_real_client() {
         &io,
         zs_secure::compose::Handshakes::default(),
     );
-    let server = Server::start_plain(secure_vb, reg, Options::default(), vaddr).unwrap();
+    let server = Server::start(secure_vb, reg, Options::default(), vaddr).unwrap();
     assert_eq!(vb.listening(), [vaddr]);
 
     let agent_side = Side::new();
@@ -530,9 +530,9 @@ fn a_mapping_that_ends_in_an_in_process_zs_core_server_answers_a_real_client() {
         client_side,
     );
     let c1 =
-        Client::connect_plain(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
+        Client::connect(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
     let c2 =
-        Client::connect_plain(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
+        Client::connect(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
     let rt = agent_side.rt();
     assert_eq!(
         rt.block_on(c1.call("whoami", "hi")).unwrap(),
