@@ -238,12 +238,9 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     if let Some(n) = a.max_connections_per_ip.or(file.max_connections_per_ip) {
         options.max_connections_per_ip = n;
     }
-    if let Some(n) = a.max_handshakes_per_ip.or(file.max_handshakes_per_ip) {
-        // With `security_layer(true)` the builder gives this bound to the
-        // layer (`SecureBackend::with_max_handshakes_per_ip`), checked at
-        // accept as before.
-        options.max_handshakes_per_ip = n;
-    }
+    // The layer's per-address handshake bound
+    // (`SecureBackend::with_max_handshakes_per_ip`), checked at accept.
+    let max_handshakes_per_ip = a.max_handshakes_per_ip.or(file.max_handshakes_per_ip);
 
     let services_file = file.services.unwrap_or_default();
     // One data directory: the services' stores at its top, the DB service's
@@ -277,7 +274,11 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let mut cluster = crate::registry::Cluster::prepare(&a.cluster, &mut commands)?;
     let mut db_note = Ok(None);
     let mut legacy = Ok(None);
-    let server = ServerBuilder::new()
+    let mut builder = ServerBuilder::new();
+    if let Some(n) = max_handshakes_per_ip {
+        builder = builder.max_handshakes_per_ip(n);
+    }
+    let server = builder
         .addr(addr)
         .backend_name(&backend)
         .io_config(zserver::io::Config {

@@ -186,6 +186,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Only the per-address part of [`ServerBuilder::max_handshakes`]
+    /// (default 64), for configurations that set just that key (`zs serve`'s
+    /// `max_handshakes_per_ip`).
+    pub fn max_handshakes_per_ip(mut self, per_ip: usize) -> Self {
+        self.max_handshakes_per_ip = per_ip;
+        self
+    }
+
     /// Listen address.
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
