@@ -59,6 +59,12 @@ pub trait SecureSession: Send {
     /// Releases the capacity of internal buffers that are empty, so an idle
     /// session keeps little memory. The default does nothing.
     fn shrink(&mut self) {}
+    /// Drops what the session can make again from what it keeps, such as the
+    /// expanded cipher keys (made again from the traffic secrets by the next
+    /// record), so a connection that went idle holds little memory. Costs that
+    /// setup again on the next record: call it after a quiet period, not per
+    /// read. The default does nothing.
+    fn release_keys(&mut self) {}
     /// A secret 32-byte value equal on both ends of this session and unique to
     /// it, once the handshake completed (see [`Session::channel_binding`]).
     /// Higher layers bind proofs to the channel with it (zs-core's StableIO
@@ -133,6 +139,9 @@ impl SecureSession for Session {
     }
     fn shrink(&mut self) {
         Session::shrink(self)
+    }
+    fn release_keys(&mut self) {
+        Session::release_keys(self)
     }
     fn channel_binding(&self) -> Option<[u8; 32]> {
         Session::channel_binding(self)

@@ -736,6 +736,33 @@ impl Session {
         }
     }
 
+    /// Drops the expanded cipher keys of both directions (for AES-256-GCM two
+    /// 544-byte ring keys, most of an idle session's memory); the traffic
+    /// secrets stay, and the next record sealed or opened makes its
+    /// direction's keys again (two HKDF expansions and ring's key setup, a
+    /// few microseconds). For connections that went idle: calling it on a busy
+    /// one costs that setup on its next record.
+    pub fn release_keys(&mut self) {
+        if let Some(s) = self.sealer.as_mut() {
+            s.release_keys();
+        }
+        if let Some(o) = self.opener.as_mut() {
+            o.release_keys();
+        }
+    }
+
+    /// Whether any direction's expanded cipher keys are in memory (see
+    /// [`Self::release_keys`]).
+    pub fn keys_expanded(&self) -> bool {
+        self.sealer
+            .as_ref()
+            .is_some_and(RecordSealer::keys_expanded)
+            || self
+                .opener
+                .as_ref()
+                .is_some_and(RecordOpener::keys_expanded)
+    }
+
     /// Seals the open Data record, if any. A failure (sequence numbers
     /// exhausted) drops the record and fails the session.
     fn seal_open(&mut self) {
