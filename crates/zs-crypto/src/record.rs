@@ -236,7 +236,8 @@ impl RecordSealer {
     }
 
     /// Drops the expanded cipher keys (the traffic secret stays); the next
-    /// record makes them again. For idle connections: see [`DirectionKeys`].
+    /// record makes them again (the session's `release_keys`, for idle
+    /// connections: ring's AES-256-GCM key is 544 bytes).
     pub fn release_keys(&mut self) {
         self.keys.release()
     }
