@@ -56,6 +56,20 @@ pub trait SecureSession: Send {
     ) -> Result<()> {
         self.handle_input_with(data, now, on_data)
     }
+    /// Like [`Self::handle_input_in_place`], but the session may leave a
+    /// trailing partial record to the caller: returns how many bytes of `data`
+    /// it took; the caller gives the rest again, followed by the next bytes
+    /// (see [`Session::handle_input_leaving_partial`]). The default takes
+    /// everything through [`Self::handle_input_in_place`].
+    fn handle_input_leaving_partial(
+        &mut self,
+        data: &mut [u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize> {
+        self.handle_input_in_place(data, now, on_data)?;
+        Ok(data.len())
+    }
     /// Releases the capacity of internal buffers that are empty, so an idle
     /// session keeps little memory. The default does nothing.
     fn shrink(&mut self) {}
@@ -136,6 +150,14 @@ impl SecureSession for Session {
         on_data: &mut dyn FnMut(&[u8]),
     ) -> Result<()> {
         Session::handle_input_in_place(self, data, now, on_data)
+    }
+    fn handle_input_leaving_partial(
+        &mut self,
+        data: &mut [u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize> {
+        Session::handle_input_leaving_partial(self, data, now, on_data)
     }
     fn shrink(&mut self) {
         Session::shrink(self)

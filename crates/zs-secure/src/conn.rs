@@ -755,20 +755,20 @@ impl Handler for SecureHandler {
         let result = {
             let mut st = lock(&sc.st);
             let (segs, side_buf) = (&mut self.segs, &mut side_buf);
-            let r = st
-                .session
-                .handle_input_in_place(&mut buf[..], now, &mut |pt: &[u8]| {
-                    if pt.is_empty() {
-                        return;
-                    }
-                    let p = pt.as_ptr() as usize;
-                    if p >= base && p + pt.len() <= base + blen {
-                        segs.push(Seg::Raw(p - base, p - base + pt.len()));
-                    } else {
-                        segs.push(Seg::Side(side_buf.len(), side_buf.len() + pt.len()));
-                        side_buf.extend_from_slice(pt);
-                    }
-                });
+            let r =
+                st.session
+                    .handle_input_leaving_partial(&mut buf[..], now, &mut |pt: &[u8]| {
+                        if pt.is_empty() {
+                            return;
+                        }
+                        let p = pt.as_ptr() as usize;
+                        if p >= base && p + pt.len() <= base + blen {
+                            segs.push(Seg::Raw(p - base, p - base + pt.len()));
+                        } else {
+                            segs.push(Seg::Side(side_buf.len(), side_buf.len() + pt.len()));
+                            side_buf.extend_from_slice(pt);
+                        }
+                    });
             while let Some(ev) = st.session.poll_event() {
                 match ev {
                     Event::HandshakeComplete {
@@ -788,6 +788,10 @@ impl Handler for SecureHandler {
             sc.flush(&mut st);
             r
         };
+        // Bytes of `buf` the session took (whole records); the rest is the
+        // start of a record.
+        let mut consumed = *result.as_ref().unwrap_or(&blen);
+        let result = result.map(|_| ());
         // Gather the plaintext: in place when nothing waits before it.
         if !self.segs.is_empty() {
             let all_raw = self.segs.iter().all(|s| matches!(s, Seg::Raw(..)));
@@ -804,6 +808,7 @@ impl Handler for SecureHandler {
                 let mut plain = buf.split_to(w);
                 plain.advance(start);
                 self.pending = plain;
+                consumed -= w; // `buf` now starts at `w`
             } else {
                 for s in &self.segs {
                     match *s {
@@ -814,8 +819,12 @@ impl Handler for SecureHandler {
             }
             self.segs.clear();
         }
-        buf.clear(); // the session keeps a trailing partial record itself
+        // A trailing partial record stays in the raw buffer: the backend appends
+        // the next bytes behind it, and the record is opened where it lies once
+        // complete (no copy through the session's own buffer).
+        buf.advance(consumed.min(buf.len()));
         if let Err(e) = result {
+            buf.clear();
             let opened = self.opened || established.is_some();
             let counter = if opened {
                 &self.counters().record_errors

@@ -1,5 +1,7 @@
-//! The layer's own memory per idle handshaken connection (issue 13, the
-//! `sessions` goal): heap bytes alive per server-side connection after its
+//! The layer's memory and copies (issue 13, session 11).
+//!
+//! Memory per idle handshaken connection (the `sessions` goal): heap bytes
+//! alive per server-side connection after its
 //! handshake and one small exchange each way, counted by a counting global
 //! allocator over connections driven by hand over scripted raw connections (no
 //! backend, no threads: the count is exact and the same on every run).
@@ -23,6 +25,13 @@ use zs_secure::{SecureConfig, SecureLayer};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// The allocator's counts are global: the tests of this file run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The layer's own share per idle connection may not grow past this (bytes of
 /// live heap allocations, malloc's own headers not included). Measured 2,250 B
@@ -244,6 +253,7 @@ fn per_connection(layer: &SecureLayer) -> ((f64, f64), (f64, f64)) {
 
 #[test]
 fn idle_connection_bytes_of_the_layer() {
+    let _serial = serial();
     for (name, provider) in [("key", key_provider()), ("psk", psk_provider())] {
         let layer = layer(provider);
         let ((busy, busy_n), (idle, idle_n)) = per_connection(&layer);
@@ -288,6 +298,7 @@ impl Keep {
 /// also across key updates (a rekey every 3,000 bytes here).
 #[test]
 fn released_keys_are_made_again() {
+    let _serial = serial();
     let identity = ServerIdentity::from_seed(&[0x5e; 32]).unwrap();
     let rekey = zs_crypto::session::RekeyPolicy {
         max_bytes: 3_000,
@@ -339,6 +350,88 @@ fn released_keys_are_made_again() {
         deliver(&server, &mut client);
         assert_eq!(sk.take(), a, "round {round}: client to server");
         assert_eq!(ck.take(), b, "round {round}: server to client");
+    }
+    assert_eq!(layer.stats().record_errors, 0);
+}
+
+/// Records where each plaintext chunk it gets lies, and consumes it.
+struct Where(Arc<Mutex<Vec<(usize, usize)>>>);
+
+impl Handler for Where {
+    fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((data.as_ptr() as usize, data.len()));
+        data.clear();
+    }
+}
+
+/// A record split over two reads is opened where it lies once complete: the
+/// layer leaves its first part in the raw buffer (the backend appends the next
+/// read behind it, contract item 3) instead of copying it into the session,
+/// so every plaintext chunk the handler gets is a slice of the buffer the raw
+/// backend handed over, whatever the split.
+#[test]
+fn records_split_over_reads_are_opened_in_place() {
+    let _serial = serial();
+    let layer = layer(key_provider());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let ck = Keep::default();
+    let sraw = Arc::new(Raw::default());
+    let craw = Arc::new(Raw::default());
+    let mut server = End {
+        handler: layer.server_handler(Arc::new(move || {
+            Box::new(Where(s2.clone())) as Box<dyn Handler>
+        })),
+        raw: sraw.clone(),
+        raw_conn: sraw,
+    };
+    let mut client = End {
+        handler: layer.client_handler(Box::new(ck.clone()), Duration::from_secs(60)),
+        raw: craw.clone(),
+        raw_conn: craw,
+    };
+    server.handler.on_open(&server.raw_conn);
+    client.handler.on_open(&client.raw_conn);
+    for _ in 0..4 {
+        deliver(&client, &mut server);
+        deliver(&server, &mut client);
+    }
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    for cut in [1usize, 4, 5, 6, 30_000, 65_541, 65_542, 100_000] {
+        seen.lock().unwrap().clear();
+        ck.conn().send(Bytes::from(payload.clone())).unwrap();
+        let wire: Vec<u8> = std::mem::take(&mut *client.raw.sent.lock().unwrap())
+            .iter()
+            .flat_map(|b| b.to_vec())
+            .collect();
+        assert!(wire.len() > payload.len(), "several records");
+        // A backend's read buffer: what the handler leaves stays, the next
+        // read goes behind it.
+        let mut rbuf = BytesMut::new();
+        let mut got = 0;
+        for part in [&wire[..cut], &wire[cut..]] {
+            for piece in part.chunks(70_000) {
+                rbuf.extend_from_slice(piece);
+                let (lo, hi) = (rbuf.as_ptr() as usize, rbuf.as_ptr() as usize + rbuf.len());
+                let before = seen.lock().unwrap().len();
+                server.handler.on_data(&server.raw_conn, &mut rbuf);
+                for &(p, n) in &seen.lock().unwrap()[before..] {
+                    assert!(
+                        p >= lo && p + n <= hi,
+                        "cut {cut}: plaintext copied out of the raw buffer"
+                    );
+                    got += n;
+                }
+            }
+        }
+        assert_eq!(got, payload.len(), "cut {cut}: every byte once");
+        assert!(
+            rbuf.is_empty(),
+            "cut {cut}: nothing left at a record boundary"
+        );
     }
     assert_eq!(layer.stats().record_errors, 0);
 }
