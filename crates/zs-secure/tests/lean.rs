@@ -167,22 +167,32 @@ fn layer(provider: Arc<dyn SecurityProvider>) -> SecureLayer {
     )
 }
 
-/// Server and client ends of `layer` over `sraw` and `craw`, handshaken, one
-/// message each way.
+/// Server and client ends of `layer` over `sraw` and `craw` (the server's
+/// inner handler from `factory`, the client's `inner`), handshaken; with `Idle`
+/// and `Hello`, one message each way.
 fn pair(
     layer: &SecureLayer,
     factory: &zs_io::HandlerFactory,
     sraw: Arc<Raw>,
     craw: Arc<Raw>,
 ) -> (End, End) {
-    let factory = factory.clone();
+    ends(layer, factory.clone(), Box::new(Hello), sraw, craw)
+}
+
+fn ends(
+    layer: &SecureLayer,
+    factory: zs_io::HandlerFactory,
+    inner: Box<dyn Handler>,
+    sraw: Arc<Raw>,
+    craw: Arc<Raw>,
+) -> (End, End) {
     let mut server = End {
         handler: layer.server_handler(factory),
         raw: sraw.clone(),
         raw_conn: sraw,
     };
     let mut client = End {
-        handler: layer.client_handler(Box::new(Hello), Duration::from_secs(60)),
+        handler: layer.client_handler(inner, Duration::from_secs(60)),
         raw: craw.clone(),
         raw_conn: craw,
     };
@@ -313,25 +323,14 @@ fn released_keys_are_made_again() {
         Some(Arc::new(s)),
     )));
     let (sk, ck) = (Keep::default(), Keep::default());
-    let sraw = Arc::new(Raw::default());
-    let craw = Arc::new(Raw::default());
     let s2 = sk.clone();
-    let mut server = End {
-        handler: layer.server_handler(Arc::new(move || Box::new(s2.clone()) as Box<dyn Handler>)),
-        raw: sraw.clone(),
-        raw_conn: sraw,
-    };
-    let mut client = End {
-        handler: layer.client_handler(Box::new(ck.clone()), Duration::from_secs(60)),
-        raw: craw.clone(),
-        raw_conn: craw,
-    };
-    server.handler.on_open(&server.raw_conn);
-    client.handler.on_open(&client.raw_conn);
-    for _ in 0..4 {
-        deliver(&client, &mut server);
-        deliver(&server, &mut client);
-    }
+    let (mut server, mut client) = ends(
+        &layer,
+        Arc::new(move || Box::new(s2.clone()) as Box<dyn Handler>),
+        Box::new(ck.clone()),
+        Arc::default(),
+        Arc::default(),
+    );
     let (sc, cc) = (sk.conn(), ck.conn());
     for round in 0..6u8 {
         std::thread::sleep(KEY_IDLE * 2);
@@ -379,26 +378,13 @@ fn records_split_over_reads_are_opened_in_place() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let ck = Keep::default();
-    let sraw = Arc::new(Raw::default());
-    let craw = Arc::new(Raw::default());
-    let mut server = End {
-        handler: layer.server_handler(Arc::new(move || {
-            Box::new(Where(s2.clone())) as Box<dyn Handler>
-        })),
-        raw: sraw.clone(),
-        raw_conn: sraw,
-    };
-    let mut client = End {
-        handler: layer.client_handler(Box::new(ck.clone()), Duration::from_secs(60)),
-        raw: craw.clone(),
-        raw_conn: craw,
-    };
-    server.handler.on_open(&server.raw_conn);
-    client.handler.on_open(&client.raw_conn);
-    for _ in 0..4 {
-        deliver(&client, &mut server);
-        deliver(&server, &mut client);
-    }
+    let (mut server, client) = ends(
+        &layer,
+        Arc::new(move || Box::new(Where(s2.clone())) as Box<dyn Handler>),
+        Box::new(ck.clone()),
+        Arc::default(),
+        Arc::default(),
+    );
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
     for cut in [1usize, 4, 5, 6, 30_000, 65_541, 65_542, 100_000] {
         seen.lock().unwrap().clear();
