@@ -18,8 +18,13 @@
 //! * **Records opened in place**: the raw bytes are decrypted where they lie; when the
 //!   records of one read are all complete (the common case) the inner handler's
 //!   plaintext `BytesMut` is a slice of the very buffer the backend read into (headers
-//!   and tags squeezed out in place, no allocation); only a record that straddles two
-//!   reads is joined, as the zs-io contract's "leave the partial frame" rule asks.
+//!   and tags squeezed out in place, no allocation); a record that straddles two reads
+//!   is left in that buffer (the backend appends the next read behind it) and opened
+//!   there once complete; only plaintext behind a partial frame the inner handler
+//!   left is joined, as the zs-io contract's "leave the partial frame" rule asks.
+//! * **Idle connections stay small**: after [`SecureConfig::key_idle`] without a
+//!   record the session's expanded cipher keys and empty buffers are released (made
+//!   again from the traffic secrets by the next record).
 //! * **Many sends per record**: sends made inside one callback of the inner handler
 //!   share one open record, sealed when the callback returns (zs-core's "held output",
 //!   one layer down). Sends from other threads are sealed at once.
