@@ -19,7 +19,7 @@ use zeroize::Zeroize;
 use crate::block::{check_aligned, Algorithm, BlockCipher};
 use crate::error::{Error, Result};
 
-pub(crate) mod sbox;
+mod sbox;
 
 use sbox::{
     sbox_d0, sbox_d1, sbox_d2, sbox_d3, sbox_d4, sbox_d5, sbox_d6, sbox_d7, sbox_e0, sbox_e1,
@@ -28,9 +28,7 @@ use sbox::{
 
 /// What the S-box circuits and the linear transform need of a word: one block's
 /// 32-bit word (`u32`) or the same word of several blocks ([`Lanes`]).
-pub(crate) trait Word:
-    Copy + BitXorAssign + BitAndAssign + BitOrAssign + Not<Output = Self>
-{
+trait Word: Copy + BitXorAssign + BitAndAssign + BitOrAssign + Not<Output = Self> {
     /// `k` in every lane.
     fn splat(k: u32) -> Self;
     /// Rotation left by `n` (1..=31) of every lane.
@@ -56,7 +54,7 @@ impl Word for u32 {
 
 /// One state word of `N` blocks.
 #[derive(Clone, Copy)]
-pub(crate) struct Lanes<const N: usize>([u32; N]);
+struct Lanes<const N: usize>([u32; N]);
 
 macro_rules! lane_op {
     ($tr:ident, $f:ident, $op:tt) => {
@@ -181,7 +179,7 @@ fn inv_lt<W: Word>([mut a, mut b, mut c, mut d]: [W; 4]) -> [W; 4] {
 
 /// The 32 rounds and the final key mixing.
 #[inline(always)]
-pub(crate) fn encrypt_words<W: Word>(k: &RoundKeys, mut x: [W; 4]) -> [W; 4] {
+fn encrypt_words<W: Word>(k: &RoundKeys, mut x: [W; 4]) -> [W; 4] {
     for r in (0..32).step_by(8) {
         x = lt(sbox_e0(xk(x, &k[r])));
         x = lt(sbox_e1(xk(x, &k[r + 1])));
@@ -200,7 +198,7 @@ pub(crate) fn encrypt_words<W: Word>(k: &RoundKeys, mut x: [W; 4]) -> [W; 4] {
 
 /// The inverse of [`encrypt_words`].
 #[inline(always)]
-pub(crate) fn decrypt_words<W: Word>(k: &RoundKeys, mut x: [W; 4]) -> [W; 4] {
+fn decrypt_words<W: Word>(k: &RoundKeys, mut x: [W; 4]) -> [W; 4] {
     x = xk(x, &k[32]);
     for r in (0..32).step_by(8).rev() {
         if r < 24 {
@@ -245,20 +243,20 @@ fn lanes<const N: usize>(
 const LANES: usize = 4;
 
 /// The functions one direction runs: on [`LANES`] blocks and on one block.
-pub(crate) type Rounds = (
+type Rounds = (
     fn(&RoundKeys, [Lanes<LANES>; 4]) -> [Lanes<LANES>; 4],
     fn(&RoundKeys, [u32; 4]) -> [u32; 4],
 );
 
 /// Encryption on [`LANES`] blocks and on one block.
-pub(crate) const ENCRYPT: Rounds = (encrypt_words, encrypt_words);
+const ENCRYPT: Rounds = (encrypt_words, encrypt_words);
 /// Decryption on [`LANES`] blocks and on one block.
-pub(crate) const DECRYPT: Rounds = (decrypt_words, decrypt_words);
+const DECRYPT: Rounds = (decrypt_words, decrypt_words);
 
 /// Runs the rounds over every 16-byte block of `data` (whole blocks only):
 /// [`LANES`] blocks at a time, then the rest one by one.
 #[inline(always)]
-pub(crate) fn each_block(k: &RoundKeys, data: &mut [u8], (many, one): Rounds) {
+fn each_block(k: &RoundKeys, data: &mut [u8], (many, one): Rounds) {
     let mut groups = data.chunks_exact_mut(16 * LANES);
     for g in &mut groups {
         lanes(k, g, many);
@@ -295,6 +293,11 @@ impl Serpent {
         padded.zeroize();
         words.zeroize();
         Ok(Serpent { k })
+    }
+
+    /// The rounds with other round keys (ZNet's schedule, `legacy::quirks`).
+    pub(crate) fn with_round_keys(k: RoundKeys) -> Serpent {
+        Serpent { k }
     }
 }
 

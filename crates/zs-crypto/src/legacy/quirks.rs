@@ -457,45 +457,23 @@ pub(crate) fn mars_1998_key_schedule(key: &[u8]) -> [u32; 40] {
 /// so its 33 round keys are the two halves of the raw key followed by the
 /// standard subkeys K0..K30 ([`ZnetSerpent::znet`]); [`ZnetSerpent::standard`]
 /// is the published schedule, which the tests compare with the `serpent` crate.
-pub(crate) struct ZnetSerpent {
-    k: crate::serpent::RoundKeys,
-}
+pub(crate) struct ZnetSerpent;
 
 impl ZnetSerpent {
     /// ZNet's schedule (see the type notes): the 140 words `kp` of
     /// `TSerpent.InitKey` for a 32-byte key are the key, then the standard
-    /// subkeys K0..K32; ZNet reads its round keys from `kp[0]`.
-    pub(crate) fn znet(key: &[u8; 32]) -> ZnetSerpent {
-        ZnetSerpent {
-            k: crate::serpent::round_keys(&crate::serpent::schedule_words(key)[..132]),
-        }
+    /// subkeys K0..K32; ZNet reads its round keys from `kp[0]`. The rounds are
+    /// those of [`crate::serpent`].
+    pub(crate) fn znet(key: &[u8; 32]) -> crate::serpent::Serpent {
+        let words = crate::serpent::schedule_words(key);
+        crate::serpent::Serpent::with_round_keys(crate::serpent::round_keys(&words[..132]))
     }
 
     /// The published schedule.
     #[cfg(test)]
-    pub(crate) fn standard(key: &[u8; 32]) -> ZnetSerpent {
-        ZnetSerpent {
-            k: crate::serpent::round_keys(&crate::serpent::schedule_words(key)[8..]),
-        }
-    }
-}
-
-impl BlockCipher for ZnetSerpent {
-    fn algorithm(&self) -> Algorithm {
-        Algorithm::Serpent
-    }
-    fn block_size(&self) -> usize {
-        16
-    }
-    fn encrypt_blocks(&self, data: &mut [u8]) -> Result<()> {
-        check_aligned(data.len(), 16)?;
-        crate::serpent::each_block(&self.k, data, crate::serpent::ENCRYPT);
-        Ok(())
-    }
-    fn decrypt_blocks(&self, data: &mut [u8]) -> Result<()> {
-        check_aligned(data.len(), 16)?;
-        crate::serpent::each_block(&self.k, data, crate::serpent::DECRYPT);
-        Ok(())
+    pub(crate) fn standard(key: &[u8; 32]) -> crate::serpent::Serpent {
+        let words = crate::serpent::schedule_words(key);
+        crate::serpent::Serpent::with_round_keys(crate::serpent::round_keys(&words[8..]))
     }
 }
 

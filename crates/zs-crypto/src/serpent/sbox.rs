@@ -9,7 +9,7 @@ use super::Word;
 
 type Words<W> = [W; 4];
 
-pub(crate) fn apply_s<W: Word>(index: usize, [w1, w2, w3, w4]: Words<W>) -> Words<W> {
+pub(super) fn apply_s<W: Word>(index: usize, [w1, w2, w3, w4]: Words<W>) -> Words<W> {
     match index % 8 {
         0 => sbox_e0([w1, w2, w3, w4]),
         1 => sbox_e1([w1, w2, w3, w4]),
