@@ -16,6 +16,9 @@
 //!   for index access (`DataFrame::decode_indexed`: one pass validates and builds
 //!   all values, then `get`; `df10_decode_index_zs_vs_postcard`), the lazy decode
 //!   followed by a first index access (two passes; `df10_lazy_index_vs_postcard`),
+//!   the same ten `Value`s made from Rust values without any decoding and
+//!   dropped (`df10_build_values_vs_postcard`: what the vector of values alone
+//!   costs, the floor under the index decode),
 //!   and encode+decode, vs postcard (serde struct
 //!   with owned fields, and with borrowed fields) and rkyv (validated access, and
 //!   full deserialize).
@@ -458,6 +461,38 @@ fn main() {
                 })
             },
         );
+        let (name, city) = (m.name.clone(), m.city.clone());
+        let blob = Bytes::from(m.blob.clone());
+        case(
+            &mut suite,
+            "zs-df10-build-values",
+            NS,
+            Better::Lower,
+            move || {
+                // No decoding: the same ten `Value`s made from Rust values
+                // (texts copied inline, the bytes a reference-counted slice, as
+                // a decode makes them), collected into a vector and dropped.
+                // What the vector of values alone costs: the floor under
+                // `zs-df10-decode-index`.
+                per_op(min, BATCH, || {
+                    let v: Vec<zs_wire::Value> = (0..black_box(10usize))
+                        .map(|i| match i {
+                            0 => zs_wire::Value::U32(48_213),
+                            1 => zs_wire::Value::I64(1_700_000_000_123),
+                            2 => zs_wire::Value::F64(1234.5678),
+                            3 => zs_wire::Value::Bool(true),
+                            4 => zs_wire::Value::Str(Text::from(black_box(name.as_str()))),
+                            5 => zs_wire::Value::Str(Text::from(black_box(city.as_str()))),
+                            6 => zs_wire::Value::Bytes(black_box(&blob).clone()),
+                            7 => zs_wire::Value::I16(-321),
+                            8 => zs_wire::Value::U8(7),
+                            _ => zs_wire::Value::F32(0.75),
+                        })
+                        .collect();
+                    black_box(&v);
+                })
+            },
+        );
         let b = pc_bytes.clone();
         case(
             &mut suite,
@@ -652,6 +687,11 @@ fn main() {
     suite.ratio(
         "df10_decode_index_zs_vs_postcard",
         "zs-df10-decode-index",
+        "postcard-df10-decode",
+    );
+    suite.ratio(
+        "df10_build_values_vs_postcard",
+        "zs-df10-build-values",
         "postcard-df10-decode",
     );
     suite.ratio(

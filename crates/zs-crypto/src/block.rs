@@ -96,15 +96,7 @@ impl Algorithm {
                 _ => return Err(bad()),
             },
             Algorithm::Twofish => Box::new(crate::twofish::Twofish::new(key)?),
-            Algorithm::Serpent => {
-                if ![16, 24, 32].contains(&key.len()) {
-                    return Err(bad());
-                }
-                Box::new(Rc::new(
-                    self,
-                    serpent::Serpent::new_from_slice(key).map_err(|_| bad())?,
-                ))
-            }
+            Algorithm::Serpent => Box::new(crate::serpent::Serpent::new(key)?),
             Algorithm::Rc6 => {
                 use cipher::consts::{U16, U20, U24, U32};
                 match key.len() {

@@ -53,6 +53,7 @@ pub mod mars;
 pub mod password;
 pub mod provider;
 pub mod record;
+pub mod serpent;
 pub mod session;
 pub mod suite;
 pub mod tls;

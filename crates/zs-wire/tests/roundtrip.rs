@@ -8,6 +8,17 @@ use common::*;
 use proptest::prelude::*;
 use zs_wire::{Config, DataFrame, Decoder, Encoder, Frame, FrameKind, Limits, Value, WireError};
 
+/// `v` as a LEB128 varint (the wire's counts and lengths).
+fn leb128(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
 fn decode_all(dec: &mut Decoder, buf: &mut BytesMut) -> Vec<Frame> {
     let mut out = Vec::new();
     while let Some(f) = dec.decode(buf).expect("valid stream") {
@@ -63,6 +74,45 @@ proptest! {
                     DataFrame::decode_indexed(&short, &Limits::default()).err(),
                     DataFrame::decode(&short, &Limits::default()).err()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn one_pass_decode_agrees_on_damaged_bytes(
+        df in dataframe(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        extra in 0u64..400,
+    ) {
+        // `decode_indexed` builds the values with an exact-size `collect` and
+        // stops at the first bad value, or, when the count claims more values
+        // than the bytes left can hold, with a loop of pushes: either way it
+        // accepts and refuses exactly what `decode` does, with the same error
+        // and the same values. One byte changed anywhere, and the count raised.
+        let good = df.to_bytes().to_vec();
+        let mut changed = good.clone();
+        let i = at.index(changed.len());
+        changed[i] = byte;
+        let count_len = good.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+        let mut count = 0u64;
+        for (k, b) in good[..count_len].iter().enumerate() {
+            count |= u64::from(b & 0x7f) << (7 * k);
+        }
+        let mut raised = leb128(count + extra);
+        raised.extend_from_slice(&good[count_len..]);
+        for input in [changed, raised] {
+            let input = Bytes::from(input);
+            let limits = Limits { max_values: 1 << 12, ..Limits::default() };
+            let indexed = DataFrame::decode_indexed(&input, &limits);
+            let lazy = DataFrame::decode(&input, &limits);
+            match (&indexed, &lazy) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(format!("{:?}", a.values()), format!("{:?}", b.values()));
+                    prop_assert_eq!(a.to_bytes(), input.clone());
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                _ => prop_assert!(false, "decode_indexed {:?} vs decode {:?}", indexed, lazy),
             }
         }
     }

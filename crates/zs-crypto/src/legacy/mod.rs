@@ -57,7 +57,6 @@
 mod cipher;
 pub mod prim;
 pub mod quirks;
-mod serpent_sbox;
 
 use md5::Digest as _;
 

@@ -16,7 +16,6 @@
 //! - **MARS** (`TMars.InitKey`): the 1998 (round 1) key schedule; the block
 //!   function is MARS's, shared with [`crate::mars`].
 
-use super::serpent_sbox::{apply_s, apply_s_inv};
 use crate::block::{check_aligned, Algorithm, BlockCipher};
 use crate::error::Result;
 
@@ -453,133 +452,28 @@ pub(crate) fn mars_1998_key_schedule(key: &[u8]) -> [u32; 40] {
     k
 }
 
-fn serpent_lt(mut x: [u32; 4]) -> [u32; 4] {
-    x[0] = x[0].rotate_left(13);
-    x[2] = x[2].rotate_left(3);
-    x[1] ^= x[0] ^ x[2];
-    x[3] ^= x[2] ^ (x[0] << 3);
-    x[1] = x[1].rotate_left(1);
-    x[3] = x[3].rotate_left(7);
-    x[0] ^= x[1] ^ x[3];
-    x[2] ^= x[3] ^ (x[1] << 7);
-    x[0] = x[0].rotate_left(5);
-    x[2] = x[2].rotate_left(22);
-    x
-}
-
-fn serpent_inv_lt(mut x: [u32; 4]) -> [u32; 4] {
-    x[2] = x[2].rotate_right(22);
-    x[0] = x[0].rotate_right(5);
-    x[2] ^= x[3] ^ (x[1] << 7);
-    x[0] ^= x[1] ^ x[3];
-    x[3] = x[3].rotate_right(7);
-    x[1] = x[1].rotate_right(1);
-    x[3] ^= x[2] ^ (x[0] << 3);
-    x[1] ^= x[0] ^ x[2];
-    x[2] = x[2].rotate_right(3);
-    x[0] = x[0].rotate_right(13);
-    x
-}
-
 /// Serpent (bitsliced, 32 rounds) with explicit round keys. ZNet's
 /// `TSerpent.InitKey` copies its key words from `kp[0]` instead of `kp[8]`,
 /// so its 33 round keys are the two halves of the raw key followed by the
 /// standard subkeys K0..K30 ([`ZnetSerpent::znet`]); [`ZnetSerpent::standard`]
 /// is the published schedule, which the tests compare with the `serpent` crate.
-pub(crate) struct ZnetSerpent {
-    k: [[u32; 4]; 33],
-}
+pub(crate) struct ZnetSerpent;
 
 impl ZnetSerpent {
-    /// The 140 words `kp` of `TSerpent.InitKey` for a 32-byte key: the key, then
-    /// the standard subkeys K0..K32.
-    fn kp(key: &[u8; 32]) -> [u32; 140] {
-        let mut kp = [0u32; 140];
-        for (i, c) in key.chunks_exact(4).enumerate() {
-            kp[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        for i in 8..140 {
-            let t = kp[i - 8] ^ kp[i - 5] ^ kp[i - 3] ^ kp[i - 1] ^ 0x9e37_79b9 ^ (i as u32 - 8);
-            kp[i] = t.rotate_left(11);
-        }
-        for r in 0..33 {
-            let at = 8 + 4 * r;
-            let w = apply_s(
-                (3 + 8 - r % 8) % 8,
-                [kp[at], kp[at + 1], kp[at + 2], kp[at + 3]],
-            );
-            kp[at..at + 4].copy_from_slice(&w);
-        }
-        kp
-    }
-
-    fn from_words(words: &[u32]) -> ZnetSerpent {
-        let mut k = [[0u32; 4]; 33];
-        for (r, rk) in k.iter_mut().enumerate() {
-            rk.copy_from_slice(&words[4 * r..4 * r + 4]);
-        }
-        ZnetSerpent { k }
-    }
-
-    /// ZNet's schedule (see the type notes).
-    pub(crate) fn znet(key: &[u8; 32]) -> ZnetSerpent {
-        Self::from_words(&Self::kp(key)[..132])
+    /// ZNet's schedule (see the type notes): the 140 words `kp` of
+    /// `TSerpent.InitKey` for a 32-byte key are the key, then the standard
+    /// subkeys K0..K32; ZNet reads its round keys from `kp[0]`. The rounds are
+    /// those of [`crate::serpent`].
+    pub(crate) fn znet(key: &[u8; 32]) -> crate::serpent::Serpent {
+        let words = crate::serpent::schedule_words(key);
+        crate::serpent::Serpent::with_round_keys(crate::serpent::round_keys(&words[..132]))
     }
 
     /// The published schedule.
     #[cfg(test)]
-    pub(crate) fn standard(key: &[u8; 32]) -> ZnetSerpent {
-        Self::from_words(&Self::kp(key)[8..])
-    }
-
-    fn encrypt(&self, blk: &mut [u8]) {
-        let mut x = load4(blk);
-        for (r, k) in self.k[..32].iter().enumerate() {
-            x = xor4(x, k);
-            x = apply_s(r % 8, x);
-            if r < 31 {
-                x = serpent_lt(x);
-            }
-        }
-        store4(xor4(x, &self.k[32]), blk);
-    }
-
-    fn decrypt(&self, blk: &mut [u8]) {
-        let mut x = xor4(load4(blk), &self.k[32]);
-        for (r, k) in self.k[..32].iter().enumerate().rev() {
-            if r < 31 {
-                x = serpent_inv_lt(x);
-            }
-            x = apply_s_inv(r % 8, x);
-            x = xor4(x, k);
-        }
-        store4(x, blk);
-    }
-}
-
-fn xor4(mut x: [u32; 4], k: &[u32; 4]) -> [u32; 4] {
-    for (a, b) in x.iter_mut().zip(k) {
-        *a ^= b;
-    }
-    x
-}
-
-impl BlockCipher for ZnetSerpent {
-    fn algorithm(&self) -> Algorithm {
-        Algorithm::Serpent
-    }
-    fn block_size(&self) -> usize {
-        16
-    }
-    fn encrypt_blocks(&self, data: &mut [u8]) -> Result<()> {
-        check_aligned(data.len(), 16)?;
-        data.chunks_exact_mut(16).for_each(|b| self.encrypt(b));
-        Ok(())
-    }
-    fn decrypt_blocks(&self, data: &mut [u8]) -> Result<()> {
-        check_aligned(data.len(), 16)?;
-        data.chunks_exact_mut(16).for_each(|b| self.decrypt(b));
-        Ok(())
+    pub(crate) fn standard(key: &[u8; 32]) -> crate::serpent::Serpent {
+        let words = crate::serpent::schedule_words(key);
+        crate::serpent::Serpent::with_round_keys(crate::serpent::round_keys(&words[8..]))
     }
 }
 

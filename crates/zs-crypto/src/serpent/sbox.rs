@@ -1,12 +1,15 @@
 //! Serpent's S-boxes as Osvik's bitsliced circuits ("Speeding Up Serpent"),
 //! taken from the RustCrypto `serpent` crate 0.6 (`src/bitslice.rs`, MIT OR
-//! Apache-2.0), which keeps them private. ZNet's Serpent needs them with
-//! its own round keys (see `quirks.rs`).
+//! Apache-2.0), which keeps them private; here generic over the word type, so
+//! the same circuits run on one block (`u32`) or on several blocks at once
+//! (`super::Lanes`, one block per lane).
 #![allow(clippy::all)]
 
-type Words = [u32; 4];
+use super::Word;
 
-pub fn apply_s(index: usize, [w1, w2, w3, w4]: Words) -> Words {
+type Words<W> = [W; 4];
+
+pub(super) fn apply_s<W: Word>(index: usize, [w1, w2, w3, w4]: Words<W>) -> Words<W> {
     match index % 8 {
         0 => sbox_e0([w1, w2, w3, w4]),
         1 => sbox_e1([w1, w2, w3, w4]),
@@ -20,23 +23,8 @@ pub fn apply_s(index: usize, [w1, w2, w3, w4]: Words) -> Words {
     }
 }
 
-#[inline]
-pub fn apply_s_inv(index: usize, [w1, w2, w3, w4]: Words) -> Words {
-    match index % 8 {
-        0 => sbox_d0([w1, w2, w3, w4]),
-        1 => sbox_d1([w1, w2, w3, w4]),
-        2 => sbox_d2([w1, w2, w3, w4]),
-        3 => sbox_d3([w1, w2, w3, w4]),
-        4 => sbox_d4([w1, w2, w3, w4]),
-        5 => sbox_d5([w1, w2, w3, w4]),
-        6 => sbox_d6([w1, w2, w3, w4]),
-        7 => sbox_d7([w1, w2, w3, w4]),
-        _ => unreachable!(),
-    }
-}
-
-#[inline]
-const fn sbox_e0([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_e0<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w4 ^= w1;
     let mut t0 = w2;
     w2 &= w4;
@@ -58,8 +46,8 @@ const fn sbox_e0([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w2, t0, w3, w1]
 }
 
-#[inline]
-const fn sbox_e1([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_e1<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w1 = !w1;
     w3 = !w3;
     let mut t0 = w1;
@@ -81,8 +69,8 @@ const fn sbox_e1([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w3, t0, w4, w2]
 }
 
-#[inline]
-const fn sbox_e2([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_e2<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     let mut t0 = w1;
     w1 &= w3;
     w1 ^= w4;
@@ -102,8 +90,8 @@ const fn sbox_e2([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w3, w4, w2, t0]
 }
 
-#[inline]
-const fn sbox_e3([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_e3<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     let mut t0 = w1;
     w1 |= w4;
     w4 ^= w2;
@@ -126,8 +114,8 @@ const fn sbox_e3([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w1, w3, w4, t0]
 }
 
-#[inline]
-const fn sbox_e4([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_e4<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w2 ^= w4;
     w4 = !w4;
     w3 ^= w4;
@@ -151,8 +139,8 @@ const fn sbox_e4([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w2, t0, w1, w4]
 }
 
-#[inline]
-const fn sbox_e5([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_e5<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w1 ^= w2;
     w2 ^= w4;
     w4 = !w4;
@@ -179,8 +167,8 @@ const fn sbox_e5([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w1, w2, w3, w4]
 }
 
-#[inline]
-const fn sbox_e6([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_e6<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w3 = !w3;
     let mut t0 = w4;
     w4 &= w1;
@@ -203,8 +191,8 @@ const fn sbox_e6([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w1, w2, w3, w4]
 }
 
-#[inline]
-const fn sbox_e7([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_e7<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     let mut t0 = w2;
     w2 |= w3;
     w2 ^= w4;
@@ -228,8 +216,8 @@ const fn sbox_e7([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [t0, w4, w2, w1]
 }
 
-#[inline]
-const fn sbox_d0([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_d0<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w3 = !w3;
     let mut t0 = w2;
     w2 |= w1;
@@ -252,8 +240,8 @@ const fn sbox_d0([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w1, t0, w2, w4]
 }
 
-#[inline]
-const fn sbox_d1([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_d1<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     let mut t0 = w2;
     w2 ^= w4;
     w4 &= w2;
@@ -276,8 +264,8 @@ const fn sbox_d1([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [t0, w1, w4, w3]
 }
 
-#[inline]
-const fn sbox_d2([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_d2<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w3 ^= w4;
     w4 ^= w1;
     let mut t0 = w4;
@@ -300,8 +288,8 @@ const fn sbox_d2([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w2, t0, w3, w4]
 }
 
-#[inline]
-const fn sbox_d3([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_d3<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     let mut t0 = w3;
     w3 ^= w2;
     w1 ^= w3;
@@ -323,8 +311,8 @@ const fn sbox_d3([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w3, w2, w4, w1]
 }
 
-#[inline]
-const fn sbox_d4([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_d4<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     let mut t0 = w3;
     w3 &= w4;
     w3 ^= w2;
@@ -348,8 +336,8 @@ const fn sbox_d4([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w1, w4, w3, t0]
 }
 
-#[inline]
-const fn sbox_d5([w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_d5<W: Word>([w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w2 = !w2;
     let mut t0 = w4;
     w3 ^= w2;
@@ -372,8 +360,8 @@ const fn sbox_d5([w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w2, t0, w4, w3]
 }
 
-#[inline]
-const fn sbox_d6([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_d6<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     w1 ^= w3;
     let mut t0 = w3;
     w3 &= w1;
@@ -394,8 +382,8 @@ const fn sbox_d6([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
     [w2, w3, t0, w4]
 }
 
-#[inline]
-const fn sbox_d7([mut w1, mut w2, mut w3, mut w4]: Words) -> Words {
+#[inline(always)]
+pub(super) fn sbox_d7<W: Word>([mut w1, mut w2, mut w3, mut w4]: Words<W>) -> Words<W> {
     let mut t0 = w3;
     w3 ^= w1;
     w1 &= w4;
