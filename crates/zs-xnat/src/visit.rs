@@ -18,7 +18,10 @@
 //!   their secure sessions, classify their NATs against the relay's STUN server,
 //!   punch, and the visitor connects QUIC with both keys pinned (fingerprints
 //!   exchanged through the hub). A failed attempt is retried after `direct_retry`
-//!   (a "relay only" answer after ten times that).
+//!   (a "relay only" answer after ten times that), or at once when a router's
+//!   UPnP-IGD answered after the attempt: the visitor's own (it sees it), or the
+//!   agent's (the agent announces it with a `Mapped` session, and the relay sends
+//!   `Again` on the wait session the visitor holds after a failed attempt).
 //! - The relay learns nothing new: it checks the visitor's token proof (HMAC over the
 //!   session's channel binding, never the token) exactly as it checks agents'.
 //!
@@ -2200,28 +2203,30 @@ mod tests {
     fn documented_bytes() {
         let doc = include_str!("../../../docs/PROTOCOL.md");
         let part = &doc[doc.find("# Part 14: XNat visitors").expect("Part 14")..];
-        let m = VisitMsg::Hello {
+        let hello = VisitMsg::Hello {
             purpose: Purpose::Open,
             service: "web".into(),
             conn: [7; 16],
             proof: [9; 32],
             agent: 0,
         };
-        let hex: String = m
-            .to_msg()
-            .to_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let fence = "```text visit-hello\n";
-        let block = &part[part.find(fence).expect("block") + fence.len()..];
-        let block = &block[..block.find("```").expect("end")];
-        let doc_hex: String = block
-            .lines()
-            .map(|l| l.split('|').next().unwrap_or(""))
-            .flat_map(|l| l.split_whitespace())
-            .collect();
-        assert_eq!(doc_hex, hex);
+        for (name, m) in [("visit-hello", hello), ("visit-again", VisitMsg::Again)] {
+            let hex: String = m
+                .to_msg()
+                .to_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let fence = format!("```text {name}\n");
+            let block = &part[part.find(&fence).expect("block") + fence.len()..];
+            let block = &block[..block.find("```").expect("end")];
+            let doc_hex: String = block
+                .lines()
+                .map(|l| l.split('|').next().unwrap_or(""))
+                .flat_map(|l| l.split_whitespace())
+                .collect();
+            assert_eq!(doc_hex, hex, "{name}");
+        }
     }
 
     /// A proof binds the token, the session, the purpose, the connection and the name.
