@@ -41,7 +41,7 @@ pub enum Nat {
 /// First external port of a [`Nat::RegularPorts`] router.
 pub const REGULAR_PORT_BASE: u16 = 30000;
 /// Ports a [`Nat::RegularPorts`] router counts through before it wraps to the first.
-pub const REGULAR_PORTS: u16 = 512;
+pub const REGULAR_PORTS: u16 = 4096;
 
 /// The first server address in the public namespace (STUN primary, relay).
 pub const PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
