@@ -662,7 +662,7 @@ async fn relayed_conn(vx: &VisitorBed) -> tokio::net::TcpStream {
 /// path, time to direct in ms).
 async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
     use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut s = relayed_conn(vx).await;
     let chunk = vec![0x77u8; 64 * 1024];
     for _ in 0..16 {
@@ -682,20 +682,9 @@ async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
         .relay_path_bytes
         .load(Ordering::Relaxed);
     let t = Instant::now();
-    let mut sent = 0;
-    while sent < bytes {
-        s.write_all(&chunk).await.unwrap();
-        sent += chunk.len();
-    }
-    s.shutdown().await.unwrap();
-    let mut n = [0u8; 8];
-    s.read_exact(&mut n).await.unwrap();
+    let n = push_to_sink(&mut s, &chunk, bytes).await;
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(
-        u64::from_be_bytes(n),
-        (bytes + (1 << 20)) as u64,
-        "sink count"
-    );
+    assert_eq!(n, (bytes + (1 << 20)) as u64, "sink count");
     let after = vx
         .relay
         .visit_stats()
@@ -705,23 +694,29 @@ async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
     (per_gib, bytes as f64 / secs / 1e6, ttd)
 }
 
-/// One relayed round: with no direct path, `bytes` from a new visitor connection to
-/// the sink, every byte through the relay; MB/s (the sink's count over the client's
-/// time).
-async fn relay_round(vx: &VisitorBed, bytes: usize) -> f64 {
+/// Writes `chunk` until `bytes` went, ends the stream and reads the sink's count.
+async fn push_to_sink(s: &mut tokio::net::TcpStream, chunk: &[u8], bytes: usize) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = relayed_conn(vx).await;
-    let chunk = vec![0x55u8; 64 * 1024];
-    let t = Instant::now();
     let mut sent = 0;
     while sent < bytes {
-        s.write_all(&chunk).await.unwrap();
+        s.write_all(chunk).await.unwrap();
         sent += chunk.len();
     }
     s.shutdown().await.unwrap();
     let mut n = [0u8; 8];
     s.read_exact(&mut n).await.unwrap();
-    assert_eq!(u64::from_be_bytes(n), bytes as u64, "sink count");
+    u64::from_be_bytes(n)
+}
+
+/// One relayed round: with no direct path, `bytes` from a new visitor connection to
+/// the sink, every byte through the relay; MB/s (the sink's count over the client's
+/// time).
+async fn relay_round(vx: &VisitorBed, bytes: usize) -> f64 {
+    let mut s = relayed_conn(vx).await;
+    let chunk = vec![0x55u8; 64 * 1024];
+    let t = Instant::now();
+    let n = push_to_sink(&mut s, &chunk, bytes).await;
+    assert_eq!(n, bytes as u64, "sink count");
     assert!(
         !vx.visitor.is_direct(),
         "no direct path during the relayed round"

@@ -817,13 +817,7 @@ mod tests {
     /// Birthday comes first for that pair.
     #[tokio::test]
     async fn pairs_and_remembers_what_worked() {
-        let hub = Hub::new(HubConfig::default());
-        let easy = nat(Mapping::EndpointIndependent, PortPattern::Stable, 40000);
-        let reg = nat(
-            Mapping::AddressAndPortDependent,
-            PortPattern::Regular(1),
-            5000,
-        );
+        let (hub, easy, reg) = easy_and_regular();
         let mut modes = Vec::new();
         for (round, ok) in [(0, false), (1, true), (2, true)] {
             let (pa, pv) = play(&hub, easy, reg, round, ok).await;
@@ -835,6 +829,17 @@ mod tests {
             modes.push(pa.mode);
         }
         assert_eq!(modes, vec![Mode::Predict, Mode::Birthday, Mode::Birthday]);
+    }
+
+    /// A hub, an easy NAT and one with regular ports (+1).
+    fn easy_and_regular() -> (Arc<Hub>, NatInfo, NatInfo) {
+        let easy = nat(Mapping::EndpointIndependent, PortPattern::Stable, 40000);
+        let reg = nat(
+            Mapping::AddressAndPortDependent,
+            PortPattern::Regular(1),
+            5000,
+        );
+        (Hub::new(HubConfig::default()), easy, reg)
     }
 
     /// One rendezvous of agent 1 (`agent`) and visitor 2 (`visitor`) whose outcome
@@ -881,13 +886,7 @@ mod tests {
     /// worked, it stays first.
     #[tokio::test]
     async fn a_mode_that_stops_working_is_left() {
-        let hub = Hub::new(HubConfig::default());
-        let easy = nat(Mapping::EndpointIndependent, PortPattern::Stable, 40000);
-        let reg = nat(
-            Mapping::AddressAndPortDependent,
-            PortPattern::Regular(1),
-            5000,
-        );
+        let (hub, easy, reg) = easy_and_regular();
         let mut modes = Vec::new();
         for (round, ok) in [(0, true), (1, false), (2, false), (3, true), (4, true)] {
             modes.push(play(&hub, easy, reg, round, ok).await.0.mode);

@@ -2132,14 +2132,15 @@ mod tests {
     use super::*;
 
     fn all() -> Vec<VisitMsg> {
+        let hello = |purpose, conn, proof, agent| VisitMsg::Hello {
+            purpose,
+            service: "web".into(),
+            conn,
+            proof,
+            agent,
+        };
         vec![
-            VisitMsg::Hello {
-                purpose: Purpose::Attach,
-                service: "web".into(),
-                conn: [7; 16],
-                proof: [9; 32],
-                agent: 0x0102,
-            },
+            hello(Purpose::Attach, [7; 16], [9; 32], 0x0102),
             VisitMsg::Ok {
                 stun: "198.19.0.2:3478".parse().unwrap(),
                 agent: 2,
@@ -2158,20 +2159,8 @@ mod tests {
                 stun: "198.19.0.2:3478".parse().unwrap(),
             },
             VisitMsg::Join { ticket: [4; 16] },
-            VisitMsg::Hello {
-                purpose: Purpose::Wait,
-                service: "web".into(),
-                conn: [0; 16],
-                proof: [5; 32],
-                agent: 3,
-            },
-            VisitMsg::Hello {
-                purpose: Purpose::Mapped,
-                service: "web".into(),
-                conn: [0; 16],
-                proof: [6; 32],
-                agent: 0,
-            },
+            hello(Purpose::Wait, [0; 16], [5; 32], 3),
+            hello(Purpose::Mapped, [0; 16], [6; 32], 0),
             VisitMsg::Again,
         ]
     }
