@@ -8,6 +8,8 @@
 //!   rendezvous, punching); time-to-direct runs from the start of classification to the
 //!   first packet from the peer. Hard/hard is declined by the hub (relay only), so its
 //!   success rate is 0 by design and its "time" is the time to learn that.
+//!   Two more sites have NATs whose ports change regularly (netlab `RegularPorts`,
+//!   +1 per new flow): easy/regular (mode Predict) and regular/regular (PredictBoth).
 //! - **Direct QUIC throughput vs raw UDP** between the same two namespaces over the same
 //!   punched NAT mappings: QUIC (quinn, TLS 1.3 with pinned keys, congestion control,
 //!   reliable and ordered) sends one stream; raw UDP blasts 1,200-byte datagrams with no
@@ -123,6 +125,8 @@ fn main() {
         lab.add_site(Nat::EndpointIndependent).unwrap(),
         lab.add_site(Nat::RandomPorts).unwrap(),
         lab.add_site(Nat::RandomPorts).unwrap(),
+        lab.add_site(Nat::RegularPorts).unwrap(),
+        lab.add_site(Nat::RegularPorts).unwrap(),
     ];
     let pubns = lab.public_ns.clone();
     let (stun, tcp) = enter_and_run(&pubns, || {
@@ -154,10 +158,15 @@ fn main() {
         ("easy-hard", 0, 2),
         ("hard-easy", 2, 1),
         ("hard-hard", 2, 3),
+        // Ports that change by +1 per new flow: predicted (Predict, PredictBoth).
+        ("easy-regular", 0, 4),
+        ("regular-regular", 4, 5),
     ] {
         let times = Rc::new(RefCell::new(Vec::<f64>::new()));
+        // Every trial's time (all rounds), for the median over all trials.
+        let every = Rc::new(RefCell::new(Vec::<f64>::new()));
         let all = Rc::new(RefCell::new((0u32, 0u32)));
-        totals.push((name, all.clone()));
+        totals.push((name, all.clone(), every.clone()));
         let (rt2, bed2, times2, all2) = (rt.clone(), bed.clone(), times.clone(), all.clone());
         suite.case(
             &format!("punch-{name}"),
@@ -176,6 +185,7 @@ fn main() {
                     // the time until both sides know they stay on the relay.
                     if r.is_some() || name == "hard-hard" {
                         times2.borrow_mut().push(t.as_secs_f64() * 1000.0);
+                        every.borrow_mut().push(t.as_secs_f64() * 1000.0);
                     }
                 }
                 let mut g = all2.borrow_mut();
@@ -195,11 +205,18 @@ fn main() {
         });
     }
 
-    // Throughput over the same punched mappings (easy/hard: the harder pair).
-    let raw_path = rt
-        .block_on(trial(&bed, 0, 2, [1; 32], [2; 32], "raw"))
-        .0
-        .expect("punch for the raw UDP case");
+    // Throughput over the same punched mappings (easy/hard: the harder pair). The raw
+    // UDP cases punch a fresh path each round: nothing keeps a raw mapping alive, and
+    // the punch trials run first (a full run spends minutes there, past conntrack's
+    // 120 s UDP timeout; QUIC's keep-alive holds its own mappings).
+    let raw_trial = {
+        let (rt, bed) = (rt.clone(), bed.clone());
+        move |key: &str, fa: [u8; 32], fv: [u8; 32]| {
+            rt.block_on(trial(&bed, 0, 2, fa, fv, key))
+                .0
+                .expect("punch for a raw UDP case")
+        }
+    };
     let ai = Identity::generate().unwrap();
     let vi = Identity::generate().unwrap();
     let (qa, qv) = rt
@@ -329,15 +346,13 @@ fn main() {
     );
 
     // Raw UDP: blast for `secs`; receiver goodput (and, next case, what was sent).
-    let (ra, rv) = raw_path;
-    let ra = Arc::new(ra);
-    let rv = Arc::new(rv);
     let (rt3, secs3) = (rt.clone(), secs);
     let sent_rate = Rc::new(std::cell::Cell::new(0.0f64));
     let sent_rate2 = sent_rate.clone();
+    let raw_trial3 = raw_trial.clone();
     suite.case("direct-raw-udp", "MB_per_s", Better::Higher, move || {
         let sent_rate = sent_rate2.clone();
-        let (ra, rv) = (ra.clone(), rv.clone());
+        let (ra, rv) = raw_trial3("raw", [1; 32], [2; 32]);
         rt3.block_on(async move {
             let rs = ra.socket.try_clone().unwrap();
             rs.set_nonblocking(false).unwrap();
@@ -374,16 +389,13 @@ fn main() {
                 n as f64 / t.elapsed().as_secs_f64() / 1e6
             });
             sent_rate.set(sender.join().unwrap());
-            reader.join().unwrap()
+            let got = reader.join().unwrap();
+            assert!(got > 0.0, "raw UDP: nothing arrived over the punched path");
+            got
         })
     });
     // Raw UDP with the batching quinn itself uses (quinn-udp: GSO on send, GRO on
     // receive), over the same punched mappings: the fair raw baseline.
-    let (ga, gv) = rt
-        .block_on(trial(&bed, 0, 2, [3; 32], [4; 32], "raw-gso"))
-        .0
-        .expect("punch for the raw GSO case");
-    let (ga, gv) = (Arc::new(ga), Arc::new(gv));
     let secs6 = secs;
     let gso_segs = Rc::new(std::cell::Cell::new(0usize));
     let gso_segs2 = gso_segs.clone();
@@ -393,6 +405,7 @@ fn main() {
         "MB_per_s",
         Better::Higher,
         move || {
+            let (ga, gv) = raw_trial("raw-gso", [3; 32], [4; 32]);
             let (rate, segs) = raw_gso(&ga, &gv, secs6, quic_mtu6.get());
             gso_segs2.set(segs);
             rate
@@ -436,6 +449,15 @@ fn main() {
         Better::Lower,
         move || median(&vttd.borrow()),
     );
+    // The same visitor, agent and sink with no direct path: every byte through the
+    // relay (visitor session -> relay -> the agent's data connection).
+    let (rt6, vx6) = (rt.clone(), vx.clone());
+    suite.case(
+        "visitor-over-relay",
+        "MB_per_s",
+        Better::Higher,
+        move || rt6.block_on(relay_round(&vx6, visit_bytes)),
+    );
     suite.note(format!(
         "visitor: zs xnat visit end to end (relay with the hub, agent and visitor behind easy NATs); per round a connection starts on the relay, the visitor punches (visitor-time-to-direct: classification, rendezvous, punch and QUIC handshake), then {} MiB go over the direct path to a sink; visitor-relay-bytes-per-GiB-after-upgrade: what the relay carried on visitor relay paths meanwhile (goal < 1 % = 10,737,418 bytes per GiB); visitor-over-direct: that phase's rate (migrate frames in one QUIC stream; compare with direct-quic)",
         visit_bytes >> 20
@@ -464,11 +486,26 @@ fn main() {
         "visitor-tcp-over-quic",
         "direct-quic",
     );
-    for (name, all) in totals {
+    suite.ratio(
+        "visitor_direct_vs_relayed",
+        "visitor-over-direct",
+        "visitor-over-relay",
+    );
+    suite.note(
+        "throughput, direct vs relayed vs raw: visitor-over-direct and visitor-over-relay are the same zs xnat visit connection (migrate frames) over the punched QUIC path and over the relay; direct-quic a bare quinn stream on a punched path; direct-raw-udp-gso the raw UDP baseline (all in the same namespaces)",
+    );
+    for (name, all, every) in totals {
         let (ok, n) = *all.borrow();
+        let what = if name == "hard-hard" {
+            "time to the relay-only decision"
+        } else {
+            "time-to-direct"
+        };
         suite.note(format!(
-            "{name}: {ok}/{n} trials punched ({:.1} %)",
-            100.0 * f64::from(ok) / f64::from(n.max(1))
+            "{name}: {ok}/{n} trials punched ({:.1} %), median {what} over those {} trials {:.1} ms",
+            100.0 * f64::from(ok) / f64::from(n.max(1)),
+            every.borrow().len(),
+            median(&every.borrow())
         ));
     }
     suite.finish();
@@ -603,12 +640,9 @@ impl BlockOnSpawned for tokio::runtime::Handle {
     }
 }
 
-/// One visitor round: (relay bytes per GiB after the upgrade, MB/s over the direct
-/// path, time to direct in ms).
-async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
-    use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Start without a direct path.
+/// A new connection to the visitor's port with no direct path up (it starts on the
+/// relay).
+async fn relayed_conn(vx: &VisitorBed) -> tokio::net::TcpStream {
     let v = vx.visitor.clone();
     vx.visitor_rt
         .run(async move {
@@ -621,7 +655,15 @@ async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
         .unwrap()
         .unwrap();
     s.set_nonblocking(true).unwrap();
-    let mut s = tokio::net::TcpStream::from_std(s).unwrap();
+    tokio::net::TcpStream::from_std(s).unwrap()
+}
+
+/// One visitor round: (relay bytes per GiB after the upgrade, MB/s over the direct
+/// path, time to direct in ms).
+async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    let mut s = relayed_conn(vx).await;
     let chunk = vec![0x77u8; 64 * 1024];
     for _ in 0..16 {
         s.write_all(&chunk).await.unwrap(); // 1 MiB on the relay
@@ -640,20 +682,9 @@ async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
         .relay_path_bytes
         .load(Ordering::Relaxed);
     let t = Instant::now();
-    let mut sent = 0;
-    while sent < bytes {
-        s.write_all(&chunk).await.unwrap();
-        sent += chunk.len();
-    }
-    s.shutdown().await.unwrap();
-    let mut n = [0u8; 8];
-    s.read_exact(&mut n).await.unwrap();
+    let n = push_to_sink(&mut s, &chunk, bytes).await;
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(
-        u64::from_be_bytes(n),
-        (bytes + (1 << 20)) as u64,
-        "sink count"
-    );
+    assert_eq!(n, (bytes + (1 << 20)) as u64, "sink count");
     let after = vx
         .relay
         .visit_stats()
@@ -661,6 +692,36 @@ async fn visitor_round(vx: &VisitorBed, bytes: usize) -> (f64, f64, f64) {
         .load(Ordering::Relaxed);
     let per_gib = (after - before) as f64 * (1u64 << 30) as f64 / bytes as f64;
     (per_gib, bytes as f64 / secs / 1e6, ttd)
+}
+
+/// Writes `chunk` until `bytes` went, ends the stream and reads the sink's count.
+async fn push_to_sink(s: &mut tokio::net::TcpStream, chunk: &[u8], bytes: usize) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sent = 0;
+    while sent < bytes {
+        s.write_all(chunk).await.unwrap();
+        sent += chunk.len();
+    }
+    s.shutdown().await.unwrap();
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).await.unwrap();
+    u64::from_be_bytes(n)
+}
+
+/// One relayed round: with no direct path, `bytes` from a new visitor connection to
+/// the sink, every byte through the relay; MB/s (the sink's count over the client's
+/// time).
+async fn relay_round(vx: &VisitorBed, bytes: usize) -> f64 {
+    let mut s = relayed_conn(vx).await;
+    let chunk = vec![0x55u8; 64 * 1024];
+    let t = Instant::now();
+    let n = push_to_sink(&mut s, &chunk, bytes).await;
+    assert_eq!(n, bytes as u64, "sink count");
+    assert!(
+        !vx.visitor.is_direct(),
+        "no direct path during the relayed round"
+    );
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
 }
 
 /// Raw UDP over a punched path with GSO/GRO for `secs`: (receiver MB/s, segments per send).
@@ -725,5 +786,10 @@ fn raw_gso(a: &Punched, v: &Punched, secs: f64, size: usize) -> (f64, usize) {
         };
         let _ = state.send((&ss).into(), &t);
     }
-    (reader.join().unwrap(), segs)
+    let got = reader.join().unwrap();
+    assert!(
+        got > 0.0,
+        "raw UDP (GSO): nothing arrived over the punched path"
+    );
+    (got, segs)
 }

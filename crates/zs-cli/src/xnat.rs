@@ -41,7 +41,8 @@ source address).\n\n\
 Visitors (`zs xnat visit`): [visitor] remote_addr (the relay), relay_fingerprint, service, \
 token (proved, never sent), bind_addr (the local port), direct (true: punch a direct UDP/QUIC \
 path in the background; connections start on the relay at once and move to it and back \
-without being closed), direct_retry (s, 30; 300 after a \"relay only\" answer), \
+without being closed), port_mapping (true: ask the router for a public UDP port first; \
+PCP, NAT-PMP, UPnP-IGD), direct_retry (s, 30; 300 after a \"relay only\" answer), \
 max_connections (1024). The relay hosts the punch rendezvous with [server.direct] \
 stun_bind_addr + stun_alt_ip (it answers STUN on two addresses) or stun_addr (another RFC \
 5780 server); without [server.direct] visitors work through the relay only.\n\n\
@@ -70,6 +71,31 @@ enum Verb {
     },
     /// Run a visitor (`[visitor]` table): a local port for one mapping, through
     /// the relay at once, moved to a punched direct path when one comes up.
+    ///
+    /// Keys: remote_addr (the relay), relay_fingerprint, service, token (proved, never
+    /// sent), bind_addr (the local port), direct (true), port_mapping (true: ask the
+    /// router for a public UDP port with PCP, NAT-PMP, then UPnP-IGD), direct_retry
+    /// (s, 30), max_connections (1024). The relay needs [server.direct].
+    ///
+    /// Modes: the visitor and the agent classify their NATs against the relay's STUN
+    /// server and meet at its rendezvous, which picks one: simultaneous (both NATs keep
+    /// one port per socket, or one side is public), predicted ports (a NAT whose port
+    /// moves by a fixed step per new destination), birthday (one NAT picks random
+    /// ports: 256 sockets on that side, up to 2,048 random probes from the other), or
+    /// relay only (both pick random ports: nothing is sent). A side whose router maps a
+    /// port is public, so any pair gets a direct path then. The mode that worked for a
+    /// pair is tried first next time. Direct paths are QUIC with both keys pinned.
+    ///
+    /// Limits: two random-port NATs without a port mapping stay relayed; a dead direct
+    /// path is noticed within 3 s (bytes stall that long, then continue on the relay,
+    /// none lost); port mapping is IPv4 only; one punch per mapping at a time.
+    ///
+    /// When only the relay works, connections work exactly as before, through the
+    /// relay (none waits for a punch), at the relay's speed. The log says "no direct
+    /// path; connections go through the relay" with the reason and retry_in_s:
+    /// "relay only" (both NATs random) retries after 10 x direct_retry, anything else
+    /// after direct_retry, and at once when a router's UPnP-IGD answers after a failed
+    /// attempt (the visitor's own, or the agent's: the relay then tells the visitor).
     Visit {
         /// The TOML config file.
         #[arg(long)]

@@ -30,7 +30,18 @@ pub enum Nat {
     EndpointIndependent,
     /// `masquerade fully-random`: a new random port per destination.
     RandomPorts,
+    /// A NAT whose ports change regularly: every new UDP flow (a new destination) is
+    /// `snat`ed to the router's address with the next port of a counter
+    /// (`numgen inc`, from [`REGULAR_PORT_BASE`]), so consecutive mappings differ by
+    /// +1 whatever the destination (endpoint-dependent, delta 1: what cheap routers
+    /// with a sequential port allocator do). TCP is masqueraded.
+    RegularPorts,
 }
+
+/// First external port of a [`Nat::RegularPorts`] router.
+pub const REGULAR_PORT_BASE: u16 = 30000;
+/// Ports a [`Nat::RegularPorts`] router counts through before it wraps to the first.
+pub const REGULAR_PORTS: u16 = 4096;
 
 /// The first server address in the public namespace (STUN primary, relay).
 pub const PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
@@ -284,16 +295,30 @@ impl Lab {
             "-qw",
             "net.ipv4.ip_forward=1",
         ])?;
-        let flags = match nat {
+        // NAT rules are evaluated for the first packet of a flow only, so the
+        // counter of `RegularPorts` moves once per new mapping.
+        let rules = match nat {
             Nat::None => None,
-            Nat::EndpointIndependent => Some(""),
-            Nat::RandomPorts => Some("fully-random"),
+            Nat::EndpointIndependent => Some(format!("oifname \"{ro}\" masquerade")),
+            Nat::RandomPorts => Some(format!("oifname \"{ro}\" masquerade fully-random")),
+            Nat::RegularPorts => {
+                // `numgen inc mod N offset BASE` straight into the port would be
+                // loaded in host byte order by nft 1.0.6 (seen: +256 per flow from
+                // 12405), so the counter indexes a map of ports instead.
+                let ports: Vec<String> = (0..REGULAR_PORTS)
+                    .map(|k| format!("{k} : {}", REGULAR_PORT_BASE + k))
+                    .collect();
+                Some(format!(
+                    "oifname \"{ro}\" meta l4proto udp snat to {rout} : numgen inc mod {REGULAR_PORTS} map {{ {} }}\n  oifname \"{ro}\" masquerade",
+                    ports.join(", ")
+                ))
+            }
         };
-        match flags {
-            Some(f) => run_stdin(
+        match rules {
+            Some(rules) => run_stdin(
                 &["ip", "netns", "exec", r, "nft", "-f", "-"],
                 &format!(
-                    "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  oifname \"{ro}\" masquerade {f}\n }}\n}}\n"
+                    "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  {rules}\n }}\n}}\n"
                 ),
             )?,
             None => run(&[

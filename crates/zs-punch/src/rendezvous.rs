@@ -383,6 +383,8 @@ pub struct ModeStats {
     pub failed: u32,
     /// Attempt number of the last success (higher is more recent).
     pub last_ok: u64,
+    /// Attempt number of the last failure.
+    pub last_failed: u64,
 }
 
 type PairId = ([u8; 32], [u8; 32]);
@@ -450,14 +452,16 @@ impl Hub {
         self.lock().waiting.len()
     }
 
-    /// The mode to try for a pair: the candidate that last succeeded, else the first
-    /// candidate not yet failed more often than it succeeded, else the first.
+    /// The mode to try for a pair: the candidate that last succeeded (unless it has
+    /// failed since), else the first candidate not yet failed more often than it
+    /// succeeded, else the first. So a mode that worked once and then stops working
+    /// (the NAT changed) is tried again once, not first forever.
     fn choose(&self, st: &State, id: &PairId, cands: &[Mode]) -> Mode {
         if let Some(h) = st.memory.get(id) {
             if let Some((m, _)) = cands
                 .iter()
                 .filter_map(|m| h.get(m).map(|s| (*m, *s)))
-                .filter(|(_, s)| s.ok > 0)
+                .filter(|(_, s)| s.ok > 0 && s.last_ok > s.last_failed)
                 .max_by_key(|(_, s)| s.last_ok)
             {
                 return m;
@@ -488,6 +492,7 @@ impl Hub {
             s.last_ok = attempt;
         } else {
             s.failed += 1;
+            s.last_failed = attempt;
         }
     }
 
@@ -812,50 +817,90 @@ mod tests {
     /// Birthday comes first for that pair.
     #[tokio::test]
     async fn pairs_and_remembers_what_worked() {
-        let hub = Hub::new(HubConfig::default());
-        let easy = nat(Mapping::EndpointIndependent, PortPattern::Stable, 40000);
-        let reg = nat(
-            Mapping::AddressAndPortDependent,
-            PortPattern::Regular(1),
-            5000,
-        );
+        let (hub, easy, reg) = easy_and_regular();
         let mut modes = Vec::new();
         for (round, ok) in [(0, false), (1, true), (2, true)] {
-            let h2 = Arc::clone(&hub);
-            let ag = tokio::spawn(async move { hello(&h2, Side::Agent, 1, easy).await });
-            while hub.waiting() == 0 {
-                tokio::task::yield_now().await;
-            }
-            let (pv, mut v) = hello(&hub, Side::Visitor, 2, reg).await;
-            let (pa, mut a) = ag.await.unwrap();
+            let (pa, pv) = play(&hub, easy, reg, round, ok).await;
             assert_eq!(pa.nonce, pv.nonce);
             assert_eq!(pa.peer, reg);
             assert_eq!(pv.peer, easy);
             assert_eq!(pa.peer_fingerprint, [2; 32]);
             assert_eq!((pa.role, pv.role), (Role::Spray, Role::Listen));
             modes.push(pa.mode);
-            let o = Outcome {
-                attempt: pa.attempt,
-                ok,
-                elapsed_ms: round,
-            };
-            report(&mut a, o).await.unwrap();
-            report(&mut v, o).await.unwrap();
-            // Wait until the hub has recorded it.
-            let mut n = 0;
-            while hub
-                .history([1; 32], [2; 32])
-                .iter()
-                .map(|(_, s)| s.ok + s.failed)
-                .sum::<u32>()
-                < round + 1
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                n += 1;
-                assert!(n < 400, "hub did not record the result");
-            }
         }
         assert_eq!(modes, vec![Mode::Predict, Mode::Birthday, Mode::Birthday]);
+    }
+
+    /// A hub, an easy NAT and one with regular ports (+1).
+    fn easy_and_regular() -> (Arc<Hub>, NatInfo, NatInfo) {
+        let easy = nat(Mapping::EndpointIndependent, PortPattern::Stable, 40000);
+        let reg = nat(
+            Mapping::AddressAndPortDependent,
+            PortPattern::Regular(1),
+            5000,
+        );
+        (Hub::new(HubConfig::default()), easy, reg)
+    }
+
+    /// One rendezvous of agent 1 (`agent`) and visitor 2 (`visitor`) whose outcome
+    /// both report as `ok`; returns once the hub recorded it (its `round + 1`-th for
+    /// the pair): the agent's and the visitor's plans.
+    async fn play(
+        hub: &Arc<Hub>,
+        agent: NatInfo,
+        visitor: NatInfo,
+        round: u32,
+        ok: bool,
+    ) -> (Plan, Plan) {
+        let h2 = Arc::clone(hub);
+        let ag = tokio::spawn(async move { hello(&h2, Side::Agent, 1, agent).await });
+        while hub.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let (pv, mut v) = hello(hub, Side::Visitor, 2, visitor).await;
+        let (pa, mut a) = ag.await.unwrap();
+        let o = Outcome {
+            attempt: pa.attempt,
+            ok,
+            elapsed_ms: round,
+        };
+        report(&mut a, o).await.unwrap();
+        report(&mut v, o).await.unwrap();
+        let mut n = 0;
+        while hub
+            .history([1; 32], [2; 32])
+            .iter()
+            .map(|(_, s)| s.ok + s.failed)
+            .sum::<u32>()
+            < round + 1
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            n += 1;
+            assert!(n < 400, "hub did not record the result");
+        }
+        (pa, pv)
+    }
+
+    /// A mode that worked and then stops working is not tried first forever: after
+    /// Predict succeeded once and failed twice, Birthday comes first; once Birthday
+    /// worked, it stays first.
+    #[tokio::test]
+    async fn a_mode_that_stops_working_is_left() {
+        let (hub, easy, reg) = easy_and_regular();
+        let mut modes = Vec::new();
+        for (round, ok) in [(0, true), (1, false), (2, false), (3, true), (4, true)] {
+            modes.push(play(&hub, easy, reg, round, ok).await.0.mode);
+        }
+        assert_eq!(
+            modes,
+            vec![
+                Mode::Predict,
+                Mode::Predict,
+                Mode::Predict,
+                Mode::Birthday,
+                Mode::Birthday
+            ]
+        );
     }
 
     /// Attack: two agents for one pair (the second is refused, the first keeps waiting),

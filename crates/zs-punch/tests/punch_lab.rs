@@ -1,6 +1,7 @@
-//! Punching in the namespace test bed: easy/easy and easy/hard succeed; hard/hard with
-//! random ports is declined at once (relay only), and a forced birthday attempt on it
-//! fails within its bounds.
+//! Punching in the namespace test bed: easy/easy and easy/hard succeed; NATs with
+//! regular port changes punch by prediction (easy/regular and regular/regular);
+//! hard/hard with random ports is declined at once (relay only), and a forced
+//! birthday attempt on it fails within its bounds.
 #![cfg(target_os = "linux")] // the test bed is Linux network namespaces
 
 use std::net::{IpAddr, SocketAddr};
@@ -199,6 +200,41 @@ async fn hard_hard_random_falls_back_within_bounds() {
             other => panic!("hard/hard birthday should fail: {other:?}"),
         }
     }
+}
+
+/// A NAT whose ports change regularly (`Nat::RegularPorts`: every new UDP flow gets
+/// the next port of a counter): the classifier sees delta +1, and the predicted-port
+/// modes get a direct path: easy/regular by `Predict` (the regular side primes its
+/// next mapping, the easy side probes the predicted ports), regular/regular by
+/// `PredictBoth` (both prime and probe their k-th predicted ports). The paths carry
+/// datagrams both ways; the regular side is reached on a port it never showed STUN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regular_port_nats_punch_by_prediction() {
+    use zs_punch::stun::PortPattern;
+    let Some(mut lab) = lab_or_skip() else { return };
+    let easy = lab.add_site(Nat::EndpointIndependent).unwrap();
+    let reg_a = lab.add_site(Nat::RegularPorts).unwrap();
+    let reg_v = lab.add_site(Nat::RegularPorts).unwrap();
+    let bed = make_bed(lab, HubConfig::default());
+    // easy (agent) / regular (visitor).
+    let (ra, rv) = pair(&bed, &easy, &reg_v, PunchConfig::default()).await;
+    assert_eq!(rv.nat.ports, PortPattern::Regular(1), "{:?}", rv.nat);
+    assert_eq!(ra.plan.mode, Mode::Predict);
+    check_path(&ra, &rv);
+    check_path(&rv, &ra);
+    let seen: Vec<u16> = rv.nat.samples.iter().map(|s| s.1.port()).collect();
+    let reached = ra.path.as_ref().unwrap().peer;
+    assert_eq!(reached.ip(), reg_v.public_ip);
+    assert!(
+        !seen.contains(&reached.port()),
+        "reached {reached} on a predicted port, STUN saw {seen:?}"
+    );
+    // regular (agent) / regular (visitor): both predicted.
+    let (ra, rv) = pair(&bed, &reg_a, &reg_v, PunchConfig::default()).await;
+    assert_eq!(ra.nat.ports, PortPattern::Regular(1), "{:?}", ra.nat);
+    assert_eq!(ra.plan.mode, Mode::PredictBoth);
+    check_path(&ra, &rv);
+    check_path(&rv, &ra);
 }
 
 /// Step 4 end to end: a visitor's local TCP port (in the visitor's namespace, behind a

@@ -18,7 +18,10 @@
 //!   their secure sessions, classify their NATs against the relay's STUN server,
 //!   punch, and the visitor connects QUIC with both keys pinned (fingerprints
 //!   exchanged through the hub). A failed attempt is retried after `direct_retry`
-//!   (a "relay only" answer after ten times that).
+//!   (a "relay only" answer after ten times that), or at once when a router's
+//!   UPnP-IGD answered after the attempt: the visitor's own (it sees it), or the
+//!   agent's (the agent announces it with a `Mapped` session, and the relay sends
+//!   `Again` on the wait session the visitor holds after a failed attempt).
 //! - The relay learns nothing new: it checks the visitor's token proof (HMAC over the
 //!   session's channel binding, never the token) exactly as it checks agents'.
 //!
@@ -87,6 +90,16 @@ const AGENT_DIRECT: usize = 64;
 const ATTACH_WAIT: Duration = Duration::from_secs(2);
 /// Timeout of each step of a visitor's relay session.
 const STEP: Duration = Duration::from_secs(5);
+/// Visitors waiting for [`VisitMsg::Again`] on a relay at once.
+const MAX_WAITERS: usize = 1024;
+/// Longest a relay keeps a visitor's [`Purpose::Wait`] session.
+const WAIT_MAX: Duration = Duration::from_secs(3600);
+/// How long an agent watches for its router's UPnP-IGD search to end after an attempt
+/// without a port mapping (the search is bounded by its wait + one HTTP timeout, 3 s).
+const AGENT_IGD_WATCH: Duration = Duration::from_secs(6);
+/// Least time between two attempts of a visitor with one agent when an
+/// [`VisitMsg::Again`] asks for the second (a token holder cannot make visitors loop).
+const AGAIN_MIN_GAP: Duration = Duration::from_secs(2);
 
 /// What a visitor connection to the relay is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +110,14 @@ pub enum Purpose {
     Attach,
     /// A rendezvous (punch) session.
     Punch,
+    /// After a failed punch: wait for [`VisitMsg::Again`] (an agent's router mapped a
+    /// port meanwhile), so that the visitor punches again at once.
+    Wait,
+    /// From an agent (it proves the mapping's token like a visitor): its router's
+    /// UPnP-IGD answered after a failed attempt, so the next one gets a mapped,
+    /// public port; the relay sends [`VisitMsg::Again`] to the visitors waiting on the
+    /// mapping.
+    Mapped,
 }
 
 impl Purpose {
@@ -105,6 +126,8 @@ impl Purpose {
             Purpose::Open => 1,
             Purpose::Attach => 2,
             Purpose::Punch => 3,
+            Purpose::Wait => 4,
+            Purpose::Mapped => 5,
         }
     }
     fn from_code(c: u8) -> Option<Purpose> {
@@ -112,6 +135,8 @@ impl Purpose {
             1 => Purpose::Open,
             2 => Purpose::Attach,
             3 => Purpose::Punch,
+            4 => Purpose::Wait,
+            5 => Purpose::Mapped,
             _ => return None,
         })
     }
@@ -171,6 +196,9 @@ pub enum VisitMsg {
         /// From [`VisitMsg::PunchRequest`].
         ticket: [u8; 16],
     },
+    /// relay → visitor on a [`Purpose::Wait`] session: an agent of the mapping can
+    /// now be reached at a mapped port; punch again now. The relay closes after it.
+    Again,
 }
 
 /// A malformed visitor message.
@@ -284,6 +312,7 @@ impl VisitMsg {
                 o.push(6);
                 o.extend_from_slice(ticket);
             }
+            VisitMsg::Again => o.push(7),
         }
         o
     }
@@ -321,6 +350,7 @@ impl VisitMsg {
                 stun: r.addr()?,
             },
             6 => VisitMsg::Join { ticket: r.arr()? },
+            7 => VisitMsg::Again,
             _ => return Err(VisitError("type")),
         };
         if !r.0.is_empty() {
@@ -359,6 +389,40 @@ pub fn visit_proof(
     let mut out = [0u8; PROOF_LEN];
     out.copy_from_slice(ctx.sign().as_ref());
     out
+}
+
+/// Sends `Hello` (with the token proof for this session) and reads the relay's answer:
+/// the `Ok`'s STUN server and agent, or the refusal as an error.
+async fn hello(
+    conn: &mut SecureConn,
+    token: &str,
+    purpose: Purpose,
+    service: &str,
+    id: [u8; CONN_ID_LEN],
+    want: u64,
+) -> io::Result<(SocketAddr, u64)> {
+    let proof = visit_proof(token, &conn.channel_binding(), purpose, &id, service);
+    let hello = VisitMsg::Hello {
+        purpose,
+        service: service.to_string(),
+        conn: id,
+        proof,
+        agent: want,
+    };
+    conn.send(&hello.to_msg()).await?;
+    let m = tokio::time::timeout(STEP, conn.recv())
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the relay"))??;
+    let Msg::Visit { body } = m else {
+        return Err(io::Error::other("unexpected answer from the relay"));
+    };
+    match VisitMsg::decode(&body).map_err(io::Error::other)? {
+        VisitMsg::Ok { stun, agent } => Ok((stun, agent)),
+        VisitMsg::Refused { reason } => {
+            Err(io::Error::other(format!("the relay refused: {reason}")))
+        }
+        _ => Err(io::Error::other("unexpected answer from the relay")),
+    }
 }
 
 /// A secure connection as a byte stream (for the hub and the migrate driver): two
@@ -520,6 +584,57 @@ pub struct RelayVisitStats {
     pub rendezvous: AtomicU64,
     /// Visitor sessions refused (token, unknown mapping, limits, direct off).
     pub refused: AtomicU64,
+    /// Visitors waiting now for an agent's router to map a port ([`Purpose::Wait`]).
+    pub waiting: AtomicU64,
+    /// [`VisitMsg::Again`] sent to waiting visitors (after a [`Purpose::Mapped`]).
+    pub again: AtomicU64,
+}
+
+/// Visitors waiting for [`VisitMsg::Again`], by a relay-local id (at most
+/// [`MAX_WAITERS`]).
+#[derive(Default)]
+struct Waiters {
+    next: u64,
+    by_id: HashMap<u64, (String, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Waiters {
+    /// Registers a waiter on `service`; `None` when [`MAX_WAITERS`] wait already.
+    fn add(&mut self, service: &str) -> Option<(u64, tokio::sync::oneshot::Receiver<()>)> {
+        if self.by_id.len() >= MAX_WAITERS {
+            return None;
+        }
+        self.next += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.by_id.insert(self.next, (service.to_string(), tx));
+        Some((self.next, rx))
+    }
+
+    /// Wakes (and forgets) every waiter on `service`; how many.
+    fn wake(&mut self, service: &str) -> usize {
+        let ids: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, (s, _))| s == service)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut n = 0;
+        for id in ids {
+            if let Some((_, tx)) = self.by_id.remove(&id) {
+                n += usize::from(tx.send(()).is_ok());
+            }
+        }
+        n
+    }
+}
+
+/// Removes a waiter when its session ends, however it ends.
+struct WaiterGuard<'a>(&'a RelayVisit, u64);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.lock().expect("visit").by_id.remove(&self.1);
+    }
 }
 
 struct DirectOn {
@@ -533,6 +648,7 @@ struct DirectOn {
 pub(crate) struct RelayVisit {
     direct: Mutex<Option<Arc<DirectOn>>>,
     tickets: Mutex<HashMap<[u8; 16], (String, Instant)>>,
+    waiters: Mutex<Waiters>,
     pub(crate) stats: RelayVisitStats,
 }
 
@@ -577,6 +693,45 @@ impl Drop for DirectOn {
     }
 }
 
+/// A visitor's [`Purpose::Wait`] session: registered (or refused at [`MAX_WAITERS`]),
+/// answered `Ok`, then [`VisitMsg::Again`] when an agent of `service` announces a
+/// mapped port; it ends without one when the visitor closes (or sends anything) or
+/// after [`WAIT_MAX`].
+async fn relay_wait(vs: &RelayVisit, mut conn: SecureConn, service: &str, agent: u64) {
+    let added = vs.waiters.lock().expect("visit").add(service);
+    let Some((id, rx)) = added else {
+        let n = inc(&vs.stats.refused);
+        warn!(%service, visitors_refused = n, "xnat relay: visitor refused (too many visitors waiting)");
+        let _ = conn
+            .send(
+                &VisitMsg::Refused {
+                    reason: "too many visitors waiting".into(),
+                }
+                .to_msg(),
+            )
+            .await;
+        return;
+    };
+    let _guard = WaiterGuard(vs, id);
+    let ok = VisitMsg::Ok {
+        stun: SocketAddr::from(([0, 0, 0, 0], 0)),
+        agent,
+    };
+    if conn.send(&ok.to_msg()).await.is_err() {
+        return;
+    }
+    inc(&vs.stats.waiting);
+    let _w = Dec(&vs.stats.waiting);
+    let again = tokio::select! {
+        r = rx => r.is_ok(),
+        _ = conn.recv() => false,
+        _ = tokio::time::sleep(WAIT_MAX) => false,
+    };
+    if again {
+        let _ = conn.send(&VisitMsg::Again.to_msg()).await;
+    }
+}
+
 /// A relay connection whose first message is [`Msg::Visit`].
 pub(crate) async fn relay_conn(
     relay: &Relay,
@@ -617,16 +772,34 @@ pub(crate) async fn relay_conn(
                 let _ = conn.send(&refuse("wrong token")).await;
                 return;
             }
-            if purpose == Purpose::Punch {
-                let on = vs.direct.lock().expect("visit").clone();
-                let Some(on) = on else {
-                    let _ = conn
-                        .send(&refuse(
-                            "direct paths are off on this relay ([server.direct])",
-                        ))
-                        .await;
-                    return;
+            let direct = matches!(purpose, Purpose::Punch | Purpose::Wait | Purpose::Mapped);
+            let on = vs.direct.lock().expect("visit").clone();
+            if direct && on.is_none() {
+                let _ = conn
+                    .send(&refuse(
+                        "direct paths are off on this relay ([server.direct])",
+                    ))
+                    .await;
+                return;
+            }
+            if purpose == Purpose::Mapped {
+                // An agent's router mapped a port after a failed attempt: the
+                // visitors waiting on the mapping punch again.
+                let n = vs.waiters.lock().expect("visit").wake(&service);
+                vs.stats.again.fetch_add(n as u64, Ordering::Relaxed);
+                info!(%service, %peer, woken = n, "xnat relay: an agent's router mapped a port; waiting visitors punch again");
+                let ok = VisitMsg::Ok {
+                    stun: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    agent: 0,
                 };
+                let _ = conn.send(&ok.to_msg()).await;
+                return;
+            }
+            if purpose == Purpose::Wait {
+                relay_wait(vs, conn, &service, want_agent).await;
+                return;
+            }
+            if let (Purpose::Punch, Some(on)) = (purpose, on) {
                 let ticket: [u8; 16] = random();
                 let full = {
                     let mut t = vs.tickets.lock().expect("visit");
@@ -835,11 +1008,17 @@ pub struct AgentVisitStats {
     pub punches: AtomicU64,
     /// Direct (QUIC) sessions established.
     pub direct_up: AtomicU64,
+    /// Failed attempts after which the router's UPnP-IGD answered (its search ran
+    /// past the attempt): announced to the relay ([`Purpose::Mapped`]) so that the
+    /// waiting visitors punch again, now with a mapped, public port on this side.
+    pub mapped_late: AtomicU64,
 }
 
 /// The agent's visitor state (one per agent).
 pub(crate) struct AgentVisit {
     conns: Mutex<HashMap<[u8; CONN_ID_LEN], PathTx>>,
+    /// Services whose failed attempt waits for the router's IGD search (one watch each).
+    watching: Mutex<std::collections::HashSet<String>>,
     identity: Option<Arc<Identity>>,
     punching: Arc<tokio::sync::Semaphore>,
     direct: Arc<tokio::sync::Semaphore>,
@@ -850,6 +1029,7 @@ impl Default for AgentVisit {
     fn default() -> Self {
         AgentVisit {
             conns: Mutex::default(),
+            watching: Mutex::default(),
             identity: Identity::generate().ok().map(Arc::new),
             punching: Arc::new(tokio::sync::Semaphore::new(AGENT_PUNCHES)),
             direct: Arc::new(tokio::sync::Semaphore::new(AGENT_DIRECT)),
@@ -991,6 +1171,7 @@ async fn agent_punch(
         .map_err(|e| e.to_string())?;
     let mut stream = secure_stream(conn);
     let (sock, factory) = punch_socket(stun)?;
+    let igd_before = igd_state();
     let a = zs_punch::peer::Attempt {
         side: PunchSide::Agent,
         pair_key: pair_key(service, &svc.token),
@@ -1000,10 +1181,19 @@ async fn agent_punch(
         classify: Default::default(),
         port_mapping: Some(Default::default()),
     };
-    let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory)
-        .await
-        .map_err(|e| e.to_string())?;
+    let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory).await;
     drop(permit);
+    // No direct path and no port mapping while the router's UPnP-IGD search was still
+    // running: if it finds the IGD, the next attempt is public; say so (the visitor
+    // would otherwise wait for its `direct_retry`, x10 after "relay only").
+    let unmapped = res.as_ref().map_or(true, |r| r.mapping.is_none());
+    let failed = res.as_ref().map_or(true, |r| r.path.is_err());
+    if failed && unmapped && igd_before != Some(true) {
+        let (agent, relay, service) = (agent.clone(), relay_addr.to_string(), service.to_string());
+        let token = svc.token.clone();
+        tokio::spawn(async move { agent_watch_igd(&agent, &relay, &service, &token).await });
+    }
+    let res = res.map_err(|e| e.to_string())?;
     // The router's port mapping (if any) lives as long as the direct path.
     let lease = res.mapping;
     let punched = res.path.map_err(|e| e.to_string())?;
@@ -1045,6 +1235,53 @@ async fn agent_punch(
     Ok(())
 }
 
+/// After an attempt of `service` that failed without a port mapping: waits (at most
+/// [`AGENT_IGD_WATCH`]) for the router's UPnP-IGD search that attempt started; when
+/// it found the IGD, tells the relay ([`Purpose::Mapped`], proving the service's
+/// token) so that visitors waiting on the mapping punch again at once. The next
+/// attempt maps through the remembered IGD without a search (`portmap::map_udp_now`).
+async fn agent_watch_igd(agent: &crate::Agent, relay_addr: &str, service: &str, token: &str) {
+    let vs = agent.visit_side();
+    if !vs
+        .watching
+        .lock()
+        .expect("visit")
+        .insert(service.to_string())
+    {
+        return; // this service's watch runs already
+    }
+    let end = Instant::now() + AGENT_IGD_WATCH;
+    let found = loop {
+        match igd_state() {
+            Some(k) => break k,
+            None if Instant::now() >= end => break false,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    vs.watching.lock().expect("visit").remove(service);
+    if !found {
+        return;
+    }
+    let n = inc(&vs.stats.mapped_late);
+    info!(%service, mapped_late = n, "xnat agent: the router's UPnP-IGD answered after the attempt; asking the visitors to punch again");
+    let r = async {
+        let mut conn = agent.connect(relay_addr).await?;
+        hello(
+            &mut conn,
+            token,
+            Purpose::Mapped,
+            service,
+            [0; CONN_ID_LEN],
+            0,
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = r {
+        info!(%service, error = %e, "xnat agent: could not announce the mapped port");
+    }
+}
+
 /// QUIC limits of direct paths: a short idle timeout so that a dead path is left for
 /// the relay within seconds.
 fn limits() -> QuicLimits {
@@ -1060,9 +1297,14 @@ type Factory = Arc<zs_punch::punch::SocketFactory>;
 /// Whether a port-mapping search of an earlier attempt found the default gateway's
 /// UPnP-IGD (then the next attempt maps through it at once).
 fn igd_known() -> bool {
-    zs_punch::portmap::default_gateway().is_some_and(|g| {
-        zs_punch::portmap::igd_known(g, zs_punch::portmap::upnp::SSDP) == Some(true)
-    })
+    igd_state() == Some(true)
+}
+
+/// What the port-mapping searches learned about the default gateway's UPnP-IGD:
+/// found, none, or nothing yet (no search, or one still running).
+fn igd_state() -> Option<bool> {
+    zs_punch::portmap::default_gateway()
+        .and_then(|g| zs_punch::portmap::igd_known(g, zs_punch::portmap::upnp::SSDP))
 }
 
 /// A UDP socket for punching (on the address that routes towards `stun`) and a
@@ -1253,6 +1495,21 @@ pub struct VisitorStats {
     pub direct_lost: AtomicU64,
     /// Relay paths that could not be opened.
     pub relay_failures: AtomicU64,
+    /// [`VisitMsg::Again`] received on a wait session (an agent's router mapped a
+    /// port after a failed attempt).
+    pub again: AtomicU64,
+}
+
+/// A failed attempt in the visitor's direct loop.
+struct Backoff {
+    /// When to try again anyway.
+    until: Instant,
+    /// Whether our router's IGD was known after it.
+    had_igd: bool,
+    /// When it started.
+    tried: Instant,
+    /// Its wait session's task.
+    wait: tokio::task::AbortHandle,
 }
 
 struct Live {
@@ -1274,6 +1531,8 @@ struct VInner {
     stats: VisitorStats,
     slots: Arc<tokio::sync::Semaphore>,
     lost: tokio::sync::Notify,
+    /// Keys of the direct loop's failed attempts whose wait session got `Again`.
+    again: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// A visitor on a runtime of its own (for programs without tokio, e.g. through the
@@ -1320,6 +1579,8 @@ pub struct PunchFailed {
     pub reason: String,
     /// The rendezvous expects no direct path for this NAT pair (both hard).
     pub relay_only: bool,
+    /// The relay's id of the agent asked (0 when the relay was not reached).
+    pub agent: u64,
 }
 
 impl std::fmt::Display for PunchFailed {
@@ -1351,6 +1612,7 @@ impl Visitor {
                 stats: VisitorStats::default(),
                 slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
                 lost: tokio::sync::Notify::new(),
+                again: Mutex::default(),
                 cfg,
             }),
         })
@@ -1524,64 +1786,106 @@ impl Visitor {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         let mut conn = SecureConn::connect(tcp, self.inner.crypto.clone(), STEP).await?;
-        let proof = visit_proof(&c.token, &conn.channel_binding(), purpose, &id, &c.service);
-        let hello = VisitMsg::Hello {
-            purpose,
-            service: c.service.clone(),
-            conn: id,
-            proof,
-            agent: want,
-        };
-        conn.send(&hello.to_msg()).await?;
-        let m = tokio::time::timeout(STEP, conn.recv())
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the relay"))??;
-        let Msg::Visit { body } = m else {
-            return Err(io::Error::other("unexpected answer from the relay"));
-        };
-        match VisitMsg::decode(&body).map_err(io::Error::other)? {
-            VisitMsg::Ok { stun, agent } => Ok((conn, stun, agent)),
-            VisitMsg::Refused { reason } => {
-                Err(io::Error::other(format!("the relay refused: {reason}")))
-            }
-            _ => Err(io::Error::other("unexpected answer from the relay")),
-        }
+        let (stun, agent) = hello(&mut conn, &c.token, purpose, &c.service, id, want).await?;
+        Ok((conn, stun, agent))
     }
 
     /// Keeps a direct path to every agent that holds a live connection (and, with
     /// none, to any agent so that new connections start direct): punches each one
     /// missing, one at a time (the hub pairs by mapping), again after `direct_retry`
-    /// when it failed (ten times that after a "relay only" answer).
+    /// when it failed (ten times that after a "relay only" answer), or at once when
+    /// a router's UPnP-IGD answered after the failed attempt: ours (seen here) or
+    /// the agent's (the relay's `Again` on a wait session opened after the failure).
     async fn direct_loop(self) {
         let retry = self.inner.cfg.direct_retry;
-        // Agent -> (when to try again, whether our router's IGD was known then).
-        let mut next: HashMap<u64, (Instant, bool)> = HashMap::new();
+        // Key (the agent asked; 0 any) -> the failed attempt's backoff.
+        let mut next: HashMap<u64, Backoff> = HashMap::new();
+        let mut waits = tokio::task::JoinSet::new();
         loop {
             let now = Instant::now();
             // An attempt does not wait for the UPnP-IGD search; an IGD it found
             // afterwards makes this side public, so try again at once (the upgrade).
             let igd = self.inner.cfg.port_mapping && igd_known();
-            next.retain(|agent, (t, had)| {
-                let upgrade = igd && !*had;
+            let mut again = std::mem::take(&mut *self.inner.again.lock().expect("visitor"));
+            next.retain(|key, b| {
+                let upgrade = igd && !b.had_igd;
                 if upgrade {
-                    info!(agent, "xnat visitor: the router's UPnP-IGD answered after the attempt; punching again with a mapped port");
+                    info!(agent = key, "xnat visitor: the router's UPnP-IGD answered after the attempt; punching again with a mapped port");
                 }
-                *t > now && !upgrade
+                // The agent's router mapped a port: at once, but not more often than
+                // AGAIN_MIN_GAP (the flag stays until then).
+                let woken = again.contains(key) && now >= b.tried + AGAIN_MIN_GAP;
+                if woken {
+                    again.remove(key);
+                    info!(agent = key, "xnat visitor: the agent's router mapped a port after the attempt; punching again");
+                }
+                let keep = b.until > now && !upgrade && !woken;
+                if !keep {
+                    b.wait.abort();
+                    again.remove(key);
+                }
+                keep
             });
+            self.inner.again.lock().expect("visitor").extend(again);
+            while waits.try_join_next().is_some() {}
             for want in self.punch_targets() {
                 if next.contains_key(&want) {
                     continue;
                 }
+                let tried = Instant::now();
                 if let Err(e) = self.punch_agent(want).await {
                     let wait = if e.relay_only { retry * 10 } else { retry };
                     info!(error = %e.reason, agent = want, retry_in_s = wait.as_secs(), "xnat visitor: no direct path; connections go through the relay");
-                    let had = self.inner.cfg.port_mapping && igd_known();
-                    next.insert(want, (Instant::now() + wait, had));
+                    let until = Instant::now() + wait;
+                    let w = waits.spawn(self.clone().wait_again(want, e.agent, until));
+                    next.insert(
+                        want,
+                        Backoff {
+                            until,
+                            had_igd: self.inner.cfg.port_mapping && igd_known(),
+                            tried,
+                            wait: w,
+                        },
+                    );
                 }
             }
-            // New connections (of another agent) or a lost path wake us early.
+            // New connections (of another agent), a lost path or an `Again` wake us
+            // early.
             let _ =
                 tokio::time::timeout(Duration::from_millis(500), self.inner.lost.notified()).await;
+        }
+    }
+
+    /// After a failed attempt (loop key `key`, agent `agent`): holds a wait session
+    /// with the relay until `until`; an `Again` on it (the agent's router mapped a
+    /// port) flags `key` for the loop and wakes it. A session the relay ends without
+    /// one is opened again if it lasted a minute at least (else we stop waiting: the
+    /// loop's timer still retries).
+    async fn wait_again(self, key: u64, agent: u64, until: Instant) {
+        loop {
+            let opened = Instant::now();
+            if opened >= until {
+                return;
+            }
+            let mut conn = match self.session(Purpose::Wait, [0; CONN_ID_LEN], agent).await {
+                Ok((conn, _, _)) => conn,
+                Err(e) => {
+                    debug!(error = %e, "xnat visitor: no wait session (the relay does not offer one)");
+                    return;
+                }
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, conn.recv()).await {
+                Ok(Ok(Msg::Visit { body })) if VisitMsg::decode(&body) == Ok(VisitMsg::Again) => {
+                    inc(&self.inner.stats.again);
+                    self.inner.again.lock().expect("visitor").insert(key);
+                    self.inner.lost.notify_waiters();
+                    return;
+                }
+                Err(_) => return, // the loop's own retry time came
+                _ if opened.elapsed() < Duration::from_secs(60) => return,
+                _ => {}
+            }
         }
     }
 
@@ -1662,7 +1966,11 @@ impl Visitor {
         let (qc, agent) = self
             .punch_once(want)
             .await
-            .map_err(|(reason, relay_only)| PunchFailed { reason, relay_only })?;
+            .map_err(|(reason, relay_only, agent)| PunchFailed {
+                reason,
+                relay_only,
+                agent,
+            })?;
         let me = self.clone();
         tokio::spawn(async move {
             let reason = qc.closed().await;
@@ -1682,15 +1990,15 @@ impl Visitor {
         Ok(agent)
     }
 
-    async fn punch_once(&self, want: u64) -> Result<(quinn::Connection, u64), (String, bool)> {
+    async fn punch_once(&self, want: u64) -> Result<(quinn::Connection, u64), (String, bool, u64)> {
         inc(&self.inner.stats.punch_attempts);
         let c = &self.inner.cfg;
         let (conn, stun, agent) = self
             .session(Purpose::Punch, [0; CONN_ID_LEN], want)
             .await
-            .map_err(|e| (e.to_string(), false))?;
+            .map_err(|e| (e.to_string(), false, 0))?;
         let mut stream = secure_stream(conn);
-        let (sock, factory) = punch_socket(stun).map_err(|e| (e, false))?;
+        let (sock, factory) = punch_socket(stun).map_err(|e| (e, false, agent))?;
         let a = zs_punch::peer::Attempt {
             side: PunchSide::Visitor,
             pair_key: pair_key(&c.service, &c.token),
@@ -1702,13 +2010,13 @@ impl Visitor {
         };
         let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory)
             .await
-            .map_err(|e| (e.to_string(), false))?;
+            .map_err(|e| (e.to_string(), false, agent))?;
         let lease = res.mapping;
         let punched = match res.path {
             Ok(p) => p,
             Err(e) => {
                 let relay_only = matches!(e, zs_punch::punch::PunchError::RelayOnly);
-                return Err((e.to_string(), relay_only));
+                return Err((e.to_string(), relay_only, agent));
             }
         };
         let (ep, qc) = quic::connect(
@@ -1719,7 +2027,7 @@ impl Visitor {
             limits(),
         )
         .await
-        .map_err(|e| (e.to_string(), false))?;
+        .map_err(|e| (e.to_string(), false, agent))?;
         // The endpoint lives as long as the connection.
         let qc2 = qc.clone();
         tokio::spawn(async move {
@@ -1824,14 +2132,15 @@ mod tests {
     use super::*;
 
     fn all() -> Vec<VisitMsg> {
+        let hello = |purpose, conn, proof, agent| VisitMsg::Hello {
+            purpose,
+            service: "web".into(),
+            conn,
+            proof,
+            agent,
+        };
         vec![
-            VisitMsg::Hello {
-                purpose: Purpose::Attach,
-                service: "web".into(),
-                conn: [7; 16],
-                proof: [9; 32],
-                agent: 0x0102,
-            },
+            hello(Purpose::Attach, [7; 16], [9; 32], 0x0102),
             VisitMsg::Ok {
                 stun: "198.19.0.2:3478".parse().unwrap(),
                 agent: 2,
@@ -1850,6 +2159,9 @@ mod tests {
                 stun: "198.19.0.2:3478".parse().unwrap(),
             },
             VisitMsg::Join { ticket: [4; 16] },
+            hello(Purpose::Wait, [0; 16], [5; 32], 3),
+            hello(Purpose::Mapped, [0; 16], [6; 32], 0),
+            VisitMsg::Again,
         ]
     }
 
@@ -1880,28 +2192,30 @@ mod tests {
     fn documented_bytes() {
         let doc = include_str!("../../../docs/PROTOCOL.md");
         let part = &doc[doc.find("# Part 14: XNat visitors").expect("Part 14")..];
-        let m = VisitMsg::Hello {
+        let hello = VisitMsg::Hello {
             purpose: Purpose::Open,
             service: "web".into(),
             conn: [7; 16],
             proof: [9; 32],
             agent: 0,
         };
-        let hex: String = m
-            .to_msg()
-            .to_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let fence = "```text visit-hello\n";
-        let block = &part[part.find(fence).expect("block") + fence.len()..];
-        let block = &block[..block.find("```").expect("end")];
-        let doc_hex: String = block
-            .lines()
-            .map(|l| l.split('|').next().unwrap_or(""))
-            .flat_map(|l| l.split_whitespace())
-            .collect();
-        assert_eq!(doc_hex, hex);
+        for (name, m) in [("visit-hello", hello), ("visit-again", VisitMsg::Again)] {
+            let hex: String = m
+                .to_msg()
+                .to_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let fence = format!("```text {name}\n");
+            let block = &part[part.find(&fence).expect("block") + fence.len()..];
+            let block = &block[..block.find("```").expect("end")];
+            let doc_hex: String = block
+                .lines()
+                .map(|l| l.split('|').next().unwrap_or(""))
+                .flat_map(|l| l.split_whitespace())
+                .collect();
+            assert_eq!(doc_hex, hex, "{name}");
+        }
     }
 
     /// A proof binds the token, the session, the purpose, the connection and the name.
@@ -1957,6 +2271,101 @@ mod tests {
         assert_eq!(e.key, "visitor.port_mapping");
         let c = VisitorConfig::parse(&format!("{ok}port_mapping = false\n"), "v.toml").unwrap();
         assert!(!c.port_mapping);
+    }
+
+    /// The relay's wait list is bounded and wakes only the service announced.
+    #[test]
+    fn waiters_are_bounded_and_woken_per_service() {
+        let mut w = Waiters::default();
+        let mut rxs = Vec::new();
+        for i in 0..MAX_WAITERS {
+            let svc = if i % 2 == 0 { "web" } else { "ssh" };
+            rxs.push((svc, w.add(svc).expect("room").1));
+        }
+        assert!(w.add("web").is_none(), "more than MAX_WAITERS waiting");
+        assert_eq!(w.wake("nope"), 0);
+        assert_eq!(w.wake("web"), MAX_WAITERS / 2);
+        assert_eq!(w.wake("web"), 0, "woken once");
+        for (svc, mut rx) in rxs {
+            assert_eq!(rx.try_recv().is_ok(), svc == "web", "{svc}");
+        }
+        assert!(w.add("web").is_some(), "room again");
+    }
+
+    /// A visitor's wait session (after a failed attempt) gets `Again` when an agent
+    /// proves the mapping's token with `Mapped`; a wrong token is refused and wakes
+    /// nobody; a relay without direct paths refuses both.
+    #[tokio::test]
+    async fn a_mapped_announcement_wakes_the_waiting_visitor() {
+        let dir = tempfile::tempdir().unwrap();
+        let rcfg = crate::Config::parse(
+            "[server]\nbind_addr = \"127.0.0.1:0\"\n[server.services.web]\ntoken = \"t0ken\"\nbind_addr = \"127.0.0.1:0\"\n",
+            "relay.toml",
+            dir.path(),
+        )
+        .unwrap()
+        .server
+        .unwrap();
+        let relay = Relay::bind(rcfg).await.unwrap();
+        tokio::spawn(relay.clone().run());
+        let (addr, fp) = (relay.local_addr(), relay.fingerprint());
+        let announce = |token: &'static str| async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let crypto = Arc::new(CryptoClient::pinned(fp));
+            let mut conn = SecureConn::connect(tcp, crypto, STEP).await.unwrap();
+            hello(
+                &mut conn,
+                token,
+                Purpose::Mapped,
+                "web",
+                [0; CONN_ID_LEN],
+                0,
+            )
+            .await
+        };
+        let cfg = VisitorConfig::parse(
+            &format!("[visitor]\nremote_addr = \"{addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"web\"\ntoken = \"t0ken\"\nbind_addr = \"127.0.0.1:0\"\n"),
+            "v.toml",
+        )
+        .unwrap();
+        let v = Visitor::bind(cfg).await.unwrap();
+        let far = Instant::now() + Duration::from_secs(600);
+        // Direct paths off: no wait session, no announcement.
+        let e = announce("t0ken").await.unwrap_err();
+        assert!(e.to_string().contains("direct paths are off"), "{e}");
+        tokio::time::timeout(Duration::from_secs(10), v.clone().wait_again(7, 0, far))
+            .await
+            .expect("a refused wait session ends at once");
+        relay
+            .enable_direct(&DirectServerConfig {
+                stun_bind_addr: None,
+                stun_alt_ip: None,
+                stun_addr: "127.0.0.1:3478".parse().unwrap(),
+            })
+            .unwrap();
+        let waiting = tokio::spawn(v.clone().wait_again(7, 0, far));
+        let t = Instant::now();
+        while relay.visit_stats().waiting.load(Ordering::Relaxed) != 1 {
+            assert!(t.elapsed() < Duration::from_secs(10), "never waiting");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let e = announce("wrong").await.unwrap_err();
+        assert!(e.to_string().contains("wrong token"), "{e}");
+        assert_eq!(relay.visit_stats().again.load(Ordering::Relaxed), 0);
+        assert!(!waiting.is_finished());
+        announce("t0ken").await.expect("the agent's announcement");
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(relay.visit_stats().again.load(Ordering::Relaxed), 1);
+        assert_eq!(v.stats().again.load(Ordering::Relaxed), 1);
+        assert!(v.inner.again.lock().unwrap().contains(&7));
+        let t = Instant::now();
+        while relay.visit_stats().waiting.load(Ordering::Relaxed) != 0 {
+            assert!(t.elapsed() < Duration::from_secs(10), "still waiting");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The relay cannot be reached and no direct path is up: a local connection is

@@ -28,7 +28,7 @@ struct Bed {
     visitor_site: Site,
     /// Further agents of the same mapping (same site), with their runtimes.
     more: Vec<(NsRt, Agent)>,
-    /// miniupnpd on the visitor's router, when asked for.
+    /// miniupnpd on the visitor's or the agent's router, when asked for.
     _upnp: Option<MappingRouter>,
     _lab: Lab,
     _dir: tempfile::TempDir,
@@ -42,22 +42,33 @@ async fn bed(agent_nat: Nat, visitor_nat: Nat) -> Option<Bed> {
 
 /// [`bed`] with `agents` agents of the mapping (all behind `agent_nat`, one site).
 async fn bed_agents(agent_nat: Nat, visitor_nat: Nat, agents: usize) -> Option<Bed> {
-    bed_opts(agent_nat, visitor_nat, agents, false).await
+    bed_opts(agent_nat, visitor_nat, agents, Upnp::Off).await
 }
 
-/// [`bed_agents`]; `visitor_upnp`: the visitor's router speaks UPnP-IGD only
-/// (miniupnpd) and the visitor punches by itself (`direct = true`).
-async fn bed_opts(
-    agent_nat: Nat,
-    visitor_nat: Nat,
-    agents: usize,
-    visitor_upnp: bool,
-) -> Option<Bed> {
+/// Which router speaks UPnP-IGD only (miniupnpd).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upnp {
+    /// Neither; the visitor does not punch by itself.
+    Off,
+    /// The visitor's; the visitor punches by itself (`direct = true`).
+    Visitor,
+    /// The agent's; the visitor punches by itself with `direct_retry = 3600` (so a
+    /// retry on its timer comes after 10 h at the earliest).
+    Agent,
+}
+
+/// [`bed_agents`] with a UPnP-only router (see [`Upnp`]).
+async fn bed_opts(agent_nat: Nat, visitor_nat: Nat, agents: usize, which: Upnp) -> Option<Bed> {
     let mut lab = lab_or_skip()?;
     let a = lab.add_site(agent_nat).unwrap();
     let v = lab.add_site(visitor_nat).unwrap();
-    let upnp = if visitor_upnp {
-        match lab.start_miniupnpd_with(&v, false) {
+    let upnp_site = match which {
+        Upnp::Off => None,
+        Upnp::Visitor => Some(&v),
+        Upnp::Agent => Some(&a),
+    };
+    let upnp = if let Some(site) = upnp_site {
+        match lab.start_miniupnpd_with(site, false) {
             Ok(r) => Some(r),
             Err(why) => {
                 if std::env::var_os("CI").is_some() {
@@ -150,21 +161,20 @@ async fn bed_opts(
             (rt, ag)
         })
         .collect();
+    let direct = which != Upnp::Off;
+    let retry = if which == Upnp::Agent { 3600 } else { 30 };
     let vcfg = VisitorConfig::parse(
         &format!(
-            "[visitor]\nremote_addr = \"{relay_addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"echo\"\ntoken = \"s3cret\"\nbind_addr = \"127.0.0.1:0\"\ndirect = {visitor_upnp}\n"
+            "[visitor]\nremote_addr = \"{relay_addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"echo\"\ntoken = \"s3cret\"\nbind_addr = \"127.0.0.1:0\"\ndirect = {direct}\ndirect_retry = {retry}\n"
         ),
         "visitor.toml",
     )
     .unwrap();
     let visitor = visitor_rt
-        .run(async move {
-            let v = Visitor::bind(vcfg).await.unwrap();
-            tokio::spawn(v.clone().run());
-            v
-        })
+        .run(async move { Visitor::bind(vcfg).await.unwrap() })
         .await;
-    // The agent registered: its public port listens.
+    // The agent registered (its public port listens) before the visitor runs, so that
+    // its first punch finds the agent.
     let t = std::time::Instant::now();
     while relay.public_addr("echo").is_none() {
         assert!(
@@ -173,6 +183,7 @@ async fn bed_opts(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    visitor_rt.handle().spawn(visitor.clone().run());
     Some(Bed {
         _relay_rt: relay_rt,
         _agent_rt: agent_rt,
@@ -332,7 +343,7 @@ async fn hard_hard_stays_relayed_and_works() {
 /// port instead of after `direct_retry` x 10 (300 s): direct well within the guard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hard_hard_gets_direct_once_the_visitors_igd_answers() {
-    let Some(bed) = bed_opts(Nat::RandomPorts, Nat::RandomPorts, 1, true).await else {
+    let Some(bed) = bed_opts(Nat::RandomPorts, Nat::RandomPorts, 1, Upnp::Visitor).await else {
         return;
     };
     let t = std::time::Instant::now();
@@ -347,6 +358,54 @@ async fn hard_hard_gets_direct_once_the_visitors_igd_answers() {
     let attempts = bed.visitor.stats().punch_attempts.load(Ordering::Relaxed);
     println!("direct after {attempts} attempt(s), {:?}", t.elapsed());
     let data = pattern(1 << 18, 5);
+    let (r, mut w) = bed.client().into_split();
+    let back = reader(r);
+    w.write_all(&data).await.unwrap();
+    w.shutdown().await.unwrap();
+    assert!(back.await.unwrap() == plus_one(&data));
+}
+
+/// hard/hard, but the *agent's* router speaks UPnP-IGD only. The agent's first
+/// attempt does not wait for its SSDP search, so the hub usually declines it ("relay
+/// only"; unless the IGD answered before PCP and NAT-PMP failed); the visitor then
+/// holds a wait session at the relay. When the agent's search finds the IGD, the
+/// agent announces it (`Mapped`), the relay sends `Again`, and the visitor punches at
+/// once: the agent's next attempt maps through the remembered IGD, is public, and
+/// the pair gets a direct path. The visitor's own timer would retry after 10 h
+/// (`direct_retry` 3600 x 10): without the agent's side this fails its 60 s guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_hard_gets_direct_once_the_agents_igd_answers() {
+    let Some(bed) = bed_opts(Nat::RandomPorts, Nat::RandomPorts, 1, Upnp::Agent).await else {
+        return;
+    };
+    let t = std::time::Instant::now();
+    while !bed.visitor.is_direct() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no direct path: visitor {:?}, agent {:?}, relay {:?}",
+            bed.visitor.stats(),
+            bed.agent.visit_stats(),
+            bed.relay.visit_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = bed.visitor.stats().punch_attempts.load(Ordering::Relaxed);
+    let again = bed.visitor.stats().again.load(Ordering::Relaxed);
+    println!(
+        "direct after {attempts} attempt(s) ({again} Again), {:?}",
+        t.elapsed()
+    );
+    assert!(bed.agent.visit_stats().punches.load(Ordering::Relaxed) >= 1);
+    if attempts > 1 {
+        // Only an Again can have made the second attempt this early.
+        assert_eq!(again, 1);
+        assert_eq!(
+            bed.agent.visit_stats().mapped_late.load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(bed.relay.visit_stats().again.load(Ordering::Relaxed), 1);
+    }
+    let data = pattern(1 << 18, 6);
     let (r, mut w) = bed.client().into_split();
     let back = reader(r);
     w.write_all(&data).await.unwrap();
