@@ -423,9 +423,7 @@ fn the_service_group_commits_across_connections_and_loses_nothing_acknowledged()
         .map(|_| {
             let b = backend.clone();
             zs_registry::Remote::new(
-                move |cmds| {
-                    zs_core::Client::connect(b.clone(), cmds, Options::client(), addr)
-                },
+                move |cmds| zs_core::Client::connect(b.clone(), cmds, Options::client(), addr),
                 Duration::from_secs(10),
             )
         })

@@ -47,11 +47,7 @@ fn serve(
         .start()
         .unwrap();
     let (addr, fp) = (server.local_addr(), server.fingerprint().unwrap());
-    let client = connect_db(move || {
-        ClientBuilder::new(addr)
-            .fingerprint(fp)
-    })
-    .unwrap();
+    let client = connect_db(move || ClientBuilder::new(addr).fingerprint(fp)).unwrap();
     (server, client, service, dir)
 }
 

@@ -65,9 +65,8 @@ async fn a_web_login_is_the_same_user_as_on_the_binary_protocol() {
     // ann registers on the binary protocol.
     let (b, a) = (backend.clone(), server.local_addr());
     let binary = tokio::task::spawn_blocking(move || {
-        let c = ServicesClient::new(
-            Client::connect(b, Registry::new(), Options::client(), a).unwrap(),
-        );
+        let c =
+            ServicesClient::new(Client::connect(b, Registry::new(), Options::client(), a).unwrap());
         let uid = c.register("ann", "correct horse").unwrap();
         (c, uid)
     });

@@ -131,9 +131,7 @@ pub struct ServerBuilder {
     suites: Vec<SuiteId>,
     options: Options,
     registry: Registry,
-    handshake_timeout: Duration,
-    max_handshakes: usize,
-    max_handshakes_per_ip: usize,
+    handshakes: zs_secure::compose::Handshakes,
 }
 
 impl Default for ServerBuilder {
@@ -161,9 +159,7 @@ impl ServerBuilder {
             suites: vec![SuiteId::Aes256Gcm],
             options: Options::default(),
             registry: Registry::new(),
-            handshake_timeout: Duration::from_secs(10),
-            max_handshakes: 1_000,
-            max_handshakes_per_ip: 64,
+            handshakes: zs_secure::compose::Handshakes::default(),
         }
     }
 
@@ -171,7 +167,7 @@ impl ServerBuilder {
     /// dropped by the layer (handshake floods, slow-loris;
     /// `zs_secure::SecureConfig::handshake_timeout`). Default 10 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.handshakes.timeout = timeout;
         self
     }
 
@@ -181,8 +177,8 @@ impl ServerBuilder {
     /// (`zs_secure::SecureConfig::max_handshakes`,
     /// `SecureBackend::with_max_handshakes_per_ip`). Default 1,000 and 64.
     pub fn max_handshakes(mut self, total: usize, per_ip: usize) -> Self {
-        self.max_handshakes = total;
-        self.max_handshakes_per_ip = per_ip;
+        self.handshakes.max = total;
+        self.handshakes.max_per_ip = per_ip;
         self
     }
 
@@ -190,7 +186,7 @@ impl ServerBuilder {
     /// (default 64), for configurations that set just that key (`zs serve`'s
     /// `max_handshakes_per_ip`).
     pub fn max_handshakes_per_ip(mut self, per_ip: usize) -> Self {
-        self.max_handshakes_per_ip = per_ip;
+        self.handshakes.max_per_ip = per_ip;
         self
     }
 
@@ -298,17 +294,8 @@ impl ServerBuilder {
             };
         // Security as a transport layer (issue 13): the handshake and the
         // records run in `SecureBackend`, zs-core sees plaintext connections.
-        let secure = zs_secure::SecureBackend::with_config(
-            backend,
-            provider,
-            zs_secure::SecureConfig {
-                handshake_timeout: self.handshake_timeout,
-                max_handshakes: self.max_handshakes,
-                ..zs_secure::SecureConfig::for_io(&self.io)
-            },
-        )
-        .with_max_handshakes_per_ip(self.max_handshakes_per_ip);
-        let server = Server::start(Arc::new(secure), self.registry, self.options, self.addr)?;
+        let secure = zs_secure::compose::secure_with(backend, provider, &self.io, self.handshakes);
+        let server = Server::start(secure, self.registry, self.options, self.addr)?;
         Ok(RunningServer {
             server,
             fingerprint,

@@ -24,16 +24,13 @@ pub use zs_secure::{
     handshake_error, HandshakeError, SecureBackend, SecureConfig, SecureStats, SecureStream,
 };
 
-/// `SecureBackend(raw)` with the default bounds and the send queue bound of
-/// `raw`'s configuration `cfg` (so back-pressure needs no polling).
+/// `SecureBackend(raw)` with the default handshake bounds
+/// ([`zs_secure::compose::Handshakes`]) and the send queue bound of `raw`'s
+/// configuration `cfg` (so back-pressure needs no polling).
 pub fn secure_over(
     cfg: &zs_io::Config,
     raw: Arc<dyn zs_io::Backend>,
     provider: Arc<dyn zs_crypto::SecurityProvider>,
 ) -> Arc<dyn zs_io::Backend> {
-    Arc::new(SecureBackend::with_config(
-        raw,
-        provider,
-        SecureConfig::for_io(cfg),
-    ))
+    zs_secure::compose::secure_with(raw, provider, cfg, Default::default())
 }

@@ -60,8 +60,7 @@ impl Rig {
             ..Options::default()
         };
         let server =
-            Server::start(backend.clone(), r, options, "127.0.0.1:0".parse().unwrap())
-                .unwrap();
+            Server::start(backend.clone(), r, options, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr();
         Rig {
             services,

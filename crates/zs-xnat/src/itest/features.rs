@@ -529,10 +529,8 @@ fn a_mapping_that_ends_in_an_in_process_zs_core_server_answers_a_real_client() {
         ),
         client_side,
     );
-    let c1 =
-        Client::connect(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
-    let c2 =
-        Client::connect(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
+    let c1 = Client::connect(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
+    let c2 = Client::connect(backend.clone(), Registry::new(), Options::client(), pa).unwrap();
     let rt = agent_side.rt();
     assert_eq!(
         rt.block_on(c1.call("whoami", "hi")).unwrap(),
