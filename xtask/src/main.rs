@@ -8,7 +8,9 @@
 //!   skip parts locally; `--bench` adds a `--quick` run of every bench suite (the
 //!   bench crates are always built and linted by the clippy step).
 //! - `bench <suite>|all [--quick] [--rounds N]` — runs the `zs-bench-<suite>`
-//!   package in `benches/` (output contract in `shared/BENCH.md`).
+//!   package in `benches/` (output contract in `shared/BENCH.md`), after
+//!   installing the suite's peers (`tools::BENCH_TOOLS`); `--install-only`
+//!   installs them and exits (run it before a timed or locked bench run).
 //! - `fuzz [--secs N] [target]` — runs each cargo-fuzz target in `fuzz/` for N
 //!   seconds (default 60) on nightly; installs cargo-fuzz when missing.
 //! - `check-targets` — `cargo check` of the workspace for Windows (GNU), FreeBSD
@@ -28,7 +30,7 @@ use std::process::ExitCode;
 fn usage() -> &'static str {
     "usage: cargo xtask <command>
   ci [--no-fuzz] [--no-targets] [--no-windows] [--bench] [--fuzz-secs N]
-  bench <suite>|all [--quick] [--rounds N] [--quiet]
+  bench <suite>|all [--install-only] [--quick] [--rounds N] [--quiet]
   fuzz [--secs N] [target]
   check-targets
   test-windows [-p <pkg>…] [--timeout-mins N] [cargo test args] [-- <test args>]

@@ -242,15 +242,24 @@ pub fn bench_suites() -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// `bench <suite>|all [--quick] [--rounds N] [--quiet]`.
-pub fn bench(args: &[String]) -> Result {
-    let suites = bench_suites()?;
+/// What `bench` was asked for.
+#[derive(Debug, PartialEq)]
+struct BenchPlan {
+    /// The suites to run, in order.
+    suites: Vec<String>,
+    /// `--install-only`: install each suite's `BENCH_TOOLS` and exit, so a
+    /// long `cargo install` never runs inside a bench lock or a timed run.
+    install_only: bool,
+    /// Arguments for the suite binaries.
+    pass: Vec<String>,
+}
+
+fn bench_plan(args: &[String], suites: &[String]) -> Result<BenchPlan> {
     let Some(which) = args.first() else {
         return Err(format!("bench needs a suite: all, {}", suites.join(", ")));
     };
-    let pass: Vec<String> = args[1..].to_vec();
     let chosen: Vec<String> = if which == "all" {
-        suites.clone()
+        suites.to_vec()
     } else if suites.contains(which) {
         vec![which.clone()]
     } else {
@@ -259,16 +268,38 @@ pub fn bench(args: &[String]) -> Result {
             suites.join(", ")
         ));
     };
+    let (install, pass): (Vec<String>, Vec<String>) = args[1..]
+        .iter()
+        .cloned()
+        .partition(|a| a == "--install-only");
+    Ok(BenchPlan {
+        suites: chosen,
+        install_only: !install.is_empty(),
+        pass,
+    })
+}
+
+/// The external programs `suite` needs.
+fn bench_tools(suite: &str) -> Vec<crate::tools::Tool> {
+    crate::tools::BENCH_TOOLS
+        .iter()
+        .filter(|(s, _)| *s == suite)
+        .map(|(_, t)| *t)
+        .collect()
+}
+
+/// `bench <suite>|all [--install-only] [--quick] [--rounds N] [--quiet]`.
+pub fn bench(args: &[String]) -> Result {
+    let plan = bench_plan(args, &bench_suites()?)?;
     let mut failed = Vec::new();
-    for s in &chosen {
-        let tools: Vec<crate::tools::Tool> = crate::tools::BENCH_TOOLS
-            .iter()
-            .filter(|(suite, _)| suite == s)
-            .map(|(_, t)| *t)
-            .collect();
-        if let Err(e) = ensure_tools(&tools) {
+    for s in &plan.suites {
+        if let Err(e) = ensure_tools(&bench_tools(s)) {
             eprintln!("{e}");
             failed.push(s.clone());
+            continue;
+        }
+        if plan.install_only {
+            println!("bench {s}: tools installed");
             continue;
         }
         let mut c = cargo();
@@ -281,7 +312,7 @@ pub fn bench(args: &[String]) -> Result {
             &format!("zs-bench-{s}"),
             "--",
         ]);
-        c.args(&pass);
+        c.args(&plan.pass);
         if let Err(e) = run(c) {
             eprintln!("{e}");
             failed.push(s.clone());
@@ -306,10 +337,9 @@ pub fn soak(args: &[String]) -> Result {
         _ => return Err(usage.into()),
     };
     // nginx behind the tunnel (as in the xnat suite) and ApacheBench in front.
-    let mut tools: Vec<crate::tools::Tool> = crate::tools::BENCH_TOOLS
-        .iter()
-        .filter(|(suite, t)| *suite == "xnat" && t.program == "nginx")
-        .map(|(_, t)| *t)
+    let mut tools: Vec<crate::tools::Tool> = bench_tools("xnat")
+        .into_iter()
+        .filter(|t| t.program == "nginx")
         .collect();
     tools.push(crate::tools::Tool {
         program: "ab",
@@ -511,4 +541,47 @@ pub fn check_targets() -> Result {
         run(c)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn bench_install_only_is_ours_and_the_rest_goes_to_the_suite() {
+        let suites = s(&["rpc", "xnat"]);
+        let p = bench_plan(&s(&["xnat", "--install-only", "--quick"]), &suites).unwrap();
+        assert_eq!(
+            p,
+            BenchPlan {
+                suites: s(&["xnat"]),
+                install_only: true,
+                pass: s(&["--quick"]),
+            }
+        );
+        let p = bench_plan(&s(&["all", "--rounds", "3"]), &suites).unwrap();
+        assert_eq!(p.suites, suites);
+        assert!(!p.install_only);
+        assert_eq!(p.pass, s(&["--rounds", "3"]));
+        assert!(bench_plan(&[], &suites).is_err());
+        assert!(bench_plan(&s(&["nope", "--install-only"]), &suites).is_err());
+    }
+
+    #[test]
+    fn the_xnat_suite_installs_its_peers() {
+        let programs: Vec<&str> = bench_tools("xnat").iter().map(|t| t.program).collect();
+        for p in ["rathole", "bore", "oha", "iperf3", "wrk", "nginx"] {
+            assert!(programs.contains(&p), "{p} missing from {programs:?}");
+        }
+        assert!(bench_tools("no-such-suite").is_empty());
+        // Every suite named in BENCH_TOOLS exists in benches/.
+        let suites = bench_suites().unwrap();
+        for (suite, t) in crate::tools::BENCH_TOOLS {
+            assert!(suites.iter().any(|s| s == suite), "{suite} ({})", t.program);
+        }
+    }
 }

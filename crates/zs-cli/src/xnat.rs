@@ -30,7 +30,8 @@ relay), agent_name, retry_interval (s, longest reconnect backoff, 2), heartbeat_
 the public client's address to the local service, off); [server] identity_file \
 (xnat-relay.key next to the config, created when missing), pool_size (8), data_reuse \
 (100: public connections one data connection carries in turn; 1: one each, as rathole), \
-data_reuse_age (s, 300: a data connection older than this is not pooled again), max_agents \
+data_reuse_age (s, 300: a data connection older than this is not pooled again; one that \
+reaches it while pooled is closed and replaced), max_agents \
 (256), heartbeat_interval (s, 10), handshake_timeout (s, 5), admin_token (turns on the \
 command API of add/remove/list/status; at least 8 bytes; proven, never sent), store_dir \
 (xnat-relay.store next to the config: the zs-db store of mappings added with `zs xnat add`), \

@@ -51,7 +51,8 @@ pub struct ServerConfig {
     /// public connection). Only encrypted data connections are reused.
     pub data_reuse: u32,
     /// Ours: `data_reuse_age` seconds: a data connection older than this is
-    /// not pooled again after a public connection (default 300).
+    /// not pooled again after a public connection, and one that reaches it
+    /// while waiting in the pool is closed and replaced (default 300).
     pub data_reuse_age: Duration,
     /// Ours: `max_agents`, control connections at once (default 256).
     pub max_agents: usize,

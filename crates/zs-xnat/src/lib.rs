@@ -34,7 +34,7 @@
 //! | `[server] max_runtime_mappings` | ours: mappings the command API may add (1024) |
 //! | `[server] identity_file` | ours: the relay's Ed25519 seed, created on first start (`xnat-relay.key` next to the config) |
 //! | `[server] pool_size` | ours: ready data connections per agent and mapping (8, like rathole) |
-//! | `[server] data_reuse`, `data_reuse_age` | ours: public connections one encrypted data connection carries in turn before it is closed (100; `1`: one each, as rathole), and the age after which it is not pooled again (300 s); PROTOCOL.md 5.4.1 |
+//! | `[server] data_reuse`, `data_reuse_age` | ours: public connections one encrypted data connection carries in turn before it is closed (100; `1`: one each, as rathole), and the age after which it is not pooled again, and closed and replaced if it reaches it in the pool (300 s); PROTOCOL.md 5.4.1 |
 //! | `[server] max_agents`, `heartbeat_interval`, `handshake_timeout` | ours / rathole: 256, 10 s, 5 s |
 //! | `[client] remote_addr` | the relay (rathole); ours: `remote_addrs = [..]` keeps one tunnel to **each** relay |
 //! | `[client] relay_fingerprint` | ours, **required** with our session (not with `type = "tls"`): `sha3-256:<64 hex>`, printed by the relay at start and by `zs xnat fingerprint` |

@@ -446,6 +446,8 @@ impl Relay {
         info!(addr = %self.inner.addr, fingerprint = %self.inner.fingerprint, "xnat relay: listening for agents");
         let housekeeping = tokio::spawn(self.clone().housekeeping());
         let _guard = AbortOnDrop(housekeeping);
+        let expiry = tokio::spawn(self.clone().expire_pooled());
+        let _expiry = AbortOnDrop(expiry);
         let _listeners = ListenersGuard(self.clone());
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -503,6 +505,66 @@ impl Relay {
                     let _ = a.tx.try_send(Msg::Ping(n));
                 }
             }
+        }
+    }
+
+    /// Closes pooled data connections that reached `data_reuse_age` while
+    /// waiting in the pool, and asks their agents for replacements (a claim
+    /// also skips them, so none is used between two checks).
+    async fn expire_pooled(self) {
+        let age = self.inner.cfg.data_reuse_age;
+        let mut tick = tokio::time::interval(
+            (age / 4).clamp(Duration::from_millis(50), Duration::from_secs(10)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut old = Vec::new();
+            let mut st = self.inner.state.lock().expect("relay state");
+            let mut refill = Vec::new();
+            for (name, s) in &mut st.services {
+                for a in &mut s.agents {
+                    let n = take_expired(&mut a.pool, age, &mut old);
+                    if n > 0 {
+                        let ready = a.pool.len() + a.requested + a.returning;
+                        let missing = self.inner.cfg.pool_size.saturating_sub(ready);
+                        refill.push((name.clone(), a.id, missing));
+                    }
+                }
+            }
+            for (service, agent, missing) in refill {
+                for _ in 0..missing {
+                    self.request_data(&mut st, &service, agent, None);
+                }
+            }
+            drop(st);
+            self.close_pooled(old, "reached data_reuse_age in the pool");
+        }
+    }
+
+    /// Closes data connections taken out of a pool (session close record,
+    /// then TCP), each in its own task, bounded by `handshake_timeout`.
+    fn close_pooled(&self, conns: Vec<Pooled>, why: &'static str) {
+        if conns.is_empty() {
+            return;
+        }
+        let n = self
+            .inner
+            .stats
+            .data_expired
+            .fetch_add(conns.len() as u64, Ordering::Relaxed)
+            + conns.len() as u64;
+        debug!(
+            closed = conns.len(),
+            data_expired = n,
+            reason = why,
+            "xnat relay: pooled data connections closed"
+        );
+        let t = self.inner.cfg.handshake_timeout;
+        for mut p in conns {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(t, p.conn.close()).await;
+            });
         }
     }
 
@@ -633,29 +695,39 @@ impl Relay {
             }
             None => None,
         };
-        let mut st = self.inner.state.lock().expect("relay state");
-        let Some(a) = st
-            .services
-            .get_mut(service)
-            .and_then(|s| s.agents.iter_mut().find(|a| a.id == agent))
-        else {
-            return; // the agent or the mapping is gone: the connection closes
-        };
-        a.returning = a.returning.saturating_sub(1);
         let cfg = &self.inner.cfg;
-        if let Some(p) = back {
-            if p.uses < cfg.data_reuse
-                && p.born.elapsed() < cfg.data_reuse_age
-                && a.pool.len() < cfg.pool_size.max(1) * 2
-            {
-                // Most recently used first: warm, and the oldest age out.
-                a.pool.push_front(p);
-                return;
+        let done = {
+            let mut st = self.inner.state.lock().expect("relay state");
+            let Some(a) = st
+                .services
+                .get_mut(service)
+                .and_then(|s| s.agents.iter_mut().find(|a| a.id == agent))
+            else {
+                return; // the agent or the mapping is gone: the connection closes
+            };
+            a.returning = a.returning.saturating_sub(1);
+            let mut done = None;
+            if let Some(p) = back {
+                if p.uses < cfg.data_reuse
+                    && p.born.elapsed() < cfg.data_reuse_age
+                    && a.pool.len() < cfg.pool_size.max(1) * 2
+                {
+                    // Most recently used first: warm, and the oldest age out.
+                    a.pool.push_front(p);
+                    return;
+                }
+                done = Some(p);
             }
-        }
-        // Dropped: keep the pool at its size.
-        if a.pool.len() + a.requested + a.returning < cfg.pool_size {
-            self.request_data(&mut st, service, agent, None);
+            // Not pooled again: keep the pool at its size.
+            if a.pool.len() + a.requested + a.returning < cfg.pool_size {
+                self.request_data(&mut st, service, agent, None);
+            }
+            done
+        };
+        if let Some(mut p) = done {
+            // Its uses or age are spent, or the pool is full: an orderly
+            // close, so the agent sees the end of a session, not a cut.
+            let _ = tokio::time::timeout(cfg.handshake_timeout, p.conn.close()).await;
         }
     }
 
@@ -998,6 +1070,23 @@ impl Relay {
         returns: bool,
         want: u64,
     ) -> Result<Claimed, &'static str> {
+        let mut expired = Vec::new();
+        let r = self
+            .claim_skipping(service, returns, want, &mut expired)
+            .await;
+        self.close_pooled(expired, "reached data_reuse_age in the pool");
+        r
+    }
+
+    /// [`Self::claim`]; pooled connections past `data_reuse_age` go to
+    /// `expired` instead of carrying anything.
+    async fn claim_skipping(
+        &self,
+        service: &str,
+        returns: bool,
+        want: u64,
+        expired: &mut Vec<Pooled>,
+    ) -> Result<Claimed, &'static str> {
         for _attempt in 0..3 {
             let (pooled, rx, agent) = {
                 let mut st = self.inner.state.lock().expect("relay state");
@@ -1032,6 +1121,7 @@ impl Relay {
                 if returns {
                     a.returning += 1;
                 }
+                take_expired(&mut a.pool, self.inner.cfg.data_reuse_age, expired);
                 let ready = a.pool.len() + a.requested + a.returning;
                 match a.pool.pop_front() {
                     Some(c) => {
@@ -1379,6 +1469,25 @@ impl Relay {
         v.push(serde_json::json!({ "relay": relay }));
         v
     }
+}
+
+/// Moves the pooled connections older than `age` to `out`; how many.
+fn take_expired(pool: &mut VecDeque<Pooled>, age: Duration, out: &mut Vec<Pooled>) -> usize {
+    let now = Instant::now();
+    if pool.iter().all(|p| now.duration_since(p.born) < age) {
+        return 0;
+    }
+    let before = out.len();
+    let mut keep = VecDeque::with_capacity(pool.len());
+    for p in pool.drain(..) {
+        if now.duration_since(p.born) < age {
+            keep.push_back(p);
+        } else {
+            out.push(p);
+        }
+    }
+    *pool = keep;
+    out.len() - before
 }
 
 /// Undoes a claim's `returning` count (the connection will not come back).

@@ -312,6 +312,14 @@ impl SecureConn {
         }
     }
 
+    /// Orderly close: the session's close record, then the TCP write side
+    /// (the peer's `recv` ends with `UnexpectedEof`, not a truncation).
+    pub(crate) async fn close(&mut self) -> io::Result<()> {
+        self.session.s().close().map_err(err)?;
+        self.flush().await?;
+        self.tcp.shutdown().await
+    }
+
     /// Leaves the session for a plaintext data connection (`encryption =
     /// "none"`): the TCP stream and the plaintext already received after the
     /// last message. The protocol sends nothing after `Start` until both sides

@@ -85,6 +85,9 @@ counters!(
         /// wrongly (no `DataDone` in time, another message, bytes after its
         /// end chunk).
         data_reuse_errors,
+        /// Pooled data connections closed because they reached
+        /// `data_reuse_age` while waiting in the pool.
+        data_expired,
     }
 );
 

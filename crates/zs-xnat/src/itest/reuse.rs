@@ -254,6 +254,86 @@ fn an_agent_may_decline_reuse_by_closing() {
     assert_eq!(stat(&relay, "data_reused"), 0);
 }
 
+/// A pooled data connection that waits longer than `data_reuse_age` is
+/// closed and replaced, with no public connection to trigger it (before
+/// session 11 the age was checked only when a connection came back, so an
+/// idle pool kept its connections for ever); the tunnel still carries
+/// traffic afterwards.
+#[test]
+fn idle_pooled_data_connections_expire_on_age_and_are_replaced() {
+    let mut rc = relay_cfg(0, &[("echo", "t", 0)]);
+    rc.data_reuse_age = Duration::from_millis(300);
+    let pool = rc.pool_size as u64;
+    let (_rs, relay) = start_relay(rc);
+    let (_sa, agent) = start_agent(agent_cfg(
+        &[relay.local_addr()],
+        &[("echo", "t", echo_server(), 16)],
+    ));
+    wait_until("public port", Duration::from_secs(10), || {
+        relay.public_addr("echo").is_some()
+    });
+    // Two generations replaced: each expired connection was closed and
+    // the agent opened another one.
+    wait_until(
+        "pooled connections expired",
+        Duration::from_secs(20),
+        || {
+            stat(&relay, "data_expired") >= 2 * pool
+                && agent_stat(&agent, |s| &s.data_conns) >= 3 * pool
+        },
+    );
+    assert_eq!(agent_stat(&agent, |s| &s.forwarded), 0);
+    assert_eq!(stat(&relay, "data_reuse_errors"), 0);
+    let echo = relay.public_addr("echo").unwrap();
+    assert_eq!(echo_exact(echo, b"still here"), b"still here");
+}
+
+/// The next `OpenData` on a hand agent's control connection (10 s at most).
+async fn open_data(ctl: &mut SecureConn) -> Option<[u8; proto::TICKET_LEN]> {
+    let f = async {
+        loop {
+            match ctl.recv().await.unwrap() {
+                Msg::OpenData { ticket, .. } => break ticket,
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), f).await.ok()
+}
+
+/// The relay closes an expired pooled connection in order (its session's
+/// close record, so the agent reads the end of a session, not a cut), not
+/// before `data_reuse_age`, and asks the agent for a replacement.
+#[test]
+fn an_expired_pooled_connection_is_closed_in_order_and_replaced() {
+    let mut rc = relay_cfg(0, &[("svc", "t", 0)]);
+    rc.pool_size = 1;
+    let age = Duration::from_millis(400);
+    rc.data_reuse_age = age;
+    // The hand agent answers no pings.
+    rc.heartbeat_interval = Duration::from_secs(20);
+    let (_rs, relay) = start_relay(rc);
+    let addr = relay.local_addr();
+    Side::new().rt().block_on(async {
+        let (mut ctl, nonce) = hand_agent(addr, "hand").await;
+        let binding = ctl.channel_binding();
+        hand_register(&mut ctl, "svc", proto::proof("t", &nonce, &binding, "svc")).await;
+        let ticket = open_data(&mut ctl).await.expect("a first OpenData");
+        let t = Instant::now();
+        let mut data = dial(addr).await;
+        data.send(&Msg::DataHello { ticket }).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), data.recv())
+            .await
+            .expect("closed in time")
+            .expect_err("nothing but the close");
+        assert!(t.elapsed() >= age, "closed after {:?}", t.elapsed());
+        // A truncated session would be another error (zs-crypto's Truncated).
+        assert_eq!(end.kind(), std::io::ErrorKind::UnexpectedEof, "{end}");
+        open_data(&mut ctl).await.expect("a replacement OpenData");
+    });
+    assert_eq!(stat(&relay, "data_expired"), 1);
+}
+
 #[test]
 fn data_reuse_keys_parse_and_name_the_key_on_error() {
     let parse = |t: &str| crate::config::Config::parse(t, "x.toml", Path::new("."));
