@@ -899,6 +899,14 @@ impl Link {
     fn conn(&self) -> Option<Conn> {
         lock(&self.st).conn.clone()
     }
+
+    /// Whether answers can still reach the peer: the session lives and it is
+    /// either a StableIO session (queued for resume) or its transport
+    /// connection is not closed.
+    fn open_in(st: &LinkState) -> bool {
+        !st.session.is_dead()
+            && (st.session.is_stable() || st.conn.as_ref().is_some_and(|c| !c.is_closed()))
+    }
 }
 
 impl Outbox for Link {
@@ -907,6 +915,12 @@ impl Outbox for Link {
             return Err(Error::ConnectionLost("the connection is closed".into()));
         }
         let mut st = lock(&self.st);
+        // The same test as `is_open`: the transport may report its close
+        // before this link's `on_close` ran (the layer closes its side first),
+        // and an answer then must fail, not vanish.
+        if !Self::open_in(&st) {
+            return Err(Error::ConnectionLost("the connection is closed".into()));
+        }
         self.take_local(&mut st);
         let now = st.now();
         st.session.send_frame(&frame, now)?;
@@ -915,12 +929,7 @@ impl Outbox for Link {
     }
 
     fn is_open(&self) -> bool {
-        if !self.open.load(Ordering::Acquire) {
-            return false;
-        }
-        let st = lock(&self.st);
-        !st.session.is_dead()
-            && (st.session.is_stable() || st.conn.as_ref().is_some_and(|c| !c.is_closed()))
+        self.open.load(Ordering::Acquire) && Self::open_in(&lock(&self.st))
     }
 
     fn close(&self, reason: &str) {
