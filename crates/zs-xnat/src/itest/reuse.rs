@@ -137,8 +137,11 @@ async fn framed_data(
     let client = std::thread::spawn(move || {
         let mut s = StdStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"ping").unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // The relay may already have dropped this connection (the hand
+        // agent's bad end can come before this thread runs on a loaded
+        // machine): what counts is what the client reads.
+        let _ = s.write_all(b"ping");
+        let _ = s.shutdown(std::net::Shutdown::Write);
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got);
         got
