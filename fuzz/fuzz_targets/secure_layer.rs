@@ -208,10 +208,13 @@ fuzz_target!(|ops: Vec<Op>| {
     h.on_open(&conn);
     let mut peer = provider.new_client(Instant::now()).unwrap();
     let mut peer_ok = true;
-    let deliver = |h: &mut Box<dyn Handler>, b: &[u8]| {
+    // What the handler left unconsumed (a partial record) stays, and the next
+    // bytes are appended behind it, as the zs-io contract's backends do.
+    let mut rbuf = BytesMut::new();
+    let mut deliver = |h: &mut Box<dyn Handler>, b: &[u8]| {
         if !b.is_empty() && !mc.closed.load(Ordering::Relaxed) {
-            let mut buf = BytesMut::from(b);
-            h.on_data(&conn, &mut buf);
+            rbuf.extend_from_slice(b);
+            h.on_data(&conn, &mut rbuf);
         }
     };
     for op in ops.into_iter().take(256) {

@@ -56,9 +56,29 @@ pub trait SecureSession: Send {
     ) -> Result<()> {
         self.handle_input_with(data, now, on_data)
     }
+    /// Like [`Self::handle_input_in_place`], but the session may leave a
+    /// trailing partial record to the caller: returns how many bytes of `data`
+    /// it took; the caller gives the rest again, followed by the next bytes
+    /// (see [`Session::handle_input_leaving_partial`]). The default takes
+    /// everything through [`Self::handle_input_in_place`].
+    fn handle_input_leaving_partial(
+        &mut self,
+        data: &mut [u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize> {
+        self.handle_input_in_place(data, now, on_data)?;
+        Ok(data.len())
+    }
     /// Releases the capacity of internal buffers that are empty, so an idle
     /// session keeps little memory. The default does nothing.
     fn shrink(&mut self) {}
+    /// Drops what the session can make again from what it keeps, such as the
+    /// expanded cipher keys (made again from the traffic secrets by the next
+    /// record), so a connection that went idle holds little memory. Costs that
+    /// setup again on the next record: call it after a quiet period, not per
+    /// read. The default does nothing.
+    fn release_keys(&mut self) {}
     /// A secret 32-byte value equal on both ends of this session and unique to
     /// it, once the handshake completed (see [`Session::channel_binding`]).
     /// Higher layers bind proofs to the channel with it (zs-core's StableIO
@@ -131,8 +151,19 @@ impl SecureSession for Session {
     ) -> Result<()> {
         Session::handle_input_in_place(self, data, now, on_data)
     }
+    fn handle_input_leaving_partial(
+        &mut self,
+        data: &mut [u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize> {
+        Session::handle_input_leaving_partial(self, data, now, on_data)
+    }
     fn shrink(&mut self) {
         Session::shrink(self)
+    }
+    fn release_keys(&mut self) {
+        Session::release_keys(self)
     }
     fn channel_binding(&self) -> Option<[u8; 32]> {
         Session::channel_binding(self)

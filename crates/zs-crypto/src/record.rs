@@ -65,12 +65,18 @@ pub fn parse_header(h: &[u8]) -> Option<(u8, usize)> {
     Some((h[0], u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize))
 }
 
-/// State of one direction: suite, traffic secret, generation, sequence number.
-/// The traffic secret is zeroized on drop and overwritten on each update.
+/// State of one direction: suite, traffic secret, generation, sequence number,
+/// and the cipher keys expanded from the secret. The traffic secret is zeroized
+/// on drop and overwritten on each update; it is what a key update needs (the
+/// next generation's secret is derived from it). The expanded keys (ring's
+/// AES-256-GCM key is 544 bytes, most of an idle session) are made on first use
+/// and may be dropped with [`RecordSealer::release_keys`] /
+/// [`RecordOpener::release_keys`]; they are made again from the secret when the
+/// next record needs them.
 struct DirectionKeys {
     suite: SuiteId,
     secret: [u8; 32],
-    prot: Protector,
+    prot: Option<Box<Protector>>,
     generation: u32,
     seq: u64,
 }
@@ -87,6 +93,7 @@ impl core::fmt::Debug for DirectionKeys {
             .field("suite", &self.suite)
             .field("generation", &self.generation)
             .field("seq", &self.seq)
+            .field("keys_expanded", &self.prot.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -95,19 +102,39 @@ impl DirectionKeys {
     fn new(suite: SuiteId, secret: [u8; 32]) -> Result<Self> {
         Ok(DirectionKeys {
             suite,
-            prot: Protector::new(suite, &secret)?,
+            // Made at once: an unsupported suite fails here, not at the first record.
+            prot: Some(Box::new(Protector::new(suite, &secret)?)),
             secret,
             generation: 0,
             seq: 0,
         })
     }
 
+    /// The expanded keys, made from the secret if they were released.
+    fn prot(&mut self) -> Result<&Protector> {
+        let prot = match self.prot.take() {
+            Some(p) => p,
+            None => Box::new(Protector::new(self.suite, &self.secret)?),
+        };
+        Ok(self.prot.insert(prot))
+    }
+
     fn advance(&mut self) -> Result<()> {
         self.secret = next_secret(&self.secret);
-        self.prot = Protector::new(self.suite, &self.secret)?;
+        let expanded = self.prot.is_some();
+        // The old generation's keys go now; the new ones are made as before
+        // (at once when the old ones were in use, else on first use).
+        self.prot = None;
+        if expanded {
+            self.prot = Some(Box::new(Protector::new(self.suite, &self.secret)?));
+        }
         self.generation = self.generation.wrapping_add(1);
         self.seq = 0;
         Ok(())
+    }
+
+    fn release(&mut self) {
+        self.prot = None;
     }
 
     fn take_seq(&mut self) -> Result<u64> {
@@ -186,12 +213,11 @@ impl RecordSealer {
         }
         let h = header(ty, plen + tag_len);
         buf[start..start + HEADER_LEN].copy_from_slice(&h);
+        self.keys.prot()?; // made first: a failure burns no sequence number
         let seq = self.keys.take_seq()?;
         let mut tag = [0u8; MAX_TAG_LEN];
-        let n = self
-            .keys
-            .prot
-            .seal(seq, &h, &mut buf[start + HEADER_LEN..], &mut tag)?;
+        let prot = self.keys.prot.as_deref().ok_or(Error::Failed)?;
+        let n = prot.seal(seq, &h, &mut buf[start + HEADER_LEN..], &mut tag)?;
         buf.extend_from_slice(&tag[..n]);
         Ok(())
     }
@@ -207,6 +233,18 @@ impl RecordSealer {
     /// Moves to the next key generation (after sending a key-update record).
     pub fn update_keys(&mut self) -> Result<()> {
         self.keys.advance()
+    }
+
+    /// Drops the expanded cipher keys (the traffic secret stays); the next
+    /// record makes them again (the session's `release_keys`, for idle
+    /// connections: ring's AES-256-GCM key is 544 bytes).
+    pub fn release_keys(&mut self) {
+        self.keys.release()
+    }
+
+    /// Whether the expanded cipher keys are in memory.
+    pub fn keys_expanded(&self) -> bool {
+        self.keys.prot.is_some()
     }
 }
 
@@ -252,7 +290,8 @@ impl RecordOpener {
         }
         let (h, body) = record.split_at_mut(HEADER_LEN);
         let (data, tag) = body.split_at_mut(len - tag_len);
-        self.keys.prot.open(self.keys.seq, h, data, tag)?;
+        let seq = self.keys.seq;
+        self.keys.prot()?.open(seq, h, data, tag)?;
         self.keys.take_seq()?;
         Ok((ty, data))
     }
@@ -260,6 +299,17 @@ impl RecordOpener {
     /// Moves to the next key generation (after opening a key-update record).
     pub fn update_keys(&mut self) -> Result<()> {
         self.keys.advance()
+    }
+
+    /// Drops the expanded cipher keys (the traffic secret stays); the next
+    /// record makes them again.
+    pub fn release_keys(&mut self) {
+        self.keys.release()
+    }
+
+    /// Whether the expanded cipher keys are in memory.
+    pub fn keys_expanded(&self) -> bool {
+        self.keys.prot.is_some()
     }
 }
 
@@ -324,5 +374,42 @@ mod tests {
         o.update_keys().unwrap();
         assert_eq!(o.open_in_place(&mut r).unwrap().1, b"x");
         assert_eq!((s.generation(), o.generation()), (1, 1));
+    }
+
+    #[test]
+    fn released_keys_are_made_again_from_the_secret() {
+        for suite in SuiteId::ALL {
+            let mut s = RecordSealer::new(suite, [4; 32]).unwrap();
+            let mut o = RecordOpener::new(suite, [4; 32]).unwrap();
+            assert!(s.keys_expanded() && o.keys_expanded());
+            s.release_keys();
+            o.release_keys();
+            assert!(!s.keys_expanded() && !o.keys_expanded());
+            let mut r = Vec::new();
+            s.seal(ContentType::Data, b"first", &mut r).unwrap();
+            assert!(s.keys_expanded());
+            assert_eq!(o.open_in_place(&mut r).unwrap().1, b"first");
+            assert!(o.keys_expanded());
+            // Released, then a key update: the next generation's keys.
+            s.release_keys();
+            o.release_keys();
+            s.update_keys().unwrap();
+            o.update_keys().unwrap();
+            assert!(!s.keys_expanded() && !o.keys_expanded());
+            let mut r = Vec::new();
+            s.seal(ContentType::Data, b"second", &mut r).unwrap();
+            let mut stale = RecordOpener::new(suite, [4; 32]).unwrap();
+            assert!(stale.open_in_place(&mut r.clone()).is_err(), "{suite}");
+            assert_eq!(o.open_in_place(&mut r).unwrap().1, b"second");
+            assert_eq!((s.generation(), o.generation()), (1, 1));
+        }
+    }
+
+    #[test]
+    fn a_released_direction_is_small() {
+        // The expanded keys live behind a pointer: what stays per direction
+        // while idle is the secret, the counters and that pointer.
+        assert!(std::mem::size_of::<RecordSealer>() <= 64);
+        assert!(std::mem::size_of::<RecordOpener>() <= 64);
     }
 }

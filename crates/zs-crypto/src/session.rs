@@ -736,6 +736,33 @@ impl Session {
         }
     }
 
+    /// Drops the expanded cipher keys of both directions (for AES-256-GCM two
+    /// 544-byte ring keys, most of an idle session's memory); the traffic
+    /// secrets stay, and the next record sealed or opened makes its
+    /// direction's keys again (two HKDF expansions and ring's key setup, a
+    /// few microseconds). For connections that went idle: calling it on a busy
+    /// one costs that setup on its next record.
+    pub fn release_keys(&mut self) {
+        if let Some(s) = self.sealer.as_mut() {
+            s.release_keys();
+        }
+        if let Some(o) = self.opener.as_mut() {
+            o.release_keys();
+        }
+    }
+
+    /// Whether any direction's expanded cipher keys are in memory (see
+    /// [`Self::release_keys`]).
+    pub fn keys_expanded(&self) -> bool {
+        self.sealer
+            .as_ref()
+            .is_some_and(RecordSealer::keys_expanded)
+            || self
+                .opener
+                .as_ref()
+                .is_some_and(RecordOpener::keys_expanded)
+    }
+
     /// Seals the open Data record, if any. A failure (sequence numbers
     /// exhausted) drops the record and fails the session.
     fn seal_open(&mut self) {
@@ -981,6 +1008,32 @@ impl Session {
             r
         })();
         res.map_err(|e| self.fail(e))
+    }
+
+    /// Like [`Self::handle_input_in_place`], but a trailing partial record
+    /// stays with the caller: returns how many bytes of `data` (whole records)
+    /// were taken; the rest is the start of the next record, to be given again
+    /// with the bytes that follow it. So a record split over two reads is
+    /// opened where it lies once complete, instead of being copied into an
+    /// internal buffer. A header announcing an oversize record fails at once,
+    /// as with the other input methods. (If an earlier `handle_input*` call
+    /// left a partial record inside, that one is completed as before and all
+    /// of `data` is taken.)
+    pub fn handle_input_leaving_partial(
+        &mut self,
+        data: &mut [u8],
+        now: Instant,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize> {
+        if !self.inbuf.is_empty() {
+            self.handle_input_in_place(data, now, on_data)?;
+            return Ok(data.len());
+        }
+        self.check_usable()?;
+        let mut on_data = Some(on_data);
+        let (pos, r) = self.records(data, now, &mut on_data);
+        r.map_err(|e| self.fail(e))?;
+        Ok(pos)
     }
 
     /// The size limit of a record body by content type (checked as soon as a
@@ -1391,6 +1444,59 @@ pub fn choose_suite(policy: &SuitePolicy, offered: &[u16], selector: u32) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn psk_pair() -> (Session, Session) {
+        let rng = ring::rand::SystemRandom::new();
+        let now = Instant::now();
+        let mut c = Session::client(
+            Arc::new(ClientConfig::psk(b"id", &[9; 32]).unwrap()),
+            &rng,
+            now,
+        )
+        .unwrap();
+        let mut s = Session::server(
+            Arc::new(ServerConfig::with_psk(b"id", &[9; 32]).unwrap()),
+            &rng,
+            now,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            s.handle_input(&c.take_output(), now).unwrap();
+            c.handle_input(&s.take_output(), now).unwrap();
+        }
+        assert!(c.is_established() && s.is_established());
+        (c, s)
+    }
+
+    #[test]
+    fn a_partial_record_stays_with_the_caller() {
+        let (mut c, mut s) = psk_pair();
+        let now = Instant::now();
+        c.send(b"one", now).unwrap();
+        let mut first = c.take_output();
+        c.send(b"two", now).unwrap();
+        let second = c.take_output();
+        let whole = first.len();
+        first.extend_from_slice(&second[..7]); // header + 2 body bytes
+        let mut got = Vec::new();
+        let n = s
+            .handle_input_leaving_partial(&mut first, now, &mut |p| got.extend_from_slice(p))
+            .unwrap();
+        assert_eq!((n, &got[..]), (whole, &b"one"[..]));
+        // The caller gives the partial again with what followed it.
+        let mut rest = second.clone();
+        let n = s
+            .handle_input_leaving_partial(&mut rest, now, &mut |p| got.extend_from_slice(p))
+            .unwrap();
+        assert_eq!((n, &got[..]), (second.len(), &b"onetwo"[..]));
+        assert!(s.inbuf.is_empty(), "nothing was buffered inside");
+        // An oversize header fails before its body arrives.
+        let mut huge = header(ContentType::Data, 1 << 23).to_vec();
+        assert!(matches!(
+            s.handle_input_leaving_partial(&mut huge, now, &mut |_| {}),
+            Err(Error::RecordTooLarge { .. })
+        ));
+    }
 
     #[test]
     fn policy_orders() {

@@ -10,13 +10,12 @@
 //! the inner handler with sealing held → seal and send what it sent (one record
 //! for the whole callback) → re-arm the rekey timer.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use zs_crypto::{Event, SecureSession};
+use zs_crypto::{Event, SecureSession, SuiteId};
 use zs_io::{CloseReason, Conn, ConnId, Connection, Error, Handler, HandlerFactory, SecurityInfo};
 
 use crate::{Counters, HandshakeError, Layer};
@@ -28,6 +27,7 @@ const T_DRAIN: u64 = 1;
 const T_RESUME: u64 = 2;
 const T_REKEY: u64 = 3;
 const T_LINGER: u64 = 4;
+const T_IDLE: u64 = 5;
 const FIRST_USER_TIMER: u64 = 16;
 
 /// How often a connection whose inner handler waits for `on_writable` checks the
@@ -55,9 +55,15 @@ struct St {
     /// stalled: the raw connection is closed once they went out, not before
     /// (they would be lost), or reset after `close_linger`.
     close_after_stall: Option<CloseAfter>,
-    timers: HashMap<u64, u64>,
+    /// The inner handler's armed timers and wakes: (raw id, its token). A
+    /// short list (a handler arms a few at a time), searched linearly.
+    timers: Vec<(u64, u64)>,
     next_timer: u64,
     rekey_at: Option<Instant>,
+    /// The last record sealed or opened (see [`SecureConfig::key_idle`](crate::SecureConfig::key_idle)).
+    last_used: Instant,
+    /// The key-idle timer is armed.
+    idle_armed: bool,
 }
 
 /// What to do with the raw connection once the stalled bytes went out.
@@ -67,15 +73,24 @@ enum CloseAfter {
     Close,
 }
 
+/// Who the peer is, kept compact: [`Connection::security_info`] builds the
+/// `SecurityInfo` from it on each call (the provider and suite names are not
+/// copied into every connection).
+struct Peer {
+    suite: SuiteId,
+    psk_identity: Option<Box<[u8]>>,
+    server_key: Option<[u8; 32]>,
+    channel_binding: Option<[u8; 32]>,
+}
+
 /// The plaintext connection handed to the inner handler.
 pub(crate) struct SecureConn {
     raw: Conn,
-    limit: usize,
-    linger: Duration,
+    layer: Arc<Layer>,
     st: Mutex<St>,
     closed: AtomicBool,
     paused: AtomicBool,
-    info: OnceLock<Arc<SecurityInfo>>,
+    info: OnceLock<Peer>,
 }
 
 impl SecureConn {
@@ -117,7 +132,7 @@ impl SecureConn {
         if fill {
             // Fill the raw queue up to the bound so that the rest is refused: the
             // raw backend then calls `on_writable` exactly when it drained.
-            let room = self.limit.saturating_sub(self.raw.queued_bytes());
+            let room = self.limit().saturating_sub(self.raw.queued_bytes());
             if room > 0 && ct.len() > room {
                 let head = ct.split_to(room);
                 if let Err(Error::Full(b)) = self.raw.send(head) {
@@ -150,7 +165,7 @@ impl SecureConn {
         if len == 0 {
             return Ok(());
         }
-        if st.stalled.is_some() || self.raw.queued_bytes() + st.held >= self.limit {
+        if st.stalled.is_some() || self.raw.queued_bytes() + st.held >= self.limit() {
             st.want_writable = true;
             if !st.holding && st.stalled.is_none() && !st.drain_armed {
                 st.drain_armed = self.raw.set_timer(DRAIN_POLL, T_DRAIN).is_ok();
@@ -171,6 +186,7 @@ impl SecureConn {
             }
         }
         st.held += len;
+        self.used(&mut st, now);
         if !st.holding {
             self.flush(&mut st);
         }
@@ -190,7 +206,7 @@ impl SecureConn {
             _ => st.close_after_stall = Some(what),
         }
         if first {
-            let _ = self.raw.set_timer(self.linger, T_LINGER);
+            let _ = self.raw.set_timer(self.layer.cfg.close_linger, T_LINGER);
         }
         true
     }
@@ -202,7 +218,43 @@ impl SecureConn {
     /// a bulk sender: zs-core's BigStream over the layer ran at 0.31x its
     /// built-in session, one 5 ms tick per 1.5 MiB.
     fn writable_now(&self, st: &St) -> bool {
-        st.stalled.is_none() && self.raw.queued_bytes() + st.held < self.limit
+        st.stalled.is_none() && self.raw.queued_bytes() + st.held < self.limit()
+    }
+
+    fn limit(&self) -> usize {
+        self.layer.cfg.send_queue_limit
+    }
+
+    /// A record was sealed or opened at `now`: arms the key-idle timer if it
+    /// is not armed (once keys exist).
+    fn used(&self, st: &mut St, now: Instant) {
+        st.last_used = now;
+        if !st.idle_armed && self.info.get().is_some() {
+            if let Some(d) = self.layer.cfg.key_idle {
+                st.idle_armed = self.raw.set_timer(d, T_IDLE).is_ok();
+            }
+        }
+    }
+
+    /// The key-idle timer fired: after `key_idle` without a record, drop what
+    /// the session can make again (its expanded keys) and every empty buffer;
+    /// else look again when that time has passed since the last record.
+    fn idle_check(&self, now: Instant) {
+        let Some(d) = self.layer.cfg.key_idle else {
+            return;
+        };
+        let mut st = lock(&self.st);
+        st.idle_armed = false;
+        let quiet = now.saturating_duration_since(st.last_used);
+        if quiet >= d {
+            st.session.release_keys();
+            st.session.shrink();
+            if st.timers.is_empty() {
+                st.timers = Vec::new();
+            }
+        } else {
+            st.idle_armed = self.raw.set_timer(d - quiet, T_IDLE).is_ok();
+        }
     }
 
     /// Maps a fresh raw timer id to the inner handler's `token` and arms it with
@@ -218,10 +270,10 @@ impl SecureConn {
         let mut st = lock(&self.st);
         let id = st.next_timer;
         st.next_timer += 1;
-        st.timers.insert(id, token);
+        st.timers.push((id, token));
         let r = start(&self.raw, id);
         if r.is_err() {
-            st.timers.remove(&id);
+            st.timers.pop();
         }
         r
     }
@@ -316,8 +368,18 @@ impl Connection for SecureConn {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire) || self.raw.is_closed()
     }
+    /// Built on each call from the compact record kept per connection (callers
+    /// ask once, at open).
     fn security_info(&self) -> Option<Arc<SecurityInfo>> {
-        self.info.get().cloned()
+        let p = self.info.get()?;
+        let info = SecurityInfo::new(
+            self.layer.provider.name(),
+            p.suite.name(),
+            p.psk_identity.as_deref().map(<[u8]>::to_vec),
+            p.server_key,
+        )
+        .with_channel_binding(p.channel_binding);
+        Some(Arc::new(info))
     }
 }
 
@@ -342,7 +404,6 @@ pub(crate) struct SecureHandler {
     side: Side,
     inner: Option<Box<dyn Handler>>,
     sc: Option<Arc<SecureConn>>,
-    conn: Option<Conn>,
     /// The inner handler got `on_open` (so it gets `on_close`).
     opened: bool,
     /// The connection is being dropped by the layer: ignore further input.
@@ -358,8 +419,9 @@ pub(crate) struct SecureHandler {
     /// Counted in the layer's handshakes in progress from this address.
     counted_ip: Option<std::net::IpAddr>,
     pending: BytesMut,
+    /// Where the plaintext of the records of one read lies (emptied per read;
+    /// its capacity is released with the keys when the connection idles).
     segs: Vec<Seg>,
-    side_buf: BytesMut,
 }
 
 impl SecureHandler {
@@ -381,7 +443,6 @@ impl SecureHandler {
             side,
             inner,
             sc: None,
-            conn: None,
             opened: false,
             dead: false,
             failed: false,
@@ -391,7 +452,6 @@ impl SecureHandler {
             counted_ip: None,
             pending: BytesMut::new(),
             segs: Vec::new(),
-            side_buf: BytesMut::new(),
         }
     }
 
@@ -429,11 +489,12 @@ impl SecureHandler {
     /// Runs `f` on the inner handler with sealing held: every send it makes goes
     /// into one open record, sealed and sent when it returns.
     fn call_inner(&mut self, f: impl FnOnce(&mut dyn Handler, &Conn)) {
-        let (Some(sc), Some(conn), Some(inner)) = (&self.sc, &self.conn, &mut self.inner) else {
+        let (Some(sc), Some(inner)) = (&self.sc, &mut self.inner) else {
             return;
         };
+        let conn: Conn = sc.clone();
         lock(&sc.st).holding = true;
-        f(&mut **inner, conn);
+        f(&mut **inner, &conn);
         let mut st = lock(&sc.st);
         st.holding = false;
         sc.flush(&mut st);
@@ -498,14 +559,17 @@ impl SecureHandler {
             };
             (key, st.session.channel_binding())
         };
-        let info = SecurityInfo::new(
-            self.layer.provider.name(),
-            suite.name(),
-            psk_identity,
+        let _ = sc.info.set(Peer {
+            suite,
+            psk_identity: psk_identity.map(Vec::into_boxed_slice),
             server_key,
-        )
-        .with_channel_binding(binding);
-        let _ = sc.info.set(Arc::new(info));
+            channel_binding: binding,
+        });
+        {
+            // Keys exist from now: the key-idle timer runs.
+            let mut st = lock(&sc.st);
+            sc.used(&mut st, Instant::now());
+        }
         if let Side::Server(factory) = &self.side {
             // A panicking factory unwinds to the raw backend, which drops this
             // connection (contract item 8); no inner handler exists then.
@@ -644,8 +708,7 @@ impl Handler for SecureHandler {
         };
         let sc = Arc::new(SecureConn {
             raw: raw.clone(),
-            limit: self.layer.cfg.send_queue_limit,
-            linger: self.layer.cfg.close_linger,
+            layer: self.layer.clone(),
             st: Mutex::new(St {
                 session,
                 holding: false,
@@ -655,9 +718,11 @@ impl Handler for SecureHandler {
                 drain_armed: false,
                 write_closed: false,
                 close_after_stall: None,
-                timers: HashMap::new(),
+                timers: Vec::new(),
                 next_timer: FIRST_USER_TIMER,
                 rekey_at: None,
+                last_used: now,
+                idle_armed: false,
             }),
             closed: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -669,7 +734,6 @@ impl Handler for SecureHandler {
             let mut st = lock(&sc.st);
             sc.flush(&mut st); // the client's hello
         }
-        self.conn = Some(sc.clone() as Conn);
         self.sc = Some(sc);
     }
 
@@ -686,23 +750,25 @@ impl Handler for SecureHandler {
         let base = buf.as_ptr() as usize;
         let blen = buf.len();
         let mut established = None;
+        // Plaintext of records completed from the session's own buffer.
+        let mut side_buf = BytesMut::new();
         let result = {
             let mut st = lock(&sc.st);
-            let (segs, side_buf) = (&mut self.segs, &mut self.side_buf);
-            let r = st
-                .session
-                .handle_input_in_place(&mut buf[..], now, &mut |pt: &[u8]| {
-                    if pt.is_empty() {
-                        return;
-                    }
-                    let p = pt.as_ptr() as usize;
-                    if p >= base && p + pt.len() <= base + blen {
-                        segs.push(Seg::Raw(p - base, p - base + pt.len()));
-                    } else {
-                        segs.push(Seg::Side(side_buf.len(), side_buf.len() + pt.len()));
-                        side_buf.extend_from_slice(pt);
-                    }
-                });
+            let (segs, side_buf) = (&mut self.segs, &mut side_buf);
+            let r =
+                st.session
+                    .handle_input_leaving_partial(&mut buf[..], now, &mut |pt: &[u8]| {
+                        if pt.is_empty() {
+                            return;
+                        }
+                        let p = pt.as_ptr() as usize;
+                        if p >= base && p + pt.len() <= base + blen {
+                            segs.push(Seg::Raw(p - base, p - base + pt.len()));
+                        } else {
+                            segs.push(Seg::Side(side_buf.len(), side_buf.len() + pt.len()));
+                            side_buf.extend_from_slice(pt);
+                        }
+                    });
             while let Some(ev) = st.session.poll_event() {
                 match ev {
                     Event::HandshakeComplete {
@@ -710,19 +776,22 @@ impl Handler for SecureHandler {
                         psk_identity,
                     } => established = Some((suite, psk_identity)),
                     Event::Data(d) => {
-                        self.segs.push(Seg::Side(
-                            self.side_buf.len(),
-                            self.side_buf.len() + d.len(),
-                        ));
-                        self.side_buf.extend_from_slice(&d);
+                        self.segs
+                            .push(Seg::Side(side_buf.len(), side_buf.len() + d.len()));
+                        side_buf.extend_from_slice(&d);
                     }
                     Event::KeyUpdated { .. } | Event::Closed => {}
                 }
             }
+            sc.used(&mut st, now);
             // Key updates or alerts the input produced.
             sc.flush(&mut st);
             r
         };
+        // Bytes of `buf` the session took (whole records); the rest is the
+        // start of a record.
+        let mut consumed = *result.as_ref().unwrap_or(&blen);
+        let result = result.map(|_| ());
         // Gather the plaintext: in place when nothing waits before it.
         if !self.segs.is_empty() {
             let all_raw = self.segs.iter().all(|s| matches!(s, Seg::Raw(..)));
@@ -739,19 +808,23 @@ impl Handler for SecureHandler {
                 let mut plain = buf.split_to(w);
                 plain.advance(start);
                 self.pending = plain;
+                consumed -= w; // `buf` now starts at `w`
             } else {
                 for s in &self.segs {
                     match *s {
                         Seg::Raw(a, b) => self.pending.extend_from_slice(&buf[a..b]),
-                        Seg::Side(a, b) => self.pending.extend_from_slice(&self.side_buf[a..b]),
+                        Seg::Side(a, b) => self.pending.extend_from_slice(&side_buf[a..b]),
                     }
                 }
             }
             self.segs.clear();
-            self.side_buf = BytesMut::new();
         }
-        buf.clear(); // the session keeps a trailing partial record itself
+        // A trailing partial record stays in the raw buffer: the backend appends
+        // the next bytes behind it, and the record is opened where it lies once
+        // complete (no copy through the session's own buffer).
+        buf.advance(consumed.min(buf.len()));
         if let Err(e) = result {
+            buf.clear();
             let opened = self.opened || established.is_some();
             let counter = if opened {
                 &self.counters().record_errors
@@ -835,6 +908,14 @@ impl Handler for SecureHandler {
                 self.writable();
             }
             T_RESUME => self.deliver(raw),
+            T_IDLE => {
+                if let Some(sc) = &self.sc {
+                    sc.idle_check(Instant::now());
+                }
+                if self.segs.is_empty() {
+                    self.segs = Vec::new();
+                }
+            }
             T_LINGER => {
                 let Some(sc) = &self.sc else {
                     return;
@@ -849,7 +930,7 @@ impl Handler for SecureHandler {
                         peer = %raw.peer_addr(),
                         "zs-secure: {}: {n} sealed bytes not drained within the close linger ({:?}); resetting",
                         raw.id(),
-                        sc.linger
+                        sc.layer.cfg.close_linger
                     );
                     raw.abort();
                 }
@@ -878,10 +959,11 @@ impl Handler for SecureHandler {
                 self.arm_rekey();
             }
             id => {
-                let user = self
-                    .sc
-                    .as_ref()
-                    .and_then(|sc| lock(&sc.st).timers.remove(&id));
+                let user = self.sc.as_ref().and_then(|sc| {
+                    let mut st = lock(&sc.st);
+                    let i = st.timers.iter().position(|&(raw_id, _)| raw_id == id)?;
+                    Some(st.timers.swap_remove(i).1)
+                });
                 if let Some(t) = user {
                     if self.opened && !self.dead {
                         self.call_inner(|h, c| h.on_timer(c, t));
@@ -900,8 +982,9 @@ impl Handler for SecureHandler {
             st.timers.clear();
         }
         if self.opened {
-            if let (Some(inner), Some(conn)) = (&mut self.inner, &self.conn) {
-                inner.on_close(conn, reason);
+            if let (Some(inner), Some(sc)) = (&mut self.inner, &self.sc) {
+                let conn: Conn = sc.clone();
+                inner.on_close(&conn, reason);
             }
         } else {
             let e = match reason {

@@ -129,6 +129,9 @@ struct End {
     handler: Box<dyn Handler>,
     raw: Arc<Raw>,
     raw_conn: Conn,
+    /// The raw read buffer: what the handler leaves (a partial record) stays
+    /// and the next bytes go behind it, as in a backend (contract item 3).
+    rbuf: BytesMut,
     conn: mpsc::Receiver<Conn>,
     data: mpsc::Receiver<Vec<u8>>,
     eof: mpsc::Receiver<()>,
@@ -183,6 +186,7 @@ fn end(make: impl FnOnce(Box<dyn Handler>) -> Box<dyn Handler>) -> End {
     };
     let raw = Arc::new(Raw::default());
     End {
+        rbuf: BytesMut::new(),
         handler: make(Box::new(inner)),
         raw_conn: raw.clone(),
         raw,
@@ -195,8 +199,8 @@ fn end(make: impl FnOnce(Box<dyn Handler>) -> Box<dyn Handler>) -> End {
 /// Delivers what `from` sent on its raw connection to `to`.
 fn move_bytes(from: &mut End, to: &mut End) {
     for b in from.raw.take_sent() {
-        to.handler
-            .on_data(&to.raw_conn, &mut BytesMut::from(&b[..]));
+        to.rbuf.extend_from_slice(&b);
+        to.handler.on_data(&to.raw_conn, &mut to.rbuf);
     }
 }
 
