@@ -3,8 +3,8 @@
 //! through `Client::call_to`, cost no heap allocation on either end. Counted
 //! with a counting global allocator over this whole test binary (both ends and
 //! both event loops run in it); the bound leaves room for the few per-second
-//! housekeeping allocations (buffer-release timers) and, for now, the security
-//! layer's own [`LAYER_ALLOCS_PER_CALL`], and none of zs-core's per call.
+//! housekeeping allocations (buffer-release timers), none per call: neither
+//! zs-core's nor the security layer's ([`LAYER_ALLOCS_PER_CALL`]).
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -19,15 +19,17 @@ use zs_wire::Text;
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
-/// What the security layer under zs-core allocates per call today, both ends
-/// together (found with `valgrind --tool=dhat` on this test, session 11): one
-/// record buffer per sealed record in `zs_crypto::session::Session::append_data`
-/// and one `bytes::Shared` box per record in `zs_secure::conn::SecureConn::flush`
-/// (`Bytes::from(Vec)`), once per end per call. zs-core itself allocates
-/// nothing per call (frames are decoded as slices of the layer's buffer and
-/// its output buffer is swapped out, not copied). Set to 0 once the layer's
-/// send path reuses its buffers.
-const LAYER_ALLOCS_PER_CALL: u64 = 4;
+/// What the security layer under zs-core allocates per call, both ends
+/// together. Session 11 first measured 4 (`valgrind --tool=dhat` on this
+/// test): one record buffer per sealed record in
+/// `zs_crypto::session::Session::append_data` and one `bytes::Shared` box in
+/// `zs_secure::conn::SecureConn::flush` (`Bytes::from(Vec)`), per end per call.
+/// The session now seals into one reusable `BytesMut` whose sealed part is
+/// split off for the raw connection and reclaimed once written, so the layer
+/// allocates nothing per call either; zs-core never did (frames are decoded as
+/// slices of the layer's buffer and its output buffer is swapped out, not
+/// copied).
+const LAYER_ALLOCS_PER_CALL: u64 = 0;
 
 fn allocations() -> u64 {
     let s = GLOBAL.stats();

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use ring::rand::SystemRandom;
 
 use crate::error::{Error, Result};
@@ -16,6 +17,15 @@ pub trait SecureSession: Send {
     fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<()>;
     /// Appends bytes to send on the transport to `out`.
     fn write_output(&mut self, out: &mut Vec<u8>);
+    /// The bytes to send on the transport, taken. A session that keeps a
+    /// reusable output buffer splits them off it (no copy; its memory comes
+    /// back once the transport dropped them). The default collects
+    /// [`Self::write_output`] into a fresh buffer.
+    fn take_output_bytes(&mut self) -> Bytes {
+        let mut out = Vec::new();
+        self.write_output(&mut out);
+        Bytes::from(out)
+    }
     /// Next event.
     fn poll_event(&mut self) -> Option<Event>;
     /// Queues application data.
@@ -74,7 +84,8 @@ pub trait SecureSession: Send {
     /// session keeps little memory. The default does nothing.
     fn shrink(&mut self) {}
     /// Drops what the session can make again from what it keeps, such as the
-    /// expanded cipher keys (made again from the traffic secrets by the next
+    /// expanded cipher keys and an empty reusable output buffer (the keys are
+    /// made again from the traffic secrets by the next
     /// record), so a connection that went idle holds little memory. Costs that
     /// setup again on the next record: call it after a quiet period, not per
     /// read. The default does nothing.
@@ -110,6 +121,9 @@ impl SecureSession for Session {
     }
     fn write_output(&mut self, out: &mut Vec<u8>) {
         Session::write_output(self, out)
+    }
+    fn take_output_bytes(&mut self) -> Bytes {
+        Session::take_output_bytes(self)
     }
     fn poll_event(&mut self) -> Option<Event> {
         Session::poll_event(self)

@@ -149,6 +149,34 @@ impl DirectionKeys {
     }
 }
 
+/// A growable buffer records are sealed into: `Vec<u8>`, or a reusable
+/// `BytesMut` whose sealed part is split off and frozen for the transport
+/// (the session's output; see [`crate::session::Session::take_output_bytes`]).
+pub trait RecordBuf: AsRef<[u8]> + AsMut<[u8]> {
+    /// Appends `s`.
+    fn put_slice(&mut self, s: &[u8]);
+    /// Room for `n` more bytes.
+    fn reserve_bytes(&mut self, n: usize);
+}
+
+impl RecordBuf for Vec<u8> {
+    fn put_slice(&mut self, s: &[u8]) {
+        self.extend_from_slice(s);
+    }
+    fn reserve_bytes(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
+impl RecordBuf for bytes::BytesMut {
+    fn put_slice(&mut self, s: &[u8]) {
+        self.extend_from_slice(s);
+    }
+    fn reserve_bytes(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
 /// Seals records of one direction. `Debug` shows no key material.
 #[derive(Debug)]
 pub struct RecordSealer {
@@ -185,22 +213,23 @@ impl RecordSealer {
 
     /// Starts a record in `buf`: pushes a placeholder header and returns its
     /// offset. Append the plaintext to `buf`, then call [`Self::seal_in_place`].
-    pub fn begin(&self, buf: &mut Vec<u8>) -> usize {
-        let start = buf.len();
-        buf.extend_from_slice(&[0; HEADER_LEN]);
+    pub fn begin<B: RecordBuf>(&self, buf: &mut B) -> usize {
+        let start = buf.as_ref().len();
+        buf.put_slice(&[0; HEADER_LEN]);
         start
     }
 
     /// Seals the record that starts at `start` in `buf` (header placeholder
     /// then plaintext up to the end): writes the header, encrypts in place and
     /// appends the tag. No copy of the payload is made.
-    pub fn seal_in_place(
+    pub fn seal_in_place<B: RecordBuf>(
         &mut self,
         ty: ContentType,
-        buf: &mut Vec<u8>,
+        buf: &mut B,
         start: usize,
     ) -> Result<()> {
         let plen = buf
+            .as_ref()
             .len()
             .checked_sub(start + HEADER_LEN)
             .ok_or(Error::Malformed("record start beyond buffer"))?;
@@ -212,21 +241,26 @@ impl RecordSealer {
             });
         }
         let h = header(ty, plen + tag_len);
-        buf[start..start + HEADER_LEN].copy_from_slice(&h);
+        buf.as_mut()[start..start + HEADER_LEN].copy_from_slice(&h);
         self.keys.prot()?; // made first: a failure burns no sequence number
         let seq = self.keys.take_seq()?;
         let mut tag = [0u8; MAX_TAG_LEN];
         let prot = self.keys.prot.as_deref().ok_or(Error::Failed)?;
-        let n = prot.seal(seq, &h, &mut buf[start + HEADER_LEN..], &mut tag)?;
-        buf.extend_from_slice(&tag[..n]);
+        let n = prot.seal(seq, &h, &mut buf.as_mut()[start + HEADER_LEN..], &mut tag)?;
+        buf.put_slice(&tag[..n]);
         Ok(())
     }
 
     /// Appends one sealed record carrying `plaintext` to `out`.
-    pub fn seal(&mut self, ty: ContentType, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        out.reserve(self.wire_len(plaintext.len()));
+    pub fn seal<B: RecordBuf>(
+        &mut self,
+        ty: ContentType,
+        plaintext: &[u8],
+        out: &mut B,
+    ) -> Result<()> {
+        out.reserve_bytes(self.wire_len(plaintext.len()));
         let start = self.begin(out);
-        out.extend_from_slice(plaintext);
+        out.put_slice(plaintext);
         self.seal_in_place(ty, out, start)
     }
 

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use ring::rand::SecureRandom;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
@@ -516,7 +517,12 @@ pub struct Session {
     rekey: RekeyPolicy,
     max_record: usize,
     inbuf: Vec<u8>,
-    out: Vec<u8>,
+    /// Sealed bytes to send, and the open record. One buffer for the
+    /// session's life: [`Self::take_output_bytes`] splits the sealed part
+    /// off, and once the transport dropped it the next `reserve` reclaims
+    /// the same allocation (steady state allocates nothing). [`Self::shrink`]
+    /// releases it when empty.
+    out: BytesMut,
     events: VecDeque<Event>,
     sealer: Option<RecordSealer>,
     opener: Option<RecordOpener>,
@@ -534,7 +540,7 @@ pub struct Session {
     exporter: Option<Zeroizing<[u8; 32]>>,
 }
 
-fn handshake_record(msg: &[u8], out: &mut Vec<u8>) {
+fn handshake_record(msg: &[u8], out: &mut BytesMut) {
     out.extend_from_slice(&header(ContentType::Handshake, msg.len()));
     out.extend_from_slice(msg);
 }
@@ -624,7 +630,7 @@ impl Session {
             rekey,
             max_record,
             inbuf: Vec::new(),
-            out: Vec::new(),
+            out: BytesMut::new(),
             events: VecDeque::new(),
             sealer: None,
             opener: None,
@@ -700,18 +706,24 @@ impl Session {
     /// Bytes to send to the peer, taken (the internal buffer is emptied).
     pub fn take_output(&mut self) -> Vec<u8> {
         self.seal_open();
-        std::mem::take(&mut self.out)
+        Vec::from(std::mem::take(&mut self.out))
     }
 
     /// Appends the bytes to send to `out` and empties the internal buffer
-    /// (without a copy when `out` is empty).
+    /// (a copy: transports should prefer [`Self::take_output_bytes`]).
     pub fn write_output(&mut self, out: &mut Vec<u8>) {
         self.seal_open();
-        if out.is_empty() {
-            std::mem::swap(out, &mut self.out);
-        } else {
-            out.append(&mut self.out);
-        }
+        out.extend_from_slice(&self.out);
+        self.out.clear();
+    }
+
+    /// The bytes to send, split off the session's output buffer (no copy).
+    /// Once the caller (or the transport) dropped them, the buffer's next
+    /// `reserve` reuses their memory, so a session whose output goes out
+    /// before the next send allocates nothing per record.
+    pub fn take_output_bytes(&mut self) -> Bytes {
+        self.seal_open();
+        self.out.split().freeze()
     }
 
     /// Whether there are bytes to send.
@@ -719,14 +731,14 @@ impl Session {
         !self.out.is_empty()
     }
 
-    /// Releases the memory of internal buffers that are empty (an idle
-    /// session then keeps no buffer capacity). Cheap; call when idle.
+    /// Releases the memory of internal buffers that are empty (the
+    /// handshake's, received bytes, events), but not the reusable output
+    /// buffer: it is what lets a busy session seal without allocating, and
+    /// [`Self::release_keys`] releases it with the keys. Cheap; callers may
+    /// call it after every read.
     pub fn shrink(&mut self) {
         if self.inbuf.is_empty() {
             self.inbuf = Vec::new();
-        }
-        if self.out.is_empty() {
-            self.out = Vec::new();
         }
         if self.events.is_empty() {
             self.events = VecDeque::new();
@@ -740,9 +752,13 @@ impl Session {
     /// 544-byte ring keys, most of an idle session's memory); the traffic
     /// secrets stay, and the next record sealed or opened makes its
     /// direction's keys again (two HKDF expansions and ring's key setup, a
-    /// few microseconds). For connections that went idle: calling it on a busy
-    /// one costs that setup on its next record.
+    /// few microseconds). The output buffer goes too when empty (the next
+    /// record allocates it again). For connections that went idle: calling it
+    /// on a busy one costs that setup and that allocation on its next record.
     pub fn release_keys(&mut self) {
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
         if let Some(s) = self.sealer.as_mut() {
             s.release_keys();
         }
@@ -1085,7 +1101,7 @@ impl Session {
     fn fail(&mut self, e: Error) -> Error {
         if !self.handshake_done && !matches!(e, Error::PeerAlert(_)) {
             self.out.extend_from_slice(&header(ContentType::Alert, 1));
-            self.out.push(alert_code(&e));
+            self.out.extend_from_slice(&[alert_code(&e)]);
         }
         let unknown = match &self.state {
             State::ServerWaitFinished {

@@ -97,11 +97,12 @@ impl SecureConn {
     /// Seals what was sent since the last seal (and any handshake or alert bytes)
     /// and hands it to the raw connection.
     fn flush(&self, st: &mut St) {
-        let mut out = Vec::new();
-        st.session.write_output(&mut out);
+        // Split off the session's reusable output buffer: once the raw
+        // backend wrote and dropped `ct`, the session's next record reclaims
+        // the same memory (no allocation per record in steady state).
+        let ct = st.session.take_output_bytes();
         st.held = 0;
-        if !out.is_empty() {
-            let ct = Bytes::from(out);
+        if !ct.is_empty() {
             if let Some(prev) = st.stalled.take() {
                 // Keep the order: join behind the bytes already waiting.
                 let mut joined = BytesMut::with_capacity(prev.len() + ct.len());
@@ -850,6 +851,15 @@ impl Handler for SecureHandler {
             }
         }
         self.deliver(raw);
+        if buf.is_empty() && buf.capacity() == 0 {
+            // The plaintext was split off the front of the raw buffer and the
+            // rest advanced to its end: once the inner handler dropped the
+            // plaintext, take the whole allocation back (no allocation, only
+            // when this is the last handle), so the backend keeps reading into
+            // it instead of dropping an empty buffer without room and making a
+            // new one (plus `bytes`' shared header at the next split) per read.
+            let _ = buf.try_reclaim(1);
+        }
         if let Some(sc) = &self.sc {
             lock(&sc.st).session.shrink();
         }
