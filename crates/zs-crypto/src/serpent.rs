@@ -1,6 +1,6 @@
 //! Serpent (Anderson, Biham, Knudsen; AES finalist, 1998), bitsliced with
 //! Osvik's S-box circuits, **four blocks at a time**: each of the four state
-//! words is a [`Lanes`] value holding that word of four blocks, so every
+//! words is a `Lanes` value holding that word of four blocks, so every
 //! circuit operation and every rotation of the linear transform works on four
 //! blocks with one 128-bit vector instruction (the compiler vectorises the
 //! lane loops; no `unsafe`, no intrinsics). A run shorter than four blocks
