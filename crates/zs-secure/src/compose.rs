@@ -97,7 +97,7 @@ pub fn secure_with(
     )
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::io::Read;
