@@ -1833,6 +1833,10 @@ impl Visitor {
                     continue;
                 }
                 let tried = Instant::now();
+                // Whether the IGD was known when the attempt started: one that answers
+                // while the attempt runs (it does not wait for the search) must still
+                // trigger the upgrade, so this is read before the attempt, not after.
+                let had_igd = self.inner.cfg.port_mapping && igd_known();
                 if let Err(e) = self.punch_agent(want).await {
                     let wait = if e.relay_only { retry * 10 } else { retry };
                     info!(error = %e.reason, agent = want, retry_in_s = wait.as_secs(), "xnat visitor: no direct path; connections go through the relay");
@@ -1842,7 +1846,7 @@ impl Visitor {
                         want,
                         Backoff {
                             until,
-                            had_igd: self.inner.cfg.port_mapping && igd_known(),
+                            had_igd,
                             tried,
                             wait: w,
                         },
