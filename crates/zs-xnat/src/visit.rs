@@ -1504,7 +1504,7 @@ pub struct VisitorStats {
 struct Backoff {
     /// When to try again anyway.
     until: Instant,
-    /// Whether our router's IGD was known after it.
+    /// Whether our router's IGD was known when it started.
     had_igd: bool,
     /// When it started.
     tried: Instant,
