@@ -253,16 +253,33 @@ fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {
 ///
 /// Memory: while a frame is incomplete the decoder reserves at most 64 KiB beyond
 /// what arrived, not the length the header announces, so a peer that announces
-/// `max_frame` and stalls pins little memory.
+/// `max_frame` and stalls pins little memory (frames up to the length set with
+/// [`Decoder::reserve_whole_frames_up_to`] excepted: their whole length is
+/// reserved at once).
 #[derive(Debug, Clone, Default)]
 pub struct Decoder {
     config: Config,
+    /// Frames up to this length (header included) have their whole length
+    /// reserved once their header arrived (see
+    /// [`Decoder::reserve_whole_frames_up_to`]); 0: none.
+    whole: usize,
 }
 
 impl Decoder {
     /// A decoder with the given configuration.
     pub fn new(config: Config) -> Decoder {
-        Decoder { config }
+        Decoder { config, whole: 0 }
+    }
+
+    /// Once the header of a frame of at most `limit` bytes (header included)
+    /// arrived, reserve room for all of it at once, plus one 64 KiB step for
+    /// what follows it in the same reads, so its body is not regrown (and
+    /// copied) step by step as it arrives; longer frames keep the 64 KiB
+    /// step. `limit` is what a peer that announces a frame and
+    /// stalls can make the buffer reserve (never above `max_frame`, which the
+    /// header check refuses first). Default 0: every frame grows by steps.
+    pub fn reserve_whole_frames_up_to(&mut self, limit: usize) {
+        self.whole = limit;
     }
 
     /// The configuration.
@@ -325,7 +342,12 @@ impl Decoder {
         };
         let total = h.header_len + h.body_len;
         if buf.len() < total {
-            buf.reserve((total - buf.len()).min(RESERVE_STEP));
+            let more = total - buf.len();
+            buf.reserve(if total <= self.whole {
+                more + RESERVE_STEP
+            } else {
+                more.min(RESERVE_STEP)
+            });
             return Ok(None);
         }
         // One split (one reference-count increment) for the whole frame; skipping
@@ -483,6 +505,52 @@ impl Encoder {
         dst.reserve(self.header_len(body_len));
         self.put_header(dst, kind.code(), body_len);
         Ok(())
+    }
+
+    /// [`Encoder::encode`], except that a frame ending in a byte payload of at
+    /// least `apart` bytes (`BigStream`, `CompleteBuffer`) is written without
+    /// that payload, which is returned (a clone of the frame's `Bytes`, no
+    /// copy) to be sent right behind what was written, for example in one
+    /// vectored write: the same bytes on the wire, one copy fewer. With
+    /// compression configured the frame is encoded whole (`None`).
+    ///
+    /// ```
+    /// use bytes::{Bytes, BytesMut};
+    /// use zs_wire::{Config, Encoder, Frame, Text};
+    /// let config = Config::default();
+    /// let frame = Frame::BigStream {
+    ///     id: 3, cmd: Text::from("up"), offset: 0, total: 5000, last: true,
+    ///     data: Bytes::from(vec![9u8; 5000]),
+    /// };
+    /// let mut head = BytesMut::new();
+    /// let payload = Encoder::new(config).encode_apart(&frame, 4096, &mut head).unwrap();
+    /// let mut wire = head.to_vec();
+    /// wire.extend_from_slice(&payload.unwrap());
+    /// assert_eq!(wire, frame.to_bytes(&config).unwrap());
+    /// ```
+    pub fn encode_apart(
+        &mut self,
+        frame: &Frame,
+        apart: usize,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Bytes>, WireError> {
+        let payload = match frame.trailing_payload() {
+            Some(p) if p.len() >= apart && self.config.compress_threshold.is_none() => p,
+            _ => return self.encode(frame, dst).map(|()| None),
+        };
+        let limits = &self.config.limits;
+        frame.check(limits)?;
+        let body_len = frame.body_len();
+        if body_len > limits.max_frame {
+            return Err(WireError::FrameTooLarge {
+                len: body_len as u64,
+                max: limits.max_frame,
+            });
+        }
+        dst.reserve(self.header_len(body_len) + body_len - payload.len());
+        self.put_header(dst, frame.kind().code(), body_len);
+        frame.put_body_head(dst);
+        Ok(Some(payload.clone()))
     }
 
     /// The general path of [`Encoder::encode`].

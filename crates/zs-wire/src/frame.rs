@@ -442,6 +442,38 @@ impl Frame {
         }
     }
 
+    /// The byte payload that ends the body of a `BigStream` or `CompleteBuffer`
+    /// (what [`Frame::put_body_head`] leaves out); `None` for other kinds.
+    pub(crate) fn trailing_payload(&self) -> Option<&Bytes> {
+        match self {
+            Frame::BigStream { data, .. } | Frame::CompleteBuffer { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
+    /// Writes the body up to its trailing payload (see
+    /// [`Frame::trailing_payload`]); the whole body for other kinds.
+    pub(crate) fn put_body_head(&self, dst: &mut impl BufMut) {
+        match self {
+            Frame::BigStream {
+                id,
+                cmd,
+                offset,
+                total,
+                last,
+                ..
+            } => {
+                put_varint(dst, *id);
+                put_name(dst, cmd);
+                put_varint(dst, *offset);
+                put_varint(dst, *total);
+                dst.put_u8(if *last { FLAG_LAST } else { 0 });
+            }
+            Frame::CompleteBuffer { cmd, .. } => put_name(dst, cmd),
+            _ => self.put_body(dst),
+        }
+    }
+
     /// Writes the (uncompressed) body.
     pub(crate) fn put_body(&self, dst: &mut impl BufMut) {
         match self {
@@ -463,28 +495,13 @@ impl Frame {
                 put_name(dst, cmd);
                 data.encode_into(dst);
             }
-            Frame::BigStream {
-                id,
-                cmd,
-                offset,
-                total,
-                last,
-                data,
-            } => {
-                put_varint(dst, *id);
-                put_name(dst, cmd);
-                put_varint(dst, *offset);
-                put_varint(dst, *total);
-                dst.put_u8(if *last { FLAG_LAST } else { 0 });
+            Frame::BigStream { data, .. } | Frame::CompleteBuffer { data, .. } => {
+                self.put_body_head(dst);
                 dst.put_slice(data);
             }
             Frame::BigStreamAck { id, offset } => {
                 put_varint(dst, *id);
                 put_varint(dst, *offset);
-            }
-            Frame::CompleteBuffer { cmd, data } => {
-                put_name(dst, cmd);
-                dst.put_slice(data);
             }
             Frame::BatchStream {
                 id,

@@ -325,6 +325,105 @@ fn an_announced_length_reserves_only_what_arrives() {
     assert!(rx.is_empty());
 }
 
+/// With `reserve_whole_frames_up_to(limit)`, a frame up to `limit` has its
+/// whole length reserved once its header is in (no regrowth while it arrives);
+/// a longer one, announced and stalled, still gets only the 64 KiB step.
+#[test]
+fn whole_frames_are_reserved_only_up_to_the_limit() {
+    let c = Config::default();
+    let limit = 1 << 20;
+    let mut dec = Decoder::new(c);
+    dec.reserve_whole_frames_up_to(limit);
+    for (len, whole) in [
+        (256 << 10, true),
+        (limit - 16, true),
+        (c.limits.max_frame, false),
+    ] {
+        let mut body = vec![0x01, b'x'];
+        body.resize(len, 0x5a);
+        let wire = raw_frame(0x07, &body);
+        let header = wire.len() - len;
+        let mut rx = BytesMut::new();
+        rx.extend_from_slice(&wire[..header + 10]);
+        assert_eq!(dec.decode(&mut rx), Ok(None));
+        if whole {
+            assert!(rx.capacity() >= wire.len(), "{len}: {}", rx.capacity());
+            let cap = rx.capacity();
+            rx.extend_from_slice(&wire[header + 10..wire.len() - 1]);
+            assert_eq!(dec.decode(&mut rx), Ok(None));
+            assert_eq!(rx.capacity(), cap, "{len}: regrown while arriving");
+            rx.extend_from_slice(&wire[wire.len() - 1..]);
+            let Ok(Some(Frame::CompleteBuffer { data, .. })) = dec.decode(&mut rx) else {
+                panic!("the frame")
+            };
+            assert_eq!(data.len(), len - 2);
+        } else {
+            assert!(
+                rx.capacity() <= 128 << 10,
+                "reserved {} bytes for a stalled {len}-byte frame",
+                rx.capacity()
+            );
+        }
+    }
+}
+
+/// `encode_apart` writes everything but a large trailing payload and returns
+/// the payload: together the same bytes as `encode`; small payloads, other
+/// kinds and compressing encoders encode whole.
+#[test]
+fn encode_apart_leaves_out_only_large_payloads() {
+    use zs_wire::Text;
+    let big = Bytes::from(vec![7u8; 70_000]);
+    let frames = [
+        Frame::BigStream {
+            id: 300,
+            cmd: Text::from("sink"),
+            offset: 1 << 33,
+            total: (1 << 33) + 70_000,
+            last: true,
+            data: big.clone(),
+        },
+        Frame::CompleteBuffer {
+            cmd: Text::from("blob"),
+            data: big.clone(),
+        },
+        Frame::BigStream {
+            id: 1,
+            cmd: Text::from("s"),
+            offset: 0,
+            total: 10,
+            last: false,
+            data: Bytes::from_static(b"tiny"),
+        },
+        Frame::Echo {
+            id: 2,
+            payload: big.clone(),
+        },
+    ];
+    for compress in [None, Some(64)] {
+        let mut c = Config::default();
+        c.compress_threshold = compress;
+        for f in &frames {
+            let mut enc = Encoder::new(c);
+            let mut whole = BytesMut::new();
+            enc.encode(f, &mut whole).unwrap();
+            let mut head = BytesMut::from(&b"before"[..]);
+            let payload = enc.encode_apart(f, 4096, &mut head).unwrap();
+            let apart = compress.is_none()
+                && matches!(f, Frame::BigStream { .. } | Frame::CompleteBuffer { .. })
+                && f != &frames[2];
+            assert_eq!(payload.is_some(), apart, "{f:?}");
+            let mut wire = head.to_vec();
+            if let Some(p) = payload {
+                assert_eq!(p.as_ptr(), big.as_ptr(), "the payload is not copied");
+                wire.extend_from_slice(&p);
+            }
+            assert_eq!(&wire[..6], b"before");
+            assert_eq!(&wire[6..], &whole[..]);
+        }
+    }
+}
+
 #[test]
 fn a_bad_body_is_recoverable_and_the_decoder_stays_in_step() {
     let c = Config::default();
