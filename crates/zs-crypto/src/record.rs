@@ -330,6 +330,38 @@ impl RecordOpener {
         Ok((ty, data))
     }
 
+    /// Opens the complete record at `region[off..]` (header + body, to the
+    /// end of `region`) like [`Self::open_in_place`], but writes the payload
+    /// at the start of `region`: records opened one after another this way
+    /// leave their payloads contiguous, with no header or tag between them
+    /// (for ring's AEADs the move costs nothing: it is done by the
+    /// decryption pass). The bytes before `off` are overwritten.
+    pub fn open_shifted<'a>(
+        &mut self,
+        region: &'a mut [u8],
+        off: usize,
+    ) -> Result<(ContentType, &'a mut [u8])> {
+        let record = region.get(off..).ok_or(Error::Malformed("record offset"))?;
+        let (ty, len) = parse_header(record).ok_or(Error::Malformed("record header"))?;
+        if record.len() != HEADER_LEN + len {
+            return Err(Error::Malformed("record length"));
+        }
+        let ty = ContentType::from_u8(ty).ok_or(Error::Malformed("record content type"))?;
+        let tag_len = self.keys.suite.tag_len();
+        if len < tag_len {
+            return Err(Error::BadRecordMac);
+        }
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&record[..HEADER_LEN]);
+        let seq = self.keys.seq;
+        let n = self
+            .keys
+            .prot()?
+            .open_shifted(seq, &h, region, off + HEADER_LEN, tag_len)?;
+        self.keys.take_seq()?;
+        Ok((ty, &mut region[..n]))
+    }
+
     /// Moves to the next key generation (after opening a key-update record).
     pub fn update_keys(&mut self) -> Result<()> {
         self.keys.advance()
@@ -350,6 +382,36 @@ impl RecordOpener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `open_shifted` gives what `open_in_place` gives, written at the start
+    /// of the region, for every suite and shift; a changed byte fails it.
+    #[test]
+    fn open_shifted_moves_the_payload_down() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i * 13) as u8).collect();
+        for suite in SuiteId::ALL {
+            for off in [0usize, 1, 5, 21, 4096] {
+                let Ok(mut s) = RecordSealer::new(suite, [3; 32]) else {
+                    break;
+                };
+                let mut rec = Vec::new();
+                s.seal(ContentType::Data, &payload, &mut rec).unwrap();
+                let mut o = RecordOpener::new(suite, [3; 32]).unwrap();
+                let mut region = vec![0xee; off];
+                region.extend_from_slice(&rec);
+                let mut bad = region.clone();
+                *bad.last_mut().unwrap() ^= 1;
+                assert_eq!(
+                    o.open_shifted(&mut bad, off).unwrap_err(),
+                    Error::BadRecordMac,
+                    "{suite} {off}"
+                );
+                let (ty, p) = o.open_shifted(&mut region, off).unwrap();
+                assert_eq!(ty, ContentType::Data);
+                assert_eq!(p, &payload[..], "{suite} {off}");
+                assert_eq!(p.as_ptr(), region.as_ptr());
+            }
+        }
+    }
 
     #[test]
     fn seal_open_and_reject_replay_reorder_truncation() {

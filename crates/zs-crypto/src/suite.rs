@@ -305,6 +305,45 @@ impl Protector {
         }
     }
 
+    /// Checks and decrypts the sealed body `in_out[src..]` (ciphertext, then
+    /// the tag) and writes the plaintext at the start of `in_out` (moved
+    /// `src` bytes down in the same pass for ring's AEADs; a copy for the
+    /// others); returns its length. What lies before `src` is overwritten;
+    /// on error the bytes of `in_out` are unspecified.
+    pub(crate) fn open_shifted(
+        &self,
+        seq: u64,
+        aad: &[u8],
+        in_out: &mut [u8],
+        src: usize,
+        tag_len: usize,
+    ) -> Result<usize> {
+        let body = in_out.len().checked_sub(src).ok_or(Error::BadRecordMac)?;
+        let n = body.checked_sub(tag_len).ok_or(Error::BadRecordMac)?;
+        let (data, tag) = in_out.split_at_mut(src + n);
+        match self {
+            Protector::Aead { key, iv } => {
+                let nonce = aead::Nonce::assume_unique_for_key(nonce(iv, seq));
+                let t: [u8; 16] = (&tag[..]).try_into().map_err(|_| Error::BadRecordMac)?;
+                key.open_in_place_separate_tag(
+                    nonce,
+                    aead::Aad::from(aad),
+                    aead::Tag::from(t),
+                    data,
+                    src..,
+                )
+                .map_err(|_| Error::BadRecordMac)?;
+            }
+            _ => {
+                self.open(seq, aad, &mut data[src..], tag)?;
+                if src > 0 {
+                    data.copy_within(src.., 0);
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Checks `tag` and decrypts `data` in place. Nothing is decrypted when the tag is wrong.
     pub(crate) fn open(&self, seq: u64, aad: &[u8], data: &mut [u8], tag: &[u8]) -> Result<()> {
         match self {
