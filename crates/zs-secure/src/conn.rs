@@ -30,6 +30,16 @@ const T_LINGER: u64 = 4;
 const T_IDLE: u64 = 5;
 const FIRST_USER_TIMER: u64 = 16;
 
+/// The least plaintext kept at the front of the raw buffer (`held`): below
+/// it, copying it behind the next read costs less than moving the record's
+/// start.
+const HOLD_MIN: usize = 16 * 1024;
+
+/// The room the inner handler's buffer must have beyond the start of the
+/// next record for the plaintext to be held at the front of the raw buffer:
+/// the next reads land there, and regrowing it would copy the plaintext.
+const HOLD_ROOM: usize = 64 * 1024;
+
 /// How often a connection whose inner handler waits for `on_writable` checks the
 /// raw queue when the raw backend will not signal it (its queue was never full).
 const DRAIN_POLL: Duration = Duration::from_millis(1);
@@ -420,6 +430,11 @@ pub(crate) struct SecureHandler {
     /// Counted in the layer's handshakes in progress from this address.
     counted_ip: Option<std::net::IpAddr>,
     pending: BytesMut,
+    /// Plaintext kept at the front of the raw read buffer, ahead of the
+    /// start of the next record: the start of a frame the inner handler left
+    /// (see the end of `on_data`). The next records are opened right behind
+    /// it, so the frame is completed where it lies.
+    held: usize,
     /// Where the plaintext of the records of one read lies (emptied per read;
     /// its capacity is released with the keys when the connection idles).
     segs: Vec<Seg>,
@@ -452,6 +467,7 @@ impl SecureHandler {
             counted: false,
             counted_ip: None,
             pending: BytesMut::new(),
+            held: 0,
             segs: Vec::new(),
         }
     }
@@ -613,6 +629,33 @@ impl SecureHandler {
         }
     }
 
+    /// After delivery: when the inner handler left a large start of a frame
+    /// and its buffer has room for the start of the next record behind it,
+    /// that buffer becomes the raw read buffer (the record's start, at most
+    /// one record, is copied behind the plaintext). The backend appends the
+    /// next reads there, and the records are opened right behind the
+    /// plaintext (`held`), so the frame is completed where it lies instead
+    /// of each read's plaintext being copied behind it in `pending`. Not
+    /// while reading is paused or an EOF waits (`deliver` hands `pending`
+    /// on then).
+    fn hold_partial(&mut self, buf: &mut BytesMut) {
+        let Some(sc) = &self.sc else {
+            return;
+        };
+        if self.pending.len() < HOLD_MIN
+            || self.dead
+            || self.eof_waiting
+            || sc.paused.load(Ordering::Acquire)
+            || self.pending.capacity() - self.pending.len() < buf.len() + HOLD_ROOM
+        {
+            return;
+        }
+        let mut front = std::mem::take(&mut self.pending);
+        self.held = front.len();
+        front.extend_from_slice(buf);
+        *buf = front;
+    }
+
     fn arm_rekey(&self) {
         let Some(sc) = &self.sc else {
             return;
@@ -748,6 +791,7 @@ impl Handler for SecureHandler {
             return;
         }
         let now = Instant::now();
+        let held = std::mem::take(&mut self.held).min(buf.len());
         let base = buf.as_ptr() as usize;
         let blen = buf.len();
         let mut established = None;
@@ -756,20 +800,22 @@ impl Handler for SecureHandler {
         let result = {
             let mut st = lock(&sc.st);
             let (segs, side_buf) = (&mut self.segs, &mut side_buf);
-            let r =
-                st.session
-                    .handle_input_leaving_partial(&mut buf[..], now, &mut |pt: &[u8]| {
-                        if pt.is_empty() {
-                            return;
-                        }
-                        let p = pt.as_ptr() as usize;
-                        if p >= base && p + pt.len() <= base + blen {
-                            segs.push(Seg::Raw(p - base, p - base + pt.len()));
-                        } else {
-                            segs.push(Seg::Side(side_buf.len(), side_buf.len() + pt.len()));
-                            side_buf.extend_from_slice(pt);
-                        }
-                    });
+            let r = st.session.handle_input_leaving_partial(
+                &mut buf[held..],
+                now,
+                &mut |pt: &[u8]| {
+                    if pt.is_empty() {
+                        return;
+                    }
+                    let p = pt.as_ptr() as usize;
+                    if p >= base && p + pt.len() <= base + blen {
+                        segs.push(Seg::Raw(p - base, p - base + pt.len()));
+                    } else {
+                        segs.push(Seg::Side(side_buf.len(), side_buf.len() + pt.len()));
+                        side_buf.extend_from_slice(pt);
+                    }
+                },
+            );
             while let Some(ev) = st.session.poll_event() {
                 match ev {
                     Event::HandshakeComplete {
@@ -789,20 +835,29 @@ impl Handler for SecureHandler {
             sc.flush(&mut st);
             r
         };
-        // Bytes of `buf` the session took (whole records); the rest is the
-        // start of a record.
-        let mut consumed = *result.as_ref().unwrap_or(&blen);
+        // Bytes of `buf` the session took (the plaintext held at its front,
+        // then whole records); the rest is the start of a record.
+        let mut consumed = held + *result.as_ref().unwrap_or(&(blen - held));
         let result = result.map(|_| ());
-        // Gather the plaintext: in place when nothing waits before it.
-        if !self.segs.is_empty() {
+        if held > 0 && consumed == held && self.segs.is_empty() && result.is_ok() {
+            // No record completed: the held plaintext stays where it is.
+            self.held = held;
+            consumed = 0;
+        } else if held > 0 || !self.segs.is_empty() {
+            // Gather the plaintext: in place when nothing waits before it.
+            // The session packed the payloads behind each other (and behind
+            // the held plaintext), so nothing moves then.
             let all_raw = self.segs.iter().all(|s| matches!(s, Seg::Raw(..)));
             if self.pending.is_empty() && all_raw {
-                let Seg::Raw(start, mut w) = self.segs[0] else {
-                    unreachable!("checked: every segment is in the raw buffer")
+                let (start, mut w) = match self.segs.first() {
+                    Some(&Seg::Raw(a, _)) if held == 0 => (a, a),
+                    _ => (0, held),
                 };
-                for s in &self.segs[1..] {
+                for s in &self.segs {
                     if let Seg::Raw(a, b) = *s {
-                        buf.copy_within(a..b, w);
+                        if a != w {
+                            buf.copy_within(a..b, w);
+                        }
                         w += b - a;
                     }
                 }
@@ -811,6 +866,7 @@ impl Handler for SecureHandler {
                 self.pending = plain;
                 consumed -= w; // `buf` now starts at `w`
             } else {
+                self.pending.extend_from_slice(&buf[..held]);
                 for s in &self.segs {
                     match *s {
                         Seg::Raw(a, b) => self.pending.extend_from_slice(&buf[a..b]),
@@ -860,6 +916,7 @@ impl Handler for SecureHandler {
             // new one (plus `bytes`' shared header at the next split) per read.
             let _ = buf.try_reclaim(1);
         }
+        self.hold_partial(buf);
         if let Some(sc) = &self.sc {
             lock(&sc.st).session.shrink();
         }

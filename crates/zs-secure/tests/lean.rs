@@ -500,3 +500,93 @@ fn steady_state_sends_allocate_nothing() {
     assert!(used < n / 100, "{used} allocations for {n} exchanges");
     assert_eq!(layer.stats().record_errors, 0);
 }
+
+/// Takes whole frames of `size` bytes off the front of what it gets and, like
+/// zs-core's decoder, reserves room for the rest of a partial frame (plus a
+/// step) before leaving it; records where each partial frame was left.
+struct Frames {
+    size: usize,
+    left: Arc<Mutex<Vec<(usize, usize)>>>,
+    frames: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Handler for Frames {
+    fn on_data(&mut self, _conn: &Conn, data: &mut BytesMut) {
+        while data.len() >= self.size {
+            let f = data.split_to(self.size).freeze();
+            self.frames.lock().unwrap().push(f);
+        }
+        if !data.is_empty() {
+            data.reserve(self.size - data.len() + (64 << 10));
+            self.left
+                .lock()
+                .unwrap()
+                .push((data.as_ptr() as usize, data.len()));
+        }
+    }
+}
+
+/// A frame left partial by the inner handler, in a buffer with room, is
+/// completed where it lies: that buffer becomes the raw read buffer (the
+/// backend appends the next read behind the plaintext) and the next records
+/// open right behind it, instead of each read's plaintext being copied
+/// behind the partial frame. Every frame arrives whole and in order.
+#[test]
+fn a_partial_frame_is_completed_where_it_lies() {
+    let _serial = serial();
+    let layer = layer(key_provider());
+    let left = Arc::new(Mutex::new(Vec::new()));
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let (l2, f2) = (left.clone(), frames.clone());
+    let ck = Keep::default();
+    let size = 262_150;
+    let (mut server, client) = ends(
+        &layer,
+        Arc::new(move || {
+            Box::new(Frames {
+                size,
+                left: l2.clone(),
+                frames: f2.clone(),
+            }) as Box<dyn Handler>
+        }),
+        Box::new(ck.clone()),
+        Arc::default(),
+        Arc::default(),
+    );
+    let payload: Vec<u8> = (0..4 * size as u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    for part in payload.chunks(100_000) {
+        ck.conn().send(Bytes::copy_from_slice(part)).unwrap();
+    }
+    let wire: Vec<u8> = std::mem::take(&mut *client.raw.sent.lock().unwrap())
+        .iter()
+        .flat_map(|b| b.to_vec())
+        .collect();
+    let mut rbuf = BytesMut::new();
+    let (mut held, mut partials) = (0, 0);
+    for piece in wire.chunks(64 << 10) {
+        rbuf.extend_from_slice(piece);
+        let before = left.lock().unwrap().len();
+        server.handler.on_data(&server.raw_conn, &mut rbuf);
+        if let Some(&(p, n)) = left.lock().unwrap()[before..].last() {
+            if n >= 16 << 10 {
+                partials += 1;
+                if rbuf.as_ptr() as usize == p {
+                    held += 1;
+                }
+            }
+        }
+    }
+    assert!(rbuf.is_empty());
+    let frames = frames.lock().unwrap();
+    assert_eq!(frames.len(), 4);
+    for (i, f) in frames.iter().enumerate() {
+        assert!(&f[..] == &payload[i * size..(i + 1) * size], "frame {i}");
+    }
+    assert!(
+        partials > 4 && held * 2 > partials,
+        "{held} of {partials} partial frames held in the raw buffer"
+    );
+    assert_eq!(layer.stats().record_errors, 0);
+}
