@@ -651,10 +651,40 @@ impl Link {
         });
     }
 
+    /// Whether `n` more bytes the transport refused may wait in the backlog
+    /// (the budget is checked before anything more is kept); if not, the
+    /// peer, which does not read its data, is disconnected.
+    fn may_keep(&self, st: &mut LinkState, conn: &Conn, n: usize) -> bool {
+        if st.backlog_bytes + n <= self.shared.options.max_backlog {
+            return true;
+        }
+        tracing::warn!(
+            conn = conn.id().0,
+            peer = %conn.peer_addr(),
+            backlog = st.backlog_bytes + n,
+            limit = self.shared.options.max_backlog,
+            "disconnecting: the peer does not read its data"
+        );
+        st.backlog.clear();
+        st.backlog_bytes = 0;
+        if !st.session.is_stable() {
+            self.open.store(false, Ordering::Release);
+        }
+        conn.abort();
+        false
+    }
+
     /// Sends what the session produced and arms its next timer. Call with the lock held.
     fn flush(&self, st: &mut LinkState) {
         self.take_local(st);
-        st.session.write_output(&mut st.out);
+        // A large payload kept apart from its frame head goes out as its own
+        // piece, in one vectored send with the rest (no copy behind the head).
+        let mut parts = VecDeque::new();
+        if st.session.has_output_parts() {
+            st.session.write_output_parts(&mut parts);
+        } else {
+            st.session.write_output(&mut st.out);
+        }
         let Some(conn) = st.conn.clone() else {
             st.out.clear();
             return;
@@ -670,7 +700,28 @@ impl Link {
             conn.abort();
             return;
         }
-        if !st.out.is_empty() {
+        if !parts.is_empty() {
+            let n: usize = parts.iter().map(Bytes::len).sum();
+            self.shared
+                .stats
+                .bytes_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+            if st.backlog.is_empty() {
+                match conn.send_vectored(&mut parts) {
+                    Ok(()) | Err(zs_io::Error::Full(_)) => {}
+                    Err(_) => parts.clear(),
+                }
+            }
+            let left: usize = parts.iter().map(Bytes::len).sum();
+            if left > 0 {
+                if !self.may_keep(st, &conn, left) {
+                    return;
+                }
+                st.backlog_bytes += left;
+                st.backlog.extend(parts);
+                self.pause(st, PAUSE_BACKLOG, true);
+            }
+        } else if !st.out.is_empty() {
             let b = st.out.split().freeze();
             self.shared
                 .stats
@@ -686,21 +737,7 @@ impl Link {
                 Some(b)
             };
             if let Some(b) = b {
-                // The budget is checked before anything more is kept.
-                if st.backlog_bytes + b.len() > self.shared.options.max_backlog {
-                    tracing::warn!(
-                        conn = conn.id().0,
-                        peer = %conn.peer_addr(),
-                        backlog = st.backlog_bytes + b.len(),
-                        limit = self.shared.options.max_backlog,
-                        "disconnecting: the peer does not read its data"
-                    );
-                    st.backlog.clear();
-                    st.backlog_bytes = 0;
-                    if !st.session.is_stable() {
-                        self.open.store(false, Ordering::Release);
-                    }
-                    conn.abort();
+                if !self.may_keep(st, &conn, b.len()) {
                     return;
                 }
                 st.backlog_bytes += b.len();

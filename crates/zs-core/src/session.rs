@@ -544,6 +544,11 @@ pub struct Session {
     plain: BytesMut,
     /// Encoded frames waiting for [`Session::write_output`].
     out: BytesMut,
+    /// Output that goes before `out`: frame heads and the large payloads
+    /// sent apart from them (see [`Session::write_output_parts`]); empty
+    /// unless a frame with a payload of `PAYLOAD_APART` bytes or more is
+    /// waiting.
+    parts: Vec<Bytes>,
     /// The current link's channel binding (StableIO resume proofs).
     binding: Option<[u8; 32]>,
     scratch: BytesMut,
@@ -609,10 +614,15 @@ impl Session {
     /// runtime gives each of its sessions the same one).
     pub fn with_config(cfg: std::sync::Arc<SessionConfig>) -> Session {
         Session {
-            codec: FrameCodec::new(cfg.wire),
+            codec: {
+                let mut c = FrameCodec::new(cfg.wire);
+                c.decoder.reserve_whole_frames_up_to(WHOLE_FRAME_RESERVE);
+                c
+            },
             cfg,
             plain: BytesMut::new(),
             out: BytesMut::new(),
+            parts: Vec::new(),
             binding: None,
             scratch: BytesMut::new(),
             events: VecDeque::new(),
@@ -1850,11 +1860,25 @@ impl Session {
             return Ok(());
         }
         let before = self.out.len();
-        if let Err(e) = self.codec.encode(frame, &mut self.out) {
-            self.out.truncate(before);
-            return Err(e.into());
+        let payload = match self
+            .codec
+            .encoder
+            .encode_apart(frame, PAYLOAD_APART, &mut self.out)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.out.truncate(before);
+                return Err(e.into());
+            }
+        };
+        let mut n = self.out.len() - before;
+        if let Some(p) = payload {
+            // The head (and the frames before it) leave first, the payload
+            // behind it as it is: no copy into `out`.
+            n += p.len();
+            self.parts.push(self.out.split().freeze());
+            self.parts.push(p);
         }
-        let n = self.out.len() - before;
         self.bytes_out += n as u64;
         self.out_pending += n;
         Ok(())
@@ -1992,11 +2016,45 @@ impl Session {
         self.out_pending = 0;
         if !self.link_up {
             self.out.clear();
-        } else if out.is_empty() {
+            self.parts.clear();
+            return;
+        }
+        for p in self.parts.drain(..) {
+            // (A caller that wants one buffer gets the pieces copied.)
+            out.extend_from_slice(&p);
+        }
+        if out.is_empty() {
             std::mem::swap(out, &mut self.out);
         } else {
             out.extend_from_slice(&self.out);
             self.out.clear();
+        }
+    }
+
+    /// Whether the output holds a payload kept apart from its frame head
+    /// (then [`Session::write_output_parts`] sends it without a copy, where
+    /// [`Session::write_output`] would copy it).
+    pub fn has_output_parts(&self) -> bool {
+        !self.parts.is_empty()
+    }
+
+    /// Appends the bytes to send on the transport to `parts` as pieces, in
+    /// order: frame heads, and a large payload (a `BigStream` chunk or
+    /// `CompleteBuffer` of 16 KiB or more) as the slice of
+    /// the caller's `Bytes` it is, not copied behind its head. For
+    /// [`zs_io::Connection::send_vectored`] (the security layer seals the
+    /// pieces of one call into its record, one copy). Nothing while a
+    /// stable session has no link.
+    pub fn write_output_parts(&mut self, parts: &mut VecDeque<Bytes>) {
+        self.out_pending = 0;
+        if !self.link_up {
+            self.out.clear();
+            self.parts.clear();
+            return;
+        }
+        parts.extend(self.parts.drain(..));
+        if !self.out.is_empty() {
+            parts.push_back(self.out.split().freeze());
         }
     }
 
@@ -2021,6 +2079,9 @@ impl Session {
         self.scratch = BytesMut::new();
         if self.out.is_empty() {
             self.out = BytesMut::new();
+        }
+        if self.parts.is_empty() {
+            self.parts = Vec::new();
         }
     }
 
@@ -2202,6 +2263,7 @@ impl Session {
         self.blocked = false;
         self.plain = BytesMut::new();
         self.out = BytesMut::new();
+        self.parts = Vec::new();
         self.binding = None;
         true
     }
@@ -2234,6 +2296,7 @@ impl Session {
     pub fn take_input(&mut self) -> BytesMut {
         let plain = std::mem::take(&mut self.plain);
         self.out.clear();
+        self.parts.clear();
         self.link_up = false;
         self.connection_lost("the connection resumed another session");
         plain
@@ -2320,6 +2383,21 @@ impl Session {
         self.fail_all(why, |w| Error::SessionLost(w.to_owned()));
     }
 }
+
+/// Payloads of `BigStream` and `CompleteBuffer` frames of this many bytes or
+/// more are not copied behind their frame head: they leave as their own
+/// piece ([`Session::write_output_parts`]). Below it the copy costs less than
+/// a piece (a shared-buffer header, one more slice in the write).
+const PAYLOAD_APART: usize = 16 * 1024;
+
+/// Incoming frames up to this length have their whole length reserved in
+/// the input buffer once their header arrived (a 256 KiB BigStream chunk
+/// arriving in 64 KiB reads is then not regrown and copied three times);
+/// longer ones grow by zs-wire's 64 KiB steps. It is what a peer that
+/// announces a frame and stalls can make a connection reserve: the same as
+/// the plaintext the security layer lets a connection hold unconsumed
+/// (`zs_secure::SecureConfig::max_pending_plaintext`, 1 MiB by default).
+const WHOLE_FRAME_RESERVE: usize = 1 << 20;
 
 /// How far past twice [`SessionConfig::stable_max_unacked`] (resend buffer
 /// plus parked answers) short `Busy` errors may go before the link is
@@ -3075,5 +3153,123 @@ mod deadline_tests {
         }
         assert!(dl.fifo.len() + dl.heap.len() <= 40, "{}", dl.fifo.len());
         assert_eq!(dl.live, 0);
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    //! Large payloads: a BigStream chunk leaves apart from its frame head (no
+    //! copy into the output buffer), and an incoming frame's whole length is
+    //! reserved once its header arrived, up to `WHOLE_FRAME_RESERVE`.
+    use super::tests::session_pair;
+    use super::*;
+
+    fn chunks(s: &mut Session) -> Vec<(u64, Bytes)> {
+        let mut got = Vec::new();
+        while let Some(ev) = s.poll_event() {
+            if let Event::Request(Request::BigChunk { offset, data, .. }) = ev {
+                got.push((offset, data));
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn big_chunks_leave_apart_from_their_heads_and_arrive_in_a_buffer_reserved_whole() {
+        let now = Instant::now();
+        let cfg = SessionConfig::default();
+        let data = Bytes::from((0..600_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+        let (mut c, mut s) = session_pair(now, cfg);
+        c.big_stream(Text::from("sink"), data.clone(), 0, None, now)
+            .unwrap();
+        assert!(c.has_output_parts());
+        let mut parts = VecDeque::new();
+        c.write_output_parts(&mut parts);
+        assert!(!c.has_output_parts());
+        // Each chunk (256 KiB, 256 KiB, the rest) is a slice of `data`.
+        let base = data.as_ptr() as usize;
+        let apart: Vec<usize> = parts
+            .iter()
+            .filter(|p| (base..base + data.len()).contains(&(p.as_ptr() as usize)))
+            .map(Bytes::len)
+            .collect();
+        assert_eq!(apart, [262_144, 262_144, 600_000 - 2 * 262_144]);
+        let wire: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        // The same bytes as one buffer (write_output copies the pieces).
+        let (mut c2, _) = session_pair(now, cfg);
+        c2.big_stream(Text::from("sink"), data.clone(), 0, None, now)
+            .unwrap();
+        let mut one = BytesMut::new();
+        c2.write_output(&mut one);
+        assert_eq!(&one[..], &wire[..]);
+        // Where each frame ends on the wire.
+        let mut ends = Vec::new();
+        let mut all = BytesMut::from(&wire[..]);
+        let mut codec = FrameCodec::new(cfg.wire);
+        while codec.decode(&mut all).unwrap().is_some() {
+            ends.push(wire.len() - all.len());
+        }
+        assert_eq!(ends.len(), 3);
+        // In 64 KiB reads: once a chunk's header is in, room for its whole
+        // frame is reserved (no regrowth while the rest arrives).
+        let mut rx = BytesMut::new();
+        let mut pos = 0;
+        for piece in wire.chunks(64 << 10) {
+            rx.extend_from_slice(piece);
+            pos += piece.len();
+            s.handle_input(&mut rx, now).unwrap();
+            if rx.len() > 16 {
+                let end = ends.iter().find(|&&e| e > pos).unwrap();
+                assert!(
+                    rx.capacity() - rx.len() >= end - pos,
+                    "{} bytes of room for the {} bytes still to come",
+                    rx.capacity() - rx.len(),
+                    end - pos
+                );
+            }
+        }
+        assert!(rx.is_empty());
+        let got = chunks(&mut s);
+        let want: Vec<(u64, Bytes)> = [(0, 262_144), (262_144, 524_288), (524_288, 600_000)]
+            .iter()
+            .map(|&(a, b)| (a as u64, data.slice(a..b)))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    /// A peer announcing a frame above `WHOLE_FRAME_RESERVE` (up to
+    /// `max_frame`) and stalling makes the session reserve only zs-wire's
+    /// 64 KiB step, not the announced length.
+    #[test]
+    fn an_announced_frame_above_the_whole_frame_bound_reserves_a_step() {
+        let now = Instant::now();
+        let cfg = SessionConfig::default();
+        for (len, whole) in [
+            (WHOLE_FRAME_RESERVE - 8, true),
+            (WHOLE_FRAME_RESERVE + 1, false),
+            (cfg.wire.limits.max_frame, false),
+        ] {
+            let (_, mut s) = session_pair(now, cfg);
+            // CompleteBuffer (kind 7) announcing `len` body bytes, then 10 of them.
+            let mut rx = BytesMut::from(&[0x01u8, 0x07][..]);
+            let mut v = len as u64;
+            while v >= 0x80 {
+                rx.extend_from_slice(&[(v as u8) | 0x80]);
+                v >>= 7;
+            }
+            rx.extend_from_slice(&[v as u8, 0x01, b'x']);
+            rx.extend_from_slice(&[0x5a; 8]);
+            s.handle_input(&mut rx, now).unwrap();
+            assert!(!rx.is_empty());
+            if whole {
+                assert!(rx.capacity() >= len, "{len}: {}", rx.capacity());
+            } else {
+                assert!(
+                    rx.capacity() <= 128 << 10,
+                    "{len}: reserved {} for a stalled frame",
+                    rx.capacity()
+                );
+            }
+        }
     }
 }
