@@ -1046,19 +1046,40 @@ impl Loop {
                 return;
             };
             let chunk = self.scratch.len();
+            // A buffer the handler left data in with at least a chunk of room
+            // behind it was sized by the handler (a frame completed where it
+            // lies): it is filled up to that room, not regrown, which would
+            // copy what it holds. Any other buffer, once a full chunk shows a
+            // bulk transfer, gets room for the whole read budget at once
+            // instead of being regrown (and its contents moved) chunk by chunk.
+            let room = buf.capacity() - buf.len();
+            let sized = had_leftover && room >= chunk;
+            let budget = if sized {
+                room.min(read_budget)
+            } else {
+                read_budget
+            };
             loop {
-                match (&*stream).read(&mut self.scratch) {
+                let want = chunk.min(budget - got);
+                if want == 0 {
+                    more = true;
+                    break;
+                }
+                match (&*stream).read(&mut self.scratch[..want]) {
                     Ok(0) => {
                         eof = true;
                         break;
                     }
                     Ok(n) => {
+                        if !sized && got == 0 && n == chunk {
+                            buf.reserve(read_budget);
+                        }
                         buf.extend_from_slice(&self.scratch[..n]);
                         got += n;
-                        if n < chunk && !to_block {
+                        if n < want && !to_block {
                             break;
                         }
-                        if got >= read_budget {
+                        if got >= budget {
                             more = true;
                             break;
                         }
