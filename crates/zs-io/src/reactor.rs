@@ -1046,14 +1046,15 @@ impl Loop {
                 return;
             };
             let chunk = self.scratch.len();
-            // A buffer the handler left data in with at least a chunk of room
-            // behind it was sized by the handler (a frame completed where it
-            // lies): it is filled up to that room, not regrown, which would
-            // copy what it holds. Any other buffer, once a full chunk shows a
-            // bulk transfer, gets room for the whole read budget at once
-            // instead of being regrown (and its contents moved) chunk by chunk.
+            // A buffer the handler left data in, with a chunk of room behind
+            // it (the handler sized it: a frame completed where it lies) or
+            // holding a chunk or more, is filled up to its room, not regrown:
+            // regrowing would copy what it holds, where a short read costs a
+            // syscall. Any other buffer, once a full chunk shows a bulk
+            // transfer, gets room for the whole read budget at once instead
+            // of being regrown (and its contents moved) chunk by chunk.
             let room = buf.capacity() - buf.len();
-            let sized = had_leftover && room >= chunk;
+            let sized = had_leftover && room > 0 && (room >= chunk || buf.len() >= chunk);
             let budget = if sized {
                 room.min(read_budget)
             } else {
