@@ -306,13 +306,9 @@ impl RecordOpener {
         self.keys.generation
     }
 
-    /// Opens one complete record (header + body) in place and returns its
-    /// type and the decrypted payload (a sub-slice of `record`). On error the
-    /// sequence number does not advance.
-    pub fn open_in_place<'a>(
-        &mut self,
-        record: &'a mut [u8],
-    ) -> Result<(ContentType, &'a mut [u8])> {
+    /// The type, body length and tag length of the complete record `record`
+    /// (header + body, nothing after it).
+    fn check(&self, record: &[u8]) -> Result<(ContentType, usize, usize)> {
         let (ty, len) = parse_header(record).ok_or(Error::Malformed("record header"))?;
         if record.len() != HEADER_LEN + len {
             return Err(Error::Malformed("record length"));
@@ -322,6 +318,17 @@ impl RecordOpener {
         if len < tag_len {
             return Err(Error::BadRecordMac);
         }
+        Ok((ty, len, tag_len))
+    }
+
+    /// Opens one complete record (header + body) in place and returns its
+    /// type and the decrypted payload (a sub-slice of `record`). On error the
+    /// sequence number does not advance.
+    pub fn open_in_place<'a>(
+        &mut self,
+        record: &'a mut [u8],
+    ) -> Result<(ContentType, &'a mut [u8])> {
+        let (ty, len, tag_len) = self.check(record)?;
         let (h, body) = record.split_at_mut(HEADER_LEN);
         let (data, tag) = body.split_at_mut(len - tag_len);
         let seq = self.keys.seq;
@@ -342,15 +349,7 @@ impl RecordOpener {
         off: usize,
     ) -> Result<(ContentType, &'a mut [u8])> {
         let record = region.get(off..).ok_or(Error::Malformed("record offset"))?;
-        let (ty, len) = parse_header(record).ok_or(Error::Malformed("record header"))?;
-        if record.len() != HEADER_LEN + len {
-            return Err(Error::Malformed("record length"));
-        }
-        let ty = ContentType::from_u8(ty).ok_or(Error::Malformed("record content type"))?;
-        let tag_len = self.keys.suite.tag_len();
-        if len < tag_len {
-            return Err(Error::BadRecordMac);
-        }
+        let (ty, _, tag_len) = self.check(record)?;
         let mut h = [0u8; HEADER_LEN];
         h.copy_from_slice(&record[..HEADER_LEN]);
         let seq = self.keys.seq;

@@ -538,23 +538,16 @@ impl Encoder {
             Some(p) if p.len() >= apart && self.config.compress_threshold.is_none() => p,
             _ => return self.encode(frame, dst).map(|()| None),
         };
-        let limits = &self.config.limits;
-        frame.check(limits)?;
-        let body_len = frame.body_len();
-        if body_len > limits.max_frame {
-            return Err(WireError::FrameTooLarge {
-                len: body_len as u64,
-                max: limits.max_frame,
-            });
-        }
+        let body_len = self.checked_body_len(frame)?;
         dst.reserve(self.header_len(body_len) + body_len - payload.len());
         self.put_header(dst, frame.kind().code(), body_len);
         frame.put_body_head(dst);
         Ok(Some(payload.clone()))
     }
 
-    /// The general path of [`Encoder::encode`].
-    fn encode_general(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+    /// The frame's (uncompressed) body length, after the encoder-side checks
+    /// (names, texts, ranges, `max_frame`).
+    fn checked_body_len(&self, frame: &Frame) -> Result<usize, WireError> {
         let limits = &self.config.limits;
         frame.check(limits)?;
         let body_len = frame.body_len();
@@ -564,6 +557,12 @@ impl Encoder {
                 max: limits.max_frame,
             });
         }
+        Ok(body_len)
+    }
+
+    /// The general path of [`Encoder::encode`].
+    fn encode_general(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        let body_len = self.checked_body_len(frame)?;
         let code = frame.kind().code();
         if let Some(t) = self.config.compress_threshold {
             if body_len >= t && self.try_compressed(frame, code, body_len, dst) {
