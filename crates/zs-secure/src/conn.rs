@@ -8,7 +8,9 @@
 //! Poll order of one raw callback: open records (in place) → react to session
 //! events (handshake done: make and open the inner handler) → hand the plaintext to
 //! the inner handler with sealing held → seal and send what it sent (one record
-//! for the whole callback) → re-arm the rekey timer.
+//! for the whole callback) → keep a partial frame the inner handler sized at the
+//! front of the raw buffer (`hold_partial`: the next records open behind it) →
+//! re-arm the rekey timer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
