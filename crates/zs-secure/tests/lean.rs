@@ -582,7 +582,7 @@ fn a_partial_frame_is_completed_where_it_lies() {
     let frames = frames.lock().unwrap();
     assert_eq!(frames.len(), 4);
     for (i, f) in frames.iter().enumerate() {
-        assert!(&f[..] == &payload[i * size..(i + 1) * size], "frame {i}");
+        assert!(f[..] == payload[i * size..(i + 1) * size], "frame {i}");
     }
     assert!(
         partials > 4 && held * 2 > partials,

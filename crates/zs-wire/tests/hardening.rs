@@ -401,8 +401,10 @@ fn encode_apart_leaves_out_only_large_payloads() {
         },
     ];
     for compress in [None, Some(64)] {
-        let mut c = Config::default();
-        c.compress_threshold = compress;
+        let c = Config {
+            compress_threshold: compress,
+            ..Config::default()
+        };
         for f in &frames {
             let mut enc = Encoder::new(c);
             let mut whole = BytesMut::new();
