@@ -1142,6 +1142,23 @@ impl Session {
     }
 
     fn on_frame(&mut self, frame: Frame, wrapped: bool, now: Instant) -> Result<()> {
+        // The common frames of a session without StableIO (a call and its
+        // answer) go straight to their request or completion; the general
+        // path below makes the same moves after its checks, none of which
+        // applies to them outside StableIO.
+        let frame = match frame {
+            Frame::Console { id, cmd, text } if self.stable.is_none() => {
+                self.got_frames = true;
+                self.push_request(Request::Console { id, cmd, text });
+                return Ok(());
+            }
+            Frame::ConsoleResponse { id, text } if self.stable.is_none() => {
+                self.got_frames = true;
+                self.complete(id, Ok(Reply::Text(text)));
+                return Ok(());
+            }
+            frame => frame,
+        };
         // Unnumbered errors that answer a StableIO request.
         if let (
             Frame::Error {
@@ -1926,6 +1943,11 @@ impl Session {
         let id = self.next_id;
         let mut batch = None;
         match call {
+            // Outside StableIO a request is a link-level send (what
+            // `send_frame` comes to for it, without its checks).
+            Call::Console { cmd, text } if self.stable.is_none() && self.dead.is_none() => {
+                self.send_link(&Frame::Console { id, cmd, text }, now)?
+            }
             Call::Console { cmd, text } => {
                 self.send_frame(&Frame::Console { id, cmd, text }, now)?
             }
