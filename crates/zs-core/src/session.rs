@@ -1663,16 +1663,34 @@ impl Session {
     /// polled (waiters come out in the order of those events; a call made
     /// without one has none).
     pub(crate) fn take_waiter(&mut self, id: u64) -> Option<Waiter> {
-        match self.waiters.front() {
-            Some((i, _)) if *i == id => self.waiters.pop_front().map(|(_, w)| w),
-            None => None,
-            // Not reached through the runtime (it takes every waiter as its
-            // event comes); a search keeps a waiter from being stranded.
-            Some(_) => {
-                let at = self.waiters.iter().position(|(i, _)| *i == id)?;
-                self.waiters.remove(at).map(|(_, w)| w)
-            }
+        take_waiter_from(&mut self.waiters, id)
+    }
+
+    /// Moves every queued event, and the waiters queued with them, over to
+    /// `events` and `waiters` (whose emptied buffers the session keeps: no
+    /// allocation) when the events are only requests and call outcomes,
+    /// what a busy connection's batch holds. The runtime then works through
+    /// them after releasing its lock, taking each outcome's waiter with
+    /// [`take_waiter_from`], instead of moving them out one by one under the
+    /// lock. False, and nothing moved, when another kind of event waits.
+    pub(crate) fn swap_plain_events(
+        &mut self,
+        events: &mut VecDeque<Event>,
+        waiters: &mut VecDeque<(u64, Waiter)>,
+    ) -> bool {
+        if self.events.is_empty()
+            || !self
+                .events
+                .iter()
+                .all(|e| matches!(e, Event::Request(_) | Event::Reply { .. }))
+        {
+            return false;
         }
+        events.clear();
+        waiters.clear();
+        std::mem::swap(&mut self.events, events);
+        std::mem::swap(&mut self.waiters, waiters);
+        true
     }
 
     fn on_batchsum(&mut self, data: &DataFrame) -> Result<()> {
@@ -2350,6 +2368,22 @@ const STABLE_GRACE: usize = 64 * 1024;
 
 /// The request id an answer-like frame serves (0: the batch checksums sent
 /// just before an answer); `None` for frames that are not answers.
+/// The waiter of call `id` from `waiters` (queued in the order of the
+/// calls' [`Event::Reply`] events, so it is the front one when each outcome
+/// is taken as its event comes).
+pub(crate) fn take_waiter_from(waiters: &mut VecDeque<(u64, Waiter)>, id: u64) -> Option<Waiter> {
+    match waiters.front() {
+        Some((i, _)) if *i == id => waiters.pop_front().map(|(_, w)| w),
+        None => None,
+        // Not reached through the runtime (it takes every waiter as its
+        // event comes); a search keeps a waiter from being stranded.
+        Some(_) => {
+            let at = waiters.iter().position(|(i, _)| *i == id)?;
+            waiters.remove(at).map(|(_, w)| w)
+        }
+    }
+}
+
 fn answer_id(frame: &Frame) -> Option<u64> {
     match frame {
         Frame::ConsoleResponse { id, .. }
