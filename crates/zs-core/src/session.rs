@@ -2746,6 +2746,94 @@ mod tests {
         }
     }
 
+    /// A batch of only requests, or only call outcomes, moves out whole with
+    /// its waiters (`swap_plain_events`, the runtime's path for a busy link),
+    /// each outcome finding its own waiter; a batch with any other event is
+    /// left to be polled one by one.
+    #[test]
+    fn plain_batches_move_out_whole_with_their_waiters() {
+        use std::sync::Mutex;
+        let now = Instant::now();
+        let (mut c, mut s) = session_pair(now, SessionConfig::default());
+        let (mut events, mut waiters) = (VecDeque::new(), VecDeque::new());
+        // `Established` is not plain: polled one by one.
+        assert!(!s.swap_plain_events(&mut events, &mut waiters));
+        assert!(matches!(s.poll_event(), Some(Event::Established { .. })));
+        assert!(matches!(c.poll_event(), Some(Event::Established { .. })));
+        let seen: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+        let mut ids = Vec::new();
+        for (tag, t) in [(1u64, "a"), (2, "b"), (3, "c")] {
+            let seen = seen.clone();
+            let mut w = Some(Waiter::Once(Box::new(move |r: Result<Reply>| {
+                let Ok(Reply::Text(t)) = r else {
+                    panic!("{r:?}")
+                };
+                seen.lock().unwrap().push((tag, t.as_str().to_owned()));
+            })));
+            let call = Call::Console {
+                cmd: Text::from("c"),
+                text: Text::from(t),
+            };
+            ids.push(c.call_waiting(call, None, now, &mut w).unwrap());
+        }
+        pump(&mut c, &mut s, now);
+        assert!(s.swap_plain_events(&mut events, &mut waiters));
+        assert!(s.poll_event().is_none(), "moved out whole");
+        let texts: Vec<(u64, String)> = events
+            .drain(..)
+            .map(|e| match e {
+                Event::Request(Request::Console { id, text, .. }) => (id, text.as_str().into()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Answered out of order: each outcome still finds its own waiter.
+        for (id, t) in texts.iter().rev() {
+            s.respond(*id, Ok(Reply::Text(Text::from(t.to_uppercase()))), now)
+                .unwrap();
+        }
+        pump(&mut s, &mut c, now);
+        assert!(c.swap_plain_events(&mut events, &mut waiters));
+        assert_eq!(waiters.len(), 3);
+        for e in events.drain(..) {
+            let Event::Reply { id, result } = e else {
+                panic!("{e:?}")
+            };
+            take_waiter_from(&mut waiters, id)
+                .expect("its waiter")
+                .complete(result);
+        }
+        assert!(waiters.is_empty());
+        let mut got = seen.lock().unwrap().clone();
+        got.sort();
+        let want: Vec<(u64, String)> = vec![(1, "A".into()), (2, "B".into()), (3, "C".into())];
+        assert_eq!(got, want);
+        // A signal among requests: nothing moves; polled one by one.
+        c.call(
+            Call::Console {
+                cmd: Text::from("c"),
+                text: Text::from("d"),
+            },
+            None,
+            now,
+        )
+        .unwrap();
+        c.send_frame(
+            &Frame::Signal {
+                name: Text::from("s"),
+                code: 1,
+            },
+            now,
+        )
+        .unwrap();
+        pump(&mut c, &mut s, now);
+        assert!(!s.swap_plain_events(&mut events, &mut waiters));
+        assert!(events.is_empty());
+        assert!(matches!(s.poll_event(), Some(Event::Request(_))));
+        assert!(matches!(s.poll_event(), Some(Event::Signal { .. })));
+        // Nothing queued: nothing to move.
+        assert!(!s.swap_plain_events(&mut events, &mut waiters));
+    }
+
     /// The runtime's waiters come back with their own call's outcome, in the
     /// order of the events: timeouts, answers out of order, a call made
     /// without a waiter in between, and the calls a lost connection fails.
