@@ -642,10 +642,12 @@ impl Link {
     /// (see [`registry::inline`](crate::registry::inline)), before anything
     /// else this link sends. Call with the lock held.
     fn take_local(&self, st: &mut LinkState) {
-        let now = st.now();
-        let session = &mut st.session;
+        // (The clock is read only when answers wait: outside a batch
+        // `st.now()` is a system clock read, and this runs before every
+        // flush and call.)
         crate::registry::inline::take(self.key(), |frames| {
-            if let Err(e) = session.send_encoded(frames, now) {
+            let now = st.now();
+            if let Err(e) = st.session.send_encoded(frames, now) {
                 tracing::debug!(error = %e, "inline answers were not sent");
             }
         });
