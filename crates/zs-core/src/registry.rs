@@ -422,11 +422,15 @@ impl Responder {
             Ok(r) => (r.payload_len(), false),
             Err(e) => (e.message.len(), true),
         };
-        self.stats.record_out(
-            len,
-            err,
-            crate::clock::now().saturating_duration_since(self.started),
-        );
+        // Answered within the turn it was dispatched in (an inline answer):
+        // the turn's clock gives the same instant, so no subtraction.
+        let now = crate::clock::now();
+        let latency = if now == self.started {
+            std::time::Duration::ZERO
+        } else {
+            now.saturating_duration_since(self.started)
+        };
+        self.stats.record_out(len, err, latency);
         let id = self.id;
         let frame = Reply::frame(id, result.map_err(|e| (e.code, Text::from(e.message))));
         let inline = inline::answering(self.ticket);

@@ -1152,6 +1152,23 @@ impl Session {
     }
 
     fn on_frame(&mut self, frame: Frame, wrapped: bool, now: Instant) -> Result<()> {
+        // The common frames of a session without StableIO (a call and its
+        // answer) go straight to their request or completion; the general
+        // path below makes the same moves after its checks, none of which
+        // applies to them outside StableIO.
+        let frame = match frame {
+            Frame::Console { id, cmd, text } if self.stable.is_none() => {
+                self.got_frames = true;
+                self.push_request(Request::Console { id, cmd, text });
+                return Ok(());
+            }
+            Frame::ConsoleResponse { id, text } if self.stable.is_none() => {
+                self.got_frames = true;
+                self.complete(id, Ok(Reply::Text(text)));
+                return Ok(());
+            }
+            frame => frame,
+        };
         // Unnumbered errors that answer a StableIO request.
         if let (
             Frame::Error {
@@ -1656,16 +1673,34 @@ impl Session {
     /// polled (waiters come out in the order of those events; a call made
     /// without one has none).
     pub(crate) fn take_waiter(&mut self, id: u64) -> Option<Waiter> {
-        match self.waiters.front() {
-            Some((i, _)) if *i == id => self.waiters.pop_front().map(|(_, w)| w),
-            None => None,
-            // Not reached through the runtime (it takes every waiter as its
-            // event comes); a search keeps a waiter from being stranded.
-            Some(_) => {
-                let at = self.waiters.iter().position(|(i, _)| *i == id)?;
-                self.waiters.remove(at).map(|(_, w)| w)
-            }
+        take_waiter_from(&mut self.waiters, id)
+    }
+
+    /// Moves every queued event, and the waiters queued with them, over to
+    /// `events` and `waiters` (whose emptied buffers the session keeps: no
+    /// allocation) when the events are only requests and call outcomes,
+    /// what a busy connection's batch holds. The runtime then works through
+    /// them after releasing its lock, taking each outcome's waiter with
+    /// [`take_waiter_from`], instead of moving them out one by one under the
+    /// lock. False, and nothing moved, when another kind of event waits.
+    pub(crate) fn swap_plain_events(
+        &mut self,
+        events: &mut VecDeque<Event>,
+        waiters: &mut VecDeque<(u64, Waiter)>,
+    ) -> bool {
+        if self.events.is_empty()
+            || !self
+                .events
+                .iter()
+                .all(|e| matches!(e, Event::Request(_) | Event::Reply { .. }))
+        {
+            return false;
         }
+        events.clear();
+        waiters.clear();
+        std::mem::swap(&mut self.events, events);
+        std::mem::swap(&mut self.waiters, waiters);
+        true
     }
 
     fn on_batchsum(&mut self, data: &DataFrame) -> Result<()> {
@@ -1950,6 +1985,11 @@ impl Session {
         let id = self.next_id;
         let mut batch = None;
         match call {
+            // Outside StableIO a request is a link-level send (what
+            // `send_frame` comes to for it, without its checks).
+            Call::Console { cmd, text } if self.stable.is_none() && self.dead.is_none() => {
+                self.send_link(&Frame::Console { id, cmd, text }, now)?
+            }
             Call::Console { cmd, text } => {
                 self.send_frame(&Frame::Console { id, cmd, text }, now)?
             }
@@ -2406,6 +2446,22 @@ const STABLE_GRACE: usize = 64 * 1024;
 
 /// The request id an answer-like frame serves (0: the batch checksums sent
 /// just before an answer); `None` for frames that are not answers.
+/// The waiter of call `id` from `waiters` (queued in the order of the
+/// calls' [`Event::Reply`] events, so it is the front one when each outcome
+/// is taken as its event comes).
+pub(crate) fn take_waiter_from(waiters: &mut VecDeque<(u64, Waiter)>, id: u64) -> Option<Waiter> {
+    match waiters.front() {
+        Some((i, _)) if *i == id => waiters.pop_front().map(|(_, w)| w),
+        None => None,
+        // Not reached through the runtime (it takes every waiter as its
+        // event comes); a search keeps a waiter from being stranded.
+        Some(_) => {
+            let at = waiters.iter().position(|(i, _)| *i == id)?;
+            waiters.remove(at).map(|(_, w)| w)
+        }
+    }
+}
+
 fn answer_id(frame: &Frame) -> Option<u64> {
     match frame {
         Frame::ConsoleResponse { id, .. }
@@ -2766,6 +2822,94 @@ mod tests {
             }
             assert_eq!(self.replies.len(), self.calls.len());
         }
+    }
+
+    /// A batch of only requests, or only call outcomes, moves out whole with
+    /// its waiters (`swap_plain_events`, the runtime's path for a busy link),
+    /// each outcome finding its own waiter; a batch with any other event is
+    /// left to be polled one by one.
+    #[test]
+    fn plain_batches_move_out_whole_with_their_waiters() {
+        use std::sync::Mutex;
+        let now = Instant::now();
+        let (mut c, mut s) = session_pair(now, SessionConfig::default());
+        let (mut events, mut waiters) = (VecDeque::new(), VecDeque::new());
+        // `Established` is not plain: polled one by one.
+        assert!(!s.swap_plain_events(&mut events, &mut waiters));
+        assert!(matches!(s.poll_event(), Some(Event::Established { .. })));
+        assert!(matches!(c.poll_event(), Some(Event::Established { .. })));
+        let seen: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+        let mut ids = Vec::new();
+        for (tag, t) in [(1u64, "a"), (2, "b"), (3, "c")] {
+            let seen = seen.clone();
+            let mut w = Some(Waiter::Once(Box::new(move |r: Result<Reply>| {
+                let Ok(Reply::Text(t)) = r else {
+                    panic!("{r:?}")
+                };
+                seen.lock().unwrap().push((tag, t.as_str().to_owned()));
+            })));
+            let call = Call::Console {
+                cmd: Text::from("c"),
+                text: Text::from(t),
+            };
+            ids.push(c.call_waiting(call, None, now, &mut w).unwrap());
+        }
+        pump(&mut c, &mut s, now);
+        assert!(s.swap_plain_events(&mut events, &mut waiters));
+        assert!(s.poll_event().is_none(), "moved out whole");
+        let texts: Vec<(u64, String)> = events
+            .drain(..)
+            .map(|e| match e {
+                Event::Request(Request::Console { id, text, .. }) => (id, text.as_str().into()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Answered out of order: each outcome still finds its own waiter.
+        for (id, t) in texts.iter().rev() {
+            s.respond(*id, Ok(Reply::Text(Text::from(t.to_uppercase()))), now)
+                .unwrap();
+        }
+        pump(&mut s, &mut c, now);
+        assert!(c.swap_plain_events(&mut events, &mut waiters));
+        assert_eq!(waiters.len(), 3);
+        for e in events.drain(..) {
+            let Event::Reply { id, result } = e else {
+                panic!("{e:?}")
+            };
+            take_waiter_from(&mut waiters, id)
+                .expect("its waiter")
+                .complete(result);
+        }
+        assert!(waiters.is_empty());
+        let mut got = seen.lock().unwrap().clone();
+        got.sort();
+        let want: Vec<(u64, String)> = vec![(1, "A".into()), (2, "B".into()), (3, "C".into())];
+        assert_eq!(got, want);
+        // A signal among requests: nothing moves; polled one by one.
+        c.call(
+            Call::Console {
+                cmd: Text::from("c"),
+                text: Text::from("d"),
+            },
+            None,
+            now,
+        )
+        .unwrap();
+        c.send_frame(
+            &Frame::Signal {
+                name: Text::from("s"),
+                code: 1,
+            },
+            now,
+        )
+        .unwrap();
+        pump(&mut c, &mut s, now);
+        assert!(!s.swap_plain_events(&mut events, &mut waiters));
+        assert!(events.is_empty());
+        assert!(matches!(s.poll_event(), Some(Event::Request(_))));
+        assert!(matches!(s.poll_event(), Some(Event::Signal { .. })));
+        // Nothing queued: nothing to move.
+        assert!(!s.swap_plain_events(&mut events, &mut waiters));
     }
 
     /// The runtime's waiters come back with their own call's outcome, in the
