@@ -1526,6 +1526,9 @@ struct VInner {
     again: Mutex<std::collections::HashSet<u64>>,
     /// What this visitor's port-mapping searches learned about its router's IGD.
     igd: zs_punch::portmap::IgdMemory,
+    /// Tests: the router's IGD counts as known (no router on loopback to find).
+    #[cfg(test)]
+    test_igd: std::sync::atomic::AtomicBool,
 }
 
 /// A visitor on a runtime of its own (for programs without tokio, e.g. through the
@@ -1607,6 +1610,8 @@ impl Visitor {
                 lost: tokio::sync::Notify::new(),
                 again: Mutex::default(),
                 igd: zs_punch::portmap::IgdMemory::new(),
+                #[cfg(test)]
+                test_igd: Default::default(),
                 cfg,
             }),
         })
@@ -1890,6 +1895,10 @@ impl Visitor {
     /// Whether a port-mapping search of an earlier attempt found our default
     /// gateway's UPnP-IGD (then the next attempt maps through it at once).
     fn igd_known(&self) -> bool {
+        #[cfg(test)]
+        if self.inner.test_igd.load(Ordering::Relaxed) {
+            return true;
+        }
         self.inner.cfg.port_mapping && self.inner.igd.known_for_default_gateway() == Some(true)
     }
 
@@ -2398,6 +2407,46 @@ mod tests {
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
         assert_eq!(v.stats().relay_failures.load(Ordering::Relaxed), 1);
         assert!(t.elapsed() < Duration::from_secs(15));
+    }
+
+    /// The router's IGD answers while an attempt runs (attempts do not wait for the
+    /// SSDP search): the direct loop makes the next attempt at once, not after
+    /// `direct_retry` (3600 s here). The "relay" accepts the attempt's session and
+    /// holds it: the IGD becomes known only then, and the session's end fails the
+    /// attempt. Fails when the loop reads "was the IGD known" after the attempt
+    /// instead of before it (the bug fixed by 71c7740: such an answer then counted as
+    /// known before, and the visitor waited `direct_retry` x 10 in the field).
+    #[tokio::test]
+    async fn an_igd_found_during_an_attempt_makes_the_next_one_at_once() {
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let fp = format!("sha3-256:{}", "ab".repeat(32));
+        let cfg = VisitorConfig::parse(
+            &format!("[visitor]\nremote_addr = \"{addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"web\"\ntoken = \"t\"\nbind_addr = \"127.0.0.1:0\"\ndirect_retry = 3600\n"),
+            "v.toml",
+        )
+        .unwrap();
+        let v = Visitor::bind(cfg).await.unwrap();
+        tokio::spawn(v.clone().run());
+        let accept = || async {
+            tokio::time::timeout(Duration::from_secs(20), relay.accept())
+                .await
+                .expect("a session within 20 s (direct_retry is 3600 s)")
+                .unwrap()
+                .0
+        };
+        // The first attempt's session: the attempt runs until we drop it.
+        let first = accept().await;
+        assert_eq!(v.stats().punch_attempts.load(Ordering::Relaxed), 1);
+        assert!(!v.igd_known());
+        v.inner.test_igd.store(true, Ordering::Relaxed);
+        drop(first);
+        // The failed attempt's wait session comes too; the second attempt must come
+        // at once.
+        while v.stats().punch_attempts.load(Ordering::Relaxed) < 2 {
+            drop(accept().await);
+        }
+        assert_eq!(v.stats().direct_up.load(Ordering::Relaxed), 0);
     }
 
     /// `[server.direct]`: STUN on the relay needs both addresses; without it,
