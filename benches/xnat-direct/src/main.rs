@@ -73,6 +73,7 @@ async fn side(
         punch: PunchConfig::default(),
         classify: Default::default(),
         port_mapping: None,
+        igd_memory: Default::default(),
     };
     let f = factory(ns.clone(), ip);
     match run_attempt(&a, udp(&ns, ip), &mut tcp, &*f).await {

@@ -286,6 +286,20 @@ impl Stream {
         self.fin_requested && self.unacked_len == 0 && self.fin_sent
     }
 
+    /// Both directions are over: all our bytes and our FIN are out and acknowledged
+    /// ([`Stream::is_write_done`]), the peer's FIN is here and everything before it
+    /// was read ([`Stream::is_read_closed`]), and the last ACK handed out covers
+    /// every byte received. A window update may still be pending (the application's
+    /// reads move the limit), but the peer needs none after its FIN: it sends nothing
+    /// more. Waiting for one kept a connection whose peer had already ended (and
+    /// dropped its paths) waiting for a path until `pathless_timeout`, then failing
+    /// with `NoPath` (session 12: `migrate_lab::relay_to_direct_and_back_without_loss`,
+    /// about 2 % of runs, whenever the visitor's application read its last bytes after
+    /// the agent had ended).
+    pub fn is_done(&self) -> bool {
+        self.is_write_done() && self.is_read_closed() && self.ack_sent.0 == self.next_recv
+    }
+
     /// Bytes written but not yet acknowledged.
     pub fn unacked(&self) -> usize {
         self.unacked_len
@@ -721,7 +735,7 @@ where
             app_closed_write = true;
             let _ = aw.shutdown().await;
         }
-        if st.is_write_done() && st.is_read_closed() && out.is_empty() && !st.wants_transmit() {
+        if st.is_done() && out.is_empty() {
             // Let the last frames go out before the paths are dropped.
             if let Some(i) = pl.cur.take() {
                 let c = pl.list.remove(i);
@@ -1236,6 +1250,54 @@ mod tests {
         assert_eq!((sa.fallbacks, sb.fallbacks), (1, 1));
         assert!(relayed.load(std::sync::atomic::Ordering::Relaxed) >= 300_000);
         drop((atx, btx));
+    }
+
+    /// The peer ends (everything of ours acknowledged, its FIN sent) and drops its path
+    /// while our application has not read its last bytes yet: once it has, the
+    /// connection ends `Ok` at once. Reading moves our window, but with no path that
+    /// update cannot go out, and the peer needs none after its FIN; before the fix the
+    /// connection waited for a path and failed with `NoPath` after `pathless_timeout`.
+    #[tokio::test]
+    async fn a_window_update_nobody_needs_does_not_hold_the_end() {
+        let (pa, pb) = tokio::io::duplex(1 << 20);
+        let (atx, arx) = mpsc::channel(1);
+        let (btx, brx) = mpsc::channel(1);
+        atx.send(pa).await.unwrap();
+        btx.send(pb).await.unwrap();
+        // B's application takes 1 KiB at a time and reads nothing until A ended: B's
+        // stream holds the rest.
+        let (a_app, mut a_user) = tokio::io::duplex(64 * 1024);
+        let (b_app, mut b_user) = tokio::io::duplex(1024);
+        let cfg = ConnConfig {
+            pathless_timeout: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let ta = tokio::spawn(run(a_app, arx, cfg));
+        let tb = tokio::spawn(run(b_app, brx, cfg));
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 253) as u8).collect();
+        b_user.shutdown().await.unwrap();
+        a_user.write_all(&payload).await.unwrap();
+        a_user.shutdown().await.unwrap();
+        let mut none = Vec::new();
+        a_user.read_to_end(&mut none).await.unwrap();
+        assert!(none.is_empty());
+        let sa = tokio::time::timeout(std::time::Duration::from_secs(20), ta)
+            .await
+            .expect("A ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(sa.app_bytes_out, payload.len() as u64);
+        drop(atx); // A's path is gone; B keeps its path channel open (more could come)
+        let mut got = Vec::new();
+        b_user.read_to_end(&mut got).await.unwrap();
+        assert!(got == payload, "got {} of {}", got.len(), payload.len());
+        let sb = tokio::time::timeout(std::time::Duration::from_secs(20), tb)
+            .await
+            .expect("B ended at once, not after pathless_timeout (an hour here)")
+            .unwrap()
+            .expect("B ended Ok");
+        assert_eq!(sb.app_bytes_in, payload.len() as u64);
+        drop(btx);
     }
 
     /// Without a new path the connection gives up after `pathless_timeout`, with an error.

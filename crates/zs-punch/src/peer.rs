@@ -77,6 +77,10 @@ pub struct Attempt {
     /// Ask the default gateway for a public port (PCP, then NAT-PMP) before punching;
     /// `None`: do not (nor when the STUN server is on loopback: peers on this host).
     pub port_mapping: Option<PortMapConfig>,
+    /// What earlier attempts' UPnP-IGD searches learned: pass the same memory to every
+    /// attempt of one owner (a visitor, an agent), so that an IGD a search found after
+    /// one attempt maps the next (see [`crate::portmap::map_udp_now`]).
+    pub igd_memory: crate::portmap::IgdMemory,
 }
 
 /// The outcome of [`run_attempt`]: the classification, the plan, and the punched path
@@ -109,9 +113,10 @@ where
     // A STUN server on loopback means peers on this host: no router to ask.
     let port_mapping = a.port_mapping.filter(|_| !a.stun.ip().is_loopback());
     let mapping = port_mapping.map(|cfg| {
+        let memory = a.igd_memory.clone();
         (
             cfg,
-            tokio::spawn(async move { crate::portmap::map_udp_now(port, &cfg).await }),
+            tokio::spawn(async move { crate::portmap::map_udp_now(port, &cfg, &memory).await }),
         )
     });
     let nat = classify(&sock, a.stun, a.classify)
@@ -170,7 +175,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portmap::{igd_known, map_udp_now, PortMapError};
+    use crate::portmap::{map_udp_now, IgdMemory, PortMapError};
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
@@ -199,7 +204,9 @@ mod tests {
     #[tokio::test]
     async fn a_silent_ssdp_search_does_not_hold_the_attempt() {
         let (gateway, ssdp, cfg) = silent_router(7, Duration::from_secs(120)).await;
-        let task = tokio::spawn(async move { map_udp_now(40000, &cfg).await });
+        let memory = IgdMemory::new();
+        let m = memory.clone();
+        let task = tokio::spawn(async move { map_udp_now(40000, &cfg, &m).await });
         let step = mapping_step(&cfg, task, Duration::from_secs(60)).await;
         assert!(
             matches!(step, MapStep::Failed(PortMapError::NoAnswer(_))),
@@ -212,32 +219,49 @@ mod tests {
             .expect("the M-SEARCH was sent")
             .unwrap();
         assert!(buf[..n].starts_with(b"M-SEARCH"));
-        assert_eq!(igd_known(gateway, cfg.ssdp), None);
+        assert_eq!(memory.known(gateway, cfg.ssdp), None);
     }
 
     /// A search that ended without an answer is remembered per gateway: the next
-    /// attempt sends none for `NO_IGD_MEMORY`.
+    /// attempt with the same memory sends none for `NO_IGD_MEMORY`; another owner's
+    /// memory does not know it.
     #[tokio::test]
     async fn no_igd_is_remembered_and_not_searched_again() {
         let (gateway, ssdp, cfg) = silent_router(8, Duration::from_millis(100)).await;
-        let e = map_udp_now(40000, &cfg).await.unwrap_err();
+        let memory = IgdMemory::new();
+        let e = map_udp_now(40000, &cfg, &memory).await.unwrap_err();
         assert!(matches!(e, PortMapError::NoAnswer(_)), "{e}");
         let mut buf = [0u8; 1500];
         ssdp.recv_from(&mut buf).await.unwrap();
         // The background search records its end (guard only: 100 ms wait + 2 s).
         let t = std::time::Instant::now();
-        while igd_known(gateway, cfg.ssdp).is_none() {
+        while memory.known(gateway, cfg.ssdp).is_none() {
             assert!(t.elapsed() < Duration::from_secs(30), "search never ended");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(igd_known(gateway, cfg.ssdp), Some(false));
-        assert_eq!(crate::portmap::searches(gateway, cfg.ssdp), 1);
-        let e = map_udp_now(40000, &cfg).await.unwrap_err();
+        assert_eq!(memory.known(gateway, cfg.ssdp), Some(false));
+        assert_eq!(memory.searches(gateway, cfg.ssdp), 1);
+        let e = map_udp_now(40000, &cfg, &memory).await.unwrap_err();
         assert!(matches!(e, PortMapError::NoAnswer(_)), "{e}");
         assert_eq!(
-            crate::portmap::searches(gateway, cfg.ssdp),
+            memory.searches(gateway, cfg.ssdp),
             1,
             "a search was sent although no IGD answered a moment ago"
         );
+        // Another owner's memory knows nothing of it: its attempt searches. (A
+        // process-wide memory let one namespace's "no IGD" silence another's search,
+        // since namespace inodes are reused: the cause of session 11's flaky
+        // `visit_lab::hard_hard_gets_direct_once_the_visitors_igd_answers`.)
+        let other = IgdMemory::new();
+        assert_eq!(other.known(gateway, cfg.ssdp), None);
+        let e = map_udp_now(40000, &cfg, &other).await.unwrap_err();
+        assert!(matches!(e, PortMapError::NoAnswer(_)), "{e}");
+        let (n, _) = tokio::time::timeout(Duration::from_secs(30), ssdp.recv_from(&mut buf))
+            .await
+            .expect("the other owner searched")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"M-SEARCH"));
+        assert_eq!(other.searches(gateway, cfg.ssdp), 1);
+        assert_eq!(memory.searches(gateway, cfg.ssdp), 1);
     }
 }

@@ -16,8 +16,9 @@
 //! A punch attempt uses [`map_udp_now`], which does not wait for an SSDP search still
 //! running once PCP and NAT-PMP failed (on most networks nothing answers it, and
 //! multicast gets no ICMP error, so it would run its full wait): the search ends in
-//! the background and its result is remembered per gateway, so an IGD found serves
-//! the next attempt and a silent network is not searched again for [`NO_IGD_MEMORY`].
+//! the background and its result is remembered per gateway (in the caller's
+//! [`IgdMemory`], one per visitor or agent), so an IGD found serves the next attempt
+//! and a silent network is not searched again for [`NO_IGD_MEMORY`].
 //!
 //! This order: PCP and NAT-PMP are one datagram each way with a fixed binary layout;
 //! UPnP needs a multicast search, TCP connections and XML, and many routers ship it
@@ -894,56 +895,91 @@ enum Known {
     Absent(std::time::Instant),
 }
 
-/// Key: the calling thread's network namespace, the gateway, where the search went.
-type IgdKey = (String, Ipv4Addr, SocketAddr);
+/// Key: the gateway, where the search went.
+type IgdKey = (Ipv4Addr, SocketAddr);
 
-fn igd_memory() -> std::sync::MutexGuard<'static, std::collections::HashMap<IgdKey, Known>> {
-    static M: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<IgdKey, Known>>> =
-        std::sync::OnceLock::new();
-    M.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+#[derive(Default)]
+struct MemoryInner {
+    known: std::collections::HashMap<IgdKey, Known>,
+    /// Searches [`map_udp_now`] started, per key (tests).
+    searches: std::collections::HashMap<IgdKey, u32>,
 }
 
-fn igd_key(gateway: Ipv4Addr, ssdp: SocketAddr) -> IgdKey {
-    // Namespaces may reuse gateway addresses (the test beds do).
-    let ns = std::fs::read_link("/proc/thread-self/ns/net")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    (ns, gateway, ssdp)
+/// What [`map_udp_now`]'s SSDP searches learned about routers' UPnP-IGDs: an IGD
+/// found (the next call maps through it without a search), or "none answered"
+/// (no search for [`NO_IGD_MEMORY`]). One per owner (a visitor, an agent), kept for
+/// its life and passed to each of its attempts; clones share it.
+///
+/// It is not process-wide on purpose: a process may hold owners in several network
+/// namespaces (the test beds do), and a namespace cannot be named for good from
+/// user space without `unsafe` (the inode of `/proc/thread-self/ns/net` is reused
+/// as soon as a namespace is freed). A process-wide memory keyed by that inode let
+/// a deleted namespace's "no IGD" silence a new namespace's search for 5 minutes
+/// (`visit_lab::hard_hard_gets_direct_once_the_visitors_igd_answers`, session 12).
+/// An owner's attempts all run in the namespace it lives in.
+#[derive(Clone, Default)]
+pub struct IgdMemory(std::sync::Arc<std::sync::Mutex<MemoryInner>>);
+
+impl std::fmt::Debug for IgdMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IgdMemory")
+            .field("gateways", &self.lock().known.len())
+            .finish()
+    }
 }
 
-/// Searches [`map_udp_now`] started, per key (tests).
-#[cfg(test)]
-pub(crate) fn search_counts(
-) -> std::sync::MutexGuard<'static, std::collections::HashMap<IgdKey, u32>> {
-    static M: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<IgdKey, u32>>> =
-        std::sync::OnceLock::new();
-    M.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-}
+impl IgdMemory {
+    /// An empty memory (nothing searched yet).
+    pub fn new() -> IgdMemory {
+        IgdMemory::default()
+    }
 
-/// Searches [`map_udp_now`] started for `gateway` / `ssdp` from this thread's
-/// namespace (tests).
-#[cfg(test)]
-pub(crate) fn searches(gateway: Ipv4Addr, ssdp: SocketAddr) -> u32 {
-    search_counts()
-        .get(&igd_key(gateway, ssdp))
-        .copied()
-        .unwrap_or(0)
-}
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-/// What [`map_udp_now`]'s searches learned about `gateway`'s IGD (searched at
-/// `ssdp`) from the calling thread's network namespace: `Some(true)` an IGD is known
-/// (the next call maps through it without a search), `Some(false)` none answered
-/// within the last [`NO_IGD_MEMORY`], `None` nothing known (no search yet, or one
-/// still running).
-pub fn igd_known(gateway: Ipv4Addr, ssdp: SocketAddr) -> Option<bool> {
-    match igd_memory().get(&igd_key(gateway, ssdp)) {
-        Some(Known::Igd(_)) => Some(true),
-        Some(Known::Absent(t)) if t.elapsed() < NO_IGD_MEMORY => Some(false),
-        _ => None,
+    /// What the searches learned about `gateway`'s IGD (searched at `ssdp`):
+    /// `Some(true)` an IGD is known (the next [`map_udp_now`] maps through it without
+    /// a search), `Some(false)` none answered within the last [`NO_IGD_MEMORY`],
+    /// `None` nothing known (no search yet, or one still running).
+    pub fn known(&self, gateway: Ipv4Addr, ssdp: SocketAddr) -> Option<bool> {
+        match self.lock().known.get(&(gateway, ssdp)) {
+            Some(Known::Igd(_)) => Some(true),
+            Some(Known::Absent(t)) if t.elapsed() < NO_IGD_MEMORY => Some(false),
+            _ => None,
+        }
+    }
+
+    /// [`IgdMemory::known`] for the calling thread's default gateway, searched at
+    /// [`upnp::SSDP`] (what [`PortMapConfig::default`] does); `None` without a
+    /// default route.
+    pub fn known_for_default_gateway(&self) -> Option<bool> {
+        default_gateway().and_then(|g| self.known(g, upnp::SSDP))
+    }
+
+    /// Searches [`map_udp_now`] started for `gateway` / `ssdp` with this memory.
+    pub fn searches(&self, gateway: Ipv4Addr, ssdp: SocketAddr) -> u32 {
+        self.lock()
+            .searches
+            .get(&(gateway, ssdp))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn get(&self, key: &IgdKey) -> Option<Known> {
+        self.lock().known.get(key).cloned()
+    }
+
+    fn set(&self, key: IgdKey, k: Known) {
+        self.lock().known.insert(key, k);
+    }
+
+    fn forget(&self, key: &IgdKey) {
+        self.lock().known.remove(key);
+    }
+
+    fn count_search(&self, key: IgdKey) {
+        *self.lock().searches.entry(key).or_default() += 1;
     }
 }
 
@@ -955,36 +991,34 @@ pub fn igd_known(gateway: Ipv4Addr, ssdp: SocketAddr) -> Option<bool> {
 /// finish in the background and its result is remembered per gateway (and network
 /// namespace): an IGD found is used by the next call (the next attempt is the
 /// upgrade), and "no IGD" stops searches for [`NO_IGD_MEMORY`]. An IGD that fails
-/// to map is forgotten.
-pub async fn map_udp_now(internal_port: u16, cfg: &PortMapConfig) -> Result<Mapping, PortMapError> {
+/// to map is forgotten. What is remembered lives in `memory` (the caller's, one per
+/// owner of attempts: [`IgdMemory`]).
+pub async fn map_udp_now(
+    internal_port: u16,
+    cfg: &PortMapConfig,
+    memory: &IgdMemory,
+) -> Result<Mapping, PortMapError> {
     let gateway = cfg
         .gateway
         .or_else(default_gateway)
         .ok_or(PortMapError::NoGateway)?;
     let want_upnp = matches!(cfg.only, None | Some(Protocol::Upnp));
-    let key = igd_key(gateway, cfg.ssdp);
-    let known = if want_upnp {
-        igd_memory().get(&key).cloned()
-    } else {
-        None
-    };
+    let key = (gateway, cfg.ssdp);
+    let known = if want_upnp { memory.get(&key) } else { None };
     let mut search = match known {
         Some(Known::Igd(_)) => None,
         Some(Known::Absent(t)) if t.elapsed() < NO_IGD_MEMORY => None,
         _ if !want_upnp => None,
         _ => {
-            #[cfg(test)]
-            {
-                *search_counts().entry(key.clone()).or_default() += 1;
-            }
-            let (key, ssdp, wait) = (key.clone(), cfg.ssdp, cfg.upnp_wait);
+            memory.count_search(key);
+            let (memory, ssdp, wait) = (memory.clone(), cfg.ssdp, cfg.upnp_wait);
             Some(tokio::spawn(async move {
                 let r = upnp::discover(gateway, ssdp, wait).await;
                 let k = match &r {
                     Ok(igd) => Known::Igd(igd.clone()),
                     Err(_) => Known::Absent(std::time::Instant::now()),
                 };
-                igd_memory().insert(key, k);
+                memory.set(key, k);
                 r
             }))
         }
@@ -1025,7 +1059,7 @@ pub async fn map_udp_now(internal_port: u16, cfg: &PortMapConfig) -> Result<Mapp
     if let Some(Known::Igd(igd)) = known {
         let r = map_upnp(Ok(igd), first_err, gateway, internal_port, cfg).await;
         if r.is_err() {
-            igd_memory().remove(&key);
+            memory.forget(&key);
         }
         return r;
     }

@@ -52,6 +52,7 @@ async fn attempt(lab: &Lab, site: &Site, side: Side, fp: [u8; 32]) -> zs_punch::
         punch: PunchConfig::default(),
         classify: Default::default(),
         port_mapping: None,
+        igd_memory: Default::default(),
     };
     let f = factory(site.ns.clone(), ip);
     run_attempt(

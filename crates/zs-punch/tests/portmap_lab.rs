@@ -251,20 +251,25 @@ fn an_igd_found_after_an_attempt_maps_the_next_one() {
     let (port, rt, tokio_rt) = (u.port, &u.rt, &u.tokio_rt);
     let (first, known, next) = tokio_rt.block_on(rt.run(async move {
         let cfg = PortMapConfig::default();
+        let memory = portmap::IgdMemory::new();
         // Mapped only if the IGD answered before PCP and NAT-PMP failed (a race).
-        let first = portmap::map_udp_now(port, &cfg).await;
+        let first = portmap::map_udp_now(port, &cfg, &memory).await;
         let gw = portmap::default_gateway().expect("the site has a default route");
         // The background search records the IGD (guard only, the search takes ~1 s).
         let t = Instant::now();
-        while portmap::igd_known(gw, cfg.ssdp).is_none() {
+        while memory.known(gw, cfg.ssdp).is_none() {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
                 "the search never ended"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let known = portmap::igd_known(gw, cfg.ssdp);
-        (first, known, portmap::map_udp_now(port, &cfg).await)
+        let known = memory.known(gw, cfg.ssdp);
+        (
+            first,
+            known,
+            portmap::map_udp_now(port, &cfg, &memory).await,
+        )
     }));
     assert_eq!(known, Some(true), "the IGD is remembered");
     if let Err(e) = &first {
@@ -368,6 +373,7 @@ fn a_mapped_side_is_public_so_two_random_port_nats_get_a_direct_path() {
                         punch: PunchConfig::default(),
                         classify: Default::default(),
                         port_mapping,
+                        igd_memory: Default::default(),
                     };
                     let r = run_attempt(&a, udp, &mut tcp, &*f).await.unwrap();
                     let mapped = r.mapping.as_ref().map(|l| l.mapping());

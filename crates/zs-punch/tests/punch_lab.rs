@@ -86,6 +86,7 @@ async fn side_with(
         punch: cfg,
         classify: Default::default(),
         port_mapping: None,
+        igd_memory: Default::default(),
     };
     let f = factory(ns, ip);
     run_attempt(

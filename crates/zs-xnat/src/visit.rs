@@ -1022,6 +1022,8 @@ pub(crate) struct AgentVisit {
     identity: Option<Arc<Identity>>,
     punching: Arc<tokio::sync::Semaphore>,
     direct: Arc<tokio::sync::Semaphore>,
+    /// What this agent's port-mapping searches learned about its router's IGD.
+    igd: zs_punch::portmap::IgdMemory,
     pub(crate) stats: AgentVisitStats,
 }
 
@@ -1033,6 +1035,7 @@ impl Default for AgentVisit {
             identity: Identity::generate().ok().map(Arc::new),
             punching: Arc::new(tokio::sync::Semaphore::new(AGENT_PUNCHES)),
             direct: Arc::new(tokio::sync::Semaphore::new(AGENT_DIRECT)),
+            igd: zs_punch::portmap::IgdMemory::new(),
             stats: AgentVisitStats::default(),
         }
     }
@@ -1171,7 +1174,7 @@ async fn agent_punch(
         .map_err(|e| e.to_string())?;
     let mut stream = secure_stream(conn);
     let (sock, factory) = punch_socket(stun)?;
-    let igd_before = igd_state();
+    let igd_before = vs.igd.known_for_default_gateway();
     let a = zs_punch::peer::Attempt {
         side: PunchSide::Agent,
         pair_key: pair_key(service, &svc.token),
@@ -1180,6 +1183,7 @@ async fn agent_punch(
         punch: Default::default(),
         classify: Default::default(),
         port_mapping: Some(Default::default()),
+        igd_memory: vs.igd.clone(),
     };
     let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory).await;
     drop(permit);
@@ -1252,7 +1256,7 @@ async fn agent_watch_igd(agent: &crate::Agent, relay_addr: &str, service: &str, 
     }
     let end = Instant::now() + AGENT_IGD_WATCH;
     let found = loop {
-        match igd_state() {
+        match vs.igd.known_for_default_gateway() {
             Some(k) => break k,
             None if Instant::now() >= end => break false,
             None => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -1293,19 +1297,6 @@ fn limits() -> QuicLimits {
 }
 
 type Factory = Arc<zs_punch::punch::SocketFactory>;
-
-/// Whether a port-mapping search of an earlier attempt found the default gateway's
-/// UPnP-IGD (then the next attempt maps through it at once).
-fn igd_known() -> bool {
-    igd_state() == Some(true)
-}
-
-/// What the port-mapping searches learned about the default gateway's UPnP-IGD:
-/// found, none, or nothing yet (no search, or one still running).
-fn igd_state() -> Option<bool> {
-    zs_punch::portmap::default_gateway()
-        .and_then(|g| zs_punch::portmap::igd_known(g, zs_punch::portmap::upnp::SSDP))
-}
 
 /// A UDP socket for punching (on the address that routes towards `stun`) and a
 /// factory of more like it (birthday mode).
@@ -1533,6 +1524,11 @@ struct VInner {
     lost: tokio::sync::Notify,
     /// Keys of the direct loop's failed attempts whose wait session got `Again`.
     again: Mutex<std::collections::HashSet<u64>>,
+    /// What this visitor's port-mapping searches learned about its router's IGD.
+    igd: zs_punch::portmap::IgdMemory,
+    /// Tests: the router's IGD counts as known (no router on loopback to find).
+    #[cfg(test)]
+    test_igd: std::sync::atomic::AtomicBool,
 }
 
 /// A visitor on a runtime of its own (for programs without tokio, e.g. through the
@@ -1613,6 +1609,9 @@ impl Visitor {
                 slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
                 lost: tokio::sync::Notify::new(),
                 again: Mutex::default(),
+                igd: zs_punch::portmap::IgdMemory::new(),
+                #[cfg(test)]
+                test_igd: Default::default(),
                 cfg,
             }),
         })
@@ -1805,7 +1804,7 @@ impl Visitor {
             let now = Instant::now();
             // An attempt does not wait for the UPnP-IGD search; an IGD it found
             // afterwards makes this side public, so try again at once (the upgrade).
-            let igd = self.inner.cfg.port_mapping && igd_known();
+            let igd = self.igd_known();
             let mut again = std::mem::take(&mut *self.inner.again.lock().expect("visitor"));
             next.retain(|key, b| {
                 let upgrade = igd && !b.had_igd;
@@ -1836,7 +1835,7 @@ impl Visitor {
                 // Whether the IGD was known when the attempt started: one that answers
                 // while the attempt runs (it does not wait for the search) must still
                 // trigger the upgrade, so this is read before the attempt, not after.
-                let had_igd = self.inner.cfg.port_mapping && igd_known();
+                let had_igd = self.igd_known();
                 if let Err(e) = self.punch_agent(want).await {
                     let wait = if e.relay_only { retry * 10 } else { retry };
                     info!(error = %e.reason, agent = want, retry_in_s = wait.as_secs(), "xnat visitor: no direct path; connections go through the relay");
@@ -1891,6 +1890,16 @@ impl Visitor {
                 _ => {}
             }
         }
+    }
+
+    /// Whether a port-mapping search of an earlier attempt found our default
+    /// gateway's UPnP-IGD (then the next attempt maps through it at once).
+    fn igd_known(&self) -> bool {
+        #[cfg(test)]
+        if self.inner.test_igd.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.inner.cfg.port_mapping && self.inner.igd.known_for_default_gateway() == Some(true)
     }
 
     /// Agents to punch with now: those holding a live connection without a live
@@ -2011,6 +2020,7 @@ impl Visitor {
             punch: Default::default(),
             classify: Default::default(),
             port_mapping: c.port_mapping.then(Default::default),
+            igd_memory: self.inner.igd.clone(),
         };
         let res = zs_punch::peer::run_attempt(&a, sock, &mut stream, &*factory)
             .await
@@ -2397,6 +2407,46 @@ mod tests {
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
         assert_eq!(v.stats().relay_failures.load(Ordering::Relaxed), 1);
         assert!(t.elapsed() < Duration::from_secs(15));
+    }
+
+    /// The router's IGD answers while an attempt runs (attempts do not wait for the
+    /// SSDP search): the direct loop makes the next attempt at once, not after
+    /// `direct_retry` (3600 s here). The "relay" accepts the attempt's session and
+    /// holds it: the IGD becomes known only then, and the session's end fails the
+    /// attempt. Fails when the loop reads "was the IGD known" after the attempt
+    /// instead of before it (the bug fixed by 71c7740: such an answer then counted as
+    /// known before, and the visitor waited `direct_retry` x 10 in the field).
+    #[tokio::test]
+    async fn an_igd_found_during_an_attempt_makes_the_next_one_at_once() {
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let fp = format!("sha3-256:{}", "ab".repeat(32));
+        let cfg = VisitorConfig::parse(
+            &format!("[visitor]\nremote_addr = \"{addr}\"\nrelay_fingerprint = \"{fp}\"\nservice = \"web\"\ntoken = \"t\"\nbind_addr = \"127.0.0.1:0\"\ndirect_retry = 3600\n"),
+            "v.toml",
+        )
+        .unwrap();
+        let v = Visitor::bind(cfg).await.unwrap();
+        tokio::spawn(v.clone().run());
+        let accept = || async {
+            tokio::time::timeout(Duration::from_secs(20), relay.accept())
+                .await
+                .expect("a session within 20 s (direct_retry is 3600 s)")
+                .unwrap()
+                .0
+        };
+        // The first attempt's session: the attempt runs until we drop it.
+        let first = accept().await;
+        assert_eq!(v.stats().punch_attempts.load(Ordering::Relaxed), 1);
+        assert!(!v.igd_known());
+        v.inner.test_igd.store(true, Ordering::Relaxed);
+        drop(first);
+        // The failed attempt's wait session comes too; the second attempt must come
+        // at once.
+        while v.stats().punch_attempts.load(Ordering::Relaxed) < 2 {
+            drop(accept().await);
+        }
+        assert_eq!(v.stats().direct_up.load(Ordering::Relaxed), 0);
     }
 
     /// `[server.direct]`: STUN on the relay needs both addresses; without it,
