@@ -353,6 +353,69 @@ fn released_keys_are_made_again() {
     assert_eq!(layer.stats().record_errors, 0);
 }
 
+/// Keys are replaced by age without a timer per connection (session 12): a
+/// sender replaces its sending keys before its next record, and a connection
+/// that only receives replaces them when it opens one. Fails if either stops.
+#[test]
+fn keys_are_replaced_by_age_at_the_next_record() {
+    let _serial = serial();
+    let identity = ServerIdentity::from_seed(&[0x5f; 32]).unwrap();
+    let max_age = Duration::from_millis(50);
+    let rekey = zs_crypto::session::RekeyPolicy {
+        max_age,
+        ..Default::default()
+    };
+    let mut c = ClientConfig::pinned(identity.fingerprint());
+    c.rekey = rekey;
+    let mut s = ServerConfig::with_identity(Arc::new(identity));
+    s.rekey = rekey;
+    let layer = layer(Arc::new(ZsSecurity::new(
+        Some(Arc::new(c)),
+        Some(Arc::new(s)),
+    )));
+    let (sk, ck) = (Keep::default(), Keep::default());
+    let s2 = sk.clone();
+    let t0 = std::time::Instant::now();
+    let (mut server, mut client) = ends(
+        &layer,
+        Arc::new(move || Box::new(s2.clone()) as Box<dyn Handler>),
+        Box::new(ck.clone()),
+        Arc::default(),
+        Arc::default(),
+    );
+    let cc = ck.conn();
+    let updates = || layer.stats().key_updates_received;
+    // Young keys: a record each way replaces nothing (checked only when the
+    // machine was quick enough for the keys to still be young).
+    let u0 = updates();
+    cc.send(Bytes::from_static(b"a")).unwrap();
+    deliver(&client, &mut server);
+    deliver(&server, &mut client);
+    if t0.elapsed() < max_age {
+        assert_eq!(updates(), u0, "no key update while the keys are young");
+    }
+    std::thread::sleep(max_age + Duration::from_millis(10));
+    // Old keys: the client replaces its sending keys before its record; the
+    // server, which only receives, replaces its own when it opens that record.
+    let u1 = updates();
+    cc.send(Bytes::from_static(b"b")).unwrap();
+    deliver(&client, &mut server);
+    assert_eq!(updates(), u1 + 1, "the sender replaced its keys by age");
+    deliver(&server, &mut client);
+    assert_eq!(
+        updates(),
+        u1 + 2,
+        "the receive-only end replaced its keys by age"
+    );
+    assert_eq!(sk.take(), b"ab");
+    assert!(ck.take().is_empty());
+    cc.send(Bytes::from_static(b"c")).unwrap();
+    deliver(&client, &mut server);
+    deliver(&server, &mut client);
+    assert_eq!(sk.take(), b"c", "records flow under the new keys");
+    assert_eq!(layer.stats().record_errors, 0);
+}
+
 /// Records where each plaintext chunk it gets lies, and consumes it.
 struct Where(Arc<Mutex<Vec<(usize, usize)>>>);
 
