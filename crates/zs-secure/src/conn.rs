@@ -5,10 +5,10 @@
 //! mutex, because sends seal from any thread; the handler takes that lock to open
 //! records and never holds it while it calls the inner handler.
 //!
-//! Poll order of one raw callback: open records (in place) → react to session
-//! events (handshake done: make and open the inner handler) → hand the plaintext to
-//! the inner handler with sealing held → seal and send what it sent (one record
-//! for the whole callback) → re-arm the rekey timer.
+//! Poll order of one raw callback: open records (in place) and replace the
+//! sending keys if they are due by age → react to session events (handshake done:
+//! make and open the inner handler) → hand the plaintext to the inner handler with
+//! sealing held → seal and send what it sent (one record for the whole callback).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -304,16 +304,13 @@ impl Keep {
     }
 }
 
-/// A connection whose keys were released carries records both ways again,
-/// also across key updates (a rekey every 3,000 bytes here).
-#[test]
-fn released_keys_are_made_again() {
-    let _serial = serial();
-    let identity = ServerIdentity::from_seed(&[0x5e; 32]).unwrap();
-    let rekey = zs_crypto::session::RekeyPolicy {
-        max_bytes: 3_000,
-        ..Default::default()
-    };
+/// A key-pinned layer whose sessions rekey by `rekey` (server key from
+/// `seed`), and a handshaken pair of `Keep` handlers over it.
+fn keeping_pair(
+    seed: u8,
+    rekey: zs_crypto::session::RekeyPolicy,
+) -> (SecureLayer, Keep, Keep, End, End) {
+    let identity = ServerIdentity::from_seed(&[seed; 32]).unwrap();
     let mut c = ClientConfig::pinned(identity.fingerprint());
     c.rekey = rekey;
     let mut s = ServerConfig::with_identity(Arc::new(identity));
@@ -324,12 +321,27 @@ fn released_keys_are_made_again() {
     )));
     let (sk, ck) = (Keep::default(), Keep::default());
     let s2 = sk.clone();
-    let (mut server, mut client) = ends(
+    let (server, client) = ends(
         &layer,
         Arc::new(move || Box::new(s2.clone()) as Box<dyn Handler>),
         Box::new(ck.clone()),
         Arc::default(),
         Arc::default(),
+    );
+    (layer, sk, ck, server, client)
+}
+
+/// A connection whose keys were released carries records both ways again,
+/// also across key updates (a rekey every 3,000 bytes here).
+#[test]
+fn released_keys_are_made_again() {
+    let _serial = serial();
+    let (layer, sk, ck, mut server, mut client) = keeping_pair(
+        0x5e,
+        zs_crypto::session::RekeyPolicy {
+            max_bytes: 3_000,
+            ..Default::default()
+        },
     );
     let (sc, cc) = (sk.conn(), ck.conn());
     for round in 0..6u8 {
@@ -359,29 +371,14 @@ fn released_keys_are_made_again() {
 #[test]
 fn keys_are_replaced_by_age_at_the_next_record() {
     let _serial = serial();
-    let identity = ServerIdentity::from_seed(&[0x5f; 32]).unwrap();
     let max_age = Duration::from_millis(50);
-    let rekey = zs_crypto::session::RekeyPolicy {
-        max_age,
-        ..Default::default()
-    };
-    let mut c = ClientConfig::pinned(identity.fingerprint());
-    c.rekey = rekey;
-    let mut s = ServerConfig::with_identity(Arc::new(identity));
-    s.rekey = rekey;
-    let layer = layer(Arc::new(ZsSecurity::new(
-        Some(Arc::new(c)),
-        Some(Arc::new(s)),
-    )));
-    let (sk, ck) = (Keep::default(), Keep::default());
-    let s2 = sk.clone();
     let t0 = std::time::Instant::now();
-    let (mut server, mut client) = ends(
-        &layer,
-        Arc::new(move || Box::new(s2.clone()) as Box<dyn Handler>),
-        Box::new(ck.clone()),
-        Arc::default(),
-        Arc::default(),
+    let (layer, sk, ck, mut server, mut client) = keeping_pair(
+        0x5f,
+        zs_crypto::session::RekeyPolicy {
+            max_age,
+            ..Default::default()
+        },
     );
     let cc = ck.conn();
     let updates = || layer.stats().key_updates_received;
