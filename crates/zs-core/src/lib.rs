@@ -108,6 +108,7 @@ mod body;
 mod budget;
 mod clock;
 mod error;
+mod lazy;
 mod net;
 mod oneshot;
 mod pool;

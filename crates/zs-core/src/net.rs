@@ -25,10 +25,11 @@ use zs_wire::{DataFrame, Frame, Text};
 use crate::budget::BatchFilter;
 use crate::budget::Budgets;
 use crate::error::{Error, Result};
+use crate::lazy::LazyMap;
 use crate::oneshot::{channel, CallFuture, Completer};
 use crate::pool::WorkerPool;
 use crate::registry::{Outbox, Peer, Registry};
-use crate::session::{Call, Event, IdMap, Reply, Request, Session, SessionConfig};
+use crate::session::{Call, Event, IdHasher, Reply, Request, Session, SessionConfig};
 use crate::stable::SECRET_LEN;
 use crate::stats::{EndpointStats, StatsSnapshot};
 
@@ -525,7 +526,7 @@ struct LinkState {
     quick: u8,
     backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
-    progress: IdMap<ProgressFn>,
+    progress: LazyMap<u64, ProgressFn, std::hash::BuildHasherDefault<IdHasher>>,
     ready: Vec<Completer<()>>,
     armed: Option<Instant>,
     busy: bool,
@@ -612,7 +613,7 @@ impl Link {
                 quick: 0,
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
-                progress: IdMap::default(),
+                progress: LazyMap::default(),
                 ready: Vec::new(),
                 armed: None,
                 busy: false,
@@ -2504,5 +2505,17 @@ fn reconnect_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every idle session holds one `Link` (issue 13's idle-bytes goal): its
+    /// rarely used maps are `LazyMap`s (one pointer each until used). Was
+    /// 1,136 B before session 12.
+    #[test]
+    fn a_link_stays_small() {
+        let n = std::mem::size_of::<super::Link>();
+        assert!(n <= 1_000, "Link is {n} bytes");
     }
 }

@@ -32,6 +32,7 @@ use zs_wire::{DataFrame, DecodeError, Frame, FrameCodec, Text};
 
 use crate::budget::{Budgets, Charge};
 use crate::error::{code, Error, Result};
+use crate::lazy::LazyMap;
 use crate::stable::{
     batch_checksum, Phase, Stable, CTL_BATCHSUM, CTL_CLOSE, CTL_RESUME, CTL_STABLE, SECRET_LEN,
 };
@@ -556,7 +557,7 @@ pub struct Session {
     next_id: u64,
     pending: IdMap<Pending>,
     deadlines: Deadlines,
-    batches: HashMap<u64, Staged>,
+    batches: LazyMap<u64, Staged>,
     /// What this session holds of the endpoint's budgets (bytes staged in
     /// `batches` included), and the endpoint's batch filter.
     charge: Charge,
@@ -569,8 +570,8 @@ pub struct Session {
     /// The last input error came from the link (record layer or outer framing),
     /// not from the peer's authenticated content.
     link_fault: bool,
-    sending: IdMap<Outgoing>,
-    receiving: HashMap<u64, Incoming>,
+    sending: LazyMap<u64, Outgoing, BuildHasherDefault<IdHasher>>,
+    receiving: LazyMap<u64, Incoming>,
     dead: Option<String>,
     bytes_in: u64,
     bytes_out: u64,
@@ -588,7 +589,7 @@ pub struct Session {
     /// A resume request stopped input processing.
     paused: bool,
     /// Server: checksums of completed batches, sent with their answer.
-    batch_sums: HashMap<u64, Vec<[u8; 16]>>,
+    batch_sums: LazyMap<u64, Vec<[u8; 16]>>,
     /// The waiters of completed calls, in the order of their
     /// [`Event::Reply`] events (see [`Session::take_waiter`]).
     waiters: VecDeque<(u64, Waiter)>,
@@ -629,14 +630,14 @@ impl Session {
             next_id: 1,
             pending: IdMap::default(),
             deadlines: Deadlines::default(),
-            batches: HashMap::new(),
+            batches: LazyMap::default(),
             charge: Charge::new(Budgets::shared_unlimited()),
             out_pending: 0,
             blocked: false,
             got_frames: false,
             link_fault: false,
-            sending: IdMap::default(),
-            receiving: HashMap::new(),
+            sending: LazyMap::default(),
+            receiving: LazyMap::default(),
             dead: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -646,7 +647,7 @@ impl Session {
             link_up: true,
             peer_closed: false,
             paused: false,
-            batch_sums: HashMap::new(),
+            batch_sums: LazyMap::default(),
             waiters: VecDeque::new(),
         }
     }

@@ -31,8 +31,17 @@ use crate::Error;
 /// assert!(q.take_writable()); // 3 <= 8 / 2
 /// assert!(!q.take_writable());
 /// ```
+///
+/// The front chunk is held inline and only the chunks behind it go to a
+/// `VecDeque`, so a connection that queues one chunk at a time (the usual
+/// case: a reply or a sealed record per write) never allocates the deque, and
+/// an idle connection holds no deque memory (session 12: 128 B per idle
+/// connection on both backends).
 #[derive(Debug)]
 pub struct SendQueue {
+    /// The first chunk; `None` only when nothing is queued.
+    head: Option<Bytes>,
+    /// The chunks behind `head`, in order.
     chunks: VecDeque<Bytes>,
     len: usize,
     limit: usize,
@@ -43,6 +52,7 @@ impl SendQueue {
     /// An empty queue bounded by `limit` bytes (at least 1).
     pub fn new(limit: usize) -> SendQueue {
         SendQueue {
+            head: None,
             chunks: VecDeque::new(),
             len: 0,
             limit: limit.max(1),
@@ -73,7 +83,11 @@ impl SendQueue {
         }
         if !data.is_empty() {
             self.len += data.len();
-            self.chunks.push_back(data);
+            if self.head.is_none() {
+                self.head = Some(data);
+            } else {
+                self.chunks.push_back(data);
+            }
         }
         Ok(())
     }
@@ -81,7 +95,10 @@ impl SendQueue {
     /// Fills `out` with slices of the front chunks; returns how many were filled.
     pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (slot, chunk) in out.iter_mut().zip(self.chunks.iter()) {
+        for (slot, chunk) in out
+            .iter_mut()
+            .zip(self.head.iter().chain(self.chunks.iter()))
+        {
             *slot = IoSlice::new(chunk);
             n += 1;
         }
@@ -90,20 +107,20 @@ impl SendQueue {
 
     /// The front chunk, for backends that hand owned buffers to the kernel (IOCP).
     pub fn front(&self) -> Option<&Bytes> {
-        self.chunks.front()
+        self.head.as_ref()
     }
 
     /// Drops the first `n` queued bytes (what a write consumed). `n` larger than
     /// [`len`](SendQueue::len) empties the queue.
     pub fn advance(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(front) = self.chunks.front_mut() else {
+            let Some(front) = self.head.as_mut() else {
                 break;
             };
             if n >= front.len() {
                 n -= front.len();
                 self.len -= front.len();
-                self.chunks.pop_front();
+                self.head = self.chunks.pop_front();
             } else {
                 front.advance(n);
                 self.len -= n;
@@ -128,6 +145,7 @@ impl SendQueue {
 
     /// Drops everything queued (abort) and forgets a pending writable notification.
     pub fn clear(&mut self) {
+        self.head = None;
         self.chunks.clear();
         self.len = 0;
         self.want_writable = false;
@@ -138,6 +156,32 @@ impl SendQueue {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// One chunk at a time (a reply, a sealed record) stays inline: the deque
+    /// behind it is never allocated, so an idle connection holds none.
+    #[test]
+    fn one_chunk_at_a_time_allocates_no_deque() {
+        let mut q = SendQueue::new(1 << 20);
+        for i in 0..100usize {
+            q.push(Bytes::from(vec![i as u8; 10 + i])).unwrap();
+            let mut slices = [IoSlice::new(&[]); 4];
+            assert_eq!(q.io_slices(&mut slices), 1);
+            assert_eq!(slices[0].len(), 10 + i);
+            q.advance(3);
+            assert_eq!(q.front().map(Bytes::len), Some(7 + i));
+            q.advance(7 + i);
+            assert!(q.is_empty() && q.front().is_none());
+        }
+        assert_eq!(q.chunks.capacity(), 0);
+        // A second chunk queues behind the first, in order.
+        q.push(Bytes::from_static(b"ab")).unwrap();
+        q.push(Bytes::from_static(b"cd")).unwrap();
+        let mut slices = [IoSlice::new(&[]); 4];
+        assert_eq!(q.io_slices(&mut slices), 2);
+        assert_eq!((&*slices[0], &*slices[1]), (&b"ab"[..], &b"cd"[..]));
+        q.advance(3);
+        assert_eq!(q.front().map(|b| &b[..]), Some(&b"d"[..]));
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]

@@ -5,12 +5,12 @@
 //! mutex, because sends seal from any thread; the handler takes that lock to open
 //! records and never holds it while it calls the inner handler.
 //!
-//! Poll order of one raw callback: open records (in place) → react to session
-//! events (handshake done: make and open the inner handler) → hand the plaintext to
-//! the inner handler with sealing held → seal and send what it sent (one record
-//! for the whole callback) → keep a partial frame the inner handler sized at the
-//! front of the raw buffer (`hold_partial`: the next records open behind it) →
-//! re-arm the rekey timer.
+//! Poll order of one raw callback: open records (in place) and replace the
+//! sending keys if they are due by age → react to session events (handshake done:
+//! make and open the inner handler) → hand the plaintext to the inner handler with
+//! sealing held → seal and send what it sent (one record for the whole callback) →
+//! keep a partial frame the inner handler sized at the front of the raw buffer
+//! (`hold_partial`: the next records open behind it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -27,7 +27,7 @@ use crate::{Counters, HandshakeError, Layer};
 const T_HANDSHAKE: u64 = 0;
 const T_DRAIN: u64 = 1;
 const T_RESUME: u64 = 2;
-const T_REKEY: u64 = 3;
+// 3 was the rekey timer (removed in session 12: see `rekey_if_due`).
 const T_LINGER: u64 = 4;
 const T_IDLE: u64 = 5;
 const FIRST_USER_TIMER: u64 = 16;
@@ -71,11 +71,25 @@ struct St {
     /// short list (a handler arms a few at a time), searched linearly.
     timers: Vec<(u64, u64)>,
     next_timer: u64,
-    rekey_at: Option<Instant>,
     /// The last record sealed or opened (see [`SecureConfig::key_idle`](crate::SecureConfig::key_idle)).
     last_used: Instant,
     /// The key-idle timer is armed.
     idle_armed: bool,
+}
+
+/// Replaces the sending keys when their age reached the provider's limit
+/// (`RekeyPolicy::max_age`). There is no timer per connection for it (a raw
+/// timer per idle connection cost a timer-wheel entry each, session 12): the
+/// sealing side checks the age before each new record (zs-crypto's
+/// `append_data`), and a connection that only receives checks it here, when
+/// it opens records. A connection silent in both directions keeps its traffic
+/// secrets until its next record; its expanded keys are erased after
+/// `SecureConfig::key_idle` anyway.
+fn rekey_if_due(session: &mut dyn SecureSession, now: Instant) -> zs_crypto::Result<()> {
+    if session.poll_timeout().is_some_and(|t| t <= now) {
+        session.handle_timeout(now)?;
+    }
+    Ok(())
 }
 
 /// What to do with the raw connection once the stalled bytes went out.
@@ -658,22 +672,6 @@ impl SecureHandler {
         *buf = front;
     }
 
-    fn arm_rekey(&self) {
-        let Some(sc) = &self.sc else {
-            return;
-        };
-        let mut st = lock(&sc.st);
-        let next = st.session.poll_timeout();
-        if next != st.rekey_at {
-            st.rekey_at = next;
-            if let Some(at) = next {
-                let _ = sc
-                    .raw
-                    .set_timer(at.saturating_duration_since(Instant::now()), T_REKEY);
-            }
-        }
-    }
-
     fn writable(&mut self) {
         let Some(sc) = self.sc.clone() else {
             return;
@@ -766,7 +764,6 @@ impl Handler for SecureHandler {
                 close_after_stall: None,
                 timers: Vec::new(),
                 next_timer: FIRST_USER_TIMER,
-                rekey_at: None,
                 last_used: now,
                 idle_armed: false,
             }),
@@ -829,10 +826,17 @@ impl Handler for SecureHandler {
                             .push(Seg::Side(side_buf.len(), side_buf.len() + d.len()));
                         side_buf.extend_from_slice(&d);
                     }
+                    Event::KeyUpdated {
+                        direction: zs_crypto::session::Direction::Receive,
+                        ..
+                    } => Counters::bump(&self.layer.counters.key_updates_received),
                     Event::KeyUpdated { .. } | Event::Closed => {}
                 }
             }
             sc.used(&mut st, now);
+            // A receive-only connection replaces its sending keys by age here
+            // (a sender does before its next record).
+            let r = r.and_then(|n| rekey_if_due(&mut *st.session, now).map(|()| n));
             // Key updates or alerts the input produced.
             sc.flush(&mut st);
             r
@@ -922,7 +926,6 @@ impl Handler for SecureHandler {
         if let Some(sc) = &self.sc {
             lock(&sc.st).session.shrink();
         }
-        self.arm_rekey();
     }
 
     fn on_eof(&mut self, raw: &Conn) {
@@ -1003,29 +1006,6 @@ impl Handler for SecureHandler {
                     );
                     raw.abort();
                 }
-            }
-            T_REKEY => {
-                let Some(sc) = self.sc.clone() else {
-                    return;
-                };
-                let r = {
-                    let mut st = lock(&sc.st);
-                    st.rekey_at = None;
-                    let r = st.session.handle_timeout(Instant::now());
-                    sc.flush(&mut st);
-                    r
-                };
-                if let Err(e) = r {
-                    Counters::bump(&self.counters().record_errors);
-                    self.fail(
-                        raw,
-                        &format!("rekey: {e}"),
-                        HandshakeError::Failed(e),
-                        false,
-                    );
-                    return;
-                }
-                self.arm_rekey();
             }
             id => {
                 let user = self.sc.as_ref().and_then(|sc| {

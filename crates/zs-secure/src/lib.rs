@@ -249,6 +249,9 @@ pub struct SecureStats {
     /// Accepted connections reset because [`SecureConfig::max_handshakes`]
     /// handshakes were already in progress.
     pub handshakes_refused: u64,
+    /// Key updates received from peers (each replaced the peer's sending
+    /// keys: by volume, by age, or on request).
+    pub key_updates_received: u64,
 }
 
 #[derive(Default)]
@@ -260,6 +263,7 @@ struct Counters {
     plaintext_overflows: AtomicU64,
     truncated_eofs: AtomicU64,
     handshakes_refused: AtomicU64,
+    key_updates_received: AtomicU64,
 }
 
 impl Counters {
@@ -276,6 +280,7 @@ impl Counters {
             plaintext_overflows: l(&self.plaintext_overflows),
             truncated_eofs: l(&self.truncated_eofs),
             handshakes_refused: l(&self.handshakes_refused),
+            key_updates_received: l(&self.key_updates_received),
         }
     }
 }

@@ -304,16 +304,13 @@ impl Keep {
     }
 }
 
-/// A connection whose keys were released carries records both ways again,
-/// also across key updates (a rekey every 3,000 bytes here).
-#[test]
-fn released_keys_are_made_again() {
-    let _serial = serial();
-    let identity = ServerIdentity::from_seed(&[0x5e; 32]).unwrap();
-    let rekey = zs_crypto::session::RekeyPolicy {
-        max_bytes: 3_000,
-        ..Default::default()
-    };
+/// A key-pinned layer whose sessions rekey by `rekey` (server key from
+/// `seed`), and a handshaken pair of `Keep` handlers over it.
+fn keeping_pair(
+    seed: u8,
+    rekey: zs_crypto::session::RekeyPolicy,
+) -> (SecureLayer, Keep, Keep, End, End) {
+    let identity = ServerIdentity::from_seed(&[seed; 32]).unwrap();
     let mut c = ClientConfig::pinned(identity.fingerprint());
     c.rekey = rekey;
     let mut s = ServerConfig::with_identity(Arc::new(identity));
@@ -324,12 +321,27 @@ fn released_keys_are_made_again() {
     )));
     let (sk, ck) = (Keep::default(), Keep::default());
     let s2 = sk.clone();
-    let (mut server, mut client) = ends(
+    let (server, client) = ends(
         &layer,
         Arc::new(move || Box::new(s2.clone()) as Box<dyn Handler>),
         Box::new(ck.clone()),
         Arc::default(),
         Arc::default(),
+    );
+    (layer, sk, ck, server, client)
+}
+
+/// A connection whose keys were released carries records both ways again,
+/// also across key updates (a rekey every 3,000 bytes here).
+#[test]
+fn released_keys_are_made_again() {
+    let _serial = serial();
+    let (layer, sk, ck, mut server, mut client) = keeping_pair(
+        0x5e,
+        zs_crypto::session::RekeyPolicy {
+            max_bytes: 3_000,
+            ..Default::default()
+        },
     );
     let (sc, cc) = (sk.conn(), ck.conn());
     for round in 0..6u8 {
@@ -350,6 +362,54 @@ fn released_keys_are_made_again() {
         assert_eq!(sk.take(), a, "round {round}: client to server");
         assert_eq!(ck.take(), b, "round {round}: server to client");
     }
+    assert_eq!(layer.stats().record_errors, 0);
+}
+
+/// Keys are replaced by age without a timer per connection (session 12): a
+/// sender replaces its sending keys before its next record, and a connection
+/// that only receives replaces them when it opens one. Fails if either stops.
+#[test]
+fn keys_are_replaced_by_age_at_the_next_record() {
+    let _serial = serial();
+    let max_age = Duration::from_millis(50);
+    let t0 = std::time::Instant::now();
+    let (layer, sk, ck, mut server, mut client) = keeping_pair(
+        0x5f,
+        zs_crypto::session::RekeyPolicy {
+            max_age,
+            ..Default::default()
+        },
+    );
+    let cc = ck.conn();
+    let updates = || layer.stats().key_updates_received;
+    // Young keys: a record each way replaces nothing (checked only when the
+    // machine was quick enough for the keys to still be young).
+    let u0 = updates();
+    cc.send(Bytes::from_static(b"a")).unwrap();
+    deliver(&client, &mut server);
+    deliver(&server, &mut client);
+    if t0.elapsed() < max_age {
+        assert_eq!(updates(), u0, "no key update while the keys are young");
+    }
+    std::thread::sleep(max_age + Duration::from_millis(10));
+    // Old keys: the client replaces its sending keys before its record; the
+    // server, which only receives, replaces its own when it opens that record.
+    let u1 = updates();
+    cc.send(Bytes::from_static(b"b")).unwrap();
+    deliver(&client, &mut server);
+    assert_eq!(updates(), u1 + 1, "the sender replaced its keys by age");
+    deliver(&server, &mut client);
+    assert_eq!(
+        updates(),
+        u1 + 2,
+        "the receive-only end replaced its keys by age"
+    );
+    assert_eq!(sk.take(), b"ab");
+    assert!(ck.take().is_empty());
+    cc.send(Bytes::from_static(b"c")).unwrap();
+    deliver(&client, &mut server);
+    deliver(&server, &mut client);
+    assert_eq!(sk.take(), b"c", "records flow under the new keys");
     assert_eq!(layer.stats().record_errors, 0);
 }
 
