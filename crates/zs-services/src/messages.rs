@@ -423,10 +423,15 @@ enum Outcome {
 
 impl Outcome {
     fn fail(self, e: ServiceError) {
+        answer_all(vec![self.failed(e)]);
+    }
+
+    /// Its answer when its batch could not be made durable (`e`).
+    fn failed(self, e: ServiceError) -> Answer {
         match self {
-            Outcome::Sent { reply, .. } | Outcome::Dup(reply) => reply(Err(e)),
-            Outcome::Err(e0, reply) => reply(Err(e0)),
-            Outcome::Acked { reply, .. } => reply(Err(e)),
+            Outcome::Sent { reply, .. } | Outcome::Dup(reply) => Answer::Sent(reply, Err(e)),
+            Outcome::Err(e0, reply) => Answer::Sent(reply, Err(e0)),
+            Outcome::Acked { reply, .. } => Answer::Acked(reply, Err(e)),
         }
     }
 }
@@ -445,6 +450,27 @@ fn answer_all(answers: Vec<Answer>) {
             Answer::Acked(reply, r) => reply(r),
         }
     }
+}
+
+/// Where the syncer hands the answers of each durable batch.
+type AnswerQueue = std::sync::mpsc::SyncSender<Vec<Answer>>;
+
+/// Starts the answerer (`zs-msg-answer`): it gives the answers of each
+/// durable batch in the order the syncer hands them over, and ends when the
+/// syncer (the queue's only sender) is gone, after what was queued.
+fn spawn_answerer() -> Result<AnswerQueue> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Answer>>(PIPELINE_DEPTH);
+    std::thread::Builder::new()
+        .name("zs-msg-answer".into())
+        .spawn(move || {
+            while let Ok(answers) = rx.recv() {
+                answer_all(answers);
+            }
+        })
+        .map_err(|e| {
+            ServiceError::new(code::STORAGE, format!("cannot start zs-msg-answer: {e}"))
+        })?;
+    Ok(tx)
 }
 
 /// A batch buffered in the store, waiting for the syncer's fsync.
@@ -564,9 +590,17 @@ impl Messages {
         // stop when it is dropped (their queues' senders go with it).
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Done>(PIPELINE_DEPTH);
         if immediate {
-            spawn_batches("zs-msg-sync", &inner, done_rx, usize::MAX, |m, dones| {
-                m.sync_and_deliver(dones)
-            })?;
+            // A third stage gives the answers of a durable batch (a sealed
+            // record and a send each), so the syncer starts the next fsync
+            // at once instead of after the last answer of this one.
+            let answers = spawn_answerer()?;
+            spawn_batches(
+                "zs-msg-sync",
+                &inner,
+                done_rx,
+                usize::MAX,
+                move |m, dones| m.sync_and_deliver(dones, &answers),
+            )?;
         }
         spawn_batches("zs-msg-commit", &inner, rx, MAX_BATCH, move |m, batch| {
             if let Some(done) = m.run_batch(batch) {
@@ -983,8 +1017,9 @@ impl Messages {
     }
 
     /// The syncer's step: one fsync for every batch buffered so far, then
-    /// their pushes and answers, in order.
-    fn sync_and_deliver(&self, dones: Vec<Done>) {
+    /// their pushes, in order, and their answers handed to the answerer
+    /// (`answers`), which gives them in the same order.
+    fn sync_and_deliver(&self, dones: Vec<Done>, answers_to: &AnswerQueue) {
         let synced = if dones.iter().any(|d| d.wrote) {
             self.inner.db.sync().map_err(ServiceError::storage)
         } else {
@@ -995,8 +1030,15 @@ impl Messages {
             tracing::error!(error = %e, "messages: fsync failed; refusing sends until restart");
             st.broken = Some(e.clone());
             drop(st);
-            for d in dones {
-                d.fail(e.clone());
+            // Through the answerer too, so they come after the answers of
+            // the batches before (which it may still be giving).
+            let failed = dones
+                .into_iter()
+                .flat_map(|d| d.out)
+                .map(|o| o.failed(e.clone()))
+                .collect();
+            if let Err(std::sync::mpsc::SendError(failed)) = answers_to.send(failed) {
+                answer_all(failed);
             }
             return;
         }
@@ -1008,8 +1050,12 @@ impl Messages {
         // Answered after the state lock is released: each answer is a
         // sealed record and a send of its own, and the planner (which needs
         // the lock to check the next batch) used to wait behind all of them.
+        // Answered on the answerer's thread: the next fsync used to wait
+        // behind them too (session 12).
         drop(st);
-        answer_all(answers);
+        if let Err(std::sync::mpsc::SendError(answers)) = answers_to.send(answers) {
+            answer_all(answers);
+        }
     }
 
     /// Pushes the outcomes of a batch that is durable (under the state
