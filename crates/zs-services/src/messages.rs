@@ -1371,13 +1371,22 @@ impl Messages {
 
     /// Drops members whose connection is gone or logged out.
     fn prune_groups(&self, st: &mut State) {
-        let live: HashMap<u64, Peer> = self
-            .inner
+        let live = self.online_by_connection();
+        Self::prune_groups_to(st, &live);
+    }
+
+    /// The connections of the users online now, by connection id.
+    fn online_by_connection(&self) -> HashMap<u64, Peer> {
+        self.inner
             .accounts
             .online_peers()
             .into_iter()
             .map(|(_, p)| (p.id(), p))
-            .collect();
+            .collect()
+    }
+
+    /// Drops group memberships of connections not in `live`.
+    fn prune_groups_to(st: &mut State, live: &HashMap<u64, Peer>) {
         st.joined.retain(|pid, _| live.contains_key(pid));
         st.groups.retain(|_, m| {
             m.retain(|pid| live.contains_key(pid));
@@ -1390,25 +1399,23 @@ impl Messages {
     pub fn group_send(&self, peer: &Peer, from: u64, name: &str, body: &[u8]) -> Result<usize> {
         self.check_body(body)?;
         let name = name.to_ascii_lowercase();
-        let members: Vec<u64> = {
+        // One look at who is online, used both to prune and to address
+        // (under the state lock, so a connection that joins meanwhile is in
+        // it). It was taken twice per send, and the members (a list) were
+        // matched against every online connection: 1,000 members among
+        // 2,000 online cost 2 million comparisons per group message.
+        let peers: Vec<Peer> = {
             let mut st = lock(&self.inner.state);
-            self.prune_groups(&mut st);
+            let live = self.online_by_connection();
+            Self::prune_groups_to(&mut st, &live);
             let Some(m) = st.groups.get(&name) else {
                 return Err(ServiceError::new(code::FORBIDDEN, "join the group first"));
             };
             if !m.contains(&peer.id()) {
                 return Err(ServiceError::new(code::FORBIDDEN, "join the group first"));
             }
-            m.iter().copied().collect()
+            m.iter().filter_map(|pid| live.get(pid).cloned()).collect()
         };
-        let peers: Vec<Peer> = self
-            .inner
-            .accounts
-            .online_peers()
-            .into_iter()
-            .map(|(_, p)| p)
-            .filter(|p| members.contains(&p.id()))
-            .collect();
         Ok(self.live(from, push_kind::GROUP, &name, body, &peers))
     }
 
