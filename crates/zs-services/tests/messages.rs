@@ -523,3 +523,74 @@ fn sends_are_buffered_during_an_fsync_and_answered_and_pushed_only_after_their_o
     let want: Vec<String> = (1..=11).map(|k| format!("m{k}")).collect();
     assert_eq!(bodies, want, "pushed once each, in order");
 }
+
+#[test]
+fn the_next_fsync_does_not_wait_for_the_answers_of_the_batch_before() {
+    use std::sync::{mpsc, Arc, Condvar, Mutex};
+    let env = zs_db::Env::with_vfs(Arc::new(zs_db::MemVfs::new()));
+    let services = Services::open(&env, cheap()).unwrap();
+    let ann = services
+        .accounts
+        .create_user("ann", "ann-password", false)
+        .unwrap();
+    let bob = services
+        .accounts
+        .create_user("bob", "bob-password", false)
+        .unwrap();
+    let msgs = &services.messages;
+    // Send 1's answer is held (a slow connection) until the gate opens.
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (answered_tx, answered_rx) = mpsc::channel::<u64>();
+    {
+        let (gate, answered) = (gate.clone(), answered_tx.clone());
+        msgs.submit_send(
+            ann,
+            bob,
+            1,
+            zs_io::Bytes::from_static(b"m1"),
+            Box::new(move |r| {
+                assert!(r.is_ok(), "{r:?}");
+                entered_tx.send(()).unwrap();
+                let (open, cv) = &*gate;
+                let mut g = open.lock().unwrap();
+                while !*g {
+                    g = cv.wait(g).unwrap();
+                }
+                answered.send(1).unwrap();
+            }),
+        );
+    }
+    entered_rx
+        .recv_timeout(WAIT)
+        .expect("send 1 was answered after its fsync");
+    // Send 2 is fsynced (visible to a fetch) while 1's answer is still being
+    // given; its own answer comes after 1's.
+    msgs.submit_send(
+        ann,
+        bob,
+        2,
+        zs_io::Bytes::from_static(b"m2"),
+        Box::new(move |r| {
+            assert!(r.is_ok(), "{r:?}");
+            answered_tx.send(2).unwrap();
+        }),
+    );
+    eventually("send 2 is durable while send 1's answer is held", || {
+        msgs.fetch(bob, 0, 10).unwrap().len() == 2
+    });
+    assert_eq!(
+        answered_rx.try_recv().ok(),
+        None,
+        "answers keep their order"
+    );
+    {
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    let order: Vec<u64> = (0..2)
+        .map(|_| answered_rx.recv_timeout(WAIT).unwrap())
+        .collect();
+    assert_eq!(order, [1, 2]);
+}
