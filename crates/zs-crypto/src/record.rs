@@ -251,6 +251,40 @@ impl RecordSealer {
         Ok(())
     }
 
+    /// Seals a record the caller laid out in `record`: [`HEADER_LEN`] bytes
+    /// for the header, the plaintext, then exactly the suite's tag length
+    /// (see [`Self::wire_len`]). The header and tag bytes are overwritten and
+    /// the plaintext is encrypted where it lies: a caller that received the
+    /// plaintext straight into `record` seals it with no copy at all.
+    pub fn seal_slice(&mut self, ty: ContentType, record: &mut [u8]) -> Result<()> {
+        let tag_len = self.keys.suite.tag_len();
+        let body = record
+            .len()
+            .checked_sub(HEADER_LEN)
+            .filter(|b| *b >= tag_len)
+            .ok_or(Error::Malformed("record shorter than its header and tag"))?;
+        if body > MAX_RECORD_BODY {
+            return Err(Error::RecordTooLarge {
+                len: body,
+                max: MAX_RECORD_BODY,
+            });
+        }
+        let h = header(ty, body);
+        let (head, rest) = record.split_at_mut(HEADER_LEN);
+        head.copy_from_slice(&h);
+        self.keys.prot()?; // made first: a failure burns no sequence number
+        let seq = self.keys.take_seq()?;
+        let (plain, tag_out) = rest.split_at_mut(body - tag_len);
+        let mut tag = [0u8; MAX_TAG_LEN];
+        let prot = self.keys.prot.as_deref().ok_or(Error::Failed)?;
+        let n = prot.seal(seq, &h, plain, &mut tag)?;
+        if n != tag_len {
+            return Err(Error::Failed);
+        }
+        tag_out.copy_from_slice(&tag[..n]);
+        Ok(())
+    }
+
     /// Appends one sealed record carrying `plaintext` to `out`.
     pub fn seal<B: RecordBuf>(
         &mut self,

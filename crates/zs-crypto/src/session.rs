@@ -522,6 +522,19 @@ fn alert_code(e: &Error) -> u8 {
 /// Where opened application data goes: a callback, or (`None`) [`Event::Data`].
 type DataSink<'r, 'f> = Option<&'r mut (dyn FnMut(&[u8]) + 'f)>;
 
+/// The bytes around the plaintext of one Data record sealed in place by
+/// [`Session::seal_data_in_place`]: `header` bytes before it, `tag` bytes
+/// after it, at most `max_plaintext` bytes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataLayout {
+    /// The record header's length.
+    pub header: usize,
+    /// The suite's tag length.
+    pub tag: usize,
+    /// The most plaintext one record carries (`max_record`).
+    pub max_plaintext: usize,
+}
+
 /// Most plaintext queued by `send` before the handshake completes (16 MiB).
 pub const MAX_QUEUED_BEFORE_HANDSHAKE: usize = 16 << 20;
 
@@ -900,6 +913,64 @@ impl Session {
             self.gen_bytes += n as u64;
             data = &data[n..];
         }
+        Ok(())
+    }
+
+    /// Where a caller puts the plaintext of a Data record it seals itself
+    /// with [`Self::seal_data_in_place`] (for example: reading a socket
+    /// straight into the record). `None` until the session is established.
+    pub fn data_layout(&self) -> Option<DataLayout> {
+        if !self.is_established() || self.we_closed {
+            return None;
+        }
+        Some(DataLayout {
+            header: HEADER_LEN,
+            tag: self.sealer.as_ref()?.suite().tag_len(),
+            max_plaintext: self.max_record,
+        })
+    }
+
+    /// Seals one Data record in the caller's buffer, where the caller already
+    /// put its plaintext: `record` is [`DataLayout::header`] bytes, the
+    /// plaintext (at most [`DataLayout::max_plaintext`] bytes), then
+    /// [`DataLayout::tag`] bytes; header and tag are overwritten and the
+    /// plaintext is encrypted in place (no copy, unlike [`Self::send`]).
+    /// The record takes the next sequence number: records already in the
+    /// session's output (data from `send`, a key update, the key update this
+    /// call makes when the rekey policy says so, as `send` would) come
+    /// first, so after each call the caller sends the session's output
+    /// ([`Self::has_output`]) before `record`. A `record` of the wrong
+    /// size is refused (the session stays usable); a sealing failure
+    /// (sequence numbers exhausted) fails the session.
+    pub fn seal_data_in_place(&mut self, record: &mut [u8], now: Instant) -> Result<()> {
+        self.check_usable()?;
+        if self.we_closed {
+            return Err(Error::Closed);
+        }
+        let layout = self.data_layout().ok_or(Error::UnexpectedMessage {
+            what: "data sealed in place",
+            state: self.state.name(),
+        })?;
+        let n = record
+            .len()
+            .checked_sub(layout.header + layout.tag)
+            .filter(|n| *n <= layout.max_plaintext)
+            .ok_or(Error::Malformed(
+                "record area is not header + 0..=max_record + tag bytes",
+            ))?;
+        self.seal_open();
+        self.check_usable()?;
+        if self.gen_bytes >= self.rekey.max_bytes
+            || now.saturating_duration_since(self.gen_started) >= self.rekey.max_age
+        {
+            self.update_send(now, false)?;
+        }
+        let sealer = self.sealer.as_mut().ok_or(Error::Failed)?;
+        if let Err(e) = sealer.seal_slice(ContentType::Data, record) {
+            self.state = State::Failed;
+            return Err(e);
+        }
+        self.gen_bytes += n as u64;
         Ok(())
     }
 
@@ -1599,6 +1670,70 @@ mod tests {
             w += len;
         }
         assert_eq!(&wire[..w], &data[..]);
+    }
+
+    #[test]
+    fn data_sealed_in_the_callers_buffer_opens_in_order_after_sends() {
+        let (mut c, mut s) = psk_pair();
+        let now = Instant::now();
+        let l = c.data_layout().unwrap();
+        assert_eq!(
+            (l.header, l.max_plaintext),
+            (HEADER_LEN, DEFAULT_MAX_RECORD)
+        );
+        // Data still open in the session's output goes first.
+        c.send(b"ab", now).unwrap();
+        let mut rec = vec![0xee; l.header + 5 + l.tag];
+        rec[l.header..l.header + 5].copy_from_slice(b"hello");
+        c.seal_data_in_place(&mut rec, now).unwrap();
+        assert_ne!(&rec[l.header..l.header + 5], b"hello", "encrypted in place");
+        assert!(c.has_output());
+        let mut wire = c.take_output();
+        wire.extend_from_slice(&rec);
+        // And a send after it takes the next sequence number.
+        c.send(b"!", now).unwrap();
+        wire.extend_from_slice(&c.take_output());
+        let mut got = Vec::new();
+        s.handle_input_with(&wire, now, &mut |d| got.extend_from_slice(d))
+            .unwrap();
+        assert_eq!(got, b"abhello!");
+        assert_eq!(c.gen_bytes, 8, "counted for rekeying");
+        // Wrong sizes are refused and the session stays usable.
+        let mut short = vec![0; l.header + l.tag - 1];
+        assert!(c.seal_data_in_place(&mut short, now).is_err());
+        let mut long = vec![0; l.header + l.max_plaintext + 1 + l.tag];
+        assert!(c.seal_data_in_place(&mut long, now).is_err());
+        let mut empty = vec![0; l.header + l.tag];
+        c.seal_data_in_place(&mut empty, now).unwrap();
+        s.handle_input(&empty, now).unwrap();
+        // A tampered record is refused by the peer.
+        let mut bad = vec![0; l.header + 3 + l.tag];
+        c.seal_data_in_place(&mut bad, now).unwrap();
+        bad[l.header] ^= 1;
+        assert!(s.handle_input(&bad, now).is_err());
+        // A rekey made while sealing is output to send before the record.
+        let (mut c, mut s) = psk_pair();
+        c.rekey.max_bytes = 10;
+        let mut wire = Vec::new();
+        for i in 0..4u8 {
+            let mut rec = vec![0; l.header + 6 + l.tag];
+            rec[l.header..l.header + 6].fill(i);
+            c.seal_data_in_place(&mut rec, now).unwrap();
+            wire.extend_from_slice(&c.take_output());
+            wire.extend_from_slice(&rec);
+        }
+        let mut got = Vec::new();
+        s.handle_input_with(&wire, now, &mut |d| got.extend_from_slice(d))
+            .unwrap();
+        assert_eq!(got, [[0u8; 6], [1; 6], [2; 6], [3; 6]].concat());
+        assert_eq!(c.generations().unwrap().0, 1, "rekeyed once");
+        // Closed: no layout, nothing sealed.
+        c.close().unwrap();
+        assert!(c.data_layout().is_none());
+        assert!(matches!(
+            c.seal_data_in_place(&mut empty, now),
+            Err(Error::Closed)
+        ));
     }
 
     #[test]

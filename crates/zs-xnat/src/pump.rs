@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::PlainCopy;
-use crate::secure::{grow, SecureRead, SecureWrite, READ_MIN};
+use crate::secure::{SecureRead, SecureWrite, READ_BUF, READ_MIN};
 
 /// How a pump ended.
 #[derive(Debug)]
@@ -95,14 +95,16 @@ pub(crate) async fn pump(
     let act = Activity::new();
     let (mut pr, mut pw) = plain.into_split();
     let a = async {
-        let mut buf = vec![0u8; READ_MIN];
+        // Reads start at READ_MIN and double while they fill (to READ_BUF).
+        let mut cap = READ_MIN;
         loop {
-            let n = pr.read(&mut buf).await?;
+            let n = sw.carry_from(&mut pr, cap).await?;
             if n == 0 {
                 return sw.shutdown().await;
             }
-            sw.write(&buf[..n]).await?;
-            grow(&mut buf, n);
+            if n == cap {
+                cap = (cap * 2).min(READ_BUF);
+            }
             act.moved(n, up);
         }
     };
@@ -544,20 +546,9 @@ mod tests {
     /// 16 to 256 KiB) come out of `read_parts` byte-exact and in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_opened_in_place_reassemble_exactly() {
-        use crate::secure::SecureConn;
-        let id = ServerIdentity::from_seed(&[9; 32]).unwrap();
-        let ccfg = Arc::new(zs_crypto::ClientConfig::pinned(id.fingerprint()));
-        let scfg = Arc::new(zs_crypto::session::ServerConfig::with_identity(Arc::new(
-            id,
-        )));
-        let (a, b) = pair().await;
-        let t = Duration::from_secs(5);
-        let (c, s) = tokio::join!(
-            SecureConn::connect(a, ccfg, t),
-            SecureConn::accept(b, scfg, t)
-        );
-        let (_cr, mut cw, _) = c.unwrap().split();
-        let (mut sr, _sw, rest) = s.unwrap().split();
+        let (c, s) = secure_pair().await;
+        let (_cr, mut cw, _) = c.split();
+        let (mut sr, _sw, rest) = s.split();
         assert!(rest.is_empty());
         // xorshift: sizes 1..=200_000, skewed small.
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -595,6 +586,109 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(got.len(), data.len());
         assert!(got == data, "reassembled plaintext differs");
+    }
+
+    /// An established secure connection pair (client, server) on loopback.
+    async fn secure_pair() -> (crate::secure::SecureConn, crate::secure::SecureConn) {
+        secure_pair_rekeying(None).await
+    }
+
+    /// [`secure_pair`] whose client updates its sending key every
+    /// `rekey_bytes` bytes.
+    async fn secure_pair_rekeying(
+        rekey_bytes: Option<u64>,
+    ) -> (crate::secure::SecureConn, crate::secure::SecureConn) {
+        use crate::secure::SecureConn;
+        let id = ServerIdentity::from_seed(&[9; 32]).unwrap();
+        let mut ccfg = zs_crypto::ClientConfig::pinned(id.fingerprint());
+        if let Some(b) = rekey_bytes {
+            ccfg.rekey.max_bytes = b;
+        }
+        let ccfg = Arc::new(ccfg);
+        let scfg = Arc::new(zs_crypto::session::ServerConfig::with_identity(Arc::new(
+            id,
+        )));
+        let (a, b) = pair().await;
+        let t = Duration::from_secs(5);
+        let (c, s) = tokio::join!(
+            SecureConn::connect(a, ccfg, t),
+            SecureConn::accept(b, scfg, t)
+        );
+        (c.unwrap(), s.unwrap())
+    }
+
+    /// `carry_from` reads a plain socket straight into records (one read
+    /// spans up to 256 KiB: several records laid out back to back, sealed
+    /// where they lie, framed or not) and the peer opens exactly the bytes
+    /// written, in order, with every read size from 1 byte up, while the
+    /// sender's key is updated every 150 KB (inside reads that span records
+    /// too: the key update must go between the records it separates).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plaintext_read_straight_into_records_arrives_exactly() {
+        for framed in [false, true] {
+            let (c, s) = secure_pair_rekeying(Some(150_000)).await;
+            let ((_cr, mut cw), (mut sr, _sw)) = if framed {
+                (c.split_framed(), s.split_framed())
+            } else {
+                let ((r, w, _), (sr, sw, _)) = (c.split(), s.split());
+                ((r, w), (sr, sw))
+            };
+            // `from` has a large receive buffer and the first read waits
+            // for 100 KB queued: it spans records, whatever the timing.
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(1 << 20).unwrap();
+            let (from, src) = tokio::join!(sock.connect(l.local_addr().unwrap()), l.accept());
+            let (mut from, _from_w) = from.unwrap().into_split();
+            let mut src = src.unwrap().0;
+            let data = pattern(4_000_000 + framed as usize);
+            let d2 = data.clone();
+            let (queued, first) = tokio::sync::oneshot::channel();
+            let writer = tokio::spawn(async move {
+                src.write_all(&d2[..100_000]).await.unwrap();
+                queued.send(()).unwrap();
+                let mut at = 100_000;
+                for n in [1usize, 2, 100, 16_384, 65_536, 65_537, 300_000, 1]
+                    .iter()
+                    .cycle()
+                {
+                    let n = (*n).min(d2.len() - at);
+                    src.write_all(&d2[at..at + n]).await.unwrap();
+                    at += n;
+                    if at == d2.len() {
+                        break;
+                    }
+                }
+                src.shutdown().await.unwrap();
+            });
+            let carrier = tokio::spawn(async move {
+                first.await.unwrap();
+                let (mut cap, mut reads, mut big) = (READ_BUF, 0, 0);
+                loop {
+                    let n = cw.carry_from(&mut from, cap).await.unwrap();
+                    if n == 0 {
+                        cw.shutdown().await.unwrap();
+                        return (reads, big);
+                    }
+                    reads += 1;
+                    big += (n > 65_536) as usize;
+                    if n == cap {
+                        cap = (cap * 2).min(READ_BUF);
+                    }
+                }
+            });
+            let mut got = Vec::with_capacity(data.len());
+            while let Some(parts) = sr.read_parts().await.unwrap() {
+                for sl in parts.slices() {
+                    got.extend_from_slice(sl);
+                }
+            }
+            writer.await.unwrap();
+            let (reads, big) = carrier.await.unwrap();
+            assert_eq!(got.len(), data.len(), "framed {framed}");
+            assert!(got == data, "framed {framed}: plaintext differs");
+            assert!(big > 0, "{reads} reads, none over one record");
+        }
     }
 
     /// Partial writes (a 5-byte pipe and a TCP socket) resume inside a slice

@@ -29,6 +29,9 @@ pub(crate) const READ_BUF: usize = 256 * 1024;
 /// requests keeps 16 KiB (RSS under many connections).
 pub(crate) const READ_MIN: usize = 16 * 1024;
 
+/// Most records [`SecureWrite::carry_from`] reads into at once.
+const MAX_SLOTS: usize = 8;
+
 /// Doubles `buf` (up to [`READ_BUF`]) when the last read of `n` bytes filled it.
 pub(crate) fn grow(buf: &mut Vec<u8>, n: usize) {
     if n == buf.len() && buf.len() < READ_BUF {
@@ -385,9 +388,11 @@ impl SecureConn {
                 rest: Vec::new(),
                 done: false,
                 scratch: Vec::new(),
+                partial: 0..0,
             },
             SecureWrite {
                 s: shared,
+                rec: Vec::new(),
                 spare: Vec::new(),
                 framed,
                 ended: false,
@@ -405,14 +410,30 @@ impl SecureConn {
         if !w.framed || !w.ended || !r.framed.as_ref().is_some_and(ChunkDecoder::ended) {
             return None;
         }
-        let SecureRead { r: rd, s, rest, .. } = r;
+        let SecureRead {
+            r: rd,
+            s,
+            rest,
+            mut buf,
+            partial,
+            ..
+        } = r;
         drop(w.s);
         let shared = Arc::into_inner(s)?;
         let tcp = rd.reunite(shared.w.into_inner()).ok()?;
         let mut session = shared.session.into_inner().ok()?;
-        session.s().shrink();
         let mut dec = Decoder::new();
         dec.push(&rest);
+        // The start of the next record, if the last read ended in one: the
+        // session keeps it (a partial record only waits for the rest).
+        if !partial.is_empty() {
+            let d = &mut dec;
+            session
+                .s()
+                .handle_input_in_place(&mut buf[partial], Instant::now(), &mut |p| d.push(p))
+                .ok()?;
+        }
+        session.s().shrink();
         Some(SecureConn {
             tcp,
             session,
@@ -470,6 +491,9 @@ pub(crate) struct SecureRead {
     done: bool,
     /// Framed: the parts of a read before the headers are taken out.
     scratch: Vec<Part>,
+    /// The start of a record the last read ended in, still in `buf`: moved
+    /// to its front before the next read, which completes it there.
+    partial: std::ops::Range<usize>,
 }
 
 /// Where one piece of opened plaintext lies.
@@ -531,13 +555,23 @@ impl SecureRead {
             self.copied.clear();
         }
         loop {
-            let n = self.r.read(&mut self.buf).await?;
+            // A record the last read ended in is completed where it lies
+            // (its start moved to the front), not copied into the session.
+            let p = self.partial.len();
+            self.buf.copy_within(self.partial.clone(), 0);
+            self.partial = 0..0;
+            if p == self.buf.len() {
+                // A record longer than the buffer: room for the rest (the
+                // session refuses a header over its record limit).
+                self.buf.resize(2 * p, 0);
+            }
+            let n = p + self.r.read(&mut self.buf[p..]).await?;
             let full = n == self.buf.len();
             let mut closed = false;
             {
                 let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
                 let s = g.s();
-                if n == 0 {
+                if n == p {
                     s.handle_eof().map_err(err)?;
                     return Ok(None);
                 }
@@ -555,8 +589,12 @@ impl SecureRead {
                         parts.push(Part::Copied(start..copied.len()));
                     }
                 };
-                s.handle_input_in_place(&mut self.buf[..n], Instant::now(), &mut |d| keep(d))
+                let took = s
+                    .handle_input_leaving_partial(&mut self.buf[..n], Instant::now(), &mut |d| {
+                        keep(d)
+                    })
                     .map_err(err)?;
+                self.partial = took..n;
                 while let Some(ev) = s.poll_event() {
                     match ev {
                         Event::Data(d) => {
@@ -670,6 +708,9 @@ impl SecureRead {
 /// Sending half of a split secure connection.
 pub(crate) struct SecureWrite {
     s: Arc<Shared>,
+    /// [`Self::carry_from`]'s records: the plaintext is read into them and
+    /// sealed where it lies.
+    rec: Vec<u8>,
     /// The buffer handed back to the session after each write: the session
     /// appends plaintext into it (one copy), seals the records in place, and
     /// `write_output` swaps it out again, so the steady state allocates nothing.
@@ -709,6 +750,105 @@ impl SecureWrite {
         let r = w.write_all(&out).await;
         self.spare = out;
         r
+    }
+
+    /// Reads once from `from`, at most `cap` bytes, straight into the
+    /// plaintext of the next records (one per `max_record` bytes, laid out
+    /// back to back with room for header and tag), seals them where they lie
+    /// and writes them: no user-space copy of the plaintext (our session;
+    /// TLS reads into a buffer and goes through [`Self::write`]). Framed, the
+    /// chunk header goes in front of the plaintext. The number of bytes
+    /// read; 0 when `from` ended (nothing is sent).
+    pub(crate) async fn carry_from(
+        &mut self,
+        from: &mut OwnedReadHalf,
+        cap: usize,
+    ) -> io::Result<usize> {
+        let layout = match &*self.s.session.lock().map_err(|_| err("poisoned"))? {
+            Layer::Zs(s) => s.data_layout(),
+            Layer::Tls(_) => None,
+        };
+        let Some(l) = layout else {
+            let mut buf = std::mem::take(&mut self.rec);
+            buf.resize(cap, 0);
+            let r = match from.read(&mut buf).await {
+                Ok(0) => Ok(0),
+                Ok(n) => self.write(&buf[..n]).await.map(|()| n),
+                Err(e) => Err(e),
+            };
+            self.rec = buf;
+            return r;
+        };
+        let pre = if self.framed { 4 } else { 0 };
+        let (m, slot) = (l.max_plaintext, l.header + l.max_plaintext + l.tag);
+        // At most MAX_SLOTS records per read.
+        let plain = (pre + cap).min(MAX_SLOTS * m);
+        let slots = plain.div_ceil(m);
+        if self.rec.len() < slots * slot {
+            self.rec.resize(slots * slot, 0);
+        }
+        let n = if slots == 1 {
+            // tokio's `read` notes a short read as "drained": the next read
+            // waits for readiness instead of asking the kernel again.
+            from.read(&mut self.rec[l.header + pre..l.header + plain])
+                .await?
+        } else {
+            let mut iov: [io::IoSliceMut<'_>; MAX_SLOTS] =
+                std::array::from_fn(|_| io::IoSliceMut::new(&mut []));
+            let mut rest = &mut self.rec[..];
+            for (i, v) in iov.iter_mut().enumerate().take(slots) {
+                let (this, next) = rest.split_at_mut(slot.min(rest.len()));
+                rest = next;
+                let lo = l.header + if i == 0 { pre } else { 0 };
+                let hi = l.header + m.min(plain - i * m);
+                *v = io::IoSliceMut::new(&mut this[lo..hi]);
+            }
+            loop {
+                from.readable().await?;
+                match from.try_read_vectored(&mut iov[..slots]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        if self.framed {
+            self.rec[l.header..l.header + pre].copy_from_slice(&chunk_header(n));
+        }
+        let total = pre + n;
+        let (full, part) = (total / m, total % m);
+        let end = full * slot + if part > 0 { l.header + part + l.tag } else { 0 };
+        let mut w = self.s.w.lock().await;
+        // Output the session holds after sealing record i (records it held
+        // before, a key update sealing made) goes before record i: (offset
+        // of record i, bytes). Empty, so allocation-free, but at a rekey.
+        let mut before: Vec<(usize, Vec<u8>)> = Vec::new();
+        {
+            let mut g = self.s.session.lock().map_err(|_| err("poisoned"))?;
+            let Layer::Zs(s) = &mut *g else {
+                return Err(err("the layer changed"));
+            };
+            let now = Instant::now();
+            for (i, r) in self.rec[..end].chunks_mut(slot).enumerate() {
+                s.seal_data_in_place(r, now).map_err(err)?;
+                if s.has_output() {
+                    let mut o = Vec::new();
+                    s.write_output(&mut o);
+                    before.push((i * slot, o));
+                }
+            }
+        }
+        let mut at = 0;
+        for (cut, o) in &before {
+            w.write_all(&self.rec[at..*cut]).await?;
+            w.write_all(o).await?;
+            at = *cut;
+        }
+        w.write_all(&self.rec[at..end]).await?;
+        Ok(n)
     }
 
     /// Seals `bytes` as they are, without a chunk header (tests of peers
