@@ -3,6 +3,8 @@
 //! the handler keeps there is never moved: a frame being completed where it
 //! lies stays put.
 
+#![cfg(target_os = "linux")]
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc;
