@@ -473,7 +473,12 @@ struct TState {
     closed: bool,
     paused: bool,
     idle: Option<Duration>,
-    new_timers: Vec<(Instant, u64)>,
+    /// Pending timers `(at, seq, token)`, soonest first (`seq` keeps those
+    /// of one instant in the order they were set). `set_timer` pushes here
+    /// directly: no second list to hand them over to the task (session 12).
+    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    /// The `seq` of the last timer set.
+    timer_seq: u64,
     /// Tokens of [`Connection::wake`] calls not yet delivered.
     wakes: Vec<u64>,
     /// Another thread asked the task to look at this state.
@@ -560,7 +565,9 @@ impl Connection for TConn {
         if st.closed {
             return Err(Error::Closed);
         }
-        st.new_timers.push((Instant::now() + after, token));
+        st.timer_seq += 1;
+        let entry = (Instant::now() + after, st.timer_seq, token);
+        st.timers.push(Reverse(entry));
         self.poke(&mut st);
         Ok(())
     }
@@ -647,7 +654,8 @@ async fn run_conn(
             closed: false,
             paused: false,
             idle: cfg.idle_timeout,
-            new_timers: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
             wakes: Vec::new(),
             poked: false,
             stop: false,
@@ -667,8 +675,6 @@ async fn run_conn(
     // this task 1.2 KB (session 12).
     let mut sleep = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
     let mut sleep_at: Option<Instant> = None;
-    let mut timers: BinaryHeap<Reverse<(Instant, u64, u64)>> = BinaryHeap::new();
-    let mut seq = 0u64;
     let mut rbuf = BytesMut::new();
     let mut eof = false;
     let mut fin_sent = false;
@@ -696,10 +702,6 @@ async fn run_conn(
             // Service: flush, FIN, timers, flags.
             let plan = {
                 let mut st = lock(&tc.state);
-                for (at, token) in st.new_timers.drain(..) {
-                    seq += 1;
-                    timers.push(Reverse((at, seq, token)));
-                }
                 let mut plan = Plan {
                     read: !st.paused && !eof && !st.closing,
                     write: false,
@@ -784,8 +786,10 @@ async fn run_conn(
                 }
                 continue;
             }
-            let idle = lock(&tc.state).idle;
-            let mut deadline = timers.peek().map(|Reverse((at, _, _))| *at);
+            let (idle, mut deadline) = {
+                let st = lock(&tc.state);
+                (st.idle, st.timers.peek().map(|Reverse((at, _, _))| *at))
+            };
             if let Some(d) = idle {
                 let at = last_activity + d;
                 deadline = Some(deadline.map_or(at, |x| x.min(at)));
@@ -903,11 +907,20 @@ async fn run_conn(
                             break (CloseReason::IdleTimeout, false);
                         }
                     }
-                    while let Some(Reverse((at, _, token))) = timers.peek().copied() {
-                        if at > now {
-                            break;
+                    // Only the timers set before this wake-up: one a callback
+                    // sets now waits for the next round.
+                    let last = lock(&tc.state).timer_seq;
+                    while let Some(token) = {
+                        let mut st = lock(&tc.state);
+                        match st.timers.peek() {
+                            Some(Reverse((at, seq, token))) if *at <= now && *seq <= last => {
+                                let token = *token;
+                                st.timers.pop();
+                                Some(token)
+                            }
+                            _ => None,
                         }
-                        timers.pop();
+                    } {
                         if !callback!("on_timer", handler.on_timer(&conn, token)) {
                             break 'conn PANICKED;
                         }
@@ -921,7 +934,7 @@ async fn run_conn(
         st.closed = true;
         st.closing = true;
         st.queue.clear();
-        st.new_timers.clear();
+        st.timers.clear();
         st.wakes.clear();
         st.waker = None;
     }
