@@ -533,10 +533,24 @@ struct Incoming {
     total: u64,
 }
 
+/// Where a session's codec finds its wire [`Config`](zs_wire::Config): in
+/// the [`SessionConfig`] that every session of an endpoint shares, so that
+/// the decoder and the encoder each hold a pointer (8 bytes) instead of a
+/// copy of the configuration (about 70 bytes each).
+#[derive(Debug, Clone)]
+struct SharedWire(std::sync::Arc<SessionConfig>);
+
+impl AsRef<zs_wire::Config> for SharedWire {
+    #[inline(always)]
+    fn as_ref(&self) -> &zs_wire::Config {
+        &self.0.wire
+    }
+}
+
 /// One end of a connection: framing over a plaintext link, request ids,
 /// timeouts. See the module docs.
 pub struct Session {
-    codec: FrameCodec,
+    codec: FrameCodec<SharedWire>,
     /// Shared by every session of an endpoint (one pointer per session).
     cfg: std::sync::Arc<SessionConfig>,
     /// Input held back undecoded (output waiting, or a resume request
@@ -616,7 +630,7 @@ impl Session {
     pub fn with_config(cfg: std::sync::Arc<SessionConfig>) -> Session {
         Session {
             codec: {
-                let mut c = FrameCodec::new(cfg.wire);
+                let mut c = FrameCodec::new(SharedWire(cfg.clone()));
                 c.decoder.reserve_whole_frames_up_to(WHOLE_FRAME_RESERVE);
                 c
             },
@@ -3165,6 +3179,35 @@ mod tests {
             p.settle();
             p.check();
         }
+    }
+
+    /// The codec reads the wire configuration of the shared `SessionConfig`
+    /// (one pointer per half, no copy): a token set there is sent and
+    /// required, and the codec is much smaller than one holding two copies.
+    #[test]
+    fn the_codec_uses_the_shared_wire_config() {
+        let now = Instant::now();
+        let cfg = SessionConfig {
+            wire: zs_wire::Config::with_token(*b"tok1"),
+            ..SessionConfig::default()
+        };
+        let (mut c, mut s) = session_pair(now, cfg);
+        c.send_keepalive(now).unwrap();
+        let mut b = BytesMut::new();
+        c.write_output(&mut b);
+        assert_eq!(&b[1..5], b"tok1", "the encoder sends the shared token");
+        let mut again = b.clone();
+        s.handle_input(&mut b, now).unwrap();
+        let (_, mut plain) = session_pair(now, SessionConfig::default());
+        assert!(
+            plain.handle_input(&mut again, now).is_err() || plain.is_dead(),
+            "a decoder without the token refuses the frame"
+        );
+        let shared = std::mem::size_of::<FrameCodec<SharedWire>>();
+        let copied = std::mem::size_of::<FrameCodec>();
+        let config = std::mem::size_of::<zs_wire::Config>();
+        assert_eq!(shared + 2 * (config - 8), copied, "{shared} vs {copied}");
+        assert!(shared <= 80, "FrameCodec<SharedWire> is {shared} bytes");
     }
 }
 

@@ -49,7 +49,7 @@ use std::collections::BinaryHeap;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -78,6 +78,8 @@ struct Shared {
     handle: Handle,
     runtime: Mutex<Option<Runtime>>,
     shut_tx: watch::Sender<bool>,
+    /// The outgoing connections, which the backend's shutdown ends.
+    outgoing: Arc<StopSet>,
     shut: AtomicBool,
     next_id: AtomicU64,
     /// Live tasks (listeners, connections, connects) and a condvar to await zero.
@@ -143,6 +145,7 @@ impl TokioBackend {
                 handle,
                 runtime: Mutex::new(rt),
                 shut_tx,
+                outgoing: Arc::default(),
                 shut: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 tasks: Mutex::new(0),
@@ -256,8 +259,10 @@ impl Backend for TokioBackend {
                 Err(_) => connect_failed(handler, Error::TimedOut),
                 Ok(Err(e)) => connect_failed(handler, Error::from_connect(e)),
                 Ok(Ok(stream)) => {
+                    drop(shut);
                     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
-                    run_conn(shared.clone(), stream, handler, id, shut).await;
+                    let stop = shared.outgoing.clone();
+                    run_conn(shared.clone(), stream, handler, id, stop).await;
                 }
             }
             drop(guard);
@@ -272,6 +277,7 @@ impl Backend for TokioBackend {
     fn shutdown(&self) {
         self.shared.shut.store(true, Ordering::Release);
         self.shared.shut_tx.send_replace(true);
+        self.shared.outgoing.stop();
         if Handle::try_current().is_ok() {
             // Inside a runtime we must not block: the tasks end on their own.
             // An owned runtime cannot be dropped here either (tokio panics when
@@ -317,9 +323,8 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Accepts until the listener or the backend shuts down; then sets the
-/// listener's stop flag, which ends every connection it accepted (they watch
-/// that flag only).
+/// Accepts until the listener or the backend shuts down; then stops the
+/// listener's [`StopSet`], which ends every connection it accepted.
 async fn accept_loop(
     shared: Arc<Shared>,
     l: TcpListener,
@@ -328,8 +333,83 @@ async fn accept_loop(
     stop_tx: Arc<watch::Sender<bool>>,
     _guard: TaskGuard,
 ) {
-    accept_until_stopped(shared, l, factory, stop).await;
+    let conns = Arc::new(StopSet::default());
+    accept_until_stopped(shared, l, factory, stop, &conns).await;
     stop_tx.send_replace(true);
+    conns.stop();
+}
+
+/// The connections that one stop ends (a listener's, or the backend's
+/// outgoing ones). Each connection registers its `TConn` here; [`stop`]
+/// marks every one (`TState::stop`) and wakes its task. That is one slot
+/// (8 bytes, 16 while free) per connection instead of a `watch` receiver and
+/// its `changed()` future stored in every task (about 100 bytes; session
+/// 12). Slots are reused, so the set holds as many as the most connections
+/// it had at once.
+///
+/// [`stop`]: StopSet::stop
+#[derive(Default)]
+struct StopSet {
+    inner: Mutex<StopInner>,
+}
+
+#[derive(Default)]
+struct StopInner {
+    stopped: bool,
+    slots: Vec<Option<Weak<TConn>>>,
+    free: Vec<usize>,
+}
+
+impl StopSet {
+    /// Registers `c`; its slot, or `None` when the set was already stopped.
+    fn join(&self, c: &Arc<TConn>) -> Option<usize> {
+        let mut s = lock(&self.inner);
+        if s.stopped {
+            return None;
+        }
+        let w = Some(Arc::downgrade(c));
+        Some(match s.free.pop() {
+            Some(i) => {
+                s.slots[i] = w;
+                i
+            }
+            None => {
+                s.slots.push(w);
+                s.slots.len() - 1
+            }
+        })
+    }
+
+    /// Gives back the slot [`join`](StopSet::join) returned.
+    fn leave(&self, slot: usize) {
+        let mut s = lock(&self.inner);
+        if !s.stopped {
+            s.slots[slot] = None;
+            s.free.push(slot);
+        }
+    }
+
+    /// Marks every registered connection stopped and wakes it; later
+    /// [`join`](StopSet::join)s are refused.
+    fn stop(&self) {
+        let slots = {
+            let mut s = lock(&self.inner);
+            s.stopped = true;
+            s.free = Vec::new();
+            std::mem::take(&mut s.slots)
+        };
+        for c in slots.iter().flatten().filter_map(Weak::upgrade) {
+            let mut st = lock(&c.state);
+            st.stop = true;
+            c.poke(&mut st);
+        }
+    }
+
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        let s = lock(&self.inner);
+        s.slots.len() - s.free.len()
+    }
 }
 
 async fn accept_until_stopped(
@@ -337,9 +417,9 @@ async fn accept_until_stopped(
     l: TcpListener,
     factory: HandlerFactory,
     mut stop: watch::Receiver<bool>,
+    conns: &Arc<StopSet>,
 ) {
     let mut shut = shared.shut_tx.subscribe();
-    let conn_stop = stop.clone();
     let mut backoff = AcceptBackoff::new();
     loop {
         tokio::select! {
@@ -354,9 +434,9 @@ async fn accept_until_stopped(
                     };
                     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
                     let guard = TaskGuard::new(&shared);
-                    let (s2, rx) = (shared.clone(), conn_stop.clone());
+                    let (s2, set) = (shared.clone(), conns.clone());
                     shared.handle.spawn(async move {
-                        run_conn(s2, stream, h, id, rx).await;
+                        run_conn(s2, stream, h, id, set).await;
                         drop(guard);
                     });
                 }
@@ -393,11 +473,18 @@ struct TState {
     closed: bool,
     paused: bool,
     idle: Option<Duration>,
-    new_timers: Vec<(Instant, u64)>,
+    /// Pending timers `(at, seq, token)`, soonest first (`seq` keeps those
+    /// of one instant in the order they were set). `set_timer` pushes here
+    /// directly: no second list to hand them over to the task (session 12).
+    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    /// The `seq` of the last timer set.
+    timer_seq: u64,
     /// Tokens of [`Connection::wake`] calls not yet delivered.
     wakes: Vec<u64>,
     /// Another thread asked the task to look at this state.
     poked: bool,
+    /// The connection's [`StopSet`] was stopped: the task ends it.
+    stop: bool,
     /// The task's waker while it waits (a waker slot instead of a
     /// `tokio::sync::Notify`, so the waiting task stores no `Notified` future).
     waker: Option<Waker>,
@@ -478,7 +565,9 @@ impl Connection for TConn {
         if st.closed {
             return Err(Error::Closed);
         }
-        st.new_timers.push((Instant::now() + after, token));
+        st.timer_seq += 1;
+        let entry = (Instant::now() + after, st.timer_seq, token);
+        st.timers.push(Reverse(entry));
         self.poke(&mut st);
         Ok(())
     }
@@ -537,18 +626,13 @@ enum Wake {
     Timer,
 }
 
-/// Resolves once the flag is (or becomes) true, or its sender is gone.
-async fn stopped_owned(mut rx: watch::Receiver<bool>) {
-    stopped(&mut rx).await;
-}
-
 /// One connection's task: owns the socket and the handler.
 async fn run_conn(
     shared: Arc<Shared>,
     stream: TcpStream,
     mut handler: Box<dyn Handler>,
     id: ConnId,
-    stop: watch::Receiver<bool>,
+    stop: Arc<StopSet>,
 ) {
     let cfg = &shared.cfg;
     if cfg.nodelay {
@@ -570,23 +654,27 @@ async fn run_conn(
             closed: false,
             paused: false,
             idle: cfg.idle_timeout,
-            new_timers: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
             wakes: Vec::new(),
             poked: false,
+            stop: false,
             waker: None,
         }),
     });
+    let slot = stop.join(&tc);
+    if slot.is_none() {
+        lock(&tc.state).stop = true;
+    }
     let conn: Conn = tc.clone();
-    // The connection's only stored futures: its stop flag (the listener's, or
-    // the backend's for an outgoing connection) and one timer, reset when the
-    // deadline moves. Readiness is polled without a future (`poll_*_ready`)
-    // and other threads wake the task through `TState::waker`: a
-    // `select!` over six futures made this task 1.2 KB (session 12).
-    let mut stop = std::pin::pin!(stopped_owned(stop));
+    // The connection's only stored future: one timer, reset when the
+    // deadline moves. Readiness is polled without a future (`poll_*_ready`),
+    // other threads wake the task through `TState::waker`, and a stop (the
+    // listener's, or the backend's for an outgoing connection) comes as
+    // `TState::stop` through the `StopSet`: a `select!` over six futures made
+    // this task 1.2 KB (session 12).
     let mut sleep = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
     let mut sleep_at: Option<Instant> = None;
-    let mut timers: BinaryHeap<Reverse<(Instant, u64, u64)>> = BinaryHeap::new();
-    let mut seq = 0u64;
     let mut rbuf = BytesMut::new();
     let mut eof = false;
     let mut fin_sent = false;
@@ -614,10 +702,6 @@ async fn run_conn(
             // Service: flush, FIN, timers, flags.
             let plan = {
                 let mut st = lock(&tc.state);
-                for (at, token) in st.new_timers.drain(..) {
-                    seq += 1;
-                    timers.push(Reverse((at, seq, token)));
-                }
                 let mut plan = Plan {
                     read: !st.paused && !eof && !st.closing,
                     write: false,
@@ -702,8 +786,10 @@ async fn run_conn(
                 }
                 continue;
             }
-            let idle = lock(&tc.state).idle;
-            let mut deadline = timers.peek().map(|Reverse((at, _, _))| *at);
+            let (idle, mut deadline) = {
+                let st = lock(&tc.state);
+                (st.idle, st.timers.peek().map(|Reverse((at, _, _))| *at))
+            };
             if let Some(d) = idle {
                 let at = last_activity + d;
                 deadline = Some(deadline.map_or(at, |x| x.min(at)));
@@ -718,11 +804,11 @@ async fn run_conn(
                 }
             }
             let wake = std::future::poll_fn(|cx| {
-                if stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Stop);
-                }
                 {
                     let mut st = lock(&tc.state);
+                    if st.stop {
+                        return Poll::Ready(Wake::Stop);
+                    }
                     if std::mem::take(&mut st.poked) {
                         return Poll::Ready(Wake::Poked);
                     }
@@ -821,11 +907,20 @@ async fn run_conn(
                             break (CloseReason::IdleTimeout, false);
                         }
                     }
-                    while let Some(Reverse((at, _, token))) = timers.peek().copied() {
-                        if at > now {
-                            break;
+                    // Only the timers set before this wake-up: one a callback
+                    // sets now waits for the next round.
+                    let last = lock(&tc.state).timer_seq;
+                    while let Some(token) = {
+                        let mut st = lock(&tc.state);
+                        match st.timers.peek() {
+                            Some(Reverse((at, seq, token))) if *at <= now && *seq <= last => {
+                                let token = *token;
+                                st.timers.pop();
+                                Some(token)
+                            }
+                            _ => None,
                         }
-                        timers.pop();
+                    } {
                         if !callback!("on_timer", handler.on_timer(&conn, token)) {
                             break 'conn PANICKED;
                         }
@@ -839,9 +934,12 @@ async fn run_conn(
         st.closed = true;
         st.closing = true;
         st.queue.clear();
-        st.new_timers.clear();
+        st.timers.clear();
         st.wakes.clear();
         st.waker = None;
+    }
+    if let Some(slot) = slot {
+        stop.leave(slot);
     }
     if reset {
         let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
@@ -858,7 +956,8 @@ mod size_tests {
     /// Every idle connection is one task holding this future (issue 13's
     /// idle-bytes goal): it waits through `poll_fn` on readiness, its stop
     /// flag and one timer. The `select!` of six futures it replaced made it
-    /// 1,216 B (debug build); now 760.
+    /// 1,216 B (debug build); 760 with a `watch` future for the stop flag,
+    /// 560 since the stop comes through the `StopSet` (session 12).
     #[test]
     fn the_connection_task_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -876,10 +975,59 @@ mod size_tests {
             impl Handler for H {
                 fn on_data(&mut self, _: &Conn, _: &mut BytesMut) {}
             }
-            let (_tx, rx) = watch::channel(false);
-            let f = run_conn(b.shared.clone(), s, Box::new(H), ConnId(1), rx);
+            let f = run_conn(b.shared.clone(), s, Box::new(H), ConnId(1), Arc::default());
             let n = std::mem::size_of_val(&f);
-            assert!(n <= 900, "the connection future is {n} bytes");
+            assert!(n <= 640, "the connection future is {n} bytes");
         });
+    }
+
+    /// Records a connection's open and close.
+    struct Rec(std::sync::mpsc::Sender<Option<CloseReason>>);
+    impl Handler for Rec {
+        fn on_open(&mut self, _: &Conn) {
+            let _ = self.0.send(None);
+        }
+        fn on_data(&mut self, _: &Conn, _: &mut BytesMut) {}
+        fn on_close(&mut self, _: &Conn, reason: CloseReason) {
+            let _ = self.0.send(Some(reason));
+        }
+    }
+
+    /// An outgoing connection holds one slot of the backend's `StopSet`
+    /// while it lives and gives it back when it closes; the backend's
+    /// shutdown ends the ones still open through that set (reason
+    /// `Shutdown`), and a connection that comes up after the stop is ended
+    /// at once.
+    #[test]
+    fn outgoing_connections_are_stopped_through_the_stop_set() {
+        let wait = Duration::from_secs(10);
+        let b = TokioBackend::new(Config::default()).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.connect(addr, wait, Box::new(Rec(tx.clone()))).unwrap();
+        let (_peer1, _) = l.accept().unwrap();
+        assert_eq!(rx.recv_timeout(wait).unwrap(), None);
+        assert_eq!(b.shared.outgoing.live(), 1);
+        // A connection closed by its peer gives its slot back.
+        b.connect(addr, wait, Box::new(Rec(tx.clone()))).unwrap();
+        let (peer2, _) = l.accept().unwrap();
+        assert_eq!(rx.recv_timeout(wait).unwrap(), None);
+        assert_eq!(b.shared.outgoing.live(), 2);
+        drop(peer2);
+        assert_eq!(
+            rx.recv_timeout(wait).unwrap(),
+            Some(CloseReason::PeerClosed)
+        );
+        assert_eq!(b.shared.outgoing.live(), 1);
+        // The backend's stop ends the other one.
+        b.shared.outgoing.stop();
+        assert_eq!(rx.recv_timeout(wait).unwrap(), Some(CloseReason::Shutdown));
+        // One that comes up after the stop is ended at once.
+        b.connect(addr, wait, Box::new(Rec(tx))).unwrap();
+        let (_peer3, _) = l.accept().unwrap();
+        assert_eq!(rx.recv_timeout(wait).unwrap(), None);
+        assert_eq!(rx.recv_timeout(wait).unwrap(), Some(CloseReason::Shutdown));
+        b.shutdown();
     }
 }

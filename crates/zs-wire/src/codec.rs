@@ -256,18 +256,22 @@ fn decompress(body: &Bytes, config: &Config) -> Result<Bytes, WireError> {
 /// `max_frame` and stalls pins little memory (frames up to the length set with
 /// [`Decoder::reserve_whole_frames_up_to`] excepted: their whole length is
 /// reserved at once).
+///
+/// `C` is where the decoder finds its [`Config`]: by default it holds its own
+/// copy; many decoders (and encoders) may share one instead, e.g. through an
+/// `Arc<Config>` or any other type that is `AsRef<Config>` (see [`FrameCodec`]).
 #[derive(Debug, Clone, Default)]
-pub struct Decoder {
-    config: Config,
+pub struct Decoder<C = Config> {
+    config: C,
     /// Frames up to this length (header included) have their whole length
     /// reserved once their header arrived (see
     /// [`Decoder::reserve_whole_frames_up_to`]); 0: none.
     whole: usize,
 }
 
-impl Decoder {
-    /// A decoder with the given configuration.
-    pub fn new(config: Config) -> Decoder {
+impl<C: AsRef<Config>> Decoder<C> {
+    /// A decoder with the given configuration (a [`Config`], or a shared one).
+    pub fn new(config: C) -> Decoder<C> {
         Decoder { config, whole: 0 }
     }
 
@@ -283,8 +287,9 @@ impl Decoder {
     }
 
     /// The configuration.
+    #[inline(always)]
     pub fn config(&self) -> &Config {
-        &self.config
+        self.config.as_ref()
     }
 
     /// Takes one complete frame off the front of `buf`. Returns `Ok(None)` (and
@@ -335,7 +340,7 @@ impl Decoder {
     /// moved from one `Result` into another.
     #[inline(always)]
     fn decode_as<E: From<DecodeError>>(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, E> {
-        let h = match parse_header(buf, &self.config) {
+        let h = match parse_header(buf, self.config()) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(None),
             Err(e) => return Err(E::from(DecodeError::Fatal(e))),
@@ -354,7 +359,7 @@ impl Decoder {
         // the header of the frozen `Bytes` is pointer arithmetic.
         let mut body = buf.split_to(total).freeze();
         body.advance(h.header_len);
-        match finish(h, body, &self.config) {
+        match finish(h, body, self.config()) {
             Ok(f) => Ok(Some(f)),
             Err(e) => Err(E::from(e)),
         }
@@ -363,16 +368,18 @@ impl Decoder {
 
 /// Encodes frames into a `BytesMut`, compressing bodies above the configured
 /// threshold when that makes them smaller.
+///
+/// `C` is where the encoder finds its [`Config`], as for [`Decoder`].
 #[derive(Debug, Clone, Default)]
-pub struct Encoder {
-    config: Config,
+pub struct Encoder<C = Config> {
+    config: C,
     scratch: Vec<u8>,
     packed: Vec<u8>,
 }
 
-impl Encoder {
-    /// An encoder with the given configuration.
-    pub fn new(config: Config) -> Encoder {
+impl<C: AsRef<Config>> Encoder<C> {
+    /// An encoder with the given configuration (a [`Config`], or a shared one).
+    pub fn new(config: C) -> Encoder<C> {
         Encoder {
             config,
             scratch: Vec::new(),
@@ -381,8 +388,9 @@ impl Encoder {
     }
 
     /// The configuration.
+    #[inline(always)]
     pub fn config(&self) -> &Config {
-        &self.config
+        self.config.as_ref()
     }
 
     /// Appends `frame` to `dst` (reserving the exact size first). Fails, writing
@@ -394,7 +402,7 @@ impl Encoder {
         // as they are; the same bytes as the general path.
         // (With compression configured, every frame takes the general path.)
         match frame {
-            _ if self.config.compress_threshold.is_some() => {}
+            _ if self.config().compress_threshold.is_some() => {}
             Frame::Console { id, cmd, text } => {
                 return self.encode_text(FrameKind::Console, Some(*id), Some(cmd), text, dst)
             }
@@ -419,7 +427,7 @@ impl Encoder {
         text: &crate::Text,
         dst: &mut BytesMut,
     ) -> Result<(), WireError> {
-        let limits = &self.config.limits;
+        let limits = &self.config().limits;
         let name = name.map(|n| n.as_bytes());
         let text = text.as_bytes();
         if let Some(n) = name {
@@ -450,7 +458,7 @@ impl Encoder {
         let mut n = 0;
         head[0] = VERSION;
         n += 1;
-        if let Some(t) = &self.config.token {
+        if let Some(t) = &self.config().token {
             head[1..5].copy_from_slice(t);
             n += 4;
         }
@@ -496,10 +504,10 @@ impl Encoder {
         body_len: usize,
         dst: &mut BytesMut,
     ) -> Result<(), WireError> {
-        if body_len > self.config.limits.max_frame {
+        if body_len > self.config().limits.max_frame {
             return Err(WireError::FrameTooLarge {
                 len: body_len as u64,
-                max: self.config.limits.max_frame,
+                max: self.config().limits.max_frame,
             });
         }
         dst.reserve(self.header_len(body_len));
@@ -535,7 +543,7 @@ impl Encoder {
         dst: &mut BytesMut,
     ) -> Result<Option<Bytes>, WireError> {
         let payload = match frame.trailing_payload() {
-            Some(p) if p.len() >= apart && self.config.compress_threshold.is_none() => p,
+            Some(p) if p.len() >= apart && self.config().compress_threshold.is_none() => p,
             _ => return self.encode(frame, dst).map(|()| None),
         };
         let body_len = self.checked_body_len(frame)?;
@@ -548,7 +556,7 @@ impl Encoder {
     /// The frame's (uncompressed) body length, after the encoder-side checks
     /// (names, texts, ranges, `max_frame`).
     fn checked_body_len(&self, frame: &Frame) -> Result<usize, WireError> {
-        let limits = &self.config.limits;
+        let limits = &self.config().limits;
         frame.check(limits)?;
         let body_len = frame.body_len();
         if body_len > limits.max_frame {
@@ -564,7 +572,7 @@ impl Encoder {
     fn encode_general(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
         let body_len = self.checked_body_len(frame)?;
         let code = frame.kind().code();
-        if let Some(t) = self.config.compress_threshold {
+        if let Some(t) = self.config().compress_threshold {
             if body_len >= t && self.try_compressed(frame, code, body_len, dst) {
                 return Ok(());
             }
@@ -587,12 +595,12 @@ impl Encoder {
     }
 
     fn header_len(&self, body_len: usize) -> usize {
-        1 + if self.config.token.is_some() { 4 } else { 0 } + 1 + varint_len(body_len as u64)
+        1 + if self.config().token.is_some() { 4 } else { 0 } + 1 + varint_len(body_len as u64)
     }
 
     fn put_header(&self, dst: &mut impl BufMut, kind_byte: u8, body_len: usize) {
         dst.put_u8(VERSION);
-        if let Some(t) = &self.config.token {
+        if let Some(t) = &self.config().token {
             dst.put_slice(t);
         }
         dst.put_u8(kind_byte);
@@ -664,19 +672,34 @@ fn put_varint_at(dst: &mut [u8], mut v: u64) -> usize {
 /// }
 /// assert_eq!(codec.decode(&mut rx).unwrap(), Some(ping));
 /// ```
+///
+/// `FrameCodec::new(config)` gives each half its own copy of a [`Config`]
+/// (two copies of about 70 bytes). A server with many connections can share
+/// one configuration instead: any `C` that is `Clone + AsRef<Config>` works,
+/// e.g. an `Arc<Config>`, so that each half holds a pointer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use zs_wire::{Config, FrameCodec};
+/// let shared = Arc::new(Config::with_token(*b"zsv1"));
+/// let codec = FrameCodec::new(shared.clone());
+/// assert_eq!(codec.decoder.config(), &*shared);
+/// assert!(std::mem::size_of_val(&codec) < std::mem::size_of::<FrameCodec>());
+/// ```
 #[derive(Debug, Clone, Default)]
-pub struct FrameCodec {
+pub struct FrameCodec<C = Config> {
     /// The decoding half.
-    pub decoder: Decoder,
+    pub decoder: Decoder<C>,
     /// The encoding half.
-    pub encoder: Encoder,
+    pub encoder: Encoder<C>,
 }
 
-impl FrameCodec {
-    /// A codec with the given configuration for both directions.
-    pub fn new(config: Config) -> FrameCodec {
+impl<C: AsRef<Config> + Clone> FrameCodec<C> {
+    /// A codec with the given configuration for both directions (a
+    /// [`Config`], copied into each half, or a shared one, cloned).
+    pub fn new(config: C) -> FrameCodec<C> {
         FrameCodec {
-            decoder: Decoder::new(config),
+            decoder: Decoder::new(config.clone()),
             encoder: Encoder::new(config),
         }
     }

@@ -81,6 +81,16 @@ pub struct Config {
     pub accept_compressed: bool,
 }
 
+/// So that a [`Config`] is its own source for a [`Decoder`](crate::Decoder),
+/// [`Encoder`](crate::Encoder) or [`FrameCodec`](crate::FrameCodec) (which
+/// take any `C: AsRef<Config>`, e.g. a shared `Arc<Config>`).
+impl AsRef<Config> for Config {
+    #[inline(always)]
+    fn as_ref(&self) -> &Config {
+        self
+    }
+}
+
 impl Config {
     /// Default configuration with the given verification token.
     pub fn with_token(token: [u8; 4]) -> Config {
