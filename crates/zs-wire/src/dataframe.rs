@@ -657,7 +657,7 @@ const FIXED: [(usize, &str); 10] = [
 ];
 
 #[inline]
-fn validate_value(
+pub(crate) fn validate_value(
     cur: &mut Cursor,
     limits: &Limits,
     depth: usize,
@@ -769,7 +769,7 @@ fn build_all(
 /// Builds the value at the cursor (validated bytes), for one value read on its
 /// own (the loops that fill a vector use [`build_all`]).
 #[inline(always)]
-fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
+pub(crate) fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
     let mut unbounded = usize::MAX;
     let mut err = None;
     let v = build_value_or(cur, &UNLIMITED, 1, &mut unbounded, false, &mut err);
