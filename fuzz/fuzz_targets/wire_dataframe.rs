@@ -1,10 +1,12 @@
 //! DataFrame decoder over arbitrary bytes; whatever decodes must re-encode stably,
 //! survive the typed JSON form, and every lenient reader must answer without panicking.
+//! The typed index view (`DataFrameView`) accepts and refuses what `decode` does and
+//! its strict getters agree with the decoded values.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use zs_wire::bytes::Bytes;
-use zs_wire::{DataFrame, Limits, Value};
+use zs_wire::{DataFrame, DataFrameView, Limits, Value, WireError};
 
 /// The DataFrame rebuilt from its values, nested ones included, so that encoding it
 /// produces the canonical bytes rather than forwarding the received ones.
@@ -16,6 +18,53 @@ fn canon(df: &DataFrame) -> DataFrame {
             other => other.clone(),
         })
         .collect()
+}
+
+/// Every getter of `view` on value `i` against `v`, the value `decode` built there.
+fn check_view(view: &DataFrameView<'_>, i: usize, v: &Value) {
+    let mismatch = |expected: &'static str| WireError::TypeMismatch {
+        index: i,
+        expected,
+        found: v.type_name(),
+    };
+    assert_eq!(view.type_name(i), Ok(v.type_name()), "view type at {i}");
+    macro_rules! strict {
+        ($get:ident, $variant:ident, $name:literal, $conv:expr) => {
+            match v {
+                Value::$variant(x) => {
+                    assert_eq!(view.$get(i).map($conv), Ok($conv(*x)), "view {}", $name)
+                }
+                _ => assert_eq!(
+                    view.$get(i).map($conv),
+                    Err(mismatch($name)),
+                    "view {}",
+                    $name
+                ),
+            }
+        };
+    }
+    use std::convert::identity as id;
+    strict!(get_bool, Bool, "bool", id);
+    strict!(get_i8, I8, "i8", id);
+    strict!(get_i16, I16, "i16", id);
+    strict!(get_i32, I32, "i32", id);
+    strict!(get_i64, I64, "i64", id);
+    strict!(get_u8, U8, "u8", id);
+    strict!(get_u16, U16, "u16", id);
+    strict!(get_u32, U32, "u32", id);
+    strict!(get_u64, U64, "u64", id);
+    strict!(get_f32, F32, "f32", f32::to_bits);
+    strict!(get_f64, F64, "f64", f64::to_bits);
+    match v {
+        Value::Str(t) => assert_eq!(view.get_str(i), Ok(t.as_str()), "view str"),
+        _ => assert_eq!(view.get_str(i), Err(mismatch("str")), "view str"),
+    }
+    match v {
+        Value::Bytes(b) => assert_eq!(view.get_bytes(i), Ok(&b[..]), "view bytes"),
+        _ => assert_eq!(view.get_bytes(i), Err(mismatch("bytes")), "view bytes"),
+    }
+    let built = view.get_value(i).expect("a validated value builds");
+    assert_eq!(format!("{built:?}"), format!("{v:?}"), "view get_value");
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -38,10 +87,31 @@ fuzz_target!(|data: &[u8]| {
     match (&indexed, &lazy) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a.to_bytes(), b.to_bytes(), "decode_indexed: other bytes");
-            assert_eq!(canon(a).to_bytes(), canon(b).to_bytes(), "decode_indexed: other values");
+            assert_eq!(
+                canon(a).to_bytes(),
+                canon(b).to_bytes(),
+                "decode_indexed: other values"
+            );
         }
         (Err(a), Err(b)) => assert_eq!(a, b, "decode_indexed: another error"),
         _ => panic!("decode_indexed {indexed:?} vs decode {lazy:?}"),
+    }
+    // The typed index view: same acceptance and errors, same values.
+    let view = DataFrameView::decode(&input, &limits);
+    match (&view, &lazy) {
+        (Ok(view), Ok(df)) => {
+            assert_eq!(view.len(), df.len(), "view len");
+            for (i, v) in df.values().iter().enumerate() {
+                check_view(view, i, v);
+            }
+            let end = view.len();
+            assert_eq!(
+                view.get_u32(end),
+                Err(WireError::ReadPastEnd { index: end })
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "view: another error"),
+        _ => panic!("view {view:?} vs decode {lazy:?}"),
     }
     let Ok(df) = lazy else {
         return;
