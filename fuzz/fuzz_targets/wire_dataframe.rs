@@ -8,6 +8,10 @@ use libfuzzer_sys::fuzz_target;
 use zs_wire::bytes::Bytes;
 use zs_wire::{DataFrame, DataFrameView, Limits, Value, WireError};
 
+// The view's getters against the decoded values (shared with the zs-wire tests).
+#[path = "../../crates/zs-wire/tests/common/dfview_check.rs"]
+mod dfview_check;
+
 /// The DataFrame rebuilt from its values, nested ones included, so that encoding it
 /// produces the canonical bytes rather than forwarding the received ones.
 fn canon(df: &DataFrame) -> DataFrame {
@@ -18,53 +22,6 @@ fn canon(df: &DataFrame) -> DataFrame {
             other => other.clone(),
         })
         .collect()
-}
-
-/// Every getter of `view` on value `i` against `v`, the value `decode` built there.
-fn check_view(view: &DataFrameView<'_>, i: usize, v: &Value) {
-    let mismatch = |expected: &'static str| WireError::TypeMismatch {
-        index: i,
-        expected,
-        found: v.type_name(),
-    };
-    assert_eq!(view.type_name(i), Ok(v.type_name()), "view type at {i}");
-    macro_rules! strict {
-        ($get:ident, $variant:ident, $name:literal, $conv:expr) => {
-            match v {
-                Value::$variant(x) => {
-                    assert_eq!(view.$get(i).map($conv), Ok($conv(*x)), "view {}", $name)
-                }
-                _ => assert_eq!(
-                    view.$get(i).map($conv),
-                    Err(mismatch($name)),
-                    "view {}",
-                    $name
-                ),
-            }
-        };
-    }
-    use std::convert::identity as id;
-    strict!(get_bool, Bool, "bool", id);
-    strict!(get_i8, I8, "i8", id);
-    strict!(get_i16, I16, "i16", id);
-    strict!(get_i32, I32, "i32", id);
-    strict!(get_i64, I64, "i64", id);
-    strict!(get_u8, U8, "u8", id);
-    strict!(get_u16, U16, "u16", id);
-    strict!(get_u32, U32, "u32", id);
-    strict!(get_u64, U64, "u64", id);
-    strict!(get_f32, F32, "f32", f32::to_bits);
-    strict!(get_f64, F64, "f64", f64::to_bits);
-    match v {
-        Value::Str(t) => assert_eq!(view.get_str(i), Ok(t.as_str()), "view str"),
-        _ => assert_eq!(view.get_str(i), Err(mismatch("str")), "view str"),
-    }
-    match v {
-        Value::Bytes(b) => assert_eq!(view.get_bytes(i), Ok(&b[..]), "view bytes"),
-        _ => assert_eq!(view.get_bytes(i), Err(mismatch("bytes")), "view bytes"),
-    }
-    let built = view.get_value(i).expect("a validated value builds");
-    assert_eq!(format!("{built:?}"), format!("{v:?}"), "view get_value");
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -102,7 +59,9 @@ fuzz_target!(|data: &[u8]| {
         (Ok(view), Ok(df)) => {
             assert_eq!(view.len(), df.len(), "view len");
             for (i, v) in df.values().iter().enumerate() {
-                check_view(view, i, v);
+                if let Err(e) = dfview_check::check_view(view, i, v) {
+                    panic!("view disagrees with decode: {e}");
+                }
             }
             let end = view.len();
             assert_eq!(

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::dataframe::{build_value, validate_value};
+use crate::dataframe::{build_value, top_count, validate_value};
 use crate::value::tag;
 use crate::varint::{get_varint, varint_fast, Cursor, Varint};
 use crate::{Limits, Value, WireError};
@@ -92,20 +92,7 @@ impl<'a> DataFrameView<'a> {
     /// where each of its values starts.
     pub fn decode(src: &'a Bytes, limits: &Limits) -> Result<DataFrameView<'a>, WireError> {
         let mut cur = Cursor::new(src.clone());
-        if limits.max_depth < 1 {
-            return Err(WireError::DepthExceeded {
-                max: limits.max_depth,
-            });
-        }
-        let count = cur.varint("value count")?;
-        if count > limits.max_values as u64 {
-            return Err(WireError::TooManyValues {
-                count,
-                max: limits.max_values,
-            });
-        }
-        let count = count as usize;
-        let mut budget = limits.max_values - count;
+        let (count, mut budget) = top_count(&mut cur, limits)?;
         let offsets = if count <= INLINE {
             let mut at = [0usize; INLINE];
             for slot in &mut at[..count] {

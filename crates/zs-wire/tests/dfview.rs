@@ -3,56 +3,17 @@
 //! damaged bytes (accepted and refused alike, with the same error).
 
 mod common;
+#[path = "common/dfview_check.rs"]
+mod dfview_check;
 
 use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
 use zs_wire::{DataFrame, DataFrameView, Limits, Value, WireError};
 
-/// Checks every strict getter of the view on value `i` against `v`, the value
-/// `decode` built for that position.
+/// `dfview_check::check_view` as a proptest failure.
 fn check_field(view: &DataFrameView<'_>, i: usize, v: &Value) -> Result<(), TestCaseError> {
-    let found = v.type_name();
-    let mismatch = |expected: &'static str| WireError::TypeMismatch {
-        index: i,
-        expected,
-        found,
-    };
-    macro_rules! strict {
-        ($get:ident, $variant:ident, $name:literal, $conv:expr) => {{
-            let got = view.$get(i).map($conv);
-            match v {
-                Value::$variant(x) => prop_assert_eq!(got, Ok($conv(*x)), "{} at {}", $name, i),
-                _ => prop_assert_eq!(got, Err(mismatch($name)), "{} at {}", $name, i),
-            }
-        }};
-    }
-    use std::convert::identity as id;
-    strict!(get_bool, Bool, "bool", id);
-    strict!(get_i8, I8, "i8", id);
-    strict!(get_i16, I16, "i16", id);
-    strict!(get_i32, I32, "i32", id);
-    strict!(get_i64, I64, "i64", id);
-    strict!(get_u8, U8, "u8", id);
-    strict!(get_u16, U16, "u16", id);
-    strict!(get_u32, U32, "u32", id);
-    strict!(get_u64, U64, "u64", id);
-    // Floats by their bits (NaN payloads included).
-    strict!(get_f32, F32, "f32", f32::to_bits);
-    strict!(get_f64, F64, "f64", f64::to_bits);
-    match v {
-        Value::Str(t) => prop_assert_eq!(view.get_str(i), Ok(t.as_str())),
-        _ => prop_assert_eq!(view.get_str(i), Err(mismatch("str"))),
-    }
-    match v {
-        Value::Bytes(b) => prop_assert_eq!(view.get_bytes(i), Ok(&b[..])),
-        _ => prop_assert_eq!(view.get_bytes(i), Err(mismatch("bytes"))),
-    }
-    prop_assert_eq!(view.type_name(i), Ok(found));
-    // Any value, built as `decode` builds it (Debug: NaN compares equal).
-    let built = view.get_value(i).expect("a validated value builds");
-    prop_assert_eq!(format!("{built:?}"), format!("{v:?}"));
-    Ok(())
+    dfview_check::check_view(view, i, v).map_err(TestCaseError::fail)
 }
 
 proptest! {
