@@ -51,7 +51,8 @@ impl Offsets {
 ///
 /// ```
 /// use zs_wire::{DataFrame, DataFrameView, Limits, WireError};
-/// let bytes = DataFrame::new().with(7u32).with("seven").with(&b"\x07"[..]).to_bytes();
+/// let blob = zs_wire::bytes::Bytes::from_static(b"\x07");
+/// let bytes = DataFrame::new().with(7u32).with("seven").with(blob).to_bytes();
 /// let view = DataFrameView::decode(&bytes, &Limits::default()).unwrap();
 /// assert_eq!(view.len(), 3);
 /// assert_eq!(view.get_str(1), Ok("seven"));
