@@ -1,10 +1,16 @@
 //! DataFrame decoder over arbitrary bytes; whatever decodes must re-encode stably,
 //! survive the typed JSON form, and every lenient reader must answer without panicking.
+//! The typed index view (`DataFrameView`) accepts and refuses what `decode` does and
+//! its strict getters agree with the decoded values.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use zs_wire::bytes::Bytes;
-use zs_wire::{DataFrame, Limits, Value};
+use zs_wire::{DataFrame, DataFrameView, Limits, Value, WireError};
+
+// The view's getters against the decoded values (shared with the zs-wire tests).
+#[path = "../../crates/zs-wire/tests/common/dfview_check.rs"]
+mod dfview_check;
 
 /// The DataFrame rebuilt from its values, nested ones included, so that encoding it
 /// produces the canonical bytes rather than forwarding the received ones.
@@ -38,10 +44,33 @@ fuzz_target!(|data: &[u8]| {
     match (&indexed, &lazy) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a.to_bytes(), b.to_bytes(), "decode_indexed: other bytes");
-            assert_eq!(canon(a).to_bytes(), canon(b).to_bytes(), "decode_indexed: other values");
+            assert_eq!(
+                canon(a).to_bytes(),
+                canon(b).to_bytes(),
+                "decode_indexed: other values"
+            );
         }
         (Err(a), Err(b)) => assert_eq!(a, b, "decode_indexed: another error"),
         _ => panic!("decode_indexed {indexed:?} vs decode {lazy:?}"),
+    }
+    // The typed index view: same acceptance and errors, same values.
+    let view = DataFrameView::decode(&input, &limits);
+    match (&view, &lazy) {
+        (Ok(view), Ok(df)) => {
+            assert_eq!(view.len(), df.len(), "view len");
+            for (i, v) in df.values().iter().enumerate() {
+                if let Err(e) = dfview_check::check_view(view, i, v) {
+                    panic!("view disagrees with decode: {e}");
+                }
+            }
+            let end = view.len();
+            assert_eq!(
+                view.get_u32(end),
+                Err(WireError::ReadPastEnd { index: end })
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "view: another error"),
+        _ => panic!("view {view:?} vs decode {lazy:?}"),
     }
     let Ok(df) = lazy else {
         return;

@@ -13,12 +13,18 @@
 //!   u8, f32): decode + read every value with the typed reader (strings as `&str`,
 //!   bytes as `&[u8]` borrowed from the decoded DataFrame; and as owned `Text` /
 //!   `Bytes`), decode alone (validated, values not read: the "lazy" figure), decode
-//!   for index access (`DataFrame::decode_indexed`: one pass validates and builds
-//!   all values, then `get`; `df10_decode_index_zs_vs_postcard`), the lazy decode
-//!   followed by a first index access (two passes; `df10_lazy_index_vs_postcard`),
+//!   for index access (`DataFrameView::decode`: one pass validates and records
+//!   where each value starts, then a strict typed getter reads field 9 in place;
+//!   `df10_decode_index_zs_vs_postcard`, and against postcard's borrowed decode
+//!   `df10_decode_index_vs_postcard_borrowed`), the same view reading all ten
+//!   fields by index (`df10_view_read_all_vs_postcard[_borrowed]`), decode into a
+//!   vector of `Value`s (`DataFrame::decode_indexed`: one pass validates and builds
+//!   all values, then `get(9)`; `df10_decode_values_vs_postcard`, the index case
+//!   before session 12), the lazy decode followed by a first index access (two
+//!   passes; `df10_lazy_index_vs_postcard`),
 //!   the same ten `Value`s made from Rust values without any decoding and
 //!   dropped (`df10_build_values_vs_postcard`: what the vector of values alone
-//!   costs, the floor under the index decode),
+//!   costs, the floor under the values decode),
 //!   and encode+decode, vs postcard (serde struct
 //!   with owned fields, and with borrowed fields) and rkyv (validated access, and
 //!   full deserialize).
@@ -39,7 +45,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use zs_bench_harness::{Better, Options, Suite};
-use zs_wire::{Config, DataFrame, Decoder, Encoder, Frame, Limits, Text};
+use zs_wire::{Config, DataFrame, DataFrameView, Decoder, Encoder, Frame, Limits, Text};
 
 #[derive(Serialize, Deserialize)]
 struct ConsoleMsg {
@@ -438,8 +444,50 @@ fn main() {
             NS,
             Better::Lower,
             move || {
-                // Decode for index access (`DataFrame::decode_indexed`: one pass
-                // validates and builds the vector of values), then random access.
+                // Decode for index access (`DataFrameView::decode`: one pass
+                // validates every byte as `DataFrame::decode` does and records
+                // where each value starts), then random access: field 9 read in
+                // place by a strict typed getter.
+                per_op(min, BATCH, || {
+                    let v = DataFrameView::decode(black_box(&b), &limits).expect("valid");
+                    black_box(v.get_f32(black_box(9)).expect("f32"));
+                })
+            },
+        );
+        let b = df_bytes.clone();
+        case(
+            &mut suite,
+            "zs-df10-view-read-all",
+            NS,
+            Better::Lower,
+            move || {
+                // The same view, then every field read by index as its Rust type
+                // (strings and bytes borrowed), in reverse order.
+                per_op(min, BATCH, || {
+                    let v = DataFrameView::decode(black_box(&b), &limits).expect("valid");
+                    black_box(v.get_f32(9).expect("f32"));
+                    black_box(v.get_u8(8).expect("u8"));
+                    black_box(v.get_i16(7).expect("i16"));
+                    black_box(v.get_bytes(6).expect("bytes"));
+                    black_box(v.get_str(5).expect("str"));
+                    black_box(v.get_str(4).expect("str"));
+                    black_box(v.get_bool(3).expect("bool"));
+                    black_box(v.get_f64(2).expect("f64"));
+                    black_box(v.get_i64(1).expect("i64"));
+                    black_box(v.get_u32(0).expect("u32"));
+                })
+            },
+        );
+        let b = df_bytes.clone();
+        case(
+            &mut suite,
+            "zs-df10-decode-values",
+            NS,
+            Better::Lower,
+            move || {
+                // Decode into a vector of values (`DataFrame::decode_indexed`: one
+                // pass validates and builds every `Value`), then random access:
+                // the index case up to session 11.
                 per_op(min, BATCH, || {
                     let d = DataFrame::decode_indexed(black_box(&b), &limits).expect("valid");
                     black_box(d.get(9));
@@ -473,7 +521,7 @@ fn main() {
                 // (texts copied inline, the bytes a reference-counted slice, as
                 // a decode makes them), collected into a vector and dropped.
                 // What the vector of values alone costs: the floor under
-                // `zs-df10-decode-index`.
+                // `zs-df10-decode-values`.
                 per_op(min, BATCH, || {
                     let v: Vec<zs_wire::Value> = (0..black_box(10usize))
                         .map(|i| match i {
@@ -687,6 +735,26 @@ fn main() {
     suite.ratio(
         "df10_decode_index_zs_vs_postcard",
         "zs-df10-decode-index",
+        "postcard-df10-decode",
+    );
+    suite.ratio(
+        "df10_decode_index_vs_postcard_borrowed",
+        "zs-df10-decode-index",
+        "postcard-borrowed-df10-decode",
+    );
+    suite.ratio(
+        "df10_view_read_all_vs_postcard",
+        "zs-df10-view-read-all",
+        "postcard-df10-decode",
+    );
+    suite.ratio(
+        "df10_view_read_all_vs_postcard_borrowed",
+        "zs-df10-view-read-all",
+        "postcard-borrowed-df10-decode",
+    );
+    suite.ratio(
+        "df10_decode_values_vs_postcard",
+        "zs-df10-decode-values",
         "postcard-df10-decode",
     );
     suite.ratio(

@@ -247,20 +247,7 @@ impl DataFrame {
     /// ```
     pub fn decode_indexed(src: &Bytes, limits: &Limits) -> Result<DataFrame, WireError> {
         let mut cur = Cursor::new(src.clone());
-        if limits.max_depth < 1 {
-            return Err(WireError::DepthExceeded {
-                max: limits.max_depth,
-            });
-        }
-        let count = cur.varint("value count")?;
-        if count > limits.max_values as u64 {
-            return Err(WireError::TooManyValues {
-                count,
-                max: limits.max_values,
-            });
-        }
-        let count = count as usize;
-        let mut budget = limits.max_values - count;
+        let (count, mut budget) = top_count(&mut cur, limits)?;
         let values = build_all(&mut cur, limits, &mut budget, true, count)?;
         cur.finish()?;
         Ok(DataFrame {
@@ -611,6 +598,27 @@ fn parse_json(text: &[u8]) -> Result<serde_json::Value, WireError> {
     serde_json::from_slice(text).map_err(|e| WireError::Json(e.to_string()))
 }
 
+/// The value count of a top-level DataFrame at the cursor, checked as
+/// [`validate_frame`] checks it at depth 1, and the value budget left for the
+/// nested DataFrames.
+#[inline]
+pub(crate) fn top_count(cur: &mut Cursor, limits: &Limits) -> Result<(usize, usize), WireError> {
+    if limits.max_depth < 1 {
+        return Err(WireError::DepthExceeded {
+            max: limits.max_depth,
+        });
+    }
+    let count = cur.varint("value count")?;
+    if count > limits.max_values as u64 {
+        return Err(WireError::TooManyValues {
+            count,
+            max: limits.max_values,
+        });
+    }
+    let count = count as usize;
+    Ok((count, limits.max_values - count))
+}
+
 /// Checks one DataFrame (count and values) against `limits` without building
 /// anything; returns its value count. Every decoding error is found here.
 /// `content`: also check the content of texts (UTF-8) and JSON values (syntax);
@@ -657,7 +665,7 @@ const FIXED: [(usize, &str); 10] = [
 ];
 
 #[inline]
-fn validate_value(
+pub(crate) fn validate_value(
     cur: &mut Cursor,
     limits: &Limits,
     depth: usize,
@@ -769,7 +777,7 @@ fn build_all(
 /// Builds the value at the cursor (validated bytes), for one value read on its
 /// own (the loops that fill a vector use [`build_all`]).
 #[inline(always)]
-fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
+pub(crate) fn build_value(cur: &mut Cursor) -> Result<Value, WireError> {
     let mut unbounded = usize::MAX;
     let mut err = None;
     let v = build_value_or(cur, &UNLIMITED, 1, &mut unbounded, false, &mut err);

@@ -29,7 +29,8 @@
 //!
 //! Main types: [`Frame`] (all frame kinds, including the StableIO sequence records),
 //! [`Decoder`] / [`Encoder`] / [`FrameCodec`], [`Config`] / [`Limits`],
-//! [`DataFrame`] / [`Value`] (typed values with lenient [`Reader`]s and a JSON form),
+//! [`DataFrame`] / [`Value`] (typed values with lenient [`Reader`]s and a JSON form;
+//! strict typed index access in place with [`DataFrameView`]),
 //! [`WireError`] / [`DecodeError`].
 //!
 //! ```
@@ -60,6 +61,7 @@ pub mod addr;
 mod codec;
 mod config;
 mod dataframe;
+mod dfview;
 mod error;
 mod frame;
 pub mod json;
@@ -71,6 +73,7 @@ mod view;
 pub use codec::{Decoder, Encoder, FrameCodec};
 pub use config::{Config, Limits};
 pub use dataframe::{DataFrame, Reader};
+pub use dfview::DataFrameView;
 pub use error::{DecodeError, WireError};
 pub use frame::{Frame, FrameKind, VERSION};
 pub use value::{NumArray, NumKind, Number, Text, Value, Variant};
