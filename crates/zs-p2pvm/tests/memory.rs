@@ -2,17 +2,17 @@
 //! process (Linux `/proc/self/statm`) while 100,000 streams are open on both ends of
 //! an in-memory pair. One test per binary so no other test allocates meanwhile.
 
+#![cfg(target_os = "linux")]
+
 use zs_p2pvm::testkit::Pair;
 use zs_p2pvm::{Auth, MuxConfig, MuxEvent};
 
-#[cfg(target_os = "linux")]
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
 }
 
-#[cfg(target_os = "linux")]
 #[test]
 fn idle_streams_cost_little_memory() {
     let cfg = MuxConfig {
