@@ -111,6 +111,7 @@ mod error;
 mod lazy;
 mod net;
 mod oneshot;
+mod pending;
 mod pool;
 mod registry;
 mod session;

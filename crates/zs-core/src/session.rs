@@ -33,6 +33,7 @@ use zs_wire::{DataFrame, DecodeError, Frame, FrameCodec, Text};
 use crate::budget::{Budgets, Charge};
 use crate::error::{code, Error, Result};
 use crate::lazy::LazyMap;
+use crate::pending::IdTable;
 use crate::stable::{
     batch_checksum, Phase, Stable, CTL_BATCHSUM, CTL_CLOSE, CTL_RESUME, CTL_STABLE, SECRET_LEN,
 };
@@ -422,46 +423,98 @@ fn is_link_frame(frame: &Frame) -> bool {
 /// Call deadlines with lazy removal. Calls made with the same timeout get
 /// deadlines in the order they were made, so those go to a FIFO (`fifo`,
 /// nondecreasing): a call answered in order removes the front, O(1), no
-/// comparison walk. A deadline earlier than the FIFO's last (a shorter
-/// timeout) goes to a min-heap (`heap`). A call answered out of order leaves
-/// its entry behind (dropped when it surfaces, or when stale entries outnumber
-/// live ones and both are rebuilt), so the hot path costs a push and a pop.
+/// comparison walk. Consecutive calls with the same deadline (calls made
+/// in one batch of the event loop, whose clock is the batch's) share one
+/// FIFO entry, a run of ids: only a call whose deadline differs from the
+/// last one's pushes an entry. A deadline earlier than the FIFO's last (a
+/// shorter timeout) goes to a min-heap (`heap`). A call answered out of
+/// order leaves its entry behind (dropped when it surfaces, or when stale
+/// ids outnumber live ones and both are rebuilt), so the hot path costs a
+/// push and a pop, or less.
 #[derive(Default)]
 struct Deadlines {
-    fifo: VecDeque<(Instant, u64)>,
+    fifo: VecDeque<Run>,
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Entries whose call is still pending.
     live: usize,
+    /// Ids held in `fifo`'s runs and `heap` (live and stale).
+    held: usize,
+}
+
+/// Calls `first..=last` (consecutive ids), each with deadline `d`.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Run {
+    d: Instant,
+    first: u64,
+    last: u64,
 }
 
 impl Deadlines {
     fn insert(&mut self, d: Instant, id: u64) {
-        if self.fifo.back().is_none_or(|b| b.0 <= d) {
-            self.fifo.push_back((d, id));
-        } else {
-            self.heap.push(Reverse((d, id)));
-        }
         self.live += 1;
+        self.held += 1;
+        match self.fifo.back_mut() {
+            Some(b) if b.d == d && b.last.checked_add(1) == Some(id) => b.last = id,
+            Some(b) if b.d > d => self.heap.push(Reverse((d, id))),
+            _ => self.fifo.push_back(Run {
+                d,
+                first: id,
+                last: id,
+            }),
+        }
     }
 
     /// The call `id` (deadline `d`) completed; `pending` no longer holds it.
-    fn remove(&mut self, d: Instant, id: u64, pending: &IdMap<Pending>) {
+    /// `keep` tells whether a call is still pending with a deadline.
+    fn remove(&mut self, d: Instant, id: u64, keep: impl Fn(u64, Instant) -> bool) {
         self.live = self.live.saturating_sub(1);
-        if self.fifo.front() == Some(&(d, id)) {
-            self.fifo.pop_front();
-        } else if self.heap.peek() == Some(&Reverse((d, id))) {
-            self.heap.pop();
-        } else if self.fifo.len() + self.heap.len() > 2 * self.live + 32 {
-            let keep =
-                |d: &Instant, id: &u64| pending.get(id).is_some_and(|p| p.deadline == Some(*d));
-            self.fifo.retain(|(d, id)| keep(d, id));
-            self.heap.retain(|Reverse((d, id))| keep(d, id));
+        match self.fifo.front_mut() {
+            Some(f) if f.d == d && f.first == id => {
+                if f.first == f.last {
+                    self.fifo.pop_front();
+                } else {
+                    f.first += 1;
+                }
+                self.held -= 1;
+                return;
+            }
+            _ => {}
         }
+        if self.heap.peek() == Some(&Reverse((d, id))) {
+            self.heap.pop();
+            self.held -= 1;
+        } else if self.held > 2 * self.live + 32 {
+            self.rebuild(keep);
+        }
+    }
+
+    /// Drops every stale id (runs split where ids left them).
+    #[cold]
+    fn rebuild(&mut self, keep: impl Fn(u64, Instant) -> bool) {
+        let old = std::mem::take(&mut self.fifo);
+        self.held = 0;
+        for r in old {
+            for id in r.first..=r.last {
+                if keep(id, r.d) {
+                    self.held += 1;
+                    match self.fifo.back_mut() {
+                        Some(b) if b.d == r.d && b.last + 1 == id => b.last = id,
+                        _ => self.fifo.push_back(Run {
+                            d: r.d,
+                            first: id,
+                            last: id,
+                        }),
+                    }
+                }
+            }
+        }
+        self.heap.retain(|Reverse((d, id))| keep(*id, *d));
+        self.held += self.heap.len();
     }
 
     /// The earliest entry (possibly stale: then an early wake-up finds nothing).
     fn first(&self) -> Option<Instant> {
-        let a = self.fifo.front().map(|e| e.0);
+        let a = self.fifo.front().map(|e| e.d);
         let b = self.heap.peek().map(|Reverse((d, _))| *d);
         match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -469,19 +522,32 @@ impl Deadlines {
         }
     }
 
+    /// The FIFO's front id, taken out of its run.
+    fn pop_front_id(&mut self) -> Option<(Instant, u64)> {
+        let f = self.fifo.front_mut()?;
+        let e = (f.d, f.first);
+        if f.first == f.last {
+            self.fifo.pop_front();
+        } else {
+            f.first += 1;
+        }
+        self.held -= 1;
+        Some(e)
+    }
+
+    fn pop_heap(&mut self) -> Option<(Instant, u64)> {
+        let Reverse(e) = self.heap.pop()?;
+        self.held -= 1;
+        Some(e)
+    }
+
     fn pop_due(&mut self, now: Instant) -> Option<(Instant, u64)> {
-        let a = self.fifo.front().copied();
+        let a = self.fifo.front().map(|r| (r.d, r.first));
         let b = self.heap.peek().map(|Reverse(e)| *e);
         match (a, b) {
-            (Some(a), Some(b)) if b < a => (b.0 <= now)
-                .then(|| self.heap.pop())
-                .flatten()
-                .map(|Reverse(e)| e),
-            (Some(a), _) => (a.0 <= now).then(|| self.fifo.pop_front()).flatten(),
-            (None, Some(b)) => (b.0 <= now)
-                .then(|| self.heap.pop())
-                .flatten()
-                .map(|Reverse(e)| e),
+            (Some(a), Some(b)) if b < a => (b.0 <= now).then(|| self.pop_heap()).flatten(),
+            (Some(a), _) => (a.0 <= now).then(|| self.pop_front_id()).flatten(),
+            (None, Some(b)) => (b.0 <= now).then(|| self.pop_heap()).flatten(),
             (None, None) => None,
         }
     }
@@ -490,14 +556,16 @@ impl Deadlines {
         self.fifo = VecDeque::new();
         self.heap = BinaryHeap::new();
         self.live = 0;
+        self.held = 0;
     }
 }
 
 struct Pending {
     deadline: Option<Instant>,
     /// Batch calls: the checksum of every staged frame, and the checksums the
-    /// answer carried (`__@batchsum`).
-    batch: Option<(Sums, Option<Sums>)>,
+    /// answer carried (`__@batchsum`); boxed, so the entry of a plain call
+    /// stays small (it moves into and out of the pending table).
+    batch: Option<Box<(Sums, Option<Sums>)>>,
     /// The runtime's completion for this call: kept here, in the one map of
     /// pending calls, and handed back with the call's [`Event::Reply`]
     /// through [`Session::take_waiter`] (the runtime keeps no map of its own).
@@ -569,7 +637,7 @@ pub struct Session {
     scratch: BytesMut,
     events: VecDeque<Event>,
     next_id: u64,
-    pending: IdMap<Pending>,
+    pending: IdTable<Pending>,
     deadlines: Deadlines,
     batches: LazyMap<u64, Staged>,
     /// What this session holds of the endpoint's budgets (bytes staged in
@@ -642,7 +710,7 @@ impl Session {
             scratch: BytesMut::new(),
             events: VecDeque::new(),
             next_id: 1,
-            pending: IdMap::default(),
+            pending: IdTable::default(),
             deadlines: Deadlines::default(),
             batches: LazyMap::default(),
             charge: Charge::new(Budgets::shared_unlimited()),
@@ -1661,11 +1729,14 @@ impl Session {
         if !self.sending.is_empty() {
             self.sending.remove(&id);
         }
-        if let Some(p) = self.pending.remove(&id) {
+        if let Some(p) = self.pending.remove(id) {
             if let Some(d) = p.deadline {
-                self.deadlines.remove(d, id, &self.pending);
+                let pending = &self.pending;
+                self.deadlines.remove(d, id, |id, d| {
+                    pending.get(id).is_some_and(|p| p.deadline == Some(d))
+                });
             }
-            let result = match (p.batch, result) {
+            let result = match (p.batch.map(|b| *b), result) {
                 (Some((want, got)), Ok(reply)) => {
                     verify_batch(&want, got.as_deref()).map(|_| reply)
                 }
@@ -1725,11 +1796,8 @@ impl Session {
         if flat.len() % 16 != 0 {
             return Err(Error::Protocol("batch checksums of a wrong size".into()));
         }
-        if let Some(Pending {
-            batch: Some((want, got)),
-            ..
-        }) = self.pending.get_mut(&id)
-        {
+        if let Some(Pending { batch: Some(b), .. }) = self.pending.get_mut(id) {
+            let (want, got) = &mut **b;
             if flat.len() / 16 == want.len() {
                 *got = Some(
                     flat.chunks_exact(16)
@@ -2022,7 +2090,10 @@ impl Session {
                         (self.stable_unacked_bytes(), self.cfg.stable_max_unacked);
                     return Err(Error::Full { unacked, limit });
                 }
-                batch = Some((frames.iter().map(batch_checksum).collect(), None));
+                batch = Some(Box::new((
+                    frames.iter().map(batch_checksum).collect(),
+                    None,
+                )));
                 let n = frames.len();
                 for (i, data) in frames.into_iter().enumerate() {
                     let last = i + 1 == n;
@@ -2128,6 +2199,7 @@ impl Session {
         if self.waiters.is_empty() {
             self.waiters = VecDeque::new();
         }
+        self.pending.shrink();
         if self.plain.is_empty() {
             self.plain = BytesMut::new();
         }
@@ -2159,12 +2231,12 @@ impl Session {
     /// Expires calls whose timeout passed and sends a delayed StableIO ack.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
         while let Some((d, id)) = self.deadlines.pop_due(now) {
-            if self.pending.get(&id).is_none_or(|p| p.deadline != Some(d)) {
+            if self.pending.get(id).is_none_or(|p| p.deadline != Some(d)) {
                 continue; // completed earlier: a stale entry
             }
             self.deadlines.live -= 1;
             self.sending.remove(&id);
-            if let Some(p) = self.pending.remove(&id) {
+            if let Some(p) = self.pending.remove(id) {
                 self.reply_event(id, Err(Error::TimedOut), p.waiter);
             }
         }
@@ -2217,9 +2289,12 @@ impl Session {
         if self.dead.is_none() {
             self.dead = Some(why.to_owned());
         }
-        let mut ids: Vec<(u64, Option<Waiter>)> =
-            self.pending.drain().map(|(id, p)| (id, p.waiter)).collect();
-        ids.sort_unstable_by_key(|e| e.0);
+        let ids: Vec<(u64, Option<Waiter>)> = self
+            .pending
+            .drain_sorted()
+            .into_iter()
+            .map(|(id, p)| (id, p.waiter))
+            .collect();
         self.deadlines.clear();
         self.batches.clear();
         self.batch_sums.clear();
@@ -3216,7 +3291,7 @@ mod deadline_tests {
     use super::*;
 
     /// A pending call `id` with deadline `d`, in both structures.
-    fn track(dl: &mut Deadlines, pending: &mut IdMap<Pending>, id: u64, d: Instant) {
+    fn track(dl: &mut Deadlines, pending: &mut IdTable<Pending>, id: u64, d: Instant) {
         dl.insert(d, id);
         let p = Pending {
             deadline: Some(d),
@@ -3227,15 +3302,54 @@ mod deadline_tests {
     }
 
     /// Call `id` completes (as `Session::complete` does).
-    fn answer(dl: &mut Deadlines, pending: &mut IdMap<Pending>, id: u64) {
-        let p = pending.remove(&id).unwrap();
-        dl.remove(p.deadline.unwrap(), id, pending);
+    fn answer(dl: &mut Deadlines, pending: &mut IdTable<Pending>, id: u64) {
+        let p = pending.remove(id).unwrap();
+        dl.remove(p.deadline.unwrap(), id, |id, d| {
+            pending.get(id).is_some_and(|p| p.deadline == Some(d))
+        });
+    }
+
+    /// Consecutive calls with one deadline (a batch's calls) share one FIFO
+    /// entry; in-order answers shorten it, an out-of-order one leaves a stale
+    /// id that never expires, and the rest expire in id order.
+    #[test]
+    fn calls_with_one_deadline_share_one_entry() {
+        let t0 = Instant::now();
+        let d = t0 + Duration::from_secs(30);
+        let mut pending: IdTable<Pending> = IdTable::default();
+        let mut dl = Deadlines::default();
+        for id in 1..=100u64 {
+            track(&mut dl, &mut pending, id, d);
+        }
+        assert_eq!(dl.fifo.len(), 1, "one run");
+        track(&mut dl, &mut pending, 101, d + Duration::from_millis(1));
+        track(&mut dl, &mut pending, 103, d + Duration::from_millis(1));
+        assert_eq!(dl.fifo.len(), 3, "a new deadline, then a gap in the ids");
+        for id in 1..=50u64 {
+            answer(&mut dl, &mut pending, id);
+        }
+        answer(&mut dl, &mut pending, 80);
+        assert_eq!(dl.fifo.front().map(|r| (r.first, r.last)), Some((51, 100)));
+        assert_eq!((dl.live, dl.held), (51, 52));
+        assert_eq!(dl.first(), Some(d));
+        assert!(dl.pop_due(d - Duration::from_millis(1)).is_none());
+        let mut expired = Vec::new();
+        while let Some((d, id)) = dl.pop_due(d + Duration::from_secs(1)) {
+            if pending.get(id).is_some_and(|p| p.deadline == Some(d)) {
+                pending.remove(id);
+                dl.live -= 1;
+                expired.push(id);
+            }
+        }
+        let want: Vec<u64> = (51..=100).filter(|i| *i != 80).chain([101, 103]).collect();
+        assert_eq!(expired, want);
+        assert_eq!((dl.live, dl.held, dl.first()), (0, 0, None));
     }
 
     #[test]
     fn lazy_deadlines_expire_only_pending_calls_and_stay_bounded() {
         let t0 = Instant::now();
-        let mut pending: IdMap<Pending> = IdMap::default();
+        let mut pending: IdTable<Pending> = IdTable::default();
         let mut dl = Deadlines::default();
         for id in 1..=1000u64 {
             track(&mut dl, &mut pending, id, t0 + Duration::from_millis(id));
@@ -3243,12 +3357,12 @@ mod deadline_tests {
             if id % 100 != 0 {
                 answer(&mut dl, &mut pending, id);
             }
-            assert!(dl.heap.len() <= 2 * dl.live + 33, "{}", dl.heap.len());
+            assert!(dl.held <= 2 * dl.live + 33, "{}", dl.held);
         }
         assert_eq!(dl.live, 10);
         let mut expired = Vec::new();
         while let Some((d, id)) = dl.pop_due(t0 + Duration::from_secs(2)) {
-            if pending.get(&id).is_some_and(|p| p.deadline == Some(d)) {
+            if pending.get(id).is_some_and(|p| p.deadline == Some(d)) {
                 expired.push(id);
             }
         }
@@ -3311,7 +3425,7 @@ mod deadline_tests {
     fn deadlines_expire_in_order_across_fifo_and_heap() {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        let mut pending: IdMap<Pending> = IdMap::default();
+        let mut pending: IdTable<Pending> = IdTable::default();
         let mut dl = Deadlines::default();
         // ids 1..=6 with deadlines 10, 20, 5 (heap), 30, 15 (heap), 30
         for (id, d) in [(1, 10), (2, 20), (3, 5), (4, 30), (5, 15), (6, 30)] {
@@ -3324,8 +3438,8 @@ mod deadline_tests {
         }
         let mut expired = Vec::new();
         while let Some((d, id)) = dl.pop_due(ms(100)) {
-            if pending.get(&id).is_some_and(|p| p.deadline == Some(d)) {
-                pending.remove(&id);
+            if pending.get(id).is_some_and(|p| p.deadline == Some(d)) {
+                pending.remove(id);
                 dl.live -= 1; // as handle_timeout does
                 expired.push(id);
             }
@@ -3340,6 +3454,7 @@ mod deadline_tests {
             answer(&mut dl, &mut pending, id);
         }
         assert!(dl.fifo.len() + dl.heap.len() <= 40, "{}", dl.fifo.len());
+        assert!(dl.held <= 33, "{}", dl.held);
         assert_eq!(dl.live, 0);
     }
 }
