@@ -3346,6 +3346,71 @@ mod deadline_tests {
         assert_eq!((dl.live, dl.held, dl.first()), (0, 0, None));
     }
 
+    /// Attack: the peer never answers a flood of calls, then sends answers
+    /// with forged ids (never issued, far beyond the ring, already answered,
+    /// or aliasing a live call's ring slot). The pending table holds exactly
+    /// the calls made (the ring at its bound, the rest spilled), forged
+    /// answers complete nothing, and the deadlines then expire every call
+    /// once and the table is released.
+    #[test]
+    fn hostile_answers_with_forged_ids_and_calls_that_never_complete() {
+        use super::tests::{pump, session_pair};
+        use crate::pending::MAX_RING;
+        let now = Instant::now();
+        let (mut c, mut s) = session_pair(now, SessionConfig::default());
+        while c.poll_event().is_some() {}
+        let n = 3 * MAX_RING as u64;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let call = Call::Console {
+                cmd: Text::from("never"),
+                text: Text::from(format!("{i}")),
+            };
+            ids.push(c.call(call, Some(Duration::from_secs(5)), now).unwrap());
+        }
+        assert_eq!(c.pending_calls(), n as usize);
+        assert_eq!(c.pending.shape().0, MAX_RING, "the ring stops at its bound");
+        assert_eq!(c.pending.shape().1, n as usize - MAX_RING);
+        // One genuine answer, then forged ones: ids never issued, the ring
+        // slot of a live call plus a multiple of the ring, and the answered
+        // id again.
+        let real = ids[7];
+        s.respond(real, Ok(Reply::Text(Text::from("ok"))), now)
+            .unwrap();
+        let last = *ids.last().unwrap();
+        for forged in [0, last + 1, last + MAX_RING as u64, u64::MAX, real, real] {
+            s.respond(forged, Ok(Reply::Text(Text::from("forged"))), now)
+                .unwrap();
+        }
+        pump(&mut s, &mut c, now);
+        let mut got = Vec::new();
+        while let Some(ev) = c.poll_event() {
+            if let Event::Reply { id, result } = ev {
+                got.push((id, result.is_ok()));
+            }
+        }
+        assert_eq!(got, [(real, true)], "only the real answer completes a call");
+        assert_eq!(c.pending_calls(), n as usize - 1);
+        // The deadlines expire every other call, each once, in id order.
+        c.handle_timeout(now + Duration::from_secs(6)).unwrap();
+        let mut expired = Vec::new();
+        while let Some(ev) = c.poll_event() {
+            match ev {
+                Event::Reply {
+                    id,
+                    result: Err(Error::TimedOut),
+                } => expired.push(id),
+                other => panic!("{other:?}"),
+            }
+        }
+        let want: Vec<u64> = ids.iter().copied().filter(|i| *i != real).collect();
+        assert_eq!(expired, want);
+        assert_eq!(c.pending_calls(), 0);
+        assert_eq!((c.deadlines.live, c.deadlines.held), (0, 0));
+        c.shrink_buffers();
+        assert_eq!(c.pending.shape(), (0, 0), "released");
+    }
+
     #[test]
     fn lazy_deadlines_expire_only_pending_calls_and_stay_bounded() {
         let t0 = Instant::now();
