@@ -61,7 +61,25 @@ impl<V> IdTable<V> {
     }
 
     /// Adds `v` under `id` (ids are unique: a session never reuses one).
+    #[inline]
     pub(crate) fn insert(&mut self, id: u64, v: V) {
+        if !self.ring.is_empty() {
+            let i = self.slot(id);
+            let slot = &mut self.ring[i];
+            if slot.is_none() {
+                // The common case: the slot's last call completed.
+                *slot = Some((id, v));
+                self.in_ring += 1;
+                return;
+            }
+        }
+        self.insert_slow(id, v);
+    }
+
+    /// [`IdTable::insert`] when the ring is not allocated yet or the slot
+    /// is taken.
+    #[cold]
+    fn insert_slow(&mut self, id: u64, v: V) {
         if self.ring.is_empty() {
             self.ring = empty_ring(FIRST_RING);
         }
