@@ -2002,6 +2002,28 @@ impl Session {
         Ok(())
     }
 
+    /// A console call outside StableIO: what [`Session::send_link`] does
+    /// with its `Frame::Console`, encoded from the call's parts (no frame
+    /// built, moved and dropped).
+    fn send_console_call(&mut self, id: u64, cmd: &Text, text: &Text) -> Result<()> {
+        if !self.link_up {
+            return Ok(());
+        }
+        let before = self.out.len();
+        if let Err(e) = self
+            .codec
+            .encoder
+            .encode_console(id, cmd, text, &mut self.out)
+        {
+            self.out.truncate(before);
+            return Err(e.into());
+        }
+        let n = self.out.len() - before;
+        self.bytes_out += n as u64;
+        self.out_pending += n;
+        Ok(())
+    }
+
     /// Sends frames the runtime encoded itself (answers given inline, see
     /// `registry::inline`): whole frames, in order, handed to the security
     /// layer as one piece. The runtime encodes them only for sessions that
@@ -2071,7 +2093,7 @@ impl Session {
             // Outside StableIO a request is a link-level send (what
             // `send_frame` comes to for it, without its checks).
             Call::Console { cmd, text } if self.stable.is_none() && self.dead.is_none() => {
-                self.send_link(&Frame::Console { id, cmd, text }, now)?
+                self.send_console_call(id, &cmd, &text)?
             }
             Call::Console { cmd, text } => {
                 self.send_frame(&Frame::Console { id, cmd, text }, now)?

@@ -553,6 +553,40 @@ impl<C: AsRef<Config>> Encoder<C> {
         Ok(Some(payload.clone()))
     }
 
+    /// Appends the call frame `Console { id, cmd, text }` to `dst` from its
+    /// parts, without a [`Frame`] built for it (a client's call): the same
+    /// bytes and the same checks as [`Encoder::encode`] of that frame, and
+    /// nothing written when it fails (with compression configured it takes
+    /// that path).
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use zs_wire::{Config, Encoder, Frame, Text};
+    /// let config = Config::with_token(*b"zsv1");
+    /// let (cmd, text) = (Text::from("echo"), Text::from("ping"));
+    /// let mut dst = BytesMut::new();
+    /// Encoder::new(config).encode_console(300, &cmd, &text, &mut dst).unwrap();
+    /// let frame = Frame::Console { id: 300, cmd, text };
+    /// assert_eq!(&dst[..], &frame.to_bytes(&config).unwrap()[..]);
+    /// ```
+    pub fn encode_console(
+        &mut self,
+        id: u64,
+        cmd: &crate::Text,
+        text: &crate::Text,
+        dst: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        if self.config().compress_threshold.is_some() {
+            let frame = Frame::Console {
+                id,
+                cmd: cmd.clone(),
+                text: text.clone(),
+            };
+            return self.encode_general(&frame, dst);
+        }
+        self.encode_text(FrameKind::Console, Some(id), Some(cmd), text, dst)
+    }
+
     /// The frame's (uncompressed) body length, after the encoder-side checks
     /// (names, texts, ranges, `max_frame`).
     fn checked_body_len(&self, frame: &Frame) -> Result<usize, WireError> {
@@ -817,6 +851,45 @@ mod tests {
                 ));
                 // ...and the decoder returns the frame.
                 assert_eq!(Decoder::new(config).decode(&mut wire).unwrap(), Some(f));
+            }
+        }
+    }
+
+    /// `encode_console` writes what `encode` writes for the call frame
+    /// (short and long names and texts, with and without a token, with
+    /// compression, over the limits) and fails as it does, writing nothing.
+    #[test]
+    fn console_calls_from_their_parts_are_the_frames_bytes() {
+        let long = "q".repeat(900);
+        let limited = Config {
+            limits: Limits {
+                max_string: 8,
+                max_name: 4,
+                ..Limits::default()
+            },
+            ..Config::default()
+        };
+        for config in [
+            Config::default(),
+            Config::with_token(*b"zsv1"),
+            Config::with_token(*b"zsv1").compression(64),
+            limited,
+        ] {
+            for id in [1, 127, 128, 1 << 35, u64::MAX] {
+                for (cmd, text) in [("echo", ""), ("echo-ref", "ping"), ("x", long.as_str())] {
+                    let (cmd, text) = (crate::Text::from(cmd), crate::Text::from(text));
+                    let frame = Frame::Console {
+                        id,
+                        cmd: cmd.clone(),
+                        text: text.clone(),
+                    };
+                    let mut want = BytesMut::from(&b"ahead"[..]);
+                    let w = Encoder::new(config).encode(&frame, &mut want);
+                    let mut got = BytesMut::from(&b"ahead"[..]);
+                    let g = Encoder::new(config).encode_console(id, &cmd, &text, &mut got);
+                    assert_eq!(g, w, "{id} {} {}", cmd.len(), text.len());
+                    assert_eq!(got, want, "{id} {} {}", cmd.len(), text.len());
+                }
             }
         }
     }
