@@ -9,7 +9,8 @@
 //! moved to a hash map, the spill, when a newer call needs its slot; the
 //! ring doubles instead (up to [`MAX_RING`] slots) when more than half of
 //! it is live, so a busy client does not spill. The ring is allocated on the
-//! first call and released by [`IdTable::shrink`] when nothing is pending.
+//! first call; [`IdTable::shrink`] releases a grown one when nothing is
+//! pending.
 //!
 //! Bounds: the table holds exactly the calls this end made and has not yet
 //! completed (each leaves on its answer, its deadline or the session's end),
@@ -23,6 +24,10 @@ use crate::session::{IdHasher, IdMap};
 
 /// The ring's first length (allocated on the first call).
 const FIRST_RING: usize = 16;
+
+/// The longest ring [`IdTable::shrink`] keeps when nothing is pending
+/// (slots of about 64 bytes: 4 KiB).
+const KEEP_RING: usize = 64;
 
 /// The longest ring (slots of about 64 bytes: 64 KiB); calls beyond it that
 /// are in flight at once go to the spill map.
@@ -175,11 +180,19 @@ impl<V> IdTable<V> {
         all
     }
 
-    /// Releases the ring and the spill when nothing is pending.
+    /// Releases the spill, and a ring grown past [`KEEP_RING`] slots, when
+    /// nothing is pending. A small ring stays (as the hash map it replaced
+    /// kept its capacity): a client whose calls all completed at a batch's
+    /// end (16 in flight, answered together) would otherwise allocate and
+    /// regrow its ring for every round of calls.
     pub(crate) fn shrink(&mut self) {
         if self.len() == 0 {
-            self.ring = Vec::new();
-            self.spill = IdMap::default();
+            if self.ring.len() > KEEP_RING {
+                self.ring = Vec::new();
+            }
+            if self.spill.capacity() > 0 {
+                self.spill = IdMap::default();
+            }
         }
     }
 
@@ -226,7 +239,7 @@ mod tests {
         assert_eq!(t.remove(1), Some(1));
         assert_eq!(t.len(), 0);
         t.shrink();
-        assert_eq!(t.shape(), (0, 0));
+        assert_eq!(t.shape(), (FIRST_RING, 0), "a small ring is kept");
     }
 
     #[test]
@@ -250,6 +263,8 @@ mod tests {
             assert_eq!(t.remove(id), None, "a second answer to {id}");
         }
         assert_eq!(t.len(), 0);
+        t.shrink();
+        assert_eq!(t.shape(), (0, 0), "a grown ring is released");
     }
 
     #[test]
