@@ -855,6 +855,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn text_kind_errors_are_the_general_parsers() {
+        let config = Config {
+            limits: Limits {
+                max_name: 4,
+                max_string: 8,
+                ..Limits::default()
+            },
+            ..Config::default()
+        };
+        let cases: [&[u8]; 9] = [
+            &[],                                                           // no id
+            &[0x80],                                                       // truncated id
+            &[0x80, 0x00],                                                 // non-canonical id
+            &[7, 5, b'a', b'b', b'c', b'd', b'e'],                         // name too long
+            &[7, 3, b'a'],                                                 // truncated name
+            &[7, 1, 0xff, b'x'],                                           // name not UTF-8
+            &[7, 1, b'a', 0xc3],                                           // text not UTF-8
+            &[7, 0, b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'8'], // text too long
+            &[7, 2, 0xc3, 0xa9, b'o', b'k'],                               // valid
+        ];
+        for kind in TEXT_KINDS {
+            for body in cases {
+                let h = header(kind, body);
+                let want = general(h, Bytes::copy_from_slice(body), &config);
+                let got = finish(h, Bytes::copy_from_slice(body), &config);
+                assert_eq!(got, want, "{kind:?} {body:?}");
+            }
+        }
+    }
+
     /// `encode_console` writes what `encode` writes for the call frame
     /// (short and long names and texts, with and without a token, with
     /// compression, over the limits) and fails as it does, writing nothing.
@@ -890,37 +921,6 @@ mod tests {
                     assert_eq!(g, w, "{id} {} {}", cmd.len(), text.len());
                     assert_eq!(got, want, "{id} {} {}", cmd.len(), text.len());
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn text_kind_errors_are_the_general_parsers() {
-        let config = Config {
-            limits: Limits {
-                max_name: 4,
-                max_string: 8,
-                ..Limits::default()
-            },
-            ..Config::default()
-        };
-        let cases: [&[u8]; 9] = [
-            &[],                                                           // no id
-            &[0x80],                                                       // truncated id
-            &[0x80, 0x00],                                                 // non-canonical id
-            &[7, 5, b'a', b'b', b'c', b'd', b'e'],                         // name too long
-            &[7, 3, b'a'],                                                 // truncated name
-            &[7, 1, 0xff, b'x'],                                           // name not UTF-8
-            &[7, 1, b'a', 0xc3],                                           // text not UTF-8
-            &[7, 0, b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'8'], // text too long
-            &[7, 2, 0xc3, 0xa9, b'o', b'k'],                               // valid
-        ];
-        for kind in TEXT_KINDS {
-            for body in cases {
-                let h = header(kind, body);
-                let want = general(h, Bytes::copy_from_slice(body), &config);
-                let got = finish(h, Bytes::copy_from_slice(body), &config);
-                assert_eq!(got, want, "{kind:?} {body:?}");
             }
         }
     }
