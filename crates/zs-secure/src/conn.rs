@@ -32,11 +32,6 @@ const T_LINGER: u64 = 4;
 const T_IDLE: u64 = 5;
 const FIRST_USER_TIMER: u64 = 16;
 
-/// The least plaintext kept at the front of the raw buffer (`held`): below
-/// it, copying it behind the next read costs less than moving the record's
-/// start.
-const HOLD_MIN: usize = 16 * 1024;
-
 /// The room the inner handler's buffer must have beyond the start of the
 /// next record for the plaintext to be held at the front of the raw buffer:
 /// the next reads land there, and regrowing it would copy the plaintext.
@@ -647,7 +642,8 @@ impl SecureHandler {
         spent
     }
 
-    /// After delivery: when the inner handler left a large start of a frame
+    /// After delivery: when the inner handler left the start of a frame (of
+    /// any size: not holding it copies the next read's plaintext behind it)
     /// and its buffer has room for the start of the next record behind it,
     /// that buffer becomes the raw read buffer (the record's start, at most
     /// one record, is copied behind the plaintext: what is left in `buf`,
@@ -661,7 +657,7 @@ impl SecureHandler {
         let Some(sc) = &self.sc else {
             return false;
         };
-        if self.pending.len() < HOLD_MIN
+        if self.pending.is_empty()
             || self.dead
             || self.eof_waiting
             || sc.paused.load(Ordering::Acquire)
