@@ -586,6 +586,31 @@ impl Handler for Frames {
     }
 }
 
+/// A server end whose inner handler `make` builds, and the wire bytes of
+/// `payload` sealed by the client end in sends of 100,000 bytes.
+fn sealed_payload(
+    layer: &SecureLayer,
+    make: impl Fn() -> Box<dyn Handler> + Send + Sync + 'static,
+    payload: &[u8],
+) -> (End, Vec<u8>) {
+    let ck = Keep::default();
+    let (server, client) = ends(
+        layer,
+        Arc::new(make),
+        Box::new(ck.clone()),
+        Arc::default(),
+        Arc::default(),
+    );
+    for part in payload.chunks(100_000) {
+        ck.conn().send(Bytes::copy_from_slice(part)).unwrap();
+    }
+    let wire = std::mem::take(&mut *client.raw.sent.lock().unwrap())
+        .iter()
+        .flat_map(|b| b.to_vec())
+        .collect();
+    (server, wire)
+}
+
 /// A frame left partial by the inner handler, in a buffer with room, is
 /// completed where it lies: that buffer becomes the raw read buffer (the
 /// backend appends the next read behind the plaintext) and the next records
@@ -598,31 +623,18 @@ fn a_partial_frame_is_completed_where_it_lies() {
     let left = Arc::new(Mutex::new(Vec::new()));
     let frames = Arc::new(Mutex::new(Vec::new()));
     let (l2, f2) = (left.clone(), frames.clone());
-    let ck = Keep::default();
     let size = 262_150;
-    let (mut server, client) = ends(
-        &layer,
-        Arc::new(move || {
-            Box::new(Frames {
-                size,
-                left: l2.clone(),
-                frames: f2.clone(),
-            }) as Box<dyn Handler>
-        }),
-        Box::new(ck.clone()),
-        Arc::default(),
-        Arc::default(),
-    );
     let payload: Vec<u8> = (0..4 * size as u32)
         .map(|i| (i * 7 + i / 251) as u8)
         .collect();
-    for part in payload.chunks(100_000) {
-        ck.conn().send(Bytes::copy_from_slice(part)).unwrap();
-    }
-    let wire: Vec<u8> = std::mem::take(&mut *client.raw.sent.lock().unwrap())
-        .iter()
-        .flat_map(|b| b.to_vec())
-        .collect();
+    let make = move || {
+        Box::new(Frames {
+            size,
+            left: l2.clone(),
+            frames: f2.clone(),
+        }) as Box<dyn Handler>
+    };
+    let (mut server, wire) = sealed_payload(&layer, make, &payload);
     let mut rbuf = BytesMut::new();
     let (mut held, mut partials) = (0, 0);
     for piece in wire.chunks(64 << 10) {
@@ -693,32 +705,19 @@ fn inner_handler_reserves_in_the_raw_buffer() {
     let in_place = Arc::new(Mutex::new(Vec::new()));
     let frames = Arc::new(Mutex::new(Vec::new()));
     let (i2, f2) = (in_place.clone(), frames.clone());
-    let ck = Keep::default();
     let size = 100_003;
     let n = 8;
-    let (mut server, client) = ends(
-        &layer,
-        Arc::new(move || {
-            Box::new(Reserving {
-                size,
-                in_place: i2.clone(),
-                frames: f2.clone(),
-            }) as Box<dyn Handler>
-        }),
-        Box::new(ck.clone()),
-        Arc::default(),
-        Arc::default(),
-    );
     let payload: Vec<u8> = (0..(n * size) as u32)
         .map(|i| (i * 13 + i / 241) as u8)
         .collect();
-    for part in payload.chunks(100_000) {
-        ck.conn().send(Bytes::copy_from_slice(part)).unwrap();
-    }
-    let wire: Vec<u8> = std::mem::take(&mut *client.raw.sent.lock().unwrap())
-        .iter()
-        .flat_map(|b| b.to_vec())
-        .collect();
+    let make = move || {
+        Box::new(Reserving {
+            size,
+            in_place: i2.clone(),
+            frames: f2.clone(),
+        }) as Box<dyn Handler>
+    };
+    let (mut server, wire) = sealed_payload(&layer, make, &payload);
     // The backend's read buffer, sized for the whole transfer.
     let mut rbuf = BytesMut::with_capacity(wire.len() + (1 << 20));
     for piece in wire.chunks(64 << 10) {
