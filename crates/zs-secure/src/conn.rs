@@ -37,6 +37,13 @@ const FIRST_USER_TIMER: u64 = 16;
 /// the next reads land there, and regrowing it would copy the plaintext.
 const HOLD_ROOM: usize = 64 * 1024;
 
+/// The wire size of the Data records the layer sends: the backends' read
+/// chunk (64 KiB), so a full read of a bulk transfer holds whole records and
+/// no record's start is left over to move in front of the next read (records
+/// of 64 KiB plaintext are 21 bytes longer than a read: nearly a whole
+/// record was left over from every read).
+const RECORD_WIRE: usize = 64 * 1024;
+
 /// How often a connection whose inner handler waits for `on_writable` checks the
 /// raw queue when the raw backend will not signal it (its queue was never full).
 const DRAIN_POLL: Duration = Duration::from_millis(1);
@@ -740,7 +747,10 @@ impl Handler for SecureHandler {
             ),
         };
         let session = match made {
-            Ok(s) => s,
+            Ok(mut s) => {
+                s.set_record_wire_size(RECORD_WIRE);
+                s
+            }
             Err(e) => {
                 Counters::bump(&self.counters().handshake_failures);
                 let why = format!(
