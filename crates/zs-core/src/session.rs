@@ -700,6 +700,7 @@ impl Session {
             codec: {
                 let mut c = FrameCodec::new(SharedWire(cfg.clone()));
                 c.decoder.reserve_whole_frames_up_to(WHOLE_FRAME_RESERVE);
+                c.decoder.bulk_room(WHOLE_FRAME_RESERVE);
                 c
             },
             cfg,
@@ -2549,6 +2550,10 @@ const PAYLOAD_APART: usize = 16 * 1024;
 /// announces a frame and stalls can make a connection reserve: the same as
 /// the plaintext the security layer lets a connection hold unconsumed
 /// (`zs_secure::SecureConfig::max_pending_plaintext`, 1 MiB by default).
+/// A frame of 64 KiB or more whose buffer must move for it moves into a
+/// buffer of this size (zs-wire's `bulk_room`), so the frames behind it in a
+/// bulk transfer complete where they lie (the security layer hands on its
+/// raw read buffer, so that room is where the next reads land).
 const WHOLE_FRAME_RESERVE: usize = 1 << 20;
 
 /// How far past twice [`SessionConfig::stable_max_unacked`] (resend buffer

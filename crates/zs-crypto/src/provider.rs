@@ -26,6 +26,11 @@ pub trait SecureSession: Send {
         self.write_output(&mut out);
         Bytes::from(out)
     }
+    /// Asks for Data records at most `wire` bytes long on the wire (header,
+    /// plaintext, tag), so a receiver reading in chunks of that size finds
+    /// whole records in full reads (see `Session::set_record_wire_size`).
+    /// The default ignores it (a TLS session keeps its own record sizes).
+    fn set_record_wire_size(&mut self, _wire: usize) {}
     /// Next event.
     fn poll_event(&mut self) -> Option<Event>;
     /// Queues application data.
@@ -118,6 +123,9 @@ pub trait SecurityProvider: Send + Sync {
 impl SecureSession for Session {
     fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<()> {
         Session::handle_input(self, data, now)
+    }
+    fn set_record_wire_size(&mut self, wire: usize) {
+        Session::set_record_wire_size(self, wire)
     }
     fn write_output(&mut self, out: &mut Vec<u8>) {
         Session::write_output(self, out)

@@ -546,6 +546,9 @@ pub struct Session {
     server: Option<Arc<ServerConfig>>,
     rekey: RekeyPolicy,
     max_record: usize,
+    /// Wire size (header, plaintext, tag) of the Data records sent, when set
+    /// (see [`Session::set_record_wire_size`]); 0: `max_record` plaintext.
+    record_wire: u32,
     inbuf: Vec<u8>,
     /// Sealed bytes to send, and the open record. One buffer for the
     /// session's life: [`Self::take_output_bytes`] splits the sealed part
@@ -659,6 +662,7 @@ impl Session {
             server: None,
             rekey,
             max_record,
+            record_wire: 0,
             inbuf: Vec::new(),
             out: BytesMut::new(),
             events: VecDeque::new(),
@@ -878,15 +882,39 @@ impl Session {
         self.append_data(data, now)
     }
 
+    /// Makes the Data records this session sends at most `wire` bytes long on
+    /// the wire (header, plaintext and tag; the plaintext stays at most
+    /// `max_record`, and at least one byte). A receiver that reads in chunks
+    /// of that size then finds whole records in each full read, instead of a
+    /// record's start left over from every read (records of `max_record`
+    /// plaintext are a header and a tag longer than a read chunk of the same
+    /// size). What this session accepts is unchanged. 0 (the default): records
+    /// of `max_record` plaintext.
+    pub fn set_record_wire_size(&mut self, wire: usize) {
+        self.record_wire = u32::try_from(wire).unwrap_or(u32::MAX);
+    }
+
+    /// The most plaintext one Data record sent carries.
+    fn send_plaintext_max(&self) -> usize {
+        match (self.record_wire as usize, &self.sealer) {
+            (0, _) | (_, None) => self.max_record,
+            (wire, Some(sealer)) => wire
+                .saturating_sub(HEADER_LEN + sealer.suite().tag_len())
+                .clamp(1, self.max_record),
+        }
+    }
+
     /// Appends application data to the open Data record (opening records as
-    /// needed, each at most `max_record` plaintext bytes). The record is
+    /// needed, each at most `max_record` plaintext bytes, or fewer: see
+    /// [`Session::set_record_wire_size`]). The record is
     /// sealed in place when the output is taken, so consecutive sends share
     /// records and the plaintext is copied once.
     fn append_data(&mut self, mut data: &[u8], now: Instant) -> Result<()> {
         // Room for every record this takes, at once (no regrowth copies).
         let per = HEADER_LEN + MAX_TAG_LEN;
+        let max = self.send_plaintext_max();
         self.out
-            .reserve(data.len() + per * (1 + data.len() / self.max_record.max(1)));
+            .reserve(data.len() + per * (1 + data.len() / max.max(1)));
         while !data.is_empty() {
             let start = match self.open {
                 Some(start) => start,
@@ -902,7 +930,7 @@ impl Session {
                     start
                 }
             };
-            let room = self.max_record - (self.out.len() - start - HEADER_LEN);
+            let room = max.saturating_sub(self.out.len() - start - HEADER_LEN);
             if room == 0 {
                 self.seal_open();
                 self.check_usable()?;

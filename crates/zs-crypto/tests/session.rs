@@ -1012,3 +1012,40 @@ mod tls {
         assert_eq!(c.close(), Err(Error::Failed));
     }
 }
+
+/// `set_record_wire_size` makes each Data record sent at most that long on
+/// the wire (header, plaintext, tag), whatever the suite's tag; a size above
+/// `max_record`'s records is capped by `max_record`; the receiver opens them
+/// as any others.
+#[test]
+fn records_fit_the_wire_size_asked_for() {
+    for suite in [SuiteId::Aes256Gcm, SuiteId::Mars256CtrHmacSha3] {
+        for (wire, plain) in [(512, 512 - HEADER_LEN - suite.tag_len()), (4096, 1024)] {
+            let mut s = ServerConfig::with_psk(b"i", &KEY).unwrap();
+            s.policy = only(suite);
+            let mut c = ClientConfig::psk(b"i", &KEY).unwrap();
+            c.suites = vec![suite];
+            c.max_record = 1024;
+            let mut p = Pair::established(c, s);
+            events(&mut p.s);
+            p.c.set_record_wire_size(wire);
+            let want: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+            p.c.send(&want[..1000], p.now).unwrap();
+            p.c.send(&want[1000..], p.now).unwrap();
+            let out = p.c.take_output();
+            let lens: Vec<usize> = records(&out).iter().map(|r| r.len()).collect();
+            let full = HEADER_LEN + plain + suite.tag_len();
+            assert!(
+                lens[..lens.len() - 1].iter().all(|&l| l == full),
+                "{suite} {wire}: {lens:?}"
+            );
+            assert_eq!(lens.iter().sum::<usize>(), out.len());
+            assert_eq!(lens.len(), 3000usize.div_ceil(plain), "{suite} {wire}");
+            let mut got = Vec::new();
+            let mut all = out.to_vec();
+            p.s.handle_input_in_place(&mut all, p.now, &mut |d| got.extend_from_slice(d))
+                .unwrap();
+            assert_eq!(got, want, "{suite} {wire}");
+        }
+    }
+}

@@ -32,15 +32,17 @@ const T_LINGER: u64 = 4;
 const T_IDLE: u64 = 5;
 const FIRST_USER_TIMER: u64 = 16;
 
-/// The least plaintext kept at the front of the raw buffer (`held`): below
-/// it, copying it behind the next read costs less than moving the record's
-/// start.
-const HOLD_MIN: usize = 16 * 1024;
-
 /// The room the inner handler's buffer must have beyond the start of the
 /// next record for the plaintext to be held at the front of the raw buffer:
 /// the next reads land there, and regrowing it would copy the plaintext.
 const HOLD_ROOM: usize = 64 * 1024;
+
+/// The wire size of the Data records the layer sends: the backends' read
+/// chunk (64 KiB), so a full read of a bulk transfer holds whole records and
+/// no record's start is left over to move in front of the next read (records
+/// of 64 KiB plaintext are 21 bytes longer than a read: nearly a whole
+/// record was left over from every read).
+const RECORD_WIRE: usize = 64 * 1024;
 
 /// How often a connection whose inner handler waits for `on_writable` checks the
 /// raw queue when the raw backend will not signal it (its queue was never full).
@@ -614,21 +616,22 @@ impl SecureHandler {
 
     /// Gives the waiting plaintext to the inner handler (unless reading is
     /// paused), then enforces the plaintext bound and delivers a waiting EOF.
-    fn deliver(&mut self, raw: &Conn) {
-        let Some(sc) = self.sc.clone() else {
-            return;
-        };
+    /// Returns the buffer the inner handler emptied, if it did (the raw read
+    /// buffer, when it was handed on whole: `on_data` reads on into it).
+    fn deliver(&mut self, raw: &Conn) -> Option<BytesMut> {
+        let sc = self.sc.clone()?;
         if !self.opened || self.dead || sc.paused.load(Ordering::Acquire) {
-            return;
+            return None;
         }
         if !self.pending.is_empty() {
             let mut pending = std::mem::take(&mut self.pending);
             self.call_inner(|h, c| h.on_data(c, &mut pending));
             self.pending = pending;
         }
+        let mut spent = None;
         if self.pending.is_empty() {
             // Release the read buffer the plaintext was a slice of.
-            self.pending = BytesMut::new();
+            spent = Some(std::mem::take(&mut self.pending));
         } else if self.pending.len() > self.layer.cfg.max_pending_plaintext {
             Counters::bump(&self.counters().plaintext_overflows);
             let why = format!(
@@ -637,39 +640,44 @@ impl SecureHandler {
                 self.layer.cfg.max_pending_plaintext
             );
             self.fail(raw, &why, HandshakeError::PeerClosed, false);
-            return;
+            return None;
         }
         if self.eof_waiting && (self.pending.is_empty() || !sc.paused.load(Ordering::Acquire)) {
             self.eof_waiting = false;
             self.call_inner(|h, c| h.on_eof(c));
         }
+        spent
     }
 
-    /// After delivery: when the inner handler left a large start of a frame
+    /// After delivery: when the inner handler left the start of a frame (of
+    /// any size: not holding it copies the next read's plaintext behind it)
     /// and its buffer has room for the start of the next record behind it,
     /// that buffer becomes the raw read buffer (the record's start, at most
-    /// one record, is copied behind the plaintext). The backend appends the
-    /// next reads there, and the records are opened right behind the
-    /// plaintext (`held`), so the frame is completed where it lies instead
-    /// of each read's plaintext being copied behind it in `pending`. Not
-    /// while reading is paused or an EOF waits (`deliver` hands `pending`
-    /// on then).
-    fn hold_partial(&mut self, buf: &mut BytesMut) {
+    /// one record, is copied behind the plaintext: what is left in `buf`,
+    /// then `tail`, the partial record moved out when the raw buffer itself
+    /// was handed on). The backend appends the next reads there, and the
+    /// records are opened right behind the plaintext (`held`), so the frame
+    /// is completed where it lies instead of each read's plaintext being
+    /// copied behind it in `pending`. Not while reading is paused or an EOF
+    /// waits (`deliver` hands `pending` on then). Whether it held.
+    fn hold_partial(&mut self, buf: &mut BytesMut, tail: &[u8]) -> bool {
         let Some(sc) = &self.sc else {
-            return;
+            return false;
         };
-        if self.pending.len() < HOLD_MIN
+        if self.pending.is_empty()
             || self.dead
             || self.eof_waiting
             || sc.paused.load(Ordering::Acquire)
-            || self.pending.capacity() - self.pending.len() < buf.len() + HOLD_ROOM
+            || self.pending.capacity() - self.pending.len() < buf.len() + tail.len() + HOLD_ROOM
         {
-            return;
+            return false;
         }
         let mut front = std::mem::take(&mut self.pending);
         self.held = front.len();
         front.extend_from_slice(buf);
+        front.extend_from_slice(tail);
         *buf = front;
+        true
     }
 
     fn writable(&mut self) {
@@ -739,7 +747,10 @@ impl Handler for SecureHandler {
             ),
         };
         let session = match made {
-            Ok(s) => s,
+            Ok(mut s) => {
+                s.set_record_wire_size(RECORD_WIRE);
+                s
+            }
             Err(e) => {
                 Counters::bump(&self.counters().handshake_failures);
                 let why = format!(
@@ -796,6 +807,8 @@ impl Handler for SecureHandler {
         let mut established = None;
         // Plaintext of records completed from the session's own buffer.
         let mut side_buf = BytesMut::new();
+        // The trailing partial record, when the raw buffer is handed on.
+        let mut tail = BytesMut::new();
         let result = {
             let mut st = lock(&sc.st);
             let (segs, side_buf) = (&mut self.segs, &mut side_buf);
@@ -867,10 +880,18 @@ impl Handler for SecureHandler {
                         w += b - a;
                     }
                 }
-                let mut plain = buf.split_to(w);
-                plain.advance(start);
-                self.pending = plain;
-                consumed -= w; // `buf` now starts at `w`
+                // The raw buffer itself is handed on: the trailing partial
+                // record (at most one) moves out first, then the buffer is
+                // cut at the end of the plaintext and advanced to its start,
+                // so what the inner handler reserves for a partial frame
+                // lands in the room the backend reserved behind the read.
+                if consumed < blen {
+                    tail = BytesMut::from(&buf[consumed..]);
+                }
+                buf.truncate(w);
+                buf.advance(start);
+                self.pending = std::mem::take(buf);
+                consumed = 0;
             } else {
                 self.pending.extend_from_slice(&buf[..held]);
                 for s in &self.segs {
@@ -882,9 +903,11 @@ impl Handler for SecureHandler {
             }
             self.segs.clear();
         }
-        // A trailing partial record stays in the raw buffer: the backend appends
-        // the next bytes behind it, and the record is opened where it lies once
-        // complete (no copy through the session's own buffer).
+        // A trailing partial record stays in the raw buffer (or, when the raw
+        // buffer was handed on, in `tail`, placed back in front of the next
+        // read below): the backend appends the next bytes behind it, and the
+        // record is opened where it lies once complete (no copy through the
+        // session's own buffer).
         buf.advance(consumed.min(buf.len()));
         if let Err(e) = result {
             buf.clear();
@@ -912,7 +935,7 @@ impl Handler for SecureHandler {
                 return;
             }
         }
-        self.deliver(raw);
+        let spent = self.deliver(raw);
         if buf.is_empty() && buf.capacity() == 0 {
             // The plaintext was split off the front of the raw buffer and the
             // rest advanced to its end: once the inner handler dropped the
@@ -922,7 +945,22 @@ impl Handler for SecureHandler {
             // new one (plus `bytes`' shared header at the next split) per read.
             let _ = buf.try_reclaim(1);
         }
-        self.hold_partial(buf);
+        if !self.hold_partial(buf, &tail) && buf.capacity() == 0 {
+            // The raw buffer was handed on whole: the backend reads on into
+            // it (the inner handler consumed it, and this is its last handle)
+            // behind the partial record, or into the partial record's copy.
+            *buf = match spent {
+                Some(mut b) if b.capacity() > 0 => {
+                    if b.try_reclaim(tail.len().max(1)) {
+                        b.extend_from_slice(&tail);
+                        b
+                    } else {
+                        tail
+                    }
+                }
+                _ => tail,
+            };
+        }
         if let Some(sc) = &self.sc {
             lock(&sc.st).session.shrink();
         }
@@ -956,7 +994,7 @@ impl Handler for SecureHandler {
             );
         }
         self.eof_waiting = true;
-        self.deliver(raw);
+        let _ = self.deliver(raw);
     }
 
     fn on_writable(&mut self, _raw: &Conn) {
@@ -979,7 +1017,9 @@ impl Handler for SecureHandler {
                 }
                 self.writable();
             }
-            T_RESUME => self.deliver(raw),
+            T_RESUME => {
+                let _ = self.deliver(raw);
+            }
             T_IDLE => {
                 if let Some(sc) = &self.sc {
                     sc.idle_check(Instant::now());

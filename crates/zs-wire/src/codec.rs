@@ -267,12 +267,19 @@ pub struct Decoder<C = Config> {
     /// reserved once their header arrived (see
     /// [`Decoder::reserve_whole_frames_up_to`]); 0: none.
     whole: usize,
+    /// A frame of a bulk transfer reserved whole gets a buffer of at least
+    /// this many bytes (see [`Decoder::bulk_room`]); 0: only its own length.
+    bulk: usize,
 }
 
 impl<C: AsRef<Config>> Decoder<C> {
     /// A decoder with the given configuration (a [`Config`], or a shared one).
     pub fn new(config: C) -> Decoder<C> {
-        Decoder { config, whole: 0 }
+        Decoder {
+            config,
+            whole: 0,
+            bulk: 0,
+        }
     }
 
     /// Once the header of a frame of at most `limit` bytes (header included)
@@ -284,6 +291,18 @@ impl<C: AsRef<Config>> Decoder<C> {
     /// header check refuses first). Default 0: every frame grows by steps.
     pub fn reserve_whole_frames_up_to(&mut self, limit: usize) {
         self.whole = limit;
+    }
+
+    /// When a frame of at least 64 KiB is reserved whole (see
+    /// [`Decoder::reserve_whole_frames_up_to`]) and the buffer has too little
+    /// room behind it (so it moves anyway), make the buffer hold at least
+    /// `room` bytes, so the frames that follow it in a bulk transfer complete
+    /// where they lie too, instead of the start of each being moved into a
+    /// buffer sized for it. What a peer that announces a frame and stalls can
+    /// make the buffer reserve becomes the larger of `room` and the whole
+    /// frame plus one 64 KiB step. Default 0: the frame's own length.
+    pub fn bulk_room(&mut self, room: usize) {
+        self.bulk = room;
     }
 
     /// The configuration.
@@ -349,7 +368,13 @@ impl<C: AsRef<Config>> Decoder<C> {
         if buf.len() < total {
             let more = total - buf.len();
             buf.reserve(if total <= self.whole {
-                more + RESERVE_STEP
+                let own = more + RESERVE_STEP;
+                if total >= RESERVE_STEP && buf.capacity() - buf.len() < own {
+                    // It moves anyway: into the bulk room.
+                    own.max(self.bulk.saturating_sub(buf.len()))
+                } else {
+                    own
+                }
             } else {
                 more.min(RESERVE_STEP)
             });

@@ -367,6 +367,63 @@ fn whole_frames_are_reserved_only_up_to_the_limit() {
     }
 }
 
+/// With `bulk_room`, a frame of 64 KiB or more reserved whole gets a buffer
+/// of that many bytes, so the frames behind it complete where they lie (the
+/// buffer does not move while four 256 KiB frames arrive in 64 KiB reads,
+/// once the first is reserved; without the room, each frame's start moves);
+/// a small frame and an announced frame
+/// above the whole-frame limit still reserve only their own step.
+#[test]
+fn bulk_frames_get_the_bulk_room() {
+    let c = Config::default();
+    let room = 2 << 20;
+    let mut dec = Decoder::new(c);
+    dec.reserve_whole_frames_up_to(1 << 20);
+    dec.bulk_room(room);
+    let len = 256 << 10;
+    let mut wire = Vec::new();
+    for i in 0..4u8 {
+        let mut body = vec![0x01, b'x'];
+        body.resize(len, i);
+        wire.extend_from_slice(&raw_frame(0x07, &body));
+    }
+    let mut rx = BytesMut::new();
+    let (mut got, mut start) = (0, None);
+    for piece in wire.chunks(64 << 10) {
+        rx.extend_from_slice(piece);
+        while let Some(f) = dec.decode(&mut rx).unwrap() {
+            let Frame::CompleteBuffer { data, .. } = f else {
+                panic!("the frame")
+            };
+            assert!(data.iter().all(|&b| b == got as u8));
+            got += 1;
+        }
+        if !rx.is_empty() {
+            // Where the allocation starts, if it never moved: the frames
+            // taken were split off its front.
+            let base = rx.as_ptr() as usize - got * (wire.len() / 4);
+            match start {
+                None => start = Some(base),
+                Some(s) => assert_eq!(s, base, "the buffer moved at frame {got}"),
+            }
+        }
+    }
+    assert_eq!(got, 4);
+    for (len, limit) in [(1000, 64 << 10), (c.limits.max_frame, 128 << 10)] {
+        let mut body = vec![0x01, b'x'];
+        body.resize(len, 0x5a);
+        let wire = raw_frame(0x07, &body);
+        let mut rx = BytesMut::new();
+        rx.extend_from_slice(&wire[..wire.len() - len + 10]);
+        assert_eq!(dec.decode(&mut rx), Ok(None));
+        assert!(
+            rx.capacity() <= limit + 1024,
+            "reserved {} bytes for a {len}-byte frame",
+            rx.capacity()
+        );
+    }
+}
+
 /// `encode_apart` writes everything but a large trailing payload and returns
 /// the payload: together the same bytes as `encode`; small payloads, other
 /// kinds and compressing encoders encode whole.
