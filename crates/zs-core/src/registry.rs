@@ -261,7 +261,7 @@ pub(crate) mod inline {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use bytes::BytesMut;
-    use zs_wire::{Encoder, Frame};
+    use zs_wire::{Encoder, Frame, Text};
 
     /// Threads that issued tickets (the high half of a ticket).
     static THREADS: AtomicU64 = AtomicU64::new(0);
@@ -321,12 +321,29 @@ pub(crate) mod inline {
     /// when this thread does not hold that connection's batch (or holds
     /// another connection's answers): the caller sends it the shared way.
     pub(crate) fn encode(key: usize, frame: &Frame) -> Option<Result<(), zs_wire::WireError>> {
+        encode_with(key, |e, buf| e.encode(frame, buf))
+    }
+
+    /// [`encode`] of the answer `ConsoleResponse { id, text }` from its
+    /// parts (no [`Frame`] built for it).
+    pub(crate) fn encode_text_answer(
+        key: usize,
+        id: u64,
+        text: &Text,
+    ) -> Option<Result<(), zs_wire::WireError>> {
+        encode_with(key, |e, buf| e.encode_console_response(id, text, buf))
+    }
+
+    fn encode_with(
+        key: usize,
+        put: impl FnOnce(&mut Encoder, &mut BytesMut) -> Result<(), zs_wire::WireError>,
+    ) -> Option<Result<(), zs_wire::WireError>> {
         if HELD.get() != key || (WAITING.get() != key && WAITING.get() != 0) {
             return None;
         }
         LOCAL.with_borrow_mut(|l| {
             let Local { encoder, buf } = l;
-            let r = encoder.as_mut()?.encode(frame, buf);
+            let r = put(encoder.as_mut()?, buf);
             if !buf.is_empty() {
                 WAITING.set(key);
             }
@@ -430,20 +447,36 @@ impl Responder {
         } else {
             now.saturating_duration_since(self.started)
         };
-        self.stats.record_out(len, err, latency);
-        let id = self.id;
-        let frame = Reply::frame(id, result.map_err(|e| (e.code, Text::from(e.message))));
         let inline = inline::answering(self.ticket);
-        let local = match inline && self.local {
-            // Encoded now; the batch's end hands it to the session, under
-            // the lock taken then anyway.
-            true => inline::encode(conn_key(&self.peer), &frame),
-            false => None,
+        if inline {
+            // Summed with the batch's other calls (published before the
+            // batch's output, this answer included, leaves).
+            crate::stats::batch::record_out(&self.stats, len, err, latency);
+        } else {
+            self.stats.record_out(len, err, latency);
+        }
+        let id = self.id;
+        let local = inline && self.local;
+        // A text answer given inline is encoded from its parts (the common
+        // answer: no `Frame` built for it).
+        let text = match (&result, local) {
+            (Ok(Reply::Text(t)), true) => inline::encode_text_answer(conn_key(&self.peer), id, t),
+            _ => None,
         };
-        let r = match local {
+        let r = match text {
             Some(r) => r.map_err(crate::Error::from),
-            // Fails with ConnectionLost when the connection is gone (one lock).
-            None => self.peer.send_frame(frame),
+            None => {
+                let frame = Reply::frame(id, result.map_err(|e| (e.code, Text::from(e.message))));
+                match local {
+                    // Encoded now; the batch's end hands it to the session,
+                    // under the lock taken then anyway.
+                    true => inline::encode(conn_key(&self.peer), &frame),
+                    false => None,
+                }
+                .map(|r| r.map_err(crate::Error::from))
+                // Fails with ConnectionLost when the connection is gone (one lock).
+                .unwrap_or_else(|| self.peer.send_frame(frame))
+            }
         };
         if !inline {
             self.peer.out().request_finished();
@@ -1177,7 +1210,7 @@ impl Registry {
             }
             return false;
         };
-        entry.stats.record_in(len);
+        crate::stats::batch::record_in(&entry.stats, len);
         match (&entry.run, id) {
             (Run::Answering(f), Some(id)) => {
                 let mut responder = Responder {
@@ -1228,7 +1261,8 @@ impl Registry {
             (Run::OneWay(f), _) => {
                 let started = crate::clock::now();
                 f(peer, req);
-                entry.stats.record_out(
+                crate::stats::batch::record_out(
+                    &entry.stats,
                     0,
                     false,
                     crate::clock::now().saturating_duration_since(started),
