@@ -679,6 +679,9 @@ impl Link {
 
     /// Sends what the session produced and arms its next timer. Call with the lock held.
     fn flush(&self, st: &mut LinkState) {
+        // Statistics summed by this thread's batch first: no answer leaves
+        // before it is counted.
+        crate::stats::batch::publish();
         self.take_local(st);
         // A large payload kept apart from its frame head goes out as its own
         // piece, in one vectored send with the rest (no copy behind the head).

@@ -170,12 +170,23 @@ pub(crate) mod batch {
     /// The batch [`begin`] started ends: at the outermost end, what it summed
     /// is added to the shared counters.
     pub(crate) fn end() {
-        ACC.with_borrow_mut(|a| {
+        let last = ACC.with_borrow_mut(|a| {
             a.depth = a.depth.saturating_sub(1);
-            if a.depth == 0 {
-                for sum in a.sums.drain(..) {
-                    sum.stats.publish(&sum);
-                }
+            a.depth == 0
+        });
+        if last {
+            publish();
+        }
+    }
+
+    /// Adds what this thread summed so far to the shared counters now (the
+    /// batch goes on). The runtime calls it before any output leaves (a
+    /// flush within the batch, e.g. a handler closing its connection), so an
+    /// answer is never seen before it is counted.
+    pub(crate) fn publish() {
+        ACC.with_borrow_mut(|a| {
+            for sum in a.sums.drain(..) {
+                sum.stats.publish(&sum);
             }
         });
     }
