@@ -75,7 +75,7 @@ impl CommandStats {
             self.errors.fetch_add(sum.errors, Ordering::Relaxed);
         }
         // Every sample a batch sums is 0 µs (answers within the turn; see
-        // `batch::record_out`): the maximum does not move, the ring gets
+        // `batch::record`): the maximum does not move, the ring gets
         // `zeros` slots in a row (at most the ring's size are written).
         if sum.zeros > 0 {
             let first = self.recorded.fetch_add(sum.zeros, Ordering::Relaxed);
@@ -128,11 +128,13 @@ impl CommandStats {
 /// requests dispatched and the answers given inline are summed here, per
 /// command, and added to the shared counters once at the batch's end, before
 /// the batch's output leaves (the answers wait for the batch's end too), so a
-/// reader that got an answer sees it counted. Anything else (a kept
-/// responder answering later, a worker thread, a batch's answer with a
-/// latency above 0 µs) records on the shared counters at once.
+/// reader that got an answer sees it counted. A request's answer given
+/// inline (within the turn: 0 µs) is summed with the request, in one record
+/// by the dispatcher. Anything else (a kept responder answering later, a
+/// worker thread, an answer with a latency above 0 µs) records its answer on
+/// the shared counters at once.
 pub(crate) mod batch {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -149,34 +151,33 @@ pub(crate) mod batch {
         pub(super) zeros: u64,
     }
 
-    #[derive(Default)]
-    struct Acc {
+    thread_local! {
         /// Batches held on this thread (they nest).
-        depth: u32,
+        static DEPTH: Cell<u32> = const { Cell::new(0) };
         /// The commands seen in the batch (usually one; the vector keeps its
         /// capacity: no allocation per batch).
-        sums: Vec<Sum>,
-    }
-
-    thread_local! {
-        static ACC: RefCell<Acc> = RefCell::new(Acc::default());
+        static SUMS: RefCell<Vec<Sum>> = const { RefCell::new(Vec::new()) };
     }
 
     /// A batch starts on this thread.
     pub(crate) fn begin() {
-        ACC.with_borrow_mut(|a| a.depth += 1);
+        DEPTH.set(DEPTH.get() + 1);
     }
 
     /// The batch [`begin`] started ends: at the outermost end, what it summed
     /// is added to the shared counters.
     pub(crate) fn end() {
-        let last = ACC.with_borrow_mut(|a| {
-            a.depth = a.depth.saturating_sub(1);
-            a.depth == 0
-        });
-        if last {
+        let d = DEPTH.get().saturating_sub(1);
+        DEPTH.set(d);
+        if d == 0 {
             publish();
         }
+    }
+
+    /// Whether a batch is held on this thread (records are summed).
+    #[inline]
+    pub(crate) fn active() -> bool {
+        DEPTH.get() != 0
     }
 
     /// Adds what this thread summed so far to the shared counters now (the
@@ -184,24 +185,31 @@ pub(crate) mod batch {
     /// flush within the batch, e.g. a handler closing its connection), so an
     /// answer is never seen before it is counted.
     pub(crate) fn publish() {
-        ACC.with_borrow_mut(|a| {
-            for sum in a.sums.drain(..) {
+        SUMS.with_borrow_mut(|sums| {
+            for sum in sums.drain(..) {
                 sum.stats.publish(&sum);
             }
         });
     }
 
-    /// `f` on the sums of `stats` when a batch is held on this thread (false:
-    /// none is, the caller records on the shared counters).
-    fn with_sum(stats: &Arc<CommandStats>, f: impl FnOnce(&mut Sum)) -> bool {
-        ACC.with_borrow_mut(|a| {
-            if a.depth == 0 {
-                return false;
+    /// One request of `stats`' command received (`bytes_in` of payload) and,
+    /// with `out`, its answer given within the turn (0 µs: payload bytes,
+    /// error): summed when a batch is held on this thread, else recorded on
+    /// the shared counters at once.
+    pub(crate) fn record(stats: &Arc<CommandStats>, bytes_in: usize, out: Option<(usize, bool)>) {
+        if !active() {
+            stats.record_in(bytes_in);
+            if let Some((bytes, error)) = out {
+                stats.record_out(bytes, error, Duration::ZERO);
             }
-            let i = match a.sums.iter().position(|s| Arc::ptr_eq(&s.stats, stats)) {
+            return;
+        }
+        SUMS.with_borrow_mut(|sums| {
+            // The batch's command is usually the last one seen.
+            let i = match sums.iter().rposition(|s| Arc::ptr_eq(&s.stats, stats)) {
                 Some(i) => i,
                 None => {
-                    a.sums.push(Sum {
+                    sums.push(Sum {
                         stats: stats.clone(),
                         calls: 0,
                         bytes_in: 0,
@@ -209,42 +217,18 @@ pub(crate) mod batch {
                         errors: 0,
                         zeros: 0,
                     });
-                    a.sums.len() - 1
+                    sums.len() - 1
                 }
             };
-            f(&mut a.sums[i]);
-            true
-        })
-    }
-
-    /// [`CommandStats::record_in`], summed when a batch is held here.
-    pub(crate) fn record_in(stats: &Arc<CommandStats>, bytes: usize) {
-        if !with_sum(stats, |s| {
+            let s = &mut sums[i];
             s.calls += 1;
-            s.bytes_in += bytes as u64;
-        }) {
-            stats.record_in(bytes);
-        }
-    }
-
-    /// [`CommandStats::record_out`], summed when a batch is held here and
-    /// the latency is 0 µs (the answer was given within the turn: its output
-    /// leaves at the batch's end, after the sums are published).
-    pub(crate) fn record_out(
-        stats: &Arc<CommandStats>,
-        bytes: usize,
-        error: bool,
-        latency: Duration,
-    ) {
-        if latency.as_micros() != 0
-            || !with_sum(stats, |s| {
+            s.bytes_in += bytes_in as u64;
+            if let Some((bytes, error)) = out {
                 s.bytes_out += bytes as u64;
                 s.errors += error as u64;
                 s.zeros += 1;
-            })
-        {
-            stats.record_out(bytes, error, latency);
-        }
+            }
+        });
     }
 }
 
@@ -458,14 +442,12 @@ mod tests {
         batch::begin();
         batch::begin(); // nested: published at the outer end only
         for i in 0..50usize {
-            batch::record_in(&one, 10);
-            batch::record_out(&one, 5, i % 7 == 0, Duration::ZERO);
+            batch::record(&one, 10, Some((5, i % 7 == 0)));
             direct.record_in(10);
             direct.record_out(5, i % 7 == 0, Duration::ZERO);
-            batch::record_in(&other, 3);
+            // A request not answered within the turn: counted in only.
+            batch::record(&other, 3, None);
         }
-        // A latency above 0 is recorded at once.
-        batch::record_out(&other, 1, true, Duration::from_micros(7));
         batch::end();
         let mid = one.snapshot("one", "console");
         assert_eq!(
@@ -473,8 +455,7 @@ mod tests {
             (10, 10, 0),
             "{mid:?}"
         );
-        let o = other.snapshot("other", "console");
-        assert_eq!((o.calls, o.bytes_out, o.errors, o.max_us), (0, 1, 1, 7));
+        assert_eq!(other.snapshot("other", "console").calls, 0);
         batch::end();
         let a = one.snapshot("x", "console");
         let b = direct.snapshot("x", "console");
@@ -486,10 +467,21 @@ mod tests {
         assert_eq!(a.p50_us, 0);
         assert_eq!(a.max_us, 1000);
         let o = other.snapshot("other", "console");
-        assert_eq!((o.calls, o.bytes_in), (50, 150));
+        assert_eq!(
+            (o.calls, o.bytes_in, o.bytes_out, o.p50_us),
+            (50, 150, 0, 0)
+        );
         // Outside a batch every record goes straight to the counters.
-        batch::record_in(&other, 1);
-        assert_eq!(other.snapshot("other", "console").calls, 51);
+        batch::record(&other, 1, Some((4, true)));
+        let o = other.snapshot("other", "console");
+        assert_eq!((o.calls, o.bytes_out, o.errors), (51, 4, 1));
+        // `publish` within a batch adds what was summed so far.
+        batch::begin();
+        batch::record(&other, 1, None);
+        batch::publish();
+        assert_eq!(other.snapshot("other", "console").calls, 52);
+        batch::end();
+        assert_eq!(other.snapshot("other", "console").calls, 52);
     }
 
     /// More zero samples in one batch than the ring holds: the ring is
@@ -502,7 +494,7 @@ mod tests {
         }
         batch::begin();
         for _ in 0..LATENCY_SAMPLES + 3 {
-            batch::record_out(&s, 0, false, Duration::ZERO);
+            batch::record(&s, 0, Some((0, false)));
         }
         batch::end();
         let snap = s.snapshot("x", "console");
