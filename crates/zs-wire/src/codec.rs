@@ -3,7 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{FrameKind, FLAG_COMPRESSED, FLAG_RESERVED, KIND_MASK, VERSION};
-use crate::varint::{get_varint, put_varint, varint_fast, varint_len, Varint};
+use crate::varint::{get_varint, put_varint, varint_fast, varint_len, varint_mid, Varint};
 use crate::{Config, DecodeError, Frame, WireError};
 
 /// Frames up to this size (header included) are assembled on the stack.
@@ -128,7 +128,7 @@ fn finish(h: Header, body: Bytes, config: &Config) -> Result<Frame, DecodeError>
 #[inline(always)]
 fn varint_at(b: &[u8], p: &mut usize) -> Option<u64> {
     let rest = b.get(*p..)?;
-    let (v, n) = match varint_fast(rest) {
+    let (v, n) = match varint_fast(rest).or_else(|| varint_mid(rest)) {
         Some(vn) => vn,
         None => match get_varint(rest) {
             Ok(Varint::Done(v, n)) => (v, n),
