@@ -679,6 +679,9 @@ impl Link {
 
     /// Sends what the session produced and arms its next timer. Call with the lock held.
     fn flush(&self, st: &mut LinkState) {
+        // Statistics summed by this thread's batch first: no answer leaves
+        // before it is counted.
+        crate::stats::batch::publish();
         self.take_local(st);
         // A large payload kept apart from its frame head goes out as its own
         // piece, in one vectored send with the rest (no copy behind the head).
@@ -1059,6 +1062,8 @@ impl<'a> Held<'a> {
     fn new(link: &'a Link, local: bool) -> Held<'a> {
         let key = if local { link.key() } else { 0 };
         let wire = &link.shared.session_cfg.wire;
+        // Command statistics are summed until the batch's end.
+        crate::stats::batch::begin();
         Held(link, crate::registry::inline::hold(key, wire))
     }
 }
@@ -1071,6 +1076,8 @@ impl Held<'_> {
         let (link, previous) = (self.0, self.1);
         std::mem::forget(self);
         crate::registry::inline::release(previous);
+        // Published before the batch's output leaves (`end_hold`).
+        crate::stats::batch::end();
         let mut st = lock(&link.st);
         link.end_hold(&mut st);
         input.is_some_and(|conn| link.input_check(&mut st, conn))
@@ -1080,6 +1087,7 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         crate::registry::inline::release(self.1);
+        crate::stats::batch::end();
         self.0.end_hold(&mut lock(&self.0.st));
     }
 }

@@ -261,7 +261,7 @@ pub(crate) mod inline {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use bytes::BytesMut;
-    use zs_wire::{Encoder, Frame};
+    use zs_wire::{Encoder, Frame, Text};
 
     /// Threads that issued tickets (the high half of a ticket).
     static THREADS: AtomicU64 = AtomicU64::new(0);
@@ -273,10 +273,25 @@ pub(crate) mod inline {
         buf: BytesMut,
     }
 
+    /// Whether the responder of the handler running inline answered.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Answered {
+        No,
+        /// Answered, its statistics recorded.
+        Yes,
+        /// Answered within the turn while a batch of statistics is held:
+        /// its payload bytes and whether it was an error, left for the
+        /// dispatcher to sum with the request in one record.
+        Left {
+            bytes: usize,
+            error: bool,
+        },
+    }
+
     thread_local! {
         /// The ticket of the handler running inline on this thread (0: none),
         /// and whether its responder answered.
-        static CURRENT: Cell<(u64, bool)> = const { Cell::new((0, false)) };
+        static CURRENT: Cell<(u64, Answered)> = const { Cell::new((0, Answered::No)) };
         /// The last ticket issued on this thread.
         static LAST: Cell<u64> = const { Cell::new(0) };
         /// The connection whose batch this thread holds with local answers
@@ -289,20 +304,24 @@ pub(crate) mod inline {
 
     /// A fresh ticket, made current; returns it and the ticket it replaced
     /// (to give back to [`end`]).
-    pub(crate) fn begin() -> (u64, (u64, bool)) {
+    pub(crate) fn begin() -> (u64, (u64, Answered)) {
         let mut t = LAST.get();
         if t & 0xFFFF_FFFF == 0xFFFF_FFFF || t == 0 {
             t = (THREADS.fetch_add(1, Ordering::Relaxed) + 1) << 32;
         }
         t += 1;
         LAST.set(t);
-        (t, CURRENT.replace((t, false)))
+        (t, CURRENT.replace((t, Answered::No)))
     }
 
     /// The inline run of `ticket` ended: whether its responder answered.
-    pub(crate) fn end(ticket: u64, previous: (u64, bool)) -> bool {
+    pub(crate) fn end(ticket: u64, previous: (u64, Answered)) -> Answered {
         let (t, answered) = CURRENT.replace(previous);
-        t == ticket && answered
+        if t == ticket {
+            answered
+        } else {
+            Answered::No
+        }
     }
 
     /// Called as a responder finishes: whether it answers inline (its
@@ -310,23 +329,46 @@ pub(crate) mod inline {
     pub(crate) fn answering(ticket: u64) -> bool {
         let (t, _) = CURRENT.get();
         if ticket != 0 && t == ticket {
-            CURRENT.set((t, true));
+            CURRENT.set((t, Answered::Yes));
             true
         } else {
             false
         }
     }
 
+    /// The responder of `ticket` (answering inline, see [`answering`])
+    /// leaves its statistics to the dispatcher.
+    pub(crate) fn leave(ticket: u64, bytes: usize, error: bool) {
+        CURRENT.set((ticket, Answered::Left { bytes, error }));
+    }
+
     /// Encodes `frame` for connection `key` into the local buffer. `None`
     /// when this thread does not hold that connection's batch (or holds
     /// another connection's answers): the caller sends it the shared way.
     pub(crate) fn encode(key: usize, frame: &Frame) -> Option<Result<(), zs_wire::WireError>> {
+        encode_with(key, |e, buf| e.encode(frame, buf))
+    }
+
+    /// [`encode`] of the answer `ConsoleResponse { id, text }` from its
+    /// parts (no [`Frame`] built for it).
+    pub(crate) fn encode_text_answer(
+        key: usize,
+        id: u64,
+        text: &Text,
+    ) -> Option<Result<(), zs_wire::WireError>> {
+        encode_with(key, |e, buf| e.encode_console_response(id, text, buf))
+    }
+
+    fn encode_with(
+        key: usize,
+        put: impl FnOnce(&mut Encoder, &mut BytesMut) -> Result<(), zs_wire::WireError>,
+    ) -> Option<Result<(), zs_wire::WireError>> {
         if HELD.get() != key || (WAITING.get() != key && WAITING.get() != 0) {
             return None;
         }
         LOCAL.with_borrow_mut(|l| {
             let Local { encoder, buf } = l;
-            let r = encoder.as_mut()?.encode(frame, buf);
+            let r = put(encoder.as_mut()?, buf);
             if !buf.is_empty() {
                 WAITING.set(key);
             }
@@ -430,20 +472,37 @@ impl Responder {
         } else {
             now.saturating_duration_since(self.started)
         };
-        self.stats.record_out(len, err, latency);
-        let id = self.id;
-        let frame = Reply::frame(id, result.map_err(|e| (e.code, Text::from(e.message))));
         let inline = inline::answering(self.ticket);
-        let local = match inline && self.local {
-            // Encoded now; the batch's end hands it to the session, under
-            // the lock taken then anyway.
-            true => inline::encode(conn_key(&self.peer), &frame),
-            false => None,
+        if inline && latency.is_zero() && crate::stats::batch::active() {
+            // Summed by the dispatcher with the request, in the batch's
+            // sums (published before the batch's output, this answer
+            // included, leaves).
+            inline::leave(self.ticket, len, err);
+        } else {
+            self.stats.record_out(len, err, latency);
+        }
+        let id = self.id;
+        let local = inline && self.local;
+        // A text answer given inline is encoded from its parts (the common
+        // answer: no `Frame` built for it).
+        let text = match (&result, local) {
+            (Ok(Reply::Text(t)), true) => inline::encode_text_answer(conn_key(&self.peer), id, t),
+            _ => None,
         };
-        let r = match local {
+        let r = match text {
             Some(r) => r.map_err(crate::Error::from),
-            // Fails with ConnectionLost when the connection is gone (one lock).
-            None => self.peer.send_frame(frame),
+            None => {
+                let frame = Reply::frame(id, result.map_err(|e| (e.code, Text::from(e.message))));
+                match local {
+                    // Encoded now; the batch's end hands it to the session,
+                    // under the lock taken then anyway.
+                    true => inline::encode(conn_key(&self.peer), &frame),
+                    false => None,
+                }
+                .map(|r| r.map_err(crate::Error::from))
+                // Fails with ConnectionLost when the connection is gone (one lock).
+                .unwrap_or_else(|| self.peer.send_frame(frame))
+            }
         };
         if !inline {
             self.peer.out().request_finished();
@@ -1177,7 +1236,12 @@ impl Registry {
             }
             return false;
         };
-        entry.stats.record_in(len);
+        // While the loop holds a batch the request is summed with its
+        // answer when the handler returns (`stats::batch`).
+        let batched = crate::stats::batch::active();
+        if !batched {
+            entry.stats.record_in(len);
+        }
         match (&entry.run, id) {
             (Run::Answering(f), Some(id)) => {
                 let mut responder = Responder {
@@ -1194,6 +1258,9 @@ impl Registry {
                 };
                 let pool = pool.filter(|_| entry.hpc);
                 if pool.is_some() {
+                    if batched {
+                        crate::stats::batch::record(&entry.stats, len, None);
+                    }
                     peer.out().request_started();
                 }
                 match pool {
@@ -1201,9 +1268,17 @@ impl Registry {
                         let (ticket, previous) = inline::begin();
                         responder.ticket = ticket;
                         f(peer, req, responder);
-                        if !inline::end(ticket, previous) {
+                        let answered = inline::end(ticket, previous);
+                        if answered == inline::Answered::No {
                             // Kept for later: in flight until it answers.
                             peer.out().request_started();
+                        }
+                        if batched {
+                            let out = match answered {
+                                inline::Answered::Left { bytes, error } => Some((bytes, error)),
+                                _ => None,
+                            };
+                            crate::stats::batch::record(&entry.stats, len, out);
                         }
                     }
                     Some(pool) if pool.is_full() => {
@@ -1228,16 +1303,26 @@ impl Registry {
             (Run::OneWay(f), _) => {
                 let started = crate::clock::now();
                 f(peer, req);
-                entry.stats.record_out(
-                    0,
-                    false,
-                    crate::clock::now().saturating_duration_since(started),
-                );
+                let latency = crate::clock::now().saturating_duration_since(started);
+                match batched {
+                    true if latency.is_zero() => {
+                        crate::stats::batch::record(&entry.stats, len, Some((0, false)))
+                    }
+                    true => {
+                        crate::stats::batch::record(&entry.stats, len, None);
+                        entry.stats.record_out(0, false, latency);
+                    }
+                    false => entry.stats.record_out(0, false, latency),
+                }
                 if ordered {
                     peer.out().request_done();
                 }
             }
-            (Run::Answering(_), None) | (Run::Chunks(_), _) | (Run::Collect(_), _) => {}
+            (Run::Answering(_), None) | (Run::Chunks(_), _) | (Run::Collect(_), _) => {
+                if batched {
+                    crate::stats::batch::record(&entry.stats, len, None);
+                }
+            }
         }
         true
     }

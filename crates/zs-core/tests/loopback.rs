@@ -629,6 +629,55 @@ fn inline_answers_keep_their_order_with_pushes(backend: Arc<dyn Backend>) {
     }
 }
 
+/// Command statistics are summed per batch on the loop thread and published
+/// before the batch's answers leave: every answer the client sees is already
+/// counted (checked per answer: it fails if the sums were published only
+/// later, e.g. when the link goes idle; publishing right after the flush
+/// instead of before it is a race this test does not catch), and the totals
+/// are exact at the end.
+fn batched_statistics_are_exact_once_answered(backend: Arc<dyn Backend>) {
+    let mut r = Registry::new();
+    r.console_delayed("a", |_, t, r| {
+        let _ = r.reply_text(t);
+    });
+    let s = Arc::new(Setup::new(backend, r, Options::default()));
+    let c = s.client();
+    const N: usize = 300;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let early = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..N {
+        let (s, seen, early) = (s.clone(), seen.clone(), early.clone());
+        let call = zs_core::Call::Console {
+            cmd: "a".into(),
+            text: format!("{i:04}").as_str().into(),
+        };
+        c.call_with(call, None, move |r| {
+            assert!(r.is_ok(), "{r:?}");
+            let n = seen.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+            let st = s.server.stats();
+            let a = st.commands.iter().find(|c| c.name == "a").unwrap();
+            if a.calls < n || a.bytes_in < 4 * n || a.bytes_out < 4 * n {
+                early.lock().unwrap().push((n, a.calls, a.bytes_out));
+            }
+        });
+    }
+    assert!(wait_until(Duration::from_secs(20), || seen
+        .load(Ordering::SeqCst)
+        == N));
+    assert_eq!(
+        *early.lock().unwrap(),
+        vec![],
+        "answers seen before counted"
+    );
+    let st = s.server.stats();
+    let a = st.commands.iter().find(|c| c.name == "a").unwrap();
+    let n = N as u64;
+    assert_eq!(
+        (a.calls, a.errors, a.bytes_in, a.bytes_out),
+        (n, 0, 4 * n, 4 * n)
+    );
+}
+
 macro_rules! on_backends {
     ($($name:ident),* $(,)?) => {
         #[cfg(target_os = "linux")]
@@ -668,4 +717,5 @@ on_backends!(
     async_handler_awaits_another_server,
     psk_identity_reaches_handlers,
     inline_answers_keep_their_order_with_pushes,
+    batched_statistics_are_exact_once_answered,
 );

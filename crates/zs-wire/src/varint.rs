@@ -45,6 +45,27 @@ pub(crate) fn varint_fast(src: &[u8]) -> Option<(u64, usize)> {
     }
 }
 
+/// The next step after [`varint_fast`]: a canonical three- or four-byte
+/// varint (16384 to 2^28 - 1, e.g. the ids of a long-lived connection's
+/// calls) and its size; `None` for anything else. Only for a `src` whose
+/// first two bytes [`varint_fast`] did not take.
+#[inline(always)]
+pub(crate) fn varint_mid(src: &[u8]) -> Option<(u64, usize)> {
+    let low = |b0: u8, b1: u8| (b0 & 0x7f) as u64 | ((b1 & 0x7f) as u64) << 7;
+    match *src {
+        [b0, b1, b2, ..] if b0 >= 0x80 && b1 >= 0x80 && b2 < 0x80 && b2 != 0 => {
+            Some((low(b0, b1) | (b2 as u64) << 14, 3))
+        }
+        [b0, b1, b2, b3, ..] if b0 >= 0x80 && b1 >= 0x80 && b2 >= 0x80 && b3 < 0x80 && b3 != 0 => {
+            Some((
+                low(b0, b1) | ((b2 & 0x7f) as u64) << 14 | (b3 as u64) << 21,
+                4,
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Reads a canonical varint from the start of `src`.
 #[inline]
 pub(crate) fn get_varint(src: &[u8]) -> Result<Varint, WireError> {
@@ -244,6 +265,36 @@ mod tests {
             assert_eq!(varint_len(v), enc(v).len(), "{v}");
             match get_varint(&enc(v)).unwrap() {
                 Varint::Done(x, n) => assert_eq!((x, n), (v, enc(v).len())),
+                Varint::Incomplete => panic!("incomplete"),
+            }
+        }
+    }
+
+    /// `varint_mid` reads what `get_varint` reads for three- and four-byte
+    /// varints, and declines everything else (shorter, longer,
+    /// non-canonical, incomplete).
+    #[test]
+    fn mid_varints_agree_with_the_general_reader() {
+        let edges = [0u64, 127, 128, 16383, 16384, 16385, 2_097_151, 2_097_152];
+        let more = [268_435_455u64, 268_435_456, 300_000, 1 << 27, u64::MAX];
+        for v in edges.into_iter().chain(more) {
+            let e = enc(v);
+            let want = match e.len() {
+                3 | 4 => Some((v, e.len())),
+                _ => None,
+            };
+            assert_eq!(varint_mid(&e), want, "{v}");
+            let mut tail = e.clone();
+            tail.push(0x55);
+            assert_eq!(varint_mid(&tail), want, "{v} with a byte after it");
+            assert_eq!(varint_mid(&e[..e.len() - 1]), None, "{v} cut");
+        }
+        // Non-canonical: a zero last group.
+        assert_eq!(varint_mid(&[0x80, 0x80, 0x00]), None);
+        assert_eq!(varint_mid(&[0x80, 0x80, 0x80, 0x00]), None);
+        for b in [[0xffu8, 0xff, 0x7f], [0x81, 0x80, 0x01]] {
+            match get_varint(&b).unwrap() {
+                Varint::Done(x, n) => assert_eq!(varint_mid(&b), Some((x, n))),
                 Varint::Incomplete => panic!("incomplete"),
             }
         }
