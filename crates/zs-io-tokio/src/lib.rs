@@ -43,9 +43,8 @@
 #![forbid(unsafe_code)]
 
 mod bridge;
+mod timers;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,7 +52,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use socket2::SockRef;
-use std::future::Future;
 use std::task::{Poll, Waker};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::{Handle, Runtime};
@@ -66,6 +64,7 @@ use zs_io::{
 };
 
 pub use bridge::{AsyncConn, AsyncListener};
+use timers::{Target, Timers};
 
 const MAX_IOV: usize = 64;
 
@@ -80,6 +79,8 @@ struct Shared {
     shut_tx: watch::Sender<bool>,
     /// The outgoing connections, which the backend's shutdown ends.
     outgoing: Arc<StopSet>,
+    /// Every connection's timers, driven by one task (session 13).
+    timers: Arc<Timers<TConn>>,
     shut: AtomicBool,
     next_id: AtomicU64,
     /// Live tasks (listeners, connections, connects) and a condvar to await zero.
@@ -139,6 +140,8 @@ impl TokioBackend {
 
     fn build(cfg: Config, handle: Handle, rt: Option<Runtime>) -> TokioBackend {
         let (shut_tx, _) = watch::channel(false);
+        let timers = Timers::new();
+        timers.start(&handle);
         TokioBackend {
             shared: Arc::new(Shared {
                 cfg,
@@ -146,6 +149,7 @@ impl TokioBackend {
                 runtime: Mutex::new(rt),
                 shut_tx,
                 outgoing: Arc::default(),
+                timers,
                 shut: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 tasks: Mutex::new(0),
@@ -278,6 +282,7 @@ impl Backend for TokioBackend {
         self.shared.shut.store(true, Ordering::Release);
         self.shared.shut_tx.send_replace(true);
         self.shared.outgoing.stop();
+        self.shared.timers.shutdown();
         if Handle::try_current().is_ok() {
             // Inside a runtime we must not block: the tasks end on their own.
             // An owned runtime cannot be dropped here either (tokio panics when
@@ -473,13 +478,8 @@ struct TState {
     closed: bool,
     paused: bool,
     idle: Option<Duration>,
-    /// Pending timers `(at, seq, token)`, soonest first (`seq` keeps those
-    /// of one instant in the order they were set). `set_timer` pushes here
-    /// directly: no second list to hand them over to the task (session 12).
-    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
-    /// The `seq` of the last timer set.
-    timer_seq: u64,
-    /// Tokens of [`Connection::wake`] calls not yet delivered.
+    /// Tokens of [`Connection::wake`] calls and of timers that came due, not
+    /// yet delivered (freed when empty: idle connections hold no buffer).
     wakes: Vec<u64>,
     /// Another thread asked the task to look at this state.
     poked: bool,
@@ -494,7 +494,26 @@ struct TConn {
     id: ConnId,
     peer: SocketAddr,
     local: SocketAddr,
+    /// The backend's timers, and this connection as their target: timers
+    /// live there, not in the connection (session 13).
+    timers: Arc<Timers<TConn>>,
+    me: Weak<TConn>,
     state: Mutex<TState>,
+}
+
+impl Target for TConn {
+    fn fire(&self, token: u64, internal: bool) {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return;
+        }
+        // An internal entry (the task's idle or linger deadline) only wakes
+        // the task, which checks its deadlines once nothing else is ready.
+        if !internal {
+            st.wakes.push(token);
+        }
+        self.poke(&mut st);
+    }
 }
 
 impl TConn {
@@ -561,14 +580,11 @@ impl Connection for TConn {
         self.poke(&mut st);
     }
     fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
-        let mut st = lock(&self.state);
-        if st.closed {
+        if lock(&self.state).closed {
             return Err(Error::Closed);
         }
-        st.timer_seq += 1;
-        let entry = (Instant::now() + after, st.timer_seq, token);
-        st.timers.push(Reverse(entry));
-        self.poke(&mut st);
+        let at = Instant::now() + after;
+        self.timers.arm(at, token, false, self.me.clone());
         Ok(())
     }
     fn wake(&self, token: u64) -> Result<(), Error> {
@@ -612,7 +628,7 @@ struct Plan {
     read: bool,
     write: bool,
     writable_cb: bool,
-    /// A [`Connection::wake`] token to deliver now.
+    /// A [`Connection::wake`] or timer token to deliver now.
     wake: Option<u64>,
     end: Option<(CloseReason, bool)>,
 }
@@ -623,7 +639,8 @@ enum Wake {
     Poked,
     Readable(io::Result<()>),
     Writable(io::Result<()>),
-    Timer,
+    /// The soonest own deadline (idle timeout, close linger) has passed.
+    Deadline,
 }
 
 /// One connection's task: owns the socket and the handler.
@@ -641,10 +658,12 @@ async fn run_conn(
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
-    let tc = Arc::new(TConn {
+    let tc = Arc::new_cyclic(|me| TConn {
         id,
         peer,
         local,
+        timers: shared.timers.clone(),
+        me: me.clone(),
         state: Mutex::new(TState {
             queue: SendQueue::new(cfg.send_queue_limit),
             in_callback: false,
@@ -654,8 +673,6 @@ async fn run_conn(
             closed: false,
             paused: false,
             idle: cfg.idle_timeout,
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
             wakes: Vec::new(),
             poked: false,
             stop: false,
@@ -667,14 +684,17 @@ async fn run_conn(
         lock(&tc.state).stop = true;
     }
     let conn: Conn = tc.clone();
-    // The connection's only stored future: one timer, reset when the
-    // deadline moves. Readiness is polled without a future (`poll_*_ready`),
-    // other threads wake the task through `TState::waker`, and a stop (the
-    // listener's, or the backend's for an outgoing connection) comes as
-    // `TState::stop` through the `StopSet`: a `select!` over six futures made
-    // this task 1.2 KB (session 12).
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
-    let mut sleep_at: Option<Instant> = None;
+    // The connection stores no future: readiness is polled without one
+    // (`poll_*_ready`), other threads wake the task through `TState::waker`,
+    // a stop (the listener's, or the backend's for an outgoing connection)
+    // comes as `TState::stop` through the `StopSet` (session 12), and timers
+    // (the handler's, and the task's own idle and linger deadlines) are
+    // entries in the backend's `Timers`, which come back as `TState::wakes`
+    // and `TState::deadline_due` (session 13). A `select!` over six futures
+    // made this task 1.2 KB.
+    // The soonest own deadline armed in `Timers` (later entries may still be
+    // pending there; they come as a harmless extra check).
+    let mut armed_at: Option<Instant> = None;
     let mut rbuf = BytesMut::new();
     let mut eof = false;
     let mut fin_sent = false;
@@ -711,7 +731,11 @@ async fn run_conn(
                 };
                 if !st.wakes.is_empty() {
                     plan.wake = Some(st.wakes.remove(0));
+                    if st.wakes.is_empty() {
+                        st.wakes = Vec::new();
+                    }
                 }
+
                 if st.abort {
                     plan.end = Some((CloseReason::Local, true));
                 } else {
@@ -786,21 +810,15 @@ async fn run_conn(
                 }
                 continue;
             }
-            let (idle, mut deadline) = {
-                let st = lock(&tc.state);
-                (st.idle, st.timers.peek().map(|Reverse((at, _, _))| *at))
+            let idle = lock(&tc.state).idle;
+            let deadline = match (idle.map(|d| last_activity + d), linger_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            if let Some(d) = idle {
-                let at = last_activity + d;
-                deadline = Some(deadline.map_or(at, |x| x.min(at)));
-            }
-            if let Some(l) = linger_deadline {
-                deadline = Some(deadline.map_or(l, |x| x.min(l)));
-            }
             if let Some(d) = deadline {
-                if sleep_at != Some(d) {
-                    sleep.as_mut().reset(d);
-                    sleep_at = Some(d);
+                if armed_at.is_none_or(|a| d < a) {
+                    tc.timers.arm(d, 0, true, tc.me.clone());
+                    armed_at = Some(d);
                 }
             }
             let wake = std::future::poll_fn(|cx| {
@@ -826,8 +844,10 @@ async fn run_conn(
                         return Poll::Ready(Wake::Writable(r));
                     }
                 }
-                if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Timer);
+                // Own deadlines last: data already waiting is read first
+                // (it may keep the connection alive).
+                if armed_at.is_some_and(|a| a <= Instant::now()) {
+                    return Poll::Ready(Wake::Deadline);
                 }
                 Poll::Pending
             })
@@ -889,8 +909,8 @@ async fn run_conn(
                         break (reason_of(&e), false);
                     }
                 }
-                Wake::Timer => {
-                    sleep_at = None;
+                Wake::Deadline => {
+                    armed_at = None;
                     let now = Instant::now();
                     if linger_deadline.is_some_and(|l| l <= now) {
                         break (
@@ -902,28 +922,8 @@ async fn run_conn(
                             false,
                         );
                     }
-                    if let Some(d) = idle {
-                        if now.duration_since(last_activity) >= d {
-                            break (CloseReason::IdleTimeout, false);
-                        }
-                    }
-                    // Only the timers set before this wake-up: one a callback
-                    // sets now waits for the next round.
-                    let last = lock(&tc.state).timer_seq;
-                    while let Some(token) = {
-                        let mut st = lock(&tc.state);
-                        match st.timers.peek() {
-                            Some(Reverse((at, seq, token))) if *at <= now && *seq <= last => {
-                                let token = *token;
-                                st.timers.pop();
-                                Some(token)
-                            }
-                            _ => None,
-                        }
-                    } {
-                        if !callback!("on_timer", handler.on_timer(&conn, token)) {
-                            break 'conn PANICKED;
-                        }
+                    if idle.is_some_and(|d| now.duration_since(last_activity) >= d) {
+                        break (CloseReason::IdleTimeout, false);
                     }
                 }
             }
@@ -934,8 +934,7 @@ async fn run_conn(
         st.closed = true;
         st.closing = true;
         st.queue.clear();
-        st.timers.clear();
-        st.wakes.clear();
+        st.wakes = Vec::new();
         st.waker = None;
     }
     if let Some(slot) = slot {
