@@ -648,9 +648,10 @@ enum Wake {
 /// filled up to its room and never regrown, since regrowing would copy what
 /// it holds; the socket stays readable, so the task reads on once the handler
 /// has taken what it wanted. Any other buffer gets a chunk of room, and once
-/// a first read fills it (a bulk transfer), room for the whole read budget (4
-/// chunks) at once instead of being regrown chunk by chunk. Reading stops at
-/// the budget, at `WouldBlock` or at the end of the stream.
+/// a first read fills it (a bulk transfer), room for the rest of the read
+/// budget (4 chunks) at once instead of being regrown chunk by chunk. Reading
+/// stops at the budget (a read may take all the room it has), at
+/// `WouldBlock` or at the end of the stream.
 fn read_into(
     stream: &TcpStream,
     rbuf: &mut BytesMut,
@@ -679,7 +680,7 @@ fn read_into(
             Ok(0) => return (got, true, None),
             Ok(n) => {
                 if !sized && got == 0 && rbuf.capacity() == rbuf.len() {
-                    rbuf.reserve(most);
+                    rbuf.reserve(most.saturating_sub(n));
                 }
                 got += n;
             }
@@ -1014,6 +1015,64 @@ mod size_tests {
             let f = run_conn(b.shared.clone(), s, Box::new(H), Arc::default(), g);
             let n = std::mem::size_of_val(&f);
             assert!(n <= 416, "the connection future is {n} bytes");
+        });
+    }
+
+    /// `read_into` on a fresh buffer with a bulk transfer waiting: it reads
+    /// exactly the budget (4 chunks) and no more, into one buffer that got
+    /// room for the whole budget after the first full chunk (at most one
+    /// regrow: its start moves at most once); a buffer the handler sized
+    /// is filled up to its room and not regrown, and the stream's end is
+    /// reported.
+    #[test]
+    fn read_into_follows_the_reactors_rule() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            // `read_chunk` 1 means the smallest chunk, 1 KiB.
+            let chunk = 1024;
+            let data: Vec<u8> = (0..160 * chunk).map(|i| i as u8).collect();
+            std::io::Write::write_all(&mut c, &data).unwrap();
+            let mut rbuf = BytesMut::new();
+            let mut got = 0;
+            while got == 0 {
+                s.readable().await.unwrap();
+                let (n, end, err) = read_into(&s, &mut rbuf, 1);
+                assert!(!end && err.is_none());
+                got = n;
+            }
+            assert!(got <= 4 * chunk, "read {got}, past the budget");
+            assert_eq!(&rbuf[..], &data[..got]);
+            // The handler sizes the buffer for 3 more chunks.
+            rbuf.reserve(3 * chunk);
+            let (at, room) = (rbuf.as_ptr(), rbuf.capacity() - rbuf.len());
+            let mut have = rbuf.len();
+            while rbuf.capacity() > rbuf.len() {
+                s.readable().await.unwrap();
+                let (n, _, _) = read_into(&s, &mut rbuf, 1);
+                have += n;
+                assert_eq!(rbuf.as_ptr(), at, "a sized buffer was regrown");
+            }
+            assert_eq!(have - got, room);
+            assert_eq!(&rbuf[..], &data[..have]);
+            drop(c);
+            let mut rest = rbuf.split().len();
+            loop {
+                s.readable().await.unwrap();
+                let (n, end, err) = read_into(&s, &mut rbuf, 1);
+                assert!(err.is_none());
+                rest += n;
+                rbuf.clear();
+                if end {
+                    break;
+                }
+            }
+            assert_eq!(rest, data.len());
         });
     }
 
