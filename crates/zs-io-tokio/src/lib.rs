@@ -984,6 +984,15 @@ async fn run_conn(
 mod size_tests {
     use super::*;
 
+    /// Runs `f` on a fresh current-thread runtime.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     /// Every idle connection is one task holding this future (issue 13's
     /// idle-bytes goal): it waits through `poll_fn` on readiness, its stop
     /// flag and one timer. The `select!` of six futures it replaced made it
@@ -996,11 +1005,7 @@ mod size_tests {
     /// the release future at or below 400 B.
     #[test]
     fn the_connection_task_stays_small() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let _c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
                 .await
@@ -1018,19 +1023,13 @@ mod size_tests {
         });
     }
 
-    /// `read_into` on a fresh buffer with a bulk transfer waiting: it reads
-    /// exactly the budget (4 chunks) and no more, into one buffer that got
-    /// room for the whole budget after the first full chunk (at most one
-    /// regrow: its start moves at most once); a buffer the handler sized
-    /// is filled up to its room and not regrown, and the stream's end is
-    /// reported.
+    /// `read_into` on a fresh buffer with a bulk transfer waiting stops at
+    /// the budget (4 chunks: after a full first chunk the buffer gets room
+    /// for the rest of it); a buffer the handler sized is filled up to its
+    /// room and not regrown; the stream's end is reported once all is read.
     #[test]
     fn read_into_follows_the_reactors_rule() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let (s, _) = l.accept().await.unwrap();
