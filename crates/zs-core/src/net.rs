@@ -1173,11 +1173,13 @@ type Connected = Result<(Arc<Link>, Peer)>;
 struct ConnHandler {
     shared: Arc<Shared>,
     link: Option<(Arc<Link>, Peer)>,
-    connected: Option<mpsc::Sender<Connected>>,
+    /// (This and the next two are boxed: most connections never have them,
+    /// and every idle session keeps its handler; issue 13's idle bytes.)
+    connected: Option<Box<mpsc::Sender<Connected>>>,
     /// StableIO client reconnect: the logical session this connection joins.
-    attach: Option<(Arc<Link>, Peer)>,
+    attach: Option<Box<(Arc<Link>, Peer)>>,
     /// Server: the StableIO credentials offered on this connection.
-    offer: Option<(u64, [u8; SECRET_LEN])>,
+    offer: Option<Box<(u64, [u8; SECRET_LEN])>>,
     /// Server: the source address this connection is counted under by the
     /// admission caps (None: not counted).
     admitted: Option<IpAddr>,
@@ -1267,7 +1269,7 @@ impl ConnHandler {
         for w in std::mem::take(works) {
             match w {
                 Work::Event(Event::StableReady { session: sid }) if self.shared.server => {
-                    if let Some((_, secret)) = self.offer.filter(|o| o.0 == sid) {
+                    if let Some(&(_, secret)) = self.offer.as_deref().filter(|o| o.0 == sid) {
                         lock(&self.shared.stable).insert(
                             sid,
                             StableEntry {
@@ -1611,7 +1613,7 @@ impl Handler for ConnHandler {
             let _ = conn.set_timer(k, TOKEN_KEEPALIVE);
         }
         self.shared.stats.opened.fetch_add(1, Ordering::Relaxed);
-        if let Some((link, peer)) = self.attach.take() {
+        if let Some((link, peer)) = self.attach.take().map(|a| *a) {
             // StableIO client: a new connection for the existing session; the
             // resume request goes out at once (keys exist already).
             let mut st = lock(&link.st);
@@ -1644,11 +1646,11 @@ impl Handler for ConnHandler {
         session.set_budgets(self.shared.budgets.clone());
         if self.shared.server {
             self.offer = if o.stable {
-                self.shared.new_offer()
+                self.shared.new_offer().map(Box::new)
             } else {
                 None
             };
-            session.serve_stable(self.offer);
+            session.serve_stable(self.offer.as_deref().copied());
         } else if self.shared.client_stable {
             let _ = session.request_stable(now);
         }
@@ -2202,7 +2204,7 @@ impl Client {
         let (tx, rx) = mpsc::channel();
         let o = &shared.options;
         let mut h = ConnHandler::new(shared.clone());
-        h.connected = Some(tx);
+        h.connected = Some(Box::new(tx));
         backend.connect(addr, o.connect_timeout, Box::new(h))?;
         let (link, peer) = rx
             .recv_timeout(o.connect_timeout + Duration::from_secs(5))
@@ -2558,7 +2560,7 @@ fn reconnect_loop(
                 offline_tick();
                 tracing::debug!(attempt, ?delay, "StableIO reconnecting");
                 let mut h = ConnHandler::new(shared.clone());
-                h.attach = Some((link.clone(), peer.clone()));
+                h.attach = Some(Box::new((link.clone(), peer.clone())));
                 if let Err(e) = backend.connect(addr, shared.options.connect_timeout, Box::new(h)) {
                     tracing::debug!(error = %e, "StableIO reconnect attempt failed");
                     let _ = tx.send(Reconn::Down);
@@ -2588,5 +2590,14 @@ mod size_tests {
     fn a_link_stays_small() {
         let n = std::mem::size_of::<super::Link>();
         assert!(n <= 768, "Link is {n} bytes");
+    }
+
+    /// Every idle session keeps its connection handler: what only some
+    /// connections have (a client's connect reply, a StableIO reconnect, a
+    /// server's StableIO offer) is boxed. 160 B before session 13.
+    #[test]
+    fn a_connection_handler_stays_small() {
+        let n = std::mem::size_of::<super::ConnHandler>();
+        assert!(n <= 112, "ConnHandler is {n} bytes");
     }
 }
