@@ -2373,6 +2373,11 @@ impl Session {
         self.stable.as_ref().map(|s| s.sid)
     }
 
+    /// The StableIO session id and resume secret, once negotiated.
+    pub fn stable_credentials(&self) -> Option<(u64, [u8; SECRET_LEN])> {
+        self.stable.as_ref().map(|s| (s.sid, s.secret))
+    }
+
     /// Whether a stable session is online (records flow on a link).
     pub fn is_online(&self) -> bool {
         self.link_up && self.stable.as_ref().is_none_or(|s| s.transmitting())

@@ -43,9 +43,8 @@
 #![forbid(unsafe_code)]
 
 mod bridge;
+mod timers;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,7 +52,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use socket2::SockRef;
-use std::future::Future;
 use std::task::{Poll, Waker};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::{Handle, Runtime};
@@ -66,6 +64,7 @@ use zs_io::{
 };
 
 pub use bridge::{AsyncConn, AsyncListener};
+use timers::{Target, Timers};
 
 const MAX_IOV: usize = 64;
 
@@ -80,6 +79,8 @@ struct Shared {
     shut_tx: watch::Sender<bool>,
     /// The outgoing connections, which the backend's shutdown ends.
     outgoing: Arc<StopSet>,
+    /// Every connection's timers, driven by one task (session 13).
+    timers: Arc<Timers<TConn>>,
     shut: AtomicBool,
     next_id: AtomicU64,
     /// Live tasks (listeners, connections, connects) and a condvar to await zero.
@@ -139,6 +140,8 @@ impl TokioBackend {
 
     fn build(cfg: Config, handle: Handle, rt: Option<Runtime>) -> TokioBackend {
         let (shut_tx, _) = watch::channel(false);
+        let timers = Timers::new();
+        timers.start(&handle);
         TokioBackend {
             shared: Arc::new(Shared {
                 cfg,
@@ -146,6 +149,7 @@ impl TokioBackend {
                 runtime: Mutex::new(rt),
                 shut_tx,
                 outgoing: Arc::default(),
+                timers,
                 shut: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 tasks: Mutex::new(0),
@@ -260,9 +264,9 @@ impl Backend for TokioBackend {
                 Ok(Err(e)) => connect_failed(handler, Error::from_connect(e)),
                 Ok(Ok(stream)) => {
                     drop(shut);
-                    let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
                     let stop = shared.outgoing.clone();
-                    run_conn(shared.clone(), stream, handler, id, stop).await;
+                    run_conn(shared.clone(), stream, handler, stop, guard).await;
+                    return;
                 }
             }
             drop(guard);
@@ -278,6 +282,7 @@ impl Backend for TokioBackend {
         self.shared.shut.store(true, Ordering::Release);
         self.shared.shut_tx.send_replace(true);
         self.shared.outgoing.stop();
+        self.shared.timers.shutdown();
         if Handle::try_current().is_ok() {
             // Inside a runtime we must not block: the tasks end on their own.
             // An owned runtime cannot be dropped here either (tokio panics when
@@ -432,13 +437,11 @@ async fn accept_until_stopped(
                     let Some(h) = catch_handler_panic(None, "HandlerFactory", || factory()) else {
                         continue;
                     };
-                    let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
                     let guard = TaskGuard::new(&shared);
+                    // `run_conn`'s future itself is the task: a wrapping
+                    // `async` block would store its arguments twice.
                     let (s2, set) = (shared.clone(), conns.clone());
-                    shared.handle.spawn(async move {
-                        run_conn(s2, stream, h, id, set).await;
-                        drop(guard);
-                    });
+                    shared.handle.spawn(run_conn(s2, stream, h, set, guard));
                 }
                 Err(e) => {
                     // EMFILE and friends leave the connection queued: back off (10 to
@@ -473,13 +476,8 @@ struct TState {
     closed: bool,
     paused: bool,
     idle: Option<Duration>,
-    /// Pending timers `(at, seq, token)`, soonest first (`seq` keeps those
-    /// of one instant in the order they were set). `set_timer` pushes here
-    /// directly: no second list to hand them over to the task (session 12).
-    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
-    /// The `seq` of the last timer set.
-    timer_seq: u64,
-    /// Tokens of [`Connection::wake`] calls not yet delivered.
+    /// Tokens of [`Connection::wake`] calls and of timers that came due, not
+    /// yet delivered (freed when empty: idle connections hold no buffer).
     wakes: Vec<u64>,
     /// Another thread asked the task to look at this state.
     poked: bool,
@@ -494,7 +492,26 @@ struct TConn {
     id: ConnId,
     peer: SocketAddr,
     local: SocketAddr,
+    /// The backend's timers, and this connection as their target: timers
+    /// live there, not in the connection (session 13).
+    timers: Arc<Timers<TConn>>,
+    me: Weak<TConn>,
     state: Mutex<TState>,
+}
+
+impl Target for TConn {
+    fn fire(&self, token: u64, internal: bool) {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return;
+        }
+        // An internal entry (the task's idle or linger deadline) only wakes
+        // the task, which checks its deadlines once nothing else is ready.
+        if !internal {
+            st.wakes.push(token);
+        }
+        self.poke(&mut st);
+    }
 }
 
 impl TConn {
@@ -561,14 +578,11 @@ impl Connection for TConn {
         self.poke(&mut st);
     }
     fn set_timer(&self, after: Duration, token: u64) -> Result<(), Error> {
-        let mut st = lock(&self.state);
-        if st.closed {
+        if lock(&self.state).closed {
             return Err(Error::Closed);
         }
-        st.timer_seq += 1;
-        let entry = (Instant::now() + after, st.timer_seq, token);
-        st.timers.push(Reverse(entry));
-        self.poke(&mut st);
+        let at = Instant::now() + after;
+        self.timers.arm(at, token, false, self.me.clone());
         Ok(())
     }
     fn wake(&self, token: u64) -> Result<(), Error> {
@@ -612,7 +626,7 @@ struct Plan {
     read: bool,
     write: bool,
     writable_cb: bool,
-    /// A [`Connection::wake`] token to deliver now.
+    /// A [`Connection::wake`] or timer token to deliver now.
     wake: Option<u64>,
     end: Option<(CloseReason, bool)>,
 }
@@ -623,7 +637,58 @@ enum Wake {
     Poked,
     Readable(io::Result<()>),
     Writable(io::Result<()>),
-    Timer,
+    /// The soonest own deadline (idle timeout, close linger) has passed.
+    Deadline,
+}
+
+/// Reads what `stream` has into `rbuf`: bytes read, whether the stream
+/// ended, and an error. The rule is zs-io's reactor's (`do_read`): a buffer
+/// the handler left data in, with a chunk of room behind it (the handler
+/// sized it: a frame completed where it lies) or holding a chunk or more, is
+/// filled up to its room and never regrown, since regrowing would copy what
+/// it holds; the socket stays readable, so the task reads on once the handler
+/// has taken what it wanted. Any other buffer gets a chunk of room, and once
+/// a first read fills it (a bulk transfer), room for the rest of the read
+/// budget (4 chunks) at once instead of being regrown chunk by chunk. Reading
+/// stops at the budget (a read may take all the room it has), at
+/// `WouldBlock` or at the end of the stream.
+fn read_into(
+    stream: &TcpStream,
+    rbuf: &mut BytesMut,
+    read_chunk: usize,
+) -> (usize, bool, Option<io::Error>) {
+    let chunk = read_chunk.max(1024);
+    let most = 4 * chunk;
+    let room = rbuf.capacity() - rbuf.len();
+    let sized = !rbuf.is_empty() && room > 0 && (room >= chunk || rbuf.len() >= chunk);
+    let budget = if sized { room.min(most) } else { most };
+    if !sized {
+        rbuf.reserve(chunk);
+    }
+    let mut got = 0;
+    loop {
+        if got >= budget {
+            return (got, false, None);
+        }
+        if rbuf.capacity() == rbuf.len() {
+            if sized {
+                return (got, false, None);
+            }
+            rbuf.reserve(chunk);
+        }
+        match stream.try_read_buf(rbuf) {
+            Ok(0) => return (got, true, None),
+            Ok(n) => {
+                if !sized && got == 0 && rbuf.capacity() == rbuf.len() {
+                    rbuf.reserve(most.saturating_sub(n));
+                }
+                got += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (got, false, None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (got, false, Some(e)),
+        }
+    }
 }
 
 /// One connection's task: owns the socket and the handler.
@@ -631,9 +696,10 @@ async fn run_conn(
     shared: Arc<Shared>,
     stream: TcpStream,
     mut handler: Box<dyn Handler>,
-    id: ConnId,
     stop: Arc<StopSet>,
+    _guard: TaskGuard,
 ) {
+    let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
     let cfg = &shared.cfg;
     if cfg.nodelay {
         let _ = stream.set_nodelay(true);
@@ -641,10 +707,12 @@ async fn run_conn(
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
-    let tc = Arc::new(TConn {
+    let tc = Arc::new_cyclic(|me| TConn {
         id,
         peer,
         local,
+        timers: shared.timers.clone(),
+        me: me.clone(),
         state: Mutex::new(TState {
             queue: SendQueue::new(cfg.send_queue_limit),
             in_callback: false,
@@ -654,8 +722,6 @@ async fn run_conn(
             closed: false,
             paused: false,
             idle: cfg.idle_timeout,
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
             wakes: Vec::new(),
             poked: false,
             stop: false,
@@ -667,20 +733,22 @@ async fn run_conn(
         lock(&tc.state).stop = true;
     }
     let conn: Conn = tc.clone();
-    // The connection's only stored future: one timer, reset when the
-    // deadline moves. Readiness is polled without a future (`poll_*_ready`),
-    // other threads wake the task through `TState::waker`, and a stop (the
-    // listener's, or the backend's for an outgoing connection) comes as
-    // `TState::stop` through the `StopSet`: a `select!` over six futures made
-    // this task 1.2 KB (session 12).
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
-    let mut sleep_at: Option<Instant> = None;
+    // The connection stores no future: readiness is polled without one
+    // (`poll_*_ready`), other threads wake the task through `TState::waker`,
+    // a stop (the listener's, or the backend's for an outgoing connection)
+    // comes as `TState::stop` through the `StopSet` (session 12), and timers
+    // (the handler's, and the task's own idle and linger deadlines) are
+    // entries in the backend's `Timers`, which come back as `TState::wakes`
+    // and `TState::deadline_due` (session 13). A `select!` over six futures
+    // made this task 1.2 KB.
+    // The soonest own deadline armed in `Timers` (later entries may still be
+    // pending there; they come as a harmless extra check).
+    let mut armed_at: Option<Instant> = None;
     let mut rbuf = BytesMut::new();
     let mut eof = false;
     let mut fin_sent = false;
     let mut last_activity = Instant::now();
     let mut linger_deadline: Option<Instant> = None;
-    let read_chunk = cfg.read_chunk.max(1024);
 
     // Runs one handler callback; `false` when it panicked (contract item 8: the
     // connection is then reset and the handler only gets `on_close`).
@@ -711,7 +779,11 @@ async fn run_conn(
                 };
                 if !st.wakes.is_empty() {
                     plan.wake = Some(st.wakes.remove(0));
+                    if st.wakes.is_empty() {
+                        st.wakes = Vec::new();
+                    }
                 }
+
                 if st.abort {
                     plan.end = Some((CloseReason::Local, true));
                 } else {
@@ -786,23 +858,21 @@ async fn run_conn(
                 }
                 continue;
             }
-            let (idle, mut deadline) = {
-                let st = lock(&tc.state);
-                (st.idle, st.timers.peek().map(|Reverse((at, _, _))| *at))
+            let deadline = match (
+                lock(&tc.state).idle.map(|d| last_activity + d),
+                linger_deadline,
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            if let Some(d) = idle {
-                let at = last_activity + d;
-                deadline = Some(deadline.map_or(at, |x| x.min(at)));
-            }
-            if let Some(l) = linger_deadline {
-                deadline = Some(deadline.map_or(l, |x| x.min(l)));
-            }
             if let Some(d) = deadline {
-                if sleep_at != Some(d) {
-                    sleep.as_mut().reset(d);
-                    sleep_at = Some(d);
+                if armed_at.is_none_or(|a| d < a) {
+                    tc.timers.arm(d, 0, true, tc.me.clone());
+                    armed_at = Some(d);
                 }
             }
+            // Only what the wait needs is kept across it (the task's size).
+            let (want_read, want_write) = (plan.read, plan.write);
             let wake = std::future::poll_fn(|cx| {
                 {
                     let mut st = lock(&tc.state);
@@ -816,18 +886,20 @@ async fn run_conn(
                         st.waker = Some(cx.waker().clone());
                     }
                 }
-                if plan.read {
+                if want_read {
                     if let Poll::Ready(r) = stream.poll_read_ready(cx) {
                         return Poll::Ready(Wake::Readable(r));
                     }
                 }
-                if plan.write {
+                if want_write {
                     if let Poll::Ready(r) = stream.poll_write_ready(cx) {
                         return Poll::Ready(Wake::Writable(r));
                     }
                 }
-                if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Timer);
+                // Own deadlines last: data already waiting is read first
+                // (it may keep the connection alive).
+                if armed_at.is_some_and(|a| a <= Instant::now()) {
+                    return Poll::Ready(Wake::Deadline);
                 }
                 Poll::Pending
             })
@@ -839,29 +911,8 @@ async fn run_conn(
                     if let Err(e) = r {
                         break (reason_of(&e), false);
                     }
-                    let mut got = 0;
-                    let mut err = None;
-                    loop {
-                        rbuf.reserve(read_chunk);
-                        match stream.try_read_buf(&mut rbuf) {
-                            Ok(0) => {
-                                eof = true;
-                                break;
-                            }
-                            Ok(n) => {
-                                got += n;
-                                if got >= 4 * read_chunk {
-                                    break;
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                err = Some(e);
-                                break;
-                            }
-                        }
-                    }
+                    let (got, end, err) = read_into(&stream, &mut rbuf, cfg.read_chunk);
+                    eof = end;
                     if got > 0 {
                         last_activity = Instant::now();
                         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -889,8 +940,8 @@ async fn run_conn(
                         break (reason_of(&e), false);
                     }
                 }
-                Wake::Timer => {
-                    sleep_at = None;
+                Wake::Deadline => {
+                    armed_at = None;
                     let now = Instant::now();
                     if linger_deadline.is_some_and(|l| l <= now) {
                         break (
@@ -902,28 +953,9 @@ async fn run_conn(
                             false,
                         );
                     }
-                    if let Some(d) = idle {
-                        if now.duration_since(last_activity) >= d {
-                            break (CloseReason::IdleTimeout, false);
-                        }
-                    }
-                    // Only the timers set before this wake-up: one a callback
-                    // sets now waits for the next round.
-                    let last = lock(&tc.state).timer_seq;
-                    while let Some(token) = {
-                        let mut st = lock(&tc.state);
-                        match st.timers.peek() {
-                            Some(Reverse((at, seq, token))) if *at <= now && *seq <= last => {
-                                let token = *token;
-                                st.timers.pop();
-                                Some(token)
-                            }
-                            _ => None,
-                        }
-                    } {
-                        if !callback!("on_timer", handler.on_timer(&conn, token)) {
-                            break 'conn PANICKED;
-                        }
+                    let idle = lock(&tc.state).idle;
+                    if idle.is_some_and(|d| now.duration_since(last_activity) >= d) {
+                        break (CloseReason::IdleTimeout, false);
                     }
                 }
             }
@@ -934,8 +966,7 @@ async fn run_conn(
         st.closed = true;
         st.closing = true;
         st.queue.clear();
-        st.timers.clear();
-        st.wakes.clear();
+        st.wakes = Vec::new();
         st.waker = None;
     }
     if let Some(slot) = slot {
@@ -953,18 +984,28 @@ async fn run_conn(
 mod size_tests {
     use super::*;
 
+    /// Runs `f` on a fresh current-thread runtime.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     /// Every idle connection is one task holding this future (issue 13's
     /// idle-bytes goal): it waits through `poll_fn` on readiness, its stop
     /// flag and one timer. The `select!` of six futures it replaced made it
     /// 1,216 B (debug build); 760 with a `watch` future for the stop flag,
-    /// 560 since the stop comes through the `StopSet` (session 12).
+    /// 560 since the stop comes through the `StopSet` (session 12); 408
+    /// (392 release) since timers live in the backend's `Timers` and the
+    /// future is spawned without a wrapping block (session 13). In a
+    /// release build tokio's task cell (header, trailer, 128-byte aligned)
+    /// around it is then 512 B instead of 640 (768 before session 13): keep
+    /// the release future at or below 400 B.
     #[test]
     fn the_connection_task_stays_small() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let _c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
                 .await
@@ -975,9 +1016,62 @@ mod size_tests {
             impl Handler for H {
                 fn on_data(&mut self, _: &Conn, _: &mut BytesMut) {}
             }
-            let f = run_conn(b.shared.clone(), s, Box::new(H), ConnId(1), Arc::default());
+            let g = TaskGuard::new(&b.shared);
+            let f = run_conn(b.shared.clone(), s, Box::new(H), Arc::default(), g);
             let n = std::mem::size_of_val(&f);
-            assert!(n <= 640, "the connection future is {n} bytes");
+            assert!(n <= 416, "the connection future is {n} bytes");
+        });
+    }
+
+    /// `read_into` on a fresh buffer with a bulk transfer waiting stops at
+    /// the budget (4 chunks: after a full first chunk the buffer gets room
+    /// for the rest of it); a buffer the handler sized is filled up to its
+    /// room and not regrown; the stream's end is reported once all is read.
+    #[test]
+    fn read_into_follows_the_reactors_rule() {
+        block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            // `read_chunk` 1 means the smallest chunk, 1 KiB.
+            let chunk = 1024;
+            let data: Vec<u8> = (0..160 * chunk).map(|i| i as u8).collect();
+            std::io::Write::write_all(&mut c, &data).unwrap();
+            let mut rbuf = BytesMut::new();
+            let mut got = 0;
+            while got == 0 {
+                s.readable().await.unwrap();
+                let (n, end, err) = read_into(&s, &mut rbuf, 1);
+                assert!(!end && err.is_none());
+                got = n;
+            }
+            assert!(got <= 4 * chunk, "read {got}, past the budget");
+            assert_eq!(&rbuf[..], &data[..got]);
+            // The handler sizes the buffer for 3 more chunks.
+            rbuf.reserve(3 * chunk);
+            let (at, room) = (rbuf.as_ptr(), rbuf.capacity() - rbuf.len());
+            let mut have = rbuf.len();
+            while rbuf.capacity() > rbuf.len() {
+                s.readable().await.unwrap();
+                let (n, _, _) = read_into(&s, &mut rbuf, 1);
+                have += n;
+                assert_eq!(rbuf.as_ptr(), at, "a sized buffer was regrown");
+            }
+            assert_eq!(have - got, room);
+            assert_eq!(&rbuf[..], &data[..have]);
+            drop(c);
+            let mut rest = rbuf.split().len();
+            loop {
+                s.readable().await.unwrap();
+                let (n, end, err) = read_into(&s, &mut rbuf, 1);
+                assert!(err.is_none());
+                rest += n;
+                rbuf.clear();
+                if end {
+                    break;
+                }
+            }
+            assert_eq!(rest, data.len());
         });
     }
 
