@@ -403,10 +403,7 @@ fn encode_apart_leaves_out_only_large_payloads() {
         // range, say): that value's content leaves apart.
         Frame::StreamResponse {
             id: 1 << 40,
-            data: DataFrame::new()
-                .with(12u64)
-                .with("hash")
-                .with(big.clone()),
+            data: DataFrame::new().with(12u64).with("hash").with(big.clone()),
         },
         // Not apart: the large value is not last, is small, or the DataFrame
         // is decoded wire bytes.
