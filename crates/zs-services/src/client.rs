@@ -1182,6 +1182,18 @@ pub fn file_read_request(space: Space, path: &str, offset: u64, len: u32) -> Dat
         .with(1u8)
 }
 
+/// The read size downloads should use (1 MiB − 4 KiB): the largest whose
+/// answer frame (the range plus a head of about 100 bytes) stays within the
+/// 1 MiB that zs-core reserves whole once a frame's header arrived and that
+/// the security layer lets a connection hold unconsumed, so the answer is
+/// completed where it lies. A full 1 MiB read makes a frame just above that
+/// bound, which grows in 64 KiB steps and is copied as it grows (callgrind of
+/// `cargo xtask bench files --quick`'s download: 0.9 copies per byte more),
+/// and smaller reads cost a round of thread hand-offs each (256 KiB reads
+/// downloaded at about half the rate in the same runs; ARCHITECTURE
+/// "zs-services: Session 13 (dl)").
+pub const READ_CHUNK: u32 = (1 << 20) - (4 << 10);
+
 /// Ranged reads each connection of [`ServicesClient::download_parallel`]
 /// keeps in flight.
 pub const DOWNLOAD_WINDOW: usize = 4;

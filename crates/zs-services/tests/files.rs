@@ -1753,3 +1753,22 @@ fn read_answer_forms_carry_the_same_range_and_form_1_leaves_it_apart() {
         }
     }
 }
+
+/// A read of `READ_CHUNK` bytes is answered in a frame of at most 1 MiB
+/// (zs-core reserves such a frame whole once its header is in, and the
+/// security layer lets a connection hold that much unconsumed): with the
+/// largest id, size and the 64-hex hash, head and range included.
+#[test]
+fn a_read_chunk_answer_fits_the_whole_frame_bound() {
+    let range = zs_wire::bytes::Bytes::from(vec![0u8; zs_services::READ_CHUNK as usize]);
+    let frame = zs_wire::Frame::StreamResponse {
+        id: u64::MAX,
+        data: zs_services::files::read_answer(range, u64::MAX, "f".repeat(64), true),
+    };
+    let wire = frame.to_bytes(&zs_wire::Config::default()).unwrap();
+    assert!(wire.len() <= 1 << 20, "{} bytes", wire.len());
+    assert!(
+        wire.len() > (1 << 20) - (8 << 10),
+        "a read well below the bound"
+    );
+}
