@@ -12,8 +12,9 @@
 //! 8 bytes carry the sample number), so dedup never turns one into an instant
 //! upload; the client's hashing of the whole file is part of the sample, as
 //! for a real client. Download samples fetch the file with `file.read` calls
-//! of 1 MiB (several in flight), each range checksummed in place as it
-//! arrives with the raw copy's checksum (as the raw sink does), checked at the end.
+//! of `zs_services::READ_CHUNK` (1 MiB − 4 KiB, as `zs file get` does; several
+//! in flight), each range checksummed in place as it arrives with the raw
+//! copy's checksum (as the raw sink does), checked at the end.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -208,13 +209,18 @@ fn upload_sampler(
 /// copy per byte the raw side never makes; the checksum catches a missing,
 /// repeated, swapped or changed range).
 fn download(c: &ServicesClient, path: &str, size: usize) -> (u64, u64) {
+    download_range(c, path, 0, size)
+}
+
+/// [`download`] of bytes `from..to` only.
+fn download_range(c: &ServicesClient, path: &str, from: usize, to: usize) -> (u64, u64) {
     let mut sum = Checksum::new();
     c.read_window(
         Space::Private,
         path,
-        0,
-        size as u64,
-        CHUNK as u32,
+        from as u64,
+        to as u64,
+        zs_services::READ_CHUNK,
         None,
         |_, d| {
             sum.update(d);
@@ -229,8 +235,9 @@ fn download(c: &ServicesClient, path: &str, size: usize) -> (u64, u64) {
 const ONLY: &str = "ZS_FILES_ONLY";
 
 /// The file service on `dir` behind a server on loopback, and a client
-/// logged in as `bench`.
-fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient) {
+/// logged in as `bench` (plus a second connection attached to its session,
+/// with its own event loop, as `zs file get -j 2` makes).
+fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient, ServicesClient) {
     let mut cfg = ServicesConfig::default();
     cfg.files.quota_per_user = u64::MAX;
     cfg.files.max_file_size = 1 << 40;
@@ -256,17 +263,24 @@ fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient) {
         "127.0.0.1:0".parse().expect("addr"),
     )
     .expect("server");
-    let client = ServicesClient::new(
-        Client::connect(
-            zs_secure::compose::secure(backend(), provider),
-            Registry::new(),
-            zs_core::Options::client(),
-            server.local_addr(),
+    let connect = || {
+        ServicesClient::new(
+            Client::connect(
+                zs_secure::compose::secure(backend(), provider.clone()),
+                Registry::new(),
+                zs_core::Options::client(),
+                server.local_addr(),
+            )
+            .expect("client"),
         )
-        .expect("client"),
-    );
+    };
+    let client = connect();
     client.login("bench", "bench-password").expect("login");
-    (services, server, client)
+    let second = connect();
+    second
+        .attach("bench", &client.ticket().expect("ticket"))
+        .expect("attach");
+    (services, server, client, second)
 }
 
 fn main() {
@@ -275,7 +289,7 @@ fn main() {
     let mut suite = Suite::from_options("files", &opts, 3, 5);
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_services, server, client) = serve(dir.path());
+    let (_services, server, client, second) = serve(dir.path());
     // The same service with its store on tmpfs (fsync costs nothing there):
     // what the upload costs in CPU alone, against one SHA3-256 pass.
     let shm = tempfile::tempdir_in("/dev/shm").ok();
@@ -316,7 +330,7 @@ fn main() {
         Better::Higher,
         upload_sampler(client.clone(), "uh", 1 << 32, body.clone()),
     );
-    if let Some((_, _, shm_client)) = &on_shm {
+    if let Some((_, _, shm_client, _)) = &on_shm {
         suite.case_selected(
             ONLY,
             "zs-upload-hashing-tmpfs",
@@ -369,6 +383,34 @@ fn main() {
         }
         mb_per_s(size * down_reps, t0.elapsed().as_secs_f64())
     });
+    // The same over two connections (each with its own event loop, as `zs
+    // file get -j 2`), each fetching and checksumming its half.
+    let halves = [(0, size / 2), (size / 2, size)].map(|(a, b)| {
+        let mut sum = Checksum::new();
+        sum.update(&body[a..b]);
+        ((a, b), (sum.len(), sum.value()))
+    });
+    let conns = [client.clone(), second.clone()];
+    suite.case_selected(
+        ONLY,
+        "zs-download-2conn",
+        "mb_per_s",
+        Better::Higher,
+        move || {
+            let t0 = Instant::now();
+            for _ in 0..down_reps {
+                std::thread::scope(|s| {
+                    for (c, ((a, b), want)) in conns.iter().zip(halves) {
+                        s.spawn(move || {
+                            let got = download_range(c, "down", a, b);
+                            assert_eq!(got, want, "downloaded bytes differ");
+                        });
+                    }
+                });
+            }
+            mb_per_s(size * down_reps, t0.elapsed().as_secs_f64())
+        },
+    );
 
     // The floor of any upload that checks a SHA3-256 of the whole file: one
     // pass of the hash over the same bytes, on one core.
@@ -441,6 +483,7 @@ fn main() {
     suite.ratio("upload_vs_raw", "zs-upload-hashing", "raw-tcp-copy");
     suite.ratio("upload_dedup_vs_raw", "zs-upload", "raw-tcp-copy");
     suite.ratio("download_vs_raw", "zs-download", "raw-tcp-copy");
+    suite.ratio("download_2conn_vs_raw", "zs-download-2conn", "raw-tcp-copy");
     suite.ratio("upload_vs_sha3_pass", "zs-upload-hashing", "sha3-256-pass");
     suite.ratio(
         "upload_vs_durable_write",
@@ -461,13 +504,16 @@ fn main() {
          sha3-256-pass: one such pass alone on one core; durable-write: the same bytes written to a file on the \
          store's file system and fdatasync'd, the floor of any upload acknowledged on disk; \
          zs-upload-hashing-tmpfs: the same upload with the store on /dev/shm, where fsync is free: its CPU cost); download = file.read \
-         of 1 MiB, {} in flight, each range checksummed in place as it arrives (the raw sink's checksum); delta: {} MiB file, {} KiB edited in the middle, \
+         of {} KiB (answer form 1: the range sent apart from the frame head), {} in flight, each range checksummed in place as it arrives (the raw sink's checksum); zs-download-2conn: the same over \
+         two connections of one login (a second attached, each with its own event loop, as zs file get -j 2), each \
+         fetching half; delta: {} MiB file, {} KiB edited in the middle, \
          ours = upload_delta with {} B blocks (signature, scan, file.copy/file.chunk, whole SHA3 checked, \
          fsynced) vs rsync -I to an rsync daemon holding the old version; AES-256-GCM, epoll, 1 loop per \
          side, one process; store on the temp dir's file system; a raw sample copies the file {}x, a download \
          sample fetches it {}x",
         size >> 20,
         zs_services::UPLOAD_WINDOW,
+        zs_services::READ_CHUNK >> 10,
         zs_services::DOWNLOAD_WINDOW,
         dsize >> 20,
         edit >> 10,

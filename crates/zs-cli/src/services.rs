@@ -395,9 +395,10 @@ pub struct FileArgs {
     /// Use the public area instead of your private space.
     #[arg(long, global = true)]
     public: bool,
-    /// Chunk size in KiB for uploads and downloads.
-    #[arg(long, default_value_t = 256, global = true)]
-    chunk_kib: u32,
+    /// Chunk size in KiB for uploads (default 256) and downloads (default
+    /// 1020: the largest read whose answer frame stays within 1 MiB).
+    #[arg(long, global = true)]
+    chunk_kib: Option<u32>,
     /// No progress bar.
     #[arg(long, global = true)]
     quiet: bool,
@@ -470,7 +471,10 @@ fn run_file(a: FileArgs) -> Result<String, String> {
     } else {
         zserver::services::Space::Private
     };
-    let chunk = (a.chunk_kib.clamp(1, 1024) as usize) << 10;
+    let chunk_of =
+        |default_kib: u32| (a.chunk_kib.unwrap_or(default_kib).clamp(1, 1024) as usize) << 10;
+    let chunk = chunk_of(256);
+    let read_chunk = chunk_of(zserver::services::READ_CHUNK >> 10);
     let c = a.conn.connect()?;
     let out = match a.verb {
         FileVerb::Put {
@@ -551,7 +555,7 @@ fn run_file(a: FileArgs) -> Result<String, String> {
                     space,
                     &remote,
                     &local,
-                    chunk as u32,
+                    read_chunk as u32,
                     |done, total| {
                         b.set_length(total);
                         b.set_position(done);

@@ -947,20 +947,10 @@ impl ServicesClient {
         offset: u64,
         len: u32,
     ) -> Result<(Vec<u8>, u64, String)> {
-        let df = self.call(
-            "file.read",
-            DataFrame::new()
-                .with(space.as_str())
-                .with(path)
-                .with(offset)
-                .with(len),
-        )?;
+        let df = self.call("file.read", file_read_request(space, path, offset, len))?;
         let mut r = df.reader();
-        Ok((
-            r.read_slice()?.to_vec(),
-            r.read_u64()?,
-            r.read_str()?.to_owned(),
-        ))
+        let (size, hash) = (r.read_u64()?, r.read_str()?.to_owned());
+        Ok((r.read_slice()?.to_vec(), size, hash))
     }
 
     /// Reads bytes `from..to` of `path` in ranges of `chunk` bytes with
@@ -984,19 +974,15 @@ impl ServicesClient {
         while at < to {
             while inflight.len() < DOWNLOAD_WINDOW && next < to {
                 let n = (to - next).min(chunk);
-                let df = DataFrame::new()
-                    .with(space.as_str())
-                    .with(path)
-                    .with(next)
-                    .with(n as u32);
+                let df = file_read_request(space, path, next, n as u32);
                 inflight.push_back((next, n, self.client.call_stream("file.read", df)));
                 next += n;
             }
             let (off, n, call) = inflight.pop_front().expect("a read in flight");
             let df = call.wait()?;
             let mut r = df.reader();
-            let data = r.read_slice()?;
             let (total, h) = (r.read_u64()?, r.read_str()?);
+            let data = r.read_slice()?;
             if expect.is_some_and(|(size, hash)| total != size || h != hash) {
                 return Err(ServiceError::new(
                     code::CLIENT,
@@ -1182,6 +1168,31 @@ impl ServicesClient {
         self.client.close()
     }
 }
+
+/// A `file.read` request (version 2) for up to `len` bytes at `offset`,
+/// asking for answer form 1: file size `u64`, SHA3-256 hex `str`, then the
+/// data `bytes` last, which the server sends apart from the frame head
+/// without copying it into the frame (docs/PROTOCOL.md §6.4).
+pub fn file_read_request(space: Space, path: &str, offset: u64, len: u32) -> DataFrame {
+    DataFrame::new()
+        .with(space.as_str())
+        .with(path)
+        .with(offset)
+        .with(len)
+        .with(1u8)
+}
+
+/// The read size downloads should use (1 MiB − 4 KiB): the largest whose
+/// answer frame (the range plus a head of about 100 bytes) stays within the
+/// 1 MiB that zs-core reserves whole once a frame's header arrived and that
+/// the security layer lets a connection hold unconsumed, so the answer is
+/// completed where it lies. A full 1 MiB read makes a frame just above that
+/// bound, which grows in 64 KiB steps and is copied as it grows (callgrind of
+/// `cargo xtask bench files --quick`'s download: 0.9 copies per byte more),
+/// and smaller reads cost a round of thread hand-offs each (256 KiB reads
+/// downloaded at about half the rate in the same runs; ARCHITECTURE
+/// "zs-services: Session 13 (dl)").
+pub const READ_CHUNK: u32 = (1 << 20) - (4 << 10);
 
 /// Ranged reads each connection of [`ServicesClient::download_parallel`]
 /// keeps in flight.

@@ -2158,9 +2158,37 @@ impl Files {
             let path = rd.read_str()?;
             let offset = rd.read_u64()?;
             let len = rd.read_u32()? as usize;
+            // Version 2 of the request names the answer's order: `1` puts the
+            // data last, so zs-core sends it apart from the frame head (no
+            // copy into the frame: zs-wire's `encode_apart`); without it,
+            // version 1's data first.
+            let data_last = match rd.remaining() {
+                0 => false,
+                _ => match rd.read_u8()? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(ServiceError::bad(format!(
+                            "unknown file.read answer form {v} (0 = data first, 1 = data last)"
+                        )))
+                    }
+                },
+            };
             let (data, size, hash) = f.read(uid, space, path, offset, len)?;
-            Ok(DataFrame::new().with(data).with(size).with(hash))
+            Ok(read_answer(Bytes::from(data), size, hash, data_last))
         });
+    }
+}
+
+/// The answer of `file.read`: form 1 (`data_last`) is file size `u64`,
+/// SHA3-256 hex `str`, data `bytes`, so zs-core sends the data apart from
+/// the frame head (`zs_wire::Encoder::encode_apart`: no copy into the frame);
+/// form 0 (version 1) puts the data first (docs/PROTOCOL.md).
+pub fn read_answer(data: Bytes, size: u64, hash: String, data_last: bool) -> DataFrame {
+    if data_last {
+        DataFrame::new().with(size).with(hash).with(data)
+    } else {
+        DataFrame::new().with(data).with(size).with(hash)
     }
 }
 

@@ -97,7 +97,8 @@ use zs_wire::DataFrame;
 
 pub use accounts::{check_name, Accounts, AccountsConfig, SecondLogin, UserInfo};
 pub use client::{
-    DeltaReport, Inbox, LoginInfo, ServicesClient, UploadReport, DOWNLOAD_WINDOW, UPLOAD_WINDOW,
+    DeltaReport, Inbox, LoginInfo, ServicesClient, UploadReport, DOWNLOAD_WINDOW, READ_CHUNK,
+    UPLOAD_WINDOW,
 };
 pub use error::{code, Result, ServiceError};
 pub use files::{check_path, BlockSum, FileInfo, Files, FilesConfig, Space, UploadState};

@@ -209,6 +209,34 @@ impl DataFrame {
         b.freeze()
     }
 
+    /// The content of the `bytes` value that ends a DataFrame built in memory
+    /// (what [`DataFrame::encode_head_into`] leaves out); `None` otherwise.
+    pub(crate) fn trailing_bytes(&self) -> Option<&Bytes> {
+        match &self.repr {
+            Repr::Owned(values) => match values.last() {
+                Some(Value::Bytes(b)) => Some(b),
+                _ => None,
+            },
+            Repr::Wire { .. } => None,
+        }
+    }
+
+    /// The binary form up to the content of its trailing `bytes` value (its
+    /// tag and length included): followed by [`DataFrame::trailing_bytes`] it
+    /// is what [`DataFrame::encode_into`] writes. The whole form when there is
+    /// no trailing `bytes` value.
+    pub(crate) fn encode_head_into(&self, dst: &mut impl BufMut) {
+        let (Repr::Owned(values), Some(last)) = (&self.repr, self.trailing_bytes()) else {
+            return self.encode_into(dst);
+        };
+        put_varint(dst, values.len() as u64);
+        for v in &values[..values.len() - 1] {
+            encode_value(v, dst);
+        }
+        dst.put_u8(tag::BYTES);
+        put_varint(dst, last.len() as u64);
+    }
+
     pub(crate) fn encode_into(&self, dst: &mut impl BufMut) {
         match &self.repr {
             Repr::Wire { bytes, .. } => dst.put_slice(bytes),

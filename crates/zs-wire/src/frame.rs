@@ -442,11 +442,14 @@ impl Frame {
         }
     }
 
-    /// The byte payload that ends the body of a `BigStream` or `CompleteBuffer`
+    /// The byte payload that ends the body of a `BigStream` or `CompleteBuffer`,
+    /// or the content of the `bytes` value that ends a `StreamResponse`'s
+    /// DataFrame (an answer carrying a large blob last, such as a file range)
     /// (what [`Frame::put_body_head`] leaves out); `None` for other kinds.
     pub(crate) fn trailing_payload(&self) -> Option<&Bytes> {
         match self {
             Frame::BigStream { data, .. } | Frame::CompleteBuffer { data, .. } => Some(data),
+            Frame::StreamResponse { data, .. } => data.trailing_bytes(),
             _ => None,
         }
     }
@@ -470,6 +473,10 @@ impl Frame {
                 dst.put_u8(if *last { FLAG_LAST } else { 0 });
             }
             Frame::CompleteBuffer { cmd, .. } => put_name(dst, cmd),
+            Frame::StreamResponse { id, data } if data.trailing_bytes().is_some() => {
+                put_varint(dst, *id);
+                data.encode_head_into(dst);
+            }
             _ => self.put_body(dst),
         }
     }

@@ -456,6 +456,30 @@ fn encode_apart_leaves_out_only_large_payloads() {
             id: 2,
             payload: big.clone(),
         },
+        // An answer whose DataFrame ends with a large `bytes` value (a file
+        // range, say): that value's content leaves apart.
+        Frame::StreamResponse {
+            id: 1 << 40,
+            data: DataFrame::new().with(12u64).with("hash").with(big.clone()),
+        },
+        // Not apart: the large value is not last, is small, or the DataFrame
+        // is decoded wire bytes.
+        Frame::StreamResponse {
+            id: 3,
+            data: DataFrame::new().with(big.clone()).with(12u64),
+        },
+        Frame::StreamResponse {
+            id: 4,
+            data: DataFrame::new().with(1u8).with(Bytes::from_static(b"tiny")),
+        },
+        Frame::StreamResponse {
+            id: 5,
+            data: DataFrame::decode(
+                &DataFrame::new().with(big.clone()).to_bytes(),
+                &Limits::default(),
+            )
+            .unwrap(),
+        },
     ];
     for compress in [None, Some(64)] {
         let c = Config {
@@ -469,8 +493,9 @@ fn encode_apart_leaves_out_only_large_payloads() {
             let mut head = BytesMut::from(&b"before"[..]);
             let payload = enc.encode_apart(f, 4096, &mut head).unwrap();
             let apart = compress.is_none()
-                && matches!(f, Frame::BigStream { .. } | Frame::CompleteBuffer { .. })
-                && f != &frames[2];
+                && (matches!(f, Frame::BigStream { .. } | Frame::CompleteBuffer { .. })
+                    && f != &frames[2]
+                    || f == &frames[4]);
             assert_eq!(payload.is_some(), apart, "{f:?}");
             let mut wire = head.to_vec();
             if let Some(p) = payload {
