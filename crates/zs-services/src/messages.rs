@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use zs_core::{Peer, Registry};
 use zs_db::{Batch, Database, Kind};
-use zs_wire::DataFrame;
+use zs_wire::{DataFrame, Frame, Text};
 
 use crate::accounts::{check_name, lock, now_ms, Accounts};
 use crate::error::{code, Result, ServiceError};
@@ -464,7 +464,9 @@ fn spawn_answerer() -> Result<AnswerQueue> {
         .name("zs-msg-answer".into())
         .spawn(move || {
             while let Ok(answers) = rx.recv() {
-                answer_all(answers);
+                // Answers to many connections in a row: their loops are
+                // woken once at the end (`zs_core::defer_wakes`).
+                zs_core::defer_wakes(|| answer_all(answers));
             }
         })
         .map_err(|e| {
@@ -1043,10 +1045,14 @@ impl Messages {
             return;
         }
         let mut answers = Vec::with_capacity(dones.iter().map(|d| d.out.len()).sum());
-        for d in dones {
-            st.durable = st.durable.max(d.upto);
-            self.deliver(&mut st, d.out, &mut answers);
-        }
+        // The pushes of a batch go to many connections in a row: their
+        // loops are woken once at the end (`zs_core::defer_wakes`).
+        zs_core::defer_wakes(|| {
+            for d in dones {
+                st.durable = st.durable.max(d.upto);
+                self.deliver(&mut st, d.out, &mut answers);
+            }
+        });
         // Answered after the state lock is released: each answer is a
         // sealed record and a send of its own, and the planner (which needs
         // the lock to check the next batch) used to wait behind all of them.
@@ -1294,10 +1300,13 @@ impl Messages {
             group: group.to_owned(),
             body: Bytes::copy_from_slice(body),
         };
-        let frame = msg.to_frame();
-        to.iter()
-            .filter(|p| p.send_direct_stream("msg.push", frame.clone()).is_ok())
-            .count()
+        // One sending pass with the loops' wake-ups deferred to its end (one
+        // per loop, not one per member: see `zs_core::send_to_each`).
+        let frame = Frame::DirectStream {
+            cmd: Text::from("msg.push"),
+            data: msg.to_frame(),
+        };
+        zs_core::send_to_each(to, &frame)
     }
 
     fn check_body(&self, body: &[u8]) -> Result<()> {
