@@ -72,3 +72,122 @@ fn send_split(peers: &[Peer], frame: &Frame, threads: usize) -> usize {
         n
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use zs_wire::{DataFrame, Text};
+
+    use super::*;
+    use crate::registry::Outbox;
+    use crate::Result;
+
+    /// Counts the frames sent to it and the threads they came from.
+    struct Counter {
+        frames: AtomicUsize,
+        open: AtomicBool,
+        threads: Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
+    }
+
+    impl Outbox for Counter {
+        fn send_frame(&self, frame: Frame) -> Result<()> {
+            assert!(matches!(frame, Frame::DirectStream { .. }));
+            if !self.open.load(Ordering::SeqCst) {
+                return Err(crate::Error::ConnectionLost("closed".into()));
+            }
+            self.threads
+                .lock()
+                .unwrap()
+                .insert(std::thread::current().id());
+            self.frames.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn is_open(&self) -> bool {
+            self.open.load(Ordering::SeqCst)
+        }
+        fn close(&self, _reason: &str) {}
+    }
+
+    fn peers(
+        n: usize,
+    ) -> (
+        Vec<Peer>,
+        Vec<Arc<Counter>>,
+        Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
+    ) {
+        let threads = Arc::default();
+        let outs: Vec<Arc<Counter>> = (0..n)
+            .map(|i| {
+                Arc::new(Counter {
+                    frames: AtomicUsize::new(0),
+                    open: AtomicBool::new(i % 7 != 3),
+                    threads: Arc::clone(&threads),
+                })
+            })
+            .collect();
+        let peers = outs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Peer::new(i as u64, None, o.clone() as Arc<dyn Outbox>))
+            .collect();
+        (peers, outs, threads)
+    }
+
+    fn frame() -> Frame {
+        Frame::DirectStream {
+            cmd: Text::from("msg.push"),
+            data: DataFrame::new().with(7u64),
+        }
+    }
+
+    #[test]
+    fn every_open_peer_gets_the_frame_once_whatever_the_split() {
+        for (n, threads) in [
+            (0, 1),
+            (1, 3),
+            (5, 1),
+            (600, 1),
+            (600, 3),
+            (1001, 4),
+            (10, 16),
+        ] {
+            let (peers, outs, used) = peers(n);
+            let open = outs.iter().filter(|o| o.is_open()).count();
+            assert_eq!(
+                send_split(&peers, &frame(), threads),
+                open,
+                "{n} over {threads}"
+            );
+            for o in &outs {
+                let want = usize::from(o.is_open());
+                assert_eq!(o.frames.load(Ordering::SeqCst), want, "{n} over {threads}");
+            }
+            // Each share went out from a thread of its own (the caller's one).
+            let shares_with_an_open_peer = if threads <= 1 || n < 2 {
+                usize::from(open > 0)
+            } else {
+                outs.chunks(n.div_ceil(threads))
+                    .filter(|c| c.iter().any(|o| o.is_open()))
+                    .count()
+            };
+            assert_eq!(
+                used.lock().unwrap().len(),
+                shares_with_an_open_peer,
+                "{n} over {threads}"
+            );
+        }
+    }
+
+    #[test]
+    fn send_to_each_reaches_every_open_peer() {
+        let (peers, outs, _) = peers(2_000);
+        let open = outs.iter().filter(|o| o.is_open()).count();
+        assert_eq!(send_to_each(&peers, &frame()), open);
+        assert!(outs
+            .iter()
+            .all(|o| o.frames.load(Ordering::SeqCst) == usize::from(o.is_open())));
+    }
+}
