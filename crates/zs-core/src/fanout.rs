@@ -85,11 +85,14 @@ mod tests {
     use crate::registry::Outbox;
     use crate::Result;
 
+    /// The threads frames were sent from.
+    type Threads = Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>;
+
     /// Counts the frames sent to it and the threads they came from.
     struct Counter {
         frames: AtomicUsize,
         open: AtomicBool,
-        threads: Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
+        threads: Threads,
     }
 
     impl Outbox for Counter {
@@ -111,13 +114,7 @@ mod tests {
         fn close(&self, _reason: &str) {}
     }
 
-    fn peers(
-        n: usize,
-    ) -> (
-        Vec<Peer>,
-        Vec<Arc<Counter>>,
-        Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
-    ) {
+    fn peers(n: usize) -> (Vec<Peer>, Vec<Arc<Counter>>, Threads) {
         let threads = Arc::default();
         let outs: Vec<Arc<Counter>> = (0..n)
             .map(|i| {
