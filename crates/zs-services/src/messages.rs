@@ -464,9 +464,7 @@ fn spawn_answerer() -> Result<AnswerQueue> {
         .name("zs-msg-answer".into())
         .spawn(move || {
             while let Ok(answers) = rx.recv() {
-                // Answers to many connections in a row: their loops are
-                // woken once at the end (`zs_core::defer_wakes`).
-                zs_core::defer_wakes(|| answer_all(answers));
+                answer_all(answers);
             }
         })
         .map_err(|e| {
@@ -1045,14 +1043,10 @@ impl Messages {
             return;
         }
         let mut answers = Vec::with_capacity(dones.iter().map(|d| d.out.len()).sum());
-        // The pushes of a batch go to many connections in a row: their
-        // loops are woken once at the end (`zs_core::defer_wakes`).
-        zs_core::defer_wakes(|| {
-            for d in dones {
-                st.durable = st.durable.max(d.upto);
-                self.deliver(&mut st, d.out, &mut answers);
-            }
-        });
+        for d in dones {
+            st.durable = st.durable.max(d.upto);
+            self.deliver(&mut st, d.out, &mut answers);
+        }
         // Answered after the state lock is released: each answer is a
         // sealed record and a send of its own, and the planner (which needs
         // the lock to check the next batch) used to wait behind all of them.
