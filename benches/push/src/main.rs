@@ -71,15 +71,24 @@ fn latency_us(epoch: Instant, body: &[u8]) -> Option<u64> {
     Some((epoch.elapsed().as_micros() as u64).saturating_sub(sent))
 }
 
-fn backend() -> Arc<dyn zs_io::Backend> {
+/// An epoll backend with `loops` event loops.
+fn backend(loops: usize) -> Arc<dyn zs_io::Backend> {
     Arc::new(
         zs_io_epoll::EpollBackend::new(zs_io::Config {
-            loops: 1,
+            loops,
             ..zs_io::Config::default()
         })
         .expect("epoll"),
     )
 }
+
+/// Event loops of the server (mosquitto runs one thread).
+const SERVER_LOOPS: usize = 1;
+/// Event loops of our 1,000 subscribers: as many as the tokio workers the
+/// rumqttc clients of the other side run on ([`Theirs::start`]), so neither
+/// side's receivers get more threads than the other's (session 13: they sat
+/// on one loop against rumqttc's two workers).
+const CLIENT_LOOPS: usize = 2;
 
 /// Our side: a server with the services, `n` users logged in and subscribed,
 /// each push recorded (and DIRECT ones acknowledged in batches).
@@ -131,7 +140,7 @@ impl Ours {
         };
         let server = Server::start(
             zs_secure::compose::secure_with(
-                backend(),
+                backend(SERVER_LOOPS),
                 provider.clone(),
                 &zs_io::Config::default(),
                 handshakes,
@@ -153,7 +162,7 @@ impl Ours {
                 .create_user(name, "push-bench-pw", false)
                 .expect("user");
         }
-        let cb = zs_secure::compose::secure(backend(), provider);
+        let cb = zs_secure::compose::secure(backend(CLIENT_LOOPS), provider);
         let (ack_tx, ack_rx) = std::sync::mpsc::channel::<(usize, u64)>();
         let mut clients = Vec::with_capacity(n);
         for (i, name) in names.iter().enumerate() {
@@ -391,7 +400,7 @@ impl Theirs {
     fn start(port: u16, n: usize, epoch: Instant, lat: Lat) -> Theirs {
         use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(CLIENT_LOOPS)
             .enable_all()
             .build()
             .expect("runtime");
@@ -675,7 +684,9 @@ fn main() {
          fsynced before each answer; zs-offline-enqueue-periodic: messages durability Periodic(1 s), answered \
          once buffered, fsynced within 1 s) / a persistent MQTT session (mosquitto: PUBACK before persistence, \
          which writes its whole database every autosave_interval, default 1800 s, and at shutdown, never per \
-         message: a weaker promise than ours); zs: AES-256-GCM, epoll, 1 loop per side; mosquitto 2 \
+         message: a weaker promise than ours); zs: AES-256-GCM, epoll, {SERVER_LOOPS} server loop and {CLIENT_LOOPS} client loops \
+         (rumqttc: {CLIENT_LOOPS} tokio workers), a fan-out's pushes sent by up to one thread per core \
+         (zs_core::send_to_each); mosquitto 2 \
          with persistence true, max_queued_messages 0"
     ));
     suite.finish();

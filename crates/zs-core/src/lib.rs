@@ -108,6 +108,7 @@ mod body;
 mod budget;
 mod clock;
 mod error;
+mod fanout;
 mod lazy;
 mod net;
 mod oneshot;
@@ -120,6 +121,7 @@ mod stats;
 
 pub use budget::{BatchFilter, Budgets};
 pub use error::{code, Error, Result};
+pub use fanout::{defer_wakes, send_to_each};
 pub use net::{Client, LocalConn, LocalSink, Options, Reconnect, ReplySink, Server, LOCAL_ID_BASE};
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;

@@ -132,6 +132,22 @@ pub mod reactor;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+/// Runs `f` with the event-loop wake-ups of what it posts to the loops deferred
+/// to its end (one per loop instead of one per kick), for a thread that sends
+/// to many connections in a row off the loops. See `reactor::defer_wakes`
+/// (readiness backends: epoll, kqueue); with other backends it just runs `f`.
+/// `f` must not wait for a loop to act on what it posted.
+pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(all(unix, feature = "reactor"))]
+    {
+        reactor::defer_wakes(f)
+    }
+    #[cfg(not(all(unix, feature = "reactor")))]
+    {
+        f()
+    }
+}
+
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc;

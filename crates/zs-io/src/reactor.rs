@@ -47,7 +47,7 @@
 //! and logs once per burst.
 #![allow(clippy::type_complexity)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -148,6 +148,52 @@ const ACCEPT_BUDGET: usize = 512;
 thread_local! {
     /// Address of the `LoopHandle` whose thread this is (0 = not a loop thread).
     static CURRENT_LOOP: Cell<usize> = const { Cell::new(0) };
+    /// Inside [`defer_wakes`]: the loops this thread posted to without waking
+    /// them yet (woken once each when the outermost scope ends).
+    static DEFERRED: RefCell<Option<Vec<Arc<LoopHandle>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the loop wake-ups its posts would cause deferred to its end:
+/// each loop this thread posted to (a kick for a timer, a close, a pause…) is
+/// woken once when `f` returns (or unwinds), instead of once per post. The
+/// commands themselves are queued at once; only the loop's wake-up waits.
+///
+/// For a thread that touches many connections in a row off the loops, such as
+/// a push to the 1,000 members of a group: each connection's first record
+/// after an idle spell arms the security layer's key-idle timer, one kick,
+/// one `eventfd` write and one loop wake-up each (session 13, push: the
+/// server's loop spent 5-12 ms of CPU per 1,000-push fan-out on them).
+///
+/// `f` must not wait for a loop to act on what it posted (it would wait until
+/// `f` returns). Nested scopes wake at the end of the outermost one. Costs
+/// nothing on a loop thread (whose posts wake nothing).
+pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
+    let outermost = DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_some() {
+            false
+        } else {
+            *d = Some(Vec::new());
+            true
+        }
+    });
+    if !outermost {
+        return f();
+    }
+    /// Wakes the deferred loops when the scope ends, also on unwinding.
+    struct WakeAtEnd;
+    impl Drop for WakeAtEnd {
+        fn drop(&mut self) {
+            let loops = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+            for handle in loops {
+                if let Err(e) = handle.waker.wake() {
+                    tracing::error!("zs-io reactor: wake failed: {e}");
+                }
+            }
+        }
+    }
+    let _wake = WakeAtEnd;
+    f()
 }
 
 enum Cmd {
@@ -194,6 +240,20 @@ impl LoopHandle {
         CURRENT_LOOP.with(|c| c.get() == Arc::as_ptr(self) as usize)
     }
 
+    /// Inside [`defer_wakes`]: notes this loop for the wake-up at the scope's
+    /// end and returns true (the caller does not wake it now).
+    fn defer_wake(self: &Arc<Self>) -> bool {
+        DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+            Some(loops) => {
+                if !loops.iter().any(|h| Arc::ptr_eq(h, self)) {
+                    loops.push(self.clone());
+                }
+                true
+            }
+            None => false,
+        })
+    }
+
     /// Posts a command; gives it back if the loop has stopped.
     fn post(self: &Arc<Self>, cmd: Cmd) -> Result<(), Cmd> {
         {
@@ -203,7 +263,7 @@ impl LoopHandle {
             }
             mb.cmds.push(cmd);
         }
-        if !self.on_this_thread() {
+        if !self.on_this_thread() && !self.defer_wake() {
             if let Err(e) = self.waker.wake() {
                 tracing::error!("zs-io reactor: wake failed: {e}");
             }

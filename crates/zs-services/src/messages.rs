@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use zs_core::{Peer, Registry};
 use zs_db::{Batch, Database, Kind};
-use zs_wire::DataFrame;
+use zs_wire::{DataFrame, Frame, Text};
 
 use crate::accounts::{check_name, lock, now_ms, Accounts};
 use crate::error::{code, Result, ServiceError};
@@ -1294,10 +1294,13 @@ impl Messages {
             group: group.to_owned(),
             body: Bytes::copy_from_slice(body),
         };
-        let frame = msg.to_frame();
-        to.iter()
-            .filter(|p| p.send_direct_stream("msg.push", frame.clone()).is_ok())
-            .count()
+        // One sending pass with the loops' wake-ups deferred to its end (one
+        // per loop, not one per member: see `zs_core::send_to_each`).
+        let frame = Frame::DirectStream {
+            cmd: Text::from("msg.push"),
+            data: msg.to_frame(),
+        };
+        zs_core::send_to_each(to, &frame)
     }
 
     fn check_body(&self, body: &[u8]) -> Result<()> {
