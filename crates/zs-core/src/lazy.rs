@@ -93,6 +93,11 @@ impl<K: Eq + Hash, V, S: BuildHasher + Default> LazyMap<K, V, S> {
         self.0.as_ref().map(|m| m.iter()).into_iter().flatten()
     }
 
+    /// Takes every entry out (in no order) and releases the map.
+    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = (K, V)> {
+        self.0.take().into_iter().flat_map(|m| m.into_iter())
+    }
+
     /// Empties the map and releases its memory.
     pub(crate) fn clear(&mut self) {
         self.0 = None;

@@ -20,7 +20,8 @@
 
 use std::hash::BuildHasherDefault;
 
-use crate::session::{IdHasher, IdMap};
+use crate::lazy::LazyMap;
+use crate::session::IdHasher;
 
 /// The ring's first length (allocated on the first call).
 const FIRST_RING: usize = 16;
@@ -36,10 +37,11 @@ pub(crate) const MAX_RING: usize = 1024;
 /// Pending calls by id: a ring indexed by id, and a map for the stragglers.
 pub(crate) struct IdTable<V> {
     /// Empty, or a power-of-two number of slots; slot `id & (len - 1)`.
-    ring: Vec<Option<(u64, V)>>,
+    ring: Box<[Option<(u64, V)>]>,
     /// Entries pushed out of the ring by a newer id (or that collided when
-    /// it grew).
-    spill: IdMap<V>,
+    /// it grew); one pointer while empty (an idle session holds this table:
+    /// issue 13's idle bytes).
+    spill: LazyMap<u64, V, BuildHasherDefault<IdHasher>>,
     /// Entries in `ring` (the spill counts its own).
     in_ring: usize,
 }
@@ -47,8 +49,8 @@ pub(crate) struct IdTable<V> {
 impl<V> Default for IdTable<V> {
     fn default() -> Self {
         IdTable {
-            ring: Vec::new(),
-            spill: IdMap::with_hasher(BuildHasherDefault::<IdHasher>::default()),
+            ring: Box::default(),
+            spill: LazyMap::default(),
             in_ring: 0,
         }
     }
@@ -112,7 +114,7 @@ impl<V> IdTable<V> {
         let n = self.ring.len() * 2;
         let old = std::mem::replace(&mut self.ring, empty_ring(n));
         self.in_ring = 0;
-        for (id, v) in old.into_iter().flatten() {
+        for (id, v) in Vec::from(old).into_iter().flatten() {
             let i = self.slot(id);
             match &self.ring[i] {
                 None => {
@@ -169,13 +171,13 @@ impl<V> IdTable<V> {
     /// Takes every entry out, in id order.
     pub(crate) fn drain_sorted(&mut self) -> Vec<(u64, V)> {
         let mut all: Vec<(u64, V)> = Vec::with_capacity(self.len());
-        for s in &mut self.ring {
+        for s in self.ring.iter_mut() {
             if let Some(e) = s.take() {
                 all.push(e);
             }
         }
         self.in_ring = 0;
-        all.extend(self.spill.drain());
+        all.extend(self.spill.take_all());
         all.sort_unstable_by_key(|e| e.0);
         all
     }
@@ -188,11 +190,9 @@ impl<V> IdTable<V> {
     pub(crate) fn shrink(&mut self) {
         if self.len() == 0 {
             if self.ring.len() > KEEP_RING {
-                self.ring = Vec::new();
+                self.ring = Box::default();
             }
-            if self.spill.capacity() > 0 {
-                self.spill = IdMap::default();
-            }
+            self.spill.clear();
         }
     }
 
@@ -203,10 +203,8 @@ impl<V> IdTable<V> {
     }
 }
 
-fn empty_ring<V>(n: usize) -> Vec<Option<(u64, V)>> {
-    let mut v = Vec::with_capacity(n);
-    v.resize_with(n, || None);
-    v
+fn empty_ring<V>(n: usize) -> Box<[Option<(u64, V)>]> {
+    (0..n).map(|_| None).collect()
 }
 
 #[cfg(test)]

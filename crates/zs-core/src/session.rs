@@ -23,7 +23,7 @@
 //! ([`Session::close`]): a FIN alone is a lost link.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
@@ -400,9 +400,6 @@ impl std::hash::Hasher for IdHasher {
         self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
-
-/// A map keyed by our own call ids.
-pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Whether `frame` belongs to the link layer (StableIO records and their
 /// control requests) rather than to the application.

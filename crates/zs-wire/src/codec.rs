@@ -265,11 +265,12 @@ pub struct Decoder<C = Config> {
     config: C,
     /// Frames up to this length (header included) have their whole length
     /// reserved once their header arrived (see
-    /// [`Decoder::reserve_whole_frames_up_to`]); 0: none.
-    whole: usize,
+    /// [`Decoder::reserve_whole_frames_up_to`]); 0: none. (`u32`s: every
+    /// idle session holds a decoder.)
+    whole: u32,
     /// A frame of a bulk transfer reserved whole gets a buffer of at least
     /// this many bytes (see [`Decoder::bulk_room`]); 0: only its own length.
-    bulk: usize,
+    bulk: u32,
 }
 
 impl<C: AsRef<Config>> Decoder<C> {
@@ -290,7 +291,7 @@ impl<C: AsRef<Config>> Decoder<C> {
     /// stalls can make the buffer reserve (never above `max_frame`, which the
     /// header check refuses first). Default 0: every frame grows by steps.
     pub fn reserve_whole_frames_up_to(&mut self, limit: usize) {
-        self.whole = limit;
+        self.whole = u32::try_from(limit).unwrap_or(u32::MAX);
     }
 
     /// When a frame of at least 64 KiB is reserved whole (see
@@ -302,7 +303,7 @@ impl<C: AsRef<Config>> Decoder<C> {
     /// make the buffer reserve becomes the larger of `room` and the whole
     /// frame plus one 64 KiB step. Default 0: the frame's own length.
     pub fn bulk_room(&mut self, room: usize) {
-        self.bulk = room;
+        self.bulk = u32::try_from(room).unwrap_or(u32::MAX);
     }
 
     /// The configuration.
@@ -367,11 +368,11 @@ impl<C: AsRef<Config>> Decoder<C> {
         let total = h.header_len + h.body_len;
         if buf.len() < total {
             let more = total - buf.len();
-            buf.reserve(if total <= self.whole {
+            buf.reserve(if total <= self.whole as usize {
                 let own = more + RESERVE_STEP;
                 if total >= RESERVE_STEP && buf.capacity() - buf.len() < own {
                     // It moves anyway: into the bulk room.
-                    own.max(self.bulk.saturating_sub(buf.len()))
+                    own.max((self.bulk as usize).saturating_sub(buf.len()))
                 } else {
                     own
                 }
