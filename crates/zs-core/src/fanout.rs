@@ -22,7 +22,7 @@ const MAX_THREADS: usize = 4;
 ///   connection's key-idle timer with its first record after an idle spell:
 ///   a kick to the connection's loop) are deferred to the end, one per loop
 ///   instead of one per peer ([`zs_io::defer_wakes`]);
-/// - with [`PEERS_PER_THREAD`] peers or more per core, the peers are split
+/// - with 256 peers (`PEERS_PER_THREAD`) or more per core, the peers are split
 ///   over scoped threads (one per core, at most 4, the caller being one) that
 ///   send their shares at once: each push is a seal and a `send` system call
 ///   on its own connection, so they run in parallel.
