@@ -25,12 +25,7 @@ const WINDOW: u32 = 2;
 const MIN_RECORD: u64 = 90;
 
 fn json(i: u64) -> Vec<u8> {
-    format!(
-        r#"{{"n":{i},"group":"g{}","pad":"{}"}}"#,
-        i % 10,
-        "x".repeat(60)
-    )
-    .into_bytes()
+    common::json_record(i, 60)
 }
 
 /// This process's resident memory in bytes.

@@ -12,12 +12,7 @@ use zs_db_service::proto::errcode;
 use zs_db_service::{Durability, Param, QuerySpec, Range, ServiceConfig};
 
 fn json(i: u64) -> Vec<u8> {
-    format!(
-        r#"{{"n":{i},"group":"g{}","pad":"{}"}}"#,
-        i % 10,
-        "x".repeat(40)
-    )
-    .into_bytes()
+    common::json_record(i, 40)
 }
 
 fn fill(db: &zs_db_service::DbClient, name: &str, n: u64) {
