@@ -162,11 +162,22 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
         spec.reverse = *reverse;
         spec.sort = r.sort.clone().unwrap_or_default();
         if r.remote.len() > 1 {
-            let clients = r
-                .remote
-                .iter()
-                .map(|a| connect(*a, &r))
-                .collect::<Result<Vec<_>, _>>()?;
+            // A server that cannot be reached is one that failed: the others
+            // still answer and the result is flagged partial (all unreachable:
+            // an error).
+            let (mut clients, mut addrs, mut unreachable) = (Vec::new(), Vec::new(), Vec::new());
+            for a in &r.remote {
+                match connect(*a, &r) {
+                    Ok(c) => {
+                        clients.push(c);
+                        addrs.push(*a);
+                    }
+                    Err(err) => unreachable.push(err),
+                }
+            }
+            if clients.is_empty() {
+                return Err(unreachable.join("; "));
+            }
             let cfg = FanOutConfig {
                 limit: limit.unwrap_or(0),
                 ..FanOutConfig::default()
@@ -174,14 +185,14 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
             let mut out = fan_out(&clients, &spec, cfg);
             for (server, rec) in &mut out {
                 let mut j = record_json(&rec);
-                j["server"] = r.remote[server].to_string().into();
+                j["server"] = addrs[server].to_string().into();
                 println!("{j}");
             }
+            for err in &unreachable {
+                eprintln!("partial: {err}");
+            }
             for f in out.failures() {
-                eprintln!(
-                    "partial: server {} dropped: {}",
-                    r.remote[f.server], f.reason
-                );
+                eprintln!("partial: server {} dropped: {}", addrs[f.server], f.reason);
             }
             return Ok(());
         }

@@ -154,6 +154,28 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
         })
         .collect();
     assert_eq!(names, ["dee", "cy"], "{merged}");
+    // a server that cannot be reached: the others answer, flagged partial
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let (ok, merged, err) = run(zs()
+        .args(["db", "--remote", &s1.addr, "--remote", &dead])
+        .args(["--fingerprint", &s1.fingerprint])
+        .args(["query", "people", "age > 30"])
+        .current_dir(here.path()));
+    assert!(ok, "{err}");
+    assert_eq!(merged.lines().count(), 2, "{merged}");
+    assert!(merged.contains("bob") && merged.contains("cy"), "{merged}");
+    assert!(
+        err.contains("partial: cannot connect to") && err.contains(&dead),
+        "{err}"
+    );
+    // none reachable: an error
+    let (ok, _, err) = run(zs()
+        .args(["db", "--remote", &dead, "--remote", &dead])
+        .args(["--fingerprint", &s1.fingerprint])
+        .args(["query", "people"])
+        .current_dir(here.path()));
+    assert!(!ok);
+    assert!(err.contains("cannot connect to"), "{err}");
     // a sorted query needs a limit
     let (ok, _, err) = zs_remote(&[&s1], &["--sort", "age", "query", "people"]);
     assert!(!ok);

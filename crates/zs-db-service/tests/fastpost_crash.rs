@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use zs_db::Kind;
-use zs_db_service::{DbService, FastPostConfig, QuerySpec, ServiceConfig};
+use zs_db_service::{DbService, EndStatus, FastPostConfig, QuerySpec, ServiceConfig};
 
 const CHILD_ENV: &str = "ZS_DBSVC_CHILD_DIR";
 
@@ -63,8 +63,14 @@ fn spawn(dir: &std::path::Path) -> (Proc, SocketAddr) {
     }
 }
 
+/// The size: 1 M records of 100 B, the link cut every 100,000 records
+/// and the server `kill -9`'d once, half way.
+const TOTAL: u64 = 1_000_000;
+const CUT_EVERY: u64 = 100_000;
+
 #[test]
 fn fastpost_survives_link_cuts_and_a_kill_9_of_the_server() {
+    let t0 = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (mut proc, addr) = spawn(dir.path());
     let addr = Arc::new(Mutex::new(addr));
@@ -80,15 +86,16 @@ fn fastpost_survives_link_cuts_and_a_kill_9_of_the_server() {
             },
         )
         .unwrap();
-    let total = 30_000u64;
     let mut acked_before_kill = 0;
-    for i in 1..=total {
-        let v = format!("{i:0100}"); // 100 B values carrying their sequence number
-        fp.post(Kind::Raw, v.as_bytes()).unwrap();
-        if i % 4_000 == 0 {
+    let mut v = [b'0'; 100]; // 100 B values carrying their sequence number
+    for i in 1..=TOTAL {
+        let digits = i.to_string();
+        v[100 - digits.len()..].copy_from_slice(digits.as_bytes());
+        fp.post(Kind::Raw, &v).unwrap();
+        if i % CUT_EVERY == 0 {
             db.connection().drop_link();
         }
-        if i == total / 2 {
+        if i == TOTAL / 2 {
             acked_before_kill = fp.acked();
             let _ = proc.0.kill(); // SIGKILL: no flush, no goodbye
             let _ = proc.0.wait();
@@ -98,6 +105,7 @@ fn fastpost_survives_link_cuts_and_a_kill_9_of_the_server() {
         }
     }
     fp.flush().unwrap();
+    eprintln!("posted {TOTAL} in {:?}", t0.elapsed());
     assert!(
         acked_before_kill > 0,
         "acknowledgements came before the kill"
@@ -106,22 +114,24 @@ fn fastpost_survives_link_cuts_and_a_kill_9_of_the_server() {
         fp.reconnects() >= 1,
         "the stream was reopened on the new server"
     );
-    assert_eq!(fp.acked(), total);
-    let all = db
-        .query(QuerySpec::new("k"))
-        .unwrap()
-        .collect_all()
-        .unwrap();
-    let mut seqs: Vec<u64> = all
-        .iter()
-        .map(|r| std::str::from_utf8(&r.data).unwrap().parse().unwrap())
-        .collect();
-    seqs.sort();
-    let dups = seqs.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(fp.acked(), TOTAL);
+    // every acknowledged record present exactly once, read back in batches
+    // (not all 1 M held at once)
+    let mut seen = vec![false; TOTAL as usize + 1];
+    let (mut n, mut dups) = (0u64, 0u64);
+    let mut q = db.query(QuerySpec::new("k")).unwrap();
+    while let Some(b) = q.next_batch() {
+        for r in b.unwrap() {
+            let seq: usize = std::str::from_utf8(&r.data).unwrap().parse().unwrap();
+            assert!((1..=TOTAL as usize).contains(&seq), "stray record {seq}");
+            dups += u64::from(std::mem::replace(&mut seen[seq], true));
+            n += 1;
+        }
+    }
     assert_eq!(dups, 0, "no record stored twice");
-    assert_eq!(
-        seqs,
-        (1..=total).collect::<Vec<_>>(),
-        "every record present"
-    );
+    let missing = seen[1..].iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "every acknowledged record present");
+    assert_eq!(n, TOTAL);
+    assert_eq!(q.end(), Some((EndStatus::Done, TOTAL)));
+    eprintln!("checked in {:?}", t0.elapsed());
 }

@@ -9,15 +9,10 @@ use std::time::{Duration, Instant};
 use common::code;
 use zs_db::{encode_kv, FieldValue, Kind};
 use zs_db_service::proto::errcode;
-use zs_db_service::{Durability, EndStatus, Param, QuerySpec, Range, ServiceConfig};
+use zs_db_service::{Durability, Param, QuerySpec, Range, ServiceConfig};
 
 fn json(i: u64) -> Vec<u8> {
-    format!(
-        r#"{{"n":{i},"group":"g{}","pad":"{}"}}"#,
-        i % 10,
-        "x".repeat(40)
-    )
-    .into_bytes()
+    common::json_record(i, 40)
 }
 
 fn fill(db: &zs_db_service::DbClient, name: &str, n: u64) {
@@ -266,50 +261,7 @@ fn filters_with_parameters_and_registered_functions() {
     assert_eq!(code(db.query(QuerySpec::new("nope"))), errcode::NOT_FOUND);
 }
 
-#[test]
-fn pause_resume_stop_and_progress_of_a_running_scan() {
-    let f = common::start(ServiceConfig::default());
-    let db = f.client();
-    fill(&db, "p", 20_000);
-    let mut spec = QuerySpec::new("p");
-    spec.batch_bytes = 4096;
-    spec.window = 2;
-    let mut q = db.query(spec.clone()).unwrap();
-    let first = q.next_batch().unwrap().unwrap();
-    assert_eq!(first[0].id, 1);
-    q.pause().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let p1 = q.progress().unwrap();
-    assert!(p1.paused && !p1.done);
-    std::thread::sleep(Duration::from_millis(300));
-    let p2 = q.progress().unwrap();
-    assert_eq!(p1.scanned, p2.scanned, "a paused scan does not advance");
-    assert!(p2.scanned < 20_000);
-    q.resume().unwrap();
-    let mut n = first.len() as u64;
-    let mut last = first.last().unwrap().id;
-    while let Some(b) = q.next_batch() {
-        for r in b.unwrap() {
-            assert_eq!(r.id, last + 1, "in order, nothing lost or repeated");
-            last = r.id;
-            n += 1;
-        }
-    }
-    assert_eq!(n, 20_000);
-    assert_eq!(q.end(), Some((EndStatus::Done, 20_000)));
-    // stop in the middle
-    let mut q = db.query(spec).unwrap();
-    q.next_batch().unwrap().unwrap();
-    q.stop().unwrap();
-    let mut got = 0;
-    while let Some(b) = q.next_batch() {
-        got += b.unwrap().len();
-    }
-    let (status, matched) = q.end().unwrap();
-    assert_eq!(status, EndStatus::Stopped);
-    assert!(matched < 20_000 && got < 20_000, "{matched}");
-    assert_eq!(code(q.progress()), errcode::NOT_FOUND); // gone from the server
-}
+// pause/resume/stop/progress of a running scan: tests/scan_1m.rs (1 M records)
 
 #[test]
 fn a_reader_that_never_reads_pauses_the_scan_with_bounded_memory() {

@@ -97,3 +97,13 @@ pub fn code<T: std::fmt::Debug>(r: zs_db_service::Result<T>) -> u32 {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// A JSON record `{"n":i,"group":"g<i % 10>","pad":"x…"}` with `pad` bytes of padding.
+pub fn json_record(i: u64, pad: usize) -> Vec<u8> {
+    format!(
+        r#"{{"n":{i},"group":"g{}","pad":"{}"}}"#,
+        i % 10,
+        "x".repeat(pad)
+    )
+    .into_bytes()
+}
