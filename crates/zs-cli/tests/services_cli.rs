@@ -23,15 +23,9 @@ fn full() -> bool {
     std::env::var_os("ZS_FULL_TESTS").is_some_and(|v| v == "1")
 }
 
-/// Messages sent through the kill -9 test: 2,000, or the 10,000 with
-/// `ZS_FULL_TESTS=1`.
-fn messages() -> u64 {
-    if full() {
-        10_000
-    } else {
-        2_000
-    }
-}
+/// Messages sent through the kill -9 test: the 10,000, always (about
+/// 9 s in a debug build at load 6; 2,000 took 1.6 s).
+const MESSAGES: u64 = 10_000;
 
 /// Times the server is killed during that test.
 const KILLS: usize = 8;
@@ -336,7 +330,7 @@ fn acknowledged_messages_survive_kill_9_exactly_once_in_order() {
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (a2, s2, addr2, fp2) = (acked.clone(), stop.clone(), addr.clone(), fp.clone());
-    let n_messages = messages();
+    let n_messages = MESSAGES;
     let sender = std::thread::spawn(move || {
         let mut client: Option<ServicesClient> = None;
         let mut i = 0;
@@ -346,7 +340,7 @@ fn acknowledged_messages_survive_kill_9_exactly_once_in_order() {
         while i < n_messages {
             assert!(!s2.load(Ordering::Relaxed), "stopped");
             assert!(
-                started.elapsed() < Duration::from_secs(if full() { 600 } else { 45 }),
+                started.elapsed() < Duration::from_secs(300),
                 "sender stuck at {i}"
             );
             let c = match client.take() {
