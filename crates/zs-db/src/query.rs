@@ -255,7 +255,8 @@ impl Shared {
             if self.stop.load(Ordering::Acquire) {
                 return false;
             }
-            if k < self.consumed.load(Ordering::Acquire).saturating_add(self.window) {
+            let end = self.consumed.load(Ordering::Acquire);
+            if k < end.saturating_add(self.window) {
                 return true;
             }
             self.parked.fetch_add(1, Ordering::AcqRel);
