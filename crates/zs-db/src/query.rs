@@ -212,8 +212,18 @@ struct Shared {
     next: AtomicU64,
     chunks: u64,
     stop: AtomicBool,
+    /// Guards `paused`; its condvar `resume` also wakes workers held at the
+    /// read-ahead window (`consumed` advanced, or stop).
     paused: Mutex<bool>,
     resume: Condvar,
+    /// The chunk the reader waits for next (`QueryHandle::next_chunk`), published
+    /// under `paused`'s lock so a worker waiting on the window cannot miss it.
+    consumed: AtomicU64,
+    /// Read-ahead bound: a worker processes claimed chunk `k` only while
+    /// `k < consumed + window` (4 x the scan's threads, as the channel bound).
+    window: u64,
+    /// Workers currently held at the window (tests watch it).
+    parked: AtomicU64,
     scanned: AtomicU64,
     matched: AtomicU64,
     running: AtomicU64,
@@ -234,6 +244,35 @@ impl Shared {
             records_per_s: scanned as f64 / elapsed.as_secs_f64().max(1e-9),
             done: self.running.load(Ordering::Acquire) == 0,
             used_index: self.used_index,
+        }
+    }
+
+    /// Holds a worker that claimed chunk `k` until `k` is inside the read-ahead
+    /// window; false when the scan was stopped (or the handle dropped) meanwhile.
+    fn wait_window(&self, k: u64) -> bool {
+        let mut g = mlock(&self.paused);
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            let end = self.consumed.load(Ordering::Acquire);
+            if k < end.saturating_add(self.window) {
+                return true;
+            }
+            self.parked.fetch_add(1, Ordering::AcqRel);
+            g = self.resume.wait(g).unwrap_or_else(|e| e.into_inner());
+            self.parked.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The reader moved on to chunk `n`: let workers held at the window go.
+    fn advance(&self, n: u64) {
+        {
+            let _g = mlock(&self.paused);
+            self.consumed.store(n, Ordering::Release);
+        }
+        if self.parked.load(Ordering::Acquire) > 0 {
+            self.resume.notify_all();
         }
     }
 
@@ -340,12 +379,19 @@ impl Database {
         let total = source.len();
         let chunk = q.chunk as u64;
         let chunks = total.div_ceil(chunk);
+        let threads = q.threads.min(chunks.max(1) as usize);
+        // read-ahead window in work units: completed chunks not yet delivered
+        // (channel + `pending`) plus chunks being scanned never exceed it
+        let window = threads as u64 * 4;
         let shared = Arc::new(Shared {
             next: AtomicU64::new(0),
             chunks,
             stop: AtomicBool::new(false),
             paused: Mutex::new(false),
             resume: Condvar::new(),
+            consumed: AtomicU64::new(0),
+            window,
+            parked: AtomicU64::new(0),
             scanned: AtomicU64::new(0),
             matched: AtomicU64::new(0),
             running: AtomicU64::new(0),
@@ -353,8 +399,7 @@ impl Database {
             total,
             used_index,
         });
-        let threads = q.threads.min(chunks.max(1) as usize);
-        let (tx, rx) = crossbeam::channel::bounded::<ChunkResult>(threads * 4);
+        let (tx, rx) = crossbeam::channel::bounded::<ChunkResult>(window as usize);
         let source = Arc::new(source);
         let mut workers = Vec::with_capacity(threads);
         for t in 0..threads {
@@ -430,7 +475,7 @@ impl Worker {
                 return;
             }
             let k = self.shared.next.fetch_add(1, Ordering::AcqRel);
-            if k >= self.shared.chunks {
+            if k >= self.shared.chunks || !self.shared.wait_window(k) {
                 return;
             }
             let (lo, hi) = if self.reverse {
@@ -604,6 +649,7 @@ impl QueryHandle {
             }
             if let Some(res) = self.pending.remove(&self.next_chunk) {
                 self.next_chunk += 1;
+                self.shared.advance(self.next_chunk);
                 match res {
                     Ok(mut recs) => {
                         if let Some(l) = self.limit {
@@ -693,5 +739,114 @@ impl Iterator for QueryHandle {
 impl Drop for QueryHandle {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    use crate::{Batch, Database, DbOptions, Kind, MemVfs, Query, Vfs};
+
+    const CHUNK: u64 = 10;
+    const CHUNKS: u64 = 200;
+
+    fn db(name: &str) -> Database {
+        let vfs: Arc<dyn Vfs> = Arc::new(MemVfs::new());
+        let db = Database::create(vfs, name, DbOptions::default()).unwrap();
+        let mut b = Batch::new();
+        for i in 0..CHUNK * CHUNKS {
+            b.insert(Kind::Raw, i.to_le_bytes().to_vec());
+        }
+        db.commit(&b).unwrap();
+        db
+    }
+
+    /// Polls `cond` (each poll may also assert) until it holds; the deadline only
+    /// guards against a hang.
+    fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !cond() {
+            assert!(t.elapsed() < Duration::from_secs(60), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// One worker stuck on chunk 1 while the reader waits for it: the other
+    /// workers stop at the read-ahead window instead of scanning the whole
+    /// database into `pending` (without the bound they run to the end).
+    #[test]
+    fn a_slow_chunk_holds_the_other_workers_at_the_window() {
+        let db = db("w");
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let max_seen = Arc::new(AtomicU64::new(0));
+        let (g, m) = (gate.clone(), max_seen.clone());
+        let q = Query::filter(move |r| {
+            m.fetch_max((r.id - 1) / CHUNK, Ordering::AcqRel);
+            if r.id == CHUNK + 1 {
+                let mut open = g.0.lock().unwrap();
+                while !*open {
+                    open = g.1.wait(open).unwrap();
+                }
+            }
+            true
+        });
+        let threads = 3u64;
+        let mut h = db
+            .query(q.chunk_size(CHUNK as usize).threads(threads as usize))
+            .unwrap();
+        let shared = h.shared.clone();
+        let window = shared.window;
+        assert_eq!(window, 4 * threads);
+        let reader = std::thread::spawn(move || {
+            let mut n = 0;
+            while let Some(b) = h.next_batch() {
+                n += b.unwrap().len() as u64;
+            }
+            n
+        });
+        // chunk 1 is not delivered, so `consumed` <= 1 and no chunk at or past
+        // 1 + window may be scanned
+        until("the other workers park at the window", || {
+            let m = max_seen.load(Ordering::Acquire);
+            assert!(m < 1 + window, "scanned chunk {m}, window {window}");
+            shared.parked.load(Ordering::Acquire) == threads - 1
+        });
+        assert!(shared.progress().scanned <= (window + 1) * CHUNK);
+        assert!(max_seen.load(Ordering::Acquire) < 1 + window);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert_eq!(reader.join().unwrap(), CHUNK * CHUNKS, "every record, once");
+    }
+
+    /// Workers held at the window end when the handle is stopped or dropped.
+    #[test]
+    fn stop_and_drop_release_workers_held_at_the_window() {
+        let db = db("s");
+        for stop in [true, false] {
+            let mut h = db
+                .query(Query::all().chunk_size(CHUNK as usize).threads(2))
+                .unwrap();
+            let shared = h.shared.clone();
+            // nobody reads: the workers fill the window (and the channel) and park
+            until("both workers park", || {
+                shared.parked.load(Ordering::Acquire) == 2
+            });
+            assert_eq!(shared.progress().scanned, shared.window * CHUNK);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                if stop {
+                    h.stop();
+                    assert!(h.next_batch().is_none());
+                }
+                drop(h);
+                tx.send(()).unwrap();
+            });
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("the handle ends without hanging on parked workers");
+            assert!(shared.progress().done, "every worker ended");
+        }
     }
 }
