@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(a.encode(), b);
         if let Answer::Stats(s) = a {
             assert_eq!((b.len(), b[0]), (41, 10));
-            assert_eq!(u64::from_le_bytes(b[33..41].try_into().unwrap()), s.index_bytes);
+            assert_eq!(
+                u64::from_le_bytes(b[33..41].try_into().unwrap()),
+                s.index_bytes
+            );
         }
     }
     if let Ok(p) = Push::decode(&b, &lim) {
