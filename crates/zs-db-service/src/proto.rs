@@ -1317,11 +1317,15 @@ impl Answer {
             }
             Answer::Stats(s) => {
                 b.put_u8(10);
-                b.put_u64_le(s.records);
-                b.put_u64_le(s.next_id);
-                b.put_u64_le(s.file_bytes);
-                b.put_u64_le(s.live_bytes);
-                b.put_u64_le(s.index_bytes);
+                for v in [
+                    s.records,
+                    s.next_id,
+                    s.file_bytes,
+                    s.live_bytes,
+                    s.index_bytes,
+                ] {
+                    b.put_u64_le(v);
+                }
             }
         }
         b.freeze()
