@@ -173,6 +173,11 @@ pub(crate) fn value_bytes(kind: KindArg, value: &[String]) -> Result<(Kind, Vec<
     }
 }
 
+/// What `zs db stats` prints (local and `--remote` alike).
+pub(crate) fn stats_json(s: &zs_db::Stats) -> serde_json::Value {
+    serde_json::json!({"records": s.records, "next_id": s.next_id, "file_bytes": s.file_bytes, "live_bytes": s.live_bytes})
+}
+
 pub(crate) fn record_json(r: &Record) -> serde_json::Value {
     use serde_json::{json, Map, Value};
     let value = match r.kind {
@@ -321,13 +326,7 @@ fn exec(args: DbArgs) -> Result<(), String> {
             }
             crate::dbsvc::print_rules(&rules_service(&args.dir)?.rules(&name));
         }
-        DbCmd::Stats { name } => {
-            let s = open(&env, &name)?.stats();
-            println!(
-                "{}",
-                serde_json::json!({"records": s.records, "next_id": s.next_id, "file_bytes": s.file_bytes, "live_bytes": s.live_bytes})
-            );
-        }
+        DbCmd::Stats { name } => println!("{}", stats_json(&open(&env, &name)?.stats())),
     }
     Ok(())
 }

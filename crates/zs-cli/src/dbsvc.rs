@@ -11,7 +11,7 @@ use zs_db_service::{
     fan_out, Change, DbClient, DbService, Durability, FanOutConfig, QuerySpec, ServiceConfig,
 };
 
-use crate::db::{record_json, value_bytes, DbCmd};
+use crate::db::{record_json, stats_json, value_bytes, DbCmd};
 
 /// The DB service flags of `zs serve`.
 #[derive(Debug, clap::Args)]
@@ -258,7 +258,7 @@ pub fn exec_remote(r: RemoteArgs, cmd: DbCmd) -> Result<(), String> {
             let (before, after) = db.compact(&name).map_err(e)?;
             println!("compacted {name}: {before} -> {after} bytes");
         }
-        DbCmd::Stats { .. } => return Err("`stats` is local only".into()),
+        DbCmd::Stats { name } => println!("{}", stats_json(&db.stats(&name).map_err(e)?)),
         DbCmd::Grant { name, user, access } => {
             let access = parse_access(&access)?;
             db.grant(&name, &user, access).map_err(e)?;

@@ -154,6 +154,23 @@ fn remote_verbs_watch_and_fan_out_against_zs_serve() {
         })
         .collect();
     assert_eq!(names, ["dee", "cy"], "{merged}");
+    // stats: remote prints what the local verb prints on the same file (the
+    // server stopped, it holds the file's lock)
+    let (ok, remote, err) = zs_remote(&[&s2], &["stats", "people"]);
+    assert!(ok, "{err}");
+    let figures: serde_json::Value = serde_json::from_str(remote.trim()).unwrap();
+    assert_eq!(figures["records"], 1, "{remote}");
+    assert_eq!(figures["next_id"], 2, "{remote}");
+    let (ok, _, err) = zs_remote(&[&s2], &["stats", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("404"), "{err}");
+    drop(s2);
+    let data = d2.path().join("zs-data/db");
+    let (ok, local, err) = run(zs()
+        .args(["db", "--dir", data.to_str().unwrap(), "stats", "people"])
+        .current_dir(here.path()));
+    assert!(ok, "{err}");
+    assert_eq!(remote, local);
     // a server that cannot be reached: the others answer, flagged partial
     let dead = format!("127.0.0.1:{}", common::free_port());
     let (ok, merged, err) = run(zs()

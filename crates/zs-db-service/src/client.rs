@@ -294,6 +294,15 @@ impl DbClient {
         }
     }
 
+    /// The figures of database `db` (what local `zs db stats` prints); needs
+    /// read access to `db`, as [`DbClient::get`] does.
+    pub fn stats(&self, db: &str) -> Result<zs_db::Stats> {
+        match self.request(&Request::Stats { db: db.into() })? {
+            Answer::Stats(s) => Ok(s),
+            a => Err(Error::Unexpected(Box::new(a))),
+        }
+    }
+
     /// Deletes database `name`.
     pub fn remove(&self, name: &str) -> Result<()> {
         self.ok(Request::Remove { name: name.into() })

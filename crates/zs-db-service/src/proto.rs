@@ -347,6 +347,13 @@ pub enum Request {
         /// Database name or `*`.
         db: String,
     },
+    /// The figures of `db` (what local `zs db stats` prints); needs
+    /// [`crate::Access::Read`] on `db`, as a GET does. Answered with
+    /// [`Answer::Stats`].
+    Stats {
+        /// Database name.
+        db: String,
+    },
 }
 
 /// State of a query as reported by [`Answer::Progress`].
@@ -387,6 +394,9 @@ pub enum Answer {
     Bytes(Bytes),
     /// Access rules: (database or `*`, user or `*`, access), sorted.
     Rules(Vec<(String, String, crate::Access)>),
+    /// A database's figures (stats): records, next id, file bytes, live
+    /// bytes, index bytes.
+    Stats(zs_db::Stats),
 }
 
 /// How a query ended.
@@ -639,6 +649,7 @@ const R_COPY: u8 = 0x04;
 const R_COMPACT: u8 = 0x05;
 const R_REMOVE: u8 = 0x06;
 const R_INDEX: u8 = 0x07;
+const R_STATS: u8 = 0x08;
 const R_INSERT: u8 = 0x10;
 const R_UPDATE: u8 = 0x11;
 const R_DELETE: u8 = 0x12;
@@ -905,6 +916,10 @@ impl Request {
                 b.put_u8(R_RULES);
                 put_str(&mut b, db);
             }
+            Request::Stats { db } => {
+                b.put_u8(R_STATS);
+                put_str(&mut b, db);
+            }
         }
         b.freeze()
     }
@@ -1027,6 +1042,7 @@ impl Request {
                 },
             },
             R_RULES => Request::Rules { db: r.str()? },
+            R_STATS => Request::Stats { db: r.str()? },
             _ => return bad("request code"),
         };
         r.end()?;
@@ -1299,6 +1315,18 @@ impl Answer {
                     b.put_u8(*access as u8);
                 }
             }
+            Answer::Stats(s) => {
+                b.put_u8(10);
+                for v in [
+                    s.records,
+                    s.next_id,
+                    s.file_bytes,
+                    s.live_bytes,
+                    s.index_bytes,
+                ] {
+                    b.put_u64_le(v);
+                }
+            }
         }
         b.freeze()
     }
@@ -1343,6 +1371,13 @@ impl Answer {
                 }
                 Answer::Rules(v)
             }
+            10 => Answer::Stats(zs_db::Stats {
+                records: r.u64()?,
+                next_id: r.u64()?,
+                file_bytes: r.u64()?,
+                live_bytes: r.u64()?,
+                index_bytes: r.u64()?,
+            }),
             _ => return bad("answer code"),
         };
         r.end()?;

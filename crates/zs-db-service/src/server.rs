@@ -917,7 +917,9 @@ impl Svc {
             | Request::Update { db, .. }
             | Request::Delete { db, .. }
             | Request::FastPostOpen { db, .. } => chk(db, Access::Write),
-            Request::Get { db, .. } | Request::Watch { db, .. } => chk(db, Access::Read),
+            Request::Get { db, .. } | Request::Watch { db, .. } | Request::Stats { db } => {
+                chk(db, Access::Read)
+            }
             Request::Query(spec) => chk(&spec.db, Access::Read),
             Request::List | Request::Call { .. } => self
                 .rules
@@ -1062,6 +1064,7 @@ impl Svc {
                 let e = self.entry(&db, false)?;
                 Ok(Answer::Record(e.db.get(id).map_err(db_err)?))
             }
+            Request::Stats { db } => Ok(Answer::Stats(self.entry(&db, false)?.db.stats())),
             Request::Query(spec) => self.start_query(peer, spec),
             Request::Call { name, args } => self.call(&name, &args),
             Request::Pause { qid } | Request::Resume { qid } | Request::Stop { qid } => {

@@ -106,6 +106,7 @@ fn who_may_do_what() {
     assert_eq!(code(anon.get("notes", id)), errcode::UNAUTHORIZED);
     assert_eq!(code(anon.open("notes", false)), errcode::UNAUTHORIZED);
     assert_eq!(code(anon.list()), errcode::UNAUTHORIZED);
+    assert_eq!(code(anon.stats("notes")), errcode::UNAUTHORIZED);
     assert_eq!(
         code(anon.query(QuerySpec::new("notes"))),
         errcode::UNAUTHORIZED
@@ -119,6 +120,10 @@ fn who_may_do_what() {
     let ann = f.as_user("ann");
     let bob = f.as_user("bob");
     assert_eq!(code(bob.get("notes", id)), errcode::FORBIDDEN);
+    // stats under the read rule: the same refusal as a GET, also for a name
+    // that does not exist (no probing which databases exist)
+    assert_eq!(code(bob.stats("notes")), errcode::FORBIDDEN);
+    assert_eq!(code(bob.stats("nope")), errcode::FORBIDDEN);
     assert_eq!(
         code(bob.insert("notes", Kind::Raw, b"x", Durability::Written)),
         errcode::FORBIDDEN
@@ -140,6 +145,7 @@ fn who_may_do_what() {
     root.grant("notes", "ANN", Access::Read).unwrap(); // names are case-insensitive
     assert_eq!(ann.get("notes", id).unwrap().unwrap().data, b"secret");
     assert_eq!(ann.list().unwrap(), vec!["notes".to_string()]);
+    assert_eq!(ann.stats("notes").unwrap().records, 1);
     assert_eq!(
         code(ann.insert("notes", Kind::Raw, b"x", Durability::Written)),
         errcode::FORBIDDEN

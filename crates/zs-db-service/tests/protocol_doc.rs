@@ -38,7 +38,7 @@ fn doc_examples() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn documented_bytes_match_the_encoders() {
     let ex = doc_examples();
-    assert_eq!(ex.len(), 9);
+    assert_eq!(ex.len(), 11);
     let lim = Limits::default();
     let get = Request::Get {
         db: "a".into(),
@@ -103,6 +103,30 @@ fn documented_bytes_match_the_encoders() {
         Answer::decode(&Bytes::from(ex[8].1.clone()), &lim).unwrap(),
         listed
     );
+    let stats = Request::Stats { db: "a".into() };
+    assert_eq!(stats.encode().as_ref(), &ex[9].1[..], "{}", ex[9].0);
+    assert_eq!(
+        Request::decode(&Bytes::from(ex[9].1.clone()), &lim).unwrap(),
+        stats
+    );
+    let figures = Answer::Stats(zs_db::Stats {
+        records: 2,
+        next_id: 3,
+        file_bytes: 64,
+        live_bytes: 48,
+        index_bytes: 32,
+    });
+    assert_eq!(figures.encode().as_ref(), &ex[10].1[..], "{}", ex[10].0);
+    assert_eq!(
+        Answer::decode(&Bytes::from(ex[10].1.clone()), &lim).unwrap(),
+        figures
+    );
+    // a stats answer one byte short, or with a byte more, is refused
+    let a = &ex[10].1;
+    assert!(Answer::decode(&Bytes::from(a[..a.len() - 1].to_vec()), &lim).is_err());
+    let mut long = a.clone();
+    long.push(0);
+    assert!(Answer::decode(&Bytes::from(long), &lim).is_err());
     let mut bad_rule = ex[8].1.clone();
     *bad_rule.last_mut().unwrap() = 7;
     assert!(Answer::decode(&Bytes::from(bad_rule), &lim).is_err());

@@ -379,6 +379,40 @@ fn hostile_requests_are_refused_and_bad_one_way_messages_disconnect() {
         .call_stream(zs_db_service::proto::cmd::REQUEST, truncated)
         .wait()
         .is_err());
+    // stats: the figures of the database, and refusals (no database, a name
+    // that is no database name or a reserved one, garbled and oversized requests)
+    let s = db.stats("h").unwrap();
+    assert_eq!((s.records, s.next_id), (1, 2));
+    assert!(
+        s.file_bytes >= s.live_bytes && s.live_bytes > 7 + 8,
+        "{s:?}"
+    );
+    assert_eq!(code(db.stats("nope")), errcode::NOT_FOUND);
+    assert_eq!(code(db.stats("../h")), errcode::BAD_REQUEST);
+    assert_eq!(code(db.stats(&"h".repeat(60_000))), errcode::BAD_REQUEST);
+    assert_eq!(
+        code(db.stats(zs_db_service::ACCESS_DB)),
+        errcode::FORBIDDEN,
+        "the rules' database is not the clients'"
+    );
+    let garbled: [&[u8]; 4] = [
+        &[0x08],                      // no name
+        &[0x08, 5, 0, b'h'],          // name cut short
+        &[0x08, 1, 0, b'h', 0],       // a trailing byte
+        &[0x08, 0xff, 0xff, b'h', 0], // a length past the end
+    ];
+    for g in garbled {
+        let req = zs_wire::DataFrame::new().with(g.to_vec());
+        match conn
+            .call_stream(zs_db_service::proto::cmd::REQUEST, req)
+            .wait()
+        {
+            Err(zs_core::Error::Remote { code, .. }) => {
+                assert_eq!(code, errcode::BAD_REQUEST, "{g:?}")
+            }
+            other => panic!("{g:?}: {other:?}"),
+        }
+    }
     // a second client is unaffected by the first one's garbage one-way message
     let other = f.client();
     conn.send_complete_buffer(
