@@ -269,16 +269,23 @@ fn two_records(suite: SuiteId) -> (Pair, Vec<Vec<u8>>) {
     (p, r)
 }
 
+/// An established PSK pair on `suite` alone whose client seals records of
+/// at most 1,024 plaintext bytes, the server's handshake events taken.
+fn psk_pair_of_1k_records(suite: SuiteId) -> Pair {
+    let mut s = ServerConfig::with_psk(b"i", &KEY).unwrap();
+    s.policy = only(suite);
+    let mut c = ClientConfig::psk(b"i", &KEY).unwrap();
+    c.suites = vec![suite];
+    c.max_record = 1024;
+    let mut p = Pair::established(c, s);
+    events(&mut p.s);
+    p
+}
+
 #[test]
 fn sends_between_takes_share_records() {
     for suite in [SuiteId::Aes256Gcm, SuiteId::Mars256CtrHmacSha3] {
-        let mut s = ServerConfig::with_psk(b"i", &KEY).unwrap();
-        s.policy = only(suite);
-        let mut c = ClientConfig::psk(b"i", &KEY).unwrap();
-        c.suites = vec![suite];
-        c.max_record = 1024;
-        let mut p = Pair::established(c, s);
-        events(&mut p.s);
+        let mut p = psk_pair_of_1k_records(suite);
         // Many small sends: one record.
         let mut want = Vec::new();
         for i in 0..50u8 {
@@ -1021,13 +1028,7 @@ mod tls {
 fn records_fit_the_wire_size_asked_for() {
     for suite in [SuiteId::Aes256Gcm, SuiteId::Mars256CtrHmacSha3] {
         for (wire, plain) in [(512, 512 - HEADER_LEN - suite.tag_len()), (4096, 1024)] {
-            let mut s = ServerConfig::with_psk(b"i", &KEY).unwrap();
-            s.policy = only(suite);
-            let mut c = ClientConfig::psk(b"i", &KEY).unwrap();
-            c.suites = vec![suite];
-            c.max_record = 1024;
-            let mut p = Pair::established(c, s);
-            events(&mut p.s);
+            let mut p = psk_pair_of_1k_records(suite);
             p.c.set_record_wire_size(wire);
             let want: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
             p.c.send(&want[..1000], p.now).unwrap();
