@@ -13,10 +13,13 @@ pub fn sha3_224(data: &[u8]) -> [u8; 28] {
     sha3::Sha3_224::digest(data).into()
 }
 
-/// SHA3-256 of `data`.
+/// SHA3-256 of `data` (zs-hash's: compiled optimised in debug builds too).
 pub fn sha3_256(data: &[u8]) -> [u8; 32] {
-    sha3::Sha3_256::digest(data).into()
+    zs_hash::sha3_256(data)
 }
+
+/// Incremental SHA3-256 for bulk data (zs-hash's, see [`sha3_256`]).
+pub use zs_hash::Sha3_256;
 
 /// SHA3-384 of `data`.
 pub fn sha3_384(data: &[u8]) -> [u8; 48] {

@@ -340,7 +340,7 @@ impl ServicesClient {
 
     /// Sends one chunk at `offset` (with its SHA3-256). Returns the new offset.
     pub fn upload_chunk(&self, id: u64, offset: u64, data: &[u8]) -> Result<u64> {
-        let h = zs_crypto::hash::sha3_256(data);
+        let h = zs_hash::sha3_256(data);
         let df = self.call(
             "file.chunk",
             DataFrame::new()
@@ -408,7 +408,7 @@ impl ServicesClient {
                     let n = chunk.min(size - next) as usize;
                     let mut buf = vec![0u8; n];
                     read(next, &mut buf)?;
-                    let crc = crc32fast::hash(&buf).to_le_bytes().to_vec();
+                    let crc = zs_hash::crc32(&buf).to_le_bytes().to_vec();
                     let df = DataFrame::new()
                         .with(id)
                         .with(next)
@@ -783,7 +783,7 @@ impl ServicesClient {
         std::thread::scope(|s| {
             let hasher = std::thread::Builder::new()
                 .name("zs-delta-hash".into())
-                .spawn_scoped(s, || zs_crypto::hash::sha3_256(data))
+                .spawn_scoped(s, || zs_hash::sha3_256(data))
                 .map_err(|e| {
                     let e = ServiceError::new(code::CLIENT, format!("no hashing thread: {e}"));
                     (e, None)
@@ -879,7 +879,7 @@ impl ServicesClient {
                 while a < to {
                     let b = (a + (256 << 10)).min(to);
                     let piece = &data[a..b];
-                    let crc = crc32fast::hash(piece).to_le_bytes().to_vec();
+                    let crc = zs_hash::crc32(piece).to_le_bytes().to_vec();
                     let df = DataFrame::new()
                         .with(ops.id)
                         .with(ops.at)
@@ -1314,10 +1314,9 @@ pub struct DeltaReport {
 
 /// Size and SHA3-256 of a local file.
 pub fn hash_local(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
-    use sha3::Digest;
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
-    let mut h = sha3::Sha3_256::new();
+    let mut h = zs_hash::Sha3_256::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut n = 0u64;
     loop {
@@ -1328,7 +1327,7 @@ pub fn hash_local(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
         h.update(&buf[..k]);
         n += k as u64;
     }
-    Ok((n, h.finalize().into()))
+    Ok((n, h.finalize()))
 }
 
 /// Receives pushes (`msg.push`): register it on the client's registry before
@@ -1458,8 +1457,7 @@ fn hash_source(
     chunk: usize,
     stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<[u8; 32]> {
-    use sha3::Digest;
-    let mut h = sha3::Sha3_256::new();
+    let mut h = zs_hash::Sha3_256::new();
     let mut buf = vec![0u8; (chunk.max(256 << 10) as u64).min(size) as usize];
     let mut at = 0;
     while at < size {
@@ -1471,7 +1469,7 @@ fn hash_source(
         h.update(&buf[..n]);
         at += n as u64;
     }
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }
 
 /// Fills `buf` from `off` of `f` without moving a shared cursor (the sender

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha3::{Digest, Sha3_256};
 use zs_core::{Peer, Registry};
 use zs_db::{Database, Kind};
+use zs_hash::Sha3_256;
 use zs_wire::DataFrame;
 
 use crate::accounts::{lock, now_ms, Accounts};
@@ -400,7 +400,7 @@ impl HashLanes {
                                     let got = run
                                         .remove(&id)
                                         .filter(|(_, n)| *n == len)
-                                        .map(|(h, _)| h.finalize().into());
+                                        .map(|(h, _)| h.finalize());
                                     let _ = reply.send(got);
                                 }
                                 HashJob::Forget { id } => {
@@ -494,12 +494,12 @@ impl BlockSum {
     pub fn of(self, block: &[u8]) -> [u8; 16] {
         match self {
             BlockSum::Sha3 => {
-                let h = zs_crypto::hash::sha3_256(block);
+                let h = zs_hash::sha3_256(block);
                 let mut s = [0u8; 16];
                 s.copy_from_slice(&h[..16]);
                 s
             }
-            BlockSum::Xxh3 => xxhash_rust::xxh3::xxh3_128(block).to_le_bytes(),
+            BlockSum::Xxh3 => zs_hash::xxh3_128(block).to_le_bytes(),
         }
     }
 }
@@ -575,7 +575,7 @@ fn hash_file(path: &Path, len: u64) -> std::io::Result<[u8; 32]> {
         h.update(&buf[..n]);
         left -= n as u64;
     }
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }
 
 impl Files {
@@ -1716,7 +1716,7 @@ impl Files {
                 }
             }
             out.sync_all()?;
-            Ok(h.finalize().into())
+            Ok(h.finalize())
         })();
         let whole = match joined {
             Ok(w) => hex(&w),
@@ -2212,8 +2212,8 @@ pub fn signature_answer(sig: &[(u32, [u8; 16])], sum: BlockSum) -> DataFrame {
 /// Checks a chunk against its CRC-32 (4 bytes LE) or SHA3-256 (32 bytes).
 fn check_chunk(data: &[u8], check: &[u8]) -> Result<()> {
     let ok = match check.len() {
-        4 => crc32fast::hash(data).to_le_bytes()[..] == *check,
-        32 => zs_crypto::hash::sha3_256(data)[..] == *check,
+        4 => zs_hash::crc32(data).to_le_bytes()[..] == *check,
+        32 => zs_hash::sha3_256(data)[..] == *check,
         _ => {
             return Err(ServiceError::bad(
                 "a chunk's checksum is its CRC-32 (4 bytes) or its SHA3-256 (32 bytes)",
@@ -2259,27 +2259,16 @@ impl<'a> DeltaIndex<'a> {
 }
 
 /// The rolling checksum of delta uploads (rsync's): `a` = sum of the bytes,
-/// `b` = sum of the running `a`s, both mod 2^16; the value is `b << 16 | a`.
+/// `b` = sum of the running `a`s, both mod 2^16; the value is `b << 16 | a`
+/// (zs-hash's, compiled optimised in debug builds too).
 pub fn rolling(block: &[u8]) -> u32 {
-    let (mut a, mut b) = (0u32, 0u32);
-    for &x in block {
-        a = a.wrapping_add(x as u32);
-        b = b.wrapping_add(a);
-    }
-    ((b & 0xffff) << 16) | (a & 0xffff)
+    zs_hash::rolling(block)
 }
 
 /// Slides a [`rolling`] checksum of a window of `len` bytes one byte on:
 /// `out` leaves, `inn` enters.
 pub fn roll(sum: u32, len: usize, out: u8, inn: u8) -> u32 {
-    let a = sum & 0xffff;
-    let b = sum >> 16;
-    let a2 = a.wrapping_sub(out as u32).wrapping_add(inn as u32) & 0xffff;
-    let b2 = b
-        .wrapping_sub((len as u32).wrapping_mul(out as u32))
-        .wrapping_add(a2)
-        & 0xffff;
-    (b2 << 16) | a2
+    zs_hash::roll(sum, len, out, inn)
 }
 
 fn holder(e: &EntryRec) -> u64 {

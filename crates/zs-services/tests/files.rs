@@ -644,9 +644,7 @@ fn resume_continues_from_the_synced_offset() {
         let c = login(&rig, "ann");
         let st = c.upload_begin(Space::Private, "f", 300_000, &hash).unwrap();
         let raw = |off: usize, len: usize| {
-            let crc = crc32fast::hash(&body[off..off + len])
-                .to_le_bytes()
-                .to_vec();
+            let crc = zs_hash::crc32(&body[off..off + len]).to_le_bytes().to_vec();
             let df = zs_wire::DataFrame::new()
                 .with(st.id)
                 .with(off as u64)
@@ -736,7 +734,7 @@ fn chunks_in_flight_land_in_order_and_bad_ones_are_refused() {
     assert_eq!(e.code, file_code::HASH_MISMATCH, "{e}");
     // A chunk ahead of where the upload stands: refused, with the offset.
     let e = zs_services::ServiceError::from(
-        send(CHUNK, CHUNK, crc32fast::hash(&body[CHUNK..2 * CHUNK]))
+        send(CHUNK, CHUNK, zs_hash::crc32(&body[CHUNK..2 * CHUNK]))
             .wait()
             .unwrap_err(),
     );
@@ -746,7 +744,7 @@ fn chunks_in_flight_land_in_order_and_bad_ones_are_refused() {
     let futs: Vec<_> = (0..SIZE / CHUNK)
         .map(|i| {
             let off = i * CHUNK;
-            send(off, CHUNK, crc32fast::hash(&body[off..off + CHUNK]))
+            send(off, CHUNK, zs_hash::crc32(&body[off..off + CHUNK]))
         })
         .collect();
     for (i, f) in futs.into_iter().enumerate() {
@@ -863,7 +861,7 @@ fn partial_uploads_sent_in_parallel_are_concatenated() {
                     .with(ids[k])
                     .with(offs[k] as u64)
                     .with(body[a..end].to_vec())
-                    .with(crc32fast::hash(&body[a..end]).to_le_bytes().to_vec());
+                    .with(zs_hash::crc32(&body[a..end]).to_le_bytes().to_vec());
                 futs.push(c.client().call_stream("file.chunk", df));
                 offs[k] += end - a;
             }

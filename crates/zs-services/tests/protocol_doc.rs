@@ -54,7 +54,7 @@ fn expected(name: &str) -> Vec<u8> {
             .with(5u64)
             .with(0u64)
             .with(b"abc".to_vec())
-            .with(crc32fast::hash(b"abc").to_le_bytes().to_vec())
+            .with(zs_hash::crc32(b"abc").to_le_bytes().to_vec())
             .to_bytes()
             .to_vec(),
         "hash-request" => {
