@@ -496,8 +496,9 @@ fn run_file(a: FileArgs) -> Result<String, String> {
                 format!("{remote}: instant upload (the server had this content)")
             } else {
                 format!(
-                    "{remote}: delta upload against {base}: {} bytes sent, {} copied on the server",
-                    rep.literal, rep.copied
+                    "{remote}: delta upload against {base}: {} bytes sent, {} copied on the server \
+                     ({}-byte blocks)",
+                    rep.literal, rep.copied, rep.block
                 )
             }
         }

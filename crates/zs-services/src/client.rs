@@ -734,6 +734,11 @@ impl ServicesClient {
     /// on the server. The whole SHA3-256 is checked as for any upload, and an
     /// interrupted delta upload resumes like any other.
     ///
+    /// `block` is the block size asked for; a base file of more than
+    /// [`crate::files::MAX_SIGNATURE_BLOCKS`] such blocks is matched in the
+    /// smallest doubling of it that fits (a 256 MiB base in 4 KiB blocks: 8
+    /// KiB), reported in [`DeltaReport::block`].
+    ///
     /// Blocks are matched by XXH3-128 ([`BlockSum::Xxh3`]); the upload
     /// begins without a hash and the whole-file SHA3-256, computed on a
     /// second thread while the signature is fetched and the scan runs, is
@@ -767,6 +772,31 @@ impl ServicesClient {
         }
     }
 
+    /// The signature of `base_path` for a delta upload, in blocks of at
+    /// least `block` bytes: the server refuses a signature of more than
+    /// [`crate::files::MAX_SIGNATURE_BLOCKS`] blocks (`TOO_LARGE`, before it
+    /// reads the file), and the block is doubled until the base fits (up to
+    /// 1 MiB, the largest block). Returns the list, the block sum the server
+    /// used and the block size.
+    fn delta_signature(
+        &self,
+        base_space: Space,
+        base_path: &str,
+        block: u32,
+        sum: BlockSum,
+    ) -> Result<(BlockList, BlockSum, u32)> {
+        let mut block = block;
+        loop {
+            match self.signature_with(base_space, base_path, block, sum) {
+                Ok((sig, used)) => return Ok((sig, used, block)),
+                Err(e) if e.code == zs_core::code::TOO_LARGE && block < MAX_BLOCK => {
+                    block = block.saturating_mul(2).min(MAX_BLOCK);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// One try of [`ServicesClient::upload_delta`] with block sum `sum`; an
     /// error after `file.begin` carries the upload id.
     #[allow(clippy::too_many_arguments)]
@@ -788,8 +818,8 @@ impl ServicesClient {
                     let e = ServiceError::new(code::CLIENT, format!("no hashing thread: {e}"));
                     (e, None)
                 })?;
-            let (sig, sum) = self
-                .signature_with(base_space, base_path, block, sum)
+            let (sig, sum, block) = self
+                .delta_signature(base_space, base_path, block, sum)
                 .map_err(|e| (e, None))?;
             let joined = |h: std::thread::ScopedJoinHandle<'_, [u8; 32]>| {
                 h.join()
@@ -813,6 +843,7 @@ impl ServicesClient {
                     instant,
                     literal: 0,
                     copied: 0,
+                    block,
                 });
             }
             let rep = self
@@ -846,6 +877,7 @@ impl ServicesClient {
             instant: false,
             literal: 0,
             copied: 0,
+            block,
         };
         let mut ops = DeltaOps {
             client: self,
@@ -1310,7 +1342,14 @@ pub struct DeltaReport {
     pub literal: u64,
     /// Bytes the server copied from the base file.
     pub copied: u64,
+    /// The block size the base file was matched in: the one asked for, or a
+    /// larger one when the base has more than
+    /// [`crate::files::MAX_SIGNATURE_BLOCKS`] of those.
+    pub block: u32,
 }
+
+/// The largest block of `file.signature` (1 MiB).
+const MAX_BLOCK: u32 = 1 << 20;
 
 /// Size and SHA3-256 of a local file.
 pub fn hash_local(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {

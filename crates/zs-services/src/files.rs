@@ -459,6 +459,16 @@ impl HashLanes {
     }
 }
 
+/// Most blocks in one `file.signature` answer: 20 bytes each, so the answer
+/// (983,040 bytes of sums and a few bytes of framing) stays under the 1 MiB
+/// frame a client of the security layer's default configuration can receive
+/// (`zs_secure::SecureConfig::max_pending_plaintext`: a frame is held whole
+/// until complete, and a larger one resets the connection). It was 65,536
+/// (1.31 MiB answers: `zs file put --base` of a 256 MiB file in 4 KiB blocks
+/// lost its connection). Larger files take larger blocks
+/// ([`crate::ServicesClient::upload_delta`] picks them).
+pub const MAX_SIGNATURE_BLOCKS: u64 = 49_152;
+
 /// A block signature list: per block its rolling checksum and its 16-byte
 /// strong sum ([`BlockSum`]).
 pub type Signature = Arc<Vec<(u32, [u8; 16])>>;
@@ -1827,7 +1837,7 @@ impl Files {
     /// Delta upload, step 1: the block signatures of an existing file
     /// (`block` bytes each, the last one shorter): per block the rolling
     /// checksum ([`rolling`]) and the first 16 bytes of its SHA3-256. At most
-    /// 65,536 blocks.
+    /// [`MAX_SIGNATURE_BLOCKS`] blocks.
     pub fn signature(&self, uid: u64, space: Space, path: &str, block: usize) -> Result<Signature> {
         self.signature_with(uid, space, path, block, BlockSum::Sha3)
     }
@@ -1846,10 +1856,13 @@ impl Files {
         }
         let path = self.norm(path)?;
         let (size, hash) = self.file_of(uid, space, &path)?;
-        if size.div_ceil(block as u64) > 65_536 {
+        if size.div_ceil(block as u64) > MAX_SIGNATURE_BLOCKS {
             return Err(ServiceError::new(
                 zs_core::code::TOO_LARGE,
-                "more than 65536 blocks: use larger blocks",
+                format!(
+                    "{size} bytes in {block}-byte blocks is more than {MAX_SIGNATURE_BLOCKS} \
+                     blocks: use larger blocks"
+                ),
             ));
         }
         let key = (hash, block, sum);

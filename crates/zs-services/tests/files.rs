@@ -17,6 +17,11 @@ use zs_services::{code, Services, ServicesClient, ServicesConfig, Space};
 const SIZE: usize = 192 << 10;
 const CHUNK: usize = 16 << 10;
 
+/// The call timeout of the clients of the tests at the issue's sizes (64 and
+/// 256 MiB, where one call may hash or copy the whole file in a debug build
+/// on a loaded machine): a failure guard only.
+const FULL_SIZE_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
 fn data(seed: u8, n: usize) -> Vec<u8> {
     let mut x = seed as u32 | 1;
     (0..n)
@@ -758,45 +763,92 @@ fn chunks_in_flight_land_in_order_and_bad_ones_are_refused() {
     );
 }
 
-/// The issue's delta figure: a 1 MiB edit of a 64 MiB file sends under 5% of
-/// it (with `ZS_FULL_TESTS=1`; otherwise the same proportions at 1 MiB).
-#[test]
-fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
-    let full = std::env::var_os("ZS_FULL_TESTS").is_some_and(|v| v == "1");
-    let (size, edit, block) = if full {
-        (64 << 20, 1 << 20, 8192)
-    } else {
-        (1 << 20, 16 << 10, 2048)
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let rig = rig_in(dir.path(), |c| {
-        c.files.max_file_size = 1 << 30;
-        c.files.quota_per_user = 1 << 30;
-    });
-    let _ = rig.user("ann");
-    let c = rig.client_timeout(
-        zs_core::Registry::new(),
-        Duration::from_secs(if full { 600 } else { 20 }),
-    );
-    c.login("ann", "ann-password").unwrap();
-    let v1 = data(31, size);
+/// Uploads `body` to `path` in the caller's private space, 1 MiB chunks, 4 in
+/// flight.
+fn put(c: &ServicesClient, path: &str, body: &[u8]) {
     let st = c
-        .upload_begin(Space::Private, "big", size as u64, &sha3(&v1))
+        .upload_begin(Space::Private, path, body.len() as u64, &sha3(body))
         .unwrap();
     c.upload_window(
         st.id,
         0,
-        size as u64,
+        body.len() as u64,
         1 << 20,
         4,
         |at, buf| {
-            buf.copy_from_slice(&v1[at as usize..at as usize + buf.len()]);
+            buf.copy_from_slice(&body[at as usize..at as usize + buf.len()]);
             Ok(())
         },
         |_, _| {},
     )
     .unwrap();
     c.upload_finish(st.id).unwrap();
+}
+
+/// A signature answer of the most blocks the server gives reaches a client
+/// of the security layer's default configuration over epoll (as `zs file
+/// put --base` against `zs serve`), more blocks are refused with `TOO_LARGE`
+/// (not answered with a frame the client cannot receive: at 65,536 blocks
+/// the 1.31 MiB answer made the client's layer reset the connection, `zs
+/// file: connection lost: Local`, for a 256 MiB base in 4 KiB blocks), and a
+/// delta upload against a base of more blocks than that is matched in
+/// larger blocks.
+#[test]
+fn signatures_fit_a_frame_the_client_receives_and_large_bases_take_larger_blocks() {
+    use zs_services::files::MAX_SIGNATURE_BLOCKS;
+    use zs_services::BlockSum;
+    let size = 65_536 * 512; // 65,536 blocks of 512 bytes (32 MiB)
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cheap();
+    cfg.files.max_file_size = 1 << 30;
+    cfg.files.quota_per_user = 1 << 30;
+    let services = Services::open_dir(dir.path(), cfg).unwrap();
+    let rig = Rig::on(epoll_backend(), services, |_| {});
+    let c = rig.user("ann");
+    let v1 = data(61, size);
+    put(&c, "base", &v1);
+    match c.signature_with(Space::Private, "base", 512, BlockSum::Xxh3) {
+        Err(e) => assert_eq!(e.code, zs_core::code::TOO_LARGE, "65,536 blocks: {e}"),
+        Ok((sig, _)) => panic!("{} blocks answered", sig.len()),
+    }
+    // The smallest block that fits: the largest answer there is.
+    let block = size.div_ceil(MAX_SIGNATURE_BLOCKS as usize) as u32;
+    let (sig, _) = c
+        .signature_with(Space::Private, "base", block, BlockSum::Xxh3)
+        .unwrap();
+    assert_eq!(sig.len(), size.div_ceil(block as usize));
+    assert!(sig.len() as u64 > MAX_SIGNATURE_BLOCKS - 64);
+    let mut v2 = v1.clone();
+    for b in &mut v2[size / 3..size / 3 + 100] {
+        *b ^= 0x33;
+    }
+    let rep = c
+        .upload_delta(Space::Private, &v2, "v2", Space::Private, "base", 512)
+        .unwrap();
+    assert_eq!(rep.block, 1024, "{rep:?}");
+    assert!(rep.literal <= 2048, "{rep:?}");
+    assert_eq!(rep.literal + rep.copied, size as u64);
+    let got = c.read_range(Space::Private, "v2", 0, 1).unwrap();
+    assert_eq!(got.2, zs_crypto::hash::to_hex(&sha3(&v2)));
+}
+
+/// The issue's delta figure: a 1 MiB edit of a 64 MiB file sends under 5% of
+/// it (always at the issue's size: ARCHITECTURE, zs-services "Session 14
+/// (full16)").
+#[test]
+fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
+    let (size, edit, block) = (64 << 20, 1 << 20, 8192);
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig_in(dir.path(), |c| {
+        c.files.max_file_size = 1 << 30;
+        c.files.quota_per_user = 1 << 30;
+    });
+    let _ = rig.user("ann");
+    // One call may copy and hash 64 MiB: a failure guard, not a timing.
+    let c = rig.client_timeout(zs_core::Registry::new(), FULL_SIZE_CALL_TIMEOUT);
+    c.login("ann", "ann-password").unwrap();
+    let v1 = data(31, size);
+    put(&c, "big", &v1);
     let mut v2 = v1.clone();
     let at = size / 2 + 123; // not on a block boundary
     for b in &mut v2[at..at + edit] {
@@ -910,29 +962,20 @@ fn partial_uploads_sent_in_parallel_are_concatenated() {
 /// The issue's resume figure: a 256 MiB upload cut off at 20 random points
 /// (the writer's connection dropped with chunks in flight) and resumed each
 /// time, ending with the right SHA3-256; the bytes sent again after each
-/// resume are reported (with `ZS_FULL_TESTS=1`; otherwise 1 MiB cut 4 times).
+/// resume are reported (always at the issue's size).
 #[test]
 fn a_large_upload_cut_at_random_points_resumes_to_the_right_hash() {
-    let full = std::env::var_os("ZS_FULL_TESTS").is_some_and(|v| v == "1");
-    let (size, cuts, chunk) = if full {
-        (256usize << 20, 20, 1 << 20)
-    } else {
-        (1 << 20, 4, 64 << 10)
-    };
+    let (size, cuts, chunk) = (256usize << 20, 20, 1 << 20);
     let dir = tempfile::tempdir().unwrap();
     let rig = rig_in(dir.path(), |c| {
         c.files.max_file_size = 1 << 30;
         c.files.quota_per_user = 1 << 30;
     });
     let _ = rig.user("ann");
-    // At full size `upload_finish` waits for the server's whole-file hash of
-    // what it has not hashed yet: with an optimised client (zs-crypto at
-    // opt-level 3) and the service unoptimised that took over 20 s.
+    // `upload_finish` may wait for the server's whole-file hash of what it
+    // has not hashed yet (256 MiB): a failure guard, not a timing.
     let login = |rig: &Rig, name: &str| {
-        let c = rig.client_timeout(
-            zs_core::Registry::new(),
-            Duration::from_secs(if full { 600 } else { 20 }),
-        );
+        let c = rig.client_timeout(zs_core::Registry::new(), FULL_SIZE_CALL_TIMEOUT);
         c.login(name, &format!("{name}-password")).unwrap();
         c
     };

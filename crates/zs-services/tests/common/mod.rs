@@ -25,6 +25,20 @@ pub fn provider() -> Arc<dyn SecurityProvider> {
     ))
 }
 
+/// `secure(epoll)` (what `zs serve` and the `zs` client run; `secure(tokio)`
+/// elsewhere) with a fresh server identity its clients pin.
+pub fn epoll_backend() -> Arc<dyn zs_io::Backend> {
+    let cfg = zs_io::Config {
+        loops: 1,
+        ..Default::default()
+    };
+    #[cfg(target_os = "linux")]
+    let raw: Arc<dyn zs_io::Backend> = Arc::new(zs_io_epoll::EpollBackend::new(cfg).unwrap());
+    #[cfg(not(target_os = "linux"))]
+    let raw: Arc<dyn zs_io::Backend> = Arc::new(zs_io_tokio::TokioBackend::new(cfg).unwrap());
+    zs_secure::compose::secure(raw, provider())
+}
+
 /// `secure(tokio)` with a fresh server identity its clients pin.
 pub fn backend() -> Arc<dyn zs_io::Backend> {
     let raw = Arc::new(
@@ -46,7 +60,15 @@ impl Rig {
     /// [`Rig::with`], `more` changing the registry after the services
     /// registered (a test may wrap one of their commands).
     pub fn with_registry(services: Services, more: impl FnOnce(&mut Registry)) -> Rig {
-        let backend = backend();
+        Rig::on(backend(), services, more)
+    }
+
+    /// [`Rig::with_registry`] on `backend` (servers and clients).
+    pub fn on(
+        backend: Arc<dyn zs_io::Backend>,
+        services: Services,
+        more: impl FnOnce(&mut Registry),
+    ) -> Rig {
         let mut r = Registry::new();
         services.register(&mut r);
         more(&mut r);
