@@ -61,7 +61,7 @@ use bytes::{Bytes, BytesMut};
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::{
-    catch_handler_panic, drop_guarded, AcceptBackoff, Backend, CloseReason, Config, Conn, ConnId,
+    catch_handler_panic, clock, drop_guarded, AcceptBackoff, Backend, CloseReason, Config, Conn, ConnId,
     Connection, Error, Handler, HandlerFactory, Listener, SendQueue, TimerWheel,
 };
 
@@ -310,12 +310,15 @@ impl ConnState {
         };
         let mut wrote = false;
         while !self.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let n = self.queue.io_slices(&mut slices);
-            let r = if n == 1 {
-                (&*stream).write(&slices[0])
-            } else {
-                (&*stream).write_vectored(&slices[..n])
+            let r = match self.queue.front() {
+                // One chunk queued (a sealed record or a reply per write, the
+                // usual case): write it without gathering slices.
+                Some(one) if one.len() == self.queue.len() => (&*stream).write(one),
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                    let n = self.queue.io_slices(&mut slices);
+                    (&*stream).write_vectored(&slices[..n])
+                }
             };
             match r {
                 Ok(0) => return FlushResult::Failed(io::ErrorKind::WriteZero.into()),
@@ -325,7 +328,7 @@ impl ConnState {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if wrote {
-                        self.last_activity = Instant::now();
+                        self.last_activity = clock::now();
                     }
                     return FlushResult::Blocked;
                 }
@@ -334,7 +337,8 @@ impl ConnState {
             }
         }
         if wrote {
-            self.last_activity = Instant::now();
+            // The loop turn's time on the loop, the system clock elsewhere.
+            self.last_activity = clock::now();
         }
         if self.write_shut && !self.fin_sent {
             self.fin_sent = true;
@@ -628,6 +632,10 @@ impl Loop {
     fn run(mut self) {
         CURRENT_LOOP.with(|c| c.set(Arc::as_ptr(&self.handle) as usize));
         let mut expired = Vec::new();
+        // The clock read that ended the previous turn, when nothing ran after
+        // it (no timer expired): the next wait's timeout is measured from it
+        // instead of a read of its own.
+        let mut turn_end = None;
         loop {
             let timeout = if !self.again.is_empty()
                 || !self.woken.is_empty()
@@ -635,9 +643,9 @@ impl Loop {
             {
                 Some(Duration::ZERO)
             } else {
-                self.wheel
-                    .next_deadline()
-                    .map(|d| d.saturating_duration_since(Instant::now()))
+                self.wheel.next_deadline().map(|d| {
+                    d.saturating_duration_since(turn_end.take().unwrap_or_else(Instant::now))
+                })
             };
             self.events.clear();
             if let Err(e) = self.poller.wait(&mut self.events, timeout) {
@@ -645,6 +653,8 @@ impl Loop {
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.now = Instant::now();
+            // One clock read per turn serves every layer's `clock::now()`.
+            let turn = clock::Turn::begin(self.now);
             let events = std::mem::take(&mut self.events);
             for ev in &events {
                 self.on_event(*ev);
@@ -674,10 +684,14 @@ impl Loop {
                 self.woken_spare = woken;
             }
             expired.clear();
-            self.wheel.poll(Instant::now(), &mut expired);
+            let now = Instant::now();
+            self.now = now;
+            turn.advance(now);
+            self.wheel.poll(now, &mut expired);
             for &(slot, id, kind) in &expired {
                 self.on_timer(slot, id, kind);
             }
+            turn_end = expired.is_empty().then_some(now);
         }
     }
 

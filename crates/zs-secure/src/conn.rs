@@ -201,7 +201,9 @@ impl SecureConn {
             }
             return Err(Error::Full(Bytes::new()));
         }
-        let now = Instant::now();
+        // The loop turn's time (see `zs_io::clock`): the key's age and the
+        // key-idle bookkeeping are far coarser than one turn.
+        let now = zs_io::clock::now();
         for p in parts.iter().filter(|p| !p.is_empty()) {
             if let Err(e) = st.session.send(p, now) {
                 tracing::warn!(
@@ -800,7 +802,7 @@ impl Handler for SecureHandler {
             buf.clear();
             return;
         }
-        let now = Instant::now();
+        let now = zs_io::clock::now();
         let held = std::mem::take(&mut self.held).min(buf.len());
         let base = buf.as_ptr() as usize;
         let blen = buf.len();
