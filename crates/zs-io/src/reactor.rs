@@ -1223,8 +1223,10 @@ impl Loop {
                 return;
             }
             let timers = std::mem::take(&mut st.new_timers);
-            for token in st.wakes.drain(..) {
-                self.woken.push((slot, id, token));
+            if !st.wakes.is_empty() {
+                for token in st.wakes.drain(..) {
+                    self.woken.push((slot, id, token));
+                }
             }
             let mut arm_idle = None;
             if st.idle_changed {

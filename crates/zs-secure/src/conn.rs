@@ -854,6 +854,10 @@ impl Handler for SecureHandler {
             let r = r.and_then(|n| rekey_if_due(&mut *st.session, now).map(|()| n));
             // Key updates or alerts the input produced.
             sc.flush(&mut st);
+            // Release the session's emptied input buffers (the handshake's,
+            // its events) here, under this lock, not under one more at the
+            // end of the callback: nothing after this point fills them.
+            st.session.shrink();
             r
         };
         // Bytes of `buf` the session took (the plaintext held at its front,
@@ -962,9 +966,6 @@ impl Handler for SecureHandler {
                 }
                 _ => tail,
             };
-        }
-        if let Some(sc) = &self.sc {
-            lock(&sc.st).session.shrink();
         }
     }
 
