@@ -1701,8 +1701,9 @@ impl Handler for ConnHandler {
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         let mut works = std::mem::take(&mut self.spare);
         let mut plain: Option<Box<Plain>> = None;
-        // One clock read for the whole batch (statistics and session timers).
-        let now = Instant::now();
+        // One clock read for the whole batch (statistics and session timers):
+        // the loop turn's, when the backend installed one (zs_io::clock).
+        let now = crate::clock::now();
         let _turn = crate::clock::Turn::begin(now);
         let (r, dead, busy, local, mut more) = {
             let mut st = lock(&link.st);

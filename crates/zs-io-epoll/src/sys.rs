@@ -63,7 +63,13 @@ pub(crate) fn epoll_wait(
     let ms: libc::c_int = match timeout {
         None => -1,
         // Round up so a timer 0.4 ms away does not cause a busy loop of 0 ms waits.
-        Some(d) => d.as_micros().div_ceil(1000).min(libc::c_int::MAX as u128) as libc::c_int,
+        // (In u64: the u128 of `as_micros` cost a wide division per wait.)
+        Some(d) => d
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(d.subsec_micros()))
+            .div_ceil(1000)
+            .min(libc::c_int::MAX as u64) as libc::c_int,
     };
     let max = buf.len().min(libc::c_int::MAX as usize) as libc::c_int;
     // SAFETY: `buf` is a live, exclusively borrowed slice of `max` epoll_event entries that

@@ -122,6 +122,7 @@
 //! Async user code uses the same seam through `zs_io_tokio::AsyncConn`.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 mod error;
 mod guard;
 mod queue;

@@ -36,6 +36,15 @@ pub struct TimerWheel<T> {
     earliest: Option<u64>,
     /// Reused buffer for the stable split of a bucket in [`poll`](TimerWheel::poll).
     scratch: Vec<(u64, T)>,
+    /// The instant tick `current` begins, when representable: a poll before
+    /// it has nothing to do and returns after one comparison (a loop polls
+    /// every turn, most turns within one tick; the tick's division cost
+    /// about 60 instructions per turn, session 14).
+    current_at: Option<Instant>,
+    /// [`next_deadline`](TimerWheel::next_deadline)'s answer for the tick it
+    /// was computed for (the earliest tick changes far less often than the
+    /// loop asks).
+    earliest_at: Option<(u64, Instant)>,
 }
 
 impl<T> TimerWheel<T> {
@@ -51,7 +60,18 @@ impl<T> TimerWheel<T> {
             len: 0,
             earliest: None,
             scratch: Vec::new(),
+            current_at: None,
+            earliest_at: None,
         }
+    }
+
+    /// Moves `current` to tick `t` and notes the instant it begins.
+    fn set_current(&mut self, t: u64) {
+        self.current = t;
+        let nanos = u128::from(t) * self.tick.as_nanos();
+        self.current_at = u64::try_from(nanos)
+            .ok()
+            .and_then(|n| self.start.checked_add(Duration::from_nanos(n)));
     }
 
     /// Number of pending entries.
@@ -92,10 +112,15 @@ impl<T> TimerWheel<T> {
     /// and entries of one bucket in the order they were inserted (so two timers
     /// with the same deadline, e.g. two `wake`s, fire in the order they were set).
     pub fn poll(&mut self, now: Instant, out: &mut Vec<T>) {
+        if self.len > 0 && self.current_at.is_some_and(|at| now < at) {
+            // Still before tick `current` (what the branch below finds
+            // after a division).
+            return;
+        }
         let now_tick = self.tick_floor(now);
         if now_tick < self.current || self.len == 0 {
-            if self.len == 0 {
-                self.current = self.current.max(now_tick + 1);
+            if self.len == 0 && now_tick + 1 > self.current {
+                self.set_current(now_tick + 1);
             }
             return;
         }
@@ -103,7 +128,7 @@ impl<T> TimerWheel<T> {
             // Nothing is due (every entry is at or after the known earliest),
             // and the earliest stays known: a busy loop's turns neither walk
             // the buckets here nor rescan them in `next_deadline`.
-            self.current = now_tick + 1;
+            self.set_current(now_tick + 1);
             return;
         }
         let n = self.slots.len() as u64;
@@ -126,7 +151,7 @@ impl<T> TimerWheel<T> {
                 }
             }
         }
-        self.current = now_tick + 1;
+        self.set_current(now_tick + 1);
         self.earliest = None;
     }
 
@@ -147,8 +172,15 @@ impl<T> TimerWheel<T> {
                 t
             }
         };
+        if let Some((cached, at)) = self.earliest_at {
+            if cached == t {
+                return Some(at);
+            }
+        }
         let nanos = u128::from(t) * self.tick.as_nanos();
-        Some(self.start + Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64))
+        let at = self.start + Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64);
+        self.earliest_at = Some((t, at));
+        Some(at)
     }
 }
 

@@ -201,7 +201,9 @@ impl SecureConn {
             }
             return Err(Error::Full(Bytes::new()));
         }
-        let now = Instant::now();
+        // The loop turn's time (see `zs_io::clock`): the key's age and the
+        // key-idle bookkeeping are far coarser than one turn.
+        let now = zs_io::clock::now();
         for p in parts.iter().filter(|p| !p.is_empty()) {
             if let Err(e) = st.session.send(p, now) {
                 tracing::warn!(
@@ -800,7 +802,7 @@ impl Handler for SecureHandler {
             buf.clear();
             return;
         }
-        let now = Instant::now();
+        let now = zs_io::clock::now();
         let held = std::mem::take(&mut self.held).min(buf.len());
         let base = buf.as_ptr() as usize;
         let blen = buf.len();
@@ -852,6 +854,10 @@ impl Handler for SecureHandler {
             let r = r.and_then(|n| rekey_if_due(&mut *st.session, now).map(|()| n));
             // Key updates or alerts the input produced.
             sc.flush(&mut st);
+            // Release the session's emptied input buffers (the handshake's,
+            // its events) here, under this lock, not under one more at the
+            // end of the callback: nothing after this point fills them.
+            st.session.shrink();
             r
         };
         // Bytes of `buf` the session took (the plaintext held at its front,
@@ -960,9 +966,6 @@ impl Handler for SecureHandler {
                 }
                 _ => tail,
             };
-        }
-        if let Some(sc) = &self.sc {
-            lock(&sc.st).session.shrink();
         }
     }
 
