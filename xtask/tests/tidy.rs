@@ -129,6 +129,7 @@ const CRATES: &[&str] = &[
     "zs-secure",
     "zs-legacy",
     "zs-punch",
+    "zs-hash",
 ];
 
 const OS_BACKENDS: &[&str] = &["zs-io-epoll", "zs-io-iocp", "zs-io-kqueue"];
@@ -166,6 +167,7 @@ fn protocol_logic_depends_on_no_transport_and_no_runtime() {
         "zs-io",
         "zs-core",
         "zs-secure",
+        "zs-hash",
     ] {
         let deps = g.closure(c);
         for f in forbidden {
@@ -182,7 +184,8 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
     let g = graph();
     let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("zs-wire", &[][..]),
-        ("zs-crypto", &[][..]),
+        ("zs-hash", &[][..]),
+        ("zs-crypto", &["zs-hash"][..]),
         ("zs-expr", &[][..]),
         ("zs-io", &[][..]),
         ("zs-io-epoll", &["zs-io"][..]),
@@ -211,7 +214,7 @@ fn crates_only_depend_on_the_crates_the_architecture_allows() {
         ("zs-tx", &["zs-db"][..]),
         (
             "zs-services",
-            &["zs-core", "zs-db", "zs-crypto", "zs-wire"][..],
+            &["zs-core", "zs-db", "zs-crypto", "zs-hash", "zs-wire"][..],
         ),
         ("zs-registry", &["zs-core", "zs-db"][..]),
         (

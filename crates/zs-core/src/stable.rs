@@ -175,7 +175,8 @@ pub(crate) fn verify_proof(
 /// Checksum of one staged BatchStream frame: the first 16 bytes of SHA3-256 over
 /// the frame's DataFrame encoding (PROTOCOL.md Part 1, §1.6).
 pub fn batch_checksum(data: &zs_wire::DataFrame) -> [u8; 16] {
-    let h = zs_hash::sha3_256(&data.to_bytes());
+    use sha3::Digest;
+    let h = sha3::Sha3_256::digest(data.to_bytes());
     let mut out = [0u8; 16];
     out.copy_from_slice(&h[..16]);
     out

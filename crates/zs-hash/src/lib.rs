@@ -9,10 +9,24 @@
 //! loops are code-generated in this crate, and the workspace `Cargo.toml`
 //! compiles this crate at opt-level 3 in debug builds too
 //! (`[profile.dev.package.zs-hash]`). Callers (zs-crypto's `hash` module,
-//! zs-services, zs-core) hash through it and never instantiate the generic
-//! hashers themselves. Unoptimised SHA3-256 runs at a few MB/s; a 256 MiB
+//! zs-services) hash through it and never instantiate the generic hashers
+//! themselves. Unoptimised SHA3-256 runs at a few MB/s; a 256 MiB
 //! upload is hashed several times in a test (ARCHITECTURE, zs-services
 //! "Session 14 (full16)").
+//!
+//! ```
+//! // One shot and incremental SHA3-256 agree.
+//! let mut h = zs_hash::Sha3_256::new();
+//! h.update(b"hello ");
+//! h.update(b"world");
+//! assert_eq!(h.finalize(), zs_hash::sha3_256(b"hello world"));
+//!
+//! // The rolling checksum of a window, moved one byte on, equals the
+//! // checksum of the new window computed from scratch.
+//! let data = b"abcdefgh";
+//! let sum = zs_hash::rolling(&data[0..4]);
+//! assert_eq!(zs_hash::roll(sum, 4, data[0], data[4]), zs_hash::rolling(&data[1..5]));
+//! ```
 
 #![forbid(unsafe_code)]
 
