@@ -760,6 +760,8 @@ fn read_into(
 /// (session 14). The backend is reached through the guard (`guard.0`), not
 /// through an `Arc` and a `&Config` of the task's own, and the id through
 /// the `TConn`: every word kept across the wait is in every idle task.
+// Not an `async fn` on purpose (the task's size, see above).
+#[allow(clippy::manual_async_fn)]
 fn run_conn(
     stream: TcpStream,
     mut handler: Box<dyn Handler>,
