@@ -797,9 +797,14 @@ impl Session {
     /// before the next send allocates nothing per record.
     pub fn take_output_bytes(&mut self) -> Bytes {
         self.seal_open();
-        self.bufs
-            .as_mut()
-            .map_or_else(Bytes::new, |b| b.out.split().freeze())
+        match self.bufs.as_mut() {
+            Some(b) if !b.out.is_empty() => b.out.split().freeze(),
+            // Nothing queued (no buffers, or a read that produced no key
+            // update or alert): no split of an empty buffer, which would
+            // still share it and build a handle (the check seq13 added to
+            // main's version in session 14, kept here).
+            _ => Bytes::new(),
+        }
     }
 
     /// Whether there are bytes to send.
