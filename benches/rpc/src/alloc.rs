@@ -12,8 +12,9 @@
 //!
 //! The server answers `echo` as the main bench does (a `console` handler
 //! returning a `String`: one allocation that is the handler's, not the
-//! framework's) and also `echo-ref`, a `console_delayed` handler answering with
-//! the request's own `Text` (no user allocation); the client calls both with
+//! framework's) and also `echo-ref`, a `console_ref` handler answering with
+//! the request's own text borrowed where it lies (no user allocation, served
+//! from the input buffer as the main bench's server does); the client calls both with
 //! [`Client::call_with`] (one boxed completion per call: its API) and with
 //! [`Client::call_to`] (a shared [`ReplySink`]: none).
 
@@ -79,9 +80,7 @@ pub fn serve_if_child() -> bool {
     let identity = ServerIdentity::from_seed(&unhex(&seed)).expect("identity");
     let mut commands = Registry::new();
     commands.console("echo", |_, text| Ok(text.to_owned()));
-    commands.console_delayed("echo-ref", |_, text, r| {
-        let _ = r.reply_text(text);
-    });
+    commands.console_ref("echo-ref", |_, text| Ok(std::borrow::Cow::Borrowed(text)));
     let server = Server::start(
         crate::secured("epoll", provider(Some(identity), None)),
         commands,

@@ -1414,6 +1414,60 @@ impl ConnHandler {
         }
     }
 
+    /// Serves the console requests at the front of `data` whose commands
+    /// have a [`Registry::console_ref`] handler from their bytes where they
+    /// lie (the layer's buffer): each frame is read in place
+    /// ([`zs_wire::Decoder::decode_ref`], the same checks as the session's
+    /// decode), its handler gets `&str`, and its answer is encoded into the
+    /// loop-local batch of answers. No lock is held while the handlers run:
+    /// the link's lock is taken once before, to check that the session would
+    /// only queue these frames ([`Session::takes_borrowed_input`]) and to
+    /// hold the batch. Stops at the first frame it does not serve (another
+    /// kind or command, a compressed or partial frame, a malformed one): that
+    /// one and the rest go through the session as usual, after these.
+    /// Returns the batch's hold and the bytes served (consumed from `data`),
+    /// or `None` (nothing done) when the link does not take this path.
+    fn serve_borrowed<'l>(
+        &mut self,
+        conn: &Conn,
+        link: &'l Link,
+        data: &mut BytesMut,
+        now: Instant,
+    ) -> Option<(Held<'l>, usize)> {
+        let shared = &self.shared;
+        if !shared.registry.has_borrowed() || shared.options.ordered || data.is_empty() {
+            return None;
+        }
+        let (_, peer) = self.link.as_ref()?;
+        {
+            let mut st = lock(&link.st);
+            if !(st.is_current(conn) && st.progress.is_empty() && st.session.takes_borrowed_input())
+            {
+                return None;
+            }
+            st.hold += 1;
+            st.held_at = now;
+        }
+        let held = Held::new(link, true);
+        let decoder = zs_wire::Decoder::new(&shared.session_cfg.wire);
+        let mut at = 0;
+        while let Ok(Some(f)) = decoder.decode_ref(&data[at..]) {
+            let (zs_wire::FrameKind::Console, false, Some(id), Some(cmd), Some(text)) =
+                (f.kind(), f.is_compressed(), f.id(), f.name(), f.text())
+            else {
+                break;
+            };
+            if !shared.registry.dispatch_borrowed(peer, id, cmd, text) {
+                break;
+            }
+            at += f.len();
+            #[cfg(test)]
+            borrowed_tests::SERVED.fetch_add(1, Ordering::Relaxed);
+        }
+        bytes::Buf::advance(data, at);
+        Some((held, at))
+    }
+
     fn fail(&self, link: &Link, why: &str) {
         let conn = link.conn();
         tracing::warn!(
@@ -1704,6 +1758,9 @@ impl Handler for ConnHandler {
         // One clock read for the whole batch (statistics and session timers).
         let now = Instant::now();
         let _turn = crate::clock::Turn::begin(now);
+        // Console requests for `console_ref` handlers at the front of the
+        // input are served where they lie, without the lock (see `served`).
+        let served = self.serve_borrowed(conn, &link, data, now);
         let (r, dead, busy, local, mut more) = {
             let mut st = lock(&link.st);
             if !st.is_current(conn) {
@@ -1711,6 +1768,9 @@ impl Handler for ConnHandler {
                 return; // a replaced connection's late bytes
             }
             let busy = st.quick >= BUSY_BATCHES;
+            if let Some((_, n)) = &served {
+                st.session.count_borrowed_input(*n);
+            }
             let r = st.session.handle_input(data, now);
             if data.is_empty() && data.capacity() > KEEP_READ_BUF {
                 // A large buffer (a bulk transfer) is released, not pooled.
@@ -1731,7 +1791,9 @@ impl Handler for ConnHandler {
                 link.drain(&mut st, &mut works);
             }
             let mut more = false;
-            if works.is_empty() && plain.is_none() {
+            if served.is_some() {
+                // (Held since the borrowed requests: ends below.)
+            } else if works.is_empty() && plain.is_none() {
                 link.flush(&mut st);
                 link.after_batch(&mut st, now);
                 // The input checks under this lock (see below).
@@ -1743,7 +1805,18 @@ impl Handler for ConnHandler {
             let local = !st.session.is_stable();
             (r, dead, busy, local, more)
         };
-        if let Some(p) = plain.as_deref_mut() {
+        if let Some((held, _)) = served {
+            // The rest of the batch after the borrowed requests, under the
+            // same hold: one flush for all of it.
+            if let Some(p) = plain.as_deref_mut() {
+                if let Some((link, peer)) = &self.link {
+                    process_plain(&self.shared, link, peer, p);
+                }
+            } else if !works.is_empty() {
+                self.process(conn, &mut works);
+            }
+            more = held.end((r.is_ok() && !dead).then_some(conn));
+        } else if let Some(p) = plain.as_deref_mut() {
             // Answers and calls made while dispatching leave in one flush,
             // under the lock that also runs the input checks.
             let held = Held::new(&link, local);
@@ -2608,5 +2681,90 @@ mod size_tests {
     fn a_connection_handler_stays_small() {
         let n = std::mem::size_of::<super::ConnHandler>();
         assert!(n <= 96, "ConnHandler is {n} bytes");
+    }
+}
+
+#[cfg(test)]
+mod borrowed_tests {
+    use std::borrow::Cow;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use zs_crypto::{ClientConfig, ServerConfig, ServerIdentity, SuiteId, ZsSecurity};
+
+    use super::{Client, Options, Server};
+    use crate::{Call, Registry, Reply};
+
+    /// Requests served from their borrowed bytes (`serve_borrowed`).
+    pub(super) static SERVED: AtomicU64 = AtomicU64::new(0);
+
+    /// Pipelined calls to a `console_ref` command are served from the input
+    /// buffer (the path is taken: counted), answered right, and a request
+    /// for another form in the same reads still goes the owned way.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pipelined_console_ref_calls_take_the_borrowed_path() {
+        let (id, _) = ServerIdentity::generate(&ring::rand::SystemRandom::new()).unwrap();
+        let mut c = ClientConfig::pinned(id.fingerprint());
+        c.suites = vec![SuiteId::Aes256Gcm];
+        let provider: Arc<dyn zs_crypto::SecurityProvider> = Arc::new(ZsSecurity::new(
+            Some(Arc::new(c)),
+            Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
+        ));
+        let backend = || -> Arc<dyn zs_io::Backend> {
+            let raw = zs_io_epoll::EpollBackend::new(zs_io::Config {
+                loops: 1,
+                ..zs_io::Config::default()
+            })
+            .unwrap();
+            Arc::new(zs_secure::SecureBackend::new(Arc::new(raw), provider.clone()))
+        };
+        let mut r = Registry::new();
+        r.console_ref("e", |_, t| Ok(Cow::Borrowed(t)));
+        r.console("o", |_, t| Ok(t.to_owned()));
+        let server = Server::start(backend(), r, Options::default(), "127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let client = Client::connect(
+            backend(),
+            Registry::new(),
+            Options::client(),
+            server.local_addr(),
+        )
+        .unwrap();
+        assert_eq!(client.call("e", "warm").wait().unwrap(), "warm");
+        let before = SERVED.load(Ordering::Relaxed);
+        const N: usize = 2000;
+        let ok = Arc::new(AtomicUsize::new(0));
+        // In waves of 100 calls, each wave's last one for the owned form
+        // (a wave arrives in a read or a few).
+        for i in 0..N {
+            let cmd = if i % 100 == 99 { "o" } else { "e" };
+            let text = format!("{i}");
+            let ok2 = ok.clone();
+            let call = Call::Console {
+                cmd: cmd.into(),
+                text: text.as_str().into(),
+            };
+            client.call_with(call, None, move |r| {
+                if matches!(&r, Ok(Reply::Text(t)) if t.as_str() == text) {
+                    ok2.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            if i % 100 == 99 {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while ok.load(Ordering::SeqCst) <= i && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        assert_eq!(ok.load(Ordering::SeqCst), N);
+        let served = SERVED.load(Ordering::Relaxed) - before;
+        // Every `e` but those of the reads before the link counted as busy,
+        // or behind an `o` in the same read, went the borrowed way.
+        assert!(served > N as u64 / 2, "{served} of {N} served borrowed");
+        let st = server.stats();
+        let e = st.commands.iter().find(|c| c.name == "e").unwrap();
+        assert_eq!(e.calls, 1 + N as u64 - N as u64 / 100);
     }
 }

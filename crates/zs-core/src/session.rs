@@ -818,6 +818,31 @@ impl Session {
         r
     }
 
+    /// Whether the runtime may serve console requests at the front of the
+    /// next input from their borrowed bytes before [`Session::handle_input`]
+    /// sees the rest (zs-core's `console_ref` path): the session would
+    /// decode them now and only queue them (a live link without StableIO
+    /// whose peer already sent frames, no input held back or paused, output
+    /// under its cap, no event waiting to be taken). Those bytes are then
+    /// reported with [`Session::count_borrowed_input`].
+    pub(crate) fn takes_borrowed_input(&self) -> bool {
+        self.dead.is_none()
+            && self.link_up
+            && self.stable.is_none()
+            && self.got_frames
+            && self.plain.is_empty()
+            && !self.paused
+            && !self.blocked
+            && self.events.is_empty()
+            && self.out_pending <= self.cfg.max_pending_output
+    }
+
+    /// `n` bytes of whole frames were served from their borrowed bytes (see
+    /// [`Session::takes_borrowed_input`]).
+    pub(crate) fn count_borrowed_input(&mut self, n: usize) {
+        self.bytes_in += n as u64;
+    }
+
     fn input_failed(&mut self, e: &Error) {
         let why = e.to_string();
         if std::mem::take(&mut self.link_fault) {
