@@ -2718,13 +2718,21 @@ mod borrowed_tests {
                 ..zs_io::Config::default()
             })
             .unwrap();
-            Arc::new(zs_secure::SecureBackend::new(Arc::new(raw), provider.clone()))
+            Arc::new(zs_secure::SecureBackend::new(
+                Arc::new(raw),
+                provider.clone(),
+            ))
         };
         let mut r = Registry::new();
         r.console_ref("e", |_, t| Ok(Cow::Borrowed(t)));
         r.console("o", |_, t| Ok(t.to_owned()));
-        let server = Server::start(backend(), r, Options::default(), "127.0.0.1:0".parse().unwrap())
-            .unwrap();
+        let server = Server::start(
+            backend(),
+            r,
+            Options::default(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
         let client = Client::connect(
             backend(),
             Registry::new(),

@@ -793,9 +793,7 @@ struct Entry {
 
 /// A [`Registry::console_ref`] handler.
 type RefFn = Arc<
-    dyn for<'a> Fn(&Peer, &'a str) -> std::result::Result<Cow<'a, str>, HandlerError>
-        + Send
-        + Sync,
+    dyn for<'a> Fn(&Peer, &'a str) -> std::result::Result<Cow<'a, str>, HandlerError> + Send + Sync,
 >;
 
 const KINDS: [&str; 7] = [

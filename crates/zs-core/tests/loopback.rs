@@ -726,7 +726,9 @@ fn borrowed_handlers_answer_in_order(backend: Arc<dyn Backend>) {
     let c = s.client_with(cr, Options::client());
     assert_eq!(c.call("echo-ref", "warm").wait().unwrap(), "warm");
     const N: usize = 200;
-    const CMDS: [&str; 7] = ["echo-ref", "tail", "upper", "fail", "plain", "push", "relay"];
+    const CMDS: [&str; 7] = [
+        "echo-ref", "tail", "upper", "fail", "plain", "push", "relay",
+    ];
     for i in 0..N {
         for cmd in CMDS {
             let l = log.clone();
@@ -779,7 +781,10 @@ fn borrowed_handlers_answer_in_order(backend: Arc<dyn Backend>) {
     let f = of("fail");
     assert_eq!((f.calls, f.errors), (n, n));
     let u = of("upper");
-    assert_eq!((u.calls, u.bytes_in, u.bytes_out), (n, u.bytes_in, u.bytes_in));
+    assert_eq!(
+        (u.calls, u.bytes_in, u.bytes_out),
+        (n, u.bytes_in, u.bytes_in)
+    );
 }
 
 macro_rules! on_backends {

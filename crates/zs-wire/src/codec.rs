@@ -430,13 +430,25 @@ impl<C: AsRef<Config>> Encoder<C> {
         match frame {
             _ if self.config().compress_threshold.is_some() => {}
             Frame::Console { id, cmd, text } => {
-                return self.encode_text(FrameKind::Console, Some(*id), Some(cmd.as_str()), text, dst)
+                return self.encode_text(
+                    FrameKind::Console,
+                    Some(*id),
+                    Some(cmd.as_str()),
+                    text,
+                    dst,
+                )
             }
             Frame::ConsoleResponse { id, text } => {
                 return self.encode_text(FrameKind::ConsoleResponse, Some(*id), None, text, dst)
             }
             Frame::DirectConsole { cmd, text } => {
-                return self.encode_text(FrameKind::DirectConsole, None, Some(cmd.as_str()), text, dst)
+                return self.encode_text(
+                    FrameKind::DirectConsole,
+                    None,
+                    Some(cmd.as_str()),
+                    text,
+                    dst,
+                )
             }
             _ => {}
         }
