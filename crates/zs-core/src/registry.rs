@@ -781,7 +781,7 @@ enum Run {
 }
 
 #[derive(Clone)]
-struct Entry {
+pub(crate) struct Entry {
     run: Run,
     hpc: bool,
     stats: Arc<CommandStats>,
@@ -955,26 +955,30 @@ impl Registry {
         self.borrowed
     }
 
-    /// Serves console request `id` for `cmd` with `text` borrowed from the
-    /// input buffer, if `cmd` has a [`Registry::console_ref`] handler (not
-    /// run on the HPC pool): runs it and encodes its answer into this
-    /// thread's batch of answers for the peer's connection (the runtime holds
-    /// its batch), or sends it the shared way if it does not. Returns false,
-    /// having done nothing, for any other command: the caller then takes the
-    /// request the owned way ([`Registry::dispatch_in`]).
-    pub(crate) fn dispatch_borrowed(&self, peer: &Peer, id: u64, cmd: &str, text: &str) -> bool {
+    /// The entry of console command `cmd` if it has a
+    /// [`Registry::console_ref`] handler run on the event loop (not on the
+    /// HPC pool), for [`Registry::serve_borrowed`]; `None` for any other
+    /// command, which the caller then takes the owned way
+    /// ([`Registry::dispatch_in`]).
+    pub(crate) fn borrowed_entry(&self, cmd: &str) -> Option<&Entry> {
         let map = &self.maps[CONSOLE];
         let entry = if cmd.bytes().any(|b| b.is_ascii_uppercase()) {
             map.get(&fold(cmd))
         } else {
             map.get(cmd)
+        }?;
+        (entry.borrowed.is_some() && !entry.hpc).then_some(entry)
+    }
+
+    /// Serves console request `id` with `text` borrowed from the input
+    /// buffer by `entry`'s [`Registry::console_ref`] handler (from
+    /// [`Registry::borrowed_entry`]): runs it and encodes its answer into
+    /// this thread's batch of answers for the peer's connection (the runtime
+    /// holds its batch), or sends it the shared way if it does not.
+    pub(crate) fn serve_borrowed(&self, entry: &Entry, peer: &Peer, id: u64, text: &str) {
+        let Some(f) = &entry.borrowed else {
+            return;
         };
-        let Some((entry, f)) = entry.and_then(|e| Some((e, e.borrowed.as_ref()?))) else {
-            return false;
-        };
-        if entry.hpc {
-            return false;
-        }
         let key = conn_key(peer);
         let answer = f(peer, text);
         let out = match &answer {
@@ -1018,7 +1022,6 @@ impl Registry {
             entry.stats.record_in(text.len());
             entry.stats.record_out(out.0, out.1, Duration::ZERO);
         }
-        true
     }
 
     /// A console command run on the HPC worker pool (may block).

@@ -837,6 +837,38 @@ impl Session {
             && self.out_pending <= self.cfg.max_pending_output
     }
 
+    /// The waiter of pending call `id`, taken for an answer the runtime hands
+    /// on from its borrowed bytes (see [`Session::takes_borrowed_input`]),
+    /// if the call is a plain one (not a batch, whose answer is verified)
+    /// and `borrows` accepts its waiter; the call completes as
+    /// [`Session::complete`] completes it, without an [`Event`]. `None`,
+    /// and nothing changed, otherwise.
+    pub(crate) fn take_borrowed_answer(
+        &mut self,
+        id: u64,
+        borrows: impl FnOnce(&Waiter) -> bool,
+    ) -> Option<Waiter> {
+        match self.pending.get(id) {
+            Some(Pending {
+                batch: None,
+                waiter: Some(w),
+                ..
+            }) if borrows(w) => {}
+            _ => return None,
+        }
+        if !self.sending.is_empty() {
+            self.sending.remove(&id);
+        }
+        let p = self.pending.remove(id)?;
+        if let Some(d) = p.deadline {
+            let pending = &self.pending;
+            self.deadlines.remove(d, id, |id, d| {
+                pending.get(id).is_some_and(|p| p.deadline == Some(d))
+            });
+        }
+        p.waiter
+    }
+
     /// `n` bytes of whole frames were served from their borrowed bytes (see
     /// [`Session::takes_borrowed_input`]).
     pub(crate) fn count_borrowed_input(&mut self, n: usize) {
