@@ -1524,6 +1524,9 @@ impl ConnHandler {
         let decoder = zs_wire::Decoder::new(&shared.session_cfg.wire);
         let mut items: Vec<Served<'_>> = recycle(SERVED_ITEMS.take());
         let mut at = 0;
+        // The last command served and its entry: a run of requests for one
+        // command (the common batch) looks its name up once.
+        let mut last: Option<(&str, &crate::registry::Entry)> = None;
         {
             let mut st = lock(&link.st);
             if !(st.is_current(conn) && st.progress.is_empty() && st.session.takes_borrowed_input())
@@ -1534,10 +1537,17 @@ impl ConnHandler {
             while let Ok(Some(f)) = decoder.decode_ref(&data[at..]) {
                 let item = match (f.kind(), f.is_compressed(), f.id(), f.name(), f.text()) {
                     (zs_wire::FrameKind::Console, false, Some(id), Some(cmd), Some(text)) => {
-                        match registry.borrowed_entry(cmd) {
-                            Some(e) => Served::Request(e, id, text),
-                            None => break,
-                        }
+                        let entry = match last {
+                            Some((name, e)) if name == cmd => e,
+                            _ => match registry.borrowed_entry(cmd) {
+                                Some(e) => {
+                                    last = Some((cmd, e));
+                                    e
+                                }
+                                None => break,
+                            },
+                        };
+                        Served::Request(entry, id, text)
                     }
                     (zs_wire::FrameKind::ConsoleResponse, false, Some(id), _, Some(text)) => {
                         let borrows = |w: &Completion| matches!(w, Completion::Sink(s, _) if s.borrows_text());
