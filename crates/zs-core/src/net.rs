@@ -213,7 +213,8 @@ pub trait ReplySink: Send + Sync {
     fn on_reply(&self, tag: u64, result: Result<Reply>);
 
     /// Whether this sink takes text answers borrowed ([`ReplySink::on_text`]).
-    /// Default false: every outcome comes to [`ReplySink::on_reply`].
+    /// Default false: every outcome comes to [`ReplySink::on_reply`]. Asked
+    /// once per call, when [`Client::call_to`] starts it.
     fn borrows_text(&self) -> bool {
         false
     }
@@ -264,13 +265,16 @@ pub(crate) enum Completion {
     Once(Box<dyn FnOnce(Result<Reply>) + Send>),
     /// A shared sink and the caller's tag (no allocation).
     Sink(Arc<dyn ReplySink>, u64),
+    /// A sink that takes text answers borrowed ([`ReplySink::borrows_text`],
+    /// asked when the call was made, not under the link's lock).
+    SinkText(Arc<dyn ReplySink>, u64),
 }
 
 impl Completion {
     pub(crate) fn complete(self, r: Result<Reply>) {
         match self {
             Completion::Once(f) => f(r),
-            Completion::Sink(s, tag) => s.on_reply(tag, r),
+            Completion::Sink(s, tag) | Completion::SinkText(s, tag) => s.on_reply(tag, r),
         }
     }
 }
@@ -1550,9 +1554,11 @@ impl ConnHandler {
                         Served::Request(entry, id, text)
                     }
                     (zs_wire::FrameKind::ConsoleResponse, false, Some(id), _, Some(text)) => {
-                        let borrows = |w: &Completion| matches!(w, Completion::Sink(s, _) if s.borrows_text());
+                        let borrows = |w: &Completion| matches!(w, Completion::SinkText(..));
                         match st.session.take_borrowed_answer(id, borrows) {
-                            Some(Completion::Sink(sink, tag)) => Served::Answer(sink, tag, text),
+                            Some(Completion::SinkText(sink, tag)) => {
+                                Served::Answer(sink, tag, text)
+                            }
                             // (Not taken: only sinks that borrow are.)
                             Some(other) => Served::Owned(other, text),
                             None => break,
@@ -2531,12 +2537,16 @@ impl Client {
             return;
         }
         let t = timeout.or(self.shared.options.call_timeout);
-        let borrowing = &self.shared.borrowing_sinks;
-        if !borrowing.load(Ordering::Relaxed) && sink.borrows_text() {
-            borrowing.store(true, Ordering::Relaxed);
-        }
-        self.link
-            .start_call(call, t, Completion::Sink(sink.clone(), tag));
+        let done = if sink.borrows_text() {
+            let borrowing = &self.shared.borrowing_sinks;
+            if !borrowing.load(Ordering::Relaxed) {
+                borrowing.store(true, Ordering::Relaxed);
+            }
+            Completion::SinkText(sink.clone(), tag)
+        } else {
+            Completion::Sink(sink.clone(), tag)
+        };
+        self.link.start_call(call, t, done);
     }
 
     fn future<T: Send + 'static>(

@@ -1497,10 +1497,23 @@ fn s14_borrowed_requests_with_hostile_frames() {
         vec![2, 3, 4, 5],
         "{got:?}"
     );
-    assert_eq!((got[0].1, got[0].3.as_str()), (FrameKind::ConsoleResponse, "two"));
-    assert_eq!((got[1].1, got[1].2), (FrameKind::Error, code::BAD_REQUEST), "{got:?}");
-    assert_eq!((got[2].1, got[2].3.as_str()), (FrameKind::ConsoleResponse, "four"));
-    assert_eq!((got[3].1, got[3].3.as_str()), (FrameKind::ConsoleResponse, "five"));
+    assert_eq!(
+        (got[0].1, got[0].3.as_str()),
+        (FrameKind::ConsoleResponse, "two")
+    );
+    assert_eq!(
+        (got[1].1, got[1].2),
+        (FrameKind::Error, code::BAD_REQUEST),
+        "{got:?}"
+    );
+    assert_eq!(
+        (got[2].1, got[2].3.as_str()),
+        (FrameKind::ConsoleResponse, "four")
+    );
+    assert_eq!(
+        (got[3].1, got[3].3.as_str()),
+        (FrameKind::ConsoleResponse, "five")
+    );
     // Valid frames, then a header over the frame limit: answered, then closed.
     let mut plain = Vec::new();
     plain.extend_from_slice(&a.encode(&console(6, "echo-ref", "six")));
@@ -1511,7 +1524,11 @@ fn s14_borrowed_requests_with_hostile_frames() {
     huge.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
     plain.extend_from_slice(&huge);
     a.queue_plain(&plain);
-    assert!(a.wait_closed(Duration::from_secs(5)), "closed: {:?}", a.closed);
+    assert!(
+        a.wait_closed(Duration::from_secs(5)),
+        "closed: {:?}",
+        a.closed
+    );
     let ids: Vec<u64> = a
         .inbox
         .iter()
