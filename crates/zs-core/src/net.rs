@@ -1893,6 +1893,10 @@ impl Handler for ConnHandler {
             let busy = st.quick >= BUSY_BATCHES;
             if let Some((_, n)) = &served {
                 st.session.count_borrowed_input(*n);
+                // The served requests' answers go before anything the
+                // session sends while decoding the rest (an error for a
+                // malformed frame is sent at once).
+                link.take_local(&mut st);
             }
             let r = st.session.handle_input(data, now);
             if data.is_empty() && data.capacity() > KEEP_READ_BUF {

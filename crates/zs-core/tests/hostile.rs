@@ -1452,7 +1452,9 @@ fn l1_seq_u64_max() {
 /// the rest). Hostile frames met on that path get what the session gives
 /// them anywhere else, and the frames around them keep their order: a
 /// malformed text for a `console_ref` command in the middle of one read is
-/// answered 400 between the answers before and after it; a name in capitals
+/// answered 400 between the answers before and after it (the served
+/// requests' answers go into the output before the session decodes the
+/// rest, which sends a malformed frame's error at once); a name in capitals
 /// finds the handler; a frame whose header breaks the limits behind valid
 /// ones closes the connection after those are answered. An honest client's
 /// calls go on.
