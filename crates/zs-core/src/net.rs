@@ -2979,41 +2979,10 @@ mod borrowed_tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn pipelined_console_ref_calls_take_the_borrowed_path() {
-        let (id, _) = ServerIdentity::generate(&ring::rand::SystemRandom::new()).unwrap();
-        let mut c = ClientConfig::pinned(id.fingerprint());
-        c.suites = vec![SuiteId::Aes256Gcm];
-        let provider: Arc<dyn zs_crypto::SecurityProvider> = Arc::new(ZsSecurity::new(
-            Some(Arc::new(c)),
-            Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
-        ));
-        let backend = || -> Arc<dyn zs_io::Backend> {
-            let raw = zs_io_epoll::EpollBackend::new(zs_io::Config {
-                loops: 1,
-                ..zs_io::Config::default()
-            })
-            .unwrap();
-            Arc::new(zs_secure::SecureBackend::new(
-                Arc::new(raw),
-                provider.clone(),
-            ))
-        };
         let mut r = Registry::new();
         r.console_ref("e", |_, t| Ok(Cow::Borrowed(t)));
         r.console("o", |_, t| Ok(t.to_owned()));
-        let server = Server::start(
-            backend(),
-            r,
-            Options::default(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
-        let client = Client::connect(
-            backend(),
-            Registry::new(),
-            Options::client(),
-            server.local_addr(),
-        )
-        .unwrap();
+        let (server, client) = pair(r);
         assert_eq!(client.call("e", "warm").wait().unwrap(), "warm");
         let before = SERVED.load(Ordering::Relaxed);
         const N: usize = 2000;

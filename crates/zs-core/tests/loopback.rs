@@ -576,6 +576,17 @@ fn psk_identity_reaches_handlers(backend: Arc<dyn Backend>) {
 /// still leave before anything a later handler of the same batch sends. `a`
 /// answers inline through its responder, `b` pushes a note, then answers;
 /// the client sees every `a` answer before the note `b` sent after it.
+/// A client that logs the `note` pushes it receives ("note TEXT").
+fn noting_client(s: &Setup) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut cr = Registry::new();
+    let l = log.clone();
+    cr.direct_console("note", move |_, t| {
+        l.lock().unwrap().push(format!("note {t}"))
+    });
+    (s.client_with(cr, Options::client()), log)
+}
+
 fn inline_answers_keep_their_order_with_pushes(backend: Arc<dyn Backend>) {
     let mut r = Registry::new();
     r.console_delayed("a", |_, t, r| {
@@ -587,13 +598,7 @@ fn inline_answers_keep_their_order_with_pushes(backend: Arc<dyn Backend>) {
         Ok(t.to_owned())
     });
     let s = Setup::new(backend, r, Options::default());
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut cr = Registry::new();
-    let l = log.clone();
-    cr.direct_console("note", move |_, t| {
-        l.lock().unwrap().push(format!("note {t}"))
-    });
-    let c = s.client_with(cr, Options::client());
+    let (c, log) = noting_client(&s);
     assert_eq!(c.call("a", "warm").wait().unwrap(), "warm");
     const N: usize = 200;
     for i in 0..N {
@@ -717,13 +722,7 @@ fn borrowed_handlers_answer_in_order(backend: Arc<dyn Backend>) {
     });
     let s = Setup::new(backend, r, Options::default());
     let _ = other.set(s.client());
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut cr = Registry::new();
-    let l = log.clone();
-    cr.direct_console("note", move |_, t| {
-        l.lock().unwrap().push(format!("note {t}"))
-    });
-    let c = s.client_with(cr, Options::client());
+    let (c, log) = noting_client(&s);
     assert_eq!(c.call("echo-ref", "warm").wait().unwrap(), "warm");
     const N: usize = 200;
     const CMDS: [&str; 7] = [
