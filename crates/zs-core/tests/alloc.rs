@@ -84,13 +84,20 @@ impl Sink {
         if !ok {
             c.bad.fetch_add(1, Ordering::Relaxed);
         }
-        match c.left.fetch_sub(1, Ordering::AcqRel) {
-            1 => {
+        // (Not below 0: with calls still in flight after the last one
+        // counted, a plain `fetch_sub` wrapped round and those answers
+        // started new calls after the run ended.)
+        let down = |n: u64| n.checked_sub(1);
+        match c
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, down)
+        {
+            Ok(1) => {
                 if let Some(tx) = c.done.lock().unwrap().take() {
                     let _ = tx.send(());
                 }
             }
-            n if n > 1 => c.issue(),
+            Ok(n) if n > 1 => c.issue(),
             _ => {}
         }
     }
