@@ -12,8 +12,9 @@
 //!
 //! The server answers `echo` as the main bench does (a `console` handler
 //! returning a `String`: one allocation that is the handler's, not the
-//! framework's) and also `echo-ref`, a `console_delayed` handler answering with
-//! the request's own `Text` (no user allocation); the client calls both with
+//! framework's) and also `echo-ref`, a `console_ref` handler answering with
+//! the request's own text borrowed where it lies (no user allocation, served
+//! from the input buffer as the main bench's server does); the client calls both with
 //! [`Client::call_with`] (one boxed completion per call: its API) and with
 //! [`Client::call_to`] (a shared [`ReplySink`]: none).
 
@@ -79,9 +80,7 @@ pub fn serve_if_child() -> bool {
     let identity = ServerIdentity::from_seed(&unhex(&seed)).expect("identity");
     let mut commands = Registry::new();
     commands.console("echo", |_, text| Ok(text.to_owned()));
-    commands.console_delayed("echo-ref", |_, text, r| {
-        let _ = r.reply_text(text);
-    });
+    commands.console_ref("echo-ref", |_, text| Ok(std::borrow::Cow::Borrowed(text)));
     let server = Server::start(
         crate::secured("epoll", provider(Some(identity), None)),
         commands,
@@ -189,7 +188,10 @@ struct Chains {
 
 impl Chains {
     fn answered(self: &Arc<Self>, r: zs_core::Result<Reply>) {
-        let ok = matches!(&r, Ok(Reply::Text(t)) if t.as_str() == self.text.as_str());
+        self.answered_ok(matches!(&r, Ok(Reply::Text(t)) if t.as_str() == self.text.as_str()));
+    }
+
+    fn answered_ok(self: &Arc<Self>, ok: bool) {
         if ok {
             self.done.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -229,6 +231,17 @@ impl ReplySink for SinkOf {
     fn on_reply(&self, _tag: u64, r: zs_core::Result<Reply>) {
         if let Some(c) = self.0.upgrade() {
             c.answered(r);
+        }
+    }
+
+    // As the main bench's sink: the answer's text taken borrowed.
+    fn borrows_text(&self) -> bool {
+        true
+    }
+
+    fn on_text(&self, _tag: u64, text: &str) {
+        if let Some(c) = self.0.upgrade() {
+            c.answered_ok(text == c.text.as_str());
         }
     }
 }

@@ -96,9 +96,9 @@ fn zs_pair(kind: &str) -> ZsPair {
     let provider = Arc::new(ZsSecurity::new(Some(Arc::new(ccfg)), Some(Arc::new(scfg))));
     let mut commands = Registry::new();
     commands.console("echo", |_, text| Ok(text.to_owned()));
-    commands.console_delayed("echo-ref", |_, text, r| {
-        let _ = r.reply_text(text);
-    });
+    // What a user writes for an echo that needs no owned value: the answer
+    // borrows the request's text where it lies in the input buffer.
+    commands.console_ref("echo-ref", |_, text| Ok(std::borrow::Cow::Borrowed(text)));
     let addr = "127.0.0.1:0".parse().expect("addr");
     let server = Server::start(
         secured(kind, provider.clone()),
@@ -167,6 +167,17 @@ impl ReplySink for SinkOf {
             c.answered(r);
         }
     }
+
+    // The answer's text is only compared: taken borrowed where it lies.
+    fn borrows_text(&self) -> bool {
+        true
+    }
+
+    fn on_text(&self, _tag: u64, text: &str) {
+        if let Some(c) = self.0.upgrade() {
+            c.answered_ok(text == c.text.as_str());
+        }
+    }
 }
 
 impl Chains {
@@ -188,7 +199,10 @@ impl Chains {
     }
 
     fn answered(self: &Arc<Self>, r: zs_core::Result<Reply>) {
-        let ok = matches!(&r, Ok(Reply::Text(t)) if t.as_str() == self.text.as_str());
+        self.answered_ok(matches!(&r, Ok(Reply::Text(t)) if t.as_str() == self.text.as_str()));
+    }
+
+    fn answered_ok(self: &Arc<Self>, ok: bool) {
         if ok {
             self.done.fetch_add(1, Ordering::Relaxed);
         } else {

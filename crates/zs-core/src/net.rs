@@ -211,6 +211,51 @@ pub trait ReplySink: Send + Sync {
     /// thread (must not block), or on the calling thread when the call could not
     /// start.
     fn on_reply(&self, tag: u64, result: Result<Reply>);
+
+    /// Whether this sink takes text answers borrowed ([`ReplySink::on_text`]).
+    /// Default false: every outcome comes to [`ReplySink::on_reply`]. Asked
+    /// once per call, when [`Client::call_to`] starts it.
+    fn borrows_text(&self) -> bool {
+        false
+    }
+
+    /// The text answer of the console call made with `tag`, borrowed from the
+    /// connection's input buffer where the security layer opened it (no
+    /// `Reply`, `Text` or reference count per answer). Called instead of
+    /// [`ReplySink::on_reply`] for a successful text answer when
+    /// [`ReplySink::borrows_text`] is true and the runtime serves the answer
+    /// where it lies (a connection without StableIO; otherwise `on_reply`
+    /// gets it owned). Runs on the client's event loop thread with no lock
+    /// of the connection held: it may start the next call. The default
+    /// hands `on_reply` a copy.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use zs_core::{ReplySink, Reply, Result};
+    /// /// Counts the answers that say "pong".
+    /// struct Pongs(AtomicU64);
+    /// impl ReplySink for Pongs {
+    ///     fn on_reply(&self, tag: u64, r: Result<Reply>) {
+    ///         if let Ok(Reply::Text(t)) = r {
+    ///             self.on_text(tag, t.as_str());
+    ///         }
+    ///     }
+    ///     fn borrows_text(&self) -> bool {
+    ///         true
+    ///     }
+    ///     fn on_text(&self, _tag: u64, text: &str) {
+    ///         if text == "pong" {
+    ///             self.0.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     }
+    /// }
+    /// let sink = Pongs(AtomicU64::new(0));
+    /// sink.on_text(1, "pong");
+    /// assert_eq!(sink.0.load(Ordering::Relaxed), 1);
+    /// ```
+    fn on_text(&self, tag: u64, text: &str) {
+        self.on_reply(tag, Ok(Reply::Text(Text::from(text))));
+    }
 }
 
 /// What runs when a call's answer comes (kept with the call in the
@@ -220,13 +265,16 @@ pub(crate) enum Completion {
     Once(Box<dyn FnOnce(Result<Reply>) + Send>),
     /// A shared sink and the caller's tag (no allocation).
     Sink(Arc<dyn ReplySink>, u64),
+    /// A sink that takes text answers borrowed ([`ReplySink::borrows_text`],
+    /// asked when the call was made, not under the link's lock).
+    SinkText(Arc<dyn ReplySink>, u64),
 }
 
 impl Completion {
     pub(crate) fn complete(self, r: Result<Reply>) {
         match self {
             Completion::Once(f) => f(r),
-            Completion::Sink(s, tag) => s.on_reply(tag, r),
+            Completion::Sink(s, tag) | Completion::SinkText(s, tag) => s.on_reply(tag, r),
         }
     }
 }
@@ -277,6 +325,9 @@ struct Shared {
     session_cfg: Arc<SessionConfig>,
     /// Server: connections open, per source address.
     admission: Mutex<Admission>,
+    /// Client: a call was made with a sink that takes text answers borrowed
+    /// ([`ReplySink::borrows_text`]): look for its answers in each read.
+    borrowing_sinks: AtomicBool,
 }
 
 /// What the server's admission caps count.
@@ -331,6 +382,7 @@ impl Shared {
             budgets,
             session_cfg,
             admission: Mutex::new(Admission::default()),
+            borrowing_sinks: AtomicBool::new(false),
         })
     }
 
@@ -1198,6 +1250,31 @@ struct ConnHandler {
     plain: Option<Box<Plain>>,
 }
 
+/// A frame served from its borrowed bytes ([`ConnHandler::serve_borrowed`]).
+enum Served<'a> {
+    /// A console request for a `console_ref` handler: its entry, id and text.
+    Request(&'a crate::registry::Entry, u64, &'a str),
+    /// A text answer for a sink that borrows it, with the call's tag.
+    Answer(Arc<dyn ReplySink>, u64, &'a str),
+    /// A text answer for another completion (given a copy).
+    Owned(Completion, &'a str),
+}
+
+thread_local! {
+    /// The (empty) item list of the loop's last borrowed batch, kept for
+    /// the next (no allocation per batch).
+    static SERVED_ITEMS: std::cell::Cell<Vec<Served<'static>>> =
+        const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// An empty vector in `v`'s allocation, for the same type with other
+/// lifetimes (std collects a mapped `IntoIter` in place when the layouts
+/// match, as they do here).
+fn recycle<'a, 'b>(mut v: Vec<Served<'a>>) -> Vec<Served<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
+}
+
 /// A batch of only requests and call outcomes with the outcomes' waiters,
 /// moved out of the session in one swap ([`Session::swap_plain_events`]):
 /// the common batch of a busy link, worked through without a [`Work`] per
@@ -1413,6 +1490,106 @@ impl ConnHandler {
         if let Err(e) = r {
             self.fail(&old, &e.to_string());
         }
+    }
+
+    /// Serves the frames at the front of `data` that need no owned form,
+    /// from their bytes where they lie (the layer's buffer): console requests
+    /// for [`Registry::console_ref`] handlers (answered into the loop-local
+    /// batch of answers) and text answers to calls made with
+    /// [`Client::call_to`] whose sink [borrows text](ReplySink::borrows_text).
+    /// Each frame is read in place ([`zs_wire::Decoder::decode_ref`]: the
+    /// same checks as the session's decode). The link's lock is taken once,
+    /// to check that the session would only queue these frames
+    /// ([`Session::takes_borrowed_input`]), to take the answered calls out of
+    /// its pending table and to hold the batch; the handlers and sinks then
+    /// run in order with no lock held (they may send, call or close). Stops
+    /// at the first frame it does not serve (another kind or command, an
+    /// answer to another kind of call, a compressed, partial or malformed
+    /// frame): that one and the rest go through the session as usual, after
+    /// these. Returns the batch's hold and the bytes served (consumed from
+    /// `data`), or `None` (nothing done) when the link does not take this path.
+    fn serve_borrowed<'l>(
+        &mut self,
+        conn: &Conn,
+        link: &'l Link,
+        data: &mut BytesMut,
+        now: Instant,
+    ) -> Option<(Held<'l>, usize)> {
+        let shared = &self.shared;
+        if shared.options.ordered || data.is_empty() {
+            return None;
+        }
+        // (A client's answers come as `ConsoleResponse`s, requests as `Console`.)
+        let requests = shared.registry.has_borrowed();
+        if !requests && !shared.borrowing_sinks.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (_, peer) = self.link.as_ref()?;
+        let registry = &*shared.registry;
+        let decoder = zs_wire::Decoder::new(&shared.session_cfg.wire);
+        let mut items: Vec<Served<'_>> = recycle(SERVED_ITEMS.take());
+        let mut at = 0;
+        // The last command served and its entry: a run of requests for one
+        // command (the common batch) looks its name up once.
+        let mut last: Option<(&str, &crate::registry::Entry)> = None;
+        {
+            let mut st = lock(&link.st);
+            if !(st.is_current(conn) && st.progress.is_empty() && st.session.takes_borrowed_input())
+            {
+                SERVED_ITEMS.set(recycle(items));
+                return None;
+            }
+            while let Ok(Some(f)) = decoder.decode_ref(&data[at..]) {
+                let item = match (f.kind(), f.is_compressed(), f.id(), f.name(), f.text()) {
+                    (zs_wire::FrameKind::Console, false, Some(id), Some(cmd), Some(text)) => {
+                        let entry = match last {
+                            Some((name, e)) if name == cmd => e,
+                            _ => match registry.borrowed_entry(cmd) {
+                                Some(e) => {
+                                    last = Some((cmd, e));
+                                    e
+                                }
+                                None => break,
+                            },
+                        };
+                        Served::Request(entry, id, text)
+                    }
+                    (zs_wire::FrameKind::ConsoleResponse, false, Some(id), _, Some(text)) => {
+                        let borrows = |w: &Completion| matches!(w, Completion::SinkText(..));
+                        match st.session.take_borrowed_answer(id, borrows) {
+                            Some(Completion::SinkText(sink, tag)) => {
+                                Served::Answer(sink, tag, text)
+                            }
+                            // (Not taken: only sinks that borrow are.)
+                            Some(other) => Served::Owned(other, text),
+                            None => break,
+                        }
+                    }
+                    _ => break,
+                };
+                items.push(item);
+                at += f.len();
+            }
+            if items.is_empty() {
+                SERVED_ITEMS.set(recycle(items));
+                return None;
+            }
+            st.hold += 1;
+            st.held_at = now;
+        }
+        let held = Held::new(link, true);
+        for item in items.drain(..) {
+            match item {
+                Served::Request(entry, id, text) => registry.serve_borrowed(entry, peer, id, text),
+                Served::Answer(sink, tag, text) => sink.on_text(tag, text),
+                Served::Owned(c, text) => c.complete(Ok(Reply::Text(Text::from(text)))),
+            }
+            #[cfg(test)]
+            borrowed_tests::SERVED.fetch_add(1, Ordering::Relaxed);
+        }
+        SERVED_ITEMS.set(recycle(items));
+        bytes::Buf::advance(data, at);
+        Some((held, at))
     }
 
     fn fail(&self, link: &Link, why: &str) {
@@ -1706,6 +1883,9 @@ impl Handler for ConnHandler {
         // the loop turn's, when the backend installed one (zs_io::clock).
         let now = crate::clock::now();
         let _turn = crate::clock::Turn::begin(now);
+        // Console requests for `console_ref` handlers at the front of the
+        // input are served where they lie, without the lock (see `served`).
+        let served = self.serve_borrowed(conn, &link, data, now);
         let (r, dead, busy, local, mut more) = {
             let mut st = lock(&link.st);
             if !st.is_current(conn) {
@@ -1713,6 +1893,13 @@ impl Handler for ConnHandler {
                 return; // a replaced connection's late bytes
             }
             let busy = st.quick >= BUSY_BATCHES;
+            if let Some((_, n)) = &served {
+                st.session.count_borrowed_input(*n);
+                // The served requests' answers go before anything the
+                // session sends while decoding the rest (an error for a
+                // malformed frame is sent at once).
+                link.take_local(&mut st);
+            }
             let r = st.session.handle_input(data, now);
             if data.is_empty() && data.capacity() > KEEP_READ_BUF {
                 // A large buffer (a bulk transfer) is released, not pooled.
@@ -1733,7 +1920,9 @@ impl Handler for ConnHandler {
                 link.drain(&mut st, &mut works);
             }
             let mut more = false;
-            if works.is_empty() && plain.is_none() {
+            if served.is_some() {
+                // (Held since the borrowed requests: ends below.)
+            } else if works.is_empty() && plain.is_none() {
                 link.flush(&mut st);
                 link.after_batch(&mut st, now);
                 // The input checks under this lock (see below).
@@ -1745,7 +1934,18 @@ impl Handler for ConnHandler {
             let local = !st.session.is_stable();
             (r, dead, busy, local, more)
         };
-        if let Some(p) = plain.as_deref_mut() {
+        if let Some((held, _)) = served {
+            // The rest of the batch after the borrowed requests, under the
+            // same hold: one flush for all of it.
+            if let Some(p) = plain.as_deref_mut() {
+                if let Some((link, peer)) = &self.link {
+                    process_plain(&self.shared, link, peer, p);
+                }
+            } else if !works.is_empty() {
+                self.process(conn, &mut works);
+            }
+            more = held.end((r.is_ok() && !dead).then_some(conn));
+        } else if let Some(p) = plain.as_deref_mut() {
             // Answers and calls made while dispatching leave in one flush,
             // under the lock that also runs the input checks.
             let held = Held::new(&link, local);
@@ -2343,8 +2543,16 @@ impl Client {
             return;
         }
         let t = timeout.or(self.shared.options.call_timeout);
-        self.link
-            .start_call(call, t, Completion::Sink(sink.clone(), tag));
+        let done = if sink.borrows_text() {
+            let borrowing = &self.shared.borrowing_sinks;
+            if !borrowing.load(Ordering::Relaxed) {
+                borrowing.store(true, Ordering::Relaxed);
+            }
+            Completion::SinkText(sink.clone(), tag)
+        } else {
+            Completion::Sink(sink.clone(), tag)
+        };
+        self.link.start_call(call, t, done);
     }
 
     fn future<T: Send + 'static>(
@@ -2612,5 +2820,206 @@ mod size_tests {
     fn a_connection_handler_stays_small() {
         let n = std::mem::size_of::<super::ConnHandler>();
         assert!(n <= 96, "ConnHandler is {n} bytes");
+    }
+}
+
+#[cfg(test)]
+mod borrowed_tests {
+    use std::borrow::Cow;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use zs_crypto::{ClientConfig, ServerConfig, ServerIdentity, SuiteId, ZsSecurity};
+
+    use super::{Client, Options, ReplySink, Server};
+    use crate::{Call, Registry, Reply};
+
+    /// Frames served from their borrowed bytes (`serve_borrowed`).
+    pub(super) static SERVED: AtomicU64 = AtomicU64::new(0);
+
+    fn pair(server: Registry) -> (Server, Client) {
+        let (id, _) = ServerIdentity::generate(&ring::rand::SystemRandom::new()).unwrap();
+        let mut c = ClientConfig::pinned(id.fingerprint());
+        c.suites = vec![SuiteId::Aes256Gcm];
+        let provider: Arc<dyn zs_crypto::SecurityProvider> = Arc::new(ZsSecurity::new(
+            Some(Arc::new(c)),
+            Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
+        ));
+        let backend = || -> Arc<dyn zs_io::Backend> {
+            let raw = zs_io_epoll::EpollBackend::new(zs_io::Config {
+                loops: 1,
+                ..zs_io::Config::default()
+            })
+            .unwrap();
+            Arc::new(zs_secure::SecureBackend::new(
+                Arc::new(raw),
+                provider.clone(),
+            ))
+        };
+        let server = Server::start(
+            backend(),
+            server,
+            Options::default(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let client = Client::connect(
+            backend(),
+            Registry::new(),
+            Options::client(),
+            server.local_addr(),
+        )
+        .unwrap();
+        (server, client)
+    }
+
+    /// Chains of calls through `call_to`: each answer starts the next call
+    /// from the sink (on the client's loop, where the link's lock must not
+    /// be held), until `left` reaches 0.
+    struct Chain {
+        client: Client,
+        borrows: bool,
+        left: AtomicUsize,
+        borrowed: AtomicUsize,
+        owned: AtomicUsize,
+        bad: AtomicUsize,
+        me: std::sync::OnceLock<Arc<dyn ReplySink>>,
+    }
+
+    struct ChainSink(std::sync::Weak<Chain>);
+
+    impl Chain {
+        fn next(&self) {
+            let take = |n: usize| n.checked_sub(1);
+            if self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+                .is_ok()
+            {
+                let call = Call::Console {
+                    cmd: "e".into(),
+                    text: "hello".into(),
+                };
+                self.client.call_to(call, None, self.me.get().unwrap(), 7);
+            }
+        }
+    }
+
+    impl ReplySink for ChainSink {
+        fn on_reply(&self, tag: u64, r: crate::Result<Reply>) {
+            let Some(c) = self.0.upgrade() else {
+                return;
+            };
+            c.owned.fetch_add(1, Ordering::SeqCst);
+            if tag != 7 || !matches!(&r, Ok(Reply::Text(t)) if t.as_str() == "hello") {
+                c.bad.fetch_add(1, Ordering::SeqCst);
+            }
+            c.next();
+        }
+
+        fn borrows_text(&self) -> bool {
+            self.0.upgrade().is_some_and(|c| c.borrows)
+        }
+
+        fn on_text(&self, tag: u64, text: &str) {
+            let Some(c) = self.0.upgrade() else {
+                return;
+            };
+            c.borrowed.fetch_add(1, Ordering::SeqCst);
+            if tag != 7 || text != "hello" {
+                c.bad.fetch_add(1, Ordering::SeqCst);
+            }
+            c.next();
+        }
+    }
+
+    /// A sink that borrows text answers gets them through `on_text` (the
+    /// borrowed path is taken), starts its next call from there without a
+    /// deadlock, and every answer comes once; a sink that does not borrow
+    /// gets every answer through `on_reply`.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn sinks_that_borrow_get_text_answers_in_place_and_call_again() {
+        let mut r = Registry::new();
+        r.console_ref("e", |_, t| Ok(Cow::Borrowed(t)));
+        for borrows in [true, false] {
+            let (_server, client) = pair(r.clone());
+            const N: usize = 3000;
+            let chain = Arc::new(Chain {
+                client,
+                borrows,
+                left: AtomicUsize::new(N),
+                borrowed: AtomicUsize::new(0),
+                owned: AtomicUsize::new(0),
+                bad: AtomicUsize::new(0),
+                me: std::sync::OnceLock::new(),
+            });
+            let sink: Arc<dyn ReplySink> = Arc::new(ChainSink(Arc::downgrade(&chain)));
+            let _ = chain.me.set(sink);
+            for _ in 0..32 {
+                chain.next();
+            }
+            let total =
+                || chain.borrowed.load(Ordering::SeqCst) + chain.owned.load(Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while total() < N && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(total(), N, "answers");
+            assert_eq!(chain.bad.load(Ordering::SeqCst), 0);
+            let borrowed = chain.borrowed.load(Ordering::SeqCst);
+            if borrows {
+                assert!(borrowed > N / 2, "{borrowed} of {N} borrowed");
+            } else {
+                assert_eq!(borrowed, 0);
+            }
+        }
+    }
+
+    /// Pipelined calls to a `console_ref` command are served from the input
+    /// buffer (the path is taken: counted), answered right, and a request
+    /// for another form in the same reads still goes the owned way.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pipelined_console_ref_calls_take_the_borrowed_path() {
+        let mut r = Registry::new();
+        r.console_ref("e", |_, t| Ok(Cow::Borrowed(t)));
+        r.console("o", |_, t| Ok(t.to_owned()));
+        let (server, client) = pair(r);
+        assert_eq!(client.call("e", "warm").wait().unwrap(), "warm");
+        let before = SERVED.load(Ordering::Relaxed);
+        const N: usize = 2000;
+        let ok = Arc::new(AtomicUsize::new(0));
+        // In waves of 100 calls, each wave's last one for the owned form
+        // (a wave arrives in a read or a few).
+        for i in 0..N {
+            let cmd = if i % 100 == 99 { "o" } else { "e" };
+            let text = format!("{i}");
+            let ok2 = ok.clone();
+            let call = Call::Console {
+                cmd: cmd.into(),
+                text: text.as_str().into(),
+            };
+            client.call_with(call, None, move |r| {
+                if matches!(&r, Ok(Reply::Text(t)) if t.as_str() == text) {
+                    ok2.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            if i % 100 == 99 {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while ok.load(Ordering::SeqCst) <= i && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        assert_eq!(ok.load(Ordering::SeqCst), N);
+        let served = SERVED.load(Ordering::Relaxed) - before;
+        // Every `e` but those of the reads before the link counted as busy,
+        // or behind an `o` in the same read, went the borrowed way.
+        assert!(served > N as u64 / 2, "{served} of {N} served borrowed");
+        let st = server.stats();
+        let e = st.commands.iter().find(|c| c.name == "e").unwrap();
+        assert_eq!(e.calls, 1 + N as u64 - N as u64 / 100);
     }
 }

@@ -7,6 +7,7 @@
 //! name may serve several kinds.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -270,7 +271,7 @@ pub(crate) mod inline {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use bytes::BytesMut;
-    use zs_wire::{Encoder, Frame, Text};
+    use zs_wire::{Encoder, Frame};
 
     /// Threads that issued tickets (the high half of a ticket).
     static THREADS: AtomicU64 = AtomicU64::new(0);
@@ -363,7 +364,7 @@ pub(crate) mod inline {
     pub(crate) fn encode_text_answer(
         key: usize,
         id: u64,
-        text: &Text,
+        text: &str,
     ) -> Option<Result<(), zs_wire::WireError>> {
         encode_with(key, |e, buf| e.encode_console_response(id, text, buf))
     }
@@ -789,11 +790,20 @@ enum Run {
 }
 
 #[derive(Clone)]
-struct Entry {
+pub(crate) struct Entry {
     run: Run,
     hpc: bool,
     stats: Arc<CommandStats>,
+    /// A [`Registry::console_ref`] handler: the runtime may call it with the
+    /// request's text where it lies in the input buffer (`run` wraps the
+    /// same handler for requests taken the owned way).
+    borrowed: Option<RefFn>,
 }
+
+/// A [`Registry::console_ref`] handler.
+type RefFn = Arc<
+    dyn for<'a> Fn(&Peer, &'a str) -> std::result::Result<Cow<'a, str>, HandlerError> + Send + Sync,
+>;
 
 const KINDS: [&str; 7] = [
     "console",
@@ -829,6 +839,9 @@ pub struct Registry {
     peer_error: Option<PeerErrorFn>,
     /// Requests answered `BUSY` because the HPC queue was full.
     busy: Arc<std::sync::atomic::AtomicU64>,
+    /// A [`Registry::console_ref`] handler was registered (the runtime then
+    /// looks for requests it can serve from their borrowed bytes).
+    borrowed: bool,
 }
 
 /// Handlers by folded name. Keys are only inserted by the application, so a
@@ -863,6 +876,7 @@ impl Registry {
                 run,
                 hpc,
                 stats: Arc::new(CommandStats::default()),
+                borrowed: None,
             },
         );
         self
@@ -885,6 +899,138 @@ impl Registry {
                 let _ = r.reply(f(p, t.as_str()).map(|s| Reply::Text(Text::from(s))));
             }
         })
+    }
+
+    /// A console command answered on the event loop from the request's text
+    /// as it lies in the connection's input buffer: `&str` in, and out a
+    /// [`Cow`] that may borrow from it (an answer that is the request's text
+    /// or a part of it, or a `&'static str`, costs no owned value) or own a
+    /// new `String`.
+    ///
+    /// On a connection without StableIO, outside ordered mode, the runtime
+    /// serves a run of such requests at the front of each read while the
+    /// frames still lie in the buffer the security layer opened them in: no
+    /// `Frame`, `Request`, `Text` or reference count per request, and the
+    /// answer encoded at once into the loop's batch of answers. Anywhere else
+    /// (StableIO, ordered mode, a request behind another kind of frame, a
+    /// compressed frame) the same handler gets the request's owned text, so
+    /// it behaves the same on every path. No lock of the connection is held
+    /// while it runs: it may send, call or close on this or another
+    /// connection. It must not block (it runs on the event loop).
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use zs_core::{HandlerError, Registry};
+    /// let mut commands = Registry::new();
+    /// // An echo: the answer borrows the request's bytes.
+    /// commands.console_ref("echo-ref", |_, text| Ok(Cow::Borrowed(text)));
+    /// // A computed answer, and an error.
+    /// commands.console_ref("upper", |_, text| {
+    ///     if text.is_empty() {
+    ///         return Err(HandlerError::from("nothing to shout"));
+    ///     }
+    ///     Ok(Cow::Owned(text.to_uppercase()))
+    /// });
+    /// ```
+    pub fn console_ref<F>(&mut self, name: &str, f: F) -> &mut Registry
+    where
+        F: for<'a> Fn(&Peer, &'a str) -> std::result::Result<Cow<'a, str>, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let f: RefFn = Arc::new(f);
+        let owned = f.clone();
+        self.answering(CONSOLE, name, false, move |p, pl, r| {
+            if let Some(t) = text_of(pl) {
+                let answer = match owned(p, t.as_str()) {
+                    // The request's own text given back: its `Text` again.
+                    Ok(Cow::Borrowed(a)) if std::ptr::eq(a, t.as_str()) => Ok(t.clone()),
+                    Ok(a) => Ok(Text::from(a.as_ref())),
+                    Err(e) => Err(e),
+                };
+                let _ = r.reply(answer.map(Reply::Text));
+            }
+        });
+        if let Some(e) = self.maps[CONSOLE].get_mut(&fold(name)) {
+            e.borrowed = Some(f);
+        }
+        self.borrowed = true;
+        self
+    }
+
+    /// Whether a [`Registry::console_ref`] handler is registered.
+    pub(crate) fn has_borrowed(&self) -> bool {
+        self.borrowed
+    }
+
+    /// The entry of console command `cmd` if it has a
+    /// [`Registry::console_ref`] handler run on the event loop (not on the
+    /// HPC pool), for [`Registry::serve_borrowed`]; `None` for any other
+    /// command, which the caller then takes the owned way
+    /// ([`Registry::dispatch_in`]).
+    pub(crate) fn borrowed_entry(&self, cmd: &str) -> Option<&Entry> {
+        let map = &self.maps[CONSOLE];
+        let entry = if cmd.bytes().any(|b| b.is_ascii_uppercase()) {
+            map.get(&fold(cmd))
+        } else {
+            map.get(cmd)
+        }?;
+        (entry.borrowed.is_some() && !entry.hpc).then_some(entry)
+    }
+
+    /// Serves console request `id` with `text` borrowed from the input
+    /// buffer by `entry`'s [`Registry::console_ref`] handler (from
+    /// [`Registry::borrowed_entry`]): runs it and encodes its answer into
+    /// this thread's batch of answers for the peer's connection (the runtime
+    /// holds its batch), or sends it the shared way if it does not.
+    pub(crate) fn serve_borrowed(&self, entry: &Entry, peer: &Peer, id: u64, text: &str) {
+        let Some(f) = &entry.borrowed else {
+            return;
+        };
+        let key = conn_key(peer);
+        let answer = f(peer, text);
+        let out = match &answer {
+            Ok(a) => (a.len(), false),
+            Err(e) => (e.message.len(), true),
+        };
+        let sent = match &answer {
+            Ok(a) => inline::encode_text_answer(key, id, a),
+            Err(_) => None,
+        };
+        let frame = match (answer, sent) {
+            (_, Some(Ok(()))) => None,
+            // (An answer over the wire limits: the caller gets an error
+            // instead of nothing.)
+            (_, Some(Err(e))) => Some(Frame::Error {
+                id,
+                code: code::HANDLER_FAILED,
+                message: Text::from(format!("the answer was not sent: {e}")),
+            }),
+            // (Not held by this thread: the shared way.)
+            (Ok(a), None) => Some(Frame::ConsoleResponse {
+                id,
+                text: Text::from(a.as_ref()),
+            }),
+            (Err(e), None) => Some(Frame::Error {
+                id,
+                code: e.code,
+                message: Text::from(e.message),
+            }),
+        };
+        if let Some(frame) = frame {
+            if !matches!(inline::encode(key, &frame), Some(Ok(()))) {
+                let _ = peer.send_frame(frame);
+            }
+        }
+        // Answered within the turn: 0 µs, summed with the request while the
+        // loop holds a batch of statistics.
+        if crate::stats::batch::active() {
+            crate::stats::batch::record(&entry.stats, text.len(), Some(out));
+        } else {
+            entry.stats.record_in(text.len());
+            entry.stats.record_out(out.0, out.1, Duration::ZERO);
+        }
     }
 
     /// A console command run on the HPC worker pool (may block).

@@ -818,6 +818,63 @@ impl Session {
         r
     }
 
+    /// Whether the runtime may serve console requests at the front of the
+    /// next input from their borrowed bytes before [`Session::handle_input`]
+    /// sees the rest (zs-core's `console_ref` path): the session would
+    /// decode them now and only queue them (a live link without StableIO
+    /// whose peer already sent frames, no input held back or paused, output
+    /// under its cap, no event waiting to be taken). Those bytes are then
+    /// reported with [`Session::count_borrowed_input`].
+    pub(crate) fn takes_borrowed_input(&self) -> bool {
+        self.dead.is_none()
+            && self.link_up
+            && self.stable.is_none()
+            && self.got_frames
+            && self.plain.is_empty()
+            && !self.paused
+            && !self.blocked
+            && self.events.is_empty()
+            && self.out_pending <= self.cfg.max_pending_output
+    }
+
+    /// The waiter of pending call `id`, taken for an answer the runtime hands
+    /// on from its borrowed bytes (see [`Session::takes_borrowed_input`]),
+    /// if the call is a plain one (not a batch, whose answer is verified)
+    /// and `borrows` accepts its waiter; the call completes as
+    /// [`Session::complete`] completes it, without an [`Event`]. `None`,
+    /// and nothing changed, otherwise.
+    pub(crate) fn take_borrowed_answer(
+        &mut self,
+        id: u64,
+        borrows: impl FnOnce(&Waiter) -> bool,
+    ) -> Option<Waiter> {
+        match self.pending.get(id) {
+            Some(Pending {
+                batch: None,
+                waiter: Some(w),
+                ..
+            }) if borrows(w) => {}
+            _ => return None,
+        }
+        if !self.sending.is_empty() {
+            self.sending.remove(&id);
+        }
+        let p = self.pending.remove(id)?;
+        if let Some(d) = p.deadline {
+            let pending = &self.pending;
+            self.deadlines.remove(d, id, |id, d| {
+                pending.get(id).is_some_and(|p| p.deadline == Some(d))
+            });
+        }
+        p.waiter
+    }
+
+    /// `n` bytes of whole frames were served from their borrowed bytes (see
+    /// [`Session::takes_borrowed_input`]).
+    pub(crate) fn count_borrowed_input(&mut self, n: usize) {
+        self.bytes_in += n as u64;
+    }
+
     fn input_failed(&mut self, e: &Error) {
         let why = e.to_string();
         if std::mem::take(&mut self.link_fault) {

@@ -1446,3 +1446,101 @@ fn l1_seq_u64_max() {
     assert_echo_after(&other, "L1");
     fresh_echo("L1", &p, &server);
 }
+
+/// Session 14: requests for `console_ref` handlers are served from their
+/// bytes where they lie in the input buffer (before the session decodes
+/// the rest). Hostile frames met on that path get what the session gives
+/// them anywhere else, and the frames around them keep their order: a
+/// malformed text for a `console_ref` command in the middle of one read is
+/// answered 400 between the answers before and after it (the served
+/// requests' answers go into the output before the session decodes the
+/// rest, which sends a malformed frame's error at once); a name in capitals
+/// finds the handler; a frame whose header breaks the limits behind valid
+/// ones closes the connection after those are answered. An honest client's
+/// calls go on.
+#[cfg(target_os = "linux")]
+#[test]
+fn s14_borrowed_requests_with_hostile_frames() {
+    let _g = shared();
+    let p = provider();
+    let mut r = echo_registry();
+    r.console_ref("echo-ref", |_, t| Ok(std::borrow::Cow::Borrowed(t)));
+    let server = start(&p, r, Options::default(), 1);
+    let honest = honest_caller(&p, &server);
+    let mut a = Raw::connect(server.local_addr(), &p);
+    a.queue(&console(1, "echo-ref", "first"));
+    assert!(a
+        .wait_for(Duration::from_secs(3), |g| g.id == 1 && g.is_answer())
+        .is_some());
+    // One read: good, bad UTF-8, good, capitals.
+    let mut plain = Vec::new();
+    plain.extend_from_slice(&a.encode(&console(2, "echo-ref", "two")));
+    let mut bad = a.encode(&console(3, "echo-ref", "xx")).to_vec();
+    let n = bad.len();
+    bad[n - 1] = 0xFF;
+    plain.extend_from_slice(&bad);
+    plain.extend_from_slice(&a.encode(&console(4, "echo-ref", "four")));
+    plain.extend_from_slice(&a.encode(&console(5, "ECHO-REF", "five")));
+    a.queue_plain(&plain);
+    assert!(a.pump_until(Duration::from_secs(5), |r| r
+        .inbox
+        .iter()
+        .filter(|g| g.id >= 2 && g.is_answer())
+        .count()
+        == 4));
+    // (A text answer is seen by its length: "two", "four", "five".)
+    let got: Vec<(u64, FrameKind, u32, String)> = a
+        .inbox
+        .iter()
+        .filter(|g| g.id >= 2 && g.is_answer())
+        .map(|g| match g.kind {
+            FrameKind::ConsoleResponse => (g.id, g.kind, g.code, g.len.to_string()),
+            _ => (g.id, g.kind, g.code, g.text.clone()),
+        })
+        .collect();
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5],
+        "{got:?}"
+    );
+    assert_eq!(
+        (got[0].1, got[0].3.as_str()),
+        (FrameKind::ConsoleResponse, "3")
+    );
+    assert_eq!(
+        (got[1].1, got[1].2),
+        (FrameKind::Error, code::BAD_REQUEST),
+        "{got:?}"
+    );
+    assert_eq!(
+        (got[2].1, got[2].3.as_str()),
+        (FrameKind::ConsoleResponse, "4")
+    );
+    assert_eq!(
+        (got[3].1, got[3].3.as_str()),
+        (FrameKind::ConsoleResponse, "4")
+    );
+    // Valid frames, then a header over the frame limit: answered, then closed.
+    let mut plain = Vec::new();
+    plain.extend_from_slice(&a.encode(&console(6, "echo-ref", "six")));
+    plain.extend_from_slice(&a.encode(&console(7, "echo-ref", "seven")));
+    let mut huge = a.encode(&console(8, "echo-ref", "x")).to_vec();
+    // Version and kind kept, then the body length: a varint of 2^32 - 1.
+    huge.truncate(2);
+    huge.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
+    plain.extend_from_slice(&huge);
+    a.queue_plain(&plain);
+    assert!(
+        a.wait_closed(Duration::from_secs(5)),
+        "closed: {:?}",
+        a.closed
+    );
+    let ids: Vec<u64> = a
+        .inbox
+        .iter()
+        .filter(|g| g.id >= 6 && g.kind == FrameKind::ConsoleResponse)
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(ids, vec![6, 7]);
+    honest_after(honest, "s14", &p, &server);
+}

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -575,6 +576,17 @@ fn psk_identity_reaches_handlers(backend: Arc<dyn Backend>) {
 /// still leave before anything a later handler of the same batch sends. `a`
 /// answers inline through its responder, `b` pushes a note, then answers;
 /// the client sees every `a` answer before the note `b` sent after it.
+/// A client that logs the `note` pushes it receives ("note TEXT").
+fn noting_client(s: &Setup) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut cr = Registry::new();
+    let l = log.clone();
+    cr.direct_console("note", move |_, t| {
+        l.lock().unwrap().push(format!("note {t}"))
+    });
+    (s.client_with(cr, Options::client()), log)
+}
+
 fn inline_answers_keep_their_order_with_pushes(backend: Arc<dyn Backend>) {
     let mut r = Registry::new();
     r.console_delayed("a", |_, t, r| {
@@ -586,13 +598,7 @@ fn inline_answers_keep_their_order_with_pushes(backend: Arc<dyn Backend>) {
         Ok(t.to_owned())
     });
     let s = Setup::new(backend, r, Options::default());
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut cr = Registry::new();
-    let l = log.clone();
-    cr.direct_console("note", move |_, t| {
-        l.lock().unwrap().push(format!("note {t}"))
-    });
-    let c = s.client_with(cr, Options::client());
+    let (c, log) = noting_client(&s);
     assert_eq!(c.call("a", "warm").wait().unwrap(), "warm");
     const N: usize = 200;
     for i in 0..N {
@@ -678,6 +684,108 @@ fn batched_statistics_are_exact_once_answered(backend: Arc<dyn Backend>) {
     );
 }
 
+/// `console_ref` handlers (served from the request's bytes where they lie, on
+/// a busy link) answer pipelined calls correctly and in order, mixed in one
+/// read with other handler forms and with errors; a handler that sends on its
+/// own connection and one that starts a call on a client runs without a lock
+/// held (no deadlock; the push leaves before the answer); statistics stay exact.
+fn borrowed_handlers_answer_in_order(backend: Arc<dyn Backend>) {
+    let other: Arc<std::sync::OnceLock<Client>> = Arc::new(std::sync::OnceLock::new());
+    let relayed = Arc::new(AtomicUsize::new(0));
+    let mut r = Registry::new();
+    r.console_ref("echo-ref", |_, t| Ok(Cow::Borrowed(t)));
+    r.console_ref("tail", |_, t| Ok(Cow::Borrowed(&t[1..])));
+    r.console_ref("upper", |_, t| Ok(Cow::Owned(t.to_uppercase())));
+    r.console_ref("fail", |_, t| {
+        Err(zs_core::HandlerError::new(4242, format!("no {t}")))
+    });
+    r.console("plain", |_, t| Ok(format!("plain {t}")));
+    r.console_ref("push", |p, t| {
+        p.send_direct_console("note", t)
+            .map_err(|e| e.to_string())?;
+        Ok(Cow::Borrowed(t))
+    });
+    let (o, n) = (other.clone(), relayed.clone());
+    r.console_ref("relay", move |_, t| {
+        let n = n.clone();
+        let c = o.get().ok_or("no client")?;
+        let call = zs_core::Call::Console {
+            cmd: "echo-ref".into(),
+            text: t.into(),
+        };
+        c.call_with(call, None, move |r| {
+            if r.is_ok() {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Ok(Cow::Borrowed("relayed"))
+    });
+    let s = Setup::new(backend, r, Options::default());
+    let _ = other.set(s.client());
+    let (c, log) = noting_client(&s);
+    assert_eq!(c.call("echo-ref", "warm").wait().unwrap(), "warm");
+    const N: usize = 200;
+    const CMDS: [&str; 7] = [
+        "echo-ref", "tail", "upper", "fail", "plain", "push", "relay",
+    ];
+    for i in 0..N {
+        for cmd in CMDS {
+            let l = log.clone();
+            let text = format!("{cmd}{i}");
+            let call = zs_core::Call::Console {
+                cmd: cmd.into(),
+                text: text.as_str().into(),
+            };
+            c.call_with(call, None, move |r| {
+                let got = match r {
+                    Ok(zs_core::Reply::Text(t)) => t.as_str().to_owned(),
+                    Err(Error::Remote { code, message }) => format!("{code} {message}"),
+                    other => format!("{other:?}"),
+                };
+                l.lock().unwrap().push(format!("reply {text} {got}"));
+            });
+        }
+    }
+    assert!(wait_until(Duration::from_secs(20), || log
+        .lock()
+        .unwrap()
+        .len()
+        == (CMDS.len() + 1) * N));
+    assert!(wait_until(Duration::from_secs(20), || relayed
+        .load(Ordering::SeqCst)
+        == N));
+    let log = log.lock().unwrap().clone();
+    let replies: Vec<&String> = log.iter().filter(|x| x.starts_with("reply")).collect();
+    let mut want = Vec::new();
+    for i in 0..N {
+        want.push(format!("reply echo-ref{i} echo-ref{i}"));
+        want.push(format!("reply tail{i} ail{i}"));
+        want.push(format!("reply upper{i} UPPER{i}"));
+        want.push(format!("reply fail{i} 4242 no fail{i}"));
+        want.push(format!("reply plain{i} plain plain{i}"));
+        want.push(format!("reply push{i} push{i}"));
+        want.push(format!("reply relay{i} relayed"));
+    }
+    assert_eq!(replies, want.iter().collect::<Vec<_>>());
+    for i in 0..N {
+        let at = |e: &str| log.iter().position(|x| x == e).unwrap();
+        assert!(at(&format!("note push{i}")) < at(&format!("reply push{i} push{i}")));
+    }
+    let st = s.server.stats();
+    let of = |name: &str| st.commands.iter().find(|c| c.name == name).unwrap().clone();
+    let n = N as u64;
+    let e = of("echo-ref");
+    // N calls from `c` (plus its warm-up) and N relayed from the other client.
+    assert_eq!((e.calls, e.errors), (2 * n + 1, 0));
+    let f = of("fail");
+    assert_eq!((f.calls, f.errors), (n, n));
+    let u = of("upper");
+    assert_eq!(
+        (u.calls, u.bytes_in, u.bytes_out),
+        (n, u.bytes_in, u.bytes_in)
+    );
+}
+
 macro_rules! on_backends {
     ($($name:ident),* $(,)?) => {
         #[cfg(target_os = "linux")]
@@ -718,4 +826,5 @@ on_backends!(
     psk_identity_reaches_handlers,
     inline_answers_keep_their_order_with_pushes,
     batched_statistics_are_exact_once_answered,
+    borrowed_handlers_answer_in_order,
 );

@@ -430,13 +430,25 @@ impl<C: AsRef<Config>> Encoder<C> {
         match frame {
             _ if self.config().compress_threshold.is_some() => {}
             Frame::Console { id, cmd, text } => {
-                return self.encode_text(FrameKind::Console, Some(*id), Some(cmd), text, dst)
+                return self.encode_text(
+                    FrameKind::Console,
+                    Some(*id),
+                    Some(cmd.as_str()),
+                    text,
+                    dst,
+                )
             }
             Frame::ConsoleResponse { id, text } => {
                 return self.encode_text(FrameKind::ConsoleResponse, Some(*id), None, text, dst)
             }
             Frame::DirectConsole { cmd, text } => {
-                return self.encode_text(FrameKind::DirectConsole, None, Some(cmd), text, dst)
+                return self.encode_text(
+                    FrameKind::DirectConsole,
+                    None,
+                    Some(cmd.as_str()),
+                    text,
+                    dst,
+                )
             }
             _ => {}
         }
@@ -446,7 +458,9 @@ impl<C: AsRef<Config>> Encoder<C> {
     /// Appends the frame `ConsoleResponse { id, text }` to `dst` from its
     /// parts, without a [`Frame`] built for it: the same bytes and the same
     /// checks as [`Encoder::encode`] of that frame (with compression
-    /// configured it takes that path).
+    /// configured it takes that path, and copies `text` into a [`Text`](crate::Text)
+    /// for it). `text` is any `&str` (a [`Text`](crate::Text) coerces), so an
+    /// answer borrowed from the request's bytes needs no owned value.
     ///
     /// ```
     /// use bytes::BytesMut;
@@ -461,13 +475,13 @@ impl<C: AsRef<Config>> Encoder<C> {
     pub fn encode_console_response(
         &mut self,
         id: u64,
-        text: &crate::Text,
+        text: &str,
         dst: &mut BytesMut,
     ) -> Result<(), WireError> {
         if self.config().compress_threshold.is_some() {
             let frame = Frame::ConsoleResponse {
                 id,
-                text: text.clone(),
+                text: crate::Text::from(text),
             };
             return self.encode_general(&frame, dst);
         }
@@ -480,8 +494,8 @@ impl<C: AsRef<Config>> Encoder<C> {
         &mut self,
         kind: FrameKind,
         id: Option<u64>,
-        name: Option<&crate::Text>,
-        text: &crate::Text,
+        name: Option<&str>,
+        text: &str,
         dst: &mut BytesMut,
     ) -> Result<(), WireError> {
         let limits = &self.config().limits;
@@ -651,7 +665,7 @@ impl<C: AsRef<Config>> Encoder<C> {
             };
             return self.encode_general(&frame, dst);
         }
-        self.encode_text(FrameKind::Console, Some(id), Some(cmd), text, dst)
+        self.encode_text(FrameKind::Console, Some(id), Some(cmd.as_str()), text, dst)
     }
 
     /// The frame's (uncompressed) body length, after the encoder-side checks

@@ -228,7 +228,7 @@ fn head<'a>(kind: FrameKind, b: &'a [u8], config: &Config) -> Result<Head<'a>, W
     Ok((id, name, text, code, p))
 }
 
-impl crate::Decoder {
+impl<C: AsRef<Config>> crate::Decoder<C> {
     /// Reads the frame at the start of `buf` in place, without consuming it
     /// (advance by [`FrameRef::len`] when done with the view); `Ok(None)` while it
     /// is incomplete. Errors as [`decode_recoverable`](crate::Decoder::decode_recoverable):
