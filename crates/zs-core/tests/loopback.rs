@@ -731,7 +731,10 @@ fn frames_of_several_mib_both_ways(backend: Arc<dyn Backend>) {
         .lock()
         .unwrap()
         .is_empty()));
-    assert!(got.lock().unwrap()[..] == [blob.clone()], "server got it whole");
+    assert!(
+        got.lock().unwrap()[..] == [blob.clone()],
+        "server got it whole"
+    );
     assert!(back.lock().unwrap()[..] == [blob], "client got it whole");
     // The connection lives on.
     assert_eq!(c.call("echo", "still here").wait().unwrap(), "still here");
