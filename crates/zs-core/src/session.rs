@@ -776,7 +776,9 @@ impl Session {
     /// Feeds plaintext received from the transport: whole frames are taken
     /// from the front of `data` and decoded as slices of it (no copy); a
     /// partial frame stays in `data` for the caller to append the next bytes
-    /// to (the zs-io convention). When decoding stops with input left (too
+    /// to (the zs-io convention), unless it is longer than 1 MiB: the session
+    /// then takes it over (see `WHOLE_FRAME_RESERVE`), so the caller never
+    /// holds more than that of a frame. When decoding stops with input left (too
     /// much output pending, or a resume request), the session takes the rest
     /// of `data` (a split, no copy) and goes on with it at
     /// [`Session::resume_input`].
