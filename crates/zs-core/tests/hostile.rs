@@ -1480,6 +1480,8 @@ fn f1_frames_over_a_mib() {
     head.extend_from_slice(&[0x5a; 64]);
     a.queue_plain(&head);
     assert!(a.wait_closed(Duration::from_secs(10)), "over max_frame");
+    // Dropped with a logged reason ("disconnecting peer"), counted.
+    assert_eq!(server.stats().protocol_errors, 1, "{}", server.stats());
 
     // Exactly `max_frame`, all but the last byte, from 4 peers at once.
     let mut body = Vec::with_capacity(max);
