@@ -822,8 +822,12 @@ impl Session {
             {
                 // A short partial frame goes back to the caller (its next
                 // reads complete it in place again); counted when consumed.
+                // Copied out (at most 1 MiB, once per long frame), so the
+                // long frame's buffer is not kept on as the caller's read
+                // buffer (the layer reuses a read buffer it was handed).
                 self.bytes_in -= self.plain.len() as u64;
-                *data = std::mem::take(&mut self.plain);
+                *data = BytesMut::from(&self.plain[..]);
+                self.plain = BytesMut::new();
             }
             r
         };
@@ -3729,7 +3733,13 @@ mod payload_tests {
                 s.plain.is_empty(),
                 "{len}: the partial request was handed back"
             );
+            assert_eq!(s.plain.capacity(), 0, "{len}: the frame's buffer released");
             assert_eq!(rx.len(), cut - end, "{len}");
+            assert!(
+                rx.capacity() < WHOLE_FRAME_RESERVE,
+                "{len}: {}",
+                rx.capacity()
+            );
             let mut got = None;
             while let Some(ev) = s.poll_event() {
                 if let Event::Request(Request::CompleteBuffer { data, .. }) = ev {
