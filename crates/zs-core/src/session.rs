@@ -776,7 +776,9 @@ impl Session {
     /// Feeds plaintext received from the transport: whole frames are taken
     /// from the front of `data` and decoded as slices of it (no copy); a
     /// partial frame stays in `data` for the caller to append the next bytes
-    /// to (the zs-io convention). When decoding stops with input left (too
+    /// to (the zs-io convention), unless it is longer than 1 MiB: the session
+    /// then takes it over (see `WHOLE_FRAME_RESERVE`), so the caller never
+    /// holds more than that of a frame. When decoding stops with input left (too
     /// much output pending, or a resume request), the session takes the rest
     /// of `data` (a split, no copy) and goes on with it at
     /// [`Session::resume_input`].
@@ -797,7 +799,9 @@ impl Session {
         let r = if self.plain.is_empty() {
             let before = data.len();
             let r = self.decode(data, now);
-            if self.blocked || self.paused {
+            // A partial frame longer than `WHOLE_FRAME_RESERVE` is taken
+            // over (see there), never left with the caller.
+            if self.blocked || self.paused || data.len() > WHOLE_FRAME_RESERVE {
                 self.plain = data.split();
             }
             // (A partial frame left with the caller is counted when it is
@@ -805,12 +809,27 @@ impl Session {
             self.bytes_in += (before - data.len()) as u64;
             r
         } else {
-            // Input held back earlier comes first (rare: reading is paused
-            // while input is blocked).
+            // Input held back earlier comes first (reading is paused while
+            // input is blocked), or the rest of a frame taken over.
             self.bytes_in += data.len() as u64;
-            self.plain.extend_from_slice(data);
+            self.append_plain(data);
             data.clear();
-            self.decode_plain(now)
+            let r = self.decode_plain(now);
+            if !self.blocked
+                && !self.paused
+                && !self.plain.is_empty()
+                && self.plain.len() <= WHOLE_FRAME_RESERVE
+            {
+                // A short partial frame goes back to the caller (its next
+                // reads complete it in place again); counted when consumed.
+                // Copied out (at most 1 MiB, once per long frame), so the
+                // long frame's buffer is not kept on as the caller's read
+                // buffer (the layer reuses a read buffer it was handed).
+                self.bytes_in -= self.plain.len() as u64;
+                *data = BytesMut::from(&self.plain[..]);
+                self.plain = BytesMut::new();
+            }
+            r
         };
         if let Err(e) = &r {
             self.input_failed(e);
@@ -946,6 +965,22 @@ impl Session {
             Some(b) => crate::stable::verify_proof(secret, &b, proof),
             None => false,
         }
+    }
+
+    /// Appends `data` to `plain`, growing it by doubling but never past
+    /// what the frame in it can need (`max_frame` and its header) plus one
+    /// read and zs-wire's 64 KiB step: a peer that sends a frame of
+    /// `max_frame` slowly makes the session hold about that much, not twice.
+    fn append_plain(&mut self, data: &[u8]) {
+        const STEP: usize = 64 << 10;
+        let need = self.plain.len() + data.len();
+        if self.plain.capacity() < need + STEP {
+            let cap = (2 * self.plain.len()).min(self.cfg.wire.limits.max_frame + 16);
+            let mut grown = BytesMut::with_capacity(cap.max(need) + STEP);
+            grown.extend_from_slice(&self.plain);
+            self.plain = grown;
+        }
+        self.plain.extend_from_slice(data);
     }
 
     /// Decodes the input held back in `plain`.
@@ -2609,6 +2644,12 @@ const PAYLOAD_APART: usize = 16 * 1024;
 /// announces a frame and stalls can make a connection reserve: the same as
 /// the plaintext the security layer lets a connection hold unconsumed
 /// (`zs_secure::SecureConfig::max_pending_plaintext`, 1 MiB by default).
+/// It is also the most of a partial frame the session leaves in the caller's
+/// buffer: the rest of a longer frame is taken over into the session's own
+/// buffer (`Session::append_plain`, bounded by `max_frame`), so a frame the
+/// wire limits allow completes under a layer that resets a connection whose
+/// handler leaves more than that unconsumed (session 14). Frames up to it
+/// still complete in place.
 /// A frame of 64 KiB or more whose buffer must move for it moves into a
 /// buffer of this size (zs-wire's `bulk_room`), so the frames behind it in a
 /// bulk transfer complete where they lie (the security layer hands on its
@@ -3689,6 +3730,93 @@ mod payload_tests {
             .map(|&(a, b)| (a as u64, data.slice(a..b)))
             .collect();
         assert_eq!(got, want);
+    }
+
+    /// A frame longer than `WHOLE_FRAME_RESERVE` (up to `max_frame`) never
+    /// leaves more than that in the caller's buffer (the security layer
+    /// resets a connection whose handler leaves more than its
+    /// `max_pending_plaintext`, 1 MiB by default): the session takes the
+    /// rest over into a buffer that never grows past the frame plus a read
+    /// and a 64 KiB step, then hands the partial frame behind it back.
+    #[test]
+    fn a_frame_over_the_whole_frame_bound_is_taken_over_and_bounded() {
+        let now = Instant::now();
+        let mut cfg = SessionConfig::default();
+        let max = cfg.wire.limits.max_frame;
+        cfg.max_complete_buffer = max;
+        let read = 64 << 10;
+        for len in [WHOLE_FRAME_RESERVE + 1, 3 << 20, max] {
+            let (_, mut s) = session_pair(now, cfg);
+            // CompleteBuffer (kind 7) of `len` body bytes ("x", then data),
+            // then a Console request (cut in the middle) and its rest.
+            let mut wire = vec![0x01u8, 0x07];
+            let mut v = len as u64;
+            while v >= 0x80 {
+                wire.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            wire.extend_from_slice(&[v as u8, 0x01, b'x']);
+            let start = wire.len();
+            wire.extend((0..len - 2).map(|i| (i * 31 % 251) as u8));
+            let end = wire.len();
+            let mut codec = FrameCodec::new(cfg.wire);
+            let mut tail = BytesMut::new();
+            codec
+                .encode(
+                    &Frame::Console {
+                        id: 1,
+                        cmd: Text::from("echo"),
+                        text: Text::from("hi"),
+                    },
+                    &mut tail,
+                )
+                .unwrap();
+            wire.extend_from_slice(&tail);
+            // The last read ends inside the console request.
+            let cut = wire.len() - 3;
+            let mut rx = BytesMut::new();
+            let mut most = 0;
+            for piece in wire[..cut].chunks(read) {
+                rx.extend_from_slice(piece);
+                s.handle_input(&mut rx, now).unwrap();
+                assert!(rx.len() <= WHOLE_FRAME_RESERVE, "{len}: {} left", rx.len());
+                most = most.max(s.plain.capacity());
+            }
+            assert!(
+                most <= max + 16 + read + (64 << 10),
+                "{len}: the session held {most} bytes for a frame (max_frame {max})"
+            );
+            assert!(
+                s.plain.is_empty(),
+                "{len}: the partial request was handed back"
+            );
+            assert_eq!(s.plain.capacity(), 0, "{len}: the frame's buffer released");
+            assert_eq!(rx.len(), cut - end, "{len}");
+            assert!(
+                rx.capacity() < WHOLE_FRAME_RESERVE,
+                "{len}: {}",
+                rx.capacity()
+            );
+            let mut got = None;
+            while let Some(ev) = s.poll_event() {
+                if let Event::Request(Request::CompleteBuffer { data, .. }) = ev {
+                    got = Some(data);
+                }
+            }
+            assert!(
+                got.as_deref() == Some(&wire[start..end]),
+                "{len}: the frame arrived whole"
+            );
+            rx.extend_from_slice(&wire[cut..]);
+            s.handle_input(&mut rx, now).unwrap();
+            assert!(rx.is_empty());
+            assert!(matches!(
+                s.poll_event(),
+                Some(Event::Request(Request::Console { .. }))
+            ));
+            let (bytes_in, _) = s.byte_counts();
+            assert_eq!(bytes_in, wire.len() as u64, "{len}: counted once");
+        }
     }
 
     /// A peer announcing a frame above `WHOLE_FRAME_RESERVE` (up to

@@ -1543,4 +1543,75 @@ fn s14_borrowed_requests_with_hostile_frames() {
         .collect();
     assert_eq!(ids, vec![6, 7]);
     honest_after(honest, "s14", &p, &server);
+/// Frames over 1 MiB (session 14, frame1m): zs-core takes a partial frame
+/// longer than 1 MiB over into its own buffer (bounded by `max_frame`), so
+/// the security layer's `max_pending_plaintext` no longer resets a peer whose
+/// frame the wire limits allow. A peer announcing more than `max_frame` is
+/// still disconnected; peers that send a `max_frame` frame all but its last
+/// byte and stall each hold about `max_frame`, stay connected, and their
+/// frames complete once the last byte comes.
+#[cfg(target_os = "linux")]
+#[test]
+fn f1_frames_over_a_mib() {
+    let _x = exclusive();
+    let p = provider();
+    let max = 3 << 20;
+    let mut r = echo_registry();
+    let got = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    r.complete_buffer("blob", move |_, b| {
+        g.fetch_add(b.len(), Ordering::SeqCst);
+    });
+    let mut o = Options::default();
+    o.session.wire.limits.max_frame = max;
+    o.session.max_complete_buffer = max;
+    let server = start(&p, r, o, 1);
+    let addr = server.local_addr();
+
+    // One byte over the limit: disconnected (zs-wire's header check).
+    let mut a = Raw::connect(addr, &p);
+    let mut head = vec![zs_wire::VERSION, FrameKind::CompleteBuffer.code()];
+    common::varint(max as u64 + 1, &mut head);
+    common::name("blob", &mut head);
+    head.extend_from_slice(&[0x5a; 64]);
+    a.queue_plain(&head);
+    assert!(a.wait_closed(Duration::from_secs(10)), "over max_frame");
+    // Dropped with a logged reason ("disconnecting peer"), counted.
+    assert_eq!(server.stats().protocol_errors, 1, "{}", server.stats());
+
+    // Exactly `max_frame`, all but the last byte, from 4 peers at once.
+    let mut body = Vec::with_capacity(max);
+    common::name("blob", &mut body);
+    let data = max - body.len();
+    body.resize(max, 0x5a);
+    let frame = common::frame(FrameKind::CompleteBuffer, false, &body);
+    let peers = 4;
+    // The server holds about `max_frame` (3 MiB) per peer, the attackers as
+    // much again (their sealed output, in this process), the frame 6 MiB,
+    // plus socket buffers: 30 MiB (64 MiB were measured with 8 peers).
+    let watch = Watch::start("f1", 40 * MIB);
+    let mut raws: Vec<Raw> = (0..peers).map(|_| Raw::connect(addr, &p)).collect();
+    for a in &mut raws {
+        a.queue_plain(&frame[..frame.len() - 1]);
+    }
+    for a in &mut raws {
+        assert!(a.flush(Duration::from_secs(20)), "{:?}", a.closed);
+    }
+    let c = honest(&client_backend(), &p, &server);
+    assert_echo_after(&c, "F1 while the frames stall");
+    for a in &mut raws {
+        a.pump(Duration::from_millis(1));
+        assert!(a.closed.is_none(), "a stalled frame reset: {:?}", a.closed);
+        a.queue_plain(&frame[frame.len() - 1..]);
+        assert!(a.flush(Duration::from_secs(20)));
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || got.load(Ordering::SeqCst)
+            == peers * data),
+        "{} of {} bytes arrived",
+        got.load(Ordering::SeqCst),
+        peers * data
+    );
+    watch.finish();
+    assert_echo_after(&c, "F1 after");
 }

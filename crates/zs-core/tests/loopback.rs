@@ -784,6 +784,67 @@ fn borrowed_handlers_answer_in_order(backend: Arc<dyn Backend>) {
         (u.calls, u.bytes_in, u.bytes_out),
         (n, u.bytes_in, u.bytes_in)
     );
+/// Bytes that LZ4 cannot shrink (so a frame is as long on the wire as its
+/// payload): xorshift64, as lowercase letters when `text`.
+fn noise(n: usize, seed: u64, text: bool) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if text {
+                b'a' + (x % 26) as u8
+            } else {
+                (x >> 24) as u8
+            }
+        })
+        .collect()
+}
+
+/// Frames of several MiB (a ~3 MiB console request and answer, a CompleteBuffer
+/// of `max_complete_buffer`, 4 MiB, each way): what zs-core's limits allow
+/// completes through the security layer on every backend (session 14: over
+/// epoll the layer reset a connection whose handler left more than its
+/// `max_pending_plaintext`, 1 MiB, of a partial frame).
+fn frames_of_several_mib_both_ways(backend: Arc<dyn Backend>) {
+    let limit = zs_core::SessionConfig::default().max_complete_buffer;
+    let mut r = base_registry();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    r.complete_buffer("blob", move |peer, b| {
+        g.lock().unwrap().push(b.clone());
+        // Back to the client, as large.
+        peer.send_complete_buffer("blob", b).unwrap();
+    });
+    let s = Setup::new(backend, r, Options::default());
+    let back = Arc::new(Mutex::new(Vec::new()));
+    let mut cr = Registry::new();
+    let bk = back.clone();
+    cr.complete_buffer("blob", move |_, b| bk.lock().unwrap().push(b));
+    let c = s.client_with(cr, Options::client());
+
+    let text = String::from_utf8(noise(3 << 20, 7, true)).unwrap();
+    let answer = c
+        .call("echo", &text)
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap();
+    assert!(answer == text, "a {}-byte answer differs", answer.len());
+
+    let blob = Bytes::from(noise(limit, 11, false));
+    c.send_complete_buffer("blob", blob.clone()).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || !back
+        .lock()
+        .unwrap()
+        .is_empty()));
+    assert!(
+        got.lock().unwrap()[..] == [blob.clone()],
+        "server got it whole"
+    );
+    assert!(back.lock().unwrap()[..] == [blob], "client got it whole");
+    // The connection lives on.
+    assert_eq!(c.call("echo", "still here").wait().unwrap(), "still here");
+    assert!(c.is_connected());
 }
 
 macro_rules! on_backends {
@@ -827,4 +888,5 @@ on_backends!(
     inline_answers_keep_their_order_with_pushes,
     batched_statistics_are_exact_once_answered,
     borrowed_handlers_answer_in_order,
+    frames_of_several_mib_both_ways,
 );
