@@ -168,9 +168,15 @@ fn steady_state_calls_allocate_nothing() {
         run(&client, form, n, inflight);
         let used = allocations() - before;
         eprintln!("{form:?}, {inflight} in flight: {used} allocations for {n} calls");
-        // Before this work: about 10 per call (5 on each end).
+        // Before this work: about 10 per call (5 on each end). The bound is a
+        // quarter of an allocation per call: under heavy machine load the
+        // calls arrive in sparse batches, and a session that ends a batch
+        // with nothing pending releases its buffers and makes them again for
+        // the next one (issue 13's idle-memory policy, not a per-call cost):
+        // 11-320 allocations per 3,000 calls were seen at load 1-26 (session
+        // 14), against a bound of 300 before; one allocation per call is 3,000.
         assert!(
-            used < n * LAYER_ALLOCS_PER_CALL + n / 10,
+            used < n * LAYER_ALLOCS_PER_CALL + n / 4,
             "{used} allocations for {n} calls ({inflight} in flight)"
         );
     }
