@@ -910,11 +910,16 @@ impl ServicesClient {
                 h.join()
                     .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread panicked"))
             };
+            let cap = if len <= DELTA_HASH_FIRST {
+                len
+            } else {
+                delta_window(block)
+            };
             let mut w = DeltaWindow {
                 src,
                 len,
                 start: 0,
-                buf: Vec::new(),
+                buf: Vec::with_capacity(cap as usize),
                 hash: Some(tx),
             };
             // A small file is read and hashed whole first: announced at
@@ -1413,8 +1418,18 @@ pub const DELTA_HASH_FIRST: u64 = 1 << 20;
 /// [`DELTA_READ`]), the literal piece in flight and the one being built
 /// (2 × [`DELTA_LITERAL_PIECE`]). Whatever the file's size.
 pub fn delta_memory_bound(block: u32) -> u64 {
-    let window = block as u64 + 2 * DELTA_READ as u64 + DELTA_LITERAL_PIECE as u64 + 1;
-    window.max(DELTA_HASH_FIRST) + 3 * DELTA_READ as u64 + 2 * DELTA_LITERAL_PIECE as u64
+    delta_window(block).max(DELTA_HASH_FIRST)
+        + 3 * DELTA_READ as u64
+        + 2 * DELTA_LITERAL_PIECE as u64
+}
+
+/// The most a delta upload's window holds past a file of
+/// [`DELTA_HASH_FIRST`] bytes: what lies behind the literal run (less than
+/// a piece), the literal run (less than a piece), the block and the byte
+/// after it, and the read-ahead (less than a piece). Its buffer is
+/// allocated at this size once.
+fn delta_window(block: u32) -> u64 {
+    block as u64 + 2 * DELTA_READ as u64 + DELTA_LITERAL_PIECE as u64 + 1
 }
 
 /// The time a `file.signature` call may take for a base of `base_len`
@@ -1788,5 +1803,66 @@ fn write_all_at(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()>
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The signature call's timeout: the CLI's 30 s for a small base, plus a
+    /// second per 16 MiB (a slow disk) for a large one.
+    #[test]
+    fn the_signature_timeout_grows_with_the_base() {
+        assert_eq!(signature_timeout(0), SIGNATURE_TIMEOUT_MIN);
+        assert_eq!(signature_timeout(10 << 20), Duration::from_secs(30));
+        assert_eq!(signature_timeout(10 << 30), Duration::from_secs(30 + 640));
+        assert!(signature_timeout(1 << 40) > signature_timeout(1 << 30));
+    }
+
+    /// The window reads in pieces of `DELTA_READ`, never past the file's
+    /// length, drops what is behind in steps of a piece, hands every byte
+    /// to the hashing queue once, and a source shorter than announced is
+    /// an error.
+    #[test]
+    fn a_delta_window_reads_ahead_a_piece_and_drops_what_is_behind() {
+        let data: Vec<u8> = (0..(3 * DELTA_READ + 100) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let mut src = std::io::Cursor::new(&data[..]);
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut w = DeltaWindow {
+            src: &mut src,
+            len: data.len() as u64,
+            start: 0,
+            buf: Vec::new(),
+            hash: Some(tx),
+        };
+        w.fill_to(10).unwrap();
+        assert_eq!(w.read(), DELTA_READ as u64);
+        assert_eq!(w.slice(3, 10), &data[3..10]);
+        w.discard_before(DELTA_READ as u64 - 1); // less than a piece: kept
+        assert_eq!((w.start, w.byte(0)), (0, data[0]));
+        w.fill_to(DELTA_READ as u64 + 1).unwrap();
+        w.discard_before(DELTA_READ as u64 + 1);
+        assert_eq!(w.start, DELTA_READ as u64 + 1);
+        assert_eq!(w.buf.len(), DELTA_READ - 1);
+        let end = data.len() as u64;
+        w.fill_to(u64::MAX).unwrap();
+        assert_eq!(w.read(), end);
+        assert_eq!(w.slice(end - 50, end), &data[data.len() - 50..]);
+        w.hash = None;
+        let hashed: Vec<u8> = rx.iter().flatten().collect();
+        assert_eq!(hashed, data);
+        // Announced longer than it is: an error, not a hang or a panic.
+        let mut short = std::io::Cursor::new(&data[..100]);
+        let mut w = DeltaWindow {
+            src: &mut short,
+            len: 1000,
+            start: 0,
+            buf: Vec::new(),
+            hash: None,
+        };
+        assert_eq!(w.fill_to(1000).unwrap_err().code, code::CLIENT);
     }
 }
