@@ -798,11 +798,14 @@ impl ServicesClient {
         let io =
             |e: std::io::Error| ServiceError::new(code::CLIENT, format!("reading {path}: {e}"));
         let start = src.stream_position().map_err(io)?;
-        let mut once = |sum| {
-            let src = &mut *src;
-            self.delta_once(space, src, len, path, base_space, base_path, block, sum)
+        let job = DeltaJob {
+            space,
+            path,
+            base_space,
+            base_path,
+            block,
         };
-        match once(BlockSum::Xxh3) {
+        match self.delta_once(&job, &mut *src, len, BlockSum::Xxh3) {
             Err((e, Some(id))) if e.code == file_code::HASH_MISMATCH => {
                 tracing::info!(
                     path,
@@ -810,17 +813,8 @@ impl ServicesClient {
                 );
                 self.upload_abort(id)?;
                 src.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
-                self.delta_once(
-                    space,
-                    src,
-                    len,
-                    path,
-                    base_space,
-                    base_path,
-                    block,
-                    BlockSum::Sha3,
-                )
-                .map_err(|(e, _)| e)
+                self.delta_once(&job, src, len, BlockSum::Sha3)
+                    .map_err(|(e, _)| e)
             }
             r => r.map_err(|(e, _)| e),
         }
@@ -876,18 +870,20 @@ impl ServicesClient {
 
     /// One try of [`ServicesClient::upload_delta_from`] with block sum
     /// `sum`; an error after `file.begin` carries the upload id.
-    #[allow(clippy::too_many_arguments)]
     fn delta_once<R: std::io::Read>(
         &self,
-        space: Space,
+        job: &DeltaJob<'_>,
         src: &mut R,
         len: u64,
-        path: &str,
-        base_space: Space,
-        base_path: &str,
-        block: u32,
         sum: BlockSum,
     ) -> std::result::Result<DeltaReport, (ServiceError, Option<u64>)> {
+        let DeltaJob {
+            space,
+            path,
+            base_space,
+            base_path,
+            block,
+        } = *job;
         let (sig, sum, block) = self
             .delta_signature(base_space, base_path, block, sum)
             .map_err(|e| (e, None))?;
@@ -1393,6 +1389,16 @@ pub struct UploadReport {
     pub resumed_from: u64,
     /// Bytes sent by this call.
     pub sent: u64,
+}
+
+/// What a delta upload uploads where, against which base, in which block.
+#[derive(Clone, Copy)]
+struct DeltaJob<'a> {
+    space: Space,
+    path: &'a str,
+    base_space: Space,
+    base_path: &'a str,
+    block: u32,
 }
 
 /// Bytes a delta upload reads from its source at once (and hands to its

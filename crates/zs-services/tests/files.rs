@@ -836,6 +836,20 @@ fn signatures_fit_a_frame_the_client_receives_and_large_bases_take_larger_blocks
     assert_eq!(got.2, zs_crypto::hash::to_hex(&sha3(&v2)));
 }
 
+/// A rig in `dir` that takes files up to 1 GiB, and user ann logged in on a
+/// client whose calls may copy and hash a whole 64 MiB file (its timeout a
+/// failure guard, not a timing).
+fn ann_with_large_files(dir: &std::path::Path) -> (Rig, ServicesClient) {
+    let rig = rig_in(dir, |c| {
+        c.files.max_file_size = 1 << 30;
+        c.files.quota_per_user = 1 << 30;
+    });
+    let _ = rig.user("ann");
+    let c = rig.client_timeout(zs_core::Registry::new(), FULL_SIZE_CALL_TIMEOUT);
+    c.login("ann", "ann-password").unwrap();
+    (rig, c)
+}
+
 /// The issue's delta figure: a 1 MiB edit of a 64 MiB file sends under 5% of
 /// it (always at the issue's size: ARCHITECTURE, zs-services "Session 14
 /// (full16)").
@@ -843,14 +857,7 @@ fn signatures_fit_a_frame_the_client_receives_and_large_bases_take_larger_blocks
 fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
     let (size, edit, block) = (64 << 20, 1 << 20, 8192);
     let dir = tempfile::tempdir().unwrap();
-    let rig = rig_in(dir.path(), |c| {
-        c.files.max_file_size = 1 << 30;
-        c.files.quota_per_user = 1 << 30;
-    });
-    let _ = rig.user("ann");
-    // One call may copy and hash 64 MiB: a failure guard, not a timing.
-    let c = rig.client_timeout(zs_core::Registry::new(), FULL_SIZE_CALL_TIMEOUT);
-    c.login("ann", "ann-password").unwrap();
+    let (_rig, c) = ann_with_large_files(dir.path());
     let v1 = data(31, size);
     put(&c, "big", &v1);
     let mut v2 = v1.clone();
@@ -940,13 +947,7 @@ impl std::io::Seek for GenFile {
 fn a_delta_upload_reads_its_file_in_bounded_memory() {
     let (size, block) = (32u64 << 20, 4096u32);
     let dir = tempfile::tempdir().unwrap();
-    let rig = rig_in(dir.path(), |c| {
-        c.files.max_file_size = 1 << 30;
-        c.files.quota_per_user = 1 << 30;
-    });
-    let _ = rig.user("ann");
-    let c = rig.client_timeout(zs_core::Registry::new(), FULL_SIZE_CALL_TIMEOUT);
-    c.login("ann", "ann-password").unwrap();
+    let (rig, c) = ann_with_large_files(dir.path());
     let v1 = GenFile {
         seed: 7,
         len: size,
