@@ -488,9 +488,12 @@ fn run_file(a: FileArgs) -> Result<String, String> {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default()
             });
-            let data = std::fs::read(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+            // Read as a stream (bounded memory whatever the file's size).
+            let io = |e: std::io::Error| format!("{}: {e}", local.display());
+            let mut f = std::fs::File::open(&local).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
             let rep = c
-                .upload_delta(space, &data, &remote, space, &base, 4096)
+                .upload_delta_from(space, &mut f, len, &remote, space, &base, 4096)
                 .map_err(|e| e.message)?;
             if rep.instant {
                 format!("{remote}: instant upload (the server had this content)")

@@ -728,27 +728,8 @@ impl ServicesClient {
         Ok(self.call("file.copy", df)?.reader().read_u64()?)
     }
 
-    /// Delta upload (rsync's algorithm): uploads `data` to `path` sending only
-    /// the bytes not found, block by block at any offset, in the server's
-    /// copy of `base_path` (fetched as block signatures); the rest is copied
-    /// on the server. The whole SHA3-256 is checked as for any upload, and an
-    /// interrupted delta upload resumes like any other.
-    ///
-    /// `block` is the block size asked for; a base file of more than
-    /// [`crate::files::MAX_SIGNATURE_BLOCKS`] such blocks is matched in the
-    /// smallest doubling of it that fits (a 256 MiB base in 4 KiB blocks: 8
-    /// KiB), reported in [`DeltaReport::block`].
-    ///
-    /// Blocks are matched by XXH3-128 ([`BlockSum::Xxh3`]); the upload
-    /// begins without a hash and the whole-file SHA3-256, computed on a
-    /// second thread while the signature is fetched and the scan runs, is
-    /// announced by `file.finish`, which checks it against the bytes the
-    /// server assembled. Each copy or literal range is sent as soon as the
-    /// scan has it (copies coalesced up to [`DELTA_COPY_RUN`] bytes), one
-    /// request in flight, so the server copies and hashes while the client
-    /// scans on. When `file.finish` finds another hash (a block-sum
-    /// collision, or a resumed upload holding other bytes) the upload is
-    /// aborted and done again from the start with SHA3-256 block sums, once.
+    /// Delta upload (rsync's algorithm) of `data`: a thin wrapper over
+    /// [`ServicesClient::upload_delta_from`] reading the slice.
     pub fn upload_delta(
         &self,
         space: Space,
@@ -758,15 +739,82 @@ impl ServicesClient {
         base_path: &str,
         block: u32,
     ) -> Result<DeltaReport> {
-        let once = |sum| self.delta_once(space, data, path, base_space, base_path, block, sum);
-        match once(BlockSum::Xxh3) {
+        self.upload_delta_from(
+            space,
+            &mut std::io::Cursor::new(data),
+            data.len() as u64,
+            path,
+            base_space,
+            base_path,
+            block,
+        )
+    }
+
+    /// Delta upload (rsync's algorithm): uploads the `len` bytes `src` reads
+    /// from its current position to `path`, sending only the bytes not
+    /// found, block by block at any offset, in the server's copy of
+    /// `base_path` (fetched as block signatures); the rest is copied on the
+    /// server. The whole SHA3-256 is checked as for any upload, and an
+    /// interrupted delta upload resumes like any other.
+    ///
+    /// `src` is read once, front to back, in bounded memory whatever `len`
+    /// (a file of 10 GiB like one of 10 MiB): the scan holds a window of the
+    /// block being matched plus the literal run not yet sent (sent in pieces
+    /// of [`DELTA_LITERAL_PIECE`] as soon as one is complete) and a read
+    /// ahead of [`DELTA_READ`]; a hashing thread gets each piece read through
+    /// a queue of two. At most about `block + 4 × DELTA_READ` bytes of the
+    /// file are held at once (see [`delta_memory_bound`]); a file of at most
+    /// [`DELTA_HASH_FIRST`] bytes is read and hashed whole before
+    /// `file.begin`, so content the server holds is an instant upload. It is
+    /// sought back to where it started (`Seek`) for the one retry below.
+    ///
+    /// `block` is the block size asked for; a base file of more than
+    /// [`crate::files::MAX_SIGNATURE_BLOCKS`] such blocks is matched in the
+    /// smallest doubling of it that fits (a 256 MiB base in 4 KiB blocks: 8
+    /// KiB), reported in [`DeltaReport::block`]. The signature call's
+    /// timeout scales with the base's size ([`signature_timeout`]), not the
+    /// connection's fixed call timeout.
+    ///
+    /// Blocks are matched by XXH3-128 ([`BlockSum::Xxh3`]); a larger file's
+    /// upload begins without a hash and its SHA3-256 is announced by
+    /// `file.finish`, which checks it against the bytes the server
+    /// assembled. Each copy or literal range is sent as soon as the scan has
+    /// it (copies coalesced up to [`DELTA_COPY_RUN`] bytes), one request in
+    /// flight, so the server copies and hashes while the client scans on.
+    /// When `file.finish` finds another hash (a block-sum collision, or a
+    /// resumed upload holding other bytes) the upload is aborted and done
+    /// again from the start with SHA3-256 block sums, once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_delta_from<R: std::io::Read + std::io::Seek>(
+        &self,
+        space: Space,
+        src: &mut R,
+        len: u64,
+        path: &str,
+        base_space: Space,
+        base_path: &str,
+        block: u32,
+    ) -> Result<DeltaReport> {
+        let io =
+            |e: std::io::Error| ServiceError::new(code::CLIENT, format!("reading {path}: {e}"));
+        let start = src.stream_position().map_err(io)?;
+        let job = DeltaJob {
+            space,
+            path,
+            base_space,
+            base_path,
+            block,
+        };
+        match self.delta_once(&job, &mut *src, len, BlockSum::Xxh3) {
             Err((e, Some(id))) if e.code == file_code::HASH_MISMATCH => {
                 tracing::info!(
                     path,
                     "delta upload: whole hash differs; again with SHA3 block sums"
                 );
                 self.upload_abort(id)?;
-                once(BlockSum::Sha3).map_err(|(e, _)| e)
+                src.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
+                self.delta_once(&job, src, len, BlockSum::Sha3)
+                    .map_err(|(e, _)| e)
             }
             r => r.map_err(|(e, _)| e),
         }
@@ -776,8 +824,9 @@ impl ServicesClient {
     /// least `block` bytes: the server refuses a signature of more than
     /// [`crate::files::MAX_SIGNATURE_BLOCKS`] blocks (`TOO_LARGE`, before it
     /// reads the file), and the block is doubled until the base fits (up to
-    /// 1 MiB, the largest block). Returns the list, the block sum the server
-    /// used and the block size.
+    /// 1 MiB, the largest block). Each try waits [`signature_timeout`] of
+    /// the base's size (asked first with a `file.read` of 0 bytes). Returns
+    /// the list, the block sum the server used and the block size.
     fn delta_signature(
         &self,
         base_space: Space,
@@ -785,9 +834,31 @@ impl ServicesClient {
         block: u32,
         sum: BlockSum,
     ) -> Result<(BlockList, BlockSum, u32)> {
+        let (_, base_len, _) = self.read_range(base_space, base_path, 0, 0)?;
+        let limit = signature_timeout(base_len);
         let mut block = block;
         loop {
-            match self.signature_with(base_space, base_path, block, sum) {
+            let (tx, rx) = mpsc::sync_channel(1);
+            let call = zs_core::Call::Stream {
+                cmd: zs_wire::Text::from("file.signature"),
+                data: file_signature_request(base_space, base_path, block, sum),
+            };
+            self.client.call_with(call, Some(limit), move |r| {
+                let _ = tx.send(r);
+            });
+            // Every call completes (answer, error, its timeout or the
+            // connection's end), so this receive ends.
+            let answer = rx
+                .recv()
+                .map_err(|_| ServiceError::new(code::CLIENT, "the signature call was dropped"))?;
+            let got = answer.map_err(ServiceError::from).and_then(|r| match r {
+                zs_core::Reply::Data(df) => parse_signature_answer(&df),
+                zs_core::Reply::Text(_) => Err(ServiceError::new(
+                    code::CLIENT,
+                    "file.signature answered text",
+                )),
+            });
+            match got {
                 Ok((sig, used)) => return Ok((sig, used, block)),
                 Err(e) if e.code == zs_core::code::TOO_LARGE && block < MAX_BLOCK => {
                     block = block.saturating_mul(2).min(MAX_BLOCK);
@@ -797,46 +868,70 @@ impl ServicesClient {
         }
     }
 
-    /// One try of [`ServicesClient::upload_delta`] with block sum `sum`; an
-    /// error after `file.begin` carries the upload id.
-    #[allow(clippy::too_many_arguments)]
-    fn delta_once(
+    /// One try of [`ServicesClient::upload_delta_from`] with block sum
+    /// `sum`; an error after `file.begin` carries the upload id.
+    fn delta_once<R: std::io::Read>(
         &self,
-        space: Space,
-        data: &[u8],
-        path: &str,
-        base_space: Space,
-        base_path: &str,
-        block: u32,
+        job: &DeltaJob<'_>,
+        src: &mut R,
+        len: u64,
         sum: BlockSum,
     ) -> std::result::Result<DeltaReport, (ServiceError, Option<u64>)> {
+        let DeltaJob {
+            space,
+            path,
+            base_space,
+            base_path,
+            block,
+        } = *job;
+        let (sig, sum, block) = self
+            .delta_signature(base_space, base_path, block, sum)
+            .map_err(|e| (e, None))?;
         std::thread::scope(|s| {
+            let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
             let hasher = std::thread::Builder::new()
                 .name("zs-delta-hash".into())
-                .spawn_scoped(s, || zs_hash::sha3_256(data))
+                .spawn_scoped(s, move || {
+                    let mut h = zs_hash::Sha3_256::new();
+                    for piece in rx {
+                        h.update(&piece);
+                    }
+                    h.finalize()
+                })
                 .map_err(|e| {
                     let e = ServiceError::new(code::CLIENT, format!("no hashing thread: {e}"));
                     (e, None)
                 })?;
-            let (sig, sum, block) = self
-                .delta_signature(base_space, base_path, block, sum)
-                .map_err(|e| (e, None))?;
             let joined = |h: std::thread::ScopedJoinHandle<'_, [u8; 32]>| {
                 h.join()
                     .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread panicked"))
             };
-            // Hashed already (a small file, done during the signature's
-            // round trip): announced at `file.begin`, so content the server
-            // holds is an instant upload. Else announced at `file.finish`.
-            // Ok: the hash; Err: the thread still computing it.
-            let hash = if hasher.is_finished() {
+            let cap = if len <= DELTA_HASH_FIRST {
+                len
+            } else {
+                delta_window(block)
+            };
+            let mut w = DeltaWindow {
+                src,
+                len,
+                start: 0,
+                buf: Vec::with_capacity(cap as usize),
+                hash: Some(tx),
+            };
+            // A small file is read and hashed whole first: announced at
+            // `file.begin`, so content the server holds is an instant
+            // upload. Else announced at `file.finish`.
+            // Ok: the hash; Err: the thread computing it as the scan reads.
+            let hashing = if len <= DELTA_HASH_FIRST {
+                w.fill_to(len).map_err(|e| (e, None))?;
+                w.hash = None;
                 Ok(joined(hasher).map_err(|e| (e, None))?)
             } else {
                 Err(hasher)
             };
-            let early = hash.as_ref().ok().copied();
+            let early = hashing.as_ref().ok().copied();
             let (id, offset, instant) = self
-                .begin_maybe_hashed(space, path, data.len() as u64, early)
+                .begin_maybe_hashed(space, path, len, early)
                 .map_err(|e| (e, None))?;
             if instant {
                 return Ok(DeltaReport {
@@ -847,11 +942,15 @@ impl ServicesClient {
                 });
             }
             let rep = self
-                .delta_send(id, offset, data, base_space, base_path, block, &sig, sum)
+                .delta_send(id, offset, &mut w, base_space, base_path, block, &sig, sum)
                 .map_err(|e| (e, Some(id)))?;
-            let hash = match hash {
+            let hash = match hashing {
                 Ok(h) => h,
-                Err(pending) => joined(pending).map_err(|e| (e, Some(id)))?,
+                Err(pending) => {
+                    w.fill_to(len).map_err(|e| (e, Some(id)))?;
+                    w.hash = None;
+                    joined(pending).map_err(|e| (e, Some(id)))?
+                }
             };
             self.call("file.finish", DataFrame::new().with(id).with(hash.to_vec()))
                 .map_err(|e| (e, Some(id)))?;
@@ -859,14 +958,16 @@ impl ServicesClient {
         })
     }
 
-    /// The scan of a delta upload: sends `data[offset..]` to upload `id` as
-    /// `file.copy` of the blocks found in `sig` and `file.chunk` of the rest.
+    /// The scan of a delta upload: sends the file `w` reads from `offset`
+    /// on to upload `id` as `file.copy` of the blocks found in `sig` and
+    /// `file.chunk` of the rest, dropping each byte from the window once it
+    /// is sent or copied.
     #[allow(clippy::too_many_arguments)]
-    fn delta_send(
+    fn delta_send<R: std::io::Read>(
         &self,
         id: u64,
         offset: u64,
-        data: &[u8],
+        w: &mut DeltaWindow<'_, R>,
         base_space: Space,
         base_path: &str,
         block: u32,
@@ -885,7 +986,14 @@ impl ServicesClient {
             at: offset,
             inflight: None,
         };
-        let mut pos = offset as usize; // scan position in `data`
+        // Bytes before `offset` are on the server already: read (hashed)
+        // and dropped.
+        while w.read() < offset {
+            w.fill_to(offset.min(w.read() + DELTA_READ as u64))?;
+            w.discard_before(w.read().min(offset));
+        }
+        let end = w.len;
+        let mut pos = offset; // scan position in the file
         let mut lit = pos; // start of pending literal bytes
         let mut pending: Option<(u64, u64)> = None; // coalesced copy (base offset, len)
         let flush_copy = |p: &mut Option<(u64, u64)>,
@@ -905,60 +1013,59 @@ impl ServicesClient {
             }
             Ok(())
         };
-        let flush_lit =
-            |from: usize, to: usize, ops: &mut DeltaOps<'_>, rep: &mut DeltaReport| -> Result<()> {
-                let mut a = from;
-                while a < to {
-                    let b = (a + (256 << 10)).min(to);
-                    let piece = &data[a..b];
-                    let crc = zs_hash::crc32(piece).to_le_bytes().to_vec();
-                    let df = DataFrame::new()
-                        .with(ops.id)
-                        .with(ops.at)
-                        .with(bytes::Bytes::copy_from_slice(piece))
-                        .with(crc);
-                    ops.send("file.chunk", df, (b - a) as u64)?;
-                    rep.literal += (b - a) as u64;
-                    a = b;
-                }
-                Ok(())
-            };
-        let block_len = block as usize;
+        let bl = block as u64;
         let found = crate::files::DeltaIndex::new(sig, sum);
-        let mut sum = (data.len() >= pos + block_len)
-            .then(|| crate::files::rolling(&data[pos..pos + block_len]));
-        while let Some(w) = sum {
-            match found.find(w, &data[pos..pos + block_len]) {
+        let first = |w: &mut DeltaWindow<'_, R>, pos: u64| -> Result<Option<u32>> {
+            if end < pos + bl {
+                return Ok(None);
+            }
+            w.fill_to(pos + bl)?;
+            Ok(Some(crate::files::rolling(w.slice(pos, pos + bl))))
+        };
+        let mut sum = first(w, pos)?;
+        while let Some(s) = sum {
+            match found.find(s, w.slice(pos, pos + bl)) {
                 Some(j) => {
                     if lit < pos {
                         flush_copy(&mut pending, &mut ops, &mut rep)?;
-                        flush_lit(lit, pos, &mut ops, &mut rep)?;
+                        flush_lit(w.slice(lit, pos), &mut ops, &mut rep)?;
                     }
-                    let bo = (j * block_len) as u64;
+                    let bo = j as u64 * bl;
                     pending = match pending {
                         Some((po, pl)) if po + pl == bo && pl < DELTA_COPY_RUN => {
-                            Some((po, pl + block_len as u64))
+                            Some((po, pl + bl))
                         }
                         other => {
                             let mut o = other;
                             flush_copy(&mut o, &mut ops, &mut rep)?;
-                            Some((bo, block_len as u64))
+                            Some((bo, bl))
                         }
                     };
-                    pos += block_len;
+                    pos += bl;
                     lit = pos;
-                    sum = (data.len() >= pos + block_len)
-                        .then(|| crate::files::rolling(&data[pos..pos + block_len]));
+                    w.discard_before(lit);
+                    sum = first(w, pos)?;
                 }
                 None => {
-                    if data.len() > pos + block_len {
+                    if end > pos + bl {
+                        w.fill_to(pos + bl + 1)?;
                         sum = Some(crate::files::roll(
-                            w,
-                            block_len,
-                            data[pos],
-                            data[pos + block_len],
+                            s,
+                            block as usize,
+                            w.byte(pos),
+                            w.byte(pos + bl),
                         ));
                         pos += 1;
+                        // A whole piece of literal bytes: sent now (the
+                        // pieces a later flush would send), so the window
+                        // never holds more than one.
+                        if pos - lit >= DELTA_LITERAL_PIECE as u64 {
+                            flush_copy(&mut pending, &mut ops, &mut rep)?;
+                            let to = lit + DELTA_LITERAL_PIECE as u64;
+                            flush_lit(w.slice(lit, to), &mut ops, &mut rep)?;
+                            lit = to;
+                            w.discard_before(lit);
+                        }
                     } else {
                         sum = None;
                     }
@@ -966,7 +1073,9 @@ impl ServicesClient {
             }
         }
         flush_copy(&mut pending, &mut ops, &mut rep)?;
-        flush_lit(lit, data.len(), &mut ops, &mut rep)?;
+        w.fill_to(end)?;
+        flush_lit(w.slice(lit, end), &mut ops, &mut rep)?;
+        w.discard_before(end);
         ops.wait()?;
         Ok(rep)
     }
@@ -1282,6 +1391,148 @@ pub struct UploadReport {
     pub sent: u64,
 }
 
+/// What a delta upload uploads where, against which base, in which block.
+#[derive(Clone, Copy)]
+struct DeltaJob<'a> {
+    space: Space,
+    path: &'a str,
+    base_space: Space,
+    base_path: &'a str,
+    block: u32,
+}
+
+/// Bytes a delta upload reads from its source at once (and hands to its
+/// hashing thread as one piece).
+pub const DELTA_READ: usize = 256 << 10;
+
+/// The largest `file.chunk` of a delta upload's literal bytes: a literal
+/// run is sent in pieces of this size, each as soon as the scan has passed
+/// it, so the scan holds less than one.
+pub const DELTA_LITERAL_PIECE: usize = 256 << 10;
+
+/// A delta upload of a file up to this size reads and hashes it whole
+/// before `file.begin` (which announces the hash: an instant upload when
+/// the server holds the content); a larger one streams and announces its
+/// hash at `file.finish`.
+pub const DELTA_HASH_FIRST: u64 = 1 << 20;
+
+/// The most bytes of the file a delta upload in blocks of `block` holds at
+/// once (past a file of [`DELTA_HASH_FIRST`] bytes, which is held whole):
+/// its window (what was read and not yet sent or copied, under
+/// `block + DELTA_READ + DELTA_LITERAL_PIECE + 1`, dropped in steps of
+/// [`DELTA_READ`]), the pieces queued for or in the hashing thread (3 ×
+/// [`DELTA_READ`]), the literal piece in flight and the one being built
+/// (2 × [`DELTA_LITERAL_PIECE`]). Whatever the file's size.
+pub fn delta_memory_bound(block: u32) -> u64 {
+    delta_window(block).max(DELTA_HASH_FIRST)
+        + 3 * DELTA_READ as u64
+        + 2 * DELTA_LITERAL_PIECE as u64
+}
+
+/// The most a delta upload's window holds past a file of
+/// [`DELTA_HASH_FIRST`] bytes: what lies behind the literal run (less than
+/// a piece), the literal run (less than a piece), the block and the byte
+/// after it, and the read-ahead (less than a piece). Its buffer is
+/// allocated at this size once.
+fn delta_window(block: u32) -> u64 {
+    block as u64 + 2 * DELTA_READ as u64 + DELTA_LITERAL_PIECE as u64 + 1
+}
+
+/// The time a `file.signature` call may take for a base of `base_len`
+/// bytes: [`SIGNATURE_TIMEOUT_MIN`] plus the base read at
+/// [`SIGNATURE_MIN_RATE`] (a slow disk; the server reads and sums the base
+/// once, or answers from its cache). 10 MiB: 30.6 s; 10 GiB: 670 s. Not the
+/// connection's fixed call timeout, under which a large base could not be
+/// signed; not unbounded either, so a server that stopped is given up on.
+pub fn signature_timeout(base_len: u64) -> Duration {
+    SIGNATURE_TIMEOUT_MIN + Duration::from_secs(base_len / SIGNATURE_MIN_RATE)
+}
+
+/// The least time a `file.signature` call is given (the CLI's call timeout).
+pub const SIGNATURE_TIMEOUT_MIN: Duration = Duration::from_secs(30);
+
+/// The slowest rate (bytes per second) at which a server is expected to
+/// read and sum a delta upload's base: 16 MiB/s.
+pub const SIGNATURE_MIN_RATE: u64 = 16 << 20;
+
+/// Sends `data` (a literal run) as `file.chunk`s of at most
+/// [`DELTA_LITERAL_PIECE`] bytes, after the request in flight.
+fn flush_lit(data: &[u8], ops: &mut DeltaOps<'_>, rep: &mut DeltaReport) -> Result<()> {
+    for piece in data.chunks(DELTA_LITERAL_PIECE) {
+        let crc = zs_hash::crc32(piece).to_le_bytes().to_vec();
+        let df = DataFrame::new()
+            .with(ops.id)
+            .with(ops.at)
+            .with(bytes::Bytes::copy_from_slice(piece))
+            .with(crc);
+        ops.send("file.chunk", df, piece.len() as u64)?;
+        rep.literal += piece.len() as u64;
+    }
+    Ok(())
+}
+
+/// What a delta upload holds of the file it reads front to back: bytes
+/// `start..start + buf.len()`, each handed to the hashing thread (while
+/// `hash` is set) as it is read.
+struct DeltaWindow<'r, R> {
+    src: &'r mut R,
+    /// The file's length (nothing past it is read).
+    len: u64,
+    /// File offset of `buf[0]`.
+    start: u64,
+    buf: Vec<u8>,
+    hash: Option<mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl<R: std::io::Read> DeltaWindow<'_, R> {
+    /// File offset of the next byte to read.
+    fn read(&self) -> u64 {
+        self.start + self.buf.len() as u64
+    }
+
+    /// Reads (in pieces of [`DELTA_READ`]) until the window reaches `to`
+    /// (or the file's end).
+    fn fill_to(&mut self, to: u64) -> Result<()> {
+        let to = to.min(self.len);
+        while self.read() < to {
+            let n = (DELTA_READ as u64).min(self.len - self.read()) as usize;
+            let mut piece = vec![0u8; n];
+            self.src.read_exact(&mut piece).map_err(|e| {
+                ServiceError::new(
+                    code::CLIENT,
+                    format!("reading byte {} of {}: {e}", self.read(), self.len),
+                )
+            })?;
+            self.buf.extend_from_slice(&piece);
+            if let Some(tx) = &self.hash {
+                tx.send(piece)
+                    .map_err(|_| ServiceError::new(code::CLIENT, "the hashing thread stopped"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the bytes before `at` once at least [`DELTA_READ`] of them can
+    /// go (so the rest moves down once per piece, not per block).
+    fn discard_before(&mut self, at: u64) {
+        let n = at.saturating_sub(self.start).min(self.buf.len() as u64) as usize;
+        if n >= DELTA_READ || (n > 0 && n == self.buf.len()) {
+            self.buf.drain(..n);
+            self.start += n as u64;
+        }
+    }
+
+    /// Bytes `a..b` of the file (in the window).
+    fn slice(&self, a: u64, b: u64) -> &[u8] {
+        &self.buf[(a - self.start) as usize..(b - self.start) as usize]
+    }
+
+    /// The byte at `a` (in the window).
+    fn byte(&self, a: u64) -> u8 {
+        self.buf[(a - self.start) as usize]
+    }
+}
+
 /// Copies a delta upload coalesces into one `file.copy` at most (so the
 /// server starts copying and hashing while the scan goes on).
 pub const DELTA_COPY_RUN: u64 = 1 << 20;
@@ -1558,5 +1809,66 @@ fn write_all_at(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()>
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The signature call's timeout: the CLI's 30 s for a small base, plus a
+    /// second per 16 MiB (a slow disk) for a large one.
+    #[test]
+    fn the_signature_timeout_grows_with_the_base() {
+        assert_eq!(signature_timeout(0), SIGNATURE_TIMEOUT_MIN);
+        assert_eq!(signature_timeout(10 << 20), Duration::from_secs(30));
+        assert_eq!(signature_timeout(10 << 30), Duration::from_secs(30 + 640));
+        assert!(signature_timeout(1 << 40) > signature_timeout(1 << 30));
+    }
+
+    /// The window reads in pieces of `DELTA_READ`, never past the file's
+    /// length, drops what is behind in steps of a piece, hands every byte
+    /// to the hashing queue once, and a source shorter than announced is
+    /// an error.
+    #[test]
+    fn a_delta_window_reads_ahead_a_piece_and_drops_what_is_behind() {
+        let data: Vec<u8> = (0..(3 * DELTA_READ + 100) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let mut src = std::io::Cursor::new(&data[..]);
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut w = DeltaWindow {
+            src: &mut src,
+            len: data.len() as u64,
+            start: 0,
+            buf: Vec::new(),
+            hash: Some(tx),
+        };
+        w.fill_to(10).unwrap();
+        assert_eq!(w.read(), DELTA_READ as u64);
+        assert_eq!(w.slice(3, 10), &data[3..10]);
+        w.discard_before(DELTA_READ as u64 - 1); // less than a piece: kept
+        assert_eq!((w.start, w.byte(0)), (0, data[0]));
+        w.fill_to(DELTA_READ as u64 + 1).unwrap();
+        w.discard_before(DELTA_READ as u64 + 1);
+        assert_eq!(w.start, DELTA_READ as u64 + 1);
+        assert_eq!(w.buf.len(), DELTA_READ - 1);
+        let end = data.len() as u64;
+        w.fill_to(u64::MAX).unwrap();
+        assert_eq!(w.read(), end);
+        assert_eq!(w.slice(end - 50, end), &data[data.len() - 50..]);
+        w.hash = None;
+        let hashed: Vec<u8> = rx.iter().flatten().collect();
+        assert_eq!(hashed, data);
+        // Announced longer than it is: an error, not a hang or a panic.
+        let mut short = std::io::Cursor::new(&data[..100]);
+        let mut w = DeltaWindow {
+            src: &mut short,
+            len: 1000,
+            start: 0,
+            buf: Vec::new(),
+            hash: None,
+        };
+        assert_eq!(w.fill_to(1000).unwrap_err().code, code::CLIENT);
     }
 }

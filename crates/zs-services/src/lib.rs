@@ -97,8 +97,9 @@ use zs_wire::DataFrame;
 
 pub use accounts::{check_name, Accounts, AccountsConfig, SecondLogin, UserInfo};
 pub use client::{
-    DeltaReport, Inbox, LoginInfo, ServicesClient, UploadReport, DOWNLOAD_WINDOW, READ_CHUNK,
-    UPLOAD_WINDOW,
+    delta_memory_bound, signature_timeout, DeltaReport, Inbox, LoginInfo, ServicesClient,
+    UploadReport, DELTA_HASH_FIRST, DELTA_LITERAL_PIECE, DELTA_READ, DOWNLOAD_WINDOW, READ_CHUNK,
+    SIGNATURE_MIN_RATE, SIGNATURE_TIMEOUT_MIN, UPLOAD_WINDOW,
 };
 pub use error::{code, Result, ServiceError};
 pub use files::{check_path, BlockSum, FileInfo, Files, FilesConfig, Space, UploadState};

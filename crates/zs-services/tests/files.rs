@@ -836,6 +836,20 @@ fn signatures_fit_a_frame_the_client_receives_and_large_bases_take_larger_blocks
     assert_eq!(got.2, zs_crypto::hash::to_hex(&sha3(&v2)));
 }
 
+/// A rig in `dir` that takes files up to 1 GiB, and user ann logged in on a
+/// client whose calls may copy and hash a whole 64 MiB file (its timeout a
+/// failure guard, not a timing).
+fn ann_with_large_files(dir: &std::path::Path) -> (Rig, ServicesClient) {
+    let rig = rig_in(dir, |c| {
+        c.files.max_file_size = 1 << 30;
+        c.files.quota_per_user = 1 << 30;
+    });
+    let _ = rig.user("ann");
+    let c = rig.client_timeout(zs_core::Registry::new(), FULL_SIZE_CALL_TIMEOUT);
+    c.login("ann", "ann-password").unwrap();
+    (rig, c)
+}
+
 /// The issue's delta figure: a 1 MiB edit of a 64 MiB file sends under 5% of
 /// it (always at the issue's size: ARCHITECTURE, zs-services "Session 14
 /// (full16)").
@@ -843,14 +857,7 @@ fn signatures_fit_a_frame_the_client_receives_and_large_bases_take_larger_blocks
 fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
     let (size, edit, block) = (64 << 20, 1 << 20, 8192);
     let dir = tempfile::tempdir().unwrap();
-    let rig = rig_in(dir.path(), |c| {
-        c.files.max_file_size = 1 << 30;
-        c.files.quota_per_user = 1 << 30;
-    });
-    let _ = rig.user("ann");
-    // One call may copy and hash 64 MiB: a failure guard, not a timing.
-    let c = rig.client_timeout(zs_core::Registry::new(), FULL_SIZE_CALL_TIMEOUT);
-    c.login("ann", "ann-password").unwrap();
+    let (_rig, c) = ann_with_large_files(dir.path());
     let v1 = data(31, size);
     put(&c, "big", &v1);
     let mut v2 = v1.clone();
@@ -873,6 +880,137 @@ fn an_edit_of_a_64th_of_a_file_sends_under_5_percent() {
         .read_range(Space::Private, "big-v2", at as u64, 1 << 20)
         .unwrap();
     assert_eq!(got.2, zs_crypto::hash::to_hex(&sha3(&v2)));
+}
+
+/// Pseudo-random bytes by position (nothing held: byte `i` comes from word
+/// `i / 8`), with bytes `edit` flipped: a file as large as a test wants,
+/// read front to back by a delta upload. Records the most bytes it had
+/// handed out beyond what the server holds of the unfinished upload
+/// (`Files::partial_bytes`): what the client read and did not yet send or
+/// have copied.
+struct GenFile {
+    seed: u64,
+    len: u64,
+    pos: u64,
+    edit: std::ops::Range<u64>,
+    files: Option<zs_services::Files>,
+    max_ahead: u64,
+}
+
+impl GenFile {
+    fn fill(&self, at: u64, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let p = at + i as u64;
+            let mut x = (p / 8)
+                .wrapping_add(self.seed)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x ^= x >> 32;
+            *b = (x >> ((p % 8) * 8)) as u8 ^ if self.edit.contains(&p) { 0x5a } else { 0 };
+        }
+    }
+}
+
+impl std::io::Read for GenFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
+        self.fill(self.pos, &mut buf[..n]);
+        self.pos += n as u64;
+        if let Some(f) = &self.files {
+            self.max_ahead = self
+                .max_ahead
+                .max(self.pos.saturating_sub(f.partial_bytes()));
+        }
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for GenFile {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        match to {
+            std::io::SeekFrom::Start(p) if p <= self.len => self.pos = p,
+            std::io::SeekFrom::Current(0) => {}
+            _ => return Err(std::io::ErrorKind::Unsupported.into()),
+        }
+        Ok(self.pos)
+    }
+}
+
+/// A delta upload reads its file as a stream in bounded memory: of a 32 MiB
+/// file with 1 MiB edited (sent in several literal pieces), the client never
+/// read more than `delta_memory_bound` plus two coalesced copies (requests,
+/// not bytes held) beyond what the server held; a client that reads the whole
+/// file first (the CLI's `std::fs::read` before session 14) is 32 MiB ahead.
+/// The file still ends with the right hash and little is sent.
+#[test]
+fn a_delta_upload_reads_its_file_in_bounded_memory() {
+    let (size, block) = (32u64 << 20, 4096u32);
+    let dir = tempfile::tempdir().unwrap();
+    let (rig, c) = ann_with_large_files(dir.path());
+    let v1 = GenFile {
+        seed: 7,
+        len: size,
+        pos: 0,
+        edit: 0..0,
+        files: None,
+        max_ahead: 0,
+    };
+    c.upload_hashing(
+        Space::Private,
+        "big",
+        size,
+        256 << 10,
+        |at, buf| {
+            v1.fill(at, buf);
+            Ok(())
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let files = rig.services.files.clone().unwrap();
+    assert_eq!(files.partial_bytes(), 0);
+    let edit = (10 << 20) + 123..(11 << 20) + 123;
+    let mut v2 = GenFile {
+        edit: edit.clone(),
+        files: Some(files.clone()),
+        ..v1
+    };
+    let rep = c
+        .upload_delta_from(
+            Space::Private,
+            &mut v2,
+            size,
+            "big-v2",
+            Space::Private,
+            "big",
+            block,
+        )
+        .unwrap();
+    let bound = zs_services::delta_memory_bound(block)
+        + 2 * zs_services::client::DELTA_COPY_RUN
+        + 2 * block as u64;
+    println!(
+        "{size} bytes: {rep:?}; read at most {} bytes ahead of the server (bound {bound})",
+        v2.max_ahead
+    );
+    assert!(v2.max_ahead <= bound, "{} > {bound}", v2.max_ahead);
+    assert_eq!(rep.literal + rep.copied, size);
+    assert!(rep.literal >= edit.end - edit.start, "{rep:?}");
+    assert!(
+        rep.literal <= edit.end - edit.start + 2 * block as u64,
+        "{rep:?}"
+    );
+    // The file the server assembled is v2.
+    let mut h = zs_crypto::hash::Sha3_256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for at in (0..size).step_by(1 << 20) {
+        v2.fill(at, &mut buf);
+        h.update(&buf);
+    }
+    let got = c.read_range(Space::Private, "big-v2", 0, 0).unwrap();
+    assert_eq!(got.2, zs_crypto::hash::to_hex(&h.finalize()));
+    assert_eq!(files.uploads(), 0);
 }
 
 /// tus concatenation: three partial uploads sent at once over one connection
