@@ -1543,6 +1543,8 @@ fn s14_borrowed_requests_with_hostile_frames() {
         .collect();
     assert_eq!(ids, vec![6, 7]);
     honest_after(honest, "s14", &p, &server);
+}
+
 /// Frames over 1 MiB (session 14, frame1m): zs-core takes a partial frame
 /// longer than 1 MiB over into its own buffer (bounded by `max_frame`), so
 /// the security layer's `max_pending_plaintext` no longer resets a peer whose

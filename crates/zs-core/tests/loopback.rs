@@ -784,6 +784,8 @@ fn borrowed_handlers_answer_in_order(backend: Arc<dyn Backend>) {
         (u.calls, u.bytes_in, u.bytes_out),
         (n, u.bytes_in, u.bytes_in)
     );
+}
+
 /// Bytes that LZ4 cannot shrink (so a frame is as long on the wire as its
 /// payload): xorshift64, as lowercase letters when `text`.
 fn noise(n: usize, seed: u64, text: bool) -> Vec<u8> {
