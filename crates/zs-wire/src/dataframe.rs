@@ -581,7 +581,7 @@ fn check_text(cur: &mut Cursor, limits: &Limits, content: bool) -> Result<(), Wi
     let b = cur.slice(n, "string")?;
     // ASCII (the common case) is checked a word at a time, inline.
     if content && !b.is_ascii() {
-        std::str::from_utf8(b).map_err(|_| WireError::InvalidUtf8)?;
+        crate::value::utf8(b)?;
     }
     Ok(())
 }
@@ -1228,7 +1228,7 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn read_str(&mut self) -> Result<&'a str, WireError> {
         if let Some((b, start, end)) = self.fast_lp(tag::STR) {
-            let s = std::str::from_utf8(&b[start..end]).map_err(|_| WireError::InvalidUtf8)?;
+            let s = crate::value::utf8(&b[start..end])?;
             self.advance_to(end);
             return Ok(s);
         }

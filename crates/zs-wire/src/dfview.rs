@@ -231,7 +231,7 @@ impl<'a> DataFrameView<'a> {
         let p = self.payload(i, tag::STR, "str")?;
         let b = self.lp(p, "string")?;
         // Checked by `decode`; this check cannot fail (no `unsafe` in this crate).
-        std::str::from_utf8(b).map_err(|_| WireError::InvalidUtf8)
+        crate::value::utf8(b)
     }
 
     /// Value `i` when it is a byte string, borrowed from the bytes.

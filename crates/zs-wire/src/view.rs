@@ -197,7 +197,7 @@ fn head<'a>(kind: FrameKind, b: &'a [u8], config: &Config) -> Result<Head<'a>, W
         if n > b.len() - p {
             return Err(WireError::Truncated { field: "name" });
         }
-        let s = std::str::from_utf8(&b[p..p + n]).map_err(|_| WireError::InvalidUtf8)?;
+        let s = crate::value::utf8(&b[p..p + n])?;
         p += n;
         Some(s)
     } else {
@@ -221,7 +221,7 @@ fn head<'a>(kind: FrameKind, b: &'a [u8], config: &Config) -> Result<Head<'a>, W
                 });
             }
             p = b.len();
-            Some(std::str::from_utf8(rest).map_err(|_| WireError::InvalidUtf8)?)
+            Some(crate::value::utf8(rest)?)
         }
         _ => None,
     };
