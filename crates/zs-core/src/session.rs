@@ -670,6 +670,14 @@ impl AsRef<zs_wire::Config> for SharedWire {
 
 /// One end of a connection: framing over a plaintext link, request ids,
 /// timeouts. See the module docs.
+///
+/// Poll order in short (in full, with the reasons, in the module docs of
+/// `zs-core/src/session.rs`, a private module): [`Session::open_link`] first;
+/// after every input ([`Session::handle_input`]), timer
+/// ([`Session::handle_timeout`]) or application call, drain
+/// [`Session::poll_event`], then send [`Session::write_output`], then re-arm
+/// [`Session::poll_timeout`], then check [`Session::input_blocked`] (stop
+/// reading until the output went out, then [`Session::resume_input`]).
 pub struct Session {
     codec: FrameCodec<SharedWire>,
     /// Shared by every session of an endpoint (one pointer per session).

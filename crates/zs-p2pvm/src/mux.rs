@@ -308,6 +308,13 @@ fn normalize(a: SocketAddr) -> SocketAddr {
 ///
 /// See the crate documentation for the model and `docs/PROTOCOL.md` Part 4 for the
 /// wire format and the flow-control rules.
+///
+/// Poll order in short (in full in the module docs of `zs-p2pvm/src/mux.rs`, a
+/// private module): after every input ([`Mux::handle_input_buf`]), timer
+/// ([`Mux::handle_timeout`]) or stream call, drain [`Mux::poll_event`], then
+/// call [`Mux::write_output`] until it returns 0 (or the link is full), then
+/// re-arm [`Mux::poll_timeout`], then check [`Mux::input_blocked`] (stop reading
+/// until the output went out, then `handle_input(&[], now)`).
 pub struct Mux {
     role: Role,
     cfg: MuxConfig,
