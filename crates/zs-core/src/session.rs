@@ -21,6 +21,62 @@
 //! sides then send again what the other has not handled. An orderly end of a
 //! StableIO session travels in-band as a `__@close` control frame
 //! ([`Session::close`]): a FIN alone is a lost link.
+//!
+//! # Poll order
+//!
+//! What a driver calls, and when (zs-core's runtime, `ConnHandler` in
+//! `net.rs`, is the driver; the order below is the one it follows):
+//!
+//! * **Link up.** [`Session::open_link`] once the transport (the security
+//!   layer) reports the peer, before any input: bytes given to a session whose
+//!   link is not up are dropped. It reports [`Event::Established`] (a
+//!   resuming StableIO client also queues its `__@resume`).
+//! * **Input.** Every read goes to [`Session::handle_input`]. Whole frames are
+//!   decoded from the front of the buffer and become events; a partial frame
+//!   stays in the caller's buffer for the next bytes to be appended to (one
+//!   over 1 MiB is taken over by the session instead). Decoding stops early
+//!   once [`SessionConfig::max_pending_output`] bytes of output wait: then
+//!   [`Session::input_blocked`] is true, the session holds the rest, and the
+//!   driver stops reading until it sent the output and called
+//!   [`Session::resume_input`] (which may block again).
+//! * **Events.** After every input or timer call, [`Session::poll_event`]
+//!   until it returns `None`: requests ([`Event::Request`], answered with
+//!   [`Session::respond`] or [`Session::send_frame`]), call outcomes
+//!   ([`Event::Reply`]), [`Event::Established`], [`Event::Closed`] and the
+//!   StableIO events. The runtime drains the queue after every call, never
+//!   feeds more input into an undrained one, and dispatches the events after
+//!   it released the link's lock.
+//! * **Application calls.** [`Session::call`] (a call with a timeout adds a
+//!   deadline), [`Session::send_frame`], [`Session::respond`],
+//!   [`Session::send_keepalive`], [`Session::close`] queue output.
+//! * **Output.** [`Session::write_output`] (or [`Session::write_output_parts`]
+//!   when [`Session::has_output_parts`]: large payloads as their own pieces)
+//!   takes everything queued, in order; send it on the transport. Then
+//!   [`Session::take_link_failure`]: `Some` means the peer let StableIO records
+//!   pile up beyond every buffer, and the link must be closed.
+//! * **Timers.** [`Session::poll_timeout`] is the earliest call deadline,
+//!   delayed StableIO ack or batch expiry; when it has passed,
+//!   [`Session::handle_timeout`] (expired calls complete with
+//!   [`Error::TimedOut`] as events), then events and output as above.
+//! * **Transport end.** [`Session::connection_lost`] (or
+//!   [`Session::link_lost`], which a StableIO session survives), then drain
+//!   the events: every pending call completes there.
+//! * **Memory.** [`Session::shrink_buffers`] after a batch when the link is
+//!   not busy (the runtime keeps the buffers of a busy link and releases them
+//!   after it went idle).
+//!
+//! **The loop rule.** After any call that takes input, time or an
+//! application request (`open_link`, `handle_input`, `resume_input`,
+//! `handle_timeout`, `call`, `send_frame`, `respond`, `close`, `link_lost`):
+//! drain [`Session::poll_event`] and handle the events (which may queue
+//! answers and calls), then take the output and send it, then read
+//! [`Session::poll_timeout`] again and re-arm the timer if it moved earlier,
+//! then check [`Session::input_blocked`] before reading more. The runtime
+//! takes the output once per batch of input (not per answer), so the answers
+//! to one read leave together. An error from `handle_input`,
+//! `resume_input` or `handle_timeout` is fatal: the session is dead and its
+//! pending calls completed; take the output once more (it may hold an error
+//! frame for the peer), send it, and close the connection.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -614,6 +670,14 @@ impl AsRef<zs_wire::Config> for SharedWire {
 
 /// One end of a connection: framing over a plaintext link, request ids,
 /// timeouts. See the module docs.
+///
+/// Poll order in short (in full, with the reasons, in the module docs of
+/// `zs-core/src/session.rs`, a private module): [`Session::open_link`] first;
+/// after every input ([`Session::handle_input`]), timer
+/// ([`Session::handle_timeout`]) or application call, drain
+/// [`Session::poll_event`], then send [`Session::write_output`], then re-arm
+/// [`Session::poll_timeout`], then check [`Session::input_blocked`] (stop
+/// reading until the output went out, then [`Session::resume_input`]).
 pub struct Session {
     codec: FrameCodec<SharedWire>,
     /// Shared by every session of an endpoint (one pointer per session).

@@ -3,6 +3,55 @@
 //! take bytes to send with [`Session::take_output`], read [`Event`]s with
 //! [`Session::poll_event`]. Time comes in as `now`; nothing here owns a socket,
 //! a thread or a clock.
+//!
+//! # Poll order
+//!
+//! What a driver calls, and when (zs-secure's `SecureHandler` is the driver in
+//! this workspace; its module docs give its own order):
+//!
+//! * **Start.** [`Session::client`] queues the ClientHello at once: take the
+//!   output and send it before reading. [`Session::server`] waits for input.
+//! * **Input.** Bytes from the transport go to [`Session::handle_input`] (or
+//!   one of its variants: [`Session::handle_input_with`] hands application
+//!   data to a callback instead of queuing [`Event::Data`],
+//!   [`Session::handle_input_in_place`] opens whole records where they lie,
+//!   [`Session::handle_input_leaving_partial`] also leaves a trailing partial
+//!   record with the caller, to be given again with the bytes that follow).
+//!   Records are processed in order; the handshake's answers, a key update's
+//!   answer and alerts go into the output. End of stream goes to
+//!   [`Session::handle_eof`].
+//! * **Events.** After every input call, [`Session::poll_event`] until it
+//!   returns `None`: [`Event::HandshakeComplete`] (now [`Session::suite`],
+//!   [`Session::channel_binding`] and [`Session::server_key`] are set and
+//!   application data may flow), [`Event::Data`], [`Event::KeyUpdated`],
+//!   [`Event::Closed`].
+//! * **Application calls.** [`Session::send`] appends to the open Data record
+//!   (queued, bounded, before the handshake completes; the sending keys are
+//!   replaced first when their age passed the policy's `max_age`),
+//!   [`Session::rekey`], [`Session::close`]. [`Session::seal_data_in_place`]
+//!   seals a record in the caller's buffer: send the session's output
+//!   ([`Session::has_output`]) before that record.
+//! * **Output.** [`Session::take_output_bytes`] (no copy; or
+//!   [`Session::take_output`] / [`Session::write_output`]) seals the open Data
+//!   record and returns everything queued, in order. Several sends before one
+//!   take share records: take the output once per batch of sends, not per
+//!   send.
+//! * **Timers.** [`Session::poll_timeout`] is the time-based rekey of the
+//!   sending keys (`None` until established); when it has passed,
+//!   [`Session::handle_timeout`]. A driver may instead check it before it
+//!   opens records, as zs-secure does (no timer per connection), since
+//!   `send` checks the age before each new record anyway.
+//! * **Memory.** [`Session::shrink`] after a batch (cheap);
+//!   [`Session::release_keys`] when the connection went idle.
+//!
+//! **The loop rule.** After any call that takes input, time or application
+//! data (`handle_input*`, `handle_eof`, `handle_timeout`, `send`, `rekey`,
+//! `close`): drain [`Session::poll_event`], then take the output and send it,
+//! then read [`Session::poll_timeout`] again (it moves when the handshake
+//! completes and with every key update). An error from any of them is fatal
+//! (the session is failed; later calls return [`Error::Failed`]): still take
+//! the output once (it may hold an alert for the peer), send it, and close
+//! the transport.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -1,4 +1,53 @@
 //! The multiplexer state machine.
+//!
+//! # Poll order
+//!
+//! What a driver of a [`Mux`] calls, and when (the `tunnel` module's driver
+//! follows this order on the physical connection's loop):
+//!
+//! * **Start.** [`Mux::new`] queues the HELLO: take the output and send it.
+//!   Inside a secure session, [`Mux::bind_channel`] before any of the peer's
+//!   bytes are handled (the tunnel driver does it when the secure handshake
+//!   completed); [`Mux::restart_timers`] when the link opens later than the
+//!   `Mux` was made (the ready deadline and idle timer count from then).
+//! * **Input.** Every read goes to [`Mux::handle_input_buf`] (the link's
+//!   `BytesMut`: large DATA payloads are split off uncopied, a partial frame
+//!   may stay in the buffer for the next bytes) or [`Mux::handle_input`]
+//!   (`&[u8]`, everything copied or held inside). When the control output
+//!   reaches its cap, [`Mux::input_blocked`] is true and the rest of the input
+//!   is held: stop reading the link, send the output, then call
+//!   `handle_input(&[], now)` to handle what was held (it may block again).
+//! * **Events.** After every input, timer or stream call, [`Mux::poll_event`]
+//!   until it returns `None` ([`MuxEvent`]: the tunnel ready, listen changes,
+//!   streams accepted, connected, readable, writable, finished, closed, the
+//!   tunnel closed). `Readable` is edge-triggered (reported again only after
+//!   a read found the stream drained): read ([`Mux::read_buf`] /
+//!   [`Mux::read`]) until it returns `None`, or remember the stream and read
+//!   it later, or it is never reported again. The driver may handle one event
+//!   at a time and react (read, send, close) before taking the next.
+//! * **Stream calls.** [`Mux::connect`], [`Mux::send`] / [`Mux::send_bytes`]
+//!   (a short count: the send buffer is full, wait for `Writable`),
+//!   [`Mux::read_buf`] (returns credit: window updates are queued),
+//!   [`Mux::shutdown_write`], [`Mux::close`], [`Mux::reset`], [`Mux::listen`],
+//!   [`Mux::close_tunnel`]: each may queue output.
+//! * **Output.** [`Mux::write_output_parts`] (no copy of long payloads, for a
+//!   vectored send) or [`Mux::write_output`]: control frames first, then
+//!   stream data round-robin, up to about [`OUTPUT_LIMIT`] data bytes per
+//!   call. Call it again until it returns 0 ([`Mux::wants_write`] says whether
+//!   it would append anything), or until the transport refuses more (then wait
+//!   for the transport's writable signal and go on).
+//! * **Timers.** [`Mux::poll_timeout`] is the earliest of the keepalive ping,
+//!   the idle timeout and the ready deadline (`None` once closed); when it has
+//!   passed, [`Mux::handle_timeout`] (it may queue a PING or close the tunnel).
+//!
+//! **The loop rule.** After any call that takes input, time or a stream
+//! operation: drain [`Mux::poll_event`] and react to the events, then write
+//! the output until [`Mux::write_output`] returns 0 (or the transport is
+//! full), then read [`Mux::poll_timeout`] again and re-arm the timer, then
+//! check [`Mux::input_blocked`] before reading more. An input error is fatal
+//! for the tunnel: a GOAWAY with the reason is queued and
+//! [`MuxEvent::TunnelClosed`] reported; take the output once more, send it,
+//! and close the link. Once closed, [`Mux::close_error`] says why.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -259,6 +308,13 @@ fn normalize(a: SocketAddr) -> SocketAddr {
 ///
 /// See the crate documentation for the model and `docs/PROTOCOL.md` Part 4 for the
 /// wire format and the flow-control rules.
+///
+/// Poll order in short (in full in the module docs of `zs-p2pvm/src/mux.rs`, a
+/// private module): after every input ([`Mux::handle_input_buf`]), timer
+/// ([`Mux::handle_timeout`]) or stream call, drain [`Mux::poll_event`], then
+/// call [`Mux::write_output`] until it returns 0 (or the link is full), then
+/// re-arm [`Mux::poll_timeout`], then check [`Mux::input_blocked`] (stop reading
+/// until the output went out, then `handle_input(&[], now)`).
 pub struct Mux {
     role: Role,
     cfg: MuxConfig,
