@@ -461,7 +461,7 @@ fn original_client_reads_our_compressed_answers() {
     let config = LegacyConfig {
         ciphers: CipherPool::Security,
         compress: true,
-        ..patient()
+        ..Default::default()
     };
     let server = LegacyServer::start(backend(), r, config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let port = server.local_addr().port();
