@@ -304,7 +304,9 @@ impl ServerBuilder {
 }
 
 /// A started server and the fingerprint clients pin (when the builder made the
-/// security provider). Derefs to [`Server`]; dropping it shuts the server down.
+/// security provider). It does not deref to [`Server`]: the common calls are
+/// its own methods, the rest go through [`RunningServer::server`]. Dropping it
+/// shuts the server down.
 #[derive(Debug)]
 pub struct RunningServer {
     server: Server,
@@ -317,16 +319,24 @@ impl RunningServer {
         self.fingerprint
     }
 
+    /// The address the server listens on (clients connect here).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops accepting and closes every connection (see [`Server::shutdown`]).
+    pub fn shutdown(&self) {
+        self.server.shutdown()
+    }
+
+    /// The zs-core server, for everything else (peers, broadcast, stats).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// The server itself.
     pub fn into_server(self) -> Server {
         self.server
-    }
-}
-
-impl std::ops::Deref for RunningServer {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.server
     }
 }
 
@@ -508,9 +518,9 @@ mod tests {
             .unwrap();
         // The security runs as a transport under zs-core.
         assert!(
-            server.backend_name().starts_with("secure("),
+            server.server().backend_name().starts_with("secure("),
             "{}",
-            server.backend_name()
+            server.server().backend_name()
         );
         let wrong = Fingerprint([9; 32]);
         let err = ClientBuilder::new(server.local_addr())
