@@ -114,8 +114,50 @@ fn crypto(e: zs_crypto::Error) -> Error {
     Error::Config(format!("security: {e}"))
 }
 
+/// AES-256-GCM only (the builders' default suites).
+fn default_suites() -> Vec<SuiteId> {
+    vec![SuiteId::Aes256Gcm]
+}
+
 fn io_config_default() -> zs_io::Config {
     zs_io::Config::default()
+}
+
+/// The backend a builder was given, or the one named (the default when
+/// neither): giving both is refused rather than one silently winning.
+fn pick_backend(
+    given: Option<Box<dyn Backend>>,
+    name: Option<&str>,
+    io: &zs_io::Config,
+) -> Result<Arc<dyn Backend>> {
+    match (given, name) {
+        (Some(_), Some(name)) => Err(Error::Config(format!(
+            "both backend(..) and backend_name({name:?}) were set; give only one"
+        ))),
+        (Some(b), None) => Ok(Arc::from(b)),
+        (None, name) => Ok(Arc::from(backend_by_name(
+            name.unwrap_or("default"),
+            io.clone(),
+        )?)),
+    }
+}
+
+/// Refuses a security provider given together with settings it replaces
+/// rather than silently ignoring them.
+fn provider_alone(conflicts: &[(&str, bool)]) -> Result<()> {
+    let set: Vec<&str> = conflicts
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect();
+    if set.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "security(..) was set together with {}, which it replaces; give either the provider or those",
+            set.join(" and ")
+        )))
+    }
 }
 
 /// Assembles a [`Server`]. Defaults: [`DEFAULT_ADDR`], the default backend (one
@@ -124,11 +166,11 @@ fn io_config_default() -> zs_io::Config {
 pub struct ServerBuilder {
     addr: SocketAddr,
     backend: Option<Box<dyn Backend>>,
-    backend_name: String,
+    backend_name: Option<String>,
     io: zs_io::Config,
     security: Option<Arc<dyn SecurityProvider>>,
     identity: Option<ServerIdentity>,
-    suites: Vec<SuiteId>,
+    suites: Option<Vec<SuiteId>>,
     options: Options,
     registry: Registry,
     handshakes: zs_secure::compose::Handshakes,
@@ -152,11 +194,11 @@ impl ServerBuilder {
         ServerBuilder {
             addr: DEFAULT_ADDR.parse().expect("valid default address"),
             backend: None,
-            backend_name: "default".into(),
+            backend_name: None,
             io: io_config_default(),
             security: None,
             identity: None,
-            suites: vec![SuiteId::Aes256Gcm],
+            suites: None,
             options: Options::default(),
             registry: Registry::new(),
             handshakes: zs_secure::compose::Handshakes::default(),
@@ -196,15 +238,17 @@ impl ServerBuilder {
         self
     }
 
-    /// The transport backend (overrides [`ServerBuilder::backend_name`]).
+    /// The transport backend (not together with
+    /// [`ServerBuilder::backend_name`]: `start` refuses both).
     pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
     }
 
-    /// The backend by name (see [`backend_by_name`]), built with the I/O config.
+    /// The backend by name (see [`backend_by_name`]), built with the I/O
+    /// config (not together with [`ServerBuilder::backend`]).
     pub fn backend_name(mut self, name: &str) -> Self {
-        self.backend_name = name.to_owned();
+        self.backend_name = Some(name.to_owned());
         self
     }
 
@@ -214,7 +258,9 @@ impl ServerBuilder {
         self
     }
 
-    /// A security provider (overrides identity and suites).
+    /// A security provider, instead of the one made from
+    /// [`ServerBuilder::identity`] and [`ServerBuilder::suites`] (`start`
+    /// refuses it together with either).
     pub fn security(mut self, provider: Arc<dyn SecurityProvider>) -> Self {
         self.security = Some(provider);
         self
@@ -226,9 +272,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Allowed suites, in preference order.
+    /// Allowed suites, in preference order (default AES-256-GCM only).
     pub fn suites(mut self, suites: Vec<SuiteId>) -> Self {
-        self.suites = suites;
+        self.suites = Some(suites);
         self
     }
 
@@ -259,17 +305,23 @@ impl ServerBuilder {
         self
     }
 
-    /// Starts the server.
+    /// Starts the server. Conflicting settings (a backend and a backend
+    /// name; a security provider and an identity or suites) are an
+    /// [`Error::Config`].
     pub fn start(self) -> Result<RunningServer> {
-        let backend: Arc<dyn Backend> = match self.backend {
-            Some(b) => Arc::from(b),
-            None => Arc::from(backend_by_name(&self.backend_name, self.io.clone())?),
-        };
+        if self.security.is_some() {
+            provider_alone(&[
+                ("identity(..)", self.identity.is_some()),
+                ("suites(..)", self.suites.is_some()),
+            ])?;
+        }
+        let backend = pick_backend(self.backend, self.backend_name.as_deref(), &self.io)?;
         let (provider, fingerprint): (Arc<dyn SecurityProvider>, Option<Fingerprint>) =
             match self.security {
                 Some(p) => (p, None),
                 None => {
-                    if self.suites.is_empty() {
+                    let suites = self.suites.unwrap_or_else(default_suites);
+                    if suites.is_empty() {
                         return Err(Error::Config("no cipher suite allowed".into()));
                     }
                     let identity = match self.identity {
@@ -283,7 +335,7 @@ impl ServerBuilder {
                     let fp = identity.fingerprint();
                     let mut cfg = ServerConfig::with_identity(Arc::new(identity));
                     cfg.policy = SuitePolicy {
-                        allowed: self.suites,
+                        allowed: suites,
                         selection: Selection::ServerPreference,
                     };
                     (
@@ -346,11 +398,11 @@ impl RunningServer {
 pub struct ClientBuilder {
     addr: SocketAddr,
     backend: Option<Box<dyn Backend>>,
-    backend_name: String,
+    backend_name: Option<String>,
     io: zs_io::Config,
     security: Option<Arc<dyn SecurityProvider>>,
     fingerprint: Option<Fingerprint>,
-    suites: Vec<SuiteId>,
+    suites: Option<Vec<SuiteId>>,
     options: Options,
     registry: Registry,
     stable: bool,
@@ -368,14 +420,14 @@ impl ClientBuilder {
         ClientBuilder {
             addr,
             backend: None,
-            backend_name: "default".into(),
+            backend_name: None,
             io: zs_io::Config {
                 loops: 1,
                 ..io_config_default()
             },
             security: None,
             fingerprint: None,
-            suites: vec![SuiteId::Aes256Gcm],
+            suites: None,
             options: Options::client(),
             registry: Registry::new(),
             stable: false,
@@ -391,15 +443,17 @@ impl ClientBuilder {
         self
     }
 
-    /// The transport backend.
+    /// The transport backend (not together with
+    /// [`ClientBuilder::backend_name`]: `connect` refuses both).
     pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
     }
 
-    /// The backend by name (see [`backend_by_name`]).
+    /// The backend by name (see [`backend_by_name`]; not together with
+    /// [`ClientBuilder::backend`]).
     pub fn backend_name(mut self, name: &str) -> Self {
-        self.backend_name = name.to_owned();
+        self.backend_name = Some(name.to_owned());
         self
     }
 
@@ -415,15 +469,17 @@ impl ClientBuilder {
         self
     }
 
-    /// A security provider (overrides fingerprint and suites).
+    /// A security provider, instead of the one made from
+    /// [`ClientBuilder::fingerprint`] and [`ClientBuilder::suites`]
+    /// (`connect` refuses it together with either).
     pub fn security(mut self, provider: Arc<dyn SecurityProvider>) -> Self {
         self.security = Some(provider);
         self
     }
 
-    /// Offered suites, in preference order.
+    /// Offered suites, in preference order (default AES-256-GCM only).
     pub fn suites(mut self, suites: Vec<SuiteId>) -> Self {
-        self.suites = suites;
+        self.suites = Some(suites);
         self
     }
 
@@ -445,13 +501,21 @@ impl ClientBuilder {
         &mut self.registry
     }
 
-    /// Connects and completes the handshake (blocking).
+    /// Connects and completes the handshake (blocking). Conflicting settings
+    /// (a backend and a backend name; a security provider and a fingerprint
+    /// or suites) are an [`Error::Config`].
     pub fn connect(self) -> Result<Client> {
+        if self.security.is_some() {
+            provider_alone(&[
+                ("fingerprint(..)", self.fingerprint.is_some()),
+                ("suites(..)", self.suites.is_some()),
+            ])?;
+        }
         let provider: Arc<dyn SecurityProvider> = match (self.security, self.fingerprint) {
             (Some(p), _) => p,
             (None, Some(fp)) => {
                 let mut c = ClientConfig::pinned(fp);
-                c.suites = self.suites;
+                c.suites = self.suites.unwrap_or_else(default_suites);
                 Arc::new(ZsSecurity::new(Some(Arc::new(c)), None))
             }
             (None, None) => {
@@ -460,10 +524,7 @@ impl ClientBuilder {
                 ))
             }
         };
-        let backend: Arc<dyn Backend> = match self.backend {
-            Some(b) => Arc::from(b),
-            None => Arc::from(backend_by_name(&self.backend_name, self.io.clone())?),
-        };
+        let backend = pick_backend(self.backend, self.backend_name.as_deref(), &self.io)?;
         // The send queue bound is the raw backend's (`io`), so back-pressure
         // needs no polling; the connect timeout covers the handshake.
         let secure: Arc<dyn Backend> = Arc::new(zs_secure::SecureBackend::with_config(
@@ -548,5 +609,110 @@ mod tests {
             assert_eq!(c.call("echo", name).wait().unwrap(), name);
         }
         assert!(backend_by_name("carrier-pigeon", zs_io::Config::default()).is_err());
+    }
+
+    fn one_loop() -> zs_io::Config {
+        zs_io::Config {
+            loops: 1,
+            ..Default::default()
+        }
+    }
+
+    fn any_addr() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    /// The error of a refused configuration, which must name both settings.
+    fn config_error(r: Result<impl std::fmt::Debug>, names: &[&str]) {
+        match r {
+            Err(Error::Config(msg)) => {
+                for n in names {
+                    assert!(msg.contains(n), "{msg:?} does not name {n}");
+                }
+            }
+            other => panic!("expected a configuration error naming {names:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn conflicting_settings_are_refused_not_overridden() {
+        let id = || {
+            ServerIdentity::generate(&ring::rand::SystemRandom::new())
+                .unwrap()
+                .0
+        };
+        let server_provider = || -> Arc<dyn SecurityProvider> {
+            let cfg = ServerConfig::with_identity(Arc::new(id()));
+            Arc::new(ZsSecurity::new(None, Some(Arc::new(cfg))))
+        };
+        let server = || ServerBuilder::new().addr(any_addr()).io_config(one_loop());
+        let backend = || backend_by_name("default", one_loop()).unwrap();
+
+        // Server: a backend and a backend name.
+        config_error(
+            server().backend(backend()).backend_name("default").start(),
+            &["backend(..)", "backend_name"],
+        );
+        // Server: a provider and what it replaces.
+        config_error(
+            server().security(server_provider()).identity(id()).start(),
+            &["security(..)", "identity(..)"],
+        );
+        config_error(
+            server()
+                .security(server_provider())
+                .suites(vec![SuiteId::Aes256Gcm])
+                .start(),
+            &["security(..)", "suites(..)"],
+        );
+        // Each alone is fine, and a custom provider serves.
+        let running = server().security(server_provider()).start().unwrap();
+        assert_eq!(running.fingerprint(), None);
+        let identity = id();
+        let fp = identity.fingerprint();
+        let by_parts = server()
+            .backend(backend())
+            .identity(identity)
+            .suites(vec![SuiteId::Aes256Gcm])
+            .commands(|r| {
+                r.console("echo", |_, t| Ok(t.to_owned()));
+            })
+            .start()
+            .unwrap();
+        assert_eq!(by_parts.fingerprint(), Some(fp));
+
+        // Client: the same conflicts.
+        let client_provider = || -> Arc<dyn SecurityProvider> {
+            Arc::new(ZsSecurity::new(
+                Some(Arc::new(ClientConfig::pinned(fp))),
+                None,
+            ))
+        };
+        let client = || ClientBuilder::new(by_parts.local_addr());
+        config_error(
+            client()
+                .fingerprint(fp)
+                .backend(backend())
+                .backend_name("default")
+                .connect(),
+            &["backend(..)", "backend_name"],
+        );
+        config_error(
+            client()
+                .security(client_provider())
+                .fingerprint(fp)
+                .connect(),
+            &["security(..)", "fingerprint(..)"],
+        );
+        config_error(
+            client()
+                .security(client_provider())
+                .suites(vec![SuiteId::Aes256Gcm])
+                .connect(),
+            &["security(..)", "suites(..)"],
+        );
+        // The provider alone connects.
+        let c = client().security(client_provider()).connect().unwrap();
+        assert_eq!(c.call("echo", "alone").wait().unwrap(), "alone");
     }
 }
