@@ -126,7 +126,7 @@ fn io_config_default() -> zs_io::Config {
 /// The backend a builder was given, or the one named (the default when
 /// neither): giving both is refused rather than one silently winning.
 fn pick_backend(
-    given: Option<Box<dyn Backend>>,
+    given: Option<Arc<dyn Backend>>,
     name: Option<&str>,
     io: &zs_io::Config,
 ) -> Result<Arc<dyn Backend>> {
@@ -134,7 +134,7 @@ fn pick_backend(
         (Some(_), Some(name)) => Err(Error::Config(format!(
             "both backend(..) and backend_name({name:?}) were set; give only one"
         ))),
-        (Some(b), None) => Ok(Arc::from(b)),
+        (Some(b), None) => Ok(b),
         (None, name) => Ok(Arc::from(backend_by_name(
             name.unwrap_or("default"),
             io.clone(),
@@ -165,7 +165,7 @@ fn provider_alone(conflicts: &[(&str, bool)]) -> Result<()> {
 /// to keep one), AES-256-GCM only, [`Options::default`].
 pub struct ServerBuilder {
     addr: SocketAddr,
-    backend: Option<Box<dyn Backend>>,
+    backend: Option<Arc<dyn Backend>>,
     backend_name: Option<String>,
     io: zs_io::Config,
     security: Option<Arc<dyn SecurityProvider>>,
@@ -239,8 +239,10 @@ impl ServerBuilder {
     }
 
     /// The transport backend (not together with
-    /// [`ServerBuilder::backend_name`]: `start` refuses both).
-    pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
+    /// [`ServerBuilder::backend_name`]: `start` refuses both). Shared: the
+    /// same backend (its loops) can carry this server and clients
+    /// ([`ClientBuilder::backend`]); a boxed one converts with `.into()`.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
     }
@@ -397,7 +399,7 @@ impl RunningServer {
 /// [`Options::client`].
 pub struct ClientBuilder {
     addr: SocketAddr,
-    backend: Option<Box<dyn Backend>>,
+    backend: Option<Arc<dyn Backend>>,
     backend_name: Option<String>,
     io: zs_io::Config,
     security: Option<Arc<dyn SecurityProvider>>,
@@ -444,8 +446,9 @@ impl ClientBuilder {
     }
 
     /// The transport backend (not together with
-    /// [`ClientBuilder::backend_name`]: `connect` refuses both).
-    pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
+    /// [`ClientBuilder::backend_name`]: `connect` refuses both); may be the
+    /// one a server runs on (see [`ServerBuilder::backend`]).
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
     }
@@ -646,7 +649,8 @@ mod tests {
             Arc::new(ZsSecurity::new(None, Some(Arc::new(cfg))))
         };
         let server = || ServerBuilder::new().addr(any_addr()).io_config(one_loop());
-        let backend = || backend_by_name("default", one_loop()).unwrap();
+        let backend =
+            || -> Arc<dyn Backend> { backend_by_name("default", one_loop()).unwrap().into() };
 
         // Server: a backend and a backend name.
         config_error(
@@ -714,5 +718,37 @@ mod tests {
         // The provider alone connects.
         let c = client().security(client_provider()).connect().unwrap();
         assert_eq!(c.call("echo", "alone").wait().unwrap(), "alone");
+    }
+
+    /// One backend (one epoll loop) carries a server and a client of it.
+    #[cfg(all(feature = "io-epoll", target_os = "linux"))]
+    #[test]
+    fn one_backend_serves_a_server_and_a_client() {
+        let shared: Arc<dyn Backend> =
+            Arc::new(zs_io_epoll::EpollBackend::new(one_loop()).unwrap());
+        let server = ServerBuilder::new()
+            .addr(any_addr())
+            .io_config(one_loop())
+            .backend(shared.clone())
+            .commands(|r| {
+                r.console("echo", |_, t| Ok(t.to_owned()));
+            })
+            .start()
+            .unwrap();
+        let client = ClientBuilder::new(server.local_addr())
+            .backend(shared.clone())
+            .fingerprint(server.fingerprint().unwrap())
+            .connect()
+            .unwrap();
+        assert_eq!(client.call("echo", "shared").wait().unwrap(), "shared");
+        assert_eq!(server.server().connection_count(), 1);
+        // Both ends hold the one backend (through their secure layers).
+        assert!(
+            Arc::strong_count(&shared) >= 3,
+            "{}",
+            Arc::strong_count(&shared)
+        );
+        drop(client);
+        server.shutdown();
     }
 }
