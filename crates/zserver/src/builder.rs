@@ -298,12 +298,19 @@ impl ServerBuilder {
         self
     }
 
-    /// StableIO: accept sessions that survive reconnects (default on), keeping
-    /// a disconnected one for `offline_timeout` before dropping it (see
-    /// [`Options::stable_offline_timeout`] and the other `stable_*` limits).
-    pub fn stable(mut self, accept: bool, offline_timeout: Duration) -> Self {
-        self.options.stable = accept;
+    /// StableIO: accept sessions that survive reconnects (the default),
+    /// keeping a disconnected one for `offline_timeout` before dropping it
+    /// (see [`Options::stable_offline_timeout`] and the other `stable_*`
+    /// limits). The client's side is [`ClientBuilder::stable_session`].
+    pub fn accept_stable_sessions(mut self, offline_timeout: Duration) -> Self {
+        self.options.stable = true;
         self.options.stable_offline_timeout = offline_timeout;
+        self
+    }
+
+    /// StableIO off: every session ends with its connection.
+    pub fn refuse_stable_sessions(mut self) -> Self {
+        self.options.stable = false;
         self
     }
 
@@ -436,10 +443,11 @@ impl ClientBuilder {
         }
     }
 
-    /// StableIO: the session survives its connection dying. The client
-    /// reconnects by itself with `reconnect`'s backoff and resumes; nothing is
-    /// lost or duplicated (see [`Client::connect_stable`]).
-    pub fn stable(mut self, reconnect: Reconnect) -> Self {
+    /// StableIO: open a session that survives its connection dying. The
+    /// client reconnects by itself with `reconnect`'s backoff and resumes;
+    /// nothing is lost or duplicated (see [`Client::connect_stable`]). The
+    /// server must accept them ([`ServerBuilder::accept_stable_sessions`]).
+    pub fn stable_session(mut self, reconnect: Reconnect) -> Self {
         self.stable = true;
         self.options.reconnect = reconnect;
         self
@@ -750,5 +758,45 @@ mod tests {
         );
         drop(client);
         server.shutdown();
+    }
+
+    /// `accept_stable_sessions` / `refuse_stable_sessions` decide whether a
+    /// client's `stable_session` is kept as one.
+    #[test]
+    fn stable_sessions_are_accepted_or_refused() {
+        for accept in [true, false] {
+            let b = ServerBuilder::new()
+                .addr(any_addr())
+                .io_config(one_loop())
+                .commands(|r| {
+                    r.console("echo", |_, t| Ok(t.to_owned()));
+                });
+            let b = if accept {
+                b.accept_stable_sessions(Duration::from_secs(7))
+            } else {
+                b.refuse_stable_sessions()
+            };
+            assert_eq!(b.options.stable, accept);
+            if accept {
+                assert_eq!(b.options.stable_offline_timeout, Duration::from_secs(7));
+            }
+            let server = b.start().unwrap();
+            let client = ClientBuilder::new(server.local_addr())
+                .fingerprint(server.fingerprint().unwrap())
+                .stable_session(Reconnect::default())
+                .connect();
+            match client {
+                Ok(c) => {
+                    assert_eq!(c.call("echo", "s").wait().unwrap(), "s");
+                    let expected = usize::from(accept);
+                    assert_eq!(
+                        server.server().stable_sessions(),
+                        expected,
+                        "accept {accept}"
+                    );
+                }
+                Err(e) => assert!(!accept, "refused with stable sessions accepted: {e}"),
+            }
+        }
     }
 }
