@@ -278,13 +278,17 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     if let Some(n) = max_handshakes_per_ip {
         builder = builder.max_handshakes_per_ip(n);
     }
+    let io = zserver::io::Config {
+        loops,
+        ..Default::default()
+    };
+    // Backends by name are the command line's business (`--backend`).
+    let transport = zserver::backend_by_name(&backend, io.clone())
+        .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
     let server = builder
         .addr(addr)
-        .backend_name(&backend)
-        .io_config(zserver::io::Config {
-            loops,
-            ..Default::default()
-        })
+        .backend(transport.into())
+        .io_config(io)
         .identity(identity)
         .suites(suites.clone())
         .options(options)

@@ -36,7 +36,9 @@ pub fn backend_names() -> Vec<&'static str> {
 }
 
 /// Makes the backend called `name` (`"epoll"`, `"tokio"`, or `"default"`: epoll
-/// on Linux, else tokio) with `cfg`.
+/// on Linux, else tokio) with `cfg`. For command lines and configuration files
+/// that name a backend (`zs serve --backend`); in code, hand the builders a
+/// backend value ([`ServerBuilder::backend`]) or leave them the default.
 pub fn backend_by_name(name: &str, cfg: zs_io::Config) -> Result<Box<dyn Backend>> {
     let name = if name == "default" {
         backend_names().first().copied().ok_or_else(|| {
@@ -123,22 +125,11 @@ fn io_config_default() -> zs_io::Config {
     zs_io::Config::default()
 }
 
-/// The backend a builder was given, or the one named (the default when
-/// neither): giving both is refused rather than one silently winning.
-fn pick_backend(
-    given: Option<Arc<dyn Backend>>,
-    name: Option<&str>,
-    io: &zs_io::Config,
-) -> Result<Arc<dyn Backend>> {
-    match (given, name) {
-        (Some(_), Some(name)) => Err(Error::Config(format!(
-            "both backend(..) and backend_name({name:?}) were set; give only one"
-        ))),
-        (Some(b), None) => Ok(b),
-        (None, name) => Ok(Arc::from(backend_by_name(
-            name.unwrap_or("default"),
-            io.clone(),
-        )?)),
+/// The backend a builder was given, else the default one built with `io`.
+fn pick_backend(given: Option<Arc<dyn Backend>>, io: &zs_io::Config) -> Result<Arc<dyn Backend>> {
+    match given {
+        Some(b) => Ok(b),
+        None => Ok(Arc::from(backend_by_name("default", io.clone())?)),
     }
 }
 
@@ -166,7 +157,6 @@ fn provider_alone(conflicts: &[(&str, bool)]) -> Result<()> {
 pub struct ServerBuilder {
     addr: SocketAddr,
     backend: Option<Arc<dyn Backend>>,
-    backend_name: Option<String>,
     io: zs_io::Config,
     security: Option<Arc<dyn SecurityProvider>>,
     identity: Option<ServerIdentity>,
@@ -194,7 +184,6 @@ impl ServerBuilder {
         ServerBuilder {
             addr: DEFAULT_ADDR.parse().expect("valid default address"),
             backend: None,
-            backend_name: None,
             io: io_config_default(),
             security: None,
             identity: None,
@@ -238,8 +227,8 @@ impl ServerBuilder {
         self
     }
 
-    /// The transport backend (not together with
-    /// [`ServerBuilder::backend_name`]: `start` refuses both). Shared: the
+    /// The transport backend (default: epoll on Linux, else tokio, built with
+    /// [`ServerBuilder::io_config`]; by name: [`backend_by_name`]). Shared: the
     /// same backend (its loops) can carry this server and clients
     /// ([`ClientBuilder::backend`]); a boxed one converts with `.into()`.
     pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
@@ -247,14 +236,7 @@ impl ServerBuilder {
         self
     }
 
-    /// The backend by name (see [`backend_by_name`]), built with the I/O
-    /// config (not together with [`ServerBuilder::backend`]).
-    pub fn backend_name(mut self, name: &str) -> Self {
-        self.backend_name = Some(name.to_owned());
-        self
-    }
-
-    /// I/O settings for a backend built by name.
+    /// I/O settings: the default backend's, and the secure layer's send bound.
     pub fn io_config(mut self, cfg: zs_io::Config) -> Self {
         self.io = cfg;
         self
@@ -314,9 +296,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Starts the server. Conflicting settings (a backend and a backend
-    /// name; a security provider and an identity or suites) are an
-    /// [`Error::Config`].
+    /// Starts the server. Conflicting settings (a security provider and an
+    /// identity or suites) are an [`Error::Config`].
     pub fn start(self) -> Result<RunningServer> {
         if self.security.is_some() {
             provider_alone(&[
@@ -324,7 +305,7 @@ impl ServerBuilder {
                 ("suites(..)", self.suites.is_some()),
             ])?;
         }
-        let backend = pick_backend(self.backend, self.backend_name.as_deref(), &self.io)?;
+        let backend = pick_backend(self.backend, &self.io)?;
         let (provider, fingerprint): (Arc<dyn SecurityProvider>, Option<Fingerprint>) =
             match self.security {
                 Some(p) => (p, None),
@@ -407,7 +388,6 @@ impl RunningServer {
 pub struct ClientBuilder {
     addr: SocketAddr,
     backend: Option<Arc<dyn Backend>>,
-    backend_name: Option<String>,
     io: zs_io::Config,
     security: Option<Arc<dyn SecurityProvider>>,
     fingerprint: Option<Fingerprint>,
@@ -429,7 +409,6 @@ impl ClientBuilder {
         ClientBuilder {
             addr,
             backend: None,
-            backend_name: None,
             io: zs_io::Config {
                 loops: 1,
                 ..io_config_default()
@@ -453,22 +432,14 @@ impl ClientBuilder {
         self
     }
 
-    /// The transport backend (not together with
-    /// [`ClientBuilder::backend_name`]: `connect` refuses both); may be the
-    /// one a server runs on (see [`ServerBuilder::backend`]).
+    /// The transport backend (default: the default one with one loop); may
+    /// be the one a server runs on (see [`ServerBuilder::backend`]).
     pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
     }
 
-    /// The backend by name (see [`backend_by_name`]; not together with
-    /// [`ClientBuilder::backend`]).
-    pub fn backend_name(mut self, name: &str) -> Self {
-        self.backend_name = Some(name.to_owned());
-        self
-    }
-
-    /// I/O settings for a backend built by name.
+    /// I/O settings: the default backend's, and the secure layer's send bound.
     pub fn io_config(mut self, cfg: zs_io::Config) -> Self {
         self.io = cfg;
         self
@@ -513,8 +484,8 @@ impl ClientBuilder {
     }
 
     /// Connects and completes the handshake (blocking). Conflicting settings
-    /// (a backend and a backend name; a security provider and a fingerprint
-    /// or suites) are an [`Error::Config`].
+    /// (a security provider and a fingerprint or suites) are an
+    /// [`Error::Config`].
     pub fn connect(self) -> Result<Client> {
         if self.security.is_some() {
             provider_alone(&[
@@ -535,7 +506,7 @@ impl ClientBuilder {
                 ))
             }
         };
-        let backend = pick_backend(self.backend, self.backend_name.as_deref(), &self.io)?;
+        let backend = pick_backend(self.backend, &self.io)?;
         // The send queue bound is the raw backend's (`io`), so back-pressure
         // needs no polling; the connect timeout covers the handshake.
         let secure: Arc<dyn Backend> = Arc::new(zs_secure::SecureBackend::with_config(
@@ -613,7 +584,7 @@ mod tests {
         }
         for name in backend_names() {
             let c = ClientBuilder::new(server.local_addr())
-                .backend_name(name)
+                .backend(backend_by_name(name, one_loop()).unwrap().into())
                 .fingerprint(server.fingerprint().unwrap())
                 .connect()
                 .unwrap();
@@ -660,11 +631,6 @@ mod tests {
         let backend =
             || -> Arc<dyn Backend> { backend_by_name("default", one_loop()).unwrap().into() };
 
-        // Server: a backend and a backend name.
-        config_error(
-            server().backend(backend()).backend_name("default").start(),
-            &["backend(..)", "backend_name"],
-        );
         // Server: a provider and what it replaces.
         config_error(
             server().security(server_provider()).identity(id()).start(),
@@ -701,14 +667,6 @@ mod tests {
             ))
         };
         let client = || ClientBuilder::new(by_parts.local_addr());
-        config_error(
-            client()
-                .fingerprint(fp)
-                .backend(backend())
-                .backend_name("default")
-                .connect(),
-            &["backend(..)", "backend_name"],
-        );
         config_error(
             client()
                 .security(client_provider())
