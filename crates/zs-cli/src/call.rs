@@ -78,8 +78,15 @@ fn run_inner(a: CallArgs) -> Result<String, String> {
     let mut options = zserver::Options::client();
     options.call_timeout = Some(timeout);
     options.connect_timeout = timeout;
+    let io = zserver::io::Config {
+        loops: 1,
+        ..Default::default()
+    };
+    let backend = zserver::backend_by_name(&a.backend, io.clone())
+        .map_err(|e| format!("cannot connect to {}: {e}", a.addr))?;
     let client = ClientBuilder::new(a.addr)
-        .backend_name(&a.backend)
+        .backend(backend.into())
+        .io_config(io)
         .fingerprint(fp)
         .options(options)
         .connect()

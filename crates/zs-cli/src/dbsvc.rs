@@ -127,7 +127,7 @@ fn connect(addr: SocketAddr, r: &RemoteArgs) -> Result<DbClient, String> {
     let db = zserver::connect_db(move || {
         zserver::ClientBuilder::new(addr)
             .fingerprint(fp)
-            .stable(zserver::Reconnect::default())
+            .stable_session(zserver::Reconnect::default())
     })
     .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     if let Some(user) = &r.user {

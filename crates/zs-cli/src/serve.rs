@@ -183,7 +183,7 @@ fn builtins(server: Arc<OnceLock<Weak<RunningServer>>>) -> Registry {
     r.console("time", |_, _| Ok(rfc3339(SystemTime::now())));
     r.console("stats", move |_, _| {
         match server.get().and_then(Weak::upgrade) {
-            Some(s) => Ok(s.stats().to_string()),
+            Some(s) => Ok(s.server().stats().to_string()),
             None => Err("the server is shutting down".into()),
         }
     });
@@ -278,13 +278,17 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     if let Some(n) = max_handshakes_per_ip {
         builder = builder.max_handshakes_per_ip(n);
     }
+    let io = zserver::io::Config {
+        loops,
+        ..Default::default()
+    };
+    // Backends by name are the command line's business (`--backend`).
+    let transport = zserver::backend_by_name(&backend, io.clone())
+        .map_err(|e| format!("cannot start the server on {addr}: {e}"))?;
     let server = builder
         .addr(addr)
-        .backend_name(&backend)
-        .io_config(zserver::io::Config {
-            loops,
-            ..Default::default()
-        })
+        .backend(transport.into())
+        .io_config(io)
         .identity(identity)
         .suites(suites.clone())
         .options(options)
@@ -313,7 +317,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let suite_names: Vec<&str> = suites.iter().map(|s| s.name()).collect();
     println!(
         "zs serve: listening on {local} (backend {}, suites {})",
-        server.backend_name(),
+        server.server().backend_name(),
         suite_names.join(",")
     );
     println!(
@@ -360,7 +364,7 @@ fn run_inner(a: ServeArgs) -> Result<(), String> {
     let _ = rx.recv();
     println!(
         "zs serve: shutting down ({} connections open)",
-        server.connection_count()
+        server.server().connection_count()
     );
     drop(web);
     server.shutdown();

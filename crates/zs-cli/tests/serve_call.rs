@@ -148,3 +148,31 @@ fn serve_then_call_echo_hello() {
     assert!(status.success(), "{status:?}");
     assert!(rest.contains("zs serve: stopped"), "{rest}");
 }
+
+/// Backends by name are the command line's: an unknown `--backend` is a clear
+/// error from `zs serve` and `zs call`, before anything is bound or dialled.
+#[test]
+fn an_unknown_backend_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (ok, _, err) = common::run(
+        zs().args(["serve", "--addr", &addr, "--backend", "carrier-pigeon"])
+            .current_dir(dir.path()),
+    );
+    assert!(!ok);
+    assert!(err.contains("carrier-pigeon"), "{err}");
+    let fp = format!("sha3-256:{}", "ab".repeat(32));
+    let (ok, _, err) = common::run(zs().args([
+        "call",
+        "--addr",
+        &addr,
+        "--fingerprint",
+        &fp,
+        "--backend",
+        "carrier-pigeon",
+        "echo",
+        "x",
+    ]));
+    assert!(!ok);
+    assert!(err.contains("carrier-pigeon"), "{err}");
+}

@@ -36,7 +36,9 @@ pub fn backend_names() -> Vec<&'static str> {
 }
 
 /// Makes the backend called `name` (`"epoll"`, `"tokio"`, or `"default"`: epoll
-/// on Linux, else tokio) with `cfg`.
+/// on Linux, else tokio) with `cfg`. For command lines and configuration files
+/// that name a backend (`zs serve --backend`); in code, hand the builders a
+/// backend value ([`ServerBuilder::backend`]) or leave them the default.
 pub fn backend_by_name(name: &str, cfg: zs_io::Config) -> Result<Box<dyn Backend>> {
     let name = if name == "default" {
         backend_names().first().copied().ok_or_else(|| {
@@ -114,8 +116,39 @@ fn crypto(e: zs_crypto::Error) -> Error {
     Error::Config(format!("security: {e}"))
 }
 
+/// AES-256-GCM only (the builders' default suites).
+fn default_suites() -> Vec<SuiteId> {
+    vec![SuiteId::Aes256Gcm]
+}
+
 fn io_config_default() -> zs_io::Config {
     zs_io::Config::default()
+}
+
+/// The backend a builder was given, else the default one built with `io`.
+fn pick_backend(given: Option<Arc<dyn Backend>>, io: &zs_io::Config) -> Result<Arc<dyn Backend>> {
+    match given {
+        Some(b) => Ok(b),
+        None => Ok(Arc::from(backend_by_name("default", io.clone())?)),
+    }
+}
+
+/// Refuses a security provider given together with settings it replaces
+/// rather than silently ignoring them.
+fn provider_alone(conflicts: &[(&str, bool)]) -> Result<()> {
+    let set: Vec<&str> = conflicts
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect();
+    if set.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "security(..) was set together with {}, which it replaces; give either the provider or those",
+            set.join(" and ")
+        )))
+    }
 }
 
 /// Assembles a [`Server`]. Defaults: [`DEFAULT_ADDR`], the default backend (one
@@ -123,12 +156,11 @@ fn io_config_default() -> zs_io::Config {
 /// to keep one), AES-256-GCM only, [`Options::default`].
 pub struct ServerBuilder {
     addr: SocketAddr,
-    backend: Option<Box<dyn Backend>>,
-    backend_name: String,
+    backend: Option<Arc<dyn Backend>>,
     io: zs_io::Config,
     security: Option<Arc<dyn SecurityProvider>>,
     identity: Option<ServerIdentity>,
-    suites: Vec<SuiteId>,
+    suites: Option<Vec<SuiteId>>,
     options: Options,
     registry: Registry,
     handshakes: zs_secure::compose::Handshakes,
@@ -152,11 +184,10 @@ impl ServerBuilder {
         ServerBuilder {
             addr: DEFAULT_ADDR.parse().expect("valid default address"),
             backend: None,
-            backend_name: "default".into(),
             io: io_config_default(),
             security: None,
             identity: None,
-            suites: vec![SuiteId::Aes256Gcm],
+            suites: None,
             options: Options::default(),
             registry: Registry::new(),
             handshakes: zs_secure::compose::Handshakes::default(),
@@ -196,25 +227,24 @@ impl ServerBuilder {
         self
     }
 
-    /// The transport backend (overrides [`ServerBuilder::backend_name`]).
-    pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
+    /// The transport backend (default: epoll on Linux, else tokio, built with
+    /// [`ServerBuilder::io_config`]; by name: [`backend_by_name`]). Shared: the
+    /// same backend (its loops) can carry this server and clients
+    /// ([`ClientBuilder::backend`]); a boxed one converts with `.into()`.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
     }
 
-    /// The backend by name (see [`backend_by_name`]), built with the I/O config.
-    pub fn backend_name(mut self, name: &str) -> Self {
-        self.backend_name = name.to_owned();
-        self
-    }
-
-    /// I/O settings for a backend built by name.
+    /// I/O settings: the default backend's, and the secure layer's send bound.
     pub fn io_config(mut self, cfg: zs_io::Config) -> Self {
         self.io = cfg;
         self
     }
 
-    /// A security provider (overrides identity and suites).
+    /// A security provider, instead of the one made from
+    /// [`ServerBuilder::identity`] and [`ServerBuilder::suites`] (`start`
+    /// refuses it together with either).
     pub fn security(mut self, provider: Arc<dyn SecurityProvider>) -> Self {
         self.security = Some(provider);
         self
@@ -226,9 +256,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Allowed suites, in preference order.
+    /// Allowed suites, in preference order (default AES-256-GCM only).
     pub fn suites(mut self, suites: Vec<SuiteId>) -> Self {
-        self.suites = suites;
+        self.suites = Some(suites);
         self
     }
 
@@ -250,26 +280,38 @@ impl ServerBuilder {
         self
     }
 
-    /// StableIO: accept sessions that survive reconnects (default on), keeping
-    /// a disconnected one for `offline_timeout` before dropping it (see
-    /// [`Options::stable_offline_timeout`] and the other `stable_*` limits).
-    pub fn stable(mut self, accept: bool, offline_timeout: Duration) -> Self {
-        self.options.stable = accept;
+    /// StableIO: accept sessions that survive reconnects (the default),
+    /// keeping a disconnected one for `offline_timeout` before dropping it
+    /// (see [`Options::stable_offline_timeout`] and the other `stable_*`
+    /// limits). The client's side is [`ClientBuilder::stable_session`].
+    pub fn accept_stable_sessions(mut self, offline_timeout: Duration) -> Self {
+        self.options.stable = true;
         self.options.stable_offline_timeout = offline_timeout;
         self
     }
 
-    /// Starts the server.
+    /// StableIO off: every session ends with its connection.
+    pub fn refuse_stable_sessions(mut self) -> Self {
+        self.options.stable = false;
+        self
+    }
+
+    /// Starts the server. Conflicting settings (a security provider and an
+    /// identity or suites) are an [`Error::Config`].
     pub fn start(self) -> Result<RunningServer> {
-        let backend: Arc<dyn Backend> = match self.backend {
-            Some(b) => Arc::from(b),
-            None => Arc::from(backend_by_name(&self.backend_name, self.io.clone())?),
-        };
+        if self.security.is_some() {
+            provider_alone(&[
+                ("identity(..)", self.identity.is_some()),
+                ("suites(..)", self.suites.is_some()),
+            ])?;
+        }
+        let backend = pick_backend(self.backend, &self.io)?;
         let (provider, fingerprint): (Arc<dyn SecurityProvider>, Option<Fingerprint>) =
             match self.security {
                 Some(p) => (p, None),
                 None => {
-                    if self.suites.is_empty() {
+                    let suites = self.suites.unwrap_or_else(default_suites);
+                    if suites.is_empty() {
                         return Err(Error::Config("no cipher suite allowed".into()));
                     }
                     let identity = match self.identity {
@@ -283,7 +325,7 @@ impl ServerBuilder {
                     let fp = identity.fingerprint();
                     let mut cfg = ServerConfig::with_identity(Arc::new(identity));
                     cfg.policy = SuitePolicy {
-                        allowed: self.suites,
+                        allowed: suites,
                         selection: Selection::ServerPreference,
                     };
                     (
@@ -304,7 +346,9 @@ impl ServerBuilder {
 }
 
 /// A started server and the fingerprint clients pin (when the builder made the
-/// security provider). Derefs to [`Server`]; dropping it shuts the server down.
+/// security provider). It does not deref to [`Server`]: the common calls are
+/// its own methods, the rest go through [`RunningServer::server`]. Dropping it
+/// shuts the server down.
 #[derive(Debug)]
 pub struct RunningServer {
     server: Server,
@@ -317,16 +361,24 @@ impl RunningServer {
         self.fingerprint
     }
 
+    /// The address the server listens on (clients connect here).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops accepting and closes every connection (see [`Server::shutdown`]).
+    pub fn shutdown(&self) {
+        self.server.shutdown()
+    }
+
+    /// The zs-core server, for everything else (peers, broadcast, stats).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// The server itself.
     pub fn into_server(self) -> Server {
         self.server
-    }
-}
-
-impl std::ops::Deref for RunningServer {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.server
     }
 }
 
@@ -335,12 +387,11 @@ impl std::ops::Deref for RunningServer {
 /// [`Options::client`].
 pub struct ClientBuilder {
     addr: SocketAddr,
-    backend: Option<Box<dyn Backend>>,
-    backend_name: String,
+    backend: Option<Arc<dyn Backend>>,
     io: zs_io::Config,
     security: Option<Arc<dyn SecurityProvider>>,
     fingerprint: Option<Fingerprint>,
-    suites: Vec<SuiteId>,
+    suites: Option<Vec<SuiteId>>,
     options: Options,
     registry: Registry,
     stable: bool,
@@ -358,42 +409,37 @@ impl ClientBuilder {
         ClientBuilder {
             addr,
             backend: None,
-            backend_name: "default".into(),
             io: zs_io::Config {
                 loops: 1,
                 ..io_config_default()
             },
             security: None,
             fingerprint: None,
-            suites: vec![SuiteId::Aes256Gcm],
+            suites: None,
             options: Options::client(),
             registry: Registry::new(),
             stable: false,
         }
     }
 
-    /// StableIO: the session survives its connection dying. The client
-    /// reconnects by itself with `reconnect`'s backoff and resumes; nothing is
-    /// lost or duplicated (see [`Client::connect_stable`]).
-    pub fn stable(mut self, reconnect: Reconnect) -> Self {
+    /// StableIO: open a session that survives its connection dying. The
+    /// client reconnects by itself with `reconnect`'s backoff and resumes;
+    /// nothing is lost or duplicated (see [`Client::connect_stable`]). The
+    /// server must accept them ([`ServerBuilder::accept_stable_sessions`]).
+    pub fn stable_session(mut self, reconnect: Reconnect) -> Self {
         self.stable = true;
         self.options.reconnect = reconnect;
         self
     }
 
-    /// The transport backend.
-    pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
+    /// The transport backend (default: the default one with one loop); may
+    /// be the one a server runs on (see [`ServerBuilder::backend`]).
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
     }
 
-    /// The backend by name (see [`backend_by_name`]).
-    pub fn backend_name(mut self, name: &str) -> Self {
-        self.backend_name = name.to_owned();
-        self
-    }
-
-    /// I/O settings for a backend built by name.
+    /// I/O settings: the default backend's, and the secure layer's send bound.
     pub fn io_config(mut self, cfg: zs_io::Config) -> Self {
         self.io = cfg;
         self
@@ -405,15 +451,17 @@ impl ClientBuilder {
         self
     }
 
-    /// A security provider (overrides fingerprint and suites).
+    /// A security provider, instead of the one made from
+    /// [`ClientBuilder::fingerprint`] and [`ClientBuilder::suites`]
+    /// (`connect` refuses it together with either).
     pub fn security(mut self, provider: Arc<dyn SecurityProvider>) -> Self {
         self.security = Some(provider);
         self
     }
 
-    /// Offered suites, in preference order.
+    /// Offered suites, in preference order (default AES-256-GCM only).
     pub fn suites(mut self, suites: Vec<SuiteId>) -> Self {
-        self.suites = suites;
+        self.suites = Some(suites);
         self
     }
 
@@ -435,13 +483,21 @@ impl ClientBuilder {
         &mut self.registry
     }
 
-    /// Connects and completes the handshake (blocking).
+    /// Connects and completes the handshake (blocking). Conflicting settings
+    /// (a security provider and a fingerprint or suites) are an
+    /// [`Error::Config`].
     pub fn connect(self) -> Result<Client> {
+        if self.security.is_some() {
+            provider_alone(&[
+                ("fingerprint(..)", self.fingerprint.is_some()),
+                ("suites(..)", self.suites.is_some()),
+            ])?;
+        }
         let provider: Arc<dyn SecurityProvider> = match (self.security, self.fingerprint) {
             (Some(p), _) => p,
             (None, Some(fp)) => {
                 let mut c = ClientConfig::pinned(fp);
-                c.suites = self.suites;
+                c.suites = self.suites.unwrap_or_else(default_suites);
                 Arc::new(ZsSecurity::new(Some(Arc::new(c)), None))
             }
             (None, None) => {
@@ -450,10 +506,7 @@ impl ClientBuilder {
                 ))
             }
         };
-        let backend: Arc<dyn Backend> = match self.backend {
-            Some(b) => Arc::from(b),
-            None => Arc::from(backend_by_name(&self.backend_name, self.io.clone())?),
-        };
+        let backend = pick_backend(self.backend, &self.io)?;
         // The send queue bound is the raw backend's (`io`), so back-pressure
         // needs no polling; the connect timeout covers the handshake.
         let secure: Arc<dyn Backend> = Arc::new(zs_secure::SecureBackend::with_config(
@@ -508,9 +561,9 @@ mod tests {
             .unwrap();
         // The security runs as a transport under zs-core.
         assert!(
-            server.backend_name().starts_with("secure("),
+            server.server().backend_name().starts_with("secure("),
             "{}",
-            server.backend_name()
+            server.server().backend_name()
         );
         let wrong = Fingerprint([9; 32]);
         let err = ClientBuilder::new(server.local_addr())
@@ -531,12 +584,177 @@ mod tests {
         }
         for name in backend_names() {
             let c = ClientBuilder::new(server.local_addr())
-                .backend_name(name)
+                .backend(backend_by_name(name, one_loop()).unwrap().into())
                 .fingerprint(server.fingerprint().unwrap())
                 .connect()
                 .unwrap();
             assert_eq!(c.call("echo", name).wait().unwrap(), name);
         }
         assert!(backend_by_name("carrier-pigeon", zs_io::Config::default()).is_err());
+    }
+
+    fn one_loop() -> zs_io::Config {
+        zs_io::Config {
+            loops: 1,
+            ..Default::default()
+        }
+    }
+
+    fn any_addr() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    /// The error of a refused configuration, which must name both settings.
+    fn config_error(r: Result<impl std::fmt::Debug>, names: &[&str]) {
+        match r {
+            Err(Error::Config(msg)) => {
+                for n in names {
+                    assert!(msg.contains(n), "{msg:?} does not name {n}");
+                }
+            }
+            other => panic!("expected a configuration error naming {names:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn conflicting_settings_are_refused_not_overridden() {
+        let id = || {
+            ServerIdentity::generate(&ring::rand::SystemRandom::new())
+                .unwrap()
+                .0
+        };
+        let server_provider = || -> Arc<dyn SecurityProvider> {
+            let cfg = ServerConfig::with_identity(Arc::new(id()));
+            Arc::new(ZsSecurity::new(None, Some(Arc::new(cfg))))
+        };
+        let server = || ServerBuilder::new().addr(any_addr()).io_config(one_loop());
+        let backend =
+            || -> Arc<dyn Backend> { backend_by_name("default", one_loop()).unwrap().into() };
+
+        // Server: a provider and what it replaces.
+        config_error(
+            server().security(server_provider()).identity(id()).start(),
+            &["security(..)", "identity(..)"],
+        );
+        config_error(
+            server()
+                .security(server_provider())
+                .suites(vec![SuiteId::Aes256Gcm])
+                .start(),
+            &["security(..)", "suites(..)"],
+        );
+        // Each alone is fine, and a custom provider serves.
+        let running = server().security(server_provider()).start().unwrap();
+        assert_eq!(running.fingerprint(), None);
+        let identity = id();
+        let fp = identity.fingerprint();
+        let by_parts = server()
+            .backend(backend())
+            .identity(identity)
+            .suites(vec![SuiteId::Aes256Gcm])
+            .commands(|r| {
+                r.console("echo", |_, t| Ok(t.to_owned()));
+            })
+            .start()
+            .unwrap();
+        assert_eq!(by_parts.fingerprint(), Some(fp));
+
+        // Client: the same conflicts.
+        let client_provider = || -> Arc<dyn SecurityProvider> {
+            Arc::new(ZsSecurity::new(
+                Some(Arc::new(ClientConfig::pinned(fp))),
+                None,
+            ))
+        };
+        let client = || ClientBuilder::new(by_parts.local_addr());
+        config_error(
+            client()
+                .security(client_provider())
+                .fingerprint(fp)
+                .connect(),
+            &["security(..)", "fingerprint(..)"],
+        );
+        config_error(
+            client()
+                .security(client_provider())
+                .suites(vec![SuiteId::Aes256Gcm])
+                .connect(),
+            &["security(..)", "suites(..)"],
+        );
+        // The provider alone connects.
+        let c = client().security(client_provider()).connect().unwrap();
+        assert_eq!(c.call("echo", "alone").wait().unwrap(), "alone");
+    }
+
+    /// One backend (one epoll loop) carries a server and a client of it.
+    #[cfg(all(feature = "io-epoll", target_os = "linux"))]
+    #[test]
+    fn one_backend_serves_a_server_and_a_client() {
+        let shared: Arc<dyn Backend> =
+            Arc::new(zs_io_epoll::EpollBackend::new(one_loop()).unwrap());
+        let server = ServerBuilder::new()
+            .addr(any_addr())
+            .io_config(one_loop())
+            .backend(shared.clone())
+            .commands(|r| {
+                r.console("echo", |_, t| Ok(t.to_owned()));
+            })
+            .start()
+            .unwrap();
+        let client = ClientBuilder::new(server.local_addr())
+            .backend(shared.clone())
+            .fingerprint(server.fingerprint().unwrap())
+            .connect()
+            .unwrap();
+        assert_eq!(client.call("echo", "shared").wait().unwrap(), "shared");
+        assert_eq!(server.server().connection_count(), 1);
+        // Both ends hold the one backend (through their secure layers).
+        assert!(
+            Arc::strong_count(&shared) >= 3,
+            "{}",
+            Arc::strong_count(&shared)
+        );
+        drop(client);
+        server.shutdown();
+    }
+
+    /// `accept_stable_sessions` / `refuse_stable_sessions` decide whether a
+    /// client's `stable_session` is kept as one.
+    #[test]
+    fn stable_sessions_are_accepted_or_refused() {
+        for accept in [true, false] {
+            let b = ServerBuilder::new()
+                .addr(any_addr())
+                .io_config(one_loop())
+                .commands(|r| {
+                    r.console("echo", |_, t| Ok(t.to_owned()));
+                });
+            let b = if accept {
+                b.accept_stable_sessions(Duration::from_secs(7))
+            } else {
+                b.refuse_stable_sessions()
+            };
+            assert_eq!(b.options.stable, accept);
+            if accept {
+                assert_eq!(b.options.stable_offline_timeout, Duration::from_secs(7));
+            }
+            let server = b.start().unwrap();
+            let client = ClientBuilder::new(server.local_addr())
+                .fingerprint(server.fingerprint().unwrap())
+                .stable_session(Reconnect::default())
+                .connect();
+            match client {
+                Ok(c) => {
+                    assert_eq!(c.call("echo", "s").wait().unwrap(), "s");
+                    let expected = usize::from(accept);
+                    assert_eq!(
+                        server.server().stable_sessions(),
+                        expected,
+                        "accept {accept}"
+                    );
+                }
+                Err(e) => assert!(!accept, "refused with stable sessions accepted: {e}"),
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! let server = ServerBuilder::new().db_service(&service).start().unwrap();
 //! let (addr, fp) = (server.local_addr(), server.fingerprint().unwrap());
 //! let db = connect_db(move || {
-//!     ClientBuilder::new(addr).fingerprint(fp).stable(Reconnect::default())
+//!     ClientBuilder::new(addr).fingerprint(fp).stable_session(Reconnect::default())
 //! })
 //! .unwrap();
 //! db.open("people", true).unwrap();
@@ -26,7 +26,7 @@ impl ServerBuilder {
 }
 
 /// A [`DbClient`] over connections made by `make` (called again to reconnect
-/// after a lost session; use [`ClientBuilder::stable`]).
+/// after a lost session; use [`ClientBuilder::stable_session`]).
 pub fn connect_db(
     make: impl Fn() -> ClientBuilder + Send + Sync + 'static,
 ) -> zs_db_service::Result<DbClient> {

@@ -128,7 +128,8 @@ pub fn join_cluster(
         let (weak, src) = (weak.clone(), member.load.clone());
         move || match &src {
             LoadSource::Connections { max } => Load::new(
-                weak.upgrade().map_or(0, |s| s.connection_count() as u64),
+                weak.upgrade()
+                    .map_or(0, |s| s.server().connection_count() as u64),
                 *max,
             ),
             LoadSource::Custom(f) => f(),

@@ -47,11 +47,11 @@ use crate::RunningServer;
 pub fn start(server: &Arc<RunningServer>, config: Config) -> Result<Gateway, Error> {
     let (w1, w2) = (Arc::downgrade(server), Arc::downgrade(server));
     let connect: ConnectFn = Arc::new(move |addr, sink| match w1.upgrade() {
-        Some(s) => s.connect_local(addr, sink),
+        Some(s) => s.server().connect_local(addr, sink),
         None => Err(zs_core::Error::ConnectionLost("the server is gone".into())),
     });
     let upstream = Upstream::in_process_with(connect)
-        .with_stats(Arc::new(move || w2.upgrade().map(|s| s.stats())));
+        .with_stats(Arc::new(move || w2.upgrade().map(|s| s.server().stats())));
     Gateway::start(config, upstream)
 }
 
@@ -65,7 +65,7 @@ pub fn start_remote(server: &Arc<RunningServer>, config: Config) -> Result<Gatew
     })?;
     let weak = Arc::downgrade(server);
     let upstream = Upstream::pinned(server.local_addr(), fingerprint)?
-        .with_stats(Arc::new(move || weak.upgrade().map(|s| s.stats())));
+        .with_stats(Arc::new(move || weak.upgrade().map(|s| s.server().stats())));
     Gateway::start(config, upstream)
 }
 
@@ -78,11 +78,11 @@ pub fn start_with_panels(
 ) -> Result<Gateway, Error> {
     let (w1, w2) = (Arc::downgrade(server), Arc::downgrade(server));
     let connect: ConnectFn = Arc::new(move |addr, sink| match w1.upgrade() {
-        Some(s) => s.connect_local(addr, sink),
+        Some(s) => s.server().connect_local(addr, sink),
         None => Err(zs_core::Error::ConnectionLost("the server is gone".into())),
     });
     let upstream = Upstream::in_process_with(connect)
-        .with_stats(Arc::new(move || w2.upgrade().map(|s| s.stats())))
+        .with_stats(Arc::new(move || w2.upgrade().map(|s| s.server().stats())))
         .with_panels(extra);
     Gateway::start(config, upstream)
 }

@@ -5,6 +5,7 @@
 #![cfg(all(feature = "xnat", feature = "core", feature = "io-tokio"))]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zserver::{xnat_agent_in_process, xnat_from_toml, ClientBuilder, ServerBuilder};
@@ -38,7 +39,7 @@ fn an_in_process_server_behind_an_agent_answers_through_the_relay() {
     let at: SocketAddr = "10.255.0.1:7".parse().unwrap();
     let server = ServerBuilder::new()
         .addr(at)
-        .backend(Box::new(backend.clone()))
+        .backend(Arc::new(backend.clone()))
         .commands(|r| {
             r.console("hello", |_, text| Ok(format!("hello {text}")));
         })
