@@ -120,7 +120,7 @@ mod stable;
 mod stats;
 
 pub use budget::{BatchFilter, Budgets};
-pub use error::{code, Error, Result};
+pub use error::{code, Error, HandshakeKind, Result};
 pub use fanout::{defer_wakes, send_to_each};
 pub use net::{Client, LocalConn, LocalSink, Options, Reconnect, ReplySink, Server, LOCAL_ID_BASE};
 pub use oneshot::CallFuture;

@@ -41,8 +41,9 @@ pub trait Outbox: Send + Sync {
     /// Aborts the current transport connection without ending a StableIO
     /// session (which then resumes on a new one). Default: nothing.
     fn drop_link(&self) {}
-    /// The PSK identity the peer authenticated with (server, PSK mode).
-    fn psk_identity(&self) -> Option<Vec<u8>> {
+    /// What the connection's security layer learnt in its handshake (suite,
+    /// PSK identity, server key). Default: nothing (test doubles).
+    fn security_info(&self) -> Option<Arc<zs_io::SecurityInfo>> {
         None
     }
 }
@@ -108,7 +109,17 @@ impl Peer {
     /// of, for per-identity authorization (`None` in server-key mode, or
     /// before the handshake completed).
     pub fn psk_identity(&self) -> Option<Vec<u8>> {
-        self.out().psk_identity()
+        self.out().security_info()?.psk_identity.clone()
+    }
+
+    /// Who the peer authenticated as: what the connection's security layer
+    /// reported after its handshake ([`zs_io::SecurityInfo`]: the provider,
+    /// the negotiated suite, the PSK identity a client proved, the fingerprint
+    /// of the server key). For a StableIO session, that of its latest
+    /// connection. `None` before the handshake completed (or for a test
+    /// double without a layer).
+    pub fn security_info(&self) -> Option<Arc<zs_io::SecurityInfo>> {
+        self.out().security_info()
     }
 
     /// Whether the connection is open. A StableIO session between two

@@ -129,6 +129,92 @@ fn handlers_see_the_psk_identity_the_layer_verified() {
     assert_eq!(client.call("who", "").wait().unwrap(), "alice");
 }
 
+/// Handlers see the whole `SecurityInfo` of their connection, not only the
+/// PSK identity: the suite the layer negotiated and the server key's
+/// fingerprint (server-key mode), over secure(epoll).
+#[test]
+fn handlers_see_the_suite_and_server_key() {
+    let rng = ring::rand::SystemRandom::new();
+    let (id, _) = zs_crypto::ServerIdentity::generate(&rng).unwrap();
+    let fp = id.fingerprint();
+    let mut c = ClientConfig::pinned(fp);
+    c.suites = vec![zs_crypto::SuiteId::ChaCha20Poly1305];
+    let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+        Some(Arc::new(c)),
+        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
+    ));
+    let mut r = Registry::new();
+    r.console("sec", |peer, _| {
+        let s = peer.security_info().ok_or("no security info")?;
+        let key = s.server_key.ok_or("no server key")?;
+        Ok(format!(
+            "{} {} {}",
+            s.suite,
+            key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            s.psk_identity.is_none()
+        ))
+    });
+    let server = Server::start(secure(raw1(), &p), r, Options::default(), addr0()).unwrap();
+    let client = Client::connect(
+        secure(raw1(), &p),
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
+    .unwrap();
+    let hex: String = fp.0.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        client.call("sec", "").wait().unwrap(),
+        format!("CHACHA20-POLY1305 {hex} true")
+    );
+}
+
+/// A connect that fails in the layer's handshake is `Error::Handshake`, not
+/// `Error::Io` or a lost connection: a client pinned to another server key
+/// is refused by its own layer.
+#[test]
+fn a_client_pinned_to_another_key_gets_the_handshake_variant() {
+    let p = provider();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = Server::start(
+        secure(raw1(), &p),
+        registry(&calls),
+        Options::default(),
+        addr0(),
+    )
+    .unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let (other, _) = zs_crypto::ServerIdentity::generate(&rng).unwrap();
+    let wrong: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+        Some(Arc::new(ClientConfig::pinned(other.fingerprint()))),
+        None,
+    ));
+    let err = Client::connect(
+        secure(raw1(), &wrong),
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
+    .unwrap_err();
+    match &err {
+        zs_core::Error::Handshake {
+            kind: zs_core::HandshakeKind::Refused,
+            source,
+        } => assert!(
+            matches!(
+                zs_secure::handshake_error(source),
+                Some(zs_secure::HandshakeError::Failed(_))
+            ),
+            "{err}"
+        ),
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+    // The io bridge keeps the kind.
+    let io: std::io::Error = err.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
 /// A StableIO client of `server` over its own secure(raw) backend.
 fn stable_client(p: &Arc<dyn SecurityProvider>, server: &Server) -> Client {
     Client::connect_stable(

@@ -520,9 +520,12 @@ mod tests {
         // The layer refuses the server's key during the handshake: a typed
         // handshake failure, not a lost connection.
         match &err {
-            Error::Io(e) => assert!(
+            Error::Handshake {
+                kind: zs_core::HandshakeKind::Refused,
+                source,
+            } => assert!(
                 matches!(
-                    zs_secure::handshake_error(e),
+                    zs_secure::handshake_error(source),
                     Some(zs_secure::HandshakeError::Failed(_))
                 ),
                 "{err}"
