@@ -126,7 +126,7 @@ pub use net::{Client, LocalConn, LocalSink, Options, Reconnect, ReplySink, Serve
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;
 pub use registry::{
-    BigBody, BigChunk, CollectLimits, HandlerError, Outbox, Peer, Registry, Responder,
+    AppState, BigBody, BigChunk, CollectLimits, HandlerError, Outbox, Peer, Registry, Responder,
 };
 pub use session::{Call, Event, Reply, Request, Session, SessionConfig};
 pub use stable::{batch_checksum, SECRET_LEN};

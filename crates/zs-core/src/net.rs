@@ -1150,6 +1150,10 @@ impl Outbox for Link {
         lock(&self.st).security.clone()
     }
 
+    fn app_state(&self) -> Option<crate::registry::AppState> {
+        self.shared.registry.app_state()
+    }
+
     fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
     }

@@ -41,6 +41,11 @@ pub trait Outbox: Send + Sync {
     /// Aborts the current transport connection without ending a StableIO
     /// session (which then resumes on a new one). Default: nothing.
     fn drop_link(&self) {}
+    /// The server-wide state of the registry serving this connection
+    /// ([`Registry::with_state`]). Default: none.
+    fn app_state(&self) -> Option<AppState> {
+        None
+    }
     /// What the connection's security layer learnt in its handshake (suite,
     /// PSK identity, server key). Default: nothing (test doubles).
     fn security_info(&self) -> Option<Arc<zs_io::SecurityInfo>> {
@@ -67,6 +72,9 @@ struct PeerInner {
     /// is then 88 B, a 96-byte malloc chunk instead of 112; issue 13).
     state: Mutex<Option<Box<UserState>>>,
 }
+
+/// A registry's server-wide state (see [`Registry::with_state`]).
+pub type AppState = Arc<dyn Any + Send + Sync>;
 
 /// A connection's user state (see [`Peer::set_state`]).
 type UserState = Box<dyn Any + Send>;
@@ -196,6 +204,14 @@ impl Peer {
             .and_then(|b| (**b).downcast_mut::<T>())
             .expect("state of type T was just ensured");
         f(v)
+    }
+
+    /// The server-wide state of type `T` that the registry serving this
+    /// connection was given with [`Registry::with_state`] (one value shared by
+    /// every connection; unlike [`Peer::state`], which is this connection's
+    /// own). `None` if the registry has none, or of another type.
+    pub fn app_state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.out().app_state()?.downcast::<T>().ok()
     }
 
     /// A copy of this connection's user state of type `T`, if set.
@@ -853,6 +869,8 @@ pub struct Registry {
     /// A [`Registry::console_ref`] handler was registered (the runtime then
     /// looks for requests it can serve from their borrowed bytes).
     borrowed: bool,
+    /// The server-wide state ([`Registry::with_state`]).
+    state: Option<AppState>,
 }
 
 /// Handlers by folded name. Keys are only inserted by the application, so a
@@ -878,6 +896,46 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// Gives every handler of this registry one shared value (like axum's
+    /// `with_state`): a database handle, configuration, counters. Handlers
+    /// read it with [`Peer::app_state`]; it is kept in one `Arc` for the
+    /// registry and its clones (replacing any earlier state). Per-connection
+    /// state is [`Peer::set_state`] instead.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use zs_core::Registry;
+    ///
+    /// struct App {
+    ///     greeting: String,
+    ///     hits: AtomicU64,
+    /// }
+    ///
+    /// let mut r = Registry::new();
+    /// r.with_state(App { greeting: "hello".into(), hits: AtomicU64::new(0) })
+    ///     .console("greet", |peer, name| {
+    ///         let app = peer.app_state::<App>().ok_or("no state")?;
+    ///         app.hits.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(format!("{} {name}", app.greeting))
+    ///     });
+    /// assert_eq!(r.state::<App>().unwrap().greeting, "hello");
+    /// ```
+    pub fn with_state<T: Any + Send + Sync>(&mut self, state: T) -> &mut Registry {
+        self.state = Some(Arc::new(state));
+        self
+    }
+
+    /// The server-wide state of type `T` ([`Registry::with_state`]), if set.
+    pub fn state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.state.clone()?.downcast::<T>().ok()
+    }
+
+    /// The server-wide state, untyped (for [`Outbox::app_state`] in runtimes
+    /// outside this crate).
+    pub fn app_state(&self) -> Option<AppState> {
+        self.state.clone()
     }
 
     fn insert(&mut self, kind: usize, name: &str, run: Run, hpc: bool) -> &mut Registry {

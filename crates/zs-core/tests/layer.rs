@@ -215,6 +215,46 @@ fn a_client_pinned_to_another_key_gets_the_handshake_variant() {
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
+/// Server-wide state (`Registry::with_state`): one value shared by every
+/// connection's handlers, read with `Peer::app_state`; a type that is not the
+/// state's reads `None`.
+#[test]
+fn handlers_share_the_registry_state() {
+    struct App {
+        greeting: &'static str,
+        hits: AtomicUsize,
+    }
+    let p = provider();
+    let mut r = Registry::new();
+    r.with_state(App {
+        greeting: "hi",
+        hits: AtomicUsize::new(0),
+    })
+    .console("hit", |peer, who| {
+        let app = peer.app_state::<App>().ok_or("no state")?;
+        let n = app.hits.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(format!("{} {who} {n}", app.greeting))
+    })
+    .console("wrong", |peer, _| {
+        Ok(peer.app_state::<u32>().is_none().to_string())
+    });
+    let server = Server::start(secure(raw1(), &p), r, Options::default(), addr0()).unwrap();
+    let connect = || {
+        Client::connect(
+            secure(raw1(), &p),
+            Registry::new(),
+            Options::client(),
+            server.local_addr(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (connect(), connect());
+    assert_eq!(a.call("hit", "a").wait().unwrap(), "hi a 1");
+    assert_eq!(b.call("hit", "b").wait().unwrap(), "hi b 2");
+    assert_eq!(a.call("hit", "a").wait().unwrap(), "hi a 3");
+    assert_eq!(b.call("wrong", "").wait().unwrap(), "true");
+}
+
 /// A StableIO client of `server` over its own secure(raw) backend.
 fn stable_client(p: &Arc<dyn SecurityProvider>, server: &Server) -> Client {
     Client::connect_stable(

@@ -631,6 +631,10 @@ fn check_push_name(cmd: &str, limits: &LegacyLimits) -> zs_core::Result<()> {
 }
 
 impl Outbox for Link {
+    fn app_state(&self) -> Option<zs_core::AppState> {
+        self.shared.upgrade()?.registry.app_state()
+    }
+
     fn send_frame(&self, frame: Frame) -> zs_core::Result<()> {
         match frame {
             Frame::ConsoleResponse { id, text } => {

@@ -250,6 +250,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Server-wide state for every handler ([`Registry::with_state`];
+    /// handlers read it with `peer.app_state::<T>()`).
+    pub fn with_state<T: std::any::Any + Send + Sync>(mut self, state: T) -> Self {
+        self.registry.with_state(state);
+        self
+    }
+
     /// StableIO: accept sessions that survive reconnects (default on), keeping
     /// a disconnected one for `offline_timeout` before dropping it (see
     /// [`Options::stable_offline_timeout`] and the other `stable_*` limits).
@@ -541,5 +548,28 @@ mod tests {
             assert_eq!(c.call("echo", name).wait().unwrap(), name);
         }
         assert!(backend_by_name("carrier-pigeon", zs_io::Config::default()).is_err());
+    }
+
+    #[test]
+    fn with_state_reaches_handlers() {
+        let server = ServerBuilder::new()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .io_config(zs_io::Config {
+                loops: 1,
+                ..Default::default()
+            })
+            .with_state(String::from("shared"))
+            .commands(|r| {
+                r.console("state", |peer, _| {
+                    Ok(peer.app_state::<String>().ok_or("none")?.to_string())
+                });
+            })
+            .start()
+            .unwrap();
+        let c = ClientBuilder::new(server.local_addr())
+            .fingerprint(server.fingerprint().unwrap())
+            .connect()
+            .unwrap();
+        assert_eq!(c.call("state", "").wait().unwrap(), "shared");
     }
 }
