@@ -125,6 +125,7 @@ pub use fanout::{defer_wakes, send_to_each};
 pub use net::{Client, LocalConn, LocalSink, Options, Reconnect, ReplySink, Server, LOCAL_ID_BASE};
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;
+pub use registry::runtime;
 pub use registry::{
     AppState, BigBody, BigChunk, CollectLimits, HandlerError, Outbox, Peer, Registry, Responder,
 };

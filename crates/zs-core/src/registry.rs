@@ -22,6 +22,37 @@ use crate::pool::WorkerPool;
 use crate::session::{Reply, Request};
 use crate::stats::{CommandSnapshot, CommandStats};
 
+/// Entry points for a runtime outside zs-core (a transport that decodes its
+/// own protocol into [`Request`]s, as zs-legacy does for ZServer4D clients,
+/// or a test driving a [`crate::Session`] by hand). Applications do not call
+/// these: zs-core's own runtimes ([`crate::Server`], [`crate::Client`],
+/// local connections) do it for them. They were methods of the public
+/// [`Registry`] before session 14 (issue 13: runtime internals off it).
+pub mod runtime {
+    use super::{Peer, Registry, Request};
+    use crate::pool::WorkerPool;
+
+    /// Runs the handler for `req` from `peer`: on the calling thread, or on
+    /// `pool` for a handler registered as HPC when a pool is given. Returns
+    /// false when no handler matched (an answering request has then been
+    /// answered with [`code::UNKNOWN_COMMAND`](crate::code::UNKNOWN_COMMAND)).
+    pub fn dispatch(
+        registry: &Registry,
+        peer: &Peer,
+        req: Request,
+        pool: Option<&WorkerPool>,
+    ) -> bool {
+        registry.dispatch(peer, req, pool, false)
+    }
+
+    /// The connection of `peer` ended for good: every partial BigStream body
+    /// it was sending to a collecting command is dropped. Call it once, when
+    /// the connection closes, without holding the connection's lock.
+    pub fn connection_closed(registry: &Registry, peer: &Peer) {
+        registry.peer_closed(peer)
+    }
+}
+
 /// Where frames for one connection go: implemented by the runtime's connection
 /// (and by test doubles). Callable from any thread.
 pub trait Outbox: Send + Sync {
@@ -1274,8 +1305,8 @@ impl Registry {
     ///
     /// A partial body (memory, temporary file, descriptor, spill quota) lives
     /// only as long as its transfer: it is dropped at once when the session
-    /// refuses the transfer ([`Registry::big_stream_aborted`]), when the
-    /// connection ends ([`Registry::peer_closed`]), when the handler's storage
+    /// refuses the transfer, when the connection ends
+    /// ([`runtime::connection_closed`]), when the handler's storage
     /// fails, and when no chunk arrived for [`CollectLimits::idle_timeout`]
     /// (checked as chunks of this command arrive). Temporary files count
     /// against process-wide quotas ([`CollectLimits::max_spill_files`],
@@ -1337,7 +1368,7 @@ impl Registry {
     }
 
     /// Runs the handler of signal `name`, if any.
-    pub fn signal_received(&self, peer: &Peer, name: &str, code: u64) {
+    pub(crate) fn signal_received(&self, peer: &Peer, name: &str, code: u64) {
         match self.signals.get(&fold(name)) {
             Some(f) => f(peer, code),
             None => tracing::debug!(peer = peer.id(), name, "unhandled signal"),
@@ -1345,7 +1376,7 @@ impl Registry {
     }
 
     /// Runs the peer-error hook, if any.
-    pub fn peer_error(&self, peer: &Peer, code: u32, message: &str) {
+    pub(crate) fn peer_error(&self, peer: &Peer, code: u32, message: &str) {
         if let Some(f) = &self.peer_error {
             f(peer, code, message)
         }
@@ -1387,7 +1418,7 @@ impl Registry {
     /// false when no handler matched (an answering request has then been answered
     /// with [`code::UNKNOWN_COMMAND`]). `ordered` makes the responder report
     /// completion through [`Outbox::request_done`].
-    pub fn dispatch(
+    pub(crate) fn dispatch(
         &self,
         peer: &Peer,
         req: Request,
@@ -1561,7 +1592,7 @@ impl Registry {
     /// The runtime calls it in the order of the session's events (after the
     /// chunks that came before the refusal were dispatched), without holding
     /// the connection's lock. Unknown commands and transfers are ignored.
-    pub fn big_stream_aborted(&self, peer: &Peer, id: u64, cmd: &str) {
+    pub(crate) fn big_stream_aborted(&self, peer: &Peer, id: u64, cmd: &str) {
         if let Some(Entry {
             run: Run::Collect(c),
             ..
@@ -1577,7 +1608,7 @@ impl Registry {
     /// resume): every partial body it was sending to a collecting command is
     /// dropped at once. The runtime calls it when the connection closes,
     /// without holding the connection's lock.
-    pub fn peer_closed(&self, peer: &Peer) {
+    pub(crate) fn peer_closed(&self, peer: &Peer) {
         let mut n = 0;
         for e in self.maps[BIG_STREAM].values() {
             if let Run::Collect(c) = &e.run {

@@ -46,6 +46,21 @@ fn secure(raw: Arc<dyn Backend>, p: &Arc<dyn SecurityProvider>) -> Arc<dyn Backe
     Arc::new(SecureBackend::new(raw, p.clone()))
 }
 
+/// A server of `r` over secure(raw) with `p`.
+fn serve(p: &Arc<dyn SecurityProvider>, r: Registry) -> Server {
+    Server::start(secure(raw1(), p), r, Options::default(), addr0()).unwrap()
+}
+
+/// A plain client of `server` over secure(raw) with `p`.
+fn connect(p: &Arc<dyn SecurityProvider>, server: &Server) -> zs_core::Result<Client> {
+    Client::connect(
+        secure(raw1(), p),
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
+}
+
 /// `echo` and `who` (the PSK identity the handler sees), counting calls.
 fn registry(calls: &Arc<AtomicUsize>) -> Registry {
     let mut r = Registry::new();
@@ -111,21 +126,8 @@ fn handlers_see_the_psk_identity_the_layer_verified() {
         Some(Arc::new(ClientConfig::psk(b"alice", &key).unwrap())),
         Some(Arc::new(ServerConfig::with_psk(b"alice", &key).unwrap())),
     ));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let server = Server::start(
-        secure(raw1(), &p),
-        registry(&calls),
-        Options::default(),
-        addr0(),
-    )
-    .unwrap();
-    let client = Client::connect(
-        secure(raw1(), &p),
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let server = serve(&p, registry(&Arc::new(AtomicUsize::new(0))));
+    let client = connect(&p, &server).unwrap();
     assert_eq!(client.call("who", "").wait().unwrap(), "alice");
 }
 
@@ -154,14 +156,8 @@ fn handlers_see_the_suite_and_server_key() {
             s.psk_identity.is_none()
         ))
     });
-    let server = Server::start(secure(raw1(), &p), r, Options::default(), addr0()).unwrap();
-    let client = Client::connect(
-        secure(raw1(), &p),
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let server = serve(&p, r);
+    let client = connect(&p, &server).unwrap();
     let hex: String = fp.0.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
         client.call("sec", "").wait().unwrap(),
@@ -176,26 +172,14 @@ fn handlers_see_the_suite_and_server_key() {
 fn a_client_pinned_to_another_key_gets_the_handshake_variant() {
     let p = provider();
     let calls = Arc::new(AtomicUsize::new(0));
-    let server = Server::start(
-        secure(raw1(), &p),
-        registry(&calls),
-        Options::default(),
-        addr0(),
-    )
-    .unwrap();
+    let server = serve(&p, registry(&calls));
     let rng = ring::rand::SystemRandom::new();
     let (other, _) = zs_crypto::ServerIdentity::generate(&rng).unwrap();
     let wrong: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
         Some(Arc::new(ClientConfig::pinned(other.fingerprint()))),
         None,
     ));
-    let err = Client::connect(
-        secure(raw1(), &wrong),
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .unwrap_err();
+    let err = connect(&wrong, &server).unwrap_err();
     match &err {
         zs_core::Error::Handshake {
             kind: zs_core::HandshakeKind::Refused,
@@ -238,17 +222,8 @@ fn handlers_share_the_registry_state() {
     .console("wrong", |peer, _| {
         Ok(peer.app_state::<u32>().is_none().to_string())
     });
-    let server = Server::start(secure(raw1(), &p), r, Options::default(), addr0()).unwrap();
-    let connect = || {
-        Client::connect(
-            secure(raw1(), &p),
-            Registry::new(),
-            Options::client(),
-            server.local_addr(),
-        )
-        .unwrap()
-    };
-    let (a, b) = (connect(), connect());
+    let server = serve(&p, r);
+    let (a, b) = (connect(&p, &server).unwrap(), connect(&p, &server).unwrap());
     assert_eq!(a.call("hit", "a").wait().unwrap(), "hi a 1");
     assert_eq!(b.call("hit", "b").wait().unwrap(), "hi b 2");
     assert_eq!(a.call("hit", "a").wait().unwrap(), "hi a 3");
