@@ -34,7 +34,20 @@ pub enum Error {
     Wire(#[from] zs_wire::WireError),
     /// The transport failed.
     #[error("transport: {0}")]
-    Io(#[from] zs_io::Error),
+    Io(#[source] zs_io::Error),
+    /// The connection's security layer did not complete its handshake (a
+    /// timeout, a server key that is not the pinned one, a refused suite or
+    /// PSK, a peer that closed mid-handshake): not a lost connection. The
+    /// layer's own error (e.g. `zs_secure::HandshakeError`) is in `source`'s
+    /// chain (`zs_secure::handshake_error(source)` finds it).
+    #[error("handshake {kind:?}: {source}")]
+    Handshake {
+        /// Which way it failed.
+        kind: HandshakeKind,
+        /// The transport error that carries the layer's error.
+        #[source]
+        source: zs_io::Error,
+    },
     /// The peer answered the request with an error.
     #[error("remote error {code}: {message}")]
     Remote {
@@ -87,5 +100,143 @@ pub enum Error {
     Config(String),
 }
 
+/// How a security handshake failed (see [`Error::Handshake`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeKind {
+    /// No keys were established within the handshake timeout.
+    TimedOut,
+    /// The peer's handshake was refused: wrong server key, unknown PSK, no
+    /// common suite, bad handshake bytes.
+    Refused,
+    /// The peer closed or reset the connection during the handshake.
+    PeerClosed,
+    /// The provider failed otherwise (e.g. no client configuration).
+    Other,
+}
+
+impl From<zs_io::Error> for Error {
+    fn from(e: zs_io::Error) -> Error {
+        use std::io::ErrorKind as K;
+        let Some((kind, _)) = e.handshake_failure() else {
+            return Error::Io(e);
+        };
+        let kind = match kind {
+            K::TimedOut => HandshakeKind::TimedOut,
+            K::PermissionDenied => HandshakeKind::Refused,
+            K::ConnectionAborted | K::ConnectionReset | K::UnexpectedEof => {
+                HandshakeKind::PeerClosed
+            }
+            _ => HandshakeKind::Other,
+        };
+        Error::Handshake { kind, source: e }
+    }
+}
+
+/// The `io::Error` bridge (for `?` in functions returning `io::Result`): each
+/// variant gets the nearest `ErrorKind`, and the `zs_core::Error` itself is
+/// kept as the inner error (`get_ref`/`into_inner` and `source` reach it),
+/// except that a transport error becomes its own `io::Error`.
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> std::io::Error {
+        use std::io::ErrorKind as K;
+        let e = match e {
+            Error::Io(io) => return io.into(),
+            e => e,
+        };
+        let kind = match &e {
+            Error::Io(_) => K::Other,
+            Error::Handshake { kind, .. } => match kind {
+                HandshakeKind::TimedOut => K::TimedOut,
+                HandshakeKind::Refused => K::PermissionDenied,
+                HandshakeKind::PeerClosed => K::ConnectionAborted,
+                HandshakeKind::Other => K::Other,
+            },
+            Error::Wire(_) | Error::Protocol(_) | Error::UnexpectedReply { .. } => K::InvalidData,
+            Error::ChecksumMismatch { .. } => K::InvalidData,
+            Error::Remote { .. } => K::Other,
+            Error::TimedOut => K::TimedOut,
+            Error::ConnectionLost(_) => K::ConnectionAborted,
+            Error::SessionLost(_) => K::NotConnected,
+            Error::Full { .. } => K::WouldBlock,
+            Error::Config(_) => K::InvalidInput,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind as K;
+
+    #[test]
+    fn io_bridge_kinds_and_source() {
+        let cases: Vec<(Error, K)> = vec![
+            (Error::TimedOut, K::TimedOut),
+            (Error::ConnectionLost("x".into()), K::ConnectionAborted),
+            (Error::SessionLost("x".into()), K::NotConnected),
+            (Error::Protocol("x".into()), K::InvalidData),
+            (Error::Config("x".into()), K::InvalidInput),
+            (
+                Error::Full {
+                    unacked: 1,
+                    limit: 1,
+                },
+                K::WouldBlock,
+            ),
+            (
+                Error::Remote {
+                    code: code::BUSY,
+                    message: "m".into(),
+                },
+                K::Other,
+            ),
+        ];
+        for (e, kind) in cases {
+            let text = e.to_string();
+            let io: std::io::Error = e.into();
+            assert_eq!(io.kind(), kind, "{text}");
+            // The zs-core error is kept inside.
+            let inner = io.into_inner().unwrap().downcast::<Error>().unwrap();
+            assert_eq!(inner.to_string(), text);
+        }
+        // A transport error becomes its own io::Error (its kind, not Other).
+        let io: std::io::Error = Error::Io(zs_io::Error::Refused).into();
+        assert_eq!(io.kind(), K::ConnectionRefused);
+        let io: std::io::Error = Error::Io(zs_io::Error::Io(std::io::Error::other("os"))).into();
+        assert_eq!(io.to_string(), "os");
+    }
+
+    #[test]
+    fn a_handshake_failure_is_its_own_variant() {
+        for (io_kind, kind) in [
+            (K::TimedOut, HandshakeKind::TimedOut),
+            (K::PermissionDenied, HandshakeKind::Refused),
+            (K::ConnectionAborted, HandshakeKind::PeerClosed),
+            (K::Other, HandshakeKind::Other),
+        ] {
+            let e: Error =
+                zs_io::HandshakeFailure::into_error(io_kind, std::io::Error::other("hs")).into();
+            match &e {
+                Error::Handshake { kind: k, source } => {
+                    assert_eq!(*k, kind);
+                    assert!(source.handshake_failure().is_some());
+                }
+                other => panic!("{other}"),
+            }
+            // And back to io: the same kind.
+            let io: std::io::Error = e.into();
+            assert_eq!(io.kind(), io_kind);
+        }
+        // Plain transport failures stay Io (a refused TCP connect, a close).
+        assert!(matches!(Error::from(zs_io::Error::Refused), Error::Io(_)));
+        assert!(matches!(
+            Error::from(zs_io::Error::Io(std::io::Error::from(K::TimedOut))),
+            Error::Io(_)
+        ));
+    }
+}

@@ -120,13 +120,14 @@ mod stable;
 mod stats;
 
 pub use budget::{BatchFilter, Budgets};
-pub use error::{code, Error, Result};
+pub use error::{code, Error, HandshakeKind, Result};
 pub use fanout::{defer_wakes, send_to_each};
 pub use net::{Client, LocalConn, LocalSink, Options, Reconnect, ReplySink, Server, LOCAL_ID_BASE};
 pub use oneshot::CallFuture;
 pub use pool::WorkerPool;
+pub use registry::runtime;
 pub use registry::{
-    BigBody, BigChunk, CollectLimits, HandlerError, Outbox, Peer, Registry, Responder,
+    AppState, BigBody, BigChunk, CollectLimits, HandlerError, Outbox, Peer, Registry, Responder,
 };
 pub use session::{Call, Event, Reply, Request, Session, SessionConfig};
 pub use stable::{batch_checksum, SECRET_LEN};

@@ -589,8 +589,9 @@ struct LinkState {
     held_at: Instant,
     /// Why reading is paused (`PAUSE_*` bits; 0: reading).
     paused: u8,
-    /// Server, PSK mode: the client's identity.
-    psk_identity: Option<Box<[u8]>>,
+    /// What the security layer reported for the current (or latest)
+    /// connection ([`Peer::security_info`]).
+    security: Option<Arc<zs_io::SecurityInfo>>,
     /// What an idle handshaken session does not use, made on first use.
     cold: Option<Box<Cold>>,
 }
@@ -742,7 +743,7 @@ impl Link {
                 hold: 0,
                 held_at: Instant::now(),
                 paused: 0,
-                psk_identity: None,
+                security: None,
                 cold: None,
             }),
             open: AtomicBool::new(true),
@@ -1006,14 +1007,8 @@ impl Link {
     fn drain(&self, st: &mut LinkState, works: &mut Vec<Work>) {
         while let Some(ev) = st.session.poll_event() {
             match ev {
-                Event::Established {
-                    suite,
-                    psk_identity,
-                } => {
+                Event::Established { suite, .. } => {
                     tracing::debug!(%suite, "session established");
-                    if let Some(id) = psk_identity {
-                        st.psk_identity = Some(id.into_boxed_slice());
-                    }
                     // A StableIO client is ready once the server accepted
                     // (StableReady) or refused (StableRefused) it.
                     if !self.shared.client_stable {
@@ -1151,8 +1146,12 @@ impl Outbox for Link {
         }
     }
 
-    fn psk_identity(&self) -> Option<Vec<u8>> {
-        lock(&self.st).psk_identity.as_deref().map(<[u8]>::to_vec)
+    fn security_info(&self) -> Option<Arc<zs_io::SecurityInfo>> {
+        lock(&self.st).security.clone()
+    }
+
+    fn app_state(&self) -> Option<crate::registry::AppState> {
+        self.shared.registry.app_state_any()
     }
 
     fn request_started(&self) {
@@ -1462,6 +1461,7 @@ impl ConnHandler {
             let r = st
                 .session
                 .resume_link(input, &security, delivered, next, now);
+            st.security = Some(security);
             old.drain(&mut st, &mut works);
             old.flush(&mut st);
             if st.queued() > 0 && !st.busy {
@@ -1806,6 +1806,7 @@ impl Handler for ConnHandler {
                 .session
                 .attach()
                 .and_then(|()| st.session.open_link(&security, now));
+            st.security = Some(security);
             if let Err(e) = attached {
                 drop(st);
                 tracing::debug!(error = %e, "reconnected, but the session is over");
@@ -1847,6 +1848,7 @@ impl Handler for ConnHandler {
             return;
         }
         let link = Arc::new(Link::new(conn.clone(), session, self.shared.clone()));
+        lock(&link.st).security = Some(security);
         let peer = Peer::new(conn.id().0, Some(conn.peer_addr()), link.clone());
         if self.shared.server {
             lock(&self.shared.conns).insert(peer.id(), peer.clone());

@@ -22,6 +22,37 @@ use crate::pool::WorkerPool;
 use crate::session::{Reply, Request};
 use crate::stats::{CommandSnapshot, CommandStats};
 
+/// Entry points for a runtime outside zs-core (a transport that decodes its
+/// own protocol into [`Request`]s, as zs-legacy does for ZServer4D clients,
+/// or a test driving a [`crate::Session`] by hand). Applications do not call
+/// these: zs-core's own runtimes ([`crate::Server`], [`crate::Client`],
+/// local connections) do it for them. They were methods of the public
+/// [`Registry`] before session 14 (issue 13: runtime internals off it).
+pub mod runtime {
+    use super::{Peer, Registry, Request};
+    use crate::pool::WorkerPool;
+
+    /// Runs the handler for `req` from `peer`: on the calling thread, or on
+    /// `pool` for a handler registered as HPC when a pool is given. Returns
+    /// false when no handler matched (an answering request has then been
+    /// answered with [`code::UNKNOWN_COMMAND`](crate::code::UNKNOWN_COMMAND)).
+    pub fn dispatch(
+        registry: &Registry,
+        peer: &Peer,
+        req: Request,
+        pool: Option<&WorkerPool>,
+    ) -> bool {
+        registry.dispatch(peer, req, pool, false)
+    }
+
+    /// The connection of `peer` ended for good: every partial BigStream body
+    /// it was sending to a collecting command is dropped. Call it once, when
+    /// the connection closes, without holding the connection's lock.
+    pub fn connection_closed(registry: &Registry, peer: &Peer) {
+        registry.peer_closed(peer)
+    }
+}
+
 /// Where frames for one connection go: implemented by the runtime's connection
 /// (and by test doubles). Callable from any thread.
 pub trait Outbox: Send + Sync {
@@ -41,8 +72,14 @@ pub trait Outbox: Send + Sync {
     /// Aborts the current transport connection without ending a StableIO
     /// session (which then resumes on a new one). Default: nothing.
     fn drop_link(&self) {}
-    /// The PSK identity the peer authenticated with (server, PSK mode).
-    fn psk_identity(&self) -> Option<Vec<u8>> {
+    /// The server-wide state of the registry serving this connection
+    /// ([`Registry::with_app_state`]). Default: none.
+    fn app_state(&self) -> Option<AppState> {
+        None
+    }
+    /// What the connection's security layer learnt in its handshake (suite,
+    /// PSK identity, server key). Default: nothing (test doubles).
+    fn security_info(&self) -> Option<Arc<zs_io::SecurityInfo>> {
         None
     }
 }
@@ -66,6 +103,9 @@ struct PeerInner {
     /// is then 88 B, a 96-byte malloc chunk instead of 112; issue 13).
     state: Mutex<Option<Box<UserState>>>,
 }
+
+/// A registry's server-wide state (see [`Registry::with_app_state`]).
+pub type AppState = Arc<dyn Any + Send + Sync>;
 
 /// A connection's user state (see [`Peer::set_state`]).
 type UserState = Box<dyn Any + Send>;
@@ -108,7 +148,17 @@ impl Peer {
     /// of, for per-identity authorization (`None` in server-key mode, or
     /// before the handshake completed).
     pub fn psk_identity(&self) -> Option<Vec<u8>> {
-        self.out().psk_identity()
+        self.out().security_info()?.psk_identity.clone()
+    }
+
+    /// Who the peer authenticated as: what the connection's security layer
+    /// reported after its handshake ([`zs_io::SecurityInfo`]: the provider,
+    /// the negotiated suite, the PSK identity a client proved, the fingerprint
+    /// of the server key). For a StableIO session, that of its latest
+    /// connection. `None` before the handshake completed (or for a test
+    /// double without a layer).
+    pub fn security_info(&self) -> Option<Arc<zs_io::SecurityInfo>> {
+        self.out().security_info()
     }
 
     /// Whether the connection is open. A StableIO session between two
@@ -185,6 +235,14 @@ impl Peer {
             .and_then(|b| (**b).downcast_mut::<T>())
             .expect("state of type T was just ensured");
         f(v)
+    }
+
+    /// The server-wide state of type `T` that the registry serving this
+    /// connection was given with [`Registry::with_app_state`] (one value shared by
+    /// every connection; unlike [`Peer::state`], which is this connection's
+    /// own). `None` if the registry has none, or of another type.
+    pub fn app_state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.out().app_state()?.downcast::<T>().ok()
     }
 
     /// A copy of this connection's user state of type `T`, if set.
@@ -842,6 +900,8 @@ pub struct Registry {
     /// A [`Registry::console_ref`] handler was registered (the runtime then
     /// looks for requests it can serve from their borrowed bytes).
     borrowed: bool,
+    /// The server-wide state ([`Registry::with_app_state`]).
+    state: Option<AppState>,
 }
 
 /// Handlers by folded name. Keys are only inserted by the application, so a
@@ -867,6 +927,46 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// Gives every handler of this registry one shared value (like axum's
+    /// `with_state`): a database handle, configuration, counters. Handlers
+    /// read it with [`Peer::app_state`]; it is kept in one `Arc` for the
+    /// registry and its clones (replacing any earlier state). Per-connection
+    /// state is [`Peer::set_state`] instead.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use zs_core::Registry;
+    ///
+    /// struct App {
+    ///     greeting: String,
+    ///     hits: AtomicU64,
+    /// }
+    ///
+    /// let mut r = Registry::new();
+    /// r.with_app_state(App { greeting: "hello".into(), hits: AtomicU64::new(0) })
+    ///     .console("greet", |peer, name| {
+    ///         let app = peer.app_state::<App>().ok_or("no state")?;
+    ///         app.hits.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(format!("{} {name}", app.greeting))
+    ///     });
+    /// assert_eq!(r.app_state::<App>().unwrap().greeting, "hello");
+    /// ```
+    pub fn with_app_state<T: Any + Send + Sync>(&mut self, state: T) -> &mut Registry {
+        self.state = Some(Arc::new(state));
+        self
+    }
+
+    /// The server-wide state of type `T` ([`Registry::with_app_state`]), if set.
+    pub fn app_state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.state.clone()?.downcast::<T>().ok()
+    }
+
+    /// The server-wide state, untyped (for [`Outbox::app_state`] in runtimes
+    /// outside this crate).
+    pub fn app_state_any(&self) -> Option<AppState> {
+        self.state.clone()
     }
 
     fn insert(&mut self, kind: usize, name: &str, run: Run, hpc: bool) -> &mut Registry {
@@ -1205,8 +1305,8 @@ impl Registry {
     ///
     /// A partial body (memory, temporary file, descriptor, spill quota) lives
     /// only as long as its transfer: it is dropped at once when the session
-    /// refuses the transfer ([`Registry::big_stream_aborted`]), when the
-    /// connection ends ([`Registry::peer_closed`]), when the handler's storage
+    /// refuses the transfer, when the connection ends
+    /// ([`runtime::connection_closed`]), when the handler's storage
     /// fails, and when no chunk arrived for [`CollectLimits::idle_timeout`]
     /// (checked as chunks of this command arrive). Temporary files count
     /// against process-wide quotas ([`CollectLimits::max_spill_files`],
@@ -1268,7 +1368,7 @@ impl Registry {
     }
 
     /// Runs the handler of signal `name`, if any.
-    pub fn signal_received(&self, peer: &Peer, name: &str, code: u64) {
+    pub(crate) fn signal_received(&self, peer: &Peer, name: &str, code: u64) {
         match self.signals.get(&fold(name)) {
             Some(f) => f(peer, code),
             None => tracing::debug!(peer = peer.id(), name, "unhandled signal"),
@@ -1276,7 +1376,7 @@ impl Registry {
     }
 
     /// Runs the peer-error hook, if any.
-    pub fn peer_error(&self, peer: &Peer, code: u32, message: &str) {
+    pub(crate) fn peer_error(&self, peer: &Peer, code: u32, message: &str) {
         if let Some(f) = &self.peer_error {
             f(peer, code, message)
         }
@@ -1318,7 +1418,7 @@ impl Registry {
     /// false when no handler matched (an answering request has then been answered
     /// with [`code::UNKNOWN_COMMAND`]). `ordered` makes the responder report
     /// completion through [`Outbox::request_done`].
-    pub fn dispatch(
+    pub(crate) fn dispatch(
         &self,
         peer: &Peer,
         req: Request,
@@ -1492,7 +1592,7 @@ impl Registry {
     /// The runtime calls it in the order of the session's events (after the
     /// chunks that came before the refusal were dispatched), without holding
     /// the connection's lock. Unknown commands and transfers are ignored.
-    pub fn big_stream_aborted(&self, peer: &Peer, id: u64, cmd: &str) {
+    pub(crate) fn big_stream_aborted(&self, peer: &Peer, id: u64, cmd: &str) {
         if let Some(Entry {
             run: Run::Collect(c),
             ..
@@ -1508,7 +1608,7 @@ impl Registry {
     /// resume): every partial body it was sending to a collecting command is
     /// dropped at once. The runtime calls it when the connection closes,
     /// without holding the connection's lock.
-    pub fn peer_closed(&self, peer: &Peer) {
+    pub(crate) fn peer_closed(&self, peer: &Peer) {
         let mut n = 0;
         for e in self.maps[BIG_STREAM].values() {
             if let Run::Collect(c) = &e.run {

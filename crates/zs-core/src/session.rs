@@ -362,7 +362,7 @@ pub enum Event {
     },
     /// A BigStream we were receiving was refused and dropped (the handler's
     /// partial state must go): the runtime calls
-    /// [`Registry::big_stream_aborted`](crate::Registry::big_stream_aborted).
+    /// `Registry::big_stream_aborted`.
     BigAborted {
         /// The transfer's id.
         id: u64,

@@ -46,6 +46,21 @@ fn secure(raw: Arc<dyn Backend>, p: &Arc<dyn SecurityProvider>) -> Arc<dyn Backe
     Arc::new(SecureBackend::new(raw, p.clone()))
 }
 
+/// A server of `r` over secure(raw) with `p`.
+fn serve(p: &Arc<dyn SecurityProvider>, r: Registry) -> Server {
+    Server::start(secure(raw1(), p), r, Options::default(), addr0()).unwrap()
+}
+
+/// A plain client of `server` over secure(raw) with `p`.
+fn connect(p: &Arc<dyn SecurityProvider>, server: &Server) -> zs_core::Result<Client> {
+    Client::connect(
+        secure(raw1(), p),
+        Registry::new(),
+        Options::client(),
+        server.local_addr(),
+    )
+}
+
 /// `echo` and `who` (the PSK identity the handler sees), counting calls.
 fn registry(calls: &Arc<AtomicUsize>) -> Registry {
     let mut r = Registry::new();
@@ -111,22 +126,108 @@ fn handlers_see_the_psk_identity_the_layer_verified() {
         Some(Arc::new(ClientConfig::psk(b"alice", &key).unwrap())),
         Some(Arc::new(ServerConfig::with_psk(b"alice", &key).unwrap())),
     ));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let server = Server::start(
-        secure(raw1(), &p),
-        registry(&calls),
-        Options::default(),
-        addr0(),
-    )
-    .unwrap();
-    let client = Client::connect(
-        secure(raw1(), &p),
-        Registry::new(),
-        Options::client(),
-        server.local_addr(),
-    )
-    .unwrap();
+    let server = serve(&p, registry(&Arc::new(AtomicUsize::new(0))));
+    let client = connect(&p, &server).unwrap();
     assert_eq!(client.call("who", "").wait().unwrap(), "alice");
+}
+
+/// Handlers see the whole `SecurityInfo` of their connection, not only the
+/// PSK identity: the suite the layer negotiated and the server key's
+/// fingerprint (server-key mode), over secure(epoll).
+#[test]
+fn handlers_see_the_suite_and_server_key() {
+    let rng = ring::rand::SystemRandom::new();
+    let (id, _) = zs_crypto::ServerIdentity::generate(&rng).unwrap();
+    let fp = id.fingerprint();
+    let mut c = ClientConfig::pinned(fp);
+    c.suites = vec![zs_crypto::SuiteId::ChaCha20Poly1305];
+    let p: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+        Some(Arc::new(c)),
+        Some(Arc::new(ServerConfig::with_identity(Arc::new(id)))),
+    ));
+    let mut r = Registry::new();
+    r.console("sec", |peer, _| {
+        let s = peer.security_info().ok_or("no security info")?;
+        let key = s.server_key.ok_or("no server key")?;
+        Ok(format!(
+            "{} {} {}",
+            s.suite,
+            key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            s.psk_identity.is_none()
+        ))
+    });
+    let server = serve(&p, r);
+    let client = connect(&p, &server).unwrap();
+    let hex: String = fp.0.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        client.call("sec", "").wait().unwrap(),
+        format!("CHACHA20-POLY1305 {hex} true")
+    );
+}
+
+/// A connect that fails in the layer's handshake is `Error::Handshake`, not
+/// `Error::Io` or a lost connection: a client pinned to another server key
+/// is refused by its own layer.
+#[test]
+fn a_client_pinned_to_another_key_gets_the_handshake_variant() {
+    let p = provider();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = serve(&p, registry(&calls));
+    let rng = ring::rand::SystemRandom::new();
+    let (other, _) = zs_crypto::ServerIdentity::generate(&rng).unwrap();
+    let wrong: Arc<dyn SecurityProvider> = Arc::new(ZsSecurity::new(
+        Some(Arc::new(ClientConfig::pinned(other.fingerprint()))),
+        None,
+    ));
+    let err = connect(&wrong, &server).unwrap_err();
+    match &err {
+        zs_core::Error::Handshake {
+            kind: zs_core::HandshakeKind::Refused,
+            source,
+        } => assert!(
+            matches!(
+                zs_secure::handshake_error(source),
+                Some(zs_secure::HandshakeError::Failed(_))
+            ),
+            "{err}"
+        ),
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+    // The io bridge keeps the kind.
+    let io: std::io::Error = err.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// Server-wide state (`Registry::with_app_state`): one value shared by every
+/// connection's handlers, read with `Peer::app_state`; a type that is not the
+/// state's reads `None`.
+#[test]
+fn handlers_share_the_registry_state() {
+    struct App {
+        greeting: &'static str,
+        hits: AtomicUsize,
+    }
+    let p = provider();
+    let mut r = Registry::new();
+    r.with_app_state(App {
+        greeting: "hi",
+        hits: AtomicUsize::new(0),
+    })
+    .console("hit", |peer, who| {
+        let app = peer.app_state::<App>().ok_or("no state")?;
+        let n = app.hits.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(format!("{} {who} {n}", app.greeting))
+    })
+    .console("wrong", |peer, _| {
+        Ok(peer.app_state::<u32>().is_none().to_string())
+    });
+    let server = serve(&p, r);
+    let (a, b) = (connect(&p, &server).unwrap(), connect(&p, &server).unwrap());
+    assert_eq!(a.call("hit", "a").wait().unwrap(), "hi a 1");
+    assert_eq!(b.call("hit", "b").wait().unwrap(), "hi b 2");
+    assert_eq!(a.call("hit", "a").wait().unwrap(), "hi a 3");
+    assert_eq!(b.call("wrong", "").wait().unwrap(), "true");
 }
 
 /// A StableIO client of `server` over its own secure(raw) backend.

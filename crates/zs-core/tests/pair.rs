@@ -79,7 +79,7 @@ impl Pair {
             while let Some(ev) = self.server.poll_event() {
                 if let Event::Request(r) = ev {
                     if self.dispatch {
-                        self.registry.dispatch(&self.peer, r, None, false);
+                        zs_core::runtime::dispatch(&self.registry, &self.peer, r, None);
                     } else {
                         self.held.push(r);
                     }

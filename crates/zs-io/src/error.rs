@@ -56,6 +56,48 @@ impl Error {
     }
 }
 
+/// The marker a security layer wraps its handshake error in (inside
+/// [`Error::Io`], whose `io::ErrorKind` says which way it failed: `TimedOut`,
+/// `PermissionDenied` for a refused key or suite, `ConnectionAborted` for a peer
+/// that closed mid-handshake, `Other`). Layers above the transport (zs-core) find
+/// it with [`Error::handshake_failure`] without depending on the layer's crate;
+/// the layer's own error is its [`source`](std::error::Error::source).
+#[derive(Debug)]
+pub struct HandshakeFailure(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for HandshakeFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl HandshakeFailure {
+    /// The transport error for a handshake that failed with `kind`.
+    pub fn into_error(
+        kind: std::io::ErrorKind,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Io(std::io::Error::new(kind, HandshakeFailure(Box::new(error))))
+    }
+}
+
+impl Error {
+    /// The security layer's handshake failure inside this error (a connect that
+    /// failed in the handshake rather than in TCP), with its `io::ErrorKind`.
+    pub fn handshake_failure(&self) -> Option<(std::io::ErrorKind, &HandshakeFailure)> {
+        match self {
+            Error::Io(io) => Some((io.kind(), io.get_ref()?.downcast_ref::<HandshakeFailure>()?)),
+            _ => None,
+        }
+    }
+}
+
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> std::io::Error {
         use std::io::ErrorKind as K;
@@ -83,5 +125,20 @@ mod tests {
         assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock);
         let d = Error::Io(std::io::Error::other("boom")).duplicate();
         assert!(d.to_string().contains("boom"));
+    }
+
+    #[test]
+    fn handshake_failure_is_found_with_its_kind() {
+        let e = HandshakeFailure::into_error(
+            std::io::ErrorKind::TimedOut,
+            std::io::Error::other("slow"),
+        );
+        let (kind, f) = e.handshake_failure().unwrap();
+        assert_eq!(kind, std::io::ErrorKind::TimedOut);
+        assert_eq!(f.to_string(), "slow");
+        assert!(Error::TimedOut.handshake_failure().is_none());
+        assert!(Error::Io(std::io::Error::other("x"))
+            .handshake_failure()
+            .is_none());
     }
 }

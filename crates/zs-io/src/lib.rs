@@ -156,7 +156,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bytes::{Bytes, BytesMut};
-pub use error::Error;
+pub use error::{Error, HandshakeFailure};
 pub use guard::{
     catch_handler_panic, drop_guarded, handler_panics, panic_message, AcceptBackoff, AcceptFailure,
 };

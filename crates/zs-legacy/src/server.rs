@@ -631,6 +631,10 @@ fn check_push_name(cmd: &str, limits: &LegacyLimits) -> zs_core::Result<()> {
 }
 
 impl Outbox for Link {
+    fn app_state(&self) -> Option<zs_core::AppState> {
+        self.shared.upgrade()?.registry.app_state_any()
+    }
+
     fn send_frame(&self, frame: Frame) -> zs_core::Result<()> {
         match frame {
             Frame::ConsoleResponse { id, text } => {
@@ -850,7 +854,7 @@ impl Handler for ConnHandler {
             if let Ok(mut m) = self.shared.peers.lock() {
                 m.remove(&link.id);
             }
-            self.shared.registry.peer_closed(&peer);
+            zs_core::runtime::connection_closed(&self.shared.registry, &peer);
             tracing::debug!(conn = link.id, ?reason, "legacy connection ended");
         }
     }
@@ -879,9 +883,12 @@ impl ConnHandler {
                 Step::Again => continue,
                 Step::Dispatch(req) => {
                     self.shared.commands.fetch_add(1, Ordering::Relaxed);
-                    self.shared
-                        .registry
-                        .dispatch(&peer, req, self.shared.pool.as_ref(), false);
+                    zs_core::runtime::dispatch(
+                        &self.shared.registry,
+                        &peer,
+                        req,
+                        self.shared.pool.as_ref(),
+                    );
                 }
             }
         }

@@ -174,7 +174,9 @@ impl SecureConfig {
 }
 
 /// Why a handshake did not complete. Carried inside the `zs_io::Error::Io` an
-/// outgoing connection's `on_connect_failed` receives (see [`handshake_error`]).
+/// outgoing connection's `on_connect_failed` receives, wrapped in a
+/// [`zs_io::HandshakeFailure`] so layers above find it (see [`handshake_error`];
+/// zs-core turns it into `zs_core::Error::Handshake`).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum HandshakeError {
@@ -205,7 +207,8 @@ impl std::error::Error for HandshakeError {}
 impl HandshakeError {
     /// The transport error an outgoing connection's handler receives:
     /// `zs_io::Error::Io` whose kind is `TimedOut`, `PermissionDenied` (failed),
-    /// `ConnectionAborted` (peer closed) or `Other`, with this error inside.
+    /// `ConnectionAborted` (peer closed) or `Other`, with this error inside
+    /// (in a [`zs_io::HandshakeFailure`]).
     pub fn into_io(self) -> zs_io::Error {
         use std::io::ErrorKind as K;
         let kind = match self {
@@ -214,17 +217,14 @@ impl HandshakeError {
             HandshakeError::PeerClosed => K::ConnectionAborted,
             HandshakeError::Provider(_) => K::Other,
         };
-        zs_io::Error::Io(std::io::Error::new(kind, self))
+        zs_io::HandshakeFailure::into_error(kind, self)
     }
 }
 
 /// The [`HandshakeError`] inside a connect error, if the connect failed in the
 /// secure layer's handshake (rather than in TCP).
 pub fn handshake_error(e: &zs_io::Error) -> Option<&HandshakeError> {
-    match e {
-        zs_io::Error::Io(io) => io.get_ref()?.downcast_ref::<HandshakeError>(),
-        _ => None,
-    }
+    e.handshake_failure()?.1 .0.downcast_ref::<HandshakeError>()
 }
 
 /// Counters of one [`SecureBackend`] (all connections, since it was made).

@@ -163,8 +163,14 @@ pub struct ServerBuilder {
     suites: Option<Vec<SuiteId>>,
     options: Options,
     registry: Registry,
+    /// What [`ServerBuilder::with_app_state`] gave, put into the registry at
+    /// `start` (so a later `registry(..)` cannot drop it silently).
+    app_state: Option<PutState>,
     handshakes: zs_secure::compose::Handshakes,
 }
+
+/// Puts [`ServerBuilder::with_app_state`]'s value into the registry.
+type PutState = Box<dyn FnOnce(&mut Registry) + Send>;
 
 impl Default for ServerBuilder {
     fn default() -> Self {
@@ -190,6 +196,7 @@ impl ServerBuilder {
             suites: None,
             options: Options::default(),
             registry: Registry::new(),
+            app_state: None,
             handshakes: zs_secure::compose::Handshakes::default(),
         }
     }
@@ -280,6 +287,18 @@ impl ServerBuilder {
         self
     }
 
+    /// Server-wide state for every handler ([`Registry::with_app_state`];
+    /// handlers read it with `peer.app_state::<T>()`).
+    /// It is put into the registry at `start`; a registry given with
+    /// [`ServerBuilder::registry`] that holds state of its own is refused
+    /// then, not overridden.
+    pub fn with_app_state<T: std::any::Any + Send + Sync>(mut self, state: T) -> Self {
+        self.app_state = Some(Box::new(move |r: &mut Registry| {
+            r.with_app_state(state);
+        }));
+        self
+    }
+
     /// StableIO: accept sessions that survive reconnects (the default),
     /// keeping a disconnected one for `offline_timeout` before dropping it
     /// (see [`Options::stable_offline_timeout`] and the other `stable_*`
@@ -337,7 +356,17 @@ impl ServerBuilder {
         // Security as a transport layer (issue 13): the handshake and the
         // records run in `SecureBackend`, zs-core sees plaintext connections.
         let secure = zs_secure::compose::secure_with(backend, provider, &self.io, self.handshakes);
-        let server = Server::start(secure, self.registry, self.options, self.addr)?;
+        let mut registry = self.registry;
+        if let Some(put) = self.app_state {
+            if registry.app_state_any().is_some() {
+                return Err(Error::Config(
+                    "with_app_state(..) and a registry(..) that holds app state of its own: give the state once"
+                        .into(),
+                ));
+            }
+            put(&mut registry);
+        }
+        let server = Server::start(secure, registry, self.options, self.addr)?;
         Ok(RunningServer {
             server,
             fingerprint,
@@ -572,16 +601,16 @@ mod tests {
             .unwrap_err();
         // The layer refuses the server's key during the handshake: a typed
         // handshake failure, not a lost connection.
-        match &err {
-            Error::Io(e) => assert!(
-                matches!(
-                    zs_secure::handshake_error(e),
-                    Some(zs_secure::HandshakeError::Failed(_))
-                ),
-                "{err}"
+        assert!(
+            matches!(
+                &err,
+                Error::Handshake {
+                    kind: zs_core::HandshakeKind::Refused,
+                    ..
+                }
             ),
-            other => panic!("{other}"),
-        }
+            "{err}"
+        );
         for name in backend_names() {
             let c = ClientBuilder::new(server.local_addr())
                 .backend(backend_by_name(name, one_loop()).unwrap().into())
@@ -756,5 +785,59 @@ mod tests {
                 Err(e) => assert!(!accept, "refused with stable sessions accepted: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn with_app_state_reaches_handlers() {
+        let server = ServerBuilder::new()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .io_config(zs_io::Config {
+                loops: 1,
+                ..Default::default()
+            })
+            .with_app_state(String::from("shared"))
+            .commands(|r| {
+                r.console("state", |peer, _| {
+                    Ok(peer.app_state::<String>().ok_or("none")?.to_string())
+                });
+            })
+            .start()
+            .unwrap();
+        let c = ClientBuilder::new(server.local_addr())
+            .fingerprint(server.fingerprint().unwrap())
+            .connect()
+            .unwrap();
+        assert_eq!(c.call("state", "").wait().unwrap(), "shared");
+
+        // A registry given after the state keeps it (it is put in at start).
+        let mut r = Registry::new();
+        r.console("state", |peer, _| {
+            Ok(peer.app_state::<String>().ok_or("none")?.to_string())
+        });
+        let later = ServerBuilder::new()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .io_config(one_loop())
+            .with_app_state(String::from("kept"))
+            .registry(r)
+            .start()
+            .unwrap();
+        let c = ClientBuilder::new(later.local_addr())
+            .fingerprint(later.fingerprint().unwrap())
+            .connect()
+            .unwrap();
+        assert_eq!(c.call("state", "").wait().unwrap(), "kept");
+
+        // State given twice (the registry's own and the builder's) is refused.
+        let mut own = Registry::new();
+        own.with_app_state(1u32);
+        config_error(
+            ServerBuilder::new()
+                .addr("127.0.0.1:0".parse().unwrap())
+                .io_config(one_loop())
+                .registry(own)
+                .with_app_state(2u32)
+                .start(),
+            &["with_app_state(..)", "registry(..)"],
+        );
     }
 }

@@ -369,6 +369,10 @@ impl LocalLink {
 }
 
 impl Outbox for LocalLink {
+    fn app_state(&self) -> Option<crate::registry::AppState> {
+        self.shared.registry.app_state_any()
+    }
+
     fn send_frame(&self, frame: Frame) -> Result<()> {
         if !self.open.load(Ordering::Acquire) {
             return Err(Error::ConnectionLost("the connection is closed".into()));
