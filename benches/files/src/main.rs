@@ -1,4 +1,4 @@
-//! `cargo xtask bench files`: one file of 256 MiB (32 MiB with `--quick`)
+//! `cargo xtask bench files`: one file of 1 GiB, the size (32 MiB with `--quick`)
 //! uploaded and downloaded through the zs-services file service (AES-256-GCM
 //! session in the security layer over the epoll backend, 1 MiB chunks with several in flight, each checked
 //! against its CRC-32, fsynced every few MiB and before the final answer;
@@ -285,7 +285,7 @@ fn serve(dir: &std::path::Path) -> (Services, Server, ServicesClient, ServicesCl
 
 fn main() {
     let opts = Options::from_env();
-    let size = if opts.quick { 32 << 20 } else { 256 << 20 };
+    let size = if opts.quick { 32 << 20 } else { 1 << 30 };
     let mut suite = Suite::from_options("files", &opts, 3, 5);
 
     let dir = tempfile::tempdir().expect("temp dir");
