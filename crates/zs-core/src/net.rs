@@ -1584,7 +1584,7 @@ impl ConnHandler {
                 Served::Answer(sink, tag, text) => sink.on_text(tag, text),
                 Served::Owned(c, text) => c.complete(Ok(Reply::Text(Text::from(text)))),
             }
-            #[cfg(test)]
+            #[cfg(all(test, target_os = "linux"))]
             borrowed_tests::SERVED.fetch_add(1, Ordering::Relaxed);
         }
         SERVED_ITEMS.set(recycle(items));
@@ -2825,7 +2825,8 @@ mod size_tests {
     }
 }
 
-#[cfg(test)]
+/// (Over the epoll backend: Linux only, like the other epoll tests.)
+#[cfg(all(test, target_os = "linux"))]
 mod borrowed_tests {
     use std::borrow::Cow;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
