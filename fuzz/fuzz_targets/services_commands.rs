@@ -146,7 +146,8 @@ fuzz_target!(|data: &[u8]| {
         id += 1;
         let peer = &peers[sel % 3];
         let cmd = COMMANDS[(sel / 3) % COMMANDS.len()];
-        r.dispatch(
+        zs_core::runtime::dispatch(
+            &r,
             peer,
             Request::Stream {
                 id,
@@ -154,7 +155,6 @@ fuzz_target!(|data: &[u8]| {
                 data: df,
             },
             None,
-            false,
         );
     }
     // Bookkeeping matches what is stored (once the committer has answered
